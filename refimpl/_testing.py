@@ -1,0 +1,103 @@
+"""The tolerance policy of refimpl, documented once and used by tests, chapters and oracle users.
+
+Tiers (DESIGN.md, "Tolerances")
+-------------------------------
+``SELF``    float64 self-consistency: loop twin vs vectorized, or two algorithms for the
+            same quantity (recurrent vs convolution, closed form vs scan).  rtol 1e-10.
+``ORACLE``  float64 against an independent oracle: SciPy (``expm``, ``solve_ivp`` at tight
+            tolerances is *not* in this tier, see ``ODE``), closed forms.  rtol 1e-12.
+``ODE``     against an adaptive ODE/quadrature solver run at rtol=atol=1e-13: the solver's own
+            error dominates, so rtol 1e-9.
+Monte Carlo checks use fixed seeds and bands stated in standard errors (``mc_band``).
+
+Errors are measured *norm-wise*: ``max|actual - desired| / max|desired|``.  Element-wise
+relative error is meaningless for entries that are zero by symmetry (e.g. the off-diagonal
+of a diagonal covariance), and norm-wise error is what a user's kernel can guarantee.
+
+Users validating float32/bfloat16 kernels against refimpl use ``DTYPE_RTOL`` or, better,
+the ratio rule of FlashAttention's tests: the error of a kernel against the float64 oracle
+should be at most ``RATIO_RULE_FACTOR`` times the error of a plain implementation in the
+same low precision (``ratio_rule``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "SELF",
+    "ORACLE",
+    "ODE",
+    "DTYPE_RTOL",
+    "RATIO_RULE_FACTOR",
+    "max_abs_error",
+    "rel_error",
+    "assert_close",
+    "mc_band",
+    "ratio_rule",
+]
+
+SELF = 1e-10
+ORACLE = 1e-12
+ODE = 1e-9
+
+# Norm-wise relative tolerances for user kernels in low precision (per-dtype tier).
+DTYPE_RTOL = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
+RATIO_RULE_FACTOR = 2.0
+
+
+def max_abs_error(actual, desired) -> float:
+    """``max |actual - desired|`` (NaN anywhere gives inf)."""
+    a, d = np.asarray(actual), np.asarray(desired)
+    diff = np.abs(a - d)
+    if diff.size == 0:
+        return 0.0
+    if not np.all(np.isfinite(diff)):
+        same = (a == d) | (np.isnan(a) & np.isnan(d))  # equal infinities count as agreement
+        if np.all(same | np.isfinite(diff)):
+            diff = np.where(same, 0.0, diff)
+        else:
+            return float("inf")
+    return float(diff.max())
+
+
+def rel_error(actual, desired) -> float:
+    """Norm-wise relative error ``max|actual - desired| / max|desired|``.
+
+    If ``desired`` is identically zero the absolute error is returned.
+    """
+    scale = float(np.max(np.abs(desired))) if np.size(desired) else 0.0
+    err = max_abs_error(actual, desired)
+    return err / scale if scale > 0 else err
+
+
+def assert_close(actual, desired, *, rtol: float = SELF, atol: float = 0.0, what: str = "") -> float:
+    """Assert shape equality and ``rel_error <= rtol`` (or abs error <= atol); return the error.
+
+    The message prints both errors, so a failing test says by how much it failed.
+    """
+    a, d = np.asarray(actual), np.asarray(desired)
+    if a.shape != d.shape:
+        raise AssertionError(f"{what}: shape {a.shape} != expected {d.shape}")
+    err_abs = max_abs_error(a, d)
+    err_rel = rel_error(a, d)
+    if not (err_rel <= rtol or err_abs <= atol):
+        raise AssertionError(
+            f"{what or 'values'} differ: norm-wise rel error {err_rel:.3e} > rtol {rtol:.1e} "
+            f"(max abs error {err_abs:.3e}, atol {atol:.1e})"
+        )
+    return err_rel
+
+
+def mc_band(n_samples: int, n_sigma: float = 5.0) -> float:
+    """Half-width, in units of the per-sample standard deviation, of an ``n_sigma`` Monte Carlo band.
+
+    A sample mean of ``n_samples`` i.i.d. draws with standard deviation ``s`` lies within
+    ``mc_band(n) * s`` of its expectation except with probability ~ erfc(n_sigma/sqrt 2).
+    """
+    return n_sigma / np.sqrt(n_samples)
+
+
+def ratio_rule(err_kernel: float, err_plain: float, factor: float = RATIO_RULE_FACTOR) -> bool:
+    """The low-precision acceptance rule: ``err_kernel <= factor * err_plain`` (both vs float64)."""
+    return bool(err_kernel <= factor * max(err_plain, np.finfo(np.float64).tiny))

@@ -1,0 +1,538 @@
+r"""Closed-form solutions of the differential Lyapunov equation (DLE) in the eigenbasis.
+
+Chapter 2 of the book (``notebooks/02-lyapunov.ipynb``) derives every formula here.
+
+For the linear Itô SDE ``dx = A x dt + G dw`` (chapter 1) with ``Q = G G^T`` and a
+diagonalizable ``A = S Λ S^{-1}``, the covariance that a state accumulates while it is
+propagated over a lag τ solves the DLE
+
+.. math::  \dot V = A V + V A^\dagger + Q,\qquad V(0) = 0.      \tag{2.1}
+
+In eigen-coordinates ``Σ = S^{-1} V S^{-†}`` the equation decouples entry by entry and has the
+closed form (Eq. 2.4)
+
+.. math::  Σ_{kl}(τ) = \tilde G_{kl}\,\frac{e^{(λ_k+λ_l^*)τ}-1}{λ_k+λ_l^*},
+           \qquad \tilde G = S^{-1} Q S^{-\dagger}.
+
+Glossary (code name → symbol in the book / Racioppo 2025)
+---------------------------------------------------------
+``eigvals``   λ_k = −μ_k + iω_k, shape (d,): eigenvalues of A (``Λ = diag(λ)``).
+``noise``     G̃ = S^{-1} Q S^{-†}: process-noise rate in the eigenbasis. Shape (d,) for the
+              diagonal case (the noise spectrum Λ_Q of AFA, λ_{Q,k} ≥ 0) or (d, d) Hermitian
+              PSD for the general case.
+``tau``       τ ≥ 0: the lag over which the state is propagated; any shape (...,).
+``z``         λ_k + λ_l^*: the exponent rate of entry (k, l).
+``sigma2``    σ² (process noise), ``eta2`` η² (key measurement noise), ``gamma2`` γ² (query
+              anchor noise), ``mu`` μ (decay) of AFA's isotropic kernel (Eq. 2.9).
+
+References
+----------
+.. [1] P. Racioppo, "Attention as an Adaptive Filter" / "Robust Filter Attention",
+       arXiv:2509.04154 (v1 2025, v6 2026), §3.1 and App. A.
+.. [2] C. Van Loan, "Computing integrals involving the matrix exponential",
+       IEEE Trans. Automatic Control 23(3), 1978.
+.. [3] A. H. Jazwinski, *Stochastic Processes and Filtering Theory*, 1970, §4.9.
+"""
+
+from __future__ import annotations
+
+import cmath
+import math
+
+import numpy as np
+
+from ._validate import as_complex_array, as_real_array, check_hermitian_psd, check_nonnegative
+
+__all__ = [
+    "phi1",
+    "dle_covariance",
+    "dle_covariance_loop",
+    "dle_covariance_backward",
+    "dle_covariance_backward_loop",
+    "steady_state_covariance",
+    "steady_state_covariance_loop",
+    "isotropic_covariance",
+    "isotropic_covariance_loop",
+]
+
+# |zτ| below which (e^{zτ} - 1)/z is summed as a Taylor series: the truncation error of the
+# 8-term series is |zτ|^8/9! < 3e-22 relative, and the expm1 quotient above it is accurate
+# to a few ulp.
+_SERIES_BELOW = 1e-2
+_SERIES_COEFFS = [1.0 / math.factorial(n + 1) for n in range(8)]  # 1, 1/2, 1/6, ...
+
+
+# ---------------------------------------------------------------------------------------------
+# The scalar kernel (e^{zτ} - 1)/z, Eq. (2.6)
+# ---------------------------------------------------------------------------------------------
+
+
+def _expm1_complex(w: np.ndarray) -> np.ndarray:
+    """e^w − 1 for complex w, accurate for small |w| and without inf·0 = NaN on overflow.
+
+    Re(e^w − 1) = expm1(Re w) cos(Im w) − 2 sin²(Im w / 2)  (no cancellation near w = 0),
+    Im(e^w − 1) = e^{Re w} sin(Im w).
+    """
+    wr, wi = w.real, w.imag
+    with np.errstate(over="ignore", invalid="ignore"):
+        c, s = np.cos(wi), np.sin(wi)
+        re = np.where(c == 0, 0.0, np.expm1(wr) * c) - 2.0 * np.sin(0.5 * wi) ** 2
+        im = np.where(s == 0, 0.0, np.exp(wr) * s)
+    return _complex(re, im)
+
+
+def _complex(re: np.ndarray, im: np.ndarray) -> np.ndarray:
+    # re + 1j*im would turn an infinite im into a NaN real part (1j * inf = nan + inf j).
+    out = np.empty(np.broadcast_shapes(np.shape(re), np.shape(im)), dtype=np.complex128)
+    out.real, out.imag = re, im
+    return out
+
+
+def _phi1_array(z: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """Vectorized (e^{zτ} − 1)/z for broadcastable z (real or complex) and τ, Eq. (2.6)."""
+    w = z * tau
+    small = np.abs(w) < _SERIES_BELOW
+    # τ · (1 + w/2 + w²/6 + ...) by Horner's rule: the w → 0 limit τ is exact.
+    series = np.zeros_like(w)
+    for c in reversed(_SERIES_COEFFS):
+        series = series * w + c
+    series = series * tau
+    w_safe = np.where(small, 1.0, w)
+    with np.errstate(over="ignore"):
+        num = np.expm1(w_safe) if np.isrealobj(w_safe) else _expm1_complex(w_safe)
+    z_safe = np.where(small, 1.0, z * np.ones_like(tau))
+    return np.where(small, series, num / z_safe)
+
+
+def _exp_real(x: float) -> float:
+    # math.exp raises OverflowError; the IEEE result of an overflow is +inf.
+    return math.exp(x) if x < 709.782712893384 else math.inf
+
+
+def _phi1_scalar(z: complex, tau: float) -> complex:
+    """(e^{zτ} − 1)/z for one complex z and one τ: the loop twins' version of Eq. (2.6)."""
+    w = z * tau
+    if abs(w) < _SERIES_BELOW:
+        total = 0.0
+        for c in reversed(_SERIES_COEFFS):
+            total = total * w + c
+        return tau * total
+    if isinstance(w, complex) and w.imag != 0.0:
+        c, s = math.cos(w.imag), math.sin(w.imag)
+        expm1_r = math.expm1(w.real) if w.real < 709.0 else math.inf
+        re = (expm1_r * c if c != 0 else 0.0) - 2.0 * math.sin(0.5 * w.imag) ** 2
+        im = _exp_real(w.real) * s if s != 0 else 0.0
+        return complex(re, im) / z
+    w = float(getattr(w, "real", w))
+    expm1 = math.expm1(w) if w < 709.0 else math.inf
+    return expm1 / float(getattr(z, "real", z))
+
+
+def _noise_times_phi1(g: np.ndarray, z: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """``g · φ(z, τ)`` elementwise, with the two float64 edge cases made exact.
+
+    A mode with no noise (g = 0) accumulates no covariance, even where φ overflows (0 · inf
+    would be NaN); and where the product overflows (only for Re z > 0) it is formed as
+    ``[g (1 − e^{−zτ})/z · e^{i Im(z) τ}] · e^{Re(z) τ}``, a finite complex number times a
+    real magnitude, which gives ±inf components instead of inf − inf = NaN.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.where(g == 0, 0.0, g * _phi1_array(z, tau))
+        bad = ~np.isfinite(out)
+        if np.any(bad):
+            zb = np.broadcast_to(z, out.shape)[bad]
+            tb = np.broadcast_to(tau, out.shape)[bad]
+            gb = np.broadcast_to(g, out.shape)[bad]
+            u = gb * (1.0 - np.exp(-zb * tb)) / zb
+            if np.iscomplexobj(out):
+                u = u * np.exp(1j * zb.imag * tb)
+            m = np.exp(zb.real * tb)  # the real magnitude, possibly inf
+            huge_re = np.where(u.real == 0, 0.0, u.real * m)
+            if np.iscomplexobj(out):
+                out[bad] = _complex(huge_re, np.where(u.imag == 0, 0.0, u.imag * m))
+            else:
+                out[bad] = huge_re
+    return out
+
+
+def _noise_times_phi1_scalar(g: complex, z: complex, tau: float) -> complex:
+    """Scalar twin of :func:`_noise_times_phi1` for the loop versions."""
+    if g == 0:
+        return 0.0
+    value = complex(g) * complex(_phi1_scalar(z, tau))
+    if math.isfinite(abs(value)):
+        return value if isinstance(z, complex) else value.real
+    if not isinstance(z, complex):  # real rate: a real, positive overflow
+        return math.copysign(math.inf, float(g))
+    z = complex(z)
+    u = complex(g) * (1.0 - cmath.exp(-z * tau)) / z * cmath.exp(1j * z.imag * tau)
+    m = _exp_real(z.real * tau)
+    return complex(u.real * m if u.real != 0 else 0.0, u.imag * m if u.imag != 0 else 0.0)
+
+
+def phi1(z, tau):
+    r"""The DLE kernel :math:`(e^{zτ} - 1)/z`, accurate for every ``z`` including ``z → 0``.
+
+    Implements Eq. (2.6) of the book: the factor that turns a constant noise rate into the
+    covariance accumulated over a lag τ (Racioppo 2025, App. A.1, with its Re λ = 0 case
+    as the exact limit).
+
+    Parameters
+    ----------
+    z : array_like, real or complex
+        The rate (``λ_k + λ_l^*`` for entry (k, l) of the covariance).
+    tau : array_like of float
+        The lag τ; broadcast against ``z``.
+
+    Returns
+    -------
+    ndarray
+        float64 if ``z`` is real, complex128 otherwise; the broadcast shape of ``z`` and ``tau``.
+
+    Notes
+    -----
+    The naive quotient loses all digits when ``zτ`` is tiny (``e^{zτ} - 1`` cancels) and is
+    0/0 at ``z = 0``. Here
+
+    .. math::  \frac{e^{zτ}-1}{z} = \begin{cases}
+               τ\,\bigl(1 + \tfrac{w}{2} + \tfrac{w^2}{6} + \dots + \tfrac{w^7}{8!}\bigr), & |w| < 10^{-2}\\
+               \operatorname{expm1}(w)/z, & \text{otherwise}\end{cases}\qquad w = zτ,
+
+    with a complex ``expm1`` that has no cancellation near 0 and returns ±inf instead of NaN
+    when ``e^{Re w}`` overflows (only possible for Re z > 0, e.g. the pushed-back covariance).
+    The limits are φ → τ as z → 0 and φ → −1/z as τ → ∞ for Re z < 0.
+
+    Examples
+    --------
+    >>> float(phi1(0.0, 2.5)), float(phi1(-1e-300, 2.5)), round(float(phi1(-2.0, 50.0)), 12)
+    (2.5, 2.5, 0.5)
+    """
+    z = np.asarray(z)
+    zc = as_complex_array(z, "z") if z.dtype.kind == "c" else as_real_array(z, "z")
+    tau = as_real_array(tau, "tau")
+    return _phi1_array(zc, tau)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation shared by the covariance functions
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_eig_noise(eigvals, noise) -> tuple[np.ndarray, np.ndarray, bool]:
+    lam = as_complex_array(eigvals, "eigvals", ndim=1)
+    d = lam.shape[0]
+    if d == 0:
+        raise ValueError("eigvals: expected at least one eigenvalue, got shape (0,)")
+    g = np.asarray(noise)
+    if g.ndim == 1:
+        g = as_real_array(noise, "noise", ndim=1)
+        if g.shape != (d,):
+            raise ValueError(f"noise: expected a spectrum of shape ({d},) to match eigvals, got shape {g.shape}")
+        check_nonnegative(g, "noise")
+        return lam, g, True
+    g = as_complex_array(noise, "noise", ndim=(1, 2))
+    if g.shape != (d, d):
+        raise ValueError(
+            f"noise: expected shape ({d},) (diagonal) or ({d}, {d}) (full) to match eigvals, got shape {g.shape}"
+        )
+    check_hermitian_psd(g, "noise")
+    return lam, 0.5 * (g + g.conj().T), False
+
+
+def _check_tau(tau) -> np.ndarray:
+    tau = as_real_array(tau, "tau")
+    if np.any(tau < 0):
+        raise ValueError(f"tau: expected lags >= 0, got minimum {tau.min():.6g}")
+    return tau
+
+
+def _hermitize(m: np.ndarray) -> np.ndarray:
+    # Σ is Hermitian by construction; averaging removes round-off asymmetry.
+    return 0.5 * (m + np.conj(np.swapaxes(m, -1, -2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward (pulled-forward) covariance, Eqs. (2.4)-(2.5)
+# ---------------------------------------------------------------------------------------------
+
+
+def dle_covariance(eigvals, noise, tau):
+    r"""Covariance accumulated by propagating the SDE forward over a lag τ, in the eigenbasis.
+
+    Implements Eq. (2.4) (full noise) and Eq. (2.5) (diagonal noise) of the book
+    (Racioppo 2025, Eq. 5 / App. A.1; thesis App. 7.3 for the full form).
+
+    Parameters
+    ----------
+    eigvals : array_like of complex, shape (d,)
+        Eigenvalues λ_k = −μ_k + iω_k of ``A``. Any sign of Re λ is allowed (the forward
+        covariance of an unstable mode grows, and overflows float64 only when it exceeds it).
+    noise : array_like, shape (d,) or (d, d)
+        The process-noise rate in the eigenbasis, ``G̃ = S^{-1} Q S^{-†}``: a nonnegative
+        spectrum (d,) (diagonal G̃), or a Hermitian positive semidefinite matrix (d, d).
+    tau : float or array_like, shape (...)
+        Lags τ ≥ 0.
+
+    Returns
+    -------
+    ndarray
+        Diagonal noise: float64, shape (..., d), the variances Σ_k(τ).
+        Full noise: complex128, shape (..., d, d), Hermitian PSD Σ(τ).
+
+    Notes
+    -----
+    With ``V(τ) = ∫_0^τ e^{As} Q e^{A^† s} ds`` (the solution of the DLE ``V' = AV + VA^† + Q``,
+    ``V(0) = 0``) and ``Σ = S^{-1} V S^{-†}``,
+
+    .. math::  Σ_{kl}(τ) = \tilde G_{kl}\,φ(λ_k + λ_l^*, τ),\qquad
+               Σ_k(τ) = g_k\,\frac{1 - e^{-2μ_k τ}}{2μ_k},
+
+    where φ(z, τ) = (e^{zτ} − 1)/z is evaluated by :func:`phi1` (exact z → 0 limit
+    ``g_k τ``, the Brownian case). The original-basis covariance is ``S Σ S^†``.
+
+    See Also
+    --------
+    dle_covariance_loop : the same entry by entry.
+    dle_covariance_backward : the pushed-back covariance, Eq. (2.7).
+    steady_state_covariance : the τ → ∞ limit, Eq. (2.8).
+
+    Examples
+    --------
+    >>> lam = np.array([-0.1 - 1j, -0.1 + 1j])
+    >>> dle_covariance(lam, np.array([0.7, 0.7]), [1.0, 1e6]).round(6)
+    array([[0.634442, 0.634442],
+           [3.5     , 3.5     ]])
+    """
+    lam, g, diagonal = _check_eig_noise(eigvals, noise)
+    tau = _check_tau(tau)
+    if diagonal:
+        z = 2.0 * lam.real  # λ_k + λ_k^* = 2 Re λ_k = −2 μ_k
+        return _noise_times_phi1(g, z, tau[..., None])  # Σ_k = g_k φ(−2μ_k, τ)
+    z = lam[:, None] + lam.conj()[None, :]  # z_kl = λ_k + λ_l^*
+    out = _noise_times_phi1(g, z, tau[..., None, None])  # Σ_kl = G̃_kl φ(z_kl, τ)
+    return _hermitize(out) if np.all(np.isfinite(out)) else out
+
+
+def dle_covariance_loop(eigvals, noise, tau):
+    """Loop twin of :func:`dle_covariance`: Eq. (2.4) one lag and one entry (k, l) at a time."""
+    lam, g, diagonal = _check_eig_noise(eigvals, noise)
+    tau = _check_tau(tau)
+    d = lam.shape[0]
+    flat = tau.reshape(-1)
+    if diagonal:
+        out = np.empty((flat.size, d))
+        for n, t in enumerate(flat):
+            for k in range(d):
+                # Σ_k(τ) = g_k (e^{2 Re λ_k τ} − 1) / (2 Re λ_k)
+                out[n, k] = _noise_times_phi1_scalar(g[k], 2.0 * lam[k].real, float(t))
+        return out.reshape(tau.shape + (d,))
+    out = np.empty((flat.size, d, d), dtype=np.complex128)
+    for n, t in enumerate(flat):
+        for k in range(d):
+            for l in range(d):
+                # Σ_kl(τ) = G̃_kl (e^{(λ_k + λ_l^*) τ} − 1) / (λ_k + λ_l^*)
+                z = complex(lam[k] + np.conj(lam[l]))
+                out[n, k, l] = _noise_times_phi1_scalar(g[k, l], z, float(t))
+    out = _hermitize(out) if np.all(np.isfinite(out)) else out
+    return out.reshape(tau.shape + (d, d))
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward (pushed-back) covariance, Eq. (2.7)
+# ---------------------------------------------------------------------------------------------
+
+
+def dle_covariance_backward(eigvals, noise, tau):
+    r"""Covariance of the pushed-back estimate ``e^{-Aτ} x(t+τ)`` of ``x(t)``, in the eigenbasis.
+
+    Implements Eq. (2.7) of the book (Racioppo 2025, §3.1 non-causal case; thesis App. 7.3):
+    the covariance that a *later* key carries when it is propagated back by τ to a query.
+
+    Parameters
+    ----------
+    eigvals, noise : as in :func:`dle_covariance`.
+    tau : float or array_like, shape (...)
+        Lags τ ≥ 0 (the key lies τ after the query).
+
+    Returns
+    -------
+    ndarray
+        Shape (..., d) (diagonal noise, float64) or (..., d, d) (full noise, complex128).
+
+    Notes
+    -----
+    .. math::  V_B(τ) = \int_0^τ e^{-As} Q e^{-A^\dagger s}\,ds = e^{-Aτ} V_F(τ) e^{-A^\dagger τ},
+               \qquad Σ^B_{kl}(τ) = \tilde G_{kl}\,\frac{1 - e^{-(λ_k+λ_l^*)τ}}{λ_k+λ_l^*}
+               = \tilde G_{kl}\,φ(-(λ_k+λ_l^*), τ).
+
+    For a stable mode this grows like ``e^{2μτ}``: the noise is not time-reversible, so this is
+    *not* :func:`dle_covariance` with A replaced by −A applied to the same noise ordering
+    (the integrand is the same, the two differ by the congruence with ``e^{-Aτ}``).
+    Entries whose value exceeds the float64 range (``2μτ ≳ 709``) are returned as ``inf``
+    (never NaN); their precision is 0.
+    """
+    lam, g, diagonal = _check_eig_noise(eigvals, noise)
+    tau = _check_tau(tau)
+    if diagonal:
+        return _noise_times_phi1(g, -2.0 * lam.real, tau[..., None])  # Σ^B_k = g_k φ(2μ_k, τ)
+    z = lam[:, None] + lam.conj()[None, :]
+    out = _noise_times_phi1(g, -z, tau[..., None, None])  # Σ^B_kl = G̃_kl φ(−z_kl, τ)
+    return _hermitize(out) if np.all(np.isfinite(out)) else out
+
+
+def dle_covariance_backward_loop(eigvals, noise, tau):
+    """Loop twin of :func:`dle_covariance_backward`: Eq. (2.7) entry by entry."""
+    lam, g, diagonal = _check_eig_noise(eigvals, noise)
+    tau = _check_tau(tau)
+    d = lam.shape[0]
+    flat = tau.reshape(-1)
+    if diagonal:
+        out = np.empty((flat.size, d))
+        for n, t in enumerate(flat):
+            for k in range(d):
+                # Σ^B_k(τ) = g_k (e^{2 μ_k τ} − 1) / (2 μ_k)
+                out[n, k] = _noise_times_phi1_scalar(g[k], -2.0 * lam[k].real, float(t))
+        return out.reshape(tau.shape + (d,))
+    out = np.empty((flat.size, d, d), dtype=np.complex128)
+    for n, t in enumerate(flat):
+        for k in range(d):
+            for l in range(d):
+                # Σ^B_kl(τ) = G̃_kl (1 − e^{−(λ_k + λ_l^*) τ}) / (λ_k + λ_l^*)
+                z = complex(lam[k] + np.conj(lam[l]))
+                out[n, k, l] = _noise_times_phi1_scalar(g[k, l], -z, float(t))
+    out = _hermitize(out) if np.all(np.isfinite(out)) else out
+    return out.reshape(tau.shape + (d, d))
+
+
+# ---------------------------------------------------------------------------------------------
+# Steady state, Eq. (2.8)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_stable(lam: np.ndarray) -> None:
+    if np.any(lam.real >= 0):
+        k = int(np.argmax(lam.real >= 0))
+        raise ValueError(
+            f"eigvals: a steady-state covariance needs every Re(λ_k) < 0 (a stable system), "
+            f"got eigvals[{k}] = {lam[k]:.6g}"
+        )
+
+
+def steady_state_covariance(eigvals, noise):
+    r"""Stationary covariance ``Σ_∞ = lim_{τ→∞} Σ(τ)`` of a stable SDE, in the eigenbasis.
+
+    Implements Eq. (2.8) of the book: the solution of the algebraic Lyapunov equation
+    ``ΛΣ + ΣΛ^† + G̃ = 0`` (equivalently ``A P + P A^† + Q = 0`` with ``P = S Σ S^†``).
+
+    Parameters
+    ----------
+    eigvals : array_like of complex, shape (d,)
+        Eigenvalues; every Re λ_k must be < 0 (``ValueError`` otherwise).
+    noise : array_like, shape (d,) or (d, d)
+        As in :func:`dle_covariance`.
+
+    Returns
+    -------
+    ndarray
+        float64 (d,) for diagonal noise, ``g_k / (2 μ_k)``; complex128 (d, d) for full noise,
+        ``Σ_kl = −G̃_kl / (λ_k + λ_l^*)``.
+    """
+    lam, g, diagonal = _check_eig_noise(eigvals, noise)
+    _check_stable(lam)
+    if diagonal:
+        return g / (-2.0 * lam.real)  # σ̃²_k = g_k / (2 μ_k)
+    return _hermitize(-g / (lam[:, None] + lam.conj()[None, :]))  # Σ_kl = −G̃_kl / (λ_k + λ_l^*)
+
+
+def steady_state_covariance_loop(eigvals, noise):
+    """Loop twin of :func:`steady_state_covariance`: Eq. (2.8) entry by entry."""
+    lam, g, diagonal = _check_eig_noise(eigvals, noise)
+    _check_stable(lam)
+    d = lam.shape[0]
+    if diagonal:
+        out = np.empty(d)
+        for k in range(d):
+            out[k] = g[k] / (-2.0 * lam[k].real)
+        return out
+    out = np.empty((d, d), dtype=np.complex128)
+    for k in range(d):
+        for l in range(d):
+            out[k, l] = -g[k, l] / (lam[k] + np.conj(lam[l]))
+    return _hermitize(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# AFA's isotropic kernel, Eq. (2.9)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_isotropic(dt, mu, sigma2, eta2, gamma2):
+    dt = as_real_array(dt, "dt")
+    out = [dt]
+    for name, value in (("mu", mu), ("sigma2", sigma2), ("eta2", eta2), ("gamma2", gamma2)):
+        arr = as_real_array(value, name)
+        check_nonnegative(arr, name)
+        out.append(arr)
+    try:
+        np.broadcast_shapes(*(a.shape for a in out))
+    except ValueError:
+        shapes = ", ".join(f"{n} {a.shape}" for n, a in zip(("dt", "mu", "sigma2", "eta2", "gamma2"), out))
+        raise ValueError(f"dt, mu, sigma2, eta2, gamma2: shapes do not broadcast ({shapes})") from None
+    return out
+
+
+def isotropic_covariance(dt, mu, sigma2, eta2, gamma2):
+    r"""AFA's residual variance between a query at t_i and a key at t_j, Δt = t_i − t_j.
+
+    Implements Eq. (2.9) of the book (Racioppo 2025 v6, Eq. 6; spec afa.md §2.3–2.4):
+    process noise accumulated over the lag, the key's measurement noise propagated with it,
+    and the query's anchor noise.
+
+    Parameters
+    ----------
+    dt : array_like of float
+        Signed lag Δt = t_i − t_j: ≥ 0 for causal pairs (key before query), < 0 for a key after
+        the query (pushed back).
+    mu : array_like of float
+        Decay μ ≥ 0 (λ = −μ + iω); μ = 0 is the exact Brownian limit.
+    sigma2, eta2, gamma2 : array_like of float
+        Process-noise rate σ², key measurement noise η², query anchor noise γ², all ≥ 0.
+
+    Returns
+    -------
+    ndarray
+        float64, the broadcast shape of the inputs: Σ(Δt).
+
+    Notes
+    -----
+    For Δt ≥ 0 (forward, Eq. 2.5 plus the measurement terms):
+
+    .. math::  Σ(Δt) = σ^2\,\frac{1 - e^{-2μΔt}}{2μ} + η^2 e^{-2μΔt} + γ^2
+               = α\,e^{-2μΔt} + β,\qquad α = η^2 - \tilde σ^2,\ β = γ^2 + \tilde σ^2,
+               \ \tilde σ^2 = \frac{σ^2}{2μ},
+
+    and for Δt < 0 (pushed back by τ = −Δt, Eq. 2.7) the process term is
+    ``σ² (e^{2μτ} − 1)/(2μ)`` and the measurement term ``η² e^{2μτ}``: both grow.
+    Σ(0) = η² + γ², Σ(∞) = β, and for μ = 0, Σ = σ²|Δt| + η² + γ².
+    """
+    dt, mu, sigma2, eta2, gamma2 = _check_isotropic(dt, mu, sigma2, eta2, gamma2)
+    tau = np.abs(dt)
+    rate = np.where(dt >= 0, -2.0 * mu, 2.0 * mu)  # forward decays, pushed-back grows
+    with np.errstate(over="ignore"):
+        process = sigma2 * _phi1_array(rate, tau)  # σ² (e^{rate τ} − 1)/rate
+        measurement = eta2 * np.exp(rate * tau)  # η² e^{∓2μτ}
+    return process + measurement + gamma2
+
+
+def isotropic_covariance_loop(dt, mu, sigma2, eta2, gamma2):
+    """Loop twin of :func:`isotropic_covariance`: Eq. (2.9) one lag at a time."""
+    arrays = _check_isotropic(dt, mu, sigma2, eta2, gamma2)
+    shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    dt, mu, sigma2, eta2, gamma2 = (np.broadcast_to(a, shape).reshape(-1) for a in arrays)
+    out = np.empty(dt.size)
+    for n in range(dt.size):
+        tau = abs(dt[n])
+        rate = -2.0 * mu[n] if dt[n] >= 0 else 2.0 * mu[n]
+        # Σ = σ² (e^{rate τ} − 1)/rate + η² e^{rate τ} + γ²
+        out[n] = sigma2[n] * _phi1_scalar(rate, tau) + eta2[n] * _exp_real(rate * tau) + gamma2[n]
+    return out.reshape(shape)
