@@ -365,9 +365,10 @@ def dle_covariance_backward(eigvals, noise, tau):
                \qquad Σ^B_{kl}(τ) = \tilde G_{kl}\,\frac{1 - e^{-(λ_k+λ_l^*)τ}}{λ_k+λ_l^*}
                = \tilde G_{kl}\,φ(-(λ_k+λ_l^*), τ).
 
-    For a stable mode this grows like ``e^{2μτ}``: the noise is not time-reversible, so this is
-    *not* :func:`dle_covariance` with A replaced by −A applied to the same noise ordering
-    (the integrand is the same, the two differ by the congruence with ``e^{-Aτ}``).
+    As an integral this is the forward formula with Λ → −Λ, so for a stable mode it grows like
+    ``e^{2μτ}``. It is the error of the *unbiased* pushed-back estimate; it is not the error of
+    the best backward predictor ``E[x(t) | x(t+τ)]`` under the stationary law, which stays
+    bounded (the process is not time-reversible; chapter 2, Eq. 2.11).
     Entries whose value exceeds the float64 range (``2μτ ≳ 709``) are returned as ``inf``
     (never NaN); their precision is 0.
     """
