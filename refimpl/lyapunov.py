@@ -67,18 +67,49 @@ _SERIES_COEFFS = [1.0 / math.factorial(n + 1) for n in range(8)]  # 1, 1/2, 1/6,
 # ---------------------------------------------------------------------------------------------
 
 
-def _expm1_complex(w: np.ndarray) -> np.ndarray:
-    """e^w − 1 for complex w, accurate for small |w| and without inf·0 = NaN on overflow.
+_SPLIT = 134217729.0  # 2**27 + 1, Dekker's splitting constant
 
-    Re(e^w − 1) = expm1(Re w) cos(Im w) − 2 sin²(Im w / 2)  (no cancellation near w = 0),
-    Im(e^w − 1) = e^{Re w} sin(Im w).
+
+def _two_product(a, b):
+    """``a·b = p + e`` exactly (Dekker 1971): ``p`` the rounded product, ``e`` its rounding error.
+
+    Used for the phase ω τ: at |ωτ| ~ 1e4 rad the rounding of the product alone is a phase
+    error of ~1e-12 rad, which would show as a relative error of the result.
     """
-    wr, wi = w.real, w.imag
-    with np.errstate(over="ignore", invalid="ignore"):
-        c, s = np.cos(wi), np.sin(wi)
-        re = np.where(c == 0, 0.0, np.expm1(wr) * c) - 2.0 * np.sin(0.5 * wi) ** 2
-        im = np.where(s == 0, 0.0, np.exp(wr) * s)
-    return _complex(re, im)
+    p = a * b
+    t = _SPLIT * a
+    a_hi = t - (t - a)
+    a_lo = a - a_hi
+    t = _SPLIT * b
+    b_hi = t - (t - b)
+    b_lo = b - b_hi
+    e = ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    return p, e
+
+
+def _expm1_complex(z: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """e^{zτ} − 1 for complex z, real τ: no cancellation near 0, and no rounding of the phase.
+
+    With w = zτ and half-angle sines (s, c) = (sin, cos)(Im w / 2),
+
+        Re(e^w − 1) = expm1(Re w)(1 − 2s²) − 2s²,    Im(e^w − 1) = e^{Re w} · 2sc.
+
+    The phase Im w = Im(z)·τ is formed exactly as a rounded part plus its error e_i
+    (:func:`_two_product`), which enters to first order as ``i e_i e^w``. (Callers handle
+    overflow of e^{Re w}.)
+    """
+    wr = z.real * tau
+    wi, ei = _two_product(z.imag, tau)
+    wr, wi, ei = np.broadcast_arrays(wr, wi, ei)
+    ei = np.where(np.isfinite(ei), ei, 0.0)  # the split overflows only for |x| > 1e300
+    s, c = np.sin(0.5 * wi), np.cos(0.5 * wi)
+    two_s2 = 2.0 * s * s
+    cos_i, sin_i = 1.0 - two_s2, 2.0 * s * c
+    exp_r = np.exp(wr)
+    out = np.empty(wr.shape, dtype=np.complex128)
+    out.real = np.expm1(wr) * cos_i - two_s2 - exp_r * ei * sin_i
+    out.imag = exp_r * (sin_i + ei * cos_i)
+    return out
 
 
 def _complex(re: np.ndarray, im: np.ndarray) -> np.ndarray:
@@ -88,20 +119,29 @@ def _complex(re: np.ndarray, im: np.ndarray) -> np.ndarray:
     return out
 
 
+def _may_overflow(z: np.ndarray, tau: np.ndarray) -> bool:
+    # e^{zτ} overflows float64 only if Re(z) τ > log(max float) ≈ 709.78; a cheap scalar test that
+    # lets the common case (stable forward propagation) skip every overflow guard.
+    zr = np.max(np.real(z), initial=-np.inf)
+    return zr > 0 and zr * np.max(tau, initial=0.0) > 700.0
+
+
 def _phi1_array(z: np.ndarray, tau: np.ndarray) -> np.ndarray:
     """Vectorized (e^{zτ} − 1)/z for broadcastable z (real or complex) and τ, Eq. (2.6)."""
-    w = z * tau
+    w = np.asarray(z * tau)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # Where e^{Re w} overflows the result may hold inf/NaN; _noise_times_phi1 re-forms those entries.
+        out = np.expm1(w, out=np.empty_like(w)) if np.isrealobj(w) else _expm1_complex(z, tau)
+        out /= z  # 0/0 at z = 0 is replaced by the series below
     small = np.abs(w) < _SERIES_BELOW
-    # τ · (1 + w/2 + w²/6 + ...) by Horner's rule: the w → 0 limit τ is exact.
-    series = np.zeros_like(w)
-    for c in reversed(_SERIES_COEFFS):
-        series = series * w + c
-    series = series * tau
-    w_safe = np.where(small, 1.0, w)
-    with np.errstate(over="ignore"):
-        num = np.expm1(w_safe) if np.isrealobj(w_safe) else _expm1_complex(w_safe)
-    z_safe = np.where(small, 1.0, z * np.ones_like(tau))
-    return np.where(small, series, num / z_safe)
+    if np.any(small):
+        # τ · (1 + w/2 + w²/6 + ...) by Horner's rule on the few small entries: exact limit τ at w = 0.
+        ws = w[small]
+        series = np.zeros_like(ws)
+        for c in reversed(_SERIES_COEFFS):
+            series = series * ws + c
+        out[small] = series * np.broadcast_to(tau, w.shape)[small]
+    return out
 
 
 def _exp_real(x: float) -> float:
@@ -118,10 +158,20 @@ def _phi1_scalar(z: complex, tau: float) -> complex:
             total = total * w + c
         return tau * total
     if isinstance(w, complex) and w.imag != 0.0:
-        c, s = math.cos(w.imag), math.sin(w.imag)
-        expm1_r = math.expm1(w.real) if w.real < 709.0 else math.inf
-        re = (expm1_r * c if c != 0 else 0.0) - 2.0 * math.sin(0.5 * w.imag) ** 2
-        im = _exp_real(w.real) * s if s != 0 else 0.0
+        # the scalar form of _expm1_complex: half-angle sines, exact phase via the two-product error
+        z = complex(z)
+        wr = z.real * tau
+        wi, ei = _two_product(z.imag, tau)
+        ei = ei if math.isfinite(ei) else 0.0
+        s, c = math.sin(0.5 * wi), math.cos(0.5 * wi)
+        cos_i, sin_i = 1.0 - 2.0 * s * s, 2.0 * s * c
+        exp_r = _exp_real(wr)
+        expm1_r = math.expm1(wr) if wr < 709.0 else math.inf
+        re = (expm1_r * cos_i if cos_i != 0 else 0.0) - 2.0 * s * s
+        im = exp_r * sin_i if sin_i != 0 else 0.0
+        if math.isfinite(exp_r):
+            re -= exp_r * ei * sin_i
+            im += exp_r * ei * cos_i
         return complex(re, im) / z
     w = float(getattr(w, "real", w))
     expm1 = math.expm1(w) if w < 709.0 else math.inf
@@ -134,22 +184,35 @@ def _noise_times_phi1(g: np.ndarray, z: np.ndarray, tau: np.ndarray) -> np.ndarr
     A mode with no noise (g = 0) accumulates no covariance, even where φ overflows (0 · inf
     would be NaN); and where the product overflows (only for Re z > 0) it is formed as
     ``[g (1 − e^{−zτ})/z · e^{i Im(z) τ}] · e^{Re(z) τ}``, a finite complex number times a
-    real magnitude, which gives ±inf components instead of inf − inf = NaN.
+    real magnitude (combined in log space), which is finite when the result is representable
+    and gives ±inf components, not inf − inf = NaN, when it is not.
     """
+    out = _phi1_array(z, tau)
+    full = np.broadcast_shapes(out.shape, np.shape(g))
+    if full != out.shape:
+        out = np.broadcast_to(out, full).copy()
+    if not _may_overflow(z, tau):
+        out *= g
+        return out
     with np.errstate(over="ignore", invalid="ignore"):
-        out = np.where(g == 0, 0.0, g * _phi1_array(z, tau))
+        out *= g
         bad = ~np.isfinite(out)
         if np.any(bad):
             zb = np.broadcast_to(z, out.shape)[bad]
             tb = np.broadcast_to(tau, out.shape)[bad]
             gb = np.broadcast_to(g, out.shape)[bad]
-            u = gb * (1.0 - np.exp(-zb * tb)) / zb
+            wb = zb * tb
+            # φ = e^{w}(1 − e^{−w})/z: a finite factor u times e^{Re w}; combine the magnitudes in
+            # log space so that a representable result (large |z|) stays finite.
+            u = gb * (1.0 - np.exp(-wb)) / zb
             if np.iscomplexobj(out):
-                u = u * np.exp(1j * zb.imag * tb)
-            m = np.exp(zb.real * tb)  # the real magnitude, possibly inf
-            huge_re = np.where(u.real == 0, 0.0, u.real * m)
+                u = u * np.exp(1j * wb.imag)
+            absu = np.abs(u)
+            mag = np.exp(wb.real + np.log(np.where(absu == 0, 1.0, absu)))
+            unit = np.where(absu == 0, 0.0, u / np.where(absu == 0, 1.0, absu))
+            huge_re = np.where(unit.real == 0, 0.0, unit.real * mag)
             if np.iscomplexobj(out):
-                out[bad] = _complex(huge_re, np.where(u.imag == 0, 0.0, u.imag * m))
+                out[bad] = _complex(huge_re, np.where(unit.imag == 0, 0.0, unit.imag * mag))
             else:
                 out[bad] = huge_re
     return out
@@ -165,9 +228,13 @@ def _noise_times_phi1_scalar(g: complex, z: complex, tau: float) -> complex:
     if not isinstance(z, complex):  # real rate: a real, positive overflow
         return math.copysign(math.inf, float(g))
     z = complex(z)
-    u = complex(g) * (1.0 - cmath.exp(-z * tau)) / z * cmath.exp(1j * z.imag * tau)
-    m = _exp_real(z.real * tau)
-    return complex(u.real * m if u.real != 0 else 0.0, u.imag * m if u.imag != 0 else 0.0)
+    w = z * tau
+    u = complex(g) * (1.0 - cmath.exp(-w)) / z * cmath.exp(1j * w.imag)
+    if u == 0:
+        return 0j
+    mag = _exp_real(w.real + math.log(abs(u)))
+    unit = u / abs(u)
+    return complex(unit.real * mag if unit.real != 0 else 0.0, unit.imag * mag if unit.imag != 0 else 0.0)
 
 
 def phi1(z, tau):
@@ -198,8 +265,9 @@ def phi1(z, tau):
                τ\,\bigl(1 + \tfrac{w}{2} + \tfrac{w^2}{6} + \dots + \tfrac{w^7}{8!}\bigr), & |w| < 10^{-2}\\
                \operatorname{expm1}(w)/z, & \text{otherwise}\end{cases}\qquad w = zτ,
 
-    with a complex ``expm1`` that has no cancellation near 0 and returns ±inf instead of NaN
-    when ``e^{Re w}`` overflows (only possible for Re z > 0, e.g. the pushed-back covariance).
+    with a complex ``expm1`` that has no cancellation near 0. Where ``e^{Re w}`` overflows
+    (only possible for Re z > 0, e.g. the pushed-back covariance) the entry is formed as
+    ``e^{Re w} · [e^{i Im w}(1 − e^{−w})/z]`` and comes out as ±inf components, never NaN.
     The limits are φ → τ as z → 0 and φ → −1/z as τ → ∞ for Re z < 0.
 
     Examples
@@ -210,7 +278,7 @@ def phi1(z, tau):
     z = np.asarray(z)
     zc = as_complex_array(z, "z") if z.dtype.kind == "c" else as_real_array(z, "z")
     tau = as_real_array(tau, "tau")
-    return _phi1_array(zc, tau)
+    return _noise_times_phi1(np.float64(1.0), zc, tau)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +312,22 @@ def _check_tau(tau) -> np.ndarray:
     if np.any(tau < 0):
         raise ValueError(f"tau: expected lags >= 0, got minimum {tau.min():.6g}")
     return tau
+
+
+def _full_from_upper(lam: np.ndarray, g: np.ndarray, tau: np.ndarray, sign: float) -> np.ndarray:
+    """``Σ_kl = G̃_kl φ(sign·(λ_k + λ_l^*), τ)`` for all (k, l), shape tau.shape + (d, d).
+
+    Only the upper triangle k ≤ l is evaluated; ``Σ_lk = conj(Σ_kl)`` because z_lk = conj(z_kl)
+    and G̃ is Hermitian. Half the work, and the result is exactly Hermitian.
+    """
+    d = lam.shape[0]
+    iu, ju = np.triu_indices(d)
+    z = sign * (lam[iu] + lam[ju].conj())  # z_kl = λ_k + λ_l^*, (m,)
+    vals = _noise_times_phi1(g[iu, ju], z, tau[..., None])  # (..., m)
+    out = np.empty(tau.shape + (d, d), dtype=np.complex128)
+    out[..., iu, ju] = vals
+    out[..., ju, iu] = vals.conj()
+    return out
 
 
 def _hermitize(m: np.ndarray) -> np.ndarray:
@@ -308,9 +392,7 @@ def dle_covariance(eigvals, noise, tau):
     if diagonal:
         z = 2.0 * lam.real  # λ_k + λ_k^* = 2 Re λ_k = −2 μ_k
         return _noise_times_phi1(g, z, tau[..., None])  # Σ_k = g_k φ(−2μ_k, τ)
-    z = lam[:, None] + lam.conj()[None, :]  # z_kl = λ_k + λ_l^*
-    out = _noise_times_phi1(g, z, tau[..., None, None])  # Σ_kl = G̃_kl φ(z_kl, τ)
-    return _hermitize(out) if np.all(np.isfinite(out)) else out
+    return _full_from_upper(lam, g, tau, 1.0)  # Σ_kl = G̃_kl φ(λ_k + λ_l^*, τ)
 
 
 def dle_covariance_loop(eigvals, noise, tau):
@@ -376,9 +458,7 @@ def dle_covariance_backward(eigvals, noise, tau):
     tau = _check_tau(tau)
     if diagonal:
         return _noise_times_phi1(g, -2.0 * lam.real, tau[..., None])  # Σ^B_k = g_k φ(2μ_k, τ)
-    z = lam[:, None] + lam.conj()[None, :]
-    out = _noise_times_phi1(g, -z, tau[..., None, None])  # Σ^B_kl = G̃_kl φ(−z_kl, τ)
-    return _hermitize(out) if np.all(np.isfinite(out)) else out
+    return _full_from_upper(lam, g, tau, -1.0)  # Σ^B_kl = G̃_kl φ(−(λ_k + λ_l^*), τ)
 
 
 def dle_covariance_backward_loop(eigvals, noise, tau):
@@ -519,9 +599,11 @@ def isotropic_covariance(dt, mu, sigma2, eta2, gamma2):
     dt, mu, sigma2, eta2, gamma2 = _check_isotropic(dt, mu, sigma2, eta2, gamma2)
     tau = np.abs(dt)
     rate = np.where(dt >= 0, -2.0 * mu, 2.0 * mu)  # forward decays, pushed-back grows
+    shape = np.broadcast_shapes(dt.shape, mu.shape, sigma2.shape, eta2.shape, gamma2.shape)
+    process = _noise_times_phi1(np.broadcast_to(sigma2, shape), rate, tau)  # σ² (e^{rate τ} − 1)/rate
     with np.errstate(over="ignore"):
-        process = sigma2 * _phi1_array(rate, tau)  # σ² (e^{rate τ} − 1)/rate
-        measurement = eta2 * np.exp(rate * tau)  # η² e^{∓2μτ}
+        decay = np.exp(rate * tau)
+    measurement = np.where(eta2 == 0, 0.0, eta2 * np.where(eta2 == 0, 1.0, decay))  # η² e^{∓2μτ}
     return process + measurement + gamma2
 
 
@@ -535,5 +617,7 @@ def isotropic_covariance_loop(dt, mu, sigma2, eta2, gamma2):
         tau = abs(dt[n])
         rate = -2.0 * mu[n] if dt[n] >= 0 else 2.0 * mu[n]
         # Σ = σ² (e^{rate τ} − 1)/rate + η² e^{rate τ} + γ²
-        out[n] = sigma2[n] * _phi1_scalar(rate, tau) + eta2[n] * _exp_real(rate * tau) + gamma2[n]
+        process = _noise_times_phi1_scalar(sigma2[n], rate, tau)  # σ² (e^{rate τ} − 1)/rate
+        measurement = eta2[n] * _exp_real(rate * tau) if eta2[n] != 0 else 0.0  # η² e^{rate τ}
+        out[n] = process + measurement + gamma2[n]
     return out.reshape(shape)
