@@ -188,8 +188,9 @@ def run_case(case: Case, quick: bool = False) -> dict:
     return record
 
 
-def run(quick: bool = False, only: list[str] | None = None, stream=sys.stdout) -> list[dict]:
-    """Run the selected cases, printing one line each; return the records."""
+def run(quick: bool = False, only: list[str] | None = None, stream=None) -> list[dict]:
+    """Run the selected cases, printing one line each (to ``stream``, default stdout); return the records."""
+    stream = sys.stdout if stream is None else stream
     cases = [c for c in CASES if not only or any(o.lower() in c.name.lower() for o in only)]
     print(f"refimpl bench ({'quick' if quick else 'full'}): {len(cases)} cases; ratios = loop / vectorized", file=stream)
     records = []
