@@ -44,7 +44,7 @@ import shutil
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -387,7 +387,13 @@ def _current_python_kernel_manager() -> AsyncKernelManager:
                 from ipykernel.kernelspec import get_kernel_dict
 
                 spec = get_kernel_dict()
-                spec["argv"] = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+                spec["argv"] = [
+                    sys.executable,
+                    "-m",
+                    "ipykernel_launcher",
+                    "-f",
+                    "{connection_file}",
+                ]
                 return KernelSpec(**spec)
             return super().get_kernel_spec(kernel_name)
 
@@ -469,7 +475,9 @@ def execute_notebook(nb: NotebookNode, cwd: Path, *, timeout: int | None = 600) 
         on_cell_start=on_cell_start,
     )
     try:
-        client.execute(env=_kernel_env())
+        # cleanup_kc: nbclient only shuts down kernels whose manager it created itself;
+        # without it every chapter's kernel would outlive its chapter.
+        client.execute(cleanup_kc=True, env=_kernel_env())
     except CellExecutionError as exc:
         where = _describe_cell(nb, current["index"])
         value = _ANSI.sub("", str(exc.evalue)).strip()
@@ -624,9 +632,7 @@ def write_index(book: dict[str, Any], out: Path) -> Path:
         autoescape=True,
         keep_trailing_newline=True,
     )
-    page = env.get_template("contents.html.j2").render(
-        book=book["book"], chapters=book["chapters"]
-    )
+    page = env.get_template("contents.html.j2").render(book=book["book"], chapters=book["chapters"])
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
@@ -780,9 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         known = {chapter["file"] for chapter in book["chapters"]}
         unknown = [name for name in args.only if name not in known]
         if unknown:
-            return fail(
-                f"--only: not a chapter of {book['path']}: {', '.join(unknown)}", 2
-            )
+            return fail(f"--only: not a chapter of {book['path']}: {', '.join(unknown)}", 2)
     try:  # the book extras are optional dependencies of refimpl
         import jupyter_server_mathjax  # noqa: F401
         import nbclient  # noqa: F401
