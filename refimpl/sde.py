@@ -133,7 +133,9 @@ class LinearSDE:
         lam, S = np.linalg.eig(A.astype(np.complex128))
         S_inv, cond = _invert_eigvecs(S, "A", max_cond)
         err = np.max(np.abs((S * lam) @ S_inv - A))
-        if err > 1e-10 * max(np.max(np.abs(A)), 1e-300):
+        # eig is backward stable (error ~ eps ||A||), and forming S^-1 amplifies that by up to
+        # cond(S): the bound scales with cond(S), else max_cond above ~1e5 could never be honored.
+        if err > max(1e-10, 100 * np.finfo(np.float64).eps * cond) * max(np.max(np.abs(A)), 1e-300):
             raise ValueError(f"A: eigendecomposition does not reproduce A (error {err:.2e}); A is not diagonalizable")
         noise = S_inv @ Q @ S_inv.conj().T  # G̃ = S^{-1} Q S^{-†}
         return cls(A, Q, C, R, lam, S, S_inv, 0.5 * (noise + noise.conj().T), cond)
@@ -330,9 +332,15 @@ def _size_tuple(size) -> tuple:
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         size = (int(size),)
     try:
-        size = tuple(int(s) for s in size)
+        items = tuple(size)
     except TypeError:
-        raise TypeError(f"size: expected None, an int or a tuple of ints, got {type(size).__name__}") from None
+        items = None
+    # no int() coercion: it would truncate 2.5 to 2 and accept "3"
+    if items is None or isinstance(size, (str, bytes)) or not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in items
+    ):
+        raise TypeError(f"size: expected None, an int or a tuple of ints, got {type(size).__name__} {size!r}")
+    size = tuple(int(s) for s in items)
     if any(s < 0 for s in size):
         raise ValueError(f"size: expected nonnegative lengths, got {size}")
     return size

@@ -1,0 +1,37 @@
+"""Shared pytest configuration of the unit tests.
+
+Hypothesis runs derandomized (the examples are a fixed function of the test), so every run of
+the suite draws the same cases; each property test still chooses its own ``max_examples``.
+
+Set ``REFIMPL_WORST_ERRORS=1`` to print, after the run, the worst error that each oracle
+comparison observed (test modules that collect them keep a ``WORST_ERRORS`` dict).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "refimpl",
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    database=None,  # no .hypothesis/ folder in the work tree; derandomized runs need no replay store
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("refimpl")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not os.environ.get("REFIMPL_WORST_ERRORS"):
+        return
+    for name, module in sorted(sys.modules.items()):
+        worst = getattr(module, "WORST_ERRORS", None)
+        if not name.startswith("test_") or not isinstance(worst, dict) or not worst:
+            continue
+        terminalreporter.section(f"worst observed errors: {name}")
+        for what, (err, tol) in sorted(worst.items()):
+            terminalreporter.write_line(f"{what:<60s} {err:10.3e}  (tolerance {tol:.0e})")

@@ -1,0 +1,411 @@
+"""Tests of the shared helpers: input validation (:mod:`refimpl._validate`), the tolerance
+policy (:mod:`refimpl._testing`) and the associative scan (:mod:`refimpl._scan`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from refimpl._scan import linear_scan, linear_scan_loop
+from refimpl._testing import (
+    DTYPE_RTOL,
+    ODE,
+    ORACLE,
+    RATIO_RULE_FACTOR,
+    SELF,
+    assert_close,
+    max_abs_error,
+    mc_band,
+    ratio_rule,
+    rel_error,
+)
+from refimpl._validate import (
+    as_array,
+    as_complex_array,
+    as_positive_scalar,
+    as_real_array,
+    as_rng,
+    check_hermitian_psd,
+    check_nonnegative,
+    check_option,
+    check_shape,
+    check_square,
+    check_times,
+)
+
+NOT_NUMERIC = ["abc", b"abc", None, {"a": 1}, [1.0, "a"], [[1.0, 2.0], [3.0]], object()]
+
+
+# ---------------------------------------------------------------------------------------------
+# conversions
+# ---------------------------------------------------------------------------------------------
+
+
+class TestAsRealArray:
+    def test_dtype_and_values(self):
+        for x in (3, [1, 2], np.arange(4, dtype=np.int32), np.float32(0.5), [True, False], np.array([1.5, 2.5])):
+            out = as_real_array(x, "x")
+            assert out.dtype == np.float64
+            np.testing.assert_array_equal(out, np.asarray(x, dtype=np.float64))
+
+    def test_copies_input(self):
+        x = np.array([1.0, 2.0])
+        out = as_real_array(x, "x")
+        out[0] = 99.0
+        assert x[0] == 1.0
+
+    def test_complex(self):
+        with pytest.raises(TypeError, match=r"^tau: expected real values"):
+            as_real_array([1.0, 1.0 + 1e-300j], "tau")
+        out = as_real_array(np.array([1.0 + 0j, -2.0 + 0j]), "tau")  # zero imaginary part: accepted
+        assert out.dtype == np.float64
+        np.testing.assert_array_equal(out, [1.0, -2.0])
+
+    def test_ndim(self):
+        assert as_real_array([1.0], "x", ndim=1).shape == (1,)
+        assert as_real_array(np.ones((2, 2)), "x", ndim=(1, 2)).shape == (2, 2)
+        with pytest.raises(ValueError, match=r"^x: expected 1 dimensions, got shape \(2, 2\)"):
+            as_real_array(np.ones((2, 2)), "x", ndim=1)
+        with pytest.raises(ValueError, match=r"^x: expected 1 or 2 dimensions, got shape \(\)"):
+            as_real_array(1.0, "x", ndim=(1, 2))
+
+    def test_finite(self):
+        for bad in ([1.0, np.nan], [np.inf], -np.inf):
+            with pytest.raises(ValueError, match=r"^x: expected finite values"):
+                as_real_array(bad, "x")
+        out = as_real_array([1.0, np.nan], "x", finite=False)
+        assert np.isnan(out[1])
+        assert as_real_array([], "x").shape == (0,)
+
+    @pytest.mark.parametrize("x", NOT_NUMERIC)
+    def test_not_numeric(self, x):
+        with pytest.raises(TypeError, match=r"^arg:"):
+            as_real_array(x, "arg")
+
+
+class TestAsComplexArray:
+    def test_dtype_and_values(self):
+        for x in (1, [1.0, 2.0], np.array([1 + 2j]), np.complex64(1j)):
+            out = as_complex_array(x, "x")
+            assert out.dtype == np.complex128
+            np.testing.assert_array_equal(out, np.asarray(x, dtype=np.complex128))
+
+    def test_copies_input(self):
+        x = np.array([1.0 + 1j])
+        out = as_complex_array(x, "x")
+        out[0] = 0
+        assert x[0] == 1.0 + 1j
+
+    def test_ndim_and_finite(self):
+        with pytest.raises(ValueError, match=r"^z: expected 2 dimensions"):
+            as_complex_array([1j], "z", ndim=2)
+        with pytest.raises(ValueError, match=r"^z: expected finite values, got 1 NaN/inf"):
+            as_complex_array([1j, complex(0, np.inf)], "z")
+        assert np.isnan(as_complex_array([np.nan], "z", finite=False)[0])
+
+    @pytest.mark.parametrize("x", NOT_NUMERIC)
+    def test_not_numeric(self, x):
+        with pytest.raises(TypeError, match=r"^z:"):
+            as_complex_array(x, "z")
+
+
+class TestAsArray:
+    def test_dtype_rule(self):
+        assert as_array([1, 2], "x").dtype == np.float64
+        assert as_array(np.float32(1), "x").dtype == np.float64
+        out = as_array([1.0, 2j], "x")
+        assert out.dtype == np.complex128
+        np.testing.assert_array_equal(out, [1.0, 2j])
+        # a complex array with zero imaginary parts stays complex: nothing is dropped
+        assert as_array(np.array([1.0 + 0j]), "x").dtype == np.complex128
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match=r"^x: expected 1 dimensions"):
+            as_array([[1.0]], "x", ndim=1)
+        with pytest.raises(ValueError, match=r"^x: expected finite"):
+            as_array([1j, np.nan], "x")
+        with pytest.raises(TypeError, match=r"^x:"):
+            as_array("x", "x")
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------------------------
+
+
+class TestCheckShape:
+    def test_accepts(self):
+        check_shape(np.zeros((2, 3)), "x", (2, 3))
+        check_shape(np.zeros((2, 3)), "x", (None, 3))
+        check_shape(np.zeros((5,)), "x", (None,))
+        check_shape(np.zeros(()), "x", ())
+
+    def test_rejects(self):
+        with pytest.raises(ValueError, match=r"^x: expected shape \(any, 4\), got shape \(2, 3\)"):
+            check_shape(np.zeros((2, 3)), "x", (None, 4))
+        with pytest.raises(ValueError, match=r"^x: expected shape \(3,\), got shape \(3, 1\)"):
+            check_shape(np.zeros((3, 1)), "x", (3,))
+        with pytest.raises(ValueError, match=r"^x: expected shape \(\), got shape \(1,\)"):
+            check_shape(np.zeros(1), "x", ())
+
+
+class TestCheckNonnegative:
+    def test_accepts(self):
+        check_nonnegative(np.array([0.0, -0.0, 1e-300, 5.0]), "sigma2")
+        check_nonnegative(np.array([]), "sigma2")
+
+    def test_rejects(self):
+        with pytest.raises(ValueError, match=r"^sigma2: expected values >= 0, got minimum -1e-300"):
+            check_nonnegative(np.array([1.0, -1e-300]), "sigma2")
+        with pytest.raises(TypeError, match=r"^sigma2: expected real"):
+            check_nonnegative(np.array([1.0 + 0j]), "sigma2")
+
+
+class TestCheckSquare:
+    def test(self):
+        check_square(np.zeros((3, 3)), "A")
+        check_square(np.zeros((0, 0)), "A")
+        for shape in [(2, 3), (3,), (2, 2, 2), ()]:
+            with pytest.raises(ValueError, match=r"^A: expected a square matrix"):
+                check_square(np.zeros(shape), "A")
+
+
+class TestCheckHermitianPsd:
+    def test_accepts_psd_up_to_roundoff(self):
+        rng = np.random.default_rng(0)
+        B = rng.normal(size=(4, 2)) + 1j * rng.normal(size=(4, 2))
+        P = B @ B.conj().T  # rank 2: two eigenvalues are 0 up to round-off
+        check_hermitian_psd(P, "P")
+        P_noisy = P + 1e-14 * np.abs(P).max() * rng.normal(size=P.shape)  # slightly non-Hermitian
+        check_hermitian_psd(P_noisy, "P")
+        w, v = np.linalg.eigh(P)
+        w[0] = -1e-13 * w.max()  # a round-off-size negative eigenvalue
+        check_hermitian_psd((v * w) @ v.conj().T, "P")
+        check_hermitian_psd(np.zeros((3, 3)), "P")
+        check_hermitian_psd(np.zeros((0, 0)), "P")
+        check_hermitian_psd(np.eye(2) * 1e-300, "P")
+
+    def test_rejects_indefinite(self):
+        with pytest.raises(ValueError, match=r"^Q: expected a positive semidefinite matrix.*-1"):
+            check_hermitian_psd(np.array([[1.0, 2.0], [2.0, 1.0]]), "Q")
+        w, v = np.linalg.eigh(np.array([[2.0, 1.0], [1.0, 2.0]]))
+        with pytest.raises(ValueError, match=r"^Q: expected a positive semidefinite"):
+            check_hermitian_psd((v * np.array([-1e-6, 3.0])) @ v.T, "Q")
+
+    def test_rejects_non_hermitian(self):
+        with pytest.raises(ValueError, match=r"^Q: expected a symmetric matrix"):
+            check_hermitian_psd(np.array([[1.0, 0.5], [0.4, 1.0]]), "Q")
+        with pytest.raises(ValueError, match=r"^Q: expected a Hermitian matrix"):
+            check_hermitian_psd(np.array([[1.0, 0.5j], [0.5j, 1.0]]), "Q")  # complex symmetric
+        with pytest.raises(ValueError, match=r"^Q: expected a square matrix"):
+            check_hermitian_psd(np.ones((2, 3)), "Q")
+
+
+class TestCheckTimes:
+    def test_accepts(self):
+        check_times(np.array([0.0, 1e-12, 1.0, 1e6]), "t")
+        check_times(np.array([3.0]), "t")
+
+    @pytest.mark.parametrize("t", [[0.0, 1.0, 1.0], [0.0, 2.0, 1.0], [1.0, 0.0]])
+    def test_not_increasing(self, t):
+        with pytest.raises(ValueError, match=r"^t: expected strictly increasing time stamps, got t\[\d\]"):
+            check_times(np.array(t), "t")
+
+    def test_names_the_offending_pair(self):
+        with pytest.raises(ValueError, match=r"t\[2\] = 5 >= t\[3\] = 4"):
+            check_times(np.array([0.0, 1.0, 5.0, 4.0, 6.0]), "t")
+
+    def test_shape(self):
+        with pytest.raises(ValueError, match=r"^times: expected time stamps of shape \(N,\)"):
+            check_times(np.zeros((2, 2)), "times")
+
+
+class TestCheckOption:
+    def test(self):
+        check_option("causal", "mask", ("causal", "none"))
+        with pytest.raises(ValueError, match=r"^mask: expected one of \('causal', 'none'\), got 'Causal'"):
+            check_option("Causal", "mask", ["causal", "none"])
+        for bad in (None, 1, b"causal"):
+            with pytest.raises(TypeError, match=r"^mask: expected one of"):
+                check_option(bad, "mask", ("causal",))
+
+
+class TestAsPositiveScalar:
+    def test_accepts(self):
+        for x, expected in [(2, 2.0), (0.5, 0.5), (np.float32(0.25), 0.25), (np.int64(3), 3.0), (np.array(1.5), 1.5)]:
+            out = as_positive_scalar(x, "x")
+            assert type(out) is float and out == expected
+        assert as_positive_scalar(0.0, "x", strict=False) == 0.0
+        assert as_positive_scalar(0, "x", strict=False) == 0.0
+
+    def test_rejects_values(self):
+        for bad in (0.0, 0, -1.0, np.inf, np.nan, -np.inf):
+            with pytest.raises(ValueError, match=r"^x: expected a finite value > 0"):
+                as_positive_scalar(bad, "x")
+        for bad in (-1e-300, np.inf, np.nan):
+            with pytest.raises(ValueError, match=r"^x: expected a finite value >= 0"):
+                as_positive_scalar(bad, "x", strict=False)
+
+    def test_rejects_types(self):
+        for bad in (True, False, np.bool_(True), "1", None, 1j, [1.0], np.array([1.0]), np.array(1j)):
+            with pytest.raises(TypeError, match=r"^x: expected a real scalar"):
+                as_positive_scalar(bad, "x")
+
+
+class TestAsRng:
+    def test_int_seed(self):
+        a, b = as_rng(42), np.random.default_rng(42)
+        assert isinstance(a, np.random.Generator)
+        np.testing.assert_array_equal(a.standard_normal(5), b.standard_normal(5))
+        np.testing.assert_array_equal(as_rng(np.int64(7)).random(3), np.random.default_rng(7).random(3))
+
+    def test_generator_is_passed_through(self):
+        g = np.random.default_rng(1)
+        assert as_rng(g) is g
+
+    def test_none(self):
+        # fresh entropy: a new Generator each call (its stream is not reproducible by design)
+        g1, g2 = as_rng(None), as_rng(None)
+        assert isinstance(g1, np.random.Generator) and isinstance(g2, np.random.Generator)
+        assert g1 is not g2
+
+    @pytest.mark.parametrize("bad", [1.0, 0.5, "1", True, False, np.random.RandomState(0), [1, 2]])
+    def test_rejects(self, bad):
+        with pytest.raises(TypeError, match=r"^rng: expected a numpy.random.Generator"):
+            as_rng(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# refimpl._testing
+# ---------------------------------------------------------------------------------------------
+
+
+class TestTolerancePolicy:
+    def test_tiers(self):
+        # DESIGN.md: self-consistency <= 1e-10, against SciPy/closed forms <= 1e-12.
+        assert SELF <= 1e-10 and ORACLE <= 1e-12 and ORACLE < SELF < ODE
+        assert DTYPE_RTOL["float64"] <= SELF
+        assert DTYPE_RTOL["float32"] < DTYPE_RTOL["float16"] < DTYPE_RTOL["bfloat16"]
+
+    def test_max_abs_error(self):
+        assert max_abs_error([1.0, 2.0], [1.0, 2.5]) == 0.5
+        assert max_abs_error([], []) == 0.0
+        assert max_abs_error([np.inf, 1.0], [np.inf, 1.0]) == 0.0  # equal infinities agree
+        assert max_abs_error([np.nan, 1.0], [np.nan, 1.0]) == 0.0  # NaN where NaN is expected
+        assert max_abs_error([np.nan], [1.0]) == np.inf
+        assert max_abs_error([np.inf], [1.0]) == np.inf
+        assert max_abs_error([-np.inf], [np.inf]) == np.inf
+        assert max_abs_error([1j], [0.0]) == 1.0
+
+    def test_rel_error_is_normwise(self):
+        # the tiny entry is off by 10 % elementwise, but norm-wise the error is 1e-21
+        assert rel_error([1.0, 1.1e-20], [1.0, 1e-20]) == pytest.approx(1e-21, rel=1e-6)
+        assert rel_error([2.0, 0.0], [1.0, 0.0]) == 1.0
+        assert rel_error([3.0, -3.0], [0.0, 0.0]) == 3.0  # desired identically zero: absolute error
+        assert rel_error([], []) == 0.0
+
+    def test_assert_close_passes(self):
+        err = assert_close([1.0, 2.0 + 1e-12], [1.0, 2.0], rtol=1e-12)
+        assert err == pytest.approx(0.5e-12, rel=1e-3)
+        assert assert_close(np.ones((2, 2)), np.ones((2, 2))) == 0.0
+        assert_close([1.0, 1e-3], [1.0, 0.0], rtol=1e-12, atol=1e-3)  # the absolute criterion
+        assert_close([np.inf, 1.0], [np.inf, 1.0], rtol=0.0)
+
+    def test_assert_close_fails_with_the_error(self):
+        with pytest.raises(AssertionError, match=r"^Σ differ: norm-wise rel error 5\.000e-11 > rtol 1\.0e-12"):
+            assert_close([1.0, 2.0 + 1e-10], [1.0, 2.0], rtol=1e-12, what="Σ")
+        with pytest.raises(AssertionError, match=r"max abs error 1\.000e-01"):
+            assert_close([1.1], [1.0])
+        with pytest.raises(AssertionError, match=r"^values differ"):
+            assert_close([np.nan], [1.0], rtol=1.0)
+        with pytest.raises(AssertionError, match=r"^F: shape \(2,\) != expected \(2, 1\)"):
+            assert_close(np.ones(2), np.ones((2, 1)), what="F")
+        with pytest.raises(AssertionError):
+            assert_close(np.ones(3), np.ones(1))  # no broadcasting
+
+    def test_mc_band(self):
+        assert mc_band(100) == pytest.approx(0.5)
+        assert mc_band(10000, n_sigma=3.0) == pytest.approx(0.03)
+        # a 5σ band of 4000 standard normal means of n = 400 draws contains them all
+        rng = np.random.default_rng(2)
+        means = rng.standard_normal((4000, 400)).mean(axis=1)
+        assert np.all(np.abs(means) <= mc_band(400))
+        assert np.mean(np.abs(means) <= mc_band(400, n_sigma=1.0)) == pytest.approx(0.6827, abs=0.03)
+
+    def test_ratio_rule(self):
+        assert RATIO_RULE_FACTOR == 2.0
+        assert ratio_rule(2e-4, 1e-4)
+        assert not ratio_rule(2.01e-4, 1e-4)
+        assert ratio_rule(3e-4, 1e-4, factor=3.0)
+        assert ratio_rule(0.0, 0.0)  # exact kernel vs exact plain implementation
+        assert not ratio_rule(1e-300, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# refimpl._scan
+# ---------------------------------------------------------------------------------------------
+
+
+def random_coefficients(rng, shape):
+    """Complex a with |a| <= 1 (a few exactly 0 and exactly on the unit circle) and complex b."""
+    a = np.sqrt(rng.uniform(0, 1, shape)) * np.exp(2j * np.pi * rng.uniform(size=shape))
+    flat = a.reshape(-1)
+    flat[:: 7] = np.exp(1j * rng.uniform(0, 2 * np.pi, flat[::7].shape))  # |a| = 1
+    flat[3::11] = 0.0
+    b = rng.normal(size=shape) + 1j * rng.normal(size=shape)
+    return a, b
+
+
+class TestLinearScan:
+    @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000])
+    def test_loop_twin(self, n):
+        rng = np.random.default_rng(n)
+        a, b = random_coefficients(rng, (n,))
+        a0, b0 = a.copy(), b.copy()
+        h = linear_scan(a, b)
+        assert h.shape == (n,) and h.dtype == np.complex128
+        assert_close(h, linear_scan_loop(a, b), rtol=SELF, what="linear_scan vs loop")
+        np.testing.assert_array_equal(a, a0)  # inputs are not modified
+        np.testing.assert_array_equal(b, b0)
+
+    @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000])
+    def test_batched_axis_minus_two(self, n):
+        # the layout of the SDE sampler: (batch..., N, d), scanned along axis -2
+        rng = np.random.default_rng(100 + n)
+        a, b = random_coefficients(rng, (n, 3))
+        b = rng.normal(size=(2, 4, n, 3)) + 1j * rng.normal(size=(2, 4, n, 3))  # a broadcasts over the batch
+        h = linear_scan(a, b, axis=-2)
+        assert h.shape == (2, 4, n, 3)
+        assert_close(h, linear_scan_loop(a, b, axis=-2), rtol=SELF, what="linear_scan axis=-2 vs loop")
+        assert_close(h[1, 2, :, 0], linear_scan_loop(a[:, 0], b[1, 2, :, 0]), rtol=SELF, what="one channel")
+
+    def test_axis_zero_and_real(self):
+        rng = np.random.default_rng(5)
+        a = rng.uniform(-1, 1, size=(50, 4))
+        b = rng.normal(size=(50, 4))
+        h = linear_scan(a, b, axis=0)
+        assert h.dtype == np.float64
+        assert_close(h, linear_scan_loop(a, b, axis=0), rtol=SELF, what="real scan axis=0")
+
+    def test_against_lfilter(self):
+        # constant a: h_i = a h_{i-1} + b_i is the IIR filter 1/(1 − a z^{-1}) (independent oracle)
+        rng = np.random.default_rng(6)
+        b = rng.normal(size=300) + 1j * rng.normal(size=300)
+        for a in (0.0, 0.5, -0.9, 0.95 * np.exp(0.3j), np.exp(1.1j), 1.0):
+            ref = scipy.signal.lfilter([1.0], [1.0, -a], b)
+            assert_close(linear_scan(np.full(300, a), b), ref, rtol=ORACLE * 10, what="linear_scan vs lfilter")
+        assert_close(linear_scan(np.ones(300), b), np.cumsum(b), rtol=ORACLE * 10, what="a = 1: cumulative sum")
+        np.testing.assert_array_equal(linear_scan(np.zeros(300), b), b)
+
+    def test_first_coefficient_is_ignored(self):
+        # h_{-1} = 0, so a_0 multiplies nothing: h_0 = b_0 whatever a_0 is
+        rng = np.random.default_rng(7)
+        a, b = random_coefficients(rng, (9,))
+        a2 = a.copy()
+        a2[0] = 123.0
+        np.testing.assert_array_equal(linear_scan(a2, b), linear_scan(a, b))
+
+    def test_empty(self):
+        assert linear_scan(np.zeros(0), np.zeros(0)).shape == (0,)
+        assert linear_scan_loop(np.zeros((2, 0)), np.zeros((2, 0))).shape == (2, 0)
