@@ -34,6 +34,7 @@ __all__ = [
     "check_option",
     "as_positive_scalar",
     "as_rng",
+    "as_noise",
 ]
 
 
@@ -198,3 +199,23 @@ def as_rng(rng) -> np.random.Generator:
     if rng is None or (isinstance(rng, (numbers.Integral, np.integer)) and not isinstance(rng, bool)):
         return np.random.default_rng(rng)
     raise TypeError(f"rng: expected a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+
+
+def as_noise(x, name: str, d: int) -> tuple[np.ndarray, bool]:
+    """A noise rate in the eigenbasis: a spectrum (d,) ≥ 0, or a Hermitian PSD matrix (d, d).
+
+    Returns ``(array, diagonal)``: the float64 spectrum and True, or the complex128 matrix
+    (symmetrized) and False.
+    """
+    arr = _to_array(x, name)
+    if arr.ndim == 1:
+        g = as_real_array(arr, name, ndim=1)
+        if g.shape != (d,):
+            raise ValueError(f"{name}: expected a spectrum of shape ({d},) or a matrix ({d}, {d}), got shape {g.shape}")
+        check_nonnegative(g, name)
+        return g, True
+    g = as_complex_array(arr, name, ndim=2)
+    if g.shape != (d, d):
+        raise ValueError(f"{name}: expected a spectrum of shape ({d},) or a matrix ({d}, {d}), got shape {g.shape}")
+    check_hermitian_psd(g, name)
+    return 0.5 * (g + g.conj().T), False

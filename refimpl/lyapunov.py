@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from ._validate import as_complex_array, as_real_array, check_hermitian_psd, check_nonnegative
+from ._validate import as_complex_array, as_noise, as_real_array, check_nonnegative
 
 __all__ = [
     "phi1",
@@ -288,23 +288,10 @@ def phi1(z, tau):
 
 def _check_eig_noise(eigvals, noise) -> tuple[np.ndarray, np.ndarray, bool]:
     lam = as_complex_array(eigvals, "eigvals", ndim=1)
-    d = lam.shape[0]
-    if d == 0:
+    if lam.shape[0] == 0:
         raise ValueError("eigvals: expected at least one eigenvalue, got shape (0,)")
-    g = np.asarray(noise)
-    if g.ndim == 1:
-        g = as_real_array(noise, "noise", ndim=1)
-        if g.shape != (d,):
-            raise ValueError(f"noise: expected a spectrum of shape ({d},) to match eigvals, got shape {g.shape}")
-        check_nonnegative(g, "noise")
-        return lam, g, True
-    g = as_complex_array(noise, "noise", ndim=(1, 2))
-    if g.shape != (d, d):
-        raise ValueError(
-            f"noise: expected shape ({d},) (diagonal) or ({d}, {d}) (full) to match eigvals, got shape {g.shape}"
-        )
-    check_hermitian_psd(g, "noise")
-    return lam, 0.5 * (g + g.conj().T), False
+    g, diagonal = as_noise(noise, "noise", lam.shape[0])
+    return lam, g, diagonal
 
 
 def _check_tau(tau) -> np.ndarray:
@@ -395,8 +382,8 @@ def dle_covariance(eigvals, noise, tau):
     return _full_from_upper(lam, g, tau, 1.0)  # Σ_kl = G̃_kl φ(λ_k + λ_l^*, τ)
 
 
-def dle_covariance_loop(eigvals, noise, tau):
-    """Loop twin of :func:`dle_covariance`: Eq. (2.4) one lag and one entry (k, l) at a time."""
+def _dle_loop(eigvals, noise, tau, sign: float):
+    """Σ_kl(τ) = G̃_kl φ(sign·(λ_k + λ_l^*), τ), one lag and one entry at a time (Eqs. 2.4, 2.7)."""
     lam, g, diagonal = _check_eig_noise(eigvals, noise)
     tau = _check_tau(tau)
     d = lam.shape[0]
@@ -405,18 +392,26 @@ def dle_covariance_loop(eigvals, noise, tau):
         out = np.empty((flat.size, d))
         for n, t in enumerate(flat):
             for k in range(d):
-                # Σ_k(τ) = g_k (e^{2 Re λ_k τ} − 1) / (2 Re λ_k)
-                out[n, k] = _noise_times_phi1_scalar(g[k], 2.0 * lam[k].real, float(t))
+                # Σ_k(τ) = g_k φ(sign · 2 Re λ_k, τ)
+                out[n, k] = _noise_times_phi1_scalar(g[k], sign * 2.0 * lam[k].real, float(t))
         return out.reshape(tau.shape + (d,))
     out = np.empty((flat.size, d, d), dtype=np.complex128)
     for n, t in enumerate(flat):
         for k in range(d):
             for l in range(d):
-                # Σ_kl(τ) = G̃_kl (e^{(λ_k + λ_l^*) τ} − 1) / (λ_k + λ_l^*)
+                # Σ_kl(τ) = G̃_kl φ(sign · (λ_k + λ_l^*), τ)
                 z = complex(lam[k] + np.conj(lam[l]))
-                out[n, k, l] = _noise_times_phi1_scalar(g[k, l], z, float(t))
+                out[n, k, l] = _noise_times_phi1_scalar(g[k, l], sign * z, float(t))
     out = _hermitize(out) if np.all(np.isfinite(out)) else out
     return out.reshape(tau.shape + (d, d))
+
+
+def dle_covariance_loop(eigvals, noise, tau):
+    """Loop twin of :func:`dle_covariance`: Eq. (2.4) one lag and one entry (k, l) at a time,
+
+    Σ_kl(τ) = G̃_kl (e^{(λ_k + λ_l^*) τ} − 1) / (λ_k + λ_l^*)   (diagonal: k = l only).
+    """
+    return _dle_loop(eigvals, noise, tau, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,27 +457,11 @@ def dle_covariance_backward(eigvals, noise, tau):
 
 
 def dle_covariance_backward_loop(eigvals, noise, tau):
-    """Loop twin of :func:`dle_covariance_backward`: Eq. (2.7) entry by entry."""
-    lam, g, diagonal = _check_eig_noise(eigvals, noise)
-    tau = _check_tau(tau)
-    d = lam.shape[0]
-    flat = tau.reshape(-1)
-    if diagonal:
-        out = np.empty((flat.size, d))
-        for n, t in enumerate(flat):
-            for k in range(d):
-                # Σ^B_k(τ) = g_k (e^{2 μ_k τ} − 1) / (2 μ_k)
-                out[n, k] = _noise_times_phi1_scalar(g[k], -2.0 * lam[k].real, float(t))
-        return out.reshape(tau.shape + (d,))
-    out = np.empty((flat.size, d, d), dtype=np.complex128)
-    for n, t in enumerate(flat):
-        for k in range(d):
-            for l in range(d):
-                # Σ^B_kl(τ) = G̃_kl (1 − e^{−(λ_k + λ_l^*) τ}) / (λ_k + λ_l^*)
-                z = complex(lam[k] + np.conj(lam[l]))
-                out[n, k, l] = _noise_times_phi1_scalar(g[k, l], -z, float(t))
-    out = _hermitize(out) if np.all(np.isfinite(out)) else out
-    return out.reshape(tau.shape + (d, d))
+    """Loop twin of :func:`dle_covariance_backward`: Eq. (2.7) entry by entry,
+
+    Σ^B_kl(τ) = G̃_kl (1 − e^{−(λ_k + λ_l^*) τ}) / (λ_k + λ_l^*)   (diagonal: k = l only).
+    """
+    return _dle_loop(eigvals, noise, tau, -1.0)
 
 
 # ---------------------------------------------------------------------------------------------

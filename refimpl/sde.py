@@ -42,6 +42,7 @@ from ._scan import linear_scan
 from ._validate import (
     as_array,
     as_complex_array,
+    as_noise,
     as_positive_scalar,
     as_real_array,
     as_rng,
@@ -171,15 +172,8 @@ class LinearSDE:
         if S.shape != (d, d):
             raise ValueError(f"S: expected shape ({d}, {d}) to match eigvals, got shape {S.shape}")
         S_inv, cond = _invert_eigvecs(S, "S", max_cond)
-        g = np.asarray(process_noise)
-        if g.ndim == 1:
-            g = as_real_array(process_noise, "process_noise", ndim=1)
-            if g.shape != (d,):
-                raise ValueError(f"process_noise: expected shape ({d},) or ({d}, {d}), got shape {g.shape}")
-            check_nonnegative(g, "process_noise")
-            g = np.diag(g).astype(np.complex128)
-        else:
-            g = _check_cov(process_noise, "process_noise", d).astype(np.complex128)
+        g, diagonal = as_noise(process_noise, "process_noise", d)
+        g = np.diag(g).astype(np.complex128) if diagonal else g
         A = (S * lam) @ S_inv  # A = S Λ S^{-1}
         Q = S @ g @ S.conj().T  # Q = S G̃ S^†
         Q = 0.5 * (Q + Q.conj().T)
@@ -509,14 +503,22 @@ def _standard_normal(rng: np.random.Generator, shape: tuple, complex_: bool) -> 
     return xi
 
 
-def _draw_sample_noise(model: LinearSDE, n: int, size: tuple, rng):
-    # One fixed order of draws, shared by sample() and sample_loop() so that they can be
-    # compared path by path: process noise for all steps, then measurement noise.
+def _sample_setup(model, t, x0, size, rng):
+    """Validated inputs, the noise draws and the discretization shared by sample and sample_loop.
+
+    One fixed order of draws (process noise for all steps, then measurement noise) so that
+    the two can be compared path by path.
+    """
+    model = _check_model(model)
+    t = _check_t(t)
+    size = _size_tuple(size)
+    x0 = _check_x0(model, x0, size)
     rng = as_rng(rng)
     cplx = not model.is_real
-    xi = _standard_normal(rng, size + (max(n - 1, 0), model.dim), cplx)
-    nu = _standard_normal(rng, size + (n, model.obs_dim), cplx)
-    return xi, nu
+    xi = _standard_normal(rng, size + (t.size - 1, model.dim), cplx)
+    nu = _standard_normal(rng, size + (t.size, model.obs_dim), cplx)
+    F, Qd = discretize(model, t)
+    return model, t, size, x0, xi, nu, F, Qd
 
 
 def sample(model: LinearSDE, t, *, x0=None, size=None, rng=None):
@@ -548,12 +550,7 @@ def sample(model: LinearSDE, t, *, x0=None, size=None, rng=None):
     diagonal, ``y_{i+1} = e^{ΛΔt_i} ⊙ y_i + S^{-1} ε_i``, and all N steps are formed at once by
     an associative scan (``ceil(log2 N)`` vectorized sweeps, no loop over N).
     """
-    model = _check_model(model)
-    t = _check_t(t)
-    size = _size_tuple(size)
-    x0 = _check_x0(model, x0, size)
-    xi, nu = _draw_sample_noise(model, t.size, size, rng)
-    F, Qd = discretize(model, t)
+    model, t, size, x0, xi, nu, F, Qd = _sample_setup(model, t, x0, size, rng)
     eps = (_psd_sqrt(Qd) @ xi[..., None])[..., 0]  # ε_i = L_i ξ_i, size + (N-1, d)
     # eigen-coordinates: y_0 = S^{-1} x_0, then y_{i+1} = e^{λΔt_i} y_i + S^{-1} ε_i
     b = np.concatenate([x0[..., None, :], eps], axis=-2) @ model.S_inv.T
@@ -561,6 +558,7 @@ def sample(model: LinearSDE, t, *, x0=None, size=None, rng=None):
     a = np.concatenate([np.zeros((1, model.dim), a.dtype), a], axis=0)
     y = linear_scan(a, b, axis=-2)
     x = model._realify(y @ model.S.T)  # x = S y
+    x[..., 0, :] = x0  # exactly, not S S^{-1} x0
     z = x @ model.C.T + nu @ _psd_sqrt(model.R).T  # z_i = C x_i + R^{1/2} ν_i
     return x, z
 
@@ -571,12 +569,7 @@ def sample_loop(model: LinearSDE, t, *, x0=None, size=None, rng=None):
     With the same ``rng`` state it draws the same noise as :func:`sample`, so the two return
     the same paths (to round-off).
     """
-    model = _check_model(model)
-    t = _check_t(t)
-    size = _size_tuple(size)
-    x0 = _check_x0(model, x0, size)
-    xi, nu = _draw_sample_noise(model, t.size, size, rng)
-    F, Qd = discretize(model, t)
+    model, t, size, x0, xi, nu, F, Qd = _sample_setup(model, t, x0, size, rng)
     L_R = _psd_sqrt(model.R)
     x = np.empty(size + (t.size, model.dim), dtype=np.result_type(x0, model.A))
     x[..., 0, :] = x0
