@@ -331,7 +331,7 @@ def dle_covariance(eigvals, noise, tau):
     r"""Covariance accumulated by propagating the SDE forward over a lag τ, in the eigenbasis.
 
     Implements Eq. (2.4) (full noise) and Eq. (2.5) (diagonal noise) of the book
-    (Racioppo 2025, Eq. 5 / App. A.1; thesis App. 7.3 for the full form).
+    (Racioppo 2025 v6, App. A.1; the full form is the AFA thesis, App. 7.3).
 
     Parameters
     ----------
@@ -544,7 +544,7 @@ def _check_isotropic(dt, mu, sigma2, eta2, gamma2):
 def isotropic_covariance(dt, mu, sigma2, eta2, gamma2):
     r"""AFA's residual variance between a query at t_i and a key at t_j, Δt = t_i − t_j.
 
-    Implements Eq. (2.9) of the book (Racioppo 2025 v6, Eq. 6; spec afa.md §2.3–2.4):
+    Implements Eq. (2.9) of the book (Racioppo 2025 v6, Eq. 6 and App. A.2):
     process noise accumulated over the lag, the key's measurement noise propagated with it,
     and the query's anchor noise.
 

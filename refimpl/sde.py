@@ -226,8 +226,9 @@ class LinearSDE:
     def transition(self, dt) -> np.ndarray:
         r"""Transition matrix ``F(Δt) = e^{AΔt} = S e^{ΛΔt} S^{-1}``, Eq. (1.5).
 
-        ``dt`` : float or array (...), ≥ 0 (negative lags are allowed: ``e^{-A τ}`` is the
-        pushed-back map). Returns (..., d, d).
+        ``dt`` : float or array (...), any sign: a negative lag −τ gives ``e^{-Aτ}``, the
+        pushed-back map of Eq. (2.7) (public :func:`transition_matrix` accepts lags ≥ 0 only).
+        Returns (..., d, d).
         """
         dt = as_real_array(dt, "dt")
         e = np.exp(self.eigvals * dt[..., None])  # e^{λ_k Δt}, (..., d)
