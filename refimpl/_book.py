@@ -161,7 +161,7 @@ def load_book(path: str | os.PathLike[str] = "book.toml") -> dict[str, Any]:
         :class:`~pathlib.Path`, ``build`` the ``[build]`` table with ``build-dir`` made an
         absolute Path, and ``chapters`` the ``[[chapters]]`` list in order. Each chapter
         dict has ``file``, ``title``, ``modules`` and gains ``path`` (absolute notebook
-        path), ``number`` (1-based) and ``page`` (HTML file name, same stem as the
+        path), ``number`` (the file's ``NN-`` prefix, else the 1-based position) and ``page`` (HTML file name, same stem as the
         notebook).
 
     Raises
@@ -236,6 +236,15 @@ def load_book(path: str | os.PathLike[str] = "book.toml") -> dict[str, Any]:
         notebook = book["src"] / file
         if not notebook.is_file():
             raise BookConfigError(f"{where}: notebook file not found: {notebook}")
+        # The chapter number is the file's NN- prefix when it has one: equation tags such as
+        # (11.2) are cited, so they must not shift when chapters are added before it.
+        prefix = re.match(r"(\d+)-", file)
+        chapter_number = int(prefix.group(1)) if prefix else number
+        if chapters and chapter_number <= chapters[-1]["number"]:
+            raise BookConfigError(
+                f"{where}: chapter number {chapter_number} (from the file name) must be larger than "
+                f"the previous chapter's {chapters[-1]['number']}: list chapters in order"
+            )
         seen_files.add(file)
         seen_pages.add(page)
         chapters.append(
@@ -244,7 +253,7 @@ def load_book(path: str | os.PathLike[str] = "book.toml") -> dict[str, Any]:
                 "title": chapter_title,
                 "modules": modules,
                 "path": notebook,
-                "number": number,
+                "number": chapter_number,
                 "page": page,
             }
         )

@@ -465,6 +465,22 @@ def test_load_book_resolves_paths(tmp_path: Path) -> None:
     ]
 
 
+def test_chapter_numbers_come_from_file_prefixes(tmp_path: Path) -> None:
+    # Equation tags (k.n) are cited: a chapter's number is its NN- prefix, so gaps are allowed
+    # and adding a chapter before it does not renumber it; order must still increase.
+    manifest = _make_book(tmp_path, TINY_CHAPTERS)
+    text = manifest.read_text(encoding="utf-8")
+    (tmp_path / "nb" / "02-second.ipynb").rename(tmp_path / "nb" / "07-second.ipynb")
+    _write(manifest, text.replace('"02-second.ipynb"', '"07-second.ipynb"'))
+    assert [c["number"] for c in load_book(manifest)["chapters"]] == [1, 7]
+    first, second = text.index('"01-first.ipynb"'), text.index('"02-second.ipynb"')
+    swapped = text.replace('"01-first.ipynb"', "@@").replace('"02-second.ipynb"', '"01-first.ipynb"')
+    _write(manifest, swapped.replace("@@", '"07-second.ipynb"'))
+    assert first < second
+    with pytest.raises(BookConfigError, match="must be larger"):
+        load_book(manifest)
+
+
 # --------------------------------------------------------------------- the real book
 
 
