@@ -76,6 +76,8 @@ def _check_qk(q, k):
             raise ValueError(f"{name}: expected shape {what}, got shape {arr.shape}")
     if k.shape[-1] != q.shape[-1]:
         raise ValueError(f"k: expected the same last dimension d = {q.shape[-1]} as q, got shape {k.shape}")
+    if k.shape[-2] == 0:
+        raise ValueError(f"k: expected at least one key (M >= 1), got shape {k.shape}")
     return q, k
 
 
@@ -143,18 +145,54 @@ def _scale(scale, d: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def _weights_inplace(q, k, allowed, scale) -> np.ndarray:
-    """A = softmax(scale q k^T) over the allowed keys, computed in one (..., N, M) buffer."""
-    s = np.matmul(q * scale, np.swapaxes(k, -1, -2))  # s_ij = scale q_i · k_j (BLAS)
+def _exp_shifted_inplace(s: np.ndarray, allowed) -> np.ndarray:
+    """``s ← exp(s − max_j s)`` over the allowed keys, in place; returns the row sums ``z``."""
     if allowed is not None:
-        full = np.broadcast_shapes(s.shape, allowed.shape)
+        np.copyto(s, -np.inf, where=~allowed)  # masked logits: −∞ → weight exactly 0
+    s -= s.max(axis=-1, keepdims=True)  # log-sum-exp: subtract the row max m_i (finite: a key is allowed)
+    np.exp(s, out=s)  # e^{s_ij − m_i} ∈ [0, 1], Eq. (4.3)
+    return s.sum(axis=-1, keepdims=True)  # z_i = Σ_j e^{s_ij − m_i} ≥ 1
+
+
+def _logits(q, k, allowed, rows=slice(None)) -> np.ndarray:
+    """``scale · q_i · k_j`` for the query rows ``rows``, broadcast to the mask's batch axes."""
+    s = np.matmul(q[..., rows, :], np.swapaxes(k, -1, -2))  # s_ij = (scale q_i) · k_j (BLAS)
+    if allowed is not None:
+        full = np.broadcast_shapes(s.shape, allowed[..., rows, :].shape)
         if full != s.shape:  # the mask carries batch axes that q and k do not
             s = np.broadcast_to(s, full).copy()
-        np.copyto(s, -np.inf, where=~allowed)  # masked logits: −∞ → weight exactly 0
-    s -= s.max(axis=-1, keepdims=True)  # log-sum-exp: subtract the row max (finite: a key is allowed)
-    np.exp(s, out=s)  # e^{s_ij − max_j s_ij} ∈ [0, 1]
-    s /= s.sum(axis=-1, keepdims=True)  # A_ij = e^{s_ij} / Σ_j e^{s_ij}, Eq. (4.2)
     return s
+
+
+def _weights(q, k, allowed) -> np.ndarray:
+    """A = softmax(scale q k^T) over the allowed keys (q already scaled), one (..., N, M) buffer."""
+    s = _logits(q, k, allowed)
+    s /= _exp_shifted_inplace(s, allowed)  # A_ij = e^{s_ij − m_i} / z_i, Eq. (4.2)
+    return s
+
+
+# Query rows per block of the weight-free path: ~2^18 logits (2 MiB) per block stay in cache
+# while they are shifted, exponentiated, summed and multiplied by V.
+_BLOCK_LOGITS = 1 << 18
+
+
+def _attend_blocked(q, k, v, allowed, batch) -> np.ndarray:
+    """``y = softmax(q k^T) v`` by blocks of query rows, normalizing y instead of A."""
+    n, m = q.shape[-2], k.shape[-2]
+    if allowed is not None:
+        batch = np.broadcast_shapes(batch, allowed.shape[:-2])
+        allowed = np.broadcast_to(allowed, (*allowed.shape[:-2], n, m))
+    rows_per_block = max(1, _BLOCK_LOGITS // max(1, m * math.prod(batch)))
+    y = np.empty((*batch, n, v.shape[-1]))
+    for start in range(0, n, rows_per_block):
+        rows = slice(start, min(n, start + rows_per_block))
+        blk = None if allowed is None else allowed[..., rows, :]
+        e = _logits(q, k, allowed, rows)  # (..., b, M)
+        z = _exp_shifted_inplace(e, blk)
+        out = y[..., rows, :]
+        np.matmul(e, v, out=out)  # Σ_j e_ij v_j (the batch axes of e and v broadcast to y's)
+        out /= z  # y_i = Σ_j e_ij v_j / z_i  (= Σ_j A_ij v_j, Eq. 4.1)
+    return y
 
 
 def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> np.ndarray:
@@ -177,7 +215,7 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> np.ndarra
     q, k = _check_qk(q, k)
     batch = _batch(q, k)
     allowed = _allowed(mask, causal, batch, q.shape[-2], k.shape[-2])
-    return _weights_inplace(q, k, allowed, _scale(scale, q.shape[-1]))
+    return _weights(q * _scale(scale, q.shape[-1]), k, allowed)
 
 
 def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_weights=False):
@@ -217,8 +255,12 @@ def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_we
     ``A_ij = exp(s_ij − m_i) / Σ_{j' allowed} exp(s_ij' − m_i)``,  ``y_i = Σ_j A_ij v_j``.
 
     Subtracting ``m_i`` changes nothing mathematically (Eq. 4.3) and keeps every exponent ≤ 0,
-    so nothing overflows. Work and memory: two matrix products and one (..., N, M) buffer
-    (no (N, M, d) intermediate).
+    so nothing overflows. Work: the two matrix products plus four passes over the logits
+    (max, subtract, exp, sum). Without ``return_weights`` the query rows are processed in
+    blocks of about 2^18 logits that stay in cache, and ``y`` is normalized instead of ``A``
+    (``y_i = Σ_j e^{s_ij − m_i} v_j / z_i``); peak memory is then O(block · M) besides the
+    inputs and output. With ``return_weights`` one (..., N, M) buffer holds ``A``. No
+    (N, M, d) intermediate is ever formed.
 
     References
     ----------
@@ -236,9 +278,11 @@ def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_we
     allowed = _allowed(mask, causal, batch, q.shape[-2], k.shape[-2])
     if not isinstance(return_weights, (bool, np.bool_)):
         raise TypeError(f"return_weights: expected a bool, got {type(return_weights).__name__}")
-    A = _weights_inplace(q, k, allowed, _scale(scale, q.shape[-1]))
-    y = np.matmul(A, v)  # y_i = Σ_j A_ij v_j, Eq. (4.1)
-    return (y, A) if return_weights else y
+    q = q * _scale(scale, q.shape[-1])  # scale q (N·d products) rather than the N·M logits
+    if not return_weights:
+        return _attend_blocked(q, k, v, allowed, batch)
+    A = _weights(q, k, allowed)
+    return np.matmul(A, v), A  # y_i = Σ_j A_ij v_j, Eq. (4.1)
 
 
 def softmax_attention_loop(q, k, v, *, mask=None, causal=False, scale=None, return_weights=False):

@@ -99,6 +99,26 @@ class TestSoftmaxAttention:
         close(A, A_ref, rtol=ORACLE, what="weights vs naive scipy softmax")
         assert np.all(A[..., ~np.broadcast_to(allowed, A.shape[-2:])] == 0) if allowed is not None else True
 
+    @pytest.mark.parametrize("block", [1, 7, 10**9])
+    @pytest.mark.parametrize("causal", [False, True])
+    def test_blocked_path_without_weights(self, monkeypatch, block, causal):
+        # without return_weights the query rows go through in blocks; force many and few blocks
+        import refimpl.attention as attention_module
+
+        monkeypatch.setattr(attention_module, "_BLOCK_LOGITS", block)
+        rng = np.random.default_rng(block)
+        q, k = rng.normal(size=(2, 1, 9, 4)), rng.normal(size=(3, 8, 4))
+        v = rng.normal(size=(8, 2))
+        mask = rng.random((2, 1, 9, 8)) < 0.7
+        mask[..., 0] = True
+        y = softmax_attention(q, k, v, mask=mask, causal=causal)
+        assert y.shape == (2, 3, 9, 2)
+        y_w, _ = softmax_attention(q, k, v, mask=mask, causal=causal, return_weights=True)
+        close(y, y_w, rtol=SELF, what="blocked path vs full weights")
+        close(y, softmax_attention_loop(q, k, v, mask=mask, causal=causal), rtol=SELF, what="blocked path vs loop")
+        allowed = mask & np.tri(9, 8, dtype=bool) if causal else mask
+        close(y, naive_attention(q, k, v, allowed)[0], rtol=ORACLE, what="blocked path vs naive")
+
     def test_default_scale_is_inverse_sqrt_d(self):
         q, k, v = qkv(1, d=9)
         close(softmax_attention(q, k, v), softmax_attention(q, k, v, scale=1 / 3), rtol=ORACLE, what="scale 1/sqrt(d)")
@@ -256,6 +276,7 @@ class TestSoftmaxAttention:
             ((np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2))), {"return_weights": "yes"}, TypeError, "^return_weights: "),
             ((np.ones((2, 3, 4)), np.ones((3, 5, 4)), np.ones((5, 2))), {}, ValueError, "^k: the batch axes"),
             ((np.ones((3, 4)) * 1j, np.ones((5, 4)), np.ones((5, 2))), {}, TypeError, "^q: expected real"),
+            ((np.ones((3, 4)), np.ones((0, 4)), np.ones((0, 2))), {}, ValueError, "^k: expected at least one key"),
         ],
     )
     @pytest.mark.parametrize("func", [softmax_attention, softmax_attention_loop])
