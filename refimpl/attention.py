@@ -28,8 +28,8 @@ Glossary (code name → symbol in the book / Vaswani et al. 2017)
              (head i uses columns i·d_k … (i+1)·d_k − 1); applied as ``x @ w_q`` (the paper's
              convention; torch's ``nn.Linear`` stores the transpose).
 ``w_v``      W^V, shape (d_model, h·d_v); ``w_o`` W^O, shape (h·d_v, d_out).
-``W``        a mixer materialized as an (N, N) matrix, y = W v (Eq. 4.6).
-``h_ℓ``      its lag profile: the mean of the diagonal i − j = ℓ of W (Eq. 4.7).
+``W``        a mixer materialized as an (N, N) matrix, y = W v (Eq. 4.9).
+``h_ℓ``      its lag profile: the mean of the diagonal i − j = ℓ of W (Eq. 4.10).
 
 References
 ----------
@@ -313,7 +313,7 @@ def softmax_attention_loop(q, k, v, *, mask=None, causal=False, scale=None, retu
 
 
 # ---------------------------------------------------------------------------------------------
-# Multi-head attention, Eqs. (4.4)-(4.5)
+# Multi-head attention, Eqs. (4.11)-(4.12)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -345,7 +345,7 @@ def _check_mha(x, w_q, w_k, w_v, w_o, n_heads):
 def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=None, scale=None, return_weights=False):
     r"""Multi-head self-attention: h heads side by side, concatenated, mixed by ``W^O``.
 
-    Implements Eqs. (4.4)–(4.5) of the book (Vaswani et al. 2017, §3.2.2).
+    Implements Eqs. (4.11)–(4.12) of the book (Vaswani et al. 2017, §3.2.2).
 
     Parameters
     ----------
@@ -372,7 +372,7 @@ def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=No
     Notes
     -----
     ``head_i = softmax(X W_i^Q (X W_i^K)^T · scale) X W_i^V`` and
-    ``Y = [head_1, …, head_h] W^O = Σ_i A_i X W_i^V W^O_i`` (Eq. 4.5: a bank of h
+    ``Y = [head_1, …, head_h] W^O = Σ_i A_i X W_i^V W^O_i`` (Eq. 4.12: a bank of h
     data-dependent N×N filters, each followed by its own channel mixer ``W_i^V W^O_i``).
     Vectorized: one projection of width h·d_k, reshaped (..., N, h, d_k) → (..., h, N, d_k).
     """
@@ -388,14 +388,14 @@ def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=No
         heads(w_q, dk), heads(w_k, dk), heads(w_v, dv), mask=mask_h, causal=causal, scale=scale, return_weights=True
     )
     concat = np.swapaxes(y, -2, -3).reshape(*x.shape[:-2], n, h * dv)  # Concat(head_1..head_h)
-    out = concat @ w_o  # Eq. (4.4)
+    out = concat @ w_o  # Eq. (4.11)
     return (out, A) if return_weights else out
 
 
 def multihead_attention_loop(
     x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=None, scale=None, return_weights=False
 ):
-    """Loop twin of :func:`multihead_attention`: one head at a time, Eq. (4.4) literally."""
+    """Loop twin of :func:`multihead_attention`: one head at a time, Eq. (4.11) literally."""
     x, w_q, w_k, w_v, w_o, h = _check_mha(x, w_q, w_k, w_v, w_o, n_heads)
     dk, dv = w_q.shape[1] // h, w_v.shape[1] // h
     outs, weights = [], []
@@ -411,7 +411,7 @@ def multihead_attention_loop(
 
 
 # ---------------------------------------------------------------------------------------------
-# Selectivity of a weight row, Eqs. (4.8)-(4.9)
+# Selectivity of a weight row, Eqs. (4.6)-(4.7)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -429,7 +429,7 @@ def _check_weights(weights) -> np.ndarray:
 def attention_entropy(weights) -> np.ndarray:
     r"""Shannon entropy ``H(A_i) = −Σ_j A_ij log A_ij`` (nats) of each row; 0 log 0 = 0.
 
-    Implements Eq. (4.8) of the book. Ranges from 0 (one-hot, hard selection) to log M
+    Implements Eq. (4.6) of the book. Ranges from 0 (one-hot, hard selection) to log M
     (uniform).
 
     Parameters
@@ -449,7 +449,7 @@ def attention_entropy(weights) -> np.ndarray:
 def effective_support(weights) -> np.ndarray:
     r"""Effective number of attended keys ``1 / Σ_j A_ij²`` of each row.
 
-    Implements Eq. (4.9) of the book (the "participation ratio"). Equals 1 for a one-hot row
+    Implements Eq. (4.7) of the book (the "participation ratio"). Equals 1 for a one-hot row
     and M for a uniform row.
 
     Parameters
@@ -465,7 +465,7 @@ def effective_support(weights) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Any mixer as a matrix and a frequency response, Eqs. (4.6)-(4.7)
+# Any mixer as a matrix and a frequency response, Eqs. (4.9)-(4.10)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -502,7 +502,7 @@ def _check_linear(mixer, W: np.ndarray, n: int) -> None:
 def materialize(mixer: Callable, n: int, *, check_linear: bool = True) -> np.ndarray:
     r"""The (N, N) matrix ``W`` of a mixer that is linear in its values: ``mixer(v) = W v``.
 
-    Implements Eq. (4.6) of the book: feeding the identity matrix as the values returns
+    Implements Eq. (4.9) of the book: feeding the identity matrix as the values returns
     ``W I = W`` in one call (its columns are the responses to unit impulses).
 
     Parameters
@@ -528,7 +528,7 @@ def materialize(mixer: Callable, n: int, *, check_linear: bool = True) -> np.nda
 
 
 def materialize_loop(mixer: Callable, n: int, *, check_linear: bool = True) -> np.ndarray:
-    """Loop twin of :func:`materialize`: one unit impulse ``e_j`` at a time (Eq. 4.6)."""
+    """Loop twin of :func:`materialize`: one unit impulse ``e_j`` at a time (Eq. 4.9)."""
     n = _check_mixer(mixer, n)
     cols = []
     for j in range(n):
@@ -544,7 +544,7 @@ def materialize_loop(mixer: Callable, n: int, *, check_linear: bool = True) -> n
 def lag_profile(W) -> tuple[np.ndarray, np.ndarray]:
     r"""Diagonal-averaged lag profile ``h_ℓ = mean_i W_{i, i−ℓ}`` of an (N, N) mixing matrix.
 
-    Implements Eq. (4.7) of the book. With ``y_i = Σ_j W_ij v_j`` and lag ``ℓ = i − j``, a
+    Implements Eq. (4.10) of the book. With ``y_i = Σ_j W_ij v_j`` and lag ``ℓ = i − j``, a
     Toeplitz (shift-invariant) ``W_ij = h_{i−j}`` is the convolution ``y_i = Σ_ℓ h_ℓ v_{i−ℓ}``
     and this returns its kernel exactly; for any other ``W`` it is the average kernel.
     ℓ > 0 looks back (the past), ℓ < 0 looks ahead.
@@ -571,7 +571,7 @@ def lag_profile(W) -> tuple[np.ndarray, np.ndarray]:
 def frequency_response(W, omega=None, *, n_freqs: int = 512) -> tuple[np.ndarray, np.ndarray]:
     r"""DTFT ``H(ω) = Σ_ℓ h_ℓ e^{−iωℓ}`` of the lag profile of a mixing matrix.
 
-    Implements Eq. (4.7) of the book. For a Toeplitz mixer this is its exact frequency
+    Implements Eq. (4.10) of the book. For a Toeplitz mixer this is its exact frequency
     response: ``v_j = e^{iωj}`` gives ``y_i = H(ω) e^{iωi}`` (away from the edges).
 
     Parameters
