@@ -4,6 +4,7 @@ Each public module pairs with a chapter of the book (``book.toml``):
 
 ``refimpl.sde``        the linear Itô SDE: model, exact discretization, sampling (chapter 1)
 ``refimpl.lyapunov``   closed-form differential Lyapunov covariances (chapter 2)
+``refimpl.kalman``     Kalman filter, RTS smoother, parallel scan, dense GLS, weight matrices (chapter 3)
 ``refimpl.attention``  scaled dot-product and multi-head attention as data-dependent filters (chapter 4)
 
 Every computation ``f`` has a loop twin ``f_loop`` that reads like the equation; tests assert
@@ -11,8 +12,8 @@ they agree, and check both against independent oracles (SciPy, closed forms). Th
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import attention, lyapunov, sde
+from . import attention, kalman, lyapunov, sde
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "lyapunov", "sde", "__version__"]
+__all__ = ["attention", "kalman", "lyapunov", "sde", "__version__"]

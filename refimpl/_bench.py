@@ -28,7 +28,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import attention, lyapunov, sde
+from . import attention, kalman, lyapunov, sde
+from ._testing import rel_error
 
 __all__ = ["Case", "CASES", "run_case", "run", "main"]
 
@@ -63,12 +64,20 @@ def _time(fn, args, kwargs, *, min_time: float = 0.2, min_repeat: int = 3, max_r
     """
     best = np.inf
     spent, n = 0.0, 0
+    result = None
     while n < min_repeat or (spent < min_time and n < max_repeat):
         t0 = time.perf_counter()
-        fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
         dt = time.perf_counter() - t0
         best, spent, n = min(best, dt), spent + dt, n + 1
-    return best
+    return best, result
+
+
+def _agreement(a, b) -> float:
+    """Largest norm-wise relative difference between two results (arrays or tuples of arrays)."""
+    a = a if isinstance(a, tuple) else (a,)
+    b = b if isinstance(b, tuple) else (b,)
+    return max(rel_error(x, y) for x, y in zip(a, b))
 
 
 def _peak_memory(fn, args, kwargs) -> int:
@@ -119,6 +128,28 @@ def _discretize(quick: bool):
     n = 200 if quick else 5_000
     t = np.cumsum(np.random.default_rng(4).uniform(0.05, 0.15, n))
     return (sde.spiral_system(0.3, 0.5), t), {}
+
+
+def _kalman_model(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    F = 0.95 * q  # spectral radius 0.95
+    B = rng.normal(size=(n, n))
+    return F, np.eye(2, n), B @ B.T / n + 0.1 * np.eye(n), 0.5 * np.eye(2)
+
+
+def _kalman_batch(quick: bool):
+    batch, N, n = (8, 100, 4) if quick else (256, 1000, 4)
+    F, H, Q, R = _kalman_model(n, 5)
+    z = np.random.default_rng(6).normal(size=(batch, N, 2))
+    return (z, F, H, Q, R, np.zeros(n), np.eye(n)), {}
+
+
+def _kalman_long(quick: bool):
+    N, n = (2_000, 4) if quick else (100_000, 4)
+    F, H, Q, R = _kalman_model(n, 7)
+    z = np.random.default_rng(8).normal(size=(N, 2))
+    return (z, F, H, Q, R, np.zeros(n), np.eye(n)), {}
 
 
 def _qkv(n: int, d: int, seed: int = 5):
@@ -181,6 +212,22 @@ CASES: list[Case] = [
         lambda q: "2e4 lags" if q else "1e6 lags",
     ),
     Case(
+        "kalman filter+smoother (batched vs loop twin)",
+        kalman.rts_smoother,
+        kalman.rts_smoother_loop,
+        _kalman_batch,
+        lambda q: "8×(N=100), n=4" if q else "256×(N=1000), n=4",
+        target=30.0,
+    ),
+    Case(
+        "kalman smoother: parallel scan vs recursion",
+        kalman.rts_smoother_scan,
+        kalman.rts_smoother,
+        _kalman_long,
+        lambda q: "N=2e3, n=4" if q else "N=1e5, n=4",
+        notes="ratio = recursion time / scan time (both vectorized; the scan has O(log N) depth)",
+    ),
+    Case(
         "sde.discretize (spiral, irregular grid)",
         sde.discretize,
         sde.discretize_loop,
@@ -225,8 +272,12 @@ CASES: list[Case] = [
 def run_case(case: Case, quick: bool = False) -> dict:
     """Time one case; returns a JSON-serializable record."""
     args, kwargs = case.setup(quick)
-    t_vec = _time(case.vectorized, args, kwargs)
-    t_loop = None if case.loop is None else _time(case.loop, args, kwargs, min_time=0.05 if quick else 0.0, min_repeat=1)
+    t_vec, out_vec = _time(case.vectorized, args, kwargs)
+    t_loop, out_loop = (
+        (None, None)
+        if case.loop is None
+        else _time(case.loop, args, kwargs, min_time=0.05 if quick else 0.0, min_repeat=1)
+    )
     record = {
         "name": case.name,
         "size": case.size(quick),
@@ -235,16 +286,17 @@ def run_case(case: Case, quick: bool = False) -> dict:
         "ratio": None if t_loop is None else t_loop / t_vec,
         "target": case.target,
         "peak_bytes_vectorized": _peak_memory(case.vectorized, args, kwargs),
+        "max_rel_diff": None if out_loop is None else _agreement(out_vec, out_loop),
     }
     if case.reference is not None:
-        t_ref = _time(case.reference, args, kwargs)
+        t_ref, _ = _time(case.reference, args, kwargs)
         record["reference"] = case.reference_name
         record["reference_s"] = t_ref
         record["reference_ratio"] = t_vec / t_ref
         record["reference_target"] = case.reference_target
     if case.scaling is not None and not quick:
         ns = np.array(case.scaling_ns, dtype=float)
-        times = [_time(case.vectorized, *case.scaling(int(n))) for n in ns]
+        times = [_time(case.vectorized, *case.scaling(int(n)))[0] for n in ns]
         record["scaling_ns"] = [int(n) for n in ns]
         record["scaling_s"] = times
         record["scaling_exponent"] = float(np.polyfit(np.log(ns), np.log(times), 1)[0])
@@ -269,14 +321,15 @@ def run(quick: bool = False, only: list[str] | None = None, stream=None) -> list
             if r["ratio"] is not None
             else f"{r.get('reference', 'reference')} {r.get('reference_s', 0.0) * 1e3:8.2f} ms"
         )
+        agree = "" if r["max_rel_diff"] is None else f"   agree {r['max_rel_diff']:.0e}"
         if "reference_ratio" in r:
             target = r["reference_target"]
             ok = "" if target is None else f" (target ≤ {target:g}: {'met' if r['reference_ratio'] <= target else 'MISSED'})"
             verdict += f"  vectorized/{r['reference']} = {r['reference_ratio']:.2f}{ok}"
         print(
-            f"  {r['name']:<42} {r['size']:<20} vectorized {r['vectorized_s'] * 1e3:9.2f} ms   "
+            f"  {r['name']:<46} {r['size']:<20} vectorized {r['vectorized_s'] * 1e3:9.2f} ms   "
             f"{loop}{verdict}{scaling}   "
-            f"peak {r['peak_bytes_vectorized'] / 2**20:.1f} MiB",
+            f"peak {r['peak_bytes_vectorized'] / 2**20:.1f} MiB{agree}",
             file=stream,
             flush=True,
         )

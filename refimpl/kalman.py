@@ -1,0 +1,725 @@
+r"""The Kalman filter and the Rauch–Tung–Striebel smoother: recursion, parallel scan, dense GLS.
+
+Chapter 3 of the book (``notebooks/03-kalman.ipynb``) derives every formula here. The model is the
+exact discretization of chapter 1 (Eq. 1.7) observed through Eq. (1.2):
+
+.. math::  x_{k+1} = F_k x_k + w_k,\ w_k \sim \mathcal N(0, Q_k);\qquad
+           z_k = H x_k + v_k,\ v_k \sim \mathcal N(0, R);\qquad x_0 \sim \mathcal N(m_0, P_0).
+
+Convention (pykalman's, filterpy's ``update_first=True``): ``m0, P0`` is the prior of the state at
+the **first** measurement, so step 0 is an update without a predict. The Kalman smoother is the
+exact posterior that Adaptive Filter Attention approximates; its weight matrix W (x̂ = W z + c) is
+the "attention matrix" of the optimal linear estimator (Eq. 3.12).
+
+Glossary (code name → symbol in the book / Särkkä 2013)
+-------------------------------------------------------
+``N`` steps, ``n`` state dimension, ``p`` measurement dimension, ``...`` independent sequences.
+``z`` (..., N, p)        measurements z_k; a row that is all NaN is a missing measurement.
+``F`` (n, n) or (N-1, n, n)   transitions F_k (step k → k+1);  ``Q`` likewise: process noise Q_k.
+``H`` (p, n), ``R`` (p, p)    measurement model.   ``m0`` (n,) or (..., n), ``P0`` (n, n): prior.
+``m``, ``P``  (..., N, n), (..., N, n, n)   filtered means and covariances m_k, P_k (Eq. 3.3).
+``ms``, ``Ps``                              smoothed means and covariances m^s_k, P^s_k (Eq. 3.5).
+``K`` gain, ``S`` innovation covariance, ``G`` smoother gain.
+
+References
+----------
+.. [1] R. E. Kalman, "A new approach to linear filtering and prediction problems", 1960.
+.. [2] H. E. Rauch, F. Tung, C. T. Striebel, "Maximum likelihood estimates of linear dynamic
+       systems", AIAA Journal 3(8), 1965.
+.. [3] S. Särkkä, *Bayesian Filtering and Smoothing*, CUP 2013, §4.3 and §8.2.
+.. [4] S. Särkkä and Á. F. García-Fernández, "Temporal parallelization of Bayesian smoothers",
+       IEEE Trans. Automatic Control 66(1), 2021, §IV (Lemmas 7–10).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from . import sde as _sde
+from ._validate import (
+    as_positive_scalar,
+    as_real_array,
+    check_hermitian_psd,
+    check_option,
+    check_times,
+)
+
+__all__ = [
+    "kalman_filter",
+    "kalman_filter_loop",
+    "kalman_filter_scan",
+    "rts_smoother",
+    "rts_smoother_loop",
+    "rts_smoother_scan",
+    "batch_smoother",
+    "kalman_weight_matrix",
+    "from_sde",
+    "steady_state",
+    "steady_state_loop",
+    "MAX_DENSE",
+]
+
+#: ``batch_smoother`` and ``kalman_weight_matrix`` build dense (N·n) × (N·n) covariances; they refuse
+#: N·max(n, p) above this (4096² float64 = 128 MiB per matrix) instead of exhausting memory.
+MAX_DENSE = 4096
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _sym(m: np.ndarray) -> np.ndarray:
+    # covariances are symmetric by construction; averaging removes round-off asymmetry
+    return 0.5 * (m + np.swapaxes(m, -1, -2))
+
+
+def _check_cov(m, name: str, n: int) -> np.ndarray:
+    m = as_real_array(m, name, ndim=2)
+    if m.shape != (n, n):
+        raise ValueError(f"{name}: expected shape ({n}, {n}), got shape {m.shape}")
+    check_hermitian_psd(m, name, rtol=1e-8)
+    return _sym(m)
+
+
+def _check_steps(m, name: str, n: int, n_steps: int, psd: bool) -> np.ndarray:
+    """A per-step matrix: (n, n) shared by all steps, or (N-1, n, n); returned as (N-1, n, n)."""
+    m = as_real_array(m, name, ndim=(2, 3))
+    if m.ndim == 2:
+        if m.shape != (n, n):
+            raise ValueError(f"{name}: expected shape ({n}, {n}) or ({n_steps}, {n}, {n}), got shape {m.shape}")
+        if psd:
+            m = _check_cov(m, name, n)
+        return np.broadcast_to(m, (n_steps, n, n))
+    if m.shape != (n_steps, n, n):
+        raise ValueError(f"{name}: expected shape ({n}, {n}) or ({n_steps}, {n}, {n}) (one per step), got shape {m.shape}")
+    if psd:
+        for k in range(n_steps):
+            try:
+                check_hermitian_psd(m[k], name, rtol=1e-8)
+            except ValueError as err:
+                raise ValueError(f"{name}[{k}]" + str(err)[len(name):]) from None
+        m = _sym(m)
+    return m
+
+
+def _check_z(z) -> tuple[np.ndarray, np.ndarray]:
+    z = as_real_array(z, "z", finite=False)
+    if z.ndim < 2:
+        raise ValueError(f"z: expected measurements of shape (..., N, p), got shape {z.shape}")
+    if z.shape[-2] == 0:
+        raise ValueError(f"z: expected at least one measurement (N >= 1), got shape {z.shape}")
+    if np.any(np.isinf(z)):
+        raise ValueError("z: expected finite values or all-NaN rows (missing), got inf")
+    nan = np.isnan(z)
+    missing = np.all(nan, axis=-1)
+    partial = np.any(nan, axis=-1) & ~missing
+    if np.any(partial):
+        idx = tuple(int(i) for i in np.argwhere(partial)[0])
+        raise ValueError(
+            f"z: a row with some NaN entries must be all NaN (a missing measurement); row {idx} is partly NaN"
+        )
+    return np.where(nan, 0.0, z), missing
+
+
+def _check_model(z, F, H, Q, R, m0, P0):
+    zf, missing = _check_z(z)
+    N, p = zf.shape[-2:]
+    H = as_real_array(H, "H", ndim=2)
+    if H.shape[0] != p:
+        raise ValueError(f"H: expected shape ({p}, n) to match z's p = {p}, got shape {H.shape}")
+    n = H.shape[1]
+    F = _check_steps(F, "F", n, N - 1, psd=False)
+    Q = _check_steps(Q, "Q", n, N - 1, psd=True)
+    R = _check_cov(R, "R", p)
+    m0 = as_real_array(m0, "m0")
+    if m0.ndim == 0 or m0.shape[-1] != n:
+        raise ValueError(f"m0: expected shape ({n},) or (..., {n}), got shape {m0.shape}")
+    try:
+        m0 = np.broadcast_to(m0, zf.shape[:-2] + (n,))
+    except ValueError:
+        raise ValueError(f"m0: shape {m0.shape} does not broadcast to the batch shape {zf.shape[:-2]} + ({n},)") from None
+    P0 = _check_cov(P0, "P0", n)
+    return zf, missing, F, H, Q, R, m0, P0
+
+
+def _solve(a: np.ndarray, b: np.ndarray, what: str) -> np.ndarray:
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        raise ValueError(
+            f"{what} is singular: the model gives a zero-variance direction (e.g. R = 0 with a "
+            f"noiseless state); add noise or remove the degenerate measurement"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The recursion, Eqs. (3.2)-(3.5)
+# ---------------------------------------------------------------------------------------------
+
+
+def _update(m_prior, P_prior, z, H, R):
+    """Kalman update, Eq. (3.3), batched over leading axes; Joseph form for the covariance."""
+    y = z - m_prior @ H.T  # y = z − H m⁻
+    HP = H @ P_prior  # H P⁻, (..., p, n)
+    S = _sym(HP @ H.T + R)  # S = H P⁻ Hᵀ + R
+    K = np.swapaxes(_solve(S, HP, "the innovation covariance S = H P⁻ Hᵀ + R"), -1, -2)  # K = P⁻ Hᵀ S⁻¹
+    m = m_prior + (K @ y[..., None])[..., 0]  # m = m⁻ + K y
+    IKH = np.eye(H.shape[1]) - K @ H
+    P = IKH @ P_prior @ np.swapaxes(IKH, -1, -2) + K @ R @ np.swapaxes(K, -1, -2)  # Joseph form
+    return m, _sym(P)
+
+
+def kalman_filter(z, F, H, Q, R, m0, P0):
+    r"""Filtered means and covariances ``p(x_k | z_0 … z_k) = N(m_k, P_k)``, Eqs. (3.2)–(3.3).
+
+    Implements Eqs. (3.2)–(3.3) of the book (Kalman 1960; Särkkä 2013, Thm 4.2).
+
+    Parameters
+    ----------
+    z : array_like, shape (..., N, p)
+        Measurements; leading axes are independent sequences (vectorized). An all-NaN row is a
+        missing measurement (predict only); a partly-NaN row is an error.
+    F, Q : array_like, shape (n, n) or (N-1, n, n)
+        Transition and process-noise covariance of step k → k+1 (step-dependent for irregular
+        time stamps, see :func:`from_sde`). Q symmetric PSD.
+    H : array_like, shape (p, n)
+    R : array_like, shape (p, p)
+        Symmetric PSD; ``S = H P⁻ Hᵀ + R`` must be invertible.
+    m0 : array_like, shape (n,) or (..., n)
+    P0 : array_like, shape (n, n)
+        Prior of the state at the **first** measurement (step 0 is an update, no predict).
+
+    Returns
+    -------
+    m : ndarray, shape (..., N, n)
+    P : ndarray, shape (..., N, n, n)
+
+    Notes
+    -----
+    .. math::  m^-_k = F_{k-1} m_{k-1},\quad P^-_k = F_{k-1} P_{k-1} F_{k-1}^\top + Q_{k-1}
+    .. math::  S_k = H P^-_k H^\top + R,\quad K_k = P^-_k H^\top S_k^{-1},\quad
+               m_k = m^-_k + K_k (z_k - H m^-_k),
+    .. math::  P_k = (I - K_k H) P^-_k (I - K_k H)^\top + K_k R K_k^\top \quad\text{(Joseph form)}.
+
+    The recursion is sequential in time. The covariances and gains do not depend on the measured
+    values, only on which measurements are missing, so they are computed once per missingness
+    pattern and the means of all sequences advance together (matrix products over the batch).
+    :func:`kalman_filter_scan` is the parallel-in-time form.
+    """
+    return _filter(*_check_model(z, F, H, Q, R, m0, P0))
+
+
+def _filter(zf, missing, F, H, Q, R, m0, P0):
+    """The recursion of :func:`kalman_filter` on validated inputs.
+
+    The covariances and gains do not depend on the measured values — only on which rows are
+    missing — so they are computed once per missingness pattern (:func:`_filter_covariances`),
+    and the means of all sequences with that pattern advance together, one step at a time.
+    """
+    batch, (N, p), n = zf.shape[:-2], zf.shape[-2:], H.shape[1]
+    zb, mb = zf.reshape((-1, N, p)), missing.reshape((-1, N))
+    m0b = np.broadcast_to(m0, batch + (n,)).reshape((-1, n))
+    m = np.empty((zb.shape[0], N, n))
+    P = np.empty((zb.shape[0], N, n, n))
+    patterns, inverse = np.unique(mb, axis=0, return_inverse=True)
+    for g, pattern in enumerate(patterns):
+        members = np.flatnonzero(inverse.reshape(-1) == g)
+        P_post, K = _filter_covariances(pattern, F, H, Q, R, P0)
+        P[members] = P_post
+        x = m0b[members]
+        z_g = zb[members]
+        for k in range(N):
+            if k > 0:
+                x = x @ F[k - 1].T  # m⁻ = F m
+            if not pattern[k]:
+                x = x + (z_g[:, k] - x @ H.T) @ K[k].T  # m = m⁻ + K (z − H m⁻)
+            m[members, k] = x
+    return m.reshape(batch + (N, n)), P.reshape(batch + (N, n, n))
+
+
+def _filter_covariances(pattern, F, H, Q, R, P0):
+    """Filtered covariances P_k (N, n, n) and gains K_k (N, n, p; zero where missing), Eq. (3.3)."""
+    N, (p, n) = pattern.shape[0], H.shape
+    P = np.empty((N, n, n))
+    K = np.zeros((N, n, p))
+    I = np.eye(n)
+    C = P0
+    for k in range(N):
+        if k > 0:
+            C = _sym(F[k - 1] @ P[k - 1] @ F[k - 1].T + Q[k - 1])  # P⁻ = F P Fᵀ + Q
+        if not pattern[k]:
+            HC = H @ C
+            S = _sym(HC @ H.T + R)  # S = H P⁻ Hᵀ + R
+            K[k] = _solve(S, HC, "the innovation covariance S = H P⁻ Hᵀ + R").T  # K = P⁻ Hᵀ S⁻¹
+            IKH = I - K[k] @ H
+            C = _sym(IKH @ C @ IKH.T + K[k] @ R @ K[k].T)  # Joseph form
+        P[k] = C
+    return P, K
+
+
+def kalman_filter_loop(z, F, H, Q, R, m0, P0):
+    """Loop twin of :func:`kalman_filter`: the textbook recursion, one sequence and one step at a time."""
+    return _filter_loop(*_check_model(z, F, H, Q, R, m0, P0))
+
+
+def _filter_loop(zf, missing, F, H, Q, R, m0, P0):
+    """The recursion of :func:`kalman_filter_loop` on validated inputs."""
+    batch, (N, p), n = zf.shape[:-2], zf.shape[-2:], H.shape[1]
+    zf, missing, m0 = zf.reshape((-1, N, p)), missing.reshape((-1, N)), m0.reshape((-1, n))
+    m = np.empty((zf.shape[0], N, n))
+    P = np.empty((zf.shape[0], N, n, n))
+    I = np.eye(n)
+    for b in range(zf.shape[0]):
+        for k in range(N):
+            if k == 0:
+                x, C = m0[b], P0  # the prior at the first measurement: no predict
+            else:
+                x = F[k - 1] @ m[b, k - 1]  # m⁻ = F m
+                C = F[k - 1] @ P[b, k - 1] @ F[k - 1].T + Q[k - 1]  # P⁻ = F P Fᵀ + Q
+                C = 0.5 * (C + C.T)
+            if not missing[b, k]:
+                y = zf[b, k] - H @ x  # y = z − H m⁻
+                S = H @ C @ H.T + R  # S = H P⁻ Hᵀ + R
+                K = _solve(0.5 * (S + S.T), H @ C, "the innovation covariance S = H P⁻ Hᵀ + R").T  # K = P⁻ Hᵀ S⁻¹
+                x = x + K @ y  # m = m⁻ + K y
+                C = (I - K @ H) @ C @ (I - K @ H).T + K @ R @ K.T  # P = (I−KH) P⁻ (I−KH)ᵀ + K R Kᵀ
+                C = 0.5 * (C + C.T)
+            m[b, k], P[b, k] = x, C
+    return m.reshape(batch + (N, n)), P.reshape(batch + (N, n, n))
+
+
+def _rts(m, P, missing, F, Q):
+    """RTS backward pass, Eq. (3.5): gains and covariances once per missingness pattern, means batched."""
+    batch, (N, n) = m.shape[:-2], m.shape[-2:]
+    mb, Pb = m.reshape((-1, N, n)), P.reshape((-1, N, n, n))
+    ms, Ps = np.empty_like(mb), np.empty_like(Pb)
+    patterns, inverse = np.unique(missing.reshape((-1, N)), axis=0, return_inverse=True)
+    for g in range(patterns.shape[0]):
+        members = np.flatnonzero(inverse.reshape(-1) == g)
+        P_g = Pb[members[0]]  # identical for every member of the group
+        Ps_g = np.empty_like(P_g)
+        Ps_g[N - 1] = P_g[N - 1]
+        G = np.empty((max(N - 1, 0), n, n))
+        for k in range(N - 2, -1, -1):
+            FP = F[k] @ P_g[k]
+            P_pred = _sym(FP @ F[k].T + Q[k])  # P⁻_{k+1} = F P_k Fᵀ + Q
+            G[k] = _solve(P_pred, FP, "the predicted covariance P⁻ = F P Fᵀ + Q").T  # G = P Fᵀ (P⁻)⁻¹
+            Ps_g[k] = _sym(P_g[k] + G[k] @ (Ps_g[k + 1] - P_pred) @ G[k].T)  # P^s = P + G (P^s − P⁻) Gᵀ
+        Ps[members] = Ps_g
+        x = mb[members, N - 1]
+        ms[members, N - 1] = x
+        for k in range(N - 2, -1, -1):
+            m_k = mb[members, k]
+            x = m_k + (x - m_k @ F[k].T) @ G[k].T  # m^s = m + G (m^s_{k+1} − F m)
+            ms[members, k] = x
+    return ms.reshape(batch + (N, n)), Ps.reshape(batch + (N, n, n))
+
+
+def rts_smoother(z, F, H, Q, R, m0, P0):
+    r"""Smoothed means and covariances ``p(x_k | z_0 … z_{N-1}) = N(m^s_k, P^s_k)``, Eq. (3.5).
+
+    Implements Eqs. (3.2)–(3.5) of the book (Rauch, Tung & Striebel 1965; Särkkä 2013, Thm 8.2):
+    the filter forward, then
+
+    .. math::  G_k = P_k F_k^\top (P^-_{k+1})^{-1},\quad
+               m^s_k = m_k + G_k (m^s_{k+1} - F_k m_k),\quad
+               P^s_k = P_k + G_k (P^s_{k+1} - P^-_{k+1}) G_k^\top.
+
+    Parameters and shapes as in :func:`kalman_filter`. Returns ``ms`` (..., N, n) and
+    ``Ps`` (..., N, n, n). ``P⁻_{k+1}`` must be invertible (it is whenever Q ≻ 0 or F P F^T ≻ 0).
+    """
+    args = _check_model(z, F, H, Q, R, m0, P0)
+    m, P = _filter(*args)
+    return _rts(m, P, args[1], args[2], args[4])
+
+
+def rts_smoother_loop(z, F, H, Q, R, m0, P0):
+    """Loop twin of :func:`rts_smoother`: filter loop, then the backward recursion step by step."""
+    zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
+    m, P = _filter_loop(zf, missing, F, H, Q, R, m0, P0)
+    batch, (N, n) = m.shape[:-2], m.shape[-2:]
+    m, P = m.reshape((-1, N, n)), P.reshape((-1, N, n, n))
+    ms, Ps = np.empty_like(m), np.empty_like(P)
+    for b in range(m.shape[0]):
+        ms[b, N - 1], Ps[b, N - 1] = m[b, N - 1], P[b, N - 1]
+        for k in range(N - 2, -1, -1):
+            m_pred = F[k] @ m[b, k]  # m⁻_{k+1} = F m_k
+            P_pred = F[k] @ P[b, k] @ F[k].T + Q[k]  # P⁻_{k+1} = F P_k Fᵀ + Q
+            P_pred = 0.5 * (P_pred + P_pred.T)
+            G = _solve(P_pred, F[k] @ P[b, k], "the predicted covariance P⁻ = F P Fᵀ + Q").T  # G = P Fᵀ (P⁻)⁻¹
+            ms[b, k] = m[b, k] + G @ (ms[b, k + 1] - m_pred)  # m^s = m + G (m^s_{k+1} − m⁻)
+            C = P[b, k] + G @ (Ps[b, k + 1] - P_pred) @ G.T  # P^s = P + G (P^s_{k+1} − P⁻) Gᵀ
+            Ps[b, k] = 0.5 * (C + C.T)
+    return ms.reshape(batch + (N, n)), Ps.reshape(batch + (N, n, n))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel-in-time form (Särkkä & García-Fernández 2021), Eqs. (3.6)-(3.9)
+# ---------------------------------------------------------------------------------------------
+
+
+def _prefix_scan(elements: tuple, combine, reverse: bool = False) -> tuple:
+    """Inclusive associative scan along axis 0 of every array in ``elements`` (Hillis–Steele).
+
+    ``combine(earlier, later)`` returns the composition; ceil(log2 N) vectorized sweeps. With
+    ``reverse`` the scan runs from the end (suffix products), as the smoother needs.
+    """
+    out = tuple(np.flip(e, axis=0) if reverse else e for e in elements)
+    out = tuple(np.array(e, copy=True) for e in out)
+    N = out[0].shape[0]
+    step = 1
+    while step < N:
+        first = tuple(e[:-step] for e in out)  # element i − step
+        second = tuple(e[step:] for e in out)  # element i
+        merged = combine(second, first) if reverse else combine(first, second)
+        for e, new in zip(out, merged):
+            e[step:] = new
+        step *= 2
+    return tuple(np.flip(e, axis=0) if reverse else e for e in out)
+
+
+def _T(a):
+    return np.swapaxes(a, -1, -2)
+
+
+def _filter_combine(ei, ej):
+    """(A, b, C, η, J)_i ⊗ (A, b, C, η, J)_j, Eq. (3.8) (Särkkä & García-Fernández 2021, Lemma 8)."""
+    Ai, bi, Ci, ei_, Ji = ei
+    Aj, bj, Cj, ej_, Jj = ej
+    n = Ai.shape[-1]
+    I = np.eye(n)
+    M = _solve(_T(I + Ci @ Jj), _T(Aj), "I + C_i J_j in the filtering scan")  # (A_j (I + C_i J_j)⁻¹)ᵀ
+    M = _T(M)
+    A = M @ Ai  # A_ij = A_j (I + C_i J_j)⁻¹ A_i
+    b = (M @ (bi + (Ci @ ej_[..., None])[..., 0])[..., None])[..., 0] + bj  # b_ij = A_j (I + C_i J_j)⁻¹ (b_i + C_i η_j) + b_j
+    C = _sym(M @ Ci @ _T(Aj) + Cj)  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
+    N_ = _T(_solve(_T(I + Jj @ Ci), Ai, "I + J_j C_i in the filtering scan"))  # A_iᵀ (I + J_j C_i)⁻¹
+    eta = (N_ @ (ej_ - (Jj @ bi[..., None])[..., 0])[..., None])[..., 0] + ei_  # η_ij = A_iᵀ (I + J_j C_i)⁻¹ (η_j − J_j b_i) + η_i
+    J = _sym(N_ @ Jj @ Ai + Ji)  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
+    return A, b, C, eta, J
+
+
+def _filter_elements(zf, missing, F, H, Q, R, m0, P0):
+    """The filtering elements a_k = (A_k, b_k, C_k, η_k, J_k) of Eq. (3.7), time on axis 0."""
+    batch, (N, p), n = zf.shape[:-2], zf.shape[-2:], H.shape[1]
+    zt = np.moveaxis(zf, -2, 0)  # (N, ..., p)
+    gone = np.moveaxis(missing, -1, 0)  # (N, ...)
+    I = np.eye(n)
+    A = np.zeros((N,) + batch + (n, n))
+    b = np.zeros((N,) + batch + (n,))
+    C = np.zeros((N,) + batch + (n, n))
+    eta = np.zeros((N,) + batch + (n,))
+    J = np.zeros((N,) + batch + (n, n))
+    # k = 0: the update of the prior (m0, P0) by z_0 — a constant element (A = 0, η = 0, J = 0)
+    m_first, P_first = _update(m0, np.broadcast_to(P0, batch + (n, n)), zt[0], H, R)
+    b[0] = np.where(gone[0][..., None], m0, m_first)
+    C[0] = np.where(gone[0][..., None, None], P0, P_first)
+    if N > 1:
+        Fk = F.reshape((N - 1,) + (1,) * len(batch) + (n, n))  # (N-1, 1…, n, n) against the batch
+        Qk = Q.reshape((N - 1,) + (1,) * len(batch) + (n, n))
+        S = _sym(H @ Qk @ H.T + R)  # S_k = H Q Hᵀ + R
+        K = _T(_solve(S, H @ Qk, "H Q Hᵀ + R in the filtering scan"))  # K_k = Q Hᵀ S⁻¹
+        IKH = I - K @ H
+        HF = H @ Fk
+        SinvHF = _solve(S, HF, "H Q Hᵀ + R in the filtering scan")  # S⁻¹ H F
+        obs = ~gone[1:]
+        A_obs = IKH @ Fk  # A_k = (I − K H) F
+        b_obs = (K @ zt[1:][..., None])[..., 0]  # b_k = K z_k
+        C_obs = _sym(IKH @ Qk)  # C_k = (I − K H) Q
+        Sinvz = _solve(S, zt[1:][..., None], "H Q Hᵀ + R in the filtering scan")
+        eta_obs = (_T(HF) @ Sinvz)[..., 0]  # η_k = Fᵀ Hᵀ S⁻¹ z_k
+        J_obs = _sym(_T(HF) @ SinvHF)  # J_k = Fᵀ Hᵀ S⁻¹ H F
+        # a missing measurement: prediction only (K = 0): A = F, b = 0, C = Q, η = 0, J = 0
+        A[1:] = np.where(obs[..., None, None], A_obs, Fk)
+        b[1:] = np.where(obs[..., None], b_obs, 0.0)
+        C[1:] = np.where(obs[..., None, None], C_obs, Qk)
+        eta[1:] = np.where(obs[..., None], eta_obs, 0.0)
+        J[1:] = np.where(obs[..., None, None], J_obs, 0.0)
+    return A, b, C, eta, J
+
+
+def kalman_filter_scan(z, F, H, Q, R, m0, P0):
+    r"""Parallel-in-time Kalman filter: an associative scan over time, Eqs. (3.6)–(3.8).
+
+    Implements the filtering scan of Särkkä & García-Fernández (2021, §IV-A, Lemmas 7–8): each
+    step becomes an element ``a_k = (A_k, b_k, C_k, η_k, J_k)`` of a conditional-Gaussian
+    semigroup, and all filtered moments come out of an inclusive prefix scan with
+    ``ceil(log2 N)`` vectorized sweeps (no Python loop over N; O(N log N) work). This is the
+    reference for GPU Kalman kernels. Same parameters and returns as :func:`kalman_filter`.
+    """
+    zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
+    elements = _filter_elements(zf, missing, F, H, Q, R, m0, P0)
+    _, b, C, _, _ = _prefix_scan(elements, _filter_combine)
+    return np.moveaxis(b, 0, -2), np.moveaxis(C, 0, -3)
+
+
+def _smoother_combine(ei, ej):
+    """(E, g, L)_i ⊗ (E, g, L)_j for i before j: the affine map of step i applied after j's, Eq. (3.9)."""
+    Ei, gi, Li = ei
+    Ej, gj, Lj = ej
+    E = Ei @ Ej  # E_ij = E_i E_j
+    g = (Ei @ gj[..., None])[..., 0] + gi  # g_ij = E_i g_j + g_i
+    L = _sym(Ei @ Lj @ _T(Ei) + Li)  # L_ij = E_i L_j E_iᵀ + L_i
+    return E, g, L
+
+
+def rts_smoother_scan(z, F, H, Q, R, m0, P0):
+    r"""Parallel-in-time RTS smoother: filtering scan, then a reverse associative scan, Eq. (3.9).
+
+    The smoother step ``m^s_k = E_k m^s_{k+1} + g_k``, ``P^s_k = E_k P^s_{k+1} E_k^\top + L_k`` with
+    ``E_k = P_k F_k^\top (P^-_{k+1})^{-1}``, ``g_k = m_k − E_k F_k m_k``, ``L_k = P_k − E_k F_k P_k``
+    (and ``E = 0``, ``g = m_{N-1}``, ``L = P_{N-1}`` at the end) is an affine map; composing the maps
+    from the end is a suffix scan (Särkkä & García-Fernández 2021, §IV-B, Lemmas 9–10).
+    Same parameters and returns as :func:`rts_smoother`.
+    """
+    zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
+    _, b, C, _, _ = _prefix_scan(_filter_elements(zf, missing, F, H, Q, R, m0, P0), _filter_combine)
+    N = b.shape[0]
+    E = np.zeros_like(C)
+    g = b.copy()
+    L = C.copy()
+    if N > 1:
+        nb = b.ndim - 2
+        Fk = F.reshape((N - 1,) + (1,) * nb + F.shape[-2:])
+        Qk = Q.reshape((N - 1,) + (1,) * nb + Q.shape[-2:])
+        FP = Fk @ C[:-1]
+        P_pred = _sym(FP @ _T(Fk) + Qk)  # P⁻_{k+1} = F P_k Fᵀ + Q
+        E[:-1] = _T(_solve(P_pred, FP, "the predicted covariance P⁻ = F P Fᵀ + Q"))  # E_k = P_k Fᵀ (P⁻)⁻¹
+        g[:-1] = b[:-1] - (E[:-1] @ (Fk @ b[:-1][..., None]))[..., 0]  # g_k = m_k − E_k F m_k
+        L[:-1] = _sym(C[:-1] - E[:-1] @ FP)  # L_k = P_k − E_k F P_k
+    _, ms, Ps = _prefix_scan((E, g, L), _smoother_combine, reverse=True)
+    return np.moveaxis(ms, 0, -2), np.moveaxis(Ps, 0, -3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dense definition: generalized least squares for all steps at once, Eqs. (3.10)-(3.12)
+# ---------------------------------------------------------------------------------------------
+
+
+def _dense_prior(F, Q, m0, P0, N):
+    """Stacked prior mean (N, n) and covariance (N n, N n) of x_0 … x_{N-1}, Eq. (3.10)."""
+    n = P0.shape[0]
+    mu = np.empty((N, n))
+    Sigma = np.zeros((N, n, N, n))
+    mu[0] = m0
+    Sigma[0, :, 0, :] = P0
+    for k in range(1, N):
+        mu[k] = F[k - 1] @ mu[k - 1]  # μ_k = F μ_{k-1}
+        # Cov(x_k, x_j) = F Cov(x_{k-1}, x_j) for j < k;  Cov(x_k, x_k) = F Σ_{k-1,k-1} Fᵀ + Q
+        Sigma[k, :, :k, :] = np.einsum("ab,bjc->ajc", F[k - 1], Sigma[k - 1, :, :k, :])
+        Sigma[k, :, k, :] = F[k - 1] @ Sigma[k - 1, :, k - 1, :] @ F[k - 1].T + Q[k - 1]
+        Sigma[:k, :, k, :] = np.transpose(Sigma[k, :, :k, :], (1, 2, 0))
+    return mu, Sigma.reshape(N * n, N * n)
+
+
+def _dense_measurement(missing, H, R, N):
+    """Block-diagonal H̄ (N p, N n) and R̄ (N p, N p); a missing row gets H = 0, R = I (no information)."""
+    p, n = H.shape
+    Hbar = np.zeros((N, p, N, n))
+    Rbar = np.zeros((N, p, N, p))
+    for k in range(N):
+        Hbar[k, :, k, :] = 0.0 if missing[k] else H
+        Rbar[k, :, k, :] = np.eye(p) if missing[k] else R
+    return Hbar.reshape(N * p, N * n), Rbar.reshape(N * p, N * p)
+
+
+def _check_dense(N: int, n: int, p: int, what: str) -> None:
+    size = N * max(n, p)
+    if size > MAX_DENSE:
+        raise ValueError(
+            f"{what}: N·max(n, p) = {size} exceeds refimpl.kalman.MAX_DENSE = {MAX_DENSE}; the dense "
+            f"form builds ({size} × {size}) matrices. Use rts_smoother / kalman_filter for long sequences."
+        )
+
+
+def batch_smoother(z, F, H, Q, R, m0, P0):
+    r"""The smoother by its definition: Gaussian conditioning of all states on all measurements.
+
+    Implements Eqs. (3.10)–(3.11) of the book. With the stacked prior ``x ~ N(μ, Σ)`` of
+    Eq. (3.10) and ``z = H̄ x + v``, ``v ~ N(0, R̄)``,
+
+    .. math::  \hat x = μ + Σ \bar H^\top (\bar H Σ \bar H^\top + \bar R)^{-1}(z - \bar H μ),\qquad
+               \operatorname{Cov}(x \mid z) = Σ - Σ \bar H^\top (\bar H Σ \bar H^\top + \bar R)^{-1} \bar H Σ,
+
+    the generalized-least-squares solution for all steps at once — the quantity the recursions
+    must reproduce. A missing row contributes nothing (its block of H̄ is zero). Dense:
+    O((N n)²) memory and O((N p)³) time; refuses ``N·max(n, p) > MAX_DENSE``.
+
+    Parameters and returns as in :func:`rts_smoother` (leading batch axes are looped over).
+    """
+    zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
+    batch, (N, p), n = zf.shape[:-2], zf.shape[-2:], H.shape[1]
+    _check_dense(N, n, p, "batch_smoother")
+    zb, mb, m0b = zf.reshape((-1, N, p)), missing.reshape((-1, N)), m0.reshape((-1, n))
+    ms = np.empty((zb.shape[0], N, n))
+    Ps = np.empty((zb.shape[0], N, n, n))
+    for i in range(zb.shape[0]):
+        mu, Sigma = _dense_prior(F, Q, m0b[i], P0, N)
+        Hbar, Rbar = _dense_measurement(mb[i], H, R, N)
+        SH = Sigma @ Hbar.T  # Σ H̄ᵀ
+        S = _sym(Hbar @ SH + Rbar)  # H̄ Σ H̄ᵀ + R̄
+        Wt = _solve(S, SH.T, "the stacked measurement covariance H̄ Σ H̄ᵀ + R̄")  # (Σ H̄ᵀ S⁻¹)ᵀ
+        x = mu.reshape(-1) + Wt.T @ (zb[i].reshape(-1) - Hbar @ mu.reshape(-1))
+        cov = _sym(Sigma - Wt.T @ SH.T).reshape(N, n, N, n)
+        ms[i] = x.reshape(N, n)
+        Ps[i] = cov[np.arange(N), :, np.arange(N), :]
+    return ms.reshape(batch + (N, n)), Ps.reshape(batch + (N, n, n))
+
+
+def kalman_weight_matrix(n_steps, F, H, Q, R, m0, P0, *, kind: str = "smoother", missing=None, return_offset=False):
+    r"""The linear map of the optimal estimator: ``x̂ = W z + c``, the "attention matrix" of Eq. (3.12).
+
+    Implements Eq. (3.12) of the book. The smoother's W (``kind="smoother"``) is
+    ``Σ H̄ᵀ S⁻¹`` (Eq. 3.11), a full matrix; the filter's (``kind="filter"``) is block lower
+    triangular: with the Cholesky factor ``S = L Lᵀ``, the innovations ``e = L⁻¹(z − H̄μ)`` are
+    white and ordered in time, and the filtered estimate at k uses the innovations up to k,
+    ``W_filter = tril_blocks(Σ H̄ᵀ L⁻ᵀ) L⁻¹``.
+
+    Parameters
+    ----------
+    n_steps : int
+        N, the number of measurements.
+    F, H, Q, R, m0, P0 : as in :func:`kalman_filter`.
+    kind : {"smoother", "filter"}
+    missing : array_like of bool, shape (N,), optional
+        Missing measurements (their columns of W are zero).
+    return_offset : bool
+        Also return ``c`` (N, n), the part of the estimate that comes from the prior mean ``m0``.
+
+    Returns
+    -------
+    W : ndarray, shape (N, n, N, p)
+        ``x̂_k = Σ_j W[k, :, j, :] z_j + c_k``. For scalar state and measurement, ``W[:, 0, :, 0]``
+        is an N × N matrix whose rows are the estimator's weights over time.
+    c : ndarray, shape (N, n)
+        Only if ``return_offset``.
+    """
+    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+        raise ValueError(f"n_steps: expected an integer >= 1, got {n_steps!r}")
+    check_option(kind, "kind", ("smoother", "filter"))
+    N = int(n_steps)
+    H_ = as_real_array(H, "H", ndim=2)
+    p, n = H_.shape
+    if missing is None:
+        missing = np.zeros(N, dtype=bool)
+    missing = np.asarray(missing)
+    if missing.dtype != bool or missing.shape != (N,):
+        raise ValueError(f"missing: expected a boolean array of shape ({N},), got {missing.dtype} {missing.shape}")
+    z_dummy = np.where(missing[:, None], np.nan, np.zeros((N, p)))
+    _, missing, F, H, Q, R, m0, P0 = _check_model(z_dummy, F, H_, Q, R, m0, P0)
+    if m0.ndim != 1:
+        raise ValueError(f"m0: expected shape ({n},), got shape {m0.shape}")
+    _check_dense(N, n, p, "kalman_weight_matrix")
+    mu, Sigma = _dense_prior(F, Q, m0, P0, N)
+    Hbar, Rbar = _dense_measurement(missing, H, R, N)
+    SH = Sigma @ Hbar.T  # Σ H̄ᵀ, (N n, N p)
+    S = _sym(Hbar @ SH + Rbar)
+    if kind == "smoother":
+        W = _solve(S, SH.T, "the stacked measurement covariance H̄ Σ H̄ᵀ + R̄").T  # W = Σ H̄ᵀ S⁻¹
+    else:
+        try:
+            L = np.linalg.cholesky(S)  # S = L Lᵀ: innovations e = L⁻¹ (z − H̄ μ) are white
+        except np.linalg.LinAlgError:
+            raise ValueError("the stacked measurement covariance H̄ Σ H̄ᵀ + R̄ is not positive definite") from None
+        G = scipy.linalg.solve_triangular(L, SH.T, lower=True).T  # Σ H̄ᵀ L⁻ᵀ = Cov(x, e)
+        later = np.triu(np.ones((N, N), dtype=bool), 1)  # (k, j) with j > k
+        G = G.reshape(N, n, N, p) * ~later[:, None, :, None]  # x̂_k uses innovations e_j, j ≤ k only
+        W = scipy.linalg.solve_triangular(L, G.reshape(N * n, N * p).T, lower=True, trans="T").T  # · L⁻¹
+    c = mu.reshape(-1) - W @ (Hbar @ mu.reshape(-1))
+    W = W.reshape(N, n, N, p)
+    return (W, c.reshape(N, n)) if return_offset else W
+
+
+# ---------------------------------------------------------------------------------------------
+# From the SDE of chapter 1, and the steady state, Eqs. (3.13)-(3.14)
+# ---------------------------------------------------------------------------------------------
+
+
+def from_sde(model, t):
+    r"""Discrete-time model ``(F, Q, H, R)`` of a :class:`refimpl.sde.LinearSDE` on the time grid ``t``.
+
+    The continuous–discrete filter: ``F_k = e^{A(t_{k+1} − t_k)}`` and ``Q_k = Q_d(t_{k+1} − t_k)``
+    (Eqs. 1.5–1.6, exact on irregular grids), ``H = C``, ``R = R``. The model must be real.
+
+    Returns
+    -------
+    F : ndarray, shape (N-1, n, n)
+    Q : ndarray, shape (N-1, n, n)
+    H : ndarray, shape (p, n)
+    R : ndarray, shape (p, p)
+    """
+    if not isinstance(model, _sde.LinearSDE):
+        raise TypeError(f"model: expected a refimpl.sde.LinearSDE, got {type(model).__name__}")
+    if not model.is_real:
+        raise ValueError("model: the Kalman filter here is real-valued; got a complex LinearSDE")
+    t = as_real_array(t, "t", ndim=1)
+    check_times(t, "t")
+    F, Q = _sde.discretize(model, t)
+    return F, Q, model.C.copy(), model.R.copy()
+
+
+def _check_stationary(F, H, Q, R):
+    F = as_real_array(F, "F", ndim=2)
+    n = F.shape[0]
+    if F.shape != (n, n):
+        raise ValueError(f"F: expected a square matrix, got shape {F.shape}")
+    H = as_real_array(H, "H", ndim=2)
+    if H.shape[1] != n:
+        raise ValueError(f"H: expected shape (p, {n}), got shape {H.shape}")
+    Q = _check_cov(Q, "Q", n)
+    R = _check_cov(R, "R", H.shape[0])
+    return F, H, Q, R
+
+
+def _gain(P_prior, H, R):
+    S = _sym(H @ P_prior @ H.T + R)
+    return _solve(S, H @ P_prior, "the innovation covariance S = H P⁻ Hᵀ + R").T  # K = P⁻ Hᵀ S⁻¹
+
+
+def steady_state(F, H, Q, R):
+    r"""Steady-state gain and covariances of a time-invariant filter, from the DARE, Eq. (3.13).
+
+    Implements Eq. (3.13) of the book: the prior covariance ``P⁻`` solves the discrete algebraic
+    Riccati equation ``P⁻ = F P⁻ Fᵀ − F P⁻ Hᵀ (H P⁻ Hᵀ + R)⁻¹ H P⁻ Fᵀ + Q``
+    (``scipy.linalg.solve_discrete_are(F.T, H.T, Q, R)``), then ``K = P⁻ Hᵀ S⁻¹`` and
+    ``P = (I − K H) P⁻``. Needs (F, H) detectable and (F, Q^{1/2}) stabilizable.
+
+    Returns
+    -------
+    K : ndarray, shape (n, p)
+    P_prior : ndarray, shape (n, n)
+    P_post : ndarray, shape (n, n)
+    """
+    F, H, Q, R = _check_stationary(F, H, Q, R)
+    try:
+        P_prior = _sym(scipy.linalg.solve_discrete_are(F.T, H.T, Q, R))
+    except (np.linalg.LinAlgError, ValueError) as err:
+        raise ValueError(f"F, H, Q, R: no stabilizing solution of the Riccati equation ({err})") from None
+    K = _gain(P_prior, H, R)
+    P_post = _sym((np.eye(F.shape[0]) - K @ H) @ P_prior)
+    return K, P_prior, P_post
+
+
+def steady_state_loop(F, H, Q, R, *, tol: float = 1e-14, max_iter: int = 100_000):
+    """Loop twin of :func:`steady_state`: iterate the Riccati recursion (3.2)–(3.3) to its fixed point.
+
+    Starts from ``P⁻ = Q`` and stops when the relative change of ``P⁻`` is below ``tol``;
+    ``ValueError`` if it has not converged after ``max_iter`` steps.
+    """
+    F, H, Q, R = _check_stationary(F, H, Q, R)
+    tol = as_positive_scalar(tol, "tol")
+    P_prior = Q.copy()
+    I = np.eye(F.shape[0])
+    for _ in range(int(max_iter)):
+        K = _gain(P_prior, H, R)  # K = P⁻ Hᵀ S⁻¹
+        P_post = (I - K @ H) @ P_prior @ (I - K @ H).T + K @ R @ K.T  # Joseph update
+        new = F @ P_post @ F.T + Q  # P⁻ ← F P Fᵀ + Q
+        new = 0.5 * (new + new.T)
+        change = np.max(np.abs(new - P_prior)) / max(np.max(np.abs(new)), 1e-300)
+        P_prior = new
+        if change < tol:
+            K = _gain(P_prior, H, R)
+            return K, P_prior, _sym((I - K @ H) @ P_prior)
+    raise ValueError(f"F, H, Q, R: the Riccati recursion did not converge in max_iter = {max_iter} steps")
