@@ -6,14 +6,15 @@ Each public module pairs with a chapter of the book (``book.toml``):
 ``refimpl.lyapunov``   closed-form differential Lyapunov covariances (chapter 2)
 ``refimpl.kalman``     Kalman filter, RTS smoother, parallel scan, dense GLS, weight matrices (chapter 3)
 ``refimpl.attention``  scaled dot-product and multi-head attention as data-dependent filters (chapter 4)
+``refimpl.positional`` sinusoidal positional encoding and RoPE (chapter 5)
 
 Every computation ``f`` has a loop twin ``f_loop`` that reads like the equation; tests assert
 they agree, and check both against independent oracles (SciPy, closed forms). The tolerance
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import attention, kalman, lyapunov, sde
+from . import attention, kalman, lyapunov, positional, sde
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "kalman", "lyapunov", "sde", "__version__"]
+__all__ = ["attention", "kalman", "lyapunov", "positional", "sde", "__version__"]
