@@ -1,0 +1,827 @@
+r"""Classical adaptive filters beside attention: matched filter, Wiener, LMS/RLS, beamforming.
+
+Chapter 6 of the book (``notebooks/06-classical-adaptive-filters.ipynb``) derives every
+formula here. Each filter is a weighted sum of observations whose weights come from a template
+(matched filter), from second-order statistics (Wiener–Hopf, MVDR), or from a recursion on the
+data (LMS, RLS); attention computes its weights from the data by a softmax of correlations.
+
+Glossary (code name → symbol in the book / Haykin, Van Trees)
+--------------------------------------------------------------
+``received``   r, shape (..., N): the received signal; ``template`` s, shape (L,): the pulse.
+``r``          autocorrelation r_uu(ℓ), ℓ = 0..M−1, shape (M,): first column of the Toeplitz R.
+``p``          cross-correlation p(ℓ) = E[d_n u_{n−ℓ}], shape (M,) (or (M, K) for K problems).
+``w``          filter weights, shape (M,) (taps) or (n_sensors,) (array weights).
+``u``, ``d``   input and desired signal of an adaptive filter, shape (..., N) (leading axes =
+               independent runs); the regressor is u_n = (u_n, u_{n−1}, …, u_{n−M+1}).
+``mu``         LMS step size μ; ``lam`` RLS forgetting factor λ; ``delta`` RLS initial
+               regularization δ (P_0 = I/δ).
+``psd_signal``, ``psd_noise``  S_x(ω_k), S_n(ω_k) on the FFT grid ω_k = 2πk/K, shape (K,).
+``theta``      direction of arrival θ (radians from broadside); ``spacing`` sensor spacing in
+               wavelengths (d/λ); ``n_sensors`` M of a uniform linear array (ULA).
+``R``          spatial covariance E[x xᴴ] of array snapshots, shape (M, M), Hermitian PSD.
+``x``          array snapshots, shape (T, M): one row per time instant.
+
+References
+----------
+.. [1] S. Haykin, *Adaptive Filter Theory*, 5th ed., Pearson 2014: ch. 2 (Wiener–Hopf),
+       ch. 6 (LMS), ch. 10 (RLS); Levinson–Durbin in ch. 3.
+.. [2] N. Levinson, "The Wiener RMS error criterion in filter design and prediction",
+       J. Math. Phys. 25, 1947; J. Durbin, Rev. Int. Stat. Inst. 28, 1960.
+.. [3] H. L. Van Trees, *Optimum Array Processing*, Wiley 2002: ch. 2 (ULA, beampatterns),
+       ch. 6 (MVDR).
+.. [4] J. Capon, "High-resolution frequency-wavenumber spectrum analysis", Proc. IEEE 57, 1969.
+.. [5] G. L. Turin, "An introduction to matched filters", IRE Trans. Inf. Theory 6(3), 1960.
+"""
+
+from __future__ import annotations
+
+import cmath
+import math
+
+import numpy as np
+import scipy.linalg
+
+from ._validate import (
+    as_array,
+    as_complex_array,
+    as_positive_scalar,
+    as_real_array,
+    check_hermitian_psd,
+)
+
+__all__ = [
+    "lfm_pulse",
+    "matched_filter",
+    "matched_filter_loop",
+    "autocorrelation",
+    "cross_correlation",
+    "wiener_hopf",
+    "wiener_hopf_loop",
+    "ar1_psd",
+    "wiener_smoother_response",
+    "wiener_smoother_weights",
+    "wiener_smoother_weights_loop",
+    "lms",
+    "lms_loop",
+    "rls",
+    "rls_loop",
+    "steering_vector",
+    "das_weights",
+    "mvdr_weights",
+    "mvdr_weights_loop",
+    "beampattern",
+    "beampattern_loop",
+    "dirichlet_beampattern",
+    "sample_covariance",
+    "beamform",
+    "bartlett_spectrum",
+    "capon_spectrum",
+    "capon_spectrum_loop",
+]
+
+
+def _positive_int(n, name: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {n}")
+    return int(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Matched filter / pulse compression, Eqs. (6.1)-(6.2)
+# ---------------------------------------------------------------------------------------------
+
+
+def lfm_pulse(n_samples: int, bandwidth: float) -> np.ndarray:
+    r"""A complex linear-FM ("chirp") pulse sweeping −B/2 … B/2 cycles per sample.
+
+    ``s_m = exp(iπ B (m − c)² / L)``, c = (L − 1)/2, m = 0..L−1: instantaneous frequency
+    ``B (m − c)/L`` cycles/sample. Used as the radar template of Eq. (6.1); its
+    autocorrelation has a main lobe of width ≈ 1/B samples (pulse compression, Eq. 6.2).
+
+    Parameters
+    ----------
+    n_samples : int
+        L.
+    bandwidth : float in (0, 1]
+        B, in cycles per sample.
+
+    Returns
+    -------
+    ndarray of complex, shape (L,), unit modulus.
+    """
+    n = _positive_int(n_samples, "n_samples")
+    b = as_positive_scalar(bandwidth, "bandwidth")
+    if b > 1.0:
+        raise ValueError(f"bandwidth: expected a value in (0, 1] cycles/sample, got {b!r}")
+    m = np.arange(n) - (n - 1) / 2.0
+    return np.exp(1j * np.pi * b * m * m / n)
+
+
+def _check_mf(received, template):
+    r = as_array(received, "received")
+    s = as_array(template, "template", ndim=1)
+    if r.ndim < 1:
+        raise ValueError(f"received: expected shape (..., N), got shape {r.shape}")
+    if s.size == 0:
+        raise ValueError("template: expected at least one sample, got shape (0,)")
+    if r.shape[-1] < s.size:
+        raise ValueError(f"received: expected at least L = {s.size} samples (the template length), got shape {r.shape}")
+    if not np.any(s != 0):
+        raise ValueError("template: expected a nonzero template")
+    return r, s
+
+
+def _window_energy(r: np.ndarray, L: int) -> np.ndarray:
+    """Σ_{m<L} |r_{n+m}|² for n = 0..N−L by a running sum."""
+    c = np.cumsum(np.concatenate([np.zeros((*r.shape[:-1], 1)), np.abs(r) ** 2], axis=-1), axis=-1)
+    return np.maximum(c[..., L:] - c[..., :-L], 0.0)
+
+
+def matched_filter(received, template, *, normalize: bool = False) -> np.ndarray:
+    r"""Matched-filter output ``y_n = Σ_m s̄_m r_{n+m}`` for every delay n = 0..N−L.
+
+    Implements Eqs. (6.1)–(6.2) of the book (Turin 1960): correlation with the template, the
+    SNR-optimal linear detector in white noise; computed by FFT (pulse compression).
+
+    Parameters
+    ----------
+    received : array_like, shape (..., N)
+        Real or complex.
+    template : array_like, shape (L,)
+        The known pulse s, L <= N, not all zero.
+    normalize : bool
+        Return the normalized matched filter ``y_n / (‖s‖ ‖r_{n:n+L}‖)`` ∈ [−1, 1] (0 where the
+        window is 0): the cosine similarity between template and window.
+
+    Returns
+    -------
+    ndarray, shape (..., N − L + 1)
+        Real if both inputs are real, complex otherwise.
+
+    Notes
+    -----
+    Equals ``np.correlate(received, template, "valid")`` (which conjugates its second
+    argument). The FFT length is the next power of two ≥ N + L − 1 (linear, not circular,
+    correlation).
+    """
+    r, s = _check_mf(received, template)
+    n, L = r.shape[-1], s.size
+    nfft = 1 << (n + L - 2).bit_length()  # ≥ N + L − 1: no circular wrap-around
+    # y_n = Σ_m conj(s_m) r_{n+m}: convolution of r with the time-reversed conjugate template
+    y = np.fft.ifft(np.fft.fft(r, nfft) * np.fft.fft(np.conj(s[::-1]), nfft), axis=-1)[..., L - 1 : n]
+    if not (np.iscomplexobj(r) or np.iscomplexobj(s)):
+        y = y.real
+    if normalize:
+        energy = np.sqrt(_window_energy(r, L)) * np.linalg.norm(s)
+        y = np.divide(y, energy, out=np.zeros_like(y), where=energy > 0)
+    return y
+
+
+def matched_filter_loop(received, template, *, normalize: bool = False) -> np.ndarray:
+    """Loop twin of :func:`matched_filter`: the correlation sum at each delay (Eq. 6.1)."""
+    r, s = _check_mf(received, template)
+    n, L = r.shape[-1], s.size
+    complex_out = np.iscomplexobj(r) or np.iscomplexobj(s)
+    y = np.zeros((*r.shape[:-1], n - L + 1), dtype=complex if complex_out else float)
+    s_norm = math.sqrt(sum(abs(c) ** 2 for c in s))
+    for b in np.ndindex(*r.shape[:-1]):
+        for delay in range(n - L + 1):
+            acc = sum(np.conj(s[m]) * r[b][delay + m] for m in range(L))  # Σ_m s̄_m r_{n+m}
+            if normalize:
+                e = math.sqrt(sum(abs(r[b][delay + m]) ** 2 for m in range(L)))
+                acc = acc / (s_norm * e) if e > 0 else 0.0
+            y[b][delay] = acc
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiener-Hopf, Eqs. (6.3)-(6.5)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_1d_signal(x, name):
+    x = as_real_array(x, name)
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"{name}: expected shape (..., N) with N >= 1, got shape {x.shape}")
+    return x
+
+
+def autocorrelation(x, n_lags: int) -> np.ndarray:
+    r"""Biased autocorrelation estimate ``r(ℓ) = (1/N) Σ_{n=ℓ}^{N−1} x_n x_{n−ℓ}``, ℓ = 0..n_lags−1.
+
+    The biased (1/N) estimate keeps the Toeplitz matrix of Eq. (6.3) positive semidefinite.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., N)
+    n_lags : int
+        M ≤ N.
+
+    Returns
+    -------
+    ndarray, shape (..., M)
+    """
+    return cross_correlation(x, x, n_lags)
+
+
+def cross_correlation(d, u, n_lags: int) -> np.ndarray:
+    r"""Biased cross-correlation estimate ``p(ℓ) = (1/N) Σ_{n=ℓ}^{N−1} d_n u_{n−ℓ}``, ℓ = 0..n_lags−1.
+
+    The right-hand side of the Wiener–Hopf equations (6.3): the correlation of the desired
+    signal with the input delayed by ℓ.
+
+    Parameters
+    ----------
+    d, u : array_like, shape (..., N)
+    n_lags : int
+        M ≤ N.
+
+    Returns
+    -------
+    ndarray, shape (..., M)
+    """
+    d = _check_1d_signal(d, "d")
+    u = _check_1d_signal(u, "u")
+    if d.shape[-1] != u.shape[-1]:
+        raise ValueError(f"u: expected the length N = {d.shape[-1]} of d, got shape {u.shape}")
+    m = _positive_int(n_lags, "n_lags")
+    n = d.shape[-1]
+    if m > n:
+        raise ValueError(f"n_lags: expected at most N = {n}, got {m}")
+    return np.stack([np.sum(d[..., ell:] * u[..., : n - ell], axis=-1) / n for ell in range(m)], axis=-1)
+
+
+def _check_wiener_hopf(r, p):
+    r = as_real_array(r, "r", ndim=1)
+    if r.size == 0:
+        raise ValueError("r: expected at least one lag, got shape (0,)")
+    if r[0] <= 0:
+        raise ValueError(f"r: expected r[0] > 0 (a variance), got {r[0]!r}")
+    p = as_real_array(p, "p", ndim=(1, 2))
+    if p.shape[0] != r.size:
+        raise ValueError(f"p: expected {r.size} rows (the length of r), got shape {p.shape}")
+    return r, p
+
+
+def _not_pd(r) -> ValueError:
+    return ValueError("r: the Toeplitz autocorrelation matrix is not positive definite (a reflection coefficient has |κ| >= 1)")
+
+
+def wiener_hopf(r, p) -> np.ndarray:
+    r"""FIR Wiener filter: solve the Wiener–Hopf equations ``R w = p`` with Toeplitz ``R_ij = r(|i−j|)``.
+
+    Implements Eq. (6.3) of the book (Haykin 2014, Eq. 2.36), by ``scipy.linalg.solve_toeplitz``
+    (Levinson recursion in compiled code, O(M²)).
+
+    Parameters
+    ----------
+    r : array_like, shape (M,)
+        Autocorrelation of the input, r(0) > 0; ``R`` must be positive definite.
+    p : array_like, shape (M,) or (M, K)
+        Cross-correlation of the desired signal with the delayed input (K right-hand sides).
+
+    Returns
+    -------
+    w : ndarray, shape (M,) or (M, K)
+        The optimal taps; the minimum MSE is ``J_min = σ_d² − pᵀw`` (Eq. 6.4).
+
+    Raises
+    ------
+    ValueError
+        If ``R`` is not positive definite (checked by the eigenvalues of the M×M matrix).
+    """
+    r, p = _check_wiener_hopf(r, p)
+    R = scipy.linalg.toeplitz(r)
+    if np.linalg.eigvalsh(R)[0] <= 1e-14 * r[0] * r.size:
+        raise _not_pd(r)
+    return scipy.linalg.solve_toeplitz(r, p)  # R w = p, Eq. (6.3)
+
+
+def wiener_hopf_loop(r, p) -> np.ndarray:
+    r"""Loop twin of :func:`wiener_hopf`: the Levinson–Durbin recursion written out (Eq. 6.5).
+
+    Order by order, the forward vector ``f`` (``R_n f = e_1``) and the solution ``x``
+    (``R_n x = p_{0:n}``) are extended: with ``ε = Σ_i r(n−i) f_i`` (Durbin's reflection
+    coefficient ``κ = −ε``), ``f ← ([f; 0] − ε [0; f̃]) / (1 − ε²)`` (``f̃`` reversed) and
+    ``x ← [x; 0] + (p_n − Σ_i r(n−i) x_i) f̃_new``.
+    """
+    r, p = _check_wiener_hopf(r, p)
+    cols = p[:, None] if p.ndim == 1 else p
+    m = r.size
+    out = np.zeros(cols.shape)
+    for c in range(cols.shape[1]):
+        f = [1.0 / r[0]]  # R_1 f = e_1
+        x = [cols[0, c] / r[0]]  # R_1 x = p_0
+        for n in range(1, m):
+            eps = sum(r[n - i] * f[i] for i in range(n))  # last entry of R_{n+1} [f; 0]
+            den = 1.0 - eps * eps  # (R_{n+1}[f; 0] − ε R_{n+1}[0; f̃]) = (1 − ε²) e_1
+            if den <= 1e-15:
+                raise _not_pd(r)
+            fe, be = f + [0.0], [0.0] + f[::-1]  # [f; 0] and [0; f̃]
+            f = [(a - eps * b) / den for a, b in zip(fe, be)]  # R_{n+1} f = e_1
+            err = cols[n, c] - sum(r[n - i] * x[i] for i in range(n))  # p_n − (R_{n+1}[x; 0])_n
+            x = [a + err * b for a, b in zip(x + [0.0], f[::-1])]  # f̃ solves R_{n+1} f̃ = e_{n+1}
+        out[:, c] = x
+    return out[:, 0] if p.ndim == 1 else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-causal Wiener smoother in frequency, Eqs. (6.6)-(6.7)
+# ---------------------------------------------------------------------------------------------
+
+
+def ar1_psd(a: float, q: float, n_fft: int) -> np.ndarray:
+    r"""PSD ``S_x(ω) = q / |1 − a e^{−iω}|²`` of the AR(1) process x_n = a x_{n−1} + w_n, Var w = q.
+
+    Sampled on the FFT grid ω_k = 2πk/K, k = 0..K−1 (the input of Eq. 6.6).
+
+    Parameters
+    ----------
+    a : float, |a| < 1
+    q : float > 0
+    n_fft : int
+        K.
+
+    Returns
+    -------
+    ndarray, shape (K,)
+    """
+    a = float(as_real_array(a, "a", ndim=0))
+    if not abs(a) < 1:
+        raise ValueError(f"a: expected |a| < 1 (a stationary AR(1) process), got {a!r}")
+    q = as_positive_scalar(q, "q")
+    k = _positive_int(n_fft, "n_fft")
+    w = 2 * np.pi * np.arange(k) / k
+    return q / np.abs(1.0 - a * np.exp(-1j * w)) ** 2
+
+
+def _check_psd_pair(psd_signal, psd_noise):
+    sx = as_real_array(psd_signal, "psd_signal", ndim=1)
+    sn = as_real_array(psd_noise, "psd_noise", ndim=(0, 1))
+    sn = np.broadcast_to(sn, sx.shape) if sn.ndim == 0 else sn
+    if sn.shape != sx.shape:
+        raise ValueError(f"psd_noise: expected shape {sx.shape} (as psd_signal) or a scalar, got shape {sn.shape}")
+    if sx.size == 0:
+        raise ValueError("psd_signal: expected at least one frequency, got shape (0,)")
+    if np.any(sx < 0):
+        raise ValueError(f"psd_signal: expected values >= 0, got minimum {sx.min():.6g}")
+    if np.any(sn < 0):
+        raise ValueError(f"psd_noise: expected values >= 0, got minimum {sn.min():.6g}")
+    if np.any(sx + sn <= 0):
+        raise ValueError("psd_noise: S_x + S_n must be > 0 at every frequency")
+    return sx, sn
+
+
+def wiener_smoother_response(psd_signal, psd_noise) -> np.ndarray:
+    r"""Frequency response ``H(ω) = S_x(ω) / (S_x(ω) + S_n(ω))`` of the non-causal Wiener smoother.
+
+    Implements Eq. (6.6) of the book (Haykin 2014, §2.9; Wiener 1949) for ``u = x + n`` with
+    independent signal and noise.
+
+    Parameters
+    ----------
+    psd_signal : array_like, shape (K,)
+        S_x on the FFT grid ω_k = 2πk/K.
+    psd_noise : array_like, shape (K,) or scalar
+        S_n (a scalar for white noise of that variance).
+
+    Returns
+    -------
+    ndarray, shape (K,), values in [0, 1].
+    """
+    sx, sn = _check_psd_pair(psd_signal, psd_noise)
+    return sx / (sx + sn)
+
+
+def wiener_smoother_weights(psd_signal, psd_noise) -> tuple[np.ndarray, np.ndarray]:
+    r"""Two-sided impulse response ``h_ℓ = (1/K) Σ_k H(ω_k) e^{iω_kℓ}`` of the Wiener smoother.
+
+    Implements Eq. (6.7) of the book: the smoother estimates ``x̂_n = Σ_ℓ h_ℓ u_{n−ℓ}``. The
+    inverse DFT on K points is the periodization ``Σ_j h_{ℓ+jK}`` of the true response: use a
+    grid long enough that the tails have decayed.
+
+    Parameters
+    ----------
+    psd_signal, psd_noise
+        As in :func:`wiener_smoother_response`.
+
+    Returns
+    -------
+    lags : ndarray of int, shape (K,)
+        ℓ = −⌊K/2⌋, …, ⌈K/2⌉ − 1.
+    h : ndarray, shape (K,)
+        Real when the PSDs are even in ω (always, for real processes).
+    """
+    H = wiener_smoother_response(psd_signal, psd_noise)
+    k = H.size
+    h = np.fft.ifft(H)  # h_ℓ for ℓ = 0..K−1 (mod K)
+    lags = np.arange(k) - k // 2
+    h = np.fft.fftshift(h)  # reorder to ℓ = −K/2 .. K/2 − 1
+    return lags, (h.real if np.max(np.abs(h.imag), initial=0.0) <= 1e-12 * np.max(np.abs(h)) else h)
+
+
+def wiener_smoother_weights_loop(psd_signal, psd_noise) -> tuple[np.ndarray, np.ndarray]:
+    """Loop twin of :func:`wiener_smoother_weights`: the inverse DFT as a sum per lag (Eq. 6.7)."""
+    H = wiener_smoother_response(psd_signal, psd_noise)
+    k = H.size
+    lags = np.arange(k) - k // 2
+    h = np.zeros(k, dtype=complex)
+    for idx, ell in enumerate(lags):
+        h[idx] = sum(H[j] * cmath.exp(2j * math.pi * j * ell / k) for j in range(k)) / k  # (1/K) Σ_k H_k e^{iω_kℓ}
+    return lags, (h.real if np.max(np.abs(h.imag), initial=0.0) <= 1e-12 * np.max(np.abs(h)) else h)
+
+
+# ---------------------------------------------------------------------------------------------
+# LMS and RLS, Eqs. (6.8)-(6.10)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_adaptive(u, d, n_taps, w0):
+    u = _check_1d_signal(u, "u")
+    d = _check_1d_signal(d, "d")
+    if u.shape != d.shape:
+        raise ValueError(f"d: expected the shape of u {u.shape}, got shape {d.shape}")
+    m = _positive_int(n_taps, "n_taps")
+    if w0 is None:
+        w0 = np.zeros(m)
+    else:
+        w0 = as_real_array(w0, "w0", ndim=1)
+        if w0.shape != (m,):
+            raise ValueError(f"w0: expected shape ({m},) (n_taps), got shape {w0.shape}")
+    return u, d, m, w0
+
+
+def _regressors(u: np.ndarray, m: int) -> np.ndarray:
+    """U[..., n, i] = u[..., n − i] (zero before the start), shape (..., N, M)."""
+    padded = np.concatenate([np.zeros((*u.shape[:-1], m - 1)), u], axis=-1)
+    return np.lib.stride_tricks.sliding_window_view(padded, m, axis=-1)[..., ::-1]
+
+
+def lms(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
+    r"""The least-mean-squares adaptive FIR filter, vectorized over independent runs.
+
+    Implements Eq. (6.8) of the book (Widrow & Hoff 1960; Haykin 2014, Eq. 6.6):
+    ``e_n = d_n − w_{n−1}ᵀ u_n``, ``w_n = w_{n−1} + μ e_n u_n`` with the regressor
+    ``u_n = (u_n, u_{n−1}, …, u_{n−M+1})`` (zeros before the start).
+
+    Parameters
+    ----------
+    u, d : array_like, shape (..., N)
+        Input and desired signal; leading axes are independent runs (ensemble averages).
+    n_taps : int
+        M.
+    mu : float > 0
+        Step size; the mean converges for ``0 < μ < 2/λ_max(R)``.
+    w0 : array_like, shape (M,), optional
+        Initial weights (default 0).
+
+    Returns
+    -------
+    w : ndarray, shape (..., N, M)
+        Weights after each update, ``w[..., n, :] = w_n``.
+    e : ndarray, shape (..., N)
+        A-priori errors ``e_n``.
+    """
+    u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
+    mu = as_positive_scalar(mu, "mu")
+    U = _regressors(u, m)
+    w = np.broadcast_to(w0, (*u.shape[:-1], m)).copy()
+    W = np.empty((*u.shape, m))
+    e = np.empty(u.shape)
+    for n in range(u.shape[-1]):  # the recursion is sequential in time; runs and taps are vectorized
+        un = U[..., n, :]
+        e[..., n] = d[..., n] - np.sum(w * un, axis=-1)  # e_n = d_n − wᵀu_n
+        w += mu * e[..., n, None] * un  # w ← w + μ e_n u_n
+        W[..., n, :] = w
+    return W, e
+
+
+def lms_loop(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
+    """Loop twin of :func:`lms`: one run, one time step and one tap at a time (Eq. 6.8)."""
+    u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
+    mu = as_positive_scalar(mu, "mu")
+    W = np.empty((*u.shape, m))
+    e = np.empty(u.shape)
+    for b in np.ndindex(*u.shape[:-1]):
+        w = [float(c) for c in w0]
+        for n in range(u.shape[-1]):
+            reg = [u[b][n - i] if n - i >= 0 else 0.0 for i in range(m)]  # u_n = (u_n, …, u_{n−M+1})
+            err = d[b][n] - sum(w[i] * reg[i] for i in range(m))
+            w = [w[i] + mu * err * reg[i] for i in range(m)]
+            e[b][n] = err
+            W[b][n] = w
+    return W, e
+
+
+def _check_rls(lam, delta):
+    lam = as_positive_scalar(lam, "lam")
+    if lam > 1.0:
+        raise ValueError(f"lam: expected a forgetting factor in (0, 1], got {lam!r}")
+    return lam, as_positive_scalar(delta, "delta")
+
+
+def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
+    r"""The recursive-least-squares adaptive FIR filter, vectorized over independent runs.
+
+    Implements Eqs. (6.9)–(6.10) of the book (Haykin 2014, Table 10.1): with ``P_0 = I/δ``,
+
+    ``k_n = P_{n−1} u_n / (λ + u_nᵀ P_{n−1} u_n)``, ``e_n = d_n − w_{n−1}ᵀ u_n``,
+    ``w_n = w_{n−1} + k_n e_n``, ``P_n = (P_{n−1} − k_n u_nᵀ P_{n−1}) / λ``.
+
+    After the samples j = 1..n (1-based), ``w_n`` is exactly the exponentially weighted,
+    regularized least-squares solution
+    ``(Σ_{j≤n} λ^{n−j} u_j u_jᵀ + λ^n δ I)^{-1} (Σ_{j≤n} λ^{n−j} u_j d_j + λ^n δ w_0)`` (Eq. 6.10);
+    in the returned 0-based array, ``w[..., n, :]`` has seen n + 1 samples.
+
+    Parameters
+    ----------
+    u, d : array_like, shape (..., N)
+    n_taps : int
+        M.
+    lam : float in (0, 1]
+        Forgetting factor λ.
+    delta : float > 0
+        Initial regularization δ.
+    w0 : array_like, shape (M,), optional
+
+    Returns
+    -------
+    w : ndarray, shape (..., N, M)
+    e : ndarray, shape (..., N)
+        A-priori errors.
+    """
+    u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
+    lam, delta = _check_rls(lam, delta)
+    U = _regressors(u, m)
+    batch = u.shape[:-1]
+    w = np.broadcast_to(w0, (*batch, m)).copy()
+    P = np.broadcast_to(np.eye(m) / delta, (*batch, m, m)).copy()  # P_0 = I/δ
+    W = np.empty((*u.shape, m))
+    e = np.empty(u.shape)
+    for n in range(u.shape[-1]):
+        un = U[..., n, :]
+        Pu = np.einsum("...ij,...j->...i", P, un)  # P u_n
+        k = Pu / (lam + np.sum(un * Pu, axis=-1))[..., None]  # gain k_n
+        e[..., n] = d[..., n] - np.sum(w * un, axis=-1)  # a-priori error
+        w += k * e[..., n, None]  # w_n = w_{n−1} + k_n e_n
+        P = (P - k[..., :, None] * Pu[..., None, :]) / lam  # P_n = (P − k (Pu)ᵀ)/λ  (P symmetric)
+        P = 0.5 * (P + np.swapaxes(P, -1, -2))  # keep P symmetric against round-off
+        W[..., n, :] = w
+    return W, e
+
+
+def rls_loop(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
+    """Loop twin of :func:`rls`: one run and one time step at a time, entry by entry (Eq. 6.9)."""
+    u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
+    lam, delta = _check_rls(lam, delta)
+    W = np.empty((*u.shape, m))
+    e = np.empty(u.shape)
+    for b in np.ndindex(*u.shape[:-1]):
+        w = [float(c) for c in w0]
+        P = [[(1.0 / delta if i == j else 0.0) for j in range(m)] for i in range(m)]
+        for n in range(u.shape[-1]):
+            reg = [u[b][n - i] if n - i >= 0 else 0.0 for i in range(m)]
+            Pu = [sum(P[i][j] * reg[j] for j in range(m)) for i in range(m)]
+            denom = lam + sum(reg[i] * Pu[i] for i in range(m))
+            gain = [Pu[i] / denom for i in range(m)]
+            err = d[b][n] - sum(w[i] * reg[i] for i in range(m))
+            w = [w[i] + gain[i] * err for i in range(m)]
+            P = [[(P[i][j] - gain[i] * Pu[j]) / lam for j in range(m)] for i in range(m)]
+            P = [[0.5 * (P[i][j] + P[j][i]) for j in range(m)] for i in range(m)]
+            e[b][n] = err
+            W[b][n] = w
+    return W, e
+
+
+# ---------------------------------------------------------------------------------------------
+# Beamforming with a uniform linear array, Eqs. (6.11)-(6.15)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_array(n_sensors, spacing):
+    m = _positive_int(n_sensors, "n_sensors")
+    return m, as_positive_scalar(spacing, "spacing")
+
+
+def steering_vector(theta, n_sensors: int, spacing: float = 0.5) -> np.ndarray:
+    r"""ULA steering vectors ``a(θ)_m = exp(−i 2π (d/λ) m sin θ)``, m = 0..M−1.
+
+    Implements Eq. (6.11) of the book (Van Trees 2002, §2.2): the phase with which a plane
+    wave from direction θ (radians from broadside) reaches sensor m, relative to sensor 0.
+
+    Parameters
+    ----------
+    theta : array_like, shape (...)
+    n_sensors : int
+        M.
+    spacing : float > 0
+        d/λ, the sensor spacing in wavelengths (1/2: no grating lobes).
+
+    Returns
+    -------
+    ndarray of complex, shape (..., M)
+    """
+    th = as_real_array(theta, "theta")
+    m, sp = _check_array(n_sensors, spacing)
+    return np.exp(-2j * np.pi * sp * np.sin(th)[..., None] * np.arange(m))
+
+
+def das_weights(theta0: float, n_sensors: int, spacing: float = 0.5) -> np.ndarray:
+    r"""Delay-and-sum (Bartlett) weights ``w = a(θ_0)/M``: the spatial matched filter.
+
+    Implements Eq. (6.12) of the book. Distortionless: ``wᴴ a(θ_0) = 1``.
+
+    Returns
+    -------
+    ndarray of complex, shape (M,) (or (..., M) for an array of look directions)
+    """
+    a = steering_vector(theta0, n_sensors, spacing)
+    return a / a.shape[-1]
+
+
+def _check_R(R):
+    R = as_complex_array(R, "R", ndim=2)
+    check_hermitian_psd(R, "R")
+    return 0.5 * (R + R.conj().T)
+
+
+def _check_mvdr(R, steering, loading):
+    R = _check_R(R)
+    a = as_complex_array(steering, "steering", ndim=(1, 2))
+    if a.shape[-1] != R.shape[0]:
+        raise ValueError(f"steering: expected a last dimension of M = {R.shape[0]} (the size of R), got shape {a.shape}")
+    eps = as_positive_scalar(loading, "loading", strict=False)
+    Rl = R + eps * np.eye(R.shape[0])  # diagonal loading R + εI
+    if np.linalg.eigvalsh(Rl)[0] <= 1e-13 * max(1.0, float(np.max(np.abs(Rl)))):
+        raise ValueError("R: expected a nonsingular covariance (use loading > 0 for a rank-deficient sample covariance)")
+    return Rl, a
+
+
+def mvdr_weights(R, steering, *, loading: float = 0.0) -> np.ndarray:
+    r"""MVDR / Capon weights ``w = R^{-1} a / (aᴴ R^{-1} a)``.
+
+    Implements Eq. (6.13) of the book (Capon 1969; Van Trees 2002, §6.2): the weights that
+    minimize the output power ``wᴴ R w`` subject to the distortionless constraint
+    ``wᴴ a = 1``.
+
+    Parameters
+    ----------
+    R : array_like, shape (M, M)
+        Hermitian positive semidefinite spatial covariance.
+    steering : array_like, shape (M,) or (K, M)
+        The look direction(s) ``a(θ_0)``.
+    loading : float >= 0
+        Diagonal loading ε: ``R + εI`` replaces R (needed when R is singular).
+
+    Returns
+    -------
+    ndarray of complex, shape (M,) or (K, M)
+    """
+    Rl, a = _check_mvdr(R, steering, loading)
+    Ria = np.linalg.solve(Rl, a.T).T  # R^{-1} a (no explicit inverse), shape (..., M)
+    return Ria / np.sum(a.conj() * Ria, axis=-1, keepdims=True)  # / (aᴴ R^{-1} a)
+
+
+def mvdr_weights_loop(R, steering, *, loading: float = 0.0) -> np.ndarray:
+    """Loop twin of :func:`mvdr_weights`: one look direction at a time (Eq. 6.13)."""
+    Rl, a = _check_mvdr(R, steering, loading)
+    rows = a[None, :] if a.ndim == 1 else a
+    out = np.empty(rows.shape, dtype=complex)
+    for k, ak in enumerate(rows):
+        x = np.linalg.solve(Rl, ak)  # R^{-1} a
+        denom = sum(np.conj(ak[i]) * x[i] for i in range(ak.size))  # aᴴ R^{-1} a
+        out[k] = x / denom
+    return out[0] if a.ndim == 1 else out
+
+
+def _check_pattern(w, theta, spacing):
+    w = as_complex_array(w, "w", ndim=1)
+    if w.size == 0:
+        raise ValueError("w: expected at least one sensor, got shape (0,)")
+    th = as_real_array(theta, "theta")
+    return w, th, as_positive_scalar(spacing, "spacing")
+
+
+def beampattern(w, theta, spacing: float = 0.5) -> np.ndarray:
+    r"""Power beampattern ``B(θ) = |wᴴ a(θ)|²`` of array weights w.
+
+    Implements Eq. (6.14) of the book.
+
+    Parameters
+    ----------
+    w : array_like, shape (M,)
+    theta : array_like, shape (...)
+    spacing : float > 0
+
+    Returns
+    -------
+    ndarray, shape (...)
+    """
+    w, th, sp = _check_pattern(w, theta, spacing)
+    a = steering_vector(th, w.size, sp)
+    return np.abs(a @ w.conj()) ** 2  # |wᴴ a(θ)|²
+
+
+def beampattern_loop(w, theta, spacing: float = 0.5) -> np.ndarray:
+    """Loop twin of :func:`beampattern`: one angle and one sensor at a time (Eq. 6.14)."""
+    w, th, sp = _check_pattern(w, theta, spacing)
+    out = np.empty(th.shape)
+    for idx in np.ndindex(*th.shape):
+        acc = 0j
+        for m in range(w.size):
+            acc += np.conj(w[m]) * cmath.exp(-2j * math.pi * sp * m * math.sin(th[idx]))  # w̄_m a_m(θ)
+        out[idx] = abs(acc) ** 2
+    return out
+
+
+def dirichlet_beampattern(theta, theta0: float, n_sensors: int, spacing: float = 0.5) -> np.ndarray:
+    r"""Closed-form delay-and-sum beampattern ``|sin(Mψ/2) / (M sin(ψ/2))|²``.
+
+    Implements Eq. (6.15) of the book (Van Trees 2002, Eq. 2.96): with
+    ``ψ = 2π (d/λ)(sin θ − sin θ_0)``, the Dirichlet kernel — the DFT of a rectangular
+    aperture. Equals 1 where ψ is a multiple of 2π (main lobe and grating lobes).
+
+    Parameters
+    ----------
+    theta : array_like, shape (...)
+    theta0 : float
+        Look direction.
+    n_sensors : int
+    spacing : float > 0
+
+    Returns
+    -------
+    ndarray, shape (...)
+    """
+    th = as_real_array(theta, "theta")
+    t0 = float(as_real_array(theta0, "theta0", ndim=0))
+    m, sp = _check_array(n_sensors, spacing)
+    psi = 2 * np.pi * sp * (np.sin(th) - np.sin(t0))
+    half = 0.5 * psi
+    s = np.sin(half)
+    lobe = np.abs(s) < 1e-8  # ψ ≈ 2πk: the limit of the ratio is ±1
+    safe = np.where(lobe, 1.0, s)
+    ratio = np.where(lobe, 1.0, np.sin(m * half) / (m * safe))
+    return ratio**2
+
+
+def sample_covariance(x) -> np.ndarray:
+    r"""Sample spatial covariance ``R̂ = (1/T) Σ_t x_t x_tᴴ`` of snapshots x, shape (T, M).
+
+    Hermitian positive semidefinite; rank ≤ T (use diagonal loading in MVDR when T < M).
+    """
+    x = as_complex_array(x, "x", ndim=2)
+    if x.shape[0] == 0:
+        raise ValueError(f"x: expected at least one snapshot (T >= 1), got shape {x.shape}")
+    R = x.T @ x.conj() / x.shape[0]  # R_ij = (1/T) Σ_t x_ti conj(x_tj)
+    return 0.5 * (R + R.conj().T)
+
+
+def beamform(x, w) -> np.ndarray:
+    r"""Array output ``y_t = wᴴ x_t`` for snapshots x, shape (..., T, M), and weights w, shape (M,)."""
+    x = as_complex_array(x, "x")
+    w = as_complex_array(w, "w", ndim=1)
+    if x.ndim < 1 or x.shape[-1] != w.size:
+        raise ValueError(f"x: expected a last dimension of M = {w.size} (the size of w), got shape {x.shape}")
+    return x @ w.conj()
+
+
+def _check_spectrum(R, theta, spacing):
+    R = _check_R(R)
+    th = as_real_array(theta, "theta")
+    sp = as_positive_scalar(spacing, "spacing")
+    return R, th, sp
+
+
+def bartlett_spectrum(R, theta, spacing: float = 0.5) -> np.ndarray:
+    r"""Bartlett (delay-and-sum) spatial spectrum ``P(θ) = a(θ)ᴴ R a(θ) / M²``."""
+    R, th, sp = _check_spectrum(R, theta, spacing)
+    a = steering_vector(th, R.shape[0], sp)
+    return np.real(np.einsum("...i,ij,...j->...", a.conj(), R, a)) / R.shape[0] ** 2
+
+
+def capon_spectrum(R, theta, spacing: float = 0.5, *, loading: float = 0.0) -> np.ndarray:
+    r"""Capon (MVDR) spatial spectrum ``P(θ) = 1 / (a(θ)ᴴ R^{-1} a(θ))``: the MVDR output power.
+
+    Implements Eq. (6.13) of the book evaluated over a grid of look directions (Capon 1969).
+    """
+    R, th, sp = _check_spectrum(R, theta, spacing)
+    a = steering_vector(th, R.shape[0], sp)
+    Rl, _ = _check_mvdr(R, a.reshape(-1, R.shape[0]), loading)
+    Ria = np.linalg.solve(Rl, a.reshape(-1, R.shape[0]).T).T.reshape(a.shape)  # R^{-1} a(θ)
+    return 1.0 / np.real(np.sum(a.conj() * Ria, axis=-1))
+
+
+def capon_spectrum_loop(R, theta, spacing: float = 0.5, *, loading: float = 0.0) -> np.ndarray:
+    """Loop twin of :func:`capon_spectrum`: one look direction at a time."""
+    R, th, sp = _check_spectrum(R, theta, spacing)
+    m = R.shape[0]
+    Rl, _ = _check_mvdr(R, np.ones(m), loading)
+    out = np.empty(th.shape)
+    for idx in np.ndindex(*th.shape):
+        a = np.array([cmath.exp(-2j * math.pi * sp * k * math.sin(th[idx])) for k in range(m)])
+        x = np.linalg.solve(Rl, a)
+        out[idx] = 1.0 / sum(np.conj(a[k]) * x[k] for k in range(m)).real
+    return out
