@@ -7,14 +7,15 @@ Each public module pairs with a chapter of the book (``book.toml``):
 ``refimpl.kalman``     Kalman filter, RTS smoother, parallel scan, dense GLS, weight matrices (chapter 3)
 ``refimpl.attention``  scaled dot-product and multi-head attention as data-dependent filters (chapter 4)
 ``refimpl.positional`` sinusoidal positional encoding and RoPE (chapter 5)
+``refimpl.classical``  matched filter, Wiener–Hopf, LMS/RLS, beamforming (chapter 6)
 
 Every computation ``f`` has a loop twin ``f_loop`` that reads like the equation; tests assert
 they agree, and check both against independent oracles (SciPy, closed forms). The tolerance
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import attention, kalman, lyapunov, positional, sde
+from . import attention, classical, kalman, lyapunov, positional, sde
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "kalman", "lyapunov", "positional", "sde", "__version__"]
+__all__ = ["attention", "classical", "kalman", "lyapunov", "positional", "sde", "__version__"]
