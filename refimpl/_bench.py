@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import attention, kalman, lyapunov, sde
+from . import attention, classical, kalman, lyapunov, positional, sde
 from ._testing import rel_error
 
 __all__ = ["Case", "CASES", "run_case", "run", "main"]
@@ -178,6 +178,17 @@ def _mha(quick: bool):
     return (rng.normal(size=(n, d)), *w, h), {"causal": True}
 
 
+def _rope(quick: bool):
+    n, d = (64, 16) if quick else (1024, 64)
+    return (np.random.default_rng(7).normal(size=(n, d)),), {}
+
+
+def _matched(quick: bool):
+    n, L = (256, 16) if quick else (4096, 64)
+    rng = np.random.default_rng(8)
+    return (rng.normal(size=n) + 1j * rng.normal(size=n), classical.lfm_pulse(L, 0.5)), {}
+
+
 CASES: list[Case] = [
     Case(
         "dle_covariance (diagonal noise)",
@@ -265,6 +276,20 @@ CASES: list[Case] = [
         attention.multihead_attention_loop,
         _mha,
         lambda q: "N=16, d=16, h=2" if q else "N=128, d=64, h=8",
+    ),
+    Case(
+        "rope",
+        positional.rope,
+        positional.rope_loop,
+        _rope,
+        lambda q: "N=64, d=16" if q else "N=1024, d=64",
+    ),
+    Case(
+        "matched_filter (FFT vs correlation sums)",
+        classical.matched_filter,
+        classical.matched_filter_loop,
+        _matched,
+        lambda q: "N=256, L=16" if q else "N=4096, L=64",
     ),
 ]
 

@@ -174,6 +174,7 @@ def _weights(q, k, allowed) -> np.ndarray:
 # Query rows per block of the weight-free path: ~2^18 logits (2 MiB) per block stay in cache
 # while they are shifted, exponentiated, summed and multiplied by V.
 _BLOCK_LOGITS = 1 << 18
+_MIN_BLOCK_ROWS = 32  # with many batch elements, fewer rows per block would be all overhead
 
 
 def _attend_blocked(q, k, v, allowed, batch) -> np.ndarray:
@@ -182,7 +183,7 @@ def _attend_blocked(q, k, v, allowed, batch) -> np.ndarray:
     if allowed is not None:
         batch = np.broadcast_shapes(batch, allowed.shape[:-2])
         allowed = np.broadcast_to(allowed, (*allowed.shape[:-2], n, m))
-    rows_per_block = max(1, _BLOCK_LOGITS // max(1, m * math.prod(batch)))
+    rows_per_block = max(_MIN_BLOCK_ROWS, _BLOCK_LOGITS // max(1, m * math.prod(batch)))
     y = np.empty((*batch, n, v.shape[-1]))
     for start in range(0, n, rows_per_block):
         rows = slice(start, min(n, start + rows_per_block))

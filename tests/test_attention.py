@@ -14,8 +14,6 @@ Tolerances: :mod:`refimpl._testing` (SELF for loop twins, ORACLE for the oracles
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import scipy.linalg
@@ -38,21 +36,10 @@ from refimpl.attention import (
     softmax_attention_loop,
 )
 
+from _recording import recorder, runtime_warnings_are_errors  # noqa: E402, F401 (an autouse fixture)
+
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS: dict[str, tuple[float, float]] = {}
-
-
-def close(actual, desired, *, rtol: float, what: str) -> float:
-    err = assert_close(actual, desired, rtol=rtol, what=what)
-    WORST_ERRORS[what] = (max(WORST_ERRORS.get(what, (0.0,))[0], err), rtol)
-    return err
-
-
-@pytest.fixture(autouse=True)
-def _runtime_warnings_are_errors():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
+WORST_ERRORS, close = recorder()
 
 
 def naive_attention(q, k, v, allowed=None, scale=None):
@@ -106,6 +93,7 @@ class TestSoftmaxAttention:
         import refimpl.attention as attention_module
 
         monkeypatch.setattr(attention_module, "_BLOCK_LOGITS", block)
+        monkeypatch.setattr(attention_module, "_MIN_BLOCK_ROWS", 1)
         rng = np.random.default_rng(block)
         q, k = rng.normal(size=(2, 1, 9, 4)), rng.normal(size=(3, 8, 4))
         v = rng.normal(size=(8, 2))

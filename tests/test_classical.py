@@ -16,8 +16,6 @@ Tolerances: :mod:`refimpl._testing`.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import scipy.linalg
@@ -55,21 +53,10 @@ from refimpl.classical import (
     wiener_smoother_weights_loop,
 )
 
+from _recording import recorder, runtime_warnings_are_errors  # noqa: E402, F401 (an autouse fixture)
+
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS: dict[str, tuple[float, float]] = {}
-
-
-def close(actual, desired, *, rtol: float, what: str) -> float:
-    err = assert_close(actual, desired, rtol=rtol, what=what)
-    WORST_ERRORS[what] = (max(WORST_ERRORS.get(what, (0.0,))[0], err), rtol)
-    return err
-
-
-@pytest.fixture(autouse=True)
-def _runtime_warnings_are_errors():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
+WORST_ERRORS, close = recorder()
 
 
 def random_psd(rng, m, rank=None):
