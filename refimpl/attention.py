@@ -99,39 +99,49 @@ def _batch(*arrays) -> tuple:
         raise ValueError(f"k: the batch axes of q, k (and v) do not broadcast, got shapes {got}") from None
 
 
-def _allowed(mask, causal: bool, batch: tuple, n: int, m: int) -> np.ndarray | None:
-    """The combined boolean mask (mask & causal), broadcastable to (*batch, N, M), or None.
+def _check_mask(mask, causal, batch: tuple, n: int, m: int) -> np.ndarray | None:
+    """Validate ``mask`` (broadcastable to (*batch, N, M)) and ``causal``; return the mask or None.
 
-    Raises if a query row allows no key: its softmax would be 0/0 (a silent NaN).
+    Raises if a query row allows no key (mask & causal all False): its softmax would be 0/0,
+    a silent NaN. The causal triangle itself is never materialized as an (N, M) array here.
     """
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
-    allowed = None
-    if mask is not None:
-        arr = np.asarray(mask)
-        if arr.dtype != np.bool_:
-            raise TypeError(f"mask: expected a boolean array (True = may attend), got dtype {arr.dtype}")
-        target = (*batch, n, m)
-        try:
-            ok = np.broadcast_shapes(arr.shape, target) == target
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"mask: expected a shape broadcastable to (..., N, M) = {target}, got shape {arr.shape}")
-        allowed = arr
+    if mask is None:
+        return None  # with causal only, row i always keeps key 0 (M >= 1)
+    arr = np.asarray(mask)
+    if arr.dtype != np.bool_:
+        raise TypeError(f"mask: expected a boolean array (True = may attend), got dtype {arr.dtype}")
+    target = (*batch, n, m)
+    try:
+        ok = np.broadcast_shapes(arr.shape, target) == target
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"mask: expected a shape broadcastable to (..., N, M) = {target}, got shape {arr.shape}")
+    full = np.broadcast_to(arr, (*arr.shape[:-2], n, m)) if arr.ndim >= 2 else np.broadcast_to(arr, (n, m))
+    empty = ~full.any(axis=-1)
+    if causal:  # the first allowed key must not lie after the query: argmax finds the first True
+        empty = empty | (full.argmax(axis=-1) > np.arange(n))
+    if np.any(empty):
+        idx = np.argwhere(empty)[0]
+        raise ValueError(
+            f"mask: query row {tuple(int(i) for i in idx)} may attend to no key (mask & causal is all "
+            "False there); its softmax would be 0/0"
+        )
+    return full
+
+
+def _rows_forbidden(mask, causal: bool, rows: slice, n: int, m: int) -> np.ndarray | None:
+    """Where query rows ``rows`` may **not** attend (~mask | j > i), or None if nothing is masked.
+
+    Built directly as the forbidden set (one boolean temporary per block, no inversion afterwards).
+    """
+    forbidden = None if mask is None else ~mask[..., rows, :]
     if causal:
-        tri = np.tri(n, m, dtype=bool)  # j <= i
-        allowed = tri if allowed is None else (allowed & tri)
-    if allowed is not None:
-        full = np.broadcast_to(allowed, (*np.broadcast_shapes(allowed.shape[:-2], batch), n, m))
-        empty = ~full.any(axis=-1)
-        if np.any(empty):
-            idx = np.argwhere(empty)[0]
-            raise ValueError(
-                f"mask: query row {tuple(int(i) for i in idx)} may attend to no key (mask & causal is all "
-                "False there); its softmax would be 0/0"
-            )
-    return allowed
+        after = np.arange(m)[None, :] > np.arange(n)[rows][:, None]  # key j after query i
+        forbidden = after if forbidden is None else np.logical_or(forbidden, after, out=forbidden)
+    return forbidden
 
 
 def _scale(scale, d: int) -> float:
@@ -145,29 +155,30 @@ def _scale(scale, d: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def _exp_shifted_inplace(s: np.ndarray, allowed) -> np.ndarray:
+def _exp_shifted_inplace(s: np.ndarray, forbidden) -> np.ndarray:
     """``s ← exp(s − max_j s)`` over the allowed keys, in place; returns the row sums ``z``."""
-    if allowed is not None:
-        np.copyto(s, -np.inf, where=~allowed)  # masked logits: −∞ → weight exactly 0
+    if forbidden is not None:
+        np.copyto(s, -np.inf, where=forbidden)  # masked logits: −∞ → weight exactly 0
     s -= s.max(axis=-1, keepdims=True)  # log-sum-exp: subtract the row max m_i (finite: a key is allowed)
     np.exp(s, out=s)  # e^{s_ij − m_i} ∈ [0, 1], Eq. (4.3)
     return s.sum(axis=-1, keepdims=True)  # z_i = Σ_j e^{s_ij − m_i} ≥ 1
 
 
-def _logits(q, k, allowed, rows=slice(None)) -> np.ndarray:
-    """``scale · q_i · k_j`` for the query rows ``rows``, broadcast to the mask's batch axes."""
+def _logits(q, k, forbidden, rows=slice(None)) -> np.ndarray:
+    """``scale · q_i · k_j`` for the query rows ``rows``, broadcast to the batch axes of their mask."""
     s = np.matmul(q[..., rows, :], np.swapaxes(k, -1, -2))  # s_ij = (scale q_i) · k_j (BLAS)
-    if allowed is not None:
-        full = np.broadcast_shapes(s.shape, allowed[..., rows, :].shape)
+    if forbidden is not None:
+        full = np.broadcast_shapes(s.shape, forbidden.shape)
         if full != s.shape:  # the mask carries batch axes that q and k do not
             s = np.broadcast_to(s, full).copy()
     return s
 
 
-def _weights(q, k, allowed) -> np.ndarray:
+def _weights(q, k, mask, causal) -> np.ndarray:
     """A = softmax(scale q k^T) over the allowed keys (q already scaled), one (..., N, M) buffer."""
-    s = _logits(q, k, allowed)
-    s /= _exp_shifted_inplace(s, allowed)  # A_ij = e^{s_ij − m_i} / z_i, Eq. (4.2)
+    forbidden = _rows_forbidden(mask, causal, slice(None), q.shape[-2], k.shape[-2])
+    s = _logits(q, k, forbidden)
+    s /= _exp_shifted_inplace(s, forbidden)  # A_ij = e^{s_ij − m_i} / z_i, Eq. (4.2)
     return s
 
 
@@ -177,18 +188,17 @@ _BLOCK_LOGITS = 1 << 18
 _MIN_BLOCK_ROWS = 32  # with many batch elements, fewer rows per block would be all overhead
 
 
-def _attend_blocked(q, k, v, allowed, batch) -> np.ndarray:
+def _attend_blocked(q, k, v, mask, causal, batch) -> np.ndarray:
     """``y = softmax(q k^T) v`` by blocks of query rows, normalizing y instead of A."""
     n, m = q.shape[-2], k.shape[-2]
-    if allowed is not None:
-        batch = np.broadcast_shapes(batch, allowed.shape[:-2])
-        allowed = np.broadcast_to(allowed, (*allowed.shape[:-2], n, m))
+    if mask is not None:
+        batch = np.broadcast_shapes(batch, mask.shape[:-2])
     rows_per_block = max(_MIN_BLOCK_ROWS, _BLOCK_LOGITS // max(1, m * math.prod(batch)))
     y = np.empty((*batch, n, v.shape[-1]))
     for start in range(0, n, rows_per_block):
         rows = slice(start, min(n, start + rows_per_block))
-        blk = None if allowed is None else allowed[..., rows, :]
-        e = _logits(q, k, allowed, rows)  # (..., b, M)
+        blk = _rows_forbidden(mask, causal, rows, n, m)  # (..., b, M) or None
+        e = _logits(q, k, blk, rows)  # (..., b, M)
         z = _exp_shifted_inplace(e, blk)
         out = y[..., rows, :]
         np.matmul(e, v, out=out)  # Σ_j e_ij v_j (the batch axes of e and v broadcast to y's)
@@ -214,9 +224,8 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> np.ndarra
         Non-negative, each row sums to 1, exactly 0 where the mask forbids.
     """
     q, k = _check_qk(q, k)
-    batch = _batch(q, k)
-    allowed = _allowed(mask, causal, batch, q.shape[-2], k.shape[-2])
-    return _weights(q * _scale(scale, q.shape[-1]), k, allowed)
+    mask = _check_mask(mask, causal, _batch(q, k), q.shape[-2], k.shape[-2])
+    return _weights(q * _scale(scale, q.shape[-1]), k, mask, causal)
 
 
 def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_weights=False):
@@ -276,13 +285,13 @@ def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_we
     (True, True)
     """
     q, k, v, batch = _check_qkv(q, k, v)
-    allowed = _allowed(mask, causal, batch, q.shape[-2], k.shape[-2])
+    mask = _check_mask(mask, causal, batch, q.shape[-2], k.shape[-2])
     if not isinstance(return_weights, (bool, np.bool_)):
         raise TypeError(f"return_weights: expected a bool, got {type(return_weights).__name__}")
     q = q * _scale(scale, q.shape[-1])  # scale q (N·d products) rather than the N·M logits
     if not return_weights:
-        return _attend_blocked(q, k, v, allowed, batch)
-    A = _weights(q, k, allowed)
+        return _attend_blocked(q, k, v, mask, causal, batch)
+    A = _weights(q, k, mask, causal)
     return np.matmul(A, v), A  # y_i = Σ_j A_ij v_j, Eq. (4.1)
 
 
@@ -290,20 +299,21 @@ def softmax_attention_loop(q, k, v, *, mask=None, causal=False, scale=None, retu
     """Loop twin of :func:`softmax_attention`: one query, one key at a time (Eqs. 4.1–4.3)."""
     q, k, v, batch = _check_qkv(q, k, v)
     n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
-    allowed = _allowed(mask, causal, batch, n, m)
+    mask = _check_mask(mask, causal, batch, n, m)
     if not isinstance(return_weights, (bool, np.bool_)):
         raise TypeError(f"return_weights: expected a bool, got {type(return_weights).__name__}")
     c = _scale(scale, q.shape[-1])
-    batch = np.broadcast_shapes(batch, allowed.shape[:-2]) if allowed is not None else batch
+    batch = np.broadcast_shapes(batch, mask.shape[:-2]) if mask is not None else batch
     qb = np.broadcast_to(q, (*batch, n, q.shape[-1]))
     kb = np.broadcast_to(k, (*batch, m, k.shape[-1]))
     vb = np.broadcast_to(v, (*batch, m, dv))
-    ab = None if allowed is None else np.broadcast_to(allowed, (*batch, n, m))
+    mb = None if mask is None else np.broadcast_to(mask, (*batch, n, m))
     y = np.zeros((*batch, n, dv))
     A = np.zeros((*batch, n, m))
     for b in np.ndindex(*batch):
         for i in range(n):
-            keys = [j for j in range(m) if ab is None or ab[b][i, j]]
+            # key j is allowed if the mask says so and, when causal, j <= i
+            keys = [j for j in range(m) if (mb is None or mb[b][i, j]) and (not causal or j <= i)]
             scores = {j: c * float(np.dot(qb[b][i], kb[b][j])) for j in keys}  # s_ij = scale q_i·k_j
             top = max(scores.values())  # m_i
             z = sum(math.exp(s - top) for s in scores.values())  # Σ_j e^{s_ij − m_i}

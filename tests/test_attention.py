@@ -107,6 +107,25 @@ class TestSoftmaxAttention:
         allowed = mask & np.tri(9, 8, dtype=bool) if causal else mask
         close(y, naive_attention(q, k, v, allowed)[0], rtol=ORACLE, what="blocked path vs naive")
 
+    def test_peak_memory_has_no_n_m_d_intermediate(self):
+        # O(N·M) at most (one logits buffer with return_weights), and less without: never (N, M, d)
+        import tracemalloc
+
+        n, d = 1024, 64
+        q, k, v = qkv(14, n=n, m=n, d=d, dv=d)
+        nm_bytes = n * n * 8
+        io_bytes = 4 * (3 * n * d * 8)  # copies of q, k, v, the scaled q and the output, with room to spare
+        # with weights: the one (N, M) float buffer A plus a boolean mask; without: blocks of 2^18 logits.
+        # A second (N, M) float buffer (or any (N, M, d) intermediate) would exceed these bounds.
+        for kwargs, bound in (({"return_weights": True}, 1.25 * nm_bytes + io_bytes), ({}, 0.5 * nm_bytes + io_bytes)):
+            tracemalloc.start()
+            try:
+                softmax_attention(q, k, v, causal=True, **kwargs)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < bound, f"peak {peak / 2**20:.1f} MiB with {kwargs} exceeds {bound / 2**20:.1f} MiB"
+
     def test_default_scale_is_inverse_sqrt_d(self):
         q, k, v = qkv(1, d=9)
         close(softmax_attention(q, k, v), softmax_attention(q, k, v, scale=1 / 3), rtol=ORACLE, what="scale 1/sqrt(d)")
