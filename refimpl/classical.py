@@ -272,7 +272,7 @@ def _not_pd(r) -> ValueError:
 def wiener_hopf(r, p) -> np.ndarray:
     r"""FIR Wiener filter: solve the Wiener–Hopf equations ``R w = p`` with Toeplitz ``R_ij = r(|i−j|)``.
 
-    Implements Eq. (6.3) of the book (Haykin 2014, Eq. 2.36), by ``scipy.linalg.solve_toeplitz``
+    Implements Eq. (6.3) of the book (Haykin 2014, ch. 2), by ``scipy.linalg.solve_toeplitz``
     (Levinson recursion in compiled code, O(M²)).
 
     Parameters
@@ -328,14 +328,14 @@ def wiener_hopf_loop(r, p) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Non-causal Wiener smoother in frequency, Eqs. (6.6)-(6.7)
+# Non-causal Wiener smoother in frequency, Eqs. (6.9)-(6.10)
 # ---------------------------------------------------------------------------------------------
 
 
 def ar1_psd(a: float, q: float, n_fft: int) -> np.ndarray:
     r"""PSD ``S_x(ω) = q / |1 − a e^{−iω}|²`` of the AR(1) process x_n = a x_{n−1} + w_n, Var w = q.
 
-    Sampled on the FFT grid ω_k = 2πk/K, k = 0..K−1 (the input of Eq. 6.6).
+    Sampled on the FFT grid ω_k = 2πk/K, k = 0..K−1 (the input of Eq. 6.9).
 
     Parameters
     ----------
@@ -377,7 +377,7 @@ def _check_psd_pair(psd_signal, psd_noise):
 def wiener_smoother_response(psd_signal, psd_noise) -> np.ndarray:
     r"""Frequency response ``H(ω) = S_x(ω) / (S_x(ω) + S_n(ω))`` of the non-causal Wiener smoother.
 
-    Implements Eq. (6.6) of the book (Haykin 2014, §2.9; Wiener 1949) for ``u = x + n`` with
+    Implements Eq. (6.9) of the book (Haykin 2014, ch. 2; Wiener 1949) for ``u = x + n`` with
     independent signal and noise.
 
     Parameters
@@ -398,7 +398,7 @@ def wiener_smoother_response(psd_signal, psd_noise) -> np.ndarray:
 def wiener_smoother_weights(psd_signal, psd_noise) -> tuple[np.ndarray, np.ndarray]:
     r"""Two-sided impulse response ``h_ℓ = (1/K) Σ_k H(ω_k) e^{iω_kℓ}`` of the Wiener smoother.
 
-    Implements Eq. (6.7) of the book: the smoother estimates ``x̂_n = Σ_ℓ h_ℓ u_{n−ℓ}``. The
+    Implements Eq. (6.10) of the book: the smoother estimates ``x̂_n = Σ_ℓ h_ℓ u_{n−ℓ}``. The
     inverse DFT on K points is the periodization ``Σ_j h_{ℓ+jK}`` of the true response: use a
     grid long enough that the tails have decayed.
 
@@ -423,7 +423,7 @@ def wiener_smoother_weights(psd_signal, psd_noise) -> tuple[np.ndarray, np.ndarr
 
 
 def wiener_smoother_weights_loop(psd_signal, psd_noise) -> tuple[np.ndarray, np.ndarray]:
-    """Loop twin of :func:`wiener_smoother_weights`: the inverse DFT as a sum per lag (Eq. 6.7)."""
+    """Loop twin of :func:`wiener_smoother_weights`: the inverse DFT as a sum per lag (Eq. 6.10)."""
     H = wiener_smoother_response(psd_signal, psd_noise)
     k = H.size
     lags = np.arange(k) - k // 2
@@ -434,7 +434,7 @@ def wiener_smoother_weights_loop(psd_signal, psd_noise) -> tuple[np.ndarray, np.
 
 
 # ---------------------------------------------------------------------------------------------
-# LMS and RLS, Eqs. (6.8)-(6.10)
+# LMS and RLS, Eqs. (6.6)-(6.8)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -462,7 +462,7 @@ def _regressors(u: np.ndarray, m: int) -> np.ndarray:
 def lms(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
     r"""The least-mean-squares adaptive FIR filter, vectorized over independent runs.
 
-    Implements Eq. (6.8) of the book (Widrow & Hoff 1960; Haykin 2014, Eq. 6.6):
+    Implements Eq. (6.6) of the book (Widrow & Hoff 1960; Haykin 2014, ch. 6):
     ``e_n = d_n − w_{n−1}ᵀ u_n``, ``w_n = w_{n−1} + μ e_n u_n`` with the regressor
     ``u_n = (u_n, u_{n−1}, …, u_{n−M+1})`` (zeros before the start).
 
@@ -499,7 +499,7 @@ def lms(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarra
 
 
 def lms_loop(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
-    """Loop twin of :func:`lms`: one run, one time step and one tap at a time (Eq. 6.8)."""
+    """Loop twin of :func:`lms`: one run, one time step and one tap at a time (Eq. 6.6)."""
     u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
     mu = as_positive_scalar(mu, "mu")
     W = np.empty((*u.shape, m))
@@ -525,14 +525,14 @@ def _check_rls(lam, delta):
 def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
     r"""The recursive-least-squares adaptive FIR filter, vectorized over independent runs.
 
-    Implements Eqs. (6.9)–(6.10) of the book (Haykin 2014, Table 10.1): with ``P_0 = I/δ``,
+    Implements Eqs. (6.7)–(6.8) of the book (Haykin 2014, ch. 10): with ``P_0 = I/δ``,
 
     ``k_n = P_{n−1} u_n / (λ + u_nᵀ P_{n−1} u_n)``, ``e_n = d_n − w_{n−1}ᵀ u_n``,
     ``w_n = w_{n−1} + k_n e_n``, ``P_n = (P_{n−1} − k_n u_nᵀ P_{n−1}) / λ``.
 
     After the samples j = 1..n (1-based), ``w_n`` is exactly the exponentially weighted,
     regularized least-squares solution
-    ``(Σ_{j≤n} λ^{n−j} u_j u_jᵀ + λ^n δ I)^{-1} (Σ_{j≤n} λ^{n−j} u_j d_j + λ^n δ w_0)`` (Eq. 6.10);
+    ``(Σ_{j≤n} λ^{n−j} u_j u_jᵀ + λ^n δ I)^{-1} (Σ_{j≤n} λ^{n−j} u_j d_j + λ^n δ w_0)`` (Eq. 6.8);
     in the returned 0-based array, ``w[..., n, :]`` has seen n + 1 samples.
 
     Parameters
@@ -573,7 +573,7 @@ def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) ->
 
 
 def rls_loop(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
-    """Loop twin of :func:`rls`: one run and one time step at a time, entry by entry (Eq. 6.9)."""
+    """Loop twin of :func:`rls`: one run and one time step at a time, entry by entry (Eq. 6.7)."""
     u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
     lam, delta = _check_rls(lam, delta)
     W = np.empty((*u.shape, m))
@@ -608,7 +608,7 @@ def _check_array(n_sensors, spacing):
 def steering_vector(theta, n_sensors: int, spacing: float = 0.5) -> np.ndarray:
     r"""ULA steering vectors ``a(θ)_m = exp(−i 2π (d/λ) m sin θ)``, m = 0..M−1.
 
-    Implements Eq. (6.11) of the book (Van Trees 2002, §2.2): the phase with which a plane
+    Implements Eq. (6.11) of the book (Van Trees 2002, ch. 2): the phase with which a plane
     wave from direction θ (radians from broadside) reaches sensor m, relative to sensor 0.
 
     Parameters
@@ -662,7 +662,7 @@ def _check_mvdr(R, steering, loading):
 def mvdr_weights(R, steering, *, loading: float = 0.0) -> np.ndarray:
     r"""MVDR / Capon weights ``w = R^{-1} a / (aᴴ R^{-1} a)``.
 
-    Implements Eq. (6.13) of the book (Capon 1969; Van Trees 2002, §6.2): the weights that
+    Implements Eq. (6.13) of the book (Capon 1969; Van Trees 2002, ch. 6): the weights that
     minimize the output power ``wᴴ R w`` subject to the distortionless constraint
     ``wᴴ a = 1``.
 
@@ -739,7 +739,7 @@ def beampattern_loop(w, theta, spacing: float = 0.5) -> np.ndarray:
 def dirichlet_beampattern(theta, theta0: float, n_sensors: int, spacing: float = 0.5) -> np.ndarray:
     r"""Closed-form delay-and-sum beampattern ``|sin(Mψ/2) / (M sin(ψ/2))|²``.
 
-    Implements Eq. (6.15) of the book (Van Trees 2002, Eq. 2.96): with
+    Implements Eq. (6.15) of the book (Van Trees 2002, ch. 2): with
     ``ψ = 2π (d/λ)(sin θ − sin θ_0)``, the Dirichlet kernel — the DFT of a rectangular
     aperture. Equals 1 where ψ is a multiple of 2π (main lobe and grating lobes).
 

@@ -3,7 +3,7 @@ r"""Positional encodings as frequency representations: sinusoidal encodings and 
 Chapter 5 of the book (``notebooks/05-positional-encoding.ipynb``) derives every formula here.
 
 Both encodings use one geometric ladder of frequencies (Vaswani et al. 2017, §3.5; Su et al.
-2021, Eq. 15)
+2021, §3.2.2)
 
 .. math::  ω_i = \mathrm{base}^{-2i/d},\qquad i = 0,\dots,d/2-1 ,                  \tag{5.1}
 
@@ -29,7 +29,7 @@ References
 ----------
 .. [1] A. Vaswani et al., "Attention is all you need", NeurIPS 2017, §3.5.
 .. [2] J. Su, Y. Lu, S. Pan, A. Murtadha, B. Wen, Y. Liu, "RoFormer: Enhanced transformer with
-       rotary position embedding", arXiv:2104.09864 (2021), Eqs. (13)-(16), (34), §3.4.3.
+       rotary position embedding", arXiv:2104.09864 (2021), §3.2 (rotary embedding, real and complex forms), Eq. (34), §3.4.3.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _count(n, name: str) -> int:
 def frequencies(d_model: int, base: float = 10000.0) -> np.ndarray:
     r"""The frequency ladder ``ω_i = base^{−2i/d}``, i = 0, …, d/2 − 1.
 
-    Implements Eq. (5.1) of the book (Vaswani et al. 2017, §3.5; RoFormer Eq. 15, where
+    Implements Eq. (5.1) of the book (Vaswani et al. 2017, §3.5; RoFormer §3.2.2, where
     ``θ_i = 10000^{−2(i−1)/d}`` counts from i = 1).
 
     Parameters
@@ -258,7 +258,7 @@ def rope_loop(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarra
 def rope_complex(x, positions=None, base: float = 10000.0, freqs=None, *, return_complex: bool = False):
     r"""RoPE in complex form: ``z_i = x_{2i} + i x_{2i+1}`` multiplied by ``e^{i p θ_i}``.
 
-    Implements Eq. (5.7) of the book (RoFormer, Su et al. 2021, Eqs. 13–16).
+    Implements Eq. (5.7) of the book (RoFormer, Su et al. 2021, §3.2.1).
 
     Parameters
     ----------

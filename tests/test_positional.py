@@ -5,7 +5,7 @@ Oracles, each independent of the code under test:
 * the annotated transformer's ``div_term = exp(arange(0, d, 2) · (−log(10000)/d))`` formula for
   the sinusoidal encoding (written here with ``np.exp``/``np.log``, not powers);
 * the block-diagonal rotation matrix ``R_m = block_diag(R(mθ_0), …)`` built with
-  ``scipy.linalg.block_diag``, RoFormer Eq. (13)-(15);
+  ``scipy.linalg.block_diag``, RoFormer §3.2.2;
 * the half-split ``rotate_half`` RoPE of GPT-NeoX / Hugging Face, written here, which equals the
   interleaved RoPE up to a channel permutation;
 * closed forms: PE_p · PE_q = Σ_i cos(ω_i (p − q)); RoFormer's decay curve at r = 0 is (d/2 + 1)/2.
@@ -50,7 +50,7 @@ def annotated_transformer_pe(n, d):
 
 
 def rotation_matrix(m, theta):
-    """R^d_{Θ,m} of RoFormer Eq. (15): block diagonal of [[cos, −sin], [sin, cos]](m θ_i)."""
+    """R^d_{Θ,m} of RoFormer §3.2.2: block diagonal of [[cos, −sin], [sin, cos]](m θ_i)."""
     return scipy.linalg.block_diag(*[np.array([[np.cos(m * t), -np.sin(m * t)], [np.sin(m * t), np.cos(m * t)]]) for t in theta])
 
 
