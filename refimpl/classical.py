@@ -134,9 +134,8 @@ def _check_mf(received, template):
 
 
 def _window_energy(r: np.ndarray, L: int) -> np.ndarray:
-    """Σ_{m<L} |r_{n+m}|² for n = 0..N−L by a running sum."""
-    c = np.cumsum(np.concatenate([np.zeros((*r.shape[:-1], 1)), np.abs(r) ** 2], axis=-1), axis=-1)
-    return np.maximum(c[..., L:] - c[..., :-L], 0.0)
+    """Σ_{m<L} |r_{n+m}|² for n = 0..N−L, summed window by window (no cancellation of running sums)."""
+    return np.sum(np.lib.stride_tricks.sliding_window_view(np.abs(r) ** 2, L, axis=-1), axis=-1)
 
 
 def matched_filter(received, template, *, normalize: bool = False) -> np.ndarray:
