@@ -2,18 +2,20 @@
 
 Each public module pairs with a chapter of the book (``book.toml``):
 
-``refimpl.sde``        the linear Itô SDE: model, exact discretization, sampling (chapter 1)
-``refimpl.lyapunov``   closed-form differential Lyapunov covariances (chapter 2)
-``refimpl.kalman``     Kalman filter, RTS smoother, parallel scan, dense GLS, weight matrices (chapter 3)
-``refimpl.afa``        Adaptive Filter Attention: tensor and isotropic forms, IRLS (chapters 7–8)
+``refimpl.sde``         the linear Itô SDE: model, exact discretization, sampling (chapter 1)
+``refimpl.lyapunov``    closed-form differential Lyapunov covariances (chapter 2)
+``refimpl.kalman``      Kalman filter, RTS smoother, parallel scan, dense GLS, weight matrices (chapter 3)
+``refimpl.attention``   scaled dot-product and multi-head attention as data-dependent filters (chapter 4)
+``refimpl.positional``  sinusoidal encodings and RoPE (chapter 5)
+``refimpl.afa``         Adaptive Filter Attention: tensor and isotropic forms, IRLS (chapters 7–8)
 
 Every computation ``f`` has a loop twin ``f_loop`` that reads like the equation; tests assert
 they agree, and check both against independent oracles (SciPy, closed forms). The tolerance
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import afa, kalman, lyapunov, sde
+from . import afa, attention, kalman, lyapunov, positional, sde
 
 __version__ = "0.1.0"
 
-__all__ = ["afa", "kalman", "lyapunov", "sde", "__version__"]
+__all__ = ["afa", "attention", "kalman", "lyapunov", "positional", "sde", "__version__"]

@@ -1,0 +1,595 @@
+r"""Scaled dot-product and multi-head attention, read as a data-dependent FIR filter.
+
+Chapter 4 of the book (``notebooks/04-attention-as-filter.ipynb``) derives every formula here.
+
+Scaled dot-product attention (Vaswani et al. 2017, Eq. 1) maps queries, keys and values to
+
+.. math::  Y = \operatorname{softmax}\!\big(\mathrm{scale}\cdot QK^\top + \log\mathrm{mask}\big)\,V,
+           \qquad \mathrm{scale} = 1/\sqrt d .                                   \tag{4.1}
+
+Row ``i`` of the weight matrix ``A`` is a matched filter (the correlation of the template
+``q_i`` with every "received" key ``k_j``) passed through a softmax: non-negative weights that
+sum to one, so ``y_i`` is a convex combination of the values — an FIR filter over positions
+whose coefficients depend on the data.
+
+Glossary (code name → symbol in the book / Vaswani et al. 2017)
+---------------------------------------------------------------
+``q``        Q, shape (..., N, d): N queries of dimension d (d_k in the paper).
+``k``        K, shape (..., M, d): M keys.
+``v``        V, shape (..., M, dv): M values of dimension dv (d_v).
+``scale``    1/τ: the inverse temperature; the paper's 1/√d_k is the default.
+``mask``     boolean, broadcastable to (..., N, M): **True = may attend** (the convention of
+             ``torch.nn.functional.scaled_dot_product_attention``'s boolean ``attn_mask``).
+``causal``   key j may be attended by query i only if j ≤ i (top-left aligned, as torch's
+             ``is_causal``).
+``A``        the attention weights, shape (..., N, M), rows sum to 1 (Eq. 4.2).
+``x``        X, shape (..., N, d_model): the token sequence of multi-head self-attention.
+``w_q, w_k`` W^Q, W^K, shape (d_model, h·d_k): the h per-head projections side by side
+             (head i uses columns i·d_k … (i+1)·d_k − 1); applied as ``x @ w_q`` (the paper's
+             convention; torch's ``nn.Linear`` stores the transpose).
+``w_v``      W^V, shape (d_model, h·d_v); ``w_o`` W^O, shape (h·d_v, d_out).
+``W``        a mixer materialized as an (N, N) matrix, y = W v (Eq. 4.9).
+``h_ℓ``      its lag profile: the mean of the diagonal i − j = ℓ of W (Eq. 4.10).
+
+References
+----------
+.. [1] A. Vaswani et al., "Attention is all you need", NeurIPS 2017, Eq. (1) and §3.2.
+.. [2] G. L. Turin, "An introduction to matched filters", IRE Trans. Inf. Theory 6(3), 1960.
+.. [3] J.-B. Cordonnier, A. Loukas, M. Jaggi, "On the relationship between self-attention and
+       convolutional layers", ICLR 2020.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ._validate import as_array, as_positive_scalar, as_real_array
+
+__all__ = [
+    "softmax_attention",
+    "softmax_attention_loop",
+    "attention_weights",
+    "multihead_attention",
+    "multihead_attention_loop",
+    "attention_entropy",
+    "effective_support",
+    "materialize",
+    "materialize_loop",
+    "lag_profile",
+    "frequency_response",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation shared by the pairs
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_qk(q, k):
+    q = as_real_array(q, "q")
+    k = as_real_array(k, "k")
+    for arr, name, what in ((q, "q", "(..., N, d)"), (k, "k", "(..., M, d)")):
+        if arr.ndim < 2:
+            raise ValueError(f"{name}: expected shape {what}, got shape {arr.shape}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k: expected the same last dimension d = {q.shape[-1]} as q, got shape {k.shape}")
+    if k.shape[-2] == 0:
+        raise ValueError(f"k: expected at least one key (M >= 1), got shape {k.shape}")
+    return q, k
+
+
+def _check_qkv(q, k, v):
+    q, k = _check_qk(q, k)
+    v = as_real_array(v, "v")
+    if v.ndim < 2:
+        raise ValueError(f"v: expected shape (..., M, dv), got shape {v.shape}")
+    if v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"v: expected the same number of rows M = {k.shape[-2]} as k, got shape {v.shape}")
+    return q, k, v, _batch(q, k, v)
+
+
+def _batch(*arrays) -> tuple:
+    try:
+        return np.broadcast_shapes(*(a.shape[:-2] for a in arrays))
+    except ValueError:
+        got = ", ".join(str(a.shape) for a in arrays)
+        raise ValueError(f"k: the batch axes of q, k (and v) do not broadcast, got shapes {got}") from None
+
+
+def _allowed(mask, causal: bool, batch: tuple, n: int, m: int) -> np.ndarray | None:
+    """The combined boolean mask (mask & causal), broadcastable to (*batch, N, M), or None.
+
+    Raises if a query row allows no key: its softmax would be 0/0 (a silent NaN).
+    """
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    allowed = None
+    if mask is not None:
+        arr = np.asarray(mask)
+        if arr.dtype != np.bool_:
+            raise TypeError(f"mask: expected a boolean array (True = may attend), got dtype {arr.dtype}")
+        target = (*batch, n, m)
+        try:
+            ok = np.broadcast_shapes(arr.shape, target) == target
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"mask: expected a shape broadcastable to (..., N, M) = {target}, got shape {arr.shape}")
+        allowed = arr
+    if causal:
+        tri = np.tri(n, m, dtype=bool)  # j <= i
+        allowed = tri if allowed is None else (allowed & tri)
+    if allowed is not None:
+        full = np.broadcast_to(allowed, (*np.broadcast_shapes(allowed.shape[:-2], batch), n, m))
+        empty = ~full.any(axis=-1)
+        if np.any(empty):
+            idx = np.argwhere(empty)[0]
+            raise ValueError(
+                f"mask: query row {tuple(int(i) for i in idx)} may attend to no key (mask & causal is all "
+                "False there); its softmax would be 0/0"
+            )
+    return allowed
+
+
+def _scale(scale, d: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(d) if d > 0 else 1.0
+    return as_positive_scalar(scale, "scale", strict=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scaled dot-product attention, Eqs. (4.1)-(4.3)
+# ---------------------------------------------------------------------------------------------
+
+
+def _exp_shifted_inplace(s: np.ndarray, allowed) -> np.ndarray:
+    """``s ← exp(s − max_j s)`` over the allowed keys, in place; returns the row sums ``z``."""
+    if allowed is not None:
+        np.copyto(s, -np.inf, where=~allowed)  # masked logits: −∞ → weight exactly 0
+    s -= s.max(axis=-1, keepdims=True)  # log-sum-exp: subtract the row max m_i (finite: a key is allowed)
+    np.exp(s, out=s)  # e^{s_ij − m_i} ∈ [0, 1], Eq. (4.3)
+    return s.sum(axis=-1, keepdims=True)  # z_i = Σ_j e^{s_ij − m_i} ≥ 1
+
+
+def _logits(q, k, allowed, rows=slice(None)) -> np.ndarray:
+    """``scale · q_i · k_j`` for the query rows ``rows``, broadcast to the mask's batch axes."""
+    s = np.matmul(q[..., rows, :], np.swapaxes(k, -1, -2))  # s_ij = (scale q_i) · k_j (BLAS)
+    if allowed is not None:
+        full = np.broadcast_shapes(s.shape, allowed[..., rows, :].shape)
+        if full != s.shape:  # the mask carries batch axes that q and k do not
+            s = np.broadcast_to(s, full).copy()
+    return s
+
+
+def _weights(q, k, allowed) -> np.ndarray:
+    """A = softmax(scale q k^T) over the allowed keys (q already scaled), one (..., N, M) buffer."""
+    s = _logits(q, k, allowed)
+    s /= _exp_shifted_inplace(s, allowed)  # A_ij = e^{s_ij − m_i} / z_i, Eq. (4.2)
+    return s
+
+
+# Query rows per block of the weight-free path: ~2^18 logits (2 MiB) per block stay in cache
+# while they are shifted, exponentiated, summed and multiplied by V.
+_BLOCK_LOGITS = 1 << 18
+
+
+def _attend_blocked(q, k, v, allowed, batch) -> np.ndarray:
+    """``y = softmax(q k^T) v`` by blocks of query rows, normalizing y instead of A."""
+    n, m = q.shape[-2], k.shape[-2]
+    if allowed is not None:
+        batch = np.broadcast_shapes(batch, allowed.shape[:-2])
+        allowed = np.broadcast_to(allowed, (*allowed.shape[:-2], n, m))
+    rows_per_block = max(1, _BLOCK_LOGITS // max(1, m * math.prod(batch)))
+    y = np.empty((*batch, n, v.shape[-1]))
+    for start in range(0, n, rows_per_block):
+        rows = slice(start, min(n, start + rows_per_block))
+        blk = None if allowed is None else allowed[..., rows, :]
+        e = _logits(q, k, allowed, rows)  # (..., b, M)
+        z = _exp_shifted_inplace(e, blk)
+        out = y[..., rows, :]
+        np.matmul(e, v, out=out)  # Σ_j e_ij v_j (the batch axes of e and v broadcast to y's)
+        out /= z  # y_i = Σ_j e_ij v_j / z_i  (= Σ_j A_ij v_j, Eq. 4.1)
+    return y
+
+
+def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> np.ndarray:
+    r"""The attention weight matrix ``A = softmax(scale · Q K^T)`` of Eq. (4.2).
+
+    Implements Eq. (4.2) of the book (Vaswani et al. 2017, Eq. 1, the softmax factor).
+
+    Parameters
+    ----------
+    q : array_like, shape (..., N, d)
+    k : array_like, shape (..., M, d)
+    mask, causal, scale
+        As in :func:`softmax_attention`.
+
+    Returns
+    -------
+    A : ndarray, shape (..., N, M)
+        Non-negative, each row sums to 1, exactly 0 where the mask forbids.
+    """
+    q, k = _check_qk(q, k)
+    batch = _batch(q, k)
+    allowed = _allowed(mask, causal, batch, q.shape[-2], k.shape[-2])
+    return _weights(q * _scale(scale, q.shape[-1]), k, allowed)
+
+
+def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_weights=False):
+    r"""Scaled dot-product attention, ``softmax(scale · Q K^T) V``, numerically stable.
+
+    Implements Eqs. (4.1)–(4.3) of the book (Vaswani et al. 2017, Eq. 1).
+
+    Parameters
+    ----------
+    q : array_like, shape (..., N, d)
+        Queries (the templates of the matched filter).
+    k : array_like, shape (..., M, d)
+        Keys (the received vectors). Leading batch axes of q, k, v broadcast.
+    v : array_like, shape (..., M, dv)
+        Values.
+    mask : array_like of bool, broadcastable to (..., N, M), optional
+        **True = may attend.** Combined with ``causal`` by logical and. A query row with no
+        allowed key raises ``ValueError`` (its softmax would be 0/0).
+    causal : bool
+        Forbid keys j > i (top-left aligned, as ``torch``'s ``is_causal``).
+    scale : float >= 0, optional
+        The inverse temperature 1/τ; default ``1/sqrt(d)``. ``scale = 0`` gives the uniform
+        average of the allowed values; ``scale → ∞`` gives hard selection of the best key.
+    return_weights : bool
+        Also return the weight matrix ``A``.
+
+    Returns
+    -------
+    y : ndarray, shape (..., N, dv)
+    A : ndarray, shape (..., N, M)
+        Only if ``return_weights``.
+
+    Notes
+    -----
+    With ``s_ij = scale · q_i·k_j`` and ``m_i = max_{j allowed} s_ij``,
+
+    ``A_ij = exp(s_ij − m_i) / Σ_{j' allowed} exp(s_ij' − m_i)``,  ``y_i = Σ_j A_ij v_j``.
+
+    Subtracting ``m_i`` changes nothing mathematically (Eq. 4.3) and keeps every exponent ≤ 0,
+    so nothing overflows. Work: the two matrix products plus four passes over the logits
+    (max, subtract, exp, sum). Without ``return_weights`` the query rows are processed in
+    blocks of about 2^18 logits that stay in cache, and ``y`` is normalized instead of ``A``
+    (``y_i = Σ_j e^{s_ij − m_i} v_j / z_i``); peak memory is then O(block · M) besides the
+    inputs and output. With ``return_weights`` one (..., N, M) buffer holds ``A``. No
+    (N, M, d) intermediate is ever formed.
+
+    References
+    ----------
+    .. [1] A. Vaswani et al., "Attention is all you need", NeurIPS 2017, Eq. (1).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 5, 4))
+    >>> y, A = softmax_attention(q, k, v, causal=True, return_weights=True)
+    >>> bool(np.allclose(A.sum(-1), 1.0)), bool(np.all(np.triu(A, 1) == 0))
+    (True, True)
+    """
+    q, k, v, batch = _check_qkv(q, k, v)
+    allowed = _allowed(mask, causal, batch, q.shape[-2], k.shape[-2])
+    if not isinstance(return_weights, (bool, np.bool_)):
+        raise TypeError(f"return_weights: expected a bool, got {type(return_weights).__name__}")
+    q = q * _scale(scale, q.shape[-1])  # scale q (N·d products) rather than the N·M logits
+    if not return_weights:
+        return _attend_blocked(q, k, v, allowed, batch)
+    A = _weights(q, k, allowed)
+    return np.matmul(A, v), A  # y_i = Σ_j A_ij v_j, Eq. (4.1)
+
+
+def softmax_attention_loop(q, k, v, *, mask=None, causal=False, scale=None, return_weights=False):
+    """Loop twin of :func:`softmax_attention`: one query, one key at a time (Eqs. 4.1–4.3)."""
+    q, k, v, batch = _check_qkv(q, k, v)
+    n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
+    allowed = _allowed(mask, causal, batch, n, m)
+    if not isinstance(return_weights, (bool, np.bool_)):
+        raise TypeError(f"return_weights: expected a bool, got {type(return_weights).__name__}")
+    c = _scale(scale, q.shape[-1])
+    batch = np.broadcast_shapes(batch, allowed.shape[:-2]) if allowed is not None else batch
+    qb = np.broadcast_to(q, (*batch, n, q.shape[-1]))
+    kb = np.broadcast_to(k, (*batch, m, k.shape[-1]))
+    vb = np.broadcast_to(v, (*batch, m, dv))
+    ab = None if allowed is None else np.broadcast_to(allowed, (*batch, n, m))
+    y = np.zeros((*batch, n, dv))
+    A = np.zeros((*batch, n, m))
+    for b in np.ndindex(*batch):
+        for i in range(n):
+            keys = [j for j in range(m) if ab is None or ab[b][i, j]]
+            scores = {j: c * float(np.dot(qb[b][i], kb[b][j])) for j in keys}  # s_ij = scale q_i·k_j
+            top = max(scores.values())  # m_i
+            z = sum(math.exp(s - top) for s in scores.values())  # Σ_j e^{s_ij − m_i}
+            for j in keys:
+                A[b][i, j] = math.exp(scores[j] - top) / z  # A_ij, Eq. (4.2)
+                y[b][i] += A[b][i, j] * vb[b][j]  # y_i += A_ij v_j, Eq. (4.1)
+    return (y, A) if return_weights else y
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-head attention, Eqs. (4.11)-(4.12)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_mha(x, w_q, w_k, w_v, w_o, n_heads):
+    x = as_real_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x: expected shape (..., N, d_model), got shape {x.shape}")
+    if isinstance(n_heads, bool) or not isinstance(n_heads, (int, np.integer)):
+        raise TypeError(f"n_heads: expected an int, got {type(n_heads).__name__}")
+    if n_heads < 1:
+        raise ValueError(f"n_heads: expected n_heads >= 1, got {n_heads}")
+    d_model = x.shape[-1]
+    mats = {}
+    for name, w in (("w_q", w_q), ("w_k", w_k), ("w_v", w_v)):
+        w = as_real_array(w, name, ndim=2)
+        if w.shape[0] != d_model:
+            raise ValueError(f"{name}: expected shape (d_model = {d_model}, n_heads·d_head), got shape {w.shape}")
+        if w.shape[1] % n_heads:
+            raise ValueError(f"{name}: expected a width divisible by n_heads = {n_heads}, got shape {w.shape}")
+        mats[name] = w
+    if mats["w_k"].shape != mats["w_q"].shape:
+        raise ValueError(f"w_k: expected the shape of w_q {mats['w_q'].shape}, got shape {mats['w_k'].shape}")
+    w_o = as_real_array(w_o, "w_o", ndim=2)
+    if w_o.shape[0] != mats["w_v"].shape[1]:
+        raise ValueError(f"w_o: expected {mats['w_v'].shape[1]} rows (the width of w_v), got shape {w_o.shape}")
+    return x, mats["w_q"], mats["w_k"], mats["w_v"], w_o, int(n_heads)
+
+
+def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=None, scale=None, return_weights=False):
+    r"""Multi-head self-attention: h heads side by side, concatenated, mixed by ``W^O``.
+
+    Implements Eqs. (4.11)–(4.12) of the book (Vaswani et al. 2017, §3.2.2).
+
+    Parameters
+    ----------
+    x : array_like, shape (..., N, d_model)
+        The sequence.
+    w_q, w_k : array_like, shape (d_model, h·d_k)
+        Query and key projections of all heads side by side; head i uses columns
+        ``i·d_k : (i+1)·d_k``. Applied as ``x @ w_q``.
+    w_v : array_like, shape (d_model, h·d_v)
+    w_o : array_like, shape (h·d_v, d_out)
+    n_heads : int
+        h; must divide the widths of w_q and w_v.
+    causal, mask, scale
+        As in :func:`softmax_attention`, shared by all heads; ``scale`` defaults to 1/√d_k.
+    return_weights : bool
+        Also return the per-head weights, shape (..., h, N, N).
+
+    Returns
+    -------
+    y : ndarray, shape (..., N, d_out)
+    A : ndarray, shape (..., h, N, N)
+        Only if ``return_weights``.
+
+    Notes
+    -----
+    ``head_i = softmax(X W_i^Q (X W_i^K)^T · scale) X W_i^V`` and
+    ``Y = [head_1, …, head_h] W^O = Σ_i A_i X W_i^V W^O_i`` (Eq. 4.12: a bank of h
+    data-dependent N×N filters, each followed by its own channel mixer ``W_i^V W^O_i``).
+    Vectorized: one projection of width h·d_k, reshaped (..., N, h, d_k) → (..., h, N, d_k).
+    """
+    x, w_q, w_k, w_v, w_o, h = _check_mha(x, w_q, w_k, w_v, w_o, n_heads)
+    n = x.shape[-2]
+    dk, dv = w_q.shape[1] // h, w_v.shape[1] // h
+
+    def heads(w, width):  # (..., N, h·width) -> (..., h, N, width)
+        return np.swapaxes((x @ w).reshape(*x.shape[:-1], h, width), -2, -3)
+
+    mask_h = None if mask is None else np.expand_dims(np.asarray(mask), -3) if np.ndim(mask) >= 2 else mask
+    y, A = softmax_attention(
+        heads(w_q, dk), heads(w_k, dk), heads(w_v, dv), mask=mask_h, causal=causal, scale=scale, return_weights=True
+    )
+    concat = np.swapaxes(y, -2, -3).reshape(*x.shape[:-2], n, h * dv)  # Concat(head_1..head_h)
+    out = concat @ w_o  # Eq. (4.11)
+    return (out, A) if return_weights else out
+
+
+def multihead_attention_loop(
+    x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=None, scale=None, return_weights=False
+):
+    """Loop twin of :func:`multihead_attention`: one head at a time, Eq. (4.11) literally."""
+    x, w_q, w_k, w_v, w_o, h = _check_mha(x, w_q, w_k, w_v, w_o, n_heads)
+    dk, dv = w_q.shape[1] // h, w_v.shape[1] // h
+    outs, weights = [], []
+    for i in range(h):
+        qi = x @ w_q[:, i * dk : (i + 1) * dk]  # Q W_i^Q
+        ki = x @ w_k[:, i * dk : (i + 1) * dk]  # K W_i^K
+        vi = x @ w_v[:, i * dv : (i + 1) * dv]  # V W_i^V
+        yi, Ai = softmax_attention_loop(qi, ki, vi, mask=mask, causal=causal, scale=scale, return_weights=True)
+        outs.append(yi)
+        weights.append(Ai)
+    out = np.concatenate(outs, axis=-1) @ w_o  # Concat(head_1, ..., head_h) W^O
+    return (out, np.stack(weights, axis=-3)) if return_weights else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Selectivity of a weight row, Eqs. (4.6)-(4.7)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_weights(weights) -> np.ndarray:
+    a = as_real_array(weights, "weights")
+    if a.ndim < 1:
+        raise ValueError(f"weights: expected shape (..., M), got shape {a.shape}")
+    if np.any(a < 0):
+        raise ValueError(f"weights: expected non-negative weights, got minimum {a.min():.3g}")
+    if a.size and np.max(np.abs(a.sum(axis=-1) - 1.0)) > 1e-8:
+        raise ValueError("weights: expected rows that sum to 1")
+    return a
+
+
+def attention_entropy(weights) -> np.ndarray:
+    r"""Shannon entropy ``H(A_i) = −Σ_j A_ij log A_ij`` (nats) of each row; 0 log 0 = 0.
+
+    Implements Eq. (4.6) of the book. Ranges from 0 (one-hot, hard selection) to log M
+    (uniform).
+
+    Parameters
+    ----------
+    weights : array_like, shape (..., M)
+        Rows of attention weights (non-negative, summing to 1).
+
+    Returns
+    -------
+    H : ndarray, shape (...)
+    """
+    a = _check_weights(weights)
+    safe = np.where(a > 0, a, 1.0)
+    return -np.sum(a * np.log(safe), axis=-1)
+
+
+def effective_support(weights) -> np.ndarray:
+    r"""Effective number of attended keys ``1 / Σ_j A_ij²`` of each row.
+
+    Implements Eq. (4.7) of the book (the "participation ratio"). Equals 1 for a one-hot row
+    and M for a uniform row.
+
+    Parameters
+    ----------
+    weights : array_like, shape (..., M)
+
+    Returns
+    -------
+    n_eff : ndarray, shape (...)
+    """
+    a = _check_weights(weights)
+    return 1.0 / np.sum(a * a, axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Any mixer as a matrix and a frequency response, Eqs. (4.9)-(4.10)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_mixer(mixer, n):
+    if not callable(mixer):
+        raise TypeError(f"mixer: expected a callable v -> y, got {type(mixer).__name__}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n: expected a positive int (the sequence length), got {n!r}")
+    return int(n)
+
+
+def _probe(mixer, v: np.ndarray, n: int) -> np.ndarray:
+    y = np.asarray(mixer(v))
+    if y.shape != v.shape:
+        raise ValueError(f"mixer: expected an output of the input's shape {v.shape}, got shape {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("mixer: returned non-finite values")
+    return y
+
+
+def _linearity_probe(n: int) -> np.ndarray:
+    # a fixed, generic test column (no randomness): incommensurate cosines
+    return np.cos(0.7 * np.arange(n) + 0.3)[:, None] + 0.5 * np.sin(1.9 * np.arange(n))[:, None]
+
+
+def _check_linear(mixer, W: np.ndarray, n: int) -> None:
+    v = _linearity_probe(n)
+    y = _probe(mixer, v, n)
+    ref = W @ v
+    if np.max(np.abs(y - ref)) > 1e-8 * max(1.0, float(np.max(np.abs(ref)))):
+        raise ValueError("mixer: is not linear in v (mixer(v) != W v for a test column v)")
+
+
+def materialize(mixer: Callable, n: int, *, check_linear: bool = True) -> np.ndarray:
+    r"""The (N, N) matrix ``W`` of a mixer that is linear in its values: ``mixer(v) = W v``.
+
+    Implements Eq. (4.9) of the book: feeding the identity matrix as the values returns
+    ``W I = W`` in one call (its columns are the responses to unit impulses).
+
+    Parameters
+    ----------
+    mixer : callable
+        ``v -> y`` with ``v`` of shape (N, c) and ``y`` of the same shape, linear in ``v`` for
+        fixed data (e.g. ``lambda v: softmax_attention(q, k, v)``).
+    n : int
+        The sequence length N.
+    check_linear : bool
+        Verify ``mixer(v) == W v`` on a fixed test column; a nonlinear mixer raises ValueError.
+
+    Returns
+    -------
+    W : ndarray, shape (N, N)
+        Real if the mixer returns real values, complex otherwise.
+    """
+    n = _check_mixer(mixer, n)
+    W = _probe(mixer, np.eye(n), n)  # W = mixer(I): column j is the response to e_j
+    if check_linear:
+        _check_linear(mixer, W, n)
+    return W
+
+
+def materialize_loop(mixer: Callable, n: int, *, check_linear: bool = True) -> np.ndarray:
+    """Loop twin of :func:`materialize`: one unit impulse ``e_j`` at a time (Eq. 4.9)."""
+    n = _check_mixer(mixer, n)
+    cols = []
+    for j in range(n):
+        e = np.zeros((n, 1))
+        e[j, 0] = 1.0  # the unit impulse at position j
+        cols.append(_probe(mixer, e, n)[:, 0])  # column j of W
+    W = np.stack(cols, axis=1)
+    if check_linear:
+        _check_linear(mixer, W, n)
+    return W
+
+
+def lag_profile(W) -> tuple[np.ndarray, np.ndarray]:
+    r"""Diagonal-averaged lag profile ``h_ℓ = mean_i W_{i, i−ℓ}`` of an (N, N) mixing matrix.
+
+    Implements Eq. (4.10) of the book. With ``y_i = Σ_j W_ij v_j`` and lag ``ℓ = i − j``, a
+    Toeplitz (shift-invariant) ``W_ij = h_{i−j}`` is the convolution ``y_i = Σ_ℓ h_ℓ v_{i−ℓ}``
+    and this returns its kernel exactly; for any other ``W`` it is the average kernel.
+    ℓ > 0 looks back (the past), ℓ < 0 looks ahead.
+
+    Parameters
+    ----------
+    W : array_like, shape (N, N)
+
+    Returns
+    -------
+    lags : ndarray of int, shape (2N − 1,)
+        ℓ = −(N−1), …, N−1.
+    h : ndarray, shape (2N − 1,)
+    """
+    W = as_array(W, "W")
+    if W.ndim != 2 or W.shape[0] != W.shape[1]:
+        raise ValueError(f"W: expected a square matrix (N, N), got shape {W.shape}")
+    n = W.shape[0]
+    lags = np.arange(-(n - 1), n)
+    h = np.array([np.diagonal(W, offset=-ell).mean() for ell in lags])  # diagonal i − j = ℓ
+    return lags, h
+
+
+def frequency_response(W, omega=None, *, n_freqs: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    r"""DTFT ``H(ω) = Σ_ℓ h_ℓ e^{−iωℓ}`` of the lag profile of a mixing matrix.
+
+    Implements Eq. (4.10) of the book. For a Toeplitz mixer this is its exact frequency
+    response: ``v_j = e^{iωj}`` gives ``y_i = H(ω) e^{iωi}`` (away from the edges).
+
+    Parameters
+    ----------
+    W : array_like, shape (N, N)
+    omega : array_like, optional
+        Frequencies in radians per sample; default ``n_freqs`` points on [0, π].
+    n_freqs : int
+        Number of default frequencies.
+
+    Returns
+    -------
+    omega : ndarray, shape (F,)
+    H : ndarray of complex, shape (F,)
+    """
+    lags, h = lag_profile(W)
+    if omega is None:
+        omega = np.linspace(0.0, np.pi, int(n_freqs))
+    omega = as_real_array(omega, "omega", ndim=1)
+    H = np.exp(-1j * np.outer(omega, lags)) @ h  # Σ_ℓ h_ℓ e^{−iωℓ}
+    return omega, H

@@ -1,0 +1,307 @@
+r"""Positional encodings as frequency representations: sinusoidal encodings and RoPE.
+
+Chapter 5 of the book (``notebooks/05-positional-encoding.ipynb``) derives every formula here.
+
+Both encodings use one geometric ladder of frequencies (Vaswani et al. 2017, §3.5; Su et al.
+2021, Eq. 15)
+
+.. math::  ω_i = \mathrm{base}^{-2i/d},\qquad i = 0,\dots,d/2-1 ,                  \tag{5.1}
+
+from 1 rad/position down to about 1/base. The sinusoidal encoding *adds* ``sin``/``cos`` of
+``p ω_i`` to the token; RoPE *rotates* each pair of query/key channels by the angle ``p θ_i``
+so that scores depend only on relative positions.
+
+Glossary (code name → symbol in the book / the papers)
+-------------------------------------------------------
+``n_positions``  number of positions P (pos = 0, …, P − 1).
+``d_model``      d, even: the encoding width (d_model in Vaswani et al., d in RoFormer).
+``base``         10000 in both papers.
+``omega``        ω_i (= θ_{i+1} of RoFormer, which counts from 1), shape (d/2,), Eq. (5.1).
+``pe``           PE, shape (P, d): PE[p, 2i] = sin(p ω_i), PE[p, 2i+1] = cos(p ω_i), Eq. (5.2).
+``M_k``          the block-diagonal rotation with PE[p + k] = M_k PE[p], Eq. (5.3).
+``x``            queries or keys, shape (..., N, d); the pairs are **interleaved**
+                 (x[..., 2i], x[..., 2i+1]) as in RoFormer Eq. (34), not the half-split
+                 ``rotate_half`` layout of GPT-NeoX / Hugging Face.
+``positions``    m (for a query) or n (for a key), shape (N,); default 0, …, N − 1.
+``freqs``        θ_i, shape (d/2,): optional custom frequencies for RoPE.
+
+References
+----------
+.. [1] A. Vaswani et al., "Attention is all you need", NeurIPS 2017, §3.5.
+.. [2] J. Su, Y. Lu, S. Pan, A. Murtadha, B. Wen, Y. Liu, "RoFormer: Enhanced transformer with
+       rotary position embedding", arXiv:2104.09864 (2021), Eqs. (13)-(16), (34), §3.4.3.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._validate import as_positive_scalar, as_real_array
+
+__all__ = [
+    "frequencies",
+    "sinusoidal_encoding",
+    "sinusoidal_encoding_loop",
+    "relative_shift_matrix",
+    "rope",
+    "rope_loop",
+    "rope_complex",
+    "rope_decay_bound",
+]
+
+
+def _even_width(d, name: str) -> int:
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(d).__name__}")
+    if d < 2 or d % 2:
+        raise ValueError(f"{name}: expected an even number >= 2 (channels come in (sin, cos) pairs), got {d}")
+    return int(d)
+
+
+def _count(n, name: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"{name}: expected a count >= 0, got {n}")
+    return int(n)
+
+
+def frequencies(d_model: int, base: float = 10000.0) -> np.ndarray:
+    r"""The frequency ladder ``ω_i = base^{−2i/d}``, i = 0, …, d/2 − 1.
+
+    Implements Eq. (5.1) of the book (Vaswani et al. 2017, §3.5; RoFormer Eq. 15, where
+    ``θ_i = 10000^{−2(i−1)/d}`` counts from i = 1).
+
+    Parameters
+    ----------
+    d_model : int
+        Even width d.
+    base : float > 0
+        10000 in both papers.
+
+    Returns
+    -------
+    omega : ndarray, shape (d/2,)
+        Radians per position, from 1 down to ``base^{−(d−2)/d}``.
+    """
+    d = _even_width(d_model, "d_model")
+    base = as_positive_scalar(base, "base")
+    return base ** (-np.arange(0, d, 2) / d)  # ω_i = base^{−2i/d}
+
+
+def sinusoidal_encoding(n_positions: int, d_model: int, base: float = 10000.0) -> np.ndarray:
+    r"""The sinusoidal positional encoding of Vaswani et al. (interleaved sin/cos).
+
+    Implements Eq. (5.2) of the book (Vaswani et al. 2017, §3.5):
+    ``PE[p, 2i] = sin(p / base^{2i/d})``, ``PE[p, 2i+1] = cos(p / base^{2i/d})``.
+
+    Parameters
+    ----------
+    n_positions : int
+        P, the number of positions p = 0, …, P − 1.
+    d_model : int
+        Even width d.
+    base : float > 0
+
+    Returns
+    -------
+    pe : ndarray, shape (n_positions, d_model)
+
+    Notes
+    -----
+    This is the paper's layout (as in harvardnlp's annotated transformer). The widespread
+    tensor2tensor variant ``get_timing_signal_1d`` concatenates ``[sin(all), cos(all)]`` and
+    uses the grid ``base^{−i/(d/2−1)}``: a different encoding, not a permutation of this one.
+
+    Examples
+    --------
+    >>> np.round(sinusoidal_encoding(2, 4), 4)
+    array([[0.    , 1.    , 0.    , 1.    ],
+           [0.8415, 0.5403, 0.01  , 1.    ]])
+    """
+    n = _count(n_positions, "n_positions")
+    omega = frequencies(d_model, base)
+    angle = np.arange(n)[:, None] * omega[None, :]  # p ω_i, shape (P, d/2)
+    pe = np.empty((n, 2 * omega.size))
+    pe[:, 0::2] = np.sin(angle)  # PE[p, 2i]
+    pe[:, 1::2] = np.cos(angle)  # PE[p, 2i+1]
+    return pe
+
+
+def sinusoidal_encoding_loop(n_positions: int, d_model: int, base: float = 10000.0) -> np.ndarray:
+    """Loop twin of :func:`sinusoidal_encoding`: one position and one channel at a time (Eq. 5.2)."""
+    n = _count(n_positions, "n_positions")
+    d = _even_width(d_model, "d_model")
+    base = as_positive_scalar(base, "base")
+    pe = np.zeros((n, d))
+    for p in range(n):
+        for i in range(d // 2):
+            w = base ** (-2.0 * i / d)  # ω_i
+            pe[p, 2 * i] = math.sin(p * w)
+            pe[p, 2 * i + 1] = math.cos(p * w)
+    return pe
+
+
+def relative_shift_matrix(k: float, d_model: int, base: float = 10000.0) -> np.ndarray:
+    r"""The rotation ``M_k`` with ``PE[p + k] = M_k PE[p]`` for every position p.
+
+    Implements Eq. (5.3) of the book (the property Vaswani et al. 2017, §3.5, state in words:
+    "PE_{pos+k} can be represented as a linear function of PE_pos").
+
+    Parameters
+    ----------
+    k : float
+        The offset (any real; integer offsets are the usual case).
+    d_model : int
+        Even width d.
+    base : float > 0
+
+    Returns
+    -------
+    M : ndarray, shape (d, d)
+        Block diagonal with blocks ``[[cos kω_i, sin kω_i], [−sin kω_i, cos kω_i]]`` acting on
+        the (sin, cos) pair (2i, 2i+1). Orthogonal; ``M_k M_l = M_{k+l}``; ``M_{−k} = M_k^T``.
+    """
+    k = float(as_real_array(k, "k", ndim=0))
+    omega = frequencies(d_model, base)
+    c, s = np.cos(k * omega), np.sin(k * omega)
+    M = np.zeros((2 * omega.size, 2 * omega.size))
+    i = np.arange(omega.size)
+    M[2 * i, 2 * i], M[2 * i, 2 * i + 1] = c, s  # sin(ω(p+k)) = cos(ωk) sin(ωp) + sin(ωk) cos(ωp)
+    M[2 * i + 1, 2 * i], M[2 * i + 1, 2 * i + 1] = -s, c  # cos(ω(p+k)) = −sin(ωk) sin(ωp) + cos(ωk) cos(ωp)
+    return M
+
+
+# ---------------------------------------------------------------------------------------------
+# RoPE, Eqs. (5.5)-(5.7)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_rope(x, positions, base, freqs):
+    x = as_real_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x: expected shape (..., N, d), got shape {x.shape}")
+    d, n = x.shape[-1], x.shape[-2]
+    if d % 2:
+        raise ValueError(f"x: expected an even last dimension d (RoPE rotates channel pairs), got shape {x.shape}")
+    if positions is None:
+        pos = np.arange(n, dtype=np.float64)
+    else:
+        pos = as_real_array(positions, "positions", ndim=1)
+        if pos.shape != (n,):
+            raise ValueError(f"positions: expected shape ({n},) (one per row of x), got shape {pos.shape}")
+    if freqs is None:
+        theta = frequencies(d, base) if d else np.zeros(0)
+    else:
+        as_positive_scalar(base, "base")
+        theta = as_real_array(freqs, "freqs", ndim=1)
+        if theta.shape != (d // 2,):
+            raise ValueError(f"freqs: expected shape ({d // 2},) (d/2 for x of width {d}), got shape {theta.shape}")
+    return x, pos, theta
+
+
+def rope(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
+    r"""Rotary position embedding: rotate each interleaved channel pair by ``p θ_i``.
+
+    Implements Eq. (5.5) of the book (RoFormer, Su et al. 2021, Eq. 34):
+
+    ``R_p x = x ⊙ (cos pθ_0, cos pθ_0, cos pθ_1, …) + (−x_1, x_0, −x_3, x_2, …) ⊙ (sin pθ_0, sin pθ_0, …)``.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., N, d)
+        Queries or keys (d even). Never apply RoPE to values.
+    positions : array_like, shape (N,), optional
+        The position p of each row; default 0, …, N − 1. Real (non-integer) positions allowed.
+    base : float > 0
+        Used for the default ``θ_i = base^{−2i/d}`` (Eq. 5.1).
+    freqs : array_like, shape (d/2,), optional
+        Custom θ_i (overrides ``base``).
+
+    Returns
+    -------
+    ndarray, shape (..., N, d)
+
+    Notes
+    -----
+    ``⟨rope(q, m), rope(k, n)⟩ = q^T R_{n−m} k`` depends on the positions only through n − m
+    (Eq. 5.6). The layout is RoFormer's interleaved pairs (2i, 2i+1); the GPT-NeoX /
+    Hugging Face ``rotate_half`` layout pairs i with i + d/2 and equals this one up to a
+    fixed permutation of the channels.
+    """
+    x, pos, theta = _check_rope(x, positions, base, freqs)
+    angle = pos[:, None] * theta[None, :]  # p θ_i, shape (N, d/2)
+    cos, sin = np.cos(angle), np.sin(angle)
+    out = np.empty_like(x)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out[..., 0::2] = x0 * cos - x1 * sin  # [cos −sin; sin cos] (x_2i, x_2i+1)
+    out[..., 1::2] = x1 * cos + x0 * sin
+    return out
+
+
+def rope_loop(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
+    """Loop twin of :func:`rope`: a 2×2 rotation per position and channel pair (Eq. 5.5)."""
+    x, pos, theta = _check_rope(x, positions, base, freqs)
+    out = np.empty_like(x)
+    for b in np.ndindex(*x.shape[:-2]):
+        for row, p in enumerate(pos):
+            for i, t in enumerate(theta):
+                c, s = math.cos(p * t), math.sin(p * t)
+                a, e = x[b][row, 2 * i], x[b][row, 2 * i + 1]
+                out[b][row, 2 * i] = c * a - s * e  # R(pθ_i) = [[cos, −sin], [sin, cos]]
+                out[b][row, 2 * i + 1] = s * a + c * e
+    return out
+
+
+def rope_complex(x, positions=None, base: float = 10000.0, freqs=None, *, return_complex: bool = False):
+    r"""RoPE in complex form: ``z_i = x_{2i} + i x_{2i+1}`` multiplied by ``e^{i p θ_i}``.
+
+    Implements Eq. (5.7) of the book (RoFormer, Su et al. 2021, Eqs. 13–16).
+
+    Parameters
+    ----------
+    x, positions, base, freqs
+        As in :func:`rope`.
+    return_complex : bool
+        Return the rotated complex pairs, shape (..., N, d/2), instead of the real interleaved
+        array (the default, which equals :func:`rope`).
+
+    Returns
+    -------
+    ndarray, shape (..., N, d) float64, or (..., N, d/2) complex128 if ``return_complex``.
+    """
+    x, pos, theta = _check_rope(x, positions, base, freqs)
+    z = x[..., 0::2] + 1j * x[..., 1::2]  # z_i = x_2i + i x_2i+1
+    z = z * np.exp(1j * pos[:, None] * theta[None, :])  # z_i e^{i p θ_i}
+    if return_complex:
+        return z
+    out = np.empty_like(x)
+    out[..., 0::2], out[..., 1::2] = z.real, z.imag
+    return out
+
+
+def rope_decay_bound(distances, d: int, base: float = 10000.0) -> np.ndarray:
+    r"""RoFormer's long-term decay curve ``(1/(d/2)) Σ_{j=1}^{d/2} |S_j|``, ``S_j = Σ_{k<j} e^{i r θ_k}``.
+
+    Implements Eq. (5.8) of the book (RoFormer, Su et al. 2021, §3.4.3 and Fig. 2): by Abel
+    summation ``|Σ_i h_i e^{i r θ_i}| ≤ (max_i |h_{i+1} − h_i|) Σ_j |S_j|``, so the mean
+    ``|S_j|`` bounds how large the score of two vectors at relative distance ``r`` can be.
+
+    Parameters
+    ----------
+    distances : array_like, shape (R,)
+        Relative distances r = n − m.
+    d : int
+        Even head width (128 in the paper's figure).
+    base : float > 0
+
+    Returns
+    -------
+    ndarray, shape (R,)
+    """
+    r = as_real_array(distances, "distances", ndim=1)
+    theta = frequencies(d, base)
+    S = np.cumsum(np.exp(1j * r[:, None] * theta[None, :]), axis=1)  # S_j for j = 1..d/2
+    return np.abs(S).mean(axis=1)

@@ -1,0 +1,451 @@
+"""Tests of :mod:`refimpl.attention`: scaled dot-product and multi-head attention, mixers as matrices.
+
+Oracles, each independent of the code under test:
+
+* a naive formula written here, ``exp(s) / exp(s).sum()`` with ``scipy.special.softmax`` and an
+  ``np.einsum`` product (no max subtraction, so it is used only where nothing overflows);
+* ``scipy.special.logsumexp`` for the stable weights at huge logits;
+* the filter-bank form ``Σ_h A_h X W_h^V W_h^O`` of multi-head attention;
+* closed forms: τ → 0 is argmax selection, τ → ∞ (scale = 0) the mean, a Toeplitz matrix's
+  lag profile is its kernel and its frequency response is ``np.fft.fft`` of that kernel.
+
+Tolerances: :mod:`refimpl._testing` (SELF for loop twins, ORACLE for the oracles).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.special
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refimpl._testing import ORACLE, SELF, assert_close
+from refimpl.attention import (
+    attention_entropy,
+    attention_weights,
+    effective_support,
+    frequency_response,
+    lag_profile,
+    materialize,
+    materialize_loop,
+    multihead_attention,
+    multihead_attention_loop,
+    softmax_attention,
+    softmax_attention_loop,
+)
+
+#: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
+WORST_ERRORS: dict[str, tuple[float, float]] = {}
+
+
+def close(actual, desired, *, rtol: float, what: str) -> float:
+    err = assert_close(actual, desired, rtol=rtol, what=what)
+    WORST_ERRORS[what] = (max(WORST_ERRORS.get(what, (0.0,))[0], err), rtol)
+    return err
+
+
+@pytest.fixture(autouse=True)
+def _runtime_warnings_are_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        yield
+
+
+def naive_attention(q, k, v, allowed=None, scale=None):
+    """Eq. (4.1) written directly: logits, scipy softmax over allowed keys, einsum."""
+    q, k, v = (np.asarray(a, float) for a in (q, k, v))
+    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+    s = np.einsum("...id,...jd->...ij", q, k) * scale
+    if allowed is not None:
+        s = np.where(allowed, s, -np.inf)
+    A = scipy.special.softmax(s, axis=-1)
+    return np.einsum("...ij,...jc->...ic", A, v), A
+
+
+def qkv(seed, n=6, m=7, d=4, dv=3, batch=()):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(*batch, n, d)), rng.normal(size=(*batch, m, d)), rng.normal(size=(*batch, m, dv))
+
+
+# ---------------------------------------------------------------------------------------------
+class TestSoftmaxAttention:
+    @pytest.mark.parametrize("seed", range(3))
+    @pytest.mark.parametrize(
+        "kw",
+        [{}, {"causal": True}, {"scale": 0.3}, {"mask": "random"}, {"mask": "random", "causal": True}],
+        ids=["plain", "causal", "scale", "mask", "mask+causal"],
+    )
+    def test_loop_twin_and_naive_oracle(self, seed, kw):
+        q, k, v = qkv(seed, batch=(2,))
+        kw = dict(kw)
+        allowed = None
+        if kw.get("mask") == "random":
+            mask = np.random.default_rng(seed + 10).random((6, 7)) < 0.6
+            mask[:, 0] = True  # every row keeps one key
+            kw["mask"] = allowed = mask
+        if kw.get("causal"):
+            tri = np.tri(6, 7, dtype=bool)
+            allowed = tri if allowed is None else allowed & tri
+        y, A = softmax_attention(q, k, v, return_weights=True, **kw)
+        y_loop, A_loop = softmax_attention_loop(q, k, v, return_weights=True, **kw)
+        close(y, y_loop, rtol=SELF, what="softmax_attention vs loop")
+        close(A, A_loop, rtol=SELF, what="attention weights vs loop")
+        y_ref, A_ref = naive_attention(q, k, v, allowed, kw.get("scale"))
+        close(y, y_ref, rtol=ORACLE, what="softmax_attention vs naive scipy softmax")
+        close(A, A_ref, rtol=ORACLE, what="weights vs naive scipy softmax")
+        assert np.all(A[..., ~np.broadcast_to(allowed, A.shape[-2:])] == 0) if allowed is not None else True
+
+    @pytest.mark.parametrize("block", [1, 7, 10**9])
+    @pytest.mark.parametrize("causal", [False, True])
+    def test_blocked_path_without_weights(self, monkeypatch, block, causal):
+        # without return_weights the query rows go through in blocks; force many and few blocks
+        import refimpl.attention as attention_module
+
+        monkeypatch.setattr(attention_module, "_BLOCK_LOGITS", block)
+        rng = np.random.default_rng(block)
+        q, k = rng.normal(size=(2, 1, 9, 4)), rng.normal(size=(3, 8, 4))
+        v = rng.normal(size=(8, 2))
+        mask = rng.random((2, 1, 9, 8)) < 0.7
+        mask[..., 0] = True
+        y = softmax_attention(q, k, v, mask=mask, causal=causal)
+        assert y.shape == (2, 3, 9, 2)
+        y_w, _ = softmax_attention(q, k, v, mask=mask, causal=causal, return_weights=True)
+        close(y, y_w, rtol=SELF, what="blocked path vs full weights")
+        close(y, softmax_attention_loop(q, k, v, mask=mask, causal=causal), rtol=SELF, what="blocked path vs loop")
+        allowed = mask & np.tri(9, 8, dtype=bool) if causal else mask
+        close(y, naive_attention(q, k, v, allowed)[0], rtol=ORACLE, what="blocked path vs naive")
+
+    def test_default_scale_is_inverse_sqrt_d(self):
+        q, k, v = qkv(1, d=9)
+        close(softmax_attention(q, k, v), softmax_attention(q, k, v, scale=1 / 3), rtol=ORACLE, what="scale 1/sqrt(d)")
+
+    def test_attention_weights_matches(self):
+        q, k, v = qkv(2, batch=(3,))
+        _, A = softmax_attention(q, k, v, causal=True, return_weights=True)
+        assert_close(attention_weights(q, k, causal=True), A, rtol=0.0)
+
+    def test_no_return_weights_returns_array(self):
+        q, k, v = qkv(3)
+        assert softmax_attention(q, k, v).shape == (6, 3)
+
+    def test_broadcast_batch_axes(self):
+        rng = np.random.default_rng(4)
+        q = rng.normal(size=(2, 1, 5, 4))
+        k = rng.normal(size=(3, 6, 4))
+        v = rng.normal(size=(1, 6, 2))
+        y = softmax_attention(q, k, v)
+        assert y.shape == (2, 3, 5, 2)
+        close(y, softmax_attention_loop(q, k, v), rtol=SELF, what="broadcast batch vs loop")
+        close(y, naive_attention(q, k, v)[0], rtol=ORACLE, what="broadcast batch vs naive")
+
+    def test_mask_with_batch_axes_beyond_q_k(self):
+        q, k, v = qkv(5)
+        v = np.stack([v, 2 * v])
+        mask = np.ones((2, 6, 7), bool)
+        mask[1, :, 3:] = False
+        y = softmax_attention(q, k, v, mask=mask)
+        assert y.shape == (2, 6, 3)
+        close(y, softmax_attention_loop(q, k, v, mask=mask), rtol=SELF, what="batched mask vs loop")
+        close(y, naive_attention(q, k, v, mask)[0], rtol=ORACLE, what="batched mask vs naive")
+
+    def test_huge_logits_do_not_overflow(self):
+        # logits ~ 1e4: exp would overflow without the max subtraction (Eq. 4.3)
+        q, k, v = qkv(6)
+        y, A = softmax_attention(100 * q, 100 * k, v, scale=1.0, return_weights=True)
+        s = (100 * q) @ (100 * k).T
+        A_ref = np.exp(s - scipy.special.logsumexp(s, axis=-1, keepdims=True))
+        assert np.all(np.isfinite(y))
+        close(A, A_ref, rtol=ORACLE, what="weights at logits 1e4 vs logsumexp")
+
+    def test_shift_invariance_of_scores(self):
+        # adding the same constant to every score of a row changes nothing: a key with a
+        # component along a fixed direction that every query shares shifts each row by a constant
+        q, k, v = qkv(7)
+        q = np.concatenate([q, np.ones((6, 1))], axis=1)
+        k1 = np.concatenate([k, np.zeros((7, 1))], axis=1)
+        k2 = np.concatenate([k, 5.0 * np.ones((7, 1))], axis=1)
+        close(softmax_attention(q, k1, v, scale=1.0), softmax_attention(q, k2, v, scale=1.0), rtol=1e-13,
+              what="row shift invariance")
+
+    def test_permutations(self):
+        q, k, v = qkv(8)
+        perm_k = np.random.default_rng(0).permutation(7)
+        perm_q = np.random.default_rng(1).permutation(6)
+        y = softmax_attention(q, k, v)
+        close(softmax_attention(q, k[perm_k], v[perm_k]), y, rtol=1e-13, what="joint key/value permutation")
+        close(softmax_attention(q[perm_q], k, v), y[perm_q], rtol=1e-13, what="query permutation")
+
+    def test_convex_hull(self):
+        q, k, v = qkv(9, dv=1)
+        y = softmax_attention(q, k, v)
+        assert np.all(y >= v.min() - 1e-15) and np.all(y <= v.max() + 1e-15)
+
+    # ----- temperature limits (Eqs. 4.8-4.9)
+    def test_zero_temperature_is_hard_argmax(self):
+        q, k, v = qkv(10)
+        s = q @ k.T
+        y, A = softmax_attention(q, k, v, scale=1e6, return_weights=True)
+        best = np.argmax(s, axis=1)
+        gap = np.sort(s, axis=1)[:, -1] - np.sort(s, axis=1)[:, -2]
+        assert gap.min() > 1e-3  # no ties in this draw
+        assert_close(A, np.eye(7)[best], rtol=0.0, atol=1e-300)
+        assert_close(y, v[best], rtol=0.0, atol=1e-300)
+
+    def test_zero_temperature_with_causal_mask(self):
+        q, k, v = qkv(11, n=7)
+        y = softmax_attention(q, k, v, causal=True, scale=1e7)
+        s = np.where(np.tri(7, 7, dtype=bool), q @ k.T, -np.inf)
+        assert_close(y, v[np.argmax(s, axis=1)], rtol=1e-12)
+
+    def test_infinite_temperature_is_mean(self):
+        q, k, v = qkv(12)
+        close(softmax_attention(q, k, v, scale=0.0), np.broadcast_to(v.mean(0), (6, 3)), rtol=ORACLE,
+              what="scale 0 vs mean of values")
+        y = softmax_attention(q, k, v, causal=True, scale=0.0)
+        causal_mean = np.cumsum(v, axis=0)[:6] / np.arange(1, 7)[:, None]
+        close(y, causal_mean, rtol=ORACLE, what="causal scale 0 vs running mean")
+
+    def test_entropy_and_support_monotone_in_temperature(self):
+        q, k, _ = qkv(13, m=20)
+        taus = np.logspace(-3.5, 3, 15)
+        H = np.array([attention_entropy(attention_weights(q, k, scale=1 / t)) for t in taus])
+        n_eff = np.array([effective_support(attention_weights(q, k, scale=1 / t)) for t in taus])
+        assert np.all(np.diff(H, axis=0) > -1e-12) and np.all(np.diff(n_eff, axis=0) > -1e-12)
+        assert np.allclose(H[0], 0, atol=1e-6) and np.allclose(H[-1], np.log(20), atol=0.01)
+        assert np.allclose(n_eff[0], 1, atol=1e-6) and np.allclose(n_eff[-1], 20, rtol=0.01)
+
+    def test_entropy_and_support_closed_forms(self):
+        A = np.array([[1.0, 0, 0, 0], [0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0, 0]])
+        assert_close(attention_entropy(A), [0.0, np.log(4), np.log(2)], rtol=ORACLE)
+        assert_close(effective_support(A), [1.0, 4.0, 2.0], rtol=ORACLE)
+
+    # ----- properties
+    @settings(max_examples=40)
+    @given(
+        seed=st.integers(0, 2**31),
+        n=st.integers(1, 7),
+        m=st.integers(1, 7),
+        d=st.integers(1, 5),
+        log_scale=st.floats(-3, 2),
+    )
+    def test_rows_sum_to_one(self, seed, n, m, d, log_scale):
+        q, k, v = qkv(seed, n, m, d, 2)
+        y, A = softmax_attention(q, k, v, scale=10.0**log_scale, return_weights=True)
+        assert np.all(A >= 0)
+        np.testing.assert_allclose(A.sum(-1), 1.0, rtol=0, atol=1e-14)
+        close(y, softmax_attention_loop(q, k, v, scale=10.0**log_scale), rtol=SELF, what="hypothesis: loop twin")
+
+    @settings(max_examples=30)
+    @given(seed=st.integers(0, 2**31), n=st.integers(2, 9), i=st.integers(0, 8))
+    def test_causality(self, seed, n, i):
+        i = min(i, n - 2)
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(n, 4))
+        y = softmax_attention(x, x, x, causal=True)
+        x2 = x.copy()
+        x2[i + 1 :] += rng.normal(size=(n - i - 1, 4))  # perturb keys and values after i
+        y2 = softmax_attention(x2[: n], x2, x2, causal=True)
+        np.testing.assert_array_equal(y2[: i + 1], y[: i + 1])
+        assert not np.allclose(y2[i + 1 :], y[i + 1 :])
+
+    # ----- bad input
+    @pytest.mark.parametrize(
+        ("args", "kwargs", "exc", "match"),
+        [
+            ((np.ones((3, 4)), np.ones((5, 3)), np.ones((5, 2))), {}, ValueError, "^k: .*last dimension d = 4"),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.ones((6, 2))), {}, ValueError, "^v: .*M = 5"),
+            ((np.ones(4), np.ones((5, 4)), np.ones((5, 2))), {}, ValueError, "^q: expected shape"),
+            ((np.ones((3, 4)), np.ones(4), np.ones((5, 2))), {}, ValueError, "^k: expected shape"),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.ones(5)), {}, ValueError, "^v: expected shape"),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2))), {"mask": np.ones((5, 3), bool)}, ValueError, "^mask: .*broadcastable"),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2))), {"mask": np.ones((2, 3, 5), bool)}, ValueError, "^mask: .*broadcastable"),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2))), {"mask": np.ones((3, 5))}, TypeError, "^mask: expected a boolean"),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2))), {"mask": np.eye(3, 5, 3, dtype=bool)}, ValueError, "^mask: query row \\(2,\\)"),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2))), {"mask": np.eye(3, 5, 1, dtype=bool) | np.eye(3, 5, 2, dtype=bool), "causal": True}, ValueError, "^mask: query row \\(0,\\)"),
+            ((np.full((3, 4), np.nan), np.ones((5, 4)), np.ones((5, 2))), {}, ValueError, "^q: expected finite"),
+            ((np.ones((3, 4)), np.full((5, 4), np.inf), np.ones((5, 2))), {}, ValueError, "^k: expected finite"),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.full((5, 2), np.nan)), {}, ValueError, "^v: expected finite"),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2))), {"scale": -1.0}, ValueError, "^scale: "),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2))), {"scale": np.inf}, ValueError, "^scale: "),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2))), {"scale": "big"}, TypeError, "^scale: "),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2))), {"causal": 1}, TypeError, "^causal: "),
+            ((np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2))), {"return_weights": "yes"}, TypeError, "^return_weights: "),
+            ((np.ones((2, 3, 4)), np.ones((3, 5, 4)), np.ones((5, 2))), {}, ValueError, "^k: the batch axes"),
+            ((np.ones((3, 4)) * 1j, np.ones((5, 4)), np.ones((5, 2))), {}, TypeError, "^q: expected real"),
+            ((np.ones((3, 4)), np.ones((0, 4)), np.ones((0, 2))), {}, ValueError, "^k: expected at least one key"),
+        ],
+    )
+    @pytest.mark.parametrize("func", [softmax_attention, softmax_attention_loop])
+    def test_errors(self, func, args, kwargs, exc, match):
+        with pytest.raises(exc, match=match):
+            func(*args, **kwargs)
+
+    def test_attention_weights_errors(self):
+        with pytest.raises(ValueError, match="^k: .*last dimension"):
+            attention_weights(np.ones((3, 4)), np.ones((5, 3)))
+        with pytest.raises(ValueError, match="^q: expected shape"):
+            attention_weights(np.ones(3), np.ones((5, 3)))
+
+    def test_weights_helper_errors(self):
+        with pytest.raises(ValueError, match="^weights: expected non-negative"):
+            attention_entropy([[-0.5, 1.5]])
+        with pytest.raises(ValueError, match="^weights: expected rows that sum to 1"):
+            effective_support([[0.5, 0.6]])
+        with pytest.raises(ValueError, match="^weights: expected shape"):
+            effective_support(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+def mha_weights(seed, d_model=8, h=2, dk=3, dv=4, d_out=5):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.normal(size=(d_model, h * dk)) / np.sqrt(d_model),
+        rng.normal(size=(d_model, h * dk)) / np.sqrt(d_model),
+        rng.normal(size=(d_model, h * dv)),
+        rng.normal(size=(h * dv, d_out)),
+    )
+
+
+class TestMultiheadAttention:
+    @pytest.mark.parametrize("h", [1, 2, 4])
+    @pytest.mark.parametrize("causal", [False, True])
+    def test_loop_twin(self, h, causal):
+        x = np.random.default_rng(h).normal(size=(2, 6, 8))
+        w = mha_weights(h, h=h)
+        y, A = multihead_attention(x, *w, h, causal=causal, return_weights=True)
+        y_loop, A_loop = multihead_attention_loop(x, *w, h, causal=causal, return_weights=True)
+        assert y.shape == (2, 6, 5) and A.shape == (2, h, 6, 6)
+        close(y, y_loop, rtol=SELF, what="multihead vs loop")
+        close(A, A_loop, rtol=SELF, what="multihead weights vs loop")
+
+    @pytest.mark.parametrize("h", [1, 3])
+    def test_filter_bank_form(self, h):
+        # Eq. (4.5): Y = Σ_h A_h X W_h^V W_h^O, with A_h from an independent naive softmax
+        x = np.random.default_rng(20 + h).normal(size=(7, 8))
+        w_q, w_k, w_v, w_o = mha_weights(h, h=h)
+        dk, dv = w_q.shape[1] // h, w_v.shape[1] // h
+        y_ref = np.zeros((7, 5))
+        for i in range(h):
+            cols_k, cols_v = slice(i * dk, (i + 1) * dk), slice(i * dv, (i + 1) * dv)
+            _, A = naive_attention(x @ w_q[:, cols_k], x @ w_k[:, cols_k], np.zeros((7, 1)))
+            y_ref += A @ x @ w_v[:, cols_v] @ w_o[cols_v]
+        close(multihead_attention(x, w_q, w_k, w_v, w_o, h), y_ref, rtol=ORACLE, what="multihead vs filter bank")
+
+    def test_one_head_is_attention_of_projections(self):
+        x = np.random.default_rng(30).normal(size=(5, 8))
+        w_q, w_k, w_v, w_o = mha_weights(30, h=1)
+        ref = softmax_attention(x @ w_q, x @ w_k, x @ w_v) @ w_o
+        close(multihead_attention(x, w_q, w_k, w_v, w_o, 1), ref, rtol=ORACLE, what="h=1 vs sdpa")
+
+    def test_mask_shared_by_heads(self):
+        x = np.random.default_rng(31).normal(size=(6, 8))
+        w = mha_weights(31)
+        mask = np.random.default_rng(32).random((6, 6)) < 0.5
+        mask[np.arange(6), np.arange(6)] = True
+        y, A = multihead_attention(x, *w, 2, mask=mask, return_weights=True)
+        assert np.all(A[:, ~mask] == 0)
+        close(y, multihead_attention_loop(x, *w, 2, mask=mask), rtol=SELF, what="masked multihead vs loop")
+
+    @settings(max_examples=20)
+    @given(seed=st.integers(0, 2**31), n=st.integers(2, 7), i=st.integers(0, 6))
+    def test_causality(self, seed, n, i):
+        i = min(i, n - 2)
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(n, 8))
+        w = mha_weights(seed % 100)
+        y = multihead_attention(x, *w, 2, causal=True)
+        x2 = x.copy()
+        x2[i + 1 :] += rng.normal(size=(n - i - 1, 8))
+        np.testing.assert_array_equal(multihead_attention(x2, *w, 2, causal=True)[: i + 1], y[: i + 1])
+
+    @pytest.mark.parametrize(
+        ("which", "value", "h", "exc", "match"),
+        [
+            ("x", np.ones(8), 2, ValueError, "^x: expected shape"),
+            ("x", np.full((4, 8), np.nan), 2, ValueError, "^x: expected finite"),
+            ("w_q", np.ones((7, 6)), 2, ValueError, "^w_q: expected shape \\(d_model = 8"),
+            ("w_q", np.ones((8, 5)), 2, ValueError, "^w_q: expected a width divisible"),
+            ("w_k", np.ones((8, 8)), 2, ValueError, "^w_k: expected the shape of w_q"),
+            ("w_v", np.ones((8, 7)), 2, ValueError, "^w_v: expected a width divisible"),
+            ("w_o", np.ones((7, 5)), 2, ValueError, "^w_o: expected 8 rows"),
+            ("w_o", np.ones(8), 2, ValueError, "^w_o: expected 2 dimensions"),
+            (None, None, 0, ValueError, "^n_heads: expected n_heads >= 1"),
+            (None, None, 2.0, TypeError, "^n_heads: expected an int"),
+        ],
+    )
+    @pytest.mark.parametrize("func", [multihead_attention, multihead_attention_loop])
+    def test_errors(self, func, which, value, h, exc, match):
+        args = dict(zip(["x", "w_q", "w_k", "w_v", "w_o"], [np.ones((4, 8)), *mha_weights(0)]))
+        if which is not None:
+            args[which] = value
+        with pytest.raises(exc, match=match):
+            func(*args.values(), h)
+
+
+# ---------------------------------------------------------------------------------------------
+class TestMaterialize:
+    @pytest.mark.parametrize("func", [materialize, materialize_loop])
+    def test_attention_matrix(self, func):
+        q, k, _ = qkv(40, n=6, m=6)
+        W = func(lambda v: softmax_attention(q, k, v, causal=True), 6)
+        assert_close(W, attention_weights(q, k, causal=True), rtol=ORACLE)
+
+    def test_loop_twin(self):
+        c = np.array([0.5, 0.3, 0.2, 0.1])
+        mixer = lambda v: scipy.linalg.toeplitz(np.r_[c, np.zeros(4)], np.zeros(8)) @ v  # noqa: E731
+        close(materialize(mixer, 8), materialize_loop(mixer, 8), rtol=SELF, what="materialize vs loop")
+
+    def test_convolution_lag_profile_and_response(self):
+        # a causal FIR filter y_i = Σ_ℓ c_ℓ v_{i−ℓ}: W is Toeplitz, its lag profile is c, H is the FFT of c
+        c = np.array([0.5, 0.3, -0.2, 0.1])
+        n = 10
+        mixer = lambda v: np.stack([np.convolve(v[:, j], c)[:n] for j in range(v.shape[1])], axis=1)  # noqa: E731
+        W = materialize(mixer, n)
+        lags, h = lag_profile(W)
+        assert lags[0] == -(n - 1) and lags[-1] == n - 1
+        expected = np.zeros(2 * n - 1)
+        expected[n - 1 : n - 1 + len(c)] = c
+        close(h, expected, rtol=ORACLE, what="lag profile of a convolution")
+        omega = 2 * np.pi * np.arange(16) / 16
+        _, H = frequency_response(W, omega)
+        close(H, np.fft.fft(c, 16), rtol=ORACLE, what="frequency response vs np.fft")
+
+    def test_default_frequency_grid(self):
+        omega, H = frequency_response(np.eye(4))
+        assert omega.shape == (512,) and omega[0] == 0 and omega[-1] == np.pi
+        assert_close(H, np.ones(512), rtol=ORACLE)  # identity = all-pass
+
+    def test_complex_mixer(self):
+        F = np.fft.fft(np.eye(5))
+        W = materialize(lambda v: F @ v, 5)
+        assert W.dtype == complex
+        assert_close(W, F, rtol=ORACLE)
+
+    def test_nonlinear_mixer_is_rejected(self):
+        with pytest.raises(ValueError, match="^mixer: is not linear"):
+            materialize(lambda v: v**2, 5)
+        with pytest.raises(ValueError, match="^mixer: is not linear"):
+            materialize_loop(lambda v: np.abs(v), 5)
+        # the check can be disabled
+        assert materialize(lambda v: v**2, 3, check_linear=False).shape == (3, 3)
+
+    @pytest.mark.parametrize("func", [materialize, materialize_loop])
+    def test_errors(self, func):
+        with pytest.raises(TypeError, match="^mixer: expected a callable"):
+            func(np.eye(3), 3)
+        with pytest.raises(ValueError, match="^n: expected a positive int"):
+            func(lambda v: v, 0)
+        with pytest.raises(ValueError, match="^mixer: expected an output of the input's shape"):
+            func(lambda v: v[:-1], 3)
+        with pytest.raises(ValueError, match="^mixer: returned non-finite"):
+            func(lambda v: v / 0.0 if False else v * np.nan, 3)
+
+    def test_lag_profile_errors(self):
+        with pytest.raises(ValueError, match="^W: expected a square matrix"):
+            lag_profile(np.ones((3, 4)))
+        with pytest.raises(ValueError, match="^omega: expected 1 dimensions"):
+            frequency_response(np.eye(3), np.ones((2, 2)))
