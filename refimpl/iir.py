@@ -309,7 +309,8 @@ def tf_filter(b, a, x, zi=None):
     (each output is a sum of ≤ K + q products instead of a q-term recursion).
     """
     b, a, x, s0, was_1d = _tf_filter_checked(b, a, x, zi)
-    y, zf = _block_filter(b, a, x, s0)
+    with np.errstate(over="ignore", invalid="ignore"):  # an unstable filter may overflow to inf, as the recursion does
+        y, zf = _block_filter(b, a, x, s0)
     return _out(y, zf, was_1d, zi is not None)
 
 
@@ -385,10 +386,11 @@ def biquad_filter(b, a, x, zi=None, *, form="tdf2", require_stable=False):
     [1.0, 0.5, 0.25, 0.125]
     """
     b, a, x, s0, was_1d = _biquad_checked(b, a, x, zi, form, require_stable)
-    if form == "tdf2":
-        y, zf = _block_filter(b, a, x, s0)
-        return _out(y, zf, was_1d, zi is not None)
-    y, _ = _block_filter(b, a, x, _df1_to_tdf2(b, a, s0))
+    with np.errstate(over="ignore", invalid="ignore"):  # an unstable filter may overflow to inf
+        if form == "tdf2":
+            y, zf = _block_filter(b, a, x, s0)
+            return _out(y, zf, was_1d, zi is not None)
+        y, _ = _block_filter(b, a, x, _df1_to_tdf2(b, a, s0))
     # final history: the last two inputs and outputs (reaching into zi when N < 2)
     xs = np.concatenate([s0[..., 1::-1, :], x], axis=-2)  # [x[−2], x[−1], x[0], ...]
     ys = np.concatenate([s0[..., 3:1:-1, :], y], axis=-2)
@@ -1160,7 +1162,8 @@ def impulse_invariance(b, a, fs):
         raise ValueError(f"b: expected a strictly proper system (deg b < deg a), got deg b = {b.size - 1}, deg a = {a.size - 1}")
     T = 1.0 / fs
     p = np.roots(a).astype(np.complex128)
-    sep = np.min(np.abs(p[:, None] - p[None, :]) + np.eye(p.size) * np.inf, initial=np.inf)
+    gaps = np.abs(p[:, None] - p[None, :])
+    sep = np.min(np.where(np.eye(p.size, dtype=bool), np.inf, gaps), initial=np.inf)
     if sep <= 1e-8 * max(1.0, float(np.max(np.abs(p)))):
         raise ValueError("a: expected distinct analog poles for impulse invariance (repeated pole found)")
     r = np.polyval(b, p) / np.polyval(np.polyder(a), p)  # r_i = B(p_i)/A'(p_i)
