@@ -1365,32 +1365,73 @@ def _ssm_checked(lam, B, C, D, x):
     return lam, B, C, D, x, was_1d
 
 
-def diagonal_ssm_filter(lam, B, C, D, x):
+def _chunked_diagonal_scan(lam: np.ndarray, u: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """All states of s[n] = λ ⊙ s[n−1] + u[n] (s[−1] = 0) for u (N, L, m), chunk by chunk.
+
+    Within a chunk of K samples the states from a zero start are one product with the
+    lower-triangular Toeplitz matrix ``T_i[k, j] = λ_i^{k−j}`` per mode; the chunk-start state
+    ``c`` adds ``λ^{k+1} c``; only ``c`` is carried across chunks (``c' = λ^K c + s_loc[K−1]``).
+    """
+    n, L, m = u.shape
+    K = max(min(block, n), 1)
+    M = -(-n // K)
+    up = np.zeros((M * K, L, m), dtype=np.complex128)
+    up[:n] = u
+    U = up.reshape(M, K, L, m)
+    k = np.arange(K + 1)
+    P = lam[None, :] ** k[:, None]  # (K+1, m): λ^k
+    diff = k[:K, None] - k[None, :K]
+    s_loc = np.empty_like(U)
+    for i in range(m):
+        T = np.where(diff >= 0, P[np.clip(diff, 0, None), i], 0.0)  # T[k, j] = λ_i^{k−j}
+        s_loc[..., i] = T @ U[..., i]
+    c = np.zeros((M + 1, L, m), dtype=np.complex128)
+    for j in range(M):
+        c[j + 1] = P[K] * c[j] + s_loc[j, K - 1]  # carry: s at the end of chunk j
+    s = s_loc + P[1:, None, :] * c[:M, None]  # s[k] = s_loc[k] + λ^{k+1} c
+    return s.reshape(M * K, L, m)[:n]
+
+
+def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
     r"""Run the diagonal SSM ``s_i[n] = λ_i s_i[n−1] + B_i x[n]``, ``y[n] = Re Σ_i C_i s_i[n] + D x[n]``.
 
     Implements Eq. (13.26) of the book in the time domain (P-29 of Lutati et al. with the state
     update including the current input). The vectorized path runs the m independent complex
-    first-order recursions with the associative scan (:func:`refimpl._scan.linear_scan`).
+    first-order recursions by the chunked scan (a Toeplitz product inside chunks of 64 samples,
+    the carried state between them — the "chunked" form of Mamba-2/SSD); ``scan="associative"``
+    uses the Hillis–Steele associative scan (:func:`refimpl._scan.linear_scan`) instead, the
+    shape of a GPU kernel (O(N log N) work).
 
     Parameters
     ----------
     lam, B, C : array_like, shape (m,)
     D : float
     x : array_like, shape (N,) or (..., N, d)
+    scan : {"chunked", "associative"}
+        The parallel algorithm for the recursions (both exact up to round-off).
 
     Returns
     -------
     y : ndarray float64, the shape of ``x``
     """
+    check_option(scan, "scan", ("chunked", "associative"))
     lam, B, C, D, x, was_1d = _ssm_checked(lam, B, C, D, x)
     u = x[..., None] * B  # (..., N, d, m): B_i x[n]
-    s = linear_scan(np.broadcast_to(lam, u.shape), u, axis=-3)  # s[n] = λ s[n−1] + B x[n]
+    if scan == "associative":
+        s = linear_scan(np.broadcast_to(lam, u.shape), u, axis=-3)  # s[n] = λ s[n−1] + B x[n]
+    else:
+        n, lead, d = x.shape[-2], x.shape[:-2], x.shape[-1]
+        flat = np.moveaxis(u, -3, 0).reshape(n, -1, lam.size)
+        with np.errstate(over="ignore", invalid="ignore"):
+            s = _chunked_diagonal_scan(lam, flat)
+        s = np.moveaxis(s.reshape((n,) + lead + (d, lam.size)), 0, -3)
     y = (s @ C).real + D * x
     return y[:, 0] if was_1d else y
 
 
-def diagonal_ssm_filter_loop(lam, B, C, D, x):
-    """Loop twin of :func:`diagonal_ssm_filter`: the m recursions, sample by sample."""
+def diagonal_ssm_filter_loop(lam, B, C, D, x, *, scan="chunked"):
+    """Loop twin of :func:`diagonal_ssm_filter`: the m recursions, sample by sample (``scan`` is ignored)."""
+    check_option(scan, "scan", ("chunked", "associative"))
     lam, B, C, D, x, was_1d = _ssm_checked(lam, B, C, D, x)
     y = np.empty_like(x)
     s = np.zeros(x.shape[:-2] + (x.shape[-1], lam.size), dtype=np.complex128)

@@ -756,6 +756,8 @@ class TestSSM:
         x = rng.normal(size=(2, 150, 3))
         ref = ss.lfilter(b, a, x, axis=-2)
         close(iir.diagonal_ssm_filter(lam, B, C, D, x), ref, rtol=1e-12, what="diagonal SSM vs lfilter")
+        close(iir.diagonal_ssm_filter(lam, B, C, D, x, scan="associative"), ref, rtol=1e-12,
+              what="diagonal SSM (associative scan) vs lfilter")
         close(iir.diagonal_ssm_filter_loop(lam, B, C, D, x), ref, rtol=1e-12, what="diagonal SSM loop vs lfilter")
 
     def test_ssm_to_biquad_formula_against_recurrence(self):
@@ -771,6 +773,17 @@ class TestSSM:
               what="ssm_to_biquad vs recurrence")
         close(iir.diagonal_ssm_filter(lam, Bv, Cv, D, x), iir.diagonal_ssm_filter_loop(lam, Bv, Cv, D, x), rtol=SELF,
               what="diagonal_ssm_filter loop twin")
+
+    @pytest.mark.parametrize("n", [1, 63, 64, 65, 500])
+    def test_chunked_scan_lengths(self, n):
+        rng = np.random.default_rng(n)
+        lam = np.array([0.9 * np.exp(0.3j), 0.5, -0.7])
+        B, C = rng.normal(size=3) + 1j * rng.normal(size=3), rng.normal(size=3) + 1j * rng.normal(size=3)
+        x = rng.normal(size=(2, n, 3))
+        close(iir.diagonal_ssm_filter(lam, B, C, 0.3, x), iir.diagonal_ssm_filter_loop(lam, B, C, 0.3, x), rtol=SELF,
+              what="diagonal_ssm_filter loop twin")
+        close(iir.diagonal_ssm_filter(lam, B, C, 0.3, x, scan="associative"),
+              iir.diagonal_ssm_filter_loop(lam, B, C, 0.3, x), rtol=SELF, what="diagonal_ssm_filter loop twin")
 
     def test_focus_all_pole(self):
         """residuez([1], [1, θ0, θ1]): residues p_i/(p_i − p_j), no direct term."""
@@ -793,5 +806,7 @@ class TestSSM:
             iir.diagonal_ssm_filter([0.5, 0.2], [1], [1, 1], 0.0, np.ones(3))
         with pytest.raises(ValueError, match="^D: expected 0 dimensions"):
             iir.diagonal_ssm_filter_loop([0.5], [1], [1], [0.0, 1.0], np.ones(3))
+        with pytest.raises(ValueError, match="^scan:"):
+            iir.diagonal_ssm_filter([0.5], [1], [1], 0.0, np.ones(3), scan="serial")
         with pytest.raises(ValueError, match="^A: expected finite"):
             iir.scalar_ssm_to_iir(np.nan, 1.0, 1.0, 0.0)
