@@ -4,14 +4,15 @@ Each public module pairs with a chapter of the book (``book.toml``):
 
 ``refimpl.sde``        the linear Itô SDE: model, exact discretization, sampling (chapter 1)
 ``refimpl.lyapunov``   closed-form differential Lyapunov covariances (chapter 2)
+``refimpl.iir``        classical IIR filters: biquads, SOS, stability, s→z design, IIR ↔ SSM (chapter 13)
 
 Every computation ``f`` has a loop twin ``f_loop`` that reads like the equation; tests assert
 they agree, and check both against independent oracles (SciPy, closed forms). The tolerance
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import lyapunov, sde
+from . import iir, lyapunov, sde
 
 __version__ = "0.1.0"
 
-__all__ = ["lyapunov", "sde", "__version__"]
+__all__ = ["iir", "lyapunov", "sde", "__version__"]

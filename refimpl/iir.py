@@ -700,7 +700,7 @@ def analog_frequency_response(b, a, w):
     r"""Analog frequency response ``H(iΩ) = Σ b_k (iΩ)^{M−k} / Σ a_k (iΩ)^{N−k}``.
 
     Coefficients are of descending powers of ``s`` (``scipy.signal.freqs`` convention); ``w``
-    is in rad/s. Used to compare prototypes with their discretizations (Eq. 13.13).
+    is in rad/s. The analog side of Eqs. (13.15)–(13.18): prototypes vs their discretizations.
     """
     b = as_real_array(b, "b", ndim=1)
     a = as_real_array(a, "a", ndim=1)
