@@ -1240,7 +1240,7 @@ def _design(proto, order, wn, btype, fs, output):
 def butter(order, wn, btype="lowpass", *, fs=2.0, output="zpk"):
     r"""Digital Butterworth filter: prototype poles, pre-warping, frequency transformation, bilinear.
 
-    Implements the design chain of §13.6 of the book: :func:`buttap` (Eq. 13.15) →
+    Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. 13.15) →
     :func:`prewarp` (13.18) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`
     (13.19–13.21) → :func:`bilinear_zpk` (13.17).
 
