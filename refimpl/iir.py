@@ -1365,31 +1365,35 @@ def _ssm_checked(lam, B, C, D, x):
     return lam, B, C, D, x, was_1d
 
 
-def _chunked_diagonal_scan(lam: np.ndarray, u: np.ndarray, block: int = BLOCK) -> np.ndarray:
-    """All states of s[n] = λ ⊙ s[n−1] + u[n] (s[−1] = 0) for u (N, L, m), chunk by chunk.
+def _chunked_diagonal_scan(lam: np.ndarray, rho: np.ndarray, x: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """``Σ_i ρ_i g_i[n]`` for ``g_i[n] = λ_i g_i[n−1] + x[n]`` (g[−1] = 0), real x (N, L), chunk by chunk.
 
-    Within a chunk of K samples the states from a zero start are one product with the
-    lower-triangular Toeplitz matrix ``T_i[k, j] = λ_i^{k−j}`` per mode; the chunk-start state
-    ``c`` adds ``λ^{k+1} c``; only ``c`` is carried across chunks (``c' = λ^K c + s_loc[K−1]``).
+    (``s_i = B_i g_i`` and ``C_i s_i = ρ_i g_i`` with ρ_i = C_i B_i.) Within a chunk of K samples
+    the states from a zero start are one product with the lower-triangular Toeplitz matrix
+    ``T_i[k, j] = λ_i^{k−j}`` — applied to the real input as two real matrix products; the
+    chunk-start state ``c`` adds ``λ^{k+1} c``; only ``c`` is carried across chunks
+    (``c' = λ^K c + g_loc[K−1]``).
     """
-    n, L, m = u.shape
+    n, L = x.shape
     K = max(min(block, n), 1)
     M = -(-n // K)
-    up = np.zeros((M * K, L, m), dtype=np.complex128)
-    up[:n] = u
-    U = up.reshape(M, K, L, m)
+    X = np.zeros((M * K, L))
+    X[:n] = x
+    X = X.reshape(M, K, L)
     k = np.arange(K + 1)
-    P = lam[None, :] ** k[:, None]  # (K+1, m): λ^k
     diff = k[:K, None] - k[None, :K]
-    s_loc = np.empty_like(U)
-    for i in range(m):
-        T = np.where(diff >= 0, P[np.clip(diff, 0, None), i], 0.0)  # T[k, j] = λ_i^{k−j}
-        s_loc[..., i] = T @ U[..., i]
-    c = np.zeros((M + 1, L, m), dtype=np.complex128)
-    for j in range(M):
-        c[j + 1] = P[K] * c[j] + s_loc[j, K - 1]  # carry: s at the end of chunk j
-    s = s_loc + P[1:, None, :] * c[:M, None]  # s[k] = s_loc[k] + λ^{k+1} c
-    return s.reshape(M * K, L, m)[:n]
+    out = np.zeros((M, K, L), dtype=np.complex128)
+    for i in range(lam.size):
+        P = lam[i] ** k  # λ^0 .. λ^K
+        T = np.where(diff >= 0, P[np.clip(diff, 0, None)], 0.0)  # T[k, j] = λ_i^{k−j}
+        g = np.empty((M, K, L), dtype=np.complex128)
+        g.real, g.imag = T.real @ X, T.imag @ X  # zero-start states inside every chunk
+        c = np.zeros((M, L), dtype=np.complex128)  # state entering chunk j
+        for j in range(1, M):
+            c[j] = P[K] * c[j - 1] + g[j - 1, K - 1]  # carry: g at the end of chunk j − 1
+        g += P[1:, None] * c[:, None, :]  # g[k] = g_loc[k] + λ^{k+1} c
+        out += rho[i] * g
+    return out.reshape(M * K, L)[:n]
 
 
 def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
@@ -1416,15 +1420,16 @@ def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
     """
     check_option(scan, "scan", ("chunked", "associative"))
     lam, B, C, D, x, was_1d = _ssm_checked(lam, B, C, D, x)
-    u = x[..., None] * B  # (..., N, d, m): B_i x[n]
     if scan == "associative":
+        u = x[..., None] * B  # (..., N, d, m): B_i x[n]
         s = linear_scan(np.broadcast_to(lam, u.shape), u, axis=-3)  # s[n] = λ s[n−1] + B x[n]
     else:
         n, lead, d = x.shape[-2], x.shape[:-2], x.shape[-1]
-        flat = np.moveaxis(u, -3, 0).reshape(n, -1, lam.size)
+        xf = np.moveaxis(x, -2, 0).reshape(n, -1)  # (N, L)
         with np.errstate(over="ignore", invalid="ignore"):
-            s = _chunked_diagonal_scan(lam, flat)
-        s = np.moveaxis(s.reshape((n,) + lead + (d, lam.size)), 0, -3)
+            cs = _chunked_diagonal_scan(lam, C * B, xf)  # Σ_i C_i s_i[n], (N, L)
+        y = np.moveaxis(cs.real.reshape((n,) + lead + (d,)), 0, -2) + D * x
+        return y[:, 0] if was_1d else y
     y = (s @ C).real + D * x
     return y[:, 0] if was_1d else y
 
