@@ -1,6 +1,6 @@
 """refimpl — a float64 NumPy/SciPy reference implementation of attention as adaptive filtering.
 
-Each public module pairs with a chapter of the book (``book.toml``):
+Each public module pairs with chapters of the book (``book.toml``):
 
 ``refimpl.sde``         the linear Itô SDE: model, exact discretization, sampling (chapter 1)
 ``refimpl.lyapunov``    closed-form differential Lyapunov covariances (chapter 2)
@@ -8,14 +8,15 @@ Each public module pairs with a chapter of the book (``book.toml``):
 ``refimpl.attention``   scaled dot-product and multi-head attention as data-dependent filters (chapter 4)
 ``refimpl.positional``  sinusoidal encodings and RoPE (chapter 5)
 ``refimpl.afa``         Adaptive Filter Attention: tensor and isotropic forms, IRLS (chapters 7–8)
+``refimpl.iir``         classical IIR filters: biquads, SOS, stability, s→z design, IIR ↔ SSM (chapter 13)
 
 Every computation ``f`` has a loop twin ``f_loop`` that reads like the equation; tests assert
 they agree, and check both against independent oracles (SciPy, closed forms). The tolerance
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import afa, attention, kalman, lyapunov, positional, sde
+from . import afa, attention, iir, kalman, lyapunov, positional, sde
 
 __version__ = "0.1.0"
 
-__all__ = ["afa", "attention", "kalman", "lyapunov", "positional", "sde", "__version__"]
+__all__ = ["afa", "attention", "iir", "kalman", "lyapunov", "positional", "sde", "__version__"]

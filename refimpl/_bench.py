@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import attention, kalman, lyapunov, sde
+from . import attention, iir, kalman, lyapunov, sde
 from ._testing import rel_error
 
 __all__ = ["Case", "CASES", "run_case", "run", "main"]
@@ -176,6 +176,26 @@ def _mha(quick: bool):
     n, d, h = (16, 16, 2) if quick else (128, 64, 8)
     w = rng.normal(size=(4, d, d)) / np.sqrt(d)
     return (rng.normal(size=(n, d)), *w, h), {"causal": True}
+def _biquad(quick: bool):
+    n, d = (2_000, 16) if quick else (100_000, 16)
+    x = np.random.default_rng(5).normal(size=(n, d))
+    return ([0.2, 0.3, 0.1], [1.0, -1.6, 0.8], x), {}
+
+
+def _sos(quick: bool):
+    n, d = (2_000, 16) if quick else (100_000, 16)
+    sos = iir.butter(8, [0.1, 0.2], "bandpass", output="sos")
+    return (sos, np.random.default_rng(6).normal(size=(n, d))), {}
+
+
+def _ssm(quick: bool):
+    n, d = (2_000, 16) if quick else (100_000, 16)
+    lam, B, C, D = iir.biquad_to_ssm([0.2, 0.3, 0.1], [1.0, -1.6, 0.8])
+    return (lam, B, C, D, np.random.default_rng(7).normal(size=(n, d))), {}
+
+
+def _freq(quick: bool):
+    return iir.butter(8, 0.3, output="ba") + (2_048 if quick else 65_536,), {}
 
 
 CASES: list[Case] = [
@@ -265,6 +285,36 @@ CASES: list[Case] = [
         attention.multihead_attention_loop,
         _mha,
         lambda q: "N=16, d=16, h=2" if q else "N=128, d=64, h=8",
+    ),
+    Case(
+        "iir.biquad_filter (block-recursive)",
+        iir.biquad_filter,
+        iir.biquad_filter_loop,
+        _biquad,
+        lambda q: "2e3 x 16 ch" if q else "1e5 x 16 ch",
+        target=100.0,
+        notes="loop twin is vectorized over channels; scipy.signal.lfilter itself is ~25x faster than it",
+    ),
+    Case(
+        "iir.sos_filter (8th-order bandpass, 8 sections)",
+        iir.sos_filter,
+        iir.sos_filter_loop,
+        _sos,
+        lambda q: "2e3 x 16 ch" if q else "1e5 x 16 ch",
+    ),
+    Case(
+        "iir.diagonal_ssm_filter (chunked scan)",
+        iir.diagonal_ssm_filter,
+        iir.diagonal_ssm_filter_loop,
+        _ssm,
+        lambda q: "2e3 x 16 ch" if q else "1e5 x 16 ch",
+    ),
+    Case(
+        "iir.frequency_response (order 8)",
+        iir.frequency_response,
+        iir.frequency_response_loop,
+        _freq,
+        lambda q: "2048 freqs" if q else "65536 freqs",
     ),
 ]
 
