@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import attention, iir, kalman, lyapunov, sde
+from . import afa, attention, iir, kalman, lyapunov, sde
 from ._testing import rel_error
 
 __all__ = ["Case", "CASES", "run_case", "run", "main"]
@@ -198,6 +198,32 @@ def _freq(quick: bool):
     return iir.butter(8, 0.3, output="ba") + (2_048 if quick else 65_536,), {}
 
 
+def _afa_pairs(x):
+    return np.stack([x.real, x.imag], axis=-1).reshape(x.shape[:-1] + (-1,))
+
+
+def _isotropic_afa(quick: bool):
+    rng = np.random.default_rng(9)
+    n, d = (256, 16) if quick else (2048, 64)
+    q, k, v = (rng.normal(size=(n, d)) + 1j * rng.normal(size=(n, d)) for _ in range(3))
+    kw = dict(mu=0.05, omega=rng.normal(size=d), sigma2=0.1, eta2=0.5, gamma2=0.1, nu=float(d))
+    return (q / np.sqrt(d), k / np.sqrt(d), v), kw
+
+
+def _softmax_on_pairs(q, k, v, **_):
+    """Causal softmax attention on the real (N, 2d) form of the same tokens (the cost to match)."""
+    return attention.softmax_attention(_afa_pairs(q), _afa_pairs(k), _afa_pairs(v), causal=True)
+
+
+def _tensor_afa(quick: bool):
+    rng = np.random.default_rng(10)
+    n, d = (24, 4) if quick else (128, 8)
+    q, k, v = (rng.normal(size=(n, d)) + 1j * rng.normal(size=(n, d)) for _ in range(3))
+    lam = -rng.uniform(0.0, 0.3, d) + 1j * rng.normal(size=d)
+    kw = dict(eigvals=lam, sigma2=rng.uniform(0.1, 0.5, d), eta2=0.5, gamma2=0.1, nu=4.0)
+    return (q, k, v), kw
+
+
 CASES: list[Case] = [
     Case(
         "dle_covariance (diagonal noise)",
@@ -287,6 +313,25 @@ CASES: list[Case] = [
         lambda q: "N=16, d=16, h=2" if q else "N=128, d=64, h=8",
     ),
     Case(
+        "afa (tensor form) vs loop twin",
+        afa.afa,
+        afa.afa_loop,
+        _tensor_afa,
+        lambda q: "N=24, d=4" if q else "N=128, d=8",
+        target=50.0,
+    ),
+    Case(
+        "isotropic_afa vs causal softmax attention",
+        afa.isotropic_afa,
+        None,
+        _isotropic_afa,
+        lambda q: "N=256, d=16" if q else "N=2048, d=64",
+        reference=_softmax_on_pairs,
+        reference_name="softmax (N, 2d)",
+        reference_target=3.0,
+        notes="issue 5: time and peak memory each at most 3x softmax attention on the real (N, 2d) tokens",
+    ),
+    Case(
         "iir.biquad_filter (block-recursive)",
         iir.biquad_filter,
         iir.biquad_filter_loop,
@@ -344,6 +389,8 @@ def run_case(case: Case, quick: bool = False) -> dict:
         record["reference_s"] = t_ref
         record["reference_ratio"] = t_vec / t_ref
         record["reference_target"] = case.reference_target
+        record["peak_bytes_reference"] = _peak_memory(case.reference, args, kwargs)
+        record["peak_ratio_vs_reference"] = record["peak_bytes_vectorized"] / max(record["peak_bytes_reference"], 1)
     if case.scaling is not None and not quick:
         ns = np.array(case.scaling_ns, dtype=float)
         times = [_time(case.vectorized, *case.scaling(int(n)))[0] for n in ns]
@@ -376,6 +423,7 @@ def run(quick: bool = False, only: list[str] | None = None, stream=None) -> list
             target = r["reference_target"]
             ok = "" if target is None else f" (target ≤ {target:g}: {'met' if r['reference_ratio'] <= target else 'MISSED'})"
             verdict += f"  vectorized/{r['reference']} = {r['reference_ratio']:.2f}{ok}"
+            verdict += f", peak memory ratio {r['peak_ratio_vs_reference']:.2f}"
         print(
             f"  {r['name']:<46} {r['size']:<20} vectorized {r['vectorized_s'] * 1e3:9.2f} ms   "
             f"{loop}{verdict}{scaling}   "

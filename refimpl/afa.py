@@ -244,9 +244,10 @@ def afa(
     return_weights : bool
         Also return A, shape (..., N, N, d), ``A[..., i, j, k]``.
     return_intermediates : bool
-        Also return a dict with ``A``, ``P``, ``R`` (..., N, N, d), ``d2`` (..., N, N) and
-        ``logits`` (..., N, N, d) (−inf where not allowed). ``R`` of pushed-back pairs can overflow
-        to inf for very long non-causal lags; every other output stays finite.
+        Also return a dict with ``A``, ``R`` (..., N, N, d), ``P`` (N, N, d) (the same for every
+        batch element), ``d2`` (..., N, N) and ``logits`` (..., N, N, d) (−inf where not allowed).
+        ``R`` of pushed-back pairs can overflow to inf for very long non-causal lags; every other
+        output stays finite.
 
     Returns
     -------
@@ -596,7 +597,7 @@ def afa_irls(
     Returns
     -------
     estimates : ndarray of complex128, shape (n_iter, ..., N, d)
-        ``z̄⁽¹⁾ … z̄⁽ⁿ⁾``, the estimate after each iteration.
+        ``ẑ⁽¹⁾ … ẑ⁽ⁿ⁾``, the relaxed estimate after each iteration (the AFA output itself when α = 1).
     """
     if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
         raise ValueError(f"n_iter: expected an integer >= 1, got {n_iter!r}")
