@@ -473,32 +473,57 @@ def isotropic_afa(
     lag = _LagKernels(t, mu, sigma2[0], eta2[0], gamma2[0])  # E, Σ, log P as functions of Δt_ij
     rot = np.exp(-1j * omega * t[:, None])  # e^{−iωt}, (N, d)
     q_rot, k_rot = q * rot, k * rot  # q̃, k̃
-    # Re(q̃_i^† k̃_j) as one real matmul of width 2d
+    # Re(q̃_i^† k̃_j) as one real matmul of width 2d: keep the (re, im) halves side by side
     q2 = np.concatenate([q_rot.real, q_rot.imag], axis=-1)
-    k2 = np.concatenate([k_rot.real, k_rot.imag], axis=-1)
-    x = q2 @ np.swapaxes(k2, -1, -2)  # (..., N, N); the buffer becomes ‖R‖², d², L, A in turn
+    k2t = np.swapaxes(np.concatenate([k_rot.real, k_rot.imag], axis=-1), -1, -2)
     nq = np.sum(np.abs(q) ** 2, axis=-1)[..., :, None]  # ‖q_i‖²
     nk = np.sum(np.abs(k) ** 2, axis=-1)[..., None, :]  # ‖k_j‖²
-    E = lag.decay  # e^{−μ|Δt|} ≤ 1
+    values = v * rot if rotate_values else v  # ṽ = e^{−iωt} ⊙ v
+    out = np.empty(np.broadcast_shapes(q.shape, v.shape), dtype=np.complex128)
+    weights = np.empty(q.shape[:-1] + (N,)) if return_weights else None
+    # Every step is row-wise (a softmax over keys per query), so queries are processed in blocks of
+    # rows: peak memory O(block · N + N d) instead of several N × N buffers.
+    block = max(1, min(N, _ROW_BLOCK // N))
+    for r0 in range(0, N, block):
+        rows = slice(r0, min(N, r0 + block))
+        out[..., rows, :], w = _isotropic_rows(
+            rows, q2[..., rows, :], k2t, nq[..., rows, :], nk, values, lag, mu, nu, kappa, weight, temperature,
+            causal, return_weights,
+        )
+        if return_weights:
+            weights[..., rows, :] = w
+    if rotate_values:
+        out *= np.conj(rot)  # counter-rotate: v̄ = e^{iωt} ⊙ (Â ṽ)
+    return (out, weights) if return_weights else out
+
+
+#: Rows × keys per block in :func:`isotropic_afa` (2**19 float64 = 4 MiB per buffer).
+_ROW_BLOCK = 2**19
+
+
+def _isotropic_rows(rows, q2, k2t, nq, nk, values, lag, mu, nu, kappa, weight, temperature, causal, return_weights):
+    """Eqs. (8.1)–(8.3) for one block of query rows; returns Â ṽ normalized (before counter-rotation)."""
+    x = q2 @ k2t  # Re(q̃_i^† k̃_j), (..., rows, N); the buffer becomes ‖R‖², d², L, A in turn
+    E = lag.decay[rows]  # e^{−μ|Δt|} ≤ 1
     x *= -2.0 * E
     if causal:  # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃)  (Eq. 8.2); pairs j > i are masked anyway
         x += nq
-        x += lag.decay_sq * nk
+        x += lag.decay_sq[rows] * nk
     else:  # pushed-back pairs, scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃)
-        x += np.where(lag.forward, nq + lag.decay_sq * nk, lag.decay_sq * nq + nk)
+        x += np.where(lag.forward[rows], nq + lag.decay_sq[rows] * nk, lag.decay_sq[rows] * nq + nk)
     np.maximum(x, 0.0, out=x)  # the identity can cancel to a tiny negative number
-    x /= lag.scaled_cov  # d² = P ‖R‖²
+    x /= lag.scaled_cov[rows]  # d² = P ‖R‖²
     if weight == "student":
         x /= nu
         np.log1p(x, out=x)
         x *= -kappa  # −κ log(1 + d²/ν)
     else:
         x *= -1.0 / nu  # −d²/ν
-    x += lag.log_p  # L = log P − robust penalty  (Eq. 7.5)
+    x += lag.log_p[rows]  # L = log P − robust penalty  (Eq. 7.5)
     if temperature != 1.0:
         x *= temperature
     if causal:
-        np.putmask(x, np.broadcast_to(lag.later, x.shape), -np.inf)
+        np.putmask(x, np.broadcast_to(lag.later[rows], x.shape), -np.inf)
     x -= np.max(x, axis=-1, keepdims=True)  # finite: the diagonal j = i is always allowed
     if causal:
         np.exp(x, out=x)
@@ -508,13 +533,9 @@ def isotropic_afa(
     else:  # e^{−μΔt} > 1 for pushed-back pairs: combine in log space
         total = np.sum(np.exp(x), axis=-1, keepdims=True)
         weights = np.exp(x) / total if return_weights else None
-        x -= mu * lag.dt
+        x -= mu * lag.dt[rows]
         np.exp(x, out=x)
-    if rotate_values:
-        out = np.conj(rot) * ((x @ (v * rot)) / total)  # v̄ = e^{iωt} ⊙ Â (e^{−iωt} ⊙ v)
-    else:
-        out = (x @ v) / total
-    return (out, weights) if return_weights else out
+    return (x @ values) / total, weights
 
 
 def isotropic_afa_loop(
