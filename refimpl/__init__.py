@@ -8,6 +8,7 @@ Each public module pairs with chapters of the book (``book.toml``):
 ``refimpl.attention``   scaled dot-product and multi-head attention as data-dependent filters (chapter 4)
 ``refimpl.positional``  sinusoidal encodings and RoPE (chapter 5)
 ``refimpl.afa``         Adaptive Filter Attention: tensor and isotropic forms, IRLS (chapters 7–8)
+``refimpl.rt_sde``      the radial–tangential SDE, a reconstruction: RT precisions and attention (chapter 9)
 ``refimpl.iir``         classical IIR filters: biquads, SOS, stability, s→z design, IIR ↔ SSM (chapter 13)
 
 Every computation ``f`` has a loop twin ``f_loop`` that reads like the equation; tests assert
@@ -15,8 +16,8 @@ they agree, and check both against independent oracles (SciPy, closed forms). Th
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import afa, attention, iir, kalman, lyapunov, positional, sde
+from . import afa, attention, iir, kalman, lyapunov, positional, rt_sde, sde
 
 __version__ = "0.1.0"
 
-__all__ = ["afa", "attention", "iir", "kalman", "lyapunov", "positional", "sde", "__version__"]
+__all__ = ["afa", "attention", "iir", "kalman", "lyapunov", "positional", "rt_sde", "sde", "__version__"]
