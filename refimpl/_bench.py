@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import afa, attention, iir, kalman, lyapunov, sde
+from . import afa, attention, iir, kalman, lyapunov, rt_sde, sde
 from ._testing import rel_error
 
 __all__ = ["Case", "CASES", "run_case", "run", "main"]
@@ -224,6 +224,16 @@ def _tensor_afa(quick: bool):
     return (q, k, v), kw
 
 
+def _rt_attention(quick: bool):
+    rng = np.random.default_rng(11)
+    n, d = (16, 3) if quick else (96, 4)
+    x = rng.normal(size=(3, n, d))
+    w = rng.normal(size=(d, d))
+    kw = dict(mu=0.1, omega=w - w.T, sigma2_perp=0.2, sigma2_par=0.05, eta2_perp=0.3, eta2_par=0.1,
+              gamma2_perp=0.1, gamma2_par=0.1, nu=4.0)
+    return (x[0], x[1], x[2]), kw
+
+
 CASES: list[Case] = [
     Case(
         "dle_covariance (diagonal noise)",
@@ -330,6 +340,13 @@ CASES: list[Case] = [
         reference_name="softmax (N, 2d)",
         reference_target=3.0,
         notes="issue 5: time and peak memory each at most 3x softmax attention on the real (N, 2d) tokens",
+    ),
+    Case(
+        "rt_sde.rt_attention vs loop twin",
+        rt_sde.rt_attention,
+        rt_sde.rt_attention_loop,
+        _rt_attention,
+        lambda q: "N=16, d=3" if q else "N=96, d=4",
     ),
     Case(
         "iir.biquad_filter (block-recursive)",
