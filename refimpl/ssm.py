@@ -234,7 +234,8 @@ def hippo_legs_online(u, N):
 
     .. math::  (I - \tfrac{1}{2t}A)\,c_t = (I + \tfrac{1}{2t}A)\,c_{t-1} + \tfrac1t B f_t .
 
-    A constant signal is an exact fixed point (``A e_0 = −B``). Reconstruct with
+    The first sample is the constant history on [0, 1], ``c_1 = f_1 e_0``; a constant signal
+    then stays an exact fixed point (``A e_0 = −B``). Reconstruct with
     :func:`legs_reconstruct`. This loop *is* the algorithm (each step has its own matrix).
     """
     N = _check_size(N, "N")
@@ -248,6 +249,10 @@ def hippo_legs_online(u, N):
     out = np.empty(u.shape + (N,))
     for k in range(L):
         t = k + 1.0
+        if k == 0:  # on [0, 1] the history is the constant f_1: its projection is f_1 e_0
+            c = u[..., 0, :, None] * eye[0]
+            out[..., 0, :, :] = c
+            continue
         lhs = eye - A / (2.0 * t)  # I − A/(2t), lower triangular
         rhs = c @ (eye + A / (2.0 * t)).T + (u[..., k, :, None] / t) * B  # (I + A/2t) c + B f / t
         c = scipy.linalg.solve_triangular(lhs, rhs.reshape(-1, N).T, lower=True).T.reshape(rhs.shape)
@@ -479,11 +484,12 @@ def _s4d_args(A, B, C, step, L, method):
     A = as_array(A, "A")
     if A.ndim < 1 or A.shape[-1] < 1:
         raise ValueError(f"A: expected a diagonal of shape (..., N) with N >= 1, got shape {A.shape}")
-    N = A.shape[-1]
     B, C = as_array(B, "B"), as_array(C, "C")
     for name, v in (("B", B), ("C", C)):
-        if v.ndim < 1 or v.shape[-1] != N:
-            raise ValueError(f"{name}: expected shape (..., {N}) to match A, got shape {v.shape}")
+        try:
+            np.broadcast_shapes(v.shape, A.shape[-1:])
+        except ValueError:
+            raise ValueError(f"{name}: expected shape (..., {A.shape[-1]}) broadcastable with A, got shape {v.shape}") from None
     Ab, Bb = discretize(A, B, step, method, diagonal=True)
     try:
         batch = np.broadcast_shapes(Ab.shape[:-1], Bb.shape[:-1], C.shape[:-1])
