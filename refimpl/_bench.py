@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import lyapunov, sde
+from . import lyapunov, sde, ssm
 
 __all__ = ["Case", "CASES", "run_case", "run", "main"]
 
@@ -39,7 +39,7 @@ class Case:
 
     name: str
     vectorized: Callable
-    loop: Callable
+    loop: Callable | None  # None: time the vectorized function alone (no loop at this size)
     setup: Callable[[bool], tuple]  # quick -> (args, kwargs)
     size: Callable[[bool], str]  # quick -> human-readable size
     target: float | None = None  # the issue's minimum loop/vectorized ratio
@@ -115,6 +115,34 @@ def _discretize(quick: bool):
     return (sde.spiral_system(0.3, 0.5), t), {}
 
 
+def _ssm_conv(quick: bool):
+    rng = np.random.default_rng(5)
+    L, H, N = (64, 4, 8) if quick else (512, 32, 16)
+    A, B = ssm.hippo_legs(N)
+    steps = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), H))
+    disc = [ssm.discretize(A, B, s) for s in steps]
+    Ab, Bb = np.stack([d[0] for d in disc]), np.stack([d[1] for d in disc])
+    return (rng.normal(size=(L, H)), Ab, Bb, rng.normal(size=(H, N)), np.ones(H)), {}
+
+
+def _selective(quick: bool):
+    rng = np.random.default_rng(6)
+    L, d, n = (64, 4, 4) if quick else (512, 32, 16)
+    u = rng.normal(size=(L, d))
+    delta = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), (L, d)))
+    A = -np.broadcast_to(np.arange(1.0, n + 1), (d, n))  # S4D-Real init
+    return (u, delta, A, rng.normal(size=(L, n)), rng.normal(size=(L, n)), np.ones(d)), {}
+
+
+def _s4d(quick: bool):
+    rng = np.random.default_rng(7)
+    L, N, H = (256, 8, 4) if quick else (16384, 64, 64)
+    A = np.broadcast_to(-0.5 + 1j * np.pi * np.arange(N), (H, N))  # S4D-Lin
+    C = rng.normal(size=(H, N)) + 1j * rng.normal(size=(H, N))
+    step = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), H))
+    return (A, 1.0, C, step, L), {"conj_pairs": True}
+
+
 CASES: list[Case] = [
     Case(
         "dle_covariance (diagonal noise)",
@@ -162,6 +190,37 @@ CASES: list[Case] = [
         _sample,
         lambda q: "N=200, 4 paths" if q else "N=5000, 16 paths",
     ),
+    Case(
+        "ssm_convolution vs ssm_recurrent (HiPPO)",
+        ssm.ssm_convolution,
+        ssm.ssm_recurrent,
+        _ssm_conv,
+        lambda q: "L=64, H=4, N=8" if q else "L=512, H=32, N=16",
+        target=50.0,
+    ),
+    Case(
+        "selective_scan vs selective_scan_loop",
+        ssm.selective_scan,
+        ssm.selective_scan_loop,
+        _selective,
+        lambda q: "L=64, d_in=4, n=4" if q else "L=512, d_in=32, n=16",
+        target=50.0,
+    ),
+    Case(
+        "selective_scan_assoc vs selective_scan_loop",
+        ssm.selective_scan_assoc,
+        ssm.selective_scan_loop,
+        _selective,
+        lambda q: "L=64, d_in=4, n=4" if q else "L=512, d_in=32, n=16",
+    ),
+    Case(
+        "s4d_kernel (blocked Vandermonde)",
+        ssm.s4d_kernel,
+        None,
+        _s4d,
+        lambda q: "L=256, N=8, H=4" if q else "L=16384, N=64, H=64",
+        notes="no loop at this size; peak memory is the point (the full Vandermonde is 1 GiB)",
+    ),
 ]
 
 
@@ -169,7 +228,10 @@ def run_case(case: Case, quick: bool = False) -> dict:
     """Time one case; returns a JSON-serializable record."""
     args, kwargs = case.setup(quick)
     t_vec = _time(case.vectorized, args, kwargs)
-    t_loop = _time(case.loop, args, kwargs, min_time=0.05 if quick else 0.0, min_repeat=1)
+    if case.loop is None:
+        t_loop = float("nan")
+    else:
+        t_loop = _time(case.loop, args, kwargs, min_time=0.05 if quick else 0.0, min_repeat=1)
     record = {
         "name": case.name,
         "size": case.size(quick),

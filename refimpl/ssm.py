@@ -53,6 +53,8 @@ References
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.fft
 import scipy.linalg
@@ -90,6 +92,7 @@ __all__ = [
 
 METHODS = ("bilinear", "zoh")
 DISCRETIZATIONS = ("mamba", "zoh")
+_SCAN_BLOCK = 64  # time steps per block of selective_scan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,25 +444,31 @@ def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
 
     Notes
     -----
-    The Krylov sequence ``(B̄, ĀB̄, …, Ā^{L−1}B̄)`` is built by doubling: a block of m columns
-    is extended by ``Ā^m`` times itself, and ``Ā^{2m} = (Ā^m)^2``, so ⌈log₂ L⌉ batched
-    matrix products replace L matrix–vector products (:func:`ssm_kernel_loop`). Both take
-    powers of Ā explicitly, which is fine for a stable Ā in float64 but is exactly what S4
-    avoids for long L (Eq. 11.12).
+    Baby-step giant-step: with T = ⌈√L⌉, ``K̄_{jT+i} = (C Ā^{jT}) (Ā^i B̄)``, so T matrix–vector
+    products give the right factors ``Ā^i B̄`` (i < T), ⌈L/T⌉ row-vector products with
+    ``G = Ā^T`` give the left factors ``C G^j``, and one small matrix product combines them:
+    O(√L) sequential steps (batched over channels) instead of the L of :func:`ssm_kernel_loop`.
+    Both take powers of Ā explicitly, which is fine for a stable Ā in float64 but is exactly
+    what S4 avoids for long L (Eq. 11.12).
     """
     L = _check_size(L, "L")
     Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
-    X = Bb[..., None]  # (..., N, m) Krylov block, m = 1
-    P = Ab  # Ā^m
-    while X.shape[-1] < L:
-        if diagonal:
-            X = np.concatenate([X, P[..., None] * X], axis=-1)  # [X, Ā^m X]
-            P = P * P  # Ā^{2m}
-        else:
-            X = np.concatenate([X, P @ X], axis=-1)
-            P = P @ P
-    X = X[..., :L]
-    return np.einsum("...n,...nl->...l", C, X)  # K̄_ℓ = C Ā^ℓ B̄
+    N = Bb.shape[-1]
+    T = max(1, int(np.ceil(np.sqrt(L))))
+    J = -(-L // T)
+    mul = (lambda M, v: M * v) if diagonal else (lambda M, v: np.matmul(M, v[..., None])[..., 0])
+    right = [np.broadcast_to(Bb, batch + (N,))]
+    for _ in range(T - 1):
+        right.append(mul(Ab, right[-1]))  # Ā^i B̄
+    G = Ab ** T if diagonal else np.linalg.matrix_power(Ab, T)  # G = Ā^T
+    Gt = G if diagonal else np.swapaxes(G, -1, -2)
+    left = [np.broadcast_to(C, batch + (N,))]
+    for _ in range(J - 1):
+        left.append(mul(Gt, left[-1]))  # C Ā^{jT} as (G^T)^j C^T
+    R = np.stack(right, axis=-1)  # (..., N, T)
+    W = np.stack(left, axis=-2)  # (..., J, N)
+    K = np.matmul(W, R)  # K̄_{jT+i} = (C Ā^{jT})(Ā^i B̄): (..., J, T)
+    return K.reshape(K.shape[:-2] + (J * T,))[..., :L]
 
 
 def ssm_kernel_loop(Ab, Bb, C, L, *, diagonal=False):
@@ -809,13 +818,15 @@ def _check_selective(u, delta, A, B, C, D, discretization):
 
 def _discretize_selective(u, delta, A, B, discretization):
     """``Ā_t = exp(Δ_t A)`` and ``B̄_t u_t`` per (…, t, d, n), Eq. (11.14) ("zoh") or (11.15) ("mamba")."""
-    dA = delta[..., None] * A  # Δ_t A, (..., L, d, n)
-    Ab = np.exp(dA)  # Ā_t = e^{Δ_t A}
+    Ab = delta[..., None] * A  # Δ_t A, (..., L, d, n)
     if discretization == "mamba":
-        Bbar = delta[..., None] * B[..., None, :]  # B̄_t = Δ_t B_t (Euler)
+        Bu = (delta * u)[..., None] * B[..., None, :]  # B̄_t u_t = Δ_t B_t u_t (Euler)
     else:
-        Bbar = phi1(A, delta[..., None]) * B[..., None, :]  # B̄_t = (e^{Δ_t A} − 1)/A · B_t
-    return Ab, Bbar * u[..., None]  # (Ā_t, B̄_t u_t)
+        Bu = phi1(A, delta[..., None])  # (e^{Δ_t A} − 1)/A
+        Bu *= B[..., None, :]  # B̄_t = (e^{Δ_t A} − 1)/A · B_t
+        Bu *= u[..., None]
+    np.exp(Ab, out=Ab)  # Ā_t = e^{Δ_t A}; in place: fewer large temporaries
+    return Ab, Bu
 
 
 def _finish_selective(y, h_last, u, D, return_last_state):
@@ -860,18 +871,25 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
                \qquad \bar A_t = e^{Δ_t A}.
 
     This is the recurrent form, one vectorized update over all (batch, channel, state) entries
-    per time step, exactly the loop of ``selective_scan_ref``. Twins: :func:`selective_scan_loop`
+    per time step (the loop of ``selective_scan_ref``), run in place on the precomputed
+    ``B̄_t u_t`` in blocks of 64 time steps (small temporaries, cache-resident); the readout
+    ``y_t = C_t h_t`` is one batched product per block. Twins: :func:`selective_scan_loop`
     (scalar loops), :func:`selective_scan_assoc` (parallel scan), :func:`selective_scan_matrix`
     (semiseparable matrix).
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
-    Ab, Bu = _discretize_selective(u, delta, A, B, discretization)
     L = u.shape[-2]
-    h = np.zeros(Bu.shape[:-3] + Bu.shape[-2:])
     y = np.empty(u.shape)
-    for t in range(L):
-        h = Ab[..., t, :, :] * h + Bu[..., t, :, :]  # h_t = Ā_t h_{t−1} + B̄_t u_t
-        y[..., t, :] = np.einsum("...dn,...n->...d", h, C[..., t, :])  # y_t = C_t h_t
+    h = np.zeros(u.shape[:-2] + A.shape)  # h_{−1} = 0, (..., d, n)
+    for start in range(0, L, _SCAN_BLOCK):  # blocks of time steps: (…, T, d, n) temporaries only
+        sl = slice(start, min(start + _SCAN_BLOCK, L))
+        Ab, H = _discretize_selective(u[..., sl, :], delta[..., sl, :], A, B[..., sl, :], discretization)
+        H[..., 0, :, :] += Ab[..., 0, :, :] * h  # H starts as B̄_t u_t
+        for t in range(1, H.shape[-3]):
+            Ab[..., t, :, :] *= H[..., t - 1, :, :]  # Ā_t h_{t−1}
+            H[..., t, :, :] += Ab[..., t, :, :]  # h_t = Ā_t h_{t−1} + B̄_t u_t
+        h = H[..., -1, :, :].copy()
+        y[..., sl, :] = np.matmul(H, C[..., sl, :, None])[..., 0]  # y_t = C_t h_t for the block
     return _finish_selective(y, h, u, D, return_last_state)
 
 
@@ -881,8 +899,6 @@ def selective_scan_loop(u, delta, A, B, C, D=None, *, discretization="mamba", re
     ``h_{t,d,n} = exp(Δ_{t,d} A_{d,n}) h_{t−1,d,n} + B̄_{t,d,n} u_{t,d}``, ``y_{t,d} = Σ_n C_{t,n} h_{t,d,n}``,
     with ``B̄ = Δ B`` ("mamba") or ``(exp(Δ A) − 1)/A · B`` ("zoh"), in Python floats.
     """
-    import math
-
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
     L, d_in = u.shape[-2:]
     n = A.shape[1]
@@ -890,21 +906,19 @@ def selective_scan_loop(u, delta, A, B, C, D=None, *, discretization="mamba", re
     y = np.empty(u.shape)
     h_last = np.empty(batch + (d_in, n))
     for idx in np.ndindex(*batch):
-        uu, dd, BB, CC = u[idx].tolist(), delta[idx].tolist(), B[idx].tolist(), C[idx].tolist()
         for d in range(d_in):
-            h = [0.0] * n
+            h = np.zeros(n)
             for t in range(L):
-                dt, ut, acc = dd[t][d], uu[t][d], 0.0
+                dt, ut = delta[idx + (t, d)], u[idx + (t, d)]
                 for k in range(n):
                     a = A[d, k]
+                    a_bar = math.exp(dt * a)  # Ā = e^{Δ a}
                     if discretization == "mamba":
-                        bbar = dt * BB[t][k]  # B̄ = Δ B
-                    else:
-                        x = dt * a  # B̄ = (e^{Δa} − 1)/a · B, → Δ B as a → 0
-                        bbar = (math.expm1(x) / a if a != 0.0 else dt) * BB[t][k]
-                    h[k] = math.exp(dt * a) * h[k] + bbar * ut  # h_t = Ā_t h_{t−1} + B̄_t u_t
-                    acc += CC[t][k] * h[k]  # y_t = Σ_n C_{t,n} h_{t,n}
-                y[idx + (t, d)] = acc
+                        b_bar = dt * B[idx + (t, k)]  # B̄ = Δ B
+                    else:  # B̄ = (e^{Δa} − 1)/a · B, → Δ B as a → 0
+                        b_bar = (math.expm1(dt * a) / a if a != 0.0 else dt) * B[idx + (t, k)]
+                    h[k] = a_bar * h[k] + b_bar * ut  # h_t = Ā_t h_{t−1} + B̄_t u_t
+                y[idx + (t, d)] = sum(C[idx + (t, k)] * h[k] for k in range(n))  # y_t = Σ_n C_{t,n} h_{t,n}
             h_last[idx + (d,)] = h
     return _finish_selective(y, h_last, u, D, return_last_state)
 
@@ -925,8 +939,10 @@ def selective_scan_assoc(u, delta, A, B, C, D=None, *, discretization="mamba", r
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
     Ab, Bu = _discretize_selective(u, delta, A, B, discretization)
-    H = linear_scan(Ab, Bu, axis=-3)  # all h_t, (..., L, d, n)
-    y = np.einsum("...tdn,...tn->...td", H, C)  # y_t = C_t h_t
+    # time as the last, contiguous axis: each sweep then reads memory in order
+    Ht = linear_scan(np.ascontiguousarray(np.moveaxis(Ab, -3, -1)), np.ascontiguousarray(np.moveaxis(Bu, -3, -1)))
+    H = np.moveaxis(Ht, -1, -3)  # all h_t, (..., L, d, n)
+    y = np.matmul(H, C[..., None])[..., 0]  # y_t = C_t h_t
     return _finish_selective(y, H[..., -1, :, :], u, D, return_last_state)
 
 
