@@ -9,10 +9,10 @@ latent state x(t) ∈ ℂ^N:
 
 Discretized with a step Δ it becomes the linear recurrence (an IIR filter)
 
-.. math::  x_k = \bar A x_{k-1} + \bar B u_k,\qquad y_k = C x_k + D u_k,        \tag{11.5}
+.. math::  x_k = \bar A x_{k-1} + \bar B u_k,\qquad y_k = C x_k + D u_k,        \tag{11.8}
 
 whose impulse response is the SSM convolution kernel
-``K̄ = (C B̄, C Ā B̄, …, C Ā^{L−1} B̄)`` (Eq. 11.6), so that ``y = K̄ * u + D u``.
+``K̄ = (C B̄, C Ā B̄, …, C Ā^{L−1} B̄)`` (Eq. 11.9), so that ``y = K̄ * u + D u``.
 S4 (Gu et al. 2022) uses the HiPPO-LegS matrix A in its normal-plus-low-rank form and the
 bilinear rule; S4D uses a diagonal A and a Vandermonde kernel; Mamba (Gu & Dao 2024) makes
 Δ, B, C functions of the input — the *selective scan* — so the filter is no longer shift-invariant.
@@ -25,9 +25,9 @@ Glossary (code name → symbol in the book / the papers)
 ``A`` (N, N)         continuous state matrix A (dense); diagonal A is given by its diagonal (…, N).
 ``B`` (N,), ``C`` (N,)  input and output vectors B, C (single-input single-output per channel).
 ``step``             the step size Δ > 0 (per channel in S4/S4D: shape (H,)).
-``Ab``, ``Bb``       discretized Ā, B̄ (Eq. 11.3, 11.4).
-``K`` (…, L)         convolution kernel K̄ (Eq. 11.6).
-``Lambda``, ``P``, ``Q``, ``V``  DPLR form A = V(Λ − P Q^*)V^* of S4 (Eq. 11.8–11.9).
+``Ab``, ``Bb``       discretized Ā, B̄ (Eq. 11.6, 11.7).
+``K`` (…, L)         convolution kernel K̄ (Eq. 11.9).
+``Lambda``, ``P``, ``Q``, ``V``  DPLR form A = V(Λ − P Q^*)V^* of S4 (Eq. 11.11–11.12).
 ``u`` (…, L, H)      input sequence (sequence axis second to last), ``y`` the output.
 ``delta`` (…, L, d_in)  Mamba's input-dependent Δ_t;  ``A`` (d_in, n) its fixed diagonal A;
 ``B``, ``C`` (…, L, n)  Mamba's input-dependent B_t, C_t;  ``D`` (d_in,) the skip connection.
@@ -49,6 +49,7 @@ References
        COLM 2024 (arXiv:2312.00752), §3 and Alg. 2.
 .. [5] S. Rush, S. Karamcheti, "The Annotated S4", 2022 (srush/annotated-s4).
 .. [6] T. Dao, A. Gu, "Transformers are SSMs" (Mamba-2), ICML 2024, §3 (semiseparable matrices).
+.. [7] A. Ali, I. Zimerman, L. Wolf, "The hidden attention of Mamba models", arXiv:2403.01590, 2024.
 """
 
 from __future__ import annotations
@@ -131,14 +132,14 @@ def _check_steps(step, name: str, batch_shape: tuple) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# HiPPO-LegS, Eq. (11.2), and its DPLR form, Eqs. (11.8)-(11.9)
+# HiPPO-LegS, Eq. (11.3), and its DPLR form, Eqs. (11.11)-(11.12)
 # ---------------------------------------------------------------------------------------------
 
 
 def hippo_legs(N):
     r"""The HiPPO-LegS matrices (A, B) in S4's sign convention.
 
-    Implements Eq. (11.2) of the book (Gu et al. 2022, S4, Eq. 2; HiPPO paper, Thm. 2 with
+    Implements Eq. (11.3) of the book (Gu et al. 2022, S4, Eq. 2; HiPPO paper, Thm. 2 with
     the sign flipped).
 
     Parameters
@@ -177,7 +178,7 @@ def hippo_legs(N):
 def hippo_legs_dplr(N):
     r"""HiPPO-LegS in S4's normal-plus-low-rank form, diagonalized stably.
 
-    Implements Eqs. (11.8)–(11.9) of the book (Gu et al. 2022, S4, Thm. 1 and Lemma C.1;
+    Implements Eqs. (11.11)–(11.12) of the book (Gu et al. 2022, S4, §3.3 and Thm. 1;
     annotated-s4 ``make_DPLR_HiPPO``).
 
     Parameters
@@ -199,7 +200,7 @@ def hippo_legs_dplr(N):
     Notes
     -----
     With ``p_n = (n+1/2)^{1/2}``, ``A + p p^T = −I/2 + S`` where S is real skew-symmetric
-    (Eq. 11.8). ``−iS`` is Hermitian, so ``numpy.linalg.eigh`` gives real μ and a *unitary* V
+    (Eq. 11.11). ``−iS`` is Hermitian, so ``numpy.linalg.eigh`` gives real μ and a *unitary* V
     with ``S = V diag(iμ) V^*``: Λ = −1/2 + iμ. Unitary V has condition number 1; diagonalizing A
     itself instead gives cond(V) ~ 1e18 at N = 32 (see the chapter).
     """
@@ -215,7 +216,7 @@ def hippo_legs_dplr(N):
 def hippo_legs_online(u, N):
     r"""Online HiPPO-LegS projection: the Legendre coefficients of the whole history ``u[..., :k+1, :]``.
 
-    Implements Eq. (11.10) of the book (HiPPO paper, Thm. 2, ``c' = (1/t)(A c + B f)`` in S4's
+    Implements Eq. (11.4) of the book (HiPPO paper, Thm. 2, ``c' = (1/t)(A c + B f)`` in S4's
     sign, discretized by the bilinear rule at ``t = k``).
 
     Parameters
@@ -266,7 +267,7 @@ def hippo_legs_online(u, N):
 def legs_reconstruct(c, x):
     r"""The signal encoded by LegS coefficients: ``f(x) ≈ Σ_n c_n √(2n+1) P_n(x)``.
 
-    Implements Eq. (11.11) of the book (HiPPO paper, §3: the scaled Legendre basis).
+    Implements Eq. (11.5) of the book (HiPPO paper, §3: the scaled Legendre basis).
 
     Parameters
     ----------
@@ -299,14 +300,14 @@ def legs_reconstruct(c, x):
 
 
 # ---------------------------------------------------------------------------------------------
-# Discretization, Eqs. (11.3)-(11.4)
+# Discretization, Eqs. (11.6)-(11.7)
 # ---------------------------------------------------------------------------------------------
 
 
 def discretize(A, B, step, method="bilinear", *, diagonal=False):
     r"""Discretize ``x' = Ax + Bu`` with step Δ: the bilinear (S4) or zero-order-hold (S4D) rule.
 
-    Implements Eq. (11.3) (bilinear; Gu et al. 2022, S4, Eq. 3) and Eq. (11.4) (ZOH; S4D §2,
+    Implements Eq. (11.6) (bilinear; Gu et al. 2022, S4, Eq. 3) and Eq. (11.7) (ZOH; S4D §2,
     Mamba Eq. 4) of the book.
 
     Parameters
@@ -388,7 +389,7 @@ def discretize(A, B, step, method="bilinear", *, diagonal=False):
 
 
 # ---------------------------------------------------------------------------------------------
-# Convolution kernels, Eqs. (11.6), (11.7), (11.12)
+# Convolution kernels, Eqs. (11.9), (11.10), (11.13)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -422,7 +423,7 @@ def _check_discrete_ssm(Ab, Bb, C, diagonal: bool):
 def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
     r"""The SSM convolution kernel ``K̄_ℓ = C Ā^ℓ B̄``, ℓ = 0 … L−1, from powers of Ā.
 
-    Implements Eq. (11.6) of the book (Gu et al. 2022, S4, Eq. 4–5; annotated-s4 ``K_conv``).
+    Implements Eq. (11.9) of the book (Gu et al. 2022, S4, Eq. 4–5; annotated-s4 ``K_conv``).
 
     Parameters
     ----------
@@ -449,7 +450,7 @@ def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
     ``G = Ā^T`` give the left factors ``C G^j``, and one small matrix product combines them:
     O(√L) sequential steps (batched over channels) instead of the L of :func:`ssm_kernel_loop`.
     Both take powers of Ā explicitly, which is fine for a stable Ā in float64 but is exactly
-    what S4 avoids for long L (Eq. 11.12).
+    what S4 avoids for long L (Eq. 11.13).
     """
     L = _check_size(L, "L")
     Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
@@ -472,7 +473,7 @@ def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
 
 
 def ssm_kernel_loop(Ab, Bb, C, L, *, diagonal=False):
-    """Loop twin of :func:`ssm_kernel`: ``x ← Ā x`` one step at a time, channel by channel (Eq. 11.6)."""
+    """Loop twin of :func:`ssm_kernel`: ``x ← Ā x`` one step at a time, channel by channel (Eq. 11.9)."""
     L = _check_size(L, "L")
     Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
     N = Bb.shape[-1]
@@ -516,7 +517,7 @@ def _finish_s4d(K: np.ndarray, conj_pairs: bool) -> np.ndarray:
 def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     r"""S4D convolution kernel of a diagonal SSM: a Vandermonde product, no powers of Ā stored.
 
-    Implements Eq. (11.7) of the book (Gu et al. 2022b, S4D, Eq. 5; state-spaces ``s4d.py``).
+    Implements Eq. (11.10) of the book (Gu et al. 2022b, S4D, §3; state-spaces ``s4d.py``).
 
     Parameters
     ----------
@@ -572,7 +573,7 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
 
 
 def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
-    """Loop twin of :func:`s4d_kernel`: per channel and mode, ``z ← Ā z`` and ``K̄_ℓ += C B̄ z`` (Eq. 11.7)."""
+    """Loop twin of :func:`s4d_kernel`: per channel and mode, ``z ← Ā z`` and ``K̄_ℓ += C B̄ z`` (Eq. 11.10)."""
     _, _, Ab, Bb, C, L, batch, _ = _s4d_args(A, B, C, step, L, method)
     N = Ab.shape[-1]
     Ab, Bb, C = (np.broadcast_to(v, batch + (N,)) for v in (Ab, Bb, C))
@@ -589,7 +590,7 @@ def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
 def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     r"""S4's kernel for a DPLR state matrix ``A = Λ − P Q^*``: Cauchy kernel + Woodbury + inverse FFT.
 
-    Implements Eq. (11.12) of the book (Gu et al. 2022, S4, Alg. 1 and Lemma C.3;
+    Implements Eq. (11.13) of the book (Gu et al. 2022, S4, Alg. 1 and §3.3;
     annotated-s4 ``kernel_DPLR``; state-spaces ``SSMKernelDPLR``), bilinear discretization.
 
     Parameters
@@ -652,12 +653,12 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     k01 = R @ (Cv * Pv)  # k_{C̃P}
     k10 = R @ (Qc * Bv)  # k_{Q*B}
     k11 = R @ (Qc * Pv)  # k_{Q*P}
-    K_hat = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.12)
+    K_hat = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
     return np.fft.ifft(K_hat)  # K̄ = iFFT(K̂)
 
 
 # ---------------------------------------------------------------------------------------------
-# Recurrent vs convolutional mode, Eqs. (11.5)-(11.6)
+# Recurrent vs convolutional mode, Eqs. (11.8)-(11.9)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -685,7 +686,7 @@ def _check_ssm_io(u, Ab, Bb, C, D, diagonal: bool):
 def ssm_recurrent(u, Ab, Bb, C, D=None, *, diagonal=False):
     r"""Run the discrete SSM as a recurrence (RNN mode), step by step.
 
-    Implements Eq. (11.5) of the book (Gu et al. 2022, S4, Eq. 3; annotated-s4 ``scan_SSM``).
+    Implements Eq. (11.8) of the book (Gu et al. 2022, S4, Eq. 3; annotated-s4 ``scan_SSM``).
     This is the loop-level twin of :func:`ssm_convolution` (same signature, same output).
 
     Parameters
@@ -739,7 +740,7 @@ def _causal_fft_conv(u: np.ndarray, K: np.ndarray) -> np.ndarray:
 def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
     r"""Run the discrete SSM as a causal convolution with its kernel (CNN mode).
 
-    Implements Eq. (11.6) of the book (Gu et al. 2022, S4, Eq. 4–5): ``y = K̄ * u + D u``.
+    Implements Eq. (11.9) of the book (Gu et al. 2022, S4, Eq. 4–5): ``y = K̄ * u + D u``.
     Same signature and output as :func:`ssm_recurrent`.
 
     Parameters
@@ -767,7 +768,7 @@ def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
 
 
 # ---------------------------------------------------------------------------------------------
-# Mamba's selective scan (S6), Eqs. (11.13)-(11.17)
+# Mamba's selective scan (S6), Eqs. (11.14)-(11.18)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -817,7 +818,7 @@ def _check_selective(u, delta, A, B, C, D, discretization):
 
 
 def _discretize_selective(u, delta, A, B, discretization):
-    """``Ā_t = exp(Δ_t A)`` and ``B̄_t u_t`` per (…, t, d, n), Eq. (11.14) ("zoh") or (11.15) ("mamba")."""
+    """``Ā_t = exp(Δ_t A)`` and ``B̄_t u_t`` per (…, t, d, n), Eq. (11.15) ("zoh") or (11.16) ("mamba")."""
     Ab = delta[..., None] * A  # Δ_t A, (..., L, d, n)
     if discretization == "mamba":
         Bu = (delta * u)[..., None] * B[..., None, :]  # B̄_t u_t = Δ_t B_t u_t (Euler)
@@ -838,7 +839,7 @@ def _finish_selective(y, h_last, u, D, return_last_state):
 def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_last_state=False):
     r"""Mamba's selective scan (S6): a diagonal SSM whose Δ, B, C depend on the time step.
 
-    Implements Eqs. (11.13)–(11.16) of the book (Gu & Dao 2024, Alg. 2 and Eq. 2a–2b, 4;
+    Implements Eqs. (11.14)–(11.16) of the book (Gu & Dao 2024, Alg. 2 and Eq. 2a–2b, 4;
     ``mamba_ssm`` ``selective_scan_ref``, mamba-minimal ``selective_scan``).
 
     Parameters
@@ -855,7 +856,7 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
         Skip connection.
     discretization : {"mamba", "zoh"}
         ``"mamba"``: ``Ā = exp(ΔA)``, ``B̄ = ΔB`` (the official reference's simplified rule);
-        ``"zoh"``: ``B̄ = (exp(ΔA) − 1)/A · B`` (exact zero-order hold, Eq. 11.14).
+        ``"zoh"``: ``B̄ = (exp(ΔA) − 1)/A · B`` (exact zero-order hold, Eq. 11.15).
     return_last_state : bool
         Also return the final state ``h_{L−1}``.
 
@@ -894,7 +895,7 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
 
 
 def selective_scan_loop(u, delta, A, B, C, D=None, *, discretization="mamba", return_last_state=False):
-    """Loop twin of :func:`selective_scan`: the scalar recurrence per batch, channel and state (Eq. 11.13).
+    """Loop twin of :func:`selective_scan`: the scalar recurrence per batch, channel and state (Eq. 11.14).
 
     ``h_{t,d,n} = exp(Δ_{t,d} A_{d,n}) h_{t−1,d,n} + B̄_{t,d,n} u_{t,d}``, ``y_{t,d} = Σ_n C_{t,n} h_{t,d,n}``,
     with ``B̄ = Δ B`` ("mamba") or ``(exp(Δ A) − 1)/A · B`` ("zoh"), in Python floats.
@@ -926,7 +927,7 @@ def selective_scan_loop(u, delta, A, B, C, D=None, *, discretization="mamba", re
 def selective_scan_assoc(u, delta, A, B, C, D=None, *, discretization="mamba", return_last_state=False):
     r"""Selective scan by an associative (parallel-prefix) scan over time.
 
-    Implements Eq. (11.16) of the book (Gu & Dao 2024, §3.3.2; Blelloch 1990; mambapy ``pscan``).
+    Implements Eq. (11.17) of the book (Gu & Dao 2024, §3.3.2; Blelloch 1990; mambapy ``pscan``).
     Same signature and output as :func:`selective_scan`.
 
     Notes
@@ -962,8 +963,8 @@ def _segsum(delta: np.ndarray) -> np.ndarray:
 def semiseparable_matrix(delta, A, B, C, D=None, *, discretization="mamba"):
     r"""The selective SSM as a data-dependent L×L matrix per channel: ``y[..., :, d] = M[..., d] @ u[..., :, d]``.
 
-    Implements Eq. (11.17) of the book (Gu & Dao 2024, §3.5.3 "hidden attention";
-    Dao & Gu 2024, Mamba-2, Eq. 3: a semiseparable matrix).
+    Implements Eq. (11.18) of the book (Dao & Gu 2024, Mamba-2, §3: SSMs are semiseparable
+    matrices; Ali et al. 2024, "the hidden attention of Mamba").
 
     Parameters
     ----------
@@ -984,7 +985,7 @@ def semiseparable_matrix(delta, A, B, C, D=None, *, discretization="mamba"):
                \qquad s \le t,
 
     with ``B̄_s = Δ_s B_s`` ("mamba") or ``(e^{Δ_s A} − 1)/A · B_s`` ("zoh"). With Δ, B, C
-    constant it is Toeplitz: the S4D kernel of Eq. (11.7). Memory O(d_in L²) per batch element.
+    constant it is Toeplitz: the S4D kernel of Eq. (11.10). Memory O(d_in L²) per batch element.
     """
     delta_arr = as_real_array(delta, "delta")
     if delta_arr.ndim < 2:
@@ -1005,7 +1006,7 @@ def semiseparable_matrix(delta, A, B, C, D=None, *, discretization="mamba"):
 
 
 def selective_scan_matrix(u, delta, A, B, C, D=None, *, discretization="mamba", return_last_state=False):
-    r"""Selective scan as a matrix product ``y_d = M_d u_d`` with the semiseparable M of Eq. (11.17).
+    r"""Selective scan as a matrix product ``y_d = M_d u_d`` with the semiseparable M of Eq. (11.18).
 
     Same signature and output as :func:`selective_scan`; O(L²) work (the "attention" form).
     The last state is ``h_{L−1} = Σ_s exp(A Σ_{s<r≤L−1} Δ_r) B̄_s u_s`` (the last row of the

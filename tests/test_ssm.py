@@ -147,7 +147,7 @@ class TestHippoLegsDplr:
         np.testing.assert_array_equal(Lam.real, -0.5)
 
     def test_normal_part_is_skew_plus_shift(self):
-        # A + p p^T = −I/2 + S with S = −S^T (the NPLR identity, S4 Eq. 11.8)
+        # A + p p^T = −I/2 + S with S = −S^T (the NPLR identity, Eq. 11.11)
         N = 20
         A, _ = ssm.hippo_legs(N)
         p = np.sqrt(np.arange(N) + 0.5)
