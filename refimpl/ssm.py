@@ -172,7 +172,7 @@ def hippo_legs(N):
     N = _check_size(N, "N")
     q = np.sqrt(2.0 * np.arange(N) + 1.0)  # (2n+1)^{1/2}
     A = np.tril(np.outer(q, q), -1) + np.diag(np.arange(1.0, N + 1.0))  # n > k: q_n q_k; n = k: n+1
-    return -A, q.copy()
+    return 0.0 - A, q.copy()  # 0 − A: no negative zeros above the diagonal
 
 
 def hippo_legs_dplr(N):
