@@ -665,8 +665,8 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
 def _check_ssm_io(u, Ab, Bb, C, D, diagonal: bool):
     Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
     u = as_array(u, "u")
-    if u.ndim < 2:
-        raise ValueError(f"u: expected shape (..., L, H), got shape {u.shape}")
+    if u.ndim < 2 or u.shape[-2] < 1:
+        raise ValueError(f"u: expected shape (..., L, H) with L >= 1, got shape {u.shape}")
     H = u.shape[-1]
     if len(batch) > 1 or (len(batch) == 1 and batch[0] not in (1, H)):
         raise ValueError(f"Ab: expected one SSM or one per channel (H = {H}), got channel shape {batch}")
@@ -775,8 +775,8 @@ def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
 def _check_selective(u, delta, A, B, C, D, discretization):
     check_option(discretization, "discretization", DISCRETIZATIONS)
     u = as_real_array(u, "u")
-    if u.ndim < 2:
-        raise ValueError(f"u: expected shape (..., L, d_in), got shape {u.shape}")
+    if u.ndim < 2 or u.shape[-2] < 1:
+        raise ValueError(f"u: expected shape (..., L, d_in) with L >= 1, got shape {u.shape}")
     L, d_in = u.shape[-2:]
     delta = as_real_array(delta, "delta")
     try:

@@ -275,6 +275,20 @@ class TestDiscretize:
         close(Bb, ref[1], rtol=ORACLE, what=f"discretize {method} random Bb")
         assert Bb.shape == (6, 2)
 
+    def test_zoh_against_quadrature_and_bilinear_residual(self):
+        # algorithm-independent: B̄ = ∫_0^Δ e^{As} ds B (quad_vec), and (I − Δ/2 A) Ā = I + Δ/2 A
+        from scipy.integrate import quad_vec
+
+        A, B = ssm.hippo_legs(8)
+        step = 0.3
+        Bb = ssm.discretize(A, B, step, "zoh")[1]
+        ref, _ = quad_vec(lambda s: scipy.linalg.expm(A * s) @ B, 0.0, step, epsabs=1e-15, epsrel=1e-14)
+        close(Bb, ref, rtol=1e-12, what="zoh Bb vs quad_vec")
+        Ab, Bb = ssm.discretize(A, B, step, "bilinear")
+        M = np.eye(8) - 0.5 * step * A
+        close(M @ Ab, np.eye(8) + 0.5 * step * A, rtol=ORACLE, what="bilinear Ab residual")
+        close(M @ Bb, step * B, rtol=ORACLE, what="bilinear Bb residual")
+
     @pytest.mark.parametrize("method", ["zoh", "bilinear"])
     def test_diagonal_equals_dense(self, method):
         rng = np.random.default_rng(4)
@@ -604,6 +618,8 @@ class TestRecurrentVsConvolution:
         for f in (ssm.ssm_recurrent, ssm.ssm_convolution):
             with pytest.raises(ValueError, match="^u:"):
                 f(np.ones(5), Ab, Bb, C)
+            with pytest.raises(ValueError, match="^u:"):
+                f(np.ones((0, 3)), Ab, Bb, C)
             with pytest.raises(ValueError, match="^Ab:"):
                 f(np.ones((5, 3)), np.stack([Ab, Ab]), Bb, C)
             with pytest.raises(ValueError, match="^D:"):
@@ -804,6 +820,8 @@ class TestSelectiveScan:
                 f(u, delta, A, B, C, discretization="bilinear")
             with pytest.raises(ValueError, match="^u: expected shape"):
                 f(u[:, 0], delta[:, 0], A, B, C)
+            with pytest.raises(ValueError, match="^u: expected shape"):
+                f(u[:0], delta[:0], A, B[:0], C[:0])
             with pytest.raises(TypeError, match="^A: expected real"):
                 f(u, delta, A + 1j, B, C)
         with pytest.raises(ValueError, match="^delta: expected shape"):
