@@ -626,6 +626,10 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     ``K̂ = 2/(1+ω) [k_{C̃B} − k_{C̃P} (1 + k_{Q^*P})^{-1} k_{Q^*B}]`` with Cauchy sums
     ``k_{ab}(ω) = Σ_n a_n b_n / (g(ω) − Λ_n)``. Then ``K̄ = ifft(K̂)``. Cost O(N L) plus an FFT,
     and no power of Ā is ever formed (except in forming C̃ when ``c_tilde`` is False).
+
+    Porting note: annotated-s4's ``kernel_DPLR(Λ, P, Q, B, C, Δ, L)`` treats C as a column
+    vector and conjugates it, so it equals ``s4_kernel_dplr(Λ, P, Q, B, conj(C), Δ, L,
+    c_tilde=True).real``.
     """
     L = _check_size(L, "L")
     Lam = as_complex_array(Lambda, "Lambda", ndim=1)

@@ -455,6 +455,18 @@ class TestS4dKernel:
         close(half, full.real, rtol=ORACLE, what="conj_pairs vs full set")
         np.testing.assert_allclose(full.imag, 0.0, atol=1e-13 * np.max(np.abs(full)))
 
+    def test_transcribed_state_spaces_s4d_kernel(self):
+        # state-spaces/s4 models/s4/s4d.py S4DKernel.forward, transcribed to NumPy (B folded into C)
+        rng = np.random.default_rng(27)
+        H, N, L = 3, 8, 100
+        log_dt = rng.uniform(np.log(1e-3), np.log(1e-1), H)
+        C = rng.normal(size=(H, N)) + 1j * rng.normal(size=(H, N))
+        A = -np.exp(np.log(0.5 * np.ones((H, N)))) + 1j * np.pi * np.arange(N)
+        dt = np.exp(log_dt)
+        dtA = A * dt[:, None]
+        K_ref = 2 * np.einsum("hn,hnl->hl", C * (np.exp(dtA) - 1.0) / A, np.exp(dtA[:, :, None] * np.arange(L))).real
+        close(ssm.s4d_kernel(A, 1.0, C, dt, L, conj_pairs=True), K_ref, rtol=ORACLE, what="s4d_kernel vs state-spaces s4d.py")
+
     def test_real_s4d_real_init_against_lfilter(self):
         # S4D-Real / Mamba init A_n = −(n+1): each mode is a one-pole IIR filter
         N, step, L = 4, 0.3, 60
@@ -546,6 +558,30 @@ class TestS4KernelDplr:
         Ct = C @ (np.eye(N) - np.linalg.matrix_power(Ab, L))  # S4's C̃ = C (I − Ā^L)
         close(ssm.s4_kernel_dplr(Lam, P, Q, B, Ct, step, L, c_tilde=True), K, rtol=SELF, what="dplr c_tilde vs powers")
         close(ssm.s4_kernel_dplr(Lam, P, Q, B, C, step, L), K, rtol=SELF, what="dplr vs powers")
+
+    def test_transcribed_annotated_s4_kernel_dplr(self):
+        # srush/annotated-s4 kernel_DPLR, transcribed from JAX to NumPy. It conjugates its C argument
+        # (a column vector), so it receives C̃^*; it returns .real.
+        def cauchy(v, omega, lambd):
+            return (v / (omega[:, None] - lambd)).sum(axis=1)
+
+        def kernel_DPLR(Lambda, P, Q, B, C, step, L):
+            Omega_L = np.exp((-2j * np.pi) * (np.arange(L) / L))
+            aterm, bterm = (C.conj(), Q.conj()), (B, P)
+            g = (2.0 / step) * ((1.0 - Omega_L) / (1.0 + Omega_L))
+            c = 2.0 / (1.0 + Omega_L)
+            k00 = cauchy(aterm[0] * bterm[0], g, Lambda)
+            k01 = cauchy(aterm[0] * bterm[1], g, Lambda)
+            k10 = cauchy(aterm[1] * bterm[0], g, Lambda)
+            k11 = cauchy(aterm[1] * bterm[1], g, Lambda)
+            atRoots = c * (k00 - k01 * (1.0 / (1.0 + k11)) * k10)
+            return np.fft.ifft(atRoots, L).reshape(L).real
+
+        rng = np.random.default_rng(26)
+        Lam, P, B, _ = ssm.hippo_legs_dplr(8)
+        Ct = rng.normal(size=8) + 1j * rng.normal(size=8)
+        ours = ssm.s4_kernel_dplr(Lam, P, P, B, Ct, 0.05, 64, c_tilde=True)
+        close(ours.real, kernel_DPLR(Lam, P, P, B, Ct.conj(), 0.05, 64), rtol=ORACLE, what="s4_kernel_dplr vs annotated-s4")
 
     def test_bad_input(self):
         Lam, P, B, V = ssm.hippo_legs_dplr(4)
@@ -648,6 +684,28 @@ class TestSelectiveScan:
             y, h = f(u, delta, A, B, C, D, discretization=discretization, return_last_state=True)
             close(y, y0, rtol=SELF, what=f"{f.__name__} vs selective_scan")
             close(h, h0, rtol=SELF, what=f"{f.__name__} last state")
+
+    def test_transcribed_selective_scan_ref_layout(self):
+        # state-spaces/mamba selective_scan_ref (real A, no z, no delta_bias), transcribed to NumPy in
+        # float64 without its float32 casts; its layout is u, delta (B, D, L), B, C (B, N, L).
+        def selective_scan_ref(u, delta, A, B, C, D):
+            deltaA = np.exp(np.einsum("bdl,dn->bdln", delta, A))
+            deltaB_u = np.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+            x = np.zeros((u.shape[0], u.shape[1], A.shape[1]))
+            ys = []
+            for i in range(u.shape[2]):
+                x = deltaA[:, :, i] * x + deltaB_u[:, :, i]
+                ys.append(np.einsum("bdn,bn->bd", x, C[:, :, i]))
+            y = np.stack(ys, axis=2)
+            return y + u * D[:, None], x
+
+        u, delta, A, B, C, D = mamba_inputs(np.random.default_rng(25), shape=(2, 19, 3), n=4)
+        t = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731  (B, L, ·) <-> (B, ·, L)
+        y_ref, last_ref = selective_scan_ref(t(u), t(delta), A, t(B), t(C), D)
+        for f in SCANS:
+            y, last = f(u, delta, A, B, C, D, return_last_state=True)
+            close(y, t(y_ref), rtol=ORACLE, what=f"{f.__name__} vs transcribed selective_scan_ref")
+            close(last, last_ref, rtol=ORACLE, what=f"{f.__name__} last state vs selective_scan_ref")
 
     def test_last_state_continues_the_sequence(self):
         u, delta, A, B, C, _ = mamba_inputs(np.random.default_rng(15), shape=(40, 2), n=3)
