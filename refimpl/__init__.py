@@ -9,6 +9,7 @@ Each public module pairs with chapters of the book (``book.toml``):
 ``refimpl.positional``  sinusoidal encodings and RoPE (chapter 5)
 ``refimpl.afa``         Adaptive Filter Attention: tensor and isotropic forms, IRLS (chapters 7–8)
 ``refimpl.rt_sde``      the radial–tangential SDE, a reconstruction: RT precisions and attention (chapter 9)
+``refimpl.ssm``         HiPPO, S4/S4D kernels, recurrent vs convolutional SSMs, Mamba's selective scan (chapter 11)
 ``refimpl.iir``         classical IIR filters: biquads, SOS, stability, s→z design, IIR ↔ SSM (chapter 13)
 
 Every computation ``f`` has a loop twin ``f_loop`` that reads like the equation; tests assert
@@ -16,8 +17,8 @@ they agree, and check both against independent oracles (SciPy, closed forms). Th
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import afa, attention, iir, kalman, lyapunov, positional, rt_sde, sde
+from . import afa, attention, iir, kalman, lyapunov, positional, rt_sde, sde, ssm
 
 __version__ = "0.1.0"
 
-__all__ = ["afa", "attention", "iir", "kalman", "lyapunov", "positional", "rt_sde", "sde", "__version__"]
+__all__ = ["afa", "attention", "iir", "kalman", "lyapunov", "positional", "rt_sde", "sde", "ssm", "__version__"]

@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import afa, attention, iir, kalman, lyapunov, rt_sde, sde
+from . import afa, attention, iir, kalman, lyapunov, rt_sde, sde, ssm
 from ._testing import rel_error
 
 __all__ = ["Case", "CASES", "run_case", "run", "main"]
@@ -40,7 +40,7 @@ class Case:
 
     name: str
     vectorized: Callable
-    loop: Callable | None
+    loop: Callable | None  # None: time the vectorized function alone (no loop at this size)
     setup: Callable[[bool], tuple]  # quick -> (args, kwargs)
     size: Callable[[bool], str]  # quick -> human-readable size
     target: float | None = None  # the minimum loop/vectorized ratio
@@ -176,6 +176,8 @@ def _mha(quick: bool):
     n, d, h = (16, 16, 2) if quick else (128, 64, 8)
     w = rng.normal(size=(4, d, d)) / np.sqrt(d)
     return (rng.normal(size=(n, d)), *w, h), {"causal": True}
+
+
 def _biquad(quick: bool):
     n, d = (2_000, 16) if quick else (100_000, 16)
     x = np.random.default_rng(5).normal(size=(n, d))
@@ -232,6 +234,34 @@ def _rt_attention(quick: bool):
     kw = dict(mu=0.1, omega=w - w.T, sigma2_perp=0.2, sigma2_par=0.05, eta2_perp=0.3, eta2_par=0.1,
               gamma2_perp=0.1, gamma2_par=0.1, nu=4.0)
     return (x[0], x[1], x[2]), kw
+
+
+def _ssm_conv(quick: bool):
+    rng = np.random.default_rng(5)
+    L, H, N = (64, 4, 8) if quick else (512, 32, 16)
+    A, B = ssm.hippo_legs(N)
+    steps = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), H))
+    disc = [ssm.discretize(A, B, s) for s in steps]
+    Ab, Bb = np.stack([d[0] for d in disc]), np.stack([d[1] for d in disc])
+    return (rng.normal(size=(L, H)), Ab, Bb, rng.normal(size=(H, N)), np.ones(H)), {}
+
+
+def _selective(quick: bool):
+    rng = np.random.default_rng(6)
+    L, d, n = (64, 4, 4) if quick else (512, 32, 16)
+    u = rng.normal(size=(L, d))
+    delta = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), (L, d)))
+    A = -np.broadcast_to(np.arange(1.0, n + 1), (d, n))  # S4D-Real init
+    return (u, delta, A, rng.normal(size=(L, n)), rng.normal(size=(L, n)), np.ones(d)), {}
+
+
+def _s4d(quick: bool):
+    rng = np.random.default_rng(7)
+    L, N, H = (256, 8, 4) if quick else (16384, 64, 64)
+    A = np.broadcast_to(-0.5 + 1j * np.pi * np.arange(N), (H, N))  # S4D-Lin
+    C = rng.normal(size=(H, N)) + 1j * rng.normal(size=(H, N))
+    step = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), H))
+    return (A, 1.0, C, step, L), {"conj_pairs": True}
 
 
 CASES: list[Case] = [
@@ -378,6 +408,37 @@ CASES: list[Case] = [
         _freq,
         lambda q: "2048 freqs" if q else "65536 freqs",
     ),
+    Case(
+        "ssm_convolution vs ssm_recurrent (HiPPO)",
+        ssm.ssm_convolution,
+        ssm.ssm_recurrent,
+        _ssm_conv,
+        lambda q: "L=64, H=4, N=8" if q else "L=512, H=32, N=16",
+        target=50.0,
+    ),
+    Case(
+        "selective_scan vs selective_scan_loop",
+        ssm.selective_scan,
+        ssm.selective_scan_loop,
+        _selective,
+        lambda q: "L=64, d_in=4, n=4" if q else "L=512, d_in=32, n=16",
+        target=50.0,
+    ),
+    Case(
+        "selective_scan_assoc vs selective_scan_loop",
+        ssm.selective_scan_assoc,
+        ssm.selective_scan_loop,
+        _selective,
+        lambda q: "L=64, d_in=4, n=4" if q else "L=512, d_in=32, n=16",
+    ),
+    Case(
+        "s4d_kernel (blocked Vandermonde)",
+        ssm.s4d_kernel,
+        None,
+        _s4d,
+        lambda q: "L=256, N=8, H=4" if q else "L=16384, N=64, H=64",
+        notes="no loop at this size; peak memory is the point (the full Vandermonde is 1 GiB)",
+    ),
 ]
 
 
@@ -430,11 +491,12 @@ def run(quick: bool = False, only: list[str] | None = None, stream=None) -> list
         if r["target"] is not None and r["ratio"] is not None:
             verdict = f"  target ≥ {r['target']:g}×: {'met' if r['ratio'] >= r['target'] else 'MISSED'}"
         scaling = f"  time ~ N^{r['scaling_exponent']:.2f}" if "scaling_exponent" in r else ""
-        loop = (
-            f"loop {r['loop_s'] * 1e3:10.1f} ms   ratio {r['ratio']:8.1f}×"
-            if r["ratio"] is not None
-            else f"{r.get('reference', 'reference')} {r.get('reference_s', 0.0) * 1e3:8.2f} ms"
-        )
+        if r["ratio"] is not None:
+            loop = f"loop {r['loop_s'] * 1e3:10.1f} ms   ratio {r['ratio']:8.1f}×"
+        elif "reference" in r:
+            loop = f"{r['reference']} {r['reference_s'] * 1e3:8.2f} ms"
+        else:
+            loop = "(no loop twin at this size)"
         agree = "" if r["max_rel_diff"] is None else f"   agree {r['max_rel_diff']:.0e}"
         if "reference_ratio" in r:
             target = r["reference_target"]
