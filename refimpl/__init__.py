@@ -1,21 +1,37 @@
 """refimpl — a float64 NumPy/SciPy reference implementation of attention as adaptive filtering.
 
-Each public module pairs with a chapter of the book (``book.toml``):
+Each public module pairs with chapters of the book (``book.toml``):
 
-``refimpl.sde``        the linear Itô SDE: model, exact discretization, sampling (chapter 1)
-``refimpl.lyapunov``   closed-form differential Lyapunov covariances (chapter 2)
-``refimpl.kalman``     Kalman filter, RTS smoother, parallel scan, dense GLS, weight matrices (chapter 3)
-``refimpl.attention``  scaled dot-product and multi-head attention as data-dependent filters (chapter 4)
-``refimpl.positional`` sinusoidal positional encoding and RoPE (chapter 5)
-``refimpl.classical``  matched filter, Wiener–Hopf, LMS/RLS, beamforming (chapter 6)
+``refimpl.sde``         the linear Itô SDE: model, exact discretization, sampling (chapter 1)
+``refimpl.lyapunov``    closed-form differential Lyapunov covariances (chapter 2)
+``refimpl.kalman``      Kalman filter, RTS smoother, parallel scan, dense GLS, weight matrices (chapter 3)
+``refimpl.attention``   scaled dot-product and multi-head attention as data-dependent filters (chapter 4)
+``refimpl.positional``  sinusoidal encodings and RoPE (chapter 5)
+``refimpl.classical``   matched filter, Wiener–Hopf, LMS/RLS, beamforming (chapter 6)
+``refimpl.afa``         Adaptive Filter Attention: tensor and isotropic forms, IRLS (chapters 7–8)
+``refimpl.rt_sde``      the radial–tangential SDE, a reconstruction: RT precisions and attention (chapter 9)
+``refimpl.ssm``         HiPPO, S4/S4D kernels, recurrent vs convolutional SSMs, Mamba's selective scan (chapter 11)
+``refimpl.iir``         classical IIR filters: biquads, SOS, stability, s→z design, IIR ↔ SSM (chapter 13)
 
 Every computation ``f`` has a loop twin ``f_loop`` that reads like the equation; tests assert
 they agree, and check both against independent oracles (SciPy, closed forms). The tolerance
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import attention, classical, kalman, lyapunov, positional, sde
+from . import afa, attention, classical, iir, kalman, lyapunov, positional, rt_sde, sde, ssm
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "classical", "kalman", "lyapunov", "positional", "sde", "__version__"]
+__all__ = [
+    "afa",
+    "attention",
+    "classical",
+    "iir",
+    "kalman",
+    "lyapunov",
+    "positional",
+    "rt_sde",
+    "sde",
+    "ssm",
+    "__version__",
+]

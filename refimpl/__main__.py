@@ -12,6 +12,7 @@ import sys
 _COMMANDS = {
     "book": ("refimpl._book", "execute the chapters and write the offline HTML book"),
     "bench": ("refimpl._bench", "time loop/vectorized pairs and print ratios"),
+    "vectors": ("refimpl.oracle", "export or verify the golden vectors (export|verify DIR)"),
 }
 
 

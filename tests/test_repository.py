@@ -75,7 +75,7 @@ class TestReadmeCommands:
         book = tomllib.loads((ROOT / "book.toml").read_text(encoding="utf-8"))
         rows = re.findall(r"^\| (\d+) \| \[(.+?)\]\(notebooks/(.+?)\) \| `(.+?)` \|", README, re.M)
         assert [(int(n), title, file) for n, title, file, _ in rows] == [
-            (i + 1, ch["title"], ch["file"]) for i, ch in enumerate(book["chapters"])
+            (int(ch["file"].split("-", 1)[0]), ch["title"], ch["file"]) for ch in book["chapters"]  # NN- prefix
         ]
         for (_, _, _, module), ch in zip(rows, book["chapters"]):
             assert module in ch["modules"]

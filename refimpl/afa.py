@@ -1,0 +1,637 @@
+r"""Adaptive Filter Attention (AFA): attention as maximum-likelihood filtering of a linear SDE.
+
+Chapters 7 and 8 of the book (``notebooks/07-afa-tensor.ipynb``, ``notebooks/08-isotropic-afa.ipynb``)
+derive every formula here; the mathematics with its version history and errata is
+``shared/spec/afa.md``. Tokens are noisy measurements of one trajectory of the SDE of chapter 1,
+written in its eigenbasis (``q, k, v`` play the role of ``S^{-1} z``). A key pulled forward to the
+query time, ``e^{λ Δt} k_j``, is an estimate of the query's state whose precision is the inverse of
+the propagated covariance of chapter 2 (Eq. 2.9); AFA's attention weights are those precisions,
+robustly reweighted by how far the pulled-forward key lies from the query (Racioppo 2025, §3).
+
+Glossary (code name → symbol in the book / Racioppo 2025 v6)
+------------------------------------------------------------
+``q, k, v``   (..., N, d) complex     Q, K, V: queries, keys, values in the eigenbasis (d channels).
+``t``         (N,)                    time stamps t_i (default 0, 1, …, N−1); Δt_ij = t_i − t_j.
+``eigvals``   (d,)                    λ_k = −μ_k + iω_k (tensor form); ``mu``, ``omega`` (isotropic form).
+``sigma2``    σ² (process noise),  ``eta2`` η² (key measurement noise),  ``gamma2`` γ² (query anchor).
+``nu``        ν (robustness scale), ``kappa`` κ (power of the Student-t weight, default (ν + d)/d).
+``P``         precision 1/Σ(Δt) (Eq. 7.2);  ``R`` residual q_i − e^{λΔt} k_j (Eq. 7.3);
+``d2``        Mahalanobis distance d²_ij = Σ_k P_k |R_k|² (Eq. 7.4);  ``A`` attention weights (Eq. 7.6).
+
+Conventions that differ between the paper's versions (spec afa.md §10), and what refimpl implements:
+Δt_ij = t_i − t_j (v4–v6, code; the thesis and v1 use t_j − t_i); the robust term sums over all
+channels (v6 App. B.1, not the per-channel typo of App. A.5); κ = (ν + d)/d by default (v4–v6;
+``kappa=1`` is the Cauchy weight of v1–v3); the temperature multiplies the logits (β_s of v6); the
+output is the aggregated estimate V̄ (no output projection or residual, which belong to a layer).
+
+References
+----------
+.. [1] P. Racioppo, "Attention as an Adaptive Filter" (v1–v3, 2025) / "Robust Filter Attention"
+       (v4–v6, 2026), arXiv:2509.04154.
+.. [2] P. J. Huber, *Robust Statistics*, Wiley 1981 (M-estimation, IRLS).
+"""
+
+from __future__ import annotations
+
+import cmath
+import math
+
+import numpy as np
+
+from . import lyapunov
+from ._validate import (
+    as_complex_array,
+    as_positive_scalar,
+    as_real_array,
+    check_nonnegative,
+    check_option,
+    check_times,
+)
+
+__all__ = [
+    "afa",
+    "afa_loop",
+    "isotropic_afa",
+    "isotropic_afa_loop",
+    "afa_irls",
+    "MAX_TENSOR",
+]
+
+#: The tensor form materializes (…, N, N, d) complex arrays; it refuses inputs with
+#: batch · N² · d above this (2**24 complex128 = 256 MiB per tensor, a few alive at once).
+MAX_TENSOR = 2**24
+
+_WEIGHTS = ("student", "exponential")
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_qkv(q, k, v):
+    q = as_complex_array(q, "q")
+    k = as_complex_array(k, "k")
+    v = as_complex_array(v, "v")
+    if q.ndim < 2:
+        raise ValueError(f"q: expected shape (..., N, d), got shape {q.shape}")
+    if k.shape != q.shape:
+        raise ValueError(f"k: expected the shape of q {q.shape}, got shape {k.shape}")
+    if v.shape != q.shape:
+        raise ValueError(f"v: expected the shape of q {q.shape}, got shape {v.shape}")
+    if q.shape[-2] == 0 or q.shape[-1] == 0:
+        raise ValueError(f"q: expected N >= 1 tokens and d >= 1 channels, got shape {q.shape}")
+    return q, k, v
+
+
+def _check_t(t, N: int) -> np.ndarray:
+    if t is None:
+        return np.arange(N, dtype=np.float64)
+    t = as_real_array(t, "t", ndim=1)
+    if t.shape != (N,):
+        raise ValueError(f"t: expected shape ({N},) to match the N = {N} tokens, got shape {t.shape}")
+    check_times(t, "t")
+    return t
+
+
+def _check_noise(x, name: str, d: int) -> np.ndarray:
+    arr = as_real_array(x, name, ndim=(0, 1))
+    if arr.ndim == 1 and arr.shape != (d,):
+        raise ValueError(f"{name}: expected a scalar or shape ({d},), got shape {arr.shape}")
+    check_nonnegative(arr, name)
+    return np.broadcast_to(arr, (d,)).astype(np.float64)
+
+
+def _check_common(q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature):
+    q, k, v = _check_qkv(q, k, v)
+    N, d = q.shape[-2:]
+    t = _check_t(t, N)
+    sigma2 = _check_noise(sigma2, "sigma2", d)
+    eta2 = _check_noise(eta2, "eta2", d)
+    gamma2 = _check_noise(gamma2, "gamma2", d)
+    if np.any(eta2 + gamma2 <= 0):
+        raise ValueError(
+            "eta2, gamma2: the residual variance at zero lag, Σ(0) = η² + γ², must be > 0 in every channel "
+            "(otherwise the precision of a token for itself is infinite)"
+        )
+    nu = as_positive_scalar(nu, "nu")
+    check_option(weight, "weight", _WEIGHTS)
+    kappa = (nu + d) / d if kappa is None else as_positive_scalar(kappa, "kappa")
+    temperature = as_positive_scalar(temperature, "temperature")
+    return q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature
+
+
+def _check_eigvals(eigvals, d: int) -> np.ndarray:
+    lam = as_complex_array(eigvals, "eigvals", ndim=1)
+    if lam.shape != (d,):
+        raise ValueError(f"eigvals: expected shape ({d},) to match the d = {d} channels of q, got shape {lam.shape}")
+    if np.any(lam.real > 0):
+        i = int(np.argmax(lam.real > 0))
+        raise ValueError(f"eigvals: expected Re(λ) <= 0 (stable or marginally stable modes), got eigvals[{i}] = {lam[i]}")
+    return lam
+
+
+# ---------------------------------------------------------------------------------------------
+# pieces shared by the vectorized forms
+# ---------------------------------------------------------------------------------------------
+
+
+def _pairs(t: np.ndarray, causal: bool):
+    """Δt_ij = t_i − t_j (N, N), |Δt|, whether the key is before the query, and the mask."""
+    dt = t[:, None] - t[None, :]
+    forward = dt >= 0  # key at or before the query: pulled forward
+    allowed = forward if causal else np.ones_like(forward)
+    return dt, np.abs(dt), forward, allowed
+
+
+def _scaled_covariance(tau, forward, mu, sigma2, eta2, gamma2):
+    r"""``Σ`` for forward pairs and ``Σ e^{−2μτ}`` for pushed-back pairs, and ``log P = −log Σ``.
+
+    Eq. (7.2) with Eq. (2.9): forward ``Σ = σ² φ(−2μ, τ) + η² e^{−2μτ} + γ²``; pushed back
+    ``Σ = σ² φ(2μ, τ) + η² e^{2μτ} + γ² = e^{2μτ} [σ² φ(−2μ, τ) + η² + γ² e^{−2μτ}]``. Scaling the
+    pushed-back variance by e^{−2μτ} (and the residual by e^{−μτ}, :func:`_scaled_residual_norm`)
+    keeps every quantity finite for any sequence length.
+    """
+    g2 = np.exp(-2.0 * mu * tau)  # e^{−2μτ} ≤ 1
+    process = sigma2 * lyapunov.phi1(-2.0 * mu * np.ones_like(tau), tau)  # σ² (1 − e^{−2μτ})/(2μ)
+    scaled = process + np.where(forward, eta2 * g2 + gamma2, eta2 + gamma2 * g2)
+    log_p = -np.log(scaled) - np.where(forward, 0.0, 2.0 * mu * tau)
+    return scaled, log_p
+
+
+def _robust_logits(log_p, d2, nu, kappa, weight, temperature, allowed, per_channel: bool):
+    """``temperature · (log P − κ log(1 + d²/ν))`` (or ``− d²/ν``), −inf where not allowed, Eq. (7.5).
+
+    ``per_channel``: the tensor form, where log P has a trailing channel axis and the robust
+    penalty (one scalar per pair) is shared by the d channels.
+    """
+    penalty = kappa * np.log1p(d2 / nu) if weight == "student" else d2 / nu
+    if per_channel:
+        penalty, allowed = penalty[..., None], allowed[..., None]
+    logits = temperature * (log_p - penalty)
+    return np.where(allowed, logits, -np.inf)
+
+
+def _log_softmax(logits, axis: int):
+    top = np.max(logits, axis=axis, keepdims=True)  # finite: the diagonal j = i is always allowed
+    lse = top + np.log(np.sum(np.exp(logits - top), axis=axis, keepdims=True))
+    return logits - lse
+
+
+# ---------------------------------------------------------------------------------------------
+# tensor form, Eqs. (7.2)-(7.7)
+# ---------------------------------------------------------------------------------------------
+
+
+def afa(
+    q,
+    k,
+    v,
+    *,
+    eigvals,
+    sigma2,
+    eta2,
+    gamma2,
+    nu,
+    t=None,
+    weight: str = "student",
+    kappa=None,
+    temperature=1.0,
+    causal: bool = True,
+    rotate_values: bool = True,
+    return_weights: bool = False,
+    return_intermediates: bool = False,
+):
+    r"""Tensor-form Adaptive Filter Attention, Eqs. (7.2)–(7.7) of the book.
+
+    Implements Racioppo (2025) v6 App. B.1 (v4 B.1, thesis §3.6): per channel k and pair (i, j),
+
+    .. math::
+        P_{kij} = 1/Σ_k(Δt_{ij}),\quad R_{kij} = q_{ki} - e^{λ_kΔt_{ij}} k_{kj},\quad
+        d^2_{ij} = \sum_{k'} P_{k'ij}|R_{k'ij}|^2,
+
+    .. math::
+        L_{kij} = \log P_{kij} - κ\log(1 + d^2_{ij}/ν)\ \ (\text{or } - d^2_{ij}/ν),\quad
+        A_{kij} = \operatorname{softmax}_{j\ \text{allowed}}(β L_{kij}),\quad
+        \bar v_{ki} = \sum_j A_{kij}\, e^{λ_kΔt_{ij}} v_{kj}.
+
+    Σ is Eq. (2.9): for causal pairs ``σ²_k (1 − e^{−2μ_kΔt})/(2μ_k) + η²_k e^{−2μ_kΔt} + γ²_k``
+    (exact μ → 0 limit ``σ²_k Δt``); for ``causal=False`` the pairs with j > i use the pushed-back
+    covariance of Eq. (2.7), which grows with the lag.
+
+    Parameters
+    ----------
+    q, k, v : array_like, shape (..., N, d)
+        Queries, keys, values in the eigenbasis (complex; real input is cast).
+    eigvals : array_like, shape (d,)
+        λ_k = −μ_k + iω_k with Re λ_k ≤ 0.
+    sigma2, eta2, gamma2 : float or array_like, shape (d,)
+        Noise spectra σ², η², γ² ≥ 0, with η² + γ² > 0.
+    nu : float
+        ν > 0.
+    t : array_like, shape (N,), optional
+        Strictly increasing time stamps; default ``arange(N)``.
+    weight : {"student", "exponential"}
+        The robust weight: power law (1 + d²/ν)^{−κ} or Gaussian e^{−d²/ν}.
+    kappa : float, optional
+        κ > 0; default (ν + d)/d (v4–v6). κ = 1 is the Cauchy weight of v1–v3.
+    temperature : float
+        β > 0 multiplying the logits.
+    causal : bool
+        Attend only to keys with t_j ≤ t_i.
+    rotate_values : bool
+        Pull values forward with e^{λΔt}; if False, only decay them (e^{−μΔt}).
+    return_weights : bool
+        Also return A, shape (..., N, N, d), ``A[..., i, j, k]``.
+    return_intermediates : bool
+        Also return a dict with ``A``, ``R`` (..., N, N, d), ``P`` (N, N, d) (the same for every
+        batch element), ``d2`` (..., N, N) and ``logits`` (..., N, N, d) (−inf where not allowed).
+        ``R`` of pushed-back pairs can overflow to inf for very long non-causal lags; every other
+        output stays finite.
+
+    Returns
+    -------
+    out : ndarray of complex128, shape (..., N, d)
+        The filtered estimates V̄.
+
+    Notes
+    -----
+    Memory is O(batch · N² · d) by nature (the precision, residual and weight tensors); inputs
+    with batch · N² · d > ``MAX_TENSOR`` are refused. :func:`isotropic_afa` is the O(N² + N d)
+    form for a shared decay and noise.
+    """
+    q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
+        q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
+    )
+    N, d = q.shape[-2:]
+    lam = _check_eigvals(eigvals, d)
+    size = int(np.prod(q.shape[:-2], dtype=np.int64)) * N * N * d
+    if size > MAX_TENSOR:
+        raise ValueError(
+            f"q: the tensor form needs batch·N²·d = {size} entries per tensor, more than "
+            f"refimpl.afa.MAX_TENSOR = {MAX_TENSOR}; use isotropic_afa (O(N² + N d) memory) or a smaller input"
+        )
+    mu, omega = -lam.real, lam.imag
+    dt, tau, forward, allowed = _pairs(t, causal)
+    dt3, tau3, fwd3 = dt[..., None], tau[..., None], forward[..., None]  # (N, N, 1) against channels
+    scaled_cov, log_p = _scaled_covariance(tau3, fwd3, mu, sigma2, eta2, gamma2)  # (N, N, d)
+    phase = np.exp(1j * omega * dt3)  # e^{iωΔt}
+    decay = np.exp(-mu * tau3)  # e^{−μ|Δt|} ≤ 1
+    qi, kj = q[..., :, None, :], k[..., None, :, :]
+    # forward: R = q_i − e^{λΔt} k_j;  pushed back (scaled by e^{−λτ}): e^{λτ} q_i − k_j
+    r_scaled = np.where(fwd3, qi - decay * phase * kj, decay * np.conj(phase) * qi - kj)
+    d2 = np.sum(np.abs(r_scaled) ** 2 / scaled_cov, axis=-1)  # d²_ij = Σ_k P_k |R_k|²
+    logits = _robust_logits(log_p, d2, nu, kappa, weight, temperature, allowed, per_channel=True)
+    log_a = _log_softmax(logits, axis=-2)  # normalize over keys j
+    # Â = A · e^{λΔt} (or e^{−μΔt}); |e^{λΔt}| = e^{−μΔt} is applied in log space
+    aggregate = np.exp(log_a - mu * dt3)
+    if rotate_values:
+        aggregate = aggregate * phase
+    out = np.einsum("...ijk,...jk->...ik", aggregate, v)  # v̄_i = Σ_j Â_ij v_j
+    if return_intermediates:
+        with np.errstate(over="ignore", invalid="ignore"):
+            R = qi - np.exp(lam * dt3) * kj
+        weights = np.exp(log_a)
+        extra = {"A": weights, "P": np.exp(log_p), "R": R, "d2": d2, "logits": logits}
+        return out, extra
+    if return_weights:
+        return out, np.exp(log_a)
+    return out
+
+
+def afa_loop(
+    q,
+    k,
+    v,
+    *,
+    eigvals,
+    sigma2,
+    eta2,
+    gamma2,
+    nu,
+    t=None,
+    weight: str = "student",
+    kappa=None,
+    temperature=1.0,
+    causal: bool = True,
+    rotate_values: bool = True,
+    return_weights: bool = False,
+):
+    """Loop twin of :func:`afa`: Eqs. (7.2)–(7.7) with explicit loops over i, j and k.
+
+    Reads like the equations: the covariance of each pair comes from Eq. (2.9)
+    (:func:`refimpl.lyapunov.isotropic_covariance_loop` per channel), the residual is formed
+    directly. No overflow guards: meant for moderate lags.
+    """
+    q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
+        q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
+    )
+    batch, (N, d) = q.shape[:-2], q.shape[-2:]
+    lam = _check_eigvals(eigvals, d)
+    qb, kb, vb = (x.reshape((-1, N, d)) for x in (q, k, v))
+    out = np.zeros_like(qb)
+    A = np.zeros((qb.shape[0], N, N, d))
+    for b in range(qb.shape[0]):
+        for i in range(N):
+            keys = [j for j in range(N) if (t[j] <= t[i] or not causal)]
+            logits = np.empty((len(keys), d))
+            for n, j in enumerate(keys):
+                dt = float(t[i] - t[j])
+                P = np.empty(d)
+                d2 = 0.0
+                for c in range(d):
+                    mu = -lam[c].real
+                    sigma = lyapunov.isotropic_covariance_loop(dt, mu, sigma2[c], eta2[c], gamma2[c])  # Σ_c(Δt), Eq. (2.9)
+                    P[c] = 1.0 / float(sigma)  # P = 1/Σ
+                    R = qb[b, i, c] - cmath.exp(lam[c] * dt) * kb[b, j, c]  # R = q_i − e^{λΔt} k_j
+                    d2 += P[c] * abs(R) ** 2  # d² = Σ_k P_k |R_k|²
+                robust = kappa * math.log1p(d2 / nu) if weight == "student" else d2 / nu
+                logits[n] = temperature * (np.log(P) - robust)  # L = log P − κ log(1 + d²/ν)
+            for c in range(d):
+                top = max(logits[:, c])
+                total = sum(math.exp(x - top) for x in logits[:, c])
+                for n, j in enumerate(keys):
+                    a = math.exp(logits[n, c] - top) / total  # softmax over allowed j
+                    A[b, i, j, c] = a
+                    dt = float(t[i] - t[j])
+                    carry = cmath.exp(lam[c] * dt) if rotate_values else math.exp(lam[c].real * dt)
+                    out[b, i, c] += a * carry * vb[b, j, c]  # v̄_i = Σ_j A_ij e^{λΔt} v_j
+    out = out.reshape(batch + (N, d))
+    return (out, A.reshape(batch + (N, N, d))) if return_weights else out
+
+
+# ---------------------------------------------------------------------------------------------
+# isotropic form, Eqs. (8.1)-(8.4)
+# ---------------------------------------------------------------------------------------------
+
+
+class _LagKernels:
+    """The pair quantities of isotropic AFA, which depend on Δt_ij only (Eq. 8.1).
+
+    On a uniform grid they are Toeplitz: computed once per lag (2N − 1 values) and exposed as
+    strided (N, N) views without copying; otherwise evaluated for every pair.
+    """
+
+    def __init__(self, t: np.ndarray, mu: float, sigma2: float, eta2: float, gamma2: float):
+        N = t.shape[0]
+        steps = np.diff(t)
+        if N > 1 and np.all(steps == steps[0]):
+            lags = steps[0] * np.arange(-(N - 1), N)  # Δt for i − j = −(N−1) … N−1
+            toeplitz = lambda a: np.lib.stride_tricks.sliding_window_view(a[::-1], N)[::-1]  # [i, j] = a[i − j + N − 1]
+        else:
+            lags = t[:, None] - t[None, :]
+            toeplitz = lambda a: a
+        tau, forward = np.abs(lags), lags >= 0
+        scaled, log_p = _scaled_covariance_fast(tau, forward, mu, sigma2, eta2, gamma2)
+        decay = np.exp(-mu * tau)
+        self.dt, self.forward = toeplitz(lags), toeplitz(forward)
+        self.later = ~self.forward  # keys after the query
+        self.decay, self.decay_sq = toeplitz(decay), toeplitz(decay * decay)
+        self.scaled_cov, self.log_p = toeplitz(scaled), toeplitz(log_p)
+
+
+def _scaled_covariance_fast(tau, forward, mu, sigma2, eta2, gamma2):
+    """:func:`_scaled_covariance` for scalar μ and noise, without re-validating the lags."""
+    g2 = np.exp(-2.0 * mu * tau)
+    process = sigma2 * lyapunov._phi1_array(np.asarray(-2.0 * mu), tau)  # σ² (1 − e^{−2μτ})/(2μ)
+    scaled = process + np.where(forward, eta2 * g2 + gamma2, eta2 + gamma2 * g2)
+    log_p = -np.log(scaled) - np.where(forward, 0.0, 2.0 * mu * tau)
+    return scaled, log_p
+
+
+def _check_isotropic_dynamics(mu, omega, d: int):
+    mu = as_real_array(mu, "mu", ndim=0)
+    if mu < 0:
+        raise ValueError(f"mu: expected a decay >= 0, got {float(mu)!r}")
+    omega = as_real_array(omega, "omega", ndim=1)
+    if omega.shape != (d,):
+        raise ValueError(f"omega: expected shape ({d},) to match the d = {d} channels of q, got shape {omega.shape}")
+    return float(mu), omega
+
+
+def isotropic_afa(
+    q,
+    k,
+    v,
+    *,
+    mu,
+    omega,
+    sigma2,
+    eta2,
+    gamma2,
+    nu,
+    t=None,
+    weight: str = "student",
+    kappa=None,
+    temperature=1.0,
+    causal: bool = True,
+    rotate_values: bool = True,
+    return_weights: bool = False,
+):
+    r"""Isotropic AFA at the cost of ordinary attention: Eqs. (8.1)–(8.4) of the book.
+
+    Implements Racioppo (2025) v6 §3.5, App. B.2–B.3 and Algorithm 1 (spec afa.md §4): one decay
+    μ and one noise level per head, λ_k = −μ + iω_k. Then the precision is shared by all channels
+    and everything factorizes:
+
+    .. math::
+        \tilde q_i = e^{-iωt_i}⊙q_i,\ \tilde k_j = e^{-iωt_j}⊙k_j,\qquad
+        \|R_{ij}\|^2 = \|q_i\|^2 + E_{ij}^2\|k_j\|^2 - 2E_{ij}\operatorname{Re}(\tilde q_i^\dagger\tilde k_j),
+        \ E_{ij} = e^{-μΔt_{ij}},
+
+    the cross term is one real matmul of width 2d, and values are rotated, aggregated and
+    counter-rotated: ``v̄_i = e^{iωt_i} ⊙ Σ_j A_ij E_ij ṽ_j``. No (N, N, d) array and no factor
+    e^{+μt} (which overflows for long sequences) is ever formed: memory O(N² + N d).
+
+    Parameters
+    ----------
+    q, k, v : array_like, shape (..., N, d)
+    mu : float
+        Decay μ ≥ 0 shared by the channels.
+    omega : array_like, shape (d,)
+        Rotation frequencies ω_k.
+    sigma2, eta2, gamma2 : float
+        Noise levels (scalars, or (d,) arrays with equal entries are not accepted: use :func:`afa`).
+    nu, t, weight, kappa, temperature, causal, rotate_values : as in :func:`afa`.
+    return_weights : bool
+        Also return A, shape (..., N, N) (the same for every channel).
+
+    Returns
+    -------
+    out : ndarray of complex128, shape (..., N, d)
+        Equal to ``afa(q, k, v, eigvals=-mu + 1j*omega, ...)``.
+    """
+    q, k, v = _check_qkv(q, k, v)
+    N, d = q.shape[-2:]
+    for name, value in (("sigma2", sigma2), ("eta2", eta2), ("gamma2", gamma2)):
+        if np.ndim(value) != 0:
+            raise ValueError(f"{name}: isotropic AFA takes a scalar noise level, got shape {np.shape(value)}")
+    q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
+        q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
+    )
+    mu, omega = _check_isotropic_dynamics(mu, omega, d)
+    lag = _LagKernels(t, mu, sigma2[0], eta2[0], gamma2[0])  # E, Σ, log P as functions of Δt_ij
+    rot = np.exp(-1j * omega * t[:, None])  # e^{−iωt}, (N, d)
+    q_rot, k_rot = q * rot, k * rot  # q̃, k̃
+    # Re(q̃_i^† k̃_j) as one real matmul of width 2d: keep the (re, im) halves side by side
+    q2 = np.concatenate([q_rot.real, q_rot.imag], axis=-1)
+    k2t = np.swapaxes(np.concatenate([k_rot.real, k_rot.imag], axis=-1), -1, -2)
+    nq = np.sum(np.abs(q) ** 2, axis=-1)[..., :, None]  # ‖q_i‖²
+    nk = np.sum(np.abs(k) ** 2, axis=-1)[..., None, :]  # ‖k_j‖²
+    values = v * rot if rotate_values else v  # ṽ = e^{−iωt} ⊙ v
+    out = np.empty(np.broadcast_shapes(q.shape, v.shape), dtype=np.complex128)
+    weights = np.empty(q.shape[:-1] + (N,)) if return_weights else None
+    # Every step is row-wise (a softmax over keys per query), so queries are processed in blocks of
+    # rows: peak memory O(block · N + N d) instead of several N × N buffers.
+    block = max(1, min(N, _ROW_BLOCK // N))
+    for r0 in range(0, N, block):
+        rows = slice(r0, min(N, r0 + block))
+        out[..., rows, :], w = _isotropic_rows(
+            rows, q2[..., rows, :], k2t, nq[..., rows, :], nk, values, lag, mu, nu, kappa, weight, temperature,
+            causal, return_weights,
+        )
+        if return_weights:
+            weights[..., rows, :] = w
+    if rotate_values:
+        out *= np.conj(rot)  # counter-rotate: v̄ = e^{iωt} ⊙ (Â ṽ)
+    return (out, weights) if return_weights else out
+
+
+#: Rows × keys per block in :func:`isotropic_afa` (2**19 float64 = 4 MiB per buffer).
+_ROW_BLOCK = 2**19
+
+
+def _isotropic_rows(rows, q2, k2t, nq, nk, values, lag, mu, nu, kappa, weight, temperature, causal, return_weights):
+    """Eqs. (8.1)–(8.3) for one block of query rows; returns Â ṽ normalized (before counter-rotation)."""
+    x = q2 @ k2t  # Re(q̃_i^† k̃_j), (..., rows, N); the buffer becomes ‖R‖², d², L, A in turn
+    E = lag.decay[rows]  # e^{−μ|Δt|} ≤ 1
+    x *= -2.0 * E
+    if causal:  # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃)  (Eq. 8.2); pairs j > i are masked anyway
+        x += nq
+        x += lag.decay_sq[rows] * nk
+    else:  # pushed-back pairs, scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃)
+        x += np.where(lag.forward[rows], nq + lag.decay_sq[rows] * nk, lag.decay_sq[rows] * nq + nk)
+    np.maximum(x, 0.0, out=x)  # the identity can cancel to a tiny negative number
+    x /= lag.scaled_cov[rows]  # d² = P ‖R‖²
+    if weight == "student":
+        x /= nu
+        np.log1p(x, out=x)
+        x *= -kappa  # −κ log(1 + d²/ν)
+    else:
+        x *= -1.0 / nu  # −d²/ν
+    x += lag.log_p[rows]  # L = log P − robust penalty  (Eq. 7.5)
+    if temperature != 1.0:
+        x *= temperature
+    if causal:
+        np.putmask(x, np.broadcast_to(lag.later[rows], x.shape), -np.inf)
+    x -= np.max(x, axis=-1, keepdims=True)  # finite: the diagonal j = i is always allowed
+    if causal:
+        np.exp(x, out=x)
+        total = np.sum(x, axis=-1, keepdims=True)
+        weights = x / total if return_weights else None
+        x *= E  # Â = A ⊙ e^{−μΔt} (up to the row normalization, applied after the matmul)
+    else:  # e^{−μΔt} > 1 for pushed-back pairs: combine in log space
+        total = np.sum(np.exp(x), axis=-1, keepdims=True)
+        weights = np.exp(x) / total if return_weights else None
+        x -= mu * lag.dt[rows]
+        np.exp(x, out=x)
+    return (x @ values) / total, weights
+
+
+def isotropic_afa_loop(
+    q,
+    k,
+    v,
+    *,
+    mu,
+    omega,
+    sigma2,
+    eta2,
+    gamma2,
+    nu,
+    t=None,
+    weight: str = "student",
+    kappa=None,
+    temperature=1.0,
+    causal: bool = True,
+    rotate_values: bool = True,
+    return_weights: bool = False,
+):
+    """Loop twin of :func:`isotropic_afa`: the tensor equations (7.2)–(7.7) as written, loops over i, j, k,
+    with λ_k = −μ + iω_k and shared noise — no factorization (the identity (8.2) is what is tested)."""
+    q, k, v = _check_qkv(q, k, v)
+    d = q.shape[-1]
+    for name, value in (("sigma2", sigma2), ("eta2", eta2), ("gamma2", gamma2)):
+        if np.ndim(value) != 0:
+            raise ValueError(f"{name}: isotropic AFA takes a scalar noise level, got shape {np.shape(value)}")
+    mu, omega = _check_isotropic_dynamics(mu, omega, d)
+    out = afa_loop(
+        q, k, v, eigvals=-mu + 1j * omega, sigma2=sigma2, eta2=eta2, gamma2=gamma2, nu=nu, t=t, weight=weight,
+        kappa=kappa, temperature=temperature, causal=causal, rotate_values=rotate_values, return_weights=return_weights,
+    )
+    if return_weights:
+        return out[0], out[1][..., 0]  # the weights are the same for every channel
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# AFA as a state estimator: iteratively reweighted least squares, Eq. (7.9)
+# ---------------------------------------------------------------------------------------------
+
+
+def afa_irls(
+    z,
+    *,
+    eigvals,
+    sigma2,
+    eta2,
+    gamma2,
+    nu,
+    t=None,
+    n_iter: int = 3,
+    step=1.0,
+    weight: str = "student",
+    kappa=None,
+    causal: bool = True,
+):
+    r"""AFA applied as a filter to measurements, iterated as IRLS: Eq. (7.9) of the book.
+
+    Implements the iteration of Racioppo (2025) v1 §2.6.2, thesis §3.5 (spec afa.md §7.1) with
+    known dynamics and noise: start from ``ẑ⁽⁰⁾ = z`` (queries, keys and values are the
+    measurements in the eigenbasis), then
+
+    .. math::  \bar z^{(n)} = \operatorname{afa}(\hat z^{(n)}, \hat z^{(n)}, \hat z^{(n)}),\qquad
+               \hat z^{(n+1)} = \hat z^{(n)} + α\,(\bar z^{(n)} - \hat z^{(n)}),
+
+    a weighted least-squares estimate per query whose weights are recomputed from the current
+    residuals (temperature 1, so the softmax is exactly w·P normalized).
+
+    Parameters
+    ----------
+    z : array_like, shape (..., N, d)
+        Measurements in the eigenbasis (``S^{-1} z`` for a model built with :mod:`refimpl.sde`).
+    eigvals, sigma2, eta2, gamma2, nu, t, weight, kappa, causal : as in :func:`afa`.
+    n_iter : int ≥ 1
+    step : float in (0, 1]
+        The relaxation α.
+
+    Returns
+    -------
+    estimates : ndarray of complex128, shape (n_iter, ..., N, d)
+        ``ẑ⁽¹⁾ … ẑ⁽ⁿ⁾``, the relaxed estimate after each iteration (the AFA output itself when α = 1).
+    """
+    if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
+        raise ValueError(f"n_iter: expected an integer >= 1, got {n_iter!r}")
+    step = as_positive_scalar(step, "step")
+    if step > 1:
+        raise ValueError(f"step: expected a relaxation in (0, 1], got {step!r}")
+    current = as_complex_array(z, "z")
+    estimates = []
+    for _ in range(int(n_iter)):
+        bar = afa(
+            current, current, current, eigvals=eigvals, sigma2=sigma2, eta2=eta2, gamma2=gamma2, nu=nu, t=t,
+            weight=weight, kappa=kappa, causal=causal,
+        )
+        current = current + step * (bar - current)  # ẑ ← ẑ + α (z̄ − ẑ)
+        estimates.append(current)
+    return np.array(estimates)

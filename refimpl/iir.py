@@ -1,0 +1,1446 @@
+r"""Classical IIR filters: difference equations, biquads, responses, stability, design, and SSMs.
+
+Chapter 13 of the book (``notebooks/13-iir-design.ipynb``) derives every formula here. It is the
+classical background of the Focus layer (Lutati, Zimerman & Wolf 2023), whose adaptive filter is
+the all-pole biquad ``H(z) = 1 / (1 + θ₀ z⁻¹ + θ₁ z⁻²)``, and of the diagonal state-space models
+of the later chapters, whose complex modes ``λ = −μ + iω`` are the complex-conjugate pole pairs
+of a biquad.
+
+.. math::  \sum_{k=0}^{q} a_k\,y[n-k] = \sum_{k=0}^{q} b_k\,x[n-k],\qquad a_0 \ne 0   \tag{13.1}
+.. math::  H(z) = \frac{B(z)}{A(z)} = \frac{\sum_k b_k z^{-k}}{\sum_k a_k z^{-k}}            \tag{13.3}
+
+Conventions are SciPy's (``scipy.signal.lfilter``): ``b`` and ``a`` are coefficients of powers
+of ``z⁻¹``, ``a[0]`` is divided out, and the transposed-direct-form-II state ``zi`` is laid out
+as in ``lfilter(b, a, x, zi=zi)``. SciPy is used by the *tests* as the independent oracle; no
+function here calls ``scipy.signal``.
+
+Glossary (code name → symbol in the book / the papers)
+-------------------------------------------------------
+``b`` (q+1,)       numerator coefficients b_k of B(z) (paper P-32: b₀, b₁, b₂).
+``a`` (q+1,)       denominator coefficients a_k of A(z), a₀ ≠ 0 (P-32: a₁, a₂; Focus: θ₀, θ₁).
+``x`` (..., N, d)  input: N samples of d channels (1-D ``(N,)`` is one channel).
+``y``              output, the shape of ``x``.
+``zi``/``zf``      initial/final filter state: TDF-II ``(..., 2, d)`` (lfilter's ``zi``) or
+                   DF-I ``(..., 4, d)`` = [x[−1], x[−2], y[−1], y[−2]].
+``sos`` (S, 6)     second-order sections [b₀, b₁, b₂, a₀, a₁, a₂] per row (Eq. 13.8).
+``z, p, k``        zeros, poles, gain (zpk form).  ``s`` analog, ``z`` digital variable.
+``w``              digital frequency ω ∈ [0, π] rad/sample (or [0, 2π) with ``whole``).
+``fs``             sampling rate; T = 1/fs.
+``lam`` (2,)       SSM modes λ_i (= discrete poles p_i);  ``B``, ``C`` (2,) input/output
+                   weights; ``D`` feed-through; residues ρ_i = C_i B_i.
+
+References
+----------
+.. [1] A. V. Oppenheim and R. W. Schafer, *Discrete-Time Signal Processing*, 3rd ed., 2010,
+       ch. 5 (transfer functions), 6 (structures), 7 (IIR design).
+.. [2] T. W. Parks and C. S. Burrus, *Digital Filter Design*, Wiley 1987.
+.. [3] S. Lutati, I. Zimerman and L. Wolf, "Focus Your Attention (with Adaptive IIR
+       Filters)", EMNLP 2023, arXiv:2305.14952 (P-5, P-16 … P-21, P-29 … P-32).
+.. [4] E. I. Jury, *Theory and Application of the z-Transform Method*, Wiley 1964
+       (the stability triangle).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from ._scan import linear_scan
+from ._validate import (
+    as_complex_array,
+    as_positive_scalar,
+    as_real_array,
+    check_option,
+)
+
+__all__ = [
+    # filtering
+    "tf_filter",
+    "tf_filter_loop",
+    "biquad_filter",
+    "biquad_filter_loop",
+    "sos_filter",
+    "sos_filter_loop",
+    "impulse_response",
+    "impulse_response_loop",
+    "biquad_impulse_closed_form",
+    # responses
+    "frequency_response",
+    "frequency_response_loop",
+    "sos_frequency_response",
+    "group_delay",
+    "group_delay_loop",
+    "analog_frequency_response",
+    # conversions
+    "tf2zpk",
+    "zpk2tf",
+    "zpk2sos",
+    "sos2zpk",
+    "sos2tf",
+    "tf2sos",
+    # stability
+    "biquad_poles",
+    "in_stability_triangle",
+    "pole_radius",
+    "is_stable",
+    # design
+    "buttap",
+    "cheb1ap",
+    "lp2lp_zpk",
+    "lp2hp_zpk",
+    "lp2bp_zpk",
+    "prewarp",
+    "bilinear_zpk",
+    "bilinear",
+    "impulse_invariance",
+    "matched_z",
+    "butter",
+    "cheby1",
+    # state-space models
+    "scalar_ssm_to_iir",
+    "biquad_to_ssm",
+    "ssm_to_biquad",
+    "diagonal_ssm_filter",
+    "diagonal_ssm_filter_loop",
+]
+
+FORMS = ("tdf2", "df1")
+BTYPES = ("lowpass", "highpass", "bandpass")
+OUTPUTS = ("zpk", "ba", "sos")
+
+#: block length of the block-recursive filter (see :func:`tf_filter`)
+BLOCK = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _coeffs(b, a, *, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Validate (b, a); return them normalized by a[0] and padded to a common length q+1."""
+    b = as_real_array(b, "b", ndim=1)
+    a = as_real_array(a, "a", ndim=1)
+    if length is not None:
+        for arr, name in ((b, "b"), (a, "a")):
+            if arr.shape != (length,):
+                raise ValueError(f"{name}: expected shape ({length},), got shape {arr.shape}")
+    if b.size == 0:
+        raise ValueError("b: expected at least one coefficient, got shape (0,)")
+    if a.size == 0:
+        raise ValueError("a: expected at least one coefficient, got shape (0,)")
+    if a[0] == 0:
+        raise ValueError("a: expected a[0] != 0 (the coefficient of y[n]), got a[0] = 0")
+    q = max(a.size, b.size)
+    b = np.concatenate([b, np.zeros(q - b.size)]) / a[0]
+    a = np.concatenate([a, np.zeros(q - a.size)]) / a[0]
+    return b, a
+
+
+def _signal(x, name: str = "x") -> tuple[np.ndarray, bool]:
+    """x as float64 (..., N, d); a 1-D x becomes (N, 1). Returns (x, was_1d)."""
+    x = as_real_array(x, name)
+    if x.ndim == 0:
+        raise ValueError(f"{name}: expected a signal of shape (N,) or (..., N, d), got a scalar")
+    if x.ndim == 1:
+        return x[:, None], True
+    return x, False
+
+
+def _state(zi, name: str, x: np.ndarray, n_state: int, was_1d: bool) -> np.ndarray:
+    """An initial state of shape x.shape[:-2] + (n_state, d) (or (n_state,) for a 1-D x)."""
+    want = x.shape[:-2] + (n_state, x.shape[-1])
+    if zi is None:
+        return np.zeros(want)
+    zi = as_real_array(zi, name)
+    if was_1d:
+        if zi.shape != (n_state,):
+            raise ValueError(f"{name}: expected shape ({n_state},) for a 1-D x, got shape {zi.shape}")
+        return zi[:, None]
+    if zi.shape != want:
+        raise ValueError(f"{name}: expected shape {want} (x.shape with N replaced by {n_state}), got shape {zi.shape}")
+    return zi
+
+
+def _check_stable(a: np.ndarray, name: str = "a") -> None:
+    r = pole_radius(a)
+    if not r < 1.0:
+        raise ValueError(f"{name}: expected a stable filter (all poles inside the unit circle), got max |pole| = {r:.6g}")
+
+
+def _check_sos(sos) -> np.ndarray:
+    sos = as_real_array(sos, "sos", ndim=2)
+    if sos.shape[0] == 0 or sos.shape[1] != 6:
+        raise ValueError(f"sos: expected shape (n_sections, 6), got shape {sos.shape}")
+    if np.any(sos[:, 3] == 0):
+        i = int(np.argmax(sos[:, 3] == 0))
+        raise ValueError(f"sos: expected a0 = sos[:, 3] != 0, got sos[{i}, 3] = 0")
+    return sos
+
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
+    return bool(value)
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Filtering: the difference equation (13.1) and the block-recursive algorithm
+# ---------------------------------------------------------------------------------------------
+
+
+def _tdf2_matrices(b: np.ndarray, a: np.ndarray):
+    """State space of the TDF-II structure (Eq. 13.5): s[n] = A s[n−1] + B x[n], y[n] = C s[n−1] + D x[n]."""
+    q = a.size - 1
+    A = np.zeros((q, q))
+    A[:, 0] = -a[1:]  # s_i[n] = b_i x[n] − a_i y[n] + s_{i+1}[n−1], with y[n] = b_0 x[n] + s_1[n−1]
+    A[np.arange(q - 1), np.arange(1, q)] = 1.0
+    B = b[1:] - a[1:] * b[0]
+    return A, B, b[0]
+
+
+def _block_filter(b: np.ndarray, a: np.ndarray, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
+    """y and the final TDF-II state for x (..., N, d), state s0 (..., q, d): the block algorithm.
+
+    Within a block of K samples starting from state s,
+
+        y_k = C A^k s + Σ_{j≤k} h[k−j] x_j        (zero-input + zero-state response)
+        s_K = A^K s + Σ_j A^{K−1−j} B x_j,
+
+    so all blocks' zero-state outputs are ONE matrix product with the lower-triangular Toeplitz
+    matrix of h[0..K−1], and only the q-dimensional state is carried from block to block.
+    """
+    q = a.size - 1
+    lead, n, d = x.shape[:-2], x.shape[-2], x.shape[-1]
+    if q == 0:  # a pure gain
+        return b[0] * x, s0.copy()
+    if n == 0:
+        return x.copy(), s0.copy()
+    A, Bv, D = _tdf2_matrices(b, a)
+    K = max(min(block, n), 1)
+    # powers A^0 .. A^K, O[k] = C A^k (first row), g[m] = A^m B
+    powers = [np.eye(q)]
+    for _ in range(K):
+        powers.append(A @ powers[-1])
+    powers = np.array(powers)  # (K+1, q, q)
+    O = powers[:K, 0, :]  # (K, q): C A^k with C = e_1
+    g = powers[:K] @ Bv  # (K, q): A^m B
+    h = np.concatenate([[D], g[:-1, 0]])  # h[0] = D, h[m] = C A^{m−1} B
+    idx = np.arange(K)
+    diff = idx[:, None] - idx[None, :]
+    T = np.where(diff >= 0, h[np.clip(diff, 0, None)], 0.0)  # T[k, j] = h[k − j]
+    G = g[::-1].T  # (q, K): column j is A^{K−1−j} B
+    AK = powers[K]
+    # (N, L) with L = all batch entries × channels
+    L = int(np.prod(lead, dtype=np.int64)) * d
+    X = np.moveaxis(x, -2, 0).reshape(n, L)
+    M = -(-n // K)
+    Xp = np.zeros((M * K, L))
+    Xp[:n] = X
+    Xb = Xp.reshape(M, K, L)
+    Y = T @ Xb  # zero-state part of every block, (M, K, L)
+    U = G @ Xb  # state injected by each block, (M, q, L)
+    S = np.empty((M + 1, q, L))
+    S[0] = np.moveaxis(s0, -2, 0).reshape(q, L)
+    for m in range(M):
+        S[m + 1] = AK @ S[m] + U[m]  # s_{(m+1)K} = A^K s_{mK} + Σ_j A^{K−1−j} B x_{mK+j}
+    Y += O @ S[:M]  # zero-input part: C A^k s_{mK}
+    y = Y.reshape(M * K, L)[:n]
+    r = n - (M - 1) * K  # samples in the last block
+    s_end = powers[r] @ S[M - 1] + G[:, K - r :] @ Xb[M - 1, :r]
+    y = np.moveaxis(y.reshape((n,) + lead + (d,)), 0, -2)
+    s_end = np.moveaxis(s_end.reshape((q,) + lead + (d,)), 0, -2)
+    return y, s_end
+
+
+def _tf_filter_checked(b, a, x, zi):
+    b, a = _coeffs(b, a)
+    x, was_1d = _signal(x)
+    s0 = _state(zi, "zi", x, a.size - 1, was_1d)
+    return b, a, x, s0, was_1d
+
+
+def _out(y, zf, was_1d, return_state):
+    if was_1d:
+        y, zf = y[:, 0], zf[:, 0]
+    return (y, zf) if return_state else y
+
+
+def tf_filter(b, a, x, zi=None):
+    r"""Filter ``x`` with the rational transfer function ``B(z)/A(z)`` of any order.
+
+    Implements the difference equation (13.1) in the transposed direct form II, Eq. (13.5) of the
+    book (the recursion P-32 of Lutati et al. 2023), by the exact block-recursive algorithm.
+
+    Parameters
+    ----------
+    b, a : array_like, shape (q+1,)
+        Coefficients of powers of ``z⁻¹`` (padded with zeros to a common length); ``a[0] != 0``.
+    x : array_like, shape (N,) or (..., N, d)
+        Input; the sequence axis is second to last, channels last.
+    zi : array_like, shape (q,) or (..., q, d), optional
+        Initial TDF-II state, laid out as ``scipy.signal.lfilter``'s ``zi`` (default: at rest).
+
+    Returns
+    -------
+    y : ndarray, the shape of ``x``
+    zf : ndarray, the shape of ``zi``
+        Final state; returned only when ``zi`` is given (as ``lfilter`` does).
+
+    Notes
+    -----
+    Vectorized over channels *and* time without ``lfilter``: the sequence is cut into blocks of
+    ``K = 64`` samples. With the TDF-II state space ``s[n] = A s[n−1] + B x[n]``,
+    ``y[n] = C s[n−1] + D x[n]`` (companion ``A``), every block's output is its zero-state
+    response — a product with the ``K × K`` lower-triangular Toeplitz matrix of the impulse
+    response ``h[0..K−1]``, one BLAS call for all blocks and channels — plus the zero-input
+    response ``C A^k s`` of the state at the block start. Only the q-dimensional state is carried
+    across blocks (``N/K`` small steps). The result equals the sample recursion up to round-off
+    (each output is a sum of ≤ K + q products instead of a q-term recursion).
+    """
+    b, a, x, s0, was_1d = _tf_filter_checked(b, a, x, zi)
+    with np.errstate(over="ignore", invalid="ignore"):  # an unstable filter may overflow to inf, as the recursion does
+        y, zf = _block_filter(b, a, x, s0)
+    return _out(y, zf, was_1d, zi is not None)
+
+
+def tf_filter_loop(b, a, x, zi=None):
+    """Loop twin of :func:`tf_filter`: the TDF-II recursion (13.5), one sample at a time."""
+    b, a, x, s0, was_1d = _tf_filter_checked(b, a, x, zi)
+    q = a.size - 1
+    y = np.empty_like(x)
+    s = s0.copy()  # (..., q, d)
+    for n in range(x.shape[-2]):
+        xn = x[..., n, :]
+        yn = b[0] * xn + (s[..., 0, :] if q else 0.0)  # y[n] = b0 x[n] + s_1[n−1]
+        for i in range(q):
+            nxt = s[..., i + 1, :] if i + 1 < q else 0.0
+            s[..., i, :] = b[i + 1] * xn - a[i + 1] * yn + nxt  # s_i[n] = b_i x[n] − a_i y[n] + s_{i+1}[n−1]
+        y[..., n, :] = yn
+    return _out(y, s, was_1d, zi is not None)
+
+
+def _biquad_checked(b, a, x, zi, form, require_stable):
+    check_option(form, "form", FORMS)
+    require_stable = _check_bool(require_stable, "require_stable")
+    b, a = _coeffs(b, a, length=3)
+    if require_stable:
+        _check_stable(a)
+    x, was_1d = _signal(x)
+    s0 = _state(zi, "zi", x, 2 if form == "tdf2" else 4, was_1d)
+    return b, a, x, s0, was_1d
+
+
+def _df1_to_tdf2(b, a, s):
+    """TDF-II state from the DF-I history [x[−1], x[−2], y[−1], y[−2]] (Eq. 13.6)."""
+    x1, x2, y1, y2 = (s[..., i, :] for i in range(4))
+    s1 = b[1] * x1 + b[2] * x2 - a[1] * y1 - a[2] * y2  # the part of y[0] not due to x[0]
+    s2 = b[2] * x1 - a[2] * y1
+    return np.stack([s1, s2], axis=-2)
+
+
+def biquad_filter(b, a, x, zi=None, *, form="tdf2", require_stable=False):
+    r"""Filter ``x`` with one biquad ``(b0 + b1 z⁻¹ + b2 z⁻²)/(a0 + a1 z⁻¹ + a2 z⁻²)``.
+
+    Implements Eq. (13.2) of the book (P-32 of Lutati et al. 2023 with q = 2) in direct form I
+    (Eq. 13.4) or transposed direct form II (Eq. 13.5); the forms differ only in their state.
+
+    Parameters
+    ----------
+    b, a : array_like, shape (3,)
+        Numerator and denominator; ``a[0] != 0``.
+    x : array_like, shape (N,) or (..., N, d)
+    zi : array_like, optional
+        ``form="tdf2"``: shape (..., 2, d) (or (2,)), ``lfilter``'s state.
+        ``form="df1"``: shape (..., 4, d) (or (4,)), the history [x[−1], x[−2], y[−1], y[−2]].
+    form : {"tdf2", "df1"}
+        Filter structure (defines the meaning of ``zi`` and ``zf``).
+    require_stable : bool
+        Raise ``ValueError`` if a pole lies on or outside the unit circle.
+
+    Returns
+    -------
+    y : ndarray, the shape of ``x``
+    zf : ndarray, the shape of ``zi``; only when ``zi`` is given.
+
+    Notes
+    -----
+    The vectorized path is the block-recursive algorithm of :func:`tf_filter` (exact linear
+    algebra, no ``scipy.signal``); the DF-I history is converted to the equivalent TDF-II state
+    (Eq. 13.6) and the final DF-I history is read off the input and output.
+
+    Examples
+    --------
+    >>> y = biquad_filter([1.0, 0.0, 0.0], [1.0, -0.5, 0.0], [1.0, 0.0, 0.0, 0.0])
+    >>> y.tolist()
+    [1.0, 0.5, 0.25, 0.125]
+    """
+    b, a, x, s0, was_1d = _biquad_checked(b, a, x, zi, form, require_stable)
+    with np.errstate(over="ignore", invalid="ignore"):  # an unstable filter may overflow to inf
+        if form == "tdf2":
+            y, zf = _block_filter(b, a, x, s0)
+            return _out(y, zf, was_1d, zi is not None)
+        y, _ = _block_filter(b, a, x, _df1_to_tdf2(b, a, s0))
+    # final history: the last two inputs and outputs (reaching into zi when N < 2)
+    xs = np.concatenate([s0[..., 1::-1, :], x], axis=-2)  # [x[−2], x[−1], x[0], ...]
+    ys = np.concatenate([s0[..., 3:1:-1, :], y], axis=-2)
+    zf = np.stack([xs[..., -1, :], xs[..., -2, :], ys[..., -1, :], ys[..., -2, :]], axis=-2)
+    return _out(y, zf, was_1d, zi is not None)
+
+
+def biquad_filter_loop(b, a, x, zi=None, *, form="tdf2", require_stable=False):
+    """Loop twin of :func:`biquad_filter`: the difference equation of the chosen form, sample by sample."""
+    b, a, x, s0, was_1d = _biquad_checked(b, a, x, zi, form, require_stable)
+    y = np.empty_like(x)
+    if form == "tdf2":
+        s1, s2 = s0[..., 0, :].copy(), s0[..., 1, :].copy()
+        for n in range(x.shape[-2]):
+            xn = x[..., n, :]
+            yn = b[0] * xn + s1  # y[n] = b0 x[n] + s1[n−1]          (13.5)
+            s1 = b[1] * xn - a[1] * yn + s2  # s1[n] = b1 x[n] − a1 y[n] + s2[n−1]
+            s2 = b[2] * xn - a[2] * yn  # s2[n] = b2 x[n] − a2 y[n]
+            y[..., n, :] = yn
+        zf = np.stack([s1, s2], axis=-2)
+    else:
+        x1, x2, y1, y2 = (s0[..., i, :].copy() for i in range(4))
+        for n in range(x.shape[-2]):
+            xn = x[..., n, :]
+            yn = b[0] * xn + b[1] * x1 + b[2] * x2 - a[1] * y1 - a[2] * y2  # (13.4)
+            x2, x1, y2, y1 = x1, xn, y1, yn
+            y[..., n, :] = yn
+        zf = np.stack([x1, x2, y1, y2], axis=-2)
+    return _out(y, zf, was_1d, zi is not None)
+
+
+def _sos_checked(sos, x, zi, form, require_stable):
+    check_option(form, "form", FORMS)
+    require_stable = _check_bool(require_stable, "require_stable")
+    sos = _check_sos(sos)
+    x, was_1d = _signal(x)
+    n_state = 2 if form == "tdf2" else 4
+    if zi is None:
+        states = [None] * sos.shape[0]
+    else:
+        zi = as_real_array(zi, "zi")
+        want = (sos.shape[0],) + ((n_state,) if was_1d else x.shape[:-2] + (n_state, x.shape[-1]))
+        if zi.shape != want:
+            raise ValueError(f"zi: expected shape {want} (one state per section), got shape {zi.shape}")
+        states = list(zi)
+    if require_stable:
+        for i, row in enumerate(sos):
+            if not pole_radius(row[3:]) < 1.0:
+                raise ValueError(f"sos: expected stable sections, section {i} has max |pole| = {pole_radius(row[3:]):.6g}")
+    return sos, (x[:, 0] if was_1d else x), states
+
+
+def _sos_apply(filt, sos, x, states, form):
+    final = []
+    for row, s in zip(sos, states):
+        out = filt(row[:3], row[3:], x, s, form=form)
+        if s is None:
+            x = out
+        else:
+            x, zf = out
+            final.append(zf)
+    return (x, np.array(final)) if final else x
+
+
+def sos_filter(sos, x, zi=None, *, form="tdf2", require_stable=False):
+    r"""Filter ``x`` through a cascade of second-order sections.
+
+    Implements Eq. (13.8) of the book: ``H(z) = Π_s H_s(z)``, section by section, each with
+    :func:`biquad_filter`.
+
+    Parameters
+    ----------
+    sos : array_like, shape (S, 6)
+        Rows ``[b0, b1, b2, a0, a1, a2]`` (``scipy.signal`` layout).
+    x : array_like, shape (N,) or (..., N, d)
+    zi : array_like, shape (S, ...) optional
+        One state per section, each as in :func:`biquad_filter` (``sosfilt``'s ``zi`` for tdf2).
+    form : {"tdf2", "df1"}
+    require_stable : bool
+        Raise ``ValueError`` if a section has a pole on or outside the unit circle.
+
+    Returns
+    -------
+    y : ndarray, the shape of ``x``;  zf : ndarray (S, ...) only when ``zi`` is given.
+    """
+    sos, x, states = _sos_checked(sos, x, zi, form, require_stable)
+    return _sos_apply(biquad_filter, sos, x, states, form)
+
+
+def sos_filter_loop(sos, x, zi=None, *, form="tdf2", require_stable=False):
+    """Loop twin of :func:`sos_filter`: each section by the difference-equation loop."""
+    sos, x, states = _sos_checked(sos, x, zi, form, require_stable)
+    return _sos_apply(biquad_filter_loop, sos, x, states, form)
+
+
+def impulse_response(b, a, n):
+    """The first ``n`` samples of the impulse response ``h[k]`` of ``B(z)/A(z)``.
+
+    Implements Eq. (13.9) of the book: ``h`` is the output for ``x = δ`` from rest.
+
+    Parameters
+    ----------
+    b, a : array_like, shape (q+1,)
+    n : int ≥ 1
+
+    Returns
+    -------
+    ndarray, shape (n,)
+    """
+    n = _check_int(n, "n", 1)
+    delta = np.zeros(n)
+    delta[0] = 1.0
+    return tf_filter(b, a, delta)
+
+
+def impulse_response_loop(b, a, n):
+    """Loop twin of :func:`impulse_response`: the recursion h[k] = b_k − Σ_{i≥1} a_i h[k−i]."""
+    b, a = _coeffs(b, a)
+    n = _check_int(n, "n", 1)
+    h = np.zeros(n)
+    for k in range(n):
+        acc = b[k] if k < b.size else 0.0
+        for i in range(1, min(k, a.size - 1) + 1):
+            acc -= a[i] * h[k - i]  # h[k] = b_k − Σ a_i h[k−i]
+        h[k] = acc
+    return h
+
+
+def biquad_impulse_closed_form(b, a, n):
+    r"""Closed-form impulse response of a biquad, by the kind of its poles.
+
+    Implements Eq. (13.12) of the book. For the all-pole part ``1/(1 + a1 z⁻¹ + a2 z⁻²)`` with
+    poles ``p1, p2`` (roots of ``z² + a1 z + a2``), from rest,
+
+    * distinct poles: ``g[k] = (p1^{k+1} − p2^{k+1}) / (p1 − p2)``;
+    * complex poles ``r e^{±iω0}``: ``g[k] = r^k sin((k+1) ω0) / sin ω0``;
+    * a double pole ``p`` (``a1² = 4 a2``): ``g[k] = (k+1) p^k``;
+
+    and the numerator shifts and adds: ``h[k] = b0 g[k] + b1 g[k−1] + b2 g[k−2]``.
+
+    Parameters
+    ----------
+    b, a : array_like, shape (3,)
+    n : int ≥ 1
+
+    Returns
+    -------
+    ndarray, shape (n,)
+
+    Notes
+    -----
+    The case is chosen by the exact sign of the discriminant ``a1² − 4 a2``. Near a double pole
+    the distinct-pole formula divides by ``p1 − p2`` and loses about ``eps/|p1 − p2|`` relative
+    accuracy; the recursion (:func:`impulse_response`) does not.
+    """
+    b, a = _coeffs(b, a, length=3)
+    n = _check_int(n, "n", 1)
+    k = np.arange(n, dtype=np.float64)
+    disc = a[1] ** 2 - 4.0 * a[2]
+    if disc == 0.0:
+        p = -a[1] / 2.0
+        g = (k + 1.0) * p**k  # double pole
+    elif disc > 0.0:
+        p1, p2 = _real_roots(a[1], a[2])
+        if p1 == p2:  # a2 = 0 and a1 = 0 cannot give disc > 0; kept for safety
+            g = (k + 1.0) * p1**k
+        else:
+            g = (p1 ** (k + 1) - p2 ** (k + 1)) / (p1 - p2)  # distinct real poles
+    else:
+        r = math.sqrt(a[2])  # |p|² = p p̄ = a2
+        w0 = math.atan2(math.sqrt(-disc) / 2.0, -a[1] / 2.0)  # p = −a1/2 + i sqrt(−disc)/2
+        g = r**k * np.sin((k + 1.0) * w0) / math.sin(w0)  # complex poles
+    h = b[0] * g
+    h[1:] += b[1] * g[:-1]
+    h[2:] += b[2] * g[:-2]
+    return h
+
+
+def _real_roots(a1: float, a2: float) -> tuple[float, float]:
+    """Roots of z² + a1 z + a2 (real discriminant ≥ 0) without cancellation."""
+    sq = math.sqrt(a1 * a1 - 4.0 * a2)
+    big = -(a1 + math.copysign(sq, a1)) / 2.0  # the root of larger magnitude
+    small = a2 / big if big != 0.0 else 0.0  # Vieta: p1 p2 = a2
+    return big, small
+
+
+# ---------------------------------------------------------------------------------------------
+# Frequency response and group delay
+# ---------------------------------------------------------------------------------------------
+
+
+def _grid(w, whole) -> np.ndarray:
+    whole = _check_bool(whole, "whole")
+    if isinstance(w, (numbers.Integral, np.integer)) and not isinstance(w, bool):
+        n = _check_int(w, "w", 1)
+        return np.arange(n) * ((2.0 if whole else 1.0) * np.pi / n)
+    if isinstance(w, bool):
+        raise TypeError("w: expected a number of frequencies (int) or an array of frequencies, got bool")
+    w = as_real_array(w, "w")
+    if w.ndim != 1:
+        raise ValueError(f"w: expected frequencies of shape (n,) or an int, got shape {w.shape}")
+    return w
+
+
+def _poly_at(c: np.ndarray, zinv: np.ndarray) -> np.ndarray:
+    """Σ_k c_k zinv^k by Horner's rule."""
+    out = np.zeros(zinv.shape, dtype=np.complex128)
+    for ck in c[::-1]:
+        out = out * zinv + ck
+    return out
+
+
+def frequency_response(b, a, w=512, *, whole=False):
+    r"""The frequency response ``H(e^{iω}) = B(e^{iω})/A(e^{iω})``.
+
+    Implements Eq. (13.7) of the book (P-5 of Lutati et al. 2023 for b = [1], a = [1, θ0, θ1]).
+
+    Parameters
+    ----------
+    b, a : array_like, shape (q+1,)
+    w : int or array_like, shape (n,)
+        An int ``n`` gives the grid ``ω_k = π k/n`` (``2π k/n`` if ``whole``), as
+        ``scipy.signal.freqz(b, a, worN=n)``; an array gives the frequencies in rad/sample.
+    whole : bool
+        Grid over the whole circle [0, 2π) instead of [0, π).
+
+    Returns
+    -------
+    w : ndarray, shape (n,)
+    h : ndarray, complex128, shape (n,)
+        ``inf`` (no warning) where A vanishes on the unit circle.
+    """
+    b, a = _coeffs(b, a)
+    w = _grid(w, whole)
+    zinv = np.exp(-1j * w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return w, _poly_at(b, zinv) / _poly_at(a, zinv)  # H = B(e^{-iω}) / A(e^{-iω})
+
+
+def frequency_response_loop(b, a, w=512, *, whole=False):
+    """Loop twin of :func:`frequency_response`: the sums Σ b_k e^{−iωk}, Σ a_k e^{−iωk} per frequency."""
+    b, a = _coeffs(b, a)
+    w = _grid(w, whole)
+    h = np.empty(w.shape, dtype=np.complex128)
+    for i, wi in enumerate(w):
+        num = sum(bk * np.exp(-1j * wi * k) for k, bk in enumerate(b))
+        den = sum(ak * np.exp(-1j * wi * k) for k, ak in enumerate(a))
+        h[i] = num / den if den != 0 else complex(np.inf)
+    return w, h
+
+
+def sos_frequency_response(sos, w=512, *, whole=False):
+    """Frequency response of a cascade: the product of the sections' responses (Eq. 13.8)."""
+    sos = _check_sos(sos)
+    w = _grid(w, whole)
+    h = np.ones(w.shape, dtype=np.complex128)
+    for row in sos:
+        h *= frequency_response(row[:3], row[3:], w)[1]
+    return w, h
+
+
+def group_delay(b, a, w=512, *, whole=False):
+    r"""Group delay ``τ(ω) = −d arg H(e^{iω}) / dω`` in samples.
+
+    Implements Eq. (13.10) of the book:
+    ``τ = Re[Σ k b_k e^{−iωk} / B] − Re[Σ k a_k e^{−iωk} / A]``.
+
+    Parameters
+    ----------
+    b, a : array_like, shape (q+1,)
+    w : int or array_like
+        As in :func:`frequency_response`.
+    whole : bool
+
+    Returns
+    -------
+    w : ndarray, shape (n,);  gd : ndarray, float64, shape (n,)
+        NaN (no warning) where B or A vanishes on the unit circle (the phase is undefined there).
+    """
+    b, a = _coeffs(b, a)
+    w = _grid(w, whole)
+    zinv = np.exp(-1j * w)
+    k = np.arange(b.size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        num = _poly_at(k * b, zinv) / _poly_at(b, zinv)  # Σ k b_k z^{-k} / B
+        den = _poly_at(k * a, zinv) / _poly_at(a, zinv)  # Σ k a_k z^{-k} / A
+    gd = (num - den).real
+    return w, np.where(np.isfinite(gd), gd, np.nan)
+
+
+def group_delay_loop(b, a, w=512, *, whole=False):
+    """Loop twin of :func:`group_delay`: the four sums per frequency."""
+    b, a = _coeffs(b, a)
+    w = _grid(w, whole)
+    gd = np.empty(w.shape)
+    for i, wi in enumerate(w):
+        e = [np.exp(-1j * wi * k) for k in range(b.size)]
+        B = sum(bk * ek for bk, ek in zip(b, e))
+        A = sum(ak * ek for ak, ek in zip(a, e))
+        kB = sum(k * bk * ek for k, (bk, ek) in enumerate(zip(b, e)))
+        kA = sum(k * ak * ek for k, (ak, ek) in enumerate(zip(a, e)))
+        gd[i] = (kB / B - kA / A).real if (B != 0 and A != 0) else np.nan
+    return w, gd
+
+
+def analog_frequency_response(b, a, w):
+    r"""Analog frequency response ``H(iΩ) = Σ b_k (iΩ)^{M−k} / Σ a_k (iΩ)^{N−k}``.
+
+    Coefficients are of descending powers of ``s`` (``scipy.signal.freqs`` convention); ``w``
+    is in rad/s. The analog side of Eqs. (13.15)–(13.18): prototypes vs their discretizations.
+    """
+    b = as_real_array(b, "b", ndim=1)
+    a = as_real_array(a, "a", ndim=1)
+    if a.size == 0 or not np.any(a != 0):
+        raise ValueError("a: expected a nonzero analog denominator")
+    if b.size == 0:
+        raise ValueError("b: expected at least one coefficient, got shape (0,)")
+    w = as_real_array(w, "w", ndim=1)
+    s = 1j * w
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return w, np.polyval(b, s) / np.polyval(a, s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversions tf ↔ zpk ↔ sos
+# ---------------------------------------------------------------------------------------------
+
+
+def _roots(c: np.ndarray) -> np.ndarray:
+    """Roots of c[0] z^q + ... + c[q] (leading zeros stripped), complex128."""
+    nz = np.flatnonzero(c)
+    if nz.size == 0:
+        return np.zeros(0, dtype=np.complex128)
+    c = c[nz[0] :]
+    return np.roots(c).astype(np.complex128) if c.size > 1 else np.zeros(0, dtype=np.complex128)
+
+
+def tf2zpk(b, a):
+    r"""Zeros, poles and gain of the digital ``B(z)/A(z)`` (Eq. 13.3 → 13.11).
+
+    ``b`` and ``a`` are padded to a common length, so the zeros and poles are the roots of
+    ``z^q B(z)`` and ``z^q A(z)`` — including those at ``z = 0`` that a shorter polynomial
+    implies. ``k = b[0]/a[0]`` after stripping leading zeros of ``b`` (a zero at infinity is not
+    kept).
+
+    Returns
+    -------
+    z : ndarray complex128;  p : ndarray complex128;  k : float
+    """
+    b, a = _coeffs(b, a)
+    if not np.any(b != 0):
+        raise ValueError("b: expected a nonzero numerator")
+    nz = np.flatnonzero(b)[0]
+    return _roots(b), _roots(a), float(b[nz])
+
+
+def _conj_closed(r: np.ndarray, scale: float) -> bool:
+    if r.size == 0:
+        return True
+    a = np.sort_complex(r)
+    c = np.sort_complex(r.conj())
+    return bool(np.max(np.abs(a - c)) <= 1e-9 * max(scale, 1.0))
+
+
+def _poly(r: np.ndarray) -> np.ndarray:
+    """Coefficients of Π (z − r_i), highest power first."""
+    c = np.ones(1, dtype=np.complex128)
+    for ri in r:
+        c = np.convolve(c, [1.0, -ri])  # multiply by (z − r_i)
+    return c
+
+
+def _realify(c: np.ndarray, r: np.ndarray) -> np.ndarray:
+    if _conj_closed(r, float(np.max(np.abs(r), initial=0.0))):
+        return c.real.copy()
+    return c
+
+
+def zpk2tf(z, p, k):
+    """Numerator and denominator of ``k Π(1 − z_i z⁻¹) / Π(1 − p_i z⁻¹)`` (Eq. 13.11 → 13.3).
+
+    The coefficients are real when the zeros and the poles are each closed under conjugation
+    (to 1e-9 relative); otherwise they are returned complex — never silently made real.
+
+    Returns
+    -------
+    b : ndarray, shape (len(z)+1,);  a : ndarray, shape (len(p)+1,)
+    """
+    z = as_complex_array(z, "z", ndim=1)
+    p = as_complex_array(p, "p", ndim=1)
+    k = as_real_array(k, "k", ndim=0)
+    b = _realify(float(k) * _poly(z), z)
+    a = _realify(_poly(p), p)
+    return b, a
+
+
+def _single_section(zs, ps) -> np.ndarray:
+    """One row [b0 b1 b2 1 a1 a2] from up to two zeros and two poles (conjugate pairs or reals)."""
+    b = np.zeros(3)
+    a = np.zeros(3)
+    bz = _poly(np.asarray(zs, dtype=np.complex128)).real
+    ap = _poly(np.asarray(ps, dtype=np.complex128)).real
+    b[: bz.size] = bz
+    a[: ap.size] = ap
+    return np.concatenate([b, a])
+
+
+def _split_pairs(r: np.ndarray, scale: float):
+    """One representative of each conjugate pair (Im > 0) and the reals; error if not closed."""
+    tol = 100 * np.finfo(float).eps * max(scale, 1.0)
+    real = r[np.abs(r.imag) <= tol].real
+    upper = r[r.imag > tol]
+    lower = r[r.imag < -tol]
+    if upper.size != lower.size or (upper.size and not _conj_closed(np.concatenate([upper, lower]), scale)):
+        return None
+    return real.astype(np.complex128), np.sort_complex(upper)
+
+
+def zpk2sos(z, p, k):
+    r"""Second-order sections from zeros, poles and gain (Eq. 13.11 → 13.8).
+
+    The pairing rule is the one of ``scipy.signal.zpk2sos(..., pairing="nearest")``: repeatedly
+    take the remaining pole closest to the unit circle (a complex pole with its conjugate, a real
+    pole with the next such real pole), give it the nearest remaining zero (with its conjugate,
+    or with the next nearest real zero), and fill the sections from the last to the first, so
+    the sharpest resonances come last; the gain goes into the first section. Missing zeros or
+    poles are placed at the origin.
+
+    Returns
+    -------
+    sos : ndarray, shape (ceil(max(len z, len p)/2), 6)
+    """
+    z = as_complex_array(z, "z", ndim=1)
+    p = as_complex_array(p, "p", ndim=1)
+    k = float(as_real_array(k, "k", ndim=0))
+    if z.size == 0 and p.size == 0:
+        return np.array([[k, 0.0, 0.0, 1.0, 0.0, 0.0]])
+    n = max(z.size, p.size)
+    n += n % 2
+    z = np.concatenate([z, np.zeros(n - z.size)])
+    p = np.concatenate([p, np.zeros(n - p.size)])
+    sz, sp = _split_pairs(z, float(np.max(np.abs(z)))), _split_pairs(p, float(np.max(np.abs(p))))
+    if sz is None:
+        raise ValueError("z: expected zeros closed under complex conjugation (real coefficients)")
+    if sp is None:
+        raise ValueError("p: expected poles closed under complex conjugation (real coefficients)")
+    zr, zc = list(sz[0]), list(sz[1])
+    pr, pc = list(sp[0]), list(sp[1])
+    n_sec = n // 2
+    sos = np.zeros((n_sec, 6))
+
+    def worst(cands):
+        return int(np.argmin([abs(1 - abs(c)) for c in cands]))
+
+    def take_nearest(pool, target):
+        i = int(np.argmin([abs(c - target) for c in pool]))
+        return pool.pop(i)
+
+    for si in range(n_sec - 1, -1, -1):
+        cands = pc + pr
+        i = worst(cands)
+        p1 = cands[i]
+        if i < len(pc):
+            pc.pop(i)
+            ps = [p1, p1.conjugate()]
+        else:
+            pr.pop(i - len(pc))
+            p2 = pr.pop(worst(pr)) if pr else 0.0
+            ps = [p1, p2]
+        # zeros: the nearest (complex with its conjugate; real with the next nearest real)
+        pool = zc + zr
+        j = int(np.argmin([abs(c - p1) for c in pool])) if pool else -1
+        if ps[1] == np.conj(p1) and p1.imag != 0 and len(pc) + len(pr) + 1 == len(zc) + len(zr) \
+                and len(pr) == 1 and len(zr) == 1 and zc:
+            # one real pole and one real zero left over: keep them for each other (SciPy's rule)
+            j = int(np.argmin([abs(c - p1) for c in zc]))
+        if j < len(zc):
+            zz = zc.pop(j)
+            zs = [zz, zz.conjugate()]
+        else:
+            z1 = zr.pop(j - len(zc))
+            zs = [z1, take_nearest(zr, p1)] if zr else [z1]
+        sos[si] = _single_section(zs, ps)
+    sos[0, :3] *= k
+    return sos
+
+
+def sos2zpk(sos):
+    """Zeros, poles and gain of a cascade: the union of the sections' (Eq. 13.8 → 13.11)."""
+    sos = _check_sos(sos)
+    zs, ps, k = [], [], 1.0
+    for row in sos:
+        z, p, kk = tf2zpk(row[:3], row[3:])
+        zs.append(np.concatenate([z, np.zeros(2 - z.size)]))  # a zero at infinity… is at the origin here
+        ps.append(p)
+        k *= kk
+    return np.concatenate(zs), np.concatenate(ps), k
+
+
+def sos2tf(sos):
+    """``(b, a)`` of a cascade: the product of the sections' polynomials."""
+    sos = _check_sos(sos)
+    b, a = np.ones(1), np.ones(1)
+    for row in sos:
+        b = np.convolve(b, row[:3] / row[3])
+        a = np.convolve(a, row[3:] / row[3])
+    return b, a
+
+
+def tf2sos(b, a):
+    """Second-order sections of ``B(z)/A(z)``: :func:`tf2zpk` then :func:`zpk2sos`."""
+    return zpk2sos(*tf2zpk(b, a))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stability
+# ---------------------------------------------------------------------------------------------
+
+
+def _biquad_a(a) -> np.ndarray:
+    a = as_real_array(a, "a")
+    if a.ndim == 0 or a.shape[-1] != 3:
+        raise ValueError(f"a: expected biquad denominators of shape (..., 3), got shape {a.shape}")
+    if np.any(a[..., 0] == 0):
+        raise ValueError("a: expected a[..., 0] != 0, got a zero leading coefficient")
+    return a / a[..., :1]
+
+
+def biquad_poles(a) -> np.ndarray:
+    r"""The two poles of ``1/(1 + a1 z⁻¹ + a2 z⁻²)`` for a batch of denominators.
+
+    Roots of ``z² + a1 z + a2`` (Eq. 13.11), the larger-magnitude one first for real pairs
+    (computed without cancellation, the other by Vieta ``p1 p2 = a2``), ``Im p > 0`` first for
+    complex pairs.
+
+    Parameters
+    ----------
+    a : array_like, shape (..., 3)
+
+    Returns
+    -------
+    ndarray, complex128, shape (..., 2)
+    """
+    a = _biquad_a(a)
+    a1, a2 = a[..., 1], a[..., 2]
+    disc = a1 * a1 - 4.0 * a2
+    out = np.empty(a.shape[:-1] + (2,), dtype=np.complex128)
+    sq = np.sqrt(np.abs(disc))
+    big = -(a1 + np.where(a1 >= 0, sq, -sq)) / 2.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        small = np.where(big != 0, a2 / np.where(big != 0, big, 1.0), 0.0)
+    real = disc >= 0
+    out[..., 0] = np.where(real, big, -a1 / 2.0 + 0.5j * sq)
+    out[..., 1] = np.where(real, small, -a1 / 2.0 - 0.5j * sq)
+    return out
+
+
+def in_stability_triangle(a) -> np.ndarray:
+    r"""The biquad stability triangle: ``|a2| < 1`` and ``|a1| < 1 + a2``.
+
+    Implements Eq. (13.14) of the book (Jury's criterion for q = 2): a biquad with
+    denominator ``[1, a1, a2]`` has both poles strictly inside the unit circle iff this holds.
+
+    Parameters
+    ----------
+    a : array_like, shape (..., 3)
+
+    Returns
+    -------
+    ndarray of bool, shape (...)
+    """
+    a = _biquad_a(a)
+    a1, a2 = a[..., 1], a[..., 2]
+    return (np.abs(a2) < 1.0) & (np.abs(a1) < 1.0 + a2)
+
+
+def pole_radius(a) -> float:
+    """Largest pole magnitude ``max |p_i|`` of ``1/A(z)`` (any order; ``a`` shape (q+1,))."""
+    a = as_real_array(a, "a", ndim=1)
+    if a.size == 0 or a[0] == 0:
+        raise ValueError("a: expected a[0] != 0")
+    p = _roots(a)
+    return float(np.max(np.abs(p), initial=0.0))
+
+
+def is_stable(a) -> bool:
+    """``max |p_i| < 1``: all poles strictly inside the unit circle (Eq. 13.13)."""
+    return pole_radius(a) < 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Analog prototypes and s → z maps
+# ---------------------------------------------------------------------------------------------
+
+
+def buttap(order):
+    r"""Analog Butterworth prototype (cutoff 1 rad/s): ``|H(iΩ)|² = 1/(1 + Ω^{2N})``.
+
+    Implements Eq. (13.15) of the book: the poles are the left-half-plane roots of
+    ``1 + (s/i)^{2N} = 0``, ``p_m = −exp(iπ m/(2N))`` for ``m = −N+1, −N+3, …, N−1``.
+
+    Returns
+    -------
+    z : ndarray (0,);  p : ndarray complex128 (N,);  k : float (= 1)
+    """
+    N = _check_int(order, "order", 1)
+    m = np.arange(-N + 1, N, 2)
+    p = -np.exp(1j * np.pi * m / (2 * N))  # on the unit circle, left half plane
+    return np.zeros(0, dtype=np.complex128), p, 1.0
+
+
+def cheb1ap(order, rp):
+    r"""Analog Chebyshev type I prototype with passband ripple ``rp`` dB (edge 1 rad/s).
+
+    Implements Eq. (13.16) of the book: ``|H(iΩ)|² = 1/(1 + ε² T_N(Ω)²)``,
+    ``ε = sqrt(10^{rp/10} − 1)``; poles ``p_m = −sinh(μ + iπ m/(2N))`` with
+    ``μ = asinh(1/ε)/N``; an ellipse with semi-axes ``sinh μ`` and ``cosh μ``. The gain makes
+    ``|H(0)| = 1`` (odd N) or ``1/sqrt(1 + ε²)`` (even N).
+    """
+    N = _check_int(order, "order", 1)
+    rp = as_positive_scalar(rp, "rp")
+    eps = math.sqrt(10.0 ** (0.1 * rp) - 1.0)
+    mu = math.asinh(1.0 / eps) / N
+    m = np.arange(-N + 1, N, 2)
+    p = -np.sinh(mu + 1j * np.pi * m / (2 * N))
+    k = float(np.prod(-p).real)
+    if N % 2 == 0:
+        k /= math.sqrt(1.0 + eps * eps)
+    return np.zeros(0, dtype=np.complex128), p, k
+
+
+def _zpk_in(z, p, k):
+    z = as_complex_array(z, "z", ndim=1)
+    p = as_complex_array(p, "p", ndim=1)
+    k = float(as_real_array(k, "k", ndim=0))
+    if z.size > p.size:
+        raise ValueError(f"z: expected no more zeros than poles (a proper system), got {z.size} zeros and {p.size} poles")
+    return z, p, k
+
+
+def lp2lp_zpk(z, p, k, wo=1.0):
+    """Lowpass → lowpass with cutoff ``wo``: ``s → s/wo`` (Eq. 13.19)."""
+    z, p, k = _zpk_in(z, p, k)
+    wo = as_positive_scalar(wo, "wo")
+    return z * wo, p * wo, k * wo ** (p.size - z.size)
+
+
+def lp2hp_zpk(z, p, k, wo=1.0):
+    """Lowpass → highpass with cutoff ``wo``: ``s → wo/s`` (Eq. 13.20); zeros at infinity go to 0."""
+    z, p, k = _zpk_in(z, p, k)
+    wo = as_positive_scalar(wo, "wo")
+    deg = p.size - z.size
+    zh = np.concatenate([wo / z, np.zeros(deg)])
+    ph = wo / p
+    kh = k * (np.prod(-z) / np.prod(-p)).real
+    return zh.astype(np.complex128), ph, float(kh)
+
+
+def lp2bp_zpk(z, p, k, wo=1.0, bw=1.0):
+    r"""Lowpass → bandpass around ``wo`` with width ``bw``: ``s → (s² + wo²)/(bw s)`` (Eq. 13.21).
+
+    Each prototype root ``r`` becomes the two roots of ``s² − r bw s + wo² = 0``,
+    ``s = r bw/2 ± sqrt((r bw/2)² − wo²)``; zeros at infinity give ``deg`` zeros at 0.
+    """
+    z, p, k = _zpk_in(z, p, k)
+    wo = as_positive_scalar(wo, "wo")
+    bw = as_positive_scalar(bw, "bw")
+    deg = p.size - z.size
+    zl, pl = z * bw / 2, p * bw / 2
+    zb = np.concatenate([zl + np.sqrt(zl**2 - wo**2), zl - np.sqrt(zl**2 - wo**2), np.zeros(deg)])
+    pb = np.concatenate([pl + np.sqrt(pl**2 - wo**2), pl - np.sqrt(pl**2 - wo**2)])
+    return zb.astype(np.complex128), pb, k * bw**deg
+
+
+def prewarp(f, fs):
+    r"""Analog frequency (rad/s) that the bilinear transform maps onto the digital ``f``.
+
+    Implements Eq. (13.18) of the book: ``Ω = 2 fs tan(π f / fs)``, for ``0 < f < fs/2``.
+    """
+    fs = as_positive_scalar(fs, "fs")
+    f = as_real_array(f, "f")
+    if np.any(f <= 0) or np.any(f >= fs / 2):
+        raise ValueError(f"f: expected frequencies strictly between 0 and fs/2 = {fs / 2:g}, got {f.tolist()}")
+    return 2.0 * fs * np.tan(np.pi * f / fs)
+
+
+def bilinear_zpk(z, p, k, fs):
+    r"""Bilinear (Tustin) transform of an analog zpk: ``s = 2 fs (z − 1)/(z + 1)``.
+
+    Implements Eq. (13.17) of the book: each root maps as ``z = (2fs + s)/(2fs − s)`` (the left
+    half plane onto the unit disk), zeros at infinity go to ``z = −1``, and the gain is
+    ``k Π(2fs − z_i)/Π(2fs − p_i)``.
+    """
+    z, p, k = _zpk_in(z, p, k)
+    fs = as_positive_scalar(fs, "fs")
+    fs2 = 2.0 * fs
+    if np.any(p == fs2) or np.any(z == fs2):
+        raise ValueError(f"p: a root at s = 2 fs = {fs2:g} maps to z = infinity")
+    zd = (fs2 + z) / (fs2 - z)
+    pd = (fs2 + p) / (fs2 - p)
+    zd = np.concatenate([zd, -np.ones(p.size - z.size)])  # zeros at infinity → Nyquist
+    kd = k * (np.prod(fs2 - z) / np.prod(fs2 - p)).real
+    return zd.astype(np.complex128), pd, float(kd)
+
+
+def bilinear(b, a, fs):
+    r"""Bilinear transform of an analog ``(b, a)`` (descending powers of s) to a digital ``(b, a)``.
+
+    Substitutes ``s = 2fs (1 − z⁻¹)/(1 + z⁻¹)`` in Eq. (13.17) and multiplies through by
+    ``(1 + z⁻¹)^D``, ``D = max(deg B, deg A)``:
+    ``Σ_j c_j s^j → Σ_j c_j (2fs)^j (1 − z⁻¹)^j (1 + z⁻¹)^{D−j}``; normalized so ``a[0] = 1``.
+    """
+    b = as_real_array(b, "b", ndim=1)
+    a = as_real_array(a, "a", ndim=1)
+    fs = as_positive_scalar(fs, "fs")
+    if b.size == 0 or not np.any(b != 0):
+        raise ValueError("b: expected a nonzero analog numerator")
+    if a.size == 0 or not np.any(a != 0):
+        raise ValueError("a: expected a nonzero analog denominator")
+    b = b[np.flatnonzero(b)[0] :]
+    a = a[np.flatnonzero(a)[0] :]
+    D = max(b.size, a.size) - 1
+
+    def substitute(c):
+        out = np.zeros(D + 1)
+        deg = c.size - 1
+        for i, ci in enumerate(c):
+            j = deg - i  # power of s
+            term = np.array([ci * (2.0 * fs) ** j])
+            for _ in range(j):
+                term = np.convolve(term, [1.0, -1.0])  # (1 − z⁻¹)
+            for _ in range(D - j):
+                term = np.convolve(term, [1.0, 1.0])  # (1 + z⁻¹)
+            out += term
+        return out
+
+    bd, ad = substitute(b), substitute(a)
+    if ad[0] == 0:
+        raise ValueError("a: the analog denominator has a root at s = 2 fs (maps to z = infinity)")
+    return bd / ad[0], ad / ad[0]
+
+
+def impulse_invariance(b, a, fs):
+    r"""Impulse-invariant discretization: ``h_d[n] = T h_a(nT)``, ``T = 1/fs``.
+
+    Implements Eq. (13.22) of the book. With the partial fractions of the strictly proper
+    ``H_a(s) = Σ_i r_i/(s − p_i)`` (distinct poles, ``r_i = B(p_i)/A'(p_i)``),
+    ``h_a(t) = Σ r_i e^{p_i t}`` and ``H_d(z) = T Σ_i r_i / (1 − e^{p_i T} z⁻¹)``: the pole map is
+    ``z = e^{sT}``; the zeros are *not* mapped, and the response aliases.
+
+    Parameters
+    ----------
+    b, a : array_like
+        Analog coefficients, descending powers of s; ``deg B < deg A``, distinct poles.
+    fs : float > 0
+
+    Returns
+    -------
+    bd, ad : ndarray (real), shapes (q+1,) with q = deg A
+    """
+    b = as_real_array(b, "b", ndim=1)
+    a = as_real_array(a, "a", ndim=1)
+    fs = as_positive_scalar(fs, "fs")
+    if a.size == 0 or not np.any(a != 0):
+        raise ValueError("a: expected a nonzero analog denominator")
+    a = a[np.flatnonzero(a)[0] :]
+    b = b[np.flatnonzero(b)[0] :] if np.any(b != 0) else np.zeros(1)
+    if b.size >= a.size:
+        raise ValueError(f"b: expected a strictly proper system (deg b < deg a), got deg b = {b.size - 1}, deg a = {a.size - 1}")
+    T = 1.0 / fs
+    p = np.roots(a).astype(np.complex128)
+    gaps = np.abs(p[:, None] - p[None, :])
+    sep = np.min(np.where(np.eye(p.size, dtype=bool), np.inf, gaps), initial=np.inf)
+    if sep <= 1e-8 * max(1.0, float(np.max(np.abs(p)))):
+        raise ValueError("a: expected distinct analog poles for impulse invariance (repeated pole found)")
+    r = np.polyval(b, p) / np.polyval(np.polyder(a), p)  # r_i = B(p_i)/A'(p_i)
+    pz = np.exp(p * T)  # z = e^{sT}
+    # T Σ r_i / (1 − pz_i z⁻¹) over a common denominator Π (1 − pz_j z⁻¹)
+    den = _poly(pz)
+    num = np.zeros(p.size + 1, dtype=np.complex128)
+    for i in range(p.size):
+        num[: p.size] += T * r[i] * _poly(np.delete(pz, i))
+    return _realify(num, pz), _realify(den, pz)
+
+
+def matched_z(z, p, k, fs, *, gain_at=0.0):
+    r"""Matched-z transform: map poles **and** zeros by ``z = e^{sT}`` and match one gain.
+
+    Implements Eq. (13.23) of the book. Zeros at infinity are placed at ``z = −1`` (Nyquist, the
+    image of ``s = ∞`` under the bilinear map), and the gain is chosen so that
+    ``|H_d(e^{iΩT})| = |H_a(iΩ)|`` at ``Ω = gain_at`` rad/s (default DC; use a frequency in the
+    passband for a highpass or bandpass).
+
+    Returns
+    -------
+    zd, pd : ndarray complex128;  kd : float
+    """
+    z, p, k = _zpk_in(z, p, k)
+    fs = as_positive_scalar(fs, "fs")
+    g = as_positive_scalar(gain_at, "gain_at", strict=False)
+    T = 1.0 / fs
+    if g >= np.pi * fs:
+        raise ValueError(f"gain_at: expected 0 <= gain_at < π fs = {np.pi * fs:g} rad/s, got {g!r}")
+    zd = np.concatenate([np.exp(z * T), -np.ones(p.size - z.size)])
+    pd = np.exp(p * T)
+    s0, z0 = 1j * g, np.exp(1j * g * T)
+    ha = k * np.prod(s0 - z) / np.prod(s0 - p)
+    hd = np.prod(z0 - zd) / np.prod(z0 - pd)
+    if abs(hd) == 0 or not np.isfinite(abs(ha)) or abs(ha) == 0:
+        raise ValueError(f"gain_at: the response is zero or infinite at {g:g} rad/s; choose a passband frequency")
+    return zd.astype(np.complex128), pd, float(abs(ha) / abs(hd) * np.sign((ha / hd).real or 1.0))
+
+
+def _design(proto, order, wn, btype, fs, output):
+    check_option(btype, "btype", BTYPES)
+    check_option(output, "output", OUTPUTS)
+    fs = as_positive_scalar(fs, "fs")
+    wn = as_real_array(wn, "wn")
+    want = 2 if btype == "bandpass" else 1
+    if wn.size != want or wn.ndim > 1:
+        raise ValueError(f"wn: expected {'two band edges' if want == 2 else 'one cutoff'} for btype={btype!r}, got shape {wn.shape}")
+    wn = wn.reshape(-1)
+    if np.any(wn <= 0) or np.any(wn >= fs / 2):
+        raise ValueError(f"wn: expected frequencies strictly between 0 and fs/2 = {fs / 2:g}, got {wn.tolist()}")
+    if want == 2 and not wn[0] < wn[1]:
+        raise ValueError(f"wn: expected band edges wn[0] < wn[1], got {wn.tolist()}")
+    z, p, k = proto
+    # design at the sampling rate 2 (frequencies as fractions of Nyquist), as SciPy does
+    fsd = 2.0
+    warped = prewarp(wn / (fs / 2.0), fsd)  # Ω = 2 fs tan(π f/fs), Eq. (13.18)
+    if btype == "lowpass":
+        z, p, k = lp2lp_zpk(z, p, k, warped[0])
+    elif btype == "highpass":
+        z, p, k = lp2hp_zpk(z, p, k, warped[0])
+    else:
+        bw = warped[1] - warped[0]
+        wo = math.sqrt(warped[0] * warped[1])
+        z, p, k = lp2bp_zpk(z, p, k, wo, bw)
+    z, p, k = bilinear_zpk(z, p, k, fsd)
+    if output == "zpk":
+        return z, p, k
+    if output == "ba":
+        return zpk2tf(z, p, k)
+    return zpk2sos(z, p, k)
+
+
+def butter(order, wn, btype="lowpass", *, fs=2.0, output="zpk"):
+    r"""Digital Butterworth filter: prototype poles, pre-warping, frequency transformation, bilinear.
+
+    Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. 13.15) →
+    :func:`prewarp` (13.18) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`
+    (13.19–13.21) → :func:`bilinear_zpk` (13.17).
+
+    Parameters
+    ----------
+    order : int ≥ 1
+    wn : float or (2,) array
+        Cutoff (or band edges) in the units of ``fs``, strictly between 0 and fs/2; with the
+        default ``fs = 2`` a fraction of the Nyquist frequency (``scipy.signal.butter``'s ``Wn``).
+    btype : {"lowpass", "highpass", "bandpass"}
+    fs : float > 0
+    output : {"zpk", "ba", "sos"}
+
+    Returns
+    -------
+    (z, p, k), (b, a) or sos, as ``output`` says.
+    """
+    return _design(buttap(order), order, wn, btype, fs, output)
+
+
+def cheby1(order, rp, wn, btype="lowpass", *, fs=2.0, output="zpk"):
+    """Digital Chebyshev type I filter (ripple ``rp`` dB): :func:`cheb1ap` through the chain of :func:`butter`."""
+    return _design(cheb1ap(order, rp), order, wn, btype, fs, output)
+
+
+# ---------------------------------------------------------------------------------------------
+# IIR ↔ diagonal state-space models
+# ---------------------------------------------------------------------------------------------
+
+
+def scalar_ssm_to_iir(A, B, C, D):
+    r"""The first-order IIR ``(b, a)`` of the scalar SSM ``s[t] = A s[t−1] + B x[t]``, ``y = C s + D x``.
+
+    Implements Eq. (13.24) of the book, the corrected P-30/P-31 of Lutati et al. (2023):
+    ``y[t] = A y[t−1] + (CB + D) x[t] − AD x[t−1]``, i.e. ``b = [CB + D, −AD]``, ``a = [1, −A]``.
+    The paper writes ``+AD`` (spec erratum 1); the chapter shows that sign is wrong numerically.
+    """
+    vals = []
+    for v, name in ((A, "A"), (B, "B"), (C, "C"), (D, "D")):
+        vals.append(float(as_real_array(v, name, ndim=0)))
+    A, B, C, D = vals
+    return np.array([C * B + D, -A * D]), np.array([1.0, -A])
+
+
+def biquad_to_ssm(b, a):
+    r"""The two-state diagonal SSM of a biquad: modes, input and output weights, feed-through.
+
+    Implements Eq. (13.26) of the book (partial fractions, ``scipy.signal.residuez``):
+
+    .. math:: H(z) = D + \frac{ρ_1}{1 − λ_1 z^{-1}} + \frac{ρ_2}{1 − λ_2 z^{-1}},
+
+    ``λ_i`` the poles, ``D = b2/a2`` the direct term, ``ρ_i`` the residues of ``H − D``; returned
+    as ``B = (1, 1)`` and ``C = (ρ_1, ρ_2)`` so that ``s_i[n] = λ_i s_i[n−1] + B_i x[n]``,
+    ``y[n] = Re Σ C_i s_i[n] + D x[n]`` (:func:`diagonal_ssm_filter`).
+
+    Returns
+    -------
+    lam, B, C : ndarray complex128, shape (2,);  D : float
+
+    Raises
+    ------
+    ValueError
+        ``a``: if ``a2 = 0`` (fewer than two poles) or the poles coincide (a double pole has no
+        diagonal realization).
+    """
+    b, a = _coeffs(b, a, length=3)
+    if a[2] == 0:
+        raise ValueError("a: expected a[2] != 0 (two nonzero poles) for a two-state SSM")
+    lam = biquad_poles(a)
+    if lam[0] == lam[1] or abs(lam[0] - lam[1]) <= 1e-12 * abs(lam[0]):
+        raise ValueError("a: expected distinct poles; a double pole has no diagonal (two-mode) realization")
+    D = b[2] / a[2]  # direct term: H(z) → b2/a2 as z⁻¹ → ∞
+    r = b - D * a  # numerator of H − D, degree ≤ 1 in z⁻¹: r0 + r1 z⁻¹
+    rho = np.empty(2, dtype=np.complex128)
+    for i in range(2):
+        j = 1 - i
+        rho[i] = (r[0] + r[1] / lam[i]) / (1.0 - lam[j] / lam[i])  # ρ_i = [(H−D)(1 − λ_i z⁻¹)] at z = λ_i
+    return lam, np.ones(2, dtype=np.complex128), rho, float(D)
+
+
+def ssm_to_biquad(lam, B, C, D):
+    r"""The biquad ``(b, a)`` of a two-state diagonal SSM (Eq. 13.25 of the book).
+
+    With residues ``ρ_i = C_i B_i``:
+    ``a = [1, −(λ1 + λ2), λ1 λ2]``,
+    ``b = [D + ρ1 + ρ2, −D(λ1 + λ2) − ρ1 λ2 − ρ2 λ1, D λ1 λ2]``.
+    Real coefficients require ``λ2 = conj λ1`` and ``ρ2 = conj ρ1`` (or all real).
+
+    Returns
+    -------
+    b, a : ndarray float64, shape (3,)
+    """
+    lam = as_complex_array(lam, "lam", ndim=1)
+    B = as_complex_array(B, "B", ndim=1)
+    C = as_complex_array(C, "C", ndim=1)
+    D = as_real_array(D, "D", ndim=0)
+    for arr, name in ((lam, "lam"), (B, "B"), (C, "C")):
+        if arr.shape != (2,):
+            raise ValueError(f"{name}: expected shape (2,), got shape {arr.shape}")
+    rho = C * B
+    l1, l2 = lam
+    a = np.array([1.0, -(l1 + l2), l1 * l2])
+    b = np.array([D + rho[0] + rho[1], -D * (l1 + l2) - rho[0] * l2 - rho[1] * l1, D * l1 * l2])
+    scale = max(1.0, float(np.max(np.abs(b))), float(np.max(np.abs(a))))
+    if np.max(np.abs(a.imag)) > 1e-12 * scale:
+        raise ValueError("lam: expected a real or complex-conjugate pair of modes (real coefficients)")
+    if np.max(np.abs(b.imag)) > 1e-12 * scale:
+        raise ValueError("C: expected residues C_i B_i that are conjugate when the modes are (real coefficients)")
+    return b.real.copy(), a.real.copy()
+
+
+def _ssm_checked(lam, B, C, D, x):
+    lam = as_complex_array(lam, "lam", ndim=1)
+    m = lam.shape[0]
+    B = as_complex_array(B, "B", ndim=1)
+    C = as_complex_array(C, "C", ndim=1)
+    for arr, name in ((B, "B"), (C, "C")):
+        if arr.shape != (m,):
+            raise ValueError(f"{name}: expected shape ({m},) like lam, got shape {arr.shape}")
+    D = float(as_real_array(D, "D", ndim=0))
+    x, was_1d = _signal(x)
+    return lam, B, C, D, x, was_1d
+
+
+def _chunked_diagonal_scan(lam: np.ndarray, rho: np.ndarray, x: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """``Σ_i ρ_i g_i[n]`` for ``g_i[n] = λ_i g_i[n−1] + x[n]`` (g[−1] = 0), real x (N, L), chunk by chunk.
+
+    (``s_i = B_i g_i`` and ``C_i s_i = ρ_i g_i`` with ρ_i = C_i B_i.) Within a chunk of K samples
+    the states from a zero start are one product with the lower-triangular Toeplitz matrix
+    ``T_i[k, j] = λ_i^{k−j}`` — applied to the real input as two real matrix products; the
+    chunk-start state ``c`` adds ``λ^{k+1} c``; only ``c`` is carried across chunks
+    (``c' = λ^K c + g_loc[K−1]``).
+    """
+    n, L = x.shape
+    K = max(min(block, n), 1)
+    M = -(-n // K)
+    X = np.zeros((M * K, L))
+    X[:n] = x
+    X = X.reshape(M, K, L)
+    k = np.arange(K + 1)
+    diff = k[:K, None] - k[None, :K]
+    out = np.zeros((M, K, L), dtype=np.complex128)
+    for i in range(lam.size):
+        P = lam[i] ** k  # λ^0 .. λ^K
+        T = np.where(diff >= 0, P[np.clip(diff, 0, None)], 0.0)  # T[k, j] = λ_i^{k−j}
+        g = np.empty((M, K, L), dtype=np.complex128)
+        g.real, g.imag = T.real @ X, T.imag @ X  # zero-start states inside every chunk
+        c = np.zeros((M, L), dtype=np.complex128)  # state entering chunk j
+        for j in range(1, M):
+            c[j] = P[K] * c[j - 1] + g[j - 1, K - 1]  # carry: g at the end of chunk j − 1
+        g += P[1:, None] * c[:, None, :]  # g[k] = g_loc[k] + λ^{k+1} c
+        out += rho[i] * g
+    return out.reshape(M * K, L)[:n]
+
+
+def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
+    r"""Run the diagonal SSM ``s_i[n] = λ_i s_i[n−1] + B_i x[n]``, ``y[n] = Re Σ_i C_i s_i[n] + D x[n]``.
+
+    Implements Eq. (13.26) of the book in the time domain (P-29 of Lutati et al. with the state
+    update including the current input). The vectorized path runs the m independent complex
+    first-order recursions by the chunked scan (a Toeplitz product inside chunks of 64 samples,
+    the carried state between them — the "chunked" form of Mamba-2/SSD); ``scan="associative"``
+    uses the Hillis–Steele associative scan (:func:`refimpl._scan.linear_scan`) instead, the
+    shape of a GPU kernel (O(N log N) work).
+
+    Parameters
+    ----------
+    lam, B, C : array_like, shape (m,)
+    D : float
+    x : array_like, shape (N,) or (..., N, d)
+    scan : {"chunked", "associative"}
+        The parallel algorithm for the recursions (both exact up to round-off).
+
+    Returns
+    -------
+    y : ndarray float64, the shape of ``x``
+    """
+    check_option(scan, "scan", ("chunked", "associative"))
+    lam, B, C, D, x, was_1d = _ssm_checked(lam, B, C, D, x)
+    if scan == "associative":
+        u = x[..., None] * B  # (..., N, d, m): B_i x[n]
+        s = linear_scan(np.broadcast_to(lam, u.shape), u, axis=-3)  # s[n] = λ s[n−1] + B x[n]
+    else:
+        n, lead, d = x.shape[-2], x.shape[:-2], x.shape[-1]
+        xf = np.moveaxis(x, -2, 0).reshape(n, -1)  # (N, L)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cs = _chunked_diagonal_scan(lam, C * B, xf)  # Σ_i C_i s_i[n], (N, L)
+        y = np.moveaxis(cs.real.reshape((n,) + lead + (d,)), 0, -2) + D * x
+        return y[:, 0] if was_1d else y
+    y = (s @ C).real + D * x
+    return y[:, 0] if was_1d else y
+
+
+def diagonal_ssm_filter_loop(lam, B, C, D, x, *, scan="chunked"):
+    """Loop twin of :func:`diagonal_ssm_filter`: the m recursions, sample by sample (``scan`` is ignored)."""
+    check_option(scan, "scan", ("chunked", "associative"))
+    lam, B, C, D, x, was_1d = _ssm_checked(lam, B, C, D, x)
+    y = np.empty_like(x)
+    s = np.zeros(x.shape[:-2] + (x.shape[-1], lam.size), dtype=np.complex128)
+    for n in range(x.shape[-2]):
+        s = lam * s + B * x[..., n, :, None]  # s_i[n] = λ_i s_i[n−1] + B_i x[n]
+        y[..., n, :] = (s @ C).real + D * x[..., n, :]  # y[n] = Re Σ C_i s_i[n] + D x[n]
+    return y[:, 0] if was_1d else y

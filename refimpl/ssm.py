@@ -1,0 +1,1029 @@
+r"""State-space models: HiPPO-LegS, discretization, S4 / S4D kernels and the Mamba selective scan.
+
+Chapter 11 of the book (``notebooks/11-state-space-models.ipynb``) derives every formula here.
+
+A (structured) state-space model maps an input channel u(t) to an output y(t) through a
+latent state x(t) ∈ ℂ^N:
+
+.. math::  x'(t) = A x(t) + B u(t),\qquad y(t) = C x(t) + D u(t).              \tag{11.1}
+
+Discretized with a step Δ it becomes the linear recurrence (an IIR filter)
+
+.. math::  x_k = \bar A x_{k-1} + \bar B u_k,\qquad y_k = C x_k + D u_k,        \tag{11.8}
+
+whose impulse response is the SSM convolution kernel
+``K̄ = (C B̄, C Ā B̄, …, C Ā^{L−1} B̄)`` (Eq. 11.9), so that ``y = K̄ * u + D u``.
+S4 (Gu et al. 2022) uses the HiPPO-LegS matrix A in its normal-plus-low-rank form and the
+bilinear rule; S4D uses a diagonal A and a Vandermonde kernel; Mamba (Gu & Dao 2024) makes
+Δ, B, C functions of the input — the *selective scan* — so the filter is no longer shift-invariant.
+
+Glossary (code name → symbol in the book / the papers)
+------------------------------------------------------
+``N``, ``n``         state size N (Mamba: n = d_state).
+``H``, ``d_in``      number of independent channels (S4: H = d_model; Mamba: D = d_inner).
+``L``                sequence length.
+``A`` (N, N)         continuous state matrix A (dense); diagonal A is given by its diagonal (…, N).
+``B`` (N,), ``C`` (N,)  input and output vectors B, C (single-input single-output per channel).
+``step``             the step size Δ > 0 (per channel in S4/S4D: shape (H,)).
+``Ab``, ``Bb``       discretized Ā, B̄ (Eq. 11.6, 11.7).
+``K`` (…, L)         convolution kernel K̄ (Eq. 11.9).
+``Lambda``, ``P``, ``Q``, ``V``  DPLR form A = V(Λ − P Q^*)V^* of S4 (Eq. 11.11–11.12).
+``u`` (…, L, H)      input sequence (sequence axis second to last), ``y`` the output.
+``delta`` (…, L, d_in)  Mamba's input-dependent Δ_t;  ``A`` (d_in, n) its fixed diagonal A;
+``B``, ``C`` (…, L, n)  Mamba's input-dependent B_t, C_t;  ``D`` (d_in,) the skip connection.
+``h`` (…, d_in, n)   Mamba's state h_t (x_t in S4's notation).
+
+Conventions: S4's sign (HiPPO-LegS A has eigenvalues −1, …, −N); the output is read *after*
+the update (y_k = C x_k with x_k containing u_k), so K̄_0 = C B̄ — one sample earlier than
+``scipy.signal.dlti``'s impulse response; C is a row vector (no conjugation: y = Σ_n C_n x_n).
+
+References
+----------
+.. [1] A. Gu, T. Dao, S. Ermon, A. Rudra, C. Ré, "HiPPO: Recurrent memory with optimal
+       polynomial projections", NeurIPS 2020.
+.. [2] A. Gu, K. Goel, C. Ré, "Efficiently modeling long sequences with structured state
+       spaces" (S4), ICLR 2022.
+.. [3] A. Gu, A. Gupta, K. Goel, C. Ré, "On the parameterization and initialization of
+       diagonal state space models" (S4D), NeurIPS 2022.
+.. [4] A. Gu, T. Dao, "Mamba: Linear-time sequence modeling with selective state spaces",
+       COLM 2024 (arXiv:2312.00752), §3 and Alg. 2.
+.. [5] S. Rush, S. Karamcheti, "The Annotated S4", 2022 (srush/annotated-s4).
+.. [6] T. Dao, A. Gu, "Transformers are SSMs" (Mamba-2), ICML 2024, §3 (semiseparable matrices).
+.. [7] A. Ali, I. Zimerman, L. Wolf, "The hidden attention of Mamba models", arXiv:2403.01590, 2024.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.fft
+import scipy.linalg
+
+from ._scan import linear_scan
+from ._validate import (
+    as_array,
+    as_complex_array,
+    as_positive_scalar,
+    as_real_array,
+    check_option,
+    check_square,
+)
+from .lyapunov import phi1
+
+__all__ = [
+    "hippo_legs",
+    "hippo_legs_dplr",
+    "hippo_legs_online",
+    "legs_reconstruct",
+    "discretize",
+    "ssm_kernel",
+    "ssm_kernel_loop",
+    "s4d_kernel",
+    "s4d_kernel_loop",
+    "s4_kernel_dplr",
+    "ssm_recurrent",
+    "ssm_convolution",
+    "selective_scan",
+    "selective_scan_loop",
+    "selective_scan_assoc",
+    "selective_scan_matrix",
+    "semiseparable_matrix",
+]
+
+METHODS = ("bilinear", "zoh")
+DISCRETIZATIONS = ("mamba", "zoh")
+_SCAN_BLOCK = 64  # time steps per block of selective_scan
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_size(n, name: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {n}")
+    return int(n)
+
+
+def _stability_tol(A: np.ndarray) -> float:
+    return 1e-10 * max(1.0, float(np.max(np.abs(A), initial=0.0)))
+
+
+def _check_stable_eigs(eigs: np.ndarray, A: np.ndarray, name: str) -> None:
+    """Re λ ≤ 0 for every eigenvalue (up to round-off): the discretizations assume stability."""
+    worst = float(np.max(np.real(eigs), initial=-np.inf))
+    if worst > _stability_tol(A):
+        raise ValueError(f"{name}: expected a stable matrix (every Re λ <= 0), got max Re λ = {worst:.6g}")
+
+
+def _check_steps(step, name: str, batch_shape: tuple) -> np.ndarray:
+    s = as_real_array(step, name)
+    if np.any(s <= 0):
+        raise ValueError(f"{name}: expected step sizes > 0, got minimum {s.min():.6g}")
+    try:
+        np.broadcast_shapes(s.shape, batch_shape)
+    except ValueError:
+        raise ValueError(f"{name}: expected a scalar or shape broadcastable to {batch_shape}, got shape {s.shape}") from None
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# HiPPO-LegS, Eq. (11.3), and its DPLR form, Eqs. (11.11)-(11.12)
+# ---------------------------------------------------------------------------------------------
+
+
+def hippo_legs(N):
+    r"""The HiPPO-LegS matrices (A, B) in S4's sign convention.
+
+    Implements Eq. (11.3) of the book (Gu et al. 2022, S4, Eq. 2; HiPPO paper, Thm. 2 with
+    the sign flipped).
+
+    Parameters
+    ----------
+    N : int
+        State size, ≥ 1.
+
+    Returns
+    -------
+    A : ndarray, shape (N, N), float64
+        Lower triangular, eigenvalues −1, …, −N.
+    B : ndarray, shape (N,), float64
+
+    Notes
+    -----
+    .. math::  A_{nk} = -\begin{cases}\sqrt{2n+1}\sqrt{2k+1} & n > k\\ n+1 & n = k\\ 0 & n < k\end{cases},
+               \qquad B_n = \sqrt{2n+1}.
+
+    The HiPPO paper writes ``c' = −(1/t) A c + (1/t) B f`` with the *positive* matrix; S4 uses
+    ``x' = A x + B u`` with the negated one (so the time-invariant system is stable).
+
+    Examples
+    --------
+    >>> A, B = hippo_legs(3)
+    >>> A.round(4)
+    array([[-1.    ,  0.    ,  0.    ],
+           [-1.7321, -2.    ,  0.    ],
+           [-2.2361, -3.873 , -3.    ]])
+    """
+    N = _check_size(N, "N")
+    q = np.sqrt(2.0 * np.arange(N) + 1.0)  # (2n+1)^{1/2}
+    A = np.tril(np.outer(q, q), -1) + np.diag(np.arange(1.0, N + 1.0))  # n > k: q_n q_k; n = k: n+1
+    return 0.0 - A, q.copy()  # 0 − A: no negative zeros above the diagonal
+
+
+def hippo_legs_dplr(N):
+    r"""HiPPO-LegS in S4's normal-plus-low-rank form, diagonalized stably.
+
+    Implements Eqs. (11.11)–(11.12) of the book (Gu et al. 2022, S4, §3.3 and Thm. 1;
+    annotated-s4 ``make_DPLR_HiPPO``).
+
+    Parameters
+    ----------
+    N : int
+        State size, ≥ 1.
+
+    Returns
+    -------
+    Lambda : ndarray, shape (N,), complex128
+        Eigenvalues of the normal part, all with real part exactly −1/2.
+    P : ndarray, shape (N,), complex128
+        The low-rank vector in the eigenbasis, ``V^* p`` with ``p_n = (n + 1/2)^{1/2}``.
+    B : ndarray, shape (N,), complex128
+        ``V^* B`` (B of :func:`hippo_legs`).
+    V : ndarray, shape (N, N), complex128
+        Unitary eigenvectors of the normal part: ``A = V (diag Λ − P P^*) V^*``.
+
+    Notes
+    -----
+    With ``p_n = (n+1/2)^{1/2}``, ``A + p p^T = −I/2 + S`` where S is real skew-symmetric
+    (Eq. 11.11). ``−iS`` is Hermitian, so ``numpy.linalg.eigh`` gives real μ and a *unitary* V
+    with ``S = V diag(iμ) V^*``: Λ = −1/2 + iμ. Unitary V has condition number 1; diagonalizing A
+    itself instead gives cond(V) ~ 1e18 at N = 32 (see the chapter).
+    """
+    A, B = hippo_legs(N)
+    p = np.sqrt(np.arange(N) + 0.5)
+    S = A + np.outer(p, p) + 0.5 * np.eye(N)  # skew-symmetric: S = −S^T
+    mu, V = np.linalg.eigh(-1j * S)  # −iS Hermitian: S = V diag(iμ) V^*
+    Lambda = -0.5 + 1j * mu  # Λ = −1/2 + iμ
+    Vh = V.conj().T
+    return Lambda, Vh @ p, Vh @ B, V
+
+
+def hippo_legs_online(u, N):
+    r"""Online HiPPO-LegS projection: the Legendre coefficients of the whole history ``u[..., :k+1, :]``.
+
+    Implements Eq. (11.4) of the book (HiPPO paper, Thm. 2, ``c' = (1/t)(A c + B f)`` in S4's
+    sign, discretized by the bilinear rule at ``t = k``).
+
+    Parameters
+    ----------
+    u : array_like, shape (..., L, d)
+        The signal, one sample per unit time (sample k at time k + 1).
+    N : int
+        Number of Legendre coefficients, ≥ 1.
+
+    Returns
+    -------
+    c : ndarray, shape (..., L, d, N), float64
+        ``c[..., k, :, n]`` ≈ ``(1/t) ∫_0^t f(s) √(2n+1) P_n(2s/t − 1) ds`` with ``t = k + 1``.
+
+    Notes
+    -----
+    The time-varying (scaled) LegS measure is uniform on [0, t]: the state is the projection
+    of the entire history onto N scaled Legendre polynomials. Each step solves
+
+    .. math::  (I - \tfrac{1}{2t}A)\,c_t = (I + \tfrac{1}{2t}A)\,c_{t-1} + \tfrac1t B f_t .
+
+    The first sample is the constant history on [0, 1], ``c_1 = f_1 e_0``; a constant signal
+    then stays an exact fixed point (``A e_0 = −B``). Reconstruct with
+    :func:`legs_reconstruct`. This loop *is* the algorithm (each step has its own matrix).
+    """
+    N = _check_size(N, "N")
+    u = as_real_array(u, "u")
+    if u.ndim < 2:
+        raise ValueError(f"u: expected shape (..., L, d), got shape {u.shape}")
+    A, B = hippo_legs(N)
+    eye = np.eye(N)
+    L = u.shape[-2]
+    c = np.zeros(u.shape[:-2] + (u.shape[-1], N))
+    out = np.empty(u.shape + (N,))
+    for k in range(L):
+        t = k + 1.0
+        if k == 0:  # on [0, 1] the history is the constant f_1: its projection is f_1 e_0
+            c = u[..., 0, :, None] * eye[0]
+            out[..., 0, :, :] = c
+            continue
+        lhs = eye - A / (2.0 * t)  # I − A/(2t), lower triangular
+        rhs = c @ (eye + A / (2.0 * t)).T + (u[..., k, :, None] / t) * B  # (I + A/2t) c + B f / t
+        c = scipy.linalg.solve_triangular(lhs, rhs.reshape(-1, N).T, lower=True).T.reshape(rhs.shape)
+        out[..., k, :, :] = c
+    return out
+
+
+def legs_reconstruct(c, x):
+    r"""The signal encoded by LegS coefficients: ``f(x) ≈ Σ_n c_n √(2n+1) P_n(x)``.
+
+    Implements Eq. (11.5) of the book (HiPPO paper, §3: the scaled Legendre basis).
+
+    Parameters
+    ----------
+    c : array_like, shape (..., N)
+        Coefficients (e.g. one time step of :func:`hippo_legs_online`).
+    x : array_like, shape (M,)
+        Points in [−1, 1]; ``x = 2s/t − 1`` maps the history s ∈ [0, t] onto it.
+
+    Returns
+    -------
+    ndarray, shape (..., M), float64
+    """
+    c = as_real_array(c, "c")
+    x = as_real_array(x, "x", ndim=1)
+    if c.ndim < 1 or c.shape[-1] < 1:
+        raise ValueError(f"c: expected shape (..., N) with N >= 1, got shape {c.shape}")
+    if np.any(np.abs(x) > 1.0):
+        raise ValueError(f"x: expected points in [-1, 1], got range [{x.min():.6g}, {x.max():.6g}]")
+    N = c.shape[-1]
+    scaled = c * np.sqrt(2.0 * np.arange(N) + 1.0)  # c_n √(2n+1)
+    # Legendre series Σ a_n P_n(x) by the three-term recurrence (n+1)P_{n+1} = (2n+1)xP_n − nP_{n−1}
+    p_prev, p = np.ones_like(x), x.copy()
+    out = scaled[..., :1] * p_prev
+    if N > 1:
+        out = out + scaled[..., 1:2] * p
+    for n in range(1, N - 1):
+        p_prev, p = p, ((2 * n + 1) * x * p - n * p_prev) / (n + 1)
+        out = out + scaled[..., n + 1 : n + 2] * p
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Discretization, Eqs. (11.6)-(11.7)
+# ---------------------------------------------------------------------------------------------
+
+
+def discretize(A, B, step, method="bilinear", *, diagonal=False):
+    r"""Discretize ``x' = Ax + Bu`` with step Δ: the bilinear (S4) or zero-order-hold (S4D) rule.
+
+    Implements Eq. (11.6) (bilinear; Gu et al. 2022, S4, Eq. 3) and Eq. (11.7) (ZOH; S4D §2,
+    Mamba Eq. 4) of the book.
+
+    Parameters
+    ----------
+    A : array_like, shape (N, N), or (..., N) if diagonal
+        Continuous state matrix (real or complex), stable: every Re λ ≤ 0. A 1-D ``A`` is always
+        read as a diagonal; a 2-D one is dense unless ``diagonal=True`` (then (H, N): H diagonals).
+    B : array_like, shape (N,) or (N, m) (dense); (..., N) broadcastable with ``A`` (diagonal)
+    step : float, or array_like of shape (...) (diagonal only: one Δ per row of ``A``)
+        Step Δ > 0.
+    method : {"bilinear", "zoh"}
+    diagonal : bool
+        Read a 2-D ``A`` as a stack of diagonals.
+
+    Returns
+    -------
+    Ab : ndarray
+        Ā, same shape as ``A`` (diagonal: broadcast with ``step``).
+    Bb : ndarray
+        B̄, same shape as ``B`` (diagonal: broadcast shape).
+
+    Notes
+    -----
+    Bilinear (Tustin):  ``Ā = (I − Δ/2·A)^{-1}(I + Δ/2·A)``, ``B̄ = (I − Δ/2·A)^{-1} Δ B``.
+    ZOH:  ``Ā = e^{ΔA}``, ``B̄ = A^{-1}(e^{ΔA} − I) B``. For diagonal A the ZOH B̄ is
+    ``Δ·φ(Δλ)·B`` with φ(z) = (e^z − 1)/z evaluated by :func:`refimpl.lyapunov.phi1` (no
+    cancellation as Δλ → 0, exact limit ΔB at λ = 0); for dense A it is the upper-right block of
+    Van Loan's ``expm([[A, B], [0, 0]] Δ)``, valid for singular A too.
+    C is unchanged by both rules in S4's convention (``scipy.signal.cont2discrete`` with
+    ``method="bilinear"`` also transforms C and D: its impulse response is the two-tap average
+    ``(K̄_k + K̄_{k−1})/2`` of S4's kernel). Each eigenvalue maps to a pole inside the unit disk:
+    ``e^{Δλ}`` (ZOH) or ``(1 + Δλ/2)/(1 − Δλ/2)`` (bilinear).
+
+    Examples
+    --------
+    >>> Ab, Bb = discretize([-1.0], [1.0], 0.5, "zoh")
+    >>> float(Ab[0]) == np.exp(-0.5), round(float(Bb[0]), 12) == round(1 - np.exp(-0.5), 12)
+    (True, True)
+    """
+    check_option(method, "method", METHODS)
+    A = as_array(A, "A")
+    B = as_array(B, "B")
+    if A.ndim == 1 or diagonal:
+        if A.ndim < 1 or A.shape[-1] < 1:
+            raise ValueError(f"A: expected a diagonal of shape (..., N) with N >= 1, got shape {A.shape}")
+        try:
+            np.broadcast_shapes(A.shape, B.shape)
+        except ValueError:
+            raise ValueError(f"B: expected shape broadcastable with A {A.shape}, got shape {B.shape}") from None
+        _check_stable_eigs(A, A, "A")
+        s = _check_steps(step, "step", A.shape[:-1])[..., None]
+        if method == "zoh":
+            Ab = np.exp(s * A)  # Ā = e^{Δλ}
+            Bb = phi1(A, s) * B  # B̄ = (e^{Δλ} − 1)/λ · B = Δ φ(Δλ) B
+        else:
+            den = 1.0 - 0.5 * s * A  # 1 − Δλ/2
+            Ab = (1.0 + 0.5 * s * A) / den  # Ā = (1 + Δλ/2)/(1 − Δλ/2)
+            Bb = s * B / den  # B̄ = Δ B / (1 − Δλ/2)
+        return Ab, Bb
+    check_square(A, "A")
+    N = A.shape[0]
+    if B.ndim not in (1, 2) or B.shape[0] != N:
+        raise ValueError(f"B: expected shape ({N},) or ({N}, m), got shape {B.shape}")
+    _check_stable_eigs(np.linalg.eigvals(A), A, "A")
+    dt = as_positive_scalar(step, "step")
+    Bm = B.reshape(N, -1)
+    if method == "zoh":
+        m = Bm.shape[1]
+        M = np.zeros((N + m, N + m), dtype=np.result_type(A, Bm))
+        M[:N, :N], M[:N, N:] = A, Bm  # expm([[A, B], [0, 0]] Δ) = [[Ā, B̄], [0, I]]
+        E = scipy.linalg.expm(dt * M)
+        Ab, Bb = E[:N, :N], E[:N, N:]
+    else:
+        eye = np.eye(N)
+        lu = scipy.linalg.lu_factor(eye - 0.5 * dt * A)  # I − Δ/2 A
+        Ab = scipy.linalg.lu_solve(lu, eye + 0.5 * dt * A)  # Ā = (I − Δ/2 A)^{-1}(I + Δ/2 A)
+        Bb = scipy.linalg.lu_solve(lu, dt * Bm)  # B̄ = (I − Δ/2 A)^{-1} Δ B
+    return Ab, Bb.reshape(B.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolution kernels, Eqs. (11.9), (11.10), (11.13)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_discrete_ssm(Ab, Bb, C, diagonal: bool):
+    """Ā (..., N, N) dense or (..., N) diagonal; B̄, C (..., N); returns arrays and N."""
+    Ab = as_array(Ab, "Ab")
+    Bb = as_array(Bb, "Bb")
+    C = as_array(C, "C")
+    if diagonal:
+        if Ab.ndim < 1 or Ab.shape[-1] < 1:
+            raise ValueError(f"Ab: expected a diagonal of shape (..., N) with N >= 1, got shape {Ab.shape}")
+        N = Ab.shape[-1]
+    else:
+        if Ab.ndim < 2 or Ab.shape[-1] != Ab.shape[-2] or Ab.shape[-1] < 1:
+            raise ValueError(f"Ab: expected square matrices of shape (..., N, N), got shape {Ab.shape}")
+        N = Ab.shape[-1]
+    for name, v in (("Bb", Bb), ("C", C)):
+        if v.ndim < 1 or v.shape[-1] != N:
+            raise ValueError(f"{name}: expected shape (..., {N}) to match Ab, got shape {v.shape}")
+    batch = Ab.shape[:-1] if diagonal else Ab.shape[:-2]
+    try:
+        batch = np.broadcast_shapes(batch, Bb.shape[:-1], C.shape[:-1])
+    except ValueError:
+        raise ValueError(
+            f"C: expected leading (channel) dimensions broadcastable with Ab and Bb, got shapes "
+            f"Ab {Ab.shape}, Bb {Bb.shape}, C {C.shape}"
+        ) from None
+    return Ab, Bb, C, batch
+
+
+def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
+    r"""The SSM convolution kernel ``K̄_ℓ = C Ā^ℓ B̄``, ℓ = 0 … L−1, from powers of Ā.
+
+    Implements Eq. (11.9) of the book (Gu et al. 2022, S4, Eq. 4–5; annotated-s4 ``K_conv``).
+
+    Parameters
+    ----------
+    Ab : array_like, shape (..., N, N), or (..., N) if diagonal
+        Discrete state matrix Ā (real or complex).
+    Bb : array_like, shape (..., N)
+        B̄.
+    C : array_like, shape (..., N)
+        Output row vector C (y = Σ_n C_n x_n, no conjugation).
+    L : int
+        Kernel length ≥ 1.
+    diagonal : bool
+        ``Ab`` holds the diagonal of Ā.
+
+    Returns
+    -------
+    K : ndarray, shape (..., L)
+        Broadcast leading (channel) shape; float64 if every input is real, else complex128.
+
+    Notes
+    -----
+    Baby-step giant-step: with T = ⌈√L⌉, ``K̄_{jT+i} = (C Ā^{jT}) (Ā^i B̄)``, so T matrix–vector
+    products give the right factors ``Ā^i B̄`` (i < T), ⌈L/T⌉ row-vector products with
+    ``G = Ā^T`` give the left factors ``C G^j``, and one small matrix product combines them:
+    O(√L) sequential steps (batched over channels) instead of the L of :func:`ssm_kernel_loop`.
+    Both take powers of Ā explicitly, which is fine for a stable Ā in float64 but is exactly
+    what S4 avoids for long L (Eq. 11.13).
+    """
+    L = _check_size(L, "L")
+    Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
+    N = Bb.shape[-1]
+    T = max(1, int(np.ceil(np.sqrt(L))))
+    J = -(-L // T)
+    mul = (lambda M, v: M * v) if diagonal else (lambda M, v: np.matmul(M, v[..., None])[..., 0])
+    right = [np.broadcast_to(Bb, batch + (N,))]
+    for _ in range(T - 1):
+        right.append(mul(Ab, right[-1]))  # Ā^i B̄
+    G = Ab ** T if diagonal else np.linalg.matrix_power(Ab, T)  # G = Ā^T
+    Gt = G if diagonal else np.swapaxes(G, -1, -2)
+    left = [np.broadcast_to(C, batch + (N,))]
+    for _ in range(J - 1):
+        left.append(mul(Gt, left[-1]))  # C Ā^{jT} as (G^T)^j C^T
+    R = np.stack(right, axis=-1)  # (..., N, T)
+    W = np.stack(left, axis=-2)  # (..., J, N)
+    K = np.matmul(W, R)  # K̄_{jT+i} = (C Ā^{jT})(Ā^i B̄): (..., J, T)
+    return K.reshape(K.shape[:-2] + (J * T,))[..., :L]
+
+
+def ssm_kernel_loop(Ab, Bb, C, L, *, diagonal=False):
+    """Loop twin of :func:`ssm_kernel`: ``x ← Ā x`` one step at a time, channel by channel (Eq. 11.9)."""
+    L = _check_size(L, "L")
+    Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
+    N = Bb.shape[-1]
+    Ab = np.broadcast_to(Ab, batch + ((N,) if diagonal else (N, N)))
+    Bb, C = np.broadcast_to(Bb, batch + (N,)), np.broadcast_to(C, batch + (N,))
+    K = np.empty(batch + (L,), dtype=np.result_type(Ab, Bb, C))
+    for idx in np.ndindex(*batch):
+        x = Bb[idx].copy()  # x = Ā^0 B̄
+        for ell in range(L):
+            K[idx + (ell,)] = C[idx] @ x  # K̄_ℓ = C Ā^ℓ B̄
+            x = Ab[idx] * x if diagonal else Ab[idx] @ x
+    return K
+
+
+def _s4d_args(A, B, C, step, L, method):
+    check_option(method, "method", METHODS)
+    L = _check_size(L, "L")
+    A = as_array(A, "A")
+    if A.ndim < 1 or A.shape[-1] < 1:
+        raise ValueError(f"A: expected a diagonal of shape (..., N) with N >= 1, got shape {A.shape}")
+    B, C = as_array(B, "B"), as_array(C, "C")
+    for name, v in (("B", B), ("C", C)):
+        try:
+            np.broadcast_shapes(v.shape, A.shape[-1:])
+        except ValueError:
+            raise ValueError(f"{name}: expected shape (..., {A.shape[-1]}) broadcastable with A, got shape {v.shape}") from None
+    Ab, Bb = discretize(A, B, step, method, diagonal=True)
+    try:
+        batch = np.broadcast_shapes(Ab.shape[:-1], Bb.shape[:-1], C.shape[:-1])
+    except ValueError:
+        raise ValueError(f"C: expected leading dimensions broadcastable with A, B and step, got shape {C.shape}") from None
+    real = not (np.iscomplexobj(A) or np.iscomplexobj(B) or np.iscomplexobj(C))
+    step = np.asarray(step, dtype=np.float64)[..., None]
+    return A, step, Ab, Bb, C, L, batch, real
+
+
+def _finish_s4d(K: np.ndarray, conj_pairs: bool) -> np.ndarray:
+    return 2.0 * K.real if conj_pairs else K
+
+
+def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
+    r"""S4D convolution kernel of a diagonal SSM: a Vandermonde product, no powers of Ā stored.
+
+    Implements Eq. (11.10) of the book (Gu et al. 2022b, S4D, §3; state-spaces ``s4d.py``).
+
+    Parameters
+    ----------
+    A : array_like, shape (..., N)
+        Continuous diagonal A (stable: Re λ ≤ 0), e.g. S4D-Lin ``−1/2 + iπn``; (H, N) for H channels.
+    B, C : array_like, shape (..., N)
+        Broadcast against ``A``.
+    step : float or array_like, shape (...)
+        Δ > 0 per channel (e.g. shape (H,)).
+    L : int
+        Kernel length.
+    method : {"zoh", "bilinear"}
+    conj_pairs : bool
+        The modes are one member of each conjugate pair (S4D keeps N/2): return ``2·Re K``.
+
+    Returns
+    -------
+    K : ndarray, shape (..., L)
+        float64 if ``conj_pairs`` or every input is real; else complex128.
+
+    Notes
+    -----
+    .. math::  \bar K_\ell = \sum_n C_n \bar B_n\, \bar A_n^{\ell}
+               = \sum_n C_n \bar B_n\, e^{\ell \log \bar A_n}.
+
+    The (…, N, L) Vandermonde matrix is never formed (at H = N = 64, L = 16384 it would be
+    1 GiB): with a block length T ≈ √L, ``Ā^{jT+i} = Ā^{jT}·Ā^{i}``, both factors evaluated as
+    ``exp(ℓ log Ā)`` (for ZOH log Ā = ΔA exactly), so the work is one (…, N, T) table plus, per
+    block, a (…, N)·(…, N, T) contraction. Memory O(H N √L); no error growth with ℓ beyond
+    that of ``exp``.
+    """
+    A, step, Ab, Bb, C, L, batch, real = _s4d_args(A, B, C, step, L, method)
+    N = Ab.shape[-1]
+    with np.errstate(divide="ignore"):  # log 0 = −inf for a pole at 0 (bilinear at Δλ = −2)
+        logA = step * A if method == "zoh" else np.log(Ab.astype(np.complex128))  # log Ā (ZOH: ΔA exactly)
+    logA = np.broadcast_to(logA, batch + (N,))
+    CB = np.broadcast_to(C * Bb, batch + (N,))  # C_n B̄_n
+    T = max(1, int(np.ceil(np.sqrt(L))))
+
+    def power(ell):  # Ā^ℓ = exp(ℓ log Ā), with Ā^0 = 1 even for Ā = 0
+        with np.errstate(invalid="ignore"):
+            return np.where(ell == 0, 1.0, np.exp(logA[..., None] * ell))
+
+    W = power(np.arange(T))  # Ā^i, i < T: (..., N, T)
+    K = np.empty(batch + (L,), dtype=np.result_type(CB, W))
+    for start in range(0, L, T):
+        stop = min(start + T, L)
+        coef = CB * power(np.array([start]))[..., 0]  # C_n B̄_n Ā^{start}
+        K[..., start:stop] = np.matmul(coef[..., None, :], W[..., : stop - start])[..., 0, :]
+    if real:
+        K = K.real  # the kernel of a real system is real; log of a real Ā < 0 made it complex
+    return _finish_s4d(K, conj_pairs)
+
+
+def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
+    """Loop twin of :func:`s4d_kernel`: per channel and mode, ``z ← Ā z`` and ``K̄_ℓ += C B̄ z`` (Eq. 11.10)."""
+    _, _, Ab, Bb, C, L, batch, _ = _s4d_args(A, B, C, step, L, method)
+    N = Ab.shape[-1]
+    Ab, Bb, C = (np.broadcast_to(v, batch + (N,)) for v in (Ab, Bb, C))
+    K = np.zeros(batch + (L,), dtype=np.result_type(Ab, Bb, C))
+    for idx in np.ndindex(*batch):
+        for n in range(N):
+            cb, a, z = C[idx + (n,)] * Bb[idx + (n,)], Ab[idx + (n,)], 1.0
+            for ell in range(L):
+                K[idx + (ell,)] += cb * z  # K̄_ℓ += C_n B̄_n Ā_n^ℓ
+                z = z * a
+    return _finish_s4d(K, conj_pairs)
+
+
+def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
+    r"""S4's kernel for a DPLR state matrix ``A = Λ − P Q^*``: Cauchy kernel + Woodbury + inverse FFT.
+
+    Implements Eq. (11.13) of the book (Gu et al. 2022, S4, Alg. 1 and §3.3;
+    annotated-s4 ``kernel_DPLR``; state-spaces ``SSMKernelDPLR``), bilinear discretization.
+
+    Parameters
+    ----------
+    Lambda : array_like, shape (N,)
+        Diagonal part (stable: Re Λ ≤ 0), e.g. from :func:`hippo_legs_dplr`.
+    P, Q : array_like, shape (N,)
+        Low-rank factors, ``A = diag(Λ) − P Q^*`` (HiPPO: Q = P).
+    B, C : array_like, shape (N,)
+        Input vector and output row vector *in the same basis* as Λ (``V^* B`` and ``C V``).
+    step : float
+        Δ > 0.
+    L : int
+        Kernel length (the truncation length of the generating function).
+    c_tilde : bool
+        ``C`` is already S4's learned ``C̃ = C (I − Ā^L)``. If False (default) C̃ is formed
+        here from the dense Ā (O(N³ log L), done once, as S4's ``_setup_C``).
+
+    Returns
+    -------
+    K : ndarray, shape (L,), complex128
+        The kernel ``K̄_ℓ = C Ā^ℓ B̄``; for a system that is real in the original basis the
+        imaginary part is round-off (take ``.real``).
+
+    Notes
+    -----
+    The truncated generating function at the roots of unity ``ω_k = e^{−2πik/L}`` is
+
+    .. math::  \hat K(ω) = \sum_{\ell<L} \bar K_\ell ω^\ell = \tilde C (I - \bar A ω)^{-1} \bar B
+               = \frac{2}{1+ω}\,\tilde C\,(g(ω) - A)^{-1} B,\qquad g(ω) = \frac2Δ\frac{1-ω}{1+ω},
+
+    and Woodbury with ``R = (g − Λ)^{-1}`` diagonal gives
+    ``K̂ = 2/(1+ω) [k_{C̃B} − k_{C̃P} (1 + k_{Q^*P})^{-1} k_{Q^*B}]`` with Cauchy sums
+    ``k_{ab}(ω) = Σ_n a_n b_n / (g(ω) − Λ_n)``. Then ``K̄ = ifft(K̂)``. Cost O(N L) plus an FFT,
+    and no power of Ā is ever formed (except in forming C̃ when ``c_tilde`` is False).
+
+    Porting note: annotated-s4's ``kernel_DPLR(Λ, P, Q, B, C, Δ, L)`` treats C as a column
+    vector and conjugates it, so it equals ``s4_kernel_dplr(Λ, P, Q, B, conj(C), Δ, L,
+    c_tilde=True).real``.
+    """
+    L = _check_size(L, "L")
+    Lam = as_complex_array(Lambda, "Lambda", ndim=1)
+    N = Lam.shape[0]
+    if N < 1:
+        raise ValueError("Lambda: expected at least one eigenvalue, got shape (0,)")
+    vecs = {}
+    for name, v in (("P", P), ("Q", Q), ("B", B), ("C", C)):
+        arr = as_complex_array(v, name)
+        if arr.shape != (N,):
+            raise ValueError(f"{name}: expected shape ({N},) to match Lambda, got shape {arr.shape}")
+        vecs[name] = arr
+    _check_stable_eigs(Lam, Lam, "Lambda")
+    dt = as_positive_scalar(step, "step")
+    Pv, Qv, Bv, Cv = vecs["P"], vecs["Q"], vecs["B"], vecs["C"]
+    if not c_tilde:
+        A = np.diag(Lam) - np.outer(Pv, Qv.conj())  # A = Λ − P Q^*
+        Ab, _ = discretize(A, Bv, dt, "bilinear")
+        Cv = Cv - Cv @ np.linalg.matrix_power(Ab, L)  # C̃ = C (I − Ā^L)
+    omega = np.exp(-2j * np.pi * np.arange(L) / L)  # ω_k = e^{−2πik/L}
+    g = (2.0 / dt) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω)
+    R = 1.0 / (g[:, None] - Lam)  # (L, N) Cauchy matrix 1/(g − Λ_n)
+    Qc = Qv.conj()
+    k00 = R @ (Cv * Bv)  # k_{C̃B}
+    k01 = R @ (Cv * Pv)  # k_{C̃P}
+    k10 = R @ (Qc * Bv)  # k_{Q*B}
+    k11 = R @ (Qc * Pv)  # k_{Q*P}
+    K_hat = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
+    return np.fft.ifft(K_hat)  # K̄ = iFFT(K̂)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrent vs convolutional mode, Eqs. (11.8)-(11.9)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_ssm_io(u, Ab, Bb, C, D, diagonal: bool):
+    Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
+    u = as_array(u, "u")
+    if u.ndim < 2 or u.shape[-2] < 1:
+        raise ValueError(f"u: expected shape (..., L, H) with L >= 1, got shape {u.shape}")
+    H = u.shape[-1]
+    if len(batch) > 1 or (len(batch) == 1 and batch[0] not in (1, H)):
+        raise ValueError(f"Ab: expected one SSM or one per channel (H = {H}), got channel shape {batch}")
+    N = Bb.shape[-1]
+    Ab = np.broadcast_to(Ab, (H,) + ((N,) if diagonal else (N, N)))
+    Bb, C = np.broadcast_to(Bb, (H, N)), np.broadcast_to(C, (H, N))
+    if D is None:
+        D = np.zeros(H)
+    else:
+        D = as_array(D, "D")
+        if D.ndim > 1 or (D.ndim == 1 and D.shape[0] not in (1, H)):
+            raise ValueError(f"D: expected a scalar or shape ({H},), got shape {D.shape}")
+        D = np.broadcast_to(D, (H,))
+    return u, Ab, Bb, C, D
+
+
+def ssm_recurrent(u, Ab, Bb, C, D=None, *, diagonal=False):
+    r"""Run the discrete SSM as a recurrence (RNN mode), step by step.
+
+    Implements Eq. (11.8) of the book (Gu et al. 2022, S4, Eq. 3; annotated-s4 ``scan_SSM``).
+    This is the loop-level twin of :func:`ssm_convolution` (same signature, same output).
+
+    Parameters
+    ----------
+    u : array_like, shape (..., L, H)
+        Input, H channels.
+    Ab : array_like, shape (N, N) or (H, N, N); with ``diagonal``: (N,) or (H, N)
+        Ā, shared by all channels or one per channel.
+    Bb, C : array_like, shape (N,) or (H, N)
+    D : float or array_like, shape (H,), optional
+        Skip term (default 0).
+    diagonal : bool
+        ``Ab`` holds diagonals.
+
+    Returns
+    -------
+    y : ndarray, shape (..., L, H)
+        float64 if every input is real, else complex128.
+
+    Notes
+    -----
+    ``x_k = Ā x_{k−1} + B̄ u_k`` (``x_{−1} = 0``), ``y_k = C x_k + D u_k``: plain Python loops
+    over the batch, the channels and the time steps (O(1) work per step at inference — the
+    reason SSMs generate fast).
+    """
+    u, Ab, Bb, C, D = _check_ssm_io(u, Ab, Bb, C, D, diagonal)
+    L, H = u.shape[-2:]
+    flat = u.reshape(-1, L, H)
+    y = np.empty(flat.shape, dtype=np.result_type(u, Ab, Bb, C, D))
+    for b in range(flat.shape[0]):
+        for h in range(H):
+            a, bb, c, d = Ab[h], Bb[h], C[h], D[h]
+            x = np.zeros(bb.shape, dtype=y.dtype)
+            for k in range(L):
+                x = (a * x if diagonal else a @ x) + bb * flat[b, k, h]  # x_k = Ā x_{k−1} + B̄ u_k
+                y[b, k, h] = c @ x + d * flat[b, k, h]  # y_k = C x_k + D u_k
+    return y.reshape(u.shape[:-2] + (L, H))
+
+
+def _causal_fft_conv(u: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """``y[..., t, h] = Σ_{j ≤ t} K[h, j] u[..., t − j, h]`` by FFT zero-padded to ≥ 2L (no wrap-around)."""
+    L = u.shape[-2]
+    n = scipy.fft.next_fast_len(2 * L)
+    complex_ = np.iscomplexobj(u) or np.iscomplexobj(K)
+    fwd, inv = (scipy.fft.fft, scipy.fft.ifft) if complex_ else (scipy.fft.rfft, scipy.fft.irfft)
+    Uf = fwd(u, n=n, axis=-2)  # (..., n', H)
+    Kf = fwd(K.T, n=n, axis=0)  # (n', H)
+    return inv(Uf * Kf, n=n, axis=-2)[..., :L, :]
+
+
+def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
+    r"""Run the discrete SSM as a causal convolution with its kernel (CNN mode).
+
+    Implements Eq. (11.9) of the book (Gu et al. 2022, S4, Eq. 4–5): ``y = K̄ * u + D u``.
+    Same signature and output as :func:`ssm_recurrent`.
+
+    Parameters
+    ----------
+    u : array_like, shape (..., L, H)
+    Ab : array_like, shape (N, N) or (H, N, N); with ``diagonal``: (N,) or (H, N)
+    Bb, C : array_like, shape (N,) or (H, N)
+    D : float or array_like, shape (H,), optional
+    diagonal : bool
+
+    Returns
+    -------
+    y : ndarray, shape (..., L, H)
+
+    Notes
+    -----
+    The kernel comes from :func:`ssm_kernel` (⌈log₂ L⌉ batched matrix products), the
+    convolution from one zero-padded FFT of length ≥ 2L: O(H (N³ log L + L log L)) instead of
+    the recurrence's O(H L N²) sequential steps — the training mode of S4.
+    """
+    u, Ab, Bb, C, D = _check_ssm_io(u, Ab, Bb, C, D, diagonal)
+    L = u.shape[-2]
+    K = ssm_kernel(Ab, Bb, C, L, diagonal=diagonal)  # (H, L)
+    return _causal_fft_conv(u, K) + D * u  # y = K̄ * u + D u
+
+
+# ---------------------------------------------------------------------------------------------
+# Mamba's selective scan (S6), Eqs. (11.14)-(11.18)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_selective(u, delta, A, B, C, D, discretization):
+    check_option(discretization, "discretization", DISCRETIZATIONS)
+    u = as_real_array(u, "u")
+    if u.ndim < 2 or u.shape[-2] < 1:
+        raise ValueError(f"u: expected shape (..., L, d_in) with L >= 1, got shape {u.shape}")
+    L, d_in = u.shape[-2:]
+    delta = as_real_array(delta, "delta")
+    try:
+        np.broadcast_shapes(delta.shape, u.shape)
+        if np.broadcast_shapes(delta.shape, u.shape) != u.shape:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"delta: expected shape {u.shape} (broadcastable to u), got shape {delta.shape}") from None
+    if np.any(delta <= 0):
+        raise ValueError(f"delta: expected step sizes > 0, got minimum {delta.min():.6g}")
+    A = as_real_array(A, "A", ndim=2)
+    if A.shape[0] != d_in or A.shape[1] < 1:
+        raise ValueError(f"A: expected shape ({d_in}, n) with n >= 1 (d_in from u), got shape {A.shape}")
+    if np.any(A > 0):
+        raise ValueError(f"A: expected a stable diagonal (every entry <= 0), got maximum {A.max():.6g}")
+    n = A.shape[1]
+    out = []
+    for name, v in (("B", B), ("C", C)):
+        v = as_real_array(v, name)
+        ok = v.ndim >= 2 and v.shape[-1] == n and v.shape[-2] == L
+        if ok:
+            try:
+                ok = np.broadcast_shapes(v.shape[:-1], u.shape[:-1]) == u.shape[:-1]
+            except ValueError:
+                ok = False
+        if not ok:
+            raise ValueError(f"{name}: expected shape {u.shape[:-1] + (n,)} (batch broadcastable to u), got shape {v.shape}")
+        out.append(v)
+    B, C = out
+    if D is not None:
+        D = as_real_array(D, "D")
+        if D.shape not in ((d_in,), ()):
+            raise ValueError(f"D: expected shape ({d_in},), got shape {D.shape}")
+    batch = u.shape[:-2]
+    delta = np.broadcast_to(delta, u.shape)
+    B = np.broadcast_to(B, batch + (L, n))
+    C = np.broadcast_to(C, batch + (L, n))
+    return u, delta, A, B, C, D
+
+
+def _discretize_selective(u, delta, A, B, discretization):
+    """``Ā_t = exp(Δ_t A)`` and ``B̄_t u_t`` per (…, t, d, n), Eq. (11.15) ("zoh") or (11.16) ("mamba")."""
+    Ab = delta[..., None] * A  # Δ_t A, (..., L, d, n)
+    if discretization == "mamba":
+        Bu = (delta * u)[..., None] * B[..., None, :]  # B̄_t u_t = Δ_t B_t u_t (Euler)
+    else:
+        Bu = phi1(A, delta[..., None])  # (e^{Δ_t A} − 1)/A
+        Bu *= B[..., None, :]  # B̄_t = (e^{Δ_t A} − 1)/A · B_t
+        Bu *= u[..., None]
+    np.exp(Ab, out=Ab)  # Ā_t = e^{Δ_t A}; in place: fewer large temporaries
+    return Ab, Bu
+
+
+def _finish_selective(y, h_last, u, D, return_last_state):
+    if D is not None:
+        y = y + D * u  # y_t += D u_t
+    return (y, h_last) if return_last_state else y
+
+
+def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_last_state=False):
+    r"""Mamba's selective scan (S6): a diagonal SSM whose Δ, B, C depend on the time step.
+
+    Implements Eqs. (11.14)–(11.16) of the book (Gu & Dao 2024, Alg. 2 and Eq. 2a–2b, 4;
+    ``mamba_ssm`` ``selective_scan_ref``, mamba-minimal ``selective_scan``).
+
+    Parameters
+    ----------
+    u : array_like, shape (..., L, d_in)
+        Input x of the paper.
+    delta : array_like, shape (..., L, d_in)
+        Step sizes Δ_t > 0 (after the softplus).
+    A : array_like, shape (d_in, n)
+        Fixed, real, diagonal state matrix per channel; entries ≤ 0 (Mamba: ``−exp(A_log)``).
+    B, C : array_like, shape (..., L, n)
+        Input-dependent B_t and C_t, shared by the d_in channels (batch dims broadcast to u's).
+    D : array_like, shape (d_in,), optional
+        Skip connection.
+    discretization : {"mamba", "zoh"}
+        ``"mamba"``: ``Ā = exp(ΔA)``, ``B̄ = ΔB`` (the official reference's simplified rule);
+        ``"zoh"``: ``B̄ = (exp(ΔA) − 1)/A · B`` (exact zero-order hold, Eq. 11.15).
+    return_last_state : bool
+        Also return the final state ``h_{L−1}``.
+
+    Returns
+    -------
+    y : ndarray, shape (..., L, d_in)
+    h_last : ndarray, shape (..., d_in, n)
+        Only if ``return_last_state``.
+
+    Notes
+    -----
+    .. math::  h_t = \bar A_t \odot h_{t-1} + \bar B_t u_t,\qquad y_t = \langle C_t, h_t\rangle + D u_t,
+               \qquad \bar A_t = e^{Δ_t A}.
+
+    This is the recurrent form, one vectorized update over all (batch, channel, state) entries
+    per time step (the loop of ``selective_scan_ref``), run in place on the precomputed
+    ``B̄_t u_t`` in blocks of 64 time steps (small temporaries, cache-resident); the readout
+    ``y_t = C_t h_t`` is one batched product per block. Twins: :func:`selective_scan_loop`
+    (scalar loops), :func:`selective_scan_assoc` (parallel scan), :func:`selective_scan_matrix`
+    (semiseparable matrix).
+    """
+    u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
+    L = u.shape[-2]
+    y = np.empty(u.shape)
+    h = np.zeros(u.shape[:-2] + A.shape)  # h_{−1} = 0, (..., d, n)
+    for start in range(0, L, _SCAN_BLOCK):  # blocks of time steps: (…, T, d, n) temporaries only
+        sl = slice(start, min(start + _SCAN_BLOCK, L))
+        Ab, H = _discretize_selective(u[..., sl, :], delta[..., sl, :], A, B[..., sl, :], discretization)
+        H[..., 0, :, :] += Ab[..., 0, :, :] * h  # H starts as B̄_t u_t
+        for t in range(1, H.shape[-3]):
+            Ab[..., t, :, :] *= H[..., t - 1, :, :]  # Ā_t h_{t−1}
+            H[..., t, :, :] += Ab[..., t, :, :]  # h_t = Ā_t h_{t−1} + B̄_t u_t
+        h = H[..., -1, :, :].copy()
+        y[..., sl, :] = np.matmul(H, C[..., sl, :, None])[..., 0]  # y_t = C_t h_t for the block
+    return _finish_selective(y, h, u, D, return_last_state)
+
+
+def selective_scan_loop(u, delta, A, B, C, D=None, *, discretization="mamba", return_last_state=False):
+    """Loop twin of :func:`selective_scan`: the scalar recurrence per batch, channel and state (Eq. 11.14).
+
+    ``h_{t,d,n} = exp(Δ_{t,d} A_{d,n}) h_{t−1,d,n} + B̄_{t,d,n} u_{t,d}``, ``y_{t,d} = Σ_n C_{t,n} h_{t,d,n}``,
+    with ``B̄ = Δ B`` ("mamba") or ``(exp(Δ A) − 1)/A · B`` ("zoh"), in Python floats.
+    """
+    u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
+    L, d_in = u.shape[-2:]
+    n = A.shape[1]
+    batch = u.shape[:-2]
+    y = np.empty(u.shape)
+    h_last = np.empty(batch + (d_in, n))
+    for idx in np.ndindex(*batch):
+        for d in range(d_in):
+            h = np.zeros(n)
+            for t in range(L):
+                dt, ut = delta[idx + (t, d)], u[idx + (t, d)]
+                for k in range(n):
+                    a = A[d, k]
+                    a_bar = math.exp(dt * a)  # Ā = e^{Δ a}
+                    if discretization == "mamba":
+                        b_bar = dt * B[idx + (t, k)]  # B̄ = Δ B
+                    else:  # B̄ = (e^{Δa} − 1)/a · B, → Δ B as a → 0
+                        b_bar = (math.expm1(dt * a) / a if a != 0.0 else dt) * B[idx + (t, k)]
+                    h[k] = a_bar * h[k] + b_bar * ut  # h_t = Ā_t h_{t−1} + B̄_t u_t
+                y[idx + (t, d)] = sum(C[idx + (t, k)] * h[k] for k in range(n))  # y_t = Σ_n C_{t,n} h_{t,n}
+            h_last[idx + (d,)] = h
+    return _finish_selective(y, h_last, u, D, return_last_state)
+
+
+def selective_scan_assoc(u, delta, A, B, C, D=None, *, discretization="mamba", return_last_state=False):
+    r"""Selective scan by an associative (parallel-prefix) scan over time.
+
+    Implements Eq. (11.17) of the book (Gu & Dao 2024, §3.3.2; Blelloch 1990; mambapy ``pscan``).
+    Same signature and output as :func:`selective_scan`.
+
+    Notes
+    -----
+    The steps ``h ↦ Ā_t h + B̄_t u_t`` are affine maps, and composition
+    ``(a_2, b_2) ∘ (a_1, b_1) = (a_2 a_1, a_2 b_1 + b_2)`` is associative, so all prefixes come
+    out of ⌈log₂ L⌉ vectorized sweeps (:func:`refimpl._scan.linear_scan`, Hillis–Steele): the
+    reference for GPU scan kernels. Only products of the given Ā_t ∈ (0, 1] are formed, so
+    nothing under- or overflows.
+    """
+    u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
+    Ab, Bu = _discretize_selective(u, delta, A, B, discretization)
+    # time as the last, contiguous axis: each sweep then reads memory in order
+    Ht = linear_scan(np.ascontiguousarray(np.moveaxis(Ab, -3, -1)), np.ascontiguousarray(np.moveaxis(Bu, -3, -1)))
+    H = np.moveaxis(Ht, -1, -3)  # all h_t, (..., L, d, n)
+    y = np.matmul(H, C[..., None])[..., 0]  # y_t = C_t h_t
+    return _finish_selective(y, H[..., -1, :, :], u, D, return_last_state)
+
+
+def _segsum(delta: np.ndarray) -> np.ndarray:
+    """``S[..., d, t, s] = Σ_{r=s+1}^{t} Δ_{r,d}`` for s ≤ t (0 above the diagonal), as exact cumulative sums.
+
+    Each segment sum is accumulated from its own start, never as a difference of two long
+    prefix sums (which would cancel; mamba_ssm ``segsum``).
+    """
+    dl = np.swapaxes(delta, -1, -2)  # (..., d, L)
+    L = dl.shape[-1]
+    X = np.broadcast_to(dl[..., :, None], dl.shape + (L,))  # X[t, s] = Δ_t
+    X = np.where(np.tril(np.ones((L, L), dtype=bool), -1), X, 0.0)  # keep t > s
+    return np.cumsum(X, axis=-2)  # S[t, s] = Σ_{s<r≤t} Δ_r
+
+
+def semiseparable_matrix(delta, A, B, C, D=None, *, discretization="mamba"):
+    r"""The selective SSM as a data-dependent L×L matrix per channel: ``y[..., :, d] = M[..., d] @ u[..., :, d]``.
+
+    Implements Eq. (11.18) of the book (Dao & Gu 2024, Mamba-2, §3: SSMs are semiseparable
+    matrices; Ali et al. 2024, "the hidden attention of Mamba").
+
+    Parameters
+    ----------
+    delta : array_like, shape (..., L, d_in)
+    A : array_like, shape (d_in, n)
+    B, C : array_like, shape (..., L, n)
+    D : array_like, shape (d_in,), optional
+        Added on the diagonal.
+    discretization : {"mamba", "zoh"}
+
+    Returns
+    -------
+    M : ndarray, shape (..., d_in, L, L), float64, lower triangular
+
+    Notes
+    -----
+    .. math::  M_{ts} = \sum_n C_{t,n}\, \exp\!\Big(A_{n}\sum_{r=s+1}^{t}Δ_r\Big)\, \bar B_{s,n},
+               \qquad s \le t,
+
+    with ``B̄_s = Δ_s B_s`` ("mamba") or ``(e^{Δ_s A} − 1)/A · B_s`` ("zoh"). With Δ, B, C
+    constant it is Toeplitz: the S4D kernel of Eq. (11.10). Memory O(d_in L²) per batch element.
+    """
+    delta_arr = as_real_array(delta, "delta")
+    if delta_arr.ndim < 2:
+        raise ValueError(f"delta: expected shape (..., L, d_in), got shape {delta_arr.shape}")
+    u = np.ones(delta_arr.shape)
+    u, delta, A, B, C, D = _check_selective(u, delta_arr, A, B, C, D, discretization)
+    seg = _segsum(delta)  # (..., d, L, L)
+    lower = np.tril(np.ones(seg.shape[-2:], dtype=bool))
+    _, Bbar = _discretize_selective(u, delta, A, B, discretization)  # B̄_s (u = 1): (..., L, d, n)
+    M = np.zeros(seg.shape)
+    for k in range(A.shape[1]):
+        decay = np.where(lower, np.exp(A[:, k, None, None] * seg), 0.0)  # Π_{s<r≤t} Ā_r
+        Bk = np.swapaxes(Bbar[..., k], -1, -2)[..., None, :]  # B̄_{s,d,n}: (..., d, 1, L)
+        M += C[..., None, :, k, None] * decay * Bk  # C_{t,n} Π Ā B̄_{s,n}
+    if D is not None:
+        M = M + np.eye(M.shape[-1]) * np.broadcast_to(D, (A.shape[0],))[:, None, None]
+    return M
+
+
+def selective_scan_matrix(u, delta, A, B, C, D=None, *, discretization="mamba", return_last_state=False):
+    r"""Selective scan as a matrix product ``y_d = M_d u_d`` with the semiseparable M of Eq. (11.18).
+
+    Same signature and output as :func:`selective_scan`; O(L²) work (the "attention" form).
+    The last state is ``h_{L−1} = Σ_s exp(A Σ_{s<r≤L−1} Δ_r) B̄_s u_s`` (the last row of the
+    same segment sums, without C).
+    """
+    u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
+    M = semiseparable_matrix(delta, A, B, C, discretization=discretization)  # (..., d, L, L)
+    y = np.swapaxes(M @ np.swapaxes(u, -1, -2)[..., None], -2, -1)[..., 0, :]  # y_{d} = M_d u_d
+    y = np.swapaxes(y, -1, -2)
+    h_last = None
+    if return_last_state:
+        seg_last = _segsum(delta)[..., -1, :]  # Σ_{s<r≤L−1} Δ_r: (..., d, L)
+        _, Bu = _discretize_selective(u, delta, A, B, discretization)  # (..., L, d, n)
+        decay = np.exp(A[:, None, :] * seg_last[..., None])  # (..., d, L, n)
+        h_last = np.einsum("...dsn,...sdn->...dn", decay, Bu)
+    return _finish_selective(y, h_last, u, D, return_last_state)

@@ -1,0 +1,1055 @@
+"""Tests of :mod:`refimpl.afa`: tensor and isotropic Adaptive Filter Attention, and the IRLS driver.
+
+The identities of issue 5 ("Identities the tests must prove") and of spec afa.md §11, each against
+an oracle that does not share code with the function under test:
+
+* the loop twins (explicit loops over i, j, k; SELF);
+* the pair quantities P, R, d², logits written out in the test from :mod:`refimpl.lyapunov`
+  (``isotropic_covariance``, ``dle_covariance``, ``dle_covariance_backward``) and direct residuals;
+* the residual-norm identity of spec §4.4 checked against explicit complex loops, with the
+  cross term formed as a real matmul of width 2d;
+* the closed forms of the filtering regimes (spec §4.7) and the ALiBi limit;
+* the RoPE limit (spec §6) against real 2-vector rotations with explicit 2×2 matrices and a plain
+  NumPy softmax, and against :func:`refimpl.attention.softmax_attention` on :func:`refimpl.positional.rope`;
+* the maximum-likelihood estimate (spec §3.1, §11 item 7) as a dense least-squares solve, in the
+  original basis with ``scipy.linalg.expm`` transitions (γ² = 0: the exact GLS of the generative
+  model) and in the eigenbasis with the anchor noise (γ² > 0);
+* a row-by-row evaluation of the equations for a long non-causal sequence (N = 3000).
+
+Tolerances come from :mod:`refimpl._testing` (SELF, ORACLE); where an elementwise relative error is
+asserted instead of the norm-wise one, it is said.
+"""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+import scipy.linalg
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refimpl import afa as afa_module
+from refimpl import sde
+from refimpl._testing import ORACLE, SELF, assert_close, rel_error
+from refimpl.afa import afa, afa_irls, afa_loop, isotropic_afa, isotropic_afa_loop
+from refimpl.attention import softmax_attention
+from refimpl.lyapunov import dle_covariance, dle_covariance_backward, isotropic_covariance
+from refimpl.positional import rope
+
+EPS = np.finfo(np.float64).eps
+
+#: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
+WORST_ERRORS: dict[str, tuple[float, float]] = {}
+
+
+def record(what: str, err: float, tol: float) -> float:
+    WORST_ERRORS[what] = (max(WORST_ERRORS.get(what, (0.0,))[0], err), tol)
+    return err
+
+
+def close(actual, desired, *, rtol: float, what: str) -> float:
+    """assert_close (norm-wise relative) that also records the error under ``what``."""
+    return record(what, assert_close(actual, desired, rtol=rtol, what=what), rtol)
+
+
+def elementwise_rel(actual, desired) -> float:
+    """max_k |a_k − d_k| / |d_k| (all desired entries must be nonzero and finite)."""
+    a, d = np.asarray(actual), np.asarray(desired)
+    assert a.shape == d.shape, f"shape {a.shape} != {d.shape}"
+    assert np.all(np.isfinite(d)) and np.all(d != 0)
+    return float(np.max(np.abs(a - d) / np.abs(d), initial=0.0))
+
+
+def close_elementwise(actual, desired, *, rtol: float, what: str) -> float:
+    err = record(what + " (elementwise)", elementwise_rel(actual, desired), rtol)
+    assert err <= rtol, f"{what}: elementwise relative error {err:.3e} > {rtol:.1e}"
+    return err
+
+
+@pytest.fixture(autouse=True)
+def _runtime_warnings_are_errors():
+    # Overflow/invalid warnings are failures even when pyproject's filterwarnings is not in force.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        yield
+
+
+# ---------------------------------------------------------------------------------------------
+# Test data
+# ---------------------------------------------------------------------------------------------
+
+
+def cplx(rng, shape, scale=1.0):
+    return scale * (rng.normal(size=shape) + 1j * rng.normal(size=shape))
+
+
+def make_times(kind: str, N: int, rng):
+    """``None`` (the default arange), a uniform grid 0.5·arange (Toeplitz path), or irregular stamps."""
+    if kind == "default":
+        return None
+    if kind == "half":
+        return 0.5 * np.arange(N)
+    return np.cumsum(rng.uniform(0.2, 1.4, size=N)) - 0.7  # irregular, partly negative times
+
+
+def tensor_params(rng, d, *, zero_mu=(0,)):
+    """Anisotropic dynamics and per-channel noise spectra; channels in ``zero_mu`` have μ = 0."""
+    mu = rng.uniform(0.05, 0.8, size=d)
+    mu[[c for c in zero_mu if c < d]] = 0.0  # the exact Brownian limit, Re λ = 0
+    return dict(
+        eigvals=-mu + 1j * rng.normal(scale=1.3, size=d),
+        sigma2=rng.uniform(0.0, 0.8, size=d),
+        eta2=rng.uniform(0.05, 0.9, size=d),
+        gamma2=rng.uniform(0.05, 0.5, size=d),
+        nu=2.5,
+    )
+
+
+def iso_params(rng, d):
+    return dict(mu=0.35, omega=rng.normal(scale=1.3, size=d), sigma2=0.4, eta2=0.3, gamma2=0.2, nu=2.5)
+
+
+def lags(t, N):
+    t = np.arange(N, dtype=float) if t is None else np.asarray(t, dtype=float)
+    return t, t[:, None] - t[None, :]  # Δt_ij = t_i − t_j
+
+
+def softmax_rows(logits, allowed):
+    """Plain NumPy softmax over the last axis, restricted to ``allowed``."""
+    x = np.where(allowed, logits, -np.inf)
+    x = x - np.max(x, axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pair quantities of Eqs. (7.2)-(7.5), written out from refimpl.lyapunov and direct residuals
+# ---------------------------------------------------------------------------------------------
+
+
+def pair_oracle(q, k, *, eigvals, sigma2, eta2, gamma2, t):
+    """P (N, N, d) from :func:`isotropic_covariance` at the signed lag, R = q_i − e^{λΔt} k_j, d² = Σ_k P|R|²."""
+    N, d = q.shape[-2:]
+    lam = np.asarray(eigvals, dtype=complex)
+    _, dt = lags(t, N)
+    noise = [np.broadcast_to(np.asarray(x, dtype=float), (d,)) for x in (sigma2, eta2, gamma2)]
+    P = np.empty((N, N, d))
+    for c in range(d):
+        P[:, :, c] = 1.0 / isotropic_covariance(dt, -lam[c].real, noise[0][c], noise[1][c], noise[2][c])
+    R = q[..., :, None, :] - np.exp(lam * dt[..., None]) * k[..., None, :, :]
+    d2 = np.sum(P * np.abs(R) ** 2, axis=-1)
+    return P, R, d2
+
+
+# =============================================================================================
+# afa == afa_loop and isotropic_afa == isotropic_afa_loop
+# =============================================================================================
+
+WEIGHTS = [("student", None), ("student", 1.0), ("student", 2.5), ("exponential", None)]
+GRID = [
+    (causal, weight, kappa, temperature, rotate, tkind)
+    for causal in (True, False)
+    for weight, kappa in WEIGHTS
+    for temperature in (1.0, 0.6)
+    for rotate in (True, False)
+    for tkind in ("default", "half", "irregular")
+]
+
+
+def grid_id(p):
+    causal, weight, kappa, temperature, rotate, tkind = p
+    return f"{'causal' if causal else 'bidir'}-{weight}-k{kappa}-T{temperature}-{'rot' if rotate else 'norot'}-{tkind}"
+
+
+class TestAfa:
+    @pytest.mark.parametrize("case", GRID, ids=grid_id)
+    def test_loop_twin(self, case):
+        causal, weight, kappa, temperature, rotate, tkind = case
+        rng = np.random.default_rng(100)
+        batch, N, d = (2,), 5, 3
+        q, k, v = (cplx(rng, batch + (N, d)) for _ in range(3))
+        par = tensor_params(rng, d)
+        opts = dict(t=make_times(tkind, N, rng), weight=weight, kappa=kappa, temperature=temperature,
+                    causal=causal, rotate_values=rotate)
+        out, A = afa(q, k, v, **par, **opts, return_weights=True)
+        out_l, A_l = afa_loop(q, k, v, **par, **opts, return_weights=True)
+        assert out.shape == batch + (N, d) and out.dtype == np.complex128
+        assert A.shape == A_l.shape == batch + (N, N, d)
+        close(out, out_l, rtol=SELF, what="afa vs afa_loop")
+        close(A, A_l, rtol=SELF, what="afa weights vs afa_loop")
+        np.testing.assert_array_equal(afa(q, k, v, **par, **opts), out)  # return_weights changes nothing
+
+    @settings(max_examples=40)
+    @given(
+        seed=st.integers(0, 2**32 - 1),
+        batch=st.sampled_from([(), (1,), (2,), (2, 1, 2)]),
+        N=st.integers(1, 5),
+        d=st.integers(1, 4),
+        zero_mu=st.sampled_from([(), (0,), (0, 1, 2, 3)]),
+        scalar_noise=st.booleans(),
+        causal=st.booleans(),
+        weight=st.sampled_from(["student", "exponential"]),
+        irregular=st.booleans(),
+    )
+    def test_loop_twin_shapes(self, seed, batch, N, d, zero_mu, scalar_noise, causal, weight, irregular):
+        # batch axes, d = 1, N = 1, μ = 0 channels, scalar or per-channel noise
+        rng = np.random.default_rng(seed)
+        q, k, v = (cplx(rng, batch + (N, d)) for _ in range(3))
+        par = tensor_params(rng, d, zero_mu=zero_mu)
+        if scalar_noise:
+            par.update(sigma2=0.3, eta2=0.2, gamma2=0.1)
+        t = make_times("irregular" if irregular else "default", N, rng)
+        opts = dict(t=t, weight=weight, causal=causal)
+        out = afa(q, k, v, **par, **opts)
+        assert out.shape == batch + (N, d)
+        close(out, afa_loop(q, k, v, **par, **opts), rtol=SELF, what="afa vs afa_loop")
+
+    def test_single_token_returns_its_value(self):
+        # N = 1: the only key is the query itself (Δt = 0, e^{λ·0} = 1), with weight 1
+        rng = np.random.default_rng(1)
+        q, k, v = (cplx(rng, (3, 1, 4)) for _ in range(3))
+        out, A = afa(q, k, v, **tensor_params(rng, 4), return_weights=True)
+        np.testing.assert_array_equal(A, 1.0)
+        close(out, v, rtol=ORACLE, what="afa N = 1")
+
+    def test_real_input_is_cast(self):
+        rng = np.random.default_rng(2)
+        q, k, v = (rng.normal(size=(4, 2)) for _ in range(3))
+        par = tensor_params(rng, 2)
+        out = afa(q, k, v, **par)
+        assert out.dtype == np.complex128
+        np.testing.assert_array_equal(out, afa(q + 0j, k + 0j, v + 0j, **par))
+
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_noiseless_trajectory_is_a_fixed_point(self, causal):
+        # Tokens y_j = e^{λ t_j} y_0 on one noiseless path: every pulled-forward (or pushed-back) key
+        # e^{λΔt_ij} y_j equals y_i, so whatever the weights, the estimate is y_i.
+        rng = np.random.default_rng(3)
+        N, d = 7, 3
+        par = tensor_params(rng, d)
+        t = make_times("irregular", N, rng)
+        y = np.exp(par["eigvals"] * t[:, None]) * cplx(rng, d)
+        for func in (afa, afa_loop):
+            out = func(y, y, y, **par, t=t, causal=causal)
+            close(out, y, rtol=SELF, what="afa on a noiseless trajectory")
+
+    def test_exponential_weight_with_huge_nu_is_prior_only(self):
+        # ν → ∞ (exponential weight): A = P / Σ_j P per channel, Eq. (7.6) without the robust factor
+        rng = np.random.default_rng(4)
+        N, d = 6, 3
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        par = tensor_params(rng, d)
+        par["nu"] = 1e300
+        t = make_times("irregular", N, rng)
+        _, A = afa(q, k, v, **par, t=t, weight="exponential", return_weights=True)
+        P, _, _ = pair_oracle(q, k, **{key: par[key] for key in ("eigvals", "sigma2", "eta2", "gamma2")}, t=t)
+        P = np.tril(np.moveaxis(P, -1, 0))  # (d, N, N), causal
+        close(A, np.moveaxis(P / P.sum(axis=-1, keepdims=True), 0, -1), rtol=ORACLE, what="afa prior-only weights")
+
+
+class TestAfaIntermediates:
+    @pytest.mark.parametrize("causal", [True, False])
+    @pytest.mark.parametrize("weight, kappa", [("student", None), ("student", 1.5), ("exponential", None)])
+    def test_contents(self, causal, weight, kappa):
+        rng = np.random.default_rng(10)
+        batch, N, d = (2,), 6, 3
+        q, k, v = (cplx(rng, batch + (N, d)) for _ in range(3))
+        par = tensor_params(rng, d)
+        t = make_times("irregular", N, rng)
+        temperature = 0.8
+        out, extra = afa(q, k, v, **par, t=t, weight=weight, kappa=kappa, temperature=temperature, causal=causal,
+                         return_intermediates=True)
+        assert set(extra) == {"A", "P", "R", "d2", "logits"}
+        assert extra["A"].shape == extra["R"].shape == extra["logits"].shape == batch + (N, N, d)
+        assert extra["P"].shape == (N, N, d)  # the precision does not depend on the data
+        assert extra["d2"].shape == batch + (N, N)
+        np.testing.assert_array_equal(out, afa(q, k, v, **par, t=t, weight=weight, kappa=kappa,
+                                                temperature=temperature, causal=causal))
+        _, dt = lags(t, N)
+        allowed = dt >= 0 if causal else np.ones((N, N), bool)
+
+        # P = 1/Σ(Δt) with the signed lag: forward for j ≤ i, pushed back for j > i (in both modes)
+        noise = {key: par[key] for key in ("eigvals", "sigma2", "eta2", "gamma2")}
+        P, R, d2 = pair_oracle(q, k, **noise, t=t)
+        close_elementwise(extra["P"], P, rtol=ORACLE,
+                          what="P = 1/lyapunov.isotropic_covariance")
+        # R = q_i − e^{λΔt} k_j and d² = Σ_k P |R|²
+        close(extra["R"], R, rtol=ORACLE, what="R = q_i − e^{λΔt} k_j")
+        close_elementwise(extra["d2"], d2, rtol=ORACLE, what="d² = Σ_k P|R|²")
+        # logits = β (log P − κ log(1 + d²/ν)) (or − d²/ν), −inf where not allowed
+        kap = (par["nu"] + d) / d if kappa is None else kappa
+        penalty = kap * np.log1p(d2 / par["nu"]) if weight == "student" else d2 / par["nu"]
+        L = temperature * (np.log(P) - penalty[..., None])
+        mask3 = np.broadcast_to(allowed[:, :, None], L.shape)
+        assert np.all(extra["logits"][~mask3] == -np.inf)
+        close(extra["logits"][mask3], L[mask3], rtol=ORACLE, what="afa logits")
+        # A: softmax over allowed j, rows sum to 1, exact zeros where masked
+        A = extra["A"]
+        assert np.all(A[~mask3] == 0.0)
+        assert np.max(np.abs(A.sum(axis=-2) - 1.0)) <= 8 * EPS
+        A_ref = np.moveaxis(softmax_rows(np.moveaxis(L, -1, -3), allowed), -3, -1)
+        close(A, A_ref, rtol=ORACLE, what="A = softmax of the test's logits")
+        # and return_weights returns the same A
+        np.testing.assert_array_equal(afa(q, k, v, **par, t=t, weight=weight, kappa=kappa, temperature=temperature,
+                                          causal=causal, return_weights=True)[1], A)
+
+    def test_precision_matches_dle_covariances(self):
+        # Eqs. (2.4), (2.7), (2.9): Σ_fwd(τ) = Σ_DLE(τ) + η² e^{−2μτ} + γ²,
+        # Σ_back(τ) = Σ^B_DLE(τ) + η² e^{2μτ} + γ²
+        rng = np.random.default_rng(11)
+        N, d = 7, 4
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        par = tensor_params(rng, d)
+        t = make_times("irregular", N, rng)
+        _, extra = afa(q, k, v, **par, t=t, causal=False, return_intermediates=True)
+        _, dt = lags(t, N)
+        mu = -par["eigvals"].real
+        fwd = dt >= 0
+        tau = np.abs(dt)
+        grow = np.exp(2 * mu * tau[..., None])
+        sig_f = dle_covariance(par["eigvals"], par["sigma2"], tau) + par["eta2"] / grow
+        sig_b = dle_covariance_backward(par["eigvals"], par["sigma2"], tau) + par["eta2"] * grow
+        sigma = np.where(fwd[..., None], sig_f, sig_b) + par["gamma2"]
+        close_elementwise(extra["P"], 1.0 / sigma, rtol=ORACLE, what="P = 1/(DLE + propagated η² + γ²)")
+        # the diagonal is 1/(η² + γ²) (Σ(0), spec §2.4), to the rounding of exp(−log Σ)
+        diag = np.diagonal(extra["P"], axis1=0, axis2=1).T  # (N, d)
+        expected = np.broadcast_to(1.0 / (par["eta2"] + par["gamma2"]), (N, d))
+        assert elementwise_rel(diag, expected) <= 4 * EPS
+
+    def test_brownian_channels(self):
+        # μ = 0: Σ = σ²|Δt| + η² + γ² for either sign of Δt (exact limit, no 0/0)
+        rng = np.random.default_rng(12)
+        N, d = 6, 3
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        par = tensor_params(rng, d, zero_mu=(0, 1, 2))
+        t = make_times("irregular", N, rng)
+        _, extra = afa(q, k, v, **par, t=t, causal=False, return_intermediates=True)
+        _, dt = lags(t, N)
+        expected = 1.0 / (par["sigma2"] * np.abs(dt)[..., None] + par["eta2"] + par["gamma2"])
+        close_elementwise(extra["P"], expected, rtol=ORACLE, what="P Brownian limit")
+
+
+# =============================================================================================
+# isotropic form
+# =============================================================================================
+
+
+class TestIsotropicAfa:
+    @pytest.mark.parametrize("case", GRID, ids=grid_id)
+    def test_loop_twin(self, case):
+        causal, weight, kappa, temperature, rotate, tkind = case
+        rng = np.random.default_rng(200)
+        batch, N, d = (2,), 5, 3
+        q, k, v = (cplx(rng, batch + (N, d)) for _ in range(3))
+        par = iso_params(rng, d)
+        opts = dict(t=make_times(tkind, N, rng), weight=weight, kappa=kappa, temperature=temperature,
+                    causal=causal, rotate_values=rotate)
+        out, A = isotropic_afa(q, k, v, **par, **opts, return_weights=True)
+        out_l, A_l = isotropic_afa_loop(q, k, v, **par, **opts, return_weights=True)
+        assert out.shape == batch + (N, d) and out.dtype == np.complex128
+        assert A.shape == A_l.shape == batch + (N, N)
+        close(out, out_l, rtol=SELF, what="isotropic_afa vs isotropic_afa_loop")
+        close(A, A_l, rtol=SELF, what="isotropic_afa weights vs loop")
+        np.testing.assert_allclose(A.sum(axis=-1), 1.0, rtol=0, atol=8 * EPS)
+        if causal:
+            assert np.all(A[..., np.triu_indices(N, 1)[0], np.triu_indices(N, 1)[1]] == 0.0)
+        np.testing.assert_array_equal(isotropic_afa(q, k, v, **par, **opts), out)
+
+    @settings(max_examples=40)
+    @given(
+        seed=st.integers(0, 2**32 - 1),
+        batch=st.sampled_from([(), (1,), (3,), (2, 1, 2)]),
+        N=st.integers(1, 6),
+        d=st.integers(1, 4),
+        mu=st.sampled_from([0.0, 1e-9, 0.2, 1.5]),
+        causal=st.booleans(),
+        weight=st.sampled_from(["student", "exponential"]),
+        tkind=st.sampled_from(["default", "half", "irregular"]),
+    )
+    def test_loop_twin_shapes(self, seed, batch, N, d, mu, causal, weight, tkind):
+        rng = np.random.default_rng(seed)
+        q, k, v = (cplx(rng, batch + (N, d)) for _ in range(3))
+        par = iso_params(rng, d)
+        par["mu"] = mu
+        opts = dict(t=make_times(tkind, N, rng), weight=weight, causal=causal)
+        out = isotropic_afa(q, k, v, **par, **opts)
+        assert out.shape == batch + (N, d)
+        close(out, isotropic_afa_loop(q, k, v, **par, **opts), rtol=SELF, what="isotropic_afa vs isotropic_afa_loop")
+
+    def test_peak_memory_is_not_n2d(self):
+        # "never materialize an (N, N, d) array": at N = 256, d = 64 one complex (N, N, d) tensor is
+        # 128 N² float64 words; the isotropic form needs a few (N, N) buffers.
+        rng = np.random.default_rng(20)
+        N, d = 256, 64
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        par = iso_params(rng, d)
+        for causal, t in [(True, None), (False, np.sort(rng.uniform(0, 100, N)))]:
+            tracemalloc.start()
+            try:
+                isotropic_afa(q, k, v, **par, t=t, causal=causal, return_weights=True)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < 32 * N * N * 8, f"peak {peak / (N * N * 8):.1f} N² words (an (N, N, d) tensor is 128)"
+
+
+class TestTensorEqualsIsotropic:
+    @pytest.mark.parametrize("causal", [True, False])
+    @pytest.mark.parametrize("weight, kappa", [("student", None), ("student", 1.0), ("exponential", None)])
+    @pytest.mark.parametrize("tkind", ["default", "half", "irregular"])
+    @pytest.mark.parametrize("rotate", [True, False])
+    def test_outputs_and_weights(self, causal, weight, kappa, tkind, rotate):
+        rng = np.random.default_rng(30)
+        batch, N, d = (2, 1), 6, 4
+        q, k, v = (cplx(rng, batch + (N, d)) for _ in range(3))
+        par = iso_params(rng, d)
+        iso = {key: par[key] for key in ("sigma2", "eta2", "gamma2", "nu")}
+        opts = dict(t=make_times(tkind, N, rng), weight=weight, kappa=kappa, temperature=1.3, causal=causal,
+                    rotate_values=rotate)
+        out_i, A_i = isotropic_afa(q, k, v, **par, **opts, return_weights=True)
+        out_t, A_t = afa(q, k, v, eigvals=-par["mu"] + 1j * par["omega"], **iso, **opts, return_weights=True)
+        close(out_i, out_t, rtol=SELF, what="isotropic_afa vs afa")
+        # the tensor weights do not depend on the channel, and equal the isotropic ones
+        for c in range(d):
+            assert np.max(np.abs(A_t[..., c] - A_t[..., 0])) <= 4 * EPS
+            close(A_t[..., c], A_i, rtol=SELF, what="tensor A[..., k] vs isotropic A")
+        # noise given per channel (equal entries) in the tensor form: the same
+        per_channel = {key: np.full(d, value) for key, value in iso.items() if key != "nu"}
+        out_pc = afa(q, k, v, eigvals=-par["mu"] + 1j * par["omega"], nu=par["nu"], **per_channel, **opts)
+        close(out_pc, out_t, rtol=SELF, what="afa scalar vs per-channel noise")
+
+    def test_cancellation_in_the_residual_norm(self):
+        # q = k = v = a noiseless trajectory: ‖R‖² = 0 for every pair, and the factorized
+        # ‖q‖² + E²‖k‖² − 2E Re(q̃†k̃) cancels to round-off (possibly negative; spec §9 item 5).
+        rng = np.random.default_rng(31)
+        N, d = 40, 8
+        par = iso_params(rng, d)
+        t = make_times("irregular", N, rng)
+        y = np.exp((-par["mu"] + 1j * par["omega"]) * t[:, None]) * cplx(rng, d, scale=30.0)
+        for causal in (True, False):
+            out, A = isotropic_afa(y, y, y, **par, t=t, causal=causal, return_weights=True)
+            assert np.all(np.isfinite(out)) and np.all(np.isfinite(A))
+            close(out, y, rtol=SELF, what="isotropic_afa on a noiseless trajectory")
+            iso = {key: par[key] for key in ("sigma2", "eta2", "gamma2", "nu")}
+            _, A_t = afa(y, y, y, eigvals=-par["mu"] + 1j * par["omega"], **iso, t=t, causal=causal,
+                         return_weights=True)
+            close(A, A_t[..., 0], rtol=SELF, what="isotropic vs tensor weights at ‖R‖ = 0")
+
+
+class TestResidualNormIdentity:
+    """Spec §4.4: ‖q_i − e^{(−μ+iω)Δt} k_j‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃_i† k̃_j), E = e^{−μΔt}
+    (with the signed lag it holds for pushed-back pairs too)."""
+
+    @staticmethod
+    def direct(q, k, mu, omega, t):
+        N, d = q.shape
+        out = np.empty((N, N))
+        for i in range(N):
+            for j in range(N):
+                s = 0.0
+                for c in range(d):
+                    r = q[i, c] - math.exp(-mu * (t[i] - t[j])) * complex(math.cos(omega[c] * (t[i] - t[j])),
+                                                                          math.sin(omega[c] * (t[i] - t[j]))) * k[j, c]
+                    s += r.real**2 + r.imag**2
+                out[i, j] = s
+        return out
+
+    @staticmethod
+    def factorized(q, k, mu, omega, t):
+        rot = np.exp(-1j * omega * t[:, None])  # e^{−iωt}
+        qt, kt = q * rot, k * rot
+        cross = np.concatenate([qt.real, qt.imag], axis=1) @ np.concatenate([kt.real, kt.imag], axis=1).T
+        E = np.exp(-mu * (t[:, None] - t[None, :]))  # signed lag: valid for pushed-back pairs too
+        nq = np.sum(np.abs(q) ** 2, axis=1)[:, None]
+        nk = np.sum(np.abs(k) ** 2, axis=1)[None, :]
+        return nq + E**2 * nk - 2 * E * cross, np.real(qt.conj() @ kt.T), cross
+
+    @pytest.mark.parametrize("mu", [0.0, 0.3])
+    def test_identity(self, mu):
+        rng = np.random.default_rng(40)
+        N, d = 7, 5
+        q, k = cplx(rng, (N, d)), cplx(rng, (N, d))
+        omega = rng.normal(scale=1.5, size=d)
+        t = make_times("irregular", N, rng)
+        direct = self.direct(q, k, mu, omega, t)
+        fact, cross_complex, cross_real = self.factorized(q, k, mu, omega, t)
+        close(cross_real, cross_complex, rtol=ORACLE, what="Re(q̃†k̃) as a real 2d-wide matmul")
+        close(fact, direct, rtol=ORACLE, what="residual-norm identity (§4.4)")
+        # and the module's d² / P (tensor form with isotropic parameters) is this ‖R‖²
+        _, extra = afa(q, k, k, eigvals=-mu + 1j * omega, sigma2=0.4, eta2=0.3, gamma2=0.2, nu=2.0, t=t,
+                       causal=False, return_intermediates=True)
+        close_elementwise(extra["d2"] / extra["P"][..., 0], direct, rtol=ORACLE, what="afa d²/P vs direct ‖R‖²")
+
+
+# =============================================================================================
+# Covariance kernel: filtering regimes and limits (spec §4.7)
+# =============================================================================================
+
+
+class TestFilteringRegimes:
+    @staticmethod
+    def prior(mu, sigma2, eta2, gamma2, lag):
+        """The module's log P at the given causal lags (query at t = 0, keys at −lag), from the logits
+        with q = k = 0 (so d² = 0 and the robust term vanishes)."""
+        lag = np.asarray(lag, dtype=float)
+        t = np.concatenate([-np.sort(lag)[::-1], [0.0]])
+        N = t.size
+        z = np.zeros((N, 1))
+        _, extra = afa(z, z, z, eigvals=[-mu], sigma2=sigma2, eta2=eta2, gamma2=gamma2, nu=1.0, t=t,
+                       return_intermediates=True)
+        B = extra["logits"][-1, :-1, 0][::-1]  # row of the last query, in increasing lag
+        assert elementwise_rel(np.exp(B), extra["P"][-1, :-1, 0][::-1]) <= 4 * EPS
+        return np.sort(lag), B
+
+    def test_diffusive_regime(self):
+        # α < 0 (σ̃² > η²), α' = −α:
+        # P = 1/(β − α' e^{−2μΔt}),  B = −log β − log(1 − (α'/β) e^{−2μΔt})
+        mu, sigma2, eta2, gamma2 = 0.4, 1.2, 0.3, 0.2
+        st2 = sigma2 / (2 * mu)
+        alpha, beta = eta2 - st2, gamma2 + st2
+        assert alpha < 0
+        lag, B = self.prior(mu, sigma2, eta2, gamma2, np.geomspace(1e-3, 30.0, 25))
+        g = np.exp(-2 * mu * lag)
+        close_elementwise(np.exp(B), 1.0 / (beta + alpha * g), rtol=ORACLE, what="diffusive P")
+        close_elementwise(B, -np.log(beta) - np.log1p(alpha / beta * g), rtol=ORACLE, what="diffusive B")
+        assert np.all(np.diff(B) < 0)  # P falls with lag, towards 1/β
+        assert abs(B[-1] + np.log(beta)) < 1e-8
+
+    def test_integrative_regime(self):
+        # α > 0 (η² > σ̃²):
+        # P = (1/β) sigmoid(2μΔt − ln(α/β)),  B = −log β − softplus(ln(α/β) − 2μΔt)
+        mu, sigma2, eta2, gamma2 = 0.4, 0.2, 1.5, 0.3
+        st2 = sigma2 / (2 * mu)
+        alpha, beta = eta2 - st2, gamma2 + st2
+        assert alpha > 0
+        lag, B = self.prior(mu, sigma2, eta2, gamma2, np.geomspace(1e-3, 30.0, 25))
+        x = 2 * mu * lag - np.log(alpha / beta)
+        close_elementwise(np.exp(B), 1.0 / (beta * (1.0 + np.exp(-x))), rtol=ORACLE, what="integrative P")
+        close_elementwise(B, -np.log(beta) - np.log1p(np.exp(-x)), rtol=ORACLE, what="integrative B")
+        assert np.all(np.diff(B) > 0)  # P rises with lag
+
+    @staticmethod
+    def prior_response(mu, sigma2, eta2, gamma2, lag):
+        """Â = A ⊙ E of the last query (at t = 0) against keys at the given positive lags and itself
+        (lag 0, returned first), read off the *output*: q = k = 0 (d² = 0), one-hot values (value j in
+        channel j), no value rotation, so out[i, j] = A_ij e^{−μΔt_ij} (all channels share μ and the
+        noise, hence A)."""
+        t = np.concatenate([-np.asarray(lag)[::-1], [0.0]])
+        N = t.size
+        z = np.zeros((N, N))
+        out = isotropic_afa(z, z, np.eye(N), mu=mu, omega=np.zeros(N), sigma2=sigma2, eta2=eta2, gamma2=gamma2,
+                            nu=1.0, t=t, rotate_values=False)
+        assert np.all(out.imag == 0)
+        return out[-1].real[::-1]  # in increasing lag, starting with the query itself
+
+    def test_peak_of_the_prior_response(self):
+        # α > β (η² > γ² + 2σ̃²): P·E ∝ e^{−μΔt}/(α e^{−2μΔt} + β) peaks at Δt* = ln(α/β)/(2μ)
+        mu, sigma2, eta2, gamma2 = 0.5, 0.2, 2.0, 0.1
+        st2 = sigma2 / (2 * mu)
+        alpha, beta = eta2 - st2, gamma2 + st2
+        assert alpha > beta
+        star = np.log(alpha / beta) / (2 * mu)
+        h = 0.01 * star
+        f = self.prior_response(mu, sigma2, eta2, gamma2, star + h * np.arange(-20, 21))[1:]
+        assert np.argmax(f) == 20  # the grid point at Δt*
+        # zero slope at Δt*: the central difference is O(h²) of the one-sided ones
+        assert abs(f[21] - f[19]) < 0.05 * (f[20] - f[21])
+        # … and not at a point 10 % away
+        g = self.prior_response(mu, sigma2, eta2, gamma2, 1.1 * star + h * np.arange(-1, 2))[1:]
+        assert abs(g[2] - g[0]) > 1.0 * abs(g[1] - g[2])
+
+    def test_no_positive_peak_when_alpha_below_beta(self):
+        # 0 < α < β: the prior response falls monotonically from lag 0
+        mu, sigma2, eta2, gamma2 = 0.5, 0.2, 0.5, 0.3
+        st2 = sigma2 / (2 * mu)
+        alpha, beta = eta2 - st2, gamma2 + st2
+        assert 0 < alpha < beta
+        f = self.prior_response(mu, sigma2, eta2, gamma2, np.geomspace(1e-3, 10, 30))  # lag 0 first
+        assert np.all(np.diff(f) < 0)
+
+    def test_alibi_short_lag_limit(self):
+        # μ = 0: B = −log(σ²Δt + η² + γ²) = −log(η² + γ²) − x + O(x²), x = σ²Δt/(η² + γ²): a linear
+        # bias in the lag (ALiBi); the remainder is x − log(1 + x) = x²/2 − x³/3 + …
+        sigma2, eta2, gamma2 = 0.7, 0.4, 0.1
+        lag, B = self.prior(0.0, sigma2, eta2, gamma2, np.geomspace(1e-5, 1e-1, 9))
+        s0 = eta2 + gamma2
+        x = sigma2 * lag / s0
+        alibi = -np.log(s0) - x
+        close_elementwise(B, -np.log(s0 + sigma2 * lag), rtol=ORACLE, what="Brownian B")
+        rem = B - alibi
+        assert np.all(rem > 0)
+        assert np.all(np.abs(rem - x**2 / 2) <= x**3 / 3 + 4 * EPS * np.abs(B))
+
+
+# =============================================================================================
+# RoPE limit (spec §6)
+# =============================================================================================
+
+
+def rope_pairs(x, omega, t, sign):
+    """Each complex channel x_k = (Re, Im) as a real 2-vector, rotated by the angle sign·ω_k·t_i with
+    an explicit 2×2 rotation matrix; returns the real (N, 2d) array [(Re, Im) of channel 0, …]."""
+    N, d = x.shape
+    out = np.empty((N, d, 2))
+    for i in range(N):
+        for c in range(d):
+            th = sign * omega[c] * t[i]
+            rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+            out[i, c] = rot @ np.array([x[i, c].real, x[i, c].imag])
+    return out.reshape(N, 2 * d)
+
+
+class TestRopeLimit:
+    N, d = 8, 4
+
+    def data(self, seed=50):
+        rng = np.random.default_rng(seed)
+        q, k = cplx(rng, (self.N, self.d)), cplx(rng, (self.N, self.d))
+        q /= np.linalg.norm(q, axis=1, keepdims=True)  # unit-norm queries and keys
+        k /= np.linalg.norm(k, axis=1, keepdims=True)
+        v = cplx(rng, (self.N, self.d))
+        omega = rng.normal(scale=1.5, size=self.d)
+        t = make_times("irregular", self.N, rng)
+        return q, k, v, omega, t
+
+    @staticmethod
+    def oracle(q, k, v, omega, t, c, causal, sign=-1.0):
+        scores = c * (rope_pairs(q, omega, t, sign) @ rope_pairs(k, omega, t, sign).T)
+        allowed = t[:, None] >= t[None, :] if causal else np.ones(scores.shape, bool)
+        A = softmax_rows(scores, allowed)
+        return A @ v, A
+
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_exponential_weight_is_rope_attention(self, causal):
+        # μ = σ² = η² = 0: P = 1/γ² for every pair, and with ‖q_i‖ = ‖k_j‖ = 1
+        #   ‖R_ij‖² = 2 − 2 Re(q_i† e^{iω(t_i − t_j)} k_j) = 2 − 2 Re((e^{−iωt_i} q_i)† (e^{−iωt_j} k_j)),
+        # so L_ij = const_i + (2/(γ²ν)) ⟨RoPE(q_i), RoPE(k_j)⟩ with RoPE rotating each (Re, Im) pair of
+        # channel k by the angle −ω_k t (the conjugate of the left factor turns e^{−iωt_i} into e^{+iωt_i}).
+        q, k, v, omega, t = self.data()
+        gamma2, nu = 0.5, 3.0
+        c = 2.0 / (gamma2 * nu)  # 2p/ν with p = 1/γ²
+        out_ref, A_ref = self.oracle(q, k, v, omega, t, c, causal)
+        kw = dict(sigma2=0.0, eta2=0.0, gamma2=gamma2, nu=nu, t=t, weight="exponential", causal=causal,
+                  rotate_values=False)
+        out, A = isotropic_afa(q, k, v, mu=0.0, omega=omega, **kw, return_weights=True)
+        close(out, out_ref, rtol=ORACLE, what="RoPE limit: isotropic_afa vs softmax(c·RoPE scores)·V")
+        close(A, A_ref, rtol=ORACLE, what="RoPE limit: weights")
+        out_t = afa(q, k, v, eigvals=1j * omega, **kw)
+        close(out_t, out_ref, rtol=ORACLE, what="RoPE limit: afa vs softmax(c·RoPE scores)·V")
+        # the sign: rotating by +ω t (Re(q† e^{−iωΔt} k)) is a different attention
+        out_wrong, _ = self.oracle(q, k, v, omega, t, c, causal, sign=+1.0)
+        assert rel_error(out_wrong, out_ref) > 1e-2
+        assert rel_error(out, out_wrong) > 1e-2
+
+    def test_matches_library_softmax_attention_on_rope(self):
+        # issue 5: softmax_attention (scale 2/(γ²ν)) on the (Re, Im) pairs rotated by positional.rope
+        q, k, v, omega, t = self.data(51)
+        gamma2, nu = 0.25, 2.0
+        interleave = lambda x: np.stack([x.real, x.imag], axis=-1).reshape(self.N, 2 * self.d)
+        rq = rope(interleave(q), positions=t, freqs=-omega)  # rotation by −ω_k t
+        rk = rope(interleave(k), positions=t, freqs=-omega)
+        y_re = softmax_attention(rq, rk, v.real, causal=True, scale=2.0 / (gamma2 * nu))
+        y_im = softmax_attention(rq, rk, v.imag, causal=True, scale=2.0 / (gamma2 * nu))
+        out = isotropic_afa(q, k, v, mu=0.0, omega=omega, sigma2=0.0, eta2=0.0, gamma2=gamma2, nu=nu, t=t,
+                            weight="exponential", rotate_values=False)
+        close(out, y_re + 1j * y_im, rtol=ORACLE, what="RoPE limit vs attention.softmax_attention ∘ positional.rope")
+
+    def test_student_weight_approaches_the_linearized_softmax(self):
+        # power law with κ = 1: L = log p − log(1 + (2p/ν)(1 − Re q̃†k̃)); linearized c = 2κp/ν
+        q, k, v, omega, t = self.data(52)
+        gamma2, kappa = 1.0, 1.0
+        errs = []
+        for nu in [1.0, 10.0, 100.0, 1000.0]:
+            _, A = isotropic_afa(q, k, v, mu=0.0, omega=omega, sigma2=0.0, eta2=0.0, gamma2=gamma2, nu=nu, t=t,
+                                 weight="student", kappa=kappa, rotate_values=False, return_weights=True)
+            _, A_lin = self.oracle(q, k, v, omega, t, 2 * kappa / (gamma2 * nu), causal=True)
+            errs.append(float(np.max(np.abs(A - A_lin))))
+        record("RoPE limit: Student-t vs linearized at ν = 1000 (max abs)", errs[-1], 1e-5)
+        assert all(a > b for a, b in zip(errs, errs[1:])), errs
+        assert errs[-1] < 1e-5, errs
+        assert errs[0] > 1e-2  # not trivially equal
+
+
+# =============================================================================================
+# Causality
+# =============================================================================================
+
+
+class TestCausality:
+    @settings(max_examples=30)
+    @given(
+        seed=st.integers(0, 2**32 - 1),
+        N=st.integers(2, 7),
+        d=st.integers(1, 3),
+        form=st.sampled_from(["tensor", "isotropic", "tensor_loop"]),
+        weight=st.sampled_from(["student", "exponential"]),
+        tkind=st.sampled_from(["default", "half", "irregular"]),
+        data=st.data(),
+    )
+    def test_later_tokens_do_not_change_earlier_outputs(self, seed, N, d, form, weight, tkind, data):
+        i = data.draw(st.integers(0, N - 2), label="i")
+        rng = np.random.default_rng(seed)
+        q, k, v = (cplx(rng, (2, N, d)) for _ in range(3))
+        t = make_times(tkind, N, rng)
+        if form == "isotropic":
+            par = iso_params(rng, d)
+            func = isotropic_afa
+        else:
+            par = tensor_params(rng, d)
+            func = afa if form == "tensor" else afa_loop
+        opts = dict(**par, t=t, weight=weight)
+        out = func(q, k, v, **opts, causal=True)
+        q2, k2, v2 = q.copy(), k.copy(), v.copy()
+        for x in (q2, k2, v2):
+            x[:, i + 1:] += cplx(rng, (2, N - i - 1, d), scale=100.0)
+        out2 = func(q2, k2, v2, **opts, causal=True)
+        err = np.max(np.abs(out2[:, : i + 1] - out[:, : i + 1])) / np.max(np.abs(out[:, : i + 1]))
+        record("causal: change of earlier outputs (relative)", err, 1e-15)
+        assert err <= 1e-15
+        # without the mask the later values do reach output i
+        v3 = v.copy()
+        v3[:, i + 1:] += cplx(rng, (2, N - i - 1, d))
+        o1 = func(q, k, v, **opts, causal=False)
+        o3 = func(q, k, v3, **opts, causal=False)
+        assert np.max(np.abs(o3[:, i] - o1[:, i])) > 1e-8
+
+
+# =============================================================================================
+# Maximum likelihood with zero process noise (spec §3.1, §11 item 7)
+# =============================================================================================
+
+
+def real_system(rng, mus, omegas, etas):
+    """A real 2m-dimensional system with eigenvalues −μ ± iω and eigen-noise spectrum η² per pair."""
+    lam = np.ravel([[-m + 1j * w, -m - 1j * w] for m, w in zip(mus, omegas)])
+    while True:
+        cols = [cplx(rng, 2 * len(mus)) for _ in mus]
+        S = np.column_stack([c for s in cols for c in (s, s.conj())])
+        if np.linalg.cond(S) < 20:
+            break
+    S_inv = np.linalg.inv(S)
+    eta2 = np.repeat(etas, 2)
+    A = (S * lam) @ S_inv
+    Rm = (S * eta2) @ S.conj().T
+    assert np.max(np.abs(A.imag)) < 1e-12 and np.max(np.abs(Rm.imag)) < 1e-12
+    return lam, S, S_inv, eta2, A.real, 0.5 * (Rm.real + Rm.real.T)
+
+
+class TestMaximumLikelihood:
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_zero_process_noise_is_the_exact_gls(self, causal):
+        # σ² = 0, γ² = 0, w ≡ 1 (exponential weight, ν = 1e300: d²/ν is below the rounding of log P):
+        # the estimate of x(t_i) from z_j = e^{A(t_j − t_i)} x(t_i) + v_j, v_j ~ N(0, R), j ≤ i (or all j),
+        # is the generalized least-squares solution — solved here as one dense whitened least-squares
+        # problem per query in the original (real) basis, with scipy's expm for the transitions.
+        rng = np.random.default_rng(60)
+        lam, S, S_inv, eta2, A, Rm = real_system(rng, mus=[0.3, 0.05], omegas=[1.1, 0.4], etas=[0.5, 1.3])
+        N, D = 9, 4
+        t = make_times("irregular", N, rng)
+        x = np.array([scipy.linalg.expm(A * (ti - t[0])) @ rng.normal(size=D) for ti in t])
+        L = np.linalg.cholesky(Rm)
+        z = x + rng.normal(size=(N, D)) @ L.T
+        expected = np.empty((N, D))
+        for i in range(N):
+            keys = [j for j in range(N) if t[j] <= t[i] or not causal]
+            H = np.vstack([np.linalg.solve(L, scipy.linalg.expm(A * (t[j] - t[i]))) for j in keys])  # L^{-1} H_j
+            b = np.concatenate([np.linalg.solve(L, z[j]) for j in keys])
+            expected[i] = np.linalg.lstsq(H, b, rcond=None)[0]
+        y = z @ S_inv.T  # eigen-coordinates S^{-1} z
+        for func in (afa, afa_loop):
+            out = func(y, y, y, eigvals=lam, sigma2=0.0, eta2=eta2, gamma2=0.0, nu=1e300, t=t,
+                       weight="exponential", causal=causal)
+            est = out @ S.T
+            assert np.max(np.abs(est.imag)) <= 1e-12 * np.max(np.abs(est))
+            close(est.real, expected, rtol=ORACLE, what="AFA (σ² = 0) vs dense GLS, original basis")
+
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_anchor_noise_gls_in_the_eigenbasis(self, causal):
+        # With γ² > 0 the pulled-forward key j is an estimate of the query state with variance
+        # Σ_ijk = η²_k e^{−2μ_kΔt} + γ²_k (pushed back: η²_k e^{2μ_kτ} + γ²_k); the GLS of spec §3.1 is
+        # the dense weighted least-squares solve of the stacked system x_k = e^{λ_kΔt_ij} y_jk.
+        rng = np.random.default_rng(61)
+        N, d = 8, 3
+        mu = np.array([0.0, 0.2, 0.6])
+        lam = -mu + 1j * rng.normal(size=d)
+        eta2, gamma2 = rng.uniform(0.2, 1.0, d), rng.uniform(0.05, 0.3, d)
+        t = make_times("irregular", N, rng)
+        y = cplx(rng, (N, d))
+        expected = np.empty((N, d), dtype=complex)
+        for i in range(N):
+            rows, rhs = [], []
+            for j in range(N):
+                if t[j] > t[i] and causal:
+                    continue
+                dt = t[i] - t[j]
+                var = eta2 * np.exp(-2 * mu * dt) + gamma2
+                for c in range(d):
+                    row = np.zeros(d)
+                    row[c] = 1.0 / math.sqrt(var[c])
+                    rows.append(row)
+                    rhs.append(np.exp(lam[c] * dt) * y[j, c] / math.sqrt(var[c]))
+            expected[i] = np.linalg.lstsq(np.array(rows, dtype=complex), np.array(rhs), rcond=None)[0]
+        out = afa(y, y, y, eigvals=lam, sigma2=0.0, eta2=eta2, gamma2=gamma2, nu=1e300, t=t,
+                  weight="exponential", causal=causal)
+        close(out, expected, rtol=ORACLE, what="AFA (σ² = 0, γ² > 0) vs dense GLS, eigenbasis")
+
+
+# =============================================================================================
+# afa_irls
+# =============================================================================================
+
+
+class TestAfaIrls:
+    def setup_method(self):
+        rng = np.random.default_rng(70)
+        self.z = cplx(rng, (2, 6, 3))
+        self.par = tensor_params(rng, 3)
+        self.t = make_times("irregular", 6, rng)
+
+    def test_one_step_is_one_afa_call(self):
+        est = afa_irls(self.z, **self.par, t=self.t, n_iter=1, step=1.0)
+        assert est.shape == (1, 2, 6, 3) and est.dtype == np.complex128
+        close(est[0], afa(self.z, self.z, self.z, **self.par, t=self.t), rtol=ORACLE, what="afa_irls n_iter = 1")
+
+    @pytest.mark.parametrize("step", [0.3, 1.0])
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_relaxation(self, step, causal):
+        opts = dict(**self.par, t=self.t, weight="exponential", causal=causal)
+        est = afa_irls(self.z, **opts, n_iter=3, step=step)
+        assert est.shape == (3, 2, 6, 3)
+        current = self.z
+        for n in range(3):  # ẑ⁽ⁿ⁺¹⁾ = ẑ⁽ⁿ⁾ + α (afa(ẑ⁽ⁿ⁾) − ẑ⁽ⁿ⁾)
+            current = current + step * (afa(current, current, current, **opts) - current)
+            close(est[n], current, rtol=SELF, what="afa_irls relaxation")
+
+    def test_unbatched_input(self):
+        est = afa_irls(self.z[0], **self.par, t=self.t, n_iter=2)
+        assert est.shape == (2, 6, 3)
+        close(est, afa_irls(self.z, **self.par, t=self.t, n_iter=2)[:, 0], rtol=SELF, what="afa_irls batch slice")
+
+    @pytest.mark.parametrize("sigma2, eta2", [(0.0, 1.0), (0.3, 0.5), (0.5, 2.0)])
+    def test_filters_the_spiral_system(self, sigma2, eta2):
+        # The paper's 2-D system with the true dynamics and noise, in the eigenbasis y = S^{-1} z:
+        # the filtered estimates are much closer to the true states than the measurements.
+        model = sde.spiral_system(sigma2, eta2)
+        t = 0.1 * np.arange(101)
+        x, z = sde.sample(model, t, x0=[20.0, 0.0], size=8, rng=20260520)
+        y = z @ model.S_inv.T
+        est = afa_irls(y, eigvals=model.eigvals, sigma2=sigma2, eta2=eta2, gamma2=0.01, nu=4.0, t=t, n_iter=3)
+        xhat = est @ model.S.T
+        assert np.max(np.abs(xhat.imag)) <= 1e-10 * np.max(np.abs(xhat))  # a real system stays real
+        rmse = lambda a: float(np.sqrt(np.mean((a - x) ** 2)))
+        raw = rmse(z)
+        errs = [rmse(xhat[n].real) for n in range(3)]
+        assert errs[0] < 0.8 * raw, (raw, errs)
+        if sigma2 == 0.0:
+            # a deterministic trajectory: further iterations keep smoothing towards it
+            assert errs[0] > errs[1] > errs[2], errs
+            assert errs[2] < 0.45 * raw, (raw, errs)
+
+
+# =============================================================================================
+# Long sequences and the size limit of the tensor form
+# =============================================================================================
+
+
+def isotropic_row(q, k, v, i, *, mu, omega, sigma2, eta2, gamma2, nu, t, weight="student", kappa=None):
+    """Output i of isotropic AFA from the equations (7.2)–(7.7), one row, non-causal.
+
+    Pushed-back keys with 2μτ > 160 are left out: their precision is < e^{−160}/η² and their
+    contribution, after the value is pushed back by e^{μτ}, is of relative size < e^{−80}.
+    """
+    d = q.shape[-1]
+    kappa = (nu + d) / d if kappa is None else kappa
+    dt = t[i] - t
+    keep = (dt >= 0) | (2 * mu * -dt <= 160.0)
+    dt, kk, vv = dt[keep], k[keep], v[keep]
+    P = 1.0 / isotropic_covariance(dt, mu, sigma2, eta2, gamma2)
+    pull = np.exp((-mu + 1j * omega) * dt[:, None])  # e^{λΔt}
+    d2 = P * np.sum(np.abs(q[i] - pull * kk) ** 2, axis=-1)
+    L = np.log(P) - (kappa * np.log1p(d2 / nu) if weight == "student" else d2 / nu)
+    a = np.exp(L - np.max(L))
+    return (a / a.sum()) @ (pull * vv)
+
+
+class TestLongSequences:
+    def test_noncausal_n3000(self):
+        # e^{2μτ} for τ up to 3000 is far beyond float64; the pushed-back pairs must stay finite.
+        rng = np.random.default_rng(80)
+        N, d = 3000, 4
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        par = dict(mu=0.5, omega=rng.normal(size=d), sigma2=0.3, eta2=0.5, gamma2=0.2, nu=4.0)
+        t = np.arange(N, dtype=float)
+        out = isotropic_afa(q, k, v, **par, causal=False)
+        assert out.shape == (N, d) and np.all(np.isfinite(out))
+        for i in (0, 1, 1500, N - 2, N - 1):
+            expected = isotropic_row(q, k, v, i, **par, t=t)
+            close(out[i], expected, rtol=SELF, what="isotropic_afa N = 3000 row vs equations")
+
+    def test_long_lags_tensor_form(self):
+        # the tensor form scales the pushed-back pairs too: huge lags, finite output and weights
+        rng = np.random.default_rng(81)
+        N, d = 6, 2
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        t = np.array([0.0, 1.0, 2.0, 500.0, 900.0, 2000.0])
+        par = dict(eigvals=[-0.6 + 1j, -1.0 - 0.5j], sigma2=[0.3, 0.1], eta2=[0.5, 0.4], gamma2=[0.2, 0.1], nu=3.0)
+        out, A = afa(q, k, v, **par, t=t, causal=False, return_weights=True)
+        assert np.all(np.isfinite(out)) and np.all(np.isfinite(A))
+        np.testing.assert_allclose(A.sum(axis=1), 1.0, rtol=0, atol=8 * EPS)
+        iso = isotropic_afa(q, k, v, mu=0.6, omega=[1.0, 1.0], sigma2=0.3, eta2=0.5, gamma2=0.2, nu=3.0, t=t,
+                            causal=False)
+        ref = afa(q, k, v, eigvals=[-0.6 + 1j, -0.6 + 1j], sigma2=0.3, eta2=0.5, gamma2=0.2, nu=3.0, t=t,
+                  causal=False)
+        close(iso, ref, rtol=SELF, what="isotropic vs tensor at long lags")
+
+    def test_max_tensor_default(self):
+        # 2049² · 4 = 16 793 604 > 2**24: refused before anything of that size is allocated
+        q = np.zeros((2049, 4))
+        par = dict(eigvals=-np.ones(4), sigma2=0.1, eta2=0.1, gamma2=0.1, nu=1.0)
+        with pytest.raises(ValueError, match="MAX_TENSOR"):
+            afa(q, q, q, **par)
+        with pytest.raises(ValueError, match="MAX_TENSOR"):
+            afa_irls(q, **par)
+
+    def test_max_tensor_counts_batch(self, monkeypatch):
+        monkeypatch.setattr(afa_module, "MAX_TENSOR", 100)
+        par = dict(eigvals=-np.ones(2), sigma2=0.1, eta2=0.1, gamma2=0.1, nu=1.0)
+        ok = np.ones((2, 5, 2))  # 2 · 5² · 2 = 100: at the limit, accepted
+        assert afa(ok, ok, ok, **par).shape == ok.shape
+        for shape in [(3, 5, 2), (2, 2, 5, 2), (8, 2)]:  # 150, 200, 128
+            x = np.ones(shape)
+            with pytest.raises(ValueError, match=r"MAX_TENSOR = 100") as exc:
+                afa(x, x, x, **par)
+            assert str(math.prod(shape[:-2]) * shape[-2] ** 2 * shape[-1]) in str(exc.value)
+        # the isotropic form has no such limit
+        x = np.ones((3, 5, 2))
+        out = isotropic_afa(x, x, x, mu=1.0, omega=np.zeros(2), sigma2=0.1, eta2=0.1, gamma2=0.1, nu=1.0)
+        assert out.shape == x.shape
+
+
+# =============================================================================================
+# Bad input
+# =============================================================================================
+
+N_, D_ = 4, 3
+GOOD = np.ones((N_, D_)) + 0.5j
+TENSOR = dict(eigvals=[-0.2 + 1j, -0.3, 0.0 - 0.5j], sigma2=0.3, eta2=0.2, gamma2=0.1, nu=2.0)
+ISO = dict(mu=0.2, omega=[1.0, -1.0, 0.5], sigma2=0.3, eta2=0.2, gamma2=0.1, nu=2.0)
+
+COMMON_BAD = [
+    # (changes to the keyword arguments or q/k/v, exception, message must contain)
+    ({"sigma2": -0.1}, ValueError, "sigma2"),
+    ({"eta2": -0.1}, ValueError, "eta2"),
+    ({"gamma2": -1e-9}, ValueError, "gamma2"),
+    ({"eta2": 0.0, "gamma2": 0.0}, ValueError, "eta2, gamma2"),
+    ({"nu": 0.0}, ValueError, "nu"),
+    ({"nu": -1.0}, ValueError, "nu"),
+    ({"nu": np.inf}, ValueError, "nu"),
+    ({"nu": np.nan}, ValueError, "nu"),
+    ({"nu": True}, TypeError, "nu"),
+    ({"kappa": 0.0}, ValueError, "kappa"),
+    ({"kappa": -2.0}, ValueError, "kappa"),
+    ({"temperature": 0.0}, ValueError, "temperature"),
+    ({"temperature": -1.0}, ValueError, "temperature"),
+    ({"weight": "huber"}, ValueError, "weight"),
+    ({"weight": None}, TypeError, "weight"),
+    ({"t": np.arange(N_ + 1.0)}, ValueError, "t"),
+    ({"t": np.arange(N_ - 1.0)}, ValueError, "t"),
+    ({"t": np.ones((N_, 1))}, ValueError, "t"),
+    ({"t": np.array([0.0, 1.0, 1.0, 2.0])}, ValueError, "t"),
+    ({"t": np.array([0.0, 2.0, 1.0, 3.0])}, ValueError, "t"),
+    ({"t": np.array([0.0, 1.0, np.nan, 3.0])}, ValueError, "t"),
+    ({"q": np.ones(D_)}, ValueError, "q"),
+    ({"q": np.ones((N_, 0)), "k": np.ones((N_, 0)), "v": np.ones((N_, 0))}, ValueError, "q"),
+    ({"k": np.ones((N_, D_ + 1))}, ValueError, "k"),
+    ({"k": np.ones((2, N_, D_))}, ValueError, "k"),
+    ({"v": np.ones((N_ + 1, D_))}, ValueError, "v"),
+    ({"q": np.where(np.eye(N_, D_) > 0, np.nan, GOOD)}, ValueError, "q"),
+    ({"k": np.where(np.eye(N_, D_) > 0, np.inf, GOOD)}, ValueError, "k"),
+    ({"v": np.where(np.eye(N_, D_) > 0, -np.inf, GOOD)}, ValueError, "v"),
+    ({"q": "abc"}, TypeError, "q"),
+]
+TENSOR_BAD = [
+    ({"eigvals": [-0.2 + 1j, 0.1, -0.5]}, ValueError, "eigvals"),  # Re λ > 0
+    ({"eigvals": [-0.2, -0.3]}, ValueError, "eigvals"),
+    ({"eigvals": [-0.2, -0.3, -0.4, -0.5]}, ValueError, "eigvals"),
+    ({"eigvals": [[-0.2, -0.3, -0.4]]}, ValueError, "eigvals"),
+    ({"eigvals": [-0.2, np.nan, -0.4]}, ValueError, "eigvals"),
+    ({"sigma2": [0.1, 0.2]}, ValueError, "sigma2"),
+    ({"eta2": [0.1, 0.2, 0.3, 0.4]}, ValueError, "eta2"),
+    ({"gamma2": np.ones((3, 3))}, ValueError, "gamma2"),
+    ({"sigma2": [0.1, -0.2, 0.3]}, ValueError, "sigma2"),
+    ({"eta2": [0.0, 0.1, 0.1], "gamma2": [0.0, 0.2, 0.2]}, ValueError, "eta2, gamma2"),  # channel 0 has Σ(0) = 0
+]
+ISO_BAD = [
+    ({"mu": -0.1}, ValueError, "mu"),
+    ({"mu": [0.1, 0.2, 0.3]}, ValueError, "mu"),
+    ({"mu": np.nan}, ValueError, "mu"),
+    ({"omega": [1.0, 2.0]}, ValueError, "omega"),
+    ({"omega": 1.0}, ValueError, "omega"),
+    ({"omega": [1.0, 2.0, 1j]}, TypeError, "omega"),
+    ({"sigma2": [0.3, 0.3, 0.3]}, ValueError, "sigma2"),
+    ({"eta2": [0.2, 0.2, 0.2]}, ValueError, "eta2"),
+    ({"gamma2": np.array([0.1])}, ValueError, "gamma2"),
+]
+
+
+def call(func, base, change):
+    kw = dict(base)
+    kw.update(change)
+    q, k, v = kw.pop("q", GOOD), kw.pop("k", GOOD), kw.pop("v", GOOD)
+    return func(q, k, v, **kw)
+
+
+class TestValidation:
+    @pytest.mark.parametrize("func", [afa, afa_loop])
+    @pytest.mark.parametrize("change, exc, match", COMMON_BAD + TENSOR_BAD)
+    def test_tensor_errors(self, func, change, exc, match):
+        with pytest.raises(exc, match=match):
+            call(func, TENSOR, change)
+
+    @pytest.mark.parametrize("func", [isotropic_afa, isotropic_afa_loop])
+    @pytest.mark.parametrize("change, exc, match", COMMON_BAD + ISO_BAD)
+    def test_isotropic_errors(self, func, change, exc, match):
+        with pytest.raises(exc, match=match):
+            call(func, ISO, change)
+
+    def test_valid_baselines(self):
+        # the bad-input tables change one thing in a valid call
+        for func, base in [(afa, TENSOR), (afa_loop, TENSOR), (isotropic_afa, ISO), (isotropic_afa_loop, ISO)]:
+            assert np.all(np.isfinite(call(func, base, {})))
+        # edge values that are valid: η² = 0 with γ² > 0, γ² = 0 with η² > 0, μ = 0, marginal Re λ = 0
+        assert np.all(np.isfinite(call(afa, TENSOR, {"eta2": 0.0})))
+        assert np.all(np.isfinite(call(afa, TENSOR, {"gamma2": 0.0})))
+        assert np.all(np.isfinite(call(isotropic_afa, ISO, {"mu": 0.0, "sigma2": 0.0})))
+
+    @pytest.mark.parametrize(
+        "change, exc, match",
+        [
+            ({"n_iter": 0}, ValueError, "n_iter"),
+            ({"n_iter": -1}, ValueError, "n_iter"),
+            ({"n_iter": 1.5}, ValueError, "n_iter"),
+            ({"n_iter": True}, ValueError, "n_iter"),
+            ({"step": 0.0}, ValueError, "step"),
+            ({"step": -0.5}, ValueError, "step"),
+            ({"step": 1.5}, ValueError, "step"),
+            ({"step": np.nan}, ValueError, "step"),
+            ({"z": np.full((N_, D_), np.nan)}, ValueError, "z"),
+            ({"eigvals": [0.1, -0.2, -0.3]}, ValueError, "eigvals"),
+            ({"weight": "cauchy"}, ValueError, "weight"),
+        ],
+    )
+    def test_irls_errors(self, change, exc, match):
+        kw = dict(TENSOR)
+        kw.update(change)
+        z = kw.pop("z", GOOD)
+        with pytest.raises(exc, match=match):
+            afa_irls(z, **kw)
+
+    def test_irls_accepts_numpy_integer_and_step_one(self):
+        est = afa_irls(GOOD, **TENSOR, n_iter=np.int64(2), step=1)
+        assert est.shape == (2, N_, D_)

@@ -1,0 +1,812 @@
+"""Tests of :mod:`refimpl.iir`: classical IIR filtering, design, stability and the SSM mapping.
+
+Oracles, each independent of the code under test (``refimpl.iir`` never calls ``scipy.signal``):
+
+* ``scipy.signal``: ``lfilter`` (with ``zi``), ``sosfilt``, ``freqz``, ``group_delay``, ``freqs``,
+  ``tf2zpk``, ``zpk2tf``, ``zpk2sos``, ``buttap``, ``cheb1ap``, ``lp2lp_zpk``, ``lp2hp_zpk``,
+  ``lp2bp_zpk``, ``bilinear``, ``bilinear_zpk``, ``butter``, ``cheby1``, ``cont2discrete``,
+  ``impulse``, ``residuez``;
+* ``numpy.roots`` for pole radii in the stability property test;
+* closed forms (impulse responses of distinct real, complex and double poles; the scalar SSM
+  recursion written out by hand).
+
+Tolerances come from :mod:`refimpl._testing` (SELF for loop vs vectorized and two algorithms,
+ORACLE for SciPy and closed forms), norm-wise relative.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.signal as ss
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refimpl import iir
+from refimpl._testing import ORACLE, SELF, assert_close
+
+#: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
+WORST_ERRORS: dict[str, tuple[float, float]] = {}
+
+
+def close(actual, desired, *, rtol: float, what: str) -> float:
+    err = assert_close(actual, desired, rtol=rtol, what=what)
+    old = WORST_ERRORS.get(what, (0.0, rtol))[0]
+    WORST_ERRORS[what] = (max(old, err), rtol)
+    return err
+
+
+@pytest.fixture(autouse=True)
+def _runtime_warnings_are_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        yield
+
+
+def random_biquad(rng, *, radius=(0.2, 0.97), kind=None):
+    """A stable biquad (b, a) with poles of the given kind ('complex', 'real') and radius range."""
+    kind = kind or rng.choice(["complex", "real"])
+    if kind == "complex":
+        r, w = rng.uniform(*radius), rng.uniform(0.1, 3.0)
+        a = np.array([1.0, -2 * r * np.cos(w), r * r])
+    else:
+        p1, p2 = rng.uniform(-radius[1], radius[1], 2)
+        a = np.array([1.0, -(p1 + p2), p1 * p2])
+    return rng.normal(size=3), a
+
+
+SEEDS = [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# Filtering
+# ---------------------------------------------------------------------------------------------
+
+
+class TestBiquadFilter:
+    @pytest.mark.parametrize("seed", SEEDS)
+    @pytest.mark.parametrize("shape", [(257,), (3, 130, 4), (2, 1, 64, 3), (5, 1)])
+    def test_lfilter_oracle_and_loop(self, seed, shape):
+        rng = np.random.default_rng(seed)
+        b, a = random_biquad(rng)
+        a = a * rng.uniform(0.5, 2.0)  # a[0] != 1 is normalized
+        x = rng.normal(size=shape)
+        ref = ss.lfilter(b, a, x, axis=-2 if len(shape) > 1 else -1)
+        close(iir.biquad_filter(b, a, x), ref, rtol=ORACLE, what="biquad_filter vs lfilter")
+        close(iir.biquad_filter_loop(b, a, x), ref, rtol=ORACLE, what="biquad_filter_loop vs lfilter")
+        for form in iir.FORMS:
+            close(iir.biquad_filter(b, a, x, form=form), iir.biquad_filter_loop(b, a, x, form=form),
+                  rtol=SELF, what="biquad_filter loop twin")
+
+    @pytest.mark.parametrize("seed", SEEDS)
+    @pytest.mark.parametrize("n", [0, 1, 2, 63, 64, 65, 300])
+    def test_tdf2_state_is_lfilter_zi(self, seed, n):
+        rng = np.random.default_rng(seed)
+        b, a = random_biquad(rng)
+        x = rng.normal(size=(2, n, 3))
+        zi = rng.normal(size=(2, 2, 3))
+        # SciPy 1.17 returns uninitialized memory as zf for an empty x; the final state of no samples is zi
+        yr, zr = ss.lfilter(b, a, x, axis=-2, zi=zi) if n else (x, zi)
+        for f in (iir.biquad_filter, iir.biquad_filter_loop):
+            y, zf = f(b, a, x, zi)
+            close(y, yr, rtol=ORACLE, what="biquad_filter(zi) vs lfilter")
+            close(zf, zr, rtol=ORACLE, what="biquad_filter zf vs lfilter")
+
+    @pytest.mark.parametrize("seed", SEEDS)
+    def test_df1_state_is_the_history(self, seed):
+        """DF-I state [x[−1], x[−2], y[−1], y[−2]]: splitting a signal anywhere gives the same output."""
+        rng = np.random.default_rng(seed)
+        b, a = random_biquad(rng)
+        x = rng.normal(size=(200, 2))
+        whole = ss.lfilter(b, a, x, axis=0)
+        for f in (iir.biquad_filter, iir.biquad_filter_loop):
+            y1, z1 = f(b, a, x[:77], np.zeros((4, 2)), form="df1")
+            close(z1, np.stack([x[76], x[75], y1[76], y1[75]]), rtol=0.0, what="df1 final state")
+            y2, z2 = f(b, a, x[77:], z1, form="df1")
+            close(np.concatenate([y1, y2]), whole, rtol=ORACLE, what="df1 split vs lfilter")
+            y3, z3 = f(b, a, x[77:78], z1, form="df1")  # N = 1 reaches into zi for x[−2], y[−2]
+            close(z3, np.stack([x[77], x[76], y2[0], y1[76]]), rtol=ORACLE, what="df1 N=1 state")
+
+    def test_df1_and_tdf2_states_agree(self):
+        rng = np.random.default_rng(5)
+        b, a = random_biquad(rng)
+        h = rng.normal(size=4)  # x[−1], x[−2], y[−1], y[−2]
+        x = rng.normal(size=50)
+        zi = ss.lfiltic(b, a, h[2:], h[:2])  # SciPy's conversion of a history to a TDF-II state
+        close(iir.biquad_filter(b, a, x, h, form="df1")[0], ss.lfilter(b, a, x, zi=zi)[0],
+              rtol=ORACLE, what="df1 history vs lfiltic")
+
+    def test_unstable_filter_is_allowed_unless_required(self):
+        b, a = [1.0, 0.0, 0.0], [1.0, -2.1, 1.1]  # poles 1.1 and 1.0
+        x = np.random.default_rng(0).normal(size=40)
+        close(iir.biquad_filter(b, a, x), ss.lfilter(b, a, x), rtol=ORACLE, what="unstable biquad vs lfilter")
+        with pytest.raises(ValueError, match="^a: expected a stable filter"):
+            iir.biquad_filter(b, a, x, require_stable=True)
+        with pytest.raises(ValueError, match="^a: expected a stable filter"):
+            iir.biquad_filter_loop([1, 0, 0], [1, 0, -1.0], x, require_stable=True)  # poles ±1: marginal
+
+    @pytest.mark.parametrize("func", [iir.biquad_filter, iir.biquad_filter_loop])
+    @pytest.mark.parametrize(
+        "args, kwargs, exc, match",
+        [
+            (([1, 0, 0], [0.0, 1, 0], np.ones(4)), {}, ValueError, "a"),
+            (([1, 0], [1, 0, 0], np.ones(4)), {}, ValueError, "b"),
+            (([1, 0, 0], [1, 0, 0, 0], np.ones(4)), {}, ValueError, "a"),
+            (([1, np.nan, 0], [1, 0, 0], np.ones(4)), {}, ValueError, "b"),
+            (([1, 0, 0], [1, np.inf, 0], np.ones(4)), {}, ValueError, "a"),
+            (([1, 0, 0], [1, 0, 0], [1.0, np.nan]), {}, ValueError, "x"),
+            (([1, 0, 0], [1, 0, 0], 3.0), {}, ValueError, "x"),
+            (([1, 0, 0], [1, 0, 0], "abc"), {}, TypeError, "x"),
+            (([1, 0, 0], [1, 0, 0], np.ones(4), np.ones(3)), {}, ValueError, "zi"),
+            (([1, 0, 0], [1, 0, 0], np.ones((4, 2)), np.ones((2, 3))), {}, ValueError, "zi"),
+            (([1, 0, 0], [1, 0, 0], np.ones((4, 2)), np.ones((2, 2))), {"form": "df1"}, ValueError, "zi"),
+            (([1, 0, 0], [1, 0, 0], np.ones(4), [0.0, np.inf]), {}, ValueError, "zi"),
+            (([1, 0, 0], [1, 0, 0], np.ones(4)), {"form": "df2"}, ValueError, "form"),
+            (([1, 0, 0], [1, 0, 0], np.ones(4)), {"form": 1}, TypeError, "form"),
+            (([1, 0, 0], [1, 0, 0], np.ones(4)), {"require_stable": "yes"}, TypeError, "require_stable"),
+            (([1j, 0, 0], [1, 0, 0], np.ones(4)), {}, TypeError, "b"),
+        ],
+    )
+    def test_errors(self, func, args, kwargs, exc, match):
+        with pytest.raises(exc, match=f"^{match}:"):
+            func(*args, **kwargs)
+
+
+class TestTfFilter:
+    @pytest.mark.parametrize("seed", SEEDS)
+    @pytest.mark.parametrize("design", [(1, 0.3), (3, 0.2), (4, 0.4), (6, 0.3)])
+    def test_lfilter_oracle(self, seed, design):
+        rng = np.random.default_rng(seed)
+        b, a = ss.butter(*design)
+        x = rng.normal(size=(2, 500, 3))
+        zi = rng.normal(size=(2, len(a) - 1, 3))
+        yr, zr = ss.lfilter(b, a, x, axis=-2, zi=zi)
+        for f in (iir.tf_filter, iir.tf_filter_loop):
+            y, zf = f(b, a, x, zi)
+            close(y, yr, rtol=ORACLE, what="tf_filter vs lfilter")
+            close(zf, zr, rtol=ORACLE, what="tf_filter zf vs lfilter")
+
+    def test_unequal_lengths_and_gain(self):
+        x = np.random.default_rng(1).normal(size=100)
+        close(iir.tf_filter([0.5, 0.2, 0.1, 0.05], [1.0, -0.5], x), ss.lfilter([0.5, 0.2, 0.1, 0.05], [1.0, -0.5], x),
+              rtol=ORACLE, what="tf_filter FIR-heavy vs lfilter")
+        close(iir.tf_filter([3.0], [2.0], x), 1.5 * x, rtol=ORACLE, what="tf_filter gain")
+        close(iir.tf_filter_loop([3.0], [2.0], x), 1.5 * x, rtol=ORACLE, what="tf_filter_loop gain")
+
+    def test_high_order_tf_is_ill_conditioned(self):
+        """Order 8, narrow band: two correct algorithms on the tf form disagree; on SOS they do not."""
+        x = np.random.default_rng(2).normal(size=3000)
+        b, a = ss.butter(8, 0.05)
+        err_tf = np.max(np.abs(iir.tf_filter(b, a, x) - iir.tf_filter_loop(b, a, x)))
+        sos = ss.butter(8, 0.05, output="sos")
+        err_sos = np.max(np.abs(iir.sos_filter(sos, x) - iir.sos_filter_loop(sos, x)))
+        assert err_tf > 1e-6 and err_sos < 1e-12
+
+    def test_causality(self):
+        rng = np.random.default_rng(3)
+        b, a = ss.butter(3, 0.3)
+        x = rng.normal(size=(200, 2))
+        x2 = x.copy()
+        x2[120:] += rng.normal(size=(80, 2))
+        y, y2 = iir.tf_filter(b, a, x), iir.tf_filter(b, a, x2)
+        np.testing.assert_array_equal(y[:120], y2[:120])
+
+    @pytest.mark.parametrize("func", [iir.tf_filter, iir.tf_filter_loop])
+    def test_errors(self, func):
+        with pytest.raises(ValueError, match="^a: expected a\\[0\\] != 0"):
+            func([1.0], [0.0, 1.0], np.ones(3))
+        with pytest.raises(ValueError, match="^a: expected at least one"):
+            func([1.0], [], np.ones(3))
+        with pytest.raises(ValueError, match="^b: expected at least one"):
+            func([], [1.0], np.ones(3))
+        with pytest.raises(ValueError, match="^b: expected 1 dimensions"):
+            func([[1.0]], [1.0], np.ones(3))
+        with pytest.raises(ValueError, match="^zi:"):
+            func([1.0, 1.0], [1.0, 0.5], np.ones(3), np.ones(2))
+
+
+class TestSosFilter:
+    @pytest.mark.parametrize("seed", SEEDS)
+    @pytest.mark.parametrize("design", [(4, 0.2, "lowpass"), (10, [0.1, 0.15], "bandpass"), (7, 0.6, "highpass")])
+    def test_sosfilt_oracle(self, seed, design):
+        rng = np.random.default_rng(seed)
+        order, wn, bt = design
+        sos = ss.butter(order, wn, bt, output="sos")
+        x = rng.normal(size=(3, 400, 2))
+        zi = rng.normal(size=(sos.shape[0], 3, 2, 2))
+        yr, zr = ss.sosfilt(sos, x, axis=-2, zi=zi)
+        for f in (iir.sos_filter, iir.sos_filter_loop):
+            y, zf = f(sos, x, zi)
+            close(y, yr, rtol=ORACLE, what="sos_filter vs sosfilt")
+            close(zf, zr, rtol=ORACLE, what="sos_filter zf vs sosfilt")
+        close(iir.sos_filter(sos, x), ss.sosfilt(sos, x, axis=-2), rtol=ORACLE, what="sos_filter vs sosfilt")
+        close(iir.sos_filter(sos, x, form="df1"), iir.sos_filter_loop(sos, x, form="df1"),
+              rtol=SELF, what="sos_filter df1 loop twin")
+
+    def test_one_dimensional_and_stability(self):
+        sos = ss.cheby1(6, 1.0, 0.3, output="sos")
+        x = np.random.default_rng(0).normal(size=300)
+        close(iir.sos_filter(sos, x, require_stable=True), ss.sosfilt(sos, x), rtol=ORACLE, what="sos_filter 1-D")
+        bad = sos.copy()
+        bad[1, 3:] = [1.0, 0.0, -1.2]
+        with pytest.raises(ValueError, match="^sos: expected stable sections, section 1"):
+            iir.sos_filter(bad, x, require_stable=True)
+
+    @pytest.mark.parametrize("func", [iir.sos_filter, iir.sos_filter_loop])
+    def test_errors(self, func):
+        x = np.ones(5)
+        with pytest.raises(ValueError, match="^sos: expected shape"):
+            func(np.ones((2, 5)), x)
+        with pytest.raises(ValueError, match="^sos: expected 2 dimensions"):
+            func(np.ones(6), x)
+        with pytest.raises(ValueError, match="^sos: expected a0"):
+            func([[1, 0, 0, 0, 0, 0]], x)
+        with pytest.raises(ValueError, match="^sos: expected finite"):
+            func([[1, 0, 0, 1, np.nan, 0]], x)
+        with pytest.raises(ValueError, match="^zi: expected shape"):
+            func([[1, 0, 0, 1, 0, 0]], x, np.zeros((2, 2)))
+        with pytest.raises(ValueError, match="^form:"):
+            func([[1, 0, 0, 1, 0, 0]], x, form="lattice")
+
+
+class TestImpulseResponse:
+    @pytest.mark.parametrize("seed", SEEDS)
+    def test_against_lfilter(self, seed):
+        rng = np.random.default_rng(seed)
+        b, a = random_biquad(rng)
+        ref = ss.lfilter(b, a, ss.unit_impulse(100))
+        close(iir.impulse_response(b, a, 100), ref, rtol=ORACLE, what="impulse_response vs lfilter")
+        close(iir.impulse_response_loop(b, a, 100), ref, rtol=ORACLE, what="impulse_response_loop vs lfilter")
+        b, a = ss.cheby1(5, 0.5, 0.3)
+        close(iir.impulse_response(b, a, 80), iir.impulse_response_loop(b, a, 80), rtol=SELF, what="impulse loop twin")
+        close(iir.impulse_response_loop(b, a, 80), ss.dimpulse((b, a, 1), n=80)[1][0][:, 0], rtol=ORACLE,
+              what="impulse_response_loop vs dimpulse")
+
+    @pytest.mark.parametrize("kind", ["real", "complex", "double"])
+    @pytest.mark.parametrize("seed", SEEDS)
+    def test_closed_form(self, kind, seed):
+        rng = np.random.default_rng(seed)
+        if kind == "double":
+            p = rng.uniform(-0.95, 0.95)
+            a = np.array([1.0, -2 * p, p * p])
+            assert a[1] ** 2 - 4 * a[2] == 0.0 or p == 0.5  # an exact double pole in floating point
+            a[2] = a[1] ** 2 / 4.0  # make the discriminant exactly zero
+        else:
+            _, a = random_biquad(rng, kind=kind)
+        b = rng.normal(size=3)
+        h = iir.biquad_impulse_closed_form(b, a, 120)
+        ref = ss.lfilter(b, a, ss.unit_impulse(120))
+        close(h, ref, rtol=ORACLE, what=f"closed-form impulse ({kind}) vs lfilter")
+
+    def test_focus_all_pole_cases(self):
+        """The three cases at Focus parameters: h[n] = (p1^{n+1} − p2^{n+1})/(p1 − p2), r^n sin((n+1)ω)/sin ω, (n+1)p^n."""
+        n = np.arange(30)
+        h = iir.biquad_impulse_closed_form([1, 0, 0], [1, 0.9, 0.1], 30)  # real poles
+        p1, p2 = np.roots([1, 0.9, 0.1])
+        close(h, (p1 ** (n + 1) - p2 ** (n + 1)) / (p1 - p2), rtol=ORACLE, what="closed form real (formula)")
+        h = iir.biquad_impulse_closed_form([1, 0, 0], [1, 0.5, 0.81], 30)  # r = 0.9
+        w0 = np.arccos(-0.5 / (2 * 0.9))
+        close(h, 0.9**n * np.sin((n + 1) * w0) / np.sin(w0), rtol=ORACLE, what="closed form complex (formula)")
+        h = iir.biquad_impulse_closed_form([1, 0, 0], [1, 1.0, 0.25], 30)  # double pole −1/2
+        close(h, (n + 1) * (-0.5) ** n, rtol=ORACLE, what="closed form double (formula)")
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="^n:"):
+            iir.impulse_response([1.0], [1.0], 0)
+        with pytest.raises(TypeError, match="^n:"):
+            iir.impulse_response_loop([1.0], [1.0], 2.5)
+        with pytest.raises(ValueError, match="^a:"):
+            iir.biquad_impulse_closed_form([1, 0, 0], [0, 1, 0], 5)
+        with pytest.raises(ValueError, match="^b:"):
+            iir.biquad_impulse_closed_form([1, 0], [1, 1, 0], 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------------------------
+
+
+class TestFrequencyResponse:
+    @pytest.mark.parametrize("seed", SEEDS)
+    @pytest.mark.parametrize("whole", [False, True])
+    @pytest.mark.parametrize("n", [7, 64, 513])
+    def test_freqz(self, seed, whole, n):
+        rng = np.random.default_rng(seed)
+        b, a = ss.cheby1(4, 1.0, rng.uniform(0.1, 0.8))
+        wr, hr = ss.freqz(b, a, worN=n, whole=whole)
+        for f in (iir.frequency_response, iir.frequency_response_loop):
+            w, h = f(b, a, n, whole=whole)
+            close(w, wr, rtol=ORACLE, what="frequency grid vs freqz")
+            close(h, hr, rtol=ORACLE, what="frequency_response vs freqz")
+
+    def test_focus_p5_grid(self):
+        """P-5 on the FFT grid: 1/(1 + θ0 e^{−i2πk/N} + θ1 e^{−i4πk/N}) = freqz(..., whole=True)."""
+        rng = np.random.default_rng(0)
+        for nfft in (16, 33):
+            th = rng.uniform(0, 1, 2)
+            f = np.arange(nfft) / nfft
+            p5 = 1.0 / (1 + th[0] * np.exp(-2j * np.pi * f) + th[1] * np.exp(-4j * np.pi * f))
+            close(iir.frequency_response([1.0], [1.0, *th], nfft, whole=True)[1], p5, rtol=ORACLE, what="P-5 grid")
+
+    def test_array_of_frequencies_and_sos(self):
+        sos = ss.butter(9, [0.2, 0.3], "bandpass", output="sos")
+        w = np.linspace(0.01, 3.1, 37)
+        _, hr = ss.sosfreqz(sos, worN=w)
+        close(iir.sos_frequency_response(sos, w)[1], hr, rtol=ORACLE, what="sos_frequency_response vs sosfreqz")
+        b, a = ss.butter(3, 0.3)
+        close(iir.frequency_response(b, a, w)[1], ss.freqz(b, a, worN=w)[1], rtol=ORACLE, what="frequency_response(w)")
+
+    def test_analog(self):
+        b, a = ss.butter(5, 2.0, analog=True)
+        w = np.logspace(-1, 1, 50)
+        close(iir.analog_frequency_response(b, a, w)[1], ss.freqs(b, a, worN=w)[1], rtol=ORACLE,
+              what="analog_frequency_response vs freqs")
+
+    @pytest.mark.parametrize("func", [iir.frequency_response, iir.frequency_response_loop, iir.group_delay, iir.group_delay_loop])
+    @pytest.mark.parametrize(
+        "w, kwargs, exc",
+        [(0, {}, ValueError), (-3, {}, ValueError), (2.5, {}, ValueError), ([0.1, np.nan], {}, ValueError),
+         ([[0.1, 0.2]], {}, ValueError), ([0.1j], {}, TypeError), (True, {}, TypeError), (8, {"whole": "yes"}, TypeError)],
+    )
+    def test_bad_frequencies(self, func, w, kwargs, exc):
+        match = "whole" if "whole" in kwargs else "w"
+        with pytest.raises(exc, match=f"^{match}:"):
+            func([1.0], [1.0, 0.5], w, **kwargs)
+
+    def test_pole_on_unit_circle_gives_inf_without_warning(self):
+        _, h = iir.frequency_response([1.0], [1.0, -1.0], np.array([0.0, 1.0]))
+        assert np.isinf(h[0]) and np.isfinite(h[1])
+
+
+class TestGroupDelay:
+    @pytest.mark.parametrize("seed", SEEDS)
+    def test_scipy(self, seed):
+        rng = np.random.default_rng(seed)
+        b, a = random_biquad(rng, radius=(0.3, 0.9))
+        w = np.linspace(0.05, 3.0, 41)
+        _, gr = ss.group_delay((b, a), w=w)
+        for f in (iir.group_delay, iir.group_delay_loop):
+            close(f(b, a, w)[1], gr, rtol=1e-11, what="group_delay vs scipy")
+
+    def test_butter_and_numeric_derivative(self):
+        b, a = ss.butter(6, 0.3)
+        # away from Nyquist, where the six zeros at z = −1 make B(e^{iω}) vanish (both sides lose digits there)
+        w = np.linspace(0.0, 2.5, 200)
+        _, gd = iir.group_delay(b, a, w)
+        close(gd, ss.group_delay((b, a), w=w)[1], rtol=1e-11, what="group_delay vs scipy (butter)")
+        # −d(unwrapped phase)/dω by central differences
+        h = 1e-6
+        ph = lambda ww: np.unwrap(np.angle(iir.frequency_response(b, a, ww)[1]))
+        wm = w[1:-1]
+        num = -(ph(wm + h) - ph(wm - h)) / (2 * h)
+        assert_close(gd[1:-1], num, rtol=1e-6, what="group delay vs finite difference")
+
+    def test_zero_on_unit_circle_is_nan(self):
+        for f in (iir.group_delay, iir.group_delay_loop):
+            _, gd = f([1.0, -1.0], [1.0], np.array([0.0, 1.0]))  # B(e^{i0}) = 0 exactly
+            assert np.isnan(gd[0]) and gd[1] == pytest.approx(0.5, rel=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversions
+# ---------------------------------------------------------------------------------------------
+
+
+def sorted_c(x):
+    return np.sort_complex(np.asarray(x, dtype=complex))
+
+
+class TestConversions:
+    @pytest.mark.parametrize("seed", SEEDS)
+    def test_tf2zpk_zpk2tf(self, seed):
+        rng = np.random.default_rng(seed)
+        b, a = ss.cheby1(5, 0.5, rng.uniform(0.1, 0.9))
+        z, p, k = iir.tf2zpk(b, a)
+        zr, pr, kr = ss.tf2zpk(b, a)
+        close(sorted_c(p), sorted_c(pr), rtol=1e-12, what="tf2zpk poles vs scipy")
+        close(k, kr, rtol=ORACLE, what="tf2zpk gain vs scipy")
+        assert z.size == zr.size
+        bb, aa = iir.zpk2tf(z, p, k)
+        br, ar = ss.zpk2tf(zr, pr, kr)
+        assert bb.dtype == np.float64 and aa.dtype == np.float64
+        close(bb, br, rtol=1e-10, what="zpk2tf numerator vs scipy")  # 5 zeros clustered at −1
+        close(aa, ar, rtol=ORACLE, what="zpk2tf denominator vs scipy")
+        close(aa, a, rtol=ORACLE, what="zpk2tf(tf2zpk) round trip")
+
+    def test_padding_gives_poles_at_origin(self):
+        z, p, k = iir.tf2zpk([1.0, 0.5], [1.0, -0.5, 0.06])
+        close(sorted_c(z), sorted_c([-0.5, 0.0]), rtol=ORACLE, what="zero at origin")
+        z, p, k = iir.tf2zpk([0.0, 2.0], [1.0])  # y = 2 x[n−1]: a pole at 0, k = 2
+        assert k == 2.0 and np.allclose(p, [0.0])
+
+    def test_complex_roots_stay_complex(self):
+        b, a = iir.zpk2tf([1j], [0.5], 1.0)
+        assert np.iscomplexobj(b) and not np.iscomplexobj(a)
+
+    @pytest.mark.parametrize("design", [
+        ("butter", 8, 0.3, "lowpass"), ("butter", 7, [0.2, 0.4], "bandpass"), ("cheby1", 9, 0.6, "highpass"),
+        ("cheby1", 5, [0.1, 0.7], "bandpass"), ("butter", 1, 0.5, "lowpass"),
+    ])
+    def test_zpk2sos_matches_scipy(self, design):
+        name, order, wn, bt = design
+        args = (order, wn, bt) if name == "butter" else (order, 1.0, wn, bt)
+        z, p, k = getattr(ss, name)(*args, output="zpk")
+        close(iir.zpk2sos(z, p, k), ss.zpk2sos(z, p, k), rtol=ORACLE, what="zpk2sos vs scipy")
+        sos = ss.zpk2sos(z, p, k)
+        zz, pp, kk = iir.sos2zpk(sos)
+        zr, pr, kr = ss.sos2zpk(sos)  # both pad odd orders with a pole and a zero at the origin
+        close(sorted_c(pp), sorted_c(pr), rtol=1e-10, what="sos2zpk poles vs scipy")
+        close(sorted_c(zz), sorted_c(zr), rtol=1e-7, what="sos2zpk zeros vs scipy")  # clustered at ±1
+        close(kk, kr, rtol=ORACLE, what="sos2zpk gain vs scipy")
+        bb, aa = iir.sos2tf(sos)
+        br, ar = ss.sos2tf(sos)
+        close(bb, br, rtol=ORACLE, what="sos2tf vs scipy")
+        close(aa, ar, rtol=ORACLE, what="sos2tf vs scipy")
+
+    def test_zpk2sos_mixed_real_and_complex(self):
+        rng = np.random.default_rng(7)
+        for _ in range(20):
+            zc = rng.uniform(0.2, 0.95) * np.exp(1j * rng.uniform(0.1, 3))
+            pc = rng.uniform(0.2, 0.95) * np.exp(1j * rng.uniform(0.1, 3))
+            z = np.array([zc, np.conj(zc), rng.uniform(-1, 1)])
+            p = np.array([pc, np.conj(pc), rng.uniform(-0.9, 0.9), rng.uniform(-0.9, 0.9)])
+            k = rng.uniform(0.5, 2)
+            close(iir.zpk2sos(z, p, k), ss.zpk2sos(z, p, k), rtol=1e-12, what="zpk2sos mixed vs scipy")
+
+    def test_tf2sos_response(self):
+        b, a = ss.butter(6, 0.25)
+        sos = iir.tf2sos(b, a)
+        close(iir.sos_frequency_response(sos, 64)[1], ss.freqz(b, a, 64)[1], rtol=1e-10, what="tf2sos response")
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="^p: expected poles closed under"):
+            iir.zpk2sos([], [0.5j], 1.0)
+        with pytest.raises(ValueError, match="^z: expected zeros closed under"):
+            iir.zpk2sos([0.5j], [0.5], 1.0)
+        with pytest.raises(ValueError, match="^k: expected 0 dimensions"):
+            iir.zpk2tf([], [0.5], [1.0, 2.0])
+        with pytest.raises(ValueError, match="^b: expected a nonzero numerator"):
+            iir.tf2zpk([0.0, 0.0], [1.0])
+        with pytest.raises(ValueError, match="^a: expected a\\[0\\] != 0"):
+            iir.tf2zpk([1.0], [0.0])
+        with pytest.raises(ValueError, match="^p: expected finite"):
+            iir.zpk2tf([], [np.nan], 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stability
+# ---------------------------------------------------------------------------------------------
+
+
+class TestStability:
+    @settings(max_examples=300)
+    @given(st.floats(-2.5, 2.5), st.floats(-1.5, 1.5))
+    def test_triangle_iff_poles_inside(self, a1, a2):
+        r = np.max(np.abs(np.roots([1.0, a1, a2])))
+        if abs(r - 1.0) < 1e-9:  # on the boundary np.roots and the predicate may round differently
+            return
+        assert bool(iir.in_stability_triangle([1.0, a1, a2])) == (r < 1.0)
+        assert iir.is_stable([1.0, a1, a2]) == (r < 1.0)
+        assert iir.pole_radius([1.0, a1, a2]) == pytest.approx(r, rel=1e-9, abs=1e-12)
+
+    @settings(max_examples=200)
+    @given(st.floats(1e-6, 1 - 1e-6), st.floats(1e-6, 1 - 1e-6))
+    def test_focus_sigmoid_range_is_stable(self, t0, t1):
+        """θ ∈ (0, 1)²: inside the triangle; complex poles have |p| = sqrt(θ1); real poles are negative."""
+        a = [1.0, t0, t1]
+        assert iir.in_stability_triangle(a)
+        p = iir.biquad_poles(a)
+        assert np.max(np.abs(p)) < 1.0
+        if t0**2 < 4 * t1:
+            assert np.allclose(np.abs(p), np.sqrt(t1), rtol=1e-12)
+            f0 = np.angle(p[0]) / (2 * np.pi)
+            assert 0.25 < f0 < 0.5
+        else:
+            assert np.all(p.real < 0) and np.all(p.imag == 0)
+
+    def test_biquad_poles_vs_roots_batch(self):
+        rng = np.random.default_rng(0)
+        a = np.concatenate([np.ones((500, 1)), rng.uniform(-2, 2, (500, 2))], axis=1)
+        p = iir.biquad_poles(a)
+        for i in range(500):
+            close(sorted_c(p[i]), sorted_c(np.roots(a[i])), rtol=1e-12, what="biquad_poles vs np.roots")
+        tri = iir.in_stability_triangle(a)
+        assert tri.shape == (500,)
+        np.testing.assert_array_equal(tri, np.max(np.abs(p), axis=1) < 1)
+
+    def test_triangle_corners(self):
+        # corners (a1, a2) = (±2, 1) and (0, −1) are on the boundary: not strictly stable
+        for a1, a2 in [(2, 1), (-2, 1), (0, -1), (0, 1), (1.5, 0.5)]:
+            assert not iir.in_stability_triangle([1.0, a1, a2])
+        assert iir.in_stability_triangle([1.0, 1.5, 0.51])
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="^a: expected biquad denominators"):
+            iir.in_stability_triangle([1.0, 0.5])
+        with pytest.raises(ValueError, match="^a: expected a\\[..., 0\\] != 0"):
+            iir.biquad_poles([[0.0, 0.5, 0.1]])
+        with pytest.raises(ValueError, match="^a: expected finite"):
+            iir.in_stability_triangle([1.0, np.nan, 0.1])
+        with pytest.raises(ValueError, match="^a:"):
+            iir.pole_radius([0.0, 1.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Design
+# ---------------------------------------------------------------------------------------------
+
+
+class TestPrototypes:
+    @pytest.mark.parametrize("order", [1, 2, 5, 8, 13])
+    def test_buttap_cheb1ap(self, order):
+        z, p, k = iir.buttap(order)
+        zr, pr, kr = ss.buttap(order)
+        close(sorted_c(p), sorted_c(pr), rtol=ORACLE, what="buttap vs scipy")
+        assert k == kr and z.size == 0
+        close(np.abs(p), np.ones(order), rtol=ORACLE, what="Butterworth poles on the unit circle")
+        for rp in (0.1, 1.0, 3.0):
+            z, p, k = iir.cheb1ap(order, rp)
+            zr, pr, kr = ss.cheb1ap(order, rp)
+            close(sorted_c(p), sorted_c(pr), rtol=ORACLE, what="cheb1ap vs scipy")
+            close(k, kr, rtol=ORACLE, what="cheb1ap gain vs scipy")
+
+    def test_chebyshev_ripple(self):
+        """|H(iΩ)|² oscillates between 1 and 1/(1 + ε²) on the passband |Ω| ≤ 1."""
+        rp = 1.0
+        z, p, k = iir.cheb1ap(6, rp)
+        b, a = np.atleast_1d(k * np.real(np.poly(z))), np.real(np.poly(p))
+        _, h = iir.analog_frequency_response(b, a, np.linspace(0, 1, 2001))
+        g = 20 * np.log10(np.abs(h))
+        assert g.max() <= 1e-10 and g.min() == pytest.approx(-rp, abs=1e-4)
+
+    @pytest.mark.parametrize("seed", SEEDS)
+    def test_frequency_transformations(self, seed):
+        rng = np.random.default_rng(seed)
+        z, p, k = ss.cheb1ap(5, 0.5)
+        wo, bw = rng.uniform(0.5, 3), rng.uniform(0.2, 2)
+        for mine, ref in [
+            (iir.lp2lp_zpk(z, p, k, wo), ss.lp2lp_zpk(z, p, k, wo)),
+            (iir.lp2hp_zpk(z, p, k, wo), ss.lp2hp_zpk(z, p, k, wo)),
+            (iir.lp2bp_zpk(z, p, k, wo, bw), ss.lp2bp_zpk(z, p, k, wo, bw)),
+        ]:
+            close(sorted_c(mine[0]), sorted_c(ref[0]), rtol=ORACLE, what="lp2xx zeros vs scipy")
+            close(sorted_c(mine[1]), sorted_c(ref[1]), rtol=ORACLE, what="lp2xx poles vs scipy")
+            close(mine[2], ref[2], rtol=ORACLE, what="lp2xx gain vs scipy")
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="^order:"):
+            iir.buttap(0)
+        with pytest.raises(TypeError, match="^order:"):
+            iir.cheb1ap(2.0, 1.0)
+        with pytest.raises(ValueError, match="^rp:"):
+            iir.cheb1ap(3, -1.0)
+        with pytest.raises(ValueError, match="^wo:"):
+            iir.lp2lp_zpk([], [-1.0], 1.0, 0.0)
+        with pytest.raises(ValueError, match="^bw:"):
+            iir.lp2bp_zpk([], [-1.0], 1.0, 1.0, np.inf)
+        with pytest.raises(ValueError, match="^z: expected no more zeros"):
+            iir.lp2hp_zpk([1.0, 2.0], [-1.0], 1.0)
+
+
+class TestSToZ:
+    @pytest.mark.parametrize("fs", [1.0, 2.0, 44.1])
+    def test_bilinear_zpk_and_tf(self, fs):
+        z, p, k = ss.lp2bp_zpk(*ss.cheb1ap(4, 1.0), 3.0, 1.5)
+        zd, pd, kd = iir.bilinear_zpk(z, p, k, fs)
+        zr, pr, kr = ss.bilinear_zpk(z, p, k, fs)
+        close(sorted_c(zd), sorted_c(zr), rtol=ORACLE, what="bilinear_zpk zeros vs scipy")
+        close(sorted_c(pd), sorted_c(pr), rtol=ORACLE, what="bilinear_zpk poles vs scipy")
+        close(kd, kr, rtol=ORACLE, what="bilinear_zpk gain vs scipy")
+        b, a = ss.butter(4, 2.0, analog=True)
+        for mine, ref in zip(iir.bilinear(b, a, fs), ss.bilinear(b, a, fs)):
+            close(mine, ref, rtol=ORACLE, what="bilinear vs scipy")
+        bd, ad, _ = ss.cont2discrete((b, a), 1 / fs, method="bilinear")
+        close(iir.bilinear(b, a, fs)[1], ad, rtol=ORACLE, what="bilinear vs cont2discrete")
+        # cont2discrete goes through a state-space realization: its own rounding is ~1e-9 of the tiny numerator
+        close(iir.bilinear(b, a, fs)[0], bd[0], rtol=1e-8, what="bilinear numerator vs cont2discrete")
+
+    def test_bilinear_maps_left_half_plane_into_disk(self):
+        rng = np.random.default_rng(0)
+        s = -rng.uniform(0, 10, 200) + 1j * rng.uniform(-50, 50, 200)
+        _, pd, _ = iir.bilinear_zpk([], s, 1.0, 3.0)
+        assert np.all(np.abs(pd) < 1)
+        _, pd, _ = iir.bilinear_zpk([], 1j * s.imag, 1.0, 3.0)  # imaginary axis → unit circle
+        close(np.abs(pd), np.ones(200), rtol=ORACLE, what="jΩ axis onto the unit circle")
+
+    def test_prewarp(self):
+        """After pre-warping, the digital filter's −3 dB point is exactly at the requested cutoff."""
+        fs, fc = 1000.0, 300.0
+        wc = iir.prewarp(fc, fs)
+        assert float(wc) == pytest.approx(2 * fs * np.tan(np.pi * fc / fs), rel=1e-15)
+        z, p, k = iir.bilinear_zpk(*iir.lp2lp_zpk(*iir.buttap(5), float(wc)), fs)
+        b, a = iir.zpk2tf(z, p, k)
+        _, h = iir.frequency_response(b, a, np.array([2 * np.pi * fc / fs]))
+        assert abs(h[0]) == pytest.approx(1 / np.sqrt(2), rel=1e-12)
+        with pytest.raises(ValueError, match="^f:"):
+            iir.prewarp(600.0, fs)
+        with pytest.raises(ValueError, match="^fs:"):
+            iir.prewarp(100.0, -1.0)
+
+    @pytest.mark.parametrize("name", ["butter", "cheby1"])
+    @pytest.mark.parametrize("order", [1, 2, 3, 6, 9])
+    @pytest.mark.parametrize("band", [("lowpass", 0.27), ("highpass", 0.6), ("bandpass", [0.3, 0.45])])
+    def test_designs_match_scipy(self, name, order, band):
+        bt, wn = band
+        mine = getattr(iir, name)
+        ref = getattr(ss, name)
+        extra = () if name == "butter" else (0.8,)
+        z, p, k = mine(order, *extra, wn, bt)
+        zr, pr, kr = ref(order, *extra, wn, bt, output="zpk")
+        close(sorted_c(p), sorted_c(pr), rtol=ORACLE, what=f"{name} poles vs scipy")
+        close(sorted_c(z), sorted_c(zr), rtol=ORACLE, what=f"{name} zeros vs scipy")
+        close(k, kr, rtol=ORACLE, what=f"{name} gain vs scipy")
+        close(mine(order, *extra, wn, bt, output="sos"), ref(order, *extra, wn, bt, output="sos"), rtol=ORACLE,
+              what=f"{name} sos vs scipy")
+        b, a = mine(order, *extra, wn, bt, output="ba")
+        br, ar = ref(order, *extra, wn, bt)
+        close(b, br, rtol=ORACLE, what=f"{name} b vs scipy")
+        close(a, ar, rtol=ORACLE, what=f"{name} a vs scipy")
+
+    def test_design_with_fs(self):
+        close(iir.butter(4, 100.0, fs=1000.0, output="sos"), ss.butter(4, 100.0, fs=1000.0, output="sos"), rtol=ORACLE,
+              what="butter(fs) vs scipy")
+
+    @pytest.mark.parametrize("fs", [2.0, 10.0])
+    def test_impulse_invariance(self, fs):
+        """cont2discrete(method='impulse') and h_d[n] = T h_a(nT) (scipy.signal.impulse)."""
+        b, a = [1.0, 0.5], [1.0, 1.2, 4.0, 2.0]  # distinct poles, one real, one complex pair
+        bd, ad = iir.impulse_invariance(b, a, fs)
+        bz, az, _ = ss.cont2discrete((b, a), 1 / fs, method="impulse")
+        close(ad, az, rtol=ORACLE, what="impulse invariance denominator vs cont2discrete")
+        close(bd, np.ravel(bz)[-bd.size:] if np.ravel(bz).size >= bd.size else bz, rtol=1e-11,
+              what="impulse invariance numerator vs cont2discrete")
+        T, n = 1 / fs, 60
+        _, ha = ss.impulse((b, a), T=np.arange(n) * T)
+        close(iir.impulse_response(bd, ad, n), T * ha, rtol=1e-8, what="h_d[n] = T h_a(nT) (scipy.signal.impulse)")
+        # the pole map z = e^{sT}
+        close(sorted_c(np.roots(ad)), sorted_c(np.exp(np.roots(a) * T)), rtol=1e-12, what="impulse invariance poles")
+
+    def test_matched_z(self):
+        fs = 8.0
+        z, p, k = ss.lp2bp_zpk(*ss.buttap(3), 2.0, 1.0)
+        zd, pd, kd = iir.matched_z(z, p, k, fs, gain_at=2.0)
+        close(sorted_c(pd), sorted_c(np.exp(p / fs)), rtol=ORACLE, what="matched-z poles")
+        close(sorted_c(zd), sorted_c(np.concatenate([np.exp(z / fs), -np.ones(3)])), rtol=ORACLE, what="matched-z zeros")
+        e = np.exp(1j * 2.0 / fs)  # z = e^{iΩT} at Ω = 2 rad/s
+        hd = kd * np.prod(e - zd) / np.prod(e - pd)  # zpk form: the tf form of 3 zeros at +1 and 3 at −1 loses digits
+        _, ha = ss.freqs_zpk(z, p, k, worN=[2.0])
+        assert abs(hd) == pytest.approx(abs(ha[0]), rel=1e-12)
+        b, a = iir.zpk2tf(zd, pd, kd)
+        assert abs(iir.frequency_response(b, a, np.array([2.0 / fs]))[1][0]) == pytest.approx(abs(ha[0]), rel=1e-9)
+        # DC gain matched for a lowpass
+        zd, pd, kd = iir.matched_z(*ss.buttap(4), fs)
+        assert abs(np.prod(1 - zd) / np.prod(1 - pd) * kd) == pytest.approx(1.0, rel=1e-12)
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="^wn: expected frequencies"):
+            iir.butter(3, 1.0)
+        with pytest.raises(ValueError, match="^wn: expected frequencies"):
+            iir.butter(3, 60.0, fs=100.0)
+        with pytest.raises(ValueError, match="^wn: expected two band edges"):
+            iir.butter(3, 0.3, "bandpass")
+        with pytest.raises(ValueError, match="^wn: expected band edges"):
+            iir.cheby1(3, 1.0, [0.5, 0.3], "bandpass")
+        with pytest.raises(ValueError, match="^btype:"):
+            iir.butter(3, 0.3, "bandstop")
+        with pytest.raises(ValueError, match="^output:"):
+            iir.butter(3, 0.3, output="ss")
+        with pytest.raises(ValueError, match="^wn: expected finite"):
+            iir.butter(3, np.nan)
+        with pytest.raises(ValueError, match="^fs:"):
+            iir.bilinear_zpk([], [-1.0], 1.0, 0.0)
+        with pytest.raises(ValueError, match="^b: expected a strictly proper"):
+            iir.impulse_invariance([1.0, 0.0], [1.0, 1.0], 1.0)
+        with pytest.raises(ValueError, match="^a: expected distinct"):
+            iir.impulse_invariance([1.0], [1.0, 2.0, 1.0], 1.0)
+        with pytest.raises(ValueError, match="^a: expected a nonzero"):
+            iir.bilinear([1.0], [0.0], 1.0)
+        with pytest.raises(ValueError, match="^gain_at:"):
+            iir.matched_z([], [-1.0], 1.0, 1.0, gain_at=10.0)
+        with pytest.raises(ValueError, match="^gain_at:"):
+            iir.matched_z([0.0], [-1.0], 1.0, 1.0)  # a highpass has no DC gain to match
+
+
+# ---------------------------------------------------------------------------------------------
+# IIR ↔ SSM
+# ---------------------------------------------------------------------------------------------
+
+
+def scalar_ssm(A, B, C, D, x):
+    s, y = 0.0, np.empty_like(x)
+    for t, xt in enumerate(x):
+        s = A * s + B * xt  # s[t] = A s[t−1] + B x[t]
+        y[t] = C * s + D * xt  # y[t] = C s[t] + D x[t]
+    return y
+
+
+class TestSSM:
+    @pytest.mark.parametrize("seed", SEEDS)
+    def test_scalar_mapping_and_paper_sign(self, seed):
+        rng = np.random.default_rng(seed)
+        A, B, C, D = rng.choice([-1, 1]) * rng.uniform(0.3, 0.9), rng.normal(), rng.normal(), rng.uniform(0.5, 2.0)
+        x = rng.normal(size=200)
+        b, a = iir.scalar_ssm_to_iir(A, B, C, D)
+        close(b, [C * B + D, -A * D], rtol=0.0, what="scalar mapping coefficients")
+        y = scalar_ssm(A, B, C, D, x)
+        close(iir.tf_filter(b, a, x), y, rtol=ORACLE, what="scalar SSM = first-order IIR (b1 = −AD)")
+        paper = ss.lfilter([C * B + D, +A * D], a, x)  # P-31 as printed
+        assert np.max(np.abs(paper - y)) / np.max(np.abs(y)) > 0.1
+
+    @pytest.mark.parametrize("seed", SEEDS)
+    @pytest.mark.parametrize("kind", ["complex", "real"])
+    def test_biquad_ssm_round_trip(self, seed, kind):
+        rng = np.random.default_rng(seed)
+        b, a = random_biquad(rng, kind=kind)
+        lam, B, C, D = iir.biquad_to_ssm(b, a)
+        r, p, kk = ss.residuez(b, a)
+        order = [int(np.argmin(np.abs(p - l))) for l in lam]
+        close(lam, p[order], rtol=1e-12, what="biquad_to_ssm modes vs residuez")
+        close(C * B, r[order], rtol=1e-11, what="biquad_to_ssm residues vs residuez")
+        close(D, kk[0], rtol=ORACLE, what="biquad_to_ssm direct term vs residuez")
+        bb, aa = iir.ssm_to_biquad(lam, B, C, D)
+        close(bb, b / a[0], rtol=1e-12, what="ssm_to_biquad(biquad_to_ssm) b")
+        close(aa, a / a[0], rtol=1e-12, what="ssm_to_biquad(biquad_to_ssm) a")
+        x = rng.normal(size=(2, 150, 3))
+        ref = ss.lfilter(b, a, x, axis=-2)
+        close(iir.diagonal_ssm_filter(lam, B, C, D, x), ref, rtol=1e-12, what="diagonal SSM vs lfilter")
+        close(iir.diagonal_ssm_filter(lam, B, C, D, x, scan="associative"), ref, rtol=1e-12,
+              what="diagonal SSM (associative scan) vs lfilter")
+        close(iir.diagonal_ssm_filter_loop(lam, B, C, D, x), ref, rtol=1e-12, what="diagonal SSM loop vs lfilter")
+
+    def test_ssm_to_biquad_formula_against_recurrence(self):
+        """A complex-conjugate diagonal SSM (AFA-like mode λ = e^{(−μ + iω)Δt}) is a real biquad."""
+        lam1 = np.exp((-0.1 + 0.7j) * 1.0)
+        lam = np.array([lam1, np.conj(lam1)])
+        Bv = np.array([0.3 + 0.2j, 0.3 - 0.2j])
+        Cv = np.array([1.0 - 0.5j, 1.0 + 0.5j])
+        D = 0.4
+        b, a = iir.ssm_to_biquad(lam, Bv, Cv, D)
+        x = np.random.default_rng(0).normal(size=300)
+        close(ss.lfilter(b, a, x), iir.diagonal_ssm_filter_loop(lam, Bv, Cv, D, x), rtol=ORACLE,
+              what="ssm_to_biquad vs recurrence")
+        close(iir.diagonal_ssm_filter(lam, Bv, Cv, D, x), iir.diagonal_ssm_filter_loop(lam, Bv, Cv, D, x), rtol=SELF,
+              what="diagonal_ssm_filter loop twin")
+
+    @pytest.mark.parametrize("n", [1, 63, 64, 65, 500])
+    def test_chunked_scan_lengths(self, n):
+        rng = np.random.default_rng(n)
+        lam = np.array([0.9 * np.exp(0.3j), 0.5, -0.7])
+        B, C = rng.normal(size=3) + 1j * rng.normal(size=3), rng.normal(size=3) + 1j * rng.normal(size=3)
+        x = rng.normal(size=(2, n, 3))
+        close(iir.diagonal_ssm_filter(lam, B, C, 0.3, x), iir.diagonal_ssm_filter_loop(lam, B, C, 0.3, x), rtol=SELF,
+              what="diagonal_ssm_filter loop twin")
+        close(iir.diagonal_ssm_filter(lam, B, C, 0.3, x, scan="associative"),
+              iir.diagonal_ssm_filter_loop(lam, B, C, 0.3, x), rtol=SELF, what="diagonal_ssm_filter loop twin")
+
+    def test_focus_all_pole(self):
+        """residuez([1], [1, θ0, θ1]): residues p_i/(p_i − p_j), no direct term."""
+        lam, B, C, D = iir.biquad_to_ssm([1, 0, 0], [1, 0.6, 0.5])
+        close(C, lam / (lam - lam[::-1]), rtol=ORACLE, what="Focus residues p_i/(p_i − p_j)")
+        assert D == 0.0
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="^a: expected distinct poles"):
+            iir.biquad_to_ssm([1, 0, 0], [1, 1.0, 0.25])
+        with pytest.raises(ValueError, match="^a: expected a\\[2\\] != 0"):
+            iir.biquad_to_ssm([1, 0, 0], [1, 0.5, 0.0])
+        with pytest.raises(ValueError, match="^lam: expected a real or complex-conjugate"):
+            iir.ssm_to_biquad([0.5j, 0.3], [1, 1], [1, 1], 0.0)
+        with pytest.raises(ValueError, match="^C: expected residues"):
+            iir.ssm_to_biquad([0.5j, -0.5j], [1, 1], [1j, 1j], 0.0)
+        with pytest.raises(ValueError, match="^lam: expected shape"):
+            iir.ssm_to_biquad([0.5, 0.2, 0.1], [1, 1], [1, 1], 0.0)
+        with pytest.raises(ValueError, match="^B: expected shape"):
+            iir.diagonal_ssm_filter([0.5, 0.2], [1], [1, 1], 0.0, np.ones(3))
+        with pytest.raises(ValueError, match="^D: expected 0 dimensions"):
+            iir.diagonal_ssm_filter_loop([0.5], [1], [1], [0.0, 1.0], np.ones(3))
+        with pytest.raises(ValueError, match="^scan:"):
+            iir.diagonal_ssm_filter([0.5], [1], [1], 0.0, np.ones(3), scan="serial")
+        with pytest.raises(ValueError, match="^A: expected finite"):
+            iir.scalar_ssm_to_iir(np.nan, 1.0, 1.0, 0.0)
