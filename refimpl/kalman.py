@@ -403,7 +403,7 @@ def _filter_combine(ei, ej):
 
 def _filter_elements(zf, missing, F, H, Q, R, m0, P0):
     """The filtering elements a_k = (A_k, b_k, C_k, η_k, J_k) of Eq. (3.7), time on axis 0."""
-    batch, (N, p), n = zf.shape[:-2], zf.shape[-2:], H.shape[1]
+    batch, N, n = zf.shape[:-2], zf.shape[-2], H.shape[1]
     zt = np.moveaxis(zf, -2, 0)  # (N, ..., p)
     gone = np.moveaxis(missing, -1, 0)  # (N, ...)
     I = np.eye(n)

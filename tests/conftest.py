@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 import sys
 
+import warnings
+
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -35,3 +38,12 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section(f"worst observed errors: {name}")
         for what, (err, tol) in sorted(worst.items()):
             terminalreporter.write_line(f"{what:<60s} {err:10.3e}  (tolerance {tol:.0e})")
+
+
+@pytest.fixture(autouse=True)
+def runtime_warnings_are_errors():
+    """Overflow/invalid warnings fail a test even when pyproject's filterwarnings is not in force
+    (e.g. a single test file run with ``-o addopts=""``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        yield

