@@ -5,7 +5,7 @@ derive every formula here; the mathematics with its version history and errata i
 ``shared/spec/afa.md``. Tokens are noisy measurements of one trajectory of the SDE of chapter 1,
 written in its eigenbasis (``q, k, v`` play the role of ``S^{-1} z``). A key pulled forward to the
 query time, ``e^{λ Δt} k_j``, is an estimate of the query's state whose precision is the inverse of
-the propagated covariance of chapter 2 (Eq. 2.9); AFA's attention weights are those precisions,
+the propagated covariance of chapter 2 (Eq. (2.9)); AFA's attention weights are those precisions,
 robustly reweighted by how far the pulled-forward key lies from the query (Racioppo 2025, §3).
 
 Glossary (code name → symbol in the book / Racioppo 2025 v6)
@@ -15,8 +15,8 @@ Glossary (code name → symbol in the book / Racioppo 2025 v6)
 ``eigvals``   (d,)                    λ_k = −μ_k + iω_k (tensor form); ``mu``, ``omega`` (isotropic form).
 ``sigma2``    σ² (process noise),  ``eta2`` η² (key measurement noise),  ``gamma2`` γ² (query anchor).
 ``nu``        ν (robustness scale), ``kappa`` κ (power of the Student-t weight, default (ν + d)/d).
-``P``         precision 1/Σ(Δt) (Eq. 7.2);  ``R`` residual q_i − e^{λΔt} k_j (Eq. 7.3);
-``d2``        Mahalanobis distance d²_ij = Σ_k P_k |R_k|² (Eq. 7.4);  ``A`` attention weights (Eq. 7.6).
+``P``         precision 1/Σ(Δt) (Eq. (7.2));  ``R`` residual q_i − e^{λΔt} k_j (Eq. (7.3));
+``d2``        Mahalanobis distance d²_ij = Σ_k P_k |R_k|² (Eq. (7.4));  ``A`` attention weights (Eq. (7.6)).
 
 Conventions that differ between the paper's versions (spec afa.md §10), and what refimpl implements:
 Δt_ij = t_i − t_j (v4–v6, code; the thesis and v1 use t_j − t_i); the robust term sums over all
@@ -202,7 +202,7 @@ def afa(
     return_weights: bool = False,
     return_intermediates: bool = False,
 ):
-    r"""Tensor-form Adaptive Filter Attention, Eqs. (7.2)–(7.7) of the book.
+    r"""Tensor-form Adaptive Filter Attention, Eqs. (7.1)–(7.7) of the book.
 
     Implements Racioppo (2025) v6 App. B.1 (v4 B.1, thesis §3.6): per channel k and pair (i, j),
 
@@ -366,7 +366,7 @@ def afa_loop(
 
 
 class _LagKernels:
-    """The pair quantities of isotropic AFA, which depend on Δt_ij only (Eq. 8.1).
+    """The pair quantities of isotropic AFA, which depend on Δt_ij only (Eq. (8.1)).
 
     On a uniform grid they are Toeplitz: computed once per lag (2N − 1 values) and exposed as
     strided (N, N) views without copying; otherwise evaluated for every pair.
@@ -506,7 +506,7 @@ def _isotropic_rows(rows, q2, k2t, nq, nk, values, lag, mu, nu, kappa, weight, t
     x = q2 @ k2t  # Re(q̃_i^† k̃_j), (..., rows, N); the buffer becomes ‖R‖², d², L, A in turn
     E = lag.decay[rows]  # e^{−μ|Δt|} ≤ 1
     x *= -2.0 * E
-    if causal:  # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃)  (Eq. 8.2); pairs j > i are masked anyway
+    if causal:  # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃)  (Eq. (8.2)); pairs j > i are masked anyway
         x += nq
         x += lag.decay_sq[rows] * nk
     else:  # pushed-back pairs, scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃)
@@ -519,7 +519,7 @@ def _isotropic_rows(rows, q2, k2t, nq, nk, values, lag, mu, nu, kappa, weight, t
         x *= -kappa  # −κ log(1 + d²/ν)
     else:
         x *= -1.0 / nu  # −d²/ν
-    x += lag.log_p[rows]  # L = log P − robust penalty  (Eq. 7.5)
+    x += lag.log_p[rows]  # L = log P − robust penalty  (Eq. (7.5))
     if temperature != 1.0:
         x *= temperature
     if causal:
@@ -594,7 +594,7 @@ def afa_irls(
     kappa=None,
     causal: bool = True,
 ):
-    r"""AFA applied as a filter to measurements, iterated as IRLS: Eq. (7.9) of the book.
+    r"""AFA applied as a filter to measurements, iterated as IRLS: Eqs. (7.8)–(7.9) of the book.
 
     Implements the iteration of Racioppo (2025) v1 §2.6.2, thesis §3.5 (spec afa.md §7.1) with
     known dynamics and noise: start from ``ẑ⁽⁰⁾ = z`` (queries, keys and values are the

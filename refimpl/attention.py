@@ -22,14 +22,14 @@ Glossary (code name → symbol in the book / Vaswani et al. 2017)
              ``torch.nn.functional.scaled_dot_product_attention``'s boolean ``attn_mask``).
 ``causal``   key j may be attended by query i only if j ≤ i (top-left aligned, as torch's
              ``is_causal``).
-``A``        the attention weights, shape (..., N, M), rows sum to 1 (Eq. 4.2).
+``A``        the attention weights, shape (..., N, M), rows sum to 1 (Eq. (4.2)).
 ``x``        X, shape (..., N, d_model): the token sequence of multi-head self-attention.
 ``w_q, w_k`` W^Q, W^K, shape (d_model, h·d_k): the h per-head projections side by side
              (head i uses columns i·d_k … (i+1)·d_k − 1); applied as ``x @ w_q`` (the paper's
              convention; torch's ``nn.Linear`` stores the transpose).
 ``w_v``      W^V, shape (d_model, h·d_v); ``w_o`` W^O, shape (h·d_v, d_out).
-``W``        a mixer materialized as an (N, N) matrix, y = W v (Eq. 4.9).
-``h_ℓ``      its lag profile: the mean of the diagonal i − j = ℓ of W (Eq. 4.10).
+``W``        a mixer materialized as an (N, N) matrix, y = W v (Eq. (4.9)).
+``h_ℓ``      its lag profile: the mean of the diagonal i − j = ℓ of W (Eq. (4.10)).
 
 References
 ----------
@@ -202,7 +202,7 @@ def _attend_blocked(q, k, v, mask, causal, batch) -> np.ndarray:
         z = _exp_shifted_inplace(e, blk)
         out = y[..., rows, :]
         np.matmul(e, v, out=out)  # Σ_j e_ij v_j (the batch axes of e and v broadcast to y's)
-        out /= z  # y_i = Σ_j e_ij v_j / z_i  (= Σ_j A_ij v_j, Eq. 4.1)
+        out /= z  # y_i = Σ_j e_ij v_j / z_i  (= Σ_j A_ij v_j, Eq. (4.1))
     return y
 
 
@@ -264,7 +264,7 @@ def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_we
 
     ``A_ij = exp(s_ij − m_i) / Σ_{j' allowed} exp(s_ij' − m_i)``,  ``y_i = Σ_j A_ij v_j``.
 
-    Subtracting ``m_i`` changes nothing mathematically (Eq. 4.3) and keeps every exponent ≤ 0,
+    Subtracting ``m_i`` changes nothing mathematically (Eq. (4.3)) and keeps every exponent ≤ 0,
     so nothing overflows. Work: the two matrix products plus four passes over the logits
     (max, subtract, exp, sum). Without ``return_weights`` the query rows are processed in
     blocks of about 2^18 logits that stay in cache, and ``y`` is normalized instead of ``A``
@@ -296,7 +296,7 @@ def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_we
 
 
 def softmax_attention_loop(q, k, v, *, mask=None, causal=False, scale=None, return_weights=False):
-    """Loop twin of :func:`softmax_attention`: one query, one key at a time (Eqs. 4.1–4.3)."""
+    """Loop twin of :func:`softmax_attention`: one query, one key at a time (Eqs. (4.1)–(4.3))."""
     q, k, v, batch = _check_qkv(q, k, v)
     n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
     mask = _check_mask(mask, causal, batch, n, m)
@@ -383,7 +383,7 @@ def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=No
     Notes
     -----
     ``head_i = softmax(X W_i^Q (X W_i^K)^T · scale) X W_i^V`` and
-    ``Y = [head_1, …, head_h] W^O = Σ_i A_i X W_i^V W^O_i`` (Eq. 4.12: a bank of h
+    ``Y = [head_1, …, head_h] W^O = Σ_i A_i X W_i^V W^O_i`` (Eq. (4.12): a bank of h
     data-dependent N×N filters, each followed by its own channel mixer ``W_i^V W^O_i``).
     Vectorized: one projection of width h·d_k, reshaped (..., N, h, d_k) → (..., h, N, d_k).
     """
@@ -539,7 +539,7 @@ def materialize(mixer: Callable, n: int, *, check_linear: bool = True) -> np.nda
 
 
 def materialize_loop(mixer: Callable, n: int, *, check_linear: bool = True) -> np.ndarray:
-    """Loop twin of :func:`materialize`: one unit impulse ``e_j`` at a time (Eq. 4.9)."""
+    """Loop twin of :func:`materialize`: one unit impulse ``e_j`` at a time (Eq. (4.9))."""
     n = _check_mixer(mixer, n)
     cols = []
     for j in range(n):

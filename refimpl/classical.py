@@ -98,7 +98,7 @@ def lfm_pulse(n_samples: int, bandwidth: float) -> np.ndarray:
 
     ``s_m = exp(iπ B (m − c)² / L)``, c = (L − 1)/2, m = 0..L−1: instantaneous frequency
     ``B (m − c)/L`` cycles/sample. Used as the radar template of Eq. (6.1); its
-    autocorrelation has a main lobe of width ≈ 1/B samples (pulse compression, Eq. 6.2).
+    autocorrelation has a main lobe of width ≈ 1/B samples (pulse compression, Eq. (6.2)).
 
     Parameters
     ----------
@@ -179,7 +179,7 @@ def matched_filter(received, template, *, normalize: bool = False) -> np.ndarray
 
 
 def matched_filter_loop(received, template, *, normalize: bool = False) -> np.ndarray:
-    """Loop twin of :func:`matched_filter`: the correlation sum at each delay (Eq. 6.1)."""
+    """Loop twin of :func:`matched_filter`: the correlation sum at each delay (Eq. (6.1))."""
     r, s = _check_mf(received, template)
     n, L = r.shape[-1], s.size
     complex_out = np.iscomplexobj(r) or np.iscomplexobj(s)
@@ -226,7 +226,7 @@ def autocorrelation(x, n_lags: int) -> np.ndarray:
 
 
 def cross_correlation(d, u, n_lags: int) -> np.ndarray:
-    r"""Biased cross-correlation estimate ``p(ℓ) = (1/N) Σ_{n=ℓ}^{N−1} d_n u_{n−ℓ}``, ℓ = 0..n_lags−1.
+    r"""Biased cross-correlation estimate ``p(ℓ) = (1/N) Σ_{n=ℓ}^{N−1} d_n u_{n−ℓ}``, ℓ = 0..n_lags−1: Eq. (6.3) of the book.
 
     The right-hand side of the Wiener–Hopf equations (6.3): the correlation of the desired
     signal with the input delayed by ℓ.
@@ -284,7 +284,7 @@ def wiener_hopf(r, p) -> np.ndarray:
     Returns
     -------
     w : ndarray, shape (M,) or (M, K)
-        The optimal taps; the minimum MSE is ``J_min = σ_d² − pᵀw`` (Eq. 6.4).
+        The optimal taps; the minimum MSE is ``J_min = σ_d² − pᵀw`` (Eq. (6.4)).
 
     Raises
     ------
@@ -299,7 +299,7 @@ def wiener_hopf(r, p) -> np.ndarray:
 
 
 def wiener_hopf_loop(r, p) -> np.ndarray:
-    r"""Loop twin of :func:`wiener_hopf`: the Levinson–Durbin recursion written out (Eq. 6.5).
+    r"""Loop twin of :func:`wiener_hopf`: the Levinson–Durbin recursion written out (Eq. (6.5)).
 
     Order by order, the forward vector ``f`` (``R_n f = e_1``) and the solution ``x``
     (``R_n x = p_{0:n}``) are extended: with ``ε = Σ_i r(n−i) f_i`` (Durbin's reflection
@@ -334,7 +334,7 @@ def wiener_hopf_loop(r, p) -> np.ndarray:
 def ar1_psd(a: float, q: float, n_fft: int) -> np.ndarray:
     r"""PSD ``S_x(ω) = q / |1 − a e^{−iω}|²`` of the AR(1) process x_n = a x_{n−1} + w_n, Var w = q.
 
-    Sampled on the FFT grid ω_k = 2πk/K, k = 0..K−1 (the input of Eq. 6.9).
+    Sampled on the FFT grid ω_k = 2πk/K, k = 0..K−1 (the input of Eq. (6.9)).
 
     Parameters
     ----------
@@ -422,7 +422,7 @@ def wiener_smoother_weights(psd_signal, psd_noise) -> tuple[np.ndarray, np.ndarr
 
 
 def wiener_smoother_weights_loop(psd_signal, psd_noise) -> tuple[np.ndarray, np.ndarray]:
-    """Loop twin of :func:`wiener_smoother_weights`: the inverse DFT as a sum per lag (Eq. 6.10)."""
+    """Loop twin of :func:`wiener_smoother_weights`: the inverse DFT as a sum per lag (Eq. (6.10))."""
     H = wiener_smoother_response(psd_signal, psd_noise)
     k = H.size
     lags = np.arange(k) - k // 2
@@ -498,7 +498,7 @@ def lms(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarra
 
 
 def lms_loop(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
-    """Loop twin of :func:`lms`: one run, one time step and one tap at a time (Eq. 6.6)."""
+    """Loop twin of :func:`lms`: one run, one time step and one tap at a time (Eq. (6.6))."""
     u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
     mu = as_positive_scalar(mu, "mu")
     W = np.empty((*u.shape, m))
@@ -531,7 +531,7 @@ def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) ->
 
     After the samples j = 1..n (1-based), ``w_n`` is exactly the exponentially weighted,
     regularized least-squares solution
-    ``(Σ_{j≤n} λ^{n−j} u_j u_jᵀ + λ^n δ I)^{-1} (Σ_{j≤n} λ^{n−j} u_j d_j + λ^n δ w_0)`` (Eq. 6.8);
+    ``(Σ_{j≤n} λ^{n−j} u_j u_jᵀ + λ^n δ I)^{-1} (Σ_{j≤n} λ^{n−j} u_j d_j + λ^n δ w_0)`` (Eq. (6.8));
     in the returned 0-based array, ``w[..., n, :]`` has seen n + 1 samples.
 
     Parameters
@@ -572,7 +572,7 @@ def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) ->
 
 
 def rls_loop(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
-    """Loop twin of :func:`rls`: one run and one time step at a time, entry by entry (Eq. 6.7)."""
+    """Loop twin of :func:`rls`: one run and one time step at a time, entry by entry (Eq. (6.7))."""
     u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
     lam, delta = _check_rls(lam, delta)
     W = np.empty((*u.shape, m))
@@ -684,7 +684,7 @@ def mvdr_weights(R, steering, *, loading: float = 0.0) -> np.ndarray:
 
 
 def mvdr_weights_loop(R, steering, *, loading: float = 0.0) -> np.ndarray:
-    """Loop twin of :func:`mvdr_weights`: one look direction at a time (Eq. 6.13)."""
+    """Loop twin of :func:`mvdr_weights`: one look direction at a time (Eq. (6.13))."""
     Rl, a = _check_mvdr(R, steering, loading)
     rows = a[None, :] if a.ndim == 1 else a
     out = np.empty(rows.shape, dtype=complex)
@@ -724,7 +724,7 @@ def beampattern(w, theta, spacing: float = 0.5) -> np.ndarray:
 
 
 def beampattern_loop(w, theta, spacing: float = 0.5) -> np.ndarray:
-    """Loop twin of :func:`beampattern`: one angle and one sensor at a time (Eq. 6.14)."""
+    """Loop twin of :func:`beampattern`: one angle and one sensor at a time (Eq. (6.14))."""
     w, th, sp = _check_pattern(w, theta, spacing)
     out = np.empty(th.shape)
     for idx in np.ndindex(*th.shape):
@@ -767,7 +767,7 @@ def dirichlet_beampattern(theta, theta0: float, n_sensors: int, spacing: float =
 
 
 def sample_covariance(x) -> np.ndarray:
-    r"""Sample spatial covariance ``R̂ = (1/T) Σ_t x_t x_tᴴ`` of snapshots x, shape (T, M).
+    r"""Sample spatial covariance ``R̂ = (1/T) Σ_t x_t x_tᴴ`` of snapshots x, shape (T, M): Eq. (6.13) of the book.
 
     Hermitian positive semidefinite; rank ≤ T (use diagonal loading in MVDR when T < M).
     """
@@ -779,7 +779,7 @@ def sample_covariance(x) -> np.ndarray:
 
 
 def beamform(x, w) -> np.ndarray:
-    r"""Array output ``y_t = wᴴ x_t`` for snapshots x, shape (..., T, M), and weights w, shape (M,)."""
+    r"""Array output ``y_t = wᴴ x_t`` for snapshots x, shape (..., T, M), and weights w, shape (M,): Eqs. (6.12)–(6.14) of the book."""
     x = as_complex_array(x, "x")
     w = as_complex_array(w, "w", ndim=1)
     if x.ndim < 1 or x.shape[-1] != w.size:
@@ -795,7 +795,7 @@ def _check_spectrum(R, theta, spacing):
 
 
 def bartlett_spectrum(R, theta, spacing: float = 0.5) -> np.ndarray:
-    r"""Bartlett (delay-and-sum) spatial spectrum ``P(θ) = a(θ)ᴴ R a(θ) / M²``."""
+    r"""Bartlett (delay-and-sum) spatial spectrum ``P(θ) = a(θ)ᴴ R a(θ) / M²``: Eqs. (6.12) and (6.14) of the book."""
     R, th, sp = _check_spectrum(R, theta, spacing)
     a = steering_vector(th, R.shape[0], sp)
     return np.real(np.einsum("...i,ij,...j->...", a.conj(), R, a)) / R.shape[0] ** 2

@@ -22,7 +22,7 @@ Glossary (code name → symbol in the book / the papers)
 ``y``              output, the shape of ``x``.
 ``zi``/``zf``      initial/final filter state: TDF-II ``(..., 2, d)`` (lfilter's ``zi``) or
                    DF-I ``(..., 4, d)`` = [x[−1], x[−2], y[−1], y[−2]].
-``sos`` (S, 6)     second-order sections [b₀, b₁, b₂, a₀, a₁, a₂] per row (Eq. 13.8).
+``sos`` (S, 6)     second-order sections [b₀, b₁, b₂, a₀, a₁, a₂] per row (Eq. (13.8)).
 ``z, p, k``        zeros, poles, gain (zpk form).  ``s`` analog, ``z`` digital variable.
 ``w``              digital frequency ω ∈ [0, π] rad/sample (or [0, 2π) with ``whole``).
 ``fs``             sampling rate; T = 1/fs.
@@ -200,7 +200,7 @@ def _check_int(value, name: str, minimum: int) -> int:
 
 
 def _tdf2_matrices(b: np.ndarray, a: np.ndarray):
-    """State space of the TDF-II structure (Eq. 13.5): s[n] = A s[n−1] + B x[n], y[n] = C s[n−1] + D x[n]."""
+    """State space of the TDF-II structure (Eq. (13.5)): s[n] = A s[n−1] + B x[n], y[n] = C s[n−1] + D x[n]."""
     q = a.size - 1
     A = np.zeros((q, q))
     A[:, 0] = -a[1:]  # s_i[n] = b_i x[n] − a_i y[n] + s_{i+1}[n−1], with y[n] = b_0 x[n] + s_1[n−1]
@@ -277,7 +277,7 @@ def _out(y, zf, was_1d, return_state):
 
 
 def tf_filter(b, a, x, zi=None):
-    r"""Filter ``x`` with the rational transfer function ``B(z)/A(z)`` of any order.
+    r"""Filter ``x`` with the rational transfer function ``B(z)/A(z)`` of any order: Eq. (13.1) of the book.
 
     Implements the difference equation (13.1) in the transposed direct form II, Eq. (13.5) of the
     book (the recursion P-32 of Lutati et al. 2023), by the exact block-recursive algorithm.
@@ -342,7 +342,7 @@ def _biquad_checked(b, a, x, zi, form, require_stable):
 
 
 def _df1_to_tdf2(b, a, s):
-    """TDF-II state from the DF-I history [x[−1], x[−2], y[−1], y[−2]] (Eq. 13.6)."""
+    """TDF-II state from the DF-I history [x[−1], x[−2], y[−1], y[−2]] (Eq. (13.6))."""
     x1, x2, y1, y2 = (s[..., i, :] for i in range(4))
     s1 = b[1] * x1 + b[2] * x2 - a[1] * y1 - a[2] * y2  # the part of y[0] not due to x[0]
     s2 = b[2] * x1 - a[2] * y1
@@ -353,7 +353,7 @@ def biquad_filter(b, a, x, zi=None, *, form="tdf2", require_stable=False):
     r"""Filter ``x`` with one biquad ``(b0 + b1 z⁻¹ + b2 z⁻²)/(a0 + a1 z⁻¹ + a2 z⁻²)``.
 
     Implements Eq. (13.2) of the book (P-32 of Lutati et al. 2023 with q = 2) in direct form I
-    (Eq. 13.4) or transposed direct form II (Eq. 13.5); the forms differ only in their state.
+    (Eq. (13.4)) or transposed direct form II (Eq. (13.5)); the forms differ only in their state.
 
     Parameters
     ----------
@@ -377,7 +377,7 @@ def biquad_filter(b, a, x, zi=None, *, form="tdf2", require_stable=False):
     -----
     The vectorized path is the block-recursive algorithm of :func:`tf_filter` (exact linear
     algebra, no ``scipy.signal``); the DF-I history is converted to the equivalent TDF-II state
-    (Eq. 13.6) and the final DF-I history is read off the input and output.
+    (Eq. (13.6)) and the final DF-I history is read off the input and output.
 
     Examples
     --------
@@ -643,7 +643,7 @@ def frequency_response_loop(b, a, w=512, *, whole=False):
 
 
 def sos_frequency_response(sos, w=512, *, whole=False):
-    """Frequency response of a cascade: the product of the sections' responses (Eq. 13.8)."""
+    """Frequency response of a cascade: the product of the sections' responses (Eq. (13.8))."""
     sos = _check_sos(sos)
     w = _grid(w, whole)
     h = np.ones(w.shape, dtype=np.complex128)
@@ -729,7 +729,7 @@ def _roots(c: np.ndarray) -> np.ndarray:
 
 
 def tf2zpk(b, a):
-    r"""Zeros, poles and gain of the digital ``B(z)/A(z)`` (Eq. 13.3 → 13.11).
+    r"""Zeros, poles and gain of the digital ``B(z)/A(z)`` (Eqs. (13.3) and (13.11)).
 
     ``b`` and ``a`` are padded to a common length, so the zeros and poles are the roots of
     ``z^q B(z)`` and ``z^q A(z)`` — including those at ``z = 0`` that a shorter polynomial
@@ -770,7 +770,7 @@ def _realify(c: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 
 def zpk2tf(z, p, k):
-    """Numerator and denominator of ``k Π(1 − z_i z⁻¹) / Π(1 − p_i z⁻¹)`` (Eq. 13.11 → 13.3).
+    """Numerator and denominator of ``k Π(1 − z_i z⁻¹) / Π(1 − p_i z⁻¹)`` (Eqs. (13.11) and (13.3)).
 
     The coefficients are real when the zeros and the poles are each closed under conjugation
     (to 1e-9 relative); otherwise they are returned complex — never silently made real.
@@ -810,7 +810,7 @@ def _split_pairs(r: np.ndarray, scale: float):
 
 
 def zpk2sos(z, p, k):
-    r"""Second-order sections from zeros, poles and gain (Eq. 13.11 → 13.8).
+    r"""Second-order sections from zeros, poles and gain (Eqs. (13.11) and (13.8)).
 
     The pairing rule is the one of ``scipy.signal.zpk2sos(..., pairing="nearest")``: repeatedly
     take the remaining pole closest to the unit circle (a complex pole with its conjugate, a real
@@ -879,7 +879,7 @@ def zpk2sos(z, p, k):
 
 
 def sos2zpk(sos):
-    """Zeros, poles and gain of a cascade: the union of the sections' (Eq. 13.8 → 13.11)."""
+    """Zeros, poles and gain of a cascade: the union of the sections' (Eqs. (13.8) and (13.11))."""
     sos = _check_sos(sos)
     zs, ps, k = [], [], 1.0
     for row in sos:
@@ -891,7 +891,7 @@ def sos2zpk(sos):
 
 
 def sos2tf(sos):
-    """``(b, a)`` of a cascade: the product of the sections' polynomials."""
+    """``(b, a)`` of a cascade: the product of the sections' polynomials: Eqs. (13.8) and (13.3) of the book."""
     sos = _check_sos(sos)
     b, a = np.ones(1), np.ones(1)
     for row in sos:
@@ -901,7 +901,7 @@ def sos2tf(sos):
 
 
 def tf2sos(b, a):
-    """Second-order sections of ``B(z)/A(z)``: :func:`tf2zpk` then :func:`zpk2sos`."""
+    """Second-order sections of ``B(z)/A(z)``: :func:`tf2zpk` then :func:`zpk2sos`: Eqs. (13.3) and (13.8) of the book."""
     return zpk2sos(*tf2zpk(b, a))
 
 
@@ -922,7 +922,7 @@ def _biquad_a(a) -> np.ndarray:
 def biquad_poles(a) -> np.ndarray:
     r"""The two poles of ``1/(1 + a1 z⁻¹ + a2 z⁻²)`` for a batch of denominators.
 
-    Roots of ``z² + a1 z + a2`` (Eq. 13.11), the larger-magnitude one first for real pairs
+    Roots of ``z² + a1 z + a2`` (Eq. (13.11)), the larger-magnitude one first for real pairs
     (computed without cancellation, the other by Vieta ``p1 p2 = a2``), ``Im p > 0`` first for
     complex pairs.
 
@@ -968,7 +968,7 @@ def in_stability_triangle(a) -> np.ndarray:
 
 
 def pole_radius(a) -> float:
-    """Largest pole magnitude ``max |p_i|`` of ``1/A(z)`` (any order; ``a`` shape (q+1,))."""
+    """Largest pole magnitude ``max |p_i|`` of ``1/A(z)`` (any order; ``a`` shape (q+1,)): Eq. (13.13) of the book."""
     a = as_real_array(a, "a", ndim=1)
     if a.size == 0 or a[0] == 0:
         raise ValueError("a: expected a[0] != 0")
@@ -977,7 +977,7 @@ def pole_radius(a) -> float:
 
 
 def is_stable(a) -> bool:
-    """``max |p_i| < 1``: all poles strictly inside the unit circle (Eq. 13.13)."""
+    """``max |p_i| < 1``: all poles strictly inside the unit circle (Eq. (13.13))."""
     return pole_radius(a) < 1.0
 
 
@@ -1032,14 +1032,14 @@ def _zpk_in(z, p, k):
 
 
 def lp2lp_zpk(z, p, k, wo=1.0):
-    """Lowpass → lowpass with cutoff ``wo``: ``s → s/wo`` (Eq. 13.19)."""
+    """Lowpass → lowpass with cutoff ``wo``: ``s → s/wo`` (Eq. (13.19))."""
     z, p, k = _zpk_in(z, p, k)
     wo = as_positive_scalar(wo, "wo")
     return z * wo, p * wo, k * wo ** (p.size - z.size)
 
 
 def lp2hp_zpk(z, p, k, wo=1.0):
-    """Lowpass → highpass with cutoff ``wo``: ``s → wo/s`` (Eq. 13.20); zeros at infinity go to 0."""
+    """Lowpass → highpass with cutoff ``wo``: ``s → wo/s`` (Eq. (13.20)); zeros at infinity go to 0."""
     z, p, k = _zpk_in(z, p, k)
     wo = as_positive_scalar(wo, "wo")
     deg = p.size - z.size
@@ -1050,7 +1050,7 @@ def lp2hp_zpk(z, p, k, wo=1.0):
 
 
 def lp2bp_zpk(z, p, k, wo=1.0, bw=1.0):
-    r"""Lowpass → bandpass around ``wo`` with width ``bw``: ``s → (s² + wo²)/(bw s)`` (Eq. 13.21).
+    r"""Lowpass → bandpass around ``wo`` with width ``bw``: ``s → (s² + wo²)/(bw s)`` (Eq. (13.21)).
 
     Each prototype root ``r`` becomes the two roots of ``s² − r bw s + wo² = 0``,
     ``s = r bw/2 ± sqrt((r bw/2)² − wo²)``; zeros at infinity give ``deg`` zeros at 0.
@@ -1240,7 +1240,7 @@ def _design(proto, order, wn, btype, fs, output):
 def butter(order, wn, btype="lowpass", *, fs=2.0, output="zpk"):
     r"""Digital Butterworth filter: prototype poles, pre-warping, frequency transformation, bilinear.
 
-    Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. 13.15) →
+    Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. (13.15)) →
     :func:`prewarp` (13.18) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`
     (13.19–13.21) → :func:`bilinear_zpk` (13.17).
 
@@ -1262,7 +1262,7 @@ def butter(order, wn, btype="lowpass", *, fs=2.0, output="zpk"):
 
 
 def cheby1(order, rp, wn, btype="lowpass", *, fs=2.0, output="zpk"):
-    """Digital Chebyshev type I filter (ripple ``rp`` dB): :func:`cheb1ap` through the chain of :func:`butter`."""
+    """Digital Chebyshev type I filter (ripple ``rp`` dB): :func:`cheb1ap` through the chain of :func:`butter`: Eqs. (13.16)–(13.18) of the book."""
     return _design(cheb1ap(order, rp), order, wn, btype, fs, output)
 
 
@@ -1322,7 +1322,7 @@ def biquad_to_ssm(b, a):
 
 
 def ssm_to_biquad(lam, B, C, D):
-    r"""The biquad ``(b, a)`` of a two-state diagonal SSM (Eq. 13.25 of the book).
+    r"""The biquad ``(b, a)`` of a two-state diagonal SSM (Eq. (13.25) of the book).
 
     With residues ``ρ_i = C_i B_i``:
     ``a = [1, −(λ1 + λ2), λ1 λ2]``,

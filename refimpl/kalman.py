@@ -1,7 +1,7 @@
 r"""The Kalman filter and the Rauch–Tung–Striebel smoother: recursion, parallel scan, dense GLS.
 
 Chapter 3 of the book (``notebooks/03-kalman.ipynb``) derives every formula here. The model is the
-exact discretization of chapter 1 (Eq. 1.7) observed through Eq. (1.2):
+exact discretization of chapter 1 (Eq. (1.7)) observed through Eq. (1.2):
 
 .. math::  x_{k+1} = F_k x_k + w_k,\ w_k \sim \mathcal N(0, Q_k);\qquad
            z_k = H x_k + v_k,\ v_k \sim \mathcal N(0, R);\qquad x_0 \sim \mathcal N(m_0, P_0).
@@ -9,7 +9,7 @@ exact discretization of chapter 1 (Eq. 1.7) observed through Eq. (1.2):
 Convention (pykalman's, filterpy's ``update_first=True``): ``m0, P0`` is the prior of the state at
 the **first** measurement, so step 0 is an update without a predict. The Kalman smoother is the
 exact posterior that Adaptive Filter Attention approximates; its weight matrix W (x̂ = W z + c) is
-the "attention matrix" of the optimal linear estimator (Eq. 3.12).
+the "attention matrix" of the optimal linear estimator (Eq. (3.12)).
 
 Glossary (code name → symbol in the book / Särkkä 2013)
 -------------------------------------------------------
@@ -17,8 +17,8 @@ Glossary (code name → symbol in the book / Särkkä 2013)
 ``z`` (..., N, p)        measurements z_k; a row that is all NaN is a missing measurement.
 ``F`` (n, n) or (N-1, n, n)   transitions F_k (step k → k+1);  ``Q`` likewise: process noise Q_k.
 ``H`` (p, n), ``R`` (p, p)    measurement model.   ``m0`` (n,) or (..., n), ``P0`` (n, n): prior.
-``m``, ``P``  (..., N, n), (..., N, n, n)   filtered means and covariances m_k, P_k (Eq. 3.3).
-``ms``, ``Ps``                              smoothed means and covariances m^s_k, P^s_k (Eq. 3.5).
+``m``, ``P``  (..., N, n), (..., N, n, n)   filtered means and covariances m_k, P_k (Eq. (3.3)).
+``ms``, ``Ps``                              smoothed means and covariances m^s_k, P^s_k (Eq. (3.5)).
 ``K`` gain, ``S`` innovation covariance, ``G`` smoother gain.
 
 References
@@ -576,7 +576,7 @@ def kalman_weight_matrix(n_steps, F, H, Q, R, m0, P0, *, kind: str = "smoother",
     r"""The linear map of the optimal estimator: ``x̂ = W z + c``, the "attention matrix" of Eq. (3.12).
 
     Implements Eq. (3.12) of the book. The smoother's W (``kind="smoother"``) is
-    ``Σ H̄ᵀ S⁻¹`` (Eq. 3.11), a full matrix; the filter's (``kind="filter"``) is block lower
+    ``Σ H̄ᵀ S⁻¹`` (Eq. (3.11)), a full matrix; the filter's (``kind="filter"``) is block lower
     triangular: with the Cholesky factor ``S = L Lᵀ``, the innovations ``e = L⁻¹(z − H̄μ)`` are
     white and ordered in time, and the filtered estimate at k uses the innovations up to k,
     ``W_filter = tril_blocks(Σ H̄ᵀ L⁻ᵀ) L⁻¹``.
@@ -645,7 +645,7 @@ def from_sde(model, t):
     r"""Discrete-time model ``(F, Q, H, R)`` of a :class:`refimpl.sde.LinearSDE` on the time grid ``t``.
 
     The continuous–discrete filter: ``F_k = e^{A(t_{k+1} − t_k)}`` and ``Q_k = Q_d(t_{k+1} − t_k)``
-    (Eqs. 1.5–1.6, exact on irregular grids), ``H = C``, ``R = R``. The model must be real.
+    (Eqs. (1.5)–(1.6), exact on irregular grids), ``H = C``, ``R = R``. The model must be real.
 
     Returns
     -------

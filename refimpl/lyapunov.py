@@ -9,7 +9,7 @@ propagated over a lag τ solves the DLE
 .. math::  \dot V = A V + V A^\dagger + Q,\qquad V(0) = 0.      \tag{2.1}
 
 In eigen-coordinates ``Σ = S^{-1} V S^{-†}`` the equation decouples entry by entry and has the
-closed form (Eq. 2.4)
+closed form (Eq. (2.4))
 
 .. math::  Σ_{kl}(τ) = \tilde G_{kl}\,\frac{e^{(λ_k+λ_l^*)τ}-1}{λ_k+λ_l^*},
            \qquad \tilde G = S^{-1} Q S^{-\dagger}.
@@ -23,7 +23,7 @@ Glossary (code name → symbol in the book / Racioppo 2025)
 ``tau``       τ ≥ 0: the lag over which the state is propagated; any shape (...,).
 ``z``         λ_k + λ_l^*: the exponent rate of entry (k, l).
 ``sigma2``    σ² (process noise), ``eta2`` η² (key measurement noise), ``gamma2`` γ² (query
-              anchor noise), ``mu`` μ (decay) of AFA's isotropic kernel (Eq. 2.9).
+              anchor noise), ``mu`` μ (decay) of AFA's isotropic kernel (Eq. (2.9)).
 
 References
 ----------
@@ -383,7 +383,7 @@ def dle_covariance(eigvals, noise, tau):
 
 
 def _dle_loop(eigvals, noise, tau, sign: float):
-    """Σ_kl(τ) = G̃_kl φ(sign·(λ_k + λ_l^*), τ), one lag and one entry at a time (Eqs. 2.4, 2.7)."""
+    """Σ_kl(τ) = G̃_kl φ(sign·(λ_k + λ_l^*), τ), one lag and one entry at a time (Eqs. (2.4), (2.7))."""
     lam, g, diagonal = _check_eig_noise(eigvals, noise)
     tau = _check_tau(tau)
     d = lam.shape[0]
@@ -445,7 +445,7 @@ def dle_covariance_backward(eigvals, noise, tau):
     As an integral this is the forward formula with Λ → −Λ, so for a stable mode it grows like
     ``e^{2μτ}``. It is the error of the *unbiased* pushed-back estimate; it is not the error of
     the best backward predictor ``E[x(t) | x(t+τ)]`` under the stationary law, which stays
-    bounded (the process is not time-reversible; chapter 2, Eq. 2.11).
+    bounded (the process is not time-reversible; chapter 2, Eq. (2.11)).
     Entries whose value exceeds the float64 range (``2μτ ≳ 709``) are returned as ``inf``
     (never NaN); their precision is 0.
     """
@@ -565,13 +565,13 @@ def isotropic_covariance(dt, mu, sigma2, eta2, gamma2):
 
     Notes
     -----
-    For Δt ≥ 0 (forward, Eq. 2.5 plus the measurement terms):
+    For Δt ≥ 0 (forward, Eq. (2.5) plus the measurement terms):
 
     .. math::  Σ(Δt) = σ^2\,\frac{1 - e^{-2μΔt}}{2μ} + η^2 e^{-2μΔt} + γ^2
                = α\,e^{-2μΔt} + β,\qquad α = η^2 - \tilde σ^2,\ β = γ^2 + \tilde σ^2,
                \ \tilde σ^2 = \frac{σ^2}{2μ},
 
-    and for Δt < 0 (pushed back by τ = −Δt, Eq. 2.7) the process term is
+    and for Δt < 0 (pushed back by τ = −Δt, Eq. (2.7)) the process term is
     ``σ² (e^{2μτ} − 1)/(2μ)`` and the measurement term ``η² e^{2μτ}``: both grow.
     Σ(0) = η² + γ², Σ(∞) = β, and for μ = 0, Σ = σ²|Δt| + η² + γ².
     """

@@ -131,7 +131,7 @@ def sinusoidal_encoding(n_positions: int, d_model: int, base: float = 10000.0) -
 
 
 def sinusoidal_encoding_loop(n_positions: int, d_model: int, base: float = 10000.0) -> np.ndarray:
-    """Loop twin of :func:`sinusoidal_encoding`: one position and one channel at a time (Eq. 5.2)."""
+    """Loop twin of :func:`sinusoidal_encoding`: one position and one channel at a time (Eq. (5.2))."""
     n = _count(n_positions, "n_positions")
     d = _even_width(d_model, "d_model")
     base = as_positive_scalar(base, "base")
@@ -216,7 +216,7 @@ def rope(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
     positions : array_like, shape (N,), optional
         The position p of each row; default 0, …, N − 1. Real (non-integer) positions allowed.
     base : float > 0
-        Used for the default ``θ_i = base^{−2i/d}`` (Eq. 5.1).
+        Used for the default ``θ_i = base^{−2i/d}`` (Eq. (5.1)).
     freqs : array_like, shape (d/2,), optional
         Custom θ_i (overrides ``base``).
 
@@ -227,7 +227,7 @@ def rope(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
     Notes
     -----
     ``⟨rope(q, m), rope(k, n)⟩ = q^T R_{n−m} k`` depends on the positions only through n − m
-    (Eq. 5.6). The layout is RoFormer's interleaved pairs (2i, 2i+1); the GPT-NeoX /
+    (Eq. (5.6)). The layout is RoFormer's interleaved pairs (2i, 2i+1); the GPT-NeoX /
     Hugging Face ``rotate_half`` layout pairs i with i + d/2 and equals this one up to a
     fixed permutation of the channels.
     """
@@ -242,7 +242,7 @@ def rope(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
 
 
 def rope_loop(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
-    """Loop twin of :func:`rope`: a 2×2 rotation per position and channel pair (Eq. 5.5)."""
+    """Loop twin of :func:`rope`: a 2×2 rotation per position and channel pair (Eq. (5.5))."""
     x, pos, theta = _check_rope(x, positions, base, freqs)
     out = np.empty_like(x)
     for b in np.ndindex(*x.shape[:-2]):

@@ -21,11 +21,11 @@ The model (real state x ∈ R^d, d ≥ 2):
 .. math::  u(t) = e^{Ω (t - t_j)} u_j,\qquad u_j = k_j/\lVert k_j\rVert, \tag{9.2}
 .. math::  Q(t) = σ_\perp^2 (I - u u^\top) + σ_\parallel^2 u u^\top,\qquad u = u(t). \tag{9.3}
 
-Because ``e^{Ωs} u(t_i − s) = u(t_i)`` (Eq. 9.5), the differential Lyapunov equation with this
-time-varying noise keeps the closed form of chapter 2 (Eq. 9.6),
+Because ``e^{Ωs} u(t_i − s) = u(t_i)`` (Eq. (9.5)), the differential Lyapunov equation with this
+time-varying noise keeps the closed form of chapter 2 (Eq. (9.6)),
 ``V(τ) = φ(τ)[σ_⊥²(I − u_i u_iᵀ) + σ_∥² u_i u_iᵀ]``, ``φ(τ) = (1 − e^{−2μτ})/(2μ)``; measurement
-noise adds the same way (Eq. 9.7), the precision follows from Sherman–Morrison (Eq. 9.9) and the
-Mahalanobis distance splits into a tangential and a radial part (Eq. 9.11).
+noise adds the same way (Eq. (9.7)), the precision follows from Sherman–Morrison (Eq. (9.9)) and the
+Mahalanobis distance splits into a tangential and a radial part (Eq. (9.11)).
 
 Glossary (code name → symbol in the book; the paper's symbols are unconfirmed)
 -------------------------------------------------------------------------------
@@ -37,7 +37,7 @@ Glossary (code name → symbol in the book; the paper's symbols are unconfirmed)
 ``sigma2_perp/par``       σ_⊥², σ_∥²: tangential / radial process-noise rates.
 ``eta2_perp/par``         η_⊥², η_∥²: tangential / radial key measurement noise.
 ``gamma2_perp/par``       γ_⊥², γ_∥²: tangential / radial query anchor noise (γ_∥² = ∞: sphere limit).
-``a_perp``, ``a_par``     a_⊥(τ), a_∥(τ): total tangential / radial residual variances (Eq. 9.7).
+``a_perp``, ``a_par``     a_⊥(τ), a_∥(τ): total tangential / radial residual variances (Eq. (9.7)).
 ``r`` (..., d)            residual r_ij = q_i − e^{AΔt_ij} k_j.
 ``q, k, v`` (..., N, d)   queries, keys, values (real); ``t`` (N,) strictly increasing time stamps.
 ``nu``, ``kappa``         Student-t degrees of freedom ν > 0 and exponent κ (default (ν + d)/d).
@@ -229,7 +229,7 @@ def rt_transition(mu, omega, s):
 def rt_transition_loop(mu, omega, s):
     """Loop twin of :func:`rt_transition`: entry (a, b) of e^{−μs} Σ_k U_ak e^{−i w_k s} conj(U_bk).
 
-    RECONSTRUCTION (Eq. 9.1; exact paper equations unconfirmed).
+    RECONSTRUCTION (Eq. (9.1); exact paper equations unconfirmed).
     """
     m = _check_mu(mu)
     om = _check_omega(omega)
@@ -368,7 +368,7 @@ def rt_variances(
                a_\parallel(τ) = σ_\parallel^2 φ(τ) + η_\parallel^2 e^{-2μτ} + γ_\parallel^2,
 
     ``φ(τ) = (1 − e^{−2μτ})/(2μ)`` (:func:`refimpl.lyapunov.phi1`, exact limit τ at μ = 0).
-    Each total is AFA's isotropic kernel (Eq. 2.9) with that channel's noises.
+    Each total is AFA's isotropic kernel (Eq. (2.9)) with that channel's noises.
     """
     m = _check_mu(mu)
     tau = _check_tau(tau)
@@ -442,14 +442,14 @@ def rt_covariance(
 
     With measurement noise, ``Σ = V(τ) + e^{Aτ} R_j e^{A^T τ} + R_Γ`` with co-rotating
     ``R_j = η_⊥²(I − u_j u_j^T) + η_∥² u_j u_j^T`` and ``R_Γ = γ_⊥²(I − u_i u_i^T) + γ_∥² u_i u_i^T``,
-    which keeps the same two eigenspaces (Eq. 9.7 gives the eigenvalues).
+    which keeps the same two eigenspaces (Eq. (9.7) gives the eigenvalues).
     """
     m = _check_mu(mu)
     om = _check_omega(omega)
     u0 = _check_unit(u0, "u0", om.shape[0])
     tau = _check_tau(tau)
     nz = _check_noises(locals())
-    u_i = np.einsum("...ab,...b->...a", _rotations(om, tau), u0)  # u_i = e^{Ωτ} u_j  (Eq. 9.5)
+    u_i = np.einsum("...ab,...b->...a", _rotations(om, tau), u0)  # u_i = e^{Ωτ} u_j  (Eq. (9.5))
     a_perp, a_par = _totals(m, tau, nz)
     return _split_matrix(u_i, a_perp, a_par)  # a_⊥(I − u_i u_i^T) + a_∥ u_i u_i^T
 
@@ -614,7 +614,7 @@ def rt_distance_loop(r, u, a_perp, a_par):
 
 
 def rt_logdet_precision(a_perp, a_par, d):
-    r"""``log det P = −(d − 1) log a_⊥ − log a_∥`` of the RT precision (Eq. 9.10 of the book).
+    r"""``log det P = −(d − 1) log a_⊥ − log a_∥`` of the RT precision (Eq. (9.10) of the book).
 
     RECONSTRUCTION (exact paper equations unconfirmed).
 
@@ -642,7 +642,7 @@ def rt_logdet_precision(a_perp, a_par, d):
 
 
 class SphereResiduals(NamedTuple):
-    """The four residual measures of the sphere limit (Eq. 9.12), each of shape (...).
+    """The four residual measures of the sphere limit (Eq. (9.12)), each of shape (...).
 
     RECONSTRUCTION (spec afa.md §5.2; exact paper equations unconfirmed).
     """
@@ -783,7 +783,7 @@ def rt_attention(
     omega : array_like, shape (d, d)
         Real skew-symmetric Ω.
     sigma2_perp, sigma2_par, eta2_perp, eta2_par, gamma2_perp, gamma2_par : float
-        Noise levels ≥ 0 (Eq. 9.7). ``eta2 + gamma2 > 0`` in each channel (finite zero-lag
+        Noise levels ≥ 0 (Eq. (9.7)). ``eta2 + gamma2 > 0`` in each channel (finite zero-lag
         precision). ``gamma2_par = np.inf`` is the sphere limit: only the tangential residual
         counts, and the constant −log a_∥ = −∞ of the prior is dropped (it cancels in the softmax).
     nu : float
@@ -813,12 +813,12 @@ def rt_attention(
     Notes
     -----
     For causal pairs (Δt_ij = t_i − t_j ≥ 0): ``r_ij = q_i − e^{AΔt_ij} k_j``,
-    ``d²_ij = ‖r_⊥‖²/a_⊥ + (u^T r)²/a_∥`` (Eq. 9.11) and
+    ``d²_ij = ‖r_⊥‖²/a_⊥ + (u^T r)²/a_∥`` (Eq. (9.11)) and
 
     .. math::  L_{ij} = T\,\Bigl[\tfrac1d \log\det P_{ij} - κ\log\bigl(1 + d^2_{ij}/ν\bigr)\Bigr],
                \qquad A_{ij} = \operatorname{softmax}_{j \le i} L_{ij},
 
-    with ``log det P = −(d−1) log a_⊥ − log a_∥`` (Eq. 9.10); for a_⊥ = a_∥ this is isotropic
+    with ``log det P = −(d−1) log a_⊥ − log a_∥`` (Eq. (9.10)); for a_⊥ = a_∥ this is isotropic
     AFA's logit. Computed in the frame rotated by ``e^{−Ωt_i}`` (rotate–aggregate–counter-rotate):
     ``e^{−Ωt_i} r_ij = e^{−Ωt_i} q_i − e^{−μΔt_ij} e^{−Ωt_j} k_j``. Memory O(N² d).
     """

@@ -18,7 +18,7 @@ Glossary (code name → symbol in the book / Racioppo 2025)
 ``noise`` (d, d)   G̃ = S^{-1} Q S^{-†}, the noise rate in the eigenbasis (Λ_Q when diagonal).
 ``C`` (p, d)       measurement matrix C;  ``R`` (p, p)  measurement-noise covariance (η²).
 ``t`` (N,)         strictly increasing time stamps t_i;  ``dt`` lags Δt = t_{i+1} − t_i ≥ 0.
-``F`` (..., d, d)  transition e^{AΔt} (Eq. 1.5);  ``Qd`` (..., d, d)  V(Δt) (Eq. 1.6).
+``F`` (..., d, d)  transition e^{AΔt} (Eq. (1.5));  ``Qd`` (..., d, d)  V(Δt) (Eq. (1.6)).
 ``x`` (..., N, d)  states x(t_i);  ``z`` (..., N, p)  measurements z_i.
 
 References
@@ -237,7 +237,7 @@ class LinearSDE:
     def process_noise_covariance(self, dt) -> np.ndarray:
         r"""Discrete process noise ``Q_d(Δt) = ∫_0^{Δt} e^{As} Q e^{A^T s} ds = S Σ(Δt) S^†``, Eq. (1.6).
 
-        ``Σ(Δt)`` is the closed form of :func:`refimpl.lyapunov.dle_covariance` (Eq. 2.4).
+        ``Σ(Δt)`` is the closed form of :func:`refimpl.lyapunov.dle_covariance` (Eq. (2.4)).
         ``dt`` : float or array (...), ≥ 0. Returns (..., d, d), symmetric PSD.
         """
         sigma = lyapunov.dle_covariance(self.eigvals, self.noise, dt)  # (..., d, d)
@@ -245,14 +245,14 @@ class LinearSDE:
         return self._realify(0.5 * (qd + np.conj(np.swapaxes(qd, -1, -2))))
 
     def stationary_covariance(self) -> np.ndarray:
-        r"""``P_∞ = S Σ_∞ S^†``, the solution of ``A P + P A^T + Q = 0`` (Eq. 2.8); needs Re λ < 0."""
+        r"""``P_∞ = S Σ_∞ S^†``, the solution of ``A P + P A^T + Q = 0`` (Eq. (2.8)); needs Re λ < 0."""
         sigma = lyapunov.steady_state_covariance(self.eigvals, self.noise)
         p = self.S @ sigma @ self.S.conj().T
         return self._realify(0.5 * (p + p.conj().T))
 
 
 def spiral_system(sigma2: float = 0.3, eta2: float = 0.5) -> LinearSDE:
-    r"""The 2-D spiral system of the AFA paper's experiments, ``A = [[0.9, −2], [1, −1.1]]``.
+    r"""The 2-D spiral system of the AFA paper's experiments, ``A = [[0.9, −2], [1, −1.1]]``: Eq. (1.1) of the book.
 
     ``Λ = diag(−0.1 − i, −0.1 + i)``, ``S = [[1 − i, 1 + i], [1, 1]]`` (Racioppo 2025 v1 §3.9;
     thesis §4.2), with isotropic noise spectra in the eigenbasis: ``Λ_Q = σ² I`` and
@@ -409,7 +409,7 @@ def discretize(model: LinearSDE, t):
     F : ndarray, shape (N-1, d, d)
         ``e^{A(t_{i+1} - t_i)}``.
     Qd : ndarray, shape (N-1, d, d)
-        ``Cov ε_i = ∫_0^{Δt_i} e^{As} Q e^{A^T s} ds`` (Eq. 1.6), symmetric PSD.
+        ``Cov ε_i = ∫_0^{Δt_i} e^{As} Q e^{A^T s} ds`` (Eq. (1.6)), symmetric PSD.
     """
     model = _check_model(model)
     dt = np.diff(_check_t(t))
@@ -417,7 +417,7 @@ def discretize(model: LinearSDE, t):
 
 
 def discretize_loop(model: LinearSDE, t):
-    """Loop twin of :func:`discretize`: one interval at a time (spectral sum and Eq. 2.4 entry-wise)."""
+    """Loop twin of :func:`discretize`: one interval at a time (spectral sum and Eq. (2.4) entry-wise)."""
     model = _check_model(model)
     t = _check_t(t)
     d = model.dim

@@ -12,7 +12,7 @@ Discretized with a step Δ it becomes the linear recurrence (an IIR filter)
 .. math::  x_k = \bar A x_{k-1} + \bar B u_k,\qquad y_k = C x_k + D u_k,        \tag{11.8}
 
 whose impulse response is the SSM convolution kernel
-``K̄ = (C B̄, C Ā B̄, …, C Ā^{L−1} B̄)`` (Eq. 11.9), so that ``y = K̄ * u + D u``.
+``K̄ = (C B̄, C Ā B̄, …, C Ā^{L−1} B̄)`` (Eq. (11.9)), so that ``y = K̄ * u + D u``.
 S4 (Gu et al. 2022) uses the HiPPO-LegS matrix A in its normal-plus-low-rank form and the
 bilinear rule; S4D uses a diagonal A and a Vandermonde kernel; Mamba (Gu & Dao 2024) makes
 Δ, B, C functions of the input — the *selective scan* — so the filter is no longer shift-invariant.
@@ -25,9 +25,9 @@ Glossary (code name → symbol in the book / the papers)
 ``A`` (N, N)         continuous state matrix A (dense); diagonal A is given by its diagonal (…, N).
 ``B`` (N,), ``C`` (N,)  input and output vectors B, C (single-input single-output per channel).
 ``step``             the step size Δ > 0 (per channel in S4/S4D: shape (H,)).
-``Ab``, ``Bb``       discretized Ā, B̄ (Eq. 11.6, 11.7).
-``K`` (…, L)         convolution kernel K̄ (Eq. 11.9).
-``Lambda``, ``P``, ``Q``, ``V``  DPLR form A = V(Λ − P Q^*)V^* of S4 (Eq. 11.11–11.12).
+``Ab``, ``Bb``       discretized Ā, B̄ (Eqs. (11.6), (11.7)).
+``K`` (…, L)         convolution kernel K̄ (Eq. (11.9)).
+``Lambda``, ``P``, ``Q``, ``V``  DPLR form A = V(Λ − P Q^*)V^* of S4 (Eqs. (11.11)–(11.12)).
 ``u`` (…, L, H)      input sequence (sequence axis second to last), ``y`` the output.
 ``delta`` (…, L, d_in)  Mamba's input-dependent Δ_t;  ``A`` (d_in, n) its fixed diagonal A;
 ``B``, ``C`` (…, L, n)  Mamba's input-dependent B_t, C_t;  ``D`` (d_in,) the skip connection.
@@ -200,7 +200,7 @@ def hippo_legs_dplr(N):
     Notes
     -----
     With ``p_n = (n+1/2)^{1/2}``, ``A + p p^T = −I/2 + S`` where S is real skew-symmetric
-    (Eq. 11.11). ``−iS`` is Hermitian, so ``numpy.linalg.eigh`` gives real μ and a *unitary* V
+    (Eq. (11.11)). ``−iS`` is Hermitian, so ``numpy.linalg.eigh`` gives real μ and a *unitary* V
     with ``S = V diag(iμ) V^*``: Λ = −1/2 + iμ. Unitary V has condition number 1; diagonalizing A
     itself instead gives cond(V) ~ 1e18 at N = 32 (see the chapter).
     """
@@ -450,7 +450,7 @@ def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
     ``G = Ā^T`` give the left factors ``C G^j``, and one small matrix product combines them:
     O(√L) sequential steps (batched over channels) instead of the L of :func:`ssm_kernel_loop`.
     Both take powers of Ā explicitly, which is fine for a stable Ā in float64 but is exactly
-    what S4 avoids for long L (Eq. 11.13).
+    what S4 avoids for long L (Eq. (11.13)).
     """
     L = _check_size(L, "L")
     Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
@@ -473,7 +473,7 @@ def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
 
 
 def ssm_kernel_loop(Ab, Bb, C, L, *, diagonal=False):
-    """Loop twin of :func:`ssm_kernel`: ``x ← Ā x`` one step at a time, channel by channel (Eq. 11.9)."""
+    """Loop twin of :func:`ssm_kernel`: ``x ← Ā x`` one step at a time, channel by channel (Eq. (11.9))."""
     L = _check_size(L, "L")
     Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
     N = Bb.shape[-1]
@@ -573,7 +573,7 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
 
 
 def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
-    """Loop twin of :func:`s4d_kernel`: per channel and mode, ``z ← Ā z`` and ``K̄_ℓ += C B̄ z`` (Eq. 11.10)."""
+    """Loop twin of :func:`s4d_kernel`: per channel and mode, ``z ← Ā z`` and ``K̄_ℓ += C B̄ z`` (Eq. (11.10))."""
     _, _, Ab, Bb, C, L, batch, _ = _s4d_args(A, B, C, step, L, method)
     N = Ab.shape[-1]
     Ab, Bb, C = (np.broadcast_to(v, batch + (N,)) for v in (Ab, Bb, C))
@@ -860,7 +860,7 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
         Skip connection.
     discretization : {"mamba", "zoh"}
         ``"mamba"``: ``Ā = exp(ΔA)``, ``B̄ = ΔB`` (the official reference's simplified rule);
-        ``"zoh"``: ``B̄ = (exp(ΔA) − 1)/A · B`` (exact zero-order hold, Eq. 11.15).
+        ``"zoh"``: ``B̄ = (exp(ΔA) − 1)/A · B`` (exact zero-order hold, Eq. (11.15)).
     return_last_state : bool
         Also return the final state ``h_{L−1}``.
 
@@ -899,7 +899,7 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
 
 
 def selective_scan_loop(u, delta, A, B, C, D=None, *, discretization="mamba", return_last_state=False):
-    """Loop twin of :func:`selective_scan`: the scalar recurrence per batch, channel and state (Eq. 11.14).
+    """Loop twin of :func:`selective_scan`: the scalar recurrence per batch, channel and state (Eq. (11.14)).
 
     ``h_{t,d,n} = exp(Δ_{t,d} A_{d,n}) h_{t−1,d,n} + B̄_{t,d,n} u_{t,d}``, ``y_{t,d} = Σ_n C_{t,n} h_{t,d,n}``,
     with ``B̄ = Δ B`` ("mamba") or ``(exp(Δ A) − 1)/A · B`` ("zoh"), in Python floats.

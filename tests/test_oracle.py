@@ -1,0 +1,676 @@
+"""Tests of :mod:`refimpl.oracle`: golden vectors, their files, and the comparison harness.
+
+* The committed vectors (``tests/golden/v1``) are regenerated in memory, case by case: the
+  arguments rebuilt from the seed and every output and intermediate recomputed from the stored
+  arguments must agree with the stored arrays to the case's ``regen_rtol`` (1e-12 norm-wise
+  relative by default). Not bitwise: BLAS/LAPACK builds round the same exact result differently
+  (summation order, blocking, FMA), by a few ulps times the case's conditioning; an unintended
+  change of a formula moves the results by far more (a test below shows a 1e-9 change is caught).
+* Export/verify round trip, byte reproducibility, tampered files (sha256), pickled arrays,
+  missing files, unknown cases, bad directories, and the command line.
+* :func:`compare` with independent implementations written here (not refimpl's code): a float64
+  softmax attention and a float32 / float64 port of isotropic AFA pass; an injected bug fails and
+  is localized by the intermediates; every malformed callable is reported per case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import refimpl
+from refimpl import oracle
+from refimpl._testing import RATIO_RULE_FACTOR
+from refimpl._vectors import read_npz, sha256, write_npz
+
+GOLDEN = Path(__file__).parent / "golden" / "v1"
+MANIFEST = json.loads((GOLDEN / "manifest.json").read_text(encoding="utf-8"))
+ENTRIES = {e["name"]: e for e in MANIFEST["cases"]}
+
+#: public computations that have no golden case of their own, with the reason.
+NOT_COVERED = {
+    "sde.LinearSDE": "a model container; every sde case builds one from (A, Q, C, R)",
+    "sde.spiral_system": "a fixed model, used as the input of the kalman cases",
+    "kalman.from_sde": "builds the irregular-grid inputs of the kalman cases",
+    "kalman.MAX_DENSE": "a constant",
+    "afa.MAX_TENSOR": "a constant",
+    "attention.attention_weights": "the intermediate A of attention.softmax_attention",
+    "attention.attention_entropy": "covered by attention.attention_statistics",
+    "attention.effective_support": "covered by attention.attention_statistics",
+    "attention.materialize": "takes a callable (a token mixer), not arrays",
+    "positional.frequencies": "the intermediate freqs of positional.sinusoidal_encoding",
+    "ssm.semiseparable_matrix": "the intermediate M of ssm.selective_scan",
+    "ssm.selective_scan_assoc": "a second algorithm for ssm.selective_scan (same cases apply)",
+    "ssm.selective_scan_matrix": "a second algorithm for ssm.selective_scan (same cases apply)",
+    "ssm.hippo_legs_dplr": "eigenvectors are defined up to phase: the output is not unique",
+    "iir.tf2zpk": "roots from an eigenvalue solver: their order is not unique",
+    "iir.sos2zpk": "roots: their order is not unique",
+    "iir.zpk2sos": "pairing of roots depends on their order, which is not unique",
+    "iir.tf2sos": "roots: their order is not unique",
+    "iir.lp2lp_zpk": "a scaling of the roots; lp2bp_zpk (the delicate transformation) is covered",
+    "iir.lp2hp_zpk": "an inversion of the roots; lp2bp_zpk (the delicate transformation) is covered",
+    "iir.matched_z": "root mapping e^{sT}; bilinear_zpk is covered",
+    "iir.biquad_to_ssm": "partial fractions of a biquad; the inverse ssm_to_biquad is covered",
+    "iir.in_stability_triangle": "a boolean predicate",
+    "iir.is_stable": "a boolean predicate",
+    "iir.pole_radius": "max |pole|: covered by biquad_poles",
+    "rt_sde.SphereResiduals": "the named tuple returned by rt_sde.sphere_residuals",
+}
+
+
+def _public_computations():
+    """``module.name`` of every public callable of every public math module (loop twins excluded)."""
+    names = []
+    for path in sorted((Path(refimpl.__file__).parent).glob("*.py")):
+        if path.stem.startswith("_") or path.stem == "oracle":
+            continue
+        mod = importlib.import_module(f"refimpl.{path.stem}")
+        for n in mod.__all__:
+            if n.endswith("_loop") and n[: -len("_loop")] in mod.__all__:
+                continue  # loop twins equal their vectorized function (tested per module)
+            names.append(f"{path.stem}.{n}")
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# Independent implementations used as "user code"
+# --------------------------------------------------------------------------------------------
+
+
+def softmax_attention_numpy(q, k, v, *, causal=False, mask=None, scale=None):
+    """Plain NumPy attention in the dtype of its inputs, written from the formula."""
+    dt = q.dtype
+    scale = dt.type(1 / np.sqrt(q.shape[-1])) if scale is None else dt.type(scale)
+    s = scale * (q @ np.swapaxes(k, -1, -2))
+    allowed = np.ones(s.shape[-2:], dtype=bool)
+    if causal:
+        allowed &= np.tril(allowed)
+    if mask is not None:
+        allowed &= mask
+    s = np.where(allowed, s, -np.inf)
+    w = np.exp(s - s.max(axis=-1, keepdims=True))
+    w /= w.sum(axis=-1, keepdims=True)
+    return {"A": w, "y": w @ v}
+
+
+def isotropic_afa_port(q, k, v, *, mu, omega, sigma2, eta2, gamma2, nu, t=None, weight="student",
+                       kappa=None, temperature=1.0, causal=True, bug=None):
+    """An independent NumPy port of isotropic AFA computing in the precision of its inputs.
+
+    ``bug="decay"`` uses e^{−2μΔt} instead of e^{−μΔt} for the key decay (a plausible slip).
+    """
+    rdt = np.real(q.flat[0]).dtype
+    N, d = q.shape[-2:]
+    t = np.arange(N, dtype=rdt) if t is None else np.asarray(t, dtype=rdt)
+    mu, sigma2, eta2, gamma2, nu, beta = (rdt.type(x) for x in (mu, sigma2, eta2, gamma2, nu, temperature))
+    kappa = (nu + d) / rdt.type(d) if kappa is None else rdt.type(kappa)
+    lag = t[:, None] - t[None, :]
+    allowed = lag >= 0 if causal else np.ones(lag.shape, dtype=bool)
+    process = sigma2 * np.abs(np.expm1(-2 * mu * lag)) / (2 * mu) if mu > 0 else sigma2 * np.abs(lag)
+    P = 1 / (process + eta2 * np.exp(-2 * mu * lag) + gamma2)
+    rate = 2 * mu if bug == "decay" else mu
+    E = np.where(allowed, np.exp(-rate * np.where(allowed, lag, 0)), 0)
+    rot = np.exp(-1j * omega.astype(rdt) * t[:, None]).astype(q.dtype)
+    qt, kt, vt = rot * q, rot * k, rot * v
+    qn = np.sum(np.abs(q) ** 2, axis=-1)
+    kn = np.sum(np.abs(k) ** 2, axis=-1)
+    R2 = qn[..., :, None] + E**2 * kn[..., None, :] - 2 * E * np.real(qt @ np.swapaxes(kt.conj(), -1, -2))
+    d2 = P * R2
+    L = np.log(P) - (kappa * np.log1p(d2 / nu) if weight == "student" else d2 / nu)
+    L = np.where(allowed, beta * L, -np.inf)
+    A = np.exp(L - L.max(axis=-1, keepdims=True))
+    A /= A.sum(axis=-1, keepdims=True)
+    return {"P": P, "R2": R2, "d2": d2, "A": A, "out": rot.conj() * ((A * E) @ vt)}
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+
+class TestRegistry:
+    def test_every_function_has_cases(self):
+        for name in oracle.function_names():
+            assert oracle.case_names(name), f"{name} has no golden case"
+
+    def test_case_names_are_prefixed_and_unique(self):
+        names = [c.name for c in oracle.CASES]
+        assert len(names) == len(set(names))
+        assert all(c.name.startswith(c.function + "/") for c in oracle.CASES)
+
+    def test_every_public_computation_is_covered_or_excused(self):
+        registered = set(oracle.FUNCTIONS)
+        missing = [n for n in _public_computations() if n not in registered and n not in NOT_COVERED]
+        assert not missing, f"public computations without golden cases (add cases or a reason): {missing}"
+
+    def test_excuses_are_not_stale(self):
+        public = set(_public_computations()) | {n + "_loop" for n in _public_computations()}
+        stale = [n for n in NOT_COVERED if n not in public and not n.endswith("_loop")]
+        assert not stale, f"NOT_COVERED names that are not public any more: {stale}"
+        assert not set(NOT_COVERED) & set(oracle.FUNCTIONS), "a covered function is also excused"
+
+    def test_delicate_regimes_present(self):
+        names = " ".join(oracle.case_names())
+        for regime in ("long_sequence", "brownian_limit", "large_logits", "near_unit_circle", "missing", "irregular"):
+            assert regime in names, regime
+
+    def test_builds_are_deterministic(self):
+        for case in oracle.CASES[::7]:
+            a1, r1 = oracle.compute(case)
+            a2, r2 = oracle.compute(case)
+            for k in r1:
+                np.testing.assert_array_equal(r1[k], r2[k])
+
+    def test_compute_unknown_case(self):
+        with pytest.raises(ValueError, match="case: unknown case 'nope'"):
+            oracle.compute("nope")
+
+    def test_case_names_of_function(self):
+        assert oracle.case_names("isotropic_afa") == [c for c in oracle.case_names() if c.startswith("afa.isotropic_afa/")]
+
+
+# --------------------------------------------------------------------------------------------
+# The committed golden vectors
+# --------------------------------------------------------------------------------------------
+
+
+class TestCommittedVectors:
+    def test_manifest_metadata(self):
+        assert MANIFEST["format"] == oracle.FORMAT and MANIFEST["format_version"] == oracle.FORMAT_VERSION
+        for key in ("refimpl_version", "numpy_version", "scipy_version", "python_version", "tolerance_policy"):
+            assert key in MANIFEST
+        assert MANIFEST["refimpl_version"] == refimpl.__version__
+
+    def test_manifest_lists_exactly_the_registry(self):
+        assert sorted(ENTRIES) == sorted(oracle.case_names()), (
+            "tests/golden/v1 is out of date with the registry: run `python -m refimpl vectors export tests/golden/v1`"
+        )
+
+    def test_total_size_small(self):
+        total = sum(p.stat().st_size for p in GOLDEN.iterdir())
+        assert total < 2_000_000, total
+
+    @pytest.mark.parametrize("name", sorted(ENTRIES))
+    def test_case_regenerates(self, name):
+        """Unintended numerical changes fail here: rebuild, recompute, diff against the files."""
+        entry = ENTRIES[name]
+        case = next(c for c in oracle.CASES if c.name == name)
+        path = GOLDEN / entry["file"]
+        assert sha256(path) == entry["sha256"], f"{path.name} was modified without re-exporting the manifest"
+        stored = read_npz(path)
+        # the manifest describes the file
+        for group in ("arguments", "outputs", "intermediates"):
+            for key, desc in entry[group].items():
+                arr = stored[desc["key"]]
+                assert list(arr.shape) == desc["shape"], (key, arr.shape)
+        assert list(entry["outputs"]) == list(case.output_names())
+        assert entry["tolerance"]["regen_rtol"] == case.regen_rtol
+        # arguments rebuilt from the seed
+        args, fresh = oracle.compute(case)
+        for key, value in args.items():
+            if value is None:
+                continue
+            got = np.asarray(value)
+            want = stored[f"arg.{key}"]
+            assert got.shape == want.shape, key
+            if got.dtype.kind in "fc":
+                err = refimpl._testing.rel_error(got, want)
+                assert err <= case.regen_rtol, f"argument {key}: rel error {err:.2e}"
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=key)
+        # results recomputed from the stored arguments
+        _, fresh = oracle.compute(case, args=oracle._restore_args(stored))
+        keys = {k.split(".", 1)[1] for k in stored if k.startswith(("out.", "mid."))}
+        assert keys == set(fresh)
+        for key, value in fresh.items():
+            want = stored[f"out.{key}"] if f"out.{key}" in stored else stored[f"mid.{key}"]
+            assert value.shape == want.shape and value.dtype == want.dtype, key
+            if value.dtype.kind in "fc":
+                err = refimpl._testing.rel_error(value, want)
+                assert err <= case.regen_rtol, f"{name}: {key} changed by {err:.2e} (> {case.regen_rtol:.0e})"
+            else:
+                np.testing.assert_array_equal(value, want)
+
+    def test_files_load_without_pickle(self):
+        for entry in MANIFEST["cases"]:
+            with np.load(GOLDEN / entry["file"], allow_pickle=False) as data:
+                for key in data.files:
+                    assert not data[key].dtype.hasobject
+
+    def test_verify_committed(self):
+        report = oracle.verify(GOLDEN)
+        assert report.ok, str(report)
+        assert report.not_exported == []
+        assert "all agree" in str(report)
+
+
+# --------------------------------------------------------------------------------------------
+# Export, load, verify
+# --------------------------------------------------------------------------------------------
+
+SUBSET = ["lyapunov.phi1/near_zero", "afa.isotropic_afa/causal_student", "attention.softmax_attention/mask_cross",
+          "sde.sample/seeded", "iir.butter/lowpass_ba"]
+
+
+@pytest.fixture
+def exported(tmp_path):
+    oracle.export(tmp_path, cases=SUBSET)
+    return tmp_path
+
+
+def _rewrite(path: Path, key: str, fn):
+    arrays = read_npz(path)
+    arrays[key] = fn(arrays[key])
+    write_npz(path, arrays)
+
+
+class TestExportVerify:
+    def test_round_trip(self, exported):
+        report = oracle.verify(exported)
+        assert report.ok, str(report)
+        assert report.checked == SUBSET
+        assert len(report.not_exported) == len(oracle.CASES) - len(SUBSET)
+        g = oracle.load_case(exported, "afa.isotropic_afa/causal_student")
+        args, results = oracle.compute("afa.isotropic_afa/causal_student")
+        assert list(g.intermediates) == ["P", "R2", "d2", "A"] and list(g.outputs) == ["out"]
+        np.testing.assert_array_equal(g.outputs["out"], results["out"])
+        np.testing.assert_array_equal(g.arguments["q"], args["q"])
+        assert g.arguments["mu"] == args["mu"] and isinstance(g.arguments["weight"] if "weight" in g.arguments else "", str)
+        assert g.seed == 611 and g.tolerance["regen_rtol"] == 1e-12
+
+    def test_scalars_round_trip_as_python_scalars(self, exported):
+        g = oracle.load_case(exported, "iir.butter/lowpass_ba")
+        assert g.arguments == {"order": 4, "wn": 0.2, "btype": "lowpass", "fs": 2.0, "output": "ba"}
+        entry = g.entry["arguments"]["btype"]
+        assert entry["value"] == "lowpass" and entry["shape"] == []
+
+    def test_byte_reproducible(self, exported, tmp_path_factory):
+        other = tmp_path_factory.mktemp("again")
+        oracle.export(other, cases=SUBSET)
+        for name in SUBSET:
+            f = oracle._CASES_BY_NAME[name].file
+            assert sha256(exported / f) == sha256(other / f)
+
+    def test_manifest_entries(self, exported):
+        manifest = json.loads((exported / "manifest.json").read_text())
+        e = {x["name"]: x for x in manifest["cases"]}["attention.softmax_attention/mask_cross"]
+        assert e["function"] == "attention.softmax_attention" and e["seed"] == 403
+        assert e["arguments"]["mask"]["dtype"] == "bool" and e["arguments"]["q"]["shape"] == [5, 4]
+        assert e["outputs"] == {"y": {"key": "out.y", "shape": [5, 2], "dtype": "float64"}}
+        assert e["intermediates"]["A"]["shape"] == [5, 8]
+        assert e["tolerance"] == {"rtol": 1e-10, "atol": 0.0, "regen_rtol": 1e-12, "ulps": 4.0}
+        assert len(e["sha256"]) == 64
+
+    def test_tampered_file_detected(self, exported):
+        f = exported / oracle._CASES_BY_NAME["lyapunov.phi1/near_zero"].file
+        _rewrite(f, "out.phi", lambda a: a * (1 + 1e-6))
+        report = oracle.verify(exported)
+        assert not report.ok
+        assert report.tampered == ["lyapunov.phi1/near_zero"]
+        assert report.changed == ["lyapunov.phi1/near_zero"]
+        msgs = report.problems["lyapunov.phi1/near_zero"]
+        assert any("sha256 mismatch" in m for m in msgs) and any("result phi differs" in m for m in msgs)
+        with pytest.raises(ValueError, match="does not match its sha256"):
+            oracle.load_case(exported, "lyapunov.phi1/near_zero")
+        g = oracle.load_case(exported, "lyapunov.phi1/near_zero", check_sha=False)
+        assert g.outputs["phi"].shape == (9,)
+
+    def test_tampered_argument_with_updated_sha(self, exported):
+        """A consistent-looking forgery (manifest sha updated) still fails numerically."""
+        name = "afa.isotropic_afa/causal_student"
+        f = exported / oracle._CASES_BY_NAME[name].file
+        _rewrite(f, "arg.q", lambda a: a + 1e-3)
+        manifest = json.loads((exported / "manifest.json").read_text())
+        for e in manifest["cases"]:
+            if e["name"] == name:
+                e["sha256"] = sha256(f)
+        (exported / "manifest.json").write_text(json.dumps(manifest))
+        report = oracle.verify(exported)
+        assert report.tampered == []
+        msgs = report.problems[name]
+        assert any(m.startswith("argument q differs") for m in msgs)
+        assert any(m.startswith("result out differs") for m in msgs)
+
+    def test_unintended_numerical_change_detected(self, exported, monkeypatch):
+        """A 1e-9 relative change of a formula is caught (regeneration tolerance 1e-12)."""
+        fn = oracle.FUNCTIONS["lyapunov.phi1"]
+        changed = dataclasses.replace(fn, run=lambda a, mid: {"phi": fn.run(a, mid)["phi"] * (1 + 1e-9)})
+        monkeypatch.setitem(oracle.FUNCTIONS, "lyapunov.phi1", changed)
+        report = oracle.verify(exported)
+        assert list(report.problems) == ["lyapunov.phi1/near_zero"]
+        assert "rel error 1.000e-09 > 1e-12" in report.problems["lyapunov.phi1/near_zero"][0]
+
+    def test_pickled_array_refused(self, exported):
+        name = "lyapunov.phi1/near_zero"
+        f = exported / oracle._CASES_BY_NAME[name].file
+        arrays = read_npz(f)
+        arrays["mid.evil"] = np.array([{"a": 1}], dtype=object)
+        np.savez(f, **arrays)  # numpy itself pickles object arrays (f ends in .npz: written in place)
+        with pytest.raises(ValueError, match="pickled object array, refused"):
+            read_npz(f)
+        report = oracle.verify(exported)
+        assert any("cannot be read safely" in m for m in report.problems[name])
+        with pytest.raises(ValueError, match="pickled"):
+            oracle.load_case(exported, name, check_sha=False)
+
+    def test_write_npz_refuses_objects(self, tmp_path):
+        with pytest.raises(TypeError, match="object arrays"):
+            write_npz(tmp_path / "x.npz", {"a": np.array([None])})
+
+    def test_missing_and_unknown_cases(self, exported):
+        (exported / oracle._CASES_BY_NAME["sde.sample/seeded"].file).unlink()
+        manifest = json.loads((exported / "manifest.json").read_text())
+        manifest["cases"].append({"name": "mystery/case", "file": "mystery.npz", "sha256": "0"})
+        (exported / "manifest.json").write_text(json.dumps(manifest))
+        report = oracle.verify(exported)
+        assert report.problems["sde.sample/seeded"] == [f"file {oracle._CASES_BY_NAME['sde.sample/seeded'].file} is missing"]
+        assert "not a registered case" in report.problems["mystery/case"][0]
+        with pytest.raises(ValueError, match="is missing"):
+            oracle.load_case(exported, "sde.sample/seeded")
+        with pytest.raises(ValueError, match="no case 'nope'"):
+            oracle.load_case(exported, "nope")
+
+    def test_corrupt_zip_reported(self, exported):
+        f = exported / oracle._CASES_BY_NAME["iir.butter/lowpass_ba"].file
+        f.write_bytes(b"not a zip archive")
+        report = oracle.verify(exported)
+        msgs = report.problems["iir.butter/lowpass_ba"]
+        assert any("sha256 mismatch" in m for m in msgs) and any("cannot be read safely" in m for m in msgs)
+
+    def test_bad_directories(self, tmp_path):
+        with pytest.raises(ValueError, match="is not a directory"):
+            oracle.verify(tmp_path / "absent")
+        with pytest.raises(ValueError, match="no manifest.json"):
+            oracle.verify(tmp_path)
+        (tmp_path / "manifest.json").write_text("{not json")
+        with pytest.raises(ValueError, match="not valid JSON"):
+            oracle.verify(tmp_path)
+        (tmp_path / "manifest.json").write_text(json.dumps({"format": "other", "format_version": 1}))
+        with pytest.raises(ValueError, match="is not a refimpl-golden-vectors manifest of version 1"):
+            oracle.load_case(tmp_path, "x")
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        with pytest.raises(ValueError, match="exists and is not a directory"):
+            oracle.export(blocker)
+
+    def test_export_unknown_case(self, tmp_path):
+        with pytest.raises(ValueError, match="unknown case 'nope'"):
+            oracle.export(tmp_path, cases=["nope"])
+
+    def test_npz_is_plain_zip_of_npy(self, exported):
+        """What another language needs: a zip archive of .npy members, sorted, fixed time stamps."""
+        f = exported / oracle._CASES_BY_NAME["afa.isotropic_afa/causal_student"].file
+        with zipfile.ZipFile(f) as zf:
+            names = zf.namelist()
+            assert names == sorted(names) and all(n.endswith(".npy") for n in names)
+            assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+            assert zf.read("out.out.npy")[:6] == b"\x93NUMPY"
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+class TestCommandLine:
+    def test_export_verify(self, tmp_path, capsys):
+        assert oracle.main(["export", str(tmp_path), "--only", "phi1", "--only", "butter/lowpass"]) == 0
+        assert "wrote 2 cases" in capsys.readouterr().out
+        assert oracle.main(["verify", str(tmp_path)]) == 0
+        assert "verified 2 cases" in capsys.readouterr().out
+
+    def test_verify_failure_exit_1(self, tmp_path, capsys):
+        oracle.main(["export", str(tmp_path), "--only", "phi1"])
+        f = tmp_path / oracle._CASES_BY_NAME["lyapunov.phi1/near_zero"].file
+        _rewrite(f, "out.phi", lambda a: a + 1)
+        capsys.readouterr()
+        assert oracle.main(["verify", str(tmp_path)]) == 1
+        out = capsys.readouterr().out
+        assert "sha256 mismatch" in out and "1 with problems" in out
+
+    def test_usage_errors_exit_2(self, tmp_path, capsys):
+        assert oracle.main(["verify", str(tmp_path / "nowhere")]) == 2
+        assert "is not a directory" in capsys.readouterr().err
+        assert oracle.main(["export", str(tmp_path), "--only", "zzz-no-such"]) == 2
+        assert "no case matches" in capsys.readouterr().err
+        assert oracle.main([]) == 2
+        assert oracle.main(["frobnicate"]) == 2
+        (tmp_path / "f").write_text("")
+        assert oracle.main(["export", str(tmp_path / "f")]) == 2
+
+    def test_python_m_refimpl_vectors(self, tmp_path):
+        cmd = [sys.executable, "-m", "refimpl", "vectors", "export", str(tmp_path), "--only", "phi1"]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        done = subprocess.run([sys.executable, "-m", "refimpl", "vectors", "verify", str(tmp_path)],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0 and "all agree" in done.stdout
+        done = subprocess.run([sys.executable, "-m", "refimpl"], capture_output=True, text=True, check=False)
+        assert "vectors" in done.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# compare()
+# --------------------------------------------------------------------------------------------
+
+
+class TestCompare:
+    def test_correct_float64_implementation_passes(self):
+        report = oracle.compare("attention.softmax_attention", softmax_attention_numpy)
+        assert report.passed, str(report)
+        assert [c.case for c in report.cases] == oracle.case_names("attention.softmax_attention")
+        large = report["large_logits"]
+        assert [q.name for q in large.quantities] == ["A", "y"]
+        assert all(q.rel_error < 1e-13 for q in large.quantities)
+
+    def test_float64_port_of_isotropic_afa_passes(self):
+        report = oracle.compare("afa.isotropic_afa", isotropic_afa_port)
+        assert report.passed, str(report)
+        assert [q.name for q in report["causal_student"].quantities] == ["P", "R2", "d2", "A", "out"]
+
+    def test_float32_port_passes_by_ratio_rule(self):
+        report = oracle.compare("afa.isotropic_afa", isotropic_afa_port, dtype=np.float32)
+        assert report.passed, str(report)
+        assert report.dtype == "float32" and "ratio rule" in str(report)
+        eps = np.finfo(np.float32).eps
+        for c in report.cases:
+            for q in c.quantities:
+                assert q.bound == pytest.approx(RATIO_RULE_FACTOR * max(q.plain_error, 4 * eps))
+                assert 1e-9 < q.rel_error < 1e-5  # genuinely float32, not float64 in disguise
+
+    def test_float32_softmax_attention_passes(self):
+        report = oracle.compare("softmax_attention", softmax_attention_numpy, dtype=np.float32)
+        assert report.passed, str(report)
+
+    def test_float16_port_passes(self):
+        report = oracle.compare("afa.isotropic_afa", isotropic_afa_port, dtype=np.float16,
+                                cases=["causal_student", "brownian_limit"])
+        assert report.passed, str(report)
+
+    def test_float32_port_fails_float64_bounds(self):
+        """The tolerance rule follows the declared dtype: float32 results are not float64-accurate."""
+        def f32(**kw):
+            cast = {k: (v.astype(np.complex64) if isinstance(v, np.ndarray) and v.dtype.kind == "c" else v) for k, v in kw.items()}
+            return isotropic_afa_port(**cast)
+
+        report = oracle.compare("afa.isotropic_afa", f32, dtype=np.float64, cases=["causal_student"])
+        assert not report.passed
+
+    def test_injected_bug_is_localized(self):
+        report = oracle.compare("afa.isotropic_afa", lambda **kw: isotropic_afa_port(bug="decay", **kw), dtype=np.float32)
+        assert not report.passed
+        bad = report["causal_student"]
+        assert bad.status == "fail" and bad.first_failure == "R2"
+        q = {x.name: x for x in bad.quantities}
+        assert q["P"].passed and not q["R2"].passed and not q["out"].passed
+        assert "first failure: R2" in str(report)
+        assert report["brownian_limit"].passed  # μ = 0: the bug is invisible there, as it should be
+
+    def test_outputs_only_and_tuple_returns(self):
+        report = oracle.compare("afa.isotropic_afa", lambda **kw: isotropic_afa_port(**kw)["out"], cases="causal_student")
+        assert report.passed and [q.name for q in report.cases[0].quantities] == ["out"]
+        from refimpl import kalman
+
+        report = oracle.compare("kalman.kalman_filter", lambda **kw: kalman.kalman_filter_loop(**kw))
+        assert report.passed, str(report)
+
+    def test_inputs_cast_to_dtype(self):
+        seen = {}
+
+        def spy(**kw):
+            seen.update({k: (type(v), getattr(v, "dtype", None)) for k, v in kw.items()})
+            return np.zeros((5, 2), dtype=np.float32)
+
+        oracle.compare("attention.softmax_attention", spy, dtype=np.float32, cases="mask_cross")
+        assert seen["q"][1] == np.float32 and seen["mask"][1] == np.bool_ and seen["causal"][0] is bool
+        oracle.compare("afa.isotropic_afa", spy, dtype=np.float32, cases="causal_student")
+        assert seen["q"][1] == np.complex64 and seen["mu"][1] == np.float32 and seen["omega"][1] == np.float32
+        oracle.compare("afa.isotropic_afa", spy, dtype=np.float16, cases="causal_student")
+        assert seen["q"][1] == np.complex64 and seen["omega"][1] == np.float16
+
+    def test_against_exported_vectors(self, exported):
+        report = oracle.compare("afa.isotropic_afa", isotropic_afa_port, cases="causal_student", vectors=exported)
+        assert report.passed
+        f = exported / oracle._CASES_BY_NAME["afa.isotropic_afa/causal_student"].file
+        _rewrite(f, "out.out", lambda a: a + 1)
+        with pytest.raises(ValueError, match="sha256"):
+            oracle.compare("afa.isotropic_afa", isotropic_afa_port, cases="causal_student", vectors=exported)
+
+    # ---- faulty callables are reported per case, never raised
+
+    def test_callable_that_raises(self):
+        def boom(**kw):
+            raise RuntimeError("kernel launch failed")
+
+        report = oracle.compare("afa.isotropic_afa", boom)
+        assert not report.passed
+        assert all(c.status == "error" and c.message == "raised RuntimeError: kernel launch failed" for c in report.cases)
+        assert "ERROR raised RuntimeError" in str(report)
+
+    def test_wrong_signature(self):
+        report = oracle.compare("lyapunov.phi1", lambda z: z)
+        assert report.cases[0].status == "error" and "TypeError" in report.cases[0].message
+
+    def test_wrong_shape(self):
+        report = oracle.compare("attention.softmax_attention", lambda **kw: softmax_attention_numpy(**kw)["y"][..., :1])
+        c = report["basic"]
+        assert c.status == "fail" and "shape (6, 1) != expected (6, 3)" in c.quantities[0].message
+
+    def test_wrong_dtype_kind(self):
+        report = oracle.compare("afa.isotropic_afa", lambda **kw: isotropic_afa_port(**kw)["out"].real, cases="causal_student")
+        assert "is real, expected complex" in report.cases[0].quantities[0].message
+        report = oracle.compare("lyapunov.isotropic_covariance",
+                                lambda **kw: np.zeros(41, dtype=complex), cases="signed_lags")
+        assert "is complex, expected real" in report.cases[0].quantities[0].message
+        report = oracle.compare("lyapunov.isotropic_covariance", lambda **kw: np.array(["x"] * 41), cases="signed_lags")
+        assert "is not numeric" in report.cases[0].quantities[0].message
+        report = oracle.compare("lyapunov.isotropic_covariance", lambda **kw: np.array([None] * 41), cases="signed_lags")
+        assert "is not numeric" in report.cases[0].quantities[0].message
+        report = oracle.compare("lyapunov.isotropic_covariance", lambda **kw: [[1.0], [1.0, 2.0]], cases="signed_lags")
+        assert not report.passed
+
+    def test_wrong_number_of_outputs(self):
+        report = oracle.compare("kalman.kalman_filter", lambda **kw: np.zeros((12, 2)), cases="regular")
+        assert report.cases[0].status == "error" and "expected a tuple (m, P)" in report.cases[0].message
+        report = oracle.compare("kalman.kalman_filter", lambda **kw: (1, 2, 3), cases="regular")
+        assert "of 3 items, expected 2 (m, P)" in report.cases[0].message
+
+    def test_missing_output_in_dict(self):
+        report = oracle.compare("afa.isotropic_afa", lambda **kw: {"P": isotropic_afa_port(**kw)["P"], "junk": 1},
+                                cases="causal_student")
+        c = report.cases[0]
+        assert c.status == "fail" and c.first_failure == "out"
+        assert c.quantities[-1].message == "missing from the returned values"
+        assert "ignored unknown names ['junk']" in c.message
+
+    def test_nan_output_fails(self):
+        report = oracle.compare("lyapunov.phi1", lambda **kw: np.full(9, np.nan + 0j))
+        assert not report.passed and report.cases[0].quantities[0].rel_error == np.inf
+
+    def test_float16_unrepresentable_inputs_reported(self):
+        report = oracle.compare("lyapunov.dle_covariance", lambda **kw: None, dtype=np.float16, cases="long_lags_full")
+        assert report.cases[0].status == "error" and "rounded to float16" in report.cases[0].message
+
+    def test_overflowing_oracle_in_low_precision(self):
+        from refimpl import lyapunov
+
+        def f32(**kw):
+            return np.float32(1) * lyapunov.isotropic_covariance(**kw).astype(np.float32)
+
+        assert oracle.compare("lyapunov.isotropic_covariance", f32, dtype=np.float32).passed
+        capped = oracle.compare("lyapunov.isotropic_covariance", lambda **kw: np.minimum(f32(**kw), 1e30),
+                                dtype=np.float32, cases="long_pushed_back")
+        assert "overflow float32, but not in the returned values" in capped.cases[0].quantities[0].message
+
+    # ---- bad arguments of compare itself raise
+
+    def test_unknown_name_lists_known(self):
+        with pytest.raises(ValueError, match=r"name: unknown function 'afa\.nope'; known functions: .*afa\.afa,"):
+            oracle.compare("afa.nope", isotropic_afa_port)
+
+    def test_ambiguous_bare_name(self):
+        with pytest.raises(ValueError, match="unknown function 'discretize'"):
+            oracle.compare("discretize", lambda **kw: None)  # sde.discretize and ssm.discretize
+
+    def test_name_type(self):
+        with pytest.raises(TypeError, match="name must be a str"):
+            oracle.compare(3, isotropic_afa_port)
+
+    def test_not_callable(self):
+        with pytest.raises(TypeError, match="fn must be callable"):
+            oracle.compare("afa.isotropic_afa", "not a function")
+
+    @pytest.mark.parametrize("dtype", [np.int32, "bfloat16", np.complex64, "nonsense"])
+    def test_bad_dtype(self, dtype):
+        with pytest.raises(ValueError, match="dtype: expected float64, float32 or float16"):
+            oracle.compare("afa.isotropic_afa", isotropic_afa_port, dtype=dtype)
+
+    def test_unknown_case(self):
+        with pytest.raises(ValueError, match="cases: unknown case 'nope' of afa.isotropic_afa; known: "):
+            oracle.compare("afa.isotropic_afa", isotropic_afa_port, cases=["nope"])
+        with pytest.raises(ValueError, match="unknown case"):
+            oracle.compare("afa.isotropic_afa", isotropic_afa_port, cases=["afa.afa/causal_student"])
+
+    def test_report_table_and_lookup(self):
+        report = oracle.compare("lyapunov.phi1", lambda **kw: oracle.FUNCTIONS["lyapunov.phi1"].run(kw, True)["phi"])
+        text = report.table()
+        assert text.startswith("compare lyapunov.phi1 in float64 (float64 rtol): PASS, 1/1 cases")
+        assert report["near_zero"] is report["lyapunov.phi1/near_zero"]
+        with pytest.raises(KeyError):
+            report["nope"]
+
+
+# --------------------------------------------------------------------------------------------
+# CITATION.cff
+# --------------------------------------------------------------------------------------------
+
+
+class TestCitationFile:
+    CFF = Path(__file__).parent.parent / "CITATION.cff"
+
+    def _fields(self):
+        fields = {}
+        for line in self.CFF.read_text(encoding="utf-8").splitlines():
+            if line and not line.startswith((" ", "#", "-")) and ":" in line:
+                key, value = line.split(":", 1)
+                fields[key.strip()] = value.strip().strip('"')
+        return fields
+
+    def test_version_matches_package(self):
+        assert self._fields()["version"] == refimpl.__version__
+
+    def test_required_fields(self):
+        f = self._fields()
+        assert f["cff-version"] == "1.2.0"
+        for key in ("message", "title", "authors", "version", "date-released", "license"):
+            assert key in f, key
+        assert f["license"] == "MIT" and f["date-released"] == "2026-11-22"
+        assert "name: refimpl contributors" in self.CFF.read_text(encoding="utf-8")
