@@ -29,6 +29,7 @@ Glossary (code name → symbol in the book / the papers)
 ``skip`` (order, D)        the reference code's per-channel skip ``D`` of ``fftconv`` (h^n_0 += skip).
 ``w_in`` (D, (order+1)·D)  Hyena's input projection; its output splits as (v, x^1, …, x^N).
 ``short_filter`` (K, (order+1)·D)  Hyena's short depthwise causal convolution (K = 3 in the code).
+``b_in``, ``short_bias`` ((order+1)·D,)  biases of the input projection and of the short convolution.
 
 Conventions: the DFT is unnormalized, ``F_nm = e^{−2πi nm/N}``; convolutions are causal,
 ``(h * u)_t = Σ_{j ≤ t} h_j u_{t−j}``, truncated to the input length; matrices act on the
@@ -398,7 +399,7 @@ def _hyena_filter_setup(L, d, n_filters, emb_dim, width, depth, freq, fast_decay
     return L, d, n_filters, emb_dim, freq, shift, layers, w_out, deltas
 
 
-def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=2, freq=1.0, fast_decay_pct=0.3,
+def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, fast_decay_pct=0.3,
                  slow_decay_pct=1.5, target=1e-2, shift=0.0, rng=None):
     r"""Hyena's implicit long filters: a sine FFN of positional features times an exponential-decay window.
 
@@ -416,7 +417,8 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=2, freq=1.0, f
     emb_dim : int
         Positional features: ``t`` and ``(emb_dim − 1)/2`` complex exponentials; odd, ≥ 3.
     width, depth : int
-        FFN hidden width and number of ``Linear → Sin`` layers (code: ``order``, ``1 + num_inner_mlps``).
+        FFN hidden width and number of ``Linear → Sin`` layers (code: ``order``, ``1 + num_inner_mlps``;
+        defaults as safari's ``HyenaFilter``: 16 and 3).
     freq : float
         Frequency of the sine activation ``sin(freq · a)`` (trainable in the code, initialized to 1).
     fast_decay_pct, slow_decay_pct, target : float
@@ -444,8 +446,9 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=2, freq=1.0, f
     with decay rates ``|α_c|`` spread linearly over the ``n_filters·d`` output channels from
     ``−log(target)/slow_decay_pct`` to ``−log(target)/fast_decay_pct``. Channel ``c = n·d + j``
     of the FFN output is channel j of filter n (the code's ``'l (o d) -> o l d'``). The filter
-    has L free values but only O(emb_dim·width + width²+ width·n·d) parameters, and its decay
-    is set per *sequence length* (t runs over [0, 1] whatever L is).
+    has L free values but only O(emb_dim·width + depth·width² + width·n·d) parameters, and its
+    decay is set per *sequence length* (t runs over [0, 1] whatever L is; L plays the role of the
+    code's ``seq_len`` = ``l_max``).
     """
     L, d, n_filters, emb_dim, freq, shift, layers, w_out, deltas = _hyena_filter_setup(
         L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng
@@ -462,7 +465,7 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=2, freq=1.0, f
     return h.reshape(L, n_filters, d).transpose(1, 0, 2)  # 'l (o d) -> o l d'
 
 
-def hyena_filter_loop(L, d, *, n_filters=1, emb_dim=3, width=16, depth=2, freq=1.0, fast_decay_pct=0.3,
+def hyena_filter_loop(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, fast_decay_pct=0.3,
                       slow_decay_pct=1.5, target=1e-2, shift=0.0, rng=None):
     """Loop twin of :func:`hyena_filter`: Eq. (10.7) position by position, neuron by neuron (same weights from ``rng``)."""
     L, d, n_filters, emb_dim, freq, shift, layers, w_out, deltas = _hyena_filter_setup(
@@ -567,18 +570,27 @@ def hyena_recurrence_loop(v, x, filters, *, skip=None):
     return y
 
 
-def _check_projections(u, w_in, short_filter, order):
+def _check_projections(u, w_in, filters, b_in, short_filter, short_bias):
+    filters = as_real_array(filters, "filters")
+    if filters.ndim != 3 or filters.shape[0] < 1:
+        raise ValueError(f"filters: expected shape (order, M, D) with order >= 1, got shape {filters.shape}")
     u = _check_sequence(u, "u")
-    D = u.shape[-1]
-    order = _check_length(order, "order")
+    D, order = u.shape[-1], filters.shape[0]
+    P = (order + 1) * D
     w_in = as_real_array(w_in, "w_in")
-    if w_in.shape != (D, (order + 1) * D):
-        raise ValueError(f"w_in: expected shape ({D}, {(order + 1) * D}) = (D, (order+1)·D), got shape {w_in.shape}")
+    if w_in.shape != (D, P):
+        raise ValueError(f"w_in: expected shape ({D}, {P}) = (D, (order+1)·D), got shape {w_in.shape}")
+    b_in = np.zeros(P) if b_in is None else as_real_array(b_in, "b_in")
+    if b_in.shape != (P,):
+        raise ValueError(f"b_in: expected shape ({P},), got shape {b_in.shape}")
     if short_filter is not None:
         short_filter = as_real_array(short_filter, "short_filter")
-        if short_filter.ndim != 2 or short_filter.shape[0] < 1 or short_filter.shape[1] != (order + 1) * D:
-            raise ValueError(f"short_filter: expected shape (K, {(order + 1) * D}) with K >= 1, got shape {short_filter.shape}")
-    return u, w_in, short_filter, order
+        if short_filter.ndim != 2 or short_filter.shape[0] < 1 or short_filter.shape[1] != P:
+            raise ValueError(f"short_filter: expected shape (K, {P}) with K >= 1, got shape {short_filter.shape}")
+    short_bias = np.zeros(P) if short_bias is None else as_real_array(short_bias, "short_bias")
+    if short_bias.shape != (P,):
+        raise ValueError(f"short_bias: expected shape ({P},), got shape {short_bias.shape}")
+    return u, w_in, filters, b_in, short_filter, short_bias
 
 
 def _split_projections(p: np.ndarray, order: int, D: int):
@@ -587,7 +599,7 @@ def _split_projections(p: np.ndarray, order: int, D: int):
     return parts[0], parts[1:]
 
 
-def hyena_operator(u, w_in, filters, *, short_filter=None, skip=None, return_projections=False):
+def hyena_operator(u, w_in, filters, *, b_in=None, short_filter=None, short_bias=None, skip=None, return_projections=False):
     r"""The Hyena operator of order N on an input sequence: projections, then Def. 3.1.
 
     Implements Eqs. (10.8)–(10.9) of the book (Poli et al. 2023, §3.1–3.2, Def. 3.1).
@@ -600,8 +612,14 @@ def hyena_operator(u, w_in, filters, *, short_filter=None, skip=None, return_pro
         Dense input projection; its output is split into (v, x^1, …, x^N), D channels each.
     filters : array_like, shape (N, M, D)
         Long filters h^1, …, h^N (e.g. from :func:`hyena_filter`); the order N is ``len(filters)``.
+    b_in : array_like, shape ((N+1)·D,), optional
+        Bias of the input projection.
     short_filter : array_like, shape (K, (N+1)·D), optional
-        Short depthwise causal filter applied to every projection (K = 3 in the code).
+        Short depthwise causal filter applied to every projection channel, ``short_filter[j]`` the
+        tap at lag j (K = 3 in the code, whose ``Conv1d`` weight is this flipped:
+        ``short_filter = weight[:, 0, ::-1].T``).
+    short_bias : array_like, shape ((N+1)·D,), optional
+        Bias of the short convolution.
     skip : array_like, shape (N, D), optional
         See :func:`hyena_recurrence`.
     return_projections : bool
@@ -615,47 +633,42 @@ def hyena_operator(u, w_in, filters, *, short_filter=None, skip=None, return_pro
 
     Notes
     -----
-    ``p = short_filter * (u W_in)`` (causal), ``(v, x^1, …, x^N) = split(p)``, then
-    ``y = H(u) v`` with ``H(u) = D_{x^N} S_{h^N} ⋯ D_{x^1} S_{h^1}`` (Eq. 10.9). Every step is
-    causal, so ``y_t`` depends on ``u_{0…t}`` only. No output projection (it is a plain
-    per-position linear map).
+    ``p = short_filter * (u W_in + b_in) + short_bias`` (causal), ``(v, x^1, …, x^N) = split(p)``,
+    then ``y = H(u) v`` with ``H(u) = D_{x^N} S_{h^N} ⋯ D_{x^1} S_{h^1}`` (Eq. 10.9). Every step
+    is causal, so ``y_t`` depends on ``u_{0…t}`` only. No output projection (a plain per-position
+    linear map).
 
     **Mapping to the reference code** (safari ``HyenaOperator``, ``order = N``): the code splits
-    ``in_proj`` into (x_0, …, x_{N−1}, v), runs only N − 1 long convolutions,
+    its projection into (x_0, …, x_{N−1}, v), runs only N − 1 long convolutions,
     ``for x_i in reversed(x[1:]): v = fftconv(v * x_i, k, D)``, and ends with ``y = v * x_0``:
     it gates *before* each convolution. That is this operator with ``filters[0] = δ`` (the
-    identity convolution), gates ``x^n = x_{N−n}`` and long filters ``h^{n+1} = k_{n−1}``
-    (tested).
+    identity convolution), gates ``x^n = x_{N−n}``, long filters ``h^{n+1} = k_{n−1}`` and
+    ``skip = [0, D_0, …, D_{N−2}]`` (Eq. 10.10; tested). Its projection chunks, reordered as
+    (v, x_{N−1}, …, x_0), give ``w_in``, ``b_in``, ``short_filter`` and ``short_bias``.
     """
-    filters_arr = as_real_array(filters, "filters")
-    if filters_arr.ndim != 3 or filters_arr.shape[0] < 1:
-        raise ValueError(f"filters: expected shape (order, M, D) with order >= 1, got shape {filters_arr.shape}")
-    u, w_in, short_filter, order = _check_projections(u, w_in, short_filter, filters_arr.shape[0])
-    p = u @ w_in  # dense projection, (…, L, (N+1)·D)
+    u, w_in, filters, b_in, short_filter, short_bias = _check_projections(u, w_in, filters, b_in, short_filter, short_bias)
+    p = u @ w_in + b_in  # dense projection, (…, L, (N+1)·D)
     if short_filter is not None:
         p = fft_conv(p, short_filter)  # short depthwise causal convolution
-    v, x = _split_projections(p, order, u.shape[-1])
-    y = hyena_recurrence(v, x, filters_arr, skip=skip)  # y = H(u) v
+    v, x = _split_projections(p + short_bias, filters.shape[0], u.shape[-1])
+    y = hyena_recurrence(v, x, filters, skip=skip)  # y = H(u) v
     return (y, v, x) if return_projections else y
 
 
-def hyena_operator_loop(u, w_in, filters, *, short_filter=None, skip=None, return_projections=False):
+def hyena_operator_loop(u, w_in, filters, *, b_in=None, short_filter=None, short_bias=None, skip=None, return_projections=False):
     """Loop twin of :func:`hyena_operator`: projections by explicit sums per step, then :func:`hyena_recurrence_loop`."""
-    filters_arr = as_real_array(filters, "filters")
-    if filters_arr.ndim != 3 or filters_arr.shape[0] < 1:
-        raise ValueError(f"filters: expected shape (order, M, D) with order >= 1, got shape {filters_arr.shape}")
-    u, w_in, short_filter, order = _check_projections(u, w_in, short_filter, filters_arr.shape[0])
+    u, w_in, filters, b_in, short_filter, short_bias = _check_projections(u, w_in, filters, b_in, short_filter, short_bias)
     L, D = u.shape[-2:]
     P = w_in.shape[1]
     p = np.empty(u.shape[:-1] + (P,))
     for idx in np.ndindex(*u.shape[:-2]):
         for t in range(L):
             for c in range(P):
-                p[idx + (t, c)] = sum(u[idx + (t, i)] * w_in[i, c] for i in range(D))  # (u W_in)_tc
+                p[idx + (t, c)] = b_in[c] + sum(u[idx + (t, i)] * w_in[i, c] for i in range(D))  # (u W_in + b_in)_tc
     if short_filter is not None:
         p = fft_conv_loop(p, short_filter)
-    v, x = _split_projections(p, order, D)
-    y = hyena_recurrence_loop(v, x, filters_arr, skip=skip)
+    v, x = _split_projections(p + short_bias, filters.shape[0], D)
+    y = hyena_recurrence_loop(v, x, filters, skip=skip)
     return (y, v, x) if return_projections else y
 
 

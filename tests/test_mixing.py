@@ -352,11 +352,49 @@ class TestHyenaOperator:
 
     def test_projections_oracle(self):
         u, w_in, short, filters = hyena_inputs(40)
-        _, v, x = mixing.hyena_operator(u, w_in, filters, short_filter=short, return_projections=True)
-        p = np.einsum("bli,ic->blc", u, w_in)
+        rng = np.random.default_rng(41)
+        b_in, short_bias = rng.normal(size=(2, 9))
+        _, v, x = mixing.hyena_operator(u, w_in, filters, b_in=b_in, short_filter=short, short_bias=short_bias,
+                                        return_projections=True)
+        p = np.einsum("bli,ic->blc", u, w_in) + b_in
         p = np.stack([[np.convolve(p[b, :, c], short[:, c])[:24] for c in range(9)] for b in range(2)]).transpose(0, 2, 1)
+        p = p + short_bias
         close(v, p[..., :3], rtol=ORACLE, what="hyena v vs dense + short conv")
         close(x, np.stack([p[..., 3:6], p[..., 6:9]]), rtol=ORACLE, what="hyena x vs dense + short conv")
+        y2, v2, x2 = mixing.hyena_operator_loop(u, w_in, filters, b_in=b_in, short_filter=short, short_bias=short_bias,
+                                                return_projections=True)
+        close(np.r_[v.ravel(), x.ravel()], np.r_[v2.ravel(), x2.ravel()], rtol=SELF, what="hyena projections with biases vs loop")
+
+    @pytest.mark.parametrize("order", [2, 3])
+    def test_whole_safari_operator_transcription(self, order):
+        """safari ``HyenaOperator.forward`` (without out_proj), written in NumPy, against hyena_operator."""
+        rng = np.random.default_rng(60 + order)
+        L, D = 18, 2
+        P = (order + 1) * D
+        u = rng.normal(size=(L, D))
+        W_lin, b_lin = rng.normal(size=(P, D)) / np.sqrt(D), rng.normal(size=P)  # nn.Linear(D, P): x @ W.T + b
+        w_conv, b_conv = rng.normal(size=(P, 1, 3)), rng.normal(size=P)  # nn.Conv1d(P, P, 3, padding=2, groups=P)
+        k = rng.normal(size=(order - 1, D, L)) * np.exp(-np.arange(L) / 5.0)  # 'o d l'
+        bias = rng.normal(size=(order - 1, D))
+        # --- the reference code, layout (d, l) ---
+        z = (u @ W_lin.T + b_lin).T  # in_proj, 'b l d -> b d l'
+        zp = np.pad(z, ((0, 0), (2, 2)))
+        uc = np.stack([[b_conv[c] + np.dot(w_conv[c, 0], zp[c, t : t + 3]) for t in range(L)] for c in range(P)])  # [..., :l]
+        chunks = np.split(uc, order + 1, axis=0)
+        x_code, v = chunks[:-1], chunks[-1]  # *x, v = uc.split(d_model)
+        for o, x_i in enumerate(x_code[1:][::-1]):
+            v = v * x_i
+            v = np.stack([np.convolve(v[c], k[o][c])[:L] for c in range(D)]) + v * bias[o][:, None]
+        y_code = (v * x_code[0]).T
+        # --- the same operator in the paper's form (Eq. 10.10) ---
+        perm = np.concatenate([np.arange(order * D, P)] + [np.arange(i * D, (i + 1) * D) for i in range(order - 1, -1, -1)])
+        delta = np.zeros((1, L, D))
+        delta[0, 0] = 1.0
+        filters = np.concatenate([delta, k.transpose(0, 2, 1)])
+        skip = np.concatenate([np.zeros((1, D)), bias])
+        y = mixing.hyena_operator(u, W_lin.T[:, perm], filters, b_in=b_lin[perm], short_filter=w_conv[perm, 0, ::-1].T,
+                                  short_bias=b_conv[perm], skip=skip)
+        close(y, y_code, rtol=ORACLE, what="hyena_operator vs whole safari operator transcription")
 
     def test_definition_3_1_written_out(self):
         u, w_in, _, filters = hyena_inputs(41)
@@ -449,6 +487,10 @@ class TestHyenaOperator:
             mixing.hyena_operator_loop(u, w_in, np.ones((0, 24, 3)))
         with pytest.raises(ValueError, match="^short_filter"):
             mixing.hyena_operator(u, w_in, filters, short_filter=np.ones((3, 5)))
+        with pytest.raises(ValueError, match="^b_in"):
+            mixing.hyena_operator(u, w_in, filters, b_in=np.ones(8))
+        with pytest.raises(ValueError, match="^short_bias"):
+            mixing.hyena_operator_loop(u, w_in, filters, short_bias=np.ones((9, 1)))
         with pytest.raises(ValueError, match="^x"):
             mixing.hyena_recurrence(v, np.ones((3, 24, 3)), filters)  # order mismatch
         with pytest.raises(ValueError, match="^x"):
