@@ -10,6 +10,7 @@ Each public module pairs with chapters of the book (``book.toml``):
 ``refimpl.classical``   matched filter, Wiener–Hopf, LMS/RLS, beamforming (chapter 6)
 ``refimpl.afa``         Adaptive Filter Attention: tensor and isotropic forms, IRLS (chapters 7–8)
 ``refimpl.rt_sde``      the radial–tangential SDE, a reconstruction: RT precisions and attention (chapter 9)
+``refimpl.mixing``      token mixing as filtering: FNet, gMLP's spatial gating, FFT long convolution, Hyena (chapter 10)
 ``refimpl.ssm``         HiPPO, S4/S4D kernels, recurrent vs convolutional SSMs, Mamba's selective scan (chapter 11)
 ``refimpl.iir``         classical IIR filters: biquads, SOS, stability, s→z design, IIR ↔ SSM (chapter 13)
 
@@ -18,7 +19,7 @@ they agree, and check both against independent oracles (SciPy, closed forms). Th
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import afa, attention, classical, iir, kalman, lyapunov, positional, rt_sde, sde, ssm
+from . import afa, attention, classical, iir, kalman, lyapunov, mixing, positional, rt_sde, sde, ssm
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "iir",
     "kalman",
     "lyapunov",
+    "mixing",
     "positional",
     "rt_sde",
     "sde",

@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import afa, attention, classical, iir, kalman, lyapunov, positional, rt_sde, sde, ssm
+from . import afa, attention, classical, iir, kalman, lyapunov, mixing, positional, rt_sde, sde, ssm
 from ._testing import rel_error
 
 __all__ = ["Case", "CASES", "run_case", "run", "main"]
@@ -275,6 +275,26 @@ def _s4d(quick: bool):
     return (A, 1.0, C, step, L), {"conj_pairs": True}
 
 
+def _fft_conv(quick: bool):
+    return _fft_conv_scaling(512 if quick else 4096)
+
+
+def _fft_conv_scaling(n: int):
+    rng = np.random.default_rng(12)
+    return (rng.normal(size=(n, 16)), rng.normal(size=(n, 16))), {}
+
+
+def _fnet(quick: bool):
+    n, d = (16, 8) if quick else (128, 32)
+    return (np.random.default_rng(13).normal(size=(n, d)),), {}
+
+
+def _sgu(quick: bool):
+    rng = np.random.default_rng(14)
+    n, c = (16, 8) if quick else (128, 32)
+    return (rng.normal(size=(n, c)), rng.normal(size=(n, n)) / n, np.ones(n)), {"causal": True}
+
+
 CASES: list[Case] = [
     Case(
         "dle_covariance (diagonal noise)",
@@ -432,6 +452,31 @@ CASES: list[Case] = [
         iir.frequency_response_loop,
         _freq,
         lambda q: "2048 freqs" if q else "65536 freqs",
+    ),
+    Case(
+        "fft_conv vs direct causal convolution",
+        mixing.fft_conv,
+        mixing.fft_conv_loop,
+        _fft_conv,
+        lambda q: "N=512, d=16" if q else "N=4096, d=16",
+        target=50.0,
+        scaling=_fft_conv_scaling,
+        scaling_ns=tuple(2**k for k in range(12, 19)),
+        notes="issue 6: fitted time exponent over N = 2^12 … 2^18 (d = 16) at most 1.25",
+    ),
+    Case(
+        "fnet (2-D FFT) vs explicit DFT sums",
+        mixing.fnet,
+        mixing.fnet_loop,
+        _fnet,
+        lambda q: "N=16, d=8" if q else "N=128, d=32",
+    ),
+    Case(
+        "spatial_gating_unit (causal) vs loop twin",
+        mixing.spatial_gating_unit,
+        mixing.spatial_gating_unit_loop,
+        _sgu,
+        lambda q: "N=16, 2e=8" if q else "N=128, 2e=32",
     ),
     Case(
         "ssm_convolution vs ssm_recurrent (HiPPO)",

@@ -57,7 +57,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.fft
 import scipy.linalg
 
 from ._scan import linear_scan
@@ -70,6 +69,7 @@ from ._validate import (
     check_square,
 )
 from .lyapunov import phi1
+from .mixing import fft_conv
 
 __all__ = [
     "hippo_legs",
@@ -730,17 +730,6 @@ def ssm_recurrent(u, Ab, Bb, C, D=None, *, diagonal=False):
     return y.reshape(u.shape[:-2] + (L, H))
 
 
-def _causal_fft_conv(u: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """``y[..., t, h] = Σ_{j ≤ t} K[h, j] u[..., t − j, h]`` by FFT zero-padded to ≥ 2L (no wrap-around)."""
-    L = u.shape[-2]
-    n = scipy.fft.next_fast_len(2 * L)
-    complex_ = np.iscomplexobj(u) or np.iscomplexobj(K)
-    fwd, inv = (scipy.fft.fft, scipy.fft.ifft) if complex_ else (scipy.fft.rfft, scipy.fft.irfft)
-    Uf = fwd(u, n=n, axis=-2)  # (..., n', H)
-    Kf = fwd(K.T, n=n, axis=0)  # (n', H)
-    return inv(Uf * Kf, n=n, axis=-2)[..., :L, :]
-
-
 def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
     r"""Run the discrete SSM as a causal convolution with its kernel (CNN mode).
 
@@ -762,13 +751,13 @@ def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
     Notes
     -----
     The kernel comes from :func:`ssm_kernel` (⌈log₂ L⌉ batched matrix products), the
-    convolution from one zero-padded FFT of length ≥ 2L: O(H (N³ log L + L log L)) instead of
-    the recurrence's O(H L N²) sequential steps — the training mode of S4.
+    convolution from one zero-padded FFT of length ≥ 2L − 1 (:func:`refimpl.mixing.fft_conv`):
+    O(H (N³ log L + L log L)) instead of the recurrence's O(H L N²) sequential steps — the training mode of S4.
     """
     u, Ab, Bb, C, D = _check_ssm_io(u, Ab, Bb, C, D, diagonal)
     L = u.shape[-2]
     K = ssm_kernel(Ab, Bb, C, L, diagonal=diagonal)  # (H, L)
-    return _causal_fft_conv(u, K) + D * u  # y = K̄ * u + D u
+    return fft_conv(u, K.T) + D * u  # y = K̄ * u + D u (zero-padded FFT, Eq. 10.6)
 
 
 # ---------------------------------------------------------------------------------------------
