@@ -530,13 +530,13 @@ def adaptive_max_pool_loop(g, n_out):
     return out
 
 
-def _check_params(params, d: int | None = None) -> dict:
+def _check_params(params, x: np.ndarray | None = None) -> dict:
     if not isinstance(params, dict):
         raise TypeError(f"params: expected a dict of arrays (see init_focus_params), got {type(params).__name__}")
     missing = [k for k in _PARAM_SHAPES if k not in params]
     if missing:
         raise ValueError(f"params: missing entries {missing}")
-    out, sizes = {}, {} if d is None else {"D": d}
+    out, sizes = {}, {}
     for key, symbols in _PARAM_SHAPES.items():
         arr = as_real_array(params[key], f"params['{key}']")
         if arr.ndim != len(symbols):
@@ -549,6 +549,8 @@ def _check_params(params, d: int | None = None) -> dict:
         out[key] = arr
     if sizes["F2"] % 2 or sizes["F2"] == 0:
         raise ValueError(f"params['mlp_w2']: expected 2F outputs (an even number > 0), got {sizes['F2']}")
+    if x is not None and x.shape[-1] != sizes["D"]:
+        raise ValueError(f"x: expected D = {sizes['D']} channels (the width of params), got shape {x.shape}")
     if out["conv_squash"] < 0:
         raise ValueError(f"params['conv_squash']: expected a threshold >= 0, got {float(out['conv_squash'])!r}")
     return out
@@ -556,7 +558,7 @@ def _check_params(params, d: int | None = None) -> dict:
 
 def _hyper_args(x, params, n_bins, first_bin):
     x = _signal(x)
-    p = _check_params(params, x.shape[-1])
+    p = _check_params(params, x)
     check_option(first_bin, "first_bin", FIRST_BIN)
     L = x.shape[-2]
     n_bins = _check_int(n_bins, "n_bins", 1)
@@ -844,7 +846,7 @@ def init_focus_params(d, *, n_bank=1, oversample=2, hidden=16, kernel_len=64, d_
 
 def _layer(x, params, variant, chunk_size, n_bins, n_fft, first_bin, return_intermediates, loop):
     x = _signal(x)
-    p = _check_params(params, x.shape[-1])
+    p = _check_params(params, x)
     check_option(variant, "variant", VARIANTS)
     if not isinstance(return_intermediates, (bool, np.bool_)):
         raise TypeError(f"return_intermediates: expected a bool, got {type(return_intermediates).__name__}")
