@@ -571,6 +571,8 @@ class TestFocusLayer:
         np.testing.assert_array_equal(mid["x_f"], fo.adaptive_filter(self.X, th))
         np.testing.assert_array_equal(mid["y"], fo.chunked_attention(self.X, mid["x_f"], p["w_q"], p["w_k"], p["w_v"], chunk_size=12))
         assert o.shape == self.X.shape
+        # first_bin = "zero": Θ'[0] = 0, every branch of bin 0 is the identity, so x_f = F · x there
+        close(mid["x_f"][:8], 2 * self.X[:8], rtol=ORACLE, what="first_bin='zero': bin 0 is F times the identity")
 
     def _first_change(self, variant, t, chunk_size=12):
         kw = dict(variant=variant, chunk_size=chunk_size, n_bins=6, first_bin="mlp-zero")  # bin 0 filtered too
