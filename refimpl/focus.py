@@ -5,7 +5,7 @@ Zimerman & Wolf 2023) splits a sequence into ``n_bins`` non-overlapping time bin
 and filters each (bin, channel) with a bank of all-pole biquads whose two coefficients come from a
 hypernetwork that has only seen *earlier* bins:
 
-.. math::  H_{r,d}(z) = \sum_{\ell=1}^{F} \frac{1}{1 + θ'_{r,d,\ell,0}\,z^{-1} + θ'_{r,d,\ell,1}\,z^{-2}}  \tag{14.1}
+.. math::  H_{r,d}(z) = \sum_{\ell=1}^{F} \frac{1}{1 + θ'_{r,d,\ell,0}\,z^{-1} + θ'_{r,d,\ell,1}\,z^{-2}}  \tag{14.3}
 
 The filtered sequence ``x_f`` supplies the keys and values of a causal attention that runs inside
 chunks of ``M`` samples, the raw ``x`` supplies the queries, and MEGA's reset/update gates mix the
@@ -203,7 +203,7 @@ def _filter_args(x, theta, variant, n_fft):
 def focus_frequency_response(theta, n_fft):
     r"""The P-5 grid ``H[k] = 1 / (1 + θ₀ e^{−j2πk/N} + θ₁ e^{−j4πk/N})``, ``k = 0 … N−1``.
 
-    Implements Eq. (14.2) of the book (Lutati et al. 2023, Eq. 5), equal to
+    Implements Eq. (14.1) of the book (Lutati et al. 2023, Eq. 5), equal to
     ``scipy.signal.freqz([1], [1, θ0, θ1], worN=N, whole=True)``.
 
     Parameters
@@ -237,7 +237,7 @@ def focus_frequency_response_loop(theta, n_fft):
 def periodized_impulse_response(theta, n):
     r"""The N-periodized impulse response ``h_p[m] = Σ_{q≥0} h[m + qN]``, ``m = 0 … N−1``.
 
-    Implements Eq. (14.4) of the book (spec §3.2): ``DFT_N(h_p) = H`` on the P-5 grid, so
+    Implements Eq. (14.7) of the book (spec §3.2): ``DFT_N(h_p) = H`` on the P-5 grid, so
     ``h_p = IDFT_N(H)``, which is how it is computed here (exact for any pole radius < 1,
     including double poles). The closed form ``Σ_i ρ_i p_i^m / (1 − p_i^N)`` and the folded long
     impulse response are the oracles in the tests.
@@ -278,9 +278,9 @@ def _impulse_bank(th: np.ndarray, R: int) -> np.ndarray:
 
 
 def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
-    r"""Filter every (time bin, channel) of ``x`` with its bank of all-pole biquads (14.1).
+    r"""Filter every (time bin, channel) of ``x`` with its bank of all-pole biquads (14.3).
 
-    Implements Eqs. (14.5)–(14.7) of the book (Lutati et al. 2023, P-4 … P-8 and P-32).
+    Implements Eqs. (14.8)–(14.10) of the book (Lutati et al. 2023, P-4 … P-8 and P-32).
 
     Parameters
     ----------
@@ -356,7 +356,7 @@ def adaptive_filter_loop(x, theta, *, variant="causal-recursive", n_fft=None):
 def continuous_exponents(theta):
     r"""The exponents ``λ₁,₂ = (−b ∓ sqrt(b² − 4a)) / (2a)`` of the paper's continuous reading (P-17).
 
-    Implements Eq. (14.9) of the book: the roots of ``aS² + bS + 1`` with ``b = θ₀``, ``a = θ₁``
+    Implements Eq. (14.5) of the book: the roots of ``aS² + bS + 1`` with ``b = θ₀``, ``a = θ₁``
     (P-16). They are the reciprocals ``1/p_i`` of the discrete poles (roots of
     ``z² + θ₀z + θ₁``), because ``S = z⁻¹``.
 
@@ -379,7 +379,7 @@ def continuous_exponents(theta):
 def continuous_impulse_response(theta, t):
     r"""Impulse response of ``1/(a s² + b s + 1)`` with ``b = θ₀``, ``a = θ₁`` (the reading of Fig. 2).
 
-    Implements Eq. (14.10) of the book (P-17, P-20, P-21 with the corrected frequency):
+    Implements Eq. (14.6) of the book (P-17, P-20, P-21 with the corrected frequency):
 
     * over-damped (``Δ = b² − 4a > 0``): ``(e^{λ₁t} − e^{λ₂t}) / (a(λ₁ − λ₂))``;
     * under-damped: ``e^{−bt/(2a)} sin(ωt) / (aω)`` with ``ω = sqrt(−Δ)/(2a)`` (the paper's

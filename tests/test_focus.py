@@ -231,6 +231,25 @@ class TestAdaptiveFilter:
         y = fo.adaptive_filter(x, th1)
         close(y[:, 0], ss.lfilter([1.0], [1.0, *th1[0, 0, 0]], x[:, 0]), rtol=ORACLE, what="one bin is lfilter")
 
+    @settings(max_examples=40)
+    @given(st.integers(0, 47), st.sampled_from(fo.VARIANTS))
+    def test_causality_per_variant(self, t, variant):
+        """Recursive: x_f[:t] never changes; FFT variants: changes stay in t's bin and reach its start."""
+        rng = np.random.default_rng(14)
+        x = rng.normal(size=(48, 2))
+        th = rand_theta(rng, (6, 2, 2))  # R = 8
+        y = fo.adaptive_filter(x, th, variant=variant)
+        x2 = x.copy()
+        x2[t] += 1.0
+        d = np.abs(fo.adaptive_filter(x2, th, variant=variant) - y).max(-1)
+        changed = np.flatnonzero(d > 1e-12 * d.max())
+        start, stop = (t // 8) * 8, (t // 8 + 1) * 8
+        if variant == "causal-recursive":
+            assert changed.min() == t and changed.max() < stop
+        else:
+            assert changed.min() == start and changed.max() == stop - 1  # the whole bin, nothing outside
+        assert np.all(d[:start] <= 1e-13) and np.all(d[stop:] <= 1e-13)
+
     def test_bad_input(self):
         x = np.zeros((16, 2))
         th = np.full((4, 2, 1, 2), 0.5)
