@@ -218,7 +218,7 @@ class TestAdaptiveFilter:
             p.extend(pi)
         b, a = ss.invresz(r, p, [])
         ref = ss.lfilter(np.real(b), np.real(a), x[:, 0])
-        close(fo.adaptive_filter(x, th)[:, 0], ref, rtol=1e-9, what="bank = parallel-form lfilter (invresz)")
+        close(fo.adaptive_filter(x, th)[:, 0], ref, rtol=ORACLE, what="bank = parallel-form lfilter (invresz)")
 
     def test_edge_bins(self):
         rng = np.random.default_rng(13)
@@ -374,7 +374,8 @@ class TestGlobalConv:
         ks = np.sign(k) * np.maximum(np.abs(k) - 0.3, 0)
         ref = np.stack([np.stack([ss.fftconvolve(x[b, :, c], ks[:, c])[:30] for c in range(3)], -1) for b in range(2)]) + skip * x
         close(y, ref, rtol=ORACLE, what="global_conv vs fftconvolve")
-        close(fo.global_conv(x, rng.normal(size=(50, 3)), skip).shape, (2, 30, 3), rtol=0, what="kernel longer than L")
+        long_k = rng.normal(size=(50, 3))  # taps beyond L cannot reach the output
+        close(fo.global_conv(x, long_k, skip), fo.global_conv(x, long_k[:30], skip), rtol=ORACLE, what="kernel longer than L")
 
     def test_bad_input(self):
         x = np.zeros((10, 2))
