@@ -638,6 +638,9 @@ class TestFocusLayer:
             fo.focus_layer(self.X, dict(self.P, w_h=np.zeros((2, 2))), chunk_size=12, n_bins=6)
         with pytest.raises(ValueError, match="^x"):
             fo.focus_layer(self.X[:, :2], self.P, chunk_size=12, n_bins=6)
+        saturated = dict(self.P, mlp_b2=np.array([-900.0, 900.0, 0.0, 0.0]))  # σ(900) == 1.0: a marginal pole
+        with pytest.raises(ValueError, match="^theta: expected stable"):
+            fo.focus_layer(self.X, saturated, chunk_size=12, n_bins=6)
         with pytest.raises(TypeError, match="^return_intermediates"):
             fo.focus_layer(self.X, self.P, chunk_size=12, n_bins=6, return_intermediates=1)
 
