@@ -13,13 +13,14 @@ Each public module pairs with chapters of the book (``book.toml``):
 ``refimpl.mixing``      token mixing as filtering: FNet, gMLP's spatial gating, FFT long convolution, Hyena (chapter 10)
 ``refimpl.ssm``         HiPPO, S4/S4D kernels, recurrent vs convolutional SSMs, Mamba's selective scan (chapter 11)
 ``refimpl.iir``         classical IIR filters: biquads, SOS, stability, s→z design, IIR ↔ SSM (chapter 13)
+``refimpl.focus``       the Focus layer: adaptive IIR filters from a hypernetwork before chunked attention (chapter 14)
 
 Every computation ``f`` has a loop twin ``f_loop`` that reads like the equation; tests assert
 they agree, and check both against independent oracles (SciPy, closed forms). The tolerance
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import afa, attention, classical, iir, kalman, lyapunov, mixing, positional, rt_sde, sde, ssm
+from . import afa, attention, classical, focus, iir, kalman, lyapunov, mixing, positional, rt_sde, sde, ssm
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "afa",
     "attention",
     "classical",
+    "focus",
     "iir",
     "kalman",
     "lyapunov",

@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import afa, attention, classical, iir, kalman, lyapunov, mixing, positional, rt_sde, sde, ssm
+from . import afa, attention, classical, focus, iir, kalman, lyapunov, mixing, positional, rt_sde, sde, ssm
 from ._testing import rel_error
 
 __all__ = ["Case", "CASES", "run_case", "run", "main"]
@@ -295,6 +295,41 @@ def _sgu(quick: bool):
     return (rng.normal(size=(n, c)), rng.normal(size=(n, n)) / n, np.ones(n)), {"causal": True}
 
 
+
+_FOCUS_PARAMS: dict = {}
+
+
+def _focus_params(d: int) -> dict:
+    if d not in _FOCUS_PARAMS:
+        _FOCUS_PARAMS[d] = focus.init_focus_params(d, kernel_len=256, rng=11)
+    return _FOCUS_PARAMS[d]
+
+
+def _focus_filter(variant: str):
+    def setup(quick: bool):
+        rng = np.random.default_rng(12)
+        L, d, R = (128, 2, 16) if quick else ((512, 4, 32) if variant != "causal-recursive" else (8192, 8, 64))
+        theta = rng.uniform(0.0, 1.0, size=(L // R, d, 1, 2))
+        return (rng.normal(size=(L, d)), theta), {"variant": variant}
+
+    return setup
+
+
+def _focus_layer(quick: bool):
+    L, d = (64, 2) if quick else (256, 4)
+    x = np.random.default_rng(13).normal(size=(L, d))
+    return (x, _focus_params(d)), {"chunk_size": 32, "n_bins": L // 32}
+
+
+def _focus_scaling(n: int):
+    x = np.random.default_rng(14).normal(size=(n, 16))
+    return (x, _focus_params(16)), {"chunk_size": 64, "n_bins": n // 64}  # fixed M = R = 64
+
+
+def _sdpa_scaling(n: int):
+    x = np.random.default_rng(15).normal(size=(n, 16))
+    return (x, x, x), {"causal": True}
+
 CASES: list[Case] = [
     Case(
         "dle_covariance (diagonal noise)",
@@ -508,6 +543,39 @@ CASES: list[Case] = [
         _s4d,
         lambda q: "L=256, N=8, H=4" if q else "L=16384, N=64, H=64",
         notes="no loop at this size; peak memory is the point (the full Vandermonde is 1 GiB)",
+    ),
+    *(
+        Case(
+            f"focus.adaptive_filter ({v})",
+            focus.adaptive_filter,
+            focus.adaptive_filter_loop,
+            _focus_filter(v),
+            (lambda q: "L=128, d=2, R=16" if q else "L=8192, d=8, R=64")
+            if v == "causal-recursive"
+            else (lambda q: "L=128, d=2, R=16" if q else "L=512, d=4, R=32"),
+            notes="loop twin: explicit DFT sums (FFT variants) or the scalar recursion (recursive)",
+        )
+        for v in focus.VARIANTS
+    ),
+    Case(
+        "focus_layer (causal-recursive) vs loop; time vs L",
+        focus.focus_layer,
+        focus.focus_layer_loop,
+        _focus_layer,
+        lambda q: "L=64, d=2" if q else "L=256, d=4",
+        scaling=_focus_scaling,
+        scaling_ns=(2**10, 2**12, 2**14, 2**16),
+        notes="issue 8: fitted exponent over L = 2^10 … 2^16 (d=16, chunk M = bin R = 64) must be ≤ 1.25",
+    ),
+    Case(
+        "softmax_attention (full, causal): time vs L",
+        attention.softmax_attention,
+        None,
+        lambda q: _sdpa_scaling(64 if q else 512),
+        lambda q: "L=64, d=16" if q else "L=512, d=16",
+        scaling=_sdpa_scaling,
+        scaling_ns=(2**10, 2**11, 2**12, 2**13),
+        notes="issue 8: the exponent reported beside focus_layer's (quadratic: ≈ 2)",
     ),
 ]
 
