@@ -795,7 +795,7 @@ def gated_residual_loop(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h
 
 
 def init_focus_params(d, *, n_bank=1, oversample=2, hidden=16, kernel_len=64, d_head=None, rng=None):
-    """Deterministic random parameters of one Focus layer (no training: the reference is the forward map).
+    """Deterministic random parameters of one Focus layer, Eqs. (14.1)–(14.16) (no training: the reference is the forward map).
 
     Shapes follow :func:`focus_layer`: ``conv_kernel (kernel_len, d)`` ~ N(0, 0.02²) (Fu et al.'s
     small init), ``conv_skip (d,)`` ~ N(1, 0.1²), ``conv_squash = 0``; the MLP ``oversample → hidden

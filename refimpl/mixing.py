@@ -643,7 +643,7 @@ def hyena_operator(u, w_in, filters, *, b_in=None, short_filter=None, short_bias
     ``for x_i in reversed(x[1:]): v = fftconv(v * x_i, k, D)``, and ends with ``y = v * x_0``:
     it gates *before* each convolution. That is this operator with ``filters[0] = δ`` (the
     identity convolution), gates ``x^n = x_{N−n}``, long filters ``h^{n+1} = k_{n−1}`` and
-    ``skip = [0, D_0, …, D_{N−2}]`` (Eq. 10.10; tested). Its projection chunks, reordered as
+    ``skip = [0, D_0, …, D_{N−2}]`` (Eq. (10.10); tested). Its projection chunks, reordered as
     (v, x_{N−1}, …, x_0), give ``w_in``, ``b_in``, ``short_filter`` and ``short_bias``.
     """
     u, w_in, filters, b_in, short_filter, short_bias = _check_projections(u, w_in, filters, b_in, short_filter, short_bias)

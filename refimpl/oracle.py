@@ -88,7 +88,7 @@ from typing import Callable
 import numpy as np
 import scipy
 
-from . import afa, attention, classical, iir, kalman, lyapunov, positional, rt_sde, sde, ssm
+from . import afa, attention, classical, focus, iir, kalman, lyapunov, mixing, positional, rt_sde, sde, ssm
 from ._testing import ORACLE, RATIO_RULE_FACTOR, SELF, max_abs_error, rel_error
 from ._vectors import read_npz, sha256, write_npz
 
@@ -516,6 +516,119 @@ def _run_legs_reconstruct(a, mid):
     return {"f": ssm.legs_reconstruct(a["c"], a["x"])}
 
 
+# ---- mixing ---------------------------------------------------------------------------------
+
+
+def _run_fnet(a, mid):
+    return {"y": mixing.fnet(a["x"])}
+
+
+def _run_fnet_matrix(a, mid):
+    return {"M": mixing.fnet_matrix(int(a["N"]), int(a["d"]))}
+
+
+def _run_sgu(a, mid):
+    return {"y": mixing.spatial_gating_unit(a["x"], a["w"], a["b"], causal=bool(a["causal"]))}
+
+
+def _run_fft_conv(a, mid):
+    return {"y": mixing.fft_conv(a["u"], a["h"])}
+
+
+def _run_causal_toeplitz(a, mid):
+    return {"T": mixing.causal_toeplitz(a["h"], int(a["N"]))}
+
+
+def _run_hyena_filter(a, mid):
+    return {"h": mixing.hyena_filter(int(a["L"]), int(a["d"]), n_filters=int(a["n_filters"]), rng=int(a["seed"]))}
+
+
+def _run_hyena_recurrence(a, mid):
+    return {"y": mixing.hyena_recurrence(a["v"], a["x"], a["filters"], skip=a.get("skip"))}
+
+
+def _run_hyena_operator(a, mid):
+    y, v, x = mixing.hyena_operator(a["u"], a["w_in"], a["filters"], b_in=a.get("b_in"), skip=a.get("skip"),
+                                    return_projections=True)
+    return _ordered({"v": v, "x": x}, {"y": y}, mid)  # the projections (v, x^1 … x^N), then the output
+
+
+def _run_hyena_matrix(a, mid):
+    return {"H": mixing.hyena_matrix(a["x"], a["filters"], skip=a.get("skip"))}
+
+
+# ---- focus ----------------------------------------------------------------------------------
+
+
+def _run_focus_response(a, mid):
+    return {"H": focus.focus_frequency_response(a["theta"], int(a["n_fft"]))}
+
+
+def _run_periodized(a, mid):
+    return {"h": focus.periodized_impulse_response(a["theta"], int(a["n"]))}
+
+
+def _run_adaptive_filter(a, mid):
+    return {"y": focus.adaptive_filter(a["x"], a["theta"], variant=str(a["variant"]))}
+
+
+def _run_continuous_exponents(a, mid):
+    return {"s": focus.continuous_exponents(a["theta"])}
+
+
+def _run_continuous_impulse(a, mid):
+    return {"h": focus.continuous_impulse_response(a["theta"], a["t"])}
+
+
+def _run_global_conv(a, mid):
+    return {"g": focus.global_conv(a["x"], a["kernel"], a["skip"], squash=float(a["squash"]))}
+
+
+def _run_max_pool(a, mid):
+    return {"p": focus.adaptive_max_pool(a["g"], int(a["n_out"]))}
+
+
+def _focus_params(a):
+    return {k[2:]: v for k, v in a.items() if k.startswith("p_")}
+
+
+def _run_hypernetwork(a, mid):
+    return {"theta": focus.hypernetwork(a["x"], _focus_params(a), n_bins=int(a["n_bins"]))}
+
+
+def _run_chunked_attention(a, mid):
+    return {"y": focus.chunked_attention(a["x"], a["x_f"], a["w_q"], a["w_k"], a["w_v"], chunk_size=int(a["chunk_size"]))}
+
+
+def _run_gated_residual(a, mid):
+    keys = ("x", "x_f", "y", "w_gamma", "b_gamma", "w_phi", "b_phi", "w_h", "u_h", "b_h")
+    return {"out": focus.gated_residual(*(a[k] for k in keys))}
+
+
+def _run_focus_layer(a, mid):
+    out, parts = focus.focus_layer(a["x"], _focus_params(a), variant=str(a["variant"]), chunk_size=int(a["chunk_size"]),
+                                   n_bins=int(a["n_bins"]), return_intermediates=True)
+    return _ordered({"theta": parts["theta"], "x_f": parts["x_f"], "y": parts["y"]}, {"out": out}, mid)
+
+
+def _run_mega_kernel(a, mid):
+    return {"K": focus.mega_ema_kernel(a["alpha"], a["delta"], a["beta"], a["eta"], int(a["n"]))}
+
+
+def _run_mega_ema(a, mid):
+    return {"y": focus.mega_ema(a["x"], a["alpha"], a["delta"], a["beta"], a["eta"])}
+
+
+def _focus_layer_args(r, d=4, L=32):
+    params = focus.init_focus_params(d, kernel_len=16, rng=int(r.integers(1_000_000)))
+    return {"x": r.standard_normal((L, d)), **{"p_" + k: np.asarray(v) for k, v in params.items()}}
+
+
+def _ema_args(r, D=3, h=2):
+    return {"alpha": r.uniform(0.05, 0.95, (D, h)), "delta": r.uniform(0.05, 0.95, (D, h)),
+            "beta": r.standard_normal((D, h)), "eta": r.standard_normal((D, h))}
+
+
 def _zpk(z, p, k):
     return {"z": np.asarray(z), "p": np.asarray(p), "k": np.asarray(k)}
 
@@ -779,6 +892,31 @@ FUNCTIONS: dict = {
                  "h_last"), "fn(u, delta, A, B, C, D, discretization) -> (y, h_last); intermediate M"),
         Function("ssm.hippo_legs_online", _run_legs_online, ("c",), "fn(u, N) -> c"),
         Function("ssm.legs_reconstruct", _run_legs_reconstruct, ("f",), "fn(c, x) -> f"),
+        Function("mixing.fnet", _run_fnet, ("y",), "fn(x) -> y"),
+        Function("mixing.fnet_matrix", _run_fnet_matrix, ("M",), "fn(N, d) -> M"),
+        Function("mixing.spatial_gating_unit", _run_sgu, ("y",), "fn(x, w, b, causal) -> y"),
+        Function("mixing.fft_conv", _run_fft_conv, ("y",), "fn(u, h) -> y"),
+        Function("mixing.causal_toeplitz", _run_causal_toeplitz, ("T",), "fn(h, N) -> T"),
+        Function("mixing.hyena_filter", _run_hyena_filter, ("h",), "fn(L, d, n_filters, seed) -> h"),
+        Function("mixing.hyena_recurrence", _run_hyena_recurrence, ("y",), "fn(v, x, filters, skip) -> y"),
+        Function("mixing.hyena_operator", _run_hyena_operator, ("y",),
+                 "fn(u, w_in, filters, b_in, skip) -> y; intermediates: the projections"),
+        Function("mixing.hyena_matrix", _run_hyena_matrix, ("H",), "fn(x, filters, skip) -> H"),
+        Function("focus.focus_frequency_response", _run_focus_response, ("H",), "fn(theta, n_fft) -> H"),
+        Function("focus.periodized_impulse_response", _run_periodized, ("h",), "fn(theta, n) -> h"),
+        Function("focus.adaptive_filter", _run_adaptive_filter, ("y",), "fn(x, theta, variant) -> y"),
+        Function("focus.continuous_exponents", _run_continuous_exponents, ("s",), "fn(theta) -> s"),
+        Function("focus.continuous_impulse_response", _run_continuous_impulse, ("h",), "fn(theta, t) -> h"),
+        Function("focus.global_conv", _run_global_conv, ("g",), "fn(x, kernel, skip, squash) -> g"),
+        Function("focus.adaptive_max_pool", _run_max_pool, ("p",), "fn(g, n_out) -> p"),
+        Function("focus.hypernetwork", _run_hypernetwork, ("theta",), "fn(x, params as p_<key>, n_bins) -> theta"),
+        Function("focus.chunked_attention", _run_chunked_attention, ("y",), "fn(x, x_f, w_q, w_k, w_v, chunk_size) -> y"),
+        Function("focus.gated_residual", _run_gated_residual, ("out",),
+                 "fn(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h) -> out"),
+        Function("focus.focus_layer", _run_focus_layer, ("out",),
+                 "fn(x, params as p_<key>, variant, chunk_size, n_bins) -> out; intermediates theta, x_f, y"),
+        Function("focus.mega_ema_kernel", _run_mega_kernel, ("K",), "fn(alpha, delta, beta, eta, n) -> K"),
+        Function("focus.mega_ema", _run_mega_ema, ("y",), "fn(x, alpha, delta, beta, eta) -> y"),
     ]
 }
 
@@ -1084,6 +1222,73 @@ CASES: list = [
          "online LegS projection of a random walk, 200 steps"),
     Case("ssm.legs_reconstruct/points", "ssm.legs_reconstruct", 812,
          lambda r: {"c": r.standard_normal((3, 8)), "x": np.linspace(-1.0, 1.0, 33)}, "Legendre series on 33 points"),
+
+    # ---- mixing
+    Case("mixing.fnet/basic", "mixing.fnet", 1001, lambda r: {"x": r.standard_normal((2, 12, 6))}, "Re 2-D DFT, batched"),
+    Case("mixing.fnet_matrix/small", "mixing.fnet_matrix", 1002, lambda r: {"N": 6, "d": 4}, "the real N·d × N·d operator"),
+    Case("mixing.spatial_gating_unit/causal", "mixing.spatial_gating_unit", 1003,
+         lambda r: {"x": r.standard_normal((10, 8)), "w": r.standard_normal((10, 10)) / 10, "b": np.ones(10), "causal": True},
+         "gMLP SGU, lower-triangular W"),
+    Case("mixing.fft_conv/long_filter", "mixing.fft_conv", 1004,
+         lambda r: {"u": r.standard_normal((2, 300, 3)), "h": r.standard_normal((300, 3)) * np.exp(-np.arange(300) / 50.0)[:, None]},
+         "causal linear convolution, filter as long as the signal (no wrap-around)"),
+    Case("mixing.causal_toeplitz/basic", "mixing.causal_toeplitz", 1005,
+         lambda r: {"h": r.standard_normal((5, 2)), "N": 8}, "the convolution as a lower-triangular Toeplitz matrix"),
+    Case("mixing.hyena_filter/defaults", "mixing.hyena_filter", 1006,
+         lambda r: {"L": 32, "d": 4, "n_filters": 2, "seed": 7}, "implicit filters from a seeded FFN, decay window"),
+    Case("mixing.hyena_recurrence/order2", "mixing.hyena_recurrence", 1007,
+         lambda r: {"v": r.standard_normal((16, 3)), "x": r.standard_normal((2, 16, 3)),
+                    "filters": r.standard_normal((2, 16, 3)) * 0.3, "skip": r.standard_normal((2, 3))},
+         "Def. 3.1 of Poli et al., order 2"),
+    Case("mixing.hyena_operator/order2", "mixing.hyena_operator", 1008,
+         lambda r: {"u": r.standard_normal((16, 3)), "w_in": r.standard_normal((3, 9)) / 3,
+                    "filters": r.standard_normal((2, 16, 3)) * 0.3, "b_in": r.standard_normal(9), "skip": r.standard_normal((2, 3))},
+         "projections, then the recurrence; intermediates: the projections"),
+    Case("mixing.hyena_matrix/order2", "mixing.hyena_matrix", 1009,
+         lambda r: {"x": r.standard_normal((2, 12, 2)), "filters": r.standard_normal((2, 12, 2)) * 0.3},
+         "H(u) as diagonal gates times Toeplitz matrices"),
+
+    # ---- focus
+    Case("focus.focus_frequency_response/near_marginal", "focus.focus_frequency_response", 1101,
+         lambda r: {"theta": np.array([[0.5, 0.5], [0.9, 1 - 1e-5], [0.01, 0.99]]), "n_fft": 64},
+         "P-5 grid, including a pole pair at radius 1 − 5e-6"),
+    Case("focus.periodized_impulse_response/basic", "focus.periodized_impulse_response", 1102,
+         lambda r: {"theta": r.uniform(0.05, 0.95, (3, 2)), "n": 32}, "the response the FFT variants apply"),
+    Case("focus.adaptive_filter/recursive", "focus.adaptive_filter", 1103,
+         lambda r: {"x": r.standard_normal((64, 3)), "theta": r.uniform(0.0, 1.0, (4, 3, 1, 2)), "variant": "causal-recursive"},
+         "per-bin difference equation, exactly causal"),
+    Case("focus.adaptive_filter/literal", "focus.adaptive_filter", 1104,
+         lambda r: {"x": r.standard_normal((64, 3)), "theta": r.uniform(0.0, 1.0, (4, 3, 1, 2)), "variant": "literal"},
+         "the paper's per-bin FFT × conjugate response (non-causal within a bin)"),
+    Case("focus.adaptive_filter/causal_circular", "focus.adaptive_filter", 1105,
+         lambda r: {"x": r.standard_normal((64, 3)), "theta": r.uniform(0.0, 1.0, (4, 3, 1, 2)), "variant": "causal-circular"},
+         "per-bin FFT × H (circular within a bin)"),
+    Case("focus.continuous_exponents/grid", "focus.continuous_exponents", 1106,
+         lambda r: {"theta": r.uniform(0.01, 0.99, (6, 2))}, "the paper's continuous-time reading of θ"),
+    Case("focus.continuous_impulse_response/grid", "focus.continuous_impulse_response", 1107,
+         lambda r: {"theta": r.uniform(0.01, 0.99, 2), "t": np.linspace(0.0, 10.0, 21)}, "continuous reading, corrected ω"),
+    Case("focus.global_conv/basic", "focus.global_conv", 1108,
+         lambda r: {"x": r.standard_normal((32, 3)), "kernel": r.standard_normal((16, 3)) / 4, "skip": r.standard_normal(3),
+                    "squash": 0.0}, "the hypernetwork's global causal convolution"),
+    Case("focus.adaptive_max_pool/uneven", "focus.adaptive_max_pool", 1109,
+         lambda r: {"g": r.standard_normal((30, 3)), "n_out": 7}, "PyTorch's floor/ceil windows, 30 → 7"),
+    Case("focus.hypernetwork/basic", "focus.hypernetwork", 1110,
+         lambda r: {**_focus_layer_args(r), "n_bins": 4}, "θ per (bin, channel, branch) from previous bins"),
+    Case("focus.chunked_attention/basic", "focus.chunked_attention", 1111,
+         lambda r: {"x": r.standard_normal((32, 4)), "x_f": r.standard_normal((32, 4)), "w_q": r.standard_normal((4, 4)) / 2,
+                    "w_k": r.standard_normal((4, 4)) / 2, "w_v": r.standard_normal((4, 4)) / 2, "chunk_size": 8},
+         "causal attention within chunks, queries from x, keys/values from x_f"),
+    Case("focus.gated_residual/basic", "focus.gated_residual", 1112,
+         lambda r: {k: r.standard_normal(s) / 2 for k, s in (("x", (16, 4)), ("x_f", (16, 4)), ("y", (16, 4)), ("w_gamma", (4, 4)),
+                    ("b_gamma", (4,)), ("w_phi", (4, 4)), ("b_phi", (4,)), ("w_h", (4, 4)), ("u_h", (4, 4)), ("b_h", (4,)))},
+         "MEGA-style reset/update gates and residual"),
+    Case("focus.focus_layer/recursive", "focus.focus_layer", 1113,
+         lambda r: {**_focus_layer_args(r), "variant": "causal-recursive", "chunk_size": 8, "n_bins": 4},
+         "the whole layer; intermediates θ, x_f, attention output"),
+    Case("focus.mega_ema_kernel/basic", "focus.mega_ema_kernel", 1114, lambda r: {**_ema_args(r), "n": 40},
+         "MEGA's multi-dimensional damped EMA kernel"),
+    Case("focus.mega_ema/basic", "focus.mega_ema", 1115, lambda r: {"x": r.standard_normal((40, 3)), **_ema_args(r)},
+         "the EMA as a causal FFT convolution"),
 
     # ---- rt_sde
     Case("rt_sde.rt_transition/rotation_decay", "rt_sde.rt_transition", 901,

@@ -64,6 +64,7 @@ NON_COMPUTATIONAL = {
     "11.2": "the HiPPO-LegS ODE whose matrices (11.3) hippo_legs returns",
     "11.19": "the gated recurrence as a special case of the selective scan: an identity",
     "11.20": "the steady-state Kalman filter as a one-pole IIR: an identity",
+    "10.11": "τ(W), the chapter's measure of a mixer's distance from a convolution: a notebook diagnostic",
 }
 
 
