@@ -1,8 +1,8 @@
-"""Shared by the oracle tests of attention, positional and classical: error recording and warnings as errors.
+"""Shared by the oracle tests: recording the worst error of each oracle comparison.
 
 ``recorder()`` returns a module's ``WORST_ERRORS`` dict (conftest prints it when
-``REFIMPL_WORST_ERRORS=1``) and a ``close`` that asserts like :func:`refimpl._testing.assert_close`
-and records the norm-wise relative error under its label.
+``REFIMPL_WORST_ERRORS=1``), a ``close`` that asserts like :func:`refimpl._testing.assert_close`
+and records the norm-wise relative error under its label, and the ``record`` it uses.
 """
 
 from __future__ import annotations
@@ -13,12 +13,18 @@ from refimpl._testing import assert_close
 
 
 def recorder():
-    """A fresh ``(WORST_ERRORS, close)`` pair for one test module."""
+    """A fresh ``(WORST_ERRORS, close, record)`` triple for one test module.
+
+    ``record(what, err, tol)`` keeps the worst ``err`` seen under ``what``; ``close`` asserts
+    like :func:`refimpl._testing.assert_close` and records the norm-wise relative error.
+    """
     worst: dict[str, tuple[float, float]] = {}
 
-    def close(actual, desired, *, rtol: float, what: str) -> float:
-        err = assert_close(actual, desired, rtol=rtol, what=what)
-        worst[what] = (max(worst.get(what, (0.0,))[0], err), rtol)
+    def record(what: str, err: float, tol: float) -> float:
+        worst[what] = (max(worst.get(what, (0.0,))[0], err), tol)
         return err
 
-    return worst, close
+    def close(actual, desired, *, rtol: float, what: str) -> float:
+        return record(what, assert_close(actual, desired, rtol=rtol, what=what), rtol)
+
+    return worst, close, record

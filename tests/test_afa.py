@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 
 from refimpl import afa as afa_module
 from refimpl import sde
-from refimpl._testing import ORACLE, SELF, assert_close, rel_error
+from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
+from refimpl._testing import ORACLE, SELF, rel_error
 from refimpl.afa import afa, afa_irls, afa_loop, isotropic_afa, isotropic_afa_loop
 from refimpl.attention import softmax_attention
 from refimpl.lyapunov import dle_covariance, dle_covariance_backward, isotropic_covariance
@@ -42,17 +43,7 @@ from refimpl.positional import rope
 EPS = np.finfo(np.float64).eps
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS: dict[str, tuple[float, float]] = {}
-
-
-def record(what: str, err: float, tol: float) -> float:
-    WORST_ERRORS[what] = (max(WORST_ERRORS.get(what, (0.0,))[0], err), tol)
-    return err
-
-
-def close(actual, desired, *, rtol: float, what: str) -> float:
-    """assert_close (norm-wise relative) that also records the error under ``what``."""
-    return record(what, assert_close(actual, desired, rtol=rtol, what=what), rtol)
+WORST_ERRORS, close, record = recorder()
 
 
 def elementwise_rel(actual, desired) -> float:

@@ -39,7 +39,7 @@ from refimpl.attention import (
 from _recording import recorder  # noqa: E402
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS, close = recorder()
+WORST_ERRORS, close, _ = recorder()
 
 
 def naive_attention(q, k, v, allowed=None, scale=None):

@@ -56,7 +56,7 @@ from refimpl.classical import (
 from _recording import recorder  # noqa: E402
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS, close = recorder()
+WORST_ERRORS, close, _ = recorder()
 
 
 def random_psd(rng, m, rank=None):

@@ -24,17 +24,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refimpl import iir
+from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
 from refimpl._testing import ORACLE, SELF, assert_close
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS: dict[str, tuple[float, float]] = {}
-
-
-def close(actual, desired, *, rtol: float, what: str) -> float:
-    err = assert_close(actual, desired, rtol=rtol, what=what)
-    old = WORST_ERRORS.get(what, (0.0, rtol))[0]
-    WORST_ERRORS[what] = (max(old, err), rtol)
-    return err
+WORST_ERRORS, close, record = recorder()
 
 
 def random_biquad(rng, *, radius=(0.2, 0.97), kind=None):

@@ -33,7 +33,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refimpl import kalman, sde
-from refimpl._testing import ORACLE, SELF, assert_close
+from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
+from refimpl._testing import ORACLE, SELF
 from refimpl.kalman import (
     batch_smoother,
     from_sde,
@@ -54,17 +55,7 @@ SMOOTHERS = (rts_smoother, rts_smoother_loop, rts_smoother_scan, batch_smoother)
 ALL = FILTERS + SMOOTHERS
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS: dict[str, tuple[float, float]] = {}
-
-
-def record(what: str, err: float, tol: float) -> float:
-    WORST_ERRORS[what] = (max(WORST_ERRORS.get(what, (0.0,))[0], err), tol)
-    return err
-
-
-def close(actual, desired, *, rtol: float, what: str) -> float:
-    """assert_close (norm-wise relative) that also records the error under ``what``."""
-    return record(what, assert_close(actual, desired, rtol=rtol, what=what), rtol)
+WORST_ERRORS, close, record = recorder()
 
 
 # ---------------------------------------------------------------------------------------------

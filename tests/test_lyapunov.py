@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.integrate import quad_vec, solve_ivp
 
+from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
 from refimpl._testing import ODE, ORACLE, SELF, assert_close
 from refimpl.lyapunov import (
     dle_covariance,
@@ -42,18 +43,7 @@ from refimpl.lyapunov import (
 EPS = np.finfo(np.float64).eps
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS: dict[str, tuple[float, float]] = {}
-
-
-def _record(what: str, err: float, tol: float) -> float:
-    old = WORST_ERRORS.get(what, (0.0, tol))[0]
-    WORST_ERRORS[what] = (max(old, err), tol)
-    return err
-
-
-def close(actual, desired, *, rtol: float, what: str) -> float:
-    """assert_close (norm-wise relative) that also records the error under ``what``."""
-    return _record(what, assert_close(actual, desired, rtol=rtol, what=what), rtol)
+WORST_ERRORS, close, _record = recorder()
 
 
 def elementwise_rel(actual, desired) -> float:

@@ -36,7 +36,7 @@ from refimpl.positional import (
 from _recording import recorder  # noqa: E402
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS, close = recorder()
+WORST_ERRORS, close, _ = recorder()
 
 
 def annotated_transformer_pe(n, d):

@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.integrate import quad_vec, solve_ivp
 
+from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
 from refimpl._testing import ODE, ORACLE, SELF, assert_close, mc_band
 from refimpl.afa import isotropic_afa
 from refimpl.lyapunov import isotropic_covariance
@@ -53,13 +54,7 @@ from refimpl.rt_sde import (
 )
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS: dict[str, tuple[float, float]] = {}
-
-
-def close(actual, desired, *, rtol: float, what: str) -> float:
-    err = assert_close(actual, desired, rtol=rtol, what=what)
-    WORST_ERRORS[what] = (max(WORST_ERRORS.get(what, (0.0,))[0], err), rtol)
-    return err
+WORST_ERRORS, close, record = recorder()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import scipy.linalg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refimpl._testing import ORACLE, SELF, assert_close
+from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
+from refimpl._testing import ORACLE, SELF
 from refimpl.sde import (
     LinearSDE,
     discretize,
@@ -37,17 +38,7 @@ SPIRAL_S = np.array([[1 - 1j, 1 + 1j], [1, 1]])
 EIG2 = ([-1.0, -2.0], np.eye(2), [1.0, 1.0])  # valid from_eigen arguments
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS: dict[str, tuple[float, float]] = {}
-
-
-def close(actual, desired, *, rtol: float, what: str) -> float:
-    err = assert_close(actual, desired, rtol=rtol, what=what)
-    WORST_ERRORS[what] = (max(WORST_ERRORS.get(what, (0.0,))[0], err), rtol)
-    return err
-
-
-def record(what: str, err: float, tol: float) -> None:
-    WORST_ERRORS[what] = (max(WORST_ERRORS.get(what, (0.0,))[0], err), tol)
+WORST_ERRORS, close, record = recorder()
 
 
 # ---------------------------------------------------------------------------------------------

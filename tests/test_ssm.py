@@ -27,18 +27,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refimpl import ssm
-from refimpl._testing import ORACLE, SELF, assert_close
+from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
+from refimpl._testing import ORACLE, SELF
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS: dict[str, tuple[float, float]] = {}
-
-
-def close(actual, desired, *, rtol: float, what: str) -> float:
-    """assert_close that also records the error under ``what``."""
-    err = assert_close(actual, desired, rtol=rtol, what=what)
-    old = WORST_ERRORS.get(what, (0.0, rtol))[0]
-    WORST_ERRORS[what] = (max(old, err), rtol)
-    return err
+WORST_ERRORS, close, record = recorder()
 
 
 # ---------------------------------------------------------------------------------------------
