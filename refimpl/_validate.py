@@ -35,6 +35,7 @@ __all__ = [
     "as_positive_scalar",
     "as_rng",
     "as_noise",
+    "as_int",
 ]
 
 
@@ -219,3 +220,12 @@ def as_noise(x, name: str, d: int) -> tuple[np.ndarray, bool]:
         raise ValueError(f"{name}: expected a spectrum of shape ({d},) or a matrix ({d}, {d}), got shape {g.shape}")
     check_hermitian_psd(g, name)
     return 0.5 * (g + g.conj().T), False
+
+
+def as_int(value, name: str, minimum: int = 0) -> int:
+    """An integer (bool rejected, no silent truncation of floats) that is at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)

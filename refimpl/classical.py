@@ -42,6 +42,7 @@ import numpy as np
 import scipy.linalg
 
 from ._validate import (
+    as_int,
     as_array,
     as_complex_array,
     as_positive_scalar,
@@ -80,14 +81,6 @@ __all__ = [
 ]
 
 
-def _positive_int(n, name: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {n}")
-    return int(n)
-
-
 # ---------------------------------------------------------------------------------------------
 # Matched filter / pulse compression, Eqs. (6.1)-(6.2)
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +104,7 @@ def lfm_pulse(n_samples: int, bandwidth: float) -> np.ndarray:
     -------
     ndarray of complex, shape (L,), unit modulus.
     """
-    n = _positive_int(n_samples, "n_samples")
+    n = as_int(n_samples, "n_samples", 1)
     b = as_positive_scalar(bandwidth, "bandwidth")
     if b > 1.0:
         raise ValueError(f"bandwidth: expected a value in (0, 1] cycles/sample, got {b!r}")
@@ -245,7 +238,7 @@ def cross_correlation(d, u, n_lags: int) -> np.ndarray:
     u = _check_1d_signal(u, "u")
     if d.shape[-1] != u.shape[-1]:
         raise ValueError(f"u: expected the length N = {d.shape[-1]} of d, got shape {u.shape}")
-    m = _positive_int(n_lags, "n_lags")
+    m = as_int(n_lags, "n_lags", 1)
     n = d.shape[-1]
     if m > n:
         raise ValueError(f"n_lags: expected at most N = {n}, got {m}")
@@ -351,7 +344,7 @@ def ar1_psd(a: float, q: float, n_fft: int) -> np.ndarray:
     if not abs(a) < 1:
         raise ValueError(f"a: expected |a| < 1 (a stationary AR(1) process), got {a!r}")
     q = as_positive_scalar(q, "q")
-    k = _positive_int(n_fft, "n_fft")
+    k = as_int(n_fft, "n_fft", 1)
     w = 2 * np.pi * np.arange(k) / k
     return q / np.abs(1.0 - a * np.exp(-1j * w)) ** 2
 
@@ -442,7 +435,7 @@ def _check_adaptive(u, d, n_taps, w0):
     d = _check_1d_signal(d, "d")
     if u.shape != d.shape:
         raise ValueError(f"d: expected the shape of u {u.shape}, got shape {d.shape}")
-    m = _positive_int(n_taps, "n_taps")
+    m = as_int(n_taps, "n_taps", 1)
     if w0 is None:
         w0 = np.zeros(m)
     else:
@@ -600,7 +593,7 @@ def rls_loop(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=Non
 
 
 def _check_array(n_sensors, spacing):
-    m = _positive_int(n_sensors, "n_sensors")
+    m = as_int(n_sensors, "n_sensors", 1)
     return m, as_positive_scalar(spacing, "spacing")
 
 

@@ -66,9 +66,8 @@ import numpy as np
 from scipy.special import expit
 
 from . import iir
-from ._validate import as_real_array, as_rng, check_option
+from ._validate import as_int, as_real_array, as_rng, check_option
 from .attention import softmax_attention, softmax_attention_loop
-from .iir import _check_int
 
 __all__ = [
     "VARIANTS",
@@ -189,7 +188,7 @@ def _filter_args(x, theta, variant, n_fft):
     else:
         if variant == "causal-recursive":
             raise ValueError("n_fft: the causal-recursive variant has no FFT; expected None")
-        n_fft = _check_int(n_fft, "n_fft", max(R, 1))
+        n_fft = as_int(n_fft, "n_fft", max(R, 1))
     xb = np.broadcast_to(x, batch + x.shape[-2:]).reshape(batch + (n_bins, R, d))  # S2P into bins
     th = np.broadcast_to(theta, batch + theta.shape[-4:])
     return xb, th, R, n_fft
@@ -218,7 +217,7 @@ def focus_frequency_response(theta, n_fft):
     ndarray, complex128, shape (..., n_fft)
     """
     theta = _theta(theta)
-    n_fft = _check_int(n_fft, "n_fft", 1)
+    n_fft = as_int(n_fft, "n_fft", 1)
     z = np.exp(-2j * np.pi * np.arange(n_fft) / n_fft)  # z_k = e^{−j2πk/N}  (= z⁻¹ on the circle)
     return 1.0 / (1.0 + theta[..., 0, None] * z + theta[..., 1, None] * z * z)
 
@@ -226,7 +225,7 @@ def focus_frequency_response(theta, n_fft):
 def focus_frequency_response_loop(theta, n_fft):
     """Loop twin of :func:`focus_frequency_response`: one filter at a time via :func:`refimpl.iir.frequency_response`."""
     theta = _theta(theta)
-    n_fft = _check_int(n_fft, "n_fft", 1)
+    n_fft = as_int(n_fft, "n_fft", 1)
     out = np.empty(theta.shape[:-1] + (n_fft,), dtype=np.complex128)
     for idx in np.ndindex(*theta.shape[:-1]):
         t0, t1 = theta[idx]
@@ -488,7 +487,7 @@ def _pool_windows(L: int, n_out: int):
 
 def _pool_args(g, n_out):
     g = _signal(g, "g")
-    n_out = _check_int(n_out, "n_out", 1)
+    n_out = as_int(n_out, "n_out", 1)
     if n_out > g.shape[-2]:
         raise ValueError(f"n_out: expected at most L = {g.shape[-2]} outputs, got {n_out}")
     return g, n_out
@@ -561,7 +560,7 @@ def _hyper_args(x, params, n_bins, first_bin):
     p = _check_params(params, x)
     check_option(first_bin, "first_bin", FIRST_BIN)
     L = x.shape[-2]
-    n_bins = _check_int(n_bins, "n_bins", 1)
+    n_bins = as_int(n_bins, "n_bins", 1)
     _divides(n_bins, "n_bins", L, "a number of bins")
     O = p["mlp_w1"].shape[0]
     if L % (O * n_bins):
@@ -660,7 +659,7 @@ def _attn_args(x, x_f, w_q, w_k, w_v, chunk_size):
     if ws[0].shape[1] != ws[1].shape[1]:
         raise ValueError(f"w_k: expected the query width {ws[0].shape[1]} columns, got shape {ws[1].shape}")
     L = x.shape[-2]
-    M = _divides(_check_int(chunk_size, "chunk_size", 1), "chunk_size", L, "a chunk length")
+    M = _divides(as_int(chunk_size, "chunk_size", 1), "chunk_size", L, "a chunk length")
     return x, x_f, ws, M
 
 
@@ -817,12 +816,12 @@ def init_focus_params(d, *, n_bank=1, oversample=2, hidden=16, kernel_len=64, d_
     -------
     dict of ndarray
     """
-    d = _check_int(d, "d", 1)
-    F = _check_int(n_bank, "n_bank", 1)
-    O = _check_int(oversample, "oversample", 1)
-    hid = _check_int(hidden, "hidden", 1)
-    K = _check_int(kernel_len, "kernel_len", 1)
-    dk = d if d_head is None else _check_int(d_head, "d_head", 1)
+    d = as_int(d, "d", 1)
+    F = as_int(n_bank, "n_bank", 1)
+    O = as_int(oversample, "oversample", 1)
+    hid = as_int(hidden, "hidden", 1)
+    K = as_int(kernel_len, "kernel_len", 1)
+    dk = d if d_head is None else as_int(d_head, "d_head", 1)
     rng = as_rng(rng)
 
     def glorot(n_in, n_out):
@@ -939,11 +938,11 @@ def focus_op_counts(L, d, *, n_bins, chunk_size, n_bank=1):
     -------
     dict of float
     """
-    L = _check_int(L, "L", 1)
-    d = _check_int(d, "d", 1)
-    n_bins = _divides(_check_int(n_bins, "n_bins", 1), "n_bins", L, "a number of bins")
-    M = _divides(_check_int(chunk_size, "chunk_size", 1), "chunk_size", L, "a chunk length")
-    F = _check_int(n_bank, "n_bank", 1)
+    L = as_int(L, "L", 1)
+    d = as_int(d, "d", 1)
+    n_bins = _divides(as_int(n_bins, "n_bins", 1), "n_bins", L, "a number of bins")
+    M = _divides(as_int(chunk_size, "chunk_size", 1), "chunk_size", L, "a chunk length")
+    F = as_int(n_bank, "n_bank", 1)
     R, C = L // n_bins, L // M
     log2 = math.log2
     return {
@@ -994,7 +993,7 @@ def mega_ema_kernel(alpha, delta, beta, eta, n):
     ndarray, shape (n, D)
     """
     alpha, delta, beta, eta = _ema_args(alpha, delta, beta, eta)
-    n = _check_int(n, "n", 1)
+    n = as_int(n, "n", 1)
     q = 1.0 - alpha * delta  # pole of each component
     powers = q[None] ** np.arange(n)[:, None, None]  # (n, D, h)
     return np.einsum("ldh,dh->ld", powers, eta * alpha * beta)

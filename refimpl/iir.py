@@ -49,6 +49,7 @@ import numpy as np
 
 from ._scan import linear_scan
 from ._validate import (
+    as_int,
     as_complex_array,
     as_positive_scalar,
     as_real_array,
@@ -184,14 +185,6 @@ def _check_bool(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
     return bool(value)
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
-    return int(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +493,7 @@ def impulse_response(b, a, n):
     -------
     ndarray, shape (n,)
     """
-    n = _check_int(n, "n", 1)
+    n = as_int(n, "n", 1)
     delta = np.zeros(n)
     delta[0] = 1.0
     return tf_filter(b, a, delta)
@@ -509,7 +502,7 @@ def impulse_response(b, a, n):
 def impulse_response_loop(b, a, n):
     """Loop twin of :func:`impulse_response`: the recursion h[k] = b_k − Σ_{i≥1} a_i h[k−i]."""
     b, a = _coeffs(b, a)
-    n = _check_int(n, "n", 1)
+    n = as_int(n, "n", 1)
     h = np.zeros(n)
     for k in range(n):
         acc = b[k] if k < b.size else 0.0
@@ -547,7 +540,7 @@ def biquad_impulse_closed_form(b, a, n):
     accuracy; the recursion (:func:`impulse_response`) does not.
     """
     b, a = _coeffs(b, a, length=3)
-    n = _check_int(n, "n", 1)
+    n = as_int(n, "n", 1)
     k = np.arange(n, dtype=np.float64)
     disc = a[1] ** 2 - 4.0 * a[2]
     if disc == 0.0:
@@ -585,7 +578,7 @@ def _real_roots(a1: float, a2: float) -> tuple[float, float]:
 def _grid(w, whole) -> np.ndarray:
     whole = _check_bool(whole, "whole")
     if isinstance(w, (numbers.Integral, np.integer)) and not isinstance(w, bool):
-        n = _check_int(w, "w", 1)
+        n = as_int(w, "w", 1)
         return np.arange(n) * ((2.0 if whole else 1.0) * np.pi / n)
     if isinstance(w, bool):
         raise TypeError("w: expected a number of frequencies (int) or an array of frequencies, got bool")
@@ -996,7 +989,7 @@ def buttap(order):
     -------
     z : ndarray (0,);  p : ndarray complex128 (N,);  k : float (= 1)
     """
-    N = _check_int(order, "order", 1)
+    N = as_int(order, "order", 1)
     m = np.arange(-N + 1, N, 2)
     p = -np.exp(1j * np.pi * m / (2 * N))  # on the unit circle, left half plane
     return np.zeros(0, dtype=np.complex128), p, 1.0
@@ -1010,7 +1003,7 @@ def cheb1ap(order, rp):
     ``μ = asinh(1/ε)/N``; an ellipse with semi-axes ``sinh μ`` and ``cosh μ``. The gain makes
     ``|H(0)| = 1`` (odd N) or ``1/sqrt(1 + ε²)`` (even N).
     """
-    N = _check_int(order, "order", 1)
+    N = as_int(order, "order", 1)
     rp = as_positive_scalar(rp, "rp")
     eps = math.sqrt(10.0 ** (0.1 * rp) - 1.0)
     mu = math.asinh(1.0 / eps) / N

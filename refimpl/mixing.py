@@ -55,7 +55,7 @@ import math
 import numpy as np
 import scipy.fft
 
-from ._validate import as_array, as_positive_scalar, as_real_array, as_rng
+from ._validate import as_int, as_array, as_positive_scalar, as_real_array, as_rng
 
 __all__ = [
     "fnet",
@@ -76,14 +76,6 @@ __all__ = [
 ]
 
 LN_EPS = 1e-5  # LayerNorm ε of g-mlp-pytorch (torch.nn.LayerNorm default)
-
-
-def _check_length(n, name: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{name}: expected an integer, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {n}")
-    return int(n)
 
 
 def _check_sequence(x, name: str, *, real: bool = True) -> np.ndarray:
@@ -175,8 +167,8 @@ def fnet_matrix(N, d=1):
     Every entry of ``F_N ⊗ F_d`` has modulus 1 — the only sense in which FNet "mixes all
     positions equally"; the real part is neither unitary nor shift-invariant.
     """
-    N = _check_length(N, "N")
-    d = _check_length(d, "d")
+    N = as_int(N, "N", 1)
+    d = as_int(d, "d", 1)
 
     def cs(n):
         k = np.outer(np.arange(n), np.arange(n)) % n  # nm mod n: exact phases
@@ -358,7 +350,7 @@ def causal_toeplitz(h, N=None):
     h = as_array(h, "h")
     if h.ndim != 2 or h.shape[0] < 1:
         raise ValueError(f"h: expected shape (M, d) with M >= 1, got shape {h.shape}")
-    N = h.shape[0] if N is None else _check_length(N, "N")
+    N = h.shape[0] if N is None else as_int(N, "N", 1)
     lag = np.subtract.outer(np.arange(N), np.arange(N))  # i − j
     padded = np.concatenate([h, np.zeros((max(N - h.shape[0], 0), h.shape[1]), dtype=h.dtype)])
     T = np.where(lag >= 0, padded[np.clip(lag, 0, N - 1)].transpose(2, 0, 1), 0.0)  # h_{i−j}, i ≥ j
@@ -372,14 +364,14 @@ def causal_toeplitz(h, N=None):
 
 def _hyena_filter_setup(L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng):
     """Validated arguments and the FFN weights (drawn in a fixed order from ``rng``)."""
-    L = _check_length(L, "L")
-    d = _check_length(d, "d")
-    n_filters = _check_length(n_filters, "n_filters")
-    emb_dim = _check_length(emb_dim, "emb_dim")
+    L = as_int(L, "L", 1)
+    d = as_int(d, "d", 1)
+    n_filters = as_int(n_filters, "n_filters", 1)
+    emb_dim = as_int(emb_dim, "emb_dim", 1)
     if emb_dim < 3 or emb_dim % 2 == 0:
         raise ValueError(f"emb_dim: expected an odd integer >= 3 (t plus (emb_dim−1)/2 complex bands), got {emb_dim}")
-    width = _check_length(width, "width")
-    depth = _check_length(depth, "depth")
+    width = as_int(width, "width", 1)
+    depth = as_int(depth, "depth", 1)
     freq = as_positive_scalar(freq, "freq")
     fast = as_positive_scalar(fast_decay_pct, "fast_decay_pct")
     slow = as_positive_scalar(slow_decay_pct, "slow_decay_pct")

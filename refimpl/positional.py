@@ -38,7 +38,7 @@ import math
 
 import numpy as np
 
-from ._validate import as_positive_scalar, as_real_array
+from ._validate import as_int, as_positive_scalar, as_real_array
 
 __all__ = [
     "frequencies",
@@ -58,14 +58,6 @@ def _even_width(d, name: str) -> int:
     if d < 2 or d % 2:
         raise ValueError(f"{name}: expected an even number >= 2 (channels come in (sin, cos) pairs), got {d}")
     return int(d)
-
-
-def _count(n, name: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(n).__name__}")
-    if n < 0:
-        raise ValueError(f"{name}: expected a count >= 0, got {n}")
-    return int(n)
 
 
 def frequencies(d_model: int, base: float = 10000.0) -> np.ndarray:
@@ -121,7 +113,7 @@ def sinusoidal_encoding(n_positions: int, d_model: int, base: float = 10000.0) -
     array([[0.    , 1.    , 0.    , 1.    ],
            [0.8415, 0.5403, 0.01  , 1.    ]])
     """
-    n = _count(n_positions, "n_positions")
+    n = as_int(n_positions, "n_positions", 0)
     omega = frequencies(d_model, base)
     angle = np.arange(n)[:, None] * omega[None, :]  # p ω_i, shape (P, d/2)
     pe = np.empty((n, 2 * omega.size))
@@ -132,7 +124,7 @@ def sinusoidal_encoding(n_positions: int, d_model: int, base: float = 10000.0) -
 
 def sinusoidal_encoding_loop(n_positions: int, d_model: int, base: float = 10000.0) -> np.ndarray:
     """Loop twin of :func:`sinusoidal_encoding`: one position and one channel at a time (Eq. (5.2))."""
-    n = _count(n_positions, "n_positions")
+    n = as_int(n_positions, "n_positions", 0)
     d = _even_width(d_model, "d_model")
     base = as_positive_scalar(base, "base")
     pe = np.zeros((n, d))

@@ -61,6 +61,7 @@ import scipy.linalg
 
 from ._scan import linear_scan
 from ._validate import (
+    as_int,
     as_array,
     as_complex_array,
     as_positive_scalar,
@@ -99,14 +100,6 @@ _SCAN_BLOCK = 64  # time steps per block of selective_scan
 # ---------------------------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_size(n, name: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{name}: expected an integer, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {n}")
-    return int(n)
 
 
 def _stability_tol(A: np.ndarray) -> float:
@@ -169,7 +162,7 @@ def hippo_legs(N):
            [-1.7321, -2.    ,  0.    ],
            [-2.2361, -3.873 , -3.    ]])
     """
-    N = _check_size(N, "N")
+    N = as_int(N, "N", 1)
     q = np.sqrt(2.0 * np.arange(N) + 1.0)  # (2n+1)^{1/2}
     A = np.tril(np.outer(q, q), -1) + np.diag(np.arange(1.0, N + 1.0))  # n > k: q_n q_k; n = k: n+1
     return 0.0 - A, q.copy()  # 0 − A: no negative zeros above the diagonal
@@ -242,7 +235,7 @@ def hippo_legs_online(u, N):
     then stays an exact fixed point (``A e_0 = −B``). Reconstruct with
     :func:`legs_reconstruct`. This loop *is* the algorithm (each step has its own matrix).
     """
-    N = _check_size(N, "N")
+    N = as_int(N, "N", 1)
     u = as_real_array(u, "u")
     if u.ndim < 2:
         raise ValueError(f"u: expected shape (..., L, d), got shape {u.shape}")
@@ -452,7 +445,7 @@ def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
     Both take powers of Ā explicitly, which is fine for a stable Ā in float64 but is exactly
     what S4 avoids for long L (Eq. (11.13)).
     """
-    L = _check_size(L, "L")
+    L = as_int(L, "L", 1)
     Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
     N = Bb.shape[-1]
     T = max(1, int(np.ceil(np.sqrt(L))))
@@ -474,7 +467,7 @@ def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
 
 def ssm_kernel_loop(Ab, Bb, C, L, *, diagonal=False):
     """Loop twin of :func:`ssm_kernel`: ``x ← Ā x`` one step at a time, channel by channel (Eq. (11.9))."""
-    L = _check_size(L, "L")
+    L = as_int(L, "L", 1)
     Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
     N = Bb.shape[-1]
     Ab = np.broadcast_to(Ab, batch + ((N,) if diagonal else (N, N)))
@@ -490,7 +483,7 @@ def ssm_kernel_loop(Ab, Bb, C, L, *, diagonal=False):
 
 def _s4d_args(A, B, C, step, L, method):
     check_option(method, "method", METHODS)
-    L = _check_size(L, "L")
+    L = as_int(L, "L", 1)
     A = as_array(A, "A")
     if A.ndim < 1 or A.shape[-1] < 1:
         raise ValueError(f"A: expected a diagonal of shape (..., N) with N >= 1, got shape {A.shape}")
@@ -631,7 +624,7 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     vector and conjugates it, so it equals ``s4_kernel_dplr(Λ, P, Q, B, conj(C), Δ, L,
     c_tilde=True).real``.
     """
-    L = _check_size(L, "L")
+    L = as_int(L, "L", 1)
     Lam = as_complex_array(Lambda, "Lambda", ndim=1)
     N = Lam.shape[0]
     if N < 1:
