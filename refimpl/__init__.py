@@ -11,6 +11,7 @@ Each public module pairs with chapters of the book (``book.toml``):
 ``refimpl.afa``         Adaptive Filter Attention: tensor and isotropic forms, IRLS (chapters 7–8)
 ``refimpl.rt_sde``      the radial–tangential SDE, a reconstruction: RT precisions and attention (chapter 9)
 ``refimpl.ssm``         HiPPO, S4/S4D kernels, recurrent vs convolutional SSMs, Mamba's selective scan (chapter 11)
+``refimpl.random_features``  linear attention, Performer FAVOR+, RFA, Reformer LSH attention (chapter 12)
 ``refimpl.iir``         classical IIR filters: biquads, SOS, stability, s→z design, IIR ↔ SSM (chapter 13)
 
 Every computation ``f`` has a loop twin ``f_loop`` that reads like the equation; tests assert
@@ -18,7 +19,7 @@ they agree, and check both against independent oracles (SciPy, closed forms). Th
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import afa, attention, classical, iir, kalman, lyapunov, positional, rt_sde, sde, ssm
+from . import afa, attention, classical, iir, kalman, lyapunov, positional, random_features, rt_sde, sde, ssm
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "kalman",
     "lyapunov",
     "positional",
+    "random_features",
     "rt_sde",
     "sde",
     "ssm",

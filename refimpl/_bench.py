@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import afa, attention, classical, iir, kalman, lyapunov, positional, rt_sde, sde, ssm
+from . import afa, attention, classical, iir, kalman, lyapunov, positional, random_features, rt_sde, sde, ssm
 from ._testing import rel_error
 
 __all__ = ["Case", "CASES", "run_case", "run", "main"]
@@ -275,6 +275,49 @@ def _s4d(quick: bool):
     return (A, 1.0, C, step, L), {"conj_pairs": True}
 
 
+# random_features (issue 7): scaling over N = 2^10 … 2^15, d = 64, m = 256
+_EFFICIENT_NS = tuple(2**p for p in range(10, 16))
+
+
+def _efficient(kind: str, causal: bool):
+    """(setup, scaling) for one efficient-attention case; the loop twins run at small N."""
+    kw = {"causal": causal}
+    if kind == "performer":
+        kw.update(n_features=256, rng=0)
+
+    def setup(quick: bool):
+        n = (64 if quick else 512) if kind == "linear" else (32 if quick else 256)
+        return _qkv(n, 16 if quick else 64), kw
+
+    def scaling(n: int):
+        return _qkv(n, 64), kw
+
+    return setup, scaling
+
+
+def _lsh_kw(n: int, causal: bool = False) -> dict:
+    return {"n_buckets": max(2, n // 64), "n_rounds": 2, "chunk_size": 64, "rng": 0, "causal": causal}
+
+
+def _lsh(quick: bool):
+    n = 64 if quick else 256
+    q, _, v = _qkv(n, 16 if quick else 64)
+    return (q, v), {**_lsh_kw(n), "chunk_size": 16 if quick else 64}
+
+
+def _lsh_scaling(n: int):
+    q, _, v = _qkv(n, 64)
+    return (q, v), _lsh_kw(n)
+
+
+def _sdpa_scaling(n: int):
+    return _qkv(n, 64), {}
+
+
+def _sdpa_mid(quick: bool):
+    return _sdpa_scaling(256 if quick else 1024)
+
+
 CASES: list[Case] = [
     Case(
         "dle_covariance (diagonal noise)",
@@ -463,6 +506,66 @@ CASES: list[Case] = [
         _s4d,
         lambda q: "L=256, N=8, H=4" if q else "L=16384, N=64, H=64",
         notes="no loop at this size; peak memory is the point (the full Vandermonde is 1 GiB)",
+    ),
+    Case(
+        "linear_attention (non-causal) vs loop twin",
+        random_features.linear_attention,
+        random_features.linear_attention_loop,
+        _efficient("linear", False)[0],
+        lambda q: "N=64, d=16" if q else "N=512, d=64",
+        scaling=_efficient("linear", False)[1],
+        scaling_ns=_EFFICIENT_NS,
+        notes="issue 7: fitted time exponent over N = 2^10 … 2^15 (d = 64) at most 1.15",
+    ),
+    Case(
+        "linear_attention (causal) vs RNN loop twin",
+        random_features.linear_attention,
+        random_features.linear_attention_loop,
+        _efficient("linear", True)[0],
+        lambda q: "N=64, d=16" if q else "N=512, d=64",
+        scaling=_efficient("linear", True)[1],
+        scaling_ns=_EFFICIENT_NS,
+        notes="issue 7: fitted time exponent over N = 2^10 … 2^15 (d = 64) at most 1.15",
+    ),
+    Case(
+        "performer_attention (non-causal, m=256) vs loop twin",
+        random_features.performer_attention,
+        random_features.performer_attention_loop,
+        _efficient("performer", False)[0],
+        lambda q: "N=32, d=16" if q else "N=256, d=64, m=256",
+        scaling=_efficient("performer", False)[1],
+        scaling_ns=_EFFICIENT_NS,
+        notes="issue 7: fitted time exponent over N = 2^10 … 2^15 (d = 64, m=256) at most 1.15",
+    ),
+    Case(
+        "performer_attention (causal, m=256) vs RNN loop twin",
+        random_features.performer_attention,
+        random_features.performer_attention_loop,
+        _efficient("performer", True)[0],
+        lambda q: "N=32, d=16" if q else "N=256, d=64, m=256",
+        scaling=_efficient("performer", True)[1],
+        scaling_ns=_EFFICIENT_NS,
+        notes="issue 7: fitted time exponent over N = 2^10 … 2^15 (d = 64, m=256) at most 1.15",
+    ),
+    Case(
+        "lsh_attention (2 rounds, chunk 64, N/64 buckets) vs loop twin",
+        random_features.lsh_attention,
+        random_features.lsh_attention_loop,
+        _lsh,
+        lambda q: "N=64, d=16, chunk 16" if q else "N=256, d=64",
+        scaling=_lsh_scaling,
+        scaling_ns=_EFFICIENT_NS,
+        notes="issue 7: fitted time exponent over N = 2^10 … 2^15 (d = 64) at most 1.3",
+    ),
+    Case(
+        "softmax_attention scaling (beside the efficient attentions)",
+        attention.softmax_attention,
+        None,
+        _sdpa_mid,
+        lambda q: "N=256, d=64" if q else "N=1024, d=64",
+        scaling=_sdpa_scaling,
+        scaling_ns=tuple(2**p for p in range(10, 15)),
+        notes="issue 7: reported beside the efficient attentions (N = 2^10 … 2^14; expect ~2)",
     ),
 ]
 
