@@ -295,6 +295,23 @@ def _efficient(kind: str, causal: bool):
     return setup, scaling
 
 
+def _efficient_case(kind: str, causal: bool) -> Case:
+    name = "linear_attention" if kind == "linear" else "performer_attention"
+    extra = ", m=256" if kind == "performer" else ""
+    small, big = ("N=64, d=16", "N=512, d=64") if kind == "linear" else ("N=32, d=16", "N=256, d=64")
+    setup, scaling = _efficient(kind, causal)
+    return Case(
+        f"{name} ({'causal' if causal else 'non-causal'}{extra}) vs {'RNN ' if causal else ''}loop twin",
+        getattr(random_features, name),
+        getattr(random_features, name + "_loop"),
+        setup,
+        lambda q: small if q else big + extra,
+        scaling=scaling,
+        scaling_ns=_EFFICIENT_NS,
+        notes=f"issue 7: fitted time exponent over N = 2^10 … 2^15 (d = 64{extra}) at most 1.15",
+    )
+
+
 def _lsh_kw(n: int, causal: bool = False) -> dict:
     return {"n_buckets": max(2, n // 64), "n_rounds": 2, "chunk_size": 64, "rng": 0, "causal": causal}
 
@@ -507,46 +524,7 @@ CASES: list[Case] = [
         lambda q: "L=256, N=8, H=4" if q else "L=16384, N=64, H=64",
         notes="no loop at this size; peak memory is the point (the full Vandermonde is 1 GiB)",
     ),
-    Case(
-        "linear_attention (non-causal) vs loop twin",
-        random_features.linear_attention,
-        random_features.linear_attention_loop,
-        _efficient("linear", False)[0],
-        lambda q: "N=64, d=16" if q else "N=512, d=64",
-        scaling=_efficient("linear", False)[1],
-        scaling_ns=_EFFICIENT_NS,
-        notes="issue 7: fitted time exponent over N = 2^10 … 2^15 (d = 64) at most 1.15",
-    ),
-    Case(
-        "linear_attention (causal) vs RNN loop twin",
-        random_features.linear_attention,
-        random_features.linear_attention_loop,
-        _efficient("linear", True)[0],
-        lambda q: "N=64, d=16" if q else "N=512, d=64",
-        scaling=_efficient("linear", True)[1],
-        scaling_ns=_EFFICIENT_NS,
-        notes="issue 7: fitted time exponent over N = 2^10 … 2^15 (d = 64) at most 1.15",
-    ),
-    Case(
-        "performer_attention (non-causal, m=256) vs loop twin",
-        random_features.performer_attention,
-        random_features.performer_attention_loop,
-        _efficient("performer", False)[0],
-        lambda q: "N=32, d=16" if q else "N=256, d=64, m=256",
-        scaling=_efficient("performer", False)[1],
-        scaling_ns=_EFFICIENT_NS,
-        notes="issue 7: fitted time exponent over N = 2^10 … 2^15 (d = 64, m=256) at most 1.15",
-    ),
-    Case(
-        "performer_attention (causal, m=256) vs RNN loop twin",
-        random_features.performer_attention,
-        random_features.performer_attention_loop,
-        _efficient("performer", True)[0],
-        lambda q: "N=32, d=16" if q else "N=256, d=64, m=256",
-        scaling=_efficient("performer", True)[1],
-        scaling_ns=_EFFICIENT_NS,
-        notes="issue 7: fitted time exponent over N = 2^10 … 2^15 (d = 64, m=256) at most 1.15",
-    ),
+    *[_efficient_case(kind, causal) for kind in ("linear", "performer") for causal in (False, True)],
     Case(
         "lsh_attention (2 rounds, chunk 64, N/64 buckets) vs loop twin",
         random_features.lsh_attention,

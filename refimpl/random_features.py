@@ -13,16 +13,16 @@ If ``κ(q, k) ≈ φ(q)·φ(k)`` for a feature map ``φ : R^d → R^C``, the sum
 
 and the cost drops from O(N² d) to O(N C d): the (N, N) matrix is never formed. The causal
 version keeps running sums ``S_i = Σ_{j≤i} φ(k_j) v_j^T``, ``z_i = Σ_{j≤i} φ(k_j)`` — an RNN
-with a matrix state (Eq. 12.3). The modules's methods differ only in φ:
+with a matrix state (Eq. 12.3). The module's methods differ only in φ:
 
 * **linear attention** (Katharopoulos et al. 2020): φ(x) = elu(x) + 1, deterministic, no
   scale; it is *not* an approximation of softmax attention, but a different kernel.
 * **Performer / FAVOR+** (Choromanski et al. 2021): positive random features
-  φ(x) = m^{-1/2} exp(Wx − ‖x‖²/2), unbiased for exp(x·y) (Eq. 12.5), with orthogonal rows
-  of W (Eq. 12.8); or the trigonometric features exp(‖x‖²/2)[sin Wx, cos Wx]/√m (Eq. 12.6).
+  φ(x) = m^{-1/2} exp(Wx − ‖x‖²/2), unbiased for exp(x·y) (Eq. 12.7), with orthogonal rows
+  of W (Eq. 12.9); or the trigonometric features exp(‖x‖²/2)[sin Wx, cos Wx]/√m (Eq. 12.6).
 * **RFA** (Peng et al. 2021): random Fourier features [sin Wx, cos Wx]/√D of the Gaussian
   kernel (Rahimi–Recht) on ℓ2-normalized q, k, optionally with a scalar forgetting gate
-  (Eqs. 12.10–12.12).
+  (Eqs. 12.5, 12.11–12.12).
 * **Reformer LSH attention** (Kitaev et al. 2020) instead keeps exp(q·k) exactly but only for
   keys that hash into the same angular bucket (Eqs. 12.13–12.15), plus reversible residual
   blocks (Eq. 12.16).
@@ -53,11 +53,11 @@ exponential, which biases the estimator (spec survey §10 d).
 References
 ----------
 .. [1] A. Katharopoulos, A. Vyas, N. Pappas, F. Fleuret, "Transformers are RNNs: fast
-       autoregressive transformers with linear attention", ICML 2020, Eqs. (2)–(6), (16)–(20).
+       autoregressive transformers with linear attention", ICML 2020, §3.2–3.4.
 .. [2] K. Choromanski et al., "Rethinking attention with Performers", ICLR 2021, Lemmas 1–2,
-       Theorem 2 (orthogonal features), §2.4 (prefix sums).
+       Theorem 2 (orthogonal features), §2.4 (prefix sums) and §2.3 (features).
 .. [3] A. Rahimi, B. Recht, "Random features for large-scale kernel machines", NeurIPS 2007.
-.. [4] H. Peng et al., "Random feature attention", ICLR 2021, Eqs. (2)–(7).
+.. [4] H. Peng et al., "Random feature attention", ICLR 2021, §2–3.
 .. [5] N. Kitaev, Ł. Kaiser, A. Levskaya, "Reformer: the efficient Transformer", ICLR 2020,
        §2–3 (LSH attention, shared-QK, reversible layers).
 .. [6] A. N. Gomez, M. Ren, R. Urtasun, R. B. Grosse, "The reversible residual network",
@@ -228,7 +228,7 @@ def _kernel_attention_loop(phi_q, phi_k, v, causal: bool, gates=None) -> np.ndar
                     z = z + phi_k[b][i]  # z_i = z_{i-1} + φ(k_i)
                 else:
                     g = gates[b][i]
-                    S = g * S + (1.0 - g) * np.outer(phi_k[b][i], v[b][i])  # Eq. (12.11)
+                    S = g * S + (1.0 - g) * np.outer(phi_k[b][i], v[b][i])  # Eq. (12.12)
                     z = g * z + (1.0 - g) * phi_k[b][i]
                 out[b][i] = (phi_q[b][i] @ S) / (phi_q[b][i] @ z)  # y_i = φ(q_i)^T S_i / φ(q_i)^T z_i
         else:
@@ -247,7 +247,7 @@ def _kernel_attention_loop(phi_q, phi_k, v, causal: bool, gates=None) -> np.ndar
 
 
 def elu_plus_one(x) -> np.ndarray:
-    """The feature map φ(x) = elu(x) + 1 (Katharopoulos et al. 2020, Eq. 7): x + 1 for x > 0, e^x otherwise."""
+    """The feature map φ(x) = elu(x) + 1 (Katharopoulos et al. 2020, §3.2.1): x + 1 for x > 0, e^x otherwise."""
     x = as_real_array(x, "x")
     return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
 
@@ -269,7 +269,7 @@ def _linear_features(q, k, v, feature_map, causal):
 def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarray:
     r"""Linear attention: Eq. (12.2) with φ = elu + 1, in O(N C dv) time.
 
-    Implements Eqs. (12.2)–(12.4) of the book (Katharopoulos et al. 2020, Eqs. 5–6 and 16–20).
+    Implements Eqs. (12.2)–(12.4) of the book (Katharopoulos et al. 2020, §3.2 and §3.4).
 
     Parameters
     ----------
@@ -313,7 +313,7 @@ def linear_attention_loop(q, k, v, *, feature_map="elu+1", causal=False) -> np.n
 
 
 # ---------------------------------------------------------------------------------------------
-# Performer FAVOR+ (Choromanski et al. 2021), Eqs. (12.5)-(12.9)
+# Performer FAVOR+ (Choromanski et al. 2021), Eqs. (12.6)-(12.10)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -325,7 +325,7 @@ def _favor_exponent(x: np.ndarray, w: np.ndarray, kind: str):
 
 
 def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None) -> np.ndarray:
-    """Features of Eq. (12.5)/(12.6) divided by exp(c), c = 0, the row max or the max over all rows."""
+    """Features of Eq. (12.6)/(12.7) divided by exp(c), c = 0, the row max or the max over all rows."""
     m = w.shape[0]
     axes = {None: None, "row": (-1,), "all": (-2, -1)}[shift]
     if kind == "positive":
@@ -343,7 +343,7 @@ def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None) -> np.nda
 def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
     r"""Random features of the softmax kernel exp(x·y): FAVOR+ (positive) or trigonometric.
 
-    Implements Eqs. (12.5)–(12.6) of the book (Choromanski et al. 2021, Lemma 1 and Eq. 7).
+    Implements Eqs. (12.6)–(12.7) of the book (Choromanski et al. 2021, Lemma 1 and §2.3).
 
     Parameters
     ----------
@@ -368,7 +368,7 @@ def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndar
     -----
     For ω ~ N(0, I): E[e^{ω·x − ‖x‖²/2} e^{ω·y − ‖y‖²/2}] = e^{x·y} (Lemma 1) and
     E[cos(ω·(x − y))] = e^{−‖x−y‖²/2}, so both feature kinds are unbiased:
-    ``E φ(x)·φ(y) = exp(x·y)``. Their mean squared errors (Lemma 2, Eq. 12.7) differ: the
+    ``E φ(x)·φ(y) = exp(x·y)``. Their mean squared errors (Lemma 2, Eq. 12.8) differ: the
     positive one vanishes as exp(x·y) → 0, the trigonometric one explodes.
 
     Examples
@@ -415,7 +415,7 @@ def favor_features_loop(x, projection, *, kind="positive", stabilize=True) -> np
 def orthogonal_gaussian(m, d, rng, *, scaling="chi") -> np.ndarray:
     r"""m × d Gaussian directions whose rows are orthogonal within each block of d (ORF).
 
-    Implements Eq. (12.8) of the book (Choromanski et al. 2021, §2.4 and Theorem 2).
+    Implements Eq. (12.9) of the book (Choromanski et al. 2021, §2.4 and Theorem 2).
 
     Parameters
     ----------
@@ -473,7 +473,7 @@ def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projectio
     else:
         w = as_rng(rng).standard_normal((m, d))  # iid ω_r ~ N(0, I_d)
     root = math.sqrt(_scale(scale, d))  # q̂ = q·√scale, k̂ = k·√scale (q/d^{1/4} by default)
-    # Stabilizers that cancel (Eq. 12.9): the row max for each query, one max over all keys.
+    # Stabilizers that cancel (Eq. 12.10): the row max for each query, one max over all keys.
     return _favor(q * root, w, kind, "row"), _favor(k * root, w, kind, "all"), v
 
 
@@ -482,7 +482,7 @@ def performer_attention(
 ) -> np.ndarray:
     r"""Performer (FAVOR+) attention in linear time: Eq. (12.2) with random softmax-kernel features.
 
-    Implements Eqs. (12.2), (12.4)–(12.9) of the book (Choromanski et al. 2021, §2.2–2.4).
+    Implements Eqs. (12.2), (12.4), (12.6)–(12.10) of the book (Choromanski et al. 2021, §2.2–2.4).
 
     Parameters
     ----------
@@ -514,7 +514,7 @@ def performer_attention(
     -----
     ``φ(q̂)``, ``φ(k̂)`` of :func:`favor_features` with q̂ = √scale·q, k̂ = √scale·k (so that
     exp(q̂·k̂) = exp(scale·q·k)), then the kernel-attention sums of Eq. (12.2); causal by chunked
-    prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.9): each query row
+    prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
     is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
     memory O(N m) for the features plus (N/128)·m·(dv+1) for the causal chunk states. Trig
     features can give a normalizer ≤ 0; it is not clamped (the result is then wrong in sign or
@@ -548,7 +548,7 @@ def performer_attention_quadratic(
 ) -> np.ndarray:
     r"""The same estimator as :func:`performer_attention` through the (N, M) matrix Â = φ(Q)φ(K)^T.
 
-    Implements Eq. (12.1) with κ̂(q, k) = φ(q̂)·φ(k̂) (Choromanski et al. 2021, Eq. 4 before the
+    Implements Eq. (12.1) with κ̂(q, k) = φ(q̂)·φ(k̂) (Choromanski et al. 2021, §2.2, before the
     reordering): ``Â_ij = φ(q̂_i)·φ(k̂_j)`` (zero for j > i if ``causal``), ``y = D̂^{-1} Â V`` with
     ``D̂ = diag(Â 1)``. O(N M m) time, O(N M) memory: the quadratic path, for checking the
     linear-time one and for looking at the implicit attention matrix. Parameters as
@@ -563,14 +563,14 @@ def performer_attention_quadratic(
 
 
 # ---------------------------------------------------------------------------------------------
-# Random Feature Attention (Peng et al. 2021), Eqs. (12.10)-(12.12)
+# Random Feature Attention (Peng et al. 2021), Eqs. (12.5), (12.11)-(12.12)
 # ---------------------------------------------------------------------------------------------
 
 
 def rff_features(x, projection) -> np.ndarray:
     r"""Random Fourier features φ(x) = [sin(Wx), cos(Wx)]/√D (Rahimi & Recht 2007).
 
-    Implements Eq. (12.10) of the book (Peng et al. 2021, Eq. 2). With the rows of W drawn
+    Implements Eq. (12.5) of the book (Peng et al. 2021, §2; Rahimi & Recht 2007). With the rows of W drawn
     from N(0, σ^{-2} I), ``E φ(x)·φ(y) = exp(−‖x − y‖²/(2σ²))``.
 
     Parameters
@@ -638,7 +638,7 @@ def _gated_quadratic(phi_q, phi_k, v, gates) -> np.ndarray:
 def rfa_attention(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, causal=True) -> np.ndarray:
     r"""Random Feature Attention (RFA), optionally gated (RFA-Gate).
 
-    Implements Eqs. (12.10)–(12.12) of the book (Peng et al. 2021, Eqs. 3–7).
+    Implements Eqs. (12.5), (12.11)–(12.12) of the book (Peng et al. 2021, §3.1–3.2).
 
     Parameters
     ----------
@@ -689,7 +689,7 @@ def rfa_attention(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, c
 
 
 def rfa_attention_loop(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, causal=True) -> np.ndarray:
-    """Loop twin of :func:`rfa_attention`: the (gated) recurrence of Eq. (12.11), one token at a time."""
+    """Loop twin of :func:`rfa_attention`: the (gated) recurrence of Eqs. (12.11)–(12.12), one token at a time."""
     phi_q, phi_k, v, gates, causal = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
     return _kernel_attention_loop(phi_q, phi_k, v, causal, gates)
 
@@ -784,7 +784,7 @@ def _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal):
 def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) -> np.ndarray:
     r"""Reformer LSH attention with shared QK: sort by bucket, attend within chunks, combine rounds.
 
-    Implements Eqs. (12.13)–(12.15) of the book (Kitaev et al. 2020, §2, Eqs. 2–6; the chunking
+    Implements Eqs. (12.13)–(12.15) of the book (Kitaev et al. 2020, §2; the chunking
     and masking conventions of reformer-pytorch's ``LSHAttention``).
 
     Parameters
@@ -924,7 +924,7 @@ def _pair(x1, x2, n1: str, n2: str):
 def reversible_forward(x1, x2, f, g) -> tuple[np.ndarray, np.ndarray]:
     r"""Reversible residual blocks (RevNet): Y1 = X1 + F(X2), Y2 = X2 + G(Y1).
 
-    Implements Eq. (12.16) of the book (Kitaev et al. 2020, §3, Eq. 7; Gomez et al. 2017).
+    Implements Eq. (12.16) of the book (Kitaev et al. 2020, §3; Gomez et al. 2017, §3).
 
     Parameters
     ----------
@@ -956,7 +956,7 @@ def reversible_forward(x1, x2, f, g) -> tuple[np.ndarray, np.ndarray]:
 def reversible_inverse(y1, y2, f, g) -> tuple[np.ndarray, np.ndarray]:
     r"""Inverse of :func:`reversible_forward`: X2 = Y2 − G(Y1), X1 = Y1 − F(X2), blocks in reverse order.
 
-    Implements Eq. (12.17) of the book (Kitaev et al. 2020, §3; Gomez et al. 2017, Eq. 4): the
+    Implements Eq. (12.17) of the book (Kitaev et al. 2020, §3; Gomez et al. 2017, §3): the
     activations of a layer are recomputed from its outputs, so none need to be stored.
     """
     x1, x2 = _pair(y1, y2, "y1", "y2")

@@ -149,7 +149,7 @@ class TestLinearAttention:
 
 # ---------------------------------------------------------------------------------------------
 def favor_oracle(x, w, kind):
-    """Eqs. (12.5)/(12.6) without any shift (small inputs only)."""
+    """Eqs. (12.6)/(12.7) without any shift (small inputs only)."""
     m = w.shape[0]
     wx = x @ w.T
     sq = 0.5 * np.sum(x**2, axis=-1, keepdims=True)
@@ -215,7 +215,7 @@ class TestFavorFeatures:
         sm = float(np.exp(x @ y))
         reps = 20_000
 
-        def err2(w):  # (reps, m, d) projections -> squared errors of the m-feature estimates (Eq. 12.5)
+        def err2(w):  # (reps, m, d) projections -> squared errors of the m-feature estimates (Eq. 12.7)
             fx = np.exp(w @ x - x @ x / 2) / np.sqrt(m)
             fy = np.exp(w @ y - y @ y / 2) / np.sqrt(m)
             return (np.sum(fx * fy, axis=-1) - sm) ** 2
@@ -316,7 +316,7 @@ class TestPerformerAttention:
     @pytest.mark.parametrize("kind", ["positive", "trig"])
     def test_large_inputs_do_not_underflow_or_overflow(self, kind):
         # ‖q̂‖ = ‖k̂‖ = 60: unshifted positive features are exp(ω·x − 1800) = 0 (0/0 attention), trig
-        # ones exp(1800) = inf; the stabilizers of Eq. (12.9) keep every number finite
+        # ones exp(1800) = inf; the stabilizers of Eq. (12.10) keep every number finite
         q, k, v = qkv(2, n=16, d=4)
         q, k = (120 / np.sqrt(2) * x / np.linalg.norm(x, axis=-1, keepdims=True) for x in (q, k))  # √scale = 1/√2
         w = orthogonal_gaussian(8, 4, 0)
