@@ -179,9 +179,10 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     ``v`` is extended by a column of ones, so one pass gives the numerator φ(q)^T S and the
     normalizer φ(q)^T z. Causal: the sequence is cut into chunks of ``c`` tokens; chunk ``n``
     sees the exclusive prefix state (sum of the per-chunk states ``φ(K_n)^T [V_n, 1]`` of the
-    earlier chunks, a cumulative sum over chunks) plus its own masked (c, c) block. Memory:
-    the per-chunk states, (N/c) · C · (dv+1) floats, and the (N/c, c, c) blocks — never the
-    (N, C, dv) array of the plain cumulative sum of outer products.
+    earlier chunks, a cumulative sum over chunks, done in place) plus its own masked (c, c) block.
+    Memory: one (N/c, C, dv+1) array of chunk states and the (N/c, c, c) blocks, i.e.
+    N·(C·(dv+1)/c + c) floats — never the (N, C, dv) array of the plain cumulative sum of
+    outer products.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
     va = np.concatenate([v, np.ones(v.shape[:-1] + (1,))], axis=-1)  # [V, 1]
@@ -201,9 +202,9 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
         kc = phi_k.reshape(*batch, nc, c, n_feat)
         vc = va.reshape(*batch, nc, c, width)
         kv = np.swapaxes(kc, -1, -2) @ vc  # per-chunk states, (..., nc, C, dv+1)
-        state = np.zeros_like(kv)
-        np.cumsum(kv[..., :-1, :, :], axis=-3, out=state[..., 1:, :, :])  # S before chunk n
-        out = qc @ state  # contribution of the earlier chunks
+        np.cumsum(kv, axis=-3, out=kv)  # in place: kv[n] = S after chunk n
+        out = np.zeros(batch + (nc, c, width))
+        np.matmul(qc[..., 1:, :, :], kv[..., :-1, :, :], out=out[..., 1:, :, :])  # S before chunk n (0 for n = 0)
         block = qc @ np.swapaxes(kc, -1, -2)  # (..., nc, c, c): φ(q_i)·φ(k_j) inside a chunk
         block *= np.tri(c)  # j <= i
         out += block @ vc
@@ -319,9 +320,12 @@ def linear_attention_loop(q, k, v, *, feature_map="elu+1", causal=False) -> np.n
 
 def _favor_exponent(x: np.ndarray, w: np.ndarray, kind: str):
     """The log of the features before the 1/√m: (ωx − ‖x‖²/2) or (‖x‖²/2, ωx) for trig."""
-    sq = 0.5 * np.sum(x * x, axis=-1, keepdims=True)  # ‖x‖²/2, shape (..., N, 1)
+    sq = 0.5 * np.einsum("...i,...i->...", x, x)[..., None]  # ‖x‖²/2, shape (..., N, 1)
     wx = x @ w.T  # ω_r · x, shape (..., N, m)
-    return (wx - sq) if kind == "positive" else (sq, wx)
+    if kind == "positive":
+        wx -= sq
+        return wx
+    return sq, wx
 
 
 def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None) -> np.ndarray:
@@ -329,10 +333,12 @@ def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None) -> np.nda
     m = w.shape[0]
     axes = {None: None, "row": (-1,), "all": (-2, -1)}[shift]
     if kind == "positive":
-        e = _favor_exponent(x, w, kind)
+        e = _favor_exponent(x, w, kind)  # a fresh (..., N, m) array: updated in place below
         if axes is not None:
-            e = e - np.max(e, axis=axes, keepdims=True)
-        return np.exp(e) / math.sqrt(m)  # φ⁺(x) = exp(ωx − ‖x‖²/2)/√m
+            e -= np.max(e, axis=axes, keepdims=True)
+        np.exp(e, out=e)
+        e *= 1.0 / math.sqrt(m)  # φ⁺(x) = exp(ωx − ‖x‖²/2)/√m
+        return e
     sq, wx = _favor_exponent(x, w, kind)
     if axes is not None:
         sq = sq - np.max(sq, axis=axes, keepdims=True)
