@@ -107,6 +107,10 @@ SELF_ATTENTION_VALUE = -5e4
 #: Chunk length of the chunked causal prefix sums (Eq. 12.4).
 _CHUNK = 128
 
+#: Chunks (and LSH windows) are processed in groups whose temporaries hold about this many floats
+#: (4 MiB): large enough to vectorize, small enough to stay in cache and out of fresh ``mmap`` pages.
+_GROUP_FLOATS = 2**19
+
 
 # ---------------------------------------------------------------------------------------------
 # Validation
@@ -180,9 +184,10 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     normalizer φ(q)^T z. Causal: the sequence is cut into chunks of ``c`` tokens; chunk ``n``
     sees the exclusive prefix state (sum of the per-chunk states ``φ(K_n)^T [V_n, 1]`` of the
     earlier chunks, a cumulative sum over chunks, done in place) plus its own masked (c, c) block.
-    Memory: one (N/c, C, dv+1) array of chunk states and the (N/c, c, c) blocks, i.e.
-    N·(C·(dv+1)/c + c) floats — never the (N, C, dv) array of the plain cumulative sum of
-    outer products.
+    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 2048 tokens
+    for C = 256), so the temporaries — G chunk states (G, C, dv+1) and G blocks (G, c, c) — hold
+    about ``_GROUP_FLOATS`` floats whatever N: never the (N, C, dv) array of the plain cumulative
+    sum of outer products.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
     va = np.concatenate([v, np.ones(v.shape[:-1] + (1,))], axis=-1)  # [V, 1]
@@ -201,13 +206,21 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
         qc = phi_q.reshape(*batch, nc, c, n_feat)
         kc = phi_k.reshape(*batch, nc, c, n_feat)
         vc = va.reshape(*batch, nc, c, width)
-        kv = np.swapaxes(kc, -1, -2) @ vc  # per-chunk states, (..., nc, C, dv+1)
-        np.cumsum(kv, axis=-3, out=kv)  # in place: kv[n] = S after chunk n
-        out = np.zeros(batch + (nc, c, width))
-        np.matmul(qc[..., 1:, :, :], kv[..., :-1, :, :], out=out[..., 1:, :, :])  # S before chunk n (0 for n = 0)
-        block = qc @ np.swapaxes(kc, -1, -2)  # (..., nc, c, c): φ(q_i)·φ(k_j) inside a chunk
-        block *= np.tri(c)  # j <= i
-        out += block @ vc
+        out = np.empty(batch + (nc, c, width))
+        state = np.zeros(batch + (1, n_feat, width))  # S (and z) before the current group of chunks
+        tri = np.tri(c)
+        group = max(1, _GROUP_FLOATS // (c * max(c, n_feat, width) * math.prod(batch)))
+        for g0 in range(0, nc, group):  # groups of chunks (N / (group·c) steps): temporaries stay small
+            sl = slice(g0, g0 + group)
+            q_g, k_g, v_g, o = qc[..., sl, :, :], kc[..., sl, :, :], vc[..., sl, :, :], out[..., sl, :, :]
+            kv = np.swapaxes(k_g, -1, -2) @ v_g  # per-chunk states φ(K_n)^T [V_n, 1], (..., G, C, dv+1)
+            np.cumsum(kv, axis=-3, out=kv)  # in place: kv[n] = S after chunk n, within the group
+            np.matmul(q_g, state, out=o)  # the state left by the earlier groups
+            o[..., 1:, :, :] += q_g[..., 1:, :, :] @ kv[..., :-1, :, :]  # + earlier chunks of this group
+            block = q_g @ np.swapaxes(k_g, -1, -2)  # (..., G, c, c): φ(q_i)·φ(k_j) inside a chunk
+            block *= tri  # j <= i
+            o += block @ v_g
+            state += kv[..., -1:, :, :]
         out = out.reshape(*batch, nc * c, width)[..., :n, :]
     return out[..., :-1] / out[..., -1:]
 
@@ -293,8 +306,10 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     ``y_i = φ(q_i)^T S / φ(q_i)^T z`` with ``S = Σ_j φ(k_j) v_j^T`` and ``z = Σ_j φ(k_j)``; there is
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
-    chunks, plus a masked (c, c) block inside each chunk (c = 128). Memory (N/c)·C·(dv+1) floats;
-    no Python loop over N. :func:`linear_attention_loop` is the RNN itself.
+    chunks, plus a masked (c, c) block inside each chunk (c = 128), in groups of chunks whose
+    temporaries hold about 2^19 floats: extra memory O(C·dv + 2^19) besides the features and the
+    output, and no Python loop over tokens (only over groups of ~2048). :func:`linear_attention_loop`
+    is the RNN itself.
 
     Examples
     --------
@@ -717,9 +732,17 @@ def _rotations(rng, n_rounds: int, d: int, n_buckets: int) -> np.ndarray:
 
 
 def _hash(x: np.ndarray, rot: np.ndarray) -> np.ndarray:
-    """h^{(r)}(x) = argmax [x R^{(r)}; −x R^{(r)}], shape (..., n_rounds, N)."""
-    xr = np.einsum("...nd,rdb->...rnb", x, rot)
-    return np.argmax(np.concatenate([xr, -xr], axis=-1), axis=-1)
+    """h^{(r)}(x) = argmax [x R^{(r)}; −x R^{(r)}], shape (..., n_rounds, N).
+
+    Without forming the concatenation: the first maximum of [xR, −xR] is argmax(xR) if
+    max(xR) ≥ −min(xR) (ties go to the first half, as in the concatenated argmax), else
+    b/2 + argmin(xR). Cost O(N d b/2) per round by one matrix product (BLAS).
+    """
+    xr = np.matmul(x[..., None, :, :], rot)  # x R^{(r)}, shape (..., R, N, b/2)
+    i_max, i_min = np.argmax(xr, axis=-1), np.argmin(xr, axis=-1)
+    top = np.take_along_axis(xr, i_max[..., None], axis=-1)[..., 0]
+    bottom = np.take_along_axis(xr, i_min[..., None], axis=-1)[..., 0]
+    return np.where(top >= -bottom, i_max, rot.shape[-1] + i_min)
 
 
 def lsh_hash(x, n_buckets, rng, n_rounds=1, *, rotations=None) -> np.ndarray:
@@ -840,31 +863,44 @@ def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) 
     q, k, v, n_buckets, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal)
     batch, (n, d), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
     buckets = _hash(q, _rotations(rng, n_rounds, d, n_buckets))  # (..., R, N)
-    pos = np.arange(n)
-    perm = np.argsort(buckets * n + pos, axis=-1, kind="stable")  # sort by (bucket, position)
+    perm = np.argsort(buckets * n + np.arange(n), axis=-1, kind="stable")  # sort by (bucket, position)
     nc = n // c
+    group = max(1, _GROUP_FLOATS // (2 * c * max(c, d, dv) * math.prod(batch)))
+    z_max = np.full(batch + (n,), -np.inf)  # running max over rounds of z_i^{(r)}
+    acc, w_sum = np.zeros(batch + (n, dv)), np.zeros(batch + (n,))
+    for r in range(n_rounds):  # rounds, then groups of chunks: temporaries stay small
+        p = perm[..., r, :]
+        sq, sk, sv = (np.take_along_axis(x, p[..., None], axis=-2).reshape(*batch, nc, c, -1) for x in (q, k, v))
+        pos = p.reshape(*batch, nc, c)
+        o, z = np.empty(batch + (nc, c, dv)), np.empty(batch + (nc, c))
+        for g0 in range(0, nc, group):
+            idx = np.arange(g0, min(g0 + group, nc))
+            own = idx if nc == 1 else np.concatenate([idx, (idx - 1) % nc])  # own chunk + the previous one
 
-    def gather(x):  # (..., N, f) -> sorted per round and chunked: (..., R, nc, c, f)
-        return np.take_along_axis(x[..., None, :, :], perm[..., None], axis=-2).reshape(*batch, n_rounds, nc, c, -1)
+            def window(x):  # (..., G, c, f) for the group's chunks -> (..., G, (1 or 2)·c, f)
+                w = np.take(x, own, axis=-3)
+                return w if nc == 1 else np.concatenate([w[..., : idx.size, :, :], w[..., idx.size :, :, :]], axis=-2)
 
-    def window(x):  # own chunk + the cyclically previous one: (..., R, nc, 2c, f)
-        return x if nc == 1 else np.concatenate([x, np.roll(x, 1, axis=-3)], axis=-2)
-
-    sq, sk, sv = gather(q), window(gather(k)), window(gather(v))
-    qpos = perm.reshape(*batch, n_rounds, nc, c)
-    kpos = window(qpos[..., None])[..., 0]
-    s = (sq @ np.swapaxes(sk, -1, -2)) / math.sqrt(d)  # s_ij = q_i·k_j/√d, (..., R, nc, c, 2c)
-    if causal:
-        s = np.where(kpos[..., None, :] > qpos[..., :, None], -np.inf, s)
-    s = np.where(kpos[..., None, :] == qpos[..., :, None], SELF_ATTENTION_VALUE, s)
-    z = logsumexp(s, axis=-1, keepdims=True)  # z_i^{(r)}
-    o = np.exp(s - z) @ sv  # o_i^{(r)} in sorted order, (..., R, nc, c, dv)
-    inv = np.argsort(perm, axis=-1)  # undo the sort
-    o = np.take_along_axis(o.reshape(*batch, n_rounds, n, dv), inv[..., None], axis=-2)
-    z = np.take_along_axis(z.reshape(*batch, n_rounds, n), inv, axis=-1)
-    w = np.exp(z - np.max(z, axis=-2, keepdims=True))  # exp(z_r − logsumexp_r z_r), shifted by the max
-    w /= np.sum(w, axis=-2, keepdims=True)  # (not by logsumexp: z ≈ −5e4 would lose 12 digits)
-    return np.sum(w[..., None] * o, axis=-3)  # Eq. (12.15)
+            kpos = window(pos[..., None])[..., 0]
+            qpos = np.take(pos, idx, axis=-2)
+            s_g = (np.take(sq, idx, axis=-3) @ np.swapaxes(window(sk), -1, -2)) / math.sqrt(d)  # q_i·k_j/√d
+            if causal:
+                s_g[kpos[..., None, :] > qpos[..., :, None]] = -np.inf
+            s_g[kpos[..., None, :] == qpos[..., :, None]] = SELF_ATTENTION_VALUE
+            z_g = logsumexp(s_g, axis=-1, keepdims=True)  # z_i^{(r)}
+            np.exp(s_g - z_g, out=s_g)
+            o[..., idx, :, :] = s_g @ window(sv)  # o_i^{(r)} in sorted order
+            z[..., idx, :] = z_g[..., 0]
+        inv = np.argsort(p, axis=-1)  # undo the sort
+        o = np.take_along_axis(o.reshape(*batch, n, dv), inv[..., None], axis=-2)
+        z = np.take_along_axis(z.reshape(*batch, n), inv, axis=-1)
+        # Eq. (12.15) as a running log-sum-exp over rounds (shifted by the max: z ≈ −5e4 loses no digits)
+        new_max = np.maximum(z_max, z)
+        old_scale, w_r = np.exp(z_max - new_max), np.exp(z - new_max)
+        acc = acc * old_scale[..., None] + w_r[..., None] * o
+        w_sum = w_sum * old_scale + w_r
+        z_max = new_max
+    return acc / w_sum[..., None]  # Eq. (12.15)
 
 
 def lsh_attention_loop(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) -> np.ndarray:

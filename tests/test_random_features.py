@@ -96,10 +96,11 @@ class TestLinearAttention:
         q, k, v = qkv(3, n=5, m=8)
         close(linear_attention(q, k, v), quadratic_oracle(elu1(q), elu1(k), v, False), rtol=ORACLE, what="linear N != M")
 
+    @pytest.mark.parametrize("group", [1, 2, 10**9])
     @pytest.mark.parametrize("chunk", [1, 3, 4, 128])
     @pytest.mark.parametrize("n", [1, 7, 12])
-    def test_chunked_prefix_sums_with_padding(self, monkeypatch, chunk, n):
-        monkeypatch.setattr(rf_module, "_CHUNK", chunk)
+    def test_chunked_prefix_sums_with_padding(self, monkeypatch, chunk, n, group):
+        monkeypatch.setattr(rf_module, "_GROUP_FLOATS", group)  # 1: one chunk per group; 10**9: one group
         q, k, v = qkv(chunk + n, n=n, batch=(3, 1))
         k = k[0]  # broadcast batch
         y = rf_module._kernel_attention(elu1(q), elu1(k), v, True, chunk)
@@ -502,6 +503,17 @@ class TestLSH:
         qk, v = rng.normal(size=(2, 16, 4)), rng.normal(size=(16, 3))
         kw = dict(n_buckets=n_buckets, n_rounds=n_rounds, chunk_size=chunk, rng=5, causal=causal)
         close(lsh_attention(qk, v, **kw), lsh_attention_loop(qk, v, **kw), rtol=SELF, what="lsh_attention vs loop")
+
+    @pytest.mark.parametrize("causal", [False, True])
+    def test_groups_of_chunks(self, monkeypatch, causal):
+        # one chunk per group (the smallest groups) gives the same result as one group
+        rng = np.random.default_rng(12)
+        qk, v = rng.normal(size=(2, 3, 32, 4))
+        kw = dict(n_buckets=4, n_rounds=3, chunk_size=4, rng=2, causal=causal)
+        whole = lsh_attention(qk, v, **kw)
+        monkeypatch.setattr(rf_module, "_GROUP_FLOATS", 1)
+        close(lsh_attention(qk, v, **kw), whole, rtol=SELF, what="lsh groups of one chunk vs one group")
+        close(whole, lsh_attention_loop(qk, v, **kw), rtol=SELF, what="lsh_attention vs loop")
 
     def test_first_causal_token_attends_to_itself(self):
         rng = np.random.default_rng(7)
