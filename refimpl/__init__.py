@@ -12,6 +12,7 @@ Each public module pairs with chapters of the book (``book.toml``):
 ``refimpl.rt_sde``      the radial–tangential SDE, a reconstruction: RT precisions and attention (chapter 9)
 ``refimpl.mixing``      token mixing as filtering: FNet, gMLP's spatial gating, FFT long convolution, Hyena (chapter 10)
 ``refimpl.ssm``         HiPPO, S4/S4D kernels, recurrent vs convolutional SSMs, Mamba's selective scan (chapter 11)
+``refimpl.random_features``  linear attention, Performer FAVOR+, RFA, Reformer LSH attention (chapter 12)
 ``refimpl.iir``         classical IIR filters: biquads, SOS, stability, s→z design, IIR ↔ SSM (chapter 13)
 ``refimpl.focus``       the Focus layer: adaptive IIR filters from a hypernetwork before chunked attention (chapter 14)
 
@@ -20,7 +21,7 @@ they agree, and check both against independent oracles (SciPy, closed forms). Th
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import afa, attention, classical, focus, iir, kalman, lyapunov, mixing, positional, rt_sde, sde, ssm
+from . import afa, attention, classical, focus, iir, kalman, lyapunov, mixing, positional, random_features, rt_sde, sde, ssm
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "lyapunov",
     "mixing",
     "positional",
+    "random_features",
     "rt_sde",
     "sde",
     "ssm",

@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import afa, attention, classical, focus, iir, kalman, lyapunov, mixing, positional, rt_sde, sde, ssm
+from . import afa, attention, classical, focus, iir, kalman, lyapunov, mixing, positional, random_features, rt_sde, sde, ssm
 from ._testing import rel_error
 
 __all__ = ["Case", "CASES", "run_case", "run", "main"]
@@ -326,9 +326,70 @@ def _focus_scaling(n: int):
     return (x, _focus_params(16)), {"chunk_size": 64, "n_bins": n // 64}  # fixed M = R = 64
 
 
-def _sdpa_scaling(n: int):
+def _sdpa_causal_scaling(n: int):
     x = np.random.default_rng(15).normal(size=(n, 16))
     return (x, x, x), {"causal": True}
+
+
+# random_features (issue 7): scaling over N = 2^10 … 2^15, d = 64, m = 256
+_EFFICIENT_NS = tuple(2**p for p in range(10, 16))
+
+
+def _efficient(kind: str, causal: bool):
+    """(setup, scaling) for one efficient-attention case; the loop twins run at small N."""
+    kw = {"causal": causal}
+    if kind == "performer":
+        kw.update(n_features=256, rng=0)
+
+    def setup(quick: bool):
+        n = (64 if quick else 512) if kind == "linear" else (32 if quick else 256)
+        return _qkv(n, 16 if quick else 64), kw
+
+    def scaling(n: int):
+        return _qkv(n, 64), kw
+
+    return setup, scaling
+
+
+def _efficient_case(kind: str, causal: bool) -> Case:
+    name = "linear_attention" if kind == "linear" else "performer_attention"
+    extra = ", m=256" if kind == "performer" else ""
+    small, big = ("N=64, d=16", "N=512, d=64") if kind == "linear" else ("N=32, d=16", "N=256, d=64")
+    setup, scaling = _efficient(kind, causal)
+    return Case(
+        f"{name} ({'causal' if causal else 'non-causal'}{extra}) vs {'RNN ' if causal else ''}loop twin",
+        getattr(random_features, name),
+        getattr(random_features, name + "_loop"),
+        setup,
+        lambda q: small if q else big + extra,
+        scaling=scaling,
+        scaling_ns=_EFFICIENT_NS,
+        notes=f"issue 7: fitted time exponent over N = 2^10 … 2^15 (d = 64{extra}) at most 1.15",
+    )
+
+
+def _lsh_kw(n: int, causal: bool = False) -> dict:
+    return {"n_buckets": max(2, n // 64), "n_rounds": 2, "chunk_size": 64, "rng": 0, "causal": causal}
+
+
+def _lsh(quick: bool):
+    n = 64 if quick else 256
+    q, _, v = _qkv(n, 16 if quick else 64)
+    return (q, v), {**_lsh_kw(n), "chunk_size": 16 if quick else 64}
+
+
+def _lsh_scaling(n: int):
+    q, _, v = _qkv(n, 64)
+    return (q, v), _lsh_kw(n)
+
+
+def _sdpa_scaling(n: int):
+    return _qkv(n, 64), {}
+
+
+def _sdpa_mid(quick: bool):
+    return _sdpa_scaling(256 if quick else 1024)
+
 
 CASES: list[Case] = [
     Case(
@@ -571,11 +632,32 @@ CASES: list[Case] = [
         "softmax_attention (full, causal): time vs L",
         attention.softmax_attention,
         None,
-        lambda q: _sdpa_scaling(64 if q else 512),
+        lambda q: _sdpa_causal_scaling(64 if q else 512),
         lambda q: "L=64, d=16" if q else "L=512, d=16",
-        scaling=_sdpa_scaling,
+        scaling=_sdpa_causal_scaling,
         scaling_ns=(2**10, 2**11, 2**12, 2**13),
         notes="issue 8: the exponent reported beside focus_layer's (quadratic: ≈ 2)",
+    ),
+    *[_efficient_case(kind, causal) for kind in ("linear", "performer") for causal in (False, True)],
+    Case(
+        "lsh_attention (2 rounds, chunk 64, N/64 buckets) vs loop twin",
+        random_features.lsh_attention,
+        random_features.lsh_attention_loop,
+        _lsh,
+        lambda q: "N=64, d=16, chunk 16" if q else "N=256, d=64",
+        scaling=_lsh_scaling,
+        scaling_ns=_EFFICIENT_NS,
+        notes="issue 7: fitted time exponent over N = 2^10 … 2^15 (d = 64) at most 1.3",
+    ),
+    Case(
+        "softmax_attention scaling (beside the efficient attentions)",
+        attention.softmax_attention,
+        None,
+        _sdpa_mid,
+        lambda q: "N=256, d=64" if q else "N=1024, d=64",
+        scaling=_sdpa_scaling,
+        scaling_ns=tuple(2**p for p in range(10, 15)),
+        notes="issue 7: reported beside the efficient attentions (N = 2^10 … 2^14; expect ~2)",
     ),
 ]
 

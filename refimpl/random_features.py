@@ -1,0 +1,1008 @@
+r"""Efficient attention by kernels and hashing: linear attention, Performer (FAVOR+), RFA, Reformer LSH.
+
+Chapter 12 of the book (``notebooks/12-efficient-attention.ipynb``) derives every formula here.
+
+Softmax attention is a **kernel smoother** (Nadaraya–Watson) with the kernel
+``κ(q, k) = exp(scale · q·k)``:
+
+.. math::  y_i = \frac{\sum_j κ(q_i, k_j)\, v_j}{\sum_j κ(q_i, k_j)} .            \tag{12.1}
+
+If ``κ(q, k) ≈ φ(q)·φ(k)`` for a feature map ``φ : R^d → R^C``, the sums factor,
+
+.. math::  y_i = \frac{φ(q_i)^\top \sum_j φ(k_j) v_j^\top}{φ(q_i)^\top \sum_j φ(k_j)} ,  \tag{12.2}
+
+and the cost drops from O(N² d) to O(N C d): the (N, N) matrix is never formed. The causal
+version keeps running sums ``S_i = Σ_{j≤i} φ(k_j) v_j^T``, ``z_i = Σ_{j≤i} φ(k_j)`` — an RNN
+with a matrix state (Eq. 12.3). The module's methods differ only in φ:
+
+* **linear attention** (Katharopoulos et al. 2020): φ(x) = elu(x) + 1, deterministic, no
+  scale; it is *not* an approximation of softmax attention, but a different kernel.
+* **Performer / FAVOR+** (Choromanski et al. 2021): positive random features
+  φ(x) = m^{-1/2} exp(Wx − ‖x‖²/2), unbiased for exp(x·y) (Eq. 12.7), with orthogonal rows
+  of W (Eq. 12.9); or the trigonometric features exp(‖x‖²/2)[sin Wx, cos Wx]/√m (Eq. 12.6).
+* **RFA** (Peng et al. 2021): random Fourier features [sin Wx, cos Wx]/√D of the Gaussian
+  kernel (Rahimi–Recht) on ℓ2-normalized q, k, optionally with a scalar forgetting gate
+  (Eqs. 12.5, 12.11–12.12).
+* **Reformer LSH attention** (Kitaev et al. 2020) instead keeps exp(q·k) exactly but only for
+  keys that hash into the same angular bucket (Eqs. 12.13–12.15), plus reversible residual
+  blocks (Eq. 12.16).
+
+Glossary (code name → symbol in the book / the papers)
+------------------------------------------------------
+``q, k``         Q, K, shape (..., N, d): queries and keys (M = N keys for causal forms).
+``v``            V, shape (..., N, dv): values.
+``phi``          φ(x), shape (..., N, C): the feature map (C = d, m or 2m).
+``projection``   W = [ω_1 … ω_m]^T, shape (m, d): the random directions ω_r ~ N(0, I_d).
+``n_features``   m (Performer) or D (RFA): the number of random directions.
+``scale``        1/√d by default: κ(q, k) = exp(scale · q·k); Performer applies √scale to
+                 both q and k (the paper's q/d^{1/4}, k/d^{1/4}).
+``sigma``        σ (RFA): ω ~ N(0, σ^{-2} I) so that E φ(x)·φ(y) = exp(−‖x−y‖²/(2σ²)).
+``gates``        g_t ∈ [0, 1), shape (..., N): RFA-Gate's forgetting gate.
+``qk``           the shared query/key projection of the Reformer, shape (..., N, d).
+``n_buckets``    b (even): hash buckets;  ``n_rounds``  n_r: independent hash rounds.
+``chunk_size``   c: the sorted sequence is cut into chunks of c tokens.
+
+Numerical care
+--------------
+Positive features ``exp(ω·x − ‖x‖²/2)`` overflow for large ‖x‖. A factor that is constant along
+the axis a ratio normalizes over cancels exactly: queries are shifted by their own row maximum,
+keys by one maximum over all keys and features (never a per-key maximum, which would change
+the weights). No ``eps`` is ever added: the Performer reference code adds 1e-4 after the
+exponential, which biases the estimator (spec survey §10 d).
+
+References
+----------
+.. [1] A. Katharopoulos, A. Vyas, N. Pappas, F. Fleuret, "Transformers are RNNs: fast
+       autoregressive transformers with linear attention", ICML 2020, §3.2–3.4.
+.. [2] K. Choromanski et al., "Rethinking attention with Performers", ICLR 2021, Lemmas 1–2,
+       Theorem 2 (orthogonal features), §2.4 (prefix sums) and §2.3 (features).
+.. [3] A. Rahimi, B. Recht, "Random features for large-scale kernel machines", NeurIPS 2007.
+.. [4] H. Peng et al., "Random feature attention", ICLR 2021, §2–3.
+.. [5] N. Kitaev, Ł. Kaiser, A. Levskaya, "Reformer: the efficient Transformer", ICLR 2020,
+       §2–3 (LSH attention, shared-QK, reversible layers).
+.. [6] A. N. Gomez, M. Ren, R. Urtasun, R. B. Grosse, "The reversible residual network",
+       NeurIPS 2017.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.special import logsumexp
+
+from ._validate import as_positive_scalar, as_real_array, as_rng, check_option
+
+__all__ = [
+    "elu_plus_one",
+    "linear_attention",
+    "linear_attention_loop",
+    "favor_features",
+    "favor_features_loop",
+    "orthogonal_gaussian",
+    "performer_attention",
+    "performer_attention_loop",
+    "performer_attention_quadratic",
+    "rff_features",
+    "rfa_attention",
+    "rfa_attention_loop",
+    "lsh_hash",
+    "lsh_attention",
+    "lsh_attention_loop",
+    "reversible_forward",
+    "reversible_inverse",
+    "SELF_ATTENTION_VALUE",
+    "KINDS",
+]
+
+#: Feature kinds of :func:`favor_features`.
+KINDS = ("positive", "trig")
+
+#: The logit given to a token's own key in LSH attention (reformer-pytorch's TOKEN_SELF_ATTN_VALUE):
+#: finite, so a token attends to itself only when no other key is available.
+SELF_ATTENTION_VALUE = -5e4
+
+#: Chunk length of the chunked causal prefix sums (Eq. 12.4).
+_CHUNK = 128
+
+#: Chunks (and LSH windows) are processed in groups whose temporaries hold about this many floats
+#: (4 MiB): large enough to vectorize, small enough to stay in cache and out of fresh ``mmap`` pages.
+_GROUP_FLOATS = 2**19
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_count(x, name: str, minimum: int = 1) -> int:
+    if isinstance(x, bool) or not isinstance(x, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {type(x).__name__} {x!r}")
+    if int(x) < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {int(x)}")
+    return int(x)
+
+
+def _as_bool(x, name: str) -> bool:
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
+    return bool(x)
+
+
+def _as_seq(x, name: str, what: str = "(..., N, d)") -> np.ndarray:
+    arr = as_real_array(x, name)
+    if arr.ndim < 2 or arr.shape[-2] == 0:
+        raise ValueError(f"{name}: expected shape {what} with N >= 1, got shape {arr.shape}")
+    return arr
+
+
+def _check_qkv(q, k, v, causal) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+    """Queries (..., N, d), keys (..., M, d), values (..., M, dv); M = N if causal; batch broadcast."""
+    causal = _as_bool(causal, "causal")
+    q, k = _as_seq(q, "q"), _as_seq(k, "k", "(..., M, d)")
+    v = _as_seq(v, "v", "(..., M, dv)")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k: expected the same last dimension d = {q.shape[-1]} as q, got shape {k.shape}")
+    if v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"v: expected the same number of rows M = {k.shape[-2]} as k, got shape {v.shape}")
+    if causal and k.shape[-2] != q.shape[-2]:
+        raise ValueError(f"k: causal attention needs as many keys as queries (N = {q.shape[-2]}), got shape {k.shape}")
+    try:
+        batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise ValueError(f"v: the batch axes of q, k, v do not broadcast, got shapes {q.shape}, {k.shape}, {v.shape}") from None
+    return q, k, v, batch
+
+
+def _scale(scale, d: int) -> float:
+    return 1.0 / math.sqrt(d) if scale is None else as_positive_scalar(scale, "scale", strict=False)
+
+
+def _as_projection(projection, name: str, m: int | None, d: int) -> np.ndarray:
+    w = as_real_array(projection, name, ndim=2)
+    if w.shape[1] != d or (m is not None and w.shape[0] != m) or w.shape[0] == 0:
+        want = f"({'m' if m is None else m}, {d})"
+        raise ValueError(f"{name}: expected shape {want}, got shape {w.shape}")
+    return w
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel-attention core, Eqs. (12.2)-(12.4): shared by linear attention, Performer and RFA
+# ---------------------------------------------------------------------------------------------
+
+
+def _broadcast(batch: tuple, *arrays):
+    return [np.broadcast_to(a, batch + a.shape[-2:]) for a in arrays]
+
+
+def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.ndarray:
+    """Eq. (12.2) (non-causal) or the chunked prefix sums of Eq. (12.4) (causal), never an (N, N) matrix.
+
+    ``v`` is extended by a column of ones, so one pass gives the numerator φ(q)^T S and the
+    normalizer φ(q)^T z. Causal: the sequence is cut into chunks of ``c`` tokens; chunk ``n``
+    sees the exclusive prefix state (sum of the per-chunk states ``φ(K_n)^T [V_n, 1]`` of the
+    earlier chunks, a cumulative sum over chunks, done in place) plus its own masked (c, c) block.
+    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 2048 tokens
+    for C = 256), so the temporaries — G chunk states (G, C, dv+1) and G blocks (G, c, c) — hold
+    about ``_GROUP_FLOATS`` floats whatever N: never the (N, C, dv) array of the plain cumulative
+    sum of outer products.
+    """
+    batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
+    va = np.concatenate([v, np.ones(v.shape[:-1] + (1,))], axis=-1)  # [V, 1]
+    if not causal:
+        kv = np.swapaxes(phi_k, -1, -2) @ va  # Σ_j φ(k_j) [v_j, 1]^T, shape (..., C, dv+1)
+        out = phi_q @ kv
+    else:
+        phi_q, phi_k, va = _broadcast(batch, phi_q, phi_k, va)
+        n, n_feat, width = phi_q.shape[-2], phi_q.shape[-1], va.shape[-1]
+        c = min(chunk, n)
+        pad = (-n) % c  # zero rows: a padded key adds nothing, a padded query row is dropped
+        if pad:
+            widths = [(0, 0)] * len(batch) + [(0, pad), (0, 0)]
+            phi_q, phi_k, va = (np.pad(a, widths) for a in (phi_q, phi_k, va))
+        nc = (n + pad) // c
+        qc = phi_q.reshape(*batch, nc, c, n_feat)
+        kc = phi_k.reshape(*batch, nc, c, n_feat)
+        vc = va.reshape(*batch, nc, c, width)
+        out = np.empty(batch + (nc, c, width))
+        state = np.zeros(batch + (1, n_feat, width))  # S (and z) before the current group of chunks
+        tri = np.tri(c)
+        group = max(1, _GROUP_FLOATS // (c * max(c, n_feat, width) * math.prod(batch)))
+        for g0 in range(0, nc, group):  # groups of chunks (N / (group·c) steps): temporaries stay small
+            sl = slice(g0, g0 + group)
+            q_g, k_g, v_g, o = qc[..., sl, :, :], kc[..., sl, :, :], vc[..., sl, :, :], out[..., sl, :, :]
+            kv = np.swapaxes(k_g, -1, -2) @ v_g  # per-chunk states φ(K_n)^T [V_n, 1], (..., G, C, dv+1)
+            np.cumsum(kv, axis=-3, out=kv)  # in place: kv[n] = S after chunk n, within the group
+            np.matmul(q_g, state, out=o)  # the state left by the earlier groups
+            o[..., 1:, :, :] += q_g[..., 1:, :, :] @ kv[..., :-1, :, :]  # + earlier chunks of this group
+            block = q_g @ np.swapaxes(k_g, -1, -2)  # (..., G, c, c): φ(q_i)·φ(k_j) inside a chunk
+            block *= tri  # j <= i
+            o += block @ v_g
+            state += kv[..., -1:, :, :]
+        out = out.reshape(*batch, nc * c, width)[..., :n, :]
+    return out[..., :-1] / out[..., -1:]
+
+
+def _kernel_attention_loop(phi_q, phi_k, v, causal: bool, gates=None) -> np.ndarray:
+    """The RNN of Eq. (12.3) one step at a time (causal), or the sums of Eq. (12.2) key by key."""
+    batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
+    phi_q, phi_k, v = _broadcast(batch, phi_q, phi_k, v)
+    n, n_feat, dv = phi_q.shape[-2], phi_q.shape[-1], v.shape[-1]
+    if gates is not None:
+        gates = np.broadcast_to(gates, batch + (n,))
+    out = np.empty(batch + (n, dv))
+    for b in np.ndindex(*batch):
+        if causal:
+            S, z = np.zeros((n_feat, dv)), np.zeros(n_feat)
+            for i in range(n):
+                if gates is None:
+                    S = S + np.outer(phi_k[b][i], v[b][i])  # S_i = S_{i-1} + φ(k_i) v_i^T
+                    z = z + phi_k[b][i]  # z_i = z_{i-1} + φ(k_i)
+                else:
+                    g = gates[b][i]
+                    S = g * S + (1.0 - g) * np.outer(phi_k[b][i], v[b][i])  # Eq. (12.12)
+                    z = g * z + (1.0 - g) * phi_k[b][i]
+                out[b][i] = (phi_q[b][i] @ S) / (phi_q[b][i] @ z)  # y_i = φ(q_i)^T S_i / φ(q_i)^T z_i
+        else:
+            S, z = np.zeros((n_feat, dv)), np.zeros(n_feat)
+            for j in range(phi_k.shape[-2]):
+                S = S + np.outer(phi_k[b][j], v[b][j])
+                z = z + phi_k[b][j]
+            for i in range(n):
+                out[b][i] = (phi_q[b][i] @ S) / (phi_q[b][i] @ z)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear attention (Katharopoulos et al. 2020), Eqs. (12.2)-(12.4)
+# ---------------------------------------------------------------------------------------------
+
+
+def elu_plus_one(x) -> np.ndarray:
+    """The feature map φ(x) = elu(x) + 1 (Katharopoulos et al. 2020, §3.2.1): x + 1 for x > 0, e^x otherwise."""
+    x = as_real_array(x, "x")
+    return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
+
+
+def _linear_features(q, k, v, feature_map, causal):
+    q, k, v, _ = _check_qkv(q, k, v, causal)
+    if isinstance(feature_map, str):
+        check_option(feature_map, "feature_map", ("elu+1",))
+        return elu_plus_one(q), elu_plus_one(k), v
+    if not callable(feature_map):
+        raise TypeError(f"feature_map: expected 'elu+1' or a callable, got {type(feature_map).__name__}")
+    phi_q, phi_k = (np.asarray(feature_map(x), dtype=np.float64) for x in (q, k))
+    for phi, x, name in ((phi_q, q, "q"), (phi_k, k, "k")):
+        if phi.shape[:-1] != x.shape[:-1] or phi.shape[-1] != phi_q.shape[-1]:
+            raise ValueError(f"feature_map: expected φ({name}) of shape {x.shape[:-1]} + (C,), got shape {phi.shape}")
+    return phi_q, phi_k, v
+
+
+def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarray:
+    r"""Linear attention: Eq. (12.2) with φ = elu + 1, in O(N C dv) time.
+
+    Implements Eqs. (12.2)–(12.4) of the book (Katharopoulos et al. 2020, §3.2 and §3.4).
+
+    Parameters
+    ----------
+    q : array_like, shape (..., N, d)
+    k : array_like, shape (..., M, d)
+        M = N if ``causal``. Leading batch axes of q, k, v broadcast.
+    v : array_like, shape (..., M, dv)
+    feature_map : "elu+1" or callable
+        φ, applied row-wise; a callable maps (..., N, d) to (..., N, C) and should be positive
+        (the normalizer φ(q)·Σφ(k) is not clamped: a non-positive one gives a wrong sign or inf).
+    causal : bool
+        Query i sees keys j ≤ i.
+
+    Returns
+    -------
+    y : ndarray, shape (..., N, dv)
+
+    Notes
+    -----
+    ``y_i = φ(q_i)^T S / φ(q_i)^T z`` with ``S = Σ_j φ(k_j) v_j^T`` and ``z = Σ_j φ(k_j)``; there is
+    no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
+    computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
+    chunks, plus a masked (c, c) block inside each chunk (c = 128), in groups of chunks whose
+    temporaries hold about 2^19 floats: extra memory O(C·dv + 2^19) besides the features and the
+    output, and no Python loop over tokens (only over groups of ~2048). :func:`linear_attention_loop`
+    is the RNN itself.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 6, 4))
+    >>> bool(np.allclose(linear_attention(q, k, v, causal=True), linear_attention_loop(q, k, v, causal=True)))
+    True
+    """
+    phi_q, phi_k, v = _linear_features(q, k, v, feature_map, causal)
+    return _kernel_attention(phi_q, phi_k, v, bool(causal))
+
+
+def linear_attention_loop(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarray:
+    """Loop twin of :func:`linear_attention`: the causal RNN (Eq. 12.3), one token at a time."""
+    phi_q, phi_k, v = _linear_features(q, k, v, feature_map, causal)
+    return _kernel_attention_loop(phi_q, phi_k, v, bool(causal))
+
+
+# ---------------------------------------------------------------------------------------------
+# Performer FAVOR+ (Choromanski et al. 2021), Eqs. (12.6)-(12.10)
+# ---------------------------------------------------------------------------------------------
+
+
+def _favor_exponent(x: np.ndarray, w: np.ndarray, kind: str):
+    """The log of the features before the 1/√m: (ωx − ‖x‖²/2) or (‖x‖²/2, ωx) for trig."""
+    sq = 0.5 * np.einsum("...i,...i->...", x, x)[..., None]  # ‖x‖²/2, shape (..., N, 1)
+    wx = x @ w.T  # ω_r · x, shape (..., N, m)
+    if kind == "positive":
+        wx -= sq
+        return wx
+    return sq, wx
+
+
+def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None) -> np.ndarray:
+    """Features of Eq. (12.6)/(12.7) divided by exp(c), c = 0, the row max or the max over all rows."""
+    m = w.shape[0]
+    axes = {None: None, "row": (-1,), "all": (-2, -1)}[shift]
+    if kind == "positive":
+        e = _favor_exponent(x, w, kind)  # a fresh (..., N, m) array: updated in place below
+        if axes is not None:
+            e -= np.max(e, axis=axes, keepdims=True)
+        np.exp(e, out=e)
+        e *= 1.0 / math.sqrt(m)  # φ⁺(x) = exp(ωx − ‖x‖²/2)/√m
+        return e
+    sq, wx = _favor_exponent(x, w, kind)
+    if axes is not None:
+        sq = sq - np.max(sq, axis=axes, keepdims=True)
+    h = np.exp(sq) / math.sqrt(m)  # h(x) = exp(‖x‖²/2)
+    return np.concatenate([h * np.sin(wx), h * np.cos(wx)], axis=-1)  # φ^trig = h [sin ωx, cos ωx]/√m
+
+
+def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
+    r"""Random features of the softmax kernel exp(x·y): FAVOR+ (positive) or trigonometric.
+
+    Implements Eqs. (12.6)–(12.7) of the book (Choromanski et al. 2021, Lemma 1 and §2.3).
+
+    Parameters
+    ----------
+    x : array_like, shape (..., N, d)
+        Already scaled inputs (Performer passes ``√scale · q``, i.e. q/d^{1/4}).
+    projection : array_like, shape (m, d)
+        The directions ω_r (rows), e.g. from :func:`orthogonal_gaussian`.
+    kind : {"positive", "trig"}
+        ``positive``: φ(x) = exp(Wx − ‖x‖²/2)/√m, shape (..., N, m).
+        ``trig``: φ(x) = exp(‖x‖²/2) [sin Wx, cos Wx]/√m, shape (..., N, 2m).
+    stabilize : bool
+        Divide all features of one batch element by exp(c), c the largest exponent over its N
+        rows (and m features). A common factor per batch element cancels in attention (in both
+        the numerator and the normalizer), but the kernel estimate φ(x)·φ(y) is then scaled by
+        e^{-c_x - c_y}: use ``stabilize=False`` to estimate exp(x·y) itself.
+
+    Returns
+    -------
+    phi : ndarray, shape (..., N, m) or (..., N, 2m)
+
+    Notes
+    -----
+    For ω ~ N(0, I): E[e^{ω·x − ‖x‖²/2} e^{ω·y − ‖y‖²/2}] = e^{x·y} (Lemma 1) and
+    E[cos(ω·(x − y))] = e^{−‖x−y‖²/2}, so both feature kinds are unbiased:
+    ``E φ(x)·φ(y) = exp(x·y)``. Their mean squared errors (Lemma 2, Eq. 12.8) differ: the
+    positive one vanishes as exp(x·y) → 0, the trigonometric one explodes.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> w = rng.normal(size=(200_000, 2))
+    >>> x, y = np.array([[0.3, 0.1]]), np.array([[-0.2, 0.4]])
+    >>> est = (favor_features(x, w, stabilize=False) @ favor_features(y, w, stabilize=False).T)[0, 0]
+    >>> bool(abs(est - np.exp(x @ y.T)[0, 0]) < 0.01)
+    True
+    """
+    x = _as_seq(x, "x")
+    check_option(kind, "kind", KINDS)
+    w = _as_projection(projection, "projection", None, x.shape[-1])
+    return _favor(x, w, kind, "all" if _as_bool(stabilize, "stabilize") else None)
+
+
+def favor_features_loop(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
+    """Loop twin of :func:`favor_features`: each feature of each row with ``math.exp``/``sin``/``cos``."""
+    x = _as_seq(x, "x")
+    check_option(kind, "kind", KINDS)
+    w = _as_projection(projection, "projection", None, x.shape[-1])
+    stabilize = _as_bool(stabilize, "stabilize")
+    m, n = w.shape[0], x.shape[-2]
+    out = np.empty(x.shape[:-1] + ((m,) if kind == "positive" else (2 * m,)))
+    for b in np.ndindex(*x.shape[:-2]):
+        half = [0.5 * sum(t * t for t in x[b][i]) for i in range(n)]  # ‖x_i‖²/2
+        proj = [[float(np.dot(w[r], x[b][i])) for r in range(m)] for i in range(n)]  # ω_r·x_i
+        if kind == "positive":
+            c = max(proj[i][r] - half[i] for i in range(n) for r in range(m)) if stabilize else 0.0
+            for i in range(n):
+                for r in range(m):
+                    out[b][i][r] = math.exp(proj[i][r] - half[i] - c) / math.sqrt(m)
+        else:
+            c = max(half) if stabilize else 0.0
+            for i in range(n):
+                h = math.exp(half[i] - c) / math.sqrt(m)
+                for r in range(m):
+                    out[b][i][r] = h * math.sin(proj[i][r])
+                    out[b][i][m + r] = h * math.cos(proj[i][r])
+    return out
+
+
+def orthogonal_gaussian(m, d, rng, *, scaling="chi") -> np.ndarray:
+    r"""m × d Gaussian directions whose rows are orthogonal within each block of d (ORF).
+
+    Implements Eq. (12.9) of the book (Choromanski et al. 2021, §2.4 and Theorem 2).
+
+    Parameters
+    ----------
+    m : int >= 1
+        Number of rows (features); ceil(m/d) independent blocks, the last one truncated.
+    d : int >= 1
+        Dimension.
+    rng : numpy.random.Generator, int or None
+    scaling : {"chi", "sqrt_d"}
+        Row norms: ``chi`` draws them from the χ_d distribution (norms of fresh N(0, I_d)
+        vectors), so each row is marginally N(0, I_d) and the estimator stays unbiased
+        (performer-pytorch ``scaling=0``); ``sqrt_d`` sets every norm to √d (``scaling=1``).
+
+    Returns
+    -------
+    w : ndarray, shape (m, d)
+
+    Notes
+    -----
+    Each block is Q^T from the QR factorization of a d × d Gaussian matrix, with the signs of
+    Q's columns fixed by diag(R) so that Q is Haar distributed.
+
+    Examples
+    --------
+    >>> w = orthogonal_gaussian(4, 4, 0)
+    >>> g = w @ w.T
+    >>> bool(np.allclose(g - np.diag(np.diag(g)), 0.0))
+    True
+    """
+    m, d = _as_count(m, "m"), _as_count(d, "d")
+    check_option(scaling, "scaling", ("chi", "sqrt_d"))
+    rng = as_rng(rng)
+    blocks = []
+    for _ in range(-(-m // d)):
+        qmat, r = np.linalg.qr(rng.standard_normal((d, d)))
+        qmat = qmat * np.where(np.diag(r) < 0, -1.0, 1.0)  # Haar: fix the signs of Q's columns
+        blocks.append(qmat.T)  # orthonormal rows
+    w = np.concatenate(blocks, axis=0)[:m]
+    if scaling == "chi":
+        norms = np.linalg.norm(rng.standard_normal((m, d)), axis=1)  # ‖g‖, g ~ N(0, I_d): χ_d
+    else:
+        norms = np.full(m, math.sqrt(d))
+    return w * norms[:, None]
+
+
+def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal):
+    q, k, v, _ = _check_qkv(q, k, v, causal)
+    m = _as_count(n_features, "n_features")
+    check_option(kind, "kind", KINDS)
+    d = q.shape[-1]
+    if projection is not None:
+        w = _as_projection(projection, "projection", m, d)
+    elif _as_bool(orthogonal, "orthogonal"):
+        w = orthogonal_gaussian(m, d, rng)
+    else:
+        w = as_rng(rng).standard_normal((m, d))  # iid ω_r ~ N(0, I_d)
+    root = math.sqrt(_scale(scale, d))  # q̂ = q·√scale, k̂ = k·√scale (q/d^{1/4} by default)
+    # Stabilizers that cancel (Eq. 12.10): the row max for each query, one max over all keys.
+    return _favor(q * root, w, kind, "row"), _favor(k * root, w, kind, "all"), v
+
+
+def performer_attention(
+    q, k, v, *, n_features, rng, causal=False, kind="positive", scale=None, projection=None, orthogonal=True
+) -> np.ndarray:
+    r"""Performer (FAVOR+) attention in linear time: Eq. (12.2) with random softmax-kernel features.
+
+    Implements Eqs. (12.2), (12.4), (12.6)–(12.10) of the book (Choromanski et al. 2021, §2.2–2.4).
+
+    Parameters
+    ----------
+    q : array_like, shape (..., N, d)
+    k : array_like, shape (..., M, d)
+        M = N if ``causal``.
+    v : array_like, shape (..., M, dv)
+    n_features : int >= 1
+        m, the number of random directions (2m features for ``kind="trig"``).
+    rng : numpy.random.Generator, int or None
+        Draws the projection (unused when ``projection`` is given). The same seed gives the
+        same projection in :func:`performer_attention_quadratic`.
+    causal : bool
+    kind : {"positive", "trig"}
+    scale : float >= 0, optional
+        The softmax inverse temperature; default 1/√d. The approximated quantity is
+        ``refimpl.attention.softmax_attention(q, k, v, scale=scale, causal=causal)``.
+    projection : array_like, shape (n_features, d), optional
+        Use these directions instead of drawing them (for oracle comparisons).
+    orthogonal : bool
+        Draw orthogonal directions (:func:`orthogonal_gaussian`, the default, as in the paper)
+        or iid N(0, I_d) rows.
+
+    Returns
+    -------
+    y : ndarray, shape (..., N, dv)
+
+    Notes
+    -----
+    ``φ(q̂)``, ``φ(k̂)`` of :func:`favor_features` with q̂ = √scale·q, k̂ = √scale·k (so that
+    exp(q̂·k̂) = exp(scale·q·k)), then the kernel-attention sums of Eq. (12.2); causal by chunked
+    prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
+    is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
+    memory O(N m) for the features plus (N/128)·m·(dv+1) for the causal chunk states. Trig
+    features can give a normalizer ≤ 0; it is not clamped (the result is then wrong in sign or
+    infinite — the paper's argument for positive features).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 8, 4))
+    >>> a = performer_attention(q, k, v, n_features=16, rng=1, causal=True)
+    >>> b = performer_attention_quadratic(q, k, v, n_features=16, rng=1, causal=True)
+    >>> bool(np.allclose(a, b, rtol=1e-12))
+    True
+    """
+    causal = _as_bool(causal, "causal")
+    phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
+    return _kernel_attention(phi_q, phi_k, v, causal)
+
+
+def performer_attention_loop(
+    q, k, v, *, n_features, rng, causal=False, kind="positive", scale=None, projection=None, orthogonal=True
+) -> np.ndarray:
+    """Loop twin of :func:`performer_attention`: the prefix-sum RNN (Eq. 12.3) one token at a time."""
+    causal = _as_bool(causal, "causal")
+    phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
+    return _kernel_attention_loop(phi_q, phi_k, v, causal)
+
+
+def performer_attention_quadratic(
+    q, k, v, *, n_features, rng, causal=False, kind="positive", scale=None, projection=None, orthogonal=True
+) -> np.ndarray:
+    r"""The same estimator as :func:`performer_attention` through the (N, M) matrix Â = φ(Q)φ(K)^T.
+
+    Implements Eq. (12.1) with κ̂(q, k) = φ(q̂)·φ(k̂) (Choromanski et al. 2021, §2.2, before the
+    reordering): ``Â_ij = φ(q̂_i)·φ(k̂_j)`` (zero for j > i if ``causal``), ``y = D̂^{-1} Â V`` with
+    ``D̂ = diag(Â 1)``. O(N M m) time, O(N M) memory: the quadratic path, for checking the
+    linear-time one and for looking at the implicit attention matrix. Parameters as
+    :func:`performer_attention`.
+    """
+    causal = _as_bool(causal, "causal")
+    phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
+    a = phi_q @ np.swapaxes(phi_k, -1, -2)  # Â_ij = φ(q̂_i)·φ(k̂_j)
+    if causal:
+        a = a * np.tri(a.shape[-2], a.shape[-1])
+    return (a @ v) / a.sum(axis=-1, keepdims=True)  # D̂^{-1} Â V
+
+
+# ---------------------------------------------------------------------------------------------
+# Random Feature Attention (Peng et al. 2021), Eqs. (12.5), (12.11)-(12.12)
+# ---------------------------------------------------------------------------------------------
+
+
+def rff_features(x, projection) -> np.ndarray:
+    r"""Random Fourier features φ(x) = [sin(Wx), cos(Wx)]/√D (Rahimi & Recht 2007).
+
+    Implements Eq. (12.5) of the book (Peng et al. 2021, §2; Rahimi & Recht 2007). With the rows of W drawn
+    from N(0, σ^{-2} I), ``E φ(x)·φ(y) = exp(−‖x − y‖²/(2σ²))``.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., N, d)
+    projection : array_like, shape (D, d)
+
+    Returns
+    -------
+    phi : ndarray, shape (..., N, 2D)
+    """
+    x = _as_seq(x, "x")
+    w = _as_projection(projection, "projection", None, x.shape[-1])
+    wx = x @ w.T
+    return np.concatenate([np.sin(wx), np.cos(wx)], axis=-1) / math.sqrt(w.shape[0])
+
+
+def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    if np.any(norm == 0):
+        raise ValueError(f"{name}: expected nonzero rows (RFA normalizes each row to unit length), got a zero row")
+    return x / norm
+
+
+def _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal):
+    causal, gated = _as_bool(causal, "causal"), _as_bool(gated, "gated")
+    q, k, v, batch = _check_qkv(q, k, v, causal)
+    big_d = _as_count(n_features, "n_features")
+    sigma = as_positive_scalar(sigma, "sigma")
+    if gated:
+        if not causal:
+            raise ValueError("causal: gated RFA is a recurrence over time; expected causal=True")
+        if gates is None:
+            raise ValueError("gates: gated=True needs the gate values g_t, shape (..., N)")
+        gates = as_real_array(gates, "gates")
+        try:
+            ok = np.broadcast_shapes(gates.shape, batch + (q.shape[-2],)) == batch + (q.shape[-2],)
+        except ValueError:
+            ok = False
+        if gates.ndim < 1 or not ok:
+            raise ValueError(f"gates: expected a shape broadcastable to (..., N) = {batch + (q.shape[-2],)}, got shape {gates.shape}")
+        if np.any(gates < 0) or np.any(gates >= 1):
+            raise ValueError(f"gates: expected values in [0, 1), got range [{gates.min():.6g}, {gates.max():.6g}]")
+    elif gates is not None:
+        raise ValueError("gates: given but gated=False; pass gated=True to use them")
+    w = as_rng(rng).standard_normal((big_d, q.shape[-1])) / sigma  # ω ~ N(0, σ^{-2} I)
+    phi_q = rff_features(_unit_rows(q, "q"), w)  # φ(q/‖q‖)
+    phi_k = rff_features(_unit_rows(k, "k"), w)
+    return phi_q, phi_k, v, (gates if gated else None), causal
+
+
+def _gated_quadratic(phi_q, phi_k, v, gates) -> np.ndarray:
+    """The decay-masked quadratic form of gated RFA: weight φ(q_t)·φ(k_s)(1 − g_s)Π_{r=s+1}^t g_r, s ≤ t."""
+    n = phi_q.shape[-2]
+    with np.errstate(divide="ignore"):
+        logg = np.log(gates)  # −inf where g = 0 (a full reset)
+    later = np.arange(n)[:, None] > np.arange(n)[None, :]  # r > s
+    # seg[t, s] = Σ_{s < r ≤ t} log g_r, by a cumulative sum down each column (exact for g = 0)
+    seg = np.cumsum(np.where(later, logg[..., :, None], 0.0), axis=-2)
+    decay = np.where(np.tri(n, dtype=bool), np.exp(seg), 0.0) * (1.0 - gates)[..., None, :]
+    a = (phi_q @ np.swapaxes(phi_k, -1, -2)) * decay
+    return (a @ v) / a.sum(axis=-1, keepdims=True)
+
+
+def rfa_attention(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, causal=True) -> np.ndarray:
+    r"""Random Feature Attention (RFA), optionally gated (RFA-Gate).
+
+    Implements Eqs. (12.5), (12.11)–(12.12) of the book (Peng et al. 2021, §3.1–3.2).
+
+    Parameters
+    ----------
+    q : array_like, shape (..., N, d)
+    k : array_like, shape (..., M, d)
+        Rows are ℓ2-normalized (a zero row is an error). M = N if ``causal``.
+    v : array_like, shape (..., M, dv)
+    n_features : int >= 1
+        D, the number of random directions (2D features).
+    sigma : float > 0
+        Kernel width: ω ~ N(0, σ^{-2} I), E φ(x)·φ(y) = exp(−‖x−y‖²/(2σ²)); for unit vectors
+        this is e^{−1/σ²} exp(x·y/σ²), so RFA approximates softmax attention with scale 1/σ²
+        on the normalized q, k.
+    rng : numpy.random.Generator, int or None
+    gated : bool
+        Use the forgetting gate: S_t = g_t S_{t−1} + (1 − g_t) φ(k_t) v_t^T (and the same for z_t).
+    gates : array_like, shape (..., N), optional
+        g_t ∈ [0, 1) (required iff ``gated``; e.g. a sigmoid of the token, g_t = σ(w_g·x_t + b_g)).
+    causal : bool
+        The default is causal (RFA is a decoder recurrence). Gated RFA must be causal.
+
+    Returns
+    -------
+    y : ndarray, shape (..., N, dv)
+
+    Notes
+    -----
+    Ungated: Eq. (12.2) with φ = random Fourier features, causal by chunked prefix sums.
+    Gated: the recurrence unrolls to the decay-masked quadratic form (Eq. 12.12)
+    ``y_t = Σ_{s≤t} w_ts v_s / Σ_{s≤t} w_ts``, ``w_ts = φ(q_t)·φ(k_s) (1 − g_s) Π_{r=s+1}^t g_r``,
+    computed with segment sums of log g (exact for g = 0, no underflowing products); this
+    vectorized form is O(N²). The normalizer φ(q)·z can be ≤ 0 (trig features); the authors'
+    code clamps it at 1, this reference does not.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 6, 4))
+    >>> g = np.full(6, 0.5)
+    >>> a = rfa_attention(q, k, v, n_features=8, sigma=1.0, rng=1, gated=True, gates=g)
+    >>> bool(np.allclose(a, rfa_attention_loop(q, k, v, n_features=8, sigma=1.0, rng=1, gated=True, gates=g)))
+    True
+    """
+    phi_q, phi_k, v, gates, causal = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
+    if gates is not None:
+        return _gated_quadratic(phi_q, phi_k, v, gates)
+    return _kernel_attention(phi_q, phi_k, v, causal)
+
+
+def rfa_attention_loop(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, causal=True) -> np.ndarray:
+    """Loop twin of :func:`rfa_attention`: the (gated) recurrence of Eqs. (12.11)–(12.12), one token at a time."""
+    phi_q, phi_k, v, gates, causal = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
+    return _kernel_attention_loop(phi_q, phi_k, v, causal, gates)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reformer: angular LSH, LSH attention, reversible blocks, Eqs. (12.13)-(12.16)
+# ---------------------------------------------------------------------------------------------
+
+
+def _lsh_setup(x, n_buckets, n_rounds):
+    n_buckets = _as_count(n_buckets, "n_buckets", 2)
+    if n_buckets % 2:
+        raise ValueError(f"n_buckets: expected an even number >= 2 (h = argmax[xR; −xR]), got {n_buckets}")
+    return n_buckets, _as_count(n_rounds, "n_rounds")
+
+
+def _rotations(rng, n_rounds: int, d: int, n_buckets: int) -> np.ndarray:
+    return as_rng(rng).standard_normal((n_rounds, d, n_buckets // 2))  # R^{(r)}, one per round
+
+
+def _hash(x: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """h^{(r)}(x) = argmax [x R^{(r)}; −x R^{(r)}], shape (..., n_rounds, N).
+
+    Without forming the concatenation: the first maximum of [xR, −xR] is argmax(xR) if
+    max(xR) ≥ −min(xR) (ties go to the first half, as in the concatenated argmax), else
+    b/2 + argmin(xR). Cost O(N d b/2) per round by one matrix product (BLAS).
+    """
+    xr = np.matmul(x[..., None, :, :], rot)  # x R^{(r)}, shape (..., R, N, b/2)
+    i_max, i_min = np.argmax(xr, axis=-1), np.argmin(xr, axis=-1)
+    top = np.take_along_axis(xr, i_max[..., None], axis=-1)[..., 0]
+    bottom = np.take_along_axis(xr, i_min[..., None], axis=-1)[..., 0]
+    return np.where(top >= -bottom, i_max, rot.shape[-1] + i_min)
+
+
+def lsh_hash(x, n_buckets, rng, n_rounds=1, *, rotations=None) -> np.ndarray:
+    r"""Angular locality-sensitive hashing: h(x) = argmax([xR; −xR]) for random Gaussian R.
+
+    Implements Eq. (12.13) of the book (Kitaev et al. 2020, §2; Andoni et al. 2015).
+
+    Parameters
+    ----------
+    x : array_like, shape (..., N, d)
+    n_buckets : int, even, >= 2
+    rng : numpy.random.Generator, int or None
+        Draws R^{(r)} ~ N(0, 1)^{d × b/2}, one per round (shared by the batch), in one call
+        ``standard_normal((n_rounds, d, n_buckets // 2))``.
+    n_rounds : int >= 1
+    rotations : array_like, shape (n_rounds, d, n_buckets // 2), optional
+        Use these R instead of drawing them (to reproduce another library's buckets).
+
+    Returns
+    -------
+    buckets : ndarray of int, shape (..., n_rounds, N)
+        Bucket ids in 0 … n_buckets − 1.
+
+    Notes
+    -----
+    Two vectors at angle θ fall into the same bucket with a probability that decreases with θ;
+    for b = 2 it is exactly 1 − θ/π (a random hyperplane). The hash depends only on the
+    direction of x.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=(5, 3))
+    >>> bool(np.array_equal(lsh_hash(x, 4, 7), lsh_hash(x, 4, 7)))
+    True
+    """
+    x = _as_seq(x, "x")
+    n_buckets, n_rounds = _lsh_setup(x, n_buckets, n_rounds)
+    d = x.shape[-1]
+    if rotations is None:
+        rot = _rotations(rng, n_rounds, d, n_buckets)
+    else:
+        rot = as_real_array(rotations, "rotations", ndim=3)
+        if rot.shape != (n_rounds, d, n_buckets // 2):
+            raise ValueError(f"rotations: expected shape {(n_rounds, d, n_buckets // 2)}, got shape {rot.shape}")
+    return _hash(x, rot)
+
+
+def _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal):
+    qk, v = _as_seq(qk, "qk"), _as_seq(v, "v", "(..., N, dv)")
+    if v.shape[-2] != qk.shape[-2]:
+        raise ValueError(f"v: expected the same number of rows N = {qk.shape[-2]} as qk, got shape {v.shape}")
+    try:
+        batch = np.broadcast_shapes(qk.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise ValueError(f"v: the batch axes of qk and v do not broadcast, got shapes {qk.shape}, {v.shape}") from None
+    n_buckets, n_rounds = _lsh_setup(qk, n_buckets, n_rounds)
+    n = qk.shape[-2]
+    c = _as_count(chunk_size, "chunk_size")
+    if n % c:
+        raise ValueError(f"chunk_size: expected a divisor of N = {n} (no implicit padding), got {c}")
+    norm = np.linalg.norm(qk, axis=-1, keepdims=True)
+    if np.any(norm == 0):
+        raise ValueError("qk: expected nonzero rows (keys are qk/‖qk‖), got a zero row")
+    qk, v = np.broadcast_to(qk, batch + qk.shape[-2:]), np.broadcast_to(v, batch + v.shape[-2:])
+    return qk, qk / np.broadcast_to(norm, batch + norm.shape[-2:]), v, n_buckets, n_rounds, c, _as_bool(causal, "causal")
+
+
+def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) -> np.ndarray:
+    r"""Reformer LSH attention with shared QK: sort by bucket, attend within chunks, combine rounds.
+
+    Implements Eqs. (12.13)–(12.15) of the book (Kitaev et al. 2020, §2; the chunking
+    and masking conventions of reformer-pytorch's ``LSHAttention``).
+
+    Parameters
+    ----------
+    qk : array_like, shape (..., N, d)
+        Shared query/key projection: queries q_i = qk_i, keys k_j = qk_j/‖qk_j‖ (nonzero rows).
+    v : array_like, shape (..., N, dv)
+    n_buckets : int, even, >= 2
+    n_rounds : int >= 1
+        Independent hash rounds (``n_hashes``).
+    chunk_size : int >= 1
+        Must divide N (no implicit padding: pad the sequence yourself and mask).
+    rng : numpy.random.Generator, int or None
+        Draws the rotations exactly as :func:`lsh_hash` with the same seed.
+    causal : bool
+        Key j is masked for query i if j > i.
+
+    Returns
+    -------
+    y : ndarray, shape (..., N, dv)
+
+    Notes
+    -----
+    Per round r: sort the tokens by (bucket, position); cut the sorted order into chunks of c;
+    each chunk attends to itself and to the cyclically previous chunk (only itself if N = c).
+    Inside that window the logit is ``s_ij = q_i·k_j/√d`` for every key, whatever its bucket
+    (reformer-pytorch's default ``attend_across_buckets=True``), except ``s_ii =
+    SELF_ATTENTION_VALUE`` (−5e4: a token sees itself only if nothing else is available) and
+    ``s_ij = −∞`` for j > i when causal. Round r gives ``o_i^{(r)}`` and its log-normalizer
+    ``z_i^{(r)} = logsumexp_j s_ij``; the rounds are combined as
+    ``o_i = Σ_r exp(z_i^{(r)} − logsumexp_r z_i^{(r)}) o_i^{(r)}`` (Eq. 12.15), i.e. a softmax over
+    the multiset of keys seen in all rounds (no duplicate-count correction, as reformer-pytorch's
+    default ``allow_duplicate_attention=True``). With one round and two chunks (c = N/2) every
+    query sees every key and the result is full shared-QK attention.
+
+    Cost per round: the sort, O(N log N), and O(N · 2c · (d + dv)) for the windows; memory
+    O(n_rounds · N · 2c).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> qk, v = rng.normal(size=(2, 8, 4))
+    >>> a = lsh_attention(qk, v, n_buckets=4, n_rounds=2, chunk_size=2, rng=3)
+    >>> bool(np.allclose(a, lsh_attention_loop(qk, v, n_buckets=4, n_rounds=2, chunk_size=2, rng=3)))
+    True
+    """
+    q, k, v, n_buckets, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal)
+    batch, (n, d), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
+    buckets = _hash(q, _rotations(rng, n_rounds, d, n_buckets))  # (..., R, N)
+    perm = np.argsort(buckets * n + np.arange(n), axis=-1, kind="stable")  # sort by (bucket, position)
+    nc = n // c
+    group = max(1, _GROUP_FLOATS // (2 * c * max(c, d, dv) * math.prod(batch)))
+    z_max = np.full(batch + (n,), -np.inf)  # running max over rounds of z_i^{(r)}
+    acc, w_sum = np.zeros(batch + (n, dv)), np.zeros(batch + (n,))
+    for r in range(n_rounds):  # rounds, then groups of chunks: temporaries stay small
+        p = perm[..., r, :]
+        sq, sk, sv = (np.take_along_axis(x, p[..., None], axis=-2).reshape(*batch, nc, c, -1) for x in (q, k, v))
+        pos = p.reshape(*batch, nc, c)
+        o, z = np.empty(batch + (nc, c, dv)), np.empty(batch + (nc, c))
+        for g0 in range(0, nc, group):
+            idx = np.arange(g0, min(g0 + group, nc))
+            own = idx if nc == 1 else np.concatenate([idx, (idx - 1) % nc])  # own chunk + the previous one
+
+            def window(x):  # (..., G, c, f) for the group's chunks -> (..., G, (1 or 2)·c, f)
+                w = np.take(x, own, axis=-3)
+                return w if nc == 1 else np.concatenate([w[..., : idx.size, :, :], w[..., idx.size :, :, :]], axis=-2)
+
+            kpos = window(pos[..., None])[..., 0]
+            qpos = np.take(pos, idx, axis=-2)
+            s_g = (np.take(sq, idx, axis=-3) @ np.swapaxes(window(sk), -1, -2)) / math.sqrt(d)  # q_i·k_j/√d
+            if causal:
+                s_g[kpos[..., None, :] > qpos[..., :, None]] = -np.inf
+            s_g[kpos[..., None, :] == qpos[..., :, None]] = SELF_ATTENTION_VALUE
+            z_g = logsumexp(s_g, axis=-1, keepdims=True)  # z_i^{(r)}
+            np.exp(s_g - z_g, out=s_g)
+            o[..., idx, :, :] = s_g @ window(sv)  # o_i^{(r)} in sorted order
+            z[..., idx, :] = z_g[..., 0]
+        inv = np.argsort(p, axis=-1)  # undo the sort
+        o = np.take_along_axis(o.reshape(*batch, n, dv), inv[..., None], axis=-2)
+        z = np.take_along_axis(z.reshape(*batch, n), inv, axis=-1)
+        # Eq. (12.15) as a running log-sum-exp over rounds (shifted by the max: z ≈ −5e4 loses no digits)
+        new_max = np.maximum(z_max, z)
+        old_scale, w_r = np.exp(z_max - new_max), np.exp(z - new_max)
+        acc = acc * old_scale[..., None] + w_r[..., None] * o
+        w_sum = w_sum * old_scale + w_r
+        z_max = new_max
+    return acc / w_sum[..., None]  # Eq. (12.15)
+
+
+def lsh_attention_loop(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) -> np.ndarray:
+    """Loop twin of :func:`lsh_attention`: per round, per query, over the keys of its window."""
+    q, k, v, n_buckets, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal)
+    batch, (n, d), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
+    rot = _rotations(rng, n_rounds, d, n_buckets)
+    out = np.zeros(batch + (n, dv))
+    for b in np.ndindex(*batch):
+        outs, logz = np.zeros((n_rounds, n, dv)), np.zeros((n_rounds, n))
+        for r in range(n_rounds):
+            h = [int(np.argmax(np.concatenate([q[b][i] @ rot[r], -(q[b][i] @ rot[r])]))) for i in range(n)]
+            order = sorted(range(n), key=lambda i: (h[i], i))  # sort by (bucket, position)
+            chunks = [order[j * c : (j + 1) * c] for j in range(n // c)]
+            for ci, chunk in enumerate(chunks):
+                keys = chunk if len(chunks) == 1 else chunk + chunks[ci - 1]  # own + previous chunk
+                for i in chunk:
+                    logits = []
+                    for j in keys:
+                        if j == i:
+                            logits.append(SELF_ATTENTION_VALUE)
+                        elif causal and j > i:
+                            logits.append(-np.inf)
+                        else:
+                            logits.append(float(q[b][i] @ k[b][j]) / math.sqrt(d))
+                    top = max(logits)
+                    e = [math.exp(s - top) for s in logits]
+                    total = sum(e)
+                    logz[r, i] = top + math.log(total)
+                    outs[r, i] = sum(ej / total * v[b][j] for ej, j in zip(e, keys))
+        for i in range(n):
+            top = max(logz[:, i])
+            wts = [math.exp(logz[r, i] - top) for r in range(n_rounds)]
+            out[b][i] = sum(wts[r] / sum(wts) * outs[r, i] for r in range(n_rounds))
+    return out
+
+
+def _layers(f, g) -> list[tuple[Callable, Callable]]:
+    fs = list(f) if isinstance(f, Sequence) else [f]
+    gs = list(g) if isinstance(g, Sequence) else [g]
+    if len(fs) != len(gs) or not fs:
+        raise ValueError(f"g: expected as many G functions as F functions (>= 1), got {len(fs)} F and {len(gs)} G")
+    for fn, name in [(fn, "f") for fn in fs] + [(fn, "g") for fn in gs]:
+        if not callable(fn):
+            raise TypeError(f"{name}: expected a callable or a sequence of callables, got {type(fn).__name__}")
+    return list(zip(fs, gs))
+
+
+def _apply(fn, x, name: str, shape: tuple) -> np.ndarray:
+    y = np.asarray(fn(x), dtype=np.float64)
+    if y.shape != shape:
+        raise ValueError(f"{name}: expected an output of shape {shape}, got shape {y.shape}")
+    return y
+
+
+def _pair(x1, x2, n1: str, n2: str):
+    x1, x2 = as_real_array(x1, n1), as_real_array(x2, n2)
+    if x1.shape != x2.shape:
+        raise ValueError(f"{n2}: expected the same shape as {n1}, {x1.shape}, got shape {x2.shape}")
+    return x1, x2
+
+
+def reversible_forward(x1, x2, f, g) -> tuple[np.ndarray, np.ndarray]:
+    r"""Reversible residual blocks (RevNet): Y1 = X1 + F(X2), Y2 = X2 + G(Y1).
+
+    Implements Eq. (12.16) of the book (Kitaev et al. 2020, §3; Gomez et al. 2017, §3).
+
+    Parameters
+    ----------
+    x1, x2 : array_like, same shape
+        The two halves of the activations.
+    f, g : callable or sequence of callables
+        F (attention) and G (feed-forward); sequences of equal length are a stack of blocks,
+        applied in order. Each must return an array of the input's shape.
+
+    Returns
+    -------
+    y1, y2 : ndarray
+
+    Examples
+    --------
+    >>> x1, x2 = np.ones(3), np.arange(3.0)
+    >>> y1, y2 = reversible_forward(x1, x2, np.sin, np.tanh)
+    >>> a, b = reversible_inverse(y1, y2, np.sin, np.tanh)
+    >>> bool(np.allclose(a, x1) and np.allclose(b, x2))
+    True
+    """
+    y1, y2 = _pair(x1, x2, "x1", "x2")
+    for fn, gn in _layers(f, g):
+        y1 = y1 + _apply(fn, y2, "f", y2.shape)  # Y1 = X1 + F(X2)
+        y2 = y2 + _apply(gn, y1, "g", y1.shape)  # Y2 = X2 + G(Y1)
+    return y1, y2
+
+
+def reversible_inverse(y1, y2, f, g) -> tuple[np.ndarray, np.ndarray]:
+    r"""Inverse of :func:`reversible_forward`: X2 = Y2 − G(Y1), X1 = Y1 − F(X2), blocks in reverse order.
+
+    Implements Eq. (12.17) of the book (Kitaev et al. 2020, §3; Gomez et al. 2017, §3): the
+    activations of a layer are recomputed from its outputs, so none need to be stored.
+    """
+    x1, x2 = _pair(y1, y2, "y1", "y2")
+    for fn, gn in reversed(_layers(f, g)):
+        x2 = x2 - _apply(gn, x1, "g", x1.shape)  # X2 = Y2 − G(Y1)
+        x1 = x1 - _apply(fn, x2, "f", x2.shape)  # X1 = Y1 − F(X2)
+    return x1, x2

@@ -1,0 +1,687 @@
+"""Tests of :mod:`refimpl.random_features`: linear attention, FAVOR+, RFA, Reformer LSH, reversible blocks.
+
+Exact checks (float64, :mod:`refimpl._testing` tolerances):
+
+* every loop twin (RNNs one token at a time, LSH per query) against its vectorized function;
+* the linear-time paths against quadratic forms written here with ``np.einsum`` and ``np.tril``
+  (masked quadratic linear attention, FAVOR features computed here from the same projection,
+  the decay-masked quadratic form of gated RFA built from explicit powers of the gate);
+* LSH attention with one round and two chunks against full shared-QK attention computed by
+  :func:`refimpl.attention.softmax_attention` with the self-mask;
+* the reversible inverse.
+
+Statistical checks (fixed seeds; bands in Monte Carlo standard errors, ``mc_band``):
+
+* FAVOR+ positive and trig features are unbiased for exp(x·y), and their variance matches
+  Lemma 2 of Choromanski et al. (2021); the band for a sample variance uses the sample's own
+  fourth moment;
+* orthogonal features have lower MSE than iid features at the same m (paired difference > 4 SE);
+* the trig features' relative error explodes where exp(x·y) is small, the positive ones' vanishes;
+* random Fourier features estimate exp(−‖x−y‖²/(2σ²)) (this pins the σ convention);
+* LSH collision probability for two buckets equals 1 − θ/π within a binomial band;
+* the attention error of Performer decays like m^{-1/2} (log-log slope in [−0.65, −0.35]).
+"""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import refimpl.random_features as rf_module
+from refimpl._testing import ORACLE, SELF, mc_band
+from refimpl.attention import softmax_attention
+from refimpl.random_features import (
+    SELF_ATTENTION_VALUE,
+    elu_plus_one,
+    favor_features,
+    favor_features_loop,
+    linear_attention,
+    linear_attention_loop,
+    lsh_attention,
+    lsh_attention_loop,
+    lsh_hash,
+    orthogonal_gaussian,
+    performer_attention,
+    performer_attention_loop,
+    performer_attention_quadratic,
+    reversible_forward,
+    reversible_inverse,
+    rfa_attention,
+    rfa_attention_loop,
+    rff_features,
+)
+
+from _recording import recorder, runtime_warnings_are_errors  # noqa: E402, F401 (an autouse fixture)
+
+#: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
+WORST_ERRORS, close = recorder()
+
+
+def qkv(seed, n=9, d=4, dv=3, batch=(), m=None):
+    rng = np.random.default_rng(seed)
+    m = n if m is None else m
+    return rng.normal(size=(*batch, n, d)), rng.normal(size=(*batch, m, d)), rng.normal(size=(*batch, m, dv))
+
+
+def quadratic_oracle(phi_q, phi_k, v, causal, decay=None):
+    """Eq. (12.1) with κ = φ(q)·φ(k), written with einsum and an explicit lower triangle."""
+    a = np.einsum("...ic,...jc->...ij", phi_q, phi_k)
+    if causal:
+        a = np.tril(a)
+    if decay is not None:
+        a = a * decay
+    return np.einsum("...ij,...jc->...ic", a, v) / a.sum(-1, keepdims=True)
+
+
+def elu1(x):
+    return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
+
+
+# ---------------------------------------------------------------------------------------------
+class TestLinearAttention:
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("seed", range(3))
+    def test_loop_twin_and_quadratic_oracle(self, seed, causal):
+        q, k, v = qkv(seed, n=11, batch=(2,))
+        y = linear_attention(q, k, v, causal=causal)
+        close(y, linear_attention_loop(q, k, v, causal=causal), rtol=SELF, what="linear_attention vs RNN loop")
+        close(y, quadratic_oracle(elu1(q), elu1(k), v, causal), rtol=ORACLE, what="linear_attention vs masked quadratic")
+
+    def test_non_causal_with_more_keys(self):
+        q, k, v = qkv(3, n=5, m=8)
+        close(linear_attention(q, k, v), quadratic_oracle(elu1(q), elu1(k), v, False), rtol=ORACLE, what="linear N != M")
+
+    @pytest.mark.parametrize("group", [1, 2, 10**9])
+    @pytest.mark.parametrize("chunk", [1, 3, 4, 128])
+    @pytest.mark.parametrize("n", [1, 7, 12])
+    def test_chunked_prefix_sums_with_padding(self, monkeypatch, chunk, n, group):
+        monkeypatch.setattr(rf_module, "_GROUP_FLOATS", group)  # 1: one chunk per group; 10**9: one group
+        q, k, v = qkv(chunk + n, n=n, batch=(3, 1))
+        k = k[0]  # broadcast batch
+        y = rf_module._kernel_attention(elu1(q), elu1(k), v, True, chunk)
+        close(y, quadratic_oracle(elu1(q), elu1(np.broadcast_to(k, q.shape)), v, True), rtol=ORACLE, what="chunked causal vs quadratic")
+
+    def test_callable_feature_map(self):
+        q, k, v = qkv(4)
+        fm = lambda x: np.concatenate([np.exp(x), np.exp(-x)], axis=-1)  # noqa: E731
+        y = linear_attention(q, k, v, feature_map=fm, causal=True)
+        close(y, quadratic_oracle(fm(q), fm(k), v, True), rtol=ORACLE, what="linear attention, callable φ")
+        close(y, linear_attention_loop(q, k, v, feature_map=fm, causal=True), rtol=SELF, what="linear loop, callable φ")
+
+    def test_elu_plus_one(self):
+        x = np.array([-800.0, -1.0, 0.0, 2.0])
+        np.testing.assert_array_equal(elu_plus_one(x), [0.0, math.exp(-1.0), 1.0, 3.0])
+
+    def test_peak_memory_causal_has_no_n_c_dv_intermediate(self):
+        n, d = 4096, 64
+        q, k, v = qkv(5, n=n, d=d, dv=d)
+        tracemalloc.start()
+        try:
+            linear_attention(q, k, v, causal=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        # the plain cumsum of outer products alone would need an (N, C, dv) array, 134 MB here; we use
+        # about ten (N, d) copies (inputs, features, padded chunks: 2 MB each) and 4 MB of (c, c) blocks
+        assert peak < 0.25 * n * d * d * 8
+
+    @settings(max_examples=25)
+    @given(st.integers(0, 10**6), st.integers(1, 12), st.integers(0, 11))
+    def test_causality(self, seed, n, t):
+        t = min(t, n - 1)
+        q, k, v = qkv(seed, n=n)
+        y = linear_attention(q, k, v, causal=True)
+        q2, k2, v2 = q.copy(), k.copy(), v.copy()
+        q2[t + 1 :] += 1.0
+        k2[t + 1 :] -= 2.0
+        v2[t + 1 :] *= 3.0
+        np.testing.assert_array_equal(linear_attention(q2, k2, v2, causal=True)[: t + 1], y[: t + 1])
+
+    def test_constant_values_are_reproduced(self):
+        q, k, _ = qkv(6)
+        v = np.full((9, 2), 1.5)
+        close(linear_attention(q, k, v, causal=True), v, rtol=ORACLE, what="linear attention of constant v")
+
+
+# ---------------------------------------------------------------------------------------------
+def favor_oracle(x, w, kind):
+    """Eqs. (12.6)/(12.7) without any shift (small inputs only)."""
+    m = w.shape[0]
+    wx = x @ w.T
+    sq = 0.5 * np.sum(x**2, axis=-1, keepdims=True)
+    if kind == "positive":
+        return np.exp(wx - sq) / np.sqrt(m)
+    return np.exp(sq) * np.concatenate([np.sin(wx), np.cos(wx)], axis=-1) / np.sqrt(m)
+
+
+class TestFavorFeatures:
+    @pytest.mark.parametrize("kind", ["positive", "trig"])
+    def test_loop_twin_and_oracle(self, kind):
+        rng = np.random.default_rng(0)
+        x, w = rng.normal(size=(2, 5, 3)) * 0.5, rng.normal(size=(7, 3))
+        for stabilize in (False, True):
+            phi = favor_features(x, w, kind=kind, stabilize=stabilize)
+            close(phi, favor_features_loop(x, w, kind=kind, stabilize=stabilize), rtol=SELF, what="favor_features vs loop")
+        close(favor_features(x, w, kind=kind, stabilize=False), favor_oracle(x, w, kind), rtol=ORACLE, what="favor vs formula")
+        # stabilize: one common factor per batch element
+        ratio = favor_features(x, w, kind=kind) / favor_oracle(x, w, kind)
+        np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:, :1, :1], ratio.shape), rtol=1e-12)
+
+    def test_stabilize_prevents_overflow(self):
+        rng = np.random.default_rng(1)
+        x, w = rng.normal(size=(4, 3)) * 40, rng.normal(size=(5, 3))
+        phi = favor_features(x, w)
+        assert np.all(np.isfinite(phi)) and phi.max() == pytest.approx(1 / np.sqrt(5))
+
+    @pytest.mark.parametrize("kind", ["positive", "trig"])
+    def test_unbiased_and_lemma2_variance(self, kind):
+        # per-direction estimator m·φ_r(x)φ_r(y) (pairs of sin/cos for trig): iid over ω_r ~ N(0, I)
+        rng = np.random.default_rng(11)
+        x, y = np.array([[0.4, -0.2, 0.3]]), np.array([[0.1, 0.5, -0.3]])
+        n = 400_000
+        w = rng.standard_normal((n, 3))
+        px, py = favor_features(x, w, kind=kind, stabilize=False)[0], favor_features(y, w, kind=kind, stabilize=False)[0]
+        per = n * (px * py if kind == "positive" else (px * py).reshape(2, n).sum(0))
+        sm = float(np.exp(x @ y.T)[0, 0])
+        s, d2 = np.sum((x + y) ** 2), np.sum((x - y) ** 2)
+        var = sm**2 * np.exp(s) * (1 - np.exp(-s)) if kind == "positive" else 0.5 * np.exp(s) / sm**2 * (1 - np.exp(-d2)) ** 2
+        assert abs(per.mean() - sm) <= mc_band(n) * np.sqrt(var)  # unbiased, Lemma 1
+        sq = (per - sm) ** 2  # its mean estimates MSE_1 = m·MSE_m (Lemma 2)
+        assert abs(sq.mean() - var) <= mc_band(n) * sq.std()
+
+    @pytest.mark.parametrize("m", [16, 64])
+    def test_lemma2_mse_times_m_for_m_features(self, m):
+        # the averaged estimator with m iid directions, repeated: MSE·m vs the closed form
+        rng = np.random.default_rng(m)
+        x, y = np.array([[0.3, 0.2, -0.4, 0.1]]), np.array([[-0.2, 0.3, 0.2, 0.4]])
+        reps = 4000
+        w = rng.standard_normal((reps, m, 4))
+        est = np.array([(favor_features(x, wi, stabilize=False) @ favor_features(y, wi, stabilize=False).T)[0, 0] for wi in w])
+        sm = float(np.exp(x @ y.T)[0, 0])
+        s = np.sum((x + y) ** 2)
+        mse_m = sm**2 * np.exp(s) * (1 - np.exp(-s)) / m
+        sq = (est - sm) ** 2
+        assert abs(sq.mean() - mse_m) <= mc_band(reps) * sq.std()
+
+    def test_orthogonal_features_lower_mse_than_iid(self):
+        # same x, y, m = d = 8; 20 000 independent projections of each kind; paired means differ by > 4 SE
+        rng = np.random.default_rng(7)
+        d = m = 8
+        x, y = rng.normal(size=d) * 0.35, rng.normal(size=d) * 0.35
+        sm = float(np.exp(x @ y))
+        reps = 20_000
+
+        def err2(w):  # (reps, m, d) projections -> squared errors of the m-feature estimates (Eq. 12.7)
+            fx = np.exp(w @ x - x @ x / 2) / np.sqrt(m)
+            fy = np.exp(w @ y - y @ y / 2) / np.sqrt(m)
+            return (np.sum(fx * fy, axis=-1) - sm) ** 2
+
+        iid = err2(rng.standard_normal((reps, m, d)))
+        orf = err2(np.stack([orthogonal_gaussian(m, d, rng) for _ in range(reps)]))
+        diff_se = np.sqrt(iid.var() / reps + orf.var() / reps)
+        assert iid.mean() - orf.mean() > 4 * diff_se
+        s = np.sum((x + y) ** 2)  # the iid MSE is Lemma 2's
+        assert abs(iid.mean() - sm**2 * np.exp(s) * (1 - np.exp(-s)) / m) <= mc_band(reps) * iid.std()
+
+    def test_trig_variance_blows_up_for_small_kernel_values(self):
+        # ‖x‖ = ‖y‖ = 1.2 at angles 0 … π: exp(x·y) falls from e^{1.44} to e^{-1.44}. The relative MSE
+        # of one direction follows Lemma 2 for both kinds: trig grows to e^{5.76}/2 ≈ 158 at θ = π,
+        # positive falls to exactly 0 (x + y = 0 there).
+        rng = np.random.default_rng(3)
+        n = 200_000
+        w = rng.standard_normal((n, 2))
+        rel = {"positive": [], "trig": []}
+        for theta in np.linspace(0.0, np.pi, 5):
+            x, y = 1.2 * np.array([[1.0, 0.0]]), 1.2 * np.array([[np.cos(theta), np.sin(theta)]])
+            sm = float(np.exp(x @ y.T)[0, 0])
+            s, d2 = np.sum((x + y) ** 2), np.sum((x - y) ** 2)
+            lemma2 = {"positive": np.exp(s) * (1 - np.exp(-s)), "trig": 0.5 * np.exp(s) / sm**4 * (1 - np.exp(-d2)) ** 2}
+            for kind in rel:
+                px, py = favor_features(x, w, kind=kind, stabilize=False)[0], favor_features(y, w, kind=kind, stabilize=False)[0]
+                per = n * (px * py if kind == "positive" else (px * py).reshape(2, -1).sum(0))
+                sq = ((per - sm) / sm) ** 2
+                rel[kind].append(sq.mean())  # relative MSE of one direction
+                if kind == "trig" or s <= 1.0:  # (the positive estimator is log-normal: for larger
+                    # ‖x + y‖ its squared error is too heavy-tailed for a sample-variance band)
+                    assert abs(sq.mean() - lemma2[kind]) <= mc_band(n) * sq.std() + 1e-20  # (+1e-20: round-off where both are 0)
+        pos, trig = np.array(rel["positive"]), np.array(rel["trig"])
+        assert np.all(np.diff(pos) < 0) and pos[-1] < 1e-20
+        assert np.all(np.diff(trig) > 0) and trig[-1] > 150
+
+    def test_errors(self):
+        x, w = np.ones((3, 2)), np.ones((4, 2))
+        with pytest.raises(ValueError, match="^projection: expected shape"):
+            favor_features(x, np.ones((4, 3)))
+        with pytest.raises(ValueError, match="^kind: expected one of"):
+            favor_features(x, w, kind="cos")
+        with pytest.raises(ValueError, match="^x: expected finite"):
+            favor_features(x * np.nan, w)
+        with pytest.raises(ValueError, match="^x: expected shape"):
+            favor_features_loop(np.ones(3), w)
+        with pytest.raises(TypeError, match="^stabilize: expected a bool"):
+            favor_features(x, w, stabilize=1)
+
+
+class TestOrthogonalGaussian:
+    @pytest.mark.parametrize("m,d", [(4, 4), (10, 4), (3, 5)])
+    def test_blocks_are_orthogonal_and_reproducible(self, m, d):
+        w = orthogonal_gaussian(m, d, 5)
+        np.testing.assert_array_equal(w, orthogonal_gaussian(m, d, np.random.default_rng(5)))
+        assert w.shape == (m, d)
+        for start in range(0, m, d):
+            blk = w[start : start + d]
+            g = blk @ blk.T
+            np.testing.assert_allclose(g - np.diag(np.diag(g)), 0.0, atol=1e-12)
+        u = orthogonal_gaussian(m, d, 5, scaling="sqrt_d")
+        np.testing.assert_allclose(np.linalg.norm(u, axis=1), np.sqrt(d), rtol=1e-14)
+
+    def test_rows_are_marginally_standard_normal(self):
+        # chi norms: E‖ω‖² = d and each coordinate has variance 1
+        w = np.concatenate([orthogonal_gaussian(6, 6, s) for s in range(3000)])
+        n = w.shape[0]
+        assert abs(np.mean(w[:, 0] ** 2) - 1.0) <= mc_band(n) * np.sqrt(2.0)
+        assert abs(np.mean(w[:, 0])) <= mc_band(n)
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="^m: expected an integer >= 1"):
+            orthogonal_gaussian(0, 3, 0)
+        with pytest.raises(TypeError, match="^d: expected an integer"):
+            orthogonal_gaussian(2, 2.5, 0)
+        with pytest.raises(ValueError, match="^scaling: "):
+            orthogonal_gaussian(2, 2, 0, scaling="one")
+        with pytest.raises(TypeError, match="^rng: "):
+            orthogonal_gaussian(2, 2, "seed")
+
+
+# ---------------------------------------------------------------------------------------------
+class TestPerformerAttention:
+    @pytest.mark.parametrize("kind", ["positive", "trig"])
+    @pytest.mark.parametrize("causal", [False, True])
+    def test_linear_quadratic_loop_and_oracle(self, causal, kind):
+        q, k, v = qkv(1, n=10, batch=(2,))
+        kw = dict(n_features=12, rng=4, causal=causal, kind=kind)
+        y = performer_attention(q, k, v, **kw)
+        close(y, performer_attention_quadratic(q, k, v, **kw), rtol=SELF, what="performer linear vs quadratic")
+        close(y, performer_attention_loop(q, k, v, **kw), rtol=SELF, what="performer linear vs RNN loop")
+        w = orthogonal_gaussian(12, 4, 4)  # the same draw as rng=4
+        close(y, performer_attention(q, k, v, **{**kw, "rng": None}, projection=w), rtol=0.0, what="projection kw")
+        root = 4 ** -0.25
+        ref = quadratic_oracle(favor_oracle(q * root, w, kind), favor_oracle(k * root, w, kind), v, causal)
+        close(y, ref, rtol=ORACLE, what="performer vs unshifted features (formula)")
+
+    @pytest.mark.parametrize("kind", ["positive", "trig"])
+    def test_large_inputs_do_not_underflow_or_overflow(self, kind):
+        # ‖q̂‖ = ‖k̂‖ = 60: unshifted positive features are exp(ω·x − 1800) = 0 (0/0 attention), trig
+        # ones exp(1800) = inf; the stabilizers of Eq. (12.10) keep every number finite
+        q, k, v = qkv(2, n=16, d=4)
+        q, k = (120 / np.sqrt(2) * x / np.linalg.norm(x, axis=-1, keepdims=True) for x in (q, k))  # √scale = 1/√2
+        w = orthogonal_gaussian(8, 4, 0)
+        with np.errstate(over="ignore"):
+            assert not np.any(favor_oracle(q / np.sqrt(2), w, kind)) if kind == "positive" else \
+                np.all(np.isinf(favor_oracle(q / np.sqrt(2), w, kind)).any(-1))
+        y = performer_attention(q, k, v, n_features=8, rng=0, causal=True, kind=kind)
+        assert np.all(np.isfinite(y))
+        close(y, performer_attention_quadratic(q, k, v, n_features=8, rng=0, causal=True, kind=kind), rtol=SELF,
+              what="performer, large inputs")
+
+    def test_scale_zero_is_the_mean(self):
+        q, k, v = qkv(3)
+        y = performer_attention(q, k, v, n_features=4, rng=0, scale=0.0, causal=True)
+        close(y, np.cumsum(v, 0) / np.arange(1, 10)[:, None], rtol=ORACLE, what="performer scale 0 = running mean")
+
+    def test_error_decays_like_m_to_the_minus_half(self):
+        # RMSE over 40 seeds of the attention output vs softmax attention; slope of log RMSE vs log m.
+        # Small ‖q̂ + k̂‖: the positive estimator is log-normal and, for large norms, reaches its
+        # m^{-1/2} regime only at much larger m (chapter 12 shows it); here the band is ±0.12.
+        q, k, v = qkv(8, n=32, d=4, dv=2)
+        q, k = 0.3 * q, 0.3 * k
+        exact = softmax_attention(q, k, v)
+        ms = np.array([16, 64, 256, 1024])
+        rmse = [np.sqrt(np.mean([np.mean((performer_attention(q, k, v, n_features=int(m), rng=s, orthogonal=False) - exact) ** 2)
+                                 for s in range(40)])) for m in ms]
+        slope = np.polyfit(np.log(ms), np.log(rmse), 1)[0]
+        assert -0.62 <= slope <= -0.38
+
+    @settings(max_examples=15)
+    @given(st.integers(0, 10**6), st.integers(1, 10), st.integers(0, 9))
+    def test_causality(self, seed, n, t):
+        t = min(t, n - 1)
+        q, k, v = qkv(seed, n=n)
+        y = performer_attention(q, k, v, n_features=6, rng=1, causal=True)
+        k2, v2 = k.copy(), v.copy()
+        k2[t + 1 :] += 0.5
+        v2[t + 1 :] -= 1.0
+        # keys share one stabilizing shift: a future key may change it, so compare with tolerance
+        close(performer_attention(q, k2, v2, n_features=6, rng=1, causal=True)[: t + 1], y[: t + 1], rtol=SELF,
+              what="performer causality")
+
+
+# ---------------------------------------------------------------------------------------------
+class TestRFA:
+    @pytest.mark.parametrize("causal", [False, True])
+    def test_ungated_loop_twin_and_oracle(self, causal):
+        q, k, v = qkv(0, n=10, batch=(2,))
+        kw = dict(n_features=6, sigma=0.8, rng=2, causal=causal)
+        y = rfa_attention(q, k, v, **kw)
+        close(y, rfa_attention_loop(q, k, v, **kw), rtol=SELF, what="rfa vs recurrence")
+        w = np.random.default_rng(2).standard_normal((6, 4)) / 0.8  # the documented draw
+        unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+        ref = quadratic_oracle(rff_features(unit(q), w), rff_features(unit(k), w), v, causal)
+        close(y, ref, rtol=ORACLE, what="rfa vs quadratic")
+
+    def test_gated_recurrence_equals_decay_masked_quadratic(self):
+        q, k, v = qkv(1, n=12, batch=(2,))
+        g = np.random.default_rng(9).uniform(0.0, 0.95, size=(2, 12))
+        g[0, 4] = 0.0  # a full reset
+        kw = dict(n_features=6, sigma=1.0, rng=3, gated=True, gates=g)
+        y = rfa_attention(q, k, v, **kw)
+        close(y, rfa_attention_loop(q, k, v, **kw), rtol=SELF, what="gated rfa vs recurrence")
+        # explicit decay (1 - g_s) Π_{r=s+1}^t g_r from products
+        decay = np.zeros((2, 12, 12))
+        for b in range(2):
+            for t in range(12):
+                for s in range(t + 1):
+                    decay[b, t, s] = (1 - g[b, s]) * np.prod(g[b, s + 1 : t + 1])
+        w = np.random.default_rng(3).standard_normal((6, 4))
+        unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+        ref = quadratic_oracle(rff_features(unit(q), w), rff_features(unit(k), w), v, True, decay)
+        close(y, ref, rtol=ORACLE, what="gated rfa vs explicit products")
+
+    def test_zero_gate_attends_to_current_token(self):
+        q, k, v = qkv(2)
+        y = rfa_attention(q, k, v, n_features=5, sigma=1.0, rng=0, gated=True, gates=np.zeros(9))
+        close(y, v, rtol=ORACLE, what="gate 0 = current token")
+
+    def test_constant_gate_gives_geometric_weights(self):
+        # with constant features (D = 1, ω = 0 in effect: sigma huge) the weights are c^{t−s}(1 − c)
+        q, k, v = qkv(3, n=8)
+        c = 0.7
+        y = rfa_attention(q, k, v, n_features=1, sigma=1e12, rng=0, gated=True, gates=np.full(8, c))
+        t = np.arange(8)
+        wts = np.tril(c ** (t[:, None] - t[None, :]).clip(0)) * (1 - c)
+        close(y, (wts @ v) / wts.sum(1, keepdims=True), rtol=1e-9, what="constant gate, geometric weights")
+
+    def test_rff_kernel_monte_carlo_pins_sigma(self):
+        rng = np.random.default_rng(5)
+        x, y, sigma = np.array([[0.6, 0.8]]), np.array([[1.0, 0.0]]), 0.7
+        n = 200_000
+        w = rng.standard_normal((n, 2)) / sigma
+        px, py = rff_features(x, w)[0], rff_features(y, w)[0]
+        per = n * (px * py).reshape(2, n).sum(0)  # cos(ω·(x − y))
+        z2 = np.sum((x - y) ** 2)
+        kern = np.exp(-z2 / (2 * sigma**2))
+        sd = np.sqrt(0.5 * (1 - np.exp(-z2 / sigma**2)) ** 2)
+        assert abs(per.mean() - kern) <= mc_band(n) * sd
+
+    def test_many_features_approach_softmax_on_unit_vectors(self):
+        q, k, v = qkv(4, n=6, d=3)
+        sigma = 0.9
+        y = rfa_attention(q, k, v, n_features=40_000, sigma=sigma, rng=0, causal=False)
+        unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+        exact = softmax_attention(unit(q), unit(k), v, scale=1 / sigma**2)
+        assert np.max(np.abs(y - exact)) < 0.05
+
+    @settings(max_examples=15)
+    @given(st.integers(0, 10**6), st.integers(1, 10), st.integers(0, 9))
+    def test_causality(self, seed, n, t):
+        t = min(t, n - 1)
+        q, k, v = qkv(seed, n=n)
+        g = np.random.default_rng(seed).uniform(0, 0.9, n)
+        y = rfa_attention(q, k, v, n_features=4, sigma=1.0, rng=1, gated=True, gates=g)
+        k2, g2 = k.copy(), g.copy()
+        k2[t + 1 :] += 1.0
+        g2[t + 1 :] = 0.3
+        np.testing.assert_array_equal(rfa_attention(q, k2, v, n_features=4, sigma=1.0, rng=1, gated=True, gates=g2)[: t + 1],
+                                      y[: t + 1])
+
+
+# ---------------------------------------------------------------------------------------------
+def full_shared_qk(qk, v, causal):
+    """Full shared-QK attention with the self-mask (a token sees itself only when alone)."""
+    n = qk.shape[-2]
+    keys = qk / np.linalg.norm(qk, axis=-1, keepdims=True)
+    allowed = ~np.eye(n, dtype=bool)
+    if causal:
+        allowed[0, 0] = True  # the first token has nothing else
+    return softmax_attention(qk, keys, v, mask=allowed, causal=causal)
+
+
+class TestLSH:
+    def test_hash_reproducible_and_matches_formula(self):
+        x = np.random.default_rng(0).normal(size=(2, 10, 5))
+        h = lsh_hash(x, 6, 3, n_rounds=2)
+        np.testing.assert_array_equal(h, lsh_hash(x, 6, np.random.default_rng(3), n_rounds=2))
+        rot = np.random.default_rng(3).standard_normal((2, 5, 3))
+        np.testing.assert_array_equal(h, lsh_hash(x, 6, None, n_rounds=2, rotations=rot))
+        for r in range(2):
+            xr = x @ rot[r]
+            np.testing.assert_array_equal(h[:, r], np.argmax(np.concatenate([xr, -xr], -1), -1))
+        assert h.shape == (2, 2, 10) and h.min() >= 0 and h.max() < 6
+        np.testing.assert_array_equal(lsh_hash(3.0 * x, 6, 3, n_rounds=2), h)  # depends on direction only
+
+    def test_collision_probability_two_buckets(self):
+        # b = 2: a random hyperplane, P(same bucket) = 1 − θ/π; binomial band
+        rng = np.random.default_rng(2)
+        trials = 20_000
+        for theta in np.linspace(0.2, 3.0, 5):
+            x = np.array([[1.0, 0.0, 0.0], [np.cos(theta), np.sin(theta), 0.0]])
+            h = lsh_hash(x, 2, rng, n_rounds=trials)[:, :]
+            p_hat = np.mean(h[:, 0] == h[:, 1])
+            p = 1 - theta / np.pi
+            assert abs(p_hat - p) <= mc_band(trials) * np.sqrt(p * (1 - p))
+
+    def test_collision_probability_decreases_with_angle_and_buckets(self):
+        rng = np.random.default_rng(4)
+        probs = {}
+        for b in (4, 8):
+            for theta in (0.3, 1.2, 2.4):
+                x = np.array([[1.0, 0.0, 0.0, 0.0], [np.cos(theta), np.sin(theta), 0.0, 0.0]])
+                h = lsh_hash(x, b, rng, n_rounds=10_000)
+                probs[b, theta] = np.mean(h[:, 0] == h[:, 1])
+        for b in (4, 8):
+            assert probs[b, 0.3] > probs[b, 1.2] > probs[b, 2.4]
+        for theta in (0.3, 1.2):
+            assert probs[8, theta] < probs[4, theta]
+
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("n_buckets", [2, 4])
+    def test_one_round_two_chunks_is_full_shared_qk_attention(self, causal, n_buckets):
+        rng = np.random.default_rng(6)
+        qk, v = rng.normal(size=(2, 16, 4)), rng.normal(size=(2, 16, 3))
+        y = lsh_attention(qk, v, n_buckets=n_buckets, n_rounds=1, chunk_size=8, rng=1, causal=causal)
+        close(y, full_shared_qk(qk, v, causal), rtol=ORACLE, what="LSH 1 round, 2 chunks vs full shared-QK")
+
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("n_buckets,n_rounds,chunk", [(2, 1, 16), (4, 1, 4), (8, 3, 4), (6, 2, 2)])
+    def test_loop_twin(self, n_buckets, n_rounds, chunk, causal):
+        rng = np.random.default_rng(n_buckets + chunk)
+        qk, v = rng.normal(size=(2, 16, 4)), rng.normal(size=(16, 3))
+        kw = dict(n_buckets=n_buckets, n_rounds=n_rounds, chunk_size=chunk, rng=5, causal=causal)
+        close(lsh_attention(qk, v, **kw), lsh_attention_loop(qk, v, **kw), rtol=SELF, what="lsh_attention vs loop")
+
+    @pytest.mark.parametrize("causal", [False, True])
+    def test_groups_of_chunks(self, monkeypatch, causal):
+        # one chunk per group (the smallest groups) gives the same result as one group
+        rng = np.random.default_rng(12)
+        qk, v = rng.normal(size=(2, 3, 32, 4))
+        kw = dict(n_buckets=4, n_rounds=3, chunk_size=4, rng=2, causal=causal)
+        whole = lsh_attention(qk, v, **kw)
+        monkeypatch.setattr(rf_module, "_GROUP_FLOATS", 1)
+        close(lsh_attention(qk, v, **kw), whole, rtol=SELF, what="lsh groups of one chunk vs one group")
+        close(whole, lsh_attention_loop(qk, v, **kw), rtol=SELF, what="lsh_attention vs loop")
+
+    def test_first_causal_token_attends_to_itself(self):
+        rng = np.random.default_rng(7)
+        qk, v = rng.normal(size=(8, 4)), rng.normal(size=(8, 3))
+        y = lsh_attention(qk, v, n_buckets=4, n_rounds=3, chunk_size=2, rng=0, causal=True)
+        close(y[0], v[0], rtol=ORACLE, what="first causal token")
+        assert SELF_ATTENTION_VALUE == -5e4
+
+    def test_many_rounds_reduce_error(self):
+        # more rounds see more of the keys that matter: the error vs full attention falls
+        rng = np.random.default_rng(8)
+        qk, v = 2.0 * rng.normal(size=(64, 8)), rng.normal(size=(64, 2))
+        exact = full_shared_qk(qk, v, False)
+        err = [np.mean([np.sqrt(np.mean((lsh_attention(qk, v, n_buckets=8, n_rounds=r, chunk_size=8, rng=s) - exact) ** 2))
+                        for s in range(10)]) for r in (1, 4)]
+        assert err[1] < 0.8 * err[0]
+
+
+# ---------------------------------------------------------------------------------------------
+class TestReversible:
+    def test_inverse_reconstructs(self):
+        rng = np.random.default_rng(0)
+        x1, x2 = rng.normal(size=(2, 3, 16, 4))
+        w1, w2 = rng.normal(size=(2, 4, 4))
+        f = [lambda x, w=w: np.tanh(x @ w) for w in (w1, w2)]
+        g = [lambda x, w=w: np.sin(x @ w.T) for w in (w1, w2)]
+        y1, y2 = reversible_forward(x1, x2, f, g)
+        a, b = reversible_inverse(y1, y2, f, g)
+        close(a, x1, rtol=ORACLE, what="reversible inverse x1")
+        close(b, x2, rtol=ORACLE, what="reversible inverse x2")
+        # one block written out
+        z1 = x1 + f[0](x2)
+        np.testing.assert_array_equal(reversible_forward(x1, x2, f[0], g[0]), (z1, x2 + g[0](z1)))
+
+    def test_errors(self):
+        x = np.ones((2, 3))
+        with pytest.raises(ValueError, match="^x2: expected the same shape"):
+            reversible_forward(x, np.ones((3, 2)), np.sin, np.sin)
+        with pytest.raises(ValueError, match="^f: expected an output of shape"):
+            reversible_forward(x, x, lambda z: z[0], np.sin)
+        with pytest.raises(ValueError, match="^g: expected as many"):
+            reversible_inverse(x, x, [np.sin, np.cos], [np.sin])
+        with pytest.raises(TypeError, match="^g: expected a callable"):
+            reversible_forward(x, x, np.sin, 3)
+        with pytest.raises(ValueError, match="^y1: expected finite"):
+            reversible_inverse(x * np.inf, x, np.sin, np.sin)
+
+
+# ---------------------------------------------------------------------------------------------
+Q, K, V = np.ones((4, 3)), np.ones((4, 3)), np.ones((4, 2))
+ATTENTION_FUNCS = [
+    (linear_attention, {}),
+    (linear_attention_loop, {}),
+    (performer_attention, {"n_features": 4, "rng": 0}),
+    (performer_attention_loop, {"n_features": 4, "rng": 0}),
+    (performer_attention_quadratic, {"n_features": 4, "rng": 0}),
+    (rfa_attention, {"n_features": 4, "sigma": 1.0, "rng": 0}),
+    (rfa_attention_loop, {"n_features": 4, "sigma": 1.0, "rng": 0}),
+]
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        "args,kwargs,exc,match",
+        [
+            ((Q * np.nan, K, V), {}, ValueError, "^q: expected finite"),
+            ((Q, K * np.inf, V), {}, ValueError, "^k: expected finite"),
+            ((Q, K, V * np.nan), {}, ValueError, "^v: expected finite"),
+            ((np.ones(3), K, V), {}, ValueError, "^q: expected shape"),
+            ((Q, np.ones((4, 2)), V), {}, ValueError, "^k: expected the same last dimension"),
+            ((Q, K, np.ones((3, 2))), {}, ValueError, "^v: expected the same number of rows"),
+            ((Q, np.ones((5, 3)), np.ones((5, 2))), {"causal": True}, ValueError, "^k: causal attention needs"),
+            ((np.ones((2, 4, 3)), np.ones((3, 4, 3)), V), {}, ValueError, "^v: the batch axes"),
+            ((Q, K, V), {"causal": "yes"}, TypeError, "^causal: expected a bool"),
+            ((Q * 1j, K, V), {}, TypeError, "^q: expected real"),
+        ],
+    )
+    @pytest.mark.parametrize("func,base", ATTENTION_FUNCS, ids=lambda x: getattr(x, "__name__", ""))
+    def test_shared_errors(self, func, base, args, kwargs, exc, match):
+        with pytest.raises(exc, match=match):
+            func(*args, **{**base, **kwargs})
+
+    @pytest.mark.parametrize("func", [performer_attention, performer_attention_loop, performer_attention_quadratic])
+    def test_performer_errors(self, func):
+        with pytest.raises(ValueError, match="^n_features: expected an integer >= 1"):
+            func(Q, K, V, n_features=0, rng=0)
+        with pytest.raises(TypeError, match="^n_features: expected an integer"):
+            func(Q, K, V, n_features=2.0, rng=0)
+        with pytest.raises(ValueError, match="^kind: expected one of"):
+            func(Q, K, V, n_features=2, rng=0, kind="hyperbolic")
+        with pytest.raises(ValueError, match="^scale: expected a finite value >= 0"):
+            func(Q, K, V, n_features=2, rng=0, scale=-1.0)
+        with pytest.raises(ValueError, match="^projection: expected shape \\(2, 3\\)"):
+            func(Q, K, V, n_features=2, rng=0, projection=np.ones((3, 3)))
+        with pytest.raises(TypeError, match="^rng: "):
+            func(Q, K, V, n_features=2, rng="seed")
+        with pytest.raises(TypeError, match="^orthogonal: expected a bool"):
+            func(Q, K, V, n_features=2, rng=0, orthogonal=None)
+
+    @pytest.mark.parametrize("func", [linear_attention, linear_attention_loop])
+    def test_linear_errors(self, func):
+        with pytest.raises(ValueError, match="^feature_map: expected one of"):
+            func(Q, K, V, feature_map="relu")
+        with pytest.raises(TypeError, match="^feature_map: expected 'elu\\+1' or a callable"):
+            func(Q, K, V, feature_map=3)
+        with pytest.raises(ValueError, match="^feature_map: expected φ\\(q\\)"):
+            func(Q, K, V, feature_map=lambda x: x[..., 0])
+
+    @pytest.mark.parametrize("func", [rfa_attention, rfa_attention_loop])
+    def test_rfa_errors(self, func):
+        kw = dict(n_features=3, sigma=1.0, rng=0)
+        with pytest.raises(ValueError, match="^n_features: expected an integer >= 1"):
+            func(Q, K, V, **{**kw, "n_features": 0})
+        with pytest.raises(ValueError, match="^sigma: expected a finite value > 0"):
+            func(Q, K, V, **{**kw, "sigma": 0.0})
+        with pytest.raises(ValueError, match="^causal: gated RFA"):
+            func(Q, K, V, **kw, gated=True, gates=np.full(4, 0.5), causal=False)
+        with pytest.raises(ValueError, match="^gates: gated=True needs"):
+            func(Q, K, V, **kw, gated=True)
+        with pytest.raises(ValueError, match="^gates: given but gated=False"):
+            func(Q, K, V, **kw, gates=np.full(4, 0.5))
+        with pytest.raises(ValueError, match="^gates: expected values in \\[0, 1\\)"):
+            func(Q, K, V, **kw, gated=True, gates=np.full(4, 1.0))
+        with pytest.raises(ValueError, match="^gates: expected a shape broadcastable"):
+            func(Q, K, V, **kw, gated=True, gates=np.full(5, 0.5))
+        with pytest.raises(ValueError, match="^gates: expected finite"):
+            func(Q, K, V, **kw, gated=True, gates=np.full(4, np.nan))
+        with pytest.raises(ValueError, match="^q: expected nonzero rows"):
+            func(np.zeros((4, 3)), K, V, **kw)
+        with pytest.raises(TypeError, match="^gated: expected a bool"):
+            func(Q, K, V, **kw, gated=None)
+
+    @pytest.mark.parametrize("func", [lsh_attention, lsh_attention_loop])
+    def test_lsh_attention_errors(self, func):
+        qk, v = np.random.default_rng(0).normal(size=(2, 8, 3))
+        kw = dict(n_buckets=4, n_rounds=1, chunk_size=4, rng=0)
+        with pytest.raises(ValueError, match="^n_buckets: expected an even number"):
+            func(qk, v, **{**kw, "n_buckets": 3})
+        with pytest.raises(ValueError, match="^n_buckets: expected an integer >= 2"):
+            func(qk, v, **{**kw, "n_buckets": 0})
+        with pytest.raises(ValueError, match="^n_rounds: expected an integer >= 1"):
+            func(qk, v, **{**kw, "n_rounds": 0})
+        with pytest.raises(ValueError, match="^chunk_size: expected a divisor of N = 8"):
+            func(qk, v, **{**kw, "chunk_size": 3})
+        with pytest.raises(ValueError, match="^chunk_size: expected an integer >= 1"):
+            func(qk, v, **{**kw, "chunk_size": 0})
+        with pytest.raises(ValueError, match="^v: expected the same number of rows"):
+            func(qk, v[:4], **kw)
+        with pytest.raises(ValueError, match="^v: the batch axes"):
+            func(np.ones((2, 8, 3)), np.ones((3, 8, 3)), **kw)
+        with pytest.raises(ValueError, match="^qk: expected finite"):
+            func(qk * np.nan, v, **kw)
+        with pytest.raises(ValueError, match="^qk: expected nonzero rows"):
+            func(np.zeros((8, 3)), v, **kw)
+        with pytest.raises(TypeError, match="^causal: expected a bool"):
+            func(qk, v, **kw, causal=1)
+
+    def test_lsh_hash_errors(self):
+        x = np.ones((4, 3))
+        with pytest.raises(ValueError, match="^n_buckets: expected an even number"):
+            lsh_hash(x, 5, 0)
+        with pytest.raises(ValueError, match="^n_rounds: expected an integer >= 1"):
+            lsh_hash(x, 4, 0, n_rounds=0)
+        with pytest.raises(ValueError, match="^rotations: expected shape \\(1, 3, 2\\)"):
+            lsh_hash(x, 4, 0, rotations=np.ones((1, 3, 3)))
+        with pytest.raises(ValueError, match="^x: expected finite"):
+            lsh_hash(x * np.nan, 4, 0)
+
+    def test_rff_errors(self):
+        with pytest.raises(ValueError, match="^projection: expected shape"):
+            rff_features(np.ones((3, 2)), np.ones((4, 3)))
