@@ -88,7 +88,7 @@ from typing import Callable
 import numpy as np
 import scipy
 
-from . import afa, attention, classical, focus, iir, kalman, lyapunov, mixing, positional, rt_sde, sde, ssm
+from . import afa, attention, classical, focus, iir, kalman, lyapunov, mixing, positional, random_features, rt_sde, sde, ssm
 from ._testing import ORACLE, RATIO_RULE_FACTOR, SELF, max_abs_error, rel_error
 from ._vectors import read_npz, sha256, write_npz
 
@@ -629,6 +629,67 @@ def _ema_args(r, D=3, h=2):
             "beta": r.standard_normal((D, h)), "eta": r.standard_normal((D, h))}
 
 
+# ---- random_features ------------------------------------------------------------------------
+
+
+def _run_elu1(a, mid):
+    return {"phi": random_features.elu_plus_one(a["x"])}
+
+
+def _run_linear_attention(a, mid):
+    return {"y": random_features.linear_attention(a["q"], a["k"], a["v"], causal=bool(a["causal"]))}
+
+
+def _run_favor(a, mid):
+    return {"phi": random_features.favor_features(a["x"], a["projection"], kind=str(a["kind"]))}
+
+
+def _run_orthogonal_gaussian(a, mid):
+    return {"W": random_features.orthogonal_gaussian(int(a["m"]), int(a["d"]), int(a["seed"]))}
+
+
+def _run_performer(a, mid):
+    kw = dict(n_features=a["projection"].shape[0], rng=0, causal=bool(a["causal"]), projection=a["projection"])
+    return {"y": random_features.performer_attention(a["q"], a["k"], a["v"], **kw)}
+
+
+def _run_performer_quadratic(a, mid):
+    kw = dict(n_features=a["projection"].shape[0], rng=0, causal=bool(a["causal"]), projection=a["projection"])
+    return {"y": random_features.performer_attention_quadratic(a["q"], a["k"], a["v"], **kw)}
+
+
+def _run_rff(a, mid):
+    return {"phi": random_features.rff_features(a["x"], a["projection"])}
+
+
+def _run_rfa(a, mid):
+    return {"y": random_features.rfa_attention(a["q"], a["k"], a["v"], n_features=int(a["n_features"]), sigma=float(a["sigma"]),
+                                               rng=int(a["seed"]), gated=True, gates=a["gates"], causal=True)}
+
+
+def _run_lsh_hash(a, mid):
+    return {"buckets": random_features.lsh_hash(a["x"], int(a["n_buckets"]), 0, int(a["n_rounds"]), rotations=a["rotations"])}
+
+
+def _run_lsh_attention(a, mid):
+    return {"y": random_features.lsh_attention(a["qk"], a["v"], n_buckets=int(a["n_buckets"]), n_rounds=int(a["n_rounds"]),
+                                               chunk_size=int(a["chunk_size"]), rng=int(a["seed"]))}
+
+
+def _rev_f(w):
+    return lambda x: np.tanh(x @ w)
+
+
+def _run_reversible_forward(a, mid):
+    y1, y2 = random_features.reversible_forward(a["x1"], a["x2"], _rev_f(a["wf"]), _rev_f(a["wg"]))
+    return {"y1": y1, "y2": y2}
+
+
+def _run_reversible_inverse(a, mid):
+    x1, x2 = random_features.reversible_inverse(a["y1"], a["y2"], _rev_f(a["wf"]), _rev_f(a["wg"]))
+    return {"x1": x1, "x2": x2}
+
+
 def _zpk(z, p, k):
     return {"z": np.asarray(z), "p": np.asarray(p), "k": np.asarray(k)}
 
@@ -892,6 +953,22 @@ FUNCTIONS: dict = {
                  "h_last"), "fn(u, delta, A, B, C, D, discretization) -> (y, h_last); intermediate M"),
         Function("ssm.hippo_legs_online", _run_legs_online, ("c",), "fn(u, N) -> c"),
         Function("ssm.legs_reconstruct", _run_legs_reconstruct, ("f",), "fn(c, x) -> f"),
+        Function("random_features.elu_plus_one", _run_elu1, ("phi",), "fn(x) -> phi"),
+        Function("random_features.linear_attention", _run_linear_attention, ("y",), "fn(q, k, v, causal) -> y"),
+        Function("random_features.favor_features", _run_favor, ("phi",), "fn(x, projection, kind) -> phi"),
+        Function("random_features.orthogonal_gaussian", _run_orthogonal_gaussian, ("W",), "fn(m, d, seed) -> W"),
+        Function("random_features.performer_attention", _run_performer, ("y",), "fn(q, k, v, projection, causal) -> y"),
+        Function("random_features.performer_attention_quadratic", _run_performer_quadratic, ("y",),
+                 "fn(q, k, v, projection, causal) -> y"),
+        Function("random_features.rff_features", _run_rff, ("phi",), "fn(x, projection) -> phi"),
+        Function("random_features.rfa_attention", _run_rfa, ("y",), "fn(q, k, v, n_features, sigma, seed, gates) -> y"),
+        Function("random_features.lsh_hash", _run_lsh_hash, ("buckets",), "fn(x, n_buckets, n_rounds, rotations) -> buckets"),
+        Function("random_features.lsh_attention", _run_lsh_attention, ("y",),
+                 "fn(qk, v, n_buckets, n_rounds, chunk_size, seed) -> y"),
+        Function("random_features.reversible_forward", _run_reversible_forward, ("y1", "y2"),
+                 "fn(x1, x2, wf, wg) -> (y1, y2) with F = tanh(· wf), G = tanh(· wg)"),
+        Function("random_features.reversible_inverse", _run_reversible_inverse, ("x1", "x2"),
+                 "fn(y1, y2, wf, wg) -> (x1, x2) with F = tanh(· wf), G = tanh(· wg)"),
         Function("mixing.fnet", _run_fnet, ("y",), "fn(x) -> y"),
         Function("mixing.fnet_matrix", _run_fnet_matrix, ("M",), "fn(N, d) -> M"),
         Function("mixing.spatial_gating_unit", _run_sgu, ("y",), "fn(x, w, b, causal) -> y"),
@@ -1222,6 +1299,48 @@ CASES: list = [
          "online LegS projection of a random walk, 200 steps"),
     Case("ssm.legs_reconstruct/points", "ssm.legs_reconstruct", 812,
          lambda r: {"c": r.standard_normal((3, 8)), "x": np.linspace(-1.0, 1.0, 33)}, "Legendre series on 33 points"),
+
+    # ---- random_features
+    Case("random_features.elu_plus_one/grid", "random_features.elu_plus_one", 1201,
+         lambda r: {"x": np.linspace(-30.0, 5.0, 36)}, "φ(x) = elu(x) + 1, including deep negative inputs"),
+    Case("random_features.linear_attention/causal", "random_features.linear_attention", 1202,
+         lambda r: {"q": r.standard_normal((300, 8)), "k": r.standard_normal((300, 8)), "v": r.standard_normal((300, 4)),
+                    "causal": True}, "the causal linear attention over several chunks (prefix sums)"),
+    Case("random_features.linear_attention/noncausal", "random_features.linear_attention", 1203,
+         lambda r: {"q": r.standard_normal((2, 20, 8)), "k": r.standard_normal((2, 20, 8)), "v": r.standard_normal((2, 20, 3)),
+                    "causal": False}, "non-causal, batched"),
+    Case("random_features.favor_features/positive", "random_features.favor_features", 1204,
+         lambda r: {"x": 2.0 * r.standard_normal((6, 8)), "projection": r.standard_normal((32, 8)), "kind": "positive"},
+         "FAVOR+ positive features with large norms (stabilized)"),
+    Case("random_features.favor_features/trig", "random_features.favor_features", 1205,
+         lambda r: {"x": r.standard_normal((6, 8)), "projection": r.standard_normal((16, 8)), "kind": "trig"},
+         "trigonometric random features"),
+    Case("random_features.orthogonal_gaussian/blocks", "random_features.orthogonal_gaussian", 1206,
+         lambda r: {"m": 20, "d": 8, "seed": 5}, "orthogonal blocks with chi-distributed row norms"),
+    Case("random_features.performer_attention/causal", "random_features.performer_attention", 1207,
+         lambda r: {"q": r.standard_normal((260, 8)) / 2, "k": r.standard_normal((260, 8)) / 2, "v": r.standard_normal((260, 4)),
+                    "projection": r.standard_normal((64, 8)), "causal": True}, "linear-time causal Performer, given projection"),
+    Case("random_features.performer_attention_quadratic/noncausal", "random_features.performer_attention_quadratic", 1208,
+         lambda r: {"q": r.standard_normal((24, 8)) / 2, "k": r.standard_normal((24, 8)) / 2, "v": r.standard_normal((24, 4)),
+                    "projection": r.standard_normal((64, 8)), "causal": False}, "the same features, quadratic path"),
+    Case("random_features.rff_features/basic", "random_features.rff_features", 1209,
+         lambda r: {"x": r.standard_normal((5, 6)), "projection": r.standard_normal((12, 6))}, "random Fourier features"),
+    Case("random_features.rfa_attention/gated", "random_features.rfa_attention", 1210,
+         lambda r: {"q": r.standard_normal((40, 8)), "k": r.standard_normal((40, 8)), "v": r.standard_normal((40, 3)),
+                    "n_features": 32, "sigma": 1.5, "seed": 7, "gates": r.uniform(0.0, 0.99, 40)},
+         "gated RFA (decay-masked form), seeded features"),
+    Case("random_features.lsh_hash/rounds", "random_features.lsh_hash", 1211,
+         lambda r: {"x": r.standard_normal((16, 6)), "n_buckets": 4, "n_rounds": 2, "rotations": r.standard_normal((2, 6, 2))},
+         "bucket ids from given rotations, two rounds"),
+    Case("random_features.lsh_attention/two_rounds", "random_features.lsh_attention", 1212,
+         lambda r: {"qk": r.standard_normal((64, 8)), "v": r.standard_normal((64, 4)), "n_buckets": 4, "n_rounds": 2,
+                    "chunk_size": 16, "seed": 3}, "shared-QK LSH attention, log-sum-exp over rounds"),
+    Case("random_features.reversible_forward/tanh", "random_features.reversible_forward", 1213,
+         lambda r: {"x1": r.standard_normal((10, 4)), "x2": r.standard_normal((10, 4)), "wf": r.standard_normal((4, 4)),
+                    "wg": r.standard_normal((4, 4))}, "RevNet block with tanh sub-blocks"),
+    Case("random_features.reversible_inverse/tanh", "random_features.reversible_inverse", 1214,
+         lambda r: {"y1": r.standard_normal((10, 4)), "y2": r.standard_normal((10, 4)), "wf": r.standard_normal((4, 4)),
+                    "wg": r.standard_normal((4, 4))}, "its inverse"),
 
     # ---- mixing
     Case("mixing.fnet/basic", "mixing.fnet", 1001, lambda r: {"x": r.standard_normal((2, 12, 6))}, "Re 2-D DFT, batched"),

@@ -261,7 +261,7 @@ def _kernel_attention_loop(phi_q, phi_k, v, causal: bool, gates=None) -> np.ndar
 
 
 def elu_plus_one(x) -> np.ndarray:
-    """The feature map φ(x) = elu(x) + 1 (Katharopoulos et al. 2020, §3.2.1): x + 1 for x > 0, e^x otherwise."""
+    """The feature map φ(x) = elu(x) + 1 of Eq. (12.2) (Katharopoulos et al. 2020, §3.2.1): x + 1 for x > 0, e^x otherwise."""
     x = as_real_array(x, "x")
     return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
 
