@@ -56,10 +56,10 @@ from refimpl.random_features import (
     rff_features,
 )
 
-from _recording import recorder, runtime_warnings_are_errors  # noqa: E402, F401 (an autouse fixture)
+from _recording import recorder  # noqa: E402
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
-WORST_ERRORS, close = recorder()
+WORST_ERRORS, close, _ = recorder()
 
 
 def qkv(seed, n=9, d=4, dv=3, batch=(), m=None):
