@@ -538,6 +538,41 @@ def _nav_entry(chapter: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"number": chapter["number"], "title": chapter["title"], "page": chapter["page"]}
 
 
+_TAG = re.compile(r"\\tag\{(\d+)\.(\d+)\}")
+
+
+def equation_anchor(tag: str) -> str:
+    """The stable HTML id of equation ``tag`` ("2.4" -> "eq-2-4"): link ``NN-slug.html#eq-2-4``."""
+    return "eq-" + tag.replace(".", "-")
+
+
+def add_equation_anchors(source: str) -> str:
+    """Put ``<a id="eq-k-n"></a>`` before every display-math block of a Markdown cell that has
+    ``\\tag{k.n}``, so that cited equations have stable URLs in the built book."""
+    lines = source.split("\n")
+    out: list[str] = []
+    block: list[str] | None = None
+    for line in lines:
+        opens_or_closes = line.count("$$") % 2 == 1
+        if block is None:
+            if opens_or_closes:
+                block = [line]
+            else:
+                tags = _TAG.findall(line)  # a one-line $$ … \tag{} … $$ block
+                out.extend(f'<a id="{equation_anchor(a + "." + b)}"></a>' for a, b in tags if "$$" in line)
+                out.append(line)
+        else:
+            block.append(line)
+            if opens_or_closes:
+                tags = _TAG.findall("\n".join(block))
+                out.extend(f'<a id="{equation_anchor(a + "." + b)}"></a>' for a, b in tags)
+                out.extend(block)
+                block = None
+    if block is not None:
+        out.extend(block)
+    return "\n".join(out)
+
+
 def render_chapter(
     nb: NotebookNode,
     book: dict[str, Any],
@@ -567,6 +602,9 @@ def render_chapter(
     chapters = book["chapters"]
     position = chapters.index(chapter)
     nb.metadata["title"] = f"{chapter['number']}. {chapter['title']} · {book['book']['title']}"
+    for cell in nb.cells:  # stable anchors for the tagged equations (id="eq-k-n")
+        if cell.cell_type == "markdown" and "\\tag{" in cell.source:
+            cell.source = add_equation_anchors(cell.source)
     resources = {
         "metadata": {"name": chapter["path"].stem, "path": str(chapter["path"].parent)},
         "book": {

@@ -26,6 +26,8 @@ from refimpl._book import (
     MATHJAX_URL,
     OFFLINE_CONFIG_JS,
     BookConfigError,
+    add_equation_anchors,
+    equation_anchor,
     find_book,
     find_network_urls,
     load_book,
@@ -498,4 +500,16 @@ def test_real_book_renders_offline(tmp_path: Path) -> None:
         text = page.read_text(encoding="utf-8")
         assert find_network_urls(text) == [], page.name
         assert MATHJAX_URL in text, f"{page.name} does not load the local MathJax"
+        # every \\tag{k.n} of the chapter has a stable anchor id="eq-k-n" (cited equations get URLs)
+        tags = set(re.findall(r"\\\\tag\{(\d+\.\d+)\}", (SRC / file).read_text(encoding="utf-8")))
+        missing_anchors = sorted(t for t in tags if f'id="{equation_anchor(t)}"' not in text)
+        assert not missing_anchors, f"{page.name}: no anchor for equations {missing_anchors}"
     assert find_network_urls((out / "index.html").read_text(encoding="utf-8")) == []
+
+
+def test_equation_anchors_precede_their_blocks() -> None:
+    src = "a\n\n$$\nx \\tag{2.4}\n$$\nb $$y \\tag{2.5}$$\n$$z$$\n"
+    out = add_equation_anchors(src).split("\n")
+    assert out[2] == '<a id="eq-2-4"></a>' and out[3] == "$$"
+    assert '<a id="eq-2-5"></a>' in out and out.index('<a id="eq-2-5"></a>') == out.index("b $$y \\tag{2.5}$$") - 1
+    assert add_equation_anchors("no math here") == "no math here"
