@@ -65,12 +65,18 @@ def _check_ndim(arr: np.ndarray, name: str, ndim) -> None:
 
 
 def _check_finite(arr: np.ndarray, name: str) -> None:
-    if arr.size and not np.all(np.isfinite(arr)):
+    # Fast path: a sum with a NaN/inf term is never finite (inf − inf = NaN, NaN propagates), so a
+    # finite sum proves every entry finite. A non-finite sum (possibly an overflow of finite
+    # entries) falls through to the entry-by-entry check.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not arr.size or np.isfinite(arr.sum()):
+            return
+    if not np.all(np.isfinite(arr)):
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
 
 
-def as_real_array(x, name: str, *, ndim=None, finite: bool = True) -> np.ndarray:
+def as_real_array(x, name: str, *, ndim=None, finite: bool = True, copy: bool = True) -> np.ndarray:
     """Convert to a float64 array; complex input with a nonzero imaginary part is an error.
 
     Parameters
@@ -83,13 +89,17 @@ def as_real_array(x, name: str, *, ndim=None, finite: bool = True) -> np.ndarray
         Allowed numbers of dimensions.
     finite : bool
         Reject NaN and inf.
+    copy : bool
+        Return a copy (the default), so that callers may work in place. ``copy=False`` is for
+        callers that never write to the array: a float64 input is then returned as is (large
+        signals are not copied just to be read).
     """
     arr = _to_array(x, name)
     if arr.dtype.kind == "c":
         if np.any(arr.imag != 0):
             raise TypeError(f"{name}: expected real values, got complex values with nonzero imaginary part")
         arr = arr.real
-    arr = np.array(arr, dtype=np.float64)  # a copy: callers may not mutate user input
+    arr = np.array(arr, dtype=np.float64) if copy else np.asarray(arr, dtype=np.float64)
     _check_ndim(arr, name, ndim)
     if finite:
         _check_finite(arr, name)

@@ -113,6 +113,31 @@ class TestBiquadFilter:
         with pytest.raises(ValueError, match="^a: expected a stable filter"):
             iir.biquad_filter_loop([1, 0, 0], [1, 0, -1.0], x, require_stable=True)  # poles ±1: marginal
 
+    @pytest.mark.parametrize("n", [4095, 4096, 4097, 70_001])
+    @pytest.mark.parametrize("radius", [0.5, 0.999, 1.0])
+    def test_long_signals(self, n, radius):
+        """Long enough for the block carry to recurse twice (N/K > 256 blocks); lightly damped and
+        undamped poles (|p| = 1: nothing decays, so a wrong carry cannot hide)."""
+        rng = np.random.default_rng(n)
+        b, a = rng.normal(size=3), np.array([1.0, -2 * radius * np.cos(0.05), radius**2])
+        x, zi = rng.normal(size=(n, 3)), rng.normal(size=(2, 3))
+        yr, zr = ss.lfilter(b, a, x, axis=0, zi=zi)
+        y, zf = iir.biquad_filter(b, a, x, zi)
+        close(y, yr, rtol=ORACLE * 10, what="long biquad_filter vs lfilter")
+        close(zf, zr, rtol=ORACLE * 10, what="long biquad_filter zf vs lfilter")
+        if n < 5000:
+            close(y, iir.biquad_filter_loop(b, a, x, zi)[0], rtol=SELF, what="long biquad_filter loop twin")
+
+    def test_input_is_neither_modified_nor_aliased(self):
+        x = np.random.default_rng(0).normal(size=(300, 2))
+        x0 = x.copy()
+        for f in (iir.biquad_filter, iir.tf_filter):
+            for b, a in (([0.2, 0.3, 0.1], [1.0, -1.6, 0.8]), ([1.0, 0.0, 0.0], [1.0, 0.0, 0.0])):
+                y = f(b, a, x)
+                assert not np.shares_memory(y, x)
+                y[...] = 0.0
+        np.testing.assert_array_equal(x, x0)
+
     @pytest.mark.parametrize("func", [iir.biquad_filter, iir.biquad_filter_loop])
     @pytest.mark.parametrize(
         "args, kwargs, exc, match",
@@ -153,6 +178,17 @@ class TestTfFilter:
             y, zf = f(b, a, x, zi)
             close(y, yr, rtol=ORACLE, what="tf_filter vs lfilter")
             close(zf, zr, rtol=ORACLE, what="tf_filter zf vs lfilter")
+
+    @pytest.mark.parametrize("design", [(1, 0.3), (4, 0.2), (6, 0.4)])
+    def test_long_signal(self, design):
+        """N/K > 256 blocks: the block carry recurses twice (order 6: K = 4q = 24)."""
+        rng = np.random.default_rng(len(design))
+        b, a = ss.butter(*design)
+        x, zi = rng.normal(size=(30_001, 2)), rng.normal(size=(len(a) - 1, 2))
+        yr, zr = ss.lfilter(b, a, x, axis=0, zi=zi)
+        y, zf = iir.tf_filter(b, a, x, zi)
+        close(y, yr, rtol=ORACLE * 10, what="long tf_filter vs lfilter")
+        close(zf, zr, rtol=ORACLE * 10, what="long tf_filter zf vs lfilter")
 
     def test_unequal_lengths_and_gain(self):
         x = np.random.default_rng(1).normal(size=100)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from refimpl._scan import linear_scan, linear_scan_loop
+from refimpl._scan import _STATE_SCAN_BASE, linear_scan, linear_scan_loop, state_scan, state_scan_loop
 from refimpl._testing import (
     DTYPE_RTOL,
     ODE,
@@ -409,3 +409,39 @@ class TestLinearScan:
     def test_empty(self):
         assert linear_scan(np.zeros(0), np.zeros(0)).shape == (0,)
         assert linear_scan_loop(np.zeros((2, 0)), np.zeros((2, 0))).shape == (2, 0)
+
+
+class TestStateScan:
+    """The block-carry recursion s_{m+1} = F s_m + u_m (two-level, recursive) against its loop."""
+
+    # around the base case, one level (M ≤ ~256) and two levels of recursion (M > 256)
+    @pytest.mark.parametrize("M", [0, 1, 2, _STATE_SCAN_BASE, _STATE_SCAN_BASE + 1, 17, 100, 257, 1000, 5003])
+    @pytest.mark.parametrize("q", [1, 2, 5])
+    def test_loop_twin(self, M, q):
+        rng = np.random.default_rng(1000 * q + M)
+        F = rng.normal(size=(q, q))
+        F *= 0.98 / max(np.abs(np.linalg.eigvals(F)).max(), 1e-300)  # spectral radius 0.98
+        U, s0 = rng.normal(size=(M, q, 3)), rng.normal(size=(q, 3))
+        U0 = U.copy()
+        S = state_scan(F, U, s0)
+        assert S.shape == (M, q, 3)
+        assert_close(S, state_scan_loop(F, U, s0), rtol=SELF, what="state_scan vs loop")
+        np.testing.assert_array_equal(U, U0)  # input not modified
+        if M:
+            np.testing.assert_array_equal(S[0], s0)
+
+    def test_complex_and_marginal(self):
+        # a rotation (|eigenvalues| = 1): nothing decays, errors cannot hide behind damping
+        rng = np.random.default_rng(7)
+        th = 0.3
+        F = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        U = rng.normal(size=(3000, 2, 4))
+        assert_close(state_scan(F, U, np.ones((2, 4))), state_scan_loop(F, U, np.ones((2, 4))),
+                     rtol=SELF, what="state_scan, rotation")
+        lam = 0.999 * np.exp(0.7j)
+        Uc = rng.normal(size=(2000, 1, 2)) + 1j * rng.normal(size=(2000, 1, 2))
+        S = state_scan(np.array([[lam]]), Uc, np.zeros((1, 2), dtype=complex))
+        assert S.dtype == np.complex128
+        # independent oracle: the first-order IIR filter 1/(1 − λ z⁻¹), delayed by one step
+        ref = scipy.signal.lfilter([0.0, 1.0], [1.0, -lam], Uc[:, 0, :], axis=0)
+        assert_close(S[:, 0, :], ref, rtol=ORACLE * 10, what="state_scan vs lfilter")
