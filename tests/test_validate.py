@@ -78,6 +78,23 @@ class TestAsRealArray:
         assert np.isnan(out[1])
         assert as_real_array([], "x").shape == (0,)
 
+    def test_finite_check_survives_an_overflowing_sum(self):
+        # the fast path sums the array; finite entries whose sum overflows (to inf, or to NaN via
+        # inf − inf) must still pass, and one bad entry among them must still be counted
+        for ok in ([1e308, 1e308], [1e308, 1e308, -1e308, -1e308, -1e308]):
+            np.testing.assert_array_equal(as_real_array(ok, "x"), ok)
+        with pytest.raises(ValueError, match=r"^x: expected finite values, got 1 NaN/inf"):
+            as_real_array([1e308, 1e308, np.nan], "x")
+        with pytest.raises(ValueError, match=r"^x: expected finite values, got 2 NaN/inf"):
+            as_complex_array([1e308, np.inf * 1j, complex(np.nan, 0)], "x")
+
+    def test_copy_false_returns_float64_input_as_is(self):
+        x = np.arange(6.0).reshape(2, 3)
+        assert as_real_array(x, "x", copy=False) is x
+        assert not np.shares_memory(as_real_array(x, "x"), x)  # the default copies
+        y = as_real_array(np.arange(3), "x", copy=False)  # integers must still be converted
+        assert y.dtype == np.float64
+
     @pytest.mark.parametrize("x", NOT_NUMERIC)
     def test_not_numeric(self, x):
         with pytest.raises(TypeError, match=r"^arg:"):
