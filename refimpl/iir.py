@@ -202,31 +202,35 @@ def _tdf2_matrices(b: np.ndarray, a: np.ndarray):
     A[:, 0] = -a[1:]  # s_i[n] = b_i x[n] − a_i y[n] + s_{i+1}[n−1], with y[n] = b_0 x[n] + s_1[n−1]
     A[np.arange(q - 1), np.arange(1, q)] = 1.0
     B = b[1:] - a[1:] * b[0]
-    return A, B, b[0]
+    C = np.zeros(q)
+    C[0] = 1.0  # y[n] reads s_1
+    return A, B, C, b[0]
 
 
-def _block_matrices(b: np.ndarray, a: np.ndarray, K: int):
-    """The lifted (block) form of the TDF-II state space (13.5) for blocks of K samples.
+def _block_matrices(A: np.ndarray, B: np.ndarray, C: np.ndarray, D: float, K: int):
+    """The lifted (block) form of a real state space for blocks of K samples.
 
-    Returns ``P`` (K+1, q, q) = A^0 … A^K, ``A^K`` in extended precision, ``O`` (K, q) with rows C A^k (zero-input response),
-    ``T`` (K, K) the lower-triangular Toeplitz matrix of h[0 … K−1] (zero-state response), and
-    ``G`` (q, K) whose column j is A^{K−1−j} B (the state a block's inputs leave behind).
+    For ``s[n] = A s[n−1] + B x[n]``, ``y[n] = C s[n−1] + D x[n]`` returns ``P`` (K+1, q, q) =
+    A^0 … A^K, ``A^K`` in extended precision, ``O`` (K, q) with rows C A^k (zero-input
+    response), ``T`` (K, K) the lower-triangular Toeplitz matrix of h[0 … K−1] (zero-state
+    response, h[0] = D, h[m] = C A^{m−1} B), and ``G`` (q, K) whose column j is A^{K−1−j} B
+    (the state a block's inputs leave behind).
     """
-    A, Bv, D = _tdf2_matrices(b, a)
     Pw = matrix_powers(A, K)  # extended precision; A^K is split into a float64 pair by state_scan
     P = Pw.astype(np.float64)
-    O = P[:K, 0, :]  # C A^k with C = e_1
-    g = P[:K] @ Bv  # A^m B
-    h = np.concatenate([[D], g[:-1, 0]])  # h[0] = D, h[m] = C A^{m−1} B
+    O = C @ P[:K]  # C A^k
+    g = P[:K] @ B  # A^m B
+    h = np.concatenate([[D], g[:-1] @ C])  # h[0] = D, h[m] = C A^{m−1} B
     lag = np.subtract.outer(np.arange(K), np.arange(K))
     T = np.where(lag >= 0, h[np.clip(lag, 0, None)], 0.0)  # T[k, j] = h[k − j]
     return P, Pw[K], O, T, g[::-1].T
 
 
-def _block_filter(b: np.ndarray, a: np.ndarray, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
-    """y and the final TDF-II state for x (..., N, d), state s0 (..., q, d): the block algorithm.
+def _ss_block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
+    """y and the final state for x (..., N, d), state s0 (..., q, d): the block algorithm.
 
-    Within a block of K samples entered in state s,
+    For the real state space ``s[n] = A s[n−1] + B x[n]``, ``y[n] = C s[n−1] + D x[n]``, a block
+    of K samples entered in state s outputs and leaves
 
         y_k = C A^k s + Σ_{j≤k} h[k−j] x_j        (zero-input + zero-state response, §13.1 of the book)
         s_K = A^K s + Σ_j A^{K−1−j} B x_j,
@@ -236,14 +240,12 @@ def _block_filter(b: np.ndarray, a: np.ndarray, x: np.ndarray, s0: np.ndarray, b
     states themselves obey ``s' = A^K s + G x_blk`` — a recursion over N/K blocks of a
     q-dimensional state, solved without a Python loop over blocks by :func:`state_scan`.
     """
-    q = a.size - 1
+    q = A.shape[0]
     lead, n, d = x.shape[:-2], x.shape[-2], x.shape[-1]
-    if q == 0:  # a pure gain
-        return b[0] * x, s0.copy()
     if n == 0:
         return x.copy(), s0.copy()
     K = max(min(max(block, 4 * q), n), 1)
-    P, AK, O, T, G = _block_matrices(b, a, K)
+    P, AK, O, T, G = _block_matrices(A, B, C, D, K)
     L = int(np.prod(lead, dtype=np.int64)) * d
     X = np.moveaxis(x, -2, 0).reshape(n, L)  # (N, L): all batch entries × channels
     M, full = -(-n // K), n // K
@@ -262,6 +264,13 @@ def _block_filter(b: np.ndarray, a: np.ndarray, x: np.ndarray, s0: np.ndarray, b
     y = np.moveaxis(y.reshape((n,) + lead + (d,)), 0, -2)
     s_end = np.moveaxis(s_end.reshape((q,) + lead + (d,)), 0, -2)
     return y, s_end
+
+
+def _block_filter(b: np.ndarray, a: np.ndarray, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
+    """y and the final TDF-II state of the filter (b, a): the block algorithm on the TDF-II state space."""
+    if a.size == 1:  # a pure gain
+        return b[0] * x, s0.copy()
+    return _ss_block_filter(*_tdf2_matrices(b, a), x, s0, block)
 
 
 def _tf_filter_checked(b, a, x, zi):
@@ -1376,46 +1385,31 @@ def _ssm_checked(lam, B, C, D, x):
     return lam, B, C, D, x, was_1d
 
 
-def _chunked_diagonal_scan(lam: np.ndarray, rho: np.ndarray, x: np.ndarray, block: int = BLOCK) -> np.ndarray:
-    """``Σ_i ρ_i g_i[n]`` for ``g_i[n] = λ_i g_i[n−1] + x[n]`` (g[−1] = 0), real x (N, L), chunk by chunk.
+def _real_ssm(lam: np.ndarray, B: np.ndarray, C: np.ndarray, D: float):
+    """The diagonal complex SSM as a real state space of dimension 2m in the form of Eq. (13.5).
 
-    (``s_i = B_i g_i`` and ``C_i s_i = ρ_i g_i`` with ρ_i = C_i B_i.) Within a chunk of K samples
-    the states from a zero start are one product with the lower-triangular Toeplitz matrix
-    ``T_i[k, j] = λ_i^{k−j}`` — applied to the real input as two real matrix products; the
-    chunk-start state ``c`` adds ``λ^{k+1} c``; only ``c`` is carried across chunks
-    (``c' = λ^K c + g_loc[K−1]``, by :func:`refimpl._scan.state_scan`, no loop over chunks).
+    With s_i = u_i + i v_i and λ_i = α_i + iβ_i the modes rotate and scale the pairs (u_i, v_i):
+    ``u' = α u − β v + Re(B) x``, ``v' = β u + α v + Im(B) x``, and ``Re Σ C_i s_i = Re(C)·u −
+    Im(C)·v``. The output reads the *updated* state, y[n] = C_r s[n] + D x[n]; in the form
+    y[n] = C' s[n−1] + D' x[n] that is C' = C_r A_r, D' = D + C_r B_r.
     """
-    n, L = x.shape
-    K = max(min(block, n), 1)
-    M = -(-n // K)
-    X = np.zeros((M * K, L))
-    X[:n] = x
-    X = X.reshape(M, K, L)
-    k = np.arange(K + 1)
-    diff = k[:K, None] - k[None, :K]
-    out = np.zeros((M, K, L), dtype=np.complex128)
-    for i in range(lam.size):
-        P = lam[i] ** k  # λ^0 .. λ^K
-        T = np.where(diff >= 0, P[np.clip(diff, 0, None)], 0.0)  # T[k, j] = λ_i^{k−j}
-        g = np.empty((M, K, L), dtype=np.complex128)
-        g.real, g.imag = T.real @ X, T.imag @ X  # zero-start states inside every chunk
-        # carry c_j (the state entering chunk j): c_{j+1} = λ^K c_j + g_loc[j, K−1], c_0 = 0
-        lam_K = np.array([[np.clongdouble(lam[i]) ** K]])  # extended precision: see matrix_powers
-        c = state_scan(lam_K, g[:, K - 1 : K, :], np.zeros((1, L), dtype=np.complex128))[:, 0]
-        g += P[1:, None] * c[:, None, :]  # g[k] = g_loc[k] + λ^{k+1} c
-        out += rho[i] * g
-    return out.reshape(M * K, L)[:n]
+    al, be = np.diag(lam.real), np.diag(lam.imag)
+    A_r = np.block([[al, -be], [be, al]])
+    B_r = np.concatenate([B.real, B.imag])
+    C_r = np.concatenate([C.real, -C.imag])
+    return A_r, B_r, C_r @ A_r, D + C_r @ B_r
 
 
 def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
     r"""Run the diagonal SSM ``s_i[n] = λ_i s_i[n−1] + B_i x[n]``, ``y[n] = Re Σ_i C_i s_i[n] + D x[n]``.
 
     Implements Eq. (13.26) of the book in the time domain (P-29 of Lutati et al. with the state
-    update including the current input). The vectorized path runs the m independent complex
-    first-order recursions by the chunked scan (a Toeplitz product inside chunks of ``BLOCK`` samples,
-    the carried state between them — the "chunked" form of Mamba-2/SSD); ``scan="associative"``
-    uses the Hillis–Steele associative scan (:func:`refimpl._scan.linear_scan`) instead, the
-    shape of a GPU kernel (O(N log N) work).
+    update including the current input). The vectorized path writes the m complex modes as a
+    real state space of dimension 2m (rotation–scaling pairs, :func:`_real_ssm`) and runs the
+    block algorithm of :func:`tf_filter` on it: a Toeplitz product inside chunks of samples, the
+    carried state between them (the "chunked" form of Mamba-2/SSD). ``scan="associative"``
+    uses the Hillis–Steele associative scan (:func:`refimpl._scan.linear_scan`) on the complex
+    modes instead, the shape of a GPU kernel (O(N log N) work).
 
     Parameters
     ----------
@@ -1435,11 +1429,10 @@ def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
         u = x[..., None] * B  # (..., N, d, m): B_i x[n]
         s = linear_scan(np.broadcast_to(lam, u.shape), u, axis=-3)  # s[n] = λ s[n−1] + B x[n]
     else:
-        n, lead, d = x.shape[-2], x.shape[:-2], x.shape[-1]
-        xf = np.moveaxis(x, -2, 0).reshape(n, -1)  # (N, L)
-        with np.errstate(over="ignore", invalid="ignore"):
-            cs = _chunked_diagonal_scan(lam, C * B, xf)  # Σ_i C_i s_i[n], (N, L)
-        y = np.moveaxis(cs.real.reshape((n,) + lead + (d,)), 0, -2) + D * x
+        A_r, B_r, C_r, D_r = _real_ssm(lam, B, C, D)
+        s0 = np.zeros(x.shape[:-2] + (A_r.shape[0], x.shape[-1]))
+        with np.errstate(over="ignore", invalid="ignore"):  # growing modes may overflow, as the recursion does
+            y, _ = _ss_block_filter(A_r, B_r, C_r, D_r, x, s0)
         return y[:, 0] if was_1d else y
     y = (s @ C).real + D * x
     return y[:, 0] if was_1d else y

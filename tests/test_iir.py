@@ -807,6 +807,23 @@ class TestSSM:
         close(iir.diagonal_ssm_filter(lam, B, C, 0.3, x, scan="associative"),
               iir.diagonal_ssm_filter_loop(lam, B, C, 0.3, x), rtol=SELF, what="diagonal_ssm_filter loop twin")
 
+    @pytest.mark.parametrize("n", [0, 23, 24, 25, 30_001])
+    def test_chunked_scan_many_modes_long(self, n):
+        """m = 8 modes (a 16-state real form, K = 64), undamped and lightly damped ones among them,
+        non-conjugate modes and a real x with batch axes: the chunked path vs the associative scan
+        (an independent algorithm) and, when short, the loop."""
+        rng = np.random.default_rng(n + 7)
+        lam = np.concatenate([np.exp(1j * rng.uniform(0, 3, 2)), 0.999 * np.exp(1j * rng.uniform(0, 3, 3)),
+                              rng.uniform(-0.9, 0.9, 3)])
+        B, C = rng.normal(size=8) + 1j * rng.normal(size=8), rng.normal(size=8) + 1j * rng.normal(size=8)
+        x = rng.normal(size=(2, n, 2))
+        y = iir.diagonal_ssm_filter(lam, B, C, -0.2, x)
+        assert y.shape == x.shape and y.dtype == np.float64
+        close(y, iir.diagonal_ssm_filter(lam, B, C, -0.2, x, scan="associative"), rtol=ORACLE * 10,
+              what="diagonal_ssm_filter chunked vs associative")
+        if n < 1000:
+            close(y, iir.diagonal_ssm_filter_loop(lam, B, C, -0.2, x), rtol=SELF, what="diagonal_ssm_filter loop twin")
+
     def test_focus_all_pole(self):
         """residuez([1], [1, θ0, θ1]): residues p_i/(p_i − p_j), no direct term."""
         lam, B, C, D = iir.biquad_to_ssm([1, 0, 0], [1, 0.6, 0.5])
