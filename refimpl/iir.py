@@ -111,6 +111,9 @@ FORMS = ("tdf2", "df1")
 BTYPES = ("lowpass", "highpass", "bandpass")
 OUTPUTS = ("zpk", "ba", "sos")
 
+#: numbers per slab of blocks whose outputs are formed together (a cache-sized working set)
+_SLAB = 1 << 17
+
 #: block length of the block-recursive filter (see :func:`tf_filter`); at least 4q is used
 BLOCK = 24
 
@@ -238,7 +241,9 @@ def _ss_block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLO
     so with each block's entering state stacked on its inputs, ``[s; x_blk]``, every output of
     every block and channel is ONE product with the K × (q+K) matrix ``[O  T]``. The entering
     states themselves obey ``s' = A^K s + G x_blk`` — a recursion over N/K blocks of a
-    q-dimensional state, solved without a Python loop over blocks by :func:`state_scan`.
+    q-dimensional state, solved without a Python loop over blocks by :func:`state_scan`. The
+    stacked ``[s; x_blk]`` are formed a slab of ~``_SLAB`` numbers at a time, so the scratch
+    memory is cache-sized instead of another copy of the signal.
     """
     q = A.shape[0]
     lead, n, d = x.shape[:-2], x.shape[-2], x.shape[-1]
@@ -249,18 +254,30 @@ def _ss_block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLO
     L = int(np.prod(lead, dtype=np.int64)) * d
     X = np.moveaxis(x, -2, 0).reshape(n, L)  # (N, L): all batch entries × channels
     M, full = -(-n // K), n // K
-    Xa = np.empty((M, q + K, L))  # block m: [s_{mK}; x_{mK} … x_{mK+K−1}]
-    xb = Xa[:, q:]
-    xb[:full] = X[: full * K].reshape(full, K, L)
-    if full < M:  # zero-pad the last block
-        xb[-1] = 0.0
-        xb[-1, : n - full * K] = X[full * K :]
-    U = G @ xb  # the state each block leaves behind from rest, (M, q, L)
-    state_scan(AK, U, np.moveaxis(s0, -2, 0).reshape(q, L), out=Xa[:, :q])  # s_{(m+1)K} = A^K s_{mK} + U_m
-    Y = np.concatenate([O, T], axis=1) @ Xa  # y = C A^k s + Σ h[k−j] x_j for every block, (M, K, L)
+    last = np.zeros((K, L))  # the last block, zero-padded
+    last[: n - (M - 1) * K] = X[(M - 1) * K :]
+
+    def block_inputs(m0, m1):  # x of blocks m0 … m1−1, (m1 − m0, K, L); a view except for the last block
+        if m1 <= full:
+            return X[m0 * K : m1 * K].reshape(m1 - m0, K, L)
+        return np.concatenate([X[m0 * K : (m1 - 1) * K].reshape(m1 - 1 - m0, K, L), last[None]])
+
+    U = G @ block_inputs(0, M)  # the state each block leaves behind from rest, (M, q, L)
+    S = state_scan(AK, U, np.moveaxis(s0, -2, 0).reshape(q, L))  # s_{(m+1)K} = A^K s_{mK} + U_m
+    # outputs, a slab of blocks at a time (the slab stays in cache): block m of the slab is
+    # [s_{mK}; x_{mK} … x_{mK+K−1}] and its outputs are one product with [O T]
+    W = np.concatenate([O, T], axis=1)
+    Y = np.empty((M, K, L))
+    slab = max(1, _SLAB // ((q + K) * L))
+    Xa = np.empty((min(slab, M), q + K, L))
+    for m0 in range(0, M, slab):  # a loop over slabs of ~_SLAB numbers, not over samples
+        m1 = min(m0 + slab, M)
+        Xa[: m1 - m0, :q] = S[m0:m1]
+        Xa[: m1 - m0, q:] = block_inputs(m0, m1)
+        np.matmul(W, Xa[: m1 - m0], out=Y[m0:m1])  # y = C A^k s + Σ h[k−j] x_j
     y = Y.reshape(M * K, L)[:n]
     r = n - (M - 1) * K  # samples in the last block
-    s_end = P[r] @ Xa[-1, :q] + G[:, K - r :] @ xb[-1, :r]
+    s_end = P[r] @ S[-1] + G[:, K - r :] @ last[:r]
     y = np.moveaxis(y.reshape((n,) + lead + (d,)), 0, -2)
     s_end = np.moveaxis(s_end.reshape((q,) + lead + (d,)), 0, -2)
     return y, s_end
