@@ -65,12 +65,16 @@ def _check_ndim(arr: np.ndarray, name: str, ndim) -> None:
 
 
 def _check_finite(arr: np.ndarray, name: str) -> None:
-    # Fast path: a sum with a NaN/inf term is never finite (inf − inf = NaN, NaN propagates), so a
-    # finite sum proves every entry finite. A non-finite sum (possibly an overflow of finite
-    # entries) falls through to the entry-by-entry check.
-    with np.errstate(over="ignore", invalid="ignore"):
-        if not arr.size or np.isfinite(arr.sum()):
-            return
+    if not arr.size:
+        return
+    if arr.dtype.kind == "f" and arr.flags.c_contiguous:
+        # Fast path for large real signals: Σ x² (one BLAS dot) is finite only if every entry is
+        # (a NaN/inf entry makes its square NaN/inf, and non-negative terms cannot cancel it). A
+        # non-finite result, possibly an overflow of finite entries, falls through.
+        flat = arr.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(flat @ flat):
+                return
     if not np.all(np.isfinite(arr)):
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
