@@ -262,7 +262,9 @@ def _ss_block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLO
             return X[m0 * K : m1 * K].reshape(m1 - m0, K, L)
         return np.concatenate([X[m0 * K : (m1 - 1) * K].reshape(m1 - 1 - m0, K, L), last[None]])
 
-    U = G @ block_inputs(0, M)  # the state each block leaves behind from rest, (M, q, L)
+    U = np.empty((M, q, L))  # the state each block leaves behind from rest
+    U[:full] = G @ block_inputs(0, full)
+    U[full:] = G @ last  # (only when the last block is partial)
     S = state_scan(AK, U, np.moveaxis(s0, -2, 0).reshape(q, L))  # s_{(m+1)K} = A^K s_{mK} + U_m
     # outputs, a slab of blocks at a time (the slab stays in cache): block m of the slab is
     # [s_{mK}; x_{mK} … x_{mK+K−1}] and its outputs are one product with [O T]
