@@ -110,7 +110,8 @@ def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | N
     that F's rounding error — systematic, applied at every step — does not accumulate.
     """
     M, q, L = U.shape
-    hi, lo = _split(np.asarray(F))
+    F = np.asarray(F)
+    hi, lo = _split(F)
     dtype = np.result_type(hi, U, s0)
     S = np.empty((M, q, L), dtype=dtype) if out is None else out
 
@@ -132,7 +133,7 @@ def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | N
     if rest:
         Ut[:, :, -1] = 0.0
         Ut[:rest, :, -1] = U[full * R :]
-    P = matrix_powers(hi if lo is None else np.asarray(F), R)  # extended precision
+    P = matrix_powers(F, R)  # extended precision
     Fe = P[R - 1 :: -1].transpose(1, 0, 2).reshape(q, R * q).astype(hi.dtype)  # [F^{R−1} … F^0]
     E = (Fe @ Ut.reshape(R * q, M2 * L)).reshape(q, M2, L)  # e_r for every r, one product
     C = state_scan(P[R], E.transpose(1, 0, 2), s0)  # c_r: the state entering super-block r

@@ -254,17 +254,13 @@ def _ss_block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLO
     L = int(np.prod(lead, dtype=np.int64)) * d
     X = np.moveaxis(x, -2, 0).reshape(n, L)  # (N, L): all batch entries × channels
     M, full = -(-n // K), n // K
+    blocks = X[: full * K].reshape(full, K, L)  # the complete blocks, a view of x
     last = np.zeros((K, L))  # the last block, zero-padded
     last[: n - (M - 1) * K] = X[(M - 1) * K :]
-
-    def block_inputs(m0, m1):  # x of blocks m0 … m1−1, (m1 − m0, K, L); a view except for the last block
-        if m1 <= full:
-            return X[m0 * K : m1 * K].reshape(m1 - m0, K, L)
-        return np.concatenate([X[m0 * K : (m1 - 1) * K].reshape(m1 - 1 - m0, K, L), last[None]])
-
     U = np.empty((M, q, L))  # the state each block leaves behind from rest
-    U[:full] = G @ block_inputs(0, full)
-    U[full:] = G @ last  # (only when the last block is partial)
+    U[:full] = G @ blocks
+    if full < M:
+        U[-1] = G @ last
     S = state_scan(AK, U, np.moveaxis(s0, -2, 0).reshape(q, L))  # s_{(m+1)K} = A^K s_{mK} + U_m
     # outputs, a slab of blocks at a time (the slab stays in cache): block m of the slab is
     # [s_{mK}; x_{mK} … x_{mK+K−1}] and its outputs are one product with [O T]
@@ -275,7 +271,9 @@ def _ss_block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLO
     for m0 in range(0, M, slab):  # a loop over slabs of ~_SLAB numbers, not over samples
         m1 = min(m0 + slab, M)
         Xa[: m1 - m0, :q] = S[m0:m1]
-        Xa[: m1 - m0, q:] = block_inputs(m0, m1)
+        Xa[: min(m1, full) - m0, q:] = blocks[m0:m1]
+        if m1 > full:
+            Xa[m1 - 1 - m0, q:] = last
         np.matmul(W, Xa[: m1 - m0], out=Y[m0:m1])  # y = C A^k s + Σ h[k−j] x_j
     y = Y.reshape(M * K, L)[:n]
     r = n - (M - 1) * K  # samples in the last block

@@ -79,8 +79,8 @@ class TestAsRealArray:
         assert as_real_array([], "x").shape == (0,)
 
     def test_finite_check_survives_an_overflowing_sum(self):
-        # the fast path sums the array; finite entries whose sum overflows (to inf, or to NaN via
-        # inf − inf) must still pass, and one bad entry among them must still be counted
+        # the fast path forms Σ x²; finite entries whose squares overflow must still pass (the
+        # entry-by-entry check decides), and one bad entry among them must still be counted
         for ok in ([1e308, 1e308], [1e308, 1e308, -1e308, -1e308, -1e308]):
             np.testing.assert_array_equal(as_real_array(ok, "x"), ok)
         with pytest.raises(ValueError, match=r"^x: expected finite values, got 1 NaN/inf"):
