@@ -17,6 +17,8 @@ strictly increasing; randomness comes only from an explicit ``rng``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 from collections.abc import Iterable
 
@@ -36,6 +38,12 @@ __all__ = [
     "as_rng",
     "as_noise",
     "as_int",
+    "as_bool",
+    "as_lags",
+    "check_qkv",
+    "hermitian_part",
+    "refuse_rng",
+    "guard_overflow",
 ]
 
 
@@ -208,12 +216,180 @@ def as_positive_scalar(x, name: str, *, strict: bool = True) -> float:
 
 
 def as_rng(rng) -> np.random.Generator:
-    """The only source of randomness: a Generator, an int seed, or None (fresh entropy)."""
+    """The only source of randomness: a Generator, an int seed >= 0, or None (fresh entropy)."""
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or (isinstance(rng, (numbers.Integral, np.integer)) and not isinstance(rng, bool)):
-        return np.random.default_rng(rng)
+    if rng is None:
+        return np.random.default_rng()
+    if isinstance(rng, (numbers.Integral, np.integer)) and not isinstance(rng, (bool, np.bool_)):
+        if rng < 0:
+            raise ValueError(f"rng: expected a seed >= 0, got {int(rng)}")
+        return np.random.default_rng(int(rng))
     raise TypeError(f"rng: expected a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+
+
+def refuse_rng(rng, because: str) -> None:
+    """An ``rng`` that would go unused is an error, not silently ignored: it must be None.
+
+    ``because`` names what makes it unused, e.g. ``"projection is given"``.
+    """
+    if rng is not None:
+        raise ValueError(f"rng: expected None when {because} (nothing is drawn), got {type(rng).__name__}")
+
+
+def as_bool(value, name: str) -> bool:
+    """A flag: exactly a Python ``bool`` or ``numpy.bool_``.
+
+    Truthiness is not enough: ``causal="no"`` is truthy, and a flag that silently flips the
+    computation (or the number of returned values) is a wrong answer, not a convenience.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool (True or False), got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def as_lags(x, name: str) -> np.ndarray:
+    """Lags (time differences of a key before its query): a finite float64 array, every entry >= 0."""
+    arr = as_real_array(x, name)
+    if arr.size and np.any(arr < 0):
+        raise ValueError(f"{name}: expected lags >= 0, got minimum {arr.min():.6g}")
+    return arr
+
+
+def hermitian_part(m: np.ndarray) -> np.ndarray:
+    """``(M + M^H) / 2`` over the last two axes: removes the round-off asymmetry of a covariance."""
+    return 0.5 * (m + np.conj(np.swapaxes(m, -1, -2)))
+
+
+def check_qkv(q, k, v, *, names=("q", "k", "v"), complex_values: bool = False, same_shape: bool = False,
+              causal: bool = False):
+    """Queries (..., N, d), keys (..., M, d) and values (..., M, dv) of any attention-like module.
+
+    One rule for every module, one set of messages:
+
+    * each of q, k, v has at least 2 axes and N, M, d >= 1 (dv >= 1);
+    * k has q's last axis d; v has k's number of rows M;
+    * ``same_shape``: k and v have q's shape exactly (one token sequence, as in AFA);
+    * ``causal``: M = N (a causal mask pairs query i with key i);
+    * the batch axes broadcast.
+
+    ``names`` are the caller's argument names (``("z", "z", "z")`` when one argument plays all
+    three roles); ``v=None`` checks queries and keys only. Returns ``(q, k, v, batch)`` as float64
+    (complex128 with ``complex_values``).
+    """
+    nq, nk, nv = names
+    conv = as_complex_array if complex_values else as_real_array
+    q, k = conv(q, nq), conv(k, nk)
+    v = None if v is None else conv(v, nv)
+    checks = [(q, nq, "(..., N, d)"), (k, nk, "(..., M, d)")] + ([] if v is None else [(v, nv, "(..., M, dv)")])
+    for arr, name, what in checks:
+        if arr.ndim < 2:
+            raise ValueError(f"{name}: expected shape {what}, got shape {arr.shape}")
+        if arr.shape[-2] == 0 or arr.shape[-1] == 0:
+            raise ValueError(f"{name}: expected shape {what} with at least one token and one channel, got shape {arr.shape}")
+    if same_shape:
+        for arr, name in checks[1:]:
+            if arr.shape != q.shape:
+                raise ValueError(f"{name}: expected the shape of {nq} {q.shape}, got shape {arr.shape}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"{nk}: expected the same last dimension d = {q.shape[-1]} as {nq}, got shape {k.shape}")
+    if v is not None and v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"{nv}: expected the same number of rows M = {k.shape[-2]} as {nk}, got shape {v.shape}")
+    if causal and k.shape[-2] != q.shape[-2]:
+        raise ValueError(
+            f"{nk}: causal attention needs as many keys as queries (N = {q.shape[-2]}), got shape {k.shape}"
+        )
+    batch = q.shape[:-2]
+    for arr, name, _ in checks[1:]:  # name the first argument whose batch axes do not fit the others'
+        try:
+            batch = np.broadcast_shapes(batch, arr.shape[:-2])
+        except ValueError:
+            got = ", ".join(str(a.shape) for a, _, _ in checks)
+            names_ = ", ".join(n for _, n, _ in checks)
+            raise ValueError(f"{name}: the batch axes of {names_} do not broadcast, got shapes {got}") from None
+    return q, k, v, batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Overflow: a result is finite, or the call is refused with the argument that overflowed it
+# ---------------------------------------------------------------------------------------------
+
+
+def _all_finite(out) -> bool:
+    if isinstance(out, np.ndarray):
+        if out.dtype.kind not in "fc" or not out.size:
+            return True
+        with np.errstate(all="ignore"):
+            if np.isfinite(out.sum()):  # fast path: one reduction; a non-finite sum falls through
+                return True
+        return bool(np.all(np.isfinite(out)))
+    if isinstance(out, (tuple, list)):
+        return all(_all_finite(o) for o in out)
+    if isinstance(out, dict):
+        return all(_all_finite(o) for o in out.values())
+    if hasattr(out, "__dataclass_fields__"):
+        return all(_all_finite(getattr(out, f)) for f in out.__dataclass_fields__)
+    if isinstance(out, (float, complex, np.floating, np.complexfloating)):
+        return bool(np.isfinite(out))
+    return True
+
+
+def _magnitude(value) -> tuple[float, float]:
+    """(largest |entry|, smallest nonzero |entry|) of a numeric argument; (1, 1) if not numeric."""
+    try:
+        arr = np.abs(np.asarray(value, dtype=np.complex128)).ravel()
+    except (TypeError, ValueError):
+        return 1.0, 1.0
+    arr = arr[np.isfinite(arr) & (arr > 0)]
+    if not arr.size:
+        return 1.0, 1.0
+    return float(arr.max()), float(arr.min())
+
+
+def guard_overflow(*names: str):
+    """Decorator: the result is finite with no floating-point warning, or a ``ValueError`` names the culprit.
+
+    Inputs are validated to be finite, but finite inputs of extreme magnitude (|x| ~ 1e300, or
+    ~1e-300 where they divide) can still overflow float64 inside a quadratic form, an exponential
+    or a product of many factors. Such a result is not an answer: NaN or inf would propagate
+    silently into a caller's comparison. The wrapped function runs with floating-point warnings
+    silenced; if its result contains NaN/inf, or it raises ``OverflowError``/``ZeroDivisionError``
+    (the loop twins use :mod:`math`), the call is refused with a ``ValueError`` that names the
+    arguments among ``names`` whose magnitudes are extreme (all of ``names`` if none is).
+    Functions whose documented result may be infinite are not wrapped.
+    """
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+
+        def refuse(args, kwargs):
+            bound = sig.bind_partial(*args, **kwargs)
+            found = []
+            for name in names:
+                if name in bound.arguments:
+                    hi, lo = _magnitude(bound.arguments[name])
+                    if hi > 1e100 or lo < 1e-100:
+                        found.append(f"{name} (|{name}| from {lo:.3g} to {hi:.3g})")
+            culprits = ", ".join(found) if found else ", ".join(names)
+            return ValueError(
+                f"{culprits}: the result is not representable in float64 (NaN/inf from overflow or "
+                "underflow); rescale the inputs to moderate magnitudes"
+            )
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                    out = fn(*args, **kwargs)
+            except (OverflowError, ZeroDivisionError, FloatingPointError):
+                raise refuse(args, kwargs) from None
+            if not _all_finite(out):
+                raise refuse(args, kwargs)
+            return out
+
+        return wrapper
+
+    return wrap
 
 
 def as_noise(x, name: str, d: int) -> tuple[np.ndarray, bool]:

@@ -46,7 +46,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._validate import as_array, as_positive_scalar, as_real_array
+from ._validate import as_array, as_bool, as_positive_scalar, as_real_array, check_qkv
 
 __all__ = [
     "softmax_attention",
@@ -69,26 +69,12 @@ __all__ = [
 
 
 def _check_qk(q, k):
-    q = as_real_array(q, "q")
-    k = as_real_array(k, "k")
-    for arr, name, what in ((q, "q", "(..., N, d)"), (k, "k", "(..., M, d)")):
-        if arr.ndim < 2:
-            raise ValueError(f"{name}: expected shape {what}, got shape {arr.shape}")
-    if k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"k: expected the same last dimension d = {q.shape[-1]} as q, got shape {k.shape}")
-    if k.shape[-2] == 0:
-        raise ValueError(f"k: expected at least one key (M >= 1), got shape {k.shape}")
+    q, k, _, _ = check_qkv(q, k, None)
     return q, k
 
 
 def _check_qkv(q, k, v):
-    q, k = _check_qk(q, k)
-    v = as_real_array(v, "v")
-    if v.ndim < 2:
-        raise ValueError(f"v: expected shape (..., M, dv), got shape {v.shape}")
-    if v.shape[-2] != k.shape[-2]:
-        raise ValueError(f"v: expected the same number of rows M = {k.shape[-2]} as k, got shape {v.shape}")
-    return q, k, v, _batch(q, k, v)
+    return check_qkv(q, k, v)
 
 
 def _batch(*arrays) -> tuple:
@@ -105,8 +91,7 @@ def _check_mask(mask, causal, batch: tuple, n: int, m: int) -> np.ndarray | None
     Raises if a query row allows no key (mask & causal all False): its softmax would be 0/0,
     a silent NaN. The causal triangle itself is never materialized as an (N, M) array here.
     """
-    if not isinstance(causal, (bool, np.bool_)):
-        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    as_bool(causal, "causal")
     if mask is None:
         return None  # with causal only, row i always keeps key 0 (M >= 1)
     arr = np.asarray(mask)
@@ -286,8 +271,7 @@ def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_we
     """
     q, k, v, batch = _check_qkv(q, k, v)
     mask = _check_mask(mask, causal, batch, q.shape[-2], k.shape[-2])
-    if not isinstance(return_weights, (bool, np.bool_)):
-        raise TypeError(f"return_weights: expected a bool, got {type(return_weights).__name__}")
+    return_weights = as_bool(return_weights, "return_weights")
     q = q * _scale(scale, q.shape[-1])  # scale q (N·d products) rather than the N·M logits
     if not return_weights:
         return _attend_blocked(q, k, v, mask, causal, batch)
@@ -300,8 +284,7 @@ def softmax_attention_loop(q, k, v, *, mask=None, causal=False, scale=None, retu
     q, k, v, batch = _check_qkv(q, k, v)
     n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
     mask = _check_mask(mask, causal, batch, n, m)
-    if not isinstance(return_weights, (bool, np.bool_)):
-        raise TypeError(f"return_weights: expected a bool, got {type(return_weights).__name__}")
+    return_weights = as_bool(return_weights, "return_weights")
     c = _scale(scale, q.shape[-1])
     batch = np.broadcast_shapes(batch, mask.shape[:-2]) if mask is not None else batch
     qb = np.broadcast_to(q, (*batch, n, q.shape[-1]))
@@ -332,6 +315,8 @@ def _check_mha(x, w_q, w_k, w_v, w_o, n_heads):
     x = as_real_array(x, "x")
     if x.ndim < 2:
         raise ValueError(f"x: expected shape (..., N, d_model), got shape {x.shape}")
+    if x.shape[-2] == 0 or x.shape[-1] == 0:
+        raise ValueError(f"x: expected at least one token and one channel, got shape {x.shape}")
     if isinstance(n_heads, bool) or not isinstance(n_heads, (int, np.integer)):
         raise TypeError(f"n_heads: expected an int, got {type(n_heads).__name__}")
     if n_heads < 1:
@@ -388,6 +373,7 @@ def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=No
     Vectorized: one projection of width h·d_k, reshaped (..., N, h, d_k) → (..., h, N, d_k).
     """
     x, w_q, w_k, w_v, w_o, h = _check_mha(x, w_q, w_k, w_v, w_o, n_heads)
+    return_weights = as_bool(return_weights, "return_weights")
     n = x.shape[-2]
     dk, dv = w_q.shape[1] // h, w_v.shape[1] // h
 
@@ -408,6 +394,7 @@ def multihead_attention_loop(
 ):
     """Loop twin of :func:`multihead_attention`: one head at a time, Eq. (4.11) literally."""
     x, w_q, w_k, w_v, w_o, h = _check_mha(x, w_q, w_k, w_v, w_o, n_heads)
+    return_weights = as_bool(return_weights, "return_weights")
     dk, dv = w_q.shape[1] // h, w_v.shape[1] // h
     outs, weights = [], []
     for i in range(h):
@@ -532,6 +519,7 @@ def materialize(mixer: Callable, n: int, *, check_linear: bool = True) -> np.nda
         Real if the mixer returns real values, complex otherwise.
     """
     n = _check_mixer(mixer, n)
+    check_linear = as_bool(check_linear, "check_linear")
     W = _probe(mixer, np.eye(n), n)  # W = mixer(I): column j is the response to e_j
     if check_linear:
         _check_linear(mixer, W, n)
@@ -541,6 +529,7 @@ def materialize(mixer: Callable, n: int, *, check_linear: bool = True) -> np.nda
 def materialize_loop(mixer: Callable, n: int, *, check_linear: bool = True) -> np.ndarray:
     """Loop twin of :func:`materialize`: one unit impulse ``e_j`` at a time (Eq. (4.9))."""
     n = _check_mixer(mixer, n)
+    check_linear = as_bool(check_linear, "check_linear")
     cols = []
     for j in range(n):
         e = np.zeros((n, 1))

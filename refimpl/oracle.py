@@ -649,12 +649,12 @@ def _run_orthogonal_gaussian(a, mid):
 
 
 def _run_performer(a, mid):
-    kw = dict(n_features=a["projection"].shape[0], rng=0, causal=bool(a["causal"]), projection=a["projection"])
+    kw = dict(n_features=a["projection"].shape[0], rng=None, causal=bool(a["causal"]), projection=a["projection"])
     return {"y": random_features.performer_attention(a["q"], a["k"], a["v"], **kw)}
 
 
 def _run_performer_quadratic(a, mid):
-    kw = dict(n_features=a["projection"].shape[0], rng=0, causal=bool(a["causal"]), projection=a["projection"])
+    kw = dict(n_features=a["projection"].shape[0], rng=None, causal=bool(a["causal"]), projection=a["projection"])
     return {"y": random_features.performer_attention_quadratic(a["q"], a["k"], a["v"], **kw)}
 
 
@@ -668,7 +668,7 @@ def _run_rfa(a, mid):
 
 
 def _run_lsh_hash(a, mid):
-    return {"buckets": random_features.lsh_hash(a["x"], int(a["n_buckets"]), 0, int(a["n_rounds"]), rotations=a["rotations"])}
+    return {"buckets": random_features.lsh_hash(a["x"], int(a["n_buckets"]), None, int(a["n_rounds"]), rotations=a["rotations"])}
 
 
 def _run_lsh_attention(a, mid):

@@ -73,7 +73,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.special import logsumexp
 
-from ._validate import as_positive_scalar, as_real_array, as_rng, check_option
+from ._validate import as_bool, as_positive_scalar, as_real_array, as_rng, check_option, check_qkv, refuse_rng
 
 __all__ = [
     "elu_plus_one",
@@ -125,12 +125,6 @@ def _as_count(x, name: str, minimum: int = 1) -> int:
     return int(x)
 
 
-def _as_bool(x, name: str) -> bool:
-    if not isinstance(x, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
-    return bool(x)
-
-
 def _as_seq(x, name: str, what: str = "(..., N, d)") -> np.ndarray:
     arr = as_real_array(x, name)
     if arr.ndim < 2 or arr.shape[-2] == 0:
@@ -140,20 +134,7 @@ def _as_seq(x, name: str, what: str = "(..., N, d)") -> np.ndarray:
 
 def _check_qkv(q, k, v, causal) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
     """Queries (..., N, d), keys (..., M, d), values (..., M, dv); M = N if causal; batch broadcast."""
-    causal = _as_bool(causal, "causal")
-    q, k = _as_seq(q, "q"), _as_seq(k, "k", "(..., M, d)")
-    v = _as_seq(v, "v", "(..., M, dv)")
-    if k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"k: expected the same last dimension d = {q.shape[-1]} as q, got shape {k.shape}")
-    if v.shape[-2] != k.shape[-2]:
-        raise ValueError(f"v: expected the same number of rows M = {k.shape[-2]} as k, got shape {v.shape}")
-    if causal and k.shape[-2] != q.shape[-2]:
-        raise ValueError(f"k: causal attention needs as many keys as queries (N = {q.shape[-2]}), got shape {k.shape}")
-    try:
-        batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    except ValueError:
-        raise ValueError(f"v: the batch axes of q, k, v do not broadcast, got shapes {q.shape}, {k.shape}, {v.shape}") from None
-    return q, k, v, batch
+    return check_qkv(q, k, v, causal=as_bool(causal, "causal"))
 
 
 def _scale(scale, d: int) -> float:
@@ -404,7 +385,7 @@ def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndar
     x = _as_seq(x, "x")
     check_option(kind, "kind", KINDS)
     w = _as_projection(projection, "projection", None, x.shape[-1])
-    return _favor(x, w, kind, "all" if _as_bool(stabilize, "stabilize") else None)
+    return _favor(x, w, kind, "all" if as_bool(stabilize, "stabilize") else None)
 
 
 def favor_features_loop(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
@@ -412,7 +393,7 @@ def favor_features_loop(x, projection, *, kind="positive", stabilize=True) -> np
     x = _as_seq(x, "x")
     check_option(kind, "kind", KINDS)
     w = _as_projection(projection, "projection", None, x.shape[-1])
-    stabilize = _as_bool(stabilize, "stabilize")
+    stabilize = as_bool(stabilize, "stabilize")
     m, n = w.shape[0], x.shape[-2]
     out = np.empty(x.shape[:-1] + ((m,) if kind == "positive" else (2 * m,)))
     for b in np.ndindex(*x.shape[:-2]):
@@ -487,9 +468,11 @@ def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projectio
     m = _as_count(n_features, "n_features")
     check_option(kind, "kind", KINDS)
     d = q.shape[-1]
+    orthogonal = as_bool(orthogonal, "orthogonal")
     if projection is not None:
         w = _as_projection(projection, "projection", m, d)
-    elif _as_bool(orthogonal, "orthogonal"):
+        refuse_rng(rng, "projection is given")
+    elif orthogonal:
         w = orthogonal_gaussian(m, d, rng)
     else:
         w = as_rng(rng).standard_normal((m, d))  # iid ω_r ~ N(0, I_d)
@@ -550,7 +533,7 @@ def performer_attention(
     >>> bool(np.allclose(a, b, rtol=1e-12))
     True
     """
-    causal = _as_bool(causal, "causal")
+    causal = as_bool(causal, "causal")
     phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
     return _kernel_attention(phi_q, phi_k, v, causal)
 
@@ -559,7 +542,7 @@ def performer_attention_loop(
     q, k, v, *, n_features, rng, causal=False, kind="positive", scale=None, projection=None, orthogonal=True
 ) -> np.ndarray:
     """Loop twin of :func:`performer_attention`: the prefix-sum RNN (Eq. 12.3) one token at a time."""
-    causal = _as_bool(causal, "causal")
+    causal = as_bool(causal, "causal")
     phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
     return _kernel_attention_loop(phi_q, phi_k, v, causal)
 
@@ -575,7 +558,7 @@ def performer_attention_quadratic(
     linear-time one and for looking at the implicit attention matrix. Parameters as
     :func:`performer_attention`.
     """
-    causal = _as_bool(causal, "causal")
+    causal = as_bool(causal, "causal")
     phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
     a = phi_q @ np.swapaxes(phi_k, -1, -2)  # Â_ij = φ(q̂_i)·φ(k̂_j)
     if causal:
@@ -617,7 +600,7 @@ def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal):
-    causal, gated = _as_bool(causal, "causal"), _as_bool(gated, "gated")
+    causal, gated = as_bool(causal, "causal"), as_bool(gated, "gated")
     q, k, v, batch = _check_qkv(q, k, v, causal)
     big_d = _as_count(n_features, "n_features")
     sigma = as_positive_scalar(sigma, "sigma")
@@ -787,6 +770,7 @@ def lsh_hash(x, n_buckets, rng, n_rounds=1, *, rotations=None) -> np.ndarray:
         rot = as_real_array(rotations, "rotations", ndim=3)
         if rot.shape != (n_rounds, d, n_buckets // 2):
             raise ValueError(f"rotations: expected shape {(n_rounds, d, n_buckets // 2)}, got shape {rot.shape}")
+        refuse_rng(rng, "rotations is given")
     return _hash(x, rot)
 
 
@@ -807,7 +791,7 @@ def _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal):
     if np.any(norm == 0):
         raise ValueError("qk: expected nonzero rows (keys are qk/‖qk‖), got a zero row")
     qk, v = np.broadcast_to(qk, batch + qk.shape[-2:]), np.broadcast_to(v, batch + v.shape[-2:])
-    return qk, qk / np.broadcast_to(norm, batch + norm.shape[-2:]), v, n_buckets, n_rounds, c, _as_bool(causal, "causal")
+    return qk, qk / np.broadcast_to(norm, batch + norm.shape[-2:]), v, n_buckets, n_rounds, c, as_bool(causal, "causal")
 
 
 def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) -> np.ndarray:

@@ -586,7 +586,7 @@ class TestErrors:
             ((Q, np.ones((4, 2)), V), {}, ValueError, "^k: expected the same last dimension"),
             ((Q, K, np.ones((3, 2))), {}, ValueError, "^v: expected the same number of rows"),
             ((Q, np.ones((5, 3)), np.ones((5, 2))), {"causal": True}, ValueError, "^k: causal attention needs"),
-            ((np.ones((2, 4, 3)), np.ones((3, 4, 3)), V), {}, ValueError, "^v: the batch axes"),
+            ((np.ones((2, 4, 3)), np.ones((3, 4, 3)), V), {}, ValueError, "^k: the batch axes"),
             ((Q, K, V), {"causal": "yes"}, TypeError, "^causal: expected a bool"),
             ((Q * 1j, K, V), {}, TypeError, "^q: expected real"),
         ],
