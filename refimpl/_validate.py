@@ -288,7 +288,7 @@ def check_qkv(q, k, v, *, names=("q", "k", "v"), complex_values: bool = False, s
         if arr.shape[-2] == 0 or arr.shape[-1] == 0:
             raise ValueError(f"{name}: expected shape {what} with at least one token and one channel, got shape {arr.shape}")
     if same_shape:
-        for arr, name in checks[1:]:
+        for arr, name, _ in checks[1:]:
             if arr.shape != q.shape:
                 raise ValueError(f"{name}: expected the shape of {nq} {q.shape}, got shape {arr.shape}")
     if k.shape[-1] != q.shape[-1]:

@@ -40,11 +40,13 @@ import numpy as np
 
 from . import lyapunov
 from ._validate import (
+    as_bool,
     as_complex_array,
     as_positive_scalar,
     as_real_array,
     check_nonnegative,
     check_option,
+    check_qkv,
     check_times,
 )
 
@@ -70,18 +72,12 @@ _WEIGHTS = ("student", "exponential")
 
 
 def _check_qkv(q, k, v):
-    q = as_complex_array(q, "q")
-    k = as_complex_array(k, "k")
-    v = as_complex_array(v, "v")
-    if q.ndim < 2:
-        raise ValueError(f"q: expected shape (..., N, d), got shape {q.shape}")
-    if k.shape != q.shape:
-        raise ValueError(f"k: expected the shape of q {q.shape}, got shape {k.shape}")
-    if v.shape != q.shape:
-        raise ValueError(f"v: expected the shape of q {q.shape}, got shape {v.shape}")
-    if q.shape[-2] == 0 or q.shape[-1] == 0:
-        raise ValueError(f"q: expected N >= 1 tokens and d >= 1 channels, got shape {q.shape}")
+    q, k, v, _ = check_qkv(q, k, v, complex_values=True, same_shape=True)
     return q, k, v
+
+
+def _check_flags(**flags) -> tuple:
+    return tuple(as_bool(value, name) for name, value in flags.items())
 
 
 def _check_t(t, N: int) -> np.ndarray:
@@ -260,6 +256,10 @@ def afa(
     with batch · N² · d > ``MAX_TENSOR`` are refused. :func:`isotropic_afa` is the O(N² + N d)
     form for a shared decay and noise.
     """
+    causal, rotate_values, return_weights, return_intermediates = _check_flags(
+        causal=causal, rotate_values=rotate_values, return_weights=return_weights,
+        return_intermediates=return_intermediates,
+    )
     q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
         q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
     )
@@ -323,6 +323,9 @@ def afa_loop(
     (:func:`refimpl.lyapunov.isotropic_covariance_loop` per channel), the residual is formed
     directly. No overflow guards: meant for moderate lags.
     """
+    causal, rotate_values, return_weights = _check_flags(
+        causal=causal, rotate_values=rotate_values, return_weights=return_weights
+    )
     q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
         q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
     )
@@ -461,6 +464,9 @@ def isotropic_afa(
     out : ndarray of complex128, shape (..., N, d)
         Equal to ``afa(q, k, v, eigvals=-mu + 1j*omega, ...)``.
     """
+    causal, rotate_values, return_weights = _check_flags(
+        causal=causal, rotate_values=rotate_values, return_weights=return_weights
+    )
     q, k, v = _check_qkv(q, k, v)
     N, d = q.shape[-2:]
     for name, value in (("sigma2", sigma2), ("eta2", eta2), ("gamma2", gamma2)):
@@ -559,6 +565,9 @@ def isotropic_afa_loop(
 ):
     """Loop twin of :func:`isotropic_afa`: the tensor equations (7.2)–(7.7) as written, loops over i, j, k,
     with λ_k = −μ + iω_k and shared noise — no factorization (the identity (8.2) is what is tested)."""
+    causal, rotate_values, return_weights = _check_flags(
+        causal=causal, rotate_values=rotate_values, return_weights=return_weights
+    )
     q, k, v = _check_qkv(q, k, v)
     d = q.shape[-1]
     for name, value in (("sigma2", sigma2), ("eta2", eta2), ("gamma2", gamma2)):
@@ -625,7 +634,7 @@ def afa_irls(
     step = as_positive_scalar(step, "step")
     if step > 1:
         raise ValueError(f"step: expected a relaxation in (0, 1], got {step!r}")
-    current = as_complex_array(z, "z")
+    current, _, _, _ = check_qkv(z, z, z, names=("z", "z", "z"), complex_values=True)
     estimates = []
     for _ in range(int(n_iter)):
         bar = afa(
