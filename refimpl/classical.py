@@ -42,6 +42,7 @@ import numpy as np
 import scipy.linalg
 
 from ._validate import (
+    as_bool,
     as_int,
     as_array,
     as_complex_array,
@@ -159,6 +160,7 @@ def matched_filter(received, template, *, normalize: bool = False) -> np.ndarray
     correlation).
     """
     r, s = _check_mf(received, template)
+    normalize = as_bool(normalize, "normalize")
     n, L = r.shape[-1], s.size
     nfft = 1 << (n + L - 2).bit_length()  # ≥ N + L − 1: no circular wrap-around
     # y_n = Σ_m conj(s_m) r_{n+m}: convolution of r with the time-reversed conjugate template
@@ -174,6 +176,7 @@ def matched_filter(received, template, *, normalize: bool = False) -> np.ndarray
 def matched_filter_loop(received, template, *, normalize: bool = False) -> np.ndarray:
     """Loop twin of :func:`matched_filter`: the correlation sum at each delay (Eq. (6.1))."""
     r, s = _check_mf(received, template)
+    normalize = as_bool(normalize, "normalize")
     n, L = r.shape[-1], s.size
     complex_out = np.iscomplexobj(r) or np.iscomplexobj(s)
     y = np.zeros((*r.shape[:-1], n - L + 1), dtype=complex if complex_out else float)

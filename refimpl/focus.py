@@ -66,7 +66,7 @@ import numpy as np
 from scipy.special import expit
 
 from . import iir
-from ._validate import as_int, as_real_array, as_rng, check_option
+from ._validate import as_bool, as_int, as_real_array, as_rng, check_option
 from .attention import softmax_attention, softmax_attention_loop
 
 __all__ = [
@@ -610,6 +610,7 @@ def hypernetwork(x, params, *, n_bins, first_bin="zero", shift=True):
     ndarray, shape (..., n_bins, D, F, 2)
     """
     x, p, n_bins, O = _hyper_args(x, params, n_bins, first_bin)
+    shift = as_bool(shift, "shift")
     g = global_conv(x, p["conv_kernel"], p["conv_skip"], squash=p["conv_squash"])
     e = adaptive_max_pool(g, O * n_bins)  # (..., n_bins·O, D)
     e = np.swapaxes(e.reshape(e.shape[:-2] + (n_bins, O, -1)), -1, -2)  # (..., n_bins, D, O)
@@ -622,6 +623,7 @@ def hypernetwork(x, params, *, n_bins, first_bin="zero", shift=True):
 def hypernetwork_loop(x, params, *, n_bins, first_bin="zero", shift=True):
     """Loop twin of :func:`hypernetwork`: loop twins of the convolution and pooling, the MLP per (bin, channel)."""
     x, p, n_bins, O = _hyper_args(x, params, n_bins, first_bin)
+    shift = as_bool(shift, "shift")
     g = global_conv_loop(x, p["conv_kernel"], p["conv_skip"], squash=p["conv_squash"])
     e = adaptive_max_pool_loop(g, O * n_bins)
     W1, b1, W2, b2 = p["mlp_w1"], p["mlp_b1"], p["mlp_w2"], p["mlp_b2"]
@@ -852,8 +854,7 @@ def _layer(x, params, variant, chunk_size, n_bins, n_fft, first_bin, return_inte
     x = _signal(x)
     p = _check_params(params, x)
     check_option(variant, "variant", VARIANTS)
-    if not isinstance(return_intermediates, (bool, np.bool_)):
-        raise TypeError(f"return_intermediates: expected a bool, got {type(return_intermediates).__name__}")
+    return_intermediates = as_bool(return_intermediates, "return_intermediates")
     hyper, filt, attn, gate = (
         (hypernetwork_loop, adaptive_filter_loop, chunked_attention_loop, gated_residual_loop)
         if loop

@@ -49,6 +49,7 @@ import numpy as np
 
 from ._scan import linear_scan, matrix_powers, state_scan
 from ._validate import (
+    as_bool,
     as_int,
     as_complex_array,
     as_positive_scalar,
@@ -185,17 +186,6 @@ def _check_sos(sos) -> np.ndarray:
         i = int(np.argmax(sos[:, 3] == 0))
         raise ValueError(f"sos: expected a0 = sos[:, 3] != 0, got sos[{i}, 3] = 0")
     return sos
-
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
-    return bool(value)
-
-
-# ---------------------------------------------------------------------------------------------
-# Filtering: the difference equation (13.1) and the block-recursive algorithm
-# ---------------------------------------------------------------------------------------------
 
 
 def _tdf2_matrices(b: np.ndarray, a: np.ndarray):
@@ -369,7 +359,7 @@ def tf_filter_loop(b, a, x, zi=None):
 
 def _biquad_checked(b, a, x, zi, form, require_stable):
     check_option(form, "form", FORMS)
-    require_stable = _check_bool(require_stable, "require_stable")
+    require_stable = as_bool(require_stable, "require_stable")
     b, a = _coeffs(b, a, length=3)
     if require_stable:
         _check_stable(a)
@@ -461,7 +451,7 @@ def biquad_filter_loop(b, a, x, zi=None, *, form="tdf2", require_stable=False):
 
 def _sos_checked(sos, x, zi, form, require_stable):
     check_option(form, "form", FORMS)
-    require_stable = _check_bool(require_stable, "require_stable")
+    require_stable = as_bool(require_stable, "require_stable")
     sos = _check_sos(sos)
     x, was_1d = _signal(x)
     n_state = 2 if form == "tdf2" else 4
@@ -620,7 +610,7 @@ def _real_roots(a1: float, a2: float) -> tuple[float, float]:
 
 
 def _grid(w, whole) -> np.ndarray:
-    whole = _check_bool(whole, "whole")
+    whole = as_bool(whole, "whole")
     if isinstance(w, (numbers.Integral, np.integer)) and not isinstance(w, bool):
         n = as_int(w, "w", 1)
         return np.arange(n) * ((2.0 if whole else 1.0) * np.pi / n)

@@ -38,6 +38,7 @@ import scipy.linalg
 
 from . import sde as _sde
 from ._validate import (
+    as_bool,
     as_positive_scalar,
     as_real_array,
     check_hermitian_psd,
@@ -603,6 +604,7 @@ def kalman_weight_matrix(n_steps, F, H, Q, R, m0, P0, *, kind: str = "smoother",
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
         raise ValueError(f"n_steps: expected an integer >= 1, got {n_steps!r}")
     check_option(kind, "kind", ("smoother", "filter"))
+    return_offset = as_bool(return_offset, "return_offset")
     N = int(n_steps)
     H_ = as_real_array(H, "H", ndim=2)
     p, n = H_.shape

@@ -55,7 +55,7 @@ import math
 import numpy as np
 import scipy.fft
 
-from ._validate import as_int, as_array, as_positive_scalar, as_real_array, as_rng
+from ._validate import as_bool, as_int, as_array, as_positive_scalar, as_real_array, as_rng
 
 __all__ = [
     "fnet",
@@ -195,9 +195,7 @@ def _check_sgu(x, w, b, causal):
     b = as_real_array(b, "b")
     if b.shape not in ((N,), ()):
         raise ValueError(f"b: expected shape ({N},) (N from x), got shape {b.shape}")
-    if not isinstance(causal, (bool, np.bool_)):
-        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
-    if causal:
+    if as_bool(causal, "causal"):
         w = np.tril(w)  # W_ij = 0 for j > i: no position sees the future
     return x, w, np.broadcast_to(b, (N,)), c // 2
 
@@ -639,6 +637,7 @@ def hyena_operator(u, w_in, filters, *, b_in=None, short_filter=None, short_bias
     (v, x_{N−1}, …, x_0), give ``w_in``, ``b_in``, ``short_filter`` and ``short_bias``.
     """
     u, w_in, filters, b_in, short_filter, short_bias = _check_projections(u, w_in, filters, b_in, short_filter, short_bias)
+    return_projections = as_bool(return_projections, "return_projections")
     p = u @ w_in + b_in  # dense projection, (…, L, (N+1)·D)
     if short_filter is not None:
         p = fft_conv(p, short_filter)  # short depthwise causal convolution
@@ -650,6 +649,7 @@ def hyena_operator(u, w_in, filters, *, b_in=None, short_filter=None, short_bias
 def hyena_operator_loop(u, w_in, filters, *, b_in=None, short_filter=None, short_bias=None, skip=None, return_projections=False):
     """Loop twin of :func:`hyena_operator`: projections by explicit sums per step, then :func:`hyena_recurrence_loop`."""
     u, w_in, filters, b_in, short_filter, short_bias = _check_projections(u, w_in, filters, b_in, short_filter, short_bias)
+    return_projections = as_bool(return_projections, "return_projections")
     L, D = u.shape[-2:]
     P = w_in.shape[1]
     p = np.empty(u.shape[:-1] + (P,))

@@ -38,7 +38,7 @@ import math
 
 import numpy as np
 
-from ._validate import as_int, as_positive_scalar, as_real_array
+from ._validate import as_bool, as_int, as_positive_scalar, as_real_array
 
 __all__ = [
     "frequencies",
@@ -265,6 +265,7 @@ def rope_complex(x, positions=None, base: float = 10000.0, freqs=None, *, return
     ndarray, shape (..., N, d) float64, or (..., N, d/2) complex128 if ``return_complex``.
     """
     x, pos, theta = _check_rope(x, positions, base, freqs)
+    return_complex = as_bool(return_complex, "return_complex")
     z = x[..., 0::2] + 1j * x[..., 1::2]  # z_i = x_2i + i x_2i+1
     z = z * np.exp(1j * pos[:, None] * theta[None, :])  # z_i e^{i p θ_i}
     if return_complex:

@@ -72,7 +72,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .lyapunov import phi1
-from ._validate import as_positive_scalar, as_real_array, check_option, check_shape, check_times
+from ._validate import as_bool, as_positive_scalar, as_real_array, check_option, check_qkv, check_shape, check_times
 
 __all__ = [
     "rt_transition",
@@ -696,14 +696,7 @@ def sphere_residuals(q, k):
 
 
 def _check_attention(q, k, v, t, mu, omega, noises, nu, weight, kappa, temperature, direction):
-    q = as_real_array(q, "q")
-    if q.ndim < 2:
-        raise ValueError(f"q: expected shape (..., N, d), got shape {q.shape}")
-    k = as_real_array(k, "k")
-    v = as_real_array(v, "v")
-    for name, x in (("k", k), ("v", v)):
-        if x.shape != q.shape:
-            raise ValueError(f"{name}: expected the shape of q {q.shape}, got shape {x.shape}")
+    q, k, v, _ = check_qkv(q, k, v, same_shape=True)
     n, d = q.shape[-2:]
     om = _check_omega(omega)
     if om.shape[0] != d:
@@ -822,6 +815,7 @@ def rt_attention(
     AFA's logit. Computed in the frame rotated by ``e^{−Ωt_i}`` (rotate–aggregate–counter-rotate):
     ``e^{−Ωt_i} r_ij = e^{−Ωt_i} q_i − e^{−μΔt_ij} e^{−Ωt_j} k_j``. Memory O(N² d).
     """
+    return_weights = as_bool(return_weights, "return_weights")
     q, k, v, t, m, om, nz, nu, kappa, temperature = _check_attention(
         q, k, v, t, mu, omega, locals(), nu, weight, kappa, temperature, direction
     )
@@ -878,6 +872,7 @@ def rt_attention_loop(
     with its own ``e^{AΔt_ij}`` (:func:`rt_transition_loop`), forms u, the residual, the split
     distance and the logit as written, then a softmax over j ≤ i.
     """
+    return_weights = as_bool(return_weights, "return_weights")
     q, k, v, t, m, om, nz, nu, kappa, temperature = _check_attention(
         q, k, v, t, mu, omega, locals(), nu, weight, kappa, temperature, direction
     )

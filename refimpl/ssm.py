@@ -61,6 +61,7 @@ import scipy.linalg
 
 from ._scan import linear_scan
 from ._validate import (
+    as_bool,
     as_int,
     as_array,
     as_complex_array,
@@ -341,6 +342,7 @@ def discretize(A, B, step, method="bilinear", *, diagonal=False):
     (True, True)
     """
     check_option(method, "method", METHODS)
+    diagonal = as_bool(diagonal, "diagonal")
     A = as_array(A, "A")
     B = as_array(B, "B")
     if A.ndim == 1 or diagonal:
@@ -388,6 +390,7 @@ def discretize(A, B, step, method="bilinear", *, diagonal=False):
 
 def _check_discrete_ssm(Ab, Bb, C, diagonal: bool):
     """Ā (..., N, N) dense or (..., N) diagonal; B̄, C (..., N); returns arrays and N."""
+    diagonal = as_bool(diagonal, "diagonal")
     Ab = as_array(Ab, "Ab")
     Bb = as_array(Bb, "Bb")
     C = as_array(C, "C")
@@ -542,6 +545,7 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     block, a (…, N)·(…, N, T) contraction. Memory O(H N √L); no error growth with ℓ beyond
     that of ``exp``.
     """
+    conj_pairs = as_bool(conj_pairs, "conj_pairs")
     A, step, Ab, Bb, C, L, batch, real = _s4d_args(A, B, C, step, L, method)
     N = Ab.shape[-1]
     with np.errstate(divide="ignore"):  # log 0 = −inf for a pole at 0 (bilinear at Δλ = −2)
@@ -567,6 +571,7 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
 
 def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     """Loop twin of :func:`s4d_kernel`: per channel and mode, ``z ← Ā z`` and ``K̄_ℓ += C B̄ z`` (Eq. (11.10))."""
+    conj_pairs = as_bool(conj_pairs, "conj_pairs")
     _, _, Ab, Bb, C, L, batch, _ = _s4d_args(A, B, C, step, L, method)
     N = Ab.shape[-1]
     Ab, Bb, C = (np.broadcast_to(v, batch + (N,)) for v in (Ab, Bb, C))
@@ -624,6 +629,7 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     vector and conjugates it, so it equals ``s4_kernel_dplr(Λ, P, Q, B, conj(C), Δ, L,
     c_tilde=True).real``.
     """
+    c_tilde = as_bool(c_tilde, "c_tilde")
     L = as_int(L, "L", 1)
     Lam = as_complex_array(Lambda, "Lambda", ndim=1)
     N = Lam.shape[0]
@@ -865,6 +871,7 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
     (semiseparable matrix).
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
+    return_last_state = as_bool(return_last_state, "return_last_state")
     L = u.shape[-2]
     y = np.empty(u.shape)
     h = np.zeros(u.shape[:-2] + A.shape)  # h_{−1} = 0, (..., d, n)
@@ -887,6 +894,7 @@ def selective_scan_loop(u, delta, A, B, C, D=None, *, discretization="mamba", re
     with ``B̄ = Δ B`` ("mamba") or ``(exp(Δ A) − 1)/A · B`` ("zoh"), in Python floats.
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
+    return_last_state = as_bool(return_last_state, "return_last_state")
     L, d_in = u.shape[-2:]
     n = A.shape[1]
     batch = u.shape[:-2]
@@ -925,6 +933,7 @@ def selective_scan_assoc(u, delta, A, B, C, D=None, *, discretization="mamba", r
     nothing under- or overflows.
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
+    return_last_state = as_bool(return_last_state, "return_last_state")
     Ab, Bu = _discretize_selective(u, delta, A, B, discretization)
     # time as the last, contiguous axis: each sweep then reads memory in order
     Ht = linear_scan(np.ascontiguousarray(np.moveaxis(Ab, -3, -1)), np.ascontiguousarray(np.moveaxis(Bu, -3, -1)))
@@ -999,6 +1008,7 @@ def selective_scan_matrix(u, delta, A, B, C, D=None, *, discretization="mamba", 
     same segment sums, without C).
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
+    return_last_state = as_bool(return_last_state, "return_last_state")
     M = semiseparable_matrix(delta, A, B, C, discretization=discretization)  # (..., d, L, L)
     y = np.swapaxes(M @ np.swapaxes(u, -1, -2)[..., None], -2, -1)[..., 0, :]  # y_{d} = M_d u_d
     y = np.swapaxes(y, -1, -2)
