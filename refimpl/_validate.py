@@ -40,6 +40,7 @@ __all__ = [
     "as_int",
     "as_bool",
     "as_lags",
+    "check_qk",
     "check_qkv",
     "hermitian_part",
     "refuse_rng",
@@ -261,6 +262,15 @@ def hermitian_part(m: np.ndarray) -> np.ndarray:
     return 0.5 * (m + np.conj(np.swapaxes(m, -1, -2)))
 
 
+def check_qk(q, k, *, names=("q", "k"), complex_values: bool = False, causal: bool = False):
+    """Queries (..., N, d) and keys (..., M, d): :func:`check_qkv` without values."""
+    q, k, _, batch = check_qkv(q, k, _NO_VALUES, names=(*names, ""), complex_values=complex_values, causal=causal)
+    return q, k, batch
+
+
+_NO_VALUES = object()
+
+
 def check_qkv(q, k, v, *, names=("q", "k", "v"), complex_values: bool = False, same_shape: bool = False,
               causal: bool = False):
     """Queries (..., N, d), keys (..., M, d) and values (..., M, dv) of any attention-like module.
@@ -274,13 +284,13 @@ def check_qkv(q, k, v, *, names=("q", "k", "v"), complex_values: bool = False, s
     * the batch axes broadcast.
 
     ``names`` are the caller's argument names (``("z", "z", "z")`` when one argument plays all
-    three roles); ``v=None`` checks queries and keys only. Returns ``(q, k, v, batch)`` as float64
+    three roles). Returns ``(q, k, v, batch)`` as float64
     (complex128 with ``complex_values``).
     """
     nq, nk, nv = names
     conv = as_complex_array if complex_values else as_real_array
     q, k = conv(q, nq), conv(k, nk)
-    v = None if v is None else conv(v, nv)
+    v = None if v is _NO_VALUES else conv(v, nv)
     checks = [(q, nq, "(..., N, d)"), (k, nk, "(..., M, d)")] + ([] if v is None else [(v, nv, "(..., M, dv)")])
     for arr, name, what in checks:
         if arr.ndim < 2:
@@ -346,7 +356,7 @@ def _magnitude(value) -> tuple[float, float]:
     return float(arr.max()), float(arr.min())
 
 
-def guard_overflow(*names: str):
+def guard_overflow(*names: str, first_only: bool = False):
     """Decorator: the result is finite with no floating-point warning, or a ``ValueError`` names the culprit.
 
     Inputs are validated to be finite, but finite inputs of extreme magnitude (|x| ~ 1e300, or
@@ -355,22 +365,28 @@ def guard_overflow(*names: str):
     silently into a caller's comparison. The wrapped function runs with floating-point warnings
     silenced; if its result contains NaN/inf, or it raises ``OverflowError``/``ZeroDivisionError``
     (the loop twins use :mod:`math`), the call is refused with a ``ValueError`` that names the
-    arguments among ``names`` whose magnitudes are extreme (all of ``names`` if none is).
-    Functions whose documented result may be infinite are not wrapped.
+    arguments among ``names`` (default: all) whose magnitudes are extreme (all of them if none is).
+    Functions whose documented result may be infinite are not wrapped; ``first_only`` checks
+    only the first output (the others are diagnostics that may hold documented infinities,
+    e.g. the masked entries of an intermediate precision).
     """
 
     def wrap(fn):
         sig = inspect.signature(fn)
+        checked = names or tuple(p for p in sig.parameters if p not in ("cls", "self"))
 
         def refuse(args, kwargs):
-            bound = sig.bind_partial(*args, **kwargs)
+            try:
+                bound = sig.bind_partial(*args, **kwargs).arguments
+            except TypeError:
+                bound = {}
             found = []
-            for name in names:
-                if name in bound.arguments:
-                    hi, lo = _magnitude(bound.arguments[name])
+            for name in checked:
+                if name in bound:
+                    hi, lo = _magnitude(bound[name])
                     if hi > 1e100 or lo < 1e-100:
                         found.append(f"{name} (|{name}| from {lo:.3g} to {hi:.3g})")
-            culprits = ", ".join(found) if found else ", ".join(names)
+            culprits = ", ".join(found) if found else ", ".join(checked)
             return ValueError(
                 f"{culprits}: the result is not representable in float64 (NaN/inf from overflow or "
                 "underflow); rescale the inputs to moderate magnitudes"
@@ -383,7 +399,7 @@ def guard_overflow(*names: str):
                     out = fn(*args, **kwargs)
             except (OverflowError, ZeroDivisionError, FloatingPointError):
                 raise refuse(args, kwargs) from None
-            if not _all_finite(out):
+            if not _all_finite(out[0] if first_only and isinstance(out, tuple) else out):
                 raise refuse(args, kwargs)
             return out
 

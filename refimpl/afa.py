@@ -40,6 +40,7 @@ import numpy as np
 
 from . import lyapunov
 from ._validate import (
+    guard_overflow,
     as_bool,
     as_complex_array,
     as_positive_scalar,
@@ -179,6 +180,7 @@ def _log_softmax(logits, axis: int):
 # ---------------------------------------------------------------------------------------------
 
 
+@guard_overflow(first_only=True)
 def afa(
     q,
     k,
@@ -299,6 +301,7 @@ def afa(
     return out
 
 
+@guard_overflow(first_only=True)
 def afa_loop(
     q,
     k,
@@ -412,6 +415,7 @@ def _check_isotropic_dynamics(mu, omega, d: int):
     return float(mu), omega
 
 
+@guard_overflow()
 def isotropic_afa(
     q,
     k,
@@ -544,6 +548,7 @@ def _isotropic_rows(rows, q2, k2t, nq, nk, values, lag, mu, nu, kappa, weight, t
     return (x @ values) / total, weights
 
 
+@guard_overflow()
 def isotropic_afa_loop(
     q,
     k,
@@ -588,6 +593,7 @@ def isotropic_afa_loop(
 # ---------------------------------------------------------------------------------------------
 
 
+@guard_overflow()
 def afa_irls(
     z,
     *,

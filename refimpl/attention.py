@@ -46,7 +46,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._validate import as_array, as_bool, as_positive_scalar, as_real_array, check_qkv
+from ._validate import as_array, as_bool, as_positive_scalar, as_real_array, check_qk, check_qkv, guard_overflow
 
 __all__ = [
     "softmax_attention",
@@ -69,7 +69,7 @@ __all__ = [
 
 
 def _check_qk(q, k):
-    q, k, _, _ = check_qkv(q, k, None)
+    q, k, _ = check_qk(q, k)
     return q, k
 
 
@@ -338,6 +338,7 @@ def _check_mha(x, w_q, w_k, w_v, w_o, n_heads):
     return x, mats["w_q"], mats["w_k"], mats["w_v"], w_o, int(n_heads)
 
 
+@guard_overflow()
 def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=None, scale=None, return_weights=False):
     r"""Multi-head self-attention: h heads side by side, concatenated, mixed by ``W^O``.
 
@@ -389,6 +390,7 @@ def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=No
     return (out, A) if return_weights else out
 
 
+@guard_overflow()
 def multihead_attention_loop(
     x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=None, scale=None, return_weights=False
 ):

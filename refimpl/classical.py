@@ -42,6 +42,7 @@ import numpy as np
 import scipy.linalg
 
 from ._validate import (
+    guard_overflow,
     as_bool,
     as_int,
     as_array,
@@ -132,6 +133,7 @@ def _window_energy(r: np.ndarray, L: int) -> np.ndarray:
     return np.sum(np.lib.stride_tricks.sliding_window_view(np.abs(r) ** 2, L, axis=-1), axis=-1)
 
 
+@guard_overflow()
 def matched_filter(received, template, *, normalize: bool = False) -> np.ndarray:
     r"""Matched-filter output ``y_n = Σ_m s̄_m r_{n+m}`` for every delay n = 0..N−L.
 
@@ -173,6 +175,7 @@ def matched_filter(received, template, *, normalize: bool = False) -> np.ndarray
     return y
 
 
+@guard_overflow()
 def matched_filter_loop(received, template, *, normalize: bool = False) -> np.ndarray:
     """Loop twin of :func:`matched_filter`: the correlation sum at each delay (Eq. (6.1))."""
     r, s = _check_mf(received, template)
@@ -203,6 +206,7 @@ def _check_1d_signal(x, name):
     return x
 
 
+@guard_overflow()
 def autocorrelation(x, n_lags: int) -> np.ndarray:
     r"""Biased autocorrelation estimate ``r(ℓ) = (1/N) Σ_{n=ℓ}^{N−1} x_n x_{n−ℓ}``, ℓ = 0..n_lags−1.
 
@@ -454,6 +458,7 @@ def _regressors(u: np.ndarray, m: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, m, axis=-1)[..., ::-1]
 
 
+@guard_overflow()
 def lms(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
     r"""The least-mean-squares adaptive FIR filter, vectorized over independent runs.
 
@@ -493,6 +498,7 @@ def lms(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarra
     return W, e
 
 
+@guard_overflow()
 def lms_loop(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
     """Loop twin of :func:`lms`: one run, one time step and one tap at a time (Eq. (6.6))."""
     u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
@@ -517,6 +523,7 @@ def _check_rls(lam, delta):
     return lam, as_positive_scalar(delta, "delta")
 
 
+@guard_overflow()
 def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
     r"""The recursive-least-squares adaptive FIR filter, vectorized over independent runs.
 
@@ -567,6 +574,7 @@ def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) ->
     return W, e
 
 
+@guard_overflow()
 def rls_loop(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
     """Loop twin of :func:`rls`: one run and one time step at a time, entry by entry (Eq. (6.7))."""
     u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
@@ -654,6 +662,7 @@ def _check_mvdr(R, steering, loading):
     return Rl, a
 
 
+@guard_overflow()
 def mvdr_weights(R, steering, *, loading: float = 0.0) -> np.ndarray:
     r"""MVDR / Capon weights ``w = R^{-1} a / (aᴴ R^{-1} a)``.
 
@@ -679,6 +688,7 @@ def mvdr_weights(R, steering, *, loading: float = 0.0) -> np.ndarray:
     return Ria / np.sum(a.conj() * Ria, axis=-1, keepdims=True)  # / (aᴴ R^{-1} a)
 
 
+@guard_overflow()
 def mvdr_weights_loop(R, steering, *, loading: float = 0.0) -> np.ndarray:
     """Loop twin of :func:`mvdr_weights`: one look direction at a time (Eq. (6.13))."""
     Rl, a = _check_mvdr(R, steering, loading)
@@ -699,6 +709,7 @@ def _check_pattern(w, theta, spacing):
     return w, th, as_positive_scalar(spacing, "spacing")
 
 
+@guard_overflow()
 def beampattern(w, theta, spacing: float = 0.5) -> np.ndarray:
     r"""Power beampattern ``B(θ) = |wᴴ a(θ)|²`` of array weights w.
 
@@ -719,6 +730,7 @@ def beampattern(w, theta, spacing: float = 0.5) -> np.ndarray:
     return np.abs(a @ w.conj()) ** 2  # |wᴴ a(θ)|²
 
 
+@guard_overflow()
 def beampattern_loop(w, theta, spacing: float = 0.5) -> np.ndarray:
     """Loop twin of :func:`beampattern`: one angle and one sensor at a time (Eq. (6.14))."""
     w, th, sp = _check_pattern(w, theta, spacing)
@@ -762,6 +774,7 @@ def dirichlet_beampattern(theta, theta0: float, n_sensors: int, spacing: float =
     return ratio**2
 
 
+@guard_overflow()
 def sample_covariance(x) -> np.ndarray:
     r"""Sample spatial covariance ``R̂ = (1/T) Σ_t x_t x_tᴴ`` of snapshots x, shape (T, M): Eq. (6.13) of the book.
 

@@ -66,7 +66,7 @@ import numpy as np
 from scipy.special import expit
 
 from . import iir
-from ._validate import as_bool, as_int, as_real_array, as_rng, check_option
+from ._validate import as_bool, as_int, as_real_array, as_rng, check_option, guard_overflow
 from .attention import softmax_attention, softmax_attention_loop
 
 __all__ = [
@@ -375,6 +375,7 @@ def continuous_exponents(theta):
     return np.stack([(-b - sq) / (2.0 * a), (-b + sq) / (2.0 * a)], axis=-1)
 
 
+@guard_overflow()
 def continuous_impulse_response(theta, t):
     r"""Impulse response of ``1/(a s² + b s + 1)`` with ``b = θ₀``, ``a = θ₁`` (the reading of Fig. 2).
 
@@ -869,6 +870,7 @@ def _layer(x, params, variant, chunk_size, n_bins, n_fft, first_bin, return_inte
     return o
 
 
+@guard_overflow(first_only=True)
 def focus_layer(x, params, *, variant="causal-recursive", chunk_size, n_bins, n_fft=None, first_bin="zero", return_intermediates=False):
     r"""One Focus layer: hypernetwork → adaptive IIR filtering → chunked attention → gates.
 
@@ -918,6 +920,7 @@ def focus_layer(x, params, *, variant="causal-recursive", chunk_size, n_bins, n_
     return _layer(x, params, variant, chunk_size, n_bins, n_fft, first_bin, return_intermediates, loop=False)
 
 
+@guard_overflow(first_only=True)
 def focus_layer_loop(x, params, *, variant="causal-recursive", chunk_size, n_bins, n_fft=None, first_bin="zero", return_intermediates=False):
     """Loop twin of :func:`focus_layer`: the same composition of the loop twins."""
     return _layer(x, params, variant, chunk_size, n_bins, n_fft, first_bin, return_intermediates, loop=True)

@@ -49,6 +49,7 @@ import numpy as np
 
 from ._scan import linear_scan, matrix_powers, state_scan
 from ._validate import (
+    guard_overflow,
     as_bool,
     as_int,
     as_complex_array,
@@ -796,6 +797,7 @@ def _realify(c: np.ndarray, r: np.ndarray) -> np.ndarray:
     return c
 
 
+@guard_overflow()
 def zpk2tf(z, p, k):
     """Numerator and denominator of ``k Π(1 − z_i z⁻¹) / Π(1 − p_i z⁻¹)`` (Eqs. (13.11) and (13.3)).
 
@@ -836,6 +838,7 @@ def _split_pairs(r: np.ndarray, scale: float):
     return real.astype(np.complex128), np.sort_complex(upper)
 
 
+@guard_overflow()
 def zpk2sos(z, p, k):
     r"""Second-order sections from zeros, poles and gain (Eqs. (13.11) and (13.8)).
 
@@ -1029,6 +1032,7 @@ def buttap(order):
     return np.zeros(0, dtype=np.complex128), p, 1.0
 
 
+@guard_overflow()
 def cheb1ap(order, rp):
     r"""Analog Chebyshev type I prototype with passband ripple ``rp`` dB (edge 1 rad/s).
 
@@ -1058,6 +1062,7 @@ def _zpk_in(z, p, k):
     return z, p, k
 
 
+@guard_overflow()
 def lp2lp_zpk(z, p, k, wo=1.0):
     """Lowpass → lowpass with cutoff ``wo``: ``s → s/wo`` (Eq. (13.19))."""
     z, p, k = _zpk_in(z, p, k)
@@ -1065,6 +1070,7 @@ def lp2lp_zpk(z, p, k, wo=1.0):
     return z * wo, p * wo, k * wo ** (p.size - z.size)
 
 
+@guard_overflow()
 def lp2hp_zpk(z, p, k, wo=1.0):
     """Lowpass → highpass with cutoff ``wo``: ``s → wo/s`` (Eq. (13.20)); zeros at infinity go to 0."""
     z, p, k = _zpk_in(z, p, k)
@@ -1076,6 +1082,7 @@ def lp2hp_zpk(z, p, k, wo=1.0):
     return zh.astype(np.complex128), ph, float(kh)
 
 
+@guard_overflow()
 def lp2bp_zpk(z, p, k, wo=1.0, bw=1.0):
     r"""Lowpass → bandpass around ``wo`` with width ``bw``: ``s → (s² + wo²)/(bw s)`` (Eq. (13.21)).
 
@@ -1104,6 +1111,7 @@ def prewarp(f, fs):
     return 2.0 * fs * np.tan(np.pi * f / fs)
 
 
+@guard_overflow()
 def bilinear_zpk(z, p, k, fs):
     r"""Bilinear (Tustin) transform of an analog zpk: ``s = 2 fs (z − 1)/(z + 1)``.
 
@@ -1123,6 +1131,7 @@ def bilinear_zpk(z, p, k, fs):
     return zd.astype(np.complex128), pd, float(kd)
 
 
+@guard_overflow()
 def bilinear(b, a, fs):
     r"""Bilinear transform of an analog ``(b, a)`` (descending powers of s) to a digital ``(b, a)``.
 
@@ -1203,6 +1212,7 @@ def impulse_invariance(b, a, fs):
     return _realify(num, pz), _realify(den, pz)
 
 
+@guard_overflow()
 def matched_z(z, p, k, fs, *, gain_at=0.0):
     r"""Matched-z transform: map poles **and** zeros by ``z = e^{sT}`` and match one gain.
 
@@ -1348,6 +1358,7 @@ def biquad_to_ssm(b, a):
     return lam, np.ones(2, dtype=np.complex128), rho, float(D)
 
 
+@guard_overflow()
 def ssm_to_biquad(lam, B, C, D):
     r"""The biquad ``(b, a)`` of a two-state diagonal SSM (Eq. (13.25) of the book).
 
@@ -1407,6 +1418,7 @@ def _real_ssm(lam: np.ndarray, B: np.ndarray, C: np.ndarray, D: float):
     return A_r, B_r, C_r @ A_r, D + C_r @ B_r
 
 
+@guard_overflow()
 def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
     r"""Run the diagonal SSM ``s_i[n] = λ_i s_i[n−1] + B_i x[n]``, ``y[n] = Re Σ_i C_i s_i[n] + D x[n]``.
 
@@ -1445,6 +1457,7 @@ def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
     return y[:, 0] if was_1d else y
 
 
+@guard_overflow()
 def diagonal_ssm_filter_loop(lam, B, C, D, x, *, scan="chunked"):
     """Loop twin of :func:`diagonal_ssm_filter`: the m recursions, sample by sample (``scan`` is ignored)."""
     check_option(scan, "scan", ("chunked", "associative"))

@@ -38,6 +38,7 @@ import scipy.linalg
 
 from . import sde as _sde
 from ._validate import (
+    guard_overflow,
     as_bool,
     as_positive_scalar,
     as_real_array,
@@ -172,6 +173,7 @@ def _update(m_prior, P_prior, z, H, R):
     return m, _sym(P)
 
 
+@guard_overflow()
 def kalman_filter(z, F, H, Q, R, m0, P0):
     r"""Filtered means and covariances ``p(x_k | z_0 … z_k) = N(m_k, P_k)``, Eqs. (3.2)–(3.3).
 
@@ -260,6 +262,7 @@ def _filter_covariances(pattern, F, H, Q, R, P0):
     return P, K
 
 
+@guard_overflow()
 def kalman_filter_loop(z, F, H, Q, R, m0, P0):
     """Loop twin of :func:`kalman_filter`: the textbook recursion, one sequence and one step at a time."""
     return _filter_loop(*_check_model(z, F, H, Q, R, m0, P0))
@@ -318,6 +321,7 @@ def _rts(m, P, missing, F, Q):
     return ms.reshape(batch + (N, n)), Ps.reshape(batch + (N, n, n))
 
 
+@guard_overflow()
 def rts_smoother(z, F, H, Q, R, m0, P0):
     r"""Smoothed means and covariances ``p(x_k | z_0 … z_{N-1}) = N(m^s_k, P^s_k)``, Eq. (3.5).
 
@@ -336,6 +340,7 @@ def rts_smoother(z, F, H, Q, R, m0, P0):
     return _rts(m, P, args[1], args[2], args[4])
 
 
+@guard_overflow()
 def rts_smoother_loop(z, F, H, Q, R, m0, P0):
     """Loop twin of :func:`rts_smoother`: filter loop, then the backward recursion step by step."""
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
@@ -441,6 +446,7 @@ def _filter_elements(zf, missing, F, H, Q, R, m0, P0):
     return A, b, C, eta, J
 
 
+@guard_overflow()
 def kalman_filter_scan(z, F, H, Q, R, m0, P0):
     r"""Parallel-in-time Kalman filter: an associative scan over time, Eqs. (3.6)–(3.8).
 
@@ -466,6 +472,7 @@ def _smoother_combine(ei, ej):
     return E, g, L
 
 
+@guard_overflow()
 def rts_smoother_scan(z, F, H, Q, R, m0, P0):
     r"""Parallel-in-time RTS smoother: filtering scan, then a reverse associative scan, Eq. (3.9).
 
@@ -535,6 +542,7 @@ def _check_dense(N: int, n: int, p: int, what: str) -> None:
         )
 
 
+@guard_overflow()
 def batch_smoother(z, F, H, Q, R, m0, P0):
     r"""The smoother by its definition: Gaussian conditioning of all states on all measurements.
 
@@ -573,6 +581,7 @@ def batch_smoother(z, F, H, Q, R, m0, P0):
     return ms.reshape(batch + (N, n)), Ps.reshape(batch + (N, n, n))
 
 
+@guard_overflow()
 def kalman_weight_matrix(n_steps, F, H, Q, R, m0, P0, *, kind: str = "smoother", missing=None, return_offset=False):
     r"""The linear map of the optimal estimator: ``x̂ = W z + c``, the "attention matrix" of Eq. (3.12).
 
@@ -684,6 +693,7 @@ def _gain(P_prior, H, R):
     return _solve(S, H @ P_prior, "the innovation covariance S = H P⁻ Hᵀ + R").T  # K = P⁻ Hᵀ S⁻¹
 
 
+@guard_overflow()
 def steady_state(F, H, Q, R):
     r"""Steady-state gain and covariances of a time-invariant filter, from the DARE, Eq. (3.13).
 

@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from ._validate import as_complex_array, as_noise, as_real_array, check_nonnegative
+from ._validate import as_complex_array, as_noise, as_real_array, check_nonnegative, guard_overflow
 
 __all__ = [
     "phi1",
@@ -327,6 +327,7 @@ def _hermitize(m: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+@guard_overflow()
 def dle_covariance(eigvals, noise, tau):
     r"""Covariance accumulated by propagating the SDE forward over a lag τ, in the eigenbasis.
 
@@ -406,6 +407,7 @@ def _dle_loop(eigvals, noise, tau, sign: float):
     return out.reshape(tau.shape + (d, d))
 
 
+@guard_overflow()
 def dle_covariance_loop(eigvals, noise, tau):
     """Loop twin of :func:`dle_covariance`: Eq. (2.4) one lag and one entry (k, l) at a time,
 

@@ -55,7 +55,7 @@ import math
 import numpy as np
 import scipy.fft
 
-from ._validate import as_bool, as_int, as_array, as_positive_scalar, as_real_array, as_rng
+from ._validate import as_bool, as_int, as_array, as_positive_scalar, as_real_array, as_rng, guard_overflow
 
 __all__ = [
     "fnet",
@@ -207,6 +207,7 @@ def _layer_norm(z: np.ndarray) -> np.ndarray:
     return (z - mu) / np.sqrt(var + LN_EPS)
 
 
+@guard_overflow()
 def spatial_gating_unit(x, w, b, *, causal=False):
     r"""gMLP's spatial gating unit: ``s(Z) = Z_1 ⊙ (W · LayerNorm(Z_2) + b)``.
 
@@ -244,6 +245,7 @@ def spatial_gating_unit(x, w, b, *, causal=False):
     return z1 * gate  # Z_1 ⊙ f_{W,b}(LN(Z_2))
 
 
+@guard_overflow()
 def spatial_gating_unit_loop(x, w, b, *, causal=False):
     """Loop twin of :func:`spatial_gating_unit`: per output position i, ``g_i = Σ_j W_ij LN(z_2j) + b_i`` (Eq. 10.4)."""
     x, w, b, e = _check_sgu(x, w, b, causal)
@@ -505,6 +507,7 @@ def _check_recurrence(v, x, filters, skip):
     return v, x, filters, skip
 
 
+@guard_overflow()
 def hyena_recurrence(v, x, filters, *, skip=None):
     r"""The Hyena recurrence of order N on given projections: ``z^{n+1} = x^n ⊙ (h^n * z^n)``, ``y = z^{N+1}``.
 
@@ -540,6 +543,7 @@ def hyena_recurrence(v, x, filters, *, skip=None):
     return z
 
 
+@guard_overflow()
 def hyena_recurrence_loop(v, x, filters, *, skip=None):
     """Loop twin of :func:`hyena_recurrence`: direct convolution sums and gates, one step at a time (Eq. 10.8)."""
     v, x, filters, skip = _check_recurrence(v, x, filters, skip)
@@ -589,6 +593,7 @@ def _split_projections(p: np.ndarray, order: int, D: int):
     return parts[0], parts[1:]
 
 
+@guard_overflow()
 def hyena_operator(u, w_in, filters, *, b_in=None, short_filter=None, short_bias=None, skip=None, return_projections=False):
     r"""The Hyena operator of order N on an input sequence: projections, then Def. 3.1.
 
@@ -646,6 +651,7 @@ def hyena_operator(u, w_in, filters, *, b_in=None, short_filter=None, short_bias
     return (y, v, x) if return_projections else y
 
 
+@guard_overflow()
 def hyena_operator_loop(u, w_in, filters, *, b_in=None, short_filter=None, short_bias=None, skip=None, return_projections=False):
     """Loop twin of :func:`hyena_operator`: projections by explicit sums per step, then :func:`hyena_recurrence_loop`."""
     u, w_in, filters, b_in, short_filter, short_bias = _check_projections(u, w_in, filters, b_in, short_filter, short_bias)
@@ -664,6 +670,7 @@ def hyena_operator_loop(u, w_in, filters, *, b_in=None, short_filter=None, short
     return (y, v, x) if return_projections else y
 
 
+@guard_overflow()
 def hyena_matrix(x, filters, *, skip=None):
     r"""The Hyena operator as a data-controlled matrix: ``H(u) = D_{x^N} S_{h^N} ⋯ D_{x^1} S_{h^1}`` per channel.
 

@@ -73,7 +73,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.special import logsumexp
 
-from ._validate import as_bool, as_positive_scalar, as_real_array, as_rng, check_option, check_qkv, refuse_rng
+from ._validate import as_bool, as_positive_scalar, as_real_array, as_rng, check_option, check_qkv, refuse_rng, guard_overflow
 
 __all__ = [
     "elu_plus_one",
@@ -261,6 +261,7 @@ def _linear_features(q, k, v, feature_map, causal):
     return phi_q, phi_k, v
 
 
+@guard_overflow()
 def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarray:
     r"""Linear attention: Eq. (12.2) with φ = elu + 1, in O(N C dv) time.
 
@@ -303,6 +304,7 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     return _kernel_attention(phi_q, phi_k, v, bool(causal))
 
 
+@guard_overflow()
 def linear_attention_loop(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarray:
     """Loop twin of :func:`linear_attention`: the causal RNN (Eq. 12.3), one token at a time."""
     phi_q, phi_k, v = _linear_features(q, k, v, feature_map, causal)
@@ -342,6 +344,7 @@ def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None) -> np.nda
     return np.concatenate([h * np.sin(wx), h * np.cos(wx)], axis=-1)  # φ^trig = h [sin ωx, cos ωx]/√m
 
 
+@guard_overflow()
 def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
     r"""Random features of the softmax kernel exp(x·y): FAVOR+ (positive) or trigonometric.
 
@@ -388,6 +391,7 @@ def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndar
     return _favor(x, w, kind, "all" if as_bool(stabilize, "stabilize") else None)
 
 
+@guard_overflow()
 def favor_features_loop(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
     """Loop twin of :func:`favor_features`: each feature of each row with ``math.exp``/``sin``/``cos``."""
     x = _as_seq(x, "x")
@@ -481,6 +485,7 @@ def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projectio
     return _favor(q * root, w, kind, "row"), _favor(k * root, w, kind, "all"), v
 
 
+@guard_overflow()
 def performer_attention(
     q, k, v, *, n_features, rng, causal=False, kind="positive", scale=None, projection=None, orthogonal=True
 ) -> np.ndarray:
@@ -538,6 +543,7 @@ def performer_attention(
     return _kernel_attention(phi_q, phi_k, v, causal)
 
 
+@guard_overflow()
 def performer_attention_loop(
     q, k, v, *, n_features, rng, causal=False, kind="positive", scale=None, projection=None, orthogonal=True
 ) -> np.ndarray:
@@ -547,6 +553,7 @@ def performer_attention_loop(
     return _kernel_attention_loop(phi_q, phi_k, v, causal)
 
 
+@guard_overflow()
 def performer_attention_quadratic(
     q, k, v, *, n_features, rng, causal=False, kind="positive", scale=None, projection=None, orthogonal=True
 ) -> np.ndarray:
@@ -639,6 +646,7 @@ def _gated_quadratic(phi_q, phi_k, v, gates) -> np.ndarray:
     return (a @ v) / a.sum(axis=-1, keepdims=True)
 
 
+@guard_overflow()
 def rfa_attention(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, causal=True) -> np.ndarray:
     r"""Random Feature Attention (RFA), optionally gated (RFA-Gate).
 
@@ -692,6 +700,7 @@ def rfa_attention(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, c
     return _kernel_attention(phi_q, phi_k, v, causal)
 
 
+@guard_overflow()
 def rfa_attention_loop(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, causal=True) -> np.ndarray:
     """Loop twin of :func:`rfa_attention`: the (gated) recurrence of Eqs. (12.11)–(12.12), one token at a time."""
     phi_q, phi_k, v, gates, causal = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
@@ -794,6 +803,7 @@ def _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal):
     return qk, qk / np.broadcast_to(norm, batch + norm.shape[-2:]), v, n_buckets, n_rounds, c, as_bool(causal, "causal")
 
 
+@guard_overflow()
 def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) -> np.ndarray:
     r"""Reformer LSH attention with shared QK: sort by bucket, attend within chunks, combine rounds.
 
@@ -887,6 +897,7 @@ def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) 
     return acc / w_sum[..., None]  # Eq. (12.15)
 
 
+@guard_overflow()
 def lsh_attention_loop(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) -> np.ndarray:
     """Loop twin of :func:`lsh_attention`: per round, per query, over the keys of its window."""
     q, k, v, n_buckets, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal)

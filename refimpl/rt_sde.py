@@ -72,7 +72,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .lyapunov import phi1
-from ._validate import as_bool, as_positive_scalar, as_real_array, check_option, check_qkv, check_shape, check_times
+from ._validate import as_bool, as_positive_scalar, as_real_array, check_option, check_qkv, check_shape, check_times, guard_overflow
 
 __all__ = [
     "rt_transition",
@@ -186,6 +186,7 @@ def _rotations(om: np.ndarray, s: np.ndarray) -> np.ndarray:
     return ((U * phase[..., None, :]) @ U.conj().T).real
 
 
+@guard_overflow()
 def rt_transition(mu, omega, s):
     r"""The RT-SDE transition ``e^{As} = e^{−μs} e^{Ωs}`` for ``A = −μI + Ω``, Ω skew-symmetric.
 
@@ -226,6 +227,7 @@ def rt_transition(mu, omega, s):
     return np.exp(-m * s)[..., None, None] * _rotations(om, s)  # e^{As} = e^{−μs} e^{Ωs}
 
 
+@guard_overflow()
 def rt_transition_loop(mu, omega, s):
     """Loop twin of :func:`rt_transition`: entry (a, b) of e^{−μs} Σ_k U_ak e^{−i w_k s} conj(U_bk).
 
@@ -249,6 +251,7 @@ def rt_transition_loop(mu, omega, s):
     return out.reshape(s.shape + (d, d))
 
 
+@guard_overflow()
 def rt_direction(omega, u0, s):
     r"""The co-rotating noise direction ``u(t_j + s) = e^{Ωs} u_j``.
 
@@ -284,6 +287,7 @@ def _split_matrix(u: np.ndarray, a_perp, a_par) -> np.ndarray:
     return a_perp * (np.eye(d) - uu) + a_par * uu
 
 
+@guard_overflow()
 def rt_noise_rate(omega, u0, s, sigma2_perp, sigma2_par):
     r"""The co-rotating diagonal-plus-rank-1 process-noise rate ``Q(t_j + s)``.
 
@@ -392,6 +396,7 @@ def rt_variances_loop(
     return a_perp.reshape(tau.shape), a_par.reshape(tau.shape)
 
 
+@guard_overflow()
 def rt_covariance(
     mu,
     omega,
@@ -454,6 +459,7 @@ def rt_covariance(
     return _split_matrix(u_i, a_perp, a_par)  # a_⊥(I − u_i u_i^T) + a_∥ u_i u_i^T
 
 
+@guard_overflow()
 def rt_covariance_loop(
     mu,
     omega,
@@ -502,6 +508,7 @@ def _inv_par(a_par):
     return np.where(np.isinf(a_par), 0.0, 1.0 / np.where(np.isinf(a_par), 1.0, a_par))
 
 
+@guard_overflow()
 def rt_precision(u, a_perp, a_par):
     r"""Sherman–Morrison precision of the diagonal-plus-rank-1 covariance ``a_⊥(I − uu^T) + a_∥uu^T``.
 
@@ -533,6 +540,7 @@ def rt_precision(u, a_perp, a_par):
     return _split_matrix(u, 1.0 / a_perp, _inv_par(a_par))  # P = (I − uu^T)/a_⊥ + uu^T/a_∥
 
 
+@guard_overflow()
 def rt_precision_loop(u, a_perp, a_par):
     """Loop twin of :func:`rt_precision`: P_ab = (δ_ab − u_a u_b)/a_⊥ + u_a u_b/a_∥, entry by entry.
 
@@ -562,6 +570,7 @@ def _check_residual(r, u) -> tuple[np.ndarray, np.ndarray]:
     return r, u
 
 
+@guard_overflow()
 def rt_distance(r, u, a_perp, a_par):
     r"""Split squared Mahalanobis distance ``d² = ‖r − (u^T r)u‖²/a_⊥ + (u^T r)²/a_∥``.
 
@@ -594,6 +603,7 @@ def rt_distance(r, u, a_perp, a_par):
     return np.sum(r_perp * r_perp, axis=-1) / a_perp + s * s * _inv_par(a_par)
 
 
+@guard_overflow()
 def rt_distance_loop(r, u, a_perp, a_par):
     """Loop twin of :func:`rt_distance`: Eq. (9.11) one residual and one component at a time.
 
@@ -653,6 +663,7 @@ class SphereResiduals(NamedTuple):
     chord2: np.ndarray  #: 2(1 − cos θ) = ‖q − k‖², the squared chordal distance
 
 
+@guard_overflow()
 def sphere_residuals(q, k):
     r"""The sphere limit: for unit q, k the tangential residual is sin²θ ≈ θ² ≈ 2(1 − cos θ).
 
@@ -740,6 +751,7 @@ def _logits(d2, a_perp, a_par, d, nu, kappa, weight, temperature):
     return temperature * (log_prior / d - robust)
 
 
+@guard_overflow()
 def rt_attention(
     q,
     k,
@@ -845,6 +857,7 @@ def rt_attention(
     return (out, w) if return_weights else out
 
 
+@guard_overflow()
 def rt_attention_loop(
     q,
     k,
@@ -925,6 +938,7 @@ def _retract(y: np.ndarray) -> np.ndarray:
     return y / norm
 
 
+@guard_overflow()
 def rt_step(z, *, alpha=1.0, **params):
     r"""One "MLE step on the hypersphere": RT attention, residual update, normalization.
 
@@ -961,6 +975,7 @@ def rt_step(z, *, alpha=1.0, **params):
     return _retract(z + alpha * (zbar - z))  # z ← (z + αΔ)/‖z + αΔ‖
 
 
+@guard_overflow()
 def rt_step_loop(z, *, alpha=1.0, **params):
     """Loop twin of :func:`rt_step`: :func:`rt_attention_loop`, then the update token by token.
 

@@ -40,6 +40,7 @@ import numpy as np
 from . import lyapunov
 from ._scan import linear_scan
 from ._validate import (
+    guard_overflow,
     as_array,
     as_complex_array,
     as_noise,
@@ -142,6 +143,7 @@ class LinearSDE:
         return cls(A, Q, C, R, lam, S, S_inv, 0.5 * (noise + noise.conj().T), cond)
 
     @classmethod
+    @guard_overflow()
     def from_eigen(
         cls, eigvals, S, process_noise, *, measurement_noise=None, C=None, max_cond: float = MAX_COND
     ) -> "LinearSDE":
@@ -588,6 +590,7 @@ def sample_loop(model: LinearSDE, t, *, x0=None, size=None, rng=None):
 # ---------------------------------------------------------------------------------------------
 
 
+@guard_overflow()
 def euler_maruyama(model: LinearSDE, t, *, x0=None, n_substeps: int = 1, size=None, rng=None, dW=None):
     r"""Euler–Maruyama simulation of Eq. (1.1), returned on the grid ``t``, Eq. (1.9).
 

@@ -61,6 +61,7 @@ import scipy.linalg
 
 from ._scan import linear_scan
 from ._validate import (
+    guard_overflow,
     as_bool,
     as_int,
     as_array,
@@ -416,6 +417,7 @@ def _check_discrete_ssm(Ab, Bb, C, diagonal: bool):
     return Ab, Bb, C, batch
 
 
+@guard_overflow()
 def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
     r"""The SSM convolution kernel ``K̄_ℓ = C Ā^ℓ B̄``, ℓ = 0 … L−1, from powers of Ā.
 
@@ -468,6 +470,7 @@ def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
     return K.reshape(K.shape[:-2] + (J * T,))[..., :L]
 
 
+@guard_overflow()
 def ssm_kernel_loop(Ab, Bb, C, L, *, diagonal=False):
     """Loop twin of :func:`ssm_kernel`: ``x ← Ā x`` one step at a time, channel by channel (Eq. (11.9))."""
     L = as_int(L, "L", 1)
@@ -585,6 +588,7 @@ def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     return _finish_s4d(K, conj_pairs)
 
 
+@guard_overflow()
 def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     r"""S4's kernel for a DPLR state matrix ``A = Λ − P Q^*``: Cauchy kernel + Woodbury + inverse FFT.
 
@@ -686,6 +690,7 @@ def _check_ssm_io(u, Ab, Bb, C, D, diagonal: bool):
     return u, Ab, Bb, C, D
 
 
+@guard_overflow()
 def ssm_recurrent(u, Ab, Bb, C, D=None, *, diagonal=False):
     r"""Run the discrete SSM as a recurrence (RNN mode), step by step.
 
@@ -729,6 +734,7 @@ def ssm_recurrent(u, Ab, Bb, C, D=None, *, diagonal=False):
     return y.reshape(u.shape[:-2] + (L, H))
 
 
+@guard_overflow()
 def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
     r"""Run the discrete SSM as a causal convolution with its kernel (CNN mode).
 
