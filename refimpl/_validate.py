@@ -45,6 +45,7 @@ __all__ = [
     "hermitian_part",
     "refuse_rng",
     "guard_overflow",
+    "pow2_scale",
 ]
 
 
@@ -325,6 +326,19 @@ def check_qkv(q, k, v, *, names=("q", "k", "v"), complex_values: bool = False, s
 # ---------------------------------------------------------------------------------------------
 
 
+def pow2_scale(x: np.ndarray, axis=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(x / s, s)`` with ``s`` the power of two nearest above max |x| (along ``axis``; 1 where x is 0).
+
+    Dividing by a power of two is exact, so a scale-invariant computation run on ``x / s`` gives
+    bit for bit the same answer for moderate inputs and a finite one for inputs near the
+    float64 limits (|x| ~ 1e300 or 1e-300), where forming x² or Σ x would overflow or underflow.
+    """
+    m = np.max(np.abs(x), axis=axis, keepdims=axis is not None) if x.size else np.zeros(())
+    _, e = np.frexp(np.where(m > 0, m, 1.0))
+    s = np.ldexp(1.0, e)
+    return x / s, s
+
+
 def _all_finite(out) -> bool:
     if isinstance(out, np.ndarray):
         if out.dtype.kind not in "fc" or not out.size:
@@ -392,6 +406,21 @@ def guard_overflow(*names: str, first_only: bool = False):
                 "underflow); rescale the inputs to moderate magnitudes"
             )
 
+        def extreme(args, kwargs) -> bool:
+            try:
+                bound = sig.bind_partial(*args, **kwargs).arguments
+            except TypeError:
+                return False
+            return any(max(hi, 1 / lo) > 1e100 for hi, lo in (_magnitude(bound[n]) for n in checked if n in bound))
+
+        def internal(exc: ValueError) -> bool:
+            # An error raised by a check on an intermediate (it names no argument of this function, or
+            # finds non-finite values that the inputs did not have): overflow reached an inner step.
+            msg = str(exc)
+            lead = msg.split(":", 1)[0] if ":" in msg else ""
+            own = lead and all(part.strip().split(" ")[0] in sig.parameters for part in lead.split(","))
+            return not own or "expected finite values" in msg or "not representable in float64" in msg
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             try:
@@ -399,6 +428,10 @@ def guard_overflow(*names: str, first_only: bool = False):
                     out = fn(*args, **kwargs)
             except (OverflowError, ZeroDivisionError, FloatingPointError):
                 raise refuse(args, kwargs) from None
+            except ValueError as exc:
+                if internal(exc) and extreme(args, kwargs):
+                    raise refuse(args, kwargs) from exc
+                raise
             if not _all_finite(out[0] if first_only and isinstance(out, tuple) else out):
                 raise refuse(args, kwargs)
             return out
@@ -408,7 +441,7 @@ def guard_overflow(*names: str, first_only: bool = False):
     return wrap
 
 
-def as_noise(x, name: str, d: int) -> tuple[np.ndarray, bool]:
+def as_noise(x, name: str, d: int, ref: str = "eigvals") -> tuple[np.ndarray, bool]:
     """A noise rate in the eigenbasis: a spectrum (d,) ≥ 0, or a Hermitian PSD matrix (d, d).
 
     Returns ``(array, diagonal)``: the float64 spectrum and True, or the complex128 matrix
@@ -418,12 +451,18 @@ def as_noise(x, name: str, d: int) -> tuple[np.ndarray, bool]:
     if arr.ndim == 1:
         g = as_real_array(arr, name, ndim=1)
         if g.shape != (d,):
-            raise ValueError(f"{name}: expected a spectrum of shape ({d},) or a matrix ({d}, {d}), got shape {g.shape}")
+            raise ValueError(
+                f"{name}: expected a spectrum of shape ({d},) or a matrix ({d}, {d}) to match the d = {d} {ref}, "
+                f"got shape {g.shape}"
+            )
         check_nonnegative(g, name)
         return g, True
     g = as_complex_array(arr, name, ndim=2)
     if g.shape != (d, d):
-        raise ValueError(f"{name}: expected a spectrum of shape ({d},) or a matrix ({d}, {d}), got shape {g.shape}")
+        raise ValueError(
+            f"{name}: expected a spectrum of shape ({d},) or a matrix ({d}, {d}) to match the d = {d} {ref}, "
+            f"got shape {g.shape}"
+        )
     check_hermitian_psd(g, name)
     return 0.5 * (g + g.conj().T), False
 

@@ -42,6 +42,7 @@ import numpy as np
 import scipy.linalg
 
 from ._validate import (
+    pow2_scale,
     guard_overflow,
     as_bool,
     as_int,
@@ -163,6 +164,8 @@ def matched_filter(received, template, *, normalize: bool = False) -> np.ndarray
     """
     r, s = _check_mf(received, template)
     normalize = as_bool(normalize, "normalize")
+    if normalize:  # scale-invariant in r and s: exact power-of-two rescaling keeps |x|² in range
+        (r, _), (s, _) = pow2_scale(r), pow2_scale(s)
     n, L = r.shape[-1], s.size
     nfft = 1 << (n + L - 2).bit_length()  # ≥ N + L − 1: no circular wrap-around
     # y_n = Σ_m conj(s_m) r_{n+m}: convolution of r with the time-reversed conjugate template
@@ -180,6 +183,8 @@ def matched_filter_loop(received, template, *, normalize: bool = False) -> np.nd
     """Loop twin of :func:`matched_filter`: the correlation sum at each delay (Eq. (6.1))."""
     r, s = _check_mf(received, template)
     normalize = as_bool(normalize, "normalize")
+    if normalize:  # scale-invariant in r and s: exact power-of-two rescaling keeps |x|² in range
+        (r, _), (s, _) = pow2_scale(r), pow2_scale(s)
     n, L = r.shape[-1], s.size
     complex_out = np.iscomplexobj(r) or np.iscomplexobj(s)
     y = np.zeros((*r.shape[:-1], n - L + 1), dtype=complex if complex_out else float)
@@ -222,6 +227,7 @@ def autocorrelation(x, n_lags: int) -> np.ndarray:
     -------
     ndarray, shape (..., M)
     """
+    x = _check_1d_signal(x, "x")
     return cross_correlation(x, x, n_lags)
 
 
@@ -640,7 +646,7 @@ def das_weights(theta0: float, n_sensors: int, spacing: float = 0.5) -> np.ndarr
     -------
     ndarray of complex, shape (M,) (or (..., M) for an array of look directions)
     """
-    a = steering_vector(theta0, n_sensors, spacing)
+    a = steering_vector(as_real_array(theta0, "theta0"), n_sensors, spacing)
     return a / a.shape[-1]
 
 
@@ -650,16 +656,24 @@ def _check_R(R):
     return 0.5 * (R + R.conj().T)
 
 
-def _check_mvdr(R, steering, loading):
+def _check_mvdr(R, steering, loading, rescale: bool = False):
     R = _check_R(R)
     a = as_complex_array(steering, "steering", ndim=(1, 2))
     if a.shape[-1] != R.shape[0]:
         raise ValueError(f"steering: expected a last dimension of M = {R.shape[0]} (the size of R), got shape {a.shape}")
     eps = as_positive_scalar(loading, "loading", strict=False)
-    Rl = R + eps * np.eye(R.shape[0])  # diagonal loading R + εI
+    if np.any(np.all(a == 0, axis=-1)):
+        raise ValueError("steering: expected nonzero look directions, got an all-zero row")
+    sr, sa = 1.0, np.ones(a.shape[:-1] + (1,))
+    if rescale:
+        # w is invariant to the scale of R and scales as 1/conj(c) with a → c a: work on R and a
+        # divided by powers of two (exact), so that entries near 1e±300 neither overflow nor underflow.
+        R, sr = pow2_scale(R)
+        a, sa = pow2_scale(a, axis=-1)
+    Rl = R + (eps / sr) * np.eye(R.shape[0])  # diagonal loading R + εI (on R's scale)
     if np.linalg.eigvalsh(Rl)[0] <= 1e-13 * max(1.0, float(np.max(np.abs(Rl)))):
         raise ValueError("R: expected a nonsingular covariance (use loading > 0 for a rank-deficient sample covariance)")
-    return Rl, a
+    return Rl, a, sa
 
 
 @guard_overflow()
@@ -683,21 +697,22 @@ def mvdr_weights(R, steering, *, loading: float = 0.0) -> np.ndarray:
     -------
     ndarray of complex, shape (M,) or (K, M)
     """
-    Rl, a = _check_mvdr(R, steering, loading)
+    Rl, a, scale = _check_mvdr(R, steering, loading, rescale=True)
     Ria = np.linalg.solve(Rl, a.T).T  # R^{-1} a (no explicit inverse), shape (..., M)
-    return Ria / np.sum(a.conj() * Ria, axis=-1, keepdims=True)  # / (aᴴ R^{-1} a)
+    return Ria / np.sum(a.conj() * Ria, axis=-1, keepdims=True) / scale  # / (aᴴ R^{-1} a), undo the scaling
 
 
 @guard_overflow()
 def mvdr_weights_loop(R, steering, *, loading: float = 0.0) -> np.ndarray:
     """Loop twin of :func:`mvdr_weights`: one look direction at a time (Eq. (6.13))."""
-    Rl, a = _check_mvdr(R, steering, loading)
+    Rl, a, scale = _check_mvdr(R, steering, loading, rescale=True)
     rows = a[None, :] if a.ndim == 1 else a
+    scales = np.broadcast_to(scale, a.shape[:-1] + (1,)).reshape(-1)
     out = np.empty(rows.shape, dtype=complex)
     for k, ak in enumerate(rows):
         x = np.linalg.solve(Rl, ak)  # R^{-1} a
         denom = sum(np.conj(ak[i]) * x[i] for i in range(ak.size))  # aᴴ R^{-1} a
-        out[k] = x / denom
+        out[k] = x / denom / scales[k]
     return out[0] if a.ndim == 1 else out
 
 
@@ -817,7 +832,7 @@ def capon_spectrum(R, theta, spacing: float = 0.5, *, loading: float = 0.0) -> n
     """
     R, th, sp = _check_spectrum(R, theta, spacing)
     a = steering_vector(th, R.shape[0], sp)
-    Rl, _ = _check_mvdr(R, a.reshape(-1, R.shape[0]), loading)
+    Rl, _, _ = _check_mvdr(R, a.reshape(-1, R.shape[0]), loading)
     Ria = np.linalg.solve(Rl, a.reshape(-1, R.shape[0]).T).T.reshape(a.shape)  # R^{-1} a(θ)
     return 1.0 / np.real(np.sum(a.conj() * Ria, axis=-1))
 
@@ -826,7 +841,7 @@ def capon_spectrum_loop(R, theta, spacing: float = 0.5, *, loading: float = 0.0)
     """Loop twin of :func:`capon_spectrum`: one look direction at a time."""
     R, th, sp = _check_spectrum(R, theta, spacing)
     m = R.shape[0]
-    Rl, _ = _check_mvdr(R, np.ones(m), loading)
+    Rl, _, _ = _check_mvdr(R, np.ones(m), loading)
     out = np.empty(th.shape)
     for idx in np.ndindex(*th.shape):
         a = np.array([cmath.exp(-2j * math.pi * sp * k * math.sin(th[idx])) for k in range(m)])
