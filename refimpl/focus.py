@@ -136,6 +136,8 @@ def _signal(x, name: str = "x") -> np.ndarray:
     x = as_real_array(x, name)
     if x.ndim < 2:
         raise ValueError(f"{name}: expected shape (..., L, D), got shape {x.shape}")
+    if x.shape[-2] == 0 or x.shape[-1] == 0:
+        raise ValueError(f"{name}: expected at least one step (L >= 1) and one channel (D >= 1), got shape {x.shape}")
     return x
 
 
@@ -250,6 +252,7 @@ def periodized_impulse_response(theta, n):
     -------
     ndarray, shape (..., n)
     """
+    n = as_int(n, "n", 1)
     H = focus_frequency_response(theta, n)
     # H(e^{-iω}) = conj(H(e^{iω})) for real coefficients: the IDFT is real; irfft uses only k ≤ N/2
     return np.fft.irfft(H[..., : n // 2 + 1], n=n, axis=-1)
@@ -399,6 +402,8 @@ def continuous_impulse_response(theta, t):
     if theta.shape != (2,) or not theta[1] > 0:
         raise ValueError(f"theta: expected one pair (θ0, θ1) with θ1 > 0, got {theta.tolist()}")
     t = as_real_array(t, "t", ndim=1)
+    if t.size and t.min() < 0:
+        raise ValueError(f"t: expected times t >= 0 (the impulse response is causal), got minimum {t.min():.6g}")
     b, a = float(theta[0]), float(theta[1])
     disc = b * b - 4.0 * a  # Δ
     sigma = -b / (2.0 * a)  # Re λ
@@ -490,7 +495,7 @@ def _pool_args(g, n_out):
     g = _signal(g, "g")
     n_out = as_int(n_out, "n_out", 1)
     if n_out > g.shape[-2]:
-        raise ValueError(f"n_out: expected at most L = {g.shape[-2]} outputs, got {n_out}")
+        raise ValueError(f"n_out: expected at most L = {g.shape[-2]} outputs (the length of g), got {n_out}")
     return g, n_out
 
 

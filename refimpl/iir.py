@@ -166,10 +166,16 @@ def _state(zi, name: str, x: np.ndarray, n_state: int, was_1d: bool) -> np.ndarr
     zi = as_real_array(zi, name)
     if was_1d:
         if zi.shape != (n_state,):
-            raise ValueError(f"{name}: expected shape ({n_state},) for a 1-D x, got shape {zi.shape}")
+            raise ValueError(
+                f"{name}: expected shape ({n_state},) for a 1-D x (the state size of the filter b, a or sos), "
+                f"got shape {zi.shape}"
+            )
         return zi[:, None]
     if zi.shape != want:
-        raise ValueError(f"{name}: expected shape {want} (x.shape with N replaced by {n_state}), got shape {zi.shape}")
+        raise ValueError(
+            f"{name}: expected shape {want} (x.shape with N replaced by the state size {n_state} of the filter "
+            f"b, a or sos), got shape {zi.shape}"
+        )
     return zi
 
 
@@ -1226,6 +1232,8 @@ def matched_z(z, p, k, fs, *, gain_at=0.0):
     zd, pd : ndarray complex128;  kd : float
     """
     z, p, k = _zpk_in(z, p, k)
+    if k == 0:
+        raise ValueError("k: expected a nonzero gain (k = 0 is the zero filter; no gain can be matched)")
     fs = as_positive_scalar(fs, "fs")
     g = as_positive_scalar(gain_at, "gain_at", strict=False)
     T = 1.0 / fs
@@ -1386,7 +1394,7 @@ def ssm_to_biquad(lam, B, C, D):
     if np.max(np.abs(a.imag)) > 1e-12 * scale:
         raise ValueError("lam: expected a real or complex-conjugate pair of modes (real coefficients)")
     if np.max(np.abs(b.imag)) > 1e-12 * scale:
-        raise ValueError("C: expected residues C_i B_i that are conjugate when the modes are (real coefficients)")
+        raise ValueError("B, C: expected residues C_i B_i that are conjugate when the modes are (real coefficients)")
     return b.real.copy(), a.real.copy()
 
 

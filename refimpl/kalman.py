@@ -77,10 +77,10 @@ def _sym(m: np.ndarray) -> np.ndarray:
     return 0.5 * (m + np.swapaxes(m, -1, -2))
 
 
-def _check_cov(m, name: str, n: int) -> np.ndarray:
+def _check_cov(m, name: str, n: int, ref: str = "") -> np.ndarray:
     m = as_real_array(m, name, ndim=2)
     if m.shape != (n, n):
-        raise ValueError(f"{name}: expected shape ({n}, {n}), got shape {m.shape}")
+        raise ValueError(f"{name}: expected shape ({n}, {n}){ref}, got shape {m.shape}")
     check_hermitian_psd(m, name, rtol=1e-8)
     return _sym(m)
 
@@ -90,12 +90,18 @@ def _check_steps(m, name: str, n: int, n_steps: int, psd: bool) -> np.ndarray:
     m = as_real_array(m, name, ndim=(2, 3))
     if m.ndim == 2:
         if m.shape != (n, n):
-            raise ValueError(f"{name}: expected shape ({n}, {n}) or ({n_steps}, {n}, {n}), got shape {m.shape}")
+            raise ValueError(
+                f"{name}: expected shape ({n}, {n}) or ({n_steps}, {n}, {n}) (n = the columns of H, one per step "
+                f"of z), got shape {m.shape}"
+            )
         if psd:
             m = _check_cov(m, name, n)
         return np.broadcast_to(m, (n_steps, n, n))
     if m.shape != (n_steps, n, n):
-        raise ValueError(f"{name}: expected shape ({n}, {n}) or ({n_steps}, {n}, {n}) (one per step), got shape {m.shape}")
+        raise ValueError(
+            f"{name}: expected shape ({n}, {n}) or ({n_steps}, {n}, {n}) (n = the columns of H, one per step of z), "
+            f"got shape {m.shape}"
+        )
     if psd:
         for k in range(n_steps):
             try:
@@ -134,7 +140,7 @@ def _check_model(z, F, H, Q, R, m0, P0):
     n = H.shape[1]
     F = _check_steps(F, "F", n, N - 1, psd=False)
     Q = _check_steps(Q, "Q", n, N - 1, psd=True)
-    R = _check_cov(R, "R", p)
+    R = _check_cov(R, "R", p, " (p = the rows of H and the width of z)")
     m0 = as_real_array(m0, "m0")
     if m0.ndim == 0 or m0.shape[-1] != n:
         raise ValueError(f"m0: expected shape ({n},) or (..., {n}), got shape {m0.shape}")
@@ -142,7 +148,7 @@ def _check_model(z, F, H, Q, R, m0, P0):
         m0 = np.broadcast_to(m0, zf.shape[:-2] + (n,))
     except ValueError:
         raise ValueError(f"m0: shape {m0.shape} does not broadcast to the batch shape {zf.shape[:-2]} + ({n},)") from None
-    P0 = _check_cov(P0, "P0", n)
+    P0 = _check_cov(P0, "P0", n, " (n = the columns of H)")
     return zf, missing, F, H, Q, R, m0, P0
 
 
@@ -683,8 +689,8 @@ def _check_stationary(F, H, Q, R):
     H = as_real_array(H, "H", ndim=2)
     if H.shape[1] != n:
         raise ValueError(f"H: expected shape (p, {n}), got shape {H.shape}")
-    Q = _check_cov(Q, "Q", n)
-    R = _check_cov(R, "R", H.shape[0])
+    Q = _check_cov(Q, "Q", n, " (n = the size of F)")
+    R = _check_cov(R, "R", H.shape[0], " (p = the rows of H)")
     return F, H, Q, R
 
 

@@ -295,6 +295,6 @@ def rope_decay_bound(distances, d: int, base: float = 10000.0) -> np.ndarray:
     ndarray, shape (R,)
     """
     r = as_real_array(distances, "distances", ndim=1)
-    theta = frequencies(d, base)
+    theta = frequencies(_even_width(d, "d"), base)
     S = np.cumsum(np.exp(1j * r[:, None] * theta[None, :]), axis=1)  # S_j for j = 1..d/2
     return np.abs(S).mean(axis=1)

@@ -198,7 +198,7 @@ class LinearSDE:
             R = (S * r) @ S.conj().T  # R = S Λ_R S^†
             R = 0.5 * (R + R.conj().T)
         else:
-            R = _check_cov(measurement_noise, "measurement_noise", p)
+            R = _check_cov(measurement_noise, "measurement_noise", p, " (p = the rows of C)")
         if _is_real(A, Q, R, np.asarray(C, dtype=np.complex128)):
             A, Q, R, C = A.real.copy(), Q.real.copy(), np.real(R).copy(), np.real(C).astype(np.float64)
         return cls(A, Q, C, R, lam, S, S_inv, g, cond)
@@ -273,10 +273,10 @@ def spiral_system(sigma2: float = 0.3, eta2: float = 0.5) -> LinearSDE:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_cov(m, name: str, n: int) -> np.ndarray:
+def _check_cov(m, name: str, n: int, ref: str = "") -> np.ndarray:
     m = as_array(m, name, ndim=2)
     if m.shape != (n, n):
-        raise ValueError(f"{name}: expected shape ({n}, {n}), got shape {m.shape}")
+        raise ValueError(f"{name}: expected shape ({n}, {n}){ref}, got shape {m.shape}")
     check_hermitian_psd(m, name)
     return 0.5 * (m + m.conj().T)
 
@@ -286,7 +286,7 @@ def _check_measurement(C, R, d: int) -> tuple[np.ndarray, np.ndarray]:
     if C.shape[1] != d:
         raise ValueError(f"C: expected shape (p, {d}), got shape {C.shape}")
     p = C.shape[0]
-    R = np.zeros((p, p)) if R is None else _check_cov(R, "R", p)
+    R = np.zeros((p, p)) if R is None else _check_cov(R, "R", p, " (p = the rows of C)")
     return C, R
 
 

@@ -837,7 +837,7 @@ class TestSSM:
             iir.biquad_to_ssm([1, 0, 0], [1, 0.5, 0.0])
         with pytest.raises(ValueError, match="^lam: expected a real or complex-conjugate"):
             iir.ssm_to_biquad([0.5j, 0.3], [1, 1], [1, 1], 0.0)
-        with pytest.raises(ValueError, match="^C: expected residues"):
+        with pytest.raises(ValueError, match="^B, C: expected residues"):
             iir.ssm_to_biquad([0.5j, -0.5j], [1, 1], [1j, 1j], 0.0)
         with pytest.raises(ValueError, match="^lam: expected shape"):
             iir.ssm_to_biquad([0.5, 0.2, 0.1], [1, 1], [1, 1], 0.0)
