@@ -254,5 +254,5 @@ class TestDecayBound:
     def test_errors(self):
         with pytest.raises(ValueError, match="^distances: expected 1 dimensions"):
             rope_decay_bound(np.ones((2, 2)), 8)
-        with pytest.raises(ValueError, match="^d_model: expected an even"):
+        with pytest.raises(ValueError, match="^d: expected an even"):
             rope_decay_bound([1.0], 7)
