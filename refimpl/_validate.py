@@ -308,7 +308,7 @@ def check_qkv(q, k, v, *, names=("q", "k", "v"), complex_values: bool = False, s
         raise ValueError(f"{nv}: expected the same number of rows M = {k.shape[-2]} as {nk}, got shape {v.shape}")
     if causal and k.shape[-2] != q.shape[-2]:
         raise ValueError(
-            f"{nk}: causal attention needs as many keys as queries (N = {q.shape[-2]}), got shape {k.shape}"
+            f"{nk}: causal attention needs as many keys as {nq} has queries (N = {q.shape[-2]}), got shape {k.shape}"
         )
     batch = q.shape[:-2]
     for arr, name, _ in checks[1:]:  # name the first argument whose batch axes do not fit the others'

@@ -278,6 +278,10 @@ def phi1(z, tau):
     z = np.asarray(z)
     zc = as_complex_array(z, "z") if z.dtype.kind == "c" else as_real_array(z, "z")
     tau = as_real_array(tau, "tau")
+    try:
+        np.broadcast_shapes(zc.shape, tau.shape)
+    except ValueError:
+        raise ValueError(f"z, tau: expected shapes that broadcast together, got {zc.shape} and {tau.shape}") from None
     return _noise_times_phi1(np.float64(1.0), zc, tau)
 
 

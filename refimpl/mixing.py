@@ -549,6 +549,7 @@ def hyena_recurrence_loop(v, x, filters, *, skip=None):
     v, x, filters, skip = _check_recurrence(v, x, filters, skip)
     L, D = v.shape[-2:]
     batch = v.shape[:-2]
+    x = x.reshape((x.shape[0],) + (1,) * (v.ndim + 1 - x.ndim) + x.shape[1:])  # gates' batch axes aligned with v's
     xb = np.broadcast_to(x, (x.shape[0],) + v.shape)
     h = np.broadcast_to(filters, filters.shape[:2] + (D,))
     s = np.broadcast_to(skip, (skip.shape[0], D))
@@ -573,7 +574,10 @@ def _check_projections(u, w_in, filters, b_in, short_filter, short_bias):
     P = (order + 1) * D
     w_in = as_real_array(w_in, "w_in")
     if w_in.shape != (D, P):
-        raise ValueError(f"w_in: expected shape ({D}, {P}) = (D, (order+1)·D), got shape {w_in.shape}")
+        raise ValueError(
+            f"w_in: expected shape ({D}, {P}) = (D, (order+1)·D) with D from u and order = {order} from filters, "
+            f"got shape {w_in.shape}"
+        )
     b_in = np.zeros(P) if b_in is None else as_real_array(b_in, "b_in")
     if b_in.shape != (P,):
         raise ValueError(f"b_in: expected shape ({P},), got shape {b_in.shape}")

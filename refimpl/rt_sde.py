@@ -159,6 +159,18 @@ def _check_noises(values: dict, *, allow_inf_gamma_par: bool = False) -> dict:
     return out
 
 
+def _check_broadcast(*named) -> tuple:
+    """The broadcast of ``(name, batch shape)`` pairs; the first argument that does not fit is named."""
+    shape = ()
+    for i, (name, sh) in enumerate(named):
+        try:
+            shape = np.broadcast_shapes(shape, sh)
+        except ValueError:
+            others = ", ".join(f"{n} {s}" for n, s in named[:i])
+            raise ValueError(f"{name}: batch shape {sh} does not broadcast with {others}") from None
+    return shape
+
+
 def _check_variances(a_perp, a_par) -> tuple[np.ndarray, np.ndarray]:
     a_perp = as_real_array(a_perp, "a_perp")
     a_par = as_real_array(a_par, "a_par", finite=False)
@@ -275,6 +287,7 @@ def rt_direction(omega, u0, s):
     om = _check_omega(omega)
     u0 = _check_unit(u0, "u0", om.shape[0])
     s = as_real_array(s, "s")
+    _check_broadcast(("u0", u0.shape[:-1]), ("s", s.shape))
     return np.einsum("...ab,...b->...a", _rotations(om, s), u0)  # u = e^{Ωs} u_j
 
 
@@ -537,6 +550,7 @@ def rt_precision(u, a_perp, a_par):
     """
     u = _check_unit(u, "u")
     a_perp, a_par = _check_variances(a_perp, a_par)
+    _check_broadcast(("u", u.shape[:-1]), ("a_perp", a_perp.shape), ("a_par", a_par.shape))
     return _split_matrix(u, 1.0 / a_perp, _inv_par(a_par))  # P = (I − uu^T)/a_⊥ + uu^T/a_∥
 
 
@@ -548,6 +562,7 @@ def rt_precision_loop(u, a_perp, a_par):
     """
     u = _check_unit(u, "u")
     a_perp, a_par = _check_variances(a_perp, a_par)
+    _check_broadcast(("u", u.shape[:-1]), ("a_perp", a_perp.shape), ("a_par", a_par.shape))
     d = u.shape[-1]
     shape = np.broadcast_shapes(u.shape[:-1], a_perp.shape, a_par.shape)
     ub = np.broadcast_to(u, shape + (d,)).reshape(-1, d)
@@ -598,6 +613,7 @@ def rt_distance(r, u, a_perp, a_par):
     """
     r, u = _check_residual(r, u)
     a_perp, a_par = _check_variances(a_perp, a_par)
+    _check_broadcast(("r", r.shape[:-1]), ("u", u.shape[:-1]), ("a_perp", a_perp.shape), ("a_par", a_par.shape))
     s = np.sum(r * u, axis=-1)  # u^T r: the radial component
     r_perp = r - s[..., None] * u  # r_⊥ = r − (u^T r) u
     return np.sum(r_perp * r_perp, axis=-1) / a_perp + s * s * _inv_par(a_par)
@@ -611,6 +627,7 @@ def rt_distance_loop(r, u, a_perp, a_par):
     """
     r, u = _check_residual(r, u)
     a_perp, a_par = _check_variances(a_perp, a_par)
+    _check_broadcast(("r", r.shape[:-1]), ("u", u.shape[:-1]), ("a_perp", a_perp.shape), ("a_par", a_par.shape))
     d = r.shape[-1]
     shape = np.broadcast_shapes(r.shape[:-1], u.shape[:-1], a_perp.shape, a_par.shape)
     rb, ub = np.broadcast_to(r, shape + (d,)).reshape(-1, d), np.broadcast_to(u, shape + (d,)).reshape(-1, d)
@@ -643,6 +660,7 @@ def rt_logdet_precision(a_perp, a_par, d):
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 2:
         raise ValueError(f"d: expected an integer dimension >= 2, got {d!r}")
     a_perp, a_par = _check_variances(a_perp, a_par)
+    _check_broadcast(("a_perp", a_perp.shape), ("a_par", a_par.shape))
     return -(d - 1) * np.log(a_perp) - np.log(a_par)  # eigenvalues 1/a_⊥ (d − 1 times) and 1/a_∥
 
 
@@ -693,6 +711,7 @@ def sphere_residuals(q, k):
     k = _check_unit(k, "k")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"k: expected vectors of length {q.shape[-1]} to match q, got shape {k.shape}")
+    _check_broadcast(("q", q.shape[:-1]), ("k", k.shape[:-1]))
     c = np.sum(q * k, axis=-1)  # cos θ = k^T q
     perp = q - c[..., None] * k  # the tangential residual at k
     tangential = np.sum(perp * perp, axis=-1)
@@ -924,9 +943,7 @@ def rt_attention_loop(
 
 
 def _check_step(z, alpha) -> tuple[np.ndarray, float]:
-    z = as_real_array(z, "z")
-    if z.ndim < 2:
-        raise ValueError(f"z: expected shape (..., N, d), got shape {z.shape}")
+    z, _, _, _ = check_qkv(z, z, z, names=("z", "z", "z"))
     _check_unit(z, "z")
     return z, as_positive_scalar(alpha, "alpha")
 
