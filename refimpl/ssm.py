@@ -495,10 +495,10 @@ def _s4d_args(A, B, C, step, L, method):
         raise ValueError(f"A: expected a diagonal of shape (..., N) with N >= 1, got shape {A.shape}")
     B, C = as_array(B, "B"), as_array(C, "C")
     for name, v in (("B", B), ("C", C)):
-        try:
-            np.broadcast_shapes(v.shape, A.shape[-1:])
-        except ValueError:
-            raise ValueError(f"{name}: expected shape (..., {A.shape[-1]}) broadcastable with A, got shape {v.shape}") from None
+        if v.ndim and v.shape[-1] not in (A.shape[-1], 1):
+            raise ValueError(
+                f"{name}: expected shape (..., {A.shape[-1]}) broadcastable with A (N = {A.shape[-1]} modes), got shape {v.shape}"
+            )
     Ab, Bb = discretize(A, B, step, method, diagonal=True)
     try:
         batch = np.broadcast_shapes(Ab.shape[:-1], Bb.shape[:-1], C.shape[:-1])
@@ -646,6 +646,11 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
             raise ValueError(f"{name}: expected shape ({N},) to match Lambda, got shape {arr.shape}")
         vecs[name] = arr
     _check_stable_eigs(Lam, Lam, "Lambda")
+    if np.any(Lam.real >= 0):
+        # the Cauchy step divides by g(ω_k) − λ, and g is imaginary on the unit circle: a mode with
+        # Re λ = 0 makes it singular (or arbitrarily ill-conditioned), not just slowly decaying
+        i = int(np.argmax(Lam.real >= 0))
+        raise ValueError(f"Lambda: expected Re λ < 0 for the DPLR kernel, got Lambda[{i}] = {Lam[i]}")
     dt = as_positive_scalar(step, "step")
     Pv, Qv, Bv, Cv = vecs["P"], vecs["Q"], vecs["B"], vecs["C"]
     if not c_tilde:
@@ -676,7 +681,7 @@ def _check_ssm_io(u, Ab, Bb, C, D, diagonal: bool):
         raise ValueError(f"u: expected shape (..., L, H) with L >= 1, got shape {u.shape}")
     H = u.shape[-1]
     if len(batch) > 1 or (len(batch) == 1 and batch[0] not in (1, H)):
-        raise ValueError(f"Ab: expected one SSM or one per channel (H = {H}), got channel shape {batch}")
+        raise ValueError(f"Ab, Bb, C: expected one SSM or one per channel (H = {H} from u), got channel shape {batch}")
     N = Bb.shape[-1]
     Ab = np.broadcast_to(Ab, (H,) + ((N,) if diagonal else (N, N)))
     Bb, C = np.broadcast_to(Bb, (H, N)), np.broadcast_to(C, (H, N))
@@ -770,11 +775,12 @@ def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_selective(u, delta, A, B, C, D, discretization):
+def _check_selective(u, delta, A, B, C, D, discretization, u_name="u"):
+    # u_name: the argument whose shape u has (semiseparable_matrix has no u; its shape is delta's)
     check_option(discretization, "discretization", DISCRETIZATIONS)
     u = as_real_array(u, "u")
-    if u.ndim < 2 or u.shape[-2] < 1:
-        raise ValueError(f"u: expected shape (..., L, d_in) with L >= 1, got shape {u.shape}")
+    if u.ndim < 2 or u.shape[-2] < 1 or u.shape[-1] < 1:
+        raise ValueError(f"{u_name}: expected shape (..., L, d_in) with L, d_in >= 1, got shape {u.shape}")
     L, d_in = u.shape[-2:]
     delta = as_real_array(delta, "delta")
     try:
@@ -787,7 +793,7 @@ def _check_selective(u, delta, A, B, C, D, discretization):
         raise ValueError(f"delta: expected step sizes > 0, got minimum {delta.min():.6g}")
     A = as_real_array(A, "A", ndim=2)
     if A.shape[0] != d_in or A.shape[1] < 1:
-        raise ValueError(f"A: expected shape ({d_in}, n) with n >= 1 (d_in from u), got shape {A.shape}")
+        raise ValueError(f"A: expected shape ({d_in}, n) with n >= 1 (d_in from {u_name}), got shape {A.shape}")
     if np.any(A > 0):
         raise ValueError(f"A: expected a stable diagonal (every entry <= 0), got maximum {A.max():.6g}")
     n = A.shape[1]
@@ -801,7 +807,9 @@ def _check_selective(u, delta, A, B, C, D, discretization):
             except ValueError:
                 ok = False
         if not ok:
-            raise ValueError(f"{name}: expected shape {u.shape[:-1] + (n,)} (batch broadcastable to u), got shape {v.shape}")
+            raise ValueError(
+                f"{name}: expected shape {u.shape[:-1] + (n,)} (batch broadcastable to {u_name}, n from A), got shape {v.shape}"
+            )
         out.append(v)
     B, C = out
     if D is not None:
@@ -992,7 +1000,7 @@ def semiseparable_matrix(delta, A, B, C, D=None, *, discretization="mamba"):
     if delta_arr.ndim < 2:
         raise ValueError(f"delta: expected shape (..., L, d_in), got shape {delta_arr.shape}")
     u = np.ones(delta_arr.shape)
-    u, delta, A, B, C, D = _check_selective(u, delta_arr, A, B, C, D, discretization)
+    u, delta, A, B, C, D = _check_selective(u, delta_arr, A, B, C, D, discretization, u_name="delta")
     seg = _segsum(delta)  # (..., d, L, L)
     lower = np.tril(np.ones(seg.shape[-2:], dtype=bool))
     _, Bbar = _discretize_selective(u, delta, A, B, discretization)  # B̄_s (u = 1): (..., L, d, n)

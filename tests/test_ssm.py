@@ -641,7 +641,7 @@ class TestRecurrentVsConvolution:
                 f(np.ones(5), Ab, Bb, C)
             with pytest.raises(ValueError, match="^u:"):
                 f(np.ones((0, 3)), Ab, Bb, C)
-            with pytest.raises(ValueError, match="^Ab:"):
+            with pytest.raises(ValueError, match="^Ab, Bb, C:"):
                 f(np.ones((5, 3)), np.stack([Ab, Ab]), Bb, C)
             with pytest.raises(ValueError, match="^D:"):
                 f(np.ones((5, 3)), Ab, Bb, C, D=np.ones(2))
