@@ -1525,6 +1525,8 @@ def function_names() -> list:
 
 def case_names(function: str | None = None) -> list:
     """Names of the golden cases (of one function if given)."""
+    if function is not None and not isinstance(function, str):
+        raise TypeError(f"function: expected a function name (str) or None, got {type(function).__name__}")
     if function is not None:
         function = _resolve_function(function)
     return [c.name for c in CASES if function is None or c.function == function]
@@ -1563,6 +1565,8 @@ def compute(case, *, args: dict | None = None) -> tuple:
     recompute stored vectors from their own inputs). ``results`` is ordered: intermediates in
     the order of computation, then the outputs.
     """
+    if not isinstance(case, (str, Case)):
+        raise TypeError(f"case: expected a case name (str) or a Case, got {type(case).__name__}")
     if isinstance(case, str):
         if case not in _CASES_BY_NAME:
             raise ValueError(f"case: unknown case {case!r}")
@@ -1658,6 +1662,8 @@ def export(directory, *, cases=None, quiet: bool = True) -> dict:
     quiet : bool
         If False, print one line per case.
     """
+    if not isinstance(directory, (str, Path)) and not hasattr(directory, "__fspath__"):
+        raise TypeError(f"directory: expected a path (str or os.PathLike), got {type(directory).__name__}")
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"directory: {directory} exists and is not a directory")
@@ -1740,7 +1746,11 @@ def load_case(directory, name: str, *, check_sha: bool = True) -> GoldenCase:
     The file's sha256 is checked against the manifest (``ValueError`` on a mismatch, unless
     ``check_sha=False``); pickled object arrays are refused (``ValueError``).
     """
+    if not isinstance(directory, (str, Path)) and not hasattr(directory, "__fspath__"):
+        raise TypeError(f"directory: expected a path (str or os.PathLike), got {type(directory).__name__}")
     directory = Path(directory)
+    if not isinstance(check_sha, (bool, np.bool_)):
+        raise TypeError(f"check_sha: expected a bool (True or False), got {type(check_sha).__name__} {check_sha!r}")
     manifest = _read_manifest(directory)
     entries = {e["name"]: e for e in manifest["cases"]}
     if name not in entries:
@@ -1829,6 +1839,8 @@ def verify(directory) -> VerifyReport:
     cases missing from the directory are listed as a note. ``ValueError`` if the directory has
     no valid manifest.
     """
+    if not isinstance(directory, (str, Path)) and not hasattr(directory, "__fspath__"):
+        raise TypeError(f"directory: expected a path (str or os.PathLike), got {type(directory).__name__}")
     directory = Path(directory)
     manifest = _read_manifest(directory)
     problems, checked = {}, []
@@ -2157,6 +2169,8 @@ def cited_tags(text: str) -> list:
     hyphen or "to"; both ends in chapter k), which cite every tag in between. Paper equation
     numbers (``Eq. 6``, ``Eq. P-30``) have no parenthesized ``k.n`` and are not book tags.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"text: expected a str, got {type(text).__name__}")
     tags = []
     for head in _EQ_HEAD.finditer(text or ""):
         pos, prev, dash = head.end(), None, False
@@ -2200,6 +2214,8 @@ def citation_index(root=None) -> dict:
         ``tests``      ``{"module.name": [test files that use it]}``;
         ``rows``       ``[(tag, notebook, [functions], [test files])]`` sorted by tag.
     """
+    if root is not None and not isinstance(root, (str, Path)) and not hasattr(root, "__fspath__"):
+        raise TypeError(f"root: expected a path (str or os.PathLike) or None, got {type(root).__name__}")
     root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
     nb_dir, test_dir = root / "notebooks", root / "tests"
     if not nb_dir.is_dir():
