@@ -228,6 +228,8 @@ def autocorrelation(x, n_lags: int) -> np.ndarray:
     ndarray, shape (..., M)
     """
     x = _check_1d_signal(x, "x")
+    if as_int(n_lags, "n_lags", 1) > x.shape[-1]:
+        raise ValueError(f"n_lags: expected at most N = {x.shape[-1]} (the length of x), got {n_lags}")
     return cross_correlation(x, x, n_lags)
 
 

@@ -167,14 +167,14 @@ def _state(zi, name: str, x: np.ndarray, n_state: int, was_1d: bool) -> np.ndarr
     if was_1d:
         if zi.shape != (n_state,):
             raise ValueError(
-                f"{name}: expected shape ({n_state},) for a 1-D x (the state size of the filter b, a or sos), "
+                f"{name}: expected shape ({n_state},) for a 1-D x (the state size of the filter given by b, a, or by sos), "
                 f"got shape {zi.shape}"
             )
         return zi[:, None]
     if zi.shape != want:
         raise ValueError(
             f"{name}: expected shape {want} (x.shape with N replaced by the state size {n_state} of the filter "
-            f"b, a or sos), got shape {zi.shape}"
+            f"given by b, a, or by sos), got shape {zi.shape}"
         )
     return zi
 
@@ -637,6 +637,15 @@ def _poly_at(c: np.ndarray, zinv: np.ndarray) -> np.ndarray:
     return out
 
 
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num/den, with +inf (not NaN, no warning) where den = 0 ≠ num: the response on a pole."""
+    out = np.full(np.broadcast(num, den).shape, complex(np.inf, 0.0), dtype=np.complex128)
+    pole = den == 0
+    np.divide(num, den, out=out, where=~pole)
+    out[pole & (num == 0)] = np.nan  # 0/0: a zero on the pole, the ratio of the polynomials is undefined there
+    return out
+
+
 def frequency_response(b, a, w=512, *, whole=False):
     r"""The frequency response ``H(e^{iω}) = B(e^{iω})/A(e^{iω})``.
 
@@ -660,8 +669,7 @@ def frequency_response(b, a, w=512, *, whole=False):
     b, a = _coeffs(b, a)
     w = _grid(w, whole)
     zinv = np.exp(-1j * w)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return w, _poly_at(b, zinv) / _poly_at(a, zinv)  # H = B(e^{-iω}) / A(e^{-iω})
+    return w, _ratio(_poly_at(b, zinv), _poly_at(a, zinv))  # H = B(e^{-iω}) / A(e^{-iω})
 
 
 def frequency_response_loop(b, a, w=512, *, whole=False):
@@ -681,6 +689,8 @@ def sos_frequency_response(sos, w=512, *, whole=False):
     sos = _check_sos(sos)
     w = _grid(w, whole)
     h = np.ones(w.shape, dtype=np.complex128)
+    if not np.all(np.any(sos[:, :3] != 0, axis=1)):
+        return w, np.zeros(w.shape, dtype=np.complex128)  # a section with b = 0: the cascade is the zero filter
     for row in sos:
         h *= frequency_response(row[:3], row[3:], w)[1]
     return w, h
@@ -744,8 +754,16 @@ def analog_frequency_response(b, a, w):
         raise ValueError("b: expected at least one coefficient, got shape (0,)")
     w = as_real_array(w, "w", ndim=1)
     s = 1j * w
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return w, np.polyval(b, s) / np.polyval(a, s)
+    h = np.empty(w.shape, dtype=np.complex128)
+    small = np.abs(w) <= 1.0
+    h[small] = _ratio(np.polyval(b, s[small]), np.polyval(a, s[small]))
+    # |s| > 1: H(s) = s^{M−N} B̃(1/s)/Ã(1/s) with the reversed polynomials, so that no power of a
+    # large s is formed (|Ω| up to 1e300 stays finite; a proper H tends to 0 or b_0/a_0)
+    x = 1.0 / s[~small]
+    with np.errstate(over="ignore", under="ignore"):  # s^{M−N}: a true 0 or inf for extreme |Ω|
+        lead = s[~small] ** (b.size - a.size) if b.size >= a.size else x ** (a.size - b.size)
+        h[~small] = lead * _ratio(np.polyval(b[::-1], x), np.polyval(a[::-1], x))
+    return w, h
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1245,7 +1263,10 @@ def matched_z(z, p, k, fs, *, gain_at=0.0):
     ha = k * np.prod(s0 - z) / np.prod(s0 - p)
     hd = np.prod(z0 - zd) / np.prod(z0 - pd)
     if abs(hd) == 0 or not np.isfinite(abs(ha)) or abs(ha) == 0:
-        raise ValueError(f"gain_at: the response is zero or infinite at {g:g} rad/s; choose a passband frequency")
+        raise ValueError(
+            f"z, p, gain_at: the response is zero or infinite at {g:g} rad/s (a zero or pole there, or an "
+            "overflow of the products over z and p); choose a passband frequency"
+        )
     return zd.astype(np.complex128), pd, float(abs(ha) / abs(hd) * np.sign((ha / hd).real or 1.0))
 
 

@@ -1664,6 +1664,8 @@ def export(directory, *, cases=None, quiet: bool = True) -> dict:
     """
     if not isinstance(directory, (str, Path)) and not hasattr(directory, "__fspath__"):
         raise TypeError(f"directory: expected a path (str or os.PathLike), got {type(directory).__name__}")
+    if not isinstance(quiet, (bool, np.bool_)):
+        raise TypeError(f"quiet: expected a bool (True or False), got {type(quiet).__name__} {quiet!r}")
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"directory: {directory} exists and is not a directory")
@@ -2106,6 +2108,8 @@ def compare(name, fn, *, dtype=np.float64, cases=None, vectors=None) -> CompareR
     TypeError
         ``fn`` is not callable.
     """
+    if vectors is not None and not isinstance(vectors, (str, Path)) and not hasattr(vectors, "__fspath__"):
+        raise TypeError(f"vectors: expected a path (str or os.PathLike) or None, got {type(vectors).__name__}")
     function = _resolve_function(name)
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")

@@ -522,7 +522,7 @@ def mutations(name: str, value, pos: int):
     if name in ("directory", "root", "vectors"):
         return [("path=None", None), ("path=int", 3), ("path=list", [1])]
     if name == "dtype":
-        return [("option=unknown", np.int8), ("option=int", 1), ("str", "float64")]
+        return [("option=unknown", np.int8), ("option=int", 1), ("dtype=str", "float64")]
     if isinstance(value, str):
         if name == "text":
             return [("text=None", None), ("text=int", 3), ("text=empty", "")]
