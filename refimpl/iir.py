@@ -646,6 +646,18 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
+def _poly_ratio(b: np.ndarray, a: np.ndarray, zinv: np.ndarray) -> np.ndarray:
+    """B(zinv)/A(zinv); where both vanish (a root common to B and A) the limit, by l'Hôpital's rule."""
+    num, den = _poly_at(b, zinv), _poly_at(a, zinv)
+    both = np.flatnonzero((num == 0) & (den == 0))
+    while both.size and (b.size > 1 or a.size > 1):
+        b = b[1:] * np.arange(1, b.size) if b.size > 1 else np.zeros(1)  # d/dx Σ c_k x^k
+        a = a[1:] * np.arange(1, a.size) if a.size > 1 else np.zeros(1)
+        num[both], den[both] = _poly_at(b, zinv[both]), _poly_at(a, zinv[both])
+        both = both[(num[both] == 0) & (den[both] == 0)]
+    return _ratio(num, den)
+
+
 def frequency_response(b, a, w=512, *, whole=False):
     r"""The frequency response ``H(e^{iω}) = B(e^{iω})/A(e^{iω})``.
 
@@ -669,7 +681,7 @@ def frequency_response(b, a, w=512, *, whole=False):
     b, a = _coeffs(b, a)
     w = _grid(w, whole)
     zinv = np.exp(-1j * w)
-    return w, _ratio(_poly_at(b, zinv), _poly_at(a, zinv))  # H = B(e^{-iω}) / A(e^{-iω})
+    return w, _poly_ratio(b, a, zinv)  # H = B(e^{-iω}) / A(e^{-iω})
 
 
 def frequency_response_loop(b, a, w=512, *, whole=False):
@@ -678,9 +690,15 @@ def frequency_response_loop(b, a, w=512, *, whole=False):
     w = _grid(w, whole)
     h = np.empty(w.shape, dtype=np.complex128)
     for i, wi in enumerate(w):
-        num = sum(bk * np.exp(-1j * wi * k) for k, bk in enumerate(b))
-        den = sum(ak * np.exp(-1j * wi * k) for k, ak in enumerate(a))
-        h[i] = num / den if den != 0 else complex(np.inf)
+        db, da = list(b), list(a)
+        num = sum(bk * np.exp(-1j * wi * k) for k, bk in enumerate(db))
+        den = sum(ak * np.exp(-1j * wi * k) for k, ak in enumerate(da))
+        while num == 0 and den == 0 and (len(db) > 1 or len(da) > 1):  # a common root: l'Hôpital
+            db = [k * c for k, c in enumerate(db)][1:] or [0.0]
+            da = [k * c for k, c in enumerate(da)][1:] or [0.0]
+            num = sum(c * np.exp(-1j * wi * k) for k, c in enumerate(db))
+            den = sum(c * np.exp(-1j * wi * k) for k, c in enumerate(da))
+        h[i] = num / den if den != 0 else complex(np.inf) if num != 0 else complex(np.nan)
     return w, h
 
 

@@ -122,8 +122,12 @@ def _complex(re: np.ndarray, im: np.ndarray) -> np.ndarray:
 def _may_overflow(z: np.ndarray, tau: np.ndarray) -> bool:
     # e^{zτ} overflows float64 only if Re(z) τ > log(max float) ≈ 709.78; a cheap scalar test that
     # lets the common case (stable forward propagation) skip every overflow guard.
-    zr = np.max(np.real(z), initial=-np.inf)
-    return zr > 0 and zr * np.max(tau, initial=0.0) > 700.0
+    # (τ < 0 is allowed in phi1: then a stable z overflows.) Re(z)τ is bounded by its four corners.
+    zr, tr = np.real(z), np.asarray(tau)
+    if not zr.size or not tr.size:
+        return False
+    corners = np.outer([zr.min(), zr.max()], [tr.min(), tr.max()])
+    return bool(np.max(corners) > 700.0)
 
 
 def _phi1_array(z: np.ndarray, tau: np.ndarray) -> np.ndarray:
