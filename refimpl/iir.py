@@ -1117,10 +1117,15 @@ def lp2hp_zpk(z, p, k, wo=1.0):
     """Lowpass → highpass with cutoff ``wo``: ``s → wo/s`` (Eq. (13.20)); zeros at infinity go to 0."""
     z, p, k = _zpk_in(z, p, k)
     wo = as_positive_scalar(wo, "wo")
+    if np.any(p == 0):
+        raise ValueError("p: a pole at s = 0 maps to s = ∞ under s → wo/s (expected a lowpass prototype)")
     deg = p.size - z.size
-    zh = np.concatenate([wo / z, np.zeros(deg)])
+    # (wo/s − z) = −z (s − wo/z)/s for z ≠ 0, but = wo/s for z = 0: a zero at the origin goes to
+    # infinity (dropped) and contributes the gain wo instead of −z
+    zn = z[z != 0]
+    zh = np.concatenate([wo / zn, np.zeros(deg)])
     ph = wo / p
-    kh = k * (np.prod(-z) / np.prod(-p)).real
+    kh = k * wo ** (z.size - zn.size) * (np.prod(-zn) / np.prod(-p)).real
     return zh.astype(np.complex128), ph, float(kh)
 
 
