@@ -519,7 +519,9 @@ def mutations(name: str, value, pos: int):
                 ("rng=list", [1, 2])]
     if isinstance(value, (bool, np.bool_)):
         return [("bool=str", "no"), ("bool=int", 1), ("bool=None", None), ("bool=np", np.bool_(value))]
-    if name in ("directory", "root", "vectors"):
+    if name == "root":  # None is valid (this repository: a slow scan, not repeated here)
+        return [("path=int", 3), ("path=list", [1])]
+    if name in ("directory", "vectors"):
         return [("path=None", None), ("path=int", 3), ("path=list", [1])]
     if name == "dtype":
         return [("option=unknown", np.int8), ("option=int", 1), ("dtype=str", "float64")]
