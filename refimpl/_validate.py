@@ -334,7 +334,7 @@ def pow2_scale(x: np.ndarray, axis=None) -> tuple[np.ndarray, np.ndarray]:
     float64 limits (|x| ~ 1e300 or 1e-300), where forming x² or Σ x would overflow or underflow.
     """
     m = np.max(np.abs(x), axis=axis, keepdims=axis is not None) if x.size else np.zeros(())
-    _, e = np.frexp(np.where(m > 0, m, 1.0))
+    _, e = np.frexp(np.where(m > 0, m, 0.5))  # frexp(0.5) = (0.5, 0): s = 1 where x is 0
     s = np.ldexp(1.0, e)
     return x / s, s
 

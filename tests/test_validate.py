@@ -462,3 +462,139 @@ class TestStateScan:
         # independent oracle: the first-order IIR filter 1/(1 − λ z⁻¹), delayed by one step
         ref = scipy.signal.lfilter([0.0, 1.0], [1.0, -lam], Uc[:, 0, :], axis=0)
         assert_close(S[:, 0, :], ref, rtol=ORACLE * 10, what="state_scan vs lfilter")
+
+
+# ---------------------------------------------------------------------------------------------
+# the shared vocabulary: flags, attention inputs, lags, Hermitian part, rng, overflow
+# ---------------------------------------------------------------------------------------------
+
+
+class TestVocabulary:
+    def test_as_bool(self):
+        from refimpl._validate import as_bool
+
+        assert as_bool(True, "causal") is True and as_bool(np.bool_(False), "causal") is False
+        for bad in ("no", "False", 1, 0, None, 1.0, np.array(True), [True]):
+            with pytest.raises(TypeError, match=r"^causal: expected a bool"):
+                as_bool(bad, "causal")
+
+    def test_as_rng_and_refuse_rng(self):
+        from refimpl._validate import refuse_rng
+
+        assert isinstance(as_rng(0), np.random.Generator) and isinstance(as_rng(np.int64(3)), np.random.Generator)
+        g = np.random.default_rng(1)
+        assert as_rng(g) is g
+        with pytest.raises(ValueError, match=r"^rng: expected a seed >= 0, got -1"):
+            as_rng(-1)
+        for bad in (0.5, "seed", [1, 2], True, np.random.RandomState(0)):
+            with pytest.raises(TypeError, match=r"^rng: expected a numpy.random.Generator"):
+                as_rng(bad)
+        refuse_rng(None, "projection is given")  # None: nothing to refuse
+        for given_rng in (0, g, "x"):
+            with pytest.raises(ValueError, match=r"^rng: expected None when projection is given"):
+                refuse_rng(given_rng, "projection is given")
+
+    def test_check_qkv(self):
+        from refimpl._validate import check_qk, check_qkv
+
+        q, k, v = np.ones((2, 4, 3)), np.ones((5, 3)), np.ones((5, 2))
+        q2, k2, v2, batch = check_qkv(q, k, v)
+        assert batch == (2,) and q2.dtype == np.float64 and v2.shape == (5, 2)
+        assert check_qk(q, k)[2] == (2,)
+        cases = [
+            ((np.ones(3), k, v), {}, r"^q: expected shape \(\.\.\., N, d\)"),
+            ((q, np.ones((0, 3)), np.ones((0, 2))), {}, r"^k: expected shape .* at least one token"),
+            ((q, np.ones((5, 4)), v), {}, r"^k: expected the same last dimension d = 3 as q"),
+            ((q, k, np.ones((4, 2))), {}, r"^v: expected the same number of rows M = 5 as k"),
+            ((q, k, v), {"causal": True}, r"^k: causal attention needs as many keys as q has queries"),
+            ((q, np.ones((3, 5, 3)), v), {}, r"^k: the batch axes of q, k, v do not broadcast"),
+            ((np.ones((4, 3)), np.ones((4, 3)), np.ones((4, 2))), {"same_shape": True}, r"^v: expected the shape of q"),
+            ((np.ones((4, 3)),) * 3, {"names": ("z", "z", "z"), "causal": True}, None),
+        ]
+        for args, kw, match in cases:
+            if match is None:
+                check_qkv(*args, **kw)
+                continue
+            with pytest.raises(ValueError, match=match):
+                check_qkv(*args, **kw)
+        with pytest.raises(ValueError, match=r"^z: expected shape"):
+            check_qkv(np.ones(3), np.ones(3), np.ones(3), names=("z", "z", "z"))
+        with pytest.raises(TypeError, match=r"^v: expected a number or array, got NoneType"):
+            check_qkv(q, k, None)  # None is a wrong value, not "no values"
+        zq = check_qkv(np.ones((2, 2)) * 1j, np.ones((2, 2)), np.ones((2, 2)), complex_values=True)[0]
+        assert zq.dtype == np.complex128
+
+    def test_as_lags_and_hermitian_part(self):
+        from refimpl._validate import as_lags, hermitian_part
+
+        np.testing.assert_array_equal(as_lags([0.0, 2.5], "tau"), [0.0, 2.5])
+        with pytest.raises(ValueError, match=r"^tau: expected lags >= 0, got minimum -1"):
+            as_lags([0.0, -1.0], "tau")
+        with pytest.raises(ValueError, match=r"^tau: expected finite values"):
+            as_lags([np.inf], "tau")
+        m = np.array([[[1.0, 2.0 + 1j], [0.0, 3.0]]] * 2)
+        h = hermitian_part(m)
+        np.testing.assert_array_equal(h, np.conj(np.swapaxes(h, -1, -2)))
+        np.testing.assert_array_equal(h[0], [[1.0, 1.0 + 0.5j], [1.0 - 0.5j, 3.0]])
+
+    def test_pow2_scale(self):
+        from refimpl._validate import pow2_scale
+
+        x = np.array([[3e300, -1.0], [0.0, 0.0], [1e-300, 2e-300]])
+        y, s = pow2_scale(x, axis=-1)
+        np.testing.assert_array_equal(y * s, x)  # a power of two: exact both ways
+        assert np.all(np.frexp(s)[0] == 0.5)  # s = 2^e
+        assert np.all(np.abs(y).max(axis=-1) <= 1.0) and np.all(np.abs(y[[0, 2]]).max(axis=-1) >= 0.5)
+        assert s[1, 0] == 1.0  # an all-zero row is left alone
+        y, s = pow2_scale(np.array([0.75, -6.0]))
+        assert s == 8.0 and np.array_equal(y, [0.09375, -0.75])
+
+    def test_guard_overflow(self):
+        import inspect
+        import math
+        import warnings
+
+        from refimpl._validate import guard_overflow
+
+        @guard_overflow()
+        def square_sum(x, scale=1.0):
+            x = as_real_array(x, "x")
+            return scale * np.sum(x * x)
+
+        @guard_overflow()
+        def loop_exp(t):
+            return math.exp(t)
+
+        @guard_overflow()
+        def outer(y):
+            return square_sum(y)  # an inner refusal names the inner argument x: re-raised for y
+
+        @guard_overflow()
+        def own_error(x):
+            raise ValueError("x: expected something else")
+
+        @guard_overflow()
+        def nan_out(x, y):
+            return np.array([np.nan])
+
+        @guard_overflow(first_only=True)
+        def with_diagnostics(x):
+            return np.asarray(x, dtype=float), np.array([np.inf])
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert square_sum([1e150, 1.0]) == 1e150 * 1e150 + 1.0
+            with pytest.raises(ValueError, match=r"^x \(\|x\| from 1 to 1e\+200\): the result is not representable"):
+                square_sum([1e200, 1.0])
+            with pytest.raises(ValueError, match=r"^scale \(\|scale\| from 1e\+300"):
+                square_sum([1e10], scale=1e300)
+            with pytest.raises(ValueError, match=r"^t \(\|t\| from 1e\+300"):
+                loop_exp(1e300)
+            with pytest.raises(ValueError, match=r"^y \(\|y\| from"):
+                outer([1e300])
+            with pytest.raises(ValueError, match=r"^x: expected something else"):
+                own_error(1e300)  # the function's own, named error passes through unchanged
+            assert with_diagnostics([1.0])[1][0] == np.inf
+            with pytest.raises(ValueError, match=r"^x, y: the result is not representable"):
+                nan_out(1.0, 2.0)  # no extreme argument to blame: every argument is listed
+        assert square_sum.__name__ == "square_sum" and "scale" in str(inspect.signature(square_sum))
