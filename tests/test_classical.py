@@ -487,3 +487,55 @@ class TestBeamforming:
             beamform(np.ones((5, 2)), np.ones(3))
         with pytest.raises(ValueError, match="^R: expected a square matrix"):
             capon_spectrum_loop(np.ones((2, 3)), [0.0])
+
+
+class TestExtremeScales:
+    """Scale-invariant computations stay exact at 1e±300; the others refuse by name (never NaN)."""
+
+    def test_mvdr_rescales(self):
+        from refimpl.classical import mvdr_weights, mvdr_weights_loop
+
+        rng = np.random.default_rng(3)
+        g = rng.normal(size=(4, 4))
+        R, a = g @ g.T + np.eye(4), np.exp(1j * 0.7 * np.arange(4))
+        w = mvdr_weights(R, a)
+        for c in (1e300, -1e300, 1e-300, 3.0):
+            # w(c a) = w(a)/conj(c), and w does not depend on the scale of R
+            assert_close(mvdr_weights(R, c * a) * np.conj(c), w, rtol=ORACLE, what=f"MVDR, steering x {c:g}")
+            assert_close(mvdr_weights_loop(R, c * a) * np.conj(c), w, rtol=ORACLE, what=f"MVDR loop, steering x {c:g}")
+            assert_close(mvdr_weights(abs(c) * R, a), w, rtol=ORACLE, what=f"MVDR, R x {abs(c):g}")
+        with pytest.raises(ValueError, match="^steering: expected nonzero look directions"):
+            mvdr_weights(R, np.zeros(4))
+
+    def test_normalized_matched_filter_rescales(self):
+        from refimpl.classical import matched_filter, matched_filter_loop
+
+        rng = np.random.default_rng(4)
+        r, s = rng.normal(size=20), rng.normal(size=5)
+        y = matched_filter(r, s, normalize=True)
+        for c in (1e300, 1e-300, -1e-300):
+            for f in (matched_filter, matched_filter_loop):
+                assert_close(f(r, c * s, normalize=True), np.sign(c) * y, rtol=ORACLE, what=f"{f.__name__}, s x {c:g}")
+                assert_close(f(c * r, s, normalize=True), np.sign(c) * y, rtol=ORACLE, what=f"{f.__name__}, r x {c:g}")
+
+    def test_refusals_name_the_argument(self):
+        from refimpl.classical import autocorrelation, das_weights, lms, rls, sample_covariance
+
+        rng = np.random.default_rng(5)
+        u, d = rng.normal(size=20), rng.normal(size=20)
+        with pytest.raises(ValueError, match=r"^lam \(\|lam\| from 1e-300"):
+            rls(u, d, 3, lam=1e-300)  # 1/λ overflows P: refused, not 231 NaN
+        with pytest.raises(ValueError, match=r"^u \(\|u\| from"):
+            lms(u * 1e300, d, 3, 0.05)
+        with pytest.raises(ValueError, match=r"^x \(\|x\| from"):
+            sample_covariance(rng.normal(size=(10, 3)) * 1e300)
+        with pytest.raises(ValueError, match=r"^x: expected finite values"):
+            autocorrelation([1.0, np.nan, 2.0], 2)
+        with pytest.raises(ValueError, match=r"^n_lags: expected at most N = 2 \(the length of x\)"):
+            autocorrelation([1.0, 2.0], 3)
+        with pytest.raises(TypeError, match=r"^theta0: expected a number or array"):
+            das_weights(None, 4)
+        with pytest.raises(TypeError, match=r"^normalize: expected a bool"):
+            from refimpl.classical import matched_filter
+
+            matched_filter(u, u[:3], normalize="no")

@@ -849,3 +849,52 @@ class TestSSM:
             iir.diagonal_ssm_filter([0.5], [1], [1], 0.0, np.ones(3), scan="serial")
         with pytest.raises(ValueError, match="^A: expected finite"):
             iir.scalar_ssm_to_iir(np.nan, 1.0, 1.0, 0.0)
+
+
+class TestPolesZerosAndExtremes:
+    def test_response_on_a_pole_is_inf(self):
+        for f in (iir.frequency_response, iir.frequency_response_loop):
+            _, h = f([1.0], [1.0, -1.0], np.array([0.0, 1.0]))
+            assert h[0] == np.inf and np.isfinite(h[1])
+        _, h = iir.analog_frequency_response([1.0], [1.0, 0.0, 1.0], np.array([1.0, -1.0, 2.0]))
+        assert h[0] == np.inf and h[1] == np.inf and np.isfinite(h[2])
+
+    def test_common_root_gives_the_limit(self):
+        # B = (1 − x), A = (1 − x)(1 − x/2) with x = e^{−iω}: H = 1/(1 − x/2), = 2 at ω = 0
+        b, a = np.array([1.0, -1.0, 0.0]), np.array([1.0, -1.5, 0.5])
+        w = np.array([0.0, 0.4, 2.0])
+        ref = 1.0 / (1.0 - 0.5 * np.exp(-1j * w))
+        for f in (iir.frequency_response, iir.frequency_response_loop):
+            assert_close(f(b, a, w)[1], ref, rtol=ORACLE, what=f"{f.__name__}, common root")
+        # a section with b = 0 makes the cascade the zero filter, even on its double pole at z = 1
+        _, h = iir.sos_frequency_response(np.array([[0.0, 0.0, 0.0, 1.0, -2.0, 1.0]]), np.array([0.0, 1.0]))
+        np.testing.assert_array_equal(h, 0.0)
+
+    def test_analog_response_at_extreme_frequencies(self):
+        b, a = np.array([1.0, 0.3]), np.array([1.0, 1.4, 1.0, 0.2])
+        w = np.linspace(-5.0, 5.0, 41)
+        assert_close(iir.analog_frequency_response(b, a, w)[1], ss.freqs(b, a, w)[1], rtol=ORACLE, what="vs freqs")
+        _, h = iir.analog_frequency_response(b, a, np.array([1e300, -1e300, 1e150]))
+        assert np.all(np.isfinite(h)) and np.all(np.abs(h) < 1e-290)  # H(iΩ) ~ b0/(a0 (iΩ)²) → 0
+
+    def test_lp2hp_zero_at_origin(self):
+        z, p, k = np.array([0.0, -2.0]), np.array([-0.5 + 0.8j, -0.5 - 0.8j, -1.0]), 1.5
+        zh, ph, kh = iir.lp2hp_zpk(z, p, k, wo=2.0)
+        s = 1j * np.array([0.3, 1.0, 4.0])
+        h_lp = k * np.prod(2.0 / s[:, None] - z, axis=1) / np.prod(2.0 / s[:, None] - p, axis=1)
+        h_hp = kh * np.prod(s[:, None] - zh, axis=1) / np.prod(s[:, None] - ph, axis=1)
+        assert_close(h_hp, h_lp, rtol=ORACLE, what="H_hp(s) = H_lp(wo/s) with a zero at s = 0")
+        with pytest.raises(ValueError, match="^p: a pole at s = 0"):
+            iir.lp2hp_zpk([], [0.0, -1.0], 1.0)
+
+    def test_design_overflow_is_refused_by_name(self):
+        for call, name in (
+            (lambda: iir.cheb1ap(3, 1e300), "rp"), (lambda: iir.cheb1ap(3, 1e-300), "rp"),
+            (lambda: iir.lp2lp_zpk([], [-1.0, -2.0], 1.0, wo=1e300), "wo"),  # k wo² overflows
+            (lambda: iir.lp2bp_zpk([], [-1.0, -2.0], 1.0, bw=1e300), "bw"),
+            (lambda: iir.bilinear([1.0], [1.0, 1.4, 1.0], 1e300), "fs"),
+        ):
+            with pytest.raises(ValueError, match=rf"^{name} \(\|{name}\| from"):
+                call()
+        with pytest.raises(ValueError, match="^k: expected a nonzero gain"):
+            iir.matched_z([], [-1.0], 0.0, 10.0)
