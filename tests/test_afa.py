@@ -1035,3 +1035,39 @@ class TestValidation:
     def test_irls_accepts_numpy_integer_and_step_one(self):
         est = afa_irls(GOOD, **TENSOR, n_iter=np.int64(2), step=1)
         assert est.shape == (2, N_, D_)
+
+
+class TestBadInputRefusedByName:
+    def test_flags_are_strict_bools(self):
+        rng = np.random.default_rng(0)
+        q = rng.normal(size=(4, 2)) + 1j * rng.normal(size=(4, 2))
+        kw = dict(eigvals=[-0.3 + 1j, -0.2], sigma2=0.4, eta2=0.1, gamma2=0.05, nu=2.0)
+        for f in (afa, afa_loop):
+            for flag in ("causal", "rotate_values", "return_weights"):
+                with pytest.raises(TypeError, match=f"^{flag}: expected a bool"):
+                    f(q, q, q, **kw, **{flag: "no"})
+        iso = dict(mu=0.3, omega=[1.0, -0.5], sigma2=0.4, eta2=0.1, gamma2=0.05, nu=2.0)
+        for f in (isotropic_afa, isotropic_afa_loop):
+            with pytest.raises(TypeError, match="^causal: expected a bool"):
+                f(q, q, q, **iso, causal="no")
+        with pytest.raises(TypeError, match="^return_intermediates: expected a bool"):
+            afa(q, q, q, **kw, return_intermediates=1)
+
+    def test_overflow_is_refused_by_name(self):
+        rng = np.random.default_rng(1)
+        q = rng.normal(size=(4, 2)) + 1j * rng.normal(size=(4, 2))
+        kw = dict(eigvals=[-0.3 + 1j, -0.2], sigma2=0.4, eta2=0.1, gamma2=0.05, nu=2.0)
+        for f in (afa, afa_loop):
+            with pytest.raises(ValueError, match=r"^q \(\|q\| from"):
+                f(q * 1e300, q, q, **kw)
+        # the loop twin's pushed-back lags (causal=False) overflow math.exp: a named ValueError, not OverflowError
+        iso = dict(omega=[1.0, -0.5], sigma2=0.4, eta2=0.1, gamma2=0.05, nu=2.0)
+        with pytest.raises(ValueError, match=r"^mu \(\|mu\| from"):
+            isotropic_afa_loop(q, q, q, mu=1e300, **iso, t=np.arange(4.0), weight="exponential", causal=False)
+
+    def test_irls_names_z(self):
+        kw = dict(eigvals=[-0.3 + 1j, -0.2], sigma2=0.4, eta2=0.1, gamma2=0.05, nu=2.0)
+        with pytest.raises(ValueError, match=r"^z: expected shape"):
+            afa_irls(np.ones(3), **kw)
+        with pytest.raises(ValueError, match=r"^z: expected shape .* at least one token"):
+            afa_irls(np.ones((0, 2)), **kw)

@@ -731,3 +731,23 @@ class TestMegaEMA:
             fo.mega_ema(self.x[..., :2], *args)
         with pytest.raises(ValueError, match="^n"):
             fo.mega_ema_kernel(*args, 0)
+
+
+class TestBadInputRefusedByName:
+    def test_causal_impulse_response_needs_t_nonnegative(self):
+        assert np.all(np.isfinite(fo.continuous_impulse_response([0.5, 0.2], np.linspace(0.0, 3.0, 7))))
+        with pytest.raises(ValueError, match=r"^t: expected times t >= 0"):
+            fo.continuous_impulse_response([0.5, 0.2], [-1.0, 0.0, 1.0])
+
+    def test_empty_signals_and_named_sizes(self):
+        with pytest.raises(ValueError, match=r"^x: expected at least one step"):
+            fo.adaptive_filter(np.ones((0, 2)), np.full((1, 2, 1, 2), 0.3))
+        with pytest.raises(ValueError, match=r"^g: expected at least one step"):
+            fo.adaptive_max_pool(np.ones((0, 2)), 1)
+        with pytest.raises(ValueError, match=r"^n_out: expected at most L = 2 outputs \(the length of g\)"):
+            fo.adaptive_max_pool(np.ones((2, 2)), 3)
+        with pytest.raises(TypeError, match=r"^n: expected an integer"):
+            fo.periodized_impulse_response([0.5, 0.2], 8.0)
+        with pytest.raises(TypeError, match=r"^shift: expected a bool"):
+            fo.hypernetwork(np.ones((16, 3)), fo.init_focus_params(3, kernel_len=8, hidden=4, rng=0), n_bins=2,
+                            shift="no")

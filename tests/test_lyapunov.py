@@ -943,3 +943,25 @@ class TestIsotropicCovariance:
     def test_errors(self, func, args, exc, match):
         with pytest.raises(exc, match=match):
             func(*args)
+
+
+class TestPhi1BadInput:
+    def test_negative_lags_overflow_to_inf_not_nan(self):
+        import warnings
+
+        from refimpl.lyapunov import phi1
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            # τ < 0 with a stable z: e^{zτ} overflows; the magnitude is inf, never NaN
+            for z, tau in ((-0.5 + 1j, -1e10), (-0.5 + 1j, -1e300), (-0.5, -1e300)):
+                v = complex(phi1(z, tau))
+                assert not np.isnan(v.real) and not np.isnan(v.imag) and math.isinf(abs(v))
+            v = float(phi1(-0.5, -1e3))  # representable: (e^{500} − 1)/(−0.5)
+            assert abs(v - (-2.0 * math.expm1(500.0))) <= 1e-15 * abs(v)
+
+    def test_shapes_that_do_not_broadcast_are_named(self):
+        from refimpl.lyapunov import phi1
+
+        with pytest.raises(ValueError, match=r"^z, tau: expected shapes that broadcast together"):
+            phi1(np.ones(4), np.ones(5))

@@ -680,3 +680,23 @@ class TestCitationFile:
             assert key in f, key
         assert f["license"] == "MIT" and f["date-released"] == "2026-11-22"
         assert "name: refimpl contributors" in self.CFF.read_text(encoding="utf-8")
+
+
+class TestWrongTypesNamed:
+    def test_wrong_types(self, tmp_path):
+        with pytest.raises(TypeError, match="^case: expected a case name"):
+            oracle.compute(3)
+        with pytest.raises(TypeError, match="^case: expected a case name"):
+            oracle.compute(None)
+        for bad in (None, 3, b"Eq. (1.1)"):
+            with pytest.raises(TypeError, match="^text: expected a str"):
+                oracle.cited_tags(bad)
+        with pytest.raises(TypeError, match="^function: expected a function name"):
+            oracle.case_names(3)
+        for f in (oracle.verify, lambda d: oracle.load_case(d, "x")):
+            with pytest.raises(TypeError, match="^directory: expected a path"):
+                f(3)
+        with pytest.raises(TypeError, match="^root: expected a path"):
+            oracle.citation_index(3)
+        with pytest.raises(TypeError, match="^quiet: expected a bool"):
+            oracle.export(tmp_path, cases=oracle.case_names("classical.lfm_pulse")[:1], quiet="no")

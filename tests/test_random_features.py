@@ -685,3 +685,32 @@ class TestErrors:
     def test_rff_errors(self):
         with pytest.raises(ValueError, match="^projection: expected shape"):
             rff_features(np.ones((3, 2)), np.ones((4, 3)))
+
+
+class TestUnusedRngRefused:
+    """An ``rng`` that would be ignored (the draw is given) is an error, not silently dropped."""
+
+    def test_performer_with_projection(self):
+        rng = np.random.default_rng(0)
+        q, k, v, w = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)), rng.normal(size=(6, 2)), rng.normal(size=(8, 3))
+        for f in (performer_attention, performer_attention_loop, performer_attention_quadratic):
+            y = f(q, k, v, n_features=8, rng=None, projection=w)
+            assert np.all(np.isfinite(y))
+            for bad in (0, 0.5, "seed", -1, np.random.default_rng(1)):
+                with pytest.raises(ValueError, match="^rng: expected None when projection is given"):
+                    f(q, k, v, n_features=8, rng=bad, projection=w)
+
+    def test_lsh_hash_with_rotations(self):
+        rng = np.random.default_rng(1)
+        x, rot = rng.normal(size=(8, 3)), rng.normal(size=(2, 3, 2))
+        assert lsh_hash(x, 4, None, 2, rotations=rot).shape == (2, 8)
+        with pytest.raises(ValueError, match="^rng: expected None when rotations is given"):
+            lsh_hash(x, 4, 7, 2, rotations=rot)
+
+    def test_negative_seed_names_rng(self):
+        rng = np.random.default_rng(2)
+        x = rng.normal(size=(8, 3))
+        with pytest.raises(ValueError, match="^rng: expected a seed >= 0"):
+            lsh_hash(x, 4, -1)
+        with pytest.raises(ValueError, match="^rng: expected a seed >= 0"):
+            orthogonal_gaussian(4, 3, -1)

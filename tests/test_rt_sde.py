@@ -844,3 +844,26 @@ class TestRtStep:
     def test_errors(self, func, z, alpha, exc, match):
         with pytest.raises(exc, match=match):
             func(z, alpha=alpha, omega=block_skew([1.0]), **ATT)
+
+
+class TestBadInputRefusedByName:
+    def test_loop_overflow_and_broadcast(self):
+        om = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+        for f in (rt_transition, rt_transition_loop):
+            with pytest.raises(ValueError, match=r"^s \(\|s\| from"):
+                f(0.2, om, np.array([-1e300, 1.0]))  # e^{−μs} overflows (was OverflowError in the loop)
+        u = np.eye(3)
+        with pytest.raises(ValueError, match=r"^a_perp: batch shape \(2,\) does not broadcast with u \(3,\)"):
+            rt_precision(u, np.ones(2), np.ones(3))
+        with pytest.raises(ValueError, match=r"^a_par: batch shape \(4,\) does not broadcast"):
+            rt_logdet_precision(np.ones(3), np.ones(4), 3)
+        with pytest.raises(ValueError, match=r"^k: batch shape"):
+            sphere_residuals(u, np.eye(3)[:2])
+
+    def test_return_weights_is_a_strict_bool(self):
+        rng = np.random.default_rng(2)
+        q = rng.normal(size=(4, 3))
+        om = np.zeros((3, 3))
+        for f in (rt_attention, rt_attention_loop):
+            with pytest.raises(TypeError, match="^return_weights: expected a bool"):
+                f(q, q, q, mu=0.2, omega=om, **NOISES, nu=2.0, return_weights="no")

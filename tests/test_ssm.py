@@ -869,3 +869,30 @@ class TestSelectiveScan:
                 f(u, delta, A + 1j, B, C)
         with pytest.raises(ValueError, match="^delta: expected shape"):
             ssm.semiseparable_matrix(delta[:, 0], A, B, C)
+
+
+class TestBadInputRefusedByName:
+    def test_dplr_refuses_re_lambda_zero(self):
+        rng = np.random.default_rng(0)
+        P, Q, B, C = (rng.normal(size=4) for _ in range(4))
+        lam = -0.5 + 1j * np.arange(4.0)
+        assert np.all(np.isfinite(ssm.s4_kernel_dplr(lam, P, Q, B, C, 0.1, 8)))
+        for bad in (np.zeros(4, dtype=complex), 1j * np.arange(4.0)):  # Re λ = 0: singular Cauchy step (was NaN)
+            with pytest.raises(ValueError, match=r"^Lambda: expected Re λ < 0"):
+                ssm.s4_kernel_dplr(bad, P, Q, B, C, 0.1, 8)
+
+    def test_flags_and_shapes(self):
+        rng = np.random.default_rng(1)
+        A = -0.5 + 1j * np.pi * np.arange(3)
+        with pytest.raises(TypeError, match="^conj_pairs: expected a bool"):
+            ssm.s4d_kernel(A, np.ones(3), np.ones(3), 0.1, 8, conj_pairs="yes")
+        with pytest.raises(ValueError, match=r"^B: expected shape \(\.\.\., 1\) broadcastable with A"):
+            ssm.s4d_kernel(A[:1], np.ones(3), np.ones(3), 0.1, 8)
+        with pytest.raises(TypeError, match="^diagonal: expected a bool"):
+            ssm.ssm_kernel(0.5 * np.eye(2), np.ones(2), np.ones(2), 4, diagonal=1)
+        u = rng.normal(size=(6, 2))
+        with pytest.raises(TypeError, match="^return_last_state: expected a bool"):
+            ssm.selective_scan(u, np.full((6, 2), 0.1), -np.ones((2, 3)), np.ones((6, 3)), np.ones((6, 3)),
+                               return_last_state="no")
+        with pytest.raises(ValueError, match=r"^delta: expected shape \(\.\.\., L, d_in\) with L, d_in >= 1"):
+            ssm.semiseparable_matrix(np.ones((0, 2)), -np.ones((2, 3)), np.ones((0, 3)), np.ones((0, 3)))
