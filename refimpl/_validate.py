@@ -464,7 +464,7 @@ def as_noise(x, name: str, d: int, ref: str = "eigvals") -> tuple[np.ndarray, bo
             f"got shape {g.shape}"
         )
     check_hermitian_psd(g, name)
-    return 0.5 * (g + g.conj().T), False
+    return hermitian_part(g), False
 
 
 def as_int(value, name: str, minimum: int = 0) -> int:

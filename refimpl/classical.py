@@ -42,6 +42,7 @@ import numpy as np
 import scipy.linalg
 
 from ._validate import (
+    hermitian_part,
     pow2_scale,
     guard_overflow,
     as_bool,
@@ -655,7 +656,7 @@ def das_weights(theta0: float, n_sensors: int, spacing: float = 0.5) -> np.ndarr
 def _check_R(R):
     R = as_complex_array(R, "R", ndim=2)
     check_hermitian_psd(R, "R")
-    return 0.5 * (R + R.conj().T)
+    return hermitian_part(R)
 
 
 def _check_mvdr(R, steering, loading, rescale: bool = False):
@@ -801,7 +802,7 @@ def sample_covariance(x) -> np.ndarray:
     if x.shape[0] == 0:
         raise ValueError(f"x: expected at least one snapshot (T >= 1), got shape {x.shape}")
     R = x.T @ x.conj() / x.shape[0]  # R_ij = (1/T) Σ_t x_ti conj(x_tj)
-    return 0.5 * (R + R.conj().T)
+    return hermitian_part(R)
 
 
 def beamform(x, w) -> np.ndarray:

@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from ._validate import as_complex_array, as_noise, as_real_array, check_nonnegative, guard_overflow
+from ._validate import as_complex_array, as_noise, as_real_array, check_nonnegative, guard_overflow, as_lags, hermitian_part
 
 __all__ = [
     "phi1",
@@ -303,10 +303,7 @@ def _check_eig_noise(eigvals, noise) -> tuple[np.ndarray, np.ndarray, bool]:
 
 
 def _check_tau(tau) -> np.ndarray:
-    tau = as_real_array(tau, "tau")
-    if np.any(tau < 0):
-        raise ValueError(f"tau: expected lags >= 0, got minimum {tau.min():.6g}")
-    return tau
+    return as_lags(tau, "tau")
 
 
 def _full_from_upper(lam: np.ndarray, g: np.ndarray, tau: np.ndarray, sign: float) -> np.ndarray:
@@ -325,9 +322,8 @@ def _full_from_upper(lam: np.ndarray, g: np.ndarray, tau: np.ndarray, sign: floa
     return out
 
 
-def _hermitize(m: np.ndarray) -> np.ndarray:
-    # Σ is Hermitian by construction; averaging removes round-off asymmetry.
-    return 0.5 * (m + np.conj(np.swapaxes(m, -1, -2)))
+# Σ is Hermitian by construction; averaging with its conjugate transpose removes round-off asymmetry.
+_hermitize = hermitian_part
 
 
 # ---------------------------------------------------------------------------------------------

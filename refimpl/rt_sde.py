@@ -72,7 +72,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .lyapunov import phi1
-from ._validate import as_bool, as_positive_scalar, as_real_array, check_option, check_qkv, check_shape, check_times, guard_overflow
+from ._validate import as_bool, as_positive_scalar, as_real_array, check_option, check_qkv, check_shape, check_times, guard_overflow, as_lags
 
 __all__ = [
     "rt_transition",
@@ -126,10 +126,7 @@ def _check_mu(mu) -> float:
 
 
 def _check_tau(tau) -> np.ndarray:
-    tau = as_real_array(tau, "tau")
-    if np.any(tau < 0):
-        raise ValueError(f"tau: expected lags >= 0 (a key before its query), got minimum {tau.min():.6g}")
-    return tau
+    return as_lags(tau, "tau")  # a key before its query
 
 
 def _check_unit(u, name: str, d: int | None = None) -> np.ndarray:

@@ -40,6 +40,8 @@ import numpy as np
 from . import lyapunov
 from ._scan import linear_scan
 from ._validate import (
+    as_lags,
+    hermitian_part,
     guard_overflow,
     as_array,
     as_complex_array,
@@ -140,7 +142,7 @@ class LinearSDE:
         if err > max(1e-10, 100 * np.finfo(np.float64).eps * cond) * max(np.max(np.abs(A)), 1e-300):
             raise ValueError(f"A: eigendecomposition does not reproduce A (error {err:.2e}); A is not diagonalizable")
         noise = S_inv @ Q @ S_inv.conj().T  # G̃ = S^{-1} Q S^{-†}
-        return cls(A, Q, C, R, lam, S, S_inv, 0.5 * (noise + noise.conj().T), cond)
+        return cls(A, Q, C, R, lam, S, S_inv, hermitian_part(noise), cond)
 
     @classmethod
     @guard_overflow()
@@ -178,7 +180,7 @@ class LinearSDE:
         g = np.diag(g).astype(np.complex128) if diagonal else g
         A = (S * lam) @ S_inv  # A = S Λ S^{-1}
         Q = S @ g @ S.conj().T  # Q = S G̃ S^†
-        Q = 0.5 * (Q + Q.conj().T)
+        Q = hermitian_part(Q)
         if C is None:
             C = np.eye(d)
         C = as_array(C, "C", ndim=2)
@@ -196,7 +198,7 @@ class LinearSDE:
                 )
             check_nonnegative(r, "measurement_noise")
             R = (S * r) @ S.conj().T  # R = S Λ_R S^†
-            R = 0.5 * (R + R.conj().T)
+            R = hermitian_part(R)
         else:
             R = _check_cov(measurement_noise, "measurement_noise", p, " (p = the rows of C)")
         if _is_real(A, Q, R, np.asarray(C, dtype=np.complex128)):
@@ -250,7 +252,7 @@ class LinearSDE:
         r"""``P_∞ = S Σ_∞ S^†``, the solution of ``A P + P A^T + Q = 0`` (Eq. (2.8)); needs Re λ < 0."""
         sigma = lyapunov.steady_state_covariance(self.eigvals, self.noise)
         p = self.S @ sigma @ self.S.conj().T
-        return self._realify(0.5 * (p + p.conj().T))
+        return self._realify(hermitian_part(p))
 
 
 def spiral_system(sigma2: float = 0.3, eta2: float = 0.5) -> LinearSDE:
@@ -278,7 +280,7 @@ def _check_cov(m, name: str, n: int, ref: str = "") -> np.ndarray:
     if m.shape != (n, n):
         raise ValueError(f"{name}: expected shape ({n}, {n}){ref}, got shape {m.shape}")
     check_hermitian_psd(m, name)
-    return 0.5 * (m + m.conj().T)
+    return hermitian_part(m)
 
 
 def _check_measurement(C, R, d: int) -> tuple[np.ndarray, np.ndarray]:
@@ -317,10 +319,7 @@ def _check_t(t) -> np.ndarray:
 
 
 def _check_lags(dt) -> np.ndarray:
-    dt = as_real_array(dt, "dt")
-    if np.any(dt < 0):
-        raise ValueError(f"dt: expected lags >= 0, got minimum {dt.min():.6g}")
-    return dt
+    return as_lags(dt, "dt")
 
 
 def _size_tuple(size) -> tuple:
@@ -429,7 +428,7 @@ def discretize_loop(model: LinearSDE, t):
         F.append(transition_matrix_loop(model, tau))
         sigma = lyapunov.dle_covariance_loop(model.eigvals, model.noise, tau)  # Σ(Δt_i), Eq. (2.4)
         qd = model.S @ sigma @ model.S.conj().T  # Q_d = S Σ S^†
-        Qd.append(model._realify(0.5 * (qd + qd.conj().T)))
+        Qd.append(model._realify(hermitian_part(qd)))
     dtype = model.A.dtype
     if not F:
         return np.empty((0, d, d), dtype), np.empty((0, d, d), dtype)
@@ -489,7 +488,7 @@ def moments_loop(model: LinearSDE, t, m0, P0=None):
     for i in range(t.size - 1):
         m.append(F[i] @ m[i])  # m_{i+1} = F_i m_i
         p = F[i] @ P[i] @ F[i].conj().T + Qd[i]  # P_{i+1} = F_i P_i F_i^T + Q_d,i
-        P.append(0.5 * (p + p.conj().T))
+        P.append(hermitian_part(p))
     return np.array(m), np.array(P)
 
 
