@@ -40,6 +40,7 @@ import numpy as np
 from . import lyapunov
 from ._scan import linear_scan
 from ._validate import (
+    refuse_rng,
     as_lags,
     hermitian_part,
     guard_overflow,
@@ -633,6 +634,7 @@ def euler_maruyama(model: LinearSDE, t, *, x0=None, n_substeps: int = 1, size=No
         dW = as_array(dW, "dW")
         if dW.shape != size + (n_steps, model.dim):
             raise ValueError(f"dW: expected shape {size + (n_steps, model.dim)}, got shape {dW.shape}")
+        refuse_rng(rng, "dW is given")
     G = _psd_sqrt(model.Q)
     x = np.empty(size + (t.size, model.dim), dtype=np.result_type(x0, model.A, dW))
     state = x0.astype(x.dtype)

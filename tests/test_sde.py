@@ -783,3 +783,14 @@ class TestEulerMaruyama:
             euler_maruyama(m, t, rng=0.5)
         with pytest.raises(ValueError, match="^x0:"):
             euler_maruyama(m, t, x0=[0.0])
+
+
+def test_euler_maruyama_refuses_an_unused_rng():
+    from refimpl import sde as _sde
+
+    model = _sde.spiral_system()
+    dW = np.zeros((2, 2))
+    x = _sde.euler_maruyama(model, [0.0, 0.5, 1.0], dW=dW, rng=None)
+    assert np.all(np.isfinite(x))
+    with pytest.raises(ValueError, match="^rng: expected None when dW is given"):
+        _sde.euler_maruyama(model, [0.0, 0.5, 1.0], dW=dW, rng=0)
