@@ -103,7 +103,9 @@ def _check_mask(mask, causal, batch: tuple, n: int, m: int) -> np.ndarray | None
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"mask: expected a shape broadcastable to (..., N, M) = {target}, got shape {arr.shape}")
+        raise ValueError(
+            f"mask: expected a shape broadcastable to (..., N, M) = {target} (N from q, M from k), got shape {arr.shape}"
+        )
     full = np.broadcast_to(arr, (*arr.shape[:-2], n, m)) if arr.ndim >= 2 else np.broadcast_to(arr, (n, m))
     empty = ~full.any(axis=-1)
     if causal:  # the first allowed key must not lie after the query: argmax finds the first True

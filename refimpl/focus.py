@@ -190,7 +190,11 @@ def _filter_args(x, theta, variant, n_fft):
     else:
         if variant == "causal-recursive":
             raise ValueError("n_fft: the causal-recursive variant has no FFT; expected None")
-        n_fft = as_int(n_fft, "n_fft", max(R, 1))
+        if as_int(n_fft, "n_fft", 1) < R:
+            raise ValueError(
+                f"n_fft: expected at least R = {R} (the samples per bin: the length of x over the bins of theta), got {n_fft}"
+            )
+        n_fft = int(n_fft)
     xb = np.broadcast_to(x, batch + x.shape[-2:]).reshape(batch + (n_bins, R, d))  # S2P into bins
     th = np.broadcast_to(theta, batch + theta.shape[-4:])
     return xb, th, R, n_fft

@@ -468,7 +468,7 @@ def _sos_checked(sos, x, zi, form, require_stable):
         zi = as_real_array(zi, "zi")
         want = (sos.shape[0],) + ((n_state,) if was_1d else x.shape[:-2] + (n_state, x.shape[-1]))
         if zi.shape != want:
-            raise ValueError(f"zi: expected shape {want} (one state per section), got shape {zi.shape}")
+            raise ValueError(f"zi: expected shape {want} (one state per section of sos, batch and channels of x), got shape {zi.shape}")
         states = list(zi)
     if require_stable:
         for i, row in enumerate(sos):
@@ -1326,6 +1326,7 @@ def _design(proto, order, wn, btype, fs, output):
     return zpk2sos(z, p, k)
 
 
+@guard_overflow()
 def butter(order, wn, btype="lowpass", *, fs=2.0, output="zpk"):
     r"""Digital Butterworth filter: prototype poles, pre-warping, frequency transformation, bilinear.
 
@@ -1350,6 +1351,7 @@ def butter(order, wn, btype="lowpass", *, fs=2.0, output="zpk"):
     return _design(buttap(order), order, wn, btype, fs, output)
 
 
+@guard_overflow()
 def cheby1(order, rp, wn, btype="lowpass", *, fs=2.0, output="zpk"):
     """Digital Chebyshev type I filter (ripple ``rp`` dB): :func:`cheb1ap` through the chain of :func:`butter`: Eqs. (13.16)–(13.18) of the book."""
     return _design(cheb1ap(order, rp), order, wn, btype, fs, output)

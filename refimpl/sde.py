@@ -633,7 +633,9 @@ def euler_maruyama(model: LinearSDE, t, *, x0=None, n_substeps: int = 1, size=No
     else:
         dW = as_array(dW, "dW")
         if dW.shape != size + (n_steps, model.dim):
-            raise ValueError(f"dW: expected shape {size + (n_steps, model.dim)}, got shape {dW.shape}")
+            raise ValueError(
+                f"dW: expected shape {size + (n_steps, model.dim)} ((len(t) − 1)·n_substeps steps of t), got shape {dW.shape}"
+            )
         refuse_rng(rng, "dW is given")
     G = _psd_sqrt(model.Q)
     x = np.empty(size + (t.size, model.dim), dtype=np.result_type(x0, model.A, dW))

@@ -449,6 +449,107 @@ VALID = {
     "oracle.citation_index": lambda r: dict(root=_small_repository()),
 }
 
+def _kalman_irregular(rng, N=6):
+    from refimpl import kalman, sde
+
+    t = _times(rng, N)
+    F, Q, H, R = kalman.from_sde(sde.spiral_system(), t)
+    z = rng.standard_normal((N, 2))
+    z[2] = np.nan  # a missing measurement
+    return dict(z=z, F=F, H=H, Q=Q, R=R, m0=np.zeros(2), P0=np.eye(2))
+
+
+def _full_noise(rng, d=3):
+    g = rng.standard_normal((d, d)) + 1j * rng.standard_normal((d, d))
+    return g @ g.conj().T / d + 0.1 * np.eye(d)
+
+
+#: Further valid calls of one function ("name#variant"): other options, masks, given draws, grids.
+VARIANTS = {
+    "sde.euler_maruyama#dW": lambda r: dict(model=_model(r), t=_times(r, 4), x0=None, n_substeps=2, size=None,
+                                            rng=None, dW=0.1 * r.standard_normal((6, 2))),
+    "sde.sample_loop#batch": lambda r: dict(model=_model(r), t=_times(r, 4), size=(2, 3), rng=np.random.default_rng(5)),
+    "lyapunov.dle_covariance#full": lambda r: dict(eigvals=-r.uniform(0.1, 1, 3) + 1j * r.standard_normal(3),
+                                                   noise=_full_noise(r), tau=r.uniform(0, 2, 4)),
+    "lyapunov.dle_covariance_loop#full": lambda r: dict(eigvals=-r.uniform(0.1, 1, 3) + 1j * r.standard_normal(3),
+                                                        noise=_full_noise(r), tau=r.uniform(0, 2, 4)),
+    "lyapunov.steady_state_covariance#full": lambda r: dict(eigvals=-r.uniform(0.1, 1, 3) + 1j * r.standard_normal(3),
+                                                            noise=_full_noise(r)),
+    "kalman.kalman_filter#irregular": lambda r: _kalman_irregular(r),
+    "kalman.rts_smoother_loop#irregular": lambda r: _kalman_irregular(r),
+    "kalman.kalman_filter_scan#irregular": lambda r: _kalman_irregular(r),
+    "kalman.kalman_weight_matrix#filter": lambda r: {**{k: v for k, v in _kalman(r).items() if k != "z"},
+                                                     "n_steps": 4, "kind": "filter",
+                                                     "missing": np.array([False, True, False, False])},
+    "attention.softmax_attention#mask": lambda r: dict(q=r.standard_normal((2, 4, 3)), k=r.standard_normal((5, 3)),
+                                                       v=r.standard_normal((5, 2)), mask=np.tri(4, 5, 1, dtype=bool),
+                                                       causal=False, scale=0.7, return_weights=False),
+    "attention.softmax_attention_loop#mask": lambda r: dict(q=r.standard_normal((4, 3)), k=r.standard_normal((5, 3)),
+                                                            v=r.standard_normal((5, 2)),
+                                                            mask=np.tri(4, 5, 1, dtype=bool), causal=False),
+    "afa.afa#exponential": lambda r: {**_afa_common(r), "eigvals": -r.uniform(0.1, 0.5, 3) + 1j * r.standard_normal(3),
+                                      "t": _times(r, 5), "weight": "exponential", "kappa": 1.5, "temperature": 0.7,
+                                      "causal": False, "rotate_values": False},
+    "afa.isotropic_afa#exponential": lambda r: {**_afa_common(r), "mu": 0.3, "omega": r.standard_normal(3),
+                                                "weight": "exponential", "causal": True, "temperature": 0.5},
+    "afa.afa_irls#t": lambda r: {**{k: v for k, v in _afa_common(r).items() if k not in "qkv"},
+                                 "z": r.standard_normal((2, 5, 3)) + 0j, "t": _times(r, 5),
+                                 "eigvals": -r.uniform(0.1, 0.5, 3) + 1j * r.standard_normal(3), "causal": False},
+    "rt_sde.rt_attention#query": lambda r: dict(q=r.standard_normal((5, 3)), k=r.standard_normal((5, 3)),
+                                                v=r.standard_normal((5, 3)), mu=0.2, omega=_skew(r, 3), **_rt_noises(),
+                                                nu=2.0, weight="exponential", direction="query", temperature=0.5),
+    "rt_sde.rt_attention_loop#query": lambda r: dict(q=r.standard_normal((5, 3)), k=r.standard_normal((5, 3)),
+                                                     v=r.standard_normal((5, 3)), mu=0.2, omega=_skew(r, 3),
+                                                     **_rt_noises(), nu=2.0, direction="query"),
+    "random_features.performer_attention#draw": lambda r: dict(
+        q=r.standard_normal((6, 3)), k=r.standard_normal((6, 3)), v=r.standard_normal((6, 2)), n_features=8,
+        rng=np.random.default_rng(4), causal=False, kind="trig", scale=0.5, orthogonal=False),
+    "random_features.lsh_hash#rng": lambda r: dict(x=r.standard_normal((8, 3)), n_buckets=4, rng=3, n_rounds=1),
+    "random_features.rfa_attention_loop#plain": lambda r: dict(q=r.standard_normal((6, 3)), k=r.standard_normal((6, 3)),
+                                                               v=r.standard_normal((6, 2)), n_features=8, sigma=1.0,
+                                                               rng=1, gated=False, causal=False),
+    "random_features.favor_features#trig": lambda r: dict(x=r.standard_normal((5, 3)), projection=r.standard_normal((8, 3)),
+                                                          kind="trig", stabilize=False),
+    "random_features.lsh_attention#causal": lambda r: dict(qk=r.standard_normal((8, 3)), v=r.standard_normal((8, 2)),
+                                                           n_buckets=2, n_rounds=1, chunk_size=2, rng=0, causal=True),
+    "iir.biquad_filter#zi": lambda r: dict(b=_stable_biquad(r)[0], a=_stable_biquad(r)[1],
+                                           x=r.standard_normal((12, 2)), zi=r.standard_normal((2, 2)), form="tdf2"),
+    "iir.sos_filter_loop#df1": lambda r: dict(sos=_sos(r), x=r.standard_normal(12), zi=r.standard_normal((2, 4)),
+                                              form="df1"),
+    "iir.tf_filter_loop#zi": lambda r: dict(b=r.standard_normal(4), a=np.array([1.0, -0.5, 0.2, -0.1]),
+                                            x=r.standard_normal(12), zi=r.standard_normal(3)),
+    "iir.diagonal_ssm_filter#assoc": lambda r: dict(lam=r.uniform(0.2, 0.8, 3) * np.exp(1j * r.uniform(0, 3, 3)),
+                                                    B=r.standard_normal(3), C=r.standard_normal(3), D=0.1,
+                                                    x=r.standard_normal((10, 3)), scan="associative"),
+    "iir.butter#bandpass": lambda r: dict(order=2, wn=np.array([100.0, 300.0]), btype="bandpass", fs=1000.0,
+                                          output="zpk"),
+    "iir.frequency_response#grid": lambda r: dict(b=_stable_biquad(r)[0], a=_stable_biquad(r)[1], w=16, whole=True),
+    "ssm.s4d_kernel#bilinear": lambda r: dict(A=-0.5 + 1j * np.arange(3.0), B=r.standard_normal(3) + 0j,
+                                              C=r.standard_normal(3), step=0.2, L=6, method="bilinear"),
+    "ssm.ssm_recurrent#dense": lambda r: dict(u=r.standard_normal((2, 8, 2)), Ab=0.5 * np.eye(3),
+                                              Bb=r.standard_normal(3), C=r.standard_normal(3), D=None),
+    "ssm.selective_scan_loop#zoh": lambda r: dict(u=r.standard_normal((5, 2)), delta=r.uniform(0.05, 0.5, (5, 2)),
+                                                  A=-r.uniform(0.2, 1, (2, 3)), B=r.standard_normal((5, 3)),
+                                                  C=r.standard_normal((5, 3)), discretization="zoh"),
+    "ssm.discretize#zoh_diagonal": lambda r: dict(A=-r.uniform(0.1, 1, (2, 3)), B=r.standard_normal(3),
+                                                  step=np.array([[0.1], [0.2]]), method="zoh", diagonal=True),
+    "focus.adaptive_filter#circular": lambda r: dict(x=r.standard_normal((12, 2)),
+                                                     theta=r.uniform(0.1, 0.6, (3, 2, 1, 2)),
+                                                     variant="causal-circular", n_fft=8),
+    "focus.adaptive_filter_loop#literal": lambda r: dict(x=r.standard_normal((12, 2)),
+                                                         theta=r.uniform(0.1, 0.6, (3, 2, 1, 2)), variant="literal"),
+    "mixing.hyena_operator#short": lambda r: dict(u=r.standard_normal((8, 2)), w_in=r.standard_normal((2, 6)),
+                                                  filters=r.standard_normal((2, 8, 2)),
+                                                  short_filter=r.standard_normal((3, 6)),
+                                                  short_bias=r.standard_normal(6)),
+    "positional.rope#freqs": lambda r: dict(x=r.standard_normal((5, 4)), positions=None, freqs=np.array([1.0, 0.1])),
+    "classical.mvdr_weights_loop#batch": lambda r: dict(R=_spd(r, 4), steering=np.exp(1j * np.outer([0.3, 0.9],
+                                                                                              np.arange(4))),
+                                                        loading=0.0),
+    "classical.lms#w0": lambda r: dict(u=r.standard_normal((2, 20)), d=r.standard_normal((2, 20)), n_taps=3, mu=0.05,
+                                       w0=r.standard_normal(3)),
+}
+
 #: Twins called like their vectorized function (same signature): ``x_loop`` reuses ``x``'s call;
 #: the other forms of one computation likewise.
 ALIASES = {
@@ -483,6 +584,8 @@ SKIP_ARGS = {
 
 
 def builder(name: str):
+    if name in VARIANTS:
+        return VARIANTS[name]
     if name in VALID:
         return VALID[name]
     if name in ALIASES:
@@ -519,6 +622,9 @@ def mutations(name: str, value, pos: int):
                 ("rng=list", [1, 2])]
     if isinstance(value, (bool, np.bool_)):
         return [("bool=str", "no"), ("bool=int", 1), ("bool=None", None), ("bool=np", np.bool_(value))]
+    if name == "size":  # a shape: int or tuple of ints
+        return [("negative", -1), ("float_nonint", 2.5), ("str", "2"), ("tuple_negative", (2, -3)),
+                ("tuple_float", (2.0, 3)), ("bool", True)]
     if name == "root":  # None is valid (this repository: a slow scan, not repeated here)
         return [("path=int", 3), ("path=list", [1])]
     if name in ("directory", "vectors"):
@@ -552,13 +658,20 @@ def mutations(name: str, value, pos: int):
         return [("option=unknown", ["no.such/case"]), ("option=int", [3]), ("empty", [])]
     x = np.asarray(value)
     out = []
+    if x.dtype == bool:  # masks: other dtypes and shapes (no arithmetic)
+        out += [("int_dtype", x.astype(np.int64)), ("float_dtype", x.astype(float)), ("object_dtype", x.astype(object)),
+                ("None", None), ("rank+1", x[None]), ("scalar", True)]
+        if x.ndim >= 1:
+            out += [("empty", x[:0]), ("len1", x[:1]), ("mismatch", np.concatenate([x, x[:1]]))]
+        return out
     if x.size:
         out += [("nan", _poison(x, pos, np.nan)), ("+inf", _poison(x, pos, np.inf)), ("-inf", _poison(x, pos, -np.inf)),
                 ("huge", x * 1e300), ("-huge", x * -1e300), ("tiny", x * 1e-300), ("negative", -x),
                 ("zero", np.zeros_like(x)), ("scalar", x.flat[pos % x.size].item()), ("list", x.tolist()),
                 ("object_dtype", x.astype(object)), ("str_dtype", x.astype(str)), ("bool_dtype", x != 0)]
         if x.dtype.kind != "c":
-            out += [("int_dtype", np.round(x).astype(np.int64)), ("complex", x + 1j * (np.abs(x) + 1.0))]
+            with np.errstate(invalid="ignore"):  # NaN entries (missing measurements) cast to some integer
+                out += [("int_dtype", np.round(x).astype(np.int64)), ("complex", x + 1j * (np.abs(x) + 1.0))]
     out += [("None", None), ("rank+1", x[None])]
     if x.ndim >= 1:
         out += [("rank-1", x[0] if x.shape[0] else x.reshape(x.shape[1:] or (0,))), ("empty", x[:0]),
@@ -584,9 +697,13 @@ def _snapshot(kwargs: dict) -> dict:
 
 
 def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray) and a.dtype == object:
+        return isinstance(b, np.ndarray) and a.shape == b.shape and all(_same(x, y) for x, y in zip(a.flat, b.flat))
     if isinstance(a, np.ndarray):
         return isinstance(b, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype and bool(
             np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+    if isinstance(a, np.random.Generator):
+        return True  # a Generator is meant to be consumed by the draw
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
@@ -673,7 +790,7 @@ def classify(fname: str, fn, kwargs: dict, arg: str, kind: str) -> tuple[str, st
         return "ok:refused", ""
     found: set = set()
     _nonfinite(out, found)
-    allowed = NONFINITE_OK.get(fname, "")
+    allowed = NONFINITE_OK.get(fname.split("#")[0], "")
     bad = found - ({"inf", "nan"} if allowed == "nan" else {"inf"} if allowed == "inf" else set())
     if bad:
         return "c:nonfinite-output", ", ".join(sorted(bad))
@@ -685,7 +802,7 @@ def classify(fname: str, fn, kwargs: dict, arg: str, kind: str) -> tuple[str, st
 
 
 def _run_function(fname: str, seed: int, pos: int) -> list:
-    fn = FUNCTIONS[fname]
+    fn = FUNCTIONS[fname.split("#")[0]]
     make = builder(fname)
     base = make(np.random.default_rng(seed))
     failures = []
@@ -710,16 +827,17 @@ def _run_function(fname: str, seed: int, pos: int) -> list:
 
 
 NAMES = sorted(FUNCTIONS)
+CALLS = NAMES + sorted(VARIANTS)
 
 
 def test_every_public_function_has_a_valid_call():
     missing = [n for n in NAMES if builder(n) is None]
     assert not missing, f"public functions without a registered valid call in VALID: {missing}"
-    unknown = sorted(set(VALID) - set(FUNCTIONS))
+    unknown = sorted((set(VALID) | {v.split("#")[0] for v in VARIANTS}) - set(FUNCTIONS))
     assert not unknown, f"VALID names functions that are not public: {unknown}"
 
 
-@pytest.mark.parametrize("fname", [n for n in NAMES if builder(n) is not None])
+@pytest.mark.parametrize("fname", [n for n in CALLS if builder(n) is not None])
 def test_bad_input(fname):
     failures: list = []
 
@@ -738,10 +856,11 @@ def test_bad_input(fname):
 
 def test_zz_case_count():
     """At least 10,000 mutated calls when the whole suite runs (reported with ``-s``)."""
-    if len(DONE) < len([n for n in NAMES if builder(n) is not None]):
+    if len(DONE) < len([n for n in CALLS if builder(n) is not None]):
         pytest.skip("only part of the suite ran")
     total = sum(STATS.values())
-    print(f"\nbad-input cases: {total} in {ELAPSED[0]:.1f} s over {len(DONE)} functions")
+    print(f"\nbad-input cases: {total} in {ELAPSED[0]:.1f} s over {len(DONE)} valid calls "
+          f"({len(NAMES)} public functions + {len(VARIANTS)} variants)")
     for cls, n in sorted(STATS.items()):
         print(f"  {cls:<24s} {n}")
     assert total >= 10_000
