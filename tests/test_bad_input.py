@@ -3,7 +3,8 @@
 The suite enumerates every callable in the ``__all__`` of every public module (a new function
 without a registered valid call fails :func:`test_every_public_function_has_a_valid_call`), builds
 a small valid call for each (the table ``VALID``; a ``*_loop`` twin reuses its vectorized twin's
-call), then mutates **one argument at a time** and calls again. Each mutated call must end in
+call; ``VARIANTS`` adds further calls of one function with other options, masks, given draws or
+grids), then mutates **one argument at a time** and calls again. Each mutated call must end in
 one of two ways:
 
 * a ``ValueError``/``TypeError`` whose message names the mutated argument (the project's
