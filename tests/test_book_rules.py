@@ -274,7 +274,8 @@ NUMBER_ALLOWLIST: dict[int, dict[str, str]] = {
 _MATH = re.compile(r"\$\$.*?\$\$|\$[^$\n]+?\$", re.DOTALL)
 _DISPLAY_MATH = re.compile(r"\$\$.*?\$\$", re.DOTALL)
 _INLINE_MATH = re.compile(r"\$([^$\n]+?)\$")
-_DECIMAL = re.compile(r"(?<![\w.])\d*\.\d+(?![\w.])")
+_DECIMAL = re.compile(r"(?<![\w.])\d*\.\d+(?:e[-−]?\d+)?(?![\w.])")
+_TEX_SCI = re.compile(r"(\d*\.\d+)\s*(?:\\cdot|\\times|×|·)\s*10\^\{?([-−]?\d+)\}?")
 _TEX_REF = re.compile(r"\\(?:tag|ref|eqref)\{[^}]*\}|\(\d+\.\d+\)")
 _CODE_SPAN = re.compile(r"``.+?``|`[^`\n]+`")
 _LINK_URL = re.compile(r"\]\([^)]*\)|<https?://[^>]*>|https?://\S+")
@@ -308,7 +309,7 @@ def prose_numbers(text: str) -> list[tuple[str, bool]]:
     math_decimals = [
         (m.group(0), False)
         for inline in _INLINE_MATH.findall(_DISPLAY_MATH.sub(" ", text))
-        for m in _DECIMAL.finditer(_TEX_REF.sub(" ", inline))
+        for m in _DECIMAL.finditer(_TEX_SCI.sub(r"\1e\2", _TEX_REF.sub(" ", inline)))
     ]
     for pat in (_MATH, _CODE_SPAN, _LINK_URL, _HTML, _ARXIV, _EQ_REF, _REFERENCE, _BIB_INDEX):
         text = pat.sub(" ", text)
@@ -366,9 +367,9 @@ def number_is_computed(num: str, percent: bool, values) -> bool:
 def test_prose_number_extraction():
     text = (
         "## 1.3 Heading\nSee chapter 2, Eq. (2.9), §3.1 and Figure 4.2 (Racioppo 2025, arXiv:2509.04154v6); "
-        "the value is 0.745, i.e. 63 %; $x = 17$, $y = 0.25$ and `n=5`.\n\n**References.** [1] X, *J.* 23 (1978)."
+        "the value is 0.745, i.e. 63 %; $x = 17$, $y = 0.25$, $z = 4.5\\cdot 10^{-5}$ and `n=5`.\n\n**References.** [1] X, *J.* 23 (1978)."
     )
-    assert prose_numbers(text) == [("0.745", False), ("63", True), ("0.25", False)]
+    assert prose_numbers(text) == [("0.745", False), ("63", True), ("0.25", False), ("4.5e-5", False)]
     assert number_is_computed("0.745", False, (0.7451,))
     assert number_is_computed("63", True, (0.6312,))
     assert not number_is_computed("0.745", False, (0.75,))
