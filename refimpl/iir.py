@@ -46,6 +46,7 @@ import math
 import numbers
 
 import numpy as np
+import scipy.linalg
 
 from ._scan import linear_scan, matrix_powers, state_scan
 from ._validate import (
@@ -96,6 +97,7 @@ __all__ = [
     "bilinear_zpk",
     "bilinear",
     "impulse_invariance",
+    "impulse_invariance_zpk",
     "matched_z",
     "butter",
     "cheby1",
@@ -1170,23 +1172,74 @@ def bilinear(b, a, fs):
     return bd / ad[0], ad / ad[0]
 
 
+def _impulse_invariant(num: np.ndarray, den: np.ndarray, poles: np.ndarray, T: float):
+    """(bd, ad) of ``h_d[n] = T h_a(nT)`` for ``H_a = num/den`` (den monic, deg num < deg den = q).
+
+    The route has no partial fractions (whose residues grow like 1/∏(p_i − p_j) and cancel for
+    close poles): a state-space form ``h_a(t) = C e^{At} B``, ``e^{AT}`` by ``scipy.linalg.expm``,
+    the Markov parameters ``h_d[n] = T C (e^{AT})^n B`` for n < q, the denominator
+    ``ad = Π(1 − e^{p_i T} z⁻¹)`` and the numerator ``bd = (ad ∗ h_d)[0:q]`` (the product
+    A_d(z) H_d(z) is a polynomial of degree q − 1 in z⁻¹, so its first q terms are all of it).
+
+    The companion form is frequency-scaled first: with ``c`` the largest pole magnitude,
+    ``A = c D Ã D⁻¹`` where ``Ã`` is the companion matrix of the polynomial with roots p_i/c, so
+    the matrix exponentiated has norm of order ``cT`` whatever the spread of den's coefficients.
+    """
+    q = den.size - 1
+    c = float(np.max(np.abs(poles), initial=0.0)) or 1.0
+    scale = c ** -np.arange(q + 1, dtype=np.float64)  # c^{-j}
+    a_s = den * scale  # monic polynomial with roots p_i / c
+    num = np.concatenate([np.zeros(q - num.size, dtype=num.dtype), num])  # coefficients of s^{q-1}, ..., s^0
+    C = num * scale[:q]  # y = Σ_j C̃_j x̃_j in the scaled coordinates
+    A = np.zeros((q, q), dtype=np.result_type(a_s, np.float64))
+    A[0] = -a_s[1:]  # Ã: the companion matrix of the scaled polynomial (x̃' = c Ã x̃ + e_0 u)
+    A[np.arange(1, q), np.arange(q - 1)] = 1.0
+    E = scipy.linalg.expm(A * (c * T))  # e^{AT} in the scaled coordinates
+    h = np.empty(q, dtype=np.result_type(C, E))
+    x = np.zeros(q, dtype=E.dtype)
+    x[0] = 1.0  # B̃ = e_0; h_a(t) = Σ_j C̃_j [e^{cÃt}]_{j0} with C̃_j = C_j c^{-j}
+    for n in range(q):
+        h[n] = T * (C @ x)  # h_d[n] = T C e^{AnT} B
+        x = E @ x
+    ad = _realify(_poly(np.exp(poles * T)), poles)  # Π (1 − e^{p_i T} z⁻¹): the pole map z = e^{sT}
+    bd = np.convolve(ad, h)[:q]  # (A_d · H_d)(z) truncated to degree q − 1
+    bd = np.concatenate([bd, np.zeros(1, dtype=bd.dtype)])
+    if np.isrealobj(ad) and np.iscomplexobj(bd):
+        bd = bd.real.copy()
+    return bd, ad
+
+
 def impulse_invariance(b, a, fs):
     r"""Impulse-invariant discretization: ``h_d[n] = T h_a(nT)``, ``T = 1/fs``.
 
-    Implements Eq. (13.22) of the book. With the partial fractions of the strictly proper
-    ``H_a(s) = Σ_i r_i/(s − p_i)`` (distinct poles, ``r_i = B(p_i)/A'(p_i)``),
-    ``h_a(t) = Σ r_i e^{p_i t}`` and ``H_d(z) = T Σ_i r_i / (1 − e^{p_i T} z⁻¹)``: the pole map is
-    ``z = e^{sT}``; the zeros are *not* mapped, and the response aliases.
+    Implements Eq. (13.22) of the book. Written with the partial fractions of the strictly
+    proper ``H_a(s) = Σ_i r_i/(s − p_i)``, ``h_a(t) = Σ r_i e^{p_i t}`` and
+    ``H_d(z) = T Σ_i r_i / (1 − e^{p_i T} z⁻¹)``: the pole map is ``z = e^{sT}``; the zeros are
+    *not* mapped, and the response aliases.
 
     Parameters
     ----------
     b, a : array_like
-        Analog coefficients, descending powers of s; ``deg B < deg A``, distinct poles.
+        Analog coefficients, descending powers of s; ``deg B < deg A``. Repeated poles are
+        allowed (``h_a`` then has terms ``t^m e^{pt}``).
     fs : float > 0
 
     Returns
     -------
-    bd, ad : ndarray (real), shapes (q+1,) with q = deg A
+    bd, ad : ndarray (real), shapes (q+1,) with q = deg A; ``ad[0] = 1``, ``bd[q] = 0``.
+
+    Notes
+    -----
+    The coefficients are *not* formed from the partial fractions: for close poles the residues
+    are large (up to 1/∏|p_i − p_j|) and their sum cancels, which costs as many digits as the
+    residues are large. Instead ``h_d[0..q−1]`` come from a state-space form,
+    ``h_d[n] = T C e^{AnT} B`` (``scipy.linalg.expm``, the route of ``scipy.signal.cont2discrete``),
+    ``ad = Π(1 − e^{p_i T} z⁻¹)`` with the poles of ``a``, and ``bd = (ad ∗ h_d)[0:q]``.
+    With ``h_d[0] = T h_a(0⁺)`` this is SciPy's ``cont2discrete(..., method='impulse')``.
+
+    See Also
+    --------
+    impulse_invariance_zpk : the same from analog zeros, poles and gain (no root finding).
     """
     b = as_real_array(b, "b", ndim=1)
     a = as_real_array(a, "a", ndim=1)
@@ -1197,20 +1250,46 @@ def impulse_invariance(b, a, fs):
     b = b[np.flatnonzero(b)[0] :] if np.any(b != 0) else np.zeros(1)
     if b.size >= a.size:
         raise ValueError(f"b: expected a strictly proper system (deg b < deg a), got deg b = {b.size - 1}, deg a = {a.size - 1}")
-    T = 1.0 / fs
-    p = np.roots(a).astype(np.complex128)
-    gaps = np.abs(p[:, None] - p[None, :])
-    sep = np.min(np.where(np.eye(p.size, dtype=bool), np.inf, gaps), initial=np.inf)
-    if sep <= 1e-8 * max(1.0, float(np.max(np.abs(p)))):
-        raise ValueError("a: expected distinct analog poles for impulse invariance (repeated pole found)")
-    r = np.polyval(b, p) / np.polyval(np.polyder(a), p)  # r_i = B(p_i)/A'(p_i)
-    pz = np.exp(p * T)  # z = e^{sT}
-    # T Σ r_i / (1 − pz_i z⁻¹) over a common denominator Π (1 − pz_j z⁻¹)
-    den = _poly(pz)
-    num = np.zeros(p.size + 1, dtype=np.complex128)
-    for i in range(p.size):
-        num[: p.size] += T * r[i] * _poly(np.delete(pz, i))
-    return _realify(num, pz), _realify(den, pz)
+    poles = np.roots(a).astype(np.complex128)
+    return _impulse_invariant(b / a[0], a / a[0], poles, 1.0 / fs)
+
+
+def impulse_invariance_zpk(z, p, k, fs):
+    r"""Impulse-invariant discretization of an analog ``(z, p, k)``: Eq. (13.22) of the book.
+
+    As :func:`impulse_invariance`, from ``H_a(s) = k Π(s − z_i)/Π(s − p_i)``; the discrete poles
+    ``e^{p_i T}`` are exact images of the given poles (no root finding on a polynomial), which
+    keeps clustered poles exact.
+
+    Parameters
+    ----------
+    z, p : array_like of complex
+        Analog zeros and poles, fewer zeros than poles (strictly proper); each set closed under
+        conjugation for a real filter.
+    k : float
+    fs : float > 0
+
+    Returns
+    -------
+    zd : ndarray complex128
+        Zeros of ``z^q B_d(z)`` (a zero at infinity is not kept, as in :func:`tf2zpk`).
+    pd : ndarray complex128, shape (len(p),)
+        ``e^{p_i T}``.
+    kd : float
+        The first nonzero numerator coefficient.
+    """
+    z, p, k = _zpk_in(z, p, k)
+    fs = as_positive_scalar(fs, "fs")
+    if z.size >= p.size:
+        raise ValueError(f"z: expected fewer zeros than poles (a strictly proper system), got {z.size} zeros and {p.size} poles")
+    if k == 0:
+        raise ValueError("k: expected a nonzero gain")
+    num = _realify(k * _poly(z), z)
+    den = _realify(_poly(p), p)
+    bd, _ = _impulse_invariant(num, den, p, 1.0 / fs)
+    pd = np.exp(p / fs)
+    kd = bd[np.flatnonzero(bd)[0]]  # the first nonzero numerator coefficient
+    return _roots(bd), pd.astype(np.complex128), (float(kd) if np.isrealobj(bd) else complex(kd))
 
 
 def matched_z(z, p, k, fs, *, gain_at=0.0):

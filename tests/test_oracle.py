@@ -58,6 +58,7 @@ NOT_COVERED = {
     "iir.lp2lp_zpk": "a scaling of the roots; lp2bp_zpk (the delicate transformation) is covered",
     "iir.lp2hp_zpk": "an inversion of the roots; lp2bp_zpk (the delicate transformation) is covered",
     "iir.matched_z": "root mapping e^{sT}; bilinear_zpk is covered",
+    "iir.impulse_invariance_zpk": "zeros from a root solver: their order is not unique; impulse_invariance is covered",
     "iir.biquad_to_ssm": "partial fractions of a biquad; the inverse ssm_to_biquad is covered",
     "iir.in_stability_triangle": "a boolean predicate",
     "iir.is_stable": "a boolean predicate",
