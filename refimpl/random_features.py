@@ -361,17 +361,23 @@ def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None) -> np.nda
     return np.concatenate([h * np.sin(wx), h * np.cos(wx)], axis=-1)  # φ^trig = h [sin ωx, cos ωx]/√m
 
 
-def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
-    r"""Random features of the softmax kernel exp(x·y): FAVOR+ (positive) or trigonometric.
+def favor_features(x, projection, *, scale=1.0, kind="positive", stabilize=True) -> np.ndarray:
+    r"""Random features of the softmax kernel exp(scale·x·y): FAVOR+ (positive) or trigonometric.
 
     Implements Eqs. (12.6)–(12.7) of the book (Choromanski et al. 2021, Lemma 1 and §2.3).
 
     Parameters
     ----------
     x : array_like, shape (..., N, d)
-        Already scaled inputs (Performer passes ``√scale · q``, i.e. q/d^{1/4}).
+        Inputs as they are; the function scales them itself (x̂ = √scale · x).
     projection : array_like, shape (m, d)
         The directions ω_r (rows), e.g. from :func:`orthogonal_gaussian`.
+    scale : float >= 0 or None, default 1.0
+        The kernel's inverse temperature: the features are those of x̂ = √scale · x, so that
+        ``E φ(x)·φ(y) = exp(scale · x·y)``. The same parameter as :func:`performer_attention`'s
+        ``scale``, which scales its q and k by calling this function: ``None`` means 1/√d there
+        and here (the paper's q/d^{1/4}). The default 1.0 is the plain kernel exp(x·y) of
+        Lemma 1; pass ``scale=None`` for the features that Performer attention uses.
     kind : {"positive", "trig"}
         ``positive``: φ(x) = exp(Wx − ‖x‖²/2)/√m, shape (..., N, m).
         ``trig``: φ(x) = exp(‖x‖²/2) [sin Wx, cos Wx]/√m, shape (..., N, 2m).
@@ -404,14 +410,16 @@ def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndar
     x = _as_seq(x, "x")
     check_option(kind, "kind", KINDS)
     w = _as_projection(projection, "projection", None, x.shape[-1])
-    return _favor(x, w, kind, "all" if _as_bool(stabilize, "stabilize") else None)
+    root = math.sqrt(_scale(scale, x.shape[-1]))  # x̂ = √scale · x
+    return _favor(x * root if root != 1.0 else x, w, kind, "all" if _as_bool(stabilize, "stabilize") else None)
 
 
-def favor_features_loop(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
+def favor_features_loop(x, projection, *, scale=1.0, kind="positive", stabilize=True) -> np.ndarray:
     """Loop twin of :func:`favor_features`: each feature of each row with ``math.exp``/``sin``/``cos``."""
     x = _as_seq(x, "x")
     check_option(kind, "kind", KINDS)
     w = _as_projection(projection, "projection", None, x.shape[-1])
+    x = x * math.sqrt(_scale(scale, x.shape[-1]))  # x̂ = √scale · x
     stabilize = _as_bool(stabilize, "stabilize")
     m, n = w.shape[0], x.shape[-2]
     out = np.empty(x.shape[:-1] + ((m,) if kind == "positive" else (2 * m,)))
@@ -494,7 +502,8 @@ def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projectio
     else:
         w = as_rng(rng).standard_normal((m, d))  # iid ω_r ~ N(0, I_d)
     root = math.sqrt(_scale(scale, d))  # q̂ = q·√scale, k̂ = k·√scale (q/d^{1/4} by default)
-    # Stabilizers that cancel (Eq. 12.10): the row max for each query, one max over all keys.
+    # The features of favor_features(q, w, scale=scale) and favor_features(k, w, scale=scale), with
+    # stabilizers that cancel (Eq. 12.10): the row max for each query, one max over all keys.
     return _favor(q * root, w, kind, "row"), _favor(k * root, w, kind, "all"), v
 
 
@@ -534,7 +543,9 @@ def performer_attention(
     Notes
     -----
     ``φ(q̂)``, ``φ(k̂)`` of :func:`favor_features` with q̂ = √scale·q, k̂ = √scale·k (so that
-    exp(q̂·k̂) = exp(scale·q·k)), then the kernel-attention sums of Eq. (12.2); causal by chunked
+    exp(q̂·k̂) = exp(scale·q·k)): the features of ``favor_features(q, projection, scale=scale)``
+    and ``favor_features(k, projection, scale=scale)`` — both functions take unscaled inputs and
+    the same ``scale`` — then the kernel-attention sums of Eq. (12.2); causal by chunked
     prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
     is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
     memory O(N m) for the features plus (N/128)·m·(dv+1) for the causal chunk states. Trig

@@ -172,6 +172,37 @@ class TestFavorFeatures:
         ratio = favor_features(x, w, kind=kind) / favor_oracle(x, w, kind)
         np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:, :1, :1], ratio.shape), rtol=1e-12)
 
+    @pytest.mark.parametrize("kind", ["positive", "trig"])
+    @pytest.mark.parametrize("scale", [None, 0.3, 1.0, 0.0])
+    def test_scale_is_applied_inside(self, kind, scale):
+        # favor_features(x, scale=s) are the features of √s·x (None: s = 1/√d), loop twin alike
+        rng = np.random.default_rng(2)
+        x, w = rng.normal(size=(2, 6, 4)), rng.normal(size=(5, 4))
+        s = 0.5 if scale is None else scale  # 1/√4
+        ref = favor_oracle(np.sqrt(s) * x, w, kind)
+        for func in (favor_features, favor_features_loop):
+            close(func(x, w, scale=scale, kind=kind, stabilize=False), ref, rtol=ORACLE, what=f"{func.__name__} scale={scale}")
+        with pytest.raises(ValueError, match="^scale"):
+            favor_features(x, w, scale=-1.0)
+
+    @pytest.mark.parametrize("kind", ["positive", "trig"])
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("scale", [None, 0.7])
+    def test_performer_uses_favor_features_with_the_same_scale(self, kind, causal, scale):
+        # one convention: performer_attention(q, k, v, scale=s, projection=w) is Eq. (12.2) with the
+        # features favor_features(q, w, scale=s) and favor_features(k, w, scale=s) of the raw q, k
+        rng = np.random.default_rng(3)
+        q, k, v = rng.normal(size=(3, 2, 7, 4))
+        w = rng.normal(size=(6, 4))
+        pq = favor_features(q, w, scale=scale, kind=kind, stabilize=False)
+        pk = favor_features(k, w, scale=scale, kind=kind, stabilize=False)
+        a = pq @ np.swapaxes(pk, -1, -2)  # Â_ij = φ(q_i)·φ(k_j)
+        if causal:
+            a = np.tril(a)
+        ref = (a @ v) / a.sum(-1, keepdims=True)
+        got = performer_attention(q, k, v, n_features=6, projection=w, rng=None, scale=scale, kind=kind, causal=causal)
+        close(got, ref, rtol=ORACLE, what="performer_attention vs favor_features(scale) features")
+
     def test_stabilize_prevents_overflow(self):
         rng = np.random.default_rng(1)
         x, w = rng.normal(size=(4, 3)) * 40, rng.normal(size=(5, 3))
