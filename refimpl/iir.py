@@ -93,6 +93,7 @@ __all__ = [
     "lp2lp_zpk",
     "lp2hp_zpk",
     "lp2bp_zpk",
+    "lp2bs_zpk",
     "prewarp",
     "bilinear_zpk",
     "bilinear",
@@ -110,7 +111,7 @@ __all__ = [
 ]
 
 FORMS = ("tdf2", "df1")
-BTYPES = ("lowpass", "highpass", "bandpass")
+BTYPES = ("lowpass", "highpass", "bandpass", "bandstop")
 OUTPUTS = ("zpk", "ba", "sos")
 
 #: numbers per slab of blocks whose outputs are formed together (a cache-sized working set)
@@ -1104,6 +1105,25 @@ def lp2bp_zpk(z, p, k, wo=1.0, bw=1.0):
     return zb.astype(np.complex128), pb, k * bw**deg
 
 
+def lp2bs_zpk(z, p, k, wo=1.0, bw=1.0):
+    r"""Lowpass → bandstop around ``wo`` with width ``bw``: ``s → bw s/(s² + wo²)``.
+
+    The highpass map of Eq. (13.20) (with cutoff 1, ``s → 1/s``) followed by the bandpass map
+    of Eq. (13.21): ``1/((s² + wo²)/(bw s)) = bw s/(s² + wo²)``. Each prototype root ``r`` becomes
+    the two roots of ``r s² − bw s + r wo² = 0``, ``s = bw/(2r) ± sqrt((bw/(2r))² − wo²)``; the
+    zeros at infinity become ``deg`` pairs at ``s = ±i wo`` (the notch), and the gain is
+    ``k Re(Π(−z_i)/Π(−p_i))`` (the value at s = 0 and at s = ∞ is the prototype's DC value).
+    """
+    z, p, k = _zpk_in(z, p, k)
+    wo = as_positive_scalar(wo, "wo")
+    bw = as_positive_scalar(bw, "bw")
+    if np.any(p == 0):
+        raise ValueError("p: a prototype pole at s = 0 has no bandstop image (it maps to s = ±i wo and ∞)")
+    if np.any(z == 0):
+        raise ValueError("z: a prototype zero at s = 0 has no finite bandstop image (it maps to s = 0 and ∞)")
+    return lp2bp_zpk(*lp2hp_zpk(z, p, k, 1.0), wo, bw)  # s → 1/s, then s → (s² + wo²)/(bw s)
+
+
 def prewarp(f, fs):
     r"""Analog frequency (rad/s) that the bilinear transform maps onto the digital ``f``.
 
@@ -1320,23 +1340,32 @@ def matched_z(z, p, k, fs, *, gain_at=0.0):
     return zd.astype(np.complex128), pd, float(abs(ha) / abs(hd) * np.sign((ha / hd).real or 1.0))
 
 
-def _design(proto, order, wn, btype, fs, output):
+def _design(proto, order, wn, btype, analog, fs, output):
     check_option(btype, "btype", BTYPES)
     check_option(output, "output", OUTPUTS)
-    fs = as_positive_scalar(fs, "fs")
+    analog = _check_bool(analog, "analog")
     wn = as_real_array(wn, "wn")
-    want = 2 if btype == "bandpass" else 1
+    want = 2 if btype in ("bandpass", "bandstop") else 1
     if wn.size != want or wn.ndim > 1:
         raise ValueError(f"wn: expected {'two band edges' if want == 2 else 'one cutoff'} for btype={btype!r}, got shape {wn.shape}")
     wn = wn.reshape(-1)
-    if np.any(wn <= 0) or np.any(wn >= fs / 2):
-        raise ValueError(f"wn: expected frequencies strictly between 0 and fs/2 = {fs / 2:g}, got {wn.tolist()}")
+    if analog:
+        if fs is not None:
+            raise ValueError("fs: an analog design has no sampling rate (wn is in rad/s); leave fs unset")
+        if output == "sos":
+            raise ValueError("output: expected 'zpk' or 'ba' for an analog design (sections are digital here)")
+        if np.any(wn <= 0):
+            raise ValueError(f"wn: expected positive frequencies in rad/s, got {wn.tolist()}")
+    else:
+        fs = 2.0 if fs is None else as_positive_scalar(fs, "fs")
+        if np.any(wn <= 0) or np.any(wn >= fs / 2):
+            raise ValueError(f"wn: expected frequencies strictly between 0 and fs/2 = {fs / 2:g}, got {wn.tolist()}")
     if want == 2 and not wn[0] < wn[1]:
         raise ValueError(f"wn: expected band edges wn[0] < wn[1], got {wn.tolist()}")
     z, p, k = proto
-    # design at the sampling rate 2 (frequencies as fractions of Nyquist), as SciPy does
+    # digital: design at the sampling rate 2 (frequencies as fractions of Nyquist), as SciPy does
     fsd = 2.0
-    warped = prewarp(wn / (fs / 2.0), fsd)  # Ω = 2 fs tan(π f/fs), Eq. (13.18)
+    warped = wn if analog else prewarp(wn / (fs / 2.0), fsd)  # Ω = 2 fs tan(π f/fs), Eq. (13.18)
     if btype == "lowpass":
         z, p, k = lp2lp_zpk(z, p, k, warped[0])
     elif btype == "highpass":
@@ -1344,8 +1373,9 @@ def _design(proto, order, wn, btype, fs, output):
     else:
         bw = warped[1] - warped[0]
         wo = math.sqrt(warped[0] * warped[1])
-        z, p, k = lp2bp_zpk(z, p, k, wo, bw)
-    z, p, k = bilinear_zpk(z, p, k, fsd)
+        z, p, k = (lp2bp_zpk if btype == "bandpass" else lp2bs_zpk)(z, p, k, wo, bw)
+    if not analog:
+        z, p, k = bilinear_zpk(z, p, k, fsd)
     if output == "zpk":
         return z, p, k
     if output == "ba":
@@ -1353,33 +1383,43 @@ def _design(proto, order, wn, btype, fs, output):
     return zpk2sos(z, p, k)
 
 
-def butter(order, wn, btype="lowpass", *, fs=2.0, output="zpk"):
-    r"""Digital Butterworth filter: prototype poles, pre-warping, frequency transformation, bilinear.
+def butter(order, wn, btype="lowpass", *, analog=False, fs=None, output="zpk"):
+    r"""Butterworth filter, digital or analog: prototype poles, pre-warping, frequency transformation, bilinear.
 
     Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. (13.15)) →
-    :func:`prewarp` (13.18) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`
-    (13.19–13.21) → :func:`bilinear_zpk` (13.17).
+    :func:`prewarp` (13.18) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`/
+    :func:`lp2bs_zpk` (13.19–13.21) → :func:`bilinear_zpk` (13.17).
 
     Parameters
     ----------
     order : int ≥ 1
     wn : float or (2,) array
-        Cutoff (or band edges) in the units of ``fs``, strictly between 0 and fs/2; with the
-        default ``fs = 2`` a fraction of the Nyquist frequency (``scipy.signal.butter``'s ``Wn``).
-    btype : {"lowpass", "highpass", "bandpass"}
-    fs : float > 0
+        Digital: cutoff (or band edges) in the units of ``fs``, strictly between 0 and fs/2;
+        with the default ``fs = 2`` a fraction of the Nyquist frequency (``scipy.signal.butter``'s
+        ``Wn``). Analog: cutoff (or band edges) in rad/s, > 0.
+    btype : {"lowpass", "highpass", "bandpass", "bandstop"}
+        A band design has order 2·``order``.
+    analog : bool, default False
+        Return the analog filter H(s) (no pre-warping, no bilinear transform): zeros, poles and
+        gain in s, or ``(b, a)`` in descending powers of s (``scipy.signal.freqs`` convention).
+    fs : float > 0, optional
+        Sampling rate of a digital design (default 2); must not be given with ``analog=True``.
     output : {"zpk", "ba", "sos"}
+        ``"sos"`` only for digital designs.
 
     Returns
     -------
     (z, p, k), (b, a) or sos, as ``output`` says.
     """
-    return _design(buttap(order), order, wn, btype, fs, output)
+    return _design(buttap(order), order, wn, btype, analog, fs, output)
 
 
-def cheby1(order, rp, wn, btype="lowpass", *, fs=2.0, output="zpk"):
-    """Digital Chebyshev type I filter (ripple ``rp`` dB): :func:`cheb1ap` through the chain of :func:`butter`: Eqs. (13.16)–(13.18) of the book."""
-    return _design(cheb1ap(order, rp), order, wn, btype, fs, output)
+def cheby1(order, rp, wn, btype="lowpass", *, analog=False, fs=None, output="zpk"):
+    """Chebyshev type I filter (ripple ``rp`` dB), digital or analog: :func:`cheb1ap` through the chain of :func:`butter`: Eqs. (13.16)–(13.18) of the book.
+
+    Parameters as :func:`butter` (``analog``, ``fs``, ``output``, the four ``btype`` values).
+    """
+    return _design(cheb1ap(order, rp), order, wn, btype, analog, fs, output)
 
 
 # ---------------------------------------------------------------------------------------------

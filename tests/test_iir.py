@@ -864,6 +864,85 @@ class TestSToZ:
         close(b, br, rtol=ORACLE, what=f"{name} b vs scipy")
         close(a, ar, rtol=ORACLE, what=f"{name} a vs scipy")
 
+    @pytest.mark.parametrize("name", ["butter", "cheby1"])
+    @pytest.mark.parametrize("order", [1, 2, 5, 8])
+    @pytest.mark.parametrize("band", [("lowpass", 3.0), ("highpass", 0.4), ("bandpass", [2.0, 9.0]), ("bandstop", [0.5, 40.0])])
+    def test_analog_designs_match_scipy(self, name, order, band):
+        # analog=True: the s-domain filter (no pre-warping, no bilinear), wn in rad/s
+        bt, wn = band
+        extra = () if name == "butter" else (1.5,)
+        z, p, k = getattr(iir, name)(order, *extra, wn, bt, analog=True)
+        zr, pr, kr = getattr(ss, name)(order, *extra, wn, bt, analog=True, output="zpk")
+        close(sorted_c(p), sorted_c(pr), rtol=ORACLE, what=f"analog {name} poles vs scipy")
+        close(sorted_c(z), sorted_c(zr), rtol=ORACLE, what=f"analog {name} zeros vs scipy")
+        close(k, kr, rtol=ORACLE, what=f"analog {name} gain vs scipy")
+        b, a = getattr(iir, name)(order, *extra, wn, bt, analog=True, output="ba")
+        br, ar = getattr(ss, name)(order, *extra, wn, bt, analog=True)
+        close(b, br, rtol=ORACLE, what=f"analog {name} b vs scipy")
+        close(a, ar, rtol=ORACLE, what=f"analog {name} a vs scipy")
+        # the response at the band edges: −3 dB (Butterworth) or the ripple (Chebyshev I)
+        edge = np.atleast_1d(np.asarray(wn, dtype=float))
+        _, h = ss.freqs_zpk(z, p, k, worN=edge)
+        want = 1 / np.sqrt(2) if name == "butter" else 10 ** (-1.5 / 20)
+        np.testing.assert_allclose(np.abs(h), want, rtol=1e-10)
+
+    @pytest.mark.parametrize("name", ["butter", "cheby1"])
+    @pytest.mark.parametrize("order", [1, 3, 6])
+    @pytest.mark.parametrize("wn, fs", [([0.3, 0.45], 2.0), ([100.0, 2000.0], 8000.0)])
+    def test_digital_bandstop_matches_scipy(self, name, order, wn, fs):
+        extra = () if name == "butter" else (0.8,)
+        mine = getattr(iir, name)
+        ref = getattr(ss, name)
+        z, p, k = mine(order, *extra, wn, "bandstop", fs=fs)
+        zr, pr, kr = ref(order, *extra, wn, "bandstop", fs=fs, output="zpk")
+        close(sorted_c(p), sorted_c(pr), rtol=ORACLE, what=f"bandstop {name} poles vs scipy")
+        close(sorted_c(z), sorted_c(zr), rtol=ORACLE, what=f"bandstop {name} zeros vs scipy")
+        close(k, kr, rtol=ORACLE, what=f"bandstop {name} gain vs scipy")
+        close(mine(order, *extra, wn, "bandstop", fs=fs, output="sos"), ref(order, *extra, wn, "bandstop", fs=fs, output="sos"),
+              rtol=ORACLE, what=f"bandstop {name} sos vs scipy")
+        # a notch: every zero on the unit circle at the image of the prewarped band's geometric
+        # centre, θ0 = 2 atan(√(tan(π f1/fs) tan(π f2/fs))); at DC the prototype's DC gain
+        theta0 = 2 * np.arctan(np.sqrt(np.tan(np.pi * wn[0] / fs) * np.tan(np.pi * wn[1] / fs)))
+        close(np.abs(np.angle(z)), np.full(z.size, theta0), rtol=1e-12, what="bandstop notch angle")
+        close(np.abs(z), np.ones(z.size), rtol=1e-12, what="bandstop zeros on the unit circle")
+        h0 = k * np.prod(1 - z) / np.prod(1 - p)  # H(z = 1)
+        assert abs(h0) == pytest.approx(1.0 if name == "butter" or order % 2 else 10 ** (-0.8 / 20), rel=1e-10)
+
+    @pytest.mark.parametrize("wo, bw", [(1.0, 1.0), (3.0, 0.5), (1e3, 2e2)])
+    def test_lp2bs_zpk(self, wo, bw):
+        for proto in (ss.buttap(4), ss.cheb1ap(5, 0.5), (np.array([-2.0, -3.0 + 1j, -3.0 - 1j]), np.array([-1.0, -0.5 + 2j, -0.5 - 2j, -4.0]), 2.5)):
+            z, p, k = iir.lp2bs_zpk(*proto, wo=wo, bw=bw)
+            zr, pr, kr = ss.lp2bs_zpk(*proto, wo=wo, bw=bw)
+            close(sorted_c(p), sorted_c(pr), rtol=ORACLE, what="lp2bs_zpk poles vs scipy")
+            close(sorted_c(z), sorted_c(zr), rtol=ORACLE, what="lp2bs_zpk zeros vs scipy")
+            close(k, kr, rtol=ORACLE, what="lp2bs_zpk gain vs scipy")
+            # the definition H_bs(s) = H(bw s / (s² + wo²)) at a few points
+            s_ = np.array([0.3j, 1.7j, 0.2 + 0.9j]) * wo
+            sp = bw * s_ / (s_**2 + wo**2)
+            h_proto = proto[2] * np.prod(sp[:, None] - proto[0], axis=1) / np.prod(sp[:, None] - proto[1], axis=1)
+            h = k * np.prod(s_[:, None] - z, axis=1) / np.prod(s_[:, None] - p, axis=1)
+            close(h, h_proto, rtol=1e-11, what="lp2bs_zpk = H(bw s/(s² + wo²))")
+        with pytest.raises(ValueError, match="^p: a prototype pole at s = 0"):
+            iir.lp2bs_zpk([], [0.0, -1.0], 1.0)
+        with pytest.raises(ValueError, match="^bw"):
+            iir.lp2bs_zpk([], [-1.0], 1.0, 1.0, -2.0)
+
+    def test_analog_design_errors(self):
+        with pytest.raises(ValueError, match="^fs: an analog design"):
+            iir.butter(3, 2.0, analog=True, fs=10.0)
+        with pytest.raises(ValueError, match="^output: expected 'zpk' or 'ba'"):
+            iir.cheby1(3, 1.0, 2.0, analog=True, output="sos")
+        with pytest.raises(ValueError, match="^wn: expected positive frequencies"):
+            iir.butter(3, -2.0, analog=True)
+        with pytest.raises(ValueError, match="^wn: expected two band edges"):
+            iir.butter(3, 2.0, "bandstop", analog=True)
+        with pytest.raises(ValueError, match="^wn: expected band edges"):
+            iir.butter(3, [5.0, 2.0], "bandstop", analog=True)
+        with pytest.raises(TypeError, match="^analog"):
+            iir.butter(3, 0.2, analog="yes")
+        z, p, k = iir.butter(3, 100.0, analog=True)  # no upper limit on an analog cutoff
+        close(np.abs(p), np.full(3, 100.0), rtol=ORACLE, what="analog Butterworth poles on |s| = wn")
+
     def test_design_with_fs(self):
         close(iir.butter(4, 100.0, fs=1000.0, output="sos"), ss.butter(4, 100.0, fs=1000.0, output="sos"), rtol=ORACLE,
               what="butter(fs) vs scipy")
@@ -909,7 +988,7 @@ class TestSToZ:
         with pytest.raises(ValueError, match="^wn: expected band edges"):
             iir.cheby1(3, 1.0, [0.5, 0.3], "bandpass")
         with pytest.raises(ValueError, match="^btype:"):
-            iir.butter(3, 0.3, "bandstop")
+            iir.butter(3, 0.3, "notch")
         with pytest.raises(ValueError, match="^output:"):
             iir.butter(3, 0.3, output="ss")
         with pytest.raises(ValueError, match="^wn: expected finite"):

@@ -57,6 +57,7 @@ NOT_COVERED = {
     "iir.tf2sos": "roots: their order is not unique",
     "iir.lp2lp_zpk": "a scaling of the roots; lp2bp_zpk (the delicate transformation) is covered",
     "iir.lp2hp_zpk": "an inversion of the roots; lp2bp_zpk (the delicate transformation) is covered",
+    "iir.lp2bs_zpk": "lp2hp_zpk (s → 1/s) then lp2bp_zpk, which is covered",
     "iir.matched_z": "root mapping e^{sT}; bilinear_zpk is covered",
     "iir.impulse_invariance_zpk": "zeros from a root solver: their order is not unique; impulse_invariance is covered",
     "iir.biquad_to_ssm": "partial fractions of a biquad; the inverse ssm_to_biquad is covered",
