@@ -747,6 +747,18 @@ class TestImpulseInvarianceExact:
             record("impulse_invariance 8th-order Butterworth vs decimal reference", err, 1e-12)
             assert err <= 1e-12, f"fs={fs}: {err:.3e}"
 
+    @pytest.mark.parametrize("fs, tol", [(10.0, 1e-12), (1e3, 1e-11), (1e4, 1e-12)])
+    def test_aliased_bandpass(self, fs, tol):
+        # a 10th-order Chebyshev bandpass at 3 kHz sampled far below its band: |p|T up to 2000 rad.
+        # Rounding a's coefficients alone moves the exact result by 2.4e-12 at fs = 1e3 (the
+        # reference recomputed with a and b perturbed by one ulp), so 1e-11 is the conditioning
+        # there; a companion-form realization was off by 4.2e-7 (fs = 10) and 1.1e-9 (fs = 1e3).
+        z, p, k = ss.lp2bp_zpk(*ss.cheb1ap(5, 1.0), 2 * np.pi * 3e3, 2 * np.pi * 500)
+        b, a = ss.zpk2tf(z, p, k)
+        err = nrel(iir.impulse_invariance(b, a, fs), impulse_invariance_ref(b, a, fs))
+        record("impulse_invariance aliased bandpass vs decimal reference", err, tol)
+        assert err <= tol, f"fs={fs}: {err:.3e}"
+
     def test_repeated_pole(self):
         # 1/(s+1)² and 1/(s+1)³ (partial fractions with distinct poles cannot represent them)
         T = 0.25
