@@ -116,23 +116,32 @@ def _expm1_complex(z: np.ndarray, tau: np.ndarray, z_lo=None) -> np.ndarray:
     δ = δ_r + iδ_i: the rounding errors of Re(z)·τ and Im(z)·τ (:func:`_two_product`) and
     z_lo·τ. It enters exactly as ``e^{w+δ} − 1 = (e^w − 1) + e^w (e^δ − 1)``: δ is as large as
     half an ulp of w (0.06 at |w| = 1e15), so a first-order ``e^w δ`` would not do.
-    (Callers handle overflow of e^{Re w}.)
+    The real part δ_r (at most ε|Re w|/2) changes the result by less than ε relative unless
+    Re w > 0: it is formed only when some mode grows. (Callers handle overflow of e^{Re w}.)
     """
-    wr, er = _two_product(z.real, tau)
+    wr = z.real * tau
+    er = None
+    if np.max(wr, initial=-np.inf) > 0:  # a growing mode: e^{Re w} feels the rounding of Re w
+        wr, er = _two_product(z.real, tau)
+        if z_lo is not None:
+            er = er + z_lo.real * tau
     wi, ei = _two_product(z.imag, tau)
     if z_lo is not None:
-        er = er + z_lo.real * tau
         ei = ei + z_lo.imag * tau
-    wr, wi, er, ei = np.broadcast_arrays(wr, wi, er, ei)
-    er, ei = _finite_or_zero(er), _finite_or_zero(ei)
+    wr, wi, ei = np.broadcast_arrays(wr, wi, ei)
+    ei = _finite_or_zero(ei)
     s, c = np.sin(0.5 * wi), np.cos(0.5 * wi)
     two_s2 = 2.0 * s * s
     cos_i, sin_i = 1.0 - two_s2, 2.0 * s * c
     exp_r = np.exp(wr)
     # D = e^δ − 1 by the same half-angle formula (δ is tiny: no cancellation, no overflow)
     sd = np.sin(0.5 * ei)
-    d_re = np.expm1(er) * (1.0 - 2.0 * sd * sd) - 2.0 * sd * sd
-    d_im = np.exp(er) * np.sin(ei)
+    if er is None:
+        d_re, d_im = -2.0 * sd * sd, np.sin(ei)
+    else:
+        er = _finite_or_zero(np.broadcast_to(er, wr.shape))
+        d_re = np.expm1(er) * (1.0 - 2.0 * sd * sd) - 2.0 * sd * sd
+        d_im = np.exp(er) * np.sin(ei)
     out = np.empty(wr.shape, dtype=np.complex128)
     # e^{w+δ} − 1 = (e^w − 1) + e^w D,  e^w = e^{Re w}(cos_i + i sin_i)
     out.real = np.expm1(wr) * cos_i - two_s2 + exp_r * (d_re * cos_i - d_im * sin_i)
@@ -142,11 +151,20 @@ def _expm1_complex(z: np.ndarray, tau: np.ndarray, z_lo=None) -> np.ndarray:
 
 def _expm1_real(z: np.ndarray, tau: np.ndarray) -> np.ndarray:
     """e^{zτ} − 1 for real z and τ, with the rounding error δ of the product zτ restored:
-    e^{w+δ} − 1 = expm1(w) + e^w expm1(δ)."""
-    w, e = _two_product(z, tau)
-    e = _finite_or_zero(e)
-    # where e^w overflows, e^w · 0 would be NaN: add the correction only where it is nonzero
-    return np.expm1(w) + np.where(e != 0, np.exp(w) * np.expm1(e), 0.0)
+    e^{w+δ} − 1 = expm1(w) + e^w expm1(δ).
+
+    |δ| ≤ ε|w|/2 changes the result by at most about ε relative where w ≤ 1, so the correction
+    is formed only on the entries with w > 1 (growing, pushed-back modes).
+    """
+    w = np.asarray(z * tau)
+    out = np.expm1(w, out=np.empty_like(w))  # an array also for 0-d w (entries are set below)
+    big = w > 1.0
+    if np.any(big):
+        wb, e = _two_product(np.broadcast_to(z, w.shape)[big], np.broadcast_to(tau, w.shape)[big])
+        e = _finite_or_zero(e)
+        # where e^w overflows, e^w · 0 would be NaN: add the correction only where it is nonzero
+        out[big] = np.expm1(wb) + np.where(e != 0, np.exp(wb) * np.expm1(e), 0.0)
+    return out
 
 
 def _complex(re: np.ndarray, im: np.ndarray) -> np.ndarray:

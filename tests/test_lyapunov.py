@@ -813,6 +813,21 @@ class TestDleCovarianceBackward:
 
     # ---- overflow -----------------------------------------------------------------------------
 
+    def test_diagonal_large_growth_exact_exponent(self):
+        # Σ^B_k = g (e^{2μτ} − 1)/(2μ) with 2μτ up to 700: the rounding of the product 2μ·τ
+        # (up to ε·350 relative in e^{2μτ}) is restored, so the result is exact to a few ulp
+        rng = np.random.default_rng(19)
+        mu = rng.uniform(0.1, 3.0, 40)
+        lam = -mu + 1j * rng.normal(size=40)
+        tau = rng.uniform(1.0, 350.0 / mu)  # 2μτ in (0.2, 700)
+        g = rng.uniform(0.5, 2.0, 40)
+        for func in (dle_covariance_backward, dle_covariance_backward_loop):
+            got = np.array([func(lam[i:i + 1], g[i:i + 1], tau[i])[0] for i in range(40)])
+            ref = g * np.array([phi_ref(2 * m, t).real for m, t in zip(mu, tau)])
+            err = elementwise_rel(got, ref)
+            _record("diag Σ^B with 2μτ up to 700 (elementwise)", err, 4 * EPS)
+            assert err <= 4 * EPS, f"{func.__name__}: {err:.3e}"
+
     def test_overflow_diagonal(self):
         # 2μτ > 709.78 + log(2μ/g): +inf where g > 0, exactly 0 where g = 0, never NaN.
         lam = np.array([-1.0 + 1j, -0.5 - 1j, -400.0 + 0j, 0.3j, -1.0 + 0j])
