@@ -20,6 +20,8 @@ Glossary (code name → symbol in the book / Särkkä 2013)
 ``m``, ``P``  (..., N, n), (..., N, n, n)   filtered means and covariances m_k, P_k (Eq. (3.3)).
 ``ms``, ``Ps``                              smoothed means and covariances m^s_k, P^s_k (Eq. (3.5)).
 ``K`` gain, ``S`` innovation covariance, ``G`` smoother gain.
+``m_pred``, ``P_pred``   predicted moments m⁻_k, P⁻_k;  ``y`` innovation z_k − H m⁻_k
+                         (returned with ``return_intermediates=True``, with the log-likelihood).
 
 References
 ----------

@@ -41,6 +41,8 @@ Glossary (code name → symbol in the book / the papers)
 ``qk``           the shared query/key projection of the Reformer, shape (..., N, d).
 ``n_buckets``    b (even): hash buckets;  ``n_rounds``  n_r: independent hash rounds.
 ``chunk_size``   c: the sorted sequence is cut into chunks of c tokens.
+``rotations``    R^{(r)}, shape (n_rounds, d, b/2): the random rotations of the hash (Eq. 12.13).
+``look_back``    which chunk a chunk also attends to: within its round, or across rounds.
 
 Numerical care
 --------------
