@@ -1113,6 +1113,12 @@ def lp2bs_zpk(z, p, k, wo=1.0, bw=1.0):
     the two roots of ``r s² − bw s + r wo² = 0``, ``s = bw/(2r) ± sqrt((bw/(2r))² − wo²)``; the
     zeros at infinity become ``deg`` pairs at ``s = ±i wo`` (the notch), and the gain is
     ``k Re(Π(−z_i)/Π(−p_i))`` (the value at s = 0 and at s = ∞ is the prototype's DC value).
+
+    Examples
+    --------
+    >>> z, p, k = lp2bs_zpk([], [-1.0], 1.0, wo=2.0, bw=1.0)  # 1/(s+1) → (s² + 4)/(s² + s + 4)
+    >>> z.tolist(), np.round(np.poly(p).real, 12).tolist(), k
+    ([2j, -2j], [1.0, 1.0, 4.0], 1.0)
     """
     z, p, k = _zpk_in(z, p, k)
     wo = as_positive_scalar(wo, "wo")
@@ -1306,6 +1312,14 @@ def impulse_invariance_zpk(z, p, k, fs):
         ``e^{p_i T}``.
     kd : float
         The first nonzero numerator coefficient.
+
+    Examples
+    --------
+    ``1/(s + 1)`` at fs = 2 becomes ``T/(1 − e^{−T} z⁻¹)`` = ``0.5 z/(z − e^{−0.5})``:
+
+    >>> zd, pd, kd = impulse_invariance_zpk([], [-1.0], 1.0, 2.0)
+    >>> zd.tolist(), bool(abs(pd[0] - np.exp(-0.5)) < 1e-15), kd
+    ([0j], True, 0.5)
     """
     z, p, k = _zpk_in(z, p, k)
     fs = as_positive_scalar(fs, "fs")
