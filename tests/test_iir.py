@@ -756,7 +756,7 @@ class TestImpulseInvarianceExact:
         z, p, k = ss.lp2bp_zpk(*ss.cheb1ap(5, 1.0), 2 * np.pi * 3e3, 2 * np.pi * 500)
         b, a = ss.zpk2tf(z, p, k)
         err = nrel(iir.impulse_invariance(b, a, fs), impulse_invariance_ref(b, a, fs))
-        record("impulse_invariance aliased bandpass vs decimal reference", err, tol)
+        record(f"impulse_invariance aliased bandpass (fs={fs:g}) vs decimal reference", err, tol)
         assert err <= tol, f"fs={fs}: {err:.3e}"
 
     def test_repeated_pole(self):
