@@ -46,6 +46,7 @@ import math
 import numbers
 
 import numpy as np
+import scipy.linalg
 
 from ._scan import linear_scan, matrix_powers, state_scan
 from ._validate import (
@@ -92,10 +93,12 @@ __all__ = [
     "lp2lp_zpk",
     "lp2hp_zpk",
     "lp2bp_zpk",
+    "lp2bs_zpk",
     "prewarp",
     "bilinear_zpk",
     "bilinear",
     "impulse_invariance",
+    "impulse_invariance_zpk",
     "matched_z",
     "butter",
     "cheby1",
@@ -108,7 +111,7 @@ __all__ = [
 ]
 
 FORMS = ("tdf2", "df1")
-BTYPES = ("lowpass", "highpass", "bandpass")
+BTYPES = ("lowpass", "highpass", "bandpass", "bandstop")
 OUTPUTS = ("zpk", "ba", "sos")
 
 #: numbers per slab of blocks whose outputs are formed together (a cache-sized working set)
@@ -1102,6 +1105,31 @@ def lp2bp_zpk(z, p, k, wo=1.0, bw=1.0):
     return zb.astype(np.complex128), pb, k * bw**deg
 
 
+def lp2bs_zpk(z, p, k, wo=1.0, bw=1.0):
+    r"""Lowpass → bandstop around ``wo`` with width ``bw``: ``s → bw s/(s² + wo²)``.
+
+    The highpass map of Eq. (13.20) (with cutoff 1, ``s → 1/s``) followed by the bandpass map
+    of Eq. (13.21): ``1/((s² + wo²)/(bw s)) = bw s/(s² + wo²)``. Each prototype root ``r`` becomes
+    the two roots of ``r s² − bw s + r wo² = 0``, ``s = bw/(2r) ± sqrt((bw/(2r))² − wo²)``; the
+    zeros at infinity become ``deg`` pairs at ``s = ±i wo`` (the notch), and the gain is
+    ``k Re(Π(−z_i)/Π(−p_i))`` (the value at s = 0 and at s = ∞ is the prototype's DC value).
+
+    Examples
+    --------
+    >>> z, p, k = lp2bs_zpk([], [-1.0], 1.0, wo=2.0, bw=1.0)  # 1/(s+1) → (s² + 4)/(s² + s + 4)
+    >>> z.tolist(), np.round(np.poly(p).real, 12).tolist(), k
+    ([2j, -2j], [1.0, 1.0, 4.0], 1.0)
+    """
+    z, p, k = _zpk_in(z, p, k)
+    wo = as_positive_scalar(wo, "wo")
+    bw = as_positive_scalar(bw, "bw")
+    if np.any(p == 0):
+        raise ValueError("p: a prototype pole at s = 0 has no bandstop image (it maps to s = ±i wo and ∞)")
+    if np.any(z == 0):
+        raise ValueError("z: a prototype zero at s = 0 has no finite bandstop image (it maps to s = 0 and ∞)")
+    return lp2bp_zpk(*lp2hp_zpk(z, p, k, 1.0), wo, bw)  # s → 1/s, then s → (s² + wo²)/(bw s)
+
+
 def prewarp(f, fs):
     r"""Analog frequency (rad/s) that the bilinear transform maps onto the digital ``f``.
 
@@ -1170,23 +1198,83 @@ def bilinear(b, a, fs):
     return bd / ad[0], ad / ad[0]
 
 
+def _impulse_invariant(num: np.ndarray, poles: np.ndarray, T: float):
+    """(bd, ad) of ``h_d[n] = T h_a(nT)`` for ``H_a = num/Π(s − p_i)`` (deg num < q = len(poles)).
+
+    The route has no partial fractions (whose residues grow like 1/Π(p_i − p_j) and cancel for
+    close poles): a state-space realization ``h_a(t) = C e^{At} B``, ``e^{AT}`` by
+    ``scipy.linalg.expm``, the Markov parameters ``h_d[n] = T C (e^{AT})^n B`` for n < q, the
+    denominator ``ad = Π(1 − e^{p_i T} z⁻¹)`` and the numerator ``bd = (ad ∗ h_d)[0:q]`` (the
+    product A_d(z) H_d(z) is a polynomial of degree q − 1 in z⁻¹, so its first q terms are all
+    of it).
+
+    The realization is the cascade of first-order sections ``x_0' = p_0 x_0 + u``,
+    ``x_j' = p_j x_j + σ x_{j−1}``, so ``X_j = σ^j U/Π_{i≤j}(s − p_i)``, with the output
+    ``y = Σ_j c_j σ^{-j} x_j`` where ``num = Σ_j c_j Π_{i>j}(s − p_i)`` (Newton's form of the
+    numerator on the nodes p_{q−1}, …, p_0, by repeated synthetic division). Its matrix is
+    bidiagonal with the poles on the diagonal and σ = max|p_i| below, close to normal, whereas
+    the companion form of the same system is so far from normal that ``expm`` loses digits once
+    |p|T exceeds a few radians (1e-4 against a condition of 1e-10 at |p|T ≈ 190).
+    """
+    q = poles.size
+    r = np.concatenate([np.zeros(q - num.size), num]).astype(np.complex128)  # s^{q−1} … s^0
+    c = np.empty(q, dtype=np.complex128)
+    for j in range(q - 1, -1, -1):  # r(s) = c_j + (s − p_j) r_next(s): Horner at p_j
+        acc = np.empty(r.size, dtype=np.complex128)
+        value = 0.0
+        for i, ri in enumerate(r):
+            value = value * poles[j] + ri
+            acc[i] = value
+        c[j], r = acc[-1], acc[:-1]
+    sigma = float(np.max(np.abs(poles), initial=0.0)) or 1.0
+    A = np.diag(poles.astype(np.complex128)) + np.diag(np.full(q - 1, sigma), -1)
+    C = c / sigma ** np.arange(q)  # y = Σ_j c_j σ^{-j} x_j
+    E = scipy.linalg.expm(A * T)  # e^{AT}
+    h = np.empty(q, dtype=np.complex128)
+    x = np.zeros(q, dtype=np.complex128)
+    x[0] = 1.0  # B = e_0
+    for n in range(q):
+        h[n] = T * (C @ x)  # h_d[n] = T C e^{AnT} B
+        x = E @ x
+    ad = _realify(_poly(np.exp(poles * T)), poles)  # Π (1 − e^{p_i T} z⁻¹): the pole map z = e^{sT}
+    if np.isrealobj(ad) and np.isrealobj(num):
+        h = h.real  # a real system: the imaginary parts are round-off
+    bd = np.convolve(ad, h)[:q]  # (A_d · H_d)(z) truncated to degree q − 1
+    return np.concatenate([bd, np.zeros(1, dtype=bd.dtype)]), ad
+
+
 def impulse_invariance(b, a, fs):
     r"""Impulse-invariant discretization: ``h_d[n] = T h_a(nT)``, ``T = 1/fs``.
 
-    Implements Eq. (13.22) of the book. With the partial fractions of the strictly proper
-    ``H_a(s) = Σ_i r_i/(s − p_i)`` (distinct poles, ``r_i = B(p_i)/A'(p_i)``),
-    ``h_a(t) = Σ r_i e^{p_i t}`` and ``H_d(z) = T Σ_i r_i / (1 − e^{p_i T} z⁻¹)``: the pole map is
-    ``z = e^{sT}``; the zeros are *not* mapped, and the response aliases.
+    Implements Eq. (13.22) of the book. Written with the partial fractions of the strictly
+    proper ``H_a(s) = Σ_i r_i/(s − p_i)``, ``h_a(t) = Σ r_i e^{p_i t}`` and
+    ``H_d(z) = T Σ_i r_i / (1 − e^{p_i T} z⁻¹)``: the pole map is ``z = e^{sT}``; the zeros are
+    *not* mapped, and the response aliases.
 
     Parameters
     ----------
     b, a : array_like
-        Analog coefficients, descending powers of s; ``deg B < deg A``, distinct poles.
+        Analog coefficients, descending powers of s; ``deg B < deg A``. Repeated poles are
+        allowed (``h_a`` then has terms ``t^m e^{pt}``).
     fs : float > 0
 
     Returns
     -------
-    bd, ad : ndarray (real), shapes (q+1,) with q = deg A
+    bd, ad : ndarray (real), shapes (q+1,) with q = deg A; ``ad[0] = 1``, ``bd[q] = 0``.
+
+    Notes
+    -----
+    The coefficients are *not* formed from the partial fractions: for close poles the residues
+    are large (up to 1/∏|p_i − p_j|) and their sum cancels, which costs as many digits as the
+    residues are large. Instead ``h_d[0..q−1]`` come from a state-space form,
+    ``h_d[n] = T C e^{AnT} B`` (``scipy.linalg.expm``, as ``scipy.signal.cont2discrete``, but on
+    a cascade of first-order sections rather than the companion form),
+    ``ad = Π(1 − e^{p_i T} z⁻¹)`` with the poles of ``a``, and ``bd = (ad ∗ h_d)[0:q]``.
+    With ``h_d[0] = T h_a(0⁺)`` this is SciPy's ``cont2discrete(..., method='impulse')``.
+
+    See Also
+    --------
+    impulse_invariance_zpk : the same from analog zeros, poles and gain (no root finding).
     """
     b = as_real_array(b, "b", ndim=1)
     a = as_real_array(a, "a", ndim=1)
@@ -1197,20 +1285,53 @@ def impulse_invariance(b, a, fs):
     b = b[np.flatnonzero(b)[0] :] if np.any(b != 0) else np.zeros(1)
     if b.size >= a.size:
         raise ValueError(f"b: expected a strictly proper system (deg b < deg a), got deg b = {b.size - 1}, deg a = {a.size - 1}")
-    T = 1.0 / fs
-    p = np.roots(a).astype(np.complex128)
-    gaps = np.abs(p[:, None] - p[None, :])
-    sep = np.min(np.where(np.eye(p.size, dtype=bool), np.inf, gaps), initial=np.inf)
-    if sep <= 1e-8 * max(1.0, float(np.max(np.abs(p)))):
-        raise ValueError("a: expected distinct analog poles for impulse invariance (repeated pole found)")
-    r = np.polyval(b, p) / np.polyval(np.polyder(a), p)  # r_i = B(p_i)/A'(p_i)
-    pz = np.exp(p * T)  # z = e^{sT}
-    # T Σ r_i / (1 − pz_i z⁻¹) over a common denominator Π (1 − pz_j z⁻¹)
-    den = _poly(pz)
-    num = np.zeros(p.size + 1, dtype=np.complex128)
-    for i in range(p.size):
-        num[: p.size] += T * r[i] * _poly(np.delete(pz, i))
-    return _realify(num, pz), _realify(den, pz)
+    poles = np.roots(a).astype(np.complex128)
+    return _impulse_invariant(b / a[0], poles, 1.0 / fs)
+
+
+def impulse_invariance_zpk(z, p, k, fs):
+    r"""Impulse-invariant discretization of an analog ``(z, p, k)``: Eq. (13.22) of the book.
+
+    As :func:`impulse_invariance`, from ``H_a(s) = k Π(s − z_i)/Π(s − p_i)``; the discrete poles
+    ``e^{p_i T}`` are exact images of the given poles (no root finding on a polynomial), which
+    keeps clustered poles exact.
+
+    Parameters
+    ----------
+    z, p : array_like of complex
+        Analog zeros and poles, fewer zeros than poles (strictly proper); each set closed under
+        conjugation for a real filter.
+    k : float
+    fs : float > 0
+
+    Returns
+    -------
+    zd : ndarray complex128
+        Zeros of ``z^q B_d(z)`` (a zero at infinity is not kept, as in :func:`tf2zpk`).
+    pd : ndarray complex128, shape (len(p),)
+        ``e^{p_i T}``.
+    kd : float
+        The first nonzero numerator coefficient.
+
+    Examples
+    --------
+    ``1/(s + 1)`` at fs = 2 becomes ``T/(1 − e^{−T} z⁻¹)`` = ``0.5 z/(z − e^{−0.5})``:
+
+    >>> zd, pd, kd = impulse_invariance_zpk([], [-1.0], 1.0, 2.0)
+    >>> zd.tolist(), bool(abs(pd[0] - np.exp(-0.5)) < 1e-15), kd
+    ([0j], True, 0.5)
+    """
+    z, p, k = _zpk_in(z, p, k)
+    fs = as_positive_scalar(fs, "fs")
+    if z.size >= p.size:
+        raise ValueError(f"z: expected fewer zeros than poles (a strictly proper system), got {z.size} zeros and {p.size} poles")
+    if k == 0:
+        raise ValueError("k: expected a nonzero gain")
+    num = _realify(k * _poly(z), z)
+    bd, _ = _impulse_invariant(num, p, 1.0 / fs)
+    pd = np.exp(p / fs)
+    kd = bd[np.flatnonzero(bd)[0]]  # the first nonzero numerator coefficient
+    return _roots(bd), pd.astype(np.complex128), (float(kd) if np.isrealobj(bd) else complex(kd))
 
 
 def matched_z(z, p, k, fs, *, gain_at=0.0):
@@ -1241,23 +1362,32 @@ def matched_z(z, p, k, fs, *, gain_at=0.0):
     return zd.astype(np.complex128), pd, float(abs(ha) / abs(hd) * np.sign((ha / hd).real or 1.0))
 
 
-def _design(proto, order, wn, btype, fs, output):
+def _design(proto, order, wn, btype, analog, fs, output):
     check_option(btype, "btype", BTYPES)
     check_option(output, "output", OUTPUTS)
-    fs = as_positive_scalar(fs, "fs")
+    analog = _check_bool(analog, "analog")
     wn = as_real_array(wn, "wn")
-    want = 2 if btype == "bandpass" else 1
+    want = 2 if btype in ("bandpass", "bandstop") else 1
     if wn.size != want or wn.ndim > 1:
         raise ValueError(f"wn: expected {'two band edges' if want == 2 else 'one cutoff'} for btype={btype!r}, got shape {wn.shape}")
     wn = wn.reshape(-1)
-    if np.any(wn <= 0) or np.any(wn >= fs / 2):
-        raise ValueError(f"wn: expected frequencies strictly between 0 and fs/2 = {fs / 2:g}, got {wn.tolist()}")
+    if analog:
+        if fs is not None:
+            raise ValueError("fs: an analog design has no sampling rate (wn is in rad/s); leave fs unset")
+        if output == "sos":
+            raise ValueError("output: expected 'zpk' or 'ba' for an analog design (sections are digital here)")
+        if np.any(wn <= 0):
+            raise ValueError(f"wn: expected positive frequencies in rad/s, got {wn.tolist()}")
+    else:
+        fs = 2.0 if fs is None else as_positive_scalar(fs, "fs")
+        if np.any(wn <= 0) or np.any(wn >= fs / 2):
+            raise ValueError(f"wn: expected frequencies strictly between 0 and fs/2 = {fs / 2:g}, got {wn.tolist()}")
     if want == 2 and not wn[0] < wn[1]:
         raise ValueError(f"wn: expected band edges wn[0] < wn[1], got {wn.tolist()}")
     z, p, k = proto
-    # design at the sampling rate 2 (frequencies as fractions of Nyquist), as SciPy does
+    # digital: design at the sampling rate 2 (frequencies as fractions of Nyquist), as SciPy does
     fsd = 2.0
-    warped = prewarp(wn / (fs / 2.0), fsd)  # Ω = 2 fs tan(π f/fs), Eq. (13.18)
+    warped = wn if analog else prewarp(wn / (fs / 2.0), fsd)  # Ω = 2 fs tan(π f/fs), Eq. (13.18)
     if btype == "lowpass":
         z, p, k = lp2lp_zpk(z, p, k, warped[0])
     elif btype == "highpass":
@@ -1265,8 +1395,9 @@ def _design(proto, order, wn, btype, fs, output):
     else:
         bw = warped[1] - warped[0]
         wo = math.sqrt(warped[0] * warped[1])
-        z, p, k = lp2bp_zpk(z, p, k, wo, bw)
-    z, p, k = bilinear_zpk(z, p, k, fsd)
+        z, p, k = (lp2bp_zpk if btype == "bandpass" else lp2bs_zpk)(z, p, k, wo, bw)
+    if not analog:
+        z, p, k = bilinear_zpk(z, p, k, fsd)
     if output == "zpk":
         return z, p, k
     if output == "ba":
@@ -1274,33 +1405,43 @@ def _design(proto, order, wn, btype, fs, output):
     return zpk2sos(z, p, k)
 
 
-def butter(order, wn, btype="lowpass", *, fs=2.0, output="zpk"):
-    r"""Digital Butterworth filter: prototype poles, pre-warping, frequency transformation, bilinear.
+def butter(order, wn, btype="lowpass", *, analog=False, fs=None, output="zpk"):
+    r"""Butterworth filter, digital or analog: prototype poles, pre-warping, frequency transformation, bilinear.
 
     Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. (13.15)) →
-    :func:`prewarp` (13.18) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`
-    (13.19–13.21) → :func:`bilinear_zpk` (13.17).
+    :func:`prewarp` (13.18) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`/
+    :func:`lp2bs_zpk` (13.19–13.21) → :func:`bilinear_zpk` (13.17).
 
     Parameters
     ----------
     order : int ≥ 1
     wn : float or (2,) array
-        Cutoff (or band edges) in the units of ``fs``, strictly between 0 and fs/2; with the
-        default ``fs = 2`` a fraction of the Nyquist frequency (``scipy.signal.butter``'s ``Wn``).
-    btype : {"lowpass", "highpass", "bandpass"}
-    fs : float > 0
+        Digital: cutoff (or band edges) in the units of ``fs``, strictly between 0 and fs/2;
+        with the default ``fs = 2`` a fraction of the Nyquist frequency (``scipy.signal.butter``'s
+        ``Wn``). Analog: cutoff (or band edges) in rad/s, > 0.
+    btype : {"lowpass", "highpass", "bandpass", "bandstop"}
+        A band design has order 2·``order``.
+    analog : bool, default False
+        Return the analog filter H(s) (no pre-warping, no bilinear transform): zeros, poles and
+        gain in s, or ``(b, a)`` in descending powers of s (``scipy.signal.freqs`` convention).
+    fs : float > 0, optional
+        Sampling rate of a digital design (default 2); must not be given with ``analog=True``.
     output : {"zpk", "ba", "sos"}
+        ``"sos"`` only for digital designs.
 
     Returns
     -------
     (z, p, k), (b, a) or sos, as ``output`` says.
     """
-    return _design(buttap(order), order, wn, btype, fs, output)
+    return _design(buttap(order), order, wn, btype, analog, fs, output)
 
 
-def cheby1(order, rp, wn, btype="lowpass", *, fs=2.0, output="zpk"):
-    """Digital Chebyshev type I filter (ripple ``rp`` dB): :func:`cheb1ap` through the chain of :func:`butter`: Eqs. (13.16)–(13.18) of the book."""
-    return _design(cheb1ap(order, rp), order, wn, btype, fs, output)
+def cheby1(order, rp, wn, btype="lowpass", *, analog=False, fs=None, output="zpk"):
+    """Chebyshev type I filter (ripple ``rp`` dB), digital or analog: :func:`cheb1ap` through the chain of :func:`butter`: Eqs. (13.16)–(13.18) of the book.
+
+    Parameters as :func:`butter` (``analog``, ``fs``, ``output``, the four ``btype`` values).
+    """
+    return _design(cheb1ap(order, rp), order, wn, btype, analog, fs, output)
 
 
 # ---------------------------------------------------------------------------------------------

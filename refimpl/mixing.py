@@ -362,8 +362,31 @@ def causal_toeplitz(h, N=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def _hyena_filter_setup(L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng):
-    """Validated arguments and the FFN weights (drawn in a fixed order from ``rng``)."""
+def _given_ffn(weights, emb_dim: int, width: int, depth: int, out: int):
+    """Validate given FFN weights [W_1, b_1, …, W_depth, b_depth, W_out]; return (layers, w_out)."""
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
+        raise TypeError(f"weights: expected a sequence [W_1, b_1, …, W_{depth}, b_{depth}, W_out], got {type(weights).__name__}")
+    if len(weights) != 2 * depth + 1:
+        raise ValueError(f"weights: expected {2 * depth + 1} arrays (W and b for each of depth = {depth} layers, then W_out), got {len(weights)}")
+    sizes = [emb_dim] + [width] * depth
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        W = as_real_array(weights[2 * i], f"weights[{2 * i}]", ndim=2)
+        b = as_real_array(weights[2 * i + 1], f"weights[{2 * i + 1}]", ndim=1)
+        if W.shape != (fan_in, fan_out):
+            raise ValueError(f"weights[{2 * i}]: expected W_{i + 1} of shape ({fan_in}, {fan_out}) (torch: Linear.weight.T), got shape {W.shape}")
+        if b.shape != (fan_out,):
+            raise ValueError(f"weights[{2 * i + 1}]: expected b_{i + 1} of shape ({fan_out},), got shape {b.shape}")
+        layers.append((W, b))
+    w_out = as_real_array(weights[-1], f"weights[{2 * depth}]", ndim=2)
+    if w_out.shape != (width, out):
+        raise ValueError(f"weights[{2 * depth}]: expected W_out of shape ({width}, {out}) (n_filters·d outputs), got shape {w_out.shape}")
+    return layers, w_out
+
+
+def _hyena_filter_setup(L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng,
+                        weights=None):
+    """Validated arguments and the FFN weights (given, or drawn in a fixed order from ``rng``)."""
     L = as_int(L, "L", 1)
     d = as_int(d, "d", 1)
     n_filters = as_int(n_filters, "n_filters", 1)
@@ -379,20 +402,25 @@ def _hyena_filter_setup(L, d, n_filters, emb_dim, width, depth, freq, fast_decay
     if target >= 1.0:
         raise ValueError(f"target: expected a value in (0, 1) (the window's value after the decay), got {target!r}")
     shift = float(as_real_array(shift, "shift", ndim=0))
-    rng = as_rng(rng)
     out = n_filters * d
-    sizes = [emb_dim] + [width] * depth
-    layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):  # Linear(fan_in, fan_out) → Sin
-        bound = 1.0 / math.sqrt(fan_in)  # torch.nn.Linear's default U(−1/√fan_in, 1/√fan_in)
-        layers.append((rng.uniform(-bound, bound, (fan_in, fan_out)), rng.uniform(-bound, bound, fan_out)))
-    w_out = rng.uniform(-1.0 / math.sqrt(width), 1.0 / math.sqrt(width), (width, out))  # Linear(width, n·d, bias=False)
+    if weights is not None:
+        if rng is not None:
+            raise ValueError("rng: expected None when weights are given (nothing is drawn)")
+        layers, w_out = _given_ffn(weights, emb_dim, width, depth, out)
+    else:
+        rng = as_rng(rng)
+        sizes = [emb_dim] + [width] * depth
+        layers = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):  # Linear(fan_in, fan_out) → Sin
+            bound = 1.0 / math.sqrt(fan_in)  # torch.nn.Linear's default U(−1/√fan_in, 1/√fan_in)
+            layers.append((rng.uniform(-bound, bound, (fan_in, fan_out)), rng.uniform(-bound, bound, fan_out)))
+        w_out = rng.uniform(-1.0 / math.sqrt(width), 1.0 / math.sqrt(width), (width, out))  # Linear(width, n·d, bias=False)
     deltas = np.abs(np.linspace(math.log(target) / slow, math.log(target) / fast, out))  # decay rates per channel
     return L, d, n_filters, emb_dim, freq, shift, layers, w_out, deltas
 
 
 def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, fast_decay_pct=0.3,
-                 slow_decay_pct=1.5, target=1e-2, shift=0.0, rng=None):
+                 slow_decay_pct=1.5, target=1e-2, shift=0.0, rng=None, weights=None):
     r"""Hyena's implicit long filters: a sine FFN of positional features times an exponential-decay window.
 
     Implements Eq. (10.7) of the book (Poli et al. 2023, §3.3, Eq. 7; safari ``HyenaFilter``,
@@ -419,7 +447,15 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
     shift : float
         Added to the window (code default 0).
     rng : numpy.random.Generator, int or None
-        Source of the FFN weights (torch ``nn.Linear`` default initialization).
+        Source of the FFN weights (torch ``nn.Linear`` default initialization). Must be None
+        when ``weights`` is given.
+    weights : sequence of arrays, optional
+        Given FFN weights instead of drawn ones, in the order of the network:
+        ``[W_1, b_1, …, W_depth, b_depth, W_out]`` with ``W_1`` (emb_dim, width), the inner
+        ``W_i`` (width, width), ``b_i`` (width,) and ``W_out`` (width, n_filters·d); each layer
+        computes ``sin(freq · (a @ W_i + b_i))``. From safari's ``HyenaFilter.implicit_filter``
+        (a ``Sequential`` of ``Linear``/``Sin``): ``W_i = linear.weight.T``, ``b_i = linear.bias``,
+        ``W_out = last_linear.weight.T`` (``Sin.freq`` must then be the scalar ``freq``).
 
     Returns
     -------
@@ -443,7 +479,7 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
     code's ``seq_len`` = ``l_max``).
     """
     L, d, n_filters, emb_dim, freq, shift, layers, w_out, deltas = _hyena_filter_setup(
-        L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng
+        L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng, weights
     )
     t = np.linspace(0.0, 1.0, L)[:, None]  # t_ℓ ∈ [0, 1], (L, 1)
     bands = (emb_dim - 1) // 2
@@ -458,10 +494,10 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
 
 
 def hyena_filter_loop(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, fast_decay_pct=0.3,
-                      slow_decay_pct=1.5, target=1e-2, shift=0.0, rng=None):
-    """Loop twin of :func:`hyena_filter`: Eq. (10.7) position by position, neuron by neuron (same weights from ``rng``)."""
+                      slow_decay_pct=1.5, target=1e-2, shift=0.0, rng=None, weights=None):
+    """Loop twin of :func:`hyena_filter`: Eq. (10.7) position by position, neuron by neuron (same weights from ``rng`` or ``weights``)."""
     L, d, n_filters, emb_dim, freq, shift, layers, w_out, deltas = _hyena_filter_setup(
-        L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng
+        L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng, weights
     )
     bands = (emb_dim - 1) // 2
     fs = [1e-4 + k * (bands - 1 - 1e-4) / (bands - 1) for k in range(bands)] if bands > 1 else [1e-4]

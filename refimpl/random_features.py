@@ -41,6 +41,8 @@ Glossary (code name → symbol in the book / the papers)
 ``qk``           the shared query/key projection of the Reformer, shape (..., N, d).
 ``n_buckets``    b (even): hash buckets;  ``n_rounds``  n_r: independent hash rounds.
 ``chunk_size``   c: the sorted sequence is cut into chunks of c tokens.
+``rotations``    R^{(r)}, shape (n_rounds, d, b/2): the random rotations of the hash (Eq. 12.13).
+``look_back``    which chunk a chunk also attends to: within its round, or across rounds.
 
 Numerical care
 --------------
@@ -361,17 +363,23 @@ def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None) -> np.nda
     return np.concatenate([h * np.sin(wx), h * np.cos(wx)], axis=-1)  # φ^trig = h [sin ωx, cos ωx]/√m
 
 
-def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
-    r"""Random features of the softmax kernel exp(x·y): FAVOR+ (positive) or trigonometric.
+def favor_features(x, projection, *, scale=1.0, kind="positive", stabilize=True) -> np.ndarray:
+    r"""Random features of the softmax kernel exp(scale·x·y): FAVOR+ (positive) or trigonometric.
 
     Implements Eqs. (12.6)–(12.7) of the book (Choromanski et al. 2021, Lemma 1 and §2.3).
 
     Parameters
     ----------
     x : array_like, shape (..., N, d)
-        Already scaled inputs (Performer passes ``√scale · q``, i.e. q/d^{1/4}).
+        Inputs as they are; the function scales them itself (x̂ = √scale · x).
     projection : array_like, shape (m, d)
         The directions ω_r (rows), e.g. from :func:`orthogonal_gaussian`.
+    scale : float >= 0 or None, default 1.0
+        The kernel's inverse temperature: the features are those of x̂ = √scale · x, so that
+        ``E φ(x)·φ(y) = exp(scale · x·y)``. The same parameter as :func:`performer_attention`'s
+        ``scale``, which scales its q and k by calling this function: ``None`` means 1/√d there
+        and here (the paper's q/d^{1/4}). The default 1.0 is the plain kernel exp(x·y) of
+        Lemma 1; pass ``scale=None`` for the features that Performer attention uses.
     kind : {"positive", "trig"}
         ``positive``: φ(x) = exp(Wx − ‖x‖²/2)/√m, shape (..., N, m).
         ``trig``: φ(x) = exp(‖x‖²/2) [sin Wx, cos Wx]/√m, shape (..., N, 2m).
@@ -404,14 +412,16 @@ def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndar
     x = _as_seq(x, "x")
     check_option(kind, "kind", KINDS)
     w = _as_projection(projection, "projection", None, x.shape[-1])
-    return _favor(x, w, kind, "all" if _as_bool(stabilize, "stabilize") else None)
+    root = math.sqrt(_scale(scale, x.shape[-1]))  # x̂ = √scale · x
+    return _favor(x * root if root != 1.0 else x, w, kind, "all" if _as_bool(stabilize, "stabilize") else None)
 
 
-def favor_features_loop(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
+def favor_features_loop(x, projection, *, scale=1.0, kind="positive", stabilize=True) -> np.ndarray:
     """Loop twin of :func:`favor_features`: each feature of each row with ``math.exp``/``sin``/``cos``."""
     x = _as_seq(x, "x")
     check_option(kind, "kind", KINDS)
     w = _as_projection(projection, "projection", None, x.shape[-1])
+    x = x * math.sqrt(_scale(scale, x.shape[-1]))  # x̂ = √scale · x
     stabilize = _as_bool(stabilize, "stabilize")
     m, n = w.shape[0], x.shape[-2]
     out = np.empty(x.shape[:-1] + ((m,) if kind == "positive" else (2 * m,)))
@@ -494,7 +504,8 @@ def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projectio
     else:
         w = as_rng(rng).standard_normal((m, d))  # iid ω_r ~ N(0, I_d)
     root = math.sqrt(_scale(scale, d))  # q̂ = q·√scale, k̂ = k·√scale (q/d^{1/4} by default)
-    # Stabilizers that cancel (Eq. 12.10): the row max for each query, one max over all keys.
+    # The features of favor_features(q, w, scale=scale) and favor_features(k, w, scale=scale), with
+    # stabilizers that cancel (Eq. 12.10): the row max for each query, one max over all keys.
     return _favor(q * root, w, kind, "row"), _favor(k * root, w, kind, "all"), v
 
 
@@ -534,7 +545,9 @@ def performer_attention(
     Notes
     -----
     ``φ(q̂)``, ``φ(k̂)`` of :func:`favor_features` with q̂ = √scale·q, k̂ = √scale·k (so that
-    exp(q̂·k̂) = exp(scale·q·k)), then the kernel-attention sums of Eq. (12.2); causal by chunked
+    exp(q̂·k̂) = exp(scale·q·k)): the features of ``favor_features(q, projection, scale=scale)``
+    and ``favor_features(k, projection, scale=scale)`` — both functions take unscaled inputs and
+    the same ``scale`` — then the kernel-attention sums of Eq. (12.2); causal by chunked
     prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
     is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
     memory O(N m) for the features plus (N/128)·m·(dv+1) for the causal chunk states. Trig
@@ -790,7 +803,10 @@ def lsh_hash(x, n_buckets, rng, n_rounds=1, *, rotations=None) -> np.ndarray:
     return _hash(x, rot)
 
 
-def _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal):
+_LOOK_BACKS = ("within_round", "across_rounds")
+
+
+def _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal, rng, rotations, look_back):
     qk, v = _as_seq(qk, "qk"), _as_seq(v, "v", "(..., N, dv)")
     if v.shape[-2] != qk.shape[-2]:
         raise ValueError(f"v: expected the same number of rows N = {qk.shape[-2]} as qk, got shape {v.shape}")
@@ -803,18 +819,47 @@ def _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal):
     c = _as_count(chunk_size, "chunk_size")
     if n % c:
         raise ValueError(f"chunk_size: expected a divisor of N = {n} (no implicit padding), got {c}")
+    check_option(look_back, "look_back", _LOOK_BACKS)
     norm = np.linalg.norm(qk, axis=-1, keepdims=True)
     if np.any(norm == 0):
         raise ValueError("qk: expected nonzero rows (keys are qk/‖qk‖), got a zero row")
+    d = qk.shape[-1]
+    if rotations is None:
+        rot = _rotations(rng, n_rounds, d, n_buckets)
+    else:
+        if rng is not None:
+            raise ValueError("rng: expected None when rotations are given (nothing is drawn)")
+        rot = as_real_array(rotations, "rotations", ndim=3)
+        if rot.shape != (n_rounds, d, n_buckets // 2):
+            raise ValueError(f"rotations: expected shape {(n_rounds, d, n_buckets // 2)}, got shape {rot.shape}")
     qk, v = np.broadcast_to(qk, batch + qk.shape[-2:]), np.broadcast_to(v, batch + v.shape[-2:])
-    return qk, qk / np.broadcast_to(norm, batch + norm.shape[-2:]), v, n_buckets, n_rounds, c, _as_bool(causal, "causal")
+    k = qk / np.broadcast_to(norm, batch + norm.shape[-2:])
+    return qk, k, v, rot, n_rounds, c, _as_bool(causal, "causal")
 
 
-def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) -> np.ndarray:
+def _previous_chunk(n_rounds: int, nc: int, look_back: str) -> np.ndarray | None:
+    """Index of the chunk that chunk g looks back to, over the R·nc chunks of all rounds in order.
+
+    ``"within_round"``: the cyclically previous chunk of the same round (none if nc = 1).
+    ``"across_rounds"``: the previous chunk of the sequence of all rounds sorted one after the
+    other, cyclically over all R·nc chunks (none if R·nc = 1): round r's first chunk looks back
+    to round r−1's last (reformer-pytorch's ``look_one_back`` after sorting all hash rounds
+    together, as trax does).
+    """
+    g = np.arange(n_rounds * nc)
+    if look_back == "across_rounds":
+        return None if g.size == 1 else (g - 1) % g.size
+    return None if nc == 1 else (g // nc) * nc + (g % nc - 1) % nc
+
+
+def lsh_attention(
+    qk, v, *, n_buckets, n_rounds, chunk_size, rng=None, rotations=None, causal=False, look_back="within_round"
+) -> np.ndarray:
     r"""Reformer LSH attention with shared QK: sort by bucket, attend within chunks, combine rounds.
 
-    Implements Eqs. (12.13)–(12.15) of the book (Kitaev et al. 2020, §2; the chunking
-    and masking conventions of reformer-pytorch's ``LSHAttention``).
+    Implements Eqs. (12.13)–(12.15) of the book (Kitaev et al. 2020, §2; the chunking and
+    masking conventions of reformer-pytorch's ``LSHAttention``; for more than one round, its
+    look-back rule only with ``look_back="across_rounds"``).
 
     Parameters
     ----------
@@ -827,9 +872,22 @@ def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) 
     chunk_size : int >= 1
         Must divide N (no implicit padding: pad the sequence yourself and mask).
     rng : numpy.random.Generator, int or None
-        Draws the rotations exactly as :func:`lsh_hash` with the same seed.
+        Draws the rotations exactly as :func:`lsh_hash` with the same seed. Must be None when
+        ``rotations`` is given.
+    rotations : array_like, shape (n_rounds, d, n_buckets // 2), optional
+        The rotations R^{(r)} of Eq. (12.13) to use instead of drawing them (to reproduce
+        another implementation's buckets; reformer-pytorch's ``(1, d, n_hashes, b/2)`` tensor
+        is ``rotations.transpose(1, 0, 2)`` of this layout, its batch axis dropped).
     causal : bool
         Key j is masked for query i if j > i.
+    look_back : {"within_round", "across_rounds"}
+        Which chunk a chunk attends to besides itself. ``"within_round"`` (the default): the
+        cyclically previous chunk of the same hash round, so each round is the paper's
+        attention over P_i^{(r)} on its own. ``"across_rounds"``: the rounds' sorted orders are
+        laid one after the other and a chunk looks one chunk back along that sequence, so the
+        first chunk of round r sees the last chunk of round r−1 (and round 0's first chunk the
+        last chunk of the last round) — the rule of reformer-pytorch and trax. The two agree
+        for one round.
 
     Returns
     -------
@@ -838,11 +896,12 @@ def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) 
     Notes
     -----
     Per round r: sort the tokens by (bucket, position); cut the sorted order into chunks of c;
-    each chunk attends to itself and to the cyclically previous chunk (only itself if N = c).
-    Inside that window the logit is ``s_ij = q_i·k_j/√d`` for every key, whatever its bucket
-    (reformer-pytorch's default ``attend_across_buckets=True``), except ``s_ii =
-    SELF_ATTENTION_VALUE`` (−5e4: a token sees itself only if nothing else is available) and
-    ``s_ij = −∞`` for j > i when causal. Round r gives ``o_i^{(r)}`` and its log-normalizer
+    each chunk attends to itself and to one previous chunk (``look_back``; only itself if there
+    is no other chunk). Inside that window the logit is ``s_ij = q_i·k_j/√d`` for every key,
+    whatever its bucket (reformer-pytorch's default ``attend_across_buckets=True``), except
+    ``s_ij = SELF_ATTENTION_VALUE`` for j = i (−5e4: a token sees itself only if nothing else is
+    available; also where the other round's chunk holds the query itself) and ``s_ij = −∞`` for
+    j > i when causal. Round r gives ``o_i^{(r)}`` and its log-normalizer
     ``z_i^{(r)} = logsumexp_j s_ij``; the rounds are combined as
     ``o_i = Σ_r exp(z_i^{(r)} − logsumexp_r z_i^{(r)}) o_i^{(r)}`` (Eq. 12.15), i.e. a softmax over
     the multiset of keys seen in all rounds (no duplicate-count correction, as reformer-pytorch's
@@ -850,7 +909,7 @@ def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) 
     query sees every key and the result is full shared-QK attention.
 
     Cost per round: the sort, O(N log N), and O(N · 2c · (d + dv)) for the windows; memory
-    O(n_rounds · N · 2c).
+    O(n_rounds · N · (d + dv)) for the sorted copies and per-round outputs.
 
     Examples
     --------
@@ -860,82 +919,90 @@ def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) 
     >>> bool(np.allclose(a, lsh_attention_loop(qk, v, n_buckets=4, n_rounds=2, chunk_size=2, rng=3)))
     True
     """
-    q, k, v, n_buckets, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal)
+    q, k, v, rot, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal, rng, rotations, look_back)
     batch, (n, d), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
-    buckets = _hash(q, _rotations(rng, n_rounds, d, n_buckets))  # (..., R, N)
-    perm = np.argsort(buckets * n + np.arange(n), axis=-1, kind="stable")  # sort by (bucket, position)
+    buckets = _hash(q, rot)  # (..., R, N)
+    perm = np.argsort(buckets * n + np.arange(n), axis=-1, kind="stable")  # per round: sort by (bucket, position)
     nc = n // c
+    n_chunks = n_rounds * nc  # the chunks of all rounds, round after round
+    prev = _previous_chunk(n_rounds, nc, look_back)
+    flat = perm.reshape(*batch, n_rounds * n)  # the sorted positions of all rounds in one sequence
+    sq, sk, sv = (np.take_along_axis(x, flat[..., None], axis=-2).reshape(*batch, n_chunks, c, -1) for x in (q, k, v))
+    pos = flat.reshape(*batch, n_chunks, c)
     group = max(1, _GROUP_FLOATS // (2 * c * max(c, d, dv) * math.prod(batch)))
-    z_max = np.full(batch + (n,), -np.inf)  # running max over rounds of z_i^{(r)}
-    acc, w_sum = np.zeros(batch + (n, dv)), np.zeros(batch + (n,))
-    for r in range(n_rounds):  # rounds, then groups of chunks: temporaries stay small
-        p = perm[..., r, :]
-        sq, sk, sv = (np.take_along_axis(x, p[..., None], axis=-2).reshape(*batch, nc, c, -1) for x in (q, k, v))
-        pos = p.reshape(*batch, nc, c)
-        o, z = np.empty(batch + (nc, c, dv)), np.empty(batch + (nc, c))
-        for g0 in range(0, nc, group):
-            idx = np.arange(g0, min(g0 + group, nc))
-            own = idx if nc == 1 else np.concatenate([idx, (idx - 1) % nc])  # own chunk + the previous one
+    o, z = np.empty(batch + (n_chunks, c, dv)), np.empty(batch + (n_chunks, c))
+    for g0 in range(0, n_chunks, group):  # groups of chunks: temporaries stay small
+        idx = np.arange(g0, min(g0 + group, n_chunks))
+        own = idx if prev is None else np.concatenate([idx, prev[idx]])  # own chunk + the one looked back to
 
-            def window(x):  # (..., G, c, f) for the group's chunks -> (..., G, (1 or 2)·c, f)
-                w = np.take(x, own, axis=-3)
-                return w if nc == 1 else np.concatenate([w[..., : idx.size, :, :], w[..., idx.size :, :, :]], axis=-2)
+        def window(x):  # (..., G, c, f) for the group's chunks -> (..., G, (1 or 2)·c, f)
+            w = np.take(x, own, axis=-3)
+            return w if prev is None else np.concatenate([w[..., : idx.size, :, :], w[..., idx.size :, :, :]], axis=-2)
 
-            kpos = window(pos[..., None])[..., 0]
-            qpos = np.take(pos, idx, axis=-2)
-            s_g = (np.take(sq, idx, axis=-3) @ np.swapaxes(window(sk), -1, -2)) / math.sqrt(d)  # q_i·k_j/√d
-            if causal:
-                s_g[kpos[..., None, :] > qpos[..., :, None]] = -np.inf
-            s_g[kpos[..., None, :] == qpos[..., :, None]] = SELF_ATTENTION_VALUE
-            z_g = logsumexp(s_g, axis=-1, keepdims=True)  # z_i^{(r)}
-            np.exp(s_g - z_g, out=s_g)
-            o[..., idx, :, :] = s_g @ window(sv)  # o_i^{(r)} in sorted order
-            z[..., idx, :] = z_g[..., 0]
-        inv = np.argsort(p, axis=-1)  # undo the sort
-        o = np.take_along_axis(o.reshape(*batch, n, dv), inv[..., None], axis=-2)
-        z = np.take_along_axis(z.reshape(*batch, n), inv, axis=-1)
-        # Eq. (12.15) as a running log-sum-exp over rounds (shifted by the max: z ≈ −5e4 loses no digits)
-        new_max = np.maximum(z_max, z)
-        old_scale, w_r = np.exp(z_max - new_max), np.exp(z - new_max)
-        acc = acc * old_scale[..., None] + w_r[..., None] * o
-        w_sum = w_sum * old_scale + w_r
-        z_max = new_max
-    return acc / w_sum[..., None]  # Eq. (12.15)
+        kpos = window(pos[..., None])[..., 0]
+        qpos = np.take(pos, idx, axis=-2)
+        s_g = (np.take(sq, idx, axis=-3) @ np.swapaxes(window(sk), -1, -2)) / math.sqrt(d)  # q_i·k_j/√d
+        if causal:
+            s_g[kpos[..., None, :] > qpos[..., :, None]] = -np.inf
+        s_g[kpos[..., None, :] == qpos[..., :, None]] = SELF_ATTENTION_VALUE
+        z_g = logsumexp(s_g, axis=-1, keepdims=True)  # z_i^{(r)}
+        np.exp(s_g - z_g, out=s_g)
+        o[..., idx, :, :] = s_g @ window(sv)  # o_i^{(r)} in sorted order
+        z[..., idx, :] = z_g[..., 0]
+    inv = np.argsort(perm, axis=-1)  # undo each round's sort
+    o = np.take_along_axis(o.reshape(*batch, n_rounds, n, dv), inv[..., None], axis=-2)
+    z = np.take_along_axis(z.reshape(*batch, n_rounds, n), inv, axis=-1)
+    # Eq. (12.15): softmax over rounds of z_i^{(r)} (shifted by the max: z ≈ −5e4 loses no digits)
+    w = np.exp(z - np.max(z, axis=-2, keepdims=True))
+    return np.einsum("...rn,...rnf->...nf", w, o) / np.sum(w, axis=-2)[..., None]
 
 
-def lsh_attention_loop(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) -> np.ndarray:
+def lsh_attention_loop(
+    qk, v, *, n_buckets, n_rounds, chunk_size, rng=None, rotations=None, causal=False, look_back="within_round"
+) -> np.ndarray:
     """Loop twin of :func:`lsh_attention`: per round, per query, over the keys of its window."""
-    q, k, v, n_buckets, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal)
+    q, k, v, rot, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal, rng, rotations, look_back)
     batch, (n, d), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
-    rot = _rotations(rng, n_rounds, d, n_buckets)
+    nc = n // c
     out = np.zeros(batch + (n, dv))
     for b in np.ndindex(*batch):
         outs, logz = np.zeros((n_rounds, n, dv)), np.zeros((n_rounds, n))
+        chunks = []  # the chunks of all rounds, round after round
         for r in range(n_rounds):
             h = [int(np.argmax(np.concatenate([q[b][i] @ rot[r], -(q[b][i] @ rot[r])]))) for i in range(n)]
             order = sorted(range(n), key=lambda i: (h[i], i))  # sort by (bucket, position)
-            chunks = [order[j * c : (j + 1) * c] for j in range(n // c)]
-            for ci, chunk in enumerate(chunks):
-                keys = chunk if len(chunks) == 1 else chunk + chunks[ci - 1]  # own + previous chunk
-                for i in chunk:
-                    logits = []
-                    for j in keys:
-                        if j == i:
-                            logits.append(SELF_ATTENTION_VALUE)
-                        elif causal and j > i:
-                            logits.append(-np.inf)
-                        else:
-                            logits.append(float(q[b][i] @ k[b][j]) / math.sqrt(d))
-                    top = max(logits)
-                    e = [math.exp(s - top) for s in logits]
-                    total = sum(e)
-                    logz[r, i] = top + math.log(total)
-                    outs[r, i] = sum(ej / total * v[b][j] for ej, j in zip(e, keys))
+            chunks += [order[j * c : (j + 1) * c] for j in range(nc)]
+        for g, chunk in enumerate(chunks):
+            r, j = divmod(g, nc)
+            if look_back == "across_rounds":  # one chunk back along the sequence of all rounds
+                back = None if len(chunks) == 1 else chunks[g - 1]
+            else:  # one chunk back within round r, cyclically
+                back = None if nc == 1 else chunks[r * nc + (j - 1) % nc]
+            keys = chunk if back is None else chunk + back
+            for i in chunk:
+                logits = []
+                for jj in keys:
+                    if jj == i:
+                        logits.append(SELF_ATTENTION_VALUE)
+                    elif causal and jj > i:
+                        logits.append(-np.inf)
+                    else:
+                        logits.append(float(q[b][i] @ k[b][jj]) / math.sqrt(d))
+                top = max(logits)
+                e = [math.exp(s - top) for s in logits]
+                total = sum(e)
+                logz[r, i] = top + math.log(total)
+                outs[r, i] = sum(ej / total * v[b][jj] for ej, jj in zip(e, keys))
         for i in range(n):
             top = max(logz[:, i])
             wts = [math.exp(logz[r, i] - top) for r in range(n_rounds)]
             out[b][i] = sum(wts[r] / sum(wts) * outs[r, i] for r in range(n_rounds))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reversible residual layers, Eq. (12.16)
+# ---------------------------------------------------------------------------------------------
 
 
 def _layers(f, g) -> list[tuple[Callable, Callable]]:

@@ -580,6 +580,10 @@ def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     return _finish_s4d(K, conj_pairs)
 
 
+#: complex entries of the (channels, L, N) Cauchy matrices formed at once by :func:`s4_kernel_dplr`
+_CAUCHY_ENTRIES = 1 << 21
+
+
 def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     r"""S4's kernel for a DPLR state matrix ``A = Λ − P Q^*``: Cauchy kernel + Woodbury + inverse FFT.
 
@@ -588,25 +592,27 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
 
     Parameters
     ----------
-    Lambda : array_like, shape (N,)
-        Diagonal part (stable: Re Λ ≤ 0), e.g. from :func:`hippo_legs_dplr`.
-    P, Q : array_like, shape (N,)
+    Lambda : array_like, shape (..., N)
+        Diagonal part (stable: Re Λ ≤ 0), e.g. from :func:`hippo_legs_dplr`; leading axes are
+        channels (S4's H, or (C, H) with several output channels) and broadcast with the others.
+    P, Q : array_like, shape (..., N)
         Low-rank factors, ``A = diag(Λ) − P Q^*`` (HiPPO: Q = P).
-    B, C : array_like, shape (N,)
+    B, C : array_like, shape (..., N)
         Input vector and output row vector *in the same basis* as Λ (``V^* B`` and ``C V``).
-    step : float
-        Δ > 0.
+    step : float or array_like, shape (...)
+        Δ > 0, one per channel (S4's ``exp(log_dt)``, shape (H,)); broadcast with the channel axes.
     L : int
         Kernel length (the truncation length of the generating function).
     c_tilde : bool
         ``C`` is already S4's learned ``C̃ = C (I − Ā^L)``. If False (default) C̃ is formed
-        here from the dense Ā (O(N³ log L), done once, as S4's ``_setup_C``).
+        here from the dense Ā of each channel (O(N³ log L), done once, as S4's ``_setup_C``).
 
     Returns
     -------
-    K : ndarray, shape (L,), complex128
-        The kernel ``K̄_ℓ = C Ā^ℓ B̄``; for a system that is real in the original basis the
-        imaginary part is round-off (take ``.real``).
+    K : ndarray, shape (..., L), complex128
+        The kernel ``K̄_ℓ = C Ā^ℓ B̄`` of each channel (the broadcast channel shape of all
+        inputs); for a system that is real in the original basis the imaginary part is
+        round-off (take ``.real``).
 
     Notes
     -----
@@ -617,41 +623,61 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
 
     and Woodbury with ``R = (g − Λ)^{-1}`` diagonal gives
     ``K̂ = 2/(1+ω) [k_{C̃B} − k_{C̃P} (1 + k_{Q^*P})^{-1} k_{Q^*B}]`` with Cauchy sums
-    ``k_{ab}(ω) = Σ_n a_n b_n / (g(ω) − Λ_n)``. Then ``K̄ = ifft(K̂)``. Cost O(N L) plus an FFT,
-    and no power of Ā is ever formed (except in forming C̃ when ``c_tilde`` is False).
+    ``k_{ab}(ω) = Σ_n a_n b_n / (g(ω) − Λ_n)``. Then ``K̄ = ifft(K̂)``. Cost O(N L) per channel
+    plus an FFT, and no power of Ā is ever formed (except in forming C̃ when ``c_tilde`` is
+    False). The four Cauchy sums of a group of channels are one batched matrix product.
 
     Porting note: annotated-s4's ``kernel_DPLR(Λ, P, Q, B, C, Δ, L)`` treats C as a column
     vector and conjugates it, so it equals ``s4_kernel_dplr(Λ, P, Q, B, conj(C), Δ, L,
-    c_tilde=True).real``.
+    c_tilde=True).real``. state-spaces' ``SSMKernelDPLR`` with H channels, ``n_ssm`` = 1 and
+    rank 1 corresponds to ``Lambda`` (H, N), ``P = Q`` (H, N), ``B`` (H, N), ``C`` (channels, H, N),
+    ``step`` (H,), giving K of shape (channels, H, L).
     """
     L = as_int(L, "L", 1)
-    Lam = as_complex_array(Lambda, "Lambda", ndim=1)
-    N = Lam.shape[0]
-    if N < 1:
-        raise ValueError("Lambda: expected at least one eigenvalue, got shape (0,)")
-    vecs = {}
+    Lam = as_complex_array(Lambda, "Lambda")
+    if Lam.ndim < 1 or Lam.shape[-1] < 1:
+        raise ValueError(f"Lambda: expected shape (..., N) with N >= 1 eigenvalues, got shape {Lam.shape}")
+    N = Lam.shape[-1]
+    vecs, batch = {}, Lam.shape[:-1]
     for name, v in (("P", P), ("Q", Q), ("B", B), ("C", C)):
         arr = as_complex_array(v, name)
-        if arr.shape != (N,):
-            raise ValueError(f"{name}: expected shape ({N},) to match Lambda, got shape {arr.shape}")
+        if arr.ndim < 1 or arr.shape[-1] != N:
+            raise ValueError(f"{name}: expected shape (..., {N}) to match Lambda, got shape {arr.shape}")
+        try:
+            batch = np.broadcast_shapes(batch, arr.shape[:-1])
+        except ValueError:
+            raise ValueError(f"{name}: channel axes {arr.shape[:-1]} do not broadcast with {batch}") from None
         vecs[name] = arr
     _check_stable_eigs(Lam, Lam, "Lambda")
-    dt = as_positive_scalar(step, "step")
-    Pv, Qv, Bv, Cv = vecs["P"], vecs["Q"], vecs["B"], vecs["C"]
+    dt = _check_steps(step, "step", batch)
+    batch = np.broadcast_shapes(batch, dt.shape)
+    Lam = np.broadcast_to(Lam, batch + (N,))
+    Pv, Qv, Bv, Cv = (np.broadcast_to(vecs[k], batch + (N,)) for k in ("P", "Q", "B", "C"))
+    dt = np.broadcast_to(dt, batch)
     if not c_tilde:
-        A = np.diag(Lam) - np.outer(Pv, Qv.conj())  # A = Λ − P Q^*
-        Ab, _ = discretize(A, Bv, dt, "bilinear")
-        Cv = Cv - Cv @ np.linalg.matrix_power(Ab, L)  # C̃ = C (I − Ā^L)
+        A = Lam[..., :, None] * np.eye(N) - Pv[..., :, None] * Qv.conj()[..., None, :]  # A = Λ − P Q^*
+        worst = float(np.max(np.linalg.eigvals(A).real, initial=-np.inf))
+        if worst > _stability_tol(A):
+            raise ValueError(f"P: the state matrix Λ − P Q^* is not stable (max Re λ = {worst:.6g}); pass c_tilde=True with S4's C̃")
+        half = 0.5 * dt[..., None, None] * A
+        Ab = np.linalg.solve(np.eye(N) - half, np.eye(N) + half)  # Ā = (I − Δ/2 A)^{-1}(I + Δ/2 A)
+        Cv = Cv - (Cv[..., None, :] @ np.linalg.matrix_power(Ab, L))[..., 0, :]  # C̃ = C (I − Ā^L)
     omega = np.exp(-2j * np.pi * np.arange(L) / L)  # ω_k = e^{−2πik/L}
-    g = (2.0 / dt) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω)
-    R = 1.0 / (g[:, None] - Lam)  # (L, N) Cauchy matrix 1/(g − Λ_n)
     Qc = Qv.conj()
-    k00 = R @ (Cv * Bv)  # k_{C̃B}
-    k01 = R @ (Cv * Pv)  # k_{C̃P}
-    k10 = R @ (Qc * Bv)  # k_{Q*B}
-    k11 = R @ (Qc * Pv)  # k_{Q*P}
-    K_hat = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
-    return np.fft.ifft(K_hat)  # K̄ = iFFT(K̂)
+    # the four numerators of the Cauchy sums, (H, N, 4): C̃B, C̃P, Q*B, Q*P
+    W = np.stack([Cv * Bv, Cv * Pv, Qc * Bv, Qc * Pv], axis=-1).reshape(-1, N, 4)
+    Lam_f, dt_f = Lam.reshape(-1, N), dt.reshape(-1)
+    H = W.shape[0]
+    K_hat = np.empty((H, L), dtype=np.complex128)
+    group = max(1, _CAUCHY_ENTRIES // (L * N))
+    for h0 in range(0, H, group):  # groups of channels: the (h, L, N) Cauchy matrices stay small
+        h = slice(h0, min(h0 + group, H))
+        g = (2.0 / dt_f[h, None]) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω), (h, L)
+        R = 1.0 / (g[..., None] - Lam_f[h, None, :])  # (h, L, N) Cauchy matrix 1/(g − Λ_n)
+        k = R @ W[h]  # (h, L, 4): k_{C̃B}, k_{C̃P}, k_{Q*B}, k_{Q*P}
+        k00, k01, k10, k11 = (k[..., i] for i in range(4))
+        K_hat[h] = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
+    return np.fft.ifft(K_hat, axis=-1).reshape(batch + (L,))  # K̄ = iFFT(K̂)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -205,10 +205,19 @@ def phi_ref(z, tau) -> complex:
     e^{zτ} = e^{Re} (cos Im + i sin Im) with Decimal.exp and an 80-digit argument reduction.
     """
     z = complex(z)
+    re, im = phi_ref_decimal(Decimal(z.real), Decimal(z.imag), tau)
+    return complex(float(re), float(im))
+
+
+def phi_ref_decimal(zr: Decimal, zi: Decimal, tau) -> tuple[Decimal, Decimal]:
+    """(e^{zτ} − 1)/z for a rate z = zr + i·zi given exactly in decimal, as a (re, im) pair.
+
+    The rate may be a sum of doubles that float64 cannot hold (λ_k + λ_l^*); see :func:`phi_ref`.
+    """
     with localcontext() as ctx:
         ctx.prec = _PREC
-        zr, zi, t = Decimal(z.real), Decimal(z.imag), Decimal(float(tau))
-        wr, wi = zr * t, zi * t  # exact: products of two doubles fit in 80 digits
+        t = Decimal(float(tau))
+        wr, wi = zr * t, zi * t  # exact: the products fit in 80 digits
         if wr * wr + wi * wi < 1:
             sr, si, tr, ti, n = Decimal(0), Decimal(0), Decimal(1), Decimal(0), 0
             while True:
@@ -217,12 +226,33 @@ def phi_ref(z, tau) -> complex:
                 tr, ti = (tr * wr - ti * wi) / (n + 1), (tr * wi + ti * wr) / (n + 1)
                 if abs(tr) + abs(ti) <= Decimal(10) ** (-_PREC) * (abs(sr) + abs(si)):
                     break
-            return complex(float(sr * t), float(si * t))
+            return sr * t, si * t
         e = wr.exp()
         c, s = _decimal_cos_sin(wi) if wi != 0 else (Decimal(1), Decimal(0))
         nr, ni = e * c - 1, e * s
         den = zr * zr + zi * zi
-        return complex(float((nr * zr + ni * zi) / den), float((ni * zr - nr * zi) / den))
+        return (nr * zr + ni * zi) / den, (ni * zr - nr * zi) / den
+
+
+def dle_ref(lam, G, tau, sign=1.0) -> np.ndarray:
+    """Σ_kl = G̃_kl φ(sign·(λ_k + λ_l^*), τ) with the rate summed exactly in decimal, shape (d, d).
+
+    float64 cannot hold λ_k + λ_l^* when the parts differ in scale (1e6 − 1e-9); this reference
+    adds the exact decimal values of the given doubles, so it judges the result for the given
+    eigenvalues, not for a rounded rate.
+    """
+    d = len(lam)
+    out = np.empty((d, d), dtype=np.complex128)
+    with localcontext() as ctx:
+        ctx.prec = _PREC
+        for k in range(d):
+            for l in range(d):
+                zr = Decimal(sign) * (Decimal(lam[k].real) + Decimal(lam[l].real))
+                zi = Decimal(sign) * (Decimal(lam[k].imag) - Decimal(lam[l].imag))
+                pr, pi = phi_ref_decimal(zr, zi, tau)
+                gr, gi = Decimal(G[k, l].real), Decimal(G[k, l].imag)
+                out[k, l] = complex(float(gr * pr - gi * pi), float(gr * pi + gi * pr))
+    return out
 
 
 def phi_ref_array(z, tau) -> np.ndarray:
@@ -244,6 +274,27 @@ class TestReference:
         # (e^{-x} - 1)/(-x) for x = 1e-20: 1 - x/2 exactly to double precision
         assert phi_ref(-1e-20, 1.0) == 1.0
         assert phi_ref(-1e-8, 1.0).real == 1.0 - 0.5e-8 + 1e-16 / 6
+
+    def test_dle_ref_exact_rate(self):
+        # the exact decimal sum differs from the rounded one: 1e6 + 1e-9 is not a double
+        lam = np.array([-1e-9 + 1e6j, -1e-9 - 1e-9j])
+        G = np.array([[1.0, 0.5j], [-0.5j, 2.0]])
+        ref = dle_ref(lam, G, 1e6)
+        # diagonal entries have exact real rates −2e-9 and match phi_ref on them
+        assert ref[0, 0] == phi_ref(-2e-9, 1e6) and ref[1, 1] == 2.0 * phi_ref(-2e-9, 1e6)
+        # the off-diagonal entry differs from the one of the rounded rate by far more than round-off
+        rounded = 0.5j * phi_ref(lam[0] + np.conj(lam[1]), 1e6)
+        assert abs(ref[0, 1] - rounded) > 1e-8 * abs(ref[0, 1])
+        # and agrees with an independent decimal evaluation through (1 − e^{zτ})·conj(z)/|z|²
+        with localcontext() as ctx:
+            ctx.prec = _PREC
+            zr, zi = Decimal(-2e-9), Decimal(1e6) + Decimal(1e-9)
+            c, s_ = _decimal_cos_sin(zi * Decimal(1e6))
+            e = (zr * Decimal(1e6)).exp()
+            nr, ni = e * c - 1, e * s_
+            den = zr * zr + zi * zi
+            val = complex(float((nr * zr + ni * zi) / den), float((ni * zr - nr * zi) / den))
+        assert abs(ref[0, 1] - 0.5j * val) <= 4 * EPS * abs(ref[0, 1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,6 +632,35 @@ class TestDleCovariance:
             close(full[-1], -G / z, rtol=ORACLE, what="τ→∞ limit −G̃/z")
             close(diag[-1], g / (2 * 50.0 * np.array([20.0, 20.0, 1.0])), rtol=ORACLE, what="τ→∞ limit g/(2μ)")
 
+    @pytest.mark.parametrize("func, sign", FUNCS_AND_SIGNS)
+    @pytest.mark.parametrize("tau", [1.0, 1e3, 1e6, 1e9])
+    def test_full_noise_large_phase(self, func, sign, tau):
+        # Full noise with |ω|τ up to 1e15 rad and rates of very different scale: the rate
+        # λ_k + λ_l^* is not a double (Im = 1e6 + 1e-9), and its rounding times τ used to be a
+        # phase error (1.3e-10, 8.4e-8, 7.4e-5 elementwise at τ = 1, 1e3, 1e6). Elementwise
+        # against the exact-rate 80-digit reference; real parts tiny so that the pushed-back
+        # covariance stays finite at τ = 1e9.
+        lam = np.array([-1e-9 + 1e6j, -1e-9 - 1e-9j, -3e-10 + 0.7j, -1e-10 - 3.3e5j])
+        G = random_psd(np.random.default_rng(5), 4)
+        got = func(lam, G, np.array([tau]))[0]
+        ref = dle_ref(lam, G, tau, sign)
+        ref = 0.5 * (ref + ref.conj().T)  # G̃ is Hermitian to round-off; so is Σ
+        err = elementwise_rel(got, ref)
+        _record("full Σ, |ω|τ up to 1e15 vs exact-rate reference (elementwise)", err, 1e-12)
+        assert err <= 1e-12, f"τ={tau:g}: elementwise relative error {err:.3e}"
+
+    def test_full_noise_large_phase_decaying(self):
+        # the same with decaying modes (e^{Re w} between 1e-300 and 1) at τ = 1e3 and 1e6
+        lam = np.array([-0.02 + 1e6j, -3e-4 - 1e-9j, -0.5 + 0.7j, -1e-3 - 3.3e5j])
+        G = random_psd(np.random.default_rng(6), 4)
+        for tau in (1e3, 1e6):
+            for func in (dle_covariance, dle_covariance_loop):
+                got = func(lam, G, tau)
+                ref = dle_ref(lam, G, tau)
+                err = elementwise_rel(got, 0.5 * (ref + ref.conj().T))
+                _record("full Σ, decaying, large |ω|τ (elementwise)", err, 1e-12)
+                assert err <= 1e-12, f"{func.__name__} τ={tau:g}: {err:.3e}"
+
     # ---- properties ---------------------------------------------------------------------------
 
     @settings(max_examples=40)
@@ -732,6 +812,21 @@ class TestDleCovarianceBackward:
         np.testing.assert_array_equal(np.diagonal(bwd).imag, 0.0)
 
     # ---- overflow -----------------------------------------------------------------------------
+
+    def test_diagonal_large_growth_exact_exponent(self):
+        # Σ^B_k = g (e^{2μτ} − 1)/(2μ) with 2μτ up to 700: the rounding of the product 2μ·τ
+        # (up to ε·350 relative in e^{2μτ}) is restored, so the result is exact to a few ulp
+        rng = np.random.default_rng(19)
+        mu = rng.uniform(0.1, 3.0, 40)
+        lam = -mu + 1j * rng.normal(size=40)
+        tau = rng.uniform(1.0, 350.0 / mu)  # 2μτ in (0.2, 700)
+        g = rng.uniform(0.5, 2.0, 40)
+        for func in (dle_covariance_backward, dle_covariance_backward_loop):
+            got = np.array([func(lam[i:i + 1], g[i:i + 1], tau[i])[0] for i in range(40)])
+            ref = g * np.array([phi_ref(2 * m, t).real for m, t in zip(mu, tau)])
+            err = elementwise_rel(got, ref)
+            _record("diag Σ^B with 2μτ up to 700 (elementwise)", err, 4 * EPS)
+            assert err <= 4 * EPS, f"{func.__name__}: {err:.3e}"
 
     def test_overflow_diagonal(self):
         # 2μτ > 709.78 + log(2μ/g): +inf where g > 0, exactly 0 where g = 0, never NaN.

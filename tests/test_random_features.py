@@ -172,6 +172,37 @@ class TestFavorFeatures:
         ratio = favor_features(x, w, kind=kind) / favor_oracle(x, w, kind)
         np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:, :1, :1], ratio.shape), rtol=1e-12)
 
+    @pytest.mark.parametrize("kind", ["positive", "trig"])
+    @pytest.mark.parametrize("scale", [None, 0.3, 1.0, 0.0])
+    def test_scale_is_applied_inside(self, kind, scale):
+        # favor_features(x, scale=s) are the features of √s·x (None: s = 1/√d), loop twin alike
+        rng = np.random.default_rng(2)
+        x, w = rng.normal(size=(2, 6, 4)), rng.normal(size=(5, 4))
+        s = 0.5 if scale is None else scale  # 1/√4
+        ref = favor_oracle(np.sqrt(s) * x, w, kind)
+        for func in (favor_features, favor_features_loop):
+            close(func(x, w, scale=scale, kind=kind, stabilize=False), ref, rtol=ORACLE, what=f"{func.__name__} scale={scale}")
+        with pytest.raises(ValueError, match="^scale"):
+            favor_features(x, w, scale=-1.0)
+
+    @pytest.mark.parametrize("kind", ["positive", "trig"])
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("scale", [None, 0.7])
+    def test_performer_uses_favor_features_with_the_same_scale(self, kind, causal, scale):
+        # one convention: performer_attention(q, k, v, scale=s, projection=w) is Eq. (12.2) with the
+        # features favor_features(q, w, scale=s) and favor_features(k, w, scale=s) of the raw q, k
+        rng = np.random.default_rng(3)
+        q, k, v = rng.normal(size=(3, 2, 7, 4))
+        w = rng.normal(size=(6, 4))
+        pq = favor_features(q, w, scale=scale, kind=kind, stabilize=False)
+        pk = favor_features(k, w, scale=scale, kind=kind, stabilize=False)
+        a = pq @ np.swapaxes(pk, -1, -2)  # Â_ij = φ(q_i)·φ(k_j)
+        if causal:
+            a = np.tril(a)
+        ref = (a @ v) / a.sum(-1, keepdims=True)
+        got = performer_attention(q, k, v, n_features=6, projection=w, rng=None, scale=scale, kind=kind, causal=causal)
+        close(got, ref, rtol=ORACLE, what="performer_attention vs favor_features(scale) features")
+
     def test_stabilize_prevents_overflow(self):
         rng = np.random.default_rng(1)
         x, w = rng.normal(size=(4, 3)) * 40, rng.normal(size=(5, 3))
@@ -521,6 +552,120 @@ class TestLSH:
         y = lsh_attention(qk, v, n_buckets=4, n_rounds=3, chunk_size=2, rng=0, causal=True)
         close(y[0], v[0], rtol=ORACLE, what="first causal token")
         assert SELF_ATTENTION_VALUE == -5e4
+
+    # ---- the look-back rule for more than one round -------------------------------------------
+
+    @staticmethod
+    def reformer_reference(qk, v, rot, n_buckets, chunk, causal, across_rounds):
+        """A transcription of reformer-pytorch's ``LSHAttention.forward`` for one sequence (N, d).
+
+        The steps of that code, in NumPy: bucket ids offset by round (``+ r·n_buckets``), one
+        stable sort of all rounds' ``bucket·N + position`` (the "ticker"), chunks over the whole
+        sorted sequence, ``look_one_back`` by concatenating each chunk with the *rolled* chunk
+        axis — over all rounds' chunks (``across_rounds``), or rolled inside each round (the
+        other rule) — masks by original position, logsumexp, unsort, and a softmax over rounds.
+        """
+        n, d = qk.shape
+        R = rot.shape[0]
+        xr = np.einsum("nd,rdb->rnb", qk, rot)
+        buckets = np.argmax(np.concatenate([xr, -xr], axis=-1), axis=-1)  # (R, N)
+        buckets = buckets + n_buckets * np.arange(R)[:, None]  # per-round offsets
+        ticker = np.arange(R * n)
+        sticker = np.argsort(buckets.reshape(-1) * n + ticker % n, kind="stable")
+        st = sticker % n  # original positions in sorted order
+        bq = qk[st].reshape(R * n // chunk, chunk, d)
+        bk = (qk / np.linalg.norm(qk, axis=-1, keepdims=True))[st].reshape(R * n // chunk, chunk, d)
+        bv = v[st].reshape(R * n // chunk, chunk, -1)
+        bt = st.reshape(R * n // chunk, chunk)
+
+        def look_one_back(x):
+            if across_rounds:
+                rolled = np.roll(x, 1, axis=0)
+            else:
+                per = x.reshape(R, n // chunk, *x.shape[1:])
+                rolled = np.roll(per, 1, axis=1).reshape(x.shape)
+            return np.concatenate([x, rolled], axis=1)
+
+        kk, vv, kt = look_one_back(bk), look_one_back(bv), look_one_back(bt[..., None])[..., 0]
+        dots = np.einsum("gie,gje->gij", bq, kk) / math.sqrt(d)
+        if causal:
+            dots = np.where(bt[:, :, None] < kt[:, None, :], -np.inf, dots)
+        dots = np.where(bt[:, :, None] == kt[:, None, :], SELF_ATTENTION_VALUE, dots)
+        lse = np.log(np.sum(np.exp(dots - dots.max(-1, keepdims=True)), -1)) + dots.max(-1)
+        so = np.einsum("gij,gjf->gif", np.exp(dots - lse[..., None]), vv).reshape(R * n, -1)
+        slogits = lse.reshape(R * n)
+        undo = np.argsort(sticker)
+        o, logits = so[undo].reshape(R, n, -1), slogits[undo].reshape(R, n)
+        probs = np.exp(logits - logits.max(0)) / np.sum(np.exp(logits - logits.max(0)), 0)
+        return np.einsum("rn,rnf->nf", probs, o)
+
+    @pytest.mark.parametrize("look_back", ["within_round", "across_rounds"])
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("n_buckets,n_rounds,chunk", [(4, 2, 4), (8, 3, 2), (2, 4, 16), (6, 2, 8), (4, 3, 32)])
+    def test_look_back_rules_vs_reformer_transcription(self, look_back, causal, n_buckets, n_rounds, chunk):
+        rng = np.random.default_rng(31 + n_rounds)
+        qk, v = rng.normal(size=(2, 32, 5)), rng.normal(size=(2, 32, 3))
+        rot = rng.normal(size=(n_rounds, 5, n_buckets // 2))
+        kw = dict(n_buckets=n_buckets, n_rounds=n_rounds, chunk_size=chunk, rotations=rot, causal=causal, look_back=look_back)
+        y, y_loop = lsh_attention(qk, v, **kw), lsh_attention_loop(qk, v, **kw)
+        ref = np.stack([self.reformer_reference(qk[b], v[b], rot, n_buckets, chunk, causal, look_back == "across_rounds")
+                        for b in range(2)])
+        # With one chunk per round the transcription's within-round roll duplicates the chunk: the
+        # same softmax, but its log-normalizer −5e4 + log 2 (a query that sees only itself) is
+        # rounded to an ulp of 5e4 (7e-12), which the softmax over rounds passes on.
+        tol = ORACLE if chunk < 32 else 2e-11
+        close(y, ref, rtol=tol, what=f"lsh_attention look_back={look_back} vs reformer transcription")
+        close(y_loop, y, rtol=SELF, what=f"lsh_attention_loop look_back={look_back}")
+
+    def test_look_back_rules_differ_for_several_rounds_only(self):
+        rng = np.random.default_rng(40)
+        qk, v = rng.normal(size=(32, 4)), rng.normal(size=(32, 2))
+        kw = dict(n_buckets=4, chunk_size=4, rng=1)
+        one = [lsh_attention(qk, v, n_rounds=1, look_back=lb, **kw) for lb in ("within_round", "across_rounds")]
+        np.testing.assert_array_equal(one[0], one[1])
+        two = [lsh_attention(qk, v, n_rounds=2, look_back=lb, **kw) for lb in ("within_round", "across_rounds")]
+        assert np.max(np.abs(two[0] - two[1])) > 1e-3 * np.max(np.abs(two[0]))
+        # the default is the within-round rule
+        np.testing.assert_array_equal(lsh_attention(qk, v, n_rounds=2, **kw), two[0])
+
+    def test_across_rounds_first_chunk_sees_previous_round(self):
+        # With one-hot values y_i is query i's attention row, so its support is the union of the
+        # keys of i's windows in both rounds (minus i itself: its weight e^{−5e4} is exactly 0).
+        # Round 1's first chunk looks back to round 0's last chunk (across_rounds) or round 1's
+        # last chunk (within_round); round 0's first chunk to round 1's last or round 0's last.
+        rng = np.random.default_rng(41)
+        n, c = 16, 4
+        qk, v = rng.normal(size=(n, 3)), np.eye(n)
+        rot = rng.normal(size=(2, 3, 2))
+        perm = np.argsort(lsh_hash(qk, 4, None, n_rounds=2, rotations=rot) * n + np.arange(n), axis=-1, kind="stable")
+        chunks = perm.reshape(2 * n // c, c)  # round 0's chunks, then round 1's
+        kw = dict(n_buckets=4, n_rounds=2, chunk_size=c, rotations=rot)
+        for look_back in ("across_rounds", "within_round"):
+            y = lsh_attention(qk, v, look_back=look_back, **kw)
+            for i in range(n):
+                support = set()
+                for r in range(2):
+                    g = r * (n // c) + int(np.flatnonzero(perm[r] == i)[0]) // c  # i's chunk in round r
+                    if look_back == "across_rounds":
+                        back = (g - 1) % (2 * n // c)
+                    else:
+                        back = r * (n // c) + (g - r * (n // c) - 1) % (n // c)
+                    support |= set(chunks[g]) | set(chunks[back])
+                assert set(np.flatnonzero(y[i])) == support - {i}, (look_back, i)
+
+    def test_rotations_instead_of_rng(self):
+        rng = np.random.default_rng(42)
+        qk, v = rng.normal(size=(2, 16, 4)), rng.normal(size=(2, 16, 3))
+        rot = np.random.default_rng(9).standard_normal((3, 4, 3))  # what rng=9 draws
+        for func in (lsh_attention, lsh_attention_loop):
+            kw = dict(n_buckets=6, n_rounds=3, chunk_size=4)
+            np.testing.assert_array_equal(func(qk, v, rotations=rot, **kw), func(qk, v, rng=9, **kw))
+            with pytest.raises(ValueError, match="^rng: expected None when rotations"):
+                func(qk, v, rotations=rot, rng=9, **kw)
+            with pytest.raises(ValueError, match="^rotations: expected shape \\(3, 4, 3\\)"):
+                func(qk, v, rotations=rot[:, :, :2], **kw)
+            with pytest.raises(ValueError, match="^look_back"):
+                func(qk, v, rotations=rot, look_back="sorted", **kw)
 
     def test_many_rounds_reduce_error(self):
         # more rounds see more of the keys that matter: the error vs full attention falls

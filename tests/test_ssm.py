@@ -568,6 +568,44 @@ class TestS4KernelDplr:
         ours = ssm.s4_kernel_dplr(Lam, P, P, B, Ct, 0.05, 64, c_tilde=True)
         close(ours.real, kernel_DPLR(Lam, P, P, B, Ct.conj(), 0.05, 64), rtol=ORACLE, what="s4_kernel_dplr vs annotated-s4")
 
+    @pytest.mark.parametrize("c_tilde", [False, True])
+    def test_several_channels(self, c_tilde):
+        # S4's layout: H channels with their own Δ and (Λ, P, B), two output channels of C:
+        # each kernel equals the dense C_c Ā_h^ℓ B̄_h of its channel, and the single-channel call
+        rng = np.random.default_rng(27)
+        H, N, L, n_out = 3, 8, 96, 2
+        Lam0, P0, B0, V = ssm.hippo_legs_dplr(N)
+        Lam = Lam0 - rng.uniform(0, 0.5, (H, 1))  # a different diagonal per channel (still stable)
+        P = P0 * rng.uniform(0.5, 1.0, (H, 1))
+        B = B0 + 0.1 * rng.normal(size=(H, N))
+        C = rng.normal(size=(n_out, H, N)) + 1j * rng.normal(size=(n_out, H, N))
+        step = np.array([1e-3, 0.02, 0.3])
+        dense = np.empty((n_out, H, L), dtype=np.complex128)
+        Cin = np.empty_like(C)
+        for h in range(H):
+            A = np.diag(Lam[h]) - np.outer(P[h], P[h].conj())
+            Ab, Bb = ssm.discretize(A, B[h], step[h])
+            for c in range(n_out):
+                dense[c, h] = ssm.ssm_kernel(Ab, Bb, C[c, h], L)
+                Cin[c, h] = C[c, h] @ (np.eye(N) - np.linalg.matrix_power(Ab, L)) if c_tilde else C[c, h]
+        K = ssm.s4_kernel_dplr(Lam, P, P, B, Cin, step, L, c_tilde=c_tilde)
+        assert K.shape == (n_out, H, L) and K.dtype == np.complex128
+        close(K, dense, rtol=SELF, what="multi-channel DPLR kernel vs dense powers")
+        for c in range(n_out):
+            for h in range(H):
+                single = ssm.s4_kernel_dplr(Lam[h], P[h], P[h], B[h], Cin[c, h], step[h], L, c_tilde=c_tilde)
+                close(K[c, h], single, rtol=ORACLE, what="multi-channel DPLR kernel vs one channel at a time")
+
+    def test_channel_groups(self, monkeypatch):
+        # one channel per group of Cauchy matrices gives the same kernels as one group
+        rng = np.random.default_rng(28)
+        Lam, P, B, _ = ssm.hippo_legs_dplr(6)
+        C = rng.normal(size=(5, 6))
+        step = np.linspace(0.01, 0.2, 5)
+        whole = ssm.s4_kernel_dplr(Lam, P, P, B, C, step, 40)
+        monkeypatch.setattr(ssm, "_CAUCHY_ENTRIES", 1)
+        np.testing.assert_allclose(ssm.s4_kernel_dplr(Lam, P, P, B, C, step, 40), whole, rtol=0, atol=0)
+
     def test_bad_input(self):
         Lam, P, B, V = ssm.hippo_legs_dplr(4)
         with pytest.raises(ValueError, match="^Lambda: expected a stable"):
@@ -579,7 +617,13 @@ class TestS4KernelDplr:
         with pytest.raises(ValueError, match="^L:"):
             ssm.s4_kernel_dplr(Lam, P, P, B, B, 0.1, 0)
         with pytest.raises(ValueError, match="^Lambda:"):
-            ssm.s4_kernel_dplr(np.ones((2, 2)), P, P, B, B, 0.1, 8)
+            ssm.s4_kernel_dplr(np.complex128(-1.0), P, P, B, B, 0.1, 8)  # leading axes are channels; N is last
+        with pytest.raises(ValueError, match="^C: channel axes"):
+            ssm.s4_kernel_dplr(np.stack([Lam] * 3), P, P, B, np.stack([B] * 2), 0.1, 8)
+        with pytest.raises(ValueError, match="^step:"):
+            ssm.s4_kernel_dplr(np.stack([Lam] * 3), P, P, B, B, np.full(2, 0.1), 8)
+        with pytest.raises(ValueError, match="^P: the state matrix"):
+            ssm.s4_kernel_dplr(Lam, 3 * P, -3 * P, B, B, 0.1, 8)  # Λ + 9 P P^*: unstable
 
 
 # ---------------------------------------------------------------------------------------------
