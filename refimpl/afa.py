@@ -39,6 +39,7 @@ import math
 import numpy as np
 
 from . import lyapunov
+from ._blocking import per_block
 from ._validate import (
     as_complex_array,
     as_positive_scalar,
@@ -483,7 +484,7 @@ def isotropic_afa(
     weights = np.empty(q.shape[:-1] + (N,)) if return_weights else None
     # Every step is row-wise (a softmax over keys per query), so queries are processed in blocks of
     # rows: peak memory O(block · N + N d) instead of several N × N buffers.
-    block = max(1, min(N, _ROW_BLOCK // N))
+    block = min(N, per_block(N))  # a row: N logits (one buffer, reused for ‖R‖², d², L, A)
     for r0 in range(0, N, block):
         rows = slice(r0, min(N, r0 + block))
         out[..., rows, :], w = _isotropic_rows(
@@ -495,10 +496,6 @@ def isotropic_afa(
     if rotate_values:
         out *= np.conj(rot)  # counter-rotate: v̄ = e^{iωt} ⊙ (Â ṽ)
     return (out, weights) if return_weights else out
-
-
-#: Rows × keys per block in :func:`isotropic_afa` (2**19 float64 = 4 MiB per buffer).
-_ROW_BLOCK = 2**19
 
 
 def _isotropic_rows(rows, q2, k2t, nq, nk, values, lag, mu, nu, kappa, weight, temperature, causal, return_weights):

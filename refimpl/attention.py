@@ -46,6 +46,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ._blocking import per_block
 from ._validate import as_array, as_positive_scalar, as_real_array
 
 __all__ = [
@@ -182,9 +183,9 @@ def _weights(q, k, mask, causal) -> np.ndarray:
     return s
 
 
-# Query rows per block of the weight-free path: ~2^18 logits (2 MiB) per block stay in cache
-# while they are shifted, exponentiated, summed and multiplied by V.
-_BLOCK_LOGITS = 1 << 18
+# Query rows per block of the weight-free path: a block's logits fill the workspace budget
+# (refimpl._blocking) and stay in cache while they are shifted, exponentiated, summed and
+# multiplied by V.
 _MIN_BLOCK_ROWS = 32  # with many batch elements, fewer rows per block would be all overhead
 
 
@@ -193,7 +194,7 @@ def _attend_blocked(q, k, v, mask, causal, batch) -> np.ndarray:
     n, m = q.shape[-2], k.shape[-2]
     if mask is not None:
         batch = np.broadcast_shapes(batch, mask.shape[:-2])
-    rows_per_block = max(_MIN_BLOCK_ROWS, _BLOCK_LOGITS // max(1, m * math.prod(batch)))
+    rows_per_block = per_block(m * math.prod(batch), minimum=_MIN_BLOCK_ROWS)  # a row: M logits per batch entry
     y = np.empty((*batch, n, v.shape[-1]))
     for start in range(0, n, rows_per_block):
         rows = slice(start, min(n, start + rows_per_block))

@@ -47,7 +47,8 @@ import numbers
 
 import numpy as np
 
-from ._scan import linear_scan, matrix_powers, state_scan
+from ._scan import BLOCK, block_filter, linear_scan
+from ._scan import block_matrices as _block_matrices  # noqa: F401 (chapter 13 shows the lifted form)
 from ._validate import (
     as_int,
     as_complex_array,
@@ -111,11 +112,6 @@ FORMS = ("tdf2", "df1")
 BTYPES = ("lowpass", "highpass", "bandpass")
 OUTPUTS = ("zpk", "ba", "sos")
 
-#: numbers per slab of blocks whose outputs are formed together (a cache-sized working set)
-_SLAB = 1 << 17
-
-#: block length of the block-recursive filter (see :func:`tf_filter`); at least 4q is used
-BLOCK = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,84 +206,11 @@ def _tdf2_matrices(b: np.ndarray, a: np.ndarray):
     return A, B, C, b[0]
 
 
-def _block_matrices(A: np.ndarray, B: np.ndarray, C: np.ndarray, D: float, K: int):
-    """The lifted (block) form of a real state space for blocks of K samples.
-
-    For ``s[n] = A s[n−1] + B x[n]``, ``y[n] = C s[n−1] + D x[n]`` returns ``P`` (K+1, q, q) =
-    A^0 … A^K, ``A^K`` in extended precision, ``O`` (K, q) with rows C A^k (zero-input
-    response), ``T`` (K, K) the lower-triangular Toeplitz matrix of h[0 … K−1] (zero-state
-    response, h[0] = D, h[m] = C A^{m−1} B), and ``G`` (q, K) whose column j is A^{K−1−j} B
-    (the state a block's inputs leave behind).
-    """
-    Pw = matrix_powers(A, K)  # extended precision; A^K is split into a float64 pair by state_scan
-    P = Pw.astype(np.float64)
-    O = C @ P[:K]  # C A^k
-    g = P[:K] @ B  # A^m B
-    h = np.concatenate([[D], g[:-1] @ C])  # h[0] = D, h[m] = C A^{m−1} B
-    lag = np.subtract.outer(np.arange(K), np.arange(K))
-    T = np.where(lag >= 0, h[np.clip(lag, 0, None)], 0.0)  # T[k, j] = h[k − j]
-    return P, Pw[K], O, T, g[::-1].T
-
-
-def _ss_block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
-    """y and the final state for x (..., N, d), state s0 (..., q, d): the block algorithm.
-
-    For the real state space ``s[n] = A s[n−1] + B x[n]``, ``y[n] = C s[n−1] + D x[n]``, a block
-    of K samples entered in state s outputs and leaves
-
-        y_k = C A^k s + Σ_{j≤k} h[k−j] x_j        (zero-input + zero-state response, §13.1 of the book)
-        s_K = A^K s + Σ_j A^{K−1−j} B x_j,
-
-    so with each block's entering state stacked on its inputs, ``[s; x_blk]``, every output of
-    every block and channel is ONE product with the K × (q+K) matrix ``[O  T]``. The entering
-    states themselves obey ``s' = A^K s + G x_blk`` — a recursion over N/K blocks of a
-    q-dimensional state, solved without a Python loop over blocks by :func:`state_scan`. The
-    stacked ``[s; x_blk]`` are formed a slab of ~``_SLAB`` numbers at a time, so the scratch
-    memory is cache-sized instead of another copy of the signal.
-    """
-    q = A.shape[0]
-    lead, n, d = x.shape[:-2], x.shape[-2], x.shape[-1]
-    if n == 0:
-        return x.copy(), s0.copy()
-    K = max(min(max(block, 4 * q), n), 1)
-    P, AK, O, T, G = _block_matrices(A, B, C, D, K)
-    L = int(np.prod(lead, dtype=np.int64)) * d
-    X = np.moveaxis(x, -2, 0).reshape(n, L)  # (N, L): all batch entries × channels
-    M, full = -(-n // K), n // K
-    blocks = X[: full * K].reshape(full, K, L)  # the complete blocks, a view of x
-    last = np.zeros((K, L))  # the last block, zero-padded
-    last[: n - (M - 1) * K] = X[(M - 1) * K :]
-    U = np.empty((M, q, L))  # the state each block leaves behind from rest
-    U[:full] = G @ blocks
-    if full < M:
-        U[-1] = G @ last
-    S = state_scan(AK, U, np.moveaxis(s0, -2, 0).reshape(q, L))  # s_{(m+1)K} = A^K s_{mK} + U_m
-    # outputs, a slab of blocks at a time (the slab stays in cache): block m of the slab is
-    # [s_{mK}; x_{mK} … x_{mK+K−1}] and its outputs are one product with [O T]
-    W = np.concatenate([O, T], axis=1)
-    Y = np.empty((M, K, L))
-    slab = max(1, _SLAB // ((q + K) * L))
-    Xa = np.empty((min(slab, M), q + K, L))
-    for m0 in range(0, M, slab):  # a loop over slabs of ~_SLAB numbers, not over samples
-        m1 = min(m0 + slab, M)
-        Xa[: m1 - m0, :q] = S[m0:m1]
-        Xa[: min(m1, full) - m0, q:] = blocks[m0:m1]
-        if m1 > full:
-            Xa[m1 - 1 - m0, q:] = last
-        np.matmul(W, Xa[: m1 - m0], out=Y[m0:m1])  # y = C A^k s + Σ h[k−j] x_j
-    y = Y.reshape(M * K, L)[:n]
-    r = n - (M - 1) * K  # samples in the last block
-    s_end = P[r] @ S[-1] + G[:, K - r :] @ last[:r]
-    y = np.moveaxis(y.reshape((n,) + lead + (d,)), 0, -2)
-    s_end = np.moveaxis(s_end.reshape((q,) + lead + (d,)), 0, -2)
-    return y, s_end
-
-
 def _block_filter(b: np.ndarray, a: np.ndarray, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
     """y and the final TDF-II state of the filter (b, a): the block algorithm on the TDF-II state space."""
     if a.size == 1:  # a pure gain
         return b[0] * x, s0.copy()
-    return _ss_block_filter(*_tdf2_matrices(b, a), x, s0, block)
+    return block_filter(*_tdf2_matrices(b, a), x, s0, block)
 
 
 def _tf_filter_checked(b, a, x, zi):
@@ -1449,7 +1372,7 @@ def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
         A_r, B_r, C_r, D_r = _real_ssm(lam, B, C, D)
         s0 = np.zeros(x.shape[:-2] + (A_r.shape[0], x.shape[-1]))
         with np.errstate(over="ignore", invalid="ignore"):  # growing modes may overflow, as the recursion does
-            y, _ = _ss_block_filter(A_r, B_r, C_r, D_r, x, s0)
+            y, _ = block_filter(A_r, B_r, C_r, D_r, x, s0)
         return y[:, 0] if was_1d else y
     y = (s @ C).real + D * x
     return y[:, 0] if was_1d else y

@@ -37,6 +37,7 @@ import numpy as np
 import scipy.linalg
 
 from . import sde as _sde
+from ._scan import prefix_scan
 from ._validate import (
     as_positive_scalar,
     as_real_array,
@@ -360,26 +361,6 @@ def rts_smoother_loop(z, F, H, Q, R, m0, P0):
 # ---------------------------------------------------------------------------------------------
 
 
-def _prefix_scan(elements: tuple, combine, reverse: bool = False) -> tuple:
-    """Inclusive associative scan along axis 0 of every array in ``elements`` (Hillis–Steele).
-
-    ``combine(earlier, later)`` returns the composition; ceil(log2 N) vectorized sweeps. With
-    ``reverse`` the scan runs from the end (suffix products), as the smoother needs.
-    """
-    out = tuple(np.flip(e, axis=0) if reverse else e for e in elements)
-    out = tuple(np.array(e, copy=True) for e in out)
-    N = out[0].shape[0]
-    step = 1
-    while step < N:
-        first = tuple(e[:-step] for e in out)  # element i − step
-        second = tuple(e[step:] for e in out)  # element i
-        merged = combine(second, first) if reverse else combine(first, second)
-        for e, new in zip(out, merged):
-            e[step:] = new
-        step *= 2
-    return tuple(np.flip(e, axis=0) if reverse else e for e in out)
-
-
 def _T(a):
     return np.swapaxes(a, -1, -2)
 
@@ -451,7 +432,7 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0):
     """
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
     elements = _filter_elements(zf, missing, F, H, Q, R, m0, P0)
-    _, b, C, _, _ = _prefix_scan(elements, _filter_combine)
+    _, b, C, _, _ = prefix_scan(elements, _filter_combine)
     return np.moveaxis(b, 0, -2), np.moveaxis(C, 0, -3)
 
 
@@ -475,7 +456,7 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0):
     Same parameters and returns as :func:`rts_smoother`.
     """
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
-    _, b, C, _, _ = _prefix_scan(_filter_elements(zf, missing, F, H, Q, R, m0, P0), _filter_combine)
+    _, b, C, _, _ = prefix_scan(_filter_elements(zf, missing, F, H, Q, R, m0, P0), _filter_combine)
     N = b.shape[0]
     E = np.zeros_like(C)
     g = b.copy()
@@ -489,7 +470,7 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0):
         E[:-1] = _T(_solve(P_pred, FP, "the predicted covariance P⁻ = F P Fᵀ + Q"))  # E_k = P_k Fᵀ (P⁻)⁻¹
         g[:-1] = b[:-1] - (E[:-1] @ (Fk @ b[:-1][..., None]))[..., 0]  # g_k = m_k − E_k F m_k
         L[:-1] = _sym(C[:-1] - E[:-1] @ FP)  # L_k = P_k − E_k F P_k
-    _, ms, Ps = _prefix_scan((E, g, L), _smoother_combine, reverse=True)
+    _, ms, Ps = prefix_scan((E, g, L), _smoother_combine, reverse=True)
     return np.moveaxis(ms, 0, -2), np.moveaxis(Ps, 0, -3)
 
 

@@ -73,6 +73,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.special import logsumexp
 
+from ._blocking import per_block
 from ._validate import as_positive_scalar, as_real_array, as_rng, check_option
 
 __all__ = [
@@ -107,9 +108,6 @@ SELF_ATTENTION_VALUE = -5e4
 #: Chunk length of the chunked causal prefix sums (Eq. 12.4).
 _CHUNK = 128
 
-#: Chunks (and LSH windows) are processed in groups whose temporaries hold about this many floats
-#: (4 MiB): large enough to vectorize, small enough to stay in cache and out of fresh ``mmap`` pages.
-_GROUP_FLOATS = 2**19
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,9 +182,9 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     normalizer φ(q)^T z. Causal: the sequence is cut into chunks of ``c`` tokens; chunk ``n``
     sees the exclusive prefix state (sum of the per-chunk states ``φ(K_n)^T [V_n, 1]`` of the
     earlier chunks, a cumulative sum over chunks, done in place) plus its own masked (c, c) block.
-    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 2048 tokens
+    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 1024 tokens
     for C = 256), so the temporaries — G chunk states (G, C, dv+1) and G blocks (G, c, c) — hold
-    about ``_GROUP_FLOATS`` floats whatever N: never the (N, C, dv) array of the plain cumulative
+    about the workspace budget (:mod:`refimpl._blocking`) whatever N: never the (N, C, dv) array of the plain cumulative
     sum of outer products.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
@@ -209,7 +207,7 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
         out = np.empty(batch + (nc, c, width))
         state = np.zeros(batch + (1, n_feat, width))  # S (and z) before the current group of chunks
         tri = np.tri(c)
-        group = max(1, _GROUP_FLOATS // (c * max(c, n_feat, width) * math.prod(batch)))
+        group = per_block(c * max(c, n_feat, width) * math.prod(batch))  # a chunk: (c, c) block and (C, dv+1) state
         for g0 in range(0, nc, group):  # groups of chunks (N / (group·c) steps): temporaries stay small
             sl = slice(g0, g0 + group)
             q_g, k_g, v_g, o = qc[..., sl, :, :], kc[..., sl, :, :], vc[..., sl, :, :], out[..., sl, :, :]
@@ -307,8 +305,9 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
     chunks, plus a masked (c, c) block inside each chunk (c = 128), in groups of chunks whose
-    temporaries hold about 2^19 floats: extra memory O(C·dv + 2^19) besides the features and the
-    output, and no Python loop over tokens (only over groups of ~2048). :func:`linear_attention_loop`
+    temporaries hold about the workspace budget W = 2^18 floats (:mod:`refimpl._blocking`):
+    extra memory O(C·dv + W) besides the features and the output, and no Python loop over
+    tokens (only over groups of ~1024). :func:`linear_attention_loop`
     is the RNN itself.
 
     Examples
@@ -865,7 +864,7 @@ def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) 
     buckets = _hash(q, _rotations(rng, n_rounds, d, n_buckets))  # (..., R, N)
     perm = np.argsort(buckets * n + np.arange(n), axis=-1, kind="stable")  # sort by (bucket, position)
     nc = n // c
-    group = max(1, _GROUP_FLOATS // (2 * c * max(c, d, dv) * math.prod(batch)))
+    group = per_block(2 * c * max(c, d, dv) * math.prod(batch))  # a chunk: its window of 2c keys
     z_max = np.full(batch + (n,), -np.inf)  # running max over rounds of z_i^{(r)}
     acc, w_sum = np.zeros(batch + (n, dv)), np.zeros(batch + (n,))
     for r in range(n_rounds):  # rounds, then groups of chunks: temporaries stay small

@@ -59,6 +59,7 @@ import math
 import numpy as np
 import scipy.linalg
 
+from ._blocking import per_block
 from ._scan import linear_scan
 from ._validate import (
     as_int,
@@ -94,7 +95,6 @@ __all__ = [
 
 METHODS = ("bilinear", "zoh")
 DISCRETIZATIONS = ("mamba", "zoh")
-_SCAN_BLOCK = 64  # time steps per block of selective_scan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -859,7 +859,8 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
 
     This is the recurrent form, one vectorized update over all (batch, channel, state) entries
     per time step (the loop of ``selective_scan_ref``), run in place on the precomputed
-    ``B̄_t u_t`` in blocks of 64 time steps (small temporaries, cache-resident); the readout
+    ``B̄_t u_t`` in blocks of time steps whose temporaries fit the workspace budget of
+    :mod:`refimpl._blocking` (cache-resident); the readout
     ``y_t = C_t h_t`` is one batched product per block. Twins: :func:`selective_scan_loop`
     (scalar loops), :func:`selective_scan_assoc` (parallel scan), :func:`selective_scan_matrix`
     (semiseparable matrix).
@@ -868,8 +869,9 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
     L = u.shape[-2]
     y = np.empty(u.shape)
     h = np.zeros(u.shape[:-2] + A.shape)  # h_{−1} = 0, (..., d, n)
-    for start in range(0, L, _SCAN_BLOCK):  # blocks of time steps: (…, T, d, n) temporaries only
-        sl = slice(start, min(start + _SCAN_BLOCK, L))
+    steps = per_block(2 * h.size)  # a time step: Ā_t and B̄_t u_t, (…, d, n) each
+    for start in range(0, L, steps):  # blocks of time steps: (…, T, d, n) temporaries only
+        sl = slice(start, min(start + steps, L))
         Ab, H = _discretize_selective(u[..., sl, :], delta[..., sl, :], A, B[..., sl, :], discretization)
         H[..., 0, :, :] += Ab[..., 0, :, :] * h  # H starts as B̄_t u_t
         for t in range(1, H.shape[-3]):

@@ -32,6 +32,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import refimpl._blocking as _blocking
 import refimpl.random_features as rf_module
 from refimpl._testing import ORACLE, SELF, mc_band
 from refimpl.attention import softmax_attention
@@ -100,7 +101,7 @@ class TestLinearAttention:
     @pytest.mark.parametrize("chunk", [1, 3, 4, 128])
     @pytest.mark.parametrize("n", [1, 7, 12])
     def test_chunked_prefix_sums_with_padding(self, monkeypatch, chunk, n, group):
-        monkeypatch.setattr(rf_module, "_GROUP_FLOATS", group)  # 1: one chunk per group; 10**9: one group
+        monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", group)  # 1: one chunk per group; 10**9: one group
         q, k, v = qkv(chunk + n, n=n, batch=(3, 1))
         k = k[0]  # broadcast batch
         y = rf_module._kernel_attention(elu1(q), elu1(k), v, True, chunk)
@@ -511,7 +512,7 @@ class TestLSH:
         qk, v = rng.normal(size=(2, 3, 32, 4))
         kw = dict(n_buckets=4, n_rounds=3, chunk_size=4, rng=2, causal=causal)
         whole = lsh_attention(qk, v, **kw)
-        monkeypatch.setattr(rf_module, "_GROUP_FLOATS", 1)
+        monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", 1)
         close(lsh_attention(qk, v, **kw), whole, rtol=SELF, what="lsh groups of one chunk vs one group")
         close(whole, lsh_attention_loop(qk, v, **kw), rtol=SELF, what="lsh_attention vs loop")
 
