@@ -89,7 +89,7 @@ import scipy
 
 from ._citations import citation_index, cited_tags
 from ._golden import CASES, FUNCTIONS, Case, Function
-from ._testing import RATIO_RULE_FACTOR, max_abs_error, rel_error
+from ._testing import RATIO_RULE_FACTOR, max_abs_error, ratio_bound, ratio_rule, rel_error
 from ._vectors import read_npz, sha256, write_npz
 
 __all__ = [
@@ -644,12 +644,12 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps) -> Quantity
         same = bool(np.array_equal(arr64[~fin], rounded[~fin], equal_nan=True))
         e_plain = rel_error(rounded[fin], want[fin])
         e_abs, e_rel = max_abs_error(arr64[fin], want[fin]), rel_error(arr64[fin], want[fin])
-        bound = RATIO_RULE_FACTOR * max(e_plain, floor)
         msg = f"{int((~fin).sum())} entries overflow {dtype}" + ("" if same else ", but not in the returned values")
-        return QuantityReport(name, kind, same and bool(e_rel <= bound), e_abs, e_rel, bound, e_plain, msg)
+        return QuantityReport(name, kind, same and ratio_rule(e_rel, e_plain, level=floor), e_abs, e_rel,
+                              ratio_bound(e_plain, level=floor), e_plain, msg)
     e_abs, e_rel = max_abs_error(arr64, want), rel_error(arr64, want)
-    bound = RATIO_RULE_FACTOR * max(e_plain, floor)
-    return QuantityReport(name, kind, bool(e_rel <= bound), e_abs, e_rel, bound, e_plain)
+    return QuantityReport(name, kind, ratio_rule(e_rel, e_plain, level=floor), e_abs, e_rel,
+                          ratio_bound(e_plain, level=floor), e_plain)
 
 
 def _load_from(vectors, case: Case) -> tuple:
