@@ -22,6 +22,7 @@ asserted instead of the norm-wise one, it is said.
 
 from __future__ import annotations
 
+import functools
 import math
 import tracemalloc
 
@@ -34,24 +35,20 @@ from hypothesis import strategies as st
 from refimpl import afa as afa_module
 from refimpl import sde
 from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
+from _oracles import elementwise_rel as _elementwise_rel  # noqa: E402
 from refimpl._testing import ORACLE, SELF, rel_error
 from refimpl.afa import afa, afa_irls, afa_loop, isotropic_afa, isotropic_afa_loop
 from refimpl.attention import softmax_attention
 from refimpl.lyapunov import dle_covariance, dle_covariance_backward, isotropic_covariance
 from refimpl.positional import rope
 
+#: every entry AFA's element-wise checks compare is finite and nonzero
+elementwise_rel = functools.partial(_elementwise_rel, nonzero=True)
+
 EPS = np.finfo(np.float64).eps
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
 WORST_ERRORS, close, record = recorder()
-
-
-def elementwise_rel(actual, desired) -> float:
-    """max_k |a_k − d_k| / |d_k| (all desired entries must be nonzero and finite)."""
-    a, d = np.asarray(actual), np.asarray(desired)
-    assert a.shape == d.shape, f"shape {a.shape} != {d.shape}"
-    assert np.all(np.isfinite(d)) and np.all(d != 0)
-    return float(np.max(np.abs(a - d) / np.abs(d), initial=0.0))
 
 
 def close_elementwise(actual, desired, *, rtol: float, what: str) -> float:

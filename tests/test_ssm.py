@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from refimpl import ssm
 from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
+from _oracles import random_hurwitz  # noqa: E402
 from refimpl._testing import ORACLE, SELF
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
@@ -37,12 +38,6 @@ WORST_ERRORS, close, record = recorder()
 # ---------------------------------------------------------------------------------------------
 # Test systems
 # ---------------------------------------------------------------------------------------------
-
-
-def random_stable(rng, N, *, complex_=False):
-    """A random dense stable A (spectral abscissa −0.1), not normal."""
-    M = rng.normal(size=(N, N)) + (1j * rng.normal(size=(N, N)) if complex_ else 0.0)
-    return M - (np.max(np.linalg.eigvals(M).real) + 0.1) * np.eye(N)
 
 
 def s4d_lin(H, N):
@@ -253,7 +248,7 @@ class TestDiscretize:
     @pytest.mark.parametrize("method", ["zoh", "bilinear"])
     def test_random_dense_multi_input_vs_cont2discrete(self, method):
         rng = np.random.default_rng(3)
-        A, B = random_stable(rng, 6), rng.normal(size=(6, 2))
+        A, B = random_hurwitz(rng, 6), rng.normal(size=(6, 2))
         Ab, Bb = ssm.discretize(A, B, 0.3, method)
         ref = scipy.signal.cont2discrete((A, B, np.ones((1, 6)), np.zeros((1, 2))), 0.3, method=method)
         close(Ab, ref[0], rtol=ORACLE, what=f"discretize {method} random Ab")
@@ -334,7 +329,7 @@ class TestDiscretize:
     @settings(max_examples=20)
     @given(seed=st.integers(0, 2**32 - 1), N=st.integers(1, 6), step=st.floats(1e-3, 5.0))
     def test_dense_stable_stays_stable(self, seed, N, step):
-        A = random_stable(np.random.default_rng(seed), N)
+        A = random_hurwitz(np.random.default_rng(seed), N)
         for method in ("zoh", "bilinear"):
             Ab, _ = ssm.discretize(A, np.ones(N), step, method)
             assert np.max(np.abs(np.linalg.eigvals(Ab))) < 1.0
@@ -383,7 +378,7 @@ class TestSsmKernel:
 
     def test_matrix_power_oracle(self):
         rng = np.random.default_rng(5)
-        A = random_stable(rng, 5, complex_=True)
+        A = random_hurwitz(rng, 5, complex_=True)
         Ab, Bb = ssm.discretize(A, rng.normal(size=5), 0.3, "zoh")
         C = rng.normal(size=5) + 1j * rng.normal(size=5)
         ref = np.array([C @ np.linalg.matrix_power(Ab, ell) @ Bb for ell in range(40)])
@@ -624,7 +619,7 @@ class TestRecurrentVsConvolution:
     def test_causality(self, seed, L, t, N):
         t = t % (L - 1)
         rng = np.random.default_rng(seed)
-        Ab, Bb = ssm.discretize(random_stable(rng, N), rng.normal(size=N), 0.3, "zoh")
+        Ab, Bb = ssm.discretize(random_hurwitz(rng, N), rng.normal(size=N), 0.3, "zoh")
         C = rng.normal(size=N)
         u = rng.normal(size=(L, 2))
         v = u.copy()
