@@ -204,7 +204,7 @@ def _sosfilt(b, a, x):
 
 def _sos(quick: bool):
     n, d = (2_000, 16) if quick else (100_000, 16)
-    sos = iir.butter(8, [0.1, 0.2], "bandpass", output="sos")
+    sos = iir.butter(8, [0.1, 0.2], btype="bandpass", output="sos")
     return (sos, np.random.default_rng(6).normal(size=(n, d))), {}
 
 

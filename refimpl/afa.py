@@ -317,12 +317,14 @@ def afa_loop(
     causal: bool = True,
     rotate_values: bool = True,
     return_weights: bool = False,
+    return_intermediates: bool = False,
 ):
     """Loop twin of :func:`afa`: Eqs. (7.2)–(7.7) with explicit loops over i, j and k.
 
     Reads like the equations: the covariance of each pair comes from Eq. (2.9)
     (:func:`refimpl.lyapunov.isotropic_covariance_loop` per channel), the residual is formed
-    directly. No overflow guards: meant for moderate lags.
+    directly. No overflow guards: meant for moderate lags. With ``return_intermediates`` the
+    pair quantities are formed for every pair (i, j), as :func:`afa` returns them.
     """
     q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
         q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
@@ -332,22 +334,34 @@ def afa_loop(
     qb, kb, vb = (x.reshape((-1, N, d)) for x in (q, k, v))
     out = np.zeros_like(qb)
     A = np.zeros((qb.shape[0], N, N, d))
+    if return_intermediates:
+        P_all = np.empty((N, N, d))
+        R_all = np.empty(qb.shape[:1] + (N, N, d), dtype=np.complex128)
+        d2_all = np.empty(qb.shape[:1] + (N, N))
+        L_all = np.full(qb.shape[:1] + (N, N, d), -np.inf)
     for b in range(qb.shape[0]):
         for i in range(N):
             keys = [j for j in range(N) if (t[j] <= t[i] or not causal)]
             logits = np.empty((len(keys), d))
-            for n, j in enumerate(keys):
+            for j in range(N) if return_intermediates else keys:
                 dt = float(t[i] - t[j])
                 P = np.empty(d)
+                R = np.empty(d, dtype=np.complex128)
                 d2 = 0.0
                 for c in range(d):
                     mu = -lam[c].real
                     sigma = lyapunov.isotropic_covariance_loop(dt, mu, sigma2[c], eta2[c], gamma2[c])  # Σ_c(Δt), Eq. (2.9)
                     P[c] = 1.0 / float(sigma)  # P = 1/Σ
-                    R = qb[b, i, c] - cmath.exp(lam[c] * dt) * kb[b, j, c]  # R = q_i − e^{λΔt} k_j
-                    d2 += P[c] * abs(R) ** 2  # d² = Σ_k P_k |R_k|²
+                    R[c] = qb[b, i, c] - cmath.exp(lam[c] * dt) * kb[b, j, c]  # R = q_i − e^{λΔt} k_j
+                    d2 += P[c] * abs(R[c]) ** 2  # d² = Σ_k P_k |R_k|²
                 robust = kappa * math.log1p(d2 / nu) if weight == "student" else d2 / nu
-                logits[n] = temperature * (np.log(P) - robust)  # L = log P − κ log(1 + d²/ν)
+                L = temperature * (np.log(P) - robust)  # L = log P − κ log(1 + d²/ν)
+                if j in keys:
+                    logits[keys.index(j)] = L
+                if return_intermediates:
+                    P_all[i, j], R_all[b, i, j], d2_all[b, i, j] = P, R, d2
+                    if j in keys:
+                        L_all[b, i, j] = L
             for c in range(d):
                 top = max(logits[:, c])
                 total = sum(math.exp(x - top) for x in logits[:, c])
@@ -358,6 +372,10 @@ def afa_loop(
                     carry = cmath.exp(lam[c] * dt) if rotate_values else math.exp(lam[c].real * dt)
                     out[b, i, c] += a * carry * vb[b, j, c]  # v̄_i = Σ_j A_ij e^{λΔt} v_j
     out = out.reshape(batch + (N, d))
+    if return_intermediates:
+        extra = {"A": A.reshape(batch + (N, N, d)), "P": P_all, "R": R_all.reshape(batch + (N, N, d)),
+                 "d2": d2_all.reshape(batch + (N, N)), "logits": L_all.reshape(batch + (N, N, d))}
+        return out, extra
     return (out, A.reshape(batch + (N, N, d))) if return_weights else out
 
 

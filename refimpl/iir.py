@@ -1197,7 +1197,7 @@ def _design(proto, order, wn, btype, fs, output):
     return zpk2sos(z, p, k)
 
 
-def butter(order, wn, btype="lowpass", *, fs=2.0, output="zpk"):
+def butter(order, wn, *, btype="lowpass", fs=2.0, output="zpk"):
     r"""Digital Butterworth filter: prototype poles, pre-warping, frequency transformation, bilinear.
 
     Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. (13.15)) →
@@ -1221,7 +1221,7 @@ def butter(order, wn, btype="lowpass", *, fs=2.0, output="zpk"):
     return _design(buttap(order), order, wn, btype, fs, output)
 
 
-def cheby1(order, rp, wn, btype="lowpass", *, fs=2.0, output="zpk"):
+def cheby1(order, rp, wn, *, btype="lowpass", fs=2.0, output="zpk"):
     """Digital Chebyshev type I filter (ripple ``rp`` dB): :func:`cheb1ap` through the chain of :func:`butter`: Eqs. (13.16)–(13.18) of the book."""
     return _design(cheb1ap(order, rp), order, wn, btype, fs, output)
 

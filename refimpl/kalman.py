@@ -39,7 +39,6 @@ import scipy.linalg
 from . import sde as _sde
 from ._scan import prefix_scan
 from ._validate import (
-    as_positive_scalar,
     as_real_array,
     check_hermitian_psd,
     check_option,
@@ -687,21 +686,25 @@ def steady_state(F, H, Q, R):
     return K, P_prior, P_post
 
 
-def steady_state_loop(F, H, Q, R, *, tol: float = 1e-14, max_iter: int = 100_000):
+#: the Riccati iteration of :func:`steady_state_loop` stops at this relative change of P⁻ …
+_RICCATI_TOL = 1e-14
+#: … and gives up (``ValueError``) after this many steps
+_RICCATI_MAX_ITER = 100_000
+
+
+def steady_state_loop(F, H, Q, R):
     """Loop twin of :func:`steady_state`: iterate the Riccati recursion (3.2)–(3.3) to its fixed point.
 
     Starts from the positive definite ``P⁻ = Q + I`` (so it converges to the same stabilizing
     solution as the DARE even where ``Q`` alone is a spurious fixed point) and stops when the
-    relative change of ``P⁻`` is below ``tol``; ``ValueError`` if it has not converged after
-    ``max_iter`` steps.
+    relative change of ``P⁻`` is below ``_RICCATI_TOL = 1e-14``; ``ValueError`` if it has not
+    converged after ``_RICCATI_MAX_ITER = 100000`` steps.
     """
     F, H, Q, R = _check_stationary(F, H, Q, R)
-    tol = as_positive_scalar(tol, "tol")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter: expected an integer >= 1, got {max_iter!r}")
+    max_iter = _RICCATI_MAX_ITER
     P_prior = Q + np.eye(F.shape[0])
     I = np.eye(F.shape[0])
-    for step in range(int(max_iter)):
+    for step in range(max_iter):
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported just below
             K = _gain(P_prior, H, R)  # K = P⁻ Hᵀ S⁻¹
             P_post = (I - K @ H) @ P_prior @ (I - K @ H).T + K @ R @ K.T  # Joseph update
@@ -714,7 +717,7 @@ def steady_state_loop(F, H, Q, R, *, tol: float = 1e-14, max_iter: int = 100_000
             )
         change = np.max(np.abs(new - P_prior)) / max(np.max(np.abs(new)), 1e-300)
         P_prior = new
-        if change < tol:
+        if change < _RICCATI_TOL:
             K = _gain(P_prior, H, R)
             return K, P_prior, _sym((I - K @ H) @ P_prior)
     raise ValueError(f"F, H, Q, R: the Riccati recursion did not converge in max_iter = {max_iter} steps")

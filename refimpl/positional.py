@@ -247,7 +247,7 @@ def rope_loop(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarra
     return out
 
 
-def rope_complex(x, positions=None, base: float = 10000.0, freqs=None, *, return_complex: bool = False):
+def rope_complex(x, positions=None, base: float = 10000.0, freqs=None, *, as_complex: bool = False):
     r"""RoPE in complex form: ``z_i = x_{2i} + i x_{2i+1}`` multiplied by ``e^{i p θ_i}``.
 
     Implements Eq. (5.7) of the book (RoFormer, Su et al. 2021, §3.2.1).
@@ -256,18 +256,18 @@ def rope_complex(x, positions=None, base: float = 10000.0, freqs=None, *, return
     ----------
     x, positions, base, freqs
         As in :func:`rope`.
-    return_complex : bool
+    as_complex : bool
         Return the rotated complex pairs, shape (..., N, d/2), instead of the real interleaved
         array (the default, which equals :func:`rope`).
 
     Returns
     -------
-    ndarray, shape (..., N, d) float64, or (..., N, d/2) complex128 if ``return_complex``.
+    ndarray, shape (..., N, d) float64, or (..., N, d/2) complex128 if ``as_complex``.
     """
     x, pos, theta = _check_rope(x, positions, base, freqs)
     z = x[..., 0::2] + 1j * x[..., 1::2]  # z_i = x_2i + i x_2i+1
     z = z * np.exp(1j * pos[:, None] * theta[None, :])  # z_i e^{i p θ_i}
-    if return_complex:
+    if as_complex:
         return z
     out = np.empty_like(x)
     out[..., 0::2], out[..., 1::2] = z.real, z.imag

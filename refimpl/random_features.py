@@ -432,7 +432,7 @@ def favor_features_loop(x, projection, *, kind="positive", stabilize=True) -> np
     return out
 
 
-def orthogonal_gaussian(m, d, rng, *, scaling="chi") -> np.ndarray:
+def orthogonal_gaussian(m, d, *, rng, scaling="chi") -> np.ndarray:
     r"""m × d Gaussian directions whose rows are orthogonal within each block of d (ORF).
 
     Implements Eq. (12.9) of the book (Choromanski et al. 2021, §2.4 and Theorem 2).
@@ -460,7 +460,7 @@ def orthogonal_gaussian(m, d, rng, *, scaling="chi") -> np.ndarray:
 
     Examples
     --------
-    >>> w = orthogonal_gaussian(4, 4, 0)
+    >>> w = orthogonal_gaussian(4, 4, rng=0)
     >>> g = w @ w.T
     >>> bool(np.allclose(g - np.diag(np.diag(g)), 0.0))
     True
@@ -489,7 +489,7 @@ def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projectio
     if projection is not None:
         w = _as_projection(projection, "projection", m, d)
     elif _as_bool(orthogonal, "orthogonal"):
-        w = orthogonal_gaussian(m, d, rng)
+        w = orthogonal_gaussian(m, d, rng=rng)
     else:
         w = as_rng(rng).standard_normal((m, d))  # iid ω_r ~ N(0, I_d)
     root = math.sqrt(_scale(scale, d))  # q̂ = q·√scale, k̂ = k·√scale (q/d^{1/4} by default)
@@ -744,7 +744,7 @@ def _hash(x: np.ndarray, rot: np.ndarray) -> np.ndarray:
     return np.where(top >= -bottom, i_max, rot.shape[-1] + i_min)
 
 
-def lsh_hash(x, n_buckets, rng, n_rounds=1, *, rotations=None) -> np.ndarray:
+def lsh_hash(x, n_buckets, *, rng, n_rounds=1, rotations=None) -> np.ndarray:
     r"""Angular locality-sensitive hashing: h(x) = argmax([xR; −xR]) for random Gaussian R.
 
     Implements Eq. (12.13) of the book (Kitaev et al. 2020, §2; Andoni et al. 2015).
@@ -774,7 +774,7 @@ def lsh_hash(x, n_buckets, rng, n_rounds=1, *, rotations=None) -> np.ndarray:
     Examples
     --------
     >>> x = np.random.default_rng(0).normal(size=(5, 3))
-    >>> bool(np.array_equal(lsh_hash(x, 4, 7), lsh_hash(x, 4, 7)))
+    >>> bool(np.array_equal(lsh_hash(x, 4, rng=7), lsh_hash(x, 4, rng=7)))
     True
     """
     x = _as_seq(x, "x")

@@ -297,7 +297,7 @@ def legs_reconstruct(c, x):
 # ---------------------------------------------------------------------------------------------
 
 
-def discretize(A, B, step, method="bilinear", *, diagonal=False):
+def discretize(A, B, step, *, method="bilinear", diagonal=False):
     r"""Discretize ``x' = Ax + Bu`` with step Δ: the bilinear (S4) or zero-order-hold (S4D) rule.
 
     Implements Eq. (11.6) (bilinear; Gu et al. 2022, S4, Eq. 3) and Eq. (11.7) (ZOH; S4D §2,
@@ -336,7 +336,7 @@ def discretize(A, B, step, method="bilinear", *, diagonal=False):
 
     Examples
     --------
-    >>> Ab, Bb = discretize([-1.0], [1.0], 0.5, "zoh")
+    >>> Ab, Bb = discretize([-1.0], [1.0], 0.5, method="zoh")
     >>> float(Ab[0]) == np.exp(-0.5), round(float(Bb[0]), 12) == round(1 - np.exp(-0.5), 12)
     (True, True)
     """
@@ -493,7 +493,7 @@ def _s4d_args(A, B, C, step, L, method):
             np.broadcast_shapes(v.shape, A.shape[-1:])
         except ValueError:
             raise ValueError(f"{name}: expected shape (..., {A.shape[-1]}) broadcastable with A, got shape {v.shape}") from None
-    Ab, Bb = discretize(A, B, step, method, diagonal=True)
+    Ab, Bb = discretize(A, B, step, method=method, diagonal=True)
     try:
         batch = np.broadcast_shapes(Ab.shape[:-1], Bb.shape[:-1], C.shape[:-1])
     except ValueError:
@@ -640,7 +640,7 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     Pv, Qv, Bv, Cv = vecs["P"], vecs["Q"], vecs["B"], vecs["C"]
     if not c_tilde:
         A = np.diag(Lam) - np.outer(Pv, Qv.conj())  # A = Λ − P Q^*
-        Ab, _ = discretize(A, Bv, dt, "bilinear")
+        Ab, _ = discretize(A, Bv, dt, method="bilinear")
         Cv = Cv - Cv @ np.linalg.matrix_power(Ab, L)  # C̃ = C (I − Ā^L)
     omega = np.exp(-2j * np.pi * np.arange(L) / L)  # ω_k = e^{−2πik/L}
     g = (2.0 / dt) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω)

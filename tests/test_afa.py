@@ -232,6 +232,23 @@ class TestAfa:
 
 class TestAfaIntermediates:
     @pytest.mark.parametrize("causal", [True, False])
+    def test_loop_twin(self, causal):
+        # afa_loop(..., return_intermediates=True) forms every pair quantity by the equations
+        rng = np.random.default_rng(11)
+        q, k, v = (cplx(rng, (2, 5, 3)) for _ in range(3))
+        par = tensor_params(rng, 3)
+        t = make_times("irregular", 5, rng)
+        out, extra = afa(q, k, v, **par, t=t, causal=causal, temperature=0.8, return_intermediates=True)
+        out_l, extra_l = afa_loop(q, k, v, **par, t=t, causal=causal, temperature=0.8, return_intermediates=True)
+        assert list(extra_l) == list(extra)
+        close(out_l, out, rtol=SELF, what="afa_loop out")
+        for key in ("A", "P", "R", "d2"):
+            close(extra_l[key], extra[key], rtol=SELF, what=f"afa_loop intermediate {key}")
+        finite = np.isfinite(extra["logits"])
+        np.testing.assert_array_equal(np.isfinite(extra_l["logits"]), finite)  # −inf exactly where not allowed
+        close(extra_l["logits"][finite], extra["logits"][finite], rtol=SELF, what="afa_loop logits")
+
+    @pytest.mark.parametrize("causal", [True, False])
     @pytest.mark.parametrize("weight, kappa", [("student", None), ("student", 1.5), ("exponential", None)])
     def test_contents(self, causal, weight, kappa):
         rng = np.random.default_rng(10)

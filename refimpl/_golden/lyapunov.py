@@ -6,6 +6,7 @@ import numpy as np
 
 from ._base import LAM3, Case, called, spd
 
+
 FUNCTIONS = [
     called("lyapunov.phi1", "phi"),
     called("lyapunov.dle_covariance", "Sigma"),
