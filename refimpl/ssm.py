@@ -337,7 +337,7 @@ def discretize(A, B, step, *, method="bilinear", diagonal=False):
     Examples
     --------
     >>> Ab, Bb = discretize([-1.0], [1.0], 0.5, method="zoh")
-    >>> float(Ab[0]) == np.exp(-0.5), round(float(Bb[0]), 12) == round(1 - np.exp(-0.5), 12)
+    >>> bool(float(Ab[0]) == np.exp(-0.5)), bool(round(float(Bb[0]), 12) == round(1 - np.exp(-0.5), 12))
     (True, True)
     """
     check_option(method, "method", METHODS)
