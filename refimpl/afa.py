@@ -260,6 +260,17 @@ def afa(
     Memory is O(batch · N² · d) by nature (the precision, residual and weight tensors); inputs
     with batch · N² · d > ``MAX_TENSOR`` are refused. :func:`isotropic_afa` is the O(N² + N d)
     form for a shared decay and noise.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.normal(size=(5, 2)) + 1j * rng.normal(size=(5, 2)) for _ in range(3))
+    >>> lam = np.array([-0.5 + 1.0j, -0.1 - 2.0j])
+    >>> out, A = afa(q, k, v, eigvals=lam, sigma2=0.5, eta2=0.1, gamma2=0.05, nu=2.0, return_weights=True)
+    >>> out.shape, A.shape
+    ((5, 2), (5, 5, 2))
+    >>> bool(np.allclose(A.sum(axis=1), 1.0)), bool(np.all(A[0, 1:] == 0))  # rows sum to 1; causal
+    (True, True)
     """
     q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
         q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
@@ -325,6 +336,14 @@ def afa_loop(
     (:func:`refimpl.lyapunov.isotropic_covariance_loop` per channel), the residual is formed
     directly. No overflow guards: meant for moderate lags. With ``return_intermediates`` the
     pair quantities are formed for every pair (i, j), as :func:`afa` returns them.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.normal(size=(5, 2)) + 1j * rng.normal(size=(5, 2)) for _ in range(3))
+    >>> kw = dict(eigvals=np.array([-0.5 + 1.0j, -0.1 - 2.0j]), sigma2=0.5, eta2=0.1, gamma2=0.05, nu=2.0)
+    >>> bool(np.allclose(afa_loop(q, k, v, **kw), afa(q, k, v, **kw)))
+    True
     """
     q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
         q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
@@ -479,6 +498,18 @@ def isotropic_afa(
     -------
     out : ndarray of complex128, shape (..., N, d)
         Equal to ``afa(q, k, v, eigvals=-mu + 1j*omega, ...)``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.normal(size=(5, 2)) + 1j * rng.normal(size=(5, 2)) for _ in range(3))
+    >>> kw = dict(mu=0.3, omega=np.array([1.0, -0.5]), sigma2=0.5, eta2=0.1, gamma2=0.05, nu=2.0)
+    >>> out = isotropic_afa(q, k, v, **kw)
+    >>> out.shape
+    (5, 2)
+    >>> noise = {n: kw[n] for n in ("sigma2", "eta2", "gamma2", "nu")}
+    >>> bool(np.allclose(out, afa(q, k, v, eigvals=-0.3 + 1j * kw["omega"], **noise)))  # λ_k = −μ + iω_k
+    True
     """
     q, k, v = _check_qkv(q, k, v)
     N, d = q.shape[-2:]
@@ -573,7 +604,16 @@ def isotropic_afa_loop(
     return_weights: bool = False,
 ):
     """Loop twin of :func:`isotropic_afa`: the tensor equations (7.2)–(7.7) as written, loops over i, j, k,
-    with λ_k = −μ + iω_k and shared noise — no factorization (the identity (8.2) is what is tested)."""
+    with λ_k = −μ + iω_k and shared noise — no factorization (the identity (8.2) is what is tested).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.normal(size=(5, 2)) + 1j * rng.normal(size=(5, 2)) for _ in range(3))
+    >>> kw = dict(mu=0.3, omega=np.array([1.0, -0.5]), sigma2=0.5, eta2=0.1, gamma2=0.05, nu=2.0)
+    >>> bool(np.allclose(isotropic_afa_loop(q, k, v, **kw), isotropic_afa(q, k, v, **kw)))
+    True
+    """
     q, k, v = _check_qkv(q, k, v)
     d = q.shape[-1]
     for name, value in (("sigma2", sigma2), ("eta2", eta2), ("gamma2", gamma2)):
@@ -634,6 +674,14 @@ def afa_irls(
     -------
     estimates : ndarray of complex128, shape (n_iter, ..., N, d)
         ``ẑ⁽¹⁾ … ẑ⁽ⁿ⁾``, the relaxed estimate after each iteration (the AFA output itself when α = 1).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> z = rng.normal(size=(6, 2)) + 1j * rng.normal(size=(6, 2))
+    >>> est = afa_irls(z, eigvals=np.array([-0.2 + 0.5j, -1.0]), sigma2=0.4, eta2=0.2, gamma2=0.05, nu=2.0, n_iter=2)
+    >>> est.shape, est.dtype
+    ((2, 6, 2), dtype('complex128'))
     """
     if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
         raise ValueError(f"n_iter: expected an integer >= 1, got {n_iter!r}")

@@ -259,7 +259,13 @@ def _kernel_attention_loop(phi_q, phi_k, v, causal: bool, gates=None) -> np.ndar
 
 
 def elu_plus_one(x) -> np.ndarray:
-    """The feature map φ(x) = elu(x) + 1 of Eq. (12.2) (Katharopoulos et al. 2020, §3.2.1): x + 1 for x > 0, e^x otherwise."""
+    """The feature map φ(x) = elu(x) + 1 of Eq. (12.2) (Katharopoulos et al. 2020, §3.2.1): x + 1 for x > 0, e^x otherwise.
+
+    Examples
+    --------
+    >>> elu_plus_one(np.array([-1.0, 0.0, 2.0])).round(6).tolist()
+    [0.367879, 1.0, 3.0]
+    """
     x = as_real_array(x, "x")
     return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
 
@@ -322,7 +328,14 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
 
 
 def linear_attention_loop(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarray:
-    """Loop twin of :func:`linear_attention`: the causal RNN (Eq. 12.3), one token at a time."""
+    """Loop twin of :func:`linear_attention`: the causal RNN (Eq. 12.3), one token at a time.
+
+    Examples
+    --------
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 6, 2))
+    >>> bool(np.allclose(linear_attention_loop(q, k, v, causal=True), linear_attention(q, k, v, causal=True)))
+    True
+    """
     phi_q, phi_k, v = _linear_features(q, k, v, feature_map, causal)
     return _kernel_attention_loop(phi_q, phi_k, v, bool(causal))
 
@@ -407,7 +420,15 @@ def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndar
 
 
 def favor_features_loop(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
-    """Loop twin of :func:`favor_features`: each feature of each row with ``math.exp``/``sin``/``cos``."""
+    """Loop twin of :func:`favor_features`: each feature of each row with ``math.exp``/``sin``/``cos``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.normal(size=(3, 4)), rng.normal(size=(8, 4))
+    >>> bool(np.allclose(favor_features_loop(x, w), favor_features(x, w)))
+    True
+    """
     x = _as_seq(x, "x")
     check_option(kind, "kind", KINDS)
     w = _as_projection(projection, "projection", None, x.shape[-1])
@@ -557,7 +578,15 @@ def performer_attention(
 def performer_attention_loop(
     q, k, v, *, n_features, rng, causal=False, kind="positive", scale=None, projection=None, orthogonal=True
 ) -> np.ndarray:
-    """Loop twin of :func:`performer_attention`: the prefix-sum RNN (Eq. 12.3) one token at a time."""
+    """Loop twin of :func:`performer_attention`: the prefix-sum RNN (Eq. 12.3) one token at a time.
+
+    Examples
+    --------
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 6, 4)) / 2
+    >>> kw = dict(n_features=16, rng=1, causal=True)
+    >>> bool(np.allclose(performer_attention_loop(q, k, v, **kw), performer_attention(q, k, v, **kw)))
+    True
+    """
     causal = _as_bool(causal, "causal")
     phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
     return _kernel_attention_loop(phi_q, phi_k, v, causal)
@@ -573,6 +602,13 @@ def performer_attention_quadratic(
     ``D̂ = diag(Â 1)``. O(N M m) time, O(N M) memory: the quadratic path, for checking the
     linear-time one and for looking at the implicit attention matrix. Parameters as
     :func:`performer_attention`.
+
+    Examples
+    --------
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 6, 4)) / 2
+    >>> kw = dict(n_features=16, rng=1)
+    >>> bool(np.allclose(performer_attention_quadratic(q, k, v, **kw), performer_attention(q, k, v, **kw)))
+    True
     """
     causal = _as_bool(causal, "causal")
     phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
@@ -601,6 +637,14 @@ def rff_features(x, projection) -> np.ndarray:
     Returns
     -------
     phi : ndarray, shape (..., N, 2D)
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.normal(size=(2, 3)), rng.normal(size=(4, 3))
+    >>> phi = rff_features(x, w)
+    >>> phi.shape, bool(np.allclose(np.sum(phi**2, axis=-1), 1.0))  # sin² + cos² over D = 4 features
+    ((2, 8), True)
     """
     x = _as_seq(x, "x")
     w = _as_projection(projection, "projection", None, x.shape[-1])
@@ -709,7 +753,15 @@ def rfa_attention(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, c
 
 
 def rfa_attention_loop(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, causal=True) -> np.ndarray:
-    """Loop twin of :func:`rfa_attention`: the (gated) recurrence of Eqs. (12.11)–(12.12), one token at a time."""
+    """Loop twin of :func:`rfa_attention`: the (gated) recurrence of Eqs. (12.11)–(12.12), one token at a time.
+
+    Examples
+    --------
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 5, 4))
+    >>> kw = dict(n_features=8, sigma=1.0, rng=2)
+    >>> bool(np.allclose(rfa_attention_loop(q, k, v, **kw), rfa_attention(q, k, v, **kw)))
+    True
+    """
     phi_q, phi_k, v, gates, causal = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
     return _kernel_attention_loop(phi_q, phi_k, v, causal, gates)
 
@@ -903,7 +955,16 @@ def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) 
 
 
 def lsh_attention_loop(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) -> np.ndarray:
-    """Loop twin of :func:`lsh_attention`: per round, per query, over the keys of its window."""
+    """Loop twin of :func:`lsh_attention`: per round, per query, over the keys of its window.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> qk, v = rng.normal(size=(8, 4)), rng.normal(size=(8, 2))
+    >>> kw = dict(n_buckets=4, n_rounds=2, chunk_size=2, rng=3)
+    >>> bool(np.allclose(lsh_attention_loop(qk, v, **kw), lsh_attention(qk, v, **kw)))
+    True
+    """
     q, k, v, n_buckets, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal)
     batch, (n, d), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
     rot = _rotations(rng, n_rounds, d, n_buckets)
@@ -999,6 +1060,15 @@ def reversible_inverse(y1, y2, f, g) -> tuple[np.ndarray, np.ndarray]:
 
     Implements Eq. (12.17) of the book (Kitaev et al. 2020, §3; Gomez et al. 2017, §3): the
     activations of a layer are recomputed from its outputs, so none need to be stored.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x1, x2, w = rng.normal(size=(3, 3, 3))
+    >>> f = g = lambda x: np.tanh(x @ w)
+    >>> y1, y2 = reversible_forward(x1, x2, f, g)
+    >>> bool(np.allclose(reversible_inverse(y1, y2, f, g), (x1, x2)))
+    True
     """
     x1, x2 = _pair(y1, y2, "y1", "y2")
     for fn, gn in reversed(_layers(f, g)):
