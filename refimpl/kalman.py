@@ -207,6 +207,18 @@ def kalman_filter(z, F, H, Q, R, m0, P0):
     values, only on which measurements are missing, so they are computed once per missingness
     pattern and the means of all sequences advance together (matrix products over the batch).
     :func:`kalman_filter_scan` is the parallel-in-time form.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> m, P = kalman_filter(z, F, H, Q, R, m0, P0)
+    >>> m.shape, P.shape
+    ((6, 2), (6, 2, 2))
+    >>> z[2] = np.nan  # a missing measurement: predict only
+    >>> bool(np.all(np.isfinite(kalman_filter(z, F, H, Q, R, m0, P0)[0])))
+    True
     """
     return _filter(*_check_model(z, F, H, Q, R, m0, P0))
 
@@ -260,7 +272,16 @@ def _filter_covariances(pattern, F, H, Q, R, P0):
 
 
 def kalman_filter_loop(z, F, H, Q, R, m0, P0):
-    """Loop twin of :func:`kalman_filter`: the textbook recursion, one sequence and one step at a time."""
+    """Loop twin of :func:`kalman_filter`: the textbook recursion, one sequence and one step at a time.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(kalman_filter_loop(z, F, H, Q, R, m0, P0), kalman_filter(z, F, H, Q, R, m0, P0)))
+    True
+    """
     return _filter_loop(*_check_model(z, F, H, Q, R, m0, P0))
 
 
@@ -329,6 +350,17 @@ def rts_smoother(z, F, H, Q, R, m0, P0):
 
     Parameters and shapes as in :func:`kalman_filter`. Returns ``ms`` (..., N, n) and
     ``Ps`` (..., N, n, n). ``P⁻_{k+1}`` must be invertible (it is whenever Q ≻ 0 or F P F^T ≻ 0).
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> (m, P), (mf, Pf) = rts_smoother(z, F, H, Q, R, m0, P0), kalman_filter(z, F, H, Q, R, m0, P0)
+    >>> bool(np.allclose(m[-1], mf[-1]))  # at the last step smoothing adds nothing
+    True
+    >>> bool(np.all(P[:, 0, 0] <= Pf[:, 0, 0] + 1e-15))  # and elsewhere it can only reduce the variance
+    True
     """
     args = _check_model(z, F, H, Q, R, m0, P0)
     m, P = _filter(*args)
@@ -336,7 +368,16 @@ def rts_smoother(z, F, H, Q, R, m0, P0):
 
 
 def rts_smoother_loop(z, F, H, Q, R, m0, P0):
-    """Loop twin of :func:`rts_smoother`: filter loop, then the backward recursion step by step."""
+    """Loop twin of :func:`rts_smoother`: filter loop, then the backward recursion step by step.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(rts_smoother_loop(z, F, H, Q, R, m0, P0), rts_smoother(z, F, H, Q, R, m0, P0)))
+    True
+    """
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
     m, P = _filter_loop(zf, missing, F, H, Q, R, m0, P0)
     batch, (N, n) = m.shape[:-2], m.shape[-2:]
@@ -428,6 +469,14 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0):
     semigroup, and all filtered moments come out of an inclusive prefix scan with
     ``ceil(log2 N)`` vectorized sweeps (no Python loop over N; O(N log N) work). This is the
     reference for GPU Kalman kernels. Same parameters and returns as :func:`kalman_filter`.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(kalman_filter_scan(z, F, H, Q, R, m0, P0), kalman_filter(z, F, H, Q, R, m0, P0)))
+    True
     """
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
     elements = _filter_elements(zf, missing, F, H, Q, R, m0, P0)
@@ -453,6 +502,14 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0):
     (and ``E = 0``, ``g = m_{N-1}``, ``L = P_{N-1}`` at the end) is an affine map; composing the maps
     from the end is a suffix scan (Särkkä & García-Fernández 2021, §IV-B, Lemmas 9–10).
     Same parameters and returns as :func:`rts_smoother`.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(rts_smoother_scan(z, F, H, Q, R, m0, P0), rts_smoother(z, F, H, Q, R, m0, P0)))
+    True
     """
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
     _, b, C, _, _ = prefix_scan(_filter_elements(zf, missing, F, H, Q, R, m0, P0), _filter_combine)
@@ -532,6 +589,14 @@ def batch_smoother(z, F, H, Q, R, m0, P0):
     ~eps·cond(S) (3e-8 there), while the recursions stay at round-off.
 
     Parameters and returns as in :func:`rts_smoother` (leading batch axes are looped over).
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(batch_smoother(z, F, H, Q, R, m0, P0), rts_smoother(z, F, H, Q, R, m0, P0)))
+    True
     """
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
     batch, (N, p), n = zf.shape[:-2], zf.shape[-2:], H.shape[1]
@@ -579,6 +644,17 @@ def kalman_weight_matrix(n_steps, F, H, Q, R, m0, P0, *, kind: str = "smoother",
         is an N × N matrix whose rows are the estimator's weights over time.
     c : ndarray, shape (N, n)
         Only if ``return_offset``.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> W, c = kalman_weight_matrix(6, F, H, Q, R, m0, P0, return_offset=True)
+    >>> W.shape  # W[i, :, j, :]: the weight of measurement j in the smoothed state i
+    (6, 2, 6, 1)
+    >>> bool(np.allclose(np.einsum('ianb,nb->ia', W, z) + c, rts_smoother(z, F, H, Q, R, m0, P0)[0]))
+    True
     """
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
         raise ValueError(f"n_steps: expected an integer >= 1, got {n_steps!r}")
@@ -633,6 +709,13 @@ def from_sde(model, t):
     Q : ndarray, shape (N-1, n, n)
     H : ndarray, shape (p, n)
     R : ndarray, shape (p, p)
+
+    Examples
+    --------
+    >>> from refimpl.sde import spiral_system
+    >>> F, Q, H, R = from_sde(spiral_system(), np.array([0.0, 0.1, 0.3]))
+    >>> F.shape, Q.shape, H.shape  # one F and Q per interval
+    ((2, 2, 2), (2, 2, 2), (2, 2))
     """
     if not isinstance(model, _sde.LinearSDE):
         raise TypeError(f"model: expected a refimpl.sde.LinearSDE, got {type(model).__name__}")
@@ -675,6 +758,13 @@ def steady_state(F, H, Q, R):
     K : ndarray, shape (n, p)
     P_prior : ndarray, shape (n, n)
     P_post : ndarray, shape (n, n)
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> K, P_prior, P_post = steady_state(F, H, Q, R)
+    >>> K.shape, bool(np.all(np.linalg.eigvalsh(P_post) > 0))
+    ((2, 1), True)
     """
     F, H, Q, R = _check_stationary(F, H, Q, R)
     try:
@@ -699,6 +789,12 @@ def steady_state_loop(F, H, Q, R):
     solution as the DARE even where ``Q`` alone is a spurious fixed point) and stops when the
     relative change of ``P⁻`` is below ``_RICCATI_TOL = 1e-14``; ``ValueError`` if it has not
     converged after ``_RICCATI_MAX_ITER = 100000`` steps.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> all(np.allclose(a, b) for a, b in zip(steady_state_loop(F, H, Q, R), steady_state(F, H, Q, R)))
+    True
     """
     F, H, Q, R = _check_stationary(F, H, Q, R)
     max_iter = _RICCATI_MAX_ITER
