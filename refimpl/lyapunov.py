@@ -461,7 +461,7 @@ def dle_covariance_backward(eigvals, noise, tau):
     >>> S.shape  # diagonal noise: the diagonal of Σ per lag
     (2, 2)
     >>> bool(np.isclose(S[1, 0], np.exp(1.0) - 1.0))  # g (e^{2μτ} − 1)/(2μ), μ = 0.5, g = 1, τ = 1
-    np.True_
+    True
     """
     lam, g, diagonal = _check_eig_noise(eigvals, noise)
     tau = _check_tau(tau)
