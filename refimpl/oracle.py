@@ -128,12 +128,27 @@ _CASES_BY_NAME = {c.name: c for c in CASES}
 
 
 def function_names() -> list:
-    """The names accepted by :func:`compare`, e.g. ``"afa.isotropic_afa"``."""
+    """The names accepted by :func:`compare`, e.g. ``"afa.isotropic_afa"``.
+
+    Examples
+    --------
+    >>> names = function_names()
+    >>> len(names) > 100, 'afa.isotropic_afa' in names
+    (True, True)
+    """
     return sorted(FUNCTIONS)
 
 
 def case_names(function: str | None = None) -> list:
-    """Names of the golden cases (of one function if given)."""
+    """Names of the golden cases (of one function if given).
+
+    Examples
+    --------
+    >>> case_names('lyapunov.phi1')
+    ['lyapunov.phi1/near_zero']
+    >>> case_names('phi1') == case_names('lyapunov.phi1')  # the bare name when it is unique
+    True
+    """
     if function is not None:
         function = _resolve_function(function)
     return [c.name for c in CASES if function is None or c.function == function]
@@ -171,6 +186,12 @@ def compute(case, *, args: dict | None = None) -> tuple:
     ``case`` is a :class:`Case` or its name; ``args`` overrides the built arguments (used to
     recompute stored vectors from their own inputs). ``results`` is ordered: intermediates in
     the order of computation, then the outputs.
+
+    Examples
+    --------
+    >>> args, results = compute('lyapunov.phi1/near_zero')
+    >>> sorted(args), list(results)
+    (['tau', 'z'], ['phi'])
     """
     if isinstance(case, str):
         if case not in _CASES_BY_NAME:
@@ -266,6 +287,15 @@ def export(directory, *, cases=None, quiet: bool = True) -> dict:
         Case names (default: all of :data:`CASES`).
     quiet : bool
         If False, print one line per case.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> manifest = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> [e['file'] for e in manifest['cases']], manifest['format_version']
+    (['lyapunov.phi1__near_zero.npz'], 1)
+    >>> shutil.rmtree(directory)
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -348,6 +378,16 @@ def load_case(directory, name: str, *, check_sha: bool = True) -> GoldenCase:
 
     The file's sha256 is checked against the manifest (``ValueError`` on a mismatch, unless
     ``check_sha=False``); pickled object arrays are refused (``ValueError``).
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> g = load_case(directory, 'lyapunov.phi1/near_zero')
+    >>> g.function, sorted(g.arguments), list(g.outputs)
+    ('lyapunov.phi1', ['tau', 'z'], ['phi'])
+    >>> shutil.rmtree(directory)
     """
     directory = Path(directory)
     manifest = _read_manifest(directory)
@@ -437,6 +477,16 @@ def verify(directory) -> VerifyReport:
     case's ``regen_rtol``. Cases that the registry no longer knows are problems; registered
     cases missing from the directory are listed as a note. ``ValueError`` if the directory has
     no valid manifest.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> report = verify(directory)
+    >>> report.ok, report.checked
+    (True, ['lyapunov.phi1/near_zero'])
+    >>> shutil.rmtree(directory)
     """
     directory = Path(directory)
     manifest = _read_manifest(directory)
@@ -702,6 +752,15 @@ def compare(name, fn, *, dtype=np.float64, cases=None, vectors=None) -> CompareR
         Unknown ``name`` (the message lists the known names), unknown case, unsupported dtype.
     TypeError
         ``fn`` is not callable.
+
+    Examples
+    --------
+    >>> from refimpl.lyapunov import phi1
+    >>> compare('lyapunov.phi1', phi1).passed  # refimpl against itself
+    True
+    >>> report = compare('lyapunov.phi1', lambda z, tau: (np.exp(z * tau) - 1) / z)  # the naive formula
+    >>> report.passed, report.cases[0].status  # fails: 0/0 at z = 0, cancellation near it
+    (False, 'fail')
     """
     function = _resolve_function(name)
     if not callable(fn):
