@@ -361,7 +361,18 @@ def _restore_args(arrays: dict) -> dict:
 
 @dataclass
 class GoldenCase:
-    """One case read back from a vectors directory."""
+    """One case read back from a vectors directory.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> g = load_case(directory, 'lyapunov.phi1/near_zero')
+    >>> isinstance(g, GoldenCase), g.tolerance['rtol']
+    (True, 1e-10)
+    >>> shutil.rmtree(directory)
+    """
 
     name: str
     function: str
@@ -416,7 +427,18 @@ def load_case(directory, name: str, *, check_sha: bool = True) -> GoldenCase:
 
 @dataclass
 class VerifyReport:
-    """Result of :func:`verify`: per case ``"ok"`` or a list of problems."""
+    """Result of :func:`verify`: per case ``"ok"`` or a list of problems.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> report = verify(directory)
+    >>> isinstance(report, VerifyReport), report.ok, report.tampered, report.changed
+    (True, True, [], [])
+    >>> shutil.rmtree(directory)
+    """
 
     directory: str
     problems: dict  # case name -> list of messages
@@ -535,7 +557,15 @@ def verify(directory) -> VerifyReport:
 
 @dataclass
 class QuantityReport:
-    """One output or intermediate of one case, judged by the tolerance policy."""
+    """One output or intermediate of one case, judged by the tolerance policy.
+
+    Examples
+    --------
+    >>> from refimpl.lyapunov import phi1
+    >>> q = compare('lyapunov.phi1', phi1)['near_zero'].quantities[0]
+    >>> isinstance(q, QuantityReport), q.name, q.kind, q.passed
+    (True, 'phi', 'output', True)
+    """
 
     name: str
     kind: str  # "output" or "intermediate"
@@ -549,7 +579,15 @@ class QuantityReport:
 
 @dataclass
 class CaseReport:
-    """The verdict on one case: ``status`` is ``"pass"``, ``"fail"`` or ``"error"``."""
+    """The verdict on one case: ``status`` is ``"pass"``, ``"fail"`` or ``"error"``.
+
+    Examples
+    --------
+    >>> from refimpl.lyapunov import phi1
+    >>> case = compare('lyapunov.phi1', phi1)['near_zero']
+    >>> isinstance(case, CaseReport), case.status, case.first_failure
+    (True, 'pass', None)
+    """
 
     case: str
     status: str
@@ -571,7 +609,15 @@ class CaseReport:
 
 @dataclass
 class CompareReport:
-    """Result of :func:`compare`; ``str(report)`` is a table, ``report.passed`` the verdict."""
+    """Result of :func:`compare`; ``str(report)`` is a table, ``report.passed`` the verdict.
+
+    Examples
+    --------
+    >>> from refimpl.lyapunov import phi1
+    >>> report = compare('lyapunov.phi1', phi1)
+    >>> isinstance(report, CompareReport), report.function, report.dtype, report.passed
+    (True, 'lyapunov.phi1', 'float64', True)
+    """
 
     function: str
     dtype: str

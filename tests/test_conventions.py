@@ -130,3 +130,9 @@ def test_loop_twin_has_the_vectorized_signature(qual, loop, vectorized):
     assert inspect.signature(loop) == inspect.signature(vectorized), (
         f"{qual}{inspect.signature(loop)} differs from {qual[:-5]}{inspect.signature(vectorized)}"
     )
+
+
+@pytest.mark.parametrize("qual, fn", FUNCTIONS, ids=IDS)
+def test_every_public_function_has_an_example(qual, fn):
+    # the Examples run as doctests (pytest collects refimpl/ with --doctest-modules)
+    assert ">>>" in (fn.__doc__ or ""), f"{qual}: add a short, deterministic Examples section at the end of its docstring"
