@@ -11,7 +11,8 @@ with ``_``) is inspected, so a new function cannot escape the rules:
    recurrence (``CAUSAL_BY_DEFAULT``) and to False for attention and token mixers
    (``BIDIRECTIONAL_BY_DEFAULT``); a new function with ``causal`` must be put in one of them;
 4. a loop twin ``f_loop`` has exactly the signature of ``f`` (names, kinds, defaults,
-   annotations).
+   annotations);
+5. every public function has an Examples section (run as a doctest).
 """
 
 from __future__ import annotations
