@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import cmath
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -528,18 +529,16 @@ def isotropic_afa(
     k2t = np.swapaxes(np.concatenate([k_rot.real, k_rot.imag], axis=-1), -1, -2)
     nq = np.sum(np.abs(q) ** 2, axis=-1)[..., :, None]  # ‖q_i‖²
     nk = np.sum(np.abs(k) ** 2, axis=-1)[..., None, :]  # ‖k_j‖²
-    values = v * rot if rotate_values else v  # ṽ = e^{−iωt} ⊙ v
+    keys = _Keys(k2t, nk, v * rot if rotate_values else v)  # ṽ = e^{−iωt} ⊙ v
+    head = _Head(mu, nu, kappa, weight, temperature, causal)
     out = np.empty(np.broadcast_shapes(q.shape, v.shape), dtype=np.complex128)
     weights = np.empty(q.shape[:-1] + (N,)) if return_weights else None
     # Every step is row-wise (a softmax over keys per query), so queries are processed in blocks of
     # rows: peak memory O(block · N + N d) instead of several N × N buffers.
-    block = min(N, per_block(N))  # a row: N logits (one buffer, reused for ‖R‖², d², L, A)
+    block = min(N, per_block(4 * N))  # a row: N logits in about four live temporaries
     for r0 in range(0, N, block):
         rows = slice(r0, min(N, r0 + block))
-        out[..., rows, :], w = _isotropic_rows(
-            rows, q2[..., rows, :], k2t, nq[..., rows, :], nk, values, lag, mu, nu, kappa, weight, temperature,
-            causal, return_weights,
-        )
+        out[..., rows, :], w = _isotropic_rows(rows, q2[..., rows, :], nq[..., rows, :], keys, lag, head, return_weights)
         if return_weights:
             weights[..., rows, :] = w
     if rotate_values:
@@ -547,41 +546,55 @@ def isotropic_afa(
     return (out, weights) if return_weights else out
 
 
-def _isotropic_rows(rows, q2, k2t, nq, nk, values, lag, mu, nu, kappa, weight, temperature, causal, return_weights):
+class _Keys(NamedTuple):
+    """What every block of query rows of :func:`isotropic_afa` attends to, formed once."""
+
+    k2t: np.ndarray  # [Re k̃, Im k̃]ᵀ, (..., 2d, N)
+    nk: np.ndarray  # ‖k_j‖², (..., 1, N)
+    values: np.ndarray  # ṽ = e^{−iωt} ⊙ v (or v), (..., N, d)
+
+
+class _Head(NamedTuple):
+    """The scalar parameters of one isotropic head (validated)."""
+
+    mu: float
+    nu: float
+    kappa: float
+    weight: str
+    temperature: float
+    causal: bool
+
+
+def _isotropic_rows(rows, q2, nq, keys: _Keys, lag: _LagKernels, head: _Head, return_weights: bool):
     """Eqs. (8.1)–(8.3) for one block of query rows; returns Â ṽ normalized (before counter-rotation)."""
-    x = q2 @ k2t  # Re(q̃_i^† k̃_j), (..., rows, N); the buffer becomes ‖R‖², d², L, A in turn
-    E = lag.decay[rows]  # e^{−μ|Δt|} ≤ 1
-    x *= -2.0 * E
-    if causal:  # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃)  (Eq. (8.2)); pairs j > i are masked anyway
-        x += nq
-        x += lag.decay_sq[rows] * nk
+    E, E2 = lag.decay[rows], lag.decay_sq[rows]  # e^{−μ|Δt|} ≤ 1 and its square
+    cross = (q2 @ keys.k2t) * (-2.0 * E)  # −2E Re(q̃_i^† k̃_j)
+    if head.causal:  # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃)  (Eq. (8.2)); pairs j > i are masked anyway
+        R2 = cross + nq + E2 * keys.nk
     else:  # pushed-back pairs, scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃)
-        x += np.where(lag.forward[rows], nq + lag.decay_sq[rows] * nk, lag.decay_sq[rows] * nq + nk)
-    np.maximum(x, 0.0, out=x)  # the identity can cancel to a tiny negative number
-    x /= lag.scaled_cov[rows]  # d² = P ‖R‖²
-    if weight == "student":
-        x /= nu
-        np.log1p(x, out=x)
-        x *= -kappa  # −κ log(1 + d²/ν)
+        R2 = cross + np.where(lag.forward[rows], nq + E2 * keys.nk, E2 * nq + keys.nk)
+    R2 = np.maximum(R2, 0.0)  # the identity can cancel to a tiny negative number
+    d2 = R2 / lag.scaled_cov[rows]  # d² = P ‖R‖²
+    if head.weight == "student":
+        penalty = -head.kappa * np.log1p(d2 / head.nu)  # −κ log(1 + d²/ν)
     else:
-        x *= -1.0 / nu  # −d²/ν
-    x += lag.log_p[rows]  # L = log P − robust penalty  (Eq. (7.5))
-    if temperature != 1.0:
-        x *= temperature
-    if causal:
-        np.putmask(x, np.broadcast_to(lag.later[rows], x.shape), -np.inf)
-    x -= np.max(x, axis=-1, keepdims=True)  # finite: the diagonal j = i is always allowed
-    if causal:
-        np.exp(x, out=x)
-        total = np.sum(x, axis=-1, keepdims=True)
-        weights = x / total if return_weights else None
-        x *= E  # Â = A ⊙ e^{−μΔt} (up to the row normalization, applied after the matmul)
+        penalty = d2 * (-1.0 / head.nu)  # −d²/ν
+    L = penalty + lag.log_p[rows]  # L = log P − robust penalty  (Eq. (7.5))
+    if head.temperature != 1.0:
+        L = L * head.temperature
+    if head.causal:
+        L = np.where(lag.later[rows], -np.inf, L)
+    L = L - np.max(L, axis=-1, keepdims=True)  # finite: the diagonal j = i is always allowed
+    if head.causal:
+        A = np.exp(L)  # unnormalized weights; the row sums normalize after the matmul
+        total = np.sum(A, axis=-1, keepdims=True)
+        weights = A / total if return_weights else None
+        A_hat = A * E  # Â = A ⊙ e^{−μΔt}
     else:  # e^{−μΔt} > 1 for pushed-back pairs: combine in log space
-        total = np.sum(np.exp(x), axis=-1, keepdims=True)
-        weights = np.exp(x) / total if return_weights else None
-        x -= mu * lag.dt[rows]
-        np.exp(x, out=x)
-    return (x @ values) / total, weights
+        total = np.sum(np.exp(L), axis=-1, keepdims=True)
+        weights = np.exp(L) / total if return_weights else None
+        A_hat = np.exp(L - head.mu * lag.dt[rows])
+    return (A_hat @ keys.values) / total, weights
 
 
 def isotropic_afa_loop(
