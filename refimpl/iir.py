@@ -48,7 +48,8 @@ import numbers
 import numpy as np
 import scipy.linalg
 
-from ._scan import linear_scan, matrix_powers, state_scan
+from ._scan import BLOCK, block_filter, linear_scan
+from ._scan import block_matrices as _block_matrices  # noqa: F401 (chapter 13 shows the lifted form)
 from ._validate import (
     as_int,
     as_complex_array,
@@ -114,11 +115,6 @@ FORMS = ("tdf2", "df1")
 BTYPES = ("lowpass", "highpass", "bandpass", "bandstop")
 OUTPUTS = ("zpk", "ba", "sos")
 
-#: numbers per slab of blocks whose outputs are formed together (a cache-sized working set)
-_SLAB = 1 << 17
-
-#: block length of the block-recursive filter (see :func:`tf_filter`); at least 4q is used
-BLOCK = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,84 +209,11 @@ def _tdf2_matrices(b: np.ndarray, a: np.ndarray):
     return A, B, C, b[0]
 
 
-def _block_matrices(A: np.ndarray, B: np.ndarray, C: np.ndarray, D: float, K: int):
-    """The lifted (block) form of a real state space for blocks of K samples.
-
-    For ``s[n] = A s[n−1] + B x[n]``, ``y[n] = C s[n−1] + D x[n]`` returns ``P`` (K+1, q, q) =
-    A^0 … A^K, ``A^K`` in extended precision, ``O`` (K, q) with rows C A^k (zero-input
-    response), ``T`` (K, K) the lower-triangular Toeplitz matrix of h[0 … K−1] (zero-state
-    response, h[0] = D, h[m] = C A^{m−1} B), and ``G`` (q, K) whose column j is A^{K−1−j} B
-    (the state a block's inputs leave behind).
-    """
-    Pw = matrix_powers(A, K)  # extended precision; A^K is split into a float64 pair by state_scan
-    P = Pw.astype(np.float64)
-    O = C @ P[:K]  # C A^k
-    g = P[:K] @ B  # A^m B
-    h = np.concatenate([[D], g[:-1] @ C])  # h[0] = D, h[m] = C A^{m−1} B
-    lag = np.subtract.outer(np.arange(K), np.arange(K))
-    T = np.where(lag >= 0, h[np.clip(lag, 0, None)], 0.0)  # T[k, j] = h[k − j]
-    return P, Pw[K], O, T, g[::-1].T
-
-
-def _ss_block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
-    """y and the final state for x (..., N, d), state s0 (..., q, d): the block algorithm.
-
-    For the real state space ``s[n] = A s[n−1] + B x[n]``, ``y[n] = C s[n−1] + D x[n]``, a block
-    of K samples entered in state s outputs and leaves
-
-        y_k = C A^k s + Σ_{j≤k} h[k−j] x_j        (zero-input + zero-state response, §13.1 of the book)
-        s_K = A^K s + Σ_j A^{K−1−j} B x_j,
-
-    so with each block's entering state stacked on its inputs, ``[s; x_blk]``, every output of
-    every block and channel is ONE product with the K × (q+K) matrix ``[O  T]``. The entering
-    states themselves obey ``s' = A^K s + G x_blk`` — a recursion over N/K blocks of a
-    q-dimensional state, solved without a Python loop over blocks by :func:`state_scan`. The
-    stacked ``[s; x_blk]`` are formed a slab of ~``_SLAB`` numbers at a time, so the scratch
-    memory is cache-sized instead of another copy of the signal.
-    """
-    q = A.shape[0]
-    lead, n, d = x.shape[:-2], x.shape[-2], x.shape[-1]
-    if n == 0:
-        return x.copy(), s0.copy()
-    K = max(min(max(block, 4 * q), n), 1)
-    P, AK, O, T, G = _block_matrices(A, B, C, D, K)
-    L = int(np.prod(lead, dtype=np.int64)) * d
-    X = np.moveaxis(x, -2, 0).reshape(n, L)  # (N, L): all batch entries × channels
-    M, full = -(-n // K), n // K
-    blocks = X[: full * K].reshape(full, K, L)  # the complete blocks, a view of x
-    last = np.zeros((K, L))  # the last block, zero-padded
-    last[: n - (M - 1) * K] = X[(M - 1) * K :]
-    U = np.empty((M, q, L))  # the state each block leaves behind from rest
-    U[:full] = G @ blocks
-    if full < M:
-        U[-1] = G @ last
-    S = state_scan(AK, U, np.moveaxis(s0, -2, 0).reshape(q, L))  # s_{(m+1)K} = A^K s_{mK} + U_m
-    # outputs, a slab of blocks at a time (the slab stays in cache): block m of the slab is
-    # [s_{mK}; x_{mK} … x_{mK+K−1}] and its outputs are one product with [O T]
-    W = np.concatenate([O, T], axis=1)
-    Y = np.empty((M, K, L))
-    slab = max(1, _SLAB // ((q + K) * L))
-    Xa = np.empty((min(slab, M), q + K, L))
-    for m0 in range(0, M, slab):  # a loop over slabs of ~_SLAB numbers, not over samples
-        m1 = min(m0 + slab, M)
-        Xa[: m1 - m0, :q] = S[m0:m1]
-        Xa[: min(m1, full) - m0, q:] = blocks[m0:m1]
-        if m1 > full:
-            Xa[m1 - 1 - m0, q:] = last
-        np.matmul(W, Xa[: m1 - m0], out=Y[m0:m1])  # y = C A^k s + Σ h[k−j] x_j
-    y = Y.reshape(M * K, L)[:n]
-    r = n - (M - 1) * K  # samples in the last block
-    s_end = P[r] @ S[-1] + G[:, K - r :] @ last[:r]
-    y = np.moveaxis(y.reshape((n,) + lead + (d,)), 0, -2)
-    s_end = np.moveaxis(s_end.reshape((q,) + lead + (d,)), 0, -2)
-    return y, s_end
-
-
 def _block_filter(b: np.ndarray, a: np.ndarray, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
     """y and the final TDF-II state of the filter (b, a): the block algorithm on the TDF-II state space."""
     if a.size == 1:  # a pure gain
         return b[0] * x, s0.copy()
-    return _ss_block_filter(*_tdf2_matrices(b, a), x, s0, block)
+    return block_filter(*_tdf2_matrices(b, a), x, s0, block)
 
 
 def _tf_filter_checked(b, a, x, zi):
@@ -347,6 +270,14 @@ def tf_filter(b, a, x, zi=None):
     against an extended-precision recursion is 8e-14 (the float64 sample recursion: 2e-13; the
     block algorithm with A^K in plain float64: 3e-10), as measured in §13.1 of the book.
     Each output is otherwise a sum of at most K + q products, exact up to round-off.
+
+    Examples
+    --------
+    >>> tf_filter([1.0], [1.0, -0.5], [1.0, 0.0, 0.0, 0.0]).tolist()  # y[n] = x[n] + 0.5 y[n−1]
+    [1.0, 0.5, 0.25, 0.125]
+    >>> y, zf = tf_filter([1.0], [1.0, -0.5], [1.0, 0.0], zi=[0.0])  # with a state: the final state too
+    >>> zf.tolist()
+    [0.25]
     """
     b, a, x, s0, was_1d = _tf_filter_checked(b, a, x, zi)
     with np.errstate(over="ignore", invalid="ignore"):  # an unstable filter may overflow to inf, as the recursion does
@@ -355,7 +286,15 @@ def tf_filter(b, a, x, zi=None):
 
 
 def tf_filter_loop(b, a, x, zi=None):
-    """Loop twin of :func:`tf_filter`: the TDF-II recursion (13.5), one sample at a time."""
+    """Loop twin of :func:`tf_filter`: the TDF-II recursion (13.5), one sample at a time.
+
+    Examples
+    --------
+    >>> b, a = butter(3, 0.2, output='ba')
+    >>> x = np.random.default_rng(0).normal(size=50)
+    >>> bool(np.allclose(tf_filter_loop(b, a, x), tf_filter(b, a, x)))
+    True
+    """
     b, a, x, s0, was_1d = _tf_filter_checked(b, a, x, zi)
     q = a.size - 1
     y = np.empty_like(x)
@@ -439,7 +378,15 @@ def biquad_filter(b, a, x, zi=None, *, form="tdf2", require_stable=False):
 
 
 def biquad_filter_loop(b, a, x, zi=None, *, form="tdf2", require_stable=False):
-    """Loop twin of :func:`biquad_filter`: the difference equation of the chosen form, sample by sample."""
+    """Loop twin of :func:`biquad_filter`: the difference equation of the chosen form, sample by sample.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=(20, 2))
+    >>> b, a = [0.2, 0.1, 0.05], [1.0, -1.2, 0.5]
+    >>> bool(np.allclose(biquad_filter_loop(b, a, x, form='df1'), biquad_filter(b, a, x, form='df1')))
+    True
+    """
     b, a, x, s0, was_1d = _biquad_checked(b, a, x, zi, form, require_stable)
     y = np.empty_like(x)
     if form == "tdf2":
@@ -515,13 +462,27 @@ def sos_filter(sos, x, zi=None, *, form="tdf2", require_stable=False):
     Returns
     -------
     y : ndarray, the shape of ``x``;  zf : ndarray (S, ...) only when ``zi`` is given.
+
+    Examples
+    --------
+    >>> sos = butter(4, 0.2, output='sos')
+    >>> x = np.random.default_rng(0).normal(size=64)
+    >>> bool(np.allclose(sos_filter(sos, x), tf_filter(*sos2tf(sos), x)))  # the cascade = the product filter
+    True
     """
     sos, x, states = _sos_checked(sos, x, zi, form, require_stable)
     return _sos_apply(biquad_filter, sos, x, states, form)
 
 
 def sos_filter_loop(sos, x, zi=None, *, form="tdf2", require_stable=False):
-    """Loop twin of :func:`sos_filter`: each section by the difference-equation loop."""
+    """Loop twin of :func:`sos_filter`: each section by the difference-equation loop.
+
+    Examples
+    --------
+    >>> sos, x = butter(4, 0.2, output='sos'), np.random.default_rng(0).normal(size=64)
+    >>> bool(np.allclose(sos_filter_loop(sos, x), sos_filter(sos, x)))
+    True
+    """
     sos, x, states = _sos_checked(sos, x, zi, form, require_stable)
     return _sos_apply(biquad_filter_loop, sos, x, states, form)
 
@@ -539,6 +500,11 @@ def impulse_response(b, a, n):
     Returns
     -------
     ndarray, shape (n,)
+
+    Examples
+    --------
+    >>> impulse_response([1.0], [1.0, -0.5], 4).tolist()
+    [1.0, 0.5, 0.25, 0.125]
     """
     n = as_int(n, "n", 1)
     delta = np.zeros(n)
@@ -547,7 +513,14 @@ def impulse_response(b, a, n):
 
 
 def impulse_response_loop(b, a, n):
-    """Loop twin of :func:`impulse_response`: the recursion h[k] = b_k − Σ_{i≥1} a_i h[k−i]."""
+    """Loop twin of :func:`impulse_response`: the recursion h[k] = b_k − Σ_{i≥1} a_i h[k−i].
+
+    Examples
+    --------
+    >>> b, a = [0.2, 0.1, 0.05], [1.0, -1.2, 0.5]
+    >>> bool(np.allclose(impulse_response_loop(b, a, 30), impulse_response(b, a, 30)))
+    True
+    """
     b, a = _coeffs(b, a)
     n = as_int(n, "n", 1)
     h = np.zeros(n)
@@ -585,6 +558,12 @@ def biquad_impulse_closed_form(b, a, n):
     The case is chosen by the exact sign of the discriminant ``a1² − 4 a2``. Near a double pole
     the distinct-pole formula divides by ``p1 − p2`` and loses about ``eps/|p1 − p2|`` relative
     accuracy; the recursion (:func:`impulse_response`) does not.
+
+    Examples
+    --------
+    >>> b, a = [1.0, 0.5, 0.25], [1.0, -1.8, 0.81]  # a double pole at 0.9
+    >>> bool(np.allclose(biquad_impulse_closed_form(b, a, 40), impulse_response(b, a, 40)))
+    True
     """
     b, a = _coeffs(b, a, length=3)
     n = as_int(n, "n", 1)
@@ -662,6 +641,12 @@ def frequency_response(b, a, w=512, *, whole=False):
     w : ndarray, shape (n,)
     h : ndarray, complex128, shape (n,)
         ``inf`` (no warning) where A vanishes on the unit circle.
+
+    Examples
+    --------
+    >>> w, h = frequency_response([0.5, 0.5], [1.0], np.array([0.0, np.pi / 2, np.pi]))  # two-tap average
+    >>> (np.abs(h).round(12) + 0.0).tolist()  # |cos(ω/2)|
+    [1.0, 0.707106781187, 0.0]
     """
     b, a = _coeffs(b, a)
     w = _grid(w, whole)
@@ -671,7 +656,14 @@ def frequency_response(b, a, w=512, *, whole=False):
 
 
 def frequency_response_loop(b, a, w=512, *, whole=False):
-    """Loop twin of :func:`frequency_response`: the sums Σ b_k e^{−iωk}, Σ a_k e^{−iωk} per frequency."""
+    """Loop twin of :func:`frequency_response`: the sums Σ b_k e^{−iωk}, Σ a_k e^{−iωk} per frequency.
+
+    Examples
+    --------
+    >>> b, a = [0.2, 0.1, 0.05], [1.0, -1.2, 0.5]
+    >>> bool(np.allclose(frequency_response_loop(b, a, 16)[1], frequency_response(b, a, 16)[1]))
+    True
+    """
     b, a = _coeffs(b, a)
     w = _grid(w, whole)
     h = np.empty(w.shape, dtype=np.complex128)
@@ -683,7 +675,15 @@ def frequency_response_loop(b, a, w=512, *, whole=False):
 
 
 def sos_frequency_response(sos, w=512, *, whole=False):
-    """Frequency response of a cascade: the product of the sections' responses (Eq. (13.8))."""
+    """Frequency response of a cascade: the product of the sections' responses (Eq. (13.8)).
+
+    Examples
+    --------
+    >>> sos = butter(4, 0.3, output='sos')
+    >>> w, h = sos_frequency_response(sos, np.array([0.0, 0.3 * np.pi]))
+    >>> np.abs(h).round(6).tolist()  # 1 at DC, 1/√2 at the cutoff
+    [1.0, 0.707107]
+    """
     sos = _check_sos(sos)
     w = _grid(w, whole)
     h = np.ones(w.shape, dtype=np.complex128)
@@ -709,6 +709,12 @@ def group_delay(b, a, w=512, *, whole=False):
     -------
     w : ndarray, shape (n,);  gd : ndarray, float64, shape (n,)
         NaN (no warning) where B or A vanishes on the unit circle (the phase is undefined there).
+
+    Examples
+    --------
+    >>> w, gd = group_delay([0.0, 0.0, 1.0], [1.0], np.array([0.5, 1.0]))  # a pure delay of two samples
+    >>> gd.round(12).tolist()
+    [2.0, 2.0]
     """
     b, a = _coeffs(b, a)
     w = _grid(w, whole)
@@ -722,7 +728,14 @@ def group_delay(b, a, w=512, *, whole=False):
 
 
 def group_delay_loop(b, a, w=512, *, whole=False):
-    """Loop twin of :func:`group_delay`: the four sums per frequency."""
+    """Loop twin of :func:`group_delay`: the four sums per frequency.
+
+    Examples
+    --------
+    >>> b, a = [0.2, 0.1, 0.05], [1.0, -1.2, 0.5]
+    >>> bool(np.allclose(group_delay_loop(b, a, 16)[1], group_delay(b, a, 16)[1]))
+    True
+    """
     b, a = _coeffs(b, a)
     w = _grid(w, whole)
     gd = np.empty(w.shape)
@@ -741,6 +754,12 @@ def analog_frequency_response(b, a, w):
 
     Coefficients are of descending powers of ``s`` (``scipy.signal.freqs`` convention); ``w``
     is in rad/s. The analog side of Eqs. (13.15)–(13.18): prototypes vs their discretizations.
+
+    Examples
+    --------
+    >>> w, h = analog_frequency_response([1.0], [1.0, 1.0], np.array([0.0, 1.0]))  # 1/(s + 1)
+    >>> np.abs(h).round(6).tolist()
+    [1.0, 0.707107]
     """
     b = as_real_array(b, "b", ndim=1)
     a = as_real_array(a, "a", ndim=1)
@@ -779,6 +798,12 @@ def tf2zpk(b, a):
     Returns
     -------
     z : ndarray complex128;  p : ndarray complex128;  k : float
+
+    Examples
+    --------
+    >>> z, p, k = tf2zpk([1.0, 1.0], [1.0, -0.5])
+    >>> z.real.tolist(), p.real.tolist(), float(k)
+    ([-1.0], [0.5], 1.0)
     """
     b, a = _coeffs(b, a)
     if not np.any(b != 0):
@@ -818,6 +843,12 @@ def zpk2tf(z, p, k):
     Returns
     -------
     b : ndarray, shape (len(z)+1,);  a : ndarray, shape (len(p)+1,)
+
+    Examples
+    --------
+    >>> b, a = zpk2tf([-1.0], [0.5], 2.0)
+    >>> b.tolist(), a.tolist()
+    ([2.0, 2.0], [1.0, -0.5])
     """
     z = as_complex_array(z, "z", ndim=1)
     p = as_complex_array(p, "p", ndim=1)
@@ -862,6 +893,13 @@ def zpk2sos(z, p, k):
     Returns
     -------
     sos : ndarray, shape (ceil(max(len z, len p)/2), 6)
+
+    Examples
+    --------
+    >>> z, p, k = butter(4, 0.2)
+    >>> sos = zpk2sos(z, p, k)
+    >>> sos.shape, bool(np.allclose(sos, butter(4, 0.2, output='sos')))
+    ((2, 6), True)
     """
     z = as_complex_array(z, "z", ndim=1)
     p = as_complex_array(p, "p", ndim=1)
@@ -919,7 +957,14 @@ def zpk2sos(z, p, k):
 
 
 def sos2zpk(sos):
-    """Zeros, poles and gain of a cascade: the union of the sections' (Eqs. (13.8) and (13.11))."""
+    """Zeros, poles and gain of a cascade: the union of the sections' (Eqs. (13.8) and (13.11)).
+
+    Examples
+    --------
+    >>> z, p, k = sos2zpk(butter(2, 0.3, output='sos'))
+    >>> len(z), len(p), bool(np.all(np.abs(p) < 1))
+    (2, 2, True)
+    """
     sos = _check_sos(sos)
     zs, ps, k = [], [], 1.0
     for row in sos:
@@ -931,7 +976,14 @@ def sos2zpk(sos):
 
 
 def sos2tf(sos):
-    """``(b, a)`` of a cascade: the product of the sections' polynomials: Eqs. (13.8) and (13.3) of the book."""
+    """``(b, a)`` of a cascade: the product of the sections' polynomials: Eqs. (13.8) and (13.3) of the book.
+
+    Examples
+    --------
+    >>> b, a = sos2tf(np.array([[1.0, 1.0, 0.0, 1.0, -0.5, 0.0], [1.0, 0.0, 0.0, 1.0, 0.5, 0.0]]))
+    >>> b.tolist(), a.tolist()  # (1 + z⁻¹) · 1 over (1 − 0.5 z⁻¹)(1 + 0.5 z⁻¹)
+    ([1.0, 1.0, 0.0, 0.0, 0.0], [1.0, 0.0, -0.25, 0.0, 0.0])
+    """
     sos = _check_sos(sos)
     b, a = np.ones(1), np.ones(1)
     for row in sos:
@@ -941,7 +993,15 @@ def sos2tf(sos):
 
 
 def tf2sos(b, a):
-    """Second-order sections of ``B(z)/A(z)``: :func:`tf2zpk` then :func:`zpk2sos`: Eqs. (13.3) and (13.8) of the book."""
+    """Second-order sections of ``B(z)/A(z)``: :func:`tf2zpk` then :func:`zpk2sos`: Eqs. (13.3) and (13.8) of the book.
+
+    Examples
+    --------
+    >>> b, a = butter(4, 0.2, output='ba')
+    >>> sos = tf2sos(b, a)
+    >>> sos.shape, bool(np.allclose(sos_filter(sos, np.eye(1, 32)[0]), impulse_response(b, a, 32)))
+    ((2, 6), True)
+    """
     return zpk2sos(*tf2zpk(b, a))
 
 
@@ -973,6 +1033,11 @@ def biquad_poles(a) -> np.ndarray:
     Returns
     -------
     ndarray, complex128, shape (..., 2)
+
+    Examples
+    --------
+    >>> biquad_poles(np.array([1.0, -1.5, 0.56])).real.round(12).tolist()  # (1 − 0.7 z⁻¹)(1 − 0.8 z⁻¹)
+    [0.8, 0.7]
     """
     a = _biquad_a(a)
     a1, a2 = a[..., 1], a[..., 2]
@@ -1001,6 +1066,11 @@ def in_stability_triangle(a) -> np.ndarray:
     Returns
     -------
     ndarray of bool, shape (...)
+
+    Examples
+    --------
+    >>> in_stability_triangle(np.array([[1.0, -1.5, 0.56], [1.0, -2.1, 1.1]])).tolist()
+    [True, False]
     """
     a = _biquad_a(a)
     a1, a2 = a[..., 1], a[..., 2]
@@ -1008,7 +1078,13 @@ def in_stability_triangle(a) -> np.ndarray:
 
 
 def pole_radius(a) -> float:
-    """Largest pole magnitude ``max |p_i|`` of ``1/A(z)`` (any order; ``a`` shape (q+1,)): Eq. (13.13) of the book."""
+    """Largest pole magnitude ``max |p_i|`` of ``1/A(z)`` (any order; ``a`` shape (q+1,)): Eq. (13.13) of the book.
+
+    Examples
+    --------
+    >>> round(pole_radius([1.0, -1.5, 0.56]), 12)
+    0.8
+    """
     a = as_real_array(a, "a", ndim=1)
     if a.size == 0 or a[0] == 0:
         raise ValueError("a: expected a[0] != 0")
@@ -1017,7 +1093,13 @@ def pole_radius(a) -> float:
 
 
 def is_stable(a) -> bool:
-    """``max |p_i| < 1``: all poles strictly inside the unit circle (Eq. (13.13))."""
+    """``max |p_i| < 1``: all poles strictly inside the unit circle (Eq. (13.13)).
+
+    Examples
+    --------
+    >>> is_stable([1.0, -1.5, 0.56]), is_stable([1.0, -2.1, 1.1])
+    (True, False)
+    """
     return pole_radius(a) < 1.0
 
 
@@ -1035,6 +1117,12 @@ def buttap(order):
     Returns
     -------
     z : ndarray (0,);  p : ndarray complex128 (N,);  k : float (= 1)
+
+    Examples
+    --------
+    >>> z, p, k = buttap(3)
+    >>> len(z), np.abs(p).round(12).tolist(), float(k)  # poles on the unit circle, no zeros
+    (0, [1.0, 1.0, 1.0], 1.0)
     """
     N = as_int(order, "order", 1)
     m = np.arange(-N + 1, N, 2)
@@ -1049,6 +1137,12 @@ def cheb1ap(order, rp):
     ``ε = sqrt(10^{rp/10} − 1)``; poles ``p_m = −sinh(μ + iπ m/(2N))`` with
     ``μ = asinh(1/ε)/N``; an ellipse with semi-axes ``sinh μ`` and ``cosh μ``. The gain makes
     ``|H(0)| = 1`` (odd N) or ``1/sqrt(1 + ε²)`` (even N).
+
+    Examples
+    --------
+    >>> z, p, k = cheb1ap(4, 1.0)
+    >>> len(p), bool(np.all(p.real < 0))
+    (4, True)
     """
     N = as_int(order, "order", 1)
     rp = as_positive_scalar(rp, "rp")
@@ -1072,14 +1166,28 @@ def _zpk_in(z, p, k):
 
 
 def lp2lp_zpk(z, p, k, wo=1.0):
-    """Lowpass → lowpass with cutoff ``wo``: ``s → s/wo`` (Eq. (13.19))."""
+    """Lowpass → lowpass with cutoff ``wo``: ``s → s/wo`` (Eq. (13.19)).
+
+    Examples
+    --------
+    >>> z, p, k = lp2lp_zpk(*buttap(2), wo=3.0)
+    >>> np.abs(p).round(12).tolist()  # the poles scaled by wo
+    [3.0, 3.0]
+    """
     z, p, k = _zpk_in(z, p, k)
     wo = as_positive_scalar(wo, "wo")
     return z * wo, p * wo, k * wo ** (p.size - z.size)
 
 
 def lp2hp_zpk(z, p, k, wo=1.0):
-    """Lowpass → highpass with cutoff ``wo``: ``s → wo/s`` (Eq. (13.20)); zeros at infinity go to 0."""
+    """Lowpass → highpass with cutoff ``wo``: ``s → wo/s`` (Eq. (13.20)); zeros at infinity go to 0.
+
+    Examples
+    --------
+    >>> z, p, k = lp2hp_zpk(*buttap(2), wo=3.0)
+    >>> (np.abs(z) + 0.0).tolist(), np.abs(p).round(12).tolist()  # zeros at s = 0, poles mirrored
+    ([0.0, 0.0], [3.0, 3.0])
+    """
     z, p, k = _zpk_in(z, p, k)
     wo = as_positive_scalar(wo, "wo")
     deg = p.size - z.size
@@ -1094,6 +1202,12 @@ def lp2bp_zpk(z, p, k, wo=1.0, bw=1.0):
 
     Each prototype root ``r`` becomes the two roots of ``s² − r bw s + wo² = 0``,
     ``s = r bw/2 ± sqrt((r bw/2)² − wo²)``; zeros at infinity give ``deg`` zeros at 0.
+
+    Examples
+    --------
+    >>> z, p, k = lp2bp_zpk(*buttap(2), wo=2.0, bw=0.5)
+    >>> len(z), len(p)  # each prototype pole becomes a pair
+    (2, 4)
     """
     z, p, k = _zpk_in(z, p, k)
     wo = as_positive_scalar(wo, "wo")
@@ -1134,6 +1248,11 @@ def prewarp(f, fs):
     r"""Analog frequency (rad/s) that the bilinear transform maps onto the digital ``f``.
 
     Implements Eq. (13.18) of the book: ``Ω = 2 fs tan(π f / fs)``, for ``0 < f < fs/2``.
+
+    Examples
+    --------
+    >>> round(float(prewarp(250.0, 1000.0)), 6)  # 2 fs tan(π f / fs)
+    2000.0
     """
     fs = as_positive_scalar(fs, "fs")
     f = as_real_array(f, "f")
@@ -1148,6 +1267,12 @@ def bilinear_zpk(z, p, k, fs):
     Implements Eq. (13.17) of the book: each root maps as ``z = (2fs + s)/(2fs − s)`` (the left
     half plane onto the unit disk), zeros at infinity go to ``z = −1``, and the gain is
     ``k Π(2fs − z_i)/Π(2fs − p_i)``.
+
+    Examples
+    --------
+    >>> z, p, k = bilinear_zpk(*buttap(2), fs=2.0)
+    >>> z.real.tolist(), bool(np.all(np.abs(p) < 1))  # the analog zeros at ∞ land at z = −1
+    ([-1.0, -1.0], True)
     """
     z, p, k = _zpk_in(z, p, k)
     fs = as_positive_scalar(fs, "fs")
@@ -1167,6 +1292,12 @@ def bilinear(b, a, fs):
     Substitutes ``s = 2fs (1 − z⁻¹)/(1 + z⁻¹)`` in Eq. (13.17) and multiplies through by
     ``(1 + z⁻¹)^D``, ``D = max(deg B, deg A)``:
     ``Σ_j c_j s^j → Σ_j c_j (2fs)^j (1 − z⁻¹)^j (1 + z⁻¹)^{D−j}``; normalized so ``a[0] = 1``.
+
+    Examples
+    --------
+    >>> bz, az = bilinear([1.0], [1.0, 1.0], 10.0)  # 1/(s + 1) at fs = 10
+    >>> bz.round(6).tolist(), az.round(6).tolist()
+    ([0.047619, 0.047619], [1.0, -0.904762])
     """
     b = as_real_array(b, "b", ndim=1)
     a = as_real_array(a, "a", ndim=1)
@@ -1275,6 +1406,12 @@ def impulse_invariance(b, a, fs):
     See Also
     --------
     impulse_invariance_zpk : the same from analog zeros, poles and gain (no root finding).
+
+    Examples
+    --------
+    >>> bz, az = impulse_invariance([1.0], [1.0, 1.0], 10.0)  # h_d[n] = T h_a(nT) = T e^{−nT}
+    >>> bool(np.allclose(impulse_response(bz, az, 5), 0.1 * np.exp(-0.1 * np.arange(5))))
+    True
     """
     b = as_real_array(b, "b", ndim=1)
     a = as_real_array(a, "a", ndim=1)
@@ -1345,6 +1482,12 @@ def matched_z(z, p, k, fs, *, gain_at=0.0):
     Returns
     -------
     zd, pd : ndarray complex128;  kd : float
+
+    Examples
+    --------
+    >>> z, p, k = matched_z([], [-1.0], 1.0, 10.0)  # 1/(s + 1)
+    >>> bool(np.allclose(p, np.exp(-0.1)))  # z = e^{sT}
+    True
     """
     z, p, k = _zpk_in(z, p, k)
     fs = as_positive_scalar(fs, "fs")
@@ -1405,7 +1548,7 @@ def _design(proto, order, wn, btype, analog, fs, output):
     return zpk2sos(z, p, k)
 
 
-def butter(order, wn, btype="lowpass", *, analog=False, fs=None, output="zpk"):
+def butter(order, wn, *, btype="lowpass", analog=False, fs=None, output="zpk"):
     r"""Butterworth filter, digital or analog: prototype poles, pre-warping, frequency transformation, bilinear.
 
     Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. (13.15)) →
@@ -1432,14 +1575,30 @@ def butter(order, wn, btype="lowpass", *, analog=False, fs=None, output="zpk"):
     Returns
     -------
     (z, p, k), (b, a) or sos, as ``output`` says.
+
+    Examples
+    --------
+    >>> sos = butter(4, 0.25, output='sos')
+    >>> sos.shape
+    (2, 6)
+    >>> w, h = sos_frequency_response(sos, np.array([0.25 * np.pi]))
+    >>> bool(np.isclose(abs(h[0]), 2 ** -0.5))  # −3 dB at the cutoff
+    True
     """
     return _design(buttap(order), order, wn, btype, analog, fs, output)
 
 
-def cheby1(order, rp, wn, btype="lowpass", *, analog=False, fs=None, output="zpk"):
+def cheby1(order, rp, wn, *, btype="lowpass", analog=False, fs=None, output="zpk"):
     """Chebyshev type I filter (ripple ``rp`` dB), digital or analog: :func:`cheb1ap` through the chain of :func:`butter`: Eqs. (13.16)–(13.18) of the book.
 
     Parameters as :func:`butter` (``analog``, ``fs``, ``output``, the four ``btype`` values).
+
+    Examples
+    --------
+    >>> sos = cheby1(4, 1.0, 0.3, output='sos')
+    >>> w, h = sos_frequency_response(sos, np.linspace(0.0, 0.3 * np.pi, 50))
+    >>> bool(np.all(np.abs(h) >= 10 ** (-1.0 / 20) - 1e-9))  # ripple at most 1 dB in the pass band
+    True
     """
     return _design(cheb1ap(order, rp), order, wn, btype, analog, fs, output)
 
@@ -1455,6 +1614,12 @@ def scalar_ssm_to_iir(A, B, C, D):
     Implements Eq. (13.24) of the book, the corrected P-30/P-31 of Lutati et al. (2023):
     ``y[t] = A y[t−1] + (CB + D) x[t] − AD x[t−1]``, i.e. ``b = [CB + D, −AD]``, ``a = [1, −A]``.
     The paper writes ``+AD`` (spec erratum 1); the chapter shows that sign is wrong numerically.
+
+    Examples
+    --------
+    >>> b, a = scalar_ssm_to_iir(0.9, 0.5, 2.0, 0.1)
+    >>> b.round(12).tolist(), a.round(12).tolist()
+    ([1.1, -0.09], [1.0, -0.9])
     """
     vals = []
     for v, name in ((A, "A"), (B, "B"), (C, "C"), (D, "D")):
@@ -1483,6 +1648,13 @@ def biquad_to_ssm(b, a):
     ValueError
         ``a``: if ``a2 = 0`` (fewer than two poles) or the poles coincide (a double pole has no
         diagonal realization).
+
+    Examples
+    --------
+    >>> lam, B, C, D = biquad_to_ssm([0.2, 0.1, 0.05], [1.0, -1.2, 0.5])
+    >>> b, a = ssm_to_biquad(lam, B, C, D)
+    >>> bool(np.allclose(b, [0.2, 0.1, 0.05]) and np.allclose(a, [1.0, -1.2, 0.5]))  # a round trip
+    True
     """
     b, a = _coeffs(b, a, length=3)
     if a[2] == 0:
@@ -1510,6 +1682,13 @@ def ssm_to_biquad(lam, B, C, D):
     Returns
     -------
     b, a : ndarray float64, shape (3,)
+
+    Examples
+    --------
+    >>> lam = 0.9 * np.exp(0.3j * np.array([1, -1]))
+    >>> b, a = ssm_to_biquad(lam, np.array([1.0 + 0.5j, 1.0 - 0.5j]), np.array([0.3 - 0.2j, 0.3 + 0.2j]), 0.2)
+    >>> bool(np.allclose(a, [1.0, -1.8 * np.cos(0.3), 0.81]))  # (1 − λz⁻¹)(1 − λ̄z⁻¹)
+    True
     """
     lam = as_complex_array(lam, "lam", ndim=1)
     B = as_complex_array(B, "B", ndim=1)
@@ -1580,6 +1759,14 @@ def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
     Returns
     -------
     y : ndarray float64, the shape of ``x``
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=40)
+    >>> lam, B, C = np.array([0.9, 0.5j]), np.array([1.0, 1.0]), np.array([1.0, 0.5])
+    >>> y = diagonal_ssm_filter(lam, B, C, 0.1, x)
+    >>> bool(np.allclose(y, diagonal_ssm_filter(lam, B, C, 0.1, x, scan='associative')))
+    True
     """
     check_option(scan, "scan", ("chunked", "associative"))
     lam, B, C, D, x, was_1d = _ssm_checked(lam, B, C, D, x)
@@ -1590,14 +1777,22 @@ def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
         A_r, B_r, C_r, D_r = _real_ssm(lam, B, C, D)
         s0 = np.zeros(x.shape[:-2] + (A_r.shape[0], x.shape[-1]))
         with np.errstate(over="ignore", invalid="ignore"):  # growing modes may overflow, as the recursion does
-            y, _ = _ss_block_filter(A_r, B_r, C_r, D_r, x, s0)
+            y, _ = block_filter(A_r, B_r, C_r, D_r, x, s0)
         return y[:, 0] if was_1d else y
     y = (s @ C).real + D * x
     return y[:, 0] if was_1d else y
 
 
 def diagonal_ssm_filter_loop(lam, B, C, D, x, *, scan="chunked"):
-    """Loop twin of :func:`diagonal_ssm_filter`: the m recursions, sample by sample (``scan`` is ignored)."""
+    """Loop twin of :func:`diagonal_ssm_filter`: the m recursions, sample by sample (``scan`` is ignored).
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=40)
+    >>> lam, B, C = np.array([0.9, 0.5j]), np.array([1.0, 1.0]), np.array([1.0, 0.5])
+    >>> bool(np.allclose(diagonal_ssm_filter_loop(lam, B, C, 0.1, x), diagonal_ssm_filter(lam, B, C, 0.1, x)))
+    True
+    """
     check_option(scan, "scan", ("chunked", "associative"))
     lam, B, C, D, x, was_1d = _ssm_checked(lam, B, C, D, x)
     y = np.empty_like(x)

@@ -39,8 +39,8 @@ import numpy as np
 import scipy.linalg
 
 from . import sde as _sde
+from ._scan import prefix_scan
 from ._validate import (
-    as_positive_scalar,
     as_real_array,
     check_hermitian_psd,
     check_option,
@@ -279,6 +279,18 @@ def kalman_filter(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     pattern and the means of all sequences advance together (matrix products over the batch).
     :func:`kalman_filter_scan` is the parallel-in-time form. The log-likelihood is the
     prediction-error decomposition ``log p(z) = Σ_k log N(z_k; H m⁻_k, S_k)``.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> m, P = kalman_filter(z, F, H, Q, R, m0, P0)
+    >>> m.shape, P.shape
+    ((6, 2), (6, 2, 2))
+    >>> z[2] = np.nan  # a missing measurement: predict only
+    >>> bool(np.all(np.isfinite(kalman_filter(z, F, H, Q, R, m0, P0)[0])))
+    True
     """
     flag = _as_flag(return_intermediates, "return_intermediates")
     args = _check_model(z, F, H, Q, R, m0, P0)
@@ -339,6 +351,14 @@ def kalman_filter_loop(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
 
     With ``return_intermediates`` the predicted moments, S, K, innovations and log-likelihood
     terms are recorded inside the loop, where the recursion forms them.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(kalman_filter_loop(z, F, H, Q, R, m0, P0), kalman_filter(z, F, H, Q, R, m0, P0)))
+    True
     """
     flag = _as_flag(return_intermediates, "return_intermediates")
     m, P, extra = _filter_loop(*_check_model(z, F, H, Q, R, m0, P0))
@@ -434,6 +454,17 @@ def rts_smoother(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     With ``return_intermediates=True`` a third output is the dict of :func:`kalman_filter`'s
     intermediates plus the filtered moments ``"m"``, ``"P"`` and the smoother gains ``"G"``
     (..., N−1, n, n).
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> (m, P), (mf, Pf) = rts_smoother(z, F, H, Q, R, m0, P0), kalman_filter(z, F, H, Q, R, m0, P0)
+    >>> bool(np.allclose(m[-1], mf[-1]))  # at the last step smoothing adds nothing
+    True
+    >>> bool(np.all(P[:, 0, 0] <= Pf[:, 0, 0] + 1e-15))  # and elsewhere it can only reduce the variance
+    True
     """
     flag = _as_flag(return_intermediates, "return_intermediates")
     args = _check_model(z, F, H, Q, R, m0, P0)
@@ -447,7 +478,16 @@ def rts_smoother(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
 
 
 def rts_smoother_loop(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
-    """Loop twin of :func:`rts_smoother`: filter loop, then the backward recursion step by step."""
+    """Loop twin of :func:`rts_smoother`: filter loop, then the backward recursion step by step.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(rts_smoother_loop(z, F, H, Q, R, m0, P0), rts_smoother(z, F, H, Q, R, m0, P0)))
+    True
+    """
     flag = _as_flag(return_intermediates, "return_intermediates")
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
     m_out, P_out, extra = _filter_loop(zf, missing, F, H, Q, R, m0, P0)
@@ -476,26 +516,6 @@ def rts_smoother_loop(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
 # ---------------------------------------------------------------------------------------------
 # Parallel-in-time form (Särkkä & García-Fernández 2021), Eqs. (3.6)-(3.9)
 # ---------------------------------------------------------------------------------------------
-
-
-def _prefix_scan(elements: tuple, combine, reverse: bool = False) -> tuple:
-    """Inclusive associative scan along axis 0 of every array in ``elements`` (Hillis–Steele).
-
-    ``combine(earlier, later)`` returns the composition; ceil(log2 N) vectorized sweeps. With
-    ``reverse`` the scan runs from the end (suffix products), as the smoother needs.
-    """
-    out = tuple(np.flip(e, axis=0) if reverse else e for e in elements)
-    out = tuple(np.array(e, copy=True) for e in out)
-    N = out[0].shape[0]
-    step = 1
-    while step < N:
-        first = tuple(e[:-step] for e in out)  # element i − step
-        second = tuple(e[step:] for e in out)  # element i
-        merged = combine(second, first) if reverse else combine(first, second)
-        for e, new in zip(out, merged):
-            e[step:] = new
-        step *= 2
-    return tuple(np.flip(e, axis=0) if reverse else e for e in out)
 
 
 def _T(a):
@@ -571,7 +591,7 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     flag = _as_flag(return_intermediates, "return_intermediates")
     args = _check_model(z, F, H, Q, R, m0, P0)
     elements = _filter_elements(*args)
-    _, b, C, _, _ = _prefix_scan(elements, _filter_combine)
+    _, b, C, _, _ = prefix_scan(elements, _filter_combine)
     m, P = np.moveaxis(b, 0, -2), np.moveaxis(C, 0, -3)
     return (m, P, _filter_intermediates(*args, m, P)) if flag else (m, P)
 
@@ -594,10 +614,18 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     (and ``E = 0``, ``g = m_{N-1}``, ``L = P_{N-1}`` at the end) is an affine map; composing the maps
     from the end is a suffix scan (Särkkä & García-Fernández 2021, §IV-B, Lemmas 9–10).
     Same parameters and returns as :func:`rts_smoother` (the gains ``"G"`` are the ``E_k``).
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(rts_smoother_scan(z, F, H, Q, R, m0, P0), rts_smoother(z, F, H, Q, R, m0, P0)))
+    True
     """
     flag = _as_flag(return_intermediates, "return_intermediates")
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
-    _, b, C, _, _ = _prefix_scan(_filter_elements(zf, missing, F, H, Q, R, m0, P0), _filter_combine)
+    _, b, C, _, _ = prefix_scan(_filter_elements(zf, missing, F, H, Q, R, m0, P0), _filter_combine)
     N = b.shape[0]
     E = np.zeros_like(C)
     g = b.copy()
@@ -611,7 +639,7 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
         E[:-1] = _T(_solve(P_pred, FP, "the predicted covariance P⁻ = F P Fᵀ + Q"))  # E_k = P_k Fᵀ (P⁻)⁻¹
         g[:-1] = b[:-1] - (E[:-1] @ (Fk @ b[:-1][..., None]))[..., 0]  # g_k = m_k − E_k F m_k
         L[:-1] = _sym(C[:-1] - E[:-1] @ FP)  # L_k = P_k − E_k F P_k
-    _, ms, Ps = _prefix_scan((E, g, L), _smoother_combine, reverse=True)
+    _, ms, Ps = prefix_scan((E, g, L), _smoother_combine, reverse=True)
     ms, Ps = np.moveaxis(ms, 0, -2), np.moveaxis(Ps, 0, -3)
     if not flag:
         return ms, Ps
@@ -680,6 +708,14 @@ def batch_smoother(z, F, H, Q, R, m0, P0):
     ~eps·cond(S) (3e-8 there), while the recursions stay at round-off.
 
     Parameters and returns as in :func:`rts_smoother` (leading batch axes are looped over).
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(batch_smoother(z, F, H, Q, R, m0, P0), rts_smoother(z, F, H, Q, R, m0, P0)))
+    True
     """
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
     batch, (N, p), n = zf.shape[:-2], zf.shape[-2:], H.shape[1]
@@ -727,6 +763,17 @@ def kalman_weight_matrix(n_steps, F, H, Q, R, m0, P0, *, kind: str = "smoother",
         is an N × N matrix whose rows are the estimator's weights over time.
     c : ndarray, shape (N, n)
         Only if ``return_offset``.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> W, c = kalman_weight_matrix(6, F, H, Q, R, m0, P0, return_offset=True)
+    >>> W.shape  # W[i, :, j, :]: the weight of measurement j in the smoothed state i
+    (6, 2, 6, 1)
+    >>> bool(np.allclose(np.einsum('ianb,nb->ia', W, z) + c, rts_smoother(z, F, H, Q, R, m0, P0)[0]))
+    True
     """
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
         raise ValueError(f"n_steps: expected an integer >= 1, got {n_steps!r}")
@@ -781,6 +828,13 @@ def from_sde(model, t):
     Q : ndarray, shape (N-1, n, n)
     H : ndarray, shape (p, n)
     R : ndarray, shape (p, p)
+
+    Examples
+    --------
+    >>> from refimpl.sde import spiral_system
+    >>> F, Q, H, R = from_sde(spiral_system(), np.array([0.0, 0.1, 0.3]))
+    >>> F.shape, Q.shape, H.shape  # one F and Q per interval
+    ((2, 2, 2), (2, 2, 2), (2, 2))
     """
     if not isinstance(model, _sde.LinearSDE):
         raise TypeError(f"model: expected a refimpl.sde.LinearSDE, got {type(model).__name__}")
@@ -823,6 +877,13 @@ def steady_state(F, H, Q, R):
     K : ndarray, shape (n, p)
     P_prior : ndarray, shape (n, n)
     P_post : ndarray, shape (n, n)
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> K, P_prior, P_post = steady_state(F, H, Q, R)
+    >>> K.shape, bool(np.all(np.linalg.eigvalsh(P_post) > 0))
+    ((2, 1), True)
     """
     F, H, Q, R = _check_stationary(F, H, Q, R)
     try:
@@ -834,21 +895,31 @@ def steady_state(F, H, Q, R):
     return K, P_prior, P_post
 
 
-def steady_state_loop(F, H, Q, R, *, tol: float = 1e-14, max_iter: int = 100_000):
+#: the Riccati iteration of :func:`steady_state_loop` stops at this relative change of P⁻ …
+_RICCATI_TOL = 1e-14
+#: … and gives up (``ValueError``) after this many steps
+_RICCATI_MAX_ITER = 100_000
+
+
+def steady_state_loop(F, H, Q, R):
     """Loop twin of :func:`steady_state`: iterate the Riccati recursion (3.2)–(3.3) to its fixed point.
 
     Starts from the positive definite ``P⁻ = Q + I`` (so it converges to the same stabilizing
     solution as the DARE even where ``Q`` alone is a spurious fixed point) and stops when the
-    relative change of ``P⁻`` is below ``tol``; ``ValueError`` if it has not converged after
-    ``max_iter`` steps.
+    relative change of ``P⁻`` is below ``_RICCATI_TOL = 1e-14``; ``ValueError`` if it has not
+    converged after ``_RICCATI_MAX_ITER = 100000`` steps.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> all(np.allclose(a, b) for a, b in zip(steady_state_loop(F, H, Q, R), steady_state(F, H, Q, R)))
+    True
     """
     F, H, Q, R = _check_stationary(F, H, Q, R)
-    tol = as_positive_scalar(tol, "tol")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter: expected an integer >= 1, got {max_iter!r}")
+    max_iter = _RICCATI_MAX_ITER
     P_prior = Q + np.eye(F.shape[0])
     I = np.eye(F.shape[0])
-    for step in range(int(max_iter)):
+    for step in range(max_iter):
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported just below
             K = _gain(P_prior, H, R)  # K = P⁻ Hᵀ S⁻¹
             P_post = (I - K @ H) @ P_prior @ (I - K @ H).T + K @ R @ K.T  # Joseph update
@@ -861,7 +932,7 @@ def steady_state_loop(F, H, Q, R, *, tol: float = 1e-14, max_iter: int = 100_000
             )
         change = np.max(np.abs(new - P_prior)) / max(np.max(np.abs(new)), 1e-300)
         P_prior = new
-        if change < tol:
+        if change < _RICCATI_TOL:
             K = _gain(P_prior, H, R)
             return K, P_prior, _sym((I - K @ H) @ P_prior)
     raise ValueError(f"F, H, Q, R: the Riccati recursion did not converge in max_iter = {max_iter} steps")

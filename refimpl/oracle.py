@@ -89,7 +89,7 @@ import scipy
 
 from ._citations import citation_index, cited_tags
 from ._golden import CASES, FUNCTIONS, Case, Function
-from ._testing import RATIO_RULE_FACTOR, max_abs_error, rel_error
+from ._testing import RATIO_RULE_FACTOR, max_abs_error, ratio_bound, ratio_rule, rel_error
 from ._vectors import read_npz, sha256, write_npz
 
 __all__ = [
@@ -128,12 +128,27 @@ _CASES_BY_NAME = {c.name: c for c in CASES}
 
 
 def function_names() -> list:
-    """The names accepted by :func:`compare`, e.g. ``"afa.isotropic_afa"``."""
+    """The names accepted by :func:`compare`, e.g. ``"afa.isotropic_afa"``.
+
+    Examples
+    --------
+    >>> names = function_names()
+    >>> len(names) > 100, 'afa.isotropic_afa' in names
+    (True, True)
+    """
     return sorted(FUNCTIONS)
 
 
 def case_names(function: str | None = None) -> list:
-    """Names of the golden cases (of one function if given)."""
+    """Names of the golden cases (of one function if given).
+
+    Examples
+    --------
+    >>> case_names('lyapunov.phi1')
+    ['lyapunov.phi1/near_zero']
+    >>> case_names('phi1') == case_names('lyapunov.phi1')  # the bare name when it is unique
+    True
+    """
     if function is not None:
         function = _resolve_function(function)
     return [c.name for c in CASES if function is None or c.function == function]
@@ -171,6 +186,12 @@ def compute(case, *, args: dict | None = None) -> tuple:
     ``case`` is a :class:`Case` or its name; ``args`` overrides the built arguments (used to
     recompute stored vectors from their own inputs). ``results`` is ordered: intermediates in
     the order of computation, then the outputs.
+
+    Examples
+    --------
+    >>> args, results = compute('lyapunov.phi1/near_zero')
+    >>> sorted(args), list(results)
+    (['tau', 'z'], ['phi'])
     """
     if isinstance(case, str):
         if case not in _CASES_BY_NAME:
@@ -266,6 +287,15 @@ def export(directory, *, cases=None, quiet: bool = True) -> dict:
         Case names (default: all of :data:`CASES`).
     quiet : bool
         If False, print one line per case.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> manifest = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> [e['file'] for e in manifest['cases']], manifest['format_version']
+    (['lyapunov.phi1__near_zero.npz'], 1)
+    >>> shutil.rmtree(directory)
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -331,7 +361,18 @@ def _restore_args(arrays: dict) -> dict:
 
 @dataclass
 class GoldenCase:
-    """One case read back from a vectors directory."""
+    """One case read back from a vectors directory.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> g = load_case(directory, 'lyapunov.phi1/near_zero')
+    >>> isinstance(g, GoldenCase), g.tolerance['rtol']
+    (True, 1e-10)
+    >>> shutil.rmtree(directory)
+    """
 
     name: str
     function: str
@@ -348,6 +389,16 @@ def load_case(directory, name: str, *, check_sha: bool = True) -> GoldenCase:
 
     The file's sha256 is checked against the manifest (``ValueError`` on a mismatch, unless
     ``check_sha=False``); pickled object arrays are refused (``ValueError``).
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> g = load_case(directory, 'lyapunov.phi1/near_zero')
+    >>> g.function, sorted(g.arguments), list(g.outputs)
+    ('lyapunov.phi1', ['tau', 'z'], ['phi'])
+    >>> shutil.rmtree(directory)
     """
     directory = Path(directory)
     manifest = _read_manifest(directory)
@@ -376,7 +427,18 @@ def load_case(directory, name: str, *, check_sha: bool = True) -> GoldenCase:
 
 @dataclass
 class VerifyReport:
-    """Result of :func:`verify`: per case ``"ok"`` or a list of problems."""
+    """Result of :func:`verify`: per case ``"ok"`` or a list of problems.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> report = verify(directory)
+    >>> isinstance(report, VerifyReport), report.ok, report.tampered, report.changed
+    (True, True, [], [])
+    >>> shutil.rmtree(directory)
+    """
 
     directory: str
     problems: dict  # case name -> list of messages
@@ -437,6 +499,16 @@ def verify(directory) -> VerifyReport:
     case's ``regen_rtol``. Cases that the registry no longer knows are problems; registered
     cases missing from the directory are listed as a note. ``ValueError`` if the directory has
     no valid manifest.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> report = verify(directory)
+    >>> report.ok, report.checked
+    (True, ['lyapunov.phi1/near_zero'])
+    >>> shutil.rmtree(directory)
     """
     directory = Path(directory)
     manifest = _read_manifest(directory)
@@ -485,7 +557,15 @@ def verify(directory) -> VerifyReport:
 
 @dataclass
 class QuantityReport:
-    """One output or intermediate of one case, judged by the tolerance policy."""
+    """One output or intermediate of one case, judged by the tolerance policy.
+
+    Examples
+    --------
+    >>> from refimpl.lyapunov import phi1
+    >>> q = compare('lyapunov.phi1', phi1)['near_zero'].quantities[0]
+    >>> isinstance(q, QuantityReport), q.name, q.kind, q.passed
+    (True, 'phi', 'output', True)
+    """
 
     name: str
     kind: str  # "output" or "intermediate"
@@ -499,7 +579,15 @@ class QuantityReport:
 
 @dataclass
 class CaseReport:
-    """The verdict on one case: ``status`` is ``"pass"``, ``"fail"`` or ``"error"``."""
+    """The verdict on one case: ``status`` is ``"pass"``, ``"fail"`` or ``"error"``.
+
+    Examples
+    --------
+    >>> from refimpl.lyapunov import phi1
+    >>> case = compare('lyapunov.phi1', phi1)['near_zero']
+    >>> isinstance(case, CaseReport), case.status, case.first_failure
+    (True, 'pass', None)
+    """
 
     case: str
     status: str
@@ -521,7 +609,15 @@ class CaseReport:
 
 @dataclass
 class CompareReport:
-    """Result of :func:`compare`; ``str(report)`` is a table, ``report.passed`` the verdict."""
+    """Result of :func:`compare`; ``str(report)`` is a table, ``report.passed`` the verdict.
+
+    Examples
+    --------
+    >>> from refimpl.lyapunov import phi1
+    >>> report = compare('lyapunov.phi1', phi1)
+    >>> isinstance(report, CompareReport), report.function, report.dtype, report.passed
+    (True, 'lyapunov.phi1', 'float64', True)
+    """
 
     function: str
     dtype: str
@@ -644,12 +740,12 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps) -> Quantity
         same = bool(np.array_equal(arr64[~fin], rounded[~fin], equal_nan=True))
         e_plain = rel_error(rounded[fin], want[fin])
         e_abs, e_rel = max_abs_error(arr64[fin], want[fin]), rel_error(arr64[fin], want[fin])
-        bound = RATIO_RULE_FACTOR * max(e_plain, floor)
         msg = f"{int((~fin).sum())} entries overflow {dtype}" + ("" if same else ", but not in the returned values")
-        return QuantityReport(name, kind, same and bool(e_rel <= bound), e_abs, e_rel, bound, e_plain, msg)
+        return QuantityReport(name, kind, same and ratio_rule(e_rel, e_plain, level=floor), e_abs, e_rel,
+                              ratio_bound(e_plain, level=floor), e_plain, msg)
     e_abs, e_rel = max_abs_error(arr64, want), rel_error(arr64, want)
-    bound = RATIO_RULE_FACTOR * max(e_plain, floor)
-    return QuantityReport(name, kind, bool(e_rel <= bound), e_abs, e_rel, bound, e_plain)
+    return QuantityReport(name, kind, ratio_rule(e_rel, e_plain, level=floor), e_abs, e_rel,
+                          ratio_bound(e_plain, level=floor), e_plain)
 
 
 def _load_from(vectors, case: Case) -> tuple:
@@ -702,6 +798,15 @@ def compare(name, fn, *, dtype=np.float64, cases=None, vectors=None) -> CompareR
         Unknown ``name`` (the message lists the known names), unknown case, unsupported dtype.
     TypeError
         ``fn`` is not callable.
+
+    Examples
+    --------
+    >>> from refimpl.lyapunov import phi1
+    >>> compare('lyapunov.phi1', phi1).passed  # refimpl against itself
+    True
+    >>> report = compare('lyapunov.phi1', lambda z, tau: (np.exp(z * tau) - 1) / z)  # the naive formula
+    >>> report.passed, report.cases[0].status  # fails: 0/0 at z = 0, cancellation near it
+    (False, 'fail')
     """
     function = _resolve_function(name)
     if not callable(fn):

@@ -75,6 +75,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.special import logsumexp
 
+from ._blocking import per_block
 from ._validate import as_positive_scalar, as_real_array, as_rng, check_option
 
 __all__ = [
@@ -109,9 +110,6 @@ SELF_ATTENTION_VALUE = -5e4
 #: Chunk length of the chunked causal prefix sums (Eq. 12.4).
 _CHUNK = 128
 
-#: Chunks (and LSH windows) are processed in groups whose temporaries hold about this many floats
-#: (4 MiB): large enough to vectorize, small enough to stay in cache and out of fresh ``mmap`` pages.
-_GROUP_FLOATS = 2**19
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,9 +184,9 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     normalizer φ(q)^T z. Causal: the sequence is cut into chunks of ``c`` tokens; chunk ``n``
     sees the exclusive prefix state (sum of the per-chunk states ``φ(K_n)^T [V_n, 1]`` of the
     earlier chunks, a cumulative sum over chunks, done in place) plus its own masked (c, c) block.
-    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 2048 tokens
+    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 1024 tokens
     for C = 256), so the temporaries — G chunk states (G, C, dv+1) and G blocks (G, c, c) — hold
-    about ``_GROUP_FLOATS`` floats whatever N: never the (N, C, dv) array of the plain cumulative
+    about the workspace budget (:mod:`refimpl._blocking`) whatever N: never the (N, C, dv) array of the plain cumulative
     sum of outer products.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
@@ -211,7 +209,7 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
         out = np.empty(batch + (nc, c, width))
         state = np.zeros(batch + (1, n_feat, width))  # S (and z) before the current group of chunks
         tri = np.tri(c)
-        group = max(1, _GROUP_FLOATS // (c * max(c, n_feat, width) * math.prod(batch)))
+        group = per_block(c * max(c, n_feat, width) * math.prod(batch))  # a chunk: (c, c) block and (C, dv+1) state
         for g0 in range(0, nc, group):  # groups of chunks (N / (group·c) steps): temporaries stay small
             sl = slice(g0, g0 + group)
             q_g, k_g, v_g, o = qc[..., sl, :, :], kc[..., sl, :, :], vc[..., sl, :, :], out[..., sl, :, :]
@@ -263,7 +261,13 @@ def _kernel_attention_loop(phi_q, phi_k, v, causal: bool, gates=None) -> np.ndar
 
 
 def elu_plus_one(x) -> np.ndarray:
-    """The feature map φ(x) = elu(x) + 1 of Eq. (12.2) (Katharopoulos et al. 2020, §3.2.1): x + 1 for x > 0, e^x otherwise."""
+    """The feature map φ(x) = elu(x) + 1 of Eq. (12.2) (Katharopoulos et al. 2020, §3.2.1): x + 1 for x > 0, e^x otherwise.
+
+    Examples
+    --------
+    >>> elu_plus_one(np.array([-1.0, 0.0, 2.0])).round(6).tolist()
+    [0.367879, 1.0, 3.0]
+    """
     x = as_real_array(x, "x")
     return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
 
@@ -309,8 +313,9 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
     chunks, plus a masked (c, c) block inside each chunk (c = 128), in groups of chunks whose
-    temporaries hold about 2^19 floats: extra memory O(C·dv + 2^19) besides the features and the
-    output, and no Python loop over tokens (only over groups of ~2048). :func:`linear_attention_loop`
+    temporaries hold about the workspace budget W = 2^18 floats (:mod:`refimpl._blocking`):
+    extra memory O(C·dv + W) besides the features and the output, and no Python loop over
+    tokens (only over groups of ~1024). :func:`linear_attention_loop`
     is the RNN itself.
 
     Examples
@@ -325,7 +330,14 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
 
 
 def linear_attention_loop(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarray:
-    """Loop twin of :func:`linear_attention`: the causal RNN (Eq. 12.3), one token at a time."""
+    """Loop twin of :func:`linear_attention`: the causal RNN (Eq. 12.3), one token at a time.
+
+    Examples
+    --------
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 6, 2))
+    >>> bool(np.allclose(linear_attention_loop(q, k, v, causal=True), linear_attention(q, k, v, causal=True)))
+    True
+    """
     phi_q, phi_k, v = _linear_features(q, k, v, feature_map, causal)
     return _kernel_attention_loop(phi_q, phi_k, v, bool(causal))
 
@@ -417,7 +429,15 @@ def favor_features(x, projection, *, scale=1.0, kind="positive", stabilize=True)
 
 
 def favor_features_loop(x, projection, *, scale=1.0, kind="positive", stabilize=True) -> np.ndarray:
-    """Loop twin of :func:`favor_features`: each feature of each row with ``math.exp``/``sin``/``cos``."""
+    """Loop twin of :func:`favor_features`: each feature of each row with ``math.exp``/``sin``/``cos``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.normal(size=(3, 4)), rng.normal(size=(8, 4))
+    >>> bool(np.allclose(favor_features_loop(x, w), favor_features(x, w)))
+    True
+    """
     x = _as_seq(x, "x")
     check_option(kind, "kind", KINDS)
     w = _as_projection(projection, "projection", None, x.shape[-1])
@@ -443,7 +463,7 @@ def favor_features_loop(x, projection, *, scale=1.0, kind="positive", stabilize=
     return out
 
 
-def orthogonal_gaussian(m, d, rng, *, scaling="chi") -> np.ndarray:
+def orthogonal_gaussian(m, d, *, rng, scaling="chi") -> np.ndarray:
     r"""m × d Gaussian directions whose rows are orthogonal within each block of d (ORF).
 
     Implements Eq. (12.9) of the book (Choromanski et al. 2021, §2.4 and Theorem 2).
@@ -471,7 +491,7 @@ def orthogonal_gaussian(m, d, rng, *, scaling="chi") -> np.ndarray:
 
     Examples
     --------
-    >>> w = orthogonal_gaussian(4, 4, 0)
+    >>> w = orthogonal_gaussian(4, 4, rng=0)
     >>> g = w @ w.T
     >>> bool(np.allclose(g - np.diag(np.diag(g)), 0.0))
     True
@@ -500,7 +520,7 @@ def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projectio
     if projection is not None:
         w = _as_projection(projection, "projection", m, d)
     elif _as_bool(orthogonal, "orthogonal"):
-        w = orthogonal_gaussian(m, d, rng)
+        w = orthogonal_gaussian(m, d, rng=rng)
     else:
         w = as_rng(rng).standard_normal((m, d))  # iid ω_r ~ N(0, I_d)
     root = math.sqrt(_scale(scale, d))  # q̂ = q·√scale, k̂ = k·√scale (q/d^{1/4} by default)
@@ -571,7 +591,15 @@ def performer_attention(
 def performer_attention_loop(
     q, k, v, *, n_features, rng, causal=False, kind="positive", scale=None, projection=None, orthogonal=True
 ) -> np.ndarray:
-    """Loop twin of :func:`performer_attention`: the prefix-sum RNN (Eq. 12.3) one token at a time."""
+    """Loop twin of :func:`performer_attention`: the prefix-sum RNN (Eq. 12.3) one token at a time.
+
+    Examples
+    --------
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 6, 4)) / 2
+    >>> kw = dict(n_features=16, rng=1, causal=True)
+    >>> bool(np.allclose(performer_attention_loop(q, k, v, **kw), performer_attention(q, k, v, **kw)))
+    True
+    """
     causal = _as_bool(causal, "causal")
     phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
     return _kernel_attention_loop(phi_q, phi_k, v, causal)
@@ -587,6 +615,13 @@ def performer_attention_quadratic(
     ``D̂ = diag(Â 1)``. O(N M m) time, O(N M) memory: the quadratic path, for checking the
     linear-time one and for looking at the implicit attention matrix. Parameters as
     :func:`performer_attention`.
+
+    Examples
+    --------
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 6, 4)) / 2
+    >>> kw = dict(n_features=16, rng=1)
+    >>> bool(np.allclose(performer_attention_quadratic(q, k, v, **kw), performer_attention(q, k, v, **kw)))
+    True
     """
     causal = _as_bool(causal, "causal")
     phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
@@ -615,6 +650,14 @@ def rff_features(x, projection) -> np.ndarray:
     Returns
     -------
     phi : ndarray, shape (..., N, 2D)
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.normal(size=(2, 3)), rng.normal(size=(4, 3))
+    >>> phi = rff_features(x, w)
+    >>> phi.shape, bool(np.allclose(np.sum(phi**2, axis=-1), 1.0))  # sin² + cos² over D = 4 features
+    ((2, 8), True)
     """
     x = _as_seq(x, "x")
     w = _as_projection(projection, "projection", None, x.shape[-1])
@@ -723,7 +766,15 @@ def rfa_attention(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, c
 
 
 def rfa_attention_loop(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, causal=True) -> np.ndarray:
-    """Loop twin of :func:`rfa_attention`: the (gated) recurrence of Eqs. (12.11)–(12.12), one token at a time."""
+    """Loop twin of :func:`rfa_attention`: the (gated) recurrence of Eqs. (12.11)–(12.12), one token at a time.
+
+    Examples
+    --------
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 5, 4))
+    >>> kw = dict(n_features=8, sigma=1.0, rng=2)
+    >>> bool(np.allclose(rfa_attention_loop(q, k, v, **kw), rfa_attention(q, k, v, **kw)))
+    True
+    """
     phi_q, phi_k, v, gates, causal = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
     return _kernel_attention_loop(phi_q, phi_k, v, causal, gates)
 
@@ -758,7 +809,7 @@ def _hash(x: np.ndarray, rot: np.ndarray) -> np.ndarray:
     return np.where(top >= -bottom, i_max, rot.shape[-1] + i_min)
 
 
-def lsh_hash(x, n_buckets, rng, n_rounds=1, *, rotations=None) -> np.ndarray:
+def lsh_hash(x, n_buckets, *, rng, n_rounds=1, rotations=None) -> np.ndarray:
     r"""Angular locality-sensitive hashing: h(x) = argmax([xR; −xR]) for random Gaussian R.
 
     Implements Eq. (12.13) of the book (Kitaev et al. 2020, §2; Andoni et al. 2015).
@@ -788,7 +839,7 @@ def lsh_hash(x, n_buckets, rng, n_rounds=1, *, rotations=None) -> np.ndarray:
     Examples
     --------
     >>> x = np.random.default_rng(0).normal(size=(5, 3))
-    >>> bool(np.array_equal(lsh_hash(x, 4, 7), lsh_hash(x, 4, 7)))
+    >>> bool(np.array_equal(lsh_hash(x, 4, rng=7), lsh_hash(x, 4, rng=7)))
     True
     """
     x = _as_seq(x, "x")
@@ -929,7 +980,7 @@ def lsh_attention(
     flat = perm.reshape(*batch, n_rounds * n)  # the sorted positions of all rounds in one sequence
     sq, sk, sv = (np.take_along_axis(x, flat[..., None], axis=-2).reshape(*batch, n_chunks, c, -1) for x in (q, k, v))
     pos = flat.reshape(*batch, n_chunks, c)
-    group = max(1, _GROUP_FLOATS // (2 * c * max(c, d, dv) * math.prod(batch)))
+    group = per_block(2 * c * max(c, d, dv) * math.prod(batch))  # a chunk: its window of 2c keys
     o, z = np.empty(batch + (n_chunks, c, dv)), np.empty(batch + (n_chunks, c))
     for g0 in range(0, n_chunks, group):  # groups of chunks: temporaries stay small
         idx = np.arange(g0, min(g0 + group, n_chunks))
@@ -960,7 +1011,16 @@ def lsh_attention(
 def lsh_attention_loop(
     qk, v, *, n_buckets, n_rounds, chunk_size, rng=None, rotations=None, causal=False, look_back="within_round"
 ) -> np.ndarray:
-    """Loop twin of :func:`lsh_attention`: per round, per query, over the keys of its window."""
+    """Loop twin of :func:`lsh_attention`: per round, per query, over the keys of its window.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> qk, v = rng.normal(size=(8, 4)), rng.normal(size=(8, 2))
+    >>> kw = dict(n_buckets=4, n_rounds=2, chunk_size=2, rng=3)
+    >>> bool(np.allclose(lsh_attention_loop(qk, v, **kw), lsh_attention(qk, v, **kw)))
+    True
+    """
     q, k, v, rot, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal, rng, rotations, look_back)
     batch, (n, d), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
     nc = n // c
@@ -1067,6 +1127,15 @@ def reversible_inverse(y1, y2, f, g) -> tuple[np.ndarray, np.ndarray]:
 
     Implements Eq. (12.17) of the book (Kitaev et al. 2020, §3; Gomez et al. 2017, §3): the
     activations of a layer are recomputed from its outputs, so none need to be stored.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x1, x2, w = rng.normal(size=(3, 3, 3))
+    >>> f = g = lambda x: np.tanh(x @ w)
+    >>> y1, y2 = reversible_forward(x1, x2, f, g)
+    >>> bool(np.allclose(reversible_inverse(y1, y2, f, g), (x1, x2)))
+    True
     """
     x1, x2 = _pair(y1, y2, "y1", "y2")
     for fn, gn in reversed(_layers(f, g)):

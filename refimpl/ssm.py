@@ -59,6 +59,7 @@ import math
 import numpy as np
 import scipy.linalg
 
+from ._blocking import per_block
 from ._scan import linear_scan
 from ._validate import (
     as_int,
@@ -94,7 +95,6 @@ __all__ = [
 
 METHODS = ("bilinear", "zoh")
 DISCRETIZATIONS = ("mamba", "zoh")
-_SCAN_BLOCK = 64  # time steps per block of selective_scan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +196,15 @@ def hippo_legs_dplr(N):
     (Eq. (11.11)). ``−iS`` is Hermitian, so ``numpy.linalg.eigh`` gives real μ and a *unitary* V
     with ``S = V diag(iμ) V^*``: Λ = −1/2 + iμ. Unitary V has condition number 1; diagonalizing A
     itself instead gives cond(V) ~ 1e18 at N = 32 (see the chapter).
+
+    Examples
+    --------
+    >>> Lambda, P, B, V = hippo_legs_dplr(4)
+    >>> A, B_dense = hippo_legs(4)
+    >>> bool(np.allclose(V @ (np.diag(Lambda) - np.outer(P, P.conj())) @ V.conj().T, A))  # A = V (Λ − P P*) V*
+    True
+    >>> bool(np.allclose(V @ B, B_dense))
+    True
     """
     A, B = hippo_legs(N)
     p = np.sqrt(np.arange(N) + 0.5)
@@ -234,6 +243,12 @@ def hippo_legs_online(u, N):
     The first sample is the constant history on [0, 1], ``c_1 = f_1 e_0``; a constant signal
     then stays an exact fixed point (``A e_0 = −B``). Reconstruct with
     :func:`legs_reconstruct`. This loop *is* the algorithm (each step has its own matrix).
+
+    Examples
+    --------
+    >>> c = hippo_legs_online(np.ones((50, 1)), 4)  # a constant signal
+    >>> c.shape, (c[-1, 0].round(3) + 0.0).tolist()  # its Legendre coefficients: only the constant term
+    ((50, 1, 4), [1.0, 0.0, 0.0, 0.0])
     """
     N = as_int(N, "N", 1)
     u = as_real_array(u, "u")
@@ -272,6 +287,11 @@ def legs_reconstruct(c, x):
     Returns
     -------
     ndarray, shape (..., M), float64
+
+    Examples
+    --------
+    >>> legs_reconstruct(np.array([1.0, 0.0, 0.0]), np.array([-1.0, 0.0, 1.0])).tolist()  # the constant P₀
+    [1.0, 1.0, 1.0]
     """
     c = as_real_array(c, "c")
     x = as_real_array(x, "x", ndim=1)
@@ -297,7 +317,7 @@ def legs_reconstruct(c, x):
 # ---------------------------------------------------------------------------------------------
 
 
-def discretize(A, B, step, method="bilinear", *, diagonal=False):
+def discretize(A, B, step, *, method="bilinear", diagonal=False):
     r"""Discretize ``x' = Ax + Bu`` with step Δ: the bilinear (S4) or zero-order-hold (S4D) rule.
 
     Implements Eq. (11.6) (bilinear; Gu et al. 2022, S4, Eq. 3) and Eq. (11.7) (ZOH; S4D §2,
@@ -336,8 +356,8 @@ def discretize(A, B, step, method="bilinear", *, diagonal=False):
 
     Examples
     --------
-    >>> Ab, Bb = discretize([-1.0], [1.0], 0.5, "zoh")
-    >>> float(Ab[0]) == np.exp(-0.5), round(float(Bb[0]), 12) == round(1 - np.exp(-0.5), 12)
+    >>> Ab, Bb = discretize([-1.0], [1.0], 0.5, method="zoh")
+    >>> bool(np.isclose(Ab[0], np.exp(-0.5))), bool(np.isclose(Bb[0], 1 - np.exp(-0.5)))
     (True, True)
     """
     check_option(method, "method", METHODS)
@@ -444,6 +464,15 @@ def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
     O(√L) sequential steps (batched over channels) instead of the L of :func:`ssm_kernel_loop`.
     Both take powers of Ā explicitly, which is fine for a stable Ā in float64 but is exactly
     what S4 avoids for long L (Eq. (11.13)).
+
+    Examples
+    --------
+    >>> A, B = hippo_legs(4)
+    >>> Ab, Bb = discretize(A, B, 0.1)
+    >>> C = np.ones(4)
+    >>> K = ssm_kernel(Ab, Bb, C, 8)
+    >>> bool(np.allclose(K[3], C @ np.linalg.matrix_power(Ab, 3) @ Bb))  # K_l = C Ā^l B̄
+    True
     """
     L = as_int(L, "L", 1)
     Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
@@ -466,7 +495,16 @@ def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
 
 
 def ssm_kernel_loop(Ab, Bb, C, L, *, diagonal=False):
-    """Loop twin of :func:`ssm_kernel`: ``x ← Ā x`` one step at a time, channel by channel (Eq. (11.9))."""
+    """Loop twin of :func:`ssm_kernel`: ``x ← Ā x`` one step at a time, channel by channel (Eq. (11.9)).
+
+    Examples
+    --------
+    >>> A, B = hippo_legs(4)
+    >>> Ab, Bb = discretize(A, B, 0.1)
+    >>> C = np.ones(4)
+    >>> bool(np.allclose(ssm_kernel_loop(Ab, Bb, C, 8), ssm_kernel(Ab, Bb, C, 8)))
+    True
+    """
     L = as_int(L, "L", 1)
     Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
     N = Bb.shape[-1]
@@ -493,7 +531,7 @@ def _s4d_args(A, B, C, step, L, method):
             np.broadcast_shapes(v.shape, A.shape[-1:])
         except ValueError:
             raise ValueError(f"{name}: expected shape (..., {A.shape[-1]}) broadcastable with A, got shape {v.shape}") from None
-    Ab, Bb = discretize(A, B, step, method, diagonal=True)
+    Ab, Bb = discretize(A, B, step, method=method, diagonal=True)
     try:
         batch = np.broadcast_shapes(Ab.shape[:-1], Bb.shape[:-1], C.shape[:-1])
     except ValueError:
@@ -541,6 +579,15 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     ``exp(ℓ log Ā)`` (for ZOH log Ā = ΔA exactly), so the work is one (…, N, T) table plus, per
     block, a (…, N)·(…, N, T) contraction. Memory O(H N √L); no error growth with ℓ beyond
     that of ``exp``.
+
+    Examples
+    --------
+    >>> A = -0.5 + 1j * np.pi * np.arange(4)
+    >>> B, C = np.ones(4, dtype=complex), np.ones(4, dtype=complex) / 4
+    >>> K = s4d_kernel(A, B, C, 0.1, 16)
+    >>> Ab, Bb = discretize(A, B, 0.1, method='zoh', diagonal=True)
+    >>> bool(np.allclose(K, ssm_kernel(Ab, Bb, C, 16, diagonal=True)))
+    True
     """
     A, step, Ab, Bb, C, L, batch, real = _s4d_args(A, B, C, step, L, method)
     N = Ab.shape[-1]
@@ -566,7 +613,15 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
 
 
 def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
-    """Loop twin of :func:`s4d_kernel`: per channel and mode, ``z ← Ā z`` and ``K̄_ℓ += C B̄ z`` (Eq. (11.10))."""
+    """Loop twin of :func:`s4d_kernel`: per channel and mode, ``z ← Ā z`` and ``K̄_ℓ += C B̄ z`` (Eq. (11.10)).
+
+    Examples
+    --------
+    >>> A = -0.5 + 1j * np.pi * np.arange(4)
+    >>> B, C = np.ones(4, dtype=complex), np.ones(4, dtype=complex) / 4
+    >>> bool(np.allclose(s4d_kernel_loop(A, B, C, 0.1, 16), s4d_kernel(A, B, C, 0.1, 16)))
+    True
+    """
     _, _, Ab, Bb, C, L, batch, _ = _s4d_args(A, B, C, step, L, method)
     N = Ab.shape[-1]
     Ab, Bb, C = (np.broadcast_to(v, batch + (N,)) for v in (Ab, Bb, C))
@@ -632,6 +687,14 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     c_tilde=True).real``. state-spaces' ``SSMKernelDPLR`` with H channels, ``n_ssm`` = 1 and
     rank 1 corresponds to ``Lambda`` (H, N), ``P = Q`` (H, N), ``B`` (H, N), ``C`` (channels, H, N),
     ``step`` (H,), giving K of shape (channels, H, L).
+
+    Examples
+    --------
+    >>> Lambda, P, B, V = hippo_legs_dplr(4)
+    >>> C = np.ones(4) @ V  # C in the eigenbasis, C V
+    >>> K = s4_kernel_dplr(Lambda, P, P, B, C, 0.1, 16)  # HiPPO: Q = P
+    >>> bool(np.allclose(K, ssm_kernel(*discretize(*hippo_legs(4), 0.1), np.ones(4), 16)))  # the dense kernel
+    True
     """
     L = as_int(L, "L", 1)
     Lam = as_complex_array(Lambda, "Lambda")
@@ -734,6 +797,15 @@ def ssm_recurrent(u, Ab, Bb, C, D=None, *, diagonal=False):
     ``x_k = Ā x_{k−1} + B̄ u_k`` (``x_{−1} = 0``), ``y_k = C x_k + D u_k``: plain Python loops
     over the batch, the channels and the time steps (O(1) work per step at inference — the
     reason SSMs generate fast).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> Ab, Bb = discretize(*hippo_legs(4), 0.1)
+    >>> u, C = rng.normal(size=(10, 2)), rng.normal(size=4)
+    >>> y = ssm_recurrent(u, Ab, Bb, C)
+    >>> y.shape, bool(np.allclose(y, ssm_convolution(u, Ab, Bb, C)))  # the recurrent and convolutional modes agree
+    ((10, 2), True)
     """
     u, Ab, Bb, C, D = _check_ssm_io(u, Ab, Bb, C, D, diagonal)
     L, H = u.shape[-2:]
@@ -772,6 +844,15 @@ def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
     The kernel comes from :func:`ssm_kernel` (⌈log₂ L⌉ batched matrix products), the
     convolution from one zero-padded FFT of length ≥ 2L − 1 (:func:`refimpl.mixing.fft_conv`):
     O(H (N³ log L + L log L)) instead of the recurrence's O(H L N²) sequential steps — the training mode of S4.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> Ab, Bb = discretize(*hippo_legs(4), 0.1)
+    >>> u, C = rng.normal(size=(10, 2)), rng.normal(size=4)
+    >>> K = ssm_kernel(Ab, Bb, C, 10)
+    >>> bool(np.allclose(ssm_convolution(u, Ab, Bb, C)[:, 0], np.convolve(u[:, 0], K)[:10]))  # y = K ∗ u
+    True
     """
     u, Ab, Bb, C, D = _check_ssm_io(u, Ab, Bb, C, D, diagonal)
     L = u.shape[-2]
@@ -885,17 +966,29 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
 
     This is the recurrent form, one vectorized update over all (batch, channel, state) entries
     per time step (the loop of ``selective_scan_ref``), run in place on the precomputed
-    ``B̄_t u_t`` in blocks of 64 time steps (small temporaries, cache-resident); the readout
+    ``B̄_t u_t`` in blocks of time steps whose temporaries fit the workspace budget of
+    :mod:`refimpl._blocking` (cache-resident); the readout
     ``y_t = C_t h_t`` is one batched product per block. Twins: :func:`selective_scan_loop`
     (scalar loops), :func:`selective_scan_assoc` (parallel scan), :func:`selective_scan_matrix`
     (semiseparable matrix).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> L, d, n = 6, 2, 3
+    >>> u, delta = rng.normal(size=(L, d)), 0.1 + rng.random((L, d))
+    >>> A, B, C = -np.exp(rng.normal(size=(d, n))), rng.normal(size=(L, n)), rng.normal(size=(L, n))
+    >>> y, h = selective_scan(u, delta, A, B, C, return_last_state=True)
+    >>> y.shape, h.shape
+    ((6, 2), (2, 3))
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
     L = u.shape[-2]
     y = np.empty(u.shape)
     h = np.zeros(u.shape[:-2] + A.shape)  # h_{−1} = 0, (..., d, n)
-    for start in range(0, L, _SCAN_BLOCK):  # blocks of time steps: (…, T, d, n) temporaries only
-        sl = slice(start, min(start + _SCAN_BLOCK, L))
+    steps = per_block(2 * h.size)  # a time step: Ā_t and B̄_t u_t, (…, d, n) each
+    for start in range(0, L, steps):  # blocks of time steps: (…, T, d, n) temporaries only
+        sl = slice(start, min(start + steps, L))
         Ab, H = _discretize_selective(u[..., sl, :], delta[..., sl, :], A, B[..., sl, :], discretization)
         H[..., 0, :, :] += Ab[..., 0, :, :] * h  # H starts as B̄_t u_t
         for t in range(1, H.shape[-3]):
@@ -911,6 +1004,15 @@ def selective_scan_loop(u, delta, A, B, C, D=None, *, discretization="mamba", re
 
     ``h_{t,d,n} = exp(Δ_{t,d} A_{d,n}) h_{t−1,d,n} + B̄_{t,d,n} u_{t,d}``, ``y_{t,d} = Σ_n C_{t,n} h_{t,d,n}``,
     with ``B̄ = Δ B`` ("mamba") or ``(exp(Δ A) − 1)/A · B`` ("zoh"), in Python floats.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> L, d, n = 6, 2, 3
+    >>> u, delta = rng.normal(size=(L, d)), 0.1 + rng.random((L, d))
+    >>> A, B, C = -np.exp(rng.normal(size=(d, n))), rng.normal(size=(L, n)), rng.normal(size=(L, n))
+    >>> bool(np.allclose(selective_scan_loop(u, delta, A, B, C), selective_scan(u, delta, A, B, C)))
+    True
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
     L, d_in = u.shape[-2:]
@@ -949,6 +1051,15 @@ def selective_scan_assoc(u, delta, A, B, C, D=None, *, discretization="mamba", r
     out of ⌈log₂ L⌉ vectorized sweeps (:func:`refimpl._scan.linear_scan`, Hillis–Steele): the
     reference for GPU scan kernels. Only products of the given Ā_t ∈ (0, 1] are formed, so
     nothing under- or overflows.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> L, d, n = 6, 2, 3
+    >>> u, delta = rng.normal(size=(L, d)), 0.1 + rng.random((L, d))
+    >>> A, B, C = -np.exp(rng.normal(size=(d, n))), rng.normal(size=(L, n)), rng.normal(size=(L, n))
+    >>> bool(np.allclose(selective_scan_assoc(u, delta, A, B, C), selective_scan(u, delta, A, B, C)))
+    True
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
     Ab, Bu = _discretize_selective(u, delta, A, B, discretization)
@@ -998,6 +1109,18 @@ def semiseparable_matrix(delta, A, B, C, D=None, *, discretization="mamba"):
 
     with ``B̄_s = Δ_s B_s`` ("mamba") or ``(e^{Δ_s A} − 1)/A · B_s`` ("zoh"). With Δ, B, C
     constant it is Toeplitz: the S4D kernel of Eq. (11.10). Memory O(d_in L²) per batch element.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> L, d, n = 6, 2, 3
+    >>> u, delta = rng.normal(size=(L, d)), 0.1 + rng.random((L, d))
+    >>> A, B, C = -np.exp(rng.normal(size=(d, n))), rng.normal(size=(L, n)), rng.normal(size=(L, n))
+    >>> M = semiseparable_matrix(delta, A, B, C)
+    >>> M.shape, bool(np.allclose(np.triu(M[0], 1), 0.0))  # per channel, lower triangular: causal
+    ((2, 6, 6), True)
+    >>> bool(np.allclose(M[0] @ u[:, 0], selective_scan(u, delta, A, B, C)[:, 0]))  # y_d = M_d u_d
+    True
     """
     delta_arr = as_real_array(delta, "delta")
     if delta_arr.ndim < 2:
@@ -1023,6 +1146,15 @@ def selective_scan_matrix(u, delta, A, B, C, D=None, *, discretization="mamba", 
     Same signature and output as :func:`selective_scan`; O(L²) work (the "attention" form).
     The last state is ``h_{L−1} = Σ_s exp(A Σ_{s<r≤L−1} Δ_r) B̄_s u_s`` (the last row of the
     same segment sums, without C).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> L, d, n = 6, 2, 3
+    >>> u, delta = rng.normal(size=(L, d)), 0.1 + rng.random((L, d))
+    >>> A, B, C = -np.exp(rng.normal(size=(d, n))), rng.normal(size=(L, n)), rng.normal(size=(L, n))
+    >>> bool(np.allclose(selective_scan_matrix(u, delta, A, B, C), selective_scan(u, delta, A, B, C)))
+    True
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
     M = semiseparable_matrix(delta, A, B, C, discretization=discretization)  # (..., d, L, L)

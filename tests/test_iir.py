@@ -864,14 +864,14 @@ class TestSToZ:
         mine = getattr(iir, name)
         ref = getattr(ss, name)
         extra = () if name == "butter" else (0.8,)
-        z, p, k = mine(order, *extra, wn, bt)
+        z, p, k = mine(order, *extra, wn, btype=bt)
         zr, pr, kr = ref(order, *extra, wn, bt, output="zpk")
         close(sorted_c(p), sorted_c(pr), rtol=ORACLE, what=f"{name} poles vs scipy")
         close(sorted_c(z), sorted_c(zr), rtol=ORACLE, what=f"{name} zeros vs scipy")
         close(k, kr, rtol=ORACLE, what=f"{name} gain vs scipy")
-        close(mine(order, *extra, wn, bt, output="sos"), ref(order, *extra, wn, bt, output="sos"), rtol=ORACLE,
+        close(mine(order, *extra, wn, btype=bt, output="sos"), ref(order, *extra, wn, bt, output="sos"), rtol=ORACLE,
               what=f"{name} sos vs scipy")
-        b, a = mine(order, *extra, wn, bt, output="ba")
+        b, a = mine(order, *extra, wn, btype=bt, output="ba")
         br, ar = ref(order, *extra, wn, bt)
         close(b, br, rtol=ORACLE, what=f"{name} b vs scipy")
         close(a, ar, rtol=ORACLE, what=f"{name} a vs scipy")
@@ -947,9 +947,9 @@ class TestSToZ:
         with pytest.raises(ValueError, match="^wn: expected positive frequencies"):
             iir.butter(3, -2.0, analog=True)
         with pytest.raises(ValueError, match="^wn: expected two band edges"):
-            iir.butter(3, 2.0, "bandstop", analog=True)
+            iir.butter(3, 2.0, btype="bandstop", analog=True)
         with pytest.raises(ValueError, match="^wn: expected band edges"):
-            iir.butter(3, [5.0, 2.0], "bandstop", analog=True)
+            iir.butter(3, [5.0, 2.0], btype="bandstop", analog=True)
         with pytest.raises(TypeError, match="^analog"):
             iir.butter(3, 0.2, analog="yes")
         z, p, k = iir.butter(3, 100.0, analog=True)  # no upper limit on an analog cutoff
@@ -996,11 +996,11 @@ class TestSToZ:
         with pytest.raises(ValueError, match="^wn: expected frequencies"):
             iir.butter(3, 60.0, fs=100.0)
         with pytest.raises(ValueError, match="^wn: expected two band edges"):
-            iir.butter(3, 0.3, "bandpass")
+            iir.butter(3, 0.3, btype="bandpass")
         with pytest.raises(ValueError, match="^wn: expected band edges"):
-            iir.cheby1(3, 1.0, [0.5, 0.3], "bandpass")
+            iir.cheby1(3, 1.0, [0.5, 0.3], btype="bandpass")
         with pytest.raises(ValueError, match="^btype:"):
-            iir.butter(3, 0.3, "notch")
+            iir.butter(3, 0.3, btype="notch")
         with pytest.raises(ValueError, match="^output:"):
             iir.butter(3, 0.3, output="ss")
         with pytest.raises(ValueError, match="^wn: expected finite"):

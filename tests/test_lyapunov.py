@@ -15,6 +15,7 @@ error is asserted instead of the norm-wise one, it is said.
 
 from __future__ import annotations
 
+import functools
 import math
 from decimal import Decimal, localcontext
 from functools import lru_cache
@@ -27,6 +28,8 @@ from hypothesis import strategies as st
 from scipy.integrate import quad_vec, solve_ivp
 
 from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
+from _oracles import elementwise_rel, van_loan, van_loan_block, van_loan_upper  # noqa: E402
+from _oracles import random_psd as _random_psd  # noqa: E402
 from refimpl._testing import ODE, ORACLE, SELF, assert_close
 from refimpl.lyapunov import (
     dle_covariance,
@@ -40,23 +43,13 @@ from refimpl.lyapunov import (
     steady_state_covariance_loop,
 )
 
+#: noise matrices in the eigenbasis: complex Hermitian by default
+random_psd = functools.partial(_random_psd, complex_=True)
+
 EPS = np.finfo(np.float64).eps
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
 WORST_ERRORS, close, _record = recorder()
-
-
-def elementwise_rel(actual, desired) -> float:
-    """max_k |a_k − d_k| / |d_k| over entries with d_k ≠ 0; entries with d_k = 0 must be exactly 0."""
-    a, d = np.asarray(actual), np.asarray(desired)
-    assert a.shape == d.shape, f"shape {a.shape} != {d.shape}"
-    assert not np.any(np.isnan(a)), "NaN in the result"
-    zero = d == 0
-    assert np.all(a[zero] == 0), f"expected exact zeros, got {a[zero]}"
-    inf = ~np.isfinite(d)  # the true value overflows float64: the same infinite components
-    np.testing.assert_array_equal(a[inf], d[inf])
-    nz = ~zero & ~inf
-    return float(np.max(np.abs(a[nz] - d[nz]) / np.abs(d[nz]), initial=0.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,12 +59,6 @@ def elementwise_rel(actual, desired) -> float:
 
 def random_eigvals(rng, d, re=(-1.0, -0.05), im_scale=1.5):
     return rng.uniform(*re, size=d) + 1j * rng.normal(scale=im_scale, size=d)
-
-
-def random_psd(rng, d, *, complex_=True, rank=None):
-    r = d if rank is None else rank
-    b = rng.normal(size=(d, r)) + (1j * rng.normal(size=(d, r)) if complex_ else 0.0)
-    return b @ b.conj().T
 
 
 def random_S(rng, d, max_cond=30.0):
@@ -92,60 +79,6 @@ def eigenbasis_noise(S, Q):
 def to_original(S, sigma):
     """S Σ S^† (for Σ of shape (..., d, d))."""
     return S @ sigma @ S.conj().T
-
-
-def van_loan(A, Q, tau):
-    r"""``∫_0^τ e^{As} Q e^{A^† s} ds`` by Van Loan's block exponential (Van Loan 1978, Thm. 1).
-
-    ``expm([[−A, Q], [0, A^†]] τ) = [[F11, F12], [0, F22]]`` with ``F22 = e^{A^† τ}`` and
-    ``F12 = ∫_0^τ e^{−A(τ−s)} Q e^{A^† s} ds = e^{−Aτ} V(τ)``, so ``F22^† F12 = V(τ)``.
-
-    Q is scaled to unit size first (V is linear in Q): the error of ``expm`` grows with the
-    norm of the block matrix, and an unbalanced Q block costs digits for nothing.
-    """
-    d = A.shape[0]
-    c = float(np.max(np.abs(Q)))
-    M = np.zeros((2 * d, 2 * d), dtype=np.complex128)
-    M[:d, :d] = -A
-    M[:d, d:] = Q / c
-    M[d:, d:] = A.conj().T
-    F = scipy.linalg.expm(M * tau)
-    return c * (F[d:, d:].conj().T @ F[:d, d:])
-
-
-def van_loan_upper(A, Q, tau):
-    r"""The same integral from the other block form.
-
-    ``expm([[A, Q], [0, −A^†]] τ)`` has the upper-right block ``X = ∫_0^τ e^{A(τ−s)} Q e^{−A^† s} ds``,
-    and ``X e^{A^† τ} = ∫_0^τ e^{Au} Q e^{A^† u} du``.
-    """
-    d = A.shape[0]
-    c = float(np.max(np.abs(Q)))
-    M = np.zeros((2 * d, 2 * d), dtype=np.complex128)
-    M[:d, :d] = A
-    M[:d, d:] = Q / c
-    M[d:, d:] = -A.conj().T
-    F = scipy.linalg.expm(M * tau)
-    return c * (F[:d, d:] @ F[:d, :d].conj().T)  # e^{A^† τ} = (e^{Aτ})^†
-
-
-def van_loan_doubling(A, Q, tau, block=van_loan):
-    r"""Van Loan at a short step h = τ/2^k (‖A‖h <= 1/2), then ``V(2h) = V(h) + e^{Ah} V(h) e^{A^† h}``.
-
-    Why: ``F22^† F12 = e^{Aτ} · (e^{−Aτ} V)`` recovers V from a block of size ‖e^{−Aτ}‖‖V‖, so a
-    single block exponential loses about ``log10(‖e^{Aτ}‖ ‖e^{−Aτ}‖)`` digits. With stable and
-    unstable modes at τ = 7.3 that is ~1e-11..1e-10 (measured against quad_vec, which agrees with
-    the closed form to 5e-15); on the short step it is ~1e-16, and doubling adds PSD-congruent
-    terms without cancellation.
-    """
-    k = max(0, math.ceil(math.log2(max(np.linalg.norm(A, 2) * tau, 1e-300) / 0.5)))
-    h = tau / 2**k
-    V = block(A, Q, h)
-    E = scipy.linalg.expm(A * h)
-    for _ in range(k):
-        V = V + E @ V @ E.conj().T  # V(2h) = V(h) + e^{Ah} V(h) e^{A^† h}
-        E = E @ E
-    return V
 
 
 def expm_congruence(A, Q, s):
@@ -471,11 +404,11 @@ class TestDleCovariance:
         G = eigenbasis_noise(S, Q)
         for tau in (0.1, 1.0, 7.3):
             V = to_original(S, dle_covariance(lam, G, tau))
-            close(V, van_loan_doubling(A, Q, tau), rtol=ORACLE, what="forward vs Van Loan expm (+ doubling)")
-            V_upper = van_loan_doubling(A, Q, tau, van_loan_upper)
+            close(V, van_loan(A, Q, tau), rtol=ORACLE, what="forward vs Van Loan expm (+ doubling)")
+            V_upper = van_loan(A, Q, tau, block=van_loan_upper)
             close(V, V_upper, rtol=ORACLE, what="forward vs Van Loan upper form (+ doubling)")
-            if tau <= 1.0:  # one block exponential over the whole lag (see van_loan_doubling)
-                close(V, van_loan(A, Q, tau), rtol=ORACLE, what="forward vs Van Loan expm (single block)")
+            if tau <= 1.0:  # one block exponential over the whole lag (see _oracles.van_loan)
+                close(V, van_loan_block(A, Q, tau), rtol=ORACLE, what="forward vs Van Loan expm (single block)")
                 close(V, van_loan_upper(A, Q, tau), rtol=ORACLE, what="forward vs Van Loan upper form (single block)")
 
     def test_van_loan_diagonal_noise(self):
@@ -488,7 +421,7 @@ class TestDleCovariance:
         Q = (S * g) @ S.conj().T
         for tau in (0.1, 1.0, 7.3):
             V = (S * dle_covariance(lam, g, tau)) @ S.conj().T
-            close(V, van_loan_doubling(A, Q, tau), rtol=ORACLE, what="forward (diag noise) vs Van Loan (+ doubling)")
+            close(V, van_loan(A, Q, tau), rtol=ORACLE, what="forward (diag noise) vs Van Loan (+ doubling)")
 
     def test_solve_ivp(self):
         # dV/dt = A V + V A^† + Q, V(0) = 0, integrated as 2 d² real ODEs.
@@ -776,9 +709,9 @@ class TestDleCovarianceBackward:
         G = eigenbasis_noise(S, Q)
         for tau in (0.1, 1.0, 7.3):
             VB = to_original(S, dle_covariance_backward(lam, G, tau))
-            close(VB, van_loan_doubling(-A, Q, tau), rtol=ORACLE, what="backward vs Van Loan with −A (+ doubling)")
+            close(VB, van_loan(-A, Q, tau), rtol=ORACLE, what="backward vs Van Loan with −A (+ doubling)")
             if tau <= 1.0:
-                close(VB, van_loan(-A, Q, tau), rtol=ORACLE, what="backward vs Van Loan with −A (single block)")
+                close(VB, van_loan_block(-A, Q, tau), rtol=ORACLE, what="backward vs Van Loan with −A (single block)")
             # the identity V_B = e^{−Aτ} V_F e^{−A^†τ} between the two closed forms (Eq. 2.7)
             E = scipy.linalg.expm(-A * tau)
             VF = to_original(S, dle_covariance(lam, G, tau))

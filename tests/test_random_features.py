@@ -32,6 +32,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import refimpl._blocking as _blocking
 import refimpl.random_features as rf_module
 from refimpl._testing import ORACLE, SELF, mc_band
 from refimpl.attention import softmax_attention
@@ -100,7 +101,7 @@ class TestLinearAttention:
     @pytest.mark.parametrize("chunk", [1, 3, 4, 128])
     @pytest.mark.parametrize("n", [1, 7, 12])
     def test_chunked_prefix_sums_with_padding(self, monkeypatch, chunk, n, group):
-        monkeypatch.setattr(rf_module, "_GROUP_FLOATS", group)  # 1: one chunk per group; 10**9: one group
+        monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", group)  # 1: one chunk per group; 10**9: one group
         q, k, v = qkv(chunk + n, n=n, batch=(3, 1))
         k = k[0]  # broadcast batch
         y = rf_module._kernel_attention(elu1(q), elu1(k), v, True, chunk)
@@ -253,7 +254,7 @@ class TestFavorFeatures:
             return (np.sum(fx * fy, axis=-1) - sm) ** 2
 
         iid = err2(rng.standard_normal((reps, m, d)))
-        orf = err2(np.stack([orthogonal_gaussian(m, d, rng) for _ in range(reps)]))
+        orf = err2(np.stack([orthogonal_gaussian(m, d, rng=rng) for _ in range(reps)]))
         diff_se = np.sqrt(iid.var() / reps + orf.var() / reps)
         assert iid.mean() - orf.mean() > 4 * diff_se
         s = np.sum((x + y) ** 2)  # the iid MSE is Lemma 2's
@@ -301,32 +302,32 @@ class TestFavorFeatures:
 class TestOrthogonalGaussian:
     @pytest.mark.parametrize("m,d", [(4, 4), (10, 4), (3, 5)])
     def test_blocks_are_orthogonal_and_reproducible(self, m, d):
-        w = orthogonal_gaussian(m, d, 5)
-        np.testing.assert_array_equal(w, orthogonal_gaussian(m, d, np.random.default_rng(5)))
+        w = orthogonal_gaussian(m, d, rng=5)
+        np.testing.assert_array_equal(w, orthogonal_gaussian(m, d, rng=np.random.default_rng(5)))
         assert w.shape == (m, d)
         for start in range(0, m, d):
             blk = w[start : start + d]
             g = blk @ blk.T
             np.testing.assert_allclose(g - np.diag(np.diag(g)), 0.0, atol=1e-12)
-        u = orthogonal_gaussian(m, d, 5, scaling="sqrt_d")
+        u = orthogonal_gaussian(m, d, rng=5, scaling="sqrt_d")
         np.testing.assert_allclose(np.linalg.norm(u, axis=1), np.sqrt(d), rtol=1e-14)
 
     def test_rows_are_marginally_standard_normal(self):
         # chi norms: E‖ω‖² = d and each coordinate has variance 1
-        w = np.concatenate([orthogonal_gaussian(6, 6, s) for s in range(3000)])
+        w = np.concatenate([orthogonal_gaussian(6, 6, rng=s) for s in range(3000)])
         n = w.shape[0]
         assert abs(np.mean(w[:, 0] ** 2) - 1.0) <= mc_band(n) * np.sqrt(2.0)
         assert abs(np.mean(w[:, 0])) <= mc_band(n)
 
     def test_errors(self):
         with pytest.raises(ValueError, match="^m: expected an integer >= 1"):
-            orthogonal_gaussian(0, 3, 0)
+            orthogonal_gaussian(0, 3, rng=0)
         with pytest.raises(TypeError, match="^d: expected an integer"):
-            orthogonal_gaussian(2, 2.5, 0)
+            orthogonal_gaussian(2, 2.5, rng=0)
         with pytest.raises(ValueError, match="^scaling: "):
-            orthogonal_gaussian(2, 2, 0, scaling="one")
+            orthogonal_gaussian(2, 2, rng=0, scaling="one")
         with pytest.raises(TypeError, match="^rng: "):
-            orthogonal_gaussian(2, 2, "seed")
+            orthogonal_gaussian(2, 2, rng="seed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +340,7 @@ class TestPerformerAttention:
         y = performer_attention(q, k, v, **kw)
         close(y, performer_attention_quadratic(q, k, v, **kw), rtol=SELF, what="performer linear vs quadratic")
         close(y, performer_attention_loop(q, k, v, **kw), rtol=SELF, what="performer linear vs RNN loop")
-        w = orthogonal_gaussian(12, 4, 4)  # the same draw as rng=4
+        w = orthogonal_gaussian(12, 4, rng=4)  # the same draw as rng=4
         close(y, performer_attention(q, k, v, **{**kw, "rng": None}, projection=w), rtol=0.0, what="projection kw")
         root = 4 ** -0.25
         ref = quadratic_oracle(favor_oracle(q * root, w, kind), favor_oracle(k * root, w, kind), v, causal)
@@ -351,7 +352,7 @@ class TestPerformerAttention:
         # ones exp(1800) = inf; the stabilizers of Eq. (12.10) keep every number finite
         q, k, v = qkv(2, n=16, d=4)
         q, k = (120 / np.sqrt(2) * x / np.linalg.norm(x, axis=-1, keepdims=True) for x in (q, k))  # √scale = 1/√2
-        w = orthogonal_gaussian(8, 4, 0)
+        w = orthogonal_gaussian(8, 4, rng=0)
         with np.errstate(over="ignore"):
             assert not np.any(favor_oracle(q / np.sqrt(2), w, kind)) if kind == "positive" else \
                 np.all(np.isinf(favor_oracle(q / np.sqrt(2), w, kind)).any(-1))
@@ -485,15 +486,15 @@ def full_shared_qk(qk, v, causal):
 class TestLSH:
     def test_hash_reproducible_and_matches_formula(self):
         x = np.random.default_rng(0).normal(size=(2, 10, 5))
-        h = lsh_hash(x, 6, 3, n_rounds=2)
-        np.testing.assert_array_equal(h, lsh_hash(x, 6, np.random.default_rng(3), n_rounds=2))
+        h = lsh_hash(x, 6, rng=3, n_rounds=2)
+        np.testing.assert_array_equal(h, lsh_hash(x, 6, rng=np.random.default_rng(3), n_rounds=2))
         rot = np.random.default_rng(3).standard_normal((2, 5, 3))
-        np.testing.assert_array_equal(h, lsh_hash(x, 6, None, n_rounds=2, rotations=rot))
+        np.testing.assert_array_equal(h, lsh_hash(x, 6, rng=None, n_rounds=2, rotations=rot))
         for r in range(2):
             xr = x @ rot[r]
             np.testing.assert_array_equal(h[:, r], np.argmax(np.concatenate([xr, -xr], -1), -1))
         assert h.shape == (2, 2, 10) and h.min() >= 0 and h.max() < 6
-        np.testing.assert_array_equal(lsh_hash(3.0 * x, 6, 3, n_rounds=2), h)  # depends on direction only
+        np.testing.assert_array_equal(lsh_hash(3.0 * x, 6, rng=3, n_rounds=2), h)  # depends on direction only
 
     def test_collision_probability_two_buckets(self):
         # b = 2: a random hyperplane, P(same bucket) = 1 − θ/π; binomial band
@@ -501,7 +502,7 @@ class TestLSH:
         trials = 20_000
         for theta in np.linspace(0.2, 3.0, 5):
             x = np.array([[1.0, 0.0, 0.0], [np.cos(theta), np.sin(theta), 0.0]])
-            h = lsh_hash(x, 2, rng, n_rounds=trials)[:, :]
+            h = lsh_hash(x, 2, rng=rng, n_rounds=trials)[:, :]
             p_hat = np.mean(h[:, 0] == h[:, 1])
             p = 1 - theta / np.pi
             assert abs(p_hat - p) <= mc_band(trials) * np.sqrt(p * (1 - p))
@@ -512,7 +513,7 @@ class TestLSH:
         for b in (4, 8):
             for theta in (0.3, 1.2, 2.4):
                 x = np.array([[1.0, 0.0, 0.0, 0.0], [np.cos(theta), np.sin(theta), 0.0, 0.0]])
-                h = lsh_hash(x, b, rng, n_rounds=10_000)
+                h = lsh_hash(x, b, rng=rng, n_rounds=10_000)
                 probs[b, theta] = np.mean(h[:, 0] == h[:, 1])
         for b in (4, 8):
             assert probs[b, 0.3] > probs[b, 1.2] > probs[b, 2.4]
@@ -542,7 +543,7 @@ class TestLSH:
         qk, v = rng.normal(size=(2, 3, 32, 4))
         kw = dict(n_buckets=4, n_rounds=3, chunk_size=4, rng=2, causal=causal)
         whole = lsh_attention(qk, v, **kw)
-        monkeypatch.setattr(rf_module, "_GROUP_FLOATS", 1)
+        monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", 1)
         close(lsh_attention(qk, v, **kw), whole, rtol=SELF, what="lsh groups of one chunk vs one group")
         close(whole, lsh_attention_loop(qk, v, **kw), rtol=SELF, what="lsh_attention vs loop")
 
@@ -819,13 +820,13 @@ class TestErrors:
     def test_lsh_hash_errors(self):
         x = np.ones((4, 3))
         with pytest.raises(ValueError, match="^n_buckets: expected an even number"):
-            lsh_hash(x, 5, 0)
+            lsh_hash(x, 5, rng=0)
         with pytest.raises(ValueError, match="^n_rounds: expected an integer >= 1"):
-            lsh_hash(x, 4, 0, n_rounds=0)
+            lsh_hash(x, 4, rng=0, n_rounds=0)
         with pytest.raises(ValueError, match="^rotations: expected shape \\(1, 3, 2\\)"):
-            lsh_hash(x, 4, 0, rotations=np.ones((1, 3, 3)))
+            lsh_hash(x, 4, rng=0, rotations=np.ones((1, 3, 3)))
         with pytest.raises(ValueError, match="^x: expected finite"):
-            lsh_hash(x * np.nan, 4, 0)
+            lsh_hash(x * np.nan, 4, rng=0)
 
     def test_rff_errors(self):
         with pytest.raises(ValueError, match="^projection: expected shape"):
