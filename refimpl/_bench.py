@@ -56,8 +56,8 @@ class Case:
     reference_target: float | None = None
 
 
-def _time(fn, args, kwargs, *, min_time: float = 0.2, min_repeat: int = 3, max_repeat: int = 50) -> float:
-    """Best-of-repeats wall time of ``fn(*args, **kwargs)``.
+def _time(fn, args, kwargs, *, min_time: float = 0.2, min_repeat: int = 3, max_repeat: int = 50) -> tuple:
+    """Best-of-repeats wall time of ``fn(*args, **kwargs)`` and the last result: ``(seconds, result)``.
 
     At least ``min_repeat`` runs: the first call that touches a large new buffer pays for
     page faults (expensive in a virtual machine), which is not the cost of the algorithm.
@@ -204,7 +204,7 @@ def _sosfilt(b, a, x):
 
 def _sos(quick: bool):
     n, d = (2_000, 16) if quick else (100_000, 16)
-    sos = iir.butter(8, [0.1, 0.2], "bandpass", output="sos")
+    sos = iir.butter(8, [0.1, 0.2], btype="bandpass", output="sos")
     return (sos, np.random.default_rng(6).normal(size=(n, d))), {}
 
 

@@ -1,7 +1,7 @@
 """The tolerance policy of refimpl, documented once and used by tests, chapters and oracle users.
 
-Tiers (DESIGN.md, "Tolerances")
--------------------------------
+Tiers
+-----
 ``SELF``    float64 self-consistency: loop twin vs vectorized, or two algorithms for the
             same quantity (recurrent vs convolution, closed form vs scan).  rtol 1e-10.
 ``ORACLE``  float64 against an independent oracle: SciPy (``expm``, ``solve_ivp`` at tight
@@ -17,7 +17,8 @@ of a diagonal covariance), and norm-wise error is what a user's kernel can guara
 Users validating float32/bfloat16 kernels against refimpl use ``DTYPE_RTOL`` or, better,
 the ratio rule of FlashAttention's tests: the error of a kernel against the float64 oracle
 should be at most ``RATIO_RULE_FACTOR`` times the error of a plain implementation in the
-same low precision (``ratio_rule``).
+same low precision (``ratio_rule``, ``ratio_bound``; :func:`refimpl.oracle.compare` applies
+them).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "assert_close",
     "mc_band",
     "ratio_rule",
+    "ratio_bound",
 ]
 
 SELF = 1e-10
@@ -99,6 +101,26 @@ def mc_band(n_samples: int, n_sigma: float = 5.0) -> float:
     return n_sigma / np.sqrt(n_samples)
 
 
-def ratio_rule(err_kernel: float, err_plain: float, factor: float = RATIO_RULE_FACTOR) -> bool:
-    """The low-precision acceptance rule: ``err_kernel <= factor * err_plain`` (both vs float64)."""
-    return bool(err_kernel <= factor * max(err_plain, np.finfo(np.float64).tiny))
+def ratio_bound(err_plain: float, *, level: float = float(np.finfo(np.float64).tiny),
+                factor: float = RATIO_RULE_FACTOR) -> float:
+    """The bound of the ratio rule, ``factor · max(err_plain, level)`` (Eq. (15.3) of the book).
+
+    ``level`` is the floor below which the plain error does not lower the bound: the oracle
+    uses ``ulps · ε_dtype`` (the rounding of a kernel's own arithmetic, which the plain
+    evaluation on rounded inputs does not see); the default is the smallest normal float64.
+    """
+    return factor * max(float(err_plain), float(level))
+
+
+def ratio_rule(err_kernel: float, err_plain: float, *, level: float = float(np.finfo(np.float64).tiny),
+               factor: float = RATIO_RULE_FACTOR) -> bool:
+    """The low-precision acceptance rule: ``err_kernel <= factor · max(err_plain, level)`` (both vs float64).
+
+    Examples
+    --------
+    >>> ratio_rule(2e-4, 1e-4), ratio_rule(3e-4, 1e-4)
+    (True, False)
+    >>> ratio_rule(1e-7, 0.0, level=4 * 2.0**-23)  # exact plain result: the floor decides
+    True
+    """
+    return bool(err_kernel <= ratio_bound(err_plain, level=level, factor=factor))

@@ -46,6 +46,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ._blocking import per_block
 from ._validate import as_array, as_bool, as_positive_scalar, as_real_array, check_qk, check_qkv, guard_overflow
 
 __all__ = [
@@ -169,9 +170,9 @@ def _weights(q, k, mask, causal) -> np.ndarray:
     return s
 
 
-# Query rows per block of the weight-free path: ~2^18 logits (2 MiB) per block stay in cache
-# while they are shifted, exponentiated, summed and multiplied by V.
-_BLOCK_LOGITS = 1 << 18
+# Query rows per block of the weight-free path: a block's logits fill the workspace budget
+# (refimpl._blocking) and stay in cache while they are shifted, exponentiated, summed and
+# multiplied by V.
 _MIN_BLOCK_ROWS = 32  # with many batch elements, fewer rows per block would be all overhead
 
 
@@ -180,7 +181,7 @@ def _attend_blocked(q, k, v, mask, causal, batch) -> np.ndarray:
     n, m = q.shape[-2], k.shape[-2]
     if mask is not None:
         batch = np.broadcast_shapes(batch, mask.shape[:-2])
-    rows_per_block = max(_MIN_BLOCK_ROWS, _BLOCK_LOGITS // max(1, m * math.prod(batch)))
+    rows_per_block = per_block(m * math.prod(batch), minimum=_MIN_BLOCK_ROWS)  # a row: M logits per batch entry
     y = np.empty((*batch, n, v.shape[-1]))
     for start in range(0, n, rows_per_block):
         rows = slice(start, min(n, start + rows_per_block))
@@ -209,6 +210,15 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> np.ndarra
     -------
     A : ndarray, shape (..., N, M)
         Non-negative, each row sums to 1, exactly 0 where the mask forbids.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> A = attention_weights(rng.normal(size=(4, 2)), rng.normal(size=(4, 2)), causal=True)
+    >>> A[0].tolist()  # the first query sees only the first key
+    [1.0, 0.0, 0.0, 0.0]
+    >>> bool(np.allclose(A.sum(axis=-1), 1.0))
+    True
     """
     q, k = _check_qk(q, k)
     mask = _check_mask(mask, causal, _batch(q, k), q.shape[-2], k.shape[-2])
@@ -282,7 +292,15 @@ def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_we
 
 
 def softmax_attention_loop(q, k, v, *, mask=None, causal=False, scale=None, return_weights=False):
-    """Loop twin of :func:`softmax_attention`: one query, one key at a time (Eqs. (4.1)–(4.3))."""
+    """Loop twin of :func:`softmax_attention`: one query, one key at a time (Eqs. (4.1)–(4.3)).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 4, 2))
+    >>> bool(np.allclose(softmax_attention_loop(q, k, v, causal=True), softmax_attention(q, k, v, causal=True)))
+    True
+    """
     q, k, v, batch = _check_qkv(q, k, v)
     n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
     mask = _check_mask(mask, causal, batch, n, m)
@@ -374,6 +392,15 @@ def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=No
     ``Y = [head_1, …, head_h] W^O = Σ_i A_i X W_i^V W^O_i`` (Eq. (4.12): a bank of h
     data-dependent N×N filters, each followed by its own channel mixer ``W_i^V W^O_i``).
     Vectorized: one projection of width h·d_k, reshaped (..., N, h, d_k) → (..., h, N, d_k).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(5, 4))
+    >>> w_q, w_k, w_v, w_o = rng.normal(size=(4, 4, 4)) / 2
+    >>> y, A = multihead_attention(x, w_q, w_k, w_v, w_o, 2, causal=True, return_weights=True)
+    >>> y.shape, A.shape  # A: one (N, N) matrix per head
+    ((5, 4), (2, 5, 5))
     """
     x, w_q, w_k, w_v, w_o, h = _check_mha(x, w_q, w_k, w_v, w_o, n_heads)
     return_weights = as_bool(return_weights, "return_weights")
@@ -396,7 +423,16 @@ def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=No
 def multihead_attention_loop(
     x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=None, scale=None, return_weights=False
 ):
-    """Loop twin of :func:`multihead_attention`: one head at a time, Eq. (4.11) literally."""
+    """Loop twin of :func:`multihead_attention`: one head at a time, Eq. (4.11) literally.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(5, 4))
+    >>> w_q, w_k, w_v, w_o = rng.normal(size=(4, 4, 4)) / 2
+    >>> bool(np.allclose(multihead_attention_loop(x, w_q, w_k, w_v, w_o, 2), multihead_attention(x, w_q, w_k, w_v, w_o, 2)))
+    True
+    """
     x, w_q, w_k, w_v, w_o, h = _check_mha(x, w_q, w_k, w_v, w_o, n_heads)
     return_weights = as_bool(return_weights, "return_weights")
     dk, dv = w_q.shape[1] // h, w_v.shape[1] // h
@@ -442,6 +478,12 @@ def attention_entropy(weights) -> np.ndarray:
     Returns
     -------
     H : ndarray, shape (...)
+
+    Examples
+    --------
+    >>> H = attention_entropy(np.array([[1.0, 0.0], [0.5, 0.5]]))
+    >>> bool(H[0] == 0.0), bool(np.isclose(H[1], np.log(2)))  # one-hot: 0 nats; uniform over two keys: log 2
+    (True, True)
     """
     a = _check_weights(weights)
     safe = np.where(a > 0, a, 1.0)
@@ -461,6 +503,11 @@ def effective_support(weights) -> np.ndarray:
     Returns
     -------
     n_eff : ndarray, shape (...)
+
+    Examples
+    --------
+    >>> effective_support(np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]])).round(12).tolist()
+    [1.0, 2.0, 3.0]
     """
     a = _check_weights(weights)
     return 1.0 / np.sum(a * a, axis=-1)
@@ -521,6 +568,12 @@ def materialize(mixer: Callable, n: int, *, check_linear: bool = True) -> np.nda
     -------
     W : ndarray, shape (N, N)
         Real if the mixer returns real values, complex otherwise.
+
+    Examples
+    --------
+    >>> W = materialize(lambda v: np.cumsum(v, axis=-2), 3)  # a running sum is linear in v
+    >>> W.tolist()
+    [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
     """
     n = _check_mixer(mixer, n)
     check_linear = as_bool(check_linear, "check_linear")
@@ -531,7 +584,14 @@ def materialize(mixer: Callable, n: int, *, check_linear: bool = True) -> np.nda
 
 
 def materialize_loop(mixer: Callable, n: int, *, check_linear: bool = True) -> np.ndarray:
-    """Loop twin of :func:`materialize`: one unit impulse ``e_j`` at a time (Eq. (4.9))."""
+    """Loop twin of :func:`materialize`: one unit impulse ``e_j`` at a time (Eq. (4.9)).
+
+    Examples
+    --------
+    >>> mixer = lambda v: np.cumsum(v, axis=-2)
+    >>> bool(np.array_equal(materialize_loop(mixer, 4), materialize(mixer, 4)))
+    True
+    """
     n = _check_mixer(mixer, n)
     check_linear = as_bool(check_linear, "check_linear")
     cols = []
@@ -550,7 +610,11 @@ def lag_profile(W) -> tuple[np.ndarray, np.ndarray]:
 
     Implements Eq. (4.10) of the book. With ``y_i = Σ_j W_ij v_j`` and lag ``ℓ = i − j``, a
     Toeplitz (shift-invariant) ``W_ij = h_{i−j}`` is the convolution ``y_i = Σ_ℓ h_ℓ v_{i−ℓ}``
-    and this returns its kernel exactly; for any other ``W`` it is the average kernel.
+    and this returns its kernel exactly. For any other ``W``, ``h_ℓ`` is the mean over the
+    N − |ℓ| entries of diagonal ℓ, i.e. over the rows that reach lag ℓ. It is not the average
+    row: for a causal row-stochastic ``W``, ``Σ_ℓ h_ℓ`` can exceed 1 because early rows (few
+    keys, large weights) enter only the short-lag means. The zero-padded average row is
+    ``h_ℓ (N − |ℓ|)/N``; its sum is 1 for any row-stochastic ``W`` (chapter 4, §4.4).
     ℓ > 0 looks back (the past), ℓ < 0 looks ahead.
 
     Parameters
@@ -562,6 +626,12 @@ def lag_profile(W) -> tuple[np.ndarray, np.ndarray]:
     lags : ndarray of int, shape (2N − 1,)
         ℓ = −(N−1), …, N−1.
     h : ndarray, shape (2N − 1,)
+
+    Examples
+    --------
+    >>> lags, h = lag_profile(np.tril(0.5 ** np.subtract.outer(np.arange(4), np.arange(4)).clip(0)))
+    >>> lags.tolist(), h.tolist()  # a Toeplitz matrix: its own diagonals
+    ([-3, -2, -1, 0, 1, 2, 3], [0.0, 0.0, 0.0, 1.0, 0.5, 0.25, 0.125])
     """
     W = as_array(W, "W")
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
@@ -590,6 +660,13 @@ def frequency_response(W, omega=None, *, n_freqs: int = 512) -> tuple[np.ndarray
     -------
     omega : ndarray, shape (F,)
     H : ndarray of complex, shape (F,)
+
+    Examples
+    --------
+    >>> W = np.eye(4)  # the identity mixer passes every frequency
+    >>> omega, H = frequency_response(W, np.array([0.0, np.pi / 2, np.pi]))
+    >>> np.abs(H).round(12).tolist()
+    [1.0, 1.0, 1.0]
     """
     lags, h = lag_profile(W)
     if omega is None:

@@ -221,6 +221,12 @@ def focus_frequency_response(theta, n_fft):
     Returns
     -------
     ndarray, complex128, shape (..., n_fft)
+
+    Examples
+    --------
+    >>> H = focus_frequency_response(np.array([[0.0, 0.0], [-0.5, 0.0]]), 4)  # θ = 0: the identity; a one-pole filter
+    >>> (np.abs(H).round(6) + 0.0).tolist()
+    [[1.0, 1.0, 1.0, 1.0], [2.0, 0.894427, 0.666667, 0.894427]]
     """
     theta = _theta(theta)
     n_fft = as_int(n_fft, "n_fft", 1)
@@ -229,7 +235,14 @@ def focus_frequency_response(theta, n_fft):
 
 
 def focus_frequency_response_loop(theta, n_fft):
-    """Loop twin of :func:`focus_frequency_response`: one filter at a time via :func:`refimpl.iir.frequency_response`."""
+    """Loop twin of :func:`focus_frequency_response`: one filter at a time via :func:`refimpl.iir.frequency_response`.
+
+    Examples
+    --------
+    >>> theta = np.random.default_rng(0).uniform(0.0, 0.9, (3, 2))
+    >>> bool(np.allclose(focus_frequency_response_loop(theta, 16), focus_frequency_response(theta, 16)))
+    True
+    """
     theta = _theta(theta)
     n_fft = as_int(n_fft, "n_fft", 1)
     out = np.empty(theta.shape[:-1] + (n_fft,), dtype=np.complex128)
@@ -255,6 +268,13 @@ def periodized_impulse_response(theta, n):
     Returns
     -------
     ndarray, shape (..., n)
+
+    Examples
+    --------
+    >>> theta = np.array([0.5, 0.3])
+    >>> h = periodized_impulse_response(theta, 8)
+    >>> bool(np.allclose(np.fft.fft(h), focus_frequency_response(theta, 8)))  # the DFT of h_p is H on the grid
+    True
     """
     n = as_int(n, "n", 1)
     H = focus_frequency_response(theta, n)
@@ -313,6 +333,14 @@ def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
     convolution (zero-padded to 2R, hence linear, not circular) of each bin with the bank's
     impulse response truncated to R taps — exact up to round-off, since taps beyond R cannot reach
     a length-R bin from rest. Its loop twin is the recursion itself.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, theta = rng.normal(size=(16, 2)), rng.uniform(0.0, 0.9, (4, 2, 1, 2))
+    >>> y = adaptive_filter(x, theta)  # 4 bins of 4 samples, one biquad per (bin, channel)
+    >>> y.shape
+    (16, 2)
     """
     xb, th, R, n_fft = _filter_args(x, theta, variant, n_fft)
     if variant == "causal-recursive":
@@ -327,7 +355,15 @@ def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
 
 
 def adaptive_filter_loop(x, theta, *, variant="causal-recursive", n_fft=None):
-    """Loop twin of :func:`adaptive_filter`: explicit DFT sums (P-4, P-8) or the recursion (P-32)."""
+    """Loop twin of :func:`adaptive_filter`: explicit DFT sums (P-4, P-8) or the recursion (P-32).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, theta = rng.normal(size=(16, 2)), rng.uniform(0.0, 0.9, (4, 2, 1, 2))
+    >>> bool(np.allclose(adaptive_filter_loop(x, theta), adaptive_filter(x, theta)))
+    True
+    """
     xb, th, R, n_fft = _filter_args(x, theta, variant, n_fft)
     batch, n_bins, d, F = xb.shape[:-3], xb.shape[-3], xb.shape[-1], th.shape[-2]
     y = np.zeros(xb.shape)
@@ -373,6 +409,12 @@ def continuous_exponents(theta):
     Returns
     -------
     ndarray, complex128, shape (..., 2): ``λ₁`` (the ``−`` root) first.
+
+    Examples
+    --------
+    >>> s = continuous_exponents(np.array([0.5, 0.3]))  # the roots of 0.3 s² + 0.5 s + 1
+    >>> s.shape, bool(np.all(s.real < 0))  # a damped oscillation
+    ((2,), True)
     """
     theta = _theta(theta)
     if np.any(theta[..., 1] == 0):
@@ -401,6 +443,12 @@ def continuous_impulse_response(theta, t):
     Returns
     -------
     ndarray, shape (n,)
+
+    Examples
+    --------
+    >>> h = continuous_impulse_response(np.array([0.5, 0.3]), np.linspace(0.0, 20.0, 5))
+    >>> h.shape, abs(float(h[0])) < 1e-15, abs(float(h[-1])) < 1e-6  # starts at 0 (no zeros), decays
+    ((5,), True, True)
     """
     theta = _theta(theta)
     if theta.shape != (2,) or not theta[1] > 0:
@@ -465,6 +513,14 @@ def global_conv(x, kernel, skip, *, squash=0.0):
     Notes
     -----
     Computed by FFT with zero padding to ``L + K − 1`` (linear, causal), cost O(L log L · D).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, kernel, skip = rng.normal(size=(8, 2)), rng.normal(size=(4, 2)), rng.normal(size=2)
+    >>> g = global_conv(x, kernel, skip)
+    >>> bool(np.allclose(g[:, 0], np.convolve(x[:, 0], kernel[:, 0])[:8] + skip[0] * x[:, 0]))  # causal, plus skip
+    True
     """
     x, k, skip = _conv_args(x, kernel, skip, squash)
     L = x.shape[-2]
@@ -474,7 +530,15 @@ def global_conv(x, kernel, skip, *, squash=0.0):
 
 
 def global_conv_loop(x, kernel, skip, *, squash=0.0):
-    """Loop twin of :func:`global_conv`: the convolution sum per output sample and channel."""
+    """Loop twin of :func:`global_conv`: the convolution sum per output sample and channel.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, kernel, skip = rng.normal(size=(8, 2)), rng.normal(size=(4, 2)), rng.normal(size=2)
+    >>> bool(np.allclose(global_conv_loop(x, kernel, skip, squash=0.1), global_conv(x, kernel, skip, squash=0.1)))
+    True
+    """
     x, k, skip = _conv_args(x, kernel, skip, squash)
     L, d = x.shape[-2:]
     y = np.zeros(x.shape)
@@ -517,6 +581,11 @@ def adaptive_max_pool(g, n_out):
     Returns
     -------
     ndarray, shape (..., n_out, D)
+
+    Examples
+    --------
+    >>> adaptive_max_pool(np.arange(10.0)[:, None], 3)[:, 0].tolist()  # windows [0, 4), [3, 7), [6, 10)
+    [3.0, 6.0, 9.0]
     """
     g, n_out = _pool_args(g, n_out)
     start, stop = _pool_windows(g.shape[-2], n_out)
@@ -528,7 +597,14 @@ def adaptive_max_pool(g, n_out):
 
 
 def adaptive_max_pool_loop(g, n_out):
-    """Loop twin of :func:`adaptive_max_pool`: the max over each floor/ceil window."""
+    """Loop twin of :func:`adaptive_max_pool`: the max over each floor/ceil window.
+
+    Examples
+    --------
+    >>> g = np.random.default_rng(0).normal(size=(30, 3))
+    >>> bool(np.array_equal(adaptive_max_pool_loop(g, 7), adaptive_max_pool(g, 7)))
+    True
+    """
     g, n_out = _pool_args(g, n_out)
     start, stop = _pool_windows(g.shape[-2], n_out)
     out = np.empty(g.shape[:-2] + (n_out, g.shape[-1]))
@@ -618,6 +694,16 @@ def hypernetwork(x, params, *, n_bins, first_bin="zero", shift=True):
     Returns
     -------
     ndarray, shape (..., n_bins, D, F, 2)
+
+    Examples
+    --------
+    >>> params = init_focus_params(2, kernel_len=8, rng=0)
+    >>> x = np.random.default_rng(1).normal(size=(16, 2))
+    >>> theta = hypernetwork(x, params, n_bins=4)
+    >>> theta.shape  # (bins, channels, filters, 2)
+    (4, 2, 1, 2)
+    >>> (theta[0] + 0.0).tolist() == np.zeros_like(theta[0]).tolist()  # the first bin has no past: θ = 0
+    True
     """
     x, p, n_bins, O = _hyper_args(x, params, n_bins, first_bin)
     shift = as_bool(shift, "shift")
@@ -631,7 +717,15 @@ def hypernetwork(x, params, *, n_bins, first_bin="zero", shift=True):
 
 
 def hypernetwork_loop(x, params, *, n_bins, first_bin="zero", shift=True):
-    """Loop twin of :func:`hypernetwork`: loop twins of the convolution and pooling, the MLP per (bin, channel)."""
+    """Loop twin of :func:`hypernetwork`: loop twins of the convolution and pooling, the MLP per (bin, channel).
+
+    Examples
+    --------
+    >>> params = init_focus_params(2, kernel_len=8, rng=0)
+    >>> x = np.random.default_rng(1).normal(size=(16, 2))
+    >>> bool(np.allclose(hypernetwork_loop(x, params, n_bins=4), hypernetwork(x, params, n_bins=4)))
+    True
+    """
     x, p, n_bins, O = _hyper_args(x, params, n_bins, first_bin)
     shift = as_bool(shift, "shift")
     g = global_conv_loop(x, p["conv_kernel"], p["conv_skip"], squash=p["conv_squash"])
@@ -703,6 +797,18 @@ def chunked_attention(x, x_f, w_q, w_k, w_v, *, chunk_size, scale=None):
     Notes
     -----
     Cost O(L M (d_k + d_v)): linear in L for a fixed M.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, x_f = rng.normal(size=(2, 8, 4))
+    >>> w_q, w_k, w_v = rng.normal(size=(3, 4, 4)) / 2
+    >>> y = chunked_attention(x, x_f, w_q, w_k, w_v, chunk_size=4)
+    >>> y.shape
+    (8, 4)
+    >>> y2 = chunked_attention(x, np.concatenate([x_f[:4], 10 + x_f[4:]]), w_q, w_k, w_v, chunk_size=4)
+    >>> bool(np.allclose(y[:4], y2[:4]))  # the first chunk does not see the second
+    True
     """
     x, x_f, (wq, wk, wv), M = _attn_args(x, x_f, w_q, w_k, w_v, chunk_size)
     q, k, v = _chunks(x @ wq, M), _chunks(x_f @ wk, M), _chunks(x_f @ wv, M)
@@ -711,7 +817,16 @@ def chunked_attention(x, x_f, w_q, w_k, w_v, *, chunk_size, scale=None):
 
 
 def chunked_attention_loop(x, x_f, w_q, w_k, w_v, *, chunk_size, scale=None):
-    """Loop twin of :func:`chunked_attention`: one chunk at a time through the attention loop twin."""
+    """Loop twin of :func:`chunked_attention`: one chunk at a time through the attention loop twin.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, x_f = rng.normal(size=(2, 8, 4))
+    >>> w_q, w_k, w_v = rng.normal(size=(3, 4, 4)) / 2
+    >>> bool(np.allclose(chunked_attention_loop(x, x_f, w_q, w_k, w_v, chunk_size=4), chunked_attention(x, x_f, w_q, w_k, w_v, chunk_size=4)))
+    True
+    """
     x, x_f, (wq, wk, wv), M = _attn_args(x, x_f, w_q, w_k, w_v, chunk_size)
     L = x.shape[-2]
     y = np.empty(x.shape[:-1] + (wv.shape[1],))
@@ -773,6 +888,15 @@ def gated_residual(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h):
     Returns
     -------
     ndarray, shape (..., L, D)
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, x_f, y = rng.normal(size=(3, 5, 4))
+    >>> w_gamma, w_phi, w_h, u_h = rng.normal(size=(4, 4, 4)) / 2
+    >>> b_gamma, b_phi, b_h = rng.normal(size=(3, 4))
+    >>> gated_residual(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h).shape
+    (5, 4)
     """
     x, x_f, y, (wg, bg, wp, bp, wh, uh, bh) = _gate_args(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h)
     gamma = _silu(x_f @ wg + bg)  # reset gate (P-11)
@@ -782,7 +906,18 @@ def gated_residual(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h):
 
 
 def gated_residual_loop(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h):
-    """Loop twin of :func:`gated_residual`: one position and one output channel at a time."""
+    """Loop twin of :func:`gated_residual`: one position and one output channel at a time.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, x_f, y = rng.normal(size=(3, 5, 4))
+    >>> w_gamma, w_phi, w_h, u_h = rng.normal(size=(4, 4, 4)) / 2
+    >>> b_gamma, b_phi, b_h = rng.normal(size=(3, 4))
+    >>> args = (x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h)
+    >>> bool(np.allclose(gated_residual_loop(*args), gated_residual(*args)))
+    True
+    """
     x, x_f, y, (wg, bg, wp, bp, wh, uh, bh) = _gate_args(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h)
     d, dv = x.shape[-1], y.shape[-1]
     sig = _sigmoid
@@ -827,6 +962,14 @@ def init_focus_params(d, *, n_bank=1, oversample=2, hidden=16, kernel_len=64, d_
     Returns
     -------
     dict of ndarray
+
+    Examples
+    --------
+    >>> params = init_focus_params(4, kernel_len=16, rng=0)
+    >>> sorted(params)[:4]
+    ['b_gamma', 'b_h', 'b_phi', 'conv_kernel']
+    >>> bool(np.array_equal(params['conv_kernel'], init_focus_params(4, kernel_len=16, rng=0)['conv_kernel']))  # deterministic
+    True
     """
     d = as_int(d, "d", 1)
     F = as_int(n_bank, "n_bank", 1)
@@ -931,7 +1074,16 @@ def focus_layer(x, params, *, variant="causal-recursive", chunk_size, n_bins, n_
 
 @guard_overflow(first_only=True)
 def focus_layer_loop(x, params, *, variant="causal-recursive", chunk_size, n_bins, n_fft=None, first_bin="zero", return_intermediates=False):
-    """Loop twin of :func:`focus_layer`: the same composition of the loop twins."""
+    """Loop twin of :func:`focus_layer`: the same composition of the loop twins.
+
+    Examples
+    --------
+    >>> params = init_focus_params(2, kernel_len=8, rng=0)
+    >>> x = np.random.default_rng(1).normal(size=(16, 2))
+    >>> kw = dict(chunk_size=4, n_bins=4)
+    >>> bool(np.allclose(focus_layer_loop(x, params, **kw), focus_layer(x, params, **kw)))
+    True
+    """
     return _layer(x, params, variant, chunk_size, n_bins, n_fft, first_bin, return_intermediates, loop=True)
 
 
@@ -950,6 +1102,12 @@ def focus_op_counts(L, d, *, n_bins, chunk_size, n_bank=1):
     Returns
     -------
     dict of float
+
+    Examples
+    --------
+    >>> counts = focus_op_counts(1024, 64, n_bins=16, chunk_size=64)
+    >>> sorted(counts)
+    ['attention', 'chunked_fft', 'full_attention', 'global_conv', 'mlp', 'total_p27', 'total_p28']
     """
     L = as_int(L, "L", 1)
     d = as_int(d, "d", 1)
@@ -1004,6 +1162,15 @@ def mega_ema_kernel(alpha, delta, beta, eta, n):
     Returns
     -------
     ndarray, shape (n, D)
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> alpha, delta = rng.uniform(0.1, 0.9, (2, 2, 3))
+    >>> beta, eta = rng.normal(size=(2, 2, 3))
+    >>> K = mega_ema_kernel(alpha, delta, beta, eta, 5)
+    >>> K.shape, bool(np.allclose(K[1], np.sum(eta * alpha * beta * (1 - alpha * delta), axis=-1)))  # l = 1
+    ((5, 2), True)
     """
     alpha, delta, beta, eta = _ema_args(alpha, delta, beta, eta)
     n = as_int(n, "n", 1)
@@ -1034,6 +1201,16 @@ def mega_ema(x, alpha, delta, beta, eta):
     Returns
     -------
     ndarray, shape (..., L, D)
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> alpha, delta = rng.uniform(0.1, 0.9, (2, 2, 3))
+    >>> beta, eta = rng.normal(size=(2, 2, 3))
+    >>> x = rng.normal(size=(6, 2))
+    >>> y = mega_ema(x, alpha, delta, beta, eta)
+    >>> bool(np.allclose(y[:, 0], np.convolve(x[:, 0], mega_ema_kernel(alpha, delta, beta, eta, 6)[:, 0])[:6]))
+    True
     """
     alpha, delta, beta, eta = _ema_args(alpha, delta, beta, eta)
     x = _ema_x(x, alpha)
@@ -1044,7 +1221,17 @@ def mega_ema(x, alpha, delta, beta, eta):
 
 
 def mega_ema_loop(x, alpha, delta, beta, eta):
-    """Loop twin of :func:`mega_ema`: the recurrence ``h_t = α β x_t + (1 − αδ) h_{t−1}``, ``y_t = η·h_t``."""
+    """Loop twin of :func:`mega_ema`: the recurrence ``h_t = α β x_t + (1 − αδ) h_{t−1}``, ``y_t = η·h_t``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> alpha, delta = rng.uniform(0.1, 0.9, (2, 2, 3))
+    >>> beta, eta = rng.normal(size=(2, 2, 3))
+    >>> x = rng.normal(size=(6, 2))
+    >>> bool(np.allclose(mega_ema_loop(x, alpha, delta, beta, eta), mega_ema(x, alpha, delta, beta, eta)))
+    True
+    """
     alpha, delta, beta, eta = _ema_args(alpha, delta, beta, eta)
     x = _ema_x(x, alpha)
     D, H = alpha.shape

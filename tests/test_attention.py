@@ -90,9 +90,10 @@ class TestSoftmaxAttention:
     @pytest.mark.parametrize("causal", [False, True])
     def test_blocked_path_without_weights(self, monkeypatch, block, causal):
         # without return_weights the query rows go through in blocks; force many and few blocks
+        import refimpl._blocking as blocking
         import refimpl.attention as attention_module
 
-        monkeypatch.setattr(attention_module, "_BLOCK_LOGITS", block)
+        monkeypatch.setattr(blocking, "WORKSPACE_FLOATS", block)
         monkeypatch.setattr(attention_module, "_MIN_BLOCK_ROWS", 1)
         rng = np.random.default_rng(block)
         q, k = rng.normal(size=(2, 1, 9, 4)), rng.normal(size=(3, 8, 4))
