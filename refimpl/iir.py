@@ -1560,7 +1560,7 @@ def matched_z(z, p, k, fs, *, gain_at=0.0):
 def _design(proto, order, wn, btype, analog, fs, output):
     check_option(btype, "btype", BTYPES)
     check_option(output, "output", OUTPUTS)
-    analog = _check_bool(analog, "analog")
+    analog = as_bool(analog, "analog")
     wn = as_real_array(wn, "wn")
     want = 2 if btype in ("bandpass", "bandstop") else 1
     if wn.size != want or wn.ndim > 1:

@@ -306,7 +306,7 @@ def rope_complex(x, positions=None, base: float = 10000.0, freqs=None, *, as_com
     (4, 3)
     """
     x, pos, theta = _check_rope(x, positions, base, freqs)
-    return_complex = as_bool(return_complex, "return_complex")
+    as_complex = as_bool(as_complex, "as_complex")
     z = x[..., 0::2] + 1j * x[..., 1::2]  # z_i = x_2i + i x_2i+1
     z = z * np.exp(1j * pos[:, None] * theta[None, :])  # z_i e^{i p θ_i}
     if as_complex:
