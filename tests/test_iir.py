@@ -883,12 +883,12 @@ class TestSToZ:
         # analog=True: the s-domain filter (no pre-warping, no bilinear), wn in rad/s
         bt, wn = band
         extra = () if name == "butter" else (1.5,)
-        z, p, k = getattr(iir, name)(order, *extra, wn, bt, analog=True)
+        z, p, k = getattr(iir, name)(order, *extra, wn, btype=bt, analog=True)
         zr, pr, kr = getattr(ss, name)(order, *extra, wn, bt, analog=True, output="zpk")
         close(sorted_c(p), sorted_c(pr), rtol=ORACLE, what=f"analog {name} poles vs scipy")
         close(sorted_c(z), sorted_c(zr), rtol=ORACLE, what=f"analog {name} zeros vs scipy")
         close(k, kr, rtol=ORACLE, what=f"analog {name} gain vs scipy")
-        b, a = getattr(iir, name)(order, *extra, wn, bt, analog=True, output="ba")
+        b, a = getattr(iir, name)(order, *extra, wn, btype=bt, analog=True, output="ba")
         br, ar = getattr(ss, name)(order, *extra, wn, bt, analog=True)
         close(b, br, rtol=ORACLE, what=f"analog {name} b vs scipy")
         close(a, ar, rtol=ORACLE, what=f"analog {name} a vs scipy")
@@ -905,12 +905,12 @@ class TestSToZ:
         extra = () if name == "butter" else (0.8,)
         mine = getattr(iir, name)
         ref = getattr(ss, name)
-        z, p, k = mine(order, *extra, wn, "bandstop", fs=fs)
+        z, p, k = mine(order, *extra, wn, btype="bandstop", fs=fs)
         zr, pr, kr = ref(order, *extra, wn, "bandstop", fs=fs, output="zpk")
         close(sorted_c(p), sorted_c(pr), rtol=ORACLE, what=f"bandstop {name} poles vs scipy")
         close(sorted_c(z), sorted_c(zr), rtol=ORACLE, what=f"bandstop {name} zeros vs scipy")
         close(k, kr, rtol=ORACLE, what=f"bandstop {name} gain vs scipy")
-        close(mine(order, *extra, wn, "bandstop", fs=fs, output="sos"), ref(order, *extra, wn, "bandstop", fs=fs, output="sos"),
+        close(mine(order, *extra, wn, btype="bandstop", fs=fs, output="sos"), ref(order, *extra, wn, "bandstop", fs=fs, output="sos"),
               rtol=ORACLE, what=f"bandstop {name} sos vs scipy")
         # a notch: every zero on the unit circle at the image of the prewarped band's geometric
         # centre, θ0 = 2 atan(√(tan(π f1/fs) tan(π f2/fs))); at DC the prototype's DC gain
