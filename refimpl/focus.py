@@ -140,7 +140,7 @@ def _signal(x, name: str = "x") -> np.ndarray:
 
 
 def _theta(theta, name: str = "theta") -> np.ndarray:
-    """Coefficients (..., 2), finite, every (θ₀, θ₁) inside the stability triangle (Eq. 13.14)."""
+    """Coefficients (..., 2), finite, every (θ₀, θ₁) inside the stability triangle (Eq. 13.13)."""
     theta = as_real_array(theta, name)
     if theta.ndim == 0 or theta.shape[-1] != 2:
         raise ValueError(f"{name}: expected coefficients of shape (..., 2) = (θ0, θ1), got shape {theta.shape}")
