@@ -9,19 +9,20 @@ hypernetwork that has only seen *earlier* bins:
 
 The filtered sequence ``x_f`` supplies the keys and values of a causal attention that runs inside
 chunks of ``M`` samples, the raw ``x`` supplies the queries, and MEGA's reset/update gates mix the
-result back into ``x`` (P-9 … P-14).
+result back into ``x`` (Eqs. 9–14). Equation numbers without a chapter prefix (``Eq. 5``) are
+those of Lutati et al. (2023); ``Eq. (14.n)`` are the book's.
 
 The paper filters "by multiplying the FFT of the bin with the *conjugate* frequency response"
-(P-4 … P-8). That is not causal (spec §3.2, erratum 4), so three variants are implemented:
+(Eqs. 4–8). That is not causal inside a bin (chapter 14, §14.4), so three variants are implemented:
 
 ``"literal"``           per-bin FFT × conj(H), IFFT: the paper as written; the circular
                         cross-correlation with the periodized response, anti-causal within a bin.
 ``"causal-circular"``   per-bin FFT × H, IFFT: the periodic steady state of the causal filter;
                         causal up to the circular wrap-around inside a bin.
 ``"causal-recursive"``  the difference equation ``u[n] = x[n] − θ₀u[n−1] − θ₁u[n−2]`` per bin from
-                        rest (P-32): exactly causal; equals ``scipy.signal.lfilter`` per bin.
+                        rest (Eq. 32): exactly causal; equals ``scipy.signal.lfilter`` per bin.
 
-Choices where the paper is silent (spec §10, §13 item 10), each an argument or documented:
+Choices where the paper is silent (chapter 14, §14.8 and §14.13), each an argument or documented:
 the bin-0 coefficients (``first_bin``: ``"zero"`` → ``H ≡ 1`` per branch, or ``"mlp-zero"`` →
 the MLP applied to a zero embedding); ``n_fft ≥ R`` with zero padding, keeping the first ``R``
 outputs; zero initial state in every bin (no state carried across bins); L, the bins, the pool
@@ -34,22 +35,22 @@ layers and is shared by all bins and channels; attention is single-head softmax 
 Glossary (code name → symbol in the book / the paper)
 ------------------------------------------------------
 ``x`` (..., L, D)            input of the layer, L samples of D channels.
-``n_bins``, ``R``            N_bins time bins of R = L / N_bins samples (P-24).
+``n_bins``, ``R``            N_bins time bins of R = L / N_bins samples (Eq. 24).
 ``n_fft``                    NFFT, the per-bin FFT length (default R).
 ``theta`` (..., n_bins, D, F, 2)   Θ' (shifted) coefficients; ``theta[..., 0]`` = θ₀ (= a₁ = b of
                              Eq. 16), ``theta[..., 1]`` = θ₁ (= a₂ = a of Eq. 16).
-``F`` (``n_bank``)           filter-bank size (P-7).
-``O`` (``oversample``)       pooled features per bin and channel (P-2).
-``x_f`` (..., L, D)          the adaptively filtered sequence (P-8).
-``chunk_size``, ``M``        attention chunk length; C = L / M chunks (P-9).
-``y`` (..., L, dv)           chunked attention output (P-10).
-``o`` (..., L, D)            layer output (P-14).
+``F`` (``n_bank``)           filter-bank size (Eq. 7).
+``O`` (``oversample``)       pooled features per bin and channel (Eq. 2).
+``x_f`` (..., L, D)          the adaptively filtered sequence (Eq. 8).
+``chunk_size``, ``M``        attention chunk length; C = L / M chunks (Eq. 9).
+``y`` (..., L, dv)           chunked attention output (Eq. 10).
+``o`` (..., L, D)            layer output (Eq. 14).
 ``alpha, delta, beta, eta`` (D, h)   MEGA's damped-EMA parameters (after the sigmoid for α, δ).
 
 References
 ----------
 .. [1] S. Lutati, I. Zimerman and L. Wolf, "Focus Your Attention (with Adaptive IIR Filters)",
-       EMNLP 2023, arXiv:2305.14952 (P-1 … P-32).
+       EMNLP 2023, arXiv:2305.14952 (Eqs. 1–32).
 .. [2] X. Ma et al., "Mega: Moving Average Equipped Gated Attention", ICLR 2023 (the damped EMA,
        the gates; ``facebookresearch/mega``).
 .. [3] D. Y. Fu et al., "Simple Hardware-Efficient Long Convolutions for Sequence Modeling",
@@ -142,7 +143,7 @@ def _signal(x, name: str = "x") -> np.ndarray:
 
 
 def _theta(theta, name: str = "theta") -> np.ndarray:
-    """Coefficients (..., 2), finite, every (θ₀, θ₁) inside the stability triangle (Eq. 13.14)."""
+    """Coefficients (..., 2), finite, every (θ₀, θ₁) inside the stability triangle (Eq. 13.13)."""
     theta = as_real_array(theta, name)
     if theta.ndim == 0 or theta.shape[-1] != 2:
         raise ValueError(f"{name}: expected coefficients of shape (..., 2) = (θ0, θ1), got shape {theta.shape}")
@@ -206,7 +207,7 @@ def _filter_args(x, theta, variant, n_fft):
 
 
 def focus_frequency_response(theta, n_fft):
-    r"""The P-5 grid ``H[k] = 1 / (1 + θ₀ e^{−j2πk/N} + θ₁ e^{−j4πk/N})``, ``k = 0 … N−1``.
+    r"""The Eq. 5 grid ``H[k] = 1 / (1 + θ₀ e^{−j2πk/N} + θ₁ e^{−j4πk/N})``, ``k = 0 … N−1``.
 
     Implements Eq. (14.1) of the book (Lutati et al. 2023, Eq. 5), equal to
     ``scipy.signal.freqz([1], [1, θ0, θ1], worN=N, whole=True)``.
@@ -255,7 +256,7 @@ def focus_frequency_response_loop(theta, n_fft):
 def periodized_impulse_response(theta, n):
     r"""The N-periodized impulse response ``h_p[m] = Σ_{q≥0} h[m + qN]``, ``m = 0 … N−1``.
 
-    Implements Eq. (14.7) of the book (spec §3.2): ``DFT_N(h_p) = H`` on the P-5 grid, so
+    Implements Eq. (14.7) of the book (§14.4): ``DFT_N(h_p) = H`` on the grid of the paper's Eq. 5, so
     ``h_p = IDFT_N(H)``, which is how it is computed here (exact for any pole radius < 1,
     including double poles). The closed form ``Σ_i ρ_i p_i^m / (1 − p_i^N)`` and the folded long
     impulse response are the oracles in the tests.
@@ -306,7 +307,7 @@ def _impulse_bank(th: np.ndarray, R: int) -> np.ndarray:
 def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
     r"""Filter every (time bin, channel) of ``x`` with its bank of all-pole biquads (14.3).
 
-    Implements Eqs. (14.8)–(14.10) of the book (Lutati et al. 2023, P-4 … P-8 and P-32).
+    Implements Eqs. (14.8)–(14.10) of the book (Lutati et al. 2023, Eqs. 4–8 and Eq. 32).
 
     Parameters
     ----------
@@ -315,12 +316,12 @@ def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
         The coefficients applied to each bin (already shifted, Θ'); every pair must be stable.
         ``n_bins`` must divide L (``R = L / n_bins``); leading axes broadcast with x's.
     variant : {"causal-recursive", "causal-circular", "literal"}
-        ``"literal"``: ``IFFT(FFT(x_r) · Σ_ℓ conj H_ℓ)`` (P-6, anti-causal within a bin);
+        ``"literal"``: ``IFFT(FFT(x_r) · Σ_ℓ conj H_ℓ)`` (Eq. 6, anti-causal within a bin);
         ``"causal-circular"``: ``IFFT(FFT(x_r) · Σ_ℓ H_ℓ)``; ``"causal-recursive"``: the difference
         equation ``u_ℓ[n] = x[n] − θ₀u_ℓ[n−1] − θ₁u_ℓ[n−2]`` from rest in every bin, ``x_f = Σ_ℓ u_ℓ``.
     n_fft : int ≥ R, optional
         FFT length of the two FFT variants (default R). With ``n_fft > R`` the bin is zero-padded
-        and the first R samples of the IFFT are kept (spec §3.4, UNCONFIRMED in the paper).
+        and the first R samples of the IFFT are kept (a choice: the paper does not say).
 
     Returns
     -------
@@ -329,7 +330,7 @@ def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
     Notes
     -----
     The FFT variants use ``rfft``/``irfft``: ``conj H(f) = H(−f)`` keeps the product Hermitian, so
-    the inverse is real by construction (P-8). The recursive variant is computed as the FFT
+    the inverse is real by construction (Eq. 8). The recursive variant is computed as the FFT
     convolution (zero-padded to 2R, hence linear, not circular) of each bin with the bank's
     impulse response truncated to R taps — exact up to round-off, since taps beyond R cannot reach
     a length-R bin from rest. Its loop twin is the recursion itself.
@@ -355,7 +356,7 @@ def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
 
 
 def adaptive_filter_loop(x, theta, *, variant="causal-recursive", n_fft=None):
-    """Loop twin of :func:`adaptive_filter`: explicit DFT sums (P-4, P-8) or the recursion (P-32).
+    """Loop twin of :func:`adaptive_filter`: explicit DFT sums (Eqs. 4, 8) or the recursion (Eq. 32).
 
     Examples
     --------
@@ -396,10 +397,10 @@ def adaptive_filter_loop(x, theta, *, variant="causal-recursive", n_fft=None):
 
 
 def continuous_exponents(theta):
-    r"""The exponents ``λ₁,₂ = (−b ∓ sqrt(b² − 4a)) / (2a)`` of the paper's continuous reading (P-17).
+    r"""The exponents ``λ₁,₂ = (−b ∓ sqrt(b² − 4a)) / (2a)`` of the paper's continuous reading (Eq. 17).
 
     Implements Eq. (14.5) of the book: the roots of ``aS² + bS + 1`` with ``b = θ₀``, ``a = θ₁``
-    (P-16). They are the reciprocals ``1/p_i`` of the discrete poles (roots of
+    (Eq. 16). They are the reciprocals ``1/p_i`` of the discrete poles (roots of
     ``z² + θ₀z + θ₁``), because ``S = z⁻¹``.
 
     Parameters
@@ -428,11 +429,11 @@ def continuous_exponents(theta):
 def continuous_impulse_response(theta, t):
     r"""Impulse response of ``1/(a s² + b s + 1)`` with ``b = θ₀``, ``a = θ₁`` (the reading of Fig. 2).
 
-    Implements Eq. (14.6) of the book (P-17, P-20, P-21 with the corrected frequency):
+    Implements Eq. (14.6) of the book (Eqs. 17, 20, Eq. 21 with the corrected frequency):
 
     * over-damped (``Δ = b² − 4a > 0``): ``(e^{λ₁t} − e^{λ₂t}) / (a(λ₁ − λ₂))``;
     * under-damped: ``e^{−bt/(2a)} sin(ωt) / (aω)`` with ``ω = sqrt(−Δ)/(2a)`` (the paper's
-      ``sqrt(Δ)/(2a)`` is imaginary there, erratum 2);
+      ``sqrt(Δ)/(2a)`` is imaginary there, §14.3 of the book);
     * critically damped: ``t e^{−bt/(2a)} / a``.
 
     Parameters
@@ -493,7 +494,7 @@ def _conv_args(x, kernel, skip, squash):
 def global_conv(x, kernel, skip, *, squash=0.0):
     r"""Depthwise causal long convolution ``g = squash_λ(k) ∗ x + skip ⊙ x`` (Fu et al. 2023).
 
-    Implements Eq. (14.11) of the book (the GlobalConv of P-2):
+    Implements Eq. (14.11) of the book (the GlobalConv of Eq. 2):
     ``g[t, d] = Σ_{j=0}^{min(t, K−1)} k̃[j, d] x[t−j, d] + skip[d] x[t, d]`` with the soft threshold
     ``k̃ = sign(k) max(|k| − λ, 0)``. Smoothing and the output nonlinearity of Fu et al. are
     omitted (the paper does not give them).
@@ -568,7 +569,7 @@ def _pool_args(g, n_out):
 
 
 def adaptive_max_pool(g, n_out):
-    r"""PyTorch's adaptive max pooling over the sequence axis (P-2).
+    r"""PyTorch's adaptive max pooling over the sequence axis (Eq. 2).
 
     Implements Eq. (14.12) of the book: output ``i`` of ``P = n_out`` is the maximum over the
     window ``[⌊iL/P⌋, ⌈(i+1)L/P⌉)`` (windows overlap by one sample when P does not divide L).
@@ -657,7 +658,7 @@ def _hyper_args(x, params, n_bins, first_bin):
 
 
 def _theta_shift(theta: np.ndarray, p: dict, first_bin: str) -> np.ndarray:
-    """Θ'[0] = initial kernel, Θ'[r] = Θ[r − 1] (P-3's shift by one bin)."""
+    """Θ'[0] = initial kernel, Θ'[r] = Θ[r − 1] (Eq. 3's shift by one bin)."""
     out = np.empty_like(theta)
     out[..., 1:, :, :, :] = theta[..., :-1, :, :, :]
     if first_bin == "zero":
@@ -671,7 +672,7 @@ def _theta_shift(theta: np.ndarray, p: dict, first_bin: str) -> np.ndarray:
 def hypernetwork(x, params, *, n_bins, first_bin="zero", shift=True):
     r"""The coefficients Θ' of every (bin, channel, branch): ``Θ = MLP(MaxPool(GlobalConv(x)))``, shifted.
 
-    Implements Eqs. (14.11)–(14.14) of the book (Lutati et al. 2023, P-1 … P-3):
+    Implements Eqs. (14.11)–(14.14) of the book (Lutati et al. 2023, Eqs. 1–3):
 
     1. ``g = global_conv(x)`` (depthwise, causal);
     2. ``e = adaptive_max_pool(g, O · n_bins)``, reshaped to ``(n_bins, D, O)`` (bins into the batch);
@@ -776,7 +777,7 @@ def _chunks(a: np.ndarray, M: int) -> np.ndarray:
 def chunked_attention(x, x_f, w_q, w_k, w_v, *, chunk_size, scale=None):
     r"""Causal softmax attention inside chunks; queries from ``x``, keys and values from ``x_f``.
 
-    Implements Eq. (14.15) of the book (Lutati et al. 2023, P-9, P-10):
+    Implements Eq. (14.15) of the book (Lutati et al. 2023, Eqs. 9, 10):
     ``y^i = Atten(x^i W_q, x_f^i W_k, x_f^i W_v)`` for the chunks ``i = 0 … C−1`` of length M, with a
     causal mask inside each chunk and no attention across chunks. Atten is
     :func:`refimpl.attention.softmax_attention` (scale ``1/sqrt(d_k)`` by default).
@@ -871,12 +872,12 @@ def _gate_args(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h):
 
 
 def gated_residual(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h):
-    r"""MEGA's reset and update gates with the residual to the raw input (P-11 … P-14).
+    r"""MEGA's reset and update gates with the residual to the raw input (Eqs. 11–14).
 
     Implements Eq. (14.16) of the book:
 
     ``γ = SiLU(x_f W_γ + b_γ)``, ``φ = σ(x_f W_φ + b_φ)``, ``z = SiLU(x_f W_h + (γ ∘ y) U_h + b_h)``,
-    ``o = φ ∘ z + (1 − φ) ∘ x``. (The paper's text calls the update gate ψ, P-12 calls it φ.)
+    ``o = φ ∘ z + (1 − φ) ∘ x``. (The paper's text calls the update gate ψ, Eq. 12 calls it φ.)
 
     Parameters
     ----------
@@ -1026,7 +1027,7 @@ def _layer(x, params, variant, chunk_size, n_bins, n_fft, first_bin, return_inte
 def focus_layer(x, params, *, variant="causal-recursive", chunk_size, n_bins, n_fft=None, first_bin="zero", return_intermediates=False):
     r"""One Focus layer: hypernetwork → adaptive IIR filtering → chunked attention → gates.
 
-    Implements Eqs. (14.1)–(14.16) of the book (Lutati et al. 2023, Fig. 1b, P-1 … P-14).
+    Implements Eqs. (14.1)–(14.16) of the book (Lutati et al. 2023, Fig. 1b, Eqs. 1–14).
 
     Parameters
     ----------
@@ -1056,7 +1057,7 @@ def focus_layer(x, params, *, variant="causal-recursive", chunk_size, n_bins, n_
     Notes
     -----
     Cost ``O(D L log L)`` (global convolution) ``+ O(D L log R)`` (per-bin filtering)
-    ``+ O(L M d)`` (attention): linear in L up to logs for fixed R and M (P-27, P-28).
+    ``+ O(L M d)`` (attention): linear in L up to logs for fixed R and M (Eqs. 27, 28).
 
     Every θ from the sigmoid lies in (0, 1)², inside the stability triangle. In float64 a
     pre-activation above about 37 rounds σ to exactly 1.0, a pole on the unit circle; the filter
@@ -1088,16 +1089,16 @@ def focus_layer_loop(x, params, *, variant="causal-recursive", chunk_size, n_bin
 
 
 def focus_op_counts(L, d, *, n_bins, chunk_size, n_bank=1):
-    r"""The paper's operation counts (P-22 … P-28), without constants, and full attention's.
+    r"""The paper's operation counts (Eqs. 22–28), without constants, and full attention's.
 
     Implements Eq. (14.17) of the book. With ``R = L/n_bins``, ``M = chunk_size``, ``C = L/M``:
 
-    ``global_conv = D L log₂L`` (P-22), ``mlp = D F`` (P-23, as written),
-    ``chunked_fft = D F L log₂R`` (P-24/25), ``attention = C M² D + C M D²`` (P-26),
+    ``global_conv = D L log₂L`` (Eq. 22), ``mlp = D F`` (Eq. 23, as written),
+    ``chunked_fft = D F L log₂R`` (Eq. 24/25), ``attention = C M² D + C M D²`` (Eq. 26),
     ``total_p27 = D L log₂L + C M² D``, ``total_p28 = D L (log₂L + M)``, ``full_attention = L² D``.
 
-    Since ``C M² = L M``, P-27 and P-28 agree; with a fixed number of chunks C (Table 6: C = 32)
-    ``M = L/C`` and the attention term is ``L² D / C``: quadratic (erratum 9).
+    Since ``C M² = L M``, Eq. 27 and Eq. 28 agree; with a fixed number of chunks C (Table 6: C = 32)
+    ``M = L/C`` and the attention term is ``L² D / C``: quadratic (§14.10 of the book).
 
     Returns
     -------

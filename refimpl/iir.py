@@ -16,13 +16,13 @@ function here calls ``scipy.signal``.
 
 Glossary (code name → symbol in the book / the papers)
 -------------------------------------------------------
-``b`` (q+1,)       numerator coefficients b_k of B(z) (paper P-32: b₀, b₁, b₂).
-``a`` (q+1,)       denominator coefficients a_k of A(z), a₀ ≠ 0 (P-32: a₁, a₂; Focus: θ₀, θ₁).
+``b`` (q+1,)       numerator coefficients b_k of B(z) (Lutati et al. [3], Eq. 32: b₀, b₁, b₂).
+``a`` (q+1,)       denominator coefficients a_k of A(z), a₀ ≠ 0 ([3], Eq. 32: a₁, a₂; Focus: θ₀, θ₁).
 ``x`` (..., N, d)  input: N samples of d channels (1-D ``(N,)`` is one channel).
 ``y``              output, the shape of ``x``.
 ``zi``/``zf``      initial/final filter state: TDF-II ``(..., 2, d)`` (lfilter's ``zi``) or
                    DF-I ``(..., 4, d)`` = [x[−1], x[−2], y[−1], y[−2]].
-``sos`` (S, 6)     second-order sections [b₀, b₁, b₂, a₀, a₁, a₂] per row (Eq. (13.8)).
+``sos`` (S, 6)     second-order sections [b₀, b₁, b₂, a₀, a₁, a₂] per row (Eq. (13.23)).
 ``z, p, k``        zeros, poles, gain (zpk form).  ``s`` analog, ``z`` digital variable.
 ``w``              digital frequency ω ∈ [0, π] rad/sample (or [0, 2π) with ``whole``).
 ``fs``             sampling rate; T = 1/fs.
@@ -35,7 +35,7 @@ References
        ch. 5 (transfer functions), 6 (structures), 7 (IIR design).
 .. [2] T. W. Parks and C. S. Burrus, *Digital Filter Design*, Wiley 1987.
 .. [3] S. Lutati, I. Zimerman and L. Wolf, "Focus Your Attention (with Adaptive IIR
-       Filters)", EMNLP 2023, arXiv:2305.14952 (P-5, P-16 … P-21, P-29 … P-32).
+       Filters)", EMNLP 2023, arXiv:2305.14952 (Eq. 5, Eqs. 16–21, Eqs. 29–32).
 .. [4] E. I. Jury, *Theory and Application of the z-Transform Method*, Wiley 1964
        (the stability triangle).
 """
@@ -230,7 +230,7 @@ def tf_filter(b, a, x, zi=None):
     r"""Filter ``x`` with the rational transfer function ``B(z)/A(z)`` of any order: Eq. (13.1) of the book.
 
     Implements the difference equation (13.1) in the transposed direct form II, Eq. (13.5) of the
-    book (the recursion P-32 of Lutati et al. 2023), by the exact block-recursive algorithm.
+    book (the recursion Eq. 32 of Lutati et al. 2023), by the exact block-recursive algorithm.
 
     Parameters
     ----------
@@ -328,7 +328,7 @@ def _df1_to_tdf2(b, a, s):
 def biquad_filter(b, a, x, zi=None, *, form="tdf2", require_stable=False):
     r"""Filter ``x`` with one biquad ``(b0 + b1 z⁻¹ + b2 z⁻²)/(a0 + a1 z⁻¹ + a2 z⁻²)``.
 
-    Implements Eq. (13.2) of the book (P-32 of Lutati et al. 2023 with q = 2) in direct form I
+    Implements Eq. (13.2) of the book (Eq. 32 of Lutati et al. 2023 with q = 2) in direct form I
     (Eq. (13.4)) or transposed direct form II (Eq. (13.5)); the forms differ only in their state.
 
     Parameters
@@ -442,7 +442,7 @@ def _sos_apply(filt, sos, x, states, form):
 def sos_filter(sos, x, zi=None, *, form="tdf2", require_stable=False):
     r"""Filter ``x`` through a cascade of second-order sections.
 
-    Implements Eq. (13.8) of the book: ``H(z) = Π_s H_s(z)``, section by section, each with
+    Implements Eq. (13.23) of the book: ``H(z) = Π_s H_s(z)``, section by section, each with
     :func:`biquad_filter`.
 
     Parameters
@@ -487,7 +487,7 @@ def sos_filter_loop(sos, x, zi=None, *, form="tdf2", require_stable=False):
 def impulse_response(b, a, n):
     """The first ``n`` samples of the impulse response ``h[k]`` of ``B(z)/A(z)``.
 
-    Implements Eq. (13.9) of the book: ``h`` is the output for ``x = δ`` from rest.
+    Implements Eq. (13.10) of the book: ``h`` is the output for ``x = δ`` from rest.
 
     Parameters
     ----------
@@ -532,7 +532,7 @@ def impulse_response_loop(b, a, n):
 def biquad_impulse_closed_form(b, a, n):
     r"""Closed-form impulse response of a biquad, by the kind of its poles.
 
-    Implements Eq. (13.12) of the book. For the all-pole part ``1/(1 + a1 z⁻¹ + a2 z⁻²)`` with
+    Implements Eq. (13.11) of the book. For the all-pole part ``1/(1 + a1 z⁻¹ + a2 z⁻²)`` with
     poles ``p1, p2`` (roots of ``z² + a1 z + a2``), from rest,
 
     * distinct poles: ``g[k] = (p1^{k+1} − p2^{k+1}) / (p1 − p2)``;
@@ -643,7 +643,7 @@ def _poly_ratio(b: np.ndarray, a: np.ndarray, zinv: np.ndarray) -> np.ndarray:
 def frequency_response(b, a, w=512, *, whole=False):
     r"""The frequency response ``H(e^{iω}) = B(e^{iω})/A(e^{iω})``.
 
-    Implements Eq. (13.7) of the book (P-5 of Lutati et al. 2023 for b = [1], a = [1, θ0, θ1]).
+    Implements Eq. (13.7) of the book (Eq. 5 of Lutati et al. 2023 for b = [1], a = [1, θ0, θ1]).
 
     Parameters
     ----------
@@ -698,7 +698,7 @@ def frequency_response_loop(b, a, w=512, *, whole=False):
 
 
 def sos_frequency_response(sos, w=512, *, whole=False):
-    """Frequency response of a cascade: the product of the sections' responses (Eq. (13.8)).
+    """Frequency response of a cascade: the product of the sections' responses (Eq. (13.23)).
 
     Examples
     --------
@@ -720,7 +720,7 @@ def sos_frequency_response(sos, w=512, *, whole=False):
 def group_delay(b, a, w=512, *, whole=False):
     r"""Group delay ``τ(ω) = −d arg H(e^{iω}) / dω`` in samples.
 
-    Implements Eq. (13.10) of the book:
+    Implements Eq. (13.8) of the book:
     ``τ = Re[Σ k b_k e^{−iωk} / B] − Re[Σ k a_k e^{−iωk} / A]``.
 
     Parameters
@@ -778,7 +778,7 @@ def analog_frequency_response(b, a, w):
     r"""Analog frequency response ``H(iΩ) = Σ b_k (iΩ)^{M−k} / Σ a_k (iΩ)^{N−k}``.
 
     Coefficients are of descending powers of ``s`` (``scipy.signal.freqs`` convention); ``w``
-    is in rad/s. The analog side of Eqs. (13.15)–(13.18): prototypes vs their discretizations.
+    is in rad/s. The analog side of Eqs. (13.14)–(13.17): prototypes vs their discretizations.
 
     Examples
     --------
@@ -821,7 +821,7 @@ def _roots(c: np.ndarray) -> np.ndarray:
 
 
 def tf2zpk(b, a):
-    r"""Zeros, poles and gain of the digital ``B(z)/A(z)`` (Eqs. (13.3) and (13.11)).
+    r"""Zeros, poles and gain of the digital ``B(z)/A(z)`` (Eqs. (13.3) and (13.9)).
 
     ``b`` and ``a`` are padded to a common length, so the zeros and poles are the roots of
     ``z^q B(z)`` and ``z^q A(z)`` — including those at ``z = 0`` that a shorter polynomial
@@ -869,7 +869,7 @@ def _realify(c: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 @guard_overflow()
 def zpk2tf(z, p, k):
-    """Numerator and denominator of ``k Π(1 − z_i z⁻¹) / Π(1 − p_i z⁻¹)`` (Eqs. (13.11) and (13.3)).
+    """Numerator and denominator of ``k Π(1 − z_i z⁻¹) / Π(1 − p_i z⁻¹)`` (Eqs. (13.9) and (13.3)).
 
     The coefficients are real when the zeros and the poles are each closed under conjugation
     (to 1e-9 relative); otherwise they are returned complex — never silently made real.
@@ -916,7 +916,7 @@ def _split_pairs(r: np.ndarray, scale: float):
 
 @guard_overflow()
 def zpk2sos(z, p, k):
-    r"""Second-order sections from zeros, poles and gain (Eqs. (13.11) and (13.8)).
+    r"""Second-order sections from zeros, poles and gain (Eqs. (13.9) and (13.23)).
 
     The pairing rule is the one of ``scipy.signal.zpk2sos(..., pairing="nearest")``: repeatedly
     take the remaining pole closest to the unit circle (a complex pole with its conjugate, a real
@@ -992,7 +992,7 @@ def zpk2sos(z, p, k):
 
 
 def sos2zpk(sos):
-    """Zeros, poles and gain of a cascade: the union of the sections' (Eqs. (13.8) and (13.11)).
+    """Zeros, poles and gain of a cascade: the union of the sections' (Eqs. (13.23) and (13.9)).
 
     Examples
     --------
@@ -1011,7 +1011,7 @@ def sos2zpk(sos):
 
 
 def sos2tf(sos):
-    """``(b, a)`` of a cascade: the product of the sections' polynomials: Eqs. (13.8) and (13.3) of the book.
+    """``(b, a)`` of a cascade: the product of the sections' polynomials: Eqs. (13.23) and (13.3) of the book.
 
     Examples
     --------
@@ -1028,7 +1028,7 @@ def sos2tf(sos):
 
 
 def tf2sos(b, a):
-    """Second-order sections of ``B(z)/A(z)``: :func:`tf2zpk` then :func:`zpk2sos`: Eqs. (13.3) and (13.8) of the book.
+    """Second-order sections of ``B(z)/A(z)``: :func:`tf2zpk` then :func:`zpk2sos`: Eqs. (13.3) and (13.23) of the book.
 
     Examples
     --------
@@ -1057,7 +1057,7 @@ def _biquad_a(a) -> np.ndarray:
 def biquad_poles(a) -> np.ndarray:
     r"""The two poles of ``1/(1 + a1 z⁻¹ + a2 z⁻²)`` for a batch of denominators.
 
-    Roots of ``z² + a1 z + a2`` (Eq. (13.11)), the larger-magnitude one first for real pairs
+    Roots of ``z² + a1 z + a2`` (Eq. (13.9)), the larger-magnitude one first for real pairs
     (computed without cancellation, the other by Vieta ``p1 p2 = a2``), ``Im p > 0`` first for
     complex pairs.
 
@@ -1091,7 +1091,7 @@ def biquad_poles(a) -> np.ndarray:
 def in_stability_triangle(a) -> np.ndarray:
     r"""The biquad stability triangle: ``|a2| < 1`` and ``|a1| < 1 + a2``.
 
-    Implements Eq. (13.14) of the book (Jury's criterion for q = 2): a biquad with
+    Implements Eq. (13.13) of the book (Jury's criterion for q = 2): a biquad with
     denominator ``[1, a1, a2]`` has both poles strictly inside the unit circle iff this holds.
 
     Parameters
@@ -1113,7 +1113,7 @@ def in_stability_triangle(a) -> np.ndarray:
 
 
 def pole_radius(a) -> float:
-    """Largest pole magnitude ``max |p_i|`` of ``1/A(z)`` (any order; ``a`` shape (q+1,)): Eq. (13.13) of the book.
+    """Largest pole magnitude ``max |p_i|`` of ``1/A(z)`` (any order; ``a`` shape (q+1,)): Eq. (13.12) of the book.
 
     Examples
     --------
@@ -1128,7 +1128,7 @@ def pole_radius(a) -> float:
 
 
 def is_stable(a) -> bool:
-    """``max |p_i| < 1``: all poles strictly inside the unit circle (Eq. (13.13)).
+    """``max |p_i| < 1``: all poles strictly inside the unit circle (Eq. (13.12)).
 
     Examples
     --------
@@ -1146,7 +1146,7 @@ def is_stable(a) -> bool:
 def buttap(order):
     r"""Analog Butterworth prototype (cutoff 1 rad/s): ``|H(iΩ)|² = 1/(1 + Ω^{2N})``.
 
-    Implements Eq. (13.15) of the book: the poles are the left-half-plane roots of
+    Implements Eq. (13.14) of the book: the poles are the left-half-plane roots of
     ``1 + (s/i)^{2N} = 0``, ``p_m = −exp(iπ m/(2N))`` for ``m = −N+1, −N+3, …, N−1``.
 
     Returns
@@ -1169,7 +1169,7 @@ def buttap(order):
 def cheb1ap(order, rp):
     r"""Analog Chebyshev type I prototype with passband ripple ``rp`` dB (edge 1 rad/s).
 
-    Implements Eq. (13.16) of the book: ``|H(iΩ)|² = 1/(1 + ε² T_N(Ω)²)``,
+    Implements Eq. (13.15) of the book: ``|H(iΩ)|² = 1/(1 + ε² T_N(Ω)²)``,
     ``ε = sqrt(10^{rp/10} − 1)``; poles ``p_m = −sinh(μ + iπ m/(2N))`` with
     ``μ = asinh(1/ε)/N``; an ellipse with semi-axes ``sinh μ`` and ``cosh μ``. The gain makes
     ``|H(0)| = 1`` (odd N) or ``1/sqrt(1 + ε²)`` (even N).
@@ -1203,7 +1203,7 @@ def _zpk_in(z, p, k):
 
 @guard_overflow()
 def lp2lp_zpk(z, p, k, wo=1.0):
-    """Lowpass → lowpass with cutoff ``wo``: ``s → s/wo`` (Eq. (13.19)).
+    """Lowpass → lowpass with cutoff ``wo``: ``s → s/wo`` (Eq. (13.18)).
 
     Examples
     --------
@@ -1218,7 +1218,7 @@ def lp2lp_zpk(z, p, k, wo=1.0):
 
 @guard_overflow()
 def lp2hp_zpk(z, p, k, wo=1.0):
-    """Lowpass → highpass with cutoff ``wo``: ``s → wo/s`` (Eq. (13.20)); zeros at infinity go to 0.
+    """Lowpass → highpass with cutoff ``wo``: ``s → wo/s`` (Eq. (13.19)); zeros at infinity go to 0.
 
     Examples
     --------
@@ -1242,7 +1242,7 @@ def lp2hp_zpk(z, p, k, wo=1.0):
 
 @guard_overflow()
 def lp2bp_zpk(z, p, k, wo=1.0, bw=1.0):
-    r"""Lowpass → bandpass around ``wo`` with width ``bw``: ``s → (s² + wo²)/(bw s)`` (Eq. (13.21)).
+    r"""Lowpass → bandpass around ``wo`` with width ``bw``: ``s → (s² + wo²)/(bw s)`` (Eq. (13.20)).
 
     Each prototype root ``r`` becomes the two roots of ``s² − r bw s + wo² = 0``,
     ``s = r bw/2 ± sqrt((r bw/2)² − wo²)``; zeros at infinity give ``deg`` zeros at 0.
@@ -1266,8 +1266,8 @@ def lp2bp_zpk(z, p, k, wo=1.0, bw=1.0):
 def lp2bs_zpk(z, p, k, wo=1.0, bw=1.0):
     r"""Lowpass → bandstop around ``wo`` with width ``bw``: ``s → bw s/(s² + wo²)``.
 
-    The highpass map of Eq. (13.20) (with cutoff 1, ``s → 1/s``) followed by the bandpass map
-    of Eq. (13.21): ``1/((s² + wo²)/(bw s)) = bw s/(s² + wo²)``. Each prototype root ``r`` becomes
+    The highpass map of Eq. (13.19) (with cutoff 1, ``s → 1/s``) followed by the bandpass map
+    of Eq. (13.20): ``1/((s² + wo²)/(bw s)) = bw s/(s² + wo²)``. Each prototype root ``r`` becomes
     the two roots of ``r s² − bw s + r wo² = 0``, ``s = bw/(2r) ± sqrt((bw/(2r))² − wo²)``; the
     zeros at infinity become ``deg`` pairs at ``s = ±i wo`` (the notch), and the gain is
     ``k Re(Π(−z_i)/Π(−p_i))`` (the value at s = 0 and at s = ∞ is the prototype's DC value).
@@ -1291,7 +1291,7 @@ def lp2bs_zpk(z, p, k, wo=1.0, bw=1.0):
 def prewarp(f, fs):
     r"""Analog frequency (rad/s) that the bilinear transform maps onto the digital ``f``.
 
-    Implements Eq. (13.18) of the book: ``Ω = 2 fs tan(π f / fs)``, for ``0 < f < fs/2``.
+    Implements Eq. (13.17) of the book: ``Ω = 2 fs tan(π f / fs)``, for ``0 < f < fs/2``.
 
     Examples
     --------
@@ -1309,7 +1309,7 @@ def prewarp(f, fs):
 def bilinear_zpk(z, p, k, fs):
     r"""Bilinear (Tustin) transform of an analog zpk: ``s = 2 fs (z − 1)/(z + 1)``.
 
-    Implements Eq. (13.17) of the book: each root maps as ``z = (2fs + s)/(2fs − s)`` (the left
+    Implements Eq. (13.16) of the book: each root maps as ``z = (2fs + s)/(2fs − s)`` (the left
     half plane onto the unit disk), zeros at infinity go to ``z = −1``, and the gain is
     ``k Π(2fs − z_i)/Π(2fs − p_i)``.
 
@@ -1335,7 +1335,7 @@ def bilinear_zpk(z, p, k, fs):
 def bilinear(b, a, fs):
     r"""Bilinear transform of an analog ``(b, a)`` (descending powers of s) to a digital ``(b, a)``.
 
-    Substitutes ``s = 2fs (1 − z⁻¹)/(1 + z⁻¹)`` in Eq. (13.17) and multiplies through by
+    Substitutes ``s = 2fs (1 − z⁻¹)/(1 + z⁻¹)`` in Eq. (13.16) and multiplies through by
     ``(1 + z⁻¹)^D``, ``D = max(deg B, deg A)``:
     ``Σ_j c_j s^j → Σ_j c_j (2fs)^j (1 − z⁻¹)^j (1 + z⁻¹)^{D−j}``; normalized so ``a[0] = 1``.
 
@@ -1423,10 +1423,12 @@ def _impulse_invariant(num: np.ndarray, poles: np.ndarray, T: float):
 def impulse_invariance(b, a, fs):
     r"""Impulse-invariant discretization: ``h_d[n] = T h_a(nT)``, ``T = 1/fs``.
 
-    Implements Eq. (13.22) of the book. Written with the partial fractions of the strictly
-    proper ``H_a(s) = Σ_i r_i/(s − p_i)``, ``h_a(t) = Σ r_i e^{p_i t}`` and
-    ``H_d(z) = T Σ_i r_i / (1 − e^{p_i T} z⁻¹)``: the pole map is ``z = e^{sT}``; the zeros are
-    *not* mapped, and the response aliases.
+    Implements Eq. (13.21) of the book. With the partial fractions of the strictly proper
+    ``H_a(s) = Σ_i r_i/(s − p_i)`` (distinct poles, ``r_i = B(p_i)/A'(p_i)``),
+    ``h_a(t) = Σ r_i e^{p_i t}`` and ``H_d(z) = T Σ_i r_i / (1 − e^{p_i T} z⁻¹)``: the pole map is
+    ``z = e^{sT}``; the zeros are *not* mapped, and the response aliases:
+    ``H_d(e^{iω}) = Σ_m H_a(i(ω + 2πm)/T) + T h_a(0⁺)/2``, where the last term vanishes only
+    for relative degree ≥ 2 (``h_a(0⁺) = 0``); §13.8 of the book computes both cases.
 
     Parameters
     ----------
@@ -1473,7 +1475,7 @@ def impulse_invariance(b, a, fs):
 
 
 def impulse_invariance_zpk(z, p, k, fs):
-    r"""Impulse-invariant discretization of an analog ``(z, p, k)``: Eq. (13.22) of the book.
+    r"""Impulse-invariant discretization of an analog ``(z, p, k)``: Eq. (13.21) of the book.
 
     As :func:`impulse_invariance`, from ``H_a(s) = k Π(s − z_i)/Π(s − p_i)``; the discrete poles
     ``e^{p_i T}`` are exact images of the given poles (no root finding on a polynomial), which
@@ -1521,7 +1523,7 @@ def impulse_invariance_zpk(z, p, k, fs):
 def matched_z(z, p, k, fs, *, gain_at=0.0):
     r"""Matched-z transform: map poles **and** zeros by ``z = e^{sT}`` and match one gain.
 
-    Implements Eq. (13.23) of the book. Zeros at infinity are placed at ``z = −1`` (Nyquist, the
+    Implements Eq. (13.22) of the book. Zeros at infinity are placed at ``z = −1`` (Nyquist, the
     image of ``s = ∞`` under the bilinear map), and the gain is chosen so that
     ``|H_d(e^{iΩT})| = |H_a(iΩ)|`` at ``Ω = gain_at`` rad/s (default DC; use a frequency in the
     passband for a highpass or bandpass).
@@ -1582,7 +1584,7 @@ def _design(proto, order, wn, btype, analog, fs, output):
     z, p, k = proto
     # digital: design at the sampling rate 2 (frequencies as fractions of Nyquist), as SciPy does
     fsd = 2.0
-    warped = wn if analog else prewarp(wn / (fs / 2.0), fsd)  # Ω = 2 fs tan(π f/fs), Eq. (13.18)
+    warped = wn if analog else prewarp(wn / (fs / 2.0), fsd)  # Ω = 2 fs tan(π f/fs), Eq. (13.17)
     if btype == "lowpass":
         z, p, k = lp2lp_zpk(z, p, k, warped[0])
     elif btype == "highpass":
@@ -1604,9 +1606,15 @@ def _design(proto, order, wn, btype, analog, fs, output):
 def butter(order, wn, *, btype="lowpass", analog=False, fs=None, output="zpk"):
     r"""Butterworth filter, digital or analog: prototype poles, pre-warping, frequency transformation, bilinear.
 
-    Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. (13.15)) →
-    :func:`prewarp` (13.18) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`/
-    :func:`lp2bs_zpk` (13.19–13.21) → :func:`bilinear_zpk` (13.17).
+<<<<<<< HEAD
+    Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. (13.14)) →
+    :func:`prewarp` (13.17) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`/
+    :func:`lp2bs_zpk` (13.18–13.20) → :func:`bilinear_zpk` (13.16).
+=======
+    Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. (13.14)) →
+    :func:`prewarp` (13.17) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`
+    (13.18–13.20) → :func:`bilinear_zpk` (13.16).
+>>>>>>> claims-c
 
     Parameters
     ----------
@@ -1643,7 +1651,7 @@ def butter(order, wn, *, btype="lowpass", analog=False, fs=None, output="zpk"):
 
 @guard_overflow()
 def cheby1(order, rp, wn, *, btype="lowpass", analog=False, fs=None, output="zpk"):
-    """Chebyshev type I filter (ripple ``rp`` dB), digital or analog: :func:`cheb1ap` through the chain of :func:`butter`: Eqs. (13.16)–(13.18) of the book.
+    """Chebyshev type I filter (ripple ``rp`` dB), digital or analog: :func:`cheb1ap` through the chain of :func:`butter`: Eqs. (13.15)–(13.17) of the book.
 
     Parameters as :func:`butter` (``analog``, ``fs``, ``output``, the four ``btype`` values).
 
@@ -1665,9 +1673,9 @@ def cheby1(order, rp, wn, *, btype="lowpass", analog=False, fs=None, output="zpk
 def scalar_ssm_to_iir(A, B, C, D):
     r"""The first-order IIR ``(b, a)`` of the scalar SSM ``s[t] = A s[t−1] + B x[t]``, ``y = C s + D x``.
 
-    Implements Eq. (13.24) of the book, the corrected P-30/P-31 of Lutati et al. (2023):
+    Implements Eq. (13.24) of the book, the corrected Eqs. 30–31 of Lutati et al. (2023):
     ``y[t] = A y[t−1] + (CB + D) x[t] − AD x[t−1]``, i.e. ``b = [CB + D, −AD]``, ``a = [1, −A]``.
-    The paper writes ``+AD`` (spec erratum 1); the chapter shows that sign is wrong numerically.
+    The paper writes ``+AD`` in its Eq. (31); the chapter shows that sign is wrong numerically.
 
     Examples
     --------
@@ -1685,7 +1693,7 @@ def scalar_ssm_to_iir(A, B, C, D):
 def biquad_to_ssm(b, a):
     r"""The two-state diagonal SSM of a biquad: modes, input and output weights, feed-through.
 
-    Implements Eq. (13.26) of the book (partial fractions, ``scipy.signal.residuez``):
+    Implements Eq. (13.25) of the book (partial fractions, ``scipy.signal.residuez``):
 
     .. math:: H(z) = D + \frac{ρ_1}{1 − λ_1 z^{-1}} + \frac{ρ_2}{1 − λ_2 z^{-1}},
 
@@ -1727,7 +1735,7 @@ def biquad_to_ssm(b, a):
 
 @guard_overflow()
 def ssm_to_biquad(lam, B, C, D):
-    r"""The biquad ``(b, a)`` of a two-state diagonal SSM (Eq. (13.25) of the book).
+    r"""The biquad ``(b, a)`` of a two-state diagonal SSM (Eq. (13.26) of the book).
 
     With residues ``ρ_i = C_i B_i``:
     ``a = [1, −(λ1 + λ2), λ1 λ2]``,
@@ -1796,7 +1804,7 @@ def _real_ssm(lam: np.ndarray, B: np.ndarray, C: np.ndarray, D: float):
 def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
     r"""Run the diagonal SSM ``s_i[n] = λ_i s_i[n−1] + B_i x[n]``, ``y[n] = Re Σ_i C_i s_i[n] + D x[n]``.
 
-    Implements Eq. (13.26) of the book in the time domain (P-29 of Lutati et al. with the state
+    Implements Eq. (13.25) of the book in the time domain (Eq. 29 of Lutati et al. with the state
     update including the current input). The vectorized path writes the m complex modes as a
     real state space of dimension 2m (rotation–scaling pairs, :func:`_real_ssm`) and runs the
     block algorithm of :func:`tf_filter` on it: a Toeplitz product inside chunks of samples, the

@@ -594,6 +594,14 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     ``ceil(log2 N)`` vectorized sweeps (no Python loop over N; O(N log N) work). This is the
     reference for GPU Kalman kernels. Same parameters and returns as :func:`kalman_filter`
     (the intermediates are formed from the scanned moments, vectorized over N).
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(kalman_filter_scan(z, F, H, Q, R, m0, P0), kalman_filter(z, F, H, Q, R, m0, P0)))
+    True
     """
     flag = as_bool(return_intermediates, "return_intermediates")
     args = _check_model(z, F, H, Q, R, m0, P0)

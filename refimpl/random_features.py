@@ -50,7 +50,7 @@ Positive features ``exp(ω·x − ‖x‖²/2)`` overflow for large ‖x‖. A f
 the axis a ratio normalizes over cancels exactly: queries are shifted by their own row maximum,
 keys by one maximum over all keys and features (never a per-key maximum, which would change
 the weights). No ``eps`` is ever added: the Performer reference code adds 1e-4 after the
-exponential, which biases the estimator (spec survey §10 d).
+exponential, which biases the estimator (chapter 12, §12.2).
 
 References
 ----------

@@ -221,7 +221,7 @@ def hippo_legs_online(u, N):
     r"""Online HiPPO-LegS projection: the Legendre coefficients of the whole history ``u[..., :k+1, :]``.
 
     Implements Eq. (11.4) of the book (HiPPO paper, Thm. 2, ``c' = (1/t)(A c + B f)`` in S4's
-    sign, discretized by the bilinear rule at ``t = k``).
+    sign, discretized by the bilinear rule at ``t = k + 1`` for sample ``k``).
 
     Parameters
     ----------
@@ -1072,7 +1072,7 @@ def selective_scan_assoc(u, delta, A, B, C, D=None, *, discretization="mamba", r
     ``(a_2, b_2) ∘ (a_1, b_1) = (a_2 a_1, a_2 b_1 + b_2)`` is associative, so all prefixes come
     out of ⌈log₂ L⌉ vectorized sweeps (:func:`refimpl._scan.linear_scan`, Hillis–Steele): the
     reference for GPU scan kernels. Only products of the given Ā_t ∈ (0, 1] are formed, so
-    nothing under- or overflows.
+    nothing overflows; long products may underflow to 0, which is the exact limit they approach.
 
     Examples
     --------

@@ -638,7 +638,7 @@ class TestLSH:
         n, c = 16, 4
         qk, v = rng.normal(size=(n, 3)), np.eye(n)
         rot = rng.normal(size=(2, 3, 2))
-        perm = np.argsort(lsh_hash(qk, 4, None, n_rounds=2, rotations=rot) * n + np.arange(n), axis=-1, kind="stable")
+        perm = np.argsort(lsh_hash(qk, 4, rng=None, n_rounds=2, rotations=rot) * n + np.arange(n), axis=-1, kind="stable")
         chunks = perm.reshape(2 * n // c, c)  # round 0's chunks, then round 1's
         kw = dict(n_buckets=4, n_rounds=2, chunk_size=c, rotations=rot)
         for look_back in ("across_rounds", "within_round"):
