@@ -849,14 +849,14 @@ class TestUnusedRngRefused:
     def test_lsh_hash_with_rotations(self):
         rng = np.random.default_rng(1)
         x, rot = rng.normal(size=(8, 3)), rng.normal(size=(2, 3, 2))
-        assert lsh_hash(x, 4, None, 2, rotations=rot).shape == (2, 8)
+        assert lsh_hash(x, 4, rng=None, n_rounds=2, rotations=rot).shape == (2, 8)
         with pytest.raises(ValueError, match="^rng: expected None when rotations is given"):
-            lsh_hash(x, 4, 7, 2, rotations=rot)
+            lsh_hash(x, 4, rng=7, n_rounds=2, rotations=rot)
 
     def test_negative_seed_names_rng(self):
         rng = np.random.default_rng(2)
         x = rng.normal(size=(8, 3))
         with pytest.raises(ValueError, match="^rng: expected a seed >= 0"):
-            lsh_hash(x, 4, -1)
+            lsh_hash(x, 4, rng=-1)
         with pytest.raises(ValueError, match="^rng: expected a seed >= 0"):
             orthogonal_gaussian(4, 3, -1)
