@@ -428,6 +428,12 @@ def guard_overflow(*names: str, first_only: bool = False):
                     out = fn(*args, **kwargs)
             except (OverflowError, ZeroDivisionError, FloatingPointError):
                 raise refuse(args, kwargs) from None
+            except IndexError:
+                # an extreme input can empty a selection an inner step relies on (e.g. no pole left
+                # after an overflow); without extreme inputs an IndexError is a bug and propagates
+                if extreme(args, kwargs):
+                    raise refuse(args, kwargs) from None
+                raise
             except ValueError as exc:
                 if internal(exc) and extreme(args, kwargs):
                     raise refuse(args, kwargs) from exc

@@ -1197,7 +1197,7 @@ def _zpk_in(z, p, k):
     p = as_complex_array(p, "p", ndim=1)
     k = float(as_real_array(k, "k", ndim=0))
     if z.size > p.size:
-        raise ValueError(f"z: expected no more zeros than poles (a proper system), got {z.size} zeros and {p.size} poles")
+        raise ValueError(f"z, p: expected no more zeros than poles (a proper system), got {z.size} zeros and {p.size} poles")
     return z, p, k
 
 
@@ -1420,6 +1420,7 @@ def _impulse_invariant(num: np.ndarray, poles: np.ndarray, T: float):
     return np.concatenate([bd, np.zeros(1, dtype=bd.dtype)]), ad
 
 
+@guard_overflow()
 def impulse_invariance(b, a, fs):
     r"""Impulse-invariant discretization: ``h_d[n] = T h_a(nT)``, ``T = 1/fs``.
 
@@ -1474,6 +1475,7 @@ def impulse_invariance(b, a, fs):
     return _impulse_invariant(b / a[0], poles, 1.0 / fs)
 
 
+@guard_overflow()
 def impulse_invariance_zpk(z, p, k, fs):
     r"""Impulse-invariant discretization of an analog ``(z, p, k)``: Eq. (13.21) of the book.
 
@@ -1509,7 +1511,7 @@ def impulse_invariance_zpk(z, p, k, fs):
     z, p, k = _zpk_in(z, p, k)
     fs = as_positive_scalar(fs, "fs")
     if z.size >= p.size:
-        raise ValueError(f"z: expected fewer zeros than poles (a strictly proper system), got {z.size} zeros and {p.size} poles")
+        raise ValueError(f"z, p: expected fewer zeros than poles (a strictly proper system), got {z.size} zeros and {p.size} poles")
     if k == 0:
         raise ValueError("k: expected a nonzero gain")
     num = _realify(k * _poly(z), z)

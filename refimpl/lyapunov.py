@@ -244,8 +244,8 @@ def _phi1_scalar(z: complex, tau: float, z_lo: complex = 0j) -> complex:
         if math.isfinite(exp_r):
             # e^{w+δ} − 1 = (e^w − 1) + e^w D,  D = e^δ − 1 (half-angle form)
             sd = math.sin(0.5 * ei)
-            d_re = math.expm1(er) * (1.0 - 2.0 * sd * sd) - 2.0 * sd * sd
-            d_im = math.exp(er) * math.sin(ei)
+            d_re = (math.expm1(er) if er < 709.0 else math.inf) * (1.0 - 2.0 * sd * sd) - 2.0 * sd * sd
+            d_im = _exp_real(er) * math.sin(ei)
             re += exp_r * (d_re * cos_i - d_im * sin_i)
             im += exp_r * (d_re * sin_i + d_im * cos_i)
         q = complex(re, im) / z
@@ -254,7 +254,8 @@ def _phi1_scalar(z: complex, tau: float, z_lo: complex = 0j) -> complex:
     w, e = _two_product(zr, float(tau))
     expm1 = math.expm1(w) if w < 709.0 else math.inf
     if math.isfinite(expm1) and math.isfinite(e):
-        expm1 += _exp_real(w) * math.expm1(e + zr_lo * tau)  # e^{w+δ} − 1 = expm1(w) + e^w expm1(δ)
+        d = e + zr_lo * tau
+        expm1 += _exp_real(w) * (math.expm1(d) if d < 709.0 else math.inf)  # e^{w+δ} − 1 = expm1(w) + e^w expm1(δ)
     q = expm1 / zr
     return q - q * (zr_lo / zr) if zr_lo else q
 
@@ -305,7 +306,7 @@ def _noise_times_phi1_scalar(g: complex, z: complex, tau: float, z_lo: complex =
     if g == 0:
         return 0.0
     value = complex(g) * complex(_phi1_scalar(z, tau, z_lo))
-    if math.isfinite(abs(value)):
+    if cmath.isfinite(value) and math.isfinite(math.hypot(value.real / 2, value.imag / 2) * 2):  # |value| representable
         return value if isinstance(z, complex) else value.real
     if not isinstance(z, complex):  # real rate: a real, positive overflow
         return math.copysign(math.inf, float(g))
@@ -314,8 +315,9 @@ def _noise_times_phi1_scalar(g: complex, z: complex, tau: float, z_lo: complex =
     u = complex(g) * (1.0 - cmath.exp(-w)) / z * cmath.exp(1j * w.imag)
     if u == 0:
         return 0j
-    mag = _exp_real(w.real + math.log(abs(u)))
-    unit = u / abs(u)
+    m = max(abs(u.real), abs(u.imag))  # |u| by parts: abs() raises OverflowError near the float64 limit
+    unit = (u / m) / abs(u / m)
+    mag = _exp_real(w.real + math.log(m) + math.log(abs(u / m)))
     return complex(unit.real * mag if unit.real != 0 else 0.0, unit.imag * mag if unit.imag != 0 else 0.0)
 
 

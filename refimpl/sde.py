@@ -427,6 +427,7 @@ def transition_matrix_loop(model: LinearSDE, dt) -> np.ndarray:
     return model._realify(out.reshape(dt.shape + (d, d)))
 
 
+@guard_overflow()
 def discretize(model: LinearSDE, t):
     r"""Exact discretization on the time grid ``t``: ``x_{i+1} = F_i x_i + ε_i``, Eq. (1.7).
 
@@ -455,6 +456,7 @@ def discretize(model: LinearSDE, t):
     return model.transition(dt), model.process_noise_covariance(dt)
 
 
+@guard_overflow()
 def discretize_loop(model: LinearSDE, t):
     """Loop twin of :func:`discretize`: one interval at a time (spectral sum and Eq. (2.4) entry-wise).
 

@@ -222,8 +222,6 @@ VALID = {
                                               "kind": "smoother", "missing": None, "return_offset": True},
     "kalman.from_sde": lambda r: dict(model=_model(r), t=_times(r, 4)),
     "kalman.steady_state": lambda r: {k: v for k, v in _kalman(r).items() if k in ("F", "H", "Q", "R")},
-    "kalman.steady_state_loop": lambda r: {**{k: v for k, v in _kalman(r).items() if k in ("F", "H", "Q", "R")},
-                                           "tol": 1e-12, "max_iter": 500},
     # attention
     "attention.softmax_attention": lambda r: dict(q=r.standard_normal((5, 3)), k=r.standard_normal((5, 3)),
                                                   v=r.standard_normal((5, 2)), mask=None, causal=True, scale=None,
@@ -245,7 +243,7 @@ VALID = {
     "positional.relative_shift_matrix": lambda r: dict(k=3.0, d_model=4, base=100.0),
     "positional.rope": lambda r: dict(x=r.standard_normal((5, 4)), positions=np.arange(5.0), base=100.0),
     "positional.rope_complex": lambda r: dict(x=r.standard_normal((5, 4)), positions=np.arange(5.0), base=100.0,
-                                              return_complex=True),
+                                              as_complex=True),
     "positional.rope_decay_bound": lambda r: dict(distances=np.arange(1.0, 6.0), d=16, base=100.0),
     # classical
     "classical.lfm_pulse": lambda r: dict(n_samples=16, bandwidth=0.4),
@@ -392,6 +390,10 @@ VALID = {
     "iir.lp2hp_zpk": lambda r: dict(z=np.array([]), p=np.array([-0.5 + 0.8j, -0.5 - 0.8j, -1.0]), k=1.0, wo=2.0),
     "iir.lp2bp_zpk": lambda r: dict(z=np.array([]), p=np.array([-0.5 + 0.8j, -0.5 - 0.8j, -1.0]), k=1.0, wo=2.0,
                                     bw=0.5),
+    "iir.lp2bs_zpk": lambda r: dict(z=np.array([]), p=np.array([-0.5 + 0.8j, -0.5 - 0.8j, -1.0]), k=1.0, wo=2.0,
+                                    bw=0.5),
+    "iir.impulse_invariance_zpk": lambda r: dict(z=np.array([-3.0]), p=np.array([-0.5 + 0.8j, -0.5 - 0.8j, -1.0]),
+                                                 k=1.0, fs=10.0),
     "iir.prewarp": lambda r: dict(f=np.array([10.0, 100.0]), fs=1000.0),
     "iir.bilinear_zpk": lambda r: dict(z=np.array([]), p=np.array([-0.5 + 0.8j, -0.5 - 0.8j, -1.0]), k=1.0, fs=10.0),
     "iir.bilinear": lambda r: dict(b=np.array([1.0]), a=np.array([1.0, 1.4, 1.0]), fs=10.0),

@@ -609,7 +609,7 @@ class TestPrototypes:
             iir.lp2lp_zpk([], [-1.0], 1.0, 0.0)
         with pytest.raises(ValueError, match="^bw:"):
             iir.lp2bp_zpk([], [-1.0], 1.0, 1.0, np.inf)
-        with pytest.raises(ValueError, match="^z: expected no more zeros"):
+        with pytest.raises(ValueError, match="^z, p: expected no more zeros"):
             iir.lp2hp_zpk([1.0, 2.0], [-1.0], 1.0)
 
 
@@ -807,7 +807,7 @@ class TestImpulseInvarianceExact:
         close(bd, np.ravel(bz), rtol=ORACLE, what="impulse invariance vs cont2discrete (num)")
 
     def test_zpk_errors(self):
-        with pytest.raises(ValueError, match="^z: expected fewer zeros"):
+        with pytest.raises(ValueError, match="^z, p: expected fewer zeros"):
             iir.impulse_invariance_zpk([1.0], [-1.0], 1.0, 1.0)
         with pytest.raises(ValueError, match="^k: expected a nonzero"):
             iir.impulse_invariance_zpk([], [-1.0], 0.0, 1.0)

@@ -859,4 +859,4 @@ class TestUnusedRngRefused:
         with pytest.raises(ValueError, match="^rng: expected a seed >= 0"):
             lsh_hash(x, 4, rng=-1)
         with pytest.raises(ValueError, match="^rng: expected a seed >= 0"):
-            orthogonal_gaussian(4, 3, -1)
+            orthogonal_gaussian(4, 3, rng=-1)
