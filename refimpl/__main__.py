@@ -1,8 +1,9 @@
-"""Command line of refimpl: ``python -m refimpl book|bench``.
+"""Command line of refimpl: ``python -m refimpl book|bench|vectors``.
 
 ``book``   execute every chapter listed in ``book.toml`` and write the offline HTML book
            (see :mod:`refimpl._book`).
 ``bench``  time loop/vectorized pairs and print speed-up ratios (see :mod:`refimpl._bench`).
+``vectors`` export or verify the golden vectors (see :mod:`refimpl.oracle`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,172 @@
+"""The two record types of the golden-case registry and the helpers the topic files share.
+
+Glossary (the names used by every ``run`` wrapper of :mod:`refimpl._golden`):
+
+``args``        the case's arguments, ``{name: value}``, exactly what a user's callable receives
+                as keywords;
+``with_mid``    whether the wrapper also returns the intermediates (``Case.intermediates``);
+``run``         ``run(args, with_mid) -> {name: ndarray}``: intermediates first (in the order of
+                computation), then the outputs;
+``rng``         the ``numpy.random.Generator`` a case's builder draws its arguments from.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .._testing import ORACLE, SELF
+
+
+@dataclass(frozen=True)
+class Function:
+    """A public computation of refimpl as the oracle sees it.
+
+    ``run(args, intermediates)`` evaluates refimpl on the keyword arguments ``args`` and returns
+    an ordered ``{name: ndarray}``: the intermediates first (in order of computation, only if
+    ``intermediates`` is true), then the outputs named in ``outputs``. ``call`` documents how a
+    user's callable is called (always with the case's arguments as keywords); when it is not
+    given it is generated from the signature of the refimpl function ``name`` names (options
+    ``return_*`` and the parameters listed in ``skip`` left out) and from ``outputs`` and
+    ``intermediates``.
+    """
+
+    name: str
+    run: Callable[[dict, bool], dict]
+    outputs: tuple
+    call: str | None = None
+    intermediates: tuple = ()
+    skip: tuple = ()
+
+    def __post_init__(self):
+        if self.call is None:
+            object.__setattr__(self, "call", call_string(self.name, self.outputs, self.intermediates, self.skip))
+
+
+def call_string(name: str, outputs: tuple, intermediates: tuple = (), skip: tuple = ()) -> str:
+    """``"fn(p1, p2, …) -> out; intermediates a, b"`` from the signature of ``refimpl.<name>``."""
+    params = [p for p in inspect.signature(resolve(name)).parameters
+              if not p.startswith("return_") and p not in skip]
+    outs = outputs[0] if len(outputs) == 1 else f"({', '.join(outputs)})"
+    text = f"fn({', '.join(params)}) -> {outs}"
+    if intermediates:
+        text += f"; intermediate{'s' if len(intermediates) > 1 else ''} {', '.join(intermediates)}"
+    return text
+
+
+@dataclass(frozen=True)
+class Case:
+    """One golden case: deterministic arguments ``build(np.random.default_rng(seed))``.
+
+    The function is the part of ``name`` before ``/`` (``"afa.afa/long_sequence"`` is a case of
+    ``"afa.afa"``).
+    """
+
+    name: str
+    seed: int
+    build: Callable[[np.random.Generator], dict]
+    description: str
+    rtol: float = SELF
+    atol: float = 0.0
+    regen_rtol: float = ORACLE
+    intermediates: bool = True
+    ulps: float = 4.0  # low dtypes: floor of the ratio rule, in units of the dtype's epsilon
+    # low dtypes: maps the rounded arguments back onto a constraint refimpl validates (unit vectors,
+    # rows summing to 1) before the plain evaluation of Eq. (15.3); the user's callable gets them as rounded
+    constrain: Callable[[dict], dict] | None = None
+    outputs: tuple | None = None  # overrides Function.outputs (e.g. ``zf`` when ``zi`` is given)
+
+    @property
+    def function(self) -> str:
+        return self.name.split("/", 1)[0]
+
+    @property
+    def file(self) -> str:
+        return self.name.replace("/", "__") + ".npz"
+
+    def output_names(self) -> tuple:
+        from . import FUNCTIONS
+
+        return self.outputs if self.outputs is not None else FUNCTIONS[self.function].outputs
+
+
+# ---- run wrappers ---------------------------------------------------------------------------
+
+
+def direct(fn, *names, **fixed):
+    """``run`` for a function called as ``fn(**args, **fixed)``, its result(s) named ``names``."""
+
+    def run(args, with_mid):
+        res = fn(**args, **fixed)
+        if hasattr(res, "_fields"):  # a named tuple
+            res = tuple(res)
+        return dict(zip(names, res if isinstance(res, tuple) else (res,)))
+
+    return run
+
+
+def ordered(mid: dict, out: dict, with_mid: bool) -> dict:
+    """The intermediates (if asked for) followed by the outputs."""
+    res = dict(mid) if with_mid else {}
+    res.update(out)
+    return res
+
+
+# ---- builders shared by several topics --------------------------------------------------------
+
+#: three modes: a rotating decay, a slow fast-rotating one and a real one
+LAM3 = np.array([-0.3 + 1.0j, -0.05 - 2.0j, -1.2 + 0.0j])
+
+
+def cplx(rng, *shape):
+    """Complex standard normal entries (real and imaginary parts independent)."""
+    return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+
+def spd(rng, d, scale=1.0):
+    """A random Hermitian positive definite ``d × d`` matrix, ``scale · G Gᴴ / d``."""
+    G = rng.standard_normal((d, d)) + 1j * rng.standard_normal((d, d))
+    return scale * (G @ G.conj().T) / d
+
+
+def skew(rng, d):
+    """A random real skew-symmetric ``d × d`` matrix (a rotation generator Ω)."""
+    W = rng.standard_normal((d, d))
+    return (W - W.T) / 2
+
+
+def unit(x):
+    """``x`` normalized to unit Euclidean norm along the last axis."""
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def renormalize(*names, by="norm"):
+    """``Case.constrain``: the named float arguments re-normalized in float64 (unit norm or unit row sum)."""
+
+    def constrain(args):
+        out = dict(args)
+        for n in names:
+            x = np.asarray(out[n], dtype=np.float64)
+            out[n] = unit(x) if by == "norm" else x / x.sum(axis=-1, keepdims=True)
+        return out
+
+    return constrain
+
+
+def resolve(name: str):
+    """The refimpl callable ``"module.function"`` names."""
+    module, attr = name.split(".", 1)
+    return getattr(importlib.import_module(f"refimpl.{module}"), attr)
+
+
+def called(name: str, *outputs, call: str | None = None, skip: tuple = (), **fixed) -> Function:
+    """The :class:`Function` of a refimpl function called directly with the case's arguments.
+
+    ``called("lyapunov.phi1", "phi")`` runs ``refimpl.lyapunov.phi1(**args)`` and names its
+    result ``phi``; ``fixed`` keywords are added to every call.
+    """
+    return Function(name, direct(resolve(name), *outputs, **fixed), tuple(outputs), call=call, skip=skip)
