@@ -114,7 +114,7 @@ KEY_NORM_TOL = 1e-6
 BETA_MAX = 2.0
 
 # Bound on the elements of the (.., chunks, c, c[, Dk]) temporaries of the chunked algorithms.
-_BLOCK_ELEMS = 1 << 22
+_BLOCK_ELEMS = 1 << 20
 # Chunks of per-channel GLA whose decay stays above e^{-_FACTOR_LOG} use the factored BLAS form.
 _FACTOR_LOG = 30.0
 
@@ -227,10 +227,11 @@ def segsum(a) -> np.ndarray:
 
 def _segsum(a: np.ndarray) -> np.ndarray:
     L = a.shape[-1]
-    lower = np.tri(L, L, -1, dtype=bool)  # t > s
-    X = np.where(lower, a[..., :, None], 0.0)  # X[t, s] = a_t for t > s
-    seg = np.cumsum(X, axis=-2)  # seg[t, s] = Σ_{s<r≤t} a_r
-    seg[..., ~np.tri(L, L, 0, dtype=bool)] = -np.inf  # s > t: no path from s to t
+    seg = np.empty(a.shape + (L,))
+    seg[...] = a[..., :, None]  # X[t, s] = a_t
+    np.copyto(seg, 0.0, where=~np.tri(L, L, -1, dtype=bool))  # keep t > s only
+    np.cumsum(seg, axis=-2, out=seg)  # seg[t, s] = Σ_{s<r≤t} a_r, in place
+    np.copyto(seg, -np.inf, where=~np.tri(L, L, 0, dtype=bool))  # s > t: no path from s to t
     return seg
 
 
@@ -290,7 +291,8 @@ def _gla_chunked(q, k, v, logg, c: int):
         sl = slice(g0, min(nc, g0 + group))
         qg, kg, gg, cg = qc[:, sl], kc[:, sl], gc[:, sl], cum[:, sl]
         if dg == 1:  # one gate per head: (q_t · k_s) e^{seg[t, s]}, one BLAS product
-            scores = (qg @ np.swapaxes(kg, -1, -2)) * np.exp(_segsum(gg[..., 0]))
+            scores = np.exp(_segsum(gg[..., 0]))
+            scores *= qg @ np.swapaxes(kg, -1, -2)
         else:
             # Per key channel, e^{seg_j[t, s]} = e^{cum_tj} e^{−cum_sj} factors the form into one BLAS
             # product when the chunk's decay stays above e^{−_FACTOR_LOG} (then e^{−cum} <= e^{30}
@@ -472,7 +474,7 @@ def retention(q, k, v, gamma, *, scale=None, chunk_size=64):
 def retention_loop(q, k, v, gamma, *, scale=None, chunk_size=64):
     """Loop twin of :func:`retention`: ``S_n = γ_h S_{n−1} + v_n k_nᵀ``, ``o_n = S_n q_n`` (Eq. (16.6))."""
     q, k, v, lg = _retention_setup(q, k, v, gamma)
-    c = _check_chunk(chunk_size)
+    _check_chunk(chunk_size)  # validated for signature parity; the recurrence has no chunks
     batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])])
     qs = np.broadcast_to(q * _scale(scale, q.shape[-1]), batch + q.shape[-2:])
     kb, vb = np.broadcast_to(k, batch + k.shape[-2:]), np.broadcast_to(v, batch + v.shape[-2:])
@@ -483,7 +485,6 @@ def retention_loop(q, k, v, gamma, *, scale=None, chunk_size=64):
         for n in range(q.shape[-2]):
             S = g * S + np.outer(vb[b][n], kb[b][n])  # S_n = γ S_{n−1} + v_n k_nᵀ
             o[b][n] = S @ qs[b][n]  # o_n = S_n q_n
-    del c  # validated for signature parity; the recurrence has no chunks
     return o
 
 
@@ -685,7 +686,10 @@ def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states):
     return q, k, v, b, g, c
 
 
-def _delta_chunked(q, k, v, beta, logg, c: int):
+def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False):
+    """Chunked delta rule (16.11)-(16.12); with ``return_factors`` also the WY factor ``W`` and
+    ``T diag(β) V`` per chunk, shapes (*b, n_chunks, c, Dk) and (*b, n_chunks, c, Dv) (the oracle's
+    intermediates; rows past L in the last chunk are padding)."""
     L = q.shape[-2]
     dv, dk = v.shape[-1], k.shape[-1]
     qc, kc, vc = (_chunks(a, c, -2) for a in (q, k, v))  # (*b, nc, c, ·); padding: k = 0, β = 0
@@ -718,7 +722,7 @@ def _delta_chunked(q, k, v, beta, logg, c: int):
         S += np.swapaxes(U, -1, -2) @ Kg[..., n, :, :]  # S_end = γ_end S_0 + Uᵀ diag(Γ_end) K
         states[..., n, :, :] = S
     o = o.reshape(batch + (nc * c, dv))[..., :L, :]
-    return o, states
+    return (o, states, W, U0) if return_factors else (o, states)
 
 
 def _delta_loop(q, k, v, beta, logg, c: int):
