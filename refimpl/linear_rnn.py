@@ -114,7 +114,7 @@ KEY_NORM_TOL = 1e-6
 BETA_MAX = 2.0
 
 # Bound on the elements of the (.., chunks, c, c[, Dk]) temporaries of the chunked algorithms.
-_BLOCK_ELEMS = 1 << 20
+_BLOCK_ELEMS = 1 << 18
 # Chunks of per-channel GLA whose decay stays above e^{-_FACTOR_LOG} use the factored BLAS form.
 _FACTOR_LOG = 30.0
 
@@ -300,8 +300,9 @@ def _gla_chunked(q, k, v, logg, c: int):
             # take the exact (c, c, Dk) segment-sum tensor, whose exponents are all <= 0.
             scores = np.where(causal, (qg * np.exp(cg)) @ np.swapaxes(kg * np.exp(-np.maximum(cg, -_FACTOR_LOG)), -1, -2), 0.0)
             b_idx, n_idx = np.nonzero(cg.min(axis=(-2, -1)) < -_FACTOR_LOG)
-            for i0 in range(0, b_idx.size, max(1, _BLOCK_ELEMS // (c * c * dg))):
-                bi, ni = b_idx[i0 : i0 + _BLOCK_ELEMS // (c * c * dg)], n_idx[i0 : i0 + _BLOCK_ELEMS // (c * c * dg)]
+            step = max(1, _BLOCK_ELEMS // (c * c * dg))  # chunks per exact block (at least one)
+            for i0 in range(0, b_idx.size, step):
+                bi, ni = b_idx[i0 : i0 + step], n_idx[i0 : i0 + step]
                 seg = np.exp(np.moveaxis(_segsum(np.swapaxes(gg[bi, ni], -1, -2)), -3, -1))  # (m, c, c, Dk)
                 scores[bi, ni] = np.einsum("mtj,msj,mtsj->mts", qg[bi, ni], kg[bi, ni], seg)
         o[:, sl] += scores @ vc[:, sl]

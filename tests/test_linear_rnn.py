@@ -131,6 +131,17 @@ def test_gla_mixed_chunks_take_both_paths():
     )
 
 
+@pytest.mark.parametrize("block", [1 << 10, 1 << 22])
+def test_gla_exact_path_with_large_chunks(monkeypatch, block):
+    # a (c, c, Dk) block larger than the memory bound must still be computed (one chunk at a time)
+    monkeypatch.setattr(lr, "_BLOCK_ELEMS", block)
+    rng, q, k, v = _qkv(9, batch=(2,), L=203, dk=8, dv=3)
+    log_g = -rng.uniform(0, 40.0, q.shape)
+    for c in (16, 256):
+        close(lr.gated_linear_attention(q, k, v, log_g, chunk_size=c), lr.gated_linear_attention_loop(q, k, v, log_g),
+              rtol=SELF, what="GLA exact path, blocks above the memory bound")
+
+
 def test_gla_long_sequence_no_overflow():
     # L = 20000 with log g = −0.5: the cumulative log-gate reaches −1e4, so any e^{+Λ} factor
     # over the whole sequence would overflow; the result must match the recurrence
