@@ -638,7 +638,7 @@ def frequency_response(W, omega=None, *, n_freqs: int = 512) -> tuple[np.ndarray
 def alibi_geometric_slopes(n_heads: int) -> np.ndarray:
     r"""ALiBi's head slopes: the geometric sequence ``m_h = 2^{−8h/H}``, h = 1 … H.
 
-    Press et al. 2022, §3: for H a power of two the slopes start at ``2^{−8/H}`` with that
+    The slopes of the bias of Eq. (16.16) of the book (Press et al. 2022, §3): for H a power of two the slopes start at ``2^{−8/H}`` with that
     ratio; otherwise the slopes of the largest power of two ``P < H`` are followed by every
     other slope of ``2P`` (the paper's recipe for other head counts).
 

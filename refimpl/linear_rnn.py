@@ -348,8 +348,9 @@ def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states):
 def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_chunk_states=False):
     r"""Gated linear attention (GLA), chunked: ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q_t``.
 
-    Implements Eqs. (16.2)–(16.5) of the book (Yang et al. 2024, GLA, Eqs. 3–4 and §4.2; with
-    a per-head gate it is Mamba-2's scalar-decay SSD, Dao & Gu 2024, §3–§6).
+    Implements Eqs. (16.1)–(16.5) of the book ((16.1), linear attention, is the case g = 1;
+    Yang et al. 2024, GLA, Eqs. 3–4 and §4.2; with a per-head gate it is Mamba-2's scalar-decay
+    SSD, Dao & Gu 2024, §3–§6).
 
     Parameters
     ----------
