@@ -265,6 +265,8 @@ def softmax_attention(
         ``m ≥ 0`` per head (the last batch axis); for causal attention this is the paper's
         ``m · (j − i)``. Chapter 8 finds the same linear bias as the μ → 0 limit of the
         isotropic AFA prior (Eq. (8.7)); :func:`alibi_geometric_slopes` gives the paper's slopes.
+        With ``window`` or ``alibi_slopes`` the logits are formed as one (..., N, M) buffer
+        (not in blocks of query rows).
 
     Returns
     -------
