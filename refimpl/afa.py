@@ -1,8 +1,7 @@
 r"""Adaptive Filter Attention (AFA): attention as maximum-likelihood filtering of a linear SDE.
 
 Chapters 7 and 8 of the book (``notebooks/07-afa-tensor.ipynb``, ``notebooks/08-isotropic-afa.ipynb``)
-derive every formula here; the mathematics with its version history and errata is
-``shared/spec/afa.md``. Tokens are noisy measurements of one trajectory of the SDE of chapter 1,
+derive every formula here, with the differences between the paper's versions. Tokens are noisy measurements of one trajectory of the SDE of chapter 1,
 written in its eigenbasis (``q, k, v`` play the role of ``S^{-1} z``). A key pulled forward to the
 query time, ``e^{λ Δt} k_j``, is an estimate of the query's state whose precision is the inverse of
 the propagated covariance of chapter 2 (Eq. (2.9)); AFA's attention weights are those precisions,
@@ -18,7 +17,7 @@ Glossary (code name → symbol in the book / Racioppo 2025 v6)
 ``P``         precision 1/Σ(Δt) (Eq. (7.2));  ``R`` residual q_i − e^{λΔt} k_j (Eq. (7.3));
 ``d2``        Mahalanobis distance d²_ij = Σ_k P_k |R_k|² (Eq. (7.4));  ``A`` attention weights (Eq. (7.6)).
 
-Conventions that differ between the paper's versions (spec afa.md §10), and what refimpl implements:
+Conventions that differ between the paper's versions, and what refimpl implements:
 Δt_ij = t_i − t_j (v4–v6, code; the thesis and v1 use t_j − t_i); the robust term sums over all
 channels (v6 App. B.1, not the per-channel typo of App. A.5); κ = (ν + d)/d by default (v4–v6;
 ``kappa=1`` is the Cauchy weight of v1–v3); the temperature multiplies the logits (β_s of v6); the
@@ -430,7 +429,7 @@ def isotropic_afa(
 ):
     r"""Isotropic AFA at the cost of ordinary attention: Eqs. (8.1)–(8.4) of the book.
 
-    Implements Racioppo (2025) v6 §3.5, App. B.2–B.3 and Algorithm 1 (spec afa.md §4): one decay
+    Implements Racioppo (2025) v6 §3.5, App. B.2–B.3 and Algorithm 1 (chapter 8 of the book): one decay
     μ and one noise level per head, λ_k = −μ + iω_k. Then the precision is shared by all channels
     and everything factorizes:
 
@@ -594,9 +593,9 @@ def afa_irls(
     kappa=None,
     causal: bool = True,
 ):
-    r"""AFA applied as a filter to measurements, iterated as IRLS: Eqs. (7.8)–(7.9) of the book.
+    r"""AFA applied as a filter to measurements, iterated as re-smoothing: Eqs. (7.8)–(7.9) of the book.
 
-    Implements the iteration of Racioppo (2025) v1 §2.6.2, thesis §3.5 (spec afa.md §7.1) with
+    Implements the iteration of Racioppo (2025) v1 §2.6.2, thesis §3.5 (chapter 7 of the book) with
     known dynamics and noise: start from ``ẑ⁽⁰⁾ = z`` (queries, keys and values are the
     measurements in the eigenbasis), then
 
@@ -604,7 +603,11 @@ def afa_irls(
                \hat z^{(n+1)} = \hat z^{(n)} + α\,(\bar z^{(n)} - \hat z^{(n)}),
 
     a weighted least-squares estimate per query whose weights are recomputed from the current
-    residuals (temperature 1, so the softmax is exactly w·P normalized).
+    residuals (temperature 1, so the softmax is exactly w·P normalized). Each pass replaces the
+    data (queries, keys *and* values) by the previous estimate: this is iterated re-smoothing, what
+    a stack of layers does — not IRLS for the M-estimator, whose keys and values stay the
+    measurements, ``ẑ⁽ⁿ⁺¹⁾ = afa(ẑ⁽ⁿ⁾, z, z)`` (Eq. (7.10) of the book). The function keeps the
+    paper's name.
 
     Parameters
     ----------

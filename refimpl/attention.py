@@ -583,7 +583,11 @@ def lag_profile(W) -> tuple[np.ndarray, np.ndarray]:
 
     Implements Eq. (4.10) of the book. With ``y_i = Σ_j W_ij v_j`` and lag ``ℓ = i − j``, a
     Toeplitz (shift-invariant) ``W_ij = h_{i−j}`` is the convolution ``y_i = Σ_ℓ h_ℓ v_{i−ℓ}``
-    and this returns its kernel exactly; for any other ``W`` it is the average kernel.
+    and this returns its kernel exactly. For any other ``W``, ``h_ℓ`` is the mean over the
+    N − |ℓ| entries of diagonal ℓ, i.e. over the rows that reach lag ℓ. It is not the average
+    row: for a causal row-stochastic ``W``, ``Σ_ℓ h_ℓ`` can exceed 1 because early rows (few
+    keys, large weights) enter only the short-lag means. The zero-padded average row is
+    ``h_ℓ (N − |ℓ|)/N``; its sum is 1 for any row-stochastic ``W`` (chapter 4, §4.4).
     ℓ > 0 looks back (the past), ℓ < 0 looks ahead.
 
     Parameters

@@ -760,7 +760,7 @@ def dirichlet_beampattern(theta, theta0: float, n_sensors: int, spacing: float =
 
 
 def sample_covariance(x) -> np.ndarray:
-    r"""Sample spatial covariance ``R̂ = (1/T) Σ_t x_t x_tᴴ`` of snapshots x, shape (T, M): Eq. (6.13) of the book.
+    r"""Sample spatial covariance ``R̂ = (1/T) Σ_t x_t x_tᴴ`` of snapshots x, shape (T, M): the R of Eq. (6.13) of the book.
 
     Hermitian positive semidefinite; rank ≤ T (use diagonal loading in MVDR when T < M).
     """

@@ -385,7 +385,7 @@ def _T(a):
 
 
 def _filter_combine(ei, ej):
-    """(A, b, C, η, J)_i ⊗ (A, b, C, η, J)_j, Eq. (3.8) (Särkkä & García-Fernández 2021, Lemma 8)."""
+    """(A, b, C, η, J)_i ⊗ (A, b, C, η, J)_j, Eq. (3.7) (Särkkä & García-Fernández 2021, Lemma 8)."""
     Ai, bi, Ci, ei_, Ji = ei
     Aj, bj, Cj, ej_, Jj = ej
     n = Ai.shape[-1]
@@ -402,7 +402,7 @@ def _filter_combine(ei, ej):
 
 
 def _filter_elements(zf, missing, F, H, Q, R, m0, P0):
-    """The filtering elements a_k = (A_k, b_k, C_k, η_k, J_k) of Eq. (3.7), time on axis 0."""
+    """The filtering elements a_k = (A_k, b_k, C_k, η_k, J_k) of Eq. (3.6), time on axis 0."""
     batch, N, n = zf.shape[:-2], zf.shape[-2], H.shape[1]
     zt = np.moveaxis(zf, -2, 0)  # (N, ..., p)
     gone = np.moveaxis(missing, -1, 0)  # (N, ...)

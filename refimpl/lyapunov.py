@@ -331,7 +331,7 @@ def dle_covariance(eigvals, noise, tau):
     r"""Covariance accumulated by propagating the SDE forward over a lag τ, in the eigenbasis.
 
     Implements Eq. (2.4) (full noise) and Eq. (2.5) (diagonal noise) of the book
-    (Racioppo 2025 v6, App. A.1; the full form is the AFA thesis, App. 7.3).
+    (Racioppo, arXiv:2509.04154v6, App. A.1; the full form is the AFA thesis, App. 7.3).
 
     Parameters
     ----------
@@ -544,7 +544,7 @@ def _check_isotropic(dt, mu, sigma2, eta2, gamma2):
 def isotropic_covariance(dt, mu, sigma2, eta2, gamma2):
     r"""AFA's residual variance between a query at t_i and a key at t_j, Δt = t_i − t_j.
 
-    Implements Eq. (2.9) of the book (Racioppo 2025 v6, Eq. 6 and App. A.2):
+    Implements Eq. (2.9) of the book (Racioppo, arXiv:2509.04154v6, Eq. 6 and App. A.2):
     process noise accumulated over the lag, the key's measurement noise propagated with it,
     and the query's anchor noise.
 
@@ -572,7 +572,8 @@ def isotropic_covariance(dt, mu, sigma2, eta2, gamma2):
                \ \tilde σ^2 = \frac{σ^2}{2μ},
 
     and for Δt < 0 (pushed back by τ = −Δt, Eq. (2.7)) the process term is
-    ``σ² (e^{2μτ} − 1)/(2μ)`` and the measurement term ``η² e^{2μτ}``: both grow.
+    ``σ² (e^{2μτ} − 1)/(2μ)`` and the measurement term ``η² e^{2μτ}``: both grow, and
+    ``Σ = (η² + σ̃²) e^{2μτ} + γ² − σ̃²``. The α/β form holds for Δt ≥ 0 only.
     Σ(0) = η² + γ², Σ(∞) = β, and for μ = 0, Σ = σ²|Δt| + η² + γ².
     """
     dt, mu, sigma2, eta2, gamma2 = _check_isotropic(dt, mu, sigma2, eta2, gamma2)

@@ -278,8 +278,10 @@ def rope_decay_bound(distances, d: int, base: float = 10000.0) -> np.ndarray:
     r"""RoFormer's long-term decay curve ``(1/(d/2)) Σ_{j=1}^{d/2} |S_j|``, ``S_j = Σ_{k<j} e^{i r θ_k}``.
 
     Implements Eq. (5.8) of the book (RoFormer, Su et al. 2021, §3.4.3 and Fig. 2): by Abel
-    summation ``|Σ_i h_i e^{i r θ_i}| ≤ (max_i |h_{i+1} − h_i|) Σ_j |S_j|``, so the mean
-    ``|S_j|`` bounds how large the score of two vectors at relative distance ``r`` can be.
+    summation ``|Σ_i h_i e^{i r θ_i}| ≤ (max_{0≤i<d/2} |h_{i+1} − h_i|) Σ_j |S_j|`` with RoFormer's
+    convention ``h_{d/2} := 0`` (without it the bound is false: a constant ``h`` would make the
+    right side 0), so the mean ``|S_j|`` bounds how large the score of two vectors at relative
+    distance ``r`` can be.
 
     Parameters
     ----------

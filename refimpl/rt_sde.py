@@ -9,8 +9,7 @@ Chapter 9 of the book (``notebooks/09-rt-sde.ipynb``) derives every formula here
    *co-rotate* with the dynamics and so propagate in closed form, a precision-weighted attention
    rule, and the reading "attention + residual + normalization = one MLE step on the hypersphere".
    Their exact equations were **not available** to this project. Everything below is a
-   derivation consistent with that description (the reconstruction of the project's spec,
-   afa.md §5.2); each closed form is verified in the tests against numerical integration or
+   derivation consistent with that description (chapter 9 of the book); each closed form is verified in the tests against numerical integration or
    brute-force linear algebra, but the paper's own parameterization is **unconfirmed**.
    In particular the choice of the noise direction ``u`` (here: the transported key's
    direction, optionally the query's) is an open modelling choice.
@@ -190,7 +189,7 @@ def rt_transition(mu, omega, s):
     r"""The RT-SDE transition ``e^{As} = e^{−μs} e^{Ωs}`` for ``A = −μI + Ω``, Ω skew-symmetric.
 
     Implements Eq. (9.1) of the book. RECONSTRUCTION: the dynamics class A = −μI + Ω is the one
-    of isotropic AFA (Racioppo 2025, §3.6; spec afa.md §4.2); its use for the RT-SDE is derived,
+    of isotropic AFA (Racioppo 2025, §3.6; chapter 8 of the book); its use for the RT-SDE is derived,
     the paper's exact equations are unconfirmed.
 
     Parameters
@@ -644,7 +643,7 @@ def rt_logdet_precision(a_perp, a_par, d):
 class SphereResiduals(NamedTuple):
     """The four residual measures of the sphere limit (Eq. (9.12)), each of shape (...).
 
-    RECONSTRUCTION (spec afa.md §5.2; exact paper equations unconfirmed).
+    RECONSTRUCTION (chapter 9 of the book; exact paper equations unconfirmed).
     """
 
     tangential: np.ndarray  #: ‖q − (k^T q)k‖², the tangential residual (a_∥ → ∞)
@@ -656,7 +655,7 @@ class SphereResiduals(NamedTuple):
 def sphere_residuals(q, k):
     r"""The sphere limit: for unit q, k the tangential residual is sin²θ ≈ θ² ≈ 2(1 − cos θ).
 
-    Implements Eq. (9.12) of the book. RECONSTRUCTION (spec afa.md §5.2, consistent with
+    Implements Eq. (9.12) of the book. RECONSTRUCTION (chapter 9 of the book, consistent with
     "Interpreting the Transformer as an MLE on a hypersphere", Racioppo v1 §4.5; exact paper
     equations unconfirmed).
 
@@ -772,7 +771,7 @@ def rt_attention(
 
     Implements Eqs. (9.13)–(9.14) of the book. RECONSTRUCTION: the paper's "attention rule that
     solves the MLE within the geometric constraints" (Racioppo v1 §4.3–4.4) is not available;
-    this is AFA's logit (spec afa.md §3.3/§4.5) with the RT precision of Eqs. (9.7)–(9.10).
+    this is AFA's logit (Eq. (7.5) of the book) with the RT precision of Eqs. (9.7)–(9.10).
 
     Parameters
     ----------
@@ -797,9 +796,11 @@ def rt_attention(
     temperature : float
         Multiplies the logits (> 0).
     direction : {"key", "query"}
-        The noise direction u: ``"key"`` (default, spec §5.2) the transported key's direction
+        The noise direction u: ``"key"`` (default) the transported key's direction
         ``u_ij = e^{ΩΔt_ij} k_j/‖k_j‖``; ``"query"`` the query's direction ``q_i/‖q_i‖`` for every
-        key. Which one the paper uses is an open choice (unconfirmed).
+        key. Which one the paper uses is unconfirmed; the RT-Transformer abstract's "noise in the
+        tangent plane at the current estimate" points to ``"query"``. For unit-norm inputs in the
+        sphere limit both give sin²θ (Eq. (9.12) of the book).
     return_weights : bool
         Also return the attention matrix.
 

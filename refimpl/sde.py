@@ -258,6 +258,12 @@ def spiral_system(sigma2: float = 0.3, eta2: float = 0.5) -> LinearSDE:
     thesis §4.2), with isotropic noise spectra in the eigenbasis: ``Λ_Q = σ² I`` and
     ``Λ_R = η² I``, so ``Q = σ² S S^†`` and ``R = η² S S^†``. The paper's three settings are
     (σ², η²) = (0, 1), (0.3, 0.5), (0.5, 2).
+
+    This is AFA's *model*, which satisfies its simultaneous-diagonalizability assumption. The
+    paper's simulation code draws isotropic noise in the original basis instead (``Q = σ² I``,
+    ``R = η² I``, σ and η standard deviations); build that system with
+    ``LinearSDE.from_matrices(spiral_system().A, σ² I, R=η² I)``. Chapter 1 (§1.3.1) and
+    chapter 3 (§3.7) measure the difference.
     """
     sigma2 = as_positive_scalar(sigma2, "sigma2", strict=False)
     eta2 = as_positive_scalar(eta2, "eta2", strict=False)
