@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from refimpl import classical, linear_rnn as lr, ssm
 from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
@@ -329,6 +331,28 @@ def test_delta_rule_is_causal():
     v2[21:] += 1.0
     y1 = lr.delta_rule(q, k, v2, beta, chunk_size=16)
     close(y1[:21], y0[:21], rtol=1e-15, what="delta rule causality")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    L=st.integers(1, 40),
+    chunk=st.integers(1, 50),
+    dk=st.integers(1, 5),
+    dv=st.integers(1, 3),
+    gate_scale=st.sampled_from([0.0, 1e-9, 0.3, 5.0, 100.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_chunked_equals_recurrence_property(L, chunk, dk, dv, gate_scale, seed):
+    # any length, chunk size, width and gate regime: the chunked forms are their recurrences
+    rng = np.random.default_rng(seed)
+    q, k, v = rng.normal(size=(L, dk)), rng.normal(size=(L, dk)), rng.normal(size=(L, dv))
+    log_g = -gate_scale * rng.random((L, dk))
+    close(lr.gated_linear_attention(q, k, v, log_g, chunk_size=chunk), lr.gated_linear_attention_loop(q, k, v, log_g),
+          rtol=SELF, what="GLA chunked vs recurrence (property)")
+    ku = _unit(k + 1e-3)  # no zero key
+    beta = rng.uniform(1e-3, 1.999, L)
+    close(lr.delta_rule(q, ku, v, beta, log_g=log_g[:, 0], chunk_size=chunk), lr.delta_rule_loop(q, ku, v, beta, log_g=log_g[:, 0]),
+          rtol=SELF, what="delta rule chunked vs recurrence (property)")
 
 
 # ---------------------------------------------------------------------------------------------
