@@ -60,6 +60,8 @@ __all__ = [
     "materialize_loop",
     "lag_profile",
     "frequency_response",
+    "softmax_attention_vjp",
+    "softmax_attention_vjp_loop",
 ]
 
 
@@ -604,3 +606,7 @@ def frequency_response(W, omega=None, *, n_freqs: int = 512) -> tuple[np.ndarray
     omega = as_real_array(omega, "omega", ndim=1)
     H = np.exp(-1j * np.outer(omega, lags)) @ h  # Σ_ℓ h_ℓ e^{−iωℓ}
     return omega, H
+
+
+# The backward pass (vector–Jacobian products) lives in refimpl/_vjp.py, re-exported here.
+from ._vjp import softmax_attention_vjp, softmax_attention_vjp_loop  # noqa: E402
