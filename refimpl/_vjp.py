@@ -100,7 +100,7 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None):
     v : array_like, shape (..., M, dv)
     dy : array_like, shape (..., N, dv)
         The cotangent ∂ℓ/∂y (FlashAttention's dO), with the shape of the output ``y`` of
-        ``softmax_attention(q, k, v, mask=mask, ...)`` (all batch axes, including the mask's).
+        ``softmax_attention(q, k, v, ...)`` (the broadcast batch axes of q, k, v).
     mask, causal, scale
         As in :func:`refimpl.attention.softmax_attention` (mask: True = may attend; causal:
         top-left aligned; scale default ``1/sqrt(d)``). ``scale`` is a constant, not differentiated.
