@@ -13,17 +13,17 @@ Glossary (code name → symbol)
 -----------------------------
 ``dy``       dO (FlashAttention) or ∂ℓ/∂y: the cotangent of the output, shape of the output.
 ``P``        the attention weights (the book's A, Eq. (4.2)), ``S`` the scaled logits.
-``Drow``     D_i = Σ_j dO_ij O_ij = rowsum(dO ∘ O) (Dao et al. 2022, Alg. 4, line 19).
-``dS``       ∂ℓ/∂S = P ∘ (dP − D) (Dao et al. 2022, Eq. (4) of Appendix B.2).
+``Drow``     D_i = Σ_j dO_ij O_ij = rowsum(dO ∘ O) (Dao et al. 2022, Appendix B.2 and Alg. 4).
+``dS``       ∂ℓ/∂S = P ∘ (dP − D) (Dao et al. 2022, Appendix B.2).
 ``G``        [dnum, dden]: the cotangents of the numerator and normalizer of Eq. (12.2).
 ``lam``      λ_t = ∂ℓ/∂h_t, the adjoint state of the selective scan (reverse-time scan).
 
 References
 ----------
 .. [1] T. Dao, D. Y. Fu, S. Ermon, A. Rudra, C. Ré, "FlashAttention: fast and memory-efficient
-       exact attention with IO-awareness", NeurIPS 2022, Appendix B.2 (Eqs. (3)–(4)) and Alg. 4.
+       exact attention with IO-awareness", NeurIPS 2022, Appendix B.2 (the backward pass) and Alg. 4.
 .. [2] A. Katharopoulos, A. Vyas, N. Pappas, F. Fleuret, "Transformers are RNNs", ICML 2020,
-       §3.3.1 (gradients of causal linear attention as cumulative sums, Eqs. (13)–(15)).
+       §3.3.1 (the gradients of causal linear attention as cumulative sums).
 .. [3] A. Gu, T. Dao, "Mamba: linear-time sequence modeling with selective state spaces",
        COLM 2024, §3.3 (the backward pass recomputes the states) and Alg. 2.
 .. [4] L. S. Pontryagin et al., "The mathematical theory of optimal processes", 1962 (the adjoint
@@ -91,7 +91,7 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None):
     r"""Backward pass of :func:`refimpl.attention.softmax_attention`: ``(dq, dk, dv)`` for the cotangent ``dy``.
 
     The vector–Jacobian product of Eq. (4.1) of the book, in the form of FlashAttention's
-    backward pass (Dao et al. 2022, Appendix B.2, Eqs. (3)–(4); Alg. 4).
+    backward pass (Dao et al. 2022, Appendix B.2 and Alg. 4).
 
     Parameters
     ----------
@@ -122,7 +122,7 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None):
       ``dS_ij = P_ij (dP_ij − Σ_l P_il dP_il)`` (the naive form, :func:`softmax_attention_vjp_loop`).
     * Since ``Σ_l P_il dP_il = Σ_l P_il (dO_i · v_l) = dO_i · O_i``, the row constant is
       ``D_i = rowsum(dO ∘ O)`` — an (N,) vector computed from the output, without the N×M
-      product ``P ∘ dP`` (Dao et al. 2022, App. B.2, Eq. (4)): ``dS = P ∘ (dP − D)``.
+      product ``P ∘ dP`` (Dao et al. 2022, App. B.2): ``dS = P ∘ (dP − D)``.
     * ``S = c Q K^T`` gives ``dQ = c dS K`` and ``dK = c dS^T Q``.
 
     Masked entries have ``P_ij = 0`` hence ``dS_ij = 0``: they receive no gradient. The vectorized
@@ -251,7 +251,7 @@ def linear_attention_vjp(q, k, v, dy, *, causal=False):
     r"""Backward pass of :func:`refimpl.random_features.linear_attention` (φ = elu + 1): ``(dq, dk, dv)``.
 
     The vector–Jacobian product of Eqs. (12.2)–(12.4) of the book (Katharopoulos et al. 2020,
-    §3.3.1, Eqs. (13)–(15), extended by the normalizer).
+    §3.3.1, there for the numerator only; here with the normalizer).
 
     Parameters
     ----------

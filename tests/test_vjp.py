@@ -446,3 +446,37 @@ def test_bad_input_scan():
         selective_scan_vjp(**dict(args, A=-args["A"] + 1.0), dy=dy)
     with pytest.raises(ValueError, match="D"):
         selective_scan_vjp(**dict(args, D=np.ones(3)), dy=dy)
+
+
+# --------------------------------------------------------------------------------------------
+# The oracle judges gradients like any output
+# --------------------------------------------------------------------------------------------
+
+
+def _port_softmax_backward(q, k, v, dy, *, mask=None, causal=False, scale=None, bug=None):
+    """A plain NumPy backward pass computing in the precision of its inputs (a user's port)."""
+    dt = q.dtype
+    n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    c = dt.type(1 / np.sqrt(d) if scale is None else scale)
+    allowed = np.ones((n, m), bool)
+    if causal:
+        allowed = np.tril(allowed)
+    if mask is not None:
+        allowed &= mask
+    s = np.where(allowed, c * (q @ np.swapaxes(k, -1, -2)), -np.inf)
+    P = np.exp(s - s.max(axis=-1, keepdims=True))
+    P /= P.sum(axis=-1, keepdims=True)
+    dP = dy @ np.swapaxes(v, -1, -2)
+    D = 0 if bug == "no_D" else np.sum(dy * (P @ v), axis=-1, keepdims=True)
+    dS = P * (dP - D)
+    return c * dS @ k, c * np.swapaxes(dS, -1, -2) @ q, np.swapaxes(P, -1, -2) @ dy
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_oracle_judges_a_backward_port(dtype):
+    from refimpl import oracle
+
+    good = oracle.compare("attention.softmax_attention_vjp", _port_softmax_backward, dtype=dtype)
+    assert good.passed, str(good)
+    bad = oracle.compare("attention.softmax_attention_vjp", lambda **kw: _port_softmax_backward(**kw, bug="no_D"), dtype=dtype)
+    assert not bad.passed
