@@ -125,6 +125,10 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None):
       product ``P ∘ dP`` (Dao et al. 2022, App. B.2): ``dS = P ∘ (dP − D)``.
     * ``S = c Q K^T`` gives ``dQ = c dS K`` and ``dK = c dS^T Q``.
 
+    Conditioning: when a row's weights are nearly one-hot (large logits), ``D_i ≈ dP_ij`` for the
+    winning key and ``dP_ij − D_i`` cancels, so ``dq`` and ``dk`` carry an absolute error of order
+    ``ε · scale · |dO| |V| |K|`` rather than a small relative one; the naive form cancels alike.
+
     Masked entries have ``P_ij = 0`` hence ``dS_ij = 0``: they receive no gradient. The vectorized
     algorithm recomputes ``P`` block by block of 64 query rows (FlashAttention's B_r), with the same
     row-max-shifted exponentials as the forward pass, and accumulates ``dK`` and ``dV`` over the
@@ -150,7 +154,9 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None):
     for start in range(0, n, _ATT_BLOCK):
         rows = slice(start, min(n, start + _ATT_BLOCK))
         forbidden = _rows_forbidden(mask, causal, rows, n, m)  # (..., b, M) or None
-        P = np.broadcast_to(qs[..., rows, :] @ kT, (*batch, rows.stop - start, m)).copy()  # S block
+        P = qs[..., rows, :] @ kT  # the block of logits S
+        if P.shape[:-2] != batch:  # q is broadcast over batch axes of k or v: one block per batch element
+            P = np.broadcast_to(P, (*batch, *P.shape[-2:])).copy()
         P /= _exp_shifted_inplace(P, forbidden)  # P = softmax(S) over the allowed keys (recomputed)
         dO = dy[..., rows, :]
         Drow = np.sum(dO * (P @ v), axis=-1, keepdims=True)  # D_i = rowsum(dO ∘ O), O_i = Σ_j P_ij v_j
