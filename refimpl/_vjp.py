@@ -174,6 +174,14 @@ def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=No
 
     ``dS_ij = Σ_l ∂P_il/∂S_ij dP_il = P_ij (dP_ij − Σ_l P_il dP_il)`` with the row sum formed
     from ``P`` and ``dP`` (not FlashAttention's ``D_i = dO_i · O_i``), in Python floats.
+
+    Examples
+    --------
+    >>> q = k = np.eye(2)
+    >>> v, dy = np.array([[1.0], [0.0]]), np.ones((2, 1))
+    >>> dq, dk, dv = softmax_attention_vjp_loop(q, k, v, dy, scale=0.0)  # uniform weights 1/2
+    >>> dv.ravel().tolist(), float(abs(dq).max())  # dv_j = Σ_i P_ij dy_i; scale 0: no gradient to q
+    ([1.0, 1.0], 0.0)
     """
     q, k, v, dy, mask, causal, c, batch = _softmax_setup(q, k, v, dy, mask, causal, scale)
     n, m, d, dv_ = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
@@ -330,6 +338,14 @@ def linear_attention_vjp_loop(q, k, v, dy, *, causal=False):
     ``dden_i = −dy_i·y_i/den_i`` scattered to every key it sees:
     ``dφ(q_i) += (dnum_i·v_j + dden_i) φ(k_j)``, ``dφ(k_j) += (dnum_i·v_j + dden_i) φ(q_i)``,
     ``dv_j += (φ(q_i)·φ(k_j)) dnum_i``; then the chain rule through φ.
+
+    Examples
+    --------
+    >>> q = k = np.zeros((3, 2))  # φ(0) = 1: uniform weights
+    >>> v, dy = np.arange(3.0)[:, None], np.ones((3, 1))
+    >>> dq, dk, dv = linear_attention_vjp_loop(q, k, v, dy, causal=True)
+    >>> np.round(dv.ravel(), 12).tolist()  # key j is seen by queries i >= j with weight 1/(i+1)
+    [1.833333333333, 0.833333333333, 0.333333333333]
     """
     q, k, v, dy, causal, batch, phi = _linear_setup(q, k, v, dy, causal)
     n, m, d, dv_ = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
@@ -447,6 +463,19 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, *, discretization="mamba") -> d
     (:func:`refimpl._scan.linear_scan`, ⌈log₂ L⌉ sweeps, the adjoint on the time-reversed
     sequence with the coefficients shifted by one step); the rest are elementwise products and
     reductions. Memory O(L · d_in · n) per batch element (the states are stored, not recomputed).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> u, dy = rng.normal(size=(2, 6, 3))
+    >>> delta, A = np.full((6, 3), 0.1), -np.ones((3, 2))
+    >>> B, C = rng.normal(size=(2, 6, 2))
+    >>> g = selective_scan_vjp(u, delta, A, B, C, np.ones(3), dy, discretization="zoh")
+    >>> sorted(g), g["dA"].shape
+    (['dA', 'dB', 'dC', 'dD', 'ddelta', 'du'], (3, 2))
+    >>> gl = selective_scan_vjp_loop(u, delta, A, B, C, np.ones(3), dy, discretization="zoh")
+    >>> all(np.allclose(g[key], gl[key], rtol=1e-12, atol=0) for key in g)
+    True
     """
     from .ssm import _discretize_selective
 
@@ -489,6 +518,13 @@ def selective_scan_vjp_loop(u, delta, A, B, C, D, dy, *, discretization="mamba")
     Per batch element, channel d and state n: ``h_t = ā_t h_{t−1} + b̄_t u_t`` forwards, then
     ``λ_t = dy_t C_t + ā_{t+1} λ_{t+1}`` backwards (t = L−1, …, 0), accumulating every
     gradient at step t from ``λ_t``, ``h_{t−1}`` and the step's coefficients, in Python floats.
+
+    Examples
+    --------
+    >>> u, dy = np.ones((3, 1)), np.array([[0.0], [0.0], [1.0]])  # ℓ = y_2
+    >>> g = selective_scan_vjp_loop(u, np.ones((3, 1)), np.zeros((1, 1)), np.ones((3, 1)), np.ones((3, 1)), None, dy)
+    >>> g["du"].ravel().tolist()  # A = 0: h_2 = Δ(u_0 + u_1 + u_2), each input counts once
+    [1.0, 1.0, 1.0]
     """
     u, delta, A, B, C, Dv, dy, shapes = _selective_setup(u, delta, A, B, C, D, dy, discretization)
     L, d_in = u.shape[-2:]
