@@ -64,6 +64,8 @@ __all__ = [
     "flash_attention",
     "flash_attention_loop",
     "alibi_geometric_slopes",
+    "softmax_attention_vjp",
+    "softmax_attention_vjp_loop",
 ]
 
 
@@ -934,3 +936,7 @@ def flash_attention_loop(q, k, v, *, causal=False, scale=None, block_q=64, block
                 y[b][i] = o / z
                 lse[b][i] = mx + math.log(z)
     return (y, lse) if return_lse else y
+
+
+# The backward pass (vector–Jacobian products) lives in refimpl/_vjp.py, re-exported here.
+from ._vjp import softmax_attention_vjp, softmax_attention_vjp_loop  # noqa: E402

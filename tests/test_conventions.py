@@ -51,6 +51,9 @@ BIDIRECTIONAL_BY_DEFAULT = {
     "random_features.performer_attention", "random_features.performer_attention_loop",
     "random_features.performer_attention_quadratic",
     "random_features.lsh_attention", "random_features.lsh_attention_loop",
+    "attention.flash_attention", "attention.flash_attention_loop",
+    "attention.softmax_attention_vjp", "attention.softmax_attention_vjp_loop",
+    "random_features.linear_attention_vjp", "random_features.linear_attention_vjp_loop",
 }
 
 
