@@ -32,6 +32,8 @@ RETURN_FLAGS = {
     "weights": "the attention weight matrix A",
     "intermediates": "a dict of the named intermediate quantities, in the order of computation",
     "projections": "the input projections of a Hyena operator",
+    "lse": "the row log-sum-exp of the attention logits (what fused kernels store for the backward pass)",
+    "chunk_states": "the recurrent state entering each chunk of a chunked algorithm",
     "last_state": "the recurrent state after the last step",
     "offset": "the constant term c of an affine map y = W z + c",
 }
