@@ -725,6 +725,13 @@ def alibi_geometric_slopes(n_heads: int) -> np.ndarray:
     Returns
     -------
     m : ndarray, shape (n_heads,)
+
+    Examples
+    --------
+    >>> alibi_geometric_slopes(8).tolist()  # H = 8: 2^{-1}, 2^{-2}, ..., 2^{-8}
+    [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125, 0.00390625]
+    >>> np.log2(alibi_geometric_slopes(6)).tolist()  # H = 6: the 4-head slopes, then every other 8-head slope
+    [-2.0, -4.0, -6.0, -8.0, -1.0, -3.0]
     """
     n = _as_count(n_heads, "n_heads")
     p = 1 << (n.bit_length() - 1)  # largest power of two <= H
@@ -873,6 +880,17 @@ def flash_attention(q, k, v, *, causal=False, scale=None, block_q=64, block_k=64
     the result independent of the tiling. Here all query tiles are processed at once (one
     batched product per key tile); :func:`flash_attention_loop` walks the (query tile, key
     tile) grid and skips the tiles above the diagonal when ``causal``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 7, 4))
+    >>> y, lse = flash_attention(q, k, v, causal=True, block_q=2, block_k=3, return_lse=True)  # 7 is no multiple of 2 or 3
+    >>> bool(np.allclose(y, softmax_attention(q, k, v, causal=True)))
+    True
+    >>> logits = np.where(np.tri(7, dtype=bool), q @ k.T / 2.0, -np.inf)  # scale 1/sqrt(4)
+    >>> bool(np.allclose(lse, np.log(np.exp(logits).sum(axis=-1))))
+    True
     """
     q, k, v, batch, bq, bk = _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse)
     n, m = q.shape[-2], k.shape[-2]
@@ -908,6 +926,15 @@ def flash_attention_loop(q, k, v, *, causal=False, scale=None, block_q=64, block
     """Loop twin of :func:`flash_attention`: the (query tile, key tile) grid of Algorithm 1, row by row.
 
     Tiles strictly above the causal diagonal are skipped, as GPU kernels do (Eq. (16.15)).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 5, 2))
+    >>> y, lse = flash_attention_loop(q, k, v, causal=True, block_q=2, block_k=2, return_lse=True)
+    >>> y2, lse2 = flash_attention(q, k, v, causal=True, block_q=2, block_k=2, return_lse=True)
+    >>> bool(np.allclose(y, y2)), bool(np.allclose(lse, lse2))
+    (True, True)
     """
     q, k, v, batch, bq, bk = _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse)
     n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]

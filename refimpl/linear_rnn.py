@@ -218,6 +218,15 @@ def segsum(a) -> np.ndarray:
     prefix sums ``Λ_t − Λ_s``, which loses all digits when both are large (a gate of 0.5 over
     10⁵ steps gives prefix sums near −7·10⁴, and a difference of adjacent ones keeps ~12 of the
     16 digits; the segment sum keeps all of them).
+
+    Examples
+    --------
+    >>> np.exp(segsum(np.log([0.5, 0.25, 0.5]))).round(12).tolist()  # products of the gates g_{s+1} ... g_t
+    [[1.0, 0.0, 0.0], [0.25, 1.0, 0.0], [0.125, 0.5, 1.0]]
+    >>> a = -np.random.default_rng(0).uniform(size=5)  # short and small: a prefix-sum difference is accurate here
+    >>> cs = np.cumsum(a)
+    >>> bool(np.allclose(np.tril(segsum(a)), np.tril(cs[:, None] - cs[None, :])))
+    True
     """
     a = as_real_array(a, "a")
     if a.ndim < 1:
@@ -391,6 +400,16 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     paper's secondary chunking. Every other exponent is ≤ 0, so nothing overflows at any L.
     Twins: :func:`gated_linear_attention_loop` (the recurrence),
     :func:`gated_linear_attention_parallel` (the dense masked form).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 6, 3))
+    >>> v = rng.normal(size=(6, 2))
+    >>> log_g = np.log(rng.uniform(0.5, 1.0, size=(6, 3)))  # one gate per key channel
+    >>> o = gated_linear_attention(q, k, v, log_g, chunk_size=4)  # L = 6 is no multiple of 4
+    >>> o.shape, bool(np.allclose(o, gated_linear_attention_parallel(q, k, v, log_g)))
+    ((6, 2), True)
     """
     q, k, v, g, c = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states)
     o, states = _gla_chunked(q, k, v, g, c)
@@ -401,6 +420,17 @@ def gated_linear_attention_loop(q, k, v, log_g, *, scale=None, chunk_size=64, re
     """Loop twin of :func:`gated_linear_attention`: the recurrence (16.2), one step at a time.
 
     ``chunk_size`` only selects which states ``return_chunk_states`` reports.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 6, 3))
+    >>> v = rng.normal(size=(6, 2))
+    >>> log_g = np.log(rng.uniform(0.5, 1.0, size=6))  # one gate per step (per head)
+    >>> o, S = gated_linear_attention_loop(q, k, v, log_g, chunk_size=4, return_chunk_states=True)
+    >>> o2, S2 = gated_linear_attention(q, k, v, log_g, chunk_size=4, return_chunk_states=True)
+    >>> S.shape, bool(np.allclose(o, o2)), bool(np.allclose(S, S2))
+    ((2, 2, 3), True, True)
     """
     q, k, v, g, c = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states)
     o, states = _gla_loop(q, k, v, g, c)
@@ -412,6 +442,15 @@ def gated_linear_attention_parallel(q, k, v, log_g, *, scale=None):
 
     ``o_t = Σ_{s≤t} (Σ_j q_{t,j} k_{s,j} e^{seg_j[t,s]}) v_s`` with the segment sums of Eq. (16.4).
     O(L² Dk) memory: a reference for short sequences (Yang et al. 2024, GLA, Eq. 4 "parallel form").
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 5, 3))
+    >>> v = rng.normal(size=(5, 2))
+    >>> o = gated_linear_attention_parallel(q, k, v, np.zeros(5), scale=1.0)  # g = 1: plain causal linear attention
+    >>> bool(np.allclose(o, np.tril(q @ k.T) @ v))
+    True
     """
     q, k, v, g, _ = _gla_setup(q, k, v, log_g, scale, 1, False)
     decay = np.exp(np.moveaxis(_segsum(np.swapaxes(g, -1, -2)), -3, -1))  # (..., L, L, Dk'), 0 for s > t
@@ -467,6 +506,15 @@ def retention(q, k, v, gamma, *, scale=None, chunk_size=64):
     proper and are left to the caller (``positional.rope`` rotates q, k). Retention is
     :func:`gated_linear_attention` with the per-head log-gate ``log γ_h`` at every step.
     Twins: :func:`retention_loop`, :func:`retention_parallel`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 2, 6, 3))  # H = 2 heads, L = 6
+    >>> gamma = np.array([0.9, 0.5])
+    >>> o = retention(q, k, v, gamma, chunk_size=4)
+    >>> o.shape, bool(np.allclose(o, retention_parallel(q, k, v, gamma)))
+    ((2, 6, 3), True)
     """
     q, k, v, lg = _retention_setup(q, k, v, gamma)
     log_g = np.broadcast_to(lg[:, None], k.shape[:-3] + (k.shape[-3], k.shape[-2]))
@@ -474,7 +522,16 @@ def retention(q, k, v, gamma, *, scale=None, chunk_size=64):
 
 
 def retention_loop(q, k, v, gamma, *, scale=None, chunk_size=64):
-    """Loop twin of :func:`retention`: ``S_n = γ_h S_{n−1} + v_n k_nᵀ``, ``o_n = S_n q_n`` (Eq. (16.6))."""
+    """Loop twin of :func:`retention`: ``S_n = γ_h S_{n−1} + v_n k_nᵀ``, ``o_n = S_n q_n`` (Eq. (16.6)).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 2, 5, 2))
+    >>> gamma = np.array([0.9, 0.5])
+    >>> bool(np.allclose(retention_loop(q, k, v, gamma), retention(q, k, v, gamma, chunk_size=2)))
+    True
+    """
     q, k, v, lg = _retention_setup(q, k, v, gamma)
     _check_chunk(chunk_size)  # validated for signature parity; the recurrence has no chunks
     batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])])
@@ -495,6 +552,15 @@ def retention_parallel(q, k, v, gamma, *, scale=None):
 
     ``γ^{n−m}`` is evaluated directly as ``exp((n − m) log γ)`` — no segment sums, no products —
     an independent check of the chunked algorithm (Sun et al. 2023, Eq. 5).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 2, 5, 2))
+    >>> gamma = np.array([0.9, 0.5])
+    >>> log_g = np.broadcast_to(np.log(gamma)[:, None], (2, 5))  # GLA with a constant gate per head
+    >>> bool(np.allclose(retention_parallel(q, k, v, gamma), gated_linear_attention(q, k, v, log_g, chunk_size=2)))
+    True
     """
     q, k, v, lg = _retention_setup(q, k, v, gamma)
     L = q.shape[-2]
@@ -596,6 +662,18 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     Mamba-1's selective scan (chapter 11, Eq. (11.14), ``discretization="mamba"``) with A tied
     across the N states and P channels of a head. Twins: :func:`ssd_loop` (recurrence),
     :func:`ssd_quadratic` (the matrix M).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> H, G, L, P, N = 2, 1, 7, 3, 4  # two heads share one group of B, C
+    >>> x = rng.normal(size=(H, L, P))
+    >>> dt = rng.uniform(0.1, 1.0, size=(H, L))
+    >>> A, D = np.array([-1.0, -0.5]), np.array([1.0, 0.5])
+    >>> B, C = rng.normal(size=(2, G, L, N))
+    >>> y = ssd(x, dt, A, B, C, D, chunk_size=3)
+    >>> y.shape, bool(np.allclose(y, ssd_quadratic(x, dt, A, B, C, D)))
+    ((2, 7, 3), True)
     """
     x, dt, A, B, C, D, c = _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states)
     log_g = (dt * A[:, None])[..., None]  # log g_t = Δ_t A_h, per head: (..., H, L, 1)
@@ -607,6 +685,17 @@ def ssd_loop(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False
     """Loop twin of :func:`ssd`: the recurrence (16.7), one head and one step at a time.
 
     ``chunk_size`` only selects which states ``return_chunk_states`` reports.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(1, 5, 2))  # H = 1, L = 5, P = 2
+    >>> dt = rng.uniform(0.1, 1.0, size=(1, 5))
+    >>> B, C = rng.normal(size=(2, 1, 5, 3))  # G = 1, N = 3
+    >>> y, S = ssd_loop(x, dt, np.array([-1.0]), B, C, chunk_size=2, return_chunk_states=True)
+    >>> y2, S2 = ssd(x, dt, np.array([-1.0]), B, C, chunk_size=2, return_chunk_states=True)
+    >>> S.shape, bool(np.allclose(y, y2)), bool(np.allclose(S, S2))
+    ((1, 3, 2, 3), True, True)
     """
     x, dt, A, B, C, D, c = _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states)
     batch = x.shape[:-3]
@@ -638,6 +727,18 @@ def ssd_quadratic(x, dt, A, B, C, D=None, *, return_matrix=False):
     y : ndarray, shape (..., H, L, P)
     M : ndarray, shape (..., H, L, L)
         Only if ``return_matrix`` (without the skip ``D``).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(1, 4, 2))
+    >>> dt = rng.uniform(0.1, 1.0, size=(1, 4))
+    >>> B, C = rng.normal(size=(2, 1, 4, 3))
+    >>> y, M = ssd_quadratic(x, dt, np.array([0.0]), B, C, return_matrix=True)  # A = 0: no decay
+    >>> bool(np.allclose(M[0], np.tril(C[0] @ B[0].T) * dt[0]))  # M_ts = (C_t·B_s) Δ_s for s <= t
+    True
+    >>> bool(np.allclose(y, M @ x))
+    True
     """
     x, dt, A, B, C, D, _ = _check_ssd(x, dt, A, B, C, D, 1, False)
     _bool(return_matrix, "return_matrix")
@@ -789,6 +890,18 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     chunk's state are matrix products (16.12). Decays ``γ_t/γ_i`` are exponentials of segment
     sums (≤ 0). Work O(L c (Dk + Dv) + L c²) plus a loop over the L/c chunks. Twin:
     :func:`delta_rule_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 6, 3))
+    >>> k /= np.linalg.norm(k, axis=-1, keepdims=True)  # the delta rule needs unit keys
+    >>> v = rng.normal(size=(6, 2))
+    >>> beta = rng.uniform(0.1, 1.5, size=6)  # in (0, 2)
+    >>> log_g = np.log(rng.uniform(0.8, 1.0, size=6))  # Gated DeltaNet
+    >>> o = delta_rule(q, k, v, beta, log_g=log_g, chunk_size=4)
+    >>> o.shape, bool(np.allclose(o, delta_rule_loop(q, k, v, beta, log_g=log_g)))
+    ((6, 2), True)
     """
     q, k, v, b, g, c = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states)
     o, states = _delta_chunked(q, k, v, b, g, c)
@@ -799,6 +912,16 @@ def delta_rule_loop(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, ret
     """Loop twin of :func:`delta_rule`: ``S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ`` step by step (16.9).
 
     ``chunk_size`` only selects which states ``return_chunk_states`` reports.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> k = rng.normal(size=(5, 3))
+    >>> k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    >>> v = rng.normal(size=(5, 2))
+    >>> o = delta_rule_loop(k, k, v, np.ones(5), scale=1.0)  # β = 1 overwrites: S_t k_t = v_t
+    >>> bool(np.allclose(o, v))
+    True
     """
     q, k, v, b, g, c = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states)
     o, states = _delta_loop(q, k, v, b, g, c)
@@ -857,6 +980,15 @@ def rls_memory(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     associative scan over t, then ``o_t = Z_t R_t^{−1} q_t`` by one batched solve — O(L Dk³)
     work, no recursion. Its twin :func:`rls_memory_loop` runs the RLS recursion (gain,
     Riccati update of P = R^{−1}); their agreement is the statement "RLS is exact least squares".
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 6, 3))
+    >>> v = rng.normal(size=(6, 2))
+    >>> o = rls_memory(q, k, v, lam=0.9, delta=0.1)
+    >>> o.shape, bool(np.allclose(o, rls_memory_loop(q, k, v, lam=0.9, delta=0.1)))
+    ((6, 2), True)
     """
     q, k, v, lam, delta = _rls_setup(q, k, v, lam, delta, scale)
     dk = k.shape[-1]
@@ -875,6 +1007,15 @@ def rls_memory_loop(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     ``P_{−1} = I/δ``; ``g = P k / (λ + kᵀ P k)``, ``S ← S + (v − S k) gᵀ``, ``P ← (P − g kᵀ P)/λ``;
     ``o_t = S_t q_t``. The a-priori error ``v − S k`` is the Kalman innovation of a static
     state observed through ``k`` (chapter 3, Eq. (3.3), with F = I and Q = 0 for λ = 1).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 6, 3))
+    >>> W = rng.normal(size=(2, 3))
+    >>> o = rls_memory_loop(q, k, k @ W.T, delta=1e-12, scale=1.0)  # noiseless values v = W k
+    >>> bool(np.allclose(o[2:], q[2:] @ W.T))  # exact once Dk = 3 independent keys are seen
+    True
     """
     q, k, v, lam, delta = _rls_setup(q, k, v, lam, delta, scale)
     batch = q.shape[:-2]
