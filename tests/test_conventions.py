@@ -34,6 +34,7 @@ RETURN_FLAGS = {
     "projections": "the input projections of a Hyena operator",
     "lse": "the row log-sum-exp of the attention logits (what fused kernels store for the backward pass)",
     "chunk_states": "the recurrent state entering each chunk of a chunked algorithm",
+    "matrix": "the sequence-mixing matrix the algorithm applies (e.g. the semiseparable matrix of SSD)",
     "last_state": "the recurrent state after the last step",
     "offset": "the constant term c of an affine map y = W z + c",
 }
