@@ -26,7 +26,7 @@ def cited_tags(text: str) -> list:
     A citation is ``Eq. (k.n)``, or a list after ``Eqs.``: ``Eqs. (k.n) and (k.m)``,
     ``Eqs. (k.n), (k.m)``, ``Eqs. (k.n)/(k.m)``, and ranges ``Eqs. (k.n)–(k.m)`` (en dash, em dash,
     hyphen or "to"; both ends in chapter k), which cite every tag in between. Paper equation
-    numbers (``Eq. 6``, ``Eq. P-30``) have no parenthesized ``k.n`` and are not book tags.
+    numbers (``Eq. 6``, ``Eq. 30``) have no parenthesized ``k.n`` and are not book tags.
 
     Examples
     --------

@@ -1608,15 +1608,9 @@ def _design(proto, order, wn, btype, analog, fs, output):
 def butter(order, wn, *, btype="lowpass", analog=False, fs=None, output="zpk"):
     r"""Butterworth filter, digital or analog: prototype poles, pre-warping, frequency transformation, bilinear.
 
-<<<<<<< HEAD
     Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. (13.14)) →
     :func:`prewarp` (13.17) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`/
     :func:`lp2bs_zpk` (13.18–13.20) → :func:`bilinear_zpk` (13.16).
-=======
-    Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. (13.14)) →
-    :func:`prewarp` (13.17) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`
-    (13.18–13.20) → :func:`bilinear_zpk` (13.16).
->>>>>>> claims-c
 
     Parameters
     ----------

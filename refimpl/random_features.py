@@ -98,6 +98,8 @@ __all__ = [
     "reversible_inverse",
     "SELF_ATTENTION_VALUE",
     "KINDS",
+    "linear_attention_vjp",
+    "linear_attention_vjp_loop",
 ]
 
 #: Feature kinds of :func:`favor_features`.
@@ -1137,3 +1139,7 @@ def reversible_inverse(y1, y2, f, g) -> tuple[np.ndarray, np.ndarray]:
         x2 = x2 - _apply(gn, x1, "g", x1.shape)  # X2 = Y2 − G(Y1)
         x1 = x1 - _apply(fn, x2, "f", x2.shape)  # X1 = Y1 − F(X2)
     return x1, x2
+
+
+# The backward pass (vector–Jacobian products) lives in refimpl/_vjp.py, re-exported here.
+from ._vjp import linear_attention_vjp, linear_attention_vjp_loop  # noqa: E402

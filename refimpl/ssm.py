@@ -93,6 +93,8 @@ __all__ = [
     "selective_scan_assoc",
     "selective_scan_matrix",
     "semiseparable_matrix",
+    "selective_scan_vjp",
+    "selective_scan_vjp_loop",
 ]
 
 METHODS = ("bilinear", "zoh")
@@ -1191,3 +1193,7 @@ def selective_scan_matrix(u, delta, A, B, C, D=None, *, discretization="mamba", 
         decay = np.exp(A[:, None, :] * seg_last[..., None])  # (..., d, L, n)
         h_last = np.einsum("...dsn,...sdn->...dn", decay, Bu)
     return _finish_selective(y, h_last, u, D, return_last_state)
+
+
+# The backward pass (vector–Jacobian products) lives in refimpl/_vjp.py, re-exported here.
+from ._vjp import selective_scan_vjp, selective_scan_vjp_loop  # noqa: E402

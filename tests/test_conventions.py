@@ -32,6 +32,9 @@ RETURN_FLAGS = {
     "weights": "the attention weight matrix A",
     "intermediates": "a dict of the named intermediate quantities, in the order of computation",
     "projections": "the input projections of a Hyena operator",
+    "lse": "the row log-sum-exp of the attention logits (what fused kernels store for the backward pass)",
+    "chunk_states": "the recurrent state entering each chunk of a chunked algorithm",
+    "matrix": "the sequence-mixing matrix the algorithm applies (e.g. the semiseparable matrix of SSD)",
     "last_state": "the recurrent state after the last step",
     "offset": "the constant term c of an affine map y = W z + c",
 }
@@ -51,6 +54,9 @@ BIDIRECTIONAL_BY_DEFAULT = {
     "random_features.performer_attention", "random_features.performer_attention_loop",
     "random_features.performer_attention_quadratic",
     "random_features.lsh_attention", "random_features.lsh_attention_loop",
+    "attention.flash_attention", "attention.flash_attention_loop",
+    "attention.softmax_attention_vjp", "attention.softmax_attention_vjp_loop",
+    "random_features.linear_attention_vjp", "random_features.linear_attention_vjp_loop",
 }
 
 
