@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from ._scan import linear_scan
-from ._validate import as_real_array, check_option
+from ._validate import as_real_array, check_option, guard_overflow
 
 # Query rows per block of softmax_attention_vjp (FlashAttention's B_r): temporaries are
 # (..., 64, M) whatever N.
@@ -87,6 +87,7 @@ def _softmax_setup(q, k, v, dy, mask, causal, scale):
     return q, k, v, dy, mask, bool(causal), c, batch
 
 
+@guard_overflow()
 def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None):
     r"""Backward pass of :func:`refimpl.attention.softmax_attention`: ``(dq, dk, dv)`` for the cotangent ``dy``.
 
@@ -169,6 +170,7 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None):
     return _reduce_to(dq, q.shape), _reduce_to(dk, k.shape), _reduce_to(dv, v.shape)
 
 
+@guard_overflow()
 def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=None):
     """Loop twin of :func:`softmax_attention_vjp`: one query row at a time, the naive softmax Jacobian.
 
@@ -261,6 +263,7 @@ def _anticausal_products(a, b, w) -> np.ndarray:
     return flip(_causal_products(flip(a), flip(b), flip(w)))
 
 
+@guard_overflow()
 def linear_attention_vjp(q, k, v, dy, *, causal=False):
     r"""Backward pass of :func:`refimpl.random_features.linear_attention` (φ = elu + 1): ``(dq, dk, dv)``.
 
@@ -331,6 +334,7 @@ def linear_attention_vjp(q, k, v, dy, *, causal=False):
     return _reduce_to(dq, q.shape), _reduce_to(dk, k.shape), _reduce_to(dvt[..., :-1], v.shape)
 
 
+@guard_overflow()
 def linear_attention_vjp_loop(q, k, v, dy, *, causal=False):
     """Loop twin of :func:`linear_attention_vjp`: query by query, key by key, in Python floats.
 
@@ -417,6 +421,7 @@ def _selective_result(u, delta, A, B, C, Dv, dy, du, ddelta, dA, dB, dC, shapes)
     }
 
 
+@guard_overflow()
 def selective_scan_vjp(u, delta, A, B, C, D, dy, *, discretization="mamba") -> dict:
     r"""Backward pass of :func:`refimpl.ssm.selective_scan`: the gradients of all six inputs.
 
@@ -512,6 +517,7 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, *, discretization="mamba") -> d
     return _selective_result(u, delta, A, B, C, Dv, dy, du, ddelta, dA, dB, dC, shapes)
 
 
+@guard_overflow()
 def selective_scan_vjp_loop(u, delta, A, B, C, D, dy, *, discretization="mamba") -> dict:
     """Loop twin of :func:`selective_scan_vjp`: scalar loops, the forward recurrence then the adjoint one.
 

@@ -831,6 +831,7 @@ def _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse):
     return q * _scale(scale, q.shape[-1]), k, v, batch, bq, bk
 
 
+@guard_overflow()
 def flash_attention(q, k, v, *, causal=False, scale=None, block_q=64, block_k=64, return_lse=False):
     r"""Softmax attention by FlashAttention's tiled online softmax (forward pass).
 
@@ -915,6 +916,7 @@ def flash_attention(q, k, v, *, causal=False, scale=None, block_q=64, block_k=64
     return y, lse
 
 
+@guard_overflow()
 def flash_attention_loop(q, k, v, *, causal=False, scale=None, block_q=64, block_k=64, return_lse=False):
     """Loop twin of :func:`flash_attention`: the (query tile, key tile) grid of Algorithm 1, row by row.
 

@@ -712,8 +712,11 @@ def sos_frequency_response(sos, w=512, *, whole=False):
     h = np.ones(w.shape, dtype=np.complex128)
     if not np.all(np.any(sos[:, :3] != 0, axis=1)):
         return w, np.zeros(w.shape, dtype=np.complex128)  # a section with b = 0: the cascade is the zero filter
-    for row in sos:
-        h *= frequency_response(row[:3], row[3:], w)[1]
+    with np.errstate(invalid="ignore"):  # inf · 0 is resolved below
+        for row in sos:
+            h *= frequency_response(row[:3], row[3:], w)[1]
+    if np.isnan(h).any():  # a pole of one section on a zero of another (inf · 0): the limit of the product
+        h = np.where(np.isnan(h), frequency_response(*sos2tf(sos), w)[1], h)
     return w, h
 
 

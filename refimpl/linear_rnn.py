@@ -86,7 +86,7 @@ import math
 import numpy as np
 
 from ._scan import linear_scan
-from ._validate import as_int, as_positive_scalar, as_real_array
+from ._validate import as_int, as_positive_scalar, as_real_array, guard_overflow
 
 __all__ = [
     "ssd",
@@ -354,6 +354,7 @@ def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states):
     return q, k, v, g, c
 
 
+@guard_overflow()
 def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_chunk_states=False):
     r"""Gated linear attention (GLA), chunked: ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q_t``.
 
@@ -416,6 +417,7 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     return (o, states) if return_chunk_states else o
 
 
+@guard_overflow()
 def gated_linear_attention_loop(q, k, v, log_g, *, scale=None, chunk_size=64, return_chunk_states=False):
     """Loop twin of :func:`gated_linear_attention`: the recurrence (16.2), one step at a time.
 
@@ -437,6 +439,7 @@ def gated_linear_attention_loop(q, k, v, log_g, *, scale=None, chunk_size=64, re
     return (o, states) if return_chunk_states else o
 
 
+@guard_overflow()
 def gated_linear_attention_parallel(q, k, v, log_g, *, scale=None):
     r"""The dense masked form (16.3) of gated linear attention: an (L, L) weight matrix per channel.
 
@@ -479,6 +482,7 @@ def _retention_setup(q, k, v, gamma):
     return q, k, v, np.log(gam)
 
 
+@guard_overflow()
 def retention(q, k, v, gamma, *, scale=None, chunk_size=64):
     r"""RetNet's retention: linear attention with a fixed decay γ_h per head, chunked.
 
@@ -521,6 +525,7 @@ def retention(q, k, v, gamma, *, scale=None, chunk_size=64):
     return gated_linear_attention(q, k, v, log_g, scale=scale, chunk_size=chunk_size)
 
 
+@guard_overflow()
 def retention_loop(q, k, v, gamma, *, scale=None, chunk_size=64):
     """Loop twin of :func:`retention`: ``S_n = γ_h S_{n−1} + v_n k_nᵀ``, ``o_n = S_n q_n`` (Eq. (16.6)).
 
@@ -547,6 +552,7 @@ def retention_loop(q, k, v, gamma, *, scale=None, chunk_size=64):
     return o
 
 
+@guard_overflow()
 def retention_parallel(q, k, v, gamma, *, scale=None):
     r"""Retention's parallel form ``(Q Kᵀ ⊙ D) V``, ``D_{nm} = γ^{n−m}`` (n ≥ m), Eq. (16.6).
 
@@ -620,6 +626,7 @@ def _ssd_finish(y, x, D, states, return_chunk_states):
     return (y, states) if return_chunk_states else y
 
 
+@guard_overflow()
 def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     r"""Mamba-2's structured state-space duality (SSD) layer, by the chunked algorithm.
 
@@ -681,6 +688,7 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     return _ssd_finish(y, x, D, states, return_chunk_states)
 
 
+@guard_overflow()
 def ssd_loop(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     """Loop twin of :func:`ssd`: the recurrence (16.7), one head and one step at a time.
 
@@ -715,6 +723,7 @@ def ssd_loop(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False
     return _ssd_finish(y, x, D, states, return_chunk_states)
 
 
+@guard_overflow()
 def ssd_quadratic(x, dt, A, B, C, D=None, *, return_matrix=False):
     r"""SSD in its quadratic "attention" form: ``y = M x`` with the semiseparable matrix (16.8).
 
@@ -845,6 +854,7 @@ def _delta_loop(q, k, v, beta, logg, c: int):
     return o, states
 
 
+@guard_overflow()
 def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_chunk_states=False):
     r"""The delta rule (DeltaNet; Gated DeltaNet with ``log_g``), by the chunked WY/UT algorithm.
 
@@ -908,6 +918,7 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     return (o, states) if return_chunk_states else o
 
 
+@guard_overflow()
 def delta_rule_loop(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_chunk_states=False):
     """Loop twin of :func:`delta_rule`: ``S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ`` step by step (16.9).
 
@@ -946,6 +957,7 @@ def _rls_setup(q, k, v, lam, delta, scale):
     return q, k, v, lam, delta
 
 
+@guard_overflow()
 def rls_memory(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     r"""The least-squares key→value map after each step, read out by the queries: ``o_t = S_t q_t``.
 
@@ -1001,6 +1013,7 @@ def rls_memory(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     return (Z @ x)[..., 0]  # o_t = Z_t R_t^{−1} q_t = S_t q_t
 
 
+@guard_overflow()
 def rls_memory_loop(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     """Loop twin of :func:`rls_memory`: the RLS recursion (Eq. (6.7)) with a matrix of weights.
 

@@ -738,7 +738,7 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
         A = Lam[..., :, None] * np.eye(N) - Pv[..., :, None] * Qv.conj()[..., None, :]  # A = Λ − P Q^*
         worst = float(np.max(np.linalg.eigvals(A).real, initial=-np.inf))
         if worst > _stability_tol(A):
-            raise ValueError(f"P: the state matrix Λ − P Q^* is not stable (max Re λ = {worst:.6g}); pass c_tilde=True with S4's C̃")
+            raise ValueError(f"Lambda, P, Q: the state matrix Λ − P Q^* is not stable (max Re λ = {worst:.6g}); pass c_tilde=True with S4's C̃")
         half = 0.5 * dt[..., None, None] * A
         Ab = np.linalg.solve(np.eye(N) - half, np.eye(N) + half)  # Ā = (I − Δ/2 A)^{-1}(I + Δ/2 A)
         Cv = Cv - (Cv[..., None, :] @ np.linalg.matrix_power(Ab, L))[..., 0, :]  # C̃ = C (I − Ā^L)

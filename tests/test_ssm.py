@@ -617,7 +617,7 @@ class TestS4KernelDplr:
             ssm.s4_kernel_dplr(np.stack([Lam] * 3), P, P, B, np.stack([B] * 2), 0.1, 8)
         with pytest.raises(ValueError, match="^step:"):
             ssm.s4_kernel_dplr(np.stack([Lam] * 3), P, P, B, B, np.full(2, 0.1), 8)
-        with pytest.raises(ValueError, match="^P: the state matrix"):
+        with pytest.raises(ValueError, match="^Lambda, P, Q: the state matrix"):
             ssm.s4_kernel_dplr(Lam, 3 * P, -3 * P, B, B, 0.1, 8)  # Λ + 9 P P^*: unstable
 
 
