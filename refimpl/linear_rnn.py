@@ -176,7 +176,7 @@ def _check_log_g(log_g, L: int, dk: int, kdim: int, name: str = "log_g", allow_c
         per_channel = True
     elif g.ndim == kdim - 1 and g.ndim >= 1:
         if g.shape[-1] != L:
-            raise ValueError(f"{name}: expected per-head gates (..., L) with L = {L}, got shape {g.shape}")
+            raise ValueError(f"{name}: expected per-head gates (..., L) with L = {L} (the steps of q, k, v), got shape {g.shape}")
         per_channel = False
     else:
         want = "(..., L, Dk) (per key channel) or (..., L) (per head)" if allow_channel else "(..., L)"
@@ -476,7 +476,7 @@ def _retention_setup(q, k, v, gamma):
     gam = as_real_array(gamma, "gamma", ndim=1)
     H = q.shape[-3]
     if gam.shape != (H,):
-        raise ValueError(f"gamma: expected one decay per head, shape ({H},), got shape {gam.shape}")
+        raise ValueError(f"gamma: expected one decay per head, shape ({H},) (the head axis of q), got shape {gam.shape}")
     if np.any(gam <= 0) or np.any(gam > 1):
         raise ValueError(f"gamma: expected decays in (0, 1], got range [{gam.min():.6g}, {gam.max():.6g}]")
     return q, k, v, np.log(gam)
@@ -588,7 +588,7 @@ def _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states):
     H, L, P = x.shape[-3:]
     dt = as_real_array(dt, "dt")
     if dt.ndim < 2 or dt.shape[-2:] != (H, L):
-        raise ValueError(f"dt: expected shape (..., H, L) = (..., {H}, {L}), got shape {dt.shape}")
+        raise ValueError(f"dt: expected shape (..., H, L) = (..., {H}, {L}) (H, L from x), got shape {dt.shape}")
     if dt.size and dt.min() <= 0:
         raise ValueError(f"dt: expected step sizes > 0, got minimum {dt.min():.6g}")
     A = as_real_array(A, "A", ndim=1)

@@ -890,14 +890,8 @@ KNOWN_DEFECTS = {
     "random_features.linear_attention_vjp_loop": "dy's shape error when q, k or v is mutated names only dy",
     "ssm.selective_scan_vjp": "dy's shape error names only dy",
     "ssm.selective_scan_vjp_loop": "dy's shape error names only dy",
-    "linear_rnn.gated_linear_attention": "log_g's shape error when k is mutated names only log_g",
-    "linear_rnn.gated_linear_attention_loop": "log_g's shape error when k is mutated names only log_g",
-    "linear_rnn.retention": "raw NumPy broadcast errors for k; gamma's error when q is mutated; IndexError for rank-1 k",
-    "linear_rnn.retention_loop": "gamma's error when q is mutated names only gamma",
-    "linear_rnn.retention_parallel": "raw NumPy broadcast errors for k, v; gamma's error when q is mutated",
-    "linear_rnn.ssd": "dt's shape error when x is mutated names only dt",
-    "linear_rnn.ssd_loop": "dt's shape error when x is mutated names only dt",
-    "linear_rnn.ssd_quadratic": "dt's shape error when x is mutated names only dt",
+    "linear_rnn.retention": "raw NumPy broadcast errors for k; IndexError for rank-1 k",
+    "linear_rnn.retention_parallel": "raw NumPy broadcast errors for k, v",
 }
 
 NAMES = sorted(FUNCTIONS)
