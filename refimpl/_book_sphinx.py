@@ -661,6 +661,14 @@ def _on_doctree_read(app: Any, doctree: Any) -> None:
     docname = env.docname
     if docname not in app.config.refimpl_chapters:
         return
+    for node in doctree.findall(nodes.math_block):
+        if not node.get("nowrap"):
+            # Sphinx would wrap a display with "\\" in \begin{split}, where \tag, cases and
+            # aligned-with-tags fail in MathJax: hand MathJax the display as the chapter wrote it.
+            latex = node.astext()
+            node.children = []
+            node += nodes.Text(f"\\[{latex}\\]")
+            node["nowrap"] = True
     for node in doctree.findall(lambda n: isinstance(n, (nodes.math_block, nodes.math))):
         latex = node.astext()
         for a, b in _TAG.findall(latex):

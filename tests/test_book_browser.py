@@ -215,7 +215,8 @@ PAGE_REPORT = r"""
   const imgs = [...document.images];
   imgs.forEach((img) => { img.loading = "eager"; });
   await Promise.all(imgs.map((img) => img.decode().catch(() => null)));
-  const math = [...document.querySelectorAll("div.math, span.math")];
+  // Sphinx's math elements (MathJax's own output also has spans of class "math")
+  const math = [...document.querySelectorAll("div.math.notranslate, span.math.notranslate")];
   const tags = {};
   document.querySelectorAll('[id^="eq-"]').forEach((el) => {
     const shown = el.querySelector(".MathJax_Display, .MathJax, .MathJax_SVG_Display");
@@ -237,10 +238,13 @@ SEARCH_RESULTS = """
 new Promise((resolve) => {
   const started = Date.now();
   const poll = () => {
-    const found = [...document.querySelectorAll("#search-results a")].map((a) => a.href);
-    const status = document.querySelector("#search-results p, .search-summary");
-    if (found.length || Date.now() - started > 60000) resolve({found, status: status ? status.textContent : ""});
-    else setTimeout(poll, 200);
+    // Sphinx lists results one by one, then writes its summary "Search finished, found N pages ..."
+    const status = document.querySelector(".search-summary");
+    const text = status ? status.textContent : "";
+    const done = /finished|found|did not match/i.test(text);
+    if (done || Date.now() - started > 60000) {
+      resolve({found: [...document.querySelectorAll("#search-results a")].map((a) => a.href), status: text});
+    } else setTimeout(poll, 200);
   };
   poll();
 })
