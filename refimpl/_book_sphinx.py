@@ -281,10 +281,16 @@ class ProseLinker:
         def repl(m: re.Match[str]) -> str:
             year = m.group("tyear") or m.group("year")
             found = self.t.citations.get((_fold(m.group("first")), year))
+            more = m.group("more") or ""
+            if not found and more.strip()[:1] in {"&", "a"} and "et" not in more:
+                # "Kalman and Wiener 1949": not a two-author work; the citation may be the last name
+                whole, split = m.group(0), m.start("more") - m.start()
+                head, tail = whole[:split], whole[split:]
+                joint = re.match(r"\s+(?:&|and)\s+", tail)
+                return head + joint.group(0) + _CITATION.sub(repl, tail[joint.end() :]) if joint else whole
             if not found:
                 return m.group(0)
             key, authors = found
-            more = m.group("more") or ""
             form = 3 if "et" in more else 2 if more else 1
             if min(authors, 3) != form:
                 return m.group(0)  # the prose names the authors differently: leave it as written

@@ -603,6 +603,8 @@ def _linker(number: int = 2) -> ProseLinker:
         ("Mamba (Gu & Dao 2024) uses", "Mamba ({cite:alp}`gu2024`) uses"),
         ("Vaswani et al. (2017, §3.5)", "{cite:t}`vaswani2017{§3.5}`"),
         ("Vaswani (2017)", "Vaswani (2017)"),
+        ("Kalman and Gu & Dao 2024", "Kalman and {cite:alp}`gu2024`"),
+        ("NeurIPS 2017 and Gu 2024", "NeurIPS 2017 and Gu 2024"),
         ("`refimpl.lyapunov` and `refimpl.lyapunov.phi1`", "{py:mod}`refimpl.lyapunov` and {py:obj}`refimpl.lyapunov.phi1`"),
         ("`Eq. (2.4)` and $x(2.4)$ and $$y \\tag{2.4}$$", "`Eq. (2.4)` and $x(2.4)$ and $$y \\tag{2.4}$$"),
         ("[Eq. (2.4)](https://x.org)", "[Eq. (2.4)](https://x.org)"),
