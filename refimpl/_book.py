@@ -637,6 +637,17 @@ def _copy_if_changed(src: str, dst: str) -> str:
     return shutil.copy2(src, dst)
 
 
+def _mathjax_source() -> Path:
+    """MathJax's folder in the jupyter_server_mathjax package, found without importing it
+    (importing it imports jupyter_server: seconds for a folder name)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("jupyter_server_mathjax")
+    if spec is None or not spec.submodule_search_locations:
+        raise ChapterError("jupyter-server-mathjax is missing: pip install 'refimpl[book]'")
+    return Path(next(iter(spec.submodule_search_locations))).resolve() / "static"
+
+
 def copy_mathjax(out: Path) -> Path:
     """Copy MathJax 2 into ``out/_static/mathjax`` and write the offline font config.
 
@@ -650,9 +661,7 @@ def copy_mathjax(out: Path) -> Path:
     pathlib.Path
         The MathJax folder in `out`.
     """
-    import jupyter_server_mathjax
-
-    source = Path(jupyter_server_mathjax.__file__).resolve().parent / "static"
+    source = _mathjax_source()
     if not (source / "MathJax.js").is_file():
         raise ChapterError(f"MathJax not found in {source} (reinstall jupyter-server-mathjax)")
     target = out / MATHJAX_DIR
@@ -966,13 +975,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BookConfigError as exc:
         return fail(str(exc), 2)
     try:  # the book extras are optional dependencies of refimpl
-        import jupyter_server_mathjax  # noqa: F401
         import myst_nb  # noqa: F401
         import nbclient  # noqa: F401
         import sphinx  # noqa: F401
         import sphinx_book_theme  # noqa: F401
     except ImportError as exc:
         return fail(f"{exc.name} is missing: pip install 'refimpl[book]'", 2)
+    try:
+        _mathjax_source()
+    except ChapterError as exc:
+        return fail(str(exc), 2)
 
     out = Path(args.out) if args.out else book["build"]["build-dir"]
     try:
