@@ -113,6 +113,13 @@ def collect_targets(chapters: list[dict[str, Any]], notebooks: dict[str, Any]) -
                     figure += 1
                     name = meta["figure"].get("name") or f"fig-{number:02d}-{figure}"
                     targets.figures[f"{number}.{figure}"] = (doc, name)
+                    if name != f"fig-{number:02d}-{figure}":
+                        targets.warnings.append(
+                            f"{where}: figure {name} is Figure {number}.{figure} (figures are numbered in "
+                            f"order); its name would normally be fig-{number:02d}-{figure}"
+                        )
+                    if not has_image:
+                        targets.warnings.append(f"{where}: figure {name} has a caption but no image output")
                     if not meta.get("image", {}).get("alt"):
                         targets.warnings.append(f"{where}: figure {name} has no alt text (mystnb.image.alt)")
                 elif has_image:
@@ -484,7 +491,7 @@ def _equation_index_page(rows: list[tuple[str, str, list[str], list[str]]], targ
             continue
         chapter = int(tag.split(".")[0])
         funcs = ", ".join(f"{{py:obj}}`refimpl.{q}`" for q in functions) or "—"
-        files = ", ".join(f"`{f}`" for f in tests) or "—"
+        files = ", ".join(tests) or "—"  # plain text, so that a long list wraps
         lines.append(
             f"| {_role('ref', f'({tag})', equation_anchor(tag))} | "
             f"{_role('doc', str(chapter), targets.equations[tag])} | {funcs} | {files} |"
