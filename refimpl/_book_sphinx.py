@@ -27,7 +27,6 @@ the ``Eq. (k.n)`` citations in docstrings on the API pages.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,10 +163,6 @@ def _role(role: str, text: str, target: str) -> str:
     return f"{{{role}}}`{text} <{target}>`"
 
 
-def _md_escape_role_text(text: str) -> str:
-    return text.replace("`", "").replace("<", "\\<")
-
-
 class ProseLinker:
     """Rewrite one chapter's Markdown so that its references are MyST cross-references."""
 
@@ -207,10 +202,8 @@ class ProseLinker:
                 continue  # a paper's equation numbering, not this book's
             out.append(text[pos : head.start()])
             if len(items) == 1:
-                doc = self.t.equations[tags[0]]
                 whole = text[head.start() : items[0].end()]
                 out.append(_role("ref", whole, equation_anchor(tags[0])))
-                del doc
             else:
                 out.append(text[head.start() : items[0].start()])
                 last = items[0].start()
@@ -779,12 +772,3 @@ def setup(app: Any) -> dict[str, Any]:
         pass
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
 
-
-def notebook_json(nb: Any) -> str:
-    """A notebook as the download button serves it (the chapter as written, with its outputs)."""
-    import nbformat
-
-    return nbformat.writes(nb)
-
-
-_ = json  # kept for callers that serialize targets
