@@ -53,7 +53,7 @@ import shutil
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -565,6 +565,7 @@ def execute_chapters(
     timeout: int | None = 600,
     jobs: int = DEFAULT_JOBS,
     log: IO[str],
+    meanwhile: Callable[[], None] | None = None,
 ) -> dict[str, NotebookNode]:
     """Execute the chapters, `jobs` at a time, each in a fresh kernel of this Python.
 
@@ -578,6 +579,8 @@ def execute_chapters(
         Chapters run at the same time (worker processes).
     log : text stream
         One progress line per chapter as it finishes: ``[k/N] file  title ... ok (12.3 s)``.
+    meanwhile : callable, optional
+        Work for this (otherwise idle) process while the workers run the chapters.
 
     Returns
     -------
@@ -602,6 +605,8 @@ def execute_chapters(
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {pool.submit(_execute_file, str(c["path"]), timeout): c for c in order}
+        if meanwhile is not None:
+            meanwhile()
         for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
             chapter = futures[future]
             try:
@@ -745,7 +750,13 @@ _FATAL_WARNINGS = re.compile(
 
 
 def render_book(
-    book: dict[str, Any], notebooks: dict[str, NotebookNode], out: Path, *, jobs: int, log: IO[str]
+    book: dict[str, Any],
+    notebooks: dict[str, NotebookNode],
+    out: Path,
+    *,
+    jobs: int,
+    log: IO[str],
+    index_rows: list[Any] | None = None,
 ) -> None:
     """Write the Sphinx project for `notebooks` and build the HTML book into `out`.
 
@@ -770,6 +781,7 @@ def render_book(
             src,
             static=sphinx_settings(book, built),
             log=lambda line: print(f"warning: {line}", file=log, flush=True),
+            index_rows=index_rows,
         )
     except ReferenceError_ as exc:
         raise ChapterError(str(exc)) from None
@@ -877,8 +889,17 @@ def build(
     chapters = book["chapters"]
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    prepared: dict[str, Any] = {}
     if execute:
-        notebooks = execute_chapters(chapters, timeout=timeout, jobs=jobs, log=log)
+        from ._book_sphinx import equation_rows
+
+        def meanwhile() -> None:  # the equation index reads the sources and the tests: seconds
+            try:
+                prepared["index_rows"] = equation_rows(book)
+            except Exception:  # computed again, and reported, when the sources are written
+                pass
+
+        notebooks = execute_chapters(chapters, timeout=timeout, jobs=jobs, log=log, meanwhile=meanwhile)
     else:
         notebooks = {}
         width = max(len(c["file"]) for c in chapters)
@@ -895,7 +916,7 @@ def build(
     start = time.perf_counter()
     print(f"Rendering {len(chapters)} chapters with Sphinx ...", file=log, flush=True)
     try:
-        render_book(book, notebooks, out, jobs=jobs, log=log)
+        render_book(book, notebooks, out, jobs=jobs, log=log, index_rows=prepared.get("index_rows"))
     except ChapterError:
         print(f"Sphinx ... FAILED ({time.perf_counter() - start:.1f} s)", file=log, flush=True)
         raise

@@ -547,6 +547,7 @@ def write_sources(
     *,
     static: dict[str, Any],
     log: Callable[[str], None],
+    index_rows: list[tuple[str, str, list[str], list[str]]] | None = None,
 ) -> dict[str, Any]:
     """Write the Sphinx project of the book into `src`.
 
@@ -562,6 +563,8 @@ def write_sources(
         Extra ``conf.py`` settings from the caller (MathJax path, footer, ...).
     log : callable
         Receives one line per warning (figures without captions or alt text).
+    index_rows : list, optional
+        :func:`equation_rows` computed beforehand (the builder does it while chapters run).
 
     Returns
     -------
@@ -585,7 +588,13 @@ def write_sources(
 
     for module in modules:
         targets.modules[module] = _module_page(module)
-        mod = importlib.import_module(module)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            users = [c["file"] for c in chapters if module in c["modules"]]
+            raise ReferenceError_(
+                f"{book['path']}: module {module!r} (modules of {', '.join(users)}) cannot be imported: {exc}"
+            ) from None
         targets.objects.update(f"{module}.{name}" for name in getattr(mod, "__all__", []))
     bibfile = book["book"].get("bibliography")
     if bibfile is not None:
@@ -603,7 +612,7 @@ def write_sources(
     if modules:
         extra.append(f"API reference <{_module_page(modules[0])}>")
         extra += [f"{m} <{_module_page(m)}>" for m in modules[1:]]
-        rows = equation_rows(book)
+        rows = index_rows if index_rows is not None else equation_rows(book)
         if rows is not None:
             write_if_changed(src / "equations.md", _equation_index_page(rows, targets))
             expected.add("equations.md")

@@ -737,3 +737,12 @@ def test_real_book_has_api_pages_linked_to_equations_and_the_index(real_book: Pa
     assert "test_lyapunov.py" in index
     chapter = (real_book / "02-lyapunov.html").read_text(encoding="utf-8")
     assert 'href="api/refimpl.lyapunov.html#module-refimpl.lyapunov"' in chapter  # the module mention
+
+
+def test_unknown_module_fails_the_build(tmp_path: Path) -> None:
+    manifest = _make_book(tmp_path, TINY_CHAPTERS[1:])
+    _write(manifest, manifest.read_text(encoding="utf-8").replace("modules = []", 'modules = ["refimpl.nope"]'))
+    code, _, stderr = _run(["--book", str(manifest), "--out", str(tmp_path / "site"), "--no-execute"])
+    assert code == 1
+    assert "module 'refimpl.nope' (modules of 02-second.ipynb) cannot be imported" in stderr
+    assert "Traceback" not in stderr
