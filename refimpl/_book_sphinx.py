@@ -345,12 +345,14 @@ def _fold(name: str) -> str:
 # ------------------------------------------------------------------------- setup cells
 
 _SETUP_LINE = re.compile(
-    r"^\s*(?:$|#|%|import\s|from\s+\S+\s+import\s|\w+\s*=\s*setup_chapter\(|setup_chapter\(|\)|[\w\s,]+,?\s*$)"
+    r"^\s*(?:$|#|%|import\s|from\s+\S+\s+import\s|\w+\s*=\s*setup_chapter\(|setup_chapter\(|\)|[\w\s,]+,?\s*$"
+    r"|\w+\s*=\s*(?:np\.random\.)?default_rng\(\d*\)\s*(?:#.*)?$)"
 )
 
 
 def is_setup_cell(source: str) -> bool:
-    """True for a code cell that only imports, sets IPython options and calls setup_chapter()."""
+    """True for a code cell that only imports, sets IPython options, calls setup_chapter() and
+    seeds the random generator (``rng = np.random.default_rng(10)``)."""
     lines = source.splitlines()
     if not any(line.strip() for line in lines):
         return False

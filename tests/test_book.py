@@ -627,7 +627,9 @@ def test_prose_linker_rejects_a_missing_equation_of_this_book() -> None:
     [
         ("%matplotlib inline\nimport numpy as np\nfrom refimpl import sde\n\nsetup_chapter()", True),
         ("import numpy as np\nfrom refimpl._notebook import (\n    check,\n    fmt,\n)\nsetup_chapter()", True),
+        ("import numpy as np\nfrom refimpl._notebook import setup_chapter\n\nsetup_chapter()\nrng = np.random.default_rng(10)", True),
         ("import numpy as np\nx = np.ones(3)", False),
+        ("import numpy as np\n\n\ndef helper(ax):\n    ax.plot([1])", False),
         ("print(1)", False),
         ("", False),
     ],
