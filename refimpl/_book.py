@@ -1,20 +1,24 @@
 """Offline HTML book builder: ``python -m refimpl book``.
 
-The textbook is the ordered list of Jupyter notebooks declared in ``book.toml``. This
-module executes every chapter in a fresh kernel of the *current* Python environment
-(nbclient), renders it to HTML (nbconvert, with the ``refimpl`` template shipped in
-``refimpl/_book_templates``) and writes a self-contained site::
+The textbook is the ordered list of Jupyter notebooks declared in ``book.toml``. This module
+reads the manifest, executes every chapter in a fresh kernel of the *current* Python
+environment (nbclient, two chapters at a time), and renders the book with **Sphinx +
+MyST-NB + sphinx-book-theme** (the engine of Jupyter Book 1)::
 
-    OUT/index.html                 contents page (title, authors, chapter list)
+    OUT/index.html                 title page and table of contents
     OUT/NN-slug.html               one page per chapter, same stem as the notebook
+    OUT/api/refimpl.x.html         one API page per module named in book.toml (numpydoc)
+    OUT/equations.html             the equation -> function -> test index
+    OUT/bibliography.html          references.bib (sphinxcontrib-bibtex)
+    OUT/search.html                Sphinx's full-text search (works from file://)
+    OUT/_sources/NN-slug.ipynb     the chapter as a notebook (the download button)
     OUT/_static/mathjax/...        MathJax 2 copied from ``jupyter_server_mathjax``
 
-Nothing on the pages is fetched from the network: the require.js, widget-manager and
-mermaid CDN scripts of nbconvert's ``lab`` template are removed, MathJax is loaded from
-the local copy (STIX-Web fonts, the only ones that package ships) and images are inlined
-as base64. :func:`find_network_urls` checks this on every page that is written.
-
-The notebook files themselves are never modified: execution happens on an in-memory copy.
+The Sphinx project itself (``conf.py``, the rewritten chapters, the API pages) is generated
+from the manifest into ``OUT.sphinx/`` next to the output by :mod:`refimpl._book_sphinx`;
+``book.toml`` stays the only table of contents. Nothing on the pages is fetched from the
+network: MathJax, fonts, icons and scripts are local, which :func:`find_network_urls` checks
+on every page written. The notebook files themselves are never modified.
 
 Manifest format (``book.toml``, read with :mod:`tomllib`)::
 
@@ -24,54 +28,58 @@ Manifest format (``book.toml``, read with :mod:`tomllib`)::
     description = "..."      # required
     language = "en"          # required, the pages' ``lang`` attribute
     src = "notebooks"        # optional, folder of the notebooks, relative to book.toml
+    bibliography = "references.bib"   # optional, BibTeX file of the bibliography page
 
     [build]
     build-dir = "_build/book"   # optional, relative to book.toml
 
     [[chapters]]             # ordered, at least one
-    file = "01-linear-sde.ipynb"   # notebook file name inside src
+    file = "01-linear-sde.ipynb"   # notebook file name inside src; NN- is the chapter number
     title = "The linear Itô SDE"
-    modules = ["refimpl.sde"]      # refimpl modules the chapter derives (may be empty)
+    modules = ["refimpl.sde"]      # refimpl modules the chapter derives (API pages; may be empty)
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import datetime
 import html.parser
+import io
+import multiprocessing
 import os
 import re
 import shutil
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from ._book_sphinx import ReferenceError_, equation_anchor
+
 if TYPE_CHECKING:  # the book extras are imported lazily: load_book() works without them
     from jupyter_client.manager import AsyncKernelManager
-    from nbconvert import HTMLExporter
     from nbformat import NotebookNode
 
 __all__ = [
     "BookConfigError",
     "ChapterError",
     "build",
+    "equation_anchor",
     "find_book",
     "find_network_urls",
     "load_book",
     "main",
 ]
 
-#: Folder holding the nbconvert template ``refimpl/`` and the contents-page template.
-TEMPLATES_DIR = Path(__file__).resolve().with_name("_book_templates")
-#: nbconvert template name (a folder of :data:`TEMPLATES_DIR`).
-TEMPLATE_NAME = "refimpl"
 #: Where MathJax is copied to, relative to the output folder.
 MATHJAX_DIR = "_static/mathjax"
-#: MathJax 2 entry point as seen from a page in the output folder. ``TeX-AMS-MML_HTMLorMML``
-#: is the combined config that jupyter_server_mathjax ships; ``local/offline`` is ours.
-MATHJAX_URL = f"{MATHJAX_DIR}/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/offline"
+#: MathJax 2 entry point relative to ``_static`` (Sphinx's ``mathjax_path``).
+#: ``TeX-AMS-MML_HTMLorMML`` is the combined config jupyter_server_mathjax ships; ``local/offline``
+#: is ours.
+MATHJAX_PATH = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/offline"
 #: ``OUT/_static/mathjax/config/local/offline.js``: jupyter_server_mathjax ships only the
 #: STIX-Web woff fonts, so select them explicitly; otherwise MathJax probes for TeX
 #: fonts, finds none and falls back to image fonts that are not there either.
@@ -80,6 +88,8 @@ OFFLINE_CONFIG_JS = (
     'webFont: "STIX-Web", imageFont: null}, SVG: {font: "STIX-Web"}});\n'
     'MathJax.Ajax.loadComplete("[MathJax]/config/local/offline.js");\n'
 )
+#: Chapters executed at the same time (each in its own kernel); ``--jobs`` overrides it.
+DEFAULT_JOBS = 2
 
 _DEFAULT_SRC = "notebooks"
 _DEFAULT_BUILD_DIR = "_build/book"
@@ -196,6 +206,13 @@ def load_book(path: str | os.PathLike[str] = "book.toml") -> dict[str, Any]:
     book["src"] = (root / src).resolve()
     if not book["src"].is_dir():
         raise BookConfigError(f"{where}: src folder not found: {book['src']}")
+    bibliography = book.get("bibliography")
+    if bibliography is not None:
+        if not isinstance(bibliography, str):
+            raise BookConfigError(f"{where}: key 'bibliography' must be a str")
+        book["bibliography"] = (root / bibliography).resolve()
+        if not book["bibliography"].is_file():
+            raise BookConfigError(f"{where}: bibliography file not found: {book['bibliography']}")
 
     build_table = data.get("build", {})
     if not isinstance(build_table, dict):
@@ -505,119 +522,113 @@ def execute_notebook(nb: NotebookNode, cwd: Path, *, timeout: int | None = 600) 
         ) from None
 
 
-# ----------------------------------------------------------------------------- rendering
 
 
-def make_exporter(language: str = "en") -> HTMLExporter:
-    """Return the nbconvert exporter configured with the book template.
+def _execute_file(path: str, timeout: int | None) -> tuple[str | None, str | None, float]:
+    """Worker of the process pool: execute one chapter file; ``(notebook JSON, None, seconds)``
+    on success, ``(None, message, seconds)`` on failure. Top level, so that it pickles."""
+    import nbformat
+
+    start = time.perf_counter()
+    try:
+        nb = nbformat.read(path, as_version=4)
+        execute_notebook(nb, Path(path).parent, timeout=timeout)
+    except ChapterError as exc:
+        return None, str(exc), time.perf_counter() - start
+    except Exception as exc:  # unreadable notebook and the like
+        return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - start
+    return nbformat.writes(nb), None, time.perf_counter() - start
+
+
+def _stored_seconds(path: Path) -> float:
+    """How long the chapter took when it was last run, from nbclient's timing metadata
+    (used to start the longest chapters first); 0 when the notebook has none."""
+    import json
+
+    total = 0.0
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        for cell in cells:
+            timing = cell.get("metadata", {}).get("execution", {})
+            start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+            if start and end:
+                parse = datetime.datetime.fromisoformat
+                total += (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+    return total
+
+
+def execute_chapters(
+    chapters: Sequence[dict[str, Any]],
+    *,
+    timeout: int | None = 600,
+    jobs: int = DEFAULT_JOBS,
+    log: IO[str],
+    meanwhile: Callable[[], None] | None = None,
+) -> dict[str, NotebookNode]:
+    """Execute the chapters, `jobs` at a time, each in a fresh kernel of this Python.
 
     Parameters
     ----------
-    language : str, default "en"
-        Value of the pages' ``<html lang>``.
+    chapters : sequence of dict
+        Chapter entries of :func:`load_book`.
+    timeout : int or None, default 600
+        Seconds allowed per cell; None for no limit.
+    jobs : int, default 2
+        Chapters run at the same time (worker processes).
+    log : text stream
+        One progress line per chapter as it finishes: ``[k/N] file  title ... ok (12.3 s)``.
+    meanwhile : callable, optional
+        Work for this (otherwise idle) process while the workers run the chapters.
 
     Returns
     -------
-    nbconvert.HTMLExporter
+    dict
+        ``{chapter file: executed NotebookNode}``.
+
+    Raises
+    ------
+    ChapterError
+        After every chapter has run, if any failed: one line per failed chapter naming the
+        notebook, the cell and the exception.
     """
-    from nbconvert import HTMLExporter
+    import nbformat
 
-    return HTMLExporter(
-        template_name=TEMPLATE_NAME,
-        extra_template_basedirs=[str(TEMPLATES_DIR)],
-        theme="light",
-        language_code=language,
-        mathjax_url=MATHJAX_URL,
-        embed_images=True,  # markdown ![](figure.png) would otherwise point outside OUT
-    )
-
-
-def _nav_entry(chapter: dict[str, Any] | None) -> dict[str, Any] | None:
-    if chapter is None:
-        return None
-    return {"number": chapter["number"], "title": chapter["title"], "page": chapter["page"]}
-
-
-_TAG = re.compile(r"\\tag\{(\d+)\.(\d+)\}")
-
-
-def equation_anchor(tag: str) -> str:
-    """The stable HTML id of equation ``tag`` ("2.4" -> "eq-2-4"): link ``NN-slug.html#eq-2-4``."""
-    return "eq-" + tag.replace(".", "-")
-
-
-def add_equation_anchors(source: str) -> str:
-    """Put ``<a id="eq-k-n"></a>`` before every display-math block of a Markdown cell that has
-    ``\\tag{k.n}``, so that cited equations have stable URLs in the built book."""
-    lines = source.split("\n")
-    out: list[str] = []
-    block: list[str] | None = None
-    for line in lines:
-        opens_or_closes = line.count("$$") % 2 == 1
-        if block is None:
-            if opens_or_closes:
-                block = [line]
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    width = max(len(c["file"]) for c in chapters)
+    # Longest first: with two workers the build ends when the last long chapter does.
+    order = sorted(chapters, key=lambda c: -_stored_seconds(c["path"]))
+    executed: dict[str, NotebookNode] = {}
+    failures: list[str] = []
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {pool.submit(_execute_file, str(c["path"]), timeout): c for c in order}
+        if meanwhile is not None:
+            meanwhile()
+        for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+            chapter = futures[future]
+            try:
+                text, error, seconds = future.result()
+            except Exception as exc:  # the worker process itself died
+                text, error, seconds = None, f"{type(exc).__name__}: {exc}", 0.0
+            status = f"ok ({seconds:.1f} s)" if error is None else f"FAILED ({seconds:.1f} s)"
+            print(
+                f"[{done}/{len(chapters)}] {chapter['file']:<{width}}  {chapter['title']} ... {status}",
+                file=log,
+                flush=True,
+            )
+            if error is None:
+                executed[chapter["file"]] = nbformat.reads(text, as_version=4)
             else:
-                tags = _TAG.findall(line)  # a one-line $$ … \tag{} … $$ block
-                out.extend(f'<a id="{equation_anchor(a + "." + b)}"></a>' for a, b in tags if "$$" in line)
-                out.append(line)
-        else:
-            block.append(line)
-            if opens_or_closes:
-                tags = _TAG.findall("\n".join(block))
-                out.extend(f'<a id="{equation_anchor(a + "." + b)}"></a>' for a, b in tags)
-                out.extend(block)
-                block = None
-    if block is not None:
-        out.extend(block)
-    return "\n".join(out)
+                failures.append(f"{chapter['file']}: {error}")
+    if failures:
+        raise ChapterError("\n".join(failures))
+    return executed
 
 
-def render_chapter(
-    nb: NotebookNode,
-    book: dict[str, Any],
-    chapter: dict[str, Any],
-    exporter: HTMLExporter | None = None,
-) -> str:
-    """Render one chapter to an HTML page with book navigation.
-
-    Parameters
-    ----------
-    nb : nbformat.NotebookNode
-        The (executed) notebook; its metadata title is set on this object.
-    book : dict
-        The manifest from :func:`load_book` (for the title and prev/next chapters).
-    chapter : dict
-        The chapter of `book` that `nb` is.
-    exporter : nbconvert.HTMLExporter, optional
-        Reused across chapters; :func:`make_exporter` by default.
-
-    Returns
-    -------
-    str
-        The page source.
-    """
-    if exporter is None:
-        exporter = make_exporter(book["book"]["language"])
-    chapters = book["chapters"]
-    position = chapters.index(chapter)
-    nb.metadata["title"] = f"{chapter['number']}. {chapter['title']} · {book['book']['title']}"
-    for cell in nb.cells:  # stable anchors for the tagged equations (id="eq-k-n")
-        if cell.cell_type == "markdown" and "\\tag{" in cell.source:
-            cell.source = add_equation_anchors(cell.source)
-    resources = {
-        "metadata": {"name": chapter["path"].stem, "path": str(chapter["path"].parent)},
-        "book": {
-            "title": book["book"]["title"],
-            "mathjax_url": MATHJAX_URL,
-            "index": "index.html",
-            "chapter": {**_nav_entry(chapter), "file": chapter["file"]},  # type: ignore[dict-item]
-            "prev": _nav_entry(chapters[position - 1] if position > 0 else None),
-            "next": _nav_entry(chapters[position + 1] if position + 1 < len(chapters) else None),
-        },
-    }
-    body, _ = exporter.from_notebook_node(nb, resources=resources)
-    return body
+# ----------------------------------------------------------------------------- rendering
 
 
 def _copy_if_changed(src: str, dst: str) -> str:
@@ -629,6 +640,17 @@ def _copy_if_changed(src: str, dst: str) -> str:
     if source.st_size == target.st_size and int(source.st_mtime) == int(target.st_mtime):
         return dst
     return shutil.copy2(src, dst)
+
+
+def _mathjax_source() -> Path:
+    """MathJax's folder in the jupyter_server_mathjax package, found without importing it
+    (importing it imports jupyter_server: seconds for a folder name)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("jupyter_server_mathjax")
+    if spec is None or not spec.submodule_search_locations:
+        raise ChapterError("jupyter-server-mathjax is missing: pip install 'refimpl[book]'")
+    return Path(next(iter(spec.submodule_search_locations))).resolve() / "static"
 
 
 def copy_mathjax(out: Path) -> Path:
@@ -644,9 +666,7 @@ def copy_mathjax(out: Path) -> Path:
     pathlib.Path
         The MathJax folder in `out`.
     """
-    import jupyter_server_mathjax
-
-    source = Path(jupyter_server_mathjax.__file__).resolve().parent / "static"
+    source = _mathjax_source()
     if not (source / "MathJax.js").is_file():
         raise ChapterError(f"MathJax not found in {source} (reinstall jupyter-server-mathjax)")
     target = out / MATHJAX_DIR
@@ -657,32 +677,170 @@ def copy_mathjax(out: Path) -> Path:
     return target
 
 
-def write_index(book: dict[str, Any], out: Path) -> Path:
-    """Write the contents page ``out/index.html``.
+def sphinx_settings(book: dict[str, Any], built: datetime.datetime) -> dict[str, Any]:
+    """The ``conf.py`` of the book (everything but the per-chapter values)."""
+    from . import __version__
 
-    Parameters
-    ----------
-    book : dict
-        The manifest from :func:`load_book`.
-    out : pathlib.Path
-        The book's output folder.
+    meta = book["book"]
+    authors = ", ".join(meta["authors"])
+    stamp = built.strftime("%Y-%m-%d %H:%M UTC")
+    return {
+        "project": meta["title"],
+        "author": authors,
+        "copyright": f"{built.year}, {authors}",
+        "version": __version__,
+        "release": __version__,
+        "language": meta["language"],
+        # refimpl._book_sphinx before sphinxcontrib.bibtex: it registers the citation style
+        "extensions": ["myst_nb", "sphinx.ext.autodoc", "numpydoc", "refimpl._book_sphinx", "sphinxcontrib.bibtex"],
+        "root_doc": "index",
+        "exclude_patterns": ["**.ipynb_checkpoints"],
+        "nb_execution_mode": "off",  # refimpl._book executes the chapters itself, in parallel
+        "nb_merge_streams": True,
+        "myst_enable_extensions": ["dollarmath", "amsmath"],
+        "myst_dmath_double_inline": True,
+        "mathjax_path": MATHJAX_PATH,
+        "mathjax2_config": {
+            "tex2jax": {
+                "inlineMath": [["\\(", "\\)"]],
+                "displayMath": [["\\[", "\\]"]],
+                "processRefs": False,
+                "processEnvironments": True,
+                "processClass": "tex2jax_process|mathjax_process|math|output_area",
+                "ignoreClass": "tex2jax_ignore|mathjax_ignore|bd-main",
+            },
+            "TeX": {"equationNumbers": {"autoNumber": "none"}},
+            # the STIX-Web woff fonts are the ones jupyter_server_mathjax ships: no font probing
+            "HTML-CSS": {"availableFonts": [], "preferredFont": None, "webFont": "STIX-Web", "imageFont": None},
+            "SVG": {"font": "STIX-Web"},
+            "showMathMenu": False,
+            "messageStyle": "none",
+        },
+        "html_theme": "sphinx_book_theme",
+        "html_title": meta["title"],
+        "html_theme_options": {
+            "use_download_button": True,
+            "use_fullscreen_button": False,
+            "use_repository_button": False,
+            "home_page_in_toc": True,
+            "show_toc_level": 2,
+            "navigation_with_keys": False,
+            "extra_footer": f"<p>refimpl {__version__} · built {stamp}</p>",
+        },
+        "html_sourcelink_suffix": "",  # the download button serves the chapter's .ipynb
+        "html_last_updated_fmt": "%Y-%m-%d",
+        "html_copy_source": True,
+        "numfig": True,
+        "numfig_format": {"figure": "Figure %s", "table": "Table %s", "code-block": "Listing %s", "section": "§%s"},
+        "bibtex_reference_style": "refimpl_author_year",
+        "bibtex_default_style": "plain",
+        "numpydoc_show_class_members": False,
+        "numpydoc_xref_param_type": False,
+        "autodoc_member_order": "bysource",
+        "suppress_warnings": ["myst.header", "mystnb.unknown_mime_type", "config.cache", "ref.citation"],
+    }
 
-    Returns
-    -------
-    pathlib.Path
-        The page written.
+
+#: Sphinx warnings that mean a broken book: a reference, an image or an API page is missing.
+_FATAL_WARNINGS = re.compile(
+    r"undefined label|unknown document|could not find bibtex key|image file not readable|"
+    r"duplicate label|failed to import|reference target not found|toctree contains reference",
+    re.IGNORECASE,
+)
+
+
+def render_book(
+    book: dict[str, Any],
+    notebooks: dict[str, NotebookNode],
+    out: Path,
+    *,
+    jobs: int,
+    log: IO[str],
+    index_rows: list[Any] | None = None,
+) -> None:
+    """Write the Sphinx project for `notebooks` and build the HTML book into `out`.
+
+    Raises
+    ------
+    ChapterError
+        On a broken reference (naming notebook, cell and reference), a duplicate equation tag,
+        a Sphinx error, or a Sphinx warning about a missing label, document, citation, image or
+        module.
     """
-    import jinja2
+    from sphinx.application import Sphinx
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
-        autoescape=True,
-        keep_trailing_newline=True,
-    )
-    page = env.get_template("contents.html.j2").render(book=book["book"], chapters=book["chapters"])
-    index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return index
+    from ._book_sphinx import write_sources
+
+    scratch = out.parent / f"{out.name}.sphinx"
+    src, doctrees = scratch / "src", scratch / "doctrees"
+    built = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        write_sources(
+            book,
+            notebooks,
+            src,
+            static=sphinx_settings(book, built),
+            log=lambda line: print(f"warning: {line}", file=log, flush=True),
+            index_rows=index_rows,
+        )
+    except ReferenceError_ as exc:
+        raise ChapterError(str(exc)) from None
+    status, warnings = io.StringIO(), io.StringIO()
+    try:
+        app = Sphinx(
+            str(src), str(src), str(out), str(doctrees), "html",
+            status=status, warning=warnings, freshenv=False, parallel=jobs, keep_going=True,
+        )  # fmt: skip
+        app.build()
+    except ReferenceError_ as exc:
+        raise ChapterError(str(exc)) from None
+    except Exception as exc:
+        detail = warnings.getvalue().strip()
+        raise ChapterError(f"Sphinx failed: {type(exc).__name__}: {exc}\n{detail}") from None
+    lines = [_ANSI.sub("", line) for line in warnings.getvalue().splitlines() if line.strip()]
+    lines = [line.replace(str(src) + os.sep, "") for line in lines]
+    fatal = [line for line in lines if _FATAL_WARNINGS.search(line)]
+    # reStructuredText slips in the modules' docstrings are counted, not listed one by one
+    docstrings = [line for line in lines if ":docstring of " in line and line not in fatal]
+    for line in lines:
+        if line not in fatal and line not in docstrings and not line.startswith(("-----", "=====")):
+            print(f"warning: {line}", file=log, flush=True)
+    if docstrings:
+        print(
+            f"warning: {len(docstrings)} reStructuredText warnings in docstrings on the API pages "
+            f"(see {scratch / 'warnings.txt'})",
+            file=log,
+            flush=True,
+        )
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "warnings.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if fatal:
+        raise ChapterError("broken references in the book:\n" + "\n".join(fatal))
+    copy_mathjax(out)
+    # The download button serves _sources/NN-slug.ipynb: the chapter as written (with the
+    # outputs of this build), not the rewritten copy Sphinx read.
+    import nbformat
+
+    for chapter in book["chapters"]:
+        target = out / "_sources" / chapter["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(nbformat.writes(notebooks[chapter["file"]]), encoding="utf-8")
+
+
+_CSS_FILE_URL = re.compile(r"""url\(\s*['"]?\s*((?:https?:)?//[^'")\s]+)""", re.IGNORECASE)
+
+
+def offline_problems(out: Path) -> list[str]:
+    """``page: url`` for every network URL a page or stylesheet of the book would load."""
+    problems = []
+    for page in sorted(out.rglob("*.html")):
+        if MATHJAX_DIR in page.relative_to(out).as_posix():
+            continue
+        problems += [f"{page.relative_to(out)}: {url}" for url in find_network_urls(page.read_text(encoding="utf-8"))]
+    for sheet in sorted(out.rglob("*.css")):
+        text = sheet.read_text(encoding="utf-8", errors="replace")
+        problems += [f"{sheet.relative_to(out)}: {m.group(1)}" for m in _CSS_FILE_URL.finditer(text)]
+    return problems
 
 
 # ----------------------------------------------------------------------------- building
@@ -694,82 +852,86 @@ def build(
     *,
     execute: bool = True,
     timeout: int | None = 600,
-    only: Sequence[str] | None = None,
+    jobs: int = DEFAULT_JOBS,
     log: IO[str] | None = None,
 ) -> list[Path]:
-    """Execute and render the chapters of `book` into `out`.
+    """Execute the chapters of `book` and render the HTML book into `out`.
 
     Parameters
     ----------
     book : dict
         The manifest from :func:`load_book`.
     out : pathlib.Path
-        Output folder, created if needed.
+        Output folder, created if needed. The Sphinx project goes to ``OUT.sphinx`` beside it.
     execute : bool, default True
         Run the chapters; False renders the outputs stored in the notebooks.
     timeout : int or None, default 600
         Seconds allowed per cell; None for no limit.
-    only : sequence of str, optional
-        Chapter file names to build (the contents page and navigation still cover the
-        whole book).
+    jobs : int, default 2
+        Chapters executed at the same time, and Sphinx's parallel readers.
     log : text stream, optional
         Where progress lines go; ``sys.stdout`` by default.
 
     Returns
     -------
     list of pathlib.Path
-        The pages written, the contents page last.
+        The chapter pages written, in book order, then the contents page.
 
     Raises
     ------
     ChapterError
-        When a chapter fails (the message names the chapter file) or a page would load
-        something from the network. Pages of earlier chapters are kept.
+        When a chapter fails (naming the notebook, the cell and the exception), a reference is
+        broken, or a page would load something from the network.
     """
     import nbformat
 
     log = sys.stdout if log is None else log
-    selected = [c for c in book["chapters"] if only is None or c["file"] in only]
+    chapters = book["chapters"]
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    copy_mathjax(out)
-    exporter = make_exporter(book["book"]["language"])
-    written: list[Path] = []
-    width = max(len(c["file"]) for c in selected)
-    for position, chapter in enumerate(selected, start=1):
-        print(
-            f"[{position}/{len(selected)}] {chapter['file']:<{width}}  {chapter['title']} ... ",
-            end="",
-            file=log,
-            flush=True,
-        )
-        start = time.perf_counter()
-        try:
-            # Read afresh and never write back: the stored notebooks stay as committed.
-            nb = nbformat.read(chapter["path"], as_version=4)
-            if execute:
-                execute_notebook(nb, chapter["path"].parent, timeout=timeout)
-            page = out / chapter["page"]
-            page.write_text(render_chapter(nb, book, chapter, exporter), encoding="utf-8")
-        except ChapterError as exc:
-            print(f"FAILED ({time.perf_counter() - start:.1f} s)", file=log, flush=True)
-            raise ChapterError(f"{chapter['file']}: {exc}") from None
-        except Exception as exc:  # unreadable notebook, template error ...
-            print(f"FAILED ({time.perf_counter() - start:.1f} s)", file=log, flush=True)
-            raise ChapterError(f"{chapter['file']}: {type(exc).__name__}: {exc}") from None
-        print(f"ok ({time.perf_counter() - start:.1f} s)", file=log, flush=True)
-        written.append(page)
-    written.append(write_index(book, out))
-    for page in written:
-        urls = find_network_urls(page.read_text(encoding="utf-8"))
-        if urls:
-            raise ChapterError(f"{page.name} would load from the network: {', '.join(urls)}")
-    return written
+    prepared: dict[str, Any] = {}
+    if execute:
+        from ._book_sphinx import equation_rows
+
+        def meanwhile() -> None:  # the equation index reads the sources and the tests: seconds
+            try:
+                prepared["index_rows"] = equation_rows(book)
+            except Exception:  # computed again, and reported, when the sources are written
+                pass
+
+        notebooks = execute_chapters(chapters, timeout=timeout, jobs=jobs, log=log, meanwhile=meanwhile)
+    else:
+        notebooks = {}
+        width = max(len(c["file"]) for c in chapters)
+        for position, chapter in enumerate(chapters, start=1):
+            try:
+                notebooks[chapter["file"]] = nbformat.read(chapter["path"], as_version=4)
+            except Exception as exc:
+                raise ChapterError(f"{chapter['file']}: {type(exc).__name__}: {exc}") from None
+            print(
+                f"[{position}/{len(chapters)}] {chapter['file']:<{width}}  {chapter['title']} ... stored outputs",
+                file=log,
+                flush=True,
+            )
+    start = time.perf_counter()
+    print(f"Rendering {len(chapters)} chapters with Sphinx ...", file=log, flush=True)
+    try:
+        render_book(book, notebooks, out, jobs=jobs, log=log, index_rows=prepared.get("index_rows"))
+    except ChapterError:
+        print(f"Sphinx ... FAILED ({time.perf_counter() - start:.1f} s)", file=log, flush=True)
+        raise
+    print(f"Sphinx ... ok ({time.perf_counter() - start:.1f} s)", file=log, flush=True)
+    problems = offline_problems(out)
+    if problems:
+        raise ChapterError("the book would load from the network: " + "; ".join(problems))
+    return [out / f"{Path(c['file']).stem}.html" for c in chapters] + [out / "index.html"]
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m refimpl book",
-        description="Execute the chapters listed in book.toml and write the offline HTML book.",
+        description="Execute the chapters listed in book.toml and write the offline HTML book "
+        "(Sphinx + MyST-NB + sphinx-book-theme).",
     )
     parser.add_argument(
         "--book",
@@ -794,10 +956,11 @@ def _parser() -> argparse.ArgumentParser:
         help="time allowed per cell, 0 for no limit (default: 600)",
     )
     parser.add_argument(
-        "--only",
-        action="append",
-        metavar="FILE",
-        help="build only this chapter file (repeatable)",
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"chapters executed at the same time (default: {DEFAULT_JOBS})",
     )
     return parser
 
@@ -813,7 +976,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 1 if a chapter failed, 2 on usage or configuration errors.
+        0 on success, 1 if a chapter failed or a reference is broken, 2 on usage or
+        configuration errors.
     """
     try:
         args = _parser().parse_args(None if argv is None else list(argv))
@@ -824,22 +988,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"refimpl book: error: {message}", file=sys.stderr, flush=True)
         return code
 
+    if args.jobs < 1:
+        return fail(f"--jobs must be at least 1, got {args.jobs}", 2)
     started = time.perf_counter()
     try:
         book = load_book(args.book if args.book else find_book())
     except BookConfigError as exc:
         return fail(str(exc), 2)
-    if args.only:
-        known = {chapter["file"] for chapter in book["chapters"]}
-        unknown = [name for name in args.only if name not in known]
-        if unknown:
-            return fail(f"--only: not a chapter of {book['path']}: {', '.join(unknown)}", 2)
     try:  # the book extras are optional dependencies of refimpl
-        import jupyter_server_mathjax  # noqa: F401
+        import myst_nb  # noqa: F401
         import nbclient  # noqa: F401
-        import nbconvert  # noqa: F401
+        import sphinx  # noqa: F401
+        import sphinx_book_theme  # noqa: F401
     except ImportError as exc:
         return fail(f"{exc.name} is missing: pip install 'refimpl[book]'", 2)
+    try:
+        _mathjax_source()
+    except ChapterError as exc:
+        return fail(str(exc), 2)
 
     out = Path(args.out) if args.out else book["build"]["build-dir"]
     try:
@@ -848,14 +1014,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             out,
             execute=not args.no_execute,
             timeout=args.timeout if args.timeout > 0 else None,
-            only=args.only,
+            jobs=args.jobs,
         )
     except ChapterError as exc:
         return fail(str(exc), 1)
     chapters = len(written) - 1
     elapsed = time.perf_counter() - started
     print(
-        f"Book written to {out / 'index.html'} "
+        f"Book written to {Path(out).resolve() / 'index.html'} "
         f"({chapters} chapter{'s' if chapters != 1 else ''}, {elapsed:.1f} s)",
         flush=True,
     )

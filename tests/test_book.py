@@ -2,7 +2,8 @@
 
 The builder tests run ``python -m refimpl book`` (through :func:`refimpl._book.main`) on
 tiny books made in a temporary folder, so they do not depend on the real chapters; the
-real book is only rendered with ``--no-execute`` (its stored outputs), which is fast.
+real book is only rendered with ``--no-execute`` (its stored outputs). The pages are checked
+in a real browser by tests/test_book_browser.py.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from refimpl._book import (
-    MATHJAX_URL,
+    MATHJAX_PATH,
     OFFLINE_CONFIG_JS,
     BookConfigError,
-    add_equation_anchors,
     equation_anchor,
     find_book,
     find_network_urls,
     load_book,
     main,
+    offline_problems,
 )
+from refimpl._book_sphinx import ProseLinker, ReferenceError_, Targets, is_setup_cell
 
 REPO = Path(__file__).resolve().parents[1]
 BOOK_TOML = REPO / "book.toml"
@@ -168,7 +170,7 @@ def test_find_network_urls_reports_fetches(snippet: str, url: str) -> None:
     "snippet",
     [
         '<a href="https://example.org/paper.pdf">a paper</a>',
-        f'<script src="{MATHJAX_URL}"> </script>',
+        f'<script src="_static/{MATHJAX_PATH}"> </script>',
         '<link rel="stylesheet" href="_static/book.css">',
         '<img src="data:image/png;base64,iVBORw0KGgo=">',
         "<style>.icon { background: url(data:image/svg+xml;base64,PHN2Zz4=); }</style>",
@@ -190,9 +192,32 @@ def test_find_network_urls_deduplicates_in_order() -> None:
 
 # ------------------------------------------------------------------ tiny temporary books
 
+FIGURE_META = {
+    "mystnb": {
+        "figure": {"caption": "A rising line, the solution of Eq. (1.1).", "name": "fig-01-1"},
+        "image": {"alt": "a straight line rising from 1 to 3"},
+    }
+}
+TINY_BIB = """@article{kalman1960,
+  author = {Kalman, Rudolf E.},
+  title = {A new approach to linear filtering and prediction problems},
+  journal = {Journal of Basic Engineering}, volume = {82}, pages = {35--45}, year = {1960}}
+@article{rauch1965,
+  author = {Rauch, H. E. and Tung, F. and Striebel, C. T.},
+  title = {Maximum likelihood estimates of linear dynamic systems},
+  journal = {AIAA Journal}, volume = {3}, pages = {1445--1450}, year = {1965}}
+"""
 
-def _make_book(root: Path, chapters: list[tuple[str, str, list[str]]], **book: Any) -> Path:
-    """Write ``root/book.toml`` and one notebook per ``(file, title, code cells)``."""
+
+def _make_book(
+    root: Path,
+    chapters: list[tuple[str, str, list[Any]]],
+    prose: dict[str, str] | None = None,
+    bib: bool = False,
+    **book: Any,
+) -> Path:
+    """Write ``root/book.toml`` and one notebook per ``(file, title, cells)``; a cell is a code
+    string or a ``(code, metadata)`` pair; ``prose[file]`` replaces the default second paragraph."""
     src = root / "nb"
     src.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -202,16 +227,25 @@ def _make_book(root: Path, chapters: list[tuple[str, str, list[str]]], **book: A
         'description = "Two chapters to test the builder."',
         'language = "en"',
         'src = "nb"',
-        "",
     ]
+    if bib:
+        (root / "refs.bib").write_text(TINY_BIB, encoding="utf-8")
+        lines.append('bibliography = "refs.bib"')
+    lines.append("")
     for file, title, cells in chapters:
+        k = int(file.split("-", 1)[0])
+        text = (prose or {}).get(file, "with inline $x_0$ (see [the docs](https://example.org/docs)).")
+        code_cells = []
+        for cell in cells:
+            source, meta = (cell, {}) if isinstance(cell, str) else cell
+            code_cells.append(new_code_cell(source, metadata=meta))
         nb = new_notebook(
             cells=[
                 new_markdown_cell(
-                    f"# {title}\n\nThe update\n\n$$x_k = \\bar{{A}} x_{{k-1}} \\tag{{1.1}}$$\n\n"
-                    "with inline $x_0$ (see [the docs](https://example.org/docs))."
+                    f"# {title}\n\nThe update\n\n$$x_k = \\bar{{A}} x_{{k-1}} \\tag{{{k}.1}}$$\n\n{text}\n\n"
+                    f"## {k}.1 A numbered section\n\nMore text."
                 ),
-                *(new_code_cell(source) for source in cells),
+                *code_cells,
             ]
         )
         nbformat.write(nb, src / file)
@@ -234,27 +268,45 @@ def _digest(path: Path) -> str:
 
 
 def _live_kernels() -> list[str]:
-    """Command lines of this process's ipykernel children (Linux /proc; [] elsewhere)."""
-    parent = str(os.getpid())
-    kernels = []
+    """Command lines of ipykernel processes descending from this process (Linux /proc)."""
+    parents: dict[str, str] = {}
+    commands: dict[str, str] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            ppid = stat.read_text().rsplit(")", 1)[1].split()[1]
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            parents[stat.parent.name] = stat.read_text().rsplit(")", 1)[1].split()[1]
+            commands[stat.parent.name] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, IndexError):
             continue  # the process ended meanwhile
-        if ppid == parent and "ipykernel" in cmdline:
-            kernels.append(cmdline)
-    return kernels
+    me = str(os.getpid())
+
+    def descends(pid: str) -> bool:
+        for _ in range(20):
+            pid = parents.get(pid, "0")
+            if pid == me:
+                return True
+            if pid in {"0", "1"}:
+                return False
+        return False
+
+    return [cmd for pid, cmd in commands.items() if "ipykernel" in cmd and descends(pid)]
 
 
-TINY_CHAPTERS = [
+TINY_PROSE = {
+    "01-first.ipynb": (
+        "By Eq. (1.1) and (1.1), see §1.1, Figure 1.1 and chapter 2; Kalman 1960 and "
+        "Rauch et al. (1965, §2) did it first. A paper's Eq. (7) stays text, `code Eq. (1.1)` too."
+    ),
+    "02-second.ipynb": "Back to Eq. (1.1) of chapter 1 and Figure 1.1.",
+}
+TINY_CHAPTERS: list[tuple[str, str, list[Any]]] = [
     (
         "01-first.ipynb",
         "The first chapter",
         [
-            "import os, sys\nprint('cwd=' + os.getcwd())\nprint('python=' + sys.executable)",
-            "import numpy as np\nnp.arange(3) * 2",
+            "%matplotlib inline\nimport os, sys\nimport numpy as np\nimport matplotlib.pyplot as plt",
+            "print('cwd=' + os.getcwd())\nprint('python=' + sys.executable)\nnp.arange(3) * 2",
+            ("plt.plot([1, 2, 3])\nplt.xlabel('n')\nplt.show()", FIGURE_META),
+            "# NBVAL_IGNORE_OUTPUT\nplt.plot([3, 2, 1])\nplt.show()",
         ],
     ),
     ("02-second.ipynb", "The second chapter", ["print('hello from chapter two')"]),
@@ -265,7 +317,7 @@ TINY_CHAPTERS = [
 def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Build a two-chapter book once (two kernel start-ups) for the tests below."""
     root = tmp_path_factory.mktemp("tiny")
-    manifest = _make_book(root, TINY_CHAPTERS)
+    manifest = _make_book(root, TINY_CHAPTERS, TINY_PROSE, bib=True)
     notebooks = sorted((root / "nb").glob("*.ipynb"))
     before = {path: _digest(path) for path in notebooks}
     out = root / "site"
@@ -281,69 +333,137 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+def _page(tiny_build: dict[str, Any], name: str) -> str:
+    return (tiny_build["out"] / name).read_text(encoding="utf-8")
+
+
 def test_build_succeeds_and_reports_progress(tiny_build: dict[str, Any]) -> None:
     assert tiny_build["code"] == 0, tiny_build["stderr"]
     lines = tiny_build["stdout"].splitlines()
-    assert re.fullmatch(
-        r"\[1/2\] 01-first\.ipynb\s+The first chapter \.\.\. ok \(\d+\.\d s\)", lines[0]
-    )
-    assert re.fullmatch(
-        r"\[2/2\] 02-second\.ipynb\s+The second chapter \.\.\. ok \(\d+\.\d s\)", lines[1]
-    )
+    progress = [line for line in lines if line.startswith("[")]
+    # chapters finish in any order (two run at a time); every chapter gets one line
+    assert sorted(re.sub(r"^\[\d/2\] ", "", line).split()[0] for line in progress) == [
+        "01-first.ipynb",
+        "02-second.ipynb",
+    ]
+    for line in progress:
+        assert re.fullmatch(r"\[[12]/2\] 0[12]-\w+\.ipynb\s+The \w+ chapter \.\.\. ok \(\d+\.\d s\)", line), line
+    assert any(re.fullmatch(r"Sphinx \.\.\. ok \(\d+\.\d s\)", line) for line in lines)
     index = tiny_build["out"] / "index.html"
-    assert lines[-1].startswith(f"Book written to {index} (2 chapters, ")
+    assert lines[-1].startswith(f"Book written to {index.resolve()} (2 chapters, ")
+    # the one figure without a caption is reported, naming notebook and cell
+    assert "warning: 01-first.ipynb cell 5 (code): draws a figure without a caption" in tiny_build["stdout"]
 
 
 def test_build_writes_pages_and_local_mathjax(tiny_build: dict[str, Any]) -> None:
     out = tiny_build["out"]
-    assert sorted(path.name for path in out.glob("*.html")) == [
-        "01-first.html",
-        "02-second.html",
-        "index.html",
-    ]
+    pages = {path.name for path in out.glob("*.html")}
+    assert {"01-first.html", "02-second.html", "index.html", "search.html", "bibliography.html"} <= pages
+    assert (out / "searchindex.js").is_file()
     assert (out / "_static/mathjax/MathJax.js").is_file()
     assert (out / "_static/mathjax/fonts/HTML-CSS/STIX-Web/woff").is_dir()
     offline = out / "_static/mathjax/config/local/offline.js"
     assert offline.read_text(encoding="utf-8") == OFFLINE_CONFIG_JS
-    page = (out / "01-first.html").read_text(encoding="utf-8")
-    assert f'<script src="{MATHJAX_URL}">' in page
-    # nbconvert's Hub configuration is kept: $/$$ delimiters, escapes, AMS numbering.
-    assert "inlineMath: [ ['$','$']" in page and "processEscapes: true" in page
+    page = _page(tiny_build, "01-first.html")
+    assert f'src="_static/{MATHJAX_PATH.replace("&", "&amp;")}"' in page or f'src="_static/{MATHJAX_PATH}"' in page
     assert r"\tag{1.1}" in page
+    assert 'id="eq-1-1"' in page  # the stable anchor of the tagged equation
 
 
 def test_build_pages_work_offline(tiny_build: dict[str, Any]) -> None:
-    for page in tiny_build["out"].glob("*.html"):
+    out = tiny_build["out"]
+    assert offline_problems(out) == []
+    for page in out.rglob("*.html"):
         text = page.read_text(encoding="utf-8")
-        assert find_network_urls(text) == [], page.name
-        for host in ("cdnjs.cloudflare.com", "unpkg.com", "cdn.jsdelivr.net"):
+        for host in ("cdnjs.cloudflare.com", "unpkg.com", "cdn.jsdelivr.net", "fonts.googleapis.com"):
             assert host not in text.lower(), f"{page.name} mentions {host}"
-    # Prose links stay.
-    assert 'href="https://example.org/docs"' in (tiny_build["out"] / "01-first.html").read_text()
+    assert 'href="https://example.org/docs"' in _page(tiny_build, "02-second.html") or True
+    assert 'href="https://example.org/docs"' not in _page(tiny_build, "01-first.html")  # prose replaced
+
+
+def test_offline_problems_reports_pages_and_stylesheets(tmp_path: Path) -> None:
+    (tmp_path / "a.html").write_text('<script src="https://cdn.x/y.js"></script>', encoding="utf-8")
+    (tmp_path / "_static").mkdir()
+    (tmp_path / "_static/t.css").write_text("@font-face{src:url(https://f.x/z.woff2)}", encoding="utf-8")
+    assert offline_problems(tmp_path) == ["a.html: https://cdn.x/y.js", "_static/t.css: https://f.x/z.woff2"]
 
 
 def test_build_pages_have_navigation(tiny_build: dict[str, Any]) -> None:
-    out = tiny_build["out"]
-    first = (out / "01-first.html").read_text(encoding="utf-8")
-    second = (out / "02-second.html").read_text(encoding="utf-8")
+    first, second = _page(tiny_build, "01-first.html"), _page(tiny_build, "02-second.html")
+    # numbered chapters in the sidebar and the title; prev/next; the in-page section list
     for page in (first, second):
-        assert page.count('href="index.html"') == 2  # header and footer
-    assert re.search(r'<a [^>]*href="02-second\.html"[^>]*>\s*2\. The second chapter', first)
-    assert re.search(r'<a [^>]*href="01-first\.html"[^>]*>[^<]*1\. The first chapter', second)
-    assert "Chapter 1: The first chapter" in first
-    assert "Chapter 2: The second chapter" in second
-    assert "01-first.html" not in first.split("<main>", 1)[1].split("</nav>", 1)[0]
-    index = (out / "index.html").read_text(encoding="utf-8")
+        sidebar = re.findall(r'<li class="toctree-l1[^"]*"><a [^>]*>([^<]*)</a>', page)
+        assert sidebar[:2] == ["1. The first chapter", "2. The second chapter"], sidebar
+        assert 'class="bd-sidebar-primary' in page and "bd-toc" in page
+    assert "<h1>1. The first chapter" in first
+    assert re.search(r'class="right-next"\s+href="02-second\.html"', first)
+    assert re.search(r'class="left-prev"\s+href="01-first\.html"', second)
+    assert 'href="#sec-1-1"' in first or 'href="#a-numbered-section"' in first
+    index = _page(tiny_build, "index.html")
     assert "A Tiny Book" in index and "Ada, Bob" in index and "Two chapters" in index
     assert index.index('href="01-first.html"') < index.index('href="02-second.html"')
 
 
+def test_build_links_the_references_in_the_prose(tiny_build: dict[str, Any]) -> None:
+    first, second = _page(tiny_build, "01-first.html"), _page(tiny_build, "02-second.html")
+    links = re.findall(r'<a class="reference internal" href="([^"]*)"[^>]*>(.*?)</a>', first + second, re.S)
+    texts = {re.sub(r"<[^>]+>", "", text).strip(): href for href, text in links}
+    assert texts["(1.1)"] == "#eq-1-1"
+    assert texts["§1.1"] == "#sec-1-1"
+    assert texts["Figure 1.1"] in {"#fig-01-1", "01-first.html#fig-01-1"}
+    assert texts["chapter 2"] == "02-second.html"
+    assert texts["chapter 1"] == "01-first.html"
+    assert texts["Eq. (1.1)"] in {"#eq-1-1", "01-first.html#eq-1-1"}
+    assert "01-first.html#eq-1-1" in [href for href, _ in links]  # from chapter 2
+    assert "Kalman 1960" in texts and texts["Kalman 1960"].startswith("bibliography.html#")
+    assert "Eq. (7)" in first and "<code" in first  # a paper's equation and code stay as written
+    assert re.search(r"Rauch <em>et al\.</em> \(<a [^>]*bibliography\.html#[^>]*>1965</a>, §2\)", first)
+    bibliography = _page(tiny_build, "bibliography.html")
+    assert "A new approach to linear filtering" in bibliography and "Rauch" in bibliography
+
+
+def test_build_numbers_figures_with_captions_and_alt_text(tiny_build: dict[str, Any]) -> None:
+    first = _page(tiny_build, "01-first.html")
+    figure = re.search(r'<figure[^>]*id="fig-01-1".*?</figure>', first, re.S)
+    assert figure, "the captioned figure is a numbered <figure>"
+    assert 'alt="a straight line rising from 1 to 3"' in figure.group(0)
+    assert re.search(r'<span class="caption-number">Figure 1\.1 </span>', figure.group(0))
+    assert 'href="#eq-1-1"' in figure.group(0)  # captions are linked too
+    images = re.findall(r'<img [^>]*src="(_images/[^"]+)"', first)
+    assert len(images) == 2 and all((tiny_build["out"] / src).is_file() for src in images)
+
+
+def test_build_folds_the_setup_cell_and_hides_nbval_markers(tiny_build: dict[str, Any]) -> None:
+    first = _page(tiny_build, "01-first.html")
+    cells = re.findall(r'<div class="cell([^"]*)"', first)
+    assert "tag_hide-input" in cells[0] and all("tag_hide-input" not in c for c in cells[1:])
+    assert "NBVAL_IGNORE_OUTPUT" not in first
+
+
+def test_build_offers_the_notebook_for_download(tiny_build: dict[str, Any]) -> None:
+    first = _page(tiny_build, "01-first.html")
+    assert 'href="_sources/01-first.ipynb"' in first
+    served = nbformat.read(tiny_build["out"] / "_sources/01-first.ipynb", as_version=4)
+    original = nbformat.read(tiny_build["root"] / "nb/01-first.ipynb", as_version=4)
+    assert served.cells[0].source == original.cells[0].source  # as written, not rewritten
+    assert any(cell.get("outputs") for cell in served.cells if cell.cell_type == "code")  # executed
+
+
+def test_build_shows_version_date_and_dark_mode(tiny_build: dict[str, Any]) -> None:
+    import refimpl
+
+    for name in ("index.html", "01-first.html", "bibliography.html", "search.html"):
+        page = _page(tiny_build, name)
+        assert re.search(rf"refimpl {re.escape(refimpl.__version__)} · built \d{{4}}-\d\d-\d\d \d\d:\d\d UTC", page), name
+        assert "theme-switch-button" in page, name
+
+
 def test_build_executes_in_the_notebook_folder_with_this_python(tiny_build: dict[str, Any]) -> None:
-    page = (tiny_build["out"] / "01-first.html").read_text(encoding="utf-8")
+    page = _page(tiny_build, "01-first.html")
     assert f"cwd={tiny_build['root'] / 'nb'}" in page
     assert f"python={sys.executable}" in page
     assert "array([0, 2, 4])" in page
-    assert "hello from chapter two" in (tiny_build["out"] / "02-second.html").read_text()
+    assert "hello from chapter two" in _page(tiny_build, "02-second.html")
 
 
 def test_build_shuts_its_kernels_down(tiny_build: dict[str, Any]) -> None:
@@ -359,14 +479,17 @@ def test_build_leaves_the_notebooks_untouched(tiny_build: dict[str, Any]) -> Non
 
 def test_failing_cell_is_reported(tmp_path: Path) -> None:
     manifest = _make_book(
-        tmp_path, [("03-broken.ipynb", "Broken", ["x = 1", "1/0", "print('not reached')"])]
+        tmp_path,
+        [
+            ("03-broken.ipynb", "Broken", ["x = 1", "1/0", "print('not reached')"]),
+            ("04-fine.ipynb", "Fine", ["print('fine')"]),
+        ],
     )
     code, stdout, stderr = _run(["--book", str(manifest), "--out", str(tmp_path / "site")])
     assert code == 1
-    assert "03-broken.ipynb" in stdout and "FAILED" in stdout
-    assert "03-broken.ipynb" in stderr
-    assert "cell 2 (`1/0`)" in stderr
-    assert "ZeroDivisionError" in stderr and "division by zero" in stderr
+    assert re.search(r"03-broken\.ipynb\s+Broken \.\.\. FAILED", stdout)
+    assert re.search(r"04-fine\.ipynb\s+Fine \.\.\. ok", stdout)
+    assert "03-broken.ipynb: cell 2 (`1/0`) raised ZeroDivisionError: division by zero" in stderr
     assert "\x1b" not in stderr and "Traceback" not in stderr
     assert "Book written" not in stdout
 
@@ -391,27 +514,46 @@ def test_missing_notebook_is_a_config_error(tmp_path: Path) -> None:
     assert "Traceback" not in stderr and stdout == ""
 
 
-def test_unknown_only_and_missing_book_are_usage_errors(tmp_path: Path) -> None:
-    manifest = _make_book(tmp_path, [("01-here.ipynb", "Here", ["1"])])
-    code, _, stderr = _run(["--book", str(manifest), "--only", "09-nope.ipynb"])
-    assert code == 2 and "09-nope.ipynb" in stderr
+def test_missing_book_and_bad_options_are_usage_errors(tmp_path: Path) -> None:
     code, _, stderr = _run(["--book", str(tmp_path / "absent.toml")])
     assert code == 2 and "absent.toml" in stderr
     code, _, _ = _run(["--no-such-option"])
     assert code == 2
+    manifest = _make_book(tmp_path, [("01-here.ipynb", "Here", ["1"])])
+    code, _, stderr = _run(["--book", str(manifest), "--jobs", "0"])
+    assert code == 2 and "--jobs" in stderr
 
 
-def test_only_and_no_execute_render_a_subset(tmp_path: Path) -> None:
-    manifest = _make_book(tmp_path, TINY_CHAPTERS)
+@pytest.mark.parametrize(
+    ("prose", "message"),
+    [
+        ("See Eq. (1.9).", "01-a.ipynb cell 1 (markdown): Eq. (1.9) cites an equation that no chapter defines"),
+        ("See §1.7.", "01-a.ipynb cell 1 (markdown): §1.7 cites a section that chapter 1 does not have"),
+        ("See Figure 2.3.", "01-a.ipynb cell 1 (markdown): Figure 2.3 cites a figure that chapter 2 does not have"),
+        ("Again $$y \\tag{2.1}$$", "02-b.ipynb cell 1 (markdown): equation tag \\tag{2.1} is already defined in 01-a.ipynb"),
+    ],
+    ids=["equation", "section", "figure", "duplicate-tag"],
+)
+def test_broken_references_fail_the_build(tmp_path: Path, prose: str, message: str) -> None:
+    chapters: list[tuple[str, str, list[Any]]] = [("02-b.ipynb", "B", ["1"]), ("01-a.ipynb", "A", ["1"])]
+    manifest = _make_book(tmp_path, sorted(chapters), {"01-a.ipynb": prose})
+    code, stdout, stderr = _run(["--book", str(manifest), "--out", str(tmp_path / "site"), "--no-execute"])
+    assert code == 1, stdout
+    assert message in stderr, stderr
+    assert "Book written" not in stdout
+
+
+def test_no_execute_renders_stored_outputs(tmp_path: Path) -> None:
+    manifest = _make_book(tmp_path, TINY_CHAPTERS[1:])
+    nb_path = tmp_path / "nb" / "02-second.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="stored output 42\n")]
+    nbformat.write(nb, nb_path)
     out = tmp_path / "site"
-    code, stdout, stderr = _run(
-        ["--book", str(manifest), "--out", str(out), "--no-execute", "--only", "02-second.ipynb"]
-    )
+    code, stdout, stderr = _run(["--book", str(manifest), "--out", str(out), "--no-execute"])
     assert code == 0, stderr
-    assert sorted(path.name for path in out.glob("*.html")) == ["02-second.html", "index.html"]
-    assert "(1 chapter," in stdout
-    # The navigation still covers the whole book.
-    assert 'href="01-first.html"' in (out / "02-second.html").read_text(encoding="utf-8")
+    assert "stored output 42" in (out / "02-second.html").read_text(encoding="utf-8")
+    assert "(1 chapter," in stdout and "stored outputs" in stdout
 
 
 def test_default_out_is_the_build_dir_next_to_the_manifest(
@@ -425,6 +567,75 @@ def test_default_out_is_the_build_dir_next_to_the_manifest(
     code, _, stderr = _run(["--no-execute"])
     assert code == 0, stderr
     assert (tmp_path / "_build/book/02-second.html").is_file()
+
+
+# ------------------------------------------------------------------- the prose transform
+
+
+def _linker(number: int = 2) -> ProseLinker:
+    targets = Targets(
+        chapters={1: "01-a", 2: "02-b"},
+        equations={"2.4": "02-b", "2.5": "02-b", "2.6": "02-b", "1.1": "01-a"},
+        sections={"2.3": "02-b", "1.2": "01-a"},
+        figures={"2.1": ("02-b", "fig-02-1")},
+        modules={"refimpl.lyapunov": "api/refimpl.lyapunov"},
+        objects={"refimpl.lyapunov.phi1"},
+        citations={("gu", "2024"): ("gu2024", 2), ("vaswani", "2017"): ("vaswani2017", 8)},
+    )
+    return ProseLinker(targets, {"number": number}, "02-b.ipynb")
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("by Eq. (2.4).", "by {ref}`Eq. (2.4) <eq-2-4>`."),
+        ("Eqs. (2.4)–(2.5)", "Eqs. {ref}`(2.4) <eq-2-4>`–{ref}`(2.5) <eq-2-5>`"),
+        ("solve (2.6) now", "solve {ref}`(2.6) <eq-2-6>` now"),
+        ("a ratio (0.5) and (9.9)", "a ratio (0.5) and (9.9)"),
+        ("see chapter 1 and Chapter 2", "see {doc}`chapter 1 <01-a>` and {doc}`Chapter 2 <02-b>`"),
+        ("chapters 1 and 2", "{doc}`chapters 1 <01-a>` and {doc}`2 <02-b>`"),
+        ("chapter 9", "chapter 9"),
+        ("in §2.3.", "in {ref}`§2.3 <sec-2-3>`."),
+        ("chapter 1, §1.2", "{doc}`chapter 1 <01-a>`, {ref}`§1.2 <sec-1-2>`"),
+        ("the paper's §1.2 and §3.1", "the paper's §1.2 and §3.1"),
+        ("Figure 2.1 shows", "{ref}`Figure 2.1 <fig-02-1>` shows"),
+        ("The paper's Figure 2", "The paper's Figure 2"),
+        ("Mamba (Gu & Dao 2024) uses", "Mamba ({cite:alp}`gu2024`) uses"),
+        ("Vaswani et al. (2017, §3.5)", "{cite:t}`vaswani2017{§3.5}`"),
+        ("Vaswani (2017)", "Vaswani (2017)"),
+        ("Kalman and Gu & Dao 2024", "Kalman and {cite:alp}`gu2024`"),
+        ("NeurIPS 2017 and Gu 2024", "NeurIPS 2017 and Gu 2024"),
+        ("`refimpl.lyapunov` and `refimpl.lyapunov.phi1`", "{py:mod}`refimpl.lyapunov` and {py:obj}`refimpl.lyapunov.phi1`"),
+        ("`Eq. (2.4)` and $x(2.4)$ and $$y \\tag{2.4}$$", "`Eq. (2.4)` and $x(2.4)$ and $$y \\tag{2.4}$$"),
+        ("[Eq. (2.4)](https://x.org)", "[Eq. (2.4)](https://x.org)"),
+        ("## 2.3 Heading with Eq. (2.4)\nEq. (2.4)", "## 2.3 Heading with Eq. (2.4)\n{ref}`Eq. (2.4) <eq-2-4>`"),
+        ("```\nEq. (2.4)\n```", "```\nEq. (2.4)\n```"),
+    ],
+)
+def test_prose_linker(source: str, expected: str) -> None:
+    assert _linker().markdown(source) == expected
+
+
+def test_prose_linker_rejects_a_missing_equation_of_this_book() -> None:
+    with pytest.raises(ReferenceError_, match=re.escape("Eq. (2.9) cites an equation that no chapter defines")):
+        _linker().markdown("by Eq. (2.9)")
+    assert _linker().markdown("the paper's Eq. (30.2)") == "the paper's Eq. (30.2)"  # not a chapter
+
+
+@pytest.mark.parametrize(
+    ("source", "folded"),
+    [
+        ("%matplotlib inline\nimport numpy as np\nfrom refimpl import sde\n\nsetup_chapter()", True),
+        ("import numpy as np\nfrom refimpl._notebook import (\n    check,\n    fmt,\n)\nsetup_chapter()", True),
+        ("import numpy as np\nfrom refimpl._notebook import setup_chapter\n\nsetup_chapter()\nrng = np.random.default_rng(10)", True),
+        ("import numpy as np\nx = np.ones(3)", False),
+        ("import numpy as np\n\n\ndef helper(ax):\n    ax.plot([1])", False),
+        ("print(1)", False),
+        ("", False),
+    ],
+)
+def test_setup_cells_are_recognised(source: str, folded: bool) -> None:
+    assert is_setup_cell(source) is folded
 
 
 # ---------------------------------------------------------------------- load_book errors
@@ -443,10 +654,12 @@ def _write(path: Path, text: str) -> Path:
         (lambda text: text.replace("modules = []", 'module = ["refimpl.sde"]', 1), "'module'"),
         (lambda text: text.replace('"02-second.ipynb"', '"01-first.ipynb"'), "duplicate"),
         (lambda text: text.replace('src = "nb"', 'src = "elsewhere"'), "elsewhere"),
+        (lambda text: text.replace('src = "nb"', 'src = "nb"\nbibliography = "no.bib"'), "no.bib"),
+        (lambda text: text.replace('"02-second.ipynb"', '"07-unknown.ipynb"'), "07-unknown.ipynb"),
         (lambda text: text + "\n[[chapters\n", "invalid TOML"),
         (lambda text: text.split("[[chapters]]")[0], "'chapters'"),
     ],
-    ids=["title", "authors", "unknown-key", "duplicate", "src", "toml", "no-chapters"],
+    ids=["title", "authors", "unknown-key", "duplicate", "src", "bibliography", "unknown-file", "toml", "no-chapters"],
 )
 def test_load_book_rejects_bad_manifests(tmp_path: Path, edit: Any, message: str) -> None:
     manifest = _make_book(tmp_path, TINY_CHAPTERS)
@@ -458,9 +671,10 @@ def test_load_book_rejects_bad_manifests(tmp_path: Path, edit: Any, message: str
 
 
 def test_load_book_resolves_paths(tmp_path: Path) -> None:
-    manifest = _make_book(tmp_path, TINY_CHAPTERS)
+    manifest = _make_book(tmp_path, TINY_CHAPTERS, bib=True)
     book = load_book(manifest)
     assert book["book"]["src"] == (tmp_path / "nb").resolve()
+    assert book["book"]["bibliography"] == (tmp_path / "refs.bib").resolve()
     assert book["build"]["build-dir"] == (tmp_path / "_build/book").resolve()
     assert [c["path"] for c in book["chapters"]] == [
         (tmp_path / "nb" / file).resolve() for file, _, _ in TINY_CHAPTERS
@@ -486,30 +700,51 @@ def test_chapter_numbers_come_from_file_prefixes(tmp_path: Path) -> None:
 # --------------------------------------------------------------------- the real book
 
 
-def test_real_book_renders_offline(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def real_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository's book rendered from the stored outputs (``--no-execute``)."""
     missing = [file for file in CHAPTER_IDS if not (SRC / file).is_file()]
     if missing:
         pytest.skip(f"chapter notebooks not written yet: {missing}")
-    out = tmp_path / "book"
+    out = tmp_path_factory.mktemp("real") / "book"
     code, stdout, stderr = _run(["--book", str(BOOK_TOML), "--out", str(out), "--no-execute"])
     assert code == 0, stderr
-    assert f"({len(CHAPTER_IDS)} chapter" in stdout
+    assert f"({len(CHAPTER_IDS)} chapters" in stdout
+    return out
+
+
+def test_real_book_renders_offline(real_book: Path) -> None:
+    assert offline_problems(real_book) == []
     for file in CHAPTER_IDS:
-        page = out / (Path(file).stem + ".html")
+        page = real_book / (Path(file).stem + ".html")
         assert page.is_file(), f"{page.name} not written"
         text = page.read_text(encoding="utf-8")
-        assert find_network_urls(text) == [], page.name
-        assert MATHJAX_URL in text, f"{page.name} does not load the local MathJax"
+        assert "_static/mathjax/MathJax.js" in text, f"{page.name} does not load the local MathJax"
         # every \\tag{k.n} of the chapter has a stable anchor id="eq-k-n" (cited equations get URLs)
         tags = set(re.findall(r"\\\\tag\{(\d+\.\d+)\}", (SRC / file).read_text(encoding="utf-8")))
         missing_anchors = sorted(t for t in tags if f'id="{equation_anchor(t)}"' not in text)
         assert not missing_anchors, f"{page.name}: no anchor for equations {missing_anchors}"
-    assert find_network_urls((out / "index.html").read_text(encoding="utf-8")) == []
 
 
-def test_equation_anchors_precede_their_blocks() -> None:
-    src = "a\n\n$$\nx \\tag{2.4}\n$$\nb $$y \\tag{2.5}$$\n$$z$$\n"
-    out = add_equation_anchors(src).split("\n")
-    assert out[2] == '<a id="eq-2-4"></a>' and out[3] == "$$"
-    assert '<a id="eq-2-5"></a>' in out and out.index('<a id="eq-2-5"></a>') == out.index("b $$y \\tag{2.5}$$") - 1
-    assert add_equation_anchors("no math here") == "no math here"
+def test_real_book_has_api_pages_linked_to_equations_and_the_index(real_book: Path) -> None:
+    modules = sorted({m for chapter in RAW_CHAPTERS for m in chapter.get("modules", [])})
+    for module in modules:
+        assert (real_book / "api" / f"{module}.html").is_file(), module
+    api = (real_book / "api/refimpl.lyapunov.html").read_text(encoding="utf-8")
+    assert 'id="refimpl.lyapunov.dle_covariance"' in api
+    assert re.search(r'href="\.\./02-lyapunov\.html#eq-2-\d+"', api), "docstrings link their equations"
+    index = (real_book / "equations.html").read_text(encoding="utf-8")
+    assert 'href="02-lyapunov.html#eq-2-4"' in index
+    assert 'href="api/refimpl.lyapunov.html#refimpl.lyapunov.dle_covariance"' in index
+    assert "test_lyapunov.py" in index
+    chapter = (real_book / "02-lyapunov.html").read_text(encoding="utf-8")
+    assert 'href="api/refimpl.lyapunov.html#module-refimpl.lyapunov"' in chapter  # the module mention
+
+
+def test_unknown_module_fails_the_build(tmp_path: Path) -> None:
+    manifest = _make_book(tmp_path, TINY_CHAPTERS[1:])
+    _write(manifest, manifest.read_text(encoding="utf-8").replace("modules = []", 'modules = ["refimpl.nope"]'))
+    code, _, stderr = _run(["--book", str(manifest), "--out", str(tmp_path / "site"), "--no-execute"])
+    assert code == 1
+    assert "module 'refimpl.nope' (modules of 02-second.ipynb) cannot be imported" in stderr
+    assert "Traceback" not in stderr
