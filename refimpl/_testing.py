@@ -14,10 +14,21 @@ Errors are measured *norm-wise*: ``max|actual - desired| / max|desired|``.  Elem
 relative error is meaningless for entries that are zero by symmetry (e.g. the off-diagonal
 of a diagonal covariance), and norm-wise error is what a user's kernel can guarantee.
 
-Users validating float32/bfloat16 kernels against refimpl use ``DTYPE_RTOL`` or, better,
-the ratio rule of FlashAttention's tests: the error of a kernel against the float64 oracle
-should be at most ``RATIO_RULE_FACTOR`` times the error of a plain implementation in the
-same low precision (``ratio_rule``).
+Users validating float32/TF32/float16/bfloat16 kernels against refimpl use the ratio rule of
+FlashAttention's tests (``low_precision_verdict``, the one implementation of the rule, used by
+``refimpl.oracle.compare`` and the golden vectors):
+
+    e(user) <= RATIO_RULE_FACTOR * max(e(plain), ulps * eps(tier))
+
+with every error norm-wise against the float64 oracle, ``ulps`` = ``PLAIN_ULPS`` (1) for a plain
+reference run in the tier and the case's ``ulps`` (default 4) otherwise, ``eps(tier)`` the tier's machine epsilon
+(``refimpl._precision.eps``: 2^-23, 2^-10 for tf32 and float16, 2^-7 for bfloat16) and
+``plain`` a reference *run in the tier the way kernels compute*: refimpl's straightforward
+algorithm with intermediates stored in the tier's format and matrix products and reductions
+accumulated in float32 (``refimpl._lowprec``). For functions without such a plain algorithm
+the plain value is refimpl on the inputs rounded to the tier, evaluated in float64, rounded
+to the tier: that model has no arithmetic rounding, only the floor ``ulps * eps`` stands for
+it, and the report says which model was used. ``DTYPE_RTOL`` are rough absolute tiers.
 """
 
 from __future__ import annotations
@@ -30,11 +41,14 @@ __all__ = [
     "ODE",
     "DTYPE_RTOL",
     "RATIO_RULE_FACTOR",
+    "PLAIN_ULPS",
     "max_abs_error",
     "rel_error",
     "assert_close",
     "mc_band",
     "ratio_rule",
+    "low_precision_bound",
+    "low_precision_verdict",
 ]
 
 SELF = 1e-10
@@ -42,8 +56,12 @@ ORACLE = 1e-12
 ODE = 1e-9
 
 # Norm-wise relative tolerances for user kernels in low precision (per-dtype tier).
-DTYPE_RTOL = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
+DTYPE_RTOL = {"float64": 1e-10, "float32": 1e-4, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 3e-2}
 RATIO_RULE_FACTOR = 2.0
+#: the floor of the ratio rule, in units of eps(tier), when the plain reference is run in the tier
+#: (it already contains the arithmetic rounding: the floor only keeps the bound above one ulp);
+#: the rounded-input model uses the case's ``ulps`` (default 4), which stands for that rounding
+PLAIN_ULPS = 1.0
 
 
 def max_abs_error(actual, desired) -> float:
@@ -102,3 +120,21 @@ def mc_band(n_samples: int, n_sigma: float = 5.0) -> float:
 def ratio_rule(err_kernel: float, err_plain: float, factor: float = RATIO_RULE_FACTOR) -> bool:
     """The low-precision acceptance rule: ``err_kernel <= factor * err_plain`` (both vs float64)."""
     return bool(err_kernel <= factor * max(err_plain, np.finfo(np.float64).tiny))
+
+
+def low_precision_bound(err_plain: float, tier, ulps: float = 4.0, factor: float = RATIO_RULE_FACTOR) -> float:
+    """The bound of the low-precision verdict: ``factor * max(err_plain, ulps * eps(tier))``."""
+    from ._precision import eps
+
+    return float(factor * max(float(err_plain), ulps * eps(tier)))
+
+
+def low_precision_verdict(err_user: float, err_plain: float, tier, ulps: float = 4.0,
+                          factor: float = RATIO_RULE_FACTOR) -> tuple:
+    """``(passed, bound)``: ``err_user <= factor * max(err_plain, ulps * eps(tier))`` (module docstring).
+
+    ``err_user`` and ``err_plain`` are norm-wise relative errors against the float64 oracle;
+    a NaN error never passes.
+    """
+    bound = low_precision_bound(err_plain, tier, ulps, factor)
+    return bool(err_user <= bound), bound

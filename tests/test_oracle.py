@@ -634,9 +634,9 @@ class TestCompare:
         with pytest.raises(TypeError, match="fn must be callable"):
             oracle.compare("afa.isotropic_afa", "not a function")
 
-    @pytest.mark.parametrize("dtype", [np.int32, "bfloat16", np.complex64, "nonsense"])
+    @pytest.mark.parametrize("dtype", [np.int32, "bfloat17", np.complex64, "nonsense", None])
     def test_bad_dtype(self, dtype):
-        with pytest.raises(ValueError, match="dtype: expected float64, float32 or float16"):
+        with pytest.raises(ValueError, match="dtype: expected one of float64, float32, tf32, float16, bfloat16"):
             oracle.compare("afa.isotropic_afa", isotropic_afa_port, dtype=dtype)
 
     def test_unknown_case(self):
