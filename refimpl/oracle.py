@@ -770,7 +770,7 @@ def _meets(case, args, oracle, mapped, tier, defaults) -> str | None:
             continue
         outs = case.output_names()
         judged = [_judge(q, "output" if q in outs else "intermediate", mapped[q], oracle[q], dtype=t, rtol=case.rtol,
-                         atol=case.atol, plain=plain[q], ulps=PLAIN_ULPS if models[q].startswith("plain") else case.ulps)
+                         atol=case.atol, plain=plain[q], ulps=PLAIN_ULPS[t] if models[q].startswith("plain") else case.ulps)
                   for q in oracle if q in mapped]
         if all(j.passed and j.plain_error is not None and j.plain_error <= MEETS_MAX_PLAIN_ERROR for j in judged):
             return t
@@ -886,7 +886,7 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
                 continue
             quantities.append(_judge(qname, kind, mapped[qname], oracle[qname], dtype=dt, rtol=case.rtol, atol=case.atol,
                                      plain=None if plain is None else plain[qname],
-                                     ulps=PLAIN_ULPS if models.get(qname, "").startswith("plain") else case.ulps,
+                                     ulps=PLAIN_ULPS[dt] if models.get(qname, "").startswith("plain") else case.ulps,
                                      model=models.get(qname, "")))
         status = "pass" if all(q.passed for q in quantities) else "fail"
         meets = dt if status == "pass" else None
