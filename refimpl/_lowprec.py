@@ -44,7 +44,7 @@ def _f32(x):
 
 
 def softmax_attention(q, k, v, mask=None, causal=False, scale=None, *, tier):
-    """Eq. (4.3) as FlashAttention's low-precision reference: S = scale·QKᵀ, P = softmax(S), y = P V.
+    """Eqs. (4.1)–(4.3) as FlashAttention's low-precision reference: S = scale·QKᵀ, P = softmax(S), y = P V.
 
     S is accumulated in float32 and stored in the tier; the softmax runs in float32 on the stored
     scores (max-subtracted) and P is stored; ``P @ V`` is accumulated in float32 and stored.

@@ -1,7 +1,7 @@
 """The tolerance policy of refimpl, documented once and used by tests, chapters and oracle users.
 
-Tiers (DESIGN.md, "Tolerances")
--------------------------------
+Tiers
+-----
 ``SELF``    float64 self-consistency: loop twin vs vectorized, or two algorithms for the
             same quantity (recurrent vs convolution, closed form vs scan).  rtol 1e-10.
 ``ORACLE``  float64 against an independent oracle: SciPy (``expm``, ``solve_ivp`` at tight

@@ -15,9 +15,10 @@ Three things are offered to people who validate their own (PyTorch, JAX, CUDA, �
    ``.npy`` files can read it) and ``manifest.json``; :func:`verify` recomputes and diffs them;
    :func:`load_case` reads one case back. ``python -m refimpl vectors export|verify DIR`` is the
    command line.
-3. **A comparison harness**: :func:`compare` runs a user's callable on the cases of one function,
-   casts the inputs to the user's dtype, and judges every output and intermediate by the
-   tolerance policy below, per case, without ever crashing on a faulty callable.
+3. **A comparison harness**: :func:`compare` runs a user's callable on the cases of one function
+   (or on inputs of any size, ``inputs=``, e.g. from :func:`random_inputs`), rounds the inputs to
+   the user's precision tier, and judges every output and intermediate by the tolerance policy
+   below, per case, without ever crashing on a faulty callable.
 
 File format (version 1)
 -----------------------
@@ -44,21 +45,28 @@ against the float64 oracle ``y*``.
 *float64 callables* pass a quantity if ``e_rel ≤ rtol`` or ``e_abs ≤ atol`` (per case; the
 default ``rtol`` is ``SELF = 1e-10``, the bound refimpl's own loop and vectorized forms meet).
 
-*float32 / float16 callables* are judged by the **ratio rule**,
+*Low-precision callables* (``dtype`` one of the tiers ``"float32"``, ``"tf32"``, ``"float16"``,
+``"bfloat16"``, emulated by :mod:`refimpl._precision`) are judged by the **ratio rule** of
+FlashAttention's tests, implemented once in :func:`refimpl._testing.low_precision_verdict`,
 
-.. math::  e_{rel}(\text{user}) \le 2\,\max\bigl(e_{rel}(\text{plain}),\ u\,ε_{dtype}\bigr),
+.. math::  e_{rel}(\text{user}) \le 2\,\max\bigl(e_{rel}(\text{plain}),\ u\,ε_{tier}\bigr),
 
-where ``ε_dtype`` is the machine epsilon of the dtype, ``u`` the case's ``ulps`` (default 4),
-and ``plain`` is refimpl's own computation
-*at that precision*: the inputs are rounded to the dtype (complex part-wise; float16 complex is
-carried as complex64), refimpl evaluates them (in float64, so without further rounding), and
-the result is rounded to the dtype. ``e_rel(plain)`` is therefore the error that no
-implementation in the dtype can avoid — the conditioning of the problem times the rounding of
-its inputs and outputs. What this emulation lacks is the rounding of a plain kernel's own
-arithmetic (its sums, exponentials, logarithms), which is a few ulps for the short reductions
-of these cases: the floor ``u ε_dtype`` stands for it (an independent float32 port of isotropic
-AFA reaches 2.3 ε on the cases). A correct port passes; an error of a formula, typically far
-above ``√ε_dtype``, fails, and the first failing intermediate says where.
+where ``ε_tier`` is the tier's machine epsilon and ``plain`` a reference evaluated in the tier.
+For the functions of :func:`plain_functions` (softmax attention, linear attention, the selective
+scan, the biquad cascade) it is refimpl's straightforward algorithm *run the way kernels
+compute* (:mod:`refimpl._lowprec`): inputs rounded to the tier, intermediates stored in the
+tier's format, matrix products with tier-rounded inputs and float32 accumulation, reductions,
+recurrence states and ``exp`` in float32; its error grows with the length of a recurrence
+exactly as a correct kernel's does. The floor is ``u = 4`` for float32 and ``u = 1`` for the
+other tiers (``_testing.PLAIN_ULPS``). For every other function the plain value is refimpl on
+the inputs rounded to the tier (complex part-wise), evaluated in float64 and rounded to the tier:
+the conditioning of the problem times the rounding of its data, with the case's ``ulps`` (default
+4) standing for the kernel's own arithmetic. Each quantity's report names the model that judged
+it (``"plain <tier>"`` or ``"rounded inputs"``). A failed low-precision case also reports the
+finest tier whose verdict it meets (``CaseReport.meets``): a TF32 kernel asked for float32
+fails and meets ``"tf32"``, a kernel that computes in bfloat16 fails the float16 tier. A correct
+port passes; an error of a formula, typically far above ``√ε``, fails, and the first failing
+intermediate says where.
 
 Regeneration (``verify`` and the CI test): recomputing a committed case must reproduce every
 stored array to ``regen_rtol`` (default ``ORACLE = 1e-12``) relative, not bitwise — BLAS and
@@ -72,8 +80,8 @@ Adding a module: the registry is :mod:`refimpl._golden`, one file per topic modu
 ``python -m refimpl vectors export tests/golden/v1``.
 
 Glossary: ``args`` the arguments of a case (the keywords a callable receives); ``results`` the
-ordered ``{name: array}`` of refimpl's intermediates and outputs; ``plain`` refimpl's results on
-the arguments rounded to a low dtype (Eq. (15.3)); ``e_rel``/``e_abs`` the norm-wise errors.
+ordered ``{name: array}`` of refimpl's intermediates and outputs; ``plain`` the low-precision
+reference of Eq. (15.3); ``tier`` a precision of :data:`TIERS`; ``e_rel``/``e_abs`` the norm-wise errors.
 """
 
 from __future__ import annotations
@@ -90,7 +98,7 @@ import scipy
 from ._citations import citation_index, cited_tags
 from ._golden import CASES, FUNCTIONS, Case, Function
 from ._lowprec import PLAIN
-from ._precision import TIERS, ladder, store, tier_name
+from ._precision import TIERS, ladder, round_to, store, tier_name
 from ._testing import PLAIN_ULPS, RATIO_RULE_FACTOR, low_precision_verdict, max_abs_error, rel_error
 from ._vectors import read_npz, sha256, write_npz
 
@@ -110,6 +118,8 @@ __all__ = [
     "random_inputs",
     "RANDOM_INPUTS",
     "TIERS",
+    "round_to",
+    "plain_functions",
     "GoldenCase",
     "QuantityReport",
     "CaseReport",
@@ -664,6 +674,15 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="") -
 def _load_from(vectors, case: Case) -> tuple:
     g = load_case(vectors, case.name)
     return g.arguments, {**g.intermediates, **g.outputs}
+
+
+def plain_functions() -> list:
+    """The functions whose low-precision verdict uses a plain reference run in the tier.
+
+    The others use the rounded-input model (module docstring); ``QuantityReport.model`` says
+    which one judged each quantity.
+    """
+    return sorted(PLAIN)
 
 
 def _call_params(function: str) -> tuple:
