@@ -99,6 +99,7 @@ from ._citations import citation_index, cited_tags
 from ._golden import CASES, FUNCTIONS, Case, Function
 from ._lowprec import PLAIN
 from ._precision import TIERS, ladder, round_to, store, tier_name
+from ._precision import eps as tier_eps
 from ._testing import PLAIN_ULPS, RATIO_RULE_FACTOR, low_precision_verdict, max_abs_error, rel_error
 from ._vectors import read_npz, sha256, write_npz
 
@@ -119,6 +120,7 @@ __all__ = [
     "RANDOM_INPUTS",
     "TIERS",
     "round_to",
+    "tier_eps",
     "plain_functions",
     "GoldenCase",
     "QuantityReport",
