@@ -20,20 +20,29 @@ Three things are offered to people who validate their own (PyTorch, JAX, CUDA, â
    the user's precision tier, and judges every output and intermediate by the tolerance policy
    below, per case, without ever crashing on a faulty callable.
 
-File format (version 1)
------------------------
+File format (version 2; version 1 without the ``plain.*`` members and ``low_precision``)
+------------------------------------------------------------------------------------------
 ``<case>.npz`` members (``/`` in a case name becomes ``__`` in the file name):
 
 ``arg.<name>``   an argument of the call (0-d arrays for scalars, strings as 0-d unicode);
 ``out.<name>``   an output, in the order the function returns them;
 ``mid.<name>``   an intermediate, in the order of computation. NaN marks entries outside the
                  computation (e.g. AFA's pairs with t_j > t_i when causal): not compared.
+``plain.<tier>.<name>``  version 2: the plain reference of quantity ``<name>`` in the low-precision
+                 tier (float32, tf32, float16, bfloat16; float16 stored as float16, the others as
+                 float32 or complex64), the value Eq. (15.3) compares a kernel's error with.
 
 ``manifest.json``: ``format``, ``format_version``, ``refimpl_version``, ``numpy_version``,
 ``scipy_version``, ``python_version``, the tolerance policy, and per case its ``name``,
 ``function``, ``file``, ``sha256``, ``seed``, ``description``, ``call`` (how the function is
 called), ``arguments`` (key, shape, dtype and, for scalars, the value), ``outputs`` and
-``intermediates`` (key, shape, dtype) and ``tolerance`` (``rtol``, ``atol``, ``regen_rtol``).
+``intermediates`` (key, shape, dtype) and ``tolerance`` (``rtol``, ``atol``, ``regen_rtol``), and in
+version 2 ``low_precision``: per tier and quantity the member ``key``, the ``model`` of the plain
+reference, ``plain_error``, ``ulps``, ``eps`` and the ``bound`` of Eq. (15.3) â€” enough to apply the
+rule from any language: round the stored arguments to the tier, run the kernel, and compare its
+norm-wise relative error with ``bound`` (the manifest's ``tolerance_policy`` says so in words).
+:func:`verify` reads versions 1 and 2; for version 2 it also recomputes every plain error and
+bound from the stored arrays.
 The files are byte-reproducible (fixed zip time stamps), so the sha256 of an export depends
 only on the numbers.
 
@@ -109,6 +118,7 @@ __all__ = [
     "FUNCTIONS",
     "CASES",
     "FORMAT_VERSION",
+    "SUPPORTED_VERSIONS",
     "function_names",
     "case_names",
     "compute",
@@ -132,7 +142,11 @@ __all__ = [
 ]
 
 FORMAT = "refimpl-golden-vectors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the format versions :func:`verify`, :func:`load_case` and ``compare(vectors=...)`` read
+SUPPORTED_VERSIONS = (1, 2)
+#: the low-precision tiers a version-2 file stores plain references for
+VECTOR_TIERS = ("float32", "tf32", "float16", "bfloat16")
 _LOW_DTYPES = TIERS[1:]
 
 
@@ -272,7 +286,7 @@ _POLICY = {
 }
 
 
-def export(directory, *, cases=None, quiet: bool = True) -> dict:
+def export(directory, *, cases=None, quiet: bool = True, format_version: int = FORMAT_VERSION) -> dict:
     """Write the golden vectors: one ``.npz`` per case and ``manifest.json``; return the manifest.
 
     Parameters
@@ -283,7 +297,12 @@ def export(directory, *, cases=None, quiet: bool = True) -> dict:
         Case names (default: all of :data:`CASES`).
     quiet : bool
         If False, print one line per case.
+    format_version : {2, 1}
+        2 (default) also stores, per low-precision tier, the plain reference and the bound of
+        Eq. (15.3) (module docstring, "File format"); 1 writes the previous format.
     """
+    if format_version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"format_version: expected one of {SUPPORTED_VERSIONS}, got {format_version!r}")
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"directory: {directory} exists and is not a directory")
@@ -293,6 +312,9 @@ def export(directory, *, cases=None, quiet: bool = True) -> dict:
     for case in selected:
         args, results = compute(case)
         arrays, desc = _case_arrays(case, args, results)
+        low = {}
+        if format_version >= 2:
+            low = _low_precision_entry(case, args, results, arrays)
         path = directory / case.file
         write_npz(path, arrays)
         entries.append(
@@ -307,13 +329,63 @@ def export(directory, *, cases=None, quiet: bool = True) -> dict:
                 "call": FUNCTIONS[case.function].call,
                 **desc,
                 "tolerance": {"rtol": case.rtol, "atol": case.atol, "regen_rtol": case.regen_rtol, "ulps": case.ulps},
+                **({"low_precision": low} if format_version >= 2 else {}),
             }
         )
         if not quiet:
             print(f"  wrote {case.file} ({path.stat().st_size} bytes)")
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **_versions(), "tolerance_policy": _POLICY, "cases": entries}
+    policy = dict(_POLICY)
+    if format_version >= 2:
+        policy.update(_POLICY_V2)
+    manifest = {"format": FORMAT, "format_version": format_version, **_versions(), "tolerance_policy": policy, "cases": entries}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n", encoding="utf-8")
     return manifest
+
+
+_POLICY_V2 = {
+    "float32/float16": "see low_precision",
+    "low_precision": "per case and tier (float32, tf32, float16, bfloat16): the member plain.<tier>.<name> is the "
+    "plain reference of quantity <name> in that tier (model 'plain <tier>': refimpl's straightforward algorithm run "
+    "in the tier, storage rounded to the tier, float32 accumulation; model 'rounded inputs': refimpl in float64 on "
+    "the inputs rounded to the tier, rounded back). A callable in that tier, run on the arguments rounded to the "
+    "tier (round to nearest even), passes quantity <name> if rel(user) <= bound, bound = 2 * max(plain_error, "
+    "ulps * eps(tier)), with rel and plain_error the norm-wise relative errors against out./mid.<name> (NaN entries "
+    "of an intermediate not compared); the manifest stores plain_error, ulps, eps and bound per quantity. "
+    "'undefined' gives the reason a tier has no plain reference for the case.",
+}
+
+
+def _low_precision_entry(case, args, results, arrays) -> dict:
+    """Version 2: per tier the plain references (added to ``arrays``) and their errors and bounds."""
+    from ._precision import eps as tier_eps_
+
+    out = {}
+    for tier in VECTOR_TIERS:
+        rounded = {k: _round(v, tier) for k, v in args.items() if v is not None}
+        try:
+            plain, models = _plain(case, rounded, tier, list(results))
+        except Exception as exc:
+            out[tier] = {"undefined": f"refimpl cannot evaluate the inputs rounded to {tier} ({type(exc).__name__})"}
+            continue
+        entry = {}
+        for name, want in results.items():
+            want = np.asarray(want)
+            if want.dtype.kind not in "fc":
+                continue
+            with np.errstate(over="ignore", invalid="ignore"):
+                value = np.asarray(_round(plain[name], tier))
+            arrays[f"plain.{tier}.{name}"] = value
+            care = ~np.isnan(want) if want.dtype.kind == "f" else np.ones(want.shape, bool)
+            w = want[care]
+            v = value.astype(want.dtype)[care]
+            fin = np.isfinite(v)
+            e_plain = rel_error(v[fin], w[fin]) if fin.any() else float("nan")
+            ulps = PLAIN_ULPS[tier] if models[name].startswith("plain") else case.ulps
+            bound = low_precision_verdict(0.0, e_plain, tier, ulps)[1] if np.isfinite(e_plain) else float("nan")
+            entry[name] = {"key": f"plain.{tier}.{name}", "model": models[name], "plain_error": e_plain, "ulps": ulps,
+                           "eps": tier_eps_(tier), "bound": bound, "overflow": int((~fin).sum())}
+        out[tier] = entry
+    return out
 
 
 def _unknown_case(name):
@@ -330,9 +402,9 @@ def _read_manifest(directory: Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"directory: {path} is not valid JSON ({exc})") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("format_version") not in SUPPORTED_VERSIONS:
         raise ValueError(
-            f"directory: {path} is not a {FORMAT} manifest of version {FORMAT_VERSION} "
+            f"directory: {path} is not a {FORMAT} manifest of version {' or '.join(map(str, SUPPORTED_VERSIONS))} "
             f"(format={manifest.get('format')!r}, version={manifest.get('format_version')!r})"
         )
     return manifest
@@ -358,6 +430,8 @@ class GoldenCase:
     intermediates: dict
     tolerance: dict
     entry: dict = field(repr=False, default_factory=dict)
+    #: version 2: ``{tier: {name: plain reference}}`` (empty for version 1)
+    plain: dict = field(repr=False, default_factory=dict)
 
 
 def load_case(directory, name: str, *, check_sha: bool = True) -> GoldenCase:
@@ -388,6 +462,8 @@ def load_case(directory, name: str, *, check_sha: bool = True) -> GoldenCase:
         intermediates={k: arrays[f"mid.{k}"] for k in entry["intermediates"]},
         tolerance=entry["tolerance"],
         entry=entry,
+        plain={tier: {k: arrays[q["key"]] for k, q in qs.items()}
+               for tier, qs in entry.get("low_precision", {}).items() if "undefined" not in qs},
     )
 
 
@@ -445,6 +521,38 @@ def _diff(stored: dict, fresh: dict, rtol: float, what: str) -> list:
     return msgs
 
 
+def _check_low_precision(entry: dict, arrays: dict, stored: dict) -> list:
+    """Version 2: each stored plain reference reproduces the manifest's plain error and bound.
+
+    Checked on the stored arrays only (the plain references themselves are float32/float16
+    computations whose last bits depend on the machine, so they are not recomputed).
+    """
+    msgs = []
+    for tier, qs in entry.get("low_precision", {}).items():
+        if "undefined" in qs:
+            continue
+        for name, q in qs.items():
+            key = q.get("key", "")
+            if key not in arrays or name not in stored:
+                msgs.append(f"low_precision {tier} {name}: member {key} or the reference value is missing")
+                continue
+            want = np.asarray(stored[name])
+            value = np.asarray(arrays[key])
+            if value.shape != want.shape:
+                msgs.append(f"low_precision {tier} {name}: shape {value.shape} != {want.shape}")
+                continue
+            care = ~np.isnan(want) if want.dtype.kind == "f" else np.ones(want.shape, bool)
+            v, w = value.astype(want.dtype)[care], want[care]
+            fin = np.isfinite(v)
+            e = rel_error(v[fin], w[fin]) if fin.any() else float("nan")
+            bound = low_precision_verdict(0.0, e, tier, q["ulps"])[1] if np.isfinite(e) else float("nan")
+            same = lambda a, b: (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1e-300)
+            if not (same(e, q["plain_error"]) and same(bound, q["bound"])):
+                msgs.append(f"low_precision {tier} {name}: plain error {e:.3e} / bound {bound:.3e} differ from the "
+                            f"manifest's {q['plain_error']:.3e} / {q['bound']:.3e}")
+    return msgs
+
+
 def verify(directory) -> VerifyReport:
     """Recompute every case of an exported vectors directory and diff it.
 
@@ -488,6 +596,7 @@ def verify(directory) -> VerifyReport:
             continue
         stored = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(("out.", "mid."))}
         msgs += _diff(stored, fresh, case.regen_rtol, "result")
+        msgs += _check_low_precision(entry, arrays, stored)
         if msgs:
             problems[name] = msgs
     exported = {e.get("name") for e in manifest["cases"]}
@@ -675,7 +784,15 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="") -
 
 def _load_from(vectors, case: Case) -> tuple:
     g = load_case(vectors, case.name)
-    return g.arguments, {**g.intermediates, **g.outputs}
+    return g.arguments, {**g.intermediates, **g.outputs}, g
+
+
+def _stored_plain(g, tier, oracle) -> tuple | None:
+    """A version-2 file's plain references of ``tier`` for every quantity (None if not stored)."""
+    qs = g.entry.get("low_precision", {}).get(tier)
+    if not qs or "undefined" in qs or not all(k in g.plain.get(tier, {}) for k in oracle if np.asarray(oracle[k]).dtype.kind in "fc"):
+        return None
+    return dict(g.plain[tier]), {k: q["model"] + " (stored)" for k, q in qs.items()}
 
 
 def plain_functions() -> list:
@@ -866,8 +983,9 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
     reports = []
     for case, defaults in selected:
         try:
+            stored = None
             if vectors is not None:
-                args, oracle = _load_from(vectors, case)
+                args, oracle, stored = _load_from(vectors, case)
             elif inputs is not None:
                 args = case.build(None)  # the user's keywords, as given
                 _, oracle = compute(case, args={**defaults, **args})
@@ -880,7 +998,9 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
             continue
         user_args = {k: _round(v, dt) for k, v in args.items() if v is not None}
         plain, models = None, {}
-        if dt != "float64":
+        if dt != "float64" and stored is not None and _stored_plain(stored, dt, oracle) is not None:
+            plain, models = _stored_plain(stored, dt, oracle)
+        elif dt != "float64":
             try:
                 plain, models = _plain(case, {**defaults, **user_args}, dt, list(oracle))
             except Exception as exc:  # e.g. time stamps that are no longer increasing once rounded
@@ -906,8 +1026,8 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
                     quantities.append(QuantityReport(qname, kind, False, message="missing from the returned values"))
                 continue
             quantities.append(_judge(qname, kind, mapped[qname], oracle[qname], dtype=dt, rtol=case.rtol, atol=case.atol,
-                                     plain=None if plain is None else plain[qname],
-                                     ulps=PLAIN_ULPS[dt] if models.get(qname, "").startswith("plain") else case.ulps,
+                                     plain=None if plain is None else plain.get(qname, oracle[qname]),
+                                     ulps=PLAIN_ULPS[dt] if models.get(qname, "").startswith("plain ") else case.ulps,
                                      model=models.get(qname, "")))
         status = "pass" if all(q.passed for q in quantities) else "fail"
         meets = dt if status == "pass" else None

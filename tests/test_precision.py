@@ -451,3 +451,73 @@ def test_wrong_return_values_are_reported_per_case(fn, message):
         report = oracle.compare("attention.softmax_attention", fn, dtype=dtype, inputs=_small_attn())
         case = report.cases[0]
         assert not case.passed and (message in case.message or any(message in q.message for q in case.quantities))
+
+
+# ---- golden vectors, format version 2 ----------------------------------------------------------------
+
+V2_CASES = ["attention.softmax_attention/basic", "ssm.selective_scan/mamba", "iir.sos_filter/cheby1_near_unit_circle",
+            "lyapunov.phi1/near_zero", "afa.isotropic_afa/causal_student"]
+
+
+@pytest.fixture(scope="module")
+def v2_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("v2")
+    return d, oracle.export(d, cases=V2_CASES)
+
+
+def test_v2_manifest_stores_plain_references_and_bounds(v2_dir):
+    d, manifest = v2_dir
+    assert manifest["format_version"] == 2 and "low_precision" in manifest["tolerance_policy"]
+    entries = {e["name"]: e for e in manifest["cases"]}
+    attn = entries["attention.softmax_attention/basic"]["low_precision"]
+    assert set(attn) == {"float32", "tf32", "float16", "bfloat16"}
+    assert attn["float16"]["y"]["model"] == "plain float16" and attn["float32"]["A"]["ulps"] == 4.0
+    assert entries["lyapunov.phi1/near_zero"]["low_precision"]["float32"]["phi"]["model"] == "rounded inputs"
+    g = oracle.load_case(d, "attention.softmax_attention/basic")
+    assert g.plain["float16"]["y"].dtype == np.float16 and g.plain["bfloat16"]["y"].dtype == np.float32
+    for tier, qs in attn.items():
+        for name, q in qs.items():
+            assert q["bound"] == 2 * max(q["plain_error"], q["ulps"] * q["eps"])
+    assert oracle.verify(d).ok
+
+
+def test_v2_rule_applies_from_the_files_alone(v2_dir):
+    d, manifest = v2_dir
+    import json
+    import zipfile
+
+    entry = next(e for e in json.loads((d / "manifest.json").read_text())["cases"] if e["name"] == "attention.softmax_attention/basic")
+    with np.load(d / entry["file"], allow_pickle=False) as z:
+        args = {k[4:]: z[k] for k in z.files if k.startswith("arg.")}
+        y_ref = z["out.y"]
+    q32 = entry["low_precision"]["float32"]["y"]
+    y = attention_port(args["q"].astype(f32), args["k"].astype(f32), args["v"].astype(f32), bool(args["causal"]))
+    e = np.max(np.abs(y - y_ref)) / np.max(np.abs(y_ref))
+    report = oracle.compare("attention.softmax_attention", attention_port, dtype="float32", vectors=d, cases="basic")
+    assert (e <= q32["bound"]) == report.passed
+    assert report.cases[0].quantities[-1].model == "plain float32 (stored)"
+    assert zipfile.is_zipfile(d / entry["file"])
+
+
+def test_v2_verify_catches_an_edited_bound(v2_dir, tmp_path):
+    import json
+    import shutil
+
+    d, _ = v2_dir
+    copy = tmp_path / "v2copy"
+    shutil.copytree(d, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["cases"][0]["low_precision"]["float32"]["y"]["bound"] *= 10
+    (copy / "manifest.json").write_text(json.dumps(m))
+    report = oracle.verify(copy)
+    assert not report.ok and "differ from the manifest" in str(report)
+
+
+def test_version_1_still_written_and_read(tmp_path):
+    m = oracle.export(tmp_path, cases=V2_CASES[:2], format_version=1)
+    assert m["format_version"] == 1 and "low_precision" not in m["cases"][0]
+    assert oracle.verify(tmp_path).ok
+    report = oracle.compare("attention.softmax_attention", attention_port, dtype="float32", vectors=tmp_path, cases="basic")
+    assert report.passed and report.cases[0].quantities[-1].model == "plain float32"
+    with pytest.raises(ValueError, match="format_version"):
+        oracle.export(tmp_path, cases=V2_CASES[:1], format_version=3)
