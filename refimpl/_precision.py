@@ -75,7 +75,7 @@ def tier_name(dtype) -> str:
 
 
 def eps(tier) -> float:
-    """Machine epsilon 2^−p of the tier (the spacing of its grid just above 1)."""
+    """Machine epsilon 2^−p of the tier (the spacing of its grid just above 1): ε_tier of Eq. (15.3)."""
     return 2.0 ** -_FORMAT[tier_name(tier)][0]
 
 
@@ -110,6 +110,8 @@ def _round_bits(x: np.ndarray, bits: int, emin: int, emax: int) -> np.ndarray:
 
 def round_to(x, tier) -> np.ndarray:
     """``x`` rounded to the grid of ``tier``, in the tier's carrier dtype (see the module table).
+
+    The rounding fl of the inputs in Eq. (15.3) of the book (round to nearest, ties to even).
 
     For ``"tf32"`` this is the rounding of a matrix product's inputs (10 mantissa bits), carried in
     float32. Complex input is rounded part-wise (complex64 carrier for the low tiers, NumPy having

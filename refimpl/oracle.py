@@ -796,7 +796,7 @@ def _stored_plain(g, tier, oracle) -> tuple | None:
 
 
 def plain_functions() -> list:
-    """The functions whose low-precision verdict uses a plain reference run in the tier.
+    """The functions whose low-precision verdict (Eq. (15.3)) uses a plain reference run in the tier.
 
     The others use the rounded-input model (module docstring); ``QuantityReport.model`` says
     which one judged each quantity.
@@ -1059,6 +1059,8 @@ def _sizes(name: str, sizes: dict, known: dict) -> dict:
 
 def random_inputs(name, *, seed, **sizes) -> dict:
     r"""Valid keyword arguments for ``name`` at any size, in the regimes real models run in.
+
+    Inputs for the comparison of Eqs. (15.1)–(15.3) of the book at the sizes kernels run at.
 
     ``compare(name, fn, inputs=random_inputs(name, seed=0, N=4097, d=128))`` validates a
     kernel at a realistic size. Supported functions and sizes (defaults in parentheses):

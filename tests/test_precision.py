@@ -521,3 +521,10 @@ def test_version_1_still_written_and_read(tmp_path):
     assert report.passed and report.cases[0].quantities[-1].model == "plain float32"
     with pytest.raises(ValueError, match="format_version"):
         oracle.export(tmp_path, cases=V2_CASES[:1], format_version=3)
+
+
+def test_public_names_of_the_tiers():
+    assert oracle.TIERS == TIERS and oracle.round_to is round_to
+    assert [oracle.tier_eps(t) for t in ("float32", "bfloat16")] == [2.0 ** -23, 2.0 ** -7]
+    assert oracle.plain_functions() == ["attention.softmax_attention", "iir.sos_filter", "random_features.linear_attention",
+                                        "ssm.selective_scan"]
