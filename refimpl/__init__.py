@@ -15,13 +15,14 @@ Each public module pairs with chapters of the book (``book.toml``):
 ``refimpl.random_features``  linear attention, Performer FAVOR+, RFA, Reformer LSH attention (chapter 12)
 ``refimpl.iir``         classical IIR filters: biquads, SOS, stability, s→z design, IIR ↔ SSM (chapter 13)
 ``refimpl.focus``       the Focus layer: adaptive IIR filters from a hypernetwork before chunked attention (chapter 14)
+``refimpl.linear_rnn``  linear recurrences as adaptive filters: SSD (Mamba-2), GLA, RetNet, DeltaNet as LMS, RLS (chapter 16)
 
 Every computation ``f`` has a loop twin ``f_loop`` that reads like the equation; tests assert
 they agree, and check both against independent oracles (SciPy, closed forms). The tolerance
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import afa, attention, classical, focus, iir, kalman, lyapunov, mixing, positional, random_features, rt_sde, sde, ssm
+from . import afa, attention, classical, focus, iir, kalman, linear_rnn, lyapunov, mixing, positional, random_features, rt_sde, sde, ssm
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "focus",
     "iir",
     "kalman",
+    "linear_rnn",
     "lyapunov",
     "mixing",
     "positional",

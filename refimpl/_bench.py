@@ -56,8 +56,8 @@ class Case:
     reference_target: float | None = None
 
 
-def _time(fn, args, kwargs, *, min_time: float = 0.2, min_repeat: int = 3, max_repeat: int = 50) -> float:
-    """Best-of-repeats wall time of ``fn(*args, **kwargs)``.
+def _time(fn, args, kwargs, *, min_time: float = 0.2, min_repeat: int = 3, max_repeat: int = 50) -> tuple:
+    """Best-of-repeats wall time of ``fn(*args, **kwargs)`` and the last result: ``(seconds, result)``.
 
     At least ``min_repeat`` runs: the first call that touches a large new buffer pays for
     page faults (expensive in a virtual machine), which is not the cost of the algorithm.
@@ -204,7 +204,7 @@ def _sosfilt(b, a, x):
 
 def _sos(quick: bool):
     n, d = (2_000, 16) if quick else (100_000, 16)
-    sos = iir.butter(8, [0.1, 0.2], "bandpass", output="sos")
+    sos = iir.butter(8, [0.1, 0.2], btype="bandpass", output="sos")
     return (sos, np.random.default_rng(6).normal(size=(n, d))), {}
 
 
@@ -670,6 +670,55 @@ CASES: list[Case] = [
         notes="issue 7: reported beside the efficient attentions (N = 2^10 … 2^14; expect ~2)",
     ),
 ]
+
+
+# --- chapter 16: chunked linear recurrences vs their recurrent loop twins --------------------
+
+from . import linear_rnn  # noqa: E402  (chapter 16 cases, appended)
+
+
+def _lrnn_qkv(L: int, H: int, d: int, seed: int):
+    rng = np.random.default_rng(seed)
+    q, k, v = rng.normal(size=(3, H, L, d))
+    return rng, q, k / np.linalg.norm(k, axis=-1, keepdims=True), v
+
+
+def _lrnn_ssd(L: int, H: int = 4, d: int = 32):
+    rng = np.random.default_rng(16)
+    x = rng.normal(size=(H, L, d))
+    dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), (H, L)))
+    B, C = rng.normal(size=(2, 1, L, d))
+    return (x, dt, -np.arange(1.0, H + 1), B, C, np.ones(H)), {}
+
+
+def _lrnn_gla(L: int, H: int = 4, d: int = 32):
+    rng, q, k, v = _lrnn_qkv(L, H, d, 17)
+    return (q, k, v, np.log(rng.uniform(0.9, 1.0, (H, L, d)))), {}  # per-channel gates
+
+
+def _lrnn_delta(L: int, H: int = 4, d: int = 32):
+    rng, q, k, v = _lrnn_qkv(L, H, d, 18)
+    return (q, k, v, rng.uniform(0.1, 0.9, (H, L))), {"log_g": np.log(rng.uniform(0.9, 1.0, (H, L)))}
+
+
+_LRNN_NS = tuple(2**p for p in range(10, 17))
+
+CASES.extend(
+    [
+        Case(
+            f"linear_rnn.{name} (chunked) vs loop twin; time vs L",
+            getattr(linear_rnn, name),
+            getattr(linear_rnn, name + "_loop"),
+            (lambda setup: lambda q: setup(128 if q else 8192))(setup),
+            lambda q: "L=128, H=4, d=32" if q else "L=8192, H=4, d=32",
+            target=20.0,
+            scaling=setup,
+            scaling_ns=_LRNN_NS,
+            notes="chapter 16: chunk 64; fitted time exponent over L = 2^10 … 2^16 (target <= 1.15)",
+        )
+        for name, setup in (("ssd", _lrnn_ssd), ("gated_linear_attention", _lrnn_gla), ("delta_rule", _lrnn_delta))
+    ]
+)
 
 
 def run_case(case: Case, quick: bool = False) -> dict:

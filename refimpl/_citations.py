@@ -26,7 +26,13 @@ def cited_tags(text: str) -> list:
     A citation is ``Eq. (k.n)``, or a list after ``Eqs.``: ``Eqs. (k.n) and (k.m)``,
     ``Eqs. (k.n), (k.m)``, ``Eqs. (k.n)/(k.m)``, and ranges ``Eqs. (k.n)–(k.m)`` (en dash, em dash,
     hyphen or "to"; both ends in chapter k), which cite every tag in between. Paper equation
-    numbers (``Eq. 6``, ``Eq. P-30``) have no parenthesized ``k.n`` and are not book tags.
+    numbers (``Eq. 6``, ``Eq. 30``) have no parenthesized ``k.n`` and are not book tags.
+
+    Examples
+    --------
+    >>> text = "Implements Eqs. " + "(2.4)–(2.6) and Eq. " + "(7.1) of the book (paper Eq. 6)."
+    >>> cited_tags(text)  # (the text is split only so that this docstring cites nothing itself)
+    ['2.4', '2.5', '2.6', '7.1']
     """
     tags = []
     for head in _EQ_HEAD.finditer(text or ""):
@@ -70,6 +76,14 @@ def citation_index(root=None) -> dict:
         ``tags``       ``{tag: notebook file}`` for every ``\tag{k.n}`` in the chapters;
         ``tests``      ``{"module.name": [test files that use it]}``;
         ``rows``       ``[(tag, notebook, [functions], [test files])]`` sorted by tag.
+
+    Examples
+    --------
+    >>> index = citation_index()
+    >>> sorted(index)
+    ['functions', 'loop_twins', 'rows', 'tags', 'tests']
+    >>> 'lyapunov.phi1' in index['functions']  # its tags: the ones its docstring cites
+    True
     """
     root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
     nb_dir, test_dir = root / "notebooks", root / "tests"

@@ -75,7 +75,13 @@ def tier_name(dtype) -> str:
 
 
 def eps(tier) -> float:
-    """Machine epsilon 2^−p of the tier (the spacing of its grid just above 1): ε_tier of Eq. (15.3)."""
+    """Machine epsilon 2^−p of the tier (the spacing of its grid just above 1): ε_tier of Eq. (15.3).
+
+    Examples
+    --------
+    >>> eps("bfloat16") == 2.0**-7, eps("tf32") == eps("float16") == 2.0**-10
+    (True, True)
+    """
     return 2.0 ** -_FORMAT[tier_name(tier)][0]
 
 
@@ -116,6 +122,13 @@ def round_to(x, tier) -> np.ndarray:
     For ``"tf32"`` this is the rounding of a matrix product's inputs (10 mantissa bits), carried in
     float32. Complex input is rounded part-wise (complex64 carrier for the low tiers, NumPy having
     no complex32).
+
+    Examples
+    --------
+    >>> float(round_to(1 + 2.0**-8, "bfloat16")), float(round_to(1 + 3 * 2.0**-8, "bfloat16"))  # ties to even
+    (1.0, 1.015625)
+    >>> float(round_to(70000.0, "float16"))  # beyond float16's largest finite number 65504
+    inf
     """
     tier = tier_name(tier)
     arr = np.asarray(x)

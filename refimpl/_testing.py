@@ -49,6 +49,7 @@ __all__ = [
     "ratio_rule",
     "low_precision_bound",
     "low_precision_verdict",
+    "ratio_bound",
 ]
 
 SELF = 1e-10
@@ -120,24 +121,57 @@ def mc_band(n_samples: int, n_sigma: float = 5.0) -> float:
     return n_sigma / np.sqrt(n_samples)
 
 
-def ratio_rule(err_kernel: float, err_plain: float, factor: float = RATIO_RULE_FACTOR) -> bool:
-    """The low-precision acceptance rule: ``err_kernel <= factor * err_plain`` (both vs float64)."""
-    return bool(err_kernel <= factor * max(err_plain, np.finfo(np.float64).tiny))
+def ratio_bound(err_plain: float, *, level: float = float(np.finfo(np.float64).tiny),
+                factor: float = RATIO_RULE_FACTOR) -> float:
+    """The bound of the ratio rule, ``factor · max(err_plain, level)`` (Eq. (15.3) of the book).
+
+    ``level`` is the floor below which the plain error does not lower the bound: the oracle
+    uses ``ulps · ε_dtype`` (the rounding of a kernel's own arithmetic, which the plain
+    evaluation on rounded inputs does not see); the default is the smallest normal float64.
+    """
+    return factor * max(float(err_plain), float(level))
+
+
+def ratio_rule(err_kernel: float, err_plain: float, *, level: float = float(np.finfo(np.float64).tiny),
+               factor: float = RATIO_RULE_FACTOR) -> bool:
+    """The low-precision acceptance rule: ``err_kernel <= factor · max(err_plain, level)`` (both vs float64).
+
+    Examples
+    --------
+    >>> ratio_rule(2e-4, 1e-4), ratio_rule(3e-4, 1e-4)
+    (True, False)
+    >>> ratio_rule(1e-7, 0.0, level=4 * 2.0**-23)  # exact plain result: the floor decides
+    True
+    """
+    return bool(err_kernel <= ratio_bound(err_plain, level=level, factor=factor))
 
 
 def low_precision_bound(err_plain: float, tier, ulps: float = 4.0, factor: float = RATIO_RULE_FACTOR) -> float:
-    """The bound of the low-precision verdict: ``factor * max(err_plain, ulps * eps(tier))``."""
+    """The bound of the low-precision verdict: ``factor * max(err_plain, ulps * eps(tier))`` (Eq. (15.3)).
+
+    Examples
+    --------
+    >>> low_precision_bound(1e-6, "float32")  # above the floor: twice the plain error
+    2e-06
+    >>> low_precision_bound(0.0, "float16", ulps=1) == 2 * 2.0**-10
+    True
+    """
     from ._precision import eps
 
-    return float(factor * max(float(err_plain), ulps * eps(tier)))
+    return float(ratio_bound(err_plain, level=ulps * eps(tier), factor=factor))
 
 
 def low_precision_verdict(err_user: float, err_plain: float, tier, ulps: float = 4.0,
                           factor: float = RATIO_RULE_FACTOR) -> tuple:
-    """``(passed, bound)``: ``err_user <= factor * max(err_plain, ulps * eps(tier))`` (module docstring).
+    """``(passed, bound)``: ``err_user <= factor * max(err_plain, ulps * eps(tier))`` (Eq. (15.3), module docstring).
 
     ``err_user`` and ``err_plain`` are norm-wise relative errors against the float64 oracle;
     a NaN error never passes.
+
+    Examples
+    --------
+    >>> low_precision_verdict(3e-3, 5e-4, "float16", ulps=1)  # a bfloat16 kernel in the float16 tier
+    (False, 0.001953125)
     """
     bound = low_precision_bound(err_plain, tier, ulps, factor)
     return bool(err_user <= bound), bound

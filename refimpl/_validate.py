@@ -10,7 +10,7 @@ whose message names the argument, what was expected and what was given::
     ...
     ValueError: tau: expected finite values, got 1 NaN/inf entries
 
-Conventions enforced here (see DESIGN.md): real input becomes float64, complex
+Conventions enforced here: real input becomes float64, complex
 input complex128; an imaginary part is never dropped silently; time stamps are
 strictly increasing; randomness comes only from an explicit ``rng``.
 """
@@ -120,7 +120,7 @@ def as_complex_array(x, name: str, *, ndim=None, finite: bool = True) -> np.ndar
 
 
 def as_array(x, name: str, *, ndim=None, finite: bool = True) -> np.ndarray:
-    """Convert to float64 if real, complex128 if complex (the dtype rule of DESIGN.md)."""
+    """Convert to float64 if real, complex128 if complex (refimpl never drops an imaginary part)."""
     arr = _to_array(x, name)
     if arr.dtype.kind == "c":
         return as_complex_array(arr, name, ndim=ndim, finite=finite)

@@ -1,8 +1,7 @@
 r"""Adaptive Filter Attention (AFA): attention as maximum-likelihood filtering of a linear SDE.
 
 Chapters 7 and 8 of the book (``notebooks/07-afa-tensor.ipynb``, ``notebooks/08-isotropic-afa.ipynb``)
-derive every formula here; the mathematics with its version history and errata is
-``shared/spec/afa.md``. Tokens are noisy measurements of one trajectory of the SDE of chapter 1,
+derive every formula here, with the differences between the paper's versions. Tokens are noisy measurements of one trajectory of the SDE of chapter 1,
 written in its eigenbasis (``q, k, v`` play the role of ``S^{-1} z``). A key pulled forward to the
 query time, ``e^{λ Δt} k_j``, is an estimate of the query's state whose precision is the inverse of
 the propagated covariance of chapter 2 (Eq. (2.9)); AFA's attention weights are those precisions,
@@ -18,7 +17,7 @@ Glossary (code name → symbol in the book / Racioppo 2025 v6)
 ``P``         precision 1/Σ(Δt) (Eq. (7.2));  ``R`` residual q_i − e^{λΔt} k_j (Eq. (7.3));
 ``d2``        Mahalanobis distance d²_ij = Σ_k P_k |R_k|² (Eq. (7.4));  ``A`` attention weights (Eq. (7.6)).
 
-Conventions that differ between the paper's versions (spec afa.md §10), and what refimpl implements:
+Conventions that differ between the paper's versions, and what refimpl implements:
 Δt_ij = t_i − t_j (v4–v6, code; the thesis and v1 use t_j − t_i); the robust term sums over all
 channels (v6 App. B.1, not the per-channel typo of App. A.5); κ = (ν + d)/d by default (v4–v6;
 ``kappa=1`` is the Cauchy weight of v1–v3); the temperature multiplies the logits (β_s of v6); the
@@ -35,10 +34,12 @@ from __future__ import annotations
 
 import cmath
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from . import lyapunov
+from ._blocking import per_block
 from ._validate import (
     as_complex_array,
     as_positive_scalar,
@@ -259,6 +260,17 @@ def afa(
     Memory is O(batch · N² · d) by nature (the precision, residual and weight tensors); inputs
     with batch · N² · d > ``MAX_TENSOR`` are refused. :func:`isotropic_afa` is the O(N² + N d)
     form for a shared decay and noise.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.normal(size=(5, 2)) + 1j * rng.normal(size=(5, 2)) for _ in range(3))
+    >>> lam = np.array([-0.5 + 1.0j, -0.1 - 2.0j])
+    >>> out, A = afa(q, k, v, eigvals=lam, sigma2=0.5, eta2=0.1, gamma2=0.05, nu=2.0, return_weights=True)
+    >>> out.shape, A.shape
+    ((5, 2), (5, 5, 2))
+    >>> bool(np.allclose(A.sum(axis=1), 1.0)), bool(np.all(A[0, 1:] == 0))  # rows sum to 1; causal
+    (True, True)
     """
     q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
         q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
@@ -316,12 +328,22 @@ def afa_loop(
     causal: bool = True,
     rotate_values: bool = True,
     return_weights: bool = False,
+    return_intermediates: bool = False,
 ):
     """Loop twin of :func:`afa`: Eqs. (7.2)–(7.7) with explicit loops over i, j and k.
 
     Reads like the equations: the covariance of each pair comes from Eq. (2.9)
     (:func:`refimpl.lyapunov.isotropic_covariance_loop` per channel), the residual is formed
-    directly. No overflow guards: meant for moderate lags.
+    directly. No overflow guards: meant for moderate lags. With ``return_intermediates`` the
+    pair quantities are formed for every pair (i, j), as :func:`afa` returns them.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.normal(size=(5, 2)) + 1j * rng.normal(size=(5, 2)) for _ in range(3))
+    >>> kw = dict(eigvals=np.array([-0.5 + 1.0j, -0.1 - 2.0j]), sigma2=0.5, eta2=0.1, gamma2=0.05, nu=2.0)
+    >>> bool(np.allclose(afa_loop(q, k, v, **kw), afa(q, k, v, **kw)))
+    True
     """
     q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
         q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
@@ -331,22 +353,34 @@ def afa_loop(
     qb, kb, vb = (x.reshape((-1, N, d)) for x in (q, k, v))
     out = np.zeros_like(qb)
     A = np.zeros((qb.shape[0], N, N, d))
+    if return_intermediates:
+        P_all = np.empty((N, N, d))
+        R_all = np.empty(qb.shape[:1] + (N, N, d), dtype=np.complex128)
+        d2_all = np.empty(qb.shape[:1] + (N, N))
+        L_all = np.full(qb.shape[:1] + (N, N, d), -np.inf)
     for b in range(qb.shape[0]):
         for i in range(N):
             keys = [j for j in range(N) if (t[j] <= t[i] or not causal)]
             logits = np.empty((len(keys), d))
-            for n, j in enumerate(keys):
+            for j in range(N) if return_intermediates else keys:
                 dt = float(t[i] - t[j])
                 P = np.empty(d)
+                R = np.empty(d, dtype=np.complex128)
                 d2 = 0.0
                 for c in range(d):
                     mu = -lam[c].real
                     sigma = lyapunov.isotropic_covariance_loop(dt, mu, sigma2[c], eta2[c], gamma2[c])  # Σ_c(Δt), Eq. (2.9)
                     P[c] = 1.0 / float(sigma)  # P = 1/Σ
-                    R = qb[b, i, c] - cmath.exp(lam[c] * dt) * kb[b, j, c]  # R = q_i − e^{λΔt} k_j
-                    d2 += P[c] * abs(R) ** 2  # d² = Σ_k P_k |R_k|²
+                    R[c] = qb[b, i, c] - cmath.exp(lam[c] * dt) * kb[b, j, c]  # R = q_i − e^{λΔt} k_j
+                    d2 += P[c] * abs(R[c]) ** 2  # d² = Σ_k P_k |R_k|²
                 robust = kappa * math.log1p(d2 / nu) if weight == "student" else d2 / nu
-                logits[n] = temperature * (np.log(P) - robust)  # L = log P − κ log(1 + d²/ν)
+                L = temperature * (np.log(P) - robust)  # L = log P − κ log(1 + d²/ν)
+                if j in keys:
+                    logits[keys.index(j)] = L
+                if return_intermediates:
+                    P_all[i, j], R_all[b, i, j], d2_all[b, i, j] = P, R, d2
+                    if j in keys:
+                        L_all[b, i, j] = L
             for c in range(d):
                 top = max(logits[:, c])
                 total = sum(math.exp(x - top) for x in logits[:, c])
@@ -357,6 +391,10 @@ def afa_loop(
                     carry = cmath.exp(lam[c] * dt) if rotate_values else math.exp(lam[c].real * dt)
                     out[b, i, c] += a * carry * vb[b, j, c]  # v̄_i = Σ_j A_ij e^{λΔt} v_j
     out = out.reshape(batch + (N, d))
+    if return_intermediates:
+        extra = {"A": A.reshape(batch + (N, N, d)), "P": P_all, "R": R_all.reshape(batch + (N, N, d)),
+                 "d2": d2_all.reshape(batch + (N, N)), "logits": L_all.reshape(batch + (N, N, d))}
+        return out, extra
     return (out, A.reshape(batch + (N, N, d))) if return_weights else out
 
 
@@ -430,7 +468,7 @@ def isotropic_afa(
 ):
     r"""Isotropic AFA at the cost of ordinary attention: Eqs. (8.1)–(8.4) of the book.
 
-    Implements Racioppo (2025) v6 §3.5, App. B.2–B.3 and Algorithm 1 (spec afa.md §4): one decay
+    Implements Racioppo (2025) v6 §3.5, App. B.2–B.3 and Algorithm 1 (chapter 8 of the book): one decay
     μ and one noise level per head, λ_k = −μ + iω_k. Then the precision is shared by all channels
     and everything factorizes:
 
@@ -460,6 +498,18 @@ def isotropic_afa(
     -------
     out : ndarray of complex128, shape (..., N, d)
         Equal to ``afa(q, k, v, eigvals=-mu + 1j*omega, ...)``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.normal(size=(5, 2)) + 1j * rng.normal(size=(5, 2)) for _ in range(3))
+    >>> kw = dict(mu=0.3, omega=np.array([1.0, -0.5]), sigma2=0.5, eta2=0.1, gamma2=0.05, nu=2.0)
+    >>> out = isotropic_afa(q, k, v, **kw)
+    >>> out.shape
+    (5, 2)
+    >>> noise = {n: kw[n] for n in ("sigma2", "eta2", "gamma2", "nu")}
+    >>> bool(np.allclose(out, afa(q, k, v, eigvals=-0.3 + 1j * kw["omega"], **noise)))  # λ_k = −μ + iω_k
+    True
     """
     q, k, v = _check_qkv(q, k, v)
     N, d = q.shape[-2:]
@@ -478,18 +528,16 @@ def isotropic_afa(
     k2t = np.swapaxes(np.concatenate([k_rot.real, k_rot.imag], axis=-1), -1, -2)
     nq = np.sum(np.abs(q) ** 2, axis=-1)[..., :, None]  # ‖q_i‖²
     nk = np.sum(np.abs(k) ** 2, axis=-1)[..., None, :]  # ‖k_j‖²
-    values = v * rot if rotate_values else v  # ṽ = e^{−iωt} ⊙ v
+    keys = _Keys(k2t, nk, v * rot if rotate_values else v)  # ṽ = e^{−iωt} ⊙ v
+    head = _Head(mu, nu, kappa, weight, temperature, causal)
     out = np.empty(np.broadcast_shapes(q.shape, v.shape), dtype=np.complex128)
     weights = np.empty(q.shape[:-1] + (N,)) if return_weights else None
     # Every step is row-wise (a softmax over keys per query), so queries are processed in blocks of
     # rows: peak memory O(block · N + N d) instead of several N × N buffers.
-    block = max(1, min(N, _ROW_BLOCK // N))
+    block = min(N, per_block(4 * N))  # a row: N logits in about four live temporaries
     for r0 in range(0, N, block):
         rows = slice(r0, min(N, r0 + block))
-        out[..., rows, :], w = _isotropic_rows(
-            rows, q2[..., rows, :], k2t, nq[..., rows, :], nk, values, lag, mu, nu, kappa, weight, temperature,
-            causal, return_weights,
-        )
+        out[..., rows, :], w = _isotropic_rows(rows, q2[..., rows, :], nq[..., rows, :], keys, lag, head, return_weights)
         if return_weights:
             weights[..., rows, :] = w
     if rotate_values:
@@ -497,45 +545,55 @@ def isotropic_afa(
     return (out, weights) if return_weights else out
 
 
-#: Rows × keys per block in :func:`isotropic_afa` (2**19 float64 = 4 MiB per buffer).
-_ROW_BLOCK = 2**19
+class _Keys(NamedTuple):
+    """What every block of query rows of :func:`isotropic_afa` attends to, formed once."""
+
+    k2t: np.ndarray  # [Re k̃, Im k̃]ᵀ, (..., 2d, N)
+    nk: np.ndarray  # ‖k_j‖², (..., 1, N)
+    values: np.ndarray  # ṽ = e^{−iωt} ⊙ v (or v), (..., N, d)
 
 
-def _isotropic_rows(rows, q2, k2t, nq, nk, values, lag, mu, nu, kappa, weight, temperature, causal, return_weights):
+class _Head(NamedTuple):
+    """The scalar parameters of one isotropic head (validated)."""
+
+    mu: float
+    nu: float
+    kappa: float
+    weight: str
+    temperature: float
+    causal: bool
+
+
+def _isotropic_rows(rows, q2, nq, keys: _Keys, lag: _LagKernels, head: _Head, return_weights: bool):
     """Eqs. (8.1)–(8.3) for one block of query rows; returns Â ṽ normalized (before counter-rotation)."""
-    x = q2 @ k2t  # Re(q̃_i^† k̃_j), (..., rows, N); the buffer becomes ‖R‖², d², L, A in turn
-    E = lag.decay[rows]  # e^{−μ|Δt|} ≤ 1
-    x *= -2.0 * E
-    if causal:  # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃)  (Eq. (8.2)); pairs j > i are masked anyway
-        x += nq
-        x += lag.decay_sq[rows] * nk
+    E, E2 = lag.decay[rows], lag.decay_sq[rows]  # e^{−μ|Δt|} ≤ 1 and its square
+    cross = (q2 @ keys.k2t) * (-2.0 * E)  # −2E Re(q̃_i^† k̃_j)
+    if head.causal:  # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃)  (Eq. (8.2)); pairs j > i are masked anyway
+        R2 = cross + nq + E2 * keys.nk
     else:  # pushed-back pairs, scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃)
-        x += np.where(lag.forward[rows], nq + lag.decay_sq[rows] * nk, lag.decay_sq[rows] * nq + nk)
-    np.maximum(x, 0.0, out=x)  # the identity can cancel to a tiny negative number
-    x /= lag.scaled_cov[rows]  # d² = P ‖R‖²
-    if weight == "student":
-        x /= nu
-        np.log1p(x, out=x)
-        x *= -kappa  # −κ log(1 + d²/ν)
+        R2 = cross + np.where(lag.forward[rows], nq + E2 * keys.nk, E2 * nq + keys.nk)
+    R2 = np.maximum(R2, 0.0)  # the identity can cancel to a tiny negative number
+    d2 = R2 / lag.scaled_cov[rows]  # d² = P ‖R‖²
+    if head.weight == "student":
+        penalty = -head.kappa * np.log1p(d2 / head.nu)  # −κ log(1 + d²/ν)
     else:
-        x *= -1.0 / nu  # −d²/ν
-    x += lag.log_p[rows]  # L = log P − robust penalty  (Eq. (7.5))
-    if temperature != 1.0:
-        x *= temperature
-    if causal:
-        np.putmask(x, np.broadcast_to(lag.later[rows], x.shape), -np.inf)
-    x -= np.max(x, axis=-1, keepdims=True)  # finite: the diagonal j = i is always allowed
-    if causal:
-        np.exp(x, out=x)
-        total = np.sum(x, axis=-1, keepdims=True)
-        weights = x / total if return_weights else None
-        x *= E  # Â = A ⊙ e^{−μΔt} (up to the row normalization, applied after the matmul)
+        penalty = d2 * (-1.0 / head.nu)  # −d²/ν
+    L = penalty + lag.log_p[rows]  # L = log P − robust penalty  (Eq. (7.5))
+    if head.temperature != 1.0:
+        L = L * head.temperature
+    if head.causal:
+        L = np.where(lag.later[rows], -np.inf, L)
+    L = L - np.max(L, axis=-1, keepdims=True)  # finite: the diagonal j = i is always allowed
+    if head.causal:
+        A = np.exp(L)  # unnormalized weights; the row sums normalize after the matmul
+        total = np.sum(A, axis=-1, keepdims=True)
+        weights = A / total if return_weights else None
+        A_hat = A * E  # Â = A ⊙ e^{−μΔt}
     else:  # e^{−μΔt} > 1 for pushed-back pairs: combine in log space
-        total = np.sum(np.exp(x), axis=-1, keepdims=True)
-        weights = np.exp(x) / total if return_weights else None
-        x -= mu * lag.dt[rows]
-        np.exp(x, out=x)
-    return (x @ values) / total, weights
+        total = np.sum(np.exp(L), axis=-1, keepdims=True)
+        weights = np.exp(L) / total if return_weights else None
+        A_hat = np.exp(L - head.mu * lag.dt[rows])
+    return (A_hat @ keys.values) / total, weights
 
 
 def isotropic_afa_loop(
@@ -558,7 +616,16 @@ def isotropic_afa_loop(
     return_weights: bool = False,
 ):
     """Loop twin of :func:`isotropic_afa`: the tensor equations (7.2)–(7.7) as written, loops over i, j, k,
-    with λ_k = −μ + iω_k and shared noise — no factorization (the identity (8.2) is what is tested)."""
+    with λ_k = −μ + iω_k and shared noise — no factorization (the identity (8.2) is what is tested).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.normal(size=(5, 2)) + 1j * rng.normal(size=(5, 2)) for _ in range(3))
+    >>> kw = dict(mu=0.3, omega=np.array([1.0, -0.5]), sigma2=0.5, eta2=0.1, gamma2=0.05, nu=2.0)
+    >>> bool(np.allclose(isotropic_afa_loop(q, k, v, **kw), isotropic_afa(q, k, v, **kw)))
+    True
+    """
     q, k, v = _check_qkv(q, k, v)
     d = q.shape[-1]
     for name, value in (("sigma2", sigma2), ("eta2", eta2), ("gamma2", gamma2)):
@@ -594,9 +661,9 @@ def afa_irls(
     kappa=None,
     causal: bool = True,
 ):
-    r"""AFA applied as a filter to measurements, iterated as IRLS: Eqs. (7.8)–(7.9) of the book.
+    r"""AFA applied as a filter to measurements, iterated as re-smoothing: Eqs. (7.8)–(7.9) of the book.
 
-    Implements the iteration of Racioppo (2025) v1 §2.6.2, thesis §3.5 (spec afa.md §7.1) with
+    Implements the iteration of Racioppo (2025) v1 §2.6.2, thesis §3.5 (chapter 7 of the book) with
     known dynamics and noise: start from ``ẑ⁽⁰⁾ = z`` (queries, keys and values are the
     measurements in the eigenbasis), then
 
@@ -604,7 +671,11 @@ def afa_irls(
                \hat z^{(n+1)} = \hat z^{(n)} + α\,(\bar z^{(n)} - \hat z^{(n)}),
 
     a weighted least-squares estimate per query whose weights are recomputed from the current
-    residuals (temperature 1, so the softmax is exactly w·P normalized).
+    residuals (temperature 1, so the softmax is exactly w·P normalized). Each pass replaces the
+    data (queries, keys *and* values) by the previous estimate: this is iterated re-smoothing, what
+    a stack of layers does — not IRLS for the M-estimator, whose keys and values stay the
+    measurements, ``ẑ⁽ⁿ⁺¹⁾ = afa(ẑ⁽ⁿ⁾, z, z)`` (Eq. (7.10) of the book). The function keeps the
+    paper's name.
 
     Parameters
     ----------
@@ -619,6 +690,14 @@ def afa_irls(
     -------
     estimates : ndarray of complex128, shape (n_iter, ..., N, d)
         ``ẑ⁽¹⁾ … ẑ⁽ⁿ⁾``, the relaxed estimate after each iteration (the AFA output itself when α = 1).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> z = rng.normal(size=(6, 2)) + 1j * rng.normal(size=(6, 2))
+    >>> est = afa_irls(z, eigvals=np.array([-0.2 + 0.5j, -1.0]), sigma2=0.4, eta2=0.2, gamma2=0.05, nu=2.0, n_iter=2)
+    >>> est.shape, est.dtype
+    ((2, 6, 2), dtype('complex128'))
     """
     if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
         raise ValueError(f"n_iter: expected an integer >= 1, got {n_iter!r}")

@@ -46,6 +46,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ._blocking import per_block
 from ._validate import as_array, as_positive_scalar, as_real_array
 
 __all__ = [
@@ -60,6 +61,11 @@ __all__ = [
     "materialize_loop",
     "lag_profile",
     "frequency_response",
+    "flash_attention",
+    "flash_attention_loop",
+    "alibi_geometric_slopes",
+    "softmax_attention_vjp",
+    "softmax_attention_vjp_loop",
 ]
 
 
@@ -182,9 +188,9 @@ def _weights(q, k, mask, causal) -> np.ndarray:
     return s
 
 
-# Query rows per block of the weight-free path: ~2^18 logits (2 MiB) per block stay in cache
-# while they are shifted, exponentiated, summed and multiplied by V.
-_BLOCK_LOGITS = 1 << 18
+# Query rows per block of the weight-free path: a block's logits fill the workspace budget
+# (refimpl._blocking) and stay in cache while they are shifted, exponentiated, summed and
+# multiplied by V.
 _MIN_BLOCK_ROWS = 32  # with many batch elements, fewer rows per block would be all overhead
 
 
@@ -193,7 +199,7 @@ def _attend_blocked(q, k, v, mask, causal, batch) -> np.ndarray:
     n, m = q.shape[-2], k.shape[-2]
     if mask is not None:
         batch = np.broadcast_shapes(batch, mask.shape[:-2])
-    rows_per_block = max(_MIN_BLOCK_ROWS, _BLOCK_LOGITS // max(1, m * math.prod(batch)))
+    rows_per_block = per_block(m * math.prod(batch), minimum=_MIN_BLOCK_ROWS)  # a row: M logits per batch entry
     y = np.empty((*batch, n, v.shape[-1]))
     for start in range(0, n, rows_per_block):
         rows = slice(start, min(n, start + rows_per_block))
@@ -222,13 +228,24 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> np.ndarra
     -------
     A : ndarray, shape (..., N, M)
         Non-negative, each row sums to 1, exactly 0 where the mask forbids.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> A = attention_weights(rng.normal(size=(4, 2)), rng.normal(size=(4, 2)), causal=True)
+    >>> A[0].tolist()  # the first query sees only the first key
+    [1.0, 0.0, 0.0, 0.0]
+    >>> bool(np.allclose(A.sum(axis=-1), 1.0))
+    True
     """
     q, k = _check_qk(q, k)
     mask = _check_mask(mask, causal, _batch(q, k), q.shape[-2], k.shape[-2])
     return _weights(q * _scale(scale, q.shape[-1]), k, mask, causal)
 
 
-def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_weights=False):
+def softmax_attention(
+    q, k, v, *, mask=None, causal=False, scale=None, return_weights=False, window=None, alibi_slopes=None
+):
     r"""Scaled dot-product attention, ``softmax(scale · Q K^T) V``, numerically stable.
 
     Implements Eqs. (4.1)–(4.3) of the book (Vaswani et al. 2017, Eq. 1).
@@ -251,6 +268,17 @@ def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_we
         average of the allowed values; ``scale → ∞`` gives hard selection of the best key.
     return_weights : bool
         Also return the weight matrix ``A``.
+    window : int >= 1, optional
+        Sliding-window (local) attention: key j is allowed only if ``|i − j| < window``; with
+        ``causal`` each query sees its ``window`` most recent keys, itself included (Longformer,
+        Mistral). Combined with ``mask`` and ``causal`` by logical and (Eq. (16.16)).
+    alibi_slopes : array_like, broadcastable to the batch axes (e.g. shape (H,)), optional
+        ALiBi (Press et al. 2022): the bias ``−m · |i − j|`` is added to the logits, with slope
+        ``m ≥ 0`` per head (the last batch axis); for causal attention this is the paper's
+        ``m · (j − i)``. Chapter 8 finds the same linear bias as the μ → 0 limit of the
+        isotropic AFA prior (Eq. (8.7)); :func:`alibi_geometric_slopes` gives the paper's slopes.
+        With ``window`` or ``alibi_slopes`` the logits are formed as one (..., N, M) buffer
+        (not in blocks of query rows).
 
     Returns
     -------
@@ -284,6 +312,8 @@ def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_we
     >>> bool(np.allclose(A.sum(-1), 1.0)), bool(np.all(np.triu(A, 1) == 0))
     (True, True)
     """
+    if window is not None or alibi_slopes is not None:  # sliding window / ALiBi, Eq. (16.16)
+        return _softmax_biased(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes)
     q, k, v, batch = _check_qkv(q, k, v)
     mask = _check_mask(mask, causal, batch, q.shape[-2], k.shape[-2])
     if not isinstance(return_weights, (bool, np.bool_)):
@@ -295,8 +325,23 @@ def softmax_attention(q, k, v, *, mask=None, causal=False, scale=None, return_we
     return np.matmul(A, v), A  # y_i = Σ_j A_ij v_j, Eq. (4.1)
 
 
-def softmax_attention_loop(q, k, v, *, mask=None, causal=False, scale=None, return_weights=False):
-    """Loop twin of :func:`softmax_attention`: one query, one key at a time (Eqs. (4.1)–(4.3))."""
+def softmax_attention_loop(
+    q, k, v, *, mask=None, causal=False, scale=None, return_weights=False, window=None, alibi_slopes=None
+):
+    """Loop twin of :func:`softmax_attention`: one query, one key at a time (Eqs. (4.1)–(4.3)).
+
+    With ``window`` or ``alibi_slopes``, the loop also applies the band and the linear bias of
+    Eq. (16.16) key by key.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 4, 2))
+    >>> bool(np.allclose(softmax_attention_loop(q, k, v, causal=True), softmax_attention(q, k, v, causal=True)))
+    True
+    """
+    if window is not None or alibi_slopes is not None:  # sliding window / ALiBi, Eq. (16.16)
+        return _softmax_biased_loop(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes)
     q, k, v, batch = _check_qkv(q, k, v)
     n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
     mask = _check_mask(mask, causal, batch, n, m)
@@ -386,6 +431,15 @@ def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=No
     ``Y = [head_1, …, head_h] W^O = Σ_i A_i X W_i^V W^O_i`` (Eq. (4.12): a bank of h
     data-dependent N×N filters, each followed by its own channel mixer ``W_i^V W^O_i``).
     Vectorized: one projection of width h·d_k, reshaped (..., N, h, d_k) → (..., h, N, d_k).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(5, 4))
+    >>> w_q, w_k, w_v, w_o = rng.normal(size=(4, 4, 4)) / 2
+    >>> y, A = multihead_attention(x, w_q, w_k, w_v, w_o, 2, causal=True, return_weights=True)
+    >>> y.shape, A.shape  # A: one (N, N) matrix per head
+    ((5, 4), (2, 5, 5))
     """
     x, w_q, w_k, w_v, w_o, h = _check_mha(x, w_q, w_k, w_v, w_o, n_heads)
     n = x.shape[-2]
@@ -406,7 +460,16 @@ def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=No
 def multihead_attention_loop(
     x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=None, scale=None, return_weights=False
 ):
-    """Loop twin of :func:`multihead_attention`: one head at a time, Eq. (4.11) literally."""
+    """Loop twin of :func:`multihead_attention`: one head at a time, Eq. (4.11) literally.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(5, 4))
+    >>> w_q, w_k, w_v, w_o = rng.normal(size=(4, 4, 4)) / 2
+    >>> bool(np.allclose(multihead_attention_loop(x, w_q, w_k, w_v, w_o, 2), multihead_attention(x, w_q, w_k, w_v, w_o, 2)))
+    True
+    """
     x, w_q, w_k, w_v, w_o, h = _check_mha(x, w_q, w_k, w_v, w_o, n_heads)
     dk, dv = w_q.shape[1] // h, w_v.shape[1] // h
     outs, weights = [], []
@@ -451,6 +514,12 @@ def attention_entropy(weights) -> np.ndarray:
     Returns
     -------
     H : ndarray, shape (...)
+
+    Examples
+    --------
+    >>> H = attention_entropy(np.array([[1.0, 0.0], [0.5, 0.5]]))
+    >>> bool(H[0] == 0.0), bool(np.isclose(H[1], np.log(2)))  # one-hot: 0 nats; uniform over two keys: log 2
+    (True, True)
     """
     a = _check_weights(weights)
     safe = np.where(a > 0, a, 1.0)
@@ -470,6 +539,11 @@ def effective_support(weights) -> np.ndarray:
     Returns
     -------
     n_eff : ndarray, shape (...)
+
+    Examples
+    --------
+    >>> effective_support(np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]])).round(12).tolist()
+    [1.0, 2.0, 3.0]
     """
     a = _check_weights(weights)
     return 1.0 / np.sum(a * a, axis=-1)
@@ -530,6 +604,12 @@ def materialize(mixer: Callable, n: int, *, check_linear: bool = True) -> np.nda
     -------
     W : ndarray, shape (N, N)
         Real if the mixer returns real values, complex otherwise.
+
+    Examples
+    --------
+    >>> W = materialize(lambda v: np.cumsum(v, axis=-2), 3)  # a running sum is linear in v
+    >>> W.tolist()
+    [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
     """
     n = _check_mixer(mixer, n)
     W = _probe(mixer, np.eye(n), n)  # W = mixer(I): column j is the response to e_j
@@ -539,7 +619,14 @@ def materialize(mixer: Callable, n: int, *, check_linear: bool = True) -> np.nda
 
 
 def materialize_loop(mixer: Callable, n: int, *, check_linear: bool = True) -> np.ndarray:
-    """Loop twin of :func:`materialize`: one unit impulse ``e_j`` at a time (Eq. (4.9))."""
+    """Loop twin of :func:`materialize`: one unit impulse ``e_j`` at a time (Eq. (4.9)).
+
+    Examples
+    --------
+    >>> mixer = lambda v: np.cumsum(v, axis=-2)
+    >>> bool(np.array_equal(materialize_loop(mixer, 4), materialize(mixer, 4)))
+    True
+    """
     n = _check_mixer(mixer, n)
     cols = []
     for j in range(n):
@@ -557,7 +644,11 @@ def lag_profile(W) -> tuple[np.ndarray, np.ndarray]:
 
     Implements Eq. (4.10) of the book. With ``y_i = Σ_j W_ij v_j`` and lag ``ℓ = i − j``, a
     Toeplitz (shift-invariant) ``W_ij = h_{i−j}`` is the convolution ``y_i = Σ_ℓ h_ℓ v_{i−ℓ}``
-    and this returns its kernel exactly; for any other ``W`` it is the average kernel.
+    and this returns its kernel exactly. For any other ``W``, ``h_ℓ`` is the mean over the
+    N − |ℓ| entries of diagonal ℓ, i.e. over the rows that reach lag ℓ. It is not the average
+    row: for a causal row-stochastic ``W``, ``Σ_ℓ h_ℓ`` can exceed 1 because early rows (few
+    keys, large weights) enter only the short-lag means. The zero-padded average row is
+    ``h_ℓ (N − |ℓ|)/N``; its sum is 1 for any row-stochastic ``W`` (chapter 4, §4.4).
     ℓ > 0 looks back (the past), ℓ < 0 looks ahead.
 
     Parameters
@@ -569,6 +660,12 @@ def lag_profile(W) -> tuple[np.ndarray, np.ndarray]:
     lags : ndarray of int, shape (2N − 1,)
         ℓ = −(N−1), …, N−1.
     h : ndarray, shape (2N − 1,)
+
+    Examples
+    --------
+    >>> lags, h = lag_profile(np.tril(0.5 ** np.subtract.outer(np.arange(4), np.arange(4)).clip(0)))
+    >>> lags.tolist(), h.tolist()  # a Toeplitz matrix: its own diagonals
+    ([-3, -2, -1, 0, 1, 2, 3], [0.0, 0.0, 0.0, 1.0, 0.5, 0.25, 0.125])
     """
     W = as_array(W, "W")
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
@@ -597,6 +694,13 @@ def frequency_response(W, omega=None, *, n_freqs: int = 512) -> tuple[np.ndarray
     -------
     omega : ndarray, shape (F,)
     H : ndarray of complex, shape (F,)
+
+    Examples
+    --------
+    >>> W = np.eye(4)  # the identity mixer passes every frequency
+    >>> omega, H = frequency_response(W, np.array([0.0, np.pi / 2, np.pi]))
+    >>> np.abs(H).round(12).tolist()
+    [1.0, 1.0, 1.0]
     """
     lags, h = lag_profile(W)
     if omega is None:
@@ -604,3 +708,262 @@ def frequency_response(W, omega=None, *, n_freqs: int = 512) -> tuple[np.ndarray
     omega = as_real_array(omega, "omega", ndim=1)
     H = np.exp(-1j * np.outer(omega, lags)) @ h  # Σ_ℓ h_ℓ e^{−iωℓ}
     return omega, H
+
+
+# ---------------------------------------------------------------------------------------------
+# Sliding windows and ALiBi, Eq. (16.16)
+# ---------------------------------------------------------------------------------------------
+
+
+def alibi_geometric_slopes(n_heads: int) -> np.ndarray:
+    r"""ALiBi's head slopes: the geometric sequence ``m_h = 2^{−8h/H}``, h = 1 … H.
+
+    The slopes of the bias of Eq. (16.16) of the book (Press et al. 2022, §3): for H a power of two the slopes start at ``2^{−8/H}`` with that
+    ratio; otherwise the slopes of the largest power of two ``P < H`` are followed by every
+    other slope of ``2P`` (the paper's recipe for other head counts).
+
+    Returns
+    -------
+    m : ndarray, shape (n_heads,)
+
+    Examples
+    --------
+    >>> alibi_geometric_slopes(8).tolist()  # H = 8: 2^{-1}, 2^{-2}, ..., 2^{-8}
+    [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125, 0.00390625]
+    >>> np.log2(alibi_geometric_slopes(6)).tolist()  # H = 6: the 4-head slopes, then every other 8-head slope
+    [-2.0, -4.0, -6.0, -8.0, -1.0, -3.0]
+    """
+    n = _as_count(n_heads, "n_heads")
+    p = 1 << (n.bit_length() - 1)  # largest power of two <= H
+
+    def geometric(h: int) -> np.ndarray:
+        return 2.0 ** (-8.0 * np.arange(1, h + 1) / h)
+
+    if p == n:
+        return geometric(n)
+    return np.concatenate([geometric(p), geometric(2 * p)[0::2][: n - p]])
+
+
+def _as_count(x, name: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer, got {type(x).__name__}")
+    if x < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {x}")
+    return int(x)
+
+
+def _check_biased(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes):
+    """Validate the inputs of a windowed/ALiBi call; return them with the allowed set and the bias."""
+    q, k, v, batch = _check_qkv(q, k, v)
+    n, m = q.shape[-2], k.shape[-2]
+    mask = _check_mask(mask, causal, batch, n, m)
+    if not isinstance(return_weights, (bool, np.bool_)):
+        raise TypeError(f"return_weights: expected a bool, got {type(return_weights).__name__}")
+    lag = np.abs(np.arange(n)[:, None] - np.arange(m)[None, :])  # |i − j|
+    allowed = np.ones((n, m), dtype=bool) if mask is None else mask
+    if causal:
+        allowed = allowed & (np.arange(m)[None, :] <= np.arange(n)[:, None])
+    if window is not None:
+        w = _as_count(window, "window")
+        allowed = allowed & (lag < w)
+        empty = ~allowed.any(axis=-1)
+        if np.any(empty):
+            idx = tuple(int(i) for i in np.argwhere(empty)[0])
+            raise ValueError(f"window: query row {idx} has no allowed key within the window of {w} (N = {n}, M = {m})")
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = as_real_array(alibi_slopes, "alibi_slopes")
+        if np.any(slopes < 0):
+            raise ValueError(f"alibi_slopes: expected slopes >= 0, got minimum {slopes.min():.6g}")
+        try:
+            batch = np.broadcast_shapes(batch, slopes.shape)
+        except ValueError:
+            raise ValueError(f"alibi_slopes: shape {slopes.shape} does not broadcast to the batch axes {batch}") from None
+    batch = np.broadcast_shapes(batch, allowed.shape[:-2])
+    return q, k, v, allowed, lag, slopes, batch, _scale(scale, q.shape[-1])
+
+
+def _softmax_biased(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes):
+    """softmax(scale q kᵀ − m |i − j|) v over the allowed (mask ∧ causal ∧ window) keys, Eq. (16.16)."""
+    q, k, v, allowed, lag, slopes, batch, c = _check_biased(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes)
+    s = np.matmul(q * c, np.swapaxes(k, -1, -2))  # s_ij = scale q_i·k_j
+    if slopes is not None:
+        s = s - slopes[..., None, None] * lag  # + ALiBi bias −m_h |i − j|
+    s = np.where(allowed, np.broadcast_to(s, (*batch, *s.shape[-2:])), -np.inf)
+    s -= s.max(axis=-1, keepdims=True)  # row max over the allowed keys (finite: every row has one)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)  # A_ij
+    y = np.matmul(s, v)
+    return (y, s) if return_weights else y
+
+
+def _softmax_biased_loop(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes):
+    q, k, v, allowed, lag, slopes, batch, c = _check_biased(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes)
+    n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
+    qb = np.broadcast_to(q, (*batch, n, q.shape[-1]))
+    kb = np.broadcast_to(k, (*batch, m, k.shape[-1]))
+    vb = np.broadcast_to(v, (*batch, m, dv))
+    ab = np.broadcast_to(allowed, (*batch, n, m))
+    sb = None if slopes is None else np.broadcast_to(slopes, batch)
+    y = np.zeros((*batch, n, dv))
+    A = np.zeros((*batch, n, m))
+    for b in np.ndindex(*batch):
+        for i in range(n):
+            keys = [j for j in range(m) if ab[b][i, j]]  # mask ∧ causal ∧ |i − j| < window
+            scores = {}
+            for j in keys:
+                scores[j] = c * float(np.dot(qb[b][i], kb[b][j]))  # s_ij = scale q_i·k_j
+                if sb is not None:
+                    scores[j] -= float(sb[b]) * abs(i - j)  # ALiBi: − m |i − j|
+            top = max(scores.values())
+            z = sum(math.exp(s - top) for s in scores.values())
+            for j in keys:
+                A[b][i, j] = math.exp(scores[j] - top) / z
+                y[b][i] += A[b][i, j] * vb[b][j]
+    return (y, A) if return_weights else y
+
+
+# ---------------------------------------------------------------------------------------------
+# FlashAttention's tiled online softmax, Eq. (16.15)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse):
+    q, k, v, batch = _check_qkv(q, k, v)
+    _check_mask(None, causal, batch, q.shape[-2], k.shape[-2])  # validates ``causal``
+    bq = _as_count(block_q, "block_q")
+    bk = _as_count(block_k, "block_k")
+    if not isinstance(return_lse, (bool, np.bool_)):
+        raise TypeError(f"return_lse: expected a bool, got {type(return_lse).__name__}")
+    return q * _scale(scale, q.shape[-1]), k, v, batch, bq, bk
+
+
+def flash_attention(q, k, v, *, causal=False, scale=None, block_q=64, block_k=64, return_lse=False):
+    r"""Softmax attention by FlashAttention's tiled online softmax (forward pass).
+
+    Implements Eq. (16.15) of the book (Dao et al. 2022, FlashAttention, Algorithm 1; Milakov &
+    Gimelshein 2018, online normalizer). Equal to :func:`softmax_attention` to round-off
+    (about 1e-15); it exists for clarity — the algorithm GPU kernels run, written out — not
+    for speed in NumPy.
+
+    Parameters
+    ----------
+    q : array_like, shape (..., N, d)
+    k : array_like, shape (..., M, d)
+    v : array_like, shape (..., M, dv)
+    causal : bool
+        Forbid keys j > i (top-left aligned, as :func:`softmax_attention`).
+    scale : float >= 0, optional
+        Default ``1/sqrt(d)``.
+    block_q, block_k : int >= 1
+        Tile sizes B_r (query rows) and B_c (key columns); N and M need not be multiples.
+    return_lse : bool
+        Also return the row log-sum-exp ``ℓ_i = m_i + log z_i`` (what the backward pass
+        stores to recompute the weights).
+
+    Returns
+    -------
+    y : ndarray, shape (..., N, dv)
+    lse : ndarray, shape (..., N)
+        Only if ``return_lse``.
+
+    Notes
+    -----
+    The keys are visited one tile at a time. For each query row a running max ``m``, a running
+    normalizer ``z`` and an unnormalized output ``o`` are kept; a new tile with logits ``s``
+    updates them as
+
+    ``m' = max(m, max_j s_j)``,  ``z' = e^{m−m'} z + Σ_j e^{s_j−m'}``,
+    ``o' = e^{m−m'} o + Σ_j e^{s_j−m'} v_j``,
+
+    and ``y = o / z`` at the end. Every exponent is ≤ 0 and the rescaling ``e^{m−m'}`` makes
+    the result independent of the tiling. Here all query tiles are processed at once (one
+    batched product per key tile); :func:`flash_attention_loop` walks the (query tile, key
+    tile) grid and skips the tiles above the diagonal when ``causal``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 7, 4))
+    >>> y, lse = flash_attention(q, k, v, causal=True, block_q=2, block_k=3, return_lse=True)  # 7 is no multiple of 2 or 3
+    >>> bool(np.allclose(y, softmax_attention(q, k, v, causal=True)))
+    True
+    >>> logits = np.where(np.tri(7, dtype=bool), q @ k.T / 2.0, -np.inf)  # scale 1/sqrt(4)
+    >>> bool(np.allclose(lse, np.log(np.exp(logits).sum(axis=-1))))
+    True
+    """
+    q, k, v, batch, bq, bk = _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse)
+    n, m = q.shape[-2], k.shape[-2]
+    nq = -(-n // bq)
+    qt = np.zeros((*batch, nq * bq, q.shape[-1]))
+    qt[..., :n, :] = q
+    qt = qt.reshape(*batch, nq, bq, q.shape[-1])  # query tiles (zero rows pad the last one)
+    rows = np.arange(nq * bq).reshape(nq, bq, 1)  # query index i of each tile row
+    mx = np.full((*batch, nq, bq, 1), -np.inf)  # running max m_i
+    z = np.zeros((*batch, nq, bq, 1))  # running normalizer z_i
+    o = np.zeros((*batch, nq, bq, v.shape[-1]))  # unnormalized output o_i
+    for j0 in range(0, m, bk):  # key tiles
+        kj, vj = k[..., None, j0 : j0 + bk, :], v[..., None, j0 : j0 + bk, :]
+        s = np.matmul(qt, np.swapaxes(kj, -1, -2))  # (..., nq, bq, bk) logits of this tile
+        if causal:
+            s = np.where(np.arange(j0, min(m, j0 + bk)) > rows, -np.inf, s)  # key j after query i
+        m_new = np.maximum(mx, s.max(axis=-1, keepdims=True))
+        # rows that have seen no allowed key yet keep m = −inf; shift them by 0 instead
+        shift = np.where(np.isfinite(m_new), m_new, 0.0)
+        p = np.exp(s - shift)  # e^{s_ij − m'_i}
+        alpha = np.exp(mx - shift)  # e^{m_i − m'_i}: the rescaling of what was accumulated
+        z = alpha * z + p.sum(axis=-1, keepdims=True)
+        o = alpha * o + np.matmul(p, vj)
+        mx = m_new
+    y = (o / z).reshape(*batch, nq * bq, v.shape[-1])[..., :n, :]
+    if not return_lse:
+        return y
+    lse = (mx + np.log(z)).reshape(*batch, nq * bq)[..., :n]
+    return y, lse
+
+
+def flash_attention_loop(q, k, v, *, causal=False, scale=None, block_q=64, block_k=64, return_lse=False):
+    """Loop twin of :func:`flash_attention`: the (query tile, key tile) grid of Algorithm 1, row by row.
+
+    Tiles strictly above the causal diagonal are skipped, as GPU kernels do (Eq. (16.15)).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 5, 2))
+    >>> y, lse = flash_attention_loop(q, k, v, causal=True, block_q=2, block_k=2, return_lse=True)
+    >>> y2, lse2 = flash_attention(q, k, v, causal=True, block_q=2, block_k=2, return_lse=True)
+    >>> bool(np.allclose(y, y2)), bool(np.allclose(lse, lse2))
+    (True, True)
+    """
+    q, k, v, batch, bq, bk = _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse)
+    n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
+    qb = np.broadcast_to(q, (*batch, n, q.shape[-1]))
+    kb = np.broadcast_to(k, (*batch, m, k.shape[-1]))
+    vb = np.broadcast_to(v, (*batch, m, dv))
+    y = np.zeros((*batch, n, dv))
+    lse = np.zeros((*batch, n))
+    for b in np.ndindex(*batch):
+        for i0 in range(0, n, bq):  # query tile
+            for i in range(i0, min(n, i0 + bq)):
+                mx, z, o = -math.inf, 0.0, np.zeros(dv)
+                for j0 in range(0, m, bk):  # key tile
+                    if causal and j0 > min(n, i0 + bq) - 1:
+                        break  # the whole tile lies after every query of this query tile
+                    js = [j for j in range(j0, min(m, j0 + bk)) if not (causal and j > i)]
+                    if not js:
+                        continue
+                    s = [float(np.dot(qb[b][i], kb[b][j])) for j in js]  # logits of the tile
+                    m_new = max(mx, max(s))  # running max
+                    alpha = math.exp(mx - m_new)  # rescale what was accumulated (0 for the first tile)
+                    p = [math.exp(sj - m_new) for sj in s]
+                    z = alpha * z + sum(p)  # running normalizer
+                    o = alpha * o + sum(pj * vb[b][j] for pj, j in zip(p, js))  # running output
+                    mx = m_new
+                y[b][i] = o / z
+                lse[b][i] = mx + math.log(z)
+    return (y, lse) if return_lse else y
+
+
+# The backward pass (vector–Jacobian products) lives in refimpl/_vjp.py, re-exported here.
+from ._vjp import softmax_attention_vjp, softmax_attention_vjp_loop  # noqa: E402

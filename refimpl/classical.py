@@ -103,6 +103,12 @@ def lfm_pulse(n_samples: int, bandwidth: float) -> np.ndarray:
     Returns
     -------
     ndarray of complex, shape (L,), unit modulus.
+
+    Examples
+    --------
+    >>> s = lfm_pulse(16, 0.25)
+    >>> s.shape, bool(np.allclose(np.abs(s), 1.0))  # unit modulus: only the phase sweeps
+    ((16,), True)
     """
     n = as_int(n_samples, "n_samples", 1)
     b = as_positive_scalar(bandwidth, "bandwidth")
@@ -157,6 +163,15 @@ def matched_filter(received, template, *, normalize: bool = False) -> np.ndarray
     Equals ``np.correlate(received, template, "valid")`` (which conjugates its second
     argument). The FFT length is the next power of two ≥ N + L − 1 (linear, not circular,
     correlation).
+
+    Examples
+    --------
+    >>> s = lfm_pulse(8, 0.3)
+    >>> r = np.concatenate([np.zeros(5), s, np.zeros(4)])
+    >>> int(np.argmax(np.abs(matched_filter(r, s))))  # the delay of the pulse
+    5
+    >>> round(float(np.max(np.abs(matched_filter(r, s, normalize=True)))), 12)  # a perfect match
+    1.0
     """
     r, s = _check_mf(received, template)
     n, L = r.shape[-1], s.size
@@ -172,7 +187,15 @@ def matched_filter(received, template, *, normalize: bool = False) -> np.ndarray
 
 
 def matched_filter_loop(received, template, *, normalize: bool = False) -> np.ndarray:
-    """Loop twin of :func:`matched_filter`: the correlation sum at each delay (Eq. (6.1))."""
+    """Loop twin of :func:`matched_filter`: the correlation sum at each delay (Eq. (6.1)).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> r, s = rng.normal(size=20) + 1j * rng.normal(size=20), lfm_pulse(5, 0.3)
+    >>> bool(np.allclose(matched_filter_loop(r, s), matched_filter(r, s)))
+    True
+    """
     r, s = _check_mf(received, template)
     n, L = r.shape[-1], s.size
     complex_out = np.iscomplexobj(r) or np.iscomplexobj(s)
@@ -214,6 +237,11 @@ def autocorrelation(x, n_lags: int) -> np.ndarray:
     Returns
     -------
     ndarray, shape (..., M)
+
+    Examples
+    --------
+    >>> autocorrelation(np.array([1.0, -1.0, 1.0, -1.0]), 3).tolist()  # (1/N) Σ x_n x_{n−ℓ}
+    [1.0, -0.75, 0.5]
     """
     return cross_correlation(x, x, n_lags)
 
@@ -233,6 +261,12 @@ def cross_correlation(d, u, n_lags: int) -> np.ndarray:
     Returns
     -------
     ndarray, shape (..., M)
+
+    Examples
+    --------
+    >>> u = np.array([1.0, 2.0, 0.0, -1.0])
+    >>> cross_correlation(np.roll(u, 1), u, 3).tolist()  # d is u delayed by one sample
+    [0.25, 1.25, 0.5]
     """
     d = _check_1d_signal(d, "d")
     u = _check_1d_signal(u, "u")
@@ -283,6 +317,12 @@ def wiener_hopf(r, p) -> np.ndarray:
     ------
     ValueError
         If ``R`` is not positive definite (checked by the eigenvalues of the M×M matrix).
+
+    Examples
+    --------
+    >>> r = 0.5 ** np.arange(3) / (1 - 0.25)  # AR(1) autocorrelation, a = 0.5, q = 1
+    >>> wiener_hopf(r, r * 0.5).round(12).tolist()  # one-step predictor: w = [a, 0, 0]
+    [0.5, 0.0, -0.0]
     """
     r, p = _check_wiener_hopf(r, p)
     R = scipy.linalg.toeplitz(r)
@@ -298,6 +338,12 @@ def wiener_hopf_loop(r, p) -> np.ndarray:
     (``R_n x = p_{0:n}``) are extended: with ``ε = Σ_i r(n−i) f_i`` (Durbin's reflection
     coefficient ``κ = −ε``), ``f ← ([f; 0] − ε [0; f̃]) / (1 − ε²)`` (``f̃`` reversed) and
     ``x ← [x; 0] + (p_n − Σ_i r(n−i) x_i) f̃_new``.
+
+    Examples
+    --------
+    >>> r, p = 0.9 ** np.arange(4), 0.9 ** np.arange(1, 5)
+    >>> bool(np.allclose(wiener_hopf_loop(r, p), wiener_hopf(r, p)))
+    True
     """
     r, p = _check_wiener_hopf(r, p)
     cols = p[:, None] if p.ndim == 1 else p
@@ -339,6 +385,12 @@ def ar1_psd(a: float, q: float, n_fft: int) -> np.ndarray:
     Returns
     -------
     ndarray, shape (K,)
+
+    Examples
+    --------
+    >>> S = ar1_psd(0.5, 1.0, 4)  # at ω = 0, π/2, π, 3π/2
+    >>> S.round(6).tolist()  # q / |1 − a e^{−iω}|²
+    [4.0, 0.8, 0.444444, 0.8]
     """
     a = float(as_real_array(a, "a", ndim=0))
     if not abs(a) < 1:
@@ -382,6 +434,11 @@ def wiener_smoother_response(psd_signal, psd_noise) -> np.ndarray:
     Returns
     -------
     ndarray, shape (K,), values in [0, 1].
+
+    Examples
+    --------
+    >>> wiener_smoother_response(np.array([3.0, 1.0, 0.0]), np.array([1.0, 1.0, 1.0])).tolist()  # S_x / (S_x + S_n)
+    [0.75, 0.5, 0.0]
     """
     sx, sn = _check_psd_pair(psd_signal, psd_noise)
     return sx / (sx + sn)
@@ -405,6 +462,12 @@ def wiener_smoother_weights(psd_signal, psd_noise) -> tuple[np.ndarray, np.ndarr
         ℓ = −⌊K/2⌋, …, ⌈K/2⌉ − 1.
     h : ndarray, shape (K,)
         Real when the PSDs are even in ω (always, for real processes).
+
+    Examples
+    --------
+    >>> lags, h = wiener_smoother_weights(ar1_psd(0.9, 1.0, 64), np.full(64, 0.5))
+    >>> lags.shape, int(lags[np.argmax(h)])  # two-sided, largest at lag 0
+    ((64,), 0)
     """
     H = wiener_smoother_response(psd_signal, psd_noise)
     k = H.size
@@ -415,7 +478,14 @@ def wiener_smoother_weights(psd_signal, psd_noise) -> tuple[np.ndarray, np.ndarr
 
 
 def wiener_smoother_weights_loop(psd_signal, psd_noise) -> tuple[np.ndarray, np.ndarray]:
-    """Loop twin of :func:`wiener_smoother_weights`: the inverse DFT as a sum per lag (Eq. (6.10))."""
+    """Loop twin of :func:`wiener_smoother_weights`: the inverse DFT as a sum per lag (Eq. (6.10)).
+
+    Examples
+    --------
+    >>> Sx, Sn = ar1_psd(0.9, 1.0, 16), np.full(16, 0.5)
+    >>> bool(np.allclose(wiener_smoother_weights_loop(Sx, Sn)[1], wiener_smoother_weights(Sx, Sn)[1]))
+    True
+    """
     H = wiener_smoother_response(psd_signal, psd_noise)
     k = H.size
     lags = np.arange(k) - k // 2
@@ -475,6 +545,17 @@ def lms(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarra
         Weights after each update, ``w[..., n, :] = w_n``.
     e : ndarray, shape (..., N)
         A-priori errors ``e_n``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> u = rng.normal(size=2000)
+    >>> d = 0.5 * u + 0.2 * np.concatenate([[0.0], u[:-1]])  # an unknown 2-tap FIR
+    >>> w, e = lms(u, d, 2, 0.05)
+    >>> w.shape  # the taps after every step
+    (2000, 2)
+    >>> w[-1].round(2).tolist()  # converged to the unknown taps
+    [0.5, 0.2]
     """
     u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
     mu = as_positive_scalar(mu, "mu")
@@ -491,7 +572,15 @@ def lms(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarra
 
 
 def lms_loop(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
-    """Loop twin of :func:`lms`: one run, one time step and one tap at a time (Eq. (6.6))."""
+    """Loop twin of :func:`lms`: one run, one time step and one tap at a time (Eq. (6.6)).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> u, d = rng.normal(size=(2, 50))
+    >>> bool(np.allclose(lms_loop(u, d, 3, 0.05)[0], lms(u, d, 3, 0.05)[0]))
+    True
+    """
     u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
     mu = as_positive_scalar(mu, "mu")
     W = np.empty((*u.shape, m))
@@ -543,6 +632,15 @@ def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) ->
     w : ndarray, shape (..., N, M)
     e : ndarray, shape (..., N)
         A-priori errors.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> u = rng.normal(size=200)
+    >>> d = 0.5 * u + 0.2 * np.concatenate([[0.0], u[:-1]])
+    >>> w, e = rls(u, d, 2, lam=0.99)
+    >>> w[-1].round(3).tolist()  # noise-free data: the unknown taps (the start-up δ fades)
+    [0.5, 0.2]
     """
     u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
     lam, delta = _check_rls(lam, delta)
@@ -565,7 +663,15 @@ def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) ->
 
 
 def rls_loop(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
-    """Loop twin of :func:`rls`: one run and one time step at a time, entry by entry (Eq. (6.7))."""
+    """Loop twin of :func:`rls`: one run and one time step at a time, entry by entry (Eq. (6.7)).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> u, d = rng.normal(size=(2, 50))
+    >>> bool(np.allclose(rls_loop(u, d, 3, 0.98)[0], rls(u, d, 3, 0.98)[0]))
+    True
+    """
     u, d, m, w0 = _check_adaptive(u, d, n_taps, w0)
     lam, delta = _check_rls(lam, delta)
     W = np.empty((*u.shape, m))
@@ -614,6 +720,12 @@ def steering_vector(theta, n_sensors: int, spacing: float = 0.5) -> np.ndarray:
     Returns
     -------
     ndarray of complex, shape (..., M)
+
+    Examples
+    --------
+    >>> a = steering_vector(np.pi / 6, 4)  # half-wavelength spacing, 30°
+    >>> np.angle(a).round(6).tolist()  # phase −π m sin θ
+    [0.0, -1.570796, -3.141593, 1.570796]
     """
     th = as_real_array(theta, "theta")
     m, sp = _check_array(n_sensors, spacing)
@@ -628,6 +740,12 @@ def das_weights(theta0: float, n_sensors: int, spacing: float = 0.5) -> np.ndarr
     Returns
     -------
     ndarray of complex, shape (M,) (or (..., M) for an array of look directions)
+
+    Examples
+    --------
+    >>> w = das_weights(0.3, 8)
+    >>> round(float(abs(w.conj() @ steering_vector(0.3, 8))), 12)  # unit gain in the look direction
+    1.0
     """
     a = steering_vector(theta0, n_sensors, spacing)
     return a / a.shape[-1]
@@ -670,6 +788,14 @@ def mvdr_weights(R, steering, *, loading: float = 0.0) -> np.ndarray:
     Returns
     -------
     ndarray of complex, shape (M,) or (K, M)
+
+    Examples
+    --------
+    >>> a0, a1 = steering_vector(0.0, 6), steering_vector(0.5, 6)
+    >>> R = 100 * np.outer(a1, a1.conj()) + np.eye(6)  # a strong interferer at 0.5 rad
+    >>> w = mvdr_weights(R, a0)
+    >>> round(float(abs(w.conj() @ a0)), 12), bool(abs(w.conj() @ a1) < 0.01)  # distortionless, interferer nulled
+    (1.0, True)
     """
     Rl, a = _check_mvdr(R, steering, loading)
     Ria = np.linalg.solve(Rl, a.T).T  # R^{-1} a (no explicit inverse), shape (..., M)
@@ -677,7 +803,15 @@ def mvdr_weights(R, steering, *, loading: float = 0.0) -> np.ndarray:
 
 
 def mvdr_weights_loop(R, steering, *, loading: float = 0.0) -> np.ndarray:
-    """Loop twin of :func:`mvdr_weights`: one look direction at a time (Eq. (6.13))."""
+    """Loop twin of :func:`mvdr_weights`: one look direction at a time (Eq. (6.13)).
+
+    Examples
+    --------
+    >>> a = steering_vector(np.array([0.0, 0.4]), 5)
+    >>> R = np.outer(a[1], a[1].conj()) * 10 + np.eye(5)
+    >>> bool(np.allclose(mvdr_weights_loop(R, a, loading=0.1), mvdr_weights(R, a, loading=0.1)))
+    True
+    """
     Rl, a = _check_mvdr(R, steering, loading)
     rows = a[None, :] if a.ndim == 1 else a
     out = np.empty(rows.shape, dtype=complex)
@@ -710,6 +844,12 @@ def beampattern(w, theta, spacing: float = 0.5) -> np.ndarray:
     Returns
     -------
     ndarray, shape (...)
+
+    Examples
+    --------
+    >>> B = beampattern(das_weights(0.2, 8), np.array([0.2, 0.0]))
+    >>> round(float(B[0]), 12), bool(B[1] < B[0])  # the peak in the look direction
+    (1.0, True)
     """
     w, th, sp = _check_pattern(w, theta, spacing)
     a = steering_vector(th, w.size, sp)
@@ -717,7 +857,14 @@ def beampattern(w, theta, spacing: float = 0.5) -> np.ndarray:
 
 
 def beampattern_loop(w, theta, spacing: float = 0.5) -> np.ndarray:
-    """Loop twin of :func:`beampattern`: one angle and one sensor at a time (Eq. (6.14))."""
+    """Loop twin of :func:`beampattern`: one angle and one sensor at a time (Eq. (6.14)).
+
+    Examples
+    --------
+    >>> w, theta = das_weights(0.2, 6), np.linspace(-1.0, 1.0, 5)
+    >>> bool(np.allclose(beampattern_loop(w, theta), beampattern(w, theta)))
+    True
+    """
     w, th, sp = _check_pattern(w, theta, spacing)
     out = np.empty(th.shape)
     for idx in np.ndindex(*th.shape):
@@ -746,6 +893,12 @@ def dirichlet_beampattern(theta, theta0: float, n_sensors: int, spacing: float =
     Returns
     -------
     ndarray, shape (...)
+
+    Examples
+    --------
+    >>> theta = np.linspace(-1.0, 1.0, 7)
+    >>> bool(np.allclose(dirichlet_beampattern(theta, 0.2, 8), beampattern(das_weights(0.2, 8), theta)))
+    True
     """
     th = as_real_array(theta, "theta")
     t0 = float(as_real_array(theta0, "theta0", ndim=0))
@@ -760,9 +913,15 @@ def dirichlet_beampattern(theta, theta0: float, n_sensors: int, spacing: float =
 
 
 def sample_covariance(x) -> np.ndarray:
-    r"""Sample spatial covariance ``R̂ = (1/T) Σ_t x_t x_tᴴ`` of snapshots x, shape (T, M): Eq. (6.13) of the book.
+    r"""Sample spatial covariance ``R̂ = (1/T) Σ_t x_t x_tᴴ`` of snapshots x, shape (T, M): the R of Eq. (6.13) of the book.
 
     Hermitian positive semidefinite; rank ≤ T (use diagonal loading in MVDR when T < M).
+
+    Examples
+    --------
+    >>> x = np.array([[1.0, 1j], [1.0, -1j]])  # two snapshots of a 2-sensor array
+    >>> sample_covariance(x).tolist()
+    [[(1+0j), 0j], [0j, (1+0j)]]
     """
     x = as_complex_array(x, "x", ndim=2)
     if x.shape[0] == 0:
@@ -772,7 +931,14 @@ def sample_covariance(x) -> np.ndarray:
 
 
 def beamform(x, w) -> np.ndarray:
-    r"""Array output ``y_t = wᴴ x_t`` for snapshots x, shape (..., T, M), and weights w, shape (M,): Eqs. (6.12)–(6.14) of the book."""
+    r"""Array output ``y_t = wᴴ x_t`` for snapshots x, shape (..., T, M), and weights w, shape (M,): Eqs. (6.12)–(6.14) of the book.
+
+    Examples
+    --------
+    >>> x = np.tile(steering_vector(0.3, 4), (3, 1))  # three snapshots of a unit plane wave from 0.3 rad
+    >>> bool(np.allclose(beamform(x, das_weights(0.3, 4)), 1.0))  # the wave passes with unit gain
+    True
+    """
     x = as_complex_array(x, "x")
     w = as_complex_array(w, "w", ndim=1)
     if x.ndim < 1 or x.shape[-1] != w.size:
@@ -788,7 +954,15 @@ def _check_spectrum(R, theta, spacing):
 
 
 def bartlett_spectrum(R, theta, spacing: float = 0.5) -> np.ndarray:
-    r"""Bartlett (delay-and-sum) spatial spectrum ``P(θ) = a(θ)ᴴ R a(θ) / M²``: Eqs. (6.12) and (6.14) of the book."""
+    r"""Bartlett (delay-and-sum) spatial spectrum ``P(θ) = a(θ)ᴴ R a(θ) / M²``: Eqs. (6.12) and (6.14) of the book.
+
+    Examples
+    --------
+    >>> a = steering_vector(0.4, 8)
+    >>> P = bartlett_spectrum(np.outer(a, a.conj()) + 0.1 * np.eye(8), np.linspace(-1.0, 1.0, 11))
+    >>> round(float(np.linspace(-1.0, 1.0, 11)[np.argmax(P)]), 6)  # the source direction
+    0.4
+    """
     R, th, sp = _check_spectrum(R, theta, spacing)
     a = steering_vector(th, R.shape[0], sp)
     return np.real(np.einsum("...i,ij,...j->...", a.conj(), R, a)) / R.shape[0] ** 2
@@ -798,6 +972,13 @@ def capon_spectrum(R, theta, spacing: float = 0.5, *, loading: float = 0.0) -> n
     r"""Capon (MVDR) spatial spectrum ``P(θ) = 1 / (a(θ)ᴴ R^{-1} a(θ))``: the MVDR output power.
 
     Implements Eq. (6.13) of the book evaluated over a grid of look directions (Capon 1969).
+
+    Examples
+    --------
+    >>> a = steering_vector(0.4, 8)
+    >>> P = capon_spectrum(np.outer(a, a.conj()) + 0.01 * np.eye(8), np.linspace(-1.0, 1.0, 11))
+    >>> round(float(np.linspace(-1.0, 1.0, 11)[np.argmax(P)]), 6)  # the source direction
+    0.4
     """
     R, th, sp = _check_spectrum(R, theta, spacing)
     a = steering_vector(th, R.shape[0], sp)
@@ -807,7 +988,15 @@ def capon_spectrum(R, theta, spacing: float = 0.5, *, loading: float = 0.0) -> n
 
 
 def capon_spectrum_loop(R, theta, spacing: float = 0.5, *, loading: float = 0.0) -> np.ndarray:
-    """Loop twin of :func:`capon_spectrum`: one look direction at a time."""
+    """Loop twin of :func:`capon_spectrum`: one look direction at a time.
+
+    Examples
+    --------
+    >>> a = steering_vector(0.4, 6)
+    >>> R, theta = np.outer(a, a.conj()) + 0.1 * np.eye(6), np.linspace(-1.0, 1.0, 5)
+    >>> bool(np.allclose(capon_spectrum_loop(R, theta), capon_spectrum(R, theta)))
+    True
+    """
     R, th, sp = _check_spectrum(R, theta, spacing)
     m = R.shape[0]
     Rl, _ = _check_mvdr(R, np.ones(m), loading)

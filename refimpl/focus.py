@@ -9,19 +9,20 @@ hypernetwork that has only seen *earlier* bins:
 
 The filtered sequence ``x_f`` supplies the keys and values of a causal attention that runs inside
 chunks of ``M`` samples, the raw ``x`` supplies the queries, and MEGA's reset/update gates mix the
-result back into ``x`` (P-9 … P-14).
+result back into ``x`` (Eqs. 9–14). Equation numbers without a chapter prefix (``Eq. 5``) are
+those of Lutati et al. (2023); ``Eq. (14.n)`` are the book's.
 
 The paper filters "by multiplying the FFT of the bin with the *conjugate* frequency response"
-(P-4 … P-8). That is not causal (spec §3.2, erratum 4), so three variants are implemented:
+(Eqs. 4–8). That is not causal inside a bin (chapter 14, §14.4), so three variants are implemented:
 
 ``"literal"``           per-bin FFT × conj(H), IFFT: the paper as written; the circular
                         cross-correlation with the periodized response, anti-causal within a bin.
 ``"causal-circular"``   per-bin FFT × H, IFFT: the periodic steady state of the causal filter;
                         causal up to the circular wrap-around inside a bin.
 ``"causal-recursive"``  the difference equation ``u[n] = x[n] − θ₀u[n−1] − θ₁u[n−2]`` per bin from
-                        rest (P-32): exactly causal; equals ``scipy.signal.lfilter`` per bin.
+                        rest (Eq. 32): exactly causal; equals ``scipy.signal.lfilter`` per bin.
 
-Choices where the paper is silent (spec §10, §13 item 10), each an argument or documented:
+Choices where the paper is silent (chapter 14, §14.8 and §14.13), each an argument or documented:
 the bin-0 coefficients (``first_bin``: ``"zero"`` → ``H ≡ 1`` per branch, or ``"mlp-zero"`` →
 the MLP applied to a zero embedding); ``n_fft ≥ R`` with zero padding, keeping the first ``R``
 outputs; zero initial state in every bin (no state carried across bins); L, the bins, the pool
@@ -34,22 +35,22 @@ layers and is shared by all bins and channels; attention is single-head softmax 
 Glossary (code name → symbol in the book / the paper)
 ------------------------------------------------------
 ``x`` (..., L, D)            input of the layer, L samples of D channels.
-``n_bins``, ``R``            N_bins time bins of R = L / N_bins samples (P-24).
+``n_bins``, ``R``            N_bins time bins of R = L / N_bins samples (Eq. 24).
 ``n_fft``                    NFFT, the per-bin FFT length (default R).
 ``theta`` (..., n_bins, D, F, 2)   Θ' (shifted) coefficients; ``theta[..., 0]`` = θ₀ (= a₁ = b of
                              Eq. 16), ``theta[..., 1]`` = θ₁ (= a₂ = a of Eq. 16).
-``F`` (``n_bank``)           filter-bank size (P-7).
-``O`` (``oversample``)       pooled features per bin and channel (P-2).
-``x_f`` (..., L, D)          the adaptively filtered sequence (P-8).
-``chunk_size``, ``M``        attention chunk length; C = L / M chunks (P-9).
-``y`` (..., L, dv)           chunked attention output (P-10).
-``o`` (..., L, D)            layer output (P-14).
+``F`` (``n_bank``)           filter-bank size (Eq. 7).
+``O`` (``oversample``)       pooled features per bin and channel (Eq. 2).
+``x_f`` (..., L, D)          the adaptively filtered sequence (Eq. 8).
+``chunk_size``, ``M``        attention chunk length; C = L / M chunks (Eq. 9).
+``y`` (..., L, dv)           chunked attention output (Eq. 10).
+``o`` (..., L, D)            layer output (Eq. 14).
 ``alpha, delta, beta, eta`` (D, h)   MEGA's damped-EMA parameters (after the sigmoid for α, δ).
 
 References
 ----------
 .. [1] S. Lutati, I. Zimerman and L. Wolf, "Focus Your Attention (with Adaptive IIR Filters)",
-       EMNLP 2023, arXiv:2305.14952 (P-1 … P-32).
+       EMNLP 2023, arXiv:2305.14952 (Eqs. 1–32).
 .. [2] X. Ma et al., "Mega: Moving Average Equipped Gated Attention", ICLR 2023 (the damped EMA,
        the gates; ``facebookresearch/mega``).
 .. [3] D. Y. Fu et al., "Simple Hardware-Efficient Long Convolutions for Sequence Modeling",
@@ -140,7 +141,7 @@ def _signal(x, name: str = "x") -> np.ndarray:
 
 
 def _theta(theta, name: str = "theta") -> np.ndarray:
-    """Coefficients (..., 2), finite, every (θ₀, θ₁) inside the stability triangle (Eq. 13.14)."""
+    """Coefficients (..., 2), finite, every (θ₀, θ₁) inside the stability triangle (Eq. 13.13)."""
     theta = as_real_array(theta, name)
     if theta.ndim == 0 or theta.shape[-1] != 2:
         raise ValueError(f"{name}: expected coefficients of shape (..., 2) = (θ0, θ1), got shape {theta.shape}")
@@ -200,7 +201,7 @@ def _filter_args(x, theta, variant, n_fft):
 
 
 def focus_frequency_response(theta, n_fft):
-    r"""The P-5 grid ``H[k] = 1 / (1 + θ₀ e^{−j2πk/N} + θ₁ e^{−j4πk/N})``, ``k = 0 … N−1``.
+    r"""The Eq. 5 grid ``H[k] = 1 / (1 + θ₀ e^{−j2πk/N} + θ₁ e^{−j4πk/N})``, ``k = 0 … N−1``.
 
     Implements Eq. (14.1) of the book (Lutati et al. 2023, Eq. 5), equal to
     ``scipy.signal.freqz([1], [1, θ0, θ1], worN=N, whole=True)``.
@@ -215,6 +216,12 @@ def focus_frequency_response(theta, n_fft):
     Returns
     -------
     ndarray, complex128, shape (..., n_fft)
+
+    Examples
+    --------
+    >>> H = focus_frequency_response(np.array([[0.0, 0.0], [-0.5, 0.0]]), 4)  # θ = 0: the identity; a one-pole filter
+    >>> (np.abs(H).round(6) + 0.0).tolist()
+    [[1.0, 1.0, 1.0, 1.0], [2.0, 0.894427, 0.666667, 0.894427]]
     """
     theta = _theta(theta)
     n_fft = as_int(n_fft, "n_fft", 1)
@@ -223,7 +230,14 @@ def focus_frequency_response(theta, n_fft):
 
 
 def focus_frequency_response_loop(theta, n_fft):
-    """Loop twin of :func:`focus_frequency_response`: one filter at a time via :func:`refimpl.iir.frequency_response`."""
+    """Loop twin of :func:`focus_frequency_response`: one filter at a time via :func:`refimpl.iir.frequency_response`.
+
+    Examples
+    --------
+    >>> theta = np.random.default_rng(0).uniform(0.0, 0.9, (3, 2))
+    >>> bool(np.allclose(focus_frequency_response_loop(theta, 16), focus_frequency_response(theta, 16)))
+    True
+    """
     theta = _theta(theta)
     n_fft = as_int(n_fft, "n_fft", 1)
     out = np.empty(theta.shape[:-1] + (n_fft,), dtype=np.complex128)
@@ -236,7 +250,7 @@ def focus_frequency_response_loop(theta, n_fft):
 def periodized_impulse_response(theta, n):
     r"""The N-periodized impulse response ``h_p[m] = Σ_{q≥0} h[m + qN]``, ``m = 0 … N−1``.
 
-    Implements Eq. (14.7) of the book (spec §3.2): ``DFT_N(h_p) = H`` on the P-5 grid, so
+    Implements Eq. (14.7) of the book (§14.4): ``DFT_N(h_p) = H`` on the grid of the paper's Eq. 5, so
     ``h_p = IDFT_N(H)``, which is how it is computed here (exact for any pole radius < 1,
     including double poles). The closed form ``Σ_i ρ_i p_i^m / (1 − p_i^N)`` and the folded long
     impulse response are the oracles in the tests.
@@ -249,6 +263,13 @@ def periodized_impulse_response(theta, n):
     Returns
     -------
     ndarray, shape (..., n)
+
+    Examples
+    --------
+    >>> theta = np.array([0.5, 0.3])
+    >>> h = periodized_impulse_response(theta, 8)
+    >>> bool(np.allclose(np.fft.fft(h), focus_frequency_response(theta, 8)))  # the DFT of h_p is H on the grid
+    True
     """
     H = focus_frequency_response(theta, n)
     # H(e^{-iω}) = conj(H(e^{iω})) for real coefficients: the IDFT is real; irfft uses only k ≤ N/2
@@ -279,7 +300,7 @@ def _impulse_bank(th: np.ndarray, R: int) -> np.ndarray:
 def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
     r"""Filter every (time bin, channel) of ``x`` with its bank of all-pole biquads (14.3).
 
-    Implements Eqs. (14.8)–(14.10) of the book (Lutati et al. 2023, P-4 … P-8 and P-32).
+    Implements Eqs. (14.8)–(14.10) of the book (Lutati et al. 2023, Eqs. 4–8 and Eq. 32).
 
     Parameters
     ----------
@@ -288,12 +309,12 @@ def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
         The coefficients applied to each bin (already shifted, Θ'); every pair must be stable.
         ``n_bins`` must divide L (``R = L / n_bins``); leading axes broadcast with x's.
     variant : {"causal-recursive", "causal-circular", "literal"}
-        ``"literal"``: ``IFFT(FFT(x_r) · Σ_ℓ conj H_ℓ)`` (P-6, anti-causal within a bin);
+        ``"literal"``: ``IFFT(FFT(x_r) · Σ_ℓ conj H_ℓ)`` (Eq. 6, anti-causal within a bin);
         ``"causal-circular"``: ``IFFT(FFT(x_r) · Σ_ℓ H_ℓ)``; ``"causal-recursive"``: the difference
         equation ``u_ℓ[n] = x[n] − θ₀u_ℓ[n−1] − θ₁u_ℓ[n−2]`` from rest in every bin, ``x_f = Σ_ℓ u_ℓ``.
     n_fft : int ≥ R, optional
         FFT length of the two FFT variants (default R). With ``n_fft > R`` the bin is zero-padded
-        and the first R samples of the IFFT are kept (spec §3.4, UNCONFIRMED in the paper).
+        and the first R samples of the IFFT are kept (a choice: the paper does not say).
 
     Returns
     -------
@@ -302,10 +323,18 @@ def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
     Notes
     -----
     The FFT variants use ``rfft``/``irfft``: ``conj H(f) = H(−f)`` keeps the product Hermitian, so
-    the inverse is real by construction (P-8). The recursive variant is computed as the FFT
+    the inverse is real by construction (Eq. 8). The recursive variant is computed as the FFT
     convolution (zero-padded to 2R, hence linear, not circular) of each bin with the bank's
     impulse response truncated to R taps — exact up to round-off, since taps beyond R cannot reach
     a length-R bin from rest. Its loop twin is the recursion itself.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, theta = rng.normal(size=(16, 2)), rng.uniform(0.0, 0.9, (4, 2, 1, 2))
+    >>> y = adaptive_filter(x, theta)  # 4 bins of 4 samples, one biquad per (bin, channel)
+    >>> y.shape
+    (16, 2)
     """
     xb, th, R, n_fft = _filter_args(x, theta, variant, n_fft)
     if variant == "causal-recursive":
@@ -320,7 +349,15 @@ def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
 
 
 def adaptive_filter_loop(x, theta, *, variant="causal-recursive", n_fft=None):
-    """Loop twin of :func:`adaptive_filter`: explicit DFT sums (P-4, P-8) or the recursion (P-32)."""
+    """Loop twin of :func:`adaptive_filter`: explicit DFT sums (Eqs. 4, 8) or the recursion (Eq. 32).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, theta = rng.normal(size=(16, 2)), rng.uniform(0.0, 0.9, (4, 2, 1, 2))
+    >>> bool(np.allclose(adaptive_filter_loop(x, theta), adaptive_filter(x, theta)))
+    True
+    """
     xb, th, R, n_fft = _filter_args(x, theta, variant, n_fft)
     batch, n_bins, d, F = xb.shape[:-3], xb.shape[-3], xb.shape[-1], th.shape[-2]
     y = np.zeros(xb.shape)
@@ -353,10 +390,10 @@ def adaptive_filter_loop(x, theta, *, variant="causal-recursive", n_fft=None):
 
 
 def continuous_exponents(theta):
-    r"""The exponents ``λ₁,₂ = (−b ∓ sqrt(b² − 4a)) / (2a)`` of the paper's continuous reading (P-17).
+    r"""The exponents ``λ₁,₂ = (−b ∓ sqrt(b² − 4a)) / (2a)`` of the paper's continuous reading (Eq. 17).
 
     Implements Eq. (14.5) of the book: the roots of ``aS² + bS + 1`` with ``b = θ₀``, ``a = θ₁``
-    (P-16). They are the reciprocals ``1/p_i`` of the discrete poles (roots of
+    (Eq. 16). They are the reciprocals ``1/p_i`` of the discrete poles (roots of
     ``z² + θ₀z + θ₁``), because ``S = z⁻¹``.
 
     Parameters
@@ -366,6 +403,12 @@ def continuous_exponents(theta):
     Returns
     -------
     ndarray, complex128, shape (..., 2): ``λ₁`` (the ``−`` root) first.
+
+    Examples
+    --------
+    >>> s = continuous_exponents(np.array([0.5, 0.3]))  # the roots of 0.3 s² + 0.5 s + 1
+    >>> s.shape, bool(np.all(s.real < 0))  # a damped oscillation
+    ((2,), True)
     """
     theta = _theta(theta)
     if np.any(theta[..., 1] == 0):
@@ -378,11 +421,11 @@ def continuous_exponents(theta):
 def continuous_impulse_response(theta, t):
     r"""Impulse response of ``1/(a s² + b s + 1)`` with ``b = θ₀``, ``a = θ₁`` (the reading of Fig. 2).
 
-    Implements Eq. (14.6) of the book (P-17, P-20, P-21 with the corrected frequency):
+    Implements Eq. (14.6) of the book (Eqs. 17, 20, Eq. 21 with the corrected frequency):
 
     * over-damped (``Δ = b² − 4a > 0``): ``(e^{λ₁t} − e^{λ₂t}) / (a(λ₁ − λ₂))``;
     * under-damped: ``e^{−bt/(2a)} sin(ωt) / (aω)`` with ``ω = sqrt(−Δ)/(2a)`` (the paper's
-      ``sqrt(Δ)/(2a)`` is imaginary there, erratum 2);
+      ``sqrt(Δ)/(2a)`` is imaginary there, §14.3 of the book);
     * critically damped: ``t e^{−bt/(2a)} / a``.
 
     Parameters
@@ -393,6 +436,12 @@ def continuous_impulse_response(theta, t):
     Returns
     -------
     ndarray, shape (n,)
+
+    Examples
+    --------
+    >>> h = continuous_impulse_response(np.array([0.5, 0.3]), np.linspace(0.0, 20.0, 5))
+    >>> h.shape, abs(float(h[0])) < 1e-15, abs(float(h[-1])) < 1e-6  # starts at 0 (no zeros), decays
+    ((5,), True, True)
     """
     theta = _theta(theta)
     if theta.shape != (2,) or not theta[1] > 0:
@@ -435,7 +484,7 @@ def _conv_args(x, kernel, skip, squash):
 def global_conv(x, kernel, skip, *, squash=0.0):
     r"""Depthwise causal long convolution ``g = squash_λ(k) ∗ x + skip ⊙ x`` (Fu et al. 2023).
 
-    Implements Eq. (14.11) of the book (the GlobalConv of P-2):
+    Implements Eq. (14.11) of the book (the GlobalConv of Eq. 2):
     ``g[t, d] = Σ_{j=0}^{min(t, K−1)} k̃[j, d] x[t−j, d] + skip[d] x[t, d]`` with the soft threshold
     ``k̃ = sign(k) max(|k| − λ, 0)``. Smoothing and the output nonlinearity of Fu et al. are
     omitted (the paper does not give them).
@@ -455,6 +504,14 @@ def global_conv(x, kernel, skip, *, squash=0.0):
     Notes
     -----
     Computed by FFT with zero padding to ``L + K − 1`` (linear, causal), cost O(L log L · D).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, kernel, skip = rng.normal(size=(8, 2)), rng.normal(size=(4, 2)), rng.normal(size=2)
+    >>> g = global_conv(x, kernel, skip)
+    >>> bool(np.allclose(g[:, 0], np.convolve(x[:, 0], kernel[:, 0])[:8] + skip[0] * x[:, 0]))  # causal, plus skip
+    True
     """
     x, k, skip = _conv_args(x, kernel, skip, squash)
     L = x.shape[-2]
@@ -464,7 +521,15 @@ def global_conv(x, kernel, skip, *, squash=0.0):
 
 
 def global_conv_loop(x, kernel, skip, *, squash=0.0):
-    """Loop twin of :func:`global_conv`: the convolution sum per output sample and channel."""
+    """Loop twin of :func:`global_conv`: the convolution sum per output sample and channel.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, kernel, skip = rng.normal(size=(8, 2)), rng.normal(size=(4, 2)), rng.normal(size=2)
+    >>> bool(np.allclose(global_conv_loop(x, kernel, skip, squash=0.1), global_conv(x, kernel, skip, squash=0.1)))
+    True
+    """
     x, k, skip = _conv_args(x, kernel, skip, squash)
     L, d = x.shape[-2:]
     y = np.zeros(x.shape)
@@ -494,7 +559,7 @@ def _pool_args(g, n_out):
 
 
 def adaptive_max_pool(g, n_out):
-    r"""PyTorch's adaptive max pooling over the sequence axis (P-2).
+    r"""PyTorch's adaptive max pooling over the sequence axis (Eq. 2).
 
     Implements Eq. (14.12) of the book: output ``i`` of ``P = n_out`` is the maximum over the
     window ``[⌊iL/P⌋, ⌈(i+1)L/P⌉)`` (windows overlap by one sample when P does not divide L).
@@ -507,6 +572,11 @@ def adaptive_max_pool(g, n_out):
     Returns
     -------
     ndarray, shape (..., n_out, D)
+
+    Examples
+    --------
+    >>> adaptive_max_pool(np.arange(10.0)[:, None], 3)[:, 0].tolist()  # windows [0, 4), [3, 7), [6, 10)
+    [3.0, 6.0, 9.0]
     """
     g, n_out = _pool_args(g, n_out)
     start, stop = _pool_windows(g.shape[-2], n_out)
@@ -518,7 +588,14 @@ def adaptive_max_pool(g, n_out):
 
 
 def adaptive_max_pool_loop(g, n_out):
-    """Loop twin of :func:`adaptive_max_pool`: the max over each floor/ceil window."""
+    """Loop twin of :func:`adaptive_max_pool`: the max over each floor/ceil window.
+
+    Examples
+    --------
+    >>> g = np.random.default_rng(0).normal(size=(30, 3))
+    >>> bool(np.array_equal(adaptive_max_pool_loop(g, 7), adaptive_max_pool(g, 7)))
+    True
+    """
     g, n_out = _pool_args(g, n_out)
     start, stop = _pool_windows(g.shape[-2], n_out)
     out = np.empty(g.shape[:-2] + (n_out, g.shape[-1]))
@@ -571,7 +648,7 @@ def _hyper_args(x, params, n_bins, first_bin):
 
 
 def _theta_shift(theta: np.ndarray, p: dict, first_bin: str) -> np.ndarray:
-    """Θ'[0] = initial kernel, Θ'[r] = Θ[r − 1] (P-3's shift by one bin)."""
+    """Θ'[0] = initial kernel, Θ'[r] = Θ[r − 1] (Eq. 3's shift by one bin)."""
     out = np.empty_like(theta)
     out[..., 1:, :, :, :] = theta[..., :-1, :, :, :]
     if first_bin == "zero":
@@ -585,7 +662,7 @@ def _theta_shift(theta: np.ndarray, p: dict, first_bin: str) -> np.ndarray:
 def hypernetwork(x, params, *, n_bins, first_bin="zero", shift=True):
     r"""The coefficients Θ' of every (bin, channel, branch): ``Θ = MLP(MaxPool(GlobalConv(x)))``, shifted.
 
-    Implements Eqs. (14.11)–(14.14) of the book (Lutati et al. 2023, P-1 … P-3):
+    Implements Eqs. (14.11)–(14.14) of the book (Lutati et al. 2023, Eqs. 1–3):
 
     1. ``g = global_conv(x)`` (depthwise, causal);
     2. ``e = adaptive_max_pool(g, O · n_bins)``, reshaped to ``(n_bins, D, O)`` (bins into the batch);
@@ -608,6 +685,16 @@ def hypernetwork(x, params, *, n_bins, first_bin="zero", shift=True):
     Returns
     -------
     ndarray, shape (..., n_bins, D, F, 2)
+
+    Examples
+    --------
+    >>> params = init_focus_params(2, kernel_len=8, rng=0)
+    >>> x = np.random.default_rng(1).normal(size=(16, 2))
+    >>> theta = hypernetwork(x, params, n_bins=4)
+    >>> theta.shape  # (bins, channels, filters, 2)
+    (4, 2, 1, 2)
+    >>> (theta[0] + 0.0).tolist() == np.zeros_like(theta[0]).tolist()  # the first bin has no past: θ = 0
+    True
     """
     x, p, n_bins, O = _hyper_args(x, params, n_bins, first_bin)
     g = global_conv(x, p["conv_kernel"], p["conv_skip"], squash=p["conv_squash"])
@@ -620,7 +707,15 @@ def hypernetwork(x, params, *, n_bins, first_bin="zero", shift=True):
 
 
 def hypernetwork_loop(x, params, *, n_bins, first_bin="zero", shift=True):
-    """Loop twin of :func:`hypernetwork`: loop twins of the convolution and pooling, the MLP per (bin, channel)."""
+    """Loop twin of :func:`hypernetwork`: loop twins of the convolution and pooling, the MLP per (bin, channel).
+
+    Examples
+    --------
+    >>> params = init_focus_params(2, kernel_len=8, rng=0)
+    >>> x = np.random.default_rng(1).normal(size=(16, 2))
+    >>> bool(np.allclose(hypernetwork_loop(x, params, n_bins=4), hypernetwork(x, params, n_bins=4)))
+    True
+    """
     x, p, n_bins, O = _hyper_args(x, params, n_bins, first_bin)
     g = global_conv_loop(x, p["conv_kernel"], p["conv_skip"], squash=p["conv_squash"])
     e = adaptive_max_pool_loop(g, O * n_bins)
@@ -670,7 +765,7 @@ def _chunks(a: np.ndarray, M: int) -> np.ndarray:
 def chunked_attention(x, x_f, w_q, w_k, w_v, *, chunk_size, scale=None):
     r"""Causal softmax attention inside chunks; queries from ``x``, keys and values from ``x_f``.
 
-    Implements Eq. (14.15) of the book (Lutati et al. 2023, P-9, P-10):
+    Implements Eq. (14.15) of the book (Lutati et al. 2023, Eqs. 9, 10):
     ``y^i = Atten(x^i W_q, x_f^i W_k, x_f^i W_v)`` for the chunks ``i = 0 … C−1`` of length M, with a
     causal mask inside each chunk and no attention across chunks. Atten is
     :func:`refimpl.attention.softmax_attention` (scale ``1/sqrt(d_k)`` by default).
@@ -691,6 +786,18 @@ def chunked_attention(x, x_f, w_q, w_k, w_v, *, chunk_size, scale=None):
     Notes
     -----
     Cost O(L M (d_k + d_v)): linear in L for a fixed M.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, x_f = rng.normal(size=(2, 8, 4))
+    >>> w_q, w_k, w_v = rng.normal(size=(3, 4, 4)) / 2
+    >>> y = chunked_attention(x, x_f, w_q, w_k, w_v, chunk_size=4)
+    >>> y.shape
+    (8, 4)
+    >>> y2 = chunked_attention(x, np.concatenate([x_f[:4], 10 + x_f[4:]]), w_q, w_k, w_v, chunk_size=4)
+    >>> bool(np.allclose(y[:4], y2[:4]))  # the first chunk does not see the second
+    True
     """
     x, x_f, (wq, wk, wv), M = _attn_args(x, x_f, w_q, w_k, w_v, chunk_size)
     q, k, v = _chunks(x @ wq, M), _chunks(x_f @ wk, M), _chunks(x_f @ wv, M)
@@ -699,7 +806,16 @@ def chunked_attention(x, x_f, w_q, w_k, w_v, *, chunk_size, scale=None):
 
 
 def chunked_attention_loop(x, x_f, w_q, w_k, w_v, *, chunk_size, scale=None):
-    """Loop twin of :func:`chunked_attention`: one chunk at a time through the attention loop twin."""
+    """Loop twin of :func:`chunked_attention`: one chunk at a time through the attention loop twin.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, x_f = rng.normal(size=(2, 8, 4))
+    >>> w_q, w_k, w_v = rng.normal(size=(3, 4, 4)) / 2
+    >>> bool(np.allclose(chunked_attention_loop(x, x_f, w_q, w_k, w_v, chunk_size=4), chunked_attention(x, x_f, w_q, w_k, w_v, chunk_size=4)))
+    True
+    """
     x, x_f, (wq, wk, wv), M = _attn_args(x, x_f, w_q, w_k, w_v, chunk_size)
     L = x.shape[-2]
     y = np.empty(x.shape[:-1] + (wv.shape[1],))
@@ -744,12 +860,12 @@ def _gate_args(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h):
 
 
 def gated_residual(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h):
-    r"""MEGA's reset and update gates with the residual to the raw input (P-11 … P-14).
+    r"""MEGA's reset and update gates with the residual to the raw input (Eqs. 11–14).
 
     Implements Eq. (14.16) of the book:
 
     ``γ = SiLU(x_f W_γ + b_γ)``, ``φ = σ(x_f W_φ + b_φ)``, ``z = SiLU(x_f W_h + (γ ∘ y) U_h + b_h)``,
-    ``o = φ ∘ z + (1 − φ) ∘ x``. (The paper's text calls the update gate ψ, P-12 calls it φ.)
+    ``o = φ ∘ z + (1 − φ) ∘ x``. (The paper's text calls the update gate ψ, Eq. 12 calls it φ.)
 
     Parameters
     ----------
@@ -761,6 +877,15 @@ def gated_residual(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h):
     Returns
     -------
     ndarray, shape (..., L, D)
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, x_f, y = rng.normal(size=(3, 5, 4))
+    >>> w_gamma, w_phi, w_h, u_h = rng.normal(size=(4, 4, 4)) / 2
+    >>> b_gamma, b_phi, b_h = rng.normal(size=(3, 4))
+    >>> gated_residual(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h).shape
+    (5, 4)
     """
     x, x_f, y, (wg, bg, wp, bp, wh, uh, bh) = _gate_args(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h)
     gamma = _silu(x_f @ wg + bg)  # reset gate (P-11)
@@ -770,7 +895,18 @@ def gated_residual(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h):
 
 
 def gated_residual_loop(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h):
-    """Loop twin of :func:`gated_residual`: one position and one output channel at a time."""
+    """Loop twin of :func:`gated_residual`: one position and one output channel at a time.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, x_f, y = rng.normal(size=(3, 5, 4))
+    >>> w_gamma, w_phi, w_h, u_h = rng.normal(size=(4, 4, 4)) / 2
+    >>> b_gamma, b_phi, b_h = rng.normal(size=(3, 4))
+    >>> args = (x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h)
+    >>> bool(np.allclose(gated_residual_loop(*args), gated_residual(*args)))
+    True
+    """
     x, x_f, y, (wg, bg, wp, bp, wh, uh, bh) = _gate_args(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h)
     d, dv = x.shape[-1], y.shape[-1]
     sig = _sigmoid
@@ -815,6 +951,14 @@ def init_focus_params(d, *, n_bank=1, oversample=2, hidden=16, kernel_len=64, d_
     Returns
     -------
     dict of ndarray
+
+    Examples
+    --------
+    >>> params = init_focus_params(4, kernel_len=16, rng=0)
+    >>> sorted(params)[:4]
+    ['b_gamma', 'b_h', 'b_phi', 'conv_kernel']
+    >>> bool(np.array_equal(params['conv_kernel'], init_focus_params(4, kernel_len=16, rng=0)['conv_kernel']))  # deterministic
+    True
     """
     d = as_int(d, "d", 1)
     F = as_int(n_bank, "n_bank", 1)
@@ -871,7 +1015,7 @@ def _layer(x, params, variant, chunk_size, n_bins, n_fft, first_bin, return_inte
 def focus_layer(x, params, *, variant="causal-recursive", chunk_size, n_bins, n_fft=None, first_bin="zero", return_intermediates=False):
     r"""One Focus layer: hypernetwork → adaptive IIR filtering → chunked attention → gates.
 
-    Implements Eqs. (14.1)–(14.16) of the book (Lutati et al. 2023, Fig. 1b, P-1 … P-14).
+    Implements Eqs. (14.1)–(14.16) of the book (Lutati et al. 2023, Fig. 1b, Eqs. 1–14).
 
     Parameters
     ----------
@@ -901,7 +1045,7 @@ def focus_layer(x, params, *, variant="causal-recursive", chunk_size, n_bins, n_
     Notes
     -----
     Cost ``O(D L log L)`` (global convolution) ``+ O(D L log R)`` (per-bin filtering)
-    ``+ O(L M d)`` (attention): linear in L up to logs for fixed R and M (P-27, P-28).
+    ``+ O(L M d)`` (attention): linear in L up to logs for fixed R and M (Eqs. 27, 28).
 
     Every θ from the sigmoid lies in (0, 1)², inside the stability triangle. In float64 a
     pre-activation above about 37 rounds σ to exactly 1.0, a pole on the unit circle; the filter
@@ -918,25 +1062,40 @@ def focus_layer(x, params, *, variant="causal-recursive", chunk_size, n_bins, n_
 
 
 def focus_layer_loop(x, params, *, variant="causal-recursive", chunk_size, n_bins, n_fft=None, first_bin="zero", return_intermediates=False):
-    """Loop twin of :func:`focus_layer`: the same composition of the loop twins."""
+    """Loop twin of :func:`focus_layer`: the same composition of the loop twins.
+
+    Examples
+    --------
+    >>> params = init_focus_params(2, kernel_len=8, rng=0)
+    >>> x = np.random.default_rng(1).normal(size=(16, 2))
+    >>> kw = dict(chunk_size=4, n_bins=4)
+    >>> bool(np.allclose(focus_layer_loop(x, params, **kw), focus_layer(x, params, **kw)))
+    True
+    """
     return _layer(x, params, variant, chunk_size, n_bins, n_fft, first_bin, return_intermediates, loop=True)
 
 
 def focus_op_counts(L, d, *, n_bins, chunk_size, n_bank=1):
-    r"""The paper's operation counts (P-22 … P-28), without constants, and full attention's.
+    r"""The paper's operation counts (Eqs. 22–28), without constants, and full attention's.
 
     Implements Eq. (14.17) of the book. With ``R = L/n_bins``, ``M = chunk_size``, ``C = L/M``:
 
-    ``global_conv = D L log₂L`` (P-22), ``mlp = D F`` (P-23, as written),
-    ``chunked_fft = D F L log₂R`` (P-24/25), ``attention = C M² D + C M D²`` (P-26),
+    ``global_conv = D L log₂L`` (Eq. 22), ``mlp = D F`` (Eq. 23, as written),
+    ``chunked_fft = D F L log₂R`` (Eq. 24/25), ``attention = C M² D + C M D²`` (Eq. 26),
     ``total_p27 = D L log₂L + C M² D``, ``total_p28 = D L (log₂L + M)``, ``full_attention = L² D``.
 
-    Since ``C M² = L M``, P-27 and P-28 agree; with a fixed number of chunks C (Table 6: C = 32)
-    ``M = L/C`` and the attention term is ``L² D / C``: quadratic (erratum 9).
+    Since ``C M² = L M``, Eq. 27 and Eq. 28 agree; with a fixed number of chunks C (Table 6: C = 32)
+    ``M = L/C`` and the attention term is ``L² D / C``: quadratic (§14.10 of the book).
 
     Returns
     -------
     dict of float
+
+    Examples
+    --------
+    >>> counts = focus_op_counts(1024, 64, n_bins=16, chunk_size=64)
+    >>> sorted(counts)
+    ['attention', 'chunked_fft', 'full_attention', 'global_conv', 'mlp', 'total_p27', 'total_p28']
     """
     L = as_int(L, "L", 1)
     d = as_int(d, "d", 1)
@@ -991,6 +1150,15 @@ def mega_ema_kernel(alpha, delta, beta, eta, n):
     Returns
     -------
     ndarray, shape (n, D)
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> alpha, delta = rng.uniform(0.1, 0.9, (2, 2, 3))
+    >>> beta, eta = rng.normal(size=(2, 2, 3))
+    >>> K = mega_ema_kernel(alpha, delta, beta, eta, 5)
+    >>> K.shape, bool(np.allclose(K[1], np.sum(eta * alpha * beta * (1 - alpha * delta), axis=-1)))  # l = 1
+    ((5, 2), True)
     """
     alpha, delta, beta, eta = _ema_args(alpha, delta, beta, eta)
     n = as_int(n, "n", 1)
@@ -1021,6 +1189,16 @@ def mega_ema(x, alpha, delta, beta, eta):
     Returns
     -------
     ndarray, shape (..., L, D)
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> alpha, delta = rng.uniform(0.1, 0.9, (2, 2, 3))
+    >>> beta, eta = rng.normal(size=(2, 2, 3))
+    >>> x = rng.normal(size=(6, 2))
+    >>> y = mega_ema(x, alpha, delta, beta, eta)
+    >>> bool(np.allclose(y[:, 0], np.convolve(x[:, 0], mega_ema_kernel(alpha, delta, beta, eta, 6)[:, 0])[:6]))
+    True
     """
     alpha, delta, beta, eta = _ema_args(alpha, delta, beta, eta)
     x = _ema_x(x, alpha)
@@ -1031,7 +1209,17 @@ def mega_ema(x, alpha, delta, beta, eta):
 
 
 def mega_ema_loop(x, alpha, delta, beta, eta):
-    """Loop twin of :func:`mega_ema`: the recurrence ``h_t = α β x_t + (1 − αδ) h_{t−1}``, ``y_t = η·h_t``."""
+    """Loop twin of :func:`mega_ema`: the recurrence ``h_t = α β x_t + (1 − αδ) h_{t−1}``, ``y_t = η·h_t``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> alpha, delta = rng.uniform(0.1, 0.9, (2, 2, 3))
+    >>> beta, eta = rng.normal(size=(2, 2, 3))
+    >>> x = rng.normal(size=(6, 2))
+    >>> bool(np.allclose(mega_ema_loop(x, alpha, delta, beta, eta), mega_ema(x, alpha, delta, beta, eta)))
+    True
+    """
     alpha, delta, beta, eta = _ema_args(alpha, delta, beta, eta)
     x = _ema_x(x, alpha)
     D, H = alpha.shape

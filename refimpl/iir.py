@@ -16,13 +16,13 @@ function here calls ``scipy.signal``.
 
 Glossary (code name → symbol in the book / the papers)
 -------------------------------------------------------
-``b`` (q+1,)       numerator coefficients b_k of B(z) (paper P-32: b₀, b₁, b₂).
-``a`` (q+1,)       denominator coefficients a_k of A(z), a₀ ≠ 0 (P-32: a₁, a₂; Focus: θ₀, θ₁).
+``b`` (q+1,)       numerator coefficients b_k of B(z) (Lutati et al. [3], Eq. 32: b₀, b₁, b₂).
+``a`` (q+1,)       denominator coefficients a_k of A(z), a₀ ≠ 0 ([3], Eq. 32: a₁, a₂; Focus: θ₀, θ₁).
 ``x`` (..., N, d)  input: N samples of d channels (1-D ``(N,)`` is one channel).
 ``y``              output, the shape of ``x``.
 ``zi``/``zf``      initial/final filter state: TDF-II ``(..., 2, d)`` (lfilter's ``zi``) or
                    DF-I ``(..., 4, d)`` = [x[−1], x[−2], y[−1], y[−2]].
-``sos`` (S, 6)     second-order sections [b₀, b₁, b₂, a₀, a₁, a₂] per row (Eq. (13.8)).
+``sos`` (S, 6)     second-order sections [b₀, b₁, b₂, a₀, a₁, a₂] per row (Eq. (13.23)).
 ``z, p, k``        zeros, poles, gain (zpk form).  ``s`` analog, ``z`` digital variable.
 ``w``              digital frequency ω ∈ [0, π] rad/sample (or [0, 2π) with ``whole``).
 ``fs``             sampling rate; T = 1/fs.
@@ -35,7 +35,7 @@ References
        ch. 5 (transfer functions), 6 (structures), 7 (IIR design).
 .. [2] T. W. Parks and C. S. Burrus, *Digital Filter Design*, Wiley 1987.
 .. [3] S. Lutati, I. Zimerman and L. Wolf, "Focus Your Attention (with Adaptive IIR
-       Filters)", EMNLP 2023, arXiv:2305.14952 (P-5, P-16 … P-21, P-29 … P-32).
+       Filters)", EMNLP 2023, arXiv:2305.14952 (Eq. 5, Eqs. 16–21, Eqs. 29–32).
 .. [4] E. I. Jury, *Theory and Application of the z-Transform Method*, Wiley 1964
        (the stability triangle).
 """
@@ -46,8 +46,10 @@ import math
 import numbers
 
 import numpy as np
+import scipy.linalg
 
-from ._scan import linear_scan, matrix_powers, state_scan
+from ._scan import BLOCK, block_filter, linear_scan
+from ._scan import block_matrices as _block_matrices  # noqa: F401 (chapter 13 shows the lifted form)
 from ._validate import (
     as_int,
     as_complex_array,
@@ -92,10 +94,12 @@ __all__ = [
     "lp2lp_zpk",
     "lp2hp_zpk",
     "lp2bp_zpk",
+    "lp2bs_zpk",
     "prewarp",
     "bilinear_zpk",
     "bilinear",
     "impulse_invariance",
+    "impulse_invariance_zpk",
     "matched_z",
     "butter",
     "cheby1",
@@ -108,14 +112,9 @@ __all__ = [
 ]
 
 FORMS = ("tdf2", "df1")
-BTYPES = ("lowpass", "highpass", "bandpass")
+BTYPES = ("lowpass", "highpass", "bandpass", "bandstop")
 OUTPUTS = ("zpk", "ba", "sos")
 
-#: numbers per slab of blocks whose outputs are formed together (a cache-sized working set)
-_SLAB = 1 << 17
-
-#: block length of the block-recursive filter (see :func:`tf_filter`); at least 4q is used
-BLOCK = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,84 +209,11 @@ def _tdf2_matrices(b: np.ndarray, a: np.ndarray):
     return A, B, C, b[0]
 
 
-def _block_matrices(A: np.ndarray, B: np.ndarray, C: np.ndarray, D: float, K: int):
-    """The lifted (block) form of a real state space for blocks of K samples.
-
-    For ``s[n] = A s[n−1] + B x[n]``, ``y[n] = C s[n−1] + D x[n]`` returns ``P`` (K+1, q, q) =
-    A^0 … A^K, ``A^K`` in extended precision, ``O`` (K, q) with rows C A^k (zero-input
-    response), ``T`` (K, K) the lower-triangular Toeplitz matrix of h[0 … K−1] (zero-state
-    response, h[0] = D, h[m] = C A^{m−1} B), and ``G`` (q, K) whose column j is A^{K−1−j} B
-    (the state a block's inputs leave behind).
-    """
-    Pw = matrix_powers(A, K)  # extended precision; A^K is split into a float64 pair by state_scan
-    P = Pw.astype(np.float64)
-    O = C @ P[:K]  # C A^k
-    g = P[:K] @ B  # A^m B
-    h = np.concatenate([[D], g[:-1] @ C])  # h[0] = D, h[m] = C A^{m−1} B
-    lag = np.subtract.outer(np.arange(K), np.arange(K))
-    T = np.where(lag >= 0, h[np.clip(lag, 0, None)], 0.0)  # T[k, j] = h[k − j]
-    return P, Pw[K], O, T, g[::-1].T
-
-
-def _ss_block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
-    """y and the final state for x (..., N, d), state s0 (..., q, d): the block algorithm.
-
-    For the real state space ``s[n] = A s[n−1] + B x[n]``, ``y[n] = C s[n−1] + D x[n]``, a block
-    of K samples entered in state s outputs and leaves
-
-        y_k = C A^k s + Σ_{j≤k} h[k−j] x_j        (zero-input + zero-state response, §13.1 of the book)
-        s_K = A^K s + Σ_j A^{K−1−j} B x_j,
-
-    so with each block's entering state stacked on its inputs, ``[s; x_blk]``, every output of
-    every block and channel is ONE product with the K × (q+K) matrix ``[O  T]``. The entering
-    states themselves obey ``s' = A^K s + G x_blk`` — a recursion over N/K blocks of a
-    q-dimensional state, solved without a Python loop over blocks by :func:`state_scan`. The
-    stacked ``[s; x_blk]`` are formed a slab of ~``_SLAB`` numbers at a time, so the scratch
-    memory is cache-sized instead of another copy of the signal.
-    """
-    q = A.shape[0]
-    lead, n, d = x.shape[:-2], x.shape[-2], x.shape[-1]
-    if n == 0:
-        return x.copy(), s0.copy()
-    K = max(min(max(block, 4 * q), n), 1)
-    P, AK, O, T, G = _block_matrices(A, B, C, D, K)
-    L = int(np.prod(lead, dtype=np.int64)) * d
-    X = np.moveaxis(x, -2, 0).reshape(n, L)  # (N, L): all batch entries × channels
-    M, full = -(-n // K), n // K
-    blocks = X[: full * K].reshape(full, K, L)  # the complete blocks, a view of x
-    last = np.zeros((K, L))  # the last block, zero-padded
-    last[: n - (M - 1) * K] = X[(M - 1) * K :]
-    U = np.empty((M, q, L))  # the state each block leaves behind from rest
-    U[:full] = G @ blocks
-    if full < M:
-        U[-1] = G @ last
-    S = state_scan(AK, U, np.moveaxis(s0, -2, 0).reshape(q, L))  # s_{(m+1)K} = A^K s_{mK} + U_m
-    # outputs, a slab of blocks at a time (the slab stays in cache): block m of the slab is
-    # [s_{mK}; x_{mK} … x_{mK+K−1}] and its outputs are one product with [O T]
-    W = np.concatenate([O, T], axis=1)
-    Y = np.empty((M, K, L))
-    slab = max(1, _SLAB // ((q + K) * L))
-    Xa = np.empty((min(slab, M), q + K, L))
-    for m0 in range(0, M, slab):  # a loop over slabs of ~_SLAB numbers, not over samples
-        m1 = min(m0 + slab, M)
-        Xa[: m1 - m0, :q] = S[m0:m1]
-        Xa[: min(m1, full) - m0, q:] = blocks[m0:m1]
-        if m1 > full:
-            Xa[m1 - 1 - m0, q:] = last
-        np.matmul(W, Xa[: m1 - m0], out=Y[m0:m1])  # y = C A^k s + Σ h[k−j] x_j
-    y = Y.reshape(M * K, L)[:n]
-    r = n - (M - 1) * K  # samples in the last block
-    s_end = P[r] @ S[-1] + G[:, K - r :] @ last[:r]
-    y = np.moveaxis(y.reshape((n,) + lead + (d,)), 0, -2)
-    s_end = np.moveaxis(s_end.reshape((q,) + lead + (d,)), 0, -2)
-    return y, s_end
-
-
 def _block_filter(b: np.ndarray, a: np.ndarray, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
     """y and the final TDF-II state of the filter (b, a): the block algorithm on the TDF-II state space."""
     if a.size == 1:  # a pure gain
         return b[0] * x, s0.copy()
-    return _ss_block_filter(*_tdf2_matrices(b, a), x, s0, block)
+    return block_filter(*_tdf2_matrices(b, a), x, s0, block)
 
 
 def _tf_filter_checked(b, a, x, zi):
@@ -307,7 +233,7 @@ def tf_filter(b, a, x, zi=None):
     r"""Filter ``x`` with the rational transfer function ``B(z)/A(z)`` of any order: Eq. (13.1) of the book.
 
     Implements the difference equation (13.1) in the transposed direct form II, Eq. (13.5) of the
-    book (the recursion P-32 of Lutati et al. 2023), by the exact block-recursive algorithm.
+    book (the recursion Eq. 32 of Lutati et al. 2023), by the exact block-recursive algorithm.
 
     Parameters
     ----------
@@ -344,6 +270,14 @@ def tf_filter(b, a, x, zi=None):
     against an extended-precision recursion is 8e-14 (the float64 sample recursion: 2e-13; the
     block algorithm with A^K in plain float64: 3e-10), as measured in §13.1 of the book.
     Each output is otherwise a sum of at most K + q products, exact up to round-off.
+
+    Examples
+    --------
+    >>> tf_filter([1.0], [1.0, -0.5], [1.0, 0.0, 0.0, 0.0]).tolist()  # y[n] = x[n] + 0.5 y[n−1]
+    [1.0, 0.5, 0.25, 0.125]
+    >>> y, zf = tf_filter([1.0], [1.0, -0.5], [1.0, 0.0], zi=[0.0])  # with a state: the final state too
+    >>> zf.tolist()
+    [0.25]
     """
     b, a, x, s0, was_1d = _tf_filter_checked(b, a, x, zi)
     with np.errstate(over="ignore", invalid="ignore"):  # an unstable filter may overflow to inf, as the recursion does
@@ -352,7 +286,15 @@ def tf_filter(b, a, x, zi=None):
 
 
 def tf_filter_loop(b, a, x, zi=None):
-    """Loop twin of :func:`tf_filter`: the TDF-II recursion (13.5), one sample at a time."""
+    """Loop twin of :func:`tf_filter`: the TDF-II recursion (13.5), one sample at a time.
+
+    Examples
+    --------
+    >>> b, a = butter(3, 0.2, output='ba')
+    >>> x = np.random.default_rng(0).normal(size=50)
+    >>> bool(np.allclose(tf_filter_loop(b, a, x), tf_filter(b, a, x)))
+    True
+    """
     b, a, x, s0, was_1d = _tf_filter_checked(b, a, x, zi)
     q = a.size - 1
     y = np.empty_like(x)
@@ -389,7 +331,7 @@ def _df1_to_tdf2(b, a, s):
 def biquad_filter(b, a, x, zi=None, *, form="tdf2", require_stable=False):
     r"""Filter ``x`` with one biquad ``(b0 + b1 z⁻¹ + b2 z⁻²)/(a0 + a1 z⁻¹ + a2 z⁻²)``.
 
-    Implements Eq. (13.2) of the book (P-32 of Lutati et al. 2023 with q = 2) in direct form I
+    Implements Eq. (13.2) of the book (Eq. 32 of Lutati et al. 2023 with q = 2) in direct form I
     (Eq. (13.4)) or transposed direct form II (Eq. (13.5)); the forms differ only in their state.
 
     Parameters
@@ -436,7 +378,15 @@ def biquad_filter(b, a, x, zi=None, *, form="tdf2", require_stable=False):
 
 
 def biquad_filter_loop(b, a, x, zi=None, *, form="tdf2", require_stable=False):
-    """Loop twin of :func:`biquad_filter`: the difference equation of the chosen form, sample by sample."""
+    """Loop twin of :func:`biquad_filter`: the difference equation of the chosen form, sample by sample.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=(20, 2))
+    >>> b, a = [0.2, 0.1, 0.05], [1.0, -1.2, 0.5]
+    >>> bool(np.allclose(biquad_filter_loop(b, a, x, form='df1'), biquad_filter(b, a, x, form='df1')))
+    True
+    """
     b, a, x, s0, was_1d = _biquad_checked(b, a, x, zi, form, require_stable)
     y = np.empty_like(x)
     if form == "tdf2":
@@ -495,7 +445,7 @@ def _sos_apply(filt, sos, x, states, form):
 def sos_filter(sos, x, zi=None, *, form="tdf2", require_stable=False):
     r"""Filter ``x`` through a cascade of second-order sections.
 
-    Implements Eq. (13.8) of the book: ``H(z) = Π_s H_s(z)``, section by section, each with
+    Implements Eq. (13.23) of the book: ``H(z) = Π_s H_s(z)``, section by section, each with
     :func:`biquad_filter`.
 
     Parameters
@@ -512,13 +462,27 @@ def sos_filter(sos, x, zi=None, *, form="tdf2", require_stable=False):
     Returns
     -------
     y : ndarray, the shape of ``x``;  zf : ndarray (S, ...) only when ``zi`` is given.
+
+    Examples
+    --------
+    >>> sos = butter(4, 0.2, output='sos')
+    >>> x = np.random.default_rng(0).normal(size=64)
+    >>> bool(np.allclose(sos_filter(sos, x), tf_filter(*sos2tf(sos), x)))  # the cascade = the product filter
+    True
     """
     sos, x, states = _sos_checked(sos, x, zi, form, require_stable)
     return _sos_apply(biquad_filter, sos, x, states, form)
 
 
 def sos_filter_loop(sos, x, zi=None, *, form="tdf2", require_stable=False):
-    """Loop twin of :func:`sos_filter`: each section by the difference-equation loop."""
+    """Loop twin of :func:`sos_filter`: each section by the difference-equation loop.
+
+    Examples
+    --------
+    >>> sos, x = butter(4, 0.2, output='sos'), np.random.default_rng(0).normal(size=64)
+    >>> bool(np.allclose(sos_filter_loop(sos, x), sos_filter(sos, x)))
+    True
+    """
     sos, x, states = _sos_checked(sos, x, zi, form, require_stable)
     return _sos_apply(biquad_filter_loop, sos, x, states, form)
 
@@ -526,7 +490,7 @@ def sos_filter_loop(sos, x, zi=None, *, form="tdf2", require_stable=False):
 def impulse_response(b, a, n):
     """The first ``n`` samples of the impulse response ``h[k]`` of ``B(z)/A(z)``.
 
-    Implements Eq. (13.9) of the book: ``h`` is the output for ``x = δ`` from rest.
+    Implements Eq. (13.10) of the book: ``h`` is the output for ``x = δ`` from rest.
 
     Parameters
     ----------
@@ -536,6 +500,11 @@ def impulse_response(b, a, n):
     Returns
     -------
     ndarray, shape (n,)
+
+    Examples
+    --------
+    >>> impulse_response([1.0], [1.0, -0.5], 4).tolist()
+    [1.0, 0.5, 0.25, 0.125]
     """
     n = as_int(n, "n", 1)
     delta = np.zeros(n)
@@ -544,7 +513,14 @@ def impulse_response(b, a, n):
 
 
 def impulse_response_loop(b, a, n):
-    """Loop twin of :func:`impulse_response`: the recursion h[k] = b_k − Σ_{i≥1} a_i h[k−i]."""
+    """Loop twin of :func:`impulse_response`: the recursion h[k] = b_k − Σ_{i≥1} a_i h[k−i].
+
+    Examples
+    --------
+    >>> b, a = [0.2, 0.1, 0.05], [1.0, -1.2, 0.5]
+    >>> bool(np.allclose(impulse_response_loop(b, a, 30), impulse_response(b, a, 30)))
+    True
+    """
     b, a = _coeffs(b, a)
     n = as_int(n, "n", 1)
     h = np.zeros(n)
@@ -559,7 +535,7 @@ def impulse_response_loop(b, a, n):
 def biquad_impulse_closed_form(b, a, n):
     r"""Closed-form impulse response of a biquad, by the kind of its poles.
 
-    Implements Eq. (13.12) of the book. For the all-pole part ``1/(1 + a1 z⁻¹ + a2 z⁻²)`` with
+    Implements Eq. (13.11) of the book. For the all-pole part ``1/(1 + a1 z⁻¹ + a2 z⁻²)`` with
     poles ``p1, p2`` (roots of ``z² + a1 z + a2``), from rest,
 
     * distinct poles: ``g[k] = (p1^{k+1} − p2^{k+1}) / (p1 − p2)``;
@@ -582,6 +558,12 @@ def biquad_impulse_closed_form(b, a, n):
     The case is chosen by the exact sign of the discriminant ``a1² − 4 a2``. Near a double pole
     the distinct-pole formula divides by ``p1 − p2`` and loses about ``eps/|p1 − p2|`` relative
     accuracy; the recursion (:func:`impulse_response`) does not.
+
+    Examples
+    --------
+    >>> b, a = [1.0, 0.5, 0.25], [1.0, -1.8, 0.81]  # a double pole at 0.9
+    >>> bool(np.allclose(biquad_impulse_closed_form(b, a, 40), impulse_response(b, a, 40)))
+    True
     """
     b, a = _coeffs(b, a, length=3)
     n = as_int(n, "n", 1)
@@ -643,7 +625,7 @@ def _poly_at(c: np.ndarray, zinv: np.ndarray) -> np.ndarray:
 def frequency_response(b, a, w=512, *, whole=False):
     r"""The frequency response ``H(e^{iω}) = B(e^{iω})/A(e^{iω})``.
 
-    Implements Eq. (13.7) of the book (P-5 of Lutati et al. 2023 for b = [1], a = [1, θ0, θ1]).
+    Implements Eq. (13.7) of the book (Eq. 5 of Lutati et al. 2023 for b = [1], a = [1, θ0, θ1]).
 
     Parameters
     ----------
@@ -659,6 +641,12 @@ def frequency_response(b, a, w=512, *, whole=False):
     w : ndarray, shape (n,)
     h : ndarray, complex128, shape (n,)
         ``inf`` (no warning) where A vanishes on the unit circle.
+
+    Examples
+    --------
+    >>> w, h = frequency_response([0.5, 0.5], [1.0], np.array([0.0, np.pi / 2, np.pi]))  # two-tap average
+    >>> (np.abs(h).round(12) + 0.0).tolist()  # |cos(ω/2)|
+    [1.0, 0.707106781187, 0.0]
     """
     b, a = _coeffs(b, a)
     w = _grid(w, whole)
@@ -668,7 +656,14 @@ def frequency_response(b, a, w=512, *, whole=False):
 
 
 def frequency_response_loop(b, a, w=512, *, whole=False):
-    """Loop twin of :func:`frequency_response`: the sums Σ b_k e^{−iωk}, Σ a_k e^{−iωk} per frequency."""
+    """Loop twin of :func:`frequency_response`: the sums Σ b_k e^{−iωk}, Σ a_k e^{−iωk} per frequency.
+
+    Examples
+    --------
+    >>> b, a = [0.2, 0.1, 0.05], [1.0, -1.2, 0.5]
+    >>> bool(np.allclose(frequency_response_loop(b, a, 16)[1], frequency_response(b, a, 16)[1]))
+    True
+    """
     b, a = _coeffs(b, a)
     w = _grid(w, whole)
     h = np.empty(w.shape, dtype=np.complex128)
@@ -680,7 +675,15 @@ def frequency_response_loop(b, a, w=512, *, whole=False):
 
 
 def sos_frequency_response(sos, w=512, *, whole=False):
-    """Frequency response of a cascade: the product of the sections' responses (Eq. (13.8))."""
+    """Frequency response of a cascade: the product of the sections' responses (Eq. (13.23)).
+
+    Examples
+    --------
+    >>> sos = butter(4, 0.3, output='sos')
+    >>> w, h = sos_frequency_response(sos, np.array([0.0, 0.3 * np.pi]))
+    >>> np.abs(h).round(6).tolist()  # 1 at DC, 1/√2 at the cutoff
+    [1.0, 0.707107]
+    """
     sos = _check_sos(sos)
     w = _grid(w, whole)
     h = np.ones(w.shape, dtype=np.complex128)
@@ -692,7 +695,7 @@ def sos_frequency_response(sos, w=512, *, whole=False):
 def group_delay(b, a, w=512, *, whole=False):
     r"""Group delay ``τ(ω) = −d arg H(e^{iω}) / dω`` in samples.
 
-    Implements Eq. (13.10) of the book:
+    Implements Eq. (13.8) of the book:
     ``τ = Re[Σ k b_k e^{−iωk} / B] − Re[Σ k a_k e^{−iωk} / A]``.
 
     Parameters
@@ -706,6 +709,12 @@ def group_delay(b, a, w=512, *, whole=False):
     -------
     w : ndarray, shape (n,);  gd : ndarray, float64, shape (n,)
         NaN (no warning) where B or A vanishes on the unit circle (the phase is undefined there).
+
+    Examples
+    --------
+    >>> w, gd = group_delay([0.0, 0.0, 1.0], [1.0], np.array([0.5, 1.0]))  # a pure delay of two samples
+    >>> gd.round(12).tolist()
+    [2.0, 2.0]
     """
     b, a = _coeffs(b, a)
     w = _grid(w, whole)
@@ -719,7 +728,14 @@ def group_delay(b, a, w=512, *, whole=False):
 
 
 def group_delay_loop(b, a, w=512, *, whole=False):
-    """Loop twin of :func:`group_delay`: the four sums per frequency."""
+    """Loop twin of :func:`group_delay`: the four sums per frequency.
+
+    Examples
+    --------
+    >>> b, a = [0.2, 0.1, 0.05], [1.0, -1.2, 0.5]
+    >>> bool(np.allclose(group_delay_loop(b, a, 16)[1], group_delay(b, a, 16)[1]))
+    True
+    """
     b, a = _coeffs(b, a)
     w = _grid(w, whole)
     gd = np.empty(w.shape)
@@ -737,7 +753,13 @@ def analog_frequency_response(b, a, w):
     r"""Analog frequency response ``H(iΩ) = Σ b_k (iΩ)^{M−k} / Σ a_k (iΩ)^{N−k}``.
 
     Coefficients are of descending powers of ``s`` (``scipy.signal.freqs`` convention); ``w``
-    is in rad/s. The analog side of Eqs. (13.15)–(13.18): prototypes vs their discretizations.
+    is in rad/s. The analog side of Eqs. (13.14)–(13.17): prototypes vs their discretizations.
+
+    Examples
+    --------
+    >>> w, h = analog_frequency_response([1.0], [1.0, 1.0], np.array([0.0, 1.0]))  # 1/(s + 1)
+    >>> np.abs(h).round(6).tolist()
+    [1.0, 0.707107]
     """
     b = as_real_array(b, "b", ndim=1)
     a = as_real_array(a, "a", ndim=1)
@@ -766,7 +788,7 @@ def _roots(c: np.ndarray) -> np.ndarray:
 
 
 def tf2zpk(b, a):
-    r"""Zeros, poles and gain of the digital ``B(z)/A(z)`` (Eqs. (13.3) and (13.11)).
+    r"""Zeros, poles and gain of the digital ``B(z)/A(z)`` (Eqs. (13.3) and (13.9)).
 
     ``b`` and ``a`` are padded to a common length, so the zeros and poles are the roots of
     ``z^q B(z)`` and ``z^q A(z)`` — including those at ``z = 0`` that a shorter polynomial
@@ -776,6 +798,12 @@ def tf2zpk(b, a):
     Returns
     -------
     z : ndarray complex128;  p : ndarray complex128;  k : float
+
+    Examples
+    --------
+    >>> z, p, k = tf2zpk([1.0, 1.0], [1.0, -0.5])
+    >>> z.real.tolist(), p.real.tolist(), float(k)
+    ([-1.0], [0.5], 1.0)
     """
     b, a = _coeffs(b, a)
     if not np.any(b != 0):
@@ -807,7 +835,7 @@ def _realify(c: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 
 def zpk2tf(z, p, k):
-    """Numerator and denominator of ``k Π(1 − z_i z⁻¹) / Π(1 − p_i z⁻¹)`` (Eqs. (13.11) and (13.3)).
+    """Numerator and denominator of ``k Π(1 − z_i z⁻¹) / Π(1 − p_i z⁻¹)`` (Eqs. (13.9) and (13.3)).
 
     The coefficients are real when the zeros and the poles are each closed under conjugation
     (to 1e-9 relative); otherwise they are returned complex — never silently made real.
@@ -815,6 +843,12 @@ def zpk2tf(z, p, k):
     Returns
     -------
     b : ndarray, shape (len(z)+1,);  a : ndarray, shape (len(p)+1,)
+
+    Examples
+    --------
+    >>> b, a = zpk2tf([-1.0], [0.5], 2.0)
+    >>> b.tolist(), a.tolist()
+    ([2.0, 2.0], [1.0, -0.5])
     """
     z = as_complex_array(z, "z", ndim=1)
     p = as_complex_array(p, "p", ndim=1)
@@ -847,7 +881,7 @@ def _split_pairs(r: np.ndarray, scale: float):
 
 
 def zpk2sos(z, p, k):
-    r"""Second-order sections from zeros, poles and gain (Eqs. (13.11) and (13.8)).
+    r"""Second-order sections from zeros, poles and gain (Eqs. (13.9) and (13.23)).
 
     The pairing rule is the one of ``scipy.signal.zpk2sos(..., pairing="nearest")``: repeatedly
     take the remaining pole closest to the unit circle (a complex pole with its conjugate, a real
@@ -859,6 +893,13 @@ def zpk2sos(z, p, k):
     Returns
     -------
     sos : ndarray, shape (ceil(max(len z, len p)/2), 6)
+
+    Examples
+    --------
+    >>> z, p, k = butter(4, 0.2)
+    >>> sos = zpk2sos(z, p, k)
+    >>> sos.shape, bool(np.allclose(sos, butter(4, 0.2, output='sos')))
+    ((2, 6), True)
     """
     z = as_complex_array(z, "z", ndim=1)
     p = as_complex_array(p, "p", ndim=1)
@@ -916,7 +957,14 @@ def zpk2sos(z, p, k):
 
 
 def sos2zpk(sos):
-    """Zeros, poles and gain of a cascade: the union of the sections' (Eqs. (13.8) and (13.11))."""
+    """Zeros, poles and gain of a cascade: the union of the sections' (Eqs. (13.23) and (13.9)).
+
+    Examples
+    --------
+    >>> z, p, k = sos2zpk(butter(2, 0.3, output='sos'))
+    >>> len(z), len(p), bool(np.all(np.abs(p) < 1))
+    (2, 2, True)
+    """
     sos = _check_sos(sos)
     zs, ps, k = [], [], 1.0
     for row in sos:
@@ -928,7 +976,14 @@ def sos2zpk(sos):
 
 
 def sos2tf(sos):
-    """``(b, a)`` of a cascade: the product of the sections' polynomials: Eqs. (13.8) and (13.3) of the book."""
+    """``(b, a)`` of a cascade: the product of the sections' polynomials: Eqs. (13.23) and (13.3) of the book.
+
+    Examples
+    --------
+    >>> b, a = sos2tf(np.array([[1.0, 1.0, 0.0, 1.0, -0.5, 0.0], [1.0, 0.0, 0.0, 1.0, 0.5, 0.0]]))
+    >>> b.tolist(), a.tolist()  # (1 + z⁻¹) · 1 over (1 − 0.5 z⁻¹)(1 + 0.5 z⁻¹)
+    ([1.0, 1.0, 0.0, 0.0, 0.0], [1.0, 0.0, -0.25, 0.0, 0.0])
+    """
     sos = _check_sos(sos)
     b, a = np.ones(1), np.ones(1)
     for row in sos:
@@ -938,7 +993,15 @@ def sos2tf(sos):
 
 
 def tf2sos(b, a):
-    """Second-order sections of ``B(z)/A(z)``: :func:`tf2zpk` then :func:`zpk2sos`: Eqs. (13.3) and (13.8) of the book."""
+    """Second-order sections of ``B(z)/A(z)``: :func:`tf2zpk` then :func:`zpk2sos`: Eqs. (13.3) and (13.23) of the book.
+
+    Examples
+    --------
+    >>> b, a = butter(4, 0.2, output='ba')
+    >>> sos = tf2sos(b, a)
+    >>> sos.shape, bool(np.allclose(sos_filter(sos, np.eye(1, 32)[0]), impulse_response(b, a, 32)))
+    ((2, 6), True)
+    """
     return zpk2sos(*tf2zpk(b, a))
 
 
@@ -959,7 +1022,7 @@ def _biquad_a(a) -> np.ndarray:
 def biquad_poles(a) -> np.ndarray:
     r"""The two poles of ``1/(1 + a1 z⁻¹ + a2 z⁻²)`` for a batch of denominators.
 
-    Roots of ``z² + a1 z + a2`` (Eq. (13.11)), the larger-magnitude one first for real pairs
+    Roots of ``z² + a1 z + a2`` (Eq. (13.9)), the larger-magnitude one first for real pairs
     (computed without cancellation, the other by Vieta ``p1 p2 = a2``), ``Im p > 0`` first for
     complex pairs.
 
@@ -970,6 +1033,11 @@ def biquad_poles(a) -> np.ndarray:
     Returns
     -------
     ndarray, complex128, shape (..., 2)
+
+    Examples
+    --------
+    >>> biquad_poles(np.array([1.0, -1.5, 0.56])).real.round(12).tolist()  # (1 − 0.7 z⁻¹)(1 − 0.8 z⁻¹)
+    [0.8, 0.7]
     """
     a = _biquad_a(a)
     a1, a2 = a[..., 1], a[..., 2]
@@ -988,7 +1056,7 @@ def biquad_poles(a) -> np.ndarray:
 def in_stability_triangle(a) -> np.ndarray:
     r"""The biquad stability triangle: ``|a2| < 1`` and ``|a1| < 1 + a2``.
 
-    Implements Eq. (13.14) of the book (Jury's criterion for q = 2): a biquad with
+    Implements Eq. (13.13) of the book (Jury's criterion for q = 2): a biquad with
     denominator ``[1, a1, a2]`` has both poles strictly inside the unit circle iff this holds.
 
     Parameters
@@ -998,6 +1066,11 @@ def in_stability_triangle(a) -> np.ndarray:
     Returns
     -------
     ndarray of bool, shape (...)
+
+    Examples
+    --------
+    >>> in_stability_triangle(np.array([[1.0, -1.5, 0.56], [1.0, -2.1, 1.1]])).tolist()
+    [True, False]
     """
     a = _biquad_a(a)
     a1, a2 = a[..., 1], a[..., 2]
@@ -1005,7 +1078,13 @@ def in_stability_triangle(a) -> np.ndarray:
 
 
 def pole_radius(a) -> float:
-    """Largest pole magnitude ``max |p_i|`` of ``1/A(z)`` (any order; ``a`` shape (q+1,)): Eq. (13.13) of the book."""
+    """Largest pole magnitude ``max |p_i|`` of ``1/A(z)`` (any order; ``a`` shape (q+1,)): Eq. (13.12) of the book.
+
+    Examples
+    --------
+    >>> round(pole_radius([1.0, -1.5, 0.56]), 12)
+    0.8
+    """
     a = as_real_array(a, "a", ndim=1)
     if a.size == 0 or a[0] == 0:
         raise ValueError("a: expected a[0] != 0")
@@ -1014,7 +1093,13 @@ def pole_radius(a) -> float:
 
 
 def is_stable(a) -> bool:
-    """``max |p_i| < 1``: all poles strictly inside the unit circle (Eq. (13.13))."""
+    """``max |p_i| < 1``: all poles strictly inside the unit circle (Eq. (13.12)).
+
+    Examples
+    --------
+    >>> is_stable([1.0, -1.5, 0.56]), is_stable([1.0, -2.1, 1.1])
+    (True, False)
+    """
     return pole_radius(a) < 1.0
 
 
@@ -1026,12 +1111,18 @@ def is_stable(a) -> bool:
 def buttap(order):
     r"""Analog Butterworth prototype (cutoff 1 rad/s): ``|H(iΩ)|² = 1/(1 + Ω^{2N})``.
 
-    Implements Eq. (13.15) of the book: the poles are the left-half-plane roots of
+    Implements Eq. (13.14) of the book: the poles are the left-half-plane roots of
     ``1 + (s/i)^{2N} = 0``, ``p_m = −exp(iπ m/(2N))`` for ``m = −N+1, −N+3, …, N−1``.
 
     Returns
     -------
     z : ndarray (0,);  p : ndarray complex128 (N,);  k : float (= 1)
+
+    Examples
+    --------
+    >>> z, p, k = buttap(3)
+    >>> len(z), np.abs(p).round(12).tolist(), float(k)  # poles on the unit circle, no zeros
+    (0, [1.0, 1.0, 1.0], 1.0)
     """
     N = as_int(order, "order", 1)
     m = np.arange(-N + 1, N, 2)
@@ -1042,10 +1133,16 @@ def buttap(order):
 def cheb1ap(order, rp):
     r"""Analog Chebyshev type I prototype with passband ripple ``rp`` dB (edge 1 rad/s).
 
-    Implements Eq. (13.16) of the book: ``|H(iΩ)|² = 1/(1 + ε² T_N(Ω)²)``,
+    Implements Eq. (13.15) of the book: ``|H(iΩ)|² = 1/(1 + ε² T_N(Ω)²)``,
     ``ε = sqrt(10^{rp/10} − 1)``; poles ``p_m = −sinh(μ + iπ m/(2N))`` with
     ``μ = asinh(1/ε)/N``; an ellipse with semi-axes ``sinh μ`` and ``cosh μ``. The gain makes
     ``|H(0)| = 1`` (odd N) or ``1/sqrt(1 + ε²)`` (even N).
+
+    Examples
+    --------
+    >>> z, p, k = cheb1ap(4, 1.0)
+    >>> len(p), bool(np.all(p.real < 0))
+    (4, True)
     """
     N = as_int(order, "order", 1)
     rp = as_positive_scalar(rp, "rp")
@@ -1069,14 +1166,28 @@ def _zpk_in(z, p, k):
 
 
 def lp2lp_zpk(z, p, k, wo=1.0):
-    """Lowpass → lowpass with cutoff ``wo``: ``s → s/wo`` (Eq. (13.19))."""
+    """Lowpass → lowpass with cutoff ``wo``: ``s → s/wo`` (Eq. (13.18)).
+
+    Examples
+    --------
+    >>> z, p, k = lp2lp_zpk(*buttap(2), wo=3.0)
+    >>> np.abs(p).round(12).tolist()  # the poles scaled by wo
+    [3.0, 3.0]
+    """
     z, p, k = _zpk_in(z, p, k)
     wo = as_positive_scalar(wo, "wo")
     return z * wo, p * wo, k * wo ** (p.size - z.size)
 
 
 def lp2hp_zpk(z, p, k, wo=1.0):
-    """Lowpass → highpass with cutoff ``wo``: ``s → wo/s`` (Eq. (13.20)); zeros at infinity go to 0."""
+    """Lowpass → highpass with cutoff ``wo``: ``s → wo/s`` (Eq. (13.19)); zeros at infinity go to 0.
+
+    Examples
+    --------
+    >>> z, p, k = lp2hp_zpk(*buttap(2), wo=3.0)
+    >>> (np.abs(z) + 0.0).tolist(), np.abs(p).round(12).tolist()  # zeros at s = 0, poles mirrored
+    ([0.0, 0.0], [3.0, 3.0])
+    """
     z, p, k = _zpk_in(z, p, k)
     wo = as_positive_scalar(wo, "wo")
     deg = p.size - z.size
@@ -1087,10 +1198,16 @@ def lp2hp_zpk(z, p, k, wo=1.0):
 
 
 def lp2bp_zpk(z, p, k, wo=1.0, bw=1.0):
-    r"""Lowpass → bandpass around ``wo`` with width ``bw``: ``s → (s² + wo²)/(bw s)`` (Eq. (13.21)).
+    r"""Lowpass → bandpass around ``wo`` with width ``bw``: ``s → (s² + wo²)/(bw s)`` (Eq. (13.20)).
 
     Each prototype root ``r`` becomes the two roots of ``s² − r bw s + wo² = 0``,
     ``s = r bw/2 ± sqrt((r bw/2)² − wo²)``; zeros at infinity give ``deg`` zeros at 0.
+
+    Examples
+    --------
+    >>> z, p, k = lp2bp_zpk(*buttap(2), wo=2.0, bw=0.5)
+    >>> len(z), len(p)  # each prototype pole becomes a pair
+    (2, 4)
     """
     z, p, k = _zpk_in(z, p, k)
     wo = as_positive_scalar(wo, "wo")
@@ -1102,10 +1219,40 @@ def lp2bp_zpk(z, p, k, wo=1.0, bw=1.0):
     return zb.astype(np.complex128), pb, k * bw**deg
 
 
+def lp2bs_zpk(z, p, k, wo=1.0, bw=1.0):
+    r"""Lowpass → bandstop around ``wo`` with width ``bw``: ``s → bw s/(s² + wo²)``.
+
+    The highpass map of Eq. (13.19) (with cutoff 1, ``s → 1/s``) followed by the bandpass map
+    of Eq. (13.20): ``1/((s² + wo²)/(bw s)) = bw s/(s² + wo²)``. Each prototype root ``r`` becomes
+    the two roots of ``r s² − bw s + r wo² = 0``, ``s = bw/(2r) ± sqrt((bw/(2r))² − wo²)``; the
+    zeros at infinity become ``deg`` pairs at ``s = ±i wo`` (the notch), and the gain is
+    ``k Re(Π(−z_i)/Π(−p_i))`` (the value at s = 0 and at s = ∞ is the prototype's DC value).
+
+    Examples
+    --------
+    >>> z, p, k = lp2bs_zpk([], [-1.0], 1.0, wo=2.0, bw=1.0)  # 1/(s+1) → (s² + 4)/(s² + s + 4)
+    >>> z.tolist(), np.round(np.poly(p).real, 12).tolist(), k
+    ([2j, -2j], [1.0, 1.0, 4.0], 1.0)
+    """
+    z, p, k = _zpk_in(z, p, k)
+    wo = as_positive_scalar(wo, "wo")
+    bw = as_positive_scalar(bw, "bw")
+    if np.any(p == 0):
+        raise ValueError("p: a prototype pole at s = 0 has no bandstop image (it maps to s = ±i wo and ∞)")
+    if np.any(z == 0):
+        raise ValueError("z: a prototype zero at s = 0 has no finite bandstop image (it maps to s = 0 and ∞)")
+    return lp2bp_zpk(*lp2hp_zpk(z, p, k, 1.0), wo, bw)  # s → 1/s, then s → (s² + wo²)/(bw s)
+
+
 def prewarp(f, fs):
     r"""Analog frequency (rad/s) that the bilinear transform maps onto the digital ``f``.
 
-    Implements Eq. (13.18) of the book: ``Ω = 2 fs tan(π f / fs)``, for ``0 < f < fs/2``.
+    Implements Eq. (13.17) of the book: ``Ω = 2 fs tan(π f / fs)``, for ``0 < f < fs/2``.
+
+    Examples
+    --------
+    >>> round(float(prewarp(250.0, 1000.0)), 6)  # 2 fs tan(π f / fs)
+    2000.0
     """
     fs = as_positive_scalar(fs, "fs")
     f = as_real_array(f, "f")
@@ -1117,9 +1264,15 @@ def prewarp(f, fs):
 def bilinear_zpk(z, p, k, fs):
     r"""Bilinear (Tustin) transform of an analog zpk: ``s = 2 fs (z − 1)/(z + 1)``.
 
-    Implements Eq. (13.17) of the book: each root maps as ``z = (2fs + s)/(2fs − s)`` (the left
+    Implements Eq. (13.16) of the book: each root maps as ``z = (2fs + s)/(2fs − s)`` (the left
     half plane onto the unit disk), zeros at infinity go to ``z = −1``, and the gain is
     ``k Π(2fs − z_i)/Π(2fs − p_i)``.
+
+    Examples
+    --------
+    >>> z, p, k = bilinear_zpk(*buttap(2), fs=2.0)
+    >>> z.real.tolist(), bool(np.all(np.abs(p) < 1))  # the analog zeros at ∞ land at z = −1
+    ([-1.0, -1.0], True)
     """
     z, p, k = _zpk_in(z, p, k)
     fs = as_positive_scalar(fs, "fs")
@@ -1136,9 +1289,15 @@ def bilinear_zpk(z, p, k, fs):
 def bilinear(b, a, fs):
     r"""Bilinear transform of an analog ``(b, a)`` (descending powers of s) to a digital ``(b, a)``.
 
-    Substitutes ``s = 2fs (1 − z⁻¹)/(1 + z⁻¹)`` in Eq. (13.17) and multiplies through by
+    Substitutes ``s = 2fs (1 − z⁻¹)/(1 + z⁻¹)`` in Eq. (13.16) and multiplies through by
     ``(1 + z⁻¹)^D``, ``D = max(deg B, deg A)``:
     ``Σ_j c_j s^j → Σ_j c_j (2fs)^j (1 − z⁻¹)^j (1 + z⁻¹)^{D−j}``; normalized so ``a[0] = 1``.
+
+    Examples
+    --------
+    >>> bz, az = bilinear([1.0], [1.0, 1.0], 10.0)  # 1/(s + 1) at fs = 10
+    >>> bz.round(6).tolist(), az.round(6).tolist()
+    ([0.047619, 0.047619], [1.0, -0.904762])
     """
     b = as_real_array(b, "b", ndim=1)
     a = as_real_array(a, "a", ndim=1)
@@ -1170,23 +1329,91 @@ def bilinear(b, a, fs):
     return bd / ad[0], ad / ad[0]
 
 
+def _impulse_invariant(num: np.ndarray, poles: np.ndarray, T: float):
+    """(bd, ad) of ``h_d[n] = T h_a(nT)`` for ``H_a = num/Π(s − p_i)`` (deg num < q = len(poles)).
+
+    The route has no partial fractions (whose residues grow like 1/Π(p_i − p_j) and cancel for
+    close poles): a state-space realization ``h_a(t) = C e^{At} B``, ``e^{AT}`` by
+    ``scipy.linalg.expm``, the Markov parameters ``h_d[n] = T C (e^{AT})^n B`` for n < q, the
+    denominator ``ad = Π(1 − e^{p_i T} z⁻¹)`` and the numerator ``bd = (ad ∗ h_d)[0:q]`` (the
+    product A_d(z) H_d(z) is a polynomial of degree q − 1 in z⁻¹, so its first q terms are all
+    of it).
+
+    The realization is the cascade of first-order sections ``x_0' = p_0 x_0 + u``,
+    ``x_j' = p_j x_j + σ x_{j−1}``, so ``X_j = σ^j U/Π_{i≤j}(s − p_i)``, with the output
+    ``y = Σ_j c_j σ^{-j} x_j`` where ``num = Σ_j c_j Π_{i>j}(s − p_i)`` (Newton's form of the
+    numerator on the nodes p_{q−1}, …, p_0, by repeated synthetic division). Its matrix is
+    bidiagonal with the poles on the diagonal and σ = max|p_i| below, close to normal, whereas
+    the companion form of the same system is so far from normal that ``expm`` loses digits once
+    |p|T exceeds a few radians (1e-4 against a condition of 1e-10 at |p|T ≈ 190).
+    """
+    q = poles.size
+    r = np.concatenate([np.zeros(q - num.size), num]).astype(np.complex128)  # s^{q−1} … s^0
+    c = np.empty(q, dtype=np.complex128)
+    for j in range(q - 1, -1, -1):  # r(s) = c_j + (s − p_j) r_next(s): Horner at p_j
+        acc = np.empty(r.size, dtype=np.complex128)
+        value = 0.0
+        for i, ri in enumerate(r):
+            value = value * poles[j] + ri
+            acc[i] = value
+        c[j], r = acc[-1], acc[:-1]
+    sigma = float(np.max(np.abs(poles), initial=0.0)) or 1.0
+    A = np.diag(poles.astype(np.complex128)) + np.diag(np.full(q - 1, sigma), -1)
+    C = c / sigma ** np.arange(q)  # y = Σ_j c_j σ^{-j} x_j
+    E = scipy.linalg.expm(A * T)  # e^{AT}
+    h = np.empty(q, dtype=np.complex128)
+    x = np.zeros(q, dtype=np.complex128)
+    x[0] = 1.0  # B = e_0
+    for n in range(q):
+        h[n] = T * (C @ x)  # h_d[n] = T C e^{AnT} B
+        x = E @ x
+    ad = _realify(_poly(np.exp(poles * T)), poles)  # Π (1 − e^{p_i T} z⁻¹): the pole map z = e^{sT}
+    if np.isrealobj(ad) and np.isrealobj(num):
+        h = h.real  # a real system: the imaginary parts are round-off
+    bd = np.convolve(ad, h)[:q]  # (A_d · H_d)(z) truncated to degree q − 1
+    return np.concatenate([bd, np.zeros(1, dtype=bd.dtype)]), ad
+
+
 def impulse_invariance(b, a, fs):
     r"""Impulse-invariant discretization: ``h_d[n] = T h_a(nT)``, ``T = 1/fs``.
 
-    Implements Eq. (13.22) of the book. With the partial fractions of the strictly proper
+    Implements Eq. (13.21) of the book. With the partial fractions of the strictly proper
     ``H_a(s) = Σ_i r_i/(s − p_i)`` (distinct poles, ``r_i = B(p_i)/A'(p_i)``),
     ``h_a(t) = Σ r_i e^{p_i t}`` and ``H_d(z) = T Σ_i r_i / (1 − e^{p_i T} z⁻¹)``: the pole map is
-    ``z = e^{sT}``; the zeros are *not* mapped, and the response aliases.
+    ``z = e^{sT}``; the zeros are *not* mapped, and the response aliases:
+    ``H_d(e^{iω}) = Σ_m H_a(i(ω + 2πm)/T) + T h_a(0⁺)/2``, where the last term vanishes only
+    for relative degree ≥ 2 (``h_a(0⁺) = 0``); §13.8 of the book computes both cases.
 
     Parameters
     ----------
     b, a : array_like
-        Analog coefficients, descending powers of s; ``deg B < deg A``, distinct poles.
+        Analog coefficients, descending powers of s; ``deg B < deg A``. Repeated poles are
+        allowed (``h_a`` then has terms ``t^m e^{pt}``).
     fs : float > 0
 
     Returns
     -------
-    bd, ad : ndarray (real), shapes (q+1,) with q = deg A
+    bd, ad : ndarray (real), shapes (q+1,) with q = deg A; ``ad[0] = 1``, ``bd[q] = 0``.
+
+    Notes
+    -----
+    The coefficients are *not* formed from the partial fractions: for close poles the residues
+    are large (up to 1/∏|p_i − p_j|) and their sum cancels, which costs as many digits as the
+    residues are large. Instead ``h_d[0..q−1]`` come from a state-space form,
+    ``h_d[n] = T C e^{AnT} B`` (``scipy.linalg.expm``, as ``scipy.signal.cont2discrete``, but on
+    a cascade of first-order sections rather than the companion form),
+    ``ad = Π(1 − e^{p_i T} z⁻¹)`` with the poles of ``a``, and ``bd = (ad ∗ h_d)[0:q]``.
+    With ``h_d[0] = T h_a(0⁺)`` this is SciPy's ``cont2discrete(..., method='impulse')``.
+
+    See Also
+    --------
+    impulse_invariance_zpk : the same from analog zeros, poles and gain (no root finding).
+
+    Examples
+    --------
+    >>> bz, az = impulse_invariance([1.0], [1.0, 1.0], 10.0)  # h_d[n] = T h_a(nT) = T e^{−nT}
+    >>> bool(np.allclose(impulse_response(bz, az, 5), 0.1 * np.exp(-0.1 * np.arange(5))))
+    True
     """
     b = as_real_array(b, "b", ndim=1)
     a = as_real_array(a, "a", ndim=1)
@@ -1197,26 +1424,59 @@ def impulse_invariance(b, a, fs):
     b = b[np.flatnonzero(b)[0] :] if np.any(b != 0) else np.zeros(1)
     if b.size >= a.size:
         raise ValueError(f"b: expected a strictly proper system (deg b < deg a), got deg b = {b.size - 1}, deg a = {a.size - 1}")
-    T = 1.0 / fs
-    p = np.roots(a).astype(np.complex128)
-    gaps = np.abs(p[:, None] - p[None, :])
-    sep = np.min(np.where(np.eye(p.size, dtype=bool), np.inf, gaps), initial=np.inf)
-    if sep <= 1e-8 * max(1.0, float(np.max(np.abs(p)))):
-        raise ValueError("a: expected distinct analog poles for impulse invariance (repeated pole found)")
-    r = np.polyval(b, p) / np.polyval(np.polyder(a), p)  # r_i = B(p_i)/A'(p_i)
-    pz = np.exp(p * T)  # z = e^{sT}
-    # T Σ r_i / (1 − pz_i z⁻¹) over a common denominator Π (1 − pz_j z⁻¹)
-    den = _poly(pz)
-    num = np.zeros(p.size + 1, dtype=np.complex128)
-    for i in range(p.size):
-        num[: p.size] += T * r[i] * _poly(np.delete(pz, i))
-    return _realify(num, pz), _realify(den, pz)
+    poles = np.roots(a).astype(np.complex128)
+    return _impulse_invariant(b / a[0], poles, 1.0 / fs)
+
+
+def impulse_invariance_zpk(z, p, k, fs):
+    r"""Impulse-invariant discretization of an analog ``(z, p, k)``: Eq. (13.21) of the book.
+
+    As :func:`impulse_invariance`, from ``H_a(s) = k Π(s − z_i)/Π(s − p_i)``; the discrete poles
+    ``e^{p_i T}`` are exact images of the given poles (no root finding on a polynomial), which
+    keeps clustered poles exact.
+
+    Parameters
+    ----------
+    z, p : array_like of complex
+        Analog zeros and poles, fewer zeros than poles (strictly proper); each set closed under
+        conjugation for a real filter.
+    k : float
+    fs : float > 0
+
+    Returns
+    -------
+    zd : ndarray complex128
+        Zeros of ``z^q B_d(z)`` (a zero at infinity is not kept, as in :func:`tf2zpk`).
+    pd : ndarray complex128, shape (len(p),)
+        ``e^{p_i T}``.
+    kd : float
+        The first nonzero numerator coefficient.
+
+    Examples
+    --------
+    ``1/(s + 1)`` at fs = 2 becomes ``T/(1 − e^{−T} z⁻¹)`` = ``0.5 z/(z − e^{−0.5})``:
+
+    >>> zd, pd, kd = impulse_invariance_zpk([], [-1.0], 1.0, 2.0)
+    >>> zd.tolist(), bool(abs(pd[0] - np.exp(-0.5)) < 1e-15), kd
+    ([0j], True, 0.5)
+    """
+    z, p, k = _zpk_in(z, p, k)
+    fs = as_positive_scalar(fs, "fs")
+    if z.size >= p.size:
+        raise ValueError(f"z: expected fewer zeros than poles (a strictly proper system), got {z.size} zeros and {p.size} poles")
+    if k == 0:
+        raise ValueError("k: expected a nonzero gain")
+    num = _realify(k * _poly(z), z)
+    bd, _ = _impulse_invariant(num, p, 1.0 / fs)
+    pd = np.exp(p / fs)
+    kd = bd[np.flatnonzero(bd)[0]]  # the first nonzero numerator coefficient
+    return _roots(bd), pd.astype(np.complex128), (float(kd) if np.isrealobj(bd) else complex(kd))
 
 
 def matched_z(z, p, k, fs, *, gain_at=0.0):
     r"""Matched-z transform: map poles **and** zeros by ``z = e^{sT}`` and match one gain.
 
-    Implements Eq. (13.23) of the book. Zeros at infinity are placed at ``z = −1`` (Nyquist, the
+    Implements Eq. (13.22) of the book. Zeros at infinity are placed at ``z = −1`` (Nyquist, the
     image of ``s = ∞`` under the bilinear map), and the gain is chosen so that
     ``|H_d(e^{iΩT})| = |H_a(iΩ)|`` at ``Ω = gain_at`` rad/s (default DC; use a frequency in the
     passband for a highpass or bandpass).
@@ -1224,6 +1484,12 @@ def matched_z(z, p, k, fs, *, gain_at=0.0):
     Returns
     -------
     zd, pd : ndarray complex128;  kd : float
+
+    Examples
+    --------
+    >>> z, p, k = matched_z([], [-1.0], 1.0, 10.0)  # 1/(s + 1)
+    >>> bool(np.allclose(p, np.exp(-0.1)))  # z = e^{sT}
+    True
     """
     z, p, k = _zpk_in(z, p, k)
     fs = as_positive_scalar(fs, "fs")
@@ -1241,23 +1507,32 @@ def matched_z(z, p, k, fs, *, gain_at=0.0):
     return zd.astype(np.complex128), pd, float(abs(ha) / abs(hd) * np.sign((ha / hd).real or 1.0))
 
 
-def _design(proto, order, wn, btype, fs, output):
+def _design(proto, order, wn, btype, analog, fs, output):
     check_option(btype, "btype", BTYPES)
     check_option(output, "output", OUTPUTS)
-    fs = as_positive_scalar(fs, "fs")
+    analog = _check_bool(analog, "analog")
     wn = as_real_array(wn, "wn")
-    want = 2 if btype == "bandpass" else 1
+    want = 2 if btype in ("bandpass", "bandstop") else 1
     if wn.size != want or wn.ndim > 1:
         raise ValueError(f"wn: expected {'two band edges' if want == 2 else 'one cutoff'} for btype={btype!r}, got shape {wn.shape}")
     wn = wn.reshape(-1)
-    if np.any(wn <= 0) or np.any(wn >= fs / 2):
-        raise ValueError(f"wn: expected frequencies strictly between 0 and fs/2 = {fs / 2:g}, got {wn.tolist()}")
+    if analog:
+        if fs is not None:
+            raise ValueError("fs: an analog design has no sampling rate (wn is in rad/s); leave fs unset")
+        if output == "sos":
+            raise ValueError("output: expected 'zpk' or 'ba' for an analog design (sections are digital here)")
+        if np.any(wn <= 0):
+            raise ValueError(f"wn: expected positive frequencies in rad/s, got {wn.tolist()}")
+    else:
+        fs = 2.0 if fs is None else as_positive_scalar(fs, "fs")
+        if np.any(wn <= 0) or np.any(wn >= fs / 2):
+            raise ValueError(f"wn: expected frequencies strictly between 0 and fs/2 = {fs / 2:g}, got {wn.tolist()}")
     if want == 2 and not wn[0] < wn[1]:
         raise ValueError(f"wn: expected band edges wn[0] < wn[1], got {wn.tolist()}")
     z, p, k = proto
-    # design at the sampling rate 2 (frequencies as fractions of Nyquist), as SciPy does
+    # digital: design at the sampling rate 2 (frequencies as fractions of Nyquist), as SciPy does
     fsd = 2.0
-    warped = prewarp(wn / (fs / 2.0), fsd)  # Ω = 2 fs tan(π f/fs), Eq. (13.18)
+    warped = wn if analog else prewarp(wn / (fs / 2.0), fsd)  # Ω = 2 fs tan(π f/fs), Eq. (13.17)
     if btype == "lowpass":
         z, p, k = lp2lp_zpk(z, p, k, warped[0])
     elif btype == "highpass":
@@ -1265,8 +1540,9 @@ def _design(proto, order, wn, btype, fs, output):
     else:
         bw = warped[1] - warped[0]
         wo = math.sqrt(warped[0] * warped[1])
-        z, p, k = lp2bp_zpk(z, p, k, wo, bw)
-    z, p, k = bilinear_zpk(z, p, k, fsd)
+        z, p, k = (lp2bp_zpk if btype == "bandpass" else lp2bs_zpk)(z, p, k, wo, bw)
+    if not analog:
+        z, p, k = bilinear_zpk(z, p, k, fsd)
     if output == "zpk":
         return z, p, k
     if output == "ba":
@@ -1274,33 +1550,59 @@ def _design(proto, order, wn, btype, fs, output):
     return zpk2sos(z, p, k)
 
 
-def butter(order, wn, btype="lowpass", *, fs=2.0, output="zpk"):
-    r"""Digital Butterworth filter: prototype poles, pre-warping, frequency transformation, bilinear.
+def butter(order, wn, *, btype="lowpass", analog=False, fs=None, output="zpk"):
+    r"""Butterworth filter, digital or analog: prototype poles, pre-warping, frequency transformation, bilinear.
 
-    Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. (13.15)) →
-    :func:`prewarp` (13.18) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`
-    (13.19–13.21) → :func:`bilinear_zpk` (13.17).
+    Implements the design chain of §13.7 of the book: :func:`buttap` (Eq. (13.14)) →
+    :func:`prewarp` (13.17) → :func:`lp2lp_zpk`/:func:`lp2hp_zpk`/:func:`lp2bp_zpk`/
+    :func:`lp2bs_zpk` (13.18–13.20) → :func:`bilinear_zpk` (13.16).
 
     Parameters
     ----------
     order : int ≥ 1
     wn : float or (2,) array
-        Cutoff (or band edges) in the units of ``fs``, strictly between 0 and fs/2; with the
-        default ``fs = 2`` a fraction of the Nyquist frequency (``scipy.signal.butter``'s ``Wn``).
-    btype : {"lowpass", "highpass", "bandpass"}
-    fs : float > 0
+        Digital: cutoff (or band edges) in the units of ``fs``, strictly between 0 and fs/2;
+        with the default ``fs = 2`` a fraction of the Nyquist frequency (``scipy.signal.butter``'s
+        ``Wn``). Analog: cutoff (or band edges) in rad/s, > 0.
+    btype : {"lowpass", "highpass", "bandpass", "bandstop"}
+        A band design has order 2·``order``.
+    analog : bool, default False
+        Return the analog filter H(s) (no pre-warping, no bilinear transform): zeros, poles and
+        gain in s, or ``(b, a)`` in descending powers of s (``scipy.signal.freqs`` convention).
+    fs : float > 0, optional
+        Sampling rate of a digital design (default 2); must not be given with ``analog=True``.
     output : {"zpk", "ba", "sos"}
+        ``"sos"`` only for digital designs.
 
     Returns
     -------
     (z, p, k), (b, a) or sos, as ``output`` says.
+
+    Examples
+    --------
+    >>> sos = butter(4, 0.25, output='sos')
+    >>> sos.shape
+    (2, 6)
+    >>> w, h = sos_frequency_response(sos, np.array([0.25 * np.pi]))
+    >>> bool(np.isclose(abs(h[0]), 2 ** -0.5))  # −3 dB at the cutoff
+    True
     """
-    return _design(buttap(order), order, wn, btype, fs, output)
+    return _design(buttap(order), order, wn, btype, analog, fs, output)
 
 
-def cheby1(order, rp, wn, btype="lowpass", *, fs=2.0, output="zpk"):
-    """Digital Chebyshev type I filter (ripple ``rp`` dB): :func:`cheb1ap` through the chain of :func:`butter`: Eqs. (13.16)–(13.18) of the book."""
-    return _design(cheb1ap(order, rp), order, wn, btype, fs, output)
+def cheby1(order, rp, wn, *, btype="lowpass", analog=False, fs=None, output="zpk"):
+    """Chebyshev type I filter (ripple ``rp`` dB), digital or analog: :func:`cheb1ap` through the chain of :func:`butter`: Eqs. (13.15)–(13.17) of the book.
+
+    Parameters as :func:`butter` (``analog``, ``fs``, ``output``, the four ``btype`` values).
+
+    Examples
+    --------
+    >>> sos = cheby1(4, 1.0, 0.3, output='sos')
+    >>> w, h = sos_frequency_response(sos, np.linspace(0.0, 0.3 * np.pi, 50))
+    >>> bool(np.all(np.abs(h) >= 10 ** (-1.0 / 20) - 1e-9))  # ripple at most 1 dB in the pass band
+    True
+    """
+    return _design(cheb1ap(order, rp), order, wn, btype, analog, fs, output)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1311,9 +1613,15 @@ def cheby1(order, rp, wn, btype="lowpass", *, fs=2.0, output="zpk"):
 def scalar_ssm_to_iir(A, B, C, D):
     r"""The first-order IIR ``(b, a)`` of the scalar SSM ``s[t] = A s[t−1] + B x[t]``, ``y = C s + D x``.
 
-    Implements Eq. (13.24) of the book, the corrected P-30/P-31 of Lutati et al. (2023):
+    Implements Eq. (13.24) of the book, the corrected Eqs. 30–31 of Lutati et al. (2023):
     ``y[t] = A y[t−1] + (CB + D) x[t] − AD x[t−1]``, i.e. ``b = [CB + D, −AD]``, ``a = [1, −A]``.
-    The paper writes ``+AD`` (spec erratum 1); the chapter shows that sign is wrong numerically.
+    The paper writes ``+AD`` in its Eq. (31); the chapter shows that sign is wrong numerically.
+
+    Examples
+    --------
+    >>> b, a = scalar_ssm_to_iir(0.9, 0.5, 2.0, 0.1)
+    >>> b.round(12).tolist(), a.round(12).tolist()
+    ([1.1, -0.09], [1.0, -0.9])
     """
     vals = []
     for v, name in ((A, "A"), (B, "B"), (C, "C"), (D, "D")):
@@ -1325,7 +1633,7 @@ def scalar_ssm_to_iir(A, B, C, D):
 def biquad_to_ssm(b, a):
     r"""The two-state diagonal SSM of a biquad: modes, input and output weights, feed-through.
 
-    Implements Eq. (13.26) of the book (partial fractions, ``scipy.signal.residuez``):
+    Implements Eq. (13.25) of the book (partial fractions, ``scipy.signal.residuez``):
 
     .. math:: H(z) = D + \frac{ρ_1}{1 − λ_1 z^{-1}} + \frac{ρ_2}{1 − λ_2 z^{-1}},
 
@@ -1342,6 +1650,13 @@ def biquad_to_ssm(b, a):
     ValueError
         ``a``: if ``a2 = 0`` (fewer than two poles) or the poles coincide (a double pole has no
         diagonal realization).
+
+    Examples
+    --------
+    >>> lam, B, C, D = biquad_to_ssm([0.2, 0.1, 0.05], [1.0, -1.2, 0.5])
+    >>> b, a = ssm_to_biquad(lam, B, C, D)
+    >>> bool(np.allclose(b, [0.2, 0.1, 0.05]) and np.allclose(a, [1.0, -1.2, 0.5]))  # a round trip
+    True
     """
     b, a = _coeffs(b, a, length=3)
     if a[2] == 0:
@@ -1359,7 +1674,7 @@ def biquad_to_ssm(b, a):
 
 
 def ssm_to_biquad(lam, B, C, D):
-    r"""The biquad ``(b, a)`` of a two-state diagonal SSM (Eq. (13.25) of the book).
+    r"""The biquad ``(b, a)`` of a two-state diagonal SSM (Eq. (13.26) of the book).
 
     With residues ``ρ_i = C_i B_i``:
     ``a = [1, −(λ1 + λ2), λ1 λ2]``,
@@ -1369,6 +1684,13 @@ def ssm_to_biquad(lam, B, C, D):
     Returns
     -------
     b, a : ndarray float64, shape (3,)
+
+    Examples
+    --------
+    >>> lam = 0.9 * np.exp(0.3j * np.array([1, -1]))
+    >>> b, a = ssm_to_biquad(lam, np.array([1.0 + 0.5j, 1.0 - 0.5j]), np.array([0.3 - 0.2j, 0.3 + 0.2j]), 0.2)
+    >>> bool(np.allclose(a, [1.0, -1.8 * np.cos(0.3), 0.81]))  # (1 − λz⁻¹)(1 − λ̄z⁻¹)
+    True
     """
     lam = as_complex_array(lam, "lam", ndim=1)
     B = as_complex_array(B, "B", ndim=1)
@@ -1420,7 +1742,7 @@ def _real_ssm(lam: np.ndarray, B: np.ndarray, C: np.ndarray, D: float):
 def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
     r"""Run the diagonal SSM ``s_i[n] = λ_i s_i[n−1] + B_i x[n]``, ``y[n] = Re Σ_i C_i s_i[n] + D x[n]``.
 
-    Implements Eq. (13.26) of the book in the time domain (P-29 of Lutati et al. with the state
+    Implements Eq. (13.25) of the book in the time domain (Eq. 29 of Lutati et al. with the state
     update including the current input). The vectorized path writes the m complex modes as a
     real state space of dimension 2m (rotation–scaling pairs, :func:`_real_ssm`) and runs the
     block algorithm of :func:`tf_filter` on it: a Toeplitz product inside chunks of samples, the
@@ -1439,6 +1761,14 @@ def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
     Returns
     -------
     y : ndarray float64, the shape of ``x``
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=40)
+    >>> lam, B, C = np.array([0.9, 0.5j]), np.array([1.0, 1.0]), np.array([1.0, 0.5])
+    >>> y = diagonal_ssm_filter(lam, B, C, 0.1, x)
+    >>> bool(np.allclose(y, diagonal_ssm_filter(lam, B, C, 0.1, x, scan='associative')))
+    True
     """
     check_option(scan, "scan", ("chunked", "associative"))
     lam, B, C, D, x, was_1d = _ssm_checked(lam, B, C, D, x)
@@ -1449,14 +1779,22 @@ def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
         A_r, B_r, C_r, D_r = _real_ssm(lam, B, C, D)
         s0 = np.zeros(x.shape[:-2] + (A_r.shape[0], x.shape[-1]))
         with np.errstate(over="ignore", invalid="ignore"):  # growing modes may overflow, as the recursion does
-            y, _ = _ss_block_filter(A_r, B_r, C_r, D_r, x, s0)
+            y, _ = block_filter(A_r, B_r, C_r, D_r, x, s0)
         return y[:, 0] if was_1d else y
     y = (s @ C).real + D * x
     return y[:, 0] if was_1d else y
 
 
 def diagonal_ssm_filter_loop(lam, B, C, D, x, *, scan="chunked"):
-    """Loop twin of :func:`diagonal_ssm_filter`: the m recursions, sample by sample (``scan`` is ignored)."""
+    """Loop twin of :func:`diagonal_ssm_filter`: the m recursions, sample by sample (``scan`` is ignored).
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=40)
+    >>> lam, B, C = np.array([0.9, 0.5j]), np.array([1.0, 1.0]), np.array([1.0, 0.5])
+    >>> bool(np.allclose(diagonal_ssm_filter_loop(lam, B, C, 0.1, x), diagonal_ssm_filter(lam, B, C, 0.1, x)))
+    True
+    """
     check_option(scan, "scan", ("chunked", "associative"))
     lam, B, C, D, x, was_1d = _ssm_checked(lam, B, C, D, x)
     y = np.empty_like(x)

@@ -20,6 +20,8 @@ Glossary (code name → symbol in the book / Särkkä 2013)
 ``m``, ``P``  (..., N, n), (..., N, n, n)   filtered means and covariances m_k, P_k (Eq. (3.3)).
 ``ms``, ``Ps``                              smoothed means and covariances m^s_k, P^s_k (Eq. (3.5)).
 ``K`` gain, ``S`` innovation covariance, ``G`` smoother gain.
+``m_pred``, ``P_pred``   predicted moments m⁻_k, P⁻_k;  ``y`` innovation z_k − H m⁻_k
+                         (returned with ``return_intermediates=True``, with the log-likelihood).
 
 References
 ----------
@@ -37,8 +39,8 @@ import numpy as np
 import scipy.linalg
 
 from . import sde as _sde
+from ._scan import prefix_scan
 from ._validate import (
-    as_positive_scalar,
     as_real_array,
     check_hermitian_psd,
     check_option,
@@ -171,7 +173,66 @@ def _update(m_prior, P_prior, z, H, R):
     return m, _sym(P)
 
 
-def kalman_filter(z, F, H, Q, R, m0, P0):
+def _as_flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
+    return bool(value)
+
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+
+def _filter_intermediates(zf, missing, F, H, Q, R, m0, P0, m, P) -> dict:
+    """The step-by-step quantities of the filter, vectorized over N from the filtered moments.
+
+    m⁻_k = F_{k−1} m_{k−1}, P⁻_k = F_{k−1} P_{k−1} F_{k−1}ᵀ + Q_{k−1} (the prior at k = 0),
+    S_k = H P⁻_k Hᵀ + R, K_k = P⁻_k Hᵀ S_k⁻¹, y_k = z_k − H m⁻_k, and the prediction-error
+    decomposition of the likelihood, log p(z) = Σ_k log N(y_k; 0, S_k) over observed steps.
+    """
+    batch, N, n = zf.shape[:-2], zf.shape[-2], H.shape[1]
+    p = H.shape[0]
+    m_pred, P_pred = np.empty_like(m), np.empty_like(P)
+    m_pred[..., 0, :] = m0
+    P_pred[..., 0, :, :] = P0
+    if N > 1:
+        m_pred[..., 1:, :] = (F @ m[..., :-1, :, None])[..., 0]  # m⁻_k = F m_{k−1}
+        P_pred[..., 1:, :, :] = _sym(F @ P[..., :-1, :, :] @ np.swapaxes(F, -1, -2) + Q)  # P⁻ = F P Fᵀ + Q
+    HP = H @ P_pred
+    S = _sym(HP @ H.T + R)  # S = H P⁻ Hᵀ + R
+    # a missing step applies no gain: solve with I there, so that only used S must be invertible
+    S_used = np.where(missing[..., None, None], np.eye(p), S)
+    K = np.swapaxes(_solve(S_used, HP, "the innovation covariance S = H P⁻ Hᵀ + R"), -1, -2)  # K = P⁻ Hᵀ S⁻¹
+    K[missing] = 0.0
+    y = zf - m_pred @ H.T  # y = z − H m⁻
+    y[missing] = np.nan  # a missing step has no innovation
+    try:
+        L = np.linalg.cholesky(S_used)
+    except np.linalg.LinAlgError:
+        raise ValueError("the innovation covariance S = H P⁻ Hᵀ + R is not positive definite") from None
+    w = np.linalg.solve(L, np.where(missing[..., None], 0.0, y)[..., None])[..., 0]  # L⁻¹ y
+    logdet = 2.0 * np.sum(np.log(np.diagonal(L, axis1=-2, axis2=-1)), axis=-1)  # log det S
+    terms = -0.5 * (np.sum(w * w, axis=-1) + logdet + p * _LOG_2PI)  # log N(y; 0, S)
+    terms = np.where(missing, 0.0, terms)
+    return {
+        "m_pred": m_pred,
+        "P_pred": P_pred,
+        "S": S,
+        "K": K,
+        "y": y,
+        "log_likelihood_terms": terms,
+        "log_likelihood": np.sum(terms, axis=-1),
+    }
+
+
+def _smoother_gains(P, F, Q) -> np.ndarray:
+    """G_k = P_k F_kᵀ (P⁻_{k+1})⁻¹, shape (..., N−1, n, n), Eq. (3.5)."""
+    FP = F @ P[..., :-1, :, :]
+    P_pred = _sym(FP @ np.swapaxes(F, -1, -2) + Q)
+    return np.swapaxes(_solve(P_pred, FP, "the predicted covariance P⁻ = F P Fᵀ + Q"), -1, -2)
+
+
+def kalman_filter(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     r"""Filtered means and covariances ``p(x_k | z_0 … z_k) = N(m_k, P_k)``, Eqs. (3.2)–(3.3).
 
     Implements Eqs. (3.2)–(3.3) of the book (Kalman 1960; Särkkä 2013, Thm 4.2).
@@ -190,11 +251,21 @@ def kalman_filter(z, F, H, Q, R, m0, P0):
     m0 : array_like, shape (n,) or (..., n)
     P0 : array_like, shape (n, n)
         Prior of the state at the **first** measurement (step 0 is an update, no predict).
+    return_intermediates : bool, default False
+        Also return a dict of the quantities that other Kalman codes (filterpy, pykalman) expose
+        step by step, all over the batch:
+        ``"m_pred"`` (..., N, n) and ``"P_pred"`` (..., N, n, n): the predicted moments m⁻_k,
+        P⁻_k (k = 0: the prior m0, P0); ``"S"`` (..., N, p, p): innovation covariances;
+        ``"K"`` (..., N, n, p): gains, zero at a missing step (not applied); ``"y"`` (..., N, p):
+        innovations z_k − H m⁻_k, NaN at a missing step; ``"log_likelihood_terms"`` (..., N):
+        log N(z_k; H m⁻_k, S_k), 0 at a missing step; ``"log_likelihood"`` (...): their sum, the
+        log-density log p(z) of the observed measurements (Eq. (3.4)).
 
     Returns
     -------
     m : ndarray, shape (..., N, n)
     P : ndarray, shape (..., N, n, n)
+    intermediates : dict, only if ``return_intermediates``
 
     Notes
     -----
@@ -206,9 +277,25 @@ def kalman_filter(z, F, H, Q, R, m0, P0):
     The recursion is sequential in time. The covariances and gains do not depend on the measured
     values, only on which measurements are missing, so they are computed once per missingness
     pattern and the means of all sequences advance together (matrix products over the batch).
-    :func:`kalman_filter_scan` is the parallel-in-time form.
+    :func:`kalman_filter_scan` is the parallel-in-time form. The log-likelihood is the
+    prediction-error decomposition ``log p(z) = Σ_k log N(z_k; H m⁻_k, S_k)``.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> m, P = kalman_filter(z, F, H, Q, R, m0, P0)
+    >>> m.shape, P.shape
+    ((6, 2), (6, 2, 2))
+    >>> z[2] = np.nan  # a missing measurement: predict only
+    >>> bool(np.all(np.isfinite(kalman_filter(z, F, H, Q, R, m0, P0)[0])))
+    True
     """
-    return _filter(*_check_model(z, F, H, Q, R, m0, P0))
+    flag = _as_flag(return_intermediates, "return_intermediates")
+    args = _check_model(z, F, H, Q, R, m0, P0)
+    m, P = _filter(*args)
+    return (m, P, _filter_intermediates(*args, m, P)) if flag else (m, P)
 
 
 def _filter(zf, missing, F, H, Q, R, m0, P0):
@@ -259,19 +346,36 @@ def _filter_covariances(pattern, F, H, Q, R, P0):
     return P, K
 
 
-def kalman_filter_loop(z, F, H, Q, R, m0, P0):
-    """Loop twin of :func:`kalman_filter`: the textbook recursion, one sequence and one step at a time."""
-    return _filter_loop(*_check_model(z, F, H, Q, R, m0, P0))
+def kalman_filter_loop(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
+    """Loop twin of :func:`kalman_filter`: the textbook recursion, one sequence and one step at a time.
+
+    With ``return_intermediates`` the predicted moments, S, K, innovations and log-likelihood
+    terms are recorded inside the loop, where the recursion forms them.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(kalman_filter_loop(z, F, H, Q, R, m0, P0), kalman_filter(z, F, H, Q, R, m0, P0)))
+    True
+    """
+    flag = _as_flag(return_intermediates, "return_intermediates")
+    m, P, extra = _filter_loop(*_check_model(z, F, H, Q, R, m0, P0))
+    return (m, P, extra) if flag else (m, P)
 
 
 def _filter_loop(zf, missing, F, H, Q, R, m0, P0):
-    """The recursion of :func:`kalman_filter_loop` on validated inputs."""
+    """The recursion of :func:`kalman_filter_loop` on validated inputs; returns (m, P, intermediates)."""
     batch, (N, p), n = zf.shape[:-2], zf.shape[-2:], H.shape[1]
     zf, missing, m0 = zf.reshape((-1, N, p)), missing.reshape((-1, N)), m0.reshape((-1, n))
-    m = np.empty((zf.shape[0], N, n))
-    P = np.empty((zf.shape[0], N, n, n))
+    B = zf.shape[0]
+    m, P = np.empty((B, N, n)), np.empty((B, N, n, n))
+    m_pred, P_pred = np.empty((B, N, n)), np.empty((B, N, n, n))
+    S_all, K_all = np.empty((B, N, p, p)), np.zeros((B, N, n, p))
+    y_all, terms = np.full((B, N, p), np.nan), np.zeros((B, N))
     I = np.eye(n)
-    for b in range(zf.shape[0]):
+    for b in range(B):
         for k in range(N):
             if k == 0:
                 x, C = m0[b], P0  # the prior at the first measurement: no predict
@@ -279,15 +383,33 @@ def _filter_loop(zf, missing, F, H, Q, R, m0, P0):
                 x = F[k - 1] @ m[b, k - 1]  # m⁻ = F m
                 C = F[k - 1] @ P[b, k - 1] @ F[k - 1].T + Q[k - 1]  # P⁻ = F P Fᵀ + Q
                 C = 0.5 * (C + C.T)
+            m_pred[b, k], P_pred[b, k] = x, C
+            S = H @ C @ H.T + R  # S = H P⁻ Hᵀ + R
+            S = 0.5 * (S + S.T)
+            S_all[b, k] = S
             if not missing[b, k]:
                 y = zf[b, k] - H @ x  # y = z − H m⁻
-                S = H @ C @ H.T + R  # S = H P⁻ Hᵀ + R
-                K = _solve(0.5 * (S + S.T), H @ C, "the innovation covariance S = H P⁻ Hᵀ + R").T  # K = P⁻ Hᵀ S⁻¹
+                K = _solve(S, H @ C, "the innovation covariance S = H P⁻ Hᵀ + R").T  # K = P⁻ Hᵀ S⁻¹
+                # log N(y; 0, S) = −½ (yᵀ S⁻¹ y + log det S + p log 2π)
+                sign, logdet = np.linalg.slogdet(S)
+                if sign <= 0:
+                    raise ValueError("the innovation covariance S = H P⁻ Hᵀ + R is not positive definite")
+                terms[b, k] = -0.5 * (y @ np.linalg.solve(S, y) + logdet + p * _LOG_2PI)
+                y_all[b, k], K_all[b, k] = y, K
                 x = x + K @ y  # m = m⁻ + K y
                 C = (I - K @ H) @ C @ (I - K @ H).T + K @ R @ K.T  # P = (I−KH) P⁻ (I−KH)ᵀ + K R Kᵀ
                 C = 0.5 * (C + C.T)
             m[b, k], P[b, k] = x, C
-    return m.reshape(batch + (N, n)), P.reshape(batch + (N, n, n))
+    extra = {
+        "m_pred": m_pred.reshape(batch + (N, n)),
+        "P_pred": P_pred.reshape(batch + (N, n, n)),
+        "S": S_all.reshape(batch + (N, p, p)),
+        "K": K_all.reshape(batch + (N, n, p)),
+        "y": y_all.reshape(batch + (N, p)),
+        "log_likelihood_terms": terms.reshape(batch + (N,)),
+        "log_likelihood": terms.sum(axis=-1).reshape(batch),
+    }
+    return m.reshape(batch + (N, n)), P.reshape(batch + (N, n, n)), extra
 
 
 def _rts(m, P, missing, F, Q):
@@ -317,7 +439,7 @@ def _rts(m, P, missing, F, Q):
     return ms.reshape(batch + (N, n)), Ps.reshape(batch + (N, n, n))
 
 
-def rts_smoother(z, F, H, Q, R, m0, P0):
+def rts_smoother(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     r"""Smoothed means and covariances ``p(x_k | z_0 … z_{N-1}) = N(m^s_k, P^s_k)``, Eq. (3.5).
 
     Implements Eqs. (3.2)–(3.5) of the book (Rauch, Tung & Striebel 1965; Särkkä 2013, Thm 8.2):
@@ -329,19 +451,50 @@ def rts_smoother(z, F, H, Q, R, m0, P0):
 
     Parameters and shapes as in :func:`kalman_filter`. Returns ``ms`` (..., N, n) and
     ``Ps`` (..., N, n, n). ``P⁻_{k+1}`` must be invertible (it is whenever Q ≻ 0 or F P F^T ≻ 0).
+    With ``return_intermediates=True`` a third output is the dict of :func:`kalman_filter`'s
+    intermediates plus the filtered moments ``"m"``, ``"P"`` and the smoother gains ``"G"``
+    (..., N−1, n, n).
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> (m, P), (mf, Pf) = rts_smoother(z, F, H, Q, R, m0, P0), kalman_filter(z, F, H, Q, R, m0, P0)
+    >>> bool(np.allclose(m[-1], mf[-1]))  # at the last step smoothing adds nothing
+    True
+    >>> bool(np.all(P[:, 0, 0] <= Pf[:, 0, 0] + 1e-15))  # and elsewhere it can only reduce the variance
+    True
     """
+    flag = _as_flag(return_intermediates, "return_intermediates")
     args = _check_model(z, F, H, Q, R, m0, P0)
     m, P = _filter(*args)
-    return _rts(m, P, args[1], args[2], args[4])
+    ms, Ps = _rts(m, P, args[1], args[2], args[4])
+    if not flag:
+        return ms, Ps
+    extra = _filter_intermediates(*args, m, P)
+    extra.update(m=m, P=P, G=_smoother_gains(P, args[2], args[4]))
+    return ms, Ps, extra
 
 
-def rts_smoother_loop(z, F, H, Q, R, m0, P0):
-    """Loop twin of :func:`rts_smoother`: filter loop, then the backward recursion step by step."""
+def rts_smoother_loop(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
+    """Loop twin of :func:`rts_smoother`: filter loop, then the backward recursion step by step.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(rts_smoother_loop(z, F, H, Q, R, m0, P0), rts_smoother(z, F, H, Q, R, m0, P0)))
+    True
+    """
+    flag = _as_flag(return_intermediates, "return_intermediates")
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
-    m, P = _filter_loop(zf, missing, F, H, Q, R, m0, P0)
-    batch, (N, n) = m.shape[:-2], m.shape[-2:]
-    m, P = m.reshape((-1, N, n)), P.reshape((-1, N, n, n))
+    m_out, P_out, extra = _filter_loop(zf, missing, F, H, Q, R, m0, P0)
+    batch, (N, n) = m_out.shape[:-2], m_out.shape[-2:]
+    m, P = m_out.reshape((-1, N, n)), P_out.reshape((-1, N, n, n))
     ms, Ps = np.empty_like(m), np.empty_like(P)
+    Gs = np.empty((m.shape[0], max(N - 1, 0), n, n))
     for b in range(m.shape[0]):
         ms[b, N - 1], Ps[b, N - 1] = m[b, N - 1], P[b, N - 1]
         for k in range(N - 2, -1, -1):
@@ -352,7 +505,12 @@ def rts_smoother_loop(z, F, H, Q, R, m0, P0):
             ms[b, k] = m[b, k] + G @ (ms[b, k + 1] - m_pred)  # m^s = m + G (m^s_{k+1} − m⁻)
             C = P[b, k] + G @ (Ps[b, k + 1] - P_pred) @ G.T  # P^s = P + G (P^s_{k+1} − P⁻) Gᵀ
             Ps[b, k] = 0.5 * (C + C.T)
-    return ms.reshape(batch + (N, n)), Ps.reshape(batch + (N, n, n))
+            Gs[b, k] = G
+    ms, Ps = ms.reshape(batch + (N, n)), Ps.reshape(batch + (N, n, n))
+    if not flag:
+        return ms, Ps
+    extra.update(m=m_out, P=P_out, G=Gs.reshape(batch + (max(N - 1, 0), n, n)))
+    return ms, Ps, extra
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,32 +518,12 @@ def rts_smoother_loop(z, F, H, Q, R, m0, P0):
 # ---------------------------------------------------------------------------------------------
 
 
-def _prefix_scan(elements: tuple, combine, reverse: bool = False) -> tuple:
-    """Inclusive associative scan along axis 0 of every array in ``elements`` (Hillis–Steele).
-
-    ``combine(earlier, later)`` returns the composition; ceil(log2 N) vectorized sweeps. With
-    ``reverse`` the scan runs from the end (suffix products), as the smoother needs.
-    """
-    out = tuple(np.flip(e, axis=0) if reverse else e for e in elements)
-    out = tuple(np.array(e, copy=True) for e in out)
-    N = out[0].shape[0]
-    step = 1
-    while step < N:
-        first = tuple(e[:-step] for e in out)  # element i − step
-        second = tuple(e[step:] for e in out)  # element i
-        merged = combine(second, first) if reverse else combine(first, second)
-        for e, new in zip(out, merged):
-            e[step:] = new
-        step *= 2
-    return tuple(np.flip(e, axis=0) if reverse else e for e in out)
-
-
 def _T(a):
     return np.swapaxes(a, -1, -2)
 
 
 def _filter_combine(ei, ej):
-    """(A, b, C, η, J)_i ⊗ (A, b, C, η, J)_j, Eq. (3.8) (Särkkä & García-Fernández 2021, Lemma 8)."""
+    """(A, b, C, η, J)_i ⊗ (A, b, C, η, J)_j, Eq. (3.7) (Särkkä & García-Fernández 2021, Lemma 8)."""
     Ai, bi, Ci, ei_, Ji = ei
     Aj, bj, Cj, ej_, Jj = ej
     n = Ai.shape[-1]
@@ -402,7 +540,7 @@ def _filter_combine(ei, ej):
 
 
 def _filter_elements(zf, missing, F, H, Q, R, m0, P0):
-    """The filtering elements a_k = (A_k, b_k, C_k, η_k, J_k) of Eq. (3.7), time on axis 0."""
+    """The filtering elements a_k = (A_k, b_k, C_k, η_k, J_k) of Eq. (3.6), time on axis 0."""
     batch, N, n = zf.shape[:-2], zf.shape[-2], H.shape[1]
     zt = np.moveaxis(zf, -2, 0)  # (N, ..., p)
     gone = np.moveaxis(missing, -1, 0)  # (N, ...)
@@ -440,19 +578,30 @@ def _filter_elements(zf, missing, F, H, Q, R, m0, P0):
     return A, b, C, eta, J
 
 
-def kalman_filter_scan(z, F, H, Q, R, m0, P0):
+def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     r"""Parallel-in-time Kalman filter: an associative scan over time, Eqs. (3.6)–(3.8).
 
     Implements the filtering scan of Särkkä & García-Fernández (2021, §IV-A, Lemmas 7–8): each
     step becomes an element ``a_k = (A_k, b_k, C_k, η_k, J_k)`` of a conditional-Gaussian
     semigroup, and all filtered moments come out of an inclusive prefix scan with
     ``ceil(log2 N)`` vectorized sweeps (no Python loop over N; O(N log N) work). This is the
-    reference for GPU Kalman kernels. Same parameters and returns as :func:`kalman_filter`.
+    reference for GPU Kalman kernels. Same parameters and returns as :func:`kalman_filter`
+    (the intermediates are formed from the scanned moments, vectorized over N).
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(kalman_filter_scan(z, F, H, Q, R, m0, P0), kalman_filter(z, F, H, Q, R, m0, P0)))
+    True
     """
-    zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
-    elements = _filter_elements(zf, missing, F, H, Q, R, m0, P0)
-    _, b, C, _, _ = _prefix_scan(elements, _filter_combine)
-    return np.moveaxis(b, 0, -2), np.moveaxis(C, 0, -3)
+    flag = _as_flag(return_intermediates, "return_intermediates")
+    args = _check_model(z, F, H, Q, R, m0, P0)
+    elements = _filter_elements(*args)
+    _, b, C, _, _ = prefix_scan(elements, _filter_combine)
+    m, P = np.moveaxis(b, 0, -2), np.moveaxis(C, 0, -3)
+    return (m, P, _filter_intermediates(*args, m, P)) if flag else (m, P)
 
 
 def _smoother_combine(ei, ej):
@@ -465,17 +614,26 @@ def _smoother_combine(ei, ej):
     return E, g, L
 
 
-def rts_smoother_scan(z, F, H, Q, R, m0, P0):
+def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     r"""Parallel-in-time RTS smoother: filtering scan, then a reverse associative scan, Eq. (3.9).
 
     The smoother step ``m^s_k = E_k m^s_{k+1} + g_k``, ``P^s_k = E_k P^s_{k+1} E_k^\top + L_k`` with
     ``E_k = P_k F_k^\top (P^-_{k+1})^{-1}``, ``g_k = m_k − E_k F_k m_k``, ``L_k = P_k − E_k F_k P_k``
     (and ``E = 0``, ``g = m_{N-1}``, ``L = P_{N-1}`` at the end) is an affine map; composing the maps
     from the end is a suffix scan (Särkkä & García-Fernández 2021, §IV-B, Lemmas 9–10).
-    Same parameters and returns as :func:`rts_smoother`.
+    Same parameters and returns as :func:`rts_smoother` (the gains ``"G"`` are the ``E_k``).
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(rts_smoother_scan(z, F, H, Q, R, m0, P0), rts_smoother(z, F, H, Q, R, m0, P0)))
+    True
     """
+    flag = _as_flag(return_intermediates, "return_intermediates")
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
-    _, b, C, _, _ = _prefix_scan(_filter_elements(zf, missing, F, H, Q, R, m0, P0), _filter_combine)
+    _, b, C, _, _ = prefix_scan(_filter_elements(zf, missing, F, H, Q, R, m0, P0), _filter_combine)
     N = b.shape[0]
     E = np.zeros_like(C)
     g = b.copy()
@@ -489,8 +647,14 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0):
         E[:-1] = _T(_solve(P_pred, FP, "the predicted covariance P⁻ = F P Fᵀ + Q"))  # E_k = P_k Fᵀ (P⁻)⁻¹
         g[:-1] = b[:-1] - (E[:-1] @ (Fk @ b[:-1][..., None]))[..., 0]  # g_k = m_k − E_k F m_k
         L[:-1] = _sym(C[:-1] - E[:-1] @ FP)  # L_k = P_k − E_k F P_k
-    _, ms, Ps = _prefix_scan((E, g, L), _smoother_combine, reverse=True)
-    return np.moveaxis(ms, 0, -2), np.moveaxis(Ps, 0, -3)
+    _, ms, Ps = prefix_scan((E, g, L), _smoother_combine, reverse=True)
+    ms, Ps = np.moveaxis(ms, 0, -2), np.moveaxis(Ps, 0, -3)
+    if not flag:
+        return ms, Ps
+    m, P = np.moveaxis(b, 0, -2), np.moveaxis(C, 0, -3)
+    extra = _filter_intermediates(zf, missing, F, H, Q, R, m0, P0, m, P)
+    extra.update(m=m, P=P, G=np.moveaxis(E[:-1], 0, -3))
+    return ms, Ps, extra
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,6 +716,14 @@ def batch_smoother(z, F, H, Q, R, m0, P0):
     ~eps·cond(S) (3e-8 there), while the recursions stay at round-off.
 
     Parameters and returns as in :func:`rts_smoother` (leading batch axes are looped over).
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> all(np.allclose(a, b) for a, b in zip(batch_smoother(z, F, H, Q, R, m0, P0), rts_smoother(z, F, H, Q, R, m0, P0)))
+    True
     """
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
     batch, (N, p), n = zf.shape[:-2], zf.shape[-2:], H.shape[1]
@@ -599,6 +771,17 @@ def kalman_weight_matrix(n_steps, F, H, Q, R, m0, P0, *, kind: str = "smoother",
         is an N × N matrix whose rows are the estimator's weights over time.
     c : ndarray, shape (N, n)
         Only if ``return_offset``.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> z = np.random.default_rng(0).normal(size=(6, 1))
+    >>> m0, P0 = np.zeros(2), np.eye(2)
+    >>> W, c = kalman_weight_matrix(6, F, H, Q, R, m0, P0, return_offset=True)
+    >>> W.shape  # W[i, :, j, :]: the weight of measurement j in the smoothed state i
+    (6, 2, 6, 1)
+    >>> bool(np.allclose(np.einsum('ianb,nb->ia', W, z) + c, rts_smoother(z, F, H, Q, R, m0, P0)[0]))
+    True
     """
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
         raise ValueError(f"n_steps: expected an integer >= 1, got {n_steps!r}")
@@ -653,6 +836,13 @@ def from_sde(model, t):
     Q : ndarray, shape (N-1, n, n)
     H : ndarray, shape (p, n)
     R : ndarray, shape (p, p)
+
+    Examples
+    --------
+    >>> from refimpl.sde import spiral_system
+    >>> F, Q, H, R = from_sde(spiral_system(), np.array([0.0, 0.1, 0.3]))
+    >>> F.shape, Q.shape, H.shape  # one F and Q per interval
+    ((2, 2, 2), (2, 2, 2), (2, 2))
     """
     if not isinstance(model, _sde.LinearSDE):
         raise TypeError(f"model: expected a refimpl.sde.LinearSDE, got {type(model).__name__}")
@@ -695,6 +885,13 @@ def steady_state(F, H, Q, R):
     K : ndarray, shape (n, p)
     P_prior : ndarray, shape (n, n)
     P_post : ndarray, shape (n, n)
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> K, P_prior, P_post = steady_state(F, H, Q, R)
+    >>> K.shape, bool(np.all(np.linalg.eigvalsh(P_post) > 0))
+    ((2, 1), True)
     """
     F, H, Q, R = _check_stationary(F, H, Q, R)
     try:
@@ -706,21 +903,31 @@ def steady_state(F, H, Q, R):
     return K, P_prior, P_post
 
 
-def steady_state_loop(F, H, Q, R, *, tol: float = 1e-14, max_iter: int = 100_000):
+#: the Riccati iteration of :func:`steady_state_loop` stops at this relative change of P⁻ …
+_RICCATI_TOL = 1e-14
+#: … and gives up (``ValueError``) after this many steps
+_RICCATI_MAX_ITER = 100_000
+
+
+def steady_state_loop(F, H, Q, R):
     """Loop twin of :func:`steady_state`: iterate the Riccati recursion (3.2)–(3.3) to its fixed point.
 
     Starts from the positive definite ``P⁻ = Q + I`` (so it converges to the same stabilizing
     solution as the DARE even where ``Q`` alone is a spurious fixed point) and stops when the
-    relative change of ``P⁻`` is below ``tol``; ``ValueError`` if it has not converged after
-    ``max_iter`` steps.
+    relative change of ``P⁻`` is below ``_RICCATI_TOL = 1e-14``; ``ValueError`` if it has not
+    converged after ``_RICCATI_MAX_ITER = 100000`` steps.
+
+    Examples
+    --------
+    >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
+    >>> all(np.allclose(a, b) for a, b in zip(steady_state_loop(F, H, Q, R), steady_state(F, H, Q, R)))
+    True
     """
     F, H, Q, R = _check_stationary(F, H, Q, R)
-    tol = as_positive_scalar(tol, "tol")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter: expected an integer >= 1, got {max_iter!r}")
+    max_iter = _RICCATI_MAX_ITER
     P_prior = Q + np.eye(F.shape[0])
     I = np.eye(F.shape[0])
-    for step in range(int(max_iter)):
+    for step in range(max_iter):
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported just below
             K = _gain(P_prior, H, R)  # K = P⁻ Hᵀ S⁻¹
             P_post = (I - K @ H) @ P_prior @ (I - K @ H).T + K @ R @ K.T  # Joseph update
@@ -733,7 +940,7 @@ def steady_state_loop(F, H, Q, R, *, tol: float = 1e-14, max_iter: int = 100_000
             )
         change = np.max(np.abs(new - P_prior)) / max(np.max(np.abs(new)), 1e-300)
         P_prior = new
-        if change < tol:
+        if change < _RICCATI_TOL:
             K = _gain(P_prior, H, R)
             return K, P_prior, _sym((I - K @ H) @ P_prior)
     raise ValueError(f"F, H, Q, R: the Riccati recursion did not converge in max_iter = {max_iter} steps")

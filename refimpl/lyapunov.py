@@ -87,28 +87,83 @@ def _two_product(a, b):
     return p, e
 
 
-def _expm1_complex(z: np.ndarray, tau: np.ndarray) -> np.ndarray:
-    """e^{zτ} − 1 for complex z, real τ: no cancellation near 0, and no rounding of the phase.
+def _two_sum(a, b):
+    """``a + b = s + e`` exactly (Knuth's TwoSum): ``s`` the rounded sum, ``e`` its rounding error.
+
+    Used for the rate z = λ_k + λ_l^*: at ω_k = 1e6, ω_l = 1e-9 the rounded Im z is off by
+    up to 6e-11, which τ = 1e6 turns into a phase error of 6e-5 rad.
+    """
+    s = a + b
+    bb = s - a
+    e = (a - (s - bb)) + (b - bb)
+    return s, e
+
+
+def _finite_or_zero(e):
+    # the error terms overflow (inf or NaN) only for |x| > 1e300, where they are irrelevant
+    return np.where(np.isfinite(e), e, 0.0)
+
+
+def _expm1_complex(z: np.ndarray, tau: np.ndarray, z_lo=None) -> np.ndarray:
+    """e^{zτ} − 1 for complex z, real τ: no cancellation near 0, and no rounding of the exponent.
 
     With w = zτ and half-angle sines (s, c) = (sin, cos)(Im w / 2),
 
         Re(e^w − 1) = expm1(Re w)(1 − 2s²) − 2s²,    Im(e^w − 1) = e^{Re w} · 2sc.
 
-    The phase Im w = Im(z)·τ is formed exactly as a rounded part plus its error e_i
-    (:func:`_two_product`), which enters to first order as ``i e_i e^w``. (Callers handle
-    overflow of e^{Re w}.)
+    The exponent w = (z + z_lo)τ, with ``z_lo`` the rounding error of z (from
+    :func:`_two_sum`, or 0), is formed as a rounded part plus a small complex remainder
+    δ = δ_r + iδ_i: the rounding errors of Re(z)·τ and Im(z)·τ (:func:`_two_product`) and
+    z_lo·τ. It enters exactly as ``e^{w+δ} − 1 = (e^w − 1) + e^w (e^δ − 1)``: δ is as large as
+    half an ulp of w (0.06 at |w| = 1e15), so a first-order ``e^w δ`` would not do.
+    The real part δ_r (at most ε|Re w|/2) changes the result by less than ε relative unless
+    Re w > 0: it is formed only when some mode grows. (Callers handle overflow of e^{Re w}.)
     """
     wr = z.real * tau
+    er = None
+    if np.max(wr, initial=-np.inf) > 0:  # a growing mode: e^{Re w} feels the rounding of Re w
+        wr, er = _two_product(z.real, tau)
+        if z_lo is not None:
+            er = er + z_lo.real * tau
     wi, ei = _two_product(z.imag, tau)
+    if z_lo is not None:
+        ei = ei + z_lo.imag * tau
     wr, wi, ei = np.broadcast_arrays(wr, wi, ei)
-    ei = np.where(np.isfinite(ei), ei, 0.0)  # the split overflows only for |x| > 1e300
+    ei = _finite_or_zero(ei)
     s, c = np.sin(0.5 * wi), np.cos(0.5 * wi)
     two_s2 = 2.0 * s * s
     cos_i, sin_i = 1.0 - two_s2, 2.0 * s * c
     exp_r = np.exp(wr)
+    # D = e^δ − 1 by the same half-angle formula (δ is tiny: no cancellation, no overflow)
+    sd = np.sin(0.5 * ei)
+    if er is None:
+        d_re, d_im = -2.0 * sd * sd, np.sin(ei)
+    else:
+        er = _finite_or_zero(np.broadcast_to(er, wr.shape))
+        d_re = np.expm1(er) * (1.0 - 2.0 * sd * sd) - 2.0 * sd * sd
+        d_im = np.exp(er) * np.sin(ei)
     out = np.empty(wr.shape, dtype=np.complex128)
-    out.real = np.expm1(wr) * cos_i - two_s2 - exp_r * ei * sin_i
-    out.imag = exp_r * (sin_i + ei * cos_i)
+    # e^{w+δ} − 1 = (e^w − 1) + e^w D,  e^w = e^{Re w}(cos_i + i sin_i)
+    out.real = np.expm1(wr) * cos_i - two_s2 + exp_r * (d_re * cos_i - d_im * sin_i)
+    out.imag = exp_r * (sin_i + d_re * sin_i + d_im * cos_i)
+    return out
+
+
+def _expm1_real(z: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """e^{zτ} − 1 for real z and τ, with the rounding error δ of the product zτ restored:
+    e^{w+δ} − 1 = expm1(w) + e^w expm1(δ).
+
+    |δ| ≤ ε|w|/2 changes the result by at most about ε relative where w ≤ 1, so the correction
+    is formed only on the entries with w > 1 (growing, pushed-back modes).
+    """
+    w = np.asarray(z * tau)
+    out = np.expm1(w, out=np.empty_like(w))  # an array also for 0-d w (entries are set below)
+    big = w > 1.0
+    if np.any(big):
+        wb, e = _two_product(np.broadcast_to(z, w.shape)[big], np.broadcast_to(tau, w.shape)[big])
+        e = _finite_or_zero(e)
+        # where e^w overflows, e^w · 0 would be NaN: add the correction only where it is nonzero
+        out[big] = np.expm1(wb) + np.where(e != 0, np.exp(wb) * np.expm1(e), 0.0)
     return out
 
 
@@ -126,13 +181,22 @@ def _may_overflow(z: np.ndarray, tau: np.ndarray) -> bool:
     return zr > 0 and zr * np.max(tau, initial=0.0) > 700.0
 
 
-def _phi1_array(z: np.ndarray, tau: np.ndarray) -> np.ndarray:
-    """Vectorized (e^{zτ} − 1)/z for broadcastable z (real or complex) and τ, Eq. (2.6)."""
+def _phi1_array(z: np.ndarray, tau: np.ndarray, z_lo=None) -> np.ndarray:
+    """Vectorized (e^{zτ} − 1)/z for broadcastable z (real or complex) and τ, Eq. (2.6).
+
+    ``z_lo`` (complex z only) is the rounding error of z when z is a rounded sum (the exact
+    rate is z + z_lo); it is carried into the exponent and the quotient.
+    """
     w = np.asarray(z * tau)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # Where e^{Re w} overflows the result may hold inf/NaN; _noise_times_phi1 re-forms those entries.
-        out = np.expm1(w, out=np.empty_like(w)) if np.isrealobj(w) else _expm1_complex(z, tau)
+        if np.isrealobj(w):
+            out = np.asarray(_expm1_real(z, tau), dtype=np.float64)
+        else:
+            out = _expm1_complex(z, tau, z_lo)
         out /= z  # 0/0 at z = 0 is replaced by the series below
+        if z_lo is not None:
+            out -= out * (z_lo / z)  # 1/(z + z_lo) = (1/z)(1 − z_lo/z + O(ε²))
     small = np.abs(w) < _SERIES_BELOW
     if np.any(small):
         # τ · (1 + w/2 + w²/6 + ...) by Horner's rule on the few small entries: exact limit τ at w = 0.
@@ -149,8 +213,11 @@ def _exp_real(x: float) -> float:
     return math.exp(x) if x < 709.782712893384 else math.inf
 
 
-def _phi1_scalar(z: complex, tau: float) -> complex:
-    """(e^{zτ} − 1)/z for one complex z and one τ: the loop twins' version of Eq. (2.6)."""
+def _phi1_scalar(z: complex, tau: float, z_lo: complex = 0j) -> complex:
+    """(e^{zτ} − 1)/z for one complex z and one τ: the loop twins' version of Eq. (2.6).
+
+    ``z_lo`` is the rounding error of z (the exact rate is z + z_lo), as in :func:`_phi1_array`.
+    """
     w = z * tau
     if abs(w) < _SERIES_BELOW:
         total = 0.0
@@ -158,11 +225,12 @@ def _phi1_scalar(z: complex, tau: float) -> complex:
             total = total * w + c
         return tau * total
     if isinstance(w, complex) and w.imag != 0.0:
-        # the scalar form of _expm1_complex: half-angle sines, exact phase via the two-product error
-        z = complex(z)
-        wr = z.real * tau
+        # the scalar form of _expm1_complex: half-angle sines, the exponent's rounding restored
+        z, z_lo = complex(z), complex(z_lo)
+        wr, er = _two_product(z.real, tau)
         wi, ei = _two_product(z.imag, tau)
-        ei = ei if math.isfinite(ei) else 0.0
+        er = er + z_lo.real * tau if math.isfinite(er) else 0.0
+        ei = ei + z_lo.imag * tau if math.isfinite(ei) else 0.0
         s, c = math.sin(0.5 * wi), math.cos(0.5 * wi)
         cos_i, sin_i = 1.0 - 2.0 * s * s, 2.0 * s * c
         exp_r = _exp_real(wr)
@@ -170,24 +238,34 @@ def _phi1_scalar(z: complex, tau: float) -> complex:
         re = (expm1_r * cos_i if cos_i != 0 else 0.0) - 2.0 * s * s
         im = exp_r * sin_i if sin_i != 0 else 0.0
         if math.isfinite(exp_r):
-            re -= exp_r * ei * sin_i
-            im += exp_r * ei * cos_i
-        return complex(re, im) / z
-    w = float(getattr(w, "real", w))
+            # e^{w+δ} − 1 = (e^w − 1) + e^w D,  D = e^δ − 1 (half-angle form)
+            sd = math.sin(0.5 * ei)
+            d_re = math.expm1(er) * (1.0 - 2.0 * sd * sd) - 2.0 * sd * sd
+            d_im = math.exp(er) * math.sin(ei)
+            re += exp_r * (d_re * cos_i - d_im * sin_i)
+            im += exp_r * (d_re * sin_i + d_im * cos_i)
+        q = complex(re, im) / z
+        return q - q * (z_lo / z)  # 1/(z + z_lo) = (1/z)(1 − z_lo/z)
+    zr, zr_lo = float(getattr(z, "real", z)), float(getattr(z_lo, "real", z_lo))
+    w, e = _two_product(zr, float(tau))
     expm1 = math.expm1(w) if w < 709.0 else math.inf
-    return expm1 / float(getattr(z, "real", z))
+    if math.isfinite(expm1) and math.isfinite(e):
+        expm1 += _exp_real(w) * math.expm1(e + zr_lo * tau)  # e^{w+δ} − 1 = expm1(w) + e^w expm1(δ)
+    q = expm1 / zr
+    return q - q * (zr_lo / zr) if zr_lo else q
 
 
-def _noise_times_phi1(g: np.ndarray, z: np.ndarray, tau: np.ndarray) -> np.ndarray:
+def _noise_times_phi1(g: np.ndarray, z: np.ndarray, tau: np.ndarray, z_lo=None) -> np.ndarray:
     """``g · φ(z, τ)`` elementwise, with the two float64 edge cases made exact.
 
     A mode with no noise (g = 0) accumulates no covariance, even where φ overflows (0 · inf
     would be NaN); and where the product overflows (only for Re z > 0) it is formed as
     ``[g (1 − e^{−zτ})/z · e^{i Im(z) τ}] · e^{Re(z) τ}``, a finite complex number times a
     real magnitude (combined in log space), which is finite when the result is representable
-    and gives ±inf components, not inf − inf = NaN, when it is not.
+    and gives ±inf components, not inf − inf = NaN, when it is not. ``z_lo``: see
+    :func:`_phi1_array`.
     """
-    out = _phi1_array(z, tau)
+    out = _phi1_array(z, tau, z_lo)
     full = np.broadcast_shapes(out.shape, np.shape(g))
     if full != out.shape:
         out = np.broadcast_to(out, full).copy()
@@ -218,11 +296,11 @@ def _noise_times_phi1(g: np.ndarray, z: np.ndarray, tau: np.ndarray) -> np.ndarr
     return out
 
 
-def _noise_times_phi1_scalar(g: complex, z: complex, tau: float) -> complex:
+def _noise_times_phi1_scalar(g: complex, z: complex, tau: float, z_lo: complex = 0j) -> complex:
     """Scalar twin of :func:`_noise_times_phi1` for the loop versions."""
     if g == 0:
         return 0.0
-    value = complex(g) * complex(_phi1_scalar(z, tau))
+    value = complex(g) * complex(_phi1_scalar(z, tau, z_lo))
     if math.isfinite(abs(value)):
         return value if isinstance(z, complex) else value.real
     if not isinstance(z, complex):  # real rate: a real, positive overflow
@@ -301,6 +379,18 @@ def _check_tau(tau) -> np.ndarray:
     return tau
 
 
+def _rate(lam_k, lam_l, sign: float):
+    """``sign·(λ_k + λ_l^*)`` as a rounded complex z plus its exact rounding error z_lo.
+
+    Both parts come from :func:`_two_sum`, so z + z_lo is the exact rate of the given
+    eigenvalues: the rounding of the sum (e.g. Im z = 1e6 − 1e-9) would otherwise be
+    multiplied by τ inside e^{zτ}. Works on arrays and on Python scalars.
+    """
+    zr, er = _two_sum(lam_k.real, lam_l.real)
+    zi, ei = _two_sum(lam_k.imag, -lam_l.imag)
+    return sign * _complex(zr, zi), sign * _complex(er, ei)
+
+
 def _full_from_upper(lam: np.ndarray, g: np.ndarray, tau: np.ndarray, sign: float) -> np.ndarray:
     """``Σ_kl = G̃_kl φ(sign·(λ_k + λ_l^*), τ)`` for all (k, l), shape tau.shape + (d, d).
 
@@ -309,8 +399,8 @@ def _full_from_upper(lam: np.ndarray, g: np.ndarray, tau: np.ndarray, sign: floa
     """
     d = lam.shape[0]
     iu, ju = np.triu_indices(d)
-    z = sign * (lam[iu] + lam[ju].conj())  # z_kl = λ_k + λ_l^*, (m,)
-    vals = _noise_times_phi1(g[iu, ju], z, tau[..., None])  # (..., m)
+    z, z_lo = _rate(lam[iu], lam[ju], sign)  # z_kl = λ_k + λ_l^* = z + z_lo exactly, (m,)
+    vals = _noise_times_phi1(g[iu, ju], z, tau[..., None], z_lo)  # (..., m)
     out = np.empty(tau.shape + (d, d), dtype=np.complex128)
     out[..., iu, ju] = vals
     out[..., ju, iu] = vals.conj()
@@ -331,7 +421,7 @@ def dle_covariance(eigvals, noise, tau):
     r"""Covariance accumulated by propagating the SDE forward over a lag τ, in the eigenbasis.
 
     Implements Eq. (2.4) (full noise) and Eq. (2.5) (diagonal noise) of the book
-    (Racioppo 2025 v6, App. A.1; the full form is the AFA thesis, App. 7.3).
+    (Racioppo, arXiv:2509.04154v6, App. A.1; the full form is the AFA thesis, App. 7.3).
 
     Parameters
     ----------
@@ -399,9 +489,9 @@ def _dle_loop(eigvals, noise, tau, sign: float):
     for n, t in enumerate(flat):
         for k in range(d):
             for l in range(d):
-                # Σ_kl(τ) = G̃_kl φ(sign · (λ_k + λ_l^*), τ)
-                z = complex(lam[k] + np.conj(lam[l]))
-                out[n, k, l] = _noise_times_phi1_scalar(g[k, l], sign * z, float(t))
+                # Σ_kl(τ) = G̃_kl φ(sign · (λ_k + λ_l^*), τ), the rate exact as z + z_lo
+                z, z_lo = _rate(complex(lam[k]), complex(lam[l]), sign)
+                out[n, k, l] = _noise_times_phi1_scalar(g[k, l], complex(z), float(t), complex(z_lo))
     out = _hermitize(out) if np.all(np.isfinite(out)) else out
     return out.reshape(tau.shape + (d, d))
 
@@ -410,6 +500,12 @@ def dle_covariance_loop(eigvals, noise, tau):
     """Loop twin of :func:`dle_covariance`: Eq. (2.4) one lag and one entry (k, l) at a time,
 
     Σ_kl(τ) = G̃_kl (e^{(λ_k + λ_l^*) τ} − 1) / (λ_k + λ_l^*)   (diagonal: k = l only).
+
+    Examples
+    --------
+    >>> lam, g, tau = np.array([-0.5 + 1j, -1.0]), np.array([1.0, 0.3]), np.array([0.0, 0.5, 2.0])
+    >>> bool(np.allclose(dle_covariance_loop(lam, g, tau), dle_covariance(lam, g, tau)))
+    True
     """
     return _dle_loop(eigvals, noise, tau, 1.0)
 
@@ -448,6 +544,14 @@ def dle_covariance_backward(eigvals, noise, tau):
     bounded (the process is not time-reversible; chapter 2, Eq. (2.11)).
     Entries whose value exceeds the float64 range (``2μτ ≳ 709``) are returned as ``inf``
     (never NaN); their precision is 0.
+
+    Examples
+    --------
+    >>> S = dle_covariance_backward(np.array([-0.5, -1.0 + 2j]), np.array([1.0, 0.3]), np.array([0.0, 1.0]))
+    >>> S.shape  # diagonal noise: the diagonal of Σ per lag
+    (2, 2)
+    >>> bool(np.isclose(S[1, 0], np.exp(1.0) - 1.0))  # g (e^{2μτ} − 1)/(2μ), μ = 0.5, g = 1, τ = 1
+    True
     """
     lam, g, diagonal = _check_eig_noise(eigvals, noise)
     tau = _check_tau(tau)
@@ -460,6 +564,12 @@ def dle_covariance_backward_loop(eigvals, noise, tau):
     """Loop twin of :func:`dle_covariance_backward`: Eq. (2.7) entry by entry,
 
     Σ^B_kl(τ) = G̃_kl (1 − e^{−(λ_k + λ_l^*) τ}) / (λ_k + λ_l^*)   (diagonal: k = l only).
+
+    Examples
+    --------
+    >>> lam, g, tau = np.array([-0.5 + 1j, -1.0]), np.array([1.0, 0.3]), np.array([0.0, 0.5, 2.0])
+    >>> bool(np.allclose(dle_covariance_backward_loop(lam, g, tau), dle_covariance_backward(lam, g, tau)))
+    True
     """
     return _dle_loop(eigvals, noise, tau, -1.0)
 
@@ -496,6 +606,12 @@ def steady_state_covariance(eigvals, noise):
     ndarray
         float64 (d,) for diagonal noise, ``g_k / (2 μ_k)``; complex128 (d, d) for full noise,
         ``Σ_kl = −G̃_kl / (λ_k + λ_l^*)``.
+
+    Examples
+    --------
+    >>> S = steady_state_covariance(np.array([-0.5, -2.0 + 1j]), np.array([1.0, 4.0]))
+    >>> S.tolist()  # diagonal noise: g / (2μ) per mode
+    [1.0, 1.0]
     """
     lam, g, diagonal = _check_eig_noise(eigvals, noise)
     _check_stable(lam)
@@ -505,7 +621,14 @@ def steady_state_covariance(eigvals, noise):
 
 
 def steady_state_covariance_loop(eigvals, noise):
-    """Loop twin of :func:`steady_state_covariance`: Eq. (2.8) entry by entry."""
+    """Loop twin of :func:`steady_state_covariance`: Eq. (2.8) entry by entry.
+
+    Examples
+    --------
+    >>> lam, G = np.array([-0.5 + 1j, -1.0]), np.array([[1.0, 0.2j], [-0.2j, 0.5]])
+    >>> bool(np.allclose(steady_state_covariance_loop(lam, G), steady_state_covariance(lam, G)))
+    True
+    """
     lam, g, diagonal = _check_eig_noise(eigvals, noise)
     _check_stable(lam)
     d = lam.shape[0]
@@ -544,7 +667,7 @@ def _check_isotropic(dt, mu, sigma2, eta2, gamma2):
 def isotropic_covariance(dt, mu, sigma2, eta2, gamma2):
     r"""AFA's residual variance between a query at t_i and a key at t_j, Δt = t_i − t_j.
 
-    Implements Eq. (2.9) of the book (Racioppo 2025 v6, Eq. 6 and App. A.2):
+    Implements Eq. (2.9) of the book (Racioppo, arXiv:2509.04154v6, Eq. 6 and App. A.2):
     process noise accumulated over the lag, the key's measurement noise propagated with it,
     and the query's anchor noise.
 
@@ -572,8 +695,14 @@ def isotropic_covariance(dt, mu, sigma2, eta2, gamma2):
                \ \tilde σ^2 = \frac{σ^2}{2μ},
 
     and for Δt < 0 (pushed back by τ = −Δt, Eq. (2.7)) the process term is
-    ``σ² (e^{2μτ} − 1)/(2μ)`` and the measurement term ``η² e^{2μτ}``: both grow.
+    ``σ² (e^{2μτ} − 1)/(2μ)`` and the measurement term ``η² e^{2μτ}``: both grow, and
+    ``Σ = (η² + σ̃²) e^{2μτ} + γ² − σ̃²``. The α/β form holds for Δt ≥ 0 only.
     Σ(0) = η² + γ², Σ(∞) = β, and for μ = 0, Σ = σ²|Δt| + η² + γ².
+
+    Examples
+    --------
+    >>> isotropic_covariance(np.array([0.0, 1.0, -1.0]), 0.0, 0.5, 0.1, 0.05).round(12).tolist()  # μ = 0: σ²|Δt| + η² + γ²
+    [0.15, 0.65, 0.65]
     """
     dt, mu, sigma2, eta2, gamma2 = _check_isotropic(dt, mu, sigma2, eta2, gamma2)
     tau = np.abs(dt)
@@ -587,7 +716,14 @@ def isotropic_covariance(dt, mu, sigma2, eta2, gamma2):
 
 
 def isotropic_covariance_loop(dt, mu, sigma2, eta2, gamma2):
-    """Loop twin of :func:`isotropic_covariance`: Eq. (2.9) one lag at a time."""
+    """Loop twin of :func:`isotropic_covariance`: Eq. (2.9) one lag at a time.
+
+    Examples
+    --------
+    >>> dt = np.array([-2.0, 0.0, 0.5, 3.0])
+    >>> bool(np.allclose(isotropic_covariance_loop(dt, 0.3, 0.5, 0.1, 0.05), isotropic_covariance(dt, 0.3, 0.5, 0.1, 0.05)))
+    True
+    """
     arrays = _check_isotropic(dt, mu, sigma2, eta2, gamma2)
     shape = np.broadcast_shapes(*(a.shape for a in arrays))
     dt, mu, sigma2, eta2, gamma2 = (np.broadcast_to(a, shape).reshape(-1) for a in arrays)

@@ -125,7 +125,14 @@ def fnet(x):
 
 
 def fnet_loop(x):
-    """Loop twin of :func:`fnet`: the explicit double DFT sum of Eq. (10.1), one output entry at a time."""
+    """Loop twin of :func:`fnet`: the explicit double DFT sum of Eq. (10.1), one output entry at a time.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=(4, 3))
+    >>> bool(np.allclose(fnet_loop(x), fnet(x)))
+    True
+    """
     x = _check_sequence(x, "x")
     N, d = x.shape[-2:]
     m = np.arange(N)[:, None]
@@ -166,6 +173,12 @@ def fnet_matrix(N, d=1):
 
     Every entry of ``F_N ⊗ F_d`` has modulus 1 — the only sense in which FNet "mixes all
     positions equally"; the real part is neither unitary nor shift-invariant.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=(4, 3))
+    >>> bool(np.allclose(fnet_matrix(4, 3) @ x.ravel(), fnet(x).ravel()))
+    True
     """
     N = as_int(N, "N", 1)
     d = as_int(d, "d", 1)
@@ -239,6 +252,13 @@ def spatial_gating_unit(x, w, b, *, causal=False):
     their initial values). With ``W = 0, b = 1`` (the paper's initialization) ``s = Z_1``
     exactly. If ``W_ij = w_{i−j}`` is Toeplitz, ``W·LN(Z_2)`` is the convolution of ``LN(Z_2)``
     with the kernel w (causal if w vanishes at negative lags).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.normal(size=(5, 4)), rng.normal(size=(5, 5))
+    >>> spatial_gating_unit(x, w, np.ones(5), causal=True).shape  # the gate halves the channels
+    (5, 2)
     """
     x, w, b, e = _check_sgu(x, w, b, causal)
     z1, z2 = x[..., :e], x[..., e:]  # split channels: Z = [Z_1, Z_2]
@@ -247,7 +267,15 @@ def spatial_gating_unit(x, w, b, *, causal=False):
 
 
 def spatial_gating_unit_loop(x, w, b, *, causal=False):
-    """Loop twin of :func:`spatial_gating_unit`: per output position i, ``g_i = Σ_j W_ij LN(z_2j) + b_i`` (Eq. 10.4)."""
+    """Loop twin of :func:`spatial_gating_unit`: per output position i, ``g_i = Σ_j W_ij LN(z_2j) + b_i`` (Eq. 10.4).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.normal(size=(5, 4)), rng.normal(size=(5, 5))
+    >>> bool(np.allclose(spatial_gating_unit_loop(x, w, np.ones(5)), spatial_gating_unit(x, w, np.ones(5))))
+    True
+    """
     x, w, b, e = _check_sgu(x, w, b, causal)
     N = x.shape[-2]
     out = np.empty(x.shape[:-1] + (e,))
@@ -308,6 +336,12 @@ def fft_conv(u, h):
     O((N + M) log(N + M)) per channel instead of O(N M). ``n`` is ``scipy.fft.next_fast_len``;
     real inputs use ``rfft``/``irfft`` with explicit ``n``. The output at t depends on ``u_s``,
     s > t, only through round-off (≈ 1e-16 relative, not exactly 0).
+
+    Examples
+    --------
+    >>> u, h = np.array([[1.0], [0.0], [0.0], [0.0]]), np.array([[1.0], [0.5], [0.25], [0.0]])
+    >>> (fft_conv(u, h)[:, 0].round(12) + 0.0).tolist()  # an impulse in, the filter out
+    [1.0, 0.5, 0.25, 0.0]
     """
     u, h = _check_conv(u, h)
     N, M = u.shape[-2], h.shape[0]
@@ -321,7 +355,15 @@ def fft_conv(u, h):
 
 
 def fft_conv_loop(u, h):
-    """Loop twin of :func:`fft_conv`: the direct sum ``y_t = Σ_{j ≤ t} h_j u_{t−j}`` one time step at a time (Eq. 10.5)."""
+    """Loop twin of :func:`fft_conv`: the direct sum ``y_t = Σ_{j ≤ t} h_j u_{t−j}`` one time step at a time (Eq. 10.5).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> u, h = rng.normal(size=(6, 2)), rng.normal(size=(6, 2))
+    >>> bool(np.allclose(fft_conv_loop(u, h), fft_conv(u, h)))
+    True
+    """
     u, h = _check_conv(u, h)
     N, M = u.shape[-2], h.shape[0]
     y = np.zeros(u.shape, dtype=np.result_type(u, h))
@@ -346,6 +388,11 @@ def causal_toeplitz(h, N=None):
     Returns
     -------
     T : ndarray, shape (d, N, N)
+
+    Examples
+    --------
+    >>> causal_toeplitz(np.array([[1.0], [0.5], [0.25]]), 3)[0].tolist()  # channel 0
+    [[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.25, 0.5, 1.0]]
     """
     h = as_array(h, "h")
     if h.ndim != 2 or h.shape[0] < 1:
@@ -362,8 +409,31 @@ def causal_toeplitz(h, N=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def _hyena_filter_setup(L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng):
-    """Validated arguments and the FFN weights (drawn in a fixed order from ``rng``)."""
+def _given_ffn(weights, emb_dim: int, width: int, depth: int, out: int):
+    """Validate given FFN weights [W_1, b_1, …, W_depth, b_depth, W_out]; return (layers, w_out)."""
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
+        raise TypeError(f"weights: expected a sequence [W_1, b_1, …, W_{depth}, b_{depth}, W_out], got {type(weights).__name__}")
+    if len(weights) != 2 * depth + 1:
+        raise ValueError(f"weights: expected {2 * depth + 1} arrays (W and b for each of depth = {depth} layers, then W_out), got {len(weights)}")
+    sizes = [emb_dim] + [width] * depth
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        W = as_real_array(weights[2 * i], f"weights[{2 * i}]", ndim=2)
+        b = as_real_array(weights[2 * i + 1], f"weights[{2 * i + 1}]", ndim=1)
+        if W.shape != (fan_in, fan_out):
+            raise ValueError(f"weights[{2 * i}]: expected W_{i + 1} of shape ({fan_in}, {fan_out}) (torch: Linear.weight.T), got shape {W.shape}")
+        if b.shape != (fan_out,):
+            raise ValueError(f"weights[{2 * i + 1}]: expected b_{i + 1} of shape ({fan_out},), got shape {b.shape}")
+        layers.append((W, b))
+    w_out = as_real_array(weights[-1], f"weights[{2 * depth}]", ndim=2)
+    if w_out.shape != (width, out):
+        raise ValueError(f"weights[{2 * depth}]: expected W_out of shape ({width}, {out}) (n_filters·d outputs), got shape {w_out.shape}")
+    return layers, w_out
+
+
+def _hyena_filter_setup(L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng,
+                        weights=None):
+    """Validated arguments and the FFN weights (given, or drawn in a fixed order from ``rng``)."""
     L = as_int(L, "L", 1)
     d = as_int(d, "d", 1)
     n_filters = as_int(n_filters, "n_filters", 1)
@@ -379,20 +449,25 @@ def _hyena_filter_setup(L, d, n_filters, emb_dim, width, depth, freq, fast_decay
     if target >= 1.0:
         raise ValueError(f"target: expected a value in (0, 1) (the window's value after the decay), got {target!r}")
     shift = float(as_real_array(shift, "shift", ndim=0))
-    rng = as_rng(rng)
     out = n_filters * d
-    sizes = [emb_dim] + [width] * depth
-    layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):  # Linear(fan_in, fan_out) → Sin
-        bound = 1.0 / math.sqrt(fan_in)  # torch.nn.Linear's default U(−1/√fan_in, 1/√fan_in)
-        layers.append((rng.uniform(-bound, bound, (fan_in, fan_out)), rng.uniform(-bound, bound, fan_out)))
-    w_out = rng.uniform(-1.0 / math.sqrt(width), 1.0 / math.sqrt(width), (width, out))  # Linear(width, n·d, bias=False)
+    if weights is not None:
+        if rng is not None:
+            raise ValueError("rng: expected None when weights are given (nothing is drawn)")
+        layers, w_out = _given_ffn(weights, emb_dim, width, depth, out)
+    else:
+        rng = as_rng(rng)
+        sizes = [emb_dim] + [width] * depth
+        layers = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):  # Linear(fan_in, fan_out) → Sin
+            bound = 1.0 / math.sqrt(fan_in)  # torch.nn.Linear's default U(−1/√fan_in, 1/√fan_in)
+            layers.append((rng.uniform(-bound, bound, (fan_in, fan_out)), rng.uniform(-bound, bound, fan_out)))
+        w_out = rng.uniform(-1.0 / math.sqrt(width), 1.0 / math.sqrt(width), (width, out))  # Linear(width, n·d, bias=False)
     deltas = np.abs(np.linspace(math.log(target) / slow, math.log(target) / fast, out))  # decay rates per channel
     return L, d, n_filters, emb_dim, freq, shift, layers, w_out, deltas
 
 
 def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, fast_decay_pct=0.3,
-                 slow_decay_pct=1.5, target=1e-2, shift=0.0, rng=None):
+                 slow_decay_pct=1.5, target=1e-2, shift=0.0, rng=None, weights=None):
     r"""Hyena's implicit long filters: a sine FFN of positional features times an exponential-decay window.
 
     Implements Eq. (10.7) of the book (Poli et al. 2023, §3.3, Eq. 7; safari ``HyenaFilter``,
@@ -419,7 +494,15 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
     shift : float
         Added to the window (code default 0).
     rng : numpy.random.Generator, int or None
-        Source of the FFN weights (torch ``nn.Linear`` default initialization).
+        Source of the FFN weights (torch ``nn.Linear`` default initialization). Must be None
+        when ``weights`` is given.
+    weights : sequence of arrays, optional
+        Given FFN weights instead of drawn ones, in the order of the network:
+        ``[W_1, b_1, …, W_depth, b_depth, W_out]`` with ``W_1`` (emb_dim, width), the inner
+        ``W_i`` (width, width), ``b_i`` (width,) and ``W_out`` (width, n_filters·d); each layer
+        computes ``sin(freq · (a @ W_i + b_i))``. From safari's ``HyenaFilter.implicit_filter``
+        (a ``Sequential`` of ``Linear``/``Sin``): ``W_i = linear.weight.T``, ``b_i = linear.bias``,
+        ``W_out = last_linear.weight.T`` (``Sin.freq`` must then be the scalar ``freq``).
 
     Returns
     -------
@@ -441,9 +524,15 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
     has L free values but only O(emb_dim·width + depth·width² + width·n·d) parameters, and its
     decay is set per *sequence length* (t runs over [0, 1] whatever L is; L plays the role of the
     code's ``seq_len`` = ``l_max``).
+
+    Examples
+    --------
+    >>> h = hyena_filter(32, 4, n_filters=2, rng=0)
+    >>> h.shape  # (n_filters, L, d)
+    (2, 32, 4)
     """
     L, d, n_filters, emb_dim, freq, shift, layers, w_out, deltas = _hyena_filter_setup(
-        L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng
+        L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng, weights
     )
     t = np.linspace(0.0, 1.0, L)[:, None]  # t_ℓ ∈ [0, 1], (L, 1)
     bands = (emb_dim - 1) // 2
@@ -458,10 +547,16 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
 
 
 def hyena_filter_loop(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, fast_decay_pct=0.3,
-                      slow_decay_pct=1.5, target=1e-2, shift=0.0, rng=None):
-    """Loop twin of :func:`hyena_filter`: Eq. (10.7) position by position, neuron by neuron (same weights from ``rng``)."""
+                      slow_decay_pct=1.5, target=1e-2, shift=0.0, rng=None, weights=None):
+    """Loop twin of :func:`hyena_filter`: Eq. (10.7) position by position, neuron by neuron (same weights from ``rng`` or ``weights``).
+
+    Examples
+    --------
+    >>> bool(np.allclose(hyena_filter_loop(16, 2, rng=0), hyena_filter(16, 2, rng=0)))
+    True
+    """
     L, d, n_filters, emb_dim, freq, shift, layers, w_out, deltas = _hyena_filter_setup(
-        L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng
+        L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng, weights
     )
     bands = (emb_dim - 1) // 2
     fs = [1e-4 + k * (bands - 1 - 1e-4) / (bands - 1) for k in range(bands)] if bands > 1 else [1e-4]
@@ -534,6 +629,14 @@ def hyena_recurrence(v, x, filters, *, skip=None):
 
     Each convolution is :func:`fft_conv` (zero-padded, causal). For fixed gates the map
     ``v ↦ y`` is linear with the matrix of :func:`hyena_matrix`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> v, x, h = rng.normal(size=(8, 2)), rng.normal(size=(2, 8, 2)), rng.normal(size=(2, 8, 2))
+    >>> y = hyena_recurrence(v, x, h)
+    >>> bool(np.allclose(y, x[1] * fft_conv(x[0] * fft_conv(v, h[0]), h[1])))  # z² = x¹ ⊙ (h¹ ∗ v), y = x² ⊙ (h² ∗ z²)
+    True
     """
     v, x, filters, skip = _check_recurrence(v, x, filters, skip)
     z = v
@@ -543,7 +646,15 @@ def hyena_recurrence(v, x, filters, *, skip=None):
 
 
 def hyena_recurrence_loop(v, x, filters, *, skip=None):
-    """Loop twin of :func:`hyena_recurrence`: direct convolution sums and gates, one step at a time (Eq. 10.8)."""
+    """Loop twin of :func:`hyena_recurrence`: direct convolution sums and gates, one step at a time (Eq. 10.8).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> v, x, h = rng.normal(size=(8, 2)), rng.normal(size=(2, 8, 2)), rng.normal(size=(2, 8, 2))
+    >>> bool(np.allclose(hyena_recurrence_loop(v, x, h), hyena_recurrence(v, x, h)))
+    True
+    """
     v, x, filters, skip = _check_recurrence(v, x, filters, skip)
     L, D = v.shape[-2:]
     batch = v.shape[:-2]
@@ -637,6 +748,14 @@ def hyena_operator(u, w_in, filters, *, b_in=None, short_filter=None, short_bias
     identity convolution), gates ``x^n = x_{N−n}``, long filters ``h^{n+1} = k_{n−1}`` and
     ``skip = [0, D_0, …, D_{N−2}]`` (Eq. (10.10); tested). Its projection chunks, reordered as
     (v, x_{N−1}, …, x_0), give ``w_in``, ``b_in``, ``short_filter`` and ``short_bias``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> u, w_in, h = rng.normal(size=(8, 2)), rng.normal(size=(2, 6)), rng.normal(size=(2, 8, 2))
+    >>> y, v, x = hyena_operator(u, w_in, h, return_projections=True)
+    >>> y.shape, v.shape, x.shape
+    ((8, 2), (8, 2), (2, 8, 2))
     """
     u, w_in, filters, b_in, short_filter, short_bias = _check_projections(u, w_in, filters, b_in, short_filter, short_bias)
     p = u @ w_in + b_in  # dense projection, (…, L, (N+1)·D)
@@ -648,7 +767,15 @@ def hyena_operator(u, w_in, filters, *, b_in=None, short_filter=None, short_bias
 
 
 def hyena_operator_loop(u, w_in, filters, *, b_in=None, short_filter=None, short_bias=None, skip=None, return_projections=False):
-    """Loop twin of :func:`hyena_operator`: projections by explicit sums per step, then :func:`hyena_recurrence_loop`."""
+    """Loop twin of :func:`hyena_operator`: projections by explicit sums per step, then :func:`hyena_recurrence_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> u, w_in, h = rng.normal(size=(8, 2)), rng.normal(size=(2, 6)), rng.normal(size=(2, 8, 2))
+    >>> bool(np.allclose(hyena_operator_loop(u, w_in, h), hyena_operator(u, w_in, h)))
+    True
+    """
     u, w_in, filters, b_in, short_filter, short_bias = _check_projections(u, w_in, filters, b_in, short_filter, short_bias)
     L, D = u.shape[-2:]
     P = w_in.shape[1]
@@ -687,6 +814,14 @@ def hyena_matrix(x, filters, *, skip=None):
     (:func:`causal_toeplitz`, plus ``skip·I``). A product of lower-triangular matrices is lower
     triangular: the operator is causal. Unlike a convolution it is not Toeplitz — the gates
     make it data-dependent, like an attention matrix. O(order · D · L³) work.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> v, x, h = rng.normal(size=(8, 2)), rng.normal(size=(2, 8, 2)), rng.normal(size=(2, 8, 2))
+    >>> H = hyena_matrix(x, h)
+    >>> H.shape, bool(np.allclose(H[0] @ v[:, 0], hyena_recurrence(v, x, h)[:, 0]))  # channel 0: y = H(u) v
+    ((2, 8, 8), True)
     """
     x = as_real_array(x, "x")
     if x.ndim < 3:

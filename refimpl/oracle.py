@@ -159,12 +159,27 @@ _CASES_BY_NAME = {c.name: c for c in CASES}
 
 
 def function_names() -> list:
-    """The names accepted by :func:`compare`, e.g. ``"afa.isotropic_afa"``."""
+    """The names accepted by :func:`compare`, e.g. ``"afa.isotropic_afa"``.
+
+    Examples
+    --------
+    >>> names = function_names()
+    >>> len(names) > 100, 'afa.isotropic_afa' in names
+    (True, True)
+    """
     return sorted(FUNCTIONS)
 
 
 def case_names(function: str | None = None) -> list:
-    """Names of the golden cases (of one function if given)."""
+    """Names of the golden cases (of one function if given).
+
+    Examples
+    --------
+    >>> case_names('lyapunov.phi1')
+    ['lyapunov.phi1/near_zero']
+    >>> case_names('phi1') == case_names('lyapunov.phi1')  # the bare name when it is unique
+    True
+    """
     if function is not None:
         function = _resolve_function(function)
     return [c.name for c in CASES if function is None or c.function == function]
@@ -202,6 +217,12 @@ def compute(case, *, args: dict | None = None) -> tuple:
     ``case`` is a :class:`Case` or its name; ``args`` overrides the built arguments (used to
     recompute stored vectors from their own inputs). ``results`` is ordered: intermediates in
     the order of computation, then the outputs.
+
+    Examples
+    --------
+    >>> args, results = compute('lyapunov.phi1/near_zero')
+    >>> sorted(args), list(results)
+    (['tau', 'z'], ['phi'])
     """
     if isinstance(case, str):
         if case not in _CASES_BY_NAME:
@@ -300,6 +321,15 @@ def export(directory, *, cases=None, quiet: bool = True, format_version: int = F
     format_version : {2, 1}
         2 (default) also stores, per low-precision tier, the plain reference and the bound of
         Eq. (15.3) (module docstring, "File format"); 1 writes the previous format.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> manifest = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> [e['file'] for e in manifest['cases']], manifest['format_version']
+    (['lyapunov.phi1__near_zero.npz'], 2)
+    >>> shutil.rmtree(directory)
     """
     if format_version not in SUPPORTED_VERSIONS:
         raise ValueError(f"format_version: expected one of {SUPPORTED_VERSIONS}, got {format_version!r}")
@@ -420,7 +450,18 @@ def _restore_args(arrays: dict) -> dict:
 
 @dataclass
 class GoldenCase:
-    """One case read back from a vectors directory."""
+    """One case read back from a vectors directory.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> g = load_case(directory, 'lyapunov.phi1/near_zero')
+    >>> isinstance(g, GoldenCase), g.tolerance['rtol']
+    (True, 1e-10)
+    >>> shutil.rmtree(directory)
+    """
 
     name: str
     function: str
@@ -439,6 +480,16 @@ def load_case(directory, name: str, *, check_sha: bool = True) -> GoldenCase:
 
     The file's sha256 is checked against the manifest (``ValueError`` on a mismatch, unless
     ``check_sha=False``); pickled object arrays are refused (``ValueError``).
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> g = load_case(directory, 'lyapunov.phi1/near_zero')
+    >>> g.function, sorted(g.arguments), list(g.outputs)
+    ('lyapunov.phi1', ['tau', 'z'], ['phi'])
+    >>> shutil.rmtree(directory)
     """
     directory = Path(directory)
     manifest = _read_manifest(directory)
@@ -469,7 +520,18 @@ def load_case(directory, name: str, *, check_sha: bool = True) -> GoldenCase:
 
 @dataclass
 class VerifyReport:
-    """Result of :func:`verify`: per case ``"ok"`` or a list of problems."""
+    """Result of :func:`verify`: per case ``"ok"`` or a list of problems.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> report = verify(directory)
+    >>> isinstance(report, VerifyReport), report.ok, report.tampered, report.changed
+    (True, True, [], [])
+    >>> shutil.rmtree(directory)
+    """
 
     directory: str
     problems: dict  # case name -> list of messages
@@ -562,6 +624,16 @@ def verify(directory) -> VerifyReport:
     case's ``regen_rtol``. Cases that the registry no longer knows are problems; registered
     cases missing from the directory are listed as a note. ``ValueError`` if the directory has
     no valid manifest.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = export(directory, cases=['lyapunov.phi1/near_zero'])
+    >>> report = verify(directory)
+    >>> report.ok, report.checked
+    (True, ['lyapunov.phi1/near_zero'])
+    >>> shutil.rmtree(directory)
     """
     directory = Path(directory)
     manifest = _read_manifest(directory)
@@ -611,7 +683,15 @@ def verify(directory) -> VerifyReport:
 
 @dataclass
 class QuantityReport:
-    """One output or intermediate of one case, judged by the tolerance policy."""
+    """One output or intermediate of one case, judged by the tolerance policy.
+
+    Examples
+    --------
+    >>> from refimpl.lyapunov import phi1
+    >>> q = compare('lyapunov.phi1', phi1)['near_zero'].quantities[0]
+    >>> isinstance(q, QuantityReport), q.name, q.kind, q.passed
+    (True, 'phi', 'output', True)
+    """
 
     name: str
     kind: str  # "output" or "intermediate"
@@ -626,7 +706,15 @@ class QuantityReport:
 
 @dataclass
 class CaseReport:
-    """The verdict on one case: ``status`` is ``"pass"``, ``"fail"`` or ``"error"``."""
+    """The verdict on one case: ``status`` is ``"pass"``, ``"fail"`` or ``"error"``.
+
+    Examples
+    --------
+    >>> from refimpl.lyapunov import phi1
+    >>> case = compare('lyapunov.phi1', phi1)['near_zero']
+    >>> isinstance(case, CaseReport), case.status, case.first_failure
+    (True, 'pass', None)
+    """
 
     case: str
     status: str
@@ -651,7 +739,15 @@ class CaseReport:
 
 @dataclass
 class CompareReport:
-    """Result of :func:`compare`; ``str(report)`` is a table, ``report.passed`` the verdict."""
+    """Result of :func:`compare`; ``str(report)`` is a table, ``report.passed`` the verdict.
+
+    Examples
+    --------
+    >>> from refimpl.lyapunov import phi1
+    >>> report = compare('lyapunov.phi1', phi1)
+    >>> isinstance(report, CompareReport), report.function, report.dtype, report.passed
+    (True, 'lyapunov.phi1', 'float64', True)
+    """
 
     function: str
     dtype: str
@@ -800,6 +896,11 @@ def plain_functions() -> list:
 
     The others use the rounded-input model (module docstring); ``QuantityReport.model`` says
     which one judged each quantity.
+
+    Examples
+    --------
+    >>> "ssm.selective_scan" in plain_functions(), "lyapunov.phi1" in plain_functions()
+    (True, False)
     """
     return sorted(PLAIN)
 
@@ -969,6 +1070,15 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
         ``inputs`` with missing or unknown keys, ``inputs`` together with ``cases`` or ``vectors``.
     TypeError
         ``fn`` is not callable; ``inputs`` is not a dict or a list of dicts.
+
+    Examples
+    --------
+    >>> from refimpl.lyapunov import phi1
+    >>> compare('lyapunov.phi1', phi1).passed  # refimpl against itself
+    True
+    >>> report = compare('lyapunov.phi1', lambda z, tau: (np.exp(z * tau) - 1) / z)  # the naive formula
+    >>> report.passed, report.cases[0].status  # fails: 0/0 at z = 0, cancellation near it
+    (False, 'fail')
     """
     function = _resolve_function(name)
     if not callable(fn):
@@ -1079,6 +1189,14 @@ def random_inputs(name, *, seed, **sizes) -> dict:
 
     ``seed`` seeds ``numpy.random.default_rng``. ``ValueError`` for other functions or unknown
     size names, ``TypeError``/``ValueError`` for sizes that are not positive integers.
+
+    Examples
+    --------
+    >>> inputs = random_inputs("ssm.selective_scan", seed=0, L=300, d_in=2, n=4)
+    >>> inputs["u"].shape, inputs["A"].shape, inputs["discretization"]
+    ((300, 2), (2, 4), 'mamba')
+    >>> compare("ssm.selective_scan", lambda **kw: None, inputs=inputs).cases[0].status  # a callable returning nothing
+    'error'
     """
     function = _resolve_function(name)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):

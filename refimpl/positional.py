@@ -77,6 +77,11 @@ def frequencies(d_model: int, base: float = 10000.0) -> np.ndarray:
     -------
     omega : ndarray, shape (d/2,)
         Radians per position, from 1 down to ``base^{−(d−2)/d}``.
+
+    Examples
+    --------
+    >>> frequencies(8, base=10000.0).round(6).tolist()  # base^{-2i/d}, i = 0 … 3
+    [1.0, 0.1, 0.01, 0.001]
     """
     d = _even_width(d_model, "d_model")
     base = as_positive_scalar(base, "base")
@@ -123,7 +128,13 @@ def sinusoidal_encoding(n_positions: int, d_model: int, base: float = 10000.0) -
 
 
 def sinusoidal_encoding_loop(n_positions: int, d_model: int, base: float = 10000.0) -> np.ndarray:
-    """Loop twin of :func:`sinusoidal_encoding`: one position and one channel at a time (Eq. (5.2))."""
+    """Loop twin of :func:`sinusoidal_encoding`: one position and one channel at a time (Eq. (5.2)).
+
+    Examples
+    --------
+    >>> bool(np.allclose(sinusoidal_encoding_loop(6, 4), sinusoidal_encoding(6, 4)))
+    True
+    """
     n = as_int(n_positions, "n_positions", 0)
     d = _even_width(d_model, "d_model")
     base = as_positive_scalar(base, "base")
@@ -155,6 +166,12 @@ def relative_shift_matrix(k: float, d_model: int, base: float = 10000.0) -> np.n
     M : ndarray, shape (d, d)
         Block diagonal with blocks ``[[cos kω_i, sin kω_i], [−sin kω_i, cos kω_i]]`` acting on
         the (sin, cos) pair (2i, 2i+1). Orthogonal; ``M_k M_l = M_{k+l}``; ``M_{−k} = M_k^T``.
+
+    Examples
+    --------
+    >>> pe, M = sinusoidal_encoding(10, 4), relative_shift_matrix(3.0, 4)
+    >>> bool(np.allclose(pe[2:7] @ M.T, pe[5:10]))  # PE[p + 3] = M PE[p]
+    True
     """
     k = float(as_real_array(k, "k", ndim=0))
     omega = frequencies(d_model, base)
@@ -222,6 +239,15 @@ def rope(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
     (Eq. (5.6)). The layout is RoFormer's interleaved pairs (2i, 2i+1); the GPT-NeoX /
     Hugging Face ``rotate_half`` layout pairs i with i + d/2 and equals this one up to a
     fixed permutation of the channels.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=(4, 6))
+    >>> y = rope(x)
+    >>> bool(np.allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1)))  # a rotation keeps norms
+    True
+    >>> bool(np.allclose(y[0], x[0]))  # position 0 is not rotated
+    True
     """
     x, pos, theta = _check_rope(x, positions, base, freqs)
     angle = pos[:, None] * theta[None, :]  # p θ_i, shape (N, d/2)
@@ -234,7 +260,14 @@ def rope(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
 
 
 def rope_loop(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
-    """Loop twin of :func:`rope`: a 2×2 rotation per position and channel pair (Eq. (5.5))."""
+    """Loop twin of :func:`rope`: a 2×2 rotation per position and channel pair (Eq. (5.5)).
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=(4, 6))
+    >>> bool(np.allclose(rope_loop(x), rope(x)))
+    True
+    """
     x, pos, theta = _check_rope(x, positions, base, freqs)
     out = np.empty_like(x)
     for b in np.ndindex(*x.shape[:-2]):
@@ -247,7 +280,7 @@ def rope_loop(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarra
     return out
 
 
-def rope_complex(x, positions=None, base: float = 10000.0, freqs=None, *, return_complex: bool = False):
+def rope_complex(x, positions=None, base: float = 10000.0, freqs=None, *, as_complex: bool = False):
     r"""RoPE in complex form: ``z_i = x_{2i} + i x_{2i+1}`` multiplied by ``e^{i p θ_i}``.
 
     Implements Eq. (5.7) of the book (RoFormer, Su et al. 2021, §3.2.1).
@@ -256,18 +289,26 @@ def rope_complex(x, positions=None, base: float = 10000.0, freqs=None, *, return
     ----------
     x, positions, base, freqs
         As in :func:`rope`.
-    return_complex : bool
+    as_complex : bool
         Return the rotated complex pairs, shape (..., N, d/2), instead of the real interleaved
         array (the default, which equals :func:`rope`).
 
     Returns
     -------
-    ndarray, shape (..., N, d) float64, or (..., N, d/2) complex128 if ``return_complex``.
+    ndarray, shape (..., N, d) float64, or (..., N, d/2) complex128 if ``as_complex``.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=(4, 6))
+    >>> bool(np.allclose(rope_complex(x), rope(x)))  # the same rotation in complex arithmetic
+    True
+    >>> rope_complex(x, as_complex=True).shape
+    (4, 3)
     """
     x, pos, theta = _check_rope(x, positions, base, freqs)
     z = x[..., 0::2] + 1j * x[..., 1::2]  # z_i = x_2i + i x_2i+1
     z = z * np.exp(1j * pos[:, None] * theta[None, :])  # z_i e^{i p θ_i}
-    if return_complex:
+    if as_complex:
         return z
     out = np.empty_like(x)
     out[..., 0::2], out[..., 1::2] = z.real, z.imag
@@ -278,8 +319,10 @@ def rope_decay_bound(distances, d: int, base: float = 10000.0) -> np.ndarray:
     r"""RoFormer's long-term decay curve ``(1/(d/2)) Σ_{j=1}^{d/2} |S_j|``, ``S_j = Σ_{k<j} e^{i r θ_k}``.
 
     Implements Eq. (5.8) of the book (RoFormer, Su et al. 2021, §3.4.3 and Fig. 2): by Abel
-    summation ``|Σ_i h_i e^{i r θ_i}| ≤ (max_i |h_{i+1} − h_i|) Σ_j |S_j|``, so the mean
-    ``|S_j|`` bounds how large the score of two vectors at relative distance ``r`` can be.
+    summation ``|Σ_i h_i e^{i r θ_i}| ≤ (max_{0≤i<d/2} |h_{i+1} − h_i|) Σ_j |S_j|`` with RoFormer's
+    convention ``h_{d/2} := 0`` (without it the bound is false: a constant ``h`` would make the
+    right side 0), so the mean ``|S_j|`` bounds how large the score of two vectors at relative
+    distance ``r`` can be.
 
     Parameters
     ----------
@@ -292,6 +335,12 @@ def rope_decay_bound(distances, d: int, base: float = 10000.0) -> np.ndarray:
     Returns
     -------
     ndarray, shape (R,)
+
+    Examples
+    --------
+    >>> b = rope_decay_bound(np.array([0.0, 10.0, 100.0]), 64)
+    >>> b.round(3).tolist()  # decreasing with the distance
+    [16.5, 8.814, 7.465]
     """
     r = as_real_array(distances, "distances", ndim=1)
     theta = frequencies(d, base)

@@ -41,6 +41,8 @@ Glossary (code name → symbol in the book / the papers)
 ``qk``           the shared query/key projection of the Reformer, shape (..., N, d).
 ``n_buckets``    b (even): hash buckets;  ``n_rounds``  n_r: independent hash rounds.
 ``chunk_size``   c: the sorted sequence is cut into chunks of c tokens.
+``rotations``    R^{(r)}, shape (n_rounds, d, b/2): the random rotations of the hash (Eq. 12.13).
+``look_back``    which chunk a chunk also attends to: within its round, or across rounds.
 
 Numerical care
 --------------
@@ -48,7 +50,7 @@ Positive features ``exp(ω·x − ‖x‖²/2)`` overflow for large ‖x‖. A f
 the axis a ratio normalizes over cancels exactly: queries are shifted by their own row maximum,
 keys by one maximum over all keys and features (never a per-key maximum, which would change
 the weights). No ``eps`` is ever added: the Performer reference code adds 1e-4 after the
-exponential, which biases the estimator (spec survey §10 d).
+exponential, which biases the estimator (chapter 12, §12.2).
 
 References
 ----------
@@ -73,6 +75,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.special import logsumexp
 
+from ._blocking import per_block
 from ._validate import as_positive_scalar, as_real_array, as_rng, check_option
 
 __all__ = [
@@ -95,6 +98,8 @@ __all__ = [
     "reversible_inverse",
     "SELF_ATTENTION_VALUE",
     "KINDS",
+    "linear_attention_vjp",
+    "linear_attention_vjp_loop",
 ]
 
 #: Feature kinds of :func:`favor_features`.
@@ -107,9 +112,6 @@ SELF_ATTENTION_VALUE = -5e4
 #: Chunk length of the chunked causal prefix sums (Eq. 12.4).
 _CHUNK = 128
 
-#: Chunks (and LSH windows) are processed in groups whose temporaries hold about this many floats
-#: (4 MiB): large enough to vectorize, small enough to stay in cache and out of fresh ``mmap`` pages.
-_GROUP_FLOATS = 2**19
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,9 +186,9 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     normalizer φ(q)^T z. Causal: the sequence is cut into chunks of ``c`` tokens; chunk ``n``
     sees the exclusive prefix state (sum of the per-chunk states ``φ(K_n)^T [V_n, 1]`` of the
     earlier chunks, a cumulative sum over chunks, done in place) plus its own masked (c, c) block.
-    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 2048 tokens
+    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 1024 tokens
     for C = 256), so the temporaries — G chunk states (G, C, dv+1) and G blocks (G, c, c) — hold
-    about ``_GROUP_FLOATS`` floats whatever N: never the (N, C, dv) array of the plain cumulative
+    about the workspace budget (:mod:`refimpl._blocking`) whatever N: never the (N, C, dv) array of the plain cumulative
     sum of outer products.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
@@ -209,7 +211,7 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
         out = np.empty(batch + (nc, c, width))
         state = np.zeros(batch + (1, n_feat, width))  # S (and z) before the current group of chunks
         tri = np.tri(c)
-        group = max(1, _GROUP_FLOATS // (c * max(c, n_feat, width) * math.prod(batch)))
+        group = per_block(c * max(c, n_feat, width) * math.prod(batch))  # a chunk: (c, c) block and (C, dv+1) state
         for g0 in range(0, nc, group):  # groups of chunks (N / (group·c) steps): temporaries stay small
             sl = slice(g0, g0 + group)
             q_g, k_g, v_g, o = qc[..., sl, :, :], kc[..., sl, :, :], vc[..., sl, :, :], out[..., sl, :, :]
@@ -261,7 +263,13 @@ def _kernel_attention_loop(phi_q, phi_k, v, causal: bool, gates=None) -> np.ndar
 
 
 def elu_plus_one(x) -> np.ndarray:
-    """The feature map φ(x) = elu(x) + 1 of Eq. (12.2) (Katharopoulos et al. 2020, §3.2.1): x + 1 for x > 0, e^x otherwise."""
+    """The feature map φ(x) = elu(x) + 1 of Eq. (12.2) (Katharopoulos et al. 2020, §3.2.1): x + 1 for x > 0, e^x otherwise.
+
+    Examples
+    --------
+    >>> elu_plus_one(np.array([-1.0, 0.0, 2.0])).round(6).tolist()
+    [0.367879, 1.0, 3.0]
+    """
     x = as_real_array(x, "x")
     return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
 
@@ -307,8 +315,9 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
     chunks, plus a masked (c, c) block inside each chunk (c = 128), in groups of chunks whose
-    temporaries hold about 2^19 floats: extra memory O(C·dv + 2^19) besides the features and the
-    output, and no Python loop over tokens (only over groups of ~2048). :func:`linear_attention_loop`
+    temporaries hold about the workspace budget W = 2^18 floats (:mod:`refimpl._blocking`):
+    extra memory O(C·dv + W) besides the features and the output, and no Python loop over
+    tokens (only over groups of ~1024). :func:`linear_attention_loop`
     is the RNN itself.
 
     Examples
@@ -323,7 +332,14 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
 
 
 def linear_attention_loop(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarray:
-    """Loop twin of :func:`linear_attention`: the causal RNN (Eq. 12.3), one token at a time."""
+    """Loop twin of :func:`linear_attention`: the causal RNN (Eq. 12.3), one token at a time.
+
+    Examples
+    --------
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 6, 2))
+    >>> bool(np.allclose(linear_attention_loop(q, k, v, causal=True), linear_attention(q, k, v, causal=True)))
+    True
+    """
     phi_q, phi_k, v = _linear_features(q, k, v, feature_map, causal)
     return _kernel_attention_loop(phi_q, phi_k, v, bool(causal))
 
@@ -361,17 +377,23 @@ def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None) -> np.nda
     return np.concatenate([h * np.sin(wx), h * np.cos(wx)], axis=-1)  # φ^trig = h [sin ωx, cos ωx]/√m
 
 
-def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
-    r"""Random features of the softmax kernel exp(x·y): FAVOR+ (positive) or trigonometric.
+def favor_features(x, projection, *, scale=1.0, kind="positive", stabilize=True) -> np.ndarray:
+    r"""Random features of the softmax kernel exp(scale·x·y): FAVOR+ (positive) or trigonometric.
 
     Implements Eqs. (12.6)–(12.7) of the book (Choromanski et al. 2021, Lemma 1 and §2.3).
 
     Parameters
     ----------
     x : array_like, shape (..., N, d)
-        Already scaled inputs (Performer passes ``√scale · q``, i.e. q/d^{1/4}).
+        Inputs as they are; the function scales them itself (x̂ = √scale · x).
     projection : array_like, shape (m, d)
         The directions ω_r (rows), e.g. from :func:`orthogonal_gaussian`.
+    scale : float >= 0 or None, default 1.0
+        The kernel's inverse temperature: the features are those of x̂ = √scale · x, so that
+        ``E φ(x)·φ(y) = exp(scale · x·y)``. The same parameter as :func:`performer_attention`'s
+        ``scale``, which scales its q and k by calling this function: ``None`` means 1/√d there
+        and here (the paper's q/d^{1/4}). The default 1.0 is the plain kernel exp(x·y) of
+        Lemma 1; pass ``scale=None`` for the features that Performer attention uses.
     kind : {"positive", "trig"}
         ``positive``: φ(x) = exp(Wx − ‖x‖²/2)/√m, shape (..., N, m).
         ``trig``: φ(x) = exp(‖x‖²/2) [sin Wx, cos Wx]/√m, shape (..., N, 2m).
@@ -404,14 +426,24 @@ def favor_features(x, projection, *, kind="positive", stabilize=True) -> np.ndar
     x = _as_seq(x, "x")
     check_option(kind, "kind", KINDS)
     w = _as_projection(projection, "projection", None, x.shape[-1])
-    return _favor(x, w, kind, "all" if _as_bool(stabilize, "stabilize") else None)
+    root = math.sqrt(_scale(scale, x.shape[-1]))  # x̂ = √scale · x
+    return _favor(x * root if root != 1.0 else x, w, kind, "all" if _as_bool(stabilize, "stabilize") else None)
 
 
-def favor_features_loop(x, projection, *, kind="positive", stabilize=True) -> np.ndarray:
-    """Loop twin of :func:`favor_features`: each feature of each row with ``math.exp``/``sin``/``cos``."""
+def favor_features_loop(x, projection, *, scale=1.0, kind="positive", stabilize=True) -> np.ndarray:
+    """Loop twin of :func:`favor_features`: each feature of each row with ``math.exp``/``sin``/``cos``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.normal(size=(3, 4)), rng.normal(size=(8, 4))
+    >>> bool(np.allclose(favor_features_loop(x, w), favor_features(x, w)))
+    True
+    """
     x = _as_seq(x, "x")
     check_option(kind, "kind", KINDS)
     w = _as_projection(projection, "projection", None, x.shape[-1])
+    x = x * math.sqrt(_scale(scale, x.shape[-1]))  # x̂ = √scale · x
     stabilize = _as_bool(stabilize, "stabilize")
     m, n = w.shape[0], x.shape[-2]
     out = np.empty(x.shape[:-1] + ((m,) if kind == "positive" else (2 * m,)))
@@ -433,7 +465,7 @@ def favor_features_loop(x, projection, *, kind="positive", stabilize=True) -> np
     return out
 
 
-def orthogonal_gaussian(m, d, rng, *, scaling="chi") -> np.ndarray:
+def orthogonal_gaussian(m, d, *, rng, scaling="chi") -> np.ndarray:
     r"""m × d Gaussian directions whose rows are orthogonal within each block of d (ORF).
 
     Implements Eq. (12.9) of the book (Choromanski et al. 2021, §2.4 and Theorem 2).
@@ -461,7 +493,7 @@ def orthogonal_gaussian(m, d, rng, *, scaling="chi") -> np.ndarray:
 
     Examples
     --------
-    >>> w = orthogonal_gaussian(4, 4, 0)
+    >>> w = orthogonal_gaussian(4, 4, rng=0)
     >>> g = w @ w.T
     >>> bool(np.allclose(g - np.diag(np.diag(g)), 0.0))
     True
@@ -490,11 +522,12 @@ def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projectio
     if projection is not None:
         w = _as_projection(projection, "projection", m, d)
     elif _as_bool(orthogonal, "orthogonal"):
-        w = orthogonal_gaussian(m, d, rng)
+        w = orthogonal_gaussian(m, d, rng=rng)
     else:
         w = as_rng(rng).standard_normal((m, d))  # iid ω_r ~ N(0, I_d)
     root = math.sqrt(_scale(scale, d))  # q̂ = q·√scale, k̂ = k·√scale (q/d^{1/4} by default)
-    # Stabilizers that cancel (Eq. 12.10): the row max for each query, one max over all keys.
+    # The features of favor_features(q, w, scale=scale) and favor_features(k, w, scale=scale), with
+    # stabilizers that cancel (Eq. 12.10): the row max for each query, one max over all keys.
     return _favor(q * root, w, kind, "row"), _favor(k * root, w, kind, "all"), v
 
 
@@ -534,7 +567,9 @@ def performer_attention(
     Notes
     -----
     ``φ(q̂)``, ``φ(k̂)`` of :func:`favor_features` with q̂ = √scale·q, k̂ = √scale·k (so that
-    exp(q̂·k̂) = exp(scale·q·k)), then the kernel-attention sums of Eq. (12.2); causal by chunked
+    exp(q̂·k̂) = exp(scale·q·k)): the features of ``favor_features(q, projection, scale=scale)``
+    and ``favor_features(k, projection, scale=scale)`` — both functions take unscaled inputs and
+    the same ``scale`` — then the kernel-attention sums of Eq. (12.2); causal by chunked
     prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
     is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
     memory O(N m) for the features plus (N/128)·m·(dv+1) for the causal chunk states. Trig
@@ -558,7 +593,15 @@ def performer_attention(
 def performer_attention_loop(
     q, k, v, *, n_features, rng, causal=False, kind="positive", scale=None, projection=None, orthogonal=True
 ) -> np.ndarray:
-    """Loop twin of :func:`performer_attention`: the prefix-sum RNN (Eq. 12.3) one token at a time."""
+    """Loop twin of :func:`performer_attention`: the prefix-sum RNN (Eq. 12.3) one token at a time.
+
+    Examples
+    --------
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 6, 4)) / 2
+    >>> kw = dict(n_features=16, rng=1, causal=True)
+    >>> bool(np.allclose(performer_attention_loop(q, k, v, **kw), performer_attention(q, k, v, **kw)))
+    True
+    """
     causal = _as_bool(causal, "causal")
     phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
     return _kernel_attention_loop(phi_q, phi_k, v, causal)
@@ -574,6 +617,13 @@ def performer_attention_quadratic(
     ``D̂ = diag(Â 1)``. O(N M m) time, O(N M) memory: the quadratic path, for checking the
     linear-time one and for looking at the implicit attention matrix. Parameters as
     :func:`performer_attention`.
+
+    Examples
+    --------
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 6, 4)) / 2
+    >>> kw = dict(n_features=16, rng=1)
+    >>> bool(np.allclose(performer_attention_quadratic(q, k, v, **kw), performer_attention(q, k, v, **kw)))
+    True
     """
     causal = _as_bool(causal, "causal")
     phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
@@ -602,6 +652,14 @@ def rff_features(x, projection) -> np.ndarray:
     Returns
     -------
     phi : ndarray, shape (..., N, 2D)
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.normal(size=(2, 3)), rng.normal(size=(4, 3))
+    >>> phi = rff_features(x, w)
+    >>> phi.shape, bool(np.allclose(np.sum(phi**2, axis=-1), 1.0))  # sin² + cos² over D = 4 features
+    ((2, 8), True)
     """
     x = _as_seq(x, "x")
     w = _as_projection(projection, "projection", None, x.shape[-1])
@@ -710,7 +768,15 @@ def rfa_attention(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, c
 
 
 def rfa_attention_loop(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, causal=True) -> np.ndarray:
-    """Loop twin of :func:`rfa_attention`: the (gated) recurrence of Eqs. (12.11)–(12.12), one token at a time."""
+    """Loop twin of :func:`rfa_attention`: the (gated) recurrence of Eqs. (12.11)–(12.12), one token at a time.
+
+    Examples
+    --------
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 5, 4))
+    >>> kw = dict(n_features=8, sigma=1.0, rng=2)
+    >>> bool(np.allclose(rfa_attention_loop(q, k, v, **kw), rfa_attention(q, k, v, **kw)))
+    True
+    """
     phi_q, phi_k, v, gates, causal = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
     return _kernel_attention_loop(phi_q, phi_k, v, causal, gates)
 
@@ -745,7 +811,7 @@ def _hash(x: np.ndarray, rot: np.ndarray) -> np.ndarray:
     return np.where(top >= -bottom, i_max, rot.shape[-1] + i_min)
 
 
-def lsh_hash(x, n_buckets, rng, n_rounds=1, *, rotations=None) -> np.ndarray:
+def lsh_hash(x, n_buckets, *, rng, n_rounds=1, rotations=None) -> np.ndarray:
     r"""Angular locality-sensitive hashing: h(x) = argmax([xR; −xR]) for random Gaussian R.
 
     Implements Eq. (12.13) of the book (Kitaev et al. 2020, §2; Andoni et al. 2015).
@@ -775,7 +841,7 @@ def lsh_hash(x, n_buckets, rng, n_rounds=1, *, rotations=None) -> np.ndarray:
     Examples
     --------
     >>> x = np.random.default_rng(0).normal(size=(5, 3))
-    >>> bool(np.array_equal(lsh_hash(x, 4, 7), lsh_hash(x, 4, 7)))
+    >>> bool(np.array_equal(lsh_hash(x, 4, rng=7), lsh_hash(x, 4, rng=7)))
     True
     """
     x = _as_seq(x, "x")
@@ -790,7 +856,10 @@ def lsh_hash(x, n_buckets, rng, n_rounds=1, *, rotations=None) -> np.ndarray:
     return _hash(x, rot)
 
 
-def _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal):
+_LOOK_BACKS = ("within_round", "across_rounds")
+
+
+def _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal, rng, rotations, look_back):
     qk, v = _as_seq(qk, "qk"), _as_seq(v, "v", "(..., N, dv)")
     if v.shape[-2] != qk.shape[-2]:
         raise ValueError(f"v: expected the same number of rows N = {qk.shape[-2]} as qk, got shape {v.shape}")
@@ -803,18 +872,47 @@ def _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal):
     c = _as_count(chunk_size, "chunk_size")
     if n % c:
         raise ValueError(f"chunk_size: expected a divisor of N = {n} (no implicit padding), got {c}")
+    check_option(look_back, "look_back", _LOOK_BACKS)
     norm = np.linalg.norm(qk, axis=-1, keepdims=True)
     if np.any(norm == 0):
         raise ValueError("qk: expected nonzero rows (keys are qk/‖qk‖), got a zero row")
+    d = qk.shape[-1]
+    if rotations is None:
+        rot = _rotations(rng, n_rounds, d, n_buckets)
+    else:
+        if rng is not None:
+            raise ValueError("rng: expected None when rotations are given (nothing is drawn)")
+        rot = as_real_array(rotations, "rotations", ndim=3)
+        if rot.shape != (n_rounds, d, n_buckets // 2):
+            raise ValueError(f"rotations: expected shape {(n_rounds, d, n_buckets // 2)}, got shape {rot.shape}")
     qk, v = np.broadcast_to(qk, batch + qk.shape[-2:]), np.broadcast_to(v, batch + v.shape[-2:])
-    return qk, qk / np.broadcast_to(norm, batch + norm.shape[-2:]), v, n_buckets, n_rounds, c, _as_bool(causal, "causal")
+    k = qk / np.broadcast_to(norm, batch + norm.shape[-2:])
+    return qk, k, v, rot, n_rounds, c, _as_bool(causal, "causal")
 
 
-def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) -> np.ndarray:
+def _previous_chunk(n_rounds: int, nc: int, look_back: str) -> np.ndarray | None:
+    """Index of the chunk that chunk g looks back to, over the R·nc chunks of all rounds in order.
+
+    ``"within_round"``: the cyclically previous chunk of the same round (none if nc = 1).
+    ``"across_rounds"``: the previous chunk of the sequence of all rounds sorted one after the
+    other, cyclically over all R·nc chunks (none if R·nc = 1): round r's first chunk looks back
+    to round r−1's last (reformer-pytorch's ``look_one_back`` after sorting all hash rounds
+    together, as trax does).
+    """
+    g = np.arange(n_rounds * nc)
+    if look_back == "across_rounds":
+        return None if g.size == 1 else (g - 1) % g.size
+    return None if nc == 1 else (g // nc) * nc + (g % nc - 1) % nc
+
+
+def lsh_attention(
+    qk, v, *, n_buckets, n_rounds, chunk_size, rng=None, rotations=None, causal=False, look_back="within_round"
+) -> np.ndarray:
     r"""Reformer LSH attention with shared QK: sort by bucket, attend within chunks, combine rounds.
 
-    Implements Eqs. (12.13)–(12.15) of the book (Kitaev et al. 2020, §2; the chunking
-    and masking conventions of reformer-pytorch's ``LSHAttention``).
+    Implements Eqs. (12.13)–(12.15) of the book (Kitaev et al. 2020, §2; the chunking and
+    masking conventions of reformer-pytorch's ``LSHAttention``; for more than one round, its
+    look-back rule only with ``look_back="across_rounds"``).
 
     Parameters
     ----------
@@ -827,9 +925,22 @@ def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) 
     chunk_size : int >= 1
         Must divide N (no implicit padding: pad the sequence yourself and mask).
     rng : numpy.random.Generator, int or None
-        Draws the rotations exactly as :func:`lsh_hash` with the same seed.
+        Draws the rotations exactly as :func:`lsh_hash` with the same seed. Must be None when
+        ``rotations`` is given.
+    rotations : array_like, shape (n_rounds, d, n_buckets // 2), optional
+        The rotations R^{(r)} of Eq. (12.13) to use instead of drawing them (to reproduce
+        another implementation's buckets; reformer-pytorch's ``(1, d, n_hashes, b/2)`` tensor
+        is ``rotations.transpose(1, 0, 2)`` of this layout, its batch axis dropped).
     causal : bool
         Key j is masked for query i if j > i.
+    look_back : {"within_round", "across_rounds"}
+        Which chunk a chunk attends to besides itself. ``"within_round"`` (the default): the
+        cyclically previous chunk of the same hash round, so each round is the paper's
+        attention over P_i^{(r)} on its own. ``"across_rounds"``: the rounds' sorted orders are
+        laid one after the other and a chunk looks one chunk back along that sequence, so the
+        first chunk of round r sees the last chunk of round r−1 (and round 0's first chunk the
+        last chunk of the last round) — the rule of reformer-pytorch and trax. The two agree
+        for one round.
 
     Returns
     -------
@@ -838,11 +949,12 @@ def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) 
     Notes
     -----
     Per round r: sort the tokens by (bucket, position); cut the sorted order into chunks of c;
-    each chunk attends to itself and to the cyclically previous chunk (only itself if N = c).
-    Inside that window the logit is ``s_ij = q_i·k_j/√d`` for every key, whatever its bucket
-    (reformer-pytorch's default ``attend_across_buckets=True``), except ``s_ii =
-    SELF_ATTENTION_VALUE`` (−5e4: a token sees itself only if nothing else is available) and
-    ``s_ij = −∞`` for j > i when causal. Round r gives ``o_i^{(r)}`` and its log-normalizer
+    each chunk attends to itself and to one previous chunk (``look_back``; only itself if there
+    is no other chunk). Inside that window the logit is ``s_ij = q_i·k_j/√d`` for every key,
+    whatever its bucket (reformer-pytorch's default ``attend_across_buckets=True``), except
+    ``s_ij = SELF_ATTENTION_VALUE`` for j = i (−5e4: a token sees itself only if nothing else is
+    available; also where the other round's chunk holds the query itself) and ``s_ij = −∞`` for
+    j > i when causal. Round r gives ``o_i^{(r)}`` and its log-normalizer
     ``z_i^{(r)} = logsumexp_j s_ij``; the rounds are combined as
     ``o_i = Σ_r exp(z_i^{(r)} − logsumexp_r z_i^{(r)}) o_i^{(r)}`` (Eq. 12.15), i.e. a softmax over
     the multiset of keys seen in all rounds (no duplicate-count correction, as reformer-pytorch's
@@ -850,7 +962,7 @@ def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) 
     query sees every key and the result is full shared-QK attention.
 
     Cost per round: the sort, O(N log N), and O(N · 2c · (d + dv)) for the windows; memory
-    O(n_rounds · N · 2c).
+    O(n_rounds · N · (d + dv)) for the sorted copies and per-round outputs.
 
     Examples
     --------
@@ -860,82 +972,99 @@ def lsh_attention(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) 
     >>> bool(np.allclose(a, lsh_attention_loop(qk, v, n_buckets=4, n_rounds=2, chunk_size=2, rng=3)))
     True
     """
-    q, k, v, n_buckets, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal)
+    q, k, v, rot, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal, rng, rotations, look_back)
     batch, (n, d), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
-    buckets = _hash(q, _rotations(rng, n_rounds, d, n_buckets))  # (..., R, N)
-    perm = np.argsort(buckets * n + np.arange(n), axis=-1, kind="stable")  # sort by (bucket, position)
+    buckets = _hash(q, rot)  # (..., R, N)
+    perm = np.argsort(buckets * n + np.arange(n), axis=-1, kind="stable")  # per round: sort by (bucket, position)
     nc = n // c
-    group = max(1, _GROUP_FLOATS // (2 * c * max(c, d, dv) * math.prod(batch)))
-    z_max = np.full(batch + (n,), -np.inf)  # running max over rounds of z_i^{(r)}
-    acc, w_sum = np.zeros(batch + (n, dv)), np.zeros(batch + (n,))
-    for r in range(n_rounds):  # rounds, then groups of chunks: temporaries stay small
-        p = perm[..., r, :]
-        sq, sk, sv = (np.take_along_axis(x, p[..., None], axis=-2).reshape(*batch, nc, c, -1) for x in (q, k, v))
-        pos = p.reshape(*batch, nc, c)
-        o, z = np.empty(batch + (nc, c, dv)), np.empty(batch + (nc, c))
-        for g0 in range(0, nc, group):
-            idx = np.arange(g0, min(g0 + group, nc))
-            own = idx if nc == 1 else np.concatenate([idx, (idx - 1) % nc])  # own chunk + the previous one
+    n_chunks = n_rounds * nc  # the chunks of all rounds, round after round
+    prev = _previous_chunk(n_rounds, nc, look_back)
+    flat = perm.reshape(*batch, n_rounds * n)  # the sorted positions of all rounds in one sequence
+    sq, sk, sv = (np.take_along_axis(x, flat[..., None], axis=-2).reshape(*batch, n_chunks, c, -1) for x in (q, k, v))
+    pos = flat.reshape(*batch, n_chunks, c)
+    group = per_block(2 * c * max(c, d, dv) * math.prod(batch))  # a chunk: its window of 2c keys
+    o, z = np.empty(batch + (n_chunks, c, dv)), np.empty(batch + (n_chunks, c))
+    for g0 in range(0, n_chunks, group):  # groups of chunks: temporaries stay small
+        idx = np.arange(g0, min(g0 + group, n_chunks))
+        own = idx if prev is None else np.concatenate([idx, prev[idx]])  # own chunk + the one looked back to
 
-            def window(x):  # (..., G, c, f) for the group's chunks -> (..., G, (1 or 2)·c, f)
-                w = np.take(x, own, axis=-3)
-                return w if nc == 1 else np.concatenate([w[..., : idx.size, :, :], w[..., idx.size :, :, :]], axis=-2)
+        def window(x):  # (..., G, c, f) for the group's chunks -> (..., G, (1 or 2)·c, f)
+            w = np.take(x, own, axis=-3)
+            return w if prev is None else np.concatenate([w[..., : idx.size, :, :], w[..., idx.size :, :, :]], axis=-2)
 
-            kpos = window(pos[..., None])[..., 0]
-            qpos = np.take(pos, idx, axis=-2)
-            s_g = (np.take(sq, idx, axis=-3) @ np.swapaxes(window(sk), -1, -2)) / math.sqrt(d)  # q_i·k_j/√d
-            if causal:
-                s_g[kpos[..., None, :] > qpos[..., :, None]] = -np.inf
-            s_g[kpos[..., None, :] == qpos[..., :, None]] = SELF_ATTENTION_VALUE
-            z_g = logsumexp(s_g, axis=-1, keepdims=True)  # z_i^{(r)}
-            np.exp(s_g - z_g, out=s_g)
-            o[..., idx, :, :] = s_g @ window(sv)  # o_i^{(r)} in sorted order
-            z[..., idx, :] = z_g[..., 0]
-        inv = np.argsort(p, axis=-1)  # undo the sort
-        o = np.take_along_axis(o.reshape(*batch, n, dv), inv[..., None], axis=-2)
-        z = np.take_along_axis(z.reshape(*batch, n), inv, axis=-1)
-        # Eq. (12.15) as a running log-sum-exp over rounds (shifted by the max: z ≈ −5e4 loses no digits)
-        new_max = np.maximum(z_max, z)
-        old_scale, w_r = np.exp(z_max - new_max), np.exp(z - new_max)
-        acc = acc * old_scale[..., None] + w_r[..., None] * o
-        w_sum = w_sum * old_scale + w_r
-        z_max = new_max
-    return acc / w_sum[..., None]  # Eq. (12.15)
+        kpos = window(pos[..., None])[..., 0]
+        qpos = np.take(pos, idx, axis=-2)
+        s_g = (np.take(sq, idx, axis=-3) @ np.swapaxes(window(sk), -1, -2)) / math.sqrt(d)  # q_i·k_j/√d
+        if causal:
+            s_g[kpos[..., None, :] > qpos[..., :, None]] = -np.inf
+        s_g[kpos[..., None, :] == qpos[..., :, None]] = SELF_ATTENTION_VALUE
+        z_g = logsumexp(s_g, axis=-1, keepdims=True)  # z_i^{(r)}
+        np.exp(s_g - z_g, out=s_g)
+        o[..., idx, :, :] = s_g @ window(sv)  # o_i^{(r)} in sorted order
+        z[..., idx, :] = z_g[..., 0]
+    inv = np.argsort(perm, axis=-1)  # undo each round's sort
+    o = np.take_along_axis(o.reshape(*batch, n_rounds, n, dv), inv[..., None], axis=-2)
+    z = np.take_along_axis(z.reshape(*batch, n_rounds, n), inv, axis=-1)
+    # Eq. (12.15): softmax over rounds of z_i^{(r)} (shifted by the max: z ≈ −5e4 loses no digits)
+    w = np.exp(z - np.max(z, axis=-2, keepdims=True))
+    return np.einsum("...rn,...rnf->...nf", w, o) / np.sum(w, axis=-2)[..., None]
 
 
-def lsh_attention_loop(qk, v, *, n_buckets, n_rounds, chunk_size, rng, causal=False) -> np.ndarray:
-    """Loop twin of :func:`lsh_attention`: per round, per query, over the keys of its window."""
-    q, k, v, n_buckets, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal)
+def lsh_attention_loop(
+    qk, v, *, n_buckets, n_rounds, chunk_size, rng=None, rotations=None, causal=False, look_back="within_round"
+) -> np.ndarray:
+    """Loop twin of :func:`lsh_attention`: per round, per query, over the keys of its window.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> qk, v = rng.normal(size=(8, 4)), rng.normal(size=(8, 2))
+    >>> kw = dict(n_buckets=4, n_rounds=2, chunk_size=2, rng=3)
+    >>> bool(np.allclose(lsh_attention_loop(qk, v, **kw), lsh_attention(qk, v, **kw)))
+    True
+    """
+    q, k, v, rot, n_rounds, c, causal = _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal, rng, rotations, look_back)
     batch, (n, d), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
-    rot = _rotations(rng, n_rounds, d, n_buckets)
+    nc = n // c
     out = np.zeros(batch + (n, dv))
     for b in np.ndindex(*batch):
         outs, logz = np.zeros((n_rounds, n, dv)), np.zeros((n_rounds, n))
+        chunks = []  # the chunks of all rounds, round after round
         for r in range(n_rounds):
             h = [int(np.argmax(np.concatenate([q[b][i] @ rot[r], -(q[b][i] @ rot[r])]))) for i in range(n)]
             order = sorted(range(n), key=lambda i: (h[i], i))  # sort by (bucket, position)
-            chunks = [order[j * c : (j + 1) * c] for j in range(n // c)]
-            for ci, chunk in enumerate(chunks):
-                keys = chunk if len(chunks) == 1 else chunk + chunks[ci - 1]  # own + previous chunk
-                for i in chunk:
-                    logits = []
-                    for j in keys:
-                        if j == i:
-                            logits.append(SELF_ATTENTION_VALUE)
-                        elif causal and j > i:
-                            logits.append(-np.inf)
-                        else:
-                            logits.append(float(q[b][i] @ k[b][j]) / math.sqrt(d))
-                    top = max(logits)
-                    e = [math.exp(s - top) for s in logits]
-                    total = sum(e)
-                    logz[r, i] = top + math.log(total)
-                    outs[r, i] = sum(ej / total * v[b][j] for ej, j in zip(e, keys))
+            chunks += [order[j * c : (j + 1) * c] for j in range(nc)]
+        for g, chunk in enumerate(chunks):
+            r, j = divmod(g, nc)
+            if look_back == "across_rounds":  # one chunk back along the sequence of all rounds
+                back = None if len(chunks) == 1 else chunks[g - 1]
+            else:  # one chunk back within round r, cyclically
+                back = None if nc == 1 else chunks[r * nc + (j - 1) % nc]
+            keys = chunk if back is None else chunk + back
+            for i in chunk:
+                logits = []
+                for jj in keys:
+                    if jj == i:
+                        logits.append(SELF_ATTENTION_VALUE)
+                    elif causal and jj > i:
+                        logits.append(-np.inf)
+                    else:
+                        logits.append(float(q[b][i] @ k[b][jj]) / math.sqrt(d))
+                top = max(logits)
+                e = [math.exp(s - top) for s in logits]
+                total = sum(e)
+                logz[r, i] = top + math.log(total)
+                outs[r, i] = sum(ej / total * v[b][jj] for ej, jj in zip(e, keys))
         for i in range(n):
             top = max(logz[:, i])
             wts = [math.exp(logz[r, i] - top) for r in range(n_rounds)]
             out[b][i] = sum(wts[r] / sum(wts) * outs[r, i] for r in range(n_rounds))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reversible residual layers, Eq. (12.16)
+# ---------------------------------------------------------------------------------------------
 
 
 def _layers(f, g) -> list[tuple[Callable, Callable]]:
@@ -1000,9 +1129,22 @@ def reversible_inverse(y1, y2, f, g) -> tuple[np.ndarray, np.ndarray]:
 
     Implements Eq. (12.17) of the book (Kitaev et al. 2020, §3; Gomez et al. 2017, §3): the
     activations of a layer are recomputed from its outputs, so none need to be stored.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x1, x2, w = rng.normal(size=(3, 3, 3))
+    >>> f = g = lambda x: np.tanh(x @ w)
+    >>> y1, y2 = reversible_forward(x1, x2, f, g)
+    >>> bool(np.allclose(reversible_inverse(y1, y2, f, g), (x1, x2)))
+    True
     """
     x1, x2 = _pair(y1, y2, "y1", "y2")
     for fn, gn in reversed(_layers(f, g)):
         x2 = x2 - _apply(gn, x1, "g", x1.shape)  # X2 = Y2 − G(Y1)
         x1 = x1 - _apply(fn, x2, "f", x2.shape)  # X1 = Y1 − F(X2)
     return x1, x2
+
+
+# The backward pass (vector–Jacobian products) lives in refimpl/_vjp.py, re-exported here.
+from ._vjp import linear_attention_vjp, linear_attention_vjp_loop  # noqa: E402

@@ -9,8 +9,7 @@ Chapter 9 of the book (``notebooks/09-rt-sde.ipynb``) derives every formula here
    *co-rotate* with the dynamics and so propagate in closed form, a precision-weighted attention
    rule, and the reading "attention + residual + normalization = one MLE step on the hypersphere".
    Their exact equations were **not available** to this project. Everything below is a
-   derivation consistent with that description (the reconstruction of the project's spec,
-   afa.md §5.2); each closed form is verified in the tests against numerical integration or
+   derivation consistent with that description (chapter 9 of the book); each closed form is verified in the tests against numerical integration or
    brute-force linear algebra, but the paper's own parameterization is **unconfirmed**.
    In particular the choice of the noise direction ``u`` (here: the transported key's
    direction, optionally the query's) is an open modelling choice.
@@ -190,7 +189,7 @@ def rt_transition(mu, omega, s):
     r"""The RT-SDE transition ``e^{As} = e^{−μs} e^{Ωs}`` for ``A = −μI + Ω``, Ω skew-symmetric.
 
     Implements Eq. (9.1) of the book. RECONSTRUCTION: the dynamics class A = −μI + Ω is the one
-    of isotropic AFA (Racioppo 2025, §3.6; spec afa.md §4.2); its use for the RT-SDE is derived,
+    of isotropic AFA (Racioppo 2025, §3.6; chapter 8 of the book); its use for the RT-SDE is derived,
     the paper's exact equations are unconfirmed.
 
     Parameters
@@ -230,6 +229,14 @@ def rt_transition_loop(mu, omega, s):
     """Loop twin of :func:`rt_transition`: entry (a, b) of e^{−μs} Σ_k U_ak e^{−i w_k s} conj(U_bk).
 
     RECONSTRUCTION (Eq. (9.1); exact paper equations unconfirmed).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> W = rng.normal(size=(3, 3))
+    >>> omega = (W - W.T) / 2  # a rotation generator Ω
+    >>> bool(np.allclose(rt_transition_loop(0.2, omega, np.array([0.0, 1.5])), rt_transition(0.2, omega, np.array([0.0, 1.5]))))
+    True
     """
     m = _check_mu(mu)
     om = _check_omega(omega)
@@ -268,6 +275,15 @@ def rt_direction(omega, u0, s):
     -------
     ndarray of float64, shape (..., d)
         Unit vectors (e^{Ωs} is orthogonal).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> W = rng.normal(size=(3, 3))
+    >>> omega = (W - W.T) / 2  # a rotation generator Ω
+    >>> u = rt_direction(omega, np.array([1.0, 0.0, 0.0]), np.array([0.0, 2.0]))
+    >>> np.linalg.norm(u, axis=-1).round(12).tolist()  # the rotation keeps unit length
+    [1.0, 1.0]
     """
     om = _check_omega(omega)
     u0 = _check_unit(u0, "u0", om.shape[0])
@@ -306,6 +322,15 @@ def rt_noise_rate(omega, u0, s, sigma2_perp, sigma2_par):
     ndarray of float64, shape (..., d, d)
         ``Q = σ_⊥² (I − u u^T) + σ_∥² u u^T`` with ``u = e^{Ωs} u_j``: eigenvalue σ_∥² along u and
         σ_⊥² (multiplicity d − 1) on the tangent plane.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> W = rng.normal(size=(3, 3))
+    >>> omega = (W - W.T) / 2  # a rotation generator Ω
+    >>> Q = rt_noise_rate(omega, np.array([1.0, 0.0, 0.0]), 0.0, 0.3, 0.05)
+    >>> np.linalg.eigvalsh(Q).round(12).tolist()  # σ²_∥ along u, σ²_⊥ across
+    [0.05, 0.3, 0.3]
     """
     sp = as_positive_scalar(sigma2_perp, "sigma2_perp", strict=False)
     sq = as_positive_scalar(sigma2_par, "sigma2_par", strict=False)
@@ -369,6 +394,12 @@ def rt_variances(
 
     ``φ(τ) = (1 − e^{−2μτ})/(2μ)`` (:func:`refimpl.lyapunov.phi1`, exact limit τ at μ = 0).
     Each total is AFA's isotropic kernel (Eq. (2.9)) with that channel's noises.
+
+    Examples
+    --------
+    >>> a_perp, a_par = rt_variances(0.0, np.array([0.5, 2.0]), sigma2_perp=0.3, sigma2_par=0.05)
+    >>> a_perp.round(12).tolist(), a_par.round(12).tolist()  # μ = 0: σ² τ
+    ([0.15, 0.6], [0.025, 0.1])
     """
     m = _check_mu(mu)
     tau = _check_tau(tau)
@@ -382,6 +413,12 @@ def rt_variances_loop(
     """Loop twin of :func:`rt_variances`: Eq. (9.7) one lag at a time.
 
     RECONSTRUCTION (exact paper equations unconfirmed).
+
+    Examples
+    --------
+    >>> kw = dict(sigma2_perp=0.3, sigma2_par=0.05, eta2_perp=0.1, eta2_par=0.02)
+    >>> all(np.allclose(a, b) for a, b in zip(rt_variances_loop(0.4, np.array([0.0, 1.0, 3.0]), **kw), rt_variances(0.4, np.array([0.0, 1.0, 3.0]), **kw)))
+    True
     """
     m = _check_mu(mu)
     tau = _check_tau(tau)
@@ -443,6 +480,15 @@ def rt_covariance(
     With measurement noise, ``Σ = V(τ) + e^{Aτ} R_j e^{A^T τ} + R_Γ`` with co-rotating
     ``R_j = η_⊥²(I − u_j u_j^T) + η_∥² u_j u_j^T`` and ``R_Γ = γ_⊥²(I − u_i u_i^T) + γ_∥² u_i u_i^T``,
     which keeps the same two eigenspaces (Eq. (9.7) gives the eigenvalues).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> W = rng.normal(size=(3, 3))
+    >>> omega = (W - W.T) / 2  # a rotation generator Ω
+    >>> S = rt_covariance(0.3, omega, np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 5.0]), sigma2_perp=0.3, sigma2_par=0.05)
+    >>> S.shape, bool(np.allclose(S, np.swapaxes(S, -1, -2)))
+    ((3, 3, 3), True)
     """
     m = _check_mu(mu)
     om = _check_omega(omega)
@@ -470,6 +516,15 @@ def rt_covariance_loop(
     """Loop twin of :func:`rt_covariance`: Eqs. (9.6)/(9.8) one lag and one entry at a time.
 
     RECONSTRUCTION (exact paper equations unconfirmed).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> W = rng.normal(size=(3, 3))
+    >>> omega = (W - W.T) / 2  # a rotation generator Ω
+    >>> args = (0.3, omega, np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 5.0]))
+    >>> bool(np.allclose(rt_covariance_loop(*args, sigma2_perp=0.3, sigma2_par=0.05), rt_covariance(*args, sigma2_perp=0.3, sigma2_par=0.05)))
+    True
     """
     m = _check_mu(mu)
     om = _check_omega(omega)
@@ -527,6 +582,13 @@ def rt_precision(u, a_perp, a_par):
     ``Σ = a_⊥ I + (a_∥ − a_⊥) uu^T`` is a rank-1 update of ``a_⊥ I``; Sherman–Morrison gives
     ``Σ^{-1} = I/a_⊥ − (a_∥ − a_⊥) uu^T / (a_⊥ a_∥) = (I − uu^T)/a_⊥ + uu^T/a_∥``: invert each
     eigenvalue on its eigenspace. No matrix is inverted.
+
+    Examples
+    --------
+    >>> u = np.array([0.6, 0.8, 0.0])
+    >>> P = rt_precision(u, 0.5, 2.0)
+    >>> bool(np.allclose(P, np.linalg.inv(0.5 * np.eye(3) + (2.0 - 0.5) * np.outer(u, u))))
+    True
     """
     u = _check_unit(u, "u")
     a_perp, a_par = _check_variances(a_perp, a_par)
@@ -537,6 +599,12 @@ def rt_precision_loop(u, a_perp, a_par):
     """Loop twin of :func:`rt_precision`: P_ab = (δ_ab − u_a u_b)/a_⊥ + u_a u_b/a_∥, entry by entry.
 
     RECONSTRUCTION (exact paper equations unconfirmed).
+
+    Examples
+    --------
+    >>> u = np.array([0.6, 0.8, 0.0])
+    >>> bool(np.allclose(rt_precision_loop(u, 0.5, 2.0), rt_precision(u, 0.5, 2.0)))
+    True
     """
     u = _check_unit(u, "u")
     a_perp, a_par = _check_variances(a_perp, a_par)
@@ -586,6 +654,12 @@ def rt_distance(r, u, a_perp, a_par):
     -----
     The tangential part is formed from the projected vector ``r_⊥ = r − (u^T r)u`` itself, not as
     ``‖r‖² − (u^T r)²``, which cancels when r is nearly radial.
+
+    Examples
+    --------
+    >>> u = np.array([1.0, 0.0])
+    >>> rt_distance(np.array([[2.0, 0.0], [0.0, 2.0]]), u, 0.5, 4.0).round(12).tolist()  # |r|²/a_∥ along u, |r|²/a_⊥ across
+    [1.0, 8.0]
     """
     r, u = _check_residual(r, u)
     a_perp, a_par = _check_variances(a_perp, a_par)
@@ -598,6 +672,13 @@ def rt_distance_loop(r, u, a_perp, a_par):
     """Loop twin of :func:`rt_distance`: Eq. (9.11) one residual and one component at a time.
 
     RECONSTRUCTION (exact paper equations unconfirmed).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> r, u = rng.normal(size=(4, 3)), np.array([0.6, 0.8, 0.0])
+    >>> bool(np.allclose(rt_distance_loop(r, u, 0.5, 2.0), rt_distance(r, u, 0.5, 2.0)))
+    True
     """
     r, u = _check_residual(r, u)
     a_perp, a_par = _check_variances(a_perp, a_par)
@@ -629,6 +710,11 @@ def rt_logdet_precision(a_perp, a_par, d):
     -------
     ndarray of float64
         The broadcast shape of ``a_perp`` and ``a_par``.
+
+    Examples
+    --------
+    >>> bool(np.isclose(rt_logdet_precision(0.5, 2.0, 3), -(2 * np.log(0.5) + np.log(2.0))))  # −log det Σ
+    True
     """
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 2:
         raise ValueError(f"d: expected an integer dimension >= 2, got {d!r}")
@@ -644,7 +730,13 @@ def rt_logdet_precision(a_perp, a_par, d):
 class SphereResiduals(NamedTuple):
     """The four residual measures of the sphere limit (Eq. (9.12)), each of shape (...).
 
-    RECONSTRUCTION (spec afa.md §5.2; exact paper equations unconfirmed).
+    RECONSTRUCTION (chapter 9 of the book; exact paper equations unconfirmed).
+
+    Examples
+    --------
+    >>> res = sphere_residuals(np.array([0.0, 1.0]), np.array([1.0, 0.0]))
+    >>> isinstance(res, SphereResiduals), res._fields
+    (True, ('tangential', 'sin2', 'theta2', 'chord2'))
     """
 
     tangential: np.ndarray  #: ‖q − (k^T q)k‖², the tangential residual (a_∥ → ∞)
@@ -656,7 +748,7 @@ class SphereResiduals(NamedTuple):
 def sphere_residuals(q, k):
     r"""The sphere limit: for unit q, k the tangential residual is sin²θ ≈ θ² ≈ 2(1 − cos θ).
 
-    Implements Eq. (9.12) of the book. RECONSTRUCTION (spec afa.md §5.2, consistent with
+    Implements Eq. (9.12) of the book. RECONSTRUCTION (chapter 9 of the book, consistent with
     "Interpreting the Transformer as an MLE on a hypersphere", Racioppo v1 §4.5; exact paper
     equations unconfirmed).
 
@@ -677,6 +769,12 @@ def sphere_residuals(q, k):
     ``tangential`` equals ``sin2`` exactly; for small θ all four agree to leading order:
     sin²θ = θ² − θ⁴/3 + …, 2(1 − cos θ) = θ² − θ⁴/12 + …. θ is computed as
     ``atan2(‖q − (k^T q)k‖, k^T q)``, accurate at small angles (unlike ``arccos``).
+
+    Examples
+    --------
+    >>> res = sphere_residuals(np.array([0.0, 1.0]), np.array([1.0, 0.0]))  # at a right angle
+    >>> round(float(res.sin2), 12), bool(np.isclose(res.theta2, (np.pi / 2) ** 2)), round(float(res.chord2), 12)
+    (1.0, True, 2.0)
     """
     q = _check_unit(q, "q")
     k = _check_unit(k, "k")
@@ -772,7 +870,7 @@ def rt_attention(
 
     Implements Eqs. (9.13)–(9.14) of the book. RECONSTRUCTION: the paper's "attention rule that
     solves the MLE within the geometric constraints" (Racioppo v1 §4.3–4.4) is not available;
-    this is AFA's logit (spec afa.md §3.3/§4.5) with the RT precision of Eqs. (9.7)–(9.10).
+    this is AFA's logit (Eq. (7.5) of the book) with the RT precision of Eqs. (9.7)–(9.10).
 
     Parameters
     ----------
@@ -797,9 +895,11 @@ def rt_attention(
     temperature : float
         Multiplies the logits (> 0).
     direction : {"key", "query"}
-        The noise direction u: ``"key"`` (default, spec §5.2) the transported key's direction
+        The noise direction u: ``"key"`` (default) the transported key's direction
         ``u_ij = e^{ΩΔt_ij} k_j/‖k_j‖``; ``"query"`` the query's direction ``q_i/‖q_i‖`` for every
-        key. Which one the paper uses is an open choice (unconfirmed).
+        key. Which one the paper uses is unconfirmed; the RT-Transformer abstract's "noise in the
+        tangent plane at the current estimate" points to ``"query"``. For unit-norm inputs in the
+        sphere limit both give sin²θ (Eq. (9.12) of the book).
     return_weights : bool
         Also return the attention matrix.
 
@@ -821,6 +921,16 @@ def rt_attention(
     with ``log det P = −(d−1) log a_⊥ − log a_∥`` (Eq. (9.10)); for a_⊥ = a_∥ this is isotropic
     AFA's logit. Computed in the frame rotated by ``e^{−Ωt_i}`` (rotate–aggregate–counter-rotate):
     ``e^{−Ωt_i} r_ij = e^{−Ωt_i} q_i − e^{−μΔt_ij} e^{−Ωt_j} k_j``. Memory O(N² d).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 5, 3))
+    >>> W = rng.normal(size=(3, 3))
+    >>> noise = dict(sigma2_perp=0.3, sigma2_par=0.05, eta2_perp=0.1, eta2_par=0.02, gamma2_perp=0.05, gamma2_par=0.01)
+    >>> out, A = rt_attention(q, k, v, mu=0.2, omega=(W - W.T) / 2, nu=2.0, **noise, return_weights=True)
+    >>> out.shape, bool(np.allclose(A.sum(axis=-1), 1.0))
+    ((5, 3), True)
     """
     q, k, v, t, m, om, nz, nu, kappa, temperature = _check_attention(
         q, k, v, t, mu, omega, locals(), nu, weight, kappa, temperature, direction
@@ -877,6 +987,16 @@ def rt_attention_loop(
     RECONSTRUCTION (exact paper equations unconfirmed). Each pair transports the key and value
     with its own ``e^{AΔt_ij}`` (:func:`rt_transition_loop`), forms u, the residual, the split
     distance and the logit as written, then a softmax over j ≤ i.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 5, 3))
+    >>> W = rng.normal(size=(3, 3))
+    >>> noise = dict(sigma2_perp=0.3, sigma2_par=0.05, eta2_perp=0.1, eta2_par=0.02, gamma2_perp=0.05, gamma2_par=0.01)
+    >>> kw = dict(mu=0.2, omega=(W - W.T) / 2, nu=2.0, **noise)
+    >>> bool(np.allclose(rt_attention_loop(q, k, v, **kw), rt_attention(q, k, v, **kw)))
+    True
     """
     q, k, v, t, m, om, nz, nu, kappa, temperature = _check_attention(
         q, k, v, t, mu, omega, locals(), nu, weight, kappa, temperature, direction
@@ -960,6 +1080,17 @@ def rt_step(z, *, alpha=1.0, **params):
     ``z⁺ = z̄/‖z̄‖`` is the normalized weighted resultant of the transported values: the
     maximum-likelihood mean direction of a von Mises–Fisher sample with the attention weights as
     (IRLS) weights (Mardia & Jupp 2000, §10.3) — one reweighted MLE step on the sphere.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 5, 3))
+    >>> W = rng.normal(size=(3, 3))
+    >>> noise = dict(sigma2_perp=0.3, sigma2_par=0.05, eta2_perp=0.1, eta2_par=0.02, gamma2_perp=0.05, gamma2_par=0.01)
+    >>> z = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    >>> z_next = rt_step(z, alpha=0.5, mu=0.1, omega=(W - W.T) / 2, nu=2.0, **noise)
+    >>> np.linalg.norm(z_next, axis=-1).round(12).tolist()  # back on the sphere
+    [1.0, 1.0, 1.0, 1.0, 1.0]
     """
     z, alpha = _check_step(z, alpha)
     zbar = rt_attention(z, z, z, **params)
@@ -970,6 +1101,17 @@ def rt_step_loop(z, *, alpha=1.0, **params):
     """Loop twin of :func:`rt_step`: :func:`rt_attention_loop`, then the update token by token.
 
     RECONSTRUCTION (exact paper equations unconfirmed).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 5, 3))
+    >>> W = rng.normal(size=(3, 3))
+    >>> noise = dict(sigma2_perp=0.3, sigma2_par=0.05, eta2_perp=0.1, eta2_par=0.02, gamma2_perp=0.05, gamma2_par=0.01)
+    >>> z = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    >>> kw = dict(alpha=0.5, mu=0.1, omega=(W - W.T) / 2, nu=2.0, **noise)
+    >>> bool(np.allclose(rt_step_loop(z, **kw), rt_step(z, **kw)))
+    True
     """
     z, alpha = _check_step(z, alpha)
     zbar = rt_attention_loop(z, z, z, **params)

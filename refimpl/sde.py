@@ -105,6 +105,12 @@ class LinearSDE:
         G̃ = S^{-1} Q S^{-†}, Hermitian PSD.
     cond : float
         Condition number of ``S``.
+
+    Examples
+    --------
+    >>> m = LinearSDE.from_matrices(np.array([[-1.0, 0.0], [0.0, -2.0]]), np.eye(2))
+    >>> m.eigvals.real.tolist(), m.is_real
+    ([-1.0, -2.0], True)
     """
 
     A: np.ndarray
@@ -258,6 +264,18 @@ def spiral_system(sigma2: float = 0.3, eta2: float = 0.5) -> LinearSDE:
     thesis §4.2), with isotropic noise spectra in the eigenbasis: ``Λ_Q = σ² I`` and
     ``Λ_R = η² I``, so ``Q = σ² S S^†`` and ``R = η² S S^†``. The paper's three settings are
     (σ², η²) = (0, 1), (0.3, 0.5), (0.5, 2).
+
+    This is AFA's *model*, which satisfies its simultaneous-diagonalizability assumption. The
+    paper's simulation code draws isotropic noise in the original basis instead (``Q = σ² I``,
+    ``R = η² I``, σ and η standard deviations); build that system with
+    ``LinearSDE.from_matrices(spiral_system().A, σ² I, R=η² I)``. Chapter 1 (§1.3.1) and
+    chapter 3 (§3.7) measure the difference.
+
+    Examples
+    --------
+    >>> m = spiral_system()
+    >>> m.A.tolist(), bool(np.all(m.eigvals.real < 0))  # a stable spiral
+    ([[0.9, -2.0], [1.0, -1.1]], True)
     """
     sigma2 = as_positive_scalar(sigma2, "sigma2", strict=False)
     eta2 = as_positive_scalar(eta2, "eta2", strict=False)
@@ -373,6 +391,12 @@ def transition_matrix(model: LinearSDE, dt) -> np.ndarray:
     Returns
     -------
     ndarray, shape (..., d, d)
+
+    Examples
+    --------
+    >>> m = LinearSDE.from_matrices(np.array([[-1.0, 0.0], [0.0, -2.0]]), np.eye(2))
+    >>> bool(np.allclose(transition_matrix(m, 0.5), np.diag(np.exp([-0.5, -1.0]))))
+    True
     """
     model = _check_model(model)
     return model.transition(_check_lags(dt))
@@ -382,6 +406,12 @@ def transition_matrix_loop(model: LinearSDE, dt) -> np.ndarray:
     r"""Loop twin of :func:`transition_matrix`: the spectral sum ``Σ_k e^{λ_k Δt} s_k r_k^T``.
 
     ``s_k`` is column k of S and ``r_k`` row k of S^{-1} (the eigen-projector ``s_k r_k^T``).
+
+    Examples
+    --------
+    >>> m = spiral_system()
+    >>> bool(np.allclose(transition_matrix_loop(m, np.array([0.0, 0.3])), transition_matrix(m, np.array([0.0, 0.3]))))
+    True
     """
     model = _check_model(model)
     dt = _check_lags(dt)
@@ -410,6 +440,13 @@ def discretize(model: LinearSDE, t):
         ``e^{A(t_{i+1} - t_i)}``.
     Qd : ndarray, shape (N-1, d, d)
         ``Cov ε_i = ∫_0^{Δt_i} e^{As} Q e^{A^T s} ds`` (Eq. (1.6)), symmetric PSD.
+
+    Examples
+    --------
+    >>> m = LinearSDE.from_matrices(np.array([[-1.0]]), np.array([[2.0]]))  # Ornstein–Uhlenbeck
+    >>> F, Qd = discretize(m, np.array([0.0, 0.5]))
+    >>> bool(np.isclose(F[0, 0, 0], np.exp(-0.5))), bool(np.isclose(Qd[0, 0, 0], 1 - np.exp(-1.0)))  # q (1 − e^{−2aΔt})/(2a)
+    (True, True)
     """
     model = _check_model(model)
     dt = np.diff(_check_t(t))
@@ -417,7 +454,14 @@ def discretize(model: LinearSDE, t):
 
 
 def discretize_loop(model: LinearSDE, t):
-    """Loop twin of :func:`discretize`: one interval at a time (spectral sum and Eq. (2.4) entry-wise)."""
+    """Loop twin of :func:`discretize`: one interval at a time (spectral sum and Eq. (2.4) entry-wise).
+
+    Examples
+    --------
+    >>> m, t = spiral_system(), np.array([0.0, 0.2, 0.7])
+    >>> all(np.allclose(a, b) for a, b in zip(discretize_loop(m, t), discretize(m, t)))
+    True
+    """
     model = _check_model(model)
     t = _check_t(t)
     d = model.dim
@@ -468,6 +512,13 @@ def moments(model: LinearSDE, t, m0, P0=None):
     -------
     m : ndarray, shape (N, d)
     P : ndarray, shape (N, d, d)
+
+    Examples
+    --------
+    >>> m = LinearSDE.from_matrices(np.array([[-1.0]]), np.array([[2.0]]))
+    >>> mean, P = moments(m, np.array([0.0, 50.0]), np.array([1.0]))
+    >>> round(float(mean[1, 0]), 12), round(float(P[1, 0, 0]), 12)  # forgets the start: mean 0, variance q/(2a) = 1
+    (0.0, 1.0)
     """
     model, t, m0, P0 = _check_moments_args(model, t, m0, P0)
     lag = t - t[0]
@@ -479,7 +530,14 @@ def moments(model: LinearSDE, t, m0, P0=None):
 
 def moments_loop(model: LinearSDE, t, m0, P0=None):
     r"""Loop twin of :func:`moments`: the one-step recursion ``m_{i+1} = F_i m_i``,
-    ``P_{i+1} = F_i P_i F_i^T + Q_{d,i}`` (a second algorithm: it composes the steps)."""
+    ``P_{i+1} = F_i P_i F_i^T + Q_{d,i}`` (a second algorithm: it composes the steps).
+
+    Examples
+    --------
+    >>> m, t = spiral_system(), np.array([0.0, 0.2, 0.7])
+    >>> all(np.allclose(a, b) for a, b in zip(moments_loop(m, t, np.ones(2), np.eye(2)), moments(m, t, np.ones(2), np.eye(2))))
+    True
+    """
     model, t, m0, P0 = _check_moments_args(model, t, m0, P0)
     F, Qd = discretize(model, t)
     m = [m0.astype(np.result_type(m0, model.A))]
@@ -550,6 +608,14 @@ def sample(model: LinearSDE, t, *, x0=None, size=None, rng=None):
     ``x_{i+1} = F_i x_i + ε_i`` runs in eigen-coordinates ``y = S^{-1} x``, where it is
     diagonal, ``y_{i+1} = e^{ΛΔt_i} ⊙ y_i + S^{-1} ε_i``, and all N steps are formed at once by
     an associative scan (``ceil(log2 N)`` vectorized sweeps, no loop over N).
+
+    Examples
+    --------
+    >>> x, z = sample(spiral_system(), np.linspace(0.0, 1.0, 5), size=3, rng=0)
+    >>> x.shape, z.shape  # states and measurements, three independent paths
+    ((3, 5, 2), (3, 5, 2))
+    >>> bool(np.array_equal(x, sample(spiral_system(), np.linspace(0.0, 1.0, 5), size=3, rng=0)[0]))  # seeded
+    True
     """
     model, t, size, x0, xi, nu, F, Qd = _sample_setup(model, t, x0, size, rng)
     eps = (_psd_sqrt(Qd) @ xi[..., None])[..., 0]  # ε_i = L_i ξ_i, size + (N-1, d)
@@ -569,6 +635,12 @@ def sample_loop(model: LinearSDE, t, *, x0=None, size=None, rng=None):
 
     With the same ``rng`` state it draws the same noise as :func:`sample`, so the two return
     the same paths (to round-off).
+
+    Examples
+    --------
+    >>> x, z = sample_loop(spiral_system(), np.linspace(0.0, 1.0, 5), rng=0)
+    >>> x.shape, z.shape
+    ((5, 2), (5, 2))
     """
     model, t, size, x0, xi, nu, F, Qd = _sample_setup(model, t, x0, size, rng)
     L_R = _psd_sqrt(model.R)
@@ -616,6 +688,13 @@ def euler_maruyama(model: LinearSDE, t, *, x0=None, n_substeps: int = 1, size=No
     Returns
     -------
     x : ndarray, shape size + (N, d)
+
+    Examples
+    --------
+    >>> m = LinearSDE.from_matrices(np.array([[-1.0]]), np.zeros((1, 1)))  # no noise: x' = −x
+    >>> x = euler_maruyama(m, np.array([0.0, 1.0]), x0=np.array([1.0]), n_substeps=1000, rng=0)
+    >>> round(float(x[-1, 0]), 3)  # close to e^{−1}
+    0.368
     """
     model = _check_model(model)
     t = _check_t(t)

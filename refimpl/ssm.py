@@ -59,6 +59,7 @@ import math
 import numpy as np
 import scipy.linalg
 
+from ._blocking import per_block
 from ._scan import linear_scan
 from ._validate import (
     as_int,
@@ -90,11 +91,12 @@ __all__ = [
     "selective_scan_assoc",
     "selective_scan_matrix",
     "semiseparable_matrix",
+    "selective_scan_vjp",
+    "selective_scan_vjp_loop",
 ]
 
 METHODS = ("bilinear", "zoh")
 DISCRETIZATIONS = ("mamba", "zoh")
-_SCAN_BLOCK = 64  # time steps per block of selective_scan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +198,15 @@ def hippo_legs_dplr(N):
     (Eq. (11.11)). ``−iS`` is Hermitian, so ``numpy.linalg.eigh`` gives real μ and a *unitary* V
     with ``S = V diag(iμ) V^*``: Λ = −1/2 + iμ. Unitary V has condition number 1; diagonalizing A
     itself instead gives cond(V) ~ 1e18 at N = 32 (see the chapter).
+
+    Examples
+    --------
+    >>> Lambda, P, B, V = hippo_legs_dplr(4)
+    >>> A, B_dense = hippo_legs(4)
+    >>> bool(np.allclose(V @ (np.diag(Lambda) - np.outer(P, P.conj())) @ V.conj().T, A))  # A = V (Λ − P P*) V*
+    True
+    >>> bool(np.allclose(V @ B, B_dense))
+    True
     """
     A, B = hippo_legs(N)
     p = np.sqrt(np.arange(N) + 0.5)
@@ -210,7 +221,7 @@ def hippo_legs_online(u, N):
     r"""Online HiPPO-LegS projection: the Legendre coefficients of the whole history ``u[..., :k+1, :]``.
 
     Implements Eq. (11.4) of the book (HiPPO paper, Thm. 2, ``c' = (1/t)(A c + B f)`` in S4's
-    sign, discretized by the bilinear rule at ``t = k``).
+    sign, discretized by the bilinear rule at ``t = k + 1`` for sample ``k``).
 
     Parameters
     ----------
@@ -234,6 +245,12 @@ def hippo_legs_online(u, N):
     The first sample is the constant history on [0, 1], ``c_1 = f_1 e_0``; a constant signal
     then stays an exact fixed point (``A e_0 = −B``). Reconstruct with
     :func:`legs_reconstruct`. This loop *is* the algorithm (each step has its own matrix).
+
+    Examples
+    --------
+    >>> c = hippo_legs_online(np.ones((50, 1)), 4)  # a constant signal
+    >>> c.shape, (c[-1, 0].round(3) + 0.0).tolist()  # its Legendre coefficients: only the constant term
+    ((50, 1, 4), [1.0, 0.0, 0.0, 0.0])
     """
     N = as_int(N, "N", 1)
     u = as_real_array(u, "u")
@@ -272,6 +289,11 @@ def legs_reconstruct(c, x):
     Returns
     -------
     ndarray, shape (..., M), float64
+
+    Examples
+    --------
+    >>> legs_reconstruct(np.array([1.0, 0.0, 0.0]), np.array([-1.0, 0.0, 1.0])).tolist()  # the constant P₀
+    [1.0, 1.0, 1.0]
     """
     c = as_real_array(c, "c")
     x = as_real_array(x, "x", ndim=1)
@@ -297,7 +319,7 @@ def legs_reconstruct(c, x):
 # ---------------------------------------------------------------------------------------------
 
 
-def discretize(A, B, step, method="bilinear", *, diagonal=False):
+def discretize(A, B, step, *, method="bilinear", diagonal=False):
     r"""Discretize ``x' = Ax + Bu`` with step Δ: the bilinear (S4) or zero-order-hold (S4D) rule.
 
     Implements Eq. (11.6) (bilinear; Gu et al. 2022, S4, Eq. 3) and Eq. (11.7) (ZOH; S4D §2,
@@ -336,8 +358,8 @@ def discretize(A, B, step, method="bilinear", *, diagonal=False):
 
     Examples
     --------
-    >>> Ab, Bb = discretize([-1.0], [1.0], 0.5, "zoh")
-    >>> float(Ab[0]) == np.exp(-0.5), round(float(Bb[0]), 12) == round(1 - np.exp(-0.5), 12)
+    >>> Ab, Bb = discretize([-1.0], [1.0], 0.5, method="zoh")
+    >>> bool(np.isclose(Ab[0], np.exp(-0.5))), bool(np.isclose(Bb[0], 1 - np.exp(-0.5)))
     (True, True)
     """
     check_option(method, "method", METHODS)
@@ -444,6 +466,15 @@ def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
     O(√L) sequential steps (batched over channels) instead of the L of :func:`ssm_kernel_loop`.
     Both take powers of Ā explicitly, which is fine for a stable Ā in float64 but is exactly
     what S4 avoids for long L (Eq. (11.13)).
+
+    Examples
+    --------
+    >>> A, B = hippo_legs(4)
+    >>> Ab, Bb = discretize(A, B, 0.1)
+    >>> C = np.ones(4)
+    >>> K = ssm_kernel(Ab, Bb, C, 8)
+    >>> bool(np.allclose(K[3], C @ np.linalg.matrix_power(Ab, 3) @ Bb))  # K_l = C Ā^l B̄
+    True
     """
     L = as_int(L, "L", 1)
     Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
@@ -466,7 +497,16 @@ def ssm_kernel(Ab, Bb, C, L, *, diagonal=False):
 
 
 def ssm_kernel_loop(Ab, Bb, C, L, *, diagonal=False):
-    """Loop twin of :func:`ssm_kernel`: ``x ← Ā x`` one step at a time, channel by channel (Eq. (11.9))."""
+    """Loop twin of :func:`ssm_kernel`: ``x ← Ā x`` one step at a time, channel by channel (Eq. (11.9)).
+
+    Examples
+    --------
+    >>> A, B = hippo_legs(4)
+    >>> Ab, Bb = discretize(A, B, 0.1)
+    >>> C = np.ones(4)
+    >>> bool(np.allclose(ssm_kernel_loop(Ab, Bb, C, 8), ssm_kernel(Ab, Bb, C, 8)))
+    True
+    """
     L = as_int(L, "L", 1)
     Ab, Bb, C, batch = _check_discrete_ssm(Ab, Bb, C, diagonal)
     N = Bb.shape[-1]
@@ -493,7 +533,7 @@ def _s4d_args(A, B, C, step, L, method):
             np.broadcast_shapes(v.shape, A.shape[-1:])
         except ValueError:
             raise ValueError(f"{name}: expected shape (..., {A.shape[-1]}) broadcastable with A, got shape {v.shape}") from None
-    Ab, Bb = discretize(A, B, step, method, diagonal=True)
+    Ab, Bb = discretize(A, B, step, method=method, diagonal=True)
     try:
         batch = np.broadcast_shapes(Ab.shape[:-1], Bb.shape[:-1], C.shape[:-1])
     except ValueError:
@@ -541,6 +581,15 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     ``exp(ℓ log Ā)`` (for ZOH log Ā = ΔA exactly), so the work is one (…, N, T) table plus, per
     block, a (…, N)·(…, N, T) contraction. Memory O(H N √L); no error growth with ℓ beyond
     that of ``exp``.
+
+    Examples
+    --------
+    >>> A = -0.5 + 1j * np.pi * np.arange(4)
+    >>> B, C = np.ones(4, dtype=complex), np.ones(4, dtype=complex) / 4
+    >>> K = s4d_kernel(A, B, C, 0.1, 16)
+    >>> Ab, Bb = discretize(A, B, 0.1, method='zoh', diagonal=True)
+    >>> bool(np.allclose(K, ssm_kernel(Ab, Bb, C, 16, diagonal=True)))
+    True
     """
     A, step, Ab, Bb, C, L, batch, real = _s4d_args(A, B, C, step, L, method)
     N = Ab.shape[-1]
@@ -566,7 +615,15 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
 
 
 def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
-    """Loop twin of :func:`s4d_kernel`: per channel and mode, ``z ← Ā z`` and ``K̄_ℓ += C B̄ z`` (Eq. (11.10))."""
+    """Loop twin of :func:`s4d_kernel`: per channel and mode, ``z ← Ā z`` and ``K̄_ℓ += C B̄ z`` (Eq. (11.10)).
+
+    Examples
+    --------
+    >>> A = -0.5 + 1j * np.pi * np.arange(4)
+    >>> B, C = np.ones(4, dtype=complex), np.ones(4, dtype=complex) / 4
+    >>> bool(np.allclose(s4d_kernel_loop(A, B, C, 0.1, 16), s4d_kernel(A, B, C, 0.1, 16)))
+    True
+    """
     _, _, Ab, Bb, C, L, batch, _ = _s4d_args(A, B, C, step, L, method)
     N = Ab.shape[-1]
     Ab, Bb, C = (np.broadcast_to(v, batch + (N,)) for v in (Ab, Bb, C))
@@ -580,6 +637,10 @@ def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     return _finish_s4d(K, conj_pairs)
 
 
+#: complex entries of the (channels, L, N) Cauchy matrices formed at once by :func:`s4_kernel_dplr`
+_CAUCHY_ENTRIES = 1 << 21
+
+
 def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     r"""S4's kernel for a DPLR state matrix ``A = Λ − P Q^*``: Cauchy kernel + Woodbury + inverse FFT.
 
@@ -588,25 +649,27 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
 
     Parameters
     ----------
-    Lambda : array_like, shape (N,)
-        Diagonal part (stable: Re Λ ≤ 0), e.g. from :func:`hippo_legs_dplr`.
-    P, Q : array_like, shape (N,)
+    Lambda : array_like, shape (..., N)
+        Diagonal part (stable: Re Λ ≤ 0), e.g. from :func:`hippo_legs_dplr`; leading axes are
+        channels (S4's H, or (C, H) with several output channels) and broadcast with the others.
+    P, Q : array_like, shape (..., N)
         Low-rank factors, ``A = diag(Λ) − P Q^*`` (HiPPO: Q = P).
-    B, C : array_like, shape (N,)
+    B, C : array_like, shape (..., N)
         Input vector and output row vector *in the same basis* as Λ (``V^* B`` and ``C V``).
-    step : float
-        Δ > 0.
+    step : float or array_like, shape (...)
+        Δ > 0, one per channel (S4's ``exp(log_dt)``, shape (H,)); broadcast with the channel axes.
     L : int
         Kernel length (the truncation length of the generating function).
     c_tilde : bool
         ``C`` is already S4's learned ``C̃ = C (I − Ā^L)``. If False (default) C̃ is formed
-        here from the dense Ā (O(N³ log L), done once, as S4's ``_setup_C``).
+        here from the dense Ā of each channel (O(N³ log L), done once, as S4's ``_setup_C``).
 
     Returns
     -------
-    K : ndarray, shape (L,), complex128
-        The kernel ``K̄_ℓ = C Ā^ℓ B̄``; for a system that is real in the original basis the
-        imaginary part is round-off (take ``.real``).
+    K : ndarray, shape (..., L), complex128
+        The kernel ``K̄_ℓ = C Ā^ℓ B̄`` of each channel (the broadcast channel shape of all
+        inputs); for a system that is real in the original basis the imaginary part is
+        round-off (take ``.real``).
 
     Notes
     -----
@@ -617,41 +680,69 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
 
     and Woodbury with ``R = (g − Λ)^{-1}`` diagonal gives
     ``K̂ = 2/(1+ω) [k_{C̃B} − k_{C̃P} (1 + k_{Q^*P})^{-1} k_{Q^*B}]`` with Cauchy sums
-    ``k_{ab}(ω) = Σ_n a_n b_n / (g(ω) − Λ_n)``. Then ``K̄ = ifft(K̂)``. Cost O(N L) plus an FFT,
-    and no power of Ā is ever formed (except in forming C̃ when ``c_tilde`` is False).
+    ``k_{ab}(ω) = Σ_n a_n b_n / (g(ω) − Λ_n)``. Then ``K̄ = ifft(K̂)``. Cost O(N L) per channel
+    plus an FFT, and no power of Ā is ever formed (except in forming C̃ when ``c_tilde`` is
+    False). The four Cauchy sums of a group of channels are one batched matrix product.
 
     Porting note: annotated-s4's ``kernel_DPLR(Λ, P, Q, B, C, Δ, L)`` treats C as a column
     vector and conjugates it, so it equals ``s4_kernel_dplr(Λ, P, Q, B, conj(C), Δ, L,
-    c_tilde=True).real``.
+    c_tilde=True).real``. state-spaces' ``SSMKernelDPLR`` with H channels, ``n_ssm`` = 1 and
+    rank 1 corresponds to ``Lambda`` (H, N), ``P = Q`` (H, N), ``B`` (H, N), ``C`` (channels, H, N),
+    ``step`` (H,), giving K of shape (channels, H, L).
+
+    Examples
+    --------
+    >>> Lambda, P, B, V = hippo_legs_dplr(4)
+    >>> C = np.ones(4) @ V  # C in the eigenbasis, C V
+    >>> K = s4_kernel_dplr(Lambda, P, P, B, C, 0.1, 16)  # HiPPO: Q = P
+    >>> bool(np.allclose(K, ssm_kernel(*discretize(*hippo_legs(4), 0.1), np.ones(4), 16)))  # the dense kernel
+    True
     """
     L = as_int(L, "L", 1)
-    Lam = as_complex_array(Lambda, "Lambda", ndim=1)
-    N = Lam.shape[0]
-    if N < 1:
-        raise ValueError("Lambda: expected at least one eigenvalue, got shape (0,)")
-    vecs = {}
+    Lam = as_complex_array(Lambda, "Lambda")
+    if Lam.ndim < 1 or Lam.shape[-1] < 1:
+        raise ValueError(f"Lambda: expected shape (..., N) with N >= 1 eigenvalues, got shape {Lam.shape}")
+    N = Lam.shape[-1]
+    vecs, batch = {}, Lam.shape[:-1]
     for name, v in (("P", P), ("Q", Q), ("B", B), ("C", C)):
         arr = as_complex_array(v, name)
-        if arr.shape != (N,):
-            raise ValueError(f"{name}: expected shape ({N},) to match Lambda, got shape {arr.shape}")
+        if arr.ndim < 1 or arr.shape[-1] != N:
+            raise ValueError(f"{name}: expected shape (..., {N}) to match Lambda, got shape {arr.shape}")
+        try:
+            batch = np.broadcast_shapes(batch, arr.shape[:-1])
+        except ValueError:
+            raise ValueError(f"{name}: channel axes {arr.shape[:-1]} do not broadcast with {batch}") from None
         vecs[name] = arr
     _check_stable_eigs(Lam, Lam, "Lambda")
-    dt = as_positive_scalar(step, "step")
-    Pv, Qv, Bv, Cv = vecs["P"], vecs["Q"], vecs["B"], vecs["C"]
+    dt = _check_steps(step, "step", batch)
+    batch = np.broadcast_shapes(batch, dt.shape)
+    Lam = np.broadcast_to(Lam, batch + (N,))
+    Pv, Qv, Bv, Cv = (np.broadcast_to(vecs[k], batch + (N,)) for k in ("P", "Q", "B", "C"))
+    dt = np.broadcast_to(dt, batch)
     if not c_tilde:
-        A = np.diag(Lam) - np.outer(Pv, Qv.conj())  # A = Λ − P Q^*
-        Ab, _ = discretize(A, Bv, dt, "bilinear")
-        Cv = Cv - Cv @ np.linalg.matrix_power(Ab, L)  # C̃ = C (I − Ā^L)
+        A = Lam[..., :, None] * np.eye(N) - Pv[..., :, None] * Qv.conj()[..., None, :]  # A = Λ − P Q^*
+        worst = float(np.max(np.linalg.eigvals(A).real, initial=-np.inf))
+        if worst > _stability_tol(A):
+            raise ValueError(f"P: the state matrix Λ − P Q^* is not stable (max Re λ = {worst:.6g}); pass c_tilde=True with S4's C̃")
+        half = 0.5 * dt[..., None, None] * A
+        Ab = np.linalg.solve(np.eye(N) - half, np.eye(N) + half)  # Ā = (I − Δ/2 A)^{-1}(I + Δ/2 A)
+        Cv = Cv - (Cv[..., None, :] @ np.linalg.matrix_power(Ab, L))[..., 0, :]  # C̃ = C (I − Ā^L)
     omega = np.exp(-2j * np.pi * np.arange(L) / L)  # ω_k = e^{−2πik/L}
-    g = (2.0 / dt) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω)
-    R = 1.0 / (g[:, None] - Lam)  # (L, N) Cauchy matrix 1/(g − Λ_n)
     Qc = Qv.conj()
-    k00 = R @ (Cv * Bv)  # k_{C̃B}
-    k01 = R @ (Cv * Pv)  # k_{C̃P}
-    k10 = R @ (Qc * Bv)  # k_{Q*B}
-    k11 = R @ (Qc * Pv)  # k_{Q*P}
-    K_hat = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
-    return np.fft.ifft(K_hat)  # K̄ = iFFT(K̂)
+    # the four numerators of the Cauchy sums, (H, N, 4): C̃B, C̃P, Q*B, Q*P
+    W = np.stack([Cv * Bv, Cv * Pv, Qc * Bv, Qc * Pv], axis=-1).reshape(-1, N, 4)
+    Lam_f, dt_f = Lam.reshape(-1, N), dt.reshape(-1)
+    H = W.shape[0]
+    K_hat = np.empty((H, L), dtype=np.complex128)
+    group = max(1, _CAUCHY_ENTRIES // (L * N))
+    for h0 in range(0, H, group):  # groups of channels: the (h, L, N) Cauchy matrices stay small
+        h = slice(h0, min(h0 + group, H))
+        g = (2.0 / dt_f[h, None]) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω), (h, L)
+        R = 1.0 / (g[..., None] - Lam_f[h, None, :])  # (h, L, N) Cauchy matrix 1/(g − Λ_n)
+        k = R @ W[h]  # (h, L, 4): k_{C̃B}, k_{C̃P}, k_{Q*B}, k_{Q*P}
+        k00, k01, k10, k11 = (k[..., i] for i in range(4))
+        K_hat[h] = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
+    return np.fft.ifft(K_hat, axis=-1).reshape(batch + (L,))  # K̄ = iFFT(K̂)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,6 +799,15 @@ def ssm_recurrent(u, Ab, Bb, C, D=None, *, diagonal=False):
     ``x_k = Ā x_{k−1} + B̄ u_k`` (``x_{−1} = 0``), ``y_k = C x_k + D u_k``: plain Python loops
     over the batch, the channels and the time steps (O(1) work per step at inference — the
     reason SSMs generate fast).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> Ab, Bb = discretize(*hippo_legs(4), 0.1)
+    >>> u, C = rng.normal(size=(10, 2)), rng.normal(size=4)
+    >>> y = ssm_recurrent(u, Ab, Bb, C)
+    >>> y.shape, bool(np.allclose(y, ssm_convolution(u, Ab, Bb, C)))  # the recurrent and convolutional modes agree
+    ((10, 2), True)
     """
     u, Ab, Bb, C, D = _check_ssm_io(u, Ab, Bb, C, D, diagonal)
     L, H = u.shape[-2:]
@@ -746,6 +846,15 @@ def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
     The kernel comes from :func:`ssm_kernel` (⌈log₂ L⌉ batched matrix products), the
     convolution from one zero-padded FFT of length ≥ 2L − 1 (:func:`refimpl.mixing.fft_conv`):
     O(H (N³ log L + L log L)) instead of the recurrence's O(H L N²) sequential steps — the training mode of S4.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> Ab, Bb = discretize(*hippo_legs(4), 0.1)
+    >>> u, C = rng.normal(size=(10, 2)), rng.normal(size=4)
+    >>> K = ssm_kernel(Ab, Bb, C, 10)
+    >>> bool(np.allclose(ssm_convolution(u, Ab, Bb, C)[:, 0], np.convolve(u[:, 0], K)[:10]))  # y = K ∗ u
+    True
     """
     u, Ab, Bb, C, D = _check_ssm_io(u, Ab, Bb, C, D, diagonal)
     L = u.shape[-2]
@@ -859,17 +968,29 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
 
     This is the recurrent form, one vectorized update over all (batch, channel, state) entries
     per time step (the loop of ``selective_scan_ref``), run in place on the precomputed
-    ``B̄_t u_t`` in blocks of 64 time steps (small temporaries, cache-resident); the readout
+    ``B̄_t u_t`` in blocks of time steps whose temporaries fit the workspace budget of
+    :mod:`refimpl._blocking` (cache-resident); the readout
     ``y_t = C_t h_t`` is one batched product per block. Twins: :func:`selective_scan_loop`
     (scalar loops), :func:`selective_scan_assoc` (parallel scan), :func:`selective_scan_matrix`
     (semiseparable matrix).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> L, d, n = 6, 2, 3
+    >>> u, delta = rng.normal(size=(L, d)), 0.1 + rng.random((L, d))
+    >>> A, B, C = -np.exp(rng.normal(size=(d, n))), rng.normal(size=(L, n)), rng.normal(size=(L, n))
+    >>> y, h = selective_scan(u, delta, A, B, C, return_last_state=True)
+    >>> y.shape, h.shape
+    ((6, 2), (2, 3))
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
     L = u.shape[-2]
     y = np.empty(u.shape)
     h = np.zeros(u.shape[:-2] + A.shape)  # h_{−1} = 0, (..., d, n)
-    for start in range(0, L, _SCAN_BLOCK):  # blocks of time steps: (…, T, d, n) temporaries only
-        sl = slice(start, min(start + _SCAN_BLOCK, L))
+    steps = per_block(2 * h.size)  # a time step: Ā_t and B̄_t u_t, (…, d, n) each
+    for start in range(0, L, steps):  # blocks of time steps: (…, T, d, n) temporaries only
+        sl = slice(start, min(start + steps, L))
         Ab, H = _discretize_selective(u[..., sl, :], delta[..., sl, :], A, B[..., sl, :], discretization)
         H[..., 0, :, :] += Ab[..., 0, :, :] * h  # H starts as B̄_t u_t
         for t in range(1, H.shape[-3]):
@@ -885,6 +1006,15 @@ def selective_scan_loop(u, delta, A, B, C, D=None, *, discretization="mamba", re
 
     ``h_{t,d,n} = exp(Δ_{t,d} A_{d,n}) h_{t−1,d,n} + B̄_{t,d,n} u_{t,d}``, ``y_{t,d} = Σ_n C_{t,n} h_{t,d,n}``,
     with ``B̄ = Δ B`` ("mamba") or ``(exp(Δ A) − 1)/A · B`` ("zoh"), in Python floats.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> L, d, n = 6, 2, 3
+    >>> u, delta = rng.normal(size=(L, d)), 0.1 + rng.random((L, d))
+    >>> A, B, C = -np.exp(rng.normal(size=(d, n))), rng.normal(size=(L, n)), rng.normal(size=(L, n))
+    >>> bool(np.allclose(selective_scan_loop(u, delta, A, B, C), selective_scan(u, delta, A, B, C)))
+    True
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
     L, d_in = u.shape[-2:]
@@ -922,7 +1052,16 @@ def selective_scan_assoc(u, delta, A, B, C, D=None, *, discretization="mamba", r
     ``(a_2, b_2) ∘ (a_1, b_1) = (a_2 a_1, a_2 b_1 + b_2)`` is associative, so all prefixes come
     out of ⌈log₂ L⌉ vectorized sweeps (:func:`refimpl._scan.linear_scan`, Hillis–Steele): the
     reference for GPU scan kernels. Only products of the given Ā_t ∈ (0, 1] are formed, so
-    nothing under- or overflows.
+    nothing overflows; long products may underflow to 0, which is the exact limit they approach.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> L, d, n = 6, 2, 3
+    >>> u, delta = rng.normal(size=(L, d)), 0.1 + rng.random((L, d))
+    >>> A, B, C = -np.exp(rng.normal(size=(d, n))), rng.normal(size=(L, n)), rng.normal(size=(L, n))
+    >>> bool(np.allclose(selective_scan_assoc(u, delta, A, B, C), selective_scan(u, delta, A, B, C)))
+    True
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
     Ab, Bu = _discretize_selective(u, delta, A, B, discretization)
@@ -972,6 +1111,18 @@ def semiseparable_matrix(delta, A, B, C, D=None, *, discretization="mamba"):
 
     with ``B̄_s = Δ_s B_s`` ("mamba") or ``(e^{Δ_s A} − 1)/A · B_s`` ("zoh"). With Δ, B, C
     constant it is Toeplitz: the S4D kernel of Eq. (11.10). Memory O(d_in L²) per batch element.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> L, d, n = 6, 2, 3
+    >>> u, delta = rng.normal(size=(L, d)), 0.1 + rng.random((L, d))
+    >>> A, B, C = -np.exp(rng.normal(size=(d, n))), rng.normal(size=(L, n)), rng.normal(size=(L, n))
+    >>> M = semiseparable_matrix(delta, A, B, C)
+    >>> M.shape, bool(np.allclose(np.triu(M[0], 1), 0.0))  # per channel, lower triangular: causal
+    ((2, 6, 6), True)
+    >>> bool(np.allclose(M[0] @ u[:, 0], selective_scan(u, delta, A, B, C)[:, 0]))  # y_d = M_d u_d
+    True
     """
     delta_arr = as_real_array(delta, "delta")
     if delta_arr.ndim < 2:
@@ -997,6 +1148,15 @@ def selective_scan_matrix(u, delta, A, B, C, D=None, *, discretization="mamba", 
     Same signature and output as :func:`selective_scan`; O(L²) work (the "attention" form).
     The last state is ``h_{L−1} = Σ_s exp(A Σ_{s<r≤L−1} Δ_r) B̄_s u_s`` (the last row of the
     same segment sums, without C).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> L, d, n = 6, 2, 3
+    >>> u, delta = rng.normal(size=(L, d)), 0.1 + rng.random((L, d))
+    >>> A, B, C = -np.exp(rng.normal(size=(d, n))), rng.normal(size=(L, n)), rng.normal(size=(L, n))
+    >>> bool(np.allclose(selective_scan_matrix(u, delta, A, B, C), selective_scan(u, delta, A, B, C)))
+    True
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
     M = semiseparable_matrix(delta, A, B, C, discretization=discretization)  # (..., d, L, L)
@@ -1009,3 +1169,7 @@ def selective_scan_matrix(u, delta, A, B, C, D=None, *, discretization="mamba", 
         decay = np.exp(A[:, None, :] * seg_last[..., None])  # (..., d, L, n)
         h_last = np.einsum("...dsn,...sdn->...dn", decay, Bu)
     return _finish_selective(y, h_last, u, D, return_last_state)
+
+
+# The backward pass (vector–Jacobian products) lives in refimpl/_vjp.py, re-exported here.
+from ._vjp import selective_scan_vjp, selective_scan_vjp_loop  # noqa: E402

@@ -22,6 +22,7 @@ asserted instead of the norm-wise one, it is said.
 
 from __future__ import annotations
 
+import functools
 import math
 import tracemalloc
 
@@ -34,24 +35,20 @@ from hypothesis import strategies as st
 from refimpl import afa as afa_module
 from refimpl import sde
 from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
+from _oracles import elementwise_rel as _elementwise_rel  # noqa: E402
 from refimpl._testing import ORACLE, SELF, rel_error
 from refimpl.afa import afa, afa_irls, afa_loop, isotropic_afa, isotropic_afa_loop
 from refimpl.attention import softmax_attention
 from refimpl.lyapunov import dle_covariance, dle_covariance_backward, isotropic_covariance
 from refimpl.positional import rope
 
+#: every entry AFA's element-wise checks compare is finite and nonzero
+elementwise_rel = functools.partial(_elementwise_rel, nonzero=True)
+
 EPS = np.finfo(np.float64).eps
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
 WORST_ERRORS, close, record = recorder()
-
-
-def elementwise_rel(actual, desired) -> float:
-    """max_k |a_k − d_k| / |d_k| (all desired entries must be nonzero and finite)."""
-    a, d = np.asarray(actual), np.asarray(desired)
-    assert a.shape == d.shape, f"shape {a.shape} != {d.shape}"
-    assert np.all(np.isfinite(d)) and np.all(d != 0)
-    return float(np.max(np.abs(a - d) / np.abs(d), initial=0.0))
 
 
 def close_elementwise(actual, desired, *, rtol: float, what: str) -> float:
@@ -234,6 +231,23 @@ class TestAfa:
 
 
 class TestAfaIntermediates:
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_loop_twin(self, causal):
+        # afa_loop(..., return_intermediates=True) forms every pair quantity by the equations
+        rng = np.random.default_rng(11)
+        q, k, v = (cplx(rng, (2, 5, 3)) for _ in range(3))
+        par = tensor_params(rng, 3)
+        t = make_times("irregular", 5, rng)
+        out, extra = afa(q, k, v, **par, t=t, causal=causal, temperature=0.8, return_intermediates=True)
+        out_l, extra_l = afa_loop(q, k, v, **par, t=t, causal=causal, temperature=0.8, return_intermediates=True)
+        assert list(extra_l) == list(extra)
+        close(out_l, out, rtol=SELF, what="afa_loop out")
+        for key in ("A", "P", "R", "d2"):
+            close(extra_l[key], extra[key], rtol=SELF, what=f"afa_loop intermediate {key}")
+        finite = np.isfinite(extra["logits"])
+        np.testing.assert_array_equal(np.isfinite(extra_l["logits"]), finite)  # −inf exactly where not allowed
+        close(extra_l["logits"][finite], extra["logits"][finite], rtol=SELF, what="afa_loop logits")
+
     @pytest.mark.parametrize("causal", [True, False])
     @pytest.mark.parametrize("weight, kappa", [("student", None), ("student", 1.5), ("exponential", None)])
     def test_contents(self, causal, weight, kappa):

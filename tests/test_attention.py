@@ -90,9 +90,10 @@ class TestSoftmaxAttention:
     @pytest.mark.parametrize("causal", [False, True])
     def test_blocked_path_without_weights(self, monkeypatch, block, causal):
         # without return_weights the query rows go through in blocks; force many and few blocks
+        import refimpl._blocking as blocking
         import refimpl.attention as attention_module
 
-        monkeypatch.setattr(attention_module, "_BLOCK_LOGITS", block)
+        monkeypatch.setattr(blocking, "WORKSPACE_FLOATS", block)
         monkeypatch.setattr(attention_module, "_MIN_BLOCK_ROWS", 1)
         rng = np.random.default_rng(block)
         q, k = rng.normal(size=(2, 1, 9, 4)), rng.normal(size=(3, 8, 4))
@@ -456,3 +457,116 @@ class TestMaterialize:
             lag_profile(np.ones((3, 4)))
         with pytest.raises(ValueError, match="^omega: expected 1 dimensions"):
             frequency_response(np.eye(3), np.ones((2, 2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# FlashAttention's online softmax, sliding windows and ALiBi (chapter 16, Eqs. (16.15)-(16.16))
+# ---------------------------------------------------------------------------------------------
+
+from refimpl import attention as _att  # noqa: E402  (appended section)
+
+
+@pytest.mark.parametrize("n, m", [(1, 1), (63, 64), (64, 64), (65, 64), (130, 65), (65, 130), (200, 7)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_attention_equals_softmax_at_tile_boundaries(n, m, causal):
+    rng = np.random.default_rng(n * 1000 + m)
+    q, k, v = rng.normal(size=(2, n, 8)), rng.normal(size=(2, m, 8)), rng.normal(size=(2, m, 3))
+    want = _att.softmax_attention(q, k, v, causal=causal)
+    # the log-sum-exp of the allowed logits, by scipy (independent of both codes)
+    s = (q @ np.swapaxes(k, -1, -2)) / np.sqrt(8)
+    if causal:
+        s = np.where(np.arange(m)[None, :] > np.arange(n)[:, None], -np.inf, s)
+    lse_want = scipy.special.logsumexp(s, axis=-1)
+    for bq, bk in ((64, 64), (16, 32), (1, 1), (7, 300)):
+        y, lse = _att.flash_attention(q, k, v, causal=causal, block_q=bq, block_k=bk, return_lse=True)
+        assert_close(y, want, rtol=1e-14, what="flash_attention vs softmax_attention")
+        assert_close(lse, lse_want, rtol=ORACLE, what="flash_attention lse vs scipy logsumexp")
+    y_loop, lse_loop = _att.flash_attention_loop(q, k, v, causal=causal, block_q=16, block_k=32, return_lse=True)
+    assert_close(y_loop, want, rtol=1e-14, what="flash_attention_loop vs softmax_attention")
+    assert_close(lse_loop, lse_want, rtol=ORACLE, what="flash_attention_loop lse")
+
+
+def test_flash_attention_huge_logits_and_broadcast_batch():
+    rng = np.random.default_rng(3)
+    q, k, v = rng.normal(size=(3, 1, 50, 4)), rng.normal(size=(1, 70, 4)), rng.normal(size=(70, 2))
+    y = _att.flash_attention(q, k, v, scale=300.0, block_q=16, block_k=16)  # logits ~ 1e3: exp would overflow
+    assert y.shape == (3, 1, 50, 2) and np.all(np.isfinite(y))
+    assert_close(y, _att.softmax_attention(q, k, v, scale=300.0), rtol=1e-13, what="flash at huge logits")
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(block_q=0), ValueError, "block_q"),
+        (dict(block_k=8.0), TypeError, "block_k"),
+        (dict(return_lse=1), TypeError, "return_lse"),
+        (dict(causal="yes"), TypeError, "causal"),
+        (dict(scale=-1.0), ValueError, "scale"),
+    ],
+)
+@pytest.mark.parametrize("fn", [_att.flash_attention, _att.flash_attention_loop])
+def test_flash_attention_bad_input(fn, kwargs, exc, match):
+    q = np.ones((5, 4))
+    with pytest.raises(exc, match=match):
+        fn(q, q, q, **kwargs)
+    with pytest.raises(ValueError, match="v: expected the same number of rows"):
+        fn(q, q, q[:3])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("w", [1, 3, 8, 100])
+def test_sliding_window_is_a_band_mask(causal, w):
+    rng = np.random.default_rng(w)
+    q, k, v = rng.normal(size=(3, 2, 20, 5))
+    band = np.abs(np.arange(20)[:, None] - np.arange(20)[None, :]) < w
+    want = _att.softmax_attention(q, k, v, mask=band, causal=causal)
+    for fn in (_att.softmax_attention, _att.softmax_attention_loop):
+        assert_close(fn(q, k, v, window=w, causal=causal), want, rtol=SELF, what="window vs explicit band mask")
+    if causal:  # each query sees min(w, i + 1) keys
+        _, A = _att.softmax_attention(q, k, v, window=w, causal=True, return_weights=True)
+        assert np.array_equal((A > 0).sum(-1)[0], np.minimum(w, np.arange(1, 21)))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_alibi_adds_a_linear_distance_bias(causal):
+    rng = np.random.default_rng(11)
+    H = 4
+    q, k, v = rng.normal(size=(3, 2, H, 15, 6))
+    slopes = _att.alibi_geometric_slopes(H)
+    lag = np.abs(np.arange(15)[:, None] - np.arange(15)[None, :])
+    s = q @ np.swapaxes(k, -1, -2) / np.sqrt(6) - slopes[:, None, None] * lag
+    if causal:
+        s = np.where(np.tri(15, dtype=bool), s, -np.inf)
+    want = scipy.special.softmax(s, axis=-1) @ v  # naive oracle: the logits are small here
+    y, A = _att.softmax_attention(q, k, v, alibi_slopes=slopes, causal=causal, return_weights=True)
+    assert_close(y, want, rtol=ORACLE, what="ALiBi vs naive biased softmax")
+    y2, A2 = _att.softmax_attention_loop(q, k, v, alibi_slopes=slopes, causal=causal, return_weights=True)
+    assert_close(y2, y, rtol=SELF, what="ALiBi loop twin")
+    assert_close(A2, A, rtol=SELF, what="ALiBi loop twin weights")
+    # zero slopes are ordinary attention
+    assert_close(_att.softmax_attention(q, k, v, alibi_slopes=np.zeros(H), causal=causal),
+                 _att.softmax_attention(q, k, v, causal=causal), rtol=ORACLE, what="ALiBi m = 0")
+
+
+def test_alibi_geometric_slopes():
+    assert np.array_equal(_att.alibi_geometric_slopes(8), 2.0 ** -np.arange(1, 9))
+    assert np.allclose(_att.alibi_geometric_slopes(6), [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3])
+    with pytest.raises(ValueError, match="n_heads"):
+        _att.alibi_geometric_slopes(0)
+
+
+@pytest.mark.parametrize("fn", [_att.softmax_attention, _att.softmax_attention_loop])
+def test_window_and_alibi_bad_input(fn):
+    q = np.ones((2, 6, 4))
+    with pytest.raises(ValueError, match="window"):
+        fn(q, q, q, window=0)
+    with pytest.raises(TypeError, match="window"):
+        fn(q, q, q, window=2.5)
+    with pytest.raises(ValueError, match="window: query row"):
+        fn(np.ones((9, 4)), np.ones((3, 4)), np.ones((3, 4)), window=2)  # rows 4.. see no key
+    with pytest.raises(ValueError, match="alibi_slopes: expected slopes >= 0"):
+        fn(q, q, q, alibi_slopes=np.array([-1.0, 1.0]))
+    with pytest.raises(ValueError, match="alibi_slopes: shape"):
+        fn(q, q, q, alibi_slopes=np.ones(3))
+    with pytest.raises(ValueError, match="alibi_slopes: expected finite"):
+        fn(q, q, q, alibi_slopes=np.array([np.nan, 1.0]))

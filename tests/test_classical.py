@@ -16,6 +16,7 @@ Tolerances: :mod:`refimpl._testing`.
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pytest
 import scipy.linalg
@@ -54,15 +55,14 @@ from refimpl.classical import (
 )
 
 from _recording import recorder  # noqa: E402
+from _oracles import random_psd as _random_psd  # noqa: E402
+
+#: covariances of unit average eigenvalue, complex
+random_psd = functools.partial(_random_psd, complex_=True, normalize=True)
+
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
 WORST_ERRORS, close, _ = recorder()
-
-
-def random_psd(rng, m, rank=None):
-    r = m if rank is None else rank
-    b = rng.normal(size=(m, r)) + 1j * rng.normal(size=(m, r))
-    return b @ b.conj().T / r
 
 
 # ---------------------------------------------------------------------------------------------

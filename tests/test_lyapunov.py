@@ -15,6 +15,7 @@ error is asserted instead of the norm-wise one, it is said.
 
 from __future__ import annotations
 
+import functools
 import math
 from decimal import Decimal, localcontext
 from functools import lru_cache
@@ -27,6 +28,8 @@ from hypothesis import strategies as st
 from scipy.integrate import quad_vec, solve_ivp
 
 from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
+from _oracles import elementwise_rel, van_loan, van_loan_block, van_loan_upper  # noqa: E402
+from _oracles import random_psd as _random_psd  # noqa: E402
 from refimpl._testing import ODE, ORACLE, SELF, assert_close
 from refimpl.lyapunov import (
     dle_covariance,
@@ -40,23 +43,13 @@ from refimpl.lyapunov import (
     steady_state_covariance_loop,
 )
 
+#: noise matrices in the eigenbasis: complex Hermitian by default
+random_psd = functools.partial(_random_psd, complex_=True)
+
 EPS = np.finfo(np.float64).eps
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
 WORST_ERRORS, close, _record = recorder()
-
-
-def elementwise_rel(actual, desired) -> float:
-    """max_k |a_k − d_k| / |d_k| over entries with d_k ≠ 0; entries with d_k = 0 must be exactly 0."""
-    a, d = np.asarray(actual), np.asarray(desired)
-    assert a.shape == d.shape, f"shape {a.shape} != {d.shape}"
-    assert not np.any(np.isnan(a)), "NaN in the result"
-    zero = d == 0
-    assert np.all(a[zero] == 0), f"expected exact zeros, got {a[zero]}"
-    inf = ~np.isfinite(d)  # the true value overflows float64: the same infinite components
-    np.testing.assert_array_equal(a[inf], d[inf])
-    nz = ~zero & ~inf
-    return float(np.max(np.abs(a[nz] - d[nz]) / np.abs(d[nz]), initial=0.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,12 +59,6 @@ def elementwise_rel(actual, desired) -> float:
 
 def random_eigvals(rng, d, re=(-1.0, -0.05), im_scale=1.5):
     return rng.uniform(*re, size=d) + 1j * rng.normal(scale=im_scale, size=d)
-
-
-def random_psd(rng, d, *, complex_=True, rank=None):
-    r = d if rank is None else rank
-    b = rng.normal(size=(d, r)) + (1j * rng.normal(size=(d, r)) if complex_ else 0.0)
-    return b @ b.conj().T
 
 
 def random_S(rng, d, max_cond=30.0):
@@ -92,60 +79,6 @@ def eigenbasis_noise(S, Q):
 def to_original(S, sigma):
     """S Σ S^† (for Σ of shape (..., d, d))."""
     return S @ sigma @ S.conj().T
-
-
-def van_loan(A, Q, tau):
-    r"""``∫_0^τ e^{As} Q e^{A^† s} ds`` by Van Loan's block exponential (Van Loan 1978, Thm. 1).
-
-    ``expm([[−A, Q], [0, A^†]] τ) = [[F11, F12], [0, F22]]`` with ``F22 = e^{A^† τ}`` and
-    ``F12 = ∫_0^τ e^{−A(τ−s)} Q e^{A^† s} ds = e^{−Aτ} V(τ)``, so ``F22^† F12 = V(τ)``.
-
-    Q is scaled to unit size first (V is linear in Q): the error of ``expm`` grows with the
-    norm of the block matrix, and an unbalanced Q block costs digits for nothing.
-    """
-    d = A.shape[0]
-    c = float(np.max(np.abs(Q)))
-    M = np.zeros((2 * d, 2 * d), dtype=np.complex128)
-    M[:d, :d] = -A
-    M[:d, d:] = Q / c
-    M[d:, d:] = A.conj().T
-    F = scipy.linalg.expm(M * tau)
-    return c * (F[d:, d:].conj().T @ F[:d, d:])
-
-
-def van_loan_upper(A, Q, tau):
-    r"""The same integral from the other block form.
-
-    ``expm([[A, Q], [0, −A^†]] τ)`` has the upper-right block ``X = ∫_0^τ e^{A(τ−s)} Q e^{−A^† s} ds``,
-    and ``X e^{A^† τ} = ∫_0^τ e^{Au} Q e^{A^† u} du``.
-    """
-    d = A.shape[0]
-    c = float(np.max(np.abs(Q)))
-    M = np.zeros((2 * d, 2 * d), dtype=np.complex128)
-    M[:d, :d] = A
-    M[:d, d:] = Q / c
-    M[d:, d:] = -A.conj().T
-    F = scipy.linalg.expm(M * tau)
-    return c * (F[:d, d:] @ F[:d, :d].conj().T)  # e^{A^† τ} = (e^{Aτ})^†
-
-
-def van_loan_doubling(A, Q, tau, block=van_loan):
-    r"""Van Loan at a short step h = τ/2^k (‖A‖h <= 1/2), then ``V(2h) = V(h) + e^{Ah} V(h) e^{A^† h}``.
-
-    Why: ``F22^† F12 = e^{Aτ} · (e^{−Aτ} V)`` recovers V from a block of size ‖e^{−Aτ}‖‖V‖, so a
-    single block exponential loses about ``log10(‖e^{Aτ}‖ ‖e^{−Aτ}‖)`` digits. With stable and
-    unstable modes at τ = 7.3 that is ~1e-11..1e-10 (measured against quad_vec, which agrees with
-    the closed form to 5e-15); on the short step it is ~1e-16, and doubling adds PSD-congruent
-    terms without cancellation.
-    """
-    k = max(0, math.ceil(math.log2(max(np.linalg.norm(A, 2) * tau, 1e-300) / 0.5)))
-    h = tau / 2**k
-    V = block(A, Q, h)
-    E = scipy.linalg.expm(A * h)
-    for _ in range(k):
-        V = V + E @ V @ E.conj().T  # V(2h) = V(h) + e^{Ah} V(h) e^{A^† h}
-        E = E @ E
-    return V
 
 
 def expm_congruence(A, Q, s):
@@ -205,10 +138,19 @@ def phi_ref(z, tau) -> complex:
     e^{zτ} = e^{Re} (cos Im + i sin Im) with Decimal.exp and an 80-digit argument reduction.
     """
     z = complex(z)
+    re, im = phi_ref_decimal(Decimal(z.real), Decimal(z.imag), tau)
+    return complex(float(re), float(im))
+
+
+def phi_ref_decimal(zr: Decimal, zi: Decimal, tau) -> tuple[Decimal, Decimal]:
+    """(e^{zτ} − 1)/z for a rate z = zr + i·zi given exactly in decimal, as a (re, im) pair.
+
+    The rate may be a sum of doubles that float64 cannot hold (λ_k + λ_l^*); see :func:`phi_ref`.
+    """
     with localcontext() as ctx:
         ctx.prec = _PREC
-        zr, zi, t = Decimal(z.real), Decimal(z.imag), Decimal(float(tau))
-        wr, wi = zr * t, zi * t  # exact: products of two doubles fit in 80 digits
+        t = Decimal(float(tau))
+        wr, wi = zr * t, zi * t  # exact: the products fit in 80 digits
         if wr * wr + wi * wi < 1:
             sr, si, tr, ti, n = Decimal(0), Decimal(0), Decimal(1), Decimal(0), 0
             while True:
@@ -217,12 +159,33 @@ def phi_ref(z, tau) -> complex:
                 tr, ti = (tr * wr - ti * wi) / (n + 1), (tr * wi + ti * wr) / (n + 1)
                 if abs(tr) + abs(ti) <= Decimal(10) ** (-_PREC) * (abs(sr) + abs(si)):
                     break
-            return complex(float(sr * t), float(si * t))
+            return sr * t, si * t
         e = wr.exp()
         c, s = _decimal_cos_sin(wi) if wi != 0 else (Decimal(1), Decimal(0))
         nr, ni = e * c - 1, e * s
         den = zr * zr + zi * zi
-        return complex(float((nr * zr + ni * zi) / den), float((ni * zr - nr * zi) / den))
+        return (nr * zr + ni * zi) / den, (ni * zr - nr * zi) / den
+
+
+def dle_ref(lam, G, tau, sign=1.0) -> np.ndarray:
+    """Σ_kl = G̃_kl φ(sign·(λ_k + λ_l^*), τ) with the rate summed exactly in decimal, shape (d, d).
+
+    float64 cannot hold λ_k + λ_l^* when the parts differ in scale (1e6 − 1e-9); this reference
+    adds the exact decimal values of the given doubles, so it judges the result for the given
+    eigenvalues, not for a rounded rate.
+    """
+    d = len(lam)
+    out = np.empty((d, d), dtype=np.complex128)
+    with localcontext() as ctx:
+        ctx.prec = _PREC
+        for k in range(d):
+            for l in range(d):
+                zr = Decimal(sign) * (Decimal(lam[k].real) + Decimal(lam[l].real))
+                zi = Decimal(sign) * (Decimal(lam[k].imag) - Decimal(lam[l].imag))
+                pr, pi = phi_ref_decimal(zr, zi, tau)
+                gr, gi = Decimal(G[k, l].real), Decimal(G[k, l].imag)
+                out[k, l] = complex(float(gr * pr - gi * pi), float(gr * pi + gi * pr))
+    return out
 
 
 def phi_ref_array(z, tau) -> np.ndarray:
@@ -244,6 +207,27 @@ class TestReference:
         # (e^{-x} - 1)/(-x) for x = 1e-20: 1 - x/2 exactly to double precision
         assert phi_ref(-1e-20, 1.0) == 1.0
         assert phi_ref(-1e-8, 1.0).real == 1.0 - 0.5e-8 + 1e-16 / 6
+
+    def test_dle_ref_exact_rate(self):
+        # the exact decimal sum differs from the rounded one: 1e6 + 1e-9 is not a double
+        lam = np.array([-1e-9 + 1e6j, -1e-9 - 1e-9j])
+        G = np.array([[1.0, 0.5j], [-0.5j, 2.0]])
+        ref = dle_ref(lam, G, 1e6)
+        # diagonal entries have exact real rates −2e-9 and match phi_ref on them
+        assert ref[0, 0] == phi_ref(-2e-9, 1e6) and ref[1, 1] == 2.0 * phi_ref(-2e-9, 1e6)
+        # the off-diagonal entry differs from the one of the rounded rate by far more than round-off
+        rounded = 0.5j * phi_ref(lam[0] + np.conj(lam[1]), 1e6)
+        assert abs(ref[0, 1] - rounded) > 1e-8 * abs(ref[0, 1])
+        # and agrees with an independent decimal evaluation through (1 − e^{zτ})·conj(z)/|z|²
+        with localcontext() as ctx:
+            ctx.prec = _PREC
+            zr, zi = Decimal(-2e-9), Decimal(1e6) + Decimal(1e-9)
+            c, s_ = _decimal_cos_sin(zi * Decimal(1e6))
+            e = (zr * Decimal(1e6)).exp()
+            nr, ni = e * c - 1, e * s_
+            den = zr * zr + zi * zi
+            val = complex(float((nr * zr + ni * zi) / den), float((ni * zr - nr * zi) / den))
+        assert abs(ref[0, 1] - 0.5j * val) <= 4 * EPS * abs(ref[0, 1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,11 +404,11 @@ class TestDleCovariance:
         G = eigenbasis_noise(S, Q)
         for tau in (0.1, 1.0, 7.3):
             V = to_original(S, dle_covariance(lam, G, tau))
-            close(V, van_loan_doubling(A, Q, tau), rtol=ORACLE, what="forward vs Van Loan expm (+ doubling)")
-            V_upper = van_loan_doubling(A, Q, tau, van_loan_upper)
+            close(V, van_loan(A, Q, tau), rtol=ORACLE, what="forward vs Van Loan expm (+ doubling)")
+            V_upper = van_loan(A, Q, tau, block=van_loan_upper)
             close(V, V_upper, rtol=ORACLE, what="forward vs Van Loan upper form (+ doubling)")
-            if tau <= 1.0:  # one block exponential over the whole lag (see van_loan_doubling)
-                close(V, van_loan(A, Q, tau), rtol=ORACLE, what="forward vs Van Loan expm (single block)")
+            if tau <= 1.0:  # one block exponential over the whole lag (see _oracles.van_loan)
+                close(V, van_loan_block(A, Q, tau), rtol=ORACLE, what="forward vs Van Loan expm (single block)")
                 close(V, van_loan_upper(A, Q, tau), rtol=ORACLE, what="forward vs Van Loan upper form (single block)")
 
     def test_van_loan_diagonal_noise(self):
@@ -437,7 +421,7 @@ class TestDleCovariance:
         Q = (S * g) @ S.conj().T
         for tau in (0.1, 1.0, 7.3):
             V = (S * dle_covariance(lam, g, tau)) @ S.conj().T
-            close(V, van_loan_doubling(A, Q, tau), rtol=ORACLE, what="forward (diag noise) vs Van Loan (+ doubling)")
+            close(V, van_loan(A, Q, tau), rtol=ORACLE, what="forward (diag noise) vs Van Loan (+ doubling)")
 
     def test_solve_ivp(self):
         # dV/dt = A V + V A^† + Q, V(0) = 0, integrated as 2 d² real ODEs.
@@ -581,6 +565,35 @@ class TestDleCovariance:
             close(full[-1], -G / z, rtol=ORACLE, what="τ→∞ limit −G̃/z")
             close(diag[-1], g / (2 * 50.0 * np.array([20.0, 20.0, 1.0])), rtol=ORACLE, what="τ→∞ limit g/(2μ)")
 
+    @pytest.mark.parametrize("func, sign", FUNCS_AND_SIGNS)
+    @pytest.mark.parametrize("tau", [1.0, 1e3, 1e6, 1e9])
+    def test_full_noise_large_phase(self, func, sign, tau):
+        # Full noise with |ω|τ up to 1e15 rad and rates of very different scale: the rate
+        # λ_k + λ_l^* is not a double (Im = 1e6 + 1e-9), and its rounding times τ used to be a
+        # phase error (1.3e-10, 8.4e-8, 7.4e-5 elementwise at τ = 1, 1e3, 1e6). Elementwise
+        # against the exact-rate 80-digit reference; real parts tiny so that the pushed-back
+        # covariance stays finite at τ = 1e9.
+        lam = np.array([-1e-9 + 1e6j, -1e-9 - 1e-9j, -3e-10 + 0.7j, -1e-10 - 3.3e5j])
+        G = random_psd(np.random.default_rng(5), 4)
+        got = func(lam, G, np.array([tau]))[0]
+        ref = dle_ref(lam, G, tau, sign)
+        ref = 0.5 * (ref + ref.conj().T)  # G̃ is Hermitian to round-off; so is Σ
+        err = elementwise_rel(got, ref)
+        _record("full Σ, |ω|τ up to 1e15 vs exact-rate reference (elementwise)", err, 1e-12)
+        assert err <= 1e-12, f"τ={tau:g}: elementwise relative error {err:.3e}"
+
+    def test_full_noise_large_phase_decaying(self):
+        # the same with decaying modes (e^{Re w} between 1e-300 and 1) at τ = 1e3 and 1e6
+        lam = np.array([-0.02 + 1e6j, -3e-4 - 1e-9j, -0.5 + 0.7j, -1e-3 - 3.3e5j])
+        G = random_psd(np.random.default_rng(6), 4)
+        for tau in (1e3, 1e6):
+            for func in (dle_covariance, dle_covariance_loop):
+                got = func(lam, G, tau)
+                ref = dle_ref(lam, G, tau)
+                err = elementwise_rel(got, 0.5 * (ref + ref.conj().T))
+                _record("full Σ, decaying, large |ω|τ (elementwise)", err, 1e-12)
+                assert err <= 1e-12, f"{func.__name__} τ={tau:g}: {err:.3e}"
+
     # ---- properties ---------------------------------------------------------------------------
 
     @settings(max_examples=40)
@@ -696,9 +709,9 @@ class TestDleCovarianceBackward:
         G = eigenbasis_noise(S, Q)
         for tau in (0.1, 1.0, 7.3):
             VB = to_original(S, dle_covariance_backward(lam, G, tau))
-            close(VB, van_loan_doubling(-A, Q, tau), rtol=ORACLE, what="backward vs Van Loan with −A (+ doubling)")
+            close(VB, van_loan(-A, Q, tau), rtol=ORACLE, what="backward vs Van Loan with −A (+ doubling)")
             if tau <= 1.0:
-                close(VB, van_loan(-A, Q, tau), rtol=ORACLE, what="backward vs Van Loan with −A (single block)")
+                close(VB, van_loan_block(-A, Q, tau), rtol=ORACLE, what="backward vs Van Loan with −A (single block)")
             # the identity V_B = e^{−Aτ} V_F e^{−A^†τ} between the two closed forms (Eq. 2.7)
             E = scipy.linalg.expm(-A * tau)
             VF = to_original(S, dle_covariance(lam, G, tau))
@@ -732,6 +745,21 @@ class TestDleCovarianceBackward:
         np.testing.assert_array_equal(np.diagonal(bwd).imag, 0.0)
 
     # ---- overflow -----------------------------------------------------------------------------
+
+    def test_diagonal_large_growth_exact_exponent(self):
+        # Σ^B_k = g (e^{2μτ} − 1)/(2μ) with 2μτ up to 700: the rounding of the product 2μ·τ
+        # (up to ε·350 relative in e^{2μτ}) is restored, so the result is exact to a few ulp
+        rng = np.random.default_rng(19)
+        mu = rng.uniform(0.1, 3.0, 40)
+        lam = -mu + 1j * rng.normal(size=40)
+        tau = rng.uniform(1.0, 350.0 / mu)  # 2μτ in (0.2, 700)
+        g = rng.uniform(0.5, 2.0, 40)
+        for func in (dle_covariance_backward, dle_covariance_backward_loop):
+            got = np.array([func(lam[i:i + 1], g[i:i + 1], tau[i])[0] for i in range(40)])
+            ref = g * np.array([phi_ref(2 * m, t).real for m, t in zip(mu, tau)])
+            err = elementwise_rel(got, ref)
+            _record("diag Σ^B with 2μτ up to 700 (elementwise)", err, 4 * EPS)
+            assert err <= 4 * EPS, f"{func.__name__}: {err:.3e}"
 
     def test_overflow_diagonal(self):
         # 2μτ > 709.78 + log(2μ/g): +inf where g > 0, exactly 0 where g = 0, never NaN.

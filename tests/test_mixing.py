@@ -18,6 +18,8 @@ Tolerances: :mod:`refimpl._testing` (SELF for loop twins and two algorithms, ORA
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -290,6 +292,72 @@ class TestHyenaFilter:
         shifted = mixing.hyena_filter(L, d, n_filters=n, shift=0.5, rng=1).transpose(1, 0, 2).reshape(L, -1)
         close(shifted * np.exp(-t * rates[1e-2]), base[1e-2] * (np.exp(-t * rates[1e-2]) + 0.5), rtol=ORACLE,
               what="hyena_filter shift")
+
+    @staticmethod
+    def safari_filter(L, d_model, order, emb_dim, linears, freq, fast=0.3, slow=1.5, target=1e-2, shift=0.0):
+        """A NumPy transcription of safari's ``HyenaFilter.filter(L)`` with torch-layout weights.
+
+        ``linears`` is [(weight (out, in), bias or None), …] of ``implicit_filter``; the steps are
+        ``PositionalEmbedding`` (z = [t, Re e^{−i f w}, Im e^{−i f w}]), ``Linear → Sin`` layers,
+        the last ``Linear`` (no bias) and ``ExponentialModulation``; then ``'l (o d) -> o l d'``.
+        """
+        t = np.linspace(0, 1, L)[:, None]
+        bands = (emb_dim - 1) // 2
+        t_rescaled = np.linspace(0, L - 1, L)[:, None]
+        w = 2 * math.pi * t_rescaled / L
+        f = np.linspace(1e-4, bands - 1, bands)[None, :]
+        zc = np.exp(-1j * f * w)
+        z = np.concatenate([t, zc.real, zc.imag], axis=-1)
+        for weight, bias in linears[:-1]:
+            z = np.sin(freq * (z @ weight.T + bias))
+        h = z @ linears[-1][0].T
+        max_decay, min_decay = math.log(target) / fast, math.log(target) / slow
+        deltas = np.linspace(min_decay, max_decay, d_model * order)[None, :]
+        h = h * (np.exp(-t * np.abs(deltas)) + shift)
+        return h.reshape(L, order, d_model).transpose(1, 0, 2)
+
+    @pytest.mark.parametrize("func", [mixing.hyena_filter, mixing.hyena_filter_loop])
+    @pytest.mark.parametrize("L, d, n, emb_dim, width, depth", [(64, 4, 2, 3, 16, 3), (17, 3, 3, 5, 8, 2), (1, 2, 1, 3, 4, 1)])
+    def test_given_weights_vs_safari_transcription(self, func, L, d, n, emb_dim, width, depth):
+        rng = np.random.default_rng(L + d)
+        sizes = [emb_dim] + [width] * depth
+        linears = [(rng.normal(size=(o, i)), rng.normal(size=o)) for i, o in zip(sizes[:-1], sizes[1:])]
+        linears.append((rng.normal(size=(n * d, width)), None))
+        weights = [a for W, b in linears[:-1] for a in (W.T, b)] + [linears[-1][0].T]
+        h = func(L, d, n_filters=n, emb_dim=emb_dim, width=width, depth=depth, freq=1.3, shift=0.2, weights=weights)
+        ref = self.safari_filter(L, d, n, emb_dim, linears, 1.3, shift=0.2)
+        close(h, ref, rtol=ORACLE, what=f"{func.__name__}(weights=…) vs safari transcription")
+
+    def test_given_weights_reproduce_the_drawn_ones(self):
+        # the weights that rng=4 draws, given explicitly, give the same filter exactly
+        rng = np.random.default_rng(4)
+        sizes = [3, 16, 16, 16]
+        weights = []
+        for i, o in zip(sizes[:-1], sizes[1:]):
+            bound = 1 / math.sqrt(i)
+            weights += [rng.uniform(-bound, bound, (i, o)), rng.uniform(-bound, bound, o)]
+        weights.append(rng.uniform(-0.25, 0.25, (16, 6)))
+        np.testing.assert_array_equal(mixing.hyena_filter(30, 3, n_filters=2, weights=weights),
+                                      mixing.hyena_filter(30, 3, n_filters=2, rng=4))
+
+    def test_given_weights_errors(self):
+        W = [np.ones((3, 4)), np.ones(4), np.ones((4, 2))]
+        kw = dict(width=4, depth=1)
+        assert mixing.hyena_filter(5, 2, weights=W, **kw).shape == (1, 5, 2)
+        with pytest.raises(ValueError, match="^rng: expected None when weights"):
+            mixing.hyena_filter(5, 2, weights=W, rng=0, **kw)
+        with pytest.raises(ValueError, match="^weights: expected 3 arrays"):
+            mixing.hyena_filter(5, 2, weights=W[:2], **kw)
+        with pytest.raises(TypeError, match="^weights: expected a sequence"):
+            mixing.hyena_filter(5, 2, weights=3.0, **kw)
+        with pytest.raises(ValueError, match="^weights\\[0\\]: expected W_1 of shape \\(3, 4\\)"):
+            mixing.hyena_filter_loop(5, 2, weights=[np.ones((4, 3))] + W[1:], **kw)
+        with pytest.raises(ValueError, match="^weights\\[1\\]"):
+            mixing.hyena_filter(5, 2, weights=[W[0], np.ones(3), W[2]], **kw)
+        with pytest.raises(ValueError, match="^weights\\[2\\]: expected W_out of shape \\(4, 2\\)"):
+            mixing.hyena_filter(5, 2, weights=W[:2] + [np.ones((4, 3))], **kw)
+        with pytest.raises(ValueError, match="^weights\\[0\\]: expected finite"):
+            mixing.hyena_filter(5, 2, weights=[np.full((3, 4), np.nan)] + W[1:], **kw)
 
     def test_bad_input(self):
         with pytest.raises(ValueError, match="^L"):

@@ -164,7 +164,7 @@ class TestRope:
 
     def test_complex_output(self):
         x = np.random.default_rng(0).normal(size=(4, 6))
-        z = rope_complex(x, return_complex=True)
+        z = rope_complex(x, as_complex=True)
         assert z.shape == (4, 3) and z.dtype == np.complex128
         theta = frequencies(6)
         close(z, (x[:, 0::2] + 1j * x[:, 1::2]) * np.exp(1j * np.arange(4)[:, None] * theta), rtol=ORACLE,

@@ -32,6 +32,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import refimpl._blocking as _blocking
 import refimpl.random_features as rf_module
 from refimpl._testing import ORACLE, SELF, mc_band
 from refimpl.attention import softmax_attention
@@ -100,7 +101,7 @@ class TestLinearAttention:
     @pytest.mark.parametrize("chunk", [1, 3, 4, 128])
     @pytest.mark.parametrize("n", [1, 7, 12])
     def test_chunked_prefix_sums_with_padding(self, monkeypatch, chunk, n, group):
-        monkeypatch.setattr(rf_module, "_GROUP_FLOATS", group)  # 1: one chunk per group; 10**9: one group
+        monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", group)  # 1: one chunk per group; 10**9: one group
         q, k, v = qkv(chunk + n, n=n, batch=(3, 1))
         k = k[0]  # broadcast batch
         y = rf_module._kernel_attention(elu1(q), elu1(k), v, True, chunk)
@@ -172,6 +173,37 @@ class TestFavorFeatures:
         ratio = favor_features(x, w, kind=kind) / favor_oracle(x, w, kind)
         np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:, :1, :1], ratio.shape), rtol=1e-12)
 
+    @pytest.mark.parametrize("kind", ["positive", "trig"])
+    @pytest.mark.parametrize("scale", [None, 0.3, 1.0, 0.0])
+    def test_scale_is_applied_inside(self, kind, scale):
+        # favor_features(x, scale=s) are the features of √s·x (None: s = 1/√d), loop twin alike
+        rng = np.random.default_rng(2)
+        x, w = rng.normal(size=(2, 6, 4)), rng.normal(size=(5, 4))
+        s = 0.5 if scale is None else scale  # 1/√4
+        ref = favor_oracle(np.sqrt(s) * x, w, kind)
+        for func in (favor_features, favor_features_loop):
+            close(func(x, w, scale=scale, kind=kind, stabilize=False), ref, rtol=ORACLE, what=f"{func.__name__} scale={scale}")
+        with pytest.raises(ValueError, match="^scale"):
+            favor_features(x, w, scale=-1.0)
+
+    @pytest.mark.parametrize("kind", ["positive", "trig"])
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("scale", [None, 0.7])
+    def test_performer_uses_favor_features_with_the_same_scale(self, kind, causal, scale):
+        # one convention: performer_attention(q, k, v, scale=s, projection=w) is Eq. (12.2) with the
+        # features favor_features(q, w, scale=s) and favor_features(k, w, scale=s) of the raw q, k
+        rng = np.random.default_rng(3)
+        q, k, v = rng.normal(size=(3, 2, 7, 4))
+        w = rng.normal(size=(6, 4))
+        pq = favor_features(q, w, scale=scale, kind=kind, stabilize=False)
+        pk = favor_features(k, w, scale=scale, kind=kind, stabilize=False)
+        a = pq @ np.swapaxes(pk, -1, -2)  # Â_ij = φ(q_i)·φ(k_j)
+        if causal:
+            a = np.tril(a)
+        ref = (a @ v) / a.sum(-1, keepdims=True)
+        got = performer_attention(q, k, v, n_features=6, projection=w, rng=None, scale=scale, kind=kind, causal=causal)
+        close(got, ref, rtol=ORACLE, what="performer_attention vs favor_features(scale) features")
+
     def test_stabilize_prevents_overflow(self):
         rng = np.random.default_rng(1)
         x, w = rng.normal(size=(4, 3)) * 40, rng.normal(size=(5, 3))
@@ -222,7 +254,7 @@ class TestFavorFeatures:
             return (np.sum(fx * fy, axis=-1) - sm) ** 2
 
         iid = err2(rng.standard_normal((reps, m, d)))
-        orf = err2(np.stack([orthogonal_gaussian(m, d, rng) for _ in range(reps)]))
+        orf = err2(np.stack([orthogonal_gaussian(m, d, rng=rng) for _ in range(reps)]))
         diff_se = np.sqrt(iid.var() / reps + orf.var() / reps)
         assert iid.mean() - orf.mean() > 4 * diff_se
         s = np.sum((x + y) ** 2)  # the iid MSE is Lemma 2's
@@ -270,32 +302,32 @@ class TestFavorFeatures:
 class TestOrthogonalGaussian:
     @pytest.mark.parametrize("m,d", [(4, 4), (10, 4), (3, 5)])
     def test_blocks_are_orthogonal_and_reproducible(self, m, d):
-        w = orthogonal_gaussian(m, d, 5)
-        np.testing.assert_array_equal(w, orthogonal_gaussian(m, d, np.random.default_rng(5)))
+        w = orthogonal_gaussian(m, d, rng=5)
+        np.testing.assert_array_equal(w, orthogonal_gaussian(m, d, rng=np.random.default_rng(5)))
         assert w.shape == (m, d)
         for start in range(0, m, d):
             blk = w[start : start + d]
             g = blk @ blk.T
             np.testing.assert_allclose(g - np.diag(np.diag(g)), 0.0, atol=1e-12)
-        u = orthogonal_gaussian(m, d, 5, scaling="sqrt_d")
+        u = orthogonal_gaussian(m, d, rng=5, scaling="sqrt_d")
         np.testing.assert_allclose(np.linalg.norm(u, axis=1), np.sqrt(d), rtol=1e-14)
 
     def test_rows_are_marginally_standard_normal(self):
         # chi norms: E‖ω‖² = d and each coordinate has variance 1
-        w = np.concatenate([orthogonal_gaussian(6, 6, s) for s in range(3000)])
+        w = np.concatenate([orthogonal_gaussian(6, 6, rng=s) for s in range(3000)])
         n = w.shape[0]
         assert abs(np.mean(w[:, 0] ** 2) - 1.0) <= mc_band(n) * np.sqrt(2.0)
         assert abs(np.mean(w[:, 0])) <= mc_band(n)
 
     def test_errors(self):
         with pytest.raises(ValueError, match="^m: expected an integer >= 1"):
-            orthogonal_gaussian(0, 3, 0)
+            orthogonal_gaussian(0, 3, rng=0)
         with pytest.raises(TypeError, match="^d: expected an integer"):
-            orthogonal_gaussian(2, 2.5, 0)
+            orthogonal_gaussian(2, 2.5, rng=0)
         with pytest.raises(ValueError, match="^scaling: "):
-            orthogonal_gaussian(2, 2, 0, scaling="one")
+            orthogonal_gaussian(2, 2, rng=0, scaling="one")
         with pytest.raises(TypeError, match="^rng: "):
-            orthogonal_gaussian(2, 2, "seed")
+            orthogonal_gaussian(2, 2, rng="seed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +340,7 @@ class TestPerformerAttention:
         y = performer_attention(q, k, v, **kw)
         close(y, performer_attention_quadratic(q, k, v, **kw), rtol=SELF, what="performer linear vs quadratic")
         close(y, performer_attention_loop(q, k, v, **kw), rtol=SELF, what="performer linear vs RNN loop")
-        w = orthogonal_gaussian(12, 4, 4)  # the same draw as rng=4
+        w = orthogonal_gaussian(12, 4, rng=4)  # the same draw as rng=4
         close(y, performer_attention(q, k, v, **{**kw, "rng": None}, projection=w), rtol=0.0, what="projection kw")
         root = 4 ** -0.25
         ref = quadratic_oracle(favor_oracle(q * root, w, kind), favor_oracle(k * root, w, kind), v, causal)
@@ -320,7 +352,7 @@ class TestPerformerAttention:
         # ones exp(1800) = inf; the stabilizers of Eq. (12.10) keep every number finite
         q, k, v = qkv(2, n=16, d=4)
         q, k = (120 / np.sqrt(2) * x / np.linalg.norm(x, axis=-1, keepdims=True) for x in (q, k))  # √scale = 1/√2
-        w = orthogonal_gaussian(8, 4, 0)
+        w = orthogonal_gaussian(8, 4, rng=0)
         with np.errstate(over="ignore"):
             assert not np.any(favor_oracle(q / np.sqrt(2), w, kind)) if kind == "positive" else \
                 np.all(np.isinf(favor_oracle(q / np.sqrt(2), w, kind)).any(-1))
@@ -454,15 +486,15 @@ def full_shared_qk(qk, v, causal):
 class TestLSH:
     def test_hash_reproducible_and_matches_formula(self):
         x = np.random.default_rng(0).normal(size=(2, 10, 5))
-        h = lsh_hash(x, 6, 3, n_rounds=2)
-        np.testing.assert_array_equal(h, lsh_hash(x, 6, np.random.default_rng(3), n_rounds=2))
+        h = lsh_hash(x, 6, rng=3, n_rounds=2)
+        np.testing.assert_array_equal(h, lsh_hash(x, 6, rng=np.random.default_rng(3), n_rounds=2))
         rot = np.random.default_rng(3).standard_normal((2, 5, 3))
-        np.testing.assert_array_equal(h, lsh_hash(x, 6, None, n_rounds=2, rotations=rot))
+        np.testing.assert_array_equal(h, lsh_hash(x, 6, rng=None, n_rounds=2, rotations=rot))
         for r in range(2):
             xr = x @ rot[r]
             np.testing.assert_array_equal(h[:, r], np.argmax(np.concatenate([xr, -xr], -1), -1))
         assert h.shape == (2, 2, 10) and h.min() >= 0 and h.max() < 6
-        np.testing.assert_array_equal(lsh_hash(3.0 * x, 6, 3, n_rounds=2), h)  # depends on direction only
+        np.testing.assert_array_equal(lsh_hash(3.0 * x, 6, rng=3, n_rounds=2), h)  # depends on direction only
 
     def test_collision_probability_two_buckets(self):
         # b = 2: a random hyperplane, P(same bucket) = 1 − θ/π; binomial band
@@ -470,7 +502,7 @@ class TestLSH:
         trials = 20_000
         for theta in np.linspace(0.2, 3.0, 5):
             x = np.array([[1.0, 0.0, 0.0], [np.cos(theta), np.sin(theta), 0.0]])
-            h = lsh_hash(x, 2, rng, n_rounds=trials)[:, :]
+            h = lsh_hash(x, 2, rng=rng, n_rounds=trials)[:, :]
             p_hat = np.mean(h[:, 0] == h[:, 1])
             p = 1 - theta / np.pi
             assert abs(p_hat - p) <= mc_band(trials) * np.sqrt(p * (1 - p))
@@ -481,7 +513,7 @@ class TestLSH:
         for b in (4, 8):
             for theta in (0.3, 1.2, 2.4):
                 x = np.array([[1.0, 0.0, 0.0, 0.0], [np.cos(theta), np.sin(theta), 0.0, 0.0]])
-                h = lsh_hash(x, b, rng, n_rounds=10_000)
+                h = lsh_hash(x, b, rng=rng, n_rounds=10_000)
                 probs[b, theta] = np.mean(h[:, 0] == h[:, 1])
         for b in (4, 8):
             assert probs[b, 0.3] > probs[b, 1.2] > probs[b, 2.4]
@@ -511,7 +543,7 @@ class TestLSH:
         qk, v = rng.normal(size=(2, 3, 32, 4))
         kw = dict(n_buckets=4, n_rounds=3, chunk_size=4, rng=2, causal=causal)
         whole = lsh_attention(qk, v, **kw)
-        monkeypatch.setattr(rf_module, "_GROUP_FLOATS", 1)
+        monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", 1)
         close(lsh_attention(qk, v, **kw), whole, rtol=SELF, what="lsh groups of one chunk vs one group")
         close(whole, lsh_attention_loop(qk, v, **kw), rtol=SELF, what="lsh_attention vs loop")
 
@@ -521,6 +553,120 @@ class TestLSH:
         y = lsh_attention(qk, v, n_buckets=4, n_rounds=3, chunk_size=2, rng=0, causal=True)
         close(y[0], v[0], rtol=ORACLE, what="first causal token")
         assert SELF_ATTENTION_VALUE == -5e4
+
+    # ---- the look-back rule for more than one round -------------------------------------------
+
+    @staticmethod
+    def reformer_reference(qk, v, rot, n_buckets, chunk, causal, across_rounds):
+        """A transcription of reformer-pytorch's ``LSHAttention.forward`` for one sequence (N, d).
+
+        The steps of that code, in NumPy: bucket ids offset by round (``+ r·n_buckets``), one
+        stable sort of all rounds' ``bucket·N + position`` (the "ticker"), chunks over the whole
+        sorted sequence, ``look_one_back`` by concatenating each chunk with the *rolled* chunk
+        axis — over all rounds' chunks (``across_rounds``), or rolled inside each round (the
+        other rule) — masks by original position, logsumexp, unsort, and a softmax over rounds.
+        """
+        n, d = qk.shape
+        R = rot.shape[0]
+        xr = np.einsum("nd,rdb->rnb", qk, rot)
+        buckets = np.argmax(np.concatenate([xr, -xr], axis=-1), axis=-1)  # (R, N)
+        buckets = buckets + n_buckets * np.arange(R)[:, None]  # per-round offsets
+        ticker = np.arange(R * n)
+        sticker = np.argsort(buckets.reshape(-1) * n + ticker % n, kind="stable")
+        st = sticker % n  # original positions in sorted order
+        bq = qk[st].reshape(R * n // chunk, chunk, d)
+        bk = (qk / np.linalg.norm(qk, axis=-1, keepdims=True))[st].reshape(R * n // chunk, chunk, d)
+        bv = v[st].reshape(R * n // chunk, chunk, -1)
+        bt = st.reshape(R * n // chunk, chunk)
+
+        def look_one_back(x):
+            if across_rounds:
+                rolled = np.roll(x, 1, axis=0)
+            else:
+                per = x.reshape(R, n // chunk, *x.shape[1:])
+                rolled = np.roll(per, 1, axis=1).reshape(x.shape)
+            return np.concatenate([x, rolled], axis=1)
+
+        kk, vv, kt = look_one_back(bk), look_one_back(bv), look_one_back(bt[..., None])[..., 0]
+        dots = np.einsum("gie,gje->gij", bq, kk) / math.sqrt(d)
+        if causal:
+            dots = np.where(bt[:, :, None] < kt[:, None, :], -np.inf, dots)
+        dots = np.where(bt[:, :, None] == kt[:, None, :], SELF_ATTENTION_VALUE, dots)
+        lse = np.log(np.sum(np.exp(dots - dots.max(-1, keepdims=True)), -1)) + dots.max(-1)
+        so = np.einsum("gij,gjf->gif", np.exp(dots - lse[..., None]), vv).reshape(R * n, -1)
+        slogits = lse.reshape(R * n)
+        undo = np.argsort(sticker)
+        o, logits = so[undo].reshape(R, n, -1), slogits[undo].reshape(R, n)
+        probs = np.exp(logits - logits.max(0)) / np.sum(np.exp(logits - logits.max(0)), 0)
+        return np.einsum("rn,rnf->nf", probs, o)
+
+    @pytest.mark.parametrize("look_back", ["within_round", "across_rounds"])
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("n_buckets,n_rounds,chunk", [(4, 2, 4), (8, 3, 2), (2, 4, 16), (6, 2, 8), (4, 3, 32)])
+    def test_look_back_rules_vs_reformer_transcription(self, look_back, causal, n_buckets, n_rounds, chunk):
+        rng = np.random.default_rng(31 + n_rounds)
+        qk, v = rng.normal(size=(2, 32, 5)), rng.normal(size=(2, 32, 3))
+        rot = rng.normal(size=(n_rounds, 5, n_buckets // 2))
+        kw = dict(n_buckets=n_buckets, n_rounds=n_rounds, chunk_size=chunk, rotations=rot, causal=causal, look_back=look_back)
+        y, y_loop = lsh_attention(qk, v, **kw), lsh_attention_loop(qk, v, **kw)
+        ref = np.stack([self.reformer_reference(qk[b], v[b], rot, n_buckets, chunk, causal, look_back == "across_rounds")
+                        for b in range(2)])
+        # With one chunk per round the transcription's within-round roll duplicates the chunk: the
+        # same softmax, but its log-normalizer −5e4 + log 2 (a query that sees only itself) is
+        # rounded to an ulp of 5e4 (7e-12), which the softmax over rounds passes on.
+        tol = ORACLE if chunk < 32 else 2e-11
+        close(y, ref, rtol=tol, what=f"lsh_attention look_back={look_back} vs reformer transcription")
+        close(y_loop, y, rtol=SELF, what=f"lsh_attention_loop look_back={look_back}")
+
+    def test_look_back_rules_differ_for_several_rounds_only(self):
+        rng = np.random.default_rng(40)
+        qk, v = rng.normal(size=(32, 4)), rng.normal(size=(32, 2))
+        kw = dict(n_buckets=4, chunk_size=4, rng=1)
+        one = [lsh_attention(qk, v, n_rounds=1, look_back=lb, **kw) for lb in ("within_round", "across_rounds")]
+        np.testing.assert_array_equal(one[0], one[1])
+        two = [lsh_attention(qk, v, n_rounds=2, look_back=lb, **kw) for lb in ("within_round", "across_rounds")]
+        assert np.max(np.abs(two[0] - two[1])) > 1e-3 * np.max(np.abs(two[0]))
+        # the default is the within-round rule
+        np.testing.assert_array_equal(lsh_attention(qk, v, n_rounds=2, **kw), two[0])
+
+    def test_across_rounds_first_chunk_sees_previous_round(self):
+        # With one-hot values y_i is query i's attention row, so its support is the union of the
+        # keys of i's windows in both rounds (minus i itself: its weight e^{−5e4} is exactly 0).
+        # Round 1's first chunk looks back to round 0's last chunk (across_rounds) or round 1's
+        # last chunk (within_round); round 0's first chunk to round 1's last or round 0's last.
+        rng = np.random.default_rng(41)
+        n, c = 16, 4
+        qk, v = rng.normal(size=(n, 3)), np.eye(n)
+        rot = rng.normal(size=(2, 3, 2))
+        perm = np.argsort(lsh_hash(qk, 4, rng=None, n_rounds=2, rotations=rot) * n + np.arange(n), axis=-1, kind="stable")
+        chunks = perm.reshape(2 * n // c, c)  # round 0's chunks, then round 1's
+        kw = dict(n_buckets=4, n_rounds=2, chunk_size=c, rotations=rot)
+        for look_back in ("across_rounds", "within_round"):
+            y = lsh_attention(qk, v, look_back=look_back, **kw)
+            for i in range(n):
+                support = set()
+                for r in range(2):
+                    g = r * (n // c) + int(np.flatnonzero(perm[r] == i)[0]) // c  # i's chunk in round r
+                    if look_back == "across_rounds":
+                        back = (g - 1) % (2 * n // c)
+                    else:
+                        back = r * (n // c) + (g - r * (n // c) - 1) % (n // c)
+                    support |= set(chunks[g]) | set(chunks[back])
+                assert set(np.flatnonzero(y[i])) == support - {i}, (look_back, i)
+
+    def test_rotations_instead_of_rng(self):
+        rng = np.random.default_rng(42)
+        qk, v = rng.normal(size=(2, 16, 4)), rng.normal(size=(2, 16, 3))
+        rot = np.random.default_rng(9).standard_normal((3, 4, 3))  # what rng=9 draws
+        for func in (lsh_attention, lsh_attention_loop):
+            kw = dict(n_buckets=6, n_rounds=3, chunk_size=4)
+            np.testing.assert_array_equal(func(qk, v, rotations=rot, **kw), func(qk, v, rng=9, **kw))
+            with pytest.raises(ValueError, match="^rng: expected None when rotations"):
+                func(qk, v, rotations=rot, rng=9, **kw)
+            with pytest.raises(ValueError, match="^rotations: expected shape \\(3, 4, 3\\)"):
+                func(qk, v, rotations=rot[:, :, :2], **kw)
+            with pytest.raises(ValueError, match="^look_back"):
+                func(qk, v, rotations=rot, look_back="sorted", **kw)
 
     def test_many_rounds_reduce_error(self):
         # more rounds see more of the keys that matter: the error vs full attention falls
@@ -674,13 +820,13 @@ class TestErrors:
     def test_lsh_hash_errors(self):
         x = np.ones((4, 3))
         with pytest.raises(ValueError, match="^n_buckets: expected an even number"):
-            lsh_hash(x, 5, 0)
+            lsh_hash(x, 5, rng=0)
         with pytest.raises(ValueError, match="^n_rounds: expected an integer >= 1"):
-            lsh_hash(x, 4, 0, n_rounds=0)
+            lsh_hash(x, 4, rng=0, n_rounds=0)
         with pytest.raises(ValueError, match="^rotations: expected shape \\(1, 3, 2\\)"):
-            lsh_hash(x, 4, 0, rotations=np.ones((1, 3, 3)))
+            lsh_hash(x, 4, rng=0, rotations=np.ones((1, 3, 3)))
         with pytest.raises(ValueError, match="^x: expected finite"):
-            lsh_hash(x * np.nan, 4, 0)
+            lsh_hash(x * np.nan, 4, rng=0)
 
     def test_rff_errors(self):
         with pytest.raises(ValueError, match="^projection: expected shape"):

@@ -8,7 +8,6 @@ with fixed seeds and bands stated in standard errors. Tolerances: :mod:`refimpl.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
+from _oracles import random_psd, van_loan  # noqa: E402
 from refimpl._testing import ORACLE, SELF
 from refimpl.sde import (
     LinearSDE,
@@ -46,12 +46,6 @@ WORST_ERRORS, close, record = recorder()
 # ---------------------------------------------------------------------------------------------
 
 
-def random_psd(rng, d, *, complex_=False, rank=None):
-    r = d if rank is None else rank
-    b = rng.normal(size=(d, r)) + (1j * rng.normal(size=(d, r)) if complex_ else 0.0)
-    return b @ b.conj().T
-
-
 def random_real_drift(rng, d, *, margin=(0.05, 0.8), max_cond=50.0):
     """A random real, stable, diagonalizable A (generic real matrices are) with cond(S) <= max_cond."""
     while True:
@@ -75,28 +69,6 @@ def random_complex_model(rng, d=3):
         if np.linalg.cond(S) < 10:
             break
     return LinearSDE.from_eigen(eigvals, S, rng.uniform(0.2, 1.0, d), measurement_noise=rng.uniform(0.1, 0.5, d))
-
-
-def van_loan(A, Q, tau):
-    r"""``∫_0^τ e^{As} Q e^{A^† s} ds``: ``expm([[−A, Q], [0, A^†]] h) = [[·, F12], [0, F22]]``,
-    ``V(h) = F22^† F12`` on a short step h = τ/2^k (‖A‖h <= 1/2, Q scaled to unit size), then
-    doubled, ``V(2h) = V(h) + e^{Ah} V(h) e^{A^† h}`` (a single block over a long lag loses
-    ``log10 ‖e^{Aτ}‖‖e^{−Aτ}‖`` digits; see test_lyapunov.van_loan_doubling)."""
-    d = A.shape[0]
-    if tau == 0:
-        return np.zeros((d, d), dtype=np.result_type(A, Q))
-    k = max(0, math.ceil(math.log2(np.linalg.norm(A, 2) * tau / 0.5)))
-    h = tau / 2**k
-    c = max(float(np.max(np.abs(Q))), 1e-300)
-    M = np.zeros((2 * d, 2 * d), dtype=np.complex128)
-    M[:d, :d], M[:d, d:], M[d:, d:] = -A, Q / c, A.conj().T
-    F = scipy.linalg.expm(M * h)
-    V = c * (F[d:, d:].conj().T @ F[:d, d:])
-    E = scipy.linalg.expm(A * h)
-    for _ in range(k):
-        V = V + E @ V @ E.conj().T
-        E = E @ E
-    return V if np.iscomplexobj(A) or np.iscomplexobj(Q) else V.real
 
 
 def mc_check(samples, mean, cov, *, n_sigma=5.0, extra_mean=0.0, extra_cov=0.0, what="", record_it=True):

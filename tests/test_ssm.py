@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from refimpl import ssm
 from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
+from _oracles import random_hurwitz  # noqa: E402
 from refimpl._testing import ORACLE, SELF
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
@@ -37,12 +38,6 @@ WORST_ERRORS, close, record = recorder()
 # ---------------------------------------------------------------------------------------------
 # Test systems
 # ---------------------------------------------------------------------------------------------
-
-
-def random_stable(rng, N, *, complex_=False):
-    """A random dense stable A (spectral abscissa −0.1), not normal."""
-    M = rng.normal(size=(N, N)) + (1j * rng.normal(size=(N, N)) if complex_ else 0.0)
-    return M - (np.max(np.linalg.eigvals(M).real) + 0.1) * np.eye(N)
 
 
 def s4d_lin(H, N):
@@ -245,7 +240,7 @@ class TestDiscretize:
     @pytest.mark.parametrize("step", [1e-3, 0.1, 2.0])
     def test_hippo_vs_cont2discrete(self, method, step):
         A, B = ssm.hippo_legs(16)
-        Ab, Bb = ssm.discretize(A, B, step, method)
+        Ab, Bb = ssm.discretize(A, B, step, method=method)
         ref = scipy.signal.cont2discrete((A, B[:, None], np.ones((1, 16)), 0.0), step, method=method)
         close(Ab, ref[0], rtol=ORACLE, what=f"discretize {method} Ab vs cont2discrete")
         close(Bb, ref[1][:, 0], rtol=ORACLE, what=f"discretize {method} Bb vs cont2discrete")
@@ -253,8 +248,8 @@ class TestDiscretize:
     @pytest.mark.parametrize("method", ["zoh", "bilinear"])
     def test_random_dense_multi_input_vs_cont2discrete(self, method):
         rng = np.random.default_rng(3)
-        A, B = random_stable(rng, 6), rng.normal(size=(6, 2))
-        Ab, Bb = ssm.discretize(A, B, 0.3, method)
+        A, B = random_hurwitz(rng, 6), rng.normal(size=(6, 2))
+        Ab, Bb = ssm.discretize(A, B, 0.3, method=method)
         ref = scipy.signal.cont2discrete((A, B, np.ones((1, 6)), np.zeros((1, 2))), 0.3, method=method)
         close(Ab, ref[0], rtol=ORACLE, what=f"discretize {method} random Ab")
         close(Bb, ref[1], rtol=ORACLE, what=f"discretize {method} random Bb")
@@ -266,10 +261,10 @@ class TestDiscretize:
 
         A, B = ssm.hippo_legs(8)
         step = 0.3
-        Bb = ssm.discretize(A, B, step, "zoh")[1]
+        Bb = ssm.discretize(A, B, step, method="zoh")[1]
         ref, _ = quad_vec(lambda s: scipy.linalg.expm(A * s) @ B, 0.0, step, epsabs=1e-15, epsrel=1e-14)
         close(Bb, ref, rtol=1e-12, what="zoh Bb vs quad_vec")
-        Ab, Bb = ssm.discretize(A, B, step, "bilinear")
+        Ab, Bb = ssm.discretize(A, B, step, method="bilinear")
         M = np.eye(8) - 0.5 * step * A
         close(M @ Ab, np.eye(8) + 0.5 * step * A, rtol=ORACLE, what="bilinear Ab residual")
         close(M @ Bb, step * B, rtol=ORACLE, what="bilinear Bb residual")
@@ -279,33 +274,33 @@ class TestDiscretize:
         rng = np.random.default_rng(4)
         lam = -rng.uniform(0.01, 3, 5) + 1j * rng.normal(size=5) * 4
         B = rng.normal(size=5) + 1j * rng.normal(size=5)
-        Ab, Bb = ssm.discretize(lam, B, 0.2, method)
-        Ad, Bd = ssm.discretize(np.diag(lam), B, 0.2, method)
+        Ab, Bb = ssm.discretize(lam, B, 0.2, method=method)
+        Ad, Bd = ssm.discretize(np.diag(lam), B, 0.2, method=method)
         close(Ab, np.diag(Ad), rtol=ORACLE, what=f"diagonal vs dense {method} Ab")
         close(Bb, Bd, rtol=ORACLE, what=f"diagonal vs dense {method} Bb")
 
     def test_per_channel_steps(self):
         A = s4d_lin(3, 4)
         step = np.array([0.01, 0.1, 1.0])
-        Ab, Bb = ssm.discretize(A, np.ones(4), step, "zoh", diagonal=True)
+        Ab, Bb = ssm.discretize(A, np.ones(4), step, method="zoh", diagonal=True)
         for h in range(3):
-            Ah, Bh = ssm.discretize(A[h], np.ones(4), step[h], "zoh")
+            Ah, Bh = ssm.discretize(A[h], np.ones(4), step[h], method="zoh")
             close(Ab[h], Ah, rtol=ORACLE, what="per-channel step")
             close(Bb[h], Bh, rtol=ORACLE, what="per-channel step")
 
     def test_zoh_small_step_has_no_cancellation(self):
         # B̄ = (e^{Δλ} − 1)/λ: at Δλ = 1e-12 the naive quotient loses ~4 digits
         lam, step = np.array([-1.0, -1e-6 + 2e-6j]), 1e-12
-        Bb = ssm.discretize(lam, np.ones(2), step, "zoh")[1]
+        Bb = ssm.discretize(lam, np.ones(2), step, method="zoh")[1]
         exact = step * (1 + lam * step / 2)  # series to O((Δλ)^2), exact in float64 here
         close(Bb, exact, rtol=ORACLE, what="zoh small step")
 
     def test_zoh_singular_and_marginal(self):
         # λ = 0 (an integrator): Ā = 1, B̄ = Δ B exactly, dense and diagonal
-        Ab, Bb = ssm.discretize([0.0, -1.0], [2.0, 1.0], 0.5, "zoh")
+        Ab, Bb = ssm.discretize([0.0, -1.0], [2.0, 1.0], 0.5, method="zoh")
         assert Ab[0] == 1.0 and Bb[0] == 1.0
         A = np.array([[0.0, 1.0], [0.0, 0.0]])  # singular dense: Van Loan needs no A^{-1}
-        Ab, Bb = ssm.discretize(A, [0.0, 1.0], 0.5, "zoh")
+        Ab, Bb = ssm.discretize(A, [0.0, 1.0], 0.5, method="zoh")
         close(Ab, [[1.0, 0.5], [0.0, 1.0]], rtol=ORACLE, what="zoh double integrator")
         close(Bb, [0.125, 0.5], rtol=ORACLE, what="zoh double integrator")
 
@@ -314,7 +309,7 @@ class TestDiscretize:
         A, B = ssm.hippo_legs(6)
         C = np.arange(1.0, 7.0)
         step, L = 0.2, 30
-        K = ssm.ssm_kernel(*ssm.discretize(A, B, step, "bilinear"), C, L)
+        K = ssm.ssm_kernel(*ssm.discretize(A, B, step, method="bilinear"), C, L)
         Ad, Bd, Cd, Dd, _ = scipy.signal.cont2discrete((A, B[:, None], C[None, :], 0.0), step, method="bilinear")
         _, (h,) = scipy.signal.dimpulse((Ad, Bd, Cd, Dd, step), n=L)
         avg = 0.5 * (K + np.concatenate([[0.0], K[:-1]]))
@@ -328,26 +323,26 @@ class TestDiscretize:
         method=st.sampled_from(["zoh", "bilinear"]),
     )
     def test_stable_poles_map_inside_the_unit_disk(self, re, im, step, method):
-        Ab, _ = ssm.discretize([complex(re, im)], [1.0], step, method)
+        Ab, _ = ssm.discretize([complex(re, im)], [1.0], step, method=method)
         assert abs(Ab[0]) < 1.0 or (method == "zoh" and abs(Ab[0]) <= 1.0 and re * step > -1e-15)
 
     @settings(max_examples=20)
     @given(seed=st.integers(0, 2**32 - 1), N=st.integers(1, 6), step=st.floats(1e-3, 5.0))
     def test_dense_stable_stays_stable(self, seed, N, step):
-        A = random_stable(np.random.default_rng(seed), N)
+        A = random_hurwitz(np.random.default_rng(seed), N)
         for method in ("zoh", "bilinear"):
-            Ab, _ = ssm.discretize(A, np.ones(N), step, method)
+            Ab, _ = ssm.discretize(A, np.ones(N), step, method=method)
             assert np.max(np.abs(np.linalg.eigvals(Ab))) < 1.0
 
     def test_unstable_A(self):
         with pytest.raises(ValueError, match=r"^A: expected a stable matrix"):
             ssm.discretize([[0.5, 0.0], [0.0, -1.0]], [1.0, 1.0], 0.1)
         with pytest.raises(ValueError, match=r"^A: expected a stable matrix"):
-            ssm.discretize([-1.0, 0.01 + 3j], [1.0, 1.0], 0.1, "zoh")
+            ssm.discretize([-1.0, 0.01 + 3j], [1.0, 1.0], 0.1, method="zoh")
 
     def test_unknown_method(self):
         with pytest.raises(ValueError, match="^method:"):
-            ssm.discretize([-1.0], [1.0], 0.1, "euler")
+            ssm.discretize([-1.0], [1.0], 0.1, method="euler")
 
     @pytest.mark.parametrize("step", [0.0, -0.1, np.nan])
     def test_bad_step(self, step):
@@ -383,8 +378,8 @@ class TestSsmKernel:
 
     def test_matrix_power_oracle(self):
         rng = np.random.default_rng(5)
-        A = random_stable(rng, 5, complex_=True)
-        Ab, Bb = ssm.discretize(A, rng.normal(size=5), 0.3, "zoh")
+        A = random_hurwitz(rng, 5, complex_=True)
+        Ab, Bb = ssm.discretize(A, rng.normal(size=5), 0.3, method="zoh")
         C = rng.normal(size=5) + 1j * rng.normal(size=5)
         ref = np.array([C @ np.linalg.matrix_power(Ab, ell) @ Bb for ell in range(40)])
         close(ssm.ssm_kernel(Ab, Bb, C, 40), ref, rtol=ORACLE, what="ssm_kernel vs matrix_power")
@@ -392,7 +387,7 @@ class TestSsmKernel:
     def test_dimpulse_oracle_is_one_sample_later(self):
         A, B = ssm.hippo_legs(8)
         C = np.linspace(-1, 1, 8)
-        Ab, Bb = ssm.discretize(A, B, 0.1, "zoh")
+        Ab, Bb = ssm.discretize(A, B, 0.1, method="zoh")
         _, (h,) = scipy.signal.dimpulse((Ab, Bb[:, None], C[None, :], 0.0, 0.1), n=51)
         close(ssm.ssm_kernel(Ab, Bb, C, 50), h[1:, 0], rtol=ORACLE, what="ssm_kernel vs dimpulse")
 
@@ -427,7 +422,7 @@ class TestS4dKernel:
         step = np.array([1e-3, 0.05, 0.5])
         K = ssm.s4d_kernel(A, 1.0, C, step, L, method=method)
         close(K, ssm.s4d_kernel_loop(A, 1.0, C, step, L, method=method), rtol=SELF, what="s4d_kernel loop vs vectorized")
-        Ab, Bb = ssm.discretize(A, np.ones(5), step, method, diagonal=True)
+        Ab, Bb = ssm.discretize(A, np.ones(5), step, method=method, diagonal=True)
         close(K, ssm.ssm_kernel(Ab, Bb, C, L, diagonal=True), rtol=SELF, what="s4d_kernel vs powers")
 
     def test_conj_pairs_equals_the_full_conjugate_set(self):
@@ -568,6 +563,44 @@ class TestS4KernelDplr:
         ours = ssm.s4_kernel_dplr(Lam, P, P, B, Ct, 0.05, 64, c_tilde=True)
         close(ours.real, kernel_DPLR(Lam, P, P, B, Ct.conj(), 0.05, 64), rtol=ORACLE, what="s4_kernel_dplr vs annotated-s4")
 
+    @pytest.mark.parametrize("c_tilde", [False, True])
+    def test_several_channels(self, c_tilde):
+        # S4's layout: H channels with their own Δ and (Λ, P, B), two output channels of C:
+        # each kernel equals the dense C_c Ā_h^ℓ B̄_h of its channel, and the single-channel call
+        rng = np.random.default_rng(27)
+        H, N, L, n_out = 3, 8, 96, 2
+        Lam0, P0, B0, V = ssm.hippo_legs_dplr(N)
+        Lam = Lam0 - rng.uniform(0, 0.5, (H, 1))  # a different diagonal per channel (still stable)
+        P = P0 * rng.uniform(0.5, 1.0, (H, 1))
+        B = B0 + 0.1 * rng.normal(size=(H, N))
+        C = rng.normal(size=(n_out, H, N)) + 1j * rng.normal(size=(n_out, H, N))
+        step = np.array([1e-3, 0.02, 0.3])
+        dense = np.empty((n_out, H, L), dtype=np.complex128)
+        Cin = np.empty_like(C)
+        for h in range(H):
+            A = np.diag(Lam[h]) - np.outer(P[h], P[h].conj())
+            Ab, Bb = ssm.discretize(A, B[h], step[h])
+            for c in range(n_out):
+                dense[c, h] = ssm.ssm_kernel(Ab, Bb, C[c, h], L)
+                Cin[c, h] = C[c, h] @ (np.eye(N) - np.linalg.matrix_power(Ab, L)) if c_tilde else C[c, h]
+        K = ssm.s4_kernel_dplr(Lam, P, P, B, Cin, step, L, c_tilde=c_tilde)
+        assert K.shape == (n_out, H, L) and K.dtype == np.complex128
+        close(K, dense, rtol=SELF, what="multi-channel DPLR kernel vs dense powers")
+        for c in range(n_out):
+            for h in range(H):
+                single = ssm.s4_kernel_dplr(Lam[h], P[h], P[h], B[h], Cin[c, h], step[h], L, c_tilde=c_tilde)
+                close(K[c, h], single, rtol=ORACLE, what="multi-channel DPLR kernel vs one channel at a time")
+
+    def test_channel_groups(self, monkeypatch):
+        # one channel per group of Cauchy matrices gives the same kernels as one group
+        rng = np.random.default_rng(28)
+        Lam, P, B, _ = ssm.hippo_legs_dplr(6)
+        C = rng.normal(size=(5, 6))
+        step = np.linspace(0.01, 0.2, 5)
+        whole = ssm.s4_kernel_dplr(Lam, P, P, B, C, step, 40)
+        monkeypatch.setattr(ssm, "_CAUCHY_ENTRIES", 1)
+        np.testing.assert_allclose(ssm.s4_kernel_dplr(Lam, P, P, B, C, step, 40), whole, rtol=0, atol=0)
+
     def test_bad_input(self):
         Lam, P, B, V = ssm.hippo_legs_dplr(4)
         with pytest.raises(ValueError, match="^Lambda: expected a stable"):
@@ -579,7 +612,13 @@ class TestS4KernelDplr:
         with pytest.raises(ValueError, match="^L:"):
             ssm.s4_kernel_dplr(Lam, P, P, B, B, 0.1, 0)
         with pytest.raises(ValueError, match="^Lambda:"):
-            ssm.s4_kernel_dplr(np.ones((2, 2)), P, P, B, B, 0.1, 8)
+            ssm.s4_kernel_dplr(np.complex128(-1.0), P, P, B, B, 0.1, 8)  # leading axes are channels; N is last
+        with pytest.raises(ValueError, match="^C: channel axes"):
+            ssm.s4_kernel_dplr(np.stack([Lam] * 3), P, P, B, np.stack([B] * 2), 0.1, 8)
+        with pytest.raises(ValueError, match="^step:"):
+            ssm.s4_kernel_dplr(np.stack([Lam] * 3), P, P, B, B, np.full(2, 0.1), 8)
+        with pytest.raises(ValueError, match="^P: the state matrix"):
+            ssm.s4_kernel_dplr(Lam, 3 * P, -3 * P, B, B, 0.1, 8)  # Λ + 9 P P^*: unstable
 
 
 # ---------------------------------------------------------------------------------------------
@@ -605,7 +644,7 @@ class TestRecurrentVsConvolution:
 
     def test_diagonal_complex(self):
         rng = np.random.default_rng(12)
-        Ab, Bb = ssm.discretize(s4d_lin(2, 3), np.ones(3), np.array([0.1, 0.4]), "zoh", diagonal=True)
+        Ab, Bb = ssm.discretize(s4d_lin(2, 3), np.ones(3), np.array([0.1, 0.4]), method="zoh", diagonal=True)
         C = rng.normal(size=(2, 3)) + 1j * rng.normal(size=(2, 3))
         u = rng.normal(size=(33, 2))
         y_rec = ssm.ssm_recurrent(u, Ab, Bb, C, diagonal=True)
@@ -624,7 +663,7 @@ class TestRecurrentVsConvolution:
     def test_causality(self, seed, L, t, N):
         t = t % (L - 1)
         rng = np.random.default_rng(seed)
-        Ab, Bb = ssm.discretize(random_stable(rng, N), rng.normal(size=N), 0.3, "zoh")
+        Ab, Bb = ssm.discretize(random_hurwitz(rng, N), rng.normal(size=N), 0.3, method="zoh")
         C = rng.normal(size=N)
         u = rng.normal(size=(L, 2))
         v = u.copy()

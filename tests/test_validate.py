@@ -17,6 +17,7 @@ from refimpl._testing import (
     assert_close,
     max_abs_error,
     mc_band,
+    ratio_bound,
     ratio_rule,
     rel_error,
 )
@@ -357,6 +358,9 @@ class TestTolerancePolicy:
         assert ratio_rule(3e-4, 1e-4, factor=3.0)
         assert ratio_rule(0.0, 0.0)  # exact kernel vs exact plain implementation
         assert not ratio_rule(1e-300, 0.0)
+        # the floor (the oracle's ulps · ε_dtype): below it the plain error does not lower the bound
+        assert ratio_bound(1e-9, level=1e-7) == 2e-7 and ratio_bound(1e-5, level=1e-7) == 2e-5
+        assert ratio_rule(1.5e-7, 0.0, level=1e-7) and not ratio_rule(2.5e-7, 0.0, level=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------

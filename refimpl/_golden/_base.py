@@ -33,6 +33,13 @@ class Function:
     given it is generated from the signature of the refimpl function ``name`` names (options
     ``return_*`` and the parameters listed in ``skip`` left out) and from ``outputs`` and
     ``intermediates``.
+
+    Examples
+    --------
+    >>> from refimpl.oracle import FUNCTIONS
+    >>> f = FUNCTIONS['lyapunov.phi1']
+    >>> f.outputs, f.call
+    (('phi',), 'fn(z, tau) -> phi')
     """
 
     name: str
@@ -64,6 +71,13 @@ class Case:
 
     The function is the part of ``name`` before ``/`` (``"afa.afa/long_sequence"`` is a case of
     ``"afa.afa"``).
+
+    Examples
+    --------
+    >>> from refimpl.oracle import CASES
+    >>> case = next(c for c in CASES if c.name == 'lyapunov.phi1/near_zero')
+    >>> case.function, case.seed, case.file
+    ('lyapunov.phi1', 201, 'lyapunov.phi1__near_zero.npz')
     """
 
     name: str

@@ -6,7 +6,7 @@ import numpy as np
 
 from refimpl import afa
 
-from ._base import Case, Function, LAM3, cplx
+from ._base import LAM3, Case, Function, cplx
 
 
 _AFA_KW = ("sigma2", "eta2", "gamma2", "nu", "t", "weight", "kappa", "temperature", "causal")

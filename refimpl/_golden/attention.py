@@ -16,6 +16,14 @@ def _run_softmax(args, with_mid):
     return ordered({"A": A}, {"y": y}, with_mid)
 
 
+def _run_flash(args, with_mid):
+    y, lse = attention.flash_attention(
+        args["q"], args["k"], args["v"], causal=args["causal"], scale=args.get("scale"),
+        block_q=args["block_q"], block_k=args["block_k"], return_lse=True,
+    )
+    return ordered({"lse": lse}, {"y": y}, with_mid)
+
+
 def _run_mha(args, with_mid):
     y, A = attention.multihead_attention(
         args["x"], args["w_q"], args["w_k"], args["w_v"], args["w_o"], args["n_heads"], causal=args["causal"], return_weights=True
@@ -35,6 +43,8 @@ FUNCTIONS = [
              "fn(weights) -> (attention_entropy, effective_support)"),
     called("attention.lag_profile", "lags", "profile"),
     called("attention.frequency_response", "omega", "H"),
+    Function("attention.flash_attention", _run_flash, ("y",), intermediates=("lse",)),
+    called("attention.alibi_geometric_slopes", "m"),
 ]
 
 CASES = [
@@ -66,4 +76,15 @@ CASES = [
          lambda r: {"W": np.tril(0.7 ** np.maximum(np.subtract.outer(np.arange(8), np.arange(8)), 0)) * (1 + 0.05 * r.random((8, 8))),
                     "omega": np.linspace(0.0, np.pi, 9)},
          "frequency response of an exponential-moving-average-like weight matrix"),
+    # chapter 16: FlashAttention's online softmax (Eq. (16.15)) and ALiBi's slopes (Eq. (16.16))
+    Case("attention.flash_attention/tile_boundaries", 410,
+         lambda r: {"q": r.standard_normal((2, 21, 4)), "k": r.standard_normal((2, 13, 4)), "v": r.standard_normal((2, 13, 3)),
+                    "causal": True, "block_q": 8, "block_k": 5},
+         "N = 21, M = 13: neither a multiple of the 8 × 5 tiles; intermediate: the row log-sum-exp"),
+    Case("attention.flash_attention/large_logits", 411,
+         lambda r: {"q": 100.0 * r.standard_normal((10, 4)), "k": 100.0 * r.standard_normal((17, 4)), "v": r.standard_normal((17, 2)),
+                    "causal": False, "scale": 1.0, "block_q": 4, "block_k": 4},
+         "logits of order 1e4: the running max rescales every tile"),
+    Case("attention.alibi_geometric_slopes/twelve_heads", 412, lambda r: {"n_heads": 12},
+         "ALiBi's slopes for a head count that is not a power of two"),
 ]

@@ -36,7 +36,7 @@ def _run_sos(args, with_mid):
 def _design(fn):
     def run(args, with_mid):
         extra = (args["rp"],) if "rp" in args else ()
-        res = fn(args["order"], *extra, args["wn"], args["btype"], fs=args["fs"], output=args["output"])
+        res = fn(args["order"], *extra, args["wn"], btype=args["btype"], fs=args["fs"], output=args["output"])
         return {"b": res[0], "a": res[1]} if args["output"] == "ba" else {"sos": res}
 
     return run
@@ -85,7 +85,7 @@ CASES = [
          lambda r: {"sos": iir.cheby1(6, 1.0, 0.05, output="sos"), "x": r.standard_normal(300), "form": "tdf2"},
          "narrow Chebyshev I low-pass: poles near z = 1"),
     Case("iir.sos_filter/butter_bandpass_df1", 704,
-         lambda r: {"sos": iir.butter(3, [0.2, 0.3], "bandpass", output="sos"), "x": r.standard_normal((64, 2)), "form": "df1"},
+         lambda r: {"sos": iir.butter(3, [0.2, 0.3], btype="bandpass", output="sos"), "x": r.standard_normal((64, 2)), "form": "df1"},
          "three-section band-pass, direct form I"),
     Case("iir.tf_filter/order4", 705,
          lambda r: {"b": iir.butter(4, 0.3, output="ba")[0], "a": iir.butter(4, 0.3, output="ba")[1], "x": r.standard_normal(50)},

@@ -4,9 +4,7 @@ kernel and the closed-form covariances.
 
 import numpy as np
 
-from refimpl import lyapunov
-
-from ._base import Case, called, LAM3, spd
+from ._base import LAM3, Case, called, spd
 
 
 FUNCTIONS = [

@@ -21,7 +21,7 @@ FUNCTIONS = [
     Function("positional.sinusoidal_encoding", _run_sinusoidal, ("pe",), intermediates=("freqs",)),
     called("positional.relative_shift_matrix", "M"),
     called("positional.rope", "y"),
-    called("positional.rope_complex", "y", return_complex=True),
+    called("positional.rope_complex", "y", as_complex=True, skip=("as_complex",)),
     called("positional.rope_decay_bound", "bound"),
 ]
 

@@ -11,7 +11,7 @@ from ._base import Case, Function, called
 
 
 def _run_orthogonal_gaussian(args, with_mid):
-    return {"W": random_features.orthogonal_gaussian(int(args["m"]), int(args["d"]), int(args["seed"]))}
+    return {"W": random_features.orthogonal_gaussian(int(args["m"]), int(args["d"]), rng=int(args["seed"]))}
 
 
 def _run_performer(args, with_mid):
@@ -30,7 +30,8 @@ def _run_rfa(args, with_mid):
 
 
 def _run_lsh_hash(args, with_mid):
-    return {"buckets": random_features.lsh_hash(args["x"], int(args["n_buckets"]), 0, int(args["n_rounds"]), rotations=args["rotations"])}
+    return {"buckets": random_features.lsh_hash(args["x"], int(args["n_buckets"]), rng=0, n_rounds=int(args["n_rounds"]),
+                                                 rotations=args["rotations"])}
 
 
 def _run_lsh_attention(args, with_mid):

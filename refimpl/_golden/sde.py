@@ -8,6 +8,7 @@ from refimpl import sde
 
 from ._base import Case, Function
 
+
 _SDE_CALL = "fn(A, Q, C, R, ...) for refimpl.sde.{f}(LinearSDE.from_matrices(A, Q, C=C, R=R), ...)"
 
 

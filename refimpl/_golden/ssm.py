@@ -6,7 +6,7 @@ import numpy as np
 
 from refimpl import ssm
 
-from ._base import Case, Function, called, ordered, cplx
+from ._base import Case, Function, called, cplx, ordered
 
 
 def _run_ssm_modes(args, with_mid):

@@ -1,0 +1,104 @@
+"""Golden cases of :mod:`refimpl.linear_rnn`, chapter 16 (linear recurrences as adaptive filters):
+SSD, gated linear attention, retention, the delta rule, RLS on the key→value regression.
+
+Intermediates that localize a bug in a chunked kernel: the states at the chunk ends (every
+function with chunks), SSD's semiseparable matrix M (Eq. (16.8)), and the delta rule's WY factor
+``W = T diag(β γ) K`` and ``T diag(β) V`` per chunk (Eq. (16.11)).
+"""
+
+import numpy as np
+
+from refimpl import linear_rnn
+
+from ._base import Case, Function, called, ordered, renormalize, unit
+
+
+def _run_ssd(args, with_mid):
+    operands = (args["x"], args["dt"], args["A"], args["B"], args["C"], args.get("D"))
+    y, states = linear_rnn.ssd(*operands, chunk_size=args["chunk_size"], return_chunk_states=True)
+    mid = {"chunk_states": states}
+    if with_mid:
+        mid["M"] = linear_rnn.ssd_quadratic(*operands[:5], return_matrix=True)[1]
+    return ordered(mid, {"y": y}, with_mid)
+
+
+def _run_gla(args, with_mid):
+    y, states = linear_rnn.gated_linear_attention(
+        args["q"], args["k"], args["v"], args["log_g"], scale=args.get("scale"), chunk_size=args["chunk_size"],
+        return_chunk_states=True,
+    )
+    return ordered({"chunk_states": states}, {"y": y}, with_mid)
+
+
+def _run_delta(args, with_mid):
+    q, k, v, b, g, c = linear_rnn._delta_setup(
+        args["q"], args["k"], args["v"], args["beta"], args.get("log_g"), args.get("scale"), args["chunk_size"], False
+    )
+    y, states, W, TV = linear_rnn._delta_chunked(q, k, v, b, g, c, return_factors=True)
+    return ordered({"W": W, "TbetaV": TV, "chunk_states": states}, {"y": y}, with_mid)
+
+
+FUNCTIONS = [
+    Function("linear_rnn.ssd", _run_ssd, ("y",), intermediates=("chunk_states", "M")),
+    Function("linear_rnn.gated_linear_attention", _run_gla, ("y",), intermediates=("chunk_states",)),
+    called("linear_rnn.retention", "y"),
+    Function("linear_rnn.delta_rule", _run_delta, ("y",), intermediates=("W", "TbetaV", "chunk_states")),
+    called("linear_rnn.rls_memory", "y"),
+    called("linear_rnn.segsum", "seg"),
+]
+
+
+def _ssd_args(r, *, L, H=4, G=2, P=3, N=4, dt_scale=1.0, A=None, chunk_size=8, batch=()):
+    return {
+        "x": r.standard_normal(batch + (H, L, P)),
+        "dt": dt_scale * np.log1p(np.exp(r.standard_normal(batch + (H, L)) - 1.0)),  # softplus, as Mamba-2
+        "A": -np.exp(r.standard_normal(H)) if A is None else A,
+        "B": r.standard_normal(batch + (G, L, N)),
+        "C": r.standard_normal(batch + (G, L, N)),
+        "D": r.standard_normal(H),
+        "chunk_size": chunk_size,
+    }
+
+
+def _qkv(r, L, dk=4, dv=3, batch=(2,), unit_keys=False):
+    k = r.standard_normal(batch + (L, dk))
+    return {"q": r.standard_normal(batch + (L, dk)), "k": unit(k) if unit_keys else k, "v": r.standard_normal(batch + (L, dv))}
+
+
+CASES = [
+    Case("linear_rnn.ssd/groups_chunk_not_dividing", 1601, lambda r: _ssd_args(r, L=21, batch=(2,)),
+         "4 heads in 2 groups, L = 21 with chunks of 8; intermediates: chunk-end states and M (Eq. (16.8))"),
+    Case("linear_rnn.ssd/fast_decay", 1602, lambda r: _ssd_args(r, L=40, dt_scale=300.0, chunk_size=16),
+         "Δ·A down to −1e3 per step: decays underflow to exactly 0, no NaN"),
+    Case("linear_rnn.ssd/A_zero_long_sequence", 1603,
+         lambda r: _ssd_args(r, L=300, H=2, G=1, A=np.array([0.0, -1e-6]), chunk_size=64),
+         "gates exactly 1 (A = 0) and A = −1e-6 over 300 steps: a pure cumulative sum", intermediates=False),
+    Case("linear_rnn.gated_linear_attention/per_channel", 1604,
+         lambda r: {**_qkv(r, 19), "log_g": -r.uniform(0, 1, (2, 19, 4)), "chunk_size": 4},
+         "gates per key channel, L = 19, chunks of 4; intermediate: chunk-end states"),
+    Case("linear_rnn.gated_linear_attention/gates_near_0_and_1", 1605,
+         lambda r: {**_qkv(r, 48), "log_g": np.where(r.random((2, 48, 4)) < 0.5, -1e-12, -r.uniform(30, 80, (2, 48, 4))),
+                    "chunk_size": 16},
+         "per-channel gates of 1 − 1e-12 mixed with e^-30 … e^-80 (the exact segment-sum path)"),
+    Case("linear_rnn.gated_linear_attention/per_head_long_sequence", 1606,
+         lambda r: {**_qkv(r, 400, batch=()), "log_g": -r.uniform(0, 0.05, 400), "chunk_size": 64, "scale": 1.0},
+         "one gate per head, 400 steps, cumulative log-gate about −10: e^{+Λ} factoring would lose digits",
+         intermediates=False),
+    Case("linear_rnn.retention/retnet_decays", 1607,
+         lambda r: {**_qkv(r, 30, batch=(3,)), "gamma": 1 - 2.0 ** (-5 - np.arange(3)), "chunk_size": 8},
+         "RetNet's decays 1 − 2^(−5−h) for three heads"),
+    Case("linear_rnn.delta_rule/deltanet", 1608,
+         lambda r: {**_qkv(r, 23, unit_keys=True), "beta": r.uniform(0.05, 0.95, (2, 23)), "chunk_size": 8},
+         "DeltaNet (no gate), β ∈ (0, 1), L = 23 with chunks of 8; intermediates: WY factors, chunk states",
+         constrain=renormalize("k")),
+    Case("linear_rnn.delta_rule/gated_beta_near_2", 1609,
+         lambda r: {**_qkv(r, 40, unit_keys=True), "beta": r.uniform(1.9, 1.99, (2, 40)),
+                    "log_g": -r.uniform(0, 2.0, (2, 40)), "chunk_size": 16},
+         "Gated DeltaNet with β near its bound 2 (eigenvalue 1 − β near −1)", constrain=renormalize("k")),
+    Case("linear_rnn.rls_memory/forgetting", 1610,
+         lambda r: {**_qkv(r, 25), "lam": 0.95, "delta": 0.1},
+         "exponentially weighted ridge least squares, λ = 0.95, δ = 0.1"),
+    Case("linear_rnn.segsum/long_decay", 1611,
+         lambda r: {"a": np.concatenate([np.full(20, np.log(0.5)), -r.uniform(0, 1e-9, 12)])},
+         "segment sums of log-gates, never differences of prefix sums"),
+]

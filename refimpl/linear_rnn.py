@@ -1,0 +1,1035 @@
+r"""Linear-recurrent attention as adaptive filtering: SSD (Mamba-2), GLA, RetNet, DeltaNet, RLS.
+
+Chapter 16 of the book (``notebooks/16-linear-recurrences.ipynb``) derives every formula here.
+
+Every layer of this module keeps a matrix state ``S_t`` (d_v × d_k) that maps keys to values and
+reads it out with the query, ``o_t = S_t (scale · q_t)``. They differ only in how a new pair
+(k_t, v_t) is written:
+
+* linear attention (Katharopoulos et al. 2020): ``S_t = S_{t−1} + v_t k_tᵀ``, accumulate and
+  never forget (Eq. (16.1));
+* gated linear attention (Yang et al. 2024, GLA) and RetNet's retention (Sun et al. 2023):
+  ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ`` with a gate ``g_t ∈ (0, 1]`` per key channel or per
+  head — a forgetting factor (Eqs. (16.2), (16.6));
+* Mamba-2's state-space duality (Dao & Gu 2024, SSD): the same with a scalar gate
+  ``g_t = exp(Δ_t A)`` per head and the pair (k, v, q) = (Δ_t B_t, x_t, C_t) (Eq. (16.7));
+* the delta rule (Schlag et al. 2021; Yang et al. 2024, DeltaNet; Yang et al. 2025, Gated
+  DeltaNet): ``S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ`` — one normalized LMS
+  (Widrow–Hoff) step on the regression v ≈ S k (Eqs. (16.9)–(16.10), the update (6.6) of
+  chapter 6);
+* recursive least squares on the same regression (:func:`rls_memory`, Eq. (16.13)): the exact
+  (exponentially weighted, ridge) least-squares map, a Kalman filter with a static state
+  (chapter 3).
+
+Each exists as a recurrence (``*_loop``, one time step at a time), a dense masked "attention"
+form where one exists (``*_parallel``/``ssd_quadratic``), and a chunked algorithm — the
+vectorized default — that runs the quadratic form inside chunks of ``chunk_size`` steps and
+passes the state between chunks, so that the cost is O(L · chunk_size) instead of O(L²).
+
+Numerical care. Gates are given and combined in log space. A decay between steps s < t is
+``exp(seg[t, s])`` with the *segment sum* ``seg[t, s] = Σ_{r=s+1}^{t} log g_r ≤ 0`` (Eq. (16.4)),
+accumulated from its own start (cumulative sums of a masked matrix, or suffix sums), never as a
+difference of two long prefix sums (which cancels) and never as a quotient ``Π g / Π g`` (which
+under- and overflows). Every exponent is ≤ 0: nothing overflows at any length, and decays that
+underflow to 0 are correct to the last bit.
+
+Glossary (code name → symbol in the book / the papers)
+------------------------------------------------------
+``L``               sequence length (T in GLA/DeltaNet, L in Mamba-2).
+``q`` (..., L, Dk)  queries q_t (GLA: Q; Mamba-2 SSD: C_t). ``Dk``: key dimension d_k.
+``k`` (..., L, Dk)  keys k_t (Mamba-2: B_t, scaled by Δ_t).
+``v`` (..., L, Dv)  values v_t (Mamba-2: x_t, with Dv = P the head dimension).
+``S`` (Dv, Dk)      the state S_t (GLA writes its transpose; Mamba-2: h_t, shape (P, N)).
+``log_g``           log-gates log g_t ≤ 0: per key channel (..., L, Dk) (GLA's α_t) or per
+                    head (..., L) (Mamba-2's Δ_t A, RetNet's log γ, Gated DeltaNet's log α_t).
+``gamma`` (H,)      RetNet's fixed decay γ per head.
+``beta`` (..., L)   the delta rule's writing strength β_t (the NLMS step size).
+``x`` (..., H, L, P)   SSD input x_t per head h (P = head dimension).
+``dt`` (..., H, L)  SSD step Δ_t > 0 (after the softplus).
+``A`` (H,)          SSD's scalar state matrix per head, A ≤ 0 (Mamba-2: −exp(A_log)).
+``B``, ``C`` (..., G, L, N)  SSD input/output projections, G groups shared by H/G heads each
+                    (head h uses group h // (H/G)); N the state size d_state.
+``D`` (H,)          SSD's skip connection.
+``chunk_size``      Q in Mamba-2, C in GLA/DeltaNet: the chunk length of the chunked algorithm.
+``seg``             segment sums Σ_{r=s+1}^{t} log g_r (Mamba-2's ``segsum``).
+``T``, ``W``, ``U`` the delta rule's UT transform, WY factor and pseudo-values (Eq. (16.11)).
+``lam``, ``delta``  RLS forgetting factor λ and initial regularization δ (Eqs. (6.7)–(6.8)).
+
+Conventions: heads are leading (batch) axes and broadcast; the sequence axis is second to last;
+all arrays are float64; outputs are read *after* the update (o_t sees (k_t, v_t)). The default
+``scale`` is ``1/sqrt(Dk)`` as in softmax attention (Eq. (4.1)); the chapter's regression
+experiments use ``scale=1``, where ``o_t = S_t q_t`` is the filter's prediction of the value.
+
+References
+----------
+.. [1] T. Dao, A. Gu, "Transformers are SSMs: generalized models and efficient algorithms
+       through structured state space duality" (Mamba-2), ICML 2024, §3–§6, Listing 1.
+.. [2] S. Yang, B. Wang, Y. Shen, R. Panda, Y. Kim, "Gated linear attention transformers with
+       hardware-efficient training" (GLA), ICML 2024, §3–§4.
+.. [3] Y. Sun et al., "Retentive network: a successor to Transformer for large language
+       models" (RetNet), arXiv:2307.08621, 2023, §2.1, Eqs. (1)–(7).
+.. [4] I. Schlag, K. Irie, J. Schmidhuber, "Linear transformers are secretly fast weight
+       programmers", ICML 2021, §4 (the delta rule).
+.. [5] S. Yang, B. Wang, Y. Zhang, Y. Shen, Y. Kim, "Parallelizing linear transformers with the
+       delta rule over sequence length" (DeltaNet), NeurIPS 2024, §3 (WY representation,
+       UT transform).
+.. [6] S. Yang, J. Kautz, A. Hatamizadeh, "Gated delta networks: improving Mamba2 with delta
+       rule", ICLR 2025, §3.
+.. [7] B. Widrow, M. E. Hoff, "Adaptive switching circuits", IRE WESCON 1960 (LMS).
+.. [8] S. Haykin, *Adaptive Filter Theory*, 5th ed., 2014, ch. 6–7 (NLMS) and 10 (RLS).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._scan import linear_scan
+from ._validate import as_int, as_positive_scalar, as_real_array
+
+__all__ = [
+    "ssd",
+    "ssd_loop",
+    "ssd_quadratic",
+    "gated_linear_attention",
+    "gated_linear_attention_loop",
+    "gated_linear_attention_parallel",
+    "retention",
+    "retention_loop",
+    "retention_parallel",
+    "delta_rule",
+    "delta_rule_loop",
+    "rls_memory",
+    "rls_memory_loop",
+    "segsum",
+    "KEY_NORM_TOL",
+    "BETA_MAX",
+]
+
+#: Keys of the delta rule must be ℓ2-normalized: |‖k_t‖ − 1| ≤ KEY_NORM_TOL (float32-normalized
+#: keys pass; unnormalized ones do not).
+KEY_NORM_TOL = 1e-6
+#: The delta rule's β_t must lie in (0, BETA_MAX): the normalized-LMS stability interval (Eq. (16.14)).
+BETA_MAX = 2.0
+
+# Bound on the elements of the (.., chunks, c, c[, Dk]) temporaries of the chunked algorithms.
+_BLOCK_ELEMS = 1 << 18
+# Chunks of per-channel GLA whose decay stays above e^{-_FACTOR_LOG} use the factored BLAS form.
+_FACTOR_LOG = 30.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _seq(x, name: str, what: str) -> np.ndarray:
+    arr = as_real_array(x, name)
+    if arr.ndim < 2:
+        raise ValueError(f"{name}: expected shape {what}, got shape {arr.shape}")
+    return arr
+
+
+def _batch(pairs) -> tuple:
+    """Broadcast the batch shapes of (name, batch_shape) pairs, or name the first that fails."""
+    shape = ()
+    for name, b in pairs:
+        try:
+            shape = np.broadcast_shapes(shape, b)
+        except ValueError:
+            raise ValueError(f"{name}: batch axes {b} do not broadcast with the others {shape}") from None
+    return shape
+
+
+def _bool(x, name: str) -> bool:
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
+    return bool(x)
+
+
+def _scale(scale, d: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(d) if d > 0 else 1.0
+    return as_positive_scalar(scale, "scale", strict=False)
+
+
+def _check_qkv(q, k, v):
+    q = _seq(q, "q", "(..., L, Dk)")
+    k = _seq(k, "k", "(..., L, Dk)")
+    v = _seq(v, "v", "(..., L, Dv)")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k: expected the same last dimension Dk = {q.shape[-1]} as q, got shape {k.shape}")
+    if k.shape[-2] != q.shape[-2]:
+        raise ValueError(f"k: expected the same length L = {q.shape[-2]} as q, got shape {k.shape}")
+    if v.shape[-2] != q.shape[-2]:
+        raise ValueError(f"v: expected the same length L = {q.shape[-2]} as q, got shape {v.shape}")
+    return q, k, v
+
+
+def _check_log_g(log_g, L: int, dk: int, kdim: int, name: str = "log_g", allow_channel: bool = True):
+    """Log-gates ≤ 0, per key channel (ndim == k.ndim, (..., L, Dk)) or per head ((..., L))."""
+    g = as_real_array(log_g, name)
+    if allow_channel and g.ndim == kdim and g.ndim >= 2:
+        if g.shape[-2:] != (L, dk):
+            raise ValueError(f"{name}: expected per-channel gates (..., L, Dk) = (..., {L}, {dk}), got shape {g.shape}")
+        per_channel = True
+    elif g.ndim == kdim - 1 and g.ndim >= 1:
+        if g.shape[-1] != L:
+            raise ValueError(f"{name}: expected per-head gates (..., L) with L = {L}, got shape {g.shape}")
+        per_channel = False
+    else:
+        want = "(..., L, Dk) (per key channel) or (..., L) (per head)" if allow_channel else "(..., L)"
+        raise ValueError(f"{name}: expected shape {want} with as many leading axes as k, got shape {g.shape}")
+    if g.size and g.max() > 0:
+        raise ValueError(f"{name}: expected log-gates <= 0 (gates in (0, 1]), got maximum {g.max():.6g}")
+    return g, per_channel
+
+
+def _check_chunk(chunk_size) -> int:
+    return as_int(chunk_size, "chunk_size", minimum=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment sums, Eq. (16.4)
+# ---------------------------------------------------------------------------------------------
+
+
+def segsum(a) -> np.ndarray:
+    r"""Segment sums ``seg[..., t, s] = Σ_{r=s+1}^{t} a_r`` for s ≤ t, ``−inf`` for s > t.
+
+    Implements Eq. (16.4) of the book (Dao & Gu 2024, Listing 1, ``segsum``).
+
+    Parameters
+    ----------
+    a : array_like, shape (..., L)
+        Per-step log-decays (log-gates), typically ≤ 0.
+
+    Returns
+    -------
+    seg : ndarray, shape (..., L, L)
+        ``exp(seg)`` is the lower-triangular decay matrix ``Π_{r=s+1}^{t} g_r`` (1 on the
+        diagonal, exactly 0 above it).
+
+    Notes
+    -----
+    Each sum is accumulated from its own start — the cumulative sum down the columns of the
+    matrix ``X[t, s] = a_t`` (t > s), 0 elsewhere — so no entry is the difference of two long
+    prefix sums ``Λ_t − Λ_s``, which loses all digits when both are large (a gate of 0.5 over
+    10⁵ steps gives prefix sums near −7·10⁴, and a difference of adjacent ones keeps ~12 of the
+    16 digits; the segment sum keeps all of them).
+
+    Examples
+    --------
+    >>> np.exp(segsum(np.log([0.5, 0.25, 0.5]))).round(12).tolist()  # products of the gates g_{s+1} ... g_t
+    [[1.0, 0.0, 0.0], [0.25, 1.0, 0.0], [0.125, 0.5, 1.0]]
+    >>> a = -np.random.default_rng(0).uniform(size=5)  # short and small: a prefix-sum difference is accurate here
+    >>> cs = np.cumsum(a)
+    >>> bool(np.allclose(np.tril(segsum(a)), np.tril(cs[:, None] - cs[None, :])))
+    True
+    """
+    a = as_real_array(a, "a")
+    if a.ndim < 1:
+        raise ValueError(f"a: expected shape (..., L), got shape {a.shape}")
+    return _segsum(a)
+
+
+def _segsum(a: np.ndarray) -> np.ndarray:
+    L = a.shape[-1]
+    seg = np.empty(a.shape + (L,))
+    seg[...] = a[..., :, None]  # X[t, s] = a_t
+    np.copyto(seg, 0.0, where=~np.tri(L, L, -1, dtype=bool))  # keep t > s only
+    np.cumsum(seg, axis=-2, out=seg)  # seg[t, s] = Σ_{s<r≤t} a_r, in place
+    np.copyto(seg, -np.inf, where=~np.tri(L, L, 0, dtype=bool))  # s > t: no path from s to t
+    return seg
+
+
+def _chunks(x: np.ndarray, c: int, axis: int) -> np.ndarray:
+    """Zero-pad ``axis`` (the sequence) to a multiple of ``c`` and split it into (n_chunks, c)."""
+    axis = axis % x.ndim
+    L = x.shape[axis]
+    nc = -(-L // c)
+    pad = nc * c - L
+    if pad:
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, pad)
+        x = np.pad(x, widths)
+    return x.reshape(x.shape[:axis] + (nc, c) + x.shape[axis + 1 :])
+
+
+def _suffix(a: np.ndarray, axis: int) -> np.ndarray:
+    """Exclusive suffix sums ``Σ_{r>s} a_r`` along ``axis`` (from the end: no subtraction)."""
+    rev = np.flip(np.cumsum(np.flip(a, axis), axis), axis)  # Σ_{r≥s}
+    out = np.zeros_like(a)
+    idx_dst = [slice(None)] * a.ndim
+    idx_src = [slice(None)] * a.ndim
+    idx_dst[axis] = slice(0, -1)
+    idx_src[axis] = slice(1, None)
+    out[tuple(idx_dst)] = rev[tuple(idx_src)]  # Σ_{r≥s+1}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Gated linear attention: the shared chunked core, Eqs. (16.2)-(16.5)
+# ---------------------------------------------------------------------------------------------
+
+
+def _gla_chunked(q, k, v, logg, c: int):
+    """Chunked ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q_t`` (q already scaled).
+
+    ``q, k`` (*b, L, Dk), ``v`` (*b, L, Dv), ``logg`` (*b, L, Dk) or (*b, L, 1), all broadcast to
+    one batch shape. Returns ``o`` (*b, L, Dv) and the chunk-end states (*b, n_chunks, Dv, Dk).
+    """
+    batch, (L, dk), dv, dg = q.shape[:-2], q.shape[-2:], v.shape[-1], logg.shape[-1]
+    qc, kc, vc, gc = (_chunks(a.reshape((-1,) + a.shape[-2:]), c, -2) for a in (q, k, v, logg))  # (nb, nc, c, ·)
+    nb, nc = qc.shape[:2]
+    cum = np.cumsum(gc, axis=-2)  # Σ_{r=start}^{t} log g_r  (within the chunk, inclusive)
+    to_end = _suffix(gc, -2)  # Σ_{r=s+1}^{end} log g_r
+    # per-chunk contributions to the state at the chunk's end: Σ_s v_s (k_s ⊙ e^{to_end_s})ᵀ
+    states = np.swapaxes(vc, -1, -2) @ (kc * np.exp(to_end))  # (nb, nc, Dv, Dk)
+    decay = np.exp(cum[:, :, -1:, :])  # the whole chunk's decay, (nb, nc, 1, Dk')
+    for n in range(1, nc):  # state passing (16.5): S_end[n] = S_end[n−1] Diag(e^{total_n}) + kv_n
+        states[:, n] += decay[:, n] * states[:, n - 1]
+    S_in = np.zeros_like(states)
+    S_in[:, 1:] = states[:, :-1]
+    o = (qc * np.exp(cum)) @ np.swapaxes(S_in, -1, -2)  # inter-chunk: S_in (q_t ⊙ e^{cum_t})
+    # intra-chunk: the masked quadratic form (16.3), in groups of chunks (bounded memory)
+    causal = np.tri(c, c, 0, dtype=bool)
+    group = max(1, _BLOCK_ELEMS // max(1, nb * c * c))
+    for g0 in range(0, nc, group):  # L / (group · c) steps
+        sl = slice(g0, min(nc, g0 + group))
+        qg, kg, gg, cg = qc[:, sl], kc[:, sl], gc[:, sl], cum[:, sl]
+        if dg == 1:  # one gate per head: (q_t · k_s) e^{seg[t, s]}, one BLAS product
+            scores = np.exp(_segsum(gg[..., 0]))
+            scores *= qg @ np.swapaxes(kg, -1, -2)
+        else:
+            # Per key channel, e^{seg_j[t, s]} = e^{cum_tj} e^{−cum_sj} factors the form into one BLAS
+            # product when the chunk's decay stays above e^{−_FACTOR_LOG} (then e^{−cum} <= e^{30}
+            # and each factor is accurate to a few ulps); chunks that decay further (gates near 0)
+            # take the exact (c, c, Dk) segment-sum tensor, whose exponents are all <= 0.
+            scores = np.where(causal, (qg * np.exp(cg)) @ np.swapaxes(kg * np.exp(-np.maximum(cg, -_FACTOR_LOG)), -1, -2), 0.0)
+            b_idx, n_idx = np.nonzero(cg.min(axis=(-2, -1)) < -_FACTOR_LOG)
+            step = max(1, _BLOCK_ELEMS // (c * c * dg))  # chunks per exact block (at least one)
+            for i0 in range(0, b_idx.size, step):
+                bi, ni = b_idx[i0 : i0 + step], n_idx[i0 : i0 + step]
+                seg = np.exp(np.moveaxis(_segsum(np.swapaxes(gg[bi, ni], -1, -2)), -3, -1))  # (m, c, c, Dk)
+                scores[bi, ni] = np.einsum("mtj,msj,mtsj->mts", qg[bi, ni], kg[bi, ni], seg)
+        o[:, sl] += scores @ vc[:, sl]
+    o = o.reshape((nb, nc * c, dv))[:, :L].reshape(batch + (L, dv))
+    return o, states.reshape(batch + (nc, dv, dk))
+
+
+def _gla_loop(q, k, v, logg, c: int):
+    """The recurrence (16.2) one step at a time; also the states at the chunk ends."""
+    batch = q.shape[:-2]
+    L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
+    nc = -(-L // c)
+    o = np.zeros(batch + (L, dv))
+    states = np.zeros(batch + (nc, dv, dk))
+    for b in np.ndindex(*batch):
+        S = np.zeros((dv, dk))
+        for t in range(L):
+            g = np.exp(logg[b][t])  # g_t: (Dk,) per channel or (1,) per head
+            S = S * g[None, :] + np.outer(v[b][t], k[b][t])  # S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ
+            o[b][t] = S @ q[b][t]  # o_t = S_t q_t
+            if t % c == c - 1 or t == L - 1:
+                states[b][t // c] = S
+    return o, states
+
+
+def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states):
+    q, k, v = _check_qkv(q, k, v)
+    L, dk = q.shape[-2:]
+    g, per_channel = _check_log_g(log_g, L, dk, k.ndim)
+    c = _check_chunk(chunk_size)
+    _bool(return_chunk_states, "return_chunk_states")
+    if not per_channel:
+        g = g[..., None]
+    batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2]), ("log_g", g.shape[:-2])])
+    L = q.shape[-2]
+    q = np.broadcast_to(q * _scale(scale, dk), batch + q.shape[-2:])
+    k = np.broadcast_to(k, batch + k.shape[-2:])
+    v = np.broadcast_to(v, batch + v.shape[-2:])
+    g = np.broadcast_to(g, batch + (L, g.shape[-1]))
+    return q, k, v, g, c
+
+
+def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_chunk_states=False):
+    r"""Gated linear attention (GLA), chunked: ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q_t``.
+
+    Implements Eqs. (16.1)–(16.5) of the book ((16.1), linear attention, is the case g = 1;
+    Yang et al. 2024, GLA, Eqs. 3–4 and §4.2; with a per-head gate it is Mamba-2's scalar-decay
+    SSD, Dao & Gu 2024, §3–§6).
+
+    Parameters
+    ----------
+    q, k : array_like, shape (..., L, Dk)
+        Queries and keys (leading axes, e.g. batch and head, broadcast).
+    v : array_like, shape (..., L, Dv)
+        Values.
+    log_g : array_like, shape (..., L, Dk) or (..., L)
+        Log-gates ``log g_t ≤ 0``: per key channel (GLA's α_t; as many axes as ``k``) or one per
+        head and step (one axis fewer). A gate of 1 (``log_g = 0``) is plain linear attention.
+    scale : float >= 0, optional
+        Multiplies the queries; default ``1/sqrt(Dk)``.
+    chunk_size : int >= 1
+        Chunk length c; any c gives the same result (L need not be a multiple of c).
+    return_chunk_states : bool
+        Also return the states at the end of each chunk (an intermediate for debugging kernels).
+
+    Returns
+    -------
+    o : ndarray, shape (..., L, Dv)
+    states : ndarray, shape (..., ceil(L / c), Dv, Dk)
+        Only if ``return_chunk_states``: ``S_t`` at ``t = min((n + 1) c, L) − 1``.
+
+    Notes
+    -----
+    Unrolling the recurrence gives the masked "attention" form (16.3),
+
+    ``o_t = Σ_{s≤t} v_s Σ_j q_{t,j} k_{s,j} exp(seg_j[t, s])``, ``seg_j[t, s] = Σ_{r=s+1}^{t} log g_{r,j}``.
+
+    The chunked algorithm (16.5) splits it at chunk boundaries: inside a chunk the masked form,
+    across chunks the state at the previous chunk's end, decayed by ``exp(Σ_{r=start}^{t} log g_r)``;
+    chunk-end states are passed on from chunk to chunk (L/c short steps). With a gate per head the
+    in-chunk form is ``(q_t·k_s) e^{seg[t, s]}``, one BLAS product. With a gate per key channel
+    it is factored as ``(q_t ⊙ e^{cum_t})·(k_s ⊙ e^{−cum_s})`` (one BLAS product, ``cum`` the
+    in-chunk cumulative log-gate) only in chunks whose decay stays above ``e^{−30}``, where
+    ``e^{−cum} ≤ e^{30}`` cannot overflow and costs a few ulps; chunks that decay further (gates
+    near 0) use the exact (c, c, Dk) tensor of segment sums — the float64 counterpart of the GLA
+    paper's secondary chunking. Every other exponent is ≤ 0, so nothing overflows at any L.
+    Twins: :func:`gated_linear_attention_loop` (the recurrence),
+    :func:`gated_linear_attention_parallel` (the dense masked form).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 6, 3))
+    >>> v = rng.normal(size=(6, 2))
+    >>> log_g = np.log(rng.uniform(0.5, 1.0, size=(6, 3)))  # one gate per key channel
+    >>> o = gated_linear_attention(q, k, v, log_g, chunk_size=4)  # L = 6 is no multiple of 4
+    >>> o.shape, bool(np.allclose(o, gated_linear_attention_parallel(q, k, v, log_g)))
+    ((6, 2), True)
+    """
+    q, k, v, g, c = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states)
+    o, states = _gla_chunked(q, k, v, g, c)
+    return (o, states) if return_chunk_states else o
+
+
+def gated_linear_attention_loop(q, k, v, log_g, *, scale=None, chunk_size=64, return_chunk_states=False):
+    """Loop twin of :func:`gated_linear_attention`: the recurrence (16.2), one step at a time.
+
+    ``chunk_size`` only selects which states ``return_chunk_states`` reports.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 6, 3))
+    >>> v = rng.normal(size=(6, 2))
+    >>> log_g = np.log(rng.uniform(0.5, 1.0, size=6))  # one gate per step (per head)
+    >>> o, S = gated_linear_attention_loop(q, k, v, log_g, chunk_size=4, return_chunk_states=True)
+    >>> o2, S2 = gated_linear_attention(q, k, v, log_g, chunk_size=4, return_chunk_states=True)
+    >>> S.shape, bool(np.allclose(o, o2)), bool(np.allclose(S, S2))
+    ((2, 2, 3), True, True)
+    """
+    q, k, v, g, c = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states)
+    o, states = _gla_loop(q, k, v, g, c)
+    return (o, states) if return_chunk_states else o
+
+
+def gated_linear_attention_parallel(q, k, v, log_g, *, scale=None):
+    r"""The dense masked form (16.3) of gated linear attention: an (L, L) weight matrix per channel.
+
+    ``o_t = Σ_{s≤t} (Σ_j q_{t,j} k_{s,j} e^{seg_j[t,s]}) v_s`` with the segment sums of Eq. (16.4).
+    O(L² Dk) memory: a reference for short sequences (Yang et al. 2024, GLA, Eq. 4 "parallel form").
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 5, 3))
+    >>> v = rng.normal(size=(5, 2))
+    >>> o = gated_linear_attention_parallel(q, k, v, np.zeros(5), scale=1.0)  # g = 1: plain causal linear attention
+    >>> bool(np.allclose(o, np.tril(q @ k.T) @ v))
+    True
+    """
+    q, k, v, g, _ = _gla_setup(q, k, v, log_g, scale, 1, False)
+    decay = np.exp(np.moveaxis(_segsum(np.swapaxes(g, -1, -2)), -3, -1))  # (..., L, L, Dk'), 0 for s > t
+    if g.shape[-1] == 1:
+        W = (q @ np.swapaxes(k, -1, -2)) * decay[..., 0]
+    else:
+        W = np.einsum("...tj,...sj,...tsj->...ts", q, k, decay)
+    return W @ v
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention (RetNet), Eq. (16.6)
+# ---------------------------------------------------------------------------------------------
+
+
+def _retention_setup(q, k, v, gamma):
+    q, k, v = _check_qkv(q, k, v)
+    if q.ndim < 3:
+        raise ValueError(f"q: expected shape (..., H, L, Dk) with a head axis, got shape {q.shape}")
+    gam = as_real_array(gamma, "gamma", ndim=1)
+    H = q.shape[-3]
+    if gam.shape != (H,):
+        raise ValueError(f"gamma: expected one decay per head, shape ({H},), got shape {gam.shape}")
+    if np.any(gam <= 0) or np.any(gam > 1):
+        raise ValueError(f"gamma: expected decays in (0, 1], got range [{gam.min():.6g}, {gam.max():.6g}]")
+    return q, k, v, np.log(gam)
+
+
+def retention(q, k, v, gamma, *, scale=None, chunk_size=64):
+    r"""RetNet's retention: linear attention with a fixed decay γ_h per head, chunked.
+
+    Implements Eq. (16.6) of the book (Sun et al. 2023, RetNet, Eqs. (1)–(7): recurrent
+    ``S_n = γ S_{n−1} + v_n k_nᵀ``, ``o_n = S_n q_n``; parallel ``(Q Kᵀ ⊙ D) V`` with
+    ``D_{nm} = γ^{n−m}`` for n ≥ m; chunkwise recurrent).
+
+    Parameters
+    ----------
+    q, k : array_like, shape (..., H, L, Dk)
+    v : array_like, shape (..., H, L, Dv)
+    gamma : array_like, shape (H,)
+        Decays in (0, 1]; RetNet uses ``1 − 2^{−5−h}``.
+    scale : float >= 0, optional
+        Default ``1/sqrt(Dk)`` (RetNet scales K by d^{−1/2}).
+    chunk_size : int >= 1
+
+    Returns
+    -------
+    o : ndarray, shape (..., H, L, Dv)
+
+    Notes
+    -----
+    The xPos rotation and the group normalization of a RetNet layer are not part of retention
+    proper and are left to the caller (``positional.rope`` rotates q, k). Retention is
+    :func:`gated_linear_attention` with the per-head log-gate ``log γ_h`` at every step.
+    Twins: :func:`retention_loop`, :func:`retention_parallel`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 2, 6, 3))  # H = 2 heads, L = 6
+    >>> gamma = np.array([0.9, 0.5])
+    >>> o = retention(q, k, v, gamma, chunk_size=4)
+    >>> o.shape, bool(np.allclose(o, retention_parallel(q, k, v, gamma)))
+    ((2, 6, 3), True)
+    """
+    q, k, v, lg = _retention_setup(q, k, v, gamma)
+    log_g = np.broadcast_to(lg[:, None], k.shape[:-3] + (k.shape[-3], k.shape[-2]))
+    return gated_linear_attention(q, k, v, log_g, scale=scale, chunk_size=chunk_size)
+
+
+def retention_loop(q, k, v, gamma, *, scale=None, chunk_size=64):
+    """Loop twin of :func:`retention`: ``S_n = γ_h S_{n−1} + v_n k_nᵀ``, ``o_n = S_n q_n`` (Eq. (16.6)).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 2, 5, 2))
+    >>> gamma = np.array([0.9, 0.5])
+    >>> bool(np.allclose(retention_loop(q, k, v, gamma), retention(q, k, v, gamma, chunk_size=2)))
+    True
+    """
+    q, k, v, lg = _retention_setup(q, k, v, gamma)
+    _check_chunk(chunk_size)  # validated for signature parity; the recurrence has no chunks
+    batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])])
+    qs = np.broadcast_to(q * _scale(scale, q.shape[-1]), batch + q.shape[-2:])
+    kb, vb = np.broadcast_to(k, batch + k.shape[-2:]), np.broadcast_to(v, batch + v.shape[-2:])
+    o = np.zeros(batch + (q.shape[-2], v.shape[-1]))
+    for b in np.ndindex(*batch):
+        g = math.exp(lg[b[-1]])  # γ of this head
+        S = np.zeros((v.shape[-1], k.shape[-1]))
+        for n in range(q.shape[-2]):
+            S = g * S + np.outer(vb[b][n], kb[b][n])  # S_n = γ S_{n−1} + v_n k_nᵀ
+            o[b][n] = S @ qs[b][n]  # o_n = S_n q_n
+    return o
+
+
+def retention_parallel(q, k, v, gamma, *, scale=None):
+    r"""Retention's parallel form ``(Q Kᵀ ⊙ D) V``, ``D_{nm} = γ^{n−m}`` (n ≥ m), Eq. (16.6).
+
+    ``γ^{n−m}`` is evaluated directly as ``exp((n − m) log γ)`` — no segment sums, no products —
+    an independent check of the chunked algorithm (Sun et al. 2023, Eq. 5).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 2, 5, 2))
+    >>> gamma = np.array([0.9, 0.5])
+    >>> log_g = np.broadcast_to(np.log(gamma)[:, None], (2, 5))  # GLA with a constant gate per head
+    >>> bool(np.allclose(retention_parallel(q, k, v, gamma), gated_linear_attention(q, k, v, log_g, chunk_size=2)))
+    True
+    """
+    q, k, v, lg = _retention_setup(q, k, v, gamma)
+    L = q.shape[-2]
+    lag = np.arange(L)[:, None] - np.arange(L)[None, :]  # n − m
+    D = np.where(lag >= 0, np.exp(np.maximum(lag, 0) * lg[:, None, None]), 0.0)  # (H, L, L)
+    W = (q * _scale(scale, q.shape[-1])) @ np.swapaxes(k, -1, -2) * D
+    return W @ v
+
+
+# ---------------------------------------------------------------------------------------------
+# SSD (Mamba-2), Eqs. (16.7)-(16.8)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states):
+    x = as_real_array(x, "x")
+    if x.ndim < 3:
+        raise ValueError(f"x: expected shape (..., H, L, P), got shape {x.shape}")
+    H, L, P = x.shape[-3:]
+    dt = as_real_array(dt, "dt")
+    if dt.ndim < 2 or dt.shape[-2:] != (H, L):
+        raise ValueError(f"dt: expected shape (..., H, L) = (..., {H}, {L}), got shape {dt.shape}")
+    if dt.size and dt.min() <= 0:
+        raise ValueError(f"dt: expected step sizes > 0, got minimum {dt.min():.6g}")
+    A = as_real_array(A, "A", ndim=1)
+    if A.shape != (H,):
+        raise ValueError(f"A: expected one scalar per head, shape ({H},), got shape {A.shape}")
+    if np.any(A > 0):
+        raise ValueError(f"A: expected A <= 0 (a stable, decaying state), got maximum {A.max():.6g}")
+    B = as_real_array(B, "B")
+    C = as_real_array(C, "C")
+    if B.ndim < 3 or B.shape[-2] != L:
+        raise ValueError(f"B: expected shape (..., G, L, N) with L = {L}, got shape {B.shape}")
+    G, N = B.shape[-3], B.shape[-1]
+    if H % G:
+        raise ValueError(f"B: the number of heads H = {H} must be divisible by the number of groups G = {G}")
+    if C.ndim < 3 or C.shape[-3:] != (G, L, N):
+        raise ValueError(f"C: expected shape (..., G, L, N) = (..., {G}, {L}, {N}) like B, got shape {C.shape}")
+    if D is not None:
+        D = as_real_array(D, "D", ndim=1)
+        if D.shape != (H,):
+            raise ValueError(f"D: expected one skip weight per head, shape ({H},), got shape {D.shape}")
+    c = _check_chunk(chunk_size)
+    _bool(return_chunk_states, "return_chunk_states")
+    batch = _batch([("x", x.shape[:-3]), ("dt", dt.shape[:-2]), ("B", B.shape[:-3]), ("C", C.shape[:-3])])
+    x = np.broadcast_to(x, batch + x.shape[-3:])
+    dt = np.broadcast_to(dt, batch + dt.shape[-2:])
+    # head h reads group h // (H / G) (Mamba-2's contiguous grouping of heads)
+    B = np.broadcast_to(np.repeat(B, H // G, axis=-3), batch + (H, L, N))
+    C = np.broadcast_to(np.repeat(C, H // G, axis=-3), batch + (H, L, N))
+    return x, dt, A, B, C, D, c
+
+
+def _ssd_finish(y, x, D, states, return_chunk_states):
+    if D is not None:
+        y = y + D[:, None, None] * x  # y_t += D x_t
+    return (y, states) if return_chunk_states else y
+
+
+def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
+    r"""Mamba-2's structured state-space duality (SSD) layer, by the chunked algorithm.
+
+    Implements Eqs. (16.7)–(16.8) and the chunked algorithm (16.5) of the book (Dao & Gu 2024,
+    Mamba-2, Eq. (1)/(4) with scalar-times-identity A, §6 and Listing 1).
+
+    Parameters
+    ----------
+    x : array_like, shape (..., H, L, P)
+        Inputs, H heads of dimension P.
+    dt : array_like, shape (..., H, L)
+        Step sizes Δ_t > 0 (after the softplus).
+    A : array_like, shape (H,)
+        One scalar A_h ≤ 0 per head (the state matrix is A_h I).
+    B, C : array_like, shape (..., G, L, N)
+        Input and output projections of G groups; H must be divisible by G (head h reads group
+        ``h // (H // G)``).
+    D : array_like, shape (H,), optional
+        Skip connection.
+    chunk_size : int >= 1
+        Q of the paper; the result does not depend on it.
+    return_chunk_states : bool
+        Also return the states h_t (shape (P, N)) at the end of each chunk.
+
+    Returns
+    -------
+    y : ndarray, shape (..., H, L, P)
+    states : ndarray, shape (..., H, ceil(L / Q), P, N)
+        Only if ``return_chunk_states``.
+
+    Notes
+    -----
+    Per head, with state ``h_t ∈ ℝ^{P×N}``:
+
+    ``h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_tᵀ``,  ``y_t = h_t C_t + D x_t``  (16.7)
+
+    i.e. gated linear attention with a per-head gate ``log g_t = Δ_t A``, keys ``Δ_t B_t``,
+    values ``x_t`` and queries ``C_t`` (scale 1). Its matrix (the "attention" of the duality) is
+    the 1-semiseparable ``M_{ts} = (C_t·B_s) exp(A Σ_{r=s+1}^{t} Δ_r) Δ_s`` (16.8). This is
+    Mamba-1's selective scan (chapter 11, Eq. (11.14), ``discretization="mamba"``) with A tied
+    across the N states and P channels of a head. Twins: :func:`ssd_loop` (recurrence),
+    :func:`ssd_quadratic` (the matrix M).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> H, G, L, P, N = 2, 1, 7, 3, 4  # two heads share one group of B, C
+    >>> x = rng.normal(size=(H, L, P))
+    >>> dt = rng.uniform(0.1, 1.0, size=(H, L))
+    >>> A, D = np.array([-1.0, -0.5]), np.array([1.0, 0.5])
+    >>> B, C = rng.normal(size=(2, G, L, N))
+    >>> y = ssd(x, dt, A, B, C, D, chunk_size=3)
+    >>> y.shape, bool(np.allclose(y, ssd_quadratic(x, dt, A, B, C, D)))
+    ((2, 7, 3), True)
+    """
+    x, dt, A, B, C, D, c = _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states)
+    log_g = (dt * A[:, None])[..., None]  # log g_t = Δ_t A_h, per head: (..., H, L, 1)
+    y, states = _gla_chunked(C, B * dt[..., None], x, log_g, c)  # q = C, k = Δ B, v = x
+    return _ssd_finish(y, x, D, states, return_chunk_states)
+
+
+def ssd_loop(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
+    """Loop twin of :func:`ssd`: the recurrence (16.7), one head and one step at a time.
+
+    ``chunk_size`` only selects which states ``return_chunk_states`` reports.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(1, 5, 2))  # H = 1, L = 5, P = 2
+    >>> dt = rng.uniform(0.1, 1.0, size=(1, 5))
+    >>> B, C = rng.normal(size=(2, 1, 5, 3))  # G = 1, N = 3
+    >>> y, S = ssd_loop(x, dt, np.array([-1.0]), B, C, chunk_size=2, return_chunk_states=True)
+    >>> y2, S2 = ssd(x, dt, np.array([-1.0]), B, C, chunk_size=2, return_chunk_states=True)
+    >>> S.shape, bool(np.allclose(y, y2)), bool(np.allclose(S, S2))
+    ((1, 3, 2, 3), True, True)
+    """
+    x, dt, A, B, C, D, c = _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states)
+    batch = x.shape[:-3]
+    H, L, P = x.shape[-3:]
+    N = B.shape[-1]
+    y = np.zeros(x.shape)
+    states = np.zeros(batch + (H, -(-L // c), P, N))
+    for b in np.ndindex(*batch):
+        for hd in range(H):
+            h = np.zeros((P, N))
+            for t in range(L):
+                d = dt[b][hd, t]
+                h = math.exp(d * A[hd]) * h + d * np.outer(x[b][hd, t], B[b][hd, t])  # h_t = e^{ΔA} h + Δ x Bᵀ
+                y[b][hd, t] = h @ C[b][hd, t]  # y_t = h_t C_t
+                if t % c == c - 1 or t == L - 1:
+                    states[b][hd, t // c] = h
+    return _ssd_finish(y, x, D, states, return_chunk_states)
+
+
+def ssd_quadratic(x, dt, A, B, C, D=None, *, return_matrix=False):
+    r"""SSD in its quadratic "attention" form: ``y = M x`` with the semiseparable matrix (16.8).
+
+    ``M_{ts} = (C_t · B_s) · exp(seg[t, s]) · Δ_s`` for s ≤ t, with the segment sums
+    ``seg[t, s] = Σ_{r=s+1}^{t} A Δ_r`` of Eq. (16.4) (Dao & Gu 2024, Eq. (16)/§5, the masked
+    attention dual). O(L²) memory per head: a reference for short sequences.
+
+    Returns
+    -------
+    y : ndarray, shape (..., H, L, P)
+    M : ndarray, shape (..., H, L, L)
+        Only if ``return_matrix`` (without the skip ``D``).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(1, 4, 2))
+    >>> dt = rng.uniform(0.1, 1.0, size=(1, 4))
+    >>> B, C = rng.normal(size=(2, 1, 4, 3))
+    >>> y, M = ssd_quadratic(x, dt, np.array([0.0]), B, C, return_matrix=True)  # A = 0: no decay
+    >>> bool(np.allclose(M[0], np.tril(C[0] @ B[0].T) * dt[0]))  # M_ts = (C_t·B_s) Δ_s for s <= t
+    True
+    >>> bool(np.allclose(y, M @ x))
+    True
+    """
+    x, dt, A, B, C, D, _ = _check_ssd(x, dt, A, B, C, D, 1, False)
+    _bool(return_matrix, "return_matrix")
+    decay = np.exp(_segsum(dt * A[:, None]))  # e^{Σ_{s<r≤t} A Δ_r}; 0 above the diagonal
+    M = (C @ np.swapaxes(B, -1, -2)) * decay * dt[..., None, :]  # M_ts = (C_t·B_s) e^{A seg} Δ_s
+    y = M @ x
+    if D is not None:
+        y = y + D[:, None, None] * x
+    return (y, M) if return_matrix else y
+
+
+# ---------------------------------------------------------------------------------------------
+# The delta rule (DeltaNet, Gated DeltaNet), Eqs. (16.9)-(16.12)
+# ---------------------------------------------------------------------------------------------
+
+
+def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states):
+    q, k, v = _check_qkv(q, k, v)
+    L, dk = q.shape[-2:]
+    norms = np.linalg.norm(k, axis=-1)
+    if norms.size and np.max(np.abs(norms - 1.0)) > KEY_NORM_TOL:
+        worst = norms.flat[int(np.argmax(np.abs(norms - 1.0)))]
+        raise ValueError(
+            f"k: the delta rule expects l2-normalized keys (|‖k_t‖ − 1| <= {KEY_NORM_TOL:g}), got a key of norm {worst:.6g}"
+        )
+    b = as_real_array(beta, "beta")
+    if b.ndim != k.ndim - 1 or b.shape[-1:] != (L,):
+        raise ValueError(f"beta: expected shape (..., L) with L = {L} and one axis fewer than k, got shape {b.shape}")
+    if b.size and (b.min() <= 0 or b.max() >= BETA_MAX):
+        raise ValueError(
+            f"beta: expected writing strengths in (0, {BETA_MAX:g}) (the NLMS stability interval), "
+            f"got range [{b.min():.6g}, {b.max():.6g}]"
+        )
+    if log_g is None:
+        g = np.zeros(b.shape)
+    else:
+        g, _ = _check_log_g(log_g, L, dk, k.ndim, allow_channel=False)
+    c = _check_chunk(chunk_size)
+    _bool(return_chunk_states, "return_chunk_states")
+    batch = _batch(
+        [("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2]), ("beta", b.shape[:-1]), ("log_g", g.shape[:-1])]
+    )
+    q = np.broadcast_to(q * _scale(scale, dk), batch + q.shape[-2:])
+    k = np.broadcast_to(k, batch + k.shape[-2:])
+    v = np.broadcast_to(v, batch + v.shape[-2:])
+    b = np.broadcast_to(b, batch + (L,))
+    g = np.broadcast_to(g, batch + (L,))
+    return q, k, v, b, g, c
+
+
+def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False):
+    """Chunked delta rule (16.11)-(16.12); with ``return_factors`` also the WY factor ``W`` and
+    ``T diag(β) V`` per chunk, shapes (*b, n_chunks, c, Dk) and (*b, n_chunks, c, Dv) (the oracle's
+    intermediates; rows past L in the last chunk are padding)."""
+    L = q.shape[-2]
+    dv, dk = v.shape[-1], k.shape[-1]
+    qc, kc, vc = (_chunks(a, c, -2) for a in (q, k, v))  # (*b, nc, c, ·); padding: k = 0, β = 0
+    bc = _chunks(beta[..., None], c, -2)[..., 0]  # (*b, nc, c)
+    gc = _chunks(logg[..., None], c, -2)[..., 0]
+    cum = np.cumsum(gc, axis=-1)  # log γ_t = Σ_{r=start}^{t} log g_r
+    gam = np.exp(cum)  # γ_t
+    gam_end = np.exp(_suffix(gc, -1))  # γ_end / γ_s = e^{Σ_{r=s+1}^{end} log g_r}
+    Gam = np.exp(_segsum(gc))  # Γ_ts = γ_t / γ_s (s ≤ t), 0 above the diagonal
+    strict = np.tri(c, c, -1, dtype=bool)
+    # UT transform (16.11): (I + tril(diag(β) (Γ ⊙ K Kᵀ), −1)) U = diag(β)(V − diag(γ) K S_0ᵀ)
+    Akk = np.where(strict, bc[..., :, None] * Gam * (kc @ np.swapaxes(kc, -1, -2)), 0.0)
+    Mt = Akk + np.eye(c)  # unit lower triangular
+    # one LU per chunk for both right-hand sides: W = T diag(β γ) K (the WY factor), U0 = T diag(β) V
+    WU = np.linalg.solve(Mt, np.concatenate([(bc * gam)[..., None] * kc, bc[..., None] * vc], axis=-1))
+    W, U0 = WU[..., :dk], WU[..., dk:]  # (*b, nc, c, Dk), (*b, nc, c, Dv)
+    P = np.where(np.tri(c, c, 0, dtype=bool), Gam * (qc @ np.swapaxes(kc, -1, -2)), 0.0)  # tril(Γ ⊙ Q Kᵀ)
+    Qg = qc * gam[..., None]  # diag(γ) Q
+    Kg = kc * gam_end[..., None]  # diag(γ_end/γ_s) K
+    nc = qc.shape[-3]
+    batch = qc.shape[:-3]
+    o = np.empty(batch + (nc, c, dv))
+    states = np.empty(batch + (nc, dv, dk))
+    S = np.zeros(batch + (dv, dk))
+    for n in range(nc):  # the state enters each chunk's pseudo-values: a short sequential loop over chunks
+        St = np.swapaxes(S, -1, -2)
+        U = U0[..., n, :, :] - W[..., n, :, :] @ St  # U = T diag(β) V − W S_0ᵀ  (pseudo-values u_t)
+        o[..., n, :, :] = Qg[..., n, :, :] @ St + P[..., n, :, :] @ U  # (16.12): diag(γ) Q S_0ᵀ + tril(Γ⊙QKᵀ) U
+        S = np.exp(cum[..., n, -1])[..., None, None] * S  # γ_end S_0
+        S += np.swapaxes(U, -1, -2) @ Kg[..., n, :, :]  # S_end = γ_end S_0 + Uᵀ diag(Γ_end) K
+        states[..., n, :, :] = S
+    o = o.reshape(batch + (nc * c, dv))[..., :L, :]
+    return (o, states, W, U0) if return_factors else (o, states)
+
+
+def _delta_loop(q, k, v, beta, logg, c: int):
+    batch = q.shape[:-2]
+    L, dk, dv = q.shape[-2], k.shape[-1], v.shape[-1]
+    o = np.zeros(batch + (L, dv))
+    states = np.zeros(batch + (-(-L // c), dv, dk))
+    eye = np.eye(dk)
+    for b in np.ndindex(*batch):
+        S = np.zeros((dv, dk))
+        for t in range(L):
+            kt, bt, gt = k[b][t], beta[b][t], math.exp(logg[b][t])
+            S = gt * S @ (eye - bt * np.outer(kt, kt)) + bt * np.outer(v[b][t], kt)  # Eq. (16.9)
+            o[b][t] = S @ q[b][t]  # o_t = S_t q_t
+            if t % c == c - 1 or t == L - 1:
+                states[b][t // c] = S
+    return o, states
+
+
+def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_chunk_states=False):
+    r"""The delta rule (DeltaNet; Gated DeltaNet with ``log_g``), by the chunked WY/UT algorithm.
+
+    Implements Eqs. (16.9)–(16.12) of the book (Schlag et al. 2021, §4; Yang et al. 2024,
+    DeltaNet, Eqs. (1)–(2) and §3.1–§3.2; Yang et al. 2025, Gated DeltaNet, Eq. (10)):
+
+    ``S_t = g_t S_{t−1} (I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``,  ``o_t = S_t q_t``.
+
+    Parameters
+    ----------
+    q, k : array_like, shape (..., L, Dk)
+        Queries and keys; **keys must be ℓ2-normalized** (|‖k_t‖ − 1| ≤ ``KEY_NORM_TOL``),
+        otherwise ``ValueError``.
+    v : array_like, shape (..., L, Dv)
+    beta : array_like, shape (..., L)
+        Writing strengths β_t ∈ (0, 2): DeltaNet's sigmoid gives (0, 1); (1, 2) lets
+        ``I − β k kᵀ`` have a negative eigenvalue (still a contraction). Outside, ``ValueError``.
+    log_g : array_like, shape (..., L), optional
+        Gated DeltaNet's per-head log-gates ``log g_t ≤ 0`` (default: no gate, g = 1).
+    scale : float >= 0, optional
+        Multiplies the queries; default ``1/sqrt(Dk)``.
+    chunk_size : int >= 1
+    return_chunk_states : bool
+        Also return the states at the chunk ends.
+
+    Returns
+    -------
+    o : ndarray, shape (..., L, Dv)
+    states : ndarray, shape (..., ceil(L / c), Dv, Dk)
+        Only if ``return_chunk_states``.
+
+    Notes
+    -----
+    The update is one normalized-LMS step on the regression ``v ≈ S k`` (Eq. (16.10)):
+    ``S_t = g_t S_{t−1} + β_t (v_t − g_t S_{t−1} k_t) k_tᵀ`` — prediction error times
+    regressor, step β_t, with unit keys (the LMS update (6.6) of chapter 6; the gate is a
+    leak/forgetting factor). Stable for 0 < β_t < 2: ``I − β k kᵀ`` has eigenvalues 1 and
+    1 − β ∈ (−1, 1] (Eq. (16.14)).
+
+    Chunked form: inside a chunk the pseudo-values ``u_t = β_t (v_t − g_t S_{t−1} k_t)``
+    satisfy a unit lower-triangular system (the UT transform, Eq. (16.11)), solved for all
+    chunks at once; then ``S_t = γ_t S_0 + Σ_{i≤t} (γ_t/γ_i) u_i k_iᵀ``, so outputs and the next
+    chunk's state are matrix products (16.12). Decays ``γ_t/γ_i`` are exponentials of segment
+    sums (≤ 0). Work O(L c (Dk + Dv) + L c²) plus a loop over the L/c chunks. Twin:
+    :func:`delta_rule_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 6, 3))
+    >>> k /= np.linalg.norm(k, axis=-1, keepdims=True)  # the delta rule needs unit keys
+    >>> v = rng.normal(size=(6, 2))
+    >>> beta = rng.uniform(0.1, 1.5, size=6)  # in (0, 2)
+    >>> log_g = np.log(rng.uniform(0.8, 1.0, size=6))  # Gated DeltaNet
+    >>> o = delta_rule(q, k, v, beta, log_g=log_g, chunk_size=4)
+    >>> o.shape, bool(np.allclose(o, delta_rule_loop(q, k, v, beta, log_g=log_g)))
+    ((6, 2), True)
+    """
+    q, k, v, b, g, c = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states)
+    o, states = _delta_chunked(q, k, v, b, g, c)
+    return (o, states) if return_chunk_states else o
+
+
+def delta_rule_loop(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_chunk_states=False):
+    """Loop twin of :func:`delta_rule`: ``S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ`` step by step (16.9).
+
+    ``chunk_size`` only selects which states ``return_chunk_states`` reports.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> k = rng.normal(size=(5, 3))
+    >>> k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    >>> v = rng.normal(size=(5, 2))
+    >>> o = delta_rule_loop(k, k, v, np.ones(5), scale=1.0)  # β = 1 overwrites: S_t k_t = v_t
+    >>> bool(np.allclose(o, v))
+    True
+    """
+    q, k, v, b, g, c = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states)
+    o, states = _delta_loop(q, k, v, b, g, c)
+    return (o, states) if return_chunk_states else o
+
+
+# ---------------------------------------------------------------------------------------------
+# RLS on the key -> value regression, Eq. (16.13)
+# ---------------------------------------------------------------------------------------------
+
+
+def _rls_setup(q, k, v, lam, delta, scale):
+    q, k, v = _check_qkv(q, k, v)
+    lam = as_positive_scalar(lam, "lam")
+    if lam > 1:
+        raise ValueError(f"lam: expected a forgetting factor in (0, 1], got {lam!r}")
+    delta = as_positive_scalar(delta, "delta")
+    batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])])
+    q = np.broadcast_to(q * _scale(scale, q.shape[-1]), batch + q.shape[-2:])
+    k = np.broadcast_to(k, batch + k.shape[-2:])
+    v = np.broadcast_to(v, batch + v.shape[-2:])
+    return q, k, v, lam, delta
+
+
+def rls_memory(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
+    r"""The least-squares key→value map after each step, read out by the queries: ``o_t = S_t q_t``.
+
+    Implements Eq. (16.13) of the book: ``S_t`` minimizes
+    ``Σ_{i≤t} λ^{t−i} ‖v_i − S k_i‖² + λ^{t+1} δ ‖S‖_F²``, i.e.
+
+    ``S_t = (Σ_{i≤t} λ^{t−i} v_i k_iᵀ) (Σ_{i≤t} λ^{t−i} k_i k_iᵀ + λ^{t+1} δ I)^{−1}``
+
+    — RLS (Eq. (6.8) of chapter 6, Haykin 2014, ch. 10) with a matrix of weights, the Kalman
+    filter of a static state (chapter 3).
+
+    Parameters
+    ----------
+    q, k : array_like, shape (..., L, Dk)
+        Queries and keys (keys need not be normalized).
+    v : array_like, shape (..., L, Dv)
+    lam : float in (0, 1]
+        Forgetting factor λ.
+    delta : float > 0
+        Ridge regularization δ of the initial state (P_0 = I/δ in the recursion).
+    scale : float >= 0, optional
+        Multiplies the queries; default ``1/sqrt(Dk)``.
+
+    Returns
+    -------
+    o : ndarray, shape (..., L, Dv)
+
+    Notes
+    -----
+    This version solves the normal equations at every step: the weighted sums
+    ``R_t = λ R_{t−1} + k_t k_tᵀ`` (``R_{−1} = δ I``) and ``Z_t = λ Z_{t−1} + v_t k_tᵀ`` by an
+    associative scan over t, then ``o_t = Z_t R_t^{−1} q_t`` by one batched solve — O(L Dk³)
+    work, no recursion. Its twin :func:`rls_memory_loop` runs the RLS recursion (gain,
+    Riccati update of P = R^{−1}); their agreement is the statement "RLS is exact least squares".
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 6, 3))
+    >>> v = rng.normal(size=(6, 2))
+    >>> o = rls_memory(q, k, v, lam=0.9, delta=0.1)
+    >>> o.shape, bool(np.allclose(o, rls_memory_loop(q, k, v, lam=0.9, delta=0.1)))
+    ((6, 2), True)
+    """
+    q, k, v, lam, delta = _rls_setup(q, k, v, lam, delta, scale)
+    dk = k.shape[-1]
+    a = np.full(k.shape[:-1] + (1, 1), lam)
+    R = linear_scan(a, k[..., :, None] * k[..., None, :], axis=-3)  # Σ λ^{t−i} k_i k_iᵀ, (..., L, Dk, Dk)
+    Z = linear_scan(a, v[..., :, None] * k[..., None, :], axis=-3)  # Σ λ^{t−i} v_i k_iᵀ, (..., L, Dv, Dk)
+    t = np.arange(k.shape[-2])
+    R += (delta * lam ** (t + 1.0))[:, None, None] * np.eye(dk)  # + λ^{t+1} δ I (the decayed prior)
+    x = np.linalg.solve(R, q[..., None])  # R_t^{−1} q_t (R_t symmetric positive definite)
+    return (Z @ x)[..., 0]  # o_t = Z_t R_t^{−1} q_t = S_t q_t
+
+
+def rls_memory_loop(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
+    """Loop twin of :func:`rls_memory`: the RLS recursion (Eq. (6.7)) with a matrix of weights.
+
+    ``P_{−1} = I/δ``; ``g = P k / (λ + kᵀ P k)``, ``S ← S + (v − S k) gᵀ``, ``P ← (P − g kᵀ P)/λ``;
+    ``o_t = S_t q_t``. The a-priori error ``v − S k`` is the Kalman innovation of a static
+    state observed through ``k`` (chapter 3, Eq. (3.3), with F = I and Q = 0 for λ = 1).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 6, 3))
+    >>> W = rng.normal(size=(2, 3))
+    >>> o = rls_memory_loop(q, k, k @ W.T, delta=1e-12, scale=1.0)  # noiseless values v = W k
+    >>> bool(np.allclose(o[2:], q[2:] @ W.T))  # exact once Dk = 3 independent keys are seen
+    True
+    """
+    q, k, v, lam, delta = _rls_setup(q, k, v, lam, delta, scale)
+    batch = q.shape[:-2]
+    L, dk, dv = q.shape[-2], k.shape[-1], v.shape[-1]
+    o = np.zeros(batch + (L, dv))
+    for b in np.ndindex(*batch):
+        S = np.zeros((dv, dk))
+        P = np.eye(dk) / delta  # P_{−1} = I/δ
+        for t in range(L):
+            kt = k[b][t]
+            Pk = P @ kt
+            gain = Pk / (lam + kt @ Pk)  # Kalman gain g_t
+            S = S + np.outer(v[b][t] - S @ kt, gain)  # S_t = S_{t−1} + (v_t − S_{t−1} k_t) g_tᵀ
+            P = (P - np.outer(gain, Pk)) / lam  # P_t = (P − g kᵀP)/λ
+            P = 0.5 * (P + P.T)
+            o[b][t] = S @ q[b][t]
+    return o

@@ -1,0 +1,81 @@
+"""The workspace budget (refimpl._blocking) changes how much is held at once, never the result.
+
+Each blocked function is run with the budget shrunk to one number (one row, chunk, slab or time
+step per block) and with a budget larger than the problem (one block), and both agree with
+the function's loop twin. ``per_block`` itself is checked on its edge cases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import refimpl._blocking as blocking
+from refimpl import afa, attention, iir, random_features, ssm
+from refimpl._scan import block_filter, block_matrices
+from refimpl._testing import SELF, assert_close
+
+
+@pytest.fixture(params=[1, 10**12], ids=["one-item-blocks", "one-block"])
+def budget(request, monkeypatch):
+    monkeypatch.setattr(blocking, "WORKSPACE_FLOATS", request.param)
+    return request.param
+
+
+def test_per_block_edges(monkeypatch):
+    monkeypatch.setattr(blocking, "WORKSPACE_FLOATS", 100)
+    assert blocking.per_block(10) == 10
+    assert blocking.per_block(1000) == 1  # larger than the budget: alone
+    assert blocking.per_block(0) == 100  # no cost: the budget bounds the count
+    assert blocking.per_block(1000, minimum=32) == 32
+
+
+def test_iir_slabs(budget):
+    rng = np.random.default_rng(1)
+    b, a = iir.butter(4, 0.2, output="ba")
+    x = rng.standard_normal((203, 3))  # 203 = 12 blocks of 16 and a partial one
+    assert_close(iir.tf_filter(b, a, x), iir.tf_filter_loop(b, a, x), rtol=SELF, what=f"tf_filter, budget {budget}")
+
+
+def test_block_filter_matches_its_lifted_form(budget):
+    # the outputs of the first block are [O T] [s0; x_0 … x_{K−1}] (the formula the slabs apply)
+    rng = np.random.default_rng(2)
+    A = np.array([[0.5, -0.3], [0.2, 0.9]])
+    B, C, D = rng.standard_normal(2), rng.standard_normal(2), 0.3
+    x, s0 = rng.standard_normal((40, 1)), rng.standard_normal((2, 1))
+    y, _ = block_filter(A, B, C, D, x, s0, block=8)
+    _, _, O, T, _ = block_matrices(A, B, C, D, 8)
+    assert_close(y[:8, 0], O @ s0[:, 0] + T @ x[:8, 0], rtol=SELF, what="first block = [O T][s; x]")
+
+
+def test_attention_rows(budget):
+    rng = np.random.default_rng(3)
+    q, k, v = rng.standard_normal((3, 2, 37, 4))
+    y = attention.softmax_attention(q, k, v, causal=True)
+    y_ref = attention.softmax_attention(q, k, v, causal=True, return_weights=True)[0]  # unblocked path
+    assert_close(y, y_ref, rtol=SELF, what=f"softmax_attention, budget {budget}")
+
+
+def test_isotropic_afa_rows(budget):
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.standard_normal((9, 4)) + 1j * rng.standard_normal((9, 4)) for _ in range(3))
+    kw = dict(mu=0.3, omega=np.array([1.0, -0.5, 2.0, 0.0]), sigma2=0.5, eta2=0.1, gamma2=0.05, nu=2.0)
+    assert_close(afa.isotropic_afa(q, k, v, **kw), afa.isotropic_afa_loop(q, k, v, **kw), rtol=SELF,
+                 what=f"isotropic_afa, budget {budget}")
+
+
+def test_linear_attention_groups(budget):
+    rng = np.random.default_rng(5)
+    q, k, v = rng.standard_normal((3, 300, 4))
+    assert_close(random_features.linear_attention(q, k, v, causal=True),
+                 random_features.linear_attention_loop(q, k, v, causal=True), rtol=SELF,
+                 what=f"linear_attention, budget {budget}")
+
+
+def test_selective_scan_steps(budget):
+    rng = np.random.default_rng(6)
+    L, d, n = 70, 2, 3
+    args = (rng.standard_normal((L, d)), 0.1 + rng.random((L, d)), -np.exp(rng.standard_normal((d, n))),
+            rng.standard_normal((L, n)), rng.standard_normal((L, n)))
+    assert_close(ssm.selective_scan(*args), ssm.selective_scan_loop(*args), rtol=SELF,
+                 what=f"selective_scan, budget {budget}")

@@ -1,0 +1,496 @@
+"""Tests of :mod:`refimpl.linear_rnn`: SSD, gated linear attention, retention, the delta rule, RLS.
+
+Oracles, each independent of the code under test:
+
+* the recurrences written step by step (the ``*_loop`` twins) against the chunked algorithms,
+  and the dense masked matrices built here from explicit products of gates;
+* Mamba-1's selective scan of :mod:`refimpl.ssm` (chapter 11) for SSD with A tied per head;
+* :func:`refimpl.classical.lms` and :func:`refimpl.classical.rls` (chapter 6) for the delta rule
+  and the RLS memory on a tapped-delay regression;
+* ``numpy.linalg.lstsq`` for the least-squares map, closed forms for orthogonal keys.
+
+Tolerances come from :mod:`refimpl._testing`; errors are norm-wise relative.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refimpl import classical, linear_rnn as lr, ssm
+from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
+from refimpl._testing import ORACLE, SELF
+
+WORST_ERRORS, close, record = recorder()
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _qkv(seed, batch=(2, 3), L=29, dk=5, dv=4):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=batch + (L, dk))
+    k = rng.normal(size=batch + (L, dk))
+    v = rng.normal(size=batch + (L, dv))
+    return rng, q, k, v
+
+
+def _ssd_inputs(seed, batch=(2,), H=4, G=2, L=23, P=3, N=5, dt_scale=1.0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=batch + (H, L, P))
+    dt = dt_scale * np.exp(rng.normal(size=batch + (H, L)) - 1.0)
+    A = -rng.uniform(0.1, 2.0, H)
+    B, C = rng.normal(size=(2,) + batch + (G, L, N))
+    D = rng.normal(size=H)
+    return x, dt, A, B, C, D
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment sums
+# ---------------------------------------------------------------------------------------------
+
+
+def test_segsum_is_the_sum_over_each_segment():
+    a = np.random.default_rng(0).normal(size=(3, 9))
+    seg = lr.segsum(a)
+    for t in range(9):
+        for s in range(9):
+            want = a[:, s + 1 : t + 1].sum(-1) if s <= t else np.full(3, -np.inf)
+            np.testing.assert_allclose(seg[:, t, s], want, rtol=1e-14, atol=1e-15)
+
+
+def test_segsum_keeps_digits_where_prefix_differences_lose_them():
+    # a gate of 0.5 for 10^5 steps: prefix sums near −7e4; adjacent differences lose ~5 digits
+    a = np.full(100_000, np.log(0.5))
+    seg_last = lr.segsum(a[-40:])[-1, -2]  # one step: log 0.5 exactly
+    assert seg_last == np.log(0.5)
+    prefix = np.cumsum(a)
+    assert abs((prefix[-1] - prefix[-2]) - np.log(0.5)) > 1e-13  # the naive difference is visibly off
+
+
+# ---------------------------------------------------------------------------------------------
+# Gated linear attention
+# ---------------------------------------------------------------------------------------------
+
+
+def _gla_dense(q, k, v, log_g, scale):
+    """Dense oracle: weights from explicit products of gates Π_{r=s+1}^{t} g_r (short L only)."""
+    L = q.shape[-2]
+    g = np.exp(log_g)
+    per_channel = log_g.ndim == q.ndim
+    out = np.zeros(np.broadcast_shapes(q.shape[:-2], v.shape[:-2]) + (L, v.shape[-1]))
+    for t in range(L):
+        for s in range(t + 1):
+            if per_channel:
+                decay = np.prod(g[..., s + 1 : t + 1, :], axis=-2)  # (..., Dk)
+                w = np.sum(q[..., t, :] * k[..., s, :] * decay, -1)
+            else:
+                decay = np.prod(g[..., s + 1 : t + 1], axis=-1)
+                w = np.sum(q[..., t, :] * k[..., s, :], -1) * decay
+            out[..., t, :] += scale * w[..., None] * v[..., s, :]
+    return out
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("chunk", [1, 4, 7, 29, 64])
+def test_gla_chunked_equals_recurrence_and_dense(per_channel, chunk):
+    rng, q, k, v = _qkv(1)
+    shape = q.shape if per_channel else q.shape[:-1]
+    log_g = -rng.uniform(0.0, 1.0, shape)
+    y, st = lr.gated_linear_attention(q, k, v, log_g, chunk_size=chunk, return_chunk_states=True)
+    y_loop, st_loop = lr.gated_linear_attention_loop(q, k, v, log_g, chunk_size=chunk, return_chunk_states=True)
+    close(y, y_loop, rtol=SELF, what="GLA chunked vs recurrence")
+    close(st, st_loop, rtol=SELF, what="GLA chunk states vs recurrence")
+    assert st.shape == q.shape[:-2] + (-(-29 // chunk), 4, 5)
+    close(lr.gated_linear_attention_parallel(q, k, v, log_g), y_loop, rtol=SELF, what="GLA parallel vs recurrence")
+    close(y, _gla_dense(q, k, v, log_g, 1 / np.sqrt(5)), rtol=ORACLE, what="GLA vs dense products of gates")
+
+
+@pytest.mark.parametrize("scale_g", [1e-12, 3.0, 60.0, 800.0])
+def test_gla_delicate_gates(scale_g):
+    # gates near 1 (log g ~ −1e-12), moderate, near 0 (log g ~ −60: the exact segment-sum path) and
+    # log g ~ −800 (e^{log g} underflows: the decays are exactly 0, never NaN)
+    rng, q, k, v = _qkv(2, batch=(2,), L=41, dk=6, dv=3)
+    for log_g in (-rng.uniform(0, scale_g, q.shape), -rng.uniform(0, scale_g, q.shape[:-1])):
+        y = lr.gated_linear_attention(q, k, v, log_g, chunk_size=8)
+        assert np.all(np.isfinite(y))
+        close(y, lr.gated_linear_attention_loop(q, k, v, log_g, chunk_size=8), rtol=SELF, what="GLA delicate gates")
+
+
+def test_gla_mixed_chunks_take_both_paths():
+    # half the chunks decay below e^{-30} (exact tensor path), half do not (factored path)
+    rng, q, k, v = _qkv(3, batch=(3,), L=64, dk=4, dv=2)
+    log_g = -rng.uniform(0, 0.05, q.shape)
+    log_g[1, 16:32] = -5.0
+    close(
+        lr.gated_linear_attention(q, k, v, log_g, chunk_size=16),
+        lr.gated_linear_attention_loop(q, k, v, log_g, chunk_size=16),
+        rtol=SELF,
+        what="GLA factored and exact chunks together",
+    )
+
+
+@pytest.mark.parametrize("block", [1 << 10, 1 << 22])
+def test_gla_exact_path_with_large_chunks(monkeypatch, block):
+    # a (c, c, Dk) block larger than the memory bound must still be computed (one chunk at a time)
+    monkeypatch.setattr(lr, "_BLOCK_ELEMS", block)
+    rng, q, k, v = _qkv(9, batch=(2,), L=203, dk=8, dv=3)
+    log_g = -rng.uniform(0, 40.0, q.shape)
+    for c in (16, 256):
+        close(lr.gated_linear_attention(q, k, v, log_g, chunk_size=c), lr.gated_linear_attention_loop(q, k, v, log_g),
+              rtol=SELF, what="GLA exact path, blocks above the memory bound")
+
+
+def test_gla_long_sequence_no_overflow():
+    # L = 20000 with log g = −0.5: the cumulative log-gate reaches −1e4, so any e^{+Λ} factor
+    # over the whole sequence would overflow; the result must match the recurrence
+    rng, q, k, v = _qkv(4, batch=(), L=20_000, dk=3, dv=2)
+    log_g = np.full(q.shape, -0.5)
+    log_g[::7] = -1e-9
+    y = lr.gated_linear_attention(q, k, v, log_g, chunk_size=64)
+    assert np.all(np.isfinite(y))
+    close(y, lr.gated_linear_attention_loop(q, k, v, log_g), rtol=SELF, what="GLA long L vs recurrence")
+
+
+def test_gla_without_forgetting_is_causal_linear_attention():
+    rng, q, k, v = _qkv(5)
+    y = lr.gated_linear_attention(q, k, v, np.zeros(q.shape[:-1]), scale=1.0, chunk_size=6)
+    want = np.tril(q @ np.swapaxes(k, -1, -2)) @ v  # Σ_{s≤t} (q_t·k_s) v_s
+    close(y, want, rtol=ORACLE, what="GLA with g = 1 vs unnormalized causal linear attention")
+
+
+def test_gla_is_causal():
+    rng, q, k, v = _qkv(6, batch=(), L=30)
+    log_g = -rng.uniform(0, 1, q.shape)
+    y0 = lr.gated_linear_attention(q, k, v, log_g, chunk_size=8)
+    k2, v2 = k.copy(), v.copy()
+    k2[17:] += 1.0
+    v2[17:] -= 2.0
+    y1 = lr.gated_linear_attention(q, k2, v2, log_g, chunk_size=8)
+    assert np.array_equal(y0[:17], y1[:17])
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 100])
+def test_retention_three_forms(chunk):
+    rng, q, k, v = _qkv(7, batch=(2, 4), L=33)
+    gamma = 1 - 2.0 ** (-5 - np.arange(4))  # RetNet's per-head decays
+    y = lr.retention(q, k, v, gamma, chunk_size=chunk)
+    close(y, lr.retention_loop(q, k, v, gamma, chunk_size=chunk), rtol=SELF, what="retention chunked vs recurrence")
+    close(y, lr.retention_parallel(q, k, v, gamma), rtol=SELF, what="retention chunked vs parallel")
+
+
+def test_retention_extreme_decays():
+    rng, q, k, v = _qkv(8, batch=(3,), L=300, dk=4, dv=2)
+    gamma = np.array([1e-300, 0.5, 1.0])  # γ = 1e-300: only the diagonal survives; γ = 1: no decay
+    y = lr.retention(q, k, v, gamma, scale=1.0, chunk_size=32)
+    close(y, lr.retention_parallel(q, k, v, gamma, scale=1.0), rtol=SELF, what="retention extreme γ vs parallel")
+    close(y[0], np.sum(q[0] * k[0], -1)[:, None] * v[0], rtol=ORACLE, what="retention γ → 0: o_t = (q_t·k_t) v_t")
+    close(y[2], np.tril(q[2] @ k[2].T) @ v[2], rtol=ORACLE, what="retention γ = 1: causal linear attention")
+
+
+# ---------------------------------------------------------------------------------------------
+# SSD
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 10, 23, 64])
+def test_ssd_three_algorithms(chunk):
+    x, dt, A, B, C, D = _ssd_inputs(10)
+    y, st = lr.ssd(x, dt, A, B, C, D, chunk_size=chunk, return_chunk_states=True)
+    y_loop, st_loop = lr.ssd_loop(x, dt, A, B, C, D, chunk_size=chunk, return_chunk_states=True)
+    close(y, y_loop, rtol=SELF, what="SSD chunked vs recurrence")
+    close(st, st_loop, rtol=SELF, what="SSD chunk states vs recurrence")
+    close(lr.ssd_quadratic(x, dt, A, B, C, D), y_loop, rtol=SELF, what="SSD quadratic vs recurrence")
+
+
+def test_ssd_matrix_is_built_from_explicit_products():
+    x, dt, A, B, C, D = _ssd_inputs(11, batch=(), H=2, G=1, L=9)
+    _, M = lr.ssd_quadratic(x, dt, A, B, C, return_matrix=True)
+    for h in range(2):
+        for t in range(9):
+            for s in range(9):
+                want = 0.0 if s > t else C[0, t] @ B[0, s] * np.prod(np.exp(dt[h, s + 1 : t + 1] * A[h])) * dt[h, s]
+                assert abs(M[h, t, s] - want) <= 1e-13 * max(1.0, abs(want))
+
+
+@pytest.mark.parametrize("G", [1, 2, 4])
+def test_ssd_equals_mamba1_selective_scan_with_tied_A(G):
+    # Mamba-1 (chapter 11): per channel p and state n, h = e^{Δ A_{p,n}} h + Δ B_n u_p, y_p = Σ C_n h_n.
+    # SSD is the case A_{p,n} = A_h for every (p, n) of head h, Δ shared by the head's channels.
+    x, dt, A, B, C, D = _ssd_inputs(12, batch=(2,), H=4, G=G, L=31, P=3, N=5)
+    y, st = lr.ssd(x, dt, A, B, C, D, chunk_size=8, return_chunk_states=True)
+    for b in range(2):
+        for h in range(4):
+            g = h // (4 // G)
+            args = (x[b, h], np.repeat(dt[b, h][:, None], 3, 1), np.full((3, 5), A[h]), B[b, g], C[b, g], np.full(3, D[h]))
+            ys, h_last = ssm.selective_scan(*args, return_last_state=True)
+            close(y[b, h], ys, rtol=SELF, what="SSD vs selective_scan (tied A)")
+            close(st[b, h, -1], h_last, rtol=SELF, what="SSD final state vs selective_scan")
+            close(y[b, h], ssm.selective_scan_loop(*args), rtol=SELF, what="SSD vs selective_scan_loop")
+
+
+def test_ssd_is_scalar_gated_linear_attention():
+    x, dt, A, B, C, D = _ssd_inputs(13, batch=(), H=2, G=2, L=17)
+    y = lr.ssd(x, dt, A, B, C, chunk_size=5)
+    gla = lr.gated_linear_attention(C, B * dt[..., None], x, dt * A[:, None], scale=1.0, chunk_size=3)
+    close(y, gla, rtol=SELF, what="SSD = GLA(q=C, k=ΔB, v=x, log g=ΔA)")
+
+
+@pytest.mark.parametrize("regime", ["A=0", "fast decay", "tiny dt"])
+def test_ssd_delicate_regimes(regime):
+    x, dt, A, B, C, D = _ssd_inputs(14, L=70)
+    if regime == "A=0":
+        A = np.zeros_like(A)  # gates exactly 1: a pure cumulative sum
+    elif regime == "fast decay":
+        dt = dt * 400.0  # e^{ΔA} underflows to 0
+    else:
+        dt = dt * 1e-9
+    y = lr.ssd(x, dt, A, B, C, D, chunk_size=16)
+    assert np.all(np.isfinite(y))
+    close(y, lr.ssd_loop(x, dt, A, B, C, D), rtol=SELF, what=f"SSD {regime}")
+    close(lr.ssd_quadratic(x, dt, A, B, C, D), y, rtol=SELF, what=f"SSD quadratic {regime}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Delta rule
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("chunk", [1, 3, 8, 37, 64])
+def test_delta_rule_chunked_equals_recurrence(gated, chunk):
+    rng, q, k, v = _qkv(20, L=37, dk=6, dv=4)
+    k = _unit(k)
+    beta = rng.uniform(0.05, 1.95, q.shape[:-1])
+    log_g = -rng.uniform(0, 0.5, q.shape[:-1]) if gated else None
+    y, st = lr.delta_rule(q, k, v, beta, log_g=log_g, chunk_size=chunk, return_chunk_states=True)
+    y_loop, st_loop = lr.delta_rule_loop(q, k, v, beta, log_g=log_g, chunk_size=chunk, return_chunk_states=True)
+    close(y, y_loop, rtol=SELF, what="delta rule chunked vs recurrence")
+    close(st, st_loop, rtol=SELF, what="delta rule chunk states vs recurrence")
+
+
+@pytest.mark.parametrize("beta_value", [1e-9, 1.0, 1.999999])
+def test_delta_rule_beta_near_bounds_and_aligned_keys(beta_value):
+    # nearly aligned keys make the UT system's off-diagonal entries ~β: the worst case for the WY form
+    rng, q, k, v = _qkv(21, batch=(2,), L=100, dk=4, dv=3)
+    k = _unit(np.array([1.0, 0.0, 0.0, 0.0]) + 0.01 * k)
+    beta = np.full(q.shape[:-1], beta_value)
+    y = lr.delta_rule(q, k, v, beta, chunk_size=32)
+    close(y, lr.delta_rule_loop(q, k, v, beta), rtol=SELF, what="delta rule β near bounds")
+
+
+def test_delta_rule_long_gated_sequence():
+    rng, q, k, v = _qkv(22, batch=(), L=3000, dk=4, dv=2)
+    k = _unit(k)
+    beta = rng.uniform(0.1, 1.0, 3000)
+    log_g = -rng.uniform(0, 3.0, 3000)  # gates from 1 down to e^{-3}
+    log_g[100:200] = -700.0  # e^{-700} per step: resets
+    y = lr.delta_rule(q, k, v, beta, log_g=log_g, chunk_size=64)
+    assert np.all(np.isfinite(y))
+    close(y, lr.delta_rule_loop(q, k, v, beta, log_g=log_g), rtol=SELF, what="delta rule long gated L")
+
+
+def test_delta_rule_is_nlms_of_chapter_6():
+    # LMS w_n = w_{n−1} + μ e_n u_n on regressors u_n is the delta rule with k = u/‖u‖,
+    # v = d/‖u‖, β = μ‖u‖² (the normalized step), and its output with q_t = u_t is w_tᵀ u_t
+    rng = np.random.default_rng(23)
+    n, m, mu = 400, 4, 0.05
+    u = rng.normal(size=n)
+    d = np.convolve(u, [0.5, -0.3, 0.2, 0.1])[:n] + 0.05 * rng.normal(size=n)
+    W, _ = classical.lms(u, d, m, mu)
+    U = np.stack([np.concatenate([np.zeros(i), u[: n - i]]) for i in range(m)], -1)
+    norm = np.linalg.norm(U, axis=-1)
+    o, st = lr.delta_rule(U, U / norm[:, None], (d / norm)[:, None], mu * norm**2, scale=1.0, chunk_size=16, return_chunk_states=True)
+    close(o[:, 0], np.sum(W * U, -1), rtol=ORACLE, what="delta rule vs classical.lms outputs")
+    close(st[-1, 0], W[-1], rtol=ORACLE, what="delta rule final state vs classical.lms weights")
+
+
+def test_delta_rule_beta_one_stores_orthonormal_pairs_exactly():
+    # with orthonormal keys and β = 1, S k_i = v_i for every stored pair (closed form)
+    rng = np.random.default_rng(24)
+    keys = np.linalg.qr(rng.normal(size=(8, 8)))[0].T[:6]
+    vals = rng.normal(size=(6, 3))
+    _, st = lr.delta_rule(keys, keys, vals, np.ones(6), scale=1.0, return_chunk_states=True)
+    close(st[-1] @ keys.T, vals.T, rtol=ORACLE, what="delta rule exact recall, orthonormal keys")
+
+
+def test_delta_rule_is_causal():
+    rng, q, k, v = _qkv(25, batch=(), L=40)
+    k = _unit(k)
+    beta = rng.uniform(0.1, 1, 40)
+    y0 = lr.delta_rule(q, k, v, beta, chunk_size=16)
+    v2 = v.copy()
+    v2[21:] += 1.0
+    y1 = lr.delta_rule(q, k, v2, beta, chunk_size=16)
+    close(y1[:21], y0[:21], rtol=1e-15, what="delta rule causality")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    L=st.integers(1, 40),
+    chunk=st.integers(1, 50),
+    dk=st.integers(1, 5),
+    dv=st.integers(1, 3),
+    gate_scale=st.sampled_from([0.0, 1e-9, 0.3, 5.0, 100.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_chunked_equals_recurrence_property(L, chunk, dk, dv, gate_scale, seed):
+    # any length, chunk size, width and gate regime: the chunked forms are their recurrences
+    rng = np.random.default_rng(seed)
+    q, k, v = rng.normal(size=(L, dk)), rng.normal(size=(L, dk)), rng.normal(size=(L, dv))
+    log_g = -gate_scale * rng.random((L, dk))
+    close(lr.gated_linear_attention(q, k, v, log_g, chunk_size=chunk), lr.gated_linear_attention_loop(q, k, v, log_g),
+          rtol=SELF, what="GLA chunked vs recurrence (property)")
+    ku = _unit(k + 1e-3)  # no zero key
+    beta = rng.uniform(1e-3, 1.999, L)
+    close(lr.delta_rule(q, ku, v, beta, log_g=log_g[:, 0], chunk_size=chunk), lr.delta_rule_loop(q, ku, v, beta, log_g=log_g[:, 0]),
+          rtol=SELF, what="delta rule chunked vs recurrence (property)")
+
+
+# ---------------------------------------------------------------------------------------------
+# RLS memory
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.95])
+def test_rls_memory_recursion_equals_normal_equations(lam):
+    rng, q, k, v = _qkv(30, L=25, dk=4, dv=3)
+    close(
+        lr.rls_memory(q, k, v, lam=lam, delta=0.1),
+        lr.rls_memory_loop(q, k, v, lam=lam, delta=0.1),
+        rtol=1e-9,
+        what="RLS recursion vs normal equations",
+    )
+
+
+def test_rls_memory_is_least_squares():
+    rng, q, k, v = _qkv(31, batch=(), L=50, dk=4, dv=3)
+    S_ls = np.linalg.lstsq(k, v, rcond=None)[0].T  # argmin Σ ‖v_i − S k_i‖²
+    o = lr.rls_memory(q, k, v, lam=1.0, delta=1e-10, scale=1.0)
+    close(o[-1], S_ls @ q[-1], rtol=1e-8, what="RLS memory vs lstsq (δ = 1e-10)")
+
+
+def test_rls_memory_matches_classical_rls():
+    rng = np.random.default_rng(32)
+    n, m = 200, 3
+    u = rng.normal(size=n)
+    d = np.convolve(u, [1.0, 0.4, -0.2])[:n] + 0.1 * rng.normal(size=n)
+    W, _ = classical.rls(u, d, m, lam=0.98, delta=0.01)
+    U = np.stack([np.concatenate([np.zeros(i), u[: n - i]]) for i in range(m)], -1)
+    o = lr.rls_memory_loop(U, U, d[:, None], lam=0.98, delta=0.01, scale=1.0)
+    close(o[:, 0], np.sum(W * U, -1), rtol=1e-10, what="RLS memory vs classical.rls")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def _good():
+    rng, q, k, v = _qkv(40, batch=(2,), L=6, dk=3, dv=2)
+    return q, _unit(k), v, np.full((2, 6), 0.5), -np.full((2, 6), 0.1)
+
+
+@pytest.mark.parametrize(
+    "edit, exc, match",
+    [
+        (lambda a: a.update(q=np.ones(3)), ValueError, "q: expected shape"),
+        (lambda a: a.update(v=np.ones((2, 5, 2))), ValueError, "v: expected the same length"),
+        (lambda a: a.update(k=np.ones((2, 6, 4))), ValueError, "k: expected the same last dimension"),
+        (lambda a: a.update(log_g=np.full((2, 6), 0.1)), ValueError, "log_g: expected log-gates <= 0"),
+        (lambda a: a.update(log_g=np.zeros((2, 5))), ValueError, "log_g: expected per-head gates"),
+        (lambda a: a.update(log_g=np.zeros((2, 6, 4))), ValueError, "log_g: expected per-channel"),
+        (lambda a: a.update(log_g=np.zeros(6)), ValueError, "log_g: expected shape"),
+        (lambda a: a.update(log_g=np.full((2, 6), np.nan)), ValueError, "log_g: expected finite"),
+        (lambda a: a.update(chunk_size=0), ValueError, "chunk_size"),
+        (lambda a: a.update(chunk_size=8.0), TypeError, "chunk_size"),
+        (lambda a: a.update(scale=-1.0), ValueError, "scale"),
+        (lambda a: a.update(return_chunk_states=1), TypeError, "return_chunk_states"),
+        (lambda a: a.update(q="abc"), TypeError, "q"),
+    ],
+)
+@pytest.mark.parametrize("fn", [lr.gated_linear_attention, lr.gated_linear_attention_loop])
+def test_gla_bad_input(fn, edit, exc, match):
+    q, k, v, _, log_g = _good()
+    args = dict(q=q, k=k, v=v, log_g=log_g, chunk_size=4, scale=None, return_chunk_states=False)
+    edit(args)
+    with pytest.raises(exc, match=match):
+        fn(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("log_g"), **args)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda a: a.update(k=a["k"] * 1.01), "k: the delta rule expects l2-normalized keys"),
+        (lambda a: a.update(beta=np.full((2, 6), 2.0)), r"beta: expected writing strengths in \(0, 2\)"),
+        (lambda a: a.update(beta=np.zeros((2, 6))), "beta: expected writing strengths"),
+        (lambda a: a.update(beta=np.full((2, 5), 0.5)), "beta: expected shape"),
+        (lambda a: a.update(log_g=np.full((2, 6), 1e-3)), "log_g: expected log-gates <= 0"),
+        (lambda a: a.update(log_g=np.zeros((2, 6, 3))), "log_g: expected shape"),
+        (lambda a: a.update(chunk_size=-2), "chunk_size"),
+    ],
+)
+@pytest.mark.parametrize("fn", [lr.delta_rule, lr.delta_rule_loop])
+def test_delta_rule_bad_input(fn, edit, match):
+    q, k, v, beta, log_g = _good()
+    args = dict(q=q, k=k, v=v, beta=beta, log_g=log_g, chunk_size=4)
+    edit(args)
+    with pytest.raises(ValueError, match=match):
+        fn(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("beta"), **args)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda a: a.update(x=np.ones((5, 3))), "x: expected shape"),
+        (lambda a: a.update(dt=np.ones((2, 4, 5))), "dt: expected shape"),
+        (lambda a: a.update(dt=-a["dt"]), "dt: expected step sizes > 0"),
+        (lambda a: a.update(A=np.ones(4)), "A: expected A <= 0"),
+        (lambda a: a.update(A=-np.ones(3)), "A: expected one scalar per head"),
+        (lambda a: a.update(B=np.ones((2, 3, 23, 5)), C=np.ones((2, 3, 23, 5))), "divisible"),
+        (lambda a: a.update(B=np.ones((2, 2, 22, 5))), "B: expected shape"),
+        (lambda a: a.update(C=np.ones((2, 2, 23, 4))), "C: expected shape"),
+        (lambda a: a.update(D=np.ones(3)), "D: expected one skip weight"),
+        (lambda a: a.update(chunk_size=0), "chunk_size"),
+        (lambda a: a.update(x=np.full((2, 4, 23, 3), np.inf)), "x: expected finite"),
+    ],
+)
+@pytest.mark.parametrize("fn", [lr.ssd, lr.ssd_loop])
+def test_ssd_bad_input(fn, edit, match):
+    x, dt, A, B, C, D = _ssd_inputs(41)
+    args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, chunk_size=8)
+    edit(args)
+    with pytest.raises(ValueError, match=match):
+        fn(args.pop("x"), args.pop("dt"), args.pop("A"), args.pop("B"), args.pop("C"), args.pop("D"), **args)
+
+
+@pytest.mark.parametrize("fn", [lr.retention, lr.retention_loop, lr.retention_parallel])
+def test_retention_bad_input(fn):
+    rng, q, k, v = _qkv(42, batch=(3,), L=5)
+    with pytest.raises(ValueError, match=r"gamma: expected decays in \(0, 1\]"):
+        fn(q, k, v, np.array([0.5, 1.5, 0.9]))
+    with pytest.raises(ValueError, match="gamma: expected one decay per head"):
+        fn(q, k, v, np.array([0.5, 0.9]))
+    with pytest.raises(ValueError, match="q: expected shape"):
+        fn(q[0], k[0], v[0], np.array([0.5]))
+
+
+@pytest.mark.parametrize("fn", [lr.rls_memory, lr.rls_memory_loop])
+def test_rls_memory_bad_input(fn):
+    rng, q, k, v = _qkv(43, batch=(), L=5)
+    with pytest.raises(ValueError, match="lam: expected a forgetting factor"):
+        fn(q, k, v, lam=1.5)
+    with pytest.raises(ValueError, match="lam"):
+        fn(q, k, v, lam=0.0)
+    with pytest.raises(ValueError, match="delta"):
+        fn(q, k, v, delta=0.0)
+    with pytest.raises(ValueError, match="v: expected the same length"):
+        fn(q, k, v[:4])

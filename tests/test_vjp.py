@@ -1,0 +1,535 @@
+"""Tests of the vector–Jacobian products: ``attention.softmax_attention_vjp``,
+``random_features.linear_attention_vjp`` and ``ssm.selective_scan_vjp`` (implemented in ``refimpl/_vjp.py``).
+
+Oracles, each independent of the code under test:
+
+* **complex-step differentiation** (Squire & Trapp 1998): for a loss ℓ(x) = Σ dy ∘ y(x) that is
+  analytic in x, ``Im ℓ(x + i h e) / h = ∇ℓ · e + O(h²)`` with no subtractive cancellation, so
+  h = 1e-30 gives the directional derivative to rounding error. The three forwards are analytic
+  in all their inputs (elu + 1 away from 0, whose branch is chosen on the real part), and are
+  written here again in a few NumPy lines that accept complex input (refimpl's forwards reject
+  complex values by design). Full gradients (one evaluation per input entry) on small cases,
+  random directional derivatives on large ones;
+* the loop twins (the naive softmax Jacobian, the O(N²) scatter of linear attention, the scalar
+  forward-then-adjoint recurrence of the scan) against the vectorized algorithms;
+* FlashAttention's ``D = rowsum(dO ∘ O)`` against the naive ``Σ_j P_ij dP_ij``.
+
+Tolerances: complex step 1e-10 norm-wise (the task asks ≤ 1e-8; the measured errors are ~1e-14),
+loop twins SELF = 1e-10.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refimpl import _vjp
+from refimpl._testing import SELF, assert_close, max_abs_error
+from refimpl.attention import attention_weights, softmax_attention, softmax_attention_vjp, softmax_attention_vjp_loop
+from refimpl.random_features import linear_attention, linear_attention_vjp, linear_attention_vjp_loop
+from refimpl.ssm import selective_scan, selective_scan_vjp, selective_scan_vjp_loop
+
+from _recording import recorder  # noqa: E402
+
+#: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
+WORST_ERRORS, close, record = recorder()
+
+CSTEP = 1e-10  # complex step vs vjp, norm-wise relative
+H = 1e-30  # the complex step
+
+
+# --------------------------------------------------------------------------------------------
+# Independent complex-capable forwards
+# --------------------------------------------------------------------------------------------
+
+
+def fwd_softmax(q, k, v, *, mask=None, causal=False, scale=None):
+    """Eq. (4.1) directly, in the dtype of the inputs (complex allowed)."""
+    n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    c = 1.0 / math.sqrt(d) if scale is None else scale
+    s = c * np.einsum("...id,...jd->...ij", q, k)
+    allowed = np.ones((n, m), dtype=bool)
+    if causal:
+        allowed = np.tril(allowed)
+    if mask is not None:
+        allowed = allowed & mask
+    # Any row constant cancels; subtracting the (complex) largest logit itself makes its weight
+    # exactly 1 + 0i, so the quotient below does not cancel the O(h) imaginary parts (which a
+    # real shift would, at large logits).
+    top = np.argmax(np.where(allowed, s.real, -np.inf), axis=-1)[..., None]
+    shift = np.take_along_axis(s, top, axis=-1)
+    e = np.where(allowed, np.exp(np.where(allowed, s, 0) - shift), 0)
+    return np.einsum("...ij,...jc->...ic", e, v) / e.sum(axis=-1, keepdims=True)
+
+
+def phi_c(x):
+    """elu + 1 with the branch chosen on the real part (analytic on each side)."""
+    return np.where(x.real > 0, x + 1, np.exp(np.where(x.real > 0, 0, x)))
+
+
+def fwd_linear(q, k, v, *, causal=False):
+    """Eq. (12.2) as an (N, M) matrix: y = (W v) / W 1 with W_ij = φ(q_i)·φ(k_j) (j ≤ i if causal)."""
+    W = np.einsum("...ic,...jc->...ij", phi_c(q), phi_c(k))
+    if causal:
+        W = W * np.tri(q.shape[-2], k.shape[-2])
+    return np.einsum("...ij,...jc->...ic", W, v) / W.sum(axis=-1, keepdims=True)
+
+
+def phi1_c(x):
+    """φ1(x) = (e^x − 1)/x, analytic: the Taylor series for |x| < 0.5 (where the quotient would
+    lose the O(x) terms a complex step at A = 0 needs), the quotient elsewhere."""
+    small = np.abs(x) < 0.5
+    xs = np.where(small, x, 0)
+    series = sum(xs**j / math.factorial(j + 1) for j in range(25))
+    xl = np.where(small, 1, x)
+    return np.where(small, series, (np.exp(xl) - 1) / xl)
+
+
+def fwd_scan(u, delta, A, B, C, D, *, discretization="mamba"):
+    """h_t = e^{Δ_t A} h_{t−1} + B̄_t u_t, y_t = C_t h_t + D u_t, one time step at a time."""
+    u, delta = np.broadcast_arrays(u, delta)
+    L = u.shape[-2]
+    B = np.broadcast_to(B, u.shape[:-1] + B.shape[-1:])
+    C = np.broadcast_to(C, u.shape[:-1] + C.shape[-1:])
+    h = np.zeros(u.shape[:-2] + A.shape, dtype=np.result_type(u, delta, A, B, C, complex))
+    ys = []
+    for t in range(L):
+        x = delta[..., t, :, None] * A
+        if discretization == "mamba":
+            bbar = delta[..., t, :, None] * B[..., t, None, :]
+        else:
+            bbar = delta[..., t, :, None] * phi1_c(x) * B[..., t, None, :]  # (e^{ΔA} − 1)/A = Δ φ1(ΔA)
+        h = np.exp(x) * h + bbar * u[..., t, :, None]
+        ys.append(np.sum(h * C[..., t, None, :], axis=-1))
+    y = np.stack(ys, axis=-2)
+    return y if D is None else y + D * u
+
+
+# --------------------------------------------------------------------------------------------
+# Complex-step helpers
+# --------------------------------------------------------------------------------------------
+
+
+def loss(fwd, args, dy, **kw):
+    return np.sum(dy * fwd(**args, **kw))
+
+
+def cstep_grad(fwd, args, name, dy, **kw):
+    """∂ℓ/∂args[name], one complex-step evaluation per entry."""
+    x = np.asarray(args[name], dtype=float)
+    g = np.zeros(x.shape)
+    for idx in np.ndindex(*x.shape):
+        xc = x.astype(complex)
+        xc[idx] += 1j * H
+        g[idx] = loss(fwd, {**args, name: xc}, dy, **kw).imag / H
+    return g
+
+
+def cstep_dir(fwd, args, name, e, dy, **kw):
+    """The directional derivative ∇_name ℓ · e by one complex step."""
+    x = np.asarray(args[name], dtype=float)
+    return loss(fwd, {**args, name: x + 1j * H * e}, dy, **kw).imag / H
+
+
+def check_full(fwd, args, dy, grads: dict, what: str, atol=0.0, **kw):
+    for name, g in grads.items():
+        ref = cstep_grad(fwd, args, name, dy, **kw)
+        if atol:
+            err = assert_close(g, ref, rtol=CSTEP, atol=atol, what=f"{what}: d{name} vs complex step")
+            record(f"{what}: d{name} vs complex step (abs error, atol {atol:.0e})", max_abs_error(g, ref), atol)
+        else:
+            close(g, ref, rtol=CSTEP, what=f"{what}: d{name} vs complex step")
+
+
+def check_directions(fwd, args, dy, grads: dict, what: str, seed=0, n_dir=2, **kw):
+    rng = np.random.default_rng(seed)
+    for name, g in grads.items():
+        for _ in range(n_dir):
+            e = rng.standard_normal(np.shape(args[name]))
+            ref = cstep_dir(fwd, args, name, e, dy, **kw)
+            err = abs(float(np.sum(g * e)) - ref) / (np.linalg.norm(g) * np.linalg.norm(e))
+            record(f"{what}: directional complex step (rel. to |g||e|)", err, CSTEP)
+            assert err <= CSTEP, f"{what}: d{name}·e = {np.sum(g * e)!r} vs complex step {ref!r}"
+
+
+def check_twins(a, b, what, atol=0.0):
+    for x, y, n in zip(a, b, ("dq", "dk", "dv")):
+        if atol:
+            assert_close(x, y, rtol=SELF, atol=atol, what=f"{what}: {n} loop twin")
+            record(f"{what}: {n} loop twin (abs error, atol {atol:.0e})", max_abs_error(x, y), atol)
+        else:
+            close(x, y, rtol=SELF, what=f"{what}: {n} loop twin")
+
+
+# --------------------------------------------------------------------------------------------
+# Softmax attention
+# --------------------------------------------------------------------------------------------
+
+
+def qkv(seed, n, m, d=3, dv=2, batch=(), kbatch=None):
+    rng = np.random.default_rng(seed)
+    kb = batch if kbatch is None else kbatch
+    return (rng.normal(size=(*batch, n, d)), rng.normal(size=(*kb, m, d)), rng.normal(size=(*kb, m, dv)))
+
+
+SOFTMAX_CASES = {
+    "plain": dict(n=5, m=7),
+    "causal": dict(n=6, m=6, causal=True),
+    "causal_n_lt_m": dict(n=4, m=7, causal=True),
+    "mask": dict(n=5, m=6, mask=True),
+    "mask_causal": dict(n=6, m=8, mask=True, causal=True),
+    "scale": dict(n=4, m=5, scale=2.5),
+    "scale_zero": dict(n=4, m=5, scale=0.0),
+    "heads": dict(n=4, m=5, batch=(2, 3)),
+    "kv_broadcast": dict(n=4, m=5, batch=(2,), kbatch=(1,)),
+    "q_broadcast": dict(n=4, m=5, batch=(1,), kbatch=(3,)),
+    "large_logits": dict(n=5, m=6, scale=40.0, causal=True),  # weights near one-hot: exp underflows
+}
+
+
+def _softmax_case(name, seed=1):
+    spec = dict(SOFTMAX_CASES[name])
+    n, m = spec.pop("n"), spec.pop("m")
+    q, k, v = qkv(seed, n, m, batch=spec.pop("batch", ()), kbatch=spec.pop("kbatch", None))
+    kw = {}
+    if spec.pop("mask", False):
+        rng = np.random.default_rng(seed + 100)
+        mask = rng.random((n, m)) < 0.6
+        mask[:, 0] = True  # every row keeps key 0 (allowed under causal too)
+        kw["mask"] = mask
+    kw.update(spec)
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    dy = np.random.default_rng(seed + 200).normal(size=(*batch, n, v.shape[-1]))
+    return {"q": q, "k": k, "v": v}, dy, kw
+
+
+@pytest.mark.parametrize("name", sorted(SOFTMAX_CASES))
+def test_softmax_vjp_complex_step(name):
+    args, dy, kw = _softmax_case(name)
+    dq, dk, dv = softmax_attention_vjp(**args, dy=dy, **kw)
+    # Near one-hot rows: dP_ij − D_i cancels (D_i ≈ dP_ij for the winning key), so dq, dk are
+    # accurate to ~ε·scale·|dy||v||k| absolutely, not relatively (any implementation of either form).
+    atol = 1e-13 if name == "large_logits" else 0.0
+    check_full(fwd_softmax, args, dy, {"q": dq, "k": dk, "v": dv}, f"softmax {name}", atol=atol, **kw)
+    check_twins((dq, dk, dv), softmax_attention_vjp_loop(**args, dy=dy, **kw), f"softmax {name}", atol=atol)
+
+
+def test_independent_forward_agrees_with_refimpl():
+    """The test's complex-capable forwards compute what refimpl computes (else the oracle is moot)."""
+    args, dy, kw = _softmax_case("mask_causal")
+    close(fwd_softmax(**args, **kw), softmax_attention(**args, **kw), rtol=1e-13, what="fwd_softmax")
+    rng = np.random.default_rng(3)
+    q, k, v = rng.normal(size=(3, 2, 9, 4))
+    for causal in (False, True):
+        close(fwd_linear(q, k, v, causal=causal), linear_attention(q, k, v, causal=causal), rtol=1e-13, what="fwd_linear")
+    a = _scan_args(4, 9, 3, 2)
+    for disc in ("mamba", "zoh"):
+        close(fwd_scan(**a, discretization=disc), selective_scan(**a, discretization=disc), rtol=1e-13, what="fwd_scan")
+
+
+@pytest.mark.parametrize("n", [65, 129, 257])
+@pytest.mark.parametrize("causal", [False, True])
+def test_softmax_vjp_tile_boundaries(n, causal):
+    """N = 65, 129, 257 with query blocks of 64: one, two, four full blocks plus a single row."""
+    assert _vjp._ATT_BLOCK == 64
+    m = n if causal else n - 30  # N ≠ M without the causal triangle
+    args = dict(zip("qkv", qkv(n, n, m, d=4, dv=3, batch=(2,))))
+    rng = np.random.default_rng(n)
+    mask = rng.random((n, m)) < 0.8
+    mask[:, 0] = True
+    dy = rng.normal(size=(2, n, 3))
+    g = softmax_attention_vjp(**args, dy=dy, mask=mask, causal=causal)
+    check_twins(g, softmax_attention_vjp_loop(**args, dy=dy, mask=mask, causal=causal), f"softmax N={n}")
+    check_directions(fwd_softmax, args, dy, dict(zip("qkv", g)), f"softmax N={n}", mask=mask, causal=causal)
+
+
+def test_softmax_shared_kv_with_head_mask():
+    """Heads of q sharing one k, v (multi-query) with a per-head mask: dk, dv are summed over the heads."""
+    rng = np.random.default_rng(6)
+    q, k, v = rng.normal(size=(3, 6, 4)), rng.normal(size=(7, 4)), rng.normal(size=(7, 2))
+    mask = rng.random((3, 6, 7)) < 0.7
+    mask[..., 0] = True
+    dy = rng.normal(size=(3, 6, 2))
+    g = softmax_attention_vjp(q, k, v, dy, mask=mask)
+    assert [x.shape for x in g] == [q.shape, k.shape, v.shape]
+    check_twins(g, softmax_attention_vjp_loop(q, k, v, dy, mask=mask), "softmax head mask")
+    per_head = [softmax_attention_vjp(q[h], k, v, dy[h], mask=mask[h]) for h in range(3)]
+    close(g[0], np.stack([p[0] for p in per_head]), rtol=1e-13, what="softmax head mask dq per head")
+    for i, name in ((1, "dk"), (2, "dv")):
+        close(g[i], sum(p[i] for p in per_head), rtol=1e-13, what=f"softmax head mask {name} = Σ_h")
+
+
+def test_flash_D_form_equals_naive():
+    """D_i = rowsum(dO ∘ O) = Σ_j P_ij dP_ij, hence dS = P ∘ (dP − D) equals the naive softmax Jacobian."""
+    args, dy, kw = _softmax_case("mask_causal", seed=9)
+    q, k, v = args["q"], args["k"], args["v"]
+    P = attention_weights(q, k, **kw)
+    O = P @ v
+    dP = dy @ v.T
+    D_flash = np.sum(dy * O, axis=-1, keepdims=True)
+    D_naive = np.sum(P * dP, axis=-1, keepdims=True)
+    close(D_flash, D_naive, rtol=1e-14, what="FlashAttention D vs naive row sum")
+    J = np.einsum("ij,jl->ijl", P, np.eye(P.shape[-1])) - np.einsum("ij,il->ijl", P, P)  # ∂P_ij/∂S_il
+    dS_naive = np.einsum("ijl,ij->il", J, dP)
+    close(P * (dP - D_flash), dS_naive, rtol=1e-14, what="dS = P∘(dP − D) vs the full Jacobian")
+
+
+# --------------------------------------------------------------------------------------------
+# Linear attention
+# --------------------------------------------------------------------------------------------
+
+LINEAR_CASES = {
+    "noncausal": dict(n=5, m=7, causal=False),
+    "causal": dict(n=7, m=7, causal=True),
+    "heads": dict(n=5, m=5, causal=True, batch=(2, 2)),
+    "kv_broadcast": dict(n=4, m=6, causal=False, batch=(3,), kbatch=(1,)),
+    "kv_broadcast_causal": dict(n=6, m=6, causal=True, batch=(3,), kbatch=()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LINEAR_CASES))
+def test_linear_vjp_complex_step(name):
+    spec = dict(LINEAR_CASES[name])
+    q, k, v = qkv(11, spec["n"], spec["m"], d=3, dv=2, batch=spec.get("batch", ()), kbatch=spec.get("kbatch"))
+    args = {"q": q, "k": k, "v": v}
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    dy = np.random.default_rng(12).normal(size=(*batch, spec["n"], 2))
+    g = linear_attention_vjp(**args, dy=dy, causal=spec["causal"])
+    check_full(fwd_linear, args, dy, dict(zip("qkv", g)), f"linear {name}", causal=spec["causal"])
+    check_twins(g, linear_attention_vjp_loop(**args, dy=dy, causal=spec["causal"]), f"linear {name}")
+
+
+@pytest.mark.parametrize("n", [65, 129, 257])
+def test_linear_vjp_tile_boundaries(n):
+    """Causal, chunks of 64: the prefix sums cross 1, 2 and 4 chunk boundaries plus a one-row chunk."""
+    assert _vjp._LIN_CHUNK == 64
+    q, k, v = qkv(n, n, n, d=3, dv=2, batch=(2,))
+    args = {"q": q, "k": k, "v": v}
+    dy = np.random.default_rng(n + 1).normal(size=(2, n, 2))
+    g = linear_attention_vjp(**args, dy=dy, causal=True)
+    check_twins(g, linear_attention_vjp_loop(**args, dy=dy, causal=True), f"linear N={n}")
+    check_directions(fwd_linear, args, dy, dict(zip("qkv", g)), f"linear N={n}", causal=True)
+
+
+def test_causal_products_against_matrix():
+    """The chunked prefix-sum helper equals the masked (N, N) product, forwards and backwards in time."""
+    rng = np.random.default_rng(4)
+    a, b, w = rng.normal(size=(70, 3)), rng.normal(size=(70, 3)), rng.normal(size=(70, 2))
+    T = np.tril(a @ b.T)
+    close(_vjp._causal_products(a, b, w, chunk=16), T @ w, rtol=1e-13, what="causal products")
+    close(_vjp._anticausal_products(a, b, w), np.triu(a @ b.T) @ w, rtol=1e-13, what="anti-causal products")
+
+
+# --------------------------------------------------------------------------------------------
+# Selective scan
+# --------------------------------------------------------------------------------------------
+
+
+def _scan_args(seed, L, d_in, n, batch=(2,), with_zero=True):
+    rng = np.random.default_rng(seed)
+    A = -rng.uniform(0.05, 2.0, (d_in, n))
+    if with_zero:
+        A[0, 0] = 0.0  # a pure integrator (e^{ΔA} = 1, B̄ = ΔB in both rules)
+        A[-1, -1] = -1e-3  # ΔA small: the series branch of ∂B̄/∂A
+    return {
+        "u": rng.normal(size=(*batch, L, d_in)),
+        "delta": rng.uniform(0.01, 1.0, (*batch, L, d_in)),
+        "A": A,
+        "B": rng.normal(size=(*batch, L, n)),
+        "C": rng.normal(size=(*batch, L, n)),
+        "D": rng.normal(size=d_in),
+    }
+
+
+@pytest.mark.parametrize("disc", ["mamba", "zoh"])
+def test_scan_vjp_complex_step(disc):
+    args = _scan_args(21, 9, 3, 2)
+    dy = np.random.default_rng(22).normal(size=args["u"].shape)
+    g = selective_scan_vjp(**args, dy=dy, discretization=disc)
+    assert set(g) == {"du", "ddelta", "dA", "dB", "dC", "dD"}
+    check_full(fwd_scan, args, dy, {k[1:]: v for k, v in g.items()}, f"scan {disc}", discretization=disc)
+    gl = selective_scan_vjp_loop(**args, dy=dy, discretization=disc)
+    for key in g:
+        close(g[key], gl[key], rtol=SELF, what=f"scan {disc}: {key} loop twin")
+
+
+@pytest.mark.parametrize("disc", ["mamba", "zoh"])
+def test_scan_vjp_broadcast_inputs(disc):
+    """Δ broadcast over the batch, B and C shared by the batch, scalar D: gradients summed back."""
+    full = _scan_args(31, 6, 2, 3, batch=(3,))
+    args = dict(full, delta=full["delta"][0], B=full["B"][0], C=full["C"][:1], D=np.float64(0.7))
+    dy = np.random.default_rng(32).normal(size=full["u"].shape)
+    g = selective_scan_vjp(**args, dy=dy, discretization=disc)
+    for key, name in (("ddelta", "delta"), ("dB", "B"), ("dC", "C"), ("dD", "D")):
+        assert g[key].shape == np.shape(args[name]), key
+    check_full(fwd_scan, args, dy, {k[1:]: v for k, v in g.items()}, f"scan broadcast {disc}", discretization=disc)
+    gl = selective_scan_vjp_loop(**args, dy=dy, discretization=disc)
+    for key in g:
+        close(g[key], gl[key], rtol=SELF, what=f"scan broadcast {disc}: {key} loop twin")
+
+
+def test_scan_vjp_without_D():
+    """D = None: no skip connection; dD is the gradient at D = 0 and du lacks the D dy term."""
+    args = _scan_args(41, 7, 2, 2)
+    dy = np.random.default_rng(42).normal(size=args["u"].shape)
+    g0 = selective_scan_vjp(**dict(args, D=None), dy=dy)
+    gz = selective_scan_vjp(**dict(args, D=np.zeros(2)), dy=dy)
+    for key in g0:
+        close(g0[key], gz[key], rtol=1e-15, what=f"D=None vs D=0: {key}")
+
+
+@pytest.mark.parametrize("L", [65, 257])
+@pytest.mark.parametrize("disc", ["mamba", "zoh"])
+def test_scan_vjp_long(L, disc):
+    """Longer sequences: the associative forward and reverse scans against the scalar loops and the complex step."""
+    args = _scan_args(L, L, 2, 3, batch=(2,))
+    dy = np.random.default_rng(L + 1).normal(size=args["u"].shape)
+    g = selective_scan_vjp(**args, dy=dy, discretization=disc)
+    gl = selective_scan_vjp_loop(**args, dy=dy, discretization=disc)
+    for key in g:
+        close(g[key], gl[key], rtol=SELF, what=f"scan L={L} {disc}: {key} loop twin")
+    check_directions(fwd_scan, args, dy, {k[1:]: v for k, v in g.items()}, f"scan L={L}", discretization=disc)
+
+
+def test_dphi1_dA_series_and_closed_form():
+    """g(x) = (x e^x − e^x + 1)/x²: series below |x| = 0.1, closed form above; continuous, g(0) = 1/2."""
+    x = np.array([0.0, -1e-8, 1e-8, -0.0999999, -0.1, 0.0999999, 0.1, -3.0, -40.0])
+    g = _vjp._dphi1_dA(x)
+    assert g[0] == 0.5
+    ld = x.astype(np.longdouble)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = (ld * np.exp(ld) - np.exp(ld) + 1) / ld**2
+    sel = np.abs(x) >= 0.05
+    close(g[sel], ref[sel].astype(float), rtol=1e-13, what="g(x) closed form vs long double")
+    close(g[1:3], np.array([0.5 - 1e-8 / 3, 0.5 + 1e-8 / 3]), rtol=1e-15, what="g(x) ≈ 1/2 + x/3")
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------
+
+
+def test_bad_input_softmax():
+    q, k, v = qkv(1, 4, 5)
+    dy = np.zeros((4, 2))
+    with pytest.raises(ValueError, match="dy"):
+        softmax_attention_vjp(q, k, v, np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="dy"):
+        softmax_attention_vjp_loop(q, k, v, np.zeros((5, 2)))
+    with pytest.raises(TypeError, match="dy"):
+        softmax_attention_vjp(q, k, v, dy + 1j)
+    with pytest.raises(ValueError, match="dy"):
+        softmax_attention_vjp(q, k, v, np.full((4, 2), np.nan))
+    with pytest.raises(TypeError, match="mask"):
+        softmax_attention_vjp(q, k, v, dy, mask=np.ones((4, 5)))
+    with pytest.raises(ValueError, match="mask"):
+        softmax_attention_vjp(q, k, v, dy, mask=np.zeros((4, 5), bool))
+    with pytest.raises(TypeError, match="causal"):
+        softmax_attention_vjp(q, k, v, dy, causal=1)
+    with pytest.raises(ValueError, match="scale"):
+        softmax_attention_vjp(q, k, v, dy, scale=-1.0)
+    with pytest.raises(ValueError, match="v"):
+        softmax_attention_vjp(q, k, v[:3], dy)
+    with pytest.raises(ValueError, match="mask"):  # the mask may not add batch axes
+        softmax_attention_vjp(q, k, v, dy, mask=np.ones((3, 4, 5), bool))
+    with pytest.raises(ValueError, match="dy"):  # batched q: dy needs the batch axis
+        softmax_attention_vjp(np.stack([q, q]), k, v, dy)
+
+
+def test_bad_input_linear():
+    q, k, v = qkv(1, 4, 5)
+    with pytest.raises(ValueError, match="dy"):
+        linear_attention_vjp(q, k, v, np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="k"):
+        linear_attention_vjp(q, k, v, np.zeros((4, 2)), causal=True)  # causal needs M = N
+    with pytest.raises(TypeError, match="causal"):
+        linear_attention_vjp_loop(q, k, v, np.zeros((4, 2)), causal="yes")
+    with pytest.raises(TypeError, match="dy"):
+        linear_attention_vjp(q, k, v, np.zeros((4, 2)) + 1j)
+
+
+def test_bad_input_scan():
+    args = _scan_args(1, 5, 2, 2)
+    dy = np.zeros(args["u"].shape)
+    with pytest.raises(ValueError, match="dy"):
+        selective_scan_vjp(**args, dy=dy[..., :1])
+    with pytest.raises(ValueError, match="dy"):
+        selective_scan_vjp_loop(**args, dy=dy[0])
+    with pytest.raises(ValueError, match="discretization"):
+        selective_scan_vjp(**args, dy=dy, discretization="euler")
+    with pytest.raises(ValueError, match="delta"):
+        selective_scan_vjp(**dict(args, delta=-args["delta"]), dy=dy)
+    with pytest.raises(ValueError, match="A"):
+        selective_scan_vjp(**dict(args, A=-args["A"] + 1.0), dy=dy)
+    with pytest.raises(ValueError, match="D"):
+        selective_scan_vjp(**dict(args, D=np.ones(3)), dy=dy)
+
+
+# --------------------------------------------------------------------------------------------
+# The oracle judges gradients like any output
+# --------------------------------------------------------------------------------------------
+
+
+def _port_softmax_backward(q, k, v, dy, *, mask=None, causal=False, scale=None, bug=None):
+    """A plain NumPy backward pass computing in the precision of its inputs (a user's port)."""
+    dt = q.dtype
+    n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    c = dt.type(1 / np.sqrt(d) if scale is None else scale)
+    allowed = np.ones((n, m), bool)
+    if causal:
+        allowed = np.tril(allowed)
+    if mask is not None:
+        allowed &= mask
+    s = np.where(allowed, c * (q @ np.swapaxes(k, -1, -2)), -np.inf)
+    P = np.exp(s - s.max(axis=-1, keepdims=True))
+    P /= P.sum(axis=-1, keepdims=True)
+    dP = dy @ np.swapaxes(v, -1, -2)
+    D = 0 if bug == "no_D" else np.sum(dy * (P @ v), axis=-1, keepdims=True)
+    dS = P * (dP - D)
+    return c * dS @ k, c * np.swapaxes(dS, -1, -2) @ q, np.swapaxes(P, -1, -2) @ dy
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_oracle_judges_a_backward_port(dtype):
+    from refimpl import oracle
+
+    good = oracle.compare("attention.softmax_attention_vjp", _port_softmax_backward, dtype=dtype)
+    assert good.passed, str(good)
+    bad = oracle.compare("attention.softmax_attention_vjp", lambda **kw: _port_softmax_backward(**kw, bug="no_D"), dtype=dtype)
+    assert not bad.passed
+
+
+# --------------------------------------------------------------------------------------------
+# Random shapes: vectorized against loop twins
+# --------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 70), m=st.integers(1, 9), d=st.integers(1, 3), heads=st.integers(1, 2),
+       causal=st.booleans(), masked=st.booleans(), seed=st.integers(0, 2**16))
+def test_softmax_vjp_random_shapes(n, m, d, heads, causal, masked, seed):
+    rng = np.random.default_rng(seed)
+    q, k, v = rng.normal(size=(heads, n, d)), rng.normal(size=(m, d)), rng.normal(size=(heads, m, 2))
+    mask = None
+    if masked:
+        mask = rng.random((n, m)) < 0.5
+        mask[:, 0] = True
+    dy = rng.normal(size=(heads, n, 2))
+    g = softmax_attention_vjp(q, k, v, dy, mask=mask, causal=causal)
+    # atol: with one allowed key (M = 1, row 0 when causal) dq vanishes exactly (dP − D = 0), leaving round-off
+    check_twins(g, softmax_attention_vjp_loop(q, k, v, dy, mask=mask, causal=causal), "softmax random shapes", atol=1e-13)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 140), d=st.integers(1, 3), causal=st.booleans(), seed=st.integers(0, 2**16))
+def test_linear_vjp_random_shapes(n, d, causal, seed):
+    rng = np.random.default_rng(seed)
+    q, k, v, dy = rng.normal(size=(n, d)), rng.normal(size=(n, d)), rng.normal(size=(n, 2)), rng.normal(size=(n, 2))
+    g = linear_attention_vjp(q, k, v, dy, causal=causal)
+    # atol: dq_i = Σ_j (dy_i·(v_j − y_i)) φ(k_j)/den_i vanishes exactly when every weight sits on one
+    # value (N = 1, or row 0 when causal), leaving round-off of the O(1) terms (inputs are O(1) here)
+    check_twins(g, linear_attention_vjp_loop(q, k, v, dy, causal=causal), "linear random shapes", atol=1e-13)
