@@ -14,11 +14,21 @@ Errors are measured *norm-wise*: ``max|actual - desired| / max|desired|``.  Elem
 relative error is meaningless for entries that are zero by symmetry (e.g. the off-diagonal
 of a diagonal covariance), and norm-wise error is what a user's kernel can guarantee.
 
-Users validating float32/bfloat16 kernels against refimpl use ``DTYPE_RTOL`` or, better,
-the ratio rule of FlashAttention's tests: the error of a kernel against the float64 oracle
-should be at most ``RATIO_RULE_FACTOR`` times the error of a plain implementation in the
-same low precision (``ratio_rule``, ``ratio_bound``; :func:`refimpl.oracle.compare` applies
-them).
+Users validating float32/TF32/float16/bfloat16 kernels against refimpl use the ratio rule of
+FlashAttention's tests (``low_precision_verdict``, the one implementation of the rule, used by
+``refimpl.oracle.compare`` and the golden vectors):
+
+    e(user) <= RATIO_RULE_FACTOR * max(e(plain), ulps * eps(tier))
+
+with every error norm-wise against the float64 oracle, ``ulps`` = ``PLAIN_ULPS[tier]`` (4 for float32,
+1 for the others) for a plain reference run in the tier and the case's ``ulps`` (default 4) otherwise, ``eps(tier)`` the tier's machine epsilon
+(``refimpl._precision.eps``: 2^-23, 2^-10 for tf32 and float16, 2^-7 for bfloat16) and
+``plain`` a reference *run in the tier the way kernels compute*: refimpl's straightforward
+algorithm with intermediates stored in the tier's format and matrix products and reductions
+accumulated in float32 (``refimpl._lowprec``). For functions without such a plain algorithm
+the plain value is refimpl on the inputs rounded to the tier, evaluated in float64, rounded
+to the tier: that model has no arithmetic rounding, only the floor ``ulps * eps`` stands for
+it, and the report says which model was used. ``DTYPE_RTOL`` are rough absolute tiers.
 """
 
 from __future__ import annotations
@@ -31,11 +41,14 @@ __all__ = [
     "ODE",
     "DTYPE_RTOL",
     "RATIO_RULE_FACTOR",
+    "PLAIN_ULPS",
     "max_abs_error",
     "rel_error",
     "assert_close",
     "mc_band",
     "ratio_rule",
+    "low_precision_bound",
+    "low_precision_verdict",
     "ratio_bound",
 ]
 
@@ -44,8 +57,15 @@ ORACLE = 1e-12
 ODE = 1e-9
 
 # Norm-wise relative tolerances for user kernels in low precision (per-dtype tier).
-DTYPE_RTOL = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
+DTYPE_RTOL = {"float64": 1e-10, "float32": 1e-4, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 3e-2}
 RATIO_RULE_FACTOR = 2.0
+#: the floor of the ratio rule, in units of eps(tier), when the plain reference is run in the tier.
+#: float32: 4 — two correct algorithms (a sequential and a chunked scan, say) differ by a few ε in
+#: their arithmetic while the storage rounding of the output is only ε/2; tf32, float16, bfloat16:
+#: 1 — the plain error already contains the storage and input rounding of the tier (about ε/2 at
+#: the largest entry), and a larger floor would let a bfloat16 kernel (about 3 ε of float16) pass
+#: the float16 tier. The rounded-input model uses the case's ``ulps`` (default 4) in every tier.
+PLAIN_ULPS = {"float32": 4.0, "tf32": 1.0, "float16": 1.0, "bfloat16": 1.0}
 
 
 def max_abs_error(actual, desired) -> float:
@@ -124,3 +144,34 @@ def ratio_rule(err_kernel: float, err_plain: float, *, level: float = float(np.f
     True
     """
     return bool(err_kernel <= ratio_bound(err_plain, level=level, factor=factor))
+
+
+def low_precision_bound(err_plain: float, tier, ulps: float = 4.0, factor: float = RATIO_RULE_FACTOR) -> float:
+    """The bound of the low-precision verdict: ``factor * max(err_plain, ulps * eps(tier))`` (Eq. (15.3)).
+
+    Examples
+    --------
+    >>> low_precision_bound(1e-6, "float32")  # above the floor: twice the plain error
+    2e-06
+    >>> low_precision_bound(0.0, "float16", ulps=1) == 2 * 2.0**-10
+    True
+    """
+    from ._precision import eps
+
+    return float(ratio_bound(err_plain, level=ulps * eps(tier), factor=factor))
+
+
+def low_precision_verdict(err_user: float, err_plain: float, tier, ulps: float = 4.0,
+                          factor: float = RATIO_RULE_FACTOR) -> tuple:
+    """``(passed, bound)``: ``err_user <= factor * max(err_plain, ulps * eps(tier))`` (Eq. (15.3), module docstring).
+
+    ``err_user`` and ``err_plain`` are norm-wise relative errors against the float64 oracle;
+    a NaN error never passes.
+
+    Examples
+    --------
+    >>> low_precision_verdict(3e-3, 5e-4, "float16", ulps=1)  # a bfloat16 kernel in the float16 tier
+    (False, 0.001953125)
+    """
+    bound = low_precision_bound(err_plain, tier, ulps, factor)
+    return bool(err_user <= bound), bound

@@ -143,7 +143,7 @@ CASES = [
          lambda r: {"a": np.array([[1.0, -1.8, 0.81], [1.0, -2 * 0.999 * np.cos(0.3), 0.998001], [1.0, 0.5, -0.3], [1.0, 0.0, 0.0]])},
          "double, complex near the unit circle, real distinct, and zero poles"),
     Case("iir.scalar_ssm_to_iir/scalar", 730, lambda r: {"A": 0.9, "B": 0.5, "C": 2.0, "D": 0.1},
-         "the first-order IIR of a scalar SSM (corrected P-30/P-31)"),
+         "the first-order IIR of a scalar SSM (Eqs. 30–31 of Lutati et al. 2023, sign corrected)"),
     Case("iir.ssm_to_biquad/conjugate_pair", 731,
          lambda r: {"lam": 0.95 * np.exp(0.4j * np.array([1, -1])), "B": np.array([1.0 + 0.5j, 1.0 - 0.5j]),
                     "C": np.array([0.3 - 0.2j, 0.3 + 0.2j]), "D": 0.2},

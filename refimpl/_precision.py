@@ -1,0 +1,191 @@
+r"""Precision tiers of GPU kernels, emulated in NumPy by rounding.
+
+Kernels ship in five precisions; NumPy has two of them natively (float64, float32) and one as a
+storage type (float16). The others are emulated here, exactly, by rounding float64 values to the
+tier's grid with integer operations on the IEEE-754 bits:
+
+========== ============ ============= ================================================================
+tier        mantissa     ε (= 2^−p)    how it is carried here
+========== ============ ============= ================================================================
+float64     52 bits      2^−52         ``numpy.float64``
+float32     23 bits      2^−23         ``numpy.float32``
+tf32        10 bits      2^−10         ``numpy.float32`` storage; only the *inputs of matrix products*
+                                       are rounded to 10 bits (NVIDIA's TensorFloat-32, Triton's default
+                                       for float32 ``tl.dot``), the products accumulate in float32
+bfloat16    7 bits       2^−7          ``numpy.float32`` holding values of the bfloat16 grid (8 exponent
+                                       bits: the range of float32)
+float16     10 bits      2^−10         ``numpy.float16`` (5 exponent bits: max 65504, subnormals
+                                       down to 2^−24)
+========== ============ ============= ================================================================
+
+Rounding is to nearest, ties to even, done once from float64 (no double rounding through
+float32); values beyond the largest finite number of the tier become ±inf, values below the
+smallest normal number land on the tier's subnormal grid.
+
+The arithmetic model of a kernel in a tier (the one :mod:`refimpl._lowprec` follows):
+intermediates that a kernel writes are stored in the tier's format (:func:`store`);
+dot products, matrix products and reductions (sums, prefix sums, recurrence states) are
+accumulated in float32 for the 16-bit tiers and TF32 — as tensor cores and FlashAttention's own
+reference do — and in float32 for float32 (:func:`matmul`, :func:`acc`); elementwise
+``exp``/``log``/division run in float32 on the stored values.
+
+Glossary: ``tier`` one of :data:`TIERS`; ``grid`` the set of numbers the tier represents;
+``carrier`` the NumPy dtype that holds them (:func:`carrier`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["TIERS", "tier_name", "eps", "carrier", "round_to", "store", "acc", "matmul", "ladder"]
+
+#: the tiers, finest first
+TIERS = ("float64", "float32", "tf32", "float16", "bfloat16")
+
+# (explicit mantissa bits, minimum normal exponent, maximum exponent)
+_FORMAT = {
+    "float64": (52, -1022, 1023),
+    "float32": (23, -126, 127),
+    "tf32": (10, -126, 127),
+    "bfloat16": (7, -126, 127),
+    "float16": (10, -14, 15),
+}
+
+_ALIASES = {"fp64": "float64", "double": "float64", "fp32": "float32", "single": "float32", "bf16": "bfloat16",
+            "fp16": "float16", "half": "float16", "tensorfloat32": "tf32"}
+
+
+def tier_name(dtype) -> str:
+    """The tier of ``dtype``: a name of :data:`TIERS` (or an alias such as ``"bf16"``) or a NumPy float dtype.
+
+    Raises ``ValueError`` naming ``dtype`` for anything else (integers, complex, unknown names).
+    """
+    if isinstance(dtype, str):
+        key = dtype.strip().lower()
+        key = _ALIASES.get(key, key)
+        if key in TIERS:
+            return key
+    try:
+        dt = None if dtype is None else np.dtype(dtype)  # np.dtype(None) would be float64
+    except (TypeError, ValueError):
+        dt = None
+    if dt is not None and dt.name in ("float64", "float32", "float16"):
+        return dt.name
+    raise ValueError(f"dtype: expected one of {', '.join(TIERS)} (or a NumPy float64/float32/float16 dtype), got {dtype!r}")
+
+
+def eps(tier) -> float:
+    """Machine epsilon 2^−p of the tier (the spacing of its grid just above 1): ε_tier of Eq. (15.3).
+
+    Examples
+    --------
+    >>> eps("bfloat16") == 2.0**-7, eps("tf32") == eps("float16") == 2.0**-10
+    (True, True)
+    """
+    return 2.0 ** -_FORMAT[tier_name(tier)][0]
+
+
+def carrier(tier):
+    """The NumPy dtype that carries values of the tier (float64, float32 or float16)."""
+    tier = tier_name(tier)
+    return {"float64": np.float64, "float16": np.float16}.get(tier, np.float32)
+
+
+def _round_bits(x: np.ndarray, bits: int, emin: int, emax: int) -> np.ndarray:
+    """float64 ``x`` rounded to ``bits`` mantissa bits and the exponent range [emin, emax], as float64."""
+    x = np.asarray(x, dtype=np.float64)
+    drop = 52 - bits
+    u = x.view(np.uint64)
+    # round to nearest even on the magnitude's bits: add half an ulp minus one, plus the kept lsb
+    half = np.uint64((1 << (drop - 1)) - 1)
+    lsb = (u >> np.uint64(drop)) & np.uint64(1)
+    finite = np.isfinite(x)
+    r = np.where(finite, (u + half + lsb) & ~np.uint64((1 << drop) - 1), u).view(np.float64)
+    # below the smallest normal number the grid is uniform with spacing 2^(emin − bits)
+    tiny = 2.0 ** emin
+    quantum = 2.0 ** (emin - bits)
+    sub = finite & (np.abs(x) < tiny)
+    if np.any(sub):
+        r = np.where(sub, np.round(x / quantum) * quantum, r)  # x / quantum is exact; np.round ties to even
+    # above the largest finite number: infinity (round to nearest gives 2^(emax+1) there)
+    big = (2.0 - 2.0 ** -bits) * 2.0 ** emax
+    with np.errstate(invalid="ignore"):
+        r = np.where(finite & (np.abs(r) > big), np.copysign(np.inf, x), r)
+    return r
+
+
+def round_to(x, tier) -> np.ndarray:
+    """``x`` rounded to the grid of ``tier``, in the tier's carrier dtype (see the module table).
+
+    The rounding fl of the inputs in Eq. (15.3) of the book (round to nearest, ties to even).
+
+    For ``"tf32"`` this is the rounding of a matrix product's inputs (10 mantissa bits), carried in
+    float32. Complex input is rounded part-wise (complex64 carrier for the low tiers, NumPy having
+    no complex32).
+
+    Examples
+    --------
+    >>> float(round_to(1 + 2.0**-8, "bfloat16")), float(round_to(1 + 3 * 2.0**-8, "bfloat16"))  # ties to even
+    (1.0, 1.015625)
+    >>> float(round_to(70000.0, "float16"))  # beyond float16's largest finite number 65504
+    inf
+    """
+    tier = tier_name(tier)
+    arr = np.asarray(x)
+    if arr.dtype.kind == "c":
+        re, im = round_to(arr.real, tier), round_to(arr.imag, tier)
+        ctype = np.complex128 if tier == "float64" else np.complex64
+        return (re.astype(ctype) + 1j * im.astype(ctype)).astype(ctype)
+    if tier == "float64":
+        return arr.astype(np.float64)
+    with np.errstate(over="ignore"):
+        if tier in ("float32", "float16"):
+            return arr.astype(carrier(tier))  # NumPy's casts round to nearest even once (tested bit-exactly)
+        bits, emin, emax = _FORMAT[tier]
+        if arr.dtype in (np.float32, np.float16):
+            return _round_bits32(arr.astype(np.float32), bits)
+        return _round_bits(arr.astype(np.float64), bits, emin, emax).astype(np.float32)
+
+
+def _round_bits32(x: np.ndarray, bits: int) -> np.ndarray:
+    """float32 ``x`` rounded to ``bits`` mantissa bits with float32's exponent range (bfloat16, tf32).
+
+    On the bits, the carry of the rounding runs into the exponent, so subnormals land on the
+    grid of spacing 2^(−126 − bits) and values above the largest finite number become ±inf.
+    """
+    drop = 23 - bits
+    u = x.view(np.uint32)
+    half = np.uint32((1 << (drop - 1)) - 1)
+    lsb = (u >> np.uint32(drop)) & np.uint32(1)
+    r = ((u + half + lsb) & ~np.uint32((1 << drop) - 1)).view(np.float32)
+    return np.where(np.isnan(x), x, r)
+
+
+def store(x, tier) -> np.ndarray:
+    """``x`` as a kernel stores it in ``tier``: rounded to the tier (tf32 stores float32)."""
+    tier = tier_name(tier)
+    return round_to(x, "float32" if tier == "tf32" else tier)
+
+
+def acc(tier):
+    """The accumulation dtype of reductions in ``tier``: float64 for float64, float32 otherwise."""
+    return np.float64 if tier_name(tier) == "float64" else np.float32
+
+
+def matmul(a, b, tier) -> np.ndarray:
+    """``a @ b`` as a tensor core computes it in ``tier``, returned in the accumulation dtype.
+
+    The inputs are rounded to the tier (to 10 mantissa bits for tf32), the products are exact in
+    float32 for every 16-bit tier and tf32 (at most 11 + 11 significant bits), and they are summed
+    in float32 (float64 for float64). The caller stores the result (:func:`store`).
+    """
+    tier = tier_name(tier)
+    a, b = round_to(a, tier), round_to(b, tier)
+    dt = acc(tier)
+    return np.matmul(a.astype(dt), b.astype(dt))
+
+
+def ladder(tier) -> tuple:
+    """The tiers coarser than ``tier``, in the order a kernel's verdict is tried against them."""
+    tier = tier_name(tier)
+    return TIERS[TIERS.index(tier) + 1:]

@@ -1,0 +1,530 @@
+"""Tests of the precision tiers (:mod:`refimpl._precision`) and of the low-precision verdict.
+
+* Rounding to float16, bfloat16 and TF32 against the definition, checked without the code under
+  test: the result lies on the tier's grid (trailing bits zero), is the nearer grid neighbour,
+  ties go to the even one, subnormals land on the uniform subnormal grid, and values beyond the
+  largest finite number become inf (float16: 65520 → inf; bfloat16: float32's range).
+* The verdict of :func:`refimpl.oracle.compare` in low precision: float32 ports written here,
+  from the equations, with loop orders and blockings different from the plain references of
+  :mod:`refimpl._lowprec` (a tiled online-softmax attention, a chunked linear attention, a
+  sequential and an SSD-style chunked selective scan, a direct-form-I biquad cascade and
+  ``scipy.signal.sosfilt``), pass at realistic lengths; a formula error in each fails; a TF32
+  kernel fails float32 and meets tf32; a bfloat16 kernel fails the float16 tier.
+* Bad input: dtype names, ``inputs`` keys, shapes refimpl rejects, wrong return values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from refimpl import oracle
+from refimpl._precision import TIERS, carrier, eps, ladder, matmul, round_to, store, tier_name
+from refimpl._testing import PLAIN_ULPS, low_precision_verdict
+
+f32 = np.float32
+
+# ---- rounding ----------------------------------------------------------------------------------
+
+FORMATS = {"float16": (10, -14, 15), "bfloat16": (7, -126, 127), "tf32": (10, -126, 127)}
+
+
+def _grid_neighbours(x: float, bits: int, emin: int):
+    """The two grid points around x > 0 (float64 arithmetic, exact for these formats)."""
+    e = max(int(np.floor(np.log2(x))), emin)
+    q = 2.0 ** (e - bits)  # spacing of the grid at x (uniform below 2^emin)
+    lo = np.floor(x / q) * q
+    return lo, lo + q, q
+
+
+@pytest.mark.parametrize("tier", sorted(FORMATS))
+def test_rounding_is_nearest_on_the_grid_ties_to_even(tier):
+    bits, emin, emax = FORMATS[tier]
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1, 2, 4000) * 2.0 ** rng.integers(emin - bits - 2, emax, 4000)
+    x = np.concatenate([x, -x[:100]])
+    r = round_to(x, tier).astype(np.float64)
+    big = (2 - 2.0 ** -bits) * 2.0 ** emax
+    for xi, ri in zip(x, r):
+        a = abs(xi)
+        lo, hi, q = _grid_neighbours(a, bits, emin)
+        if a >= big + q / 2:
+            assert np.isinf(ri) and np.sign(ri) == np.sign(xi)
+            continue
+        want = lo if a - lo < hi - a else hi if a - lo > hi - a else (lo if (lo / q) % 2 == 0 else hi)
+        assert abs(ri) == min(want, big) and np.signbit(ri) == np.signbit(xi), (tier, xi, ri, want)
+
+
+def test_float16_special_values():
+    got = round_to(np.array([1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 2.0 ** -25, 3 * 2.0 ** -25, 65504.0, 65519.99, 65520.0,
+                             -7e4, 1e-9, np.inf, -0.0]), "float16")
+    assert got.dtype == np.float16
+    want = [1.0, 1 + 2.0 ** -9, 0.0, 2.0 ** -23, 65504.0, 65504.0, np.inf, -np.inf, 0.0, np.inf, -0.0]
+    assert np.array_equal(got.astype(np.float64), want)
+    assert np.isnan(round_to(np.nan, "float16"))
+
+
+def test_bfloat16_special_values_and_range():
+    big = (2 - 2.0 ** -7) * 2.0 ** 127
+    x = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, 2.0 ** -134, 3 * 2.0 ** -134, 2.0 ** -133, big, (2 - 2.0 ** -8) * 2.0 ** 127,
+                  1e38, 65520.0, np.nan])
+    for source in (x, x.astype(np.float32)):  # from float64 (one rounding) and from float32 (the bit path)
+        got = round_to(source, "bfloat16")
+        assert got.dtype == np.float32
+        want = [1.0, 1 + 2.0 ** -6, 0.0, 2.0 ** -132, 2.0 ** -133, big, np.inf, 150 * 2.0 ** 119,
+                65536.0, np.nan]
+        assert np.array_equal(got.astype(np.float64), want, equal_nan=True)
+        assert np.all((got[np.isfinite(got)].view(np.uint32) & 0xFFFF) == 0)  # 8 significant bits: low half zero
+
+
+def test_tf32_keeps_ten_bits_and_float32_range():
+    x = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
+    r = round_to(x, "tf32")
+    assert r.dtype == np.float32 and np.all((r.view(np.uint32) & 0x1FFF) == 0)
+    assert np.max(np.abs(r - x) / np.abs(x)) <= 2.0 ** -11
+    assert np.isinf(round_to(np.float32(3.4028235e38), "tf32"))  # float32's max rounds up to 2^128 = inf
+    assert store(x, "tf32").dtype == np.float32 and np.array_equal(store(x, "tf32"), x)  # tf32 stores float32
+
+
+def test_float32_and_float16_agree_with_numpy_casts():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(20000) * 10.0 ** rng.uniform(-45, 39, 20000)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(round_to(x, "float32"), x.astype(np.float32))
+        assert np.array_equal(round_to(x, "float16"), x.astype(np.float16))
+
+
+def test_complex_is_rounded_partwise():
+    z = np.array([1 + 2.0 ** -9 + 1j * (1 + 3 * 2.0 ** -8)])
+    got = round_to(z, "bfloat16")
+    assert got.dtype == np.complex64 and got[0] == 1 + 1j * (1 + 2.0 ** -6)
+
+
+def test_tier_names_and_constants():
+    assert TIERS == ("float64", "float32", "tf32", "float16", "bfloat16")
+    assert [tier_name(t) for t in (np.float64, np.dtype("float32"), "bf16", "FP16", "tf32", np.float16)] == [
+        "float64", "float32", "bfloat16", "float16", "tf32", "float16"]
+    assert [eps(t) for t in TIERS] == [2.0 ** -52, 2.0 ** -23, 2.0 ** -10, 2.0 ** -10, 2.0 ** -7]
+    assert carrier("float16") is np.float16 and carrier("bfloat16") is np.float32
+    assert ladder("float32") == ("tf32", "float16", "bfloat16") and ladder("bfloat16") == ()
+    for bad in ("bfloat17", "int8", np.int32, np.complex64, None, 3):
+        with pytest.raises(ValueError, match="dtype: expected one of"):
+            tier_name(bad)
+
+
+def test_matmul_accumulates_exact_products_in_float32():
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((40, 300)), rng.standard_normal((300, 20))
+    for tier in ("bfloat16", "float16", "tf32"):
+        got = matmul(a, b, tier)
+        assert got.dtype == np.float32
+        exact = round_to(a, tier).astype(np.float64) @ round_to(b, tier).astype(np.float64)
+        # only the float32 summation errs: |error| <= K eps32 sum |a||b| (a loose a-priori bound)
+        bound = 300 * 2.0 ** -24 * (np.abs(round_to(a, tier).astype(float)) @ np.abs(round_to(b, tier).astype(float)))
+        assert np.all(np.abs(got - exact) <= bound)
+        assert np.max(np.abs(exact - a @ b)) > 100 * np.max(np.abs(got - exact))  # the input rounding dominates
+
+
+def test_verdict_rule():
+    assert low_precision_verdict(1e-6, 1e-6, "float32") == (True, 2e-6)
+    ok, bound = low_precision_verdict(3e-3, 1e-4, "float16", ulps=PLAIN_ULPS["float16"])
+    assert bound == 2 * 2.0 ** -10 and not ok
+    assert PLAIN_ULPS["float32"] == 4.0
+    assert not low_precision_verdict(float("nan"), 1e-3, "bfloat16")[0]
+
+
+# ---- float32 ports (from the equations; not refimpl's code) -----------------------------------
+
+
+
+def scan_port(u, delta, A, B, C, D=None, discretization="zoh", bug=None):
+    # all of Ā_t, B̄_t computed at once, then the recurrence, readout by einsum
+    u, delta, A, B, C = (np.asarray(x, dtype=f32) for x in (u, delta, A, B, C))
+    dA = delta[..., :, :, None] * A                      # (..., L, d, n)
+    Abar = np.exp(dA)
+    if discretization == "mamba" or bug == "euler":
+        Bbar = delta[..., None] * B[..., :, None, :]
+    else:
+        Bbar = np.where(A == 0, delta[..., None], np.expm1(dA) / np.where(A == 0, f32(1), A)) * B[..., :, None, :]
+    x = Bbar * u[..., None]
+    h = np.zeros(x.shape[:-3] + x.shape[-2:], dtype=f32)
+    hs = np.empty_like(x)
+    for t in range(x.shape[-3]):
+        h = Abar[..., t, :, :] * h + x[..., t, :, :]
+        hs[..., t, :, :] = h
+    y = np.einsum("...tdn,...tn->...td", hs, C).astype(f32)
+    if D is not None:
+        y = y + np.asarray(D, f32) * u
+    return y, h
+
+
+def biquad_port(sos, x, form="tdf2", bug=None):
+    # direct form I, section after section, float32 scalars
+    y = np.asarray(x, dtype=f32).copy()
+    for s, row in enumerate(np.asarray(sos, dtype=f32)):
+        b0, b1, b2, a0, a1, a2 = row
+        b0, b1, b2, a1, a2 = b0 / a0, b1 / a0, b2 / a0, a1 / a0, a2 / a0
+        if bug == "a2" and s == 0:
+            a2 = a2 * f32(1.001)
+        x1 = x2 = y1 = y2 = f32(0)
+        out = np.empty_like(y)
+        for n, xn in enumerate(y):
+            yn = b0 * xn + b1 * x1 + b2 * x2 - a1 * y1 - a2 * y2
+            x2, x1, y2, y1 = x1, xn, y1, yn
+            out[n] = yn
+        y = out
+    return y
+
+
+def linear_attention_port(q, k, v, causal=True, chunk=64, bug=None):
+    q, k, v = (np.asarray(x, dtype=f32) for x in (q, k, v))
+    fq, fk = (np.where(x > 0, x + 1, np.exp(np.minimum(x, 0))).astype(f32) for x in (q, k))
+    n, C = fq.shape
+    dv = v.shape[1]
+    S = np.zeros((C, dv), f32)
+    z = np.zeros(C, f32)
+    y = np.empty((n, dv), f32)
+    mask = np.tril(np.ones((chunk, chunk), bool))
+    for s in range(0, n, chunk):
+        Q, K, V = fq[s:s + chunk], fk[s:s + chunk], v[s:s + chunk]
+        if bug == "leak":  # the state updated before it is read: each chunk sees its own future
+            S = S + K.T @ V
+            z = z + K.sum(0)
+        m = mask[:len(Q), :len(Q)]
+        W = np.where(m, Q @ K.T, f32(0))
+        num = Q @ S + W @ V
+        den = Q @ z + W.sum(1)
+        y[s:s + chunk] = num / den[:, None]
+        if bug != "leak":
+            S += K.T @ V
+            z += K.sum(0)
+    return y
+
+
+def attention_port(q, k, v, causal=False, scale=None, block=256, rnd=None, bug=None):
+    # tiled online softmax (FlashAttention forward); rnd rounds what a kernel would store / feed to a dot
+    rnd = rnd or (lambda x: np.asarray(x, f32))
+    q, k, v = (rnd(x).astype(f32) for x in (q, k, v))
+    n, d = q.shape
+    m_ = k.shape[0]
+    scale = f32(1 / np.sqrt(d)) if scale is None else f32(scale)
+    if bug == "noscale":
+        scale = f32(1)
+    o = np.zeros((n, v.shape[1]), f32)
+    mx = np.full((n, 1), -np.inf, f32)
+    l = np.zeros((n, 1), f32)
+    rows = np.arange(n)[:, None]
+    for s in range(0, m_, block):
+        S = (q @ k[s:s + block].T) * scale
+        if causal:
+            cols = np.arange(s, min(s + block, m_))[None, :]
+            S = np.where(cols <= rows + (1 if bug == "offbyone" else 0), S, -np.inf)
+        new = np.maximum(mx, S.max(1, keepdims=True))
+        new_safe = np.where(np.isfinite(new), new, f32(0))
+        P = np.exp(S - new_safe)
+        corr = np.exp(np.where(np.isfinite(mx), mx - new_safe, -np.inf))
+        l = l * corr + P.sum(1, keepdims=True)
+        o = o * corr + rnd(P).astype(f32) @ v[s:s + block]
+        mx = new
+    return rnd(o / l).astype(f32)
+
+
+def scan_chunked_port(u, delta, A, B, C, D=None, discretization="zoh", chunk=32):
+    # SSD-style chunked scan: inside a chunk h_t = sum_s exp(sum_{s<r<=t} w_r) x_s (+ carried state)
+    u, delta, A, B, C = (np.asarray(x, dtype=f32) for x in (u, delta, A, B, C))
+    w = delta[..., None] * A                                  # (L, d, n)
+    if discretization == "mamba":
+        Bbar = delta[..., None] * B[:, None, :]
+    else:
+        Bbar = np.where(A == 0, delta[..., None], np.expm1(w) / np.where(A == 0, f32(1), A)) * B[:, None, :]
+    x = Bbar * u[..., None]
+    L = u.shape[0]
+    h = np.zeros(A.shape, f32)
+    y = np.empty(u.shape, f32)
+    for s in range(0, L, chunk):
+        ws, xs = w[s:s + chunk], x[s:s + chunk]
+        cs = np.cumsum(ws, axis=0, dtype=f32)                 # (T, d, n)
+        T = len(ws)
+        seg = cs[:, None] - cs[None, :]                       # sum_{s<r<=t} w_r, (T, T, d, n)
+        tri = np.tril(np.ones((T, T), bool))[:, :, None, None]
+        Wm = np.where(tri, np.exp(np.where(tri, seg, f32(0))), f32(0))
+        H = np.einsum("tsdn,sdn->tdn", Wm, xs) + np.exp(cs) * h
+        y[s:s + chunk] = np.einsum("tdn,tn->td", H, C[s:s + chunk])
+        h = H[-1]
+    if D is not None:
+        y = y + np.asarray(D, f32) * u
+    return y, h
+
+
+# ---- verdicts ------------------------------------------------------------------------------------
+
+
+def _verdict(report):
+    (case,) = report.cases
+    return {q.name: q for q in case.quantities}, case
+
+
+@pytest.mark.parametrize("L", [50, 400, 4096])
+@pytest.mark.parametrize("port", [scan_port, scan_chunked_port])
+def test_selective_scan_float32_ports_pass_at_every_length_and_euler_fails(L, port):
+    inp = oracle.random_inputs("ssm.selective_scan", seed=L, L=L, d_in=4, n=8, discretization="zoh")
+    report = oracle.compare("ssm.selective_scan", port, dtype="float32", inputs=inp)
+    qs, case = _verdict(report)
+    assert report.passed, report.table()
+    assert all(q.model == "plain float32" for q in qs.values())
+    if port is scan_port:
+        bad = oracle.compare("ssm.selective_scan", lambda **kw: scan_port(**kw, bug="euler"), dtype="float32", inputs=inp)
+        assert not bad.passed and bad.cases[0].first_failure == "y"
+        assert bad.cases[0].quantities[0].rel_error > 1e4 * bad.cases[0].quantities[0].bound
+
+
+def test_selective_scan_slow_modes_and_registered_long_case():
+    r = np.random.default_rng(3)
+    slow = {"u": r.standard_normal((2048, 4)), "delta": np.full((2048, 4), 1e-3), "A": -np.geomspace(1e-4, 1, 16)[None].repeat(4, 0),
+            "B": r.standard_normal((2048, 16)), "C": r.standard_normal((2048, 16)), "D": np.ones(4), "discretization": "mamba"}
+    for port in (scan_port, scan_chunked_port):
+        report = oracle.compare("ssm.selective_scan", port, dtype="float32", inputs=slow)
+        assert report.passed, report.table()
+    # the registered case the fixed 8-eps floor failed (y rel 2.0e-6 against a bound of 9.5e-7)
+    report = oracle.compare("ssm.selective_scan", scan_port, dtype=np.float32, cases="zoh_long")
+    assert report.passed and report.cases[0].quantities[0].rel_error > 8 * 2.0 ** -23
+
+
+@pytest.mark.parametrize("N", [2000, 20000])
+def test_biquad_cascade_near_unit_circle(N):
+    inp = oracle.random_inputs("iir.sos_filter", seed=2, N=N, order=6, wn=0.02)
+    poles = np.concatenate([np.roots(row[3:]) for row in inp["sos"]])
+    assert np.max(np.abs(poles)) > 0.99
+    good = oracle.compare("iir.sos_filter", biquad_port, dtype="float32", inputs=inp)
+    assert good.passed, good.table()
+    assert good.cases[0].quantities[0].rel_error > 100 * 2.0 ** -23  # far above any fixed floor
+    bad = oracle.compare("iir.sos_filter", lambda **kw: biquad_port(**kw, bug="a2"), dtype="float32", inputs=inp)
+    assert not bad.passed and bad.meets is None  # a1 a2 off by 0.1 %: no tier whose plain reference is meaningful
+
+
+def test_sosfilt_in_float32_passes_the_registered_case():
+    report = oracle.compare("iir.sos_filter", lambda sos, x, form: scipy.signal.sosfilt(sos.astype(f32), x), dtype="float32",
+                            cases="cheby1_near_unit_circle")
+    assert report.passed, report.table()
+    q = report.cases[0].quantities
+    assert [x.model for x in q] == ["plain float32"] * len(q)
+
+
+def test_causal_linear_attention_n8192():
+    inp = oracle.random_inputs("random_features.linear_attention", seed=3, N=8192, d=16)
+    good = oracle.compare("random_features.linear_attention", linear_attention_port, dtype="float32", inputs=inp)
+    assert good.passed, good.table()
+    bad = oracle.compare("random_features.linear_attention", lambda **kw: linear_attention_port(**kw, bug="leak"),
+                         dtype="float32", inputs=inp)
+    assert not bad.passed and bad.cases[0].first_failure == "y"
+
+
+@pytest.fixture(scope="module")
+def attn4096():
+    return oracle.random_inputs("attention.softmax_attention", seed=4, N=4096, d=64, causal=True)
+
+
+def test_softmax_attention_n4096_tiled_port_passes_and_mask_off_by_one_fails(attn4096):
+    good = oracle.compare("attention.softmax_attention", attention_port, dtype="float32", inputs=attn4096)
+    assert good.passed and good.meets == "float32", good.table()
+    bad = oracle.compare("attention.softmax_attention", lambda **kw: attention_port(**kw, bug="offbyone"), dtype="float32",
+                         inputs=attn4096)
+    qs, case = _verdict(bad)
+    assert not bad.passed and case.first_failure == "y" and qs["y"].rel_error > 0.1
+
+
+def test_tf32_kernel_fails_float32_and_meets_tf32(attn4096):
+    tf32 = lambda **kw: attention_port(**kw, rnd=lambda x: round_to(x, "tf32"))
+    r32 = oracle.compare("attention.softmax_attention", tf32, dtype="float32", inputs=attn4096)
+    assert not r32.passed and r32.meets == "tf32"
+    assert "meets tier: tf32" in r32.table()
+    rtf = oracle.compare("attention.softmax_attention", tf32, dtype="tf32", inputs=attn4096)
+    assert rtf.passed and rtf.cases[0].quantities[0].model == "plain tf32"
+
+
+def test_bfloat16_kernel_fails_the_float16_tier():
+    inp = oracle.random_inputs("attention.softmax_attention", seed=5, N=1024, d=64, causal=True)
+    half = oracle.compare("attention.softmax_attention", lambda **kw: attention_port(**kw, rnd=lambda x: round_to(x, "float16")),
+                          dtype="float16", inputs=inp)
+    assert half.passed, half.table()
+    bf = lambda **kw: attention_port(**kw, rnd=lambda x: round_to(x, "bfloat16"))
+    r16 = oracle.compare("attention.softmax_attention", bf, dtype="float16", inputs=inp)
+    assert not r16.passed and r16.meets == "bfloat16"
+    assert oracle.compare("attention.softmax_attention", bf, dtype="bfloat16", inputs=inp).passed
+
+
+def test_functions_without_plain_algorithm_keep_the_rounded_input_model():
+    from refimpl import lyapunov
+
+    report = oracle.compare("lyapunov.phi1", lambda z, tau: lyapunov.phi1(z, tau).astype(np.complex64), dtype="float32")
+    models = {q.model for c in report.cases for q in c.quantities}
+    assert report.passed and models == {"rounded inputs"}
+    assert "(rounded inputs)" in report.table()
+
+
+# ---- inputs= and random_inputs ---------------------------------------------------------------------
+
+
+def test_inputs_list_and_defaults():
+    inps = [oracle.random_inputs("attention.softmax_attention", seed=s, N=n, d=d)
+            for s, (n, d) in enumerate([(65, 64), (129, 128), (33, 256)])]
+    report = oracle.compare("attention.softmax_attention", attention_port, dtype="float32", inputs=inps)
+    assert report.passed and [c.case for c in report.cases] == [f"attention.softmax_attention/inputs[{i}]" for i in range(3)]
+    # causal omitted: refimpl's default (False) is used by the oracle and by the callable
+    q = inps[0]
+    report = oracle.compare("softmax_attention", lambda q, k, v: attention_port(q, k, v), dtype="bfloat16",
+                            inputs={"q": q["q"], "k": q["k"], "v": q["v"]})
+    assert report.passed, report.table()
+
+
+def test_random_inputs_regimes():
+    s = oracle.random_inputs("ssm.selective_scan", seed=0, L=100, d_in=3, n=4, batch=2)
+    assert s["u"].shape == (2, 100, 3) and s["B"].shape == (2, 100, 4) and s["A"].shape == (3, 4)
+    assert np.all(s["A"] < 0) and 5e-4 < np.median(s["delta"]) < 0.2
+    a = oracle.random_inputs("attention.softmax_attention", seed=0, N=4097, M=300, d=128)
+    assert a["q"].shape == (4097, 128) and a["k"].shape == (300, 128)
+    f = oracle.random_inputs("iir.sos_filter", seed=0, N=10)
+    assert f["sos"].shape == (3, 6)
+    assert set(oracle.RANDOM_INPUTS) == {"attention.softmax_attention", "random_features.linear_attention",
+                                         "ssm.selective_scan", "iir.sos_filter"}
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(name="lyapunov.phi1"), ValueError, "name: random_inputs supports"),
+    (dict(name="ssm.selective_scan", L=10, width=3), ValueError, r"sizes: unknown \['width'\]"),
+    (dict(name="ssm.selective_scan", L=0), ValueError, "L: expected a positive int"),
+    (dict(name="ssm.selective_scan", L=2.5), ValueError, "L: expected a positive int"),
+    (dict(name="ssm.selective_scan", discretization="euler"), ValueError, "discretization"),
+    (dict(name="attention.softmax_attention", causal="yes"), TypeError, "causal: expected a bool"),
+    (dict(name="iir.sos_filter", order=5), ValueError, "order: expected an even order"),
+])
+def test_random_inputs_bad(kwargs, exc, match):
+    name = kwargs.pop("name")
+    with pytest.raises(exc, match=match):
+        oracle.random_inputs(name, seed=0, **kwargs)
+    with pytest.raises(TypeError, match="seed"):
+        oracle.random_inputs("ssm.selective_scan", seed=1.5)
+
+
+def _small_attn():
+    return oracle.random_inputs("attention.softmax_attention", seed=0, N=8, d=4)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda i: {k: v for k, v in i.items() if k != "k"}, r"inputs\[0\]: missing keys \['k'\]"),
+    (lambda i: {**i, "temperature": 2.0}, r"inputs\[0\]: unknown keys \['temperature'\]"),
+])
+def test_inputs_with_missing_or_extra_keys(bad, match):
+    with pytest.raises(ValueError, match=match):
+        oracle.compare("attention.softmax_attention", attention_port, dtype="float32", inputs=bad(_small_attn()))
+
+
+def test_inputs_bad_containers():
+    with pytest.raises(TypeError, match="inputs: expected a dict or a list of dicts"):
+        oracle.compare("attention.softmax_attention", attention_port, inputs=3)
+    with pytest.raises(TypeError, match=r"inputs\[1\]: expected a dict"):
+        oracle.compare("attention.softmax_attention", attention_port, inputs=[_small_attn(), "q"])
+    with pytest.raises(ValueError, match="inputs: give either inputs or cases"):
+        oracle.compare("attention.softmax_attention", attention_port, inputs=_small_attn(), cases="basic")
+    with pytest.raises(ValueError, match="inputs: empty"):
+        oracle.compare("attention.softmax_attention", attention_port, inputs=[])
+
+
+def test_inputs_refimpl_rejects_is_a_per_case_error():
+    i = _small_attn()
+    report = oracle.compare("attention.softmax_attention", attention_port, dtype="float32",
+                            inputs=[i, {**i, "v": i["v"][:5]}])
+    assert report.cases[0].passed
+    assert report.cases[1].status == "error" and "refimpl rejects the inputs (ValueError" in report.cases[1].message
+    assert "refimpl rejects" in report.table()
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda **kw: attention_port(**kw)[:-1], "shape (7, 4) != expected (8, 4)"),
+    (lambda **kw: attention_port(**kw).astype(np.complex64), "is complex, expected real"),
+    (lambda **kw: attention_port(**kw).astype(str), "is not numeric"),
+    (lambda **kw: (attention_port(**kw), 1), "returned a tuple of 2 items"),
+])
+def test_wrong_return_values_are_reported_per_case(fn, message):
+    for dtype in ("float32", "bfloat16"):
+        report = oracle.compare("attention.softmax_attention", fn, dtype=dtype, inputs=_small_attn())
+        case = report.cases[0]
+        assert not case.passed and (message in case.message or any(message in q.message for q in case.quantities))
+
+
+# ---- golden vectors, format version 2 ----------------------------------------------------------------
+
+V2_CASES = ["attention.softmax_attention/basic", "ssm.selective_scan/mamba", "iir.sos_filter/cheby1_near_unit_circle",
+            "lyapunov.phi1/near_zero", "afa.isotropic_afa/causal_student"]
+
+
+@pytest.fixture(scope="module")
+def v2_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("v2")
+    return d, oracle.export(d, cases=V2_CASES)
+
+
+def test_v2_manifest_stores_plain_references_and_bounds(v2_dir):
+    d, manifest = v2_dir
+    assert manifest["format_version"] == 2 and "low_precision" in manifest["tolerance_policy"]
+    entries = {e["name"]: e for e in manifest["cases"]}
+    attn = entries["attention.softmax_attention/basic"]["low_precision"]
+    assert set(attn) == {"float32", "tf32", "float16", "bfloat16"}
+    assert attn["float16"]["y"]["model"] == "plain float16" and attn["float32"]["A"]["ulps"] == 4.0
+    assert entries["lyapunov.phi1/near_zero"]["low_precision"]["float32"]["phi"]["model"] == "rounded inputs"
+    g = oracle.load_case(d, "attention.softmax_attention/basic")
+    assert g.plain["float16"]["y"].dtype == np.float16 and g.plain["bfloat16"]["y"].dtype == np.float32
+    for tier, qs in attn.items():
+        for name, q in qs.items():
+            assert q["bound"] == 2 * max(q["plain_error"], q["ulps"] * q["eps"])
+    assert oracle.verify(d).ok
+
+
+def test_v2_rule_applies_from_the_files_alone(v2_dir):
+    d, manifest = v2_dir
+    import json
+    import zipfile
+
+    entry = next(e for e in json.loads((d / "manifest.json").read_text())["cases"] if e["name"] == "attention.softmax_attention/basic")
+    with np.load(d / entry["file"], allow_pickle=False) as z:
+        args = {k[4:]: z[k] for k in z.files if k.startswith("arg.")}
+        y_ref = z["out.y"]
+    q32 = entry["low_precision"]["float32"]["y"]
+    y = attention_port(args["q"].astype(f32), args["k"].astype(f32), args["v"].astype(f32), bool(args["causal"]))
+    e = np.max(np.abs(y - y_ref)) / np.max(np.abs(y_ref))
+    report = oracle.compare("attention.softmax_attention", attention_port, dtype="float32", vectors=d, cases="basic")
+    assert (e <= q32["bound"]) == report.passed
+    assert report.cases[0].quantities[-1].model == "plain float32 (stored)"
+    assert zipfile.is_zipfile(d / entry["file"])
+
+
+def test_v2_verify_catches_an_edited_bound(v2_dir, tmp_path):
+    import json
+    import shutil
+
+    d, _ = v2_dir
+    copy = tmp_path / "v2copy"
+    shutil.copytree(d, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["cases"][0]["low_precision"]["float32"]["y"]["bound"] *= 10
+    (copy / "manifest.json").write_text(json.dumps(m))
+    report = oracle.verify(copy)
+    assert not report.ok and "differ from the manifest" in str(report)
+
+
+def test_version_1_still_written_and_read(tmp_path):
+    m = oracle.export(tmp_path, cases=V2_CASES[:2], format_version=1)
+    assert m["format_version"] == 1 and "low_precision" not in m["cases"][0]
+    assert oracle.verify(tmp_path).ok
+    report = oracle.compare("attention.softmax_attention", attention_port, dtype="float32", vectors=tmp_path, cases="basic")
+    assert report.passed and report.cases[0].quantities[-1].model == "plain float32"
+    with pytest.raises(ValueError, match="format_version"):
+        oracle.export(tmp_path, cases=V2_CASES[:1], format_version=3)
+
+
+def test_public_names_of_the_tiers():
+    assert oracle.TIERS == TIERS and oracle.round_to is round_to
+    assert [oracle.tier_eps(t) for t in ("float32", "bfloat16")] == [2.0 ** -23, 2.0 ** -7]
+    assert oracle.plain_functions() == ["attention.softmax_attention", "iir.sos_filter", "random_features.linear_attention",
+                                        "ssm.selective_scan"]
