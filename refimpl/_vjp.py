@@ -62,10 +62,14 @@ def _reduce_to(g: np.ndarray, shape: tuple) -> np.ndarray:
     return np.ascontiguousarray(g.reshape(shape))
 
 
-def _check_dy(dy, shape: tuple, what: str) -> np.ndarray:
+def _check_dy(dy, shape: tuple, what: str, source: str) -> np.ndarray:
+    # ``source`` names the arguments that set the expected shape: when one of them has the wrong
+    # shape, the mismatch surfaces here, so the message must point at them as well as at dy
     dy = as_real_array(dy, "dy")
     if dy.shape != tuple(shape):
-        raise ValueError(f"dy: expected the shape of the output {what} = {tuple(shape)}, got shape {dy.shape}")
+        raise ValueError(
+            f"dy: expected the shape of the output {what} = {tuple(shape)} ({source}), got shape {dy.shape}"
+        )
     return dy
 
 
@@ -83,7 +87,8 @@ def _softmax_setup(q, k, v, dy, mask, causal, scale):
     if mask is not None:
         batch = np.broadcast_shapes(batch, mask.shape[:-2])
     c = _scale(scale, q.shape[-1])
-    dy = _check_dy(dy, (*batch, n, v.shape[-1]), "(..., N, dv)")
+    dy = _check_dy(dy, (*batch, n, v.shape[-1]), "(..., N, dv)",
+                   "batch shape from q, k, v and mask, N from q, dv from v")
     return q, k, v, dy, mask, bool(causal), c, batch
 
 
@@ -220,7 +225,8 @@ def _linear_setup(q, k, v, dy, causal):
     from .random_features import _check_qkv, elu_plus_one
 
     q, k, v, batch = _check_qkv(q, k, v, causal)
-    dy = _check_dy(dy, (*batch, q.shape[-2], v.shape[-1]), "(..., N, dv)")
+    dy = _check_dy(dy, (*batch, q.shape[-2], v.shape[-1]), "(..., N, dv)",
+                   "batch shape from q, k and v, N from q, dv from v")
     return q, k, v, dy, bool(causal), batch, elu_plus_one
 
 
@@ -404,7 +410,7 @@ def _selective_setup(u, delta, A, B, C, D, dy, discretization):
 
     shapes = {"u": np.shape(u), "delta": np.shape(delta), "B": np.shape(B), "C": np.shape(C)}
     u, delta, A, B, C, Dv = _check_selective(u, delta, A, B, C, D, discretization)
-    dy = _check_dy(dy, u.shape, "(..., L, d_in)")
+    dy = _check_dy(dy, u.shape, "(..., L, d_in)", "the shape of u, which delta, B and C broadcast to")
     return u, delta, A, B, C, Dv, dy, shapes
 
 

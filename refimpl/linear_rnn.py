@@ -471,14 +471,24 @@ def gated_linear_attention_parallel(q, k, v, log_g, *, scale=None):
 
 def _retention_setup(q, k, v, gamma):
     q, k, v = _check_qkv(q, k, v)
-    if q.ndim < 3:
-        raise ValueError(f"q: expected shape (..., H, L, Dk) with a head axis, got shape {q.shape}")
+    for arr, name, what in ((q, "q", "(..., H, L, Dk)"), (k, "k", "(..., H, L, Dk)"), (v, "v", "(..., H, L, Dv)")):
+        if arr.ndim < 3:
+            raise ValueError(f"{name}: expected shape {what} with a head axis, got shape {arr.shape}")
     gam = as_real_array(gamma, "gamma", ndim=1)
     H = q.shape[-3]
     if gam.shape != (H,):
         raise ValueError(f"gamma: expected one decay per head, shape ({H},) (the head axis of q), got shape {gam.shape}")
     if np.any(gam <= 0) or np.any(gam > 1):
         raise ValueError(f"gamma: expected decays in (0, 1], got range [{gam.min():.6g}, {gam.max():.6g}]")
+    # the head and batch axes (..., H) of q, k, v broadcast, or the first that does not is named
+    for arr, name in ((k, "k"), (v, "v")):
+        try:
+            np.broadcast_shapes(q.shape[:-2], k.shape[:-2], arr.shape[:-2])
+        except ValueError:
+            raise ValueError(
+                f"{name}: the head and batch axes (..., H) of q, k, v do not broadcast, "
+                f"got shapes {q.shape}, {k.shape}, {v.shape}"
+            ) from None
     return q, k, v, np.log(gam)
 
 
@@ -521,7 +531,7 @@ def retention(q, k, v, gamma, *, scale=None, chunk_size=64):
     ((2, 6, 3), True)
     """
     q, k, v, lg = _retention_setup(q, k, v, gamma)
-    log_g = np.broadcast_to(lg[:, None], k.shape[:-3] + (k.shape[-3], k.shape[-2]))
+    log_g = np.broadcast_to(lg[:, None], k.shape[:-3] + (lg.shape[0], k.shape[-2]))  # H from gamma (q's head axis)
     return gated_linear_attention(q, k, v, log_g, scale=scale, chunk_size=chunk_size)
 
 

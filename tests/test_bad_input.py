@@ -883,15 +883,7 @@ def _run_function(fname: str, seed: int, pos: int) -> list:
 #: Functions merged after this suite was written whose messages do not yet name the mutated argument
 #: (shape errors reported on a dependent argument, raw NumPy broadcast errors) or that raise
 #: IndexError: strict xfail, so that fixing them turns the mark into a failure to remove.
-KNOWN_DEFECTS = {
-    "attention.softmax_attention_vjp": "dy's shape error when q, k or v is mutated names only dy",
-    "attention.softmax_attention_vjp_loop": "dy's shape error when q, k or v is mutated names only dy",
-    "random_features.linear_attention_vjp": "dy's shape error when q, k or v is mutated names only dy",
-    "random_features.linear_attention_vjp_loop": "dy's shape error when q, k or v is mutated names only dy",
-    "ssm.selective_scan_vjp": "dy's shape error names only dy",
-    "ssm.selective_scan_vjp_loop": "dy's shape error names only dy",
-    "linear_rnn.retention": "raw NumPy broadcast errors for k; IndexError for rank-1 k",
-    "linear_rnn.retention_parallel": "raw NumPy broadcast errors for k, v",
+KNOWN_DEFECTS: dict = {
 }
 
 NAMES = sorted(FUNCTIONS)
