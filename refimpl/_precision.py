@@ -55,10 +55,11 @@ _ALIASES = {"fp64": "float64", "double": "float64", "fp32": "float32", "single":
             "fp16": "float16", "half": "float16", "tensorfloat32": "tf32"}
 
 
-def tier_name(dtype) -> str:
+def tier_name(dtype, name: str = "dtype") -> str:
     """The tier of ``dtype``: a name of :data:`TIERS` (or an alias such as ``"bf16"``) or a NumPy float dtype.
 
-    Raises ``ValueError`` naming ``dtype`` for anything else (integers, complex, unknown names).
+    Raises ``ValueError`` naming the argument (``name``) for anything else (integers, complex,
+    unknown names).
     """
     if isinstance(dtype, str):
         key = dtype.strip().lower()
@@ -71,7 +72,7 @@ def tier_name(dtype) -> str:
         dt = None
     if dt is not None and dt.name in ("float64", "float32", "float16"):
         return dt.name
-    raise ValueError(f"dtype: expected one of {', '.join(TIERS)} (or a NumPy float64/float32/float16 dtype), got {dtype!r}")
+    raise ValueError(f"{name}: expected one of {', '.join(TIERS)} (or a NumPy float64/float32/float16 dtype), got {dtype!r}")
 
 
 def eps(tier) -> float:
@@ -82,7 +83,7 @@ def eps(tier) -> float:
     >>> eps("bfloat16") == 2.0**-7, eps("tf32") == eps("float16") == 2.0**-10
     (True, True)
     """
-    return 2.0 ** -_FORMAT[tier_name(tier)][0]
+    return 2.0 ** -_FORMAT[tier_name(tier, "tier")][0]
 
 
 def carrier(tier):
@@ -130,8 +131,14 @@ def round_to(x, tier) -> np.ndarray:
     >>> float(round_to(70000.0, "float16"))  # beyond float16's largest finite number 65504
     inf
     """
-    tier = tier_name(tier)
+    tier = tier_name(tier, "tier")
+    if x is None:
+        raise TypeError("x: expected a real or complex array, got None")
     arr = np.asarray(x)
+    if arr.dtype.kind not in "biufc":
+        raise TypeError(f"x: expected a real or complex array, got dtype {arr.dtype}")
+    if arr.dtype.kind in "biu":
+        arr = arr.astype(np.float64)
     if arr.dtype.kind == "c":
         re, im = round_to(arr.real, tier), round_to(arr.imag, tier)
         ctype = np.complex128 if tier == "float64" else np.complex64

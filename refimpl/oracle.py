@@ -1217,6 +1217,8 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     function = _resolve_function(name)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed: expected an int >= 0, got {seed}")
     rng = np.random.default_rng(seed)
 
     def lead(b):

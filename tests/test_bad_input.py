@@ -498,6 +498,10 @@ VALID = {
     "oracle.compare": lambda r: dict(name="classical.lfm_pulse", fn=_lfm, dtype=np.float64, cases=[_case_name()],
                                      vectors=None),
     "oracle.citation_index": lambda r: dict(root=_small_repository()),
+    "oracle.plain_functions": lambda r: dict(),
+    "oracle.random_inputs": lambda r: dict(name="attention.softmax_attention", seed=0, N=5, M=7, d=3),
+    "oracle.round_to": lambda r: dict(x=r.normal(size=(3, 4)), tier="bfloat16"),
+    "oracle.tier_eps": lambda r: dict(tier="tf32"),
 }
 
 def _kalman_irregular(rng, N=6):
@@ -628,6 +632,7 @@ NONFINITE_OK = {
     "linear_rnn.segsum": "inf",  # −inf above the diagonal: the log of an empty product's complement (documented)
     "lyapunov.isotropic_covariance": "inf",  # pushed-back lags of a decaying mode (documented)
     "lyapunov.isotropic_covariance_loop": "inf",
+    "oracle.round_to": "nan",  # rounding keeps NaN and ±inf, and overflows the tier's range to ±inf, as a kernel does
 }
 #: Arguments skipped entirely (with the reason): none may be skipped silently.
 SKIP_ARGS = {
