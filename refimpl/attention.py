@@ -47,7 +47,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ._blocking import per_block
-from ._validate import as_array, as_bool, as_positive_scalar, as_real_array, check_qk, check_qkv, guard_overflow
+from ._validate import as_array, as_bool, as_int, as_positive_scalar, as_real_array, check_qk, check_qkv, guard_overflow
 
 __all__ = [
     "softmax_attention",
@@ -726,7 +726,7 @@ def alibi_geometric_slopes(n_heads: int) -> np.ndarray:
     >>> np.log2(alibi_geometric_slopes(6)).tolist()  # H = 6: the 4-head slopes, then every other 8-head slope
     [-2.0, -4.0, -6.0, -8.0, -1.0, -3.0]
     """
-    n = _as_count(n_heads, "n_heads")
+    n = as_int(n_heads, "n_heads", 1)
     p = 1 << (n.bit_length() - 1)  # largest power of two <= H
 
     def geometric(h: int) -> np.ndarray:
@@ -737,27 +737,18 @@ def alibi_geometric_slopes(n_heads: int) -> np.ndarray:
     return np.concatenate([geometric(p), geometric(2 * p)[0::2][: n - p]])
 
 
-def _as_count(x, name: str) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-        raise TypeError(f"{name}: expected an integer, got {type(x).__name__}")
-    if x < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {x}")
-    return int(x)
-
-
 def _check_biased(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes):
     """Validate the inputs of a windowed/ALiBi call; return them with the allowed set and the bias."""
     q, k, v, batch = _check_qkv(q, k, v)
     n, m = q.shape[-2], k.shape[-2]
     mask = _check_mask(mask, causal, batch, n, m)
-    if not isinstance(return_weights, (bool, np.bool_)):
-        raise TypeError(f"return_weights: expected a bool, got {type(return_weights).__name__}")
+    as_bool(return_weights, "return_weights")
     lag = np.abs(np.arange(n)[:, None] - np.arange(m)[None, :])  # |i − j|
     allowed = np.ones((n, m), dtype=bool) if mask is None else mask
     if causal:
         allowed = allowed & (np.arange(m)[None, :] <= np.arange(n)[:, None])
     if window is not None:
-        w = _as_count(window, "window")
+        w = as_int(window, "window", 1)
         allowed = allowed & (lag < w)
         empty = ~allowed.any(axis=-1)
         if np.any(empty):
@@ -824,10 +815,9 @@ def _softmax_biased_loop(q, k, v, mask, causal, scale, return_weights, window, a
 def _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse):
     q, k, v, batch = _check_qkv(q, k, v)
     _check_mask(None, causal, batch, q.shape[-2], k.shape[-2])  # validates ``causal``
-    bq = _as_count(block_q, "block_q")
-    bk = _as_count(block_k, "block_k")
-    if not isinstance(return_lse, (bool, np.bool_)):
-        raise TypeError(f"return_lse: expected a bool, got {type(return_lse).__name__}")
+    bq = as_int(block_q, "block_q", 1)
+    bk = as_int(block_k, "block_k", 1)
+    as_bool(return_lse, "return_lse")
     return q * _scale(scale, q.shape[-1]), k, v, batch, bq, bk
 
 

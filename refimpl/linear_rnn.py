@@ -86,7 +86,8 @@ import math
 import numpy as np
 
 from ._scan import linear_scan
-from ._validate import as_int, as_positive_scalar, as_real_array, guard_overflow
+from ._validate import as_bool, as_int, as_positive_scalar, as_real_array, guard_overflow
+from .attention import _scale  # scale = 1/√Dk unless given, as in softmax attention
 
 __all__ = [
     "ssd",
@@ -140,18 +141,6 @@ def _batch(pairs) -> tuple:
         except ValueError:
             raise ValueError(f"{name}: batch axes {b} do not broadcast with the others {shape}") from None
     return shape
-
-
-def _bool(x, name: str) -> bool:
-    if not isinstance(x, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
-    return bool(x)
-
-
-def _scale(scale, d: int) -> float:
-    if scale is None:
-        return 1.0 / math.sqrt(d) if d > 0 else 1.0
-    return as_positive_scalar(scale, "scale", strict=False)
 
 
 def _check_qkv(q, k, v):
@@ -342,7 +331,7 @@ def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states):
     L, dk = q.shape[-2:]
     g, per_channel = _check_log_g(log_g, L, dk, k.ndim)
     c = _check_chunk(chunk_size)
-    _bool(return_chunk_states, "return_chunk_states")
+    as_bool(return_chunk_states, "return_chunk_states")
     if not per_channel:
         g = g[..., None]
     batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2]), ("log_g", g.shape[:-2])])
@@ -620,7 +609,7 @@ def _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states):
         if D.shape != (H,):
             raise ValueError(f"D: expected one skip weight per head, shape ({H},), got shape {D.shape}")
     c = _check_chunk(chunk_size)
-    _bool(return_chunk_states, "return_chunk_states")
+    as_bool(return_chunk_states, "return_chunk_states")
     batch = _batch([("x", x.shape[:-3]), ("dt", dt.shape[:-2]), ("B", B.shape[:-3]), ("C", C.shape[:-3])])
     x = np.broadcast_to(x, batch + x.shape[-3:])
     dt = np.broadcast_to(dt, batch + dt.shape[-2:])
@@ -760,7 +749,7 @@ def ssd_quadratic(x, dt, A, B, C, D=None, *, return_matrix=False):
     True
     """
     x, dt, A, B, C, D, _ = _check_ssd(x, dt, A, B, C, D, 1, False)
-    _bool(return_matrix, "return_matrix")
+    as_bool(return_matrix, "return_matrix")
     decay = np.exp(_segsum(dt * A[:, None]))  # e^{Σ_{s<r≤t} A Δ_r}; 0 above the diagonal
     M = (C @ np.swapaxes(B, -1, -2)) * decay * dt[..., None, :]  # M_ts = (C_t·B_s) e^{A seg} Δ_s
     y = M @ x
@@ -796,7 +785,7 @@ def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states):
     else:
         g, _ = _check_log_g(log_g, L, dk, k.ndim, allow_channel=False)
     c = _check_chunk(chunk_size)
-    _bool(return_chunk_states, "return_chunk_states")
+    as_bool(return_chunk_states, "return_chunk_states")
     batch = _batch(
         [("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2]), ("beta", b.shape[:-1]), ("log_g", g.shape[:-1])]
     )

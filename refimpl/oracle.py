@@ -110,6 +110,7 @@ from ._lowprec import PLAIN
 from ._precision import TIERS, ladder, round_to, store, tier_name
 from ._precision import eps as tier_eps
 from ._testing import PLAIN_ULPS, RATIO_RULE_FACTOR, low_precision_verdict, max_abs_error, rel_error
+from ._validate import as_bool
 from ._vectors import read_npz, sha256, write_npz
 
 __all__ = [
@@ -337,8 +338,7 @@ def export(directory, *, cases=None, quiet: bool = True, format_version: int = F
     """
     if not isinstance(directory, (str, Path)) and not hasattr(directory, "__fspath__"):
         raise TypeError(f"directory: expected a path (str or os.PathLike), got {type(directory).__name__}")
-    if not isinstance(quiet, (bool, np.bool_)):
-        raise TypeError(f"quiet: expected a bool (True or False), got {type(quiet).__name__} {quiet!r}")
+    as_bool(quiet, "quiet")
     if format_version not in SUPPORTED_VERSIONS:
         raise ValueError(f"format_version: expected one of {SUPPORTED_VERSIONS}, got {format_version!r}")
     directory = Path(directory)
@@ -502,8 +502,7 @@ def load_case(directory, name: str, *, check_sha: bool = True) -> GoldenCase:
     if not isinstance(directory, (str, Path)) and not hasattr(directory, "__fspath__"):
         raise TypeError(f"directory: expected a path (str or os.PathLike), got {type(directory).__name__}")
     directory = Path(directory)
-    if not isinstance(check_sha, (bool, np.bool_)):
-        raise TypeError(f"check_sha: expected a bool (True or False), got {type(check_sha).__name__} {check_sha!r}")
+    as_bool(check_sha, "check_sha")
     manifest = _read_manifest(directory)
     entries = {e["name"]: e for e in manifest["cases"]}
     if name not in entries:
@@ -814,10 +813,6 @@ class CompareReport:
     __str__ = table
 
 
-def _dtype_name(dtype) -> str:
-    return tier_name(dtype)  # ValueError naming ``dtype`` for anything else
-
-
 def _round(x, dtype: str):
     """Round a value to the storage of tier ``dtype`` (complex part-wise; tf32 stores float32;
     bfloat16 is carried in float32, complex float16 in complex64)."""
@@ -1099,7 +1094,7 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
     function = _resolve_function(name)
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    dt = _dtype_name(dtype)
+    dt = tier_name(dtype)  # ValueError naming ``dtype`` for anything else
     if inputs is not None:
         if cases is not None or vectors is not None:
             raise ValueError("inputs: give either inputs or cases/vectors, not both")
@@ -1174,8 +1169,7 @@ def _sizes(name: str, sizes: dict, known: dict) -> dict:
     out = {**known, **sizes}
     for k, v in out.items():
         if isinstance(known[k], bool):
-            if not isinstance(v, (bool, np.bool_)):
-                raise TypeError(f"{k}: expected a bool, got {type(v).__name__}")
+            as_bool(v, k)
         elif isinstance(known[k], int):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if known[k] == 0 else 1):
                 raise ValueError(f"{k}: expected a positive int, got {v!r}")
