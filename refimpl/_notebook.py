@@ -44,3 +44,70 @@ def check(what: str, actual, desired, rtol: float) -> None:
 def fmt(x, digits: int = 4) -> str:
     """A float rounded for printing in a stored output."""
     return f"{float(x):.{digits}g}"
+
+
+def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3) -> dict:
+    """Measure time and peak memory of ``fn`` at a few sizes and extrapolate to ``N = target``.
+
+    For each ``n`` in ``sizes`` the call ``fn(*args, **kwargs)`` with ``(args, kwargs) =
+    make_args(n)`` is timed (best of ``repeat``) and its peak of newly allocated memory is
+    measured with ``tracemalloc`` (NumPy reports its buffers to it; the inputs, made before the
+    measurement, are not counted). Both are fitted by least squares on logs, ``t = c_t n^p_t``
+    and ``m = c_m n^p_m``, and evaluated at ``target``. The fit is the chapters' "measured
+    constants": the exponents say how the cost grows, the constants belong to this machine,
+    so a cell printing them carries ``# NBVAL_IGNORE_OUTPUT``.
+
+    Returns a dict with ``sizes``, ``times`` (s), ``peaks`` (bytes), ``time_exponent``,
+    ``memory_exponent``, ``time_at_target`` (s), ``memory_at_target`` (bytes) and ``target``.
+    """
+    import time
+    import tracemalloc
+
+    sizes = [int(n) for n in sizes]
+    if len(sizes) < 2 or len(set(sizes)) < 2:
+        raise ValueError("sizes: need at least two distinct sizes to fit a power law")
+    times, peaks = [], []
+    for n in sizes:
+        args, kwargs = make_args(n)
+        best = np.inf
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn(*args, **kwargs)
+            best = min(best, time.perf_counter() - t0)
+        tracemalloc.start()
+        try:
+            fn(*args, **kwargs)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        times.append(best)
+        peaks.append(max(peak, 1))
+    logn = np.log(sizes)
+    pt, lt = np.polyfit(logn, np.log(times), 1)
+    pm, lm = np.polyfit(logn, np.log(peaks), 1)
+    return {
+        "sizes": sizes,
+        "times": times,
+        "peaks": peaks,
+        "time_exponent": float(pt),
+        "memory_exponent": float(pm),
+        "time_at_target": float(np.exp(lt + pt * np.log(target))),
+        "memory_at_target": float(np.exp(lm + pm * np.log(target))),
+        "target": int(target),
+    }
+
+
+def print_cost(name: str, cost: dict) -> None:
+    """Print :func:`cost_at_scale`'s measurements and its extrapolation as a small table."""
+
+    def _bytes(b: float) -> str:
+        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if b < 1024 or unit == "TiB":
+                return f"{b:.3g} {unit}"
+            b /= 1024
+        return f"{b:.3g} TiB"  # pragma: no cover
+
+    print(f"{name}: time ~ N^{cost['time_exponent']:.2f}, memory ~ N^{cost['memory_exponent']:.2f}")
+    for n, t, m in zip(cost["sizes"], cost["times"], cost["peaks"]):
+        print(f"  N = {n:>9,d}: {t * 1e3:10.2f} ms  {_bytes(m):>10}")
+    print(f"  N = {cost['target']:>9,d}: {cost['time_at_target']:10.3g} s   {_bytes(cost['memory_at_target']):>10}  (extrapolated)")

@@ -1,0 +1,22 @@
+"""The chapters' cost helper: fits a power law to measured time and memory and extrapolates."""
+
+import numpy as np
+import pytest
+
+from refimpl._notebook import cost_at_scale, print_cost
+
+
+def test_cost_at_scale_recovers_linear_memory_and_extrapolates(capsys):
+    # np.ones(n) allocates exactly 8n bytes: the memory fit must find exponent 1 and 8 MB at 10^6.
+    cost = cost_at_scale(np.ones, lambda n: ((n,), {}), [10_000, 40_000, 160_000], repeat=1)
+    assert abs(cost["memory_exponent"] - 1.0) < 0.05
+    assert cost["memory_at_target"] == pytest.approx(8e6, rel=0.1)
+    assert cost["time_at_target"] > 0 and cost["target"] == 10**6
+    print_cost("ones", cost)
+    out = capsys.readouterr().out
+    assert "N = 1,000,000" in out and "extrapolated" in out
+
+
+def test_cost_at_scale_needs_two_sizes():
+    with pytest.raises(ValueError, match="sizes"):
+        cost_at_scale(np.ones, lambda n: ((n,), {}), [100, 100])
