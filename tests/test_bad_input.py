@@ -161,11 +161,10 @@ def _lfm(**kw):
 def _exported() -> str:
     """A directory holding one exported golden case (written once per session)."""
     if not _EXPORTED:
-        import tempfile
 
         from refimpl import oracle
 
-        d = tempfile.mkdtemp(prefix="refimpl-bad-input-")
+        d = _tempdir("refimpl-bad-input-")
         oracle.export(d, cases=[_case_name()])
         _EXPORTED.append(d)
     return _EXPORTED[0]
@@ -175,9 +174,8 @@ def _small_repository() -> str:
     """A stand-in repository for ``citation_index``: one chapter, one module, one test file."""
     import json
     import pathlib
-    import tempfile
 
-    root = pathlib.Path(tempfile.mkdtemp(prefix="refimpl-bad-input-repo-"))
+    root = pathlib.Path(_tempdir("refimpl-bad-input-repo-"))
     for sub in ("notebooks", "refimpl", "tests"):
         (root / sub).mkdir()
     cell = {"cell_type": "markdown", "metadata": {}, "source": ["$$ y = x \\tag{5.1} $$"]}
@@ -189,9 +187,18 @@ def _small_repository() -> str:
 
 
 def _export_dir() -> str:
+    return _tempdir("refimpl-bad-input-export-")
+
+
+def _tempdir(prefix: str) -> str:
+    """A temporary directory removed when the test process exits (builders run outside fixtures)."""
+    import atexit
+    import shutil
     import tempfile
 
-    return tempfile.mkdtemp(prefix="refimpl-bad-input-export-")
+    d = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return d
 
 
 VALID = {
