@@ -161,7 +161,6 @@ def _lfm(**kw):
 def _exported() -> str:
     """A directory holding one exported golden case (written once per session)."""
     if not _EXPORTED:
-
         from refimpl import oracle
 
         d = _tempdir("refimpl-bad-input-")
