@@ -725,8 +725,13 @@ def sphinx_settings(book: dict[str, Any], built: datetime.datetime) -> dict[str,
             "home_page_in_toc": True,
             "show_toc_level": 2,
             "navigation_with_keys": False,
+            "navbar_persistent": [],  # no search field in the (hidden) top navbar either
             "extra_footer": f"<p>refimpl {__version__} · built {stamp}</p>",
         },
+        # One search entry point: the theme puts a search field in the sidebar AND a search button
+        # in every page header (both open the same dialog); keep the header's, which is also there
+        # when the sidebar is collapsed on narrow screens.
+        "html_sidebars": {"**": ["navbar-logo.html", "icon-links.html", "sbt-sidebar-nav.html"]},
         "html_sourcelink_suffix": "",  # the download button serves the chapter's .ipynb
         "html_last_updated_fmt": "%Y-%m-%d",
         "html_copy_source": True,

@@ -360,6 +360,9 @@ def test_build_writes_pages_and_local_mathjax(tiny_build: dict[str, Any]) -> Non
     pages = {path.name for path in out.glob("*.html")}
     assert {"01-first.html", "02-second.html", "index.html", "search.html", "bibliography.html"} <= pages
     assert (out / "searchindex.js").is_file()
+    first = (out / "01-first.html").read_text(encoding="utf-8")
+    # one search entry point per page (the header's button), not a second field in the sidebar
+    assert first.count("search-button__button") == 1, "exactly one search control on a page"
     assert (out / "_static/mathjax/MathJax.js").is_file()
     assert (out / "_static/mathjax/fonts/HTML-CSS/STIX-Web/woff").is_dir()
     offline = out / "_static/mathjax/config/local/offline.js"
