@@ -1,8 +1,10 @@
 r"""Vector–Jacobian products (the backward pass) of softmax attention, linear attention, the selective scan and the linear recurrences of chapter 16.
 
 The public names are re-exported by the modules of the forward functions:
-:func:`refimpl.attention.softmax_attention_vjp`, :func:`refimpl.random_features.linear_attention_vjp`
-and :func:`refimpl.ssm.selective_scan_vjp` (each with a ``_loop`` twin of the same signature).
+:func:`refimpl.attention.softmax_attention_vjp`, :func:`refimpl.random_features.linear_attention_vjp`,
+:func:`refimpl.ssm.selective_scan_vjp`, and :func:`refimpl.linear_rnn.ssd_vjp`,
+:func:`~refimpl.linear_rnn.gated_linear_attention_vjp`, :func:`~refimpl.linear_rnn.retention_vjp`,
+:func:`~refimpl.linear_rnn.delta_rule_vjp` (chapter 16), each with a ``_loop`` twin of the same signature.
 
 A vector–Jacobian product of ``y = f(x)`` takes the cotangent ``dy = ∂ℓ/∂y`` of a scalar loss ℓ
 and returns ``dx = (∂y/∂x)^T dy = ∂ℓ/∂x``: exactly what a kernel's backward pass computes. Every
@@ -16,7 +18,10 @@ Glossary (code name → symbol)
 ``Drow``     D_i = Σ_j dO_ij O_ij = rowsum(dO ∘ O) (Dao et al. 2022, Appendix B.2 and Alg. 4).
 ``dS``       ∂ℓ/∂S = P ∘ (dP − D) (Dao et al. 2022, Appendix B.2).
 ``G``        [dnum, dden]: the cotangents of the numerator and normalizer of Eq. (12.2).
-``lam``      λ_t = ∂ℓ/∂h_t, the adjoint state of the selective scan (reverse-time scan).
+``lam``      λ_t = ∂ℓ/∂h_t, the adjoint state of the selective scan (reverse-time scan); in
+             chapter 16 Λ_t = ∂ℓ/∂S_t, the adjoint of the matrix state (Eq. (16.17)).
+``R``        the adjoint arriving at a chunk's end from the later chunks (chunked backward passes).
+``dSe``      the delta rule's adjoint of the state leaving each chunk (Eq. (16.20)).
 
 References
 ----------
@@ -28,6 +33,11 @@ References
        COLM 2024, §3.3 (the backward pass recomputes the states) and Alg. 2.
 .. [4] L. S. Pontryagin et al., "The mathematical theory of optimal processes", 1962 (the adjoint
        equation); A. Griewank, A. Walther, "Evaluating derivatives", SIAM 2008, §3 (reverse mode).
+.. [5] S. Yang, B. Wang, Y. Shen, R. Panda, Y. Kim, "Gated linear attention transformers with
+       hardware-efficient training", ICML 2024, §4 (chunkwise backward; log-gate gradient as a
+       reverse cumulative sum); S. Yang et al., "Parallelizing linear transformers with the delta
+       rule over sequence length", NeurIPS 2024, §3 (WY/UT form); T. Dao, A. Gu, "Transformers are
+       SSMs" (Mamba-2), ICML 2024, §6.
 """
 
 from __future__ import annotations
@@ -786,8 +796,8 @@ def gated_linear_attention_vjp(q, k, v, log_g, dy, *, scale=None, chunk_size=64)
     r"""Backward pass of :func:`refimpl.linear_rnn.gated_linear_attention`: ``dq, dk, dv, dlog_g``.
 
     The vector–Jacobian product of Eqs. (16.2)–(16.5) of the book, by the adjoint filter
-    (16.17)–(16.19) run chunk by chunk (Yang et al. 2024, GLA, §4 and Appendix: the backward pass
-    of the chunkwise form; the log-gate gradient as a reverse cumulative sum).
+    (16.17)–(16.19) run chunk by chunk (Yang et al. 2024, GLA, §4: the chunkwise form; its
+    log-gate gradient is a reverse cumulative sum).
 
     Parameters
     ----------
@@ -994,9 +1004,8 @@ def _ssd_vjp_result(x, dt, A, Dv, dy, dx, ddt, dBh, dCh, rho, shapes) -> dict:
 def ssd_vjp(x, dt, A, B, C, D, dy, *, chunk_size=64) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.ssd` (Mamba-2): the gradients of all six inputs.
 
-    The vector–Jacobian product of Eqs. (16.7)–(16.8) of the book (Dao & Gu 2024, Mamba-2, §6
-    and §8: the SSD layer's backward pass runs the same chunked algorithm on the transposed
-    semiseparable matrix).
+    The vector–Jacobian product of Eqs. (16.7)–(16.8) of the book (Dao & Gu 2024, Mamba-2, §6:
+    the backward pass runs the same chunked algorithm on the transposed semiseparable matrix).
 
     Parameters
     ----------
@@ -1128,7 +1137,7 @@ def _delta_vjp_result(dq, dk, dv, db, dg, cs, shapes) -> dict:
 
 
 def _delta_vjp_core(q, k, v, beta, logg, dy, c: int):
-    """Chunked backward pass of the delta rule through the UT transform (16.11)-(16.12), Eqs. (16.20)-(16.21).
+    """Chunked backward pass of the delta rule through the UT transform (16.11)-(16.12), Eqs. (16.20)-(16.21) of the book.
 
     Per chunk the forward map is (with S_0 the entering state, γ, Γ the in-chunk decays)
     ``M = I + tril(diag(β)(Γ ⊙ K Kᵀ), −1)``, ``[W, Ũ] = M⁻¹ [diag(βγ) K, diag(β) V]``,
@@ -1241,8 +1250,8 @@ def delta_rule_vjp(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64) 
     r"""Backward pass of :func:`refimpl.linear_rnn.delta_rule` (DeltaNet; Gated DeltaNet with ``log_g``).
 
     The vector–Jacobian product of Eqs. (16.9)–(16.12) of the book, by the adjoint recurrence
-    (16.20) run chunk by chunk through the UT transform (16.21) (Yang et al. 2024, DeltaNet,
-    §3.3 and Appendix: the backward pass of the chunkwise WY form).
+    (16.20) run chunk by chunk through the UT transform (16.11) (Yang et al. 2024, DeltaNet, §3:
+    the chunkwise WY form, here differentiated in reverse mode).
 
     Parameters
     ----------
