@@ -927,7 +927,10 @@ def retention_vjp(q, k, v, gamma, dy, *, scale=None, chunk_size=64) -> dict:
 
 @guard_overflow()
 def retention_vjp_loop(q, k, v, gamma, dy, *, scale=None, chunk_size=64) -> dict:
-    """Loop twin of :func:`retention_vjp`: ``S_n = γ S_{n−1} + v_n k_nᵀ`` forwards, ``Λ_n = dy_n q̃_nᵀ + γ Λ_{n+1}`` backwards.
+    """Loop twin of :func:`retention_vjp`: the recurrence forwards, its adjoint backwards.
+
+    ``S_n = γ S_{n−1} + v_n k_nᵀ`` storing every state, then ``Λ_n = dy_n q̃_nᵀ + γ Λ_{n+1}`` from
+    n = L−1 down to 0; ``chunk_size`` is validated only.
 
     Examples
     --------
@@ -1137,7 +1140,7 @@ def _delta_vjp_result(dq, dk, dv, db, dg, cs, shapes) -> dict:
 
 
 def _delta_vjp_core(q, k, v, beta, logg, dy, c: int):
-    """Chunked backward pass of the delta rule through the UT transform (16.11)-(16.12), Eqs. (16.20)-(16.21) of the book.
+    """Chunked backward pass of the delta rule through the UT transform (16.11)-(16.12): Eqs. (16.20)-(16.21).
 
     Per chunk the forward map is (with S_0 the entering state, γ, Γ the in-chunk decays)
     ``M = I + tril(diag(β)(Γ ⊙ K Kᵀ), −1)``, ``[W, Ũ] = M⁻¹ [diag(βγ) K, diag(β) V]``,
@@ -1284,7 +1287,7 @@ def delta_rule_vjp(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64) 
 
     Vectorized: per chunk the forward map is the UT/WY form (16.11)–(16.12), whose chunk
     transition ``S_0 ↦ S_0 (γ_end I − Wᵀ diag(Γ_end) K)`` is passed forwards and its transpose
-    backwards across the L/c chunks; everything else is reverse mode through (16.12) and the
+    backwards across the L/c chunks (16.21); everything else is reverse mode through (16.12) and the
     unit triangular solve (16.11) for all chunks at once — products of (c, c) and (c, d)
     matrices and one more LU solve with Mᵀ per chunk. Twin: :func:`delta_rule_vjp_loop`.
 
