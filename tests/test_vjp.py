@@ -18,6 +18,8 @@ Oracles, each independent of the code under test:
 
 Tolerances: complex step 1e-10 norm-wise (the task asks ≤ 1e-8; the measured errors are ~1e-14),
 loop twins SELF = 1e-10.
+Chapter 16's VJPs: complex step CSTEP_REC = 1e-12, central differences of refimpl's own forwards
+FD_REC = 1e-8 (relative to |g||e|), loop twins SELF = 1e-10.
 """
 
 from __future__ import annotations
