@@ -678,6 +678,7 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int):
     ``R_prev = R Diag(e^{cum_end}) + Σ_s dy_s (q_s ⊙ e^{cum_s})ᵀ``.
     """
     batch, (L, dk), dv, dg = q.shape[:-2], q.shape[-2:], v.shape[-1], logg.shape[-1]
+    c = max(1, min(c, L))  # the result does not depend on c: no chunk longer than the sequence
     qc, kc, vc, gc, yc = (_rec_chunks(a.reshape((-1,) + a.shape[-2:]), c) for a in (q, k, v, logg, dy))
     nb, nc = qc.shape[:2]
     cum = np.cumsum(gc, axis=-2)  # Σ_{r=start}^{t} log g_r
@@ -1152,6 +1153,7 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int):
     at once; the triangular solve's adjoint is ``d[W, Ũ]ᵀ ↦ M⁻ᵀ``, ``dM = −M⁻ᵀ d[W, Ũ] [W, Ũ]ᵀ``.
     """
     batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
+    c = max(1, min(c, L))  # the result does not depend on c: no chunk longer than the sequence
     flat = lambda a: a.reshape((-1,) + a.shape[len(batch):])  # noqa: E731
     qc, kc, vc, yc = (_rec_chunks(flat(a), c) for a in (q, k, v, dy))  # (nb, nc, c, ·), padding 0
     bc, gc = (_rec_chunks(flat(a)[..., None], c)[..., 0] for a in (beta, logg))  # (nb, nc, c), β = 0 on padding
