@@ -1,8 +1,10 @@
-r"""Vector–Jacobian products (the backward pass) of softmax attention, linear attention and the selective scan.
+r"""Vector–Jacobian products (the backward pass) of softmax attention, linear attention, the selective scan and the linear recurrences of chapter 16.
 
 The public names are re-exported by the modules of the forward functions:
-:func:`refimpl.attention.softmax_attention_vjp`, :func:`refimpl.random_features.linear_attention_vjp`
-and :func:`refimpl.ssm.selective_scan_vjp` (each with a ``_loop`` twin of the same signature).
+:func:`refimpl.attention.softmax_attention_vjp`, :func:`refimpl.random_features.linear_attention_vjp`,
+:func:`refimpl.ssm.selective_scan_vjp`, and :func:`refimpl.linear_rnn.ssd_vjp`,
+:func:`~refimpl.linear_rnn.gated_linear_attention_vjp`, :func:`~refimpl.linear_rnn.retention_vjp`,
+:func:`~refimpl.linear_rnn.delta_rule_vjp` (chapter 16), each with a ``_loop`` twin of the same signature.
 
 A vector–Jacobian product of ``y = f(x)`` takes the cotangent ``dy = ∂ℓ/∂y`` of a scalar loss ℓ
 and returns ``dx = (∂y/∂x)^T dy = ∂ℓ/∂x``: exactly what a kernel's backward pass computes. Every
@@ -16,7 +18,10 @@ Glossary (code name → symbol)
 ``Drow``     D_i = Σ_j dO_ij O_ij = rowsum(dO ∘ O) (Dao et al. 2022, Appendix B.2 and Alg. 4).
 ``dS``       ∂ℓ/∂S = P ∘ (dP − D) (Dao et al. 2022, Appendix B.2).
 ``G``        [dnum, dden]: the cotangents of the numerator and normalizer of Eq. (12.2).
-``lam``      λ_t = ∂ℓ/∂h_t, the adjoint state of the selective scan (reverse-time scan).
+``lam``      λ_t = ∂ℓ/∂h_t, the adjoint state of the selective scan (reverse-time scan); in
+             chapter 16 Λ_t = ∂ℓ/∂S_t, the adjoint of the matrix state (Eq. (16.17)).
+``R``        the adjoint arriving at a chunk's end from the later chunks (chunked backward passes).
+``dSe``      the delta rule's adjoint of the state leaving each chunk (Eq. (16.20)).
 
 References
 ----------
@@ -28,6 +33,11 @@ References
        COLM 2024, §3.3 (the backward pass recomputes the states) and Alg. 2.
 .. [4] L. S. Pontryagin et al., "The mathematical theory of optimal processes", 1962 (the adjoint
        equation); A. Griewank, A. Walther, "Evaluating derivatives", SIAM 2008, §3 (reverse mode).
+.. [5] S. Yang, B. Wang, Y. Shen, R. Panda, Y. Kim, "Gated linear attention transformers with
+       hardware-efficient training", ICML 2024, §4 (chunkwise backward; log-gate gradient as a
+       reverse cumulative sum); S. Yang et al., "Parallelizing linear transformers with the delta
+       rule over sequence length", NeurIPS 2024, §3 (WY/UT form); T. Dao, A. Gu, "Transformers are
+       SSMs" (Mamba-2), ICML 2024, §6.
 """
 
 from __future__ import annotations
@@ -582,3 +592,739 @@ def selective_scan_vjp_loop(u, delta, A, B, C, D, dy, *, discretization="mamba")
     if Dv is not None:
         du += Dv * dy
     return _selective_result(u, delta, A, B, C, Dv, dy, du, ddelta, dA, dB, dC, shapes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear recurrences of chapter 16: the adjoint filter
+# ---------------------------------------------------------------------------------------------
+#
+# Every layer of refimpl.linear_rnn is a linear recurrence on a matrix state, S_t = S_{t−1} F_t + (write)_t,
+# o_t = S_t q_t. The adjoint state Λ_t = ∂ℓ/∂S_t obeys Λ_t = dy_t q_tᵀ + Λ_{t+1} F_{t+1}ᵀ: the same
+# recurrence run backwards in time with the transposed transition (Eq. (16.17) of the book). The
+# vectorized forms below run it chunk by chunk, exactly as the forward chunked algorithms run S.
+
+# Bound on the elements of the (group, c, c[, Dk]) temporaries of the chunked backward passes.
+_REC_BLOCK = 1 << 18
+# Chunks of per-channel GLA whose decay stays above e^{-_REC_FACTOR_LOG} use the factored BLAS form.
+_REC_FACTOR_LOG = 30.0
+
+
+def _rec_chunks(x: np.ndarray, c: int, axis: int = -2) -> np.ndarray:
+    """Zero-pad the sequence ``axis`` to a multiple of ``c`` and split it into (n_chunks, c)."""
+    axis = axis % x.ndim
+    L = x.shape[axis]
+    nc = -(-L // c)
+    if nc * c != L:
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, nc * c - L)
+        x = np.pad(x, widths)
+    return x.reshape(x.shape[:axis] + (nc, c) + x.shape[axis + 1 :])
+
+
+def _rec_unchunk(x: np.ndarray, L: int, axis: int = -2) -> np.ndarray:
+    """Inverse of :func:`_rec_chunks`: merge (n_chunks, c) at ``axis - 1, axis`` and drop the padding."""
+    axis = axis % x.ndim
+    merged = x.reshape(x.shape[: axis - 1] + (x.shape[axis - 1] * x.shape[axis],) + x.shape[axis + 1 :])
+    return np.take(merged, np.arange(L), axis=axis - 1)
+
+
+def _rec_suffix(a: np.ndarray, axis: int, inclusive: bool) -> np.ndarray:
+    """Suffix sums ``Σ_{r≥s}`` (inclusive) or ``Σ_{r>s}`` along ``axis``, accumulated from the end."""
+    rev = np.flip(np.cumsum(np.flip(a, axis), axis), axis)
+    if inclusive:
+        return rev
+    out = np.zeros_like(a)
+    dst = [slice(None)] * a.ndim
+    src = [slice(None)] * a.ndim
+    dst[axis], src[axis] = slice(0, -1), slice(1, None)
+    out[tuple(dst)] = rev[tuple(src)]
+    return out
+
+
+def _rec_segsum(a: np.ndarray) -> np.ndarray:
+    """``seg[..., t, s] = Σ_{r=s+1}^{t} a_r`` for s ≤ t (each from its own start), −inf above (Eq. (16.4))."""
+    c = a.shape[-1]
+    seg = np.where(np.tri(c, c, -1, dtype=bool), a[..., :, None], 0.0)
+    seg = np.cumsum(seg, axis=-2)
+    return np.where(np.tri(c, c, 0, dtype=bool), seg, -np.inf)
+
+
+def _straddle(X: np.ndarray) -> np.ndarray:
+    """``D_r = Σ_{t≥r} Σ_{s<r} X[..., t, s]``: the entries of a (c, c) matrix that straddle step r.
+
+    The derivative of ``Σ X_ts seg[t, s]`` with respect to the log-gate ``a_r`` (which enters the
+    segment sums with s < r ≤ t)."""
+    Y = _rec_suffix(X, -2, inclusive=True)  # Σ_{t≥r} X[t, s]
+    return np.sum(np.where(np.tri(X.shape[-1], X.shape[-1], -1, dtype=bool), Y, 0.0), axis=-1)
+
+
+def _gla_vjp_core(q, k, v, logg, dy, c: int):
+    """Chunked backward pass of ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q_t`` (q scaled).
+
+    ``q, k`` (*b, L, Dk), ``v, dy`` (*b, L, Dv), ``logg`` (*b, L, Dk) or (*b, L, 1), one batch shape.
+    Returns ``dq, dk, dv, dlogg`` of the same shapes (dq with respect to the scaled q).
+
+    Per chunk (cum = in-chunk inclusive cumulative log-gate, to_end = the log-decay from a step to
+    the chunk's end), with ``S_in`` the state entering the chunk and ``R`` the adjoint arriving at
+    its end from later chunks (Eq. (16.18)):
+
+    * ``dq_t = e^{cum_t} ⊙ S_inᵀ dy_t + Σ_{s≤t} (dy_t·v_s) k_s ⊙ e^{seg[t,s]}``,
+    * ``dk_t = e^{to_end_t} ⊙ Rᵀ v_t + Σ_{s≥t} (dy_s·v_t) q_s ⊙ e^{seg[s,t]}``,
+    * ``dv_t = R (k_t ⊙ e^{to_end_t}) + Σ_{s≥t} (q_s·(k_t ⊙ e^{seg[s,t]})) dy_s``,
+    * ``dlog g_r = Σ_{t≥r in chunk} (q_t ⊙ dq_t − k_t ⊙ dk_t) + colsum(R ⊙ S_end)`` (Eq. (16.19)).
+
+    ``S`` passes forward and ``R`` backward from chunk to chunk (L/c short steps):
+    ``S_end = S_in Diag(e^{cum_end}) + Σ_s v_s (k_s ⊙ e^{to_end_s})ᵀ`` and
+    ``R_prev = R Diag(e^{cum_end}) + Σ_s dy_s (q_s ⊙ e^{cum_s})ᵀ``.
+    """
+    batch, (L, dk), dv, dg = q.shape[:-2], q.shape[-2:], v.shape[-1], logg.shape[-1]
+    c = max(1, min(c, L))  # the result does not depend on c: no chunk longer than the sequence
+    qc, kc, vc, gc, yc = (_rec_chunks(a.reshape((-1,) + a.shape[-2:]), c) for a in (q, k, v, logg, dy))
+    nb, nc = qc.shape[:2]
+    cum = np.cumsum(gc, axis=-2)  # Σ_{r=start}^{t} log g_r
+    to_end = _rec_suffix(gc, -2, inclusive=False)  # Σ_{r=t+1}^{end} log g_r
+    e_cum, e_end = np.exp(cum), np.exp(to_end)
+    total = e_cum[:, :, -1, :]  # the whole chunk's decay (nb, nc, Dg)
+    sT = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
+    kv = sT(vc) @ (kc * e_end)  # Σ_s v_s (k_s ⊙ e^{to_end_s})ᵀ, (nb, nc, Dv, Dk)
+    qy = sT(yc) @ (qc * e_cum)  # Σ_s dy_s (q_s ⊙ e^{cum_s})ᵀ
+    S_in = np.zeros_like(kv)
+    S_end = np.empty_like(kv)
+    S = np.zeros((nb, dv, dk))
+    for n in range(nc):  # forward state passing (16.5)
+        S_in[:, n] = S
+        S = S * total[:, n, None, :] + kv[:, n]
+        S_end[:, n] = S
+    R = np.zeros_like(kv)
+    lam = np.zeros((nb, dv, dk))
+    for n in range(nc - 1, -1, -1):  # adjoint passing, backwards in time: the transposed transition
+        R[:, n] = lam
+        lam = lam * total[:, n, None, :] + qy[:, n]
+    dq = e_cum * (yc @ S_in)  # inter-chunk: e^{cum_t} ⊙ S_inᵀ dy_t
+    dkk = e_end * (vc @ R)  # e^{to_end_t} ⊙ Rᵀ v_t
+    dvv = (kc * e_end) @ sT(R)  # R (k_t ⊙ e^{to_end_t})
+    lower = np.tri(c, c, 0, dtype=bool)
+    group = max(1, _REC_BLOCK // max(1, nb * c * c))
+    for g0 in range(0, nc, group):  # intra-chunk: the masked quadratic forms, a group of chunks at a time
+        sl = slice(g0, min(nc, g0 + group))
+        qg, kg, vg, yg, cg = qc[:, sl], kc[:, sl], vc[:, sl], yc[:, sl], cum[:, sl]
+        yv = np.where(lower, yg @ sT(vg), 0.0)  # (dy_t·v_s), s ≤ t
+        if dg == 1:  # per head: one (c, c) decay matrix e^{seg[t, s]}
+            E = np.exp(_rec_segsum(gc[:, sl, :, 0]))
+            M = yv * E  # M_ts = e^{seg[t,s]} (dy_t·v_s)
+            dq[:, sl] += M @ kg
+            dkk[:, sl] += sT(M) @ qg
+            dvv[:, sl] += sT(E * (qg @ sT(kg))) @ yg  # Aᵀ dy with A_ts = e^{seg[t,s]} q_t·k_s
+        else:
+            # per key channel: factor e^{seg_j[t,s]} = e^{cum_tj} e^{−cum_sj} where the chunk's decay stays
+            # above e^{−30} (as the forward pass does), the exact (c, c, Dk) segment sums elsewhere
+            eq = np.exp(cg)
+            ek = np.exp(-np.maximum(cg, -_REC_FACTOR_LOG))
+            iq = eq * (yv @ (kg * ek))
+            ik = ek * (sT(yv) @ (qg * eq))
+            A = np.where(lower, (qg * eq) @ sT(kg * ek), 0.0)
+            b_idx, n_idx = np.nonzero(cg.min(axis=(-2, -1)) < -_REC_FACTOR_LOG)
+            step = max(1, _REC_BLOCK // (c * c * dg))
+            for i0 in range(0, b_idx.size, step):  # these chunks: the exact terms replace the factored ones
+                bi, ni = b_idx[i0 : i0 + step], n_idx[i0 : i0 + step]
+                E = np.exp(np.moveaxis(_rec_segsum(sT(gc[:, sl][bi, ni])), -3, -1))  # (m, c, c, Dk)
+                Q, K, YV = qg[bi, ni], kg[bi, ni], yv[bi, ni]
+                iq[bi, ni] = np.einsum("mts,mtsj,msj->mtj", YV, E, K)
+                ik[bi, ni] = np.einsum("mts,mtsj,mtj->msj", YV, E, Q)
+                A[bi, ni] = np.einsum("mtj,msj,mtsj->mts", Q, K, E)
+            dq[:, sl] += iq
+            dkk[:, sl] += ik
+            dvv[:, sl] += sT(A) @ yg
+    dB = qc * dq - kc * dkk  # ∂ℓ/∂(cumulative log-gate) at step t
+    tail = np.sum(R * S_end, axis=-2)  # colsum(R ⊙ S_end): what later chunks owe the log-gates, (nb, nc, Dk)
+    if dg == 1:
+        dB = dB.sum(axis=-1, keepdims=True)
+        tail = tail.sum(axis=-1, keepdims=True)
+    dlogg = _rec_suffix(dB, -2, inclusive=True) + tail[:, :, None, :]
+    out = []
+    for a, last in ((dq, dk), (dkk, dk), (dvv, dv), (dlogg, dg)):
+        out.append(_rec_unchunk(a, L).reshape(batch + (L, last)))
+    return tuple(out)
+
+
+def _gla_vjp_setup(q, k, v, log_g, dy, scale, chunk_size):
+    from .attention import _scale
+    from .linear_rnn import _gla_setup
+
+    shapes = {"q": np.shape(q), "k": np.shape(k), "v": np.shape(v), "log_g": np.shape(log_g)}
+    qs, kb, vb, g, c = _gla_setup(q, k, v, log_g, scale, chunk_size, False)
+    cs = _scale(scale, qs.shape[-1])
+    dy = _check_dy(dy, qs.shape[:-1] + (vb.shape[-1],), "(..., L, Dv)",
+                   "batch shape from q, k, v and log_g, L from q, Dv from v")
+    return qs, kb, vb, g, dy, cs, c, shapes
+
+
+def _gla_vjp_result(dq, dk, dv, dg, cs, shapes) -> dict:
+    if len(shapes["log_g"]) == len(shapes["k"]) - 1:  # per-head gates: drop the channel axis
+        dg = dg[..., 0]
+    return {
+        "dq": _reduce_to(dq * cs, shapes["q"]),  # o_t = S_t (c q_t): ∂ℓ/∂q = c ∂ℓ/∂(c q)
+        "dk": _reduce_to(dk, shapes["k"]),
+        "dv": _reduce_to(dv, shapes["v"]),
+        "dlog_g": _reduce_to(dg, shapes["log_g"]),
+    }
+
+
+def _gla_vjp_loop_core(q, k, v, logg, dy):
+    """The forward recurrence storing every state, then the adjoint recurrence backwards in time."""
+    batch = q.shape[:-2]
+    L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
+    dq, dkk, dvv, dg = np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape), np.zeros(logg.shape)
+    for b in np.ndindex(*batch):
+        g = np.exp(logg[b])  # (L, Dk) or (L, 1)
+        S = [np.zeros((dv, dk))]  # S[t + 1] = S_t, S[0] = S_{−1} = 0
+        for t in range(L):
+            S.append(S[-1] * g[t][None, :] + np.outer(v[b][t], k[b][t]))  # S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ
+        lam = np.zeros((dv, dk))  # Λ_L = 0
+        for t in range(L - 1, -1, -1):
+            g_next = g[t + 1] if t + 1 < L else np.zeros(g.shape[-1])
+            lam = np.outer(dy[b][t], q[b][t]) + lam * g_next[None, :]  # Λ_t = dy_t q_tᵀ + Λ_{t+1} Diag(g_{t+1})
+            dq[b][t] = S[t + 1].T @ dy[b][t]  # ∂o_t/∂q_t = S_t
+            dkk[b][t] = lam.T @ v[b][t]  # ∂S_t/∂k_t: Λ_tᵀ v_t
+            dvv[b][t] = lam @ k[b][t]  # Λ_t k_t
+            per_channel = np.sum(lam * S[t], axis=0) * g[t]  # g_tj Σ_i Λ_t[i, j] S_{t−1}[i, j]
+            dg[b][t] = per_channel if g.shape[-1] > 1 else per_channel.sum()
+    return dq, dkk, dvv, dg
+
+
+@guard_overflow()
+def gated_linear_attention_vjp(q, k, v, log_g, dy, *, scale=None, chunk_size=64) -> dict:
+    r"""Backward pass of :func:`refimpl.linear_rnn.gated_linear_attention`: ``dq, dk, dv, dlog_g``.
+
+    The vector–Jacobian product of Eqs. (16.2)–(16.5) of the book, by the adjoint filter
+    (16.17)–(16.19) run chunk by chunk (Yang et al. 2024, GLA, §4: the chunkwise form; its
+    log-gate gradient is a reverse cumulative sum).
+
+    Parameters
+    ----------
+    q, k, v, log_g, scale, chunk_size
+        As in :func:`refimpl.linear_rnn.gated_linear_attention`: q, k (..., L, Dk), v (..., L, Dv),
+        log-gates ≤ 0 per key channel (..., L, Dk) or per head (..., L). ``scale`` is a constant,
+        not differentiated; the result does not depend on ``chunk_size``.
+    dy : array_like, shape (..., L, Dv)
+        The cotangent ∂ℓ/∂o, shape of the output (batch axes of q, k, v, log_g broadcast).
+
+    Returns
+    -------
+    grads : dict
+        ``{"dq", "dk", "dv", "dlog_g"}``, each of the shape of its input (summed over the axes
+        along which it was broadcast).
+
+    Notes
+    -----
+    Forward ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q̃_t`` (q̃ = scale · q). The loss
+    depends on ``S_t`` through ``o_t`` and ``S_{t+1}``, so the adjoint ``Λ_t = ∂ℓ/∂S_t`` is
+
+    .. math::  Λ_t = dy_t\, \tilde q_t^\top + Λ_{t+1}\, \mathrm{Diag}(g_{t+1}),\qquad Λ_{L} = 0,
+
+    the same gated recurrence with the roles of (v, k) taken by (dy, q̃), run backwards in time
+    with the transposed transition (a diagonal one here). Then ``dq̃_t = S_tᵀ dy_t``,
+    ``dk_t = Λ_tᵀ v_t``, ``dv_t = Λ_t k_t`` and ``dlog g_{t,j} = g_{t,j} Σ_i Λ_t[i,j] S_{t−1}[i,j]``.
+    Summed over the pairs (s < r ≤ t) whose decay contains ``g_r``, the last one equals
+    ``Σ_{t≥r} (q̃_t ⊙ dq̃_t − k_t ⊙ dk_t)``: a reverse cumulative sum (Yang et al. 2024).
+
+    Vectorized: the chunked form of both recurrences — the states S pass forward and the adjoints
+    Λ backward across chunk boundaries (L/c short steps), the intra-chunk terms are masked
+    (c, c) matrix products (per head), or factored products with an exact (c, c, Dk) fallback in
+    chunks that decay below e^{−30} (per channel), as in the forward pass. The log-gate gradient
+    is the reverse cumulative sum inside each chunk plus the exact boundary term
+    ``colsum(Λ ⊙ S)`` at the chunk's end, so its cancellation is confined to one chunk. Twin:
+    :func:`gated_linear_attention_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, dy = rng.normal(size=(4, 7, 3))
+    >>> log_g = np.log(rng.uniform(0.5, 1.0, size=(7, 3)))  # per key channel
+    >>> g = gated_linear_attention_vjp(q, k, v, log_g, dy, chunk_size=4)
+    >>> sorted(g), g["dlog_g"].shape
+    (['dk', 'dlog_g', 'dq', 'dv'], (7, 3))
+    >>> float(abs(g["dlog_g"][0]).max()) < 1e-15  # S_{-1} = 0: the first gate multiplies nothing
+    True
+    >>> gl = gated_linear_attention_vjp_loop(q, k, v, log_g, dy, chunk_size=4)
+    >>> all(np.linalg.norm(g[key] - gl[key]) <= 1e-12 * np.linalg.norm(gl[key]) for key in g)
+    True
+    """
+    qs, kb, vb, g, dy, cs, c, shapes = _gla_vjp_setup(q, k, v, log_g, dy, scale, chunk_size)
+    return _gla_vjp_result(*_gla_vjp_core(qs, kb, vb, g, dy, c), cs, shapes)
+
+
+@guard_overflow()
+def gated_linear_attention_vjp_loop(q, k, v, log_g, dy, *, scale=None, chunk_size=64) -> dict:
+    """Loop twin of :func:`gated_linear_attention_vjp`: the recurrence (16.2) forwards, its adjoint (16.17) backwards.
+
+    Stores every state ``S_t``, then runs ``Λ_t = dy_t q̃_tᵀ + Λ_{t+1} Diag(g_{t+1})`` from t = L−1
+    down to 0 and reads every gradient off ``S_t``, ``S_{t−1}`` and ``Λ_t`` (the log-gate gradient
+    in its state form ``g_t ⊙ colsum(Λ_t ⊙ S_{t−1})``). ``chunk_size`` is validated only.
+
+    Examples
+    --------
+    >>> q, k = np.ones((2, 1)), np.ones((2, 1))
+    >>> v, dy = np.array([[1.0], [0.0]]), np.array([[0.0], [1.0]])  # ℓ = o_1 = g_1 v_0 + v_1
+    >>> g = gated_linear_attention_vjp_loop(q, k, v, np.log([[1.0], [0.5]]), dy, scale=1.0)
+    >>> g["dv"].ravel().tolist(), g["dlog_g"].ravel().tolist()  # ∂ℓ/∂v_0 = g_1; ∂ℓ/∂log g_1 = g_1 v_0
+    ([0.5, 1.0], [0.0, 0.5])
+    """
+    qs, kb, vb, g, dy, cs, c, shapes = _gla_vjp_setup(q, k, v, log_g, dy, scale, chunk_size)
+    return _gla_vjp_result(*_gla_vjp_loop_core(qs, kb, vb, g, dy), cs, shapes)
+
+
+# ---- retention ------------------------------------------------------------------------------
+
+
+def _retention_vjp_setup(q, k, v, gamma):
+    from .linear_rnn import _retention_setup
+
+    q, k, v, lg = _retention_setup(q, k, v, gamma)
+    log_g = np.broadcast_to(lg[:, None], k.shape[:-3] + (lg.shape[0], k.shape[-2]))  # log γ_h at every step
+    return q, k, v, log_g, lg
+
+
+@guard_overflow()
+def retention_vjp(q, k, v, gamma, dy, *, scale=None, chunk_size=64) -> dict:
+    r"""Backward pass of :func:`refimpl.linear_rnn.retention`: ``dq, dk, dv`` (the decays γ are fixed).
+
+    The vector–Jacobian product of Eq. (16.6) of the book (Sun et al. 2023, RetNet): retention is
+    gated linear attention with the constant per-head log-gate ``log γ_h``, so its adjoint is
+    ``Λ_n = dy_n q̃_nᵀ + γ_h Λ_{n+1}`` — the same decay, run backwards in time (16.17).
+
+    Parameters
+    ----------
+    q, k, v, gamma, scale, chunk_size
+        As in :func:`refimpl.linear_rnn.retention`: q, k (..., H, L, Dk), v (..., H, L, Dv),
+        gamma (H,) in (0, 1] (a constant of the layer, not differentiated).
+    dy : array_like, shape (..., H, L, Dv)
+        The cotangent of the output.
+
+    Returns
+    -------
+    grads : dict
+        ``{"dq", "dk", "dv"}``, shapes of q, k, v.
+
+    Notes
+    -----
+    Computed by :func:`gated_linear_attention_vjp`'s chunked algorithm with per-head gates.
+    Twin: :func:`retention_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, dy = rng.normal(size=(4, 2, 6, 3))  # H = 2 heads, L = 6
+    >>> gamma = np.array([0.9, 0.5])
+    >>> g = retention_vjp(q, k, v, gamma, dy, chunk_size=4)
+    >>> gl = retention_vjp_loop(q, k, v, gamma, dy)
+    >>> sorted(g), all(np.allclose(g[key], gl[key], rtol=1e-12, atol=0) for key in g)
+    (['dk', 'dq', 'dv'], True)
+    """
+    q, k, v, log_g, _ = _retention_vjp_setup(q, k, v, gamma)
+    g = gated_linear_attention_vjp(q, k, v, log_g, dy, scale=scale, chunk_size=chunk_size)
+    return {"dq": g["dq"], "dk": g["dk"], "dv": g["dv"]}
+
+
+@guard_overflow()
+def retention_vjp_loop(q, k, v, gamma, dy, *, scale=None, chunk_size=64) -> dict:
+    """Loop twin of :func:`retention_vjp`: the recurrence forwards, its adjoint backwards.
+
+    ``S_n = γ S_{n−1} + v_n k_nᵀ`` storing every state, then ``Λ_n = dy_n q̃_nᵀ + γ Λ_{n+1}`` from
+    n = L−1 down to 0; ``chunk_size`` is validated only.
+
+    Examples
+    --------
+    >>> q = k = v = np.ones((1, 3, 1))  # one head, L = 3
+    >>> dy = np.array([[[0.0], [0.0], [1.0]]])  # ℓ = o_2 = Σ_n γ^{2−n} v_n
+    >>> retention_vjp_loop(q, k, v, np.array([0.5]), dy, scale=1.0)["dv"].ravel().tolist()
+    [0.25, 0.5, 1.0]
+    """
+    from .attention import _scale
+    from .linear_rnn import _batch, _check_chunk
+
+    q, k, v, _, lg = _retention_vjp_setup(q, k, v, gamma)
+    _check_chunk(chunk_size)
+    shapes = {"q": q.shape, "k": k.shape, "v": v.shape}
+    batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])])
+    cs = _scale(scale, q.shape[-1])
+    dy = _check_dy(dy, batch + (q.shape[-2], v.shape[-1]), "(..., H, L, Dv)",
+                   "batch and head axes from q, k and v, L from q, Dv from v")
+    qs, kb, vb = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q * cs, k, v))
+    L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
+    dq, dkk, dvv = np.zeros(qs.shape), np.zeros(kb.shape), np.zeros(vb.shape)
+    for b in np.ndindex(*batch):
+        gam = math.exp(lg[b[-1]])  # γ of this head (the head axis is the last batch axis)
+        S = [np.zeros((dv, dk))]
+        for n in range(L):
+            S.append(gam * S[-1] + np.outer(vb[b][n], kb[b][n]))  # S_n = γ S_{n−1} + v_n k_nᵀ
+        lam = np.zeros((dv, dk))  # Λ_L = 0
+        for n in range(L - 1, -1, -1):
+            lam = np.outer(dy[b][n], qs[b][n]) + gam * lam  # Λ_n = dy_n q̃_nᵀ + γ Λ_{n+1}
+            dq[b][n] = cs * (S[n + 1].T @ dy[b][n])
+            dkk[b][n] = lam.T @ vb[b][n]
+            dvv[b][n] = lam @ kb[b][n]
+    return {"dq": _reduce_to(dq, shapes["q"]), "dk": _reduce_to(dkk, shapes["k"]), "dv": _reduce_to(dvv, shapes["v"])}
+
+
+# ---- SSD (Mamba-2) ----------------------------------------------------------------------------
+
+
+def _ssd_vjp_setup(x, dt, A, B, C, D, dy, chunk_size):
+    from .linear_rnn import _check_ssd
+
+    shapes = {"x": np.shape(x), "dt": np.shape(dt), "B": np.shape(B), "C": np.shape(C)}
+    x, dt, A, Bh, Ch, Dv, c = _check_ssd(x, dt, A, B, C, D, chunk_size, False)
+    dy = _check_dy(dy, x.shape, "(..., H, L, P)", "the shape of x, which dt, B and C broadcast to")
+    return x, dt, A, Bh, Ch, Dv, dy, c, shapes
+
+
+def _ssd_vjp_result(x, dt, A, Dv, dy, dx, ddt, dBh, dCh, rho, shapes) -> dict:
+    """Finish SSD's gradients: the decay path (ρ = ∂ℓ/∂(Δ A)), the skip D, the sums over shared groups.
+
+    ``dx``, ``ddt`` (the input path Δ_t x_t B_tᵀ only), ``dBh``, ``dCh`` are per head (..., H, L, ·)."""
+    H = x.shape[-3]
+    G = shapes["B"][-3]
+
+    def group_sum(g):  # head h reads group h // (H/G): its gradient is summed over the heads of a group
+        return g.reshape(g.shape[:-3] + (G, H // G) + g.shape[-2:]).sum(axis=-3)
+
+    ddt = ddt + rho * A[:, None]  # log g_t = Δ_t A: ∂/∂Δ_t = A
+    dA = np.sum(rho * dt, axis=tuple(range(dt.ndim - 2)) + (-1,))  # ∂/∂A = Δ_t
+    dD = np.sum(dy * x, axis=tuple(range(x.ndim - 3)) + (-2, -1))  # at D = 0 when D is None
+    if Dv is not None:
+        dx = dx + Dv[:, None, None] * dy
+    return {
+        "dx": _reduce_to(dx, shapes["x"]),
+        "ddt": _reduce_to(ddt, shapes["dt"]),
+        "dA": dA,
+        "dB": _reduce_to(group_sum(dBh), shapes["B"]),
+        "dC": _reduce_to(group_sum(dCh), shapes["C"]),
+        "dD": dD,
+    }
+
+
+@guard_overflow()
+def ssd_vjp(x, dt, A, B, C, D, dy, *, chunk_size=64) -> dict:
+    r"""Backward pass of :func:`refimpl.linear_rnn.ssd` (Mamba-2): the gradients of all six inputs.
+
+    The vector–Jacobian product of Eqs. (16.7)–(16.8) of the book (Dao & Gu 2024, Mamba-2, §6:
+    the backward pass runs the same chunked algorithm on the transposed semiseparable matrix).
+
+    Parameters
+    ----------
+    x, dt, A, B, C, D, chunk_size
+        As in :func:`refimpl.linear_rnn.ssd`: x (..., H, L, P), dt (..., H, L) > 0, A (H,) ≤ 0,
+        B, C (..., G, L, N) with H divisible by G, D (H,) or None (no skip; ``dD`` is then the
+        gradient at D = 0).
+    dy : array_like, shape (..., H, L, P)
+        The cotangent ∂ℓ/∂y, shape of x (batch axes of x, dt, B, C broadcast).
+
+    Returns
+    -------
+    grads : dict
+        ``{"dx", "ddt", "dA", "dB", "dC", "dD"}``, each of the shape of its input: ``dB`` and
+        ``dC`` are summed over the H/G heads that share a group and over broadcast batch axes,
+        ``dA`` and ``dD`` over the batch and the sequence.
+
+    Notes
+    -----
+    Per head, ``h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_tᵀ``, ``y_t = h_t C_t + D x_t`` (16.7). The
+    adjoint ``λ_t = ∂ℓ/∂h_t`` (P × N) obeys
+
+    .. math::  λ_t = dy_t\, C_t^\top + e^{Δ_{t+1} A} λ_{t+1},\qquad λ_L = 0,
+
+    the scalar-decay recurrence run backwards in time — the transpose of the lower-triangular
+    semiseparable matrix (16.8) is upper triangular with the same decays. Then
+
+    * ``dC_t = h_tᵀ dy_t``, ``dx_t = Δ_t λ_t B_t + D dy_t``, ``dB_t = Δ_t λ_tᵀ x_t``,
+      ``dD = Σ_t dy_t · x_t``;
+    * through the decay ``e^{Δ_t A}`` (cotangent ``ρ_t = e^{Δ_t A} ⟨λ_t, h_{t−1}⟩``):
+      ``dΔ_t = A ρ_t + x_tᵀ λ_t B_t``, ``dA = Σ_t Δ_t ρ_t``.
+
+    SSD is gated linear attention with q = C, k = Δ B, v = x and the per-head log-gate Δ A
+    (scale 1), so the chunked algorithm is :func:`gated_linear_attention_vjp`'s, followed by the
+    chain rule through k = Δ B and log g = Δ A (``ρ_t`` is the log-gate gradient). Twin:
+    :func:`ssd_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> H, G, L, P, N = 2, 1, 7, 3, 4  # two heads share one group of B, C
+    >>> x, dy = rng.normal(size=(2, H, L, P))
+    >>> dt = rng.uniform(0.1, 1.0, size=(H, L))
+    >>> B, C = rng.normal(size=(2, G, L, N))
+    >>> g = ssd_vjp(x, dt, np.array([-1.0, -0.5]), B, C, np.ones(H), dy, chunk_size=3)
+    >>> sorted(g), g["dB"].shape, g["dA"].shape
+    (['dA', 'dB', 'dC', 'dD', 'ddt', 'dx'], (1, 7, 4), (2,))
+    >>> gl = ssd_vjp_loop(x, dt, np.array([-1.0, -0.5]), B, C, np.ones(H), dy, chunk_size=3)
+    >>> all(np.allclose(g[key], gl[key], rtol=1e-12, atol=0) for key in g)
+    True
+    """
+    x, dt, A, Bh, Ch, Dv, dy, c, shapes = _ssd_vjp_setup(x, dt, A, B, C, D, dy, chunk_size)
+    logg = (dt * A[:, None])[..., None]  # log g_t = Δ_t A_h per head
+    dq, dk, dv, dg = _gla_vjp_core(Ch, Bh * dt[..., None], x, logg, dy, c)  # q = C, k = Δ B, v = x
+    # k = Δ B: dB = Δ dk, dΔ = dk · B
+    return _ssd_vjp_result(x, dt, A, Dv, dy, dv, np.sum(dk * Bh, axis=-1), dk * dt[..., None], dq, dg[..., 0], shapes)
+
+
+@guard_overflow()
+def ssd_vjp_loop(x, dt, A, B, C, D, dy, *, chunk_size=64) -> dict:
+    """Loop twin of :func:`ssd_vjp`: the recurrence (16.7) forwards, its adjoint backwards, one head at a time.
+
+    ``h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_tᵀ`` storing every state, then
+    ``λ_t = dy_t C_tᵀ + e^{Δ_{t+1} A} λ_{t+1}`` from t = L−1 down to 0, each gradient read off
+    ``λ_t``, ``h_t`` and ``h_{t−1}``. ``chunk_size`` is validated only.
+
+    Examples
+    --------
+    >>> x, dt = np.ones((1, 3, 1)), np.ones((1, 3))  # one head, L = 3, P = N = 1
+    >>> B = C = np.ones((1, 3, 1))
+    >>> dy = np.array([[[0.0], [0.0], [1.0]]])  # ℓ = y_2 = Σ_t e^{A (2 − t)} x_t
+    >>> g = ssd_vjp_loop(x, dt, np.array([np.log(0.5)]), B, C, None, dy)
+    >>> g["dx"].ravel().tolist()
+    [0.25, 0.5, 1.0]
+    """
+    x, dt, A, Bh, Ch, Dv, dy, c, shapes = _ssd_vjp_setup(x, dt, A, B, C, D, dy, chunk_size)
+    batch = x.shape[:-3]
+    H, L, P = x.shape[-3:]
+    N = Bh.shape[-1]
+    dx, ddt = np.zeros(x.shape), np.zeros(dt.shape)
+    dBh, dCh = np.zeros(Bh.shape), np.zeros(Ch.shape)
+    rho = np.zeros(dt.shape)  # ∂ℓ/∂(Δ_t A): the log-gate gradient
+    for b in np.ndindex(*batch):
+        for hd in range(H):
+            a = float(A[hd])
+            h = [np.zeros((P, N))]  # h[t + 1] = h_t, h[0] = h_{−1} = 0
+            for t in range(L):
+                d = float(dt[b][hd, t])
+                h.append(math.exp(d * a) * h[-1] + d * np.outer(x[b][hd, t], Bh[b][hd, t]))  # (16.7)
+            lam = np.zeros((P, N))  # λ_L = 0
+            for t in range(L - 1, -1, -1):
+                d = float(dt[b][hd, t])
+                nxt = math.exp(float(dt[b][hd, t + 1]) * a) if t + 1 < L else 0.0
+                lam = np.outer(dy[b][hd, t], Ch[b][hd, t]) + nxt * lam  # λ_t = dy_t C_tᵀ + e^{Δ_{t+1}A} λ_{t+1}
+                dCh[b][hd, t] = h[t + 1].T @ dy[b][hd, t]  # ∂y_t/∂C_t = h_t
+                dx[b][hd, t] = d * (lam @ Bh[b][hd, t])  # ∂h_t/∂x_t: Δ_t B_t
+                dBh[b][hd, t] = d * (lam.T @ x[b][hd, t])  # Δ_t λ_tᵀ x_t
+                rho[b][hd, t] = math.exp(d * a) * float(np.sum(lam * h[t]))  # e^{Δ_t A} ⟨λ_t, h_{t−1}⟩
+                ddt[b][hd, t] = float(x[b][hd, t] @ lam @ Bh[b][hd, t])  # ∂(Δ_t x_t B_tᵀ)/∂Δ_t
+    return _ssd_vjp_result(x, dt, A, Dv, dy, dx, ddt, dBh, dCh, rho, shapes)
+
+
+# ---- the delta rule (DeltaNet, Gated DeltaNet) -----------------------------------------------
+
+
+def _delta_vjp_setup(q, k, v, beta, log_g, dy, scale, chunk_size):
+    from .attention import _scale
+    from .linear_rnn import _delta_setup
+
+    shapes = {"q": np.shape(q), "k": np.shape(k), "v": np.shape(v), "beta": np.shape(beta),
+              "log_g": None if log_g is None else np.shape(log_g)}
+    qs, kb, vb, b, g, c = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, False)
+    cs = _scale(scale, qs.shape[-1])
+    dy = _check_dy(dy, qs.shape[:-1] + (vb.shape[-1],), "(..., L, Dv)",
+                   "batch shape from q, k, v, beta and log_g, L from q, Dv from v")
+    return qs, kb, vb, b, g, dy, cs, c, shapes
+
+
+def _delta_vjp_result(dq, dk, dv, db, dg, cs, shapes) -> dict:
+    out = {
+        "dq": _reduce_to(dq * cs, shapes["q"]),
+        "dk": _reduce_to(dk, shapes["k"]),
+        "dv": _reduce_to(dv, shapes["v"]),
+        "dbeta": _reduce_to(db, shapes["beta"]),
+    }
+    if shapes["log_g"] is not None:
+        out["dlog_g"] = _reduce_to(dg, shapes["log_g"])
+    return out
+
+
+def _delta_vjp_core(q, k, v, beta, logg, dy, c: int):
+    """Chunked backward pass of the delta rule through the UT transform (16.11)-(16.12): Eqs. (16.20)-(16.21).
+
+    Per chunk the forward map is (with S_0 the entering state, γ, Γ the in-chunk decays)
+    ``M = I + tril(diag(β)(Γ ⊙ K Kᵀ), −1)``, ``[W, Ũ] = M⁻¹ [diag(βγ) K, diag(β) V]``,
+    ``U = Ũ − W S_0ᵀ``, ``O = diag(γ) Q S_0ᵀ + P U`` with ``P = tril(Γ ⊙ Q Kᵀ)``, and
+    ``S_end = γ_end S_0 + Uᵀ diag(Γ_end) K``. Forwards, S_end = S_0 T_n + Ũᵀ K_g with the chunk's
+    transition ``T_n = γ_end I − Wᵀ K_g``; backwards, the adjoint of the states obeys
+    ``dS_end[n−1] = dS_end[n] T_nᵀ + dOᵀ (diag(γ) Q − P W)`` — the same chunk recurrence, reversed
+    and transposed. All other gradients are products of (c, c) and (c, d) matrices for all chunks
+    at once; the triangular solve's adjoint is ``d[W, Ũ]ᵀ ↦ M⁻ᵀ``, ``dM = −M⁻ᵀ d[W, Ũ] [W, Ũ]ᵀ``.
+    """
+    batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
+    c = max(1, min(c, L))  # the result does not depend on c: no chunk longer than the sequence
+    flat = lambda a: a.reshape((-1,) + a.shape[len(batch):])  # noqa: E731
+    qc, kc, vc, yc = (_rec_chunks(flat(a), c) for a in (q, k, v, dy))  # (nb, nc, c, ·), padding 0
+    bc, gc = (_rec_chunks(flat(a)[..., None], c)[..., 0] for a in (beta, logg))  # (nb, nc, c), β = 0 on padding
+    nb, nc = qc.shape[:2]
+    sT = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
+    strict, lower = np.tri(c, c, -1, dtype=bool), np.tri(c, c, 0, dtype=bool)
+    cum = np.cumsum(gc, axis=-1)
+    gam = np.exp(cum)  # γ_t = e^{Σ_{r=start}^{t} log g_r}
+    gam_end = np.exp(_rec_suffix(gc, -1, inclusive=False))  # Γ_end,s = γ_end/γ_s
+    gE = gam[..., -1]  # γ_end
+    Gam = np.exp(_rec_segsum(gc))  # Γ_ts = γ_t/γ_s (s ≤ t), 0 above
+    KK = kc @ sT(kc)
+    QK = qc @ sT(kc)
+    Mt = np.where(strict, bc[..., :, None] * Gam * KK, 0.0) + np.eye(c)
+    WU = np.linalg.solve(Mt, np.concatenate([(bc * gam)[..., None] * kc, bc[..., None] * vc], axis=-1))
+    W, Ut = WU[..., :dk], WU[..., dk:]
+    P = np.where(lower, Gam * QK, 0.0)
+    Kg = kc * gam_end[..., None]
+    # forward: the states entering each chunk (L/c short steps)
+    S0 = np.empty((nb, nc, dv, dk))
+    S = np.zeros((nb, dv, dk))
+    for n in range(nc):
+        S0[:, n] = S
+        S = gE[:, n, None, None] * S + sT(Ut[:, n] - W[:, n] @ sT(S)) @ Kg[:, n]  # S_end = γ_end S_0 + Uᵀ K_g
+    U = Ut - W @ sT(S0)
+    # backward: the adjoints of the states leaving each chunk, dS_end[n−1] = dS_end[n] T_nᵀ + F_n
+    Tt = gE[..., None, None] * np.eye(dk) - sT(Kg) @ W  # T_nᵀ = γ_end I − K_gᵀ W
+    F = sT(yc) @ (gam[..., None] * qc - P @ W)  # dOᵀ (diag(γ) Q − P W)
+    dSe = np.empty((nb, nc, dv, dk))
+    lam = np.zeros((nb, dv, dk))
+    for n in range(nc - 1, -1, -1):
+        dSe[:, n] = lam
+        lam = lam @ Tt[:, n] + F[:, n]
+    # every chunk at once: reverse mode through (16.12), then the UT transform (16.11)
+    dU = sT(P) @ yc + Kg @ sT(dSe)
+    dP = np.where(lower, yc @ sT(U), 0.0)
+    dKg = U @ dSe
+    dK = gam_end[..., None] * dKg
+    dgam_end = np.sum(kc * dKg, axis=-1)
+    OS = yc @ S0  # dO S_0
+    dQ = gam[..., None] * OS + (dP * Gam) @ kc
+    dgam = np.sum(qc * OS, axis=-1)
+    dgE = np.sum(dSe * S0, axis=(-2, -1))
+    dK += sT(dP * Gam) @ qc
+    dGam = dP * QK
+    dRHS = np.linalg.solve(sT(Mt), np.concatenate([-dU @ S0, dU], axis=-1))  # M⁻ᵀ [dW, dŨ], dW = −dU S_0
+    dR1, dR2 = dRHS[..., :dk], dRHS[..., dk:]
+    dA = np.where(strict, -(dR1 @ sT(W) + dR2 @ sT(Ut)), 0.0)  # dM on its strictly lower part
+    dK += (bc * gam)[..., None] * dR1
+    s1 = np.sum(kc * dR1, axis=-1)
+    dbeta = gam * s1 + np.sum(vc * dR2, axis=-1) + np.sum(dA * Gam * KK, axis=-1)
+    dgam += bc * s1
+    dV = bc[..., None] * dR2
+    dGam += dA * bc[..., :, None] * KK
+    dKK = dA * bc[..., :, None] * Gam
+    dK += (dKK + sT(dKK)) @ kc
+    # the log-gates enter γ_t (steps ≤ t), Γ_ts (s < r ≤ t), Γ_end,s (r > s) and γ_end (all r)
+    dlogg = (_rec_suffix(gam * dgam, -1, inclusive=True) + _straddle(Gam * dGam)
+             + np.cumsum(gam_end * dgam_end, axis=-1) - gam_end * dgam_end + (gE * dgE)[..., None])
+    out = []
+    for a in (dQ, dK, dV):
+        out.append(_rec_unchunk(a, L).reshape(batch + (L, a.shape[-1])))
+    for a in (dbeta, dlogg):
+        out.append(_rec_unchunk(a[..., None], L)[..., 0].reshape(batch + (L,)))
+    return tuple(out)
+
+
+def _delta_vjp_loop_core(q, k, v, beta, logg, dy):
+    batch = q.shape[:-2]
+    L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
+    dq, dkk, dvv = np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape)
+    db, dg = np.zeros(beta.shape), np.zeros(logg.shape)
+    eye = np.eye(dk)
+    for b in np.ndindex(*batch):
+        S = [np.zeros((dv, dk))]  # S[t + 1] = S_t
+        for t in range(L):
+            kt, bt, gt = k[b][t], float(beta[b][t]), math.exp(float(logg[b][t]))
+            S.append(gt * S[-1] @ (eye - bt * np.outer(kt, kt)) + bt * np.outer(v[b][t], kt))  # (16.9)
+        lam = np.zeros((dv, dk))  # Λ_L = 0
+        for t in range(L - 1, -1, -1):
+            kt, bt, gt = k[b][t], float(beta[b][t]), math.exp(float(logg[b][t]))
+            if t + 1 < L:  # Λ_t = dy_t q_tᵀ + g_{t+1} Λ_{t+1} (I − β_{t+1} k_{t+1} k_{t+1}ᵀ)ᵀ
+                kn, bn, gn = k[b][t + 1], float(beta[b][t + 1]), math.exp(float(logg[b][t + 1]))
+                lam = gn * lam @ (eye - bn * np.outer(kn, kn)).T
+            lam = lam + np.outer(dy[b][t], q[b][t])
+            Sp = S[t]  # S_{t−1}
+            e = v[b][t] - gt * Sp @ kt  # the prediction error v_t − g_t S_{t−1} k_t (16.10)
+            lk = lam @ kt
+            dq[b][t] = S[t + 1].T @ dy[b][t]  # ∂o_t/∂q_t = S_t
+            dvv[b][t] = bt * lk  # S_t ∋ β_t v_t k_tᵀ
+            db[b][t] = float(lk @ e)  # ∂S_t/∂β_t = (v_t − g_t S_{t−1} k_t) k_tᵀ
+            dkk[b][t] = bt * (lam.T @ e) - gt * bt * (Sp.T @ lk)  # from β e k_tᵀ, e depending on k_t too
+            dg[b][t] = gt * float(np.sum(lam * (Sp @ (eye - bt * np.outer(kt, kt)))))  # ∂S_t/∂log g_t
+    return dq, dkk, dvv, db, dg
+
+
+@guard_overflow()
+def delta_rule_vjp(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64) -> dict:
+    r"""Backward pass of :func:`refimpl.linear_rnn.delta_rule` (DeltaNet; Gated DeltaNet with ``log_g``).
+
+    The vector–Jacobian product of Eqs. (16.9)–(16.12) of the book, by the adjoint recurrence
+    (16.20) run chunk by chunk through the UT transform (16.11) (Yang et al. 2024, DeltaNet, §3:
+    the chunkwise WY form, here differentiated in reverse mode).
+
+    Parameters
+    ----------
+    q, k, v, beta, log_g, scale, chunk_size
+        As in :func:`refimpl.linear_rnn.delta_rule`: q, k (..., L, Dk) with ℓ2-normalized keys,
+        v (..., L, Dv), beta (..., L) in (0, 2), log_g (..., L) ≤ 0 or None.
+    dy : array_like, shape (..., L, Dv)
+        The cotangent ∂ℓ/∂o, shape of the output.
+
+    Returns
+    -------
+    grads : dict
+        ``{"dq", "dk", "dv", "dbeta"}`` and ``"dlog_g"`` when ``log_g`` is given, each of the
+        shape of its input (summed over broadcast axes). ``dk`` is the gradient with respect to
+        unconstrained keys (a kernel's ∂ℓ/∂k); a layer that normalizes its keys chains it through
+        the normalization (project out the radial part: ``(I − k kᵀ) dk / ‖k_raw‖``).
+
+    Notes
+    -----
+    The state map ``S ↦ g_t S (I − β_t k_t k_tᵀ)`` acts on the right of S, so the adjoint
+    ``Λ_t = ∂ℓ/∂S_t`` runs backwards with the transposed transition (16.20):
+
+    .. math::  Λ_t = dy_t\, \tilde q_t^\top + g_{t+1}\, Λ_{t+1} (I − β_{t+1} k_{t+1} k_{t+1}^\top)^\top ,
+               \qquad Λ_L = 0 .
+
+    With the prediction error ``e_t = v_t − g_t S_{t−1} k_t`` (16.10): ``dq̃_t = S_tᵀ dy_t``,
+    ``dv_t = β_t Λ_t k_t``, ``dβ_t = (Λ_t k_t)·e_t``,
+    ``dk_t = β_t Λ_tᵀ e_t − g_t β_t S_{t−1}ᵀ Λ_t k_t`` and
+    ``dlog g_t = g_t ⟨Λ_t, S_{t−1}(I − β_t k_t k_tᵀ)⟩``.
+
+    Vectorized: per chunk the forward map is the UT/WY form (16.11)–(16.12), whose chunk
+    transition ``S_0 ↦ S_0 (γ_end I − Wᵀ diag(Γ_end) K)`` is passed forwards and its transpose
+    backwards across the L/c chunks (16.21); everything else is reverse mode through (16.12) and the
+    unit triangular solve (16.11) for all chunks at once — products of (c, c) and (c, d)
+    matrices and one more LU solve with Mᵀ per chunk. Twin: :func:`delta_rule_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, dy = rng.normal(size=(4, 6, 3))
+    >>> k /= np.linalg.norm(k, axis=-1, keepdims=True)  # the delta rule needs unit keys
+    >>> beta, log_g = rng.uniform(0.1, 1.5, size=6), np.log(rng.uniform(0.8, 1.0, size=6))
+    >>> g = delta_rule_vjp(q, k, v, beta, dy, log_g=log_g, chunk_size=4)
+    >>> sorted(g)
+    ['dbeta', 'dk', 'dlog_g', 'dq', 'dv']
+    >>> gl = delta_rule_vjp_loop(q, k, v, beta, dy, log_g=log_g, chunk_size=4)
+    >>> all(np.allclose(g[key], gl[key], rtol=1e-12, atol=0) for key in g)
+    True
+    """
+    qs, kb, vb, b, g, dy, cs, c, shapes = _delta_vjp_setup(q, k, v, beta, log_g, dy, scale, chunk_size)
+    return _delta_vjp_result(*_delta_vjp_core(qs, kb, vb, b, g, dy, c), cs, shapes)
+
+
+@guard_overflow()
+def delta_rule_vjp_loop(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64) -> dict:
+    """Loop twin of :func:`delta_rule_vjp`: the recurrence (16.9) forwards, the adjoint (16.20) backwards.
+
+    Stores every state, then runs ``Λ_t = dy_t q̃_tᵀ + g_{t+1} Λ_{t+1}(I − β_{t+1} k_{t+1}k_{t+1}ᵀ)ᵀ``
+    from t = L−1 down to 0, each gradient read off ``Λ_t``, ``S_t`` and ``S_{t−1}``.
+    ``chunk_size`` is validated only.
+
+    Examples
+    --------
+    >>> k = np.array([[1.0, 0.0], [1.0, 0.0]])  # the same unit key twice
+    >>> v, dy = np.array([[1.0], [3.0]]), np.array([[0.0], [1.0]])  # ℓ = o_1 = (S_1 k)_0
+    >>> g = delta_rule_vjp_loop(k, k, v, np.array([0.5, 0.5]), dy, scale=1.0)
+    >>> g["dv"].ravel().tolist()  # o_1 = (1 − β_1) β_0 v_0 + β_1 v_1
+    [0.25, 0.5]
+    """
+    qs, kb, vb, b, g, dy, cs, c, shapes = _delta_vjp_setup(q, k, v, beta, log_g, dy, scale, chunk_size)
+    return _delta_vjp_result(*_delta_vjp_loop_core(qs, kb, vb, b, g, dy), cs, shapes)

@@ -1045,3 +1045,27 @@ def rls_memory_loop(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
             P = 0.5 * (P + P.T)
             o[b][t] = S @ q[b][t]
     return o
+
+
+# The backward passes (vector–Jacobian products) live in refimpl/_vjp.py, re-exported here.
+from ._vjp import (  # noqa: E402
+    delta_rule_vjp,
+    delta_rule_vjp_loop,
+    gated_linear_attention_vjp,
+    gated_linear_attention_vjp_loop,
+    retention_vjp,
+    retention_vjp_loop,
+    ssd_vjp,
+    ssd_vjp_loop,
+)
+
+__all__ += [
+    "ssd_vjp",
+    "ssd_vjp_loop",
+    "gated_linear_attention_vjp",
+    "gated_linear_attention_vjp_loop",
+    "retention_vjp",
+    "retention_vjp_loop",
+    "delta_rule_vjp",
+    "delta_rule_vjp_loop",
+]

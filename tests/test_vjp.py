@@ -1,5 +1,7 @@
 """Tests of the vector–Jacobian products: ``attention.softmax_attention_vjp``,
-``random_features.linear_attention_vjp`` and ``ssm.selective_scan_vjp`` (implemented in ``refimpl/_vjp.py``).
+``random_features.linear_attention_vjp``, ``ssm.selective_scan_vjp`` and chapter 16's
+``linear_rnn.ssd_vjp``, ``gated_linear_attention_vjp``, ``retention_vjp`` and ``delta_rule_vjp``
+(implemented in ``refimpl/_vjp.py``).
 
 Oracles, each independent of the code under test:
 
@@ -16,6 +18,8 @@ Oracles, each independent of the code under test:
 
 Tolerances: complex step 1e-10 norm-wise (the task asks ≤ 1e-8; the measured errors are ~1e-14),
 loop twins SELF = 1e-10.
+Chapter 16's VJPs: complex step CSTEP_REC = 1e-12, central differences of refimpl's own forwards
+FD_REC = 1e-8 (relative to |g||e|), loop twins SELF = 1e-10.
 """
 
 from __future__ import annotations
@@ -533,3 +537,376 @@ def test_linear_vjp_random_shapes(n, d, causal, seed):
     # atol: dq_i = Σ_j (dy_i·(v_j − y_i)) φ(k_j)/den_i vanishes exactly when every weight sits on one
     # value (N = 1, or row 0 when causal), leaving round-off of the O(1) terms (inputs are O(1) here)
     check_twins(g, linear_attention_vjp_loop(q, k, v, dy, causal=causal), "linear random shapes", atol=1e-13)
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 16: SSD, gated linear attention, retention, the delta rule
+# --------------------------------------------------------------------------------------------
+#
+# Oracles: complex-capable recurrences written here again (one step at a time, in the dtype of
+# the inputs), differentiated by the complex step — all four layers are analytic in all their
+# inputs (products, sums and exponentials only; the delta rule's unit-key constraint is checked
+# by refimpl's validation, not part of the map) — and central finite differences of refimpl's own
+# forwards along directions that keep the inputs valid (keys perturbed tangentially to the sphere).
+
+CSTEP_REC = 1e-12  # complex step vs vjp, norm-wise (full gradients) or relative to |g||e| (directions)
+FD_REC = 1e-8  # central finite differences of refimpl's forwards vs vjp, relative to |g||e|
+
+from refimpl import linear_rnn as lr  # noqa: E402
+
+
+def fwd_gla(q, k, v, log_g, *, scale=None):
+    """Eq. (16.2) one step at a time: S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ, o_t = S_t (scale q_t)."""
+    c = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    per_channel = np.ndim(log_g) == np.ndim(k)
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], np.shape(log_g)[: -2 if per_channel else -1])
+    S = np.zeros(batch + (v.shape[-1], k.shape[-1]), dtype=complex)
+    out = []
+    for t in range(q.shape[-2]):
+        g = np.exp(log_g[..., t, :]) if per_channel else np.exp(log_g[..., t])[..., None]
+        S = S * g[..., None, :] + v[..., t, :, None] * k[..., t, None, :]
+        out.append(np.einsum("...ij,...j->...i", S, c * q[..., t, :]))
+    return np.stack(out, axis=-2)
+
+
+def fwd_retention(q, k, v, *, gamma, scale=None):
+    """Eq. (16.6): S_n = γ_h S_{n−1} + v_n k_nᵀ."""
+    return fwd_gla(q, k, v, np.broadcast_to(np.log(gamma)[:, None], q.shape[:-1]), scale=scale)
+
+
+def fwd_ssd(x, dt, A, B, C, D):
+    """Eq. (16.7): h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_tᵀ, y_t = h_t C_t + D x_t (head h reads group h // (H/G))."""
+    H, G = x.shape[-3], B.shape[-3]
+    Bh, Ch = np.repeat(B, H // G, axis=-3), np.repeat(C, H // G, axis=-3)
+    h, ys = 0, []
+    for t in range(x.shape[-2]):
+        d = dt[..., t]
+        h = np.exp(d * A)[..., None, None] * h + d[..., None, None] * x[..., t, :, None] * Bh[..., t, None, :]
+        ys.append(np.einsum("...pn,...n->...p", h, Ch[..., t, :]))
+    y = np.stack(ys, axis=-2)
+    return y if D is None else y + D[:, None, None] * x
+
+
+def fwd_delta(q, k, v, beta, log_g=None, *, scale=None):
+    """Eq. (16.9): S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, o_t = S_t (scale q_t)."""
+    c = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if log_g is None:
+        log_g = np.zeros(np.shape(beta))
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], np.shape(beta)[:-1], np.shape(log_g)[:-1])
+    S = np.zeros(batch + (v.shape[-1], k.shape[-1]), dtype=complex)
+    out = []
+    for t in range(q.shape[-2]):
+        kt = k[..., t, :]
+        g, b = np.exp(log_g[..., t])[..., None, None], beta[..., t][..., None, None]
+        Sk = np.einsum("...ij,...j->...i", S, kt)
+        S = g * S - g * b * Sk[..., :, None] * kt[..., None, :] + b * v[..., t, :, None] * kt[..., None, :]
+        out.append(np.einsum("...ij,...j->...i", S, c * q[..., t, :]))
+    return np.stack(out, axis=-2)
+
+
+def check_full_rec(fwd, args, dy, grads, what, **kw):
+    for name, g in grads.items():
+        ref = cstep_grad(fwd, args, name, dy, **kw)
+        close(g, ref, rtol=CSTEP_REC, what=f"{what}: d{name} vs complex step")
+
+
+def check_dirs_rec(fwd, args, dy, grads, what, seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    for name, g in grads.items():
+        e = rng.standard_normal(np.shape(args[name]))
+        ref = cstep_dir(fwd, args, name, e, dy, **kw)
+        err = abs(float(np.sum(g * e)) - ref) / (np.linalg.norm(g) * np.linalg.norm(e))
+        record(f"{what}: directional complex step (rel. to |g||e|)", err, CSTEP_REC)
+        assert err <= CSTEP_REC, f"{what}: d{name}·e = {np.sum(g * e)!r} vs complex step {ref!r}"
+
+
+def check_all_twins(g, gl, what):
+    assert set(g) == set(gl)
+    for key in g:
+        close(g[key], gl[key], rtol=SELF, what=f"{what}: {key} loop twin")
+
+
+def gla_args(seed, L, dk=3, dv=2, batch=(2,), per_channel=True, lo=0.0, hi=1.0):
+    rng = np.random.default_rng(seed)
+    q, k = rng.normal(size=(2, *batch, L, dk))
+    v, dy = rng.normal(size=(2, *batch, L, dv))
+    log_g = -rng.uniform(lo, hi, (*batch, L, dk) if per_channel else (*batch, L))
+    return {"q": q, "k": k, "v": v, "log_g": log_g}, dy
+
+
+def ssd_args(seed, L, H=4, G=2, P=3, N=2, batch=(2,), dt_hi=1.0):
+    rng = np.random.default_rng(seed)
+    A = -rng.uniform(0.1, 2.0, H)
+    A[0] = 0.0  # a pure integrator head
+    return {"x": rng.normal(size=(*batch, H, L, P)), "dt": rng.uniform(0.05, dt_hi, (*batch, H, L)), "A": A,
+            "B": rng.normal(size=(*batch, G, L, N)), "C": rng.normal(size=(*batch, G, L, N)),
+            "D": rng.normal(size=H)}, rng.normal(size=(*batch, H, L, P))
+
+
+def delta_args(seed, L, dk=4, dv=3, batch=(2,), gated=True, beta=(0.1, 1.9)):
+    rng = np.random.default_rng(seed)
+    q, k = rng.normal(size=(2, *batch, L, dk))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    args = {"q": q, "k": k, "v": rng.normal(size=(*batch, L, dv)), "beta": rng.uniform(*beta, (*batch, L))}
+    if gated:
+        args["log_g"] = -rng.uniform(0, 1.0, (*batch, L))
+    return args, rng.normal(size=(*batch, L, dv))
+
+
+def test_rec_independent_forwards_agree_with_refimpl():
+    a, _ = gla_args(1, 20)
+    close(fwd_gla(**a, scale=0.7), lr.gated_linear_attention(**a, scale=0.7), rtol=1e-13, what="fwd_gla")
+    a, _ = gla_args(1, 20, per_channel=False)
+    close(fwd_gla(**a), lr.gated_linear_attention(**a), rtol=1e-13, what="fwd_gla per head")
+    a, _ = ssd_args(2, 20)
+    close(fwd_ssd(**a), lr.ssd(**a), rtol=1e-13, what="fwd_ssd")
+    a, _ = delta_args(3, 20)
+    close(fwd_delta(**a, scale=0.5), lr.delta_rule(**a, scale=0.5), rtol=1e-13, what="fwd_delta")
+    q, k, v = np.random.default_rng(4).normal(size=(3, 3, 20, 4))
+    gamma = np.array([0.9, 0.5, 0.99])
+    close(fwd_retention(q, k, v, gamma=gamma), lr.retention(q, k, v, gamma), rtol=1e-13, what="fwd_retention")
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_gla_vjp_complex_step(per_channel):
+    args, dy = gla_args(11, 9, per_channel=per_channel)
+    g = lr.gated_linear_attention_vjp(**args, dy=dy, scale=0.7, chunk_size=4)
+    assert set(g) == {"dq", "dk", "dv", "dlog_g"}
+    check_full_rec(fwd_gla, args, dy, {key[1:]: val for key, val in g.items()}, f"GLA per_channel={per_channel}", scale=0.7)
+    check_all_twins(g, lr.gated_linear_attention_vjp_loop(**args, dy=dy, scale=0.7, chunk_size=4), "GLA")
+
+
+@pytest.mark.parametrize("L, c", [(63, 64), (64, 64), (65, 64), (130, 64), (65, 7)])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_gla_vjp_tile_boundaries(L, c, per_channel):
+    args, dy = gla_args(L + c, L, dk=4, dv=3, per_channel=per_channel)
+    g = lr.gated_linear_attention_vjp(**args, dy=dy, chunk_size=c)
+    check_all_twins(g, lr.gated_linear_attention_vjp_loop(**args, dy=dy, chunk_size=c), f"GLA L={L} c={c}")
+    check_dirs_rec(fwd_gla, args, dy, {key[1:]: val for key, val in g.items()}, f"GLA L={L} c={c}")
+
+
+def test_gla_vjp_gates_near_zero_take_the_exact_path():
+    """Per-channel chunks decaying below e^-30 use the exact (c, c, Dk) segment sums, mixed with gates of 1 − 1e-12."""
+    args, dy = gla_args(5, 48, dk=4, dv=3)
+    rng = np.random.default_rng(6)
+    args["log_g"] = np.where(rng.random(args["log_g"].shape) < 0.5, -1e-12, -rng.uniform(30, 80, args["log_g"].shape))
+    g = lr.gated_linear_attention_vjp(**args, dy=dy, chunk_size=16)
+    assert all(np.all(np.isfinite(val)) for val in g.values())
+    check_all_twins(g, lr.gated_linear_attention_vjp_loop(**args, dy=dy, chunk_size=16), "GLA gates near 0")
+    check_dirs_rec(fwd_gla, args, dy, {key[1:]: val for key, val in g.items()}, "GLA gates near 0")
+
+
+def test_gla_vjp_chunk_size_does_not_matter():
+    args, dy = gla_args(8, 50)
+    ref = lr.gated_linear_attention_vjp(**args, dy=dy, chunk_size=50)
+    for c in (1, 3, 16, 64):
+        g = lr.gated_linear_attention_vjp(**args, dy=dy, chunk_size=c)
+        for key in g:
+            close(g[key], ref[key], rtol=SELF, what=f"GLA chunk {c}: {key}")
+
+
+def test_gla_vjp_broadcast_inputs():
+    """k, v shared by the heads of q, one gate sequence for all heads: their gradients are summed over the heads."""
+    rng = np.random.default_rng(9)
+    q = rng.normal(size=(3, 10, 4))
+    k, v = rng.normal(size=(1, 10, 4)), rng.normal(size=(10, 2))
+    log_g = -rng.uniform(0, 1, (10, 4))[None]
+    dy = rng.normal(size=(3, 10, 2))
+    args = {"q": q, "k": k, "v": v, "log_g": log_g}
+    g = lr.gated_linear_attention_vjp(**args, dy=dy, chunk_size=4)
+    for key, val in g.items():
+        assert val.shape == np.shape(args[key[1:]]), key
+    check_full_rec(fwd_gla, args, dy, {key[1:]: val for key, val in g.items()}, "GLA broadcast")
+    check_all_twins(g, lr.gated_linear_attention_vjp_loop(**args, dy=dy, chunk_size=4), "GLA broadcast")
+
+
+def test_retention_vjp_complex_step_and_twin():
+    rng = np.random.default_rng(12)
+    q, k, v = rng.normal(size=(3, 2, 3, 9, 4))  # batch 2, H = 3
+    dy = rng.normal(size=(2, 3, 9, 4))
+    gamma = 1 - 2.0 ** (-5 - np.arange(3))
+    g = lr.retention_vjp(q, k, v, gamma, dy, chunk_size=4)
+    assert set(g) == {"dq", "dk", "dv"}
+    check_full_rec(fwd_retention, {"q": q, "k": k, "v": v}, dy, {key[1:]: val for key, val in g.items()}, "retention",
+                   gamma=gamma)
+    check_all_twins(g, lr.retention_vjp_loop(q, k, v, gamma, dy, chunk_size=4), "retention")
+    # equals GLA's with the constant per-head log-gate log γ_h
+    gg = lr.gated_linear_attention_vjp(q, k, v, np.broadcast_to(np.log(gamma)[:, None], (2, 3, 9)), dy, chunk_size=5)
+    for key in g:
+        close(g[key], gg[key], rtol=SELF, what=f"retention vs GLA: {key}")
+
+
+def test_ssd_vjp_complex_step():
+    args, dy = ssd_args(21, 9)
+    g = lr.ssd_vjp(**args, dy=dy, chunk_size=4)
+    assert set(g) == {"dx", "ddt", "dA", "dB", "dC", "dD"}
+    check_full_rec(fwd_ssd, args, dy, {key[1:]: val for key, val in g.items()}, "SSD")
+    check_all_twins(g, lr.ssd_vjp_loop(**args, dy=dy, chunk_size=4), "SSD")
+
+
+@pytest.mark.parametrize("L, c", [(63, 64), (65, 64), (130, 64), (40, 7)])
+def test_ssd_vjp_tile_boundaries(L, c):
+    args, dy = ssd_args(L, L, dt_hi=3.0)
+    g = lr.ssd_vjp(**args, dy=dy, chunk_size=c)
+    check_all_twins(g, lr.ssd_vjp_loop(**args, dy=dy, chunk_size=c), f"SSD L={L} c={c}")
+    check_dirs_rec(fwd_ssd, args, dy, {key[1:]: val for key, val in g.items()}, f"SSD L={L} c={c}")
+
+
+def test_ssd_vjp_broadcast_groups_and_no_D():
+    """B, C shared by the batch (and by two heads per group), D = None: dD is the gradient at D = 0."""
+    args, dy = ssd_args(31, 11, H=4, G=2, batch=(3,))
+    args = dict(args, B=args["B"][:1], C=args["C"][0])
+    g = lr.ssd_vjp(**dict(args, D=None), dy=dy, chunk_size=4)
+    gz = lr.ssd_vjp(**dict(args, D=np.zeros(4)), dy=dy, chunk_size=4)
+    for key in g:
+        assert g[key].shape == np.shape(args[key[1:]]), key
+        close(g[key], gz[key], rtol=1e-15, what=f"D=None vs D=0: {key}")
+    check_full_rec(fwd_ssd, dict(args, D=np.zeros(4)), dy, {key[1:]: val for key, val in gz.items()}, "SSD broadcast")
+    check_all_twins(g, lr.ssd_vjp_loop(**dict(args, D=None), dy=dy, chunk_size=4), "SSD broadcast")
+
+
+def test_ssd_vjp_equals_the_selective_scan_vjp():
+    """SSD = the selective scan of chapter 11 with A tied across a head (Eq. (16.7)): so are their gradients."""
+    rng = np.random.default_rng(41)
+    L, P, N = 30, 3, 4
+    x, dy = rng.normal(size=(2, 1, L, P))
+    dt = rng.uniform(0.05, 1.0, (1, L))
+    B, C = rng.normal(size=(2, 1, L, N))
+    a, D = -0.7, np.array([0.3])
+    g = lr.ssd_vjp(x, dt, np.array([a]), B, C, D, dy, chunk_size=8)
+    s = selective_scan_vjp(x[0], np.repeat(dt[0][:, None], P, axis=1), np.full((P, N), a), B[0], C[0],
+                           np.full(P, D[0]), dy[0], discretization="mamba")
+    close(g["dx"][0], s["du"], rtol=SELF, what="SSD dx vs selective scan du")
+    close(g["ddt"][0], s["ddelta"].sum(axis=1), rtol=SELF, what="SSD ddt vs Σ_p ddelta")
+    close(g["dA"][0], s["dA"].sum(), rtol=SELF, what="SSD dA vs Σ dA")
+    close(g["dB"][0], s["dB"], rtol=SELF, what="SSD dB vs selective scan dB")
+    close(g["dC"][0], s["dC"], rtol=SELF, what="SSD dC vs selective scan dC")
+    close(g["dD"][0], s["dD"].sum(), rtol=SELF, what="SSD dD vs Σ dD")
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_delta_vjp_complex_step(gated):
+    args, dy = delta_args(51, 9, gated=gated)
+    g = lr.delta_rule_vjp(**args, dy=dy, scale=0.5, chunk_size=4)
+    assert set(g) == {"dq", "dk", "dv", "dbeta"} | ({"dlog_g"} if gated else set())
+    check_full_rec(fwd_delta, args, dy, {key[1:]: val for key, val in g.items()}, f"delta gated={gated}", scale=0.5)
+    check_all_twins(g, lr.delta_rule_vjp_loop(**args, dy=dy, scale=0.5, chunk_size=4), f"delta gated={gated}")
+
+
+@pytest.mark.parametrize("L, c", [(63, 64), (65, 64), (130, 64), (65, 5)])
+@pytest.mark.parametrize("beta", [(0.01, 0.99), (1.9, 1.999)])
+def test_delta_vjp_tile_boundaries(L, c, beta):
+    args, dy = delta_args(L + c, L, beta=beta)
+    g = lr.delta_rule_vjp(**args, dy=dy, chunk_size=c)
+    check_all_twins(g, lr.delta_rule_vjp_loop(**args, dy=dy, chunk_size=c), f"delta L={L} c={c} β={beta}")
+    check_dirs_rec(fwd_delta, args, dy, {key[1:]: val for key, val in g.items()}, f"delta L={L} c={c}")
+
+
+def test_delta_vjp_broadcast_beta_and_shared_keys():
+    rng = np.random.default_rng(61)
+    q = rng.normal(size=(2, 12, 3))
+    k = rng.normal(size=(1, 12, 3))  # keys, values and β shared by the two heads of q
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    args = {"q": q, "k": k, "v": rng.normal(size=(1, 12, 2)), "beta": rng.uniform(0.2, 1.5, (1, 12)),
+            "log_g": -rng.uniform(0, 1, (2, 12))}
+    dy = rng.normal(size=(2, 12, 2))
+    g = lr.delta_rule_vjp(**args, dy=dy, chunk_size=5)
+    for key, val in g.items():
+        assert val.shape == np.shape(args[key[1:]]), key
+    check_full_rec(fwd_delta, args, dy, {key[1:]: val for key, val in g.items()}, "delta broadcast")
+    check_all_twins(g, lr.delta_rule_vjp_loop(**args, dy=dy, chunk_size=5), "delta broadcast")
+
+
+def _fd_dir(fn, args, name, e, dy, h=1e-5):
+    plus, minus = dict(args), dict(args)
+    plus[name], minus[name] = args[name] + h * e, args[name] - h * e
+    return float(np.sum(dy * (fn(**plus) - fn(**minus)))) / (2 * h)
+
+
+def test_rec_vjps_against_finite_differences_of_refimpl():
+    """Directional derivatives of refimpl's own forwards by central differences: <dy, J e> = <vjp(dy), e>."""
+    rng = np.random.default_rng(71)
+    cases = []
+    a, dy = gla_args(72, 65, dk=4, dv=3)
+    cases.append(("GLA", lr.gated_linear_attention, lr.gated_linear_attention_vjp, a, dy, {}))
+    a, dy = ssd_args(73, 65)
+    cases.append(("SSD", lr.ssd, lr.ssd_vjp, a, dy, {}))
+    a, dy = delta_args(74, 65)
+    cases.append(("delta", lr.delta_rule, lr.delta_rule_vjp, a, dy, {}))
+    for what, fwd, vjp, a, dy, kw in cases:
+        g = vjp(**a, dy=dy)
+        for name in a:
+            e = rng.standard_normal(np.shape(a[name]))
+            if what == "delta" and name == "k":  # stay on the unit sphere to first order: e ⟂ k_t
+                e -= np.sum(e * a["k"], axis=-1, keepdims=True) * a["k"]
+            if name in ("dt", "beta", "log_g", "A"):  # stay inside the valid region (dt > 0, β ∈ (0, 2), gates ≤ 0)
+                e *= 0.01 * np.minimum(np.abs(a[name]), 1.0)
+            ref = _fd_dir(fwd, a, name, e, dy)
+            err = abs(float(np.sum(g["d" + name] * e)) - ref) / (np.linalg.norm(g["d" + name]) * np.linalg.norm(e))
+            record(f"{what}: central finite difference (rel. to |g||e|)", err, FD_REC)
+            assert err <= FD_REC, (what, name, err)
+
+
+def test_bad_input_rec_vjps():
+    a, dy = gla_args(1, 6)
+    with pytest.raises(ValueError, match="dy"):
+        lr.gated_linear_attention_vjp(**a, dy=dy[..., :1])
+    with pytest.raises(ValueError, match="log_g"):
+        lr.gated_linear_attention_vjp(**dict(a, log_g=-a["log_g"] + 1.0), dy=dy)
+    with pytest.raises(ValueError, match="chunk_size"):
+        lr.gated_linear_attention_vjp_loop(**a, dy=dy, chunk_size=0)
+    a, dy = ssd_args(2, 6)
+    with pytest.raises(ValueError, match="dy"):
+        lr.ssd_vjp(**a, dy=dy[0])
+    with pytest.raises(ValueError, match="dt"):
+        lr.ssd_vjp_loop(**dict(a, dt=-a["dt"]), dy=dy)
+    with pytest.raises(ValueError, match="B"):
+        lr.ssd_vjp(**dict(a, B=a["B"][..., :1, :, :].repeat(3, axis=-3), C=a["C"][..., :1, :, :].repeat(3, axis=-3)), dy=dy)
+    a, dy = delta_args(3, 6)
+    with pytest.raises(ValueError, match="k"):
+        lr.delta_rule_vjp(**dict(a, k=2 * a["k"]), dy=dy)
+    with pytest.raises(ValueError, match="beta"):
+        lr.delta_rule_vjp_loop(**dict(a, beta=a["beta"] + 2.0), dy=dy)
+    with pytest.raises(TypeError, match="dy"):
+        lr.delta_rule_vjp(**a, dy=dy + 1j)
+    q, k, v = np.ones((3, 2, 4, 3))
+    with pytest.raises(ValueError, match="gamma"):
+        lr.retention_vjp(q, k, v, np.array([0.5, 1.5]), np.ones((2, 4, 3)))
+    with pytest.raises(ValueError, match="dy"):
+        lr.retention_vjp_loop(q, k, v, np.array([0.5, 0.9]), np.ones((2, 5, 3)))
+
+
+def _drop_decay_in_adjoint(**kw):
+    """A planted bug: the adjoint of SSD run without the decays (Λ_t = Σ_{s≥t} dy_s C_sᵀ), i.e. A = 0 in the backward pass."""
+    return lr.ssd_vjp(**dict(kw, A=np.zeros_like(kw["A"])))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_oracle_judges_rec_gradients(dtype):
+    from refimpl import oracle
+
+    for name in ("linear_rnn.ssd_vjp", "linear_rnn.gated_linear_attention_vjp", "linear_rnn.retention_vjp",
+                 "linear_rnn.delta_rule_vjp"):
+        assert oracle.compare(name, getattr(lr, name.split(".")[1] + "_loop"), dtype=dtype).passed, name
+    assert not oracle.compare("linear_rnn.ssd_vjp", _drop_decay_in_adjoint, dtype=dtype).passed
+
+
+@settings(max_examples=15, deadline=None)
+@given(L=st.integers(1, 40), c=st.integers(1, 20), dk=st.integers(1, 3), per_channel=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_gla_vjp_random_shapes(L, c, dk, per_channel, seed):
+    args, dy = gla_args(seed, L, dk=dk, dv=2, batch=(), per_channel=per_channel, hi=3.0)
+    g = lr.gated_linear_attention_vjp(**args, dy=dy, chunk_size=c)
+    gl = lr.gated_linear_attention_vjp_loop(**args, dy=dy, chunk_size=c)
+    for key in g:  # dlog_g_0 = 0 exactly (S_{−1} = 0): compare norm-wise, with an absolute floor
+        assert_close(g[key], gl[key], rtol=SELF, atol=1e-14, what=f"GLA random shapes {key}")
+
+
+@settings(max_examples=15, deadline=None)
+@given(L=st.integers(1, 40), c=st.integers(1, 20), gated=st.booleans(), seed=st.integers(0, 2**16))
+def test_delta_vjp_random_shapes(L, c, gated, seed):
+    args, dy = delta_args(seed, L, dk=3, dv=2, batch=(), gated=gated)
+    g = lr.delta_rule_vjp(**args, dy=dy, chunk_size=c)
+    gl = lr.delta_rule_vjp_loop(**args, dy=dy, chunk_size=c)
+    for key in g:
+        assert_close(g[key], gl[key], rtol=SELF, atol=1e-14, what=f"delta random shapes {key}")

@@ -1,13 +1,14 @@
 """Golden cases of the vector–Jacobian products (the backward passes) of softmax attention
-(chapter 4), linear attention (chapter 12) and the selective scan (chapter 11): ``compare`` checks
-a kernel's gradients like any output. Each case draws the cotangent ``dy`` with the inputs.
+(chapter 4), linear attention (chapter 12), the selective scan (chapter 11) and the linear
+recurrences of chapter 16 (SSD, gated linear attention, retention, the delta rule): ``compare``
+checks a kernel's gradients like any output. Each case draws the cotangent ``dy`` with the inputs.
 """
 
 import numpy as np
 
-from refimpl import ssm
+from refimpl import linear_rnn, ssm
 
-from ._base import Case, Function, called
+from ._base import Case, Function, called, renormalize, unit
 
 
 def _run_selective_scan_vjp(args, with_mid):
@@ -36,10 +37,47 @@ def _scan(r, L, d_in, n, with_zero, discretization):
             "dy": r.standard_normal((2, L, d_in)), "discretization": discretization}
 
 
+def _dict_run(fn, names):
+    def run(args, with_mid):
+        g = fn(**args)
+        return {name: g[name] for name in names if name in g}
+
+    return run
+
+
+_SSD_GRADS = ("dx", "ddt", "dA", "dB", "dC", "dD")
+_GLA_GRADS = ("dq", "dk", "dv", "dlog_g")
+_DELTA_GRADS = ("dq", "dk", "dv", "dbeta", "dlog_g")
+
+
+def _ssd(r, *, L, H=4, G=2, P=3, N=4, dt_scale=1.0, chunk_size=64, batch=(2,)):
+    return {
+        "x": r.standard_normal(batch + (H, L, P)),
+        "dt": dt_scale * np.log1p(np.exp(r.standard_normal(batch + (H, L)) - 1.0)),  # softplus, as Mamba-2
+        "A": -np.exp(r.standard_normal(H)),
+        "B": r.standard_normal(batch + (G, L, N)),
+        "C": r.standard_normal(batch + (G, L, N)),
+        "D": r.standard_normal(H),
+        "dy": r.standard_normal(batch + (H, L, P)),
+        "chunk_size": chunk_size,
+    }
+
+
+def _qkv_dy(r, L, dk=4, dv=3, batch=(2,), unit_keys=False):
+    k = r.standard_normal(batch + (L, dk))
+    return {"q": r.standard_normal(batch + (L, dk)), "k": unit(k) if unit_keys else k,
+            "v": r.standard_normal(batch + (L, dv)), "dy": r.standard_normal(batch + (L, dv))}
+
+
 FUNCTIONS = [
     called("attention.softmax_attention_vjp", "dq", "dk", "dv"),
     called("random_features.linear_attention_vjp", "dq", "dk", "dv"),
     Function("ssm.selective_scan_vjp", _run_selective_scan_vjp, ("du", "ddelta", "dA", "dB", "dC", "dD")),
+    Function("linear_rnn.ssd_vjp", _dict_run(linear_rnn.ssd_vjp, _SSD_GRADS), _SSD_GRADS),
+    Function("linear_rnn.gated_linear_attention_vjp", _dict_run(linear_rnn.gated_linear_attention_vjp, _GLA_GRADS),
+             _GLA_GRADS),
+    Function("linear_rnn.retention_vjp", _dict_run(linear_rnn.retention_vjp, ("dq", "dk", "dv")), ("dq", "dk", "dv")),
+    Function("linear_rnn.delta_rule_vjp", _dict_run(linear_rnn.delta_rule_vjp, _DELTA_GRADS), _DELTA_GRADS),
 ]
 
 CASES = [
@@ -59,4 +97,29 @@ CASES = [
          "Mamba's rule (B̄ = ΔB), batch 2, L = 30: the adjoint reverse-time scan"),
     Case("ssm.selective_scan_vjp/zoh", 1506, lambda r: _scan(r, 30, 3, 4, True, "zoh"),
          "exact zero-order hold with one A = 0 entry, batch 2, L = 30"),
+    Case("linear_rnn.ssd_vjp/groups_tile_boundary", 1507, lambda r: _ssd(r, L=65),
+         "4 heads in 2 groups, batch 2, L = 65 with chunks of 64 (one full chunk plus one step)"),
+    Case("linear_rnn.ssd_vjp/fast_decay_small_chunks", 1508, lambda r: _ssd(r, L=40, dt_scale=100.0, chunk_size=7),
+         "Δ·A down to about −300 per step (decays underflow to 0), chunks of 7 that do not divide L = 40"),
+    Case("linear_rnn.gated_linear_attention_vjp/per_channel", 1509,
+         lambda r: {**_qkv_dy(r, 63), "log_g": -r.uniform(0, 1, (2, 63, 4)), "chunk_size": 16},
+         "gates per key channel, L = 63 with chunks of 16"),
+    Case("linear_rnn.gated_linear_attention_vjp/gates_near_0_and_1", 1510,
+         lambda r: {**_qkv_dy(r, 48), "log_g": np.where(r.random((2, 48, 4)) < 0.5, -1e-12, -r.uniform(30, 80, (2, 48, 4))),
+                    "chunk_size": 16},
+         "per-channel gates of 1 − 1e-12 mixed with e^-30 … e^-80 (the exact segment-sum path of the backward pass)"),
+    Case("linear_rnn.gated_linear_attention_vjp/per_head_long", 1511,
+         lambda r: {**_qkv_dy(r, 200, batch=()), "log_g": -r.uniform(0, 0.05, 200), "chunk_size": 64, "scale": 1.0},
+         "one gate per head, L = 200 across four chunks, cumulative log-gate about −5"),
+    Case("linear_rnn.retention_vjp/retnet_decays", 1512,
+         lambda r: {**_qkv_dy(r, 30, batch=(3,)), "gamma": 1 - 2.0 ** (-5 - np.arange(3)), "chunk_size": 8},
+         "RetNet's decays 1 − 2^(−5−h) for three heads, L = 30 with chunks of 8"),
+    Case("linear_rnn.delta_rule_vjp/deltanet", 1513,
+         lambda r: {**_qkv_dy(r, 23, unit_keys=True), "beta": r.uniform(0.05, 0.95, (2, 23)), "chunk_size": 8},
+         "DeltaNet (no gate), β ∈ (0, 1), L = 23 with chunks of 8", constrain=renormalize("k"),
+         outputs=("dq", "dk", "dv", "dbeta")),
+    Case("linear_rnn.delta_rule_vjp/gated_beta_near_2", 1514,
+         lambda r: {**_qkv_dy(r, 65, unit_keys=True), "beta": r.uniform(1.9, 1.99, (2, 65)),
+                    "log_g": -r.uniform(0, 2.0, (2, 65)), "chunk_size": 64},
+         "Gated DeltaNet with β near its bound 2, L = 65 with chunks of 64", constrain=renormalize("k")),
 ]
