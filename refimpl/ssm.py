@@ -968,8 +968,8 @@ def _selective_core(u, delta, A, B, C, discretization):
     ``y_t = C_t h_t`` is one batched product per block.
     """
     L, d = u.shape[-2:]
-    # C-ordered operands: NumPy lays a product out like its inputs, and a transposed u (the official
-    # (batch, D, L) layout) would make every per-step slice of the temporaries strided (3x slower)
+    # C-ordered u, delta: a block reads T consecutive steps of every channel; from a transposed u (the
+    # official (batch, D, L) layout) NumPy would also lay the block's products out channel-major
     u, delta = np.ascontiguousarray(u), np.ascontiguousarray(delta)
     dtype = np.result_type(A, B, C, np.float64)
     y = np.empty(u.shape, dtype=dtype)
@@ -977,15 +977,18 @@ def _selective_core(u, delta, A, B, C, discretization):
     steps = per_block(2 * h.size * dtype.itemsize // 8)  # a time step: Ā_t and B̄_t u_t, (…, d, n) each
     for start in range(0, L, steps):  # blocks of time steps: (…, T, d, n) temporaries only
         sl = slice(start, min(start + steps, L))
+        shape = u.shape[:-2] + (sl.stop - start, d, A.shape[1])  # (..., T, d, n)
+        # temporaries allocated C-ordered (out=): a strided B (the official layout) must not set their layout
+        H, Ab = np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype)
         Bg = B[..., sl, :, None, :]  # B_{t,g}, (..., T, G, 1, n)
         if discretization == "mamba":  # B̄_t u_t = Δ_t u_t B_{t,g} (Euler, Eq. (11.16))
-            H = _channel_groups((delta[..., sl, :] * u[..., sl, :])[..., None], Bg.shape[-3]) * Bg
+            np.multiply(_channel_groups((delta[..., sl, :] * u[..., sl, :])[..., None], Bg.shape[-3]), Bg,
+                        out=_channel_groups(H, Bg.shape[-3]))
         else:  # B̄_t u_t = (e^{Δ_t A} − 1)/A · B_{t,g} u_t (ZOH, Eq. (11.15))
-            H = _channel_groups(phi1(A, delta[..., sl, :, None]), Bg.shape[-3]) * Bg
-        H = H.reshape(H.shape[:-3] + (d, A.shape[1])).astype(dtype, copy=False)  # (..., T, d, n)
-        if discretization != "mamba":
+            np.multiply(_channel_groups(phi1(A, delta[..., sl, :, None]), Bg.shape[-3]), Bg,
+                        out=_channel_groups(H, Bg.shape[-3]))
             H *= u[..., sl, :, None]
-        Ab = delta[..., sl, :, None] * A  # Δ_t A
+        np.multiply(delta[..., sl, :, None], A, out=Ab)  # Δ_t A
         np.exp(Ab, out=Ab)  # Ā_t = e^{Δ_t A}, in place: fewer large temporaries
         H[..., 0, :, :] += Ab[..., 0, :, :] * h  # H starts as B̄_t u_t
         for t in range(1, H.shape[-3]):
