@@ -33,6 +33,13 @@ Glossary (code name → symbol in the book / the papers)
 ``B``, ``C`` (…, L, n)  Mamba's input-dependent B_t, C_t;  ``D`` (d_in,) the skip connection.
 ``h`` (…, d_in, n)   Mamba's state h_t (x_t in S4's notation).
 
+The official interface (:func:`selective_scan_fn`, mamba_ssm's names and layout, Eqs. (11.21)–(11.23)):
+``u``, ``delta``, ``z`` (batch, D, L)  input, pre-activation step and gate, channels before time (D = d_in);
+``A`` (D, N)          real or complex diagonal (complex: conjugate pairs, y = 2 Re⟨C, h⟩);
+``B``, ``C``          (D, N) constant per channel, (batch, N, L) shared, or (batch, G, N, L) in G groups;
+``D`` (D,)            skip connection;  ``delta_bias`` (D,)  added to delta before the softplus;
+``last_state`` (batch, D, N)  h after the last step.
+
 Conventions: S4's sign (HiPPO-LegS A has eigenvalues −1, …, −N); the output is read *after*
 the update (y_k = C x_k with x_k containing u_k), so K̄_0 = C B̄ — one sample earlier than
 ``scipy.signal.dlti``'s impulse response; C is a row vector (no conjugation: y = Σ_n C_n x_n).
@@ -50,6 +57,8 @@ References
 .. [5] S. Rush, S. Karamcheti, "The Annotated S4", 2022 (srush/annotated-s4).
 .. [6] T. Dao, A. Gu, "Transformers are SSMs" (Mamba-2), ICML 2024, §3 (semiseparable matrices).
 .. [7] A. Ali, I. Zimerman, L. Wolf, "The hidden attention of Mamba models", arXiv:2403.01590, 2024.
+.. [8] T. Dao, A. Gu, ``mamba_ssm`` (github.com/state-spaces/mamba),
+       ``mamba_ssm/ops/selective_scan_interface.py``: ``selective_scan_fn`` and ``selective_scan_ref``.
 """
 
 from __future__ import annotations
@@ -891,11 +900,11 @@ def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
 def _check_selective(u, delta, A, B, C, D, discretization, u_name="u"):
     # u_name: the argument whose shape u has (semiseparable_matrix has no u; its shape is delta's)
     check_option(discretization, "discretization", DISCRETIZATIONS)
-    u = as_real_array(u, "u")
+    u = as_real_array(u, "u", copy=False)  # read only: no working copies of the inputs
     if u.ndim < 2 or u.shape[-2] < 1 or u.shape[-1] < 1:
         raise ValueError(f"{u_name}: expected shape (..., L, d_in) with L, d_in >= 1, got shape {u.shape}")
     L, d_in = u.shape[-2:]
-    delta = as_real_array(delta, "delta")
+    delta = as_real_array(delta, "delta", copy=False)
     try:
         np.broadcast_shapes(delta.shape, u.shape)
         if np.broadcast_shapes(delta.shape, u.shape) != u.shape:
@@ -912,7 +921,7 @@ def _check_selective(u, delta, A, B, C, D, discretization, u_name="u"):
     n = A.shape[1]
     out = []
     for name, v in (("B", B), ("C", C)):
-        v = as_real_array(v, name)
+        v = as_real_array(v, name, copy=False)
         ok = v.ndim >= 2 and v.shape[-1] == n and v.shape[-2] == L
         if ok:
             try:
