@@ -1123,7 +1123,7 @@ class TestSelectiveScanFn:
                 f(**kw, delta_softplus=1)
             with pytest.raises(TypeError, match="^return_last_state: expected a bool"):
                 f(**kw, return_last_state="yes")
-            with pytest.raises(ValueError, match="^delta, delta_bias, delta_softplus: expected step sizes Δ > 0"):
+            with pytest.raises(ValueError, match="^delta, delta_bias, delta_softplus: expected step sizes Δ = delta \\+ delta_bias > 0"):
                 f(**kw)  # Δ = delta + delta_bias has negative entries without the softplus
         with pytest.raises(TypeError, match="positional arguments"):  # the flags are keyword-only (refimpl's convention)
             ssm.selective_scan_fn(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], None, None, None, True)
