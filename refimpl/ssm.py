@@ -977,17 +977,16 @@ def _selective_core(u, delta, A, B, C, discretization):
     ``y_t = C_t h_t`` is one batched product per block.
     """
     L, d = u.shape[-2:]
-    # C-ordered u, delta: a block reads T consecutive steps of every channel; from a transposed u (the
-    # official (batch, D, L) layout) NumPy would also lay the block's products out channel-major
-    u, delta = np.ascontiguousarray(u), np.ascontiguousarray(delta)
     dtype = np.result_type(A, B, C, np.float64)
-    y = np.empty(u.shape, dtype=dtype)
+    # y laid out like u: a transposed u (the official (batch, D, L) layout) gets a y that transposes back without a copy
+    y = np.empty_like(u, dtype=dtype)
     h = np.zeros(u.shape[:-2] + A.shape, dtype=dtype)  # h_{−1} = 0, (..., d, n)
     steps = per_block(2 * h.size * dtype.itemsize // 8)  # a time step: Ā_t and B̄_t u_t, (…, d, n) each
     for start in range(0, L, steps):  # blocks of time steps: (…, T, d, n) temporaries only
         sl = slice(start, min(start + steps, L))
         shape = u.shape[:-2] + (sl.stop - start, d, A.shape[1])  # (..., T, d, n)
-        # temporaries allocated C-ordered (out=): a strided B (the official layout) must not set their layout
+        # temporaries allocated C-ordered (out=): a transposed u or a strided B (the official layout) must not
+        # set their layout, which would make every per-step slice below strided
         H, Ab = np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype)
         Bg = B[..., sl, :, None, :]  # B_{t,g}, (..., T, G, 1, n)
         if discretization == "mamba":  # B̄_t u_t = Δ_t u_t B_{t,g} (Euler, Eq. (11.16))
@@ -1414,9 +1413,11 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, del
     """
     u, _, step, A, B, C, D, z, _, _, return_last_state = _check_official(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    # official (batch, D, L) -> refimpl (batch, L, D); B, C (batch, G, N, L) -> (batch, L, G, N)
+    # official (batch, D, L) -> refimpl (batch, L, D), as views; B, C (batch, G, N, L) -> (batch, L, G, N), copied
+    # C-ordered (N/D of u's size) unless constant in time (a broadcast view, stride 0 along L)
     to_refimpl = lambda x: np.swapaxes(x, -1, -2)  # noqa: E731
-    y, h = _selective_core(to_refimpl(u), to_refimpl(step), A, B.transpose(0, 3, 1, 2), C.transpose(0, 3, 1, 2), "mamba")
+    B, C = (X.transpose(0, 3, 1, 2) if X.strides[-1] == 0 else np.ascontiguousarray(X.transpose(0, 3, 1, 2)) for X in (B, C))
+    y, h = _selective_core(to_refimpl(u), to_refimpl(step), A, B, C, "mamba")
     if np.iscomplexobj(y):
         y = 2.0 * y.real  # conjugate pairs: the real output of 2N real modes, Eq. (11.22)
     y = np.ascontiguousarray(to_refimpl(y))  # back to (batch, D, L), C-ordered
