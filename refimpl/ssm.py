@@ -1332,10 +1332,12 @@ def _check_official(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_
     if delta_softplus:
         step = _softplus(step)
     if not np.all(step > 0):
-        culprits = "delta" + (", delta_bias" if delta_bias is not None else "") + (", delta_softplus" if not delta_softplus else "")
+        culprits = "delta" + (", delta_bias" if delta_bias is not None else "")
+        culprits += "" if delta_softplus else ", delta_softplus"
         formula = "delta" if delta_bias is None else "delta + delta_bias"
         formula = f"softplus({formula})" if delta_softplus else formula
-        raise ValueError(f"{culprits}: expected step sizes Δ = {formula} > 0 (Eq. (11.21)), got minimum {float(np.min(step)):.6g}")
+        raise ValueError(f"{culprits}: expected step sizes Δ = {formula} > 0 (Eq. (11.21)), "
+                         f"got minimum {float(np.min(step)):.6g}")
     return u, delta, step, A, B, C, vectors["D"], z, vectors["delta_bias"], delta_softplus, return_last_state
 
 
