@@ -33,6 +33,13 @@ Glossary (code name → symbol in the book / the papers)
 ``B``, ``C`` (…, L, n)  Mamba's input-dependent B_t, C_t;  ``D`` (d_in,) the skip connection.
 ``h`` (…, d_in, n)   Mamba's state h_t (x_t in S4's notation).
 
+The official interface (:func:`selective_scan_fn`, mamba_ssm's names and layout, Eqs. (11.21)–(11.23)):
+``u``, ``delta``, ``z`` (batch, D, L)  input, pre-activation step and gate, channels before time (D = d_in);
+``A`` (D, N)          real or complex diagonal (complex: conjugate pairs, y = 2 Re⟨C, h⟩);
+``B``, ``C``          (D, N) constant per channel, (batch, N, L) shared, or (batch, G, N, L) in G groups;
+``D`` (D,)            skip connection;  ``delta_bias`` (D,)  added to delta before the softplus;
+``last_state`` (batch, D, N)  h after the last step.
+
 Conventions: S4's sign (HiPPO-LegS A has eigenvalues −1, …, −N); the output is read *after*
 the update (y_k = C x_k with x_k containing u_k), so K̄_0 = C B̄ — one sample earlier than
 ``scipy.signal.dlti``'s impulse response; C is a row vector (no conjugation: y = Σ_n C_n x_n).
@@ -50,14 +57,18 @@ References
 .. [5] S. Rush, S. Karamcheti, "The Annotated S4", 2022 (srush/annotated-s4).
 .. [6] T. Dao, A. Gu, "Transformers are SSMs" (Mamba-2), ICML 2024, §3 (semiseparable matrices).
 .. [7] A. Ali, I. Zimerman, L. Wolf, "The hidden attention of Mamba models", arXiv:2403.01590, 2024.
+.. [8] T. Dao, A. Gu, ``mamba_ssm`` (github.com/state-spaces/mamba),
+       ``mamba_ssm/ops/selective_scan_interface.py``: ``selective_scan_fn`` and ``selective_scan_ref``.
 """
 
 from __future__ import annotations
 
+import cmath
 import math
 
 import numpy as np
 import scipy.linalg
+import scipy.special
 
 from ._blocking import per_block
 from ._scan import linear_scan
@@ -93,6 +104,8 @@ __all__ = [
     "selective_scan_assoc",
     "selective_scan_matrix",
     "semiseparable_matrix",
+    "selective_scan_fn",
+    "selective_scan_fn_loop",
     "selective_scan_vjp",
     "selective_scan_vjp_loop",
 ]
@@ -887,11 +900,11 @@ def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
 def _check_selective(u, delta, A, B, C, D, discretization, u_name="u"):
     # u_name: the argument whose shape u has (semiseparable_matrix has no u; its shape is delta's)
     check_option(discretization, "discretization", DISCRETIZATIONS)
-    u = as_real_array(u, "u")
+    u = as_real_array(u, "u", copy=False)  # read only: no working copies of the inputs
     if u.ndim < 2 or u.shape[-2] < 1 or u.shape[-1] < 1:
         raise ValueError(f"{u_name}: expected shape (..., L, d_in) with L, d_in >= 1, got shape {u.shape}")
     L, d_in = u.shape[-2:]
-    delta = as_real_array(delta, "delta")
+    delta = as_real_array(delta, "delta", copy=False)
     try:
         np.broadcast_shapes(delta.shape, u.shape)
         if np.broadcast_shapes(delta.shape, u.shape) != u.shape:
@@ -908,7 +921,7 @@ def _check_selective(u, delta, A, B, C, D, discretization, u_name="u"):
     n = A.shape[1]
     out = []
     for name, v in (("B", B), ("C", C)):
-        v = as_real_array(v, name)
+        v = as_real_array(v, name, copy=False)
         ok = v.ndim >= 2 and v.shape[-1] == n and v.shape[-2] == L
         if ok:
             try:
@@ -943,6 +956,57 @@ def _discretize_selective(u, delta, A, B, discretization):
         Bu *= u[..., None]
     np.exp(Ab, out=Ab)  # Ā_t = e^{Δ_t A}; in place: fewer large temporaries
     return Ab, Bu
+
+
+def _channel_groups(x: np.ndarray, groups: int) -> np.ndarray:
+    """View ``(..., d, k)`` as ``(..., G, d/G, k)``: channel c belongs to group c // (d/G) (contiguous groups)."""
+    return x.reshape(x.shape[:-2] + (groups, x.shape[-2] // groups, x.shape[-1]))
+
+
+def _selective_core(u, delta, A, B, C, discretization):
+    """The blocked recurrence (11.14) with grouped ``B_t``, ``C_t``; shared by selective_scan and selective_scan_fn.
+
+    ``u``, ``delta`` (..., L, d) float64 (validated); ``A`` (d, n) real, or complex (then the state
+    and ``y`` are complex); ``B`` (..., L, G_B, n) and ``C`` (..., L, G_C, n) with batch dims
+    broadcastable to u's and G dividing d: channel c uses group c // (d/G) (G = 1: shared by all
+    channels, as in :func:`selective_scan`; G = d: one per channel). Returns ``y`` (..., L, d) and
+    the last state (..., d, n).
+
+    One vectorized update over all (batch, channel, state) entries per time step, run in place on
+    the precomputed B̄_t u_t in blocks of time steps sized by :mod:`refimpl._blocking`; the readout
+    ``y_t = C_t h_t`` is one batched product per block.
+    """
+    L, d = u.shape[-2:]
+    dtype = np.result_type(A, B, C, np.float64)
+    # y laid out like u: a transposed u (the official (batch, D, L) layout) gets a y that transposes back without a copy
+    y = np.empty_like(u, dtype=dtype)
+    h = np.zeros(u.shape[:-2] + A.shape, dtype=dtype)  # h_{−1} = 0, (..., d, n)
+    steps = per_block(2 * h.size * dtype.itemsize // 8)  # a time step: Ā_t and B̄_t u_t, (…, d, n) each
+    for start in range(0, L, steps):  # blocks of time steps: (…, T, d, n) temporaries only
+        sl = slice(start, min(start + steps, L))
+        shape = u.shape[:-2] + (sl.stop - start, d, A.shape[1])  # (..., T, d, n)
+        # temporaries allocated C-ordered (out=): a transposed u or a strided B (the official layout) must not
+        # set their layout, which would make every per-step slice below strided
+        H, Ab = np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype)
+        Bg = B[..., sl, :, None, :]  # B_{t,g}, (..., T, G, 1, n)
+        if discretization == "mamba":  # B̄_t u_t = Δ_t u_t B_{t,g} (Euler, Eq. (11.16))
+            np.multiply(_channel_groups((delta[..., sl, :] * u[..., sl, :])[..., None], Bg.shape[-3]), Bg,
+                        out=_channel_groups(H, Bg.shape[-3]))
+        else:  # B̄_t u_t = (e^{Δ_t A} − 1)/A · B_{t,g} u_t (ZOH, Eq. (11.15))
+            np.multiply(_channel_groups(phi1(A, delta[..., sl, :, None]), Bg.shape[-3]), Bg,
+                        out=_channel_groups(H, Bg.shape[-3]))
+            H *= u[..., sl, :, None]
+        np.multiply(delta[..., sl, :, None], A, out=Ab)  # Δ_t A
+        np.exp(Ab, out=Ab)  # Ā_t = e^{Δ_t A}, in place: fewer large temporaries
+        H[..., 0, :, :] += Ab[..., 0, :, :] * h  # H starts as B̄_t u_t
+        for t in range(1, H.shape[-3]):
+            Ab[..., t, :, :] *= H[..., t - 1, :, :]  # Ā_t h_{t−1}
+            H[..., t, :, :] += Ab[..., t, :, :]  # h_t = Ā_t h_{t−1} + B̄_t u_t
+        h = H[..., -1, :, :].copy()
+        # y_t = C_{t,g} h_t for the block: channels grouped as C is, one batched product
+        Cg = C[..., sl, :, :, None]  # (..., T, G_C, n, 1)
+        y[..., sl, :] = np.matmul(_channel_groups(H, Cg.shape[-3]), Cg).reshape(H.shape[:-1])
+    return y, h
 
 
 def _finish_selective(y, h_last, u, D, return_last_state):
@@ -1006,19 +1070,8 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
     """
     u, delta, A, B, C, D = _check_selective(u, delta, A, B, C, D, discretization)
     return_last_state = as_bool(return_last_state, "return_last_state")
-    L = u.shape[-2]
-    y = np.empty(u.shape)
-    h = np.zeros(u.shape[:-2] + A.shape)  # h_{−1} = 0, (..., d, n)
-    steps = per_block(2 * h.size)  # a time step: Ā_t and B̄_t u_t, (…, d, n) each
-    for start in range(0, L, steps):  # blocks of time steps: (…, T, d, n) temporaries only
-        sl = slice(start, min(start + steps, L))
-        Ab, H = _discretize_selective(u[..., sl, :], delta[..., sl, :], A, B[..., sl, :], discretization)
-        H[..., 0, :, :] += Ab[..., 0, :, :] * h  # H starts as B̄_t u_t
-        for t in range(1, H.shape[-3]):
-            Ab[..., t, :, :] *= H[..., t - 1, :, :]  # Ā_t h_{t−1}
-            H[..., t, :, :] += Ab[..., t, :, :]  # h_t = Ā_t h_{t−1} + B̄_t u_t
-        h = H[..., -1, :, :].copy()
-        y[..., sl, :] = np.matmul(H, C[..., sl, :, None])[..., 0]  # y_t = C_t h_t for the block
+    # B_t, C_t shared by the d_in channels: one group (the grouped core also serves selective_scan_fn)
+    y, h = _selective_core(u, delta, A, B[..., None, :], C[..., None, :], discretization)
     return _finish_selective(y, h, u, D, return_last_state)
 
 
@@ -1193,6 +1246,249 @@ def selective_scan_matrix(u, delta, A, B, C, D=None, *, discretization="mamba", 
         decay = np.exp(A[:, None, :] * seg_last[..., None])  # (..., d, L, n)
         h_last = np.einsum("...dsn,...sdn->...dn", decay, Bu)
     return _finish_selective(y, h_last, u, D, return_last_state)
+
+
+# ---------------------------------------------------------------------------------------------
+# The official interface of mamba_ssm, Eqs. (11.21)-(11.23)
+# ---------------------------------------------------------------------------------------------
+
+
+def _official_bc(X, name: str, batch: int, d: int, n: int, L: int, complex_A: bool) -> np.ndarray:
+    """``B`` or ``C`` of ``selective_scan_fn`` as an array (batch or 1, G, n, L) in the official axis order.
+
+    Accepted (mamba_ssm's ``selective_scan_ref``): (D, N) — time-invariant, one vector per
+    channel (returned as G = D groups, broadcast over batch and L); (batch, N, L) — shared by all
+    channels (G = 1); (batch, G, N, L) — G contiguous groups of D/G channels. With a complex A a
+    time-varying ``X`` is complex of last axis L, or real of last axis 2L holding (real,
+    imaginary) pairs interleaved (``torch.view_as_complex`` of (..., L, 2)).
+    """
+    X = as_array(X, name)
+    if X.dtype.kind == "c" and not complex_A:
+        raise TypeError(f"{name}: complex values need a complex A (with a real A, {name} is real), got {X.dtype}")
+    forms = f"({d}, {n}), ({batch}, {n}, L) or ({batch}, G, {n}, L) with L = {L} and G dividing D = {d}"
+    if X.ndim == 2:
+        if X.shape != (d, n):
+            raise ValueError(f"{name}: expected shape {forms} (D, N from A), got shape {X.shape}")
+        X = X.astype(np.complex128 if complex_A else np.float64, copy=False)
+        return np.broadcast_to(X[None, :, :, None], (1, d, n, L))  # time-invariant: G = D groups of one
+    if X.ndim not in (3, 4):
+        raise ValueError(f"{name}: expected shape {forms}, got shape {X.shape}")
+    if X.ndim == 3:
+        X = X[:, None]  # shared by all channels: one group
+    Xb, G, Xn, Xl = X.shape
+    if Xb != batch or Xn != n or G < 1:
+        raise ValueError(f"{name}: expected shape {forms} (batch from u, N from A), got shape {X.shape}")
+    if d % G:
+        raise ValueError(f"{name}: its G = {G} groups do not divide the D = {d} channels of u (channel d uses group d // (D/G))")
+    if complex_A and X.dtype.kind != "c":  # complex stored as real: (re, im) interleaved along time
+        if Xl != 2 * L:
+            raise ValueError(f"{name}: with a complex A a real {name} holds (real, imaginary) pairs interleaved "
+                             f"along time, last axis 2L = {2 * L}; got shape {X.shape} (or pass a complex array)")
+        return X[..., 0::2] + 1j * X[..., 1::2]
+    if Xl != L:
+        raise ValueError(f"{name}: expected last axis L = {L} (from u), got shape {X.shape}")
+    return X.astype(np.complex128 if complex_A else np.float64, copy=False)
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + e^x) without overflow (``logaddexp(0, x)``)."""
+    return np.logaddexp(0.0, x)
+
+
+def _check_official(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    """Validate the arguments of :func:`selective_scan_fn`; returns them normalized, and Δ of Eq. (11.21)."""
+    delta_softplus = as_bool(delta_softplus, "delta_softplus")
+    return_last_state = as_bool(return_last_state, "return_last_state")
+    u = as_real_array(u, "u", copy=False)
+    if u.ndim != 3 or min(u.shape) < 1:
+        raise ValueError(f"u: expected shape (batch, D, L) with every size >= 1, got shape {u.shape}")
+    batch, d, L = u.shape
+    delta = as_real_array(delta, "delta", copy=False)
+    if delta.shape != u.shape:
+        raise ValueError(f"delta: expected the shape of u {u.shape} (batch, D, L), got shape {delta.shape}")
+    A = as_array(A, "A")
+    if A.ndim != 2 or A.shape[0] != d or A.shape[1] < 1:
+        raise ValueError(f"A: expected shape ({d}, N) with N >= 1 (D from u), got shape {A.shape}")
+    if np.any(A.real > 0):
+        raise ValueError(f"A: expected a stable diagonal (every Re A <= 0, as Mamba's A = -exp(A_log)), "
+                         f"got maximum Re A = {A.real.max():.6g}")
+    complex_A = A.dtype.kind == "c"
+    n = A.shape[1]
+    B = _official_bc(B, "B", batch, d, n, L, complex_A)
+    C = _official_bc(C, "C", batch, d, n, L, complex_A)
+    vectors = {}
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None:
+            v = as_real_array(v, name)
+            if v.shape != (d,):
+                raise ValueError(f"{name}: expected shape ({d},) (D from u), got shape {v.shape}")
+        vectors[name] = v
+    if z is not None:
+        z = as_real_array(z, "z", copy=False)
+        if z.shape != u.shape:
+            raise ValueError(f"z: expected the shape of u {u.shape} (batch, D, L), got shape {z.shape}")
+    # Eq. (11.21): Δ = softplus(delta + delta_bias) (each step optional)
+    step = delta if delta_bias is None else delta + vectors["delta_bias"][:, None]
+    if delta_softplus:
+        step = _softplus(step)
+    if not np.all(step > 0):
+        culprits = "delta" + (", delta_bias" if delta_bias is not None else "")
+        culprits += "" if delta_softplus else ", delta_softplus"
+        formula = "delta" if delta_bias is None else "delta + delta_bias"
+        formula = f"softplus({formula})" if delta_softplus else formula
+        raise ValueError(f"{culprits}: expected step sizes Δ = {formula} > 0 (Eq. (11.21)), "
+                         f"got minimum {float(np.min(step)):.6g}")
+    return u, delta, step, A, B, C, vectors["D"], z, vectors["delta_bias"], delta_softplus, return_last_state
+
+
+@guard_overflow()
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, delta_softplus=False, return_last_state=False):
+    r"""Mamba's selective scan with the official interface of ``mamba_ssm`` (``selective_scan_fn``).
+
+    Implements Eqs. (11.21)–(11.23) on top of (11.14) and (11.16) of the book (Gu & Dao 2024,
+    Alg. 2; ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` and its reference
+    ``selective_scan_ref``): the official argument names, layouts and options, so that a port of
+    the CUDA kernel is checked with its own calling convention. The computation is
+    :func:`selective_scan`'s recurrence (``discretization="mamba"``) after the mapping tabulated
+    in chapter 11, §11.10.
+
+    Parameters
+    ----------
+    u : array_like, shape (batch, D, L)
+        Input, channels before time (the official layout; refimpl's is (..., L, d_in)).
+    delta : array_like, shape (batch, D, L)
+        Step sizes before the bias and the softplus.
+    A : array_like, shape (D, N), real or complex
+        Diagonal state matrix, Re A ≤ 0 (refused otherwise; the official code does not check).
+        A complex A (its dtype decides, as ``A.is_complex()`` does) makes the state complex and
+        the output ``2 Re⟨C, h⟩`` (conjugate pairs, Eq. (11.22)).
+    B, C : array_like
+        Each independently one of: (D, N) time-invariant (one vector per channel; complex allowed
+        with a complex A); (batch, N, L) time-varying, shared by the D channels; (batch, G, N, L)
+        grouped, G dividing D, channel d using group d // (D/G). With a complex A a time-varying
+        B or C is complex of last axis L, or real of last axis 2L with (real, imaginary) pairs
+        interleaved along time (the official "complex as real" storage).
+    D : array_like, shape (D,), optional
+        Skip connection, ``y += D u``.
+    z : array_like, shape (batch, D, L), optional
+        Gate: the output is multiplied by ``silu(z) = z σ(z)``.
+    delta_bias : array_like, shape (D,), optional
+        Added to ``delta`` per channel before the softplus.
+    delta_softplus : bool
+        Apply ``softplus(x) = log(1 + e^x)`` to ``delta + delta_bias``.
+    return_last_state : bool
+        Also return the state after the last step.
+
+    Returns
+    -------
+    out : ndarray, shape (batch, D, L), float64
+    last_state : ndarray, shape (batch, D, N), float64 (complex128 if A is complex)
+        Only if ``return_last_state``.
+
+    Notes
+    -----
+    With Δ = softplus(delta + delta_bias) (Eq. (11.21); each part optional), for every batch b,
+    channel d, state entry n and step t:
+
+    .. math::  h_{t} = e^{Δ_{t} A_{d n}} h_{t-1} + Δ_{t} B_{g(d), n, t} u_{t},\qquad
+               y_t = \sum_n C_{g(d), n, t} h_t \;(\times 2\,\mathrm{Re}\text{ if } A \text{ is complex}),
+    .. math::  \mathrm{out}_t = (y_t + D_d u_t)\,\mathrm{silu}(z_t).
+
+    Differences from ``mamba_ssm``, all deliberate: everything is float64 (the reference casts
+    to float32); the softplus is exact, whereas the reference (``F.softplus``) and the CUDA kernel
+    return x itself for x > 20, which differs by log1p(e^{−x}) < 2.1e-9, below float32's
+    resolution at 20 (1.9e-6); Re A > 0 and Δ ≤ 0 are refused; the options are keyword-only
+    (refimpl's convention); the ``cu_seqlens`` argument of recent versions (packed sequences of
+    several lengths) is not supported — call once per sequence. Loop twin:
+    :func:`selective_scan_fn_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> b, D, L, N = 2, 4, 5, 3
+    >>> u, delta, z = rng.normal(size=(b, D, L)), rng.normal(size=(b, D, L)), rng.normal(size=(b, D, L))
+    >>> A, B, C = -np.exp(rng.normal(size=(D, N))), rng.normal(size=(b, 2, N, L)), rng.normal(size=(b, N, L))
+    >>> out, last = selective_scan_fn(u, delta, A, B, C, np.ones(D), z, np.zeros(D), delta_softplus=True,
+    ...                               return_last_state=True)
+    >>> out.shape, last.shape
+    ((2, 4, 5), (2, 4, 3))
+    """
+    u, _, step, A, B, C, D, z, _, _, return_last_state = _check_official(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    # official (batch, D, L) -> refimpl (batch, L, D), as views; B, C (batch, G, N, L) -> (batch, L, G, N), copied
+    # C-ordered (N/D of u's size) unless constant in time (a broadcast view, stride 0 along L)
+    to_refimpl = lambda x: np.swapaxes(x, -1, -2)  # noqa: E731
+    B, C = (X.transpose(0, 3, 1, 2) if X.strides[-1] == 0 else np.ascontiguousarray(X.transpose(0, 3, 1, 2)) for X in (B, C))
+    y, h = _selective_core(to_refimpl(u), to_refimpl(step), A, B, C, "mamba")
+    if np.iscomplexobj(y):
+        y = 2.0 * y.real  # conjugate pairs: the real output of 2N real modes, Eq. (11.22)
+    y = np.ascontiguousarray(to_refimpl(y))  # back to (batch, D, L), C-ordered
+    if D is not None:
+        y += D[:, None] * u  # y += D u
+    if z is not None:
+        y *= z * scipy.special.expit(z)  # out = (y + D u) silu(z), Eq. (11.23)
+    return (y, h) if return_last_state else y
+
+
+def _softplus_scalar(x: float) -> float:
+    return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
+
+
+def _sigmoid_scalar(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+@guard_overflow()
+def selective_scan_fn_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, delta_softplus=False,
+                           return_last_state=False):
+    """Loop twin of :func:`selective_scan_fn`: scalar loops over batch, channel, time and state, official layout.
+
+    For each b, d: ``Δ = softplus(delta[b, d, t] + delta_bias[d])`` (Eq. (11.21)),
+    ``h_n ← e^{Δ A[d, n]} h_n + Δ B[b, g, n, t] u[b, d, t]`` with g = d // (D/G),
+    ``y = Σ_n C[b, g', n, t] h_n`` (``2 Re y`` for a complex A, Eq. (11.22)),
+    ``out[b, d, t] = (y + D[d] u[b, d, t]) · z σ(z)`` (Eq. (11.23)), in Python floats.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> b, D, L, N = 1, 2, 6, 3
+    >>> u, delta = rng.normal(size=(b, D, L)), rng.normal(size=(b, D, L))
+    >>> A = -np.exp(rng.normal(size=(D, N))) + 1j * rng.normal(size=(D, N))
+    >>> B, C = rng.normal(size=(b, N, 2 * L)), rng.normal(size=(b, N, 2 * L))  # complex, stored interleaved
+    >>> kw = dict(delta_softplus=True)
+    >>> bool(np.allclose(selective_scan_fn_loop(u, delta, A, B, C, **kw), selective_scan_fn(u, delta, A, B, C, **kw)))
+    True
+    """
+    u, delta, _, A, B, C, D, z, delta_bias, delta_softplus, return_last_state = _check_official(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    exp = cmath.exp if A.dtype.kind == "c" else math.exp
+    batch, d_in, L = u.shape
+    n = A.shape[1]
+    B = np.broadcast_to(B, (batch,) + B.shape[1:])  # (batch, G, N, L)
+    C = np.broadcast_to(C, (batch,) + C.shape[1:])
+    out = np.empty(u.shape)
+    last = np.empty((batch, d_in, n), dtype=A.dtype)
+    for b in range(batch):
+        for d in range(d_in):
+            gB, gC = d // (d_in // B.shape[1]), d // (d_in // C.shape[1])  # the groups of channel d
+            h = [0.0] * n
+            for t in range(L):
+                x = delta[b, d, t] + (delta_bias[d] if delta_bias is not None else 0.0)
+                dt = _softplus_scalar(x) if delta_softplus else x  # Δ, Eq. (11.21)
+                ut = u[b, d, t]
+                y = 0.0
+                for k in range(n):
+                    h[k] = exp(dt * A[d, k]) * h[k] + dt * B[b, gB, k, t] * ut  # h = e^{ΔA} h + Δ B u
+                    y += C[b, gC, k, t] * h[k]  # y = Σ_n C_n h_n
+                if A.dtype.kind == "c":
+                    y = 2.0 * y.real  # conjugate pairs, Eq. (11.22)
+                if D is not None:
+                    y += D[d] * ut
+                if z is not None:
+                    y *= z[b, d, t] * _sigmoid_scalar(z[b, d, t])  # silu(z) = z σ(z), Eq. (11.23)
+                out[b, d, t] = y
+            last[b, d] = h
+    return (out, last) if return_last_state else out
 
 
 # The backward pass (vector–Jacobian products) lives in refimpl/_vjp.py, re-exported here.

@@ -40,6 +40,10 @@ WORST_ERRORS, close, record = recorder()
 # ---------------------------------------------------------------------------------------------
 
 
+def cplx_normal(rng, *shape):
+    return rng.normal(size=shape) + 1j * rng.normal(size=shape)
+
+
 def s4d_lin(H, N):
     return np.broadcast_to(-0.5 + 1j * np.pi * np.arange(N), (H, N)).copy()
 
@@ -908,6 +912,221 @@ class TestSelectiveScan:
                 f(u, delta, A + 1j, B, C)
         with pytest.raises(ValueError, match="^delta: expected shape"):
             ssm.semiseparable_matrix(delta[:, 0], A, B, C)
+
+
+# ---------------------------------------------------------------------------------------------
+# The official interface (mamba_ssm's selective_scan_fn), layout (batch, D, L)
+# ---------------------------------------------------------------------------------------------
+
+
+def official_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """mamba_ssm's ``selective_scan_ref`` semantics written independently in NumPy float64.
+
+    A per-step loop in the official layout: u, delta (b, D, L); A (D, N); B, C (D, N), (b, N, L),
+    (b, G, N, L), or, with a complex A, real (…, 2L) viewed as complex pairs (the memory layout
+    ``torch.view_as_complex`` reads); groups expanded by repetition; ``y.real * 2`` for complex.
+    """
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = np.maximum(delta, 0.0) + np.log1p(np.exp(-np.abs(delta)))
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    is_complex = np.iscomplexobj(A)
+
+    def per_channel(X):  # -> (batch, dim, N, L)
+        if X.ndim == 2:
+            return np.broadcast_to(X[None, :, :, None], (batch, dim, N, L))
+        if is_complex and not np.iscomplexobj(X):
+            X = np.ascontiguousarray(X, dtype=np.float64).view(np.complex128)  # (re, im) pairs along the last axis
+        if X.ndim == 3:
+            X = X[:, None]
+        return np.repeat(X, dim // X.shape[1], axis=1)  # "B G N L -> B (G H) N L"
+
+    Bx, Cx = per_channel(B), per_channel(C)
+    deltaA = np.exp(delta[:, :, None, :] * A[None, :, :, None])
+    deltaB_u = delta[:, :, None, :] * Bx * u[:, :, None, :]
+    x = np.zeros((batch, dim, N), dtype=complex if is_complex else float)
+    ys = []
+    for i in range(L):
+        x = deltaA[..., i] * x + deltaB_u[..., i]
+        y = np.sum(x * Cx[..., i], axis=-1)
+        ys.append(2 * y.real if is_complex else y)
+    out = np.stack(ys, axis=-1)
+    if D is not None:
+        out = out + u * D[:, None]
+    if z is not None:
+        out = out * z / (1.0 + np.exp(-z))
+    return out, x
+
+
+def official_inputs(rng, batch=2, dim=4, L=9, N=3, B_form="shared", C_form="shared", complex_A=False,
+                    interleaved=True, G=2):
+    """Random arguments of selective_scan_fn: B, C in the form named ("invariant", "shared", "grouped")."""
+    u = rng.normal(size=(batch, dim, L))
+    delta = rng.normal(-1.0, 1.0, size=(batch, dim, L))  # before the softplus
+    A = -np.exp(rng.normal(size=(dim, N)))
+    if complex_A:
+        A = A + 1j * np.pi * rng.normal(size=(dim, N))
+
+    def make(form):
+        if form == "invariant":
+            X = rng.normal(size=(dim, N))
+            return X + 1j * rng.normal(size=(dim, N)) if complex_A else X
+        shape = (batch, N, L) if form == "shared" else (batch, G, N, L)
+        if complex_A and interleaved:
+            return rng.normal(size=shape[:-1] + (2 * L,))
+        X = rng.normal(size=shape)
+        return X + 1j * rng.normal(size=shape) if complex_A else X
+
+    return dict(u=u, delta=delta, A=A, B=make(B_form), C=make(C_form), D=rng.normal(size=dim),
+                z=rng.normal(size=(batch, dim, L)), delta_bias=rng.normal(0.5, 0.3, size=dim))
+
+
+FORMS = ["invariant", "shared", "grouped"]
+FN_SCANS = [ssm.selective_scan_fn, ssm.selective_scan_fn_loop]
+
+
+class TestSelectiveScanFn:
+    @pytest.mark.parametrize("complex_A", [False, True], ids=["real_A", "complex_A"])
+    @pytest.mark.parametrize("C_form", FORMS)
+    @pytest.mark.parametrize("B_form", FORMS)
+    def test_every_B_C_form_matches_the_reference(self, B_form, C_form, complex_A):
+        rng = np.random.default_rng(100 + 10 * FORMS.index(B_form) + 2 * FORMS.index(C_form) + complex_A)
+        kw = official_inputs(rng, B_form=B_form, C_form=C_form, complex_A=complex_A)
+        ref, last_ref = official_reference(**kw, delta_softplus=True)
+        for f in FN_SCANS:
+            out, last = f(**kw, delta_softplus=True, return_last_state=True)
+            assert out.shape == kw["u"].shape and out.dtype == np.float64
+            assert last.shape == (2, 4, 3) and last.dtype == (np.complex128 if complex_A else np.float64)
+            close(out, ref, rtol=ORACLE, what=f"{f.__name__} {B_form}/{C_form} vs reference")
+            close(last, last_ref, rtol=ORACLE, what=f"{f.__name__} last state")
+
+    @pytest.mark.parametrize("complex_A", [False, True], ids=["real_A", "complex_A"])
+    @pytest.mark.parametrize("options", [(), ("D",), ("z",), ("delta_bias",), ("delta_softplus",),
+                                         ("D", "z", "delta_bias", "delta_softplus")])
+    def test_each_option(self, options, complex_A):
+        rng = np.random.default_rng(len(options) + 10 * complex_A)
+        kw = official_inputs(rng, B_form="grouped", C_form="shared", complex_A=complex_A)
+        kw["delta"] = np.abs(kw["delta"]) + 0.05  # Δ > 0 without the softplus
+        for name in ("D", "z", "delta_bias"):
+            if name not in options:
+                kw[name] = None
+        softplus = "delta_softplus" in options
+        ref, last_ref = official_reference(**kw, delta_softplus=softplus)
+        for f in FN_SCANS:
+            out = f(**kw, delta_softplus=softplus)
+            close(out, ref, rtol=ORACLE, what=f"{f.__name__} with {options}")
+            out2, last = f(**kw, delta_softplus=softplus, return_last_state=True)
+            np.testing.assert_array_equal(out2, out)
+            close(last, last_ref, rtol=ORACLE, what=f"{f.__name__} last state with {options}")
+
+    @pytest.mark.parametrize("L", [1, 63, 65, 2049])
+    def test_odd_lengths(self, L):
+        rng = np.random.default_rng(L)
+        for complex_A in (False, True):
+            kw = official_inputs(rng, batch=1, dim=2, L=L, N=2, B_form="grouped", C_form="invariant",
+                                 complex_A=complex_A, G=2)
+            ref, last_ref = official_reference(**kw, delta_softplus=True)
+            out, last = ssm.selective_scan_fn(**kw, delta_softplus=True, return_last_state=True)
+            close(out, ref, rtol=ORACLE, what=f"L = {L}")
+            close(last, last_ref, rtol=ORACLE, what=f"L = {L} last state")
+            if L <= 65:
+                close(ssm.selective_scan_fn_loop(**kw, delta_softplus=True), out, rtol=ORACLE, what=f"loop L = {L}")
+
+    def test_blocking_does_not_change_the_result(self, monkeypatch):
+        import refimpl._blocking
+
+        kw = official_inputs(np.random.default_rng(3), L=40, B_form="grouped", C_form="invariant", complex_A=True)
+        whole = ssm.selective_scan_fn(**kw, delta_softplus=True)
+        monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 1)  # one time step per block
+        np.testing.assert_allclose(ssm.selective_scan_fn(**kw, delta_softplus=True), whole, rtol=0, atol=1e-14 * np.abs(whole).max())
+
+    def test_is_selective_scan_after_the_mapping(self):
+        # shared B, C, real A: transpose to (batch, L, D), Δ = softplus(delta + delta_bias), then selective_scan
+        kw = official_inputs(np.random.default_rng(4), L=30)
+        t = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
+        step = np.logaddexp(0.0, kw["delta"] + kw["delta_bias"][:, None])
+        y, h = ssm.selective_scan(t(kw["u"]), t(step), kw["A"], t(kw["B"]), t(kw["C"]), kw["D"], return_last_state=True)
+        kw["z"] = None
+        out, last = ssm.selective_scan_fn(**kw, delta_softplus=True, return_last_state=True)
+        close(out, t(y), rtol=ORACLE, what="selective_scan_fn == selective_scan after the mapping")
+        close(last, h, rtol=ORACLE, what="last state after the mapping")
+        # grouped B, C: group g is selective_scan on its channels
+        kw = official_inputs(np.random.default_rng(5), L=30, dim=6, B_form="grouped", C_form="grouped", G=3)
+        kw["z"] = None
+        out = ssm.selective_scan_fn(**kw, delta_softplus=True)
+        step = np.logaddexp(0.0, kw["delta"] + kw["delta_bias"][:, None])
+        for g in range(3):
+            ch = slice(2 * g, 2 * g + 2)
+            y = ssm.selective_scan(t(kw["u"][:, ch]), t(step[:, ch]), kw["A"][ch], t(kw["B"][:, g]), t(kw["C"][:, g]),
+                                   kw["D"][ch])
+            close(out[:, ch], t(y), rtol=ORACLE, what=f"group {g} == selective_scan on its channels")
+
+    def test_complex_A_is_a_bank_of_one_pole_filters(self):
+        # LTI: constant Δ, time-invariant complex B, C: y = 2 Re Σ_n C_n lfilter([Δ B_n], [1, −e^{Δ A_n}], u)
+        rng = np.random.default_rng(6)
+        L, N, dt = 80, 3, 0.3
+        A = -rng.uniform(0.1, 1.0, (1, N)) + 1j * rng.uniform(-3, 3, (1, N))
+        B, C = cplx_normal(rng, 1, N), cplx_normal(rng, 1, N)
+        u = rng.normal(size=(1, 1, L))
+        ref = sum(2 * (C[0, n] * scipy.signal.lfilter([dt * B[0, n]], [1.0, -np.exp(dt * A[0, n])], u[0, 0])).real
+                  for n in range(N))
+        for f in FN_SCANS:
+            close(f(u, np.full((1, 1, L), dt), A, B, C)[0, 0], ref, rtol=ORACLE, what=f"{f.__name__} vs lfilter bank")
+
+    def test_interleaved_storage_equals_complex_arrays(self):
+        rng = np.random.default_rng(7)
+        kw = official_inputs(rng, B_form="grouped", C_form="shared", complex_A=True, interleaved=True)
+        as_complex = dict(kw, B=kw["B"][..., 0::2] + 1j * kw["B"][..., 1::2], C=kw["C"][..., 0::2] + 1j * kw["C"][..., 1::2])
+        np.testing.assert_array_equal(ssm.selective_scan_fn(**kw, delta_softplus=True),
+                                      ssm.selective_scan_fn(**as_complex, delta_softplus=True))
+
+    def test_complex_dtype_decides_the_doubling(self):
+        # a complex128 A with zero imaginary parts: conjugate-pair read-out 2 Re y, as A.is_complex() decides
+        kw = official_inputs(np.random.default_rng(8), B_form="invariant", C_form="invariant")
+        real = ssm.selective_scan_fn(**dict(kw, D=None, z=None), delta_softplus=True)
+        doubled = ssm.selective_scan_fn(**dict(kw, A=kw["A"] + 0j, D=None, z=None), delta_softplus=True)
+        close(doubled, 2 * real, rtol=ORACLE, what="complex dtype doubles")
+
+    def test_softplus_is_exact_beyond_20(self):
+        # mamba_ssm returns x itself for x > 20; refimpl keeps log(1 + e^x) = x + log1p(e^-x)
+        one = np.ones((1, 1, 1))
+        out = ssm.selective_scan_fn(one, np.full((1, 1, 1), 25.0), [[0.0]], [[1.0]], [[1.0]], delta_softplus=True)
+        assert out[0, 0, 0] == 25.0 + math.log1p(math.exp(-25.0)) and out[0, 0, 0] != 25.0
+
+    def test_bad_input(self):
+        kw = official_inputs(np.random.default_rng(9), B_form="grouped", C_form="shared")
+        call = lambda **over: ssm.selective_scan_fn(**dict(kw, **over), delta_softplus=True)  # noqa: E731
+        cases = [
+            (ValueError, "^u: expected shape \\(batch, D, L\\)", dict(u=kw["u"][0])),
+            (ValueError, "^delta: expected the shape of u", dict(delta=np.swapaxes(kw["delta"], 1, 2))),
+            (ValueError, "^A: expected shape \\(4, N\\)", dict(A=kw["A"].T)),
+            (ValueError, "^A: expected a stable diagonal", dict(A=-kw["A"])),
+            (ValueError, "^B: its G = 3 groups do not divide the D = 4 channels", dict(B=np.ones((2, 3, 3, 9)))),
+            (ValueError, "^B: expected shape", dict(B=np.swapaxes(kw["B"], -1, -2))),
+            (ValueError, "^B: expected shape", dict(B=np.ones((3, 9)))),
+            (ValueError, "^C: expected shape", dict(C=kw["C"][:1])),
+            (ValueError, "^C: expected last axis L = 9", dict(C=kw["C"][..., :8])),
+            (ValueError, "^D: expected shape \\(4,\\)", dict(D=np.ones(3))),
+            (ValueError, "^z: expected the shape of u", dict(z=kw["z"][..., :3])),
+            (ValueError, "^delta_bias: expected shape \\(4,\\)", dict(delta_bias=np.ones((4, 1)))),
+            (TypeError, "^B: complex values need a complex A", dict(B=kw["B"] + 1j)),
+            (ValueError, "^B: with a complex A a real B holds \\(real, imaginary\\) pairs", dict(A=kw["A"] + 1j)),
+            (TypeError, "^u: expected real values", dict(u=kw["u"] + 1j)),
+        ]
+        for exc, pattern, over in cases:
+            with pytest.raises(exc, match=pattern):
+                call(**over)
+        for f in FN_SCANS:
+            with pytest.raises(TypeError, match="^delta_softplus: expected a bool"):
+                f(**kw, delta_softplus=1)
+            with pytest.raises(TypeError, match="^return_last_state: expected a bool"):
+                f(**kw, return_last_state="yes")
+            with pytest.raises(ValueError, match="^delta, delta_bias, delta_softplus: expected step sizes Δ = delta \\+ delta_bias > 0"):
+                f(**kw)  # Δ = delta + delta_bias has negative entries without the softplus
+        with pytest.raises(TypeError, match="positional arguments"):  # the flags are keyword-only (refimpl's convention)
+            ssm.selective_scan_fn(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], None, None, None, True)
 
 
 class TestBadInputRefusedByName:

@@ -31,6 +31,27 @@ def _run_selective(args, with_mid):
     return res
 
 
+def _run_selective_fn(args, with_mid):
+    out, last = ssm.selective_scan_fn(**args, return_last_state=True)
+    res = {}
+    if with_mid:  # the step sizes after the bias and the softplus, Eq. (11.21)
+        step = args["delta"] if args.get("delta_bias") is None else args["delta"] + np.asarray(args["delta_bias"])[:, None]
+        res["Delta"] = np.logaddexp(0.0, step) if args.get("delta_softplus") else np.array(step, dtype=float)
+    res.update({"out": out, "last_state": last})
+    return res
+
+
+def _official(r, batch, dim, L, N, B, C, complex_A=False, gate=True):
+    """Arguments of ``selective_scan_fn`` in mamba_ssm's layout; ``B``, ``C`` are shapes (``"2L"``: interleaved)."""
+    A = -np.exp(r.standard_normal((dim, N)))
+    if complex_A:
+        A = -0.5 + 1j * np.pi * np.broadcast_to(np.arange(N), (dim, N))  # S4D-Lin
+    draw = lambda shape: r.standard_normal(tuple(2 * L if s == "2L" else s for s in shape))  # noqa: E731
+    return {"u": r.standard_normal((batch, dim, L)), "delta": r.normal(-2.0, 1.0, (batch, dim, L)), "A": A,
+            "B": draw(B), "C": draw(C), "D": r.standard_normal(dim), "z": r.standard_normal((batch, dim, L)) if gate else None,
+            "delta_bias": r.normal(0.5, 0.5, dim), "delta_softplus": True}
+
+
 FUNCTIONS = [
     called("ssm.hippo_legs", "A", "B"),
     called("ssm.discretize", "Ab", "Bb"),
@@ -40,6 +61,7 @@ FUNCTIONS = [
     Function("ssm.ssm_recurrent", _run_ssm_modes, ("y",), intermediates=("K",)),
     Function("ssm.ssm_convolution", _run_ssm_conv, ("y",), intermediates=("K",)),
     Function("ssm.selective_scan", _run_selective, ("y", "h_last"), intermediates=("M",)),
+    Function("ssm.selective_scan_fn", _run_selective_fn, ("out", "last_state"), intermediates=("Delta",)),
     called("ssm.hippo_legs_online", "c"),
     called("ssm.legs_reconstruct", "f"),
 ]
@@ -83,6 +105,19 @@ CASES = [
                     "A": -np.array([[1e-8, 0.5, 3.0], [1.0, 10.0, 40.0]]), "B": r.standard_normal((2, 400, 3)),
                     "C": r.standard_normal((2, 400, 3)), "discretization": "zoh"},
          "exact ZOH, 400 steps, a mode with A = -1e-8 (B̄ -> Δ B) and a fast one", intermediates=False),
+    Case("ssm.selective_scan_fn/shared_gated", 813,
+         lambda r: _official(r, 2, 4, 65, 4, B=(2, 4, 65), C=(2, 4, 65)),
+         "mamba_ssm layout (batch, D, L), L = 65: shared B, C (batch, N, L), delta_bias, softplus, D, SiLU gate z"),
+    Case("ssm.selective_scan_fn/grouped_time_invariant", 814,
+         lambda r: {**_official(r, 1, 6, 17, 3, B=(1, 3, 3, 17), C=(6, 3), gate=False), "delta_bias": None,
+                    "delta_softplus": False, "delta": r.uniform(0.01, 1.0, (1, 6, 17))},
+         "B in G = 3 groups of two channels (batch, G, N, L), C time-invariant (D, N), Δ given directly"),
+    Case("ssm.selective_scan_fn/complex_interleaved", 815,
+         lambda r: _official(r, 1, 2, 33, 4, B=(1, 4, "2L"), C=(1, 2, 4, "2L"), complex_A=True),
+         "complex A (S4D-Lin), B and C stored as real (…, 2L) pairs, output 2 Re <C, h>, complex last state"),
+    Case("ssm.selective_scan_fn/odd_length", 816,
+         lambda r: _official(r, 1, 1, 257, 2, B=(1, 2, 257), C=(1, 2, 257)),
+         "L = 257 (one past a power of two: a partial last tile), gate and softplus", intermediates=False),
     Case("ssm.hippo_legs_online/ramp", 811,
          lambda r: {"u": np.cumsum(r.standard_normal((200, 1)), axis=0) / 10, "N": 6},
          "online LegS projection of a random walk, 200 steps"),
