@@ -971,7 +971,9 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False):
             A[sb, sn] = strict * bc[sb, n][..., None] * Gam * (kc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
             P[sb, sn] = Gam * (qc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
             Kg[sb, sn] = kc[sb, n] * np.exp(_suffix(gc[sb, n], -1))[..., None]
-        rhs = np.concatenate([bgg[..., None] * kg, bg[..., None] * vg], axis=-1)
+        rhs = np.empty(kg.shape[:-1] + (dk + dv,))  # [diag(β γ) K | diag(β) V]
+        np.multiply(kg, bgg[..., None], out=rhs[..., :dk])
+        np.multiply(vg, bg[..., None], out=rhs[..., dk:])
         # forward substitution with the unit lower-triangular I + A, all chunks of the group at once
         WU = solve_triangular(A, rhs, lower=True, unit_diagonal=True, overwrite_b=True, check_finite=False)
         W, U0 = WU[..., :dk], WU[..., dk:]  # W = T diag(β γ) K (WY factor), U0 = T diag(β) V
