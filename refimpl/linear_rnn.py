@@ -995,17 +995,18 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False):
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
         qg, kg, vg, bg, gg, gi = qc[:, sl], kc[:, sl], vc[:, sl], bc[:, sl], gam[:, sl], ginv[:, sl]
-        bgg = bg * gg  # β_t γ_t
-        # UT transform (16.11): (I + tril(diag(β) (Γ ⊙ K Kᵀ), −1)) [W | U0] = [diag(β γ) K | diag(β) V]
-        A = kg @ np.swapaxes(kg, -1, -2)
-        A *= bgg[..., :, None]
-        A *= gi[..., None, :]  # β_t (γ_t/γ_s) (k_t · k_s)
+        # UT transform (16.11): (I + tril(diag(β) (Γ ⊙ K Kᵀ), −1)) [W | U0] = [diag(β γ) K | diag(β) V];
+        # with Γ_ts = γ_t/γ_s the decays are row and column scalings of the small (c, Dk) factors
+        rhs = np.empty(kg.shape[:-1] + (dk + dv,))
+        Kb = np.multiply(kg, (bg * gg)[..., None], out=rhs[..., :dk])  # diag(β γ) K
+        np.multiply(vg, bg[..., None], out=rhs[..., dk:])  # diag(β) V
+        Ki = kg * gi[..., None]  # diag(1/γ) K
+        Qg = qg * gg[..., None]  # diag(γ) Q
+        A = Kb @ np.swapaxes(Ki, -1, -2)  # β_t (γ_t/γ_s) (k_t · k_s)
         A *= strict
-        P = qg @ np.swapaxes(kg, -1, -2)
-        P *= gg[..., :, None]
-        P *= gi[..., None, :]
+        P = Qg @ np.swapaxes(Ki, -1, -2)
         P *= tri  # tril(Γ ⊙ Q Kᵀ)
-        Kg = kg * (gend[:, sl] * gi)[..., None]  # diag(γ_end/γ_s) K
+        Kg = Ki * gend[:, sl, :, None]  # K_Γ = diag(γ_end/γ_s) K
         sb, sn = np.nonzero(strong[:, sl])
         if sb.size:  # chunks that decay below e^{−_FACTOR_LOG}: Γ from segment sums
             n = g0 + sn
@@ -1013,9 +1014,6 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False):
             A[sb, sn] = strict * bc[sb, n][..., None] * Gam * (kc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
             P[sb, sn] = Gam * (qc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
             Kg[sb, sn] = kc[sb, n] * np.exp(_suffix(gc[sb, n], -1))[..., None]
-        rhs = np.empty(kg.shape[:-1] + (dk + dv,))  # [diag(β γ) K | diag(β) V]
-        np.multiply(kg, bgg[..., None], out=rhs[..., :dk])
-        np.multiply(vg, bg[..., None], out=rhs[..., dk:])
         WU = _unit_lower_solve(A, rhs)  # all chunks of the group at once
         W, U0 = WU[..., :dk], WU[..., dk:]  # W = T diag(β γ) K (WY factor), U0 = T diag(β) V
         MB = np.swapaxes(WU, -1, -2) @ Kg  # [Wᵀ K_Γ ; U0ᵀ K_Γ]
@@ -1027,7 +1025,7 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False):
         St = np.swapaxes(S[:, sl], -1, -2)  # S_inᵀ
         U = U0 - W @ St  # pseudo-values u_t = U0 − W S_inᵀ
         og = np.matmul(P, U, out=o[:, sl])
-        og += (qg * gg[..., None]) @ St  # (16.12): diag(γ) Q S_inᵀ + tril(Γ ⊙ Q Kᵀ) U
+        og += Qg @ St  # (16.12): diag(γ) Q S_inᵀ + tril(Γ ⊙ Q Kᵀ) U
         if return_factors:
             W_all[:, sl], U0_all[:, sl] = W, U0
     o = o.reshape((nb, nc * c, dv))[:, :L].reshape(batch + (L, dv))
