@@ -118,11 +118,12 @@ KEY_NORM_TOL = 1e-6
 #: The delta rule's β_t must lie in (0, BETA_MAX): the normalized-LMS stability interval (Eq. (16.14)).
 BETA_MAX = 2.0
 
-# Bound on the elements of the (.., chunks, c, c[, Dk]) temporaries of the chunked algorithms.
+# Bound on the elements of the (chunks, c, c, Dk) segment-sum tensors of per-channel chunks that decay fast.
 _BLOCK_ELEMS = 1 << 18
-# Chunks of per-channel GLA whose decay stays above e^{-_FACTOR_LOG} use the factored BLAS form.
+# Chunks whose decay stays above e^{-_FACTOR_LOG} use the factored form e^{cum_t} e^{-cum_s};
+# the others take segment sums.
 _FACTOR_LOG = 30.0
-_TINY = math.exp(-_FACTOR_LOG)
+_TINY = math.exp(-_FACTOR_LOG)  # e^{−cum} is evaluated as 1 / max(e^{cum}, _TINY) <= e^{30}
 # Rows (batch × chunks × chunk length) per group of chunks in the chunked algorithms: the group's
 # temporaries stay in the processor's cache (measured: 2048 rows of 32 to 64 floats).
 _GROUP_ROWS = 2048
@@ -136,7 +137,7 @@ _GROUP_ROWS = 2048
 def _real(x, name: str, **kwargs) -> np.ndarray:
     """``as_real_array`` without a copy (inputs are never written to), and a finiteness check that
     makes no BLAS call: a multithreaded BLAS dot product wakes OpenBLAS's worker thread, which then
-    spins, costing more CPU time than the chunked algorithm itself on a busy machine (measured).
+    spins and competes with the computation for the cores (measured on a busy 2-core machine).
     A finite sum means every entry is finite (an inf or NaN entry makes it inf or NaN); otherwise
     the package's check names the argument and counts the bad entries."""
     arr = as_real_array(x, name, copy=False, finite=False, **kwargs)
@@ -407,7 +408,8 @@ def _scalar_chunked(q, k, v, loga, c: int, w=None):
     ft = f.transpose(0, 2, 3, 1)[..., None]  # (G, nc, c, R, 1)
     Et = E.transpose(0, 2, 3, 1)[..., None]
     dec = E[..., -1].transpose(0, 2, 1)[:, :, None, :, None]  # (G, nc, 1, R, 1): e^{cum_end} per head
-    vt = _chunks(v, c, -2).transpose(0, 2, 3, 1, 4)  # (G, nc, c, R, Dv) (a view)
+    vc = _chunks(v, c, -2)  # (G, R, nc, c, Dv)
+    vt = vc.transpose(0, 2, 3, 1, 4)  # (G, nc, c, R, Dv) (a view)
     tri = np.tri(c)
     o = np.empty((G, R, nc, c, dv))
     ST = np.empty((G, nc + 1, dk, R, dv))  # transposed states of the R heads, side by side
@@ -423,8 +425,11 @@ def _scalar_chunked(q, k, v, loga, c: int, w=None):
         scores *= tri
         sg, sr, sn = np.nonzero(strong[:, :, sl])
         if sg.size:  # the end-state contributions of strongly decaying chunks, from suffix sums
-            ke = kc[sg, g0 + sn] * (np.exp(_suffix(ac[sg, sr, g0 + sn], -1)) * (1.0 if wc is None else wc[sg, sr, g0 + sn]))[..., None]
-            local[sg, sn, :, sr] = np.swapaxes(ke, -1, -2) @ _chunks(v, c, -2)[sg, sr, g0 + sn]
+            wk = np.exp(_suffix(ac[sg, sr, g0 + sn], -1))  # e^{Σ_{r=s+1}^{end} log g_r}
+            if wc is not None:
+                wk *= wc[sg, sr, g0 + sn]
+            ke = kc[sg, g0 + sn] * wk[..., None]
+            local[sg, sn, :, sr] = np.swapaxes(ke, -1, -2) @ vc[sg, sr, g0 + sn]
         for j in range(mm):  # state passing (16.5): S_end = e^{cum_end} S_in + local
             n = g0 + j
             np.multiply(ST[:, n], dec[:, n], out=ST[:, n + 1])
@@ -433,7 +438,7 @@ def _scalar_chunked(q, k, v, loga, c: int, w=None):
         Y += qc[:, sl] @ ST[:, sl].reshape(G, mm, dk, R * dv)  # across chunks: Q S_inᵀ
         np.multiply(Y.reshape(G, mm, c, R, dv).transpose(0, 3, 1, 2, 4), Et[:, sl].transpose(0, 3, 1, 2, 4), out=o[:, :, sl])
         if sg.size:  # in-chunk weights of strongly decaying chunks from segment sums (exponents <= 0)
-            vw = _chunks(v, c, -2)[sg, sr, g0 + sn]
+            vw = vc[sg, sr, g0 + sn]
             if wc is not None:
                 vw = vw * wc[sg, sr, g0 + sn][..., None]
             inter = qc[sg, g0 + sn] @ np.moveaxis(ST[sg, g0 + sn], -2, 1)[np.arange(sg.size), sr]  # q S_inᵀ of head r
@@ -809,7 +814,7 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
 
     The chunked algorithm is that of :func:`gated_linear_attention` with a gate per head: in a
     chunk ``y = e^{cum_t} ⊙ (tril(C Bᵀ) (Δ x ⊙ e^{−cum}) + C h_inᵀ)`` (``cum`` the chunk's
-    cumulative ``Δ A``, used so where the chunk decays by less than ``e^{−30}``; segment sums
+    cumulative ``Δ A``, used where the chunk decays by less than ``e^{−30}``; segment sums
     elsewhere), so the heads of a group, which share ``B`` and ``C``, stand side by side as the
     columns of one matrix product per chunk.
 
