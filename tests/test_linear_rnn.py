@@ -155,6 +155,44 @@ def test_gla_long_sequence_no_overflow():
     close(y, lr.gated_linear_attention_loop(q, k, v, log_g), rtol=SELF, what="GLA long L vs recurrence")
 
 
+def _strong_log_gates(rng, shape):
+    """Log-gates over a long sequence mixing every regime: gates near 1 (−1e-12), moderate ones,
+    and stretches of strong decay (−60 and −800 per step: e^{−800} underflows to 0) that put some
+    chunks on the exact segment-sum path and leave their neighbours on the factored one."""
+    L = shape[-1]
+    a = np.where(rng.random(shape) < 0.5, -1e-12, -rng.uniform(0.0, 2.0, shape))
+    a[..., L // 8 : L // 8 + 100] = -60.0
+    a[..., L // 2 : L // 2 + 40] = -800.0
+    a[..., 3 * L // 4 :] *= 1e-6  # a long stretch of gates near 1
+    return a
+
+
+@pytest.mark.parametrize("form", ["gla per channel", "gla per head", "ssd groups", "gated delta rule"])
+def test_chunked_long_sequence_strong_decay_vs_recurrence(form):
+    # L = 4096 with gates near 0 and near 1 in the same sequence, against the step-by-step loops
+    rng = np.random.default_rng(30)
+    L = 4096
+    if form == "ssd groups":  # 4 heads in 2 groups; in each group one head decays strongly, one barely
+        x, dt, A, B, C, D = _ssd_inputs(31, batch=(), H=4, G=2, L=L, P=2, N=3)
+        A = np.array([-1e-9, -50.0, -0.5, -3.0])
+        dt[0, L // 3 : L // 3 + 64] = 1e12  # Δ A = −1000 per step in the slow head 0
+        got, want = lr.ssd(x, dt, A, B, C, D), lr.ssd_loop(x, dt, A, B, C, D)
+    elif form == "gated delta rule":
+        rng, q, k, v = _qkv(32, batch=(), L=L, dk=4, dv=3)
+        k = _unit(k)
+        beta = rng.uniform(0.05, 1.95, L)
+        log_g = _strong_log_gates(rng, (L,))
+        got = lr.delta_rule(q, k, v, beta, log_g=log_g)
+        want = lr.delta_rule_loop(q, k, v, beta, log_g=log_g)
+    else:
+        rng, q, k, v = _qkv(33, batch=(2,), L=L, dk=4, dv=3)
+        log_g = _strong_log_gates(rng, (2, 4, L)).swapaxes(-1, -2) if form == "gla per channel" else _strong_log_gates(rng, (2, L))
+        got = lr.gated_linear_attention(q, k, v, log_g)
+        want = lr.gated_linear_attention_loop(q, k, v, log_g)
+    assert np.all(np.isfinite(got))
+    close(got, want, rtol=SELF, what=f"{form}, L = 4096, strong and weak decay, chunked vs recurrence")
+
+
 def test_gla_without_forgetting_is_causal_linear_attention():
     rng, q, k, v = _qkv(5)
     y = lr.gated_linear_attention(q, k, v, np.zeros(q.shape[:-1]), scale=1.0, chunk_size=6)
