@@ -107,13 +107,8 @@ def matrix_powers(F: np.ndarray, K: int) -> np.ndarray:
     Fw = F.astype(_wide(F.dtype))
     P = np.empty((K + 1,) + F.shape, dtype=Fw.dtype)
     P[0] = np.eye(F.shape[0])
-    if K:
-        P[1] = Fw
-    k = 1
-    while k < K:  # doubling: F^{k+j} = F^k F^j for j = 1 … k, one batched product (log2 K steps)
-        m = min(k, K - k)
-        P[k + 1 : k + 1 + m] = P[k] @ P[1 : 1 + m]
-        k += m
+    for k in range(K):  # one factor F at a time: each product rounds once (doubling, F^k F^k, is less accurate)
+        P[k + 1] = Fw @ P[k]
     return P
 
 
@@ -214,7 +209,7 @@ def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | N
     # the fill: rows (k, state) of [F^k] for the start state and [F^{k−1−j}, j < k] for the inputs
     lag = np.subtract.outer(np.arange(R), np.arange(R)) - 1  # k − 1 − j
     Wu = np.where((lag >= 0)[:, :, None, None], P[np.maximum(lag, 0)], 0.0)  # (R, R, q, q), extended
-    Wu = Wu.transpose(0, 2, 1, 3).reshape(R * q, R * q).astype(hi.dtype)
+    Wu = Wu.transpose(0, 2, 1, 3).reshape(R * q, R * q).astype(hi.dtype)  # rounded once
     Wc = P[:R].reshape(R * q, q).astype(hi.dtype)
     St = _matmul(Wc, C.transpose(1, 0, 2).reshape(q, M2 * L))  # F^k c_r
     St += _matmul(Wu, Ut)  # + Σ_{j<k} F^{k−1−j} u_{rR+j}
