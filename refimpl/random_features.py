@@ -182,17 +182,19 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     Non-causal: ``Σ_j φ(k_j) [v_j, 1]^T`` is the sum of the chunks' summaries ``φ(K_n)^T [V_n, 1]``.
     Causal: chunk ``n`` sees the exclusive prefix state (the sum of the summaries of the earlier
     chunks: a cumulative sum over chunks, done in place) plus its own masked (c, c) block.
-    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 4000
+    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 500
     tokens for C = 64), so the temporaries — G summaries (G, C, dv+1), G blocks (G, c, c), G
-    output chunks — hold about the workspace budget (:mod:`refimpl._blocking`) whatever N:
-    never the (N, C, dv) array of the plain cumulative sum of outer products, nor a copy of
-    the inputs.
+    output chunks — hold an eighth of the workspace budget (:mod:`refimpl._blocking`), a
+    cache-sized amount, whatever N: never the (N, C, dv) array of the plain cumulative sum of
+    outer products, nor a copy of the inputs.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
     n_feat, dv = phi_q.shape[-1], v.shape[-1]
     width = dv + 1
     c = min(chunk, phi_k.shape[-2], phi_q.shape[-2])
-    group = per_block(c * max(c, n_feat, width) * max(1, math.prod(batch)))
+    # a group's temporaries and operands are about 8 (c, max(c, C, dv+1)) arrays per chunk: an eighth of
+    # the workspace budget keeps them in a core's L2 cache across the products of the group
+    group = per_block(8 * c * max(c, n_feat, width) * max(1, math.prod(batch)))
     phi_q, phi_k, v = _broadcast(batch, phi_q, phi_k, v)
     out = np.empty(batch + (phi_q.shape[-2], dv))
     tri = np.tri(c)
@@ -226,9 +228,9 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
                 write(rows, q_g @ kv[..., None, :, :])
                 row = rows.stop
         return out
-    state = np.zeros(batch + (1, n_feat, width))  # S (and z) before the current group of chunks
     g_max = min(group, q_parts[0].shape[-3]) if q_parts[0] is not None else 1
-    kv_buf = np.empty(batch + (g_max, n_feat, width))  # buffers reused by every group: no fresh pages
+    # buffers reused by every group (no fresh pages); kv_buf[..., 0] carries the state between groups
+    kv_buf = np.zeros(batch + (g_max + 1, n_feat, width))
     o_buf = np.empty(batch + (g_max, c, width))
     block_buf = np.empty(batch + (g_max, c, c))
     row = 0
@@ -240,15 +242,14 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
             sl = slice(g0, g0 + group)
             q_g, k_g, v_g = qc[..., sl, :, :], kc[..., sl, :, :], with_ones(vc[..., sl, :, :])
             G = q_g.shape[-3]
-            kv, o, block = kv_buf[..., :G, :, :], o_buf[..., :G, :cl, :], block_buf[..., :G, :cl, :cl]
-            np.matmul(np.swapaxes(k_g, -1, -2), v_g, out=kv)  # per-chunk states φ(K_n)^T [V_n, 1], (..., G, C, dv+1)
-            np.cumsum(kv, axis=-3, out=kv)  # in place: kv[n] = S after chunk n, within the group
-            np.matmul(q_g, state, out=o)  # the state left by the earlier groups
-            o[..., 1:, :, :] += q_g[..., 1:, :, :] @ kv[..., :-1, :, :]  # + earlier chunks of this group
+            kv, o, block = kv_buf[..., : G + 1, :, :], o_buf[..., :G, :cl, :], block_buf[..., :G, :cl, :cl]
+            np.matmul(np.swapaxes(k_g, -1, -2), v_g, out=kv[..., 1:, :, :])  # chunk states φ(K_n)^T [V_n, 1]
+            np.cumsum(kv, axis=-3, out=kv)  # kv[n] = S before chunk n (the state entering the group included)
+            np.matmul(q_g, kv[..., :-1, :, :], out=o)  # φ(q_i)^T S over the earlier chunks
             np.matmul(q_g, np.swapaxes(k_g, -1, -2), out=block)  # (..., G, c, c): φ(q_i)·φ(k_j) inside a chunk
             block *= tri[:cl, :cl]  # j <= i
             o += block @ v_g
-            state += kv[..., -1:, :, :]
+            kv[..., 0, :, :] = kv[..., -1, :, :]  # the state after this group enters the next
             rows = slice(row, row + G * cl)
             write(rows, o)
             row = rows.stop
@@ -350,11 +351,11 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     ``y_i = φ(q_i)^T S / φ(q_i)^T z`` with ``S = Σ_j φ(k_j) v_j^T`` and ``z = Σ_j φ(k_j)``; there is
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
-    chunks, plus a masked (c, c) block inside each chunk (c = 128), in groups of chunks whose
-    temporaries hold about the workspace budget W = 2^18 floats (:mod:`refimpl._blocking`):
+    chunks, plus a masked (c, c) block inside each chunk (c = 64), in groups of chunks whose
+    temporaries hold W/8 floats (W = 2^18, the workspace budget of :mod:`refimpl._blocking`):
     extra memory O(C·dv + W) besides the features and the output, and no Python loop over
-    tokens (only over groups of ~1024). :func:`linear_attention_loop`
-    is the RNN itself.
+    tokens (only over groups of ~500). The non-causal form sums the same per-chunk states.
+    :func:`linear_attention_loop` is the RNN itself.
 
     Examples
     --------
@@ -614,7 +615,7 @@ def performer_attention(
     the same ``scale`` — then the kernel-attention sums of Eq. (12.2); causal by chunked
     prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
     is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
-    memory O(N m) for the features plus (N/128)·m·(dv+1) for the causal chunk states. Trig
+    memory O(N m) for the features plus a cache-sized workspace for the chunk states. Trig
     features can give a normalizer ≤ 0; it is not clamped (the result is then wrong in sign or
     infinite — the paper's argument for positive features).
 
