@@ -20,7 +20,7 @@ engine                            recurrence                                    
 ================================  =====================================================  ==============
 :func:`linear_scan`               h_i = a_i ⊙ h_{i−1} + b_i (diagonal, Hillis–Steele)    sde, ssm, iir
 :func:`prefix_scan`               any associative ``combine``, forward or from the end    kalman
-:func:`state_scan`                s_{m+1} = F s_m + u_m (dense F, two-level √M carry)    block_filter
+:func:`state_scan`                s_{m+1} = F s_m + u_m (dense F, nested super-blocks)   block_filter
 :func:`block_filter`              s[n] = A s[n−1] + B x[n], y[n] = C s[n−1] + D x[n]     iir
 :func:`matrix_powers`             F^0 … F^K in extended precision                        the above
 ================================  =====================================================  ==============

@@ -304,7 +304,7 @@ def elu_plus_one(x) -> np.ndarray:
 
 def _elu_plus_one(x: np.ndarray) -> np.ndarray:
     """elu(x) + 1 into one new array (no temporaries the size of x besides the x > 0 mask)."""
-    out = np.minimum(x, 0.0)
+    out = np.minimum(x, 0.0, out=np.empty(x.shape))
     np.exp(out, out=out)  # e^x for x <= 0, e^0 = 1 for x > 0
     out += np.maximum(x, 0.0)  # + x for x > 0: the same numbers as where(x > 0, x + 1, e^x)
     return out
