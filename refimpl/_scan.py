@@ -20,7 +20,7 @@ engine                            recurrence                                    
 ================================  =====================================================  ==============
 :func:`linear_scan`               h_i = a_i ⊙ h_{i−1} + b_i (diagonal, Hillis–Steele)    sde, ssm, iir
 :func:`prefix_scan`               any associative ``combine``, forward or from the end    kalman
-:func:`state_scan`                s_{m+1} = F s_m + u_m (dense F, two-level √M carry)    block_filter
+:func:`state_scan`                s_{m+1} = F s_m + u_m (dense F, nested super-blocks)   block_filter
 :func:`block_filter`              s[n] = A s[n−1] + B x[n], y[n] = C s[n−1] + D x[n]     iir
 :func:`matrix_powers`             F^0 … F^K in extended precision                        the above
 ================================  =====================================================  ==============
@@ -107,7 +107,7 @@ def matrix_powers(F: np.ndarray, K: int) -> np.ndarray:
     Fw = F.astype(_wide(F.dtype))
     P = np.empty((K + 1,) + F.shape, dtype=Fw.dtype)
     P[0] = np.eye(F.shape[0])
-    for k in range(K):
+    for k in range(K):  # one factor F at a time: each product rounds once (doubling, F^k F^k, is less accurate)
         P[k + 1] = Fw @ P[k]
     return P
 
@@ -123,6 +123,35 @@ def _split(F: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 #: recursions this short are run step by step in :func:`state_scan` (the base case)
 _STATE_SCAN_BASE = 16
 
+#: multiply-adds of one BLAS product in :func:`_matmul`: OpenBLAS runs a product this small on the
+#: calling thread. A larger one is shared between threads, and on a machine whose cores are busy
+#: (the normal state of a laptop or a shared server) the threads wait milliseconds for each other.
+_PIECE_MACS = 2**18
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` for 2-D ``a`` (m, k) and ``b`` (k, n), as products of at most ~:data:`_PIECE_MACS` multiply-adds.
+
+    The longer of the outer dimensions m, n is cut into pieces; the inner sum over k is never cut,
+    so every entry is the same dot product as in one call.
+    """
+    (m, k), n = a.shape, b.shape[1]
+    if out is None:
+        out = np.empty((m, n), dtype=np.result_type(a, b))
+    step = max(1, _PIECE_MACS // max(1, k * min(m, n)))
+    if m >= n:
+        for i in range(0, m, step):
+            np.matmul(a[i : i + step], b, out=out[i : i + step])
+    else:
+        for j in range(0, n, step):
+            np.matmul(a, b[:, j : j + step], out=out[:, j : j + step])
+    return out
+
+
+def _super_block(q: int) -> int:
+    """Steps per super-block in :func:`state_scan`: R·q ≈ 64, so the fill matrix is at most ~64 × 64."""
+    return max(4, -(-64 // q))
+
 
 def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """States ``s_0 … s_{M−1}`` of ``s_{m+1} = F s_m + u_m`` (``s_0`` given), without a loop over M.
@@ -132,19 +161,24 @@ def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | N
     is the carry between blocks of the block filters (:func:`refimpl.iir.tf_filter`), where
     F = A^K is the state matrix over one block.
 
-    Two levels, applied recursively: cut the M steps into super-blocks of R ≈ √M steps. From
-    rest, super-block r ends in the state
+    Two levels, applied recursively: cut the M steps into super-blocks of R steps (R·q ≈ 64).
+    From rest, super-block r ends in the state
 
         e_r = Σ_j F^{R−1−j} u_{rR+j}                       (one matrix product for all r),
 
     so the super-block start states obey the same kind of recursion, c_{r+1} = F^R c_r + e_r,
-    on only M/R steps (solved by this function); the R steps inside the super-blocks then run
-    for all super-blocks at once (R vectorized steps). About 2√M small steps in all, each a
-    BLAS product of shape (q, q) × (q, M/R · L).
+    on only M/R steps (solved by this function); the states inside the super-blocks are then
+
+        s_{rR+k} = F^k c_r + Σ_{j<k} F^{k−1−j} u_{rR+j},   k = 0 … R−1,
+
+    one product of the (Rq × (q + Rq)) matrix [F^k | F^{k−1−j}] with every super-block's start
+    state and inputs stacked. About log_R M levels, each a handful of BLAS products; the work is
+    O(R q² · M L).
 
     ``F`` may be given in extended precision (``np.longdouble``, from :func:`matrix_powers`):
-    the repeated products ``F s`` then use the float64 pair ``F = hi + lo`` (two products), so
-    that F's rounding error — systematic, applied at every step — does not accumulate.
+    its powers are formed in extended precision and rounded once, and the step-by-step base case
+    uses the float64 pair ``F = hi + lo`` (two products), so that F's rounding error —
+    systematic, applied at every step — does not accumulate along the recursion.
     """
     M, q, L = U.shape
     F = np.asarray(F)
@@ -152,16 +186,13 @@ def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | N
     dtype = np.result_type(hi, U, s0)
     S = np.empty((M, q, L), dtype=dtype) if out is None else out
 
-    def step(s, u):  # F s + u, with F = hi + lo
-        return hi @ s + u if lo is None else hi @ s + (lo @ s + u)
-
     if M <= _STATE_SCAN_BASE:
         if M:
             S[0] = s0
-        for m in range(M - 1):
-            S[m + 1] = step(S[m], U[m])
+        for m in range(M - 1):  # F s + u, with F = hi + lo
+            S[m + 1] = hi @ S[m] + U[m] if lo is None else hi @ S[m] + (lo @ S[m] + U[m])
         return S
-    R = int(np.ceil(np.sqrt(M)))
+    R = _super_block(q)
     M2, full = -(-M // R), M // R  # super-blocks, complete ones
     rest = M - full * R
     # inputs state-major, (R, q, M2, L): step k of every super-block is one (q, M2·L) slab
@@ -170,15 +201,18 @@ def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | N
     if rest:
         Ut[:, :, -1] = 0.0
         Ut[:rest, :, -1] = U[full * R :]
+    Ut = Ut.reshape(R * q, M2 * L)
     P = matrix_powers(F, R)  # extended precision
     Fe = P[R - 1 :: -1].transpose(1, 0, 2).reshape(q, R * q).astype(hi.dtype)  # [F^{R−1} … F^0]
-    E = (Fe @ Ut.reshape(R * q, M2 * L)).reshape(q, M2, L)  # e_r for every r, one product
+    E = _matmul(Fe, Ut).reshape(q, M2, L)  # e_r for every r, one product
     C = state_scan(P[R], E.transpose(1, 0, 2), s0)  # c_r: the state entering super-block r
-    St = np.empty((R, q, M2 * L), dtype=dtype)
-    St[0] = C.transpose(1, 0, 2).reshape(q, M2 * L)
-    Ut = Ut.reshape(R, q, M2 * L)
-    for k in range(R - 1):
-        St[k + 1] = step(St[k], Ut[k])  # s_{rR+k+1} = F s_{rR+k} + u_{rR+k}, every r at once
+    # the fill: rows (k, state) of [F^k] for the start state and [F^{k−1−j}, j < k] for the inputs
+    lag = np.subtract.outer(np.arange(R), np.arange(R)) - 1  # k − 1 − j
+    Wu = np.where((lag >= 0)[:, :, None, None], P[np.maximum(lag, 0)], 0.0)  # (R, R, q, q), extended
+    Wu = Wu.transpose(0, 2, 1, 3).reshape(R * q, R * q).astype(hi.dtype)  # rounded once
+    Wc = P[:R].reshape(R * q, q).astype(hi.dtype)
+    St = _matmul(Wc, C.transpose(1, 0, 2).reshape(q, M2 * L))  # F^k c_r
+    St += _matmul(Wu, Ut)  # + Σ_{j<k} F^{k−1−j} u_{rR+j}
     St = St.reshape(R, q, M2, L)
     S[: full * R].reshape(full, R, q, L)[...] = St[:, :, :full].transpose(2, 0, 1, 3)
     if rest:
@@ -248,6 +282,8 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
     L = int(np.prod(lead, dtype=np.int64)) * d
     X = np.moveaxis(x, -2, 0).reshape(n, L)  # (N, L): all batch entries × channels
     M, full = -(-n // K), n // K
+    if L == 1:  # one column: nothing to batch over but the blocks themselves
+        return _block_filter_column(P, AK, O, T, G, X[:, 0], s0, lead, d)
     blocks = X[: full * K].reshape(full, K, L)  # the complete blocks, a view of x
     last = np.zeros((K, L))  # the last block, zero-padded
     last[: n - (M - 1) * K] = X[(M - 1) * K :]
@@ -266,6 +302,41 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
     y = np.moveaxis(y.reshape((n,) + lead + (d,)), 0, -2)
     s_end = np.moveaxis(s_end.reshape((q,) + lead + (d,)), 0, -2)
     return y, s_end
+
+
+def _block_filter_column(P, AK, O, T, G, x: np.ndarray, s0: np.ndarray, lead: tuple, d: int):
+    """:func:`block_filter` for a single column x (N,): the blocks are the rows of an (M, K) matrix.
+
+    The same algorithm with the products transposed: row m of ``Xb`` (a view of x) is block m,
+    so the states the blocks leave behind are ``Xb G^T`` and the outputs ``Xb T^T + S O^T`` —
+    2-D products with many rows instead of M matrix-vector products. The outputs are written
+    slab by slab straight into y: no temporary as large as the signal (each would cost a page
+    fault per 4 KiB, as much as the arithmetic).
+    """
+    (K, q), n = O.shape, x.shape[0]
+    M, full = -(-n // K), n // K
+    r = n - (M - 1) * K  # samples in the last block
+    last = np.zeros(K)  # the last block, zero-padded
+    last[:r] = x[(M - 1) * K :]
+    Xb = x[: full * K].reshape(full, K)  # the complete blocks, one per row
+    U = np.empty((M, q))  # U_m = G x_blk
+    _matmul(Xb, np.ascontiguousarray(G.T), out=U[:full])
+    if full < M:
+        U[-1] = G @ last
+    S = state_scan(AK, U[:, :, None], s0.reshape(q, 1))[:, :, 0]  # entering states, (M, q)
+    y = np.empty(n)
+    Y = y[: full * K].reshape(full, K)
+    Tt, Ot = np.ascontiguousarray(T.T), np.ascontiguousarray(O.T)
+    step = max(1, _PIECE_MACS // (K * (K + q)))
+    for i in range(0, full, step):  # slabs of blocks: y_blk = Σ_j h[k−j] x_j + C A^k s
+        rows = slice(i, min(i + step, full))
+        np.matmul(Xb[rows], Tt, out=Y[rows])
+        Y[rows] += S[rows] @ Ot
+    if full < M:
+        y[full * K :] = (T @ last + O @ S[-1])[:r]
+    s_end = P[r] @ S[-1] + G[:, K - r :] @ last[:r]
+    y = y.reshape((n,) + lead + (d,))
+    return np.moveaxis(y, 0, -2), np.moveaxis(s_end.reshape((q,) + lead + (d,)), 0, -2)
 
 
 def _stacked_blocks(S: np.ndarray, blocks: np.ndarray, last: np.ndarray):

@@ -109,8 +109,9 @@ KINDS = ("positive", "trig")
 #: finite, so a token attends to itself only when no other key is available.
 SELF_ATTENTION_VALUE = -5e4
 
-#: Chunk length of the chunked causal prefix sums (Eq. 12.4).
-_CHUNK = 128
+#: Chunk length of the chunked prefix sums (Eq. 12.4): the (c, c) blocks cost N·c·d and the chunk
+#: states N·d·dv, so c ≈ d balances them; 64 also keeps every product small enough for one thread.
+_CHUNK = 64
 
 
 
@@ -160,52 +161,99 @@ def _broadcast(batch: tuple, *arrays):
     return [np.broadcast_to(a, batch + a.shape[-2:]) for a in arrays]
 
 
+def _chunk_views(x: np.ndarray, batch: tuple, c: int):
+    """x (..., N, F) as (complete chunks (..., N // c, c, F), the last partial chunk (..., 1, r, F) or None)."""
+    n, f = x.shape[-2:]
+    full = n // c
+    head = x[..., : full * c, :].reshape(batch + (full, c, f))
+    tail = x[..., full * c :, :].reshape(batch + (1, n - full * c, f)) if n % c else None
+    return head, tail
+
+
 def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.ndarray:
     """Eq. (12.2) (non-causal) or the chunked prefix sums of Eq. (12.4) (causal), never an (N, N) matrix.
 
     ``v`` is extended by a column of ones, so one pass gives the numerator φ(q)^T S and the
-    normalizer φ(q)^T z. Causal: the sequence is cut into chunks of ``c`` tokens; chunk ``n``
-    sees the exclusive prefix state (sum of the per-chunk states ``φ(K_n)^T [V_n, 1]`` of the
-    earlier chunks, a cumulative sum over chunks, done in place) plus its own masked (c, c) block.
-    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 1024 tokens
-    for C = 256), so the temporaries — G chunk states (G, C, dv+1) and G blocks (G, c, c) — hold
-    about the workspace budget (:mod:`refimpl._blocking`) whatever N: never the (N, C, dv) array of the plain cumulative
-    sum of outer products.
+    normalizer φ(q)^T z. The sequence is cut into chunks of ``c`` tokens (the last one may be
+    shorter), stacked, so that every product is a batch of small matrices — (c, C) × (C, dv+1)
+    and (c, c) × (c, dv+1) — each cheap enough to run on one thread (a shared, busy machine
+    makes multithreaded products wait) and all issued by one NumPy call per group of chunks.
+
+    Non-causal: ``Σ_j φ(k_j) [v_j, 1]^T`` is the sum of the chunks' summaries ``φ(K_n)^T [V_n, 1]``.
+    Causal: chunk ``n`` sees the exclusive prefix state (the sum of the summaries of the earlier
+    chunks: a cumulative sum over chunks, done in place) plus its own masked (c, c) block.
+    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 500
+    tokens for C = 64), so the temporaries — G summaries (G, C, dv+1), G blocks (G, c, c), G
+    output chunks — hold an eighth of the workspace budget (:mod:`refimpl._blocking`), a
+    cache-sized amount, whatever N: never the (N, C, dv) array of the plain cumulative sum of
+    outer products, nor a copy of the inputs.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
-    va = np.concatenate([v, np.ones(v.shape[:-1] + (1,))], axis=-1)  # [V, 1]
+    n_feat, dv = phi_q.shape[-1], v.shape[-1]
+    width = dv + 1
+    c = min(chunk, phi_k.shape[-2], phi_q.shape[-2])
+    # a group's temporaries and operands are about 8 (c, max(c, C, dv+1)) arrays per chunk: an eighth of
+    # the workspace budget keeps them in a core's L2 cache across the products of the group
+    group = per_block(8 * c * max(c, n_feat, width) * max(1, math.prod(batch)))
+    phi_q, phi_k, v = _broadcast(batch, phi_q, phi_k, v)
+    out = np.empty(batch + (phi_q.shape[-2], dv))
+    tri = np.tri(c)
+
+    def with_ones(v_g):  # [V, 1] for a group of chunks
+        va = np.empty(v_g.shape[:-1] + (width,))
+        va[..., :dv] = v_g
+        va[..., dv] = 1.0
+        return va
+
+    def write(rows, o):  # y = φ(q)^T S / φ(q)^T z for the rows of a group of chunks
+        np.divide(o[..., :dv], o[..., dv:], out=out[..., rows, :].reshape(o.shape[:-1] + (dv,)))
+
+    k_parts, v_parts = _chunk_views(phi_k, batch, c), _chunk_views(v, batch, c)
+    q_parts = _chunk_views(phi_q, batch, c)
     if not causal:
-        kv = np.swapaxes(phi_k, -1, -2) @ va  # Σ_j φ(k_j) [v_j, 1]^T, shape (..., C, dv+1)
-        out = phi_q @ kv
-    else:
-        phi_q, phi_k, va = _broadcast(batch, phi_q, phi_k, va)
-        n, n_feat, width = phi_q.shape[-2], phi_q.shape[-1], va.shape[-1]
-        c = min(chunk, n)
-        pad = (-n) % c  # zero rows: a padded key adds nothing, a padded query row is dropped
-        if pad:
-            widths = [(0, 0)] * len(batch) + [(0, pad), (0, 0)]
-            phi_q, phi_k, va = (np.pad(a, widths) for a in (phi_q, phi_k, va))
-        nc = (n + pad) // c
-        qc = phi_q.reshape(*batch, nc, c, n_feat)
-        kc = phi_k.reshape(*batch, nc, c, n_feat)
-        vc = va.reshape(*batch, nc, c, width)
-        out = np.empty(batch + (nc, c, width))
-        state = np.zeros(batch + (1, n_feat, width))  # S (and z) before the current group of chunks
-        tri = np.tri(c)
-        group = per_block(c * max(c, n_feat, width) * math.prod(batch))  # a chunk: (c, c) block and (C, dv+1) state
-        for g0 in range(0, nc, group):  # groups of chunks (N / (group·c) steps): temporaries stay small
+        kv = np.zeros(batch + (n_feat, width))  # Σ_j φ(k_j) [v_j, 1]^T
+        for kc, vc in zip(k_parts, v_parts):
+            if kc is None:
+                continue
+            for g0 in range(0, kc.shape[-3], group):
+                sl = slice(g0, g0 + group)
+                kv += (np.swapaxes(kc[..., sl, :, :], -1, -2) @ with_ones(vc[..., sl, :, :])).sum(axis=-3)
+        row = 0
+        for qc in q_parts:
+            if qc is None:
+                continue
+            for g0 in range(0, qc.shape[-3], group):
+                q_g = qc[..., g0 : g0 + group, :, :]
+                rows = slice(row, row + q_g.shape[-3] * q_g.shape[-2])
+                write(rows, q_g @ kv[..., None, :, :])
+                row = rows.stop
+        return out
+    g_max = min(group, q_parts[0].shape[-3]) if q_parts[0] is not None else 1
+    # buffers reused by every group (no fresh pages); kv_buf[..., 0] carries the state between groups
+    kv_buf = np.zeros(batch + (g_max + 1, n_feat, width))
+    o_buf = np.empty(batch + (g_max, c, width))
+    block_buf = np.empty(batch + (g_max, c, c))
+    row = 0
+    for qc, kc, vc in zip(q_parts, k_parts, v_parts):  # the complete chunks, then the short last one
+        if qc is None:
+            continue
+        cl = qc.shape[-2]
+        for g0 in range(0, qc.shape[-3], group):  # groups of chunks (N / (group·c) steps): temporaries stay small
             sl = slice(g0, g0 + group)
-            q_g, k_g, v_g, o = qc[..., sl, :, :], kc[..., sl, :, :], vc[..., sl, :, :], out[..., sl, :, :]
-            kv = np.swapaxes(k_g, -1, -2) @ v_g  # per-chunk states φ(K_n)^T [V_n, 1], (..., G, C, dv+1)
-            np.cumsum(kv, axis=-3, out=kv)  # in place: kv[n] = S after chunk n, within the group
-            np.matmul(q_g, state, out=o)  # the state left by the earlier groups
-            o[..., 1:, :, :] += q_g[..., 1:, :, :] @ kv[..., :-1, :, :]  # + earlier chunks of this group
-            block = q_g @ np.swapaxes(k_g, -1, -2)  # (..., G, c, c): φ(q_i)·φ(k_j) inside a chunk
-            block *= tri  # j <= i
+            q_g, k_g, v_g = qc[..., sl, :, :], kc[..., sl, :, :], with_ones(vc[..., sl, :, :])
+            G = q_g.shape[-3]
+            kv, o, block = kv_buf[..., : G + 1, :, :], o_buf[..., :G, :cl, :], block_buf[..., :G, :cl, :cl]
+            np.matmul(np.swapaxes(k_g, -1, -2), v_g, out=kv[..., 1:, :, :])  # chunk states φ(K_n)^T [V_n, 1]
+            np.cumsum(kv, axis=-3, out=kv)  # kv[n] = S before chunk n (the state entering the group included)
+            np.matmul(q_g, kv[..., :-1, :, :], out=o)  # φ(q_i)^T S over the earlier chunks
+            np.matmul(q_g, np.swapaxes(k_g, -1, -2), out=block)  # (..., G, c, c): φ(q_i)·φ(k_j) inside a chunk
+            block *= tri[:cl, :cl]  # j <= i
             o += block @ v_g
-            state += kv[..., -1:, :, :]
-        out = out.reshape(*batch, nc * c, width)[..., :n, :]
-    return out[..., :-1] / out[..., -1:]
+            kv[..., 0, :, :] = kv[..., -1, :, :]  # the state after this group enters the next
+            rows = slice(row, row + G * cl)
+            write(rows, o)
+            row = rows.stop
+    return out
 
 
 def _kernel_attention_loop(phi_q, phi_k, v, causal: bool, gates=None) -> np.ndarray:
@@ -251,15 +299,22 @@ def elu_plus_one(x) -> np.ndarray:
     >>> elu_plus_one(np.array([-1.0, 0.0, 2.0])).round(6).tolist()
     [0.367879, 1.0, 3.0]
     """
-    x = as_real_array(x, "x")
-    return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
+    return _elu_plus_one(as_real_array(x, "x", copy=False))
+
+
+def _elu_plus_one(x: np.ndarray) -> np.ndarray:
+    """elu(x) + 1 into one new array (no temporaries the size of x besides the x > 0 mask)."""
+    out = np.minimum(x, 0.0, out=np.empty(x.shape))
+    np.exp(out, out=out)  # e^x for x <= 0, e^0 = 1 for x > 0
+    out += np.maximum(x, 0.0)  # + x for x > 0: the same numbers as where(x > 0, x + 1, e^x)
+    return out
 
 
 def _linear_features(q, k, v, feature_map, causal):
     q, k, v, _ = _check_qkv(q, k, v, causal)
     if isinstance(feature_map, str):
         check_option(feature_map, "feature_map", ("elu+1",))
-        return elu_plus_one(q), elu_plus_one(k), v
+        return _elu_plus_one(q), _elu_plus_one(k), v
     if not callable(feature_map):
         raise TypeError(f"feature_map: expected 'elu+1' or a callable, got {type(feature_map).__name__}")
     phi_q, phi_k = (np.asarray(feature_map(x), dtype=np.float64) for x in (q, k))
@@ -296,11 +351,11 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     ``y_i = φ(q_i)^T S / φ(q_i)^T z`` with ``S = Σ_j φ(k_j) v_j^T`` and ``z = Σ_j φ(k_j)``; there is
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
-    chunks, plus a masked (c, c) block inside each chunk (c = 128), in groups of chunks whose
-    temporaries hold about the workspace budget W = 2^18 floats (:mod:`refimpl._blocking`):
+    chunks, plus a masked (c, c) block inside each chunk (c = 64), in groups of chunks whose
+    temporaries hold W/8 floats (W = 2^18, the workspace budget of :mod:`refimpl._blocking`):
     extra memory O(C·dv + W) besides the features and the output, and no Python loop over
-    tokens (only over groups of ~1024). :func:`linear_attention_loop`
-    is the RNN itself.
+    tokens (only over groups of ~500). The non-causal form sums the same per-chunk states.
+    :func:`linear_attention_loop` is the RNN itself.
 
     Examples
     --------
@@ -560,7 +615,7 @@ def performer_attention(
     the same ``scale`` — then the kernel-attention sums of Eq. (12.2); causal by chunked
     prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
     is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
-    memory O(N m) for the features plus (N/128)·m·(dv+1) for the causal chunk states. Trig
+    memory O(N m) for the features plus a cache-sized workspace for the chunk states. Trig
     features can give a normalizer ≤ 0; it is not clamped (the result is then wrong in sign or
     infinite — the paper's argument for positive features).
 

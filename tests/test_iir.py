@@ -230,6 +230,76 @@ class TestTfFilter:
             func([1.0, 1.0], [1.0, 0.5], np.ones(3), np.ones(2))
 
 
+class TestSingleChannel:
+    """One 1-D signal: the block filter's single-column path (blocks as the rows of one matrix)."""
+
+    @pytest.mark.parametrize("n", [1, 2, 15, 17, 333, 4097, 70_001])
+    @pytest.mark.parametrize("radius", [0.5, 0.999, 1.0])
+    def test_biquad_vs_lfilter_and_loop(self, n, radius):
+        rng = np.random.default_rng(n + int(1000 * radius))
+        b, a = rng.normal(size=3), np.array([1.0, -2 * radius * np.cos(0.05), radius**2])
+        x, zi = rng.normal(size=n), rng.normal(size=2)
+        yr, zr = ss.lfilter(b, a, x, zi=zi)
+        for form_zi in (None, zi):
+            out = iir.biquad_filter(b, a, x, form_zi)
+            y, zf = (out, None) if form_zi is None else out
+            if form_zi is None:
+                close(y, ss.lfilter(b, a, x), rtol=ORACLE * 10, what="1-D biquad_filter vs lfilter")
+            else:
+                close(y, yr, rtol=ORACLE * 10, what="1-D biquad_filter vs lfilter")
+                close(zf, zr, rtol=ORACLE * 10, what="1-D biquad_filter zf vs lfilter")
+        if n < 5000:
+            y, zf = iir.biquad_filter(b, a, x, zi)
+            yl, zl = iir.biquad_filter_loop(b, a, x, zi)
+            close(y, yl, rtol=SELF, what="1-D biquad_filter loop twin")
+            close(zf, zl, rtol=SELF, what="1-D biquad_filter zf loop twin")
+        # the same column through the multichannel path (two identical channels)
+        close(iir.biquad_filter(b, a, x), iir.biquad_filter(b, a, np.stack([x, x], axis=1))[:, 0],
+              rtol=SELF, what="1-D vs two-channel block filter")
+
+    @pytest.mark.parametrize("n", [5, 1001, 20_003])
+    def test_tf_and_sos(self, n):
+        rng = np.random.default_rng(n)
+        x = rng.normal(size=n)
+        b, a = ss.butter(5, 0.2)
+        zi = rng.normal(size=5)
+        y, zf = iir.tf_filter(b, a, x, zi)
+        yr, zr = ss.lfilter(b, a, x, zi=zi)
+        close(y, yr, rtol=ORACLE * 10, what="1-D tf_filter vs lfilter")
+        close(zf, zr, rtol=ORACLE * 10, what="1-D tf_filter zf vs lfilter")
+        sos = ss.cheby1(8, 1.0, [0.1, 0.2], "bandpass", output="sos")
+        zi = rng.normal(size=(sos.shape[0], 2))
+        y, zf = iir.sos_filter(sos, x, zi)
+        yr, zr = ss.sosfilt(sos, x, zi=zi)
+        close(y, yr, rtol=ORACLE * 10, what="1-D sos_filter vs sosfilt")
+        close(zf, zr, rtol=ORACLE * 10, what="1-D sos_filter zf vs sosfilt")
+        if n < 5000:
+            yl, zl = iir.sos_filter_loop(sos, x, zi)
+            close(y, yl, rtol=SELF, what="1-D sos_filter loop twin")
+            close(zf, zl, rtol=SELF, what="1-D sos_filter zf loop twin")
+
+    def test_undamped_accuracy_against_extended_precision(self):
+        """|p| = 1, N = 72000 (chapter 13): the block algorithm on one column is no less accurate
+        than the float64 sample recursion, against a recursion in extended precision."""
+        b, a = np.array([0.3, -0.2, 0.5]), np.array([1.0, -2 * np.cos(0.05), 1.0])
+        x = np.random.default_rng(13).normal(size=72_000)
+        bl, al = b.astype(np.longdouble), a.astype(np.longdouble)
+        s1 = s2 = np.longdouble(0.0)
+        ref = np.empty(x.size, dtype=np.longdouble)
+        for n, xn in enumerate(x.astype(np.longdouble).tolist()):
+            yn = bl[0] * xn + s1
+            s1, s2 = bl[1] * xn - al[1] * yn + s2, bl[2] * xn - al[2] * yn
+            ref[n] = yn
+        ref = ref.astype(np.float64)
+
+        def err(y):
+            return np.linalg.norm(y - ref) / np.linalg.norm(ref)
+
+        e_block, e_lfilter = err(iir.biquad_filter(b, a, x)), err(ss.lfilter(b, a, x))
+        assert e_block < 2e-13, e_block
+        assert e_block <= 2 * e_lfilter, (e_block, e_lfilter)
+
+
 class TestSosFilter:
     @pytest.mark.parametrize("seed", SEEDS)
     @pytest.mark.parametrize("design", [(4, 0.2, "lowpass"), (10, [0.1, 0.15], "bandpass"), (7, 0.6, "highpass")])

@@ -107,6 +107,23 @@ class TestLinearAttention:
         y = rf_module._kernel_attention(elu1(q), elu1(k), v, True, chunk)
         close(y, quadratic_oracle(elu1(q), elu1(np.broadcast_to(k, q.shape)), v, True), rtol=ORACLE, what="chunked causal vs quadratic")
 
+    @pytest.mark.parametrize("group", [1, 10**9])
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("n", [1, 5, 63, 64, 65, 129, 200])
+    def test_default_chunks_vs_dense(self, monkeypatch, n, causal, group):
+        """The default chunk length, N below it, equal to it and not a multiple of it; groups of one
+        chunk or all chunks; non-causal also with more keys than queries (M not a multiple either)."""
+        monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", group)
+        q, k, v = qkv(n, n=n, d=5, dv=3, batch=(2,))
+        y = linear_attention(q, k, v, causal=causal)
+        close(y, quadratic_oracle(elu1(q), elu1(k), v, causal), rtol=ORACLE, what="chunked linear attention vs dense")
+        if n <= 65:
+            close(y, linear_attention_loop(q, k, v, causal=causal), rtol=SELF, what="chunked linear attention vs loop")
+        if not causal:
+            q2, k2, v2 = qkv(n + 1, n=n, m=n + 70, d=5, dv=3)
+            close(linear_attention(q2, k2, v2), quadratic_oracle(elu1(q2), elu1(k2), v2, False), rtol=ORACLE,
+                  what="chunked linear attention, M != N, vs dense")
+
     def test_callable_feature_map(self):
         q, k, v = qkv(4)
         fm = lambda x: np.concatenate([np.exp(x), np.exp(-x)], axis=-1)  # noqa: E731
@@ -128,7 +145,7 @@ class TestLinearAttention:
         finally:
             tracemalloc.stop()
         # the plain cumsum of outer products alone would need an (N, C, dv) array, 134 MB here; we use
-        # about ten (N, d) copies (inputs, features, padded chunks: 2 MB each) and 4 MB of (c, c) blocks
+        # about ten (N, d) arrays (inputs, features, output: 2 MB each) and a few MB of chunk buffers
         assert peak < 0.25 * n * d * d * 8
 
     @settings(max_examples=25)
