@@ -47,7 +47,7 @@ import math
 import numpy as np
 
 from ._scan import linear_scan
-from ._validate import as_real_array, check_option, guard_overflow
+from ._validate import as_real_array, guard_overflow
 
 # Query rows per block of softmax_attention_vjp (FlashAttention's B_r): temporaries are
 # (..., 64, M) whatever N.

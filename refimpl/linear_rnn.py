@@ -90,7 +90,7 @@ import math
 import numpy as np
 
 from ._scan import linear_scan
-from ._validate import _check_finite, as_bool, as_int, as_positive_scalar, as_real_array, guard_overflow
+from ._validate import as_bool, as_int, as_positive_scalar, as_real_array, guard_overflow
 from .attention import _scale  # scale = 1/√Dk unless given, as in softmax attention
 
 __all__ = [
@@ -135,17 +135,8 @@ _GROUP_ROWS = 2048
 
 
 def _real(x, name: str, **kwargs) -> np.ndarray:
-    """``as_real_array`` without a copy (inputs are never written to), and a finiteness check that
-    makes no BLAS call: a multithreaded BLAS dot product wakes OpenBLAS's worker thread, which then
-    spins and competes with the computation for the cores (measured on a busy 2-core machine).
-    A finite sum means every entry is finite (an inf or NaN entry makes it inf or NaN); otherwise
-    the package's check names the argument and counts the bad entries."""
-    arr = as_real_array(x, name, copy=False, finite=False, **kwargs)
-    with np.errstate(all="ignore"):
-        finite = arr.size == 0 or np.isfinite(np.sum(arr))
-    if not finite:
-        _check_finite(arr, name)
-    return arr
+    """``as_real_array`` without a copy: the inputs are never written to."""
+    return as_real_array(x, name, copy=False, **kwargs)
 
 
 def _seq(x, name: str, what: str) -> np.ndarray:
@@ -309,7 +300,7 @@ def _gla_chunked(q, k, v, logg, c: int):
     ``q, k`` (*b, L, Dk), ``v`` (*b, L, Dv), ``logg`` (*b, L, Dk) or (*b, L, 1), all broadcast to
     one batch shape. Returns ``o`` (*b, L, Dv) and the chunk-end states (*b, n_chunks, Dv, Dk).
     """
-    batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
+    batch, L, dv = q.shape[:-2], q.shape[-2], v.shape[-1]
     flat = [a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v, logg)]
     if logg.shape[-1] == 1:  # one gate per head: the scalar core, one group per head
         o, states = _scalar_chunked(flat[0], flat[1], flat[2][:, None], flat[3][:, None, :, 0], c)
