@@ -526,5 +526,8 @@ def test_version_1_still_written_and_read(tmp_path):
 def test_public_names_of_the_tiers():
     assert oracle.TIERS == TIERS and oracle.round_to is round_to
     assert [oracle.tier_eps(t) for t in ("float32", "bfloat16")] == [2.0 ** -23, 2.0 ** -7]
-    assert oracle.plain_functions() == ["attention.softmax_attention", "iir.sos_filter", "random_features.linear_attention",
-                                        "ssm.selective_scan"]
+    assert oracle.plain_functions() == [
+        "attention.flash_attention", "attention.softmax_attention", "iir.biquad_filter", "iir.sos_filter", "iir.tf_filter",
+        "linear_rnn.delta_rule", "linear_rnn.gated_linear_attention", "linear_rnn.retention", "linear_rnn.ssd",
+        "random_features.linear_attention", "random_features.performer_attention", "random_features.rfa_attention",
+        "ssm.selective_scan"]
