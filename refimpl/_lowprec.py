@@ -34,7 +34,7 @@ import scipy.signal
 
 from ._precision import matmul, store, tier_name
 
-__all__ = ["PLAIN", "softmax_attention", "linear_attention", "performer_attention", "rfa_attention", "selective_scan",
+__all__ = ["PLAIN", "softmax_attention", "softmax_attention_vjp", "linear_attention", "performer_attention", "rfa_attention", "selective_scan",
            "ssd", "gated_linear_attention", "retention", "delta_rule", "sos_filter", "biquad_filter", "tf_filter"]
 
 f32 = np.float32
@@ -86,6 +86,37 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
     y = store(matmul(p, _f32(v), tier), tier)
     lse = (mx + np.log(z))[..., 0]
     return {"A": p, "y": y, "lse": store(lse, tier)}
+
+
+def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, *, tier):
+    r"""The backward pass of Eq. (4.1) as FlashAttention's backward kernel computes it in the tier.
+
+    The weights P are recomputed as in :func:`softmax_attention` (stored logits, float32 softmax,
+    P stored), ``O = P V`` stored; ``dV = Pᵀ dO`` and ``dP = dO Vᵀ`` are products with tier-rounded
+    inputs and float32 accumulation; ``D_i = Σ_j dO_ij O_ij`` in float32; ``dS = P ∘ (dP − D)`` in
+    float32, stored; ``dQ = scale · dS K`` and ``dK = scale · dSᵀ Q`` are tier products. Gradients are
+    summed over broadcast batch axes and stored. Returns ``{"dq", "dk", "dv"}``.
+    """
+    tier = tier_name(tier)
+    fwd = softmax_attention(q, k, v, mask, causal, scale, tier=tier)
+    p = fwd["A"].astype(f32)
+    c = f32(1.0 / math.sqrt(np.shape(q)[-1]) if scale is None else float(scale))
+    q, k, v, dy = _f32(q), _f32(k), _f32(v), _f32(dy)
+    dv = matmul(np.swapaxes(p, -1, -2), dy, tier)
+    dp = matmul(dy, np.swapaxes(v, -1, -2), tier)
+    D = np.sum(dy * fwd["y"].astype(f32), axis=-1, keepdims=True, dtype=f32)
+    ds = store(p * (dp - D), tier)
+    dq = matmul(ds, k, tier) * c
+    dk = matmul(np.swapaxes(ds, -1, -2), q, tier) * c
+
+    def reduce(g, shape):  # the gradient of a broadcast input: summed over the broadcast axes (float32)
+        while g.ndim > len(shape):
+            g = g.sum(axis=0, dtype=f32)
+        axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+        return g.sum(axis=axes, keepdims=True, dtype=f32) if axes else g
+
+    return {"dq": store(reduce(dq, q.shape), tier), "dk": store(reduce(dk, k.shape), tier),
+            "dv": store(reduce(dv, v.shape), tier)}
 
 
 def _elu1(x):
@@ -442,6 +473,8 @@ def _selective(args, tier):
 PLAIN = {
     "attention.softmax_attention": lambda args, tier: _call(
         softmax_attention, args, ("q", "k", "v", "mask", "causal", "scale", "window", "alibi_slopes"), tier),
+    "attention.softmax_attention_vjp": lambda args, tier: _call(
+        softmax_attention_vjp, args, ("q", "k", "v", "dy", "mask", "causal", "scale"), tier),
     "attention.flash_attention": lambda args, tier: {
         k: v for k, v in _call(_unblocked(softmax_attention), args, ("q", "k", "v", "causal", "scale", "block_q", "block_k"),
                                tier).items() if k in ("y", "lse")},
