@@ -18,7 +18,15 @@ round-off is what a correct, unsophisticated kernel shows — it grows with the 
 exactly as the kernel's does, which a fixed floor cannot model. Each plain function takes the
 case's keyword arguments (already rounded to the tier) and ``tier``, and returns
 ``{quantity: ndarray}`` for the quantities it models (outputs, and some intermediates);
-quantities it does not return fall back to the rounded-input model of the oracle.
+quantities it does not return fall back to the rounded-input model of the oracle, and so does a
+whole case with an argument the plain algorithm does not model (:func:`_call` raises
+``NotImplementedError``): a verdict is never taken against a different computation.
+
+Covered: softmax attention (with mask, causal, window, ALiBi) and its backward pass,
+FlashAttention (output and log-sum-exp), linear attention, Performer and RFA (chapter 12), the
+selective scan (chapter 11), Mamba-2's SSD, gated linear attention, retention and the delta rule
+(chapter 16: their recurrences, step by step, with float32 states), one biquad, a transfer
+function and a biquad cascade (chapter 13).
 
 Glossary: ``f32`` the accumulation dtype (float32); ``store`` rounding to the tier's storage
 format; ``phi_q``, ``phi_k`` the linear-attention features φ(q), φ(k) (Eq. (12.2)); ``Ab``, ``Bu``
@@ -44,15 +52,18 @@ def _f32(x):
     return np.asarray(x).astype(f32)
 
 
-def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier):
-    """The stored logits ``S = scale · Q Kᵀ`` (float32 accumulation, stored in the tier), masked with −∞."""
+def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0=0):
+    """The stored logits ``S = scale · Q Kᵀ`` (float32 accumulation, stored in the tier), masked with −∞.
+
+    ``q`` holds the query rows ``row0, row0 + 1, …`` (a block of rows; ``mask`` already sliced).
+    """
     q, k = _f32(q), _f32(k)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     s = matmul(q, np.swapaxes(k, -1, -2), tier)
     s *= f32(scale)
     s = store(s, tier).astype(f32)
     n, m = s.shape[-2:]
-    lag = np.arange(n)[:, None] - np.arange(m)[None, :]  # i − j (top-left aligned, as refimpl)
+    lag = np.arange(row0, row0 + n)[:, None] - np.arange(m)[None, :]  # i − j (top-left aligned, as refimpl)
     allowed = np.ones((n, m), dtype=bool)
     if causal:
         allowed &= lag >= 0
@@ -66,17 +77,8 @@ def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier):
     return np.where(allowed, s, f32(-np.inf))
 
 
-def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None, alibi_slopes=None, *, tier):
-    """Eqs. (4.1)–(4.3) as FlashAttention's low-precision reference: S = scale·QKᵀ, P = softmax(S), y = P V.
-
-    S is accumulated in float32 and stored in the tier; the softmax runs in float32 on the stored
-    scores (max-subtracted) and P is stored; ``P @ V`` is accumulated in float32 and stored.
-    ``window`` and ``alibi_slopes`` (Eq. (16.16)) restrict and bias the stored logits in float32.
-    Returns ``{"A": P, "y": y, "lse": ℓ}`` with the row log-sum-exp ``ℓ_i = m_i + log Σ_j e^{s_ij − m_i}``
-    in float32 (what fused kernels return, Eq. (16.15)).
-    """
-    tier = tier_name(tier)
-    s = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier)
+def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0=0):
+    s = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0)
     mx = s.max(axis=-1, keepdims=True)
     s -= mx
     np.exp(s, out=s)
@@ -84,8 +86,37 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
     s /= z
     p = store(s, tier)
     y = store(matmul(p, _f32(v), tier), tier)
-    lse = (mx + np.log(z))[..., 0]
-    return {"A": p, "y": y, "lse": store(lse, tier)}
+    return p, y, store((mx + np.log(z))[..., 0], tier)
+
+
+def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None, alibi_slopes=None, *, tier,
+                      weights=True):
+    """Eqs. (4.1)–(4.3) as FlashAttention's low-precision reference: S = scale·QKᵀ, P = softmax(S), y = P V.
+
+    S is accumulated in float32 and stored in the tier; the softmax runs in float32 on the stored
+    scores (max-subtracted) and P is stored; ``P @ V`` is accumulated in float32 and stored.
+    ``window`` and ``alibi_slopes`` (Eq. (16.16)) restrict and bias the stored logits in float32.
+    Returns ``{"A": P, "y": y, "lse": ℓ}`` with the row log-sum-exp ``ℓ_i = m_i + log Σ_j e^{s_ij − m_i}``
+    in float32, stored (what fused kernels return, Eq. (16.15)). With ``weights=False`` the rows
+    are processed in blocks (the same arithmetic row by row) and ``A`` is not returned, so memory
+    stays O(block · M) at any N.
+    """
+    tier = tier_name(tier)
+    if weights:
+        p, y, lse = _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier)
+        return {"A": p, "y": y, "lse": lse}
+    q = _f32(q)
+    n, m = q.shape[-2], np.shape(k)[-2]
+    mask = None if mask is None else np.asarray(mask, dtype=bool)
+    step = max(1, (1 << 21) // max(m * int(np.prod(q.shape[:-2], dtype=np.int64)), 1))
+    ys, lses = [], []
+    for r0 in range(0, n, step):
+        rows = slice(r0, min(n, r0 + step))
+        mk = mask[..., rows, :] if mask is not None and mask.ndim >= 2 and mask.shape[-2] == n else mask
+        _, y, lse = _softmax_rows(q[..., rows, :], k, v, mk, causal, scale, window, alibi_slopes, tier, r0)
+        ys.append(y)
+        lses.append(lse)
+    return {"y": np.concatenate(ys, axis=-2), "lse": np.concatenate(lses, axis=-1)}
 
 
 def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, *, tier):
@@ -459,7 +490,7 @@ def _unblocked(fn):
     """``fn`` with the tile sizes ``block_q``, ``block_k`` accepted and ignored (the plain algorithm is untiled)."""
 
     def run(q, k, v, causal=False, scale=None, block_q=None, block_k=None, *, tier):
-        return fn(q, k, v, causal=causal, scale=scale, tier=tier)
+        return fn(q, k, v, causal=causal, scale=scale, tier=tier, weights=False)
 
     run.__name__ = fn.__name__
     return run
@@ -469,15 +500,16 @@ def _selective(args, tier):
     return _call(selective_scan, args, ("u", "delta", "A", "B", "C", "D", "discretization"), tier)
 
 
-#: ``{registered function name: plain(args, tier) -> {quantity: ndarray}}``
+#: ``{registered function name: plain(args, tier[, needed]) -> {quantity: ndarray}}`` (``needed``: the
+#: quantities the oracle compares, for plain algorithms that can skip a large intermediate)
 PLAIN = {
-    "attention.softmax_attention": lambda args, tier: _call(
-        softmax_attention, args, ("q", "k", "v", "mask", "causal", "scale", "window", "alibi_slopes"), tier),
+    "attention.softmax_attention": lambda args, tier, needed=("A", "y"): _call(
+        softmax_attention, args, ("q", "k", "v", "mask", "causal", "scale", "window", "alibi_slopes"), tier,
+        {"weights": "A" in needed}),
     "attention.softmax_attention_vjp": lambda args, tier: _call(
         softmax_attention_vjp, args, ("q", "k", "v", "dy", "mask", "causal", "scale"), tier),
-    "attention.flash_attention": lambda args, tier: {
-        k: v for k, v in _call(_unblocked(softmax_attention), args, ("q", "k", "v", "causal", "scale", "block_q", "block_k"),
-                               tier).items() if k in ("y", "lse")},
+    "attention.flash_attention": lambda args, tier: _call(
+        _unblocked(softmax_attention), args, ("q", "k", "v", "causal", "scale", "block_q", "block_k"), tier),
     "random_features.linear_attention": lambda args, tier: _call(
         linear_attention, args, ("q", "k", "v", "causal", "feature_map"), tier),
     "random_features.performer_attention": lambda args, tier: _call(
