@@ -1255,36 +1255,38 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
         selected = [(c, {}) for c in _resolve_cases(function, cases)]
     reports = []
     for case, defaults in selected:
-        try:
-            stored = None
+        stored = None
+        if inputs is not None:
+            # the user's keywords, as given; the callable runs first, so that the float64 reference is
+            # computed once, with the intermediates it returns by name (e.g. a fused kernel's log-sum-exp)
+            args = case.build(None)
+        else:
             if vectors is not None:
                 args, oracle, stored = _load_from(vectors, case)
-            elif inputs is not None:
-                args = case.build(None)  # the user's keywords, as given
-                _, oracle = compute(case, args={**defaults, **args})
             else:
                 args, oracle = compute(case)
-        except Exception as exc:  # noqa: BLE001 — user inputs: any failure of refimpl is reported per case
-            if inputs is None:
-                raise
-            reports.append(CaseReport(case.name, "error", [], f"refimpl rejects the inputs ({type(exc).__name__}: {exc})"))
-            continue
         user_args = {k: _round(v, dt) for k, v in args.items() if v is not None}
         try:
             with np.errstate(all="ignore"):
                 value = fn(**user_args)
         except Exception as exc:
-            reports.append(CaseReport(case.name, "error", [], f"raised {type(exc).__name__}: {exc}"))
-            continue
-        if inputs is not None and isinstance(value, dict):
-            # intermediates the callable returns (e.g. a fused kernel's log-sum-exp) are judged too
-            wanted = [k for k in value if k in FUNCTIONS[function].intermediates and k not in oracle]
-            if wanted:
+            message = f"raised {type(exc).__name__}: {exc}"
+            if inputs is not None:  # say so when the inputs themselves are invalid
                 try:
-                    _, full = compute(dataclasses.replace(case, intermediates=True), args={**defaults, **args})
-                    oracle = {k: v for k, v in full.items() if k in wanted or k in oracle}
-                except Exception:  # noqa: BLE001 — keep the outputs' verdict; the intermediates are then "unknown"
-                    pass
+                    compute(case, args={**defaults, **args})
+                except Exception as bad:  # noqa: BLE001
+                    message = f"refimpl rejects the inputs ({type(bad).__name__}: {bad}); the callable {message}"
+            reports.append(CaseReport(case.name, "error", [], message))
+            continue
+        if inputs is not None:
+            wanted = isinstance(value, dict) and any(k in FUNCTIONS[function].intermediates for k in value)
+            try:
+                _, oracle = compute(dataclasses.replace(case, intermediates=wanted), args={**defaults, **args})
+            except Exception as exc:  # noqa: BLE001 — user inputs: any failure of refimpl is reported per case
+                reports.append(CaseReport(case.name, "error", [], f"refimpl rejects the inputs ({type(exc).__name__}: {exc})"))
+                continue
+            if wanted:  # only the intermediates the callable returned
+                oracle = {k: v for k, v in oracle.items() if k in value or k in case.output_names()}
         plain, models = None, {}
         if dt != "float64" and stored is not None and _stored_plain(stored, dt, oracle) is not None:
             plain, models = _stored_plain(stored, dt, oracle)

@@ -816,3 +816,20 @@ def test_blocked_plain_softmax_equals_the_full_one():
     kw = dict(mask=mask, causal=True, window=300, alibi_slopes=np.array([0.1, 0.2]), tier="bfloat16")
     full, blocked = softmax_attention(q, k, v, **kw), softmax_attention(q, k, v, **kw, weights=False)
     assert "A" not in blocked and all(np.array_equal(full[n], blocked[n]) for n in ("y", "lse"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bad_callables_on_inputs_are_reported_per_case(dtype):
+    i = _small_attn()
+    nan = oracle.compare("attention.softmax_attention", lambda **kw: np.full((8, 4), np.nan, np.float32), dtype=dtype, inputs=i)
+    assert nan.cases[0].status == "fail" and nan.cases[0].quantities[0].rel_error == np.inf
+    boom = oracle.compare("attention.softmax_attention", lambda **kw: 1 / 0, dtype=dtype, inputs=[i, i])
+    assert [c.status for c in boom.cases] == ["error", "error"] and "raised ZeroDivisionError" in boom.cases[0].message
+    # the callable raises on inputs refimpl rejects too: the report says the inputs are at fault
+    short = oracle.compare("attention.softmax_attention", lambda **kw: 1 / 0, dtype=dtype, inputs={**i, "v": i["v"][:5]})
+    assert short.cases[0].message.startswith("refimpl rejects the inputs (ValueError")
+    # an intermediate returned by name is judged (lse of FlashAttention), an unknown name is reported
+    f = oracle.random_inputs("attention.flash_attention", seed=0, N=20, d=8, block_k=8)
+    rep = oracle.compare("attention.flash_attention", lambda **kw: {**flash_port(**kw), "junk": 1}, dtype=dtype, inputs=f)
+    assert rep.passed and [q.name for q in rep.cases[0].quantities] == ["lse", "y"]
+    assert "ignored unknown names ['junk']" in rep.cases[0].message
