@@ -702,8 +702,8 @@ class VerifyReport:
         for name, msgs in self.problems.items():
             lines += [f"  {name}: {m}" for m in msgs]
         if self.not_exported:
-            lines.append(f"  note: {len(self.not_exported)} registered cases are not in the directory: "
-                         + ", ".join(self.not_exported))
+            shown = ", ".join(self.not_exported[:5]) + (", …" if len(self.not_exported) > 5 else "")
+            lines.append(f"  note: {len(self.not_exported)} registered cases are not in the directory: {shown}")
         return "\n".join(lines)
 
 
