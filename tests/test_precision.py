@@ -833,3 +833,19 @@ def test_bad_callables_on_inputs_are_reported_per_case(dtype):
     rep = oracle.compare("attention.flash_attention", lambda **kw: {**flash_port(**kw), "junk": 1}, dtype=dtype, inputs=f)
     assert rep.passed and [q.name for q in rep.cases[0].quantities] == ["lse", "y"]
     assert "ignored unknown names ['junk']" in rep.cases[0].message
+
+
+def test_window_and_alibi_reach_the_oracle_and_the_plain_reference():
+    from refimpl import attention
+
+    inp = {**oracle.random_inputs("attention.softmax_attention", seed=3, N=50, d=8, batch=2), "window": 7,
+           "alibi_slopes": np.array([0.5, 0.25])}
+
+    def kernel(q, k, v, causal, window, alibi_slopes):
+        return attention.softmax_attention(q, k, v, causal=causal, window=window, alibi_slopes=alibi_slopes).astype(f32)
+
+    report = oracle.compare("attention.softmax_attention", kernel, dtype="float32", inputs=inp)
+    assert report.passed and report.cases[0].quantities[0].model == "plain float32", report.table()
+    unbiased = oracle.compare("attention.softmax_attention", lambda q, k, v, causal, window, alibi_slopes:
+                              attention.softmax_attention(q, k, v, causal=causal).astype(f32), dtype="float32", inputs=inp)
+    assert not unbiased.passed
