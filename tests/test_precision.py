@@ -587,13 +587,15 @@ def test_flash_attention_lse_and_tiles():
 
 
 def test_ssd_bfloat16_kernel_fails_the_float16_tier():
-    inp = oracle.random_inputs("linear_rnn.ssd", seed=2, L=1024, H=2, P=16, N=16)
+    # a kernel that only *stores* in bfloat16 errs by at most 2^-9 = the float16 floor: the one below also
+    # rounds its matrix-product inputs to bfloat16, and its error (about 4e-3) is twice the float16 bound
+    inp = oracle.random_inputs("linear_rnn.ssd", seed=3, L=1024, H=2, P=16, N=64)
     half = oracle.compare("linear_rnn.ssd", lambda **kw: ssd_port(**kw, rnd=lambda x: round_to(x, "float16")),
                           dtype="float16", inputs=inp)
     assert half.passed, half.table()
     bf = lambda **kw: ssd_port(**kw, rnd=lambda x: round_to(x, "bfloat16"))
     r16 = oracle.compare("linear_rnn.ssd", bf, dtype="float16", inputs=inp)
-    assert not r16.passed and r16.meets == "bfloat16"
+    assert not r16.passed and r16.meets == "bfloat16" and r16.cases[0].quantities[0].rel_error > 1.5 * r16.cases[0].quantities[0].bound
     assert oracle.compare("linear_rnn.ssd", bf, dtype="bfloat16", inputs=inp).passed
 
 
