@@ -24,7 +24,7 @@ whole case with an argument the plain algorithm does not model (:func:`_call` ra
 
 Covered: softmax attention (with mask, causal, window, ALiBi) and its backward pass,
 FlashAttention (output and log-sum-exp), linear attention, Performer and RFA (chapter 12), the
-selective scan (chapter 11), Mamba-2's SSD, gated linear attention, retention and the delta rule
+selective scan and its backward pass (chapter 11), Mamba-2's SSD, gated linear attention, retention and the delta rule
 (chapter 16: their recurrences, step by step, with float32 states), one biquad, a transfer
 function and a biquad cascade (chapter 13).
 
@@ -43,7 +43,7 @@ import scipy.signal
 from ._precision import matmul, store, tier_name
 
 __all__ = ["PLAIN", "softmax_attention", "softmax_attention_vjp", "linear_attention", "performer_attention", "rfa_attention", "selective_scan",
-           "ssd", "gated_linear_attention", "retention", "delta_rule", "sos_filter", "biquad_filter", "tf_filter"]
+           "selective_scan_vjp", "ssd", "gated_linear_attention", "retention", "delta_rule", "sos_filter", "biquad_filter", "tf_filter"]
 
 f32 = np.float32
 
@@ -387,6 +387,91 @@ def selective_scan(u, delta, A, B, C, D=None, discretization="mamba", *, tier):
     return {"y": store(y, tier), "h_last": store(h, tier)}
 
 
+def _dphi1_dA(x):
+    """``(x e^x − e^x + 1)/x²`` in float32 (``∂/∂A (e^{ΔA} − 1)/A = Δ² ·`` this): a series for |x| < 0.1."""
+    x = _f32(x)
+    small = np.abs(x) < f32(0.1)
+    xs = np.where(small, x, f32(0))
+    series = np.zeros_like(x)
+    for k in range(6, -1, -1):  # Σ_k (k+1) x^k / (k+2)!, Horner
+        series = series * xs + f32((k + 1) / math.factorial(k + 2))
+    xl = np.where(small, f32(1), x)
+    return np.where(small, series, (np.expm1(xl) * (xl - f32(1)) + xl) / (xl * xl))
+
+
+def selective_scan_vjp(u, delta, A, B, C, D, dy, discretization="mamba", *, tier):
+    r"""The backward pass of Eqs. (11.14)–(11.16) in float32: the forward scan, then the adjoint scan
+    ``λ_t = ā_{t+1} ⊙ λ_{t+1} + dy_t C_t`` backwards in time, one step after the other (float32
+    states), and the gradients of :func:`refimpl.ssm.selective_scan_vjp` as float32 products and
+    reductions; summed over broadcast batch axes and stored in the tier.
+
+    ``dA`` and ``dD`` are sums over the whole sequence whose terms cancel: they are accumulated in
+    float32 (dA during the adjoint scan, last step first; dD first step first). A kernel that
+    adds them in another order (by chunks, by atomics) errs differently, by up to a few times the
+    plain error; its verdict on ``dA``/``dD`` is then a warning to look at, not proof of a bug.
+    """
+    tier = tier_name(tier)
+    shapes = {"u": np.shape(u), "delta": np.shape(delta), "B": np.shape(B), "C": np.shape(C)}
+    u, delta, A, B, C, dy = (_f32(x) for x in (u, delta, A, B, C, dy))
+    batch = np.broadcast_shapes(u.shape[:-2], delta.shape[:-2], B.shape[:-2], C.shape[:-2], dy.shape[:-2])
+    u, delta, dy = (np.broadcast_to(x, batch + u.shape[-2:]) for x in (u, delta, dy))
+    B, C = (np.broadcast_to(x, batch + x.shape[-2:]) for x in (B, C))
+    L = u.shape[-2]
+    w = delta[..., None] * A  # Δ_t A, (..., L, d, n)
+    Ab = np.exp(w)
+    if discretization == "mamba":
+        f = np.broadcast_to(delta[..., None], w.shape)
+    else:
+        series = delta[..., None] * (f32(1) + w * (f32(0.5) + w * (f32(1 / 6) + w * f32(1 / 24))))
+        f = np.where(np.abs(w) < f32(1e-2), series, np.expm1(w) / np.where(A == 0, f32(1), A))
+    Bu = f * B[..., :, None, :] * u[..., None]
+    H = np.empty(w.shape, dtype=f32)
+    h = np.zeros(batch + A.shape, dtype=f32)
+    for t in range(L):
+        h = Ab[..., t, :, :] * h + Bu[..., t, :, :]
+        H[..., t, :, :] = h
+    lam = np.empty(w.shape, dtype=f32)
+    g = np.zeros(batch + A.shape, dtype=f32)
+    for t in range(L - 1, -1, -1):
+        g = (Ab[..., t + 1, :, :] * g if t < L - 1 else g) + dy[..., t, :, None] * C[..., t, None, :]
+        lam[..., t, :, :] = g
+    H_prev = np.zeros_like(H)
+    H_prev[..., 1:, :, :] = H[..., :-1, :, :]
+    def over_time(x):  # Σ over time and batch: added during the adjoint scan, from the last step to the first
+        x = np.cumsum(x[..., ::-1, :, :], axis=-3, dtype=f32)[..., -1, :, :] if x.ndim >= 3 and x.shape[-3] else x
+        return x.reshape((-1,) + x.shape[-2:]).sum(axis=0, dtype=f32) if x.ndim > 2 else x
+
+    dC = np.sum(dy[..., None] * H, axis=-2, dtype=f32)
+    ga = lam * H_prev * Ab
+    ddelta = np.sum(ga * A, axis=-1, dtype=f32)
+    dA = over_time(ga * delta[..., None])
+    wv = lam * u[..., None]
+    du = np.sum(lam * f * B[..., :, None, :], axis=-1, dtype=f32)
+    dB = np.sum(wv * f, axis=-2, dtype=f32)
+    wB = wv * B[..., :, None, :]
+    if discretization == "mamba":
+        ddelta += np.sum(wB, axis=-1, dtype=f32)
+    else:
+        ddelta += np.sum(wB * Ab, axis=-1, dtype=f32)
+        dA += over_time(wB * delta[..., None] ** 2 * _dphi1_dA(w))
+    dD = np.sum(dy * u, axis=tuple(range(u.ndim - 1)), dtype=f32)  # time steps added first to last
+    if D is not None:
+        Dv = _f32(D)
+        du = du + Dv * dy
+        if Dv.ndim == 0:
+            dD = np.sum(dD, dtype=f32)
+
+    def reduce(x, shape):  # summed over the axes along which the input was broadcast (float32)
+        while x.ndim > len(shape):
+            x = x.sum(axis=0, dtype=f32)
+        axes = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
+        return x.sum(axis=axes, keepdims=True, dtype=f32) if axes else x
+
+    out = {"du": reduce(du, shapes["u"]), "ddelta": reduce(ddelta, shapes["delta"]), "dA": dA,
+           "dB": reduce(dB, shapes["B"]), "dC": reduce(dC, shapes["C"]), "dD": dD}
+    return {k: store(v, tier) for k, v in out.items()}
+
+
 def sos_filter(sos, x, form="tdf2", *, tier):
     r"""Eq. (13.8): the cascade of biquads in float32, each section's output stored in the tier.
 
@@ -517,6 +602,8 @@ PLAIN = {
     "random_features.rfa_attention": lambda args, tier: _call(
         rfa_attention, args, ("q", "k", "v", "n_features", "sigma", "seed", "gates"), tier, {"causal": True}),
     "ssm.selective_scan": _selective,
+    "ssm.selective_scan_vjp": lambda args, tier: _call(
+        selective_scan_vjp, args, ("u", "delta", "A", "B", "C", "D", "dy", "discretization"), tier),
     "linear_rnn.ssd": lambda args, tier: _call(ssd, args, ("x", "dt", "A", "B", "C", "D", "chunk_size"), tier),
     "linear_rnn.gated_linear_attention": lambda args, tier: _call(
         gated_linear_attention, args, ("q", "k", "v", "log_g", "scale", "chunk_size"), tier),

@@ -77,9 +77,9 @@ FlashAttention's tests, implemented once in :func:`refimpl._testing.low_precisio
 
 where ``ε_tier`` is the tier's machine epsilon and ``plain`` a reference evaluated in the tier.
 For the functions of :func:`plain_functions` (softmax attention, linear attention, the selective
-scan, Mamba-2's SSD, GLA, retention, the delta rule, FlashAttention with its log-sum-exp, the
-softmax-attention backward pass, Performer, RFA, biquads, transfer functions and biquad
-cascades) it is refimpl's straightforward algorithm *run the way kernels
+scan and its backward pass, Mamba-2's SSD, GLA, retention, the delta rule, FlashAttention with its
+log-sum-exp, the softmax-attention backward pass, Performer, RFA, biquads, transfer functions and
+biquad cascades) it is refimpl's straightforward algorithm *run the way kernels
 compute* (:mod:`refimpl._lowprec`): inputs rounded to the tier, intermediates stored in the
 tier's format, matrix products with tier-rounded inputs and float32 accumulation, reductions,
 recurrence states and ``exp`` in float32; its error grows with the length of a recurrence
