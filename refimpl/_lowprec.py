@@ -18,7 +18,15 @@ round-off is what a correct, unsophisticated kernel shows — it grows with the 
 exactly as the kernel's does, which a fixed floor cannot model. Each plain function takes the
 case's keyword arguments (already rounded to the tier) and ``tier``, and returns
 ``{quantity: ndarray}`` for the quantities it models (outputs, and some intermediates);
-quantities it does not return fall back to the rounded-input model of the oracle.
+quantities it does not return fall back to the rounded-input model of the oracle, and so does a
+whole case with an argument the plain algorithm does not model (:func:`_call` raises
+``NotImplementedError``): a verdict is never taken against a different computation.
+
+Covered: softmax attention (with mask, causal, window, ALiBi) and its backward pass,
+FlashAttention (output and log-sum-exp), linear attention, Performer and RFA (chapter 12), the
+selective scan and its backward pass (chapter 11), Mamba-2's SSD, gated linear attention, retention and the delta rule
+(chapter 16: their recurrences, step by step, with float32 states), one biquad, a transfer
+function and a biquad cascade (chapter 13).
 
 Glossary: ``f32`` the accumulation dtype (float32); ``store`` rounding to the tier's storage
 format; ``phi_q``, ``phi_k`` the linear-attention features φ(q), φ(k) (Eq. (12.2)); ``Ab``, ``Bu``
@@ -34,7 +42,8 @@ import scipy.signal
 
 from ._precision import matmul, store, tier_name
 
-__all__ = ["PLAIN", "softmax_attention", "linear_attention", "selective_scan", "sos_filter"]
+__all__ = ["PLAIN", "softmax_attention", "softmax_attention_vjp", "linear_attention", "performer_attention", "rfa_attention", "selective_scan",
+           "selective_scan_vjp", "ssd", "gated_linear_attention", "retention", "delta_rule", "sos_filter", "biquad_filter", "tf_filter"]
 
 f32 = np.float32
 
@@ -43,32 +52,102 @@ def _f32(x):
     return np.asarray(x).astype(f32)
 
 
-def softmax_attention(q, k, v, mask=None, causal=False, scale=None, *, tier):
-    """Eqs. (4.1)–(4.3) as FlashAttention's low-precision reference: S = scale·QKᵀ, P = softmax(S), y = P V.
+def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0=0):
+    """The stored logits ``S = scale · Q Kᵀ`` (float32 accumulation, stored in the tier), masked with −∞.
 
-    S is accumulated in float32 and stored in the tier; the softmax runs in float32 on the stored
-    scores (max-subtracted) and P is stored; ``P @ V`` is accumulated in float32 and stored.
-    Returns ``{"A": P, "y": y}``.
+    ``q`` holds the query rows ``row0, row0 + 1, …`` (a block of rows; ``mask`` already sliced).
     """
-    tier = tier_name(tier)
-    q, k, v = _f32(q), _f32(k), _f32(v)
+    q, k = _f32(q), _f32(k)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     s = matmul(q, np.swapaxes(k, -1, -2), tier)
     s *= f32(scale)
     s = store(s, tier).astype(f32)
     n, m = s.shape[-2:]
+    lag = np.arange(row0, row0 + n)[:, None] - np.arange(m)[None, :]  # i − j (top-left aligned, as refimpl)
     allowed = np.ones((n, m), dtype=bool)
     if causal:
-        allowed = np.tril(allowed)
+        allowed &= lag >= 0
+    if window is not None:
+        allowed &= np.abs(lag) < int(window)
     if mask is not None:
         allowed = allowed & np.asarray(mask, dtype=bool)
-    s = np.where(allowed, s, f32(-np.inf))
-    s -= s.max(axis=-1, keepdims=True)
+    if alibi_slopes is not None:  # the linear bias −m·|i − j|, added in float32 to the stored logits
+        slopes = _f32(alibi_slopes)
+        s = s - (slopes[..., None, None] * np.abs(lag).astype(f32))
+    return np.where(allowed, s, f32(-np.inf))
+
+
+def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0=0):
+    s = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0)
+    mx = s.max(axis=-1, keepdims=True)
+    s -= mx
     np.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True, dtype=f32)
+    z = s.sum(axis=-1, keepdims=True, dtype=f32)
+    s /= z
     p = store(s, tier)
-    y = store(matmul(p, v, tier), tier)
-    return {"A": p, "y": y}
+    y = store(matmul(p, _f32(v), tier), tier)
+    return p, y, store((mx + np.log(z))[..., 0], tier)
+
+
+def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None, alibi_slopes=None, *, tier,
+                      weights=True):
+    """Eqs. (4.1)–(4.3) as FlashAttention's low-precision reference: S = scale·QKᵀ, P = softmax(S), y = P V.
+
+    S is accumulated in float32 and stored in the tier; the softmax runs in float32 on the stored
+    scores (max-subtracted) and P is stored; ``P @ V`` is accumulated in float32 and stored.
+    ``window`` and ``alibi_slopes`` (Eq. (16.16)) restrict and bias the stored logits in float32.
+    Returns ``{"A": P, "y": y, "lse": ℓ}`` with the row log-sum-exp ``ℓ_i = m_i + log Σ_j e^{s_ij − m_i}``
+    in float32, stored (what fused kernels return, Eq. (16.15)). With ``weights=False`` the rows
+    are processed in blocks (the same arithmetic row by row) and ``A`` is not returned, so memory
+    stays O(block · M) at any N.
+    """
+    tier = tier_name(tier)
+    if weights:
+        p, y, lse = _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier)
+        return {"A": p, "y": y, "lse": lse}
+    q = _f32(q)
+    n, m = q.shape[-2], np.shape(k)[-2]
+    mask = None if mask is None else np.asarray(mask, dtype=bool)
+    step = max(1, (1 << 21) // max(m * int(np.prod(q.shape[:-2], dtype=np.int64)), 1))
+    ys, lses = [], []
+    for r0 in range(0, n, step):
+        rows = slice(r0, min(n, r0 + step))
+        mk = mask[..., rows, :] if mask is not None and mask.ndim >= 2 and mask.shape[-2] == n else mask
+        _, y, lse = _softmax_rows(q[..., rows, :], k, v, mk, causal, scale, window, alibi_slopes, tier, r0)
+        ys.append(y)
+        lses.append(lse)
+    return {"y": np.concatenate(ys, axis=-2), "lse": np.concatenate(lses, axis=-1)}
+
+
+def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, *, tier):
+    r"""The backward pass of Eq. (4.1) as FlashAttention's backward kernel computes it in the tier.
+
+    The weights P are recomputed as in :func:`softmax_attention` (stored logits, float32 softmax,
+    P stored), ``O = P V`` stored; ``dV = Pᵀ dO`` and ``dP = dO Vᵀ`` are products with tier-rounded
+    inputs and float32 accumulation; ``D_i = Σ_j dO_ij O_ij`` in float32; ``dS = P ∘ (dP − D)`` in
+    float32, stored; ``dQ = scale · dS K`` and ``dK = scale · dSᵀ Q`` are tier products. Gradients are
+    summed over broadcast batch axes and stored. Returns ``{"dq", "dk", "dv"}``.
+    """
+    tier = tier_name(tier)
+    fwd = softmax_attention(q, k, v, mask, causal, scale, tier=tier)
+    p = fwd["A"].astype(f32)
+    c = f32(1.0 / math.sqrt(np.shape(q)[-1]) if scale is None else float(scale))
+    q, k, v, dy = _f32(q), _f32(k), _f32(v), _f32(dy)
+    dv = matmul(np.swapaxes(p, -1, -2), dy, tier)
+    dp = matmul(dy, np.swapaxes(v, -1, -2), tier)
+    D = np.sum(dy * fwd["y"].astype(f32), axis=-1, keepdims=True, dtype=f32)
+    ds = store(p * (dp - D), tier)
+    dq = matmul(ds, k, tier) * c
+    dk = matmul(np.swapaxes(ds, -1, -2), q, tier) * c
+
+    def reduce(g, shape):  # the gradient of a broadcast input: summed over the broadcast axes (float32)
+        while g.ndim > len(shape):
+            g = g.sum(axis=0, dtype=f32)
+        axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+        return g.sum(axis=axes, keepdims=True, dtype=f32) if axes else g
+
+    return {"dq": store(reduce(dq, q.shape), tier), "dk": store(reduce(dk, k.shape), tier),
+            "dv": store(reduce(dv, v.shape), tier)}
 
 
 def _elu1(x):
@@ -77,18 +156,14 @@ def _elu1(x):
     return np.where(x > 0, x + f32(1), np.exp(np.minimum(x, f32(0))))
 
 
-def linear_attention(q, k, v, causal=False, feature_map="elu+1", *, tier, block=256):
-    r"""Eqs. (12.2)–(12.3): φ stored in the tier, the state Σ φ(k_j)[v_j, 1]ᵀ accumulated in float32.
+def _kernel_attention(phi_q, phi_k, v, causal, tier, block=256):
+    r"""Eqs. (12.2)–(12.3) on stored features: the state Σ φ(k_j)[v_j, 1]ᵀ accumulated in float32.
 
     Causal: the prefix sums ``S_i = S_{i−1} + φ(k_i)[v_i, 1]ᵀ`` one token after the other
     (sequential float32 additions, the RNN of Eq. (12.3)), then ``φ(q_i)ᵀ S_i`` as a product
     whose inputs are rounded to the tier, numerator over normalizer in float32, stored.
     """
-    if not (isinstance(feature_map, str) and feature_map == "elu+1"):
-        raise NotImplementedError("plain low-precision linear attention models only feature_map='elu+1'")
-    tier = tier_name(tier)
-    phi_q, phi_k = (store(_elu1(x), tier).astype(f32) for x in (q, k))
-    v = _f32(v)
+    phi_q, phi_k, v = _f32(phi_q), _f32(phi_k), _f32(v)
     va = np.concatenate([v, np.ones(v.shape[:-1] + (1,), dtype=f32)], axis=-1)
     if not causal:
         state = np.matmul(np.swapaxes(phi_k, -1, -2), va)  # float32 reduction over the keys
@@ -107,7 +182,175 @@ def linear_attention(q, k, v, causal=False, feature_map="elu+1", *, tier, block=
             state = outer[..., -1, :, :].copy()
             out[..., sl, :] = matmul(phi_q[..., sl, None, :], outer, tier)[..., 0, :]
     y = out[..., :-1] / out[..., -1:]
-    return {"y": store(y, tier)}
+    return store(y, tier)
+
+
+def linear_attention(q, k, v, causal=False, feature_map="elu+1", *, tier):
+    r"""Eqs. (12.2)–(12.3): φ = elu + 1 in float32, stored in the tier, then :func:`_kernel_attention`."""
+    if not (isinstance(feature_map, str) and feature_map == "elu+1"):
+        raise NotImplementedError("plain low-precision linear attention models only feature_map='elu+1'")
+    tier = tier_name(tier)
+    phi_q, phi_k = (store(_elu1(x), tier) for x in (q, k))
+    return {"y": _kernel_attention(phi_q, phi_k, v, causal, tier)}
+
+
+def performer_attention(q, k, v, projection, causal=False, kind="positive", scale=None, *, tier):
+    r"""Eqs. (12.6)–(12.10) in the tier: FAVOR+ features in float32, stored, then kernel attention.
+
+    ``q̂ = √scale · q`` (float32); the exponents ``ω·q̂`` are a product with tier-rounded inputs and
+    float32 accumulation; ``ω·x − ‖x‖²/2`` (positive) shifted by the stabilizers of Eq. (12.10) —
+    each query row by its own maximum, all keys by one common maximum — and exponentiated in
+    float32 (trig: ``e^{‖x‖²/2 − max} [sin ωx, cos ωx]``), divided by √m and stored in the tier;
+    then the sums of :func:`_kernel_attention`.
+    """
+    tier = tier_name(tier)
+    d = np.shape(q)[-1]
+    root = f32(math.sqrt(1.0 / math.sqrt(d) if scale is None else float(scale)))
+    w = _f32(projection)
+    m = w.shape[0]
+
+    def features(x, axes):
+        x = _f32(x) * root
+        wx = matmul(x, w.T, tier)
+        sq = f32(0.5) * np.sum(x * x, axis=-1, keepdims=True, dtype=f32)
+        if kind == "positive":
+            e = wx - sq
+            e -= e.max(axis=axes, keepdims=True)
+            phi = np.exp(e) / f32(math.sqrt(m))
+        else:
+            h = np.exp(sq - sq.max(axis=axes, keepdims=True)) / f32(math.sqrt(m))
+            phi = np.concatenate([h * np.sin(wx), h * np.cos(wx)], axis=-1)
+        return store(phi, tier)
+
+    return {"y": _kernel_attention(features(q, (-1,)), features(k, (-2, -1)), v, causal, tier)}
+
+
+def _gated_recurrence(q, k, v, log_g, tier, chunk=None):
+    r"""``S_t = Diag(g_t) S_{t−1} + k_t v_tᵀ``, ``o_t = q_tᵀ S_t`` in float32, one step after the other.
+
+    The transposed state (Dk × Dv) of Eq. (16.2): ``q``, ``k`` (..., L, Dk), ``v`` (..., L, Dv),
+    ``log_g`` (..., L, Dk) or (..., L, 1), all float32; the gates ``e^{log g}`` in float32, the
+    state in float32 (the accumulator a kernel keeps), the read-out a product whose inputs are
+    rounded to the tier (a kernel's ``tl.dot`` of the stored state and the queries). Returns the
+    outputs (..., L, Dv) in float32 and, if ``chunk``, the states at the chunk ends (..., n, Dv, Dk).
+    """
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], log_g.shape[:-2])
+    q, k, v, log_g = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v, log_g))
+    L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
+    g = np.exp(log_g)
+    S = np.zeros(batch + (dk, dv), dtype=f32)
+    o = np.empty(batch + (L, dv), dtype=f32)
+    states = [] if chunk else None
+    for t in range(L):
+        S *= g[..., t, :, None]
+        S += k[..., t, :, None] * v[..., t, None, :]
+        o[..., t, :] = matmul(q[..., t, None, :], S, tier)[..., 0, :]
+        if chunk and (t % chunk == chunk - 1 or t == L - 1):
+            states.append(np.swapaxes(S, -1, -2).copy())
+    return o, (np.stack(states, axis=-3) if chunk else None)
+
+
+def _scaled(q, scale):
+    return _f32(q) * f32(1.0 / math.sqrt(np.shape(q)[-1]) if scale is None else float(scale))
+
+
+def gated_linear_attention(q, k, v, log_g, scale=None, chunk_size=64, *, tier):
+    r"""Eq. (16.2), the recurrence of gated linear attention, in float32 (:func:`_gated_recurrence`).
+
+    Per-channel gates ``log_g`` (..., L, Dk) or per-head gates (..., L). Returns the output and
+    the states at the ends of the chunks of ``chunk_size`` steps (``chunk_states``), stored.
+    """
+    tier = tier_name(tier)
+    lg = _f32(log_g)
+    if lg.ndim == np.ndim(k) - 1:
+        lg = lg[..., None]
+    o, states = _gated_recurrence(_scaled(q, scale), _f32(k), _f32(v), lg, tier, int(chunk_size))
+    return {"y": store(o, tier), "chunk_states": store(states, tier)}
+
+
+def retention(q, k, v, gamma, scale=None, chunk_size=64, *, tier):
+    r"""Eq. (16.6): retention's recurrence ``S_n = γ_h S_{n−1} + v_n k_nᵀ`` in float32 (log γ in float32)."""
+    tier = tier_name(tier)
+    lg = np.log(_f32(gamma))[:, None, None]  # (H, 1, 1) against (..., H, L, 1)
+    lg = np.broadcast_to(lg, (lg.shape[0], np.shape(q)[-2], 1))
+    o, _ = _gated_recurrence(_scaled(q, scale), _f32(k), _f32(v), lg, tier)
+    return {"y": store(o, tier)}
+
+
+def ssd(x, dt, A, B, C, D=None, chunk_size=64, *, tier):
+    r"""Eq. (16.7), Mamba-2's SSD recurrence ``h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_tᵀ``, ``y_t = h_t C_t + D x_t``.
+
+    In float32 per head (:func:`_gated_recurrence` with k = Δ B, v = x, q = C, log g = Δ A);
+    head h reads group ``h // (H / G)`` of B and C. Returns y and the states at the chunk ends.
+    """
+    tier = tier_name(tier)
+    x, dt, A, B, C = (_f32(a) for a in (x, dt, A, B, C))
+    H, G = x.shape[-3], B.shape[-3]
+    B, C = np.repeat(B, H // G, axis=-3), np.repeat(C, H // G, axis=-3)
+    o, states = _gated_recurrence(C, B * dt[..., None], x, (dt * A[:, None])[..., None], tier, int(chunk_size))
+    if D is not None:
+        o = o + _f32(D)[:, None, None] * x
+    return {"y": store(o, tier), "chunk_states": store(states, tier)}
+
+
+def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, *, tier):
+    r"""Eq. (16.9)–(16.10), the delta rule step by step in float32: ``S_t = g_t S_{t−1} + β_t (v_t − g_t S_{t−1} k_t) k_tᵀ``.
+
+    The prediction ``S k`` is a float32 reduction, the state float32, the read-out ``S_t q_t`` a
+    product with tier-rounded inputs; keys are used as given (rounded to the tier, so no longer
+    exactly of unit norm — as in the kernel). Returns y and the states at the chunk ends.
+    """
+    tier = tier_name(tier)
+    q, k, v, beta = _scaled(q, scale), _f32(k), _f32(v), _f32(beta)
+    lg = np.zeros(beta.shape, f32) if log_g is None else _f32(log_g)
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], beta.shape[:-1], lg.shape[:-1])
+    q, k, v = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v))
+    beta, g = np.broadcast_to(beta, batch + beta.shape[-1:]), np.broadcast_to(np.exp(lg), batch + lg.shape[-1:])
+    L, dk, dv, c = q.shape[-2], k.shape[-1], v.shape[-1], int(chunk_size)
+    S = np.zeros(batch + (dk, dv), dtype=f32)  # Sᵀ
+    o = np.empty(batch + (L, dv), dtype=f32)
+    states = []
+    for t in range(L):
+        S *= g[..., t, None, None]
+        kt = k[..., t, :]
+        pred = np.matmul(kt[..., None, :], S)[..., 0, :]  # (g S_{t−1}) k_t, float32
+        u = beta[..., t, None] * (v[..., t, :] - pred)
+        S += kt[..., :, None] * u[..., None, :]
+        o[..., t, :] = matmul(q[..., t, None, :], S, tier)[..., 0, :]
+        if t % c == c - 1 or t == L - 1:
+            states.append(np.swapaxes(S, -1, -2).copy())
+    return {"y": store(o, tier), "chunk_states": store(np.stack(states, axis=-3), tier)}
+
+
+def rfa_attention(q, k, v, n_features, sigma, seed, gates=None, causal=True, *, tier):
+    r"""Eqs. (12.5), (12.11)–(12.12): RFA with random Fourier features in float32, gated or not.
+
+    ω = N(0, σ⁻² I) drawn from ``numpy.random.default_rng(seed)`` as refimpl draws it and held in
+    the tier; q/‖q‖, k/‖k‖ in float32; ``φ(x) = [sin ωx, cos ωx]/√D`` with ``ωx`` a tier product,
+    stored. Gated: the recurrence ``S_t = g_t S_{t−1} + (1 − g_t) φ(k_t)[v_t, 1]ᵀ`` in float32;
+    ungated: :func:`_kernel_attention`.
+    """
+    tier = tier_name(tier)
+    d = np.shape(q)[-1]
+    w = store(np.random.default_rng(int(seed)).standard_normal((int(n_features), d)) / float(sigma), tier)
+    w = _f32(w)
+
+    def features(x):
+        x = _f32(x)
+        x = x / np.sqrt(np.sum(x * x, axis=-1, keepdims=True, dtype=f32))
+        wx = matmul(x, w.T, tier)
+        return store(np.concatenate([np.sin(wx), np.cos(wx)], axis=-1) / f32(math.sqrt(w.shape[0])), tier).astype(f32)
+
+    phi_q, phi_k = features(q), features(k)
+    if gates is None:
+        return {"y": _kernel_attention(phi_q, phi_k, v, causal, tier)}
+    g = _f32(gates)
+    v = _f32(v)
+    va = np.concatenate([v, np.ones(v.shape[:-1] + (1,), dtype=f32)], axis=-1)
+    with np.errstate(divide="ignore"):
+        lg = np.log(g)[..., None]
+    o, _ = _gated_recurrence(phi_q, phi_k * (f32(1) - g)[..., None], va, lg, tier)
+    return {"y": store(o[..., :-1] / o[..., -1:], tier)}
 
 
 def selective_scan(u, delta, A, B, C, D=None, discretization="mamba", *, tier):
@@ -144,6 +387,91 @@ def selective_scan(u, delta, A, B, C, D=None, discretization="mamba", *, tier):
     return {"y": store(y, tier), "h_last": store(h, tier)}
 
 
+def _dphi1_dA(x):
+    """``(x e^x − e^x + 1)/x²`` in float32 (``∂/∂A (e^{ΔA} − 1)/A = Δ² ·`` this): a series for |x| < 0.1."""
+    x = _f32(x)
+    small = np.abs(x) < f32(0.1)
+    xs = np.where(small, x, f32(0))
+    series = np.zeros_like(x)
+    for k in range(6, -1, -1):  # Σ_k (k+1) x^k / (k+2)!, Horner
+        series = series * xs + f32((k + 1) / math.factorial(k + 2))
+    xl = np.where(small, f32(1), x)
+    return np.where(small, series, (np.expm1(xl) * (xl - f32(1)) + xl) / (xl * xl))
+
+
+def selective_scan_vjp(u, delta, A, B, C, D, dy, discretization="mamba", *, tier):
+    r"""The backward pass of Eqs. (11.14)–(11.16) in float32: the forward scan, then the adjoint scan
+    ``λ_t = ā_{t+1} ⊙ λ_{t+1} + dy_t C_t`` backwards in time, one step after the other (float32
+    states), and the gradients of :func:`refimpl.ssm.selective_scan_vjp` as float32 products and
+    reductions; summed over broadcast batch axes and stored in the tier.
+
+    ``dA`` and ``dD`` are sums over the whole sequence whose terms cancel: they are accumulated in
+    float32 (dA during the adjoint scan, last step first; dD first step first). A kernel that
+    adds them in another order (by chunks, by atomics) errs differently, by up to a few times the
+    plain error; its verdict on ``dA``/``dD`` is then a warning to look at, not proof of a bug.
+    """
+    tier = tier_name(tier)
+    shapes = {"u": np.shape(u), "delta": np.shape(delta), "B": np.shape(B), "C": np.shape(C)}
+    u, delta, A, B, C, dy = (_f32(x) for x in (u, delta, A, B, C, dy))
+    batch = np.broadcast_shapes(u.shape[:-2], delta.shape[:-2], B.shape[:-2], C.shape[:-2], dy.shape[:-2])
+    u, delta, dy = (np.broadcast_to(x, batch + u.shape[-2:]) for x in (u, delta, dy))
+    B, C = (np.broadcast_to(x, batch + x.shape[-2:]) for x in (B, C))
+    L = u.shape[-2]
+    w = delta[..., None] * A  # Δ_t A, (..., L, d, n)
+    Ab = np.exp(w)
+    if discretization == "mamba":
+        f = np.broadcast_to(delta[..., None], w.shape)
+    else:
+        series = delta[..., None] * (f32(1) + w * (f32(0.5) + w * (f32(1 / 6) + w * f32(1 / 24))))
+        f = np.where(np.abs(w) < f32(1e-2), series, np.expm1(w) / np.where(A == 0, f32(1), A))
+    Bu = f * B[..., :, None, :] * u[..., None]
+    H = np.empty(w.shape, dtype=f32)
+    h = np.zeros(batch + A.shape, dtype=f32)
+    for t in range(L):
+        h = Ab[..., t, :, :] * h + Bu[..., t, :, :]
+        H[..., t, :, :] = h
+    lam = np.empty(w.shape, dtype=f32)
+    g = np.zeros(batch + A.shape, dtype=f32)
+    for t in range(L - 1, -1, -1):
+        g = (Ab[..., t + 1, :, :] * g if t < L - 1 else g) + dy[..., t, :, None] * C[..., t, None, :]
+        lam[..., t, :, :] = g
+    H_prev = np.zeros_like(H)
+    H_prev[..., 1:, :, :] = H[..., :-1, :, :]
+    def over_time(x):  # Σ over time and batch: added during the adjoint scan, from the last step to the first
+        x = np.cumsum(x[..., ::-1, :, :], axis=-3, dtype=f32)[..., -1, :, :] if x.ndim >= 3 and x.shape[-3] else x
+        return x.reshape((-1,) + x.shape[-2:]).sum(axis=0, dtype=f32) if x.ndim > 2 else x
+
+    dC = np.sum(dy[..., None] * H, axis=-2, dtype=f32)
+    ga = lam * H_prev * Ab
+    ddelta = np.sum(ga * A, axis=-1, dtype=f32)
+    dA = over_time(ga * delta[..., None])
+    wv = lam * u[..., None]
+    du = np.sum(lam * f * B[..., :, None, :], axis=-1, dtype=f32)
+    dB = np.sum(wv * f, axis=-2, dtype=f32)
+    wB = wv * B[..., :, None, :]
+    if discretization == "mamba":
+        ddelta += np.sum(wB, axis=-1, dtype=f32)
+    else:
+        ddelta += np.sum(wB * Ab, axis=-1, dtype=f32)
+        dA += over_time(wB * delta[..., None] ** 2 * _dphi1_dA(w))
+    dD = np.sum(dy * u, axis=tuple(range(u.ndim - 1)), dtype=f32)  # time steps added first to last
+    if D is not None:
+        Dv = _f32(D)
+        du = du + Dv * dy
+        if Dv.ndim == 0:
+            dD = np.sum(dD, dtype=f32)
+
+    def reduce(x, shape):  # summed over the axes along which the input was broadcast (float32)
+        while x.ndim > len(shape):
+            x = x.sum(axis=0, dtype=f32)
+        axes = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
+        return x.sum(axis=axes, keepdims=True, dtype=f32) if axes else x
+
+    out = {"du": reduce(du, shapes["u"]), "ddelta": reduce(ddelta, shapes["delta"]), "dA": dA,
+           "dB": reduce(dB, shapes["B"]), "dC": reduce(dC, shapes["C"]), "dD": dD}
+    return {k: store(v, tier) for k, v in out.items()}
+
+
 def sos_filter(sos, x, form="tdf2", *, tier):
     r"""Eq. (13.8): the cascade of biquads in float32, each section's output stored in the tier.
 
@@ -176,14 +504,114 @@ def sos_filter(sos, x, form="tdf2", *, tier):
     return res
 
 
-#: ``{registered function name: plain(args, tier) -> {quantity: ndarray}}``
+def _df1(b, a, x, hist, tier):
+    """Direct form I (Eq. (13.4)) sample after sample in float32, each output stored in the tier.
+
+    ``x`` (N, ...) float32; ``hist`` the history [x[−1], x[−2], y[−1], y[−2]]. Returns (y, final history).
+    """
+    x1, x2, y1, y2 = hist
+    ys = np.empty_like(x)
+    for n in range(x.shape[0]):
+        yn = b[0] * x[n] + b[1] * x1 + b[2] * x2 - a[1] * y1 - a[2] * y2
+        yn = store(yn, tier).astype(f32)
+        x2, x1, y2, y1 = x1, x[n], y1, yn
+        ys[n] = yn
+    return ys, np.stack([x1, x2, y1, y2])
+
+
+def biquad_filter(b, a, x, zi=None, form="tdf2", *, tier):
+    r"""Eq. (13.2), one biquad in float32: transposed direct form II (``lfilter`` in float32, Eq. (13.5))
+    or direct form I (Eq. (13.4)) sample by sample; ``zi`` as in :func:`refimpl.iir.biquad_filter`.
+
+    Returns ``y`` (and ``zf`` when ``zi`` is given), stored in the tier.
+    """
+    tier = tier_name(tier)
+    b, a, x = _f32(b), _f32(a), _f32(x)
+    b, a = b / a[0], a / a[0]
+    axis = 0 if x.ndim == 1 else -2
+    if form == "tdf2":
+        if zi is None:
+            return {"y": store(scipy.signal.lfilter(b, a, x, axis=axis), tier)}
+        y, zf = scipy.signal.lfilter(b, a, x, axis=axis, zi=_f32(zi))
+        return {"y": store(y, tier), "zf": store(zf, tier)}
+    xs = np.moveaxis(x, axis, 0)
+    hist = np.zeros((4,) + xs.shape[1:], dtype=f32) if zi is None else np.moveaxis(_f32(zi), axis, 0)
+    ys, hf = _df1(b, a, xs, hist, tier)
+    res = {"y": store(np.moveaxis(ys, 0, axis), tier)}
+    if zi is not None:
+        res["zf"] = store(np.moveaxis(hf, 0, axis), tier)
+    return res
+
+
+def tf_filter(b, a, x, zi=None, *, tier):
+    r"""Eq. (13.1) in transposed direct form II (Eq. (13.5)) with float32 states and arithmetic
+    (``scipy.signal.lfilter`` on float32 data), ``y`` (and ``zf``) stored in the tier."""
+    tier = tier_name(tier)
+    b, a, x = _f32(b), _f32(a), _f32(x)
+    n = max(b.size, a.size)
+    b, a = np.pad(b, (0, n - b.size)) / a[0], np.pad(a, (0, n - a.size)) / a[0]
+    axis = 0 if x.ndim == 1 else -2
+    if zi is None:
+        return {"y": store(scipy.signal.lfilter(b, a, x, axis=axis), tier)}
+    y, zf = scipy.signal.lfilter(b, a, x, axis=axis, zi=_f32(zi))
+    return {"y": store(y, tier), "zf": store(zf, tier)}
+
+
+def _call(fn, args, names, tier, fixed=None):
+    """``fn(**{n: args[n]}, tier=tier)`` for the argument names the plain algorithm models.
+
+    An argument it does not model (given and not None) raises ``NotImplementedError``: the oracle
+    then falls back to the rounded-input model for that case instead of judging a different
+    computation.
+    """
+    extra = sorted(k for k, v in args.items() if k not in names and v is not None)
+    if extra:
+        raise NotImplementedError(f"the plain low-precision {fn.__name__} does not model {extra}")
+    kw = {n: args[n] for n in names if n in args}
+    return fn(**kw, **(fixed or {}), tier=tier)
+
+
+def _unblocked(fn):
+    """``fn`` with the tile sizes ``block_q``, ``block_k`` accepted and ignored (the plain algorithm is untiled)."""
+
+    def run(q, k, v, causal=False, scale=None, block_q=None, block_k=None, *, tier):
+        return fn(q, k, v, causal=causal, scale=scale, tier=tier, weights=False)
+
+    run.__name__ = fn.__name__
+    return run
+
+
+def _selective(args, tier):
+    return _call(selective_scan, args, ("u", "delta", "A", "B", "C", "D", "discretization"), tier)
+
+
+#: ``{registered function name: plain(args, tier[, needed]) -> {quantity: ndarray}}`` (``needed``: the
+#: quantities the oracle compares, for plain algorithms that can skip a large intermediate)
 PLAIN = {
-    "attention.softmax_attention": lambda args, tier: softmax_attention(
-        args["q"], args["k"], args["v"], args.get("mask"), args.get("causal", False), args.get("scale"), tier=tier),
-    "random_features.linear_attention": lambda args, tier: linear_attention(
-        args["q"], args["k"], args["v"], args.get("causal", False), args.get("feature_map", "elu+1"), tier=tier),
-    "ssm.selective_scan": lambda args, tier: selective_scan(
-        args["u"], args["delta"], args["A"], args["B"], args["C"], args.get("D"), args.get("discretization", "mamba"),
-        tier=tier),
-    "iir.sos_filter": lambda args, tier: sos_filter(args["sos"], args["x"], args.get("form", "tdf2"), tier=tier),
+    "attention.softmax_attention": lambda args, tier, needed=("A", "y"): _call(
+        softmax_attention, args, ("q", "k", "v", "mask", "causal", "scale", "window", "alibi_slopes"), tier,
+        {"weights": "A" in needed}),
+    "attention.softmax_attention_vjp": lambda args, tier: _call(
+        softmax_attention_vjp, args, ("q", "k", "v", "dy", "mask", "causal", "scale"), tier),
+    "attention.flash_attention": lambda args, tier: _call(
+        _unblocked(softmax_attention), args, ("q", "k", "v", "causal", "scale", "block_q", "block_k"), tier),
+    "random_features.linear_attention": lambda args, tier: _call(
+        linear_attention, args, ("q", "k", "v", "causal", "feature_map"), tier),
+    "random_features.performer_attention": lambda args, tier: _call(
+        performer_attention, args, ("q", "k", "v", "projection", "causal", "kind", "scale"), tier),
+    "random_features.rfa_attention": lambda args, tier: _call(
+        rfa_attention, args, ("q", "k", "v", "n_features", "sigma", "seed", "gates"), tier, {"causal": True}),
+    "ssm.selective_scan": _selective,
+    "ssm.selective_scan_vjp": lambda args, tier: _call(
+        selective_scan_vjp, args, ("u", "delta", "A", "B", "C", "D", "dy", "discretization"), tier),
+    "linear_rnn.ssd": lambda args, tier: _call(ssd, args, ("x", "dt", "A", "B", "C", "D", "chunk_size"), tier),
+    "linear_rnn.gated_linear_attention": lambda args, tier: _call(
+        gated_linear_attention, args, ("q", "k", "v", "log_g", "scale", "chunk_size"), tier),
+    "linear_rnn.retention": lambda args, tier: _call(
+        retention, args, ("q", "k", "v", "gamma", "scale", "chunk_size"), tier),
+    "linear_rnn.delta_rule": lambda args, tier: _call(
+        delta_rule, args, ("q", "k", "v", "beta", "log_g", "scale", "chunk_size"), tier),
+    "iir.sos_filter": lambda args, tier: _call(sos_filter, args, ("sos", "x", "form"), tier),
+    "iir.biquad_filter": lambda args, tier: _call(biquad_filter, args, ("b", "a", "x", "zi", "form"), tier),
+    "iir.tf_filter": lambda args, tier: _call(tf_filter, args, ("b", "a", "x", "zi"), tier),
 }

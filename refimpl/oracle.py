@@ -5,7 +5,9 @@ Chapter 15 of the book (``notebooks/15-using-refimpl-as-an-oracle.ipynb``) walks
 Three things are offered to people who validate their own (PyTorch, JAX, CUDA, …) kernels:
 
 1. **A registry of golden cases** (:data:`CASES`): for every public computation of the package,
-   small deterministic inputs built from a seed, the outputs, and the intermediates that help
+   small deterministic inputs built from a seed (and, for attention, linear attention, the
+   selective scan and the linear recurrences, generated cases at tile-boundary sizes and long
+   lengths, regenerated from a seed at verify time), the outputs, and the intermediates that help
    to localize a bug (AFA's precisions ``P``, residuals ``R``, Mahalanobis distances ``d2``,
    weights ``A``; the output of every section of a biquad cascade; attention weights …),
    including the delicate regimes (λ → 0, long sequences whose ``e^{μt}`` would overflow, large
@@ -43,6 +45,19 @@ rule from any language: round the stored arguments to the tier, run the kernel, 
 norm-wise relative error with ``bound`` (the manifest's ``tolerance_policy`` says so in words).
 :func:`verify` reads versions 1 and 2; for version 2 it also recomputes every plain error and
 bound from the stored arrays.
+
+*Generated cases* (``"generated"`` in the manifest entry; the registry's tile-boundary and long-
+sequence cases, :func:`refimpl._golden.generated`) are too large to commit. Their arguments are
+``random_inputs(function, seed=seed, **sizes)``; the file holds the scalar arguments and, for every
+array, ``sample.arg.<name>``, ``sample.out.<name>``, ``sample.mid.<name>`` and
+``sample.plain.<tier>.<name>``: the entries at ``round(linspace(0, size − 1, min(size, 64)))`` of the
+flattened array. The manifest gives each array's full shape and dtype (``"sampled": true``), the
+``sizes``, and a summary (max |x| and 2-norm of every argument and result); the low-precision
+entries give the plain error and bound of the *whole* plain reference. :func:`verify` and
+:func:`load_case` regenerate the arguments and results with refimpl and check them against the
+samples and the summary to ``regen_rtol``; ``compare(vectors=...)`` then recomputes the plain
+reference. Applying the rule to a generated case therefore needs refimpl (or NumPy's generator
+and ``random_inputs``'s recipe).
 The files are byte-reproducible (fixed zip time stamps), so the sha256 of an export depends
 only on the numbers.
 
@@ -62,7 +77,9 @@ FlashAttention's tests, implemented once in :func:`refimpl._testing.low_precisio
 
 where ``ε_tier`` is the tier's machine epsilon and ``plain`` a reference evaluated in the tier.
 For the functions of :func:`plain_functions` (softmax attention, linear attention, the selective
-scan, the biquad cascade) it is refimpl's straightforward algorithm *run the way kernels
+scan and its backward pass, Mamba-2's SSD, GLA, retention, the delta rule, FlashAttention with its
+log-sum-exp, the softmax-attention backward pass, Performer, RFA, biquads, transfer functions and
+biquad cascades) it is refimpl's straightforward algorithm *run the way kernels
 compute* (:mod:`refimpl._lowprec`): inputs rounded to the tier, intermediates stored in the
 tier's format, matrix products with tier-rounded inputs and float32 accumulation, reductions,
 recurrence states and ``exp`` in float32; its error grows with the length of a recurrence
@@ -96,9 +113,11 @@ reference of Eq. (15.3); ``tier`` a precision of :data:`TIERS`; ``e_rel``/``e_ab
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import sys
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -284,6 +303,99 @@ def _case_arrays(case: Case, args: dict, results: dict) -> tuple:
     return arrays, manifest
 
 
+#: entries of an array a generated case stores: ``SAMPLE`` positions of the flattened array
+SAMPLE = 64
+
+
+def _sample(arr) -> np.ndarray:
+    """The entries of ``arr`` (flattened, C order) at ``round(linspace(0, size − 1, min(size, SAMPLE)))``."""
+    flat = np.asarray(arr).reshape(-1)
+    if flat.size == 0:
+        return flat
+    return flat[np.unique(np.linspace(0, flat.size - 1, min(flat.size, SAMPLE)).round().astype(np.int64))]
+
+
+def _stats(arr) -> dict:
+    """Shape, dtype, max |x| and 2-norm of an array (NaN entries left out): a generated case's summary."""
+    arr = np.asarray(arr)
+    x = np.abs(arr[~np.isnan(arr)]) if arr.dtype.kind in "fc" else np.abs(arr.astype(np.float64))
+    return {"shape": list(arr.shape), "dtype": arr.dtype.name,
+            "max_abs": float(x.max()) if x.size else 0.0, "l2": float(np.sqrt(np.sum(x.astype(np.float64) ** 2)))}
+
+
+def _generated_arrays(case: Case, args: dict, results: dict) -> tuple:
+    """The members of a generated case: scalar arguments, and a sample of every array (``sample.*``)."""
+    arrays = {}
+    manifest = {"arguments": {}, "outputs": {}, "intermediates": {}}
+    summary = {}
+    for k, v in args.items():
+        if v is None:
+            continue
+        arr = np.asarray(v)
+        if arr.ndim == 0:
+            arrays[f"arg.{k}"] = arr
+            manifest["arguments"][k] = _describe(f"arg.{k}", arr)
+        else:
+            arrays[f"sample.arg.{k}"] = _sample(arr)
+            manifest["arguments"][k] = {**_describe(f"sample.arg.{k}", arr), "sampled": True}
+            summary[f"arg.{k}"] = _stats(arr)
+    outs = case.output_names()
+    for k, v in results.items():
+        group, prefix = ("outputs", "out") if k in outs else ("intermediates", "mid")
+        arrays[f"sample.{prefix}.{k}"] = _sample(v)
+        manifest[group][k] = {**_describe(f"sample.{prefix}.{k}", v), "sampled": True}
+        summary[f"{prefix}.{k}"] = _stats(v)
+    manifest["outputs"] = {k: manifest["outputs"][k] for k in outs}
+    manifest["generated"] = {
+        "sizes": dict(case.sizes),
+        "arguments_by": f"refimpl.oracle.random_inputs({case.function!r}, seed={case.seed}, **sizes)",
+        "sample": f"entries at round(linspace(0, size - 1, min(size, {SAMPLE}))) of the flattened (C order) array",
+        "summary": summary,
+    }
+    return arrays, manifest
+
+
+def _generated_problems(case: Case, entry: dict, arrays: dict, fresh_args=None, fresh=None) -> list:
+    """A generated case regenerated from its seed and sizes against the stored summary (list of problems).
+
+    ``fresh_args``/``fresh`` (the regenerated arguments and results) are computed when not given.
+    """
+    gen = entry.get("generated", {})
+    msgs = []
+    if gen.get("sizes") != case.sizes:
+        msgs.append(f"sizes {gen.get('sizes')} differ from the registry's {case.sizes}")
+        return msgs
+    if fresh is None:
+        fresh_args, fresh = compute(case)
+    current = {f"arg.{k}": v for k, v in fresh_args.items() if v is not None}
+    current.update({f"{'out' if k in case.output_names() else 'mid'}.{k}": v for k, v in fresh.items()})
+    summary = gen.get("summary", {})
+    for key in sorted(set(summary) | {k for k in current if np.ndim(current[k])}):
+        what = "argument" if key.startswith("arg.") else "result"
+        if key not in summary:
+            msgs.append(f"{what} {key[4:]} is computed but not summarized")
+            continue
+        if key not in current:
+            msgs.append(f"{what} {key[4:]} is summarized but no longer computed")
+            continue
+        want, arr = summary[key], np.asarray(current[key])
+        if list(arr.shape) != want["shape"]:
+            msgs.append(f"{what} {key[4:]}: shape {arr.shape} != stored {tuple(want['shape'])}")
+            continue
+        got = _stats(arr)
+        tiny = np.finfo(float).tiny
+        sample = arrays.get(f"sample.{key}")
+        err = max(max_abs_error(_sample(arr), sample) if sample is not None else float("inf"),
+                  abs(got["max_abs"] - want["max_abs"])) / max(want["max_abs"], tiny)
+        err = max(err, abs(got["l2"] - want["l2"]) / max(want["l2"], tiny))
+        if not err <= case.regen_rtol:
+            msgs.append(f"{what} {key[4:]} differs from the stored summary: rel error {err:.3e} > {case.regen_rtol:.0e}")
+    for key, arr in arrays.items():  # scalar arguments exactly
+        if key.startswith("arg.") and key in current and not np.array_equal(np.asarray(current[key]), arr):
+            msgs.append(f"argument {key[4:]} differs: {np.asarray(current[key])!r} != stored {arr!r}")
+    return msgs
+
+
 def _refimpl_version() -> str:
     version = getattr(sys.modules[__package__], "__version__", None)
     if version is None:  # refimpl seen as a namespace package (an editable install, from another directory)
@@ -349,10 +461,13 @@ def export(directory, *, cases=None, quiet: bool = True, format_version: int = F
     entries = []
     for case in selected:
         args, results = compute(case)
-        arrays, desc = _case_arrays(case, args, results)
+        if case.sizes is not None:
+            arrays, desc = _generated_arrays(case, args, results)
+        else:
+            arrays, desc = _case_arrays(case, args, results)
         low = {}
         if format_version >= 2:
-            low = _low_precision_entry(case, args, results, arrays)
+            low = _low_precision_entry(case, args, results, arrays, sampled=case.sizes is not None)
         path = directory / case.file
         write_npz(path, arrays)
         entries.append(
@@ -393,8 +508,12 @@ _POLICY_V2 = {
 }
 
 
-def _low_precision_entry(case, args, results, arrays) -> dict:
-    """Version 2: per tier the plain references (added to ``arrays``) and their errors and bounds."""
+def _low_precision_entry(case, args, results, arrays, sampled: bool = False) -> dict:
+    """Version 2: per tier the plain references (added to ``arrays``) and their errors and bounds.
+
+    ``sampled`` (generated cases): only a sample of each plain reference is stored
+    (``sample.plain.<tier>.<name>``, marked ``"sampled": true``); its error and bound are those of
+    the whole array."""
     from ._precision import eps as tier_eps_
 
     out = {}
@@ -412,7 +531,8 @@ def _low_precision_entry(case, args, results, arrays) -> dict:
                 continue
             with np.errstate(over="ignore", invalid="ignore"):
                 value = np.asarray(_round(plain[name], tier))
-            arrays[f"plain.{tier}.{name}"] = value
+            key = f"sample.plain.{tier}.{name}" if sampled else f"plain.{tier}.{name}"
+            arrays[key] = _sample(value) if sampled else value
             care = ~np.isnan(want) if want.dtype.kind == "f" else np.ones(want.shape, bool)
             w = want[care]
             v = value.astype(want.dtype)[care]
@@ -420,8 +540,9 @@ def _low_precision_entry(case, args, results, arrays) -> dict:
             e_plain = rel_error(v[fin], w[fin]) if fin.any() else float("nan")
             ulps = PLAIN_ULPS[tier] if models[name].startswith("plain") else case.ulps
             bound = low_precision_verdict(0.0, e_plain, tier, ulps)[1] if np.isfinite(e_plain) else float("nan")
-            entry[name] = {"key": f"plain.{tier}.{name}", "model": models[name], "plain_error": e_plain, "ulps": ulps,
-                           "eps": tier_eps_(tier), "bound": bound, "overflow": int((~fin).sum())}
+            entry[name] = {"key": key, "model": models[name], "plain_error": e_plain, "ulps": ulps,
+                           "eps": tier_eps_(tier), "bound": bound, "overflow": int((~fin).sum()),
+                           **({"sampled": True} if sampled else {})}
         out[tier] = entry
     return out
 
@@ -514,6 +635,20 @@ def load_case(directory, name: str, *, check_sha: bool = True) -> GoldenCase:
     if check_sha and sha256(path) != entry["sha256"]:
         raise ValueError(f"name: {entry['file']} does not match its sha256 in the manifest (tampered or corrupted)")
     arrays = read_npz(path)
+    if entry.get("generated") is not None:
+        # too large to store: regenerated from its seed and sizes, checked against the stored summary
+        case = _CASES_BY_NAME.get(name)
+        if case is None:
+            raise ValueError(f"name: {name!r} is a generated case that this refimpl does not register")
+        args, results = compute(case)
+        problems = _generated_problems(case, entry, arrays, args, results)
+        if problems:
+            raise ValueError(f"name: the regenerated case {name!r} does not match its summary: {'; '.join(problems)}")
+        return GoldenCase(name=name, function=entry["function"], seed=entry["seed"],
+                          arguments={k: v for k, v in args.items() if v is not None},
+                          outputs={k: results[k] for k in entry["outputs"]},
+                          intermediates={k: results[k] for k in entry["intermediates"]},
+                          tolerance=entry["tolerance"], entry=entry, plain={})
     return GoldenCase(
         name=name,
         function=entry["function"],
@@ -567,8 +702,8 @@ class VerifyReport:
         for name, msgs in self.problems.items():
             lines += [f"  {name}: {m}" for m in msgs]
         if self.not_exported:
-            lines.append(f"  note: {len(self.not_exported)} registered cases are not in the directory: "
-                         + ", ".join(self.not_exported))
+            shown = ", ".join(self.not_exported[:5]) + (", …" if len(self.not_exported) > 5 else "")
+            lines.append(f"  note: {len(self.not_exported)} registered cases are not in the directory: {shown}")
         return "\n".join(lines)
 
 
@@ -606,6 +741,13 @@ def _check_low_precision(entry: dict, arrays: dict, stored: dict) -> list:
             continue
         for name, q in qs.items():
             key = q.get("key", "")
+            if q.get("sampled"):  # a generated case: the bound follows from the stored error (the array is not stored)
+                expect = low_precision_verdict(0.0, q["plain_error"], tier, q["ulps"])[1] if np.isfinite(q["plain_error"]) else float("nan")
+                ok = (np.isnan(expect) and np.isnan(q["bound"])) or abs(expect - q["bound"]) <= 1e-12 * abs(expect)
+                if key not in arrays or not ok:
+                    msgs.append(f"low_precision {tier} {name}: member {key} missing or bound {q['bound']:.3e} is not "
+                                f"2 max(plain_error, ulps eps) = {expect:.3e}")
+                continue
             if key not in arrays or name not in stored:
                 msgs.append(f"low_precision {tier} {name}: member {key} or the reference value is missing")
                 continue
@@ -669,6 +811,15 @@ def verify(directory) -> VerifyReport:
             arrays = read_npz(path)
         except Exception as exc:  # unreadable zip, pickled member, truncated file …
             problems[name] = msgs + [f"{path.name} cannot be read safely: {exc}"]
+            continue
+        if entry.get("generated") is not None:  # regenerated from seed and sizes, checked against the summary
+            try:
+                msgs += _generated_problems(case, entry, arrays)
+            except Exception as exc:
+                msgs.append(f"regeneration raised {type(exc).__name__}: {exc}")
+            msgs += _check_low_precision(entry, arrays, {})
+            if msgs:
+                problems[name] = msgs
             continue
         stored_args = _restore_args(arrays)
         rebuilt = {k: v for k, v in case.build(np.random.default_rng(case.seed)).items() if v is not None}
@@ -985,7 +1136,7 @@ def _plain(case: Case, args: dict, tier: str, needed) -> tuple:
     if fn is not None:
         try:
             with np.errstate(all="ignore"):
-                got = fn(args, tier)
+                got = fn(args, tier, needed=tuple(needed)) if "needed" in inspect.signature(fn).parameters else fn(args, tier)
         except NotImplementedError:
             got = {}
         for k in needed:
@@ -1055,8 +1206,9 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
         Case names (full, or the part after ``/``); default all cases of ``name``.
     inputs : dict or list of dict, optional
         Keyword arguments in refimpl's names, at any size (see :func:`random_inputs`); the
-        oracle computes its float64 reference on them (intermediates are not compared). Replaces
-        the registered cases. Missing or unknown keys raise ``ValueError``; inputs refimpl
+        oracle computes its float64 reference on them; an intermediate (the log-sum-exp of
+        ``attention.flash_attention``, say) is computed and compared only if the callable
+        returns it by name in a dict. Replaces the registered cases. Missing or unknown keys raise ``ValueError``; inputs refimpl
         rejects (e.g. mismatched shapes) give an ``"error"`` case with refimpl's message.
     vectors : str or Path, optional
         A directory written by :func:`export`: compare against its stored arguments and values
@@ -1103,21 +1255,38 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
         selected = [(c, {}) for c in _resolve_cases(function, cases)]
     reports = []
     for case, defaults in selected:
-        try:
-            stored = None
+        stored = None
+        if inputs is not None:
+            # the user's keywords, as given; the callable runs first, so that the float64 reference is
+            # computed once, with the intermediates it returns by name (e.g. a fused kernel's log-sum-exp)
+            args = case.build(None)
+        else:
             if vectors is not None:
                 args, oracle, stored = _load_from(vectors, case)
-            elif inputs is not None:
-                args = case.build(None)  # the user's keywords, as given
-                _, oracle = compute(case, args={**defaults, **args})
             else:
                 args, oracle = compute(case)
-        except (ValueError, TypeError) as exc:
-            if inputs is None:
-                raise
-            reports.append(CaseReport(case.name, "error", [], f"refimpl rejects the inputs ({type(exc).__name__}: {exc})"))
-            continue
         user_args = {k: _round(v, dt) for k, v in args.items() if v is not None}
+        try:
+            with np.errstate(all="ignore"):
+                value = fn(**user_args)
+        except Exception as exc:
+            message = f"raised {type(exc).__name__}: {exc}"
+            if inputs is not None:  # say so when the inputs themselves are invalid
+                try:
+                    compute(case, args={**defaults, **args})
+                except Exception as bad:  # noqa: BLE001
+                    message = f"refimpl rejects the inputs ({type(bad).__name__}: {bad}); the callable {message}"
+            reports.append(CaseReport(case.name, "error", [], message))
+            continue
+        if inputs is not None:
+            wanted = isinstance(value, dict) and any(k in FUNCTIONS[function].intermediates for k in value)
+            try:
+                _, oracle = compute(dataclasses.replace(case, intermediates=wanted), args={**defaults, **args})
+            except Exception as exc:  # noqa: BLE001 — user inputs: any failure of refimpl is reported per case
+                reports.append(CaseReport(case.name, "error", [], f"refimpl rejects the inputs ({type(exc).__name__}: {exc})"))
+                continue
+            if wanted:  # only the intermediates the callable returned
+                oracle = {k: v for k, v in oracle.items() if k in value or k in case.output_names()}
         plain, models = None, {}
         if dt != "float64" and stored is not None and _stored_plain(stored, dt, oracle) is not None:
             plain, models = _stored_plain(stored, dt, oracle)
@@ -1128,12 +1297,6 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
                 reports.append(CaseReport(case.name, "error", [], f"refimpl cannot evaluate the inputs rounded to {dt} "
                                           f"({type(exc).__name__}: {exc}); the ratio rule is undefined for this case"))
                 continue
-        try:
-            with np.errstate(all="ignore"):
-                value = fn(**user_args)
-        except Exception as exc:
-            reports.append(CaseReport(case.name, "error", [], f"raised {type(exc).__name__}: {exc}"))
-            continue
         mapped, note = _as_results(value, case, oracle)
         if mapped is None:
             reports.append(CaseReport(case.name, "error", [], note))
@@ -1196,6 +1359,21 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         A = −(1, 2, …, n) per channel (S4D-real), B, C, u standard normal, D ones.
     ``iir.sos_filter``  ``N`` (4096), ``order`` (6, even), ``wn`` (0.05): a Chebyshev I
         low-pass with 1 dB ripple, poles near z = 1; x standard normal.
+    ``attention.flash_attention``  as softmax attention, plus the tiles ``block_q``, ``block_k`` (64).
+    ``attention.softmax_attention_vjp``  as softmax attention, plus the cotangent ``dy`` (standard normal).
+    ``random_features.performer_attention``  ``N`` (1024), ``d`` (64), ``dv`` (= d), ``m`` (256
+        features), ``batch`` (0), ``causal`` (True): q, k, v standard normal, an orthogonal projection.
+    ``linear_rnn.ssd``  ``L`` (1024), ``H`` (4 heads), ``G`` (1 group), ``P`` (16), ``N`` (16),
+        ``batch`` (0), ``chunk_size`` (64): Mamba-2's initialization — Δ = softplus(b + 0.5 ξ) with
+        softplus(b) log-uniform in [10⁻³, 10⁻¹], A = −U(1, 16) per head; x, B, C standard normal, D ones.
+    ``linear_rnn.gated_linear_attention``  ``L`` (1024), ``dk`` (64), ``dv`` (64), ``batch`` (0),
+        ``per_channel`` (True), ``chunk_size`` (64): GLA's gates log g = log σ(ξ)/16.
+    ``linear_rnn.retention``  ``L`` (1024), ``H`` (4), ``dk`` (64), ``dv`` (64), ``chunk_size`` (64):
+        RetNet's decays γ_h = 1 − 2^(−5−h).
+    ``linear_rnn.delta_rule``  ``L`` (1024), ``dk`` (64), ``dv`` (64), ``batch`` (0), ``gated``
+        (False), ``chunk_size`` (64): unit keys, β = σ(ξ), Gated DeltaNet's log g = log σ(ξ)/16.
+    ``iir.biquad_filter``  ``N`` (4096), ``r`` (0.999, the pole radius), ``theta`` (0.3 rad): a
+        band-pass resonator with poles r e^{±iθ}; x standard normal.
 
     ``seed`` seeds ``numpy.random.default_rng``. ``ValueError`` for other functions or unknown
     size names, ``TypeError``/``ValueError`` for sizes that are not positive integers.
@@ -1252,11 +1430,69 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         from . import iir
 
         return {"sos": iir.cheby1(s["order"], 1.0, wn, output="sos"), "x": rng.standard_normal(s["N"]), "form": "tdf2"}
+    if function in ("attention.flash_attention", "attention.softmax_attention_vjp"):
+        extra = {"block_q": 64, "block_k": 64} if function == "attention.flash_attention" else {}
+        s = _sizes(function, sizes, {"N": 256, "M": 0, "d": 64, "dv": 0, "batch": 0, "causal": False, **extra})
+        M, dv = s["M"] or s["N"], s["dv"] or s["d"]
+        b = lead(s["batch"])
+        out = {"q": rng.standard_normal(b + (s["N"], s["d"])), "k": rng.standard_normal(b + (M, s["d"])),
+               "v": rng.standard_normal(b + (M, dv))}
+        if function == "attention.softmax_attention_vjp":
+            out["dy"] = rng.standard_normal(b + (s["N"], dv))
+        return {**out, "causal": s["causal"], **{k: s[k] for k in extra}}
+    if function == "random_features.performer_attention":
+        s = _sizes(function, sizes, {"N": 1024, "d": 64, "dv": 0, "m": 256, "batch": 0, "causal": True})
+        b, dv = lead(s["batch"]), s["dv"] or s["d"]
+        from .random_features import orthogonal_gaussian
+
+        return {"q": rng.standard_normal(b + (s["N"], s["d"])), "k": rng.standard_normal(b + (s["N"], s["d"])),
+                "v": rng.standard_normal(b + (s["N"], dv)), "projection": orthogonal_gaussian(s["m"], s["d"], rng=rng),
+                "causal": s["causal"]}
+    if function == "linear_rnn.ssd":
+        s = _sizes(function, sizes, {"L": 1024, "H": 4, "G": 1, "P": 16, "N": 16, "batch": 0, "chunk_size": 64})
+        b, H, L = lead(s["batch"]), s["H"], s["L"]
+        if H % s["G"]:
+            raise ValueError(f"G: the number of heads H = {H} must be divisible by the number of groups, got G = {s['G']}")
+        dt0 = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), H))  # Mamba-2's dt initialization
+        bias = dt0 + np.log(-np.expm1(-dt0))
+        return {"x": rng.standard_normal(b + (H, L, s["P"])),
+                "dt": _softplus(bias[:, None] + 0.5 * rng.standard_normal(b + (H, L))),
+                "A": -rng.uniform(1.0, 16.0, H), "B": rng.standard_normal(b + (s["G"], L, s["N"])),
+                "C": rng.standard_normal(b + (s["G"], L, s["N"])), "D": np.ones(H), "chunk_size": s["chunk_size"]}
+    if function in ("linear_rnn.gated_linear_attention", "linear_rnn.delta_rule", "linear_rnn.retention"):
+        known = {"L": 1024, "dk": 64, "dv": 64, "batch": 0, "chunk_size": 64}
+        known.update({"linear_rnn.gated_linear_attention": {"per_channel": True}, "linear_rnn.delta_rule": {"gated": False},
+                      "linear_rnn.retention": {"H": 4}}[function])
+        s = _sizes(function, sizes, known)
+        b = (s["H"],) if function == "linear_rnn.retention" else lead(s["batch"])
+        L, dk = s["L"], s["dk"]
+        q, k, v = rng.standard_normal(b + (L, dk)), rng.standard_normal(b + (L, dk)), rng.standard_normal(b + (L, s["dv"]))
+        logsig = lambda x: -np.logaddexp(0.0, -x)  # log σ(x)
+        if function == "linear_rnn.retention":
+            return {"q": q, "k": k, "v": v, "gamma": 1 - 2.0 ** (-5 - np.arange(s["H"])), "chunk_size": s["chunk_size"]}
+        if function == "linear_rnn.gated_linear_attention":
+            gate_shape = b + ((L, dk) if s["per_channel"] else (L,))
+            return {"q": q, "k": k, "v": v, "log_g": logsig(rng.standard_normal(gate_shape)) / 16, "chunk_size": s["chunk_size"]}
+        out = {"q": q, "k": k / np.linalg.norm(k, axis=-1, keepdims=True), "v": v,
+               "beta": 1 / (1 + np.exp(-rng.standard_normal(b + (L,)))), "chunk_size": s["chunk_size"]}
+        if s["gated"]:
+            out["log_g"] = logsig(rng.standard_normal(b + (L,))) / 16
+        return out
+    if function == "iir.biquad_filter":
+        s = _sizes(function, {k: v for k, v in sizes.items() if k not in ("r", "theta")}, {"N": 4096})
+        r, theta = float(sizes.get("r", 0.999)), float(sizes.get("theta", 0.3))
+        if not 0 < r < 1:
+            raise ValueError(f"r: expected a pole radius in (0, 1), got {r!r}")
+        return {"b": np.array([1.0, 0.0, -1.0]) * (1 - r), "a": np.array([1.0, -2 * r * np.cos(theta), r * r]),
+                "x": rng.standard_normal(s["N"]), "form": "tdf2"}
     raise ValueError(f"name: random_inputs supports {', '.join(RANDOM_INPUTS)}, not {function}")
 
 
 #: the functions :func:`random_inputs` supports
-RANDOM_INPUTS = ("attention.softmax_attention", "random_features.linear_attention", "ssm.selective_scan", "iir.sos_filter")
+RANDOM_INPUTS = ("attention.softmax_attention", "attention.flash_attention", "attention.softmax_attention_vjp",
+                 "random_features.linear_attention", "random_features.performer_attention", "ssm.selective_scan",
+                 "linear_rnn.ssd", "linear_rnn.gated_linear_attention", "linear_rnn.retention", "linear_rnn.delta_rule",
+                 "iir.sos_filter", "iir.biquad_filter")
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,11 @@ A minimal topic file::
              "what this case exercises"),
     ]
 
+Cases too large to commit (tile-boundary sizes, long sequences) are declared with
+``generated("module.function/label", seed, description, **sizes)``: their arguments are
+``refimpl.oracle.random_inputs(function, seed=seed, **sizes)`` and the vectors store only a
+summary, checked when the case is regenerated (``_golden/at_scale.py``).
+
 A function whose arguments must be adapted gets a wrapper ``run(args, with_mid)`` and a
 :class:`Function` record; use ``ordered(intermediates, outputs, with_mid)`` to return
 intermediates, and pass ``call="fn(...) -> ..."`` when the arguments differ from the signature.
@@ -50,9 +55,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ._base import Case, Function, called, direct, ordered
+from ._base import Case, Function, called, direct, generated, ordered
 
-__all__ = ["Function", "Case", "FUNCTIONS", "CASES", "TOPICS", "called", "direct", "ordered"]
+__all__ = ["Function", "Case", "FUNCTIONS", "CASES", "TOPICS", "called", "direct", "generated", "ordered"]
 
 #: the topic files, in alphabetical order
 TOPICS = tuple(

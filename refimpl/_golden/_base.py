@@ -93,6 +93,9 @@ class Case:
     # rows summing to 1) before the plain evaluation of Eq. (15.3); the user's callable gets them as rounded
     constrain: Callable[[dict], dict] | None = None
     outputs: tuple | None = None  # overrides Function.outputs (e.g. ``zf`` when ``zi`` is given)
+    #: a case generated at verify time: its arguments are ``random_inputs(function, seed=seed, **sizes)``
+    #: and only a summary of them and of the results is written (see :func:`generated`)
+    sizes: dict | None = None
 
     @property
     def function(self) -> str:
@@ -184,3 +187,27 @@ def called(name: str, *outputs, call: str | None = None, skip: tuple = (), **fix
     result ``phi``; ``fixed`` keywords are added to every call.
     """
     return Function(name, direct(resolve(name), *outputs, **fixed), tuple(outputs), call=call, skip=skip)
+
+
+def generated(name: str, seed: int, description: str, *, intermediates: bool = False, **sizes) -> Case:
+    """A case too large to commit: its arguments are ``refimpl.oracle.random_inputs(function, seed=seed, **sizes)``.
+
+    :func:`refimpl.oracle.export` writes only its seed, sizes, scalar arguments and a summary of
+    every array (shape, max |x|, 2-norm, 256 entries at fixed positions); :func:`refimpl.oracle.verify`
+    regenerates the arguments, recomputes the results and checks them against the summary.
+    Intermediates are off by default (the big (N, M) ones would dominate the cost).
+
+    Examples
+    --------
+    >>> case = generated("ssm.selective_scan/long_L9", 5, "a long scan", L=9, d_in=2, n=3)
+    >>> case.sizes, sorted(case.build(None))[:3]
+    ({'L': 9, 'd_in': 2, 'n': 3}, ['A', 'B', 'C'])
+    """
+    function = name.split("/", 1)[0]
+
+    def build(rng):
+        from ..oracle import random_inputs  # the registry is imported by the oracle: resolved at call time
+
+        return random_inputs(function, seed=seed, **sizes)
+
+    return Case(name, seed, build, description, intermediates=intermediates, sizes=dict(sizes))

@@ -11,7 +11,8 @@ from ._base import Case, Function, called, ordered, renormalize
 
 def _run_softmax(args, with_mid):
     y, A = attention.softmax_attention(
-        args["q"], args["k"], args["v"], mask=args.get("mask"), causal=args["causal"], scale=args.get("scale"), return_weights=True
+        args["q"], args["k"], args["v"], mask=args.get("mask"), causal=args.get("causal", False), scale=args.get("scale"),
+        return_weights=True, window=args.get("window"), alibi_slopes=args.get("alibi_slopes"),
     )
     return ordered({"A": A}, {"y": y}, with_mid)
 

@@ -19,8 +19,8 @@ def _zpk(z, p, k):
 
 
 def _run_biquad(args, with_mid):
-    res = iir.biquad_filter(args["b"], args["a"], args["x"], args.get("zi"), form=args["form"])
-    return {"y": res[0], "zf": res[1]} if "zi" in args else {"y": res}
+    res = iir.biquad_filter(args["b"], args["a"], args["x"], args.get("zi"), form=args.get("form", "tdf2"))
+    return {"y": res[0], "zf": res[1]} if args.get("zi") is not None else {"y": res}
 
 
 def _run_sos(args, with_mid):

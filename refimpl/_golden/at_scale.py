@@ -1,0 +1,53 @@
+"""Generated golden cases at the sizes kernels run at: tile boundaries and long sequences.
+
+Kernels tile their work in blocks of 64 or 128 rows and head dimensions of 64, 128 or 256; the
+bugs of a tiled kernel (a dropped or doubled last tile, a mask off by one at a tile edge, a
+state not carried across a chunk) show only when a size is *not* a multiple of the tile, and
+round-off that grows with the length shows only at long lengths. These cases are too large to
+commit: each is declared by a seed and the sizes of :func:`refimpl.oracle.random_inputs` (the
+``generated`` record), and the vectors store only a summary (see :func:`refimpl.oracle.export`).
+Chapter 15 (§15.5) uses the same generator.
+"""
+
+from ._base import generated
+
+FUNCTIONS: list = []
+
+CASES = [
+    # softmax attention: N, M not multiples of 64/128, head dims 64, 128, 256
+    generated("attention.softmax_attention/tile_N65_d64_causal", 1701, "N = 65 = 64 + 1, causal: one row past a tile",
+              N=65, d=64, causal=True),
+    generated("attention.softmax_attention/tile_N127_M129_d128", 1702,
+              "cross-attention N = 127, M = 129 around a tile of 128, head dim 128", N=127, M=129, d=128),
+    generated("attention.softmax_attention/tile_N257_d256_causal", 1703, "N = 257, head dim 256, causal",
+              N=257, d=256, causal=True),
+    generated("attention.softmax_attention/long_N2049_d128_causal", 1704,
+              "a long causal sequence, N = 2049 = 16·128 + 1, head dim 128", N=2049, d=128, causal=True),
+    generated("attention.flash_attention/tile_N129_d128_causal", 1705,
+              "FlashAttention with 64 × 64 tiles, N = 129 (two full tiles and one row); intermediate: the log-sum-exp",
+              intermediates=True, N=129, d=128, causal=True),
+    generated("attention.flash_attention/tile_N255_M63_d64", 1706,
+              "N = 255 queries, M = 63 keys: every tile is partial in one direction; intermediate: the log-sum-exp",
+              intermediates=True, N=255, M=63, d=64),
+    generated("attention.softmax_attention_vjp/tile_N129_d64_causal", 1707,
+              "the backward pass at N = 129 (two blocks of 64 query rows and one row), causal", N=129, d=64, causal=True),
+    generated("attention.softmax_attention_vjp/long_N1025_d128", 1708,
+              "the backward pass at N = 1025, head dim 128", N=1025, d=128),
+    # linear attention and the selective scan: long sequences
+    generated("random_features.linear_attention/long_N8193_causal", 1709,
+              "causal linear attention over N = 8193 steps (the prefix sums' round-off grows with N)", N=8193, d=16),
+    generated("ssm.selective_scan/long_L4097_zoh", 1710, "exact ZOH over L = 4097 steps, Mamba's initialization",
+              L=4097, d_in=4, n=16, discretization="zoh"),
+    generated("ssm.selective_scan/long_L8192_mamba", 1711, "Mamba's discretization over L = 8192 steps",
+              L=8192, d_in=4, n=16),
+    # the modern linear recurrences: long sequences, lengths not multiples of the chunk
+    generated("linear_rnn.ssd/long_L4097_chunk64", 1712,
+              "Mamba-2's SSD over L = 4097 = 64·64 + 1 steps, 4 heads in 2 groups", L=4097, H=4, G=2, P=16, N=16),
+    generated("linear_rnn.gated_linear_attention/long_L2049_per_channel", 1713,
+              "GLA with per-channel gates over L = 2049 steps, d_k = d_v = 64", L=2049, dk=64, dv=64),
+    generated("linear_rnn.retention/long_L2049", 1714, "retention over L = 2049 steps, 4 heads with RetNet's decays",
+              L=2049, H=4, dk=32, dv=32),
+    generated("linear_rnn.delta_rule/long_L2049_gated", 1715,
+              "Gated DeltaNet over L = 2049 steps (chunks of 64: 32 full chunks and one step)", L=2049, dk=32, dv=32,
+              gated=True),
+]
