@@ -102,8 +102,8 @@ a formula moves results by far more.
 
 Adding a module: the registry is :mod:`refimpl._golden`, one file per topic module
 (``refimpl/_golden/<topic>.py`` with a list of :class:`Function` records and a list of
-:class:`Case` records; its docstring says how). Then re-export ``tests/golden/v1`` with
-``python -m refimpl vectors export tests/golden/v1``.
+:class:`Case` records; its docstring says how). Then re-export ``tests/golden/v2`` with
+``python -m refimpl vectors export tests/golden/v2``.
 
 Glossary: ``args`` the arguments of a case (the keywords a callable receives); ``results`` the
 ordered ``{name: array}`` of refimpl's intermediates and outputs; ``plain`` the low-precision

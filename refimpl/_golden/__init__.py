@@ -17,7 +17,7 @@ Adding a topic = adding one file ``refimpl/_golden/<topic>.py`` with ``FUNCTIONS
 ``CASES`` (import the record types and shared builders from ``._base``). It is discovered
 here automatically (every module of this package whose name does not start with ``_``);
 :func:`_check_registry` refuses duplicate names and cases of unregistered functions. Then
-re-export the golden vectors with ``python -m refimpl vectors export tests/golden/v1`` (the
+re-export the golden vectors with ``python -m refimpl vectors export tests/golden/v2`` (the
 files of the existing cases stay byte-identical; ``manifest.json`` gains the new entries).
 
 A minimal topic file::
