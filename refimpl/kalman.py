@@ -39,7 +39,7 @@ import numpy as np
 import scipy.linalg
 
 from . import sde as _sde
-from ._scan import prefix_scan
+from ._scan import prefix_scan, state_scan
 from ._validate import (
     guard_overflow,
     as_bool,
@@ -301,52 +301,288 @@ def kalman_filter(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     return (m, P, _filter_intermediates(*args, m, P)) if flag else (m, P)
 
 
-def _filter(zf, missing, F, H, Q, R, m0, P0):
-    """The recursion of :func:`kalman_filter` on validated inputs.
+def _filter(zf, missing, F, H, Q, R, m0, P0, smooth=False):
+    """The recursion of :func:`kalman_filter` (and, with ``smooth``, of :func:`rts_smoother`).
 
     The covariances and gains do not depend on the measured values — only on which rows are
-    missing — so they are computed once per missingness pattern (:func:`_filter_covariances`),
-    and the means of all sequences with that pattern advance together, one step at a time.
+    missing — so they are computed once per missingness pattern (:func:`_filter_covariances`,
+    which also finds the stretches where they have converged), and the means of all sequences
+    with that pattern advance together (:func:`_filter_means`). Returns ``(m, P)`` or, with
+    ``smooth``, ``(m, P, ms, Ps)``.
     """
     batch, (N, p), n = zf.shape[:-2], zf.shape[-2:], H.shape[1]
     zb, mb = zf.reshape((-1, N, p)), missing.reshape((-1, N))
     m0b = np.broadcast_to(m0, batch + (n,)).reshape((-1, n))
-    m = np.empty((zb.shape[0], N, n))
-    P = np.empty((zb.shape[0], N, n, n))
-    patterns, inverse = np.unique(mb, axis=0, return_inverse=True)
-    for g, pattern in enumerate(patterns):
-        members = np.flatnonzero(inverse.reshape(-1) == g)
-        P_post, K = _filter_covariances(pattern, F, H, Q, R, P0)
-        P[members] = P_post
-        x = m0b[members]
-        z_g = zb[members]
-        for k in range(N):
-            if k > 0:
-                x = x @ F[k - 1].T  # m⁻ = F m
-            if not pattern[k]:
-                x = x + (z_g[:, k] - x @ H.T) @ K[k].T  # m = m⁻ + K (z − H m⁻)
-            m[members, k] = x
-    return m.reshape(batch + (N, n)), P.reshape(batch + (N, n, n))
+    B = zb.shape[0]
+    m = np.empty((B, N, n))
+    ms = np.empty((B, N, n)) if smooth else None
+    P = Ps = None
+    groups = list(_pattern_groups(mb))
+    for pattern, members in groups:
+        P_g, K, runs = _filter_covariances(pattern, F, H, Q, R, P0)
+        m[members] = _filter_means(zb[members], m0b[members], F, H, K, pattern, runs)
+        if smooth:
+            Ps_g, gains = _smoother_covariances(P_g, F, Q, runs)
+            ms[members] = _smoother_means(m[members], F, gains)
+        if len(groups) == 1:  # one pattern (always so for one sequence): no scatter by member
+            P = np.repeat(P_g[None], B, axis=0) if B > 1 else P_g[None]
+            Ps = (np.repeat(Ps_g[None], B, axis=0) if B > 1 else Ps_g[None]) if smooth else None
+            continue
+        if P is None:
+            P = np.empty((B, N, n, n))
+            Ps = np.empty((B, N, n, n)) if smooth else None
+        P[members] = P_g
+        if smooth:
+            Ps[members] = Ps_g
+    out = (m.reshape(batch + (N, n)), P.reshape(batch + (N, n, n)))
+    if smooth:
+        out += (ms.reshape(batch + (N, n)), Ps.reshape(batch + (N, n, n)))
+    return out
+
+
+def _pattern_groups(mb):
+    """Yield ``(pattern, members)``: each distinct missingness row of ``mb`` (B, N) and its rows."""
+    if mb.shape[0] == 1:
+        yield mb[0], np.zeros(1, dtype=np.intp)
+        return
+    keys = np.packbits(mb, axis=1)  # one byte string per sequence: cheap to compare
+    keys = np.ascontiguousarray(keys).view(np.dtype((np.void, keys.shape[1]))).reshape(-1)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    for g, row in enumerate(first):
+        yield mb[row], np.flatnonzero(inverse.reshape(-1) == g)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steady state inside the recursion: where the covariances stop changing
+# ---------------------------------------------------------------------------------------------
+
+#: a stretch of identical steps is declared converged after this many consecutive steps …
+_PATIENCE = 8
+#: … each changing P by at most this many units of rounding (relative to max|P|) …
+_CALM = 4.0
+#: … and the distance left to the fixed point, change / (1 − ρ²), is within this many units
+_REACH = 64.0
+_EPS = float(np.finfo(np.float64).eps)
+#: constant-map stretches at least this long run the blocked scan instead of a loop over steps
+_SCAN_MIN = 32
+
+
+def _same_step(M: np.ndarray) -> np.ndarray:
+    """``M[k] == M[k−1]`` for k = 1 … len−1 (bool, len−1); free for a broadcast (time-invariant) M."""
+    if M.shape[0] < 2:
+        return np.zeros(0, dtype=bool)
+    if M.strides[0] == 0:
+        return np.ones(M.shape[0] - 1, dtype=bool)
+    return np.all(M[1:] == M[:-1], axis=(1, 2))
+
+
+def _step_starts(pattern, F, Q) -> np.ndarray:
+    """Steps whose covariance map differs from the previous step's, sorted, with N appended.
+
+    Step k ≥ 1 maps P_{k−1} to P_k through (F_{k−1}, Q_{k−1}) and, if z_k is observed, the
+    update; step 0 is the update of the prior alone. Between two consecutive entries the map is
+    one and the same, so the Riccati recursion there is time-invariant and can converge.
+    """
+    N = pattern.shape[0]
+    new = np.ones(N, dtype=bool)
+    if N > 2:
+        new[2:] = (pattern[2:] != pattern[1:-1]) | ~_same_step(F) | ~_same_step(Q)
+    return np.append(np.flatnonzero(new), N)
+
+
+def _spectral_radius(A: np.ndarray) -> float:
+    return float(np.max(np.abs(np.linalg.eigvals(A))))
+
+
+def _settled(recent_change: float, scale: float, A: np.ndarray) -> bool:
+    """True when a recursion X ← A X Aᵀ + const has reached its fixed point to rounding.
+
+    ``recent_change`` is the largest change max|X_k − X_{k−1}| of the last ``_PATIENCE`` steps,
+    each already at most ``_CALM`` = 4 units of rounding of max|X| = ``scale``. Differences
+    contract by ρ(A)² per step, so the distance left to the fixed point is at most about
+    change / (1 − ρ²): the test asks that this bound be within ``_REACH`` = 64 units of rounding
+    — the fixed point is reached, not merely approached slowly (ρ → 1 never passes).
+    """
+    rho = _spectral_radius(A)
+    if not rho < 1.0:
+        return False
+    return recent_change <= _REACH * _EPS * scale * (1.0 - rho * rho)
 
 
 def _filter_covariances(pattern, F, H, Q, R, P0):
-    """Filtered covariances P_k (N, n, n) and gains K_k (N, n, p; zero where missing), Eq. (3.3)."""
+    """Filtered covariances P_k (N, n, n), gains K_k (N, n, p; zero where missing), Eq. (3.3),
+    and the converged stretches ``runs``: ``(a, b)`` with P_k = P_a and K_k = K_a for a ≤ k < b.
+
+    The recursion runs step by step until, inside a stretch of identical steps (same F, Q and
+    missingness, :func:`_step_starts`), P stops changing: ``_PATIENCE`` consecutive steps change it
+    by no more than a few units of rounding, scaled by the contraction 1 − ρ² of the closed-loop
+    map A = (I − K H) F (:func:`_settled`), and P satisfies the Riccati equation of the stretch.
+    The rest of the stretch is then the fixed point: P_k and K_k are copies, and the mean
+    recursion there is time-invariant (a blocked scan in :func:`_filter_means`).
+    """
     N, (p, n) = pattern.shape[0], H.shape
     P = np.empty((N, n, n))
     K = np.zeros((N, n, p))
     I = np.eye(n)
+    starts = _step_starts(pattern, F, Q)
+    runs = []
     C = P0
-    for k in range(N):
+    calm, recent, seg = 0, 0.0, 0  # seg: index into starts of the stretch containing k
+    k = 0
+    while k < N:
+        if k >= starts[seg + 1]:
+            seg += 1
+            calm, recent = 0, 0.0
         if k > 0:
-            C = _sym(F[k - 1] @ P[k - 1] @ F[k - 1].T + Q[k - 1])  # P⁻ = F P Fᵀ + Q
+            C = F[k - 1] @ P[k - 1] @ F[k - 1].T + Q[k - 1]  # P⁻ = F P Fᵀ + Q
+            C = 0.5 * (C + C.T)
         if not pattern[k]:
             HC = H @ C
-            S = _sym(HC @ H.T + R)  # S = H P⁻ Hᵀ + R
-            K[k] = _solve(S, HC, "the innovation covariance S = H P⁻ Hᵀ + R").T  # K = P⁻ Hᵀ S⁻¹
+            S = HC @ H.T + R  # S = H P⁻ Hᵀ + R
+            K[k] = _solve(0.5 * (S + S.T), HC, "the innovation covariance S = H P⁻ Hᵀ + R").T  # K = P⁻ Hᵀ S⁻¹
             IKH = I - K[k] @ H
-            C = _sym(IKH @ C @ IKH.T + K[k] @ R @ K[k].T)  # Joseph form
+            C = IKH @ C @ IKH.T + K[k] @ R @ K[k].T  # Joseph form
+            C = 0.5 * (C + C.T)
         P[k] = C
-    return P, K
+        end = starts[seg + 1]
+        if k > starts[seg]:  # the same map as the step before: measure how much P still moves
+            change = float(np.max(np.abs(C - P[k - 1])))
+            scale = float(np.max(np.abs(C)))
+            if change <= _CALM * _EPS * scale:
+                calm, recent = calm + 1, max(recent, change)
+            else:
+                calm, recent = 0, 0.0
+            if calm >= _PATIENCE and end - k > 1:
+                A = (I - K[k] @ H) @ F[k - 1]  # the closed-loop map of the mean (F where missing)
+                if _settled(recent, scale, A) and _riccati_residual(C, F[k - 1], H, Q[k - 1], R, pattern[k]) <= 64 * _EPS:
+                    P[k + 1 : end] = C
+                    K[k + 1 : end] = K[k]
+                    runs.append((k, end))
+                    k = end
+                    continue
+                calm, recent = 0, 0.0  # not yet: look again after another _PATIENCE steps
+        k += 1
+    return P, K, runs
+
+
+def _riccati_residual(P, F, H, Q, R, gone) -> float:
+    """Relative residual of the fixed-point equation of one step, in the plain (non-Joseph) form.
+
+    Observed: P = (I − K H) P⁻ with P⁻ = F P Fᵀ + Q and K = P⁻ Hᵀ (H P⁻ Hᵀ + R)⁻¹ (the Riccati
+    equation, Eq. (3.13), written for the filtered covariance); missing: P = F P Fᵀ + Q (the
+    discrete Lyapunov equation). An independent check of the fixed point the Joseph-form
+    recursion has settled on.
+    """
+    Pp = F @ P @ F.T + Q
+    if gone:
+        new = Pp
+    else:
+        HP = H @ Pp
+        new = Pp - HP.T @ np.linalg.solve(HP @ H.T + R, HP)
+    return float(np.max(np.abs(new - P)) / max(np.max(np.abs(P)), 1e-300))
+
+
+def _filter_means(z, m0, F, H, K, pattern, runs):
+    """Filtered means (L, N, n) of the L sequences ``z`` (L, N, p) that share one pattern.
+
+    Step by step where the gains change (m = m⁻ + K (z − H m⁻), the rows of all sequences at
+    once); on each converged stretch the recursion is the time-invariant
+    m_k = (I − K H) F m_{k−1} + K z_k, solved by the blocked two-level scan
+    :func:`refimpl._scan.state_scan` (matrix products over blocks, no loop over steps).
+    """
+    L, N = z.shape[:2]
+    n = F.shape[-1]
+    m = np.empty((L, N, n))
+    x = m0
+    k = 0
+    for a, b in runs + [(N, N)]:
+        stop = a if b - a >= _SCAN_MIN else b
+        while k < stop:  # the steps where the gain still changes (and short stretches)
+            if k > 0:
+                x = x @ F[k - 1].T  # m⁻ = F m
+            if not pattern[k]:
+                x = x + (z[:, k] - x @ H.T) @ K[k].T  # m = m⁻ + K (z − H m⁻)
+            m[:, k] = x
+            k += 1
+        if k < b:  # a converged stretch: m_k = A m_{k−1} + K z_k with constant A, K, a ≥ 1
+            A = (np.eye(n) - K[a] @ H) @ F[a - 1]  # A = (I − K H) F (= F where missing)
+            U = np.zeros((b - a + 1, n, L))
+            U[:-1] = np.transpose(z[:, a:b] @ K[a].T, (1, 2, 0))  # u_k = K z_k
+            S = state_scan(A, U, m[:, a - 1].T)  # S_j = m_{a−1+j}
+            m[:, a:b] = np.transpose(S[1:], (2, 0, 1))
+            x = m[:, b - 1]
+            k = b
+    return m
+
+
+def _smoother_covariances(P, F, Q, runs):
+    """Smoothed covariances P^s_k (N, n, n) and the smoother gains, Eq. (3.5), backwards.
+
+    Returns ``(Ps, gains)`` with ``gains`` a list of ``(a, b, G)``, latest first: G (n, n) is the
+    gain of every step a ≤ k < b (one step where it changes, a whole stretch where the filter has
+    converged). On a converged filter stretch (a, b) of :func:`_filter_covariances`, P_k, F_k
+    and Q_k are the same for a ≤ k < b − 1, so G_k = P_k F_kᵀ (P⁻_{k+1})⁻¹ is one matrix there,
+    and P^s_k = P_k + G (P^s_{k+1} − P⁻) Gᵀ is a time-invariant recursion (backwards, contracting
+    by ρ(G)²): it runs until it has settled (:func:`_settled`), then the rest are copies.
+    """
+    N, n = P.shape[0], P.shape[-1]
+    Ps = np.empty_like(P)
+    Ps[N - 1] = P[N - 1]
+    flat = {b - 1: a for a, b in runs if b - 1 - a >= 2}  # last step of a constant-gain stretch → its first
+    gains = []
+    k = N - 2
+    while k >= 0:
+        FP = F[k] @ P[k]
+        P_pred = FP @ F[k].T + Q[k]  # P⁻_{k+1} = F P_k Fᵀ + Q
+        P_pred = 0.5 * (P_pred + P_pred.T)
+        G = _solve(P_pred, FP, "the predicted covariance P⁻ = F P Fᵀ + Q").T  # G = P Fᵀ (P⁻)⁻¹
+        a = flat.get(k + 1, k)  # (the stretch's gain holds for k ≤ b − 2)
+        calm, recent = 0, 0.0
+        j = k
+        while j >= a:
+            C = P[j] + G @ (Ps[j + 1] - P_pred) @ G.T  # P^s = P + G (P^s_{k+1} − P⁻) Gᵀ
+            Ps[j] = 0.5 * (C + C.T)
+            if j < k:
+                change = float(np.max(np.abs(Ps[j] - Ps[j + 1])))
+                scale = float(np.max(np.abs(Ps[j])))
+                if change <= _CALM * _EPS * scale:
+                    calm, recent = calm + 1, max(recent, change)
+                else:
+                    calm, recent = 0, 0.0
+                if calm >= _PATIENCE:
+                    if _settled(recent, scale, G):
+                        Ps[a:j] = Ps[j]
+                        break
+                    calm, recent = 0, 0.0
+            j -= 1
+        gains.append((a, k + 1, G))
+        k = a - 1
+    return Ps, gains
+
+
+def _smoother_means(m, F, gains):
+    """Smoothed means (L, N, n) from the filtered means ``m`` (L, N, n), Eq. (3.5), backwards.
+
+    m^s_k = m_k + G_k (m^s_{k+1} − F_k m_k) = G_k m^s_{k+1} + (I − G_k F_k) m_k: step by step
+    where the gain changes, and on a constant-gain stretch a time-invariant recursion in reverse
+    time, solved by :func:`refimpl._scan.state_scan`.
+    """
+    L, N, n = m.shape
+    ms = np.empty_like(m)
+    ms[:, N - 1] = m[:, N - 1]
+    for a, b, G in gains:  # latest first; the steps a ≤ k < b share G
+        if b - a < _SCAN_MIN:
+            for k in range(b - 1, a - 1, -1):
+                m_k = m[:, k]
+                ms[:, k] = m_k + (ms[:, k + 1] - m_k @ F[k].T) @ G.T  # m^s = m + G (m^s_{k+1} − F m)
+            continue
+        M = b - a + 1
+        U = np.zeros((M, n, L))
+        c = m[:, a:b] @ (np.eye(n) - G @ F[a]).T  # c_k = (I − G F) m_k, (L, b − a, n)
+        U[:-1] = np.transpose(c[:, ::-1], (1, 2, 0))  # in reverse time
+        S = state_scan(G, U, ms[:, b].T)  # S_j = m^s_{b−j}
+        ms[:, a:b] = np.transpose(S[:0:-1], (2, 0, 1))
+    return ms
 
 
 @guard_overflow(first_only=True)
@@ -416,33 +652,6 @@ def _filter_loop(zf, missing, F, H, Q, R, m0, P0):
     return m.reshape(batch + (N, n)), P.reshape(batch + (N, n, n)), extra
 
 
-def _rts(m, P, missing, F, Q):
-    """RTS backward pass, Eq. (3.5): gains and covariances once per missingness pattern, means batched."""
-    batch, (N, n) = m.shape[:-2], m.shape[-2:]
-    mb, Pb = m.reshape((-1, N, n)), P.reshape((-1, N, n, n))
-    ms, Ps = np.empty_like(mb), np.empty_like(Pb)
-    patterns, inverse = np.unique(missing.reshape((-1, N)), axis=0, return_inverse=True)
-    for g in range(patterns.shape[0]):
-        members = np.flatnonzero(inverse.reshape(-1) == g)
-        P_g = Pb[members[0]]  # identical for every member of the group
-        Ps_g = np.empty_like(P_g)
-        Ps_g[N - 1] = P_g[N - 1]
-        G = np.empty((max(N - 1, 0), n, n))
-        for k in range(N - 2, -1, -1):
-            FP = F[k] @ P_g[k]
-            P_pred = _sym(FP @ F[k].T + Q[k])  # P⁻_{k+1} = F P_k Fᵀ + Q
-            G[k] = _solve(P_pred, FP, "the predicted covariance P⁻ = F P Fᵀ + Q").T  # G = P Fᵀ (P⁻)⁻¹
-            Ps_g[k] = _sym(P_g[k] + G[k] @ (Ps_g[k + 1] - P_pred) @ G[k].T)  # P^s = P + G (P^s − P⁻) Gᵀ
-        Ps[members] = Ps_g
-        x = mb[members, N - 1]
-        ms[members, N - 1] = x
-        for k in range(N - 2, -1, -1):
-            m_k = mb[members, k]
-            x = m_k + (x - m_k @ F[k].T) @ G[k].T  # m^s = m + G (m^s_{k+1} − F m)
-            ms[members, k] = x
-    return ms.reshape(batch + (N, n)), Ps.reshape(batch + (N, n, n))
-
-
 @guard_overflow(first_only=True)
 def rts_smoother(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     r"""Smoothed means and covariances ``p(x_k | z_0 … z_{N-1}) = N(m^s_k, P^s_k)``, Eq. (3.5).
@@ -473,8 +682,7 @@ def rts_smoother(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     """
     flag = as_bool(return_intermediates, "return_intermediates")
     args = _check_model(z, F, H, Q, R, m0, P0)
-    m, P = _filter(*args)
-    ms, Ps = _rts(m, P, args[1], args[2], args[4])
+    m, P, ms, Ps = _filter(*args, smooth=True)
     if not flag:
         return ms, Ps
     extra = _filter_intermediates(*args, m, P)
