@@ -507,7 +507,7 @@ def _filter_means(z, m0, F, H, K, pattern, runs):
         if k < b:  # a converged stretch: m_k = A m_{k−1} + K z_k with constant A, K, a ≥ 1
             A = (np.eye(n) - K[a] @ H) @ F[a - 1]  # A = (I − K H) F (= F where missing)
             U = np.zeros((b - a + 1, n, L))
-            U[:-1] = np.transpose(z[:, a:b] @ K[a].T, (1, 2, 0))  # u_k = K z_k
+            U[:-1] = np.transpose(z[:, a:b] @ _Tc(K[a]), (1, 2, 0))  # u_k = K z_k
             S = state_scan(A, U, m[:, a - 1].T)  # S_j = m_{a−1+j}
             m[:, a:b] = np.transpose(S[1:], (2, 0, 1))
             x = m[:, b - 1]
@@ -578,7 +578,7 @@ def _smoother_means(m, F, gains):
             continue
         M = b - a + 1
         U = np.zeros((M, n, L))
-        c = m[:, a:b] @ (np.eye(n) - G @ F[a]).T  # c_k = (I − G F) m_k, (L, b − a, n)
+        c = m[:, a:b] @ _Tc(np.eye(n) - G @ F[a])  # c_k = (I − G F) m_k, (L, b − a, n)
         U[:-1] = np.transpose(c[:, ::-1], (1, 2, 0))  # in reverse time
         S = state_scan(G, U, ms[:, b].T)  # S_j = m^s_{b−j}
         ms[:, a:b] = np.transpose(S[:0:-1], (2, 0, 1))
@@ -736,60 +736,240 @@ def _T(a):
     return np.swapaxes(a, -1, -2)
 
 
-def _filter_combine(ei, ej):
-    """(A, b, C, η, J)_i ⊗ (A, b, C, η, J)_j, Eq. (3.7) (Särkkä & García-Fernández 2021, Lemma 8)."""
-    Ai, bi, Ci, ei_, Ji = ei
-    Aj, bj, Cj, ej_, Jj = ej
-    n = Ai.shape[-1]
-    I = np.eye(n)
-    M = _solve(_T(I + Ci @ Jj), _T(Aj), "I + C_i J_j in the filtering scan")  # (A_j (I + C_i J_j)⁻¹)ᵀ
-    M = _T(M)
-    A = M @ Ai  # A_ij = A_j (I + C_i J_j)⁻¹ A_i
-    b = (M @ (bi + (Ci @ ej_[..., None])[..., 0])[..., None])[..., 0] + bj  # b_ij = A_j (I + C_i J_j)⁻¹ (b_i + C_i η_j) + b_j
-    C = _sym(M @ Ci @ _T(Aj) + Cj)  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
+def _Tc(a):
+    """The transpose as a contiguous array (see :func:`_combine_means` for why)."""
+    return np.ascontiguousarray(np.swapaxes(a, -1, -2))
+
+
+def _combine_types(Ai, Ci, Ji, Aj, Cj, Jj):
+    """The data-independent half of a_i ⊗ a_j, Eq. (3.7) (Särkkä & García-Fernández 2021, Lemma 8).
+
+    Returns (A_ij, C_ij, J_ij) and the two matrices that carry the means,
+    M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹ (:func:`_combine_means`); batched.
+    """
+    I = np.eye(Ai.shape[-1])
+    M = _T(_solve(_T(I + Ci @ Jj), _T(Aj), "I + C_i J_j in the filtering scan"))  # A_j (I + C_i J_j)⁻¹
     N_ = _T(_solve(_T(I + Jj @ Ci), Ai, "I + J_j C_i in the filtering scan"))  # A_iᵀ (I + J_j C_i)⁻¹
-    eta = (N_ @ (ej_ - (Jj @ bi[..., None])[..., 0])[..., None])[..., 0] + ei_  # η_ij = A_iᵀ (I + J_j C_i)⁻¹ (η_j − J_j b_i) + η_i
+    A = M @ Ai  # A_ij = A_j (I + C_i J_j)⁻¹ A_i
+    C = _sym(M @ Ci @ _T(Aj) + Cj)  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
     J = _sym(N_ @ Jj @ Ai + Ji)  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
-    return A, b, C, eta, J
+    return A, C, J, M, N_
 
 
-def _filter_elements(zf, missing, F, H, Q, R, m0, P0):
-    """The filtering elements a_k = (A_k, b_k, C_k, η_k, J_k) of Eq. (3.6), time on axis 0."""
-    batch, N, n = zf.shape[:-2], zf.shape[-2], H.shape[1]
-    zt = np.moveaxis(zf, -2, 0)  # (N, ..., p)
-    gone = np.moveaxis(missing, -1, 0)  # (N, ...)
+def _combine_means(bi, ei, bj, ej, Ci, Jj, M, N_, b_out, e_out):
+    """The data half of a_i ⊗ a_j, Eq. (3.7), rows of L sequences: b (…, L, n), matrices (…, n, n).
+
+    b_ij = M (b_i + C_i η_j) + b_j  and  η_ij = N (η_j − J_j b_i) + η_i, written to ``b_out``,
+    ``e_out``. With one pair of matrices for all rows the products are flat (rows × n) · (n × n).
+    """
+    if M.ndim == 2:
+        n = bi.shape[-1]
+        bi, ei, bj, ej, bo, eo = (x.reshape(-1, n) for x in (bi, ei, bj, ej, b_out, e_out))
+    else:
+        bo, eo = b_out, e_out
+    # contiguous transposes: a transposed view as the right factor of a tall product takes a path
+    # of NumPy/OpenBLAS that is up to 1000× slower (measured: (10⁴, 8) · (8, 8)ᵀ)
+    Ci, Jj, M, N_ = (_Tc(x) for x in (Ci, Jj, M, N_))
+    t = np.matmul(ej, Ci)  # C_i η_j
+    t += bi
+    np.matmul(t, M, out=bo)
+    bo += bj  # b_ij = M (b_i + C_i η_j) + b_j
+    np.matmul(bi, Jj, out=t)  # J_j b_i
+    np.subtract(ej, t, out=t)
+    np.matmul(t, N_, out=eo)
+    eo += ei  # η_ij = N (η_j − J_j b_i) + η_i
+
+
+#: in one sweep of :func:`_typed_scan`, a pair of types shared by at least this many elements
+#: gets its own matrix products; rarer pairs are gathered into one batched product
+_SHARED = 64
+
+
+def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
+    """Inclusive Hillis–Steele scan of the filtering elements, each half computed once per kind.
+
+    ``types`` (N,) indexes the tables ``A, C, J`` (T, n, n): element k is (A, b_k, C, η_k, J) of
+    its type, with data ``b, eta`` (N, L, n). Sweep s combines element k − 2^s with element k, as
+    :func:`refimpl._scan.prefix_scan` does; the data-independent half of a combination depends
+    only on the two types, so it is computed once per distinct pair (batched), and the means of
+    all elements with that pair follow by matrix products. Returns the scanned ``b`` and C
+    (N, n, n): the filtered means and covariances.
+
+    After each sweep the elements that start at step 0 are prefixes, whose C are the filtered
+    covariances P_k. Inside a stretch of identical steps (``starts``, :func:`_step_starts`) these
+    converge; once they have settled to rounding (the test of the sequential filter,
+    :func:`_settled`, with the Riccati residual), the later prefixes of the stretch are given the
+    settled prefix's type, so the next sweeps combine one pair where they would combine one per
+    step. Without that, a time-invariant model still has N distinct prefixes.
+    """
+    N = types.shape[0]
+    b2, eta2 = np.empty_like(b), np.empty_like(eta)
+    step = 1
+    while step < N:
+        # merge settled prefixes: the elements k < step start at step 0 after the last sweep
+        types = _merge_prefixes(types, C, min(step, N), pattern, H, F, Q, R, starts)
+        ti, tj = types[:-step], types[step:]
+        T = A.shape[0]
+        codes = ti.astype(np.int64) * T + tj
+        uniq, inv = np.unique(codes, return_inverse=True)
+        ui, uj = uniq // T, uniq % T
+        A_new, C_new, J_new, M, N_ = _combine_types(A[ui], C[ui], J[ui], A[uj], C[uj], J[uj])
+        bi, ei, bj, ej = b[:-step], eta[:-step], b[step:], eta[step:]
+        b_out, e_out = b2[step:], eta2[step:]  # double buffers: no fresh memory per sweep
+        counts = np.bincount(inv, minlength=uniq.shape[0])
+        shared = counts >= _SHARED
+        for u in np.flatnonzero(shared):  # a pair shared by many elements: plain matrix products
+            idx = np.flatnonzero(inv == u)
+            if idx[-1] - idx[0] + 1 == idx.size:  # contiguous (the usual case): views, no gather
+                sl = slice(idx[0], idx[-1] + 1)
+                _combine_means(bi[sl], ei[sl], bj[sl], ej[sl], C[ui[u]], J[uj[u]], M[u], N_[u], b_out[sl], e_out[sl])
+            else:
+                bo, eo = np.empty_like(bj[idx]), np.empty_like(ej[idx])
+                _combine_means(bi[idx], ei[idx], bj[idx], ej[idx], C[ui[u]], J[uj[u]], M[u], N_[u], bo, eo)
+                b_out[idx], e_out[idx] = bo, eo
+        rare = np.flatnonzero(~shared[inv])
+        if rare.size:  # the others: gather their matrices, one batched product
+            v = inv[rare]
+            bo, eo = np.empty_like(bj[rare]), np.empty_like(ej[rare])
+            _combine_means(bi[rare], ei[rare], bj[rare], ej[rare], C[ui[v]], J[uj[v]], M[v], N_[v], bo, eo)
+            b_out[rare], e_out[rare] = bo, eo
+        b2[:step], eta2[:step] = b[:step], eta[:step]
+        b, b2, eta, eta2 = b2, b, eta2, eta
+        types = np.concatenate([types[:step], T + inv])
+        A, C, J = np.concatenate([A, A_new]), np.concatenate([C, C_new]), np.concatenate([J, J_new])
+        if A.shape[0] > 2 * N:  # drop the types no longer in use: the tables stay O(N) long
+            used, types = np.unique(types, return_inverse=True)
+            A, C, J = A[used], C[used], J[used]
+        step *= 2
+    return b, C[types]
+
+
+def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts):
+    """Give the settled prefixes k < ``stop`` of each stretch of identical steps one type.
+
+    Prefix k (the scanned element that starts at step 0) has C = P_k. Within a stretch
+    [starts[i], starts[i+1]) of identical steps (:func:`_step_starts`), find the first k ending
+    ``_PATIENCE`` consecutive prefixes that change P by at most 4 units of rounding, check that
+    the fixed point is reached (:func:`_settled` on the closed-loop map, and the Riccati
+    residual), and give its type to the prefixes after it whose P agrees with it to 4 units of
+    rounding. The same test as :func:`_filter_covariances`, so both forms stop at the same place.
+    """
+    if stop <= _PATIENCE + 1:
+        return types
+    lo_all, hi_all = starts[:-1] + 1, np.minimum(starts[1:], stop)  # pairs (k−1, k) inside a stretch
+    long = np.flatnonzero(hi_all - lo_all >= _PATIENCE + 1)
+    if long.size == 0:
+        return types
+    Pk = C[types[:stop]]
+    scale = np.max(np.abs(Pk), axis=(1, 2))
+    change = np.concatenate([[np.inf], np.max(np.abs(Pk[1:] - Pk[:-1]), axis=(1, 2))])  # change[k] = |P_k − P_{k−1}|
+    calm = change <= _CALM * _EPS * scale
+    types = types.copy()
+    for i in long:
+        lo, hi = int(lo_all[i]), int(hi_all[i])
+        window = np.convolve(calm[lo:hi].astype(np.int64), np.ones(_PATIENCE, dtype=np.int64), "valid")
+        ready = np.flatnonzero(window == _PATIENCE)
+        if ready.size == 0:
+            continue
+        c = lo + int(ready[0]) + _PATIENCE - 1  # the last of _PATIENCE calm prefixes
+        gone = bool(pattern[c])
+        A = _closed_loop(Pk[c], F[c - 1], H, Q[c - 1], R, gone)
+        recent = float(np.max(change[c - _PATIENCE + 1 : c + 1]))
+        if not (
+            _settled(recent, float(scale[c]), A)
+            and _riccati_residual(Pk[c], F[c - 1], H, Q[c - 1], R, gone) <= 64 * _EPS
+        ):
+            continue
+        close = np.max(np.abs(Pk[c:hi] - Pk[c]), axis=(1, 2)) <= _CALM * _EPS * scale[c]
+        last = hi if np.all(close) else c + int(np.argmin(close))
+        types[c:last] = types[c]
+    return types
+
+
+def _closed_loop(P, F, H, Q, R, gone):
+    """The map of the mean in a step after P: (I − K H) F with K the next gain (F where missing)."""
+    if gone:
+        return F
+    Pp = F @ P @ F.T + Q
+    K = np.linalg.solve(H @ Pp @ H.T + R, H @ Pp).T
+    return (np.eye(F.shape[0]) - K @ H) @ F
+
+
+def _filter_scan(zf, missing, F, H, Q, R, m0, P0):
+    """The filtering scan of :func:`kalman_filter_scan` on validated inputs: (m, P) like ``_filter``."""
+    batch, (N, p), n = zf.shape[:-2], zf.shape[-2:], H.shape[1]
+    zb, mb = zf.reshape((-1, N, p)), missing.reshape((-1, N))
+    m0b = np.broadcast_to(m0, batch + (n,)).reshape((-1, n))
+    B = zb.shape[0]
+    m = np.empty((B, N, n))
+    P = None
+    groups = list(_pattern_groups(mb))
+    for pattern, members in groups:
+        b, C = _scan_group(zb[members], m0b[members], pattern, F, H, Q, R, P0)
+        m[members] = np.transpose(b, (1, 0, 2))
+        if len(groups) == 1:
+            P = np.repeat(C[None], B, axis=0) if B > 1 else C[None]
+            continue
+        if P is None:
+            P = np.empty((B, N, n, n))
+        P[members] = C
+    return m.reshape(batch + (N, n)), P.reshape(batch + (N, n, n))
+
+
+def _scan_group(z, m0, pattern, F, H, Q, R, P0):
+    """Filtering elements of Eq. (3.6) for L sequences sharing a pattern, scanned; (b, C).
+
+    An element's (A, C, J) depend on its step only through (F_{k−1}, Q_{k−1}, missing or not),
+    its (b, η) on the measurement: the first half is built once per distinct step ("type"), the
+    second for every step and sequence by matrix products. Type 0 is step 0, the update of the
+    prior (A = 0, J = 0, C = its covariance).
+    """
+    L, N, p = z.shape
+    n = H.shape[1]
     I = np.eye(n)
-    A = np.zeros((N,) + batch + (n, n))
-    b = np.zeros((N,) + batch + (n,))
-    C = np.zeros((N,) + batch + (n, n))
-    eta = np.zeros((N,) + batch + (n,))
-    J = np.zeros((N,) + batch + (n, n))
-    # k = 0: the update of the prior (m0, P0) by z_0 — a constant element (A = 0, η = 0, J = 0)
-    m_first, P_first = _update(m0, np.broadcast_to(P0, batch + (n, n)), zt[0], H, R)
-    b[0] = np.where(gone[0][..., None], m0, m_first)
-    C[0] = np.where(gone[0][..., None, None], P0, P_first)
+    m_first, P_first = _update(m0, P0, z[:, 0], H, R)
+    b = np.zeros((N, L, n))
+    eta = np.zeros((N, L, n))
+    b[0] = m0 if pattern[0] else m_first
+    A = np.zeros((1, n, n))
+    C = (P0 if pattern[0] else P_first)[None].copy()
+    J = np.zeros((1, n, n))
+    types = np.zeros(N, dtype=np.intp)
     if N > 1:
-        Fk = F.reshape((N - 1,) + (1,) * len(batch) + (n, n))  # (N-1, 1…, n, n) against the batch
-        Qk = Q.reshape((N - 1,) + (1,) * len(batch) + (n, n))
-        S = _sym(H @ Qk @ H.T + R)  # S_k = H Q Hᵀ + R
-        K = _T(_solve(S, H @ Qk, "H Q Hᵀ + R in the filtering scan"))  # K_k = Q Hᵀ S⁻¹
+        if F.strides[0] == 0 and Q.strides[0] == 0:  # time-invariant: a step is observed or missing
+            cls = pattern[1:].astype(np.intp)
+            _, first, cls = np.unique(cls, return_index=True, return_inverse=True)
+        else:
+            rows = np.ascontiguousarray(
+                np.concatenate([F.reshape(N - 1, -1), Q.reshape(N - 1, -1), pattern[1:, None]], axis=1)
+            )
+            keys = rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).reshape(-1)
+            _, first, cls = np.unique(keys, return_index=True, return_inverse=True)
+        cls = cls.reshape(-1)
+        Fc, Qc, gone = F[first], Q[first], pattern[first + 1]  # one representative step per type
+        S = _sym(H @ Qc @ H.T + R)  # S = H Q Hᵀ + R
+        K = _T(_solve(S, H @ Qc, "H Q Hᵀ + R in the filtering scan"))  # K = Q Hᵀ S⁻¹
         IKH = I - K @ H
-        HF = H @ Fk
-        SinvHF = _solve(S, HF, "H Q Hᵀ + R in the filtering scan")  # S⁻¹ H F
-        obs = ~gone[1:]
-        A_obs = IKH @ Fk  # A_k = (I − K H) F
-        b_obs = (K @ zt[1:][..., None])[..., 0]  # b_k = K z_k
-        C_obs = _sym(IKH @ Qk)  # C_k = (I − K H) Q
-        Sinvz = _solve(S, zt[1:][..., None], "H Q Hᵀ + R in the filtering scan")
-        eta_obs = (_T(HF) @ Sinvz)[..., 0]  # η_k = Fᵀ Hᵀ S⁻¹ z_k
-        J_obs = _sym(_T(HF) @ SinvHF)  # J_k = Fᵀ Hᵀ S⁻¹ H F
-        # a missing measurement: prediction only (K = 0): A = F, b = 0, C = Q, η = 0, J = 0
-        A[1:] = np.where(obs[..., None, None], A_obs, Fk)
-        b[1:] = np.where(obs[..., None], b_obs, 0.0)
-        C[1:] = np.where(obs[..., None, None], C_obs, Qk)
-        eta[1:] = np.where(obs[..., None], eta_obs, 0.0)
-        J[1:] = np.where(obs[..., None, None], J_obs, 0.0)
-    return A, b, C, eta, J
+        W = _solve(S, H @ Fc, "H Q Hᵀ + R in the filtering scan")  # S⁻¹ H F
+        # observed: A = (I − K H) F, C = (I − K H) Q, J = Fᵀ Hᵀ S⁻¹ H F; missing: A = F, C = Q, J = 0
+        A_c = np.where(gone[:, None, None], Fc, IKH @ Fc)
+        C_c = np.where(gone[:, None, None], Qc, _sym(IKH @ Qc))
+        J_c = np.where(gone[:, None, None], 0.0, _sym(_T(Fc) @ _T(H) @ W))
+        K = np.where(gone[:, None, None], 0.0, K)  # b = K z (0 where missing)
+        W = np.where(gone[:, None, None], 0.0, W)  # η = Fᵀ Hᵀ S⁻¹ z (0 where missing)
+        zt = np.transpose(z[:, 1:], (1, 0, 2))  # (N − 1, L, p)
+        if first.size <= 8:
+            for c in range(first.size):
+                idx = np.flatnonzero(cls == c)
+                b[1 + idx] = zt[idx] @ _Tc(K[c])
+                eta[1 + idx] = zt[idx] @ W[c]
+        else:
+            b[1:] = zt @ _T(K[cls])
+            eta[1:] = zt @ W[cls]
+        A, C, J = np.concatenate([A, A_c]), np.concatenate([C, C_c]), np.concatenate([J, J_c])
+        types[1:] = 1 + cls
+    starts = _step_starts(pattern, F, Q)
+    return _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts)
 
 
 @guard_overflow(first_only=True)
@@ -813,9 +993,7 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     """
     flag = as_bool(return_intermediates, "return_intermediates")
     args = _check_model(z, F, H, Q, R, m0, P0)
-    elements = _filter_elements(*args)
-    _, b, C, _, _ = prefix_scan(elements, _filter_combine)
-    m, P = np.moveaxis(b, 0, -2), np.moveaxis(C, 0, -3)
+    m, P = _filter_scan(*args)
     return (m, P, _filter_intermediates(*args, m, P)) if flag else (m, P)
 
 
@@ -849,7 +1027,8 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     """
     flag = as_bool(return_intermediates, "return_intermediates")
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
-    _, b, C, _, _ = prefix_scan(_filter_elements(zf, missing, F, H, Q, R, m0, P0), _filter_combine)
+    m, P = _filter_scan(zf, missing, F, H, Q, R, m0, P0)
+    b, C = np.moveaxis(m, -2, 0), np.moveaxis(P, -3, 0)
     N = b.shape[0]
     E = np.zeros_like(C)
     g = b.copy()
