@@ -280,6 +280,22 @@ def kalman_filter(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     The recursion is sequential in time. The covariances and gains do not depend on the measured
     values, only on which measurements are missing, so they are computed once per missingness
     pattern and the means of all sequences advance together (matrix products over the batch).
+
+    **Steady state** (§3.9 of the book). Where consecutive steps share (F, Q) and missingness,
+    the covariance recursion is the Riccati map of Eq. (3.13), a contraction near its
+    stabilizing fixed point: differences shrink as ΔP⁻ ↦ A ΔP⁻ Aᵀ with the closed-loop matrix
+    A = (I − K H) F, ρ(A) < 1. The settled test is Eq. (3.16) of the book: once ``_PATIENCE`` =
+    8 consecutive steps change P by at most 4 units of rounding (relative to max|P|), the bound
+    change / (1 − ρ(A)²) on the distance left to the fixed point is within 64 units of rounding,
+    and P satisfies the Riccati equation in its plain form to 64 units, the rest of the stretch
+    copies P and K — the values the recursion would reproduce up to its own rounding noise, so
+    the results agree with :func:`kalman_filter_loop` to rounding (measured ≤ 3e-15 relative for
+    n ≤ 32, tested at 1e-10). Slow convergence (ρ(A) → 1) never passes the test and keeps the
+    step-by-step path, as do time-varying F, Q (irregular grids) and alternating missing rows.
+    On the converged stretch the mean recursion m_k = (I − K H) F m_{k−1} + K z_k has constant
+    coefficients and runs as the blocked two-level scan of :func:`refimpl._scan.state_scan`
+    (§13.1), without a loop over steps.
+
     :func:`kalman_filter_scan` is the parallel-in-time form. The log-likelihood is the
     prediction-error decomposition ``log p(z) = Σ_k log N(z_k; H m⁻_k, S_k)``.
 
@@ -670,8 +686,8 @@ def rts_smoother(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     (..., N−1, n, n).
 
     Where the filter has reached its steady state (see :func:`kalman_filter`), G is one matrix,
-    the backward covariance recursion is a contraction (by ρ(G)²) stopped by the same test once
-    settled, and the backward mean recursion m^s_k = G m^s_{k+1} + (I − G F) m_k runs as a
+    the backward covariance recursion is a contraction (by ρ(G)²) stopped by the same test
+    (Eq. (3.16)) once settled, and the backward mean recursion m^s_k = G m^s_{k+1} + (I − G F) m_k runs as a
     blocked scan in reverse time — in the interior of a long stationary sequence, the Wiener
     smoother of Eq. (3.15).
 
