@@ -826,10 +826,11 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     """
     N = types.shape[0]
     b2, eta2 = np.empty_like(b), np.empty_like(eta)
+    settled = {}  # stretch → (first settled prefix, end of its merged run): see _merge_prefixes
     step = 1
     while step < N:
         # merge settled prefixes: the elements k < step start at step 0 after the last sweep
-        types = _merge_prefixes(types, C, min(step, N), pattern, H, F, Q, R, starts)
+        types = _merge_prefixes(types, C, min(step, N), pattern, H, F, Q, R, starts, settled)
         ti, tj = types[:-step], types[step:]
         T = A.shape[0]
         codes = ti.astype(np.int64) * T + tj
@@ -866,7 +867,7 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     return b, C[types]
 
 
-def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts):
+def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
     """Give the settled prefixes k < ``stop`` of each stretch of identical steps one type.
 
     Prefix k (the scanned element that starts at step 0) has C = P_k. Within a stretch
@@ -875,6 +876,8 @@ def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts):
     the fixed point is reached (:func:`_settled` on the closed-loop map, and the Riccati
     residual), and give its type to the prefixes after it whose P agrees with it to 4 units of
     rounding. The same test as :func:`_filter_covariances`, so both forms stop at the same place.
+    ``settled`` (stretch → (c, end of the merged prefixes)) carries the verdicts from sweep to
+    sweep, so each sweep looks only at the prefixes that are new.
     """
     if stop <= _PATIENCE + 1:
         return types
@@ -882,29 +885,43 @@ def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts):
     long = np.flatnonzero(hi_all - lo_all >= _PATIENCE + 1)
     if long.size == 0:
         return types
-    Pk = C[types[:stop]]
-    scale = np.max(np.abs(Pk), axis=(1, 2))
-    change = np.concatenate([[np.inf], np.max(np.abs(Pk[1:] - Pk[:-1]), axis=(1, 2))])  # change[k] = |P_k − P_{k−1}|
-    calm = change <= _CALM * _EPS * scale
+    n2 = C.shape[-1] ** 2
     types = types.copy()
     for i in long:
         lo, hi = int(lo_all[i]), int(hi_all[i])
-        window = np.convolve(calm[lo:hi].astype(np.int64), np.ones(_PATIENCE, dtype=np.int64), "valid")
+        if i in settled:  # extend the merged run over the new prefixes that agree with P_c
+            c, last = settled[i]
+            if 0 <= last < hi:
+                P_c = C[types[c]].reshape(n2)
+                Pk = C[types[last:hi]].reshape(-1, n2)
+                close = np.max(np.abs(Pk - P_c), axis=1) <= _CALM * _EPS * np.max(np.abs(P_c))
+                end = hi if np.all(close) else last + int(np.argmin(close))
+                types[last:end] = types[c]
+                settled[i] = (c, end if end == hi else -1)  # −1: a prefix disagreed; stop extending
+            continue
+        Pk = C[types[lo - 1 : hi]].reshape(-1, n2)  # P_{lo−1} … P_{hi−1}
+        scale = np.max(np.abs(Pk[1:]), axis=1)
+        change = np.max(np.abs(Pk[1:] - Pk[:-1]), axis=1)  # change[j] = |P_{lo+j} − P_{lo+j−1}|
+        calm = change <= _CALM * _EPS * scale
+        window = np.convolve(calm.astype(np.int64), np.ones(_PATIENCE, dtype=np.int64), "valid")
         ready = np.flatnonzero(window == _PATIENCE)
         if ready.size == 0:
             continue
-        c = lo + int(ready[0]) + _PATIENCE - 1  # the last of _PATIENCE calm prefixes
+        j = int(ready[0]) + _PATIENCE - 1  # the last of _PATIENCE calm prefixes
+        c = lo + j
+        P_c = C[types[c]]
         gone = bool(pattern[c])
-        A = _closed_loop(Pk[c], F[c - 1], H, Q[c - 1], R, gone)
-        recent = float(np.max(change[c - _PATIENCE + 1 : c + 1]))
+        A = _closed_loop(P_c, F[c - 1], H, Q[c - 1], R, gone)
+        recent = float(np.max(change[j - _PATIENCE + 1 : j + 1]))
         if not (
-            _settled(recent, float(scale[c]), A)
-            and _riccati_residual(Pk[c], F[c - 1], H, Q[c - 1], R, gone) <= 64 * _EPS
+            _settled(recent, float(scale[j]), A)
+            and _riccati_residual(P_c, F[c - 1], H, Q[c - 1], R, gone) <= 64 * _EPS
         ):
             continue
-        close = np.max(np.abs(Pk[c:hi] - Pk[c]), axis=(1, 2)) <= _CALM * _EPS * scale[c]
-        last = hi if np.all(close) else c + int(np.argmin(close))
-        types[c:last] = types[c]
+        close = np.max(np.abs(Pk[j + 1 :] - P_c.reshape(n2)), axis=1) <= _CALM * _EPS * scale[j]
+        end = hi if np.all(close) else c + int(np.argmin(close))
+        types[c:end] = types[c]
+        settled[int(i)] = (c, end if end == hi else -1)
     return types
 
 
