@@ -39,7 +39,7 @@ import numpy as np
 import scipy.linalg
 
 from . import sde as _sde
-from ._scan import prefix_scan, state_scan
+from ._scan import state_scan
 from ._validate import (
     guard_overflow,
     as_bool,
@@ -864,7 +864,7 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
             used, types = np.unique(types, return_inverse=True)
             A, C, J = A[used], C[used], J[used]
         step *= 2
-    return b, C[types]
+    return b, C, types
 
 
 def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
@@ -944,7 +944,8 @@ def _filter_scan(zf, missing, F, H, Q, R, m0, P0):
     P = None
     groups = list(_pattern_groups(mb))
     for pattern, members in groups:
-        b, C = _scan_group(zb[members], m0b[members], pattern, F, H, Q, R, P0)
+        b, Ctab, types, _ = _scan_group(zb[members], m0b[members], pattern, F, H, Q, R, P0)
+        C = Ctab[types]
         m[members] = np.transpose(b, (1, 0, 2))
         if len(groups) == 1:
             P = np.repeat(C[None], B, axis=0) if B > 1 else C[None]
@@ -956,7 +957,10 @@ def _filter_scan(zf, missing, F, H, Q, R, m0, P0):
 
 
 def _scan_group(z, m0, pattern, F, H, Q, R, P0):
-    """Filtering elements of Eq. (3.6) for L sequences sharing a pattern, scanned; (b, C).
+    """Filtering elements of Eq. (3.6) for L sequences sharing a pattern, scanned.
+
+    Returns the filtered means ``b`` (N, L, n), the covariance table and the type of each
+    prefix (P_k = table[types[k]]), and the kind of each step k → k+1 (N − 1,), for the smoother.
 
     An element's (A, C, J) depend on its step only through (F_{k−1}, Q_{k−1}, missing or not),
     its (b, η) on the measurement: the first half is built once per distinct step ("type"), the
@@ -1007,8 +1011,10 @@ def _scan_group(z, m0, pattern, F, H, Q, R, P0):
             eta[1:] = zt @ W[cls]
         A, C, J = np.concatenate([A, A_c]), np.concatenate([C, C_c]), np.concatenate([J, J_c])
         types[1:] = 1 + cls
+    types_step = types.copy()  # the kind of each step (k ≥ 1: of the step k−1 → k)
     starts = _step_starts(pattern, F, Q)
-    return _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts)
+    b, C, types = _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts)
+    return b, C, types, (types_step[1:] if N > 1 else types_step[:0])
 
 
 @guard_overflow(first_only=True)
@@ -1053,14 +1059,91 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     return (m, P, _filter_intermediates(*args, m, P)) if flag else (m, P)
 
 
-def _smoother_combine(ei, ej):
-    """(E, g, L)_i ⊗ (E, g, L)_j for i before j: the affine map of step i applied after j's, Eq. (3.9)."""
-    Ei, gi, Li = ei
-    Ej, gj, Lj = ej
-    E = Ei @ Ej  # E_ij = E_i E_j
-    g = (Ei @ gj[..., None])[..., 0] + gi  # g_ij = E_i g_j + g_i
-    L = _sym(Ei @ Lj @ _T(Ei) + Li)  # L_ij = E_i L_j E_iᵀ + L_i
-    return E, g, L
+def _by_type(X, types, M, out):
+    """``out[k] = X[k] @ M[types[k]]ᵀ`` for X (K, L, n), types (K,), M (T, n, n): one matrix product
+    per type shared by many rows (contiguous ones as views), one gathered batched product for the rest."""
+    counts = np.bincount(types, minlength=M.shape[0])
+    shared = counts >= _SHARED
+    n = X.shape[-1]
+    for t in np.flatnonzero(shared):
+        idx = np.flatnonzero(types == t)
+        Mt = _Tc(M[t])
+        if idx[-1] - idx[0] + 1 == idx.size:
+            sl = slice(idx[0], idx[-1] + 1)
+            np.matmul(X[sl].reshape(-1, n), Mt, out=out[sl].reshape(-1, n))
+        else:
+            out[idx] = X[idx] @ Mt
+    rare = np.flatnonzero(~shared[types])
+    if rare.size:
+        out[rare] = X[rare] @ _Tc(M[types[rare]])
+    return out
+
+
+def _typed_suffix_scan(types, E, L, g):
+    """Reverse Hillis–Steele scan of the smoother elements (E, g, L), Eq. (3.9), per kind.
+
+    Element k is (E, g_k, L) with (E, L) = table[types[k]] and data g (N, L, n). Sweep s combines
+    element k with element k + 2^s: (E_k E_j, E_k g_j + g_k, E_k L_j E_kᵀ + L_k); the
+    data-independent half once per distinct pair of kinds, the means by matrix products grouped
+    by the kind of k. Returns the scanned g (the smoothed means), the L table and the types
+    (P^s_k = table[types[k]]).
+    """
+    N = types.shape[0]
+    g2 = np.empty_like(g)
+    step = 1
+    while step < N:
+        ti, tj = types[:-step], types[step:]  # element k and element k + step
+        T = E.shape[0]
+        uniq, inv = np.unique(ti.astype(np.int64) * T + tj, return_inverse=True)
+        ui, uj = uniq // T, uniq % T
+        Ei = E[ui]
+        E_new = Ei @ E[uj]  # E_kj = E_k E_j
+        L_new = _sym(Ei @ L[uj] @ _T(Ei) + L[ui])  # L_kj = E_k L_j E_kᵀ + L_k
+        _by_type(g[step:], ti, E, out=g2[:-step])
+        g2[:-step] += g[:-step]  # g_kj = E_k g_j + g_k
+        g2[N - step :] = g[N - step :]
+        g, g2 = g2, g
+        types = np.concatenate([T + inv.reshape(-1), types[N - step :]])
+        E, L = np.concatenate([E, E_new]), np.concatenate([L, L_new])
+        if E.shape[0] > 2 * N:  # drop the kinds no longer in use
+            used, types = np.unique(types, return_inverse=True)
+            E, L = E[used], L[used]
+        step *= 2
+    return g, L, types
+
+
+def _smoother_scan_group(b, Ctab, ftypes, kinds, F, Q):
+    """The smoothing scan for L sequences sharing a pattern, from the filtering scan's output.
+
+    ``b`` (N, L, n) filtered means, ``Ctab[ftypes]`` the filtered covariances, ``kinds`` (N − 1,)
+    the kind of each step k → k+1 (same F_k, Q_k within a kind). The element of step k < N − 1
+    depends on (P_k, F_k, Q_k) only through (ftypes[k], kinds[k]), so E_k and L_k are formed once
+    per distinct pair. Returns the smoothed means (N, L, n), covariances (N, n, n) and the gains
+    E_k (N − 1, n, n) as (table, index).
+    """
+    N, _, n = b.shape
+    key = np.empty(N, dtype=np.int64)
+    key[:-1] = ftypes[:-1].astype(np.int64) * (int(kinds.max()) + 1 if N > 1 else 1) + kinds
+    key[-1] = -1  # the last element: E = 0, g = m_{N−1}, L = P_{N−1}
+    uniq, first, stypes = np.unique(key, return_index=True, return_inverse=True)
+    stypes = stypes.reshape(-1)
+    inner = first[uniq >= 0]  # a representative step of every kind but the last
+    E = np.zeros((uniq.size, n, n))
+    L = np.empty((uniq.size, n, n))
+    L[0] = Ctab[ftypes[N - 1]]  # key −1 sorts first
+    W = np.zeros((uniq.size, n, n))  # g_k = W m_k with W = I − E F
+    W[0] = np.eye(n)
+    if inner.size:
+        Pk, Fk, Qk = Ctab[ftypes[inner]], F[inner], Q[inner]
+        FP = Fk @ Pk
+        P_pred = _sym(FP @ _T(Fk) + Qk)  # P⁻_{k+1} = F P_k Fᵀ + Q
+        E[1:] = _T(_solve(P_pred, FP, "the predicted covariance P⁻ = F P Fᵀ + Q"))  # E_k = P_k Fᵀ (P⁻)⁻¹
+        L[1:] = _sym(Pk - E[1:] @ FP)  # L_k = P_k − E_k F P_k
+        W[1:] = np.eye(n) - E[1:] @ Fk  # g_k = m_k − E_k F m_k
+    gains = (E, stypes[:-1])
+    g = _by_type(b, stypes, W, out=np.empty_like(b))
+    ms, Ltab, ltypes = _typed_suffix_scan(stypes, E, L, g)
+    return ms, Ltab[ltypes], gains
 
 
 @guard_overflow(first_only=True)
@@ -1073,6 +1156,12 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     from the end is a suffix scan (Särkkä & García-Fernández 2021, §IV-B, Lemmas 9–10).
     Same parameters and returns as :func:`rts_smoother` (the gains ``"G"`` are the ``E_k``).
 
+    As in :func:`kalman_filter_scan`, (E_k, L_k) depend on the step only through (P_k, F_k, Q_k),
+    so they are formed, and combined in each sweep, once per distinct kind; the means g follow by
+    matrix products grouped by kind. Where the filter has settled, the interior steps are one
+    kind and each sweep combines a few kinds plus the suffixes that reach the end (O(N n³) in
+    all, batched), so the cost is dominated by the O(N log N n²) mean products.
+
     Examples
     --------
     >>> F, H, Q, R = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.25]])
@@ -1083,28 +1172,28 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     """
     flag = as_bool(return_intermediates, "return_intermediates")
     zf, missing, F, H, Q, R, m0, P0 = _check_model(z, F, H, Q, R, m0, P0)
-    m, P = _filter_scan(zf, missing, F, H, Q, R, m0, P0)
-    b, C = np.moveaxis(m, -2, 0), np.moveaxis(P, -3, 0)
-    N = b.shape[0]
-    E = np.zeros_like(C)
-    g = b.copy()
-    L = C.copy()
-    if N > 1:
-        nb = b.ndim - 2
-        Fk = F.reshape((N - 1,) + (1,) * nb + F.shape[-2:])
-        Qk = Q.reshape((N - 1,) + (1,) * nb + Q.shape[-2:])
-        FP = Fk @ C[:-1]
-        P_pred = _sym(FP @ _T(Fk) + Qk)  # P⁻_{k+1} = F P_k Fᵀ + Q
-        E[:-1] = _T(_solve(P_pred, FP, "the predicted covariance P⁻ = F P Fᵀ + Q"))  # E_k = P_k Fᵀ (P⁻)⁻¹
-        g[:-1] = b[:-1] - (E[:-1] @ (Fk @ b[:-1][..., None]))[..., 0]  # g_k = m_k − E_k F m_k
-        L[:-1] = _sym(C[:-1] - E[:-1] @ FP)  # L_k = P_k − E_k F P_k
-    _, ms, Ps = prefix_scan((E, g, L), _smoother_combine, reverse=True)
-    ms, Ps = np.moveaxis(ms, 0, -2), np.moveaxis(Ps, 0, -3)
+    batch, (N, p), n = zf.shape[:-2], zf.shape[-2:], H.shape[1]
+    zb, mb = zf.reshape((-1, N, p)), missing.reshape((-1, N))
+    m0b = np.broadcast_to(m0, batch + (n,)).reshape((-1, n))
+    B = zb.shape[0]
+    m, ms = np.empty((B, N, n)), np.empty((B, N, n))
+    P, Ps = np.empty((B, N, n, n)), np.empty((B, N, n, n))
+    G = np.empty((B, N - 1, n, n)) if flag else None
+    for pattern, members in _pattern_groups(mb):
+        b, Ctab, ftypes, kinds = _scan_group(zb[members], m0b[members], pattern, F, H, Q, R, P0)
+        s_means, s_covs, (E, etypes) = _smoother_scan_group(b, Ctab, ftypes, kinds, F, Q)
+        m[members] = np.transpose(b, (1, 0, 2))
+        ms[members] = np.transpose(s_means, (1, 0, 2))
+        P[members] = Ctab[ftypes]
+        Ps[members] = s_covs
+        if flag:
+            G[members] = E[etypes]
+    ms, Ps = ms.reshape(batch + (N, n)), Ps.reshape(batch + (N, n, n))
     if not flag:
         return ms, Ps
-    m, P = np.moveaxis(b, 0, -2), np.moveaxis(C, 0, -3)
+    m, P = m.reshape(batch + (N, n)), P.reshape(batch + (N, n, n))
     extra = _filter_intermediates(zf, missing, F, H, Q, R, m0, P0, m, P)
-    extra.update(m=m, P=P, G=np.moveaxis(E[:-1], 0, -3))
+    extra.update(m=m, P=P, G=G.reshape(batch + (N - 1, n, n)))
     return ms, Ps, extra
 
 
