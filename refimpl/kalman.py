@@ -1110,8 +1110,13 @@ def _typed_suffix_scan(types, E, L, g):
     """
     N = types.shape[0]
     g2 = np.empty_like(g)
+    elem, E0, L0 = types.copy(), E, L  # the elements' own kinds, for the settled test
+    bounds = np.flatnonzero(elem[1:] != elem[:-1]) + 1  # runs [a, b) of identical elements
+    runs = [(int(a), int(b)) for a, b in zip(np.r_[0, bounds], np.r_[bounds, N]) if b - a > _PATIENCE + 1]
+    settled = {}
     step = 1
     while step < N:
+        types = _merge_suffixes(types, L, N - step, elem, E0, L0, runs, settled)
         ti, tj = types[:-step], types[step:]  # element k and element k + step
         T = E.shape[0]
         uniq, inv = np.unique(ti.astype(np.int64) * T + tj, return_inverse=True)
@@ -1130,6 +1135,58 @@ def _typed_suffix_scan(types, E, L, g):
             E, L = E[used], L[used]
         step *= 2
     return g, L, types
+
+
+def _merge_suffixes(types, L, first, elem, E0, L0, runs, settled):
+    """Give the settled suffixes k ≥ ``first`` of each run of identical elements one kind.
+
+    The mirror of :func:`_merge_prefixes` for the smoother: suffix k (the scanned element that
+    reaches step N − 1) has L = P^s_k, and inside a run of identical elements (E, L) the
+    smoothed covariance obeys P^s_k = E P^s_{k+1} Eᵀ + L, a contraction by ρ(E)² that settles as
+    k decreases. The first suffix (from the end of the run) ending ``_PATIENCE`` consecutive
+    changes of at most 4 units of rounding that passes :func:`_settled` and the fixed-point
+    residual gives its kind to the suffixes below it that agree with it to 4 units of rounding.
+    """
+    n2 = L.shape[-1] ** 2
+    types = types.copy()
+    for r, (a, b) in enumerate(runs):
+        lo = max(a, first)
+        if r in settled:  # extend the merged run downwards over the new suffixes
+            c, low = settled[r]
+            if low is not None and low > lo:
+                X_c = L[types[c]].reshape(n2)
+                Xk = L[types[lo:low]].reshape(-1, n2)
+                close = np.max(np.abs(Xk - X_c), axis=1) <= _CALM * _EPS * np.max(np.abs(X_c))
+                start = lo if np.all(close) else low - int(np.argmin(close[::-1]))
+                types[start:low] = types[c]
+                settled[r] = (c, start if start == lo else None)  # None: a suffix disagreed; stop extending
+            continue
+        if b - lo < _PATIENCE + 1:
+            continue
+        X = L[types[lo : b + 1 if b < types.shape[0] else b]].reshape(-1, n2)  # P^s_lo … (P^s_b)
+        m = b - lo  # suffixes lo … b − 1 of the run, each against the one above it
+        if X.shape[0] < m + 1:
+            m -= 1  # the last run ends at N − 1: its top suffix has nothing above it
+        change = np.max(np.abs(X[:m] - X[1 : m + 1]), axis=1)  # change[j] = |P^s_{lo+j} − P^s_{lo+j+1}|
+        scale = np.max(np.abs(X[:m]), axis=1)
+        calm = (change <= _CALM * _EPS * scale)[::-1]  # from the top of the run down
+        window = np.convolve(calm.astype(np.int64), np.ones(_PATIENCE, dtype=np.int64), "valid")
+        ready = np.flatnonzero(window == _PATIENCE)
+        if ready.size == 0:
+            continue
+        j = m - 1 - (int(ready[0]) + _PATIENCE - 1)  # index (from lo) of the settled suffix
+        c = lo + j
+        E, Lk = E0[elem[c]], L0[elem[c]]
+        X_c = X[j].reshape(E.shape)
+        recent = float(np.max(change[j : j + _PATIENCE]))
+        residual = np.max(np.abs(E @ X_c @ E.T + Lk - X_c)) / max(float(scale[j]), 1e-300)
+        if not (_settled(recent, float(scale[j]), E) and residual <= 64 * _EPS):
+            continue
+        close = np.max(np.abs(X[:j] - X[j]), axis=1) <= _CALM * _EPS * scale[j]
+        start = lo if np.all(close) else c - int(np.argmin(close[::-1]))
+        types[start:c] = types[c]
+        settled[r] = (c, start if start == lo else None)
+    return types
 
 
 def _smoother_scan_group(b, Ctab, ftypes, kinds, F, Q):
@@ -1179,8 +1236,10 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     As in :func:`kalman_filter_scan`, (E_k, L_k) depend on the step only through (P_k, F_k, Q_k),
     so they are formed, and combined in each sweep, once per distinct kind; the means g follow by
     matrix products grouped by kind. Where the filter has settled, the interior steps are one
-    kind and each sweep combines a few kinds plus the suffixes that reach the end (O(N n³) in
-    all, batched), so the cost is dominated by the O(N log N n²) mean products.
+    kind; the suffixes that reach the end carry the smoothed covariances, and once those have
+    settled (the test of :func:`kalman_filter`, Eq. (3.16), with the contraction ρ(E)² of the
+    backward recursion) the later suffixes share one kind too, so each sweep combines a few
+    kinds and the cost is dominated by the O(N log N n²) mean products.
 
     Examples
     --------

@@ -1258,7 +1258,7 @@ def _runs(z, F, H, Q, R, P0):
 
 
 def _all_agree(z, F, H, Q, R, m0, P0, label, scan=True):
-    """Fast filter and smoother (and the scan filter) against their loop twins, rtol 1e-10."""
+    """Fast filter and smoother against their loop twins, and the scan forms against them, rtol 1e-10."""
     m, P = kalman_filter(z, F, H, Q, R, m0, P0)
     ml, Pl = kalman_filter_loop(z, F, H, Q, R, m0, P0)
     close(m, ml, rtol=1e-10, what=f"steady-state path {label}: filter mean")
@@ -1271,6 +1271,9 @@ def _all_agree(z, F, H, Q, R, m0, P0, label, scan=True):
         m2, P2 = kalman_filter_scan(z, F, H, Q, R, m0, P0)
         close(m2, m, rtol=1e-10, what=f"steady-state path {label}: scan filter mean")
         close(P2, P, rtol=1e-10, what=f"steady-state path {label}: scan filter cov")
+        ms2, Ps2 = rts_smoother_scan(z, F, H, Q, R, m0, P0)
+        close(ms2, ms, rtol=1e-10, what=f"steady-state path {label}: scan smoother mean")
+        close(Ps2, Ps, rtol=1e-10, what=f"steady-state path {label}: scan smoother cov")
 
 
 class TestSteadyStatePath:
