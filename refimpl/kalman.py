@@ -894,8 +894,10 @@ def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
     [starts[i], starts[i+1]) of identical steps (:func:`_step_starts`), find the first k ending
     ``_PATIENCE`` consecutive prefixes that change P by at most 4 units of rounding, check that
     the fixed point is reached (:func:`_settled` on the closed-loop map, and the Riccati
-    residual), and give its type to the prefixes after it whose P agrees with it to 4 units of
-    rounding. The same test as :func:`_filter_covariances`, so both forms stop at the same place.
+    residual), and give its type to the prefixes after it whose P agrees with it to 64 units of
+    rounding (the scan forms each prefix by its own tree of products, so the settled prefixes
+    scatter by more than the sequential recursion's few units). The same test as
+    :func:`_filter_covariances`, so both forms stop at the same place.
     ``settled`` (stretch → (c, end of the merged prefixes)) carries the verdicts from sweep to
     sweep, so each sweep looks only at the prefixes that are new.
     """
@@ -914,7 +916,7 @@ def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
             if 0 <= last < hi:
                 P_c = C[types[c]].reshape(n2)
                 Pk = C[types[last:hi]].reshape(-1, n2)
-                close = np.max(np.abs(Pk - P_c), axis=1) <= _CALM * _EPS * np.max(np.abs(P_c))
+                close = np.max(np.abs(Pk - P_c), axis=1) <= _REACH * _EPS * np.max(np.abs(P_c))
                 end = hi if np.all(close) else last + int(np.argmin(close))
                 types[last:end] = types[c]
                 settled[i] = (c, end if end == hi else -1)  # −1: a prefix disagreed; stop extending
@@ -938,7 +940,7 @@ def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
             and _riccati_residual(P_c, F[c - 1], H, Q[c - 1], R, gone) <= 64 * _EPS
         ):
             continue
-        close = np.max(np.abs(Pk[j + 1 :] - P_c.reshape(n2)), axis=1) <= _CALM * _EPS * scale[j]
+        close = np.max(np.abs(Pk[j + 1 :] - P_c.reshape(n2)), axis=1) <= _REACH * _EPS * scale[j]
         end = hi if np.all(close) else c + int(np.argmin(close))
         types[c:end] = types[c]
         settled[int(i)] = (c, end if end == hi else -1)
@@ -1145,7 +1147,7 @@ def _merge_suffixes(types, L, first, elem, E0, L0, runs, settled):
     smoothed covariance obeys P^s_k = E P^s_{k+1} Eᵀ + L, a contraction by ρ(E)² that settles as
     k decreases. The first suffix (from the end of the run) ending ``_PATIENCE`` consecutive
     changes of at most 4 units of rounding that passes :func:`_settled` and the fixed-point
-    residual gives its kind to the suffixes below it that agree with it to 4 units of rounding.
+    residual gives its kind to the suffixes below it that agree with it to 64 units of rounding.
     """
     n2 = L.shape[-1] ** 2
     types = types.copy()
@@ -1156,7 +1158,7 @@ def _merge_suffixes(types, L, first, elem, E0, L0, runs, settled):
             if low is not None and low > lo:
                 X_c = L[types[c]].reshape(n2)
                 Xk = L[types[lo:low]].reshape(-1, n2)
-                close = np.max(np.abs(Xk - X_c), axis=1) <= _CALM * _EPS * np.max(np.abs(X_c))
+                close = np.max(np.abs(Xk - X_c), axis=1) <= _REACH * _EPS * np.max(np.abs(X_c))
                 start = lo if np.all(close) else low - int(np.argmin(close[::-1]))
                 types[start:low] = types[c]
                 settled[r] = (c, start if start == lo else None)  # None: a suffix disagreed; stop extending
@@ -1182,7 +1184,7 @@ def _merge_suffixes(types, L, first, elem, E0, L0, runs, settled):
         residual = np.max(np.abs(E @ X_c @ E.T + Lk - X_c)) / max(float(scale[j]), 1e-300)
         if not (_settled(recent, float(scale[j]), E) and residual <= 64 * _EPS):
             continue
-        close = np.max(np.abs(X[:j] - X[j]), axis=1) <= _CALM * _EPS * scale[j]
+        close = np.max(np.abs(X[:j] - X[j]), axis=1) <= _REACH * _EPS * scale[j]
         start = lo if np.all(close) else c - int(np.argmin(close[::-1]))
         types[start:c] = types[c]
         settled[r] = (c, start if start == lo else None)
