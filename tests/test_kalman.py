@@ -1243,3 +1243,140 @@ class TestValidation:
             kalman_weight_matrix(4, g["F"], np.ones(3), *model[2:])
         with pytest.raises(ValueError, match="^Q: expected a positive semidefinite"):
             kalman_weight_matrix(4, g["F"], g["H"], _indefinite(g["Q"]), *model[3:])
+
+
+# ---------------------------------------------------------------------------------------------
+# The steady-state fast path: converged covariances are copied, the means run as blocked scans
+# ---------------------------------------------------------------------------------------------
+
+
+def _runs(z, F, H, Q, R, P0):
+    """The converged stretches the covariance pass finds for one sequence (private helper)."""
+    N, n = z.shape[-2], H.shape[1]
+    pattern = np.all(np.isnan(z), axis=-1)
+    return kalman._filter_covariances(pattern, per_step(F, N), H, per_step(Q, N), R, np.asarray(P0, float))[2]
+
+
+def _all_agree(z, F, H, Q, R, m0, P0, label, scan=True):
+    """Fast filter and smoother against their loop twins, and the scan forms against them, rtol 1e-10."""
+    m, P = kalman_filter(z, F, H, Q, R, m0, P0)
+    ml, Pl = kalman_filter_loop(z, F, H, Q, R, m0, P0)
+    close(m, ml, rtol=1e-10, what=f"steady-state path {label}: filter mean")
+    close(P, Pl, rtol=1e-10, what=f"steady-state path {label}: filter cov")
+    ms, Ps = rts_smoother(z, F, H, Q, R, m0, P0)
+    msl, Psl = rts_smoother_loop(z, F, H, Q, R, m0, P0)
+    close(ms, msl, rtol=1e-10, what=f"steady-state path {label}: smoother mean")
+    close(Ps, Psl, rtol=1e-10, what=f"steady-state path {label}: smoother cov")
+    if scan:
+        m2, P2 = kalman_filter_scan(z, F, H, Q, R, m0, P0)
+        close(m2, m, rtol=1e-10, what=f"steady-state path {label}: scan filter mean")
+        close(P2, P, rtol=1e-10, what=f"steady-state path {label}: scan filter cov")
+        ms2, Ps2 = rts_smoother_scan(z, F, H, Q, R, m0, P0)
+        close(ms2, ms, rtol=1e-10, what=f"steady-state path {label}: scan smoother mean")
+        close(Ps2, Ps, rtol=1e-10, what=f"steady-state path {label}: scan smoother cov")
+
+
+class TestSteadyStatePath:
+    @pytest.mark.parametrize(
+        "n, p, N, missing",
+        [(n, p, N, kind) for n, p, N in [(1, 1, 400), (2, 1, 400), (8, 2, 400)] for kind in ("none", "gaps", "switching")]
+        + [(32, 3, 160, "gaps")],
+    )
+    def test_against_loop(self, n, p, N, missing):
+        # time-invariant model: the fast path is taken (asserted) and agrees with the loop twin;
+        # with gaps (a long one, a short one) and a pattern that switches mid-sequence, the
+        # covariances leave the fixed point and reconverge, and the stretches follow
+        rng = np.random.default_rng(900 + n)
+        F, H, Q, R, m0, P0 = random_model(rng, n, p)
+        F = (0.8 if n < 32 else 0.3) * F / max(1.0, np.max(np.abs(np.linalg.eigvals(F))))  # quick convergence
+        z = simulate(rng, F, H, Q, R, m0, P0, N)
+        if missing == "gaps":
+            z = drop(z, np.r_[N // 4 : N // 4 + 20, N // 2 : N // 2 + 3])
+        elif missing == "switching":
+            z = drop(z, np.arange(N // 2, N, 2))  # every other row missing from the middle on
+        runs = _runs(z, F, H, Q, R, P0)
+        assert runs and all(b - a > 1 for a, b in runs)
+        if missing == "switching":  # the alternating half gives stretches of one step: no run there
+            assert all(b <= N // 2 for _, b in runs)
+        _all_agree(z, F, H, Q, R, m0, P0, f"n={n} {missing}", scan=n <= 8)
+
+    def test_batch_of_patterns(self):
+        # sequences with different missingness in one call: each pattern has its own stretches
+        rng = np.random.default_rng(910)
+        F, H, Q, R, m0, P0 = random_model(rng, 3, 2)
+        z = simulate(rng, F, H, Q, R, m0, P0, 200, batch=(4,))
+        z[1, 80:100] = np.nan
+        z[2, ::5] = np.nan
+        z[3, 80:100] = np.nan  # the same pattern as sequence 1
+        _all_agree(z, F, H, Q, R, m0, P0, "batch of patterns")
+
+    def test_slow_convergence_not_taken(self):
+        # a nearly unobservable mode: local level with q / r = 1e-10, closed-loop ρ = 1 − 1e-5. The
+        # change per step sinks below rounding long before P is at its fixed point; the test
+        # scales it by 1 − ρ² and refuses, so the recursion runs step by step (and agrees exactly)
+        F, H, Q, R = np.eye(1), np.eye(1), 1e-10 * np.eye(1), np.eye(1)
+        m0, P0 = np.zeros(1), np.eye(1)
+        z = np.random.default_rng(911).normal(size=(1000, 1))
+        assert _runs(z, F, H, Q, R, P0) == []
+        _all_agree(z, F, H, Q, R, m0, P0, "slow convergence")
+
+    def test_tiny_measurement_noise(self):
+        # R tiny against Q (near-deterministic measurement): converges fast, to a P that is itself
+        # near singular in the measured direction; the agreement is still at rounding
+        rng = np.random.default_rng(912)
+        F = np.array([[1.0, 0.1], [0.0, 0.9]])
+        H, Q, R = np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[1e-12]])
+        m0, P0 = np.zeros(2), np.eye(2)
+        z = simulate(rng, F, H, Q, R, m0, P0, 400)
+        assert _runs(z, F, H, Q, R, P0)
+        _all_agree(z, F, H, Q, R, m0, P0, "tiny R")
+
+    def test_time_varying_never_fast(self):
+        # irregular time stamps: every step has its own (F, Q), so no stretch is ever constant
+        rng = np.random.default_rng(913)
+        t = irregular_times(rng, 200)
+        F, Q, H, R = from_sde(random_real_sde(rng, 3, 2), t)
+        m0, P0 = np.zeros(3), np.eye(3)
+        z = simulate(rng, F, H, Q, R, m0, P0, 200)
+        assert _runs(z, F, H, Q, R, P0) == []
+        _all_agree(z, F, H, Q, R, m0, P0, "irregular grid")
+
+    def test_piecewise_regular_grid(self):
+        # per-step F, Q given as (N-1, n, n) arrays that repeat: a regular grid with a change of
+        # step size in the middle. Both halves are time-invariant stretches and take the fast path
+        rng = np.random.default_rng(914)
+        model = random_real_sde(rng, 2, 1)
+        # steps 1/8 and 1/4: exact in binary, so the differences of t repeat bit for bit
+        t = np.concatenate([np.arange(300) * 0.125, 299 * 0.125 + np.arange(1, 301) * 0.25])
+        F, Q, H, R = from_sde(model, t)
+        m0, P0 = np.zeros(2), np.eye(2)
+        z = simulate(rng, F, H, Q, R, m0, P0, t.size)
+        runs = _runs(z, F, H, Q, R, P0)
+        assert any(b <= 300 for _, b in runs) and any(a >= 300 for a, _ in runs)
+        _all_agree(z, F, H, Q, R, m0, P0, "piecewise regular grid")
+
+    def test_unstable_prediction_stretch(self):
+        # a long gap under an unstable F: the prediction-only covariance grows without a fixed
+        # point (ρ(F) > 1), so no stretch is declared there; the observed stretch after it is
+        F = np.array([[1.02, 0.1], [0.0, 0.95]])
+        H, Q, R = np.array([[1.0, 0.0]]), 0.01 * np.eye(2), np.array([[0.5]])
+        m0, P0 = np.zeros(2), np.eye(2)
+        z = drop(simulate(np.random.default_rng(915), F, H, Q, R, m0, P0, 600), np.arange(200, 300))
+        runs = _runs(z, F, H, Q, R, P0)
+        assert not any(a >= 200 and b <= 300 for a, b in runs) and any(a >= 300 for a, _ in runs)
+        _all_agree(z, F, H, Q, R, m0, P0, "unstable gap")
+
+    def test_blocked_products(self, monkeypatch):
+        # the tall products of the converged stretches run in blocks of rows; a tiny workspace
+        # forces many blocks (and a ragged last one), which must not change the result
+        import refimpl._blocking
+
+        rng = np.random.default_rng(916)
+        F, H, Q, R, m0, P0 = random_model(rng, 3, 2)
+        z = simulate(rng, F, H, Q, R, m0, P0, 300, batch=(2,))
+        ms, Ps = rts_smoother(z, F, H, Q, R, m0, P0)
+        monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 100)
+        assert refimpl._blocking.per_block(2 * 2 * 3) == 8  # 8 rows per block
+        ms_b, Ps_b = rts_smoother(z, F, H, Q, R, m0, P0)
+        close(ms_b, ms, rtol=1e-13, what="blocked tall products: smoother mean")
+        np.testing.assert_array_equal(Ps_b, Ps)
