@@ -15,18 +15,17 @@ closed form h_i = Π a · Σ b / Π a, which divides by vanishing products).
 The engine room of the package: every linear-recurrence engine lives here, and the chapter
 modules call them.
 
-================================  =====================================================  ==============
+================================  =====================================================  ====================
 engine                            recurrence                                             used by
-================================  =====================================================  ==============
+================================  =====================================================  ====================
 :func:`linear_scan`               h_i = a_i ⊙ h_{i−1} + b_i (diagonal, Hillis–Steele)    sde, ssm, iir
-:func:`prefix_scan`               any associative ``combine``, forward or from the end    kalman
-:func:`state_scan`                s_{m+1} = F s_m + u_m (dense F, nested super-blocks)   block_filter
+:func:`state_scan`                s_{m+1} = F s_m + u_m (dense F, nested super-blocks)   block_filter, kalman
 :func:`block_filter`              s[n] = A s[n−1] + B x[n], y[n] = C s[n−1] + D x[n]     iir
 :func:`matrix_powers`             F^0 … F^K in extended precision                        the above
-================================  =====================================================  ==============
+================================  =====================================================  ====================
 
 Each has a loop twin here or in its caller (``linear_scan_loop``, ``state_scan_loop``; the
-Kalman scans against ``kalman_filter``, the block filter against ``tf_filter_loop``). The
+block filter against ``tf_filter_loop``). The
 workspace the blocked loops may use is :data:`refimpl._blocking.WORKSPACE_FLOATS`.
 """
 
@@ -67,26 +66,6 @@ def linear_scan_loop(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray
         prev = a[..., i] * prev + b[..., i]  # h_i = a_i h_{i-1} + b_i
         h[..., i] = prev
     return np.moveaxis(h, -1, axis)
-
-
-def prefix_scan(elements: tuple, combine, reverse: bool = False) -> tuple:
-    """Inclusive associative scan along axis 0 of every array in ``elements`` (Hillis–Steele).
-
-    ``combine(earlier, later)`` returns the composition; ceil(log2 N) vectorized sweeps. With
-    ``reverse`` the scan runs from the end (suffix products), as the smoother needs.
-    """
-    out = tuple(np.flip(e, axis=0) if reverse else e for e in elements)
-    out = tuple(np.array(e, copy=True) for e in out)
-    N = out[0].shape[0]
-    step = 1
-    while step < N:
-        first = tuple(e[:-step] for e in out)  # element i − step
-        second = tuple(e[step:] for e in out)  # element i
-        merged = combine(second, first) if reverse else combine(first, second)
-        for e, new in zip(out, merged):
-            e[step:] = new
-        step *= 2
-    return tuple(np.flip(e, axis=0) if reverse else e for e in out)
 
 
 def _wide(dtype) -> type:

@@ -193,7 +193,7 @@ def _filter_intermediates(zf, missing, F, H, Q, R, m0, P0, m, P) -> dict:
     S_k = H P⁻_k Hᵀ + R, K_k = P⁻_k Hᵀ S_k⁻¹, y_k = z_k − H m⁻_k, and the prediction-error
     decomposition of the likelihood, log p(z) = Σ_k log N(y_k; 0, S_k) over observed steps.
     """
-    batch, N, n = zf.shape[:-2], zf.shape[-2], H.shape[1]
+    N = zf.shape[-2]
     p = H.shape[0]
     m_pred, P_pred = np.empty_like(m), np.empty_like(P)
     m_pred[..., 0, :] = m0
@@ -561,7 +561,7 @@ def _smoother_covariances(P, F, Q, runs):
     and P^s_k = P_k + G (P^s_{k+1} − P⁻) Gᵀ is a time-invariant recursion (backwards, contracting
     by ρ(G)²): it runs until it has settled (:func:`_settled`), then the rest are copies.
     """
-    N, n = P.shape[0], P.shape[-1]
+    N = P.shape[0]
     Ps = np.empty_like(P)
     Ps[N - 1] = P[N - 1]
     flat = {b - 1: a for a, b in runs if b - 1 - a >= 2}  # last step of a constant-gain stretch → its first
@@ -831,8 +831,8 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     """Inclusive Hillis–Steele scan of the filtering elements, each half computed once per kind.
 
     ``types`` (N,) indexes the tables ``A, C, J`` (T, n, n): element k is (A, b_k, C, η_k, J) of
-    its type, with data ``b, eta`` (N, L, n). Sweep s combines element k − 2^s with element k, as
-    :func:`refimpl._scan.prefix_scan` does; the data-independent half of a combination depends
+    its type, with data ``b, eta`` (N, L, n). Sweep s combines element k − 2^s with element k (the
+    Hillis–Steele sweeps of :func:`refimpl._scan.linear_scan`); the data-independent half of a combination depends
     only on the two types, so it is computed once per distinct pair (batched), and the means of
     all elements with that pair follow by matrix products. Returns the scanned ``b`` and C
     (N, n, n): the filtered means and covariances.
