@@ -235,6 +235,8 @@ def _prepare(q, k, v, mask, causal, scale, window, alibi_slopes, causal_alignmen
             if arr.ndim < 3:
                 raise ValueError(f"{name}: grouped_heads needs a head axis, expected shape {what}, got shape {arr.shape}")
         h, h_kv = q.shape[-3], k.shape[-3]
+        if h == 0:
+            raise ValueError(f"q: grouped_heads: expected at least one head on axis -3, got shape {q.shape}")
         if v.shape[-3] != h_kv:
             raise ValueError(f"v: expected the H_kv = {h_kv} heads of k on axis -3, got shape {v.shape}")
         if h_kv == 0 or h % h_kv:
