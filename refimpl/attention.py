@@ -20,8 +20,13 @@ Glossary (code name → symbol in the book / Vaswani et al. 2017)
 ``scale``    1/τ: the inverse temperature; the paper's 1/√d_k is the default.
 ``mask``     boolean, broadcastable to (..., N, M): **True = may attend** (the convention of
              ``torch.nn.functional.scaled_dot_product_attention``'s boolean ``attn_mask``).
-``causal``   key j may be attended by query i only if j ≤ i (top-left aligned, as torch's
-             ``is_causal``).
+``causal``   key j may be attended by query i only if j ≤ i + o (``o = 0`` top-left, as torch's
+             ``is_causal``; ``o = M − N`` with ``causal_alignment="bottom_right"``, the KV-cache case).
+``window``   w: key j allowed only if |i + o − j| < w (sliding-window attention).
+``softcap``  c: logits s → c·tanh(s/c) (Gemma 2 soft-capping), Eq. (4.14).
+``H, H_kv``  query heads and key/value heads (axis −3 with ``grouped_heads``); G = H / H_kv, query
+             head h reads key/value head h // G (grouped-query attention; H_kv = 1: multi-query).
+``lse``      ℓ_i = log Σ_{j allowed} e^{s_ij}, the row log-sum-exp (log partition function), Eq. (4.15).
 ``A``        the attention weights, shape (..., N, M), rows sum to 1 (Eq. (4.2)).
 ``x``        X, shape (..., N, d_model): the token sequence of multi-head self-attention.
 ``w_q, w_k`` W^Q, W^K, shape (d_model, h·d_k): the h per-head projections side by side
