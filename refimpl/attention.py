@@ -20,8 +20,13 @@ Glossary (code name → symbol in the book / Vaswani et al. 2017)
 ``scale``    1/τ: the inverse temperature; the paper's 1/√d_k is the default.
 ``mask``     boolean, broadcastable to (..., N, M): **True = may attend** (the convention of
              ``torch.nn.functional.scaled_dot_product_attention``'s boolean ``attn_mask``).
-``causal``   key j may be attended by query i only if j ≤ i (top-left aligned, as torch's
-             ``is_causal``).
+``causal``   key j may be attended by query i only if j ≤ i + o (``o = 0`` top-left, as torch's
+             ``is_causal``; ``o = M − N`` with ``causal_alignment="bottom_right"``, the KV-cache case).
+``window``   w: key j allowed only if |i + o − j| < w (sliding-window attention).
+``softcap``  c: logits s → c·tanh(s/c) (Gemma 2 soft-capping), Eq. (4.14).
+``H, H_kv``  query heads and key/value heads (axis −3 with ``grouped_heads``); G = H / H_kv, query
+             head h reads key/value head h // G (grouped-query attention; H_kv = 1: multi-query).
+``lse``      ℓ_i = log Σ_{j allowed} e^{s_ij}, the row log-sum-exp (log partition function), Eq. (4.15).
 ``A``        the attention weights, shape (..., N, M), rows sum to 1 (Eq. (4.2)).
 ``x``        X, shape (..., N, d_model): the token sequence of multi-head self-attention.
 ``w_q, w_k`` W^Q, W^K, shape (d_model, h·d_k): the h per-head projections side by side
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -175,28 +181,254 @@ def _weights(q, k, mask, causal) -> np.ndarray:
     return s
 
 
-# Query rows per block of the weight-free path: a block's logits fill the workspace budget
-# (refimpl._blocking) and stay in cache while they are shifted, exponentiated, summed and
-# multiplied by V.
-_MIN_BLOCK_ROWS = 32  # with many batch elements, fewer rows per block would be all overhead
+# Query rows per block of the blocked path. A block is as many rows as fill the workspace budget
+# (refimpl._blocking), but never fewer than 256 (or N): each block costs two matrix products,
+# and BLAS spends its time well only on large ones. With 32-row blocks at M = 8192 the many
+# small multithreaded calls ran up to 20x slower than 256-row blocks whenever another process
+# kept a core busy. A 256 x 8192 float64 block (16 MiB) still fits a shared L3 cache.
+_MIN_BLOCK_ROWS = 256
+
+#: Where the causal diagonal (and the window and ALiBi distance) sits when N != M.
+_ALIGNMENTS = ("top_left", "bottom_right")
 
 
-def _attend_blocked(q, k, v, mask, causal, batch) -> np.ndarray:
-    """``y = softmax(q k^T) v`` by blocks of query rows, normalizing y instead of A."""
+class _Problem(NamedTuple):
+    """A validated attention call, with grouped heads already split into (H_kv, G) batch axes."""
+
+    q: np.ndarray  # (..., N, d), not yet scaled
+    k: np.ndarray  # (..., M, d)
+    v: np.ndarray  # (..., M, dv)
+    mask: np.ndarray | None  # bool, broadcastable to (*batch, N, M); True = may attend
+    causal: bool
+    offset: int  # query i is aligned with key i + offset: 0 (top-left) or M − N (bottom-right)
+    window: int | None
+    slopes: np.ndarray | None  # ALiBi slopes, broadcastable to batch
+    softcap: float | None
+    scale: float
+    batch: tuple  # broadcast batch axes (with grouped heads: ..., H_kv, G)
+    heads: tuple | None  # (H, H_kv) with grouped heads, else None
+
+
+def _split_heads(x: np.ndarray, name: str, h: int, h_kv: int, core: int) -> np.ndarray:
+    """View the head axis (the one before the ``core`` trailing axes) of size H as (H_kv, G).
+
+    Query head h lands at (h // G, h % G): head h uses key/value head h // G. A head axis of
+    size 1 (or none) broadcasts over all heads.
+    """
+    if x.ndim <= core:
+        return x
+    axis = x.ndim - core - 1
+    if x.shape[axis] == h:
+        return x.reshape(*x.shape[:axis], h_kv, h // h_kv, *x.shape[axis + 1 :])
+    if x.shape[axis] == 1:
+        return np.expand_dims(x, axis)
+    raise ValueError(f"{name}: expected {h} or 1 entries on the head axis (axis {axis - x.ndim}), got shape {x.shape}")
+
+
+def _prepare(q, k, v, mask, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads) -> _Problem:
+    """Validate every option of the softmax-attention family and normalize grouped heads."""
+    causal = as_bool(causal, "causal")
+    grouped = as_bool(grouped_heads, "grouped_heads")
+    if not isinstance(causal_alignment, str):
+        raise TypeError(f"causal_alignment: expected 'top_left' or 'bottom_right', got {type(causal_alignment).__name__}")
+    if causal_alignment not in _ALIGNMENTS:
+        raise ValueError(f"causal_alignment: expected 'top_left' or 'bottom_right', got {causal_alignment!r}")
+    heads = None
+    if grouped:
+        q, k, v = as_real_array(q, "q"), as_real_array(k, "k"), as_real_array(v, "v")
+        for arr, name, what in ((q, "q", "(..., H, N, d)"), (k, "k", "(..., H_kv, M, d)"), (v, "v", "(..., H_kv, M, dv)")):
+            if arr.ndim < 3:
+                raise ValueError(f"{name}: grouped_heads needs a head axis, expected shape {what}, got shape {arr.shape}")
+        h, h_kv = q.shape[-3], k.shape[-3]
+        if h == 0:
+            raise ValueError(f"q: grouped_heads: expected at least one head on axis -3, got shape {q.shape}")
+        if v.shape[-3] != h_kv:
+            raise ValueError(f"v: expected the H_kv = {h_kv} heads of k on axis -3, got shape {v.shape}")
+        if h_kv == 0 or h % h_kv:
+            raise ValueError(
+                f"k: grouped_heads: the H = {h} query heads (axis -3 of q) must be a multiple of the H_kv = {h_kv} "
+                f"key/value heads (axis -3 of k), got shapes q {q.shape}, k {k.shape}"
+            )
+        heads = (h, h_kv)
+        q = q.reshape(*q.shape[:-3], h_kv, h // h_kv, *q.shape[-2:])  # query head h -> (h // G, h % G)
+        k, v = k[..., None, :, :], v[..., None, :, :]  # (..., H_kv, 1, M, .): shared by the G heads of a group
+    q, k, v, batch = check_qkv(q, k, v)
     n, m = q.shape[-2], k.shape[-2]
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = as_real_array(alibi_slopes, "alibi_slopes")
+        if np.any(slopes < 0):
+            raise ValueError(f"alibi_slopes: expected slopes >= 0, got minimum {slopes.min():.6g}")
+        if heads is not None:
+            slopes = _split_heads(slopes, "alibi_slopes", *heads, core=0)
+        try:
+            batch = np.broadcast_shapes(batch, slopes.shape)
+        except ValueError:
+            raise ValueError(f"alibi_slopes: shape {slopes.shape} does not broadcast to the batch axes {batch}") from None
     if mask is not None:
-        batch = np.broadcast_shapes(batch, mask.shape[:-2])
-    rows_per_block = per_block(m * math.prod(batch), minimum=_MIN_BLOCK_ROWS)  # a row: M logits per batch entry
-    y = np.empty((*batch, n, v.shape[-1]))
-    for start in range(0, n, rows_per_block):
-        rows = slice(start, min(n, start + rows_per_block))
-        blk = _rows_forbidden(mask, causal, rows, n, m)  # (..., b, M) or None
-        e = _logits(q, k, blk, rows)  # (..., b, M)
-        z = _exp_shifted_inplace(e, blk)
-        out = y[..., rows, :]
-        np.matmul(e, v, out=out)  # Σ_j e_ij v_j (the batch axes of e and v broadcast to y's)
-        out /= z  # y_i = Σ_j e_ij v_j / z_i  (= Σ_j A_ij v_j, Eq. (4.1))
-    return y
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise TypeError(f"mask: expected a boolean array (True = may attend), got dtype {mask.dtype}")
+        if heads is not None:
+            mask = _split_heads(mask, "mask", *heads, core=2)
+        target = (*batch, n, m)
+        try:
+            ok = np.broadcast_shapes(mask.shape, target) == target
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"mask: expected a shape broadcastable to (..., N, M) = {target} (N from q, M from k), got shape {mask.shape}"
+            )
+    w = None if window is None else as_int(window, "window", 1)
+    cap = None if softcap is None else as_positive_scalar(softcap, "softcap")
+    offset = 0 if causal_alignment == "top_left" else m - n
+    return _Problem(q, k, v, mask, causal, offset, w, slopes, cap, _scale(scale, q.shape[-1]), batch, heads)
+
+
+def _merge_heads(x: np.ndarray, p: _Problem, core: int) -> np.ndarray:
+    """Undo :func:`_split_heads` on an output: (..., H_kv, G, core...) -> (..., H, core...)."""
+    if p.heads is None:
+        return x
+    lead = x.ndim - core - 2
+    return x.reshape(*x.shape[:lead], p.heads[0], *x.shape[lead + 2 :])
+
+
+def _outputs(p: _Problem, y, A, lse, return_weights: bool, return_lse: bool):
+    out = (_merge_heads(y, p, 2),)
+    if return_weights:
+        out += (_merge_heads(A, p, 2),)
+    if return_lse:
+        out += (_merge_heads(lse, p, 1),)
+    return out[0] if len(out) == 1 else out
+
+
+def _key_range(p: _Problem, i0: int, i1: int, m: int) -> tuple[int, int]:
+    """The keys [lo, hi) that any query row i0 … i1−1 may see under ``causal`` and ``window``.
+
+    Key tiles outside it are fully masked for the whole block and are never multiplied.
+    """
+    lo, hi = 0, m
+    last = i1 - 1 + p.offset  # the key aligned with the block's last query
+    if p.causal:
+        hi = min(hi, last + 1)  # j <= i + offset
+    if p.window is not None:
+        hi = min(hi, last + p.window)  # j < i + offset + w
+        lo = max(lo, i0 + p.offset - p.window + 1)  # j > i + offset − w
+    return lo, hi
+
+
+def _bias_and_mask(s, p: _Problem, mask, slopes, i0: int, i1: int, lo: int) -> None:
+    """In place on the logits block ``s`` (rows i0 … i1−1, keys lo …): soft-cap, ALiBi, masks.
+
+    The order is that of the kernels: ``c · tanh(s / c)``, then the bias ``− m |i + offset − j|``,
+    then −∞ wherever the mask, the causal triangle or the window forbids (Eq. (4.14)).
+    """
+    hi = lo + s.shape[-1]
+    diag = np.arange(i0, i1)[:, None] + p.offset  # the key aligned with each query row
+    if p.softcap is not None:
+        with np.errstate(over="ignore"):  # s / c may overflow for a tiny cap: tanh(±inf) = ±1 exactly
+            np.divide(s, p.softcap, out=s)
+        np.tanh(s, out=s)
+        s *= p.softcap  # c · tanh(s / c)
+    if slopes is not None:
+        s -= slopes[..., None, None] * np.abs(np.arange(lo, hi) - diag)  # ALiBi: − m |i + offset − j|
+    if p.causal:
+        c0 = max(lo, i0 + p.offset + 1)  # keys before c0 are allowed for every row of the block
+        if c0 < hi:
+            np.copyto(s[..., c0 - lo :], -np.inf, where=np.arange(c0, hi) > diag)  # key after its query
+    if p.window is not None:
+        c1 = min(hi, i1 + p.offset - p.window)  # keys from c1 on are recent enough for every row
+        if c1 > lo:
+            np.copyto(s[..., : c1 - lo], -np.inf, where=np.arange(lo, c1) <= diag - p.window)
+        c0 = max(lo, i0 + p.offset + p.window)  # keys before c0 are near enough ahead for every row
+        if c0 < hi:
+            np.copyto(s[..., c0 - lo :], -np.inf, where=np.arange(c0, hi) >= diag + p.window)
+    if mask is not None:
+        np.copyto(s, -np.inf, where=~mask[..., i0:i1, lo:hi])
+
+
+def _batch_groups(batch: tuple, floats_per_element: int) -> tuple[list, int]:
+    """Cut the batch axes into groups of about ``per_block(floats_per_element)`` elements.
+
+    Returns index tuples (ints for the outer axes, a slice for one axis, the inner axes whole)
+    and the size of the largest group. Small problems go in one group (one batched product);
+    large ones one batch element at a time, so that every product has at least a full block
+    of query rows.
+    """
+    fit = per_block(floats_per_element)
+    inner, a = 1, len(batch)
+    while a > 0 and inner * batch[a - 1] <= fit:
+        inner *= batch[a - 1]
+        a -= 1
+    if a == 0:
+        return [()], inner
+    step = max(1, fit // inner)
+    groups = [
+        (*outer, slice(s0, min(batch[a - 1], s0 + step)))
+        for outer in np.ndindex(*batch[: a - 1])
+        for s0 in range(0, batch[a - 1], step)
+    ]
+    return groups, step * inner
+
+
+def _attend(p: _Problem, return_weights: bool, return_lse: bool):
+    """``y = softmax(scale q kᵀ + bias) v`` by blocks of query rows, over the allowed keys only.
+
+    Without weights, ``y`` is normalized instead of ``A`` (``y_i = Σ_j e^{s_ij − m_i} v_j / z_i``)
+    and the logits live in one reused workspace of about one block; with weights, each block is
+    written into ``A`` directly. A row with no allowed key gets ``y_i = 0``, ``A_i = 0``,
+    ``lse_i = −∞``.
+    """
+    n, m, d, dv = p.q.shape[-2], p.k.shape[-2], p.q.shape[-1], p.v.shape[-1]
+    batch = p.batch
+    q = np.broadcast_to(p.q * p.scale, (*batch, n, d))  # scale q (N·d products), not the N·M logits
+    k = np.broadcast_to(p.k, (*batch, m, d))
+    v = np.broadcast_to(p.v, (*batch, m, dv))
+    mask = None if p.mask is None else np.broadcast_to(p.mask, (*batch, n, m))
+    slopes = None if p.slopes is None else np.broadcast_to(p.slopes, batch)
+    y = np.empty((*batch, n, dv))
+    A = np.zeros((*batch, n, m)) if return_weights else None
+    lse = np.empty((*batch, n)) if return_lse else None
+    rows_min = min(n, _MIN_BLOCK_ROWS)
+    groups, size = _batch_groups(batch, rows_min * m)
+    rows = min(n, max(rows_min, per_block(size * m)))
+    work = None if return_weights else np.empty(size * rows * m)  # the logits of one block, reused
+    for g in groups:
+        for i0 in range(0, n, rows):
+            i1 = min(n, i0 + rows)
+            lo, hi = _key_range(p, i0, i1, m)
+            out = y[g][..., i0:i1, :]
+            if hi <= lo:  # no query of this block may see any key
+                out[...] = 0.0
+                if lse is not None:
+                    lse[g][..., i0:i1] = -np.inf
+                continue
+            qb, kb, vb = q[g][..., i0:i1, :], k[g][..., lo:hi, :], v[g][..., lo:hi, :]
+            if A is not None:
+                s = A[g][..., i0:i1, lo:hi]
+            else:
+                shape = (*qb.shape[:-1], hi - lo)
+                s = work[: math.prod(shape)].reshape(shape)
+            np.matmul(qb, np.swapaxes(kb, -1, -2), out=s)  # s_ij = scale q_i · k_j (BLAS)
+            _bias_and_mask(s, p, None if mask is None else mask[g], None if slopes is None else slopes[g], i0, i1, lo)
+            mx = s.max(axis=-1, keepdims=True)  # m_i over the allowed keys; −∞ for a row with none
+            empty = np.isneginf(mx)
+            shift = np.where(empty, 0.0, mx) if empty.any() else mx
+            s -= shift  # log-sum-exp: every exponent <= 0, Eq. (4.3)
+            np.exp(s, out=s)
+            z = s.sum(axis=-1, keepdims=True)  # z_i = Σ_j e^{s_ij − m_i} (>= 1, or 0 for an empty row)
+            if empty.any():
+                z[empty] = 1.0  # an empty row: e = 0, so y_i = 0 and lse_i = −∞ + log 1
+            if A is not None:
+                s /= z  # A_ij = e^{s_ij − m_i} / z_i, Eq. (4.2)
+                np.matmul(s, vb, out=out)  # y_i = Σ_j A_ij v_j, Eq. (4.1)
+            else:
+                np.matmul(s, vb, out=out)  # Σ_j e_ij v_j
+                out /= z  # y_i = Σ_j e_ij v_j / z_i  (= Σ_j A_ij v_j, Eq. (4.1))
+            if lse is not None:
+                lse[g][..., i0:i1] = (mx + np.log(z))[..., 0]  # ℓ_i = m_i + log z_i
+    return y, A, lse
 
 
 def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> np.ndarray:
@@ -231,65 +463,113 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> np.ndarra
 
 
 def softmax_attention(
-    q, k, v, *, mask=None, causal=False, scale=None, return_weights=False, window=None, alibi_slopes=None
+    q,
+    k,
+    v,
+    *,
+    mask=None,
+    causal=False,
+    scale=None,
+    return_weights=False,
+    window=None,
+    alibi_slopes=None,
+    causal_alignment="top_left",
+    softcap=None,
+    grouped_heads=False,
+    return_lse=False,
 ):
     r"""Scaled dot-product attention, ``softmax(scale · Q K^T) V``, numerically stable.
 
-    Implements Eqs. (4.1)–(4.3) of the book (Vaswani et al. 2017, Eq. 1).
+    Implements Eqs. (4.1)–(4.3) of the book (Vaswani et al. 2017, Eq. 1), with the options of
+    fused attention kernels of Eqs. (4.14)–(4.15) (FlashAttention-2 and PyTorch's
+    ``scaled_dot_product_attention``): causal alignment, sliding windows, ALiBi, logit
+    soft-capping, grouped-query heads and the log-sum-exp output.
 
     Parameters
     ----------
     q : array_like, shape (..., N, d)
-        Queries (the templates of the matched filter).
+        Queries (the templates of the matched filter). With ``grouped_heads``, shape
+        (..., H, N, d).
     k : array_like, shape (..., M, d)
-        Keys (the received vectors). Leading batch axes of q, k, v broadcast.
+        Keys (the received vectors). Leading batch axes of q, k, v broadcast. With
+        ``grouped_heads``, shape (..., H_kv, M, d).
     v : array_like, shape (..., M, dv)
-        Values.
+        Values; with ``grouped_heads``, shape (..., H_kv, M, dv).
     mask : array_like of bool, broadcastable to (..., N, M), optional
-        **True = may attend.** Combined with ``causal`` by logical and. A query row with no
-        allowed key raises ``ValueError`` (its softmax would be 0/0).
+        **True = may attend.** Combined with ``causal`` and ``window`` by logical and.
     causal : bool
-        Forbid keys j > i (top-left aligned, as ``torch``'s ``is_causal``).
+        Forbid the keys after each query: ``j > i + o`` with the offset ``o`` of
+        ``causal_alignment``.
     scale : float >= 0, optional
         The inverse temperature 1/τ; default ``1/sqrt(d)``. ``scale = 0`` gives the uniform
         average of the allowed values; ``scale → ∞`` gives hard selection of the best key.
     return_weights : bool
         Also return the weight matrix ``A``.
     window : int >= 1, optional
-        Sliding-window (local) attention: key j is allowed only if ``|i − j| < window``; with
-        ``causal`` each query sees its ``window`` most recent keys, itself included (Longformer,
-        Mistral). Combined with ``mask`` and ``causal`` by logical and (Eq. (16.16)).
+        Sliding-window (local) attention: key j is allowed only if ``|i + o − j| < window``;
+        with ``causal`` each query sees its ``window`` most recent keys, itself included
+        (Longformer, Mistral; Eq. (16.16)).
     alibi_slopes : array_like, broadcastable to the batch axes (e.g. shape (H,)), optional
-        ALiBi (Press et al. 2022): the bias ``−m · |i − j|`` is added to the logits, with slope
-        ``m ≥ 0`` per head (the last batch axis); for causal attention this is the paper's
-        ``m · (j − i)``. Chapter 8 finds the same linear bias as the μ → 0 limit of the
+        ALiBi (Press et al. 2022): the bias ``−m · |i + o − j|`` is added to the logits, with
+        slope ``m ≥ 0`` per head (the last batch axis); for causal attention this is the
+        paper's ``m · (j − i)``. Chapter 8 finds the same linear bias as the μ → 0 limit of the
         isotropic AFA prior (Eq. (8.7)); :func:`alibi_geometric_slopes` gives the paper's slopes.
-        With ``window`` or ``alibi_slopes`` the logits are formed as one (..., N, M) buffer
-        (not in blocks of query rows).
+    causal_alignment : {"top_left", "bottom_right"}
+        Where query i sits among the keys when N ≠ M: ``"top_left"`` (default, PyTorch's
+        ``is_causal``) aligns it with key ``i`` (offset ``o = 0``); ``"bottom_right"``
+        (FlashAttention-2 ≥ 2.1, the KV-cache case: the N queries are the last N of the M
+        positions) with key ``i + M − N``. The offset places the causal diagonal, the window
+        and the ALiBi distance alike.
+    softcap : float > 0, optional
+        Logit soft-capping (Gemma 2; FlashAttention's ``softcap``): the scaled logits become
+        ``c · tanh(s / c)``, bounded by ``c``, before the bias and the masks.
+    grouped_heads : bool
+        Grouped-query (and multi-query) attention: axis −3 holds heads, q has H of them and k,
+        v have H_kv, a divisor of H. Query head ``h`` uses key/value head ``h // (H / H_kv)``
+        (consecutive query heads share a key/value head, as FlashAttention and PyTorch's
+        ``enable_gqa``). Multi-query attention (H_kv = 1) also works without the flag, by
+        broadcasting.
+    return_lse : bool
+        Also return the row log-sum-exp ``ℓ_i = m_i + log z_i`` (natural log) of the final
+        logits (scaled, soft-capped, biased) over the allowed keys: what fused kernels store
+        for the backward pass (Eq. (4.15)).
 
     Returns
     -------
     y : ndarray, shape (..., N, dv)
+        With ``grouped_heads``, shape (..., H, N, dv).
     A : ndarray, shape (..., N, M)
         Only if ``return_weights``.
+    lse : ndarray, shape (..., N)
+        Only if ``return_lse`` (after ``A`` when both are requested).
 
     Notes
     -----
-    With ``s_ij = scale · q_i·k_j`` and ``m_i = max_{j allowed} s_ij``,
+    With ``s_ij`` the logits (``scale · q_i·k_j``, soft-capped, biased) and
+    ``m_i = max_{j allowed} s_ij``,
 
     ``A_ij = exp(s_ij − m_i) / Σ_{j' allowed} exp(s_ij' − m_i)``,  ``y_i = Σ_j A_ij v_j``.
 
     Subtracting ``m_i`` changes nothing mathematically (Eq. (4.3)) and keeps every exponent ≤ 0,
-    so nothing overflows. Work: the two matrix products plus four passes over the logits
-    (max, subtract, exp, sum). Without ``return_weights`` the query rows are processed in
-    blocks of about 2^18 logits that stay in cache, and ``y`` is normalized instead of ``A``
-    (``y_i = Σ_j e^{s_ij − m_i} v_j / z_i``); peak memory is then O(block · M) besides the
-    inputs and output. With ``return_weights`` one (..., N, M) buffer holds ``A``. No
-    (N, M, d) intermediate is ever formed.
+    so nothing overflows. A query row with **no allowed key** (e.g. the first N − M rows of a
+    bottom-right causal mask with N > M) gets ``y_i = 0``, ``A_i = 0`` and ``ℓ_i = −∞`` (the
+    log of an empty sum), as FlashAttention outputs; some kernels store +∞ instead in their
+    log-sum-exp buffer so that the backward pass recomputes zero weights.
+
+    Cost: the two matrix products plus a few passes over the logits (max, subtract, exp, sum).
+    The query rows are processed in blocks of at least 256 rows (more when the rows are short)
+    so that each block is two large BLAS products; with ``causal`` or ``window`` a block
+    multiplies only the keys its rows may see, so causal attention costs about half.
+    Without ``return_weights`` the logits of one block live in one reused workspace and ``y``
+    is normalized instead of ``A`` (``y_i = Σ_j e^{s_ij − m_i} v_j / z_i``): peak memory is
+    O(block · M) beyond the inputs and output. With ``return_weights`` one (..., N, M) buffer
+    holds ``A``. No (N, M, d) intermediate is ever formed.
 
     References
     ----------
     .. [1] A. Vaswani et al., "Attention is all you need", NeurIPS 2017, Eq. (1).
+    .. [2] T. Dao, "FlashAttention-2", 2023, §3 (causal masks, log-sum-exp); J. Ainslie et al.,
+           "GQA", EMNLP 2023; Gemma Team, "Gemma 2", 2024, §2 (logit soft-capping).
 
     Examples
     --------
@@ -298,26 +578,37 @@ def softmax_attention(
     >>> y, A = softmax_attention(q, k, v, causal=True, return_weights=True)
     >>> bool(np.allclose(A.sum(-1), 1.0)), bool(np.all(np.triu(A, 1) == 0))
     (True, True)
+    >>> q, k, v = rng.normal(size=(4, 2, 3, 4)), rng.normal(size=(2, 5, 4)), rng.normal(size=(2, 5, 2))
+    >>> y, lse = softmax_attention(q[0], k, v, causal=True, causal_alignment="bottom_right", return_lse=True)
+    >>> y.shape, lse.shape  # 2 heads, 3 new queries against 5 cached keys
+    ((2, 3, 2), (2, 3))
+    >>> softmax_attention(rng.normal(size=(4, 3, 4)), k, v, grouped_heads=True).shape  # 4 query heads, 2 kv heads
+    (4, 3, 2)
     """
-    if window is not None or alibi_slopes is not None:  # sliding window / ALiBi, Eq. (16.16)
-        return _softmax_biased(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes)
-    q, k, v, batch = _check_qkv(q, k, v)
-    mask = _check_mask(mask, causal, batch, q.shape[-2], k.shape[-2])
+    p = _prepare(q, k, v, mask, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads)
     return_weights = as_bool(return_weights, "return_weights")
-    q = q * _scale(scale, q.shape[-1])  # scale q (N·d products) rather than the N·M logits
-    if not return_weights:
-        return _attend_blocked(q, k, v, mask, causal, batch)
-    A = _weights(q, k, mask, causal)
-    return np.matmul(A, v), A  # y_i = Σ_j A_ij v_j, Eq. (4.1)
+    return_lse = as_bool(return_lse, "return_lse")
+    y, A, lse = _attend(p, return_weights, return_lse)
+    return _outputs(p, y, A, lse, return_weights, return_lse)
 
 
 def softmax_attention_loop(
-    q, k, v, *, mask=None, causal=False, scale=None, return_weights=False, window=None, alibi_slopes=None
+    q,
+    k,
+    v,
+    *,
+    mask=None,
+    causal=False,
+    scale=None,
+    return_weights=False,
+    window=None,
+    alibi_slopes=None,
+    causal_alignment="top_left",
+    softcap=None,
+    grouped_heads=False,
+    return_lse=False,
 ):
-    """Loop twin of :func:`softmax_attention`: one query, one key at a time (Eqs. (4.1)–(4.3)).
-
-    With ``window`` or ``alibi_slopes``, the loop also applies the band and the linear bias of
-    Eq. (16.16) key by key.
+    """Loop twin of :func:`softmax_attention`: one query, one key at a time (Eqs. (4.1)–(4.3), (4.14)).
 
     Examples
     --------
@@ -326,31 +617,45 @@ def softmax_attention_loop(
     >>> bool(np.allclose(softmax_attention_loop(q, k, v, causal=True), softmax_attention(q, k, v, causal=True)))
     True
     """
-    if window is not None or alibi_slopes is not None:  # sliding window / ALiBi, Eq. (16.16)
-        return _softmax_biased_loop(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes)
-    q, k, v, batch = _check_qkv(q, k, v)
-    n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
-    mask = _check_mask(mask, causal, batch, n, m)
+    p = _prepare(q, k, v, mask, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads)
     return_weights = as_bool(return_weights, "return_weights")
-    c = _scale(scale, q.shape[-1])
-    batch = np.broadcast_shapes(batch, mask.shape[:-2]) if mask is not None else batch
-    qb = np.broadcast_to(q, (*batch, n, q.shape[-1]))
-    kb = np.broadcast_to(k, (*batch, m, k.shape[-1]))
-    vb = np.broadcast_to(v, (*batch, m, dv))
-    mb = None if mask is None else np.broadcast_to(mask, (*batch, n, m))
+    return_lse = as_bool(return_lse, "return_lse")
+    n, m, dv, batch = p.q.shape[-2], p.k.shape[-2], p.v.shape[-1], p.batch
+    qb = np.broadcast_to(p.q, (*batch, n, p.q.shape[-1]))
+    kb = np.broadcast_to(p.k, (*batch, m, p.k.shape[-1]))
+    vb = np.broadcast_to(p.v, (*batch, m, dv))
+    mb = None if p.mask is None else np.broadcast_to(p.mask, (*batch, n, m))
+    sb = None if p.slopes is None else np.broadcast_to(p.slopes, batch)
     y = np.zeros((*batch, n, dv))
     A = np.zeros((*batch, n, m))
+    lse = np.full((*batch, n), -np.inf)  # ℓ_i = log 0 = −∞ for a row that sees no key
+    # with grouped heads, b ends in (h_kv, g): query head h = h_kv·G + g reads key/value head h_kv
     for b in np.ndindex(*batch):
         for i in range(n):
-            # key j is allowed if the mask says so and, when causal, j <= i
-            keys = [j for j in range(m) if (mb is None or mb[b][i, j]) and (not causal or j <= i)]
-            scores = {j: c * float(np.dot(qb[b][i], kb[b][j])) for j in keys}  # s_ij = scale q_i·k_j
+            o = i + p.offset  # the key aligned with query i (o = i top-left, i + M − N bottom-right)
+            scores = {}
+            for j in range(m):
+                if mb is not None and not mb[b][i, j]:
+                    continue  # the mask forbids
+                if p.causal and j > o:
+                    continue  # key after the query
+                if p.window is not None and abs(o - j) >= p.window:
+                    continue  # outside the window
+                s = p.scale * float(np.dot(qb[b][i], kb[b][j]))  # s_ij = scale q_i·k_j
+                if p.softcap is not None:
+                    s = p.softcap * math.tanh(s / p.softcap)  # soft cap: c tanh(s / c)
+                if sb is not None:
+                    s -= float(sb[b]) * abs(o - j)  # ALiBi: − m |i + o − j|
+                scores[j] = s
+            if not scores:
+                continue  # no key: y_i = 0, A_i = 0, ℓ_i = −∞
             top = max(scores.values())  # m_i
             z = sum(math.exp(s - top) for s in scores.values())  # Σ_j e^{s_ij − m_i}
-            for j in keys:
-                A[b][i, j] = math.exp(scores[j] - top) / z  # A_ij, Eq. (4.2)
+            for j, s in scores.items():
+                A[b][i, j] = math.exp(s - top) / z  # A_ij, Eq. (4.2)
                 y[b][i] += A[b][i, j] * vb[b][j]  # y_i += A_ij v_j, Eq. (4.1)
-    return (y, A) if return_weights else y
+            lse[b][i] = top + math.log(z)  # ℓ_i = m_i + log z_i, Eq. (4.15)
+    return _outputs(p, y, A, lse, return_weights, return_lse)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,92 +1042,36 @@ def alibi_geometric_slopes(n_heads: int) -> np.ndarray:
     return np.concatenate([geometric(p), geometric(2 * p)[0::2][: n - p]])
 
 
-def _check_biased(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes):
-    """Validate the inputs of a windowed/ALiBi call; return them with the allowed set and the bias."""
-    q, k, v, batch = _check_qkv(q, k, v)
-    n, m = q.shape[-2], k.shape[-2]
-    mask = _check_mask(mask, causal, batch, n, m)
-    as_bool(return_weights, "return_weights")
-    lag = np.abs(np.arange(n)[:, None] - np.arange(m)[None, :])  # |i − j|
-    allowed = np.ones((n, m), dtype=bool) if mask is None else mask
-    if causal:
-        allowed = allowed & (np.arange(m)[None, :] <= np.arange(n)[:, None])
-    if window is not None:
-        w = as_int(window, "window", 1)
-        allowed = allowed & (lag < w)
-        empty = ~allowed.any(axis=-1)
-        if np.any(empty):
-            idx = tuple(int(i) for i in np.argwhere(empty)[0])
-            raise ValueError(f"window: query row {idx} has no allowed key within the window of {w} (N = {n}, M = {m})")
-    slopes = None
-    if alibi_slopes is not None:
-        slopes = as_real_array(alibi_slopes, "alibi_slopes")
-        if np.any(slopes < 0):
-            raise ValueError(f"alibi_slopes: expected slopes >= 0, got minimum {slopes.min():.6g}")
-        try:
-            batch = np.broadcast_shapes(batch, slopes.shape)
-        except ValueError:
-            raise ValueError(f"alibi_slopes: shape {slopes.shape} does not broadcast to the batch axes {batch}") from None
-    batch = np.broadcast_shapes(batch, allowed.shape[:-2])
-    return q, k, v, allowed, lag, slopes, batch, _scale(scale, q.shape[-1])
-
-
-def _softmax_biased(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes):
-    """softmax(scale q kᵀ − m |i − j|) v over the allowed (mask ∧ causal ∧ window) keys, Eq. (16.16)."""
-    q, k, v, allowed, lag, slopes, batch, c = _check_biased(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes)
-    s = np.matmul(q * c, np.swapaxes(k, -1, -2))  # s_ij = scale q_i·k_j
-    if slopes is not None:
-        s = s - slopes[..., None, None] * lag  # + ALiBi bias −m_h |i − j|
-    s = np.where(allowed, np.broadcast_to(s, (*batch, *s.shape[-2:])), -np.inf)
-    s -= s.max(axis=-1, keepdims=True)  # row max over the allowed keys (finite: every row has one)
-    np.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True)  # A_ij
-    y = np.matmul(s, v)
-    return (y, s) if return_weights else y
-
-
-def _softmax_biased_loop(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes):
-    q, k, v, allowed, lag, slopes, batch, c = _check_biased(q, k, v, mask, causal, scale, return_weights, window, alibi_slopes)
-    n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
-    qb = np.broadcast_to(q, (*batch, n, q.shape[-1]))
-    kb = np.broadcast_to(k, (*batch, m, k.shape[-1]))
-    vb = np.broadcast_to(v, (*batch, m, dv))
-    ab = np.broadcast_to(allowed, (*batch, n, m))
-    sb = None if slopes is None else np.broadcast_to(slopes, batch)
-    y = np.zeros((*batch, n, dv))
-    A = np.zeros((*batch, n, m))
-    for b in np.ndindex(*batch):
-        for i in range(n):
-            keys = [j for j in range(m) if ab[b][i, j]]  # mask ∧ causal ∧ |i − j| < window
-            scores = {}
-            for j in keys:
-                scores[j] = c * float(np.dot(qb[b][i], kb[b][j]))  # s_ij = scale q_i·k_j
-                if sb is not None:
-                    scores[j] -= float(sb[b]) * abs(i - j)  # ALiBi: − m |i − j|
-            top = max(scores.values())
-            z = sum(math.exp(s - top) for s in scores.values())
-            for j in keys:
-                A[b][i, j] = math.exp(scores[j] - top) / z
-                y[b][i] += A[b][i, j] * vb[b][j]
-    return (y, A) if return_weights else y
-
-
 # ---------------------------------------------------------------------------------------------
 # FlashAttention's tiled online softmax, Eq. (16.15)
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse):
-    q, k, v, batch = _check_qkv(q, k, v)
-    _check_mask(None, causal, batch, q.shape[-2], k.shape[-2])  # validates ``causal``
+def _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse, window, alibi_slopes, causal_alignment, softcap,
+                 grouped_heads):
+    p = _prepare(q, k, v, None, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads)
     bq = as_int(block_q, "block_q", 1)
     bk = as_int(block_k, "block_k", 1)
-    as_bool(return_lse, "return_lse")
-    return q * _scale(scale, q.shape[-1]), k, v, batch, bq, bk
+    return p, bq, bk, as_bool(return_lse, "return_lse")
 
 
-@guard_overflow()
-def flash_attention(q, k, v, *, causal=False, scale=None, block_q=64, block_k=64, return_lse=False):
+@guard_overflow(first_only=True)
+def flash_attention(
+    q,
+    k,
+    v,
+    *,
+    causal=False,
+    scale=None,
+    block_q=64,
+    block_k=64,
+    return_lse=False,
+    window=None,
+    alibi_slopes=None,
+    causal_alignment="top_left",
+    softcap=None,
+    grouped_heads=False,
+):
     r"""Softmax attention by FlashAttention's tiled online softmax (forward pass).
 
     Implements Eq. (16.15) of the book (Dao et al. 2022, FlashAttention, Algorithm 1; Milakov &
@@ -836,14 +1085,17 @@ def flash_attention(q, k, v, *, causal=False, scale=None, block_q=64, block_k=64
     k : array_like, shape (..., M, d)
     v : array_like, shape (..., M, dv)
     causal : bool
-        Forbid keys j > i (top-left aligned, as :func:`softmax_attention`).
+        Forbid keys after each query (aligned by ``causal_alignment``, as in
+        :func:`softmax_attention`).
     scale : float >= 0, optional
         Default ``1/sqrt(d)``.
     block_q, block_k : int >= 1
         Tile sizes B_r (query rows) and B_c (key columns); N and M need not be multiples.
     return_lse : bool
         Also return the row log-sum-exp ``ℓ_i = m_i + log z_i`` (what the backward pass
-        stores to recompute the weights).
+        stores to recompute the weights); ``−∞`` for a row that sees no key.
+    window, alibi_slopes, causal_alignment, softcap, grouped_heads
+        As in :func:`softmax_attention` (Eq. (4.14)).
 
     Returns
     -------
@@ -876,41 +1128,69 @@ def flash_attention(q, k, v, *, causal=False, scale=None, block_q=64, block_k=64
     >>> bool(np.allclose(lse, np.log(np.exp(logits).sum(axis=-1))))
     True
     """
-    q, k, v, batch, bq, bk = _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse)
-    n, m = q.shape[-2], k.shape[-2]
+    p, bq, bk, return_lse = _check_flash(
+        q, k, v, causal, scale, block_q, block_k, return_lse, window, alibi_slopes, causal_alignment, softcap, grouped_heads
+    )
+    batch, n, m = p.batch, p.q.shape[-2], p.k.shape[-2]
+    k, v = np.broadcast_to(p.k, (*batch, m, p.k.shape[-1])), np.broadcast_to(p.v, (*batch, m, p.v.shape[-1]))
+    slopes = None if p.slopes is None else np.broadcast_to(p.slopes, batch)[..., None, None, None]
     nq = -(-n // bq)
-    qt = np.zeros((*batch, nq * bq, q.shape[-1]))
-    qt[..., :n, :] = q
-    qt = qt.reshape(*batch, nq, bq, q.shape[-1])  # query tiles (zero rows pad the last one)
-    rows = np.arange(nq * bq).reshape(nq, bq, 1)  # query index i of each tile row
+    qt = np.zeros((*batch, nq * bq, p.q.shape[-1]))
+    qt[..., :n, :] = p.q * p.scale
+    qt = qt.reshape(*batch, nq, bq, p.q.shape[-1])  # query tiles (zero rows pad the last one)
+    diag = np.arange(nq * bq).reshape(nq, bq, 1) + p.offset  # the key aligned with each tile row
     mx = np.full((*batch, nq, bq, 1), -np.inf)  # running max m_i
     z = np.zeros((*batch, nq, bq, 1))  # running normalizer z_i
     o = np.zeros((*batch, nq, bq, v.shape[-1]))  # unnormalized output o_i
     for j0 in range(0, m, bk):  # key tiles
         kj, vj = k[..., None, j0 : j0 + bk, :], v[..., None, j0 : j0 + bk, :]
         s = np.matmul(qt, np.swapaxes(kj, -1, -2))  # (..., nq, bq, bk) logits of this tile
-        if causal:
-            s = np.where(np.arange(j0, min(m, j0 + bk)) > rows, -np.inf, s)  # key j after query i
+        j = np.arange(j0, min(m, j0 + bk))
+        if p.softcap is not None:
+            with np.errstate(over="ignore"):
+                s = p.softcap * np.tanh(s / p.softcap)  # c · tanh(s / c)
+        if slopes is not None:
+            s = s - slopes * np.abs(j - diag)  # ALiBi: − m |i + o − j|
+        if p.causal:
+            s = np.where(j > diag, -np.inf, s)  # key j after query i
+        if p.window is not None:
+            s = np.where(np.abs(diag - j) >= p.window, -np.inf, s)  # outside the window
         m_new = np.maximum(mx, s.max(axis=-1, keepdims=True))
         # rows that have seen no allowed key yet keep m = −inf; shift them by 0 instead
         shift = np.where(np.isfinite(m_new), m_new, 0.0)
-        p = np.exp(s - shift)  # e^{s_ij − m'_i}
+        p_t = np.exp(s - shift)  # e^{s_ij − m'_i}
         alpha = np.exp(mx - shift)  # e^{m_i − m'_i}: the rescaling of what was accumulated
-        z = alpha * z + p.sum(axis=-1, keepdims=True)
-        o = alpha * o + np.matmul(p, vj)
+        z = alpha * z + p_t.sum(axis=-1, keepdims=True)
+        o = alpha * o + np.matmul(p_t, vj)
         mx = m_new
-    y = (o / z).reshape(*batch, nq * bq, v.shape[-1])[..., :n, :]
+    seen = z > 0  # a row that saw no key keeps z = 0: y_i = 0, ℓ_i = −∞
+    y = (o / np.where(seen, z, 1.0)).reshape(*batch, nq * bq, v.shape[-1])[..., :n, :]
     if not return_lse:
-        return y
-    lse = (mx + np.log(z)).reshape(*batch, nq * bq)[..., :n]
-    return y, lse
+        return _merge_heads(y, p, 2)
+    lse = np.where(seen, mx + np.log(np.where(seen, z, 1.0)), -np.inf).reshape(*batch, nq * bq)[..., :n]
+    return _merge_heads(y, p, 2), _merge_heads(lse, p, 1)
 
 
-@guard_overflow()
-def flash_attention_loop(q, k, v, *, causal=False, scale=None, block_q=64, block_k=64, return_lse=False):
+@guard_overflow(first_only=True)
+def flash_attention_loop(
+    q,
+    k,
+    v,
+    *,
+    causal=False,
+    scale=None,
+    block_q=64,
+    block_k=64,
+    return_lse=False,
+    window=None,
+    alibi_slopes=None,
+    causal_alignment="top_left",
+    softcap=None,
+    grouped_heads=False,
+):
     """Loop twin of :func:`flash_attention`: the (query tile, key tile) grid of Algorithm 1, row by row.
 
-    Tiles strictly above the causal diagonal are skipped, as GPU kernels do (Eq. (16.15)).
+    Tiles strictly after the causal diagonal are skipped, as GPU kernels do (Eq. (16.15)).
 
     Examples
     --------
@@ -921,32 +1201,46 @@ def flash_attention_loop(q, k, v, *, causal=False, scale=None, block_q=64, block
     >>> bool(np.allclose(y, y2)), bool(np.allclose(lse, lse2))
     (True, True)
     """
-    q, k, v, batch, bq, bk = _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse)
-    n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
-    qb = np.broadcast_to(q, (*batch, n, q.shape[-1]))
-    kb = np.broadcast_to(k, (*batch, m, k.shape[-1]))
-    vb = np.broadcast_to(v, (*batch, m, dv))
+    p, bq, bk, return_lse = _check_flash(
+        q, k, v, causal, scale, block_q, block_k, return_lse, window, alibi_slopes, causal_alignment, softcap, grouped_heads
+    )
+    batch, n, m, dv = p.batch, p.q.shape[-2], p.k.shape[-2], p.v.shape[-1]
+    qb = np.broadcast_to(p.q, (*batch, n, p.q.shape[-1]))
+    kb = np.broadcast_to(p.k, (*batch, m, p.k.shape[-1]))
+    vb = np.broadcast_to(p.v, (*batch, m, dv))
+    sb = None if p.slopes is None else np.broadcast_to(p.slopes, batch)
     y = np.zeros((*batch, n, dv))
-    lse = np.zeros((*batch, n))
+    lse = np.full((*batch, n), -np.inf)
     for b in np.ndindex(*batch):
         for i0 in range(0, n, bq):  # query tile
             for i in range(i0, min(n, i0 + bq)):
+                d_i = i + p.offset  # the key aligned with query i
                 mx, z, o = -math.inf, 0.0, np.zeros(dv)
                 for j0 in range(0, m, bk):  # key tile
-                    if causal and j0 > min(n, i0 + bq) - 1:
+                    if p.causal and j0 > min(n, i0 + bq) - 1 + p.offset:
                         break  # the whole tile lies after every query of this query tile
-                    js = [j for j in range(j0, min(m, j0 + bk)) if not (causal and j > i)]
+                    js = [
+                        j
+                        for j in range(j0, min(m, j0 + bk))
+                        if not (p.causal and j > d_i) and not (p.window is not None and abs(d_i - j) >= p.window)
+                    ]
                     if not js:
                         continue
-                    s = [float(np.dot(qb[b][i], kb[b][j])) for j in js]  # logits of the tile
+                    s = [p.scale * float(np.dot(qb[b][i], kb[b][j])) for j in js]  # logits of the tile
+                    if p.softcap is not None:
+                        s = [p.softcap * math.tanh(sj / p.softcap) for sj in s]
+                    if sb is not None:
+                        s = [sj - float(sb[b]) * abs(d_i - j) for sj, j in zip(s, js)]
                     m_new = max(mx, max(s))  # running max
                     alpha = math.exp(mx - m_new)  # rescale what was accumulated (0 for the first tile)
-                    p = [math.exp(sj - m_new) for sj in s]
-                    z = alpha * z + sum(p)  # running normalizer
-                    o = alpha * o + sum(pj * vb[b][j] for pj, j in zip(p, js))  # running output
+                    p_t = [math.exp(sj - m_new) for sj in s]
+                    z = alpha * z + sum(p_t)  # running normalizer
+                    o = alpha * o + sum(pj * vb[b][j] for pj, j in zip(p_t, js))  # running output
                     mx = m_new
-                y[b][i] = o / z
-                lse[b][i] = mx + math.log(z)
+                if z > 0:  # a row that saw no key keeps y_i = 0, ℓ_i = −∞
+                    y[b][i] = o / z
+                    lse[b][i] = mx + math.log(z)
+    y, lse = _merge_heads(y, p, 2), _merge_heads(lse, p, 1)
     return (y, lse) if return_lse else y
 
 
