@@ -58,7 +58,9 @@ def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3)
     so a cell printing them carries ``# NBVAL_IGNORE_OUTPUT``.
 
     Returns a dict with ``sizes``, ``times`` (s), ``peaks`` (bytes), ``time_exponent``,
-    ``memory_exponent``, ``time_at_target`` (s), ``memory_at_target`` (bytes) and ``target``.
+    ``memory_exponent``, ``time_at_target`` (s), ``memory_at_target`` (bytes) and ``target``; also
+    the affine memory fit ``m = memory_fixed + memory_per_item · N`` and its value at ``target``,
+    ``memory_at_target_affine`` (a fixed workspace plus O(N) arrays bends the power law below 1).
     """
     import time
     import tracemalloc
@@ -85,6 +87,8 @@ def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3)
     logn = np.log(sizes)
     pt, lt = np.polyfit(logn, np.log(times), 1)
     pm, lm = np.polyfit(logn, np.log(peaks), 1)
+    # memory is often a fixed workspace plus arrays that grow with N: fit that form too, m = a + b·N
+    b, a = np.polyfit(np.asarray(sizes, dtype=float), np.asarray(peaks, dtype=float), 1)
     return {
         "sizes": sizes,
         "times": times,
@@ -93,6 +97,9 @@ def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3)
         "memory_exponent": float(pm),
         "time_at_target": float(np.exp(lt + pt * np.log(target))),
         "memory_at_target": float(np.exp(lm + pm * np.log(target))),
+        "memory_fixed": float(a),
+        "memory_per_item": float(b),
+        "memory_at_target_affine": float(a + b * target),
         "target": int(target),
     }
 
@@ -111,3 +118,5 @@ def print_cost(name: str, cost: dict) -> None:
     for n, t, m in zip(cost["sizes"], cost["times"], cost["peaks"]):
         print(f"  N = {n:>9,d}: {t * 1e3:10.2f} ms  {_bytes(m):>10}")
     print(f"  N = {cost['target']:>9,d}: {cost['time_at_target']:10.3g} s   {_bytes(cost['memory_at_target']):>10}  (extrapolated)")
+    print(f"  memory as fixed + per-item: {_bytes(max(cost['memory_fixed'], 0.0))} + {cost['memory_per_item']:.3g} B·N"
+          f" -> {_bytes(max(cost['memory_at_target_affine'], 0.0))} at N = {cost['target']:,d}")

@@ -1134,9 +1134,14 @@ def _plain(case: Case, args: dict, tier: str, needed) -> tuple:
     values, models = {}, {}
     fn = PLAIN.get(case.function)
     if fn is not None:
+        # an option left at refimpl's default does not change the computation: the plain algorithm
+        # need not model it (e.g. causal_alignment="top_left" or grouped_heads=False)
+        defaults = _call_params(case.function)[2]
+        modelled = {k: v for k, v in args.items() if not (k in defaults and _same_default(v, defaults[k]))}
         try:
             with np.errstate(all="ignore"):
-                got = fn(args, tier, needed=tuple(needed)) if "needed" in inspect.signature(fn).parameters else fn(args, tier)
+                got = (fn(modelled, tier, needed=tuple(needed)) if "needed" in inspect.signature(fn).parameters
+                       else fn(modelled, tier))
         except NotImplementedError:
             got = {}
         for k in needed:
@@ -1144,11 +1149,21 @@ def _plain(case: Case, args: dict, tier: str, needed) -> tuple:
                 values[k], models[k] = got[k], f"plain {tier}"
     rest = [k for k in needed if k not in values]
     if rest:
+        mid = any(k not in case.output_names() for k in rest)  # an intermediate such as FlashAttention's lse
         with np.errstate(all="ignore"):
-            _, fallback = compute(case, args=case.constrain(args) if case.constrain else args)
+            _, fallback = compute(dataclasses.replace(case, intermediates=case.intermediates or mid),
+                                  args=case.constrain(args) if case.constrain else args)
         for k in rest:
             values[k], models[k] = fallback[k], "rounded inputs"
     return values, models
+
+
+def _same_default(value, default) -> bool:
+    """Whether an argument's value is its default (scalars and strings only; arrays are never defaults)."""
+    if value is default:
+        return True
+    plain = (str, bool, int, float)
+    return isinstance(value, plain) and type(value) is type(default) and value == default
 
 
 #: a coarser tier is only "met" if its plain reference keeps at least one correct digit there

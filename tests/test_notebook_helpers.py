@@ -11,10 +11,12 @@ def test_cost_at_scale_recovers_linear_memory_and_extrapolates(capsys):
     cost = cost_at_scale(np.ones, lambda n: ((n,), {}), [10_000, 40_000, 160_000], repeat=1)
     assert abs(cost["memory_exponent"] - 1.0) < 0.05
     assert cost["memory_at_target"] == pytest.approx(8e6, rel=0.1)
+    assert cost["memory_per_item"] == pytest.approx(8, rel=0.05)
+    assert cost["memory_at_target_affine"] == pytest.approx(8e6, rel=0.05)
     assert cost["time_at_target"] > 0 and cost["target"] == 10**6
     print_cost("ones", cost)
     out = capsys.readouterr().out
-    assert "N = 1,000,000" in out and "extrapolated" in out
+    assert "N = 1,000,000" in out and "extrapolated" in out and "fixed + per-item" in out
 
 
 def test_cost_at_scale_needs_two_sizes():

@@ -9,10 +9,18 @@ from refimpl import attention
 from ._base import Case, Function, called, ordered, renormalize
 
 
+#: the fused-kernel conventions (chapter 4, §4.7), forwarded when a case or ``inputs=`` gives them
+_KERNEL_OPTIONS = ("window", "alibi_slopes", "causal_alignment", "softcap", "grouped_heads")
+
+
+def _kernel_options(args):
+    return {k: args[k] for k in _KERNEL_OPTIONS if args.get(k) is not None}
+
+
 def _run_softmax(args, with_mid):
     y, A = attention.softmax_attention(
         args["q"], args["k"], args["v"], mask=args.get("mask"), causal=args.get("causal", False), scale=args.get("scale"),
-        return_weights=True, window=args.get("window"), alibi_slopes=args.get("alibi_slopes"),
+        return_weights=True, **_kernel_options(args),
     )
     return ordered({"A": A}, {"y": y}, with_mid)
 
@@ -20,7 +28,7 @@ def _run_softmax(args, with_mid):
 def _run_flash(args, with_mid):
     y, lse = attention.flash_attention(
         args["q"], args["k"], args["v"], causal=args["causal"], scale=args.get("scale"),
-        block_q=args["block_q"], block_k=args["block_k"], return_lse=True,
+        block_q=args["block_q"], block_k=args["block_k"], return_lse=True, **_kernel_options(args),
     )
     return ordered({"lse": lse}, {"y": y}, with_mid)
 
@@ -86,6 +94,23 @@ CASES = [
          lambda r: {"q": 100.0 * r.standard_normal((10, 4)), "k": 100.0 * r.standard_normal((17, 4)), "v": r.standard_normal((17, 2)),
                     "causal": False, "scale": 1.0, "block_q": 4, "block_k": 4},
          "logits of order 1e4: the running max rescales every tile"),
+    Case("attention.softmax_attention/gqa_bottom_right", 413,
+         lambda r: {"q": r.standard_normal((4, 33, 16)), "k": r.standard_normal((2, 65, 16)), "v": r.standard_normal((2, 65, 8)),
+                    "causal": True, "causal_alignment": "bottom_right", "grouped_heads": True},
+         "grouped-query heads (4 query heads, 2 key/value heads), causal mask aligned bottom-right (a KV cache, N < M)"),
+    Case("attention.softmax_attention/softcap_alibi_window", 414,
+         lambda r: {"q": 3.0 * r.standard_normal((2, 65, 32)), "k": 3.0 * r.standard_normal((2, 65, 32)),
+                    "v": r.standard_normal((2, 65, 8)), "causal": True, "softcap": 5.0, "window": 31,
+                    "alibi_slopes": np.array([0.5, 0.125])},
+         "logit soft-capping (Gemma 2's c·tanh(s/c)), ALiBi and a sliding window at a tile-boundary length"),
+    Case("attention.flash_attention/gqa_bottom_right", 415,
+         lambda r: {"q": r.standard_normal((4, 63, 32)), "k": r.standard_normal((1, 66, 32)), "v": r.standard_normal((1, 66, 8)),
+                    "causal": True, "causal_alignment": "bottom_right", "grouped_heads": True, "block_q": 64, "block_k": 64},
+         "multi-query heads (one key/value head), bottom-right causal alignment (N = 63 < M = 66), a last key tile of 2"),
+    Case("attention.flash_attention/softcap_window", 416,
+         lambda r: {"q": 3.0 * r.standard_normal((65, 64)), "k": 3.0 * r.standard_normal((65, 64)), "v": r.standard_normal((65, 4)),
+                    "causal": True, "softcap": 10.0, "window": 20, "block_q": 32, "block_k": 32},
+         "soft-capped logits and a sliding window across tile edges"),
     Case("attention.alibi_geometric_slopes/twelve_heads", 412, lambda r: {"n_heads": 12},
          "ALiBi's slopes for a head count that is not a power of two"),
 ]
