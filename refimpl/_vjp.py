@@ -796,8 +796,8 @@ def _gla_vjp_loop_core(q, k, v, logg, dy):
 def gated_linear_attention_vjp(q, k, v, log_g, dy, *, scale=None, chunk_size=64) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.gated_linear_attention`: ``dq, dk, dv, dlog_g``.
 
-    The vector–Jacobian product of Eqs. (16.2)–(16.5) of the book, by the adjoint filter
-    (16.17)–(16.19) run chunk by chunk (Yang et al. 2024, GLA, §4: the chunkwise form; its
+    The vector–Jacobian product of Eqs. (16.2)–(16.5) of the book, by the adjoint filter of
+    Eqs. (16.17)–(16.19) run chunk by chunk (Yang et al. 2024, GLA, §4: the chunkwise form; its
     log-gate gradient is a reverse cumulative sum).
 
     Parameters
@@ -891,7 +891,7 @@ def retention_vjp(q, k, v, gamma, dy, *, scale=None, chunk_size=64) -> dict:
 
     The vector–Jacobian product of Eq. (16.6) of the book (Sun et al. 2023, RetNet): retention is
     gated linear attention with the constant per-head log-gate ``log γ_h``, so its adjoint is
-    ``Λ_n = dy_n q̃_nᵀ + γ_h Λ_{n+1}`` — the same decay, run backwards in time (16.17).
+    ``Λ_n = dy_n q̃_nᵀ + γ_h Λ_{n+1}`` — the same decay, run backwards in time (Eq. (16.17)).
 
     Parameters
     ----------
@@ -1009,7 +1009,8 @@ def ssd_vjp(x, dt, A, B, C, D, dy, *, chunk_size=64) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.ssd` (Mamba-2): the gradients of all six inputs.
 
     The vector–Jacobian product of Eqs. (16.7)–(16.8) of the book (Dao & Gu 2024, Mamba-2, §6:
-    the backward pass runs the same chunked algorithm on the transposed semiseparable matrix).
+    the backward pass runs the same chunked algorithm on the transposed semiseparable matrix): the
+    adjoint filter of Eq. (16.17) with a scalar decay per head.
 
     Parameters
     ----------
@@ -1254,8 +1255,8 @@ def _delta_vjp_loop_core(q, k, v, beta, logg, dy):
 def delta_rule_vjp(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.delta_rule` (DeltaNet; Gated DeltaNet with ``log_g``).
 
-    The vector–Jacobian product of Eqs. (16.9)–(16.12) of the book, by the adjoint recurrence
-    (16.20) run chunk by chunk through the UT transform (16.11) (Yang et al. 2024, DeltaNet, §3:
+    The vector–Jacobian product of Eqs. (16.9)–(16.12) of the book, by the adjoint recurrence of
+    Eq. (16.20) run chunk by chunk through the UT transform, Eq. (16.21) (Yang et al. 2024, DeltaNet, §3:
     the chunkwise WY form, here differentiated in reverse mode).
 
     Parameters
