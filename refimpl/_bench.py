@@ -41,7 +41,6 @@ import atexit
 import contextlib
 import fnmatch
 import importlib.util
-import io
 import json
 import math
 import os
@@ -50,7 +49,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -955,6 +954,7 @@ def measure(case: Case, limits: Limits | None, quick: bool, *, over_budget: floa
     memory, contention or loop measurement (reported as not measured, a MISS where a target needs it).
     A case with fixed ``repeats`` (the PyTorch comparison) takes every run as a sample instead.
     """
+    start = time.perf_counter()
     calls = case.make()
     rec: dict = {"name": case.name, "module": case.module, "function": case.function, "variant": case.variant}
     if case.repeats is not None:
@@ -994,6 +994,7 @@ def measure(case: Case, limits: Limits | None, quick: bool, *, over_budget: floa
     rec["fraction"] = None if limits is None else rec["limit_s"] / rec["time_s"]
     rec["cost"] = {"flops": case.cost.flops, "exps": case.cost.exps, "bytes": case.cost.bytes}
     rec["verdicts"] = {} if quick else _verdicts(case, rec)
+    rec["case_wall_s"] = time.perf_counter() - start  # everything above: what the case costs the bench
     return rec
 
 
@@ -1036,7 +1037,7 @@ def _case_lines(case: Case, rec: dict, quick: bool) -> list[str]:
     else:
         busy = "busy: not run (quick mode)" if quick else "busy: not run (same-process comparison)"
     limit = "" if rec["limit_s"] is None else f"limit {_t(rec['limit_s'])} (fraction {rec['fraction']:.2f})"
-    lines.append(f"    {quiet}   {busy}   [{runs}]")
+    lines.append(f"    {quiet}   {busy}   [{runs}; case took {rec['case_wall_s']:.1f} s]")
     extra = f"    {limit}   peak {_mib(rec['peak_bytes'])}   agree {rec['agree']:.1e}"
     if rec["loop_ratio"] is not None:
         extra += f"   loop twin {_t(rec['loop_s'])}, loop/refimpl = {rec['loop_ratio']:.1f}x (agree {rec['loop_agree']:.1e})"
