@@ -200,7 +200,7 @@ def test_quick_mode_prints_no_verdicts_and_json_has_everything(tmp_path, capsys)
 
 def _toy_cases(slow_factor: float):
     """Two cheap cases with known answers: an exact baseline, and a refimpl that is slower on purpose."""
-    x = np.random.default_rng(0).normal(size=(200, 200))
+    x = np.random.default_rng(0).normal(size=(80, 80))
 
     def make_fast():
         return bench.Calls(lambda: x @ x, lambda: x @ x)
@@ -213,7 +213,7 @@ def _toy_cases(slow_factor: float):
 
         return bench.Calls(slow, lambda: x @ x)
 
-    cost = bench.Cost(flops=2 * 200**3)
+    cost = bench.Cost(flops=2 * 80**3)
     return [
         bench.Case("attention", "softmax_attention", "toy,fast", make_fast, cost, "x @ x", base_target=None, limit_target=None),
         bench.Case("attention", "softmax_attention", "toy,slow", make_slow, cost, "x @ x", limit_target=None),
@@ -221,7 +221,7 @@ def _toy_cases(slow_factor: float):
 
 
 def test_full_mode_judges_quiet_and_busy_and_check_fails_on_a_miss(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(bench, "cases", lambda mode="full": _toy_cases(slow_factor=20))
+    monkeypatch.setattr(bench, "cases", lambda mode="full": _toy_cases(slow_factor=10))
     monkeypatch.setattr(bench, "measure_limits", lambda quick=False: bench.Limits(1e10, 1e8, 1e8, 1e9))
     out = tmp_path / "full.json"
     assert cli_main(["bench", "--check", "--json", str(out)]) == 1
