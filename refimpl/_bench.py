@@ -137,7 +137,17 @@ def measure_limits(quick: bool = False) -> Limits:
 
 
 # ============================================================================ competing load
-_SPIN = "import sys\nsys.stdout.write('spinning\\n')\nsys.stdout.flush()\nwhile True:\n    pass\n"
+# The child spins in pure Python; it also ends by itself soon after the bench dies (even by SIGKILL,
+# when no finally clause runs): its parent process id then changes.
+_SPIN = """
+import os, sys
+parent = os.getppid()
+sys.stdout.write("spinning\\n")
+sys.stdout.flush()
+while os.getppid() == parent:
+    for _ in range(100_000):
+        pass
+"""
 _RUNNING: set = set()
 
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,6 +177,37 @@ def test_competing_load_is_stopped_when_the_block_raises():
         with bench.competing_load() as proc:
             raise RuntimeError("a case failed")
     assert proc.poll() is not None
+
+
+def _running(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split()[2] not in ("Z", "X")  # a zombie has stopped running
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_competing_load_ends_when_the_bench_is_killed():
+    """Even a SIGKILL of the bench (no finally clause runs) leaves no process spinning."""
+    # a stand-in for the bench that starts the same child as competing_load (without importing refimpl)
+    code = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-I', '-c', {bench._SPIN!r}], stdout=subprocess.PIPE)\n"
+        "child.stdout.readline()\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    bench_proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(bench_proc.stdout.readline())
+    assert _running(child)
+    bench_proc.kill()
+    bench_proc.wait()
+    bench_proc.stdout.close()
+    deadline = time.monotonic() + 10
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child)
 
 
 # ---------------------------------------------------------------------------- output and verdicts
