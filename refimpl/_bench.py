@@ -467,6 +467,7 @@ def _softmax_cases(mode: str) -> list[Case]:
                 lambda: blocked_softmax_attention(q, k, v, causal, weights),
             )
 
+        # cost: QKᵀ and AV (4d flops per allowed pair), one exp per pair, q, k, v, y (and A) moved once
         pairs = n * (n + 1) / 2 if causal else n * n
         out.append(
             Case(
@@ -543,6 +544,7 @@ def _afa_cases(mode: str) -> list[Case]:
             lambda: blocked_isotropic_afa(q, k, v, omega=omega, **kw),
         )
 
+    # cost: the real cross product of width 2d and the complex aggregation (8d flops per pair), an exp and a log1p per pair
     pairs = n * (n + 1) / 2
     return [
         Case(
@@ -585,6 +587,7 @@ def _efficient_cases(mode: str) -> list[Case]:
                     loop = None
                 return Calls(ref, base, loop if causal and kind != "rfa" else None)
 
+            # cost: features (projection, exps), then φ(K)ᵀ[V, 1] and φ(Q)S (+ the masked in-chunk products if causal)
             feats = d if kind == "linear" else m
             feature_cost = Cost(exps=2 * n * d) if kind == "linear" else Cost(flops=4 * n * d * m, exps=2 * n * m)
             attend = 4 * n * feats * (d + 1) + (2 * n * CHUNK * (feats + d + 1) if causal else 0)
@@ -641,6 +644,8 @@ def _ssm_cases(mode: str) -> list[Case]:
             lambda: cauchy_s4_kernel(Lam, P, P, B, Ct, step, Ls),
         )
 
+    # cost: per (step, channel, state): exp(ΔA), the update and the readout; one complex multiply-add per
+    # (head, mode, lag) for S4D; four Cauchy sums (~10 flops per term) per (head, mode, frequency) and an iFFT for S4
     return [
         Case(
             "ssm",
@@ -708,6 +713,7 @@ def _linear_rnn_cases(mode: str) -> list[Case]:
             lambda: linear_rnn.delta_rule_loop(q, k, v, beta),
         )
 
+    # cost: the in-chunk products (c × c per chunk) and the state in and out (d × d per step)
     intra, state = 2 * H * L * CHUNK * 2 * d, 4 * H * L * d * d  # in-chunk products, state in/out
     loop = 20.0 if mode == "full" else None
     variant = f"H={H},L={L},d={d}"
@@ -730,6 +736,7 @@ def _conv_cases(mode: str) -> list[Case]:
         u, h = _rng(13).normal(size=(2, n, d))
         return Calls(lambda: mixing.fft_conv(u, h), lambda: fftconvolve_causal(u, h))
 
+    # cost: three real FFTs of length m (2.5 m log2 m flops each) and the spectral product, per channel
     m = scipy.fft.next_fast_len(2 * n - 1, real=True)
     return [
         Case(
@@ -760,6 +767,8 @@ def _lyapunov_cases(mode: str) -> list[Case]:
             tau = np.linspace(0.0, 50.0, lags)
             return Calls(lambda: lyapunov.dle_covariance(lam, g, tau), lambda: lyapunov_dle_covariance(lam, g, tau))
 
+        # cost: one exp per lag and mode (diagonal noise), a complex exp (two) per entry of the upper triangle
+        # (full noise); the output is written once
         cost = Cost(exps=lags * d * (d + 1), bytes=16 * lags * d * d) if full_noise else Cost(exps=lags * d, bytes=8 * lags * d)
         out.append(
             Case(
@@ -802,6 +811,7 @@ def _kalman_cases(mode: str) -> list[Case]:
                 "rts_smoother",
                 f"N={N},n={n}",
                 make,
+                # ~14 n³ flops per step (filter and smoother); far from GEMM speed at small n: no limit target
                 Cost(flops=14 * N * n**3),
                 "filterpy batch_filter + rts_smoother" if peer == "filterpy" else "NumPy per-step loop (filterpy not installed)",
                 base_target=0.5,  # at least 2x faster than the per-step peer
@@ -822,6 +832,7 @@ def _kalman_cases(mode: str) -> list[Case]:
                 "kalman_filter_scan",
                 f"N={Ns},n={n}",
                 make_scan,
+                # O(n³) per element in each of the log2 N sweeps
                 Cost(flops=10 * Ns * n**3 * math.log2(Ns)),
                 "refimpl's sequential kalman_filter",
                 base_target=2.0 if n <= 8 else None,
@@ -854,6 +865,7 @@ def _iir_cases(mode: str) -> list[Case]:
         x = _rng(22).normal(size=(N, 16))
         return Calls(lambda: iir.sos_filter(sos, x), lambda: scipy.signal.sosfilt(sos, x, axis=0))
 
+    # cost: 4 flops per coefficient and sample; x read and y written once. A recursion is latency-bound: no limit target
     def cost(order, ch):
         return Cost(flops=4 * order * N * ch, bytes=16 * N * ch)
 
