@@ -279,3 +279,15 @@ def test_verdicts_follow_the_targets():
     rec.update(agree=1e-9, ratio_busy=1.4, fraction=0.2, loop_ratio=None, peak_bytes=None)
     assert bench._verdicts(case, rec) == {"agree": "MISS", "baseline": "PASS", "limit": "MISS", "loop": "MISS",
                                           "memory": "MISS"}
+
+
+def test_fixed_protocol_cases_take_every_run_and_stop_over_budget():
+    """The PyTorch comparison's protocol: median of a fixed number of runs, no contention phase."""
+    x = np.random.default_rng(0).normal(size=(50, 50))
+    case = bench.Case("attention", "softmax_attention", "toy,fixed", lambda: bench.Calls(lambda: x @ x, lambda: x @ x),
+                      bench.Cost(flops=1.0), "x @ x", limit_target=None, repeats=5, contention=False, memory=False)
+    rec = bench.measure(case, None, quick=False)
+    assert rec["runs"] == 5 and rec["stat"] == "median" and rec["ratio_busy"] is None and rec["peak_bytes"] is None
+    assert rec["verdicts"]["agree"] == "PASS"
+    rec = bench.measure(case, None, quick=False, over_budget=0.0)  # every call is over a zero budget
+    assert rec["runs"] == 1 and rec["over_budget"] and rec["verdicts"]["baseline"] == "MISS"
