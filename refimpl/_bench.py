@@ -27,6 +27,13 @@ Verdicts (full mode only; each prints PASS or MISS):
 ``--quick`` runs small sizes without contention and prints times and agreement only: ratios at
 small sizes say nothing about the targets, so no verdict is printed ("not judged").
 
+Runs: the first call of each function is a warm-up (its output is the one compared); then the
+median of 3 runs for calls over 20 ms, the best of many for shorter ones, a single run for calls
+over a second; refimpl and baseline alternate, so that a change in load hits both. A call over the
+budget (20 s) is run once only, and what it leaves unmeasured counts as a MISS. Optional peers:
+filterpy (else the Kalman baseline is the plain per-step NumPy loop, and the output says so) and
+PyTorch (else "torch not installed: skipped"); neither is a dependency of refimpl.
+
 Usage::
 
     python -m refimpl bench                        # full: every case, quiet and under contention
