@@ -2,7 +2,8 @@
 
 ``book``   execute every chapter listed in ``book.toml`` and write the offline HTML book
            (see :mod:`refimpl._book`).
-``bench``  time loop/vectorized pairs and print speed-up ratios (see :mod:`refimpl._bench`).
+``bench``  time each hot path against a plain NumPy/SciPy baseline and the machine's limit,
+           quiet and under a competing load (see :mod:`refimpl._bench`).
 ``vectors`` export or verify the golden vectors (see :mod:`refimpl.oracle`).
 """
 
@@ -12,7 +13,7 @@ import sys
 
 _COMMANDS = {
     "book": ("refimpl._book", "execute the chapters and write the offline HTML book"),
-    "bench": ("refimpl._bench", "time loop/vectorized pairs and print ratios"),
+    "bench": ("refimpl._bench", "time hot paths against plain baselines and the machine's limit"),
     "vectors": ("refimpl.oracle", "export or verify the golden vectors (export|verify DIR)"),
 }
 

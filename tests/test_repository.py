@@ -7,14 +7,11 @@ users.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
-
-import pytest
 
 import refimpl
 from refimpl.__main__ import main as cli_main
@@ -181,17 +178,3 @@ class TestCommandLine:
     def test_module_entry_point(self):
         proc = subprocess.run([sys.executable, "-m", "refimpl", "--help"], capture_output=True, text=True, check=False)
         assert proc.returncode == 0 and "usage: python -m refimpl" in proc.stdout
-
-    def test_bench_quick_writes_ratios(self, tmp_path, capsys):
-        out = tmp_path / "bench.json"
-        assert cli_main(["bench", "--quick", "--only", "dle_covariance", "--json", str(out)]) == 0
-        report = json.loads(out.read_text())
-        names = [c["name"] for c in report["cases"]]
-        assert "dle_covariance (diagonal noise)" in names and "dle_covariance (full noise)" in names
-        for case in report["cases"]:
-            assert case["vectorized_s"] > 0 and case["loop_s"] > 0
-            assert case["ratio"] == pytest.approx(case["loop_s"] / case["vectorized_s"])
-        assert "ratio" in capsys.readouterr().out
-
-    def test_bench_unknown_case(self, capsys):
-        assert cli_main(["bench", "--quick", "--only", "no-such-case"]) == 2
