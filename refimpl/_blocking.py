@@ -15,11 +15,18 @@ one item per block and check that the blocked result equals the unblocked one.
 
 from __future__ import annotations
 
-__all__ = ["WORKSPACE_FLOATS", "per_block"]
+__all__ = ["WORKSPACE_FLOATS", "MIN_BLOCK_ROWS", "per_block"]
 
 #: float64 numbers the temporaries of one block may hold (2**18 = 2 MiB: a block stays in a
 #: typical L2/L3 cache while it is shifted, exponentiated, summed and multiplied)
 WORKSPACE_FLOATS = 2**18
+
+#: the fewest query rows a block of attention (softmax or AFA) holds, whatever the budget says:
+#: each block costs a few matrix products, and BLAS spends its time well only on large ones. With
+#: 16- or 32-row blocks at N = 4096 … 8192 the many small multithreaded calls ran 2x to 20x slower
+#: than 256-row blocks, worst when another process kept a core busy. A 256 x 8192 float64 block
+#: (16 MiB) still fits a shared L3 cache.
+MIN_BLOCK_ROWS = 256
 
 
 def per_block(floats_per_item: int, *, minimum: int = 1) -> int:

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import lyapunov
-from ._blocking import per_block
+from ._blocking import MIN_BLOCK_ROWS, per_block
 from ._validate import (
     guard_overflow,
     as_bool,
@@ -433,6 +433,14 @@ class _LagKernels:
         self.decay, self.decay_sq = toeplitz(decay), toeplitz(decay * decay)
         self.scaled_cov, self.log_p = toeplitz(scaled), toeplitz(log_p)
 
+    @staticmethod
+    def view(lag: "_LagKernels", rows: slice, cols: slice) -> "_LagKernels":
+        """The (rows, cols) window of every pair quantity (views, no copies)."""
+        out = _LagKernels.__new__(_LagKernels)
+        for name in ("dt", "forward", "later", "decay", "decay_sq", "scaled_cov", "log_p"):
+            setattr(out, name, getattr(lag, name)[rows, cols])
+        return out
+
 
 def _scaled_covariance_fast(tau, forward, mu, sigma2, eta2, gamma2):
     """:func:`_scaled_covariance` for scalar μ and noise, without re-validating the lags."""
@@ -544,12 +552,16 @@ def isotropic_afa(
     weights = np.empty(q.shape[:-1] + (N,)) if return_weights else None
     # Every step is row-wise (a softmax over keys per query), so queries are processed in blocks of
     # rows: peak memory O(block · N + N d) instead of several N × N buffers.
-    block = min(N, per_block(4 * N))  # a row: N logits in about four live temporaries
+    block = min(N, max(MIN_BLOCK_ROWS, per_block(4 * N)))  # a row: N logits in about four live temporaries
     for r0 in range(0, N, block):
         rows = slice(r0, min(N, r0 + block))
-        out[..., rows, :], w = _isotropic_rows(rows, q2[..., rows, :], nq[..., rows, :], keys, lag, head, return_weights)
+        # causal: the times increase, so keys after the block's last query carry no weight — skip them
+        seen = rows.stop if causal else N
+        out[..., rows, :], w = _isotropic_rows(rows, seen, q2[..., rows, :], nq[..., rows, :], keys, lag, head,
+                                               return_weights)
         if return_weights:
-            weights[..., rows, :] = w
+            weights[..., rows, :seen] = w
+            weights[..., rows, seen:] = 0.0
     if rotate_values:
         out *= np.conj(rot)  # counter-rotate: v̄ = e^{iωt} ⊙ (Â ṽ)
     return (out, weights) if return_weights else out
@@ -574,25 +586,29 @@ class _Head(NamedTuple):
     causal: bool
 
 
-def _isotropic_rows(rows, q2, nq, keys: _Keys, lag: _LagKernels, head: _Head, return_weights: bool):
-    """Eqs. (8.1)–(8.3) for one block of query rows; returns Â ṽ normalized (before counter-rotation)."""
-    E, E2 = lag.decay[rows], lag.decay_sq[rows]  # e^{−μ|Δt|} ≤ 1 and its square
+def _isotropic_rows(rows, seen, q2, nq, keys: _Keys, lag: _LagKernels, head: _Head, return_weights: bool):
+    """Eqs. (8.1)–(8.3) for one block of query rows against keys 0 … ``seen`` − 1; returns Â ṽ
+    normalized (before counter-rotation) and, if asked, the weights of those keys."""
+    cols = slice(0, seen)
+    lag = _LagKernels.view(lag, rows, cols)  # the block's own (rows, cols) window of pair quantities
+    keys = _Keys(keys.k2t[..., cols], keys.nk[..., cols], keys.values[..., cols, :])
+    E, E2 = lag.decay, lag.decay_sq  # e^{−μ|Δt|} ≤ 1 and its square
     cross = (q2 @ keys.k2t) * (-2.0 * E)  # −2E Re(q̃_i^† k̃_j)
     if head.causal:  # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃)  (Eq. (8.2)); pairs j > i are masked anyway
         R2 = cross + nq + E2 * keys.nk
     else:  # pushed-back pairs, scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃)
-        R2 = cross + np.where(lag.forward[rows], nq + E2 * keys.nk, E2 * nq + keys.nk)
+        R2 = cross + np.where(lag.forward, nq + E2 * keys.nk, E2 * nq + keys.nk)
     R2 = np.maximum(R2, 0.0)  # the identity can cancel to a tiny negative number
-    d2 = R2 / lag.scaled_cov[rows]  # d² = P ‖R‖²
+    d2 = R2 / lag.scaled_cov  # d² = P ‖R‖²
     if head.weight == "student":
         penalty = -head.kappa * np.log1p(d2 / head.nu)  # −κ log(1 + d²/ν)
     else:
         penalty = d2 * (-1.0 / head.nu)  # −d²/ν
-    L = penalty + lag.log_p[rows]  # L = log P − robust penalty  (Eq. (7.5))
+    L = penalty + lag.log_p  # L = log P − robust penalty  (Eq. (7.5))
     if head.temperature != 1.0:
         L = L * head.temperature
     if head.causal:
-        L = np.where(lag.later[rows], -np.inf, L)
+        L = np.where(lag.later, -np.inf, L)
     L = L - np.max(L, axis=-1, keepdims=True)  # finite: the diagonal j = i is always allowed
     if head.causal:
         A = np.exp(L)  # unnormalized weights; the row sums normalize after the matmul
@@ -602,7 +618,7 @@ def _isotropic_rows(rows, q2, nq, keys: _Keys, lag: _LagKernels, head: _Head, re
     else:  # e^{−μΔt} > 1 for pushed-back pairs: combine in log space
         total = np.sum(np.exp(L), axis=-1, keepdims=True)
         weights = np.exp(L) / total if return_weights else None
-        A_hat = np.exp(L - head.mu * lag.dt[rows])
+        A_hat = np.exp(L - head.mu * lag.dt)
     return (A_hat @ keys.values) / total, weights
 
 

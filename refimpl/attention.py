@@ -52,7 +52,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._blocking import per_block
+from ._blocking import MIN_BLOCK_ROWS, per_block
 from ._validate import as_array, as_bool, as_int, as_positive_scalar, as_real_array, check_qk, check_qkv, guard_overflow
 
 __all__ = [
@@ -180,13 +180,6 @@ def _weights(q, k, mask, causal) -> np.ndarray:
     s /= _exp_shifted_inplace(s, forbidden)  # A_ij = e^{s_ij − m_i} / z_i, Eq. (4.2)
     return s
 
-
-# Query rows per block of the blocked path. A block is as many rows as fill the workspace budget
-# (refimpl._blocking), but never fewer than 256 (or N): each block costs two matrix products,
-# and BLAS spends its time well only on large ones. With 32-row blocks at M = 8192 the many
-# small multithreaded calls ran up to 20x slower than 256-row blocks whenever another process
-# kept a core busy. A 256 x 8192 float64 block (16 MiB) still fits a shared L3 cache.
-_MIN_BLOCK_ROWS = 256
 
 #: Where the causal diagonal (and the window and ALiBi distance) sits when N != M.
 _ALIGNMENTS = ("top_left", "bottom_right")
@@ -390,7 +383,7 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     y = np.empty((*batch, n, dv))
     A = np.zeros((*batch, n, m)) if return_weights else None
     lse = np.empty((*batch, n)) if return_lse else None
-    rows_min = min(n, _MIN_BLOCK_ROWS)
+    rows_min = min(n, MIN_BLOCK_ROWS)  # as many rows as fill the budget, never fewer than this
     groups, size = _batch_groups(batch, rows_min * m)
     rows = min(n, max(rows_min, per_block(size * m)))
     work = None if return_weights else np.empty(size * rows * m)  # the logits of one block, reused

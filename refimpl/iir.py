@@ -1047,7 +1047,9 @@ def sos2zpk(sos):
     """
     sos = _check_sos(sos)
     zs, ps, k = [], [], 1.0
-    for row in sos:
+    for i, row in enumerate(sos):
+        if not np.any(row[:3]):  # the cascade is identically zero: it has no zeros or gain to return
+            raise ValueError(f"sos: section {i} has a zero numerator (b0 = b1 = b2 = 0)")
         z, p, kk = tf2zpk(row[:3], row[3:])
         zs.append(np.concatenate([z, np.zeros(2 - z.size)]))  # a zero at infinity… is at the origin here
         ps.append(p)

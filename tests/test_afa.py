@@ -1085,3 +1085,26 @@ class TestBadInputRefusedByName:
             afa_irls(np.ones(3), **kw)
         with pytest.raises(ValueError, match=r"^z: expected shape .* at least one token"):
             afa_irls(np.ones((0, 2)), **kw)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("irregular", [False, True])
+def test_isotropic_row_blocks_and_causal_key_limit(causal, irregular, monkeypatch):
+    """Blocks of query rows (at least MIN_BLOCK_ROWS of them; 16 here, so N = 40 spans three blocks):
+    causal blocks read only the keys up to their last query (the weights after it are zero), and
+    nothing changes against the loop twin."""
+    import refimpl._blocking
+
+    monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 1)
+    monkeypatch.setattr(afa_module, "MIN_BLOCK_ROWS", 16)
+    rng = np.random.default_rng(7)
+    N = 40
+    q, k, v = (rng.normal(size=(N, 3)) + 1j * rng.normal(size=(N, 3)) for _ in range(3))
+    t = np.cumsum(rng.uniform(0.1, 1.0, N)) if irregular else None
+    kw = dict(mu=0.2, omega=np.array([0.3, -0.5, 1.0]), sigma2=0.3, eta2=0.2, gamma2=0.1, nu=2.0, t=t, causal=causal)
+    y, w = isotropic_afa(q, k, v, return_weights=True, **kw)
+    y_loop, w_loop = isotropic_afa_loop(q, k, v, return_weights=True, **kw)
+    assert np.linalg.norm(y - y_loop) <= 1e-12 * np.linalg.norm(y_loop)
+    assert np.max(np.abs(w - w_loop)) <= 1e-13
+    if causal:
+        assert not np.any(np.triu(w, 1))

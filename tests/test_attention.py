@@ -94,7 +94,7 @@ class TestSoftmaxAttention:
         import refimpl.attention as attention_module
 
         monkeypatch.setattr(blocking, "WORKSPACE_FLOATS", block)
-        monkeypatch.setattr(attention_module, "_MIN_BLOCK_ROWS", 1)
+        monkeypatch.setattr(attention_module, "MIN_BLOCK_ROWS", 1)
         rng = np.random.default_rng(block)
         q, k = rng.normal(size=(2, 1, 9, 4)), rng.normal(size=(3, 8, 4))
         v = rng.normal(size=(8, 2))
@@ -715,7 +715,7 @@ def test_blocked_engine_with_tiny_blocks(monkeypatch, causal, align):
     want = _att.softmax_attention(q, k, v, return_lse=True, **kw)
     for rows, budget in ((1, 1), (7, 50), (16, 10**6)):
         monkeypatch.setattr(blocking, "WORKSPACE_FLOATS", budget)
-        monkeypatch.setattr(_att, "_MIN_BLOCK_ROWS", rows)
+        monkeypatch.setattr(_att, "MIN_BLOCK_ROWS", rows)
         for got_y, want_y in zip(_att.softmax_attention(q, k, v, return_lse=True, **kw), want):
             assert np.array_equal(np.isneginf(got_y), np.isneginf(want_y))
             fin = np.isfinite(want_y)

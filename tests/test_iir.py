@@ -1250,3 +1250,10 @@ class TestPolesZerosAndExtremes:
                 call()
         with pytest.raises(ValueError, match="^k: expected a nonzero gain"):
             iir.matched_z([], [-1.0], 0.0, 10.0)
+
+
+def test_sos2zpk_zero_numerator_section_names_sos():
+    """A section with b = 0 makes the cascade identically zero: refused by name, not by a section's 'b'."""
+    sos = np.array([[1.0, 0.5, 0.0, 1.0, -0.5, 0.0], [0.0, 0.0, 0.0, 1.0, 0.2, 0.0]])
+    with pytest.raises(ValueError, match=r"^sos: section 1 has a zero numerator"):
+        iir.sos2zpk(sos)
