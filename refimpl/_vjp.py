@@ -609,44 +609,16 @@ _REC_BLOCK = 1 << 18
 _REC_FACTOR_LOG = 30.0
 
 
-def _rec_chunks(x: np.ndarray, c: int, axis: int = -2) -> np.ndarray:
-    """Zero-pad the sequence ``axis`` to a multiple of ``c`` and split it into (n_chunks, c)."""
-    axis = axis % x.ndim
-    L = x.shape[axis]
-    nc = -(-L // c)
-    if nc * c != L:
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, nc * c - L)
-        x = np.pad(x, widths)
-    return x.reshape(x.shape[:axis] + (nc, c) + x.shape[axis + 1 :])
-
-
 def _rec_unchunk(x: np.ndarray, L: int, axis: int = -2) -> np.ndarray:
-    """Inverse of :func:`_rec_chunks`: merge (n_chunks, c) at ``axis - 1, axis`` and drop the padding."""
+    """Inverse of linear_rnn's ``_chunks``: merge (n_chunks, c) at ``axis - 1, axis`` and drop the padding."""
     axis = axis % x.ndim
     merged = x.reshape(x.shape[: axis - 1] + (x.shape[axis - 1] * x.shape[axis],) + x.shape[axis + 1 :])
     return np.take(merged, np.arange(L), axis=axis - 1)
 
 
-def _rec_suffix(a: np.ndarray, axis: int, inclusive: bool) -> np.ndarray:
-    """Suffix sums ``Σ_{r≥s}`` (inclusive) or ``Σ_{r>s}`` along ``axis``, accumulated from the end."""
-    rev = np.flip(np.cumsum(np.flip(a, axis), axis), axis)
-    if inclusive:
-        return rev
-    out = np.zeros_like(a)
-    dst = [slice(None)] * a.ndim
-    src = [slice(None)] * a.ndim
-    dst[axis], src[axis] = slice(0, -1), slice(1, None)
-    out[tuple(dst)] = rev[tuple(src)]
-    return out
-
-
-def _rec_segsum(a: np.ndarray) -> np.ndarray:
-    """``seg[..., t, s] = Σ_{r=s+1}^{t} a_r`` for s ≤ t (each from its own start), −inf above (Eq. (16.4))."""
-    c = a.shape[-1]
-    seg = np.where(np.tri(c, c, -1, dtype=bool), a[..., :, None], 0.0)
-    seg = np.cumsum(seg, axis=-2)
-    return np.where(np.tri(c, c, 0, dtype=bool), seg, -np.inf)
+def _rec_suffix(a: np.ndarray, axis: int) -> np.ndarray:
+    """Inclusive suffix sums ``Σ_{r≥s}`` along ``axis``, accumulated from the end (no subtraction)."""
+    return np.flip(np.cumsum(np.flip(a, axis), axis), axis)
 
 
 def _straddle(X: np.ndarray) -> np.ndarray:
@@ -654,7 +626,7 @@ def _straddle(X: np.ndarray) -> np.ndarray:
 
     The derivative of ``Σ X_ts seg[t, s]`` with respect to the log-gate ``a_r`` (which enters the
     segment sums with s < r ≤ t)."""
-    Y = _rec_suffix(X, -2, inclusive=True)  # Σ_{t≥r} X[t, s]
+    Y = _rec_suffix(X, -2)  # Σ_{t≥r} X[t, s]
     return np.sum(np.where(np.tri(X.shape[-1], X.shape[-1], -1, dtype=bool), Y, 0.0), axis=-1)
 
 
@@ -677,12 +649,14 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int):
     ``S_end = S_in Diag(e^{cum_end}) + Σ_s v_s (k_s ⊙ e^{to_end_s})ᵀ`` and
     ``R_prev = R Diag(e^{cum_end}) + Σ_s dy_s (q_s ⊙ e^{cum_s})ᵀ``.
     """
+    from .linear_rnn import _chunks, _segsum, _suffix  # the forward pass's own chunking (lazy: import cycle)
+
     batch, (L, dk), dv, dg = q.shape[:-2], q.shape[-2:], v.shape[-1], logg.shape[-1]
     c = max(1, min(c, L))  # the result does not depend on c: no chunk longer than the sequence
-    qc, kc, vc, gc, yc = (_rec_chunks(a.reshape((-1,) + a.shape[-2:]), c) for a in (q, k, v, logg, dy))
+    qc, kc, vc, gc, yc = (_chunks(a.reshape((-1,) + a.shape[-2:]), c, -2) for a in (q, k, v, logg, dy))
     nb, nc = qc.shape[:2]
     cum = np.cumsum(gc, axis=-2)  # Σ_{r=start}^{t} log g_r
-    to_end = _rec_suffix(gc, -2, inclusive=False)  # Σ_{r=t+1}^{end} log g_r
+    to_end = _suffix(gc, -2)  # Σ_{r=t+1}^{end} log g_r
     e_cum, e_end = np.exp(cum), np.exp(to_end)
     total = e_cum[:, :, -1, :]  # the whole chunk's decay (nb, nc, Dg)
     sT = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
@@ -710,7 +684,7 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int):
         qg, kg, vg, yg, cg = qc[:, sl], kc[:, sl], vc[:, sl], yc[:, sl], cum[:, sl]
         yv = np.where(lower, yg @ sT(vg), 0.0)  # (dy_t·v_s), s ≤ t
         if dg == 1:  # per head: one (c, c) decay matrix e^{seg[t, s]}
-            E = np.exp(_rec_segsum(gc[:, sl, :, 0]))
+            E = np.exp(_segsum(gc[:, sl, :, 0]))
             M = yv * E  # M_ts = e^{seg[t,s]} (dy_t·v_s)
             dq[:, sl] += M @ kg
             dkk[:, sl] += sT(M) @ qg
@@ -727,7 +701,7 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int):
             step = max(1, _REC_BLOCK // (c * c * dg))
             for i0 in range(0, b_idx.size, step):  # these chunks: the exact terms replace the factored ones
                 bi, ni = b_idx[i0 : i0 + step], n_idx[i0 : i0 + step]
-                E = np.exp(np.moveaxis(_rec_segsum(sT(gc[:, sl][bi, ni])), -3, -1))  # (m, c, c, Dk)
+                E = np.exp(np.moveaxis(_segsum(sT(gc[:, sl][bi, ni])), -3, -1))  # (m, c, c, Dk)
                 Q, K, YV = qg[bi, ni], kg[bi, ni], yv[bi, ni]
                 iq[bi, ni] = np.einsum("mts,mtsj,msj->mtj", YV, E, K)
                 ik[bi, ni] = np.einsum("mts,mtsj,mtj->msj", YV, E, Q)
@@ -740,7 +714,7 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int):
     if dg == 1:
         dB = dB.sum(axis=-1, keepdims=True)
         tail = tail.sum(axis=-1, keepdims=True)
-    dlogg = _rec_suffix(dB, -2, inclusive=True) + tail[:, :, None, :]
+    dlogg = _rec_suffix(dB, -2) + tail[:, :, None, :]
     out = []
     for a, last in ((dq, dk), (dkk, dk), (dvv, dv), (dlogg, dg)):
         out.append(_rec_unchunk(a, L).reshape(batch + (L, last)))
@@ -1153,19 +1127,21 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int):
     and transposed. All other gradients are products of (c, c) and (c, d) matrices for all chunks
     at once; the triangular solve's adjoint is ``d[W, Ũ]ᵀ ↦ M⁻ᵀ``, ``dM = −M⁻ᵀ d[W, Ũ] [W, Ũ]ᵀ``.
     """
+    from .linear_rnn import _chunks, _segsum, _suffix  # the forward pass's own chunking (lazy: import cycle)
+
     batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
     c = max(1, min(c, L))  # the result does not depend on c: no chunk longer than the sequence
     flat = lambda a: a.reshape((-1,) + a.shape[len(batch):])  # noqa: E731
-    qc, kc, vc, yc = (_rec_chunks(flat(a), c) for a in (q, k, v, dy))  # (nb, nc, c, ·), padding 0
-    bc, gc = (_rec_chunks(flat(a)[..., None], c)[..., 0] for a in (beta, logg))  # (nb, nc, c), β = 0 on padding
+    qc, kc, vc, yc = (_chunks(flat(a), c, -2) for a in (q, k, v, dy))  # (nb, nc, c, ·), padding 0
+    bc, gc = (_chunks(flat(a)[..., None], c, -2)[..., 0] for a in (beta, logg))  # (nb, nc, c), β = 0 on padding
     nb, nc = qc.shape[:2]
     sT = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
     strict, lower = np.tri(c, c, -1, dtype=bool), np.tri(c, c, 0, dtype=bool)
     cum = np.cumsum(gc, axis=-1)
     gam = np.exp(cum)  # γ_t = e^{Σ_{r=start}^{t} log g_r}
-    gam_end = np.exp(_rec_suffix(gc, -1, inclusive=False))  # Γ_end,s = γ_end/γ_s
+    gam_end = np.exp(_suffix(gc, -1))  # Γ_end,s = γ_end/γ_s
     gE = gam[..., -1]  # γ_end
-    Gam = np.exp(_rec_segsum(gc))  # Γ_ts = γ_t/γ_s (s ≤ t), 0 above
+    Gam = np.exp(_segsum(gc))  # Γ_ts = γ_t/γ_s (s ≤ t), 0 above
     KK = kc @ sT(kc)
     QK = qc @ sT(kc)
     Mt = np.where(strict, bc[..., :, None] * Gam * KK, 0.0) + np.eye(c)
@@ -1212,7 +1188,7 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int):
     dKK = dA * bc[..., :, None] * Gam
     dK += (dKK + sT(dKK)) @ kc
     # the log-gates enter γ_t (steps ≤ t), Γ_ts (s < r ≤ t), Γ_end,s (r > s) and γ_end (all r)
-    dlogg = (_rec_suffix(gam * dgam, -1, inclusive=True) + _straddle(Gam * dGam)
+    dlogg = (_rec_suffix(gam * dgam, -1) + _straddle(Gam * dGam)
              + np.cumsum(gam_end * dgam_end, axis=-1) - gam_end * dgam_end + (gE * dgE)[..., None])
     out = []
     for a in (dQ, dK, dV):
