@@ -5,6 +5,7 @@ Everything here runs at tiny sizes; no timing is asserted except that it is posi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import re
@@ -188,14 +189,17 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-def test_competing_load_ends_when_the_bench_is_killed():
-    """Even a SIGKILL of the bench (no finally clause runs) leaves no process spinning."""
+@pytest.mark.parametrize("paused", (False, True), ids=("spinning", "paused"))
+def test_competing_load_ends_when_the_bench_is_killed(paused):
+    """Even a SIGKILL of the bench (no finally clause runs) leaves no process behind, spinning or paused."""
     # a stand-in for the bench that starts the same child as competing_load (without importing refimpl)
     code = (
         "import subprocess, sys, time\n"
-        f"child = subprocess.Popen([sys.executable, '-I', '-c', {bench._SPIN!r}], stdout=subprocess.PIPE)\n"
+        f"child = subprocess.Popen([sys.executable, '-I', '-c', {bench._SPIN!r}], stdin=subprocess.PIPE,"
+        " stdout=subprocess.PIPE)\n"
         "child.stdout.readline()\n"
-        "print(child.pid, flush=True)\n"
+        + ("child.stdin.write(b'p'); child.stdin.flush(); child.stdout.readline()\n" if paused else "")
+        + "print(child.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
     bench_proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdout=subprocess.PIPE, text=True)
@@ -208,6 +212,157 @@ def test_competing_load_ends_when_the_bench_is_killed():
     while _running(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _running(child)
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_one_competing_process_spins_only_inside_busy():
+    """The run's single competing process uses no CPU while paused, spins inside busy(), and pauses again after."""
+    with bench.CompetingLoad() as load:
+        pid = load.proc.pid
+        assert not load.spinning
+        before = _cpu_ticks(pid)
+        time.sleep(0.3)
+        assert _cpu_ticks(pid) - before <= 1, "a paused competing process must not use the CPU"
+        for _ in range(2):  # resumed and paused again, twice: the same process serves every busy phase
+            with load.busy() as proc:
+                assert proc is load.proc and load.spinning
+                start, deadline = _cpu_ticks(pid), time.monotonic() + 5
+                while _cpu_ticks(pid) - start < 5 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert _cpu_ticks(pid) - start >= 5, "the competing process should spin inside busy()"
+            assert not load.spinning
+            before = _cpu_ticks(pid)
+            time.sleep(0.2)
+            assert _cpu_ticks(pid) - before <= 1
+        with pytest.raises(KeyError):
+            with load.busy():
+                raise KeyError("a case failed")
+        assert not load.spinning and load.proc.poll() is None, "paused again after an error, still alive"
+    assert load.proc.poll() is not None and load.proc not in bench._RUNNING
+
+
+def test_a_full_run_starts_one_competing_process(monkeypatch, capsys):
+    started = []
+
+    class Counted(bench.CompetingLoad):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self.proc)
+
+    monkeypatch.setattr(bench, "CompetingLoad", Counted)
+    monkeypatch.setattr(bench, "cases", lambda mode="full": _toy_cases(slow_factor=2))
+    monkeypatch.setattr(bench, "measure_limits", lambda quick=False: bench.Limits(1e10, 1e8, 1e8, 1e9))
+    report = bench.run(quick=False)
+    capsys.readouterr()
+    assert len(started) == 1 and started[0].poll() is not None, "one competing process, stopped at the end"
+    assert all(rec["ratio_busy"] is not None for rec in report["cases"])
+
+
+# ---------------------------------------------------------------------------- run policy and time
+@pytest.mark.parametrize("first", [1e-5, 1e-4, 1e-3, 4e-3, 0.01, 0.019, 0.021, 0.1, 0.5, 0.99, 1.01, 5.0, 30.0])
+def test_run_plan_keeps_each_phase_within_its_budget(first):
+    case = bench.Case("attention", "softmax_attention", "v", lambda: None, bench.Cost(flops=1.0), "b")
+    plan = bench._plan(case, first, first, quick=False)
+    pair = 2 * first
+    if first > bench.SINGLE_RUN:
+        assert (plan.runs, plan.stat) == (1, "median"), "a call over a second is timed once (its warm-up)"
+    elif first > bench.BEST_OF:
+        assert (plan.runs, plan.stat) == (3, "median")
+    else:
+        low, high = bench.BEST_OF_RUNS
+        assert plan.stat == "best" and low <= plan.runs <= high
+        assert plan.runs * pair <= max(bench.BEST_OF_BUDGET, low * pair) + 1e-12, "best-of runs within the budget"
+    quick = bench._plan(case, first, first, quick=True)
+    assert quick.runs * pair <= max(bench.QUICK_BUDGET, 2 * pair) + 1e-12 and 1 <= quick.runs <= 10
+    fixed = dataclasses.replace(case, repeats=5)
+    assert (bench._plan(fixed, first, first, quick=False).runs, bench._plan(fixed, first, first, quick=True).runs) == (5, 5)
+
+
+def test_measure_records_where_the_time_goes():
+    x = np.random.default_rng(0).normal(size=(60, 60))
+    case = bench.Case("attention", "softmax_attention", "toy", lambda: bench.Calls(lambda: x @ x, lambda: x @ x, lambda: x @ x),
+                      bench.Cost(flops=1.0), "x @ x", limit_target=None)
+    rec = bench.measure(case, None, quick=False)
+    phases = rec["phase_s"]
+    assert set(phases) == {"make", "warmup", "quiet", "peak", "loop", "busy"}
+    assert all(t >= 0 for t in phases.values()) and sum(phases.values()) <= rec["case_wall_s"]
+
+
+def test_time_by_function_adds_the_cases_largest_first():
+    records = [
+        dict(module="a", function="f", variant="x", case_wall_s=1.0),
+        dict(module="a", function="f", variant="y", case_wall_s=2.5),
+        dict(module="a", function="f", variant="z,vs-torch", case_wall_s=3.0),
+        dict(module="b", function="g", variant="x", case_wall_s=0.5),
+    ]
+    assert list(bench.time_by_family(records).items()) == [("a.f", 3.5), ("a.f vs torch", 3.0), ("b.g", 0.5)]
+
+
+def test_fixed_protocol_compares_the_first_output():
+    calls = iter(range(100))
+    x = np.ones(3)
+    case = bench.Case("attention", "softmax_attention", "toy,first", lambda: bench.Calls(lambda: x * next(calls), lambda: x * 0),
+                      bench.Cost(flops=1.0), "zeros", limit_target=None, repeats=3, contention=False, memory=False)
+    rec = bench.measure(case, None, quick=False)
+    assert rec["runs"] == 3 and rec["agree"] == 0.0, "the first refimpl output (0 · x) is the one compared"
+
+
+# ---------------------------------------------------------------------------- cost models
+def test_cost_models_do_not_depend_on_the_baselines_blocking(monkeypatch):
+    """A lower bound counts work every code must do: the baselines' block and chunk sizes are not in it."""
+    before = {c.name: c.cost for c in bench.cases("full")}
+    monkeypatch.setattr(bench, "CHUNK", 16)
+    monkeypatch.setattr(bench, "BLOCK", 64)
+    after = {c.name: c.cost for c in bench.cases("full")}
+    assert after == before
+
+
+def test_cost_models_count_the_work_that_cannot_be_avoided():
+    full = {c.name: c.cost for c in bench.cases("full")}
+    n, d = 4096, 64
+    plain, weights = full[f"attention.softmax_attention[N={n},d={d}]"], full[f"attention.softmax_attention[N={n},d={d},weights]"]
+    assert weights.bytes - plain.bytes == 8 * n * n, "return_weights writes the N x N weights"
+    causal = full[f"attention.softmax_attention[N={n},d={d},causal,weights]"]
+    assert causal.flops == pytest.approx(plain.flops * (n + 1) / (2 * n)) and causal.bytes - 8 * 4 * n * d == 4 * n * (n + 1)
+    for kind in ("linear_attention[N=8192,d=64", "performer_attention[N=8192,d=64,m=256", "rfa_attention[N=8192,d=64,m=256"):
+        assert full[f"random_features.{kind},causal]"] == full[f"random_features.{kind}]"], kind
+    # RFA projects on m/2 frequencies, Performer on m directions
+    rfa, performer = full["random_features.rfa_attention[N=8192,d=64,m=256]"], full["random_features.performer_attention[N=8192,d=64,m=256]"]
+    assert performer.flops - rfa.flops == 2 * 8192 * 64 * 256
+    afa_cost = full["afa.isotropic_afa[N=4096,d=64,causal]"]
+    assert afa_cost.flops == pytest.approx(2 * full["attention.softmax_attention[N=4096,d=64,causal]"].flops)
+    for fn in ("ssd[H=4,L=8192,d=64]", "gated_linear_attention[H=4,L=8192,d=64,gate-per-channel]"):
+        assert full[f"linear_rnn.{fn}"].flops == 4 * 4 * 8192 * 64**2  # the recurrent form: 4d² per step and head
+    assert full["linear_rnn.delta_rule[H=4,L=8192,d=64]"].flops == 6 * 4 * 8192 * 64**2
+
+
+def test_fft_count_is_below_the_split_radix_count():
+    """The FFT convolution's flops: below the real split-radix count, above the modified split radix's leading term less 4m."""
+    (case,) = [c for c in bench.cases("full") if c.function == "fft_conv"]
+    n, d = 65536, 64
+    m = 2**17  # next fast length of 2N − 1
+    split_radix = 2 * m * np.log2(m) - 4 * m + 6
+    assert case.cost.flops < (3 * split_radix + 3 * m) * d
+    assert case.cost.flops > (3 * (17 / 9 * m * np.log2(m) - 5 * m) + 3 * m) * d
+
+
+def test_hot_paths_have_a_limit_target():
+    for case in bench.cases("full"):
+        if case.module in ("attention", "afa", "random_features", "ssm", "linear_rnn", "mixing", "lyapunov") and "vs-torch" not in case.variant:
+            assert case.limit_target == pytest.approx(1 / 3), case.name
+
+
+@pytest.mark.skipif(not bench._have("torch"), reason="torch not installed (optional peer)")
+def test_torch_peer_runs_the_flash_kernel_and_agrees():
+    (case,) = [c for c in bench.cases("quick") if c.variant.endswith("causal,vs-torch")]
+    calls = case.make()
+    assert "flash CPU kernel" in calls.note
+    assert bench._agreement(calls.refimpl(), calls.baseline()) <= 1e-10
 
 
 # ---------------------------------------------------------------------------- output and verdicts
