@@ -339,6 +339,14 @@ def test_cost_models_count_the_work_that_cannot_be_avoided():
     for fn in ("ssd[H=4,L=8192,d=64]", "gated_linear_attention[H=4,L=8192,d=64,gate-per-channel]"):
         assert full[f"linear_rnn.{fn}"].flops == 4 * 4 * 8192 * 64**2  # the recurrent form: 4d² per step and head
     assert full["linear_rnn.delta_rule[H=4,L=8192,d=64]"].flops == 6 * 4 * 8192 * 64**2
+    # the filter alone cannot cost more per step than the filter and smoother together
+    for n in (2, 8, 32):
+        scan = next(c for name, c in full.items() if name.startswith("kalman.kalman_filter_scan") and name.endswith(f"n={n}]"))
+        rts = next(c for name, c in full.items() if name.startswith("kalman.rts_smoother") and name.endswith(f"n={n}]"))
+        steps = {c.name: int(c.variant.split(",")[0][2:]) for c in bench.cases("full") if c.module == "kalman"}
+        scan_steps = next(v for k, v in steps.items() if "scan" in k and k.endswith(f"n={n}]"))
+        rts_steps = next(v for k, v in steps.items() if "rts" in k and k.endswith(f"n={n}]"))
+        assert scan.flops / scan_steps < rts.flops / rts_steps
 
 
 def test_fft_count_is_below_the_split_radix_count():
