@@ -1437,14 +1437,18 @@ def run(quick: bool = False, only: list[str] | None = None, stream=None, *, over
             out(f"  MISS {name}")
     families = time_by_family(records)
     out("time by function: " + ", ".join(f"{name} {t:.1f} s" for name, t in families.items()))
-    target = WALL_TARGET["quick" if quick else "full"]
-    verdict = "within" if elapsed <= target else "over"
-    out(f"total wall time {elapsed:.1f} s ({verdict} the {target:g} s a {mode} run of every case should take on a "
-        f"quiet machine{'' if only is None else '; a selection'})")
+    target = WALL_TARGET[mode]
+    within = None if only else elapsed <= target  # the budget is for a run of every case
+    if within is None:
+        out(f"total wall time {elapsed:.1f} s (a selection of cases)")
+    else:
+        out(f"total wall time {elapsed:.1f} s ({'within' if within else 'over'} the {target:g} s budget of a {mode} run "
+            "on a quiet machine)")
     limit_dict = {"gemm_flops": limits.gemm_flops, "exp_rate": limits.exp_rate, "exp_rate_large": limits.exp_rate_large,
                   "copy_bandwidth": limits.copy_bandwidth, "gemm_sizes": list(limits.gemm_sizes)}
     return {"mode": mode, "environment": env, "limits": limit_dict, "cases": records, "verdicts": summary,
-            "missed": missed, "wall_time_s": elapsed, "wall_target_s": target, "time_by_function_s": families,
+            "missed": missed, "wall_time_s": elapsed, "wall_target_s": target, "within_wall_target": within,
+            "time_by_function_s": families,
             "lines": out.lines}
 
 

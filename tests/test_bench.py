@@ -431,6 +431,21 @@ def test_full_mode_judges_quiet_and_busy_and_check_fails_on_a_miss(monkeypatch, 
     assert report["missed"] == ["attention.softmax_attention[toy,slow] (baseline)"]
     assert "MISS attention.softmax_attention[toy,slow] (baseline)" in printed
     assert "ratio <= 1.5x quiet and busy" in printed and "total wall time" in printed
+    assert report["within_wall_target"] is True and report["wall_target_s"] == 180.0
+    assert "within the 180 s budget of a full run on a quiet machine" in printed
+    assert set(report["time_by_function_s"]) == {"attention.softmax_attention"}
+    assert report["time_by_function_s"]["attention.softmax_attention"] == pytest.approx(
+        sum(c["case_wall_s"] for c in report["cases"]))
+
+
+def test_the_time_budget_is_judged_for_a_run_of_every_case_only(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "cases", lambda mode="full": _toy_cases(slow_factor=2))
+    monkeypatch.setattr(bench, "measure_limits", lambda quick=False: bench.Limits(1e10, 1e8, 1e8, 1e9))
+    monkeypatch.setattr(bench, "WALL_TARGET", {"full": 0.0, "quick": 20.0})  # no run can be that fast
+    report = bench.run(quick=False)
+    assert report["within_wall_target"] is False and "over the 0 s budget of a full run" in capsys.readouterr().out
+    report = bench.run(quick=True, only=["softmax"])
+    assert report["within_wall_target"] is None and "(a selection of cases)" in capsys.readouterr().out
 
 
 def test_verdicts_follow_the_targets():
