@@ -498,8 +498,10 @@ def isotropic_afa(
         \ E_{ij} = e^{-μΔt_{ij}},
 
     the cross term is one real matmul of width 2d, and values are rotated, aggregated and
-    counter-rotated: ``v̄_i = e^{iωt_i} ⊙ Σ_j A_ij E_ij ṽ_j``. No (N, N, d) array and no factor
-    e^{+μt} (which overflows for long sequences) is ever formed: memory O(N² + N d).
+    counter-rotated: ``v̄_i = e^{iωt_i} ⊙ Σ_j A_ij E_ij ṽ_j`` (the real weights times the real and
+    imaginary parts of ṽ side by side: a second real matmul of width 2d). No (N, N, d) array and no
+    factor e^{+μt} (which overflows for long sequences) is ever formed: memory O(N² + N d), and
+    O(block · N + N d) as computed, by blocks of query rows.
 
     Parameters
     ----------
