@@ -498,8 +498,8 @@ def isotropic_afa(
         \ E_{ij} = e^{-μΔt_{ij}},
 
     the cross term is one real matmul of width 2d, and values are rotated, aggregated and
-    counter-rotated: ``v̄_i = e^{iωt_i} ⊙ Σ_j A_ij E_ij ṽ_j`` (the real weights times the real and
-    imaginary parts of ṽ side by side: a second real matmul of width 2d). No (N, N, d) array and no
+    counter-rotated: ``v̄_i = e^{iωt_i} ⊙ Σ_j A_ij E_ij ṽ_j`` (the real weights times ṽ viewed as
+    real: a second real matmul of width 2d). No (N, N, d) array and no
     factor e^{+μt} (which overflows for long sequences) is ever formed: memory O(N² + N d), and
     O(block · N + N d) as computed, by blocks of query rows.
 
@@ -536,28 +536,31 @@ def isotropic_afa(
     causal, rotate_values, return_weights = _check_flags(
         causal=causal, rotate_values=rotate_values, return_weights=return_weights
     )
-    q, k, v = _check_qkv(q, k, v)
-    N, d = q.shape[-2:]
     for name, value in (("sigma2", sigma2), ("eta2", eta2), ("gamma2", gamma2)):
         if np.ndim(value) != 0:
             raise ValueError(f"{name}: isotropic AFA takes a scalar noise level, got shape {np.shape(value)}")
     q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
         q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
     )
+    N, d = q.shape[-2:]
     mu, omega = _check_isotropic_dynamics(mu, omega, d)
     lag = _LagKernels(t, mu, sigma2[0], eta2[0], gamma2[0], nu)  # E, Σ, log P as functions of Δt_ij
     rot = np.exp(-1j * omega * t[:, None])  # e^{−iωt}, (N, d)
-    q_rot, k_rot = q * rot, k * rot  # q̃, k̃
-    # −2 Re(q̃_i^† k̃_j) as one real matmul of width 2d: keep the (re, im) halves side by side; the
-    # factor −2 of Eq. (8.2) rides on the queries (N·2d products, exact) instead of the N² pairs
-    q2 = np.concatenate([q_rot.real, q_rot.imag], axis=-1) * -2.0
-    k2t = np.swapaxes(np.concatenate([k_rot.real, k_rot.imag], axis=-1), -1, -2)
+    # −2 Re(q̃_i^† k̃_j) as one real matmul of width 2d: a complex (N, d) array viewed as real is
+    # (N, 2d) with Re and Im interleaved, and Re(a^† b) = Σ (Re a Re b + Im a Im b) is the real dot
+    # product of the two views. The factor −2 of Eq. (8.2) rides on the queries (N·d products,
+    # exact) instead of the N² pairs.
+    q_rot = q * rot  # q̃
+    q_rot *= -2.0
+    q2 = q_rot.view(np.float64)
+    k2t = np.swapaxes((k * rot).view(np.float64), -1, -2)  # k̃, viewed as real and transposed
     nq = np.sum(np.abs(q) ** 2, axis=-1)[..., :, None]  # ‖q_i‖²
     nk = np.sum(np.abs(k) ** 2, axis=-1)[..., None, :]  # ‖k_j‖²
-    values = v * rot if rotate_values else v  # ṽ = e^{−iωt} ⊙ v
-    # the real weights times complex values as one real matmul of width 2d, [Re ṽ, Im ṽ] side by
-    # side (a complex product would cast the weights to complex and do four times the work)
-    keys = _Keys(k2t, nk, np.concatenate([values.real, values.imag], axis=-1))
+    values = v * rot if rotate_values else np.ascontiguousarray(v)  # ṽ = e^{−iωt} ⊙ v
+    # the real weights times the complex values, also one real matmul of width 2d on the real view
+    # (a complex product would cast the weights to complex and do four times the work); its
+    # (rows, 2d) result viewed as complex is Σ_j Â_ij ṽ_j
+    keys = _Keys(k2t, nk, values.view(np.float64))
     head = _Head(mu, nu, kappa, weight, temperature, causal)
     out = np.empty(np.broadcast_shapes(q.shape, v.shape), dtype=np.complex128)
     weights = np.empty(q.shape[:-1] + (N,)) if return_weights else None
@@ -571,7 +574,7 @@ def isotropic_afa(
         # causal: the times increase, so keys after the block's last query carry no weight — skip them
         seen = rows.stop if causal else N
         y2, w = _isotropic_rows(rows, seen, q2[..., rows, :], nq[..., rows, :], keys, lag, head, return_weights, work)
-        out[..., rows, :].real, out[..., rows, :].imag = y2[..., :d], y2[..., d:]
+        out[..., rows, :] = y2.view(np.complex128)
         if return_weights:
             weights[..., rows, :seen] = w
             weights[..., rows, seen:] = 0.0
@@ -585,7 +588,7 @@ class _Keys(NamedTuple):
 
     k2t: np.ndarray  # [Re k̃, Im k̃]ᵀ, (..., 2d, N)
     nk: np.ndarray  # ‖k_j‖², (..., 1, N)
-    values: np.ndarray  # [Re ṽ, Im ṽ] with ṽ = e^{−iωt} ⊙ v (or v), (..., N, 2d)
+    values: np.ndarray  # ṽ = e^{−iωt} ⊙ v (or v) viewed as real: Re, Im interleaved, (..., N, 2d)
 
 
 class _Head(NamedTuple):
@@ -601,8 +604,9 @@ class _Head(NamedTuple):
 
 def _isotropic_rows(rows, seen, q2, nq, keys: _Keys, lag: _LagKernels, head: _Head, return_weights: bool, work):
     """Eqs. (8.1)–(8.3) for one block of query rows against keys 0 … ``seen`` − 1; returns Â ṽ
-    normalized (before counter-rotation) as [Re, Im] side by side and, if asked, the weights of
-    those keys. ``q2`` carries the factor −2; ``work`` holds two buffers of at least a block's size.
+    normalized (before counter-rotation) as a real (rows, 2d) array (Re, Im interleaved) and, if
+    asked, the weights of those keys. ``q2`` carries the factor −2; ``work`` holds two buffers of at
+    least a block's size.
 
     Every pass over the (rows, keys) block works in place in one buffer of ``work`` (the logits
     ``L`` are built where ``‖R‖²`` was): a block costs the two products and about a dozen
