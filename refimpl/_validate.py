@@ -274,7 +274,7 @@ _NO_VALUES = object()
 
 
 def check_qkv(q, k, v, *, names=("q", "k", "v"), complex_values: bool = False, same_shape: bool = False,
-              causal: bool = False):
+              causal: bool = False, copy: bool = True):
     """Queries (..., N, d), keys (..., M, d) and values (..., M, dv) of any attention-like module.
 
     One rule for every module, one set of messages:
@@ -287,10 +287,11 @@ def check_qkv(q, k, v, *, names=("q", "k", "v"), complex_values: bool = False, s
 
     ``names`` are the caller's argument names (``("z", "z", "z")`` when one argument plays all
     three roles). Returns ``(q, k, v, batch)`` as float64
-    (complex128 with ``complex_values``).
+    (complex128 with ``complex_values``). ``copy=False`` (real values only) returns float64
+    inputs as they are, for callers that never write to them (see :func:`as_real_array`).
     """
     nq, nk, nv = names
-    conv = as_complex_array if complex_values else as_real_array
+    conv = as_complex_array if complex_values else functools.partial(as_real_array, copy=copy)
     q, k = conv(q, nq), conv(k, nk)
     v = None if v is _NO_VALUES else conv(v, nv)
     checks = [(q, nq, "(..., N, d)"), (k, nk, "(..., M, d)")] + ([] if v is None else [(v, nv, "(..., M, dv)")])

@@ -416,28 +416,33 @@ class _LagKernels:
     strided (N, N) views without copying; otherwise evaluated for every pair.
     """
 
-    def __init__(self, t: np.ndarray, mu: float, sigma2: float, eta2: float, gamma2: float):
+    def __init__(self, t: np.ndarray, mu: float, sigma2: float, eta2: float, gamma2: float, nu: float = 1.0):
         N = t.shape[0]
         steps = np.diff(t)
         if N > 1 and np.all(steps == steps[0]):
             lags = steps[0] * np.arange(-(N - 1), N)  # Δt for i − j = −(N−1) … N−1
-            toeplitz = lambda a: np.lib.stride_tricks.sliding_window_view(a[::-1], N)[::-1]  # [i, j] = a[i − j + N − 1]
+
+            def toeplitz(a):  # [i, j] = a[i − j + N − 1]; a row runs forward through memory (unit stride)
+                return np.lib.stride_tricks.sliding_window_view(np.ascontiguousarray(a[::-1]), N)[::-1]
         else:
             lags = t[:, None] - t[None, :]
-            toeplitz = lambda a: a
+
+            def toeplitz(a):
+                return a
         tau, forward = np.abs(lags), lags >= 0
         scaled, log_p = _scaled_covariance_fast(tau, forward, mu, sigma2, eta2, gamma2)
         decay = np.exp(-mu * tau)
         self.dt, self.forward = toeplitz(lags), toeplitz(forward)
-        self.later = ~self.forward  # keys after the query
+        self.later = toeplitz(~forward)  # keys after the query
         self.decay, self.decay_sq = toeplitz(decay), toeplitz(decay * decay)
         self.scaled_cov, self.log_p = toeplitz(scaled), toeplitz(log_p)
+        self.cov_nu = toeplitz(scaled * nu)  # ν Σ: d²/ν = ‖R‖² / (ν Σ) in one division
 
     @staticmethod
     def view(lag: "_LagKernels", rows: slice, cols: slice) -> "_LagKernels":
         """The (rows, cols) window of every pair quantity (views, no copies)."""
         out = _LagKernels.__new__(_LagKernels)
-        for name in ("dt", "forward", "later", "decay", "decay_sq", "scaled_cov", "log_p"):
+        for name in ("dt", "forward", "later", "decay", "decay_sq", "scaled_cov", "log_p", "cov_nu"):
             setattr(out, name, getattr(lag, name)[rows, cols])
         return out
 
@@ -493,8 +498,10 @@ def isotropic_afa(
         \ E_{ij} = e^{-μΔt_{ij}},
 
     the cross term is one real matmul of width 2d, and values are rotated, aggregated and
-    counter-rotated: ``v̄_i = e^{iωt_i} ⊙ Σ_j A_ij E_ij ṽ_j``. No (N, N, d) array and no factor
-    e^{+μt} (which overflows for long sequences) is ever formed: memory O(N² + N d).
+    counter-rotated: ``v̄_i = e^{iωt_i} ⊙ Σ_j A_ij E_ij ṽ_j`` (the real weights times ṽ viewed as
+    real: a second real matmul of width 2d). No (N, N, d) array and no
+    factor e^{+μt} (which overflows for long sequences) is ever formed: memory O(N² + N d), and
+    O(block · N + N d) as computed, by blocks of query rows.
 
     Parameters
     ----------
@@ -529,36 +536,45 @@ def isotropic_afa(
     causal, rotate_values, return_weights = _check_flags(
         causal=causal, rotate_values=rotate_values, return_weights=return_weights
     )
-    q, k, v = _check_qkv(q, k, v)
-    N, d = q.shape[-2:]
     for name, value in (("sigma2", sigma2), ("eta2", eta2), ("gamma2", gamma2)):
         if np.ndim(value) != 0:
             raise ValueError(f"{name}: isotropic AFA takes a scalar noise level, got shape {np.shape(value)}")
     q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
         q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
     )
+    N, d = q.shape[-2:]
     mu, omega = _check_isotropic_dynamics(mu, omega, d)
-    lag = _LagKernels(t, mu, sigma2[0], eta2[0], gamma2[0])  # E, Σ, log P as functions of Δt_ij
+    lag = _LagKernels(t, mu, sigma2[0], eta2[0], gamma2[0], nu)  # E, Σ, log P as functions of Δt_ij
     rot = np.exp(-1j * omega * t[:, None])  # e^{−iωt}, (N, d)
-    q_rot, k_rot = q * rot, k * rot  # q̃, k̃
-    # Re(q̃_i^† k̃_j) as one real matmul of width 2d: keep the (re, im) halves side by side
-    q2 = np.concatenate([q_rot.real, q_rot.imag], axis=-1)
-    k2t = np.swapaxes(np.concatenate([k_rot.real, k_rot.imag], axis=-1), -1, -2)
+    # −2 Re(q̃_i^† k̃_j) as one real matmul of width 2d: a complex (N, d) array viewed as real is
+    # (N, 2d) with Re and Im interleaved, and Re(a^† b) = Σ (Re a Re b + Im a Im b) is the real dot
+    # product of the two views. The factor −2 of Eq. (8.2) rides on the queries (N·d products,
+    # exact) instead of the N² pairs.
+    q_rot = q * rot  # q̃
+    q_rot *= -2.0
+    q2 = q_rot.view(np.float64)
+    k2t = np.swapaxes((k * rot).view(np.float64), -1, -2)  # k̃, viewed as real and transposed
     nq = np.sum(np.abs(q) ** 2, axis=-1)[..., :, None]  # ‖q_i‖²
     nk = np.sum(np.abs(k) ** 2, axis=-1)[..., None, :]  # ‖k_j‖²
-    keys = _Keys(k2t, nk, v * rot if rotate_values else v)  # ṽ = e^{−iωt} ⊙ v
+    values = v * rot if rotate_values else np.ascontiguousarray(v)  # ṽ = e^{−iωt} ⊙ v
+    # the real weights times the complex values, also one real matmul of width 2d on the real view
+    # (a complex product would cast the weights to complex and do four times the work); its
+    # (rows, 2d) result viewed as complex is Σ_j Â_ij ṽ_j
+    keys = _Keys(k2t, nk, values.view(np.float64))
     head = _Head(mu, nu, kappa, weight, temperature, causal)
     out = np.empty(np.broadcast_shapes(q.shape, v.shape), dtype=np.complex128)
     weights = np.empty(q.shape[:-1] + (N,)) if return_weights else None
     # Every step is row-wise (a softmax over keys per query), so queries are processed in blocks of
     # rows: peak memory O(block · N + N d) instead of several N × N buffers.
     block = min(N, max(MIN_BLOCK_ROWS, per_block(4 * N)))  # a row: N logits in about four live temporaries
+    pair_batch = np.broadcast_shapes(q2.shape[:-2], k2t.shape[:-2])
+    work = np.empty((2, math.prod(pair_batch) * block * N))  # the logits of a block and one temporary, reused
     for r0 in range(0, N, block):
         rows = slice(r0, min(N, r0 + block))
         # causal: the times increase, so keys after the block's last query carry no weight — skip them
         seen = rows.stop if causal else N
-        out[..., rows, :], w = _isotropic_rows(rows, seen, q2[..., rows, :], nq[..., rows, :], keys, lag, head,
-                                               return_weights)
+        y2, w = _isotropic_rows(rows, seen, q2[..., rows, :], nq[..., rows, :], keys, lag, head, return_weights, work)
+        out[..., rows, :] = y2.view(np.complex128)
         if return_weights:
             weights[..., rows, :seen] = w
             weights[..., rows, seen:] = 0.0
@@ -572,7 +588,7 @@ class _Keys(NamedTuple):
 
     k2t: np.ndarray  # [Re k̃, Im k̃]ᵀ, (..., 2d, N)
     nk: np.ndarray  # ‖k_j‖², (..., 1, N)
-    values: np.ndarray  # ṽ = e^{−iωt} ⊙ v (or v), (..., N, d)
+    values: np.ndarray  # ṽ = e^{−iωt} ⊙ v (or v) viewed as real: Re, Im interleaved, (..., N, 2d)
 
 
 class _Head(NamedTuple):
@@ -586,40 +602,59 @@ class _Head(NamedTuple):
     causal: bool
 
 
-def _isotropic_rows(rows, seen, q2, nq, keys: _Keys, lag: _LagKernels, head: _Head, return_weights: bool):
+def _isotropic_rows(rows, seen, q2, nq, keys: _Keys, lag: _LagKernels, head: _Head, return_weights: bool, work):
     """Eqs. (8.1)–(8.3) for one block of query rows against keys 0 … ``seen`` − 1; returns Â ṽ
-    normalized (before counter-rotation) and, if asked, the weights of those keys."""
+    normalized (before counter-rotation) as a real (rows, 2d) array (Re, Im interleaved) and, if
+    asked, the weights of those keys. ``q2`` carries the factor −2; ``work`` holds two buffers of at
+    least a block's size.
+
+    Every pass over the (rows, keys) block works in place in one buffer of ``work`` (the logits
+    ``L`` are built where ``‖R‖²`` was): a block costs the two products and about a dozen
+    elementwise passes, but no new (rows, keys) array until the weights.
+    """
     cols = slice(0, seen)
     lag = _LagKernels.view(lag, rows, cols)  # the block's own (rows, cols) window of pair quantities
-    keys = _Keys(keys.k2t[..., cols], keys.nk[..., cols], keys.values[..., cols, :])
+    k2t, nk, values = keys.k2t[..., cols], keys.nk[..., cols], keys.values[..., cols, :]
     E, E2 = lag.decay, lag.decay_sq  # e^{−μ|Δt|} ≤ 1 and its square
-    cross = (q2 @ keys.k2t) * (-2.0 * E)  # −2E Re(q̃_i^† k̃_j)
+    shape = (*np.broadcast_shapes(q2.shape[:-2], k2t.shape[:-2]), q2.shape[-2], seen)
+    size = math.prod(shape)
+    R2, tmp = work[0, :size].reshape(shape), work[1, :size].reshape(shape)
+    np.matmul(q2, k2t, out=R2)  # −2 Re(q̃_i^† k̃_j)
+    R2 *= E  # −2E Re(q̃^†k̃)
     if head.causal:  # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃)  (Eq. (8.2)); pairs j > i are masked anyway
-        R2 = cross + nq + E2 * keys.nk
+        R2 += nq
+        R2 += np.multiply(E2, nk, out=tmp)
     else:  # pushed-back pairs, scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃)
-        R2 = cross + np.where(lag.forward, nq + E2 * keys.nk, E2 * nq + keys.nk)
-    R2 = np.maximum(R2, 0.0)  # the identity can cancel to a tiny negative number
-    d2 = R2 / lag.scaled_cov  # d² = P ‖R‖²
+        R2 += np.where(lag.forward, nq + E2 * nk, E2 * nq + nk)
+    np.maximum(R2, 0.0, out=R2)  # the identity can cancel to a tiny negative number
+    L = R2
+    L /= lag.cov_nu  # d²/ν = P ‖R‖² / ν
     if head.weight == "student":
-        penalty = -head.kappa * np.log1p(d2 / head.nu)  # −κ log(1 + d²/ν)
+        np.log1p(L, out=L)
+        L *= -head.kappa  # −κ log(1 + d²/ν)
     else:
-        penalty = d2 * (-1.0 / head.nu)  # −d²/ν
-    L = penalty + lag.log_p  # L = log P − robust penalty  (Eq. (7.5))
+        np.negative(L, out=L)  # −d²/ν
+    L += lag.log_p  # L = log P − robust penalty  (Eq. (7.5))
     if head.temperature != 1.0:
-        L = L * head.temperature
+        L *= head.temperature
+    if head.causal:  # t increases strictly: only keys after the block's first query can lie after a query
+        c0 = rows.start + 1
+        np.copyto(L[..., c0:], -np.inf, where=lag.later[:, c0:])
+    L -= np.max(L, axis=-1, keepdims=True)  # finite: the diagonal j = i is always allowed
     if head.causal:
-        L = np.where(lag.later, -np.inf, L)
-    L = L - np.max(L, axis=-1, keepdims=True)  # finite: the diagonal j = i is always allowed
-    if head.causal:
-        A = np.exp(L)  # unnormalized weights; the row sums normalize after the matmul
+        A = np.exp(L, out=L)  # unnormalized weights; the row sums normalize after the matmul
         total = np.sum(A, axis=-1, keepdims=True)
         weights = A / total if return_weights else None
-        A_hat = A * E  # Â = A ⊙ e^{−μΔt}
+        A *= E  # Â = A ⊙ e^{−μΔt}
+        A_hat = A
     else:  # e^{−μΔt} > 1 for pushed-back pairs: combine in log space
-        total = np.sum(np.exp(L), axis=-1, keepdims=True)
-        weights = np.exp(L) / total if return_weights else None
-        A_hat = np.exp(L - head.mu * lag.dt)
-    return (A_hat @ keys.values) / total, weights
+        total = np.sum(np.exp(L, out=tmp), axis=-1, keepdims=True)
+        weights = tmp / total if return_weights else None
+        L -= head.mu * lag.dt
+        A_hat = np.exp(L, out=L)
+    y2 = A_hat @ values
+    y2 /= total
+    return y2, weights
 
 
 @guard_overflow()
