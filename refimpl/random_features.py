@@ -368,11 +368,11 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     ``y_i = φ(q_i)^T S / φ(q_i)^T z`` with ``S = Σ_j φ(k_j) v_j^T`` and ``z = Σ_j φ(k_j)``; there is
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
-    chunks, plus a masked (c, c) block inside each chunk (c = 64), in groups of chunks whose
-    temporaries hold W/8 floats (W = 2^18, the workspace budget of :mod:`refimpl._blocking`):
-    extra memory O(C·dv + W) besides the features and the output, and no Python loop over
-    tokens (only over groups of ~500). The non-causal form sums the same per-chunk states.
-    :func:`linear_attention_loop` is the RNN itself.
+    chunks, plus a masked (c, c) block inside each chunk (c = 64), all chunks at once by
+    stacked matrix products: extra memory O(N·C·dv/c) for the chunk states (about the size of
+    the features) besides the features and the output, and no Python loop over tokens (only
+    one vector add per chunk for the cumulative sum). The non-causal form sums the same
+    per-chunk states. :func:`linear_attention_loop` is the RNN itself.
 
     Examples
     --------
@@ -407,27 +407,25 @@ def linear_attention_loop(q, k, v, *, feature_map="elu+1", causal=False) -> np.n
 def _sin_cos(x: np.ndarray, w: np.ndarray, factor) -> np.ndarray:
     """``[sin Wx, cos Wx] · factor``, shape (..., N, 2D), from one tangent of the half angle per entry.
 
-    With ``t = tan(ω·x/2)``: ``sin ω·x = 2t/(1 + t²)`` and ``cos ω·x = (1 − t²)/(1 + t²)``. Why:
+    With ``t = tan(ω·x/2)`` and ``r = 2/(1 + t²)``: ``sin ω·x = t r`` and ``cos ω·x = r − 1``. Why:
     NumPy's float64 ``sin`` and ``cos`` call the C library once per number (tens of ns each),
-    its ``tan`` is vectorized, about ten times faster, and the two fractions are a few in-place
-    array operations. The error is a few units in the last place of 1 (absolute), like that of
-    ``np.sin`` itself on the rounded argument ω·x (tested against ``np.sin``/``np.cos``):
-    ``2t/(1+t²)`` has the relative error of t, and ``1 − t²`` is exact to an ulp of 1 where it
-    cancels. |t| stays below ~1e19 for any float64 argument (no double lies closer to a pole),
-    so t² never overflows. ``x @ (w/2)^T`` is ω·x/2 exactly (halving is exact).
+    its ``tan`` is vectorized, about ten times faster, and the rest is three array operations
+    on a contiguous (N, D) array and one write into each half of the result. The error is a
+    few units in the last place of 1 (absolute), like that of ``np.sin`` itself on the rounded
+    argument ω·x (tested against ``np.sin``/``np.cos``): ``t r`` has the relative error of t,
+    and ``r − 1`` is exact where it cancels (r ≈ 1). |t| stays below ~1e19 for any float64
+    argument (no double lies closer to a pole), so t² never overflows. ``x @ (w/2)^T`` is
+    ω·x/2 exactly (halving is exact).
     """
     big_d = w.shape[0]
     t = x @ (0.5 * w).T  # ω·x/2
     np.tan(t, out=t)
+    r = np.multiply(t, t)
+    r += 1.0
+    np.divide(2.0 * np.asarray(factor), r, out=r)  # 2·factor/(1 + t²)
     out = np.empty(t.shape[:-1] + (2 * big_d,))
-    s, c = out[..., :big_d], out[..., big_d:]
-    np.multiply(t, t, out=c)  # t²
-    np.add(c, 1.0, out=s)
-    np.divide(factor, s, out=s)  # factor/(1 + t²)
-    np.subtract(1.0, c, out=c)
-    c *= s  # cos ω·x · factor
-    s *= t
-    s *= 2.0  # sin ω·x · factor
+    np.multiply(t, r, out=out[..., :big_d])  # sin ω·x · factor
+    np.subtract(r, factor, out=out[..., big_d:])  # cos ω·x · factor
     return out
 
 
@@ -663,7 +661,7 @@ def performer_attention(
     the same ``scale`` — then the kernel-attention sums of Eq. (12.2); causal by chunked
     prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
     is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
-    memory O(N m) for the features plus a cache-sized workspace for the chunk states. Trig
+    memory O(N m) for the features and, causal, O(N m dv/c) for the chunk states (c = 64). Trig
     features can give a normalizer ≤ 0; it is not clamped (the result is then wrong in sign or
     infinite — the paper's argument for positive features).
 
