@@ -176,19 +176,19 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     ``v`` is extended by a column of ones, so that one product gives both the numerator
     φ(q)^T S and the normalizer φ(q)^T z; the output is their ratio. The keys are cut into
     chunks of ``c`` tokens (the last one may be shorter) with summaries
-    ``U_n = φ(K_n)^T [V_n, 1]``, (C, dv+1) each (:func:`_chunk_summaries`).
+    ``U_n = φ(K_n)^T [V_n, 1]``, (C, dv+1) each, computed for a group of chunks at a time.
 
-    Non-causal: ``S = Σ_n U_n``, then one product ``φ(Q) S``. Causal: :func:`_causal_sums`.
+    Non-causal: ``S = Σ_n U_n`` (:func:`_summed_states`), then ``φ(Q) S``. Causal:
+    :func:`_causal_sums`.
 
-    Why the chunk products are cut further into pieces of fewer than 2^19 multiply-adds
-    (:func:`_stacked`): a multithreaded BLAS synchronizes its threads inside every product it
-    splits (OpenBLAS, NumPy's, splits those above 2^19), and when another process keeps a
-    core busy each synchronization waits for a descheduled thread — hundreds of small split
-    products took 0.3–1.7 s instead of 25 ms at N = 8192, C = 256 on a shared two-core machine.
-    Products under the threshold run on one thread and never wait. The one long, thin
-    product ``φ(K)^T [V, 1]`` (N terms per entry: many synchronizations) is avoided the same
-    way. The few large products left (φ(Q) S here, the feature projections) are split by BLAS
-    once each.
+    Why every product is a stack of pieces of fewer than 2^19 multiply-adds (:func:`_stacked`):
+    a multithreaded BLAS synchronizes its threads inside every product it splits (OpenBLAS,
+    NumPy's BLAS, splits those above 2^19), and when another process keeps a core busy each
+    synchronization waits for a descheduled thread — the hundreds of split chunk products of
+    the causal Performer took 0.4–1.2 s instead of 0.15 s at N = 8192, C = 256 on a shared
+    two-core machine, and the one long, thin product φ(K)^T [V, 1] (N terms per entry, one
+    synchronization per slice of them) up to 200 ms instead of 2 ms at C = 64. Pieces under
+    the threshold run on one thread and never wait.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
     phi_q, phi_k, v = _broadcast(batch, phi_q, phi_k, v)
@@ -196,16 +196,21 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     va = np.empty(v.shape[:-1] + (dv + 1,))  # [V, 1]: numerator and normalizer in one pass
     va[..., :dv] = v
     va[..., dv] = 1.0
+    out = np.empty(batch + (phi_q.shape[-2], dv))
     if causal:
-        o = _causal_sums(phi_q, phi_k, va, min(chunk, phi_q.shape[-2]))
-    else:
-        c = min(chunk, phi_k.shape[-2])
-        full = phi_k.shape[-2] // c
-        s = np.sum(_chunk_summaries(phi_k[..., : full * c, :], va[..., : full * c, :], c), axis=-3)
-        if phi_k.shape[-2] > full * c:  # the short last chunk
-            s += np.swapaxes(phi_k[..., full * c :, :], -1, -2) @ va[..., full * c :, :]
-        o = phi_q @ s  # φ(q_i)^T S for all i: S = Σ_j φ(k_j) [v_j, 1]^T
-    return np.divide(o[..., :dv], o[..., dv:], out=np.empty(o.shape[:-1] + (dv,)))  # φ(q)^T S / φ(q)^T z
+        _causal_sums(phi_q, phi_k, va, min(chunk, phi_q.shape[-2]), out)
+        return out
+    c = min(chunk, phi_k.shape[-2])
+    s = _summed_states(phi_k, va, c)  # S = Σ_j φ(k_j) [v_j, 1]^T
+    rows = c * _group(phi_q.shape[-1], c, dv + 1, batch)
+    for r0 in range(0, phi_q.shape[-2], rows):  # φ(q_i)^T S by groups of rows, divided while in cache
+        _ratio(_stacked(phi_q[..., r0 : r0 + rows, :], s), out[..., r0 : r0 + rows, :])
+    return out
+
+
+def _ratio(o, out):
+    """y = φ(q)^T S / φ(q)^T z from o = φ(q)^T [S, z], written into ``out``."""
+    np.divide(o[..., :-1], o[..., -1:], out=out)
 
 
 #: Products of fewer multiply-adds than this run on one thread in OpenBLAS (see _kernel_attention).
@@ -227,50 +232,69 @@ def _stacked(a, b, out=None):
     return out if out is not None else res.reshape(lead + (rows, cols))
 
 
-def _chunk_summaries(phi_k, va, c: int, out=None):
-    """``U_n = K_n^T A_n`` of the chunks of c rows (c divides M), shape (..., M // c, C, dv+1), in ``out`` if given."""
-    batch = phi_k.shape[:-2]
-    k_c, _ = _chunk_views(phi_k, batch, c)
-    a_c, _ = _chunk_views(va, batch, c)
-    return _stacked(np.swapaxes(k_c, -1, -2), a_c, out=out)  # every chunk in one call
+def _group(n_feat: int, c: int, width: int, batch: tuple) -> int:
+    """Chunks per group: the group's states, (c, c) blocks and output rows fill the workspace budget
+    (:mod:`refimpl._blocking`, 2 MiB): cache-sized, ~20 chunks for C = 64, ~10 for C = 256."""
+    return per_block(((n_feat + c) * width + c * c) * max(1, math.prod(batch)))
 
 
-def _causal_sums(phi_q, phi_k, va, c: int) -> np.ndarray:
-    """Σ_{j≤i} (φ(q_i)·φ(k_j)) [v_j, 1] for every i: Eq. (12.4) with chunks of c tokens, all chunks at once.
+def _summed_states(phi_k, va, c: int) -> np.ndarray:
+    """S = Σ_n U_n over the chunks of c rows (and the short last one), U_n = K_n^T A_n, in groups of chunks."""
+    batch, (m, n_feat), width = phi_k.shape[:-2], phi_k.shape[-2:], va.shape[-1]
+    (k_c, k_t), (a_c, a_t) = _chunk_views(phi_k, batch, c), _chunk_views(va, batch, c)
+    s = np.zeros(batch + (n_feat, width))
+    group = _group(n_feat, c, width, batch)
+    for g0 in range(0, m // c, group):  # stacked summaries of a group of chunks, summed
+        sl = slice(g0, g0 + group)
+        s += np.sum(_stacked(np.swapaxes(k_c[..., sl, :, :], -1, -2), a_c[..., sl, :, :]), axis=-3)
+    if k_t is not None:
+        s += np.swapaxes(k_t[..., 0, :, :], -1, -2) @ a_t[..., 0, :, :]
+    return s
+
+
+def _causal_sums(phi_q, phi_k, va, c: int, out) -> None:
+    """y_i from Σ_{j≤i} (φ(q_i)·φ(k_j)) [v_j, 1] for every i, into ``out``: Eq. (12.4) with chunks of c tokens.
 
     With ``Q_n, K_n, A_n`` the rows of chunk n of φ(Q), φ(K), [V, 1] (the last chunk may be
     shorter) and the chunk summaries ``U_n = K_n^T A_n`` (C, dv+1),
 
         out_n = Q_n (U_0 + … + U_{n-1}) + tril(Q_n K_n^T) A_n :
 
-    the state left by the earlier chunks plus the causal (c, c) block of the chunk itself. All
-    chunks go through each product together (one stacked matrix product per kind for the
-    complete chunks), so the work is a handful of NumPy calls whatever N. The exclusive prefix
-    sums of the summaries are one in-place vector add per chunk over (C, dv+1) entries
-    (np.cumsum along the chunk axis walks memory with a stride of C·(dv+1) numbers and
-    measured ten to twenty times slower). Extra memory: the N/c summaries, N·C·(dv+1)/c
-    numbers (about the size of φ(K) for c ≈ dv), the (N, c) blocks and the (N, dv+1) result.
+    the state left by the earlier chunks plus the causal (c, c) block of the chunk itself.
+    Chunks go in groups (:func:`_group`: a loop over N/(G·c) groups, ~6 at N = 8192, C = 64,
+    carrying the state), each product stacked over the group's chunks: the temporaries stay
+    cache-sized whatever N, never the (N, C, dv) array of the plain cumulative sum of outer
+    products, nor all N/c chunk states. The exclusive prefix sums inside a group are one in-place
+    vector add per chunk over (C, dv+1) entries (np.cumsum along the chunk axis walks memory
+    with a stride of C·(dv+1) numbers and measured ten to twenty times slower).
     """
     batch, (n, n_feat), width = phi_q.shape[:-2], phi_q.shape[-2:], va.shape[-1]
     full, rest = divmod(n, c)
     (q_c, q_t), (k_c, k_t), (a_c, a_t) = (_chunk_views(x, batch, c) for x in (phi_q, phi_k, va))
-    out = np.empty(batch + (n, width))
-    o_c = out[..., : full * c, :].reshape(batch + (full, c, width))  # a view: the writes land in out
-    state = np.empty(batch + (full + 1, n_feat, width))  # state[n] = U_0 + … + U_{n-1}
-    state[..., 0, :, :] = 0.0
-    _chunk_summaries(phi_k[..., : full * c, :], va[..., : full * c, :], c, out=state[..., 1:, :, :])
-    for i in range(1, full + 1):  # exclusive prefix sums over the N/c chunks
-        np.add(state[..., i - 1, :, :], state[..., i, :, :], out=state[..., i, :, :])
-    _stacked(q_c, state[..., :-1, :, :], out=o_c)  # Q_n S_n: what the earlier chunks left
-    blocks = _stacked(q_c, np.swapaxes(k_c, -1, -2))  # Q_n K_n^T, (..., N/c, c, c)
-    blocks *= np.tri(c)  # j <= i inside the chunk
-    o_c += _stacked(blocks, a_c)
+    y_c = out[..., : full * c, :].reshape(batch + (full, c, width - 1))  # a view: the writes land in out
+    group = min(full, _group(n_feat, c, width, batch))
+    state = np.zeros(batch + (group + 1, n_feat, width))  # state[0]: S entering the group; state[i]: + U of i chunks
+    blocks, o_buf = np.empty(batch + (group, c, c)), np.empty(batch + (group, c, width))
+    tri = np.tri(c)
+    for g0 in range(0, full, group):
+        sl = slice(g0, min(g0 + group, full))
+        g = sl.stop - g0
+        q_g, k_g, a_g = q_c[..., sl, :, :], k_c[..., sl, :, :], a_c[..., sl, :, :]
+        st, b, o_g = state[..., : g + 1, :, :], blocks[..., :g, :, :], o_buf[..., :g, :, :]
+        _stacked(np.swapaxes(k_g, -1, -2), a_g, out=st[..., 1:, :, :])  # U_n = K_n^T A_n
+        for i in range(1, g + 1):  # exclusive prefix sums over the group's chunks
+            np.add(st[..., i - 1, :, :], st[..., i, :, :], out=st[..., i, :, :])
+        _stacked(q_g, st[..., :-1, :, :], out=o_g)  # Q_n S_n: what the earlier chunks left
+        _stacked(q_g, np.swapaxes(k_g, -1, -2), out=b)  # Q_n K_n^T
+        b *= tri  # j <= i inside the chunk
+        o_g += _stacked(b, a_g)
+        _ratio(o_g, y_c[..., sl, :, :])
+        state[..., 0, :, :] = st[..., g, :, :]  # the state after this group enters the next
     if rest:  # the short last chunk: the state of all complete chunks plus its own causal block
         q_r, k_r, a_r = q_t[..., 0, :, :], k_t[..., 0, :, :], a_t[..., 0, :, :]
-        o_t = out[..., full * c :, :]
-        np.matmul(q_r, state[..., -1, :, :], out=o_t)
+        o_t = q_r @ state[..., 0, :, :]
         o_t += (np.matmul(q_r, np.swapaxes(k_r, -1, -2)) * np.tri(rest)) @ a_r
-    return out
+        _ratio(o_t, out[..., full * c :, :])
 
 
 def _kernel_attention_loop(phi_q, phi_k, v, causal: bool, gates=None) -> np.ndarray:
@@ -368,11 +392,12 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     ``y_i = φ(q_i)^T S / φ(q_i)^T z`` with ``S = Σ_j φ(k_j) v_j^T`` and ``z = Σ_j φ(k_j)``; there is
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
-    chunks, plus a masked (c, c) block inside each chunk (c = 64), all chunks at once by
-    stacked matrix products: extra memory O(N·C·dv/c) for the chunk states (about the size of
-    the features) besides the features and the output, and no Python loop over tokens (only
-    one vector add per chunk for the cumulative sum). The non-causal form sums the same
-    per-chunk states. :func:`linear_attention_loop` is the RNN itself.
+    chunks, plus a masked (c, c) block inside each chunk (c = 64), in groups of chunks whose
+    temporaries hold about W floats (W = 2^18, the workspace budget of :mod:`refimpl._blocking`),
+    each product stacked over the group's chunks: extra memory O(C·dv + W) besides the features
+    and the output, and no Python loop over tokens (over groups of ~1300 tokens, and one vector
+    add per chunk for the cumulative sum). The non-causal form sums the same per-chunk states.
+    :func:`linear_attention_loop` is the RNN itself.
 
     Examples
     --------
@@ -661,7 +686,7 @@ def performer_attention(
     the same ``scale`` — then the kernel-attention sums of Eq. (12.2); causal by chunked
     prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
     is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
-    memory O(N m) for the features and, causal, O(N m dv/c) for the chunk states (c = 64). Trig
+    memory O(N m) for the features plus a cache-sized workspace for the chunk states. Trig
     features can give a normalizer ≤ 0; it is not clamped (the result is then wrong in sign or
     infinite — the paper's argument for positive features).
 

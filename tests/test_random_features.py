@@ -98,9 +98,11 @@ class TestLinearAttention:
         close(linear_attention(q, k, v), quadratic_oracle(elu1(q), elu1(k), v, False), rtol=ORACLE, what="linear N != M")
 
     @pytest.mark.parametrize("one_thread", [1, 40, 2**19])
+    @pytest.mark.parametrize("group", [1, 2, 10**9])
     @pytest.mark.parametrize("chunk", [1, 3, 4, 128])
     @pytest.mark.parametrize("n", [1, 7, 12])
-    def test_chunked_prefix_sums_with_padding(self, monkeypatch, chunk, n, one_thread):
+    def test_chunked_prefix_sums_with_padding(self, monkeypatch, chunk, n, group, one_thread):
+        monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", group)  # 1: one chunk per group; 10**9: one group
         # _ONE_THREAD = 1 cuts every stacked product into one-row pieces, 40 into pieces of 1 or 2 rows
         monkeypatch.setattr(rf_module, "_ONE_THREAD", one_thread)
         q, k, v = qkv(chunk + n, n=n, batch=(3, 1))
@@ -109,11 +111,14 @@ class TestLinearAttention:
         close(y, quadratic_oracle(elu1(q), elu1(np.broadcast_to(k, q.shape)), v, True), rtol=ORACLE, what="chunked causal vs quadratic")
 
     @pytest.mark.parametrize("one_thread", [1, 2**19])
+    @pytest.mark.parametrize("group", [1, 10**9])
     @pytest.mark.parametrize("causal", [False, True])
     @pytest.mark.parametrize("n", [1, 5, 63, 64, 65, 129, 200])
-    def test_default_chunks_vs_dense(self, monkeypatch, n, causal, one_thread):
-        """The default chunk length, N below it, equal to it and not a multiple of it; stacked products
-        cut into one-row pieces or whole; non-causal also with more keys than queries (M not a multiple either)."""
+    def test_default_chunks_vs_dense(self, monkeypatch, n, causal, group, one_thread):
+        """The default chunk length, N below it, equal to it and not a multiple of it; groups of one
+        chunk or all chunks; stacked products cut into one-row pieces or whole; non-causal also with
+        more keys than queries (M not a multiple either)."""
+        monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", group)
         monkeypatch.setattr(rf_module, "_ONE_THREAD", one_thread)
         q, k, v = qkv(n, n=n, d=5, dv=3, batch=(2,))
         y = linear_attention(q, k, v, causal=causal)
