@@ -110,7 +110,8 @@ KINDS = ("positive", "trig")
 SELF_ATTENTION_VALUE = -5e4
 
 #: Chunk length of the chunked prefix sums (Eq. 12.4): the (c, c) blocks cost N·c·d and the chunk
-#: states N·d·dv, so c ≈ d balances them; 64 also keeps every product small enough for one thread.
+#: states N·d·dv, so c ≈ d balances them; for C = dv = 64 every chunk product is then under the one-thread
+#: size (_ONE_THREAD) as it stands; for larger C, _stacked cuts it into pieces.
 _CHUNK = 64
 
 
@@ -184,11 +185,11 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     Why every product is a stack of pieces of fewer than 2^19 multiply-adds (:func:`_stacked`):
     a multithreaded BLAS synchronizes its threads inside every product it splits (OpenBLAS,
     NumPy's BLAS, splits those above 2^19), and when another process keeps a core busy each
-    synchronization waits for a descheduled thread — the hundreds of split chunk products of
-    the causal Performer took 0.4–1.2 s instead of 0.15 s at N = 8192, C = 256 on a shared
-    two-core machine, and the one long, thin product φ(K)^T [V, 1] (N terms per entry, one
-    synchronization per slice of them) up to 200 ms instead of 2 ms at C = 64. Pieces under
-    the threshold run on one thread and never wait.
+    synchronization waits for a descheduled thread. On a shared two-core machine the causal
+    Performer (N = 8192, C = 256) ran 3 to 8 times slower with its hundreds of chunk products
+    split by BLAS than in one-thread pieces, and the one long, thin product φ(K)^T [V, 1]
+    (N terms per entry, one synchronization per slice of them) up to 100 times slower than on
+    the quiet machine. Pieces under the threshold run on one thread and never wait.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
     phi_q, phi_k, v = _broadcast(batch, phi_q, phi_k, v)
@@ -442,7 +443,7 @@ def _sin_cos(x: np.ndarray, w: np.ndarray, factor) -> np.ndarray:
     With ``t = tan(ω·x/2)`` and ``r = 2/(1 + t²)``: ``sin ω·x = t r`` and ``cos ω·x = r − 1``. Why:
     NumPy's float64 ``sin`` and ``cos`` call the C library once per number (tens of ns each),
     its ``tan`` is vectorized, about ten times faster, and the rest is three array operations
-    on a contiguous (N, D) array and one write into each half of the result. The error is a
+    and one write into each half of the result, in cache-sized blocks of rows. The error is a
     few units in the last place of 1 (absolute), like that of ``np.sin`` itself on the rounded
     argument ω·x (tested against ``np.sin``/``np.cos``): ``t r`` has the relative error of t,
     and ``r − 1`` is exact where it cancels (r ≈ 1). |t| stays below ~1e19 for any float64
@@ -471,7 +472,8 @@ def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None, root: flo
 
     The 1/√m factor joins the shift (exp(e − c − log √m)) and, for positive features, the
     −‖x̂‖²/2 joins the projection as one more column of the product, so that after the matrix
-    product only the max, one subtraction and the exponential pass over the (N, m) array. With
+    product only the max, one subtraction and the exponential pass over the (N, m) array, the
+    last two (and the row max) in cache-sized blocks of rows. With
     the row shift the ‖x̂‖²/2 cancels exactly (it is constant along the row): it is not formed.
     """
     m, d = w.shape
