@@ -234,9 +234,10 @@ def _stacked(a, b, out=None):
 
 
 def _group(n_feat: int, c: int, width: int, batch: tuple) -> int:
-    """Chunks per group: the group's states, (c, c) blocks and output rows fill the workspace budget
-    (:mod:`refimpl._blocking`, 2 MiB): cache-sized, ~20 chunks for C = 64, ~10 for C = 256."""
-    return per_block(((n_feat + c) * width + c * c) * max(1, math.prod(batch)))
+    """Chunks per group: the group's states, (c, c) blocks and output rows fill a quarter of the
+    workspace budget W (:mod:`refimpl._blocking`): cache-sized, and a fixed workspace small next to
+    the features already at N ~ 2000 (5 chunks for C = 64, 2 for C = 256)."""
+    return per_block(4 * ((n_feat + c) * width + c * c) * max(1, math.prod(batch)))
 
 
 def _summed_states(phi_k, va, c: int) -> np.ndarray:
@@ -262,7 +263,7 @@ def _causal_sums(phi_q, phi_k, va, c: int, out) -> None:
         out_n = Q_n (U_0 + … + U_{n-1}) + tril(Q_n K_n^T) A_n :
 
     the state left by the earlier chunks plus the causal (c, c) block of the chunk itself.
-    Chunks go in groups (:func:`_group`: a loop over N/(G·c) groups, ~6 at N = 8192, C = 64,
+    Chunks go in groups (:func:`_group`: a loop over N/(G·c) groups, 26 at N = 8192, C = 64,
     carrying the state), each product stacked over the group's chunks: the temporaries stay
     cache-sized whatever N, never the (N, C, dv) array of the plain cumulative sum of outer
     products, nor all N/c chunk states. The exclusive prefix sums inside a group are one in-place
@@ -401,9 +402,9 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
     chunks, plus a masked (c, c) block inside each chunk (c = 64), in groups of chunks whose
-    temporaries hold about W floats (W = 2^18, the workspace budget of :mod:`refimpl._blocking`),
+    temporaries hold about W/4 floats (W = 2^18, the workspace budget of :mod:`refimpl._blocking`),
     each product stacked over the group's chunks: extra memory O(C·dv + W) besides the features
-    and the output, and no Python loop over tokens (over groups of ~1300 tokens, and one vector
+    and the output, and no Python loop over tokens (over groups of ~300 tokens, and one vector
     add per chunk for the cumulative sum). The non-causal form sums the same per-chunk states.
     :func:`linear_attention_loop` is the RNN itself.
 
