@@ -446,7 +446,7 @@ def _sin_cos(x: np.ndarray, w: np.ndarray, factor) -> np.ndarray:
     its ``tan`` is vectorized, about ten times faster, and the rest is three array operations
     and one write into each half of the result, in cache-sized blocks of rows. The error is a
     few units in the last place of 1 (absolute), like that of ``np.sin`` itself on the rounded
-    argument ω·x (tested against ``np.sin``/``np.cos``): ``t r`` has the relative error of t,
+    argument ω·x (tested against ``math.sin``/``math.cos``): ``t r`` has the relative error of t,
     and ``r − 1`` is exact where it cancels (r ≈ 1). |t| stays below ~1e19 for any float64
     argument (no double lies closer to a pole), so t² never overflows. ``x @ (w/2)^T`` is
     ω·x/2 exactly (halving is exact).
