@@ -110,7 +110,8 @@ KINDS = ("positive", "trig")
 SELF_ATTENTION_VALUE = -5e4
 
 #: Chunk length of the chunked prefix sums (Eq. 12.4): the (c, c) blocks cost N·c·d and the chunk
-#: states N·d·dv, so c ≈ d balances them; 64 also keeps every product small enough for one thread.
+#: states N·d·dv, so c ≈ d balances them; for C = dv = 64 every chunk product is then under the one-thread
+#: size (_ONE_THREAD) as it stands; for larger C, _stacked cuts it into pieces.
 _CHUNK = 64
 
 
@@ -173,87 +174,129 @@ def _chunk_views(x: np.ndarray, batch: tuple, c: int):
 def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.ndarray:
     """Eq. (12.2) (non-causal) or the chunked prefix sums of Eq. (12.4) (causal), never an (N, N) matrix.
 
-    ``v`` is extended by a column of ones, so one pass gives the numerator φ(q)^T S and the
-    normalizer φ(q)^T z. The sequence is cut into chunks of ``c`` tokens (the last one may be
-    shorter), stacked, so that every product is a batch of small matrices — (c, C) × (C, dv+1)
-    and (c, c) × (c, dv+1) — each cheap enough to run on one thread (a shared, busy machine
-    makes multithreaded products wait) and all issued by one NumPy call per group of chunks.
+    ``v`` is extended by a column of ones, so that one product gives both the numerator
+    φ(q)^T S and the normalizer φ(q)^T z; the output is their ratio. The keys are cut into
+    chunks of ``c`` tokens (the last one may be shorter) with summaries
+    ``U_n = φ(K_n)^T [V_n, 1]``, (C, dv+1) each, computed for a group of chunks at a time.
 
-    Non-causal: ``Σ_j φ(k_j) [v_j, 1]^T`` is the sum of the chunks' summaries ``φ(K_n)^T [V_n, 1]``.
-    Causal: chunk ``n`` sees the exclusive prefix state (the sum of the summaries of the earlier
-    chunks: a cumulative sum over chunks, done in place) plus its own masked (c, c) block.
-    Chunks go in groups of G (a loop over N/(G·c) groups carrying the state S; G·c ≈ 500
-    tokens for C = 64), so the temporaries — G summaries (G, C, dv+1), G blocks (G, c, c), G
-    output chunks — hold an eighth of the workspace budget (:mod:`refimpl._blocking`), a
-    cache-sized amount, whatever N: never the (N, C, dv) array of the plain cumulative sum of
-    outer products, nor a copy of the inputs.
+    Non-causal: ``S = Σ_n U_n`` (:func:`_summed_states`), then ``φ(Q) S``. Causal:
+    :func:`_causal_sums`.
+
+    Why every product is a stack of pieces of fewer than 2^19 multiply-adds (:func:`_stacked`):
+    a multithreaded BLAS synchronizes its threads inside every product it splits (OpenBLAS,
+    NumPy's BLAS, splits those above 2^19), and when another process keeps a core busy each
+    synchronization waits for a descheduled thread. On a shared two-core machine the causal
+    Performer (N = 8192, C = 256) ran 3 to 8 times slower with its hundreds of chunk products
+    split by BLAS than in one-thread pieces, and the one long, thin product φ(K)^T [V, 1]
+    (N terms per entry, one synchronization per slice of them) up to 100 times slower than on
+    the quiet machine. Pieces under the threshold run on one thread and never wait.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
-    n_feat, dv = phi_q.shape[-1], v.shape[-1]
-    width = dv + 1
-    c = min(chunk, phi_k.shape[-2], phi_q.shape[-2])
-    # a group's temporaries and operands are about 8 (c, max(c, C, dv+1)) arrays per chunk: an eighth of
-    # the workspace budget keeps them in a core's L2 cache across the products of the group
-    group = per_block(8 * c * max(c, n_feat, width) * max(1, math.prod(batch)))
     phi_q, phi_k, v = _broadcast(batch, phi_q, phi_k, v)
+    dv = v.shape[-1]
+    va = np.empty(v.shape[:-1] + (dv + 1,))  # [V, 1]: numerator and normalizer in one pass
+    va[..., :dv] = v
+    va[..., dv] = 1.0
     out = np.empty(batch + (phi_q.shape[-2], dv))
-    tri = np.tri(c)
-
-    def with_ones(v_g):  # [V, 1] for a group of chunks
-        va = np.empty(v_g.shape[:-1] + (width,))
-        va[..., :dv] = v_g
-        va[..., dv] = 1.0
-        return va
-
-    def write(rows, o):  # y = φ(q)^T S / φ(q)^T z for the rows of a group of chunks
-        np.divide(o[..., :dv], o[..., dv:], out=out[..., rows, :].reshape(o.shape[:-1] + (dv,)))
-
-    k_parts, v_parts = _chunk_views(phi_k, batch, c), _chunk_views(v, batch, c)
-    q_parts = _chunk_views(phi_q, batch, c)
-    if not causal:
-        kv = np.zeros(batch + (n_feat, width))  # Σ_j φ(k_j) [v_j, 1]^T
-        for kc, vc in zip(k_parts, v_parts):
-            if kc is None:
-                continue
-            for g0 in range(0, kc.shape[-3], group):
-                sl = slice(g0, g0 + group)
-                kv += (np.swapaxes(kc[..., sl, :, :], -1, -2) @ with_ones(vc[..., sl, :, :])).sum(axis=-3)
-        row = 0
-        for qc in q_parts:
-            if qc is None:
-                continue
-            for g0 in range(0, qc.shape[-3], group):
-                q_g = qc[..., g0 : g0 + group, :, :]
-                rows = slice(row, row + q_g.shape[-3] * q_g.shape[-2])
-                write(rows, q_g @ kv[..., None, :, :])
-                row = rows.stop
+    if causal:
+        _causal_sums(phi_q, phi_k, va, min(chunk, phi_q.shape[-2]), out)
         return out
-    g_max = min(group, q_parts[0].shape[-3]) if q_parts[0] is not None else 1
-    # buffers reused by every group (no fresh pages); kv_buf[..., 0] carries the state between groups
-    kv_buf = np.zeros(batch + (g_max + 1, n_feat, width))
-    o_buf = np.empty(batch + (g_max, c, width))
-    block_buf = np.empty(batch + (g_max, c, c))
-    row = 0
-    for qc, kc, vc in zip(q_parts, k_parts, v_parts):  # the complete chunks, then the short last one
-        if qc is None:
-            continue
-        cl = qc.shape[-2]
-        for g0 in range(0, qc.shape[-3], group):  # groups of chunks (N / (group·c) steps): temporaries stay small
-            sl = slice(g0, g0 + group)
-            q_g, k_g, v_g = qc[..., sl, :, :], kc[..., sl, :, :], with_ones(vc[..., sl, :, :])
-            G = q_g.shape[-3]
-            kv, o, block = kv_buf[..., : G + 1, :, :], o_buf[..., :G, :cl, :], block_buf[..., :G, :cl, :cl]
-            np.matmul(np.swapaxes(k_g, -1, -2), v_g, out=kv[..., 1:, :, :])  # chunk states φ(K_n)^T [V_n, 1]
-            np.cumsum(kv, axis=-3, out=kv)  # kv[n] = S before chunk n (the state entering the group included)
-            np.matmul(q_g, kv[..., :-1, :, :], out=o)  # φ(q_i)^T S over the earlier chunks
-            np.matmul(q_g, np.swapaxes(k_g, -1, -2), out=block)  # (..., G, c, c): φ(q_i)·φ(k_j) inside a chunk
-            block *= tri[:cl, :cl]  # j <= i
-            o += block @ v_g
-            kv[..., 0, :, :] = kv[..., -1, :, :]  # the state after this group enters the next
-            rows = slice(row, row + G * cl)
-            write(rows, o)
-            row = rows.stop
+    c = min(chunk, phi_k.shape[-2])
+    s = _summed_states(phi_k, va, c)  # S = Σ_j φ(k_j) [v_j, 1]^T
+    rows = c * _group(phi_q.shape[-1], c, dv + 1, batch)
+    for r0 in range(0, phi_q.shape[-2], rows):  # φ(q_i)^T S by groups of rows, divided while in cache
+        _ratio(_stacked(phi_q[..., r0 : r0 + rows, :], s), out[..., r0 : r0 + rows, :])
     return out
+
+
+def _ratio(o, out):
+    """y = φ(q)^T S / φ(q)^T z from o = φ(q)^T [S, z], written into ``out``."""
+    np.divide(o[..., :-1], o[..., -1:], out=out)
+
+
+#: Products of fewer multiply-adds than this run on one thread in OpenBLAS (see _kernel_attention).
+_ONE_THREAD = 2**19
+
+
+def _stacked(a, b, out=None):
+    """``np.matmul(a, b, out=out)`` for stacks of matrices, the rows of ``a`` cut into pieces (a free
+    reshape) so that each product has fewer than ``_ONE_THREAD`` multiply-adds, if a divisor of the row
+    count fits within a factor 2 of the largest piece that would (else unchanged)."""
+    rows, inner, cols = a.shape[-2], a.shape[-1], b.shape[-1]
+    r_max = max(1, (_ONE_THREAD - 1) // max(1, inner * cols))
+    r = next(r for r in range(min(rows, r_max), 0, -1) if rows % r == 0)
+    if r == rows or 2 * r < min(rows, r_max):
+        return np.matmul(a, b, out=out)
+    lead = a.shape[:-2]
+    pieces = a.reshape(lead + (rows // r, r, inner))
+    res = np.matmul(pieces, b[..., None, :, :], out=None if out is None else out.reshape(lead + (rows // r, r, cols)))
+    return out if out is not None else res.reshape(lead + (rows, cols))
+
+
+def _group(n_feat: int, c: int, width: int, batch: tuple) -> int:
+    """Chunks per group: the group's states, (c, c) blocks and output rows fill a quarter of the
+    workspace budget W (:mod:`refimpl._blocking`): cache-sized, and a fixed workspace small next to
+    the features already at N ~ 2000 (5 chunks for C = 64, 2 for C = 256)."""
+    return per_block(4 * ((n_feat + c) * width + c * c) * max(1, math.prod(batch)))
+
+
+def _summed_states(phi_k, va, c: int) -> np.ndarray:
+    """S = Σ_n U_n over the chunks of c rows (and the short last one), U_n = K_n^T A_n, in groups of chunks."""
+    batch, (m, n_feat), width = phi_k.shape[:-2], phi_k.shape[-2:], va.shape[-1]
+    (k_c, k_t), (a_c, a_t) = _chunk_views(phi_k, batch, c), _chunk_views(va, batch, c)
+    s = np.zeros(batch + (n_feat, width))
+    group = _group(n_feat, c, width, batch)
+    for g0 in range(0, m // c, group):  # stacked summaries of a group of chunks, summed
+        sl = slice(g0, g0 + group)
+        s += np.sum(_stacked(np.swapaxes(k_c[..., sl, :, :], -1, -2), a_c[..., sl, :, :]), axis=-3)
+    if k_t is not None:
+        s += np.swapaxes(k_t[..., 0, :, :], -1, -2) @ a_t[..., 0, :, :]
+    return s
+
+
+def _causal_sums(phi_q, phi_k, va, c: int, out) -> None:
+    """y_i from Σ_{j≤i} (φ(q_i)·φ(k_j)) [v_j, 1] for every i, into ``out``: Eq. (12.4) with chunks of c tokens.
+
+    With ``Q_n, K_n, A_n`` the rows of chunk n of φ(Q), φ(K), [V, 1] (the last chunk may be
+    shorter) and the chunk summaries ``U_n = K_n^T A_n`` (C, dv+1),
+
+        out_n = Q_n (U_0 + … + U_{n-1}) + tril(Q_n K_n^T) A_n :
+
+    the state left by the earlier chunks plus the causal (c, c) block of the chunk itself.
+    Chunks go in groups (:func:`_group`: a loop over N/(G·c) groups, 26 at N = 8192, C = 64,
+    carrying the state), each product stacked over the group's chunks: the temporaries stay
+    cache-sized whatever N, never the (N, C, dv) array of the plain cumulative sum of outer
+    products, nor all N/c chunk states. The exclusive prefix sums inside a group are one in-place
+    vector add per chunk over (C, dv+1) entries (np.cumsum along the chunk axis walks memory
+    with a stride of C·(dv+1) numbers and measured ten to twenty times slower).
+    """
+    batch, (n, n_feat), width = phi_q.shape[:-2], phi_q.shape[-2:], va.shape[-1]
+    full, rest = divmod(n, c)
+    (q_c, q_t), (k_c, k_t), (a_c, a_t) = (_chunk_views(x, batch, c) for x in (phi_q, phi_k, va))
+    y_c = out[..., : full * c, :].reshape(batch + (full, c, width - 1))  # a view: the writes land in out
+    group = min(full, _group(n_feat, c, width, batch))
+    state = np.zeros(batch + (group + 1, n_feat, width))  # state[0]: S entering the group; state[i]: + U of i chunks
+    blocks, o_buf = np.empty(batch + (group, c, c)), np.empty(batch + (group, c, width))
+    tri = np.tri(c)
+    for g0 in range(0, full, group):
+        sl = slice(g0, min(g0 + group, full))
+        g = sl.stop - g0
+        q_g, k_g, a_g = q_c[..., sl, :, :], k_c[..., sl, :, :], a_c[..., sl, :, :]
+        st, b, o_g = state[..., : g + 1, :, :], blocks[..., :g, :, :], o_buf[..., :g, :, :]
+        _stacked(np.swapaxes(k_g, -1, -2), a_g, out=st[..., 1:, :, :])  # U_n = K_n^T A_n
+        for i in range(1, g + 1):  # exclusive prefix sums over the group's chunks
+            np.add(st[..., i - 1, :, :], st[..., i, :, :], out=st[..., i, :, :])
+        _stacked(q_g, st[..., :-1, :, :], out=o_g)  # Q_n S_n: what the earlier chunks left
+        _stacked(q_g, np.swapaxes(k_g, -1, -2), out=b)  # Q_n K_n^T
+        b *= tri  # j <= i inside the chunk
+        o_g += _stacked(b, a_g)
+        _ratio(o_g, y_c[..., sl, :, :])
+        state[..., 0, :, :] = st[..., g, :, :]  # the state after this group enters the next
+    if rest:  # the short last chunk: the state of all complete chunks plus its own causal block
+        q_r, k_r, a_r = q_t[..., 0, :, :], k_t[..., 0, :, :], a_t[..., 0, :, :]
+        o_t = q_r @ state[..., 0, :, :]
+        o_t += (np.matmul(q_r, np.swapaxes(k_r, -1, -2)) * np.tri(rest)) @ a_r
+        _ratio(o_t, out[..., full * c :, :])
 
 
 def _kernel_attention_loop(phi_q, phi_k, v, causal: bool, gates=None) -> np.ndarray:
@@ -303,10 +346,17 @@ def elu_plus_one(x) -> np.ndarray:
 
 
 def _elu_plus_one(x: np.ndarray) -> np.ndarray:
-    """elu(x) + 1 into one new array (no temporaries the size of x besides the x > 0 mask)."""
-    out = np.minimum(x, 0.0, out=np.empty(x.shape))
-    np.exp(out, out=out)  # e^x for x <= 0, e^0 = 1 for x > 0
-    out += np.maximum(x, 0.0)  # + x for x > 0: the same numbers as where(x > 0, x + 1, e^x)
+    """elu(x) + 1 into one new array, in blocks of W/4 numbers (W the workspace budget of
+    :mod:`refimpl._blocking`): the temporary max(x, 0) stays in cache and is never a fresh array
+    the size of x (whole-array temporaries measured 3–8 times slower)."""
+    out = np.empty(x.shape)
+    flat_x, flat = x.reshape(-1), out.reshape(-1)
+    step = per_block(4)
+    for i in range(0, flat.size, step):
+        xs, o = flat_x[i : i + step], flat[i : i + step]
+        np.minimum(xs, 0.0, out=o)
+        np.exp(o, out=o)  # e^x for x <= 0, e^0 = 1 for x > 0
+        o += np.maximum(xs, 0.0)  # + x for x > 0: the same numbers as where(x > 0, x + 1, e^x)
     return out
 
 
@@ -352,9 +402,10 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
     chunks, plus a masked (c, c) block inside each chunk (c = 64), in groups of chunks whose
-    temporaries hold W/8 floats (W = 2^18, the workspace budget of :mod:`refimpl._blocking`):
-    extra memory O(C·dv + W) besides the features and the output, and no Python loop over
-    tokens (only over groups of ~500). The non-causal form sums the same per-chunk states.
+    temporaries hold about W/4 floats (W = 2^18, the workspace budget of :mod:`refimpl._blocking`),
+    each product stacked over the group's chunks: extra memory O(C·dv + W) besides the features
+    and the output, and no Python loop over tokens (over groups of ~300 tokens, and one vector
+    add per chunk for the cumulative sum). The non-causal form sums the same per-chunk states.
     :func:`linear_attention_loop` is the RNN itself.
 
     Examples
@@ -387,32 +438,76 @@ def linear_attention_loop(q, k, v, *, feature_map="elu+1", causal=False) -> np.n
 # ---------------------------------------------------------------------------------------------
 
 
-def _favor_exponent(x: np.ndarray, w: np.ndarray, kind: str):
-    """The log of the features before the 1/√m: (ωx − ‖x‖²/2) or (‖x‖²/2, ωx) for trig."""
-    sq = 0.5 * np.einsum("...i,...i->...", x, x)[..., None]  # ‖x‖²/2, shape (..., N, 1)
-    wx = x @ w.T  # ω_r · x, shape (..., N, m)
-    if kind == "positive":
-        wx -= sq
-        return wx
-    return sq, wx
+def _sin_cos(x: np.ndarray, w: np.ndarray, factor) -> np.ndarray:
+    """``[sin Wx, cos Wx] · factor``, shape (..., N, 2D), from one tangent of the half angle per entry.
+
+    With ``t = tan(ω·x/2)`` and ``r = 2/(1 + t²)``: ``sin ω·x = t r`` and ``cos ω·x = r − 1``. Why:
+    NumPy's float64 ``sin`` and ``cos`` call the C library once per number (tens of ns each),
+    its ``tan`` is vectorized, about ten times faster, and the rest is three array operations
+    and one write into each half of the result, in cache-sized blocks of rows. The error is a
+    few units in the last place of 1 (absolute), like that of ``np.sin`` itself on the rounded
+    argument ω·x (tested against ``math.sin``/``math.cos``): ``t r`` has the relative error of t,
+    and ``r − 1`` is exact where it cancels (r ≈ 1). |t| stays below ~1e19 for any float64
+    argument (no double lies closer to a pole), so t² never overflows. ``x @ (w/2)^T`` is
+    ω·x/2 exactly (halving is exact).
+    """
+    big_d = w.shape[0]
+    t = x @ (0.5 * w).T  # ω·x/2
+    out = np.empty(t.shape[:-1] + (2 * big_d,))
+    t2, out2 = t.reshape(-1, big_d), out.reshape(-1, 2 * big_d)
+    fac = np.broadcast_to(np.asarray(factor, dtype=float), t.shape[:-1] + (1,)).reshape(-1, 1)
+    rows = per_block(4 * big_d)  # blocks of rows: the temporary r stays in cache
+    for i in range(0, t2.shape[0], rows):
+        tb, ob, fb = t2[i : i + rows], out2[i : i + rows], fac[i : i + rows]
+        np.tan(tb, out=tb)
+        r = np.multiply(tb, tb)
+        r += 1.0
+        np.divide(2.0 * fb, r, out=r)  # 2·factor/(1 + t²)
+        np.multiply(tb, r, out=ob[:, :big_d])  # sin ω·x · factor
+        np.subtract(r, fb, out=ob[:, big_d:])  # cos ω·x · factor
+    return out
 
 
-def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None) -> np.ndarray:
-    """Features of Eq. (12.6)/(12.7) divided by exp(c), c = 0, the row max or the max over all rows."""
-    m = w.shape[0]
+def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None, root: float = 1.0) -> np.ndarray:
+    """Features of Eq. (12.6)/(12.7) of x̂ = root·x, divided by exp(c): c = 0, the row max or the max over all rows.
+
+    The 1/√m factor joins the shift (exp(e − c − log √m)) and, for positive features, the
+    −‖x̂‖²/2 joins the projection as one more column of the product, so that after the matrix
+    product only the max, one subtraction and the exponential pass over the (N, m) array, the
+    last two (and the row max) in cache-sized blocks of rows. With
+    the row shift the ‖x̂‖²/2 cancels exactly (it is constant along the row): it is not formed.
+    """
+    m, d = w.shape
     axes = {None: None, "row": (-1,), "all": (-2, -1)}[shift]
-    if kind == "positive":
-        e = _favor_exponent(x, w, kind)  # a fresh (..., N, m) array: updated in place below
+    if kind == "trig":
+        sq = (0.5 * root * root) * np.einsum("...i,...i->...", x, x)[..., None]  # ‖x̂‖²/2, shape (..., N, 1)
         if axes is not None:
-            e -= np.max(e, axis=axes, keepdims=True)
-        np.exp(e, out=e)
-        e *= 1.0 / math.sqrt(m)  # φ⁺(x) = exp(ωx − ‖x‖²/2)/√m
-        return e
-    sq, wx = _favor_exponent(x, w, kind)
-    if axes is not None:
-        sq = sq - np.max(sq, axis=axes, keepdims=True)
-    h = np.exp(sq) / math.sqrt(m)  # h(x) = exp(‖x‖²/2)
-    return np.concatenate([h * np.sin(wx), h * np.cos(wx)], axis=-1)  # φ^trig = h [sin ωx, cos ωx]/√m
+            sq -= np.max(sq, axis=axes, keepdims=True)
+        sq -= 0.5 * math.log(m)
+        return _sin_cos(x, root * w, np.exp(sq, out=sq))  # φ^trig = h [sin ωx̂, cos ωx̂]/√m, h = exp(‖x̂‖²/2)
+    if shift == "row":
+        e = x @ (root * w).T  # ω_r·x̂: the row max of ω_r·x̂ − ‖x̂‖²/2 is max_r(ω_r·x̂) − ‖x̂‖²/2
+    else:
+        xa = np.empty(x.shape[:-1] + (d + 1,))  # [x̂, −‖x̂‖²/2]
+        np.multiply(x, root, out=xa[..., :d])
+        xa[..., d] = -0.5 * np.einsum("...i,...i->...", xa[..., :d], xa[..., :d])
+        wa = np.empty((m, d + 1))  # [ω_r, 1]
+        wa[:, :d], wa[:, d] = w, 1.0
+        e = xa @ wa.T  # ω_r·x̂ − ‖x̂‖²/2, a fresh (..., N, m) array: updated in place below
+    shift_by = 0.5 * math.log(m)  # the 1/√m
+    if shift == "all":
+        shift_by = np.max(e, axis=axes, keepdims=True) + shift_by
+    shift_by = np.broadcast_to(shift_by, e.shape[:-1] + (1,)).reshape(-1, 1)
+    flat = e.reshape(-1, m)
+    rows = per_block(2 * m)
+    for i in range(0, flat.shape[0], rows):  # blocks of rows: shift and exponential while in cache
+        blk = flat[i : i + rows]
+        if shift == "row":
+            blk -= np.max(blk, axis=-1, keepdims=True) + shift_by[i : i + rows]
+        else:
+            blk -= shift_by[i : i + rows]
+        np.exp(blk, out=blk)
+    return e  # φ⁺(x̂) = exp(ωx̂ − ‖x̂‖²/2)/√m, over exp(c)
 
 
 @guard_overflow()
@@ -466,7 +561,7 @@ def favor_features(x, projection, *, scale=1.0, kind="positive", stabilize=True)
     check_option(kind, "kind", KINDS)
     w = _as_projection(projection, "projection", None, x.shape[-1])
     root = math.sqrt(_scale(scale, x.shape[-1]))  # x̂ = √scale · x
-    return _favor(x * root if root != 1.0 else x, w, kind, "all" if as_bool(stabilize, "stabilize") else None)
+    return _favor(x, w, kind, "all" if as_bool(stabilize, "stabilize") else None, root)
 
 
 @guard_overflow()
@@ -570,7 +665,7 @@ def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projectio
     root = math.sqrt(_scale(scale, d))  # q̂ = q·√scale, k̂ = k·√scale (q/d^{1/4} by default)
     # The features of favor_features(q, w, scale=scale) and favor_features(k, w, scale=scale), with
     # stabilizers that cancel (Eq. 12.10): the row max for each query, one max over all keys.
-    return _favor(q * root, w, kind, "row"), _favor(k * root, w, kind, "all"), v
+    return _favor(q, w, kind, "row", root), _favor(k, w, kind, "all", root), v
 
 
 @guard_overflow()
@@ -708,8 +803,7 @@ def rff_features(x, projection) -> np.ndarray:
     """
     x = _as_seq(x, "x")
     w = _as_projection(projection, "projection", None, x.shape[-1])
-    wx = x @ w.T
-    return np.concatenate([np.sin(wx), np.cos(wx)], axis=-1) / math.sqrt(w.shape[0])
+    return _sin_cos(x, w, 1.0 / math.sqrt(w.shape[0]))
 
 
 def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:

@@ -97,23 +97,29 @@ class TestLinearAttention:
         q, k, v = qkv(3, n=5, m=8)
         close(linear_attention(q, k, v), quadratic_oracle(elu1(q), elu1(k), v, False), rtol=ORACLE, what="linear N != M")
 
+    @pytest.mark.parametrize("one_thread", [1, 40, 2**19])
     @pytest.mark.parametrize("group", [1, 2, 10**9])
     @pytest.mark.parametrize("chunk", [1, 3, 4, 128])
     @pytest.mark.parametrize("n", [1, 7, 12])
-    def test_chunked_prefix_sums_with_padding(self, monkeypatch, chunk, n, group):
+    def test_chunked_prefix_sums_with_padding(self, monkeypatch, chunk, n, group, one_thread):
         monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", group)  # 1: one chunk per group; 10**9: one group
+        # _ONE_THREAD = 1 cuts every stacked product into one-row pieces, 40 into pieces of 1 or 2 rows
+        monkeypatch.setattr(rf_module, "_ONE_THREAD", one_thread)
         q, k, v = qkv(chunk + n, n=n, batch=(3, 1))
         k = k[0]  # broadcast batch
         y = rf_module._kernel_attention(elu1(q), elu1(k), v, True, chunk)
         close(y, quadratic_oracle(elu1(q), elu1(np.broadcast_to(k, q.shape)), v, True), rtol=ORACLE, what="chunked causal vs quadratic")
 
+    @pytest.mark.parametrize("one_thread", [1, 2**19])
     @pytest.mark.parametrize("group", [1, 10**9])
     @pytest.mark.parametrize("causal", [False, True])
     @pytest.mark.parametrize("n", [1, 5, 63, 64, 65, 129, 200])
-    def test_default_chunks_vs_dense(self, monkeypatch, n, causal, group):
+    def test_default_chunks_vs_dense(self, monkeypatch, n, causal, group, one_thread):
         """The default chunk length, N below it, equal to it and not a multiple of it; groups of one
-        chunk or all chunks; non-causal also with more keys than queries (M not a multiple either)."""
+        chunk or all chunks; stacked products cut into one-row pieces or whole; non-causal also with
+        more keys than queries (M not a multiple either)."""
         monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", group)
+        monkeypatch.setattr(rf_module, "_ONE_THREAD", one_thread)
         q, k, v = qkv(n, n=n, d=5, dv=3, batch=(2,))
         y = linear_attention(q, k, v, causal=causal)
         close(y, quadratic_oracle(elu1(q), elu1(k), v, causal), rtol=ORACLE, what="chunked linear attention vs dense")
@@ -123,6 +129,19 @@ class TestLinearAttention:
             q2, k2, v2 = qkv(n + 1, n=n, m=n + 70, d=5, dv=3)
             close(linear_attention(q2, k2, v2), quadratic_oracle(elu1(q2), elu1(k2), v2, False), rtol=ORACLE,
                   what="chunked linear attention, M != N, vs dense")
+
+    @pytest.mark.parametrize("one_thread", [1, 7, 50, 2**19])
+    def test_stacked_products_in_pieces(self, monkeypatch, one_thread):
+        """_stacked equals np.matmul whatever the piece size: transposed, broadcast and out= operands."""
+        monkeypatch.setattr(rf_module, "_ONE_THREAD", one_thread)
+        rng = np.random.default_rng(one_thread)
+        a = np.swapaxes(rng.normal(size=(2, 3, 5, 6)), -1, -2)  # (2, 3, 6, 5), not contiguous
+        b = rng.normal(size=(3, 5, 4))  # broadcast over the first axis
+        ref = np.matmul(a, b)
+        np.testing.assert_allclose(rf_module._stacked(a, b), ref, rtol=1e-14, atol=1e-14)
+        buf = np.full((2, 3, 6, 4), np.nan)
+        assert rf_module._stacked(a, b, out=buf) is buf
+        np.testing.assert_allclose(buf, ref, rtol=1e-14, atol=1e-14)
 
     def test_callable_feature_map(self):
         q, k, v = qkv(4)
@@ -454,6 +473,22 @@ class TestRFA:
         t = np.arange(8)
         wts = np.tril(c ** (t[:, None] - t[None, :]).clip(0)) * (1 - c)
         close(y, (wts @ v) / wts.sum(1, keepdims=True), rtol=1e-9, what="constant gate, geometric weights")
+
+    @pytest.mark.parametrize("spread", [1.0, 30.0, 1e6])
+    def test_rff_features_are_sin_and_cos_to_an_ulp(self, spread):
+        """The half-angle tangent route gives math.sin/math.cos of the same ω·x within 4 ulp of 1
+        (absolute), also next to the poles of tan(ω·x/2), ω·x = (2j + 1)π, and at ω·x = 0."""
+        rng = np.random.default_rng(int(spread))
+        x, w = rng.normal(size=(40, 3)) * spread, rng.normal(size=(6, 3))
+        odd_pi = np.array([[1.0, 0.0, 0.0]]) * (np.pi * np.array([1.0, 3.0, -5.0, 201.0]))[:, None]  # ω_0·x = odd multiples of π
+        x = np.concatenate([x, odd_pi, np.nextafter(odd_pi, 0.0), np.zeros((1, 3))])
+        w[0] = [1.0, 0.0, 0.0]
+        wx = x @ w.T
+        phi = rff_features(x, w) * np.sqrt(6)
+        sin = np.vectorize(math.sin)(wx)
+        cos = np.vectorize(math.cos)(wx)
+        assert np.max(np.abs(phi[:, :6] - sin)) <= 4 * 2.0**-52
+        assert np.max(np.abs(phi[:, 6:] - cos)) <= 4 * 2.0**-52
 
     def test_rff_kernel_monte_carlo_pins_sigma(self):
         rng = np.random.default_rng(5)
