@@ -138,7 +138,7 @@ def _as_seq(x, name: str, what: str = "(..., N, d)") -> np.ndarray:
 
 def _check_qkv(q, k, v, causal) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
     """Queries (..., N, d), keys (..., M, d), values (..., M, dv); M = N if causal; batch broadcast."""
-    return check_qkv(q, k, v, causal=as_bool(causal, "causal"))
+    return check_qkv(q, k, v, causal=as_bool(causal, "causal"), copy=False)  # never written to
 
 
 def _scale(scale, d: int) -> float:

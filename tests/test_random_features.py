@@ -912,3 +912,21 @@ class TestUnusedRngRefused:
             lsh_hash(x, 4, rng=-1)
         with pytest.raises(ValueError, match="^rng: expected a seed >= 0"):
             orthogonal_gaussian(4, 3, rng=-1)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_inputs_are_never_written(causal):
+    """The kernel attentions read q, k, v without copying them: read-only inputs must work."""
+    rng = np.random.default_rng(0)
+    q, k, v = rng.normal(size=(3, 2, 130, 8))
+    gates = rng.uniform(0.5, 1.0, (2, 130))
+    for a in (q, k, v, gates):
+        a.flags.writeable = False
+    kept = [a.copy() for a in (q, k, v)]
+    rf_module.linear_attention(q, k, v, causal=causal)
+    rf_module.performer_attention(q, k, v, n_features=16, rng=1, causal=causal)
+    rf_module.rfa_attention(q, k, v, n_features=8, sigma=1.0, rng=1, causal=causal)
+    if causal:
+        rf_module.rfa_attention(q, k, v, n_features=8, sigma=1.0, rng=1, gated=True, gates=gates)
+    for a, b in zip((q, k, v), kept):
+        np.testing.assert_array_equal(a, b)
