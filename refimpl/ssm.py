@@ -963,8 +963,169 @@ def _channel_groups(x: np.ndarray, groups: int) -> np.ndarray:
     return x.reshape(x.shape[:-2] + (groups, x.shape[-2] // groups, x.shape[-1]))
 
 
+#: time steps per chunk of the chunked selective scan (:func:`_selective_chunks`); a block of the
+#: workspace budget holds several chunks, which are summed along time together
+_SCAN_CHUNK = 16
+
+#: largest decay exponent |A Σ Δ| allowed within one chunk of the chunked selective scan: e^{±300}
+#: ≈ 2e±130 neither overflows against moderate inputs (|B̄_t u_t| < 1e178) nor underflows, and the
+#: rounding of the exponents, about 300 ε ≈ 7e-14 relative per term, stays far below the 1e-10
+#: agreement with the loop twin. Chunks that would exceed it are halved, down to the step loop.
+_MAX_CHUNK_DECAY = 300.0
+
+
+def _selective_steps(u, delta, A, B, C, discretization, h, sl, y):
+    """The step loop of Eq. (11.14) on the time steps ``sl``: writes ``y[..., sl, :]``, returns the last state.
+
+    ``h`` (..., n, d) is the state before the first step (state axis first, as in
+    :func:`_selective_chunks`). One vectorized update over all (batch, channel, state) entries per
+    time step, in place on the precomputed B̄_t u_t (the loop of ``selective_scan_ref``); the
+    readout ``y_t = C_t h_t`` is one batched product. The fallback of the chunked form.
+    """
+    d, n = A.shape
+    shape = u.shape[:-2] + (sl.stop - sl.start, d, n)  # (..., T, d, n)
+    # temporaries allocated C-ordered (out=): a transposed u or a strided B (the official layout) must not
+    # set their layout, which would make every per-step slice below strided
+    H, Ab = np.empty(shape, dtype=h.dtype), np.empty(shape, dtype=h.dtype)
+    Bg = B[..., sl, :, None, :]  # B_{t,g}, (..., T, G, 1, n)
+    if discretization == "mamba":  # B̄_t u_t = Δ_t u_t B_{t,g} (Euler, Eq. (11.16))
+        np.multiply(_channel_groups((delta[..., sl, :] * u[..., sl, :])[..., None], Bg.shape[-3]), Bg,
+                    out=_channel_groups(H, Bg.shape[-3]))
+    else:  # B̄_t u_t = (e^{Δ_t A} − 1)/A · B_{t,g} u_t (ZOH, Eq. (11.15))
+        np.multiply(_channel_groups(phi1(A, delta[..., sl, :, None]), Bg.shape[-3]), Bg,
+                    out=_channel_groups(H, Bg.shape[-3]))
+        H *= u[..., sl, :, None]
+    np.multiply(delta[..., sl, :, None], A, out=Ab)  # Δ_t A
+    np.exp(Ab, out=Ab)  # Ā_t = e^{Δ_t A}, in place: fewer large temporaries
+    H[..., 0, :, :] += Ab[..., 0, :, :] * np.swapaxes(h, -1, -2)  # H starts as B̄_t u_t
+    for t in range(1, H.shape[-3]):
+        Ab[..., t, :, :] *= H[..., t - 1, :, :]  # Ā_t h_{t−1}
+        H[..., t, :, :] += Ab[..., t, :, :]  # h_t = Ā_t h_{t−1} + B̄_t u_t
+    # y_t = C_{t,g} h_t for the block: channels grouped as C is, one batched product
+    Cg = C[..., sl, :, :, None]  # (..., T, G_C, n, 1)
+    y[..., sl, :] = np.matmul(_channel_groups(H, Cg.shape[-3]), Cg).reshape(H.shape[:-1])
+    return np.swapaxes(H[..., -1, :, :], -1, -2).copy()
+
+
+def _chunked(x: np.ndarray, start: int, G: int, T: int, tail: int) -> np.ndarray:
+    """Steps ``start … start + G T − 1`` of ``x`` (..., L, *k) as a view (..., G, T, *k); ``tail`` = len(k).
+
+    Splitting one axis copies nothing, whatever its stride (also 0: B or C constant in time).
+    """
+    lead, rest = x.shape[: x.ndim - tail - 1], x.shape[x.ndim - tail :]
+    return x[(Ellipsis, slice(start, start + G * T)) + (slice(None),) * tail].reshape(lead + (G, T) + rest)
+
+
+def _selective_chunks(cs, u, delta, At, B, C, discretization, h, start, y, work=None):
+    r"""Steps ``start …`` of Eq. (11.14) as G chunks of T steps each, without a loop over the steps.
+
+    ``cs`` (..., T, G, d) holds ``Σ_{r≤t} Δ_r`` counted from each chunk's start; ``At`` is
+    A transposed and repeated over the chunks, (n, ≥ G, d); ``h`` (..., n, d) is the state before
+    the first chunk, with the state axis first, so that the channel axis (next to the chunk
+    axis) is the long contiguous one of every temporary. Writes ``y`` and returns the last state
+    (or None if something overflowed: the caller then splits the chunks). ``work``: two arrays of
+    shape (..., T, n, ≥ G, d) to hold the temporaries (reused from block to block: they stay in
+    the cache and are not paged in again each time). Within a chunk, with
+    ``S_t = A Σ_{r≤t} Δ_r`` and ``h_0`` the state before it, the recurrence unrolls to
+
+    .. math::  h_t = e^{S_t}\Big(h_0 + \sum_{s\le t} e^{-S_s}\,\bar B_s u_s\Big),
+
+    so a chunk costs one exponential per (step, state, channel), a cumulative sum along time (one
+    vectorized add per step for all G chunks at once) and a few products; only the chunk
+    boundaries are visited one by one. Each term ``e^{S_t} e^{−S_s} x_s`` is the exact
+    ``e^{S_t − S_s} x_s`` up to a relative error of about ``(|S_t| + |S_s|) ε``, and the rounding of
+    the sum is bounded by ``ε Σ_s e^{S_t − S_s} |x_s|``, the step loop's own bound, as long as
+    nothing overflows: the caller keeps ``|S_t| ≤`` :data:`_MAX_CHUNK_DECAY` (the closed form over
+    a *whole* sequence, with ``Π Ā`` vanishing, is what this bound rules out).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is detected below (and the chunks split)
+        return _chunks_closed_form(cs, u, delta, At, B, C, discretization, h, start, y, work)
+
+
+def _chunks_closed_form(cs, u, delta, At, B, C, discretization, h, start, y, work):
+    T, G, d = cs.shape[-3:]
+    n = At.shape[0]
+    batch = u.shape[:-2]
+    dl, ub = (np.swapaxes(_chunked(x, start, G, T, 1), -3, -2) for x in (delta, u))  # (..., T, G, d)
+    if work is None or work[0].shape[-2] < G:
+        work = [np.empty(batch + (T, n, G, d), dtype=h.dtype) for _ in range(2)]
+    E, W = (x[..., :G, :] for x in work)
+    At = At[:, :G, :] if At.shape[1] >= G else At[:, :1, :]  # (shorter chunks than planned: more of them)
+    np.multiply(cs[..., :, None, :, :], At, out=E)  # S_t = A Σ_{r≤t} Δ_r
+    np.exp(E, out=E)  # e^{S_t}
+    gB, gC = B.shape[-2], C.shape[-2]
+    # B_{t,g} of each step, state and group of channels: (..., T, n, G, G_B, 1)
+    Bt = np.moveaxis(_chunked(B, start, G, T, 2), (-4, -3, -2, -1), (-2, -4, -1, -3))[..., None]
+    Wg = W.reshape(batch + (T, n, G, gB, d // gB))
+    if discretization == "mamba":  # B̄_t u_t = Δ_t u_t B_{t,g} (Euler, Eq. (11.16))
+        np.divide((dl * ub)[..., None, :, :], E, out=W)  # e^{−S_s} Δ_s u_s
+    else:  # B̄_t u_t = (e^{Δ_t A} − 1)/A · B_{t,g} u_t (ZOH, Eq. (11.15))
+        np.multiply(phi1(At, dl[..., None, :, :]), ub[..., None, :, :], out=W)
+        W /= E
+    Wg *= Bt  # e^{−S_s} B̄_s u_s
+    for t in range(1, T):  # Σ_{s≤t} e^{−S_s} B̄_s u_s: one add per step for all chunks
+        W[..., t, :, :, :] += W[..., t - 1, :, :, :]
+    H0 = np.empty(batch + (n, G, d), dtype=h.dtype)
+    for g in range(G):  # the chunk boundaries in order: h_0 of each chunk, and the state at its end
+        H0[..., g, :] = h
+        h = E[..., -1, :, g, :] * (h + W[..., -1, :, g, :])
+    W += H0[..., None, :, :, :]
+    W *= E  # h_t = e^{S_t}(h_0 + Σ_{s≤t} e^{−S_s} B̄_s u_s)
+    # y_t = C_{t,g} h_t: channels grouped as C is, one batched product
+    Ct = np.swapaxes(_chunked(C, start, G, T, 2), -4, -3)[..., None, :]  # (..., T, G, G_C, 1, n)
+    Hg = np.moveaxis(W.reshape(batch + (T, n, G, gC, d // gC)), -4, -2)  # (..., T, G, G_C, n, d/G_C)
+    yt = np.swapaxes(_chunked(y, start, G, T, 1), -3, -2)  # a view of y: (..., T, G, d)
+    np.matmul(Ct, Hg, out=yt.reshape(batch + (T, G, gC, 1, d // gC)))  # splitting the channel axis: a view too
+    return h if np.all(np.isfinite(h)) and np.all(np.isfinite(yt)) else None
+
+
+def _chunk_sums(delta, start, G, T):
+    """``Σ_{r≤t} Δ_r`` from each chunk's start, (..., T, G, d), for G chunks of T steps from ``start``.
+
+    One add per step of a chunk, for all chunks at once (``np.cumsum`` along this strided axis is
+    many times slower).
+    """
+    cs = np.swapaxes(_chunked(delta, start, G, T, 1), -3, -2).copy()  # C-ordered, and never the input itself
+    for t in range(1, T):
+        cs[..., t, :, :] += cs[..., t - 1, :, :]
+    return cs
+
+
+def _decay_ok(cs, A_abs):
+    """Each chunk's decay ``|A| Σ_{r in chunk} Δ_r`` (largest at its end: Δ > 0) within :data:`_MAX_CHUNK_DECAY`; (G,)."""
+    worst = (cs[..., -1, :, :] * A_abs).max(axis=-1)  # (..., G): the fastest channel
+    return worst.reshape(-1, worst.shape[-1]).max(axis=0) <= _MAX_CHUNK_DECAY
+
+
+def _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, start, stop, T, y):
+    """Steps ``start … stop − 1`` in chunks of T steps (the last one shorter), returning the last state (..., n, d).
+
+    Runs of consecutive chunks within the decay bound go to :func:`_selective_chunks` together;
+    a chunk that decays too fast, or whose terms overflow, is split in halves, recursively; below
+    two steps per chunk the step loop takes over.
+    """
+    if T < 2:
+        return _selective_steps(u, delta, A, B, C, discretization, h, slice(start, stop), y)
+    K = (stop - start) // T  # whole chunks
+    if K:
+        cs = _chunk_sums(delta, start, K, T)
+        ok = _decay_ok(cs, A_abs)
+        k = 0
+        while k < K:
+            j = k + 1
+            while j < K and ok[j] == ok[k]:  # a run of chunks with the same verdict
+                j += 1
+            h_new = _selective_chunks(cs[..., k:j, :], u, delta, At, B, C, discretization, h, start + k * T, y) if ok[k] else None
+            h = h_new if h_new is not None else _selective_span(u, delta, A, At, A_abs, B, C, discretization, h,
+                                                                 start + k * T, start + j * T, T // 2, y)
+            k = j
+    if start + K * T < stop:  # the remainder: one shorter chunk
+        h = _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, start + K * T, stop, stop - start - K * T, y)
+    return h
+
+
 def _selective_core(u, delta, A, B, C, discretization):
-    """The blocked recurrence (11.14) with grouped ``B_t``, ``C_t``; shared by selective_scan and selective_scan_fn.
+    """The recurrence (11.14) with grouped ``B_t``, ``C_t``; shared by selective_scan and selective_scan_fn.
 
     ``u``, ``delta`` (..., L, d) float64 (validated); ``A`` (d, n) real, or complex (then the state
     and ``y`` are complex); ``B`` (..., L, G_B, n) and ``C`` (..., L, G_C, n) with batch dims
@@ -972,41 +1133,37 @@ def _selective_core(u, delta, A, B, C, discretization):
     channels, as in :func:`selective_scan`; G = d: one per channel). Returns ``y`` (..., L, d) and
     the last state (..., d, n).
 
-    One vectorized update over all (batch, channel, state) entries per time step, run in place on
-    the precomputed B̄_t u_t in blocks of time steps sized by :mod:`refimpl._blocking`; the readout
-    ``y_t = C_t h_t`` is one batched product per block.
+    The steps are cut into chunks of :data:`_SCAN_CHUNK` steps, solved in closed form
+    (:func:`_selective_chunks`) several at a time, in blocks sized by :mod:`refimpl._blocking`.
+    The within-chunk sums of Δ are formed once for the whole sequence. A block with a chunk
+    whose decay exceeds :data:`_MAX_CHUNK_DECAY` (or that overflows) is redone with shorter
+    chunks, down to the step loop (:func:`_selective_steps`).
     """
     L, d = u.shape[-2:]
+    n = A.shape[1]
     dtype = np.result_type(A, B, C, np.float64)
     # y laid out like u: a transposed u (the official (batch, D, L) layout) gets a y that transposes back without a copy
     y = np.empty_like(u, dtype=dtype)
-    h = np.zeros(u.shape[:-2] + A.shape, dtype=dtype)  # h_{−1} = 0, (..., d, n)
-    steps = per_block(2 * h.size * dtype.itemsize // 8)  # a time step: Ā_t and B̄_t u_t, (…, d, n) each
-    for start in range(0, L, steps):  # blocks of time steps: (…, T, d, n) temporaries only
-        sl = slice(start, min(start + steps, L))
-        shape = u.shape[:-2] + (sl.stop - start, d, A.shape[1])  # (..., T, d, n)
-        # temporaries allocated C-ordered (out=): a transposed u or a strided B (the official layout) must not
-        # set their layout, which would make every per-step slice below strided
-        H, Ab = np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype)
-        Bg = B[..., sl, :, None, :]  # B_{t,g}, (..., T, G, 1, n)
-        if discretization == "mamba":  # B̄_t u_t = Δ_t u_t B_{t,g} (Euler, Eq. (11.16))
-            np.multiply(_channel_groups((delta[..., sl, :] * u[..., sl, :])[..., None], Bg.shape[-3]), Bg,
-                        out=_channel_groups(H, Bg.shape[-3]))
-        else:  # B̄_t u_t = (e^{Δ_t A} − 1)/A · B_{t,g} u_t (ZOH, Eq. (11.15))
-            np.multiply(_channel_groups(phi1(A, delta[..., sl, :, None]), Bg.shape[-3]), Bg,
-                        out=_channel_groups(H, Bg.shape[-3]))
-            H *= u[..., sl, :, None]
-        np.multiply(delta[..., sl, :, None], A, out=Ab)  # Δ_t A
-        np.exp(Ab, out=Ab)  # Ā_t = e^{Δ_t A}, in place: fewer large temporaries
-        H[..., 0, :, :] += Ab[..., 0, :, :] * h  # H starts as B̄_t u_t
-        for t in range(1, H.shape[-3]):
-            Ab[..., t, :, :] *= H[..., t - 1, :, :]  # Ā_t h_{t−1}
-            H[..., t, :, :] += Ab[..., t, :, :]  # h_t = Ā_t h_{t−1} + B̄_t u_t
-        h = H[..., -1, :, :].copy()
-        # y_t = C_{t,g} h_t for the block: channels grouped as C is, one batched product
-        Cg = C[..., sl, :, :, None]  # (..., T, G_C, n, 1)
-        y[..., sl, :] = np.matmul(_channel_groups(H, Cg.shape[-3]), Cg).reshape(H.shape[:-1])
-    return y, h
+    h = np.zeros(u.shape[:-2] + (n, d), dtype=dtype)  # h_{−1} = 0, state axis first: (..., n, d)
+    A_abs = np.max(np.abs(A), axis=1)  # the fastest decay (or rotation) of each channel
+    T = min(_SCAN_CHUNK, L)
+    K = L // T  # whole chunks; the last L − K T steps form a shorter one
+    G = min(K, max(1, per_block(2 * h.size * dtype.itemsize // 8) // T))  # chunks per block: e^{S} and the sums
+    At = np.ascontiguousarray(np.broadcast_to(A.T[:, None, :], (n, G, d)))  # A per state, chunk and channel
+    work = [np.empty(u.shape[:-2] + (T, n, G, d), dtype=dtype) for _ in range(2)]  # e^{S} and the sums
+    cs = _chunk_sums(delta, 0, K, T)  # (..., T, K, d), for the whole sequence at once
+    ok = _decay_ok(cs, A_abs)
+    for k0 in range(0, K, G):
+        k1 = min(k0 + G, K)
+        h_new = None
+        if np.all(ok[k0:k1]):
+            h_new = _selective_chunks(cs[..., k0:k1, :], u, delta, At, B, C, discretization, h, k0 * T, y, work)
+        if h_new is None:  # too fast a decay, or an overflow: those chunks are split
+            h_new = _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, k0 * T, k1 * T, T, y)
+        h = h_new
+    if K * T < L:
+        h = _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, K * T, L, L - K * T, y)
+    return y, np.ascontiguousarray(np.swapaxes(h, -1, -2))
 
 
 def _finish_selective(y, h_last, u, D, return_last_state):
