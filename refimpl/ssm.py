@@ -566,6 +566,43 @@ def _finish_s4d(K: np.ndarray, conj_pairs: bool) -> np.ndarray:
     return 2.0 * K.real if conj_pairs else K
 
 
+#: real multiply-adds per BLAS call of :func:`s4d_kernel` and :func:`s4_kernel_dplr` (see :func:`_small_matmuls`)
+_SMALL_PRODUCT = 1 << 17
+
+
+def _real_form(Y: np.ndarray) -> np.ndarray:
+    """The real (..., 2k, 2n) matrix of a complex (..., k, n) one: ``X.view(float) @ _real_form(Y) == (X @ Y).view(float)``.
+
+    With real and imaginary parts interleaved, row pair (2i, 2i+1) holds ``[[Re Y, Im Y], [−Im Y, Re Y]]``
+    entry by entry: ``(a + ib)(c + id) = (ac − bd) + i(ad + bc)``.
+    """
+    k, n = Y.shape[-2:]
+    Yr = np.empty(Y.shape[:-2] + (k, 2, n, 2))
+    Yr[..., :, 0, :, 0], Yr[..., :, 0, :, 1] = Y.real, Y.imag
+    Yr[..., :, 1, :, 0], Yr[..., :, 1, :, 1] = -Y.imag, Y.real
+    return Yr.reshape(Y.shape[:-2] + (2 * k, 2 * n))
+
+
+def _small_matmuls(X: np.ndarray, Y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = X @ Y`` (batched) as real BLAS products of at most :data:`_SMALL_PRODUCT` multiply-adds each.
+
+    BLAS runs products this small on one thread. Complex operands go through their real form
+    (:func:`_real_form`): complex products ran multithreaded even when tiny, and, like large real
+    ones, collapsed whenever another process kept a core busy (a batch of 300 small complex
+    products took 12 s instead of 90 ms). ``out`` must have a contiguous last axis.
+    """
+    if np.iscomplexobj(X) or np.iscomplexobj(Y):
+        X = X.astype(np.complex128, copy=False)
+        X = (X if X.strides[-1] == X.itemsize else np.ascontiguousarray(X)).view(np.float64)
+        Y, out_r = _real_form(Y.astype(np.complex128, copy=False)), out.view(np.float64)
+    else:
+        out_r = out
+    rows = max(1, _SMALL_PRODUCT // (X.shape[-1] * Y.shape[-1]))
+    for r in range(0, X.shape[-2], rows):
+        np.matmul(X[..., r : r + rows, :], Y, out=out_r[..., r : r + rows, :])
+    return out
+
+
 def _times(x: np.ndarray, k: float) -> np.ndarray:
     """``x · k`` for a real k, real and imaginary parts apart: log 0 = −inf + 0j stays so (a complex product gives NaN)."""
     if x.dtype.kind != "c":
@@ -623,7 +660,7 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     The (…, N, L) Vandermonde matrix is never formed (at H = N = 64, L = 16384 it would be
     1 GiB): with a block length T ≈ √L and J = ⌈L/T⌉ blocks, ``Ā^{jT+i} = Ā^{jT}·Ā^{i}``, so the
     kernel of each channel is one matrix product ``K[j, i] = Σ_n (C_n B̄_n Ā_n^{jT}) Ā_n^{i}``
-    of a (J, N) by an (N, T) matrix — all channels in one batched product. The powers
+    of a (J, N) by an (N, T) matrix, done as small real products (:func:`_small_matmuls`). The powers
     ``Ā^i`` (i < T) and ``Ā^{jT}`` (j < J) come from ``exp(2^k log Ā)`` (for ZOH ``log Ā = ΔA``
     exactly) by doubling, ``Ā^{i + 2^k} = Ā^i Ā^{2^k}``: one exponential per bit, so the
     relative error of ``Ā^ℓ`` is that of ``exp(ℓ log Ā)`` plus a few ulps per set bit of i and j
@@ -649,7 +686,8 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     J = -(-L // T)
     W = _powers(logA, T)  # Ā^i, i < T: (..., N, T)
     P = CB[..., None, :] * np.swapaxes(_powers(_times(logA, T), J), -1, -2)  # C_n B̄_n Ā^{jT}: (..., J, N)
-    K = np.matmul(P, W).reshape(batch + (J * T,))[..., :L]  # K̄_{jT+i} = Σ_n C_n B̄_n Ā^{jT} Ā^i
+    K = _small_matmuls(P, W, np.empty(batch + (J, T), dtype=np.result_type(P, W)))  # Σ_n C_n B̄_n Ā^{jT} Ā^i
+    K = K.reshape(batch + (J * T,))[..., :L]  # K̄_{jT+i}
     if real:
         K = K.real  # the kernel of a real system is real; log of a real Ā < 0 made it complex
     return _finish_s4d(K, conj_pairs)
@@ -677,10 +715,6 @@ def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
                 K[idx + (ell,)] += cb * z  # K̄_ℓ += C_n B̄_n Ā_n^ℓ
                 z = z * a
     return _finish_s4d(K, conj_pairs)
-
-
-#: complex entries of the (channels, L, N) Cauchy matrices formed at once by :func:`s4_kernel_dplr`
-_CAUCHY_ENTRIES = 1 << 21
 
 
 @guard_overflow()
@@ -725,7 +759,9 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     ``K̂ = 2/(1+ω) [k_{C̃B} − k_{C̃P} (1 + k_{Q^*P})^{-1} k_{Q^*B}]`` with Cauchy sums
     ``k_{ab}(ω) = Σ_n a_n b_n / (g(ω) − Λ_n)``. Then ``K̄ = ifft(K̂)``. Cost O(N L) per channel
     plus an FFT, and no power of Ā is ever formed (except in forming C̃ when ``c_tilde`` is
-    False). The four Cauchy sums of a group of channels are one batched matrix product.
+    False). The Cauchy matrices are formed in blocks of channels and frequencies (in place:
+    a subtraction and a reciprocal) and the four Cauchy sums of a block are one batched matrix
+    product.
 
     Porting note: annotated-s4's ``kernel_DPLR(Λ, P, Q, B, C, Δ, L)`` treats C as a column
     vector and conjugates it, so it equals ``s4_kernel_dplr(Λ, P, Q, B, conj(C), Δ, L,
@@ -782,18 +818,23 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     W = np.stack([Cv * Bv, Cv * Pv, Qc * Bv, Qc * Pv], axis=-1).reshape(-1, N, 4)
     Lam_f, dt_f = Lam.reshape(-1, N), dt.reshape(-1)
     H = W.shape[0]
-    K_hat = np.empty((H, L), dtype=np.complex128)
-    group = max(1, _CAUCHY_ENTRIES // (L * N))
-    R = np.empty((min(group, H), L, N), dtype=np.complex128)
-    for h0 in range(0, H, group):  # groups of channels: the (h, L, N) Cauchy matrices stay small
-        h = slice(h0, min(h0 + group, H))
-        g = (2.0 / dt_f[h, None]) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω), (h, L)
-        Rh = R[: h.stop - h0]
-        np.subtract(g[..., None], Lam_f[h, None, :], out=Rh)  # in place: no (h, L, N) temporaries
-        np.reciprocal(Rh, out=Rh)  # (h, L, N) Cauchy matrix 1/(g − Λ_n)
-        k = Rh @ W[h]  # (h, L, 4): k_{C̃B}, k_{C̃P}, k_{Q*B}, k_{Q*P}
-        k00, k01, k10, k11 = (k[..., i] for i in range(4))
-        K_hat[h] = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
+    # blocks of (channels, frequencies): each product (rows, N)·(N, 4) small enough for one BLAS thread, and
+    # the block's Cauchy matrices within the workspace budget (cache-resident while formed and multiplied)
+    rows = max(1, min(L, _SMALL_PRODUCT // (16 * N)))  # the real form of (rows, N)·(N, 4): 16 N rows multiply-adds
+    heads = min(H, per_block(2 * rows * N))
+    R = np.empty((heads, rows, N), dtype=np.complex128)
+    k = np.empty((H, L, 4), dtype=np.complex128)  # k_{C̃B}, k_{C̃P}, k_{Q*B}, k_{Q*P} at every frequency
+    g = (2.0 / dt_f[:, None]) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω), (H, L)
+    for h0 in range(0, H, heads):
+        h = slice(h0, min(h0 + heads, H))
+        for l0 in range(0, L, rows):
+            f = slice(l0, min(l0 + rows, L))
+            Rb = R[: h.stop - h0, : f.stop - l0]
+            np.subtract(g[h, f, None], Lam_f[h, None, :], out=Rb)  # in place: no (h, L, N) temporaries
+            np.reciprocal(Rb, out=Rb)  # Cauchy matrix 1/(g(ω) − Λ_n)
+            _small_matmuls(Rb, W[h], k[h, f])  # the four Cauchy sums
+    k00, k01, k10, k11 = (k[..., i] for i in range(4))
+    K_hat = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
     return np.fft.ifft(K_hat, axis=-1).reshape(batch + (L,))  # K̄ = iFFT(K̂)
 
 

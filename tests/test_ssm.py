@@ -595,15 +595,20 @@ class TestS4KernelDplr:
                 single = ssm.s4_kernel_dplr(Lam[h], P[h], P[h], B[h], Cin[c, h], step[h], L, c_tilde=c_tilde)
                 close(K[c, h], single, rtol=ORACLE, what="multi-channel DPLR kernel vs one channel at a time")
 
-    def test_channel_groups(self, monkeypatch):
-        # one channel per group of Cauchy matrices gives the same kernels as one group
+    def test_channel_and_frequency_blocks(self, monkeypatch):
+        # blocks of one channel and one frequency give the same kernels as one block of everything
+        import refimpl._blocking
         rng = np.random.default_rng(28)
         Lam, P, B, _ = ssm.hippo_legs_dplr(6)
         C = rng.normal(size=(5, 6))
         step = np.linspace(0.01, 0.2, 5)
+        monkeypatch.setattr(ssm, "_SMALL_PRODUCT", 10**9)
+        monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 10**9)
         whole = ssm.s4_kernel_dplr(Lam, P, P, B, C, step, 40)
-        monkeypatch.setattr(ssm, "_CAUCHY_ENTRIES", 1)
-        np.testing.assert_allclose(ssm.s4_kernel_dplr(Lam, P, P, B, C, step, 40), whole, rtol=0, atol=0)
+        monkeypatch.setattr(ssm, "_SMALL_PRODUCT", 1)
+        monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 1)
+        blocked = ssm.s4_kernel_dplr(Lam, P, P, B, C, step, 40)
+        np.testing.assert_allclose(blocked, whole, rtol=0, atol=1e-15 * np.abs(whole).max())
 
     def test_bad_input(self):
         Lam, P, B, V = ssm.hippo_legs_dplr(4)
