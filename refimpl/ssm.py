@@ -1272,13 +1272,21 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
     .. math::  h_t = \bar A_t \odot h_{t-1} + \bar B_t u_t,\qquad y_t = \langle C_t, h_t\rangle + D u_t,
                \qquad \bar A_t = e^{Δ_t A}.
 
-    This is the recurrent form, one vectorized update over all (batch, channel, state) entries
-    per time step (the loop of ``selective_scan_ref``), run in place on the precomputed
-    ``B̄_t u_t`` in blocks of time steps whose temporaries fit the workspace budget of
-    :mod:`refimpl._blocking` (cache-resident); the readout
-    ``y_t = C_t h_t`` is one batched product per block. Twins: :func:`selective_scan_loop`
-    (scalar loops), :func:`selective_scan_assoc` (parallel scan), :func:`selective_scan_matrix`
-    (semiseparable matrix).
+    The recurrence is solved in chunks of a few steps (16), each in closed form: with
+    ``S_t = A Σ_{r≤t} Δ_r`` counted from the chunk's start and ``h_0`` the state before it,
+
+    .. math::  h_t = e^{S_t}\Big(h_0 + \sum_{s\le t} e^{-S_s}\,\bar B_s u_s\Big),
+
+    i.e. one exponential per (step, channel, state), a cumulative sum along time and a few
+    products, vectorized over the chunks of a block of time steps (whose temporaries fit the
+    workspace budget of :mod:`refimpl._blocking`); only the chunk boundaries are sequential, and
+    the readout ``y_t = C_t h_t`` is one batched product per block. The closed form is accurate
+    while ``e^{∓S}`` stay moderate: each term is ``e^{S_t − S_s} B̄_s u_s`` up to
+    ``(|S_t| + |S_s|) ε`` relative, and the sum's rounding has the step loop's bound, so chunks
+    are kept to ``|S| ≤ 300``; a chunk that decays faster (or whose terms overflow) is halved,
+    down to the step loop of ``selective_scan_ref`` (one vectorized update per step). Twins:
+    :func:`selective_scan_loop` (scalar loops), :func:`selective_scan_assoc` (parallel scan),
+    :func:`selective_scan_matrix` (semiseparable matrix).
 
     Examples
     --------
