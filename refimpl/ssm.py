@@ -1233,7 +1233,7 @@ def _selective_core(u, delta, A, B, C, discretization):
 
 def _finish_selective(y, h_last, u, D, return_last_state):
     if D is not None:
-        y = y + D * u  # y_t += D u_t
+        y += D * u  # y_t += D u_t (y is the scan's own array)
     return (y, h_last) if return_last_state else y
 
 
