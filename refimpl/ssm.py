@@ -1081,6 +1081,12 @@ def _chunked(x: np.ndarray, start: int, G: int, T: int, tail: int) -> np.ndarray
     return x[(Ellipsis, slice(start, start + G * T)) + (slice(None),) * tail].reshape(lead + (G, T) + rest)
 
 
+def _last_axes(x: np.ndarray, order: tuple) -> np.ndarray:
+    """``x`` with its last ``len(order)`` axes permuted to ``order`` (a view; cheaper than ``np.moveaxis``)."""
+    lead = x.ndim - len(order)
+    return x.transpose(tuple(range(lead)) + tuple(lead + i for i in order))
+
+
 def _selective_chunks(cs, u, delta, At, B, C, discretization, h, start, y, work=None):
     r"""Steps ``start …`` of Eq. (11.14) as G chunks of T steps each, without a loop over the steps.
 
@@ -1120,7 +1126,7 @@ def _chunks_closed_form(cs, u, delta, At, B, C, discretization, h, start, y, wor
     np.exp(E, out=E)  # e^{S_t}
     gB, gC = B.shape[-2], C.shape[-2]
     # B_{t,g} of each step, state and group of channels: (..., T, n, G, G_B, 1)
-    Bt = np.moveaxis(_chunked(B, start, G, T, 2), (-4, -3, -2, -1), (-2, -4, -1, -3))[..., None]
+    Bt = _last_axes(_chunked(B, start, G, T, 2), (1, 3, 0, 2))[..., None]
     Wg = W.reshape(batch + (T, n, G, gB, d // gB))
     if discretization == "mamba":  # B̄_t u_t = Δ_t u_t B_{t,g} (Euler, Eq. (11.16))
         np.divide((dl * ub)[..., None, :, :], E, out=W)  # e^{−S_s} Δ_s u_s
@@ -1138,7 +1144,7 @@ def _chunks_closed_form(cs, u, delta, At, B, C, discretization, h, start, y, wor
     W *= E  # h_t = e^{S_t}(h_0 + Σ_{s≤t} e^{−S_s} B̄_s u_s)
     # y_t = C_{t,g} h_t: channels grouped as C is, one batched product
     Ct = np.swapaxes(_chunked(C, start, G, T, 2), -4, -3)[..., None, :]  # (..., T, G, G_C, 1, n)
-    Hg = np.moveaxis(W.reshape(batch + (T, n, G, gC, d // gC)), -4, -2)  # (..., T, G, G_C, n, d/G_C)
+    Hg = _last_axes(W.reshape(batch + (T, n, G, gC, d // gC)), (0, 2, 3, 1, 4))  # (..., T, G, G_C, n, d/G_C)
     yt = np.swapaxes(_chunked(y, start, G, T, 1), -3, -2)  # a view of y: (..., T, G, d)
     np.matmul(Ct, Hg, out=yt.reshape(batch + (T, G, gC, 1, d // gC)))  # splitting the channel axis: a view too
     return h if np.all(np.isfinite(h)) and np.all(np.isfinite(yt)) else None
