@@ -1217,9 +1217,10 @@ def _selective_core(u, delta, A, B, C, discretization):
     y = np.empty_like(u, dtype=dtype)
     h = np.zeros(u.shape[:-2] + (n, d), dtype=dtype)  # h_{−1} = 0, state axis first: (..., n, d)
     A_abs = np.max(np.abs(A), axis=1)  # the fastest decay (or rotation) of each channel
-    T = min(_SCAN_CHUNK, L)
+    steps = per_block(2 * h.size * dtype.itemsize // 8)  # steps per block: e^{S} and the sums, (..., n, d) each
+    T = min(_SCAN_CHUNK, L, max(2, steps))  # shorter chunks if even one would not fit the budget
     K = L // T  # whole chunks; the last L − K T steps form a shorter one
-    G = min(K, max(1, per_block(2 * h.size * dtype.itemsize // 8) // T))  # chunks per block: e^{S} and the sums
+    G = min(K, max(1, steps // T))  # chunks per block
     At = np.ascontiguousarray(np.broadcast_to(A.T[:, None, :], (n, G, d)))  # A per state, chunk and channel
     work = [np.empty(u.shape[:-2] + (T, n, G, d), dtype=dtype) for _ in range(2)]  # e^{S} and the sums
     cs = _chunk_sums(delta, 0, K, T)  # (..., T, K, d), for the whole sequence at once
