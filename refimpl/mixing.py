@@ -55,6 +55,7 @@ import math
 import numpy as np
 import scipy.fft
 
+from ._blocking import per_block
 from ._validate import as_bool, as_int, as_array, as_positive_scalar, as_real_array, as_rng, guard_overflow
 
 __all__ = [
@@ -334,7 +335,10 @@ def fft_conv(u, h):
     .. math::  y = \big[\mathcal F_n^{-1}\big(\mathcal F_n(u)\odot\mathcal F_n(h)\big)\big]_{0:N},
 
     O((N + M) log(N + M)) per channel instead of O(N M). ``n`` is ``scipy.fft.next_fast_len``;
-    real inputs use ``rfft``/``irfft`` with explicit ``n``. The output at t depends on ``u_s``,
+    real inputs use ``rfft``/``irfft`` with explicit ``n``. The channels are transformed in
+    groups of at least 16 (fewer if the workspace budget of :mod:`refimpl._blocking` allows more),
+    so the spectra held at once stay a few MiB instead of three copies of the whole padded input;
+    each channel's transforms are the same either way. The output at t depends on ``u_s``,
     s > t, only through round-off (≈ 1e-16 relative, not exactly 0).
 
     Examples
@@ -348,10 +352,17 @@ def fft_conv(u, h):
     n = scipy.fft.next_fast_len(N + M - 1, real=True)  # n ≥ N + M − 1: no wrap-around
     real = not (np.iscomplexobj(u) or np.iscomplexobj(h))
     fwd, inv = (scipy.fft.rfft, scipy.fft.irfft) if real else (scipy.fft.fft, scipy.fft.ifft)
-    # time as the last (contiguous) axis: the FFTs then read memory in order
-    Uf = fwd(np.swapaxes(u, -1, -2), n=n, axis=-1)  # F_n(u), zero-padded, (..., d, n')
-    Uf *= fwd(h.T, n=n, axis=-1)  # ⊙ F_n(h), zero-padded, (d, n')
-    return np.swapaxes(inv(Uf, n=n, axis=-1)[..., :N], -1, -2)  # F^{-1}(F u ⊙ F h), first N samples
+    d = u.shape[-1]
+    y = np.empty(u.shape, dtype=np.result_type(u, h))
+    group = per_block(math.prod(u.shape[:-2]) * n, minimum=16)  # channels per group: a spectrum is ~n numbers
+    Hf = fwd(h.T, n=n, axis=-1) if h.shape[1] == 1 else None  # one filter shared by all channels
+    for c in range(0, d, group):
+        ch = slice(c, min(c + group, d))
+        # time as the last axis of each transform
+        Uf = fwd(np.swapaxes(u[..., ch], -1, -2), n=n, axis=-1)  # F_n(u), zero-padded, (..., g, n')
+        Uf *= Hf if Hf is not None else fwd(h[:, ch].T, n=n, axis=-1)  # ⊙ F_n(h), zero-padded, (g, n')
+        y[..., ch] = np.swapaxes(inv(Uf, n=n, axis=-1)[..., :N], -1, -2)  # F^{-1}(F u ⊙ F h), first N samples
+    return y
 
 
 def fft_conv_loop(u, h):

@@ -566,6 +566,68 @@ def _finish_s4d(K: np.ndarray, conj_pairs: bool) -> np.ndarray:
     return 2.0 * K.real if conj_pairs else K
 
 
+#: real multiply-adds per BLAS call of :func:`s4d_kernel` and :func:`s4_kernel_dplr` (see :func:`_small_matmuls`)
+_SMALL_PRODUCT = 1 << 17
+
+
+def _real_form(Y: np.ndarray) -> np.ndarray:
+    """The real (..., 2k, 2n) matrix of a complex (..., k, n) one: ``X.view(float) @ _real_form(Y) == (X @ Y).view(float)``.
+
+    With real and imaginary parts interleaved, row pair (2i, 2i+1) holds ``[[Re Y, Im Y], [−Im Y, Re Y]]``
+    entry by entry: ``(a + ib)(c + id) = (ac − bd) + i(ad + bc)``.
+    """
+    k, n = Y.shape[-2:]
+    Yr = np.empty(Y.shape[:-2] + (k, 2, n, 2))
+    Yr[..., :, 0, :, 0], Yr[..., :, 0, :, 1] = Y.real, Y.imag
+    Yr[..., :, 1, :, 0], Yr[..., :, 1, :, 1] = -Y.imag, Y.real
+    return Yr.reshape(Y.shape[:-2] + (2 * k, 2 * n))
+
+
+def _small_matmuls(X: np.ndarray, Y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = X @ Y`` (batched) as real BLAS products of at most :data:`_SMALL_PRODUCT` multiply-adds each.
+
+    BLAS runs products this small on one thread. Complex operands go through their real form
+    (:func:`_real_form`): complex products ran multithreaded even when tiny, and, like large real
+    ones, collapsed whenever another process kept a core busy (a batch of 300 small complex
+    products took 12 s instead of 90 ms). ``out`` must have a contiguous last axis.
+    """
+    if np.iscomplexobj(X) or np.iscomplexobj(Y):
+        X = X.astype(np.complex128, copy=False)
+        X = (X if X.strides[-1] == X.itemsize else np.ascontiguousarray(X)).view(np.float64)
+        Y, out_r = _real_form(Y.astype(np.complex128, copy=False)), out.view(np.float64)
+    else:
+        out_r = out
+    rows = max(1, _SMALL_PRODUCT // (X.shape[-1] * Y.shape[-1]))
+    for r in range(0, X.shape[-2], rows):
+        np.matmul(X[..., r : r + rows, :], Y, out=out_r[..., r : r + rows, :])
+    return out
+
+
+def _times(x: np.ndarray, k: float) -> np.ndarray:
+    """``x · k`` for a real k, real and imaginary parts apart: log 0 = −inf + 0j stays so (a complex product gives NaN)."""
+    if x.dtype.kind != "c":
+        return x * k
+    out = np.empty_like(x)
+    out.real, out.imag = x.real * k, x.imag * k
+    return out
+
+
+def _powers(log_z: np.ndarray, m: int) -> np.ndarray:
+    """``z^i = exp(i log z)`` for i = 0 … m − 1, shape (..., m), by doubling: ``z^{i + 2^k} = z^i · exp(2^k log z)``.
+
+    One exponential per bit of m; ``z^0 = 1`` also for ``z = 0`` (``log z = −inf``).
+    """
+    out = np.empty(log_z.shape + (m,), dtype=np.result_type(log_z, np.float64))
+    out[..., 0] = 1.0
+    k = 1
+    while k < m:
+        zk = np.exp(_times(log_z, k))  # z^{2^j}, j = log2 k
+        c = min(k, m - k)
+        np.multiply(out[..., :c], zk[..., None], out=out[..., k : k + c])
+        k *= 2
+    return out
+
+
 def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     r"""S4D convolution kernel of a diagonal SSM: a Vandermonde product, no powers of Ā stored.
 
@@ -596,10 +658,13 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
                = \sum_n C_n \bar B_n\, e^{\ell \log \bar A_n}.
 
     The (…, N, L) Vandermonde matrix is never formed (at H = N = 64, L = 16384 it would be
-    1 GiB): with a block length T ≈ √L, ``Ā^{jT+i} = Ā^{jT}·Ā^{i}``, both factors evaluated as
-    ``exp(ℓ log Ā)`` (for ZOH log Ā = ΔA exactly), so the work is one (…, N, T) table plus, per
-    block, a (…, N)·(…, N, T) contraction. Memory O(H N √L); no error growth with ℓ beyond
-    that of ``exp``.
+    1 GiB): with a block length T ≈ √L and J = ⌈L/T⌉ blocks, ``Ā^{jT+i} = Ā^{jT}·Ā^{i}``, so the
+    kernel of each channel is one matrix product ``K[j, i] = Σ_n (C_n B̄_n Ā_n^{jT}) Ā_n^{i}``
+    of a (J, N) by an (N, T) matrix, done as small real products (:func:`_small_matmuls`). The powers
+    ``Ā^i`` (i < T) and ``Ā^{jT}`` (j < J) come from ``exp(2^k log Ā)`` (for ZOH ``log Ā = ΔA``
+    exactly) by doubling, ``Ā^{i + 2^k} = Ā^i Ā^{2^k}``: one exponential per bit, so the
+    relative error of ``Ā^ℓ`` is that of ``exp(ℓ log Ā)`` plus a few ulps per set bit of i and j
+    (no growth with ℓ as in ``x ← Ā x``). Memory O(H N √L + H L).
 
     Examples
     --------
@@ -618,17 +683,11 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     logA = np.broadcast_to(logA, batch + (N,))
     CB = np.broadcast_to(C * Bb, batch + (N,))  # C_n B̄_n
     T = max(1, int(np.ceil(np.sqrt(L))))
-
-    def power(ell):  # Ā^ℓ = exp(ℓ log Ā), with Ā^0 = 1 even for Ā = 0
-        with np.errstate(invalid="ignore"):
-            return np.where(ell == 0, 1.0, np.exp(logA[..., None] * ell))
-
-    W = power(np.arange(T))  # Ā^i, i < T: (..., N, T)
-    K = np.empty(batch + (L,), dtype=np.result_type(CB, W))
-    for start in range(0, L, T):
-        stop = min(start + T, L)
-        coef = CB * power(np.array([start]))[..., 0]  # C_n B̄_n Ā^{start}
-        K[..., start:stop] = np.matmul(coef[..., None, :], W[..., : stop - start])[..., 0, :]
+    J = -(-L // T)
+    W = _powers(logA, T)  # Ā^i, i < T: (..., N, T)
+    P = CB[..., None, :] * np.swapaxes(_powers(_times(logA, T), J), -1, -2)  # C_n B̄_n Ā^{jT}: (..., J, N)
+    K = _small_matmuls(P, W, np.empty(batch + (J, T), dtype=np.result_type(P, W)))  # Σ_n C_n B̄_n Ā^{jT} Ā^i
+    K = K.reshape(batch + (J * T,))[..., :L]  # K̄_{jT+i}
     if real:
         K = K.real  # the kernel of a real system is real; log of a real Ā < 0 made it complex
     return _finish_s4d(K, conj_pairs)
@@ -656,10 +715,6 @@ def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
                 K[idx + (ell,)] += cb * z  # K̄_ℓ += C_n B̄_n Ā_n^ℓ
                 z = z * a
     return _finish_s4d(K, conj_pairs)
-
-
-#: complex entries of the (channels, L, N) Cauchy matrices formed at once by :func:`s4_kernel_dplr`
-_CAUCHY_ENTRIES = 1 << 21
 
 
 @guard_overflow()
@@ -704,7 +759,9 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     ``K̂ = 2/(1+ω) [k_{C̃B} − k_{C̃P} (1 + k_{Q^*P})^{-1} k_{Q^*B}]`` with Cauchy sums
     ``k_{ab}(ω) = Σ_n a_n b_n / (g(ω) − Λ_n)``. Then ``K̄ = ifft(K̂)``. Cost O(N L) per channel
     plus an FFT, and no power of Ā is ever formed (except in forming C̃ when ``c_tilde`` is
-    False). The four Cauchy sums of a group of channels are one batched matrix product.
+    False). The Cauchy matrices are formed in blocks of channels and frequencies (in place:
+    a subtraction and a reciprocal) and the four Cauchy sums of a block are one batched matrix
+    product.
 
     Porting note: annotated-s4's ``kernel_DPLR(Λ, P, Q, B, C, Δ, L)`` treats C as a column
     vector and conjugates it, so it equals ``s4_kernel_dplr(Λ, P, Q, B, conj(C), Δ, L,
@@ -761,15 +818,23 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     W = np.stack([Cv * Bv, Cv * Pv, Qc * Bv, Qc * Pv], axis=-1).reshape(-1, N, 4)
     Lam_f, dt_f = Lam.reshape(-1, N), dt.reshape(-1)
     H = W.shape[0]
-    K_hat = np.empty((H, L), dtype=np.complex128)
-    group = max(1, _CAUCHY_ENTRIES // (L * N))
-    for h0 in range(0, H, group):  # groups of channels: the (h, L, N) Cauchy matrices stay small
-        h = slice(h0, min(h0 + group, H))
-        g = (2.0 / dt_f[h, None]) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω), (h, L)
-        R = 1.0 / (g[..., None] - Lam_f[h, None, :])  # (h, L, N) Cauchy matrix 1/(g − Λ_n)
-        k = R @ W[h]  # (h, L, 4): k_{C̃B}, k_{C̃P}, k_{Q*B}, k_{Q*P}
-        k00, k01, k10, k11 = (k[..., i] for i in range(4))
-        K_hat[h] = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
+    # blocks of (channels, frequencies): each product (rows, N)·(N, 4) small enough for one BLAS thread, and
+    # the block's Cauchy matrices within the workspace budget (cache-resident while formed and multiplied)
+    rows = max(1, min(L, _SMALL_PRODUCT // (16 * N)))  # the real form of (rows, N)·(N, 4): 16 N rows multiply-adds
+    heads = min(H, per_block(2 * rows * N))
+    R = np.empty((heads, rows, N), dtype=np.complex128)
+    k = np.empty((H, L, 4), dtype=np.complex128)  # k_{C̃B}, k_{C̃P}, k_{Q*B}, k_{Q*P} at every frequency
+    g = (2.0 / dt_f[:, None]) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω), (H, L)
+    for h0 in range(0, H, heads):
+        h = slice(h0, min(h0 + heads, H))
+        for l0 in range(0, L, rows):
+            f = slice(l0, min(l0 + rows, L))
+            Rb = R[: h.stop - h0, : f.stop - l0]
+            np.subtract(g[h, f, None], Lam_f[h, None, :], out=Rb)  # in place: no (h, L, N) temporaries
+            np.reciprocal(Rb, out=Rb)  # Cauchy matrix 1/(g(ω) − Λ_n)
+            _small_matmuls(Rb, W[h], k[h, f])  # the four Cauchy sums
+    k00, k01, k10, k11 = (k[..., i] for i in range(4))
+    K_hat = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
     return np.fft.ifft(K_hat, axis=-1).reshape(batch + (L,))  # K̄ = iFFT(K̂)
 
 
@@ -963,8 +1028,175 @@ def _channel_groups(x: np.ndarray, groups: int) -> np.ndarray:
     return x.reshape(x.shape[:-2] + (groups, x.shape[-2] // groups, x.shape[-1]))
 
 
+#: time steps per chunk of the chunked selective scan (:func:`_selective_chunks`); a block of the
+#: workspace budget holds several chunks, which are summed along time together
+_SCAN_CHUNK = 16
+
+#: largest decay exponent |A Σ Δ| allowed within one chunk of the chunked selective scan: e^{±300}
+#: ≈ 2e±130 neither overflows against moderate inputs (|B̄_t u_t| < 1e178) nor underflows, and the
+#: rounding of the exponents, about 300 ε ≈ 7e-14 relative per term, stays far below the 1e-10
+#: agreement with the loop twin. Chunks that would exceed it are halved, down to the step loop.
+_MAX_CHUNK_DECAY = 300.0
+
+
+def _selective_steps(u, delta, A, B, C, discretization, h, sl, y):
+    """The step loop of Eq. (11.14) on the time steps ``sl``: writes ``y[..., sl, :]``, returns the last state.
+
+    ``h`` (..., n, d) is the state before the first step (state axis first, as in
+    :func:`_selective_chunks`). One vectorized update over all (batch, channel, state) entries per
+    time step, in place on the precomputed B̄_t u_t (the loop of ``selective_scan_ref``); the
+    readout ``y_t = C_t h_t`` is one batched product. The fallback of the chunked form.
+    """
+    d, n = A.shape
+    shape = u.shape[:-2] + (sl.stop - sl.start, d, n)  # (..., T, d, n)
+    # temporaries allocated C-ordered (out=): a transposed u or a strided B (the official layout) must not
+    # set their layout, which would make every per-step slice below strided
+    H, Ab = np.empty(shape, dtype=h.dtype), np.empty(shape, dtype=h.dtype)
+    Bg = B[..., sl, :, None, :]  # B_{t,g}, (..., T, G, 1, n)
+    if discretization == "mamba":  # B̄_t u_t = Δ_t u_t B_{t,g} (Euler, Eq. (11.16))
+        np.multiply(_channel_groups((delta[..., sl, :] * u[..., sl, :])[..., None], Bg.shape[-3]), Bg,
+                    out=_channel_groups(H, Bg.shape[-3]))
+    else:  # B̄_t u_t = (e^{Δ_t A} − 1)/A · B_{t,g} u_t (ZOH, Eq. (11.15))
+        np.multiply(_channel_groups(phi1(A, delta[..., sl, :, None]), Bg.shape[-3]), Bg,
+                    out=_channel_groups(H, Bg.shape[-3]))
+        H *= u[..., sl, :, None]
+    np.multiply(delta[..., sl, :, None], A, out=Ab)  # Δ_t A
+    np.exp(Ab, out=Ab)  # Ā_t = e^{Δ_t A}, in place: fewer large temporaries
+    H[..., 0, :, :] += Ab[..., 0, :, :] * np.swapaxes(h, -1, -2)  # H starts as B̄_t u_t
+    for t in range(1, H.shape[-3]):
+        Ab[..., t, :, :] *= H[..., t - 1, :, :]  # Ā_t h_{t−1}
+        H[..., t, :, :] += Ab[..., t, :, :]  # h_t = Ā_t h_{t−1} + B̄_t u_t
+    # y_t = C_{t,g} h_t for the block: channels grouped as C is, one batched product
+    Cg = C[..., sl, :, :, None]  # (..., T, G_C, n, 1)
+    y[..., sl, :] = np.matmul(_channel_groups(H, Cg.shape[-3]), Cg).reshape(H.shape[:-1])
+    return np.swapaxes(H[..., -1, :, :], -1, -2).copy()
+
+
+def _chunked(x: np.ndarray, start: int, G: int, T: int, tail: int) -> np.ndarray:
+    """Steps ``start … start + G T − 1`` of ``x`` (..., L, *k) as a view (..., G, T, *k); ``tail`` = len(k).
+
+    Splitting one axis copies nothing, whatever its stride (also 0: B or C constant in time).
+    """
+    lead, rest = x.shape[: x.ndim - tail - 1], x.shape[x.ndim - tail :]
+    return x[(Ellipsis, slice(start, start + G * T)) + (slice(None),) * tail].reshape(lead + (G, T) + rest)
+
+
+def _last_axes(x: np.ndarray, order: tuple) -> np.ndarray:
+    """``x`` with its last ``len(order)`` axes permuted to ``order`` (a view; cheaper than ``np.moveaxis``)."""
+    lead = x.ndim - len(order)
+    return x.transpose(tuple(range(lead)) + tuple(lead + i for i in order))
+
+
+def _selective_chunks(cs, u, delta, At, B, C, discretization, h, start, y, work=None):
+    r"""Steps ``start …`` of Eq. (11.14) as G chunks of T steps each, without a loop over the steps.
+
+    ``cs`` (..., T, G, d) holds ``Σ_{r≤t} Δ_r`` counted from each chunk's start; ``At`` is
+    A transposed and repeated over the chunks, (n, ≥ G, d); ``h`` (..., n, d) is the state before
+    the first chunk, with the state axis first, so that the channel axis (next to the chunk
+    axis) is the long contiguous one of every temporary. Writes ``y`` and returns the last state
+    (or None if something overflowed: the caller then splits the chunks). ``work``: two arrays of
+    shape (..., T, n, ≥ G, d) to hold the temporaries (reused from block to block: they stay in
+    the cache and are not paged in again each time). Within a chunk, with
+    ``S_t = A Σ_{r≤t} Δ_r`` and ``h_0`` the state before it, the recurrence unrolls to
+
+    .. math::  h_t = e^{S_t}\Big(h_0 + \sum_{s\le t} e^{-S_s}\,\bar B_s u_s\Big),
+
+    so a chunk costs one exponential per (step, state, channel), a cumulative sum along time (one
+    vectorized add per step for all G chunks at once) and a few products; only the chunk
+    boundaries are visited one by one. Each term ``e^{S_t} e^{−S_s} x_s`` is the exact
+    ``e^{S_t − S_s} x_s`` up to a relative error of about ``(|S_t| + |S_s|) ε``, and the rounding of
+    the sum is bounded by ``ε Σ_s e^{S_t − S_s} |x_s|``, the step loop's own bound, as long as
+    nothing overflows: the caller keeps ``|S_t| ≤`` :data:`_MAX_CHUNK_DECAY` (the closed form over
+    a *whole* sequence, with ``Π Ā`` vanishing, is what this bound rules out).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is detected below (and the chunks split)
+        return _chunks_closed_form(cs, u, delta, At, B, C, discretization, h, start, y, work)
+
+
+def _chunks_closed_form(cs, u, delta, At, B, C, discretization, h, start, y, work):
+    T, G, d = cs.shape[-3:]
+    n = At.shape[0]
+    batch = u.shape[:-2]
+    dl, ub = (np.swapaxes(_chunked(x, start, G, T, 1), -3, -2) for x in (delta, u))  # (..., T, G, d)
+    if work is None or work[0].shape[-2] < G:
+        work = [np.empty(batch + (T, n, G, d), dtype=h.dtype) for _ in range(2)]
+    E, W = (x[..., :G, :] for x in work)
+    At = At[:, :G, :] if At.shape[1] >= G else At[:, :1, :]  # (shorter chunks than planned: more of them)
+    np.multiply(cs[..., :, None, :, :], At, out=E)  # S_t = A Σ_{r≤t} Δ_r
+    np.exp(E, out=E)  # e^{S_t}
+    gB, gC = B.shape[-2], C.shape[-2]
+    # B_{t,g} of each step, state and group of channels: (..., T, n, G, G_B, 1)
+    Bt = _last_axes(_chunked(B, start, G, T, 2), (1, 3, 0, 2))[..., None]
+    Wg = W.reshape(batch + (T, n, G, gB, d // gB))
+    if discretization == "mamba":  # B̄_t u_t = Δ_t u_t B_{t,g} (Euler, Eq. (11.16))
+        np.divide((dl * ub)[..., None, :, :], E, out=W)  # e^{−S_s} Δ_s u_s
+    else:  # B̄_t u_t = (e^{Δ_t A} − 1)/A · B_{t,g} u_t (ZOH, Eq. (11.15))
+        np.multiply(phi1(At, dl[..., None, :, :]), ub[..., None, :, :], out=W)
+        W /= E
+    Wg *= Bt  # e^{−S_s} B̄_s u_s
+    for t in range(1, T):  # Σ_{s≤t} e^{−S_s} B̄_s u_s: one add per step for all chunks
+        W[..., t, :, :, :] += W[..., t - 1, :, :, :]
+    H0 = np.empty(batch + (n, G, d), dtype=h.dtype)
+    for g in range(G):  # the chunk boundaries in order: h_0 of each chunk, and the state at its end
+        H0[..., g, :] = h
+        h = E[..., -1, :, g, :] * (h + W[..., -1, :, g, :])
+    W += H0[..., None, :, :, :]
+    W *= E  # h_t = e^{S_t}(h_0 + Σ_{s≤t} e^{−S_s} B̄_s u_s)
+    # y_t = C_{t,g} h_t: channels grouped as C is, one batched product
+    Ct = np.swapaxes(_chunked(C, start, G, T, 2), -4, -3)[..., None, :]  # (..., T, G, G_C, 1, n)
+    Hg = _last_axes(W.reshape(batch + (T, n, G, gC, d // gC)), (0, 2, 3, 1, 4))  # (..., T, G, G_C, n, d/G_C)
+    yt = np.swapaxes(_chunked(y, start, G, T, 1), -3, -2)  # a view of y: (..., T, G, d)
+    np.matmul(Ct, Hg, out=yt.reshape(batch + (T, G, gC, 1, d // gC)))  # splitting the channel axis: a view too
+    return h if np.all(np.isfinite(h)) and np.all(np.isfinite(yt)) else None
+
+
+def _chunk_sums(delta, start, G, T):
+    """``Σ_{r≤t} Δ_r`` from each chunk's start, (..., T, G, d), for G chunks of T steps from ``start``.
+
+    One add per step of a chunk, for all chunks at once (``np.cumsum`` along this strided axis is
+    many times slower).
+    """
+    cs = np.swapaxes(_chunked(delta, start, G, T, 1), -3, -2).copy()  # C-ordered, and never the input itself
+    for t in range(1, T):
+        cs[..., t, :, :] += cs[..., t - 1, :, :]
+    return cs
+
+
+def _decay_ok(cs, A_abs):
+    """Each chunk's decay ``|A| Σ_{r in chunk} Δ_r`` (largest at its end: Δ > 0) within :data:`_MAX_CHUNK_DECAY`; (G,)."""
+    worst = (cs[..., -1, :, :] * A_abs).max(axis=-1)  # (..., G): the fastest channel
+    return worst.reshape(-1, worst.shape[-1]).max(axis=0) <= _MAX_CHUNK_DECAY
+
+
+def _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, start, stop, T, y):
+    """Steps ``start … stop − 1`` in chunks of T steps (the last one shorter), returning the last state (..., n, d).
+
+    Runs of consecutive chunks within the decay bound go to :func:`_selective_chunks` together;
+    a chunk that decays too fast, or whose terms overflow, is split in halves, recursively; below
+    two steps per chunk the step loop takes over.
+    """
+    if T < 2:
+        return _selective_steps(u, delta, A, B, C, discretization, h, slice(start, stop), y)
+    K = (stop - start) // T  # whole chunks
+    if K:
+        cs = _chunk_sums(delta, start, K, T)
+        ok = _decay_ok(cs, A_abs)
+        k = 0
+        while k < K:
+            j = k + 1
+            while j < K and ok[j] == ok[k]:  # a run of chunks with the same verdict
+                j += 1
+            h_new = _selective_chunks(cs[..., k:j, :], u, delta, At, B, C, discretization, h, start + k * T, y) if ok[k] else None
+            h = h_new if h_new is not None else _selective_span(u, delta, A, At, A_abs, B, C, discretization, h,
+                                                                 start + k * T, start + j * T, T // 2, y)
+            k = j
+    if start + K * T < stop:  # the remainder: one shorter chunk
+        h = _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, start + K * T, stop, stop - start - K * T, y)
+    return h
+
+
 def _selective_core(u, delta, A, B, C, discretization):
-    """The blocked recurrence (11.14) with grouped ``B_t``, ``C_t``; shared by selective_scan and selective_scan_fn.
+    """The recurrence (11.14) with grouped ``B_t``, ``C_t``; shared by selective_scan and selective_scan_fn.
 
     ``u``, ``delta`` (..., L, d) float64 (validated); ``A`` (d, n) real, or complex (then the state
     and ``y`` are complex); ``B`` (..., L, G_B, n) and ``C`` (..., L, G_C, n) with batch dims
@@ -972,46 +1204,43 @@ def _selective_core(u, delta, A, B, C, discretization):
     channels, as in :func:`selective_scan`; G = d: one per channel). Returns ``y`` (..., L, d) and
     the last state (..., d, n).
 
-    One vectorized update over all (batch, channel, state) entries per time step, run in place on
-    the precomputed B̄_t u_t in blocks of time steps sized by :mod:`refimpl._blocking`; the readout
-    ``y_t = C_t h_t`` is one batched product per block.
+    The steps are cut into chunks of :data:`_SCAN_CHUNK` steps, solved in closed form
+    (:func:`_selective_chunks`) several at a time, in blocks sized by :mod:`refimpl._blocking`.
+    The within-chunk sums of Δ are formed once for the whole sequence. A block with a chunk
+    whose decay exceeds :data:`_MAX_CHUNK_DECAY` (or that overflows) is redone with shorter
+    chunks, down to the step loop (:func:`_selective_steps`).
     """
     L, d = u.shape[-2:]
+    n = A.shape[1]
     dtype = np.result_type(A, B, C, np.float64)
     # y laid out like u: a transposed u (the official (batch, D, L) layout) gets a y that transposes back without a copy
     y = np.empty_like(u, dtype=dtype)
-    h = np.zeros(u.shape[:-2] + A.shape, dtype=dtype)  # h_{−1} = 0, (..., d, n)
-    steps = per_block(2 * h.size * dtype.itemsize // 8)  # a time step: Ā_t and B̄_t u_t, (…, d, n) each
-    for start in range(0, L, steps):  # blocks of time steps: (…, T, d, n) temporaries only
-        sl = slice(start, min(start + steps, L))
-        shape = u.shape[:-2] + (sl.stop - start, d, A.shape[1])  # (..., T, d, n)
-        # temporaries allocated C-ordered (out=): a transposed u or a strided B (the official layout) must not
-        # set their layout, which would make every per-step slice below strided
-        H, Ab = np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype)
-        Bg = B[..., sl, :, None, :]  # B_{t,g}, (..., T, G, 1, n)
-        if discretization == "mamba":  # B̄_t u_t = Δ_t u_t B_{t,g} (Euler, Eq. (11.16))
-            np.multiply(_channel_groups((delta[..., sl, :] * u[..., sl, :])[..., None], Bg.shape[-3]), Bg,
-                        out=_channel_groups(H, Bg.shape[-3]))
-        else:  # B̄_t u_t = (e^{Δ_t A} − 1)/A · B_{t,g} u_t (ZOH, Eq. (11.15))
-            np.multiply(_channel_groups(phi1(A, delta[..., sl, :, None]), Bg.shape[-3]), Bg,
-                        out=_channel_groups(H, Bg.shape[-3]))
-            H *= u[..., sl, :, None]
-        np.multiply(delta[..., sl, :, None], A, out=Ab)  # Δ_t A
-        np.exp(Ab, out=Ab)  # Ā_t = e^{Δ_t A}, in place: fewer large temporaries
-        H[..., 0, :, :] += Ab[..., 0, :, :] * h  # H starts as B̄_t u_t
-        for t in range(1, H.shape[-3]):
-            Ab[..., t, :, :] *= H[..., t - 1, :, :]  # Ā_t h_{t−1}
-            H[..., t, :, :] += Ab[..., t, :, :]  # h_t = Ā_t h_{t−1} + B̄_t u_t
-        h = H[..., -1, :, :].copy()
-        # y_t = C_{t,g} h_t for the block: channels grouped as C is, one batched product
-        Cg = C[..., sl, :, :, None]  # (..., T, G_C, n, 1)
-        y[..., sl, :] = np.matmul(_channel_groups(H, Cg.shape[-3]), Cg).reshape(H.shape[:-1])
-    return y, h
+    h = np.zeros(u.shape[:-2] + (n, d), dtype=dtype)  # h_{−1} = 0, state axis first: (..., n, d)
+    A_abs = np.max(np.abs(A), axis=1)  # the fastest decay (or rotation) of each channel
+    steps = per_block(2 * h.size * dtype.itemsize // 8)  # steps per block: e^{S} and the sums, (..., n, d) each
+    T = min(_SCAN_CHUNK, L, max(2, steps))  # shorter chunks if even one would not fit the budget
+    K = L // T  # whole chunks; the last L − K T steps form a shorter one
+    G = min(K, max(1, steps // T))  # chunks per block
+    At = np.ascontiguousarray(np.broadcast_to(A.T[:, None, :], (n, G, d)))  # A per state, chunk and channel
+    work = [np.empty(u.shape[:-2] + (T, n, G, d), dtype=dtype) for _ in range(2)]  # e^{S} and the sums
+    cs = _chunk_sums(delta, 0, K, T)  # (..., T, K, d), for the whole sequence at once
+    ok = _decay_ok(cs, A_abs)
+    for k0 in range(0, K, G):
+        k1 = min(k0 + G, K)
+        h_new = None
+        if np.all(ok[k0:k1]):
+            h_new = _selective_chunks(cs[..., k0:k1, :], u, delta, At, B, C, discretization, h, k0 * T, y, work)
+        if h_new is None:  # too fast a decay, or an overflow: those chunks are split
+            h_new = _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, k0 * T, k1 * T, T, y)
+        h = h_new
+    if K * T < L:
+        h = _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, K * T, L, L - K * T, y)
+    return y, np.ascontiguousarray(np.swapaxes(h, -1, -2))
 
 
 def _finish_selective(y, h_last, u, D, return_last_state):
     if D is not None:
-        y = y + D * u  # y_t += D u_t
+        y += D * u  # y_t += D u_t (y is the scan's own array)
     return (y, h_last) if return_last_state else y
 
 
@@ -1050,13 +1279,21 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
     .. math::  h_t = \bar A_t \odot h_{t-1} + \bar B_t u_t,\qquad y_t = \langle C_t, h_t\rangle + D u_t,
                \qquad \bar A_t = e^{Δ_t A}.
 
-    This is the recurrent form, one vectorized update over all (batch, channel, state) entries
-    per time step (the loop of ``selective_scan_ref``), run in place on the precomputed
-    ``B̄_t u_t`` in blocks of time steps whose temporaries fit the workspace budget of
-    :mod:`refimpl._blocking` (cache-resident); the readout
-    ``y_t = C_t h_t`` is one batched product per block. Twins: :func:`selective_scan_loop`
-    (scalar loops), :func:`selective_scan_assoc` (parallel scan), :func:`selective_scan_matrix`
-    (semiseparable matrix).
+    The recurrence is solved in chunks of a few steps (16), each in closed form: with
+    ``S_t = A Σ_{r≤t} Δ_r`` counted from the chunk's start and ``h_0`` the state before it,
+
+    .. math::  h_t = e^{S_t}\Big(h_0 + \sum_{s\le t} e^{-S_s}\,\bar B_s u_s\Big),
+
+    i.e. one exponential per (step, channel, state), a cumulative sum along time and a few
+    products, vectorized over the chunks of a block of time steps (whose temporaries fit the
+    workspace budget of :mod:`refimpl._blocking`); only the chunk boundaries are sequential, and
+    the readout ``y_t = C_t h_t`` is one batched product per block. The closed form is accurate
+    while ``e^{∓S}`` stay moderate: each term is ``e^{S_t − S_s} B̄_s u_s`` up to
+    ``(|S_t| + |S_s|) ε`` relative, and the sum's rounding has the step loop's bound, so chunks
+    are kept to ``|S| ≤ 300``; a chunk that decays faster (or whose terms overflow) is halved,
+    down to the step loop of ``selective_scan_ref`` (one vectorized update per step). Twins:
+    :func:`selective_scan_loop` (scalar loops), :func:`selective_scan_assoc` (parallel scan),
+    :func:`selective_scan_matrix` (semiseparable matrix).
 
     Examples
     --------

@@ -221,6 +221,17 @@ class TestFftConv:
         close(y, mixing.fft_conv_loop(u, h), rtol=SELF, what="complex fft_conv vs loop")
         close(y[:, 3], np.convolve(u[:, 3], h[:, 0])[:30], rtol=ORACLE, what="complex fft_conv vs numpy.convolve")
 
+    @pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+    def test_channel_groups(self, shared):
+        # 37 channels: transformed in groups (16, 16, 5), each group against the loop twin and numpy.convolve
+        rng = np.random.default_rng(24)
+        u, h = rng.normal(size=(2, 45, 37)), rng.normal(size=(45, 1 if shared else 37))
+        y = mixing.fft_conv(u, h)
+        close(y, mixing.fft_conv_loop(u, h), rtol=SELF, what="fft_conv in channel groups vs loop")
+        for c in (0, 15, 16, 31, 32, 36):
+            close(y[1, :, c], np.convolve(u[1, :, c], h[:, 0 if shared else c])[:45], rtol=ORACLE,
+                  what="fft_conv in channel groups vs numpy.convolve")
+
     def test_padding_prevents_wrap_around(self):
         rng = np.random.default_rng(23)
         u, h = rng.normal(size=(32, 1)), rng.normal(size=(32, 1))

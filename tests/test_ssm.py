@@ -595,15 +595,20 @@ class TestS4KernelDplr:
                 single = ssm.s4_kernel_dplr(Lam[h], P[h], P[h], B[h], Cin[c, h], step[h], L, c_tilde=c_tilde)
                 close(K[c, h], single, rtol=ORACLE, what="multi-channel DPLR kernel vs one channel at a time")
 
-    def test_channel_groups(self, monkeypatch):
-        # one channel per group of Cauchy matrices gives the same kernels as one group
+    def test_channel_and_frequency_blocks(self, monkeypatch):
+        # blocks of one channel and one frequency give the same kernels as one block of everything
+        import refimpl._blocking
         rng = np.random.default_rng(28)
         Lam, P, B, _ = ssm.hippo_legs_dplr(6)
         C = rng.normal(size=(5, 6))
         step = np.linspace(0.01, 0.2, 5)
+        monkeypatch.setattr(ssm, "_SMALL_PRODUCT", 10**9)
+        monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 10**9)
         whole = ssm.s4_kernel_dplr(Lam, P, P, B, C, step, 40)
-        monkeypatch.setattr(ssm, "_CAUCHY_ENTRIES", 1)
-        np.testing.assert_allclose(ssm.s4_kernel_dplr(Lam, P, P, B, C, step, 40), whole, rtol=0, atol=0)
+        monkeypatch.setattr(ssm, "_SMALL_PRODUCT", 1)
+        monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 1)
+        blocked = ssm.s4_kernel_dplr(Lam, P, P, B, C, step, 40)
+        np.testing.assert_allclose(blocked, whole, rtol=0, atol=1e-15 * np.abs(whole).max())
 
     def test_bad_input(self):
         Lam, P, B, V = ssm.hippo_legs_dplr(4)
@@ -985,6 +990,112 @@ def official_inputs(rng, batch=2, dim=4, L=9, N=3, B_form="shared", C_form="shar
 
 FORMS = ["invariant", "shared", "grouped"]
 FN_SCANS = [ssm.selective_scan_fn, ssm.selective_scan_fn_loop]
+
+
+class TestChunkedSelectiveScan:
+    """The chunked closed form inside :func:`ssm.selective_scan` (chunks of ``_SCAN_CHUNK`` steps).
+
+    Within a chunk ``h_t = e^{S_t}(h_0 + Σ_{s≤t} e^{−S_s} B̄_s u_s)``: the loop twin is the oracle,
+    entry by entry against the size of the terms (the same scan of |u|, |B|, |C|), through the
+    regimes the implementation distinguishes: moderate decays (all chunks), fast decays (chunks
+    halved), decays too fast for any chunk (the step loop) and overflow of ``e^{−S} B̄ u``.
+    """
+
+    @staticmethod
+    def count(monkeypatch):
+        calls = {"steps": 0, "chunks": 0}
+        steps, chunks = ssm._selective_steps, ssm._selective_chunks
+
+        def counted_steps(*args, **kw):
+            calls["steps"] += 1
+            return steps(*args, **kw)
+
+        def counted_chunks(*args, **kw):
+            calls["chunks"] += 1
+            return chunks(*args, **kw)
+
+        monkeypatch.setattr(ssm, "_selective_steps", counted_steps)
+        monkeypatch.setattr(ssm, "_selective_chunks", counted_chunks)
+        return calls
+
+    @staticmethod
+    def entrywise(u, delta, A, B, C, discretization, what):
+        """selective_scan vs its loop twin, entry by entry, relative to Σ |C| e^{S_t − S_s} |B̄ u| (the size of the terms)."""
+        y, h = ssm.selective_scan(u, delta, A, B, C, discretization=discretization, return_last_state=True)
+        yl, hl = ssm.selective_scan_loop(u, delta, A, B, C, discretization=discretization, return_last_state=True)
+        scale, hscale = ssm.selective_scan_loop(np.abs(u), delta, A, np.abs(B), np.abs(C),
+                                                discretization=discretization, return_last_state=True)
+        err = max(float(np.max(np.abs(y - yl) / scale)), float(np.max(np.abs(h - hl) / hscale)))
+        record(what, err, 1e-12)
+        assert err <= 1e-12, (what, err)
+        close(y, yl, rtol=SELF, what=what + " (norm-wise)")
+        return y
+
+    @pytest.mark.parametrize("discretization", ["mamba", "zoh"])
+    def test_moderate_decay_runs_in_chunks(self, monkeypatch, discretization):
+        rng = np.random.default_rng(40)
+        L = 37 * ssm._SCAN_CHUNK + 5  # whole chunks and a shorter one
+        u, delta, A, B, C, _ = mamba_inputs(rng, shape=(2, L, 3), n=4, delta_range=(1e-3, 0.3))
+        calls = self.count(monkeypatch)
+        self.entrywise(u, delta, A, B, C, discretization, f"chunked scan, moderate decay ({discretization})")
+        assert calls["chunks"] > 0 and calls["steps"] == 0
+
+    @pytest.mark.parametrize("discretization", ["mamba", "zoh"])
+    def test_fast_decay_halves_the_chunks(self, monkeypatch, discretization):
+        # Δ_t A down to −50 per step: 16 steps would reach −800, 4 steps stay within −200
+        rng = np.random.default_rng(41)
+        L = 300
+        u, delta, _, B, C, _ = mamba_inputs(rng, shape=(L, 3), n=4, delta_range=(0.5, 1.0))
+        A = -rng.uniform(10.0, 50.0, size=(3, 4))
+        calls = self.count(monkeypatch)
+        self.entrywise(u, delta, A, B, C, discretization, f"chunked scan, Δ A to -50 ({discretization})")
+        assert calls["chunks"] > 0 and calls["steps"] == 0
+
+    def test_too_fast_for_any_chunk_uses_the_step_loop(self, monkeypatch):
+        # one stretch with Δ A = −400 per step (beyond the bound even for two steps), moderate elsewhere
+        rng = np.random.default_rng(42)
+        L = 400
+        u, delta, A, B, C, _ = mamba_inputs(rng, shape=(L, 2), n=3, delta_range=(1e-2, 0.2))
+        A[0, 0] = -20.0
+        delta[150:170, 0] = 20.0
+        calls = self.count(monkeypatch)
+        self.entrywise(u, delta, A, B, C, "mamba", "chunked scan, Δ A = -400 stretch")
+        assert calls["chunks"] > 0 and calls["steps"] > 0
+
+    def test_overflowing_terms_are_redone_in_shorter_chunks(self, monkeypatch):
+        # e^{−S} reaches e^{288} ≈ 1e125 within 16 steps; with |B̄ u| ≈ 1e250 the product overflows
+        L = 64
+        rng = np.random.default_rng(43)
+        u = 1e250 * rng.uniform(0.5, 1.0, size=(L, 2))
+        delta, A = np.ones((L, 2)), np.full((2, 2), -18.0)
+        B, C = rng.uniform(0.5, 1.0, size=(2, L, 2))
+        calls = self.count(monkeypatch)
+        y = self.entrywise(u, delta, A, B, C, "mamba", "chunked scan, overflow redone")
+        assert np.all(np.isfinite(y)) and calls["chunks"] > 1
+
+    @settings(max_examples=25, deadline=None)
+    @given(seed=st.integers(0, 2**32 - 1), L=st.integers(1, 120), log_rate=st.floats(-4.0, 2.7))
+    def test_random_decay_rates(self, seed, L, log_rate):
+        # per-step decays |Δ A| spread over a decade around 10^log_rate (up to ~5000 per step)
+        rng = np.random.default_rng(seed)
+        u, delta, A, B, C, _ = mamba_inputs(rng, shape=(L, 2), n=3, delta_range=(0.3, 3.0))
+        A = -(10.0**log_rate) * rng.uniform(0.1, 1.0, size=A.shape)
+        for disc in ("mamba", "zoh"):
+            self.entrywise(u, delta, A, B, C, disc, "chunked scan, random decay rates")
+
+    def test_complex_official_long_sequence(self):
+        # selective_scan_fn: complex A (fast rotations Im A up to ~30, decays up to ~50 per step), grouped
+        # B, C, several thousand steps, against the official per-step reference and the loop twin
+        rng = np.random.default_rng(44)
+        kw = official_inputs(rng, batch=1, dim=4, L=2500, N=3, B_form="grouped", C_form="shared", complex_A=True)
+        kw["A"] = -np.exp(rng.uniform(-3.0, 2.5, size=(4, 3))) + 1j * np.pi * rng.normal(0.0, 3.0, size=(4, 3))
+        kw["delta_bias"] = np.array([-3.0, 0.0, 1.0, 2.0])
+        ref, last_ref = official_reference(**kw, delta_softplus=True)
+        out, last = ssm.selective_scan_fn(**kw, delta_softplus=True, return_last_state=True)
+        close(out, ref, rtol=SELF, what="chunked complex scan vs official reference, L = 2500")
+        close(last, last_ref, rtol=SELF, what="chunked complex scan last state, L = 2500")
+        loop = ssm.selective_scan_fn_loop(**kw, delta_softplus=True)
+        close(out, loop, rtol=SELF, what="chunked complex scan vs loop twin, L = 2500")
 
 
 class TestSelectiveScanFn:
