@@ -786,45 +786,58 @@ def _Tc(a):
 def _combine_types(Ai, Ci, Ji, Aj, Cj, Jj):
     """The data-independent half of a_i ⊗ a_j, Eq. (3.7) (Särkkä & García-Fernández 2021, Lemma 8).
 
-    Returns (A_ij, C_ij, J_ij) and the two matrices that carry the means,
-    M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹ (:func:`_combine_means`); batched.
+    Returns (A_ij, C_ij, J_ij) and the transposes Mᵀ, Nᵀ of the two matrices that carry the
+    means, M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹ (:func:`_combine_means`); batched.
+    C and J are symmetric, so I + J_j C_i = (I + C_i J_j)ᵀ and both come out of one batched
+    solve: Mᵀ = (I + J_j C_i)⁻¹ A_jᵀ and Nᵀ = (I + C_i J_j)⁻¹ A_i.
     """
-    I = np.eye(Ai.shape[-1])
-    M = _T(_solve(_T(I + Ci @ Jj), _T(Aj), "I + C_i J_j in the filtering scan"))  # A_j (I + C_i J_j)⁻¹
-    N_ = _T(_solve(_T(I + Jj @ Ci), Ai, "I + J_j C_i in the filtering scan"))  # A_iᵀ (I + J_j C_i)⁻¹
+    k = Ai.shape[0]
+    X = Ci @ Jj
+    X += np.eye(Ai.shape[-1])  # I + C_i J_j
+    sol = _solve(np.concatenate([_T(X), X]), np.concatenate([_T(Aj), Ai]), "I + C_i J_j in the filtering scan")
+    Mt, Nt = sol[:k], sol[k:]
+    M = _T(Mt)
     A = M @ Ai  # A_ij = A_j (I + C_i J_j)⁻¹ A_i
     C = _sym(M @ Ci @ _T(Aj) + Cj)  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
-    J = _sym(N_ @ Jj @ Ai + Ji)  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
-    return A, C, J, M, N_
+    J = _sym(_T(Nt) @ Jj @ Ai + Ji)  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
+    return A, C, J, Mt, Nt
 
 
-def _combine_means(bi, ei, bj, ej, Ci, Jj, M, N_, b_out, e_out):
+def _combine_means(bi, ei, bj, ej, Ci, Jj, Mt, Nt, b_out, e_out):
     """The data half of a_i ⊗ a_j, Eq. (3.7), rows of L sequences: b (…, L, n), matrices (…, n, n).
 
     b_ij = M (b_i + C_i η_j) + b_j  and  η_ij = N (η_j − J_j b_i) + η_i, written to ``b_out``,
-    ``e_out``. With one pair of matrices for all rows the products are flat (rows × n) · (n × n).
+    ``e_out``; in rows, b_ij = (b_i + η_j C_i) Mᵀ + b_j (C, J symmetric). ``Mt``, ``Nt`` are the
+    transposes, contiguous: a transposed view as the right factor of a tall product takes a path
+    of NumPy/OpenBLAS that is up to 1000× slower (measured: (10⁴, 8) · (8, 8)ᵀ). With one pair of
+    matrices for all rows the products are flat (rows × n) · (n × n).
     """
-    if M.ndim == 2:
+    if Mt.ndim == 2:
         n = bi.shape[-1]
         bi, ei, bj, ej, bo, eo = (x.reshape(-1, n) for x in (bi, ei, bj, ej, b_out, e_out))
     else:
         bo, eo = b_out, e_out
-    # contiguous transposes: a transposed view as the right factor of a tall product takes a path
-    # of NumPy/OpenBLAS that is up to 1000× slower (measured: (10⁴, 8) · (8, 8)ᵀ)
-    Ci, Jj, M, N_ = (_Tc(x) for x in (Ci, Jj, M, N_))
     t = np.matmul(ej, Ci)  # C_i η_j
     t += bi
-    np.matmul(t, M, out=bo)
+    np.matmul(t, Mt, out=bo)
     bo += bj  # b_ij = M (b_i + C_i η_j) + b_j
     np.matmul(bi, Jj, out=t)  # J_j b_i
     np.subtract(ej, t, out=t)
-    np.matmul(t, N_, out=eo)
+    np.matmul(t, Nt, out=eo)
     eo += ei  # η_ij = N (η_j − J_j b_i) + η_i
 
 
-#: in one sweep of :func:`_typed_scan`, a pair of types shared by at least this many elements
-#: gets its own matrix products; rarer pairs are gathered into one batched product
+#: in one sweep of :func:`_typed_scan`, a run of at least this many consecutive elements with the
+#: same pair of types (or a pair shared by this many elements) gets its own matrix products;
+#: rarer pairs are gathered into one batched product
 _SHARED = 64
+
+
+def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths of the runs of equal consecutive entries of a 1-D array (at least one entry)."""
+    starts = np.flatnonzero(x[1:] != x[:-1]) + 1
+    bounds = np.concatenate(([0], starts, [x.shape[0]]))
+    return bounds[:-1], np.diff(bounds)
 
 
 def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
@@ -832,10 +845,16 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
 
     ``types`` (N,) indexes the tables ``A, C, J`` (T, n, n): element k is (A, b_k, C, η_k, J) of
     its type, with data ``b, eta`` (N, L, n). Sweep s combines element k − 2^s with element k (the
-    Hillis–Steele sweeps of :func:`refimpl._scan.linear_scan`); the data-independent half of a combination depends
-    only on the two types, so it is computed once per distinct pair (batched), and the means of
-    all elements with that pair follow by matrix products. Returns the scanned ``b`` and C
-    (N, n, n): the filtered means and covariances.
+    Hillis–Steele sweeps of :func:`refimpl._scan.linear_scan`); the data-independent half of a
+    combination depends only on the two types, so it is computed once per distinct pair
+    (batched), and the means of all elements with that pair follow by matrix products. Returns
+    the scanned ``b``, the C table and the types (the filtered covariances are C[types]).
+
+    Types come in runs (a time-invariant model has a handful of long runs of identical
+    elements), so the distinct pairs of a sweep are found among the runs of pairs, and a long run
+    is one flat product on a slice of the data — no sort and no gather of N entries per sweep.
+    After each sweep the tables keep only the types still in use: the new combinations and the
+    prefixes' types.
 
     After each sweep the elements that start at step 0 are prefixes, whose C are the filtered
     covariances P_k. Inside a stretch of identical steps (``starts``, :func:`_step_starts`) these
@@ -851,38 +870,42 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     while step < N:
         # merge settled prefixes: the elements k < step start at step 0 after the last sweep
         types = _merge_prefixes(types, C, min(step, N), pattern, H, F, Q, R, starts, settled)
-        ti, tj = types[:-step], types[step:]
         T = A.shape[0]
-        codes = ti.astype(np.int64) * T + tj
-        uniq, inv = np.unique(codes, return_inverse=True)
+        codes = types[:-step].astype(np.int64) * T + types[step:]  # the pair (type of k − step, type of k)
+        first, lengths = _runs(codes)
+        uniq, rinv = np.unique(codes[first], return_inverse=True)  # distinct pairs, and the pair of each run
+        rinv = rinv.reshape(-1)
         ui, uj = uniq // T, uniq % T
-        A_new, C_new, J_new, M, N_ = _combine_types(A[ui], C[ui], J[ui], A[uj], C[uj], J[uj])
+        A_new, C_new, J_new, Mt, Nt = _combine_types(A[ui], C[ui], J[ui], A[uj], C[uj], J[uj])
         bi, ei, bj, ej = b[:-step], eta[:-step], b[step:], eta[step:]
         b_out, e_out = b2[step:], eta2[step:]  # double buffers: no fresh memory per sweep
-        counts = np.bincount(inv, minlength=uniq.shape[0])
-        shared = counts >= _SHARED
-        for u in np.flatnonzero(shared):  # a pair shared by many elements: plain matrix products
-            idx = np.flatnonzero(inv == u)
-            if idx[-1] - idx[0] + 1 == idx.size:  # contiguous (the usual case): views, no gather
-                sl = slice(idx[0], idx[-1] + 1)
-                _combine_means(bi[sl], ei[sl], bj[sl], ej[sl], C[ui[u]], J[uj[u]], M[u], N_[u], b_out[sl], e_out[sl])
-            else:
+        long = lengths >= _SHARED
+        for r in np.flatnonzero(long):  # a long run: plain matrix products on slices (views)
+            u, sl = rinv[r], slice(first[r], first[r] + lengths[r])
+            _combine_means(bi[sl], ei[sl], bj[sl], ej[sl], C[ui[u]], J[uj[u]], Mt[u], Nt[u], b_out[sl], e_out[sl])
+        if not long.all():
+            short = ~long
+            count = np.bincount(rinv[short], weights=lengths[short], minlength=uniq.size)
+            shared = count >= _SHARED
+            for u in np.flatnonzero(shared):  # a pair spread over many short runs: gather its rows
+                idx = np.flatnonzero(np.repeat(short & (rinv == u), lengths))
                 bo, eo = np.empty_like(bj[idx]), np.empty_like(ej[idx])
-                _combine_means(bi[idx], ei[idx], bj[idx], ej[idx], C[ui[u]], J[uj[u]], M[u], N_[u], bo, eo)
+                _combine_means(bi[idx], ei[idx], bj[idx], ej[idx], C[ui[u]], J[uj[u]], Mt[u], Nt[u], bo, eo)
                 b_out[idx], e_out[idx] = bo, eo
-        rare = np.flatnonzero(~shared[inv])
-        if rare.size:  # the others: gather their matrices, one batched product
-            v = inv[rare]
-            bo, eo = np.empty_like(bj[rare]), np.empty_like(ej[rare])
-            _combine_means(bi[rare], ei[rare], bj[rare], ej[rare], C[ui[v]], J[uj[v]], M[v], N_[v], bo, eo)
-            b_out[rare], e_out[rare] = bo, eo
+            rare_runs = short & ~shared[rinv]
+            if rare_runs.any():  # the others: gather their matrices, one batched product
+                rare = np.flatnonzero(np.repeat(rare_runs, lengths))
+                v = np.repeat(rinv[rare_runs], lengths[rare_runs])
+                bo, eo = np.empty_like(bj[rare]), np.empty_like(ej[rare])
+                _combine_means(bi[rare], ei[rare], bj[rare], ej[rare], C[ui[v]], J[uj[v]], Mt[v], Nt[v], bo, eo)
+                b_out[rare], e_out[rare] = bo, eo
         b2[:step], eta2[:step] = b[:step], eta[:step]
         b, b2, eta, eta2 = b2, b, eta2, eta
-        types = np.concatenate([types[:step], T + inv])
-        A, C, J = np.concatenate([A, A_new]), np.concatenate([C, C_new]), np.concatenate([J, J_new])
-        if A.shape[0] > 2 * N:  # drop the types no longer in use: the tables stay O(N) long
-            used, types = np.unique(types, return_inverse=True)
-            A, C, J = A[used], C[used], J[used]
+        # the tables of the next sweep: the prefixes' types (k < step, unchanged), then the new pairs
+        pfirst, plengths = _runs(types[:step])
+        used, pinv = np.unique(types[:step][pfirst], return_inverse=True)
+        types = np.concatenate([np.repeat(pinv.reshape(-1), plengths), used.size + np.repeat(rinv, lengths)])
+        A, C, J = np.concatenate([A[used], A_new]), np.concatenate([C[used], C_new]), np.concatenate([J[used], J_new])
         step *= 2
     return b, C, types
 
@@ -1002,8 +1025,11 @@ def _scan_group(z, m0, pattern, F, H, Q, R, P0):
     types = np.zeros(N, dtype=np.intp)
     if N > 1:
         if F.strides[0] == 0 and Q.strides[0] == 0:  # time-invariant: a step is observed or missing
-            cls = pattern[1:].astype(np.intp)
-            _, first, cls = np.unique(cls, return_index=True, return_inverse=True)
+            cls = pattern[1:].astype(np.intp)  # 0 observed, 1 missing
+            if cls.all() or not cls.any():  # one kind of step
+                first, cls = np.zeros(1, dtype=np.intp), np.zeros_like(cls)
+            else:
+                first = np.array([np.argmin(cls), np.argmax(cls)])
         else:
             rows = np.ascontiguousarray(
                 np.concatenate([F.reshape(N - 1, -1), Q.reshape(N - 1, -1), pattern[1:, None]], axis=1)
@@ -1024,10 +1050,18 @@ def _scan_group(z, m0, pattern, F, H, Q, R, P0):
         W = np.where(gone[:, None, None], 0.0, W)  # η = Fᵀ Hᵀ S⁻¹ z (0 where missing)
         zt = np.transpose(z[:, 1:], (1, 0, 2))  # (N − 1, L, p)
         if first.size <= 8:
-            for c in range(first.size):
+            zt = np.ascontiguousarray(zt)
+            for c in range(first.size):  # flat (rows × p) · (p × n) products, one per kind
                 idx = np.flatnonzero(cls == c)
-                b[1 + idx] = zt[idx] @ _Tc(K[c])
-                eta[1 + idx] = zt[idx] @ W[c]
+                if idx[-1] - idx[0] + 1 == idx.size:  # contiguous (the usual case): views
+                    rows = slice(1 + idx[0], 2 + idx[-1])
+                    zc = zt[idx[0] : idx[-1] + 1].reshape(-1, p)
+                    np.matmul(zc, _Tc(K[c]), out=b[rows].reshape(-1, n))
+                    np.matmul(zc, W[c], out=eta[rows].reshape(-1, n))
+                else:
+                    zc = zt[idx].reshape(-1, p)
+                    b[1 + idx] = (zc @ _Tc(K[c])).reshape(idx.size, L, n)
+                    eta[1 + idx] = (zc @ W[c]).reshape(idx.size, L, n)
         else:
             b[1:] = zt @ _T(K[cls])
             eta[1:] = zt @ W[cls]
