@@ -840,6 +840,40 @@ def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return bounds[:-1], np.diff(bounds)
 
 
+def _expand(rs: np.ndarray, rv: np.ndarray, a: int, b: int) -> np.ndarray:
+    """The types of elements a … b−1 from the runs (starts ``rs``, types ``rv``)."""
+    i0, i1 = np.searchsorted(rs, a, "right") - 1, np.searchsorted(rs, b, "left")
+    s = rs[i0:i1].copy()
+    s[0] = a
+    return np.repeat(rv[i0:i1], np.append(rs[i0 + 1 : i1], b) - s)
+
+
+def _assign(rs: np.ndarray, rv: np.ndarray, a: int, b: int, t, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """The runs after elements a … b−1 (of N) are given type ``t``, merged where neighbours agree."""
+    if b <= a:
+        return rs, rv
+    before, after = rs < a, rs > b
+    tail_s, tail_v = rs[after], rv[after]
+    if b < N:  # the run that contains b now starts there
+        tail_s, tail_v = np.r_[b, tail_s], np.r_[rv[np.searchsorted(rs, b, "right") - 1], tail_v]
+    s = np.concatenate([rs[before], [a], tail_s])
+    v = np.concatenate([rv[before], [t], tail_v]).astype(rv.dtype)
+    keep = np.r_[True, v[1:] != v[:-1]]
+    return s[keep], v[keep]
+
+
+def _combine_prefix_means(bi, bj, ej, Ci, Mt, b_out):
+    """The data half of a_i ⊗ a_j when a_i is a prefix (A_i = 0, J_i = 0, η_i = 0): only
+    b_ij = M (b_i + C_i η_j) + b_j; η_ij = 0 (N = A_iᵀ(…) = 0). Shapes as in :func:`_combine_means`."""
+    if Mt.ndim == 2:
+        n = bi.shape[-1]
+        bi, bj, ej, b_out = (x.reshape(-1, n) for x in (bi, bj, ej, b_out))
+    t = np.matmul(ej, Ci)  # C_i η_j
+    t += bi
+    np.matmul(t, Mt, out=b_out)
+    b_out += bj
+
+
 def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     """Inclusive Hillis–Steele scan of the filtering elements, each half computed once per kind.
 
@@ -850,11 +884,12 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     (batched), and the means of all elements with that pair follow by matrix products. Returns
     the scanned ``b``, the C table and the types (the filtered covariances are C[types]).
 
-    Types come in runs (a time-invariant model has a handful of long runs of identical
-    elements), so the distinct pairs of a sweep are found among the runs of pairs, and a long run
-    is one flat product on a slice of the data — no sort and no gather of N entries per sweep.
-    After each sweep the tables keep only the types still in use: the new combinations and the
-    prefixes' types.
+    The types are kept as runs (start, type): a time-invariant model has a handful of long runs
+    of identical elements, so the pairs of a sweep, their runs and the tables of the next sweep
+    are formed from a few dozen numbers, and a long run is one flat product on a slice of the
+    data. The tables keep only the types in use: the new combinations and the prefixes' types.
+    Elements k − 2^s < 2^s are prefixes (A = 0, J = 0, η = 0, see below), and their combinations
+    have η = 0: only the means b are formed there.
 
     After each sweep the elements that start at step 0 are prefixes, whose C are the filtered
     covariances P_k. Inside a stretch of identical steps (``starts``, :func:`_step_starts`) these
@@ -864,25 +899,37 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     step. Without that, a time-invariant model still has N distinct prefixes.
     """
     N = types.shape[0]
+    rs, _ = _runs(types)
+    rv = types[rs]
     b2, eta2 = np.empty_like(b), np.empty_like(eta)
     settled = {}  # stretch → (first settled prefix, end of its merged run): see _merge_prefixes
     step = 1
     while step < N:
         # merge settled prefixes: the elements k < step start at step 0 after the last sweep
-        types = _merge_prefixes(types, C, min(step, N), pattern, H, F, Q, R, starts, settled)
-        T = A.shape[0]
-        codes = types[:-step].astype(np.int64) * T + types[step:]  # the pair (type of k − step, type of k)
-        first, lengths = _runs(codes)
-        uniq, rinv = np.unique(codes[first], return_inverse=True)  # distinct pairs, and the pair of each run
+        rs, rv = _merge_prefixes(rs, rv, N, C, min(step, N), pattern, H, F, Q, R, starts, settled)
+        T, m = A.shape[0], N - step
+        # the runs of the pairs (type of k − step, type of k), k = step … N − 1, indexed by r = k − step:
+        # a new run wherever either type changes
+        cut = np.concatenate([rs, rs - step])
+        first = np.unique(np.concatenate([[0], cut[(cut > 0) & (cut < m)]]))
+        lengths = np.diff(np.append(first, m))
+        ti = rv[np.searchsorted(rs, first, "right") - 1]
+        tj = rv[np.searchsorted(rs, first + step, "right") - 1]
+        uniq, rinv = np.unique(ti.astype(np.int64) * T + tj, return_inverse=True)  # distinct pairs
         rinv = rinv.reshape(-1)
         ui, uj = uniq // T, uniq % T
         A_new, C_new, J_new, Mt, Nt = _combine_types(A[ui], C[ui], J[ui], A[uj], C[uj], J[uj])
         bi, ei, bj, ej = b[:-step], eta[:-step], b[step:], eta[step:]
         b_out, e_out = b2[step:], eta2[step:]  # double buffers: no fresh memory per sweep
+        pre = first < step  # runs whose a_i is a prefix: η_ij = 0
+        e_out[: min(step, m)] = 0.0
         long = lengths >= _SHARED
         for r in np.flatnonzero(long):  # a long run: plain matrix products on slices (views)
             u, sl = rinv[r], slice(first[r], first[r] + lengths[r])
-            _combine_means(bi[sl], ei[sl], bj[sl], ej[sl], C[ui[u]], J[uj[u]], Mt[u], Nt[u], b_out[sl], e_out[sl])
+            if pre[r]:
+                _combine_prefix_means(bi[sl], bj[sl], ej[sl], C[ui[u]], Mt[u], b_out[sl])
+            else:
+                _combine_means(bi[sl], ei[sl], bj[sl], ej[sl], C[ui[u]], J[uj[u]], Mt[u], Nt[u], b_out[sl], e_out[sl])
         if not long.all():
             short = ~long
             count = np.bincount(rinv[short], weights=lengths[short], minlength=uniq.size)
@@ -892,27 +939,37 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
                 bo, eo = np.empty_like(bj[idx]), np.empty_like(ej[idx])
                 _combine_means(bi[idx], ei[idx], bj[idx], ej[idx], C[ui[u]], J[uj[u]], Mt[u], Nt[u], bo, eo)
                 b_out[idx], e_out[idx] = bo, eo
-            rare_runs = short & ~shared[rinv]
-            if rare_runs.any():  # the others: gather their matrices, one batched product
-                rare = np.flatnonzero(np.repeat(rare_runs, lengths))
-                v = np.repeat(rinv[rare_runs], lengths[rare_runs])
-                bo, eo = np.empty_like(bj[rare]), np.empty_like(ej[rare])
-                _combine_means(bi[rare], ei[rare], bj[rare], ej[rare], C[ui[v]], J[uj[v]], Mt[v], Nt[v], bo, eo)
-                b_out[rare], e_out[rare] = bo, eo
+            for runs, prefix in ((short & ~shared[rinv] & pre, True), (short & ~shared[rinv] & ~pre, False)):
+                if not runs.any():
+                    continue
+                # the other short runs: gather their rows and matrices, one batched product
+                rows = np.flatnonzero(np.repeat(runs, lengths))
+                v = np.repeat(rinv[runs], lengths[runs])
+                bo = np.empty_like(bj[rows])
+                if prefix:
+                    _combine_prefix_means(bi[rows], bj[rows], ej[rows], C[ui[v]], Mt[v], bo)
+                else:
+                    eo = np.empty_like(ej[rows])
+                    _combine_means(bi[rows], ei[rows], bj[rows], ej[rows], C[ui[v]], J[uj[v]], Mt[v], Nt[v], bo, eo)
+                    e_out[rows] = eo
+                b_out[rows] = bo
         b2[:step], eta2[:step] = b[:step], eta[:step]
         b, b2, eta, eta2 = b2, b, eta2, eta
-        # the tables of the next sweep: the prefixes' types (k < step, unchanged), then the new pairs
-        pfirst, plengths = _runs(types[:step])
-        used, pinv = np.unique(types[:step][pfirst], return_inverse=True)
-        types = np.concatenate([np.repeat(pinv.reshape(-1), plengths), used.size + np.repeat(rinv, lengths)])
+        # the runs and tables of the next sweep: the prefixes' runs (k < step, unchanged), then the new
+        # pairs; prefix types and the others never coincide, so no run straddles k = step
+        keep = rs < step
+        used, pinv = np.unique(rv[keep], return_inverse=True)
+        rs = np.concatenate([rs[keep], first + step])
+        rv = np.concatenate([pinv.reshape(-1), used.size + rinv])
         A, C, J = np.concatenate([A[used], A_new]), np.concatenate([C[used], C_new]), np.concatenate([J[used], J_new])
         step *= 2
-    return b, C, types
+    return b, C, np.repeat(rv, np.diff(np.append(rs, N)))
 
 
-def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
+def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
     """Give the settled prefixes k < ``stop`` of each stretch of identical steps one type.
 
+    The types are runs (starts ``rs``, types ``rv``) of the N elements; returns the new runs.
     Prefix k (the scanned element that starts at step 0) has C = P_k. Within a stretch
     [starts[i], starts[i+1]) of identical steps (:func:`_step_starts`), find the first k ending
     ``_PATIENCE`` consecutive prefixes that change P by at most 4 units of rounding, check that
@@ -922,29 +979,31 @@ def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
     scatter by more than the sequential recursion's few units). The same test as
     :func:`_filter_covariances`, so both forms stop at the same place.
     ``settled`` (stretch → (c, end of the merged prefixes)) carries the verdicts from sweep to
-    sweep, so each sweep looks only at the prefixes that are new.
+    sweep, so each sweep looks only at the prefixes that are new, one type (run) at a time.
     """
     if stop <= _PATIENCE + 1:
-        return types
+        return rs, rv
     lo_all, hi_all = starts[:-1] + 1, np.minimum(starts[1:], stop)  # pairs (k−1, k) inside a stretch
     long = np.flatnonzero(hi_all - lo_all >= _PATIENCE + 1)
     if long.size == 0:
-        return types
+        return rs, rv
     n2 = C.shape[-1] ** 2
-    types = types.copy()
     for i in long:
         lo, hi = int(lo_all[i]), int(hi_all[i])
         if i in settled:  # extend the merged run over the new prefixes that agree with P_c
             c, last = settled[i]
             if 0 <= last < hi:
-                P_c = C[types[c]].reshape(n2)
-                Pk = C[types[last:hi]].reshape(-1, n2)
+                tc = rv[np.searchsorted(rs, c, "right") - 1]
+                r0, r1 = np.searchsorted(rs, last, "right") - 1, np.searchsorted(rs, hi, "left")  # runs in [last, hi)
+                P_c = C[tc].reshape(n2)
+                Pk = C[rv[r0:r1]].reshape(-1, n2)
                 close = np.max(np.abs(Pk - P_c), axis=1) <= _REACH * _EPS * np.max(np.abs(P_c))
-                end = hi if np.all(close) else last + int(np.argmin(close))
-                types[last:end] = types[c]
+                end = hi if np.all(close) else max(last, int(rs[r0 + int(np.argmin(close))]))
+                rs, rv = _assign(rs, rv, last, end, tc, N)
                 settled[i] = (c, end if end == hi else -1)  # −1: a prefix disagreed; stop extending
             continue
-        Pk = C[types[lo - 1 : hi]].reshape(-1, n2)  # P_{lo−1} … P_{hi−1}
+        types = _expand(rs, rv, lo - 1, hi)
+        Pk = C[types].reshape(-1, n2)  # P_{lo−1} … P_{hi−1}
         scale = np.max(np.abs(Pk[1:]), axis=1)
         change = np.max(np.abs(Pk[1:] - Pk[:-1]), axis=1)  # change[j] = |P_{lo+j} − P_{lo+j−1}|
         calm = change <= _CALM * _EPS * scale
@@ -954,7 +1013,7 @@ def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
             continue
         j = int(ready[0]) + _PATIENCE - 1  # the last of _PATIENCE calm prefixes
         c = lo + j
-        P_c = C[types[c]]
+        P_c = C[types[j + 1]]
         gone = bool(pattern[c])
         A = _closed_loop(P_c, F[c - 1], H, Q[c - 1], R, gone)
         recent = float(np.max(change[j - _PATIENCE + 1 : j + 1]))
@@ -965,9 +1024,9 @@ def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
             continue
         close = np.max(np.abs(Pk[j + 1 :] - P_c.reshape(n2)), axis=1) <= _REACH * _EPS * scale[j]
         end = hi if np.all(close) else c + int(np.argmin(close))
-        types[c:end] = types[c]
+        rs, rv = _assign(rs, rv, c, end, types[j + 1], N)
         settled[int(i)] = (c, end if end == hi else -1)
-    return types
+    return rs, rv
 
 
 def _closed_loop(P, F, H, Q, R, gone):
