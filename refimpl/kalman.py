@@ -783,24 +783,32 @@ def _Tc(a):
     return np.ascontiguousarray(np.swapaxes(a, -1, -2))
 
 
-def _combine_types(Ai, Ci, Ji, Aj, Cj, Jj):
+def _combine_types(Xi, Xj):
     """The data-independent half of a_i ⊗ a_j, Eq. (3.7) (Särkkä & García-Fernández 2021, Lemma 8).
 
-    Returns (A_ij, C_ij, J_ij) and the transposes Mᵀ, Nᵀ of the two matrices that carry the
-    means, M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹ (:func:`_combine_means`); batched.
+    ``Xi``, ``Xj`` (k, 3, n, n) hold (A, C, J) of a_i and a_j, stacked. Returns (A, C, J)_ij
+    stacked likewise, and the transposes Mᵀ, Nᵀ of the two matrices that carry the means,
+    M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹ (:func:`_combine_means`); batched.
     C and J are symmetric, so I + J_j C_i = (I + C_i J_j)ᵀ and both come out of one batched
     solve: Mᵀ = (I + J_j C_i)⁻¹ A_jᵀ and Nᵀ = (I + C_i J_j)⁻¹ A_i.
     """
-    k = Ai.shape[0]
+    (Ai, Ci, Ji), (Aj, Cj, Jj) = Xi.transpose(1, 0, 2, 3), Xj.transpose(1, 0, 2, 3)
+    k, n = Xi.shape[0], Xi.shape[-1]
     X = Ci @ Jj
-    X += np.eye(Ai.shape[-1])  # I + C_i J_j
+    X += np.eye(n)  # I + C_i J_j
     sol = _solve(np.concatenate([_T(X), X]), np.concatenate([_T(Aj), Ai]), "I + C_i J_j in the filtering scan")
     Mt, Nt = sol[:k], sol[k:]
     M = _T(Mt)
-    A = M @ Ai  # A_ij = A_j (I + C_i J_j)⁻¹ A_i
-    C = _sym(M @ Ci @ _T(Aj) + Cj)  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
-    J = _sym(_T(Nt) @ Jj @ Ai + Ji)  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
-    return A, C, J, Mt, Nt
+    out = np.empty_like(Xi)
+    np.matmul(M, Ai, out=out[:, 0])  # A_ij = A_j (I + C_i J_j)⁻¹ A_i
+    S = M @ Ci @ _T(Aj)
+    S += Cj  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
+    np.add(S, _T(S), out=out[:, 1])  # symmetrized: twice the average with its transpose
+    S = _T(Nt) @ Jj @ Ai
+    S += Ji  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
+    np.add(S, _T(S), out=out[:, 2])
+    out[:, 1:] *= 0.5
+    return out, Mt, Nt
 
 
 def _combine_means(bi, ei, bj, ej, Ci, Jj, Mt, Nt, b_out, e_out):
@@ -810,21 +818,24 @@ def _combine_means(bi, ei, bj, ej, Ci, Jj, Mt, Nt, b_out, e_out):
     ``e_out``; in rows, b_ij = (b_i + η_j C_i) Mᵀ + b_j (C, J symmetric). ``Mt``, ``Nt`` are the
     transposes, contiguous: a transposed view as the right factor of a tall product takes a path
     of NumPy/OpenBLAS that is up to 1000× slower (measured: (10⁴, 8) · (8, 8)ᵀ). With one pair of
-    matrices for all rows the products are flat (rows × n) · (n × n).
+    matrices for all rows the products are flat (rows × n) · (n × n). ``ei = None`` marks a_i as
+    a prefix (A_i = 0, J_i = 0, η_i = 0): then N = 0, η_ij = 0, and only b_ij is formed.
     """
     if Mt.ndim == 2:
         n = bi.shape[-1]
-        bi, ei, bj, ej, bo, eo = (x.reshape(-1, n) for x in (bi, ei, bj, ej, b_out, e_out))
-    else:
-        bo, eo = b_out, e_out
+        bi, bj, ej, b_out = (x.reshape(-1, n) for x in (bi, bj, ej, b_out))
     t = np.matmul(ej, Ci)  # C_i η_j
     t += bi
-    np.matmul(t, Mt, out=bo)
-    bo += bj  # b_ij = M (b_i + C_i η_j) + b_j
+    np.matmul(t, Mt, out=b_out)
+    b_out += bj  # b_ij = M (b_i + C_i η_j) + b_j
+    if ei is None:
+        return
+    if Mt.ndim == 2:
+        ei, e_out = ei.reshape(-1, n), e_out.reshape(-1, n)
     np.matmul(bi, Jj, out=t)  # J_j b_i
     np.subtract(ej, t, out=t)
-    np.matmul(t, Nt, out=eo)
-    eo += ei  # η_ij = N (η_j − J_j b_i) + η_i
+    np.matmul(t, Nt, out=e_out)
+    e_out += ei  # η_ij = N (η_j − J_j b_i) + η_i
 
 
 #: in one sweep of :func:`_typed_scan`, a run of at least this many consecutive elements with the
@@ -833,45 +844,51 @@ def _combine_means(bi, ei, bj, ej, Ci, Jj, Mt, Nt, b_out, e_out):
 _SHARED = 64
 
 
-def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Starts and lengths of the runs of equal consecutive entries of a 1-D array (at least one entry)."""
-    starts = np.flatnonzero(x[1:] != x[:-1]) + 1
-    bounds = np.concatenate(([0], starts, [x.shape[0]]))
-    return bounds[:-1], np.diff(bounds)
+def _runs(x: np.ndarray) -> np.ndarray:
+    """Starts of the runs of equal consecutive entries of a 1-D array (at least one entry)."""
+    starts = np.flatnonzero(x[1:] != x[:-1])
+    starts += 1
+    return np.concatenate([[0], starts])
+
+
+def _distinct(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values of a short 1-D integer array and the index of each entry among them
+    (``np.unique(x, return_inverse=True)`` without its overhead, which dominates for a few dozen entries)."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    new = np.empty(xs.shape[0], dtype=bool)
+    new[0] = True
+    np.not_equal(xs[1:], xs[:-1], out=new[1:])
+    inv = np.empty(xs.shape[0], dtype=np.intp)
+    inv[order] = np.cumsum(new) - 1
+    return xs[new], inv
 
 
 def _expand(rs: np.ndarray, rv: np.ndarray, a: int, b: int) -> np.ndarray:
     """The types of elements a … b−1 from the runs (starts ``rs``, types ``rv``)."""
+    if b <= a:
+        return rv[:0]
     i0, i1 = np.searchsorted(rs, a, "right") - 1, np.searchsorted(rs, b, "left")
+    ends = np.concatenate([rs[i0 + 1 : i1], [b]])
     s = rs[i0:i1].copy()
     s[0] = a
-    return np.repeat(rv[i0:i1], np.append(rs[i0 + 1 : i1], b) - s)
+    return np.repeat(rv[i0:i1], ends - s)
 
 
 def _assign(rs: np.ndarray, rv: np.ndarray, a: int, b: int, t, N: int) -> tuple[np.ndarray, np.ndarray]:
     """The runs after elements a … b−1 (of N) are given type ``t``, merged where neighbours agree."""
     if b <= a:
         return rs, rv
-    before, after = rs < a, rs > b
-    tail_s, tail_v = rs[after], rv[after]
+    lo, hi = np.searchsorted(rs, a, "left"), np.searchsorted(rs, b, "right")  # runs before a; from b on
+    s, v = [rs[:lo], [a]], [rv[:lo], [t]]
     if b < N:  # the run that contains b now starts there
-        tail_s, tail_v = np.r_[b, tail_s], np.r_[rv[np.searchsorted(rs, b, "right") - 1], tail_v]
-    s = np.concatenate([rs[before], [a], tail_s])
-    v = np.concatenate([rv[before], [t], tail_v]).astype(rv.dtype)
-    keep = np.r_[True, v[1:] != v[:-1]]
+        s += [[b], rs[hi:]]
+        v += [rv[hi - 1 : hi], rv[hi:]]
+    s, v = np.concatenate(s).astype(rs.dtype), np.concatenate(v).astype(rv.dtype)
+    keep = np.empty(v.shape[0], dtype=bool)
+    keep[0] = True
+    np.not_equal(v[1:], v[:-1], out=keep[1:])
     return s[keep], v[keep]
-
-
-def _combine_prefix_means(bi, bj, ej, Ci, Mt, b_out):
-    """The data half of a_i ⊗ a_j when a_i is a prefix (A_i = 0, J_i = 0, η_i = 0): only
-    b_ij = M (b_i + C_i η_j) + b_j; η_ij = 0 (N = A_iᵀ(…) = 0). Shapes as in :func:`_combine_means`."""
-    if Mt.ndim == 2:
-        n = bi.shape[-1]
-        bi, bj, ej, b_out = (x.reshape(-1, n) for x in (bi, bj, ej, b_out))
-    t = np.matmul(ej, Ci)  # C_i η_j
-    t += bi
-    np.matmul(t, Mt, out=b_out)
-    b_out += bj
 
 
 def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
@@ -888,8 +905,8 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     of identical elements, so the pairs of a sweep, their runs and the tables of the next sweep
     are formed from a few dozen numbers, and a long run is one flat product on a slice of the
     data. The tables keep only the types in use: the new combinations and the prefixes' types.
-    Elements k − 2^s < 2^s are prefixes (A = 0, J = 0, η = 0, see below), and their combinations
-    have η = 0: only the means b are formed there.
+    An element k − 2^s < 2^s is a prefix (below: A = 0, J = 0, η = 0), and its combinations have
+    η = 0: only their means b are formed.
 
     After each sweep the elements that start at step 0 are prefixes, whose C are the filtered
     covariances P_k. Inside a stretch of identical steps (``starts``, :func:`_step_starts`) these
@@ -899,37 +916,36 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     step. Without that, a time-invariant model still has N distinct prefixes.
     """
     N = types.shape[0]
-    rs, _ = _runs(types)
+    rs = _runs(types)
     rv = types[rs]
+    X = np.stack([A, C, J], axis=1)  # the tables, stacked: (T, 3, n, n)
     b2, eta2 = np.empty_like(b), np.empty_like(eta)
     settled = {}  # stretch → (first settled prefix, end of its merged run): see _merge_prefixes
     step = 1
     while step < N:
         # merge settled prefixes: the elements k < step start at step 0 after the last sweep
-        rs, rv = _merge_prefixes(rs, rv, N, C, min(step, N), pattern, H, F, Q, R, starts, settled)
-        T, m = A.shape[0], N - step
+        rs, rv = _merge_prefixes(rs, rv, N, X[:, 1], min(step, N), pattern, H, F, Q, R, starts, settled)
+        T, m = X.shape[0], N - step
         # the runs of the pairs (type of k − step, type of k), k = step … N − 1, indexed by r = k − step:
         # a new run wherever either type changes
         cut = np.concatenate([rs, rs - step])
-        first = np.unique(np.concatenate([[0], cut[(cut > 0) & (cut < m)]]))
-        lengths = np.diff(np.append(first, m))
+        cut = np.sort(cut[(cut > 0) & (cut < m)])
+        first = np.concatenate([[0], cut[:1], cut[1:][cut[1:] != cut[:-1]]])
+        lengths = np.diff(first, append=m)
         ti = rv[np.searchsorted(rs, first, "right") - 1]
         tj = rv[np.searchsorted(rs, first + step, "right") - 1]
-        uniq, rinv = np.unique(ti.astype(np.int64) * T + tj, return_inverse=True)  # distinct pairs
-        rinv = rinv.reshape(-1)
+        uniq, rinv = _distinct(ti.astype(np.int64) * T + tj)  # the distinct pairs, and the pair of each run
         ui, uj = uniq // T, uniq % T
-        A_new, C_new, J_new, Mt, Nt = _combine_types(A[ui], C[ui], J[ui], A[uj], C[uj], J[uj])
+        X_new, Mt, Nt = _combine_types(X[ui], X[uj])
+        Ci, Jj = X[ui, 1], X[uj, 2]
         bi, ei, bj, ej = b[:-step], eta[:-step], b[step:], eta[step:]
         b_out, e_out = b2[step:], eta2[step:]  # double buffers: no fresh memory per sweep
-        pre = first < step  # runs whose a_i is a prefix: η_ij = 0
-        e_out[: min(step, m)] = 0.0
+        e_out[: min(step, m)] = 0.0  # a_i a prefix: η_ij = 0
+        pre = first < step
         long = lengths >= _SHARED
         for r in np.flatnonzero(long):  # a long run: plain matrix products on slices (views)
             u, sl = rinv[r], slice(first[r], first[r] + lengths[r])
-            if pre[r]:
-                _combine_prefix_means(bi[sl], bj[sl], ej[sl], C[ui[u]], Mt[u], b_out[sl])
-            else:
-                _combine_means(bi[sl], ei[sl], bj[sl], ej[sl], C[ui[u]], J[uj[u]], Mt[u], Nt[u], b_out[sl], e_out[sl])
+            _combine_means(bi[sl], None if pre[r] else ei[sl], bj[sl], ej[sl], Ci[u], Jj[u], Mt[u], Nt[u], b_out[sl], e_out[sl])
         if not long.all():
             short = ~long
             count = np.bincount(rinv[short], weights=lengths[short], minlength=uniq.size)
@@ -937,33 +953,35 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
             for u in np.flatnonzero(shared):  # a pair spread over many short runs: gather its rows
                 idx = np.flatnonzero(np.repeat(short & (rinv == u), lengths))
                 bo, eo = np.empty_like(bj[idx]), np.empty_like(ej[idx])
-                _combine_means(bi[idx], ei[idx], bj[idx], ej[idx], C[ui[u]], J[uj[u]], Mt[u], Nt[u], bo, eo)
+                _combine_means(bi[idx], ei[idx], bj[idx], ej[idx], Ci[u], Jj[u], Mt[u], Nt[u], bo, eo)
                 b_out[idx], e_out[idx] = bo, eo
-            for runs, prefix in ((short & ~shared[rinv] & pre, True), (short & ~shared[rinv] & ~pre, False)):
+            rare = short & ~shared[rinv]
+            for runs, prefix in ((rare & pre, True), (rare & ~pre, False)):
                 if not runs.any():
                     continue
-                # the other short runs: gather their rows and matrices, one batched product
-                rows = np.flatnonzero(np.repeat(runs, lengths))
+                # the other short runs: their matrices gathered, one batched product
                 v = np.repeat(rinv[runs], lengths[runs])
-                bo = np.empty_like(bj[rows])
-                if prefix:
-                    _combine_prefix_means(bi[rows], bj[rows], ej[rows], C[ui[v]], Mt[v], bo)
-                else:
-                    eo = np.empty_like(ej[rows])
-                    _combine_means(bi[rows], ei[rows], bj[rows], ej[rows], C[ui[v]], J[uj[v]], Mt[v], Nt[v], bo, eo)
-                    e_out[rows] = eo
+                rows = np.flatnonzero(np.repeat(runs, lengths))
+                if rows[-1] - rows[0] + 1 == rows.size:  # contiguous (the prefixes before they settle): views
+                    rows = slice(rows[0], rows[-1] + 1)
+                    _combine_means(bi[rows], None if prefix else ei[rows], bj[rows], ej[rows], Ci[v], Jj[v], Mt[v], Nt[v], b_out[rows], e_out[rows])
+                    continue
+                bo, eo = np.empty_like(bj[rows]), np.empty_like(ej[rows])
+                _combine_means(bi[rows], None if prefix else ei[rows], bj[rows], ej[rows], Ci[v], Jj[v], Mt[v], Nt[v], bo, eo)
                 b_out[rows] = bo
+                if not prefix:
+                    e_out[rows] = eo
         b2[:step], eta2[:step] = b[:step], eta[:step]
         b, b2, eta, eta2 = b2, b, eta2, eta
         # the runs and tables of the next sweep: the prefixes' runs (k < step, unchanged), then the new
         # pairs; prefix types and the others never coincide, so no run straddles k = step
         keep = rs < step
-        used, pinv = np.unique(rv[keep], return_inverse=True)
+        used, pinv = _distinct(rv[keep])
         rs = np.concatenate([rs[keep], first + step])
-        rv = np.concatenate([pinv.reshape(-1), used.size + rinv])
-        A, C, J = np.concatenate([A[used], A_new]), np.concatenate([C[used], C_new]), np.concatenate([J[used], J_new])
+        rv = np.concatenate([pinv, used.size + rinv])
+        X = np.concatenate([X[used], X_new])
         step *= 2
-    return b, C, np.repeat(rv, np.diff(np.append(rs, N)))
+    return b, X[:, 1], np.repeat(rv, np.diff(rs, append=N))
 
 
 def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
@@ -985,8 +1003,6 @@ def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
         return rs, rv
     lo_all, hi_all = starts[:-1] + 1, np.minimum(starts[1:], stop)  # pairs (k−1, k) inside a stretch
     long = np.flatnonzero(hi_all - lo_all >= _PATIENCE + 1)
-    if long.size == 0:
-        return rs, rv
     n2 = C.shape[-1] ** 2
     for i in long:
         lo, hi = int(lo_all[i]), int(hi_all[i])
@@ -998,7 +1014,7 @@ def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
                 P_c = C[tc].reshape(n2)
                 Pk = C[rv[r0:r1]].reshape(-1, n2)
                 close = np.max(np.abs(Pk - P_c), axis=1) <= _REACH * _EPS * np.max(np.abs(P_c))
-                end = hi if np.all(close) else max(last, int(rs[r0 + int(np.argmin(close))]))
+                end = hi if close.all() else max(last, int(rs[r0 + int(np.argmin(close))]))
                 rs, rv = _assign(rs, rv, last, end, tc, N)
                 settled[i] = (c, end if end == hi else -1)  # −1: a prefix disagreed; stop extending
             continue
@@ -1023,7 +1039,7 @@ def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
         ):
             continue
         close = np.max(np.abs(Pk[j + 1 :] - P_c.reshape(n2)), axis=1) <= _REACH * _EPS * scale[j]
-        end = hi if np.all(close) else c + int(np.argmin(close))
+        end = hi if close.all() else c + int(np.argmin(close))
         rs, rv = _assign(rs, rv, c, end, types[j + 1], N)
         settled[int(i)] = (c, end if end == hi else -1)
     return rs, rv
