@@ -40,7 +40,7 @@ import scipy.linalg
 
 from . import sde as _sde
 from ._blocking import per_block
-from ._scan import state_scan
+from ._scan import _matmul, state_scan
 from ._validate import (
     guard_overflow,
     as_bool,
@@ -779,23 +779,24 @@ def _T(a):
 
 
 def _Tc(a):
-    """The transpose as a contiguous array (see :func:`_combine_means` for why)."""
+    """The transpose as a contiguous array: a transposed view as the right factor of a tall product
+    takes a path of NumPy/OpenBLAS that is up to 1000× slower (measured: (10⁴, 8) · (8, 8)ᵀ)."""
     return np.ascontiguousarray(np.swapaxes(a, -1, -2))
 
 
-def _combine_types(Xi, Xj):
+def _combine_types(Xi, Xj, I):
     """The data-independent half of a_i ⊗ a_j, Eq. (3.7) (Särkkä & García-Fernández 2021, Lemma 8).
 
     ``Xi``, ``Xj`` (k, 3, n, n) hold (A, C, J) of a_i and a_j, stacked. Returns (A, C, J)_ij
-    stacked likewise, and the transposes Mᵀ, Nᵀ of the two matrices that carry the means,
-    M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹ (:func:`_combine_means`); batched.
-    C and J are symmetric, so I + J_j C_i = (I + C_i J_j)ᵀ and both come out of one batched
-    solve: Mᵀ = (I + J_j C_i)⁻¹ A_jᵀ and Nᵀ = (I + C_i J_j)⁻¹ A_i.
+    stacked likewise (``I`` is the n × n identity), and the two (2n × 2n) matrices ``W1``, ``W2`` that carry the data half
+    (:func:`_combine_data`). With M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹: C and J
+    are symmetric, so I + J_j C_i = (I + C_i J_j)ᵀ and both come out of one batched solve,
+    Mᵀ = (I + J_j C_i)⁻¹ A_jᵀ and Nᵀ = (I + C_i J_j)⁻¹ A_i.
     """
     (Ai, Ci, Ji), (Aj, Cj, Jj) = Xi.transpose(1, 0, 2, 3), Xj.transpose(1, 0, 2, 3)
     k, n = Xi.shape[0], Xi.shape[-1]
     X = Ci @ Jj
-    X += np.eye(n)  # I + C_i J_j
+    X += I  # I + C_i J_j
     sol = _solve(np.concatenate([_T(X), X]), np.concatenate([_T(Aj), Ai]), "I + C_i J_j in the filtering scan")
     Mt, Nt = sol[:k], sol[k:]
     M = _T(Mt)
@@ -808,34 +809,39 @@ def _combine_types(Xi, Xj):
     S += Ji  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
     np.add(S, _T(S), out=out[:, 2])
     out[:, 1:] *= 0.5
-    return out, Mt, Nt
+    # the data half in rows [b, η]: [b, η]_ij = [b, η]_i W1 + [b, η]_j W2 (C, J symmetric)
+    W1, W2 = np.zeros((k, 2 * n, 2 * n)), np.zeros((k, 2 * n, 2 * n))
+    W1[:, :n, :n] = Mt  # b_i Mᵀ
+    np.matmul(-Jj, Nt, out=W1[:, :n, n:])  # −b_i J_j Nᵀ
+    W1[:, n:, n:] = I  # η_i
+    W2[:, :n, :n] = I  # b_j
+    np.matmul(Ci, Mt, out=W2[:, n:, :n])  # η_j C_i Mᵀ
+    W2[:, n:, n:] = Nt  # η_j Nᵀ
+    return out, W1, W2
 
 
-def _combine_means(bi, ei, bj, ej, Ci, Jj, Mt, Nt, b_out, e_out):
-    """The data half of a_i ⊗ a_j, Eq. (3.7), rows of L sequences: b (…, L, n), matrices (…, n, n).
+def _combine_data(Zi, Zj, W1, W2, out, tmp=None):
+    """The data half of a_i ⊗ a_j, Eq. (3.7), for rows Z = [b, η] of L sequences (…, L, 2n).
 
-    b_ij = M (b_i + C_i η_j) + b_j  and  η_ij = N (η_j − J_j b_i) + η_i, written to ``b_out``,
-    ``e_out``; in rows, b_ij = (b_i + η_j C_i) Mᵀ + b_j (C, J symmetric). ``Mt``, ``Nt`` are the
-    transposes, contiguous: a transposed view as the right factor of a tall product takes a path
-    of NumPy/OpenBLAS that is up to 1000× slower (measured: (10⁴, 8) · (8, 8)ᵀ). With one pair of
-    matrices for all rows the products are flat (rows × n) · (n × n). ``ei = None`` marks a_i as
-    a prefix (A_i = 0, J_i = 0, η_i = 0): then N = 0, η_ij = 0, and only b_ij is formed.
+    b_ij = M (b_i + C_i η_j) + b_j  and  η_ij = N (η_j − J_j b_i) + η_i are, in rows,
+
+        [b, η]_ij = [b, η]_i W1 + [b, η]_j W2,   W1 = [[Mᵀ, −J_j Nᵀ], [0, I]],   W2 = [[I, 0], [C_i Mᵀ, Nᵀ]],
+
+    two products and a sum (``W`` from :func:`_combine_types`). With one pair (W1, W2) for all
+    rows (2-D W) the products are flat (rows × 2n) · (2n × 2n), cut into pieces that a busy
+    machine's BLAS runs on one thread (:func:`refimpl._scan._matmul`); otherwise batched over rows
+    with W (rows, 2n, 2n). A prefix a_i (A_i = 0, J_i = 0, η_i = 0) has N = 0, so η_ij = 0.
+    ``tmp`` (shaped like ``out``) is scratch space for the second product: the scan calls this in
+    every sweep, and a fresh array as long as the sequence each time costs page faults.
     """
-    if Mt.ndim == 2:
-        n = bi.shape[-1]
-        bi, bj, ej, b_out = (x.reshape(-1, n) for x in (bi, bj, ej, b_out))
-    t = np.matmul(ej, Ci)  # C_i η_j
-    t += bi
-    np.matmul(t, Mt, out=b_out)
-    b_out += bj  # b_ij = M (b_i + C_i η_j) + b_j
-    if ei is None:
-        return
-    if Mt.ndim == 2:
-        ei, e_out = ei.reshape(-1, n), e_out.reshape(-1, n)
-    np.matmul(bi, Jj, out=t)  # J_j b_i
-    np.subtract(ej, t, out=t)
-    np.matmul(t, Nt, out=e_out)
-    e_out += ei  # η_ij = N (η_j − J_j b_i) + η_i
+    if W1.ndim == 2:
+        w = Zi.shape[-1]
+        Zi, Zj, out = Zi.reshape(-1, w), Zj.reshape(-1, w), out.reshape(-1, w)
+        _matmul(Zi, W1, out=out)
+        out += _matmul(Zj, W2, out=None if tmp is None else tmp.reshape(-1, w))
+    else:
+        np.matmul(Zi, W1, out=out)
+        out += Zj @ W2
 
 
 #: in one sweep of :func:`_typed_scan`, a run of at least this many consecutive elements with the
@@ -905,8 +911,8 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     of identical elements, so the pairs of a sweep, their runs and the tables of the next sweep
     are formed from a few dozen numbers, and a long run is one flat product on a slice of the
     data. The tables keep only the types in use: the new combinations and the prefixes' types.
-    An element k − 2^s < 2^s is a prefix (below: A = 0, J = 0, η = 0), and its combinations have
-    η = 0: only their means b are formed.
+    The data (b, η) of an element are one row [b, η], so that a combination's data half is two
+    matrix products (:func:`_combine_data`).
 
     After each sweep the elements that start at step 0 are prefixes, whose C are the filtered
     covariances P_k. Inside a stretch of identical steps (``starts``, :func:`_step_starts`) these
@@ -915,11 +921,13 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     settled prefix's type, so the next sweeps combine one pair where they would combine one per
     step. Without that, a time-invariant model still has N distinct prefixes.
     """
-    N = types.shape[0]
+    N, n = types.shape[0], A.shape[-1]
     rs = _runs(types)
     rv = types[rs]
     X = np.stack([A, C, J], axis=1)  # the tables, stacked: (T, 3, n, n)
-    b2, eta2 = np.empty_like(b), np.empty_like(eta)
+    I = np.eye(n)
+    Z = np.concatenate([b, eta], axis=-1)  # the data, rows [b, η]: (N, L, 2n)
+    Z2, Zt = np.empty_like(Z), np.empty_like(Z)  # double buffer and scratch: no fresh memory per sweep
     settled = {}  # stretch → (first settled prefix, end of its merged run): see _merge_prefixes
     step = 1
     while step < N:
@@ -931,48 +939,38 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
         cut = np.concatenate([rs, rs - step])
         cut = np.sort(cut[(cut > 0) & (cut < m)])
         first = np.concatenate([[0], cut[:1], cut[1:][cut[1:] != cut[:-1]]])
-        lengths = np.diff(first, append=m)
+        lengths = np.concatenate([first[1:], [m]]) - first
         ti = rv[np.searchsorted(rs, first, "right") - 1]
         tj = rv[np.searchsorted(rs, first + step, "right") - 1]
         uniq, rinv = _distinct(ti.astype(np.int64) * T + tj)  # the distinct pairs, and the pair of each run
-        ui, uj = uniq // T, uniq % T
-        X_new, Mt, Nt = _combine_types(X[ui], X[uj])
-        Ci, Jj = X[ui, 1], X[uj, 2]
-        bi, ei, bj, ej = b[:-step], eta[:-step], b[step:], eta[step:]
-        b_out, e_out = b2[step:], eta2[step:]  # double buffers: no fresh memory per sweep
-        e_out[: min(step, m)] = 0.0  # a_i a prefix: η_ij = 0
-        pre = first < step
+        X_new, W1, W2 = _combine_types(X[uniq // T], X[uniq % T], I)
+        Zi, Zj, out, tmp = Z[:-step], Z[step:], Z2[step:], Zt[step:]
         long = lengths >= _SHARED
         for r in np.flatnonzero(long):  # a long run: plain matrix products on slices (views)
             u, sl = rinv[r], slice(first[r], first[r] + lengths[r])
-            _combine_means(bi[sl], None if pre[r] else ei[sl], bj[sl], ej[sl], Ci[u], Jj[u], Mt[u], Nt[u], b_out[sl], e_out[sl])
+            _combine_data(Zi[sl], Zj[sl], W1[u], W2[u], out[sl], tmp[sl])
         if not long.all():
             short = ~long
             count = np.bincount(rinv[short], weights=lengths[short], minlength=uniq.size)
             shared = count >= _SHARED
             for u in np.flatnonzero(shared):  # a pair spread over many short runs: gather its rows
                 idx = np.flatnonzero(np.repeat(short & (rinv == u), lengths))
-                bo, eo = np.empty_like(bj[idx]), np.empty_like(ej[idx])
-                _combine_means(bi[idx], ei[idx], bj[idx], ej[idx], Ci[u], Jj[u], Mt[u], Nt[u], bo, eo)
-                b_out[idx], e_out[idx] = bo, eo
+                o = np.empty_like(Zj[idx])
+                _combine_data(Zi[idx], Zj[idx], W1[u], W2[u], o)
+                out[idx] = o
             rare = short & ~shared[rinv]
-            for runs, prefix in ((rare & pre, True), (rare & ~pre, False)):
-                if not runs.any():
-                    continue
-                # the other short runs: their matrices gathered, one batched product
-                v = np.repeat(rinv[runs], lengths[runs])
-                rows = np.flatnonzero(np.repeat(runs, lengths))
+            if rare.any():  # the other short runs: their matrices gathered, one batched product
+                v = np.repeat(rinv[rare], lengths[rare])
+                rows = np.flatnonzero(np.repeat(rare, lengths))
                 if rows[-1] - rows[0] + 1 == rows.size:  # contiguous (the prefixes before they settle): views
                     rows = slice(rows[0], rows[-1] + 1)
-                    _combine_means(bi[rows], None if prefix else ei[rows], bj[rows], ej[rows], Ci[v], Jj[v], Mt[v], Nt[v], b_out[rows], e_out[rows])
-                    continue
-                bo, eo = np.empty_like(bj[rows]), np.empty_like(ej[rows])
-                _combine_means(bi[rows], None if prefix else ei[rows], bj[rows], ej[rows], Ci[v], Jj[v], Mt[v], Nt[v], bo, eo)
-                b_out[rows] = bo
-                if not prefix:
-                    e_out[rows] = eo
-        b2[:step], eta2[:step] = b[:step], eta[:step]
-        b, b2, eta, eta2 = b2, b, eta2, eta
+                    _combine_data(Zi[rows], Zj[rows], W1[v], W2[v], out[rows])
+                else:
+                    o = np.empty_like(Zj[rows])
+                    _combine_data(Zi[rows], Zj[rows], W1[v], W2[v], o)
+                    out[rows] = o
+        Z2[:step] = Z[:step]
+        Z, Z2 = Z2, Z
         # the runs and tables of the next sweep: the prefixes' runs (k < step, unchanged), then the new
         # pairs; prefix types and the others never coincide, so no run straddles k = step
         keep = rs < step
@@ -981,7 +979,7 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
         rv = np.concatenate([pinv, used.size + rinv])
         X = np.concatenate([X[used], X_new])
         step *= 2
-    return b, X[:, 1], np.repeat(rv, np.diff(rs, append=N))
+    return Z[..., :n], X[:, 1], np.repeat(rv, np.diff(rs, append=N))
 
 
 def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
