@@ -1159,7 +1159,7 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
 
     An element's (A, C, J) depend on the step only through (F, Q, missing or not), its (b, η)
     on the data: the covariance half of every combination is computed once per distinct pair of
-    element kinds, and the means of all elements with that pair follow by one matrix product.
+    element kinds, and the means of all elements with that pair follow by two matrix products.
     The prefixes (elements that start at step 0) carry the filtered covariances; once they have
     settled — the test of :func:`kalman_filter` — the later prefixes of the stretch share one
     kind, so a time-invariant model costs O(log N) batches of small-matrix combinations plus
