@@ -787,9 +787,9 @@ def _Tc(a):
 def _combine_types(Xi, Xj, I):
     """The data-independent half of a_i ⊗ a_j, Eq. (3.7) (Särkkä & García-Fernández 2021, Lemma 8).
 
-    ``Xi``, ``Xj`` (k, 3, n, n) hold (A, C, J) of a_i and a_j, stacked. Returns (A, C, J)_ij
-    stacked likewise (``I`` is the n × n identity), and the two (2n × 2n) matrices ``W1``, ``W2`` that carry the data half
-    (:func:`_combine_data`). With M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹: C and J
+    ``Xi``, ``Xj`` (k, 3, n, n) hold (A, C, J) of a_i and a_j, stacked; ``I`` is the n × n
+    identity. Returns (A, C, J)_ij stacked likewise, and the two (2n × 2n) matrices ``W1``,
+    ``W2`` that carry the data half (:func:`_combine_data`). With M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹: C and J
     are symmetric, so I + J_j C_i = (I + C_i J_j)ᵀ and both come out of one batched solve,
     Mᵀ = (I + J_j C_i)⁻¹ A_jᵀ and Nᵀ = (I + C_i J_j)⁻¹ A_i.
     """
@@ -802,20 +802,21 @@ def _combine_types(Xi, Xj, I):
     M = _T(Mt)
     out = np.empty_like(Xi)
     np.matmul(M, Ai, out=out[:, 0])  # A_ij = A_j (I + C_i J_j)⁻¹ A_i
-    S = M @ Ci @ _T(Aj)
+    MC, NJ = M @ Ci, _T(Nt) @ Jj  # M C_i and N J_j, each used twice
+    S = MC @ _T(Aj)
     S += Cj  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
     np.add(S, _T(S), out=out[:, 1])  # symmetrized: twice the average with its transpose
-    S = _T(Nt) @ Jj @ Ai
+    S = NJ @ Ai
     S += Ji  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
     np.add(S, _T(S), out=out[:, 2])
     out[:, 1:] *= 0.5
     # the data half in rows [b, η]: [b, η]_ij = [b, η]_i W1 + [b, η]_j W2 (C, J symmetric)
-    W1, W2 = np.zeros((k, 2 * n, 2 * n)), np.zeros((k, 2 * n, 2 * n))
+    W1, W2 = np.zeros((2, k, 2 * n, 2 * n))
     W1[:, :n, :n] = Mt  # b_i Mᵀ
-    np.matmul(-Jj, Nt, out=W1[:, :n, n:])  # −b_i J_j Nᵀ
+    np.negative(_T(NJ), out=W1[:, :n, n:])  # −b_i J_j Nᵀ
     W1[:, n:, n:] = I  # η_i
     W2[:, :n, :n] = I  # b_j
-    np.matmul(Ci, Mt, out=W2[:, n:, :n])  # η_j C_i Mᵀ
+    W2[:, n:, :n] = _T(MC)  # η_j C_i Mᵀ
     W2[:, n:, n:] = Nt  # η_j Nᵀ
     return out, W1, W2
 
