@@ -40,7 +40,7 @@ import scipy.linalg
 
 from . import sde as _sde
 from ._blocking import per_block
-from ._scan import state_scan
+from ._scan import _matmul, state_scan
 from ._validate import (
     guard_overflow,
     as_bool,
@@ -779,52 +779,123 @@ def _T(a):
 
 
 def _Tc(a):
-    """The transpose as a contiguous array (see :func:`_combine_means` for why)."""
+    """The transpose as a contiguous array: a transposed view as the right factor of a tall product
+    takes a path of NumPy/OpenBLAS that is up to 1000× slower (measured: (10⁴, 8) · (8, 8)ᵀ)."""
     return np.ascontiguousarray(np.swapaxes(a, -1, -2))
 
 
-def _combine_types(Ai, Ci, Ji, Aj, Cj, Jj):
+def _combine_types(Xi, Xj, I):
     """The data-independent half of a_i ⊗ a_j, Eq. (3.7) (Särkkä & García-Fernández 2021, Lemma 8).
 
-    Returns (A_ij, C_ij, J_ij) and the two matrices that carry the means,
-    M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹ (:func:`_combine_means`); batched.
+    ``Xi``, ``Xj`` (k, 3, n, n) hold (A, C, J) of a_i and a_j, stacked; ``I`` is the n × n
+    identity. Returns (A, C, J)_ij stacked likewise, and the two (2n × 2n) matrices ``W1``,
+    ``W2`` that carry the data half (:func:`_combine_data`). With M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹: C and J
+    are symmetric, so I + J_j C_i = (I + C_i J_j)ᵀ and both come out of one batched solve,
+    Mᵀ = (I + J_j C_i)⁻¹ A_jᵀ and Nᵀ = (I + C_i J_j)⁻¹ A_i.
     """
-    I = np.eye(Ai.shape[-1])
-    M = _T(_solve(_T(I + Ci @ Jj), _T(Aj), "I + C_i J_j in the filtering scan"))  # A_j (I + C_i J_j)⁻¹
-    N_ = _T(_solve(_T(I + Jj @ Ci), Ai, "I + J_j C_i in the filtering scan"))  # A_iᵀ (I + J_j C_i)⁻¹
-    A = M @ Ai  # A_ij = A_j (I + C_i J_j)⁻¹ A_i
-    C = _sym(M @ Ci @ _T(Aj) + Cj)  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
-    J = _sym(N_ @ Jj @ Ai + Ji)  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
-    return A, C, J, M, N_
+    (Ai, Ci, Ji), (Aj, Cj, Jj) = Xi.transpose(1, 0, 2, 3), Xj.transpose(1, 0, 2, 3)
+    k, n = Xi.shape[0], Xi.shape[-1]
+    X = Ci @ Jj
+    X += I  # I + C_i J_j
+    sol = _solve(np.concatenate([_T(X), X]), np.concatenate([_T(Aj), Ai]), "I + C_i J_j in the filtering scan")
+    Mt, Nt = sol[:k], sol[k:]
+    M = _T(Mt)
+    out = np.empty_like(Xi)
+    np.matmul(M, Ai, out=out[:, 0])  # A_ij = A_j (I + C_i J_j)⁻¹ A_i
+    MC, NJ = M @ Ci, _T(Nt) @ Jj  # M C_i and N J_j, each used twice
+    S = MC @ _T(Aj)
+    S += Cj  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
+    np.add(S, _T(S), out=out[:, 1])  # symmetrized: twice the average with its transpose
+    S = NJ @ Ai
+    S += Ji  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
+    np.add(S, _T(S), out=out[:, 2])
+    out[:, 1:] *= 0.5
+    # the data half in rows [b, η]: [b, η]_ij = [b, η]_i W1 + [b, η]_j W2 (C, J symmetric)
+    W1, W2 = np.zeros((2, k, 2 * n, 2 * n))
+    W1[:, :n, :n] = Mt  # b_i Mᵀ
+    np.negative(_T(NJ), out=W1[:, :n, n:])  # −b_i J_j Nᵀ
+    W1[:, n:, n:] = I  # η_i
+    W2[:, :n, :n] = I  # b_j
+    W2[:, n:, :n] = _T(MC)  # η_j C_i Mᵀ
+    W2[:, n:, n:] = Nt  # η_j Nᵀ
+    return out, W1, W2
 
 
-def _combine_means(bi, ei, bj, ej, Ci, Jj, M, N_, b_out, e_out):
-    """The data half of a_i ⊗ a_j, Eq. (3.7), rows of L sequences: b (…, L, n), matrices (…, n, n).
+def _combine_data(Zi, Zj, W1, W2, out, tmp=None):
+    """The data half of a_i ⊗ a_j, Eq. (3.7), for rows Z = [b, η] of L sequences (…, L, 2n).
 
-    b_ij = M (b_i + C_i η_j) + b_j  and  η_ij = N (η_j − J_j b_i) + η_i, written to ``b_out``,
-    ``e_out``. With one pair of matrices for all rows the products are flat (rows × n) · (n × n).
+    b_ij = M (b_i + C_i η_j) + b_j  and  η_ij = N (η_j − J_j b_i) + η_i are, in rows,
+
+        [b, η]_ij = [b, η]_i W1 + [b, η]_j W2,   W1 = [[Mᵀ, −J_j Nᵀ], [0, I]],   W2 = [[I, 0], [C_i Mᵀ, Nᵀ]],
+
+    two products and a sum (``W`` from :func:`_combine_types`). With one pair (W1, W2) for all
+    rows (2-D W) the products are flat (rows × 2n) · (2n × 2n), cut into pieces that a busy
+    machine's BLAS runs on one thread (:func:`refimpl._scan._matmul`); otherwise batched over rows
+    with W (rows, 2n, 2n). A prefix a_i (A_i = 0, J_i = 0, η_i = 0) has N = 0, so η_ij = 0.
+    ``tmp`` (shaped like ``out``) is scratch space for the second product: the scan calls this in
+    every sweep, and a fresh array as long as the sequence each time costs page faults.
     """
-    if M.ndim == 2:
-        n = bi.shape[-1]
-        bi, ei, bj, ej, bo, eo = (x.reshape(-1, n) for x in (bi, ei, bj, ej, b_out, e_out))
+    if W1.ndim == 2:
+        w = Zi.shape[-1]
+        Zi, Zj, out = Zi.reshape(-1, w), Zj.reshape(-1, w), out.reshape(-1, w)
+        _matmul(Zi, W1, out=out)
+        out += _matmul(Zj, W2, out=None if tmp is None else tmp.reshape(-1, w))
     else:
-        bo, eo = b_out, e_out
-    # contiguous transposes: a transposed view as the right factor of a tall product takes a path
-    # of NumPy/OpenBLAS that is up to 1000× slower (measured: (10⁴, 8) · (8, 8)ᵀ)
-    Ci, Jj, M, N_ = (_Tc(x) for x in (Ci, Jj, M, N_))
-    t = np.matmul(ej, Ci)  # C_i η_j
-    t += bi
-    np.matmul(t, M, out=bo)
-    bo += bj  # b_ij = M (b_i + C_i η_j) + b_j
-    np.matmul(bi, Jj, out=t)  # J_j b_i
-    np.subtract(ej, t, out=t)
-    np.matmul(t, N_, out=eo)
-    eo += ei  # η_ij = N (η_j − J_j b_i) + η_i
+        np.matmul(Zi, W1, out=out)
+        out += Zj @ W2
 
 
-#: in one sweep of :func:`_typed_scan`, a pair of types shared by at least this many elements
-#: gets its own matrix products; rarer pairs are gathered into one batched product
+#: in one sweep of :func:`_typed_scan`, a run of at least this many consecutive elements with the
+#: same pair of types (or a pair shared by this many elements) gets its own matrix products;
+#: rarer pairs are gathered into one batched product
 _SHARED = 64
+
+
+def _runs(x: np.ndarray) -> np.ndarray:
+    """Starts of the runs of equal consecutive entries of a 1-D array (at least one entry)."""
+    starts = np.flatnonzero(x[1:] != x[:-1])
+    starts += 1
+    return np.concatenate([[0], starts])
+
+
+def _distinct(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values of a short 1-D integer array and the index of each entry among them
+    (``np.unique(x, return_inverse=True)`` without its overhead, which dominates for a few dozen entries)."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    new = np.empty(xs.shape[0], dtype=bool)
+    new[0] = True
+    np.not_equal(xs[1:], xs[:-1], out=new[1:])
+    inv = np.empty(xs.shape[0], dtype=np.intp)
+    inv[order] = np.cumsum(new) - 1
+    return xs[new], inv
+
+
+def _expand(rs: np.ndarray, rv: np.ndarray, a: int, b: int) -> np.ndarray:
+    """The types of elements a … b−1 from the runs (starts ``rs``, types ``rv``)."""
+    if b <= a:
+        return rv[:0]
+    i0, i1 = np.searchsorted(rs, a, "right") - 1, np.searchsorted(rs, b, "left")
+    ends = np.concatenate([rs[i0 + 1 : i1], [b]])
+    s = rs[i0:i1].copy()
+    s[0] = a
+    return np.repeat(rv[i0:i1], ends - s)
+
+
+def _assign(rs: np.ndarray, rv: np.ndarray, a: int, b: int, t, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """The runs after elements a … b−1 (of N) are given type ``t``, merged where neighbours agree."""
+    if b <= a:
+        return rs, rv
+    lo, hi = np.searchsorted(rs, a, "left"), np.searchsorted(rs, b, "right")  # runs before a; from b on
+    s, v = [rs[:lo], [a]], [rv[:lo], [t]]
+    if b < N:  # the run that contains b now starts there
+        s += [[b], rs[hi:]]
+        v += [rv[hi - 1 : hi], rv[hi:]]
+    s, v = np.concatenate(s).astype(rs.dtype), np.concatenate(v).astype(rv.dtype)
+    keep = np.empty(v.shape[0], dtype=bool)
+    keep[0] = True
+    np.not_equal(v[1:], v[:-1], out=keep[1:])
+    return s[keep], v[keep]
 
 
 def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
@@ -832,10 +903,17 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
 
     ``types`` (N,) indexes the tables ``A, C, J`` (T, n, n): element k is (A, b_k, C, η_k, J) of
     its type, with data ``b, eta`` (N, L, n). Sweep s combines element k − 2^s with element k (the
-    Hillis–Steele sweeps of :func:`refimpl._scan.linear_scan`); the data-independent half of a combination depends
-    only on the two types, so it is computed once per distinct pair (batched), and the means of
-    all elements with that pair follow by matrix products. Returns the scanned ``b`` and C
-    (N, n, n): the filtered means and covariances.
+    Hillis–Steele sweeps of :func:`refimpl._scan.linear_scan`); the data-independent half of a
+    combination depends only on the two types, so it is computed once per distinct pair
+    (batched), and the means of all elements with that pair follow by matrix products. Returns
+    the scanned ``b``, the C table and the types (the filtered covariances are C[types]).
+
+    The types are kept as runs (start, type): a time-invariant model has a handful of long runs
+    of identical elements, so the pairs of a sweep, their runs and the tables of the next sweep
+    are formed from a few dozen numbers, and a long run is one flat product on a slice of the
+    data. The tables keep only the types in use: the new combinations and the prefixes' types.
+    The data (b, η) of an element are one row [b, η], so that a combination's data half is two
+    matrix products (:func:`_combine_data`).
 
     After each sweep the elements that start at step 0 are prefixes, whose C are the filtered
     covariances P_k. Inside a stretch of identical steps (``starts``, :func:`_step_starts`) these
@@ -844,52 +922,71 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     settled prefix's type, so the next sweeps combine one pair where they would combine one per
     step. Without that, a time-invariant model still has N distinct prefixes.
     """
-    N = types.shape[0]
-    b2, eta2 = np.empty_like(b), np.empty_like(eta)
+    N, n = types.shape[0], A.shape[-1]
+    rs = _runs(types)
+    rv = types[rs]
+    X = np.stack([A, C, J], axis=1)  # the tables, stacked: (T, 3, n, n)
+    I = np.eye(n)
+    Z = np.concatenate([b, eta], axis=-1)  # the data, rows [b, η]: (N, L, 2n)
+    Z2, Zt = np.empty_like(Z), np.empty_like(Z)  # double buffer and scratch: no fresh memory per sweep
     settled = {}  # stretch → (first settled prefix, end of its merged run): see _merge_prefixes
     step = 1
     while step < N:
         # merge settled prefixes: the elements k < step start at step 0 after the last sweep
-        types = _merge_prefixes(types, C, min(step, N), pattern, H, F, Q, R, starts, settled)
-        ti, tj = types[:-step], types[step:]
-        T = A.shape[0]
-        codes = ti.astype(np.int64) * T + tj
-        uniq, inv = np.unique(codes, return_inverse=True)
-        ui, uj = uniq // T, uniq % T
-        A_new, C_new, J_new, M, N_ = _combine_types(A[ui], C[ui], J[ui], A[uj], C[uj], J[uj])
-        bi, ei, bj, ej = b[:-step], eta[:-step], b[step:], eta[step:]
-        b_out, e_out = b2[step:], eta2[step:]  # double buffers: no fresh memory per sweep
-        counts = np.bincount(inv, minlength=uniq.shape[0])
-        shared = counts >= _SHARED
-        for u in np.flatnonzero(shared):  # a pair shared by many elements: plain matrix products
-            idx = np.flatnonzero(inv == u)
-            if idx[-1] - idx[0] + 1 == idx.size:  # contiguous (the usual case): views, no gather
-                sl = slice(idx[0], idx[-1] + 1)
-                _combine_means(bi[sl], ei[sl], bj[sl], ej[sl], C[ui[u]], J[uj[u]], M[u], N_[u], b_out[sl], e_out[sl])
-            else:
-                bo, eo = np.empty_like(bj[idx]), np.empty_like(ej[idx])
-                _combine_means(bi[idx], ei[idx], bj[idx], ej[idx], C[ui[u]], J[uj[u]], M[u], N_[u], bo, eo)
-                b_out[idx], e_out[idx] = bo, eo
-        rare = np.flatnonzero(~shared[inv])
-        if rare.size:  # the others: gather their matrices, one batched product
-            v = inv[rare]
-            bo, eo = np.empty_like(bj[rare]), np.empty_like(ej[rare])
-            _combine_means(bi[rare], ei[rare], bj[rare], ej[rare], C[ui[v]], J[uj[v]], M[v], N_[v], bo, eo)
-            b_out[rare], e_out[rare] = bo, eo
-        b2[:step], eta2[:step] = b[:step], eta[:step]
-        b, b2, eta, eta2 = b2, b, eta2, eta
-        types = np.concatenate([types[:step], T + inv])
-        A, C, J = np.concatenate([A, A_new]), np.concatenate([C, C_new]), np.concatenate([J, J_new])
-        if A.shape[0] > 2 * N:  # drop the types no longer in use: the tables stay O(N) long
-            used, types = np.unique(types, return_inverse=True)
-            A, C, J = A[used], C[used], J[used]
+        rs, rv = _merge_prefixes(rs, rv, N, X[:, 1], min(step, N), pattern, H, F, Q, R, starts, settled)
+        T, m = X.shape[0], N - step
+        # the runs of the pairs (type of k − step, type of k), k = step … N − 1, indexed by r = k − step:
+        # a new run wherever either type changes
+        cut = np.concatenate([rs, rs - step])
+        cut = np.sort(cut[(cut > 0) & (cut < m)])
+        first = np.concatenate([[0], cut[:1], cut[1:][cut[1:] != cut[:-1]]])
+        lengths = np.concatenate([first[1:], [m]]) - first
+        ti = rv[np.searchsorted(rs, first, "right") - 1]
+        tj = rv[np.searchsorted(rs, first + step, "right") - 1]
+        uniq, rinv = _distinct(ti.astype(np.int64) * T + tj)  # the distinct pairs, and the pair of each run
+        X_new, W1, W2 = _combine_types(X[uniq // T], X[uniq % T], I)
+        Zi, Zj, out, tmp = Z[:-step], Z[step:], Z2[step:], Zt[step:]
+        long = lengths >= _SHARED
+        for r in np.flatnonzero(long):  # a long run: plain matrix products on slices (views)
+            u, sl = rinv[r], slice(first[r], first[r] + lengths[r])
+            _combine_data(Zi[sl], Zj[sl], W1[u], W2[u], out[sl], tmp[sl])
+        if not long.all():
+            short = ~long
+            count = np.bincount(rinv[short], weights=lengths[short], minlength=uniq.size)
+            shared = count >= _SHARED
+            for u in np.flatnonzero(shared):  # a pair spread over many short runs: gather its rows
+                idx = np.flatnonzero(np.repeat(short & (rinv == u), lengths))
+                o = np.empty_like(Zj[idx])
+                _combine_data(Zi[idx], Zj[idx], W1[u], W2[u], o)
+                out[idx] = o
+            rare = short & ~shared[rinv]
+            if rare.any():  # the other short runs: their matrices gathered, one batched product
+                v = np.repeat(rinv[rare], lengths[rare])
+                rows = np.flatnonzero(np.repeat(rare, lengths))
+                if rows[-1] - rows[0] + 1 == rows.size:  # contiguous (the prefixes before they settle): views
+                    rows = slice(rows[0], rows[-1] + 1)
+                    _combine_data(Zi[rows], Zj[rows], W1[v], W2[v], out[rows])
+                else:
+                    o = np.empty_like(Zj[rows])
+                    _combine_data(Zi[rows], Zj[rows], W1[v], W2[v], o)
+                    out[rows] = o
+        Z2[:step] = Z[:step]
+        Z, Z2 = Z2, Z
+        # the runs and tables of the next sweep: the prefixes' runs (k < step, unchanged), then the new
+        # pairs; prefix types and the others never coincide, so no run straddles k = step
+        keep = rs < step
+        used, pinv = _distinct(rv[keep])
+        rs = np.concatenate([rs[keep], first + step])
+        rv = np.concatenate([pinv, used.size + rinv])
+        X = np.concatenate([X[used], X_new])
         step *= 2
-    return b, C, types
+    return Z[..., :n], X[:, 1], np.repeat(rv, np.diff(rs, append=N))
 
 
-def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
+def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
     """Give the settled prefixes k < ``stop`` of each stretch of identical steps one type.
 
+    The types are runs (starts ``rs``, types ``rv``) of the N elements; returns the new runs.
     Prefix k (the scanned element that starts at step 0) has C = P_k. Within a stretch
     [starts[i], starts[i+1]) of identical steps (:func:`_step_starts`), find the first k ending
     ``_PATIENCE`` consecutive prefixes that change P by at most 4 units of rounding, check that
@@ -899,29 +996,29 @@ def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
     scatter by more than the sequential recursion's few units). The same test as
     :func:`_filter_covariances`, so both forms stop at the same place.
     ``settled`` (stretch → (c, end of the merged prefixes)) carries the verdicts from sweep to
-    sweep, so each sweep looks only at the prefixes that are new.
+    sweep, so each sweep looks only at the prefixes that are new, one type (run) at a time.
     """
     if stop <= _PATIENCE + 1:
-        return types
+        return rs, rv
     lo_all, hi_all = starts[:-1] + 1, np.minimum(starts[1:], stop)  # pairs (k−1, k) inside a stretch
     long = np.flatnonzero(hi_all - lo_all >= _PATIENCE + 1)
-    if long.size == 0:
-        return types
     n2 = C.shape[-1] ** 2
-    types = types.copy()
     for i in long:
         lo, hi = int(lo_all[i]), int(hi_all[i])
         if i in settled:  # extend the merged run over the new prefixes that agree with P_c
             c, last = settled[i]
             if 0 <= last < hi:
-                P_c = C[types[c]].reshape(n2)
-                Pk = C[types[last:hi]].reshape(-1, n2)
+                tc = rv[np.searchsorted(rs, c, "right") - 1]
+                r0, r1 = np.searchsorted(rs, last, "right") - 1, np.searchsorted(rs, hi, "left")  # runs in [last, hi)
+                P_c = C[tc].reshape(n2)
+                Pk = C[rv[r0:r1]].reshape(-1, n2)
                 close = np.max(np.abs(Pk - P_c), axis=1) <= _REACH * _EPS * np.max(np.abs(P_c))
-                end = hi if np.all(close) else last + int(np.argmin(close))
-                types[last:end] = types[c]
+                end = hi if close.all() else max(last, int(rs[r0 + int(np.argmin(close))]))
+                rs, rv = _assign(rs, rv, last, end, tc, N)
                 settled[i] = (c, end if end == hi else -1)  # −1: a prefix disagreed; stop extending
             continue
-        Pk = C[types[lo - 1 : hi]].reshape(-1, n2)  # P_{lo−1} … P_{hi−1}
+        types = _expand(rs, rv, lo - 1, hi)
+        Pk = C[types].reshape(-1, n2)  # P_{lo−1} … P_{hi−1}
         scale = np.max(np.abs(Pk[1:]), axis=1)
         change = np.max(np.abs(Pk[1:] - Pk[:-1]), axis=1)  # change[j] = |P_{lo+j} − P_{lo+j−1}|
         calm = change <= _CALM * _EPS * scale
@@ -931,7 +1028,7 @@ def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
             continue
         j = int(ready[0]) + _PATIENCE - 1  # the last of _PATIENCE calm prefixes
         c = lo + j
-        P_c = C[types[c]]
+        P_c = C[types[j + 1]]
         gone = bool(pattern[c])
         A = _closed_loop(P_c, F[c - 1], H, Q[c - 1], R, gone)
         recent = float(np.max(change[j - _PATIENCE + 1 : j + 1]))
@@ -941,10 +1038,10 @@ def _merge_prefixes(types, C, stop, pattern, H, F, Q, R, starts, settled):
         ):
             continue
         close = np.max(np.abs(Pk[j + 1 :] - P_c.reshape(n2)), axis=1) <= _REACH * _EPS * scale[j]
-        end = hi if np.all(close) else c + int(np.argmin(close))
-        types[c:end] = types[c]
+        end = hi if close.all() else c + int(np.argmin(close))
+        rs, rv = _assign(rs, rv, c, end, types[j + 1], N)
         settled[int(i)] = (c, end if end == hi else -1)
-    return types
+    return rs, rv
 
 
 def _closed_loop(P, F, H, Q, R, gone):
@@ -1002,8 +1099,11 @@ def _scan_group(z, m0, pattern, F, H, Q, R, P0):
     types = np.zeros(N, dtype=np.intp)
     if N > 1:
         if F.strides[0] == 0 and Q.strides[0] == 0:  # time-invariant: a step is observed or missing
-            cls = pattern[1:].astype(np.intp)
-            _, first, cls = np.unique(cls, return_index=True, return_inverse=True)
+            cls = pattern[1:].astype(np.intp)  # 0 observed, 1 missing
+            if cls.all() or not cls.any():  # one kind of step
+                first, cls = np.zeros(1, dtype=np.intp), np.zeros_like(cls)
+            else:
+                first = np.array([np.argmin(cls), np.argmax(cls)])
         else:
             rows = np.ascontiguousarray(
                 np.concatenate([F.reshape(N - 1, -1), Q.reshape(N - 1, -1), pattern[1:, None]], axis=1)
@@ -1024,10 +1124,18 @@ def _scan_group(z, m0, pattern, F, H, Q, R, P0):
         W = np.where(gone[:, None, None], 0.0, W)  # η = Fᵀ Hᵀ S⁻¹ z (0 where missing)
         zt = np.transpose(z[:, 1:], (1, 0, 2))  # (N − 1, L, p)
         if first.size <= 8:
-            for c in range(first.size):
+            zt = np.ascontiguousarray(zt)
+            for c in range(first.size):  # flat (rows × p) · (p × n) products, one per kind
                 idx = np.flatnonzero(cls == c)
-                b[1 + idx] = zt[idx] @ _Tc(K[c])
-                eta[1 + idx] = zt[idx] @ W[c]
+                if idx[-1] - idx[0] + 1 == idx.size:  # contiguous (the usual case): views
+                    rows = slice(1 + idx[0], 2 + idx[-1])
+                    zc = zt[idx[0] : idx[-1] + 1].reshape(-1, p)
+                    np.matmul(zc, _Tc(K[c]), out=b[rows].reshape(-1, n))
+                    np.matmul(zc, W[c], out=eta[rows].reshape(-1, n))
+                else:
+                    zc = zt[idx].reshape(-1, p)
+                    b[1 + idx] = (zc @ _Tc(K[c])).reshape(idx.size, L, n)
+                    eta[1 + idx] = (zc @ W[c]).reshape(idx.size, L, n)
         else:
             b[1:] = zt @ _T(K[cls])
             eta[1:] = zt @ W[cls]
@@ -1052,7 +1160,7 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
 
     An element's (A, C, J) depend on the step only through (F, Q, missing or not), its (b, η)
     on the data: the covariance half of every combination is computed once per distinct pair of
-    element kinds, and the means of all elements with that pair follow by one matrix product.
+    element kinds, and the means of all elements with that pair follow by two matrix products.
     The prefixes (elements that start at step 0) carry the filtered covariances; once they have
     settled — the test of :func:`kalman_filter` — the later prefixes of the stretch share one
     kind, so a time-invariant model costs O(log N) batches of small-matrix combinations plus

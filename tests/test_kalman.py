@@ -1380,3 +1380,36 @@ class TestSteadyStatePath:
         ms_b, Ps_b = rts_smoother(z, F, H, Q, R, m0, P0)
         close(ms_b, ms, rtol=1e-13, what="blocked tall products: smoother mean")
         np.testing.assert_array_equal(Ps_b, Ps)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run-length bookkeeping of the filtering scan (private helpers), against per-element arrays
+# ---------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    types=st.lists(st.integers(0, 3), min_size=1, max_size=40),
+    a=st.integers(0, 40),
+    length=st.integers(0, 40),
+    t=st.integers(0, 4),
+)
+def test_scan_type_runs(types, a, length, t):
+    x = np.array(types, dtype=np.intp)
+    N = x.size
+    rs = kalman._runs(x)
+    rv = x[rs]
+    assert np.all(rv[1:] != rv[:-1]) and rs[0] == 0  # maximal runs
+    np.testing.assert_array_equal(np.repeat(rv, np.diff(rs, append=N)), x)
+    a = min(a, N - 1)
+    b = min(a + length, N)
+    np.testing.assert_array_equal(kalman._expand(rs, rv, a, b), x[a:b])
+    y = x.copy()
+    y[a:b] = t
+    s, v = kalman._assign(rs, rv, a, b, t, N)
+    assert np.all(v[1:] != v[:-1]) and s[0] == 0
+    np.testing.assert_array_equal(np.repeat(v, np.diff(s, append=N)), y)
+    u, inv = kalman._distinct(x)
+    u_ref, inv_ref = np.unique(x, return_inverse=True)
+    np.testing.assert_array_equal(u, u_ref)
+    np.testing.assert_array_equal(inv, inv_ref.reshape(-1))
