@@ -294,66 +294,78 @@ def _cumsum_rows(a: np.ndarray) -> np.ndarray:
     return cum
 
 
-def _gla_chunked(q, k, v, logg, c: int):
+def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True):
     """Chunked ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q_t`` (q already scaled).
 
     ``q, k`` (*b, L, Dk), ``v`` (*b, L, Dv), ``logg`` (*b, L, Dk) or (*b, L, 1), all broadcast to
-    one batch shape. Returns ``o`` (*b, L, Dv) and the chunk-end states (*b, n_chunks, Dv, Dk).
+    one batch shape. Returns ``o`` (*b, L, Dv) and the chunk-end states (*b, n_chunks, Dv, Dk)
+    (None without ``keep_states``).
     """
     batch, L, dv = q.shape[:-2], q.shape[-2], v.shape[-1]
     flat = [a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v, logg)]
     if logg.shape[-1] == 1:  # one gate per head: the scalar core, one group per head
-        o, states = _scalar_chunked(flat[0], flat[1], flat[2][:, None], flat[3][:, None, :, 0], c)
-        o, states = o[:, 0], states[:, 0]
+        o, states = _scalar_chunked(flat[0], flat[1], flat[2][:, None], flat[3][:, None, :, 0], c, keep_states=keep_states)
+        o, states = o[:, 0], (None if states is None else states[:, 0])
     else:
-        o, states = _channel_chunked(*flat, c)
-    return o.reshape(batch + (L, dv)), states.reshape(batch + states.shape[-3:])
+        o, states = _channel_chunked(*flat, c, keep_states=keep_states)
+    if states is not None:
+        states = states.reshape(batch + states.shape[-3:])
+    return o.reshape(batch + (L, dv)), states
 
 
-def _channel_chunked(q, k, v, logg, c: int):
+def _channel_chunked(q, k, v, logg, c: int, keep_states: bool = True):
     """The chunked form with a gate per key channel; ``q, k, logg`` (nb, L, Dk), ``v`` (nb, L, Dv).
 
     In a chunk with in-chunk cumulative log-gates ``cum_t = Σ_{r=start}^{t} log g_r`` (one
     vector per step), ``e^{seg_j[t, s]} = e^{cum_tj} e^{−cum_sj}``: with ``Qe = Q ⊙ e^{cum}`` and
     ``Kf = K ⊙ e^{−cum}`` the in-chunk form (16.3) is ``tril(Qe Kfᵀ) V`` (BLAS), the readout of
-    the entering state ``S_in`` is ``Qe S_inᵀ`` and the chunk's own contribution to its end state
-    is ``Vᵀ Kf`` with its columns scaled by ``e^{cum_end}``. This holds (to a few ulps) where the
-    chunk's total decay stays above ``e^{−_FACTOR_LOG}`` (then ``e^{−cum} <= e^{30}``); chunks that
-    decay further (gates near 0) are recomputed from segment sums, whose exponents are all <= 0.
+    the entering state ``S_in`` is ``Qe S_inᵀ`` — both in one product
+    ``[tril(Qe Kfᵀ) | Qe] [V ; S_inᵀ]`` per chunk — and the chunk's own contribution to its end
+    state is ``Vᵀ Kf`` with its columns scaled by ``e^{cum_end}``. This holds (to a few ulps)
+    where the chunk's total decay stays above ``e^{−_FACTOR_LOG}`` (then ``e^{−cum} <= e^{30}``);
+    chunks that decay further (gates near 0) are recomputed from segment sums, whose exponents
+    are all <= 0. Each product has at most 64 × 64 outputs per call for the default chunk (see
+    :func:`_scalar_chunked` for why).
     """
     nb, L, dk = q.shape
     dv = v.shape[-1]
     qc, kc, vc, gc = (_chunks(a, c, -2) for a in (q, k, v, logg))  # (nb, nc, c, ·)
     nc = qc.shape[1]
     cum = _cumsum_rows(gc)  # Σ_{r=start}^{t} log g_r, per chunk and channel
-    E = np.exp(cum)
-    strong = cum[:, :, -1, :].min(axis=-1) < -_FACTOR_LOG  # (nb, nc): chunks for the exact path
+    E = np.exp(cum, out=cum)
+    strong = E[:, :, -1, :].min(axis=-1) < _TINY  # (nb, nc): chunks for the exact path
     tri = np.tri(c)
     o = np.empty((nb, nc, c, dv))
-    ST = np.empty((nb, nc + 1, dk, dv))  # transposed states: ST[:, n] enters chunk n, ST[:, n + 1] leaves it
-    ST[:, 0] = 0.0
+    states = np.empty((nb, nc, dk, dv)) if keep_states else None  # transposed chunk-end states
+    S = np.zeros((nb, dk, dv))  # S_inᵀ entering the next group
     m = _group(nb, c)
+    X = np.empty((nb, m, c, c + dk))  # [tril(Qe Kfᵀ) | Qe] per chunk
+    Z = np.empty((nb, m, c + dk, dv))  # [V ; S_inᵀ] per chunk
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
-        Eg, qg, kg, vg = E[:, sl], qc[:, sl], kc[:, sl], vc[:, sl]
-        Qe = qg * Eg  # q_t ⊙ e^{cum_t}
-        Kf = kg / np.maximum(Eg, _TINY)  # k_s ⊙ e^{−cum_s} (clamped: exact path below where it matters)
+        mm = sl.stop - g0
+        Xg, Zg, Eg, vg = X[:, :mm], Z[:, :mm], E[:, sl], vc[:, sl]
+        Qe = np.multiply(qc[:, sl], Eg, out=Xg[..., c:])  # q_t ⊙ e^{cum_t}
+        Kf = kc[:, sl] / np.maximum(Eg, _TINY)  # k_s ⊙ e^{−cum_s} (clamped: exact path below where it matters)
+        scores = np.matmul(Qe, np.swapaxes(Kf, -1, -2), out=Xg[..., :c])  # Σ_j q_tj k_sj e^{seg_j[t, s]}
+        scores *= tri
         dec = Eg[:, :, -1, :, None]  # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ
         local = np.swapaxes(Kf, -1, -2) @ vg  # (Σ_s v_s (k_s ⊙ e^{cum_end − cum_s})ᵀ)ᵀ / e^{cum_end}
         local *= dec
-        scores = Qe @ np.swapaxes(Kf, -1, -2)  # (q_t ⊙ e^{cum_t}) · (k_s ⊙ e^{−cum_s}) = Σ_j q k e^{seg_j[t, s]}
-        scores *= tri
         sb, sn = np.nonzero(strong[:, sl])
         if sb.size:
-            _channel_exact(scores, local, qg, kg, vg, gc[:, sl], sb, sn)
-        for j in range(local.shape[1]):  # state passing (16.5): S_end = S_in Diag(e^{cum_end}) + local
-            n = g0 + j
-            np.multiply(ST[:, n], dec[:, j], out=ST[:, n + 1])
-            ST[:, n + 1] += local[:, j]
-        og = np.matmul(scores, vg, out=o[:, sl])  # in-chunk: the masked form (16.3)
-        og += Qe @ ST[:, sl]  # across chunks: S_in (q_t ⊙ e^{cum_t})
+            _channel_exact(scores, local, qc[:, sl], kc[:, sl], vg, gc[:, sl], sb, sn)
+        Zg[:, :, :c] = vg
+        Zg[:, 0, c:] = S
+        for j in range(mm):  # state passing (16.5): S_end = S_in Diag(e^{cum_end}) + local
+            nxt = Zg[:, j + 1, c:] if j + 1 < mm else S
+            np.multiply(Zg[:, j, c:], dec[:, j], out=nxt)
+            nxt += local[:, j]
+            if keep_states:
+                states[:, g0 + j] = nxt
+        np.matmul(Xg, Zg, out=o[:, sl])  # the masked form (16.3) in the chunk + S_in (q_t ⊙ e^{cum_t})
     o = o.reshape(nb, nc * c, dv)[:, :L]
-    return o, np.swapaxes(ST[:, 1:], -1, -2)
+    return o, (None if states is None else np.swapaxes(states, -1, -2))
 
 
 def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
@@ -370,19 +382,22 @@ def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
         local[b, n] = np.swapaxes(ke, -1, -2) @ vg[b, n]
 
 
-def _scalar_chunked(q, k, v, loga, c: int, w=None):
+def _scalar_chunked(q, k, v, loga, c: int, w=None, keep_states: bool = True):
     """The chunked form with one gate per head; the R heads of a group share ``q`` and ``k``.
 
     ``q, k`` (G, L, Dk); ``v`` (G, R, L, Dv); ``loga`` (G, R, L) the heads' log-gates; ``w``
     (G, R, L), optional, weights the values (SSD's Δ_s). Returns ``o`` (G, R, L, Dv) and the
-    chunk-end states (G, R, n_chunks, Dv, Dk).
+    chunk-end states (G, R, n_chunks, Dv, Dk), or None without ``keep_states``.
 
     With a scalar gate the decay ``e^{cum_t − cum_s}`` factors into a row and a column scaling,
-    so the in-chunk form is ``e^{cum_t} ⊙ tril(Q Kᵀ) (V ⊙ e^{−cum})`` and the readout of the
-    entering state ``e^{cum_t} ⊙ Q S_inᵀ``: the scalings move onto the values, and the R heads of
-    a group (the same Q, K: Mamba-2's shared B, C) stack side by side as the columns of one
-    matrix product per chunk. Chunks that decay below ``e^{−_FACTOR_LOG}`` are recomputed from
-    segment sums, as in :func:`_channel_chunked`.
+    so a chunk's output is ``e^{cum_t} ⊙ ([tril(Q Kᵀ) | Q] [V ⊙ e^{−cum} ; S_inᵀ])``: one
+    (c × (c + Dk)) (c + Dk × Dv) product per head and chunk that does the in-chunk form (16.3)
+    and the readout of the entering state at once, and whose left factor is shared by the R
+    heads of a group (Mamba-2's shared B, C). Every product has at most 64 × 64 outputs per call
+    for the default chunk: OpenBLAS runs such calls on the calling thread, so they do not stall
+    on a busy machine (larger ones, split over threads, wait for a descheduled thread at every
+    call). Chunks that decay below ``e^{−_FACTOR_LOG}`` are recomputed from segment sums, as in
+    :func:`_channel_chunked`.
     """
     G, L, dk = q.shape
     R, dv = v.shape[1], v.shape[-1]
@@ -396,47 +411,50 @@ def _scalar_chunked(q, k, v, loga, c: int, w=None):
     if wc is not None:
         f *= wc
     strong = cum[..., -1] < -_FACTOR_LOG  # (G, R, nc)
-    ft = f.transpose(0, 2, 3, 1)[..., None]  # (G, nc, c, R, 1)
-    Et = E.transpose(0, 2, 3, 1)[..., None]
-    dec = E[..., -1].transpose(0, 2, 1)[:, :, None, :, None]  # (G, nc, 1, R, 1): e^{cum_end} per head
+    dec = E[..., -1, None, None]  # (G, R, nc, 1, 1): e^{cum_end}, the chunk's decay per head
     vc = _chunks(v, c, -2)  # (G, R, nc, c, Dv)
-    vt = vc.transpose(0, 2, 3, 1, 4)  # (G, nc, c, R, Dv) (a view)
     tri = np.tri(c)
     o = np.empty((G, R, nc, c, dv))
-    ST = np.empty((G, nc + 1, dk, R, dv))  # transposed states of the R heads, side by side
-    ST[:, 0] = 0.0
+    states = np.empty((G, R, nc, dk, dv)) if keep_states else None  # transposed chunk-end states
+    S = np.zeros((G, R, dk, dv))  # S_inᵀ entering the next group
     m = _group(G * R, c)
+    X = np.empty((G, 1, m, c, c + dk))  # [tril(Q Kᵀ) | Q] per chunk, shared by the R heads
+    Z = np.empty((G, R, m, c + dk, dv))  # [V ⊙ w e^{−cum} ; S_inᵀ] per head and chunk
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
         mm = sl.stop - g0
-        Vs = (vt[:, sl] * ft[:, sl]).reshape(G, mm, c, R * dv)  # v_s w_s e^{−cum_s}, heads side by side
-        local = (np.swapaxes(kc[:, sl], -1, -2) @ Vs).reshape(G, mm, dk, R, dv)  # (Σ_s ...)ᵀ / e^{cum_end}
-        local *= dec[:, sl]
-        scores = qc[:, sl] @ np.swapaxes(kc[:, sl], -1, -2)  # q_t · k_s, shared by the R heads
-        scores *= tri
+        Xg, Zg = X[:, :, :mm], Z[:, :, :mm]
+        np.matmul(qc[:, None, sl], np.swapaxes(kc[:, None, sl], -1, -2), out=Xg[..., :c])  # q_t · k_s
+        Xg[..., :c] *= tri
+        Xg[..., c:] = qc[:, None, sl]
+        Vs = np.multiply(vc[:, :, sl], f[:, :, sl, :, None], out=Zg[..., :c, :])  # v_s w_s e^{−cum_s}
+        local = np.swapaxes(kc[:, None, sl], -1, -2) @ Vs  # (Σ_s v_s w_s e^{−cum_s} k_sᵀ)ᵀ, per head
+        local *= dec[:, :, sl]  # ... e^{cum_end}: the chunk's own contribution to its end state
         sg, sr, sn = np.nonzero(strong[:, :, sl])
         if sg.size:  # the end-state contributions of strongly decaying chunks, from suffix sums
             wk = np.exp(_suffix(ac[sg, sr, g0 + sn], -1))  # e^{Σ_{r=s+1}^{end} log g_r}
             if wc is not None:
                 wk *= wc[sg, sr, g0 + sn]
             ke = kc[sg, g0 + sn] * wk[..., None]
-            local[sg, sn, :, sr] = np.swapaxes(ke, -1, -2) @ vc[sg, sr, g0 + sn]
+            local[sg, sr, sn] = np.swapaxes(ke, -1, -2) @ vc[sg, sr, g0 + sn]
+        Zg[:, :, 0, c:] = S
         for j in range(mm):  # state passing (16.5): S_end = e^{cum_end} S_in + local
-            n = g0 + j
-            np.multiply(ST[:, n], dec[:, n], out=ST[:, n + 1])
-            ST[:, n + 1] += local[:, j]
-        Y = scores @ Vs  # in-chunk (16.3), without the row scaling e^{cum_t}
-        Y += qc[:, sl] @ ST[:, sl].reshape(G, mm, dk, R * dv)  # across chunks: Q S_inᵀ
-        np.multiply(Y.reshape(G, mm, c, R, dv).transpose(0, 3, 1, 2, 4), Et[:, sl].transpose(0, 3, 1, 2, 4), out=o[:, :, sl])
+            nxt = Zg[:, :, j + 1, c:] if j + 1 < mm else S
+            np.multiply(Zg[:, :, j, c:], dec[:, :, g0 + j], out=nxt)
+            nxt += local[:, :, j]
+            if keep_states:
+                states[:, :, g0 + j] = nxt
+        og = np.matmul(Xg, Zg, out=o[:, :, sl])  # in-chunk (16.3) + Q S_inᵀ, without the row scaling
+        og *= E[:, :, sl, :, None]  # e^{cum_t}
         if sg.size:  # in-chunk weights of strongly decaying chunks from segment sums (exponents <= 0)
             vw = vc[sg, sr, g0 + sn]
             if wc is not None:
                 vw = vw * wc[sg, sr, g0 + sn][..., None]
-            inter = qc[sg, g0 + sn] @ np.moveaxis(ST[sg, g0 + sn], -2, 1)[np.arange(sg.size), sr]  # q S_inᵀ of head r
-            intra = (scores[sg, sn] * np.exp(_segsum(ac[sg, sr, g0 + sn]))) @ vw
+            inter = qc[sg, g0 + sn] @ Zg[sg, sr, sn, c:]  # q S_inᵀ of head r
+            intra = (Xg[sg, 0, sn, :, :c] * np.exp(_segsum(ac[sg, sr, g0 + sn]))) @ vw
             o[sg, sr, g0 + sn] = E[sg, sr, g0 + sn][..., None] * inter + intra
     o = o.reshape(G, R, nc * c, dv)[:, :, :L]
-    return o, ST[:, 1:].transpose(0, 3, 1, 4, 2)  # (G, R, nc, Dv, Dk)
+    return o, (None if states is None else np.swapaxes(states, -1, -2))  # (G, R, nc, Dv, Dk)
 
 
 def _gla_loop(q, k, v, logg, c: int):
@@ -534,7 +552,7 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     ((6, 2), True)
     """
     q, k, v, g, c = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states)
-    o, states = _gla_chunked(q, k, v, g, c)
+    o, states = _gla_chunked(q, k, v, g, c, keep_states=return_chunk_states)
     return (o, states) if return_chunk_states else o
 
 
@@ -826,10 +844,12 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     R = H // G  # heads per group, stacked side by side in the chunked products
     y, states = _scalar_chunked(  # q = C, k = B, v = x weighted by Δ, log g_t = Δ_t A_h
         C.reshape(-1, L, N), B.reshape(-1, L, N), x.reshape(-1, R, L, P), (dt * A[:, None]).reshape(-1, R, L), c,
-        w=dt.reshape(-1, R, L),
+        w=dt.reshape(-1, R, L), keep_states=return_chunk_states,
     )
     y = y.reshape(batch + (H, L, P))
-    return _ssd_finish(y, x, D, states.reshape(batch + (H,) + states.shape[-3:]), return_chunk_states)
+    if return_chunk_states:
+        states = states.reshape(batch + (H,) + states.shape[-3:])
+    return _ssd_finish(y, x, D, states, return_chunk_states)
 
 
 @guard_overflow()
