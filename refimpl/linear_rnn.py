@@ -962,35 +962,52 @@ def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states):
     return q, k, v, b, g, c
 
 
-def _unit_lower_solve(A: np.ndarray, R: np.ndarray, block: int = 8) -> np.ndarray:
-    """Solve ``(I + A) X = R`` for strictly lower-triangular ``A`` (..., c, c), by blocks of rows.
+def _unit_lower_inverse(A: np.ndarray) -> np.ndarray:
+    """``(I + A)^{−1}`` for strictly lower-triangular ``A`` (..., c, c), by doubling the diagonal blocks.
 
-    Block forward substitution: ``X_i = (I + A_ii)^{−1} (R_i − A_{i,<i} X_{<i})``, the inverses
-    of the small diagonal blocks from one batched LAPACK call and the rest matrix products, for
-    every chunk at once. Measured about twice as fast as a batched ``numpy.linalg.solve``, and
-    unlike a batched ``scipy.linalg.solve_triangular`` (OpenBLAS ``trsm``, whose threads make it
-    10 to 50 times slower when two threads share a busy machine) it stays fast with threads.
+    The inverse of a unit lower-triangular block matrix is
+    ``[[T₁, 0], [−T₂ A₂₁ T₁, T₂]]`` with ``T₁, T₂`` the inverses of its diagonal blocks (the
+    blocked algorithm of LAPACK's ``trtri``). Starting from blocks of one row (T = 1), each level
+    merges pairs of neighbouring blocks with two matrix products, for all blocks of all chunks at
+    once: log₂ c levels of batched products, no per-chunk LAPACK call. (A batched
+    ``scipy.linalg.solve_triangular``, OpenBLAS ``trsm``, is 10 to 50 times slower when its two
+    threads share a busy machine; a batched ``numpy.linalg.inv`` pivots and costs more.) ``A`` is
+    padded with zero rows to a power of two (the padding's block of the inverse is I).
     """
     c = A.shape[-1]
-    X = np.empty(np.broadcast_shapes(A.shape[:-1], R.shape[:-2] + (c,)) + R.shape[-1:])
-    for i0 in range(0, c, block):  # c / block steps over the rows of a chunk
-        r = slice(i0, min(c, i0 + block))
-        Ri = R[..., r, :] - A[..., r, :i0] @ X[..., :i0, :] if i0 else R[..., r, :]
-        np.matmul(np.linalg.inv(A[..., r, r] + np.eye(r.stop - i0)), Ri, out=X[..., r, :])
-    return X
+    p = 1 << max(0, (c - 1).bit_length())  # c rounded up to a power of two
+    if p != c:
+        A = np.pad(A, [(0, 0)] * (A.ndim - 2) + [(0, p - c), (0, p - c)])
+    batch = A.shape[:-2]
+    D = np.ones(batch + (p, 1, 1))  # the inverses of the 1 × 1 diagonal blocks
+    h = 1
+    while h < p:  # merge pairs of h × h blocks into 2h × 2h blocks
+        nblk = p // (2 * h)
+        blocks = np.diagonal(A.reshape(batch + (nblk, 2 * h, nblk, 2 * h)), axis1=-4, axis2=-2)  # (..., 2h, 2h, nblk)
+        A21 = np.moveaxis(blocks, -1, -3)[..., h:, :h]  # (..., nblk, h, h)
+        T1, T2 = D[..., 0::2, :, :], D[..., 1::2, :, :]
+        Dn = np.zeros(batch + (nblk, 2 * h, 2 * h))
+        Dn[..., :h, :h] = T1
+        Dn[..., h:, h:] = T2
+        np.matmul(-(T2 @ A21), T1, out=Dn[..., h:, :h])  # −T₂ A₂₁ T₁
+        D, h = Dn, 2 * h
+    return D[..., 0, :c, :c]
 
 
-def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False):
+def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, keep_states: bool = True):
     """Chunked delta rule (16.11)-(16.12); with ``return_factors`` also the WY factor ``W`` and
     ``T diag(β) V`` per chunk, shapes (*b, n_chunks, c, Dk) and (*b, n_chunks, c, Dv) (the oracle's
-    intermediates; rows past L in the last chunk are padding).
+    intermediates; rows past L in the last chunk are padding). Without ``keep_states`` the
+    chunk-end states are None.
 
     The decays ``Γ_ts = γ_t/γ_s = e^{cum_t − cum_s}`` (``cum`` the in-chunk cumulative log-gate)
     enter as row and column scalings of ``K Kᵀ`` and ``Q Kᵀ`` in chunks whose decay stays above
-    ``e^{−_FACTOR_LOG}``; chunks that decay further take segment sums (exponents <= 0). The state
-    enters chunk n + 1 as ``S_{n+1} = S_n (γ_end I − Wᵀ K_Γ) + (T diag(β) V)ᵀ K_Γ`` with
-    ``K_Γ = diag(γ_end/γ_s) K`` (16.12): both matrices are products formed for all chunks at once,
-    so the sequential loop over chunks is one (Dv × Dk)(Dk × Dk) product per chunk.
+    ``e^{−_FACTOR_LOG}``; chunks that decay further take segment sums (exponents <= 0). Everything
+    that does not depend on the entering state (the UT transform, ``W``, ``T diag(β) V``, the
+    masked scores) is formed for all chunks of a group at once; the loop over chunks then does
+    two (c × Dk)(Dk × Dv)-sized products per chunk: the pseudo-values ``U = T diag(β) V − W S_inᵀ``
+    and the next state ``S_endᵀ = γ_end S_inᵀ + K_Γᵀ U`` with ``K_Γ = diag(γ_end/γ_s) K`` (16.12).
+    The output of a chunk is one product ``[tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] [U ; S_inᵀ]``.
     """
     batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
     qc, kc, vc = (_chunks(a.reshape((-1,) + a.shape[-2:]), c, -2) for a in (q, k, v))  # (nb, nc, c, ·); padding: k = 0
@@ -999,53 +1016,59 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False):
     cum = np.cumsum(gc, axis=-1)  # log γ_t = Σ_{r=start}^{t} log g_r
     gam = np.exp(cum)  # γ_t
     ginv = 1.0 / np.maximum(gam, _TINY)  # 1/γ_s (clamped: exact path below where it matters)
-    gend = gam[..., -1:]  # γ_end, (nb, nc, 1)
+    gend = gam[..., -1, None, None]  # γ_end, (nb, nc, 1, 1)
     strong = cum[..., -1] < -_FACTOR_LOG
     strict, tri = np.tri(c, c, -1), np.tri(c)
     o = np.empty((nb, nc, c, dv))
-    S = np.empty((nb, nc + 1, dv, dk))  # S[:, n] enters chunk n, S[:, n + 1] leaves it
-    S[:, 0] = 0.0
+    states = np.empty((nb, nc, dk, dv)) if keep_states else None  # transposed chunk-end states
+    S = np.zeros((nb, dk, dv))  # S_inᵀ entering the next group
     if return_factors:
         W_all, U0_all = np.empty((nb, nc, c, dk)), np.empty((nb, nc, c, dv))
     m = _group(nb, c)
+    X = np.empty((nb, m, c, c + dk))  # [tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] per chunk
+    Z = np.empty((nb, m, c + dk, dv))  # [U ; S_inᵀ] per chunk
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
-        qg, kg, vg, bg, gg, gi = qc[:, sl], kc[:, sl], vc[:, sl], bc[:, sl], gam[:, sl], ginv[:, sl]
+        mm = sl.stop - g0
+        Xg, Zg = X[:, :mm], Z[:, :mm]
+        kg, bg, gg, gi = kc[:, sl], bc[:, sl, :, None], gam[:, sl, :, None], ginv[:, sl, :, None]
         # UT transform (16.11): (I + tril(diag(β) (Γ ⊙ K Kᵀ), −1)) [W | U0] = [diag(β γ) K | diag(β) V];
         # with Γ_ts = γ_t/γ_s the decays are row and column scalings of the small (c, Dk) factors
-        rhs = np.empty(kg.shape[:-1] + (dk + dv,))
-        Kb = np.multiply(kg, (bg * gg)[..., None], out=rhs[..., :dk])  # diag(β γ) K
-        np.multiply(vg, bg[..., None], out=rhs[..., dk:])  # diag(β) V
-        Ki = kg * gi[..., None]  # diag(1/γ) K
-        Qg = qg * gg[..., None]  # diag(γ) Q
-        A = Kb @ np.swapaxes(Ki, -1, -2)  # β_t (γ_t/γ_s) (k_t · k_s)
+        Kb = kg * (bg * gg)  # diag(β γ) K
+        Vb = vc[:, sl] * bg  # diag(β) V
+        KiT = np.swapaxes(kg * gi, -1, -2)  # (diag(1/γ) K)ᵀ
+        A = Kb @ KiT  # β_t (γ_t/γ_s) (k_t · k_s)
         A *= strict
-        P = Qg @ np.swapaxes(Ki, -1, -2)
+        Qg = np.multiply(qc[:, sl], gg, out=Xg[..., c:])  # diag(γ) Q
+        P = np.matmul(Qg, KiT, out=Xg[..., :c])
         P *= tri  # tril(Γ ⊙ Q Kᵀ)
-        Kg = Ki * gend[:, sl, :, None]  # K_Γ = diag(γ_end/γ_s) K
+        KgT = KiT * gend[:, sl]  # K_Γᵀ = (diag(γ_end/γ_s) K)ᵀ
         sb, sn = np.nonzero(strong[:, sl])
         if sb.size:  # chunks that decay below e^{−_FACTOR_LOG}: Γ from segment sums
             n = g0 + sn
             Gam = np.exp(_segsum(gc[sb, n]))  # Γ_ts, 0 above the diagonal
             A[sb, sn] = strict * bc[sb, n][..., None] * Gam * (kc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
             P[sb, sn] = Gam * (qc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
-            Kg[sb, sn] = kc[sb, n] * np.exp(_suffix(gc[sb, n], -1))[..., None]
-        WU = _unit_lower_solve(A, rhs)  # all chunks of the group at once
-        W, U0 = WU[..., :dk], WU[..., dk:]  # W = T diag(β γ) K (WY factor), U0 = T diag(β) V
-        MB = np.swapaxes(WU, -1, -2) @ Kg  # [Wᵀ K_Γ ; U0ᵀ K_Γ]
-        M = -MB[..., :dk, :]
-        M += gend[:, sl, :, None] * np.eye(dk)  # γ_end I − Wᵀ K_Γ
-        for j in range(M.shape[1]):  # the state passes from chunk to chunk: a short loop over chunks
-            np.matmul(S[:, g0 + j], M[:, j], out=S[:, g0 + j + 1])
-            S[:, g0 + j + 1] += MB[:, j, dk:, :]  # S_end = S_in (γ_end I − Wᵀ K_Γ) + U0ᵀ K_Γ
-        St = np.swapaxes(S[:, sl], -1, -2)  # S_inᵀ
-        U = U0 - W @ St  # pseudo-values u_t = U0 − W S_inᵀ
-        og = np.matmul(P, U, out=o[:, sl])
-        og += Qg @ St  # (16.12): diag(γ) Q S_inᵀ + tril(Γ ⊙ Q Kᵀ) U
+            KgT[sb, sn] = np.swapaxes(kc[sb, n] * np.exp(_suffix(gc[sb, n], -1))[..., None], -1, -2)
+        T = _unit_lower_inverse(A)  # T = (I + A)^{-1}, all chunks of the group at once
+        W = T @ Kb  # WY factor W = T diag(β γ) K
+        U0 = T @ Vb  # T diag(β) V
+        Zg[:, 0, c:] = S
+        for j in range(mm):  # the state passes from chunk to chunk: a short loop over chunks
+            St, U = Zg[:, j, c:], Zg[:, j, :c]
+            np.matmul(W[:, j], St, out=U)
+            np.subtract(U0[:, j], U, out=U)  # pseudo-values u_t = U0 − W S_inᵀ
+            nxt = Zg[:, j + 1, c:] if j + 1 < mm else S
+            np.matmul(KgT[:, j], U, out=nxt)
+            nxt += gend[:, g0 + j] * St  # S_endᵀ = γ_end S_inᵀ + K_Γᵀ U
+            if keep_states:
+                states[:, g0 + j] = nxt
+        np.matmul(Xg, Zg, out=o[:, sl])  # (16.12): tril(Γ ⊙ Q Kᵀ) U + diag(γ) Q S_inᵀ
         if return_factors:
             W_all[:, sl], U0_all[:, sl] = W, U0
     o = o.reshape((nb, nc * c, dv))[:, :L].reshape(batch + (L, dv))
-    states = S[:, 1:].reshape(batch + (nc, dv, dk))
+    if keep_states:
+        states = np.swapaxes(states, -1, -2).reshape(batch + (nc, dv, dk))
     if return_factors:
         return o, states, W_all.reshape(batch + W_all.shape[1:]), U0_all.reshape(batch + U0_all.shape[1:])
     return o, states
@@ -1131,7 +1154,7 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     ((6, 2), True)
     """
     q, k, v, b, g, c = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states)
-    o, states = _delta_chunked(q, k, v, b, g, c)
+    o, states = _delta_chunked(q, k, v, b, g, c, keep_states=return_chunk_states)
     return (o, states) if return_chunk_states else o
 
 
