@@ -86,6 +86,8 @@ References
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -127,6 +129,23 @@ _TINY = math.exp(-_FACTOR_LOG)  # e^{−cum} is evaluated as 1 / max(e^{cum}, _T
 # Rows (batch × chunks × chunk length) per group of chunks in the chunked algorithms: the group's
 # temporaries stay in the processor's cache (measured: 2048 rows of 32 to 64 floats).
 _GROUP_ROWS = 2048
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Threads over which the chunked algorithms split independent heads (or batch entries). Every
+# BLAS call of the chunked algorithms is small enough (at most 64 × 64 outputs for the default
+# chunk) that OpenBLAS runs it on the calling thread: the cores are used by splitting the heads,
+# not by splitting each small product, which stalls whenever one of its threads is descheduled
+# on a busy machine. The split changes no result (each head is computed by the same operations).
+_THREADS = min(8, _usable_cores())
+# Below this many elements of q (batch × L × Dk) the chunked algorithms run in the calling thread.
+_THREAD_MIN_ELEMS = 1 << 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +301,23 @@ def _group(rows: int, c: int) -> int:
     return max(1, _GROUP_ROWS // max(1, rows * c))
 
 
+def _in_parts(run, n: int, elems: int) -> None:
+    """Call ``run(slice)`` on contiguous parts of ``range(n)`` (the independent heads), in threads.
+
+    ``run`` writes its results into preallocated arrays; ``elems`` (the input's size) decides
+    whether threads pay off. One part per thread, at most ``_THREADS``.
+    """
+    parts = min(n, _THREADS) if elems >= _THREAD_MIN_ELEMS else 1
+    bounds = [n * i // parts for i in range(parts + 1)]
+    slices = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    if parts <= 1:
+        run(slice(0, n))
+        return
+    with ThreadPoolExecutor(parts) as pool:
+        for done in [pool.submit(run, sl) for sl in slices]:
+            done.result()  # re-raises an exception of the thread
+
+
 def _cumsum_rows(a: np.ndarray) -> np.ndarray:
     """Inclusive cumulative sums along axis −2 (the c steps of a chunk), one row at a time.
 
@@ -299,22 +335,35 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True):
 
     ``q, k`` (*b, L, Dk), ``v`` (*b, L, Dv), ``logg`` (*b, L, Dk) or (*b, L, 1), all broadcast to
     one batch shape. Returns ``o`` (*b, L, Dv) and the chunk-end states (*b, n_chunks, Dv, Dk)
-    (None without ``keep_states``).
+    (None without ``keep_states``). The batch entries (heads) are split over threads.
     """
-    batch, L, dv = q.shape[:-2], q.shape[-2], v.shape[-1]
-    flat = [a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v, logg)]
+    batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
+    q, k, v, logg = (a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v, logg))
+    nb, nc = q.shape[0], -(-L // c)
+    o = np.empty((nb, nc, c, dv))
+    states = np.empty((nb, nc, dk, dv)) if keep_states else None  # transposed chunk-end states
     if logg.shape[-1] == 1:  # one gate per head: the scalar core, one group per head
-        o, states = _scalar_chunked(flat[0], flat[1], flat[2][:, None], flat[3][:, None, :, 0], c, keep_states=keep_states)
-        o, states = o[:, 0], (None if states is None else states[:, 0])
+
+        def run(sl):
+            _scalar_chunked(q[sl], k[sl], v[sl, None], logg[sl, None, :, 0], c, o[sl, None],
+                            None if states is None else states[sl, None])
     else:
-        o, states = _channel_chunked(*flat, c, keep_states=keep_states)
+
+        def run(sl):
+            _channel_chunked(q[sl], k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl])
+
+    _in_parts(run, nb, q.size)
+    o = o.reshape(nb, nc * c, dv)[:, :L].reshape(batch + (L, dv))
     if states is not None:
-        states = states.reshape(batch + states.shape[-3:])
-    return o.reshape(batch + (L, dv)), states
+        states = np.swapaxes(states, -1, -2).reshape(batch + (nc, dv, dk))
+    return o, states
 
 
-def _channel_chunked(q, k, v, logg, c: int, keep_states: bool = True):
+def _channel_chunked(q, k, v, logg, c: int, o, states=None):
     """The chunked form with a gate per key channel; ``q, k, logg`` (nb, L, Dk), ``v`` (nb, L, Dv).
+
+    Writes the output, padded to whole chunks, into ``o`` (nb, n_chunks, c, Dv) and, unless
+    None, the transposed chunk-end states ``S_endᵀ`` into ``states`` (nb, n_chunks, Dk, Dv).
 
     In a chunk with in-chunk cumulative log-gates ``cum_t = Σ_{r=start}^{t} log g_r`` (one
     vector per step), ``e^{seg_j[t, s]} = e^{cum_tj} e^{−cum_sj}``: with ``Qe = Q ⊙ e^{cum}`` and
@@ -324,19 +373,14 @@ def _channel_chunked(q, k, v, logg, c: int, keep_states: bool = True):
     state is ``Vᵀ Kf`` with its columns scaled by ``e^{cum_end}``. This holds (to a few ulps)
     where the chunk's total decay stays above ``e^{−_FACTOR_LOG}`` (then ``e^{−cum} <= e^{30}``);
     chunks that decay further (gates near 0) are recomputed from segment sums, whose exponents
-    are all <= 0. Each product has at most 64 × 64 outputs per call for the default chunk (see
-    :func:`_scalar_chunked` for why).
+    are all <= 0. Each product has at most 64 × 64 outputs per call for the default chunk, so
+    OpenBLAS keeps it on the calling thread (see ``_THREADS``).
     """
     nb, L, dk = q.shape
     dv = v.shape[-1]
     qc, kc, vc, gc = (_chunks(a, c, -2) for a in (q, k, v, logg))  # (nb, nc, c, ·)
     nc = qc.shape[1]
-    cum = _cumsum_rows(gc)  # Σ_{r=start}^{t} log g_r, per chunk and channel
-    E = np.exp(cum, out=cum)
-    strong = E[:, :, -1, :].min(axis=-1) < _TINY  # (nb, nc): chunks for the exact path
     tri = np.tri(c)
-    o = np.empty((nb, nc, c, dv))
-    states = np.empty((nb, nc, dk, dv)) if keep_states else None  # transposed chunk-end states
     S = np.zeros((nb, dk, dv))  # S_inᵀ entering the next group
     m = _group(nb, c)
     X = np.empty((nb, m, c, c + dk))  # [tril(Qe Kfᵀ) | Qe] per chunk
@@ -344,15 +388,17 @@ def _channel_chunked(q, k, v, logg, c: int, keep_states: bool = True):
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
         mm = sl.stop - g0
-        Xg, Zg, Eg, vg = X[:, :mm], Z[:, :mm], E[:, sl], vc[:, sl]
+        Xg, Zg, vg = X[:, :mm], Z[:, :mm], vc[:, sl]
+        Eg = np.exp(_cumsum_rows(gc[:, sl]))  # e^{cum_t}, cum_t = Σ_{r=start}^{t} log g_r per channel
         Qe = np.multiply(qc[:, sl], Eg, out=Xg[..., c:])  # q_t ⊙ e^{cum_t}
-        Kf = kc[:, sl] / np.maximum(Eg, _TINY)  # k_s ⊙ e^{−cum_s} (clamped: exact path below where it matters)
+        dec = Eg[:, :, -1, :, None].copy()  # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ
+        strong = dec.min(axis=(-2, -1)) < _TINY  # chunks for the exact path
+        Kf = np.divide(kc[:, sl], np.maximum(Eg, _TINY, out=Eg), out=Eg)  # k_s ⊙ e^{−cum_s} (clamped: exact path below)
         scores = np.matmul(Qe, np.swapaxes(Kf, -1, -2), out=Xg[..., :c])  # Σ_j q_tj k_sj e^{seg_j[t, s]}
         scores *= tri
-        dec = Eg[:, :, -1, :, None]  # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ
         local = np.swapaxes(Kf, -1, -2) @ vg  # (Σ_s v_s (k_s ⊙ e^{cum_end − cum_s})ᵀ)ᵀ / e^{cum_end}
         local *= dec
-        sb, sn = np.nonzero(strong[:, sl])
+        sb, sn = np.nonzero(strong)
         if sb.size:
             _channel_exact(scores, local, qc[:, sl], kc[:, sl], vg, gc[:, sl], sb, sn)
         Zg[:, :, :c] = vg
@@ -361,11 +407,9 @@ def _channel_chunked(q, k, v, logg, c: int, keep_states: bool = True):
             nxt = Zg[:, j + 1, c:] if j + 1 < mm else S
             np.multiply(Zg[:, j, c:], dec[:, j], out=nxt)
             nxt += local[:, j]
-            if keep_states:
+            if states is not None:
                 states[:, g0 + j] = nxt
         np.matmul(Xg, Zg, out=o[:, sl])  # the masked form (16.3) in the chunk + S_in (q_t ⊙ e^{cum_t})
-    o = o.reshape(nb, nc * c, dv)[:, :L]
-    return o, (None if states is None else np.swapaxes(states, -1, -2))
 
 
 def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
@@ -382,21 +426,22 @@ def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
         local[b, n] = np.swapaxes(ke, -1, -2) @ vg[b, n]
 
 
-def _scalar_chunked(q, k, v, loga, c: int, w=None, keep_states: bool = True):
+def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None):
     """The chunked form with one gate per head; the R heads of a group share ``q`` and ``k``.
 
     ``q, k`` (G, L, Dk); ``v`` (G, R, L, Dv); ``loga`` (G, R, L) the heads' log-gates; ``w``
-    (G, R, L), optional, weights the values (SSD's Δ_s). Returns ``o`` (G, R, L, Dv) and the
-    chunk-end states (G, R, n_chunks, Dv, Dk), or None without ``keep_states``.
+    (G, R, L), optional, weights the values (SSD's Δ_s); ``skip`` (G, R), optional, adds
+    ``skip_gr v_t`` to the output (SSD's D). Writes the output, padded to whole chunks, into ``o``
+    (G, R, n_chunks, c, Dv) and, unless None, the transposed chunk-end states ``S_endᵀ`` into
+    ``states`` (G, R, n_chunks, Dk, Dv).
 
     With a scalar gate the decay ``e^{cum_t − cum_s}`` factors into a row and a column scaling,
     so a chunk's output is ``e^{cum_t} ⊙ ([tril(Q Kᵀ) | Q] [V ⊙ e^{−cum} ; S_inᵀ])``: one
-    (c × (c + Dk)) (c + Dk × Dv) product per head and chunk that does the in-chunk form (16.3)
-    and the readout of the entering state at once, and whose left factor is shared by the R
-    heads of a group (Mamba-2's shared B, C). Every product has at most 64 × 64 outputs per call
-    for the default chunk: OpenBLAS runs such calls on the calling thread, so they do not stall
-    on a busy machine (larger ones, split over threads, wait for a descheduled thread at every
-    call). Chunks that decay below ``e^{−_FACTOR_LOG}`` are recomputed from segment sums, as in
+    (c × (c + Dk)) (c + Dk × Dv) product per head and chunk does the in-chunk form (16.3) and the
+    readout of the entering state at once, and its left factor is shared by the R heads of a
+    group (Mamba-2's shared B, C). Each product has at most 64 × 64 outputs per call for the
+    default chunk, so OpenBLAS keeps it on the calling thread (see ``_THREADS``). Chunks that
+    decay below ``e^{−_FACTOR_LOG}`` are recomputed from segment sums, as in
     :func:`_channel_chunked`.
     """
     G, L, dk = q.shape
@@ -414,8 +459,6 @@ def _scalar_chunked(q, k, v, loga, c: int, w=None, keep_states: bool = True):
     dec = E[..., -1, None, None]  # (G, R, nc, 1, 1): e^{cum_end}, the chunk's decay per head
     vc = _chunks(v, c, -2)  # (G, R, nc, c, Dv)
     tri = np.tri(c)
-    o = np.empty((G, R, nc, c, dv))
-    states = np.empty((G, R, nc, dk, dv)) if keep_states else None  # transposed chunk-end states
     S = np.zeros((G, R, dk, dv))  # S_inᵀ entering the next group
     m = _group(G * R, c)
     X = np.empty((G, 1, m, c, c + dk))  # [tril(Q Kᵀ) | Q] per chunk, shared by the R heads
@@ -442,7 +485,7 @@ def _scalar_chunked(q, k, v, loga, c: int, w=None, keep_states: bool = True):
             nxt = Zg[:, :, j + 1, c:] if j + 1 < mm else S
             np.multiply(Zg[:, :, j, c:], dec[:, :, g0 + j], out=nxt)
             nxt += local[:, :, j]
-            if keep_states:
+            if states is not None:
                 states[:, :, g0 + j] = nxt
         og = np.matmul(Xg, Zg, out=o[:, :, sl])  # in-chunk (16.3) + Q S_inᵀ, without the row scaling
         og *= E[:, :, sl, :, None]  # e^{cum_t}
@@ -452,9 +495,9 @@ def _scalar_chunked(q, k, v, loga, c: int, w=None, keep_states: bool = True):
                 vw = vw * wc[sg, sr, g0 + sn][..., None]
             inter = qc[sg, g0 + sn] @ Zg[sg, sr, sn, c:]  # q S_inᵀ of head r
             intra = (Xg[sg, 0, sn, :, :c] * np.exp(_segsum(ac[sg, sr, g0 + sn]))) @ vw
-            o[sg, sr, g0 + sn] = E[sg, sr, g0 + sn][..., None] * inter + intra
-    o = o.reshape(G, R, nc * c, dv)[:, :, :L]
-    return o, (None if states is None else np.swapaxes(states, -1, -2))  # (G, R, nc, Dv, Dk)
+            og[sg, sr, sn] = E[sg, sr, g0 + sn][..., None] * inter + intra
+        if skip is not None:
+            og += skip[:, :, None, None, None] * vc[:, :, sl]  # + D x_t
 
 
 def _gla_loop(q, k, v, logg, c: int):
@@ -842,13 +885,29 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     x, dt, A, B, C, D, c = _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states, grouped=True)
     batch, (H, L, P), (G, N) = x.shape[:-3], x.shape[-3:], B.shape[-3::2]
     R = H // G  # heads per group, stacked side by side in the chunked products
-    y, states = _scalar_chunked(  # q = C, k = B, v = x weighted by Δ, log g_t = Δ_t A_h
-        C.reshape(-1, L, N), B.reshape(-1, L, N), x.reshape(-1, R, L, P), (dt * A[:, None]).reshape(-1, R, L), c,
-        w=dt.reshape(-1, R, L), keep_states=return_chunk_states,
-    )
-    y = y.reshape(batch + (H, L, P))
+    # q = C, k = B, v = x weighted by Δ, log g_t = Δ_t A_h; groups (batch × G) first, R heads each
+    q, k = C.reshape(-1, L, N), B.reshape(-1, L, N)
+    v, loga, w = x.reshape(-1, R, L, P), (dt * A[:, None]).reshape(-1, R, L), dt.reshape(-1, R, L)
+    skip = None if D is None else np.broadcast_to(D.reshape(G, R), batch + (G, R)).reshape(-1, R)
+    ng, nc = q.shape[0], -(-L // c)
+    o = np.empty((ng, R, nc, c, P))
+    states = np.empty((ng, R, nc, N, P)) if return_chunk_states else None  # transposed chunk-end states
+
+    def part(a, sl, axis):  # the part ``sl`` of ``a`` along the groups (axis 0) or the heads (axis 1)
+        return None if a is None else (a[sl] if axis == 0 else a[:, sl])
+
+    axis = 0 if ng >= min(R, _THREADS) else 1  # split the groups or, if there are fewer, the heads
+
+    def run(sl):
+        qs, ks = (q[sl], k[sl]) if axis == 0 else (q, k)
+        _scalar_chunked(qs, ks, part(v, sl, axis), part(loga, sl, axis), c, part(o, sl, axis),
+                        part(states, sl, axis), w=part(w, sl, axis), skip=part(skip, sl, axis))
+
+    _in_parts(run, o.shape[axis], x.size)
+    y = o.reshape(ng, R, nc * c, P)[:, :, :L].reshape(batch + (H, L, P))
     if return_chunk_states:
-        states = states.reshape(batch + (H,) + states.shape[-3:])
+        states = np.swapaxes(states, -1, -2).reshape(batch + (H, nc, P, N))
+    D = None  # the skip D x_t is already in y
     return _ssd_finish(y, x, D, states, return_chunk_states)
 
 
@@ -995,10 +1054,39 @@ def _unit_lower_inverse(A: np.ndarray) -> np.ndarray:
 
 
 def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, keep_states: bool = True):
-    """Chunked delta rule (16.11)-(16.12); with ``return_factors`` also the WY factor ``W`` and
-    ``T diag(β) V`` per chunk, shapes (*b, n_chunks, c, Dk) and (*b, n_chunks, c, Dv) (the oracle's
-    intermediates; rows past L in the last chunk are padding). Without ``keep_states`` the
-    chunk-end states are None.
+    """Chunked delta rule (16.11)-(16.12): ``o`` (*b, L, Dv) and the chunk-end states
+    (*b, n_chunks, Dv, Dk) (None without ``keep_states``); with ``return_factors`` also the WY
+    factor ``W`` and ``T diag(β) V`` per chunk, shapes (*b, n_chunks, c, Dk) and
+    (*b, n_chunks, c, Dv) (the oracle's intermediates; rows past L in the last chunk are padding).
+    The batch entries (heads) are split over threads.
+    """
+    batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
+    q, k, v = (a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v))
+    beta, logg = beta.reshape(-1, L), logg.reshape(-1, L)
+    nb, nc = q.shape[0], -(-L // c)
+    o = np.empty((nb, nc, c, dv))
+    states = np.empty((nb, nc, dk, dv)) if keep_states or return_factors else None  # transposed
+    factors = (np.empty((nb, nc, c, dk)), np.empty((nb, nc, c, dv))) if return_factors else None
+
+    def run(sl):
+        _delta_core(q[sl], k[sl], v[sl], beta[sl], logg[sl], c, o[sl], None if states is None else states[sl],
+                    None if factors is None else (factors[0][sl], factors[1][sl]))
+
+    _in_parts(run, nb, q.size)
+    o = o.reshape((nb, nc * c, dv))[:, :L].reshape(batch + (L, dv))
+    if states is not None:
+        states = np.swapaxes(states, -1, -2).reshape(batch + (nc, dv, dk))
+    if return_factors:
+        return o, states, factors[0].reshape(batch + factors[0].shape[1:]), factors[1].reshape(batch + factors[1].shape[1:])
+    return o, states
+
+
+def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None):
+    """The chunked delta rule on ``q, k`` (nb, L, Dk), ``v`` (nb, L, Dv), ``beta, logg`` (nb, L).
+
+    Writes the output, padded to whole chunks, into ``o`` (nb, n_chunks, c, Dv), unless None the
+    transposed chunk-end states ``S_endᵀ`` into ``states`` (nb, n_chunks, Dk, Dv), and unless None
+    ``W`` and ``T diag(β) V`` into the pair of arrays ``factors``.
 
     The decays ``Γ_ts = γ_t/γ_s = e^{cum_t − cum_s}`` (``cum`` the in-chunk cumulative log-gate)
     enter as row and column scalings of ``K Kᵀ`` and ``Q Kᵀ`` in chunks whose decay stays above
@@ -1007,11 +1095,13 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     masked scores) is formed for all chunks of a group at once; the loop over chunks then does
     two (c × Dk)(Dk × Dv)-sized products per chunk: the pseudo-values ``U = T diag(β) V − W S_inᵀ``
     and the next state ``S_endᵀ = γ_end S_inᵀ + K_Γᵀ U`` with ``K_Γ = diag(γ_end/γ_s) K`` (16.12).
-    The output of a chunk is one product ``[tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] [U ; S_inᵀ]``.
+    The output of a chunk is one product ``[tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] [U ; S_inᵀ]``. Each
+    product has at most 64 × 64 outputs per call for the default chunk, so OpenBLAS keeps it on
+    the calling thread (see ``_THREADS``).
     """
-    batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
-    qc, kc, vc = (_chunks(a.reshape((-1,) + a.shape[-2:]), c, -2) for a in (q, k, v))  # (nb, nc, c, ·); padding: k = 0
-    bc, gc = (_chunks(a.reshape(-1, L), c, -1) for a in (beta, logg))  # (nb, nc, c); padding: β = 0
+    dk = q.shape[-1]
+    qc, kc, vc = (_chunks(a, c, -2) for a in (q, k, v))  # (nb, nc, c, ·); padding: k = 0
+    bc, gc = (_chunks(a, c, -1) for a in (beta, logg))  # (nb, nc, c); padding: β = 0
     nb, nc = qc.shape[:2]
     cum = np.cumsum(gc, axis=-1)  # log γ_t = Σ_{r=start}^{t} log g_r
     gam = np.exp(cum)  # γ_t
@@ -1019,11 +1109,8 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     gend = gam[..., -1, None, None]  # γ_end, (nb, nc, 1, 1)
     strong = cum[..., -1] < -_FACTOR_LOG
     strict, tri = np.tri(c, c, -1), np.tri(c)
-    o = np.empty((nb, nc, c, dv))
-    states = np.empty((nb, nc, dk, dv)) if keep_states else None  # transposed chunk-end states
+    dv = v.shape[-1]
     S = np.zeros((nb, dk, dv))  # S_inᵀ entering the next group
-    if return_factors:
-        W_all, U0_all = np.empty((nb, nc, c, dk)), np.empty((nb, nc, c, dv))
     m = _group(nb, c)
     X = np.empty((nb, m, c, c + dk))  # [tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] per chunk
     Z = np.empty((nb, m, c + dk, dv))  # [U ; S_inᵀ] per chunk
@@ -1061,17 +1148,11 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
             nxt = Zg[:, j + 1, c:] if j + 1 < mm else S
             np.matmul(KgT[:, j], U, out=nxt)
             nxt += gend[:, g0 + j] * St  # S_endᵀ = γ_end S_inᵀ + K_Γᵀ U
-            if keep_states:
+            if states is not None:
                 states[:, g0 + j] = nxt
         np.matmul(Xg, Zg, out=o[:, sl])  # (16.12): tril(Γ ⊙ Q Kᵀ) U + diag(γ) Q S_inᵀ
-        if return_factors:
-            W_all[:, sl], U0_all[:, sl] = W, U0
-    o = o.reshape((nb, nc * c, dv))[:, :L].reshape(batch + (L, dv))
-    if keep_states:
-        states = np.swapaxes(states, -1, -2).reshape(batch + (nc, dv, dk))
-    if return_factors:
-        return o, states, W_all.reshape(batch + W_all.shape[1:]), U0_all.reshape(batch + U0_all.shape[1:])
-    return o, states
+        if factors is not None:
+            factors[0][:, sl], factors[1][:, sl] = W, U0
 
 
 def _delta_loop(q, k, v, beta, logg, c: int):
