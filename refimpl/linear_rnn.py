@@ -318,16 +318,16 @@ def _in_parts(run, n: int, elems: int) -> None:
             done.result()  # re-raises an exception of the thread
 
 
-def _cumsum_rows(a: np.ndarray) -> np.ndarray:
-    """Inclusive cumulative sums along axis −2 (the c steps of a chunk), one row at a time.
+def _cumsum_rows(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Inclusive cumulative sums along axis −2 (the c steps of a chunk), one row at a time, into ``out``.
 
     The same sums, in the same order, as ``np.cumsum(a, axis=-2)``, which is several times
     slower on a non-contiguous axis.
     """
-    cum = np.array(a, dtype=np.float64, copy=True)
-    for i in range(1, cum.shape[-2]):
-        cum[..., i, :] += cum[..., i - 1, :]
-    return cum
+    np.copyto(out, a)
+    for i in range(1, out.shape[-2]):
+        np.add(out[..., i, :], out[..., i - 1, :], out=out[..., i, :])
+    return out
 
 
 def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True):
@@ -385,11 +385,12 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None):
     m = _group(nb, c)
     X = np.empty((nb, m, c, c + dk))  # [tril(Qe Kfᵀ) | Qe] per chunk
     Z = np.empty((nb, m, c + dk, dv))  # [V ; S_inᵀ] per chunk
+    Y = np.empty((nb, m, c, dk))  # cum, e^{cum}, then k ⊙ e^{−cum}
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
         mm = sl.stop - g0
         Xg, Zg, vg = X[:, :mm], Z[:, :mm], vc[:, sl]
-        Eg = np.exp(_cumsum_rows(gc[:, sl]))  # e^{cum_t}, cum_t = Σ_{r=start}^{t} log g_r per channel
+        Eg = np.exp(_cumsum_rows(gc[:, sl], out=Y[:, :mm]), out=Y[:, :mm])  # e^{cum_t}, cum_t = Σ_{r=start}^{t} log g_r
         Qe = np.multiply(qc[:, sl], Eg, out=Xg[..., c:])  # q_t ⊙ e^{cum_t}
         dec = Eg[:, :, -1, :, None].copy()  # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ
         strong = dec.min(axis=(-2, -1)) < _TINY  # chunks for the exact path
@@ -580,7 +581,9 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     ``e^{−cum} ≤ e^{30}`` cannot overflow and costs a few ulps; chunks that decay further (gates
     near 0) use the exact segment sums ((c, c, Dk) per key channel) — the float64 counterpart of
     the GLA paper's secondary chunking. Every other exponent is ≤ 0, so nothing overflows at any
-    L. The chunks are processed in groups small enough to stay in the processor's cache.
+    L. The in-chunk form and the readout of the entering state are one product per chunk,
+    ``[tril(Qe Kfᵀ) | Qe] [V ; S_inᵀ]``; the chunks are processed in groups small enough to stay
+    in the processor's cache, and independent heads run in parallel threads.
     Twins: :func:`gated_linear_attention_loop` (the recurrence),
     :func:`gated_linear_attention_parallel` (the dense masked form).
 
@@ -867,8 +870,10 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     The chunked algorithm is that of :func:`gated_linear_attention` with a gate per head: in a
     chunk ``y = e^{cum_t} ⊙ (tril(C Bᵀ) (Δ x ⊙ e^{−cum}) + C h_inᵀ)`` (``cum`` the chunk's
     cumulative ``Δ A``, used where the chunk decays by less than ``e^{−30}``; segment sums
-    elsewhere), so the heads of a group, which share ``B`` and ``C``, stand side by side as the
-    columns of one matrix product per chunk.
+    elsewhere). The in-chunk form and the readout of the entering state are one product
+    ``[tril(C Bᵀ) | C] [Δ x ⊙ e^{−cum} ; h_inᵀ]`` per head and chunk, whose left factor the heads
+    of a group (which share ``B`` and ``C``) share; independent groups or heads run in parallel
+    threads.
 
     Examples
     --------
@@ -884,7 +889,7 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     """
     x, dt, A, B, C, D, c = _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states, grouped=True)
     batch, (H, L, P), (G, N) = x.shape[:-3], x.shape[-3:], B.shape[-3::2]
-    R = H // G  # heads per group, stacked side by side in the chunked products
+    R = H // G  # heads per group: they share the left factor of the chunked products
     # q = C, k = B, v = x weighted by Δ, log g_t = Δ_t A_h; groups (batch × G) first, R heads each
     q, k = C.reshape(-1, L, N), B.reshape(-1, L, N)
     v, loga, w = x.reshape(-1, R, L, P), (dt * A[:, None]).reshape(-1, R, L), dt.reshape(-1, R, L)
@@ -1215,12 +1220,16 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     Chunked form: inside a chunk the pseudo-values ``u_t = β_t (v_t − g_t S_{t−1} k_t)``
     satisfy a unit lower-triangular system (the UT transform, Eq. (16.11)), solved for all
     chunks at once; then ``S_t = γ_t S_0 + Σ_{i≤t} (γ_t/γ_i) u_i k_iᵀ``, so outputs and the next
-    chunk's state are matrix products (16.12). With the WY factor ``W`` the state passes as
-    ``S_end = S_0 (γ_end I − Wᵀ K_Γ) + (T diag(β) V)ᵀ K_Γ``, ``K_Γ = diag(γ_end/γ_i) K``: both
-    matrices are formed for all chunks at once, and the loop over the L/c chunks is one
-    (Dv × Dk)(Dk × Dk) product each. Decays ``γ_t/γ_i`` are row and column scalings in chunks
-    that decay by less than ``e^{−30}`` and exponentials of segment sums (≤ 0) elsewhere. Work
-    O(L c (Dk + Dv) + L Dk (Dk + Dv)). Twin: :func:`delta_rule_loop`.
+    chunk's state are matrix products (16.12). With the WY factor ``W = T diag(β γ) K`` the
+    pseudo-values are ``U = T diag(β) V − W S_0ᵀ`` and the state passes as
+    ``S_end = γ_end S_0 + Uᵀ K_Γ``, ``K_Γ = diag(γ_end/γ_i) K``: ``T``, ``W``, ``T diag(β) V`` and
+    ``K_Γ`` are formed for all chunks at once, and the loop over the L/c chunks is two
+    (c × Dk)(Dk × Dv)-sized products each. The inverse ``T`` of the unit lower-triangular
+    system is built by doubling its diagonal blocks (LAPACK's blocked ``trtri`` algorithm), as
+    batched products. Decays ``γ_t/γ_i`` are row and column scalings in chunks that decay by
+    less than ``e^{−30}`` and exponentials of segment sums (≤ 0) elsewhere. Work
+    O(L c (Dk + Dv) + L Dk Dv); independent heads run in parallel threads.
+    Twin: :func:`delta_rule_loop`.
 
     Examples
     --------
