@@ -330,8 +330,8 @@ def _cumsum_rows(a: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True):
-    """Chunked ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q_t`` (q already scaled).
+def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float = 1.0):
+    """Chunked ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t (scale · q_t)``.
 
     ``q, k`` (*b, L, Dk), ``v`` (*b, L, Dv), ``logg`` (*b, L, Dk) or (*b, L, 1), all broadcast to
     one batch shape. Returns ``o`` (*b, L, Dv) and the chunk-end states (*b, n_chunks, Dv, Dk)
@@ -346,11 +346,11 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True):
 
         def run(sl):
             _scalar_chunked(q[sl], k[sl], v[sl, None], logg[sl, None, :, 0], c, o[sl, None],
-                            None if states is None else states[sl, None])
+                            None if states is None else states[sl, None], scale=scale)
     else:
 
         def run(sl):
-            _channel_chunked(q[sl], k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl])
+            _channel_chunked(q[sl], k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl], scale)
 
     _in_parts(run, nb, q.size)
     o = o.reshape(nb, nc * c, dv)[:, :L].reshape(batch + (L, dv))
@@ -359,11 +359,12 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True):
     return o, states
 
 
-def _channel_chunked(q, k, v, logg, c: int, o, states=None):
+def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
     """The chunked form with a gate per key channel; ``q, k, logg`` (nb, L, Dk), ``v`` (nb, L, Dv).
 
     Writes the output, padded to whole chunks, into ``o`` (nb, n_chunks, c, Dv) and, unless
     None, the transposed chunk-end states ``S_endᵀ`` into ``states`` (nb, n_chunks, Dk, Dv).
+    ``scale`` multiplies the queries (applied to the output, which is linear in them).
 
     In a chunk with in-chunk cumulative log-gates ``cum_t = Σ_{r=start}^{t} log g_r`` (one
     vector per step), ``e^{seg_j[t, s]} = e^{cum_tj} e^{−cum_sj}``: with ``Qe = Q ⊙ e^{cum}`` and
@@ -410,7 +411,9 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None):
             nxt += local[:, j]
             if states is not None:
                 states[:, g0 + j] = nxt
-        np.matmul(Xg, Zg, out=o[:, sl])  # the masked form (16.3) in the chunk + S_in (q_t ⊙ e^{cum_t})
+        og = np.matmul(Xg, Zg, out=o[:, sl])  # the masked form (16.3) in the chunk + S_in (q_t ⊙ e^{cum_t})
+        if scale != 1.0:
+            og *= scale
 
 
 def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
@@ -427,12 +430,12 @@ def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
         local[b, n] = np.swapaxes(ke, -1, -2) @ vg[b, n]
 
 
-def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None):
+def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, scale: float = 1.0):
     """The chunked form with one gate per head; the R heads of a group share ``q`` and ``k``.
 
     ``q, k`` (G, L, Dk); ``v`` (G, R, L, Dv); ``loga`` (G, R, L) the heads' log-gates; ``w``
     (G, R, L), optional, weights the values (SSD's Δ_s); ``skip`` (G, R), optional, adds
-    ``skip_gr v_t`` to the output (SSD's D). Writes the output, padded to whole chunks, into ``o``
+    ``skip_gr v_t`` to the output (SSD's D); ``scale`` multiplies the queries. Writes the output, padded to whole chunks, into ``o``
     (G, R, n_chunks, c, Dv) and, unless None, the transposed chunk-end states ``S_endᵀ`` into
     ``states`` (G, R, n_chunks, Dk, Dv).
 
@@ -453,6 +456,7 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None):
     cum = np.cumsum(ac, axis=-1)
     E = np.exp(cum)
     f = 1.0 / np.maximum(E, _TINY)  # e^{−cum_s} (clamped: exact path below where it matters)
+    Es = E * scale if scale != 1.0 else E  # the output's row scaling (the output is linear in q)
     wc = None if w is None else _chunks(w, c, -1)
     if wc is not None:
         f *= wc
@@ -489,14 +493,14 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None):
             if states is not None:
                 states[:, :, g0 + j] = nxt
         og = np.matmul(Xg, Zg, out=o[:, :, sl])  # in-chunk (16.3) + Q S_inᵀ, without the row scaling
-        og *= E[:, :, sl, :, None]  # e^{cum_t}
+        og *= Es[:, :, sl, :, None]  # e^{cum_t}
         if sg.size:  # in-chunk weights of strongly decaying chunks from segment sums (exponents <= 0)
             vw = vc[sg, sr, g0 + sn]
             if wc is not None:
                 vw = vw * wc[sg, sr, g0 + sn][..., None]
             inter = qc[sg, g0 + sn] @ Zg[sg, sr, sn, c:]  # q S_inᵀ of head r
             intra = (Xg[sg, 0, sn, :, :c] * np.exp(_segsum(ac[sg, sr, g0 + sn]))) @ vw
-            og[sg, sr, sn] = E[sg, sr, g0 + sn][..., None] * inter + intra
+            og[sg, sr, sn] = (E[sg, sr, g0 + sn][..., None] * inter + intra) * scale
         if skip is not None:
             og += skip[:, :, None, None, None] * vc[:, :, sl]  # + D x_t
 
@@ -519,7 +523,10 @@ def _gla_loop(q, k, v, logg, c: int):
     return o, states
 
 
-def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states):
+def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states, scale_q=True):
+    """Validated, broadcast ``q, k, v, log g`` (per head: (..., L, 1)) and ``c``; ``q`` times the
+    scale, or with ``scale_q=False`` unscaled and the scale returned last (the chunked algorithms
+    scale their output instead: one pass over data in cache rather than a copy of ``q``)."""
     q, k, v = _check_qkv(q, k, v)
     L, dk = q.shape[-2:]
     g, per_channel = _check_log_g(log_g, L, dk, k.ndim)
@@ -529,11 +536,12 @@ def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states):
         g = g[..., None]
     batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2]), ("log_g", g.shape[:-2])])
     L = q.shape[-2]
-    q = np.broadcast_to(q * _scale(scale, dk), batch + q.shape[-2:])
+    s = _scale(scale, dk)
+    q = np.broadcast_to(q * s if scale_q else q, batch + q.shape[-2:])
     k = np.broadcast_to(k, batch + k.shape[-2:])
     v = np.broadcast_to(v, batch + v.shape[-2:])
     g = np.broadcast_to(g, batch + (L, g.shape[-1]))
-    return q, k, v, g, c
+    return (q, k, v, g, c) if scale_q else (q, k, v, g, c, s)
 
 
 @guard_overflow()
@@ -597,8 +605,8 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     >>> o.shape, bool(np.allclose(o, gated_linear_attention_parallel(q, k, v, log_g)))
     ((6, 2), True)
     """
-    q, k, v, g, c = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states)
-    o, states = _gla_chunked(q, k, v, g, c, keep_states=return_chunk_states)
+    q, k, v, g, c, s = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states, scale_q=False)
+    o, states = _gla_chunked(q, k, v, g, c, keep_states=return_chunk_states, scale=s)
     return (o, states) if return_chunk_states else o
 
 
@@ -992,10 +1000,12 @@ def ssd_quadratic(x, dt, A, B, C, D=None, *, return_matrix=False):
 # ---------------------------------------------------------------------------------------------
 
 
-def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states):
+def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, scale_q=True):
+    """Validated, broadcast ``q, k, v, β, log g`` and ``c``; ``q`` times the scale, or with
+    ``scale_q=False`` unscaled and the scale returned last (as in :func:`_gla_setup`)."""
     q, k, v = _check_qkv(q, k, v)
     L, dk = q.shape[-2:]
-    norms = np.linalg.norm(k, axis=-1)
+    norms = np.sqrt(np.einsum("...j,...j->...", k, k))  # ‖k_t‖
     if norms.size and np.max(np.abs(norms - 1.0)) > KEY_NORM_TOL:
         worst = norms.flat[int(np.argmax(np.abs(norms - 1.0)))]
         raise ValueError(
@@ -1018,12 +1028,13 @@ def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states):
     batch = _batch(
         [("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2]), ("beta", b.shape[:-1]), ("log_g", g.shape[:-1])]
     )
-    q = np.broadcast_to(q * _scale(scale, dk), batch + q.shape[-2:])
+    s = _scale(scale, dk)
+    q = np.broadcast_to(q * s if scale_q else q, batch + q.shape[-2:])
     k = np.broadcast_to(k, batch + k.shape[-2:])
     v = np.broadcast_to(v, batch + v.shape[-2:])
     b = np.broadcast_to(b, batch + (L,))
     g = np.broadcast_to(g, batch + (L,))
-    return q, k, v, b, g, c
+    return (q, k, v, b, g, c) if scale_q else (q, k, v, b, g, c, s)
 
 
 def _unit_lower_inverse(A: np.ndarray) -> np.ndarray:
@@ -1058,12 +1069,13 @@ def _unit_lower_inverse(A: np.ndarray) -> np.ndarray:
     return D[..., 0, :c, :c]
 
 
-def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, keep_states: bool = True):
+def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, keep_states: bool = True,
+                   scale: float = 1.0):
     """Chunked delta rule (16.11)-(16.12): ``o`` (*b, L, Dv) and the chunk-end states
     (*b, n_chunks, Dv, Dk) (None without ``keep_states``); with ``return_factors`` also the WY
     factor ``W`` and ``T diag(β) V`` per chunk, shapes (*b, n_chunks, c, Dk) and
     (*b, n_chunks, c, Dv) (the oracle's intermediates; rows past L in the last chunk are padding).
-    The batch entries (heads) are split over threads.
+    ``scale`` multiplies the queries. The batch entries (heads) are split over threads.
     """
     batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
     q, k, v = (a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v))
@@ -1075,7 +1087,7 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
 
     def run(sl):
         _delta_core(q[sl], k[sl], v[sl], beta[sl], logg[sl], c, o[sl], None if states is None else states[sl],
-                    None if factors is None else (factors[0][sl], factors[1][sl]))
+                    None if factors is None else (factors[0][sl], factors[1][sl]), scale)
 
     _in_parts(run, nb, q.size)
     o = o.reshape((nb, nc * c, dv))[:, :L].reshape(batch + (L, dv))
@@ -1086,12 +1098,13 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     return o, states
 
 
-def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None):
+def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale: float = 1.0):
     """The chunked delta rule on ``q, k`` (nb, L, Dk), ``v`` (nb, L, Dv), ``beta, logg`` (nb, L).
 
     Writes the output, padded to whole chunks, into ``o`` (nb, n_chunks, c, Dv), unless None the
     transposed chunk-end states ``S_endᵀ`` into ``states`` (nb, n_chunks, Dk, Dv), and unless None
-    ``W`` and ``T diag(β) V`` into the pair of arrays ``factors``.
+    ``W`` and ``T diag(β) V`` into the pair of arrays ``factors``; ``scale`` multiplies the
+    queries (applied to the output, which is linear in them).
 
     The decays ``Γ_ts = γ_t/γ_s = e^{cum_t − cum_s}`` (``cum`` the in-chunk cumulative log-gate)
     enter as row and column scalings of ``K Kᵀ`` and ``Q Kᵀ`` in chunks whose decay stays above
@@ -1155,7 +1168,9 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None):
             nxt += gend[:, g0 + j] * St  # S_endᵀ = γ_end S_inᵀ + K_Γᵀ U
             if states is not None:
                 states[:, g0 + j] = nxt
-        np.matmul(Xg, Zg, out=o[:, sl])  # (16.12): tril(Γ ⊙ Q Kᵀ) U + diag(γ) Q S_inᵀ
+        og = np.matmul(Xg, Zg, out=o[:, sl])  # (16.12): tril(Γ ⊙ Q Kᵀ) U + diag(γ) Q S_inᵀ
+        if scale != 1.0:
+            og *= scale
         if factors is not None:
             factors[0][:, sl], factors[1][:, sl] = W, U0
 
@@ -1243,8 +1258,8 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     >>> o.shape, bool(np.allclose(o, delta_rule_loop(q, k, v, beta, log_g=log_g)))
     ((6, 2), True)
     """
-    q, k, v, b, g, c = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states)
-    o, states = _delta_chunked(q, k, v, b, g, c, keep_states=return_chunk_states)
+    q, k, v, b, g, c, s = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, scale_q=False)
+    o, states = _delta_chunked(q, k, v, b, g, c, keep_states=return_chunk_states, scale=s)
     return (o, states) if return_chunk_states else o
 
 
