@@ -383,7 +383,7 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
     nc = qc.shape[1]
     tri = np.tri(c)
     S = np.zeros((nb, dk, dv))  # S_inᵀ entering the next group
-    m = _group(nb, c)
+    m = min(nc, _group(nb, c))
     X = np.empty((nb, m, c, c + dk))  # [tril(Qe Kfᵀ) | Qe] per chunk
     Z = np.empty((nb, m, c + dk, dv))  # [V ; S_inᵀ] per chunk
     Y = np.empty((nb, m, c, dk))  # cum, e^{cum}, then k ⊙ e^{−cum}
@@ -465,7 +465,7 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
     vc = _chunks(v, c, -2)  # (G, R, nc, c, Dv)
     tri = np.tri(c)
     S = np.zeros((G, R, dk, dv))  # S_inᵀ entering the next group
-    m = _group(G * R, c)
+    m = min(nc, _group(G * R, c))
     X = np.empty((G, 1, m, c, c + dk))  # [tril(Q Kᵀ) | Q] per chunk, shared by the R heads
     Z = np.empty((G, R, m, c + dk, dv))  # [V ⊙ w e^{−cum} ; S_inᵀ] per head and chunk
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
@@ -1129,7 +1129,7 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
     strict, tri = np.tri(c, c, -1), np.tri(c)
     dv = v.shape[-1]
     S = np.zeros((nb, dk, dv))  # S_inᵀ entering the next group
-    m = _group(nb, c)
+    m = min(nc, _group(nb, c))
     X = np.empty((nb, m, c, c + dk))  # [tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] per chunk
     Z = np.empty((nb, m, c + dk, dv))  # [U ; S_inᵀ] per chunk
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
