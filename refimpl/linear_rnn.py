@@ -138,11 +138,14 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-# Threads over which the chunked algorithms split independent heads (or batch entries). Every
-# BLAS call of the chunked algorithms is small enough (at most 64 × 64 outputs for the default
-# chunk) that OpenBLAS runs it on the calling thread: the cores are used by splitting the heads,
-# not by splitting each small product, which stalls whenever one of its threads is descheduled
-# on a busy machine. The split changes no result (each head is computed by the same operations).
+# Threads over which the chunked algorithms split independent heads (or batch entries). Their
+# BLAS calls are small (at most 64 × 64 outputs each with the default chunk and heads of up to
+# 64 dimensions; measured with OpenBLAS 0.3: such calls stay on the calling thread, while a
+# (64 × 64)(64 × 256) product already uses two): the cores are used by splitting the heads, not
+# by splitting each small product, which stalls whenever one of its threads is descheduled on a
+# busy machine (measured: SSD 13 times slower with one competing process when its four heads
+# stood side by side in (64 × 64)(64 × 256) products). The split changes no result: each head is
+# computed by the same operations.
 _THREADS = min(8, _usable_cores())
 # Below this many elements of q (batch × L × Dk) the chunked algorithms run in the calling thread.
 _THREAD_MIN_ELEMS = 1 << 16
@@ -374,8 +377,8 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
     state is ``Vᵀ Kf`` with its columns scaled by ``e^{cum_end}``. This holds (to a few ulps)
     where the chunk's total decay stays above ``e^{−_FACTOR_LOG}`` (then ``e^{−cum} <= e^{30}``);
     chunks that decay further (gates near 0) are recomputed from segment sums, whose exponents
-    are all <= 0. Each product has at most 64 × 64 outputs per call for the default chunk, so
-    OpenBLAS keeps it on the calling thread (see ``_THREADS``).
+    are all <= 0. Each product has at most 64 × 64 outputs per call for the default chunk and
+    Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see ``_THREADS``).
     """
     nb, L, dk = q.shape
     dv = v.shape[-1]
@@ -444,7 +447,8 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
     (c × (c + Dk)) (c + Dk × Dv) product per head and chunk does the in-chunk form (16.3) and the
     readout of the entering state at once, and its left factor is shared by the R heads of a
     group (Mamba-2's shared B, C). Each product has at most 64 × 64 outputs per call for the
-    default chunk, so OpenBLAS keeps it on the calling thread (see ``_THREADS``). Chunks that
+    default chunk and Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see
+    ``_THREADS``). Chunks that
     decay below ``e^{−_FACTOR_LOG}`` are recomputed from segment sums, as in
     :func:`_channel_chunked`.
     """
@@ -1114,8 +1118,8 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
     two (c × Dk)(Dk × Dv)-sized products per chunk: the pseudo-values ``U = T diag(β) V − W S_inᵀ``
     and the next state ``S_endᵀ = γ_end S_inᵀ + K_Γᵀ U`` with ``K_Γ = diag(γ_end/γ_s) K`` (16.12).
     The output of a chunk is one product ``[tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] [U ; S_inᵀ]``. Each
-    product has at most 64 × 64 outputs per call for the default chunk, so OpenBLAS keeps it on
-    the calling thread (see ``_THREADS``).
+    product has at most 64 × 64 outputs per call for the default chunk and Dk, Dv <= 64, so
+    OpenBLAS keeps it on the calling thread (see ``_THREADS``).
     """
     dk = q.shape[-1]
     qc, kc, vc = (_chunks(a, c, -2) for a in (q, k, v))  # (nb, nc, c, ·); padding: k = 0
