@@ -85,6 +85,7 @@ References
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -317,7 +318,9 @@ def _in_parts(run, n: int, elems: int) -> None:
         run(slice(0, n))
         return
     with ThreadPoolExecutor(parts) as pool:
-        for done in [pool.submit(run, sl) for sl in slices]:
+        # each thread runs in a copy of the caller's context: NumPy's error state (np.errstate, set
+        # by guard_overflow) is a context variable and would otherwise be the default in the threads
+        for done in [pool.submit(contextvars.copy_context().run, run, sl) for sl in slices]:
             done.result()  # re-raises an exception of the thread
 
 

@@ -225,6 +225,22 @@ def test_chunk_groups_and_threads_do_not_change_the_result(monkeypatch, form, gr
     close(got[1], want[1], rtol=SELF, what=f"{form}: chunk-end states, groups of chunks and threads vs recurrence")
 
 
+def test_threads_keep_the_callers_floating_point_error_state(monkeypatch):
+    # the threads run in a copy of the caller's context, so np.errstate (a context variable)
+    # reaches them: decays that underflow inside a thread raise nothing when the caller silences
+    # them, and a caller's errstate(under="raise") is seen by the threads
+    monkeypatch.setattr(lr, "_THREADS", 2)
+    monkeypatch.setattr(lr, "_THREAD_MIN_ELEMS", 0)
+    rng, q, k, v = _qkv(44, batch=(2,), L=40, dk=3, dv=2)
+    log_g = np.full(q.shape[:-1], -800.0)  # e^{-800} underflows to 0
+    with np.errstate(under="raise"):
+        # the core computes e^{cum} with cum down to −32000: an underflow in a worker thread
+        with pytest.raises(FloatingPointError):
+            lr._gla_chunked(q, k, v, log_g[..., None], 8)
+    y = lr.gated_linear_attention(q, k, v, log_g, chunk_size=8)  # guard_overflow silences it
+    close(y, lr.gated_linear_attention_loop(q, k, v, log_g), rtol=SELF, what="GLA threads, gates underflowing to 0")
+
+
 def test_gla_without_forgetting_is_causal_linear_attention():
     rng, q, k, v = _qkv(5)
     y = lr.gated_linear_attention(q, k, v, np.zeros(q.shape[:-1]), scale=1.0, chunk_size=6)
