@@ -1116,10 +1116,12 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
     The decays ``Γ_ts = γ_t/γ_s = e^{cum_t − cum_s}`` (``cum`` the in-chunk cumulative log-gate)
     enter as row and column scalings of ``K Kᵀ`` and ``Q Kᵀ`` in chunks whose decay stays above
     ``e^{−_FACTOR_LOG}``; chunks that decay further take segment sums (exponents <= 0). Everything
-    that does not depend on the entering state (the UT transform, ``W``, ``T diag(β) V``, the
-    masked scores) is formed for all chunks of a group at once; the loop over chunks then does
-    two (c × Dk)(Dk × Dv)-sized products per chunk: the pseudo-values ``U = T diag(β) V − W S_inᵀ``
-    and the next state ``S_endᵀ = γ_end S_inᵀ + K_Γᵀ U`` with ``K_Γ = diag(γ_end/γ_s) K`` (16.12).
+    that does not depend on the entering state (the UT transform ``T``, the masked scores) is
+    formed for all chunks of a group at once; the loop over chunks then does three
+    (c × c or Dk)(· × Dv) products per chunk: the pseudo-values
+    ``U = T diag(β) V − W S_inᵀ = T (diag(β) V − diag(β γ) K S_inᵀ)`` (``W = T diag(β γ) K`` the
+    WY factor; applying ``T`` last saves the product ``W``) and the next state
+    ``S_endᵀ = γ_end S_inᵀ + K_Γᵀ U`` with ``K_Γ = diag(γ_end/γ_s) K`` (16.12).
     The output of a chunk is one product ``[tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] [U ; S_inᵀ]``. Each
     product has at most 64 × 64 outputs per call for the default chunk and Dk, Dv <= 64, so
     OpenBLAS keeps it on the calling thread (see ``_THREADS``).
@@ -1163,13 +1165,13 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
             P[sb, sn] = Gam * (qc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
             KgT[sb, sn] = np.swapaxes(kc[sb, n] * np.exp(_suffix(gc[sb, n], -1))[..., None], -1, -2)
         T = _unit_lower_inverse(A)  # T = (I + A)^{-1}, all chunks of the group at once
-        W = T @ Kb  # WY factor W = T diag(β γ) K
-        U0 = T @ Vb  # T diag(β) V
+        R = np.empty(Vb.shape[:1] + Vb.shape[2:])  # diag(β) (V − diag(γ) K S_inᵀ) of one chunk
         Zg[:, 0, c:] = S
         for j in range(mm):  # the state passes from chunk to chunk: a short loop over chunks
             St, U = Zg[:, j, c:], Zg[:, j, :c]
-            np.matmul(W[:, j], St, out=U)
-            np.subtract(U0[:, j], U, out=U)  # pseudo-values u_t = U0 − W S_inᵀ
+            np.matmul(Kb[:, j], St, out=R)
+            np.subtract(Vb[:, j], R, out=R)
+            np.matmul(T[:, j], R, out=U)  # pseudo-values U = T diag(β) V − W S_inᵀ = T (diag(β) V − diag(β γ) K S_inᵀ)
             nxt = Zg[:, j + 1, c:] if j + 1 < mm else S
             np.matmul(KgT[:, j], U, out=nxt)
             nxt += gend[:, g0 + j] * St  # S_endᵀ = γ_end S_inᵀ + K_Γᵀ U
@@ -1178,8 +1180,9 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
         og = np.matmul(Xg, Zg, out=o[:, sl])  # (16.12): tril(Γ ⊙ Q Kᵀ) U + diag(γ) Q S_inᵀ
         if scale != 1.0:
             og *= scale
-        if factors is not None:
-            factors[0][:, sl], factors[1][:, sl] = W, U0
+        if factors is not None:  # the WY factor W = T diag(β γ) K and T diag(β) V
+            np.matmul(T, Kb, out=factors[0][:, sl])
+            np.matmul(T, Vb, out=factors[1][:, sl])
 
 
 def _delta_loop(q, k, v, beta, logg, c: int):
