@@ -1049,31 +1049,29 @@ def _unit_lower_inverse(A: np.ndarray) -> np.ndarray:
 
     The inverse of a unit lower-triangular block matrix is
     ``[[T₁, 0], [−T₂ A₂₁ T₁, T₂]]`` with ``T₁, T₂`` the inverses of its diagonal blocks (the
-    blocked algorithm of LAPACK's ``trtri``). Starting from blocks of one row (T = 1), each level
-    merges pairs of neighbouring blocks with two matrix products, for all blocks of all chunks at
-    once: log₂ c levels of batched products, no per-chunk LAPACK call. (A batched
-    ``scipy.linalg.solve_triangular``, OpenBLAS ``trsm``, is 10 to 50 times slower when its two
-    threads share a busy machine; a batched ``numpy.linalg.inv`` pivots and costs more.) ``A`` is
-    padded with zero rows to a power of two (the padding's block of the inverse is I).
+    blocked algorithm of LAPACK's ``trtri``). Starting from blocks of one row (T = I), each level
+    fills the lower-left quarter of every 2h × 2h diagonal block with two matrix products, for all
+    blocks of all chunks at once: log₂ c levels of batched products, no per-chunk LAPACK call.
+    (A batched ``scipy.linalg.solve_triangular``, OpenBLAS ``trsm``, is 10 to 50 times slower
+    when its two threads share a busy machine; a batched ``numpy.linalg.inv`` pivots and costs
+    more.) ``A`` is padded with zero rows to a power of two (the padding's block of the inverse is I).
     """
     c = A.shape[-1]
     p = 1 << max(0, (c - 1).bit_length())  # c rounded up to a power of two
     if p != c:
         A = np.pad(A, [(0, 0)] * (A.ndim - 2) + [(0, p - c), (0, p - c)])
     batch = A.shape[:-2]
-    D = np.ones(batch + (p, 1, 1))  # the inverses of the 1 × 1 diagonal blocks
+    T = np.zeros(batch + (p, p))
+    np.einsum("...ii->...i", T)[...] = 1.0  # the inverses of the 1 × 1 diagonal blocks
     h = 1
     while h < p:  # merge pairs of h × h blocks into 2h × 2h blocks
-        nblk = p // (2 * h)
-        blocks = np.diagonal(A.reshape(batch + (nblk, 2 * h, nblk, 2 * h)), axis1=-4, axis2=-2)  # (..., 2h, 2h, nblk)
-        A21 = np.moveaxis(blocks, -1, -3)[..., h:, :h]  # (..., nblk, h, h)
-        T1, T2 = D[..., 0::2, :, :], D[..., 1::2, :, :]
-        Dn = np.zeros(batch + (nblk, 2 * h, 2 * h))
-        Dn[..., :h, :h] = T1
-        Dn[..., h:, h:] = T2
-        np.matmul(-(T2 @ A21), T1, out=Dn[..., h:, :h])  # −T₂ A₂₁ T₁
-        D, h = Dn, 2 * h
-    return D[..., 0, :c, :c]
+        shape = batch + (p // (2 * h), 2 * h, p // (2 * h), 2 * h)
+        Tb = np.einsum("...ijik->...ijk", T.reshape(shape))  # the 2h × 2h diagonal blocks (a writable view)
+        Ab = np.einsum("...ijik->...ijk", A.reshape(shape))
+        T1, T2 = Tb[..., :h, :h], Tb[..., h:, h:]
+        np.matmul(-(T2 @ Ab[..., h:, :h]), T1, out=Tb[..., h:, :h])  # −T₂ A₂₁ T₁
+        h *= 2
+    return T[..., :c, :c]
 
 
 def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, keep_states: bool = True,
