@@ -441,9 +441,9 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
 
     ``q, k`` (G, L, Dk); ``v`` (G, R, L, Dv); ``loga`` (G, R, L) the heads' log-gates; ``w``
     (G, R, L), optional, weights the values (SSD's Δ_s); ``skip`` (G, R), optional, adds
-    ``skip_gr v_t`` to the output (SSD's D); ``scale`` multiplies the queries. Writes the output, padded to whole chunks, into ``o``
-    (G, R, n_chunks, c, Dv) and, unless None, the transposed chunk-end states ``S_endᵀ`` into
-    ``states`` (G, R, n_chunks, Dk, Dv).
+    ``skip_gr v_t`` to the output (SSD's D); ``scale`` multiplies the queries. Writes the output,
+    padded to whole chunks, into ``o`` (G, R, n_chunks, c, Dv) and, unless None, the transposed
+    chunk-end states ``S_endᵀ`` into ``states`` (G, R, n_chunks, Dk, Dv).
 
     With a scalar gate the decay ``e^{cum_t − cum_s}`` factors into a row and a column scaling,
     so a chunk's output is ``e^{cum_t} ⊙ ([tril(Q Kᵀ) | Q] [V ⊙ e^{−cum} ; S_inᵀ])``: one
@@ -451,9 +451,8 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
     readout of the entering state at once, and its left factor is shared by the R heads of a
     group (Mamba-2's shared B, C). Each product has at most 64 × 64 outputs per call for the
     default chunk and Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see
-    ``_THREADS``). Chunks that
-    decay below ``e^{−_FACTOR_LOG}`` are recomputed from segment sums, as in
-    :func:`_channel_chunked`.
+    ``_THREADS``). Chunks that decay below ``e^{−_FACTOR_LOG}`` are recomputed from segment sums,
+    as in :func:`_channel_chunked`.
     """
     G, L, dk = q.shape
     R, dv = v.shape[1], v.shape[-1]
@@ -927,8 +926,7 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     y = o.reshape(ng, R, nc * c, P)[:, :, :L].reshape(batch + (H, L, P))
     if return_chunk_states:
         states = np.swapaxes(states, -1, -2).reshape(batch + (H, nc, P, N))
-    D = None  # the skip D x_t is already in y
-    return _ssd_finish(y, x, D, states, return_chunk_states)
+    return _ssd_finish(y, x, None, states, return_chunk_states)  # None: the core has added D x_t
 
 
 @guard_overflow()
