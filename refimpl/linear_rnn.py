@@ -397,11 +397,13 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
         sl = slice(g0, min(nc, g0 + m))
         mm = sl.stop - g0
         Xg, Zg, vg = X[:, :mm], Z[:, :mm], vc[:, sl]
-        Eg = np.exp(_cumsum_rows(gc[:, sl], out=Y[:, :mm]), out=Y[:, :mm])  # e^{cum_t}, cum_t = Σ_{r=start}^{t} log g_r
+        cum = _cumsum_rows(gc[:, sl], out=Y[:, :mm])  # cum_t = Σ_{r=start}^{t} log g_r, per channel
+        Eg = np.exp(cum, out=cum)  # e^{cum_t}
         Qe = np.multiply(qc[:, sl], Eg, out=Xg[..., c:])  # q_t ⊙ e^{cum_t}
         dec = Eg[:, :, -1, :, None].copy()  # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ
         strong = dec.min(axis=(-2, -1)) < _TINY  # chunks for the exact path
-        Kf = np.divide(kc[:, sl], np.maximum(Eg, _TINY, out=Eg), out=Eg)  # k_s ⊙ e^{−cum_s} (clamped: exact path below)
+        # k_s ⊙ e^{−cum_s} (e^{cum} clamped at e^{−30}: the exact path below where it matters)
+        Kf = np.divide(kc[:, sl], np.maximum(Eg, _TINY, out=Eg), out=Eg)
         scores = np.matmul(Qe, np.swapaxes(Kf, -1, -2), out=Xg[..., :c])  # Σ_j q_tj k_sj e^{seg_j[t, s]}
         scores *= tri
         local = np.swapaxes(Kf, -1, -2) @ vg  # (Σ_s v_s (k_s ⊙ e^{cum_end − cum_s})ᵀ)ᵀ / e^{cum_end}
@@ -1097,7 +1099,8 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     if states is not None:
         states = np.swapaxes(states, -1, -2).reshape(batch + (nc, dv, dk))
     if return_factors:
-        return o, states, factors[0].reshape(batch + factors[0].shape[1:]), factors[1].reshape(batch + factors[1].shape[1:])
+        W, TV = (a.reshape(batch + a.shape[1:]) for a in factors)
+        return o, states, W, TV
     return o, states
 
 
@@ -1167,7 +1170,7 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
             St, U = Zg[:, j, c:], Zg[:, j, :c]
             np.matmul(Kb[:, j], St, out=R)
             np.subtract(Vb[:, j], R, out=R)
-            np.matmul(T[:, j], R, out=U)  # pseudo-values U = T diag(β) V − W S_inᵀ = T (diag(β) V − diag(β γ) K S_inᵀ)
+            np.matmul(T[:, j], R, out=U)  # pseudo-values U = T diag(β) V − W S_inᵀ = T R
             nxt = Zg[:, j + 1, c:] if j + 1 < mm else S
             np.matmul(KgT[:, j], U, out=nxt)
             nxt += gend[:, g0 + j] * St  # S_endᵀ = γ_end S_inᵀ + K_Γᵀ U
