@@ -392,13 +392,13 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
     m = min(nc, _group(nb, c))
     X = np.empty((nb, m, c, c + dk))  # [tril(Qe Kfᵀ) | Qe] per chunk
     Z = np.empty((nb, m, c + dk, dv))  # [V ; S_inᵀ] per chunk
-    Y = np.empty((nb, m, c, dk))  # cum, e^{cum}, then k ⊙ e^{−cum}
+    Y = np.empty((nb, m, c, dk))  # e^{cum}, then k ⊙ e^{−cum}
+    cum = _cumsum_rows(gc, out=np.empty(gc.shape))  # cum_t = Σ_{r=start}^{t} log g_r, per chunk and channel
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
         mm = sl.stop - g0
         Xg, Zg, vg = X[:, :mm], Z[:, :mm], vc[:, sl]
-        cum = _cumsum_rows(gc[:, sl], out=Y[:, :mm])  # cum_t = Σ_{r=start}^{t} log g_r, per channel
-        Eg = np.exp(cum, out=cum)  # e^{cum_t}
+        Eg = np.exp(cum[:, sl], out=Y[:, :mm])  # e^{cum_t}
         Qe = np.multiply(qc[:, sl], Eg, out=Xg[..., c:])  # q_t ⊙ e^{cum_t}
         dec = Eg[:, :, -1, :, None].copy()  # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ
         strong = dec.min(axis=(-2, -1)) < _TINY  # chunks for the exact path
