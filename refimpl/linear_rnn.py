@@ -330,9 +330,9 @@ def _cumsum_rows(a: np.ndarray, out: np.ndarray) -> np.ndarray:
     The same sums, in the same order, as ``np.cumsum(a, axis=-2)``, which is several times
     slower on a non-contiguous axis.
     """
-    np.copyto(out, a)
-    for i in range(1, out.shape[-2]):
-        np.add(out[..., i, :], out[..., i - 1, :], out=out[..., i, :])
+    out[..., 0, :] = a[..., 0, :]
+    for i in range(1, out.shape[-2]):  # each row written once: cum_i = cum_{i−1} + a_i
+        np.add(out[..., i - 1, :], a[..., i, :], out=out[..., i, :])
     return out
 
 
