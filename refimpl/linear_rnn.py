@@ -85,7 +85,10 @@ References
 
 from __future__ import annotations
 
+import contextvars
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -127,6 +130,26 @@ _TINY = math.exp(-_FACTOR_LOG)  # e^{−cum} is evaluated as 1 / max(e^{cum}, _T
 # Rows (batch × chunks × chunk length) per group of chunks in the chunked algorithms: the group's
 # temporaries stay in the processor's cache (measured: 2048 rows of 32 to 64 floats).
 _GROUP_ROWS = 2048
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Threads over which the chunked algorithms split independent heads (or batch entries). Their
+# BLAS calls are small (at most 64 × 64 outputs each with the default chunk and heads of up to
+# 64 dimensions; measured with OpenBLAS 0.3: such calls stay on the calling thread, while a
+# (64 × 64)(64 × 256) product already uses two): the cores are used by splitting the heads, not
+# by splitting each small product, which stalls whenever one of its threads is descheduled on a
+# busy machine (measured: SSD 13 times slower with one competing process when its four heads
+# stood side by side in (64 × 64)(64 × 256) products). The split changes no result: each head is
+# computed by the same operations.
+_THREADS = min(8, _usable_cores())
+# Below this many elements of q (batch × L × Dk) the chunked algorithms run in the calling thread.
+_THREAD_MIN_ELEMS = 1 << 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,78 +305,123 @@ def _group(rows: int, c: int) -> int:
     return max(1, _GROUP_ROWS // max(1, rows * c))
 
 
-def _cumsum_rows(a: np.ndarray) -> np.ndarray:
-    """Inclusive cumulative sums along axis −2 (the c steps of a chunk), one row at a time.
+def _in_parts(run, n: int, elems: int) -> None:
+    """Call ``run(slice)`` on contiguous parts of ``range(n)`` (the independent heads), in threads.
+
+    ``run`` writes its results into preallocated arrays; ``elems`` (the input's size) decides
+    whether threads pay off. One part per thread, at most ``_THREADS``.
+    """
+    parts = min(n, _THREADS) if elems >= _THREAD_MIN_ELEMS else 1
+    bounds = [n * i // parts for i in range(parts + 1)]
+    slices = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    if parts <= 1:
+        run(slice(0, n))
+        return
+    with ThreadPoolExecutor(parts) as pool:
+        # each thread runs in a copy of the caller's context: NumPy's error state (np.errstate, set
+        # by guard_overflow) is a context variable and would otherwise be the default in the threads
+        for done in [pool.submit(contextvars.copy_context().run, run, sl) for sl in slices]:
+            done.result()  # re-raises an exception of the thread
+
+
+def _cumsum_rows(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Inclusive cumulative sums along axis −2 (the c steps of a chunk), one row at a time, into ``out``.
 
     The same sums, in the same order, as ``np.cumsum(a, axis=-2)``, which is several times
     slower on a non-contiguous axis.
     """
-    cum = np.array(a, dtype=np.float64, copy=True)
-    for i in range(1, cum.shape[-2]):
-        cum[..., i, :] += cum[..., i - 1, :]
-    return cum
+    out[..., 0, :] = a[..., 0, :]
+    for i in range(1, out.shape[-2]):  # each row written once: cum_i = cum_{i−1} + a_i
+        np.add(out[..., i - 1, :], a[..., i, :], out=out[..., i, :])
+    return out
 
 
-def _gla_chunked(q, k, v, logg, c: int):
-    """Chunked ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q_t`` (q already scaled).
+def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float = 1.0):
+    """Chunked ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t (scale · q_t)``.
 
     ``q, k`` (*b, L, Dk), ``v`` (*b, L, Dv), ``logg`` (*b, L, Dk) or (*b, L, 1), all broadcast to
-    one batch shape. Returns ``o`` (*b, L, Dv) and the chunk-end states (*b, n_chunks, Dv, Dk).
+    one batch shape. Returns ``o`` (*b, L, Dv) and the chunk-end states (*b, n_chunks, Dv, Dk)
+    (None without ``keep_states``). The batch entries (heads) are split over threads.
     """
-    batch, L, dv = q.shape[:-2], q.shape[-2], v.shape[-1]
-    flat = [a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v, logg)]
+    batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
+    q, k, v, logg = (a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v, logg))
+    nb, nc = q.shape[0], -(-L // c)
+    o = np.empty((nb, nc, c, dv))
+    states = np.empty((nb, nc, dk, dv)) if keep_states else None  # transposed chunk-end states
     if logg.shape[-1] == 1:  # one gate per head: the scalar core, one group per head
-        o, states = _scalar_chunked(flat[0], flat[1], flat[2][:, None], flat[3][:, None, :, 0], c)
-        o, states = o[:, 0], states[:, 0]
+
+        def run(sl):
+            _scalar_chunked(q[sl], k[sl], v[sl, None], logg[sl, None, :, 0], c, o[sl, None],
+                            None if states is None else states[sl, None], scale=scale)
     else:
-        o, states = _channel_chunked(*flat, c)
-    return o.reshape(batch + (L, dv)), states.reshape(batch + states.shape[-3:])
+
+        def run(sl):
+            _channel_chunked(q[sl], k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl], scale)
+
+    _in_parts(run, nb, q.size)
+    o = o.reshape(nb, nc * c, dv)[:, :L].reshape(batch + (L, dv))
+    if states is not None:
+        states = np.swapaxes(states, -1, -2).reshape(batch + (nc, dv, dk))
+    return o, states
 
 
-def _channel_chunked(q, k, v, logg, c: int):
+def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
     """The chunked form with a gate per key channel; ``q, k, logg`` (nb, L, Dk), ``v`` (nb, L, Dv).
+
+    Writes the output, padded to whole chunks, into ``o`` (nb, n_chunks, c, Dv) and, unless
+    None, the transposed chunk-end states ``S_endᵀ`` into ``states`` (nb, n_chunks, Dk, Dv).
+    ``scale`` multiplies the queries (applied to the output, which is linear in them).
 
     In a chunk with in-chunk cumulative log-gates ``cum_t = Σ_{r=start}^{t} log g_r`` (one
     vector per step), ``e^{seg_j[t, s]} = e^{cum_tj} e^{−cum_sj}``: with ``Qe = Q ⊙ e^{cum}`` and
     ``Kf = K ⊙ e^{−cum}`` the in-chunk form (16.3) is ``tril(Qe Kfᵀ) V`` (BLAS), the readout of
-    the entering state ``S_in`` is ``Qe S_inᵀ`` and the chunk's own contribution to its end state
-    is ``Vᵀ Kf`` with its columns scaled by ``e^{cum_end}``. This holds (to a few ulps) where the
-    chunk's total decay stays above ``e^{−_FACTOR_LOG}`` (then ``e^{−cum} <= e^{30}``); chunks that
-    decay further (gates near 0) are recomputed from segment sums, whose exponents are all <= 0.
+    the entering state ``S_in`` is ``Qe S_inᵀ`` — both in one product
+    ``[tril(Qe Kfᵀ) | Qe] [V ; S_inᵀ]`` per chunk — and the chunk's own contribution to its end
+    state is ``Vᵀ Kf`` with its columns scaled by ``e^{cum_end}``. This holds (to a few ulps)
+    where the chunk's total decay stays above ``e^{−_FACTOR_LOG}`` (then ``e^{−cum} <= e^{30}``);
+    chunks that decay further (gates near 0) are recomputed from segment sums, whose exponents
+    are all <= 0. Each product has at most 64 × 64 outputs per call for the default chunk and
+    Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see ``_THREADS``).
     """
     nb, L, dk = q.shape
     dv = v.shape[-1]
     qc, kc, vc, gc = (_chunks(a, c, -2) for a in (q, k, v, logg))  # (nb, nc, c, ·)
     nc = qc.shape[1]
-    cum = _cumsum_rows(gc)  # Σ_{r=start}^{t} log g_r, per chunk and channel
-    E = np.exp(cum)
-    strong = cum[:, :, -1, :].min(axis=-1) < -_FACTOR_LOG  # (nb, nc): chunks for the exact path
     tri = np.tri(c)
-    o = np.empty((nb, nc, c, dv))
-    ST = np.empty((nb, nc + 1, dk, dv))  # transposed states: ST[:, n] enters chunk n, ST[:, n + 1] leaves it
-    ST[:, 0] = 0.0
-    m = _group(nb, c)
+    S = np.zeros((nb, dk, dv))  # S_inᵀ entering the next group
+    m = min(nc, _group(nb, c))
+    X = np.empty((nb, m, c, c + dk))  # [tril(Qe Kfᵀ) | Qe] per chunk
+    Z = np.empty((nb, m, c + dk, dv))  # [V ; S_inᵀ] per chunk
+    Y = np.empty((nb, m, c, dk))  # e^{cum}, then k ⊙ e^{−cum}
+    cum = _cumsum_rows(gc, out=np.empty(gc.shape))  # cum_t = Σ_{r=start}^{t} log g_r, per chunk and channel
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
-        Eg, qg, kg, vg = E[:, sl], qc[:, sl], kc[:, sl], vc[:, sl]
-        Qe = qg * Eg  # q_t ⊙ e^{cum_t}
-        Kf = kg / np.maximum(Eg, _TINY)  # k_s ⊙ e^{−cum_s} (clamped: exact path below where it matters)
-        dec = Eg[:, :, -1, :, None]  # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ
+        mm = sl.stop - g0
+        Xg, Zg, vg = X[:, :mm], Z[:, :mm], vc[:, sl]
+        Eg = np.exp(cum[:, sl], out=Y[:, :mm])  # e^{cum_t}
+        Qe = np.multiply(qc[:, sl], Eg, out=Xg[..., c:])  # q_t ⊙ e^{cum_t}
+        dec = Eg[:, :, -1, :, None].copy()  # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ
+        strong = dec.min(axis=(-2, -1)) < _TINY  # chunks for the exact path
+        # k_s ⊙ e^{−cum_s} (e^{cum} clamped at e^{−30}: the exact path below where it matters)
+        Kf = np.divide(kc[:, sl], np.maximum(Eg, _TINY, out=Eg), out=Eg)
+        scores = np.matmul(Qe, np.swapaxes(Kf, -1, -2), out=Xg[..., :c])  # Σ_j q_tj k_sj e^{seg_j[t, s]}
+        scores *= tri
         local = np.swapaxes(Kf, -1, -2) @ vg  # (Σ_s v_s (k_s ⊙ e^{cum_end − cum_s})ᵀ)ᵀ / e^{cum_end}
         local *= dec
-        scores = Qe @ np.swapaxes(Kf, -1, -2)  # (q_t ⊙ e^{cum_t}) · (k_s ⊙ e^{−cum_s}) = Σ_j q k e^{seg_j[t, s]}
-        scores *= tri
-        sb, sn = np.nonzero(strong[:, sl])
+        sb, sn = np.nonzero(strong)
         if sb.size:
-            _channel_exact(scores, local, qg, kg, vg, gc[:, sl], sb, sn)
-        for j in range(local.shape[1]):  # state passing (16.5): S_end = S_in Diag(e^{cum_end}) + local
-            n = g0 + j
-            np.multiply(ST[:, n], dec[:, j], out=ST[:, n + 1])
-            ST[:, n + 1] += local[:, j]
-        og = np.matmul(scores, vg, out=o[:, sl])  # in-chunk: the masked form (16.3)
-        og += Qe @ ST[:, sl]  # across chunks: S_in (q_t ⊙ e^{cum_t})
-    o = o.reshape(nb, nc * c, dv)[:, :L]
-    return o, np.swapaxes(ST[:, 1:], -1, -2)
+            _channel_exact(scores, local, qc[:, sl], kc[:, sl], vg, gc[:, sl], sb, sn)
+        Zg[:, :, :c] = vg
+        Zg[:, 0, c:] = S
+        for j in range(mm):  # state passing (16.5): S_end = S_in Diag(e^{cum_end}) + local
+            nxt = Zg[:, j + 1, c:] if j + 1 < mm else S
+            np.multiply(Zg[:, j, c:], dec[:, j], out=nxt)
+            nxt += local[:, j]
+            if states is not None:
+                states[:, g0 + j] = nxt
+        og = np.matmul(Xg, Zg, out=o[:, sl])  # the masked form (16.3) in the chunk + S_in (q_t ⊙ e^{cum_t})
+        if scale != 1.0:
+            og *= scale
 
 
 def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
@@ -370,19 +438,23 @@ def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
         local[b, n] = np.swapaxes(ke, -1, -2) @ vg[b, n]
 
 
-def _scalar_chunked(q, k, v, loga, c: int, w=None):
+def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, scale: float = 1.0):
     """The chunked form with one gate per head; the R heads of a group share ``q`` and ``k``.
 
     ``q, k`` (G, L, Dk); ``v`` (G, R, L, Dv); ``loga`` (G, R, L) the heads' log-gates; ``w``
-    (G, R, L), optional, weights the values (SSD's Δ_s). Returns ``o`` (G, R, L, Dv) and the
-    chunk-end states (G, R, n_chunks, Dv, Dk).
+    (G, R, L), optional, weights the values (SSD's Δ_s); ``skip`` (G, R), optional, adds
+    ``skip_gr v_t`` to the output (SSD's D); ``scale`` multiplies the queries. Writes the output,
+    padded to whole chunks, into ``o`` (G, R, n_chunks, c, Dv) and, unless None, the transposed
+    chunk-end states ``S_endᵀ`` into ``states`` (G, R, n_chunks, Dk, Dv).
 
     With a scalar gate the decay ``e^{cum_t − cum_s}`` factors into a row and a column scaling,
-    so the in-chunk form is ``e^{cum_t} ⊙ tril(Q Kᵀ) (V ⊙ e^{−cum})`` and the readout of the
-    entering state ``e^{cum_t} ⊙ Q S_inᵀ``: the scalings move onto the values, and the R heads of
-    a group (the same Q, K: Mamba-2's shared B, C) stack side by side as the columns of one
-    matrix product per chunk. Chunks that decay below ``e^{−_FACTOR_LOG}`` are recomputed from
-    segment sums, as in :func:`_channel_chunked`.
+    so a chunk's output is ``e^{cum_t} ⊙ ([tril(Q Kᵀ) | Q] [V ⊙ e^{−cum} ; S_inᵀ])``: one
+    (c × (c + Dk)) (c + Dk × Dv) product per head and chunk does the in-chunk form (16.3) and the
+    readout of the entering state at once, and its left factor is shared by the R heads of a
+    group (Mamba-2's shared B, C). Each product has at most 64 × 64 outputs per call for the
+    default chunk and Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see
+    ``_THREADS``). Chunks that decay below ``e^{−_FACTOR_LOG}`` are recomputed from segment sums,
+    as in :func:`_channel_chunked`.
     """
     G, L, dk = q.shape
     R, dv = v.shape[1], v.shape[-1]
@@ -392,51 +464,53 @@ def _scalar_chunked(q, k, v, loga, c: int, w=None):
     cum = np.cumsum(ac, axis=-1)
     E = np.exp(cum)
     f = 1.0 / np.maximum(E, _TINY)  # e^{−cum_s} (clamped: exact path below where it matters)
+    Es = E * scale if scale != 1.0 else E  # the output's row scaling (the output is linear in q)
     wc = None if w is None else _chunks(w, c, -1)
     if wc is not None:
         f *= wc
     strong = cum[..., -1] < -_FACTOR_LOG  # (G, R, nc)
-    ft = f.transpose(0, 2, 3, 1)[..., None]  # (G, nc, c, R, 1)
-    Et = E.transpose(0, 2, 3, 1)[..., None]
-    dec = E[..., -1].transpose(0, 2, 1)[:, :, None, :, None]  # (G, nc, 1, R, 1): e^{cum_end} per head
+    dec = E[..., -1, None, None]  # (G, R, nc, 1, 1): e^{cum_end}, the chunk's decay per head
     vc = _chunks(v, c, -2)  # (G, R, nc, c, Dv)
-    vt = vc.transpose(0, 2, 3, 1, 4)  # (G, nc, c, R, Dv) (a view)
     tri = np.tri(c)
-    o = np.empty((G, R, nc, c, dv))
-    ST = np.empty((G, nc + 1, dk, R, dv))  # transposed states of the R heads, side by side
-    ST[:, 0] = 0.0
-    m = _group(G * R, c)
+    S = np.zeros((G, R, dk, dv))  # S_inᵀ entering the next group
+    m = min(nc, _group(G * R, c))
+    X = np.empty((G, 1, m, c, c + dk))  # [tril(Q Kᵀ) | Q] per chunk, shared by the R heads
+    Z = np.empty((G, R, m, c + dk, dv))  # [V ⊙ w e^{−cum} ; S_inᵀ] per head and chunk
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
         mm = sl.stop - g0
-        Vs = (vt[:, sl] * ft[:, sl]).reshape(G, mm, c, R * dv)  # v_s w_s e^{−cum_s}, heads side by side
-        local = (np.swapaxes(kc[:, sl], -1, -2) @ Vs).reshape(G, mm, dk, R, dv)  # (Σ_s ...)ᵀ / e^{cum_end}
-        local *= dec[:, sl]
-        scores = qc[:, sl] @ np.swapaxes(kc[:, sl], -1, -2)  # q_t · k_s, shared by the R heads
-        scores *= tri
+        Xg, Zg = X[:, :, :mm], Z[:, :, :mm]
+        np.matmul(qc[:, None, sl], np.swapaxes(kc[:, None, sl], -1, -2), out=Xg[..., :c])  # q_t · k_s
+        Xg[..., :c] *= tri
+        Xg[..., c:] = qc[:, None, sl]
+        Vs = np.multiply(vc[:, :, sl], f[:, :, sl, :, None], out=Zg[..., :c, :])  # v_s w_s e^{−cum_s}
+        local = np.swapaxes(kc[:, None, sl], -1, -2) @ Vs  # (Σ_s v_s w_s e^{−cum_s} k_sᵀ)ᵀ, per head
+        local *= dec[:, :, sl]  # ... e^{cum_end}: the chunk's own contribution to its end state
         sg, sr, sn = np.nonzero(strong[:, :, sl])
         if sg.size:  # the end-state contributions of strongly decaying chunks, from suffix sums
             wk = np.exp(_suffix(ac[sg, sr, g0 + sn], -1))  # e^{Σ_{r=s+1}^{end} log g_r}
             if wc is not None:
                 wk *= wc[sg, sr, g0 + sn]
             ke = kc[sg, g0 + sn] * wk[..., None]
-            local[sg, sn, :, sr] = np.swapaxes(ke, -1, -2) @ vc[sg, sr, g0 + sn]
+            local[sg, sr, sn] = np.swapaxes(ke, -1, -2) @ vc[sg, sr, g0 + sn]
+        Zg[:, :, 0, c:] = S
         for j in range(mm):  # state passing (16.5): S_end = e^{cum_end} S_in + local
-            n = g0 + j
-            np.multiply(ST[:, n], dec[:, n], out=ST[:, n + 1])
-            ST[:, n + 1] += local[:, j]
-        Y = scores @ Vs  # in-chunk (16.3), without the row scaling e^{cum_t}
-        Y += qc[:, sl] @ ST[:, sl].reshape(G, mm, dk, R * dv)  # across chunks: Q S_inᵀ
-        np.multiply(Y.reshape(G, mm, c, R, dv).transpose(0, 3, 1, 2, 4), Et[:, sl].transpose(0, 3, 1, 2, 4), out=o[:, :, sl])
+            nxt = Zg[:, :, j + 1, c:] if j + 1 < mm else S
+            np.multiply(Zg[:, :, j, c:], dec[:, :, g0 + j], out=nxt)
+            nxt += local[:, :, j]
+            if states is not None:
+                states[:, :, g0 + j] = nxt
+        og = np.matmul(Xg, Zg, out=o[:, :, sl])  # in-chunk (16.3) + Q S_inᵀ, without the row scaling
+        og *= Es[:, :, sl, :, None]  # e^{cum_t}
         if sg.size:  # in-chunk weights of strongly decaying chunks from segment sums (exponents <= 0)
             vw = vc[sg, sr, g0 + sn]
             if wc is not None:
                 vw = vw * wc[sg, sr, g0 + sn][..., None]
-            inter = qc[sg, g0 + sn] @ np.moveaxis(ST[sg, g0 + sn], -2, 1)[np.arange(sg.size), sr]  # q S_inᵀ of head r
-            intra = (scores[sg, sn] * np.exp(_segsum(ac[sg, sr, g0 + sn]))) @ vw
-            o[sg, sr, g0 + sn] = E[sg, sr, g0 + sn][..., None] * inter + intra
-    o = o.reshape(G, R, nc * c, dv)[:, :, :L]
-    return o, ST[:, 1:].transpose(0, 3, 1, 4, 2)  # (G, R, nc, Dv, Dk)
+            inter = qc[sg, g0 + sn] @ Zg[sg, sr, sn, c:]  # q S_inᵀ of head r
+            intra = (Xg[sg, 0, sn, :, :c] * np.exp(_segsum(ac[sg, sr, g0 + sn]))) @ vw
+            og[sg, sr, sn] = (E[sg, sr, g0 + sn][..., None] * inter + intra) * scale
+        if skip is not None:
+            og += skip[:, :, None, None, None] * vc[:, :, sl]  # + D x_t
 
 
 def _gla_loop(q, k, v, logg, c: int):
@@ -457,7 +531,10 @@ def _gla_loop(q, k, v, logg, c: int):
     return o, states
 
 
-def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states):
+def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states, scale_q=True):
+    """Validated, broadcast ``q, k, v, log g`` (per head: (..., L, 1)) and ``c``; ``q`` times the
+    scale, or with ``scale_q=False`` unscaled and the scale returned last (the chunked algorithms
+    scale their output instead: one pass over data in cache rather than a copy of ``q``)."""
     q, k, v = _check_qkv(q, k, v)
     L, dk = q.shape[-2:]
     g, per_channel = _check_log_g(log_g, L, dk, k.ndim)
@@ -467,11 +544,12 @@ def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states):
         g = g[..., None]
     batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2]), ("log_g", g.shape[:-2])])
     L = q.shape[-2]
-    q = np.broadcast_to(q * _scale(scale, dk), batch + q.shape[-2:])
+    s = _scale(scale, dk)
+    q = np.broadcast_to(q * s if scale_q else q, batch + q.shape[-2:])
     k = np.broadcast_to(k, batch + k.shape[-2:])
     v = np.broadcast_to(v, batch + v.shape[-2:])
     g = np.broadcast_to(g, batch + (L, g.shape[-1]))
-    return q, k, v, g, c
+    return (q, k, v, g, c) if scale_q else (q, k, v, g, c, s)
 
 
 @guard_overflow()
@@ -519,7 +597,9 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     ``e^{−cum} ≤ e^{30}`` cannot overflow and costs a few ulps; chunks that decay further (gates
     near 0) use the exact segment sums ((c, c, Dk) per key channel) — the float64 counterpart of
     the GLA paper's secondary chunking. Every other exponent is ≤ 0, so nothing overflows at any
-    L. The chunks are processed in groups small enough to stay in the processor's cache.
+    L. The in-chunk form and the readout of the entering state are one product per chunk,
+    ``[tril(Qe Kfᵀ) | Qe] [V ; S_inᵀ]``; the chunks are processed in groups small enough to stay
+    in the processor's cache, and independent heads run in parallel threads.
     Twins: :func:`gated_linear_attention_loop` (the recurrence),
     :func:`gated_linear_attention_parallel` (the dense masked form).
 
@@ -533,8 +613,8 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     >>> o.shape, bool(np.allclose(o, gated_linear_attention_parallel(q, k, v, log_g)))
     ((6, 2), True)
     """
-    q, k, v, g, c = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states)
-    o, states = _gla_chunked(q, k, v, g, c)
+    q, k, v, g, c, s = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states, scale_q=False)
+    o, states = _gla_chunked(q, k, v, g, c, keep_states=return_chunk_states, scale=s)
     return (o, states) if return_chunk_states else o
 
 
@@ -806,8 +886,10 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     The chunked algorithm is that of :func:`gated_linear_attention` with a gate per head: in a
     chunk ``y = e^{cum_t} ⊙ (tril(C Bᵀ) (Δ x ⊙ e^{−cum}) + C h_inᵀ)`` (``cum`` the chunk's
     cumulative ``Δ A``, used where the chunk decays by less than ``e^{−30}``; segment sums
-    elsewhere), so the heads of a group, which share ``B`` and ``C``, stand side by side as the
-    columns of one matrix product per chunk.
+    elsewhere). The in-chunk form and the readout of the entering state are one product
+    ``[tril(C Bᵀ) | C] [Δ x ⊙ e^{−cum} ; h_inᵀ]`` per head and chunk, whose left factor the heads
+    of a group (which share ``B`` and ``C``) share; independent groups or heads run in parallel
+    threads.
 
     Examples
     --------
@@ -823,13 +905,30 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     """
     x, dt, A, B, C, D, c = _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states, grouped=True)
     batch, (H, L, P), (G, N) = x.shape[:-3], x.shape[-3:], B.shape[-3::2]
-    R = H // G  # heads per group, stacked side by side in the chunked products
-    y, states = _scalar_chunked(  # q = C, k = B, v = x weighted by Δ, log g_t = Δ_t A_h
-        C.reshape(-1, L, N), B.reshape(-1, L, N), x.reshape(-1, R, L, P), (dt * A[:, None]).reshape(-1, R, L), c,
-        w=dt.reshape(-1, R, L),
-    )
-    y = y.reshape(batch + (H, L, P))
-    return _ssd_finish(y, x, D, states.reshape(batch + (H,) + states.shape[-3:]), return_chunk_states)
+    R = H // G  # heads per group: they share the left factor of the chunked products
+    # q = C, k = B, v = x weighted by Δ, log g_t = Δ_t A_h; groups (batch × G) first, R heads each
+    q, k = C.reshape(-1, L, N), B.reshape(-1, L, N)
+    v, loga, w = x.reshape(-1, R, L, P), (dt * A[:, None]).reshape(-1, R, L), dt.reshape(-1, R, L)
+    skip = None if D is None else np.broadcast_to(D.reshape(G, R), batch + (G, R)).reshape(-1, R)
+    ng, nc = q.shape[0], -(-L // c)
+    o = np.empty((ng, R, nc, c, P))
+    states = np.empty((ng, R, nc, N, P)) if return_chunk_states else None  # transposed chunk-end states
+
+    def part(a, sl, axis):  # the part ``sl`` of ``a`` along the groups (axis 0) or the heads (axis 1)
+        return None if a is None else (a[sl] if axis == 0 else a[:, sl])
+
+    axis = 0 if ng >= min(R, _THREADS) else 1  # split the groups or, if there are fewer, the heads
+
+    def run(sl):
+        qs, ks = (q[sl], k[sl]) if axis == 0 else (q, k)
+        _scalar_chunked(qs, ks, part(v, sl, axis), part(loga, sl, axis), c, part(o, sl, axis),
+                        part(states, sl, axis), w=part(w, sl, axis), skip=part(skip, sl, axis))
+
+    _in_parts(run, o.shape[axis], x.size)
+    y = o.reshape(ng, R, nc * c, P)[:, :, :L].reshape(batch + (H, L, P))
+    if return_chunk_states:
+        states = np.swapaxes(states, -1, -2).reshape(batch + (H, nc, P, N))
+    return _ssd_finish(y, x, None, states, return_chunk_states)  # None: the core has added D x_t
 
 
 @guard_overflow()
@@ -908,10 +1007,12 @@ def ssd_quadratic(x, dt, A, B, C, D=None, *, return_matrix=False):
 # ---------------------------------------------------------------------------------------------
 
 
-def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states):
+def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, scale_q=True):
+    """Validated, broadcast ``q, k, v, β, log g`` and ``c``; ``q`` times the scale, or with
+    ``scale_q=False`` unscaled and the scale returned last (as in :func:`_gla_setup`)."""
     q, k, v = _check_qkv(q, k, v)
     L, dk = q.shape[-2:]
-    norms = np.linalg.norm(k, axis=-1)
+    norms = np.sqrt(np.einsum("...j,...j->...", k, k))  # ‖k_t‖
     if norms.size and np.max(np.abs(norms - 1.0)) > KEY_NORM_TOL:
         worst = norms.flat[int(np.argmax(np.abs(norms - 1.0)))]
         raise ValueError(
@@ -934,101 +1035,153 @@ def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states):
     batch = _batch(
         [("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2]), ("beta", b.shape[:-1]), ("log_g", g.shape[:-1])]
     )
-    q = np.broadcast_to(q * _scale(scale, dk), batch + q.shape[-2:])
+    s = _scale(scale, dk)
+    q = np.broadcast_to(q * s if scale_q else q, batch + q.shape[-2:])
     k = np.broadcast_to(k, batch + k.shape[-2:])
     v = np.broadcast_to(v, batch + v.shape[-2:])
     b = np.broadcast_to(b, batch + (L,))
     g = np.broadcast_to(g, batch + (L,))
-    return q, k, v, b, g, c
+    return (q, k, v, b, g, c) if scale_q else (q, k, v, b, g, c, s)
 
 
-def _unit_lower_solve(A: np.ndarray, R: np.ndarray, block: int = 8) -> np.ndarray:
-    """Solve ``(I + A) X = R`` for strictly lower-triangular ``A`` (..., c, c), by blocks of rows.
+def _unit_lower_inverse(A: np.ndarray) -> np.ndarray:
+    """``(I + A)^{−1}`` for strictly lower-triangular ``A`` (..., c, c), by doubling the diagonal blocks.
 
-    Block forward substitution: ``X_i = (I + A_ii)^{−1} (R_i − A_{i,<i} X_{<i})``, the inverses
-    of the small diagonal blocks from one batched LAPACK call and the rest matrix products, for
-    every chunk at once. Measured about twice as fast as a batched ``numpy.linalg.solve``, and
-    unlike a batched ``scipy.linalg.solve_triangular`` (OpenBLAS ``trsm``, whose threads make it
-    10 to 50 times slower when two threads share a busy machine) it stays fast with threads.
+    The inverse of a unit lower-triangular block matrix is
+    ``[[T₁, 0], [−T₂ A₂₁ T₁, T₂]]`` with ``T₁, T₂`` the inverses of its diagonal blocks (the
+    blocked algorithm of LAPACK's ``trtri``). Starting from blocks of one row (T = I), each level
+    fills the lower-left quarter of every 2h × 2h diagonal block with two matrix products, for all
+    blocks of all chunks at once: log₂ c levels of batched products, no per-chunk LAPACK call.
+    (A batched ``scipy.linalg.solve_triangular``, OpenBLAS ``trsm``, is 10 to 50 times slower
+    when its two threads share a busy machine; a batched ``numpy.linalg.inv`` pivots and costs
+    more.) ``A`` is padded with zero rows to a power of two (the padding's block of the inverse is I).
     """
     c = A.shape[-1]
-    X = np.empty(np.broadcast_shapes(A.shape[:-1], R.shape[:-2] + (c,)) + R.shape[-1:])
-    for i0 in range(0, c, block):  # c / block steps over the rows of a chunk
-        r = slice(i0, min(c, i0 + block))
-        Ri = R[..., r, :] - A[..., r, :i0] @ X[..., :i0, :] if i0 else R[..., r, :]
-        np.matmul(np.linalg.inv(A[..., r, r] + np.eye(r.stop - i0)), Ri, out=X[..., r, :])
-    return X
+    p = 1 << max(0, (c - 1).bit_length())  # c rounded up to a power of two
+    if p != c:
+        A = np.pad(A, [(0, 0)] * (A.ndim - 2) + [(0, p - c), (0, p - c)])
+    batch = A.shape[:-2]
+    T = np.zeros(batch + (p, p))
+    np.einsum("...ii->...i", T)[...] = 1.0  # the inverses of the 1 × 1 diagonal blocks
+    h = 1
+    while h < p:  # merge pairs of h × h blocks into 2h × 2h blocks
+        shape = batch + (p // (2 * h), 2 * h, p // (2 * h), 2 * h)
+        Tb = np.einsum("...ijik->...ijk", T.reshape(shape))  # the 2h × 2h diagonal blocks (a writable view)
+        Ab = np.einsum("...ijik->...ijk", A.reshape(shape))
+        T1, T2 = Tb[..., :h, :h], Tb[..., h:, h:]
+        np.matmul(-(T2 @ Ab[..., h:, :h]), T1, out=Tb[..., h:, :h])  # −T₂ A₂₁ T₁
+        h *= 2
+    return T[..., :c, :c]
 
 
-def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False):
-    """Chunked delta rule (16.11)-(16.12); with ``return_factors`` also the WY factor ``W`` and
-    ``T diag(β) V`` per chunk, shapes (*b, n_chunks, c, Dk) and (*b, n_chunks, c, Dv) (the oracle's
-    intermediates; rows past L in the last chunk are padding).
+def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, keep_states: bool = True,
+                   scale: float = 1.0):
+    """Chunked delta rule (16.11)-(16.12): ``o`` (*b, L, Dv) and the chunk-end states
+    (*b, n_chunks, Dv, Dk) (None without ``keep_states``); with ``return_factors`` also the WY
+    factor ``W`` and ``T diag(β) V`` per chunk, shapes (*b, n_chunks, c, Dk) and
+    (*b, n_chunks, c, Dv) (the oracle's intermediates; rows past L in the last chunk are padding).
+    ``scale`` multiplies the queries. The batch entries (heads) are split over threads.
+    """
+    batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
+    q, k, v = (a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v))
+    beta, logg = beta.reshape(-1, L), logg.reshape(-1, L)
+    nb, nc = q.shape[0], -(-L // c)
+    o = np.empty((nb, nc, c, dv))
+    states = np.empty((nb, nc, dk, dv)) if keep_states or return_factors else None  # transposed
+    factors = (np.empty((nb, nc, c, dk)), np.empty((nb, nc, c, dv))) if return_factors else None
+
+    def run(sl):
+        _delta_core(q[sl], k[sl], v[sl], beta[sl], logg[sl], c, o[sl], None if states is None else states[sl],
+                    None if factors is None else (factors[0][sl], factors[1][sl]), scale)
+
+    _in_parts(run, nb, q.size)
+    o = o.reshape((nb, nc * c, dv))[:, :L].reshape(batch + (L, dv))
+    if states is not None:
+        states = np.swapaxes(states, -1, -2).reshape(batch + (nc, dv, dk))
+    if return_factors:
+        W, TV = (a.reshape(batch + a.shape[1:]) for a in factors)
+        return o, states, W, TV
+    return o, states
+
+
+def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale: float = 1.0):
+    """The chunked delta rule on ``q, k`` (nb, L, Dk), ``v`` (nb, L, Dv), ``beta, logg`` (nb, L).
+
+    Writes the output, padded to whole chunks, into ``o`` (nb, n_chunks, c, Dv), unless None the
+    transposed chunk-end states ``S_endᵀ`` into ``states`` (nb, n_chunks, Dk, Dv), and unless None
+    ``W`` and ``T diag(β) V`` into the pair of arrays ``factors``; ``scale`` multiplies the
+    queries (applied to the output, which is linear in them).
 
     The decays ``Γ_ts = γ_t/γ_s = e^{cum_t − cum_s}`` (``cum`` the in-chunk cumulative log-gate)
     enter as row and column scalings of ``K Kᵀ`` and ``Q Kᵀ`` in chunks whose decay stays above
-    ``e^{−_FACTOR_LOG}``; chunks that decay further take segment sums (exponents <= 0). The state
-    enters chunk n + 1 as ``S_{n+1} = S_n (γ_end I − Wᵀ K_Γ) + (T diag(β) V)ᵀ K_Γ`` with
-    ``K_Γ = diag(γ_end/γ_s) K`` (16.12): both matrices are products formed for all chunks at once,
-    so the sequential loop over chunks is one (Dv × Dk)(Dk × Dk) product per chunk.
+    ``e^{−_FACTOR_LOG}``; chunks that decay further take segment sums (exponents <= 0). Everything
+    that does not depend on the entering state (the UT transform ``T``, the masked scores) is
+    formed for all chunks of a group at once; the loop over chunks then does three
+    (c × c or Dk)(· × Dv) products per chunk: the pseudo-values
+    ``U = T diag(β) V − W S_inᵀ = T (diag(β) V − diag(β γ) K S_inᵀ)`` (``W = T diag(β γ) K`` the
+    WY factor; applying ``T`` last saves the product ``W``) and the next state
+    ``S_endᵀ = γ_end S_inᵀ + K_Γᵀ U`` with ``K_Γ = diag(γ_end/γ_s) K`` (16.12).
+    The output of a chunk is one product ``[tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] [U ; S_inᵀ]``. Each
+    product has at most 64 × 64 outputs per call for the default chunk and Dk, Dv <= 64, so
+    OpenBLAS keeps it on the calling thread (see ``_THREADS``).
     """
-    batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
-    qc, kc, vc = (_chunks(a.reshape((-1,) + a.shape[-2:]), c, -2) for a in (q, k, v))  # (nb, nc, c, ·); padding: k = 0
-    bc, gc = (_chunks(a.reshape(-1, L), c, -1) for a in (beta, logg))  # (nb, nc, c); padding: β = 0
+    dk = q.shape[-1]
+    qc, kc, vc = (_chunks(a, c, -2) for a in (q, k, v))  # (nb, nc, c, ·); padding: k = 0
+    bc, gc = (_chunks(a, c, -1) for a in (beta, logg))  # (nb, nc, c); padding: β = 0
     nb, nc = qc.shape[:2]
     cum = np.cumsum(gc, axis=-1)  # log γ_t = Σ_{r=start}^{t} log g_r
     gam = np.exp(cum)  # γ_t
     ginv = 1.0 / np.maximum(gam, _TINY)  # 1/γ_s (clamped: exact path below where it matters)
-    gend = gam[..., -1:]  # γ_end, (nb, nc, 1)
+    gend = gam[..., -1, None, None]  # γ_end, (nb, nc, 1, 1)
     strong = cum[..., -1] < -_FACTOR_LOG
     strict, tri = np.tri(c, c, -1), np.tri(c)
-    o = np.empty((nb, nc, c, dv))
-    S = np.empty((nb, nc + 1, dv, dk))  # S[:, n] enters chunk n, S[:, n + 1] leaves it
-    S[:, 0] = 0.0
-    if return_factors:
-        W_all, U0_all = np.empty((nb, nc, c, dk)), np.empty((nb, nc, c, dv))
-    m = _group(nb, c)
+    dv = v.shape[-1]
+    S = np.zeros((nb, dk, dv))  # S_inᵀ entering the next group
+    m = min(nc, _group(nb, c))
+    X = np.empty((nb, m, c, c + dk))  # [tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] per chunk
+    Z = np.empty((nb, m, c + dk, dv))  # [U ; S_inᵀ] per chunk
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
-        qg, kg, vg, bg, gg, gi = qc[:, sl], kc[:, sl], vc[:, sl], bc[:, sl], gam[:, sl], ginv[:, sl]
+        mm = sl.stop - g0
+        Xg, Zg = X[:, :mm], Z[:, :mm]
+        kg, bg, gg, gi = kc[:, sl], bc[:, sl, :, None], gam[:, sl, :, None], ginv[:, sl, :, None]
         # UT transform (16.11): (I + tril(diag(β) (Γ ⊙ K Kᵀ), −1)) [W | U0] = [diag(β γ) K | diag(β) V];
         # with Γ_ts = γ_t/γ_s the decays are row and column scalings of the small (c, Dk) factors
-        rhs = np.empty(kg.shape[:-1] + (dk + dv,))
-        Kb = np.multiply(kg, (bg * gg)[..., None], out=rhs[..., :dk])  # diag(β γ) K
-        np.multiply(vg, bg[..., None], out=rhs[..., dk:])  # diag(β) V
-        Ki = kg * gi[..., None]  # diag(1/γ) K
-        Qg = qg * gg[..., None]  # diag(γ) Q
-        A = Kb @ np.swapaxes(Ki, -1, -2)  # β_t (γ_t/γ_s) (k_t · k_s)
+        Kb = kg * (bg * gg)  # diag(β γ) K
+        Vb = vc[:, sl] * bg  # diag(β) V
+        KiT = np.swapaxes(kg * gi, -1, -2)  # (diag(1/γ) K)ᵀ
+        A = Kb @ KiT  # β_t (γ_t/γ_s) (k_t · k_s)
         A *= strict
-        P = Qg @ np.swapaxes(Ki, -1, -2)
+        Qg = np.multiply(qc[:, sl], gg, out=Xg[..., c:])  # diag(γ) Q
+        P = np.matmul(Qg, KiT, out=Xg[..., :c])
         P *= tri  # tril(Γ ⊙ Q Kᵀ)
-        Kg = Ki * gend[:, sl, :, None]  # K_Γ = diag(γ_end/γ_s) K
+        KgT = KiT * gend[:, sl]  # K_Γᵀ = (diag(γ_end/γ_s) K)ᵀ
         sb, sn = np.nonzero(strong[:, sl])
         if sb.size:  # chunks that decay below e^{−_FACTOR_LOG}: Γ from segment sums
             n = g0 + sn
             Gam = np.exp(_segsum(gc[sb, n]))  # Γ_ts, 0 above the diagonal
             A[sb, sn] = strict * bc[sb, n][..., None] * Gam * (kc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
             P[sb, sn] = Gam * (qc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
-            Kg[sb, sn] = kc[sb, n] * np.exp(_suffix(gc[sb, n], -1))[..., None]
-        WU = _unit_lower_solve(A, rhs)  # all chunks of the group at once
-        W, U0 = WU[..., :dk], WU[..., dk:]  # W = T diag(β γ) K (WY factor), U0 = T diag(β) V
-        MB = np.swapaxes(WU, -1, -2) @ Kg  # [Wᵀ K_Γ ; U0ᵀ K_Γ]
-        M = -MB[..., :dk, :]
-        M += gend[:, sl, :, None] * np.eye(dk)  # γ_end I − Wᵀ K_Γ
-        for j in range(M.shape[1]):  # the state passes from chunk to chunk: a short loop over chunks
-            np.matmul(S[:, g0 + j], M[:, j], out=S[:, g0 + j + 1])
-            S[:, g0 + j + 1] += MB[:, j, dk:, :]  # S_end = S_in (γ_end I − Wᵀ K_Γ) + U0ᵀ K_Γ
-        St = np.swapaxes(S[:, sl], -1, -2)  # S_inᵀ
-        U = U0 - W @ St  # pseudo-values u_t = U0 − W S_inᵀ
-        og = np.matmul(P, U, out=o[:, sl])
-        og += Qg @ St  # (16.12): diag(γ) Q S_inᵀ + tril(Γ ⊙ Q Kᵀ) U
-        if return_factors:
-            W_all[:, sl], U0_all[:, sl] = W, U0
-    o = o.reshape((nb, nc * c, dv))[:, :L].reshape(batch + (L, dv))
-    states = S[:, 1:].reshape(batch + (nc, dv, dk))
-    if return_factors:
-        return o, states, W_all.reshape(batch + W_all.shape[1:]), U0_all.reshape(batch + U0_all.shape[1:])
-    return o, states
+            KgT[sb, sn] = np.swapaxes(kc[sb, n] * np.exp(_suffix(gc[sb, n], -1))[..., None], -1, -2)
+        T = _unit_lower_inverse(A)  # T = (I + A)^{-1}, all chunks of the group at once
+        R = np.empty(Vb.shape[:1] + Vb.shape[2:])  # diag(β) (V − diag(γ) K S_inᵀ) of one chunk
+        Zg[:, 0, c:] = S
+        for j in range(mm):  # the state passes from chunk to chunk: a short loop over chunks
+            St, U = Zg[:, j, c:], Zg[:, j, :c]
+            np.matmul(Kb[:, j], St, out=R)
+            np.subtract(Vb[:, j], R, out=R)
+            np.matmul(T[:, j], R, out=U)  # pseudo-values U = T diag(β) V − W S_inᵀ = T R
+            nxt = Zg[:, j + 1, c:] if j + 1 < mm else S
+            np.matmul(KgT[:, j], U, out=nxt)
+            nxt += gend[:, g0 + j] * St  # S_endᵀ = γ_end S_inᵀ + K_Γᵀ U
+            if states is not None:
+                states[:, g0 + j] = nxt
+        og = np.matmul(Xg, Zg, out=o[:, sl])  # (16.12): tril(Γ ⊙ Q Kᵀ) U + diag(γ) Q S_inᵀ
+        if scale != 1.0:
+            og *= scale
+        if factors is not None:  # the WY factor W = T diag(β γ) K and T diag(β) V
+            np.matmul(T, Kb, out=factors[0][:, sl])
+            np.matmul(T, Vb, out=factors[1][:, sl])
 
 
 def _delta_loop(q, k, v, beta, logg, c: int):
@@ -1091,12 +1244,16 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     Chunked form: inside a chunk the pseudo-values ``u_t = β_t (v_t − g_t S_{t−1} k_t)``
     satisfy a unit lower-triangular system (the UT transform, Eq. (16.11)), solved for all
     chunks at once; then ``S_t = γ_t S_0 + Σ_{i≤t} (γ_t/γ_i) u_i k_iᵀ``, so outputs and the next
-    chunk's state are matrix products (16.12). With the WY factor ``W`` the state passes as
-    ``S_end = S_0 (γ_end I − Wᵀ K_Γ) + (T diag(β) V)ᵀ K_Γ``, ``K_Γ = diag(γ_end/γ_i) K``: both
-    matrices are formed for all chunks at once, and the loop over the L/c chunks is one
-    (Dv × Dk)(Dk × Dk) product each. Decays ``γ_t/γ_i`` are row and column scalings in chunks
-    that decay by less than ``e^{−30}`` and exponentials of segment sums (≤ 0) elsewhere. Work
-    O(L c (Dk + Dv) + L Dk (Dk + Dv)). Twin: :func:`delta_rule_loop`.
+    chunk's state are matrix products (16.12). With the WY factor ``W = T diag(β γ) K`` the
+    pseudo-values are ``U = T diag(β) V − W S_0ᵀ`` and the state passes as
+    ``S_end = γ_end S_0 + Uᵀ K_Γ``, ``K_Γ = diag(γ_end/γ_i) K``: ``T``, ``W``, ``T diag(β) V`` and
+    ``K_Γ`` are formed for all chunks at once, and the loop over the L/c chunks is two
+    (c × Dk)(Dk × Dv)-sized products each. The inverse ``T`` of the unit lower-triangular
+    system is built by doubling its diagonal blocks (LAPACK's blocked ``trtri`` algorithm), as
+    batched products. Decays ``γ_t/γ_i`` are row and column scalings in chunks that decay by
+    less than ``e^{−30}`` and exponentials of segment sums (≤ 0) elsewhere. Work
+    O(L c (Dk + Dv) + L Dk Dv); independent heads run in parallel threads.
+    Twin: :func:`delta_rule_loop`.
 
     Examples
     --------
@@ -1110,8 +1267,8 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     >>> o.shape, bool(np.allclose(o, delta_rule_loop(q, k, v, beta, log_g=log_g)))
     ((6, 2), True)
     """
-    q, k, v, b, g, c = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states)
-    o, states = _delta_chunked(q, k, v, b, g, c)
+    q, k, v, b, g, c, s = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, scale_q=False)
+    o, states = _delta_chunked(q, k, v, b, g, c, keep_states=return_chunk_states, scale=s)
     return (o, states) if return_chunk_states else o
 
 

@@ -193,6 +193,54 @@ def test_chunked_long_sequence_strong_decay_vs_recurrence(form):
     close(got, want, rtol=SELF, what=f"{form}, L = 4096, strong and weak decay, chunked vs recurrence")
 
 
+@pytest.mark.parametrize("group_rows, threads", [(1, 1), (100, 3), (1 << 20, 2)])
+@pytest.mark.parametrize("form", ["gla per channel", "gla per head", "ssd one group", "ssd groups", "gated delta rule"])
+def test_chunk_groups_and_threads_do_not_change_the_result(monkeypatch, form, group_rows, threads):
+    # the chunked forms run on groups of chunks (one chunk per group, groups of 2 or 3 chunks with
+    # a shorter last one, or all chunks in one group) and split the heads over threads (3 threads
+    # for 4 heads: uneven parts; SSD with one group splits its heads, with two groups the groups);
+    # outputs and chunk-end states must be those of the recurrence, with strong and weak decays
+    monkeypatch.setattr(lr, "_GROUP_ROWS", group_rows)
+    monkeypatch.setattr(lr, "_THREADS", threads)
+    monkeypatch.setattr(lr, "_THREAD_MIN_ELEMS", 0)
+    rng = np.random.default_rng(40)
+    L, c = 203, 8  # 26 chunks, the last one short
+    kw = dict(chunk_size=c, return_chunk_states=True)
+    if form.startswith("ssd"):
+        x, dt, A, B, C, D = _ssd_inputs(41, batch=(), H=4, G=1 if form == "ssd one group" else 2, L=L, P=3, N=5)
+        dt[1, 40:60] = 1e3  # chunks of head 1 that decay below e^{-30}
+        got, want = lr.ssd(x, dt, A, B, C, D, **kw), lr.ssd_loop(x, dt, A, B, C, D, **kw)
+    elif form == "gated delta rule":
+        rng, q, k, v = _qkv(42, batch=(4,), L=L, dk=5, dv=3)
+        beta = rng.uniform(0.05, 1.95, (4, L))
+        log_g = _strong_log_gates(rng, (4, L))
+        got = lr.delta_rule(q, _unit(k), v, beta, log_g=log_g, **kw)
+        want = lr.delta_rule_loop(q, _unit(k), v, beta, log_g=log_g, **kw)
+    else:
+        rng, q, k, v = _qkv(43, batch=(4,), L=L, dk=5, dv=3)
+        log_g = _strong_log_gates(rng, (4, 5, L)).swapaxes(-1, -2) if form == "gla per channel" else _strong_log_gates(rng, (4, L))
+        got = lr.gated_linear_attention(q, k, v, log_g, **kw)
+        want = lr.gated_linear_attention_loop(q, k, v, log_g, **kw)
+    close(got[0], want[0], rtol=SELF, what=f"{form}: groups of chunks and threads vs recurrence")
+    close(got[1], want[1], rtol=SELF, what=f"{form}: chunk-end states, groups of chunks and threads vs recurrence")
+
+
+def test_threads_keep_the_callers_floating_point_error_state(monkeypatch):
+    # the threads run in a copy of the caller's context, so np.errstate (a context variable)
+    # reaches them: decays that underflow inside a thread raise nothing when the caller silences
+    # them, and a caller's errstate(under="raise") is seen by the threads
+    monkeypatch.setattr(lr, "_THREADS", 2)
+    monkeypatch.setattr(lr, "_THREAD_MIN_ELEMS", 0)
+    rng, q, k, v = _qkv(44, batch=(2,), L=40, dk=3, dv=2)
+    log_g = np.full(q.shape[:-1], -800.0)  # e^{-800} underflows to 0
+    with np.errstate(under="raise"):
+        # the core computes e^{cum} with cum down to −32000: an underflow in a worker thread
+        with pytest.raises(FloatingPointError):
+            lr._gla_chunked(q, k, v, log_g[..., None], 8)
+    y = lr.gated_linear_attention(q, k, v, log_g, chunk_size=8)  # guard_overflow silences it
+    close(y, lr.gated_linear_attention_loop(q, k, v, log_g), rtol=SELF, what="GLA threads, gates underflowing to 0")
+
+
 def test_gla_without_forgetting_is_causal_linear_attention():
     rng, q, k, v = _qkv(5)
     y = lr.gated_linear_attention(q, k, v, np.zeros(q.shape[:-1]), scale=1.0, chunk_size=6)
