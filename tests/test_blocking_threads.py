@@ -1,0 +1,95 @@
+"""``refimpl._blocking.in_parts``: independent parts in threads give the unthreaded result.
+
+The split must change nothing: every part is computed by the same operations whether it runs
+in a thread or in the caller, NumPy's error state reaches the threads, and an exception of a
+part reaches the caller.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import refimpl._blocking as blocking
+
+
+def _rows_softmax(x: np.ndarray, out: np.ndarray):
+    """A ``run`` for in_parts: a row softmax of x[part] (a GEMM and ufuncs, like attention's blocks)."""
+
+    def run(part: slice) -> None:
+        s = x[part] @ np.swapaxes(x[part], -1, -2)
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        out[part] = s / s.sum(axis=-1, keepdims=True)
+
+    return run
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 16])
+def test_threaded_parts_are_bitwise_the_unthreaded_ones(monkeypatch, n):
+    x = np.random.default_rng(n).standard_normal((n, 40, 8))
+    threaded, single = np.empty((n, 40, 40)), np.empty((n, 40, 40))
+    monkeypatch.setattr(blocking, "THREADS", 4)
+    blocking.in_parts(_rows_softmax(x, threaded), n, elems=10**9)
+    monkeypatch.setattr(blocking, "THREADS", 1)
+    blocking.in_parts(_rows_softmax(x, single), n, elems=10**9)
+    assert np.array_equal(threaded, single)
+
+
+def _record(calls: list):
+    def run(part: slice) -> None:
+        calls.append((part.start, part.stop, threading.get_ident()))
+
+    return run
+
+
+def test_parts_cover_the_range_once_in_contiguous_slices(monkeypatch):
+    monkeypatch.setattr(blocking, "THREADS", 3)
+    calls = []
+    blocking.in_parts(_record(calls), 10, elems=blocking.THREAD_MIN_ELEMS)
+    spans = sorted(c[:2] for c in calls)
+    assert spans == [(0, 3), (3, 6), (6, 10)]
+    assert threading.get_ident() not in {c[2] for c in calls}  # the parts ran in the pool's threads
+
+
+@pytest.mark.parametrize(
+    "threads, n, elems", [(1, 10, 10**9), (4, 1, 10**9), (4, 10, blocking.THREAD_MIN_ELEMS - 1), (4, 0, 10**9)]
+)
+def test_one_call_in_the_caller_when_threads_do_not_pay(monkeypatch, threads, n, elems):
+    monkeypatch.setattr(blocking, "THREADS", threads)
+    calls = []
+    blocking.in_parts(_record(calls), n, elems)
+    assert calls == [(0, n, threading.get_ident())]
+
+
+def test_threads_see_the_callers_numpy_error_state(monkeypatch):
+    monkeypatch.setattr(blocking, "THREADS", 2)
+    seen = {}
+
+    def run(part: slice) -> None:
+        seen[part.start] = np.geterr()["over"]
+        np.exp(np.array([1000.0]))  # overflows: raises only under the caller's errstate
+
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        blocking.in_parts(run, 2, elems=10**9)
+    assert seen == {0: "raise", 1: "raise"}
+    with np.errstate(over="ignore"):
+        blocking.in_parts(run, 2, elems=10**9)  # the same parts, silent under the caller's "ignore"
+
+
+def test_an_exception_of_a_part_reaches_the_caller(monkeypatch):
+    monkeypatch.setattr(blocking, "THREADS", 2)
+
+    def run(part: slice) -> None:
+        if part.start > 0:
+            raise ValueError(f"part {part.start}")
+
+    with pytest.raises(ValueError, match="part 1"):
+        blocking.in_parts(run, 2, elems=10**9)
+
+
+def test_threads_default_to_the_usable_cores():
+    assert 1 <= blocking.THREADS <= 8
+    assert blocking.THREADS == min(8, blocking._usable_cores())
