@@ -85,13 +85,11 @@ References
 
 from __future__ import annotations
 
-import contextvars
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import _blocking
 from ._scan import linear_scan
 from ._validate import as_bool, as_int, as_positive_scalar, as_real_array, guard_overflow
 from .attention import _scale  # scale = 1/√Dk unless given, as in softmax attention
@@ -132,24 +130,14 @@ _TINY = math.exp(-_FACTOR_LOG)  # e^{−cum} is evaluated as 1 / max(e^{cum}, _T
 _GROUP_ROWS = 2048
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-# Threads over which the chunked algorithms split independent heads (or batch entries). Their
-# BLAS calls are small (at most 64 × 64 outputs each with the default chunk and heads of up to
-# 64 dimensions; measured with OpenBLAS 0.3: such calls stay on the calling thread, while a
-# (64 × 64)(64 × 256) product already uses two): the cores are used by splitting the heads, not
-# by splitting each small product, which stalls whenever one of its threads is descheduled on a
-# busy machine (measured: SSD 13 times slower with one competing process when its four heads
-# stood side by side in (64 × 64)(64 × 256) products). The split changes no result: each head is
-# computed by the same operations.
-_THREADS = min(8, _usable_cores())
-# Below this many elements of q (batch × L × Dk) the chunked algorithms run in the calling thread.
-_THREAD_MIN_ELEMS = 1 << 16
+# The chunked algorithms split independent heads (or batch entries, or SSD's groups) over threads
+# (refimpl._blocking.in_parts). Their BLAS calls are small (at most 64 × 64 outputs each with the
+# default chunk and heads of up to 64 dimensions; measured with OpenBLAS 0.3: such calls stay on the
+# calling thread, while a (64 × 64)(64 × 256) product already uses two): the cores are used by
+# splitting the heads, not by splitting each small product, which stalls whenever one of its threads
+# is descheduled on a busy machine (measured: SSD 13 times slower with one competing process when its
+# four heads stood side by side in (64 × 64)(64 × 256) products). The split changes no result: each
+# head is computed by the same operations.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,25 +293,6 @@ def _group(rows: int, c: int) -> int:
     return max(1, _GROUP_ROWS // max(1, rows * c))
 
 
-def _in_parts(run, n: int, elems: int) -> None:
-    """Call ``run(slice)`` on contiguous parts of ``range(n)`` (the independent heads), in threads.
-
-    ``run`` writes its results into preallocated arrays; ``elems`` (the input's size) decides
-    whether threads pay off. One part per thread, at most ``_THREADS``.
-    """
-    parts = min(n, _THREADS) if elems >= _THREAD_MIN_ELEMS else 1
-    bounds = [n * i // parts for i in range(parts + 1)]
-    slices = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
-    if parts <= 1:
-        run(slice(0, n))
-        return
-    with ThreadPoolExecutor(parts) as pool:
-        # each thread runs in a copy of the caller's context: NumPy's error state (np.errstate, set
-        # by guard_overflow) is a context variable and would otherwise be the default in the threads
-        for done in [pool.submit(contextvars.copy_context().run, run, sl) for sl in slices]:
-            done.result()  # re-raises an exception of the thread
-
-
 def _cumsum_rows(a: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Inclusive cumulative sums along axis −2 (the c steps of a chunk), one row at a time, into ``out``.
 
@@ -358,7 +327,7 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
         def run(sl):
             _channel_chunked(q[sl], k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl], scale)
 
-    _in_parts(run, nb, q.size)
+    _blocking.in_parts(run, nb, q.size)
     o = o.reshape(nb, nc * c, dv)[:, :L].reshape(batch + (L, dv))
     if states is not None:
         states = np.swapaxes(states, -1, -2).reshape(batch + (nc, dv, dk))
@@ -381,7 +350,7 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
     where the chunk's total decay stays above ``e^{−_FACTOR_LOG}`` (then ``e^{−cum} <= e^{30}``);
     chunks that decay further (gates near 0) are recomputed from segment sums, whose exponents
     are all <= 0. Each product has at most 64 × 64 outputs per call for the default chunk and
-    Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see ``_THREADS``).
+    Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see :func:`refimpl._blocking.in_parts`).
     """
     nb, L, dk = q.shape
     dv = v.shape[-1]
@@ -453,7 +422,7 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
     readout of the entering state at once, and its left factor is shared by the R heads of a
     group (Mamba-2's shared B, C). Each product has at most 64 × 64 outputs per call for the
     default chunk and Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see
-    ``_THREADS``). Chunks that decay below ``e^{−_FACTOR_LOG}`` are recomputed from segment sums,
+    refimpl._blocking.in_parts). Chunks that decay below ``e^{−_FACTOR_LOG}`` are recomputed from segment sums,
     as in :func:`_channel_chunked`.
     """
     G, L, dk = q.shape
@@ -917,14 +886,14 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     def part(a, sl, axis):  # the part ``sl`` of ``a`` along the groups (axis 0) or the heads (axis 1)
         return None if a is None else (a[sl] if axis == 0 else a[:, sl])
 
-    axis = 0 if ng >= min(R, _THREADS) else 1  # split the groups or, if there are fewer, the heads
+    axis = 0 if ng >= min(R, _blocking.THREADS) else 1  # split the groups or, if there are fewer, the heads
 
     def run(sl):
         qs, ks = (q[sl], k[sl]) if axis == 0 else (q, k)
         _scalar_chunked(qs, ks, part(v, sl, axis), part(loga, sl, axis), c, part(o, sl, axis),
                         part(states, sl, axis), w=part(w, sl, axis), skip=part(skip, sl, axis))
 
-    _in_parts(run, o.shape[axis], x.size)
+    _blocking.in_parts(run, o.shape[axis], x.size)
     y = o.reshape(ng, R, nc * c, P)[:, :, :L].reshape(batch + (H, L, P))
     if return_chunk_states:
         states = np.swapaxes(states, -1, -2).reshape(batch + (H, nc, P, N))
@@ -1094,7 +1063,7 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
         _delta_core(q[sl], k[sl], v[sl], beta[sl], logg[sl], c, o[sl], None if states is None else states[sl],
                     None if factors is None else (factors[0][sl], factors[1][sl]), scale)
 
-    _in_parts(run, nb, q.size)
+    _blocking.in_parts(run, nb, q.size)
     o = o.reshape((nb, nc * c, dv))[:, :L].reshape(batch + (L, dv))
     if states is not None:
         states = np.swapaxes(states, -1, -2).reshape(batch + (nc, dv, dk))
@@ -1123,7 +1092,7 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
     ``S_endᵀ = γ_end S_inᵀ + K_Γᵀ U`` with ``K_Γ = diag(γ_end/γ_s) K`` (16.12).
     The output of a chunk is one product ``[tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] [U ; S_inᵀ]``. Each
     product has at most 64 × 64 outputs per call for the default chunk and Dk, Dv <= 64, so
-    OpenBLAS keeps it on the calling thread (see ``_THREADS``).
+    OpenBLAS keeps it on the calling thread (see :func:`refimpl._blocking.in_parts`).
     """
     dk = q.shape[-1]
     qc, kc, vc = (_chunks(a, c, -2) for a in (q, k, v))  # (nb, nc, c, ·); padding: k = 0

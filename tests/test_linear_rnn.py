@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refimpl import classical, linear_rnn as lr, ssm
+from refimpl import _blocking, classical, linear_rnn as lr, ssm
 from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
 from refimpl._testing import ORACLE, SELF
 
@@ -201,8 +201,8 @@ def test_chunk_groups_and_threads_do_not_change_the_result(monkeypatch, form, gr
     # for 4 heads: uneven parts; SSD with one group splits its heads, with two groups the groups);
     # outputs and chunk-end states must be those of the recurrence, with strong and weak decays
     monkeypatch.setattr(lr, "_GROUP_ROWS", group_rows)
-    monkeypatch.setattr(lr, "_THREADS", threads)
-    monkeypatch.setattr(lr, "_THREAD_MIN_ELEMS", 0)
+    monkeypatch.setattr(_blocking, "THREADS", threads)
+    monkeypatch.setattr(_blocking, "THREAD_MIN_ELEMS", 0)
     rng = np.random.default_rng(40)
     L, c = 203, 8  # 26 chunks, the last one short
     kw = dict(chunk_size=c, return_chunk_states=True)
@@ -229,8 +229,8 @@ def test_threads_keep_the_callers_floating_point_error_state(monkeypatch):
     # the threads run in a copy of the caller's context, so np.errstate (a context variable)
     # reaches them: decays that underflow inside a thread raise nothing when the caller silences
     # them, and a caller's errstate(under="raise") is seen by the threads
-    monkeypatch.setattr(lr, "_THREADS", 2)
-    monkeypatch.setattr(lr, "_THREAD_MIN_ELEMS", 0)
+    monkeypatch.setattr(_blocking, "THREADS", 2)
+    monkeypatch.setattr(_blocking, "THREAD_MIN_ELEMS", 0)
     rng, q, k, v = _qkv(44, batch=(2,), L=40, dk=3, dv=2)
     log_g = np.full(q.shape[:-1], -800.0)  # e^{-800} underflows to 0
     with np.errstate(under="raise"):
