@@ -898,11 +898,11 @@ def _assign(rs: np.ndarray, rv: np.ndarray, a: int, b: int, t, N: int) -> tuple[
     return s[keep], v[keep]
 
 
-def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
+def _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts):
     """Inclusive Hillis–Steele scan of the filtering elements, each half computed once per kind.
 
     ``types`` (N,) indexes the tables ``A, C, J`` (T, n, n): element k is (A, b_k, C, η_k, J) of
-    its type, with data ``b, eta`` (N, L, n). Sweep s combines element k − 2^s with element k (the
+    its type, with data ``Z`` (N, L, 2n), the rows [b_k, η_k] (overwritten). Sweep s combines element k − 2^s with element k (the
     Hillis–Steele sweeps of :func:`refimpl._scan.linear_scan`); the data-independent half of a
     combination depends only on the two types, so it is computed once per distinct pair
     (batched), and the means of all elements with that pair follow by matrix products. Returns
@@ -927,7 +927,6 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     rv = types[rs]
     X = np.stack([A, C, J], axis=1)  # the tables, stacked: (T, 3, n, n)
     I = np.eye(n)
-    Z = np.concatenate([b, eta], axis=-1)  # the data, rows [b, η]: (N, L, 2n)
     Z2, Zt = np.empty_like(Z), np.empty_like(Z)  # double buffer and scratch: no fresh memory per sweep
     settled = {}  # stretch → (first settled prefix, end of its merged run): see _merge_prefixes
     step = 1
@@ -1090,9 +1089,9 @@ def _scan_group(z, m0, pattern, F, H, Q, R, P0):
     n = H.shape[1]
     I = np.eye(n)
     m_first, P_first = _update(m0, P0, z[:, 0], H, R)
-    b = np.zeros((N, L, n))
-    eta = np.zeros((N, L, n))
-    b[0] = m0 if pattern[0] else m_first
+    Z = np.empty((N, L, 2 * n))  # the data of every element as one row [b, η] (see _typed_scan)
+    Z[0, :, :n] = m0 if pattern[0] else m_first
+    Z[0, :, n:] = 0.0
     A = np.zeros((1, n, n))
     C = (P0 if pattern[0] else P_first)[None].copy()
     J = np.zeros((1, n, n))
@@ -1120,30 +1119,25 @@ def _scan_group(z, m0, pattern, F, H, Q, R, P0):
         A_c = np.where(gone[:, None, None], Fc, IKH @ Fc)
         C_c = np.where(gone[:, None, None], Qc, _sym(IKH @ Qc))
         J_c = np.where(gone[:, None, None], 0.0, _sym(_T(Fc) @ _T(H) @ W))
-        K = np.where(gone[:, None, None], 0.0, K)  # b = K z (0 where missing)
-        W = np.where(gone[:, None, None], 0.0, W)  # η = Fᵀ Hᵀ S⁻¹ z (0 where missing)
+        # the data [b, η] = z [Kᵀ, Fᵀ Hᵀ S⁻¹]: b = K z, η = Fᵀ Hᵀ S⁻¹ z (both 0 where missing)
+        V = np.where(gone[:, None, None], 0.0, np.concatenate([_T(K), W], axis=-1))  # (types, p, 2n)
         zt = np.transpose(z[:, 1:], (1, 0, 2))  # (N − 1, L, p)
         if first.size <= 8:
             zt = np.ascontiguousarray(zt)
-            for c in range(first.size):  # flat (rows × p) · (p × n) products, one per kind
+            for c in range(first.size):  # one flat (rows × p) · (p × 2n) product per kind
                 idx = np.flatnonzero(cls == c)
                 if idx[-1] - idx[0] + 1 == idx.size:  # contiguous (the usual case): views
                     rows = slice(1 + idx[0], 2 + idx[-1])
-                    zc = zt[idx[0] : idx[-1] + 1].reshape(-1, p)
-                    np.matmul(zc, _Tc(K[c]), out=b[rows].reshape(-1, n))
-                    np.matmul(zc, W[c], out=eta[rows].reshape(-1, n))
+                    np.matmul(zt[idx[0] : idx[-1] + 1].reshape(-1, p), V[c], out=Z[rows].reshape(-1, 2 * n))
                 else:
-                    zc = zt[idx].reshape(-1, p)
-                    b[1 + idx] = (zc @ _Tc(K[c])).reshape(idx.size, L, n)
-                    eta[1 + idx] = (zc @ W[c]).reshape(idx.size, L, n)
+                    Z[1 + idx] = (zt[idx].reshape(-1, p) @ V[c]).reshape(idx.size, L, 2 * n)
         else:
-            b[1:] = zt @ _T(K[cls])
-            eta[1:] = zt @ W[cls]
+            Z[1:] = zt @ V[cls]
         A, C, J = np.concatenate([A, A_c]), np.concatenate([C, C_c]), np.concatenate([J, J_c])
         types[1:] = 1 + cls
     types_step = types.copy()  # the kind of each step (k ≥ 1: of the step k−1 → k)
     starts = _step_starts(pattern, F, Q)
-    b, C, types = _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts)
+    b, C, types = _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts)
     return b, C, types, (types_step[1:] if N > 1 else types_step[:0])
 
 
