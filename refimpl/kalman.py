@@ -793,30 +793,32 @@ def _combine_types(Xi, Xj, I):
     are symmetric, so I + J_j C_i = (I + C_i J_j)ᵀ and both come out of one batched solve,
     Mᵀ = (I + J_j C_i)⁻¹ A_jᵀ and Nᵀ = (I + C_i J_j)⁻¹ A_i.
     """
-    (Ai, Ci, Ji), (Aj, Cj, Jj) = Xi.transpose(1, 0, 2, 3), Xj.transpose(1, 0, 2, 3)
     k, n = Xi.shape[0], Xi.shape[-1]
+    Ai, Ci, Ji, Aj, Cj, Jj = Xi[:, 0], Xi[:, 1], Xi[:, 2], Xj[:, 0], Xj[:, 1], Xj[:, 2]
     X = Ci @ Jj
     X += I  # I + C_i J_j
-    sol = _solve(np.concatenate([_T(X), X]), np.concatenate([_T(Aj), Ai]), "I + C_i J_j in the filtering scan")
+    R = np.concatenate([_T(Aj), Ai])  # the right-hand sides Aⱼᵀ and A_i, (2k, n, n)
+    sol = _solve(np.concatenate([_T(X), X]), R, "I + C_i J_j in the filtering scan")
     Mt, Nt = sol[:k], sol[k:]
     M = _T(Mt)
     out = np.empty_like(Xi)
     np.matmul(M, Ai, out=out[:, 0])  # A_ij = A_j (I + C_i J_j)⁻¹ A_i
-    MC, NJ = M @ Ci, _T(Nt) @ Jj  # M C_i and N J_j, each used twice
-    S = MC @ _T(Aj)
-    S += Cj  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
-    np.add(S, _T(S), out=out[:, 1])  # symmetrized: twice the average with its transpose
-    S = NJ @ Ai
-    S += Ji  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
-    np.add(S, _T(S), out=out[:, 2])
-    out[:, 1:] *= 0.5
+    Y = np.empty((2, k, n, n))
+    np.matmul(M, Ci, out=Y[0])  # M C_i and N J_j, each used twice
+    np.matmul(_T(Nt), Jj, out=Y[1])
+    S = Y @ R.reshape(2, k, n, n)  # M C_i A_jᵀ and N J_j A_i, one batched product
+    S[0] += Cj  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
+    S[1] += Ji  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
+    CJ = out[:, 1:].transpose(1, 0, 2, 3)  # (C, J)_ij as (2, k, n, n), a view
+    np.add(S, _T(S), out=CJ)  # symmetrized: the average with the transpose
+    CJ *= 0.5
     # the data half in rows [b, η]: [b, η]_ij = [b, η]_i W1 + [b, η]_j W2 (C, J symmetric)
     W1, W2 = np.zeros((2, k, 2 * n, 2 * n))
     W1[:, :n, :n] = Mt  # b_i Mᵀ
-    np.negative(_T(NJ), out=W1[:, :n, n:])  # −b_i J_j Nᵀ
+    np.negative(_T(Y[1]), out=W1[:, :n, n:])  # −b_i J_j Nᵀ
     W1[:, n:, n:] = I  # η_i
     W2[:, :n, :n] = I  # b_j
-    W2[:, n:, :n] = _T(MC)  # η_j C_i Mᵀ
+    W2[:, n:, :n] = _T(Y[0])  # η_j C_i Mᵀ
     W2[:, n:, n:] = Nt  # η_j Nᵀ
     return out, W1, W2
 
@@ -858,9 +860,19 @@ def _runs(x: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], starts])
 
 
-def _distinct(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _distinct(x: np.ndarray, bound: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct values of a short 1-D integer array and the index of each entry among them
-    (``np.unique(x, return_inverse=True)`` without its overhead, which dominates for a few dozen entries)."""
+    (``np.unique(x, return_inverse=True)`` without its overhead, which dominates for a few dozen entries).
+
+    With ``bound`` (all entries in 0 … bound − 1) at most :data:`_TABLE` the values are marked in
+    a table of that length (no sort); otherwise they are sorted.
+    """
+    if bound is not None and bound <= _TABLE:
+        mark = np.zeros(bound, dtype=np.intp)
+        mark[x] = 1
+        u = np.flatnonzero(mark)
+        mark[u] = np.arange(u.size)
+        return u, mark[x]
     order = np.argsort(x, kind="stable")
     xs = x[order]
     new = np.empty(xs.shape[0], dtype=bool)
@@ -869,6 +881,10 @@ def _distinct(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inv = np.empty(xs.shape[0], dtype=np.intp)
     inv[order] = np.cumsum(new) - 1
     return xs[new], inv
+
+
+#: the longest table :func:`_distinct` marks values in
+_TABLE = 4096
 
 
 def _expand(rs: np.ndarray, rv: np.ndarray, a: int, b: int) -> np.ndarray:
@@ -942,39 +958,46 @@ def _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts):
         lengths = np.concatenate([first[1:], [m]]) - first
         ti = rv[np.searchsorted(rs, first, "right") - 1]
         tj = rv[np.searchsorted(rs, first + step, "right") - 1]
-        uniq, rinv = _distinct(ti.astype(np.int64) * T + tj)  # the distinct pairs, and the pair of each run
+        uniq, rinv = _distinct(ti.astype(np.int64) * T + tj, T * T)  # the distinct pairs, and the pair of each run
         X_new, W1, W2 = _combine_types(X[uniq // T], X[uniq % T], I)
         Zi, Zj, out, tmp = Z[:-step], Z[step:], Z2[step:], Zt[step:]
         long = lengths >= _SHARED
         for r in np.flatnonzero(long):  # a long run: plain matrix products on slices (views)
-            u, sl = rinv[r], slice(first[r], first[r] + lengths[r])
+            u, a = rinv[r], first[r]
+            sl = slice(a, a + lengths[r])
             _combine_data(Zi[sl], Zj[sl], W1[u], W2[u], out[sl], tmp[sl])
-        if not long.all():
-            short = ~long
-            count = np.bincount(rinv[short], weights=lengths[short], minlength=uniq.size)
-            shared = count >= _SHARED
-            for u in np.flatnonzero(shared):  # a pair spread over many short runs: gather its rows
-                idx = np.flatnonzero(np.repeat(short & (rinv == u), lengths))
-                o = np.empty_like(Zj[idx])
-                _combine_data(Zi[idx], Zj[idx], W1[u], W2[u], o)
-                out[idx] = o
-            rare = short & ~shared[rinv]
-            if rare.any():  # the other short runs: their matrices gathered, one batched product
+        short = np.flatnonzero(~long)  # the short runs
+        if short.size:
+            rare = short
+            if lengths[short].sum() >= _SHARED:  # else no pair can be shared by _SHARED elements
+                count = np.bincount(rinv[short], weights=lengths[short], minlength=uniq.size)
+                shared = count >= _SHARED
+                for u in np.flatnonzero(shared):  # a pair spread over many short runs: gather its rows
+                    idx = np.flatnonzero(np.repeat((~long) & (rinv == u), lengths))
+                    o = np.empty_like(Zj[idx])
+                    _combine_data(Zi[idx], Zj[idx], W1[u], W2[u], o)
+                    out[idx] = o
+                rare = short[~shared[rinv[short]]]
+            if rare.size:  # the other short runs: their matrices gathered, one batched product
                 v = np.repeat(rinv[rare], lengths[rare])
-                rows = np.flatnonzero(np.repeat(rare, lengths))
-                if rows[-1] - rows[0] + 1 == rows.size:  # contiguous (the prefixes before they settle): views
-                    rows = slice(rows[0], rows[-1] + 1)
+                if rare[-1] - rare[0] + 1 == rare.size:  # consecutive runs (the prefixes before they settle): views
+                    rows = slice(first[rare[0]], first[rare[-1]] + lengths[rare[-1]])
                     _combine_data(Zi[rows], Zj[rows], W1[v], W2[v], out[rows])
                 else:
+                    mask = np.zeros(lengths.size, dtype=bool)
+                    mask[rare] = True
+                    rows = np.flatnonzero(np.repeat(mask, lengths))
                     o = np.empty_like(Zj[rows])
                     _combine_data(Zi[rows], Zj[rows], W1[v], W2[v], o)
                     out[rows] = o
-        Z2[:step] = Z[:step]
+        # the elements k < step are unchanged; Z2 already holds those before step / 2 (it was written
+        # two sweeps ago, when they were final), so only step / 2 … step − 1 are copied
+        Z2[step // 2 : step] = Z[step // 2 : step]
         Z, Z2 = Z2, Z
         # the runs and tables of the next sweep: the prefixes' runs (k < step, unchanged), then the new
         # pairs; prefix types and the others never coincide, so no run straddles k = step
         keep = rs < step
-        used, pinv = _distinct(rv[keep])
+        used, pinv = _distinct(rv[keep], T)
         rs = np.concatenate([rs[keep], first + step])
         rv = np.concatenate([pinv, used.size + rinv])
         X = np.concatenate([X[used], X_new])
