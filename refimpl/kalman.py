@@ -797,28 +797,28 @@ def _combine_types(Xi, Xj, I):
     Ai, Ci, Ji, Aj, Cj, Jj = Xi[:, 0], Xi[:, 1], Xi[:, 2], Xj[:, 0], Xj[:, 1], Xj[:, 2]
     X = Ci @ Jj
     X += I  # I + C_i J_j
-    R = np.concatenate([_T(Aj), Ai])  # the right-hand sides Aⱼᵀ and A_i, (2k, n, n)
-    sol = _solve(np.concatenate([_T(X), X]), R, "I + C_i J_j in the filtering scan")
+    R = np.concatenate([Aj.mT, Ai])  # the right-hand sides Aⱼᵀ and A_i, (2k, n, n)
+    sol = _solve(np.concatenate([X.mT, X]), R, "I + C_i J_j in the filtering scan")
     Mt, Nt = sol[:k], sol[k:]
-    M = _T(Mt)
+    M = Mt.mT
     out = np.empty_like(Xi)
     np.matmul(M, Ai, out=out[:, 0])  # A_ij = A_j (I + C_i J_j)⁻¹ A_i
     Y = np.empty((2, k, n, n))
     np.matmul(M, Ci, out=Y[0])  # M C_i and N J_j, each used twice
-    np.matmul(_T(Nt), Jj, out=Y[1])
+    np.matmul(Nt.mT, Jj, out=Y[1])
     S = Y @ R.reshape(2, k, n, n)  # M C_i A_jᵀ and N J_j A_i, one batched product
     S[0] += Cj  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
     S[1] += Ji  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
     CJ = out[:, 1:].transpose(1, 0, 2, 3)  # (C, J)_ij as (2, k, n, n), a view
-    np.add(S, _T(S), out=CJ)  # symmetrized: the average with the transpose
+    np.add(S, S.mT, out=CJ)  # symmetrized: the average with the transpose
     CJ *= 0.5
     # the data half in rows [b, η]: [b, η]_ij = [b, η]_i W1 + [b, η]_j W2 (C, J symmetric)
     W1, W2 = np.zeros((2, k, 2 * n, 2 * n))
     W1[:, :n, :n] = Mt  # b_i Mᵀ
-    np.negative(_T(Y[1]), out=W1[:, :n, n:])  # −b_i J_j Nᵀ
+    np.negative(Y[1].mT, out=W1[:, :n, n:])  # −b_i J_j Nᵀ
     W1[:, n:, n:] = I  # η_i
     W2[:, :n, :n] = I  # b_j
-    W2[:, n:, :n] = _T(Y[0])  # η_j C_i Mᵀ
+    W2[:, n:, :n] = Y[0].mT  # η_j C_i Mᵀ
     W2[:, n:, n:] = Nt  # η_j Nᵀ
     return out, W1, W2
 
@@ -855,7 +855,7 @@ _SHARED = 64
 
 def _runs(x: np.ndarray) -> np.ndarray:
     """Starts of the runs of equal consecutive entries of a 1-D array (at least one entry)."""
-    starts = np.flatnonzero(x[1:] != x[:-1])
+    starts = (x[1:] != x[:-1]).nonzero()[0]
     starts += 1
     return np.concatenate([[0], starts])
 
@@ -870,7 +870,7 @@ def _distinct(x: np.ndarray, bound: int | None = None) -> tuple[np.ndarray, np.n
     if bound is not None and bound <= _TABLE:
         mark = np.zeros(bound, dtype=np.intp)
         mark[x] = 1
-        u = np.flatnonzero(mark)
+        u = mark.nonzero()[0]
         mark[u] = np.arange(u.size)
         return u, mark[x]
     order = np.argsort(x, kind="stable")
@@ -891,7 +891,7 @@ def _expand(rs: np.ndarray, rv: np.ndarray, a: int, b: int) -> np.ndarray:
     """The types of elements a … b−1 from the runs (starts ``rs``, types ``rv``)."""
     if b <= a:
         return rv[:0]
-    i0, i1 = np.searchsorted(rs, a, "right") - 1, np.searchsorted(rs, b, "left")
+    i0, i1 = rs.searchsorted(a, "right") - 1, rs.searchsorted(b, "left")
     ends = np.concatenate([rs[i0 + 1 : i1], [b]])
     s = rs[i0:i1].copy()
     s[0] = a
@@ -902,7 +902,7 @@ def _assign(rs: np.ndarray, rv: np.ndarray, a: int, b: int, t, N: int) -> tuple[
     """The runs after elements a … b−1 (of N) are given type ``t``, merged where neighbours agree."""
     if b <= a:
         return rs, rv
-    lo, hi = np.searchsorted(rs, a, "left"), np.searchsorted(rs, b, "right")  # runs before a; from b on
+    lo, hi = rs.searchsorted(a, "left"), rs.searchsorted(b, "right")  # runs before a; from b on
     s, v = [rs[:lo], [a]], [rv[:lo], [t]]
     if b < N:  # the run that contains b now starts there
         s += [[b], rs[hi:]]
@@ -956,23 +956,23 @@ def _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts):
         cut = np.sort(cut[(cut > 0) & (cut < m)])
         first = np.concatenate([[0], cut[:1], cut[1:][cut[1:] != cut[:-1]]])
         lengths = np.concatenate([first[1:], [m]]) - first
-        ti = rv[np.searchsorted(rs, first, "right") - 1]
-        tj = rv[np.searchsorted(rs, first + step, "right") - 1]
+        ti = rv[rs.searchsorted(first, "right") - 1]
+        tj = rv[rs.searchsorted(first + step, "right") - 1]
         uniq, rinv = _distinct(ti.astype(np.int64) * T + tj, T * T)  # the distinct pairs, and the pair of each run
         X_new, W1, W2 = _combine_types(X[uniq // T], X[uniq % T], I)
         Zi, Zj, out, tmp = Z[:-step], Z[step:], Z2[step:], Zt[step:]
         long = lengths >= _SHARED
-        for r in np.flatnonzero(long):  # a long run: plain matrix products on slices (views)
+        for r in long.nonzero()[0]:  # a long run: plain matrix products on slices (views)
             u, a = rinv[r], first[r]
             sl = slice(a, a + lengths[r])
             _combine_data(Zi[sl], Zj[sl], W1[u], W2[u], out[sl], tmp[sl])
-        short = np.flatnonzero(~long)  # the short runs
+        short = (~long).nonzero()[0]  # the short runs
         if short.size:
             rare = short
             if lengths[short].sum() >= _SHARED:  # else no pair can be shared by _SHARED elements
                 count = np.bincount(rinv[short], weights=lengths[short], minlength=uniq.size)
                 shared = count >= _SHARED
-                for u in np.flatnonzero(shared):  # a pair spread over many short runs: gather its rows
+                for u in shared.nonzero()[0]:  # a pair spread over many short runs: gather its rows
                     idx = np.flatnonzero(np.repeat((~long) & (rinv == u), lengths))
                     o = np.empty_like(Zj[idx])
                     _combine_data(Zi[idx], Zj[idx], W1[u], W2[u], o)
@@ -1023,29 +1023,29 @@ def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
     if stop <= _PATIENCE + 1:
         return rs, rv
     lo_all, hi_all = starts[:-1] + 1, np.minimum(starts[1:], stop)  # pairs (k−1, k) inside a stretch
-    long = np.flatnonzero(hi_all - lo_all >= _PATIENCE + 1)
+    long = (hi_all - lo_all >= _PATIENCE + 1).nonzero()[0]
     n2 = C.shape[-1] ** 2
     for i in long:
         lo, hi = int(lo_all[i]), int(hi_all[i])
         if i in settled:  # extend the merged run over the new prefixes that agree with P_c
             c, last = settled[i]
             if 0 <= last < hi:
-                tc = rv[np.searchsorted(rs, c, "right") - 1]
-                r0, r1 = np.searchsorted(rs, last, "right") - 1, np.searchsorted(rs, hi, "left")  # runs in [last, hi)
+                tc = rv[rs.searchsorted(c, "right") - 1]
+                r0, r1 = rs.searchsorted(last, "right") - 1, rs.searchsorted(hi, "left")  # runs in [last, hi)
                 P_c = C[tc].reshape(n2)
                 Pk = C[rv[r0:r1]].reshape(-1, n2)
-                close = np.max(np.abs(Pk - P_c), axis=1) <= _REACH * _EPS * np.max(np.abs(P_c))
+                close = np.abs(Pk - P_c).max(axis=1) <= _REACH * _EPS * np.abs(P_c).max()
                 end = hi if close.all() else max(last, int(rs[r0 + int(np.argmin(close))]))
                 rs, rv = _assign(rs, rv, last, end, tc, N)
                 settled[i] = (c, end if end == hi else -1)  # −1: a prefix disagreed; stop extending
             continue
         types = _expand(rs, rv, lo - 1, hi)
         Pk = C[types].reshape(-1, n2)  # P_{lo−1} … P_{hi−1}
-        scale = np.max(np.abs(Pk[1:]), axis=1)
-        change = np.max(np.abs(Pk[1:] - Pk[:-1]), axis=1)  # change[j] = |P_{lo+j} − P_{lo+j−1}|
+        scale = np.abs(Pk[1:]).max(axis=1)
+        change = np.abs(Pk[1:] - Pk[:-1]).max(axis=1)  # change[j] = |P_{lo+j} − P_{lo+j−1}|
         calm = change <= _CALM * _EPS * scale
         window = np.convolve(calm.astype(np.int64), np.ones(_PATIENCE, dtype=np.int64), "valid")
-        ready = np.flatnonzero(window == _PATIENCE)
+        ready = (window == _PATIENCE).nonzero()[0]
         if ready.size == 0:
             continue
         j = int(ready[0]) + _PATIENCE - 1  # the last of _PATIENCE calm prefixes
@@ -1059,7 +1059,7 @@ def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
             and _riccati_residual(P_c, F[c - 1], H, Q[c - 1], R, gone) <= 64 * _EPS
         ):
             continue
-        close = np.max(np.abs(Pk[j + 1 :] - P_c.reshape(n2)), axis=1) <= _REACH * _EPS * scale[j]
+        close = np.abs(Pk[j + 1 :] - P_c.reshape(n2)).max(axis=1) <= _REACH * _EPS * scale[j]
         end = hi if close.all() else c + int(np.argmin(close))
         rs, rv = _assign(rs, rv, c, end, types[j + 1], N)
         settled[int(i)] = (c, end if end == hi else -1)
