@@ -789,9 +789,11 @@ def _combine_types(Xi, Xj, I):
 
     ``Xi``, ``Xj`` (k, 3, n, n) hold (A, C, J) of a_i and a_j, stacked; ``I`` is the n × n
     identity. Returns (A, C, J)_ij stacked likewise, and the two (2n × 2n) matrices ``W1``,
-    ``W2`` that carry the data half (:func:`_combine_data`). With M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹: C and J
-    are symmetric, so I + J_j C_i = (I + C_i J_j)ᵀ and both come out of one batched solve,
-    Mᵀ = (I + J_j C_i)⁻¹ A_jᵀ and Nᵀ = (I + C_i J_j)⁻¹ A_i.
+    ``W2`` that carry the data half (:func:`_combine_data`). With M = A_j (I + C_i J_j)⁻¹ and
+    N = A_iᵀ (I + J_j C_i)⁻¹: C and J are symmetric, so I + J_j C_i = (I + C_i J_j)ᵀ and both
+    come out of one batched solve, Mᵀ = (I + J_j C_i)⁻¹ A_jᵀ and Nᵀ = (I + C_i J_j)⁻¹ A_i; the
+    terms M C_i A_jᵀ and N J_j A_i of C_ij and J_ij are then one batched product of the stacked
+    (M C_i, N J_j) with the stacked right-hand sides (A_jᵀ, A_i).
     """
     k, n = Xi.shape[0], Xi.shape[-1]
     Ai, Ci, Ji, Aj, Cj, Jj = Xi[:, 0], Xi[:, 1], Xi[:, 2], Xj[:, 0], Xj[:, 1], Xj[:, 2]
@@ -918,7 +920,8 @@ def _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts):
     """Inclusive Hillis–Steele scan of the filtering elements, each half computed once per kind.
 
     ``types`` (N,) indexes the tables ``A, C, J`` (T, n, n): element k is (A, b_k, C, η_k, J) of
-    its type, with data ``Z`` (N, L, 2n), the rows [b_k, η_k] (overwritten). Sweep s combines element k − 2^s with element k (the
+    its type, with data ``Z`` (N, L, 2n), the rows [b_k, η_k] (used as one of the two buffers of
+    the sweeps, so overwritten). Sweep s combines element k − 2^s with element k (the
     Hillis–Steele sweeps of :func:`refimpl._scan.linear_scan`); the data-independent half of a
     combination depends only on the two types, so it is computed once per distinct pair
     (batched), and the means of all elements with that pair follow by matrix products. Returns
