@@ -1088,12 +1088,14 @@ def _filter_scan(zf, missing, F, H, Q, R, m0, P0):
     P = None
     groups = list(_pattern_groups(mb))
     for pattern, members in groups:
-        b, Ctab, types, _ = _scan_group(zb[members], m0b[members], pattern, F, H, Q, R, P0)
+        zg, m0g = (zb, m0b) if len(groups) == 1 else (zb[members], m0b[members])  # one group: all, in order
+        b, Ctab, types, _ = _scan_group(zg, m0g, pattern, F, H, Q, R, P0)
         C = Ctab.take(types, axis=0)  # (take: ~10× faster than fancy indexing for N small matrices)
-        m[members] = np.transpose(b, (1, 0, 2))
-        if len(groups) == 1:
+        if len(groups) == 1:  # all sequences, in order: plain copies, no scatter by member
+            m[...] = np.transpose(b, (1, 0, 2))
             P = np.repeat(C[None], B, axis=0) if B > 1 else C[None]
             continue
+        m[members] = np.transpose(b, (1, 0, 2))
         if P is None:
             P = np.empty((B, N, n, n))
         P[members] = C
