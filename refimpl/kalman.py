@@ -789,34 +789,38 @@ def _combine_types(Xi, Xj, I):
 
     ``Xi``, ``Xj`` (k, 3, n, n) hold (A, C, J) of a_i and a_j, stacked; ``I`` is the n × n
     identity. Returns (A, C, J)_ij stacked likewise, and the two (2n × 2n) matrices ``W1``,
-    ``W2`` that carry the data half (:func:`_combine_data`). With M = A_j (I + C_i J_j)⁻¹ and N = A_iᵀ (I + J_j C_i)⁻¹: C and J
-    are symmetric, so I + J_j C_i = (I + C_i J_j)ᵀ and both come out of one batched solve,
-    Mᵀ = (I + J_j C_i)⁻¹ A_jᵀ and Nᵀ = (I + C_i J_j)⁻¹ A_i.
+    ``W2`` that carry the data half (:func:`_combine_data`). With M = A_j (I + C_i J_j)⁻¹ and
+    N = A_iᵀ (I + J_j C_i)⁻¹: C and J are symmetric, so I + J_j C_i = (I + C_i J_j)ᵀ and both
+    come out of one batched solve, Mᵀ = (I + J_j C_i)⁻¹ A_jᵀ and Nᵀ = (I + C_i J_j)⁻¹ A_i; the
+    terms M C_i A_jᵀ and N J_j A_i of C_ij and J_ij are then one batched product of the stacked
+    (M C_i, N J_j) with the stacked right-hand sides (A_jᵀ, A_i).
     """
-    (Ai, Ci, Ji), (Aj, Cj, Jj) = Xi.transpose(1, 0, 2, 3), Xj.transpose(1, 0, 2, 3)
     k, n = Xi.shape[0], Xi.shape[-1]
+    Ai, Ci, Ji, Aj, Cj, Jj = Xi[:, 0], Xi[:, 1], Xi[:, 2], Xj[:, 0], Xj[:, 1], Xj[:, 2]
     X = Ci @ Jj
     X += I  # I + C_i J_j
-    sol = _solve(np.concatenate([_T(X), X]), np.concatenate([_T(Aj), Ai]), "I + C_i J_j in the filtering scan")
+    R = np.concatenate([Aj.mT, Ai])  # the right-hand sides Aⱼᵀ and A_i, (2k, n, n)
+    sol = _solve(np.concatenate([X.mT, X]), R, "I + C_i J_j in the filtering scan")
     Mt, Nt = sol[:k], sol[k:]
-    M = _T(Mt)
+    M = Mt.mT
     out = np.empty_like(Xi)
     np.matmul(M, Ai, out=out[:, 0])  # A_ij = A_j (I + C_i J_j)⁻¹ A_i
-    MC, NJ = M @ Ci, _T(Nt) @ Jj  # M C_i and N J_j, each used twice
-    S = MC @ _T(Aj)
-    S += Cj  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
-    np.add(S, _T(S), out=out[:, 1])  # symmetrized: twice the average with its transpose
-    S = NJ @ Ai
-    S += Ji  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
-    np.add(S, _T(S), out=out[:, 2])
-    out[:, 1:] *= 0.5
+    Y = np.empty((2, k, n, n))
+    np.matmul(M, Ci, out=Y[0])  # M C_i and N J_j, each used twice
+    np.matmul(Nt.mT, Jj, out=Y[1])
+    S = Y @ R.reshape(2, k, n, n)  # M C_i A_jᵀ and N J_j A_i, one batched product
+    S[0] += Cj  # C_ij = A_j (I + C_i J_j)⁻¹ C_i A_jᵀ + C_j
+    S[1] += Ji  # J_ij = A_iᵀ (I + J_j C_i)⁻¹ J_j A_i + J_i
+    CJ = out[:, 1:].transpose(1, 0, 2, 3)  # (C, J)_ij as (2, k, n, n), a view
+    np.add(S, S.mT, out=CJ)  # symmetrized: the average with the transpose
+    CJ *= 0.5
     # the data half in rows [b, η]: [b, η]_ij = [b, η]_i W1 + [b, η]_j W2 (C, J symmetric)
     W1, W2 = np.zeros((2, k, 2 * n, 2 * n))
     W1[:, :n, :n] = Mt  # b_i Mᵀ
-    np.negative(_T(NJ), out=W1[:, :n, n:])  # −b_i J_j Nᵀ
+    np.negative(Y[1].mT, out=W1[:, :n, n:])  # −b_i J_j Nᵀ
     W1[:, n:, n:] = I  # η_i
     W2[:, :n, :n] = I  # b_j
-    W2[:, n:, :n] = _T(MC)  # η_j C_i Mᵀ
+    W2[:, n:, :n] = Y[0].mT  # η_j C_i Mᵀ
     W2[:, n:, n:] = Nt  # η_j Nᵀ
     return out, W1, W2
 
@@ -853,14 +857,24 @@ _SHARED = 64
 
 def _runs(x: np.ndarray) -> np.ndarray:
     """Starts of the runs of equal consecutive entries of a 1-D array (at least one entry)."""
-    starts = np.flatnonzero(x[1:] != x[:-1])
+    starts = (x[1:] != x[:-1]).nonzero()[0]
     starts += 1
     return np.concatenate([[0], starts])
 
 
-def _distinct(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _distinct(x: np.ndarray, bound: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct values of a short 1-D integer array and the index of each entry among them
-    (``np.unique(x, return_inverse=True)`` without its overhead, which dominates for a few dozen entries)."""
+    (``np.unique(x, return_inverse=True)`` without its overhead, which dominates for a few dozen entries).
+
+    With ``bound`` (all entries in 0 … bound − 1) at most :data:`_TABLE` the values are marked in
+    a table of that length (no sort); otherwise they are sorted.
+    """
+    if bound is not None and bound <= _TABLE:
+        mark = np.zeros(bound, dtype=np.intp)
+        mark[x] = 1
+        u = mark.nonzero()[0]
+        mark[u] = np.arange(u.size)
+        return u, mark[x]
     order = np.argsort(x, kind="stable")
     xs = x[order]
     new = np.empty(xs.shape[0], dtype=bool)
@@ -871,11 +885,15 @@ def _distinct(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return xs[new], inv
 
 
+#: the longest table :func:`_distinct` marks values in
+_TABLE = 4096
+
+
 def _expand(rs: np.ndarray, rv: np.ndarray, a: int, b: int) -> np.ndarray:
     """The types of elements a … b−1 from the runs (starts ``rs``, types ``rv``)."""
     if b <= a:
         return rv[:0]
-    i0, i1 = np.searchsorted(rs, a, "right") - 1, np.searchsorted(rs, b, "left")
+    i0, i1 = rs.searchsorted(a, "right") - 1, rs.searchsorted(b, "left")
     ends = np.concatenate([rs[i0 + 1 : i1], [b]])
     s = rs[i0:i1].copy()
     s[0] = a
@@ -886,7 +904,7 @@ def _assign(rs: np.ndarray, rv: np.ndarray, a: int, b: int, t, N: int) -> tuple[
     """The runs after elements a … b−1 (of N) are given type ``t``, merged where neighbours agree."""
     if b <= a:
         return rs, rv
-    lo, hi = np.searchsorted(rs, a, "left"), np.searchsorted(rs, b, "right")  # runs before a; from b on
+    lo, hi = rs.searchsorted(a, "left"), rs.searchsorted(b, "right")  # runs before a; from b on
     s, v = [rs[:lo], [a]], [rv[:lo], [t]]
     if b < N:  # the run that contains b now starts there
         s += [[b], rs[hi:]]
@@ -898,11 +916,12 @@ def _assign(rs: np.ndarray, rv: np.ndarray, a: int, b: int, t, N: int) -> tuple[
     return s[keep], v[keep]
 
 
-def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
+def _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts):
     """Inclusive Hillis–Steele scan of the filtering elements, each half computed once per kind.
 
     ``types`` (N,) indexes the tables ``A, C, J`` (T, n, n): element k is (A, b_k, C, η_k, J) of
-    its type, with data ``b, eta`` (N, L, n). Sweep s combines element k − 2^s with element k (the
+    its type, with data ``Z`` (N, L, 2n), the rows [b_k, η_k] (used as one of the two buffers of
+    the sweeps, so overwritten). Sweep s combines element k − 2^s with element k (the
     Hillis–Steele sweeps of :func:`refimpl._scan.linear_scan`); the data-independent half of a
     combination depends only on the two types, so it is computed once per distinct pair
     (batched), and the means of all elements with that pair follow by matrix products. Returns
@@ -927,7 +946,6 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
     rv = types[rs]
     X = np.stack([A, C, J], axis=1)  # the tables, stacked: (T, 3, n, n)
     I = np.eye(n)
-    Z = np.concatenate([b, eta], axis=-1)  # the data, rows [b, η]: (N, L, 2n)
     Z2, Zt = np.empty_like(Z), np.empty_like(Z)  # double buffer and scratch: no fresh memory per sweep
     settled = {}  # stretch → (first settled prefix, end of its merged run): see _merge_prefixes
     step = 1
@@ -941,41 +959,48 @@ def _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts):
         cut = np.sort(cut[(cut > 0) & (cut < m)])
         first = np.concatenate([[0], cut[:1], cut[1:][cut[1:] != cut[:-1]]])
         lengths = np.concatenate([first[1:], [m]]) - first
-        ti = rv[np.searchsorted(rs, first, "right") - 1]
-        tj = rv[np.searchsorted(rs, first + step, "right") - 1]
-        uniq, rinv = _distinct(ti.astype(np.int64) * T + tj)  # the distinct pairs, and the pair of each run
+        ti = rv[rs.searchsorted(first, "right") - 1]
+        tj = rv[rs.searchsorted(first + step, "right") - 1]
+        uniq, rinv = _distinct(ti.astype(np.int64) * T + tj, T * T)  # the distinct pairs, and the pair of each run
         X_new, W1, W2 = _combine_types(X[uniq // T], X[uniq % T], I)
         Zi, Zj, out, tmp = Z[:-step], Z[step:], Z2[step:], Zt[step:]
         long = lengths >= _SHARED
-        for r in np.flatnonzero(long):  # a long run: plain matrix products on slices (views)
-            u, sl = rinv[r], slice(first[r], first[r] + lengths[r])
+        for r in long.nonzero()[0]:  # a long run: plain matrix products on slices (views)
+            u, a = rinv[r], first[r]
+            sl = slice(a, a + lengths[r])
             _combine_data(Zi[sl], Zj[sl], W1[u], W2[u], out[sl], tmp[sl])
-        if not long.all():
-            short = ~long
-            count = np.bincount(rinv[short], weights=lengths[short], minlength=uniq.size)
-            shared = count >= _SHARED
-            for u in np.flatnonzero(shared):  # a pair spread over many short runs: gather its rows
-                idx = np.flatnonzero(np.repeat(short & (rinv == u), lengths))
-                o = np.empty_like(Zj[idx])
-                _combine_data(Zi[idx], Zj[idx], W1[u], W2[u], o)
-                out[idx] = o
-            rare = short & ~shared[rinv]
-            if rare.any():  # the other short runs: their matrices gathered, one batched product
+        short = (~long).nonzero()[0]  # the short runs
+        if short.size:
+            rare = short
+            if lengths[short].sum() >= _SHARED:  # else no pair can be shared by _SHARED elements
+                count = np.bincount(rinv[short], weights=lengths[short], minlength=uniq.size)
+                shared = count >= _SHARED
+                for u in shared.nonzero()[0]:  # a pair spread over many short runs: gather its rows
+                    idx = np.flatnonzero(np.repeat((~long) & (rinv == u), lengths))
+                    o = np.empty_like(Zj[idx])
+                    _combine_data(Zi[idx], Zj[idx], W1[u], W2[u], o)
+                    out[idx] = o
+                rare = short[~shared[rinv[short]]]
+            if rare.size:  # the other short runs: their matrices gathered, one batched product
                 v = np.repeat(rinv[rare], lengths[rare])
-                rows = np.flatnonzero(np.repeat(rare, lengths))
-                if rows[-1] - rows[0] + 1 == rows.size:  # contiguous (the prefixes before they settle): views
-                    rows = slice(rows[0], rows[-1] + 1)
+                if rare[-1] - rare[0] + 1 == rare.size:  # consecutive runs (the prefixes before they settle): views
+                    rows = slice(first[rare[0]], first[rare[-1]] + lengths[rare[-1]])
                     _combine_data(Zi[rows], Zj[rows], W1[v], W2[v], out[rows])
                 else:
+                    mask = np.zeros(lengths.size, dtype=bool)
+                    mask[rare] = True
+                    rows = np.flatnonzero(np.repeat(mask, lengths))
                     o = np.empty_like(Zj[rows])
                     _combine_data(Zi[rows], Zj[rows], W1[v], W2[v], o)
                     out[rows] = o
-        Z2[:step] = Z[:step]
+        # the elements k < step are unchanged; Z2 already holds those before step / 2 (it was written
+        # two sweeps ago, when they were final), so only step / 2 … step − 1 are copied
+        Z2[step // 2 : step] = Z[step // 2 : step]
         Z, Z2 = Z2, Z
         # the runs and tables of the next sweep: the prefixes' runs (k < step, unchanged), then the new
         # pairs; prefix types and the others never coincide, so no run straddles k = step
         keep = rs < step
-        used, pinv = _distinct(rv[keep])
+        used, pinv = _distinct(rv[keep], T)
         rs = np.concatenate([rs[keep], first + step])
         rv = np.concatenate([pinv, used.size + rinv])
         X = np.concatenate([X[used], X_new])
@@ -1001,29 +1026,29 @@ def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
     if stop <= _PATIENCE + 1:
         return rs, rv
     lo_all, hi_all = starts[:-1] + 1, np.minimum(starts[1:], stop)  # pairs (k−1, k) inside a stretch
-    long = np.flatnonzero(hi_all - lo_all >= _PATIENCE + 1)
+    long = (hi_all - lo_all >= _PATIENCE + 1).nonzero()[0]
     n2 = C.shape[-1] ** 2
     for i in long:
         lo, hi = int(lo_all[i]), int(hi_all[i])
         if i in settled:  # extend the merged run over the new prefixes that agree with P_c
             c, last = settled[i]
             if 0 <= last < hi:
-                tc = rv[np.searchsorted(rs, c, "right") - 1]
-                r0, r1 = np.searchsorted(rs, last, "right") - 1, np.searchsorted(rs, hi, "left")  # runs in [last, hi)
+                tc = rv[rs.searchsorted(c, "right") - 1]
+                r0, r1 = rs.searchsorted(last, "right") - 1, rs.searchsorted(hi, "left")  # runs in [last, hi)
                 P_c = C[tc].reshape(n2)
                 Pk = C[rv[r0:r1]].reshape(-1, n2)
-                close = np.max(np.abs(Pk - P_c), axis=1) <= _REACH * _EPS * np.max(np.abs(P_c))
+                close = np.abs(Pk - P_c).max(axis=1) <= _REACH * _EPS * np.abs(P_c).max()
                 end = hi if close.all() else max(last, int(rs[r0 + int(np.argmin(close))]))
                 rs, rv = _assign(rs, rv, last, end, tc, N)
                 settled[i] = (c, end if end == hi else -1)  # −1: a prefix disagreed; stop extending
             continue
         types = _expand(rs, rv, lo - 1, hi)
         Pk = C[types].reshape(-1, n2)  # P_{lo−1} … P_{hi−1}
-        scale = np.max(np.abs(Pk[1:]), axis=1)
-        change = np.max(np.abs(Pk[1:] - Pk[:-1]), axis=1)  # change[j] = |P_{lo+j} − P_{lo+j−1}|
+        scale = np.abs(Pk[1:]).max(axis=1)
+        change = np.abs(Pk[1:] - Pk[:-1]).max(axis=1)  # change[j] = |P_{lo+j} − P_{lo+j−1}|
         calm = change <= _CALM * _EPS * scale
         window = np.convolve(calm.astype(np.int64), np.ones(_PATIENCE, dtype=np.int64), "valid")
-        ready = np.flatnonzero(window == _PATIENCE)
+        ready = (window == _PATIENCE).nonzero()[0]
         if ready.size == 0:
             continue
         j = int(ready[0]) + _PATIENCE - 1  # the last of _PATIENCE calm prefixes
@@ -1037,7 +1062,7 @@ def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
             and _riccati_residual(P_c, F[c - 1], H, Q[c - 1], R, gone) <= 64 * _EPS
         ):
             continue
-        close = np.max(np.abs(Pk[j + 1 :] - P_c.reshape(n2)), axis=1) <= _REACH * _EPS * scale[j]
+        close = np.abs(Pk[j + 1 :] - P_c.reshape(n2)).max(axis=1) <= _REACH * _EPS * scale[j]
         end = hi if close.all() else c + int(np.argmin(close))
         rs, rv = _assign(rs, rv, c, end, types[j + 1], N)
         settled[int(i)] = (c, end if end == hi else -1)
@@ -1063,12 +1088,14 @@ def _filter_scan(zf, missing, F, H, Q, R, m0, P0):
     P = None
     groups = list(_pattern_groups(mb))
     for pattern, members in groups:
-        b, Ctab, types, _ = _scan_group(zb[members], m0b[members], pattern, F, H, Q, R, P0)
-        C = Ctab[types]
-        m[members] = np.transpose(b, (1, 0, 2))
-        if len(groups) == 1:
+        zg, m0g = (zb, m0b) if len(groups) == 1 else (zb[members], m0b[members])  # one group: all, in order
+        b, Ctab, types, _ = _scan_group(zg, m0g, pattern, F, H, Q, R, P0)
+        C = Ctab.take(types, axis=0)  # (take: ~10× faster than fancy indexing for N small matrices)
+        if len(groups) == 1:  # all sequences, in order: plain copies, no scatter by member
+            m[...] = np.transpose(b, (1, 0, 2))
             P = np.repeat(C[None], B, axis=0) if B > 1 else C[None]
             continue
+        m[members] = np.transpose(b, (1, 0, 2))
         if P is None:
             P = np.empty((B, N, n, n))
         P[members] = C
@@ -1090,9 +1117,9 @@ def _scan_group(z, m0, pattern, F, H, Q, R, P0):
     n = H.shape[1]
     I = np.eye(n)
     m_first, P_first = _update(m0, P0, z[:, 0], H, R)
-    b = np.zeros((N, L, n))
-    eta = np.zeros((N, L, n))
-    b[0] = m0 if pattern[0] else m_first
+    Z = np.empty((N, L, 2 * n))  # the data of every element as one row [b, η] (see _typed_scan)
+    Z[0, :, :n] = m0 if pattern[0] else m_first
+    Z[0, :, n:] = 0.0
     A = np.zeros((1, n, n))
     C = (P0 if pattern[0] else P_first)[None].copy()
     J = np.zeros((1, n, n))
@@ -1120,30 +1147,25 @@ def _scan_group(z, m0, pattern, F, H, Q, R, P0):
         A_c = np.where(gone[:, None, None], Fc, IKH @ Fc)
         C_c = np.where(gone[:, None, None], Qc, _sym(IKH @ Qc))
         J_c = np.where(gone[:, None, None], 0.0, _sym(_T(Fc) @ _T(H) @ W))
-        K = np.where(gone[:, None, None], 0.0, K)  # b = K z (0 where missing)
-        W = np.where(gone[:, None, None], 0.0, W)  # η = Fᵀ Hᵀ S⁻¹ z (0 where missing)
+        # the data [b, η] = z [Kᵀ, Fᵀ Hᵀ S⁻¹]: b = K z, η = Fᵀ Hᵀ S⁻¹ z (both 0 where missing)
+        V = np.where(gone[:, None, None], 0.0, np.concatenate([_T(K), W], axis=-1))  # (types, p, 2n)
         zt = np.transpose(z[:, 1:], (1, 0, 2))  # (N − 1, L, p)
         if first.size <= 8:
             zt = np.ascontiguousarray(zt)
-            for c in range(first.size):  # flat (rows × p) · (p × n) products, one per kind
+            for c in range(first.size):  # one flat (rows × p) · (p × 2n) product per kind
                 idx = np.flatnonzero(cls == c)
                 if idx[-1] - idx[0] + 1 == idx.size:  # contiguous (the usual case): views
                     rows = slice(1 + idx[0], 2 + idx[-1])
-                    zc = zt[idx[0] : idx[-1] + 1].reshape(-1, p)
-                    np.matmul(zc, _Tc(K[c]), out=b[rows].reshape(-1, n))
-                    np.matmul(zc, W[c], out=eta[rows].reshape(-1, n))
+                    np.matmul(zt[idx[0] : idx[-1] + 1].reshape(-1, p), V[c], out=Z[rows].reshape(-1, 2 * n))
                 else:
-                    zc = zt[idx].reshape(-1, p)
-                    b[1 + idx] = (zc @ _Tc(K[c])).reshape(idx.size, L, n)
-                    eta[1 + idx] = (zc @ W[c]).reshape(idx.size, L, n)
+                    Z[1 + idx] = (zt[idx].reshape(-1, p) @ V[c]).reshape(idx.size, L, 2 * n)
         else:
-            b[1:] = zt @ _T(K[cls])
-            eta[1:] = zt @ W[cls]
+            Z[1:] = zt @ V[cls]
         A, C, J = np.concatenate([A, A_c]), np.concatenate([C, C_c]), np.concatenate([J, J_c])
         types[1:] = 1 + cls
     types_step = types.copy()  # the kind of each step (k ≥ 1: of the step k−1 → k)
     starts = _step_starts(pattern, F, Q)
-    b, C, types = _typed_scan(types, A, C, J, b, eta, pattern, H, F, Q, R, starts)
+    b, C, types = _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts)
     return b, C, types, (types_step[1:] if N > 1 else types_step[:0])
 
 
@@ -1330,7 +1352,7 @@ def _smoother_scan_group(b, Ctab, ftypes, kinds, F, Q):
     gains = (E, stypes[:-1])
     g = _by_type(b, stypes, W, out=np.empty_like(b))
     ms, Ltab, ltypes = _typed_suffix_scan(stypes, E, L, g)
-    return ms, Ltab[ltypes], gains
+    return ms, Ltab.take(ltypes, axis=0), gains
 
 
 @guard_overflow(first_only=True)
@@ -1373,7 +1395,7 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
         s_means, s_covs, (E, etypes) = _smoother_scan_group(b, Ctab, ftypes, kinds, F, Q)
         m[members] = np.transpose(b, (1, 0, 2))
         ms[members] = np.transpose(s_means, (1, 0, 2))
-        P[members] = Ctab[ftypes]
+        P[members] = Ctab.take(ftypes, axis=0)
         Ps[members] = s_covs
         if flag:
             G[members] = E[etypes]

@@ -1409,7 +1409,8 @@ def test_scan_type_runs(types, a, length, t):
     s, v = kalman._assign(rs, rv, a, b, t, N)
     assert np.all(v[1:] != v[:-1]) and s[0] == 0
     np.testing.assert_array_equal(np.repeat(v, np.diff(s, append=N)), y)
-    u, inv = kalman._distinct(x)
     u_ref, inv_ref = np.unique(x, return_inverse=True)
-    np.testing.assert_array_equal(u, u_ref)
-    np.testing.assert_array_equal(inv, inv_ref.reshape(-1))
+    for bound in (None, 5, kalman._TABLE + 1):  # marked in a table, and sorted
+        u, inv = kalman._distinct(x, bound)
+        np.testing.assert_array_equal(u, u_ref)
+        np.testing.assert_array_equal(inv, inv_ref.reshape(-1))
