@@ -970,11 +970,10 @@ def _kalman_cases(mode: str) -> list[Case]:
     peer = "filterpy" if _have("filterpy") else "numpy"
     out = []
     for n in (2, 8, 32):
-        # full: N = 2·10^4 steps, 10^4 at n = 32. Both smoothers cost a fixed amount per step, so the
-        # ratio hardly depends on N (refimpl is 30-240x faster than filterpy, the target 2x); filterpy's
-        # per-step Python takes 55 µs (n = 2) to 280 µs (n = 32) a step, quiet and busy: N = 10^5 cost
-        # the bench 35 s for three ratios, these sizes about 8 s
-        N = {"test": 300, "quick": 1_000, "full": 20_000 if n <= 8 else 10_000}[mode]
+        # full: the performance issue's one sequence of N = 10^5 steps for n = 2 and 8; at n = 32
+        # N = 2·10^4 (filterpy's per-step Python takes about 280 µs a step there, half a minute per
+        # call at 10^5). These three ratios cost the bench about 35 s, quiet and busy.
+        N = {"test": 300, "quick": 1_000, "full": 100_000 if n <= 8 else 20_000}[mode]
 
         def make(n=n, N=N):
             model = _kalman_model(n, 15)
