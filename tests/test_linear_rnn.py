@@ -580,3 +580,27 @@ def test_rls_memory_bad_input(fn):
         fn(q, k, v, delta=0.0)
     with pytest.raises(ValueError, match="v: expected the same length"):
         fn(q, k, v[:4])
+
+
+@pytest.mark.parametrize("form", ["gla", "ssd", "delta rule"])
+def test_threads_give_bitwise_the_same_result(monkeypatch, form):
+    # each head is computed by the same operations whichever thread runs it (README: "bitwise the same")
+    monkeypatch.setattr(_blocking, "THREAD_MIN_ELEMS", 0)
+    if form == "ssd":
+        x, dt, A, B, C, D = _ssd_inputs(45, batch=(), H=4, G=2, L=150, P=3, N=5)
+        run = lambda: lr.ssd(x, dt, A, B, C, D, chunk_size=16, return_chunk_states=True)  # noqa: E731
+    elif form == "gla":
+        rng, q, k, v = _qkv(46, batch=(4,), L=150, dk=5, dv=3)
+        log_g = np.log(rng.uniform(0.5, 1.0, q.shape))
+        run = lambda: lr.gated_linear_attention(q, k, v, log_g, chunk_size=16, return_chunk_states=True)  # noqa: E731
+    else:
+        rng, q, k, v = _qkv(47, batch=(4,), L=150, dk=5, dv=3)
+        beta = rng.uniform(0.1, 1.0, (4, 150))
+        run = lambda: lr.delta_rule(q, _unit(k), v, beta, chunk_size=16, return_chunk_states=True)  # noqa: E731
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(_blocking, "THREADS", threads)
+        results.append(run())
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
