@@ -20,7 +20,18 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["WORKSPACE_FLOATS", "MIN_BLOCK_ROWS", "THREADS", "THREAD_MIN_ELEMS", "per_block", "in_parts"]
+import numpy as np
+
+__all__ = [
+    "WORKSPACE_FLOATS",
+    "MIN_BLOCK_ROWS",
+    "THREADS",
+    "THREAD_MIN_ELEMS",
+    "ONE_THREAD_MACS",
+    "per_block",
+    "in_parts",
+    "one_thread_matmul",
+]
 
 #: float64 numbers the temporaries of one block may hold (2**18 = 2 MiB: a block stays in a
 #: typical L2/L3 cache while it is shifted, exponentiated, summed and multiplied)
@@ -99,3 +110,46 @@ def in_parts(run: Callable[[slice], None], n: int, elems: int) -> None:
         futures = [pool.submit(contextvars.copy_context().run, run, slice(a, b)) for a, b in zip(bounds, bounds[1:])]
         for done in futures:
             done.result()
+
+
+#: Products of fewer multiply-adds than this run on the calling thread in OpenBLAS (NumPy's BLAS);
+#: larger ones are split over threads that synchronize inside the product. When another process
+#: keeps a core busy, every such synchronization waits for a descheduled thread: on a shared
+#: two-core machine the causal Performer (N = 8192, C = 256) ran 3 to 8 times slower with its
+#: chunk products split by BLAS than in one-thread pieces.
+ONE_THREAD_MACS = 2**19
+
+
+def one_thread_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, macs: int | None = None):
+    """``np.matmul(a, b, out=out)`` for (stacks of) matrices, the rows of ``a`` cut into pieces of
+    fewer than ``macs`` (default :data:`ONE_THREAD_MACS`) multiply-adds each.
+
+    Every entry is the same dot product as in one call (its rounding may differ by the order in
+    which BLAS's kernels accumulate for a different piece shape). When a divisor r of the row count lies
+    within a factor 2 of the largest piece, the pieces are a free reshape (rows → (rows/r, r)) and
+    one NumPy call issues them all; otherwise they are issued one slice of rows at a time.
+
+    Examples
+    --------
+    >>> a, b = np.arange(12.0).reshape(4, 3), np.ones((3, 2))
+    >>> bool(np.allclose(one_thread_matmul(a, b, macs=7), a @ b))
+    True
+    """
+    macs = ONE_THREAD_MACS if macs is None else macs
+    rows, inner, cols = a.shape[-2], a.shape[-1], b.shape[-1]
+    r_max = max(1, (macs - 1) // max(1, inner * cols))
+    if rows <= r_max:
+        return np.matmul(a, b, out=out)
+    r = next(r for r in range(r_max, 0, -1) if rows % r == 0)
+    if 2 * r >= r_max:  # equal pieces: one call on the reshaped stack (splitting an axis is a view)
+        lead = a.shape[:-2]
+        pieces = a.reshape(lead + (rows // r, r, inner))
+        if out is None:
+            return np.matmul(pieces, b[..., None, :, :]).reshape(np.broadcast_shapes(lead, b.shape[:-2]) + (rows, cols))
+        np.matmul(pieces, b[..., None, :, :], out=out.reshape(out.shape[:-2] + (rows // r, r, cols)))
+        return out
+    if out is None:
+        out = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (rows, cols), dtype=np.result_type(a, b))
+    for i in range(0, rows, r_max):
+        np.matmul(a[..., i : i + r_max, :], b, out=out[..., i : i + r_max, :])
+    return out

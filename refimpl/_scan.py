@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._blocking import per_block
+from ._blocking import ONE_THREAD_MACS, per_block
 
 
 def linear_scan(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -102,10 +102,11 @@ def _split(F: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 #: recursions this short are run step by step in :func:`state_scan` (the base case)
 _STATE_SCAN_BASE = 16
 
-#: multiply-adds of one BLAS product in :func:`_matmul`: OpenBLAS runs a product this small on the
-#: calling thread. A larger one is shared between threads, and on a machine whose cores are busy
-#: (the normal state of a laptop or a shared server) the threads wait milliseconds for each other.
-_PIECE_MACS = 2**18
+#: multiply-adds of one BLAS product in :func:`_matmul` (at most, where the one-thread size of
+#: :data:`refimpl._blocking.ONE_THREAD_MACS` is a strict bound): OpenBLAS runs a product this small
+#: on the calling thread. A larger one is shared between threads, and on a machine whose cores are
+#: busy (the normal state of a laptop or a shared server) the threads wait milliseconds for each other.
+_PIECE_MACS = ONE_THREAD_MACS // 2
 
 
 def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -124,6 +125,20 @@ def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.n
     else:
         for j in range(0, n, step):
             np.matmul(a, b[:, j : j + step], out=out[:, j : j + step])
+    return out
+
+
+def cumsum_rows(a: np.ndarray, axis: int, out: np.ndarray) -> np.ndarray:
+    """Inclusive cumulative sums of ``a`` along ``axis``, one row (index of ``axis``) at a time, into ``out``.
+
+    The same sums, in the same order, as ``np.cumsum(a, axis=axis)``, which is several times
+    slower along an axis that is not the last one (it walks memory with the axis' stride).
+    ``out`` may be ``a`` itself.
+    """
+    src, dst = np.moveaxis(a, axis, 0), np.moveaxis(out, axis, 0)  # views
+    dst[0] = src[0]
+    for i in range(1, dst.shape[0]):  # each row written once: cum_i = cum_{i−1} + a_i
+        np.add(dst[i - 1], src[i], out=dst[i])
     return out
 
 

@@ -90,7 +90,7 @@ import math
 import numpy as np
 
 from . import _blocking
-from ._scan import linear_scan
+from ._scan import cumsum_rows, linear_scan
 from ._validate import as_bool, as_int, as_positive_scalar, as_real_array, guard_overflow
 from .attention import _scale  # scale = 1/√Dk unless given, as in softmax attention
 
@@ -293,18 +293,6 @@ def _group(rows: int, c: int) -> int:
     return max(1, _GROUP_ROWS // max(1, rows * c))
 
 
-def _cumsum_rows(a: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Inclusive cumulative sums along axis −2 (the c steps of a chunk), one row at a time, into ``out``.
-
-    The same sums, in the same order, as ``np.cumsum(a, axis=-2)``, which is several times
-    slower on a non-contiguous axis.
-    """
-    out[..., 0, :] = a[..., 0, :]
-    for i in range(1, out.shape[-2]):  # each row written once: cum_i = cum_{i−1} + a_i
-        np.add(out[..., i - 1, :], a[..., i, :], out=out[..., i, :])
-    return out
-
-
 def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float = 1.0):
     """Chunked ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t (scale · q_t)``.
 
@@ -362,7 +350,7 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
     X = np.empty((nb, m, c, c + dk))  # [tril(Qe Kfᵀ) | Qe] per chunk
     Z = np.empty((nb, m, c + dk, dv))  # [V ; S_inᵀ] per chunk
     Y = np.empty((nb, m, c, dk))  # e^{cum}, then k ⊙ e^{−cum}
-    cum = _cumsum_rows(gc, out=np.empty(gc.shape))  # cum_t = Σ_{r=start}^{t} log g_r, per chunk and channel
+    cum = cumsum_rows(gc, -2, np.empty(gc.shape))  # cum_t = Σ_{r=start}^{t} log g_r, per chunk and channel
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
         mm = sl.stop - g0

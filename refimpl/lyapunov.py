@@ -178,11 +178,15 @@ def _may_overflow(z: np.ndarray, tau: np.ndarray) -> bool:
     # e^{zτ} overflows float64 only if Re(z) τ > log(max float) ≈ 709.78; a cheap scalar test that
     # lets the common case (stable forward propagation) skip every overflow guard.
     # (τ < 0 is allowed in phi1: then a stable z overflows.) Re(z)τ is bounded by its four corners.
+    return _max_rate_lag(z, tau) > 700.0
+
+
+def _max_rate_lag(z: np.ndarray, tau: np.ndarray) -> float:
+    """max Re(z) τ over all pairs (−inf if there are none): the largest of the four corners."""
     zr, tr = np.real(z), np.asarray(tau)
     if not zr.size or not tr.size:
-        return False
-    corners = np.outer([zr.min(), zr.max()], [tr.min(), tr.max()])
-    return bool(np.max(corners) > 700.0)
+        return -math.inf
+    return float(np.max(np.outer([zr.min(), zr.max()], [tr.min(), tr.max()])))
 
 
 def _phi1_array(z: np.ndarray, tau: np.ndarray, z_lo=None) -> np.ndarray:
@@ -201,15 +205,23 @@ def _phi1_array(z: np.ndarray, tau: np.ndarray, z_lo=None) -> np.ndarray:
         out /= z  # 0/0 at z = 0 is replaced by the series below
         if z_lo is not None:
             out -= out * (z_lo / z)  # 1/(z + z_lo) = (1/z)(1 − z_lo/z + O(ε²))
+    _series_where_small(out, w, tau)
+    return out
+
+
+def _series_where_small(out: np.ndarray, w: np.ndarray, tau) -> None:
+    """Where |w| = |zτ| < :data:`_SERIES_BELOW`, set ``out`` to φ by its series (in place).
+
+    τ · (1 + w/2 + w²/6 + ...) by Horner's rule on the few small entries: the exact limit τ at
+    w = 0, where (e^w − 1)/z is 0/0.
+    """
     small = np.abs(w) < _SERIES_BELOW
     if np.any(small):
-        # τ · (1 + w/2 + w²/6 + ...) by Horner's rule on the few small entries: exact limit τ at w = 0.
         ws = w[small]
         series = np.zeros_like(ws)
         for c in reversed(_SERIES_COEFFS):
             series = series * ws + c
         out[small] = series * np.broadcast_to(tau, w.shape)[small]
-    return out
 
 
 def _exp_real(x: float) -> float:
@@ -318,7 +330,7 @@ def _spectrum_times_phi1(g: np.ndarray, z: np.ndarray, tau: np.ndarray) -> np.nd
     inputs go to :func:`_noise_times_phi1`.
     """
     tau = np.asarray(tau, dtype=np.float64)
-    if z.size == 0 or tau.size == 0 or np.max(np.outer([z.min(), z.max()], [tau.min(), tau.max()])) > 1.0:
+    if z.size == 0 or tau.size == 0 or _max_rate_lag(z, tau) > 1.0:
         return _noise_times_phi1(g, z, tau[..., None])
     d = z.shape[0]
     t = tau.reshape(-1, 1)
@@ -335,13 +347,7 @@ def _spectrum_times_phi1(g: np.ndarray, z: np.ndarray, tau: np.ndarray) -> np.nd
             np.expm1(w, out=o)
             o /= z
             if z_min * float(abs_t[r0:r1].min()) < _SERIES_BELOW:  # fl(|z||τ|) is monotone: no small w missed
-                small = np.abs(w) < _SERIES_BELOW
-                if small.any():
-                    ws = w[small]
-                    series = np.zeros_like(ws)
-                    for c in reversed(_SERIES_COEFFS):
-                        series = series * ws + c
-                    o[small] = series * np.broadcast_to(t[r0:r1], w.shape)[small]
+                _series_where_small(o, w, t[r0:r1])
             o *= g
     return out.reshape(tau.shape + (d,))
 

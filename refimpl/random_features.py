@@ -75,7 +75,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.special import logsumexp
 
-from ._blocking import per_block
+from ._blocking import ONE_THREAD_MACS, one_thread_matmul, per_block
+from ._scan import cumsum_rows
 from ._validate import as_bool, as_positive_scalar, as_real_array, as_rng, check_option, check_qkv, guard_overflow, refuse_rng
 
 __all__ = [
@@ -182,14 +183,11 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     Non-causal: ``S = Σ_n U_n`` (:func:`_summed_states`), then ``φ(Q) S``. Causal:
     :func:`_causal_sums`.
 
-    Why every product is a stack of pieces of fewer than 2^19 multiply-adds (:func:`_stacked`):
-    a multithreaded BLAS synchronizes its threads inside every product it splits (OpenBLAS,
-    NumPy's BLAS, splits those above 2^19), and when another process keeps a core busy each
-    synchronization waits for a descheduled thread. On a shared two-core machine the causal
-    Performer (N = 8192, C = 256) ran 3 to 8 times slower with its hundreds of chunk products
-    split by BLAS than in one-thread pieces, and the one long, thin product φ(K)^T [V, 1]
-    (N terms per entry, one synchronization per slice of them) up to 100 times slower than on
-    the quiet machine. Pieces under the threshold run on one thread and never wait.
+    Every product is a stack of pieces small enough for one BLAS thread (:func:`_stacked`,
+    :data:`refimpl._blocking.ONE_THREAD_MACS`): products that BLAS splits over threads wait for
+    each other whenever another process keeps a core busy. The one long, thin product
+    φ(K)^T [V, 1] (N terms per entry) ran up to 100 times slower under load than on the quiet
+    machine; the sum of the chunk summaries replaces it.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
     phi_q, phi_k, v = _broadcast(batch, phi_q, phi_k, v)
@@ -214,23 +212,13 @@ def _ratio(o, out):
     np.divide(o[..., :-1], o[..., -1:], out=out)
 
 
-#: Products of fewer multiply-adds than this run on one thread in OpenBLAS (see _kernel_attention).
-_ONE_THREAD = 2**19
+#: The one-thread size of the stacked products (:data:`refimpl._blocking.ONE_THREAD_MACS`; tests lower it).
+_ONE_THREAD = ONE_THREAD_MACS
 
 
 def _stacked(a, b, out=None):
-    """``np.matmul(a, b, out=out)`` for stacks of matrices, the rows of ``a`` cut into pieces (a free
-    reshape) so that each product has fewer than ``_ONE_THREAD`` multiply-adds, if a divisor of the row
-    count fits within a factor 2 of the largest piece that would (else unchanged)."""
-    rows, inner, cols = a.shape[-2], a.shape[-1], b.shape[-1]
-    r_max = max(1, (_ONE_THREAD - 1) // max(1, inner * cols))
-    r = next(r for r in range(min(rows, r_max), 0, -1) if rows % r == 0)
-    if r == rows or 2 * r < min(rows, r_max):
-        return np.matmul(a, b, out=out)
-    lead = a.shape[:-2]
-    pieces = a.reshape(lead + (rows // r, r, inner))
-    res = np.matmul(pieces, b[..., None, :, :], out=None if out is None else out.reshape(lead + (rows // r, r, cols)))
-    return out if out is not None else res.reshape(lead + (rows, cols))
+    """``np.matmul(a, b, out=out)`` in pieces of fewer than ``_ONE_THREAD`` multiply-adds (see _kernel_attention)."""
+    return one_thread_matmul(a, b, out, macs=_ONE_THREAD)
 
 
 def _group(n_feat: int, c: int, width: int, batch: tuple) -> int:
@@ -284,8 +272,7 @@ def _causal_sums(phi_q, phi_k, va, c: int, out) -> None:
         q_g, k_g, a_g = q_c[..., sl, :, :], k_c[..., sl, :, :], a_c[..., sl, :, :]
         st, b, o_g = state[..., : g + 1, :, :], blocks[..., :g, :, :], o_buf[..., :g, :, :]
         _stacked(np.swapaxes(k_g, -1, -2), a_g, out=st[..., 1:, :, :])  # U_n = K_n^T A_n
-        for i in range(1, g + 1):  # exclusive prefix sums over the group's chunks
-            np.add(st[..., i - 1, :, :], st[..., i, :, :], out=st[..., i, :, :])
+        cumsum_rows(st, -3, st)  # st[i] = S entering the group + U of its first i chunks
         _stacked(q_g, st[..., :-1, :, :], out=o_g)  # Q_n S_n: what the earlier chunks left
         _stacked(q_g, np.swapaxes(k_g, -1, -2), out=b)  # Q_n K_n^T
         b *= tri  # j <= i inside the chunk

@@ -70,8 +70,8 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from ._blocking import per_block
-from ._scan import linear_scan
+from ._blocking import one_thread_matmul, per_block
+from ._scan import cumsum_rows, linear_scan
 from ._validate import (
     guard_overflow,
     as_bool,
@@ -597,9 +597,7 @@ def _small_matmuls(X: np.ndarray, Y: np.ndarray, out: np.ndarray) -> np.ndarray:
         Y, out_r = _real_form(Y.astype(np.complex128, copy=False)), out.view(np.float64)
     else:
         out_r = out
-    rows = max(1, _SMALL_PRODUCT // (X.shape[-1] * Y.shape[-1]))
-    for r in range(0, X.shape[-2], rows):
-        np.matmul(X[..., r : r + rows, :], Y, out=out_r[..., r : r + rows, :])
+    one_thread_matmul(X, Y, out=out_r, macs=_SMALL_PRODUCT)
     return out
 
 
@@ -1157,9 +1155,7 @@ def _chunk_sums(delta, start, G, T):
     many times slower).
     """
     cs = np.swapaxes(_chunked(delta, start, G, T, 1), -3, -2).copy()  # C-ordered, and never the input itself
-    for t in range(1, T):
-        cs[..., t, :, :] += cs[..., t - 1, :, :]
-    return cs
+    return cumsum_rows(cs, -3, cs)
 
 
 def _decay_ok(cs, A_abs):

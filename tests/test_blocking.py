@@ -79,3 +79,34 @@ def test_selective_scan_steps(budget):
             rng.standard_normal((L, n)), rng.standard_normal((L, n)))
     assert_close(ssm.selective_scan(*args), ssm.selective_scan_loop(*args), rtol=SELF,
                  what=f"selective_scan, budget {budget}")
+
+
+@pytest.mark.parametrize("macs", [1, 25, 61, 2**19])
+def test_one_thread_matmul_equals_matmul(macs):
+    # pieces by a reshape (a divisor of the 7 or 12 rows near the largest piece) or by a loop over
+    # slices of rows (7 rows in pieces of at most 3); broadcast stacks, transposed operands, out=
+    from refimpl._blocking import one_thread_matmul
+
+    rng = np.random.default_rng(macs)
+    for rows in (7, 12):
+        a = np.swapaxes(rng.normal(size=(2, 1, 4, rows)), -1, -2)
+        b = rng.normal(size=(3, 4, 5))
+        want = np.matmul(a, b)
+        tol = dict(rtol=0, atol=1e-14 * 4 * np.abs(a).max() * np.abs(b).max())  # BLAS may round a piece differently
+        np.testing.assert_allclose(one_thread_matmul(a, b, macs=macs), want, **tol)
+        buf = np.full((2, 3, rows, 10), np.nan)
+        got = one_thread_matmul(a, b, out=buf[..., ::2], macs=macs)
+        assert got.base is buf or np.shares_memory(got, buf)
+        np.testing.assert_allclose(buf[..., ::2], want, **tol)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_cumsum_rows_equals_cumsum(axis):
+    from refimpl._scan import cumsum_rows
+
+    a = np.random.default_rng(3).normal(size=(5, 6, 7))
+    want = np.cumsum(a, axis=axis)
+    np.testing.assert_array_equal(cumsum_rows(a, axis, np.empty_like(a)), want)
+    b = a.copy()
+    assert cumsum_rows(b, axis, b) is b  # in place
+    np.testing.assert_array_equal(b, want)
