@@ -35,7 +35,8 @@ small sizes say nothing about the targets, so no verdict is printed ("not judged
 Runs: the first call of each function is a warm-up (its output is the one compared); then the
 median of 3 runs for calls over 20 ms, the best of 5 to 30 runs within a quarter of a second for
 shorter ones, and for calls over a second a single run, the warm-up itself; refimpl and baseline
-alternate, so that a change in load hits both. The busy samples follow the same plan. Peak memory
+alternate, so that a change in load hits both. Each case starts once no other thread of the process
+runs (:func:`settle`: the previous case's BLAS threads spin for about 0.1 s). The busy samples follow the same plan. Peak memory
 is taken on one more call of refimpl, traced: tracemalloc slows allocation-heavy code several-fold,
 so a traced call is never a timing sample. A call over the budget (20 s) is run once only, and what
 it leaves unmeasured counts as a MISS. The PyTorch comparison takes the median of 5 runs of each
@@ -1107,6 +1108,48 @@ def _agreement(a, b) -> float:
     return max(rel_error(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
 
 
+# A threaded BLAS product leaves its worker threads spinning (runnable, waiting for the next
+# product) for a while after it returns: OpenBLAS's THREAD_TIMEOUT, 2^28 cycles by default, about
+# 0.1 s. Measured: a spinning worker makes the head-threaded chunked forms of refimpl.linear_rnn
+# 1.5-2x slower for that long (GLA at H = 4, L = 8192, best of 5: 26-33 ms after a 0.2 s pause,
+# 45-61 ms right after a 512 x 512 product). So that no case is charged for the previous case's threads, each
+# case starts by waiting, up to SETTLE_MAX seconds, until no other thread of this process is
+# running (read from /proc; elsewhere it does not wait). Within a case the samples alternate as
+# described above: a function's own spinning threads are part of what the next call meets.
+SETTLE_MAX = 0.3
+SETTLE_POLL = 0.002
+_TASKS = "/proc/self/task"
+
+
+def _running_threads() -> int:
+    """Threads of this process, other than the caller, that are running or runnable (state R)."""
+    import threading
+
+    me, n = threading.get_native_id(), 0
+    try:
+        tids = os.listdir(_TASKS)
+    except OSError:  # no /proc: nothing to wait for
+        return 0
+    for tid in tids:
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"{_TASKS}/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):  # the thread ended meanwhile
+            continue
+        n += state == "R"
+    return n
+
+
+def settle(max_wait: float = SETTLE_MAX) -> float:
+    """Wait until no other thread of this process runs (at most ``max_wait`` s); return the wait."""
+    t0 = time.perf_counter()
+    while _running_threads() and time.perf_counter() - t0 < max_wait:
+        time.sleep(SETTLE_POLL)
+    return time.perf_counter() - t0
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn()
@@ -1199,6 +1242,8 @@ def measure(case: Case, limits: Limits | None, quick: bool, *, over_budget: floa
     clock = _Clock()
     with clock("make"):
         calls = case.make()
+    with clock("settle"):
+        settle()  # the previous case's BLAS threads asleep
     rec: dict = {"name": case.name, "module": case.module, "function": case.function, "variant": case.variant}
     if case.repeats is not None:
         ref, base = [], []

@@ -289,7 +289,7 @@ def test_measure_records_where_the_time_goes():
                       bench.Cost(flops=1.0), "x @ x", limit_target=None)
     rec = bench.measure(case, None, quick=False)
     phases = rec["phase_s"]
-    assert set(phases) == {"make", "warmup", "quiet", "peak", "loop", "busy"}
+    assert set(phases) == {"make", "settle", "warmup", "quiet", "peak", "loop", "busy"}
     assert all(t >= 0 for t in phases.values()) and sum(phases.values()) <= rec["case_wall_s"]
 
 
@@ -469,3 +469,27 @@ def test_fixed_protocol_cases_take_every_run_and_stop_over_budget():
     assert rec["verdicts"]["agree"] == "PASS"
     rec = bench.measure(case, None, quick=False, over_budget=0.0)  # every call is over a zero budget
     assert rec["runs"] == 1 and rec["over_budget"] and rec["verdicts"]["baseline"] == "MISS"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread states from /proc")
+def test_settle_waits_for_running_threads_and_not_otherwise():
+    import threading
+
+    bench.settle()  # BLAS threads of earlier tests asleep
+    assert bench.settle() < 0.05  # nothing runs: no wait
+
+    stop = time.perf_counter() + 0.15
+
+    def spin():
+        while time.perf_counter() < stop:
+            pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        assert bench._running_threads() >= 1
+        waited = bench.settle()
+    finally:
+        t.join()
+    assert 0.05 < waited <= bench.SETTLE_MAX + 0.1
+    assert bench.settle(max_wait=0.0) < 0.05  # the cap holds
