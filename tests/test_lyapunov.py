@@ -382,25 +382,55 @@ class TestDleCovariance:
         close(dle_covariance_loop(lam, g, tau), dle_covariance(lam, g, tau), rtol=SELF, what="dle loop twin (diag)")
         close(dle_covariance_loop(lam, G, tau), dle_covariance(lam, G, tau), rtol=SELF, what="dle loop twin (full)")
 
+    @pytest.mark.parametrize("threads", [1, 2, 3])
     @pytest.mark.parametrize("block", [1, 2, 5, 2**15])
-    def test_diagonal_blocked_equals_unblocked(self, monkeypatch, block):
-        # The blocked diagonal path does the unblocked arithmetic on slices of the lags: bitwise equal
-        # results for any block length, with small |zτ| (series) in blocks other than the first
-        # (unsorted lags, τ = 0 last), a Re λ = 0 mode, a noiseless mode, and 2-D lags.
+    def test_diagonal_blocked_equals_unblocked(self, monkeypatch, block, threads):
+        # The blocked diagonal path does the same elementwise arithmetic on slices of the lags, in
+        # one thread or several: bitwise equal results for any block length and thread count, with
+        # small |zτ| (series) in blocks other than the first (unsorted lags, τ = 0 last), a Re λ = 0
+        # mode, a noiseless mode, and 2-D lags. The reference is one block in one thread; both agree
+        # with the unblocked general kernel and the loop twin to rounding.
+        import refimpl._blocking as blocking
         import refimpl.lyapunov as lyap
 
-        monkeypatch.setattr(lyap, "_SPECTRUM_BLOCK", block)
         rng = np.random.default_rng(21)
         lam = np.array([-0.4 + 1j, 2.5j, -3e-4 - 0.5j, -7.0 + 0j])
         g = np.array([0.7, 0.3, 1.2, 0.0])
         tau = np.concatenate([rng.uniform(0.0, 30.0, 9), [1e-9, 2e-3, 1e3, 0.0]]).reshape(13, 1) * np.ones(2)
         tau[:, 1] = tau[::-1, 0]
+        monkeypatch.setattr(blocking, "THREADS", 1)
+        ref = dle_covariance(lam, g, tau)
+        monkeypatch.setattr(lyap, "_SPECTRUM_BLOCK", block)
+        monkeypatch.setattr(blocking, "THREADS", threads)
+        monkeypatch.setattr(blocking, "THREAD_MIN_ELEMS", 1)  # thread even these few lags
         got = dle_covariance(lam, g, tau)
-        ref = lyap._noise_times_phi1(g, 2.0 * lam.real, tau[..., None])
         assert got.shape == (13, 2, 4)
         np.testing.assert_array_equal(got, ref)
+        close(lyap._noise_times_phi1(g, 2.0 * lam.real, tau[..., None]), got, rtol=1e-15, what="blocked vs general kernel")
         close(dle_covariance_loop(lam, g, tau), got, rtol=SELF, what="blocked diagonal dle vs loop twin")
         np.testing.assert_array_equal(got[..., 1], 0.3 * tau)  # z = 0: g τ exactly
+
+    def test_diagonal_threads_bitwise(self, monkeypatch):
+        # At a size that takes the threaded path by default (lags · d above THREAD_MIN_ELEMS, several
+        # blocks per thread): the same bits with 1, 2 and 3 threads, and the loop twin's values.
+        import refimpl._blocking as blocking
+
+        rng = np.random.default_rng(22)
+        d = 16
+        lam = -rng.uniform(0.0, 1.0, d) + 1j * rng.normal(0.0, 2.0, d)
+        lam[3] = 1.5j  # Re λ = 0: g τ on every lag (the series)
+        g = rng.uniform(0.1, 1.0, d)
+        tau = rng.permutation(np.linspace(0.0, 50.0, 9001))  # unsorted: small |zτ| in any block
+        assert tau.size * d >= blocking.THREAD_MIN_ELEMS
+        results = []
+        for threads in (1, 2, 3):
+            monkeypatch.setattr(blocking, "THREADS", threads)
+            results.append(dle_covariance(lam, g, tau))
+        for other in results[1:]:
+            assert np.array_equal(results[0], other)
+        np.testing.assert_array_equal(results[0][:, 3], g[3] * tau)
+        pick = rng.choice(tau.size, 200, replace=False)
+        close(dle_covariance_loop(lam, g, tau[pick]), results[0][pick], rtol=SELF, what="threaded diagonal dle vs loop twin")
 
     def test_diagonal_noise_is_diagonal_of_full(self):
         # Eq. (2.5) is Eq. (2.4) with a diagonal G̃: two code paths (real and complex kernels).
