@@ -485,6 +485,81 @@ def _full_from_upper(lam: np.ndarray, g: np.ndarray, tau: np.ndarray, sign: floa
     return out
 
 
+#: complex numbers per block of :func:`_full_decaying` (256 KiB): a block of lags of Σ stays in the L2
+#: cache while it is multiplied, shifted, scaled and mirrored
+_FULL_BLOCK = 2**14
+
+#: where Re(e^{zτ}) <= this, e^{zτ} − 1 is formed as the product e^{λ_k τ} · conj(e^{λ_l τ}) minus 1
+_PRODUCT_BELOW = 0.5
+
+
+def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """``Σ_kl = G̃_kl φ(λ_k + λ_l^*, τ)`` (Eq. (2.4)) when no mode grows (every Re λ_k <= 0), τ >= 0.
+
+    The same values as :func:`_full_from_upper` to rounding, by a factorization that needs one
+    exponential per mode and lag instead of one per entry: e^{(λ_k + λ_l^*)τ} = E_k conj(E_l)
+    with E_k = e^{λ_k τ}, so that
+
+        Σ_kl(τ) = (E_k conj(E_l) − 1) · C_kl,    C_kl = G̃_kl / (λ_k + λ_l^*)  (formed once).
+
+    E_k comes from :func:`_expm1_complex` (exact phase ω_k τ), so |E_k| <= 1 carries an absolute
+    error of a few ulp and so does the product P = E_k conj(E_l). Where Re P <= 1/2, the
+    difference P − 1 has modulus >= 1/2 and keeps a relative error of a few ulp: no
+    cancellation. Elsewhere (small |zτ|, or e^{zτ} near 1 because the phase (ω_k − ω_l)τ nearly
+    vanishes or nearly completes a turn) the difference cancels, and those entries — few for
+    lags beyond the slowest decay time — are formed by the per-entry kernel
+    :func:`_noise_times_phi1` with the exact rate z + z_lo. Only the upper triangle is selected;
+    the lower one is its conjugate, so Σ is exactly Hermitian (with a real diagonal).
+
+    Blocks of lags are independent and each is computed the same way whichever thread runs it:
+    :func:`refimpl._blocking.in_parts` runs contiguous runs of blocks in threads.
+    """
+    d = lam.shape[0]
+    t = tau.reshape(-1)
+    n = t.shape[0]
+    out = np.empty((n, d, d), dtype=np.complex128)
+    if n == 0:
+        return out.reshape(tau.shape + (d, d))
+    z, z_lo = _rate(lam[:, None], lam[None, :], 1.0)  # z_kl + z_lo_kl = λ_k + λ_l^* exactly
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # z = 0: a per-entry (series) entry
+        c = g / z
+        c -= c * (z_lo / z)  # 1/(z + z_lo) = (1/z)(1 − z_lo/z + O(ε²))
+    lower = ~np.triu(np.ones((d, d), dtype=bool))
+    # The candidates for the per-entry kernel: Re P > 1/2 needs |P| = e^{Re(z) τ} > 1/2, i.e.
+    # Re(z) τ > −log 2, so a block whose smallest lag is τ_0 needs only the upper-triangle pairs with
+    # Re(z) τ_0 > −0.7 (Re z <= 0): a prefix of the pairs sorted by Re z, descending.
+    iu, ju = np.triu_indices(d)
+    by_rate = np.argsort(-z.real[iu, ju], kind="stable")
+    iu, ju = iu[by_rate], ju[by_rate]
+    rate_sorted = z.real[iu, ju]
+    rows = min(n, max(1, _FULL_BLOCK // (d * d)))
+    e = 1.0 + _expm1_complex(lam, t[:, None])  # E_k = e^{λ_k τ}, (n, d): one call for all lags
+    e_conj = e.conj()
+
+    def run(part: slice) -> None:
+        p_buf = np.empty((rows, d, d), dtype=np.complex128)  # each thread its own block of P
+        for r0 in range(part.start, part.stop, rows):
+            r1 = min(r0 + rows, part.stop)
+            b = r1 - r0
+            p = np.multiply(e[r0:r1, :, None], e_conj[r0:r1, None, :], out=p_buf[:b])  # P_kl = E_k conj(E_l)
+            m = int(np.count_nonzero(rate_sorted * float(t[r0:r1].min()) > -0.7))
+            if m:
+                i, j = np.nonzero(p[:, iu[:m], ju[:m]].real > _PRODUCT_BELOW)
+            p -= 1.0
+            p *= c  # Σ_kl = (P_kl − 1) C_kl where Re P_kl <= 1/2
+            if m and i.size:
+                k, l = iu[j], ju[j]
+                p[i, k, l] = _noise_times_phi1(g[k, l], z[k, l], t[r0 + i], z_lo[k, l])
+            o = out[r0:r1]
+            np.copyto(o, p)
+            np.conjugate(np.swapaxes(p, 1, 2), out=o, where=lower)  # Σ_lk = conj(Σ_kl)
+            o.reshape(b, d * d)[:, :: d + 1].imag = 0.0  # Σ_kk = G̃_kk φ(2 Re λ_k, τ) is real
+
+    with np.errstate(invalid="ignore", over="ignore"):  # (P − 1) · C where C is not finite: replaced above
+        _blocking.in_parts(lambda part: run(slice(part.start * rows, min(part.stop * rows, n))), -(-n // rows), n * d * d)
+    return out.reshape(tau.shape + (d, d))
+
+
 # Σ is Hermitian by construction; averaging with its conjugate transpose removes round-off asymmetry.
 _hermitize = hermitian_part
 
@@ -547,6 +622,8 @@ def dle_covariance(eigvals, noise, tau):
     if diagonal:
         z = 2.0 * lam.real  # λ_k + λ_k^* = 2 Re λ_k = −2 μ_k
         return _spectrum_times_phi1(g, z, tau)  # Σ_k = g_k φ(−2μ_k, τ)
+    if np.max(lam.real) <= 0:  # no growing mode: e^{(λ_k + λ_l^*)τ} = e^{λ_k τ} conj(e^{λ_l τ})
+        return _full_decaying(lam, g, tau)
     return _full_from_upper(lam, g, tau, 1.0)  # Σ_kl = G̃_kl φ(λ_k + λ_l^*, τ)
 
 

@@ -31,6 +31,7 @@ from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
 from _oracles import elementwise_rel, van_loan, van_loan_block, van_loan_upper  # noqa: E402
 from _oracles import random_psd as _random_psd  # noqa: E402
 from refimpl._testing import ODE, ORACLE, SELF, assert_close
+from refimpl._validate import as_noise
 from refimpl.lyapunov import (
     dle_covariance,
     dle_covariance_backward,
@@ -431,6 +432,50 @@ class TestDleCovariance:
         np.testing.assert_array_equal(results[0][:, 3], g[3] * tau)
         pick = rng.choice(tau.size, 200, replace=False)
         close(dle_covariance_loop(lam, g, tau[pick]), results[0][pick], rtol=SELF, what="threaded diagonal dle vs loop twin")
+
+    @pytest.mark.parametrize("seed", range(6))
+    def test_full_decaying_product_vs_per_entry(self, seed):
+        # Full noise with no growing mode takes e^{(λ_k + λ_l^*)τ} = e^{λ_k τ} conj(e^{λ_l τ}) where
+        # Re of that product is <= 1/2 and the per-entry kernel elsewhere: elementwise within a few
+        # ulp of the per-entry kernel on every entry, on lags and rates that put entries on both
+        # sides of the switch (marginal modes, equal frequencies, rates from 1e-8 to 1e2, phases to 1e6).
+        import refimpl.lyapunov as lyap
+
+        rng = np.random.default_rng(100 + seed)
+        d = 9
+        lam = -rng.uniform(0.0, 1.0, d) * 10.0 ** rng.uniform(-8, 2, d) + 1j * rng.normal(0.0, 1.0, d) * 10.0 ** (seed - 2)
+        lam[0] = 1j * lam[0].imag  # Re λ = 0: Σ_00 = G̃_00 τ
+        lam[1] = lam[2].real / 3 + 1j * lam[2].imag  # equal frequencies: Im z_12 = 0
+        G = random_psd(rng, d)
+        tau = np.concatenate([[0.0], 10.0 ** rng.uniform(-6, 6, 60)])
+        got = dle_covariance(lam, G, tau)
+        ref = lyap._full_from_upper(lam, as_noise(G, "noise", d)[0], tau, 1.0)
+        err = elementwise_rel(got, ref)
+        _record("full Σ, product form vs per-entry kernel (elementwise)", err, 1e-14)
+        assert err <= 1e-14
+        np.testing.assert_array_equal(got, np.conj(np.swapaxes(got, -1, -2)))  # exactly Hermitian
+        np.testing.assert_array_equal(got[:, 0, 0], G[0, 0].real * tau)  # z = 0: G̃ τ exactly
+
+    def test_full_threads_bitwise(self, monkeypatch):
+        # The full-noise product form at a size that takes the threaded path (many blocks of lags):
+        # the same bits with 1, 2 and 3 threads; entries of the per-entry kernel in blocks other
+        # than the first (unsorted lags); the loop twin's values.
+        import refimpl._blocking as blocking
+
+        rng = np.random.default_rng(23)
+        d = 12
+        lam = random_eigvals(rng, d, re=(-1.0, -0.01))
+        G = random_psd(rng, d)
+        tau = rng.permutation(np.linspace(0.0, 60.0, 700))
+        assert tau.size * d * d >= blocking.THREAD_MIN_ELEMS
+        results = []
+        for threads in (1, 2, 3):
+            monkeypatch.setattr(blocking, "THREADS", threads)
+            results.append(dle_covariance(lam, G, tau))
+        for other in results[1:]:
+            assert np.array_equal(results[0], other)
+        pick = rng.choice(tau.size, 40, replace=False)
+        close(dle_covariance_loop(lam, G, tau[pick]), results[0][pick], rtol=SELF, what="threaded full dle vs loop twin")
 
     def test_diagonal_noise_is_diagonal_of_full(self):
         # Eq. (2.5) is Eq. (2.4) with a diagonal G̃: two code paths (real and complex kernels).
