@@ -485,9 +485,9 @@ def _full_from_upper(lam: np.ndarray, g: np.ndarray, tau: np.ndarray, sign: floa
     return out
 
 
-#: complex numbers per block of :func:`_full_decaying` (256 KiB): a block of lags of Σ stays in the L2
+#: complex numbers per block of :func:`_full_decaying` (512 KiB): a block of lags of Σ stays in the L2
 #: cache while it is multiplied, shifted, scaled and mirrored
-_FULL_BLOCK = 2**14
+_FULL_BLOCK = 2**15
 
 #: where Re(e^{zτ}) <= this, e^{zτ} − 1 is formed as the product e^{λ_k τ} · conj(e^{λ_l τ}) minus 1
 _PRODUCT_BELOW = 0.5
