@@ -603,6 +603,11 @@ def dle_covariance(eigvals, noise, tau):
 
     where φ(z, τ) = (e^{zτ} − 1)/z is evaluated by :func:`phi1` (exact z → 0 limit
     ``g_k τ``, the Brownian case). The original-basis covariance is ``S Σ S^†``.
+    With full noise and no growing mode (every Re λ_k <= 0) the exponential factors,
+    ``e^{(λ_k + λ_l^*)τ} = e^{λ_k τ} conj(e^{λ_l τ})``: one exponential per mode and lag, and
+    per entry ``(e^{λ_k τ} conj(e^{λ_l τ}) − 1) G̃_kl/(λ_k + λ_l^*)`` wherever the real part of
+    the product is at most 1/2 (the difference cannot cancel there); the other entries, where
+    e^{zτ} is near 1, take φ entry by entry. Both agree to a few units of rounding.
 
     See Also
     --------
