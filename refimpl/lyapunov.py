@@ -552,7 +552,8 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
                 p[i, k, l] = _noise_times_phi1(g[k, l], z[k, l], t[r0 + i], z_lo[k, l])
             o = out[r0:r1]
             np.copyto(o, p)
-            np.conjugate(np.swapaxes(p, 1, 2), out=o, where=lower)  # Σ_lk = conj(Σ_kl)
+            np.copyto(o, np.swapaxes(p, 1, 2), where=lower)  # Σ_lk = conj(Σ_kl): the transpose, then
+            np.negative(o.imag, out=o.imag, where=lower)  # the sign of Im (faster than a masked np.conjugate)
             o.reshape(b, d * d)[:, :: d + 1].imag = 0.0  # Σ_kk = G̃_kk φ(2 Re λ_k, τ) is real
 
     with np.errstate(invalid="ignore", over="ignore"):  # (P − 1) · C where C is not finite: replaced above
