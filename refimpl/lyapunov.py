@@ -512,7 +512,7 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
     the lower one is its conjugate, so Σ is exactly Hermitian (with a real diagonal).
 
     Blocks of lags are independent and each is computed the same way whichever thread runs it:
-    :func:`refimpl._blocking.in_parts` runs contiguous runs of blocks in threads.
+    :func:`refimpl._blocking.in_parts` runs them in threads, each thread every THREADS-th block.
     """
     d = lam.shape[0]
     t = tau.reshape(-1)
@@ -536,10 +536,16 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
     e = 1.0 + _expm1_complex(lam, t[:, None])  # E_k = e^{λ_k τ}, (n, d): one call for all lags
     e_conj = e.conj()
 
+    # Blocks of short lags hold most of the per-entry work: a thread takes every THREADS-th block
+    # (contiguous parts of this order), not a contiguous run of lags, so the threads get equal shares
+    blocks = -(-n // rows)
+    step = max(1, min(blocks, _blocking.THREADS))
+    order = np.concatenate([np.arange(j, blocks, step) for j in range(step)])
+
     def run(part: slice) -> None:
         p_buf = np.empty((rows, d, d), dtype=np.complex128)  # each thread its own block of P
-        for r0 in range(part.start, part.stop, rows):
-            r1 = min(r0 + rows, part.stop)
+        for r0 in order[part] * rows:
+            r1 = min(r0 + rows, n)
             b = r1 - r0
             p = np.multiply(e[r0:r1, :, None], e_conj[r0:r1, None, :], out=p_buf[:b])  # P_kl = E_k conj(E_l)
             m = int(np.count_nonzero(rate_sorted * float(t[r0:r1].min()) > -0.7))
@@ -557,7 +563,7 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
             o.reshape(b, d * d)[:, :: d + 1].imag = 0.0  # Σ_kk = G̃_kk φ(2 Re λ_k, τ) is real
 
     with np.errstate(invalid="ignore", over="ignore"):  # (P − 1) · C where C is not finite: replaced above
-        _blocking.in_parts(lambda part: run(slice(part.start * rows, min(part.stop * rows, n))), -(-n // rows), n * d * d)
+        _blocking.in_parts(run, blocks, n * d * d)
     return out.reshape(tau.shape + (d, d))
 
 
