@@ -330,7 +330,8 @@ def _spectrum_times_phi1(g: np.ndarray, z: np.ndarray, tau: np.ndarray) -> np.nd
     |zτ| < :data:`_SERIES_BELOW` — for the common case in which no entry has zτ > 1 (no
     rounding correction of the exponent, no overflow; e.g. decaying modes and τ ≥ 0). The
     quotient g/z is formed once per mode, so each entry costs one product, one expm1 and one
-    product (expm1(zτ)/z · g rounds twice too; either is within 1.5 ulp of the exact product).
+    product (expm1(zτ)/z · g also rounds twice after the expm1; where g/z would overflow, the
+    quotient is taken after the expm1, by :func:`_noise_times_phi1`).
     It runs over blocks of lags, so that the exponent and the series live in a cache-sized
     buffer and each output entry is written once; z and g/z are tiled to the block's shape
     once, so that the products run over whole blocks rather than one short row at a time.
@@ -350,9 +351,12 @@ def _spectrum_times_phi1(g: np.ndarray, z: np.ndarray, tau: np.ndarray) -> np.nd
     z_min = float(np.min(np.abs(z)))
     out = np.empty((n, d))
     rows = min(n, max(1, _SPECTRUM_BLOCK // d))
-    with np.errstate(divide="ignore", invalid="ignore"):  # g/z at z = 0: those entries take the series
-        z_tile = np.tile(z, (rows, 1))
-        c_tile = np.tile(g / z, (rows, 1))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # g/z at z = 0: those entries take the series
+        c = g / z
+    if not np.all(np.isfinite(c) | (z == 0)):  # g/z overflows (|z| < 1e-300 or so): divide after expm1
+        return _noise_times_phi1(g, z, tau[..., None])
+    z_tile = np.tile(z, (rows, 1))
+    c_tile = np.tile(c, (rows, 1))
 
     def run(part: slice) -> None:
         w_buf = np.empty((rows, d))  # each thread its own exponent buffer
@@ -524,6 +528,8 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # z = 0: a per-entry (series) entry
         c = g / z
         c -= c * (z_lo / z)  # 1/(z + z_lo) = (1/z)(1 − z_lo/z + O(ε²))
+    if not np.all(np.isfinite(c) | (z == 0)):  # G̃/z overflows (|z| < 1e-300 or so): divide after expm1
+        return _full_from_upper(lam, g, tau, 1.0)
     lower = ~np.triu(np.ones((d, d), dtype=bool))
     # The candidates for the per-entry kernel: Re P > 1/2 needs |P| = e^{Re(z) τ} > 1/2, i.e.
     # Re(z) τ > −log 2, so a block whose smallest lag is τ_0 needs only the upper-triangle pairs with

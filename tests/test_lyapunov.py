@@ -477,6 +477,20 @@ class TestDleCovariance:
         pick = rng.choice(tau.size, 40, replace=False)
         close(dle_covariance_loop(lam, G, tau[pick]), results[0][pick], rtol=SELF, what="threaded full dle vs loop twin")
 
+    def test_tiny_rate_huge_lag(self):
+        # |Re λ| ~ 1e-299 and G̃ ~ 1e10: G̃/z alone overflows float64 while Σ = G̃ (e^{zτ} − 1)/z does not
+        # (τ ~ 1e297, |zτ| ~ 1e-2). The diagonal path then divides after the expm1; in the full-noise
+        # product form such entries have e^{zτ} near 1 and take the per-entry kernel.
+        lam = np.array([-5e-300 + 0j, -5e-300 + 0.5j, -0.5 + 1j])
+        g = np.array([1e10, 0.5e10, 1.0])
+        G = np.diag(g).astype(complex)
+        G[0, 1] = G[1, 0] = 1e9
+        tau = np.array([0.5, 1e297, 3e297])
+        for noise in (g, G):
+            got = dle_covariance(lam, noise, tau)
+            assert np.all(np.isfinite(got)) and np.max(np.abs(got)) > 1e306
+            close(dle_covariance_loop(lam, noise, tau), got, rtol=SELF, what="tiny rate, huge lag")
+
     def test_diagonal_noise_is_diagonal_of_full(self):
         # Eq. (2.5) is Eq. (2.4) with a diagonal G̃: two code paths (real and complex kernels).
         rng = np.random.default_rng(3)
