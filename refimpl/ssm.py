@@ -65,11 +65,13 @@ from __future__ import annotations
 
 import cmath
 import math
+import threading
 
 import numpy as np
 import scipy.linalg
 import scipy.special
 
+from . import _blocking
 from ._blocking import one_thread_matmul, per_block
 from ._scan import cumsum_rows, linear_scan
 from ._validate import (
@@ -601,27 +603,57 @@ def _small_matmuls(X: np.ndarray, Y: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _times(x: np.ndarray, k: float) -> np.ndarray:
-    """``x · k`` for a real k, real and imaginary parts apart: log 0 = −inf + 0j stays so (a complex product gives NaN)."""
+def _in_blocks(block, n: int, size: int, elems: int) -> None:
+    """Call ``block(slice)`` on the blocks ``[0, size), [size, 2 size), …`` of ``range(n)``, shared out among threads.
+
+    The blocks are fixed by ``n`` and ``size`` alone, so the result does not depend on the number of threads
+    (:data:`refimpl._blocking.THREADS`); each thread takes the next block not yet taken until none is left,
+    so that a thread slowed down by another process on its core does fewer blocks instead of holding the
+    others up (equal shares, one per thread, finish only when the slowest does). Threads are used as
+    :func:`refimpl._blocking.in_parts` decides from ``elems``; ``block`` must write disjoint outputs.
+    """
+    starts = range(0, n, size)
+    taken = iter(starts)  # next() on a range iterator is atomic under the GIL: each block is taken once
+    lock = threading.Lock()
+
+    def worker(_):
+        while True:
+            with lock:
+                b0 = next(taken, None)
+            if b0 is None:
+                return
+            block(slice(b0, min(b0 + size, n)))
+
+    _blocking.in_parts(worker, len(starts), elems)
+
+
+def _times(x: np.ndarray, k) -> np.ndarray:
+    """``x · k`` for a real k (or real array k, broadcast), real and imaginary parts apart: log 0 = −inf + 0j stays
+    so (a complex product gives NaN)."""
     if x.dtype.kind != "c":
         return x * k
-    out = np.empty_like(x)
+    out = np.empty(np.broadcast_shapes(x.shape, np.shape(k)), dtype=x.dtype)
     out.real, out.imag = x.real * k, x.imag * k
     return out
 
 
-def _powers(log_z: np.ndarray, m: int) -> np.ndarray:
+def _powers(log_z: np.ndarray, m: int, scale: float = 1.0) -> np.ndarray:
     """``z^i = exp(i log z)`` for i = 0 … m − 1, shape (..., m), by doubling: ``z^{i + 2^k} = z^i · exp(2^k log z)``.
 
-    One exponential per bit of m; ``z^0 = 1`` also for ``z = 0`` (``log z = −inf``).
+    With ``scale`` s, the powers of ``z^s = exp(s log z)`` instead (s log z formed as by :func:`_times`). One
+    exponential per bit of m, all taken in one call; ``z^0 = 1`` also for ``z = 0`` (``log z = −inf``).
     """
     out = np.empty(log_z.shape + (m,), dtype=np.result_type(log_z, np.float64))
     out[..., 0] = 1.0
+    bits = max(1, (m - 1).bit_length())
+    factors = scale * 2.0 ** np.arange(bits)  # s·2^j: exact for an integer s (and (s·2^j) log z = (s log z)·2^j exactly)
+    zk = np.exp(_times(log_z[..., None], factors) if log_z.dtype.kind == "c" else log_z[..., None] * factors)  # z^{s 2^j}
     k = 1
-    while k < m:
-        zk = np.exp(_times(log_z, k))  # z^{2^j}, j = log2 k
+    for j in range(bits):
+        if k >= m:
+            break
         c = min(k, m - k)
-        np.multiply(out[..., :c], zk[..., None], out=out[..., k : k + c])
+        np.multiply(out[..., :c], zk[..., j, None], out=out[..., k : k + c])
         k *= 2
     return out
 
@@ -658,11 +690,16 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     The (…, N, L) Vandermonde matrix is never formed (at H = N = 64, L = 16384 it would be
     1 GiB): with a block length T ≈ √L and J = ⌈L/T⌉ blocks, ``Ā^{jT+i} = Ā^{jT}·Ā^{i}``, so the
     kernel of each channel is one matrix product ``K[j, i] = Σ_n (C_n B̄_n Ā_n^{jT}) Ā_n^{i}``
-    of a (J, N) by an (N, T) matrix, done as small real products (:func:`_small_matmuls`). The powers
-    ``Ā^i`` (i < T) and ``Ā^{jT}`` (j < J) come from ``exp(2^k log Ā)`` (for ZOH ``log Ā = ΔA``
-    exactly) by doubling, ``Ā^{i + 2^k} = Ā^i Ā^{2^k}``: one exponential per bit, so the
-    relative error of ``Ā^ℓ`` is that of ``exp(ℓ log Ā)`` plus a few ulps per set bit of i and j
-    (no growth with ℓ as in ``x ← Ā x``). Memory O(H N √L + H L).
+    of a (J, N) by an (N, T) matrix, done as small real products (:func:`_small_matmuls`). When only
+    ``Re K̄`` is wanted (``conj_pairs``, or a real system), the product is the real one
+    ``Re(P W) = Re P Re W − Im P Im W``, i.e. ``[Re P, −Im P]`` times ``[Re W; Im W]``: half the
+    multiply-adds of the complex product. The powers ``Ā^i`` (i < T) and ``Ā^{jT}`` (j < J) come
+    from ``exp(2^k log Ā)`` (for ZOH ``log Ā = ΔA`` exactly) by doubling,
+    ``Ā^{i + 2^k} = Ā^i Ā^{2^k}``: one exponential per bit, so the relative error of ``Ā^ℓ`` is
+    that of ``exp(ℓ log Ā)`` plus a few ulps per set bit of i and j (no growth with ℓ as in
+    ``x ← Ā x``). Channels are processed in blocks whose powers and factors fit the workspace
+    budget of :mod:`refimpl._blocking`, and K̄ is written in place. Memory O(H L) for K̄ and
+    O(N √L) per channel of a block.
 
     Examples
     --------
@@ -678,17 +715,42 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     N = Ab.shape[-1]
     with np.errstate(divide="ignore"):  # log 0 = −inf for a pole at 0 (bilinear at Δλ = −2)
         logA = step * A if method == "zoh" else np.log(Ab.astype(np.complex128))  # log Ā (ZOH: ΔA exactly)
-    logA = np.broadcast_to(logA, batch + (N,))
-    CB = np.broadcast_to(C * Bb, batch + (N,))  # C_n B̄_n
+    logA = np.broadcast_to(logA, batch + (N,)).reshape(-1, N)  # channels flattened: (H, N)
+    CB = np.broadcast_to(C * Bb, batch + (N,)).reshape(-1, N)  # C_n B̄_n
+    if conj_pairs:
+        CB = 2.0 * CB  # 2 Re K̄ = Re Σ_n (2 C_n B̄_n) Ā_n^ℓ; doubling is exact
+    real_out = conj_pairs or real  # only Re K̄ is wanted (a real system's K̄ is real)
+    H = logA.shape[0]
     T = max(1, int(np.ceil(np.sqrt(L))))
     J = -(-L // T)
-    W = _powers(logA, T)  # Ā^i, i < T: (..., N, T)
-    P = CB[..., None, :] * np.swapaxes(_powers(_times(logA, T), J), -1, -2)  # C_n B̄_n Ā^{jT}: (..., J, N)
-    K = _small_matmuls(P, W, np.empty(batch + (J, T), dtype=np.result_type(P, W)))  # Σ_n C_n B̄_n Ā^{jT} Ā^i
-    K = K.reshape(batch + (J * T,))[..., :L]  # K̄_{jT+i}
-    if real:
-        K = K.real  # the kernel of a real system is real; log of a real Ā < 0 made it complex
-    return _finish_s4d(K, conj_pairs)
+    full = L // T  # rows j whose T lags all lie below L; a last row of L − full·T lags if T does not divide L
+    K = np.empty((H, L), dtype=np.float64 if real_out else np.result_type(logA, CB, np.float64))
+
+    def block(hs):  # the kernels of channels hs, written into K
+        h = hs.stop - hs.start
+        W = _powers(logA[hs], T)  # Ā^i, i < T: (h, N, T)
+        P = CB[hs, :, None] * _powers(logA[hs], J, scale=T)  # C_n B̄_n Ā^{jT}: (h, N, J)
+        X, Y = P.swapaxes(-1, -2), W
+        if real_out and P.dtype.kind == "c" and W.dtype.kind == "c":
+            # Re Σ_n p_n w_n = Σ_n (Re p_n Re w_n − Im p_n Im w_n): one real product [Re Pᵀ, −Im Pᵀ][Re W; Im W], half
+            # the multiply-adds of the complex product
+            X = np.concatenate([P.real, -P.imag], axis=-2).swapaxes(-1, -2)  # (h, J, 2N), transposed in memory
+            Y = np.concatenate([W.real, W.imag], axis=-2)  # (h, 2N, T)
+        elif real_out:  # one factor real: Re(p w) = (Re p) w for a real w, and p (Re w) for a real p
+            X, Y = X.real, Y.real
+        mul = (lambda a, b, out: one_thread_matmul(a, b, out=out, macs=_SMALL_PRODUCT)) if real_out else _small_matmuls
+        # K̄_{jT+i} = Σ_n C_n B̄_n Ā^{jT} Ā^i, written in place: rows j < full, then the last, shorter row
+        mul(X[:, :full], Y, K[hs, : full * T].reshape(h, full, T))
+        if full < J:
+            mul(X[:, full:], Y[..., : L - full * T], K[hs, full * T :].reshape(h, 1, L - full * T))
+
+    heads = per_block(8 * N * (T + J))  # channels per block: the powers and factors (complex) stay cache-sized
+
+    # one thread: the work is a few milliseconds, mostly exponentials of large arguments, and two threads ran
+    # slower than one whenever another thread kept a core busy (also BLAS threads spinning after a product)
+    for h0 in range(0, H, heads):
+        block(slice(h0, min(h0 + heads, H)))
+    return K.reshape(batch + (L,))
 
 
 def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
