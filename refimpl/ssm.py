@@ -1196,11 +1196,13 @@ def _chunks_closed_form(cs, u, delta, At, B, C, discretization, h, start, y, wor
     Wg *= Bt  # e^{−S_s} B̄_s u_s
     for t in range(1, T):  # Σ_{s≤t} e^{−S_s} B̄_s u_s: one add per step for all chunks
         W[..., t, :, :, :] += W[..., t - 1, :, :, :]
-    H0 = np.empty(batch + (n, G, d), dtype=h.dtype)
-    for g in range(G):  # the chunk boundaries in order: h_0 of each chunk, and the state at its end
-        H0[..., g, :] = h
-        h = E[..., -1, :, g, :] * (h + W[..., -1, :, g, :])
-    W += H0[..., None, :, :, :]
+    H0 = np.empty(batch + (n, G + 1, d), dtype=h.dtype)  # h_0 of each chunk, and the state after the last
+    H0[..., 0, :] = h
+    for g in range(G):  # the chunk boundaries in order, written in place (two NumPy calls per chunk)
+        np.add(H0[..., g, :], W[..., -1, :, g, :], out=H0[..., g + 1, :])
+        H0[..., g + 1, :] *= E[..., -1, :, g, :]  # the state at the chunk's end, e^{S_T}(h_0 + Σ_s e^{−S_s} B̄_s u_s)
+    h = H0[..., G, :]
+    W += H0[..., None, :, :G, :]
     W *= E  # h_t = e^{S_t}(h_0 + Σ_{s≤t} e^{−S_s} B̄_s u_s)
     # y_t = C_{t,g} h_t: channels grouped as C is, one batched product
     Ct = np.swapaxes(_chunked(C, start, G, T, 2), -4, -3)[..., None, :]  # (..., T, G, G_C, 1, n)
@@ -1253,6 +1255,37 @@ def _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, start, stop
     return h
 
 
+#: the selective scan splits its channels into at most this many parts of equal width, computed one
+#: after the other or side by side in threads (:func:`_selective_core`); the parts depend on the shapes
+#: only, never on the number of threads, so neither does the result
+_SCAN_PARTS = 2
+
+#: ... and only while a part keeps at least this many state entries (batch × channels × states): each
+#: part visits its chunk boundaries one by one, a few NumPy calls per chunk
+_SCAN_PART_STATE = 512
+
+
+def _scan_parts(d: int, widths, state: int) -> int:
+    """Channels per part of :func:`_selective_core`: ``d`` split into at most :data:`_SCAN_PARTS` parts.
+
+    ``widths``: channels per group of B and of C (a part lies within one group or holds whole
+    groups); ``state``: state entries per channel (batch × n). Depends on the shapes only.
+    """
+    for parts in range(min(_SCAN_PARTS, d), 1, -1):
+        p = d // parts
+        if d % parts == 0 and p * state >= _SCAN_PART_STATE and all(p % w == 0 or w % p == 0 for w in widths):
+            return p
+    return d
+
+
+def _groups_of(X: np.ndarray, ch: slice, width: int) -> np.ndarray:
+    """The groups (..., L, G, n) of B or C that the channels ``ch`` use (``width`` channels per group; see :func:`_scan_parts`)."""
+    if (ch.stop - ch.start) % width == 0:  # whole groups
+        return X[..., ch.start // width : ch.stop // width, :]
+    g = ch.start // width  # within one group
+    return X[..., g : g + 1, :]
+
+
 def _selective_core(u, delta, A, B, C, discretization):
     """The recurrence (11.14) with grouped ``B_t``, ``C_t``; shared by selective_scan and selective_scan_fn.
 
@@ -1262,6 +1295,31 @@ def _selective_core(u, delta, A, B, C, discretization):
     channels, as in :func:`selective_scan`; G = d: one per channel). Returns ``y`` (..., L, d) and
     the last state (..., d, n).
 
+    The channels are independent: they are split into a few parts of equal width
+    (:func:`_scan_parts`, fixed by the shapes), which run side by side in threads
+    (:func:`refimpl._blocking.in_parts`; NumPy's ufuncs and products release the GIL), each
+    through :func:`_selective_channels`.
+    """
+    L, d = u.shape[-2:]
+    n = A.shape[1]
+    dtype = np.result_type(A, B, C, np.float64)
+    # y laid out like u: a transposed u (the official (batch, D, L) layout) gets a y that transposes back without a copy
+    y = np.empty_like(u, dtype=dtype)
+    h_last = np.empty(u.shape[:-2] + (d, n), dtype=dtype)
+    wB, wC = d // B.shape[-2], d // C.shape[-2]
+    width = _scan_parts(d, (wB, wC), math.prod(u.shape[:-2]) * n)
+
+    def part(ch):
+        _selective_channels(u[..., ch], delta[..., ch], A[ch], _groups_of(B, ch, wB), _groups_of(C, ch, wC),
+                            discretization, y[..., ch], h_last[..., ch, :])
+
+    _in_blocks(part, d, width, u.size * n)
+    return y, h_last
+
+
+def _selective_channels(u, delta, A, B, C, discretization, y, h_last):
+    """:func:`_selective_core` on some channels: writes their outputs ``y`` (..., L, d) and last states ``h_last`` (..., d, n).
+
     The steps are cut into chunks of :data:`_SCAN_CHUNK` steps, solved in closed form
     (:func:`_selective_chunks`) several at a time, in blocks sized by :mod:`refimpl._blocking`.
     The within-chunk sums of Δ are formed once for the whole sequence. A block with a chunk
@@ -1270,9 +1328,7 @@ def _selective_core(u, delta, A, B, C, discretization):
     """
     L, d = u.shape[-2:]
     n = A.shape[1]
-    dtype = np.result_type(A, B, C, np.float64)
-    # y laid out like u: a transposed u (the official (batch, D, L) layout) gets a y that transposes back without a copy
-    y = np.empty_like(u, dtype=dtype)
+    dtype = y.dtype
     h = np.zeros(u.shape[:-2] + (n, d), dtype=dtype)  # h_{−1} = 0, state axis first: (..., n, d)
     A_abs = np.max(np.abs(A), axis=1)  # the fastest decay (or rotation) of each channel
     steps = per_block(2 * h.size * dtype.itemsize // 8)  # steps per block: e^{S} and the sums, (..., n, d) each
@@ -1293,7 +1349,7 @@ def _selective_core(u, delta, A, B, C, discretization):
         h = h_new
     if K * T < L:
         h = _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, K * T, L, L - K * T, y)
-    return y, np.ascontiguousarray(np.swapaxes(h, -1, -2))
+    h_last[...] = np.swapaxes(h, -1, -2)
 
 
 def _finish_selective(y, h_last, u, D, return_last_state):

@@ -429,6 +429,25 @@ class TestS4dKernel:
         Ab, Bb = ssm.discretize(A, np.ones(5), step, method=method, diagonal=True)
         close(K, ssm.ssm_kernel(Ab, Bb, C, L, diagonal=True), rtol=SELF, what="s4d_kernel vs powers")
 
+    @pytest.mark.parametrize("conj_pairs", [False, True])
+    @pytest.mark.parametrize("kind", ["real system", "real A, complex C", "complex A", "bilinear, negative real Ā"])
+    def test_real_part_product_and_dtypes(self, kind, conj_pairs):
+        # only Re K̄ is formed when that is returned (conj_pairs or a real system): the real product of
+        # [Re P, −Im P] and [Re W; Im W], or of the real factor with the real part of the other; L = 97
+        # is not a multiple of the block length (10), so the last row of the product is shorter
+        rng = np.random.default_rng(9)
+        A = -rng.uniform(0.1, 2.0, (2, 3, 5))
+        if kind == "complex A":
+            A = A + 1j * rng.normal(size=A.shape)
+        elif kind == "bilinear, negative real Ā":
+            A = -rng.uniform(25.0, 30.0, A.shape)  # Δ A < −2: Ā = (1 + ΔA/2)/(1 − ΔA/2) < 0, log Ā complex
+        C = rng.normal(size=5) + (0 if kind == "real system" else 1j * rng.normal(size=5))
+        method = "bilinear" if kind.startswith("bilinear") else "zoh"
+        K = ssm.s4d_kernel(A, 1.0, C, 0.1, 97, method=method, conj_pairs=conj_pairs)
+        loop = ssm.s4d_kernel_loop(A, 1.0, C, 0.1, 97, method=method, conj_pairs=conj_pairs)
+        assert K.shape == loop.shape == (2, 3, 97) and K.dtype == loop.dtype and K.flags.c_contiguous
+        close(K, loop, rtol=SELF, what=f"s4d_kernel ({kind}, conj_pairs={conj_pairs}) vs loop twin")
+
     def test_conj_pairs_equals_the_full_conjugate_set(self):
         rng = np.random.default_rng(8)
         A = -rng.uniform(0.1, 1, 4) + 1j * rng.uniform(0, 5, 4)
@@ -1096,6 +1115,70 @@ class TestChunkedSelectiveScan:
         close(last, last_ref, rtol=SELF, what="chunked complex scan last state, L = 2500")
         loop = ssm.selective_scan_fn_loop(**kw, delta_softplus=True)
         close(out, loop, rtol=SELF, what="chunked complex scan vs loop twin, L = 2500")
+
+
+class TestSelectiveScanThreads:
+    """The channels of the selective scan in parts (fixed by the shapes) that run side by side in threads."""
+
+    @staticmethod
+    def runs(monkeypatch, f):
+        """f() with 1, 2 and 3 threads; the parts each thread ran."""
+        import refimpl._blocking as blocking
+
+        out, parts = {}, {}
+        channels = ssm._selective_channels
+
+        def counted(u, *args):
+            seen.append(u.shape[-1])
+            return channels(u, *args)
+
+        monkeypatch.setattr(ssm, "_selective_channels", counted)
+        for threads in (1, 2, 3):
+            monkeypatch.setattr(blocking, "THREADS", threads)
+            seen = []
+            out[threads], parts[threads] = f(), seen
+        return out, parts
+
+    def test_default_split_at_the_threaded_size(self, monkeypatch):
+        # d = 64 channels of n = 16 states: two parts of 32 channels, work above THREAD_MIN_ELEMS, so the
+        # default settings thread it; the outputs are bitwise those of one thread
+        rng = np.random.default_rng(50)
+        u, delta, A, B, C, D = mamba_inputs(rng, shape=(300, 64), n=16, delta_range=(1e-3, 0.1))
+        out, parts = self.runs(monkeypatch, lambda: ssm.selective_scan(u, delta, A, B, C, D, return_last_state=True))
+        assert parts[1] == parts[2] == [32, 32]
+        for threads in (2, 3):
+            assert np.array_equal(out[threads][0], out[1][0]) and np.array_equal(out[threads][1], out[1][1])
+        close(out[2][0], ssm.selective_scan_loop(u, delta, A, B, C, D), rtol=SELF, what="threaded selective scan vs loop twin")
+
+    @pytest.mark.parametrize("B_form, C_form", [("grouped", "invariant"), ("shared", "grouped"), ("invariant", "shared")])
+    def test_parts_and_threads_do_not_change_the_result(self, monkeypatch, B_form, C_form):
+        # four parts of two channels for three threads (uneven shares), complex A, B or C per group of four
+        # channels or per channel, one channel decaying too fast for any chunk over a stretch (the step
+        # loop), another fast enough to halve its chunks: every part decides its own fallbacks, and the
+        # parts are the same for any number of threads
+        import refimpl._blocking as blocking
+
+        monkeypatch.setattr(blocking, "THREAD_MIN_ELEMS", 0)
+        monkeypatch.setattr(ssm, "_SCAN_PARTS", 4)
+        monkeypatch.setattr(ssm, "_SCAN_PART_STATE", 1)
+        kw = official_inputs(np.random.default_rng(51), batch=2, dim=8, L=203, N=3, B_form=B_form, C_form=C_form,
+                             complex_A=True)
+        kw["delta"][:, 1, 60:80] = 40.0  # Δ ≈ 40 with |A| up to ~10: beyond the bound even for two steps
+        kw["delta"][:, 6, 100:140] = 3.0
+        run = lambda: ssm.selective_scan_fn(**kw, delta_softplus=True, return_last_state=True)  # noqa: E731
+        out, parts = self.runs(monkeypatch, run)
+        assert parts[1] == parts[3] == [2, 2, 2, 2]
+        for threads in (2, 3):
+            assert np.array_equal(out[threads][0], out[1][0]) and np.array_equal(out[threads][1], out[1][1])
+        close(out[3][0], ssm.selective_scan_fn_loop(**kw, delta_softplus=True), rtol=SELF,
+              what=f"selective_scan_fn in parts and threads vs loop twin ({B_form} B, {C_form} C)")
+
+    def test_parts_respect_the_groups(self):
+        assert ssm._scan_parts(64, (64, 64), 16) == 32  # B, C shared: halves
+        assert ssm._scan_parts(64, (1, 64), 16) == 32  # one B per channel
+        assert ssm._scan_parts(6, (3, 3), 1000) == 3  # two groups of three: a part per group
+        assert ssm._scan_parts(8, (8, 1), 4) == 8  # halves too small (4 · 4 state entries < 512): one part
+        assert ssm._scan_parts(7, (7, 7), 10**6) == 7  # 7 channels: no equal halves
 
 
 class TestSelectiveScanFn:
