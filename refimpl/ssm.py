@@ -65,13 +65,11 @@ from __future__ import annotations
 
 import cmath
 import math
-import threading
 
 import numpy as np
 import scipy.linalg
 import scipy.special
 
-from . import _blocking
 from ._blocking import one_thread_matmul, per_block
 from ._scan import cumsum_rows, linear_scan
 from ._validate import (
@@ -86,7 +84,7 @@ from ._validate import (
     check_square,
 )
 from .lyapunov import phi1
-from .mixing import fft_conv
+from .mixing import _in_blocks, fft_conv
 
 __all__ = [
     "hippo_legs",
@@ -601,30 +599,6 @@ def _small_matmuls(X: np.ndarray, Y: np.ndarray, out: np.ndarray) -> np.ndarray:
         out_r = out
     one_thread_matmul(X, Y, out=out_r, macs=_SMALL_PRODUCT)
     return out
-
-
-def _in_blocks(block, n: int, size: int, elems: int) -> None:
-    """Call ``block(slice)`` on the blocks ``[0, size), [size, 2 size), …`` of ``range(n)``, shared out among threads.
-
-    The blocks are fixed by ``n`` and ``size`` alone, so the result does not depend on the number of threads
-    (:data:`refimpl._blocking.THREADS`); each thread takes the next block not yet taken until none is left,
-    so that a thread slowed down by another process on its core does fewer blocks instead of holding the
-    others up (equal shares, one per thread, finish only when the slowest does). Threads are used as
-    :func:`refimpl._blocking.in_parts` decides from ``elems``; ``block`` must write disjoint outputs.
-    """
-    starts = range(0, n, size)
-    taken = iter(starts)  # next() on a range iterator is atomic under the GIL: each block is taken once
-    lock = threading.Lock()
-
-    def worker(_):
-        while True:
-            with lock:
-                b0 = next(taken, None)
-            if b0 is None:
-                return
-            block(slice(b0, min(b0 + size, n)))
-
-    _blocking.in_parts(worker, len(starts), elems)
 
 
 def _times(x: np.ndarray, k) -> np.ndarray:
