@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import cmath
 import math
+import threading
 
 import numpy as np
 import scipy.linalg
@@ -751,6 +752,11 @@ def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     return _finish_s4d(K, conj_pairs)
 
 
+#: :func:`s4_kernel_dplr` forms its Cauchy entries 1/(g − Λ_n) = (a − ib)/(a² + b²) in real arithmetic while
+#: a = −Re Λ_n >= 1/_CAUCHY_RANGE and |b| < _CAUCHY_RANGE (a² + b² then neither underflows nor overflows)
+_CAUCHY_RANGE = 1e150
+
+
 @guard_overflow()
 def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     r"""S4's kernel for a DPLR state matrix ``A = Λ − P Q^*``: Cauchy kernel + Woodbury + inverse FFT.
@@ -793,9 +799,12 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     ``K̂ = 2/(1+ω) [k_{C̃B} − k_{C̃P} (1 + k_{Q^*P})^{-1} k_{Q^*B}]`` with Cauchy sums
     ``k_{ab}(ω) = Σ_n a_n b_n / (g(ω) − Λ_n)``. Then ``K̄ = ifft(K̂)``. Cost O(N L) per channel
     plus an FFT, and no power of Ā is ever formed (except in forming C̃ when ``c_tilde`` is
-    False). The Cauchy matrices are formed in blocks of channels and frequencies (in place:
-    a subtraction and a reciprocal) and the four Cauchy sums of a block are one batched matrix
-    product.
+    False). The Cauchy matrices are formed in blocks of channels and frequencies, in place and
+    in real arithmetic: ``g(ω)`` is imaginary on the unit circle, so with ``a = −Re Λ_n`` and
+    ``b = Im g − Im Λ_n``, ``1/(g − Λ_n) = (a − ib)/(a² + b²)`` (the complex reciprocal where
+    ``a² + b²`` could underflow or overflow); the four Cauchy sums of a block are one batched
+    real matrix product. The blocks of frequencies are taken by threads one at a time; they
+    depend on the shapes only, so the kernel is bitwise the same with any number of threads.
 
     Porting note: annotated-s4's ``kernel_DPLR(Λ, P, Q, B, C, Δ, L)`` treats C as a column
     vector and conjugates it, so it equals ``s4_kernel_dplr(Λ, P, Q, B, conj(C), Δ, L,
@@ -856,17 +865,47 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     # the block's Cauchy matrices within the workspace budget (cache-resident while formed and multiplied)
     rows = max(1, min(L, _SMALL_PRODUCT // (16 * N)))  # the real form of (rows, N)·(N, 4): 16 N rows multiply-adds
     heads = min(H, per_block(2 * rows * N))
-    R = np.empty((heads, rows, N), dtype=np.complex128)
     k = np.empty((H, L, 4), dtype=np.complex128)  # k_{C̃B}, k_{C̃P}, k_{Q*B}, k_{Q*P} at every frequency
     g = (2.0 / dt_f[:, None]) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω), (H, L)
-    for h0 in range(0, H, heads):
-        h = slice(h0, min(h0 + heads, H))
-        for l0 in range(0, L, rows):
-            f = slice(l0, min(l0 + rows, L))
-            Rb = R[: h.stop - h0, : f.stop - l0]
-            np.subtract(g[h, f, None], Lam_f[h, None, :], out=Rb)  # in place: no (h, L, N) temporaries
-            np.reciprocal(Rb, out=Rb)  # Cauchy matrix 1/(g(ω) − Λ_n)
-            _small_matmuls(Rb, W[h], k[h, f])  # the four Cauchy sums
+    # g(ω) is imaginary on the unit circle (its computed real part is round-off, ~ε|g|), so with a = −Re Λ_n > 0
+    # and b = Im g − Im Λ_n the Cauchy entry is 1/(g − Λ_n) = (a − ib)/(a² + b²): real arithmetic (the complex
+    # reciprocal takes Smith's branches per entry, 1.6 times slower), and k = Σ_n [1/(a²+b²)]·(a W_n) +
+    # [b/(a²+b²)]·(−i W_n), one real product of [1/(a²+b²), b/(a²+b²)] with [a W; −i W] (as real pairs). Used where
+    # a² + b² can neither underflow nor overflow; else the complex reciprocal.
+    a = -Lam_f.real
+    gi = np.ascontiguousarray(g.imag)
+    real_form = a.min() >= 1 / _CAUCHY_RANGE and np.abs(gi).max() + np.abs(Lam_f.imag).max() < _CAUCHY_RANGE
+    if real_form:
+        V2 = np.empty_like(W)
+        V2.real, V2.imag = W.imag, -W.real  # −i W, exactly
+        Y = np.concatenate([a[..., None] * W, V2], axis=-2).view(np.float64)  # (H, 2N, 8): [a W; −i W] as real pairs
+        a2 = a * a
+    local = threading.local()  # a Cauchy block per thread
+
+    def block(f):  # the frequencies f of every channel, in blocks of channels
+        R = getattr(local, "R", None)
+        if R is None:
+            # real form: transposed, (heads, 2N, rows), so that both halves are contiguous; BLAS reads it transposed
+            R = local.R = np.empty((heads, 2 * N, rows) if real_form else (heads, rows, N),
+                                   dtype=np.float64 if real_form else np.complex128)
+        for h0 in range(0, H, heads):
+            h = slice(h0, min(h0 + heads, H))
+            if real_form:
+                Rb = R[: h.stop - h0, :, : f.stop - f.start]
+                inv, b = Rb[:, :N], Rb[:, N:]
+                np.subtract(gi[h, None, f], Lam_f.imag[h, :, None], out=b)  # b = Im g − Im Λ_n
+                np.multiply(b, b, out=inv)
+                inv += a2[h, :, None]
+                np.reciprocal(inv, out=inv)  # 1/(a² + b²)
+                b *= inv  # b/(a² + b²)
+                one_thread_matmul(Rb.swapaxes(-1, -2), Y[h], out=k[h, f].view(np.float64), macs=_SMALL_PRODUCT)  # the four sums
+            else:
+                Rb = R[: h.stop - h0, : f.stop - f.start]
+                np.subtract(g[h, f, None], Lam_f[h, None, :], out=Rb)  # in place: no (h, L, N) temporaries
+                np.reciprocal(Rb, out=Rb)  # Cauchy matrix 1/(g(ω) − Λ_n)
+                _small_matmuls(Rb, W[h], k[h, f])  # the four Cauchy sums
+
+    _in_blocks(block, L, rows, H * L * N)  # blocks of frequencies, taken by threads one at a time
     k00, k01, k10, k11 = (k[..., i] for i in range(4))
     K_hat = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
     return np.fft.ifft(K_hat, axis=-1).reshape(batch + (L,))  # K̄ = iFFT(K̂)

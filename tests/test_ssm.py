@@ -629,6 +629,32 @@ class TestS4KernelDplr:
         blocked = ssm.s4_kernel_dplr(Lam, P, P, B, C, step, 40)
         np.testing.assert_allclose(blocked, whole, rtol=0, atol=1e-15 * np.abs(whole).max())
 
+    @pytest.mark.parametrize("cauchy", ["real arithmetic", "complex reciprocal"])
+    def test_cauchy_forms_and_threads(self, monkeypatch, cauchy):
+        # the Cauchy entries in real arithmetic ((a − ib)/(a² + b²)) or, out of its range, by the complex
+        # reciprocal: both against the dense kernel; blocks of 4 frequencies (L = 103: a shorter last one)
+        # taken by 1, 2 or 3 threads give bitwise the same kernels
+        import refimpl._blocking
+
+        if cauchy == "complex reciprocal":
+            monkeypatch.setattr(ssm, "_CAUCHY_RANGE", 1.0)
+        rng = np.random.default_rng(29)
+        N, L = 6, 103
+        Lam, P, B, V = ssm.hippo_legs_dplr(N)
+        C = rng.normal(size=(3, N))
+        step = np.array([1e-3, 0.05, 0.3])
+        monkeypatch.setattr(ssm, "_SMALL_PRODUCT", 4 * 16 * N)  # 4 frequencies per block
+        monkeypatch.setattr(refimpl._blocking, "THREAD_MIN_ELEMS", 0)
+        out = {}
+        for threads in (1, 2, 3):
+            monkeypatch.setattr(refimpl._blocking, "THREADS", threads)
+            out[threads] = ssm.s4_kernel_dplr(Lam, P, P, B, C @ V, step, L)
+        assert np.array_equal(out[2], out[1]) and np.array_equal(out[3], out[1])
+        A, Bd = ssm.hippo_legs(N)
+        for i in range(3):
+            K = ssm.ssm_kernel(*ssm.discretize(A, Bd, step[i]), C[i], L)
+            close(out[1][i], K, rtol=SELF, what=f"s4_kernel_dplr ({cauchy}) vs powers")
+
     def test_bad_input(self):
         Lam, P, B, V = ssm.hippo_legs_dplr(4)
         with pytest.raises(ValueError, match="^Lambda: expected a stable"):
