@@ -1324,27 +1324,29 @@ def _selective_core(u, delta, A, B, C, discretization):
 
     def part(ch):
         _selective_channels(u[..., ch], delta[..., ch], A[ch], _groups_of(B, ch, wB), _groups_of(C, ch, wC),
-                            discretization, y[..., ch], h_last[..., ch, :])
+                            discretization, y[..., ch], h_last[..., ch, :], d // width)
 
     _in_blocks(part, d, width, u.size * n)
     return y, h_last
 
 
-def _selective_channels(u, delta, A, B, C, discretization, y, h_last):
+def _selective_channels(u, delta, A, B, C, discretization, y, h_last, parts=1):
     """:func:`_selective_core` on some channels: writes their outputs ``y`` (..., L, d) and last states ``h_last`` (..., d, n).
 
     The steps are cut into chunks of :data:`_SCAN_CHUNK` steps, solved in closed form
     (:func:`_selective_chunks`) several at a time, in blocks sized by :mod:`refimpl._blocking`.
     The within-chunk sums of Δ are formed once for the whole sequence. A block with a chunk
     whose decay exceeds :data:`_MAX_CHUNK_DECAY` (or that overflows) is redone with shorter
-    chunks, down to the step loop (:func:`_selective_steps`).
+    chunks, down to the step loop (:func:`_selective_steps`). ``parts``: the number of parts of the
+    channels; each gets that share of the workspace budget, so that the parts in flight together
+    stay within it (with any number of threads).
     """
     L, d = u.shape[-2:]
     n = A.shape[1]
     dtype = y.dtype
     h = np.zeros(u.shape[:-2] + (n, d), dtype=dtype)  # h_{−1} = 0, state axis first: (..., n, d)
     A_abs = np.max(np.abs(A), axis=1)  # the fastest decay (or rotation) of each channel
-    steps = per_block(2 * h.size * dtype.itemsize // 8)  # steps per block: e^{S} and the sums, (..., n, d) each
+    steps = per_block(2 * h.size * dtype.itemsize // 8 * parts)  # steps per block: e^{S} and the sums, (..., n, d) each
     T = min(_SCAN_CHUNK, L, max(2, steps))  # shorter chunks if even one would not fit the budget
     K = L // T  # whole chunks; the last L − K T steps form a shorter one
     G = min(K, max(1, steps // T))  # chunks per block
