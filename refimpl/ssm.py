@@ -1268,37 +1268,6 @@ def _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, start, stop
     return h
 
 
-#: the selective scan splits its channels into at most this many parts of equal width, computed one
-#: after the other or side by side in threads (:func:`_selective_core`); the parts depend on the shapes
-#: only, never on the number of threads, so neither does the result
-_SCAN_PARTS = 2
-
-#: ... and only while a part keeps at least this many state entries (batch × channels × states): each
-#: part visits its chunk boundaries one by one, a few NumPy calls per chunk
-_SCAN_PART_STATE = 512
-
-
-def _scan_parts(d: int, widths, state: int) -> int:
-    """Channels per part of :func:`_selective_core`: ``d`` split into at most :data:`_SCAN_PARTS` parts.
-
-    ``widths``: channels per group of B and of C (a part lies within one group or holds whole
-    groups); ``state``: state entries per channel (batch × n). Depends on the shapes only.
-    """
-    for parts in range(min(_SCAN_PARTS, d), 1, -1):
-        p = d // parts
-        if d % parts == 0 and p * state >= _SCAN_PART_STATE and all(p % w == 0 or w % p == 0 for w in widths):
-            return p
-    return d
-
-
-def _groups_of(X: np.ndarray, ch: slice, width: int) -> np.ndarray:
-    """The groups (..., L, G, n) of B or C that the channels ``ch`` use (``width`` channels per group; see :func:`_scan_parts`)."""
-    if (ch.stop - ch.start) % width == 0:  # whole groups
-        return X[..., ch.start // width : ch.stop // width, :]
-    g = ch.start // width  # within one group
-    return X[..., g : g + 1, :]
-
-
 def _selective_core(u, delta, A, B, C, discretization):
     """The recurrence (11.14) with grouped ``B_t``, ``C_t``; shared by selective_scan and selective_scan_fn.
 
@@ -1308,45 +1277,26 @@ def _selective_core(u, delta, A, B, C, discretization):
     channels, as in :func:`selective_scan`; G = d: one per channel). Returns ``y`` (..., L, d) and
     the last state (..., d, n).
 
-    The channels are independent: they are split into a few parts of equal width
-    (:func:`_scan_parts`, fixed by the shapes), which run side by side in threads
-    (:func:`refimpl._blocking.in_parts`; NumPy's ufuncs and products release the GIL), each
-    through :func:`_selective_channels`.
+    The steps are cut into chunks of :data:`_SCAN_CHUNK` steps, solved in closed form
+    (:func:`_selective_chunks`) several at a time, in blocks sized by :mod:`refimpl._blocking`.
+    The within-chunk sums of Δ are formed once for the whole sequence. A block with a chunk
+    whose decay exceeds :data:`_MAX_CHUNK_DECAY` (or that overflows) is redone with shorter
+    chunks, down to the step loop (:func:`_selective_steps`).
+
+    One thread: the channels split into two halves run side by side in two threads were no
+    faster at L = 8192, d = 64, n = 16 (each half still makes a few NumPy calls per chunk boundary
+    and per step of a chunk, on (n, d/2) slabs, and the two threads hand the GIL back and forth at
+    every call); with a workspace each they doubled the fixed memory, and sharing the budget made
+    their blocks smaller and the calls more.
     """
     L, d = u.shape[-2:]
     n = A.shape[1]
     dtype = np.result_type(A, B, C, np.float64)
     # y laid out like u: a transposed u (the official (batch, D, L) layout) gets a y that transposes back without a copy
     y = np.empty_like(u, dtype=dtype)
-    h_last = np.empty(u.shape[:-2] + (d, n), dtype=dtype)
-    wB, wC = d // B.shape[-2], d // C.shape[-2]
-    width = _scan_parts(d, (wB, wC), math.prod(u.shape[:-2]) * n)
-
-    def part(ch):
-        _selective_channels(u[..., ch], delta[..., ch], A[ch], _groups_of(B, ch, wB), _groups_of(C, ch, wC),
-                            discretization, y[..., ch], h_last[..., ch, :], d // width)
-
-    _in_blocks(part, d, width, u.size * n)
-    return y, h_last
-
-
-def _selective_channels(u, delta, A, B, C, discretization, y, h_last, parts=1):
-    """:func:`_selective_core` on some channels: writes their outputs ``y`` (..., L, d) and last states ``h_last`` (..., d, n).
-
-    The steps are cut into chunks of :data:`_SCAN_CHUNK` steps, solved in closed form
-    (:func:`_selective_chunks`) several at a time, in blocks sized by :mod:`refimpl._blocking`.
-    The within-chunk sums of Δ are formed once for the whole sequence. A block with a chunk
-    whose decay exceeds :data:`_MAX_CHUNK_DECAY` (or that overflows) is redone with shorter
-    chunks, down to the step loop (:func:`_selective_steps`). ``parts``: the number of parts of the
-    channels; each gets that share of the workspace budget, so that the parts in flight together
-    stay within it (with any number of threads).
-    """
-    L, d = u.shape[-2:]
-    n = A.shape[1]
-    dtype = y.dtype
     h = np.zeros(u.shape[:-2] + (n, d), dtype=dtype)  # h_{−1} = 0, state axis first: (..., n, d)
     A_abs = np.max(np.abs(A), axis=1)  # the fastest decay (or rotation) of each channel
-    steps = per_block(2 * h.size * dtype.itemsize // 8 * parts)  # steps per block: e^{S} and the sums, (..., n, d) each
+    steps = per_block(2 * h.size * dtype.itemsize // 8)  # steps per block: e^{S} and the sums, (..., n, d) each
     T = min(_SCAN_CHUNK, L, max(2, steps))  # shorter chunks if even one would not fit the budget
     K = L // T  # whole chunks; the last L − K T steps form a shorter one
     G = min(K, max(1, steps // T))  # chunks per block
@@ -1364,7 +1314,7 @@ def _selective_channels(u, delta, A, B, C, discretization, y, h_last, parts=1):
         h = h_new
     if K * T < L:
         h = _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, K * T, L, L - K * T, y)
-    h_last[...] = np.swapaxes(h, -1, -2)
+    return y, np.ascontiguousarray(np.swapaxes(h, -1, -2))
 
 
 def _finish_selective(y, h_last, u, D, return_last_state):
