@@ -1209,13 +1209,11 @@ def _chunks_closed_form(cs, u, delta, At, B, C, discretization, h, start, y, wor
     Wg *= Bt  # e^{−S_s} B̄_s u_s
     for t in range(1, T):  # Σ_{s≤t} e^{−S_s} B̄_s u_s: one add per step for all chunks
         W[..., t, :, :, :] += W[..., t - 1, :, :, :]
-    H0 = np.empty(batch + (n, G + 1, d), dtype=h.dtype)  # h_0 of each chunk, and the state after the last
-    H0[..., 0, :] = h
-    for g in range(G):  # the chunk boundaries in order, written in place (two NumPy calls per chunk)
-        np.add(H0[..., g, :], W[..., -1, :, g, :], out=H0[..., g + 1, :])
-        H0[..., g + 1, :] *= E[..., -1, :, g, :]  # the state at the chunk's end, e^{S_T}(h_0 + Σ_s e^{−S_s} B̄_s u_s)
-    h = H0[..., G, :]
-    W += H0[..., None, :, :G, :]
+    H0 = np.empty(batch + (n, G, d), dtype=h.dtype)
+    for g in range(G):  # the chunk boundaries in order: h_0 of each chunk, and the state at its end
+        H0[..., g, :] = h
+        h = E[..., -1, :, g, :] * (h + W[..., -1, :, g, :])
+    W += H0[..., None, :, :, :]
     W *= E  # h_t = e^{S_t}(h_0 + Σ_{s≤t} e^{−S_s} B̄_s u_s)
     # y_t = C_{t,g} h_t: channels grouped as C is, one batched product
     Ct = np.swapaxes(_chunked(C, start, G, T, 2), -4, -3)[..., None, :]  # (..., T, G, G_C, 1, n)
