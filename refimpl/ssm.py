@@ -866,7 +866,7 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     rows = max(1, min(L, _SMALL_PRODUCT // (16 * N)))  # the real form of (rows, N)·(N, 4): 16 N rows multiply-adds
     heads = min(H, per_block(2 * rows * N))
     k = np.empty((H, L, 4), dtype=np.complex128)  # k_{C̃B}, k_{C̃P}, k_{Q*B}, k_{Q*P} at every frequency
-    g = (2.0 / dt_f[:, None]) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω), (H, L)
+    g = (2.0 / dt_f[:, None]) * ((1.0 - omega) / (1.0 + omega))  # g(ω) = (2/Δ)(1−ω)/(1+ω), (H, L); one division per ω
     # g(ω) is imaginary on the unit circle (its computed real part is round-off, ~ε|g|), so with a = −Re Λ_n > 0
     # and b = Im g − Im Λ_n the Cauchy entry is 1/(g − Λ_n) = (a − ib)/(a² + b²): real arithmetic (the complex
     # reciprocal takes Smith's branches per entry, 1.6 times slower), and k = Σ_n [1/(a²+b²)]·(a W_n) +
