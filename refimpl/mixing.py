@@ -51,10 +51,12 @@ References
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import scipy.fft
 
+from . import _blocking
 from ._blocking import per_block
 from ._validate import as_bool, as_int, as_array, as_positive_scalar, as_real_array, as_rng, guard_overflow
 
@@ -77,6 +79,36 @@ __all__ = [
 ]
 
 LN_EPS = 1e-5  # LayerNorm ε of g-mlp-pytorch (torch.nn.LayerNorm default)
+
+
+def _in_blocks(block, n: int, size: int, elems: int) -> None:
+    """Call ``block(slice)`` on the blocks ``[0, size), [size, 2 size), …`` of ``range(n)``, shared out among threads.
+
+    The blocks are fixed by ``n`` and ``size`` alone, so a result assembled from them does not depend on
+    the number of threads (:data:`refimpl._blocking.THREADS`). Each thread takes the next block not yet
+    taken until none is left, so that a thread slowed down by another process on its core does fewer
+    blocks instead of holding the others up (equal shares, one per thread, finish only when the slowest
+    does). Threads are used as :func:`refimpl._blocking.in_parts` decides from ``elems``; ``block``
+    must write disjoint outputs.
+
+    Examples
+    --------
+    >>> seen = []
+    >>> _in_blocks(seen.append, 5, 2, elems=0); seen
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    starts = iter(range(0, n, size))
+    lock = threading.Lock()
+
+    def worker(_):
+        while True:
+            with lock:  # each block is taken once
+                b0 = next(starts, None)
+            if b0 is None:
+                return
+            block(slice(b0, min(b0 + size, n)))
+
+    _blocking.in_parts(worker, -(-n // size), elems)
 
 
 def _check_sequence(x, name: str, *, real: bool = True) -> np.ndarray:
@@ -338,7 +370,9 @@ def fft_conv(u, h):
     real inputs use ``rfft``/``irfft`` with explicit ``n``. The channels are transformed in
     groups of at least 16 (fewer if the workspace budget of :mod:`refimpl._blocking` allows more),
     so the spectra held at once stay a few MiB instead of three copies of the whole padded input;
-    each channel's transforms are the same either way. The output at t depends on ``u_s``,
+    each channel's transforms are the same either way. The groups are taken by threads one at a
+    time (:data:`refimpl._blocking.THREADS`; SciPy's FFTs release the GIL): the groups depend on
+    the shapes only, so the output is bitwise the same with any number of threads. The output at t depends on ``u_s``,
     s > t, only through round-off (≈ 1e-16 relative, not exactly 0).
 
     Examples
@@ -356,12 +390,14 @@ def fft_conv(u, h):
     y = np.empty(u.shape, dtype=np.result_type(u, h))
     group = per_block(math.prod(u.shape[:-2]) * n, minimum=16)  # channels per group: a spectrum is ~n numbers
     Hf = fwd(h.T, n=n, axis=-1) if h.shape[1] == 1 else None  # one filter shared by all channels
-    for c in range(0, d, group):
-        ch = slice(c, min(c + group, d))
+
+    def run(ch):  # one group of channels: its transforms are the same whichever thread runs it
         # time as the last axis of each transform
         Uf = fwd(np.swapaxes(u[..., ch], -1, -2), n=n, axis=-1)  # F_n(u), zero-padded, (..., g, n')
         Uf *= Hf if Hf is not None else fwd(h[:, ch].T, n=n, axis=-1)  # ⊙ F_n(h), zero-padded, (g, n')
         y[..., ch] = np.swapaxes(inv(Uf, n=n, axis=-1)[..., :N], -1, -2)  # F^{-1}(F u ⊙ F h), first N samples
+
+    _in_blocks(run, d, group, u.size * max(1, int(math.log2(n))))  # the groups side by side in threads
     return y
 
 

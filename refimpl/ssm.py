@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import cmath
 import math
+import threading
 
 import numpy as np
 import scipy.linalg
@@ -84,7 +85,7 @@ from ._validate import (
     check_square,
 )
 from .lyapunov import phi1
-from .mixing import fft_conv
+from .mixing import _in_blocks, fft_conv
 
 __all__ = [
     "hippo_legs",
@@ -601,27 +602,33 @@ def _small_matmuls(X: np.ndarray, Y: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _times(x: np.ndarray, k: float) -> np.ndarray:
-    """``x · k`` for a real k, real and imaginary parts apart: log 0 = −inf + 0j stays so (a complex product gives NaN)."""
+def _times(x: np.ndarray, k) -> np.ndarray:
+    """``x · k`` for a real k (or real array k, broadcast), real and imaginary parts apart: log 0 = −inf + 0j stays
+    so (a complex product gives NaN)."""
     if x.dtype.kind != "c":
         return x * k
-    out = np.empty_like(x)
+    out = np.empty(np.broadcast_shapes(x.shape, np.shape(k)), dtype=x.dtype)
     out.real, out.imag = x.real * k, x.imag * k
     return out
 
 
-def _powers(log_z: np.ndarray, m: int) -> np.ndarray:
+def _powers(log_z: np.ndarray, m: int, scale: float = 1.0) -> np.ndarray:
     """``z^i = exp(i log z)`` for i = 0 … m − 1, shape (..., m), by doubling: ``z^{i + 2^k} = z^i · exp(2^k log z)``.
 
-    One exponential per bit of m; ``z^0 = 1`` also for ``z = 0`` (``log z = −inf``).
+    With ``scale`` s, the powers of ``z^s = exp(s log z)`` instead (s log z formed as by :func:`_times`). One
+    exponential per bit of m, all taken in one call; ``z^0 = 1`` also for ``z = 0`` (``log z = −inf``).
     """
     out = np.empty(log_z.shape + (m,), dtype=np.result_type(log_z, np.float64))
     out[..., 0] = 1.0
+    bits = max(1, (m - 1).bit_length())
+    factors = scale * 2.0 ** np.arange(bits)  # s·2^j: exact for an integer s (and (s·2^j) log z = (s log z)·2^j exactly)
+    zk = np.exp(_times(log_z[..., None], factors) if log_z.dtype.kind == "c" else log_z[..., None] * factors)  # z^{s 2^j}
     k = 1
-    while k < m:
-        zk = np.exp(_times(log_z, k))  # z^{2^j}, j = log2 k
+    for j in range(bits):
+        if k >= m:
+            break
         c = min(k, m - k)
-        np.multiply(out[..., :c], zk[..., None], out=out[..., k : k + c])
+        np.multiply(out[..., :c], zk[..., j, None], out=out[..., k : k + c])
         k *= 2
     return out
 
@@ -658,11 +665,16 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     The (…, N, L) Vandermonde matrix is never formed (at H = N = 64, L = 16384 it would be
     1 GiB): with a block length T ≈ √L and J = ⌈L/T⌉ blocks, ``Ā^{jT+i} = Ā^{jT}·Ā^{i}``, so the
     kernel of each channel is one matrix product ``K[j, i] = Σ_n (C_n B̄_n Ā_n^{jT}) Ā_n^{i}``
-    of a (J, N) by an (N, T) matrix, done as small real products (:func:`_small_matmuls`). The powers
-    ``Ā^i`` (i < T) and ``Ā^{jT}`` (j < J) come from ``exp(2^k log Ā)`` (for ZOH ``log Ā = ΔA``
-    exactly) by doubling, ``Ā^{i + 2^k} = Ā^i Ā^{2^k}``: one exponential per bit, so the
-    relative error of ``Ā^ℓ`` is that of ``exp(ℓ log Ā)`` plus a few ulps per set bit of i and j
-    (no growth with ℓ as in ``x ← Ā x``). Memory O(H N √L + H L).
+    of a (J, N) by an (N, T) matrix, done as small real products (:func:`_small_matmuls`). When only
+    ``Re K̄`` is wanted (``conj_pairs``, or a real system), the product is the real one
+    ``Re(P W) = Re P Re W − Im P Im W``, i.e. ``[Re P, −Im P]`` times ``[Re W; Im W]``: half the
+    multiply-adds of the complex product. The powers ``Ā^i`` (i < T) and ``Ā^{jT}`` (j < J) come
+    from ``exp(2^k log Ā)`` (for ZOH ``log Ā = ΔA`` exactly) by doubling,
+    ``Ā^{i + 2^k} = Ā^i Ā^{2^k}``: one exponential per bit, so the relative error of ``Ā^ℓ`` is
+    that of ``exp(ℓ log Ā)`` plus a few ulps per set bit of i and j (no growth with ℓ as in
+    ``x ← Ā x``). Channels are processed in blocks whose powers and factors fit the workspace
+    budget of :mod:`refimpl._blocking`, and K̄ is written in place. Memory O(H L) for K̄ and
+    O(N √L) per channel of a block.
 
     Examples
     --------
@@ -678,17 +690,42 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     N = Ab.shape[-1]
     with np.errstate(divide="ignore"):  # log 0 = −inf for a pole at 0 (bilinear at Δλ = −2)
         logA = step * A if method == "zoh" else np.log(Ab.astype(np.complex128))  # log Ā (ZOH: ΔA exactly)
-    logA = np.broadcast_to(logA, batch + (N,))
-    CB = np.broadcast_to(C * Bb, batch + (N,))  # C_n B̄_n
+    logA = np.broadcast_to(logA, batch + (N,)).reshape(-1, N)  # channels flattened: (H, N)
+    CB = np.broadcast_to(C * Bb, batch + (N,)).reshape(-1, N)  # C_n B̄_n
+    if conj_pairs:
+        CB = 2.0 * CB  # 2 Re K̄ = Re Σ_n (2 C_n B̄_n) Ā_n^ℓ; doubling is exact
+    real_out = conj_pairs or real  # only Re K̄ is wanted (a real system's K̄ is real)
+    H = logA.shape[0]
     T = max(1, int(np.ceil(np.sqrt(L))))
     J = -(-L // T)
-    W = _powers(logA, T)  # Ā^i, i < T: (..., N, T)
-    P = CB[..., None, :] * np.swapaxes(_powers(_times(logA, T), J), -1, -2)  # C_n B̄_n Ā^{jT}: (..., J, N)
-    K = _small_matmuls(P, W, np.empty(batch + (J, T), dtype=np.result_type(P, W)))  # Σ_n C_n B̄_n Ā^{jT} Ā^i
-    K = K.reshape(batch + (J * T,))[..., :L]  # K̄_{jT+i}
-    if real:
-        K = K.real  # the kernel of a real system is real; log of a real Ā < 0 made it complex
-    return _finish_s4d(K, conj_pairs)
+    full = L // T  # rows j whose T lags all lie below L; a last row of L − full·T lags if T does not divide L
+    K = np.empty((H, L), dtype=np.float64 if real_out else np.result_type(logA, CB, np.float64))
+
+    def block(hs):  # the kernels of channels hs, written into K
+        h = hs.stop - hs.start
+        W = _powers(logA[hs], T)  # Ā^i, i < T: (h, N, T)
+        P = CB[hs, :, None] * _powers(logA[hs], J, scale=T)  # C_n B̄_n Ā^{jT}: (h, N, J)
+        X, Y = P.swapaxes(-1, -2), W
+        if real_out and P.dtype.kind == "c" and W.dtype.kind == "c":
+            # Re Σ_n p_n w_n = Σ_n (Re p_n Re w_n − Im p_n Im w_n): one real product [Re Pᵀ, −Im Pᵀ][Re W; Im W], half
+            # the multiply-adds of the complex product
+            X = np.concatenate([P.real, -P.imag], axis=-2).swapaxes(-1, -2)  # (h, J, 2N), transposed in memory
+            Y = np.concatenate([W.real, W.imag], axis=-2)  # (h, 2N, T)
+        elif real_out:  # one factor real: Re(p w) = (Re p) w for a real w, and p (Re w) for a real p
+            X, Y = X.real, Y.real
+        mul = (lambda a, b, out: one_thread_matmul(a, b, out=out, macs=_SMALL_PRODUCT)) if real_out else _small_matmuls
+        # K̄_{jT+i} = Σ_n C_n B̄_n Ā^{jT} Ā^i, written in place: rows j < full, then the last, shorter row
+        mul(X[:, :full], Y, K[hs, : full * T].reshape(h, full, T))
+        if full < J:
+            mul(X[:, full:], Y[..., : L - full * T], K[hs, full * T :].reshape(h, 1, L - full * T))
+
+    heads = per_block(8 * N * (T + J))  # channels per block: the powers and factors (complex) stay cache-sized
+
+    # one thread: the work is a few milliseconds, mostly exponentials of large arguments, and two threads ran
+    # slower than one whenever another thread kept a core busy (also BLAS threads spinning after a product)
+    for h0 in range(0, H, heads):
+        block(slice(h0, min(h0 + heads, H)))
+    return K.reshape(batch + (L,))
 
 
 def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
@@ -713,6 +750,11 @@ def s4d_kernel_loop(A, B, C, step, L, *, method="zoh", conj_pairs=False):
                 K[idx + (ell,)] += cb * z  # K̄_ℓ += C_n B̄_n Ā_n^ℓ
                 z = z * a
     return _finish_s4d(K, conj_pairs)
+
+
+#: :func:`s4_kernel_dplr` forms its Cauchy entries 1/(g − Λ_n) = (a − ib)/(a² + b²) in real arithmetic while
+#: a = −Re Λ_n >= 1/_CAUCHY_RANGE and |b| < _CAUCHY_RANGE (a² + b² then neither underflows nor overflows)
+_CAUCHY_RANGE = 1e150
 
 
 @guard_overflow()
@@ -757,9 +799,12 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     ``K̂ = 2/(1+ω) [k_{C̃B} − k_{C̃P} (1 + k_{Q^*P})^{-1} k_{Q^*B}]`` with Cauchy sums
     ``k_{ab}(ω) = Σ_n a_n b_n / (g(ω) − Λ_n)``. Then ``K̄ = ifft(K̂)``. Cost O(N L) per channel
     plus an FFT, and no power of Ā is ever formed (except in forming C̃ when ``c_tilde`` is
-    False). The Cauchy matrices are formed in blocks of channels and frequencies (in place:
-    a subtraction and a reciprocal) and the four Cauchy sums of a block are one batched matrix
-    product.
+    False). The Cauchy matrices are formed in blocks of channels and frequencies, in place and
+    in real arithmetic: ``g(ω)`` is imaginary on the unit circle, so with ``a = −Re Λ_n`` and
+    ``b = Im g − Im Λ_n``, ``1/(g − Λ_n) = (a − ib)/(a² + b²)`` (the complex reciprocal where
+    ``a² + b²`` could underflow or overflow); the four Cauchy sums of a block are one batched
+    real matrix product. The blocks of frequencies are taken by threads one at a time; they
+    depend on the shapes only, so the kernel is bitwise the same with any number of threads.
 
     Porting note: annotated-s4's ``kernel_DPLR(Λ, P, Q, B, C, Δ, L)`` treats C as a column
     vector and conjugates it, so it equals ``s4_kernel_dplr(Λ, P, Q, B, conj(C), Δ, L,
@@ -820,17 +865,47 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
     # the block's Cauchy matrices within the workspace budget (cache-resident while formed and multiplied)
     rows = max(1, min(L, _SMALL_PRODUCT // (16 * N)))  # the real form of (rows, N)·(N, 4): 16 N rows multiply-adds
     heads = min(H, per_block(2 * rows * N))
-    R = np.empty((heads, rows, N), dtype=np.complex128)
     k = np.empty((H, L, 4), dtype=np.complex128)  # k_{C̃B}, k_{C̃P}, k_{Q*B}, k_{Q*P} at every frequency
-    g = (2.0 / dt_f[:, None]) * (1.0 - omega) / (1.0 + omega)  # g(ω) = (2/Δ)(1−ω)/(1+ω), (H, L)
-    for h0 in range(0, H, heads):
-        h = slice(h0, min(h0 + heads, H))
-        for l0 in range(0, L, rows):
-            f = slice(l0, min(l0 + rows, L))
-            Rb = R[: h.stop - h0, : f.stop - l0]
-            np.subtract(g[h, f, None], Lam_f[h, None, :], out=Rb)  # in place: no (h, L, N) temporaries
-            np.reciprocal(Rb, out=Rb)  # Cauchy matrix 1/(g(ω) − Λ_n)
-            _small_matmuls(Rb, W[h], k[h, f])  # the four Cauchy sums
+    g = (2.0 / dt_f[:, None]) * ((1.0 - omega) / (1.0 + omega))  # g(ω) = (2/Δ)(1−ω)/(1+ω), (H, L); one division per ω
+    # g(ω) is imaginary on the unit circle (its computed real part is round-off, ~ε|g|), so with a = −Re Λ_n > 0
+    # and b = Im g − Im Λ_n the Cauchy entry is 1/(g − Λ_n) = (a − ib)/(a² + b²): real arithmetic (the complex
+    # reciprocal takes Smith's branches per entry, 1.6 times slower), and k = Σ_n [1/(a²+b²)]·(a W_n) +
+    # [b/(a²+b²)]·(−i W_n), one real product of [1/(a²+b²), b/(a²+b²)] with [a W; −i W] (as real pairs). Used where
+    # a² + b² can neither underflow nor overflow; else the complex reciprocal.
+    a = -Lam_f.real
+    gi = np.ascontiguousarray(g.imag)
+    real_form = a.min() >= 1 / _CAUCHY_RANGE and np.abs(gi).max() + np.abs(Lam_f.imag).max() < _CAUCHY_RANGE
+    if real_form:
+        V2 = np.empty_like(W)
+        V2.real, V2.imag = W.imag, -W.real  # −i W, exactly
+        Y = np.concatenate([a[..., None] * W, V2], axis=-2).view(np.float64)  # (H, 2N, 8): [a W; −i W] as real pairs
+        a2 = a * a
+    local = threading.local()  # a Cauchy block per thread
+
+    def block(f):  # the frequencies f of every channel, in blocks of channels
+        R = getattr(local, "R", None)
+        if R is None:
+            # real form: transposed, (heads, 2N, rows), so that both halves are contiguous; BLAS reads it transposed
+            R = local.R = np.empty((heads, 2 * N, rows) if real_form else (heads, rows, N),
+                                   dtype=np.float64 if real_form else np.complex128)
+        for h0 in range(0, H, heads):
+            h = slice(h0, min(h0 + heads, H))
+            if real_form:
+                Rb = R[: h.stop - h0, :, : f.stop - f.start]
+                inv, b = Rb[:, :N], Rb[:, N:]
+                np.subtract(gi[h, None, f], Lam_f.imag[h, :, None], out=b)  # b = Im g − Im Λ_n
+                np.multiply(b, b, out=inv)
+                inv += a2[h, :, None]
+                np.reciprocal(inv, out=inv)  # 1/(a² + b²)
+                b *= inv  # b/(a² + b²)
+                one_thread_matmul(Rb.swapaxes(-1, -2), Y[h], out=k[h, f].view(np.float64), macs=_SMALL_PRODUCT)  # the four sums
+            else:
+                Rb = R[: h.stop - h0, : f.stop - f.start]
+                np.subtract(g[h, f, None], Lam_f[h, None, :], out=Rb)  # in place: no (h, L, N) temporaries
+                np.reciprocal(Rb, out=Rb)  # Cauchy matrix 1/(g(ω) − Λ_n)
+                _small_matmuls(Rb, W[h], k[h, f])  # the four Cauchy sums
+
+    _in_blocks(block, L, rows, H * L * N)  # blocks of frequencies, taken by threads one at a time
     k00, k01, k10, k11 = (k[..., i] for i in range(4))
     K_hat = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
     return np.fft.ifft(K_hat, axis=-1).reshape(batch + (L,))  # K̄ = iFFT(K̂)
@@ -1205,6 +1280,12 @@ def _selective_core(u, delta, A, B, C, discretization):
     The within-chunk sums of Δ are formed once for the whole sequence. A block with a chunk
     whose decay exceeds :data:`_MAX_CHUNK_DECAY` (or that overflows) is redone with shorter
     chunks, down to the step loop (:func:`_selective_steps`).
+
+    One thread: the channels split into two halves run side by side in two threads were no
+    faster at L = 8192, d = 64, n = 16 (each half still makes a few NumPy calls per chunk boundary
+    and per step of a chunk, on (n, d/2) slabs, and the two threads hand the GIL back and forth at
+    every call); with a workspace each they doubled the fixed memory, and sharing the budget made
+    their blocks smaller and the calls more.
     """
     L, d = u.shape[-2:]
     n = A.shape[1]

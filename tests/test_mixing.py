@@ -35,6 +35,7 @@ from _recording import recorder  # noqa: E402
 
 #: worst error seen per oracle (printed by conftest when REFIMPL_WORST_ERRORS=1)
 WORST_ERRORS, close, _ = recorder()
+_IN_BLOCKS = mixing._in_blocks  # the unpatched helper
 
 
 def dft(n):
@@ -231,6 +232,32 @@ class TestFftConv:
         for c in (0, 15, 16, 31, 32, 36):
             close(y[1, :, c], np.convolve(u[1, :, c], h[:, 0 if shared else c])[:45], rtol=ORACLE,
                   what="fft_conv in channel groups vs numpy.convolve")
+
+    @pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+    def test_threads_do_not_change_the_result(self, monkeypatch, shared):
+        # the channel groups (16, 16, 16, 2 of 50: the smallest groups, as for long sequences) are taken by
+        # 1, 2 or 3 threads, at a size above THREAD_MIN_ELEMS: bitwise the same output; complex u too
+        import refimpl._blocking as blocking
+
+        monkeypatch.setattr(blocking, "WORKSPACE_FLOATS", 1)
+        rng = np.random.default_rng(25)
+        u, h = rng.normal(size=(2, 400, 50)), rng.normal(size=(300, 1 if shared else 50))
+        uc = u + 1j * rng.normal(size=u.shape)
+        groups = []
+
+        def recorded(run, n, size, elems):
+            groups.append((n, size, elems))
+            _IN_BLOCKS(run, n, size, elems)
+
+        monkeypatch.setattr(mixing, "_in_blocks", recorded)
+        out = {}
+        for threads in (1, 2, 3):
+            monkeypatch.setattr(blocking, "THREADS", threads)
+            out[threads] = mixing.fft_conv(u, h), mixing.fft_conv(uc, h)
+        assert groups[0][:2] == (50, 16) and groups[0][2] >= blocking.THREAD_MIN_ELEMS
+        for threads in (2, 3):
+            assert all(np.array_equal(a, b) for a, b in zip(out[threads], out[1]))
+        close(out[2][0], mixing.fft_conv_loop(u, h), rtol=SELF, what="fft_conv in threads vs loop")
 
     def test_padding_prevents_wrap_around(self):
         rng = np.random.default_rng(23)

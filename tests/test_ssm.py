@@ -429,6 +429,25 @@ class TestS4dKernel:
         Ab, Bb = ssm.discretize(A, np.ones(5), step, method=method, diagonal=True)
         close(K, ssm.ssm_kernel(Ab, Bb, C, L, diagonal=True), rtol=SELF, what="s4d_kernel vs powers")
 
+    @pytest.mark.parametrize("conj_pairs", [False, True])
+    @pytest.mark.parametrize("kind", ["real system", "real A, complex C", "complex A", "bilinear, negative real Ā"])
+    def test_real_part_product_and_dtypes(self, kind, conj_pairs):
+        # only Re K̄ is formed when that is returned (conj_pairs or a real system): the real product of
+        # [Re P, −Im P] and [Re W; Im W], or of the real factor with the real part of the other; L = 97
+        # is not a multiple of the block length (10), so the last row of the product is shorter
+        rng = np.random.default_rng(9)
+        A = -rng.uniform(0.1, 2.0, (2, 3, 5))
+        if kind == "complex A":
+            A = A + 1j * rng.normal(size=A.shape)
+        elif kind == "bilinear, negative real Ā":
+            A = -rng.uniform(25.0, 30.0, A.shape)  # Δ A < −2: Ā = (1 + ΔA/2)/(1 − ΔA/2) < 0, log Ā complex
+        C = rng.normal(size=5) + (0 if kind == "real system" else 1j * rng.normal(size=5))
+        method = "bilinear" if kind.startswith("bilinear") else "zoh"
+        K = ssm.s4d_kernel(A, 1.0, C, 0.1, 97, method=method, conj_pairs=conj_pairs)
+        loop = ssm.s4d_kernel_loop(A, 1.0, C, 0.1, 97, method=method, conj_pairs=conj_pairs)
+        assert K.shape == loop.shape == (2, 3, 97) and K.dtype == loop.dtype and K.flags.c_contiguous
+        close(K, loop, rtol=SELF, what=f"s4d_kernel ({kind}, conj_pairs={conj_pairs}) vs loop twin")
+
     def test_conj_pairs_equals_the_full_conjugate_set(self):
         rng = np.random.default_rng(8)
         A = -rng.uniform(0.1, 1, 4) + 1j * rng.uniform(0, 5, 4)
@@ -609,6 +628,32 @@ class TestS4KernelDplr:
         monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 1)
         blocked = ssm.s4_kernel_dplr(Lam, P, P, B, C, step, 40)
         np.testing.assert_allclose(blocked, whole, rtol=0, atol=1e-15 * np.abs(whole).max())
+
+    @pytest.mark.parametrize("cauchy", ["real arithmetic", "complex reciprocal"])
+    def test_cauchy_forms_and_threads(self, monkeypatch, cauchy):
+        # the Cauchy entries in real arithmetic ((a − ib)/(a² + b²)) or, out of its range, by the complex
+        # reciprocal: both against the dense kernel; blocks of 4 frequencies (L = 103: a shorter last one)
+        # taken by 1, 2 or 3 threads give bitwise the same kernels
+        import refimpl._blocking
+
+        if cauchy == "complex reciprocal":
+            monkeypatch.setattr(ssm, "_CAUCHY_RANGE", 1.0)
+        rng = np.random.default_rng(29)
+        N, L = 6, 103
+        Lam, P, B, V = ssm.hippo_legs_dplr(N)
+        C = rng.normal(size=(3, N))
+        step = np.array([1e-3, 0.05, 0.3])
+        monkeypatch.setattr(ssm, "_SMALL_PRODUCT", 4 * 16 * N)  # 4 frequencies per block
+        monkeypatch.setattr(refimpl._blocking, "THREAD_MIN_ELEMS", 0)
+        out = {}
+        for threads in (1, 2, 3):
+            monkeypatch.setattr(refimpl._blocking, "THREADS", threads)
+            out[threads] = ssm.s4_kernel_dplr(Lam, P, P, B, C @ V, step, L)
+        assert np.array_equal(out[2], out[1]) and np.array_equal(out[3], out[1])
+        A, Bd = ssm.hippo_legs(N)
+        for i in range(3):
+            K = ssm.ssm_kernel(*ssm.discretize(A, Bd, step[i]), C[i], L)
+            close(out[1][i], K, rtol=SELF, what=f"s4_kernel_dplr ({cauchy}) vs powers")
 
     def test_bad_input(self):
         Lam, P, B, V = ssm.hippo_legs_dplr(4)
