@@ -39,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import lyapunov
+from . import _blocking
 from ._blocking import ONE_THREAD_MACS, in_parts, per_block
 from ._validate import (
     guard_overflow,
@@ -435,16 +436,8 @@ class _LagKernels:
         self.dt, self.forward = toeplitz(lags), toeplitz(forward)
         self.later = toeplitz(~forward)  # keys after the query
         self.decay, self.decay_sq = toeplitz(decay), toeplitz(decay * decay)
-        self.scaled_cov, self.log_p = toeplitz(scaled), toeplitz(log_p)
+        self.log_p = toeplitz(log_p)
         self.p_nu = toeplitz(1.0 / (scaled * nu))  # P/ν: d²/ν = (P/ν) ‖R‖² in one product
-
-    @staticmethod
-    def view(lag: "_LagKernels", rows: slice, cols: slice) -> "_LagKernels":
-        """The (rows, cols) window of every pair quantity (views, no copies)."""
-        out = _LagKernels.__new__(_LagKernels)
-        for name in ("dt", "forward", "later", "decay", "decay_sq", "scaled_cov", "log_p", "p_nu"):
-            setattr(out, name, getattr(lag, name)[rows, cols])
-        return out
 
 
 def _scaled_covariance_fast(tau, forward, mu, sigma2, eta2, gamma2):
@@ -583,21 +576,23 @@ def isotropic_afa(
     out = np.empty((nb, N, d), dtype=np.complex128)
     weights = np.empty((nb, N, N)) if return_weights else None
     items = [(b, rows) for b in range(nb) for rows in plan.blocks]
+    queue = iter(items)  # shared by the threads: each takes the next block when it is done with one
 
-    def run(part: slice) -> None:
+    def run(_worker: slice) -> None:
         work = plan.workspace()  # each thread its own buffers
-        for b, rows in items[part]:
+        for b, rows in queue:
             o = out[b, rows]
             _isotropic_rows(b, rows, keys, lag, head, plan, work, weights, o.view(np.float64))
             if rotate_values:
                 o *= np.conj(rot[rows])  # counter-rotate: v̄ = e^{iωt} ⊙ (Â ṽ)
 
     # Rows of the operands, and blocks of query rows (a softmax over keys per query), are
-    # independent: they run in threads, the blocks each with their own workspace, and every row
-    # or block is computed by the same operations whichever thread runs it, so the result does not
-    # depend on the number of threads.
+    # independent: they run in threads, and every row or block is computed by the same operations
+    # whichever thread runs it, so the result does not depend on the number of threads. The rows
+    # of the operands are split evenly; the blocks are handed out one at a time (a thread that
+    # shares its core with another process computes fewer of them).
     in_parts(prepare, N, elems=nb * N * d)
-    in_parts(run, len(items), elems=nb * plan.pairs)
+    in_parts(run, min(len(items), _blocking.THREADS), elems=nb * plan.pairs)
     out = out.reshape(batch + (N, d))
     return (out, weights.reshape(batch + (N, N))) if return_weights else out
 
@@ -633,7 +628,7 @@ _PIECE_MACS = ONE_THREAD_MACS // 4
 #: query rows of a piece; the blocks of query rows hold whole pieces (except the last block)
 _PIECE_ROWS = 8
 
-_PAIR_FLOATS = 4
+_PAIR_FLOATS = 3
 
 #: a block's rows lie this many float64 numbers further apart than its keys: a row length of a
 #: power of two (4096 keys) maps the rows onto the same cache sets and made the passes that
@@ -658,13 +653,13 @@ class _Plan(NamedTuple):
     rows_padded: int  # query rows rounded up to whole pieces
     keys_padded: int  # keys rounded up to whole chunks
     buffer: int  # float64 numbers of the largest block's (rows, keys) buffer
-    partial: int  # ... and of its partial value products
+    scratch: int  # ... and of a temporary or its partial value products
 
     @classmethod
     def make(cls, N: int, d: int, causal: bool) -> "_Plan":
         step = _PIECE_ROWS
         chunk = min(256, max(8, _PIECE_MACS // (step * 2 * d)))
-        budget = per_block(_PAIR_FLOATS)  # pairs of a block
+        budget = per_block(_PAIR_FLOATS + 2 * d // chunk)  # pairs of a block
         blocks, start = [], 0
         while start < N:
             if causal:  # r rows against start + r keys: r (start + r) <= budget
@@ -679,12 +674,14 @@ class _Plan(NamedTuple):
         return cls(
             blocks=tuple(blocks), chunk=chunk, pairs=sum((b.stop - b.start) * s for b, s in zip(blocks, seen)),
             rows_padded=_whole(N, step), keys_padded=_whole(N, chunk),
-            buffer=max(r * (c + _ROW_PAD) for r, c in shapes), partial=max(r * c // chunk * 2 * d for r, c in shapes),
+            buffer=max(r * (c + _ROW_PAD) for r, c in shapes),
+            scratch=max(r * max(c, c // chunk * 2 * d) for r, c in shapes),
         )
 
     def workspace(self) -> tuple:
-        """One thread's buffers: the block's pair buffer, a temporary and the partial products."""
-        return np.empty(self.buffer), np.empty(self.buffer), np.empty(self.partial)
+        """One thread's buffers: the block's pairs, and a scratch buffer for a temporary and the
+        partial value products (never needed at the same time)."""
+        return np.empty(self.buffer), np.empty(self.scratch)
 
 
 def _whole(n: int, piece: int) -> int:
@@ -706,40 +703,46 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
     seen = rows.stop if head.causal else lag.decay.shape[-1]  # keys 0 … seen − 1
     rows_p, seen_p = _whole(n_rows, step), _whole(seen, chunk)  # whole pieces
     n_chunks, width = seen_p // chunk, keys.values.shape[-1]
-    buf, tmp_buf, part_buf = work
+    buf, scratch = work
     full = buf[: rows_p * (seen_p + _ROW_PAD)].reshape(rows_p, seen_p + _ROW_PAD)
     # the pieces: (chunk of keys, piece of rows, row in piece, key in chunk), views into the buffer
     pieces = full.reshape(rows_p // step, step, -1)[..., :seen_p].reshape(
         rows_p // step, step, n_chunks, chunk, copy=False).transpose(2, 0, 1, 3)
     R2 = full[:n_rows, :seen]
-    tmp = tmp_buf[: n_rows * seen].reshape(n_rows, seen)
+    tmp = scratch[: n_rows * seen].reshape(n_rows, seen)
     # −2 Re(q̃_i^† k̃_j): one NumPy call issues the pieces straight into the buffer
     q2 = keys.q2[b, rows.start : rows.start + rows_p].reshape(1, rows_p // step, step, -1)
     k2t = keys.k2[b, :seen_p].reshape(n_chunks, 1, chunk, -1).swapaxes(-1, -2)
     np.matmul(q2, k2t, out=pieces)
-    lag = _LagKernels.view(lag, rows, slice(0, seen))  # the block's own (rows, keys) window of pair quantities
-    E, E2 = lag.decay, lag.decay_sq  # e^{−μ|Δt|} ≤ 1 and its square
+    window = (rows, slice(0, seen))  # the block's own (rows, keys) window of the pair quantities
+    E, E2 = lag.decay[window], lag.decay_sq[window]  # e^{−μ|Δt|} ≤ 1 and its square
     nq, nk = keys.nq[b, rows, None], keys.nk[b, None, :seen]
     R2 *= E  # −2E Re(q̃^†k̃)
-    if head.causal:  # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃)  (Eq. (8.2)); pairs j > i are masked anyway
-        R2 += nq
-        R2 += np.multiply(E2, nk, out=tmp)
-    else:  # pushed-back pairs, scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃)
-        R2 += np.where(lag.forward, nq + E2 * nk, E2 * nq + nk)
+    # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃) (Eq. (8.2)) for keys at or before the query; pushed-back
+    # keys (after it; t increases strictly), scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃). Causal
+    # blocks mask the keys after their queries anyway.
+    before, after = (seen, seen) if head.causal else (rows.start, rows.stop)  # keys before / after every query
+    R2[:, :before] += nq
+    R2[:, :before] += np.multiply(E2[:, :before], nk[:, :before], out=tmp[:, :before])
+    if not head.causal:
+        R2[:, after:] += np.multiply(E2[:, after:], nq, out=tmp[:, after:])
+        R2[:, after:] += nk[:, after:]
+        mixed = slice(before, after)  # the block's diagonal: each query has keys on both sides
+        R2[:, mixed] += np.where(lag.forward[rows, mixed], nq + E2[:, mixed] * nk[:, mixed], E2[:, mixed] * nq + nk[:, mixed])
     np.maximum(R2, 0.0, out=R2)  # the identity can cancel to a tiny negative number
     L = R2
-    L *= lag.p_nu  # d²/ν = P ‖R‖² / ν
+    L *= lag.p_nu[window]  # d²/ν = P ‖R‖² / ν
     if head.weight == "student":
         np.log1p(L, out=L)
         L *= -head.kappa  # −κ log(1 + d²/ν)
     else:
         np.negative(L, out=L)  # −d²/ν
-    L += lag.log_p  # L = log P − robust penalty  (Eq. (7.5))
+    L += lag.log_p[window]  # L = log P − robust penalty  (Eq. (7.5))
     if head.temperature != 1.0:
         L *= head.temperature
     if head.causal:  # t increases strictly: only keys after the block's first query can lie after a query
         c0 = rows.start + 1
-        np.copyto(L[:, c0:], -np.inf, where=lag.later[:, c0:])
+        np.copyto(L[:, c0:], -np.inf, where=lag.later[rows, c0:seen])
     L -= np.max(L, axis=-1, keepdims=True)  # finite: the diagonal j = i is always allowed
     if head.causal:
         A = np.exp(L, out=L)  # unnormalized weights; the row sums normalize after the matmul
@@ -751,13 +754,13 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
         total = np.sum(np.exp(L, out=tmp), axis=-1, keepdims=True)
         if weights is not None:
             np.divide(tmp, total, out=weights[b, rows, :seen])
-        L -= head.mu * lag.dt
+        L -= np.multiply(head.mu, lag.dt[window], out=tmp)
         np.exp(L, out=L)  # Â
     if weights is not None:
         weights[b, rows, seen:] = 0.0
     full[:n_rows, seen:seen_p] = 0.0  # keys of the last chunk past the block's keys carry no weight
     # Σ_j Â_ij ṽ_j: the pieces times their chunk's values (one NumPy call), the chunks summed
-    part = part_buf[: n_chunks * rows_p * width].reshape(n_chunks, rows_p // step, step, width)
+    part = scratch[: n_chunks * rows_p * width].reshape(n_chunks, rows_p // step, step, width)
     np.matmul(pieces, keys.values[b, :seen_p].reshape(n_chunks, 1, chunk, width), out=part)
     np.sum(part.reshape(n_chunks, rows_p, width)[:, :n_rows], axis=0, out=out)
     out /= total
