@@ -494,7 +494,10 @@ def isotropic_afa(
     counter-rotated: ``v̄_i = e^{iωt_i} ⊙ Σ_j A_ij E_ij ṽ_j`` (the real weights times ṽ viewed as
     real: a second real matmul of width 2d). No (N, N, d) array and no
     factor e^{+μt} (which overflows for long sequences) is ever formed: memory O(N² + N d), and
-    O(block · N + N d) as computed, by blocks of query rows.
+    O(block · N + N d) as computed, by blocks of query rows. The blocks run in
+    ``refimpl._blocking.THREADS`` threads (the cores NumPy's ufuncs leave idle); every block is
+    computed by the same operations in any thread, so the result is bitwise the same for any
+    number of threads.
 
     Parameters
     ----------
@@ -554,23 +557,30 @@ def isotropic_afa(
     )
 
     def prepare(rows: slice) -> None:
+        # e^{−iωt} = cos(−ωt) + i sin(−ωt), what NumPy's complex exp evaluates (which runs slower
+        # in two threads); the angle is formed where the sines go. No temporaries: a fresh array
+        # of this size costs more in page faults than in arithmetic.
         r = rot[rows]
-        angle = omega * t[rows, None]
-        np.cos(angle, out=r.real)  # e^{−iωt} (NumPy's complex exp evaluates the same cos and sin,
-        np.sin(angle, out=r.imag)  # and runs slower in two threads)
-        np.negative(r.imag, out=r.imag)
+        np.multiply(t[rows, None], -omega, out=r.imag)
+        np.cos(r.imag, out=r.real)
+        np.sin(r.imag, out=r.imag)
         # −2 Re(q̃_i^† k̃_j) as one real matmul of width 2d: a complex (N, d) array viewed as real
         # is (N, 2d) with Re and Im interleaved, and Re(a^† b) = Σ (Re a Re b + Im a Im b) is the
         # real dot product of the two views. The factor −2 of Eq. (8.2) rides on the queries (N·d
         # products, exact) instead of the N² pairs.
-        keys.q2[:, rows].view(np.complex128)[...] = qb[:, rows] * r * -2.0  # −2 q̃
-        keys.k2[:, rows].view(np.complex128)[...] = kb[:, rows] * r  # k̃
+        np.multiply(qb[:, rows], r, out=keys.q2[:, rows].view(np.complex128))  # q̃
+        keys.q2[:, rows] *= -2.0
+        np.multiply(kb[:, rows], r, out=keys.k2[:, rows].view(np.complex128))  # k̃
         # ṽ = e^{−iωt} ⊙ v (or v): the real weights times the complex values are also one real
         # matmul of width 2d on the real view (a complex product would cast the weights to complex
         # and do four times the work); its (rows, 2d) result viewed as complex is Σ_j Â_ij ṽ_j
-        keys.values[:, rows].view(np.complex128)[...] = vb[:, rows] * r if rotate_values else vb[:, rows]
-        keys.nq[:, rows] = np.sum(np.abs(qb[:, rows]) ** 2, axis=-1)  # ‖q_i‖²
-        keys.nk[:, rows] = np.sum(np.abs(kb[:, rows]) ** 2, axis=-1)  # ‖k_j‖²
+        if rotate_values:
+            np.multiply(vb[:, rows], r, out=keys.values[:, rows].view(np.complex128))
+        else:
+            keys.values[:, rows].view(np.complex128)[...] = vb[:, rows]
+        for x, norm in ((qb, keys.nq), (kb, keys.nk)):  # ‖q_i‖², ‖k_j‖²: Σ (Re² + Im²) over the 2d reals
+            real = x[:, rows].view(np.float64)
+            np.vecdot(real, real, out=norm[:, rows])
 
     head = _Head(mu, nu, kappa, weight, temperature, causal)
     out = np.empty((nb, N, d), dtype=np.complex128)
@@ -628,6 +638,10 @@ _PIECE_MACS = ONE_THREAD_MACS // 4
 #: query rows of a piece; the blocks of query rows hold whole pieces (except the last block)
 _PIECE_ROWS = 8
 
+#: float64 numbers a (query, key) pair of a block costs besides its share of the partial value
+#: products: its logit, a temporary, and the lag kernels, keys and values streamed through the
+#: cache with it. With d = 64 a block of N = 4096 then holds 2^16 pairs (three 512 KiB buffers
+#: per thread); blocks of twice as many pairs ran about 5 % slower, of half as many about 10 %.
 _PAIR_FLOATS = 3
 
 #: a block's rows lie this many float64 numbers further apart than its keys: a row length of a
@@ -640,11 +654,12 @@ class _Plan(NamedTuple):
     """How :func:`isotropic_afa` cuts the (query, key) pairs: blocks of query rows, each cut into
     pieces of ``_PIECE_ROWS`` rows × ``chunk`` keys for the two products.
 
-    A block holds about ``WORKSPACE_FLOATS / 4`` pairs (its logits, a temporary and the partial
-    value products stay in a core's cache), at least ``_PIECE_ROWS`` rows. Causal blocks end at
-    their last query (the keys after it carry no weight), so early blocks hold more rows than late
-    ones: every block costs about the same, and contiguous runs of blocks balance between threads.
-    The plan depends on N, d and ``causal`` only (not on the number of threads).
+    A block holds about ``WORKSPACE_FLOATS / (_PAIR_FLOATS + 2d / chunk)`` pairs (the second term:
+    a pair's share of the partial value products, one (rows, 2d) product per chunk of keys), so
+    that its buffers stay in a core's cache, and at least ``_PIECE_ROWS`` rows. Causal blocks end
+    at their last query (the keys after it carry no weight), so early blocks hold more rows than
+    late ones: the blocks cost about the same. The plan depends on N, d and ``causal`` only, not
+    on the number of threads.
     """
 
     blocks: tuple  # slices of query rows

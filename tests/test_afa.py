@@ -1126,7 +1126,7 @@ def test_isotropic_plan_blocks_and_pieces(causal, d):
     sizes = np.diff([0] + stops)
     assert np.all(sizes[:-1] % afa_module._PIECE_ROWS == 0) and np.all(sizes > 0)
     seen = np.array(stops) if causal else np.full(len(stops), N)
-    budget = refimpl._blocking.per_block(afa_module._PAIR_FLOATS)
+    budget = refimpl._blocking.per_block(afa_module._PAIR_FLOATS + 2 * d // plan.chunk)
     assert np.all(sizes * seen <= np.maximum(budget, afa_module._PIECE_ROWS * seen))
     assert plan.pairs == int(np.sum(sizes * seen))
     if causal:
