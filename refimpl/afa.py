@@ -39,7 +39,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import lyapunov
-from ._blocking import MIN_BLOCK_ROWS, per_block
+from . import _blocking
+from ._blocking import ONE_THREAD_MACS, in_parts, per_block
 from ._validate import (
     guard_overflow,
     as_bool,
@@ -435,16 +436,8 @@ class _LagKernels:
         self.dt, self.forward = toeplitz(lags), toeplitz(forward)
         self.later = toeplitz(~forward)  # keys after the query
         self.decay, self.decay_sq = toeplitz(decay), toeplitz(decay * decay)
-        self.scaled_cov, self.log_p = toeplitz(scaled), toeplitz(log_p)
-        self.cov_nu = toeplitz(scaled * nu)  # ν Σ: d²/ν = ‖R‖² / (ν Σ) in one division
-
-    @staticmethod
-    def view(lag: "_LagKernels", rows: slice, cols: slice) -> "_LagKernels":
-        """The (rows, cols) window of every pair quantity (views, no copies)."""
-        out = _LagKernels.__new__(_LagKernels)
-        for name in ("dt", "forward", "later", "decay", "decay_sq", "scaled_cov", "log_p", "cov_nu"):
-            setattr(out, name, getattr(lag, name)[rows, cols])
-        return out
+        self.log_p = toeplitz(log_p)
+        self.p_nu = toeplitz(1.0 / (scaled * nu))  # P/ν: d²/ν = (P/ν) ‖R‖² in one product
 
 
 def _scaled_covariance_fast(tau, forward, mu, sigma2, eta2, gamma2):
@@ -501,7 +494,10 @@ def isotropic_afa(
     counter-rotated: ``v̄_i = e^{iωt_i} ⊙ Σ_j A_ij E_ij ṽ_j`` (the real weights times ṽ viewed as
     real: a second real matmul of width 2d). No (N, N, d) array and no
     factor e^{+μt} (which overflows for long sequences) is ever formed: memory O(N² + N d), and
-    O(block · N + N d) as computed, by blocks of query rows.
+    O(block · N + N d) as computed, by blocks of query rows. The blocks run in
+    ``refimpl._blocking.THREADS`` threads (the cores NumPy's ufuncs leave idle); every block is
+    computed by the same operations in any thread, so the result is bitwise the same for any
+    number of threads.
 
     Parameters
     ----------
@@ -545,50 +541,80 @@ def isotropic_afa(
     N, d = q.shape[-2:]
     mu, omega = _check_isotropic_dynamics(mu, omega, d)
     lag = _LagKernels(t, mu, sigma2[0], eta2[0], gamma2[0], nu)  # E, Σ, log P as functions of Δt_ij
-    rot = np.exp(-1j * omega * t[:, None])  # e^{−iωt}, (N, d)
-    # −2 Re(q̃_i^† k̃_j) as one real matmul of width 2d: a complex (N, d) array viewed as real is
-    # (N, 2d) with Re and Im interleaved, and Re(a^† b) = Σ (Re a Re b + Im a Im b) is the real dot
-    # product of the two views. The factor −2 of Eq. (8.2) rides on the queries (N·d products,
-    # exact) instead of the N² pairs.
-    q_rot = q * rot  # q̃
-    q_rot *= -2.0
-    q2 = q_rot.view(np.float64)
-    k2t = np.swapaxes((k * rot).view(np.float64), -1, -2)  # k̃, viewed as real and transposed
-    nq = np.sum(np.abs(q) ** 2, axis=-1)[..., :, None]  # ‖q_i‖²
-    nk = np.sum(np.abs(k) ** 2, axis=-1)[..., None, :]  # ‖k_j‖²
-    values = v * rot if rotate_values else np.ascontiguousarray(v)  # ṽ = e^{−iωt} ⊙ v
-    # the real weights times the complex values, also one real matmul of width 2d on the real view
-    # (a complex product would cast the weights to complex and do four times the work); its
-    # (rows, 2d) result viewed as complex is Σ_j Â_ij ṽ_j
-    keys = _Keys(k2t, nk, values.view(np.float64))
+    plan = _Plan.make(N, d, causal)
+    batch = q.shape[:-2]
+    nb = math.prod(batch)
+    qb, kb, vb = (x.reshape((nb, N, d)) for x in (q, k, v))
+    rot = np.empty((N, d), dtype=np.complex128)  # e^{−iωt}
+    # the operands of the two products, viewed as real and padded with zero rows to whole pieces
+    # (_Plan): a zero query row gives a discarded output row, a zero key or value adds exact zeros
+    keys = _Keys(
+        q2=np.zeros((nb, plan.rows_padded, 2 * d)),
+        k2=np.zeros((nb, plan.keys_padded, 2 * d)),
+        nq=np.empty((nb, N)),
+        nk=np.empty((nb, N)),
+        values=np.zeros((nb, plan.keys_padded, 2 * d)),
+    )
+
+    def prepare(rows: slice) -> None:
+        # e^{−iωt} = cos(−ωt) + i sin(−ωt), what NumPy's complex exp evaluates (which runs slower
+        # in two threads); the angle is formed where the sines go. No temporaries: a fresh array
+        # of this size costs more in page faults than in arithmetic.
+        r = rot[rows]
+        np.multiply(t[rows, None], -omega, out=r.imag)
+        np.cos(r.imag, out=r.real)
+        np.sin(r.imag, out=r.imag)
+        # −2 Re(q̃_i^† k̃_j) as one real matmul of width 2d: a complex (N, d) array viewed as real
+        # is (N, 2d) with Re and Im interleaved, and Re(a^† b) = Σ (Re a Re b + Im a Im b) is the
+        # real dot product of the two views. The factor −2 of Eq. (8.2) rides on the queries (N·d
+        # products, exact) instead of the N² pairs.
+        np.multiply(qb[:, rows], r, out=keys.q2[:, rows].view(np.complex128))  # q̃
+        keys.q2[:, rows] *= -2.0
+        np.multiply(kb[:, rows], r, out=keys.k2[:, rows].view(np.complex128))  # k̃
+        # ṽ = e^{−iωt} ⊙ v (or v): the real weights times the complex values are also one real
+        # matmul of width 2d on the real view (a complex product would cast the weights to complex
+        # and do four times the work); its (rows, 2d) result viewed as complex is Σ_j Â_ij ṽ_j
+        if rotate_values:
+            np.multiply(vb[:, rows], r, out=keys.values[:, rows].view(np.complex128))
+        else:
+            keys.values[:, rows].view(np.complex128)[...] = vb[:, rows]
+        for x, norm in ((qb, keys.nq), (kb, keys.nk)):  # ‖q_i‖², ‖k_j‖²: Σ (Re² + Im²) over the 2d reals
+            real = x[:, rows].view(np.float64)
+            np.vecdot(real, real, out=norm[:, rows])
+
     head = _Head(mu, nu, kappa, weight, temperature, causal)
-    out = np.empty(np.broadcast_shapes(q.shape, v.shape), dtype=np.complex128)
-    weights = np.empty(q.shape[:-1] + (N,)) if return_weights else None
-    # Every step is row-wise (a softmax over keys per query), so queries are processed in blocks of
-    # rows: peak memory O(block · N + N d) instead of several N × N buffers.
-    block = min(N, max(MIN_BLOCK_ROWS, per_block(4 * N)))  # a row: N logits in about four live temporaries
-    pair_batch = np.broadcast_shapes(q2.shape[:-2], k2t.shape[:-2])
-    work = np.empty((2, math.prod(pair_batch) * block * N))  # the logits of a block and one temporary, reused
-    for r0 in range(0, N, block):
-        rows = slice(r0, min(N, r0 + block))
-        # causal: the times increase, so keys after the block's last query carry no weight — skip them
-        seen = rows.stop if causal else N
-        y2, w = _isotropic_rows(rows, seen, q2[..., rows, :], nq[..., rows, :], keys, lag, head, return_weights, work)
-        out[..., rows, :] = y2.view(np.complex128)
-        if return_weights:
-            weights[..., rows, :seen] = w
-            weights[..., rows, seen:] = 0.0
-    if rotate_values:
-        out *= np.conj(rot)  # counter-rotate: v̄ = e^{iωt} ⊙ (Â ṽ)
-    return (out, weights) if return_weights else out
+    out = np.empty((nb, N, d), dtype=np.complex128)
+    weights = np.empty((nb, N, N)) if return_weights else None
+    items = [(b, rows) for b in range(nb) for rows in plan.blocks]
+    queue = iter(items)  # shared by the threads: each takes the next block when it is done with one
+
+    def run(_worker: slice) -> None:
+        work = plan.workspace()  # each thread its own buffers
+        for b, rows in queue:
+            o = out[b, rows]
+            _isotropic_rows(b, rows, keys, lag, head, plan, work, weights, o.view(np.float64))
+            if rotate_values:
+                o *= np.conj(rot[rows])  # counter-rotate: v̄ = e^{iωt} ⊙ (Â ṽ)
+
+    # Rows of the operands, and blocks of query rows (a softmax over keys per query), are
+    # independent: they run in threads, and every row or block is computed by the same operations
+    # whichever thread runs it, so the result does not depend on the number of threads. The rows
+    # of the operands are split evenly; the blocks are handed out one at a time (a thread that
+    # shares its core with another process computes fewer of them).
+    in_parts(prepare, N, elems=nb * N * d)
+    in_parts(run, min(len(items), _blocking.THREADS), elems=nb * plan.pairs)
+    out = out.reshape(batch + (N, d))
+    return (out, weights.reshape(batch + (N, N))) if return_weights else out
 
 
 class _Keys(NamedTuple):
-    """What every block of query rows of :func:`isotropic_afa` attends to, formed once."""
+    """What every block of query rows of :func:`isotropic_afa` reads, formed once (zero-padded rows)."""
 
-    k2t: np.ndarray  # [Re k̃, Im k̃]ᵀ, (..., 2d, N)
-    nk: np.ndarray  # ‖k_j‖², (..., 1, N)
-    values: np.ndarray  # ṽ = e^{−iωt} ⊙ v (or v) viewed as real: Re, Im interleaved, (..., N, 2d)
+    q2: np.ndarray  # −2 q̃ viewed as real: Re, Im interleaved, (batch, rows_padded, 2d)
+    k2: np.ndarray  # k̃ viewed as real, (batch, keys_padded, 2d)
+    nq: np.ndarray  # ‖q_i‖², (batch, N)
+    nk: np.ndarray  # ‖k_j‖², (batch, N)
+    values: np.ndarray  # ṽ = e^{−iωt} ⊙ v (or v) viewed as real, (batch, keys_padded, 2d)
 
 
 class _Head(NamedTuple):
@@ -602,59 +628,157 @@ class _Head(NamedTuple):
     causal: bool
 
 
-def _isotropic_rows(rows, seen, q2, nq, keys: _Keys, lag: _LagKernels, head: _Head, return_weights: bool, work):
-    """Eqs. (8.1)–(8.3) for one block of query rows against keys 0 … ``seen`` − 1; returns Â ṽ
-    normalized (before counter-rotation) as a real (rows, 2d) array (Re, Im interleaved) and, if
-    asked, the weights of those keys. ``q2`` carries the factor −2; ``work`` holds two buffers of at
-    least a block's size.
+#: Multiply-adds of one piece of the two products of isotropic AFA, a quarter of ONE_THREAD_MACS:
+#: OpenBLAS runs such pieces on the calling thread with its small-matrix kernels. On the 2-core
+#: machine the package is benchmarked on, 8 × 128 pieces of inner width 128 ran at 45–50 GFLOP/s
+#: in one thread and 80–95 GFLOP/s in two (as fast as one product split by BLAS over both cores);
+#: pieces of 2^18 multiply-adds ran at 30–35 GFLOP/s in one thread.
+_PIECE_MACS = ONE_THREAD_MACS // 4
 
-    Every pass over the (rows, keys) block works in place in one buffer of ``work`` (the logits
-    ``L`` are built where ``‖R‖²`` was): a block costs the two products and about a dozen
-    elementwise passes, but no new (rows, keys) array until the weights.
+#: query rows of a piece; the blocks of query rows hold whole pieces (except the last block)
+_PIECE_ROWS = 8
+
+#: float64 numbers a (query, key) pair of a block costs besides its share of the partial value
+#: products: its logit, a temporary, and the lag kernels, keys and values streamed through the
+#: cache with it. With d = 64 a block of N = 4096 then holds 2^16 pairs (three 512 KiB buffers
+#: per thread); blocks of twice as many pairs ran about 5 % slower, of half as many about 10 %.
+_PAIR_FLOATS = 3
+
+#: a block's rows lie this many float64 numbers further apart than its keys: a row length of a
+#: power of two (4096 keys) maps the rows onto the same cache sets and made the passes that
+#: broadcast a row or read a lag kernel up to twice slower
+_ROW_PAD = 8
+
+
+class _Plan(NamedTuple):
+    """How :func:`isotropic_afa` cuts the (query, key) pairs: blocks of query rows, each cut into
+    pieces of ``_PIECE_ROWS`` rows × ``chunk`` keys for the two products.
+
+    A block holds about ``WORKSPACE_FLOATS / (_PAIR_FLOATS + 2d / chunk)`` pairs (the second term:
+    a pair's share of the partial value products, one (rows, 2d) product per chunk of keys), so
+    that its buffers stay in a core's cache, and at least ``_PIECE_ROWS`` rows. Causal blocks end
+    at their last query (the keys after it carry no weight), so early blocks hold more rows than
+    late ones: the blocks cost about the same. The plan depends on N, d and ``causal`` only, not
+    on the number of threads.
     """
-    cols = slice(0, seen)
-    lag = _LagKernels.view(lag, rows, cols)  # the block's own (rows, cols) window of pair quantities
-    k2t, nk, values = keys.k2t[..., cols], keys.nk[..., cols], keys.values[..., cols, :]
-    E, E2 = lag.decay, lag.decay_sq  # e^{−μ|Δt|} ≤ 1 and its square
-    shape = (*np.broadcast_shapes(q2.shape[:-2], k2t.shape[:-2]), q2.shape[-2], seen)
-    size = math.prod(shape)
-    R2, tmp = work[0, :size].reshape(shape), work[1, :size].reshape(shape)
-    np.matmul(q2, k2t, out=R2)  # −2 Re(q̃_i^† k̃_j)
+
+    blocks: tuple  # slices of query rows
+    chunk: int  # keys of a piece
+    pairs: int  # pairs computed in all, for in_parts
+    rows_padded: int  # query rows rounded up to whole pieces
+    keys_padded: int  # keys rounded up to whole chunks
+    buffer: int  # float64 numbers of the largest block's (rows, keys) buffer
+    scratch: int  # ... and of a temporary or its partial value products
+
+    @classmethod
+    def make(cls, N: int, d: int, causal: bool) -> "_Plan":
+        step = _PIECE_ROWS
+        chunk = min(256, max(8, _PIECE_MACS // (step * 2 * d)))
+        budget = per_block(_PAIR_FLOATS + 2 * d // chunk)  # pairs of a block
+        blocks, start = [], 0
+        while start < N:
+            if causal:  # r rows against start + r keys: r (start + r) <= budget
+                rows = (math.isqrt(start * start + 4 * budget) - start) // 2
+            else:
+                rows = budget // N
+            stop = min(N, start + max(step, rows // step * step))
+            blocks.append(slice(start, stop))
+            start = stop
+        seen = [(b.stop if causal else N) for b in blocks]
+        shapes = [(_whole(b.stop - b.start, step), _whole(s, chunk)) for b, s in zip(blocks, seen)]
+        return cls(
+            blocks=tuple(blocks), chunk=chunk, pairs=sum((b.stop - b.start) * s for b, s in zip(blocks, seen)),
+            rows_padded=_whole(N, step), keys_padded=_whole(N, chunk),
+            buffer=max(r * (c + _ROW_PAD) for r, c in shapes),
+            scratch=max(r * max(c, c // chunk * 2 * d) for r, c in shapes),
+        )
+
+    def workspace(self) -> tuple:
+        """One thread's buffers: the block's pairs, and a scratch buffer for a temporary and the
+        partial value products (never needed at the same time)."""
+        return np.empty(self.buffer), np.empty(self.scratch)
+
+
+def _whole(n: int, piece: int) -> int:
+    """``n`` rounded up to a multiple of ``piece``."""
+    return -(-n // piece) * piece
+
+
+def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _Plan, work, weights, out):
+    """Eqs. (8.1)–(8.3) for one block of query rows of batch entry ``b``: writes Â ṽ normalized
+    (before counter-rotation) into ``out``, real (rows, 2d) (Re, Im interleaved), and the weights
+    into ``weights`` if given. Causal blocks read only the keys up to their last query.
+
+    The block's pairs live in one buffer of ``work`` (the logits ``L`` are built where ``‖R‖²``
+    was): a block costs the two products and about a dozen elementwise passes over that
+    cache-sized buffer, and no new (rows, keys) array.
+    """
+    step, chunk = _PIECE_ROWS, plan.chunk
+    n_rows = rows.stop - rows.start
+    seen = rows.stop if head.causal else lag.decay.shape[-1]  # keys 0 … seen − 1
+    rows_p, seen_p = _whole(n_rows, step), _whole(seen, chunk)  # whole pieces
+    n_chunks, width = seen_p // chunk, keys.values.shape[-1]
+    buf, scratch = work
+    full = buf[: rows_p * (seen_p + _ROW_PAD)].reshape(rows_p, seen_p + _ROW_PAD)
+    # the pieces: (chunk of keys, piece of rows, row in piece, key in chunk), views into the buffer
+    pieces = full.reshape(rows_p // step, step, -1)[..., :seen_p].reshape(
+        rows_p // step, step, n_chunks, chunk, copy=False).transpose(2, 0, 1, 3)
+    R2 = full[:n_rows, :seen]
+    tmp = scratch[: n_rows * seen].reshape(n_rows, seen)
+    # −2 Re(q̃_i^† k̃_j): one NumPy call issues the pieces straight into the buffer
+    q2 = keys.q2[b, rows.start : rows.start + rows_p].reshape(1, rows_p // step, step, -1)
+    k2t = keys.k2[b, :seen_p].reshape(n_chunks, 1, chunk, -1).swapaxes(-1, -2)
+    np.matmul(q2, k2t, out=pieces)
+    window = (rows, slice(0, seen))  # the block's own (rows, keys) window of the pair quantities
+    E, E2 = lag.decay[window], lag.decay_sq[window]  # e^{−μ|Δt|} ≤ 1 and its square
+    nq, nk = keys.nq[b, rows, None], keys.nk[b, None, :seen]
     R2 *= E  # −2E Re(q̃^†k̃)
-    if head.causal:  # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃)  (Eq. (8.2)); pairs j > i are masked anyway
-        R2 += nq
-        R2 += np.multiply(E2, nk, out=tmp)
-    else:  # pushed-back pairs, scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃)
-        R2 += np.where(lag.forward, nq + E2 * nk, E2 * nq + nk)
+    # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃) (Eq. (8.2)) for keys at or before the query; pushed-back
+    # keys (after it; t increases strictly), scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃). Causal
+    # blocks mask the keys after their queries anyway.
+    before, after = (seen, seen) if head.causal else (rows.start, rows.stop)  # keys before / after every query
+    R2[:, :before] += nq
+    R2[:, :before] += np.multiply(E2[:, :before], nk[:, :before], out=tmp[:, :before])
+    if not head.causal:
+        R2[:, after:] += np.multiply(E2[:, after:], nq, out=tmp[:, after:])
+        R2[:, after:] += nk[:, after:]
+        mixed = slice(before, after)  # the block's diagonal: each query has keys on both sides
+        R2[:, mixed] += np.where(lag.forward[rows, mixed], nq + E2[:, mixed] * nk[:, mixed], E2[:, mixed] * nq + nk[:, mixed])
     np.maximum(R2, 0.0, out=R2)  # the identity can cancel to a tiny negative number
     L = R2
-    L /= lag.cov_nu  # d²/ν = P ‖R‖² / ν
+    L *= lag.p_nu[window]  # d²/ν = P ‖R‖² / ν
     if head.weight == "student":
         np.log1p(L, out=L)
         L *= -head.kappa  # −κ log(1 + d²/ν)
     else:
         np.negative(L, out=L)  # −d²/ν
-    L += lag.log_p  # L = log P − robust penalty  (Eq. (7.5))
+    L += lag.log_p[window]  # L = log P − robust penalty  (Eq. (7.5))
     if head.temperature != 1.0:
         L *= head.temperature
     if head.causal:  # t increases strictly: only keys after the block's first query can lie after a query
         c0 = rows.start + 1
-        np.copyto(L[..., c0:], -np.inf, where=lag.later[:, c0:])
+        np.copyto(L[:, c0:], -np.inf, where=lag.later[rows, c0:seen])
     L -= np.max(L, axis=-1, keepdims=True)  # finite: the diagonal j = i is always allowed
     if head.causal:
         A = np.exp(L, out=L)  # unnormalized weights; the row sums normalize after the matmul
         total = np.sum(A, axis=-1, keepdims=True)
-        weights = A / total if return_weights else None
+        if weights is not None:
+            np.divide(A, total, out=weights[b, rows, :seen])
         A *= E  # Â = A ⊙ e^{−μΔt}
-        A_hat = A
     else:  # e^{−μΔt} > 1 for pushed-back pairs: combine in log space
         total = np.sum(np.exp(L, out=tmp), axis=-1, keepdims=True)
-        weights = tmp / total if return_weights else None
-        L -= head.mu * lag.dt
-        A_hat = np.exp(L, out=L)
-    y2 = A_hat @ values
-    y2 /= total
-    return y2, weights
+        if weights is not None:
+            np.divide(tmp, total, out=weights[b, rows, :seen])
+        L -= np.multiply(head.mu, lag.dt[window], out=tmp)
+        np.exp(L, out=L)  # Â
+    if weights is not None:
+        weights[b, rows, seen:] = 0.0
+    full[:n_rows, seen:seen_p] = 0.0  # keys of the last chunk past the block's keys carry no weight
+    # Σ_j Â_ij ṽ_j: the pieces times their chunk's values (one NumPy call), the chunks summed
+    part = scratch[: n_chunks * rows_p * width].reshape(n_chunks, rows_p // step, step, width)
+    np.matmul(pieces, keys.values[b, :seen_p].reshape(n_chunks, 1, chunk, width), out=part)
+    np.sum(part.reshape(n_chunks, rows_p, width)[:, :n_rows], axis=0, out=out)
+    out /= total
 
 
 @guard_overflow()

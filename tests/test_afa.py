@@ -1090,15 +1090,16 @@ class TestBadInputRefusedByName:
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("irregular", [False, True])
 def test_isotropic_row_blocks_and_causal_key_limit(causal, irregular, monkeypatch):
-    """Blocks of query rows (at least MIN_BLOCK_ROWS of them; 16 here, so N = 40 spans three blocks):
-    causal blocks read only the keys up to their last query (the weights after it are zero), and
-    nothing changes against the loop twin."""
+    """Blocks of query rows (one piece of _PIECE_ROWS = 8 rows each when the workspace is shrunk,
+    so N = 37 spans five blocks, the last one partial): causal blocks read only the keys up to their
+    last query (the weights after it are zero), and nothing changes against the loop twin."""
     import refimpl._blocking
 
     monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 1)
-    monkeypatch.setattr(afa_module, "MIN_BLOCK_ROWS", 16)
     rng = np.random.default_rng(7)
-    N = 40
+    N = 37
+    plan = afa_module._Plan.make(N, 3, causal)
+    assert [(b.start, b.stop) for b in plan.blocks] == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 37)]
     q, k, v = (rng.normal(size=(N, 3)) + 1j * rng.normal(size=(N, 3)) for _ in range(3))
     t = np.cumsum(rng.uniform(0.1, 1.0, N)) if irregular else None
     kw = dict(mu=0.2, omega=np.array([0.3, -0.5, 1.0]), sigma2=0.3, eta2=0.2, gamma2=0.1, nu=2.0, t=t, causal=causal)
@@ -1108,3 +1109,84 @@ def test_isotropic_row_blocks_and_causal_key_limit(causal, irregular, monkeypatc
     assert np.max(np.abs(w - w_loop)) <= 1e-13
     if causal:
         assert not np.any(np.triu(w, 1))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("d", [1, 64, 300])
+def test_isotropic_plan_blocks_and_pieces(causal, d):
+    """The plan covers the query rows once, in blocks of whole pieces (but the last), each of about
+    the workspace's pairs; causal blocks hold more rows early than late; the pieces of the two
+    products stay under the one-thread size of OpenBLAS."""
+    import refimpl._blocking
+
+    N = 3001
+    plan = afa_module._Plan.make(N, d, causal)
+    starts, stops = [b.start for b in plan.blocks], [b.stop for b in plan.blocks]
+    assert starts[0] == 0 and stops[-1] == N and starts[1:] == stops[:-1]
+    sizes = np.diff([0] + stops)
+    assert np.all(sizes[:-1] % afa_module._PIECE_ROWS == 0) and np.all(sizes > 0)
+    seen = np.array(stops) if causal else np.full(len(stops), N)
+    budget = refimpl._blocking.per_block(afa_module._PAIR_FLOATS + 2 * d // plan.chunk)
+    assert np.all(sizes * seen <= np.maximum(budget, afa_module._PIECE_ROWS * seen))
+    assert plan.pairs == int(np.sum(sizes * seen))
+    if causal:
+        assert sizes[0] > sizes[-2]
+    assert afa_module._PIECE_ROWS * plan.chunk * 2 * d < refimpl._blocking.ONE_THREAD_MACS or plan.chunk == 8
+    assert plan.keys_padded % plan.chunk == 0 and plan.keys_padded - plan.chunk < N <= plan.keys_padded
+
+
+@pytest.mark.parametrize("causal, tkind, weight", [(True, "default", "student"), (True, "irregular", "exponential"),
+                                                   (False, "half", "student"), (False, "irregular", "student")])
+def test_isotropic_bitwise_the_same_in_any_number_of_threads(causal, tkind, weight, monkeypatch):
+    """Blocks of query rows run in threads (refimpl._blocking.in_parts); each block is computed by the
+    same operations whichever thread runs it, so 1, 2 or 3 threads give the same bits. N = 523 is
+    not a multiple of the 8-row pieces, the 128-key chunks or the blocks; the threads really run
+    (the blocks are split into as many parts as threads, computed in the pool's threads)."""
+    import threading
+
+    import refimpl._blocking
+
+    rng = np.random.default_rng(11)
+    batch, N, d = (2,), 523, 64
+    q, k, v = (cplx(rng, batch + (N, d), scale=0.2) for _ in range(3))
+    par = dict(mu=0.05, omega=rng.normal(size=d), sigma2=0.1, eta2=0.5, gamma2=0.1, nu=3.0)
+    opts = dict(t=make_times(tkind, N, rng), causal=causal, weight=weight, return_weights=True)
+    monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 2**14)  # many blocks at this size
+    plan = afa_module._Plan.make(N, d, causal)
+    assert len(plan.blocks) > 6 and N % (plan.blocks[0].stop - plan.blocks[0].start) != 0
+    parts, threads_seen = [], set()
+    in_parts, rows_fn = afa_module.in_parts, afa_module._isotropic_rows
+
+    def spy_parts(run, n, elems):  # the parts of each split: the operands' rows, then the blocks
+        split = []
+        parts.append(split)
+
+        def spied(part):
+            split.append(part)
+            run(part)
+
+        in_parts(spied, n, elems)
+
+    def spy_rows(*args, **kwargs):  # the threads that compute blocks
+        threads_seen.add(threading.get_ident())
+        return rows_fn(*args, **kwargs)
+
+    monkeypatch.setattr(afa_module, "in_parts", spy_parts)
+    monkeypatch.setattr(afa_module, "_isotropic_rows", spy_rows)
+    results = {}
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(refimpl._blocking, "THREADS", threads)
+        parts.clear()
+        threads_seen.clear()
+        results[threads] = isotropic_afa(q, k, v, **par, **opts)
+        assert [len(split) for split in parts] == [threads, threads]
+        assert (threading.get_ident() in threads_seen) == (threads == 1)  # threads: blocks run in the pool
+    for threads in (2, 3):
+        assert np.array_equal(results[threads][0], results[1][0])
+        assert np.array_equal(results[threads][1], results[1][1])
+    # and they are the equations: rows against a row-by-row evaluation (causal: of the tokens up to the row)
+    t = np.arange(N, dtype=float) if opts["t"] is None else opts["t"]
+    for i in (0, 200, N - 1):
+        upto = slice(0, i + 1) if causal else slice(0, N)
+        expected = isotropic_row(q[0, upto], k[0, upto], v[0, upto], i, **par, t=t[upto], weight=weight)
+        close(results[2][0][0, i], expected, rtol=SELF, what="isotropic_afa (threads) row vs equations")
