@@ -162,16 +162,39 @@ def _as_projection(projection, name: str, m: int | None, d: int) -> np.ndarray:
 
 
 def _broadcast(batch: tuple, *arrays):
-    return [np.broadcast_to(a, batch + a.shape[-2:]) for a in arrays]
+    return [a.broadcast(batch) if isinstance(a, _RowMap) else np.broadcast_to(a, batch + a.shape[-2:]) for a in arrays]
 
 
-def _chunk_views(x: np.ndarray, batch: tuple, c: int):
-    """x (..., N, F) as (complete chunks (..., N // c, c, F), the last partial chunk (..., 1, r, F) or None)."""
-    n, f = x.shape[-2:]
-    full = n // c
-    head = x[..., : full * c, :].reshape(batch + (full, c, f))
-    tail = x[..., full * c :, :].reshape(batch + (1, n - full * c, f)) if n % c else None
-    return head, tail
+class _RowMap:
+    """φ(x) computed on demand for some rows of x, never stored for all N rows: a row-wise feature
+    map (the features of a row depend on that row alone) handed to :func:`_kernel_attention` in place
+    of the array φ(x). ``fn`` maps rows (..., r, d) to (..., r, C) in the calling thread.
+
+    The queries' features are needed once, next to their products, so the kernel computes them
+    group by group in its threads: no (N, C) array to allocate, fill and read back. So are the
+    keys' features of the non-causal form; the causal form needs them twice (chunk summaries,
+    then the in-chunk blocks) and gets them as an array."""
+
+    def __init__(self, x: np.ndarray, n_feat: int, fn: Callable[[np.ndarray], np.ndarray]):
+        self.x, self.fn, self.shape = x, fn, x.shape[:-1] + (n_feat,)
+
+    def broadcast(self, batch: tuple) -> _RowMap:
+        return _RowMap(np.broadcast_to(self.x, batch + self.x.shape[-2:]), self.shape[-1], self.fn)
+
+    def rows(self, r: slice) -> np.ndarray:
+        """φ of rows ``r``, a new array."""
+        return self.fn(self.x[..., r, :])
+
+
+def _rows(phi, r: slice) -> np.ndarray:
+    """Rows ``r`` of φ: a view of an array, or computed by a :class:`_RowMap`."""
+    return phi.rows(r) if isinstance(phi, _RowMap) else phi[..., r, :]
+
+
+def _chunks(phi, sl: slice, c: int) -> np.ndarray:
+    """The complete chunks ``sl`` of c rows of φ, shape (..., G, c, C)."""
+    x = _rows(phi, slice(sl.start * c, sl.stop * c))
+    return x.reshape(x.shape[:-2] + (sl.stop - sl.start, c, x.shape[-1]))
 
 
 def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.ndarray:
@@ -208,12 +231,16 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     def worker():
         def work(i):  # φ(q_i)^T S by groups of rows, divided while in cache
             r = slice(i * rows, (i + 1) * rows)
-            _ratio(_stacked(phi_q[..., r, :], s), out[..., r, :])
+            _ratio(_stacked(_rows(phi_q, r), s), out[..., r, :])
 
         return work
 
-    _shared(-(-phi_q.shape[-2] // rows), worker, phi_q.size + out.size)
+    _shared(-(-phi_q.shape[-2] // rows), worker, _size(phi_q) + out.size)
     return out
+
+
+def _size(phi) -> int:
+    return math.prod(phi.shape)
 
 
 def _shared(n_items: int, worker: Callable[[], Callable[[int], None]], elems: int) -> None:
@@ -292,7 +319,6 @@ def _summed_states(phi_k, v, c: int) -> np.ndarray:
     """
     batch, (m, n_feat), width = phi_k.shape[:-2], phi_k.shape[-2:], v.shape[-1] + 1
     full = m // c
-    k_c, k_t = _chunk_views(phi_k, batch, c)
     group = max(1, min(full, _group(n_feat, c, width, batch)))
     n_groups = -(-full // group)
     sums = np.empty(batch + (n_groups, n_feat, width))
@@ -302,17 +328,17 @@ def _summed_states(phi_k, v, c: int) -> np.ndarray:
 
         def work(gi):  # stacked summaries of a group of chunks, summed
             sl = slice(gi * group, min((gi + 1) * group, full))
-            u = _stacked(np.swapaxes(k_c[..., sl, :, :], -1, -2), values.chunks(sl))
+            u = _stacked(np.swapaxes(_chunks(phi_k, sl, c), -1, -2), values.chunks(sl))
             np.sum(u, axis=-3, out=sums[..., gi, :, :])
 
         return work
 
-    _shared(n_groups, worker, phi_k.size + v.size)
+    _shared(n_groups, worker, _size(phi_k) + v.size)
     s = np.zeros(batch + (n_feat, width))
     for gi in range(n_groups):
         s += sums[..., gi, :, :]
-    if k_t is not None:
-        s += np.swapaxes(k_t[..., 0, :, :], -1, -2) @ _tail_values(v, full * c)
+    if m > full * c:
+        s += np.swapaxes(_rows(phi_k, slice(full * c, m)), -1, -2) @ _tail_values(v, full * c)
     return s
 
 
@@ -337,13 +363,12 @@ def _causal_sums(phi_q, phi_k, v, c: int, out) -> None:
     """
     batch, (n, n_feat), width = phi_q.shape[:-2], phi_q.shape[-2:], v.shape[-1] + 1
     full, rest = divmod(n, c)
-    (q_c, q_t), (k_c, k_t) = (_chunk_views(x, batch, c) for x in (phi_q, phi_k))
     y_c = out[..., : full * c, :].reshape(batch + (full, c, width - 1))  # a view: the writes land in out
     group = max(1, min(full, _group(n_feat, c, width, batch)))
     n_groups = -(-full // group)
     states = np.empty(batch + (full + 1, n_feat, width))  # states[n] = S_n: what chunks 0 … n-1 leave
     states[..., 0, :, :] = 0.0
-    elems = phi_q.size + phi_k.size + out.size
+    elems = _size(phi_q) + _size(phi_k) + out.size
     tri = np.tri(c)
 
     def summaries():  # stage 1: U_n = K_n^T A_n into states[n + 1]
@@ -351,7 +376,7 @@ def _causal_sums(phi_q, phi_k, v, c: int, out) -> None:
 
         def work(gi):
             sl = slice(gi * group, min((gi + 1) * group, full))
-            k_g = np.swapaxes(k_c[..., sl, :, :], -1, -2)
+            k_g = np.swapaxes(_chunks(phi_k, sl, c), -1, -2)
             _stacked(k_g, values.chunks(sl), out=states[..., sl.start + 1 : sl.stop + 1, :, :])
 
         return work
@@ -363,7 +388,7 @@ def _causal_sums(phi_q, phi_k, v, c: int, out) -> None:
         def work(gi):
             sl = slice(gi * group, min((gi + 1) * group, full))
             g = sl.stop - sl.start
-            q_g, k_g = q_c[..., sl, :, :], k_c[..., sl, :, :]
+            q_g, k_g = _chunks(phi_q, sl, c), _chunks(phi_k, sl, c)
             b, o_g = blocks[..., :g, :, :], o_buf[..., :g, :, :]
             _stacked(q_g, states[..., sl, :, :], out=o_g)  # Q_n S_n: what the earlier chunks left
             _stacked(q_g, np.swapaxes(k_g, -1, -2), out=b)  # Q_n K_n^T
@@ -377,7 +402,8 @@ def _causal_sums(phi_q, phi_k, v, c: int, out) -> None:
     cumsum_rows(states, -3, states)  # stage 2: states[n] = U_0 + … + U_{n-1}, in chunk order
     _shared(n_groups, outputs, elems)
     if rest:  # the short last chunk: the state of all complete chunks plus its own causal block
-        q_r, k_r, a_r = q_t[..., 0, :, :], k_t[..., 0, :, :], _tail_values(v, full * c)
+        tail = slice(full * c, n)
+        q_r, k_r, a_r = _rows(phi_q, tail), _rows(phi_k, tail), _tail_values(v, full * c)
         o_t = q_r @ states[..., full, :, :]
         o_t += (np.matmul(q_r, np.swapaxes(k_r, -1, -2)) * np.tri(rest)) @ a_r
         _ratio(o_t, out[..., full * c :, :])
@@ -436,6 +462,14 @@ def _elu_plus_one(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _elu_rows(x: np.ndarray) -> np.ndarray:
+    """elu(x) + 1 in the calling thread (for a :class:`_RowMap`)."""
+    out, blocks = _elu_blocks(x)
+    for block in blocks:
+        block()
+    return out
+
+
 def _elu_blocks(x: np.ndarray):
     """A new array for elu(x) + 1 and the list of thunks that fill it, one per block of W/4 numbers
     (W the workspace budget of :mod:`refimpl._blocking`): the temporary max(x, 0) stays in cache
@@ -453,6 +487,19 @@ def _elu_blocks(x: np.ndarray):
     return out, [functools.partial(block, i) for i in range(0, flat.size, step)]
 
 
+def _in_order(phases) -> None:
+    """Run the phases of :func:`_run_blocks` in the calling thread (inside a thread of the kernel)."""
+    for blocks in phases:
+        for block in [blocks] if callable(blocks) else blocks:
+            block()
+
+
+def _in_order_result(out: np.ndarray, phases) -> np.ndarray:
+    """``out`` once the phases that fill it have run in the calling thread."""
+    _in_order(phases)
+    return out
+
+
 def _run_blocks(phases, elems: int) -> None:
     """Run each phase's thunks (independent blocks of feature maps), shared out between threads
     (:func:`_shared`); a phase starts when the previous one is done; a callable phase is a step
@@ -468,11 +515,18 @@ def _run_blocks(phases, elems: int) -> None:
             _shared(len(blocks), lambda blocks=blocks: lambda i: blocks[i](), elems)
 
 
-def _linear_features(q, k, v, feature_map, causal):
+def _linear_features(q, k, v, feature_map, causal, lazy: bool = False):
+    """φ(q), φ(k), v; ``lazy``: φ(q) (and φ(k) if not causal) as :class:`_RowMap` for :func:`_kernel_attention`."""
     q, k, v, _ = _check_qkv(q, k, v, causal)
     if isinstance(feature_map, str):
         check_option(feature_map, "feature_map", ("elu+1",))
-        (phi_q, blocks_q), (phi_k, blocks_k) = _elu_blocks(q), _elu_blocks(k)
+        if lazy and not causal:
+            return _RowMap(q, q.shape[-1], _elu_rows), _RowMap(k, k.shape[-1], _elu_rows), v
+        phi_k, blocks_k = _elu_blocks(k)
+        if lazy:
+            _run_blocks([blocks_k], k.size)
+            return _RowMap(q, q.shape[-1], _elu_rows), phi_k, v
+        phi_q, blocks_q = _elu_blocks(q)
         _run_blocks([blocks_q + blocks_k], q.size + k.size)
         return phi_q, phi_k, v
     if not callable(feature_map):
@@ -525,7 +579,7 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     >>> bool(np.allclose(linear_attention(q, k, v, causal=True), linear_attention_loop(q, k, v, causal=True)))
     True
     """
-    phi_q, phi_k, v = _linear_features(q, k, v, feature_map, causal)
+    phi_q, phi_k, v = _linear_features(q, k, v, feature_map, causal, lazy=True)
     return _kernel_attention(phi_q, phi_k, v, bool(causal))
 
 
@@ -822,7 +876,7 @@ def orthogonal_gaussian(m, d, *, rng, scaling="chi") -> np.ndarray:
     return w * norms[:, None]
 
 
-def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal):
+def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal, lazy=False):
     q, k, v, _ = _check_qkv(q, k, v, causal)
     m = _as_count(n_features, "n_features")
     check_option(kind, "kind", KINDS)
@@ -838,7 +892,12 @@ def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projectio
     root = math.sqrt(_scale(scale, d))  # q̂ = q·√scale, k̂ = k·√scale (q/d^{1/4} by default)
     # The features of favor_features(q, w, scale=scale) and favor_features(k, w, scale=scale), with
     # stabilizers that cancel (Eq. 12.10): the row max for each query, one max over all keys.
-    (phi_q, plan_q), (phi_k, plan_k) = _favor_blocks(q, w, kind, "row", root), _favor_blocks(k, w, kind, "all", root)
+    phi_k, plan_k = _favor_blocks(k, w, kind, "all", root)
+    if lazy:  # the queries' features in the kernel's threads (row shift: row by row)
+        _run_blocks(plan_k, phi_k.size)
+        n_feat = phi_k.shape[-1]
+        return _RowMap(q, n_feat, lambda x: _in_order_result(*_favor_blocks(x, w, kind, "row", root))), phi_k, v
+    phi_q, plan_q = _favor_blocks(q, w, kind, "row", root)
     _run_blocks(_together(plan_q, plan_k), phi_q.size + phi_k.size)
     return phi_q, phi_k, v
 
@@ -899,7 +958,7 @@ def performer_attention(
     True
     """
     causal = as_bool(causal, "causal")
-    phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
+    phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal, lazy=True)
     return _kernel_attention(phi_q, phi_k, v, causal)
 
 
@@ -981,7 +1040,11 @@ def rff_features(x, projection) -> np.ndarray:
     return _sin_cos(x, w, 1.0 / math.sqrt(w.shape[0]))
 
 
-def _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal):
+def _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal, lazy=False):
+    """φ(q/‖q‖), φ(k/‖k‖), v, the gates (or None), causal. ``lazy`` (ungated only): φ(q), and φ(k)
+    if not causal, as :class:`_RowMap` for :func:`_kernel_attention`; then the caller must call
+    :func:`_refuse_zero_rows` on the returned list once the kernel has run (the rows' norms are
+    known only then)."""
     causal, gated = as_bool(causal, "causal"), as_bool(gated, "gated")
     q, k, v, batch = _check_qkv(q, k, v, causal)
     big_d = _as_count(n_features, "n_features")
@@ -1004,12 +1067,36 @@ def _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal):
         raise ValueError("gates: given but gated=False; pass gated=True to use them")
     w = as_rng(rng).standard_normal((big_d, q.shape[-1])) / sigma  # ω ~ N(0, σ^{-2} I)
     factor = 1.0 / math.sqrt(big_d)  # φ(x/‖x‖) = rff_features(x/‖x‖, w), the blocks of q and k in threads
+    zero_rows: list = []  # the names of the arguments with a zero row
+
+    def lazy_map(x, name):
+        def fn(rows):
+            out, blocks, norm = _sin_cos_blocks(rows, w, factor, unit=True)
+            _in_order([blocks])
+            if np.any(norm == 0):
+                zero_rows.append(name)
+            return out
+
+        return _RowMap(x, 2 * big_d, fn)
+
+    if lazy and not gated:
+        if not causal:
+            return lazy_map(q, "q"), lazy_map(k, "k"), v, None, causal, zero_rows
+        phi_k, blocks_k, norm_k = _sin_cos_blocks(k, w, factor, unit=True)
+        _run_blocks([blocks_k], phi_k.size)
+        if np.any(norm_k == 0):
+            zero_rows.append("k")
+        return lazy_map(q, "q"), phi_k, v, None, causal, zero_rows
     (phi_q, blocks_q, norm_q), (phi_k, blocks_k, norm_k) = (_sin_cos_blocks(x, w, factor, unit=True) for x in (q, k))
     _run_blocks([blocks_q + blocks_k], phi_q.size + phi_k.size)
-    for norm, name in ((norm_q, "q"), (norm_k, "k")):
-        if np.any(norm == 0):
+    _refuse_zero_rows([name for norm, name in ((norm_q, "q"), (norm_k, "k")) if np.any(norm == 0)])
+    return phi_q, phi_k, v, (gates if gated else None), causal, zero_rows
+
+
+def _refuse_zero_rows(names: list) -> None:
+    for name in ("q", "k"):
+        if name in names:
             raise ValueError(f"{name}: expected nonzero rows (RFA normalizes each row to unit length), got a zero row")
-    return phi_q, phi_k, v, (gates if gated else None), causal
 
 
 def _gated_quadratic(phi_q, phi_k, v, gates) -> np.ndarray:
@@ -1073,10 +1160,12 @@ def rfa_attention(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, c
     >>> bool(np.allclose(a, rfa_attention_loop(q, k, v, n_features=8, sigma=1.0, rng=1, gated=True, gates=g)))
     True
     """
-    phi_q, phi_k, v, gates, causal = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
+    phi_q, phi_k, v, gates, causal, zero_rows = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal, lazy=True)
     if gates is not None:
         return _gated_quadratic(phi_q, phi_k, v, gates)
-    return _kernel_attention(phi_q, phi_k, v, causal)
+    y = _kernel_attention(phi_q, phi_k, v, causal)
+    _refuse_zero_rows(zero_rows)
+    return y
 
 
 @guard_overflow()
@@ -1090,7 +1179,7 @@ def rfa_attention_loop(q, k, v, *, n_features, sigma, rng, gated=False, gates=No
     >>> bool(np.allclose(rfa_attention_loop(q, k, v, **kw), rfa_attention(q, k, v, **kw)))
     True
     """
-    phi_q, phi_k, v, gates, causal = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
+    phi_q, phi_k, v, gates, causal, _ = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
     return _kernel_attention_loop(phi_q, phi_k, v, causal, gates)
 
 

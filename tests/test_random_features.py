@@ -940,7 +940,7 @@ class TestThreads:
     threads (refimpl._blocking.in_parts). The groups are fixed by the sizes, never by the thread
     count, so the output must be bitwise the same with one, two or three threads."""
 
-    N, D, M = 1100, 32, 256  # N not a multiple of the chunk (64); every stage in several parts
+    N, D, M = 1100, 64, 256  # N not a multiple of the chunk (64); every stage in several parts
 
     @staticmethod
     def spy(monkeypatch):
