@@ -566,10 +566,14 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
     chunks, plus a masked (c, c) block inside each chunk (c = 64), in groups of chunks whose
-    temporaries hold about W/4 floats (W = 2^18, the workspace budget of :mod:`refimpl._blocking`),
-    each product stacked over the group's chunks: extra memory O(C·dv + W) besides the features
-    and the output, and no Python loop over tokens (over groups of ~300 tokens, and one vector
-    add per chunk for the cumulative sum). The non-causal form sums the same per-chunk states.
+    temporaries hold about W/4 floats per thread (W = 2^18, the workspace budget of
+    :mod:`refimpl._blocking`), each product stacked over the group's chunks, the groups shared
+    out between threads (the result is bitwise the same for any thread count). Extra memory
+    besides the output: the keys' features φ(K) and the N/c chunk states, (N/c)·C·(dv+1) numbers
+    (about the size of φ(K)), plus O(W) per thread; the queries' features are computed group by
+    group and never stored. No Python loop over tokens (over groups of ~300 tokens, and one
+    vector add per chunk for the cumulative sum). The non-causal form sums the same per-chunk
+    states, computing the keys' features group by group too: extra memory O(N/(G·c)·C·dv + W).
     :func:`linear_attention_loop` is the RNN itself.
 
     Examples
@@ -944,7 +948,9 @@ def performer_attention(
     the same ``scale`` — then the kernel-attention sums of Eq. (12.2); causal by chunked
     prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
     is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
-    memory O(N m) for the features plus a cache-sized workspace for the chunk states. Trig
+    memory O(N m): the keys' features (the queries' are computed group by group and never
+    stored), and for the causal form the N/c chunk states, about as many numbers again
+    (:func:`linear_attention` says more). Trig
     features can give a normalizer ≤ 0; it is not clamped (the result is then wrong in sign or
     infinite — the paper's argument for positive features).
 
