@@ -1043,3 +1043,23 @@ class TestThreads:
         q[3] = 0.0
         with pytest.raises(ValueError, match="^q: expected nonzero rows"):
             rfa_attention(q, k, v, n_features=8, sigma=1.0, rng=0)
+
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("threads", [1, 2])
+    def test_broadcast_and_strided_inputs(self, monkeypatch, causal, threads):
+        """Features computed group by group (queries; keys when not causal) from broadcast batch
+        axes and non-contiguous inputs: the same as the loop twins, which use whole feature arrays."""
+        monkeypatch.setattr(_blocking, "THREADS", threads)
+        rng = np.random.default_rng(9)
+        q = rng.normal(size=(3, 150, 8))[:, ::2, :] / 2  # strided rows, N = 75
+        k = np.swapaxes(rng.normal(size=(1, 8, 75)), -1, -2) / 2  # transposed, batch 1 broadcast to 3
+        v = rng.normal(size=(75, 3))  # no batch axes
+        w = orthogonal_gaussian(16, 8, rng=0)
+        for kind in KINDS:
+            kw = dict(n_features=16, rng=None, projection=w, causal=causal, kind=kind)
+            close(performer_attention(q, k, v, **kw), performer_attention_loop(q, k, v, **kw), rtol=SELF,
+                  what=f"performer {kind}, broadcast/strided inputs vs loop")
+        close(linear_attention(q, k, v, causal=causal), linear_attention_loop(q, k, v, causal=causal), rtol=SELF,
+              what="linear, broadcast/strided inputs vs loop")
+        kw = dict(n_features=8, sigma=1.0, rng=1, causal=causal)
+        close(rfa_attention(q, k, v, **kw), rfa_attention_loop(q, k, v, **kw), rtol=SELF, what="rfa, broadcast/strided inputs vs loop")
