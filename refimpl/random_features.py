@@ -215,8 +215,8 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     :data:`refimpl._blocking.ONE_THREAD_MACS`): products that BLAS splits over threads wait for
     each other whenever another process keeps a core busy. The one long, thin product
     φ(K)^T [V, 1] (N terms per entry) ran up to 100 times slower under load than on the quiet
-    machine; the sum of the chunk summaries replaces it. Instead, the groups of chunks (and of
-    query rows) are shared out between threads (:func:`refimpl._blocking.in_parts`). The groups
+    machine; the sum of the chunk summaries replaces it. To use more than one core, the groups of
+    chunks (and of query rows) are shared out between threads (:func:`refimpl._blocking.in_parts`). The groups
     are fixed by the sizes alone and every entry is computed by the same operations in the same
     order whatever the thread count, so the result is bitwise the same with one thread or many.
     """
