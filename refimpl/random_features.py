@@ -68,14 +68,16 @@ References
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.special import logsumexp
 
-from ._blocking import ONE_THREAD_MACS, one_thread_matmul, per_block
+from ._blocking import ONE_THREAD_MACS, in_parts, one_thread_matmul, per_block
 from ._scan import cumsum_rows
 from ._validate import as_bool, as_positive_scalar, as_real_array, as_rng, check_option, check_qkv, guard_overflow, refuse_rng
 
@@ -160,25 +162,51 @@ def _as_projection(projection, name: str, m: int | None, d: int) -> np.ndarray:
 
 
 def _broadcast(batch: tuple, *arrays):
-    return [np.broadcast_to(a, batch + a.shape[-2:]) for a in arrays]
+    return [a.broadcast(batch) if isinstance(a, _RowMap) else np.broadcast_to(a, batch + a.shape[-2:]) for a in arrays]
 
 
-def _chunk_views(x: np.ndarray, batch: tuple, c: int):
-    """x (..., N, F) as (complete chunks (..., N // c, c, F), the last partial chunk (..., 1, r, F) or None)."""
-    n, f = x.shape[-2:]
-    full = n // c
-    head = x[..., : full * c, :].reshape(batch + (full, c, f))
-    tail = x[..., full * c :, :].reshape(batch + (1, n - full * c, f)) if n % c else None
-    return head, tail
+class _RowMap:
+    """φ(x) computed on demand for some rows of x, never stored for all N rows: a row-wise feature
+    map (the features of a row depend on that row alone) handed to :func:`_kernel_attention` in place
+    of the array φ(x). ``fn`` maps rows (..., r, d) to (..., r, C) in the calling thread.
+
+    The queries' features are needed once, next to their products, so the kernel computes them
+    group by group in its threads: no (N, C) array to allocate, fill and read back. So are the
+    keys' features of the non-causal form. The causal form needs the keys' features twice (chunk
+    summaries, then the in-chunk blocks): linear attention computes elu + 1 twice (cheaper than a
+    fresh (N, C) array, whose first writes each cost a page fault), the random-feature maps,
+    whose sines and exponentials cost more, hand over an array."""
+
+    def __init__(self, x: np.ndarray, n_feat: int, fn: Callable[[np.ndarray], np.ndarray]):
+        self.x, self.fn, self.shape = x, fn, x.shape[:-1] + (n_feat,)
+
+    def broadcast(self, batch: tuple) -> _RowMap:
+        return _RowMap(np.broadcast_to(self.x, batch + self.x.shape[-2:]), self.shape[-1], self.fn)
+
+    def rows(self, r: slice) -> np.ndarray:
+        """φ of rows ``r``, a new array."""
+        return self.fn(self.x[..., r, :])
+
+
+def _rows(phi, r: slice) -> np.ndarray:
+    """Rows ``r`` of φ: a view of an array, or computed by a :class:`_RowMap`."""
+    return phi.rows(r) if isinstance(phi, _RowMap) else phi[..., r, :]
+
+
+def _chunks(phi, sl: slice, c: int) -> np.ndarray:
+    """The complete chunks ``sl`` of c rows of φ, shape (..., G, c, C)."""
+    x = _rows(phi, slice(sl.start * c, sl.stop * c))
+    return x.reshape(x.shape[:-2] + (sl.stop - sl.start, c, x.shape[-1]))
 
 
 def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.ndarray:
     """Eq. (12.2) (non-causal) or the chunked prefix sums of Eq. (12.4) (causal), never an (N, N) matrix.
 
-    ``v`` is extended by a column of ones, so that one product gives both the numerator
-    φ(q)^T S and the normalizer φ(q)^T z; the output is their ratio. The keys are cut into
-    chunks of ``c`` tokens (the last one may be shorter) with summaries
-    ``U_n = φ(K_n)^T [V_n, 1]``, (C, dv+1) each, computed for a group of chunks at a time.
+    ``v`` is extended by a column of ones, ``A = [V, 1]``, so that one product gives both the
+    numerator φ(q)^T S and the normalizer φ(q)^T z; the output is their ratio. The keys are cut
+    into chunks of ``c`` tokens (the last one may be shorter) with summaries
+    ``U_n = φ(K_n)^T A_n``, (C, dv+1) each, computed for a group of chunks at a time (``A`` is
+    built group by group in a cache-sized buffer, never for all N rows).
 
     Non-causal: ``S = Σ_n U_n`` (:func:`_summed_states`), then ``φ(Q) S``. Causal:
     :func:`_causal_sums`.
@@ -187,24 +215,80 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     :data:`refimpl._blocking.ONE_THREAD_MACS`): products that BLAS splits over threads wait for
     each other whenever another process keeps a core busy. The one long, thin product
     φ(K)^T [V, 1] (N terms per entry) ran up to 100 times slower under load than on the quiet
-    machine; the sum of the chunk summaries replaces it.
+    machine; the sum of the chunk summaries replaces it. To use more than one core, the groups of
+    chunks (and of query rows) are shared out between threads (:func:`refimpl._blocking.in_parts`). The groups
+    are fixed by the sizes alone and every entry is computed by the same operations in the same
+    order whatever the thread count, so the result is bitwise the same with one thread or many.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])
     phi_q, phi_k, v = _broadcast(batch, phi_q, phi_k, v)
-    dv = v.shape[-1]
-    va = np.empty(v.shape[:-1] + (dv + 1,))  # [V, 1]: numerator and normalizer in one pass
-    va[..., :dv] = v
-    va[..., dv] = 1.0
-    out = np.empty(batch + (phi_q.shape[-2], dv))
+    out = np.empty(batch + (phi_q.shape[-2], v.shape[-1]))
     if causal:
-        _causal_sums(phi_q, phi_k, va, min(chunk, phi_q.shape[-2]), out)
+        _causal_sums(phi_q, phi_k, v, min(chunk, phi_q.shape[-2]), out)
         return out
     c = min(chunk, phi_k.shape[-2])
-    s = _summed_states(phi_k, va, c)  # S = Σ_j φ(k_j) [v_j, 1]^T
-    rows = c * _group(phi_q.shape[-1], c, dv + 1, batch)
-    for r0 in range(0, phi_q.shape[-2], rows):  # φ(q_i)^T S by groups of rows, divided while in cache
-        _ratio(_stacked(phi_q[..., r0 : r0 + rows, :], s), out[..., r0 : r0 + rows, :])
+    s = _summed_states(phi_k, v, c)  # S = Σ_j φ(k_j) [v_j, 1]^T
+    rows = c * _group(phi_q.shape[-1], c, v.shape[-1] + 1, batch)
+
+    def worker():
+        def work(i):  # φ(q_i)^T S by groups of rows, divided while in cache
+            r = slice(i * rows, (i + 1) * rows)
+            _ratio(_stacked(_rows(phi_q, r), s), out[..., r, :])
+
+        return work
+
+    _shared(-(-phi_q.shape[-2] // rows), worker, _size(phi_q) + out.size)
     return out
+
+
+def _size(phi) -> int:
+    return math.prod(phi.shape)
+
+
+def _shared(n_items: int, worker: Callable[[], Callable[[int], None]], elems: int) -> None:
+    """``work(i)`` for every i in range(n_items), in the threads of :func:`refimpl._blocking.in_parts`.
+
+    Each thread makes its own ``work = worker()`` (with its own buffers) and takes the next item
+    from one shared counter until none is left, instead of a fixed half of the items: when a core
+    is busy with something else (another process, or BLAS threads still spinning after a product
+    elsewhere), the thread on the free core takes more items. The items must be independent and
+    ``work(i)`` must do the same operations whichever thread runs it; then the result does not
+    depend on the thread count or on the order in which the items are taken.
+    """
+    lock, todo = threading.Lock(), iter(range(n_items))
+
+    def run(part):
+        work = worker()
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            work(i)
+
+    in_parts(run, n_items, elems)
+
+
+class _Values:
+    """``A = [V, 1]`` for a group of chunks at a time, in a buffer of one thread (see _kernel_attention)."""
+
+    def __init__(self, v, c: int, group: int):
+        self.v, self.c = v, c
+        self.buf = np.empty(v.shape[:-2] + (group, c, v.shape[-1] + 1))
+        self.buf[..., -1] = 1.0  # the ones column, written once
+
+    def chunks(self, sl: slice) -> np.ndarray:
+        """A_n for the complete chunks n in ``sl``, shape (..., G, c, dv+1)."""
+        a = self.buf[..., : sl.stop - sl.start, :, :]
+        a[..., :-1] = self.v[..., sl.start * self.c : sl.stop * self.c, :].reshape(a.shape[:-1] + (-1,))
+        return a
+
+
+def _tail_values(v, start: int) -> np.ndarray:
+    """[V, 1] for the rows from ``start`` on (the short last chunk), shape (..., r, dv+1)."""
+    a = np.empty(v.shape[:-2] + (v.shape[-2] - start, v.shape[-1] + 1))
+    a[..., :-1], a[..., -1] = v[..., start:, :], 1.0
+    return a
 
 
 def _ratio(o, out):
@@ -223,65 +307,106 @@ def _stacked(a, b, out=None):
 
 def _group(n_feat: int, c: int, width: int, batch: tuple) -> int:
     """Chunks per group: the group's states, (c, c) blocks and output rows fill a quarter of the
-    workspace budget W (:mod:`refimpl._blocking`): cache-sized, and a fixed workspace small next to
-    the features already at N ~ 2000 (5 chunks for C = 64, 2 for C = 256)."""
+    workspace budget W (:mod:`refimpl._blocking`): cache-sized (5 chunks for C = 64, 2 for C = 256)."""
     return per_block(4 * ((n_feat + c) * width + c * c) * max(1, math.prod(batch)))
 
 
-def _summed_states(phi_k, va, c: int) -> np.ndarray:
-    """S = Σ_n U_n over the chunks of c rows (and the short last one), U_n = K_n^T A_n, in groups of chunks."""
-    batch, (m, n_feat), width = phi_k.shape[:-2], phi_k.shape[-2:], va.shape[-1]
-    (k_c, k_t), (a_c, a_t) = _chunk_views(phi_k, batch, c), _chunk_views(va, batch, c)
+def _summed_states(phi_k, v, c: int) -> np.ndarray:
+    """S = Σ_n U_n over the chunks of c rows (and the short last one), U_n = K_n^T A_n, in groups of chunks.
+
+    Each group's summaries are summed into a slot of its own (groups in threads, see
+    :func:`_kernel_attention`), then the slots are added in order: the same sums, in the same
+    order, as one group after the other. The slots hold N/(G·c) states of (C, dv+1) numbers, G
+    the chunks per group (:func:`_group`): a twelfth of the size of φ(K) for C = 256, dv = 64.
+    """
+    batch, (m, n_feat), width = phi_k.shape[:-2], phi_k.shape[-2:], v.shape[-1] + 1
+    full = m // c
+    group = max(1, min(full, _group(n_feat, c, width, batch)))
+    n_groups = -(-full // group)
+    sums = np.empty(batch + (n_groups, n_feat, width))
+
+    def worker():
+        values = _Values(v, c, group)
+
+        def work(gi):  # stacked summaries of a group of chunks, summed
+            sl = slice(gi * group, min((gi + 1) * group, full))
+            u = _stacked(np.swapaxes(_chunks(phi_k, sl, c), -1, -2), values.chunks(sl))
+            np.sum(u, axis=-3, out=sums[..., gi, :, :])
+
+        return work
+
+    _shared(n_groups, worker, _size(phi_k) + v.size)
     s = np.zeros(batch + (n_feat, width))
-    group = _group(n_feat, c, width, batch)
-    for g0 in range(0, m // c, group):  # stacked summaries of a group of chunks, summed
-        sl = slice(g0, g0 + group)
-        s += np.sum(_stacked(np.swapaxes(k_c[..., sl, :, :], -1, -2), a_c[..., sl, :, :]), axis=-3)
-    if k_t is not None:
-        s += np.swapaxes(k_t[..., 0, :, :], -1, -2) @ a_t[..., 0, :, :]
+    for gi in range(n_groups):
+        s += sums[..., gi, :, :]
+    if m > full * c:
+        s += np.swapaxes(_rows(phi_k, slice(full * c, m)), -1, -2) @ _tail_values(v, full * c)
     return s
 
 
-def _causal_sums(phi_q, phi_k, va, c: int, out) -> None:
+def _causal_sums(phi_q, phi_k, v, c: int, out) -> None:
     """y_i from Σ_{j≤i} (φ(q_i)·φ(k_j)) [v_j, 1] for every i, into ``out``: Eq. (12.4) with chunks of c tokens.
 
     With ``Q_n, K_n, A_n`` the rows of chunk n of φ(Q), φ(K), [V, 1] (the last chunk may be
     shorter) and the chunk summaries ``U_n = K_n^T A_n`` (C, dv+1),
 
-        out_n = Q_n (U_0 + … + U_{n-1}) + tril(Q_n K_n^T) A_n :
+        out_n = Q_n S_n + tril(Q_n K_n^T) A_n,   S_n = U_0 + … + U_{n-1} :
 
-    the state left by the earlier chunks plus the causal (c, c) block of the chunk itself.
-    Chunks go in groups (:func:`_group`: a loop over N/(G·c) groups, 26 at N = 8192, C = 64,
-    carrying the state), each product stacked over the group's chunks: the temporaries stay
-    cache-sized whatever N, never the (N, C, dv) array of the plain cumulative sum of outer
-    products, nor all N/c chunk states. The exclusive prefix sums inside a group are one in-place
-    vector add per chunk over (C, dv+1) entries (np.cumsum along the chunk axis walks memory
-    with a stride of C·(dv+1) numbers and measured ten to twenty times slower).
+    the state left by the earlier chunks plus the causal (c, c) block of the chunk itself. Three
+    stages: (1) all summaries U_n; (2) their exclusive prefix sums S_n, in place, one vector add
+    per chunk over (C, dv+1) entries, in chunk order (np.cumsum along the chunk axis walks memory
+    with a stride of C·(dv+1) numbers and measured ten to twenty times slower); (3) the outputs.
+    Stages 1 and 3 go in groups of chunks (:func:`_group`), each product stacked over the group's
+    chunks, the groups shared out between threads (:func:`refimpl._blocking.in_parts`); stage 2
+    is one short sequential sweep. Memory: the N/c + 1 states, (N/c + 1)·C·(dv+1) numbers — about
+    the size of φ(K), since c = 64 ≈ dv + 1 — plus cache-sized temporaries per thread; never the
+    (N, C, dv) array of the plain cumulative sum of outer products. Every state and output is
+    computed by the same operations in the same order whatever the thread count.
     """
-    batch, (n, n_feat), width = phi_q.shape[:-2], phi_q.shape[-2:], va.shape[-1]
+    batch, (n, n_feat), width = phi_q.shape[:-2], phi_q.shape[-2:], v.shape[-1] + 1
     full, rest = divmod(n, c)
-    (q_c, q_t), (k_c, k_t), (a_c, a_t) = (_chunk_views(x, batch, c) for x in (phi_q, phi_k, va))
     y_c = out[..., : full * c, :].reshape(batch + (full, c, width - 1))  # a view: the writes land in out
-    group = min(full, _group(n_feat, c, width, batch))
-    state = np.zeros(batch + (group + 1, n_feat, width))  # state[0]: S entering the group; state[i]: + U of i chunks
-    blocks, o_buf = np.empty(batch + (group, c, c)), np.empty(batch + (group, c, width))
+    group = max(1, min(full, _group(n_feat, c, width, batch)))
+    n_groups = -(-full // group)
+    states = np.empty(batch + (full + 1, n_feat, width))  # states[n] = S_n: what chunks 0 … n-1 leave
+    states[..., 0, :, :] = 0.0
+    elems = _size(phi_q) + _size(phi_k) + out.size
     tri = np.tri(c)
-    for g0 in range(0, full, group):
-        sl = slice(g0, min(g0 + group, full))
-        g = sl.stop - g0
-        q_g, k_g, a_g = q_c[..., sl, :, :], k_c[..., sl, :, :], a_c[..., sl, :, :]
-        st, b, o_g = state[..., : g + 1, :, :], blocks[..., :g, :, :], o_buf[..., :g, :, :]
-        _stacked(np.swapaxes(k_g, -1, -2), a_g, out=st[..., 1:, :, :])  # U_n = K_n^T A_n
-        cumsum_rows(st, -3, st)  # st[i] = S entering the group + U of its first i chunks
-        _stacked(q_g, st[..., :-1, :, :], out=o_g)  # Q_n S_n: what the earlier chunks left
-        _stacked(q_g, np.swapaxes(k_g, -1, -2), out=b)  # Q_n K_n^T
-        b *= tri  # j <= i inside the chunk
-        o_g += _stacked(b, a_g)
-        _ratio(o_g, y_c[..., sl, :, :])
-        state[..., 0, :, :] = st[..., g, :, :]  # the state after this group enters the next
+
+    def summaries():  # stage 1: U_n = K_n^T A_n into states[n + 1]
+        values = _Values(v, c, group)
+
+        def work(gi):
+            sl = slice(gi * group, min((gi + 1) * group, full))
+            k_g = np.swapaxes(_chunks(phi_k, sl, c), -1, -2)
+            _stacked(k_g, values.chunks(sl), out=states[..., sl.start + 1 : sl.stop + 1, :, :])
+
+        return work
+
+    def outputs():  # stage 3: out_n = Q_n S_n + tril(Q_n K_n^T) A_n, divided
+        values = _Values(v, c, group)
+        blocks, o_buf = np.empty(batch + (group, c, c)), np.empty(batch + (group, c, width))
+
+        def work(gi):
+            sl = slice(gi * group, min((gi + 1) * group, full))
+            g = sl.stop - sl.start
+            q_g, k_g = _chunks(phi_q, sl, c), _chunks(phi_k, sl, c)
+            b, o_g = blocks[..., :g, :, :], o_buf[..., :g, :, :]
+            _stacked(q_g, states[..., sl, :, :], out=o_g)  # Q_n S_n: what the earlier chunks left
+            _stacked(q_g, np.swapaxes(k_g, -1, -2), out=b)  # Q_n K_n^T
+            b *= tri  # j <= i inside the chunk
+            o_g += _stacked(b, values.chunks(sl))
+            _ratio(o_g, y_c[..., sl, :, :])
+
+        return work
+
+    _shared(n_groups, summaries, elems)
+    cumsum_rows(states, -3, states)  # stage 2: states[n] = U_0 + … + U_{n-1}, in chunk order
+    _shared(n_groups, outputs, elems)
     if rest:  # the short last chunk: the state of all complete chunks plus its own causal block
-        q_r, k_r, a_r = q_t[..., 0, :, :], k_t[..., 0, :, :], a_t[..., 0, :, :]
-        o_t = q_r @ state[..., 0, :, :]
+        tail = slice(full * c, n)
+        q_r, k_r, a_r = _rows(phi_q, tail), _rows(phi_k, tail), _tail_values(v, full * c)
+        o_t = q_r @ states[..., full, :, :]
         o_t += (np.matmul(q_r, np.swapaxes(k_r, -1, -2)) * np.tri(rest)) @ a_r
         _ratio(o_t, out[..., full * c :, :])
 
@@ -333,25 +458,75 @@ def elu_plus_one(x) -> np.ndarray:
 
 
 def _elu_plus_one(x: np.ndarray) -> np.ndarray:
-    """elu(x) + 1 into one new array, in blocks of W/4 numbers (W the workspace budget of
-    :mod:`refimpl._blocking`): the temporary max(x, 0) stays in cache and is never a fresh array
-    the size of x (whole-array temporaries measured 3–8 times slower)."""
+    """elu(x) + 1 into one new array (:func:`_elu_blocks`, the blocks shared out between threads)."""
+    out, blocks = _elu_blocks(x)
+    _run_blocks([blocks], x.size)
+    return out
+
+
+def _elu_rows(x: np.ndarray) -> np.ndarray:
+    """elu(x) + 1 in the calling thread (for a :class:`_RowMap`)."""
+    out, blocks = _elu_blocks(x)
+    for block in blocks:
+        block()
+    return out
+
+
+def _elu_blocks(x: np.ndarray):
+    """A new array for elu(x) + 1 and the list of thunks that fill it, one per block of W/4 numbers
+    (W the workspace budget of :mod:`refimpl._blocking`): the temporary max(x, 0) stays in cache
+    and is never a fresh array the size of x (whole-array temporaries measured 3–8 times slower)."""
     out = np.empty(x.shape)
     flat_x, flat = x.reshape(-1), out.reshape(-1)
     step = per_block(4)
-    for i in range(0, flat.size, step):
+
+    def block(i):
         xs, o = flat_x[i : i + step], flat[i : i + step]
         np.minimum(xs, 0.0, out=o)
         np.exp(o, out=o)  # e^x for x <= 0, e^0 = 1 for x > 0
         o += np.maximum(xs, 0.0)  # + x for x > 0: the same numbers as where(x > 0, x + 1, e^x)
+
+    return out, [functools.partial(block, i) for i in range(0, flat.size, step)]
+
+
+def _in_order(phases) -> None:
+    """Run the phases of :func:`_run_blocks` in the calling thread (inside a thread of the kernel)."""
+    for blocks in phases:
+        for block in [blocks] if callable(blocks) else blocks:
+            block()
+
+
+def _in_order_result(out: np.ndarray, phases) -> np.ndarray:
+    """``out`` once the phases that fill it have run in the calling thread."""
+    _in_order(phases)
     return out
 
 
-def _linear_features(q, k, v, feature_map, causal):
+def _run_blocks(phases, elems: int) -> None:
+    """Run each phase's thunks (independent blocks of feature maps), shared out between threads
+    (:func:`_shared`); a phase starts when the previous one is done; a callable phase is a step
+    run in the calling thread between two phases. ``elems``: the numbers written.
+
+    The feature maps' elementwise passes (exp, tan, divisions) run on the calling thread only in
+    NumPy; cut into row blocks of the queries and the keys, they keep both cores busy. Every
+    block is computed by the same operations whichever thread runs it."""
+    for blocks in phases:
+        if callable(blocks):  # a step between phases, in the calling thread
+            blocks()
+        elif blocks:
+            _shared(len(blocks), lambda blocks=blocks: lambda i: blocks[i](), elems)
+
+
+def _linear_features(q, k, v, feature_map, causal, lazy: bool = False):
+    """φ(q), φ(k), v; ``lazy`` (elu + 1 only): φ(q) and φ(k) as :class:`_RowMap` for :func:`_kernel_attention`."""
     q, k, v, _ = _check_qkv(q, k, v, causal)
     if isinstance(feature_map, str):
         check_option(feature_map, "feature_map", ("elu+1",))
-        return _elu_plus_one(q), _elu_plus_one(k), v
+        if lazy:  # elu + 1 is cheap: the causal form computes φ(k) twice rather than store it
+            return _RowMap(q, q.shape[-1], _elu_rows), _RowMap(k, k.shape[-1], _elu_rows), v
+        (phi_q, blocks_q), (phi_k, blocks_k) = _elu_blocks(q), _elu_blocks(k)
+        _run_blocks([blocks_q + blocks_k], q.size + k.size)
+        return phi_q, phi_k, v
     if not callable(feature_map):
         raise TypeError(f"feature_map: expected 'elu+1' or a callable, got {type(feature_map).__name__}")
     phi_q, phi_k = (np.asarray(feature_map(x), dtype=np.float64) for x in (q, k))
@@ -389,10 +564,14 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
     chunks, plus a masked (c, c) block inside each chunk (c = 64), in groups of chunks whose
-    temporaries hold about W/4 floats (W = 2^18, the workspace budget of :mod:`refimpl._blocking`),
-    each product stacked over the group's chunks: extra memory O(C·dv + W) besides the features
-    and the output, and no Python loop over tokens (over groups of ~300 tokens, and one vector
-    add per chunk for the cumulative sum). The non-causal form sums the same per-chunk states.
+    temporaries hold about W/4 floats per thread (W = 2^18, the workspace budget of
+    :mod:`refimpl._blocking`), each product stacked over the group's chunks, the groups shared
+    out between threads (the result is bitwise the same for any thread count). Extra memory
+    besides the output: the N/c chunk states, (N/c)·C·(dv+1) numbers (about the size of φ(K)),
+    plus O(W) per thread; the features φ(q), φ(k) are computed group by group and never stored
+    (φ(k) twice: elu + 1 costs less than a stored array). No Python loop over tokens (over groups
+    of ~300 tokens, and one vector add per chunk for the cumulative sum). The non-causal form sums
+    the same per-chunk states: extra memory O(N/(G·c)·C·dv + W).
     :func:`linear_attention_loop` is the RNN itself.
 
     Examples
@@ -402,7 +581,7 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     >>> bool(np.allclose(linear_attention(q, k, v, causal=True), linear_attention_loop(q, k, v, causal=True)))
     True
     """
-    phi_q, phi_k, v = _linear_features(q, k, v, feature_map, causal)
+    phi_q, phi_k, v = _linear_features(q, k, v, feature_map, causal, lazy=True)
     return _kernel_attention(phi_q, phi_k, v, bool(causal))
 
 
@@ -426,75 +605,138 @@ def linear_attention_loop(q, k, v, *, feature_map="elu+1", causal=False) -> np.n
 
 
 def _sin_cos(x: np.ndarray, w: np.ndarray, factor) -> np.ndarray:
-    """``[sin Wx, cos Wx] · factor``, shape (..., N, 2D), from one tangent of the half angle per entry.
+    """``[sin Wx, cos Wx] · factor``, shape (..., N, 2D) (:func:`_sin_cos_blocks`, in threads)."""
+    out, blocks, _ = _sin_cos_blocks(x, w, factor)
+    _run_blocks([blocks], out.size)
+    return out
 
-    With ``t = tan(ω·x/2)`` and ``r = 2/(1 + t²)``: ``sin ω·x = t r`` and ``cos ω·x = r − 1``. Why:
-    NumPy's float64 ``sin`` and ``cos`` call the C library once per number (tens of ns each),
-    its ``tan`` is vectorized, about ten times faster, and the rest is three array operations
-    and one write into each half of the result, in cache-sized blocks of rows. The error is a
-    few units in the last place of 1 (absolute), like that of ``np.sin`` itself on the rounded
-    argument ω·x (tested against ``math.sin``/``math.cos``): ``t r`` has the relative error of t,
-    and ``r − 1`` is exact where it cancels (r ≈ 1). |t| stays below ~1e19 for any float64
-    argument (no double lies closer to a pole), so t² never overflows. ``x @ (w/2)^T`` is
-    ω·x/2 exactly (halving is exact).
+
+def _sin_cos_blocks(x: np.ndarray, w: np.ndarray, factor, unit: bool = False):
+    """A new array for ``[sin Wx, cos Wx] · factor``, shape (..., N, 2D), the thunks that fill it by
+    blocks of rows, and (``unit``: x is first divided by its row norms) the array of the norms.
+
+    From one tangent of the half angle per entry: with ``t = tan(ω·x/2)`` and ``r = 2/(1 + t²)``,
+    ``sin ω·x = t r`` and ``cos ω·x = r − 1``. Why: NumPy's float64 ``sin`` and ``cos`` call the C
+    library once per number (tens of ns each), its ``tan`` is vectorized, about ten times faster,
+    and the rest is three array operations and one write into each half of the result, in
+    cache-sized blocks of rows, each block projected on its own (``x @ (w/2)^T`` in one-thread
+    pieces, :func:`_stacked`). The error is a few units in the last place of 1 (absolute), like
+    that of ``np.sin`` itself on the rounded argument ω·x (tested against ``math.sin``/``math.cos``):
+    ``t r`` has the relative error of t, and ``r − 1`` is exact where it cancels (r ≈ 1). |t| stays
+    below ~1e19 for any float64 argument (no double lies closer to a pole), so t² never overflows.
+    ``x @ (w/2)^T`` is ω·x/2 exactly (halving is exact).
     """
-    big_d = w.shape[0]
-    t = x @ (0.5 * w).T  # ω·x/2
-    out = np.empty(t.shape[:-1] + (2 * big_d,))
-    t2, out2 = t.reshape(-1, big_d), out.reshape(-1, 2 * big_d)
-    fac = np.broadcast_to(np.asarray(factor, dtype=float), t.shape[:-1] + (1,)).reshape(-1, 1)
-    rows = per_block(4 * big_d)  # blocks of rows: the temporary r stays in cache
-    for i in range(0, t2.shape[0], rows):
-        tb, ob, fb = t2[i : i + rows], out2[i : i + rows], fac[i : i + rows]
+    big_d, d = w.shape
+    x2 = x.reshape(-1, d)
+    out = np.empty(x.shape[:-1] + (2 * big_d,))
+    out2 = out.reshape(-1, 2 * big_d)
+    fac = np.broadcast_to(np.asarray(factor, dtype=float), x.shape[:-1] + (1,)).reshape(-1, 1)
+    norms = np.empty((x2.shape[0], 1)) if unit else None
+    half_w = (0.5 * w).T
+    rows = per_block(4 * big_d)  # blocks of rows: the temporaries t and r stay in cache
+
+    def block(i):
+        xb, ob, fb = x2[i : i + rows], out2[i : i + rows], fac[i : i + rows]
+        if unit:
+            nb = norms[i : i + rows]
+            nb[...] = np.linalg.norm(xb, axis=-1, keepdims=True)
+            xb = xb / nb  # a zero row gives NaN here: the caller checks the norms and raises
+        tb = _stacked(xb, half_w)  # ω·x/2
         np.tan(tb, out=tb)
         r = np.multiply(tb, tb)
         r += 1.0
         np.divide(2.0 * fb, r, out=r)  # 2·factor/(1 + t²)
         np.multiply(tb, r, out=ob[:, :big_d])  # sin ω·x · factor
         np.subtract(r, fb, out=ob[:, big_d:])  # cos ω·x · factor
-    return out
+
+    return out, [functools.partial(block, i) for i in range(0, x2.shape[0], rows)], norms
 
 
 def _favor(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None, root: float = 1.0) -> np.ndarray:
-    """Features of Eq. (12.6)/(12.7) of x̂ = root·x, divided by exp(c): c = 0, the row max or the max over all rows.
+    """Features of Eq. (12.6)/(12.7) of x̂ = root·x, divided by exp(c) (:func:`_favor_blocks`, in threads)."""
+    out, phases = _favor_blocks(x, w, kind, shift, root)
+    _run_blocks(phases, out.size)
+    return out
+
+
+def _favor_blocks(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None, root: float = 1.0):
+    """A new array for the features of Eq. (12.6)/(12.7) of x̂ = root·x, divided by exp(c) — c = 0,
+    the row max or the max over all rows — and the phases that fill it (see :func:`_run_blocks`).
 
     The 1/√m factor joins the shift (exp(e − c − log √m)) and, for positive features, the
     −‖x̂‖²/2 joins the projection as one more column of the product, so that after the matrix
-    product only the max, one subtraction and the exponential pass over the (N, m) array, the
-    last two (and the row max) in cache-sized blocks of rows. With
-    the row shift the ‖x̂‖²/2 cancels exactly (it is constant along the row): it is not formed.
+    product only the max, one subtraction and the exponential pass over the (N, m) array, all
+    in cache-sized blocks of rows, each block projected on its own (one-thread pieces,
+    :func:`_stacked`). With the row shift the ‖x̂‖²/2 cancels exactly (it is constant along the
+    row): it is not formed. The max over all rows needs two phases: the projections and their
+    row maxima, then the shift and the exponential.
     """
     m, d = w.shape
-    axes = {None: None, "row": (-1,), "all": (-2, -1)}[shift]
+    log_m = 0.5 * math.log(m)  # the 1/√m
     if kind == "trig":
         sq = (0.5 * root * root) * np.einsum("...i,...i->...", x, x)[..., None]  # ‖x̂‖²/2, shape (..., N, 1)
+        axes = {None: None, "row": (-1,), "all": (-2, -1)}[shift]
         if axes is not None:
             sq -= np.max(sq, axis=axes, keepdims=True)
-        sq -= 0.5 * math.log(m)
-        return _sin_cos(x, root * w, np.exp(sq, out=sq))  # φ^trig = h [sin ωx̂, cos ωx̂]/√m, h = exp(‖x̂‖²/2)
-    if shift == "row":
-        e = x @ (root * w).T  # ω_r·x̂: the row max of ω_r·x̂ − ‖x̂‖²/2 is max_r(ω_r·x̂) − ‖x̂‖²/2
-    else:
-        xa = np.empty(x.shape[:-1] + (d + 1,))  # [x̂, −‖x̂‖²/2]
-        np.multiply(x, root, out=xa[..., :d])
-        xa[..., d] = -0.5 * np.einsum("...i,...i->...", xa[..., :d], xa[..., :d])
-        wa = np.empty((m, d + 1))  # [ω_r, 1]
-        wa[:, :d], wa[:, d] = w, 1.0
-        e = xa @ wa.T  # ω_r·x̂ − ‖x̂‖²/2, a fresh (..., N, m) array: updated in place below
-    shift_by = 0.5 * math.log(m)  # the 1/√m
-    if shift == "all":
-        shift_by = np.max(e, axis=axes, keepdims=True) + shift_by
-    shift_by = np.broadcast_to(shift_by, e.shape[:-1] + (1,)).reshape(-1, 1)
+        sq -= log_m
+        out, blocks, _ = _sin_cos_blocks(x, root * w, np.exp(sq, out=sq))  # h [sin ωx̂, cos ωx̂]/√m, h = exp(‖x̂‖²/2)
+        return out, [blocks]
+    x2 = x.reshape(-1, d)
+    e = np.empty(x.shape[:-1] + (m,))  # ω_r·x̂ (− ‖x̂‖²/2), updated in place to the features
     flat = e.reshape(-1, m)
-    rows = per_block(2 * m)
-    for i in range(0, flat.shape[0], rows):  # blocks of rows: shift and exponential while in cache
+    rows = per_block(2 * m)  # blocks of rows: projection, shift and exponential while in cache
+    starts = range(0, x2.shape[0], rows)
+    if shift == "row":
+        wt = (root * w).T
+
+        def row_block(i):  # the row max of ω_r·x̂ − ‖x̂‖²/2 is max_r(ω_r·x̂) − ‖x̂‖²/2
+            blk = flat[i : i + rows]
+            _stacked(x2[i : i + rows], wt, out=blk)  # ω_r·x̂
+            blk -= np.max(blk, axis=-1, keepdims=True) + log_m
+            np.exp(blk, out=blk)
+
+        return e, [[functools.partial(row_block, i) for i in starts]]
+    wa = np.empty((m, d + 1))  # [ω_r, 1]
+    wa[:, :d], wa[:, d] = w, 1.0
+    row_max = np.empty(x2.shape[0]) if shift == "all" else None
+    shift_by = [log_m]  # per row (a column) once the maxima are known
+
+    def project(i):  # ω_r·x̂ − ‖x̂‖²/2 from [x̂, −‖x̂‖²/2] @ [ω_r, 1]^T
+        xa = np.empty((min(rows, x2.shape[0] - i), d + 1))
+        np.multiply(x2[i : i + rows], root, out=xa[:, :d])
+        xa[:, d] = -0.5 * np.einsum("...i,...i->...", xa[:, :d], xa[:, :d])
         blk = flat[i : i + rows]
-        if shift == "row":
-            blk -= np.max(blk, axis=-1, keepdims=True) + shift_by[i : i + rows]
+        _stacked(xa, wa.T, out=blk)
+        if row_max is None:
+            blk -= log_m
+            np.exp(blk, out=blk)
         else:
-            blk -= shift_by[i : i + rows]
+            np.max(blk, axis=-1, out=row_max[i : i + rows])
+
+    if row_max is None:
+        return e, [[functools.partial(project, i) for i in starts]]
+
+    def common_max():  # one max per batch element over its rows and features (exact: a max)
+        top = np.max(row_max.reshape(x.shape[:-1]), axis=-1, keepdims=True)[..., None] + log_m
+        shift_by[0] = np.broadcast_to(top, x.shape[:-1] + (1,)).reshape(-1, 1)
+
+    def shift_block(i):
+        blk = flat[i : i + rows]
+        blk -= shift_by[0][i : i + rows]
         np.exp(blk, out=blk)
-    return e  # φ⁺(x̂) = exp(ωx̂ − ‖x̂‖²/2)/√m, over exp(c)
+
+    return e, [[functools.partial(project, i) for i in starts], common_max, [functools.partial(shift_block, i) for i in starts]]
+
+
+def _together(*plans) -> list:
+    """The phases of several feature maps side by side: the blocks of their i-th phases together,
+    then their steps between phases (see :func:`_run_blocks`)."""
+    steps: list = []
+    for i in range(max(map(len, plans))):
+        here = [p[i] for p in plans if i < len(p)]
+        steps.append([t for h in here if isinstance(h, list) for t in h])
+        steps += [h for h in here if not isinstance(h, list)]
+    return steps
 
 
 @guard_overflow()
@@ -636,7 +878,7 @@ def orthogonal_gaussian(m, d, *, rng, scaling="chi") -> np.ndarray:
     return w * norms[:, None]
 
 
-def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal):
+def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal, lazy=False):
     q, k, v, _ = _check_qkv(q, k, v, causal)
     m = _as_count(n_features, "n_features")
     check_option(kind, "kind", KINDS)
@@ -652,7 +894,14 @@ def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projectio
     root = math.sqrt(_scale(scale, d))  # q̂ = q·√scale, k̂ = k·√scale (q/d^{1/4} by default)
     # The features of favor_features(q, w, scale=scale) and favor_features(k, w, scale=scale), with
     # stabilizers that cancel (Eq. 12.10): the row max for each query, one max over all keys.
-    return _favor(q, w, kind, "row", root), _favor(k, w, kind, "all", root), v
+    phi_k, plan_k = _favor_blocks(k, w, kind, "all", root)
+    if lazy:  # the queries' features in the kernel's threads (row shift: row by row)
+        _run_blocks(plan_k, phi_k.size)
+        n_feat = phi_k.shape[-1]
+        return _RowMap(q, n_feat, lambda x: _in_order_result(*_favor_blocks(x, w, kind, "row", root))), phi_k, v
+    phi_q, plan_q = _favor_blocks(q, w, kind, "row", root)
+    _run_blocks(_together(plan_q, plan_k), phi_q.size + phi_k.size)
+    return phi_q, phi_k, v
 
 
 @guard_overflow()
@@ -697,7 +946,9 @@ def performer_attention(
     the same ``scale`` — then the kernel-attention sums of Eq. (12.2); causal by chunked
     prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
     is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
-    memory O(N m) for the features plus a cache-sized workspace for the chunk states. Trig
+    memory O(N m): the keys' features (the queries' are computed group by group and never
+    stored), and for the causal form the N/c chunk states, about as many numbers again
+    (:func:`linear_attention` says more). Trig
     features can give a normalizer ≤ 0; it is not clamped (the result is then wrong in sign or
     infinite — the paper's argument for positive features).
 
@@ -711,7 +962,7 @@ def performer_attention(
     True
     """
     causal = as_bool(causal, "causal")
-    phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal)
+    phi_q, phi_k, v = _performer_features(q, k, v, n_features, rng, causal, kind, scale, projection, orthogonal, lazy=True)
     return _kernel_attention(phi_q, phi_k, v, causal)
 
 
@@ -793,14 +1044,11 @@ def rff_features(x, projection) -> np.ndarray:
     return _sin_cos(x, w, 1.0 / math.sqrt(w.shape[0]))
 
 
-def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    if np.any(norm == 0):
-        raise ValueError(f"{name}: expected nonzero rows (RFA normalizes each row to unit length), got a zero row")
-    return x / norm
-
-
-def _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal):
+def _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal, lazy=False):
+    """φ(q/‖q‖), φ(k/‖k‖), v, the gates (or None), causal. ``lazy`` (ungated only): φ(q), and φ(k)
+    if not causal, as :class:`_RowMap` for :func:`_kernel_attention`; then the caller must call
+    :func:`_refuse_zero_rows` on the returned list once the kernel has run (the rows' norms are
+    known only then)."""
     causal, gated = as_bool(causal, "causal"), as_bool(gated, "gated")
     q, k, v, batch = _check_qkv(q, k, v, causal)
     big_d = _as_count(n_features, "n_features")
@@ -822,9 +1070,37 @@ def _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal):
     elif gates is not None:
         raise ValueError("gates: given but gated=False; pass gated=True to use them")
     w = as_rng(rng).standard_normal((big_d, q.shape[-1])) / sigma  # ω ~ N(0, σ^{-2} I)
-    phi_q = rff_features(_unit_rows(q, "q"), w)  # φ(q/‖q‖)
-    phi_k = rff_features(_unit_rows(k, "k"), w)
-    return phi_q, phi_k, v, (gates if gated else None), causal
+    factor = 1.0 / math.sqrt(big_d)  # φ(x/‖x‖) = rff_features(x/‖x‖, w), the blocks of q and k in threads
+    zero_rows: list = []  # the names of the arguments with a zero row
+
+    def lazy_map(x, name):
+        def fn(rows):
+            out, blocks, norm = _sin_cos_blocks(rows, w, factor, unit=True)
+            _in_order([blocks])
+            if np.any(norm == 0):
+                zero_rows.append(name)
+            return out
+
+        return _RowMap(x, 2 * big_d, fn)
+
+    if lazy and not gated:
+        if not causal:
+            return lazy_map(q, "q"), lazy_map(k, "k"), v, None, causal, zero_rows
+        phi_k, blocks_k, norm_k = _sin_cos_blocks(k, w, factor, unit=True)
+        _run_blocks([blocks_k], phi_k.size)
+        if np.any(norm_k == 0):
+            zero_rows.append("k")
+        return lazy_map(q, "q"), phi_k, v, None, causal, zero_rows
+    (phi_q, blocks_q, norm_q), (phi_k, blocks_k, norm_k) = (_sin_cos_blocks(x, w, factor, unit=True) for x in (q, k))
+    _run_blocks([blocks_q + blocks_k], phi_q.size + phi_k.size)
+    _refuse_zero_rows([name for norm, name in ((norm_q, "q"), (norm_k, "k")) if np.any(norm == 0)])
+    return phi_q, phi_k, v, (gates if gated else None), causal, zero_rows
+
+
+def _refuse_zero_rows(names: list) -> None:
+    for name in ("q", "k"):
+        if name in names:
+            raise ValueError(f"{name}: expected nonzero rows (RFA normalizes each row to unit length), got a zero row")
 
 
 def _gated_quadratic(phi_q, phi_k, v, gates) -> np.ndarray:
@@ -888,10 +1164,12 @@ def rfa_attention(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, c
     >>> bool(np.allclose(a, rfa_attention_loop(q, k, v, n_features=8, sigma=1.0, rng=1, gated=True, gates=g)))
     True
     """
-    phi_q, phi_k, v, gates, causal = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
+    phi_q, phi_k, v, gates, causal, zero_rows = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal, lazy=True)
     if gates is not None:
         return _gated_quadratic(phi_q, phi_k, v, gates)
-    return _kernel_attention(phi_q, phi_k, v, causal)
+    y = _kernel_attention(phi_q, phi_k, v, causal)
+    _refuse_zero_rows(zero_rows)
+    return y
 
 
 @guard_overflow()
@@ -905,7 +1183,7 @@ def rfa_attention_loop(q, k, v, *, n_features, sigma, rng, gated=False, gates=No
     >>> bool(np.allclose(rfa_attention_loop(q, k, v, **kw), rfa_attention(q, k, v, **kw)))
     True
     """
-    phi_q, phi_k, v, gates, causal = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
+    phi_q, phi_k, v, gates, causal, _ = _rfa_setup(q, k, v, n_features, sigma, rng, gated, gates, causal)
     return _kernel_attention_loop(phi_q, phi_k, v, causal, gates)
 
 

@@ -25,6 +25,7 @@ Statistical checks (fixed seeds; bands in Monte Carlo standard errors, ``mc_band
 from __future__ import annotations
 
 import math
+import threading
 import tracemalloc
 
 import numpy as np
@@ -37,6 +38,7 @@ import refimpl.random_features as rf_module
 from refimpl._testing import ORACLE, SELF, mc_band
 from refimpl.attention import softmax_attention
 from refimpl.random_features import (
+    KINDS,
     SELF_ATTENTION_VALUE,
     elu_plus_one,
     favor_features,
@@ -930,3 +932,134 @@ def test_inputs_are_never_written(causal):
         rf_module.rfa_attention(q, k, v, n_features=8, sigma=1.0, rng=1, gated=True, gates=gates)
     for a, b in zip((q, k, v), kept):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+class TestThreads:
+    """The kernel attentions share groups of chunks and row blocks of the feature maps out between
+    threads (refimpl._blocking.in_parts). The groups are fixed by the sizes, never by the thread
+    count, so the output must be bitwise the same with one, two or three threads."""
+
+    N, D, M = 1100, 64, 256  # N not a multiple of the chunk (64); every stage in several parts
+
+    @staticmethod
+    def spy(monkeypatch):
+        """Record, per in_parts call, how many parts (one per thread) it ran, and its ``elems``."""
+        calls = []
+        real = rf_module.in_parts
+
+        def in_parts(run, n, elems):
+            parts = []
+
+            def wrapped(part):
+                parts.append(part)
+                run(part)
+
+            real(wrapped, n, elems)
+            calls.append((len(parts), elems))
+
+        monkeypatch.setattr(rf_module, "in_parts", in_parts)
+        return calls
+
+    def cases(self):
+        rng = np.random.default_rng(42)
+        q, k, v = rng.normal(size=(3, self.N, self.D)) / 2
+        w = orthogonal_gaussian(self.M, self.D, rng=1)
+        kq, kk, kv = rng.normal(size=(3, 2, 700, self.D)) / 2  # a batch, M != N (non-causal)
+        for causal in (False, True):
+            yield "linear", causal, lambda: linear_attention(q, k, v, causal=causal)
+            for kind in KINDS:
+                kw = dict(n_features=self.M, rng=None, projection=w, causal=causal, kind=kind)
+                yield f"performer {kind}", causal, lambda kw=kw: performer_attention(q, k, v, **kw)
+            yield "rfa", causal, lambda: rfa_attention(q, k, v, n_features=self.M // 2, sigma=1.0, rng=3, causal=causal)
+        yield "linear batch M != N", False, lambda: linear_attention(kq[0], kk, kv)
+        yield "performer batch M != N", False, lambda: performer_attention(kq, kk[0], kv, n_features=self.M, rng=2)
+
+    @pytest.mark.parametrize("threads", [2, 3])
+    def test_bitwise_the_same_for_any_thread_count(self, monkeypatch, threads):
+        calls = self.spy(monkeypatch)
+        for name, causal, fn in self.cases():
+            monkeypatch.setattr(_blocking, "THREADS", 1)
+            one = fn()
+            monkeypatch.setattr(_blocking, "THREADS", threads)
+            del calls[:]
+            many = fn()
+            assert np.array_equal(one, many), (name, causal, threads)
+            # the threaded path was taken: every stage was cut into parts for more than one thread
+            assert calls and all(parts > 1 and elems >= _blocking.THREAD_MIN_ELEMS for parts, elems in calls), (name, calls)
+
+    @pytest.mark.parametrize("one_thread", [40, 2**19])
+    def test_small_groups_in_threads(self, monkeypatch, one_thread):
+        """Groups of one chunk and products cut into pieces of one or two rows, in three threads:
+        the same bits as one thread, and the quadratic oracle."""
+        monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", 1)
+        monkeypatch.setattr(rf_module, "_ONE_THREAD", one_thread)
+        monkeypatch.setattr(_blocking, "THREAD_MIN_ELEMS", 1)
+        q, k, v = qkv(8, n=200, d=5, dv=3, batch=(2,))
+        for causal in (False, True):
+            monkeypatch.setattr(_blocking, "THREADS", 1)
+            one = linear_attention(q, k, v, causal=causal)
+            monkeypatch.setattr(_blocking, "THREADS", 3)
+            many = linear_attention(q, k, v, causal=causal)
+            assert np.array_equal(one, many), causal
+            close(many, quadratic_oracle(elu1(q), elu1(k), v, causal), rtol=ORACLE, what="threaded groups of one chunk vs dense")
+
+    def test_shared_runs_every_item_once(self, monkeypatch):
+        monkeypatch.setattr(_blocking, "THREADS", 3)
+        done = []
+        lock = threading.Lock()
+
+        def worker():
+            def work(i):
+                with lock:
+                    done.append(i)
+
+            return work
+
+        rf_module._shared(50, worker, elems=10**9)
+        assert sorted(done) == list(range(50))
+
+    def test_shared_reraises(self, monkeypatch):
+        monkeypatch.setattr(_blocking, "THREADS", 2)
+
+        def worker():
+            def work(i):
+                if i == 7:
+                    raise ValueError("item 7")
+
+            return work
+
+        with pytest.raises(ValueError, match="item 7"):
+            rf_module._shared(20, worker, elems=10**9)
+
+    @pytest.mark.parametrize("threads", [1, 2])
+    def test_rfa_zero_key_row_named(self, monkeypatch, threads):
+        """The zero-row check now runs after the threaded features: it still names the argument, q first."""
+        monkeypatch.setattr(_blocking, "THREADS", threads)
+        q, k, v = np.random.default_rng(0).normal(size=(3, self.N, self.D))
+        k[5] = 0.0
+        with pytest.raises(ValueError, match="^k: expected nonzero rows"):
+            rfa_attention(q, k, v, n_features=8, sigma=1.0, rng=0)
+        q[3] = 0.0
+        with pytest.raises(ValueError, match="^q: expected nonzero rows"):
+            rfa_attention(q, k, v, n_features=8, sigma=1.0, rng=0)
+
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("threads", [1, 2])
+    def test_broadcast_and_strided_inputs(self, monkeypatch, causal, threads):
+        """Features computed group by group (queries; keys when not causal) from broadcast batch
+        axes and non-contiguous inputs: the same as the loop twins, which use whole feature arrays."""
+        monkeypatch.setattr(_blocking, "THREADS", threads)
+        rng = np.random.default_rng(9)
+        q = rng.normal(size=(3, 150, 8))[:, ::2, :] / 2  # strided rows, N = 75
+        k = np.swapaxes(rng.normal(size=(1, 8, 75)), -1, -2) / 2  # transposed, batch 1 broadcast to 3
+        v = rng.normal(size=(75, 3))  # no batch axes
+        w = orthogonal_gaussian(16, 8, rng=0)
+        for kind in KINDS:
+            kw = dict(n_features=16, rng=None, projection=w, causal=causal, kind=kind)
+            close(performer_attention(q, k, v, **kw), performer_attention_loop(q, k, v, **kw), rtol=SELF,
+                  what=f"performer {kind}, broadcast/strided inputs vs loop")
+        close(linear_attention(q, k, v, causal=causal), linear_attention_loop(q, k, v, causal=causal), rtol=SELF,
+              what="linear, broadcast/strided inputs vs loop")
+        kw = dict(n_features=8, sigma=1.0, rng=1, causal=causal)
+        close(rfa_attention(q, k, v, **kw), rfa_attention_loop(q, k, v, **kw), rtol=SELF, what="rfa, broadcast/strided inputs vs loop")
