@@ -35,8 +35,8 @@ small sizes say nothing about the targets, so no verdict is printed ("not judged
 Runs: the first call of each function is a warm-up (its output is the one compared); then the
 median of 3 runs for calls over 20 ms, the best of 5 to 30 runs within a quarter of a second for
 shorter ones, and for calls over a second a single run, the warm-up itself; refimpl and baseline
-alternate, so that a change in load hits both. Each case starts once no other thread of the process
-runs (:func:`settle`: the previous case's BLAS threads spin for about 0.1 s). The busy samples follow the same plan. Peak memory
+alternate, so that a change in load hits both. Every timed call starts once no other thread of the
+process runs (:func:`settle`: BLAS threads spin for about 0.1 s after a product). The busy samples follow the same plan. Peak memory
 is taken on one more call of refimpl, traced: tracemalloc slows allocation-heavy code several-fold,
 so a traced call is never a timing sample. A call over the budget (20 s) is run once only, and what
 it leaves unmeasured counts as a MISS. The PyTorch comparison takes the median of 5 runs of each
@@ -812,7 +812,8 @@ def _ssm_cases(mode: str) -> list[Case]:
             "s4d_kernel",
             f"L={Lk},N={N},H={H}",
             make_s4d,
-            Cost(flops=8 * H * N * Lk, bytes=8 * H * Lk),
+            # conj_pairs: 2 Re K̄ needs only Re(P·W), two real multiply-adds (4 flops) per (h, n, l) term
+            Cost(flops=4 * H * N * Lk, bytes=8 * H * Lk),
             "NumPy Vandermonde exp(outer) product per head",
             bound_note="a Vandermonde sum at the GEMM rate",
         ),
@@ -937,10 +938,11 @@ def _lyapunov_cases(mode: str) -> list[Case]:
 
         # cost: diagonal noise, one expm1 per lag and mode and the real output written once. Full noise:
         # e^{(λ_k + λ̄_l)τ} = e^{λ_k τ} · conj(e^{λ_l τ}), so a complex exp (counted as two) per lag and mode
-        # suffices (1 − e^{zτ} stays accurate through expm1(a + b) = expm1(a) + expm1(b) + expm1(a)expm1(b),
-        # whose two terms do not cancel when Re λ < 0), then at least one complex product (6 flops) per
-        # entry of the Hermitian upper triangle; the complex d × d output is written once per lag. (Counting a
-        # complex exp per entry, as before, charged work that this factorization avoids.)
+        # suffices where e^{zτ} − 1 stays away from 0 (there the product e^{λ_k τ} conj(e^{λ_l τ}) − 1 loses
+        # no digits; where it nears 0 — ω_k ≈ ω_l, small (μ_k + μ_l)τ — an exact algorithm needs more, so
+        # this count stays a lower bound), then at least one complex product (6 flops) per entry of the
+        # Hermitian upper triangle; the complex d × d output is written once per lag. (Counting a complex
+        # exp per entry, as before, charged work that this factorization avoids where it applies.)
         if full_noise:
             cost = Cost(flops=6 * lags * d * (d + 1) / 2, exps=2 * lags * d, bytes=16 * lags * d * d)
         else:
@@ -1112,10 +1114,11 @@ def _agreement(a, b) -> float:
 # product) for a while after it returns: OpenBLAS's THREAD_TIMEOUT, 2^28 cycles by default, about
 # 0.1 s. Measured: a spinning worker makes the head-threaded chunked forms of refimpl.linear_rnn
 # 1.5-2x slower for that long (GLA at H = 4, L = 8192, best of 5: 26-33 ms after a 0.2 s pause,
-# 45-61 ms right after a 512 x 512 product). So that no case is charged for the previous case's threads, each
-# case starts by waiting, up to SETTLE_MAX seconds, until no other thread of this process is
-# running (read from /proc; elsewhere it does not wait). Within a case the samples alternate as
-# described above: a function's own spinning threads are part of what the next call meets.
+# 45-61 ms right after a 512 x 512 product; isotropic AFA 146 ms median right after its baseline,
+# 112 ms after a wait). So that no sample is charged for the threads of the call before it (the
+# baseline's, refimpl's, or the previous case's), every timed call first waits, up to SETTLE_MAX
+# seconds, until no other thread of this process is running (read from /proc; elsewhere it does
+# not wait). The wait is not part of the sample.
 SETTLE_MAX = 0.3
 SETTLE_POLL = 0.002
 _TASKS = "/proc/self/task"
@@ -1151,6 +1154,7 @@ def settle(max_wait: float = SETTLE_MAX) -> float:
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    settle()  # the previous call's BLAS threads asleep: each sample starts from the same state
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out

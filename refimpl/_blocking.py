@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,6 +32,8 @@ __all__ = [
     "per_block",
     "in_parts",
     "one_thread_matmul",
+    "take_turns",
+    "in_blocks",
 ]
 
 #: float64 numbers the temporaries of one block may hold (2**18 = 2 MiB: a block stays in a
@@ -110,6 +113,51 @@ def in_parts(run: Callable[[slice], None], n: int, elems: int) -> None:
         futures = [pool.submit(contextvars.copy_context().run, run, slice(a, b)) for a, b in zip(bounds, bounds[1:])]
         for done in futures:
             done.result()
+
+
+def take_turns(n_items: int, worker: Callable[[], Callable[[int], None]], elems: int) -> None:
+    """``work(i)`` for every i in ``range(n_items)``, in the threads of :func:`in_parts`, items taken in turn.
+
+    Each thread makes its own ``work = worker()`` (with its own buffers) and takes the next item
+    from one shared counter until none is left, instead of a fixed share of the items: when a core
+    is busy with something else (another process, or BLAS threads still spinning after a product
+    elsewhere), the thread on the free core takes more items. The items must be independent and
+    ``work(i)`` must do the same operations whichever thread runs it; then the result depends
+    neither on the thread count nor on the order in which the items are taken.
+
+    Examples
+    --------
+    >>> done = []
+    >>> take_turns(4, lambda: done.append, elems=0); sorted(done)
+    [0, 1, 2, 3]
+    """
+    lock, todo = threading.Lock(), iter(range(n_items))
+
+    def run(part):
+        work = worker()
+        while True:
+            with lock:  # each item is taken once
+                i = next(todo, None)
+            if i is None:
+                return
+            work(i)
+
+    in_parts(run, n_items, elems)
+
+
+def in_blocks(block: Callable[[slice], None], n: int, size: int, elems: int) -> None:
+    """``block(slice)`` on the blocks ``[0, size), [size, 2 size), …`` of ``range(n)``, taken in turn
+    by the threads (:func:`take_turns`). The blocks are fixed by ``n`` and ``size`` alone, so a
+    result assembled from them does not depend on the number of threads; ``block`` must write
+    disjoint outputs.
+
+    Examples
+    --------
+    >>> seen = []
+    >>> in_blocks(seen.append, 5, 2, elems=0); seen
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    take_turns(-(-n // size), lambda: lambda i: block(slice(i * size, min(n, (i + 1) * size))), elems)
 
 
 #: Products of fewer multiply-adds than this run on the calling thread in OpenBLAS (NumPy's BLAS);

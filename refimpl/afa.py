@@ -40,7 +40,7 @@ import numpy as np
 
 from . import lyapunov
 from . import _blocking
-from ._blocking import ONE_THREAD_MACS, in_parts, per_block
+from ._blocking import ONE_THREAD_MACS, in_parts, per_block, take_turns
 from ._validate import (
     guard_overflow,
     as_bool,
@@ -586,15 +586,18 @@ def isotropic_afa(
     out = np.empty((nb, N, d), dtype=np.complex128)
     weights = np.empty((nb, N, N)) if return_weights else None
     items = [(b, rows) for b in range(nb) for rows in plan.blocks]
-    queue = iter(items)  # shared by the threads: each takes the next block when it is done with one
 
-    def run(_worker: slice) -> None:
+    def worker():
         work = plan.workspace()  # each thread its own buffers
-        for b, rows in queue:
+
+        def block(i: int) -> None:
+            b, rows = items[i]
             o = out[b, rows]
             _isotropic_rows(b, rows, keys, lag, head, plan, work, weights, o.view(np.float64))
             if rotate_values:
                 o *= np.conj(rot[rows])  # counter-rotate: v̄ = e^{iωt} ⊙ (Â ṽ)
+
+        return block
 
     # Rows of the operands, and blocks of query rows (a softmax over keys per query), are
     # independent: they run in threads, and every row or block is computed by the same operations
@@ -602,7 +605,7 @@ def isotropic_afa(
     # of the operands are split evenly; the blocks are handed out one at a time (a thread that
     # shares its core with another process computes fewer of them).
     in_parts(prepare, N, elems=nb * N * d)
-    in_parts(run, min(len(items), _blocking.THREADS), elems=nb * plan.pairs)
+    take_turns(len(items), worker, elems=nb * plan.pairs)
     out = out.reshape(batch + (N, d))
     return (out, weights.reshape(batch + (N, N))) if return_weights else out
 

@@ -81,34 +81,7 @@ __all__ = [
 LN_EPS = 1e-5  # LayerNorm ε of g-mlp-pytorch (torch.nn.LayerNorm default)
 
 
-def _in_blocks(block, n: int, size: int, elems: int) -> None:
-    """Call ``block(slice)`` on the blocks ``[0, size), [size, 2 size), …`` of ``range(n)``, shared out among threads.
-
-    The blocks are fixed by ``n`` and ``size`` alone, so a result assembled from them does not depend on
-    the number of threads (:data:`refimpl._blocking.THREADS`). Each thread takes the next block not yet
-    taken until none is left, so that a thread slowed down by another process on its core does fewer
-    blocks instead of holding the others up (equal shares, one per thread, finish only when the slowest
-    does). Threads are used as :func:`refimpl._blocking.in_parts` decides from ``elems``; ``block``
-    must write disjoint outputs.
-
-    Examples
-    --------
-    >>> seen = []
-    >>> _in_blocks(seen.append, 5, 2, elems=0); seen
-    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
-    """
-    starts = iter(range(0, n, size))
-    lock = threading.Lock()
-
-    def worker(_):
-        while True:
-            with lock:  # each block is taken once
-                b0 = next(starts, None)
-            if b0 is None:
-                return
-            block(slice(b0, min(b0 + size, n)))
-
-    _blocking.in_parts(worker, -(-n // size), elems)
+_in_blocks = _blocking.in_blocks  # a module name, so that tests can spy on the split
 
 
 def _check_sequence(x, name: str, *, real: bool = True) -> np.ndarray:

@@ -71,13 +71,12 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.special import logsumexp
 
-from ._blocking import ONE_THREAD_MACS, in_parts, one_thread_matmul, per_block
+from ._blocking import ONE_THREAD_MACS, one_thread_matmul, per_block, take_turns
 from ._scan import cumsum_rows
 from ._validate import as_bool, as_positive_scalar, as_real_array, as_rng, check_option, check_qkv, guard_overflow, refuse_rng
 
@@ -237,36 +236,12 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
 
         return work
 
-    _shared(-(-phi_q.shape[-2] // rows), worker, _size(phi_q) + out.size)
+    take_turns(-(-phi_q.shape[-2] // rows), worker, _size(phi_q) + out.size)
     return out
 
 
 def _size(phi) -> int:
     return math.prod(phi.shape)
-
-
-def _shared(n_items: int, worker: Callable[[], Callable[[int], None]], elems: int) -> None:
-    """``work(i)`` for every i in range(n_items), in the threads of :func:`refimpl._blocking.in_parts`.
-
-    Each thread makes its own ``work = worker()`` (with its own buffers) and takes the next item
-    from one shared counter until none is left, instead of a fixed half of the items: when a core
-    is busy with something else (another process, or BLAS threads still spinning after a product
-    elsewhere), the thread on the free core takes more items. The items must be independent and
-    ``work(i)`` must do the same operations whichever thread runs it; then the result does not
-    depend on the thread count or on the order in which the items are taken.
-    """
-    lock, todo = threading.Lock(), iter(range(n_items))
-
-    def run(part):
-        work = worker()
-        while True:
-            with lock:
-                i = next(todo, None)
-            if i is None:
-                return
-            work(i)
-
-    in_parts(run, n_items, elems)
 
 
 class _Values:
@@ -335,7 +310,7 @@ def _summed_states(phi_k, v, c: int) -> np.ndarray:
 
         return work
 
-    _shared(n_groups, worker, _size(phi_k) + v.size)
+    take_turns(n_groups, worker, _size(phi_k) + v.size)
     s = np.zeros(batch + (n_feat, width))
     for gi in range(n_groups):
         s += sums[..., gi, :, :]
@@ -400,9 +375,9 @@ def _causal_sums(phi_q, phi_k, v, c: int, out) -> None:
 
         return work
 
-    _shared(n_groups, summaries, elems)
+    take_turns(n_groups, summaries, elems)
     cumsum_rows(states, -3, states)  # stage 2: states[n] = U_0 + … + U_{n-1}, in chunk order
-    _shared(n_groups, outputs, elems)
+    take_turns(n_groups, outputs, elems)
     if rest:  # the short last chunk: the state of all complete chunks plus its own causal block
         tail = slice(full * c, n)
         q_r, k_r, a_r = _rows(phi_q, tail), _rows(phi_k, tail), _tail_values(v, full * c)
@@ -514,7 +489,7 @@ def _run_blocks(phases, elems: int) -> None:
         if callable(blocks):  # a step between phases, in the calling thread
             blocks()
         elif blocks:
-            _shared(len(blocks), lambda blocks=blocks: lambda i: blocks[i](), elems)
+            take_turns(len(blocks), lambda blocks=blocks: lambda i: blocks[i](), elems)
 
 
 def _linear_features(q, k, v, feature_map, causal, lazy: bool = False):

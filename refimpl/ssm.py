@@ -71,6 +71,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
+from . import _blocking
 from ._blocking import one_thread_matmul, per_block
 from ._scan import cumsum_rows, linear_scan
 from ._validate import (
@@ -85,7 +86,7 @@ from ._validate import (
     check_square,
 )
 from .lyapunov import phi1
-from .mixing import _in_blocks, fft_conv
+from .mixing import fft_conv
 
 __all__ = [
     "hippo_legs",
@@ -905,7 +906,7 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
                 np.reciprocal(Rb, out=Rb)  # Cauchy matrix 1/(g(ω) − Λ_n)
                 _small_matmuls(Rb, W[h], k[h, f])  # the four Cauchy sums
 
-    _in_blocks(block, L, rows, H * L * N)  # blocks of frequencies, taken by threads one at a time
+    _blocking.in_blocks(block, L, rows, H * L * N)  # blocks of frequencies, taken by threads one at a time
     k00, k01, k10, k11 = (k[..., i] for i in range(4))
     K_hat = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
     return np.fft.ifft(K_hat, axis=-1).reshape(batch + (L,))  # K̄ = iFFT(K̂)

@@ -1155,7 +1155,7 @@ def test_isotropic_bitwise_the_same_in_any_number_of_threads(causal, tkind, weig
     plan = afa_module._Plan.make(N, d, causal)
     assert len(plan.blocks) > 6 and N % (plan.blocks[0].stop - plan.blocks[0].start) != 0
     parts, threads_seen = [], set()
-    in_parts, rows_fn = afa_module.in_parts, afa_module._isotropic_rows
+    in_parts, rows_fn = refimpl._blocking.in_parts, afa_module._isotropic_rows
 
     def spy_parts(run, n, elems):  # the parts of each split: the operands' rows, then the blocks
         split = []
@@ -1172,6 +1172,7 @@ def test_isotropic_bitwise_the_same_in_any_number_of_threads(causal, tkind, weig
         return rows_fn(*args, **kwargs)
 
     monkeypatch.setattr(afa_module, "in_parts", spy_parts)
+    monkeypatch.setattr(refimpl._blocking, "in_parts", spy_parts)  # what take_turns calls
     monkeypatch.setattr(afa_module, "_isotropic_rows", spy_rows)
     results = {}
     for threads in (1, 2, 3):
