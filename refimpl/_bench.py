@@ -35,8 +35,8 @@ small sizes say nothing about the targets, so no verdict is printed ("not judged
 Runs: the first call of each function is a warm-up (its output is the one compared); then the
 median of 3 runs for calls over 20 ms, the best of 5 to 30 runs within a quarter of a second for
 shorter ones, and for calls over a second a single run, the warm-up itself; refimpl and baseline
-alternate, so that a change in load hits both. Every timed call starts once no other thread of the
-process runs (:func:`settle`: BLAS threads spin for about 0.1 s after a product). The busy samples follow the same plan. Peak memory
+alternate, so that a change in load hits both. Every call timed once or as one of 3 starts once no
+other thread of the process runs (:func:`settle`: BLAS threads spin for about 0.1 s after a product). The busy samples follow the same plan. Peak memory
 is taken on one more call of refimpl, traced: tracemalloc slows allocation-heavy code several-fold,
 so a traced call is never a timing sample. A call over the budget (20 s) is run once only, and what
 it leaves unmeasured counts as a MISS. The PyTorch comparison takes the median of 5 runs of each
@@ -1116,9 +1116,11 @@ def _agreement(a, b) -> float:
 # 1.5-2x slower for that long (GLA at H = 4, L = 8192, best of 5: 26-33 ms after a 0.2 s pause,
 # 45-61 ms right after a 512 x 512 product; isotropic AFA 146 ms median right after its baseline,
 # 112 ms after a wait). So that no sample is charged for the threads of the call before it (the
-# baseline's, refimpl's, or the previous case's), every timed call first waits, up to SETTLE_MAX
+# baseline's, refimpl's, or the previous case's), every timed call over BEST_OF (the median-of-3
+# and single runs, where a 0.1 s spin covers much of a call) first waits, up to SETTLE_MAX
 # seconds, until no other thread of this process is running (read from /proc; elsewhere it does
-# not wait). The wait is not part of the sample.
+# not wait); so does the first call of each case. The wait is not part of the sample. Best-of
+# runs of shorter calls do not wait: their many waits would double the length of the run.
 SETTLE_MAX = 0.3
 SETTLE_POLL = 0.002
 _TASKS = "/proc/self/task"
@@ -1153,8 +1155,9 @@ def settle(max_wait: float = SETTLE_MAX) -> float:
     return time.perf_counter() - t0
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    settle()  # the previous call's BLAS threads asleep: each sample starts from the same state
+def _timed(fn: Callable[[], Any], wait: bool = True) -> tuple[float, Any]:
+    if wait:
+        settle()  # the previous call's BLAS threads asleep: each sample starts from the same state
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
@@ -1207,9 +1210,10 @@ def _plan(case: Case, t_ref: float, t_base: float, quick: bool) -> _Plan:
 def _sample(calls: Calls, plan: _Plan) -> tuple[float, float]:
     """Alternate refimpl and baseline runs (so that a drift in load hits both); return their statistics."""
     ref, base = [], []
+    wait = plan.stat == "median"  # best-of runs (calls under BEST_OF) do not wait: up to 60 waits of 0.1 s
     for _ in range(plan.runs):
-        ref.append(_timed(calls.refimpl)[0])
-        base.append(_timed(calls.baseline)[0])
+        ref.append(_timed(calls.refimpl, wait)[0])
+        base.append(_timed(calls.baseline, wait)[0])
     stat = np.median if plan.stat == "median" else np.min
     return float(stat(ref)), float(stat(base))
 
