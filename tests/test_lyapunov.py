@@ -194,6 +194,19 @@ def phi_ref_array(z, tau) -> np.ndarray:
     return np.array([phi_ref(a, b) for a, b in zip(z.ravel(), tau.ravel())]).reshape(z.shape)
 
 
+
+def _same_bits_over_threads(monkeypatch, call):
+    """``call()`` with 1, 2 and 3 threads (refimpl._blocking.THREADS): bitwise the same; returns it."""
+    import refimpl._blocking as blocking
+
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(blocking, "THREADS", threads)
+        results.append(call())
+    for other in results[1:]:
+        assert np.array_equal(results[0], other)
+    return results[0]
+
 class TestReference:
     """The test's own high-precision reference must be right before it judges anything."""
 
@@ -423,12 +436,7 @@ class TestDleCovariance:
         g = rng.uniform(0.1, 1.0, d)
         tau = rng.permutation(np.linspace(0.0, 50.0, 9001))  # unsorted: small |zτ| in any block
         assert tau.size * d >= blocking.THREAD_MIN_ELEMS
-        results = []
-        for threads in (1, 2, 3):
-            monkeypatch.setattr(blocking, "THREADS", threads)
-            results.append(dle_covariance(lam, g, tau))
-        for other in results[1:]:
-            assert np.array_equal(results[0], other)
+        results = [_same_bits_over_threads(monkeypatch, lambda: dle_covariance(lam, g, tau))]
         np.testing.assert_array_equal(results[0][:, 3], g[3] * tau)
         pick = rng.choice(tau.size, 200, replace=False)
         close(dle_covariance_loop(lam, g, tau[pick]), results[0][pick], rtol=SELF, what="threaded diagonal dle vs loop twin")
@@ -468,12 +476,7 @@ class TestDleCovariance:
         G = random_psd(rng, d)
         tau = rng.permutation(np.linspace(0.0, 60.0, 700))
         assert tau.size * d * d >= blocking.THREAD_MIN_ELEMS
-        results = []
-        for threads in (1, 2, 3):
-            monkeypatch.setattr(blocking, "THREADS", threads)
-            results.append(dle_covariance(lam, G, tau))
-        for other in results[1:]:
-            assert np.array_equal(results[0], other)
+        results = [_same_bits_over_threads(monkeypatch, lambda: dle_covariance(lam, G, tau))]
         pick = rng.choice(tau.size, 40, replace=False)
         close(dle_covariance_loop(lam, G, tau[pick]), results[0][pick], rtol=SELF, what="threaded full dle vs loop twin")
 
