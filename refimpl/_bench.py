@@ -36,9 +36,10 @@ Runs: the first call of each function is a warm-up (its output is the one compar
 median of 3 runs for calls over 20 ms, the best of 5 to 30 runs within a quarter of a second for
 shorter ones, and for calls over a second a single run, the warm-up itself; refimpl and baseline
 alternate, so that a change in load hits both. Every call timed once or as one of 3 starts once no
-other thread of the process runs (:func:`settle`: BLAS threads spin for about 0.1 s after a product). The busy samples follow the same plan. Peak memory
-is taken on one more call of refimpl, traced: tracemalloc slows allocation-heavy code several-fold,
-so a traced call is never a timing sample. A call over the budget (20 s) is run once only, and what
+other thread of the process runs (:func:`settle`: BLAS threads spin for about 0.1 s after a
+product). The busy samples follow the same plan. Peak memory is taken on one more call of
+refimpl, traced: tracemalloc slows allocation-heavy code several-fold, so a traced call is never
+a timing sample. A call over the budget (20 s) is run once only, and what
 it leaves unmeasured counts as a MISS. The PyTorch comparison takes the median of 5 runs of each
 (every run a sample, the first outputs compared), in the same process, no competing load.
 Optional peers: filterpy (else the Kalman baseline is the plain per-step NumPy loop, and the output
@@ -67,6 +68,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -1128,8 +1130,6 @@ _TASKS = "/proc/self/task"
 
 def _running_threads() -> int:
     """Threads of this process, other than the caller, that are running or runnable (state R)."""
-    import threading
-
     me, n = threading.get_native_id(), 0
     try:
         tids = os.listdir(_TASKS)

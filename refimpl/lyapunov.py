@@ -516,7 +516,7 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
     the lower one is its conjugate, so Σ is exactly Hermitian (with a real diagonal).
 
     Blocks of lags are independent and each is computed the same way whichever thread runs it:
-    :func:`refimpl._blocking.in_parts` runs them in threads, each thread every THREADS-th block.
+    the threads take them in turn (:func:`refimpl._blocking.take_turns`).
     """
     d = lam.shape[0]
     t = tau.reshape(-1)
@@ -542,15 +542,14 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
     e = 1.0 + _expm1_complex(lam, t[:, None])  # E_k = e^{λ_k τ}, (n, d): one call for all lags
     e_conj = e.conj()
 
-    # Blocks of short lags hold most of the per-entry work: a thread takes every THREADS-th block
-    # (contiguous parts of this order), not a contiguous run of lags, so the threads get equal shares
-    blocks = -(-n // rows)
-    step = max(1, min(blocks, _blocking.THREADS))
-    order = np.concatenate([np.arange(j, blocks, step) for j in range(step)])
+    # Blocks of short lags hold most of the per-entry work: the threads take the blocks in turn
+    # (refimpl._blocking.take_turns), not a contiguous run of lags each, so they get equal shares
 
-    def run(part: slice) -> None:
+    def worker():
         p_buf = np.empty((rows, d, d), dtype=np.complex128)  # each thread its own block of P
-        for r0 in order[part] * rows:
+
+        def block(bi: int) -> None:
+            r0 = bi * rows
             r1 = min(r0 + rows, n)
             b = r1 - r0
             p = np.multiply(e[r0:r1, :, None], e_conj[r0:r1, None, :], out=p_buf[:b])  # P_kl = E_k conj(E_l)
@@ -568,8 +567,10 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
             np.negative(o.imag, out=o.imag, where=lower)  # the sign of Im (faster than a masked np.conjugate)
             o.reshape(b, d * d)[:, :: d + 1].imag = 0.0  # Σ_kk = G̃_kk φ(2 Re λ_k, τ) is real
 
+        return block
+
     with np.errstate(invalid="ignore", over="ignore"):  # (P − 1) · C where C is not finite: replaced above
-        _blocking.in_parts(run, blocks, n * d * d)
+        _blocking.take_turns(-(-n // rows), worker, n * d * d)
     return out.reshape(tau.shape + (d, d))
 
 

@@ -51,7 +51,6 @@ References
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 import scipy.fft

@@ -442,9 +442,7 @@ def _elu_plus_one(x: np.ndarray) -> np.ndarray:
 def _elu_rows(x: np.ndarray) -> np.ndarray:
     """elu(x) + 1 in the calling thread (for a :class:`_RowMap`)."""
     out, blocks = _elu_blocks(x)
-    for block in blocks:
-        block()
-    return out
+    return _in_order_result(out, [blocks])
 
 
 def _elu_blocks(x: np.ndarray):
@@ -479,7 +477,7 @@ def _in_order_result(out: np.ndarray, phases) -> np.ndarray:
 
 def _run_blocks(phases, elems: int) -> None:
     """Run each phase's thunks (independent blocks of feature maps), shared out between threads
-    (:func:`_shared`); a phase starts when the previous one is done; a callable phase is a step
+    (:func:`refimpl._blocking.take_turns`); a phase starts when the previous one is done; a callable phase is a step
     run in the calling thread between two phases. ``elems``: the numbers written.
 
     The feature maps' elementwise passes (exp, tan, divisions) run on the calling thread only in

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import cmath
 import math
-import threading
 
 import numpy as np
 import scipy.linalg
@@ -881,14 +880,14 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
         V2.real, V2.imag = W.imag, -W.real  # −i W, exactly
         Y = np.concatenate([a[..., None] * W, V2], axis=-2).view(np.float64)  # (H, 2N, 8): [a W; −i W] as real pairs
         a2 = a * a
-    local = threading.local()  # a Cauchy block per thread
 
-    def block(f):  # the frequencies f of every channel, in blocks of channels
-        R = getattr(local, "R", None)
-        if R is None:
-            # real form: transposed, (heads, 2N, rows), so that both halves are contiguous; BLAS reads it transposed
-            R = local.R = np.empty((heads, 2 * N, rows) if real_form else (heads, rows, N),
-                                   dtype=np.float64 if real_form else np.complex128)
+    def worker():  # a Cauchy block per thread
+        # real form: transposed, (heads, 2N, rows), so that both halves are contiguous; BLAS reads it transposed
+        R = np.empty((heads, 2 * N, rows) if real_form else (heads, rows, N),
+                     dtype=np.float64 if real_form else np.complex128)
+        return lambda i: block(R, slice(i * rows, min(L, (i + 1) * rows)))
+
+    def block(R, f):  # the frequencies f of every channel, in blocks of channels
         for h0 in range(0, H, heads):
             h = slice(h0, min(h0 + heads, H))
             if real_form:
@@ -906,7 +905,7 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
                 np.reciprocal(Rb, out=Rb)  # Cauchy matrix 1/(g(ω) − Λ_n)
                 _small_matmuls(Rb, W[h], k[h, f])  # the four Cauchy sums
 
-    _blocking.in_blocks(block, L, rows, H * L * N)  # blocks of frequencies, taken by threads one at a time
+    _blocking.take_turns(-(-L // rows), worker, H * L * N)  # blocks of frequencies, taken by threads one at a time
     k00, k01, k10, k11 = (k[..., i] for i in range(4))
     K_hat = 2.0 / (1.0 + omega) * (k00 - k01 * k10 / (1.0 + k11))  # Woodbury, Eq. (11.13)
     return np.fft.ifft(K_hat, axis=-1).reshape(batch + (L,))  # K̄ = iFFT(K̂)
