@@ -119,17 +119,19 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
     return {"y": np.concatenate(ys, axis=-2), "lse": np.concatenate(lses, axis=-1)}
 
 
-def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, *, tier):
+def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, window=None, alibi_slopes=None, *, tier):
     r"""The backward pass of Eq. (4.1) as FlashAttention's backward kernel computes it in the tier.
 
     The weights P are recomputed as in :func:`softmax_attention` (stored logits, float32 softmax,
     P stored), ``O = P V`` stored; ``dV = Pᵀ dO`` and ``dP = dO Vᵀ`` are products with tier-rounded
     inputs and float32 accumulation; ``D_i = Σ_j dO_ij O_ij`` in float32; ``dS = P ∘ (dP − D)`` in
     float32, stored; ``dQ = scale · dS K`` and ``dK = scale · dSᵀ Q`` are tier products. Gradients are
-    summed over broadcast batch axes and stored. Returns ``{"dq", "dk", "dv"}``.
+    summed over broadcast batch axes and stored. Returns ``{"dq", "dk", "dv"}``. A sliding window
+    and ALiBi biases enter through the recomputed P only (forbidden entries have P = 0, hence
+    dS = 0; the bias is a constant).
     """
     tier = tier_name(tier)
-    fwd = softmax_attention(q, k, v, mask, causal, scale, tier=tier)
+    fwd = softmax_attention(q, k, v, mask, causal, scale, window, alibi_slopes, tier=tier)
     p = fwd["A"].astype(f32)
     c = f32(1.0 / math.sqrt(np.shape(q)[-1]) if scale is None else float(scale))
     q, k, v, dy = _f32(q), _f32(k), _f32(v), _f32(dy)
@@ -592,7 +594,7 @@ PLAIN = {
         softmax_attention, args, ("q", "k", "v", "mask", "causal", "scale", "window", "alibi_slopes"), tier,
         {"weights": "A" in needed}),
     "attention.softmax_attention_vjp": lambda args, tier: _call(
-        softmax_attention_vjp, args, ("q", "k", "v", "dy", "mask", "causal", "scale"), tier),
+        softmax_attention_vjp, args, ("q", "k", "v", "dy", "mask", "causal", "scale", "window", "alibi_slopes"), tier),
     "attention.flash_attention": lambda args, tier: _call(
         _unblocked(softmax_attention), args, ("q", "k", "v", "causal", "scale", "block_q", "block_k"), tier),
     "random_features.linear_attention": lambda args, tier: _call(

@@ -88,26 +88,37 @@ def _check_dy(dy, shape: tuple, what: str, source: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _softmax_setup(q, k, v, dy, mask, causal, scale):
-    from .attention import _check_mask, _check_qkv, _scale
+def _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads):
+    """Validate a call as :func:`refimpl.attention.softmax_attention` does (every option, grouped
+    heads split into (H_kv, G) batch axes) and ``dy`` against the shape of that call's output."""
+    from .attention import _merge_heads, _prepare
 
-    q, k, v, batch = _check_qkv(q, k, v)
-    n, m = q.shape[-2], k.shape[-2]
-    mask = _check_mask(mask, causal, batch, n, m)
-    if mask is not None:
-        batch = np.broadcast_shapes(batch, mask.shape[:-2])
-    c = _scale(scale, q.shape[-1])
-    dy = _check_dy(dy, (*batch, n, v.shape[-1]), "(..., N, dv)",
-                   "batch shape from q, k, v and mask, N from q, dv from v")
-    return q, k, v, dy, mask, bool(causal), c, batch
+    shapes = tuple(np.shape(x) for x in (q, k, v))
+    p = _prepare(q, k, v, mask, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads)
+    n, dv = p.q.shape[-2], p.v.shape[-1]
+    out_shape = _merge_heads(np.empty((*p.batch, n, dv), dtype=np.bool_), p, 2).shape  # softmax_attention's y
+    source = "batch shape from q, k, v, mask and alibi_slopes, N from q, dv from v"
+    dy = _check_dy(dy, out_shape, "(..., N, dv)", source)
+    return p, dy.reshape((*p.batch, n, dv)), shapes
+
+
+def _softmax_grads(p, dq, dk, dv, shapes) -> tuple:
+    """The gradients as the inputs were given: heads merged back, summed over broadcast axes."""
+    from .attention import _merge_heads
+
+    if p.heads is not None:  # k, v entered as (..., H_kv, 1, M, ·), shared by the G query heads of a group
+        dk, dv = (_reduce_to(g, x.shape)[..., 0, :, :] for g, x in ((dk, p.k), (dv, p.v)))
+    return _reduce_to(_merge_heads(dq, p, 2), shapes[0]), _reduce_to(dk, shapes[1]), _reduce_to(dv, shapes[2])
 
 
 @guard_overflow()
-def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None):
+def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, window=None, alibi_slopes=None,
+                          causal_alignment="top_left", softcap=None, grouped_heads=False):
     r"""Backward pass of :func:`refimpl.attention.softmax_attention`: ``(dq, dk, dv)`` for the cotangent ``dy``.
 
     The vector–Jacobian product of Eq. (4.1) of the book, in the form of FlashAttention's
-    backward pass (Dao et al. 2022, Appendix B.2 and Alg. 4).
+    backward pass (Dao et al. 2022, Appendix B.2 and Alg. 4), with every option of the forward
+    function: the masks and biases of Eq. (4.14) as FlashAttention-2 kernels apply them.
 
     Parameters
     ----------
@@ -116,10 +127,16 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None):
     v : array_like, shape (..., M, dv)
     dy : array_like, shape (..., N, dv)
         The cotangent ∂ℓ/∂y (FlashAttention's dO), with the shape of the output ``y`` of
-        ``softmax_attention(q, k, v, ...)`` (the broadcast batch axes of q, k, v).
+        ``softmax_attention(q, k, v, ...)`` with the same options (the broadcast batch axes).
     mask, causal, scale
         As in :func:`refimpl.attention.softmax_attention` (mask: True = may attend; causal:
-        top-left aligned; scale default ``1/sqrt(d)``). ``scale`` is a constant, not differentiated.
+        aligned by ``causal_alignment``; scale default ``1/sqrt(d)``). ``scale`` is a constant,
+        not differentiated.
+    window, alibi_slopes, causal_alignment, softcap, grouped_heads
+        As in :func:`refimpl.attention.softmax_attention`: a sliding window of ``window`` keys,
+        ALiBi biases ``− m |i + o − j|`` (constants: the slopes get no gradient), the causal
+        offset ``o``, the soft cap ``c tanh(s / c)`` of the logits, and query heads that share
+        key/value heads (GQA/MQA: ``dk``, ``dv`` summed over the G query heads of a group).
 
     Returns
     -------
@@ -130,8 +147,9 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None):
 
     Notes
     -----
-    Forward: ``S = c Q K^T`` (c the scale, forbidden logits −∞), ``P = softmax_row(S)``,
-    ``O = P V``. Reverse mode, one factor at a time:
+    Forward: ``S = c Q K^T`` (c the scale), ``T = cap · tanh(S / cap)`` with a soft cap (else
+    ``T = S``), then the ALiBi bias and −∞ where the mask, the causal triangle or the window
+    forbids, ``P = softmax_row(T + bias)``, ``O = P V``. Reverse mode, one factor at a time:
 
     * ``O = P V`` gives ``dV = P^T dO`` and ``dP = dO V^T``.
     * The softmax of row i has the Jacobian ``∂P_ij/∂S_il = P_ij (δ_jl − P_il)``, so
@@ -139,16 +157,21 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None):
     * Since ``Σ_l P_il dP_il = Σ_l P_il (dO_i · v_l) = dO_i · O_i``, the row constant is
       ``D_i = rowsum(dO ∘ O)`` — an (N,) vector computed from the output, without the N×M
       product ``P ∘ dP`` (Dao et al. 2022, App. B.2): ``dS = P ∘ (dP − D)``.
+    * The bias is a constant and the masks select entries: neither changes ``dS`` on the
+      allowed entries; the soft cap multiplies it by ``∂T/∂S = 1 − tanh²(S / cap)``.
     * ``S = c Q K^T`` gives ``dQ = c dS K`` and ``dK = c dS^T Q``.
 
     Conditioning: when a row's weights are nearly one-hot (large logits), ``D_i ≈ dP_ij`` for the
     winning key and ``dP_ij − D_i`` cancels, so ``dq`` and ``dk`` carry an absolute error of order
     ``ε · scale · |dO| |V| |K|`` rather than a small relative one; the naive form cancels alike.
 
-    Masked entries have ``P_ij = 0`` hence ``dS_ij = 0``: they receive no gradient. The vectorized
-    algorithm recomputes ``P`` block by block of 64 query rows (FlashAttention's B_r), with the same
-    row-max-shifted exponentials as the forward pass, and accumulates ``dK`` and ``dV`` over the
-    blocks: temporaries O(64·M) per batch element, never an (N, M) or (N, M, d) array.
+    Masked entries have ``P_ij = 0`` hence ``dS_ij = 0``: they receive no gradient; a query row
+    that may attend to no key (its output is the constant 0) receives none either. The
+    vectorized algorithm recomputes ``P`` block by block of 64 query rows (FlashAttention's
+    B_r), over the keys the block may see only (the causal triangle and the window skip whole
+    key ranges), with the same bias, masks and row-max-shifted exponentials as the forward
+    pass, and accumulates ``dK`` and ``dV`` over the blocks: temporaries O(64·M) per batch
+    element, never an (N, M) or (N, M, d) array.
 
     Examples
     --------
@@ -157,40 +180,69 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None):
     >>> dq, dk, dv = softmax_attention_vjp(q, k, v, dy, causal=True)
     >>> all(np.allclose(a, b) for a, b in zip((dq, dk, dv), softmax_attention_vjp_loop(q, k, v, dy, causal=True)))
     True
+    >>> kw = dict(causal=True, window=2, alibi_slopes=0.5, softcap=3.0)  # a sliding-window ALiBi head
+    >>> g = softmax_attention_vjp(q, k, v, dy, **kw)
+    >>> all(np.allclose(a, b) for a, b in zip(g, softmax_attention_vjp_loop(q, k, v, dy, **kw)))
+    True
     """
-    from .attention import _exp_shifted_inplace, _rows_forbidden
+    from .attention import _bias_and_mask, _key_range
 
-    q, k, v, dy, mask, causal, c, batch = _softmax_setup(q, k, v, dy, mask, causal, scale)
-    n, m = q.shape[-2], k.shape[-2]
-    qs = q * c  # scale q (N·d products): S = (c Q) K^T
-    kT, vT = np.swapaxes(k, -1, -2), np.swapaxes(v, -1, -2)
-    dq = np.empty((*batch, n, q.shape[-1]))
-    dk = np.zeros((*batch, m, k.shape[-1]))
-    dv = np.zeros((*batch, m, v.shape[-1]))
-    for start in range(0, n, _ATT_BLOCK):
-        rows = slice(start, min(n, start + _ATT_BLOCK))
-        forbidden = _rows_forbidden(mask, causal, rows, n, m)  # (..., b, M) or None
-        P = qs[..., rows, :] @ kT  # the block of logits S
-        if P.shape[:-2] != batch:  # q is broadcast over batch axes of k or v: one block per batch element
-            P = np.broadcast_to(P, (*batch, *P.shape[-2:])).copy()
-        P /= _exp_shifted_inplace(P, forbidden)  # P = softmax(S) over the allowed keys (recomputed)
-        dO = dy[..., rows, :]
-        Drow = np.sum(dO * (P @ v), axis=-1, keepdims=True)  # D_i = rowsum(dO ∘ O), O_i = Σ_j P_ij v_j
-        dv += np.swapaxes(P, -1, -2) @ dO  # dV = P^T dO
-        dS = dO @ vT  # dP = dO V^T
+    p, dy, shapes = _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causal_alignment,
+                                   softcap, grouped_heads)
+    batch, (n, d), m, dv_ = p.batch, p.q.shape[-2:], p.k.shape[-2], p.v.shape[-1]
+    qs = np.broadcast_to(p.q * p.scale, (*batch, n, d))  # scale q (N·d products): S = (c Q) K^T
+    kb, vb = np.broadcast_to(p.k, (*batch, m, d)), np.broadcast_to(p.v, (*batch, m, dv_))
+    mask = None if p.mask is None else np.broadcast_to(p.mask, (*batch, n, m))
+    slopes = None if p.slopes is None else np.broadcast_to(p.slopes, batch)
+    uncapped = p._replace(softcap=None)  # the cap is applied here, where its derivative is kept
+    dq = np.zeros((*batch, n, d))
+    dk = np.zeros((*batch, m, d))
+    dv = np.zeros((*batch, m, dv_))
+    for i0 in range(0, n, _ATT_BLOCK):
+        i1 = min(n, i0 + _ATT_BLOCK)
+        lo, hi = _key_range(p, i0, i1, m)  # keys outside [lo, hi) are forbidden for every row
+        if hi <= lo:
+            continue  # no row of the block sees a key: its output is 0, its gradients too
+        keys = slice(lo, hi)
+        P = qs[..., i0:i1, :] @ np.swapaxes(kb[..., keys, :], -1, -2)  # the block of logits S
+        tanh = None
+        if p.softcap is not None:
+            with np.errstate(over="ignore"):  # S / cap may overflow for a tiny cap: tanh(±inf) = ±1
+                np.divide(P, p.softcap, out=P)
+            tanh = np.tanh(P, out=P).copy()  # tanh(S / cap), for ∂T/∂S
+            P *= p.softcap  # T = cap · tanh(S / cap)
+        _bias_and_mask(P, uncapped, mask, slopes, i0, i1, lo)  # + ALiBi bias, −∞ where forbidden
+        mx = P.max(axis=-1, keepdims=True)
+        empty = np.isneginf(mx)  # a row that sees no key: P = 0, no gradient
+        P -= np.where(empty, 0.0, mx) if empty.any() else mx
+        np.exp(P, out=P)
+        z = P.sum(axis=-1, keepdims=True)
+        z[empty] = 1.0
+        P /= z  # P = softmax(T + bias) over the allowed keys (recomputed)
+        dO = dy[..., i0:i1, :]
+        Drow = np.sum(dO * (P @ vb[..., keys, :]), axis=-1, keepdims=True)  # D_i = rowsum(dO ∘ O)
+        dv[..., keys, :] += np.swapaxes(P, -1, -2) @ dO  # dV = P^T dO
+        dS = dO @ np.swapaxes(vb[..., keys, :], -1, -2)  # dP = dO V^T
         dS -= Drow
         dS *= P  # dS = P ∘ (dP − D)
-        dq[..., rows, :] = (dS @ k) * c  # dQ = c dS K
-        dk += np.swapaxes(dS, -1, -2) @ qs[..., rows, :]  # dK = c dS^T Q
-    return _reduce_to(dq, q.shape), _reduce_to(dk, k.shape), _reduce_to(dv, v.shape)
+        if tanh is not None:
+            tanh *= tanh
+            np.subtract(1.0, tanh, out=tanh)
+            dS *= tanh  # the soft cap: ∂T/∂S = 1 − tanh²(S / cap)
+        dq[..., i0:i1, :] = (dS @ kb[..., keys, :]) * p.scale  # dQ = c dS K
+        dk[..., keys, :] += np.swapaxes(dS, -1, -2) @ qs[..., i0:i1, :]  # dK = c dS^T Q
+    return _softmax_grads(p, dq, dk, dv, shapes)
 
 
 @guard_overflow()
-def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=None):
+def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=None, window=None, alibi_slopes=None,
+                               causal_alignment="top_left", softcap=None, grouped_heads=False):
     """Loop twin of :func:`softmax_attention_vjp`: one query row at a time, the naive softmax Jacobian.
 
     ``dS_ij = Σ_l ∂P_il/∂S_ij dP_il = P_ij (dP_ij − Σ_l P_il dP_il)`` with the row sum formed
-    from ``P`` and ``dP`` (not FlashAttention's ``D_i = dO_i · O_i``), in Python floats.
+    from ``P`` and ``dP`` (not FlashAttention's ``D_i = dO_i · O_i``), times ``1 − tanh²(S_ij / cap)``
+    with a soft cap, in Python floats; the allowed keys and the bias one key at a time, as in
+    :func:`refimpl.attention.softmax_attention_loop`.
 
     Examples
     --------
@@ -200,30 +252,42 @@ def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=No
     >>> dv.ravel().tolist(), float(abs(dq).max())  # dv_j = Σ_i P_ij dy_i; scale 0: no gradient to q
     ([1.0, 1.0], 0.0)
     """
-    q, k, v, dy, mask, causal, c, batch = _softmax_setup(q, k, v, dy, mask, causal, scale)
-    n, m, d, dv_ = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    qb = np.broadcast_to(q, (*batch, n, d))
-    kb = np.broadcast_to(k, (*batch, m, d))
-    vb = np.broadcast_to(v, (*batch, m, dv_))
-    mb = None if mask is None else np.broadcast_to(mask, (*batch, n, m))
+    p, dy, shapes = _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causal_alignment,
+                                   softcap, grouped_heads)
+    batch, (n, d), m, dv_ = p.batch, p.q.shape[-2:], p.k.shape[-2], p.v.shape[-1]
+    c, cap = p.scale, p.softcap
+    qb = np.broadcast_to(p.q, (*batch, n, d))
+    kb = np.broadcast_to(p.k, (*batch, m, d))
+    vb = np.broadcast_to(p.v, (*batch, m, dv_))
+    mb = None if p.mask is None else np.broadcast_to(p.mask, (*batch, n, m))
+    sb = None if p.slopes is None else np.broadcast_to(p.slopes, batch)
     dq = np.zeros((*batch, n, d))
     dk = np.zeros((*batch, m, d))
     dv = np.zeros((*batch, m, dv_))
     for b in np.ndindex(*batch):
         for i in range(n):
-            keys = [j for j in range(m) if (mb is None or mb[b][i, j]) and (not causal or j <= i)]
+            o = i + p.offset  # the key aligned with query i
+            keys = [j for j in range(m) if (mb is None or mb[b][i, j]) and not (p.causal and j > o)
+                    and not (p.window is not None and abs(o - j) >= p.window)]
+            if not keys:
+                continue  # the row sees no key: y_i = 0, no gradient
             s = {j: c * float(np.dot(qb[b][i], kb[b][j])) for j in keys}  # S_ij = c q_i·k_j
-            top = max(s.values())
-            z = sum(math.exp(x - top) for x in s.values())
-            p = {j: math.exp(s[j] - top) / z for j in keys}  # P_ij
+            t = {j: cap * math.tanh(s[j] / cap) if cap is not None else s[j] for j in keys}  # T_ij
+            if sb is not None:
+                t = {j: t[j] - float(sb[b]) * abs(o - j) for j in keys}  # ALiBi: − m |i + o − j|
+            top = max(t.values())
+            z = sum(math.exp(x - top) for x in t.values())
+            pr = {j: math.exp(t[j] - top) / z for j in keys}  # P_ij
             dp = {j: float(np.dot(dy[b][i], vb[b][j])) for j in keys}  # dP_ij = dO_i · v_j
-            row = sum(p[j] * dp[j] for j in keys)  # Σ_l P_il dP_il
+            row = sum(pr[j] * dp[j] for j in keys)  # Σ_l P_il dP_il
             for j in keys:
-                dv[b][j] += p[j] * dy[b][i]  # dV_j += P_ij dO_i
-                ds = p[j] * (dp[j] - row)  # dS_ij
+                dv[b][j] += pr[j] * dy[b][i]  # dV_j += P_ij dO_i
+                ds = pr[j] * (dp[j] - row)  # dT_ij (= dS_ij without a cap)
+                if cap is not None:
+                    ds *= 1.0 - math.tanh(s[j] / cap) ** 2  # dS_ij = dT_ij (1 − tanh²(S_ij / cap))
                 dq[b][i] += c * ds * kb[b][j]  # dQ_i += c dS_ij k_j
                 dk[b][j] += c * ds * qb[b][i]  # dK_j += c dS_ij q_i
-    return _reduce_to(dq, q.shape), _reduce_to(dk, k.shape), _reduce_to(dv, v.shape)
+    return _softmax_grads(p, dq, dk, dv, shapes)
 
 
 # ---------------------------------------------------------------------------------------------

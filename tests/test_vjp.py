@@ -51,23 +51,38 @@ H = 1e-30  # the complex step
 # --------------------------------------------------------------------------------------------
 
 
-def fwd_softmax(q, k, v, *, mask=None, causal=False, scale=None):
-    """Eq. (4.1) directly, in the dtype of the inputs (complex allowed)."""
+def fwd_softmax(q, k, v, *, mask=None, causal=False, scale=None, window=None, alibi_slopes=None,
+                causal_alignment="top_left", softcap=None, grouped_heads=False):
+    """Eqs. (4.1) and (4.14) directly, in the dtype of the inputs (complex allowed): every option of
+    softmax_attention, as FlashAttention-2 defines it (a row that sees no key gives 0)."""
     n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    if grouped_heads:  # query head h reads key/value head h // G
+        g = q.shape[-3] // k.shape[-3]
+        k, v = np.repeat(k, g, axis=-3), np.repeat(v, g, axis=-3)
     c = 1.0 / math.sqrt(d) if scale is None else scale
     s = c * np.einsum("...id,...jd->...ij", q, k)
+    if softcap is not None:
+        s = softcap * np.tanh(s / softcap)
+    o = 0 if causal_alignment == "top_left" else m - n
+    dist = np.arange(n)[:, None] + o - np.arange(m)[None, :]  # i + o − j
+    if alibi_slopes is not None:
+        s = s - np.asarray(alibi_slopes, dtype=float)[..., None, None] * np.abs(dist)
     allowed = np.ones((n, m), dtype=bool)
     if causal:
-        allowed = np.tril(allowed)
+        allowed &= dist >= 0
+    if window is not None:
+        allowed &= np.abs(dist) < window
     if mask is not None:
         allowed = allowed & mask
+    allowed = np.broadcast_to(allowed, s.shape)
     # Any row constant cancels; subtracting the (complex) largest logit itself makes its weight
     # exactly 1 + 0i, so the quotient below does not cancel the O(h) imaginary parts (which a
     # real shift would, at large logits).
     top = np.argmax(np.where(allowed, s.real, -np.inf), axis=-1)[..., None]
     shift = np.take_along_axis(s, top, axis=-1)
     e = np.where(allowed, np.exp(np.where(allowed, s, 0) - shift), 0)
-    return np.einsum("...ij,...jc->...ic", e, v) / e.sum(axis=-1, keepdims=True)
+    z = e.sum(axis=-1, keepdims=True)
+    return np.einsum("...ij,...jc->...ic", e, v) / np.where(z == 0, 1, z)
 
 
 def phi_c(x):
@@ -192,6 +207,19 @@ SOFTMAX_CASES = {
     "kv_broadcast": dict(n=4, m=5, batch=(2,), kbatch=(1,)),
     "q_broadcast": dict(n=4, m=5, batch=(1,), kbatch=(3,)),
     "large_logits": dict(n=5, m=6, scale=40.0, causal=True),  # weights near one-hot: exp underflows
+    # the options of the FlashAttention-2 family (Eq. (4.14)); N > M bottom-right leaves rows with no key
+    "window": dict(n=7, m=7, window=3),
+    "window_causal": dict(n=7, m=7, causal=True, window=2),
+    "alibi": dict(n=5, m=6, batch=(3,), alibi_slopes=np.array([0.0, 0.5, 2.0])),
+    "alibi_causal_window": dict(n=6, m=6, causal=True, window=4, alibi_slopes=0.7),
+    "softcap": dict(n=5, m=6, scale=3.0, softcap=2.0),
+    "softcap_mask_causal": dict(n=6, m=8, mask=True, causal=True, softcap=1.5),
+    "bottom_right": dict(n=4, m=7, causal=True, causal_alignment="bottom_right"),
+    "bottom_right_n_gt_m": dict(n=7, m=4, causal=True, causal_alignment="bottom_right"),
+    "bottom_right_window": dict(n=5, m=8, causal=True, window=3, causal_alignment="bottom_right"),
+    "grouped_heads": dict(n=5, m=6, batch=(4,), kbatch=(2,), grouped_heads=True),
+    "grouped_all": dict(n=5, m=7, batch=(2, 6), kbatch=(2, 3), grouped_heads=True, causal=True, window=3,
+                        alibi_slopes=np.linspace(0.1, 1.0, 6), softcap=2.5, causal_alignment="bottom_right"),
 }
 
 
@@ -206,7 +234,8 @@ def _softmax_case(name, seed=1):
         mask[:, 0] = True  # every row keeps key 0 (allowed under causal too)
         kw["mask"] = mask
     kw.update(spec)
-    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    # grouped heads: the output has the query heads (k, v have H_kv of them on axis -3)
+    batch = q.shape[:-2] if kw.get("grouped_heads") else np.broadcast_shapes(q.shape[:-2], k.shape[:-2])
     dy = np.random.default_rng(seed + 200).normal(size=(*batch, n, v.shape[-1]))
     return {"q": q, "k": k, "v": v}, dy, kw
 
@@ -430,8 +459,8 @@ def test_bad_input_softmax():
         softmax_attention_vjp(q, k, v, np.full((4, 2), np.nan))
     with pytest.raises(TypeError, match="mask"):
         softmax_attention_vjp(q, k, v, dy, mask=np.ones((4, 5)))
-    with pytest.raises(ValueError, match="mask"):
-        softmax_attention_vjp(q, k, v, dy, mask=np.zeros((4, 5), bool))
+    for fn in (softmax_attention_vjp, softmax_attention_vjp_loop):  # no key: y = 0, a constant
+        assert all(not g.any() for g in fn(q, k, v, np.ones((4, 2)), mask=np.zeros((4, 5), bool)))
     with pytest.raises(TypeError, match="causal"):
         softmax_attention_vjp(q, k, v, dy, causal=1)
     with pytest.raises(ValueError, match="scale"):
@@ -442,6 +471,19 @@ def test_bad_input_softmax():
         softmax_attention_vjp(q, k, v, dy, mask=np.ones((3, 4, 5), bool))
     with pytest.raises(ValueError, match="dy"):  # batched q: dy needs the batch axis
         softmax_attention_vjp(np.stack([q, q]), k, v, dy)
+    for kw, name, err in ((dict(window=0), "window", ValueError), (dict(alibi_slopes=-1.0), "alibi_slopes", ValueError),
+                          (dict(causal_alignment="left"), "causal_alignment", ValueError),
+                          (dict(causal_alignment=1), "causal_alignment", TypeError), (dict(softcap=0.0), "softcap", ValueError),
+                          (dict(grouped_heads=1), "grouped_heads", TypeError), (dict(grouped_heads=True), "grouped_heads", ValueError),
+                          (dict(alibi_slopes=np.ones(3)), "alibi_slopes", ValueError)):
+        for fn in (softmax_attention_vjp, softmax_attention_vjp_loop):
+            with pytest.raises(err, match=name):
+                fn(q, k, v, dy, **kw)
+    qh, kh, vh = qkv(2, 4, 5, batch=(3,))  # 3 query heads cannot share 2 key/value heads
+    with pytest.raises(ValueError, match="k"):
+        softmax_attention_vjp(qh, kh[:2], vh[:2], np.zeros((3, 4, 2)), grouped_heads=True)
+    with pytest.raises(ValueError, match="dy"):  # grouped heads: dy has the H query heads
+        softmax_attention_vjp(np.stack([qh, qh]).reshape(6, 4, 3), kh, vh, np.zeros((3, 4, 2)), grouped_heads=True)
 
 
 def test_bad_input_linear():
@@ -478,23 +520,43 @@ def test_bad_input_scan():
 # --------------------------------------------------------------------------------------------
 
 
-def _port_softmax_backward(q, k, v, dy, *, mask=None, causal=False, scale=None, bug=None):
-    """A plain NumPy backward pass computing in the precision of its inputs (a user's port)."""
+def _port_softmax_backward(q, k, v, dy, *, mask=None, causal=False, scale=None, window=None, alibi_slopes=None,
+                           causal_alignment="top_left", softcap=None, grouped_heads=False, bug=None):
+    """A plain NumPy backward pass computing in the precision of its inputs (a user's port), with
+    the options of a FlashAttention-2 kernel: window, ALiBi, soft cap, bottom-right causal, GQA."""
     dt = q.dtype
     n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    g = q.shape[-3] // k.shape[-3] if grouped_heads else 1
+    if g > 1:  # query head h reads key/value head h // g
+        k, v = np.repeat(k, g, axis=-3), np.repeat(v, g, axis=-3)
     c = dt.type(1 / np.sqrt(d) if scale is None else scale)
+    dist = np.arange(n)[:, None] + (0 if causal_alignment == "top_left" else m - n) - np.arange(m)[None, :]
     allowed = np.ones((n, m), bool)
     if causal:
-        allowed = np.tril(allowed)
+        allowed &= dist >= 0
+    if window is not None:
+        allowed &= np.abs(dist) < window
     if mask is not None:
-        allowed &= mask
-    s = np.where(allowed, c * (q @ np.swapaxes(k, -1, -2)), -np.inf)
-    P = np.exp(s - s.max(axis=-1, keepdims=True))
-    P /= P.sum(axis=-1, keepdims=True)
+        allowed = allowed & mask
+    s = c * (q @ np.swapaxes(k, -1, -2))
+    t = np.tanh(s / dt.type(softcap)) if softcap is not None else None
+    if softcap is not None:
+        s = dt.type(softcap) * t
+    if alibi_slopes is not None:
+        s = s - np.asarray(alibi_slopes, dtype=dt)[..., None, None] * np.abs(dist).astype(dt)
+    s = np.where(allowed, s, -np.inf)
+    top = s.max(axis=-1, keepdims=True)
+    P = np.exp(s - np.where(np.isfinite(top), top, 0))  # a row with no key: P = 0
+    P /= np.maximum(P.sum(axis=-1, keepdims=True), np.finfo(dt).tiny)
     dP = dy @ np.swapaxes(v, -1, -2)
     D = 0 if bug == "no_D" else np.sum(dy * (P @ v), axis=-1, keepdims=True)
     dS = P * (dP - D)
-    return c * dS @ k, c * np.swapaxes(dS, -1, -2) @ q, np.swapaxes(P, -1, -2) @ dy
+    if softcap is not None:
+        dS = dS * (1 - t * t)
+    dq, dk, dv = c * dS @ k, c * np.swapaxes(dS, -1, -2) @ q, np.swapaxes(P, -1, -2) @ dy
+    if g > 1:  # the query heads of a group share k, v: their gradients add up
+        dk, dv = (x.reshape(*x.shape[:-3], -1, g, *x.shape[-2:]).sum(axis=-3) for x in (dk, dv))
+    return dq, dk, dv
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -28,6 +28,17 @@ def _softmax_mask_cross(r):
             "dy": r.standard_normal((5, 3)), "mask": mask, "scale": 0.5}
 
 
+def _softmax_window_alibi_softcap(r):
+    return {"q": r.standard_normal((2, 70, 4)), "k": r.standard_normal((2, 70, 4)), "v": r.standard_normal((2, 70, 3)),
+            "dy": r.standard_normal((2, 70, 3)), "causal": True, "window": 5, "alibi_slopes": np.array([0.25, 1.0]),
+            "softcap": 2.0}
+
+
+def _softmax_gqa_bottom_right(r):
+    return {"q": r.standard_normal((4, 9, 4)), "k": r.standard_normal((2, 6, 4)), "v": r.standard_normal((2, 6, 3)),
+            "dy": r.standard_normal((4, 9, 3)), "causal": True, "causal_alignment": "bottom_right", "grouped_heads": True}
+
+
 def _scan(r, L, d_in, n, with_zero, discretization):
     A = -np.exp(r.standard_normal((d_in, n)))
     if with_zero:
@@ -85,6 +96,12 @@ CASES = [
          "causal, two heads, N = 70 (one full query block of 64 plus 6 rows)"),
     Case("attention.softmax_attention_vjp/mask_cross", 1502, _softmax_mask_cross,
          "cross-attention N = 5 ≠ M = 9 with a boolean mask and scale 0.5"),
+    Case("attention.softmax_attention_vjp/window_alibi_softcap", 1515, _softmax_window_alibi_softcap,
+         "causal sliding window of 5 keys, ALiBi slopes 0.25 and 1 for two heads, soft cap 2, N = 70 "
+         "(one full query block of 64 plus 6 rows)"),
+    Case("attention.softmax_attention_vjp/gqa_bottom_right", 1516, _softmax_gqa_bottom_right,
+         "4 query heads sharing 2 key/value heads, causal aligned bottom-right with N = 9 > M = 6: the first "
+         "3 query rows see no key (zero output, zero gradient)"),
     Case("random_features.linear_attention_vjp/causal", 1503,
          lambda r: {"q": r.standard_normal((130, 4)), "k": r.standard_normal((130, 4)), "v": r.standard_normal((130, 2)),
                     "dy": r.standard_normal((130, 2)), "causal": True},
