@@ -372,7 +372,7 @@ def _magnitude(value) -> tuple[float, float]:
     return float(arr.max()), float(arr.min())
 
 
-def guard_overflow(*names: str, first_only: bool = False):
+def guard_overflow(*names: str, first_only: bool | int = False):
     """Decorator: the result is finite with no floating-point warning, or a ``ValueError`` names the culprit.
 
     Inputs are validated to be finite, but finite inputs of extreme magnitude (|x| ~ 1e300, or
@@ -383,8 +383,9 @@ def guard_overflow(*names: str, first_only: bool = False):
     (the loop twins use :mod:`math`), the call is refused with a ``ValueError`` that names the
     arguments among ``names`` (default: all) whose magnitudes are extreme (all of them if none is).
     Functions whose documented result may be infinite are not wrapped; ``first_only`` checks
-    only the first output (the others are diagnostics that may hold documented infinities,
-    e.g. the masked entries of an intermediate precision).
+    only the first output, or the first n outputs for an int n (the others are diagnostics that
+    may hold documented infinities, e.g. the masked entries of an intermediate precision, or the
+    log-sum-exp −∞ of an attention row that sees no key).
     """
 
     def wrap(fn):
@@ -440,7 +441,8 @@ def guard_overflow(*names: str, first_only: bool = False):
                 if internal(exc) and extreme(args, kwargs):
                     raise refuse(args, kwargs) from exc
                 raise
-            if not _all_finite(out[0] if first_only and isinstance(out, tuple) else out):
+            n = int(first_only)  # True: the first output; an int n: the first n outputs
+            if not _all_finite(out[:n] if n and isinstance(out, tuple) else out):
                 raise refuse(args, kwargs)
             return out
 

@@ -47,7 +47,7 @@ import math
 import numpy as np
 
 from ._scan import linear_scan
-from ._validate import as_real_array, guard_overflow
+from ._validate import as_bool, as_real_array, guard_overflow
 
 # Query rows per block of softmax_attention_vjp (FlashAttention's B_r): temporaries are
 # (..., 64, M) whatever N.
@@ -88,12 +88,14 @@ def _check_dy(dy, shape: tuple, what: str, source: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads):
+def _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads,
+                   return_intermediates):
     """Validate a call as :func:`refimpl.attention.softmax_attention` does (every option, grouped
     heads split into (H_kv, G) batch axes) and ``dy`` against the shape of that call's output."""
     from .attention import _merge_heads, _prepare
 
     shapes = tuple(np.shape(x) for x in (q, k, v))
+    as_bool(return_intermediates, "return_intermediates")
     p = _prepare(q, k, v, mask, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads)
     n, dv = p.q.shape[-2], p.v.shape[-1]
     out_shape = _merge_heads(np.empty((*p.batch, n, dv), dtype=np.bool_), p, 2).shape  # softmax_attention's y
@@ -102,18 +104,22 @@ def _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causa
     return p, dy.reshape((*p.batch, n, dv)), shapes
 
 
-def _softmax_grads(p, dq, dk, dv, shapes) -> tuple:
-    """The gradients as the inputs were given: heads merged back, summed over broadcast axes."""
+def _softmax_grads(p, dq, dk, dv, shapes, lse, D, return_intermediates: bool) -> tuple:
+    """The gradients as the inputs were given: heads merged back, summed over broadcast axes;
+    with ``return_intermediates`` also ``{"lse": ℓ, "D": D}`` with the shape of the output's rows."""
     from .attention import _merge_heads
 
     if p.heads is not None:  # k, v entered as (..., H_kv, 1, M, ·), shared by the G query heads of a group
         dk, dv = (_reduce_to(g, x.shape)[..., 0, :, :] for g, x in ((dk, p.k), (dv, p.v)))
-    return _reduce_to(_merge_heads(dq, p, 2), shapes[0]), _reduce_to(dk, shapes[1]), _reduce_to(dv, shapes[2])
+    grads = _reduce_to(_merge_heads(dq, p, 2), shapes[0]), _reduce_to(dk, shapes[1]), _reduce_to(dv, shapes[2])
+    if not return_intermediates:
+        return grads
+    return (*grads, {"lse": _merge_heads(lse, p, 1), "D": _merge_heads(D, p, 1)})
 
 
-@guard_overflow()
+@guard_overflow(first_only=3)  # not the intermediates: ℓ = −∞ for a row that sees no key
 def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, window=None, alibi_slopes=None,
-                          causal_alignment="top_left", softcap=None, grouped_heads=False):
+                          causal_alignment="top_left", softcap=None, grouped_heads=False, return_intermediates=False):
     r"""Backward pass of :func:`refimpl.attention.softmax_attention`: ``(dq, dk, dv)`` for the cotangent ``dy``.
 
     The vector–Jacobian product of Eq. (4.1) of the book, in the form of FlashAttention's
@@ -137,6 +143,13 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
         ALiBi biases ``− m |i + o − j|`` (constants: the slopes get no gradient), the causal
         offset ``o``, the soft cap ``c tanh(s / c)`` of the logits, and query heads that share
         key/value heads (GQA/MQA: ``dk``, ``dv`` summed over the G query heads of a group).
+    return_intermediates : bool
+        Also return the two row quantities a FlashAttention backward kernel reads besides its
+        inputs: the log-sum-exp ``ℓ_i = m_i + log z_i`` of the (capped, biased) logits, which the
+        forward kernel stores and the backward pass recomputes ``P = exp(S − ℓ)`` from (−∞ for a
+        row that sees no key), and ``D_i = rowsum(dO ∘ O)``, which FlashAttention-2 computes in a
+        separate preprocessing step. A wrong ``D`` points at that step, a right ``D`` with wrong
+        gradients at the main loop.
 
     Returns
     -------
@@ -144,6 +157,9 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     dk : ndarray, shape of k
     dv : ndarray, shape of v
         Gradients summed over the axes along which the input was broadcast.
+    intermediates : dict
+        Only with ``return_intermediates``: ``{"lse": ℓ, "D": D}``, each of shape (..., N) (the
+        batch axes of the output).
 
     Notes
     -----
@@ -188,7 +204,7 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     from .attention import _bias_and_mask, _key_range
 
     p, dy, shapes = _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causal_alignment,
-                                   softcap, grouped_heads)
+                                   softcap, grouped_heads, return_intermediates)
     batch, (n, d), m, dv_ = p.batch, p.q.shape[-2:], p.k.shape[-2], p.v.shape[-1]
     qs = np.broadcast_to(p.q * p.scale, (*batch, n, d))  # scale q (N·d products): S = (c Q) K^T
     kb, vb = np.broadcast_to(p.k, (*batch, m, d)), np.broadcast_to(p.v, (*batch, m, dv_))
@@ -198,6 +214,8 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     dq = np.zeros((*batch, n, d))
     dk = np.zeros((*batch, m, d))
     dv = np.zeros((*batch, m, dv_))
+    lse = np.full((*batch, n), -np.inf)  # ℓ_i = log 0 for a row that sees no key
+    D = np.zeros((*batch, n))
     for i0 in range(0, n, _ATT_BLOCK):
         i1 = min(n, i0 + _ATT_BLOCK)
         lo, hi = _key_range(p, i0, i1, m)  # keys outside [lo, hi) are forbidden for every row
@@ -219,8 +237,10 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
         z = P.sum(axis=-1, keepdims=True)
         z[empty] = 1.0
         P /= z  # P = softmax(T + bias) over the allowed keys (recomputed)
+        lse[..., i0:i1] = (mx + np.log(z))[..., 0]  # ℓ_i = m_i + log z_i (−∞ + 0 for an empty row)
         dO = dy[..., i0:i1, :]
         Drow = np.sum(dO * (P @ vb[..., keys, :]), axis=-1, keepdims=True)  # D_i = rowsum(dO ∘ O)
+        D[..., i0:i1] = Drow[..., 0]
         dv[..., keys, :] += np.swapaxes(P, -1, -2) @ dO  # dV = P^T dO
         dS = dO @ np.swapaxes(vb[..., keys, :], -1, -2)  # dP = dO V^T
         dS -= Drow
@@ -231,12 +251,12 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
             dS *= tanh  # the soft cap: ∂T/∂S = 1 − tanh²(S / cap)
         dq[..., i0:i1, :] = (dS @ kb[..., keys, :]) * p.scale  # dQ = c dS K
         dk[..., keys, :] += np.swapaxes(dS, -1, -2) @ qs[..., i0:i1, :]  # dK = c dS^T Q
-    return _softmax_grads(p, dq, dk, dv, shapes)
+    return _softmax_grads(p, dq, dk, dv, shapes, lse, D, return_intermediates)
 
 
-@guard_overflow()
+@guard_overflow(first_only=3)  # not the intermediates: ℓ = −∞ for a row that sees no key
 def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=None, window=None, alibi_slopes=None,
-                               causal_alignment="top_left", softcap=None, grouped_heads=False):
+                               causal_alignment="top_left", softcap=None, grouped_heads=False, return_intermediates=False):
     """Loop twin of :func:`softmax_attention_vjp`: one query row at a time, the naive softmax Jacobian.
 
     ``dS_ij = Σ_l ∂P_il/∂S_ij dP_il = P_ij (dP_ij − Σ_l P_il dP_il)`` with the row sum formed
@@ -253,7 +273,7 @@ def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=No
     ([1.0, 1.0], 0.0)
     """
     p, dy, shapes = _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causal_alignment,
-                                   softcap, grouped_heads)
+                                   softcap, grouped_heads, return_intermediates)
     batch, (n, d), m, dv_ = p.batch, p.q.shape[-2:], p.k.shape[-2], p.v.shape[-1]
     c, cap = p.scale, p.softcap
     qb = np.broadcast_to(p.q, (*batch, n, d))
@@ -264,6 +284,8 @@ def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=No
     dq = np.zeros((*batch, n, d))
     dk = np.zeros((*batch, m, d))
     dv = np.zeros((*batch, m, dv_))
+    lse = np.full((*batch, n), -np.inf)
+    D = np.zeros((*batch, n))
     for b in np.ndindex(*batch):
         for i in range(n):
             o = i + p.offset  # the key aligned with query i
@@ -280,6 +302,7 @@ def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=No
             pr = {j: math.exp(t[j] - top) / z for j in keys}  # P_ij
             dp = {j: float(np.dot(dy[b][i], vb[b][j])) for j in keys}  # dP_ij = dO_i · v_j
             row = sum(pr[j] * dp[j] for j in keys)  # Σ_l P_il dP_il
+            lse[b][i], D[b][i] = top + math.log(z), row  # ℓ_i = m_i + log z_i; D_i = Σ_l P_il dP_il = dO_i · O_i
             for j in keys:
                 dv[b][j] += pr[j] * dy[b][i]  # dV_j += P_ij dO_i
                 ds = pr[j] * (dp[j] - row)  # dT_ij (= dS_ij without a cap)
@@ -287,7 +310,7 @@ def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=No
                     ds *= 1.0 - math.tanh(s[j] / cap) ** 2  # dS_ij = dT_ij (1 − tanh²(S_ij / cap))
                 dq[b][i] += c * ds * kb[b][j]  # dQ_i += c dS_ij k_j
                 dk[b][j] += c * ds * qb[b][i]  # dK_j += c dS_ij q_i
-    return _softmax_grads(p, dq, dk, dv, shapes)
+    return _softmax_grads(p, dq, dk, dv, shapes, lse, D, return_intermediates)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -251,6 +251,25 @@ def test_softmax_vjp_complex_step(name):
     check_twins((dq, dk, dv), softmax_attention_vjp_loop(**args, dy=dy, **kw), f"softmax {name}", atol=atol)
 
 
+@pytest.mark.parametrize("name", ["plain", "mask_causal", "heads", "bottom_right_n_gt_m", "grouped_all"])
+def test_softmax_vjp_intermediates(name):
+    """ℓ is the forward's log-sum-exp (−∞ for a row that sees no key) and D = rowsum(dy ∘ y) with y
+    from the forward function: both checked against softmax_attention, not against the backward code."""
+    args, dy, kw = _softmax_case(name)
+    *g, mid = softmax_attention_vjp(**args, dy=dy, **kw, return_intermediates=True)
+    *gl, mid_loop = softmax_attention_vjp_loop(**args, dy=dy, **kw, return_intermediates=True)
+    y, lse = softmax_attention(**args, **kw, return_lse=True)
+    assert list(mid) == ["lse", "D"] and mid["lse"].shape == mid["D"].shape == lse.shape == y.shape[:-1]
+    none = np.isneginf(lse)
+    assert np.array_equal(np.isneginf(mid["lse"]), none) and np.array_equal(np.isneginf(mid_loop["lse"]), none)
+    assert none.any() == (name == "bottom_right_n_gt_m")
+    for m_, what in ((mid, "blocks"), (mid_loop, "loop twin")):
+        close(np.where(none, 0.0, m_["lse"]), np.where(none, 0.0, lse), rtol=1e-13, what=f"softmax {name}: lse ({what}) vs forward")
+        close(m_["D"], np.sum(dy * y, axis=-1), rtol=1e-13, what=f"softmax {name}: D ({what}) vs rowsum(dy ∘ y)")
+    for a, b in zip(g, softmax_attention_vjp(**args, dy=dy, **kw)):
+        assert np.array_equal(a, b)  # the flag adds outputs and changes none
+
+
 def test_independent_forward_agrees_with_refimpl():
     """The test's complex-capable forwards compute what refimpl computes (else the oracle is moot)."""
     args, dy, kw = _softmax_case("mask_causal")
@@ -475,7 +494,8 @@ def test_bad_input_softmax():
                           (dict(causal_alignment="left"), "causal_alignment", ValueError),
                           (dict(causal_alignment=1), "causal_alignment", TypeError), (dict(softcap=0.0), "softcap", ValueError),
                           (dict(grouped_heads=1), "grouped_heads", TypeError), (dict(grouped_heads=True), "grouped_heads", ValueError),
-                          (dict(alibi_slopes=np.ones(3)), "alibi_slopes", ValueError)):
+                          (dict(alibi_slopes=np.ones(3)), "alibi_slopes", ValueError),
+                          (dict(return_intermediates=1), "return_intermediates", TypeError)):
         for fn in (softmax_attention_vjp, softmax_attention_vjp_loop):
             with pytest.raises(err, match=name):
                 fn(q, k, v, dy, **kw)
@@ -556,6 +576,8 @@ def _port_softmax_backward(q, k, v, dy, *, mask=None, causal=False, scale=None, 
     dq, dk, dv = c * dS @ k, c * np.swapaxes(dS, -1, -2) @ q, np.swapaxes(P, -1, -2) @ dy
     if g > 1:  # the query heads of a group share k, v: their gradients add up
         dk, dv = (x.reshape(*x.shape[:-3], -1, g, *x.shape[-2:]).sum(axis=-3) for x in (dk, dv))
+    if bug == "D_only":  # a port that also hands its preprocessing output D to the oracle
+        return {"D": D[..., 0], "dq": dq, "dk": dk, "dv": dv}
     return dq, dk, dv
 
 
@@ -567,6 +589,28 @@ def test_oracle_judges_a_backward_port(dtype):
     assert good.passed, str(good)
     bad = oracle.compare("attention.softmax_attention_vjp", lambda **kw: _port_softmax_backward(**kw, bug="no_D"), dtype=dtype)
     assert not bad.passed
+
+
+def test_oracle_localizes_a_wrong_D():
+    """A port that returns its D (FlashAttention-2's preprocessing output) is judged on it first: a
+    preprocessing bug (dy taken from the next row) fails at D, before the gradients."""
+    from refimpl import oracle
+
+    good = oracle.compare("attention.softmax_attention_vjp", lambda **kw: _port_softmax_backward(**kw, bug="D_only"))
+    assert good.passed, str(good)
+
+    def shifted(**kw):  # D_i = dy_{i+1} · y_i: the preprocessing reads the wrong row
+        out = _port_softmax_backward(**{**kw, "dy": np.roll(kw["dy"], -1, axis=-2)}, bug="D_only")
+        return {"D": out["D"], **dict(zip(("dq", "dk", "dv"), _port_softmax_backward(**kw)))}
+
+    bad = oracle.compare("attention.softmax_attention_vjp", shifted)
+    assert not bad.passed
+    failed = [c for c in bad.cases if not c.passed]
+    assert len(failed) == 4  # the four committed cases (the two at scale store no intermediates)
+    for case in failed:
+        first = next(qr for qr in case.quantities if not qr.passed)
+        assert (first.name, first.kind) == ("D", "intermediate"), str(case)
+        assert all(qr.passed for qr in case.quantities if qr.kind == "output")  # the gradients themselves are right
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ checks a kernel's gradients like any output. Each case draws the cotangent ``dy`
 
 import numpy as np
 
-from refimpl import linear_rnn, ssm
+from refimpl import attention, linear_rnn, ssm
 
-from ._base import Case, Function, called, renormalize, unit
+from ._base import Case, Function, called, ordered, renormalize, unit
 
 
 def _run_selective_scan_vjp(args, with_mid):
@@ -48,6 +48,11 @@ def _scan(r, L, d_in, n, with_zero, discretization):
             "dy": r.standard_normal((2, L, d_in)), "discretization": discretization}
 
 
+def _run_softmax_vjp(args, with_mid):
+    dq, dk, dv, mid = attention.softmax_attention_vjp(**args, return_intermediates=True)
+    return ordered(mid, {"dq": dq, "dk": dk, "dv": dv}, with_mid)  # ℓ and D: the forward's and the preprocessing's
+
+
 def _dict_run(fn, names):
     def run(args, with_mid):
         g = fn(**args)
@@ -81,7 +86,7 @@ def _qkv_dy(r, L, dk=4, dv=3, batch=(2,), unit_keys=False):
 
 
 FUNCTIONS = [
-    called("attention.softmax_attention_vjp", "dq", "dk", "dv"),
+    Function("attention.softmax_attention_vjp", _run_softmax_vjp, ("dq", "dk", "dv"), intermediates=("lse", "D")),
     called("random_features.linear_attention_vjp", "dq", "dk", "dv"),
     Function("ssm.selective_scan_vjp", _run_selective_scan_vjp, ("du", "ddelta", "dA", "dB", "dC", "dD")),
     Function("linear_rnn.ssd_vjp", _dict_run(linear_rnn.ssd_vjp, _SSD_GRADS), _SSD_GRADS),
