@@ -293,6 +293,41 @@ def test_measure_records_where_the_time_goes():
     assert all(t >= 0 for t in phases.values()) and sum(phases.values()) <= rec["case_wall_s"]
 
 
+def test_loop_ratio_is_the_median_of_back_to_back_pairs(monkeypatch):
+    """The loop-twin ratio pairs each loop call with a refimpl call right after it (the machine's
+    speed drifts within a run): here the machine slows 3x between pairs, which a loop sample set
+    against the refimpl time of an earlier phase would read as a 3x smaller ratio."""
+    speed = {"factor": 1.0}
+
+    def fake_timed(fn, wait=True):
+        return fn() * speed["factor"], None
+
+    calls = bench.Calls(lambda: 1.0, lambda: 1.0, lambda: 30.0)
+    case = bench.Case("linear_rnn", "ssd", "toy", lambda: calls, bench.Cost(flops=1.0), "x", limit_target=None,
+                      loop_target=20.0, contention=False, memory=False)
+    order = []
+
+    def timed(fn, wait=True):
+        t, out = fake_timed(fn)
+        order.append(fn)
+        if fn is calls.refimpl and len(order) > 2:  # after each refimpl call of the loop phase the machine slows
+            speed["factor"] *= 3.0
+        return t, out
+
+    monkeypatch.setattr(bench, "_timed", timed)
+    monkeypatch.setattr(bench, "_agreement", lambda a, b: 0.0)
+    rec = bench.measure(case, None, quick=False)
+    loop_phase = order[-2 * bench.LOOP_PAIRS:]
+    assert loop_phase == [calls.loop, calls.refimpl] * bench.LOOP_PAIRS, "loop and refimpl alternate"
+    assert rec["loop_pairs"] == bench.LOOP_PAIRS == 3
+    assert rec["loop_ratio"] == pytest.approx(30.0), "each pair is timed under one machine state"
+    assert bench._verdicts(case, rec)["loop"] == "PASS"
+    speed["factor"] = 1.0
+    order.clear()
+    quick = bench.measure(case, None, quick=True)
+    assert quick["loop_pairs"] == 1 and order.count(calls.loop) == 1
+
+
 def test_time_by_function_adds_the_cases_largest_first():
     records = [
         dict(module="a", function="f", variant="x", case_wall_s=1.0),
