@@ -10,6 +10,7 @@ from __future__ import annotations
 import matplotlib as mpl
 import numpy as np
 
+from . import _blocking
 from ._testing import assert_close
 
 
@@ -52,7 +53,11 @@ def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3)
     For each ``n`` in ``sizes`` the call ``fn(*args, **kwargs)`` with ``(args, kwargs) =
     make_args(n)`` is timed (best of ``repeat``) and its peak of newly allocated memory is
     measured with ``tracemalloc`` (NumPy reports its buffers to it; the inputs, made before the
-    measurement, are not counted). Both are fitted by least squares on logs, ``t = c_t n^p_t``
+    measurement, are not counted) on one more call run in one thread (``_blocking.THREADS = 1``):
+    functions that share work between threads give each thread its own fixed workspace, and
+    whether those allocations overlap in time depends on the scheduling, so the multithreaded
+    peak varies from call to call by up to one workspace per extra thread; the one-thread peak
+    does not. Both are fitted by least squares on logs, ``t = c_t n^p_t``
     and ``m = c_m n^p_m``, and evaluated at ``target``. The fit is the chapters' "measured
     constants": the exponents say how the cost grows, the constants belong to this machine,
     so a cell printing them carries ``# NBVAL_IGNORE_OUTPUT``.
@@ -76,12 +81,14 @@ def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3)
             t0 = time.perf_counter()
             fn(*args, **kwargs)
             best = min(best, time.perf_counter() - t0)
+        threads, _blocking.THREADS = _blocking.THREADS, 1
         tracemalloc.start()
         try:
             fn(*args, **kwargs)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
+            _blocking.THREADS = threads
         times.append(best)
         peaks.append(max(peak, 1))
     logn = np.log(sizes)

@@ -1043,11 +1043,21 @@ def alibi_geometric_slopes(n_heads: int) -> np.ndarray:
 
 
 def _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse, window, alibi_slopes, causal_alignment, softcap,
-                 grouped_heads):
+                 grouped_heads, return_intermediates):
     p = _prepare(q, k, v, None, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads)
     bq = as_int(block_q, "block_q", 1)
     bk = as_int(block_k, "block_k", 1)
-    return p, bq, bk, as_bool(return_lse, "return_lse")
+    return p, bq, bk, as_bool(return_lse, "return_lse"), as_bool(return_intermediates, "return_intermediates")
+
+
+def _flash_outputs(p, y, lse, running_max, running_sum, return_lse: bool, return_intermediates: bool):
+    """``y`` [, ``ℓ``] [, ``{"running_max", "running_sum"}``] with the heads merged back."""
+    out = (_merge_heads(y, p, 2),)
+    if return_lse:
+        out += (_merge_heads(lse, p, 1),)
+    if return_intermediates:
+        out += ({"running_max": _merge_heads(running_max, p, 2), "running_sum": _merge_heads(running_sum, p, 2)},)
+    return out[0] if len(out) == 1 else out
 
 
 @guard_overflow(first_only=True)
@@ -1066,6 +1076,7 @@ def flash_attention(
     causal_alignment="top_left",
     softcap=None,
     grouped_heads=False,
+    return_intermediates=False,
 ):
     r"""Softmax attention by FlashAttention's tiled online softmax (forward pass).
 
@@ -1091,12 +1102,21 @@ def flash_attention(
         stores to recompute the weights); ``−∞`` for a row that sees no key.
     window, alibi_slopes, causal_alignment, softcap, grouped_heads
         As in :func:`softmax_attention` (Eq. (4.14)).
+    return_intermediates : bool
+        Also return the running max ``m_i`` and running normalizer ``z_i`` of (16.15) after each
+        key tile: what a tiled kernel holds in registers between tiles, so that a kernel's values
+        (e.g. dumped from a debug build) show the first tile where a rescaling goes wrong.
 
     Returns
     -------
     y : ndarray, shape (..., N, dv)
     lse : ndarray, shape (..., N)
         Only if ``return_lse``.
+    intermediates : dict
+        Only if ``return_intermediates``: ``"running_max"`` and ``"running_sum"``, each of shape
+        (..., ceil(M / block_k), N): row ``t`` holds ``m_i`` and ``z_i`` after key tiles 0 … t
+        (``−∞`` and 0 for a row that has seen no key yet; a tile a row may not see leaves them
+        unchanged).
 
     Notes
     -----
@@ -1123,8 +1143,9 @@ def flash_attention(
     >>> bool(np.allclose(lse, np.log(np.exp(logits).sum(axis=-1))))
     True
     """
-    p, bq, bk, return_lse = _check_flash(
-        q, k, v, causal, scale, block_q, block_k, return_lse, window, alibi_slopes, causal_alignment, softcap, grouped_heads
+    p, bq, bk, return_lse, return_intermediates = _check_flash(
+        q, k, v, causal, scale, block_q, block_k, return_lse, window, alibi_slopes, causal_alignment, softcap, grouped_heads,
+        return_intermediates,
     )
     batch, n, m = p.batch, p.q.shape[-2], p.k.shape[-2]
     k, v = np.broadcast_to(p.k, (*batch, m, p.k.shape[-1])), np.broadcast_to(p.v, (*batch, m, p.v.shape[-1]))
@@ -1137,6 +1158,8 @@ def flash_attention(
     mx = np.full((*batch, nq, bq, 1), -np.inf)  # running max m_i
     z = np.zeros((*batch, nq, bq, 1))  # running normalizer z_i
     o = np.zeros((*batch, nq, bq, v.shape[-1]))  # unnormalized output o_i
+    nk = -(-m // bk)
+    track = (np.empty((*batch, nk, nq * bq)), np.empty((*batch, nk, nq * bq))) if return_intermediates else None
     for j0 in range(0, m, bk):  # key tiles
         kj, vj = k[..., None, j0 : j0 + bk, :], v[..., None, j0 : j0 + bk, :]
         s = np.matmul(qt, np.swapaxes(kj, -1, -2))  # (..., nq, bq, bk) logits of this tile
@@ -1158,12 +1181,14 @@ def flash_attention(
         z = alpha * z + p_t.sum(axis=-1, keepdims=True)
         o = alpha * o + np.matmul(p_t, vj)
         mx = m_new
+        if track is not None:  # m_i, z_i after this tile
+            track[0][..., j0 // bk, :] = mx.reshape(*batch, nq * bq)
+            track[1][..., j0 // bk, :] = z.reshape(*batch, nq * bq)
     seen = z > 0  # a row that saw no key keeps z = 0: y_i = 0, ℓ_i = −∞
     y = (o / np.where(seen, z, 1.0)).reshape(*batch, nq * bq, v.shape[-1])[..., :n, :]
-    if not return_lse:
-        return _merge_heads(y, p, 2)
     lse = np.where(seen, mx + np.log(np.where(seen, z, 1.0)), -np.inf).reshape(*batch, nq * bq)[..., :n]
-    return _merge_heads(y, p, 2), _merge_heads(lse, p, 1)
+    running = (None, None) if track is None else (track[0][..., :n], track[1][..., :n])
+    return _flash_outputs(p, y, lse, *running, return_lse, return_intermediates)
 
 
 @guard_overflow(first_only=True)
@@ -1182,6 +1207,7 @@ def flash_attention_loop(
     causal_alignment="top_left",
     softcap=None,
     grouped_heads=False,
+    return_intermediates=False,
 ):
     """Loop twin of :func:`flash_attention`: the (query tile, key tile) grid of Algorithm 1, row by row.
 
@@ -1196,8 +1222,9 @@ def flash_attention_loop(
     >>> bool(np.allclose(y, y2)), bool(np.allclose(lse, lse2))
     (True, True)
     """
-    p, bq, bk, return_lse = _check_flash(
-        q, k, v, causal, scale, block_q, block_k, return_lse, window, alibi_slopes, causal_alignment, softcap, grouped_heads
+    p, bq, bk, return_lse, return_intermediates = _check_flash(
+        q, k, v, causal, scale, block_q, block_k, return_lse, window, alibi_slopes, causal_alignment, softcap, grouped_heads,
+        return_intermediates,
     )
     batch, n, m, dv = p.batch, p.q.shape[-2], p.k.shape[-2], p.v.shape[-1]
     qb = np.broadcast_to(p.q, (*batch, n, p.q.shape[-1]))
@@ -1206,12 +1233,15 @@ def flash_attention_loop(
     sb = None if p.slopes is None else np.broadcast_to(p.slopes, batch)
     y = np.zeros((*batch, n, dv))
     lse = np.full((*batch, n), -np.inf)
+    nk = -(-m // bk)
+    run_max, run_sum = np.full((*batch, nk, n), -np.inf), np.zeros((*batch, nk, n))  # m_i, z_i after each key tile
     for b in np.ndindex(*batch):
         for i0 in range(0, n, bq):  # query tile
             for i in range(i0, min(n, i0 + bq)):
                 d_i = i + p.offset  # the key aligned with query i
                 mx, z, o = -math.inf, 0.0, np.zeros(dv)
                 for j0 in range(0, m, bk):  # key tile
+                    run_max[b][j0 // bk :, i], run_sum[b][j0 // bk :, i] = mx, z  # so far (skipped tiles keep them)
                     if p.causal and j0 > min(n, i0 + bq) - 1 + p.offset:
                         break  # the whole tile lies after every query of this query tile
                     js = [
@@ -1232,11 +1262,11 @@ def flash_attention_loop(
                     z = alpha * z + sum(p_t)  # running normalizer
                     o = alpha * o + sum(pj * vb[b][j] for pj, j in zip(p_t, js))  # running output
                     mx = m_new
+                    run_max[b][j0 // bk :, i], run_sum[b][j0 // bk :, i] = mx, z
                 if z > 0:  # a row that saw no key keeps y_i = 0, ℓ_i = −∞
                     y[b][i] = o / z
                     lse[b][i] = mx + math.log(z)
-    y, lse = _merge_heads(y, p, 2), _merge_heads(lse, p, 1)
-    return (y, lse) if return_lse else y
+    return _flash_outputs(p, y, lse, run_max, run_sum, return_lse, return_intermediates)
 
 
 # The backward pass (vector–Jacobian products) lives in refimpl/_vjp.py, re-exported here.

@@ -484,6 +484,41 @@ def test_flash_attention_equals_softmax_at_tile_boundaries(n, m, causal):
     assert_close(lse_loop, lse_want, rtol=ORACLE, what="flash_attention_loop lse")
 
 
+@pytest.mark.parametrize("n, m, bq, bk, causal", [(9, 11, 4, 3, True), (9, 11, 4, 3, False), (65, 130, 64, 64, True),
+                                                (30, 7, 7, 1, True), (12, 40, 5, 16, False)])
+def test_flash_attention_running_max_and_sum(n, m, bq, bk, causal):
+    """After key tile t the running (m_i, z_i) of (16.15) are the max and the shifted exponential sum
+    of row i's allowed logits among keys 0 … (t+1)·bk − 1, computed here from the logits directly
+    (independent of both codes); the loop twin, which skips tiles after the diagonal, agrees."""
+    rng = np.random.default_rng(n * 100 + m)
+    q, k, v = rng.normal(size=(2, n, 6)), rng.normal(size=(2, m, 6)), rng.normal(size=(2, m, 2))
+    y, lse, mid = _att.flash_attention(q, k, v, causal=causal, block_q=bq, block_k=bk, return_lse=True,
+                                       return_intermediates=True)
+    assert list(mid) == ["running_max", "running_sum"]
+    M, Z = mid["running_max"], mid["running_sum"]
+    assert M.shape == Z.shape == (2, -(-m // bk), n)
+    s = (q @ np.swapaxes(k, -1, -2)) / np.sqrt(6)
+    if causal:
+        s = np.where(np.arange(m)[None, :] > np.arange(n)[:, None], -np.inf, s)
+    for t in range(M.shape[-2]):
+        prefix = s[..., : (t + 1) * bk]
+        m_want = prefix.max(axis=-1)
+        seen = np.isfinite(m_want)
+        assert np.array_equal(np.isfinite(M[..., t, :]), seen) and not Z[..., t, :][~seen].any()
+        z_want = np.exp(prefix - np.where(seen, m_want, 0.0)[..., None]).sum(axis=-1)
+        assert_close(M[..., t, :][seen], m_want[seen], rtol=1e-15, what=f"running max after tile {t}")
+        assert_close(Z[..., t, :], z_want, rtol=1e-14, what=f"running sum after tile {t}")
+    assert_close(M[..., -1, :] + np.log(Z[..., -1, :]), lse, rtol=1e-15, what="m + log z after the last tile = lse")
+    y_l, lse_l, mid_l = _att.flash_attention_loop(q, k, v, causal=causal, block_q=bq, block_k=bk, return_lse=True,
+                                                  return_intermediates=True)
+    assert np.array_equal(np.isfinite(mid_l["running_max"]), np.isfinite(M))
+    assert_close(np.where(np.isfinite(M), mid_l["running_max"], 0.0), np.where(np.isfinite(M), M, 0.0), rtol=1e-15,
+                 what="running max: loop twin")
+    assert_close(mid_l["running_sum"], Z, rtol=1e-14, what="running sum: loop twin")
+    y_plain = _att.flash_attention(q, k, v, causal=causal, block_q=bq, block_k=bk)
+    assert np.array_equal(y_plain, y)  # the flag adds outputs and changes none
+
+
 def test_flash_attention_huge_logits_and_broadcast_batch():
     rng = np.random.default_rng(3)
     q, k, v = rng.normal(size=(3, 1, 50, 4)), rng.normal(size=(1, 70, 4)), rng.normal(size=(70, 2))
@@ -498,6 +533,7 @@ def test_flash_attention_huge_logits_and_broadcast_batch():
         (dict(block_q=0), ValueError, "block_q"),
         (dict(block_k=8.0), TypeError, "block_k"),
         (dict(return_lse=1), TypeError, "return_lse"),
+        (dict(return_intermediates=1), TypeError, "return_intermediates"),
         (dict(causal="yes"), TypeError, "causal"),
         (dict(scale=-1.0), ValueError, "scale"),
     ],

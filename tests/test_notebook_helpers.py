@@ -22,3 +22,27 @@ def test_cost_at_scale_recovers_linear_memory_and_extrapolates(capsys):
 def test_cost_at_scale_needs_two_sizes():
     with pytest.raises(ValueError, match="sizes"):
         cost_at_scale(np.ones, lambda n: ((n,), {}), [100, 100])
+
+
+def test_cost_at_scale_traces_memory_in_one_thread():
+    """The peak is taken on a call in one thread (the threads' workspaces overlap in time or not as the
+    scheduling falls); timed calls keep the caller's thread count, which is restored afterwards."""
+    from refimpl import _blocking
+    from refimpl._notebook import cost_at_scale
+
+    seen = []
+
+    def fn(n):
+        seen.append(_blocking.THREADS)
+        return np.ones(n)
+
+    original = _blocking.THREADS
+    before = _blocking.THREADS = max(2, original)
+    try:
+        cost = cost_at_scale(fn, lambda n: ((n,), {}), [1000, 4000], repeat=2)
+        assert _blocking.THREADS == before
+    finally:
+        _blocking.THREADS = original
+    # per size: two timed calls with the caller's threads, then the traced one in one thread
+    assert seen == [before, before, 1, before, before, 1]
+    assert cost["peaks"][1] > cost["peaks"][0] >= 8000

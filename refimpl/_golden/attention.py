@@ -26,11 +26,12 @@ def _run_softmax(args, with_mid):
 
 
 def _run_flash(args, with_mid):
-    y, lse = attention.flash_attention(
+    y, lse, running = attention.flash_attention(
         args["q"], args["k"], args["v"], causal=args["causal"], scale=args.get("scale"),
-        block_q=args["block_q"], block_k=args["block_k"], return_lse=True, **_kernel_options(args),
+        block_q=args["block_q"], block_k=args["block_k"], return_lse=True, return_intermediates=True,
+        **_kernel_options(args),
     )
-    return ordered({"lse": lse}, {"y": y}, with_mid)
+    return ordered({**running, "lse": lse}, {"y": y}, with_mid)  # m, z after each key tile, then ℓ
 
 
 def _run_mha(args, with_mid):
@@ -52,7 +53,7 @@ FUNCTIONS = [
              "fn(weights) -> (attention_entropy, effective_support)"),
     called("attention.lag_profile", "lags", "profile"),
     called("attention.frequency_response", "omega", "H"),
-    Function("attention.flash_attention", _run_flash, ("y",), intermediates=("lse",)),
+    Function("attention.flash_attention", _run_flash, ("y",), intermediates=("running_max", "running_sum", "lse")),
     called("attention.alibi_geometric_slopes", "m"),
 ]
 
