@@ -92,13 +92,14 @@ def _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causa
                    return_intermediates):
     """Validate a call as :func:`refimpl.attention.softmax_attention` does (every option, grouped
     heads split into (H_kv, G) batch axes) and ``dy`` against the shape of that call's output."""
-    from .attention import _merge_heads, _prepare
+    from .attention import _prepare
 
     shapes = tuple(np.shape(x) for x in (q, k, v))
     as_bool(return_intermediates, "return_intermediates")
     p = _prepare(q, k, v, mask, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads)
     n, dv = p.q.shape[-2], p.v.shape[-1]
-    out_shape = _merge_heads(np.empty((*p.batch, n, dv), dtype=np.bool_), p, 2).shape  # softmax_attention's y
+    # the shape of softmax_attention's y: grouped heads (..., H_kv, G) merged back into (..., H)
+    out_shape = (*p.batch, n, dv) if p.heads is None else (*p.batch[:-2], p.heads[0], n, dv)
     source = "batch shape from q, k, v, mask and alibi_slopes, N from q, dv from v"
     dy = _check_dy(dy, out_shape, "(..., N, dv)", source)
     return p, dy.reshape((*p.batch, n, dv)), shapes
@@ -201,7 +202,7 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     >>> all(np.allclose(a, b) for a, b in zip(g, softmax_attention_vjp_loop(q, k, v, dy, **kw)))
     True
     """
-    from .attention import _bias_and_mask, _key_range
+    from .attention import _bias_and_mask, _exp_rows, _key_range
 
     p, dy, shapes = _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causal_alignment,
                                    softcap, grouped_heads, return_intermediates)
@@ -210,7 +211,6 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     kb, vb = np.broadcast_to(p.k, (*batch, m, d)), np.broadcast_to(p.v, (*batch, m, dv_))
     mask = None if p.mask is None else np.broadcast_to(p.mask, (*batch, n, m))
     slopes = None if p.slopes is None else np.broadcast_to(p.slopes, batch)
-    uncapped = p._replace(softcap=None)  # the cap is applied here, where its derivative is kept
     dq = np.zeros((*batch, n, d))
     dk = np.zeros((*batch, m, d))
     dv = np.zeros((*batch, m, dv_))
@@ -223,19 +223,9 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
             continue  # no row of the block sees a key: its output is 0, its gradients too
         keys = slice(lo, hi)
         P = qs[..., i0:i1, :] @ np.swapaxes(kb[..., keys, :], -1, -2)  # the block of logits S
-        tanh = None
-        if p.softcap is not None:
-            with np.errstate(over="ignore"):  # S / cap may overflow for a tiny cap: tanh(±inf) = ±1
-                np.divide(P, p.softcap, out=P)
-            tanh = np.tanh(P, out=P).copy()  # tanh(S / cap), for ∂T/∂S
-            P *= p.softcap  # T = cap · tanh(S / cap)
-        _bias_and_mask(P, uncapped, mask, slopes, i0, i1, lo)  # + ALiBi bias, −∞ where forbidden
-        mx = P.max(axis=-1, keepdims=True)
-        empty = np.isneginf(mx)  # a row that sees no key: P = 0, no gradient
-        P -= np.where(empty, 0.0, mx) if empty.any() else mx
-        np.exp(P, out=P)
-        z = P.sum(axis=-1, keepdims=True)
-        z[empty] = 1.0
+        # T = cap · tanh(S / cap), + ALiBi bias, −∞ where forbidden; tanh(S / cap) kept for ∂T/∂S
+        tanh = _bias_and_mask(P, p, mask, slopes, i0, i1, lo, keep_tanh=True)
+        mx, z = _exp_rows(P)  # a row that sees no key: P = 0, no gradient
         P /= z  # P = softmax(T + bias) over the allowed keys (recomputed)
         lse[..., i0:i1] = (mx + np.log(z))[..., 0]  # ℓ_i = m_i + log z_i (−∞ + 0 for an empty row)
         dO = dy[..., i0:i1, :]

@@ -313,18 +313,23 @@ def _key_range(p: _Problem, i0: int, i1: int, m: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _bias_and_mask(s, p: _Problem, mask, slopes, i0: int, i1: int, lo: int) -> None:
+def _bias_and_mask(s, p: _Problem, mask, slopes, i0: int, i1: int, lo: int, keep_tanh: bool = False):
     """In place on the logits block ``s`` (rows i0 … i1−1, keys lo …): soft-cap, ALiBi, masks.
 
     The order is that of the kernels: ``c · tanh(s / c)``, then the bias ``− m |i + offset − j|``,
-    then −∞ wherever the mask, the causal triangle or the window forbids (Eq. (4.14)).
+    then −∞ wherever the mask, the causal triangle or the window forbids (Eq. (4.14)). Returns
+    ``tanh(s / c)`` with ``keep_tanh`` and a soft cap (the backward pass's ``∂T/∂S = 1 − tanh²``),
+    else None.
     """
     hi = lo + s.shape[-1]
     diag = np.arange(i0, i1)[:, None] + p.offset  # the key aligned with each query row
+    tanh = None
     if p.softcap is not None:
         with np.errstate(over="ignore"):  # s / c may overflow for a tiny cap: tanh(±inf) = ±1 exactly
             np.divide(s, p.softcap, out=s)
         np.tanh(s, out=s)
+        if keep_tanh:
+            tanh = s.copy()
         s *= p.softcap  # c · tanh(s / c)
     if slopes is not None:
         s -= slopes[..., None, None] * np.abs(np.arange(lo, hi) - diag)  # ALiBi: − m |i + offset − j|
@@ -341,6 +346,23 @@ def _bias_and_mask(s, p: _Problem, mask, slopes, i0: int, i1: int, lo: int) -> N
             np.copyto(s[..., c0 - lo :], -np.inf, where=np.arange(c0, hi) >= diag + p.window)
     if mask is not None:
         np.copyto(s, -np.inf, where=~mask[..., i0:i1, lo:hi])
+    return tanh
+
+
+def _exp_rows(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``s ← e^{s − m_i}`` in place on a block of masked logits; returns ``m`` and ``z`` (Eq. (4.3)).
+
+    ``m_i`` is the row max (−∞ for a row with no allowed key, which is shifted by 0 and keeps
+    weights 0) and ``z_i = Σ_j e^{s_ij − m_i}`` (>= 1, or 1 for an empty row so that dividing by
+    it is harmless).
+    """
+    mx = s.max(axis=-1, keepdims=True)  # m_i over the allowed keys; −∞ for a row with none
+    empty = np.isneginf(mx)
+    s -= np.where(empty, 0.0, mx) if empty.any() else mx  # log-sum-exp: every exponent <= 0
+    np.exp(s, out=s)
+    z = s.sum(axis=-1, keepdims=True)  # z_i = Σ_j e^{s_ij − m_i}
+    z[empty] = 1.0  # an empty row: e = 0, so y_i = 0 and lse_i = −∞ + log 1
+    return mx, z
 
 
 def _batch_groups(batch: tuple, floats_per_element: int) -> tuple[list, int]:
@@ -407,14 +429,7 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
                 s = work[: math.prod(shape)].reshape(shape)
             np.matmul(qb, np.swapaxes(kb, -1, -2), out=s)  # s_ij = scale q_i · k_j (BLAS)
             _bias_and_mask(s, p, None if mask is None else mask[g], None if slopes is None else slopes[g], i0, i1, lo)
-            mx = s.max(axis=-1, keepdims=True)  # m_i over the allowed keys; −∞ for a row with none
-            empty = np.isneginf(mx)
-            shift = np.where(empty, 0.0, mx) if empty.any() else mx
-            s -= shift  # log-sum-exp: every exponent <= 0, Eq. (4.3)
-            np.exp(s, out=s)
-            z = s.sum(axis=-1, keepdims=True)  # z_i = Σ_j e^{s_ij − m_i} (>= 1, or 0 for an empty row)
-            if empty.any():
-                z[empty] = 1.0  # an empty row: e = 0, so y_i = 0 and lse_i = −∞ + log 1
+            mx, z = _exp_rows(s)  # e^{s_ij − m_i}, z_i, Eq. (4.3)
             if A is not None:
                 s /= z  # A_ij = e^{s_ij − m_i} / z_i, Eq. (4.2)
                 np.matmul(s, vb, out=out)  # y_i = Σ_j A_ij v_j, Eq. (4.1)

@@ -51,6 +51,20 @@ H = 1e-30  # the complex step
 # --------------------------------------------------------------------------------------------
 
 
+def allowed_keys(n, m, mask, causal, window, causal_alignment):
+    """Where query i may attend key j under Eq. (4.14), and the signed distance ``i + o − j``."""
+    o = 0 if causal_alignment == "top_left" else m - n
+    dist = np.arange(n)[:, None] + o - np.arange(m)[None, :]  # i + o − j
+    allowed = np.ones((n, m), dtype=bool)
+    if causal:
+        allowed &= dist >= 0
+    if window is not None:
+        allowed &= np.abs(dist) < window
+    if mask is not None:
+        allowed = allowed & mask
+    return allowed, dist
+
+
 def fwd_softmax(q, k, v, *, mask=None, causal=False, scale=None, window=None, alibi_slopes=None,
                 causal_alignment="top_left", softcap=None, grouped_heads=False):
     """Eqs. (4.1) and (4.14) directly, in the dtype of the inputs (complex allowed): every option of
@@ -63,17 +77,9 @@ def fwd_softmax(q, k, v, *, mask=None, causal=False, scale=None, window=None, al
     s = c * np.einsum("...id,...jd->...ij", q, k)
     if softcap is not None:
         s = softcap * np.tanh(s / softcap)
-    o = 0 if causal_alignment == "top_left" else m - n
-    dist = np.arange(n)[:, None] + o - np.arange(m)[None, :]  # i + o − j
+    allowed, dist = allowed_keys(n, m, mask, causal, window, causal_alignment)
     if alibi_slopes is not None:
         s = s - np.asarray(alibi_slopes, dtype=float)[..., None, None] * np.abs(dist)
-    allowed = np.ones((n, m), dtype=bool)
-    if causal:
-        allowed &= dist >= 0
-    if window is not None:
-        allowed &= np.abs(dist) < window
-    if mask is not None:
-        allowed = allowed & mask
     allowed = np.broadcast_to(allowed, s.shape)
     # Any row constant cancels; subtracting the (complex) largest logit itself makes its weight
     # exactly 1 + 0i, so the quotient below does not cancel the O(h) imaginary parts (which a
@@ -550,14 +556,7 @@ def _port_softmax_backward(q, k, v, dy, *, mask=None, causal=False, scale=None, 
     if g > 1:  # query head h reads key/value head h // g
         k, v = np.repeat(k, g, axis=-3), np.repeat(v, g, axis=-3)
     c = dt.type(1 / np.sqrt(d) if scale is None else scale)
-    dist = np.arange(n)[:, None] + (0 if causal_alignment == "top_left" else m - n) - np.arange(m)[None, :]
-    allowed = np.ones((n, m), bool)
-    if causal:
-        allowed &= dist >= 0
-    if window is not None:
-        allowed &= np.abs(dist) < window
-    if mask is not None:
-        allowed = allowed & mask
+    allowed, dist = allowed_keys(n, m, mask, causal, window, causal_alignment)
     s = c * (q @ np.swapaxes(k, -1, -2))
     t = np.tanh(s / dt.type(softcap)) if softcap is not None else None
     if softcap is not None:
