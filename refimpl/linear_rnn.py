@@ -350,12 +350,12 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
     X = np.empty((nb, m, c, c + dk))  # [tril(Qe Kfᵀ) | Qe] per chunk
     Z = np.empty((nb, m, c + dk, dv))  # [V ; S_inᵀ] per chunk
     Y = np.empty((nb, m, c, dk))  # e^{cum}, then k ⊙ e^{−cum}
-    cum = cumsum_rows(gc, -2, np.empty(gc.shape))  # cum_t = Σ_{r=start}^{t} log g_r, per chunk and channel
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
         mm = sl.stop - g0
         Xg, Zg, vg = X[:, :mm], Z[:, :mm], vc[:, sl]
-        Eg = np.exp(cum[:, sl], out=Y[:, :mm])  # e^{cum_t}
+        cum = np.matmul(tri, gc[:, sl], out=Y[:, :mm])  # cum_t = Σ_{r=start}^{t} log g_r (a triangular product)
+        Eg = np.exp(cum, out=cum)  # e^{cum_t}
         Qe = np.multiply(qc[:, sl], Eg, out=Xg[..., c:])  # q_t ⊙ e^{cum_t}
         dec = Eg[:, :, -1, :, None].copy()  # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ
         strong = dec.min(axis=(-2, -1)) < _TINY  # chunks for the exact path
@@ -467,7 +467,8 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
             intra = (Xg[sg, 0, sn, :, :c] * np.exp(_segsum(ac[sg, sr, g0 + sn]))) @ vw
             og[sg, sr, sn] = (E[sg, sr, g0 + sn][..., None] * inter + intra) * scale
         if skip is not None:
-            og += skip[:, :, None, None, None] * vc[:, :, sl]  # + D x_t
+            # + D x_t, with Z's value rows (consumed by the product) as the workspace
+            og += np.multiply(vc[:, :, sl], skip[:, :, None, None, None], out=Zg[..., :c, :])
 
 
 def _gla_loop(q, k, v, logg, c: int):
@@ -1001,7 +1002,16 @@ def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, s
     return (q, k, v, b, g, c) if scale_q else (q, k, v, b, g, c, s)
 
 
-def _unit_lower_inverse(A: np.ndarray) -> np.ndarray:
+def _unit_lower_identity(batch: tuple, c: int) -> np.ndarray:
+    """Identity matrices (*batch, p, p), p = c rounded up to a power of two: the workspace of
+    :func:`_unit_lower_inverse`, which overwrites only their strictly lower triangles."""
+    p = 1 << max(0, (c - 1).bit_length())
+    T = np.zeros(tuple(batch) + (p, p))
+    np.einsum("...ii->...i", T)[...] = 1.0
+    return T
+
+
+def _unit_lower_inverse(A: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``(I + A)^{−1}`` for strictly lower-triangular ``A`` (..., c, c), by doubling the diagonal blocks.
 
     The inverse of a unit lower-triangular block matrix is
@@ -1012,14 +1022,15 @@ def _unit_lower_inverse(A: np.ndarray) -> np.ndarray:
     (A batched ``scipy.linalg.solve_triangular``, OpenBLAS ``trsm``, is 10 to 50 times slower
     when its two threads share a busy machine; a batched ``numpy.linalg.inv`` pivots and costs
     more.) ``A`` is padded with zero rows to a power of two (the padding's block of the inverse is I).
+    ``out``, optional, is a workspace from :func:`_unit_lower_identity` (reused from call to call:
+    the levels write every strictly lower entry and nothing else); the result is a view of it.
     """
     c = A.shape[-1]
-    p = 1 << max(0, (c - 1).bit_length())  # c rounded up to a power of two
+    T = _unit_lower_identity(A.shape[:-2], c) if out is None else out
+    p = T.shape[-1]
     if p != c:
         A = np.pad(A, [(0, 0)] * (A.ndim - 2) + [(0, p - c), (0, p - c)])
     batch = A.shape[:-2]
-    T = np.zeros(batch + (p, p))
-    np.einsum("...ii->...i", T)[...] = 1.0  # the inverses of the 1 × 1 diagonal blocks
     h = 1
     while h < p:  # merge pairs of h × h blocks into 2h × 2h blocks
         shape = batch + (p // (2 * h), 2 * h, p // (2 * h), 2 * h)
@@ -1037,18 +1048,21 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     (*b, n_chunks, Dv, Dk) (None without ``keep_states``); with ``return_factors`` also the WY
     factor ``W`` and ``T diag(β) V`` per chunk, shapes (*b, n_chunks, c, Dk) and
     (*b, n_chunks, c, Dv) (the oracle's intermediates; rows past L in the last chunk are padding).
-    ``scale`` multiplies the queries. The batch entries (heads) are split over threads.
+    ``scale`` multiplies the queries. ``logg`` None: DeltaNet without gates (every decay 1).
+    The batch entries (heads) are split over threads.
     """
     batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
     q, k, v = (a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v))
-    beta, logg = beta.reshape(-1, L), logg.reshape(-1, L)
+    beta = beta.reshape(-1, L)
+    logg = None if logg is None else logg.reshape(-1, L)
     nb, nc = q.shape[0], -(-L // c)
     o = np.empty((nb, nc, c, dv))
     states = np.empty((nb, nc, dk, dv)) if keep_states or return_factors else None  # transposed
     factors = (np.empty((nb, nc, c, dk)), np.empty((nb, nc, c, dv))) if return_factors else None
 
     def run(sl):
-        _delta_core(q[sl], k[sl], v[sl], beta[sl], logg[sl], c, o[sl], None if states is None else states[sl],
+        _delta_core(q[sl], k[sl], v[sl], beta[sl], None if logg is None else logg[sl], c, o[sl],
+                    None if states is None else states[sl],
                     None if factors is None else (factors[0][sl], factors[1][sl]), scale)
 
     _blocking.in_parts(run, nb, q.size)
@@ -1082,63 +1096,74 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
     product has at most 64 × 64 outputs per call for the default chunk and Dk, Dv <= 64, so
     OpenBLAS keeps it on the calling thread (see :func:`refimpl._blocking.in_parts`).
     """
-    dk = q.shape[-1]
+    dk, dv = q.shape[-1], v.shape[-1]
+    gated = logg is not None  # without gates (DeltaNet) every γ is 1 and its scalings are skipped
     qc, kc, vc = (_chunks(a, c, -2) for a in (q, k, v))  # (nb, nc, c, ·); padding: k = 0
-    bc, gc = (_chunks(a, c, -1) for a in (beta, logg))  # (nb, nc, c); padding: β = 0
+    bc = _chunks(beta, c, -1)  # (nb, nc, c); padding: β = 0
     nb, nc = qc.shape[:2]
-    cum = np.cumsum(gc, axis=-1)  # log γ_t = Σ_{r=start}^{t} log g_r
-    gam = np.exp(cum)  # γ_t
-    ginv = 1.0 / np.maximum(gam, _TINY)  # 1/γ_s (clamped: exact path below where it matters)
-    gend = gam[..., -1, None, None]  # γ_end, (nb, nc, 1, 1)
-    strong = cum[..., -1] < -_FACTOR_LOG
+    if gated:
+        gc = _chunks(logg, c, -1)
+        cum = np.cumsum(gc, axis=-1)  # log γ_t = Σ_{r=start}^{t} log g_r
+        gam = np.exp(cum)  # γ_t
+        ginv = 1.0 / np.maximum(gam, _TINY)  # 1/γ_s (clamped: exact path below where it matters)
+        gend = gam[..., -1, None, None]  # γ_end, (nb, nc, 1, 1)
+        strong = cum[..., -1] < -_FACTOR_LOG
     strict, tri = np.tri(c, c, -1), np.tri(c)
-    dv = v.shape[-1]
     S = np.zeros((nb, dk, dv))  # S_inᵀ entering the next group
     m = min(nc, _group(nb, c))
     X = np.empty((nb, m, c, c + dk))  # [tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] per chunk
     Z = np.empty((nb, m, c + dk, dv))  # [U ; S_inᵀ] per chunk
+    T = _unit_lower_identity((nb, m), c)  # the workspace of T, reused by every group
+    R = np.empty((nb, c, dv))  # diag(β) (V − diag(γ) K S_inᵀ) of one chunk
+    Sd = np.empty((nb, dk, dv)) if gated else None  # γ_end S_inᵀ of one chunk
     for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
         sl = slice(g0, min(nc, g0 + m))
         mm = sl.stop - g0
         Xg, Zg = X[:, :mm], Z[:, :mm]
-        kg, bg, gg, gi = kc[:, sl], bc[:, sl, :, None], gam[:, sl, :, None], ginv[:, sl, :, None]
+        kg, bg = kc[:, sl], bc[:, sl, :, None]
         # UT transform (16.11): (I + tril(diag(β) (Γ ⊙ K Kᵀ), −1)) [W | U0] = [diag(β γ) K | diag(β) V];
         # with Γ_ts = γ_t/γ_s the decays are row and column scalings of the small (c, Dk) factors
-        Kb = kg * (bg * gg)  # diag(β γ) K
+        if gated:
+            gg, gi = gam[:, sl, :, None], ginv[:, sl, :, None]
+            Kb = kg * (bg * gg)  # diag(β γ) K
+            KiT = np.swapaxes(kg * gi, -1, -2)  # (diag(1/γ) K)ᵀ
+            Qg = np.multiply(qc[:, sl], gg, out=Xg[..., c:])  # diag(γ) Q
+            KgT = KiT * gend[:, sl]  # K_Γᵀ = (diag(γ_end/γ_s) K)ᵀ
+        else:
+            Kb = kg * bg  # diag(β) K
+            KiT = KgT = np.swapaxes(kg, -1, -2)  # Kᵀ (a view)
+            Qg = Xg[..., c:]
+            Qg[...] = qc[:, sl]  # Q
         Vb = vc[:, sl] * bg  # diag(β) V
-        KiT = np.swapaxes(kg * gi, -1, -2)  # (diag(1/γ) K)ᵀ
         A = Kb @ KiT  # β_t (γ_t/γ_s) (k_t · k_s)
         A *= strict
-        Qg = np.multiply(qc[:, sl], gg, out=Xg[..., c:])  # diag(γ) Q
         P = np.matmul(Qg, KiT, out=Xg[..., :c])
         P *= tri  # tril(Γ ⊙ Q Kᵀ)
-        KgT = KiT * gend[:, sl]  # K_Γᵀ = (diag(γ_end/γ_s) K)ᵀ
-        sb, sn = np.nonzero(strong[:, sl])
-        if sb.size:  # chunks that decay below e^{−_FACTOR_LOG}: Γ from segment sums
+        sb, sn = np.nonzero(strong[:, sl]) if gated else ((), ())
+        if len(sb):  # chunks that decay below e^{−_FACTOR_LOG}: Γ from segment sums
             n = g0 + sn
             Gam = np.exp(_segsum(gc[sb, n]))  # Γ_ts, 0 above the diagonal
             A[sb, sn] = strict * bc[sb, n][..., None] * Gam * (kc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
             P[sb, sn] = Gam * (qc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
             KgT[sb, sn] = np.swapaxes(kc[sb, n] * np.exp(_suffix(gc[sb, n], -1))[..., None], -1, -2)
-        T = _unit_lower_inverse(A)  # T = (I + A)^{-1}, all chunks of the group at once
-        R = np.empty(Vb.shape[:1] + Vb.shape[2:])  # diag(β) (V − diag(γ) K S_inᵀ) of one chunk
+        Tg = _unit_lower_inverse(A, out=T[:, :mm])  # T = (I + A)^{-1}, all chunks of the group at once
         Zg[:, 0, c:] = S
         for j in range(mm):  # the state passes from chunk to chunk: a short loop over chunks
             St, U = Zg[:, j, c:], Zg[:, j, :c]
             np.matmul(Kb[:, j], St, out=R)
             np.subtract(Vb[:, j], R, out=R)
-            np.matmul(T[:, j], R, out=U)  # pseudo-values U = T diag(β) V − W S_inᵀ = T R
+            np.matmul(Tg[:, j], R, out=U)  # pseudo-values U = T diag(β) V − W S_inᵀ = T R
             nxt = Zg[:, j + 1, c:] if j + 1 < mm else S
             np.matmul(KgT[:, j], U, out=nxt)
-            nxt += gend[:, g0 + j] * St  # S_endᵀ = γ_end S_inᵀ + K_Γᵀ U
+            nxt += np.multiply(St, gend[:, g0 + j], out=Sd) if gated else St  # S_endᵀ = γ_end S_inᵀ + K_Γᵀ U
             if states is not None:
                 states[:, g0 + j] = nxt
         og = np.matmul(Xg, Zg, out=o[:, sl])  # (16.12): tril(Γ ⊙ Q Kᵀ) U + diag(γ) Q S_inᵀ
         if scale != 1.0:
             og *= scale
         if factors is not None:  # the WY factor W = T diag(β γ) K and T diag(β) V
-            np.matmul(T, Kb, out=factors[0][:, sl])
-            np.matmul(T, Vb, out=factors[1][:, sl])
+            np.matmul(Tg, Kb, out=factors[0][:, sl])
+            np.matmul(Tg, Vb, out=factors[1][:, sl])
 
 
 def _delta_loop(q, k, v, beta, logg, c: int):
@@ -1225,6 +1250,7 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     ((6, 2), True)
     """
     q, k, v, b, g, c, s = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, scale_q=False)
+    g = None if log_g is None else g  # DeltaNet: no decay scalings at all
     o, states = _delta_chunked(q, k, v, b, g, c, keep_states=return_chunk_states, scale=s)
     return (o, states) if return_chunk_states else o
 

@@ -363,6 +363,34 @@ def test_delta_rule_chunked_equals_recurrence(gated, chunk):
     close(st, st_loop, rtol=SELF, what="delta rule chunk states vs recurrence")
 
 
+@pytest.mark.parametrize("group_rows", [None, 64])
+def test_delta_rule_without_gates_is_the_gated_form_with_unit_gates(monkeypatch, group_rows):
+    # DeltaNet (log_g None) skips the decay scalings; they are multiplications by exactly 1, so the
+    # result must be bitwise that of log g = 0. group_rows = 64: several groups of chunks per call
+    # and a shorter last group (the T workspace is reused through a non-contiguous slice)
+    if group_rows:
+        monkeypatch.setattr(lr, "_GROUP_ROWS", group_rows)
+    rng, q, k, v = _qkv(23, batch=(3,), L=150, dk=6, dv=5)
+    k = _unit(k)
+    beta = rng.uniform(0.05, 1.95, q.shape[:-1])
+    y, st = lr.delta_rule(q, k, v, beta, chunk_size=8, return_chunk_states=True)
+    y0, st0 = lr.delta_rule(q, k, v, beta, log_g=np.zeros(beta.shape), chunk_size=8, return_chunk_states=True)
+    assert np.array_equal(y, y0) and np.array_equal(st, st0)
+    close(y, lr.delta_rule_loop(q, k, v, beta, chunk_size=8), rtol=SELF, what="DeltaNet chunked vs recurrence")
+
+
+def test_unit_lower_inverse_reuses_its_workspace():
+    rng = np.random.default_rng(24)
+    T = lr._unit_lower_identity((2, 5), 12)  # padded to 16 x 16
+    assert T.shape == (2, 5, 16, 16)
+    for _ in range(3):  # each call overwrites the strictly lower triangles of a non-contiguous slice
+        A = np.tril(rng.normal(size=(2, 3, 12, 12)), -1)
+        inv = lr._unit_lower_inverse(A, out=T[:, :3])
+        close(inv, np.linalg.inv(np.eye(12) + A), rtol=ORACLE, what="(I + A)^-1 in a reused workspace")
+        assert np.shares_memory(inv, T)
+    close(lr._unit_lower_inverse(A), inv, rtol=SELF, what="fresh workspace")
+
+
 @pytest.mark.parametrize("beta_value", [1e-9, 1.0, 1.999999])
 def test_delta_rule_beta_near_bounds_and_aligned_keys(beta_value):
     # nearly aligned keys make the UT system's off-diagonal entries ~β: the worst case for the WY form
