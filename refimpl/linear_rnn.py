@@ -90,7 +90,7 @@ import math
 import numpy as np
 
 from . import _blocking
-from ._scan import cumsum_rows, linear_scan
+from ._scan import linear_scan
 from ._validate import as_bool, as_int, as_positive_scalar, as_real_array, guard_overflow
 from .attention import _scale  # scale = 1/√Dk unless given, as in softmax attention
 
