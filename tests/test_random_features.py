@@ -940,7 +940,7 @@ class TestThreads:
     threads (refimpl._blocking.in_parts). The groups are fixed by the sizes, never by the thread
     count, so the output must be bitwise the same with one, two or three threads."""
 
-    N, D, M = 1100, 64, 256  # N not a multiple of the chunk (64); every stage in several parts
+    N, D, M = 2900, 64, 256  # N not a multiple of the chunk (64); every stage in several parts (45 chunks, 21 per group)
 
     @staticmethod
     def spy(monkeypatch):
@@ -967,7 +967,7 @@ class TestThreads:
         rng = np.random.default_rng(42)
         q, k, v = rng.normal(size=(3, self.N, self.D)) / 2
         w = orthogonal_gaussian(self.M, self.D, rng=1)
-        kq, kk, kv = rng.normal(size=(3, 2, 700, self.D)) / 2  # a batch, M != N (non-causal)
+        kq, kk, kv = rng.normal(size=(3, 2, 1500, self.D)) / 2  # a batch, M != N (non-causal)
         for causal in (False, True):
             yield "linear", causal, lambda: linear_attention(q, k, v, causal=causal)
             for kind in KINDS:
