@@ -672,7 +672,7 @@ def check_against_dense(fn, q, k, v, kw, groups, what, flash=False):
     want_y, want_A, want_lse = dense_kernel_reference(
         q, k, v, causal=kw.get("causal", False), alignment=kw.get("causal_alignment", "top_left"),
         window=kw.get("window"), slopes=kw.get("alibi_slopes"), softcap=kw.get("softcap"), groups=groups,
-        mask=kw.get("mask"))
+        mask=kw.get("mask"), scale=kw.get("scale"))
     if flash:
         y, lse = fn(q, k, v, return_lse=True, **kw)
     else:
@@ -831,3 +831,50 @@ def test_kernel_options_bad_input(fn, kwargs, exc, match):
     q, k, v = args.pop("q"), args.pop("k"), args.pop("v")
     with pytest.raises(exc, match=match):
         fn(q, k, v, **args)
+
+
+# ---------------------------------------------------------------------------------------------
+# The blocked engine's two ways to shift the exponents: none where a bound on the logits allows
+# it, the exact row max elsewhere (refimpl.attention._attend)
+# ---------------------------------------------------------------------------------------------
+
+
+def _extreme_logit_inputs(kind, n=300, m=280, d=16, seed=71):
+    """Queries whose logits are moderate, huge (bound far above the safe exponent), all very
+    negative (z below e^-256 unshifted), or mixed: one block of rows holds a few huge ones."""
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=d)
+    u /= np.linalg.norm(u)
+    k = u + 0.3 * rng.normal(size=(m, d))  # every key leans towards u
+    v = rng.normal(size=(m, 3))
+    q = rng.normal(size=(n, d))
+    if kind == "huge":
+        q = 300.0 * (u + 0.5 * q)  # logits ~ +300 … +600 (scale 1): bound ~ 1e3
+    elif kind == "very negative":
+        q = -450.0 * (u + 0.01 * q)  # every logit ~ −450: e^{s} unshifted sums to < e^-256
+    elif kind == "mixed":
+        q[100:104] *= 400.0  # four rows of the second block with logits in the hundreds
+    return q, k, v
+
+
+@pytest.mark.parametrize("kind", ["moderate", "huge", "very negative", "mixed"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_shift_free_and_exact_max_blocks_against_the_dense_formula(monkeypatch, kind, causal):
+    monkeypatch.setattr(_att, "MIN_BLOCK_ROWS", 64)  # several blocks of query rows
+    monkeypatch.setattr(_att, "per_block", lambda floats, minimum=1: max(minimum, 64 * 280 // max(1, floats)))
+    q, k, v = _extreme_logit_inputs(kind)
+    kw = dict(causal=causal, scale=1.0)
+    exact, real = [], _att._exact_block
+    monkeypatch.setattr(_att, "_exact_block", lambda *a: exact.append(a[6][1]) or real(*a))  # the blocks' first rows
+    _att.softmax_attention(q, k, v, **kw)
+    want = {"moderate": [], "huge": list(range(0, 300, 64)), "very negative": list(range(0, 300, 64)),
+            "mixed": [64]}[kind]
+    assert exact == want, (kind, exact)
+    check_against_dense(_att.softmax_attention, q[None], k[None], v[None], kw, 1, f"{kind} logits, causal={causal}")
+    # the exact row max everywhere (no block is shift-free) gives the same numbers to rounding
+    y, A, lse = _att.softmax_attention(q, k, v, return_weights=True, return_lse=True, **kw)
+    monkeypatch.setattr(_att, "_EXP_SAFE", -np.inf)
+    y2, A2, lse2 = _att.softmax_attention(q, k, v, return_weights=True, return_lse=True, **kw)
+    assert_close(y, y2, rtol=1e-13, what=f"{kind}: shift-free vs exact max, y")
+    assert_close(A, A2, rtol=1e-13, what=f"{kind}: shift-free vs exact max, A")
+    close_lse(lse, lse2, f"{kind}: shift-free vs exact max, lse")
