@@ -436,7 +436,9 @@ class _LagKernels:
         self.dt, self.forward = toeplitz(lags), toeplitz(forward)
         self.later = toeplitz(~forward)  # keys after the query
         self.decay, self.decay_sq = toeplitz(decay), toeplitz(decay * decay)
-        self.log_p = toeplitz(log_p)
+        # log P less its largest value: a constant, which the softmax cancels, that makes every logit
+        # log P − penalty <= 0, so the rows need no max subtraction (see _isotropic_rows)
+        self.log_p = toeplitz(log_p - np.max(log_p))
         self.p_nu = toeplitz(1.0 / (scaled * nu))  # P/ν: d²/ν = (P/ν) ‖R‖² in one product
 
 
@@ -707,14 +709,22 @@ def _whole(n: int, piece: int) -> int:
     return -(-n // piece) * piece
 
 
-def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _Plan, work, weights, out):
+#: a row of isotropic AFA whose unshifted weights sum below this is redone with its row max
+_TINY_TOTAL = math.exp(-256.0)
+
+
+def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _Plan, work, weights, out,
+                    exact: bool = False):
     """Eqs. (8.1)–(8.3) for one block of query rows of batch entry ``b``: writes Â ṽ normalized
     (before counter-rotation) into ``out``, real (rows, 2d) (Re, Im interleaved), and the weights
     into ``weights`` if given. Causal blocks read only the keys up to their last query.
 
     The block's pairs live in one buffer of ``work`` (the logits ``L`` are built where ``‖R‖²``
     was): a block costs the two products and about a dozen elementwise passes over that
-    cache-sized buffer, and no new (rows, keys) array.
+    cache-sized buffer, and no new (rows, keys) array. The logits are <= 0 (``lag.log_p`` is
+    shifted by its maximum), so the exponentials need no row max (Eq. (4.3)); a block with a row
+    whose weights sum below e^{−256} (every logit far below 0) is redone with its row max
+    (``exact``), where unshifted weights would lose digits to subnormal numbers.
     """
     step, chunk = _PIECE_ROWS, plan.chunk
     n_rows = rows.stop - rows.start
@@ -761,15 +771,20 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
     if head.causal:  # t increases strictly: only keys after the block's first query can lie after a query
         c0 = rows.start + 1
         np.copyto(L[:, c0:], -np.inf, where=lag.later[rows, c0:seen])
-    L -= np.max(L, axis=-1, keepdims=True)  # finite: the diagonal j = i is always allowed
+    if exact:
+        L -= np.max(L, axis=-1, keepdims=True)  # the row max: finite, the diagonal j = i is always allowed
     if head.causal:
         A = np.exp(L, out=L)  # unnormalized weights; the row sums normalize after the matmul
         total = np.sum(A, axis=-1, keepdims=True)
+        if not exact and not np.all(total >= _TINY_TOTAL):
+            return _isotropic_rows(b, rows, keys, lag, head, plan, work, weights, out, exact=True)
         if weights is not None:
             np.divide(A, total, out=weights[b, rows, :seen])
         A *= E  # Â = A ⊙ e^{−μΔt}
     else:  # e^{−μΔt} > 1 for pushed-back pairs: combine in log space
         total = np.sum(np.exp(L, out=tmp), axis=-1, keepdims=True)
+        if not exact and not np.all(total >= _TINY_TOTAL):
+            return _isotropic_rows(b, rows, keys, lag, head, plan, work, weights, out, exact=True)
         if weights is not None:
             np.divide(tmp, total, out=weights[b, rows, :seen])
         L -= np.multiply(head.mu, lag.dt[window], out=tmp)

@@ -1191,3 +1191,31 @@ def test_isotropic_bitwise_the_same_in_any_number_of_threads(causal, tkind, weig
         upto = slice(0, i + 1) if causal else slice(0, N)
         expected = isotropic_row(q[0, upto], k[0, upto], v[0, upto], i, **par, t=t[upto], weight=weight)
         close(results[2][0][0, i], expected, rtol=SELF, what="isotropic_afa (threads) row vs equations")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("weight", ["student", "exponential"])
+def test_isotropic_rows_far_from_every_key_take_the_row_max(causal, weight, monkeypatch):
+    """The isotropic kernel exponentiates logits <= 0 without their row max (log P is shifted by its
+    largest value). Queries far from every key make a row's logits all far below 0; with the
+    exponential weight its unshifted weights sum below e^-256 (or to 0), and the block must be redone
+    with the row max. Checked against the loop twin, and which blocks were redone."""
+    import refimpl._blocking
+
+    monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 1)  # blocks of 8 query rows
+    rng = np.random.default_rng(11)
+    N, d = 37, 3
+    q, k, v = (rng.normal(size=(N, d)) + 1j * rng.normal(size=(N, d)) for _ in range(3))
+    q[10:13] *= 300.0  # three queries of the second block, far from every key
+    # a slow decay (μ = 0.01): the query term of a pushed-back pair, E² ‖q_i‖², stays large as well
+    kw = dict(mu=0.01, omega=np.array([0.3, -0.5, 1.0]), sigma2=0.3, eta2=0.2, gamma2=0.1, nu=2.0, causal=causal,
+              weight=weight, kappa=2.0 if weight == "student" else None)
+    redone, real = [], afa_module._isotropic_rows
+    monkeypatch.setattr(afa_module, "_isotropic_rows",
+                        lambda *a, exact=False: (redone.append(a[1].start) if exact else None) or real(*a, exact=exact))
+    y, w = isotropic_afa(q, k, v, return_weights=True, **kw)
+    assert redone == ([8] if weight == "exponential" else []), redone  # the Student weight decays slowly: no redo
+    y_loop, w_loop = isotropic_afa_loop(q, k, v, return_weights=True, **kw)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(w))
+    assert np.linalg.norm(y - y_loop) <= 1e-12 * np.linalg.norm(y_loop)
+    assert np.max(np.abs(w - w_loop)) <= 1e-13
