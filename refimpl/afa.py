@@ -41,6 +41,7 @@ import numpy as np
 from . import lyapunov
 from . import _blocking
 from ._blocking import ONE_THREAD_MACS, in_parts, per_block, take_turns
+from .attention import _TINY_Z  # the smallest unshifted row sum, as in softmax attention
 from ._validate import (
     guard_overflow,
     as_bool,
@@ -709,10 +710,6 @@ def _whole(n: int, piece: int) -> int:
     return -(-n // piece) * piece
 
 
-#: a row of isotropic AFA whose unshifted weights sum below this is redone with its row max
-_TINY_TOTAL = math.exp(-256.0)
-
-
 def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _Plan, work, weights, out,
                     exact: bool = False):
     """Eqs. (8.1)–(8.3) for one block of query rows of batch entry ``b``: writes Â ṽ normalized
@@ -724,7 +721,8 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
     cache-sized buffer, and no new (rows, keys) array. The logits are <= 0 (``lag.log_p`` is
     shifted by its maximum), so the exponentials need no row max (Eq. (4.3)); a block with a row
     whose weights sum below e^{−256} (every logit far below 0) is redone with its row max
-    (``exact``), where unshifted weights would lose digits to subnormal numbers.
+    (``exact``), where unshifted weights would lose digits to subnormal numbers (the threshold of
+    :func:`refimpl.attention._attend`).
     """
     step, chunk = _PIECE_ROWS, plan.chunk
     n_rows = rows.stop - rows.start
@@ -773,20 +771,17 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
         np.copyto(L[:, c0:], -np.inf, where=lag.later[rows, c0:seen])
     if exact:
         L -= np.max(L, axis=-1, keepdims=True)  # the row max: finite, the diagonal j = i is always allowed
+    # unnormalized weights (causal: in place; otherwise L is still needed for Â below); the row
+    # sums normalize after the matmul
+    A = np.exp(L, out=L if head.causal else tmp)
+    total = np.sum(A, axis=-1, keepdims=True)
+    if not exact and not np.all(total >= _TINY_Z):
+        return _isotropic_rows(b, rows, keys, lag, head, plan, work, weights, out, exact=True)
+    if weights is not None:
+        np.divide(A, total, out=weights[b, rows, :seen])
     if head.causal:
-        A = np.exp(L, out=L)  # unnormalized weights; the row sums normalize after the matmul
-        total = np.sum(A, axis=-1, keepdims=True)
-        if not exact and not np.all(total >= _TINY_TOTAL):
-            return _isotropic_rows(b, rows, keys, lag, head, plan, work, weights, out, exact=True)
-        if weights is not None:
-            np.divide(A, total, out=weights[b, rows, :seen])
         A *= E  # Â = A ⊙ e^{−μΔt}
     else:  # e^{−μΔt} > 1 for pushed-back pairs: combine in log space
-        total = np.sum(np.exp(L, out=tmp), axis=-1, keepdims=True)
-        if not exact and not np.all(total >= _TINY_TOTAL):
-            return _isotropic_rows(b, rows, keys, lag, head, plan, work, weights, out, exact=True)
-        if weights is not None:
-            np.divide(tmp, total, out=weights[b, rows, :seen])
         L -= np.multiply(head.mu, lag.dt[window], out=tmp)
         np.exp(L, out=L)  # Â
     if weights is not None:

@@ -352,7 +352,7 @@ def _batch_groups(batch: tuple, floats_per_element: int) -> tuple[list, int]:
 
 #: A block with a normalizer z_i below e^{−_LOW} (a row that sees no key, or whose logits are all
 #: below about −_LOW) is recomputed with the exact row max (see :func:`_attend`): unshifted, its
-#: weights would lose digits to subnormal numbers.
+#: weights would lose digits to subnormal numbers. Isotropic AFA's blocks use the same threshold.
 _LOW = 256.0
 _TINY_Z = math.exp(-_LOW)
 
