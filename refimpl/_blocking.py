@@ -15,7 +15,10 @@ one item per block and check that the blocked result equals the unblocked one.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import ctypes
+import glob
 import os
 import threading
 from collections.abc import Callable
@@ -34,6 +37,7 @@ __all__ = [
     "one_thread_matmul",
     "take_turns",
     "in_blocks",
+    "one_thread_blas",
 ]
 
 #: float64 numbers the temporaries of one block may hold (2**18 = 2 MiB: a block stays in a
@@ -73,11 +77,11 @@ def _usable_cores() -> int:
 #: threads over which :func:`in_parts` splits independent parts (heads, batch entries). NumPy's
 #: ufuncs run on the calling thread only; its BLAS products and ufuncs release the GIL, so the
 #: elementwise work of one part overlaps another part's on a second core. This pays off when the
-#: parts' matrix products are small (BLAS keeps them on the calling thread), not when they are
-#: large multithreaded ones: softmax attention's blocks (256 query rows × 8192 keys, d = 64) ran
-#: 1.2 to 1.3 times slower with two heads in two threads on two cores than one head after the
-#: other, each thread's products competing for the cores with the other's. Tests set it to 1 to
-#: get the unthreaded path.
+#: parts' matrix products are small (BLAS keeps them on the calling thread), or when BLAS is held
+#: to one thread meanwhile (:func:`one_thread_blas`), not when they are large multithreaded ones:
+#: softmax attention's blocks (256 query rows × 8192 keys, d = 64) ran 1.2 to 2 times slower with
+#: two heads in two threads on two cores than one head after the other, each thread's products
+#: competing for the cores with the other's. Tests set it to 1 to get the unthreaded path.
 THREADS = min(8, _usable_cores())
 
 #: below this much work (in the caller's unit, e.g. float64 elements of a temporary) the parts
@@ -201,3 +205,94 @@ def one_thread_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = Non
     for i in range(0, rows, r_max):
         np.matmul(a[..., i : i + r_max, :], b, out=out[..., i : i + r_max, :])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One BLAS thread per Python thread
+# ---------------------------------------------------------------------------------------------
+
+#: (set, get) of the number of threads of the OpenBLAS NumPy uses, symbol names by build: NumPy's
+#: wheels (scipy-openblas, 64-bit integers, prefixed), then a plain OpenBLAS (e.g. conda-forge)
+_OPENBLAS_SYMBOLS = (
+    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+    ("openblas_set_num_threads", "openblas_get_num_threads"),
+)
+
+
+def _openblas_candidates() -> list[str]:
+    """Paths of the OpenBLAS libraries this process may use, NumPy's own first."""
+    found = []
+    try:  # Linux: the libraries mapped into the process (NumPy has loaded its BLAS by now)
+        with open("/proc/self/maps") as maps:
+            found = [line.split(None, 5)[-1].strip() for line in maps if "openblas" in line.lower()]
+    except OSError:
+        pass
+    here = os.path.dirname(np.__file__)
+    for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*", "../numpy.libs/*openblas*.dll"):
+        found += glob.glob(os.path.join(here, pattern))
+    paths = list(dict.fromkeys(os.path.realpath(p) for p in found if os.path.isfile(p)))
+    return sorted(paths, key=lambda p: "numpy" not in p)  # NumPy's bundled library first
+
+
+def _find_openblas():
+    """The ``(set, get)`` thread-count functions of NumPy's OpenBLAS, or None (another BLAS, or not found)."""
+    for path in _openblas_candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for set_name, get_name in _OPENBLAS_SYMBOLS:
+            if hasattr(lib, set_name) and hasattr(lib, get_name):
+                set_fn, get_fn = getattr(lib, set_name), getattr(lib, get_name)
+                set_fn.argtypes, set_fn.restype, get_fn.restype = [ctypes.c_int], None, ctypes.c_int
+                return set_fn, get_fn
+    return None
+
+
+_BLAS = _find_openblas()
+_blas_lock = threading.Lock()
+_blas_users = 0  # callers inside one_thread_blas(); the first saves the thread count, the last restores it
+_blas_saved = 1
+
+
+@contextlib.contextmanager
+def one_thread_blas():
+    """Run BLAS on one thread while the block is executed; yields whether that could be done.
+
+    For code that splits its own work over :data:`THREADS` Python threads, each issuing large
+    products: two threads whose products OpenBLAS splits again over both cores compete for them
+    (softmax attention, 256 × 8192 logit blocks, two heads in two threads: 2x slower than one
+    after the other), while with one BLAS thread each they ran 10–25% faster than one thread
+    with two-threaded products (the exponentials, which NumPy runs on the calling thread, then
+    overlap too). The thread count is a global setting of OpenBLAS (its "local" variant is not
+    per thread in the builds NumPy ships), so it is changed by the first caller that enters and
+    restored by the last that leaves; a product issued meanwhile by an unrelated thread of the
+    process runs on one core. Yields False, changing nothing, when NumPy's BLAS is not an
+    OpenBLAS whose thread count can be set (the caller then keeps its work on one thread).
+
+    Examples
+    --------
+    >>> with one_thread_blas() as limited:
+    ...     pass
+    >>> isinstance(limited, bool)
+    True
+    """
+    global _blas_users, _blas_saved
+    if _BLAS is None:
+        yield False
+        return
+    set_fn, get_fn = _BLAS
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_saved = get_fn()
+            set_fn(1)
+        _blas_users += 1
+    try:
+        yield True
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                set_fn(_blas_saved)

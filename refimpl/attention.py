@@ -46,13 +46,15 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
-from ._blocking import MIN_BLOCK_ROWS, per_block
+from . import _blocking
+from ._blocking import MIN_BLOCK_ROWS, one_thread_blas, per_block, take_turns
 from ._validate import as_array, as_bool, as_int, as_positive_scalar, as_real_array, check_qk, check_qkv, guard_overflow
 
 __all__ = [
@@ -355,6 +357,11 @@ def _batch_groups(batch: tuple, floats_per_element: int) -> tuple[list, int]:
 #: weights would lose digits to subnormal numbers. Isotropic AFA's blocks use the same threshold.
 _LOW = 256.0
 _TINY_Z = math.exp(-_LOW)
+#: problems with at least this many logits (over all blocks and batch entries) run their blocks in
+#: threads (see _attend); smaller ones lose more to starting threads than they gain
+_THREADED_LOGITS = 1 << 21
+#: blocks per thread at least, and the fewest rows of a block, when the blocks run in threads
+_TURNS, _THREAD_ROWS = 4, 64
 
 #: The largest unshifted exponent before the sums of a block could overflow (see :func:`_attend`).
 _EXP_SAFE = 700.0
@@ -379,8 +386,11 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     same log-sum-exp.
 
     Without weights, ``y`` is normalized instead of ``A`` (``y_i = Σ_j e_ij v_j / z_i``) and the
-    logits live in one reused workspace of about one block; with weights, each block is written
-    into ``A`` directly. A row with no allowed key gets ``y_i = 0``, ``A_i = 0``, ``lse_i = −∞``.
+    logits live in a reused workspace of about one block per thread; with weights, each block is
+    written into ``A`` directly. Problems of at least ``_THREADED_LOGITS`` logits run their
+    blocks in :data:`refimpl._blocking.THREADS` threads, largest first, with BLAS held to one
+    thread (each block is the same operations in any thread, so the result is bitwise that of
+    one thread). A row with no allowed key gets ``y_i = 0``, ``A_i = 0``, ``lse_i = −∞``.
     """
     n, m, d, dv = p.q.shape[-2], p.k.shape[-2], p.q.shape[-1], p.v.shape[-1]
     batch = p.batch
@@ -405,19 +415,36 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     rows_min = min(n, MIN_BLOCK_ROWS)  # as many rows as fill the budget, never fewer than this
     groups, size = _batch_groups(batch, rows_min * m)
     rows = min(n, max(rows_min, per_block(size * m)))
-    work = None if return_weights else np.empty(size * rows * m)  # the logits of one block, reused
-    for g in groups:
-        mask_g, slopes_g = (None if a is None else a[g] for a in (mask, slopes))
-        for i0 in range(0, n, rows):
+
+    def cut(rows):  # the blocks (batch group, first row, keys), the largest first, and their logits
+        blocks = [(g, i0, *_key_range(p, i0, min(n, i0 + rows), m)) for g in groups for i0 in range(0, n, rows)]
+        blocks.sort(key=lambda b: b[2] - b[3])
+        return blocks, size * sum((min(n, i0 + rows) - i0) * max(0, hi - lo) for _, i0, lo, hi in blocks)
+
+    blocks, logits = cut(rows)
+    # Large problems: the blocks in threads that take them in turn, each thread's products on one
+    # BLAS thread (_blocking.one_thread_blas), so that the exponentials, which NumPy computes on
+    # the calling thread, run on every core too; at least _TURNS blocks per thread, so that no
+    # thread waits long for the last one. Each block is the same operations either way.
+    threaded = _blocking.THREADS > 1 and logits >= _THREADED_LOGITS
+    if threaded and len(blocks) < _TURNS * _blocking.THREADS:
+        rows = max(_THREAD_ROWS, -(-n // (_TURNS * _blocking.THREADS)))
+        blocks, logits = cut(rows)
+
+    def worker():
+        work = None if return_weights else np.empty(size * rows * m)  # this thread's logits block, reused
+
+        def block(b):
+            g, i0, lo, hi = blocks[b]
             i1 = min(n, i0 + rows)
-            lo, hi = _key_range(p, i0, i1, m)
+            mask_g, slopes_g = (None if a is None else a[g] for a in (mask, slopes))
             out = y[g][..., i0:i1, :]
             lse_b = None if lse is None else lse[g][..., i0:i1]
             if hi <= lo:  # no query of this block may see any key
                 out[...] = 0.0
                 if lse_b is not None:
                     lse_b[...] = -np.inf
-                continue
+                return
             if A is not None:
                 s = A[g][..., i0:i1, lo:hi]
             else:
@@ -426,20 +453,30 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
             blk = (g, i0, i1, lo, hi)
             if not np.max(bound[g][..., i0:i1], initial=-np.inf) <= e_max:  # large logits: the exact max
                 _exact_block(q, k, v, p, mask_g, slopes_g, blk, s, out, lse_b, A is not None)
-                continue
+                return
             np.matmul(q[g][..., i0:i1, :], np.swapaxes(k[g][..., lo:hi, :], -1, -2), out=s)  # s_ij (BLAS)
             _bias_and_mask(s, p, mask_g, slopes_g, i0, i1, lo)
             np.exp(s, out=s)  # e_ij = e^{s_ij} <= e^{E}: no shift needed
             z = np.matmul(s, ones[: hi - lo])  # z_i = Σ_j e_ij
             if not np.all(z >= _TINY_Z):  # a row with no key or very negative logits: the exact max
                 _exact_block(q, k, v, p, mask_g, slopes_g, blk, s, out, lse_b, A is not None)
-                continue
+                return
             np.matmul(s, v[g][..., lo:hi, :], out=out)  # Σ_j e_ij v_j
             out /= z  # y_i = Σ_j e_ij v_j / z_i  (= Σ_j A_ij v_j, Eq. (4.1))
             if A is not None:
                 s /= z  # A_ij = e_ij / z_i, Eq. (4.2)
             if lse_b is not None:
                 np.log(z[..., 0], out=lse_b)  # ℓ_i = log z_i
+
+        return block
+
+    with one_thread_blas() if threaded else contextlib.nullcontext(False) as split:
+        if split:
+            take_turns(len(blocks), worker, elems=logits)
+        else:
+            block = worker()
+            for b in range(len(blocks)):
+                block(b)
     return y, A, lse
 
 

@@ -869,7 +869,7 @@ def test_shift_free_and_exact_max_blocks_against_the_dense_formula(monkeypatch, 
     _att.softmax_attention(q, k, v, **kw)
     want = {"moderate": [], "huge": list(range(0, 300, 64)), "very negative": list(range(0, 300, 64)),
             "mixed": [64]}[kind]
-    assert exact == want, (kind, exact)
+    assert sorted(exact) == want, (kind, exact)  # the blocks run largest first
     check_against_dense(_att.softmax_attention, q[None], k[None], v[None], kw, 1, f"{kind} logits, causal={causal}")
     # the exact row max everywhere (no block is shift-free) gives the same numbers to rounding
     y, A, lse = _att.softmax_attention(q, k, v, return_weights=True, return_lse=True, **kw)
@@ -878,3 +878,48 @@ def test_shift_free_and_exact_max_blocks_against_the_dense_formula(monkeypatch, 
     assert_close(y, y2, rtol=1e-13, what=f"{kind}: shift-free vs exact max, y")
     assert_close(A, A2, rtol=1e-13, what=f"{kind}: shift-free vs exact max, A")
     close_lse(lse, lse2, f"{kind}: shift-free vs exact max, lse")
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks in threads with one-threaded BLAS (refimpl.attention._attend, _blocking.one_thread_blas)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(causal=True),
+        dict(causal=True, causal_alignment="bottom_right"),
+        dict(window=37),
+        dict(alibi_slopes=np.array([0.5, 0.25]), causal=True),
+        dict(softcap=2.0),
+        dict(mask="random"),
+        dict(scale=40.0),  # huge logits: the exact-max blocks, in the threads too
+    ],
+    ids=["plain", "causal", "bottom-right", "window", "alibi", "softcap", "mask", "exact-max"],
+)
+def test_blocks_in_threads_are_bitwise_the_unthreaded_ones(monkeypatch, kw):
+    import refimpl._blocking as blocking
+
+    rng = np.random.default_rng(91)
+    q, k, v = rng.normal(size=(2, 200, 8)), rng.normal(size=(2, 230, 8)), rng.normal(size=(2, 230, 3))
+    kw = dict(kw)
+    if kw.get("mask") == "random":
+        kw["mask"] = rng.random((200, 230)) < 0.7
+    monkeypatch.setattr(_att, "MIN_BLOCK_ROWS", 16)  # many blocks
+    monkeypatch.setattr(_att, "per_block", lambda floats, minimum=1: max(minimum, 16 * 230 // max(1, floats)))
+    outs, real = {}, _att.one_thread_blas
+    monkeypatch.setattr(_att, "_THREADED_LOGITS", 1)
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(blocking, "THREADS", threads)
+        entered = []
+        monkeypatch.setattr(_att, "one_thread_blas", lambda: entered.append(1) or real())
+        outs[threads] = _att.softmax_attention(q, k, v, return_weights=True, return_lse=True, **kw)
+        assert len(entered) == (threads > 1)  # the threaded path was taken with two or three threads
+        y = _att.softmax_attention(q, k, v, **kw)  # without weights: each thread's own workspace
+        assert np.array_equal(y, outs[threads][0])
+    for threads in (2, 3):
+        for a, b in zip(outs[1], outs[threads]):
+            assert np.array_equal(a, b), (threads, kw)
+    check_against_dense(_att.softmax_attention, q, k, v, kw, 1, f"threaded blocks {kw}")

@@ -93,3 +93,70 @@ def test_an_exception_of_a_part_reaches_the_caller(monkeypatch):
 def test_threads_default_to_the_usable_cores():
     assert 1 <= blocking.THREADS <= 8
     assert blocking.THREADS == min(8, blocking._usable_cores())
+
+
+def _fake_blas(monkeypatch):
+    """A stand-in for OpenBLAS's (set, get) thread count, recording every change."""
+    state = {"n": 2, "sets": []}
+
+    def set_fn(n):
+        state["n"] = n
+        state["sets"].append(n)
+
+    monkeypatch.setattr(blocking, "_BLAS", (set_fn, lambda: state["n"]))
+    return state
+
+
+def test_one_thread_blas_sets_one_thread_and_restores_the_count(monkeypatch):
+    state = _fake_blas(monkeypatch)
+    state["n"] = 5
+    with blocking.one_thread_blas() as limited:
+        assert limited and state["n"] == 1
+        with blocking.one_thread_blas() as inner:  # nested: no change, and no restore on leaving
+            assert inner and state["n"] == 1
+        assert state["n"] == 1
+    assert state["n"] == 5 and state["sets"] == [1, 5]
+
+
+def test_one_thread_blas_restores_once_when_callers_overlap_in_threads(monkeypatch):
+    state = _fake_blas(monkeypatch)
+    inside, release = threading.Barrier(3), threading.Event()
+
+    def caller():
+        with blocking.one_thread_blas():
+            inside.wait()
+            release.wait()
+
+    threads = [threading.Thread(target=caller) for _ in range(2)]
+    for t in threads:
+        t.start()
+    inside.wait()  # both callers are inside
+    assert state["n"] == 1
+    release.set()
+    for t in threads:
+        t.join()
+    assert state["n"] == 2 and state["sets"] == [1, 2]  # set once by the first, restored once by the last
+
+
+def test_one_thread_blas_restores_the_count_after_an_exception(monkeypatch):
+    state = _fake_blas(monkeypatch)
+    with pytest.raises(RuntimeError), blocking.one_thread_blas():
+        raise RuntimeError("inside")
+    assert state["n"] == 2
+
+
+def test_one_thread_blas_changes_nothing_without_an_openblas(monkeypatch):
+    monkeypatch.setattr(blocking, "_BLAS", None)
+    with blocking.one_thread_blas() as limited:
+        assert limited is False
+
+
+def test_numpys_openblas_is_found_and_its_thread_count_set():
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    if "openblas" not in str(blas.get("name", "")).lower():
+        pytest.skip(f"NumPy's BLAS is {blas.get('name')}, not OpenBLAS")
+    assert blocking._BLAS is not None, blocking._openblas_candidates()
+    before = blocking._BLAS[1]()
+    with blocking.one_thread_blas() as limited:
+        assert limited and blocking._BLAS[1]() == 1
+    assert blocking._BLAS[1]() == before
