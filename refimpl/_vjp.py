@@ -42,16 +42,22 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 
+from . import _blocking
 from ._scan import linear_scan
 from ._validate import as_bool, as_real_array, guard_overflow
 
 # Query rows per block of softmax_attention_vjp (FlashAttention's B_r): temporaries are
-# (..., 64, M) whatever N.
-_ATT_BLOCK = 64
+# (..., 128, M) whatever N. Blocks of 64 rows ran 10-30% slower (N = 1024 ... 4096, d = 64), of 256
+# rows faster at N = 1024 but slower causal at N = 4096 (fewer blocks to balance over the threads).
+_ATT_BLOCK = 128
+#: parts of the query rows with dK, dV of their own in softmax_attention_vjp (when the batch has fewer
+#: groups than this), and the logits from which its work items run in threads
+_VJP_PARTS, _VJP_THREADED = 4, 1 << 21
 # Chunk length of the chunked prefix sums of linear_attention_vjp.
 _LIN_CHUNK = 64
 
@@ -184,11 +190,15 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
 
     Masked entries have ``P_ij = 0`` hence ``dS_ij = 0``: they receive no gradient; a query row
     that may attend to no key (its output is the constant 0) receives none either. The
-    vectorized algorithm recomputes ``P`` block by block of 64 query rows (FlashAttention's
+    vectorized algorithm recomputes ``P`` block by block of 128 query rows (FlashAttention's
     B_r), over the keys the block may see only (the causal triangle and the window skip whole
     key ranges), with the same bias, masks and row-max-shifted exponentials as the forward
-    pass, and accumulates ``dK`` and ``dV`` over the blocks: temporaries O(64·M) per batch
-    element, never an (N, M) or (N, M, d) array.
+    pass, and accumulates ``dK`` and ``dV`` over the blocks: temporaries O(128·M) per batch
+    element and thread, never an (N, M) or (N, M, d) array. Large problems (at least 2^21
+    logits) cut the query rows of a small batch into four parts with ``dK``, ``dV`` of their
+    own, summed in order at the end, and run the parts (or the batch entries) in threads with
+    BLAS held to one thread; the parts depend on the sizes alone, so the result does not depend
+    on the number of threads.
 
     Examples
     --------
@@ -202,7 +212,7 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     >>> all(np.allclose(a, b) for a, b in zip(g, softmax_attention_vjp_loop(q, k, v, dy, **kw)))
     True
     """
-    from .attention import _bias_and_mask, _exp_rows, _key_range
+    from .attention import _batch_groups, _bias_and_mask, _exp_rows, _key_range
 
     p, dy, shapes = _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causal_alignment,
                                    softcap, grouped_heads, return_intermediates)
@@ -212,35 +222,63 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     mask = None if p.mask is None else np.broadcast_to(p.mask, (*batch, n, m))
     slopes = None if p.slopes is None else np.broadcast_to(p.slopes, batch)
     dq = np.zeros((*batch, n, d))
-    dk = np.zeros((*batch, m, d))
-    dv = np.zeros((*batch, m, dv_))
     lse = np.full((*batch, n), -np.inf)  # ℓ_i = log 0 for a row that sees no key
     D = np.zeros((*batch, n))
-    for i0 in range(0, n, _ATT_BLOCK):
-        i1 = min(n, i0 + _ATT_BLOCK)
-        lo, hi = _key_range(p, i0, i1, m)  # keys outside [lo, hi) are forbidden for every row
-        if hi <= lo:
-            continue  # no row of the block sees a key: its output is 0, its gradients too
-        keys = slice(lo, hi)
-        P = qs[..., i0:i1, :] @ np.swapaxes(kb[..., keys, :], -1, -2)  # the block of logits S
-        # T = cap · tanh(S / cap), + ALiBi bias, −∞ where forbidden; tanh(S / cap) kept for ∂T/∂S
-        tanh = _bias_and_mask(P, p, mask, slopes, i0, i1, lo, keep_tanh=True)
-        mx, z = _exp_rows(P)  # a row that sees no key: P = 0, no gradient
-        P /= z  # P = softmax(T + bias) over the allowed keys (recomputed)
-        lse[..., i0:i1] = (mx + np.log(z))[..., 0]  # ℓ_i = m_i + log z_i (−∞ + 0 for an empty row)
-        dO = dy[..., i0:i1, :]
-        Drow = np.sum(dO * (P @ vb[..., keys, :]), axis=-1, keepdims=True)  # D_i = rowsum(dO ∘ O)
-        D[..., i0:i1] = Drow[..., 0]
-        dv[..., keys, :] += np.swapaxes(P, -1, -2) @ dO  # dV = P^T dO
-        dS = dO @ np.swapaxes(vb[..., keys, :], -1, -2)  # dP = dO V^T
-        dS -= Drow
-        dS *= P  # dS = P ∘ (dP − D)
-        if tanh is not None:
-            tanh *= tanh
-            np.subtract(1.0, tanh, out=tanh)
-            dS *= tanh  # the soft cap: ∂T/∂S = 1 − tanh²(S / cap)
-        dq[..., i0:i1, :] = (dS @ kb[..., keys, :]) * p.scale  # dQ = c dS K
-        dk[..., keys, :] += np.swapaxes(dS, -1, -2) @ qs[..., i0:i1, :]  # dK = c dS^T Q
+    # Work items: a group of batch entries and a part of the query rows (a run of blocks). Each part
+    # accumulates dK, dV of its own (the parts' sums are added in order at the end), so items are
+    # independent and run in threads. Large problems only (at least _VJP_THREADED logits) are cut
+    # into parts, and only when the batch gives fewer than _VJP_PARTS groups: the parts depend on
+    # the sizes alone, so the result does not depend on the thread count.
+    groups, size = _batch_groups(batch, _ATT_BLOCK * m)
+    blocks = [(i0, min(n, i0 + _ATT_BLOCK), *_key_range(p, i0, min(n, i0 + _ATT_BLOCK), m)) for i0 in range(0, n, _ATT_BLOCK)]
+    blocks = [b for b in blocks if b[3] > b[2]]  # a block whose rows see no key: output 0, no gradient
+    cost = np.cumsum([(i1 - i0) * (hi - lo) for i0, i1, lo, hi in blocks])
+    large = bool(blocks) and size * len(groups) * int(cost[-1]) >= _VJP_THREADED
+    n_parts = min(len(blocks), _VJP_PARTS) if large and len(groups) < _VJP_PARTS else 1
+    cuts = np.searchsorted(cost, cost[-1] * np.arange(1, n_parts) / n_parts, side="right") if blocks else []
+    parts = [blocks[a:b] for a, b in zip([0, *cuts], [*cuts, len(blocks)]) if b > a]
+    dk = np.zeros((len(parts), *batch, m, d))  # dK, dV of each part
+    dv = np.zeros((len(parts), *batch, m, dv_))
+    items = [(g, j) for g in groups for j in range(len(parts))]
+
+    def item(i):
+        g, j = items[i]
+        dk_g, dv_g, mask_g, slopes_g = dk[j][g], dv[j][g], None if mask is None else mask[g], None if slopes is None else slopes[g]
+        for i0, i1, lo, hi in parts[j]:
+            keys = slice(lo, hi)
+            q_b, k_b, v_b = qs[g][..., i0:i1, :], kb[g][..., keys, :], vb[g][..., keys, :]
+            P = q_b @ np.swapaxes(k_b, -1, -2)  # the block of logits S
+            # T = cap · tanh(S / cap), + ALiBi bias, −∞ where forbidden; tanh(S / cap) kept for ∂T/∂S
+            tanh = _bias_and_mask(P, p, mask_g, slopes_g, i0, i1, lo, keep_tanh=True)
+            mx, z = _exp_rows(P)  # a row that sees no key: P = 0, no gradient
+            P /= z  # P = softmax(T + bias) over the allowed keys (recomputed)
+            lse[g][..., i0:i1] = (mx + np.log(z))[..., 0]  # ℓ_i = m_i + log z_i (−∞ + 0 for an empty row)
+            dO = dy[g][..., i0:i1, :]
+            Drow = np.sum(dO * (P @ v_b), axis=-1, keepdims=True)  # D_i = rowsum(dO ∘ O)
+            D[g][..., i0:i1] = Drow[..., 0]
+            dv_g[..., keys, :] += np.swapaxes(P, -1, -2) @ dO  # dV = P^T dO
+            dS = dO @ np.swapaxes(v_b, -1, -2)  # dP = dO V^T
+            dS -= Drow
+            dS *= P  # dS = P ∘ (dP − D)
+            if tanh is not None:
+                tanh *= tanh
+                np.subtract(1.0, tanh, out=tanh)
+                dS *= tanh  # the soft cap: ∂T/∂S = 1 − tanh²(S / cap)
+            dq[g][..., i0:i1, :] = (dS @ k_b) * p.scale  # dQ = c dS K
+            dk_g[..., keys, :] += np.swapaxes(dS, -1, -2) @ q_b  # dK = c dS^T Q
+
+    # large problems: the items in threads, BLAS on one thread each (as in softmax_attention)
+    threaded = large and _blocking.THREADS > 1 and len(items) > 1
+    with _blocking.one_thread_blas() if threaded else contextlib.nullcontext(False) as split:
+        if split:
+            _blocking.take_turns(len(items), lambda: item, elems=1 << 30)
+        else:
+            for i in range(len(items)):
+                item(i)
+    for j in range(1, len(parts)):  # the parts' dK, dV in order
+        dk[0] += dk[j]
+        dv[0] += dv[j]
+    dk, dv = (dk[0], dv[0]) if parts else (dk.sum(axis=0), dv.sum(axis=0))
     return _softmax_grads(p, dq, dk, dv, shapes, lse, D, return_intermediates)
 
 

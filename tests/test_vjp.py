@@ -289,11 +289,11 @@ def test_independent_forward_agrees_with_refimpl():
         close(fwd_scan(**a, discretization=disc), selective_scan(**a, discretization=disc), rtol=1e-13, what="fwd_scan")
 
 
-@pytest.mark.parametrize("n", [65, 129, 257])
+@pytest.mark.parametrize("blocks", [1, 2, 4])
 @pytest.mark.parametrize("causal", [False, True])
-def test_softmax_vjp_tile_boundaries(n, causal):
-    """N = 65, 129, 257 with query blocks of 64: one, two, four full blocks plus a single row."""
-    assert _vjp._ATT_BLOCK == 64
+def test_softmax_vjp_tile_boundaries(blocks, causal):
+    """N = one, two, four full query blocks (of _vjp._ATT_BLOCK rows) plus a single row."""
+    n = blocks * _vjp._ATT_BLOCK + 1
     m = n if causal else n - 30  # N ≠ M without the causal triangle
     args = dict(zip("qkv", qkv(n, n, m, d=4, dv=3, batch=(2,))))
     rng = np.random.default_rng(n)
@@ -1015,3 +1015,32 @@ def test_delta_vjp_random_shapes(L, c, gated, seed):
     gl = lr.delta_rule_vjp_loop(**args, dy=dy, chunk_size=c)
     for key in g:
         assert_close(g[key], gl[key], rtol=SELF, atol=1e-14, what=f"delta random shapes {key}")
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(causal=True), dict(window=9, causal=True), dict(softcap=2.0)], ids=["plain", "causal", "window", "softcap"]
+)
+@pytest.mark.parametrize("batch", [(), (2,), (5,)])
+def test_softmax_vjp_parts_and_threads(monkeypatch, kw, batch):
+    """Large problems: parts of the query rows with dK, dV of their own, in threads. The result is
+    bitwise the same for 1, 2 and 3 threads, and equals the loop twin (several parts when the batch
+    has fewer groups than _VJP_PARTS, one part per batch entry otherwise)."""
+    import refimpl._blocking as blocking
+
+    rng = np.random.default_rng(17)
+    q, k, v = rng.normal(size=(3, *batch, 90, 5))
+    dy = rng.normal(size=(*batch, 90, 5))
+    monkeypatch.setattr(_vjp, "_ATT_BLOCK", 8)  # 12 blocks
+    monkeypatch.setattr(_vjp, "_VJP_THREADED", 1)
+    monkeypatch.setattr("refimpl.attention.per_block", lambda floats, minimum=1: max(minimum, 8 * 90 // max(1, floats)))
+    got = {}
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(blocking, "THREADS", threads)
+        got[threads] = softmax_attention_vjp(q, k, v, dy, **kw)
+    for threads in (2, 3):
+        assert all(np.array_equal(a, b) for a, b in zip(got[1], got[threads])), (threads, kw, batch)
+    check_twins(got[2], softmax_attention_vjp_loop(q, k, v, dy, **kw), f"softmax vjp in parts {kw} batch {batch}")
+    monkeypatch.setattr(_vjp, "_VJP_PARTS", 1)  # one part: the sums of dK, dV in another order, the same to rounding
+    one = softmax_attention_vjp(q, k, v, dy, **kw)
+    for a, b in zip(got[1], one):
+        close(a, b, rtol=1e-13, what=f"parts vs one part {kw} batch {batch}")
