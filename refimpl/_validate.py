@@ -25,6 +25,7 @@ from collections.abc import Iterable
 import numpy as np
 
 __all__ = [
+    "check_finite_part",
     "as_real_array",
     "as_complex_array",
     "as_array",
@@ -89,6 +90,26 @@ def _check_finite(arr: np.ndarray, name: str) -> None:
     if not np.all(np.isfinite(arr)):
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
+
+
+def check_finite_part(checks, part) -> None:
+    """The finiteness check of :func:`as_real_array`, deferred to the part of the work that reads it.
+
+    ``checks`` holds ``(name, view, arg)`` triples: ``view[part]`` (``part`` indexes the first
+    axis) is the slice of the argument that one part of a threaded computation reads
+    (:func:`refimpl._blocking.in_parts`), ``arg`` the argument as given. Each part checks its own
+    slices, in its own thread, before it computes (the reads bring them into cache for the
+    computation), instead of the caller reading every argument once more on one core first. A
+    non-finite slice raises the error of :func:`as_real_array`, counted over all of ``arg``.
+    """
+    for name, view, arg in checks:
+        piece = view[part]
+        if not piece.size:
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.add.reduce(piece, axis=None)):  # Σ is finite only if every entry is
+                continue
+        _check_finite(np.asarray(arg), name)  # raises, unless finite entries overflowed the sum
 
 
 def as_real_array(x, name: str, *, ndim=None, finite: bool = True, copy: bool = True) -> np.ndarray:

@@ -91,7 +91,7 @@ import numpy as np
 
 from . import _blocking
 from ._scan import linear_scan
-from ._validate import as_bool, as_int, as_positive_scalar, as_real_array, guard_overflow
+from ._validate import as_bool, as_int, as_positive_scalar, as_real_array, check_finite_part, guard_overflow
 from .attention import _scale  # scale = 1/√Dk unless given, as in softmax attention
 
 __all__ = [
@@ -150,8 +150,8 @@ def _real(x, name: str, **kwargs) -> np.ndarray:
     return as_real_array(x, name, copy=False, **kwargs)
 
 
-def _seq(x, name: str, what: str) -> np.ndarray:
-    arr = _real(x, name)
+def _seq(x, name: str, what: str, finite: bool = True) -> np.ndarray:
+    arr = _real(x, name, finite=finite)
     if arr.ndim < 2:
         raise ValueError(f"{name}: expected shape {what}, got shape {arr.shape}")
     return arr
@@ -168,10 +168,12 @@ def _batch(pairs) -> tuple:
     return shape
 
 
-def _check_qkv(q, k, v):
-    q = _seq(q, "q", "(..., L, Dk)")
-    k = _seq(k, "k", "(..., L, Dk)")
-    v = _seq(v, "v", "(..., L, Dv)")
+def _check_qkv(q, k, v, finite: bool = True):
+    """q, k, v as float64 arrays; ``finite=False`` leaves their finiteness to the caller
+    (:func:`refimpl._validate.check_finite_part`, in the threads that read them)."""
+    q = _seq(q, "q", "(..., L, Dk)", finite)
+    k = _seq(k, "k", "(..., L, Dk)", finite)
+    v = _seq(v, "v", "(..., L, Dv)", finite)
     if k.shape[-1] != q.shape[-1]:
         raise ValueError(f"k: expected the same last dimension Dk = {q.shape[-1]} as q, got shape {k.shape}")
     if k.shape[-2] != q.shape[-2]:
@@ -181,9 +183,11 @@ def _check_qkv(q, k, v):
     return q, k, v
 
 
-def _check_log_g(log_g, L: int, dk: int, kdim: int, name: str = "log_g", allow_channel: bool = True):
-    """Log-gates ≤ 0, per key channel (ndim == k.ndim, (..., L, Dk)) or per head ((..., L))."""
-    g = _real(log_g, name)
+def _check_log_g(log_g, L: int, dk: int, kdim: int, name: str = "log_g", allow_channel: bool = True,
+                 finite: bool = True):
+    """Log-gates ≤ 0, per key channel (ndim == k.ndim, (..., L, Dk)) or per head ((..., L)).
+    ``finite=False``: −∞ and NaN are left to the caller (as in :func:`_check_qkv`); +∞ is refused here."""
+    g = _real(log_g, name, finite=finite)
     if allow_channel and g.ndim == kdim and g.ndim >= 2:
         if g.shape[-2:] != (L, dk):
             raise ValueError(f"{name}: expected per-channel gates (..., L, Dk) = (..., {L}, {dk}), got shape {g.shape}")
@@ -195,8 +199,11 @@ def _check_log_g(log_g, L: int, dk: int, kdim: int, name: str = "log_g", allow_c
     else:
         want = "(..., L, Dk) (per key channel) or (..., L) (per head)" if allow_channel else "(..., L)"
         raise ValueError(f"{name}: expected shape {want} with as many leading axes as k, got shape {g.shape}")
-    if g.size and g.max() > 0:
-        raise ValueError(f"{name}: expected log-gates <= 0 (gates in (0, 1]), got maximum {g.max():.6g}")
+    top = g.max() if g.size else -np.inf
+    if not finite and not np.isfinite(top) and top != -np.inf:  # NaN or +inf: the finiteness error first
+        _real(g, name)
+    if top > 0:
+        raise ValueError(f"{name}: expected log-gates <= 0 (gates in (0, 1]), got maximum {top:.6g}")
     return g, per_channel
 
 
@@ -293,26 +300,31 @@ def _group(rows: int, c: int) -> int:
     return max(1, _GROUP_ROWS // max(1, rows * c))
 
 
-def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float = 1.0):
+def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float = 1.0, finite=()):
     """Chunked ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t (scale · q_t)``.
 
     ``q, k`` (*b, L, Dk), ``v`` (*b, L, Dv), ``logg`` (*b, L, Dk) or (*b, L, 1), all broadcast to
     one batch shape. Returns ``o`` (*b, L, Dv) and the chunk-end states (*b, n_chunks, Dv, Dk)
-    (None without ``keep_states``). The batch entries (heads) are split over threads.
+    (None without ``keep_states``). The batch entries (heads) are split over threads. ``finite``:
+    (name, argument) pairs whose finiteness each thread checks on the slices it reads (in the order
+    q, k, v, log g, the same arrays as ``q, k, v, logg`` before broadcasting).
     """
     batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
     q, k, v, logg = (a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v, logg))
+    checks = [(name, view, arg) for (name, arg), view in zip(finite, (q, k, v, logg))]
     nb, nc = q.shape[0], -(-L // c)
     o = np.empty((nb, nc, c, dv))
     states = np.empty((nb, nc, dk, dv)) if keep_states else None  # transposed chunk-end states
     if logg.shape[-1] == 1:  # one gate per head: the scalar core, one group per head
 
         def run(sl):
+            check_finite_part(checks, sl)
             _scalar_chunked(q[sl], k[sl], v[sl, None], logg[sl, None, :, 0], c, o[sl, None],
                             None if states is None else states[sl, None], scale=scale)
     else:
 
         def run(sl):
+            check_finite_part(checks, sl)
             _channel_chunked(q[sl], k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl], scale)
 
     _blocking.in_parts(run, nb, q.size)
@@ -492,10 +504,14 @@ def _gla_loop(q, k, v, logg, c: int):
 def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states, scale_q=True):
     """Validated, broadcast ``q, k, v, log g`` (per head: (..., L, 1)) and ``c``; ``q`` times the
     scale, or with ``scale_q=False`` unscaled and the scale returned last (the chunked algorithms
-    scale their output instead: one pass over data in cache rather than a copy of ``q``)."""
-    q, k, v = _check_qkv(q, k, v)
+    scale their output instead: one pass over data in cache rather than a copy of ``q``), and
+    then with the finiteness of the four inputs left to the threads of the chunked algorithm
+    (the last item: the (name, argument) pairs to check)."""
+    args = dict(q=q, k=k, v=v, log_g=log_g)
+    q, k, v = _check_qkv(q, k, v, finite=scale_q)
     L, dk = q.shape[-2:]
-    g, per_channel = _check_log_g(log_g, L, dk, k.ndim)
+    g, per_channel = _check_log_g(log_g, L, dk, k.ndim, finite=scale_q)
+    args = dict(zip(args, (q, k, v, g)))  # as float64 arrays
     c = _check_chunk(chunk_size)
     as_bool(return_chunk_states, "return_chunk_states")
     if not per_channel:
@@ -507,7 +523,7 @@ def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states, scale_q=T
     k = np.broadcast_to(k, batch + k.shape[-2:])
     v = np.broadcast_to(v, batch + v.shape[-2:])
     g = np.broadcast_to(g, batch + (L, g.shape[-1]))
-    return (q, k, v, g, c) if scale_q else (q, k, v, g, c, s)
+    return (q, k, v, g, c) if scale_q else (q, k, v, g, c, s, list(args.items()))
 
 
 @guard_overflow()
@@ -571,8 +587,8 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     >>> o.shape, bool(np.allclose(o, gated_linear_attention_parallel(q, k, v, log_g)))
     ((6, 2), True)
     """
-    q, k, v, g, c, s = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states, scale_q=False)
-    o, states = _gla_chunked(q, k, v, g, c, keep_states=return_chunk_states, scale=s)
+    q, k, v, g, c, s, args = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states, scale_q=False)
+    o, states = _gla_chunked(q, k, v, g, c, keep_states=return_chunk_states, scale=s, finite=args)
     return (o, states) if return_chunk_states else o
 
 
@@ -750,8 +766,10 @@ def retention_parallel(q, k, v, gamma, *, scale=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states, grouped=False):
-    x = _real(x, "x")
+def _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states, grouped=False, finite=True):
+    """Validated, broadcast SSD inputs; ``finite=False`` leaves the finiteness of x, B and C to the
+    caller (:func:`refimpl._validate.check_finite_part`, in the threads that read them)."""
+    x = _real(x, "x", finite=finite)
     if x.ndim < 3:
         raise ValueError(f"x: expected shape (..., H, L, P), got shape {x.shape}")
     H, L, P = x.shape[-3:]
@@ -765,8 +783,8 @@ def _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states, grouped=False
         raise ValueError(f"A: expected one scalar per head, shape ({H},), got shape {A.shape}")
     if np.any(A > 0):
         raise ValueError(f"A: expected A <= 0 (a stable, decaying state), got maximum {A.max():.6g}")
-    B = _real(B, "B")
-    C = _real(C, "C")
+    B = _real(B, "B", finite=finite)
+    C = _real(C, "C", finite=finite)
     if B.ndim < 3 or B.shape[-2] != L:
         raise ValueError(f"B: expected shape (..., G, L, N) with L = {L}, got shape {B.shape}")
     G, N = B.shape[-3], B.shape[-1]
@@ -861,7 +879,8 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     >>> y.shape, bool(np.allclose(y, ssd_quadratic(x, dt, A, B, C, D)))
     ((2, 7, 3), True)
     """
-    x, dt, A, B, C, D, c = _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states, grouped=True)
+    args = dict(x=x, B=B, C=C)
+    x, dt, A, B, C, D, c = _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states, grouped=True, finite=False)
     batch, (H, L, P), (G, N) = x.shape[:-3], x.shape[-3:], B.shape[-3::2]
     R = H // G  # heads per group: they share the left factor of the chunked products
     # q = C, k = B, v = x weighted by Δ, log g_t = Δ_t A_h; groups (batch × G) first, R heads each
@@ -876,8 +895,14 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
         return None if a is None else (a[sl] if axis == 0 else a[:, sl])
 
     axis = 0 if ng >= min(R, _blocking.THREADS) else 1  # split the groups or, if there are fewer, the heads
+    # each part checks that what it reads is finite: its x; its B, C (all of them in the first part
+    # when the heads of a group are split)
+    x_check = [("x", v if axis == 0 else np.swapaxes(v, 0, 1), args["x"])]
+    bc_check = [("B", k, args["B"]), ("C", q, args["C"])]
 
     def run(sl):
+        check_finite_part(x_check, sl)
+        check_finite_part(bc_check, sl if axis == 0 else slice(None) if sl.start == 0 else slice(0, 0))
         qs, ks = (q[sl], k[sl]) if axis == 0 else (q, k)
         _scalar_chunked(qs, ks, part(v, sl, axis), part(loga, sl, axis), c, part(o, sl, axis),
                         part(states, sl, axis), w=part(w, sl, axis), skip=part(skip, sl, axis))
@@ -968,14 +993,12 @@ def ssd_quadratic(x, dt, A, B, C, D=None, *, return_matrix=False):
 def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, scale_q=True):
     """Validated, broadcast ``q, k, v, β, log g`` and ``c``; ``q`` times the scale, or with
     ``scale_q=False`` unscaled and the scale returned last (as in :func:`_gla_setup`)."""
-    q, k, v = _check_qkv(q, k, v)
+    args = dict(q=q, k=k, v=v)
+    q, k, v = _check_qkv(q, k, v, finite=scale_q)
+    args = dict(zip(args, (q, k, v)))  # as float64 arrays
     L, dk = q.shape[-2:]
-    norms = np.sqrt(np.einsum("...j,...j->...", k, k))  # ‖k_t‖
-    if norms.size and np.max(np.abs(norms - 1.0)) > KEY_NORM_TOL:
-        worst = norms.flat[int(np.argmax(np.abs(norms - 1.0)))]
-        raise ValueError(
-            f"k: the delta rule expects l2-normalized keys (|‖k_t‖ − 1| <= {KEY_NORM_TOL:g}), got a key of norm {worst:.6g}"
-        )
+    if scale_q:
+        _check_key_norms(k)
     b = _real(beta, "beta")
     if b.ndim != k.ndim - 1 or b.shape[-1:] != (L,):
         raise ValueError(f"beta: expected shape (..., L) with L = {L} and one axis fewer than k, got shape {b.shape}")
@@ -999,7 +1022,18 @@ def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, s
     v = np.broadcast_to(v, batch + v.shape[-2:])
     b = np.broadcast_to(b, batch + (L,))
     g = np.broadcast_to(g, batch + (L,))
-    return (q, k, v, b, g, c) if scale_q else (q, k, v, b, g, c, s)
+    return (q, k, v, b, g, c) if scale_q else (q, k, v, b, g, c, s, list(args.items()))
+
+
+def _check_key_norms(k: np.ndarray) -> None:
+    """The delta rule's keys are ℓ2-normalized: |‖k_t‖ − 1| <= KEY_NORM_TOL (NaN norms are left to
+    the finiteness check)."""
+    norms = np.sqrt(np.einsum("...j,...j->...", k, k))  # ‖k_t‖
+    if norms.size and np.max(np.abs(norms - 1.0)) > KEY_NORM_TOL:
+        worst = norms.flat[int(np.argmax(np.abs(norms - 1.0)))]
+        raise ValueError(
+            f"k: the delta rule expects l2-normalized keys (|‖k_t‖ − 1| <= {KEY_NORM_TOL:g}), got a key of norm {worst:.6g}"
+        )
 
 
 def _unit_lower_identity(batch: tuple, c: int) -> np.ndarray:
@@ -1043,16 +1077,19 @@ def _unit_lower_inverse(A: np.ndarray, out: np.ndarray | None = None) -> np.ndar
 
 
 def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, keep_states: bool = True,
-                   scale: float = 1.0):
+                   scale: float = 1.0, finite=()):
     """Chunked delta rule (16.11)-(16.12): ``o`` (*b, L, Dv) and the chunk-end states
     (*b, n_chunks, Dv, Dk) (None without ``keep_states``); with ``return_factors`` also the WY
     factor ``W`` and ``T diag(β) V`` per chunk, shapes (*b, n_chunks, c, Dk) and
     (*b, n_chunks, c, Dv) (the oracle's intermediates; rows past L in the last chunk are padding).
     ``scale`` multiplies the queries. ``logg`` None: DeltaNet without gates (every decay 1).
-    The batch entries (heads) are split over threads.
+    The batch entries (heads) are split over threads. ``finite``: the (name, argument) pairs of
+    q, k, v, whose finiteness and key norms each thread checks on the slices it reads (see
+    :func:`_gla_chunked`).
     """
     batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
     q, k, v = (a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v))
+    checks = [(name, view, arg) for (name, arg), view in zip(finite, (q, k, v))]
     beta = beta.reshape(-1, L)
     logg = None if logg is None else logg.reshape(-1, L)
     nb, nc = q.shape[0], -(-L // c)
@@ -1061,6 +1098,9 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     factors = (np.empty((nb, nc, c, dk)), np.empty((nb, nc, c, dv))) if return_factors else None
 
     def run(sl):
+        if checks:
+            check_finite_part(checks, sl)
+            _check_key_norms(k[sl])
         _delta_core(q[sl], k[sl], v[sl], beta[sl], None if logg is None else logg[sl], c, o[sl],
                     None if states is None else states[sl],
                     None if factors is None else (factors[0][sl], factors[1][sl]), scale)
@@ -1249,9 +1289,9 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     >>> o.shape, bool(np.allclose(o, delta_rule_loop(q, k, v, beta, log_g=log_g)))
     ((6, 2), True)
     """
-    q, k, v, b, g, c, s = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, scale_q=False)
+    q, k, v, b, g, c, s, args = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, scale_q=False)
     g = None if log_g is None else g  # DeltaNet: no decay scalings at all
-    o, states = _delta_chunked(q, k, v, b, g, c, keep_states=return_chunk_states, scale=s)
+    o, states = _delta_chunked(q, k, v, b, g, c, keep_states=return_chunk_states, scale=s, finite=args)
     return (o, states) if return_chunk_states else o
 
 

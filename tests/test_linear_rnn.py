@@ -632,3 +632,51 @@ def test_threads_give_bitwise_the_same_result(monkeypatch, form):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finiteness checked in the threads that read the inputs (refimpl._validate.check_finite_part)
+# ---------------------------------------------------------------------------------------------
+
+
+def _large_inputs(rng, H=4, L=300, d=64):
+    """Inputs large enough for the heads to be split over threads (q.size >= THREAD_MIN_ELEMS)."""
+    q, k, v = rng.normal(size=(3, H, L, d))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    return q, k, v
+
+
+def _calls(rng):
+    q, k, v = _large_inputs(rng)
+    H, L, d = q.shape
+    log_g = np.log(rng.uniform(0.8, 1.0, (H, L, d)))
+    beta = rng.uniform(0.1, 0.9, (H, L))
+    x, dt, A, D = rng.normal(size=(H, L, d)), rng.uniform(0.01, 0.1, (H, L)), -np.arange(1.0, H + 1), np.ones(H)
+    B, C = rng.normal(size=(2, 1, L, d))  # one group: the heads of the group are split, B and C shared
+    B2, C2 = rng.normal(size=(2, 4, L, d))  # four groups: the groups are split
+    return {
+        "gla": (lambda a: lr.gated_linear_attention(a["q"], a["k"], a["v"], a["log_g"]), dict(q=q, k=k, v=v, log_g=log_g)),
+        "delta": (lambda a: lr.delta_rule(a["q"], a["k"], a["v"], beta), dict(q=q, k=k, v=v)),
+        "ssd": (lambda a: lr.ssd(a["x"], dt, A, a["B"], a["C"], D), dict(x=x, B=B, C=C)),
+        "ssd-groups": (lambda a: lr.ssd(a["x"], dt, A, a["B"], a["C"], D), dict(x=x, B=B2, C=C2)),
+    }
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("fn", ["gla", "delta", "ssd", "ssd-groups"])
+def test_non_finite_inputs_are_refused_by_the_threads_that_read_them(monkeypatch, fn, bad):
+    import refimpl._blocking as blocking
+
+    monkeypatch.setattr(blocking, "THREADS", 2)
+    rng = np.random.default_rng(5)
+    call, args = _calls(rng)[fn]
+    call(args)  # the clean inputs pass
+    for name, arr in args.items():
+        if name == "log_g" and bad == np.inf:
+            continue  # +inf is a log-gate above 0: refused before the threads (test_bad_input)
+        broken = dict(args)
+        broken[name] = arr.copy()
+        broken[name][-1, 7, 3] = bad  # the last head or group: read by the second thread
+        broken[name][0, -1, 0] = bad
+        with pytest.raises(ValueError, match=f"^{name}: expected finite values, got 2 NaN/inf entries"):
+            call(broken)
