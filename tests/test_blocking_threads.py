@@ -160,3 +160,52 @@ def test_numpys_openblas_is_found_and_its_thread_count_set():
     with blocking.one_thread_blas() as limited:
         assert limited and blocking._BLAS[1]() == 1
     assert blocking._BLAS[1]() == before
+
+
+def test_the_pool_is_kept_between_calls(monkeypatch):
+    monkeypatch.setattr(blocking, "THREADS", 2)
+    seen = []
+    for _ in range(3):
+        calls = []
+        blocking.in_parts(_record(calls), 2, elems=10**9)
+        seen.append({c[2] for c in calls})
+    assert len(set().union(*seen)) <= max(2, blocking._pool_state["size"])  # the same threads every time
+
+
+def test_a_nested_call_runs_in_the_part_that_makes_it(monkeypatch):
+    monkeypatch.setattr(blocking, "THREADS", 2)
+    inner = {}
+
+    def outer(part: slice) -> None:
+        calls = []
+        blocking.in_parts(_record(calls), 4, elems=10**9)  # would wait forever for busy pool threads
+        inner[part.start] = (calls, threading.get_ident())
+
+    blocking.in_parts(outer, 2, elems=10**9)
+    for calls, ident in inner.values():
+        assert calls == [(0, 4, ident)]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_forked_child_makes_its_own_pool(monkeypatch):
+    import os
+
+    monkeypatch.setattr(blocking, "THREADS", 2)
+    blocking.in_parts(_record([]), 2, elems=10**9)  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's threads are gone; a call must still complete
+        import signal
+
+        signal.alarm(20)  # a call that waits for the parent's threads would hang: end the child instead
+        try:
+            out = np.zeros(4)
+
+            def run(part):
+                out[part] = 1.0
+
+            blocking.in_parts(run, 4, elems=10**9)
+            os._exit(0 if out.sum() == 4 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
