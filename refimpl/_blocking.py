@@ -15,6 +15,7 @@ one item per block and check that the blocked result equals the unblocked one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import ctypes
@@ -22,7 +23,7 @@ import glob
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -99,10 +100,13 @@ def in_parts(run: Callable[[slice], None], n: int, elems: int) -> None:
     the caller's context: NumPy's error state (``np.errstate``) is a context variable and would
     otherwise be the default one in the threads. An exception of a part is re-raised here.
 
-    The threads are those of one pool kept for the process (:func:`_pool`): starting and joining
-    two threads for every call cost about 0.3 ms on the benchmark machine, handing parts to
-    waiting ones about 0.1 ms. A call made inside a part (nested) runs in its caller's thread:
-    the pool's threads are all busy with the outer parts.
+    The threads come from :data:`_POOL`, which keeps a thread for a short while after its part
+    (:data:`_LINGER_S`): the several threaded stages of one function, and calls in quick
+    succession, reuse threads instead of starting and joining new ones (about 0.3 ms a call for two
+    threads on the benchmark machine, and a new thread's memory arena faults its pages in again).
+    After a pause the threads are new ones again: on the benchmark machine, threads woken after
+    0.3 s of sleep were often put on one core by the scheduler (SSD 1.5x slower), new ones never. A
+    call made inside a part runs in that part's thread.
 
     Examples
     --------
@@ -118,42 +122,74 @@ def in_parts(run: Callable[[slice], None], n: int, elems: int) -> None:
         run(slice(0, n))
         return
     bounds = [n * i // parts for i in range(parts + 1)]
-    pool = _pool(parts)
-    futures = [pool.submit(contextvars.copy_context().run, run, slice(a, b)) for a, b in zip(bounds, bounds[1:])]
+    futures = [_POOL.submit(contextvars.copy_context().run, run, slice(a, b)) for a, b in zip(bounds, bounds[1:])]
     for done in futures:
         done.result()
 
 
-_worker = threading.local()  # .busy: this thread is one of the pool's (set by the pool's initializer)
-_pool_lock = threading.Lock()
-_pool_state: dict = {"pool": None, "size": 0}
+#: seconds a thread of :data:`_POOL` waits for more work before it ends
+_LINGER_S = 0.05
+
+_worker = threading.local()  # .busy: this thread is one of the pool's
 
 
-def _mark_worker() -> None:
-    _worker.busy = True
+class _Pool:
+    """Threads for :func:`in_parts`: a task goes to an idle thread, or to a new one if none is idle;
+    a thread that has waited :data:`_LINGER_S` seconds without a task ends.
+
+    ``_idle`` counts the threads that are free or about to be: a thread counts itself free again
+    before it publishes its result, so that a call made right after the previous one (the next
+    stage of the same function) finds it.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cv = threading.Condition(threading.Lock())
+        self._tasks: collections.deque = collections.deque()
+        self._idle = 0
+
+    def submit(self, fn, *args) -> Future:
+        done = Future()
+        with self._cv:
+            self._tasks.append((done, fn, args))
+            if len(self._tasks) > self._idle:  # more tasks than free threads: one more thread
+                self._idle += 1
+                threading.Thread(target=self._work, name="refimpl-part", daemon=True).start()
+            else:
+                self._cv.notify()
+        return done
+
+    def _work(self) -> None:
+        _worker.busy = True
+        while True:
+            with self._cv:
+                while not self._tasks:
+                    if not self._cv.wait(_LINGER_S) and not self._tasks:
+                        self._idle -= 1
+                        return  # no work for a while: end (a later call starts a new thread)
+                done, fn, args = self._tasks.popleft()
+                self._idle -= 1
+            if not done.set_running_or_notify_cancel():
+                with self._cv:
+                    self._idle += 1
+                continue
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:  # re-raised in the caller by done.result()
+                result, error = None, exc
+            with self._cv:
+                self._idle += 1  # free again before the caller can see the result
+            if error is None:
+                done.set_result(result)
+            else:
+                done.set_exception(error)
 
 
-def _pool(size: int) -> ThreadPoolExecutor:
-    """The process's pool of at least ``size`` threads, made on first use (larger when asked for:
-    tests raise THREADS)."""
-    with _pool_lock:
-        if _pool_state["size"] < size:
-            old = _pool_state["pool"]
-            _pool_state.update(pool=ThreadPoolExecutor(size, "refimpl", initializer=_mark_worker), size=size)
-            if old is not None:
-                old.shutdown(wait=False)
-        return _pool_state["pool"]
-
-
-def _forget_pool() -> None:
-    """In a forked child the parent's threads do not exist: the child makes its own pool."""
-    global _pool_lock
-    _pool_lock = threading.Lock()
-    _pool_state.update(pool=None, size=0)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
+_POOL = _Pool()
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
+    os.register_at_fork(after_in_child=_POOL._reset)
 
 
 def take_turns(n_items: int, worker: Callable[[], Callable[[int], None]], elems: int) -> None:

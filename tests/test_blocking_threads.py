@@ -162,14 +162,52 @@ def test_numpys_openblas_is_found_and_its_thread_count_set():
     assert blocking._BLAS[1]() == before
 
 
-def test_the_pool_is_kept_between_calls(monkeypatch):
+def _part_threads() -> int:
+    return sum(t.name == "refimpl-part" for t in threading.enumerate())
+
+
+def _slow_run(calls: list):
+    def run(part: slice) -> None:
+        calls.append(threading.get_ident())
+        np.linalg.svd(np.ones((60, 60)))  # long enough for both parts to need a thread
+
+    return run
+
+
+def _no_part_threads(monkeypatch) -> None:
+    """Wait for the threads left by earlier calls to end (their linger time shortened)."""
+    import time
+
+    monkeypatch.setattr(blocking, "_LINGER_S", 0.01)
+    blocking.in_parts(_slow_run([]), 2, elems=10**9)  # wakes any waiting thread: it then waits 0.01 s
+    deadline = time.monotonic() + 5.0
+    while _part_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _part_threads() == 0
+
+
+def test_a_call_right_after_another_reuses_its_threads(monkeypatch):
     monkeypatch.setattr(blocking, "THREADS", 2)
+    _no_part_threads(monkeypatch)
+    monkeypatch.setattr(blocking, "_LINGER_S", 10.0)  # no thread ends during the test
     seen = []
-    for _ in range(3):
+    for _ in range(4):
         calls = []
-        blocking.in_parts(_record(calls), 2, elems=10**9)
-        seen.append({c[2] for c in calls})
-    assert len(set().union(*seen)) <= max(2, blocking._pool_state["size"])  # the same threads every time
+        blocking.in_parts(_slow_run(calls), 2, elems=10**9)
+        seen.append(set(calls))
+    assert len(set().union(*seen)) <= 3, seen  # threads are reused (a third at most, if one was not free yet)
+    monkeypatch.setattr(blocking, "_LINGER_S", 0.01)
+    blocking.in_parts(_slow_run([]), 2, elems=10**9)  # wakes the waiting threads with the short linger
+
+
+def test_idle_threads_end_after_the_linger_time(monkeypatch):
+    monkeypatch.setattr(blocking, "THREADS", 2)
+    blocking.in_parts(_slow_run([]), 2, elems=10**9)
+    assert _part_threads() >= 1
+    _no_part_threads(monkeypatch)  # after a pause the next call starts new threads
+    calls = []
+    blocking.in_parts(_slow_run(calls), 2, elems=10**9)
+    assert len(calls) == 2
 
 
 def test_a_nested_call_runs_in_the_part_that_makes_it(monkeypatch):
