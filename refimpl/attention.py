@@ -358,8 +358,10 @@ def _batch_groups(batch: tuple, floats_per_element: int) -> tuple[list, int]:
 _LOW = 256.0
 _TINY_Z = math.exp(-_LOW)
 #: problems with at least this many logits (over all blocks and batch entries) run their blocks in
-#: threads (see _attend); smaller ones lose more to starting threads than they gain
-_THREADED_LOGITS = 1 << 21
+#: threads (see _attend); smaller ones lose more to handing work to threads than they gain (measured,
+#: d = 64: N = 512 non-causal 1.3 ms in one thread, 1.45 ms in two; N = 768 2.6 -> 2.4 ms, causal
+#: 2.7 -> 2.0; N = 1024 4.4 -> 3.7, causal 3.7 -> 2.9)
+_THREADED_LOGITS = 1 << 18
 #: blocks per thread at least, and the fewest rows of a block, when the blocks run in threads
 _TURNS, _THREAD_ROWS = 4, 64
 
@@ -387,7 +389,7 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
 
     Without weights, ``y`` is normalized instead of ``A`` (``y_i = Σ_j e_ij v_j / z_i``) and the
     logits live in a reused workspace of about one block per thread; with weights, each block is
-    written into ``A`` directly. Problems of at least ``_THREADED_LOGITS`` logits run their
+    written into ``A`` directly. Problems of at least ``_THREADED_LOGITS`` (2^18) logits run their
     blocks in :data:`refimpl._blocking.THREADS` threads, largest first, with BLAS held to one
     thread (each block is the same operations in any thread, so the result is bitwise that of
     one thread). A row with no allowed key gets ``y_i = 0``, ``A_i = 0``, ``lse_i = −∞``.
