@@ -745,6 +745,27 @@ def _straddle(X: np.ndarray) -> np.ndarray:
     return np.sum(np.where(np.tri(X.shape[-1], X.shape[-1], -1, dtype=bool), Y, 0.0), axis=-1)
 
 
+def _over_heads(core, *args, c: int) -> tuple:
+    """``core(*args, c)``, its batch entries (heads) split over threads (:func:`refimpl._blocking.in_parts`).
+
+    ``args`` share one batch shape, that of the last one (``dy``, (*b, L, D)); the core returns the
+    gradients of all the others, each of its argument's shape, and computes every batch entry by
+    the same operations whatever the others are, so each part writes its entries' rows and the
+    result is bitwise that of one call.
+    """
+    batch = args[-1].shape[:-2]
+    nb = math.prod(batch)
+    flat = [a.reshape((nb,) + a.shape[len(batch) :]) for a in args]
+    outs = [np.empty(a.shape) for a in flat[:-1]]
+
+    def run(sl):
+        for o, r in zip(outs, core(*(a[sl] for a in flat), c)):
+            o[sl] = r
+
+    _blocking.in_parts(run, nb, flat[-1].size)
+    return tuple(o.reshape(a.shape) for o, a in zip(outs, args))
+
+
 def _gla_vjp_core(q, k, v, logg, dy, c: int):
     """Chunked backward pass of ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q_t`` (q scaled).
 
@@ -940,7 +961,7 @@ def gated_linear_attention_vjp(q, k, v, log_g, dy, *, scale=None, chunk_size=64)
     True
     """
     qs, kb, vb, g, dy, cs, c, shapes = _gla_vjp_setup(q, k, v, log_g, dy, scale, chunk_size)
-    return _gla_vjp_result(*_gla_vjp_core(qs, kb, vb, g, dy, c), cs, shapes)
+    return _gla_vjp_result(*_over_heads(_gla_vjp_core, qs, kb, vb, g, dy, c=c), cs, shapes)
 
 
 @guard_overflow()
@@ -1153,7 +1174,7 @@ def ssd_vjp(x, dt, A, B, C, D, dy, *, chunk_size=64) -> dict:
     """
     x, dt, A, Bh, Ch, Dv, dy, c, shapes = _ssd_vjp_setup(x, dt, A, B, C, D, dy, chunk_size)
     logg = (dt * A[:, None])[..., None]  # log g_t = Δ_t A_h per head
-    dq, dk, dv, dg = _gla_vjp_core(Ch, Bh * dt[..., None], x, logg, dy, c)  # q = C, k = Δ B, v = x
+    dq, dk, dv, dg = _over_heads(_gla_vjp_core, Ch, Bh * dt[..., None], x, logg, dy, c=c)  # q = C, k = Δ B, v = x
     # k = Δ B: dB = Δ dk, dΔ = dk · B
     return _ssd_vjp_result(x, dt, A, Dv, dy, dv, np.sum(dk * Bh, axis=-1), dk * dt[..., None], dq, dg[..., 0], shapes)
 
@@ -1399,7 +1420,7 @@ def delta_rule_vjp(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64) 
     True
     """
     qs, kb, vb, b, g, dy, cs, c, shapes = _delta_vjp_setup(q, k, v, beta, log_g, dy, scale, chunk_size)
-    return _delta_vjp_result(*_delta_vjp_core(qs, kb, vb, b, g, dy, c), cs, shapes)
+    return _delta_vjp_result(*_over_heads(_delta_vjp_core, qs, kb, vb, b, g, dy, c=c), cs, shapes)
 
 
 @guard_overflow()

@@ -1044,3 +1044,33 @@ def test_softmax_vjp_parts_and_threads(monkeypatch, kw, batch):
     one = softmax_attention_vjp(q, k, v, dy, **kw)
     for a, b in zip(got[1], one):
         close(a, b, rtol=1e-13, what=f"parts vs one part {kw} batch {batch}")
+
+
+def test_chunked_recurrence_vjps_split_heads_over_threads_bitwise(monkeypatch):
+    """The backward passes of SSD, GLA and the delta rule run their heads in threads
+    (_vjp._over_heads): bitwise the same gradients with 1, 2 and 3 threads."""
+    import refimpl._blocking as blocking
+    from refimpl._vjp import delta_rule_vjp, gated_linear_attention_vjp, ssd_vjp
+
+    rng = np.random.default_rng(23)
+    H, L, d = 3, 200, 40  # dy has H·L·d = 24000 entries: raise the work so that threads are used
+    monkeypatch.setattr(blocking, "THREAD_MIN_ELEMS", 1000)
+    q, k, v, dy = rng.normal(size=(4, H, L, d))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    log_g = np.log(rng.uniform(0.7, 1.0, (H, L, d)))
+    beta = rng.uniform(0.1, 0.9, (H, L))
+    dt, A, D = rng.uniform(0.01, 0.5, (H, L)), -np.arange(1.0, H + 1), np.ones(H)
+    B, C = rng.normal(size=(2, 1, L, d))
+    calls = {
+        "gla": lambda: gated_linear_attention_vjp(q, k, v, log_g, dy, chunk_size=16),
+        "delta": lambda: delta_rule_vjp(q, k, v, beta, dy, log_g=log_g[..., 0], chunk_size=16),
+        "ssd": lambda: ssd_vjp(q, dt, A, B, C, D, dy, chunk_size=16),
+    }
+    for name, call in calls.items():
+        got = {}
+        for threads in (1, 2, 3):
+            monkeypatch.setattr(blocking, "THREADS", threads)
+            got[threads] = call()
+        for threads in (2, 3):
+            for key in got[1]:
+                assert np.array_equal(got[1][key], got[threads][key]), (name, key, threads)
