@@ -39,6 +39,7 @@ __all__ = [
     "take_turns",
     "in_blocks",
     "one_thread_blas",
+    "blas_threads_settable",
 ]
 
 #: float64 numbers the temporaries of one block may hold (2**18 = 2 MiB: a block stays in a
@@ -328,6 +329,11 @@ _BLAS = _find_openblas()
 _blas_lock = threading.Lock()
 _blas_users = 0  # callers inside one_thread_blas(); the first saves the thread count, the last restores it
 _blas_saved = 1
+
+
+def blas_threads_settable() -> bool:
+    """Whether :func:`one_thread_blas` can hold NumPy's BLAS to one thread (an OpenBLAS was found)."""
+    return _BLAS is not None
 
 
 @contextlib.contextmanager

@@ -428,7 +428,7 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     # BLAS thread (_blocking.one_thread_blas), so that the exponentials, which NumPy computes on
     # the calling thread, run on every core too; at least _TURNS blocks per thread, so that no
     # thread waits long for the last one. Each block is the same operations either way.
-    threaded = _blocking.THREADS > 1 and logits >= _THREADED_LOGITS
+    threaded = _blocking.THREADS > 1 and logits >= _THREADED_LOGITS and _blocking.blas_threads_settable()
     if threaded and len(blocks) < _TURNS * _blocking.THREADS:
         rows = max(_THREAD_ROWS, -(-n // (_TURNS * _blocking.THREADS)))
         blocks, logits = cut(rows)

@@ -916,10 +916,31 @@ def test_blocks_in_threads_are_bitwise_the_unthreaded_ones(monkeypatch, kw):
         entered = []
         monkeypatch.setattr(_att, "one_thread_blas", lambda: entered.append(1) or real())
         outs[threads] = _att.softmax_attention(q, k, v, return_weights=True, return_lse=True, **kw)
-        assert len(entered) == (threads > 1)  # the threaded path was taken with two or three threads
+        assert len(entered) == (threads > 1 and blocking.blas_threads_settable())  # the threaded path
         y = _att.softmax_attention(q, k, v, **kw)  # without weights: each thread's own workspace
         assert np.array_equal(y, outs[threads][0])
     for threads in (2, 3):
         for a, b in zip(outs[1], outs[threads]):
             assert np.array_equal(a, b), (threads, kw)
     check_against_dense(_att.softmax_attention, q, k, v, kw, 1, f"threaded blocks {kw}")
+
+
+def test_without_a_settable_blas_the_blocks_stay_in_one_thread(monkeypatch):
+    """Another BLAS than OpenBLAS (its thread count unknown to refimpl): the blocks run one after the
+    other in the caller, as many and as large as with one thread, and give the same result."""
+    import refimpl._blocking as blocking
+
+    rng = np.random.default_rng(92)
+    q, k, v = rng.normal(size=(3, 2, 300, 8))
+    monkeypatch.setattr(_att, "_THREADED_LOGITS", 1)
+    rows, real = [], _att._bias_and_mask
+    monkeypatch.setattr(_att, "_bias_and_mask", lambda s, *a, **kw: rows.append(s.shape[-2]) or real(s, *a, **kw))
+    monkeypatch.setattr(blocking, "THREADS", 1)
+    one, rows_one = _att.softmax_attention(q, k, v, causal=True), list(rows)
+    rows.clear()
+    monkeypatch.setattr(blocking, "THREADS", 2)
+    monkeypatch.setattr(blocking, "_BLAS", None)
+    assert not blocking.blas_threads_settable()
+    monkeypatch.setattr(_att, "take_turns", lambda *a, **kw: pytest.fail("blocks sent to threads"))
+    assert np.array_equal(_att.softmax_attention(q, k, v, causal=True), one)
+    assert rows == rows_one  # the one-thread blocks, not the smaller ones cut for threads
