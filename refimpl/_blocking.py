@@ -37,6 +37,7 @@ __all__ = [
     "in_parts",
     "one_thread_matmul",
     "take_turns",
+    "take_turns_one_blas",
     "in_blocks",
     "one_thread_blas",
     "blas_threads_settable",
@@ -172,10 +173,6 @@ class _Pool:
                         return  # no work for a while: end (a later call starts a new thread)
                 done, fn, args = self._tasks.popleft()
                 self._idle -= 1
-            if not done.set_running_or_notify_cancel():
-                with self._cv:
-                    self._idle += 1
-                continue
             try:
                 result, error = fn(*args), None
             except BaseException as exc:  # re-raised in the caller by done.result()
@@ -221,6 +218,19 @@ def take_turns(n_items: int, worker: Callable[[], Callable[[int], None]], elems:
             work(i)
 
     in_parts(run, n_items, elems)
+
+
+def take_turns_one_blas(n_items: int, worker: Callable[[], Callable[[int], None]], elems: int, threaded: bool) -> None:
+    """:func:`take_turns` with BLAS held to one thread (:func:`one_thread_blas`), for items whose
+    products are large; without ``threaded``, or when BLAS cannot be held, the items run one after
+    the other in the caller with one ``worker()``. Either way each item is the same operations."""
+    with one_thread_blas() if threaded else contextlib.nullcontext(False) as split:
+        if split:
+            take_turns(n_items, worker, elems)
+        else:
+            work = worker()
+            for i in range(n_items):
+                work(i)
 
 
 def in_blocks(block: Callable[[slice], None], n: int, size: int, elems: int) -> None:
@@ -304,7 +314,7 @@ def _openblas_candidates() -> list[str]:
     except OSError:
         pass
     here = os.path.dirname(np.__file__)
-    for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*", "../numpy.libs/*openblas*.dll"):
+    for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*"):
         found += glob.glob(os.path.join(here, pattern))
     paths = list(dict.fromkeys(os.path.realpath(p) for p in found if os.path.isfile(p)))
     return sorted(paths, key=lambda p: "numpy" not in p)  # NumPy's bundled library first

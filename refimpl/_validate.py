@@ -75,18 +75,20 @@ def _check_ndim(arr: np.ndarray, name: str, ndim) -> None:
         raise ValueError(f"{name}: expected {want} dimensions, got shape {arr.shape}")
 
 
+def _sum_is_finite(arr: np.ndarray) -> bool:
+    """Σ x is finite only if every entry is (a NaN entry makes the sum NaN, an inf entry makes it
+    ±inf or NaN); False may also mean that finite entries overflowed the sum. NumPy's own
+    reduction, not a BLAS dot: a multithreaded dot over a long vector stalls for milliseconds when
+    the cores are busy."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.add.reduce(arr, axis=None)))
+
+
 def _check_finite(arr: np.ndarray, name: str) -> None:
     if not arr.size:
         return
-    if arr.dtype.kind == "f" and arr.flags.c_contiguous:
-        # Fast path for large real signals: Σ x is finite only if every entry is (a NaN entry makes
-        # the sum NaN, an inf entry makes it ±inf or NaN). A non-finite result, possibly an
-        # overflow of finite entries, falls through. NumPy's own reduction, not a BLAS dot: a
-        # multithreaded dot over a long vector stalls for milliseconds when the cores are busy.
-        flat = arr.reshape(-1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(np.add.reduce(flat)):
-                return
+    if arr.dtype.kind == "f" and arr.flags.c_contiguous and _sum_is_finite(arr.reshape(-1)):
+        return  # fast path for large real signals; a non-finite sum falls through to the count
     if not np.all(np.isfinite(arr)):
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
@@ -104,12 +106,8 @@ def check_finite_part(checks, part) -> None:
     """
     for name, view, arg in checks:
         piece = view[part]
-        if not piece.size:
-            continue
-        with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(np.add.reduce(piece, axis=None)):  # Σ is finite only if every entry is
-                continue
-        _check_finite(np.asarray(arg), name)  # raises, unless finite entries overflowed the sum
+        if piece.size and not _sum_is_finite(piece):
+            _check_finite(np.asarray(arg), name)  # raises, unless finite entries overflowed the sum
 
 
 def as_real_array(x, name: str, *, ndim=None, finite: bool = True, copy: bool = True) -> np.ndarray:

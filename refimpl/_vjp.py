@@ -42,7 +42,6 @@ References
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -237,8 +236,8 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     n_parts = min(len(blocks), _VJP_PARTS) if large and len(groups) < _VJP_PARTS else 1
     cuts = np.searchsorted(cost, cost[-1] * np.arange(1, n_parts) / n_parts, side="right") if blocks else []
     parts = [blocks[a:b] for a, b in zip([0, *cuts], [*cuts, len(blocks)]) if b > a]
-    dk = np.zeros((len(parts), *batch, m, d))  # dK, dV of each part
-    dv = np.zeros((len(parts), *batch, m, dv_))
+    dk = np.zeros((max(1, len(parts)), *batch, m, d))  # dK, dV of each part (zero if no block sees a key)
+    dv = np.zeros((max(1, len(parts)), *batch, m, dv_))
     items = [(g, j) for g in groups for j in range(len(parts))]
 
     def item(i):
@@ -269,16 +268,11 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
 
     # large problems: the items in threads, BLAS on one thread each (as in softmax_attention)
     threaded = large and _blocking.THREADS > 1 and len(items) > 1
-    with _blocking.one_thread_blas() if threaded else contextlib.nullcontext(False) as split:
-        if split:
-            _blocking.take_turns(len(items), lambda: item, elems=1 << 30)
-        else:
-            for i in range(len(items)):
-                item(i)
+    _blocking.take_turns_one_blas(len(items), lambda: item, 1 << 30, threaded)  # elems: `large` decided already
     for j in range(1, len(parts)):  # the parts' dK, dV in order
         dk[0] += dk[j]
         dv[0] += dv[j]
-    dk, dv = (dk[0], dv[0]) if parts else (dk.sum(axis=0), dv.sum(axis=0))
+    dk, dv = dk[0], dv[0]
     return _softmax_grads(p, dq, dk, dv, shapes, lse, D, return_intermediates)
 
 

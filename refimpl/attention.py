@@ -46,7 +46,6 @@ References
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -54,7 +53,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _blocking
-from ._blocking import MIN_BLOCK_ROWS, one_thread_blas, per_block, take_turns
+from ._blocking import MIN_BLOCK_ROWS, per_block
 from ._validate import as_array, as_bool, as_int, as_positive_scalar, as_real_array, check_qk, check_qkv, guard_overflow
 
 __all__ = [
@@ -472,13 +471,7 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
 
         return block
 
-    with one_thread_blas() if threaded else contextlib.nullcontext(False) as split:
-        if split:
-            take_turns(len(blocks), worker, elems=logits)
-        else:
-            block = worker()
-            for b in range(len(blocks)):
-                block(b)
+    _blocking.take_turns_one_blas(len(blocks), worker, logits, threaded)
     return y, A, lse
 
 

@@ -507,11 +507,10 @@ def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states, scale_q=T
     scale their output instead: one pass over data in cache rather than a copy of ``q``), and
     then with the finiteness of the four inputs left to the threads of the chunked algorithm
     (the last item: the (name, argument) pairs to check)."""
-    args = dict(q=q, k=k, v=v, log_g=log_g)
     q, k, v = _check_qkv(q, k, v, finite=scale_q)
     L, dk = q.shape[-2:]
     g, per_channel = _check_log_g(log_g, L, dk, k.ndim, finite=scale_q)
-    args = dict(zip(args, (q, k, v, g)))  # as float64 arrays
+    args = list(zip(("q", "k", "v", "log_g"), (q, k, v, g)))  # as float64 arrays, before broadcasting
     c = _check_chunk(chunk_size)
     as_bool(return_chunk_states, "return_chunk_states")
     if not per_channel:
@@ -523,7 +522,7 @@ def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states, scale_q=T
     k = np.broadcast_to(k, batch + k.shape[-2:])
     v = np.broadcast_to(v, batch + v.shape[-2:])
     g = np.broadcast_to(g, batch + (L, g.shape[-1]))
-    return (q, k, v, g, c) if scale_q else (q, k, v, g, c, s, list(args.items()))
+    return (q, k, v, g, c) if scale_q else (q, k, v, g, c, s, args)
 
 
 @guard_overflow()
@@ -993,9 +992,8 @@ def ssd_quadratic(x, dt, A, B, C, D=None, *, return_matrix=False):
 def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, scale_q=True):
     """Validated, broadcast ``q, k, v, β, log g`` and ``c``; ``q`` times the scale, or with
     ``scale_q=False`` unscaled and the scale returned last (as in :func:`_gla_setup`)."""
-    args = dict(q=q, k=k, v=v)
     q, k, v = _check_qkv(q, k, v, finite=scale_q)
-    args = dict(zip(args, (q, k, v)))  # as float64 arrays
+    args = list(zip(("q", "k", "v"), (q, k, v)))  # as float64 arrays, before broadcasting
     L, dk = q.shape[-2:]
     if scale_q:
         _check_key_norms(k)
@@ -1022,7 +1020,7 @@ def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, s
     v = np.broadcast_to(v, batch + v.shape[-2:])
     b = np.broadcast_to(b, batch + (L,))
     g = np.broadcast_to(g, batch + (L,))
-    return (q, k, v, b, g, c) if scale_q else (q, k, v, b, g, c, s, list(args.items()))
+    return (q, k, v, b, g, c) if scale_q else (q, k, v, b, g, c, s, args)
 
 
 def _check_key_norms(k: np.ndarray) -> None:

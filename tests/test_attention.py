@@ -909,12 +909,12 @@ def test_blocks_in_threads_are_bitwise_the_unthreaded_ones(monkeypatch, kw):
         kw["mask"] = rng.random((200, 230)) < 0.7
     monkeypatch.setattr(_att, "MIN_BLOCK_ROWS", 16)  # many blocks
     monkeypatch.setattr(_att, "per_block", lambda floats, minimum=1: max(minimum, 16 * 230 // max(1, floats)))
-    outs, real = {}, _att.one_thread_blas
+    outs, real = {}, blocking.one_thread_blas
     monkeypatch.setattr(_att, "_THREADED_LOGITS", 1)
     for threads in (1, 2, 3):
         monkeypatch.setattr(blocking, "THREADS", threads)
         entered = []
-        monkeypatch.setattr(_att, "one_thread_blas", lambda: entered.append(1) or real())
+        monkeypatch.setattr(blocking, "one_thread_blas", lambda: entered.append(1) or real())
         outs[threads] = _att.softmax_attention(q, k, v, return_weights=True, return_lse=True, **kw)
         assert len(entered) == (threads > 1 and blocking.blas_threads_settable())  # the threaded path
         y = _att.softmax_attention(q, k, v, **kw)  # without weights: each thread's own workspace
@@ -941,6 +941,6 @@ def test_without_a_settable_blas_the_blocks_stay_in_one_thread(monkeypatch):
     monkeypatch.setattr(blocking, "THREADS", 2)
     monkeypatch.setattr(blocking, "_BLAS", None)
     assert not blocking.blas_threads_settable()
-    monkeypatch.setattr(_att, "take_turns", lambda *a, **kw: pytest.fail("blocks sent to threads"))
+    monkeypatch.setattr(blocking, "take_turns", lambda *a, **kw: pytest.fail("blocks sent to threads"))
     assert np.array_equal(_att.softmax_attention(q, k, v, causal=True), one)
     assert rows == rows_one  # the one-thread blocks, not the smaller ones cut for threads
