@@ -330,19 +330,35 @@ def test_ssd_is_scalar_gated_linear_attention():
     close(y, gla, rtol=SELF, what="SSD = GLA(q=C, k=ΔB, v=x, log g=ΔA)")
 
 
-@pytest.mark.parametrize("regime", ["A=0", "fast decay", "tiny dt"])
+@pytest.mark.parametrize("regime", ["A=0", "fast decay", "tiny dt", "subnormal dt"])
 def test_ssd_delicate_regimes(regime):
     x, dt, A, B, C, D = _ssd_inputs(14, L=70)
     if regime == "A=0":
         A = np.zeros_like(A)  # gates exactly 1: a pure cumulative sum
     elif regime == "fast decay":
         dt = dt * 400.0  # e^{ΔA} underflows to 0
+    elif regime == "tiny dt":
+        dt = dt * 1e-9  # D / Δ ≈ 1e9 on the diagonal of the chunk products
     else:
-        dt = dt * 1e-9
+        dt[..., 5] = 1e-310  # D / Δ overflows: the skip is added outside the products
+        assert lr._skip_diagonal(np.ones((2, 4)), lr._chunks(dt, 16, -1), 1.0) is None
     y = lr.ssd(x, dt, A, B, C, D, chunk_size=16)
     assert np.all(np.isfinite(y))
     close(y, lr.ssd_loop(x, dt, A, B, C, D), rtol=SELF, what=f"SSD {regime}")
     close(lr.ssd_quadratic(x, dt, A, B, C, D), y, rtol=SELF, what=f"SSD quadratic {regime}")
+
+
+@pytest.mark.parametrize("L", [64, 70])
+def test_ssd_skip_on_the_diagonal_equals_the_skip_added(monkeypatch, L):
+    # D x_t rides on the diagonal of the chunk products (_skip_diagonal); without it, D x_t is
+    # added to the output afterwards. Strongly decaying chunks (exact path) in both.
+    x, dt, A, B, C, D = _ssd_inputs(15, L=L)
+    dt[..., 20:40] *= 200.0
+    y = lr.ssd(x, dt, A, B, C, D, chunk_size=16)
+    monkeypatch.setattr(lr, "_skip_diagonal", lambda *args: None)
+    y_added = lr.ssd(x, dt, A, B, C, D, chunk_size=16)
+    close(y, y_added, rtol=SELF, what="SSD skip on the diagonal vs added")
+    close(y, lr.ssd_loop(x, dt, A, B, C, D), rtol=SELF, what="SSD vs recurrence")
 
 
 # ---------------------------------------------------------------------------------------------
