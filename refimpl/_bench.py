@@ -1006,29 +1006,34 @@ def _kalman_cases(mode: str) -> list[Case]:
         )
     for n in (2, 8, 32):
         Ns = {"test": 200, "quick": 256, "full": 10_000 if n <= 8 else 2_000}[mode]
+        for scan, seq, what in (
+            (kalman.kalman_filter_scan, kalman.kalman_filter, "filtered"),
+            (kalman.rts_smoother_scan, kalman.rts_smoother, "smoothed"),
+        ):
 
-        def make_scan(n=n, Ns=Ns):
-            model = _kalman_model(n, 17)
-            z = _rng(18).normal(size=(Ns, 2))
-            return Calls(lambda: kalman.kalman_filter_scan(z, *model), lambda: kalman.kalman_filter(z, *model))
+            def make_scan(n=n, Ns=Ns, scan=scan, seq=seq):
+                model = _kalman_model(n, 17)
+                z = _rng(18).normal(size=(Ns, 2))
+                return Calls(lambda: scan(z, *model), lambda: seq(z, *model))
 
-        out.append(
-            Case(
-                "kalman",
-                "kalman_filter_scan",
-                f"N={Ns},n={n}",
-                make_scan,
-                # the fewest flops for the filtered moments: the sequential filter's F P Fᵀ, 3 n³ a step with
-                # symmetry. The associative scan's log2 N sweeps of element combinations are that algorithm's
-                # price, not work every code must do: counted (10 n³ log2 N a step), they put the "limit"
-                # above the measured time (fraction 0.8 quiet, 2.3 loaded, at n = 32)
-                Cost(flops=3 * Ns * n**3),
-                "refimpl's sequential kalman_filter",
-                base_target=2.0 if n <= 8 else None,
-                limit_target=None,
-                bound_note="small n x n products at the GEMM rate",
+            out.append(
+                Case(
+                    "kalman",
+                    scan.__name__,
+                    f"N={Ns},n={n}",
+                    make_scan,
+                    # the fewest flops for the filtered (smoothed) moments: the sequential filter's F P Fᵀ, 3 n³ a
+                    # step with symmetry (the smoother's gain and covariance, 8 n³ with the filter, as for
+                    # rts_smoother above). The associative scan's log2 N sweeps of element combinations are that
+                    # algorithm's price, not work every code must do: counted (10 n³ log2 N a step), they put the
+                    # "limit" above the measured time (fraction 0.8 quiet, 2.3 loaded, at n = 32)
+                    Cost(flops=(3 if what == "filtered" else 8) * Ns * n**3),
+                    f"refimpl's sequential {seq.__name__}",
+                    base_target=2.0 if n <= 8 else None,
+                    limit_target=None,
+                    bound_note="small n x n products at the GEMM rate",
+                )
             )
-        )
     return out
 
 

@@ -1005,6 +1005,9 @@ def _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts):
         rv = np.concatenate([pinv, used.size + rinv])
         X = np.concatenate([X[used], X_new])
         step *= 2
+    # the prefixes of the last sweep (k >= step / 2) are merged too: left with kinds of their own, the
+    # settled covariances would cut a stretch of identical smoother elements (see _typed_suffix_scan)
+    rs, rv = _merge_prefixes(rs, rv, N, X[:, 1], N, pattern, H, F, Q, R, starts, settled)
     return Z[..., :n], X[:, 1], np.repeat(rv, np.diff(rs, append=N))
 
 
@@ -1231,6 +1234,29 @@ def _by_type(X, types, M, out):
     return out
 
 
+def _by_runs(X, first, lengths, kinds, M, out):
+    """``out[k] = X[k] @ M[kinds[r]]ᵀ`` for the elements k of run r (starts ``first``, ``lengths``):
+    one flat product per run of at least :data:`_SHARED` elements (slices: views), one gathered
+    batched product for the short runs (a view when they are consecutive)."""
+    n = X.shape[-1]
+    long = lengths >= _SHARED
+    for r in np.flatnonzero(long):
+        sl = slice(first[r], first[r] + lengths[r])
+        np.matmul(X[sl].reshape(-1, n), _Tc(M[kinds[r]]), out=out[sl].reshape(-1, n))
+    short = np.flatnonzero(~long)
+    if short.size:
+        Mk = _Tc(M[np.repeat(kinds[short], lengths[short])])[:, None]  # (rows, 1, n, n): one per element
+        if short[-1] - short[0] + 1 == short.size:  # consecutive runs: views
+            rows = slice(first[short[0]], first[short[-1]] + lengths[short[-1]])
+            np.matmul(X[rows][..., None, :], Mk, out=out[rows][..., None, :])
+        else:
+            mask = np.zeros(lengths.size, dtype=bool)
+            mask[short] = True
+            rows = np.flatnonzero(np.repeat(mask, lengths))
+            out[rows] = (X[rows][..., None, :] @ Mk)[..., 0, :]
+    return out
+
+
 def _typed_suffix_scan(types, E, L, g):
     """Reverse Hillis–Steele scan of the smoother elements (E, g, L), Eq. (3.9), per kind.
 
@@ -1239,37 +1265,52 @@ def _typed_suffix_scan(types, E, L, g):
     data-independent half once per distinct pair of kinds, the means by matrix products grouped
     by the kind of k. Returns the scanned g (the smoothed means), the L table and the types
     (P^s_k = table[types[k]]).
+
+    As in :func:`_typed_scan`, the kinds are kept as runs (start, kind): a time-invariant model
+    has a few long runs of identical elements, so the pairs of a sweep and the tables of the next
+    are formed from a few dozen numbers and a long run's means are one flat product. The tables
+    keep only the kinds in use.
     """
     N = types.shape[0]
     g2 = np.empty_like(g)
-    elem, E0, L0 = types.copy(), E, L  # the elements' own kinds, for the settled test
-    bounds = np.flatnonzero(elem[1:] != elem[:-1]) + 1  # runs [a, b) of identical elements
-    runs = [(int(a), int(b)) for a, b in zip(np.r_[0, bounds], np.r_[bounds, N]) if b - a > _PATIENCE + 1]
+    elem, E0, L0 = types, E, L  # the elements' own kinds, for the settled test
+    rs = _runs(types)
+    rv = types[rs]
+    ends = np.append(rs[1:], N)
+    runs = [(int(a), int(b)) for a, b in zip(rs, ends) if b - a > _PATIENCE + 1]  # runs of identical elements
     settled = {}
     step = 1
     while step < N:
-        types = _merge_suffixes(types, L, N - step, elem, E0, L0, runs, settled)
-        ti, tj = types[:-step], types[step:]  # element k and element k + step
-        T = E.shape[0]
-        uniq, inv = np.unique(ti.astype(np.int64) * T + tj, return_inverse=True)
+        rs, rv = _merge_suffixes(rs, rv, L, N - step, elem, E0, L0, runs, settled)
+        T, m = E.shape[0], N - step
+        # the runs of the pairs (kind of k, kind of k + step), k = 0 … m − 1: a new run wherever either changes
+        cut = np.concatenate([rs, rs - step])
+        cut = np.sort(cut[(cut > 0) & (cut < m)])
+        first = np.concatenate([[0], cut[:1], cut[1:][cut[1:] != cut[:-1]]])
+        lengths = np.concatenate([first[1:], [m]]) - first
+        ti = rv[rs.searchsorted(first, "right") - 1]
+        tj = rv[rs.searchsorted(first + step, "right") - 1]
+        uniq, rinv = _distinct(ti.astype(np.int64) * T + tj, T * T)  # the distinct pairs, and the pair of each run
         ui, uj = uniq // T, uniq % T
         Ei = E[ui]
         E_new = Ei @ E[uj]  # E_kj = E_k E_j
         L_new = _sym(Ei @ L[uj] @ _T(Ei) + L[ui])  # L_kj = E_k L_j E_kᵀ + L_k
-        _by_type(g[step:], ti, E, out=g2[:-step])
-        g2[:-step] += g[:-step]  # g_kj = E_k g_j + g_k
-        g2[N - step :] = g[N - step :]
+        _by_runs(g[step:], first, lengths, ti, E, out=g2[:m])
+        g2[:m] += g[:m]  # g_kj = E_k g_j + g_k
+        g2[m:] = g[m:]  # the suffixes k >= m are unchanged
         g, g2 = g2, g
-        types = np.concatenate([T + inv.reshape(-1), types[N - step :]])
-        E, L = np.concatenate([E, E_new]), np.concatenate([L, L_new])
-        if E.shape[0] > 2 * N:  # drop the kinds no longer in use
-            used, types = np.unique(types, return_inverse=True)
-            E, L = E[used], L[used]
+        # the runs and tables of the next sweep: the new pairs (k < m), then the suffixes' runs (k >= m)
+        top = rs.searchsorted(m, "right") - 1  # the run that holds m
+        s_rs = np.concatenate([[m], rs[top + 1 :]])
+        used, pinv = _distinct(rv[top:], T)
+        rs = np.concatenate([first, s_rs])
+        rv = np.concatenate([rinv, uniq.size + pinv])
+        E, L = np.concatenate([E_new, E[used]]), np.concatenate([L_new, L[used]])
         step *= 2
-    return g, L, types
+    return g, L, np.repeat(rv, np.diff(rs, append=N))
 
 
-def _merge_suffixes(types, L, first, elem, E0, L0, runs, settled):
+def _merge_suffixes(rs, rv, L, first, elem, E0, L0, runs, settled):
     """Give the settled suffixes k ≥ ``first`` of each run of identical elements one kind.
 
     The mirror of :func:`_merge_prefixes` for the smoother: suffix k (the scanned element that
@@ -1278,24 +1319,29 @@ def _merge_suffixes(types, L, first, elem, E0, L0, runs, settled):
     k decreases. The first suffix (from the end of the run) ending ``_PATIENCE`` consecutive
     changes of at most 4 units of rounding that passes :func:`_settled` and the fixed-point
     residual gives its kind to the suffixes below it that agree with it to 64 units of rounding.
+    The kinds are runs (starts ``rs``, kinds ``rv``); returns the new runs. ``settled`` (run →
+    (c, lowest merged suffix, or None once one disagreed)) carries the verdicts from sweep to sweep.
     """
+    N = elem.shape[0]
     n2 = L.shape[-1] ** 2
-    types = types.copy()
     for r, (a, b) in enumerate(runs):
         lo = max(a, first)
-        if r in settled:  # extend the merged run downwards over the new suffixes
+        if r in settled:  # extend the merged run downwards over the new suffixes, run by run
             c, low = settled[r]
             if low is not None and low > lo:
-                X_c = L[types[c]].reshape(n2)
-                Xk = L[types[lo:low]].reshape(-1, n2)
-                close = np.max(np.abs(Xk - X_c), axis=1) <= _REACH * _EPS * np.max(np.abs(X_c))
-                start = lo if np.all(close) else low - int(np.argmin(close[::-1]))
-                types[start:low] = types[c]
+                tc = rv[rs.searchsorted(c, "right") - 1]
+                r0, r1 = rs.searchsorted(lo, "right") - 1, rs.searchsorted(low, "left")  # the runs in [lo, low)
+                X_c = L[tc].reshape(n2)
+                close = np.max(np.abs(L[rv[r0:r1]].reshape(-1, n2) - X_c), axis=1) <= _REACH * _EPS * np.max(np.abs(X_c))
+                # from the top down, the first run that disagrees stops the merge at its end
+                start = lo if close.all() else min(low, int(np.append(rs, N)[r1 - int(np.argmin(close[::-1]))]))
+                rs, rv = _assign(rs, rv, start, low, tc, N)
                 settled[r] = (c, start if start == lo else None)  # None: a suffix disagreed; stop extending
             continue
         if b - lo < _PATIENCE + 1:
             continue
-        X = L[types[lo : b + 1 if b < types.shape[0] else b]].reshape(-1, n2)  # P^s_lo … (P^s_b)
+        kinds = _expand(rs, rv, lo, min(b + 1, N))
+        X = L[kinds].reshape(-1, n2)  # P^s_lo … (P^s_b)
         m = b - lo  # suffixes lo … b − 1 of the run, each against the one above it
         if X.shape[0] < m + 1:
             m -= 1  # the last run ends at N − 1: its top suffix has nothing above it
@@ -1316,9 +1362,9 @@ def _merge_suffixes(types, L, first, elem, E0, L0, runs, settled):
             continue
         close = np.max(np.abs(X[:j] - X[j]), axis=1) <= _REACH * _EPS * scale[j]
         start = lo if np.all(close) else c - int(np.argmin(close[::-1]))
-        types[start:c] = types[c]
+        rs, rv = _assign(rs, rv, start, c, kinds[j], N)
         settled[r] = (c, start if start == lo else None)
-    return types
+    return rs, rv
 
 
 def _smoother_scan_group(b, Ctab, ftypes, kinds, F, Q):

@@ -91,6 +91,7 @@ def test_only_matches_globs_and_several_patterns():
     assert _functions(bench.select(TEST_CASES, ["kalman", "fft_conv"])) == {
         "kalman.rts_smoother",
         "kalman.kalman_filter_scan",
+        "kalman.rts_smoother_scan",
         "mixing.fft_conv",
     }
     one = bench.select(TEST_CASES, ["attention.softmax_attention[N=300,d=8,causal]"])

@@ -714,6 +714,30 @@ class TestScanLong:
         close(Ps2, Ps, rtol=1e-9, what="long scan (N = 20000) smoother cov")
 
 
+    def test_kinds_stay_few_once_settled(self, monkeypatch):
+        # A time-invariant model: once the covariances settle, the prefixes (filter) and the suffixes
+        # (smoother) share one kind each, so every sweep combines a few dozen distinct pairs of kinds.
+        # The last sweep's prefixes left with kinds of their own cut the smoother's run of identical
+        # elements, and its kinds then grew with the sweep length (3644 pairs at N = 10⁴).
+        rng = np.random.default_rng(801)
+        n, p, N = 2, 1, 10000
+        F, H, Q, R, m0, P0 = random_model(rng, n, p)
+        z = simulate(rng, F, H, Q, R, m0, P0, N)
+        sizes = []  # the stacks of covariance-like tables symmetrized: the smoother's new kinds per sweep
+        sym = kalman._sym
+
+        def counting(m):
+            sizes.append(m.shape[0] if m.ndim == 3 else 1)
+            return sym(m)
+
+        monkeypatch.setattr(kalman, "_sym", counting)
+        ms2, Ps2 = rts_smoother_scan(z, F, H, Q, R, m0, P0)
+        assert len(sizes) >= 14 and max(sizes) <= 64, sizes
+        ms, Ps = rts_smoother(z, F, H, Q, R, m0, P0)
+        close(ms2, ms, rtol=1e-10, what="smoother scan mean, N = 10⁴")
+        close(Ps2, Ps, rtol=1e-10, what="smoother scan cov, N = 10⁴")
+
+
 # ---------------------------------------------------------------------------------------------
 # batch_smoother and kalman_weight_matrix: the dense forms
 # ---------------------------------------------------------------------------------------------
