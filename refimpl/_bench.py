@@ -36,7 +36,8 @@ small sizes say nothing about the targets, so no verdict is printed ("not judged
 Runs: the first call of each function is a warm-up (its output is the one compared); then the
 median of 3 runs for calls over 20 ms, the best of 5 to 30 runs within a quarter of a second for
 shorter ones, and for calls over a second a single run, the warm-up itself; refimpl and baseline
-alternate, so that a change in load hits both. Every call timed once or as one of 3 starts once no
+alternate, in alternating order (ABBA), so that a change in load hits both and neither always
+follows the other. Every call timed once or as one of 3 starts once no
 other thread of the process runs (:func:`settle`: BLAS threads spin for about 0.1 s after a
 product). The busy samples follow the same plan. Peak memory is taken on one more call of
 refimpl, traced: tracemalloc slows allocation-heavy code several-fold, so a traced call is never
@@ -1215,12 +1216,23 @@ def _plan(case: Case, t_ref: float, t_base: float, quick: bool) -> _Plan:
 
 
 def _sample(calls: Calls, plan: _Plan) -> tuple[float, float]:
-    """Alternate refimpl and baseline runs (so that a drift in load hits both); return their statistics."""
+    """Alternate refimpl and baseline runs (so that a drift in load hits both); return their statistics.
+
+    The order alternates too (refimpl, baseline, baseline, refimpl, …): a call that ends with a
+    multithreaded BLAS product leaves BLAS threads spinning for about 0.1 s, and a best-of run does
+    not wait for them (:func:`settle`), so in a fixed order one function would always start next
+    to the other's spinning threads (measured: refimpl's linear attention, N = 8192, ran 5 ms after
+    itself and 7.5 ms after its baseline's two-thread products). Each function then has samples
+    after itself and after the other."""
     ref, base = [], []
     wait = plan.stat == "median"  # best-of runs (calls under BEST_OF) do not wait: up to 60 waits of 0.1 s
-    for _ in range(plan.runs):
-        ref.append(_timed(calls.refimpl, wait)[0])
-        base.append(_timed(calls.baseline, wait)[0])
+    for i in range(plan.runs):
+        if i % 2:
+            base.append(_timed(calls.baseline, wait)[0])
+            ref.append(_timed(calls.refimpl, wait)[0])
+        else:
+            ref.append(_timed(calls.refimpl, wait)[0])
+            base.append(_timed(calls.baseline, wait)[0])
     stat = np.median if plan.stat == "median" else np.min
     return float(stat(ref)), float(stat(base))
 
