@@ -929,6 +929,21 @@ def _assign(rs: np.ndarray, rv: np.ndarray, a: int, b: int, t, N: int) -> tuple[
     return s[keep], v[keep]
 
 
+def _pair_runs(rs, rv, step: int, m: int, T: int):
+    """The runs of the pairs (kind of element r, kind of element r + step), r = 0 … m − 1, from the
+    runs of the elements (starts ``rs``, kinds ``rv`` < T): a new run wherever either kind changes.
+    Returns the runs' starts and lengths, the kind of each run's left element, the distinct pairs
+    (coded left · T + right) and the pair of each run — a few dozen numbers for a time-invariant model."""
+    cut = np.concatenate([rs, rs - step])
+    cut = np.sort(cut[(cut > 0) & (cut < m)])
+    first = np.concatenate([[0], cut[:1], cut[1:][cut[1:] != cut[:-1]]])
+    lengths = np.concatenate([first[1:], [m]]) - first
+    ti = rv[rs.searchsorted(first, "right") - 1]
+    tj = rv[rs.searchsorted(first + step, "right") - 1]
+    uniq, rinv = _distinct(ti.astype(np.int64) * T + tj, T * T)
+    return first, lengths, ti, uniq, rinv
+
+
 def _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts):
     """Inclusive Hillis–Steele scan of the filtering elements, each half computed once per kind.
 
@@ -966,15 +981,8 @@ def _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts):
         # merge settled prefixes: the elements k < step start at step 0 after the last sweep
         rs, rv = _merge_prefixes(rs, rv, N, X[:, 1], min(step, N), pattern, H, F, Q, R, starts, settled)
         T, m = X.shape[0], N - step
-        # the runs of the pairs (type of k − step, type of k), k = step … N − 1, indexed by r = k − step:
-        # a new run wherever either type changes
-        cut = np.concatenate([rs, rs - step])
-        cut = np.sort(cut[(cut > 0) & (cut < m)])
-        first = np.concatenate([[0], cut[:1], cut[1:][cut[1:] != cut[:-1]]])
-        lengths = np.concatenate([first[1:], [m]]) - first
-        ti = rv[rs.searchsorted(first, "right") - 1]
-        tj = rv[rs.searchsorted(first + step, "right") - 1]
-        uniq, rinv = _distinct(ti.astype(np.int64) * T + tj, T * T)  # the distinct pairs, and the pair of each run
+        # the pairs (type of k − step, type of k), k = step … N − 1, indexed by r = k − step
+        first, lengths, _, uniq, rinv = _pair_runs(rs, rv, step, m, T)
         X_new, W1, W2 = _combine_types(X[uniq // T], X[uniq % T], I)
         Zi, Zj, out, tmp = Z[:-step], Z[step:], Z2[step:], Zt[step:]
         long = lengths >= _SHARED
@@ -1296,14 +1304,7 @@ def _typed_suffix_scan(types, E, L, g):
     while step < N:
         rs, rv = _merge_suffixes(rs, rv, L, N - step, elem, E0, L0, runs, settled)
         T, m = E.shape[0], N - step
-        # the runs of the pairs (kind of k, kind of k + step), k = 0 … m − 1: a new run wherever either changes
-        cut = np.concatenate([rs, rs - step])
-        cut = np.sort(cut[(cut > 0) & (cut < m)])
-        first = np.concatenate([[0], cut[:1], cut[1:][cut[1:] != cut[:-1]]])
-        lengths = np.concatenate([first[1:], [m]]) - first
-        ti = rv[rs.searchsorted(first, "right") - 1]
-        tj = rv[rs.searchsorted(first + step, "right") - 1]
-        uniq, rinv = _distinct(ti.astype(np.int64) * T + tj, T * T)  # the distinct pairs, and the pair of each run
+        first, lengths, ti, uniq, rinv = _pair_runs(rs, rv, step, m, T)  # the pairs (kind of k, kind of k + step)
         ui, uj = uniq // T, uniq % T
         Ei = E[ui]
         E_new = Ei @ E[uj]  # E_kj = E_k E_j
