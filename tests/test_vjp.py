@@ -790,15 +790,17 @@ def test_gla_vjp_tile_boundaries(L, c, per_channel):
     check_dirs_rec(fwd_gla, args, dy, {key[1:]: val for key, val in g.items()}, f"GLA L={L} c={c}")
 
 
-def test_gla_vjp_gates_near_zero_take_the_exact_path():
-    """Per-channel chunks decaying below e^-30 use the exact (c, c, Dk) segment sums, mixed with gates of 1 − 1e-12."""
-    args, dy = gla_args(5, 48, dk=4, dv=3)
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_gla_vjp_gates_near_zero_take_the_exact_path(per_channel):
+    """Chunks decaying below e^-30 use the exact segment sums ((c, c, Dk) per channel, (c, c) per head), mixed
+    with gates of 1 − 1e-12 (per head: the factored decays e^{cum_t − cum_s} elsewhere)."""
+    args, dy = gla_args(5, 48, dk=4, dv=3, per_channel=per_channel)
     rng = np.random.default_rng(6)
     args["log_g"] = np.where(rng.random(args["log_g"].shape) < 0.5, -1e-12, -rng.uniform(30, 80, args["log_g"].shape))
     g = lr.gated_linear_attention_vjp(**args, dy=dy, chunk_size=16)
     assert all(np.all(np.isfinite(val)) for val in g.values())
-    check_all_twins(g, lr.gated_linear_attention_vjp_loop(**args, dy=dy, chunk_size=16), "GLA gates near 0")
-    check_dirs_rec(fwd_gla, args, dy, {key[1:]: val for key, val in g.items()}, "GLA gates near 0")
+    check_all_twins(g, lr.gated_linear_attention_vjp_loop(**args, dy=dy, chunk_size=16), f"GLA gates near 0 ({per_channel=})")
+    check_dirs_rec(fwd_gla, args, dy, {key[1:]: val for key, val in g.items()}, f"GLA gates near 0 ({per_channel=})")
 
 
 def test_gla_vjp_chunk_size_does_not_matter():
