@@ -746,9 +746,9 @@ def _decay_matrix(a: np.ndarray, cum: np.ndarray, lower: np.ndarray) -> np.ndarr
     (the forward pass's factored form: both sums are at most that size, so the subtraction adds at
     most ~60 units of rounding, absolute, to an exponent; measured against the segment sums:
     1e−15), from the segment sums (:func:`refimpl.linear_rnn._segsum`, exponents accumulated from
-    each segment's start) in the chunks that decay further. A few passes over the (c, c) blocks instead of the segment sums'
-    column-by-column cumulative sum (4 heads × 16 chunks of 64 steps: 0.6 ms against 2.8 ms,
-    measured)."""
+    each segment's start) in the chunks that decay further. A few passes over the (c, c) blocks
+    instead of the segment sums' column-by-column cumulative sum (4 heads × 16 chunks of 64
+    steps: 0.6 ms against 2.8 ms, measured)."""
     from .linear_rnn import _segsum
 
     E = np.subtract(cum[..., :, None], cum[..., None, :])

@@ -155,24 +155,25 @@ def _check_model(z, F, H, Q, R, m0, P0):
     return zf, missing, F, H, Q, R, m0, P0
 
 
+def _singular(what: str) -> ValueError:
+    return ValueError(
+        f"{what} is singular: the model gives a zero-variance direction (e.g. R = 0 with a "
+        f"noiseless state); add noise or remove the degenerate measurement"
+    )
+
+
 def _inv(a: np.ndarray, what: str) -> np.ndarray:
     try:
         return np.linalg.inv(a)
     except np.linalg.LinAlgError:
-        raise ValueError(
-            f"{what} is singular: the model gives a zero-variance direction (e.g. R = 0 with a "
-            f"noiseless state); add noise or remove the degenerate measurement"
-        ) from None
+        raise _singular(what) from None
 
 
 def _solve(a: np.ndarray, b: np.ndarray, what: str) -> np.ndarray:
     try:
         return np.linalg.solve(a, b)
     except np.linalg.LinAlgError:
-        raise ValueError(
-            f"{what} is singular: the model gives a zero-variance direction (e.g. R = 0 with a "
-            f"noiseless state); add noise or remove the degenerate measurement"
-        ) from None
+        raise _singular(what) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1235,26 +1236,6 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     return (m, P, _filter_intermediates(*args, m, P)) if flag else (m, P)
 
 
-def _by_type(X, types, M, out):
-    """``out[k] = X[k] @ M[types[k]]ᵀ`` for X (K, L, n), types (K,), M (T, n, n): one matrix product
-    per type shared by many rows (contiguous ones as views), one gathered batched product for the rest."""
-    counts = np.bincount(types, minlength=M.shape[0])
-    shared = counts >= _SHARED
-    n = X.shape[-1]
-    for t in np.flatnonzero(shared):
-        idx = np.flatnonzero(types == t)
-        Mt = _Tc(M[t])
-        if idx[-1] - idx[0] + 1 == idx.size:
-            sl = slice(idx[0], idx[-1] + 1)
-            np.matmul(X[sl].reshape(-1, n), Mt, out=out[sl].reshape(-1, n))
-        else:
-            out[idx] = X[idx] @ Mt
-    rare = np.flatnonzero(~shared[types])
-    if rare.size:
-        out[rare] = X[rare] @ _Tc(M[types[rare]])
-    return out
-
-
 def _by_runs(X, first, lengths, kinds, M, out):
     """``out[k] = X[k] @ M[kinds[r]]ᵀ`` for the elements k of run r (starts ``first``, ``lengths``):
     one flat product per run of at least :data:`_SHARED` elements (slices: views), one gathered
@@ -1410,7 +1391,8 @@ def _smoother_scan_group(b, Ctab, ftypes, kinds, F, Q):
         L[1:] = _sym(Pk - E[1:] @ FP)  # L_k = P_k − E_k F P_k
         W[1:] = np.eye(n) - E[1:] @ Fk  # g_k = m_k − E_k F m_k
     gains = (E, stypes[:-1])
-    g = _by_type(b, stypes, W, out=np.empty_like(b))
+    rs = _runs(stypes)
+    g = _by_runs(b, rs, np.diff(rs, append=N), stypes[rs], W, out=np.empty_like(b))
     ms, Ltab, ltypes = _typed_suffix_scan(stypes, E, L, g)
     return ms, Ltab.take(ltypes, axis=0), gains
 
