@@ -779,7 +779,7 @@ def _over_heads(core, *args, c: int) -> tuple:
     def run(sl):
         core(*(a[sl] for a in flat), c, [o[sl] for o in outs])
 
-    _blocking.in_parts(run, nb, flat[-1].size)
+    _blocking.in_parts(run, nb, flat[-1].size, one_blas=True)
     return tuple(o.reshape(a.shape) for o, a in zip(outs, args))
 
 
@@ -1325,7 +1325,9 @@ def _delta_vjp_result(dq, dk, dv, db, dg, cs, shapes) -> dict:
 
 def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out) -> None:
     """Chunked backward pass of the delta rule through the UT transform (16.11)-(16.12): Eqs. (16.20)-(16.21).
-    Writes ``dq, dk, dv, dbeta, dlogg`` into ``out`` (arrays of the shapes of q, k, v, beta, logg).
+
+    ``q, k`` (nb, L, Dk), ``v, dy`` (nb, L, Dv), ``beta, logg`` (nb, L); writes ``dq, dk, dv, dbeta,
+    dlogg`` into ``out`` (arrays of those shapes).
 
     Per chunk the forward map is (with S_0 the entering state, γ, Γ the in-chunk decays)
     ``M = I + tril(diag(β)(Γ ⊙ K Kᵀ), −1)``, ``[W, Ũ] = M⁻¹ [diag(βγ) K, diag(β) V]``,
@@ -1333,78 +1335,105 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out) -> None:
     ``S_end = γ_end S_0 + Uᵀ diag(Γ_end) K``. Forwards, S_end = S_0 T_n + Ũᵀ K_g with the chunk's
     transition ``T_n = γ_end I − Wᵀ K_g``; backwards, the adjoint of the states obeys
     ``dS_end[n−1] = dS_end[n] T_nᵀ + dOᵀ (diag(γ) Q − P W)`` — the same chunk recurrence, reversed
-    and transposed. All other gradients are products of (c, c) and (c, d) matrices for all chunks
-    at once; the triangular solve's adjoint is ``d[W, Ũ]ᵀ ↦ M⁻ᵀ``, ``dM = −M⁻ᵀ d[W, Ũ] [W, Ũ]ᵀ``.
-    """
-    from .linear_rnn import _chunks, _suffix, _unit_lower_inverse  # the forward pass's own (lazy: import cycle)
+    and transposed. All other gradients are products of (c, c) and (c, d) matrices; the triangular
+    solve's adjoint is ``d[W, Ũ]ᵀ ↦ M⁻ᵀ``, ``dM = −M⁻ᵀ d[W, Ũ] [W, Ũ]ᵀ``.
 
-    batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
+    Two sweeps over groups of chunks whose temporaries stay in cache (as the forward pass runs): forwards,
+    the UT transform of each chunk (M⁻¹ and [W, Ũ], kept) and the state entering it; backwards, the
+    adjoint and every gradient of the group.
+    """
+    from .linear_rnn import _chunks, _group, _suffix, _unit_lower_identity, _unit_lower_inverse
+
+    nb, L, dk = q.shape
+    dv = v.shape[-1]
     c = max(1, min(c, L))  # the result does not depend on c: no chunk longer than the sequence
-    flat = lambda a: a.reshape((-1,) + a.shape[len(batch):])  # noqa: E731
-    qc, kc, vc, yc = (_chunks(flat(a), c, -2) for a in (q, k, v, dy))  # (nb, nc, c, ·), padding 0
-    bc, gc = (_chunks(flat(a)[..., None], c, -2)[..., 0] for a in (beta, logg))  # (nb, nc, c), β = 0 on padding
-    nb, nc = qc.shape[:2]
+    qc, kc, vc, yc = (_chunks(a, c, -2) for a in (q, k, v, dy))  # (nb, nc, c, ·), padding 0
+    bc, gc = (_chunks(a[..., None], c, -2)[..., 0] for a in (beta, logg))  # (nb, nc, c), β = 0 on padding
+    nc = qc.shape[1]
+    m = min(nc, _group(nb, c))
+    groups = [slice(g0, min(nc, g0 + m)) for g0 in range(0, nc, m)]
     sT = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
     strict, lower = np.tri(c, c, -1, dtype=bool), np.tri(c, c, 0, dtype=bool)
-    cum = np.cumsum(gc, axis=-1)
-    gam = np.exp(cum)  # γ_t = e^{Σ_{r=start}^{t} log g_r}
-    gam_end = np.exp(_suffix(gc, -1))  # Γ_end,s = γ_end/γ_s
-    gE = gam[..., -1]  # γ_end
-    Gam = _decay_matrix(gc, cum, lower)  # Γ_ts = γ_t/γ_s (s ≤ t), 0 above
-    KK = kc @ sT(kc)
-    QK = qc @ sT(kc)
-    # M = I + tril(diag(β)(Γ ⊙ K Kᵀ), −1) is unit lower triangular: its inverse T by the forward pass's
-    # blocked doubling (batched products; a batched LAPACK solve per chunk cost several times more)
-    Tinv = _unit_lower_inverse(np.where(strict, bc[..., :, None] * Gam * KK, 0.0))
-    WU = Tinv @ np.concatenate([(bc * gam)[..., None] * kc, bc[..., None] * vc], axis=-1)
-    W, Ut = WU[..., :dk], WU[..., dk:]
-    P = np.where(lower, Gam * QK, 0.0)
-    Kg = kc * gam_end[..., None]
-    # forward: the states entering each chunk (L/c short steps)
+    work = {}  # the workspace of _unit_lower_inverse per group length
+
+    def decays(sl):  # γ_t = e^{Σ_{r=start}^{t} log g_r}, Γ_end,s = γ_end/γ_s, Γ_ts = γ_t/γ_s (s ≤ t, 0 above)
+        g = gc[:, sl]
+        cum = np.cumsum(g, axis=-1)
+        return np.exp(cum), np.exp(_suffix(g, -1)), _decay_matrix(g, cum, lower)
+
+    # forwards: per chunk M⁻¹ and [W, Ũ] (kept for the backward sweep), and the state S_0 entering it
+    Tinv = np.empty((nb, nc, c, c))
+    WU = np.empty((nb, nc, c, dk + dv))
     S0 = np.empty((nb, nc, dv, dk))
     S = np.zeros((nb, dv, dk))
-    for n in range(nc):
-        S0[:, n] = S
-        S = gE[:, n, None, None] * S + sT(Ut[:, n] - W[:, n] @ sT(S)) @ Kg[:, n]  # S_end = γ_end S_0 + Uᵀ K_g
-    U = Ut - W @ sT(S0)
-    # backward: the adjoints of the states leaving each chunk, dS_end[n−1] = dS_end[n] T_nᵀ + F_n
-    Tt = gE[..., None, None] * np.eye(dk) - sT(Kg) @ W  # T_nᵀ = γ_end I − K_gᵀ W
-    F = sT(yc) @ (gam[..., None] * qc - P @ W)  # dOᵀ (diag(γ) Q − P W)
-    dSe = np.empty((nb, nc, dv, dk))
+    for sl in groups:
+        mm = sl.stop - sl.start
+        kg, bg = kc[:, sl], bc[:, sl]
+        gam, gam_end, Gam = decays(sl)
+        if mm not in work:
+            work[mm] = _unit_lower_identity((nb, mm), c)
+        # M = I + tril(diag(β)(Γ ⊙ K Kᵀ), −1) is unit lower triangular: its inverse by the forward pass's
+        # blocked doubling (batched products; a batched LAPACK solve per chunk cost several times more)
+        Ti = _unit_lower_inverse(np.where(strict, bg[..., :, None] * Gam * (kg @ sT(kg)), 0.0), out=work[mm])
+        Tinv[:, sl] = Ti
+        np.matmul(Ti, np.concatenate([(bg * gam)[..., None] * kg, bg[..., None] * vc[:, sl]], axis=-1), out=WU[:, sl])
+        W, Ut = WU[:, sl, :, :dk], WU[:, sl, :, dk:]
+        Kg = kg * gam_end[..., None]
+        for j in range(mm):
+            S0[:, sl.start + j] = S
+            S = gam[:, j, -1, None, None] * S + sT(Ut[:, j] - W[:, j] @ sT(S)) @ Kg[:, j]  # S_end = γ_end S_0 + Uᵀ K_g
+    # backwards: the adjoint of the state leaving each chunk, dS_end[n−1] = dS_end[n] T_nᵀ + F_n, and the
+    # gradients of the group, reverse mode through (16.12), then the UT transform (16.11)
+    eye = np.eye(dk)
     lam = np.zeros((nb, dv, dk))
-    for n in range(nc - 1, -1, -1):
-        dSe[:, n] = lam
-        lam = lam @ Tt[:, n] + F[:, n]
-    # every chunk at once: reverse mode through (16.12), then the UT transform (16.11)
-    dU = sT(P) @ yc + Kg @ sT(dSe)
-    dP = np.where(lower, yc @ sT(U), 0.0)
-    dKg = U @ dSe
-    dK = gam_end[..., None] * dKg
-    dgam_end = np.sum(kc * dKg, axis=-1)
-    OS = yc @ S0  # dO S_0
-    dQ = gam[..., None] * OS + (dP * Gam) @ kc
-    dgam = np.sum(qc * OS, axis=-1)
-    dgE = np.sum(dSe * S0, axis=(-2, -1))
-    dK += sT(dP * Gam) @ qc
-    dGam = dP * QK
-    dRHS = sT(Tinv) @ np.concatenate([-dU @ S0, dU], axis=-1)  # M⁻ᵀ [dW, dŨ], dW = −dU S_0
-    dR1, dR2 = dRHS[..., :dk], dRHS[..., dk:]
-    dA = np.where(strict, -(dR1 @ sT(W) + dR2 @ sT(Ut)), 0.0)  # dM on its strictly lower part
-    dK += (bc * gam)[..., None] * dR1
-    s1 = np.sum(kc * dR1, axis=-1)
-    dbeta = gam * s1 + np.sum(vc * dR2, axis=-1) + np.sum(dA * Gam * KK, axis=-1)
-    dgam += bc * s1
-    dV = bc[..., None] * dR2
-    dGam += dA * bc[..., :, None] * KK
-    dKK = dA * bc[..., :, None] * Gam
-    dK += (dKK + sT(dKK)) @ kc
-    # the log-gates enter γ_t (steps ≤ t), Γ_ts (s < r ≤ t), Γ_end,s (r > s) and γ_end (all r)
-    dlogg = (_rec_suffix(gam * dgam, -1) + _straddle(Gam * dGam)
-             + np.cumsum(gam_end * dgam_end, axis=-1) - gam_end * dgam_end + (gE * dgE)[..., None])
-    for o, a in zip(out, (dQ, dK, dV)):
-        o[...] = _rec_unchunk(a, L).reshape(batch + (L, a.shape[-1]))
-    for o, a in zip(out[3:], (dbeta, dlogg)):
-        o[...] = _rec_unchunk(a[..., None], L)[..., 0].reshape(batch + (L,))
+    for sl in reversed(groups):
+        g0, mm = sl.start, sl.stop - sl.start
+        qg, kg, vg, yg, bg = qc[:, sl], kc[:, sl], vc[:, sl], yc[:, sl], bc[:, sl]
+        gam, gam_end, Gam = decays(sl)
+        gE = gam[..., -1]  # γ_end
+        KK, QK = kg @ sT(kg), qg @ sT(kg)
+        Ti, W, Ut, S0g = Tinv[:, sl], WU[:, sl, :, :dk], WU[:, sl, :, dk:], S0[:, sl]
+        P = np.where(lower, Gam * QK, 0.0)
+        Kg = kg * gam_end[..., None]
+        U = Ut - W @ sT(S0g)
+        Tt = gE[..., None, None] * eye - sT(Kg) @ W  # T_nᵀ = γ_end I − K_gᵀ W
+        F = sT(yg) @ (gam[..., None] * qg - P @ W)  # dOᵀ (diag(γ) Q − P W)
+        dSe = np.empty((nb, mm, dv, dk))
+        for j in range(mm - 1, -1, -1):
+            dSe[:, j] = lam
+            lam = lam @ Tt[:, j] + F[:, j]
+        dU = sT(P) @ yg + Kg @ sT(dSe)
+        dP = np.where(lower, yg @ sT(U), 0.0)
+        dKg = U @ dSe
+        dK = gam_end[..., None] * dKg
+        dgam_end = np.sum(kg * dKg, axis=-1)
+        OS = yg @ S0g  # dO S_0
+        dQ = gam[..., None] * OS + (dP * Gam) @ kg
+        dgam = np.sum(qg * OS, axis=-1)
+        dgE = np.sum(dSe * S0g, axis=(-2, -1))
+        dK += sT(dP * Gam) @ qg
+        dGam = dP * QK
+        # M⁻ᵀ [dW, dŨ] with dW = −dU S_0: [dR1, dR2] = [−(M⁻ᵀ dU) S_0, M⁻ᵀ dU], side by side in one array
+        dRHS = np.empty((nb, mm, c, dk + dv))
+        dR1, dR2 = dRHS[..., :dk], dRHS[..., dk:]
+        np.matmul(sT(Ti), dU, out=dR2)
+        np.matmul(dR2, S0g, out=dR1)
+        np.negative(dR1, out=dR1)
+        dA = np.where(strict, -(dRHS @ sT(WU[:, sl])), 0.0)  # dM = −[dR1, dR2] [W, Ũ]ᵀ on its strictly lower part
+        dK += (bg * gam)[..., None] * dR1
+        s1 = np.sum(kg * dR1, axis=-1)
+        dbeta = gam * s1 + np.sum(vg * dR2, axis=-1) + np.sum(dA * Gam * KK, axis=-1)
+        dgam += bg * s1
+        dV = bg[..., None] * dR2
+        dGam += dA * bg[..., :, None] * KK
+        dKK = dA * bg[..., :, None] * Gam
+        dK += (dKK + sT(dKK)) @ kg
+        # the log-gates enter γ_t (steps ≤ t), Γ_ts (s < r ≤ t), Γ_end,s (r > s) and γ_end (all r)
+        dlogg = (_rec_suffix(gam * dgam, -1) + _straddle(Gam * dGam)
+                 + np.cumsum(gam_end * dgam_end, axis=-1) - gam_end * dgam_end + (gE * dgE)[..., None])
+        r0, r1 = g0 * c, min(L, (g0 + mm) * c)
+        for o, a in zip(out, (dQ, dK, dV, dbeta[..., None], dlogg[..., None])):
+            o[:, r0:r1] = a.reshape(nb, mm * c, a.shape[-1])[:, : r1 - r0].reshape(o[:, r0:r1].shape)
 
 
 def _delta_vjp_loop_core(q, k, v, beta, logg, dy):

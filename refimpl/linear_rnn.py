@@ -136,8 +136,11 @@ _GROUP_ROWS = 2048
 # calling thread, while a (64 × 64)(64 × 256) product already uses two): the cores are used by
 # splitting the heads, not by splitting each small product, which stalls whenever one of its threads
 # is descheduled on a busy machine (measured: SSD 13 times slower with one competing process when its
-# four heads stood side by side in (64 × 64)(64 × 256) products). The split changes no result: each
-# head is computed by the same operations.
+# four heads stood side by side in (64 × 64)(64 × 256) products). With heads of 128 dimensions (or
+# chunks of 128) the products do exceed 64 × 64 outputs, so while the heads run in threads BLAS is held
+# to one thread (in_parts(one_blas=True); measured at H = 4, L = 4096, d = 128: SSD 107 -> 51 ms, GLA
+# 108 -> 66 ms, the delta rule 169 -> 70 ms). The split changes no result: each head is computed by
+# the same operations.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,7 +330,7 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
             check_finite_part(checks, sl)
             _channel_chunked(q[sl], k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl], scale)
 
-    _blocking.in_parts(run, nb, q.size)
+    _blocking.in_parts(run, nb, q.size, one_blas=True)
     o = o.reshape(nb, nc * c, dv)[:, :L].reshape(batch + (L, dv))
     if states is not None:
         states = np.swapaxes(states, -1, -2).reshape(batch + (nc, dv, dk))
@@ -938,7 +941,7 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
         _scalar_chunked(qs, ks, part(v, sl, axis), part(loga, sl, axis), c, part(o, sl, axis),
                         part(states, sl, axis), w=part(w, sl, axis), skip=part(skip, sl, axis))
 
-    _blocking.in_parts(run, o.shape[axis], x.size)
+    _blocking.in_parts(run, o.shape[axis], x.size, one_blas=True)
     y = o.reshape(ng, R, nc * c, P)[:, :, :L].reshape(batch + (H, L, P))
     if return_chunk_states:
         states = np.swapaxes(states, -1, -2).reshape(batch + (H, nc, P, N))
@@ -1135,7 +1138,7 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
                     None if states is None else states[sl],
                     None if factors is None else (factors[0][sl], factors[1][sl]), scale)
 
-    _blocking.in_parts(run, nb, q.size)
+    _blocking.in_parts(run, nb, q.size, one_blas=True)
     o = o.reshape((nb, nc * c, dv))[:, :L].reshape(batch + (L, dv))
     if states is not None:
         states = np.swapaxes(states, -1, -2).reshape(batch + (nc, dv, dk))

@@ -151,6 +151,54 @@ def test_one_thread_blas_changes_nothing_without_an_openblas(monkeypatch):
         assert limited is False
 
 
+def test_parts_hold_blas_to_one_thread_only_when_asked_and_split(monkeypatch):
+    """in_parts(one_blas=True): BLAS on one thread while two or more parts run in threads, restored
+    after; left alone when the work runs in the caller (one part), or when not asked."""
+    state = _fake_blas(monkeypatch)
+    monkeypatch.setattr(blocking, "THREADS", 2)
+    seen = []
+
+    def run(part):
+        seen.append(state["n"])
+
+    blocking.in_parts(run, 4, elems=10**9, one_blas=True)
+    assert seen == [1, 1] and state["n"] == 2 and state["sets"] == [1, 2]
+    seen.clear()
+    blocking.in_parts(run, 4, elems=10**9)  # not asked
+    blocking.in_parts(run, 1, elems=10**9, one_blas=True)  # one part: in the caller
+    blocking.in_parts(run, 4, elems=1, one_blas=True)  # too little work for threads
+    assert seen == [2, 2, 2, 2] and state["sets"] == [1, 2]
+
+
+def test_chunked_recurrences_hold_blas_to_one_thread_while_heads_run_in_threads(monkeypatch):
+    """The forward and backward passes of SSD, GLA and the delta rule run their heads in threads with
+    BLAS held to one thread: with heads of 128 dimensions their chunk products have more than 64 x 64
+    outputs, which OpenBLAS would split over the same cores again."""
+    from refimpl import linear_rnn as lr
+
+    calls = []
+    real = blocking.in_parts
+
+    def spy(run, n, elems, *, one_blas=False):
+        calls.append(one_blas)
+        return real(run, n, elems, one_blas=one_blas)
+
+    monkeypatch.setattr(blocking, "in_parts", spy)
+    rng = np.random.default_rng(0)
+    H, L, d = 2, 20, 3
+    q, k, v, dy = rng.normal(size=(4, H, L, d))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    dt, A, B = rng.uniform(0.1, 1.0, (H, L)), -np.ones(H), rng.normal(size=(1, L, d))
+    log_g, beta = -rng.uniform(0, 1, (H, L, d)), rng.uniform(0.1, 0.9, (H, L))
+    lr.ssd(q, dt, A, B, B)
+    lr.gated_linear_attention(q, k, v, log_g)
+    lr.delta_rule(q, k, v, beta)
+    lr.ssd_vjp(q, dt, A, B, B, None, dy)
+    lr.gated_linear_attention_vjp(q, k, v, log_g, dy)
+    lr.delta_rule_vjp(q, k, v, beta, dy)
+    assert calls == [True] * 6
+
+
 def test_numpys_openblas_is_found_and_its_thread_count_set():
     blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
     if "openblas" not in str(blas.get("name", "")).lower():
