@@ -355,38 +355,58 @@ def _elu_plus_one_grad(x: np.ndarray) -> np.ndarray:
     return np.where(x > 0, 1.0, np.exp(np.minimum(x, 0.0)))
 
 
-def _causal_products(a, b, w, chunk: int = _LIN_CHUNK) -> np.ndarray:
-    """``out_i = Σ_{j ≤ i} (a_i · b_j) w_j`` by chunked prefix sums, without an (N, N) matrix.
+def _causal_products(a, b, w, chunk: int = _LIN_CHUNK, reverse: bool = False) -> np.ndarray:
+    """``out_i = Σ_{j ≤ i} (a_i · b_j) w_j`` (``reverse``: ``Σ_{j ≥ i}``) by chunked prefix sums, without an (N, N) matrix.
 
-    The sequence is cut into chunks of ``chunk`` rows; chunk n sees the exclusive prefix of the
-    per-chunk states ``b_n^T w_n`` (a cumulative sum over chunks) plus its own lower-triangular
-    block. Memory O(N/chunk · F · W + N · chunk).
+    The sequence is cut into chunks of ``chunk`` rows (the last padded with zero rows, which add
+    nothing); chunk n sees the exclusive sum of the per-chunk states ``B_mᵀ W_m`` of the chunks
+    before it (after it, reversed) plus its own triangular block, ``out_n = A_n S_n + tri(A_n B_nᵀ) W_n``.
+    Three stages, as the forward pass (:func:`refimpl.random_features._causal_sums`): the states of
+    all chunks (one batched product), their exclusive sums in chunk order (one add per chunk), then
+    the outputs by cache-sized groups of chunks taken in turn by threads. Memory
+    O(N/chunk · F · W + N · W) and cache-sized temporaries.
     """
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2], w.shape[:-2])
-    n = a.shape[-2]
+    n, width = a.shape[-2], w.shape[-1]
     c = min(chunk, n)
-    pad = (-n) % c
+    nc = -(-n // c)
+    pad = nc * c - n
     arrs = []
     for x in (a, b, w):
         x = np.broadcast_to(x, batch + x.shape[-2:])
         if pad:
             x = np.pad(x, [(0, 0)] * len(batch) + [(0, pad), (0, 0)])  # zero rows add nothing
-        arrs.append(x.reshape(*batch, (n + pad) // c, c, x.shape[-1]))
+        arrs.append(x.reshape(*batch, nc, c, x.shape[-1]))
     ac, bc, wc = arrs
-    states = np.swapaxes(bc, -1, -2) @ wc  # (..., nc, F, W): Σ_{j in chunk} b_j w_j^T
-    prefix = np.cumsum(states, axis=-3)
-    prefix[..., 1:, :, :] = prefix[..., :-1, :, :].copy()  # exclusive: earlier chunks only
-    prefix[..., 0, :, :] = 0.0
-    block = ac @ np.swapaxes(bc, -1, -2)  # (..., nc, c, c): a_i · b_j inside a chunk
-    block *= np.tri(c)  # j <= i
-    out = ac @ prefix + block @ wc
-    return out.reshape(*batch, n + pad, w.shape[-1])[..., :n, :]
+    states = np.empty(batch + (nc, a.shape[-1], width))
+    size = max(1, min(8, _blocking.per_block(math.prod(batch) * c * (c + width))))  # chunks per group (cache)
+
+    def summaries(sl):  # Σ_{j in chunk} b_j w_jᵀ, (..., F, W) per chunk
+        np.matmul(np.swapaxes(bc[..., sl, :, :], -1, -2), wc[..., sl, :, :], out=states[..., sl, :, :])
+
+    _blocking.in_blocks(summaries, nc, size, states.size)
+    order = range(nc - 1, -1, -1) if reverse else range(nc)
+    total, own = np.zeros((2,) + batch + states.shape[-2:])
+    for m in order:  # exclusive sums in chunk order, in place: S_m = the chunks before (after) m
+        own[...] = states[..., m, :, :]
+        states[..., m, :, :] = total
+        total += own
+    mask = np.tri(c).T if reverse else np.tri(c)  # j ≥ i (reverse) or j ≤ i inside a chunk
+    out = np.empty(batch + (nc, c, width))
+
+    def group(sl):
+        blk = ac[..., sl, :, :] @ np.swapaxes(bc[..., sl, :, :], -1, -2)
+        blk *= mask
+        o = np.matmul(ac[..., sl, :, :], states[..., sl, :, :], out=out[..., sl, :, :])
+        o += blk @ wc[..., sl, :, :]
+
+    _blocking.in_blocks(group, nc, size, out.size)
+    return out.reshape(*batch, nc * c, width)[..., :n, :]
 
 
 def _anticausal_products(a, b, w) -> np.ndarray:
     """``out_j = Σ_{i ≥ j} (a_j · b_i) w_i``: :func:`_causal_products` in reversed time."""
-    flip = lambda x: x[..., ::-1, :]  # noqa: E731
-    return flip(_causal_products(flip(a), flip(b), flip(w)))
+    return _causal_products(a, b, w, reverse=True)
 
 
 @guard_overflow()
@@ -444,9 +464,11 @@ def linear_attention_vjp(q, k, v, dy, *, causal=False):
         o = _causal_products(a, b, vt)
     else:
         o = a @ (np.swapaxes(b, -1, -2) @ vt)  # Σ_j (a_i·b_j) ṽ_j
-    den = o[..., -1:]
-    y = o[..., :-1] / den
-    G = np.concatenate([dy / den, -np.sum(dy * y, axis=-1, keepdims=True) / den], axis=-1)  # [dnum, dden]
+    num, den = o[..., :-1], o[..., -1:]
+    G = np.empty(o.shape)  # [dnum, dden] = [dy / den, −(dy·y) / den], y = num / den
+    np.divide(dy, den, out=G[..., :-1])
+    np.einsum("...i,...i->...", G[..., :-1], num, out=G[..., -1])
+    G[..., -1:] /= -den
     if causal:
         da = _causal_products(G, vt, b)
         db = _anticausal_products(vt, G, a)
@@ -455,8 +477,10 @@ def linear_attention_vjp(q, k, v, dy, *, causal=False):
         da = G @ (np.swapaxes(vt, -1, -2) @ b)  # Σ_j (G_i·ṽ_j) b_j
         db = vt @ (np.swapaxes(G, -1, -2) @ a)  # Σ_i (ṽ_j·G_i) a_i
         dvt = b @ (np.swapaxes(a, -1, -2) @ G)  # Σ_i (b_j·a_i) G_i
-    dq = _elu_plus_one_grad(q) * da
-    dk = _elu_plus_one_grad(k) * db
+    # φ'(x) = min(φ(x), 1): e^x = φ(x) for x <= 0, 1 for x > 0 (the same numbers as _elu_plus_one_grad, no exp)
+    # (da, db: new arrays of the broadcast batch shape, so the products go into them)
+    dq = np.multiply(da, np.minimum(a, 1.0, out=a), out=da)
+    dk = np.multiply(db, np.minimum(b, 1.0, out=b), out=db)
     return _reduce_to(dq, q.shape), _reduce_to(dk, k.shape), _reduce_to(dvt[..., :-1], v.shape)
 
 

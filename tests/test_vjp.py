@@ -1076,3 +1076,24 @@ def test_chunked_recurrence_vjps_split_heads_over_threads_bitwise(monkeypatch):
         for threads in (2, 3):
             for key in got[1]:
                 assert np.array_equal(got[1][key], got[threads][key]), (name, key, threads)
+
+
+@pytest.mark.parametrize("batch", [(), (2,)])
+def test_linear_attention_vjp_groups_of_chunks_in_threads_bitwise(monkeypatch, batch):
+    """The chunked prefix sums of linear_attention_vjp run groups of chunks in threads taken in turn
+    (_blocking.in_blocks): bitwise the same gradients with 1, 2 and 3 threads."""
+    import refimpl._blocking as blocking
+    from refimpl._vjp import linear_attention_vjp, linear_attention_vjp_loop
+
+    rng = np.random.default_rng(24)
+    q, k, v, dy = rng.normal(size=(4, *batch, 1100, 5))  # 18 chunks of 64 (the last one short): 3 groups
+    monkeypatch.setattr(blocking, "THREAD_MIN_ELEMS", 1000)
+    got = {}
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(blocking, "THREADS", threads)
+        got[threads] = linear_attention_vjp(q, k, v, dy, causal=True)
+    for threads in (2, 3):
+        assert all(np.array_equal(a, b) for a, b in zip(got[1], got[threads])), threads
+    small = tuple(x[..., :150, :] for x in (q, k, v, dy))  # and the loop twin, on a shorter sequence
+    for a, b in zip(linear_attention_vjp(*small, causal=True), linear_attention_vjp_loop(*small, causal=True)):
+        close(a, b, rtol=1e-12, what="linear attention vjp in threads vs loop twin")
