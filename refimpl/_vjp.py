@@ -47,7 +47,6 @@ import math
 import numpy as np
 
 from . import _blocking
-from ._scan import linear_scan
 from ._validate import as_bool, as_real_array, guard_overflow
 
 # Query rows per block of softmax_attention_vjp (FlashAttention's B_r): temporaries are
@@ -59,6 +58,8 @@ _ATT_BLOCK = 128
 _VJP_PARTS, _VJP_THREADED = 4, 1 << 21
 # Chunk length of the chunked prefix sums of linear_attention_vjp.
 _LIN_CHUNK = 64
+#: numbers in each (…, T, d_in, n) temporary of a block of selective_scan_vjp (2^19: 4 MiB)
+_SEL_BLOCK_FLOATS = 1 << 19
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,14 +540,18 @@ def _dphi1_dA(x: np.ndarray) -> np.ndarray:
     elsewhere the closed form, whose cancellation costs at most ε/x² ≤ 100 ε.
     """
     x = np.asarray(x, dtype=np.float64)
+    out = np.empty(x.shape)
     small = np.abs(x) < 0.1
-    xs = np.where(small, x, 0.0)
-    series = np.zeros_like(x)
-    for kk in range(15, -1, -1):  # Horner
-        series = series * xs + (kk + 1) / math.factorial(kk + 2)
-    xl = np.where(small, 1.0, x)
-    closed = (np.expm1(xl) * (xl - 1.0) + xl) / xl**2  # e^x(x−1) + 1 = (e^x − 1)(x − 1) + x
-    return np.where(small, series, closed)
+    xs = x[small]  # each branch on its own entries only (the series is 16 passes)
+    series = np.full(xs.shape, 16 / math.factorial(17))
+    for kk in range(14, -1, -1):  # Horner
+        series *= xs
+        series += (kk + 1) / math.factorial(kk + 2)
+    out[small] = series
+    large = ~small
+    xl = x[large]
+    out[large] = (np.expm1(xl) * (xl - 1.0) + xl) / xl**2  # e^x(x−1) + 1 = (e^x − 1)(x − 1) + x
+    return out
 
 
 def _selective_setup(u, delta, A, B, C, D, dy, discretization):
@@ -614,10 +619,13 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, *, discretization="mamba") -> d
       ``dA += Σ_t w_t B_{t,n} Δ_t² g(Δ_t A)`` with ``g(x) = (x e^x − e^x + 1)/x²`` (series near 0,
       g(0) = 1/2).
 
-    Vectorized: the forward states and the adjoint states each come from one associative scan
-    (:func:`refimpl._scan.linear_scan`, ⌈log₂ L⌉ sweeps, the adjoint on the time-reversed
-    sequence with the coefficients shifted by one step); the rest are elementwise products and
-    reductions. Memory O(L · d_in · n) per batch element (the states are stored, not recomputed).
+    Computed in blocks of time steps whose (…, T, d_in, n) temporaries fit in cache: a forward
+    sweep keeps only the state entering each block; a backward sweep recomputes a block's states
+    from it, runs the adjoint recurrence through the block (carrying ``ā_{t+1} λ_{t+1}`` from the
+    block after), and reduces the block's gradients (elementwise products and ``einsum``
+    contractions over the state or channel axis). Each recurrence is one vectorized update over
+    all (batch, channel, state) entries per step, as in the loop twin. Memory O(L (d_in + n))
+    per batch element beyond the inputs: the states are recomputed, not stored.
 
     Examples
     --------
@@ -632,36 +640,80 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, *, discretization="mamba") -> d
     >>> all(np.allclose(g[key], gl[key], rtol=1e-12, atol=0) for key in g)
     True
     """
-    from .ssm import _discretize_selective
-
     u, delta, A, B, C, Dv, dy, shapes = _selective_setup(u, delta, A, B, C, D, dy, discretization)
-    Ab, Bu = _discretize_selective(u, delta, A, B, discretization)  # ā_t, b̄_t u_t: (..., L, d, n)
-    tl = lambda x: np.ascontiguousarray(np.moveaxis(x, -3, -1))  # noqa: E731  time last
-    H = np.moveaxis(linear_scan(tl(Ab), tl(Bu)), -1, -3)  # h_t
-    cot = dy[..., :, :, None] * C[..., :, None, :]  # dy_t C_t: (..., L, d, n)
-    a_next = np.zeros(Ab.shape)
-    a_next[..., :-1, :, :] = Ab[..., 1:, :, :]  # ā_{t+1} (0 after the last step)
-    lam = np.moveaxis(linear_scan(tl(a_next)[..., ::-1], tl(cot)[..., ::-1])[..., ::-1], -1, -3)  # λ_t, reverse time
-    H_prev = np.zeros(H.shape)
-    H_prev[..., 1:, :, :] = H[..., :-1, :, :]  # h_{t−1}
-    dC = np.einsum("...td,...tdn->...tn", dy, H)
-    ga = lam * H_prev * Ab  # λ_t ⊙ h_{t−1} ⊙ ā_t
-    ddelta = np.einsum("...tdn,dn->...td", ga, A)  # through ā: ∂ā/∂Δ = A ā
-    lead = tuple(range(ga.ndim - 2))  # batch and time axes: A is shared by all of them
-    dA = np.sum(ga * delta[..., None], axis=lead)  # through ā: ∂ā/∂A = Δ ā
-    w = lam * u[..., None]  # λ_t u_t
-    if discretization == "mamba":
-        du = np.einsum("...tdn,...td,...tn->...td", lam, delta, B)  # Σ_n λ Δ B
-        dB = np.einsum("...tdn,...td->...tn", w, delta)
-        ddelta += np.einsum("...tdn,...tn->...td", w, B)
-    else:
-        x = delta[..., None] * A  # Δ_t A
-        f = np.where(A == 0, delta[..., None], np.expm1(x) / np.where(A == 0, 1.0, A))  # (e^{ΔA} − 1)/A
-        du = np.einsum("...tdn,...tdn,...tn->...td", lam, f, B)
-        dB = np.einsum("...tdn,...tdn->...tn", w, f)
-        wB = w * B[..., None, :]
-        ddelta += np.einsum("...tdn,...tdn->...td", wB, Ab)  # ∂f/∂Δ = e^{ΔA}
-        dA += np.sum(wB * delta[..., None] ** 2 * _dphi1_dA(x), axis=lead)
+    batch, (L, d), n = u.shape[:-2], u.shape[-2:], A.shape[1]
+    T = max(1, min(L, _SEL_BLOCK_FLOATS // max(1, math.prod(batch) * d * n)))  # steps per block
+    blocks = [slice(t0, min(L, t0 + T)) for t0 in range(0, L, T)]
+    zoh = discretization != "mamba"
+    A_safe = np.where(A == 0, 1.0, A)  # the divisor of (e^{ΔA} − 1)/A ("zoh"), A = 0 handled apart
+    work = np.empty((4,) + batch + (T, d, n))  # ā, b̄u (then h), λ, and λ ā h_{t−1}: reused from block to block
+
+    def discretized(sl):  # ā_t, b̄_t u_t of a block, (..., T, d, n), and (e^{ΔA} − 1)/A ("zoh")
+        Ab, Bu = (w[..., : sl.stop - sl.start, :, :] for w in work[:2])
+        db, ub, Bb = delta[..., sl, :, None], u[..., sl, :, None], B[..., sl, None, :]
+        np.multiply(db, A, out=Ab)  # Δ_t A
+        f = None
+        if zoh:  # b̄_t u_t = (e^{Δ_t A} − 1)/A · B_t u_t (Eq. (11.15); expm1 has no cancellation near 0)
+            f = np.expm1(Ab)
+            f /= A_safe
+            np.copyto(f, db, where=A == 0)  # Δ_t where A = 0
+            np.multiply(f, Bb, out=Bu)
+            Bu *= ub
+        else:  # b̄_t u_t = Δ_t B_t u_t (Euler, Eq. (11.16))
+            np.multiply(db * ub, Bb, out=Bu)
+        np.exp(Ab, out=Ab)  # ā_t = e^{Δ_t A}
+        return Ab, Bu, f
+
+    # forwards: the state entering each block (its states are recomputed on the way back)
+    starts = np.empty((len(blocks),) + batch + (d, n))
+    h = np.zeros(batch + (d, n))
+    for i, sl in enumerate(blocks):
+        starts[i] = h
+        Ab, Bu, _ = discretized(sl)
+        for t in range(sl.stop - sl.start):  # h_t = ā_t h_{t−1} + b̄_t u_t
+            h *= Ab[..., t, :, :]
+            h += Bu[..., t, :, :]
+    # backwards, block by block: the block's states h_t, its adjoints λ_t, and its gradients
+    du, ddelta = np.empty(u.shape), np.empty(u.shape)
+    dB, dC = np.empty(batch + (L, n)), np.empty(batch + (L, n))
+    dA = np.zeros((d, n))
+    carry = np.zeros(batch + (d, n))  # ā_{t+1} λ_{t+1} from the block after (0 after the last step)
+    tmp = np.empty(batch + (d, n))
+    for i in range(len(blocks) - 1, -1, -1):
+        sl = blocks[i]
+        ub, db, Bb, yb = u[..., sl, :], delta[..., sl, :], B[..., sl, :], dy[..., sl, :]
+        Ab, H, f = discretized(sl)  # H: b̄_t u_t, then h_t in place
+        H[..., 0, :, :] += Ab[..., 0, :, :] * starts[i]
+        for t in range(1, H.shape[-3]):
+            np.multiply(Ab[..., t, :, :], H[..., t - 1, :, :], out=tmp)
+            H[..., t, :, :] += tmp
+        lam, ga = (w[..., : sl.stop - sl.start, :, :] for w in work[2:])
+        np.multiply(yb[..., :, :, None], C[..., sl, None, :], out=lam)  # dy_t C_t, then λ_t in place
+        lam[..., -1, :, :] += carry
+        for t in range(lam.shape[-3] - 2, -1, -1):  # λ_t = ā_{t+1} λ_{t+1} + dy_t C_t
+            np.multiply(Ab[..., t + 1, :, :], lam[..., t + 1, :, :], out=tmp)
+            lam[..., t, :, :] += tmp
+        carry = Ab[..., 0, :, :] * lam[..., 0, :, :]
+        dC[..., sl, :] = np.einsum("...td,...tdn->...tn", yb, H)
+        np.multiply(lam, Ab, out=ga)  # λ_t ⊙ ā_t ⊙ h_{t−1}
+        ga[..., 0, :, :] *= starts[i]
+        ga[..., 1:, :, :] *= H[..., :-1, :, :]
+        ddelta[..., sl, :] = np.einsum("...tdn,dn->...td", ga, A)  # through ā: ∂ā/∂Δ = A ā
+        dA += np.einsum("tdn,td->dn", ga.reshape(-1, d, n), np.broadcast_to(db, ub.shape).reshape(-1, d))  # ∂ā/∂A = Δ ā
+        if discretization == "mamba":
+            lB = np.einsum("...tdn,...tn->...td", lam, Bb)  # Σ_n λ_t B_t
+            np.multiply(lB, db, out=du[..., sl, :])  # Σ_n λ Δ B
+            dB[..., sl, :] = np.einsum("...tdn,...td->...tn", lam, ub * db)  # Σ_d λ u Δ
+            ddelta[..., sl, :] += lB * ub  # Σ_n λ u B
+        else:
+            w = lam * ub[..., None]  # λ_t u_t
+            du[..., sl, :] = np.einsum("...tdn,...tdn,...tn->...td", lam, f, Bb)
+            dB[..., sl, :] = np.einsum("...tdn,...tdn->...tn", w, f)
+            wB = np.multiply(w, Bb[..., None, :], out=w)
+            ddelta[..., sl, :] += np.einsum("...tdn,...tdn->...td", wB, Ab)  # ∂f/∂Δ = e^{ΔA}
+            wB *= _dphi1_dA(db[..., None] * A)  # ∂f/∂A = Δ² g(ΔA)
+            wB *= np.square(db)[..., None]
+            dA += wB.reshape(-1, d, n).sum(axis=0)
     if Dv is not None:
         du += Dv * dy
     return _selective_result(u, delta, A, B, C, Dv, dy, du, ddelta, dA, dB, dC, shapes)

@@ -416,6 +416,22 @@ def test_scan_vjp_complex_step(disc):
 
 
 @pytest.mark.parametrize("disc", ["mamba", "zoh"])
+@pytest.mark.parametrize("floats", [1, 3 * 2 * 3 * 2, 4 * 2 * 3 * 2])
+def test_scan_vjp_blocks_of_steps(monkeypatch, disc, floats):
+    """selective_scan_vjp runs in blocks of T steps (_SEL_BLOCK_FLOATS / (batch·d·n)): one step per
+    block, blocks of 3 (L = 10: the last block one step) and of 4 equal the loop twin and one block."""
+    args = _scan_args(41, 10, 3, 2)  # batch (2,), d = 3, n = 2
+    dy = np.random.default_rng(42).normal(size=args["u"].shape)
+    one = selective_scan_vjp(**args, dy=dy, discretization=disc)
+    monkeypatch.setattr(_vjp, "_SEL_BLOCK_FLOATS", floats)
+    g = selective_scan_vjp(**args, dy=dy, discretization=disc)
+    gl = selective_scan_vjp_loop(**args, dy=dy, discretization=disc)
+    for key in g:
+        close(g[key], gl[key], rtol=SELF, what=f"scan {disc} in blocks ({floats}): {key} loop twin")
+        close(g[key], one[key], rtol=1e-13, what=f"scan {disc} in blocks ({floats}) vs one block: {key}")
+
+
+@pytest.mark.parametrize("disc", ["mamba", "zoh"])
 def test_scan_vjp_broadcast_inputs(disc):
     """Δ broadcast over the batch, B and C shared by the batch, scalar D: gradients summed back."""
     full = _scan_args(31, 6, 2, 3, batch=(3,))
