@@ -313,6 +313,29 @@ def blocked_softmax_attention(q, k, v, causal=False, return_weights=False, block
     return (y, weights) if return_weights else y
 
 
+def blocked_softmax_attention_vjp(q, k, v, dy, causal=False, block=BLOCK):
+    """dQ, dK, dV of softmax(QKᵀ/√d)V by blocks of query rows (FlashAttention-2's backward, P recomputed)."""
+    n, d = q.shape
+    c = 1 / math.sqrt(d)
+    dq, dk, dv = np.empty(q.shape), np.zeros(k.shape), np.zeros(v.shape)
+    for i in range(0, n, block):
+        rows = slice(i, min(i + block, n))
+        keys = rows.stop if causal else k.shape[0]  # causal: later keys get no weight
+        P = (q[rows] * c) @ k[:keys].T
+        if causal:
+            P[np.arange(rows.start, rows.stop)[:, None] < np.arange(keys)] = -np.inf
+        P -= P.max(axis=1, keepdims=True)
+        np.exp(P, out=P)
+        P /= P.sum(axis=1, keepdims=True)  # P = softmax(S)
+        dP = dy[rows] @ v[:keys].T
+        dP -= np.sum(dy[rows] * (P @ v[:keys]), axis=1, keepdims=True)  # dP − D, D_i = dO_i · O_i
+        dS = P * dP
+        dv[:keys] += P.T @ dy[rows]
+        dq[rows] = (dS @ k[:keys]) * c
+        dk[:keys] += (dS.T @ q[rows]) * c
+    return dq, dk, dv
+
+
 def blocked_isotropic_afa(q, k, v, mu, omega, sigma2, eta2, gamma2, nu, kappa, block=BLOCK):
     """Causal isotropic AFA on t = 0, 1, …, N−1 (mu > 0, Student weight) by blocks of query rows."""
     n, d = q.shape
@@ -389,6 +412,24 @@ def stepwise_selective_scan(u, delta, A, B, C, D, block=256):
             h = hs[j] = dA[j] * h + dBu[j]
         y[t] = np.einsum("tdn,tn->td", hs, C[t])
     return y + D * u
+
+
+def stepwise_selective_scan_vjp(u, delta, A, B, C, D, dy):
+    """Gradients (du, dΔ, dA, dB, dC, dD) of Mamba's scan: the states h_t by a forward step loop (stored),
+    the adjoints λ_t = ā_{t+1} λ_{t+1} + dy_t C_t by a backward one, then sums over states or channels."""
+    Ab = np.exp(delta[:, :, None] * A)  # ā_t, (L, d, n)
+    H = (delta * u)[:, :, None] * B[:, None, :]  # b̄_t u_t, then h_t
+    for t in range(1, len(u)):
+        H[t] += Ab[t] * H[t - 1]
+    lam = dy[:, :, None] * C[:, None, :]  # dy_t C_t, then λ_t
+    for t in range(len(u) - 2, -1, -1):
+        lam[t] += Ab[t + 1] * lam[t + 1]
+    ga = lam * Ab  # λ_t ā_t h_{t−1}, h_{−1} = 0
+    ga[0] = 0.0
+    ga[1:] *= H[:-1]
+    lB = np.einsum("tdn,tn->td", lam, B)  # Σ_n λ_t B_t
+    return (lB * delta + D * dy, np.einsum("tdn,dn->td", ga, A) + lB * u, np.einsum("tdn,td->dn", ga, delta),
+            np.einsum("tdn,td->tn", lam, u * delta), np.einsum("td,tdn->tn", dy, H), np.sum(dy * u, axis=0))
 
 
 def chunked_gla(q, k, v, log_g, chunk=CHUNK):
@@ -902,7 +943,56 @@ def _linear_rnn_at(mode: str, H: int, L: int, d: int) -> list[Case]:
     ]
 
 
-# --- convolution --------------------------------------------------------------------------------
+# --- backward passes ----------------------------------------------------------------------------
+def _backward_cases(mode: str) -> list[Case]:
+    """The vector–Jacobian products kernel authors check with the forward: FlashAttention's backward
+    and Mamba's scan's, against plain NumPy forms of the same algorithms."""
+    n, d = {"test": (300, 8), "quick": (1024, 64), "full": (4096, 64)}[mode]
+    out = []
+    for causal in (False, True):
+
+        def make_attention(causal=causal):
+            q, k, v, dy = _rng(20).normal(size=(4, n, d))
+            return Calls(
+                lambda: attention.softmax_attention_vjp(q, k, v, dy, causal=causal),
+                lambda: blocked_softmax_attention_vjp(q, k, v, dy, causal),
+            )
+
+        # cost: FlashAttention-2's backward with its forward's output O at hand: S = QKᵀ again, dP = dO Vᵀ,
+        # dV = Pᵀ dO, dQ = dS K, dK = dSᵀ Q (10d flops per allowed pair), one exp per pair; q, k, v, dy
+        # read and dq, dk, dv written once. Without O (the call's inputs), O = P V costs 2d more: not counted
+        pairs = n * (n + 1) / 2 if causal else n * n
+        out.append(Case("attention", "softmax_attention_vjp", f"N={n},d={d}" + (",causal" if causal else ""),
+                        make_attention, Cost(flops=10 * pairs * d, exps=pairs, bytes=8 * 7 * n * d),
+                        f"blocked NumPy (query blocks of {BLOCK})"))
+    L, ds, ns = {"test": (300, 4, 4), "quick": (1024, 32, 16), "full": (8192, 64, 16)}[mode]
+
+    def make_scan():
+        rng = _rng(21)
+        u, dy = rng.normal(size=(2, L, ds))
+        delta = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), (L, ds)))
+        A = -np.broadcast_to(np.arange(1.0, ns + 1), (ds, ns))  # S4D-Real
+        B, C = rng.normal(size=(2, L, ns))
+        D = np.ones(ds)
+        def grads():  # in the baseline's order
+            g = ssm.selective_scan_vjp(u, delta, A, B, C, D, dy)
+            return tuple(g[key] for key in ("du", "ddelta", "dA", "dB", "dC", "dD"))
+
+        return Calls(
+            grads,
+            lambda: stepwise_selective_scan_vjp(u, delta, A, B, C, D, dy),
+        )
+
+    # cost per (step, channel, state): the state again (update, exp), the adjoint's update, λ ā h_{t−1},
+    # and the four sums over states or channels (dC, dΔ through ā and b̄, dA, dB): about 16 flops and one exp
+    out.append(Case("ssm", "selective_scan_vjp", f"L={L},d={ds},n={ns}", make_scan,
+                    Cost(flops=16 * L * ds * ns, exps=L * ds * ns, bytes=8 * L * (5 * ds + 4 * ns)),
+                    "NumPy step loops, states stored (the adjoint recurrence backwards)",
+                    bound_note="a scan: its flops at the GEMM rate"))
+    return out
+
+
+# --- convolution --------------------------------------------------------------------------------# --- convolution --------------------------------------------------------------------------------
 def _conv_cases(mode: str) -> list[Case]:
     n, d = {"test": (300, 3), "quick": (8192, 16), "full": (65536, 64)}[mode]
 
@@ -1089,6 +1179,7 @@ _FAMILIES = (
     _efficient_cases,
     _ssm_cases,
     _linear_rnn_cases,
+    _backward_cases,
     _conv_cases,
     _lyapunov_cases,
     _kalman_cases,

@@ -45,6 +45,8 @@ def test_full_mode_covers_the_hot_paths():
         "random_features.performer_attention",
         "random_features.rfa_attention",
         "ssm.selective_scan",
+        "ssm.selective_scan_vjp",
+        "attention.softmax_attention_vjp",
         "ssm.s4d_kernel",
         "ssm.s4_kernel_dplr",
         "linear_rnn.ssd",
@@ -74,7 +76,7 @@ def _functions(selected):
 
 
 def test_only_matches_modules_and_functions_by_substring():
-    assert _functions(bench.select(TEST_CASES, ["softmax"])) == {"attention.softmax_attention"}
+    assert _functions(bench.select(TEST_CASES, ["softmax"])) == {"attention.softmax_attention", "attention.softmax_attention_vjp"}
     assert _functions(bench.select(TEST_CASES, ["LINEAR_RNN"])) == {
         "linear_rnn.ssd",
         "linear_rnn.gated_linear_attention",
