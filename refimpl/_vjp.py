@@ -1457,8 +1457,9 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out) -> None:
         # blocked doubling (batched products; a batched LAPACK solve per chunk cost several times more)
         Ti = _unit_lower_inverse(np.where(strict, bg[..., :, None] * Gam * (kg @ sT(kg)), 0.0), out=work[mm])
         Tinv[:, sl] = Ti
-        np.matmul(Ti, np.concatenate([(bg * gam)[..., None] * kg, bg[..., None] * vc[:, sl]], axis=-1), out=WU[:, sl])
         W, Ut = WU[:, sl, :, :dk], WU[:, sl, :, dk:]
+        np.matmul(Ti, (bg * gam)[..., None] * kg, out=W)  # [W, Ũ] = M⁻¹ [diag(βγ) K, diag(β) V], two
+        np.matmul(Ti, bg[..., None] * vc[:, sl], out=Ut)  # products of 64 x 64 outputs (no concatenation)
         Kg = kg * gam_end[..., None]
         for j in range(mm):
             S0[:, sl.start + j] = S
