@@ -978,19 +978,26 @@ def _round(x, dtype: str):
 
 
 def _as_results(value, case: Case, oracle: dict) -> tuple:
-    """Map the user's return value to ``{name: value}``; (mapping, error message or '')."""
+    """Map the user's return value to ``{name: value}``; (mapping, error message or '').
+
+    A tuple (or one value) may leave out the function's optional outputs (those refimpl returns
+    only on request, :class:`refimpl._golden.Function`): then it holds the others, in order."""
     outs = case.output_names()
+    required = tuple(o for o in outs if o not in FUNCTIONS[case.function].optional)
     if isinstance(value, dict):
         unknown = [k for k in value if k not in oracle]
         note = f"ignored unknown names {unknown}" if unknown else ""
         return {k: v for k, v in value.items() if k in oracle}, note
+    alone = required[0] + " alone" if len(required) == 1 else f"{len(required)} ({', '.join(required)})"
+    fewer = f" or {alone}" if required != outs else ""  # the optional outputs left out
     if isinstance(value, (tuple, list)):
-        if len(value) != len(outs):
-            return None, f"returned a {type(value).__name__} of {len(value)} items, expected {len(outs)} ({', '.join(outs)})"
-        return dict(zip(outs, value)), ""
-    if len(outs) != 1:
-        return None, f"returned one {type(value).__name__}, expected a tuple ({', '.join(outs)})"
-    return {outs[0]: value}, ""
+        if len(value) not in (len(outs), len(required)):
+            return None, (f"returned a {type(value).__name__} of {len(value)} items, expected {len(outs)} "
+                          f"({', '.join(outs)}){fewer}")
+        return dict(zip(outs if len(value) == len(outs) else required, value)), ""
+    if len(required) != 1:
+        return None, f"returned one {type(value).__name__}, expected a tuple ({', '.join(outs)}){fewer}"
+    return {required[0]: value}, ""
 
 
 def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="") -> QuantityReport:
@@ -1212,7 +1219,9 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
         outputs as a tuple in refimpl's order, or a dict of named outputs and any of the case's
         intermediates (``P``, ``R2``, ``d2``, ``A`` … — see ``case_names`` and the manifest), which
         are then checked too, in the order of computation, so that the first failing one
-        localizes a bug.
+        localizes a bug. Outputs that refimpl returns only on request — the last state of
+        ``ssm.selective_scan`` and ``ssm.selective_scan_fn`` (``return_last_state``) — may be
+        left out: they are then reported as not returned and not judged.
     dtype : {"float64", "float32", "tf32", "float16", "bfloat16"} or a NumPy float dtype
         The precision tier of the user's implementation: it selects the rounding of the inputs
         and the rule (float64: ``rtol``; the others: the ratio rule against a plain reference
@@ -1321,7 +1330,9 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
         for qname in oracle:  # intermediates first, in order of computation, then the outputs
             kind = "output" if qname in outs else "intermediate"
             if qname not in mapped:
-                if kind == "output":
+                if kind == "output" and qname in FUNCTIONS[function].optional:
+                    quantities.append(QuantityReport(qname, kind, True, message="not returned (optional): not judged"))
+                elif kind == "output":
                     quantities.append(QuantityReport(qname, kind, False, message="missing from the returned values"))
                 continue
             quantities.append(_judge(qname, kind, mapped[qname], oracle[qname], dtype=dt, rtol=case.rtol, atol=case.atol,

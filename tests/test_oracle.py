@@ -624,6 +624,29 @@ class TestCompare:
         report = oracle.compare("kalman.kalman_filter", lambda **kw: (1, 2, 3), cases="regular")
         assert "of 3 items, expected 2 (m, P)" in report.cases[0].message
 
+    def test_optional_outputs_may_be_left_out(self):
+        """The last state of the selective scan is returned only on request (return_last_state): a
+        kernel that returns y alone, or a dict without it, is judged on y; h_last is reported as not
+        returned. A wrong y still fails, and an output that is not optional is still required."""
+        from refimpl import ssm
+
+        for fn in (ssm.selective_scan, lambda **kw: {"y": ssm.selective_scan(**kw)}, lambda **kw: (ssm.selective_scan(**kw),)):
+            c = oracle.compare("ssm.selective_scan", fn, cases="mamba").cases[0]
+            assert c.status == "pass", c
+            assert [q.name for q in c.quantities] == ["y", "h_last"]
+            assert c.quantities[1].message == "not returned (optional): not judged"
+        both = oracle.compare("ssm.selective_scan", lambda **kw: ssm.selective_scan(**kw, return_last_state=True),
+                              cases="mamba").cases[0]
+        assert both.status == "pass" and both.quantities[1].message == "" and both.quantities[1].rel_error == 0.0
+        wrong = oracle.compare("ssm.selective_scan", lambda **kw: 1.001 * ssm.selective_scan(**kw), cases="mamba")
+        assert wrong.cases[0].status == "fail" and wrong.cases[0].first_failure == "y"
+        c = oracle.compare("ssm.selective_scan", lambda **kw: (1, 2, 3), cases="mamba").cases[0]
+        assert c.status == "error" and "expected 2 (y, h_last) or y alone" in c.message
+        c = oracle.compare("ssm.selective_scan_fn", ssm.selective_scan_fn, cases="shared_gated").cases[0]
+        assert c.status == "pass" and c.quantities[-1].name == "last_state"
+        c = oracle.compare("kalman.kalman_filter", lambda **kw: {"m": np.zeros((12, 2))}, cases="regular").cases[0]
+        assert c.status == "fail" and c.quantities[-1].message == "missing from the returned values"
+
     def test_missing_output_in_dict(self):
         report = oracle.compare("afa.isotropic_afa", lambda **kw: {"P": isotropic_afa_port(**kw)["P"], "junk": 1},
                                 cases="causal_student")

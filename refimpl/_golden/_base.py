@@ -32,7 +32,10 @@ class Function:
     user's callable is called (always with the case's arguments as keywords); when it is not
     given it is generated from the signature of the refimpl function ``name`` names (options
     ``return_*`` and the parameters listed in ``skip`` left out) and from ``outputs`` and
-    ``intermediates``.
+    ``intermediates``. ``optional`` names outputs that the refimpl function returns only on
+    request (``return_last_state``): a callable may leave them out (return the other outputs, one
+    array for a single one, or a dict without them); they are then reported as not returned and
+    not judged.
 
     Examples
     --------
@@ -48,6 +51,7 @@ class Function:
     call: str | None = None
     intermediates: tuple = ()
     skip: tuple = ()
+    optional: tuple = ()
 
     def __post_init__(self):
         if self.call is None:

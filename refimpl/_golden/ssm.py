@@ -60,8 +60,9 @@ FUNCTIONS = [
     called("ssm.s4_kernel_dplr", "K"),
     Function("ssm.ssm_recurrent", _run_ssm_modes, ("y",), intermediates=("K",)),
     Function("ssm.ssm_convolution", _run_ssm_conv, ("y",), intermediates=("K",)),
-    Function("ssm.selective_scan", _run_selective, ("y", "h_last"), intermediates=("M",)),
-    Function("ssm.selective_scan_fn", _run_selective_fn, ("out", "last_state"), intermediates=("Delta",)),
+    Function("ssm.selective_scan", _run_selective, ("y", "h_last"), intermediates=("M",), optional=("h_last",)),
+    Function("ssm.selective_scan_fn", _run_selective_fn, ("out", "last_state"), intermediates=("Delta",),
+             optional=("last_state",)),
     called("ssm.hippo_legs_online", "c"),
     called("ssm.legs_reconstruct", "f"),
 ]
