@@ -984,6 +984,8 @@ def _as_results(value, case: Case, oracle: dict) -> tuple:
     only on request, :class:`refimpl._golden.Function`): then it holds the others, in order."""
     outs = case.output_names()
     required = tuple(o for o in outs if o not in FUNCTIONS[case.function].optional)
+    if value is None:  # a callable that returns nothing (e.g. writes into an argument): an error, not a value
+        return None, f"returned None, expected the output{'s' if len(outs) > 1 else ''} {', '.join(outs)}"
     if isinstance(value, dict):
         unknown = [k for k in value if k not in oracle]
         note = f"ignored unknown names {unknown}" if unknown else ""

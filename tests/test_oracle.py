@@ -646,6 +646,8 @@ class TestCompare:
         assert c.status == "pass" and c.quantities[-1].name == "last_state"
         c = oracle.compare("kalman.kalman_filter", lambda **kw: {"m": np.zeros((12, 2))}, cases="regular").cases[0]
         assert c.status == "fail" and c.quantities[-1].message == "missing from the returned values"
+        c = oracle.compare("ssm.selective_scan", lambda **kw: None, cases="mamba").cases[0]  # nothing returned
+        assert c.status == "error" and c.message == "returned None, expected the outputs y, h_last"
 
     def test_missing_output_in_dict(self):
         report = oracle.compare("afa.isotropic_afa", lambda **kw: {"P": isotropic_afa_port(**kw)["P"], "junk": 1},
