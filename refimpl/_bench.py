@@ -414,6 +414,29 @@ def stepwise_selective_scan(u, delta, A, B, C, D, block=256):
     return y + D * u
 
 
+def chunked_linear_attention_vjp(q, k, v, dy, chunk=CHUNK):
+    """dq, dk, dv of causal linear attention (φ = elu + 1): the forward's [num, den], then three chunked prefix
+    sums of the same form, causal for dφ(q) and in reversed time for dφ(k) and d[v, 1]."""
+
+    def causal(a, b, w):  # out_i = Σ_{j≤i} (a_i·b_j) w_j by chunks: the earlier chunks' state + a masked block
+        out, S = np.empty((len(a), w.shape[1])), np.zeros((a.shape[1], w.shape[1]))
+        for i in range(0, len(a), chunk):
+            c = slice(i, i + chunk)
+            out[c] = a[c] @ S + np.tril(a[c] @ b[c].T) @ w[c]
+            S += b[c].T @ w[c]
+        return out
+
+    a, b, vt = elu_plus_one(q), elu_plus_one(k), np.hstack([v, np.ones((len(v), 1))])
+    o = causal(a, b, vt)
+    num, den = o[:, :-1], o[:, -1:]
+    G = np.hstack([dy / den, -np.sum(dy * num, axis=1, keepdims=True) / den**2])  # [dnum, dden]
+    da = causal(G, vt, b)
+    db = causal(vt[::-1], G[::-1], a[::-1])[::-1]  # Σ_{i≥j}: reversed time
+    dvt = causal(b[::-1], a[::-1], G[::-1])[::-1]
+    grad = lambda x: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0.0)))  # noqa: E731  φ'
+    return grad(q) * da, grad(k) * db, dvt[:, :-1]
+
+
 def stepwise_selective_scan_vjp(u, delta, A, B, C, D, dy):
     """Gradients (du, dΔ, dA, dB, dC, dD) of Mamba's scan: the states h_t by a forward step loop (stored),
     the adjoints λ_t = ā_{t+1} λ_{t+1} + dy_t C_t by a backward one, then sums over states or channels."""
@@ -965,6 +988,18 @@ def _backward_cases(mode: str) -> list[Case]:
         out.append(Case("attention", "softmax_attention_vjp", f"N={n},d={d}" + (",causal" if causal else ""),
                         make_attention, Cost(flops=10 * pairs * d, exps=pairs, bytes=8 * 7 * n * d),
                         f"blocked NumPy (query blocks of {BLOCK})"))
+    nl = {"test": 150, "quick": 1024, "full": 8192}[mode]
+
+    def make_linear():
+        q, k, v, dy = _rng(22).normal(size=(4, nl, d))
+        return Calls(lambda: random_features.linear_attention_vjp(q, k, v, dy, causal=True),
+                     lambda: chunked_linear_attention_vjp(q, k, v, dy))
+
+    # cost: the forward's prefix sums again and three more of the same form (4 N d (d + 1) flops each, counted as
+    # for the forward case: a chunked form's in-chunk products are its own price), elu + 1 of q and k
+    out.append(Case("random_features", "linear_attention_vjp", f"N={nl},d={d},causal", make_linear,
+                    Cost(flops=16 * nl * d * (d + 1), exps=nl * d, bytes=8 * 7 * nl * d),
+                    f"NumPy features + chunked prefix sums (chunks of {CHUNK})"))
     L, ds, ns = {"test": (300, 4, 4), "quick": (1024, 32, 16), "full": (8192, 64, 16)}[mode]
 
     def make_scan():
