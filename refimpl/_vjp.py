@@ -47,6 +47,7 @@ import math
 import numpy as np
 
 from . import _blocking
+from ._scan import cumsum_rows
 from ._validate import as_bool, as_real_array, guard_overflow
 
 # Query rows per block of softmax_attention_vjp (FlashAttention's B_r): temporaries are
@@ -384,26 +385,27 @@ def _causal_products(a, b, w, chunk: int = _LIN_CHUNK, reverse: bool = False) ->
             x = np.pad(x, [(0, 0)] * len(batch) + [(0, pad), (0, 0)])  # zero rows add nothing
         arrs.append(x.reshape(*batch, nc, c, x.shape[-1]))
     ac, bc, wc = arrs
-    states = np.empty(batch + (nc, a.shape[-1], width))
+    # the per-chunk states U_n = B_nᵀ W_n in rows n + 1 (reversed: n) of an array whose other end row is 0,
+    # summed in place in chunk order (from the end, reversed): row n is then Σ_{m<n} U_m (reversed: Σ_{m≥n})
+    put, read = (0, 1) if reverse else (1, 0)
+    states = np.empty(batch + (nc + 1, a.shape[-1], width))
+    states[..., nc if reverse else 0, :, :] = 0.0
     size = max(1, min(8, _blocking.per_block(math.prod(batch) * c * (c + width))))  # chunks per group (cache)
 
     def summaries(sl):  # Σ_{j in chunk} b_j w_jᵀ, (..., F, W) per chunk
-        np.matmul(np.swapaxes(bc[..., sl, :, :], -1, -2), wc[..., sl, :, :], out=states[..., sl, :, :])
+        np.matmul(np.swapaxes(bc[..., sl, :, :], -1, -2), wc[..., sl, :, :],
+                  out=states[..., sl.start + put : sl.stop + put, :, :])
 
     _blocking.in_blocks(summaries, nc, size, states.size)
-    order = range(nc - 1, -1, -1) if reverse else range(nc)
-    total, own = np.zeros((2,) + batch + states.shape[-2:])
-    for m in order:  # exclusive sums in chunk order, in place: S_m = the chunks before (after) m
-        own[...] = states[..., m, :, :]
-        states[..., m, :, :] = total
-        total += own
+    run = states[..., ::-1, :, :] if reverse else states
+    cumsum_rows(run, -3, run)  # chunk n reads row n + read: the chunks before it (after it, reversed)
     mask = np.tri(c).T if reverse else np.tri(c)  # j ≥ i (reverse) or j ≤ i inside a chunk
     out = np.empty(batch + (nc, c, width))
 
     def group(sl):
         blk = ac[..., sl, :, :] @ np.swapaxes(bc[..., sl, :, :], -1, -2)
         blk *= mask
-        o = np.matmul(ac[..., sl, :, :], states[..., sl, :, :], out=out[..., sl, :, :])
+        o = np.matmul(ac[..., sl, :, :], states[..., sl.start + read : sl.stop + read, :, :], out=out[..., sl, :, :])
         o += blk @ wc[..., sl, :, :]
 
     _blocking.in_blocks(group, nc, size, out.size)
@@ -801,12 +803,21 @@ _REC_FACTOR_LOG = 30.0
 _REC_TINY = math.exp(-_REC_FACTOR_LOG)  # e^{−cum} is evaluated as 1 / max(e^{cum}, _REC_TINY)
 
 
-def _rec_unchunk(x: np.ndarray, L: int, axis: int = -2) -> np.ndarray:
-    """Inverse of linear_rnn's ``_chunks``: merge (n_chunks, c) at ``axis - 1, axis`` and drop the padding
-    (a view: the callers copy the result into their output)."""
-    axis = axis % x.ndim
-    merged = x.reshape(x.shape[: axis - 1] + (x.shape[axis - 1] * x.shape[axis],) + x.shape[axis + 1 :])
-    return merged[(slice(None),) * (axis - 1) + (slice(0, L),)]
+def _chunk_groups(nb: int, nc: int, c: int) -> list:
+    """Slices of the ``nc`` chunks in groups whose temporaries stay in cache, as the forward pass cuts
+    them (:func:`refimpl.linear_rnn._group`, ``nb`` batch entries side by side)."""
+    from .linear_rnn import _group
+
+    m = min(nc, _group(nb, c))
+    return [slice(g0, min(nc, g0 + m)) for g0 in range(0, nc, m)]
+
+
+def _put_rows(out, arrays, sl: slice, c: int, L: int) -> None:
+    """Write the steps of the chunks ``sl`` (each array (nb, chunks, c, …)) into their rows of ``out``
+    (arrays (nb, L, …)), the padding after step L − 1 left out."""
+    r0, r1 = sl.start * c, min(L, sl.stop * c)
+    for o, a in zip(out, arrays):
+        o[:, r0:r1] = a.reshape(o.shape[:1] + (-1,) + o.shape[2:])[:, : r1 - r0]
 
 
 def _rec_suffix(a: np.ndarray, axis: int) -> np.ndarray:
@@ -888,15 +899,14 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out) -> None:
     decay below ``e^{−_REC_FACTOR_LOG}`` (where ``e^{−cum}`` is clamped) are recomputed from the
     exact segment sums, every exponent ≤ 0 (:func:`_gla_vjp_exact`).
     """
-    from .linear_rnn import _chunks, _group  # the forward pass's own chunking (lazy: import cycle)
+    from .linear_rnn import _chunks  # the forward pass's own chunking (lazy: import cycle)
 
     nb, L, dk = q.shape
     dv, dg = v.shape[-1], logg.shape[-1]
     c = max(1, min(c, L))  # the result does not depend on c: no chunk longer than the sequence
     qc, kc, vc, gc, yc = (_chunks(a, c, -2) for a in (q, k, v, logg, dy))  # (nb, nc, c, ·), padding 0
     nc = qc.shape[1]
-    m = min(nc, _group(nb, c))
-    groups = [slice(g0, min(nc, g0 + m)) for g0 in range(0, nc, m)]
+    groups = _chunk_groups(nb, nc, c)
     tri = np.tri(c)
     sT = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
 
@@ -966,8 +976,7 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out) -> None:
             dlogg = np.matmul(upper, dB, out=dst[3])  # Σ_{r≥t} (in-chunk suffix sums)
             dlogg += tail[:, :, None, :]
         if not full:
-            for o, a in zip(out, dst):
-                o[:, r0:r1] = a.reshape(nb, mm * c, a.shape[-1])[:, : r1 - r0]
+            _put_rows(out, dst, sl, c, L)
 
 
 def _gla_vjp_exact(g, k, v, q=None, dy=None, yv=None, S_in=None, R=None):
@@ -1423,7 +1432,7 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out) -> None:
     the UT transform of each chunk (M⁻¹ and [W, Ũ], kept) and the state entering it; backwards, the
     adjoint and every gradient of the group.
     """
-    from .linear_rnn import _chunks, _group, _suffix, _unit_lower_identity, _unit_lower_inverse
+    from .linear_rnn import _chunks, _suffix, _unit_lower_identity, _unit_lower_inverse
 
     nb, L, dk = q.shape
     dv = v.shape[-1]
@@ -1431,8 +1440,7 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out) -> None:
     qc, kc, vc, yc = (_chunks(a, c, -2) for a in (q, k, v, dy))  # (nb, nc, c, ·), padding 0
     bc, gc = (_chunks(a[..., None], c, -2)[..., 0] for a in (beta, logg))  # (nb, nc, c), β = 0 on padding
     nc = qc.shape[1]
-    m = min(nc, _group(nb, c))
-    groups = [slice(g0, min(nc, g0 + m)) for g0 in range(0, nc, m)]
+    groups = _chunk_groups(nb, nc, c)
     sT = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
     strict, lower = np.tri(c, c, -1, dtype=bool), np.tri(c, c, 0, dtype=bool)
     work = {}  # the workspace of _unit_lower_inverse per group length
@@ -1469,7 +1477,7 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out) -> None:
     eye = np.eye(dk)
     lam = np.zeros((nb, dv, dk))
     for sl in reversed(groups):
-        g0, mm = sl.start, sl.stop - sl.start
+        mm = sl.stop - sl.start
         qg, kg, vg, yg, bg = qc[:, sl], kc[:, sl], vc[:, sl], yc[:, sl], bc[:, sl]
         gam, gam_end, Gam = decays(sl)
         gE = gam[..., -1]  # γ_end
@@ -1513,9 +1521,7 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out) -> None:
         # the log-gates enter γ_t (steps ≤ t), Γ_ts (s < r ≤ t), Γ_end,s (r > s) and γ_end (all r)
         dlogg = (_rec_suffix(gam * dgam, -1) + _straddle(Gam * dGam)
                  + np.cumsum(gam_end * dgam_end, axis=-1) - gam_end * dgam_end + (gE * dgE)[..., None])
-        r0, r1 = g0 * c, min(L, (g0 + mm) * c)
-        for o, a in zip(out, (dQ, dK, dV, dbeta[..., None], dlogg[..., None])):
-            o[:, r0:r1] = a.reshape(nb, mm * c, a.shape[-1])[:, : r1 - r0].reshape(o[:, r0:r1].shape)
+        _put_rows(out, (dQ, dK, dV, dbeta, dlogg), sl, c, L)
 
 
 def _delta_vjp_loop_core(q, k, v, beta, logg, dy):
