@@ -1558,10 +1558,31 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "usable_cores": _cores(),
         "thread_env": {k: os.environ.get(k) for k in threads},
+        "huge_pages": _huge_pages(),
         "numpy_config": config,
         "filterpy": _have("filterpy"),
         "torch": _torch_version() if _have("torch") else None,
     }
+
+
+def _huge_pages() -> dict:
+    """Whether NumPy advises huge pages for its large arrays, and the kernel's transparent-huge-page
+    settings: where ``defrag`` is ``madvise``, a fault on such an array may wait while the kernel
+    compacts memory (first calls 2 to 40 times slower on the benchmark machines; see the README)."""
+    try:
+        from numpy._core import multiarray
+
+        advised = bool(multiarray._get_madvise_hugepage())
+    except (ImportError, AttributeError):  # another NumPy: not reported
+        advised = None
+    kernel = {}
+    for key in ("enabled", "defrag"):
+        try:
+            with open(f"/sys/kernel/mm/transparent_hugepage/{key}") as f:
+                kernel[key] = next((w[1:-1] for w in f.read().split() if w.startswith("[")), None)
+        except OSError:  # not Linux, or no THP
+            kernel[key] = None
+    return {"numpy_madvise": advised, **kernel}
 
 
 def _cores() -> int:
@@ -1569,6 +1590,11 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def _huge_text(huge: dict) -> str:
+    advised = {True: "advised by NumPy", False: "not advised by NumPy", None: "NumPy's advice unknown"}[huge["numpy_madvise"]]
+    return f"{advised}, kernel THP enabled={huge['enabled'] or '?'} defrag={huge['defrag'] or '?'}"
 
 
 def _blas(env: dict) -> str:
@@ -1612,7 +1638,8 @@ def run(quick: bool = False, only: list[str] | None = None, stream=None, *, over
     env = environment()
     out(f"refimpl bench ({mode}): {len(selected)} cases; ratio = refimpl time / baseline time")
     out(f"numpy {env['numpy']}, scipy {env['scipy']}, BLAS {_blas(env)}, {env['usable_cores']} usable cores "
-        f"(cpu_count {env['cpu_count']}), thread env {json.dumps({k: v for k, v in env['thread_env'].items() if v})}")
+        f"(cpu_count {env['cpu_count']}), thread env {json.dumps({k: v for k, v in env['thread_env'].items() if v})}, "
+        f"huge pages {_huge_text(env['huge_pages'])}")
     if quick:
         out("quick mode: small sizes, no competing load; times and agreement only, no verdicts")
     limits = measure_limits(quick)

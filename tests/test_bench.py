@@ -423,6 +423,7 @@ def test_quick_mode_prints_no_verdicts_and_json_has_everything(tmp_path, capsys)
     env = report["environment"]
     assert env["numpy"] == np.__version__ and env["cpu_count"] >= 1 and "thread_env" in env
     assert "Build Dependencies" in env["numpy_config"]
+    assert set(env["huge_pages"]) == {"numpy_madvise", "enabled", "defrag"} and "huge pages" in report["lines"][1]
     assert report["limits"]["gemm_flops"] > 0 and report["wall_time_s"] > 0
     names = [c["name"] for c in report["cases"]]
     assert names == [c.name for c in bench.select(bench.cases("quick"), ["fft_conv", "dle"])]
@@ -531,3 +532,20 @@ def test_settle_waits_for_running_threads_and_not_otherwise():
         t.join()
     assert 0.05 < waited <= bench.SETTLE_MAX + 0.1
     assert bench.settle(max_wait=0.0) < 0.05  # the cap holds
+
+
+def test_environment_reports_numpy_huge_page_advice():
+    multiarray = pytest.importorskip("numpy._core.multiarray")
+    if not hasattr(multiarray, "_set_madvise_hugepage"):
+        pytest.skip("this NumPy cannot toggle its huge-page advice")
+    before = multiarray._set_madvise_hugepage(False)  # returns the previous setting
+    try:
+        off = bench.environment()["huge_pages"]
+        multiarray._set_madvise_hugepage(True)
+        on = bench.environment()["huge_pages"]
+    finally:
+        multiarray._set_madvise_hugepage(before)
+    assert off["numpy_madvise"] is False and on["numpy_madvise"] is True
+    assert "not advised by NumPy" in bench._huge_text(off) and bench._huge_text(on).startswith("advised by NumPy")
+    for key in ("enabled", "defrag"):  # the kernel's choice, bracketed in /sys, or None where there is none
+        assert on[key] is None or on[key] in ("always", "madvise", "never", "defer", "defer+madvise")
