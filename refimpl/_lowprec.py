@@ -52,33 +52,88 @@ def _f32(x):
     return np.asarray(x).astype(f32)
 
 
-def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0=0):
-    """The stored logits ``S = scale · Q Kᵀ`` (float32 accumulation, stored in the tier), masked with −∞.
-
-    ``q`` holds the query rows ``row0, row0 + 1, …`` (a block of rows; ``mask`` already sliced).
-    """
-    q, k = _f32(q), _f32(k)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    s = matmul(q, np.swapaxes(k, -1, -2), tier)
-    s *= f32(scale)
-    s = store(s, tier).astype(f32)
-    n, m = s.shape[-2:]
+def _geometry(n, m, row0, causal, window, alibi: bool):
+    """What the causal mask, the window and ALiBi make of rows ``row0 … row0 + n − 1`` and ``m`` keys:
+    the allowed (i, j) (n, m), and |i − j| in float32 for ALiBi (None without). The same for every head."""
     lag = np.arange(row0, row0 + n)[:, None] - np.arange(m)[None, :]  # i − j (top-left aligned, as refimpl)
     allowed = np.ones((n, m), dtype=bool)
     if causal:
         allowed &= lag >= 0
     if window is not None:
         allowed &= np.abs(lag) < int(window)
+    return allowed, (np.abs(lag).astype(f32) if alibi else None)
+
+
+def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None):
+    """The stored logits ``S = scale · Q Kᵀ`` (float32 accumulation, stored in the tier), masked with −∞.
+
+    ``q`` holds the query rows ``row0, row0 + 1, …`` (a block of rows; ``mask`` already sliced).
+    ``geometry``: :func:`_geometry` of these rows, when the caller computed it once for all heads.
+    """
+    q, k = _f32(q), _f32(k)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    s = matmul(q, np.swapaxes(k, -1, -2), tier)
+    s *= f32(scale)
+    s = store(s, tier).astype(f32, copy=False)
+    n, m = s.shape[-2:]
+    if geometry is None:
+        geometry = _geometry(n, m, row0, causal, window, alibi_slopes is not None)
+    allowed, abs_lag = geometry
     if mask is not None:
         allowed = allowed & np.asarray(mask, dtype=bool)
     if alibi_slopes is not None:  # the linear bias −m·|i − j|, added in float32 to the stored logits
         slopes = _f32(alibi_slopes)
-        s = s - (slopes[..., None, None] * np.abs(lag).astype(f32))
+        s = s - (slopes[..., None, None] * abs_lag)
     return np.where(allowed, s, f32(-np.inf))
 
 
-def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0=0):
-    s = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0)
+#: logits (batch entries × N × M) above which the plain attention references with weights run one
+#: batch entry (head) at a time. Each entry is the same arithmetic as in the whole batch (row-wise
+#: reductions, one product per entry), so the results are bitwise the same, but the temporaries
+#: hold N·M numbers instead of B·N·M: at 8 heads × N = 4096 the plain backward pass allocated
+#: several GB at once and spent 10–18 s of its 10–15 s in the kernel (page faults), against 3.6 s
+#: head by head (measured).
+_ENTRY_LOGITS = 1 << 22
+
+
+def _by_entry(fn, seqs: dict, mask, alibi_slopes):
+    """``fn(**seqs, mask=mask, alibi_slopes=alibi_slopes)``, one batch entry at a time when large.
+
+    ``seqs`` holds (..., rows, cols) arrays whose leading axes broadcast to the batch, ``mask`` is
+    None or broadcasts to (..., N, M), ``alibi_slopes`` None or broadcasts to the batch; ``fn``
+    returns a tuple of arrays with the batch axes leading (as the whole-batch call would). Small
+    problems (or no batch axes) make one call; otherwise the entries' results are written into
+    arrays of the whole batch's shape.
+    """
+    mask = None if mask is None else np.asarray(mask, dtype=bool)
+    slopes = None if alibi_slopes is None else np.asarray(alibi_slopes)
+    lead = [a.shape[:-2] for a in map(np.asarray, seqs.values())]
+    lead += [mask.shape[:-2]] if mask is not None and mask.ndim > 2 else []
+    lead += [slopes.shape] if slopes is not None else []
+    batch = np.broadcast_shapes(*lead)
+    q = np.asarray(seqs["q"])
+    logits = math.prod(batch) * q.shape[-2] * np.shape(seqs["k"])[-2]
+    if not batch or math.prod(batch) == 1 or logits < _ENTRY_LOGITS:
+        return fn(**seqs, mask=mask, alibi_slopes=alibi_slopes)
+    full = {name: np.broadcast_to(a, batch + np.shape(a)[-2:]) for name, a in seqs.items()}
+    if mask is not None and mask.ndim > 2:
+        mask = np.broadcast_to(mask, batch + mask.shape[-2:])
+    if slopes is not None:
+        slopes = np.broadcast_to(slopes, batch)
+    outs = None
+    for idx in np.ndindex(*batch):
+        got = fn(**{name: a[idx] for name, a in full.items()},
+                 mask=mask[idx] if mask is not None and mask.ndim > 2 else mask,
+                 alibi_slopes=None if slopes is None else slopes[idx])
+        if outs is None:
+            outs = tuple(np.empty(batch + g.shape, dtype=g.dtype) for g in got)
+        for o, g in zip(outs, got):
+            o[idx] = g
+    return outs
+
+
+def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None):
+    s = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry)
     mx = s.max(axis=-1, keepdims=True)
     s -= mx
     np.exp(s, out=s)
@@ -103,7 +158,10 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
     """
     tier = tier_name(tier)
     if weights:
-        p, y, lse = _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier)
+        geometry = _geometry(np.shape(q)[-2], np.shape(k)[-2], 0, causal, window, alibi_slopes is not None)
+        fixed = dict(causal=causal, scale=scale, window=window, tier=tier, geometry=geometry)
+        p, y, lse = _by_entry(lambda q, k, v, mask, alibi_slopes: _softmax_rows(q, k, v, mask, alibi_slopes=alibi_slopes, **fixed),
+                              dict(q=q, k=k, v=v), mask, alibi_slopes)
         return {"A": p, "y": y, "lse": lse}
     q = _f32(q)
     n, m = q.shape[-2], np.shape(k)[-2]
@@ -131,16 +189,23 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
     dS = 0; the bias is a constant).
     """
     tier = tier_name(tier)
-    fwd = softmax_attention(q, k, v, mask, causal, scale, window, alibi_slopes, tier=tier)
-    p = fwd["A"].astype(f32)
     c = f32(1.0 / math.sqrt(np.shape(q)[-1]) if scale is None else float(scale))
-    q, k, v, dy = _f32(q), _f32(k), _f32(v), _f32(dy)
-    dv = matmul(np.swapaxes(p, -1, -2), dy, tier)
-    dp = matmul(dy, np.swapaxes(v, -1, -2), tier)
-    D = np.sum(dy * fwd["y"].astype(f32), axis=-1, keepdims=True, dtype=f32)
-    ds = store(p * (dp - D), tier)
-    dq = matmul(ds, k, tier) * c
-    dk = matmul(np.swapaxes(ds, -1, -2), q, tier) * c
+    geometry = _geometry(np.shape(q)[-2], np.shape(k)[-2], 0, causal, window, alibi_slopes is not None)
+
+    def grads(q, k, v, dy, mask, alibi_slopes):  # dq, dk, dv before the sums over broadcast axes
+        p, y, _ = _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, geometry=geometry)
+        p = p.astype(f32, copy=False)
+        q, k, v, dy = _f32(q), _f32(k), _f32(v), _f32(dy)
+        dv = matmul(np.swapaxes(p, -1, -2), dy, tier)
+        dp = matmul(dy, np.swapaxes(v, -1, -2), tier)
+        D = np.sum(dy * y.astype(f32), axis=-1, keepdims=True, dtype=f32)
+        dp -= D
+        dp *= p  # P ∘ (dP − D), in place (the temporaries are N × M)
+        ds = store(dp, tier)
+        return matmul(ds, k, tier) * c, matmul(np.swapaxes(ds, -1, -2), q, tier) * c, dv
+
+    dq, dk, dv = _by_entry(grads, dict(q=q, k=k, v=v, dy=dy), mask, alibi_slopes)
+    q, k, v = (np.asarray(a) for a in (q, k, v))
 
     def reduce(g, shape):  # the gradient of a broadcast input: summed over the broadcast axes (float32)
         while g.ndim > len(shape):

@@ -821,6 +821,65 @@ def test_blocked_plain_softmax_equals_the_full_one():
     assert "A" not in blocked and all(np.array_equal(full[n], blocked[n]) for n in ("y", "lse"))
 
 
+@pytest.mark.parametrize("tier", ["bfloat16", "float16", "tf32"])
+@pytest.mark.parametrize(
+    "q_batch, k_batch, mask_kind, alibi",
+    [((3,), (3,), None, False), ((2, 3), (3,), "batched", True), ((2, 1), (1, 3), "2d", True), ((3,), (), "rows", False)],
+)
+def test_plain_attention_head_by_head_equals_the_whole_batch(monkeypatch, tier, q_batch, k_batch, mask_kind, alibi):
+    # large problems run the plain references one batch entry at a time: the same arithmetic, bit for bit,
+    # with broadcast heads, masks (per entry, shared, one row for all) and ALiBi slopes per head
+    import refimpl._lowprec as lp
+
+    rng = np.random.default_rng(1)
+    n, m, d = 9, 12, 4
+    batch = np.broadcast_shapes(q_batch, k_batch)
+    q, dy = rng.standard_normal((2,) + q_batch + (n, d))
+    k, v = rng.standard_normal((2,) + k_batch + (m, d))
+    mask = {None: None, "batched": rng.random(batch + (n, m)) < 0.8, "2d": rng.random((n, m)) < 0.8,
+            "rows": rng.random((1, m)) < 0.8}[mask_kind]
+    if mask is not None:
+        mask[..., 0] = True
+    kw = dict(mask=mask, causal=True, scale=0.6, window=7, tier=tier,
+              alibi_slopes=rng.uniform(0.1, 1.0, batch[-1:]) if alibi else None)
+    runs = []
+    for threshold in (1 << 60, 0):  # the whole batch at once, then entry by entry
+        monkeypatch.setattr(lp, "_ENTRY_LOGITS", threshold)
+        runs.append({**lp.softmax_attention(q, k, v, **kw), **lp.softmax_attention_vjp(q, k, v, dy, **kw)})
+    whole, by_entry = runs
+    assert whole.keys() == by_entry.keys() == {"A", "y", "lse", "dq", "dk", "dv"}
+    for name in whole:
+        a, b = whole[name], by_entry[name]
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=True), name
+    assert by_entry["dk"].shape == k.shape  # summed over the broadcast query heads
+
+
+@pytest.mark.parametrize("tier", ["bfloat16", "tf32"])
+def test_rounding_from_float32_on_any_memory_layout(tier):
+    # the blocked bit rounding works on the array's memory order: transposed, reversed, strided and
+    # float16 inputs round like a C-contiguous float32 copy (the formula on the bits, written out here)
+    bits = FORMATS[tier][0]
+    rng = np.random.default_rng(2)
+    base = (rng.standard_normal((4, 30, 50)) * 10.0 ** rng.integers(-40, 39, (4, 30, 50))).astype(f32)
+    raw = base.reshape(-1).view(np.uint32)
+    raw[::97] = rng.integers(0x7F800001, 0x80000000, raw[::97].size, dtype=np.uint64)  # NaNs with any payload
+    raw[5], raw[6], raw[7] = 0x7F7FFFFF, 0x00000001, 0xFFFFFFFF  # largest finite, smallest subnormal, a NaN
+    drop = 23 - bits
+
+    def expected(x):
+        x = np.array(x, dtype=f32, order="C")  # a C-contiguous copy (0-d stays 0-d)
+        u = x.view(np.uint32).astype(np.uint64)
+        r = ((u + (1 << (drop - 1)) - 1 + ((u >> drop) & 1)) & ~np.uint64((1 << drop) - 1)) & 0xFFFFFFFF
+        return np.where(np.isnan(x), x, r.astype(np.uint32).view(f32))
+
+    views = [base, np.swapaxes(base, -1, -2), base[:, ::-1], np.swapaxes(base[::-1], 0, 2), base[:, 3:29:2, ::3],
+             rng.standard_normal((5, 40)).astype(np.float16)[:, ::2], base[0, 0, 0]]
+    for x in views:
+        got, want = round_to(x, tier), expected(x)
+        assert got.dtype == f32 and got.shape == np.shape(x)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_bad_callables_on_inputs_are_reported_per_case(dtype):
     i = _small_attn()
