@@ -1128,8 +1128,10 @@ def _input_cases(function: str, inputs) -> list:
                 ([f"unknown keys {extra}"] if extra else []) + ([f"missing keys {missing}"] if missing else []))
                 + f" (the call is {FUNCTIONS[function].call})")
         given = dict(inp)
-        out.append((Case(f"{function}/inputs[{i}]", -1, lambda rng, a=given: dict(a), "user inputs", intermediates=False),
-                    defaults))
+        # outputs=(): the outputs of a user's case are those refimpl produces for its arguments (zf only
+        # with zi, dlog_g only with log_g, b and a for output="ba"), named after the reference run
+        out.append((Case(f"{function}/inputs[{i}]", -1, lambda rng, a=given: dict(a), "user inputs", intermediates=False,
+                         outputs=()), defaults))
     return out
 
 
@@ -1311,6 +1313,7 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
             except Exception as exc:  # noqa: BLE001 — user inputs: any failure of refimpl is reported per case
                 reports.append(CaseReport(case.name, "error", [], f"refimpl rejects the inputs ({type(exc).__name__}: {exc})"))
                 continue
+            case = dataclasses.replace(case, outputs=tuple(k for k in oracle if k not in FUNCTIONS[function].intermediates))
             if wanted:  # only the intermediates the callable returned
                 oracle = {k: v for k, v in oracle.items() if k in value or k in case.output_names()}
         plain, models = None, {}
@@ -1402,6 +1405,10 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         (False), ``chunk_size`` (64): unit keys, β = σ(ξ), Gated DeltaNet's log g = log σ(ξ)/16.
     ``iir.biquad_filter``  ``N`` (4096), ``r`` (0.999, the pole radius), ``theta`` (0.3 rad): a
         band-pass resonator with poles r e^{±iθ}; x standard normal.
+    ``random_features.linear_attention_vjp``, ``ssm.selective_scan_vjp``, ``linear_rnn.ssd_vjp``,
+    ``linear_rnn.gated_linear_attention_vjp``, ``linear_rnn.retention_vjp``, ``linear_rnn.delta_rule_vjp``
+        the backward passes: the forward function's inputs (same sizes, same seed), plus the
+        cotangent ``dy`` of the output's shape (standard normal, from the seed's second stream).
 
     ``seed`` seeds ``numpy.random.default_rng``. ``ValueError`` for other functions or unknown
     size names, ``TypeError``/``ValueError`` for sizes that are not positive integers.
@@ -1420,6 +1427,10 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     if seed < 0:
         raise ValueError(f"seed: expected an int >= 0, got {seed}")
     rng = np.random.default_rng(seed)
+    if function in _VJP_OUTPUTS:  # the forward inputs, then the cotangent of the forward output
+        forward = random_inputs(function.removesuffix("_vjp"), seed=seed, **sizes)
+        shape = forward[_VJP_OUTPUTS[function]].shape
+        return {**forward, "dy": np.random.default_rng((seed, 1)).standard_normal(shape)}
 
     def lead(b):
         return (b,) if b else ()
@@ -1516,11 +1527,16 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     raise ValueError(f"name: random_inputs supports {', '.join(RANDOM_INPUTS)}, not {function}")
 
 
+#: backward passes :func:`random_inputs` supports: the forward input whose shape the output (and dy) has
+_VJP_OUTPUTS = {"random_features.linear_attention_vjp": "v", "ssm.selective_scan_vjp": "u", "linear_rnn.ssd_vjp": "x",
+                "linear_rnn.gated_linear_attention_vjp": "v", "linear_rnn.retention_vjp": "v",
+                "linear_rnn.delta_rule_vjp": "v"}
+
 #: the functions :func:`random_inputs` supports
 RANDOM_INPUTS = ("attention.softmax_attention", "attention.flash_attention", "attention.softmax_attention_vjp",
                  "random_features.linear_attention", "random_features.performer_attention", "ssm.selective_scan",
                  "linear_rnn.ssd", "linear_rnn.gated_linear_attention", "linear_rnn.retention", "linear_rnn.delta_rule",
-                 "iir.sos_filter", "iir.biquad_filter")
+                 "iir.sos_filter", "iir.biquad_filter", *_VJP_OUTPUTS)
 
 
 # --------------------------------------------------------------------------------------------

@@ -556,6 +556,25 @@ def test_gla_bad_input(fn, edit, exc, match):
         fn(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("log_g"), **args)
 
 
+@pytest.mark.parametrize("tier", ["bfloat16", "float16"])
+def test_delta_rule_takes_unit_keys_stored_in_low_precision(tier):
+    # unit keys rounded to bfloat16 are off by up to 2^-8 in norm: accepted (a model's own keys, the
+    # oracle's rounded inputs), and the chunked form still equals the recurrence; 1.01 is refused
+    from refimpl._precision import round_to
+
+    rng = np.random.default_rng(5)
+    q, k, v = rng.standard_normal((3, 2, 300, 16))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    k = round_to(k, tier).astype(np.float64)
+    off = np.abs(np.linalg.norm(k, axis=-1) - 1.0).max()
+    assert 1e-6 < off <= 2.0**-8
+    beta = rng.uniform(0.1, 1.9, (2, 300))
+    got, want = lr.delta_rule(q, k, v, beta, chunk_size=32), lr.delta_rule_loop(q, k, v, beta)
+    assert np.abs(got - want).max() <= 1e-12 * np.abs(want).max()
+    with pytest.raises(ValueError, match="k: the delta rule expects l2-normalized keys"):
+        lr.delta_rule(q, k * 1.01, v, beta)
+
+
 @pytest.mark.parametrize(
     "edit, match",
     [

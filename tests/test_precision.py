@@ -665,6 +665,41 @@ def test_random_inputs_regimes():
     assert ssd_in["B"].shape == (2, 7, 16) and np.all(ssd_in["A"] < 0)
 
 
+@pytest.mark.parametrize("name, sizes, grad", [
+    ("linear_rnn.ssd_vjp", dict(L=300, H=4, G=2, P=8, N=8, chunk_size=32), "dB"),
+    ("linear_rnn.gated_linear_attention_vjp", dict(L=300, dk=16, dv=8, batch=2), "dlog_g"),
+    ("linear_rnn.retention_vjp", dict(L=300, H=3, dk=16, dv=8), "dk"),
+    ("linear_rnn.delta_rule_vjp", dict(L=300, dk=16, dv=8, gated=True), "dbeta"),
+    ("random_features.linear_attention_vjp", dict(N=300, d=8, batch=2), "dv"),
+    ("ssm.selective_scan_vjp", dict(L=300, d_in=4, n=8), "dA"),
+])
+def test_random_inputs_of_the_backward_passes(name, sizes, grad):
+    # the forward function's inputs (same seed and sizes) plus a cotangent of the output's shape; refimpl's
+    # own backward pass passes on them, in float64 and in bfloat16, and a gradient 1% (25%) off fails there
+    from refimpl._golden._base import resolve
+
+    inp = oracle.random_inputs(name, seed=3, **sizes)
+    forward = oracle.random_inputs(name.removesuffix("_vjp"), seed=3, **sizes)
+    assert inp.keys() == forward.keys() | {"dy"}
+    assert all(np.array_equal(inp[k], v) if isinstance(v, np.ndarray) else inp[k] == v for k, v in forward.items())
+    y = resolve(name.removesuffix("_vjp"))(**forward)
+    assert inp["dy"].shape == (y[0] if isinstance(y, tuple) else y).shape
+    vjp = resolve(name)
+
+    def off(factor):  # refimpl's gradients (a tuple or a dict), one of them off by a factor
+        def run(**kw):
+            res = vjp(**kw)
+            named = res if isinstance(res, dict) else dict(zip(oracle.FUNCTIONS[name].outputs, res))
+            return {n: g * factor if n == grad else g for n, g in named.items()}
+
+        return run
+
+    for dtype, factor in (("float64", 1.01), ("bfloat16", 1.25)):  # bfloat16's ε is 2^-7 ≈ 0.8%
+        assert oracle.compare(name, vjp, inputs=inp, dtype=dtype).passed
+        bad = oracle.compare(name, off(factor), inputs=inp, dtype=dtype).cases[0]
+        assert bad.status == "fail" and bad.first_failure == grad
+
+
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(name="lyapunov.phi1"), ValueError, "name: random_inputs supports"),
     (dict(name="ssm.selective_scan", L=10, width=3), ValueError, r"sizes: unknown \['width'\]"),

@@ -184,13 +184,15 @@ def resolve(name: str):
     return getattr(importlib.import_module(f"refimpl.{module}"), attr)
 
 
-def called(name: str, *outputs, call: str | None = None, skip: tuple = (), **fixed) -> Function:
+def called(name: str, *outputs, call: str | None = None, skip: tuple = (), optional: tuple = (), **fixed) -> Function:
     """The :class:`Function` of a refimpl function called directly with the case's arguments.
 
     ``called("lyapunov.phi1", "phi")`` runs ``refimpl.lyapunov.phi1(**args)`` and names its
-    result ``phi``; ``fixed`` keywords are added to every call.
+    result ``phi``; ``fixed`` keywords are added to every call; ``optional`` outputs are those the
+    refimpl function returns only on request (see :class:`Function`).
     """
-    return Function(name, direct(resolve(name), *outputs, **fixed), tuple(outputs), call=call, skip=skip)
+    return Function(name, direct(resolve(name), *outputs, **fixed), tuple(outputs), call=call, skip=skip,
+                    optional=tuple(optional))
 
 
 def generated(name: str, seed: int, description: str, *, intermediates: bool = False, **sizes) -> Case:

@@ -34,7 +34,7 @@ FUNCTIONS = [
     called("kalman.rts_smoother_scan", "m", "P"),
     called("kalman.batch_smoother", "m", "P"),
     called("kalman.steady_state", "K", "P_prior", "P_post"),
-    called("kalman.kalman_weight_matrix", "W", "c", return_offset=True),
+    called("kalman.kalman_weight_matrix", "W", "c", return_offset=True, optional=("c",)),  # c: return_offset=True
 ]
 
 CASES = [

@@ -21,7 +21,8 @@ FUNCTIONS = [
     Function("positional.sinusoidal_encoding", _run_sinusoidal, ("pe",), intermediates=("freqs",)),
     called("positional.relative_shift_matrix", "M"),
     called("positional.rope", "y"),
-    called("positional.rope_complex", "y", as_complex=True, skip=("as_complex",)),
+    called("positional.rope_complex", "y", as_complex=True, skip=("as_complex",),
+           call="fn(x, positions, base, freqs) -> y, complex (..., N, d/2) (refimpl: as_complex=True)"),
     called("positional.rope_decay_bound", "bound"),
 ]
 
