@@ -1428,7 +1428,11 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         raise ValueError(f"seed: expected an int >= 0, got {seed}")
     rng = np.random.default_rng(seed)
     if function in _VJP_OUTPUTS:  # the forward inputs, then the cotangent of the forward output
-        forward = random_inputs(function.removesuffix("_vjp"), seed=seed, **sizes)
+        name = function.removesuffix("_vjp")
+        try:
+            forward = random_inputs(name, seed=seed, **sizes)
+        except ValueError as exc:  # name the function asked for
+            raise ValueError(str(exc).replace(f"for {name};", f"for {function} (those of {name});")) from None
         shape = forward[_VJP_OUTPUTS[function]].shape
         return {**forward, "dy": np.random.default_rng((seed, 1)).standard_normal(shape)}
 

@@ -708,6 +708,8 @@ def test_random_inputs_of_the_backward_passes(name, sizes, grad):
     (dict(name="ssm.selective_scan", discretization="euler"), ValueError, "discretization"),
     (dict(name="attention.softmax_attention", causal="yes"), TypeError, "causal: expected a bool"),
     (dict(name="iir.sos_filter", order=5), ValueError, "order: expected an even order"),
+    (dict(name="linear_rnn.ssd_vjp", width=3), ValueError, r"sizes: unknown \['width'\] for linear_rnn.ssd_vjp \(those of linear_rnn.ssd\)"),
+    (dict(name="ssm.selective_scan_vjp", L=-1), ValueError, "L: expected a positive int"),
 ])
 def test_random_inputs_bad(kwargs, exc, match):
     name = kwargs.pop("name")
