@@ -1371,6 +1371,48 @@ def _sizes(name: str, sizes: dict, known: dict) -> dict:
     return out
 
 
+def _attention_inputs(function: str, rng, sizes: dict) -> dict:
+    """:func:`random_inputs` of softmax attention, FlashAttention and the attention backward pass."""
+    sizes = dict(sizes)
+    alignment = sizes.pop("causal_alignment", None)
+    softcap = sizes.pop("softcap", None)
+    extra = {"block_q": 64, "block_k": 64} if function == "attention.flash_attention" else {}
+    s = _sizes(function, sizes, {"N": 256, "M": 0, "d": 64, "dv": 0, "batch": 0, "causal": False, "kv_heads": 0,
+                                 "window": 0, "alibi": False, **extra})
+    N, d, H, H_kv = s["N"], s["d"], s["batch"], s["kv_heads"]
+    M, dv = s["M"] or N, s["dv"] or d
+    if alignment is not None and alignment not in ("top_left", "bottom_right"):
+        raise ValueError(f"causal_alignment: expected 'top_left' or 'bottom_right', got {alignment!r}")
+    if s["causal"] and M != N and alignment is None:
+        raise ValueError("M: causal attention with M != N needs causal_alignment ('bottom_right': the KV-cache case)")
+    if softcap is not None and not (isinstance(softcap, (int, float, np.integer, np.floating)) and not isinstance(softcap, bool)
+                                    and np.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"softcap: expected a finite number > 0, got {softcap!r}")
+    if (H_kv or s["alibi"]) and not H:
+        raise ValueError("batch: kv_heads and alibi need a head axis (batch = the number of query heads)")
+    if H_kv and H % H_kv:
+        raise ValueError(f"kv_heads: the {H} query heads (batch) must be a multiple of kv_heads, got {H_kv}")
+    b, b_kv = ((H,) if H else ()), ((H_kv or H,) if H else ())
+    out = {"q": rng.standard_normal(b + (N, d)), "k": rng.standard_normal(b_kv + (M, d)),
+           "v": rng.standard_normal(b_kv + (M, dv))}
+    if function == "attention.softmax_attention_vjp":
+        out["dy"] = rng.standard_normal(b + (N, dv))
+    out["causal"] = s["causal"]
+    if s["window"]:
+        out["window"] = s["window"]
+    if s["alibi"]:
+        from .attention import alibi_geometric_slopes
+
+        out["alibi_slopes"] = alibi_geometric_slopes(H)
+    if alignment is not None:
+        out["causal_alignment"] = alignment
+    if softcap is not None:
+        out["softcap"] = float(softcap)
+    if H_kv:
+        out["grouped_heads"] = True
+    return {**out, **{k: s[k] for k in extra}}
+
+
 def random_inputs(name, *, seed, **sizes) -> dict:
     r"""Valid keyword arguments for ``name`` at any size, in the regimes real models run in.
 
@@ -1380,8 +1422,12 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     kernel at a realistic size. Supported functions and sizes (defaults in parentheses):
 
     ``attention.softmax_attention``  ``N`` (256), ``M`` (= N), ``d`` (64), ``dv`` (= d), ``batch``
-        (0: no batch axis), ``causal`` (False): q, k, v standard normal (logits of order √d
-        before the 1/√d scale, as after a LayerNorm).
+        (0: no head axis; else the number of query heads H), ``causal`` (False): q, k, v standard
+        normal (logits of order √d before the 1/√d scale, as after a LayerNorm). The variants kernels
+        ship: ``kv_heads`` (0; else grouped-query attention, H_kv key/value heads), ``window`` (0;
+        else a sliding window), ``alibi`` (False; else ALiBi's geometric slopes for the H heads),
+        ``softcap`` (None; e.g. 50.0 as in Gemma 2), ``causal_alignment`` (None; "bottom_right" is
+        the KV-cache case, causal with M ≠ N).
     ``random_features.linear_attention``  ``N`` (1024), ``d`` (16), ``dv`` (= d), ``batch`` (0),
         ``causal`` (True).
     ``ssm.selective_scan``  ``L`` (1024), ``d_in`` (8), ``n`` (16), ``batch`` (0),
@@ -1439,14 +1485,8 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     def lead(b):
         return (b,) if b else ()
 
-    if function == "attention.softmax_attention":
-        s = _sizes(function, sizes, {"N": 256, "M": 0, "d": 64, "dv": 0, "batch": 0, "causal": False})
-        M, dv = s["M"] or s["N"], s["dv"] or s["d"]
-        if s["causal"] and M != s["N"]:
-            raise ValueError("M: causal attention here is square (M = N)")
-        b = lead(s["batch"])
-        return {"q": rng.standard_normal(b + (s["N"], s["d"])), "k": rng.standard_normal(b + (M, s["d"])),
-                "v": rng.standard_normal(b + (M, dv)), "causal": s["causal"]}
+    if function in ("attention.softmax_attention", "attention.flash_attention", "attention.softmax_attention_vjp"):
+        return _attention_inputs(function, rng, sizes)
     if function == "random_features.linear_attention":
         s = _sizes(function, sizes, {"N": 1024, "d": 16, "dv": 0, "batch": 0, "causal": True})
         b, dv = lead(s["batch"]), s["dv"] or s["d"]
@@ -1473,16 +1513,6 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         from . import iir
 
         return {"sos": iir.cheby1(s["order"], 1.0, wn, output="sos"), "x": rng.standard_normal(s["N"]), "form": "tdf2"}
-    if function in ("attention.flash_attention", "attention.softmax_attention_vjp"):
-        extra = {"block_q": 64, "block_k": 64} if function == "attention.flash_attention" else {}
-        s = _sizes(function, sizes, {"N": 256, "M": 0, "d": 64, "dv": 0, "batch": 0, "causal": False, **extra})
-        M, dv = s["M"] or s["N"], s["dv"] or s["d"]
-        b = lead(s["batch"])
-        out = {"q": rng.standard_normal(b + (s["N"], s["d"])), "k": rng.standard_normal(b + (M, s["d"])),
-               "v": rng.standard_normal(b + (M, dv))}
-        if function == "attention.softmax_attention_vjp":
-            out["dy"] = rng.standard_normal(b + (s["N"], dv))
-        return {**out, "causal": s["causal"], **{k: s[k] for k in extra}}
     if function == "random_features.performer_attention":
         s = _sizes(function, sizes, {"N": 1024, "d": 64, "dv": 0, "m": 256, "batch": 0, "causal": True})
         b, dv = lead(s["batch"]), s["dv"] or s["d"]

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pytest
 import scipy.signal
@@ -663,6 +664,49 @@ def test_random_inputs_regimes():
     assert np.allclose(np.linalg.norm(d["k"], axis=-1), 1) and np.all(d["log_g"] <= 0) and np.all((0 < d["beta"]) & (d["beta"] < 1))
     ssd_in = oracle.random_inputs("linear_rnn.ssd", seed=0, L=7, H=4, G=2)
     assert ssd_in["B"].shape == (2, 7, 16) and np.all(ssd_in["A"] < 0)
+
+
+def _gqa_attention_port(q, k, v, causal=False, grouped_heads=False, head_of=None, **unused):
+    """float32 softmax attention with grouped heads: query head h reads key/value head ``head_of(h)``."""
+    q, k, v = (np.asarray(a, dtype=f32) for a in (q, k, v))
+    H, H_kv = q.shape[0], k.shape[0]
+    out = []
+    for h in range(H):
+        kh = head_of(h, H, H_kv)
+        s = q[h] @ k[kh].T / f32(np.sqrt(q.shape[-1]))
+        if causal:
+            s = np.where(np.tril(np.ones(s.shape, dtype=bool)), s, f32(-np.inf))
+        p = np.exp(s - s.max(axis=-1, keepdims=True))
+        out.append((p / p.sum(axis=-1, keepdims=True)) @ v[kh])
+    return np.stack(out)
+
+
+def test_random_inputs_of_attention_variants():
+    # the variants kernels ship, drawn at any size: grouped-query heads, a sliding window, ALiBi, soft-capping and the
+    # KV-cache alignment; refimpl's own functions pass on them, and the classic grouped-query bug (query head h reading
+    # key/value head h mod H_kv instead of h // G) fails
+    from refimpl import attention
+
+    a = oracle.random_inputs("attention.softmax_attention_vjp", seed=0, N=70, batch=6, kv_heads=2, window=16, alibi=True,
+                             softcap=30.0, causal=True, d=8)
+    assert a["q"].shape == (6, 70, 8) and a["k"].shape == a["v"].shape == (2, 70, 8) and a["dy"].shape == (6, 70, 8)
+    assert a["grouped_heads"] and a["window"] == 16 and a["softcap"] == 30.0 and a["alibi_slopes"].shape == (6,)
+    kv = oracle.random_inputs("attention.flash_attention", seed=0, N=40, M=90, d=8, causal=True, causal_alignment="bottom_right")
+    assert kv["k"].shape == (90, 8) and kv["causal_alignment"] == "bottom_right"
+    for name, inp in (("attention.softmax_attention_vjp", a), ("attention.flash_attention", kv)):
+        for dtype in ("float64", "bfloat16"):
+            fn = attention.softmax_attention_vjp if name.endswith("vjp") else attention.flash_attention
+            assert oracle.compare(name, fn, inputs=inp, dtype=dtype).passed
+    gqa = oracle.random_inputs("attention.softmax_attention", seed=1, N=130, batch=8, kv_heads=2, causal=True, d=16)
+    right = functools.partial(_gqa_attention_port, head_of=lambda h, H, H_kv: h // (H // H_kv))
+    wrong = functools.partial(_gqa_attention_port, head_of=lambda h, H, H_kv: h % H_kv)
+    assert oracle.compare("attention.softmax_attention", right, inputs=gqa, dtype="float32").passed
+    assert oracle.compare("attention.softmax_attention", wrong, inputs=gqa, dtype="float32").cases[0].status == "fail"
+    for bad, match in ((dict(batch=6, kv_heads=4), "kv_heads: the 6 query heads"), (dict(kv_heads=2), "batch: kv_heads and alibi"),
+                       (dict(M=300, causal=True), "causal_alignment"), (dict(softcap=-1.0), "softcap"),
+                       (dict(causal_alignment="middle"), "causal_alignment: expected")):
+        with pytest.raises(ValueError, match=match):
+            oracle.random_inputs("attention.softmax_attention", seed=0, **bad)
 
 
 @pytest.mark.parametrize("name, sizes, grad", [
