@@ -725,8 +725,106 @@ def _on_env_updated(app: Any, env: Any) -> list[str]:
 _DOC_EQ = re.compile(r"(``.*?``|`[^`]*`)|\b(Eqs?\.)\s*(\((\d+)\.(\d+)\)(?:\s*(?:–|—|-|to|,\s*and|,|and|/)\s*\(\d+\.\d+\))*)")
 
 
+#: a glossary line of the modules' docstrings: ``name`` and perhaps a shape or a second name (no double
+#: space), two or more spaces, its meaning
+_GLOSSARY = re.compile(r"^(?P<ind> *)(?P<term>``[^`]+``(?:[^ ]| (?! ))*?) {2,}(?P<text>\S.*)$")
+
+#: runs shorter than this are not glossaries (a formula line with its tag two spaces after it)
+_GLOSSARY_MIN = 3
+
+
+def glossaries_as_definitions(lines: list[str]) -> list[str]:
+    """Aligned glossaries (``name``  meaning, continuation lines indented) as reStructuredText definition lists.
+
+    The modules' docstrings align their glossaries in columns, which reads well in ``help()``; to
+    reStructuredText the same lines are a paragraph that swallows every entry, a block quote for each
+    continuation line and a stray definition list. A run of at least three such entries at one
+    indentation, or of fewer with a continuation line, becomes a definition list (term, then its
+    meaning indented by four), set off by blank lines.
+
+    Examples
+    --------
+    >>> glossaries_as_definitions(["``q``    queries,", "         N of them.", "``k``    keys.", "``v``    values."])
+    ['``q``', '    queries,', '    N of them.', '``k``', '    keys.', '``v``', '    values.', '']
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        run, j = [], i  # the entries (term, [text lines]) of a run starting at line i
+        while j < len(lines) and (m := _GLOSSARY.match(lines[j])) and (not run or m["ind"] == run[0][0]):
+            texts, j = [m["text"]], j + 1
+            while j < len(lines) and lines[j].strip() and len(lines[j]) - len(lines[j].lstrip()) > len(m["ind"]) \
+                    and not _GLOSSARY.match(lines[j]):
+                texts.append(lines[j].strip())
+                j += 1
+            run.append((m["ind"], m["term"], texts))
+        if len(run) < _GLOSSARY_MIN and not any(len(texts) > 1 for _, _, texts in run):  # (continued lines: invalid as they are)
+            out.append(lines[i])
+            i += 1
+            continue
+        if out and out[-1].strip():
+            out.append("")
+        for ind, term, texts in run:
+            out.append(ind + term)
+            out.extend(f"{ind}    {t}" for t in texts)
+        if j >= len(lines) or lines[j].strip():
+            out.append("")
+        i = j
+    return out
+
+
+#: inline literals and roles (:math:`…`, :func:`…`), left as they are by :func:`escape_bars`
+_INLINE_CODE = re.compile(r"``.*?``|:\w+:`[^`]*`")
+
+
+def escape_bars(lines: list[str]) -> list[str]:
+    r"""Vertical bars of running text escaped for reStructuredText (``|x|`` is a substitution there).
+
+    The docstrings write absolute values and norms as ``|a| < 1`` or ``|‖k‖ − 1|``; reStructuredText
+    reads ``|…|`` as a substitution reference and renders an error in its place. Bars inside inline
+    literals and roles, in ``.. math::`` blocks, in literal blocks (after ``::``) and in doctests are
+    left alone (a backslash would show there, or mean ‖ in LaTeX).
+
+    Examples
+    --------
+    >>> escape_bars(["a bound on |x| and ``|y|``", ">>> abs(-1) | 0", ".. math:: |z|"])
+    ['a bound on \\|x\\| and ``|y|``', '>>> abs(-1) | 0', '.. math:: |z|']
+    """
+    out: list[str] = []
+    block_indent = None  # indentation of the line that opened a math, literal or doctest block
+    for line in lines:
+        stripped = line.lstrip()
+        indent = len(line) - len(stripped)
+        if block_indent is not None:
+            if not stripped or indent > block_indent or (block_indent == -1 and stripped):
+                out.append(line)
+                if block_indent == -1 and not stripped:
+                    block_indent = None  # a doctest ends at a blank line
+                continue
+            block_indent = None
+        if stripped.startswith((">>>", "...")) and (stripped[3:4] in ("", " ")):
+            out.append(line)
+            block_indent = -1
+            continue
+        if stripped.startswith(".. math::") or (stripped.endswith("::") and not stripped.startswith("..")):
+            block_indent = indent
+            if stripped.startswith(".. math::"):
+                out.append(line)
+                continue
+        pieces, last = [], 0
+        for m in _INLINE_CODE.finditer(line):
+            pieces.append(line[last:m.start()].replace("|", "\\|"))
+            pieces.append(m.group(0))
+            last = m.end()
+        pieces.append(line[last:].replace("|", "\\|"))
+        out.append("".join(pieces))
+    return out
+
+
 def _on_docstring(app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
-    """Link the book's ``Eq. (k.n)`` citations of a docstring to the equations."""
+    """Link the book's ``Eq. (k.n)`` citations of a docstring to the equations; glossaries as definition
+    lists (:func:`glossaries_as_definitions`) and bars escaped (:func:`escape_bars`)."""
+    lines[:] = escape_bars(glossaries_as_definitions(lines))
     known = app.config.refimpl_equations
 
     def link_list(m: re.Match[str]) -> str:

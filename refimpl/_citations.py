@@ -61,7 +61,7 @@ def _tag_key(tag: str) -> tuple:
 
 
 def citation_index(root=None) -> dict:
-    """The index equation → function(s) → test file(s) of the book's appendix.
+    r"""The index equation → function(s) → test file(s) of the book's appendix.
 
     Parameters
     ----------
@@ -74,7 +74,7 @@ def citation_index(root=None) -> dict:
     dict with
         ``functions``  ``{"module.name": [tags cited by its docstring]}`` for every callable
                        in ``__all__`` of every public module (classes included);
-        ``loop_twins`` the subset of ``functions`` that are loop twins ``f_loop`` of an ``f``;
+        ``loop_twins``  the subset of ``functions`` that are loop twins ``f_loop`` of an ``f``;
         ``tags``       ``{tag: notebook file}`` for every ``\tag{k.n}`` in the chapters;
         ``tests``      ``{"module.name": [test files that use it]}``;
         ``rows``       ``[(tag, notebook, [functions], [test files])]`` sorted by tag.

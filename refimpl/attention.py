@@ -29,7 +29,7 @@ Glossary (code name → symbol in the book / Vaswani et al. 2017)
 ``lse``      ℓ_i = log Σ_{j allowed} e^{s_ij}, the row log-sum-exp (log partition function), Eq. (4.15).
 ``A``        the attention weights, shape (..., N, M), rows sum to 1 (Eq. (4.2)).
 ``x``        X, shape (..., N, d_model): the token sequence of multi-head self-attention.
-``w_q, w_k`` W^Q, W^K, shape (d_model, h·d_k): the h per-head projections side by side
+``w_q, w_k``  W^Q, W^K, shape (d_model, h·d_k): the h per-head projections side by side
              (head i uses columns i·d_k … (i+1)·d_k − 1); applied as ``x @ w_q`` (the paper's
              convention; torch's ``nn.Linear`` stores the transpose).
 ``w_v``      W^V, shape (d_model, h·d_v); ``w_o`` W^O, shape (h·d_v, d_out).

@@ -1451,9 +1451,9 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         (False), ``chunk_size`` (64): unit keys, β = σ(ξ), Gated DeltaNet's log g = log σ(ξ)/16.
     ``iir.biquad_filter``  ``N`` (4096), ``r`` (0.999, the pole radius), ``theta`` (0.3 rad): a
         band-pass resonator with poles r e^{±iθ}; x standard normal.
-    ``random_features.linear_attention_vjp``, ``ssm.selective_scan_vjp``, ``linear_rnn.ssd_vjp``,
-    ``linear_rnn.gated_linear_attention_vjp``, ``linear_rnn.retention_vjp``, ``linear_rnn.delta_rule_vjp``
-        the backward passes: the forward function's inputs (same sizes, same seed), plus the
+    ``…_vjp``  the backward passes ``random_features.linear_attention_vjp``, ``ssm.selective_scan_vjp``,
+        ``linear_rnn.ssd_vjp``, ``linear_rnn.gated_linear_attention_vjp``, ``linear_rnn.retention_vjp`` and
+        ``linear_rnn.delta_rule_vjp``: the forward function's inputs (same sizes, same seed), plus the
         cotangent ``dy`` of the output's shape (standard normal, from the seed's second stream).
 
     ``seed`` seeds ``numpy.random.default_rng``. ``ValueError`` for other functions or unknown

@@ -34,7 +34,7 @@ from refimpl._book import (
     main,
     offline_problems,
 )
-from refimpl._book_sphinx import ProseLinker, ReferenceError_, Targets, is_setup_cell
+from refimpl._book_sphinx import ProseLinker, ReferenceError_, Targets, escape_bars, glossaries_as_definitions, is_setup_cell
 
 REPO = Path(__file__).resolve().parents[1]
 BOOK_TOML = REPO / "book.toml"
@@ -727,6 +727,34 @@ def test_real_book_renders_offline(real_book: Path) -> None:
         tags = set(re.findall(r"\\\\tag\{(\d+\.\d+)\}", (SRC / file).read_text(encoding="utf-8")))
         missing_anchors = sorted(t for t in tags if f'id="{equation_anchor(t)}"' not in text)
         assert not missing_anchors, f"{page.name}: no anchor for equations {missing_anchors}"
+
+
+def test_real_book_api_pages_render_every_docstring_cleanly(real_book: Path) -> None:
+    # no reStructuredText error or warning from any docstring: aligned glossaries become definition lists,
+    # |x| is escaped (it was rendered as an error box), and nothing reaches the page as "problematic"
+    log = (real_book.parent / f"{real_book.name}.sphinx" / "warnings.txt").read_text(encoding="utf-8")
+    assert [line for line in log.splitlines() if ":docstring of " in line] == []
+    for page in sorted((real_book / "api").glob("*.html")):
+        assert 'class="problematic"' not in page.read_text(encoding="utf-8"), page.name
+    api = (real_book / "api/refimpl.attention.html").read_text(encoding="utf-8")
+    assert re.search(r"<dt>.*?scale.*?</dt>", api), "the glossary is a definition list"
+
+
+def test_docstring_glossaries_and_bars_for_restructuredtext() -> None:
+    lines = ["Glossary", "--------", "``q`` (N, d)  queries,", "              N of them.", "``k``         keys.",
+             "``v``         values.", "After."]
+    assert glossaries_as_definitions(lines) == [
+        "Glossary", "--------", "", "``q`` (N, d)", "    queries,", "    N of them.", "``k``", "    keys.", "``v``",
+        "    values.", "", "After."]
+    one = ["``m_pred``   predicted moments;", "             returned on request."]  # one entry, continued: converted
+    assert glossaries_as_definitions(one) == ["``m_pred``", "    predicted moments;", "    returned on request.", ""]
+    formulas = ["``y_t = h_t C_t``  (16.7)", "``h_t = A h_{t-1}``  (16.6)"]  # two formula lines with their tags: kept
+    assert glossaries_as_definitions(formulas) == formulas
+    text = ["bounded by |a| < 1,", "``|b|`` and :math:`|c|` stay,", "an example::", "", "    |x| literal", "",
+            ".. math::", "", "    |z|", "", ">>> abs(-2) | 1", "3", "", "then |d|."]
+    assert escape_bars(text) == [
+        "bounded by \\|a\\| < 1,", "``|b|`` and :math:`|c|` stay,", "an example::", "", "    |x| literal", "",
+        ".. math::", "", "    |z|", "", ">>> abs(-2) | 1", "3", "", "then \\|d\\|."]
 
 
 def test_real_book_has_api_pages_linked_to_equations_and_the_index(real_book: Path) -> None:
