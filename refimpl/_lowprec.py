@@ -133,15 +133,22 @@ def _by_entry(fn, seqs: dict, mask, alibi_slopes):
 
 
 def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None):
+    """P, y and ℓ of :func:`softmax_attention` for these query rows. A row with no allowed key (a window
+    or a bottom-right causal mask can leave one) gets P = 0, y = 0 and ℓ = −∞, as in refimpl and in
+    FlashAttention's kernels (which skip the max of an empty row), not 0/0."""
     s = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry)
     mx = s.max(axis=-1, keepdims=True)
+    empty = mx == -np.inf
+    if empty.any():
+        mx[empty] = 0.0  # e^{−∞ − 0} = 0 for every key of the row
     s -= mx
     np.exp(s, out=s)
     z = s.sum(axis=-1, keepdims=True, dtype=f32)
-    s /= z
+    s /= np.where(empty, f32(1), z) if empty.any() else z
     p = store(s, tier)
     y = store(matmul(p, _f32(v), tier), tier)
-    return p, y, store((mx + np.log(z))[..., 0], tier)
+    with np.errstate(divide="ignore"):  # log 0 = −∞ for an empty row
+        return p, y, store((mx + np.log(z))[..., 0], tier)
 
 
 def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None, alibi_slopes=None, *, tier,

@@ -935,6 +935,31 @@ def test_plain_attention_head_by_head_equals_the_whole_batch(monkeypatch, tier, 
     assert by_entry["dk"].shape == k.shape  # summed over the broadcast query heads
 
 
+def test_plain_attention_rows_without_keys_are_zero():
+    # a sliding window or a bottom-right causal mask can leave a query with no key: refimpl (and FlashAttention's
+    # kernels) give y = 0 and lse = -inf there; so does the plain reference (it gave 0/0 = NaN, and refimpl's own
+    # function then failed its bfloat16 comparison: "entries overflow bfloat16, but not in the returned values")
+    import refimpl._lowprec as lp
+    from refimpl import attention
+
+    rng = np.random.default_rng(4)
+    q, dy = rng.standard_normal((2, 2, 17, 4))
+    k, v = rng.standard_normal((2, 2, 6, 4))
+    kw = dict(causal=True, tier="bfloat16")  # top-left causal with M = 6 < N = 17 is fine; window 1 and M < N leave rows
+    out = lp.softmax_attention(q, k, v, window=1, **kw)
+    empty = np.arange(17) >= 6  # query i may only see key i
+    assert np.all(out["y"][:, empty] == 0) and np.all(out["A"][:, empty] == 0) and np.all(out["lse"][:, empty] == -np.inf)
+    assert np.isfinite(out["y"]).all() and np.isfinite(out["lse"][:, ~empty]).all()
+    grads = lp.softmax_attention_vjp(q, k, v, dy, window=1, **kw)
+    assert all(np.isfinite(g).all() for g in grads.values()) and np.all(grads["dq"][:, empty] == 0)
+    for name, fn in (("attention.softmax_attention", attention.softmax_attention),
+                     ("attention.softmax_attention_vjp", attention.softmax_attention_vjp)):
+        for sizes in (dict(N=17, M=1, window=1), dict(N=130, M=129, window=1), dict(N=40, M=30, causal=True,
+                                                                                    causal_alignment="bottom_right")):
+            inp = oracle.random_inputs(name, seed=2, d=4, **sizes)
+            assert oracle.compare(name, fn, inputs=inp, dtype="bfloat16").passed, (name, sizes)
+
+
 @pytest.mark.parametrize("tier", ["bfloat16", "tf32"])
 def test_rounding_from_float32_on_any_memory_layout(tier):
     # the blocked bit rounding works on the array's memory order: transposed, reversed, strided and
