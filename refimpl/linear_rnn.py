@@ -113,11 +113,11 @@ __all__ = [
     "BETA_MAX",
 ]
 
-#: Keys of the delta rule must be ℓ2-normalized: |‖k_t‖ − 1| ≤ KEY_NORM_TOL = 2^−7. Unit keys
+#: Keys of the delta rule must be ℓ2-normalized: |‖k_t‖ − 1| ≤ KEY_NORM_TOL = 2^−8. Unit keys
 #: stored in any precision kernels use pass (rounding each entry to bfloat16 moves the norm by at
 #: most 2^−8, float16 by 2^−11): refimpl then runs on a model's own bfloat16 keys, and on the
 #: rounded keys :func:`refimpl.oracle.compare` hands to a kernel. Unnormalized keys do not.
-KEY_NORM_TOL = 2.0**-7
+KEY_NORM_TOL = 2.0**-8
 #: The delta rule's β_t must lie in (0, BETA_MAX): the normalized-LMS stability interval (Eq. (16.14)).
 BETA_MAX = 2.0
 

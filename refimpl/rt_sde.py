@@ -95,8 +95,11 @@ __all__ = [
     "rt_step_loop",
 ]
 
-#: |‖u‖ − 1| above which a direction is rejected as not unit-norm.
-UNIT_TOL = 1e-10
+#: |‖u‖ − 1| above which a direction is rejected as not unit-norm (2^−8). Directions within it are
+#: renormalized to unit length exactly, so unit vectors stored in any precision a model or kernel uses
+#: pass (float32 moves the norm by ~1e−8, bfloat16 by at most 2^−8; the strict 1e−10 of earlier versions
+#: refused a float32 model's own directions), while a vector 0.5 % off is refused.
+UNIT_TOL = 2.0**-8
 
 
 _NOISES = ("sigma2_perp", "sigma2_par", "eta2_perp", "eta2_par", "gamma2_perp", "gamma2_par")

@@ -725,7 +725,30 @@ class TestCompare:
         assert oracle.compare("lyapunov.isotropic_covariance", f32, dtype=np.float32).passed
         capped = oracle.compare("lyapunov.isotropic_covariance", lambda **kw: np.minimum(f32(**kw), 1e30),
                                 dtype=np.float32, cases="long_pushed_back")
-        assert "overflow float32, but not in the returned values" in capped.cases[0].quantities[0].message
+        assert "overflow float32 in the plain reference, but not alike in the returned values" in capped.cases[0].quantities[0].message
+        assert capped.cases[0].status == "fail"  # the answer itself overflows float32: a capped kernel is wrong
+
+    def test_plain_overflow_where_the_answer_is_representable(self):
+        """float16 logits of order 1e5 overflow in the plain reference (its y is NaN in 12 entries) while y itself is
+        moderate: a kernel that overflows alike passes, and so does one that returns the right finite values (refimpl
+        itself, which failed before); a wrong finite value there fails."""
+        from refimpl import attention
+        from refimpl._lowprec import softmax_attention as plain
+
+        right = oracle.compare("attention.softmax_attention", attention.softmax_attention, dtype="float16", cases="large_logits")
+        q = right.cases[0].quantities[0]
+        assert right.passed and "12 entries overflow float16 in the plain reference (12 returned finite: judged)" in q.message
+
+        def like_plain(**kw):
+            return plain(**kw, tier="float16")["y"]
+
+        assert oracle.compare("attention.softmax_attention", like_plain, dtype="float16", cases="large_logits").passed
+
+        def wrong_there(**kw):  # right where the plain reference is finite, 10% off where it overflows
+            y, p = attention.softmax_attention(**kw), like_plain(**kw)
+            return np.where(np.isfinite(p), y, 1.1 * y)
+
+        assert not oracle.compare("attention.softmax_attention", wrong_there, dtype="float16", cases="large_logits").passed
 
     # ---- bad arguments of compare itself raise
 
