@@ -504,6 +504,9 @@ _POLICY_V2 = {
     "tier (round to nearest even), passes quantity <name> if rel(user) <= bound, bound = 2 * max(plain_error, "
     "ulps * eps(tier)), with rel and plain_error the norm-wise relative errors against out./mid.<name> (NaN entries "
     "of an intermediate not compared); the manifest stores plain_error, ulps, eps and bound per quantity. "
+    "Where the plain reference is not finite ('overflow' counts those entries; plain_error is taken over the others), "
+    "the callable's value must be the same inf or NaN, or, where out./mid.<name> rounded to the tier is finite, a "
+    "finite value, which then counts in rel(user). "
     "'undefined' gives the reason a tier has no plain reference for the case.",
 }
 
