@@ -139,12 +139,13 @@ def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0
     s = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry)
     mx = s.max(axis=-1, keepdims=True)
     empty = mx == -np.inf
-    if empty.any():
+    has_empty = bool(empty.any())
+    if has_empty:
         mx[empty] = 0.0  # e^{−∞ − 0} = 0 for every key of the row
     s -= mx
     np.exp(s, out=s)
     z = s.sum(axis=-1, keepdims=True, dtype=f32)
-    s /= np.where(empty, f32(1), z) if empty.any() else z
+    s /= np.where(empty, f32(1), z) if has_empty else z
     p = store(s, tier)
     y = store(matmul(p, _f32(v), tier), tier)
     with np.errstate(divide="ignore"):  # log 0 = −∞ for an empty row

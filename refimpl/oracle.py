@@ -129,7 +129,7 @@ from ._lowprec import PLAIN
 from ._precision import TIERS, ladder, round_to, store, tier_name
 from ._precision import eps as tier_eps
 from ._testing import PLAIN_ULPS, RATIO_RULE_FACTOR, low_precision_verdict, max_abs_error, rel_error
-from ._validate import as_bool
+from ._validate import as_bool, as_positive_scalar, check_option
 from ._vectors import read_npz, sha256, write_npz
 
 __all__ = [
@@ -1394,13 +1394,14 @@ def _attention_inputs(function: str, rng, sizes: dict) -> dict:
                                  "window": 0, "alibi": False, **extra})
     N, d, H, H_kv = s["N"], s["d"], s["batch"], s["kv_heads"]
     M, dv = s["M"] or N, s["dv"] or d
-    if alignment is not None and alignment not in ("top_left", "bottom_right"):
-        raise ValueError(f"causal_alignment: expected 'top_left' or 'bottom_right', got {alignment!r}")
+    from .attention import _ALIGNMENTS, alibi_geometric_slopes
+
+    if alignment is not None:
+        check_option(alignment, "causal_alignment", _ALIGNMENTS)
     if s["causal"] and M != N and alignment is None:
         raise ValueError("M: causal attention with M != N needs causal_alignment ('bottom_right': the KV-cache case)")
-    if softcap is not None and not (isinstance(softcap, (int, float, np.integer, np.floating)) and not isinstance(softcap, bool)
-                                    and np.isfinite(softcap) and softcap > 0):
-        raise ValueError(f"softcap: expected a finite number > 0, got {softcap!r}")
+    if softcap is not None:
+        softcap = as_positive_scalar(softcap, "softcap")
     if (H_kv or s["alibi"]) and not H:
         raise ValueError("batch: kv_heads and alibi need a head axis (batch = the number of query heads)")
     if H_kv and H % H_kv:
@@ -1414,13 +1415,11 @@ def _attention_inputs(function: str, rng, sizes: dict) -> dict:
     if s["window"]:
         out["window"] = s["window"]
     if s["alibi"]:
-        from .attention import alibi_geometric_slopes
-
         out["alibi_slopes"] = alibi_geometric_slopes(H)
     if alignment is not None:
         out["causal_alignment"] = alignment
     if softcap is not None:
-        out["softcap"] = float(softcap)
+        out["softcap"] = softcap
     if H_kv:
         out["grouped_heads"] = True
     return {**out, **{k: s[k] for k in extra}}
