@@ -766,14 +766,17 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
     L += lag.log_p[window]  # L = log P − robust penalty  (Eq. (7.5))
     if head.temperature != 1.0:
         L *= head.temperature
-    if head.causal:  # t increases strictly: only keys after the block's first query can lie after a query
-        c0 = rows.start + 1
-        np.copyto(L[:, c0:], -np.inf, where=lag.later[rows, c0:seen])
+    c0 = rows.start + 1  # causal: only keys after the block's first query can lie after a query (t increases strictly)
     if exact:
+        if head.causal:
+            np.copyto(L[:, c0:], -np.inf, where=lag.later[rows, c0:seen])
         L -= np.max(L, axis=-1, keepdims=True)  # the row max: finite, the diagonal j = i is always allowed
     # unnormalized weights (causal: in place; otherwise L is still needed for Â below); the row
     # sums normalize after the matmul
     A = np.exp(L, out=L if head.causal else tmp)
+    if head.causal and not exact:  # keys after their query: weight 0. Set after the exponential (L <= 0 is
+        # finite everywhere), not as −∞ before it: NumPy's exp takes a slow path for −∞
+        np.copyto(A[:, c0:], 0.0, where=lag.later[rows, c0:seen])
     total = np.sum(A, axis=-1, keepdims=True)
     if not exact and not np.all(total >= _TINY_Z):
         return _isotropic_rows(b, rows, keys, lag, head, plan, work, weights, out, exact=True)
