@@ -71,6 +71,37 @@ def test_segsum_keeps_digits_where_prefix_differences_lose_them():
     assert abs((prefix[-1] - prefix[-2]) - np.log(0.5)) > 1e-13  # the naive difference is visibly off
 
 
+def test_exp_segsum_is_exp_of_segsum_bitwise():
+    # the decay matrices without exp(−inf): the same numbers, 0 above the diagonal, underflow included
+    rng = np.random.default_rng(11)
+    for a in (rng.normal(size=(3, 17)), -rng.uniform(0, 800, (2, 5, 9)), np.zeros(1), -np.full(6, 1e-12)):
+        assert np.array_equal(lr._exp_segsum(a), np.exp(lr.segsum(a)))
+
+
+@pytest.mark.parametrize("c", [1, 2, 5, 16, 29, 64])
+def test_halving_factors_every_pair_once_with_exponents_at_most_zero(c):
+    # e^{seg_j[t, s]} = a_tj b_sj in exactly one quarter of one level for each s < t, with a, b <= 1
+    rng = np.random.default_rng(c)
+    g = -rng.uniform(0, 3.0, (2, c, 3))
+    g[0, c // 2 :, 1] = -400.0  # strong decay: e^{seg} underflows far from the diagonal
+    halves = lr._Halving(np.ones_like(g), np.ones_like(g), g)
+    P = halves.P
+    assert P >= c and P & (P - 1) == 0 and P < 2 * max(c, 1)
+    got = np.full((2, 3, P, P), np.nan)
+    for lv in halves:
+        assert np.all(lv.a <= 1.0) and np.all(lv.b <= 1.0)
+        for j in range(3):
+            quarter = lv.a[..., :, j][..., :, None] * lv.b[..., :, j][..., None, :]  # (2, nb, h, h)
+            full = np.full((2, P, P), np.nan)
+            lv.put(full, quarter)
+            assert np.all(np.isnan(got[:, j][~np.isnan(full)]))  # no pair twice
+            got[:, j][~np.isnan(full)] = full[~np.isnan(full)]
+    want = lr._exp_segsum(np.swapaxes(g, -1, -2))  # (2, 3, c, c)
+    lower = np.tri(c, c, -1, dtype=bool)
+    assert not np.any(np.isnan(got[..., :c, :c][..., lower]))  # every pair s < t
+    np.testing.assert_allclose(got[..., :c, :c][..., lower], want[..., lower], rtol=1e-13, atol=1e-300)
+
+
 # ---------------------------------------------------------------------------------------------
 # Gated linear attention
 # ---------------------------------------------------------------------------------------------
@@ -121,7 +152,7 @@ def test_gla_delicate_gates(scale_g):
 
 
 def test_gla_mixed_chunks_take_both_paths():
-    # half the chunks decay below e^{-30} (exact tensor path), half do not (factored path)
+    # half the chunks decay below e^{-30} (exact path: halving), half do not (factored path)
     rng, q, k, v = _qkv(3, batch=(3,), L=64, dk=4, dv=2)
     log_g = -rng.uniform(0, 0.05, q.shape)
     log_g[1, 16:32] = -5.0
