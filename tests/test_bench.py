@@ -267,13 +267,13 @@ def test_a_full_run_starts_one_competing_process(monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------------------- run policy and time
-@pytest.mark.parametrize("first", [1e-5, 1e-4, 1e-3, 4e-3, 0.01, 0.019, 0.021, 0.1, 0.5, 0.99, 1.01, 5.0, 30.0])
+@pytest.mark.parametrize("first", [1e-5, 1e-4, 1e-3, 4e-3, 0.01, 0.019, 0.021, 0.1, 0.5, 0.74, 0.76, 0.99, 1.01, 5.0, 30.0])
 def test_run_plan_keeps_each_phase_within_its_budget(first):
     case = bench.Case("attention", "softmax_attention", "v", lambda: None, bench.Cost(flops=1.0), "b")
     plan = bench._plan(case, first, first, quick=False)
     pair = 2 * first
     if first > bench.SINGLE_RUN:
-        assert (plan.runs, plan.stat) == (1, "median"), "a call over a second is timed once (its warm-up)"
+        assert (plan.runs, plan.stat) == (1, "median"), "a call over SINGLE_RUN is timed once (its warm-up)"
     elif first > bench.BEST_OF:
         assert (plan.runs, plan.stat) == (3, "median")
     else:
