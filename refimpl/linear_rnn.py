@@ -401,12 +401,16 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
         Qe = np.multiply(qc[:, sl], Eg, out=Xg[..., c:])  # q_t ⊙ e^{cum_t}
         dec = Eg[:, :, -1, :, None].copy()  # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ
         strong = dec.min(axis=(-2, -1)) < _TINY  # chunks for the exact path
-        # k_s ⊙ e^{−cum_s} (e^{cum} clamped at e^{−30}: the exact path below where it matters)
-        Kf = np.divide(kc[:, sl], np.maximum(Eg, _TINY, out=Eg), out=Eg)
-        scores = np.matmul(Qe, np.swapaxes(Kf, -1, -2), out=Xg[..., :c])  # Σ_j q_tj k_sj e^{seg_j[t, s]}
-        scores *= tri
-        local = np.swapaxes(Kf, -1, -2) @ vg  # (Σ_s v_s (k_s ⊙ e^{cum_end − cum_s})ᵀ)ᵀ / e^{cum_end}
-        local *= dec
+        scores = Xg[..., :c]
+        if strong.all():  # every chunk of the group takes the exact path: no factored form to overwrite
+            local = np.empty((nb, mm, dk, dv))
+        else:
+            # k_s ⊙ e^{−cum_s} (e^{cum} clamped at e^{−30}: the exact path below where it matters)
+            Kf = np.divide(kc[:, sl], np.maximum(Eg, _TINY, out=Eg), out=Eg)
+            np.matmul(Qe, np.swapaxes(Kf, -1, -2), out=scores)  # Σ_j q_tj k_sj e^{seg_j[t, s]}
+            scores *= tri
+            local = np.swapaxes(Kf, -1, -2) @ vg  # (Σ_s v_s (k_s ⊙ e^{cum_end − cum_s})ᵀ)ᵀ / e^{cum_end}
+            local *= dec
         sb, sn = np.nonzero(strong)
         if sb.size:
             _channel_exact(scores, local, qc[:, sl], kc[:, sl], vg, gc[:, sl], sb, sn)
