@@ -1015,15 +1015,16 @@ def _gla_vjp_exact(g, k, v, q=None, dy=None, yv=None, S_in=None, R=None):
         halves = _Halving(q[b], k[b], g[b])
         M, Y = halves.pad(halves.pad(yv[b]).swapaxes(-1, -2)).swapaxes(-1, -2), halves.pad(dy[b])
         DQ, DK, DV = (np.zeros(x.shape[:-2] + (halves.P, x.shape[-1])) for x in (q[b], k[b], dy[b]))
-        own = np.diagonal(M, axis1=-2, axis2=-1)[..., None]  # M_tt = dy_t · v_t
-        DQ += own * halves.k
-        DK += own * halves.q
-        DV += np.einsum("...tj,...tj->...t", halves.q, halves.k)[..., None] * Y  # W_tt = q_t · k_t
         for lv in halves:
             Mq = lv.quarters(M)  # (·, nb, h, h): t in the second half, s in the first
             lv.second(DQ)[...] += lv.a * (Mq @ lv.kb)
             lv.first(DK)[...] += lv.b * (sT(Mq) @ lv.qa)
             lv.first(DV)[...] += sT(lv.qa @ sT(lv.kb)) @ lv.second(Y)
+        rest = halves.rest()  # the diagonal blocks (M is lower triangular: so are its diagonal blocks)
+        Mb = rest.blocks(M)
+        rest.rows(DQ)[...] += rest.a * (Mb @ rest.kb)
+        rest.rows(DK)[...] += rest.b * (sT(Mb) @ rest.qa)
+        rest.rows(DV)[...] += sT(rest.masked(rest.qa @ sT(rest.kb))) @ rest.rows(Y)
         dq[b] += DQ[..., :c, :]
         dk[b] += DK[..., :c, :]
         dv[b] += DV[..., :c, :]

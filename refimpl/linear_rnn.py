@@ -448,20 +448,21 @@ def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
 def _halving_weights(q, k, g):
     """``W[t, s] = Σ_j q_tj k_sj e^{seg_j[t, s]}`` for s <= t, 0 above the diagonal; (…, c, c).
 
-    ``q, k, g`` (…, c, Dk), ``g`` the log-gates (<= 0); the lower-left quarters of
-    :func:`_halving`, each one matrix product, and the diagonal ``q_t · k_t`` (seg = 0).
+    ``q, k, g`` (…, c, Dk), ``g`` the log-gates (<= 0): the lower-left quarters of the halvings
+    (:class:`_Halving`) and the diagonal blocks where they stop, each one batched product.
     """
     c = q.shape[-2]
     halves = _Halving(q, k, g)
     W = np.zeros(halves.lead + (halves.P, halves.P))
-    W.reshape(halves.lead + (-1,))[..., :: halves.P + 1] = np.einsum("...tj,...tj->...t", halves.q, halves.k)
     for level in halves:
         level.put(W, level.qa @ np.swapaxes(level.kb, -1, -2))  # (…, nb, h, h)
+    rest = halves.rest()
+    rest.put(W, rest.masked(rest.qa @ np.swapaxes(rest.kb, -1, -2)))  # tril within each diagonal block
     return W[..., :c, :c]
 
 
 class _Halving:
-    """The in-chunk decays ``e^{seg_j[t, s]}`` (s < t) of gates per channel, by halving the chunk.
+    """The in-chunk decays ``e^{seg_j[t, s]}`` (s <= t) of gates per channel, by halving the chunk.
 
     ``q, k, g`` (…, c, Dk), ``g`` the log-gates (<= 0). The rows are halved again and again (the
     chunk padded to a power of two P with zero queries and keys, log-gates 0). A pair t, s that
@@ -474,25 +475,39 @@ class _Halving:
     terms <= 0 (no difference of sums, no loss of digits; an underflow to 0 only where the weight
     is below 1e-308), and the block's lower-left quarter of any product with these decays is a
     matrix product, batched over the blocks of a level. Iterating gives one :class:`_Level` per
-    halving (h = P/2, P/4, …, 1), with ``qa = q ⊙ a`` (second halves) and ``kb = k ⊙ b`` (first
-    halves); every pair s < t is in exactly one quarter, the diagonal s = t in none. About
-    2·P·Dk·log2(P) exponentials per chunk, where the (c, c, Dk) tensor of segment sums takes c²·Dk;
-    cf. the secondary chunking of Yang et al. (2024, §4.3), which makes one such split.
+    halving (h = P/2, P/4, …), with ``qa = q ⊙ a`` (second halves) and ``kb = k ⊙ b`` (first
+    halves). The halving stops at the first level whose blocks (of B = 2h rows) all decay by at
+    most ``e^{−_FACTOR_LOG}`` in every channel, or at B = 1; :meth:`rest` then gives the pairs
+    inside those diagonal blocks in the factored form of the chunked algorithm,
+    ``(q_t ⊙ e^{A_t})·(k_s ⊙ e^{−A_s})`` with A the in-block cumulative log-gate (|A| <= 30: a few
+    ulps, as for the chunks that never take this path). Every pair s <= t is in exactly one
+    quarter or diagonal block. At most 2·P·Dk·log2(P) exponentials per chunk, where the (c, c, Dk)
+    tensor of segment sums takes c²·Dk; cf. the secondary chunking of Yang et al. (2024, §4.3),
+    which makes one such split.
     """
 
     def __init__(self, q, k, g):
         self.lead, (c, self.dk) = q.shape[:-2], q.shape[-2:]
         self.P = 1 << max(0, (c - 1).bit_length())  # c rounded up to a power of two
         self.q, self.k, self.g = (self.pad(a) for a in (q, k, g))
+        self.block = 1  # the size of the diagonal blocks left by the halvings (see rest)
 
     def pad(self, a):
         """``a`` (…, c, ·) with zero rows up to P (a padded key or query carries nothing)."""
         c = a.shape[-2]
         return a if c == self.P else np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, self.P - c), (0, 0)])
 
+    def _mild(self, B: int) -> bool:
+        """Whether every block of B rows decays by at most e^{−_FACTOR_LOG} in every channel."""
+        sums = self.g.reshape(self.lead + (self.P // B, B, self.dk)).sum(axis=-2)
+        return bool(np.min(sums, initial=0.0) >= -_FACTOR_LOG)
+
     def __iter__(self):
         h = self.P // 2
         while h >= 1:
+            if self._mild(2 * h):
+                self.block = 2 * h
+                return
             nb = self.P // (2 * h)  # blocks of 2h rows at this level
             split = self.lead + (nb, 2, h, self.dk)
             qs, ks, gs = (a.reshape(split) for a in (self.q, self.k, self.g))
@@ -501,6 +516,21 @@ class _Halving:
             b = np.exp(np.tri(h, h, -1).T @ gs[..., 0, :, :])  # b_s = e^{Σ_{s<r<m} log g_r}
             yield _Level(h, nb, self.lead, a, b, a * qs[..., 1, :, :], b * ks[..., 0, :, :])
             h //= 2
+        self.block = 1
+
+    def rest(self) -> "_Blocks":
+        """The diagonal blocks the halvings left (call after iterating): B = ``self.block`` rows each,
+        ``qa = q ⊙ e^{A}``, ``kb = k ⊙ e^{−A}``, ``a = e^{A}``, ``b = e^{−A}`` (…, P/B, B, Dk), A the
+        in-block inclusive cumulative log-gate (B = 1: A = 0, q and k themselves)."""
+        B = self.block
+        split = self.lead + (self.P // B, B, self.dk)
+        qs, ks = self.q.reshape(split), self.k.reshape(split)
+        if B == 1:
+            one = np.ones_like(qs)
+            return _Blocks(B, self.P // B, self.lead, one, one, qs, ks)
+        a = np.exp(np.tri(B) @ self.g.reshape(split))  # e^{A_t}, A_t = Σ_{start≤r≤t} log g_r
+        b = 1.0 / a  # e^{−A_s} <= e^{30}: the blocks are mild
+        return _Blocks(B, self.P // B, self.lead, a, b, a * qs, b * ks)
 
 
 class _Level(NamedTuple):
@@ -534,6 +564,38 @@ class _Level(NamedTuple):
         i = np.arange(self.nb)
         blocks = M.reshape(self.lead + (self.nb, 2, self.h, self.nb, 2, self.h))
         blocks[..., i, 1, :, i, 0, :] = np.moveaxis(quarter, -3, 0)  # the index axes first
+
+
+class _Blocks(NamedTuple):
+    """The diagonal blocks of :meth:`_Halving.rest`: nb blocks of B rows; ``a, b`` (…, nb, B, Dk) the
+    factors ``e^{A}``, ``e^{−A}`` of ``e^{seg_j[t, s]} = a_tj b_sj`` (s <= t in a block); ``qa, kb``."""
+
+    B: int
+    nb: int
+    lead: tuple
+    a: np.ndarray
+    b: np.ndarray
+    qa: np.ndarray
+    kb: np.ndarray
+
+    def rows(self, x):
+        """``x`` (…, P, ·) by blocks, a view (…, nb, B, ·)."""
+        return x.reshape(self.lead + (self.nb, self.B, x.shape[-1]))
+
+    def blocks(self, M):
+        """The diagonal blocks of ``M`` (…, P, P), (…, nb, B, B) (a copy)."""
+        i = np.arange(self.nb)
+        return np.moveaxis(M.reshape(self.lead + (self.nb, self.B, self.nb, self.B))[..., i, :, i, :], 0, -3)
+
+    def put(self, M, blocks):
+        """Write ``blocks`` (…, nb, B, B) into the diagonal blocks of ``M`` (…, P, P)."""
+        i = np.arange(self.nb)
+        M.reshape(self.lead + (self.nb, self.B, self.nb, self.B))[..., i, :, i, :] = np.moveaxis(blocks, -3, 0)
+
+    def masked(self, blocks):
+        """``blocks`` with the pairs s > t zeroed (in place)."""
+        blocks *= np.tri(self.B)
+        return blocks
 
 
 def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, scale: float = 1.0):

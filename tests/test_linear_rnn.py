@@ -79,26 +79,45 @@ def test_exp_segsum_is_exp_of_segsum_bitwise():
 
 
 @pytest.mark.parametrize("c", [1, 2, 5, 16, 29, 64])
-def test_halving_factors_every_pair_once_with_exponents_at_most_zero(c):
-    # e^{seg_j[t, s]} = a_tj b_sj in exactly one quarter of one level for each s < t, with a, b <= 1
+@pytest.mark.parametrize("decay", ["strong", "mild blocks", "all mild"])
+def test_halving_factors_every_pair_once(c, decay):
+    # e^{seg_j[t, s]} = a_tj b_sj for each s <= t in exactly one quarter of one level (a, b <= 1) or one
+    # diagonal block where the halving stops (its blocks decay by at most e^-30: the factored form)
     rng = np.random.default_rng(c)
-    g = -rng.uniform(0, 3.0, (2, c, 3))
-    g[0, c // 2 :, 1] = -400.0  # strong decay: e^{seg} underflows far from the diagonal
+    g = {"strong": -rng.uniform(0, 3.0, (2, c, 3)), "mild blocks": -rng.uniform(0, 3.0, (2, c, 3)),
+         "all mild": -rng.uniform(0, 0.2, (2, c, 3))}[decay]
+    if decay == "strong":
+        g[0, c // 2 :, 1] = -400.0  # e^{seg} underflows far from the diagonal; no block of 2 rows is mild
     halves = lr._Halving(np.ones_like(g), np.ones_like(g), g)
     P = halves.P
     assert P >= c and P & (P - 1) == 0 and P < 2 * max(c, 1)
     got = np.full((2, 3, P, P), np.nan)
-    for lv in halves:
-        assert np.all(lv.a <= 1.0) and np.all(lv.b <= 1.0)
+
+    def place(put, a, b):  # a_t b_s of one channel into its places, checking that no pair is placed twice
         for j in range(3):
-            quarter = lv.a[..., :, j][..., :, None] * lv.b[..., :, j][..., None, :]  # (2, nb, h, h)
             full = np.full((2, P, P), np.nan)
-            lv.put(full, quarter)
-            assert np.all(np.isnan(got[:, j][~np.isnan(full)]))  # no pair twice
-            got[:, j][~np.isnan(full)] = full[~np.isnan(full)]
+            put(full, a[..., :, j][..., :, None] * b[..., :, j][..., None, :])
+            new = ~np.isnan(full)
+            assert np.all(np.isnan(got[:, j][new])), "a pair placed twice"
+            got[:, j][new] = full[new]
+
+    levels = 0
+    for lv in halves:
+        levels += 1
+        assert np.all(lv.a <= 1.0) and np.all(lv.b <= 1.0)
+        place(lv.put, lv.a, lv.b)
+    rest = halves.rest()
+    assert rest.B == halves.block and rest.B * rest.nb == P
+    if decay == "strong" and c > 1:
+        assert rest.B == 1 and levels == (P - 1).bit_length()
+    if decay == "all mild":
+        assert rest.B == P and levels == 0
+    if rest.B > 1:
+        assert np.all(np.abs(np.log(rest.a)) <= 30.0) and np.allclose(rest.a * rest.b, 1.0)
+    place(lambda M, blocks: rest.put(M, rest.masked(blocks)), rest.a, rest.b)
     want = lr._exp_segsum(np.swapaxes(g, -1, -2))  # (2, 3, c, c)
-    lower = np.tri(c, c, -1, dtype=bool)
-    assert not np.any(np.isnan(got[..., :c, :c][..., lower]))  # every pair s < t
+    lower = np.tri(c, c, 0, dtype=bool)
+    assert not np.any(np.isnan(got[..., :c, :c][..., lower])), "a pair s <= t not placed"
     np.testing.assert_allclose(got[..., :c, :c][..., lower], want[..., lower], rtol=1e-13, atol=1e-300)
 
 
