@@ -791,11 +791,11 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     in-chunk cumulative log-gate; with a gate per head the scalings move onto the rows of the
     output and of the values) only in chunks whose decay stays above ``e^{−30}``, where
     ``e^{−cum} ≤ e^{30}`` cannot overflow and costs a few ulps; chunks that decay further (gates
-    near 0) use exponents that are sums of log-gates, every one ≤ 0: the (c, c) segment sums with
-    a gate per head, and with a gate per key channel the chunk halved again and again, each
-    quarter one product through its boundary (the GLA paper's secondary
-    chunking, applied recursively). Every other exponent is ≤ 0, so nothing overflows at any
-    L. The in-chunk form and the readout of the entering state are one product per chunk,
+    near 0) use the (c, c) segment sums with a gate per head (every exponent ≤ 0); with a gate
+    per key channel the chunk is halved again and again, each quarter one product through its
+    boundary (every exponent ≤ 0), until the blocks decay by at most ``e^{−30}`` and take the
+    factored form (the GLA paper's secondary chunking, applied recursively). Every other
+    exponent is ≤ 0, so nothing overflows at any L. The in-chunk form and the readout of the entering state are one product per chunk,
     ``[tril(Qe Kfᵀ) | Qe] [V ; S_inᵀ]``; the chunks are processed in groups small enough to stay
     in the processor's cache, and independent heads run in parallel threads.
     Twins: :func:`gated_linear_attention_loop` (the recurrence),
