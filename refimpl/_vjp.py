@@ -952,17 +952,23 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out) -> None:
         Rs = R * tot[:, :, None, :]  # R̃ = R Diag(e^{cum_end})
         yv = yg @ sT(vg)
         yv *= tri  # tril(dY Vᵀ): (dy_t·v_s), s ≤ t
-        dq = np.matmul(yg, S_in[:, g0 : g0 + mm], out=dst[0])
-        dq += yv @ Kf
-        dq *= eq
-        dkk = np.matmul(vg, Rs, out=dst[1])
-        dkk += sT(yv) @ Qe
-        dkk *= ek
-        At = Kf @ sT(Qe)
-        At *= tri.T  # triu(Kf Qeᵀ) = Aᵀ, A_ts = q_t·k_s e^{seg[t, s]} (s ≤ t)
-        dvv = np.matmul(Kf, sT(Rs), out=dst[2])
-        dvv += At @ yg
-        if strong[0].size:  # chunks that decay below e^{−30}: exact segment sums
+        dq, dkk, dvv = dst[:3]
+        if strong[0].size < nb * mm:  # the factored form (overwritten below in chunks that decay fast)
+            np.matmul(yg, S_in[:, g0 : g0 + mm], out=dq)
+            dq += yv @ Kf
+            dq *= eq
+            np.matmul(vg, Rs, out=dkk)
+            dkk += sT(yv) @ Qe
+            dkk *= ek
+            At = Kf @ sT(Qe)
+            At *= tri.T  # triu(Kf Qeᵀ) = Aᵀ, A_ts = q_t·k_s e^{seg[t, s]} (s ≤ t)
+            np.matmul(Kf, sT(Rs), out=dvv)
+            dvv += At @ yg
+        if strong[0].size == nb * mm:  # every chunk decays below e^{−30}: head by head, views (no gathers)
+            for b in range(nb):
+                dq[b], dkk[b], dvv[b] = _gla_vjp_exact(
+                    gc[b, sl], kc[b, sl], vc[b, sl], qc[b, sl], yc[b, sl], yv[b], S_in[b, g0 : g0 + mm], R[b])
+        elif strong[0].size:  # some chunks decay below e^{−30}: exponents from sums of log-gates (<= 0)
             ix = (strong[0], strong[1] + g0)
             dq[strong], dkk[strong], dvv[strong] = _gla_vjp_exact(
                 gc[ix], kc[ix], vc[ix], qc[ix], yc[ix], yv[strong], S_in[ix], R[strong])
