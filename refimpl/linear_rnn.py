@@ -533,17 +533,27 @@ class _Halving:
         return _Blocks(B, self.P // B, self.lead, a, b, a * qs, b * ks)
 
 
-class _Level(NamedTuple):
-    """One halving of :class:`_Halving`: blocks of 2h rows, nb of them; ``a`` (…, nb, h, Dk) on the
-    second half of each block, ``b`` on the first; ``qa = q ⊙ a``, ``kb = k ⊙ b``."""
+class _Factors(NamedTuple):
+    """The factors ``e^{seg_j[t, s]} = a_tj b_sj`` of one stage of :class:`_Halving`: ``nb`` blocks,
+    ``a, b`` (…, nb, size, Dk); ``qa = q ⊙ a``, ``kb = k ⊙ b``."""
 
-    h: int
+    size: int
     nb: int
     lead: tuple
     a: np.ndarray
     b: np.ndarray
     qa: np.ndarray
     kb: np.ndarray
+
+
+class _Level(_Factors):
+    """One halving: blocks of 2h rows (h = ``size``); ``a`` on the second half of each block, ``b`` on the first."""
+
+    __slots__ = ()
+
+    @property
+    def h(self) -> int:
+        return self.size
 
     def second(self, x):
         """The rows of the second halves of ``x`` (…, P, ·), a view (…, nb, h, ·)."""
@@ -566,17 +576,15 @@ class _Level(NamedTuple):
         blocks[..., i, 1, :, i, 0, :] = np.moveaxis(quarter, -3, 0)  # the index axes first
 
 
-class _Blocks(NamedTuple):
-    """The diagonal blocks of :meth:`_Halving.rest`: nb blocks of B rows; ``a, b`` (…, nb, B, Dk) the
-    factors ``e^{A}``, ``e^{−A}`` of ``e^{seg_j[t, s]} = a_tj b_sj`` (s <= t in a block); ``qa, kb``."""
+class _Blocks(_Factors):
+    """The diagonal blocks of :meth:`_Halving.rest`: B = ``size`` rows each; ``a = e^{A}``, ``b = e^{−A}``
+    (s <= t in a block)."""
 
-    B: int
-    nb: int
-    lead: tuple
-    a: np.ndarray
-    b: np.ndarray
-    qa: np.ndarray
-    kb: np.ndarray
+    __slots__ = ()
+
+    @property
+    def B(self) -> int:
+        return self.size
 
     def rows(self, x):
         """``x`` (…, P, ·) by blocks, a view (…, nb, B, ·)."""
