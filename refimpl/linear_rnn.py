@@ -655,9 +655,11 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
         Xg[..., :c] *= tri
         Xg[..., c:] = qc[:, None, sl]
         Vs = np.multiply(vc[:, :, sl], f[:, :, sl, :, None], out=Zg[..., :c, :])  # v_s w_s e^{−cum_s}
+        sg, sr, sn = np.nonzero(strong[:, :, sl])
+        if sg.size:  # strongly decaying chunks: no value rows, so that their product below is the readout
+            Vs[sg, sr, sn] = 0.0  # Q S_inᵀ alone; their in-chunk part is added from segment sums
         local = np.swapaxes(kc[:, None, sl], -1, -2) @ Vs  # (Σ_s v_s w_s e^{−cum_s} k_sᵀ)ᵀ, per head
         local *= dec[:, :, sl]  # ... e^{cum_end}: the chunk's own contribution to its end state
-        sg, sr, sn = np.nonzero(strong[:, :, sl])
         if sg.size:  # the end-state contributions of strongly decaying chunks, from suffix sums
             wk = np.exp(_suffix(ac[sg, sr, g0 + sn], -1))  # e^{Σ_{r=s+1}^{end} log g_r}
             if wc is not None:
@@ -685,11 +687,12 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
             vw = vc[sg, sr, g0 + sn]
             if wc is not None:
                 vw = vw * wc[sg, sr, g0 + sn][..., None]
-            inter = qc[sg, g0 + sn] @ Zg[sg, sr, sn, c:]  # q S_inᵀ of head r
             intra = (Xg[sg, 0, sn, :, :c] * _exp_segsum(ac[sg, sr, g0 + sn])) @ vw
-            og[sg, sr, sn] = (E[sg, sr, g0 + sn][..., None] * inter + intra) * scale
-            if fold is not None:  # + D x_t, which the diagonal carried in the product
-                og[sg, sr, sn] += skip[sg, sr, None, None] * vc[sg, sr, g0 + sn]
+            if scale != 1.0:
+                intra *= scale
+            if fold is not None:  # + D x_t, which the diagonal carried in the product (of zero value rows here)
+                intra += skip[sg, sr, None, None] * vc[sg, sr, g0 + sn]
+            og[sg, sr, sn] += intra  # the product gave e^{cum_t} q_t S_inᵀ (scaled)
         if skip is not None and fold is None:
             # + D x_t, with Z's value rows (consumed by the product) as the workspace
             og += np.multiply(vc[:, :, sl], skip[:, :, None, None, None], out=Zg[..., :c, :])
