@@ -1397,23 +1397,37 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
         kg, bg = kc[:, sl], bc[:, sl, :, None]
         # UT transform (16.11): (I + tril(diag(β) (Γ ⊙ K Kᵀ), −1)) [W | U0] = [diag(β γ) K | diag(β) V];
         # with Γ_ts = γ_t/γ_s the decays are row and column scalings of the small (c, Dk) factors
+        sb, sn = np.nonzero(strong[:, sl]) if gated else ((), ())
+        every = len(sb) == nb * mm  # every chunk of the group decays fast: no factored products to overwrite
         if gated:
-            gg, gi = gam[:, sl, :, None], ginv[:, sl, :, None]
+            gg = gam[:, sl, :, None]
             Kb = kg * (bg * gg)  # diag(β γ) K
-            KiT = np.swapaxes(kg * gi, -1, -2)  # (diag(1/γ) K)ᵀ
             Qg = np.multiply(qc[:, sl], gg, out=Xg[..., c:])  # diag(γ) Q
-            KgT = KiT * gend[:, sl]  # K_Γᵀ = (diag(γ_end/γ_s) K)ᵀ
         else:
             Kb = kg * bg  # diag(β) K
             KiT = KgT = np.swapaxes(kg, -1, -2)  # Kᵀ (a view)
             Qg = Xg[..., c:]
             Qg[...] = qc[:, sl]  # Q
         Vb = vc[:, sl] * bg  # diag(β) V
-        A = Kb @ KiT  # β_t (γ_t/γ_s) (k_t · k_s)
-        A *= strict
-        P = np.matmul(Qg, KiT, out=Xg[..., :c])
-        P *= tri  # tril(Γ ⊙ Q Kᵀ)
-        sb, sn = np.nonzero(strong[:, sl]) if gated else ((), ())
+        if every:  # Γ from segment sums for the whole group, no gathered copies
+            kT = np.swapaxes(kg, -1, -2)
+            Gam = _exp_segsum(gc[:, sl])  # Γ_ts, 0 above the diagonal
+            A = kg @ kT
+            A *= Gam
+            A *= bg  # β_t Γ_ts (k_t · k_s)
+            A *= strict
+            P = np.matmul(qc[:, sl], kT, out=Xg[..., :c])
+            P *= Gam  # Γ ⊙ Q Kᵀ (0 above the diagonal)
+            KgT = np.swapaxes(kg * np.exp(_suffix(gc[:, sl], -1))[..., None], -1, -2)  # (diag(γ_end/γ_s) K)ᵀ
+            sb = ()  # done
+        else:
+            if gated:
+                KiT = np.swapaxes(kg * ginv[:, sl, :, None], -1, -2)  # (diag(1/γ) K)ᵀ
+                KgT = KiT * gend[:, sl]  # K_Γᵀ = (diag(γ_end/γ_s) K)ᵀ
+            A = Kb @ KiT  # β_t (γ_t/γ_s) (k_t · k_s)
+            A *= strict
+            P = np.matmul(Qg, KiT, out=Xg[..., :c])
+            P *= tri  # tril(Γ ⊙ Q Kᵀ)
         if len(sb):  # chunks that decay below e^{−_FACTOR_LOG}: Γ from segment sums
             n = g0 + sn
             Gam = _exp_segsum(gc[sb, n])  # Γ_ts, 0 above the diagonal
