@@ -1456,11 +1456,15 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         ``batch`` (0), ``chunk_size`` (64): Mamba-2's initialization — Δ = softplus(b + 0.5 ξ) with
         softplus(b) log-uniform in [10⁻³, 10⁻¹], A = −U(1, 16) per head; x, B, C standard normal, D ones.
     ``linear_rnn.gated_linear_attention``  ``L`` (1024), ``dk`` (64), ``dv`` (64), ``batch`` (0),
-        ``per_channel`` (True), ``chunk_size`` (64): GLA's gates log g = log σ(ξ)/16.
+        ``per_channel`` (True), ``chunk_size`` (64), ``gate_normalizer`` (16.0): GLA's gates
+        log g = log σ(ξ)/τ with τ the normalizer (16 in the GLA paper). A smaller τ forgets faster:
+        with τ = 1 (mean log g ≈ −0.8 a step) every chunk of 64 steps decays below e^{−30}, the regime
+        of the exact path of the chunked forms (gates near 0), which τ = 16 never reaches.
     ``linear_rnn.retention``  ``L`` (1024), ``H`` (4), ``dk`` (64), ``dv`` (64), ``chunk_size`` (64):
         RetNet's decays γ_h = 1 − 2^(−5−h).
     ``linear_rnn.delta_rule``  ``L`` (1024), ``dk`` (64), ``dv`` (64), ``batch`` (0), ``gated``
-        (False), ``chunk_size`` (64): unit keys, β = σ(ξ), Gated DeltaNet's log g = log σ(ξ)/16.
+        (False), ``chunk_size`` (64), ``gate_normalizer`` (16.0, with ``gated``): unit keys, β = σ(ξ),
+        Gated DeltaNet's log g = log σ(ξ)/τ (τ as for GLA).
     ``iir.biquad_filter``  ``N`` (4096), ``r`` (0.999, the pole radius), ``theta`` (0.3 rad): a
         band-pass resonator with poles r e^{±iθ}; x standard normal.
     ``…_vjp``  the backward passes ``random_features.linear_attention_vjp``, ``ssm.selective_scan_vjp``,
@@ -1546,9 +1550,13 @@ def random_inputs(name, *, seed, **sizes) -> dict:
                 "C": rng.standard_normal(b + (s["G"], L, s["N"])), "D": np.ones(H), "chunk_size": s["chunk_size"]}
     if function in ("linear_rnn.gated_linear_attention", "linear_rnn.delta_rule", "linear_rnn.retention"):
         known = {"L": 1024, "dk": 64, "dv": 64, "batch": 0, "chunk_size": 64}
-        known.update({"linear_rnn.gated_linear_attention": {"per_channel": True}, "linear_rnn.delta_rule": {"gated": False},
+        known.update({"linear_rnn.gated_linear_attention": {"per_channel": True, "gate_normalizer": 16.0},
+                      "linear_rnn.delta_rule": {"gated": False, "gate_normalizer": 16.0},
                       "linear_rnn.retention": {"H": 4}}[function])
         s = _sizes(function, sizes, known)
+        tau = as_positive_scalar(s.get("gate_normalizer", 16.0), "gate_normalizer")  # log g = log σ(ξ) / τ
+        if function == "linear_rnn.delta_rule" and "gate_normalizer" in sizes and not s["gated"]:
+            raise ValueError("gate_normalizer: the delta rule has gates only with gated=True")
         b = (s["H"],) if function == "linear_rnn.retention" else lead(s["batch"])
         L, dk = s["L"], s["dk"]
         q, k, v = rng.standard_normal(b + (L, dk)), rng.standard_normal(b + (L, dk)), rng.standard_normal(b + (L, s["dv"]))
@@ -1557,11 +1565,11 @@ def random_inputs(name, *, seed, **sizes) -> dict:
             return {"q": q, "k": k, "v": v, "gamma": 1 - 2.0 ** (-5 - np.arange(s["H"])), "chunk_size": s["chunk_size"]}
         if function == "linear_rnn.gated_linear_attention":
             gate_shape = b + ((L, dk) if s["per_channel"] else (L,))
-            return {"q": q, "k": k, "v": v, "log_g": logsig(rng.standard_normal(gate_shape)) / 16, "chunk_size": s["chunk_size"]}
+            return {"q": q, "k": k, "v": v, "log_g": logsig(rng.standard_normal(gate_shape)) / tau, "chunk_size": s["chunk_size"]}
         out = {"q": q, "k": k / np.linalg.norm(k, axis=-1, keepdims=True), "v": v,
                "beta": 1 / (1 + np.exp(-rng.standard_normal(b + (L,)))), "chunk_size": s["chunk_size"]}
         if s["gated"]:
-            out["log_g"] = logsig(rng.standard_normal(b + (L,))) / 16
+            out["log_g"] = logsig(rng.standard_normal(b + (L,))) / tau
         return out
     if function == "iir.biquad_filter":
         s = _sizes(function, {k: v for k, v in sizes.items() if k not in ("r", "theta")}, {"N": 4096})

@@ -709,6 +709,34 @@ def test_random_inputs_of_attention_variants():
             oracle.random_inputs("attention.softmax_attention", seed=0, **bad)
 
 
+def test_random_inputs_gate_normalizer_reaches_fast_forgetting():
+    # GLA's normalizer τ = 16 never makes a chunk of 64 steps decay below e^-30; τ = 1 makes every chunk do so (the
+    # exact path of the chunked forms). refimpl's forward and backward pass there, a gate gradient 1% off fails
+    from refimpl import linear_rnn
+
+    def chunk_decay(log_g, per_channel):  # the smallest total log-gate of a chunk of 64 steps, over channels
+        g = log_g if per_channel else log_g[..., None]
+        sums = g.reshape(g.shape[:-2] + (-1, 64, g.shape[-1])).sum(axis=-2)
+        return sums.min(axis=-1)  # (…, chunks)
+
+    for name, extra, per_channel in (("linear_rnn.gated_linear_attention", {}, True),
+                                     ("linear_rnn.gated_linear_attention", dict(per_channel=False), False),
+                                     ("linear_rnn.delta_rule", dict(gated=True), False)):
+        mild = oracle.random_inputs(name, seed=2, L=1024, dk=16, dv=8, **extra)
+        fast = oracle.random_inputs(name, seed=2, L=1024, dk=16, dv=8, gate_normalizer=1.0, **extra)
+        assert np.all(chunk_decay(mild["log_g"], per_channel) > -30), name
+        assert np.all(chunk_decay(fast["log_g"], per_channel) < -30), name
+        assert np.allclose(fast["log_g"], 16 * mild["log_g"]) and np.array_equal(fast["q"], mild["q"])
+    vjp = "linear_rnn.gated_linear_attention_vjp"
+    inp = oracle.random_inputs(vjp, seed=4, L=1024, dk=16, dv=8, batch=2, gate_normalizer=1.0)
+    assert oracle.compare("linear_rnn.gated_linear_attention", linear_rnn.gated_linear_attention,
+                          inputs={k: v for k, v in inp.items() if k != "dy"}, dtype="float32").passed
+    assert oracle.compare(vjp, linear_rnn.gated_linear_attention_vjp, inputs=inp, dtype="float32").passed
+    off = oracle.compare(vjp, lambda **kw: {**(r := linear_rnn.gated_linear_attention_vjp(**kw)), "dlog_g": r["dlog_g"] * 1.01},
+                         inputs=inp, dtype="float64").cases[0]
+    assert off.status == "fail" and off.first_failure == "dlog_g"
+
+
 @pytest.mark.parametrize("name, sizes, grad", [
     ("linear_rnn.ssd_vjp", dict(L=300, H=4, G=2, P=8, N=8, chunk_size=32), "dB"),
     ("linear_rnn.gated_linear_attention_vjp", dict(L=300, dk=16, dv=8, batch=2), "dlog_g"),
@@ -754,6 +782,9 @@ def test_random_inputs_of_the_backward_passes(name, sizes, grad):
     (dict(name="iir.sos_filter", order=5), ValueError, "order: expected an even order"),
     (dict(name="linear_rnn.ssd_vjp", width=3), ValueError, r"sizes: unknown \['width'\] for linear_rnn.ssd_vjp \(those of linear_rnn.ssd\)"),
     (dict(name="ssm.selective_scan_vjp", L=-1), ValueError, "L: expected a positive int"),
+    (dict(name="linear_rnn.gated_linear_attention", gate_normalizer=0.0), ValueError, "gate_normalizer"),
+    (dict(name="linear_rnn.gated_linear_attention_vjp", gate_normalizer=float("nan")), ValueError, "gate_normalizer"),
+    (dict(name="linear_rnn.delta_rule", gate_normalizer=2.0), ValueError, "gate_normalizer: the delta rule has gates only"),
 ])
 def test_random_inputs_bad(kwargs, exc, match):
     name = kwargs.pop("name")
