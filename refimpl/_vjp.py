@@ -992,14 +992,15 @@ def _gla_vjp_exact(g, k, v, q=None, dy=None, yv=None, S_in=None, R=None):
     Without ``q``: the chunks' own parts of their end states, ``Vᵀ (K ⊙ e^{to_end})`` (s, Dv, Dk).
     With the rest: ``(dQ, dK, dV)`` of the chunks, each (s, c, ·).
     """
-    from .linear_rnn import _exp_segsum, _Halving, _suffix
+    from .linear_rnn import _exp_segsum, _Halving
 
     sT = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
-    e_end = np.exp(_suffix(g, -2))  # e^{Σ_{r=t+1}^{end} log g_r}
+    c = g.shape[-2]
+    e_end = np.exp(np.tri(c, c, -1).T @ g)  # e^{Σ_{r=t+1}^{end} log g_r} (sums of one sign as products)
     Ke = k * e_end
     if q is None:
         return sT(v) @ Ke
-    e_cum = np.exp(np.cumsum(g, axis=-2))
+    e_cum = np.exp(np.tri(c) @ g)  # e^{Σ_{r=start}^{t} log g_r}
     dq = e_cum * (dy @ S_in)
     dk = e_end * (v @ R)
     dv = Ke @ sT(R)

@@ -441,7 +441,7 @@ def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
         b, n = sb[i0 : i0 + step], sn[i0 : i0 + step]
         k, g = kg[b, n], gg[b, n]  # (s, c, Dk)
         scores[b, n] = _halving_weights(qg[b, n], k, g)
-        ke = k * np.exp(_suffix(g, -2))  # k_s ⊙ e^{Σ_{r=s+1}^{end} log g_r}
+        ke = k * np.exp(np.tri(c, c, -1).T @ g)  # k_s ⊙ e^{Σ_{r=s+1}^{end} log g_r} (the sums as a product)
         local[b, n] = np.swapaxes(ke, -1, -2) @ vg[b, n]
 
 
