@@ -471,6 +471,25 @@ def chunked_gla(q, k, v, log_g, chunk=CHUNK):
     return o
 
 
+def segsum_chunked_gla(q, k, v, log_g, chunk=CHUNK):
+    """GLA with per-channel gates by chunks, every in-chunk decay from the segment sums (any gate, no overflow)."""
+    H, L, dk = q.shape
+    q = q / math.sqrt(dk)
+    o = np.empty(v.shape)
+    S = np.zeros((H, dk, v.shape[2]))  # Sᵀ, per head
+    for i in range(0, L, chunk):
+        c = slice(i, i + chunk)
+        g = log_g[:, c]  # (H, n, dk)
+        n = g.shape[1]
+        below = np.tri(n, n, -1, dtype=bool)[None, :, :, None]  # s < t
+        seg = np.cumsum(np.where(below, g[:, :, None, :], 0.0), axis=1)  # seg[t, s] = Σ_{s<r≤t} log g_r
+        decay = np.where(np.tri(n, dtype=bool)[None, :, :, None], np.exp(seg), 0.0)  # (H, t, s, dk)
+        W = np.einsum("htj,hsj,htsj->hts", q[:, c], k[:, c], decay)
+        o[:, c] = W @ v[:, c] + (q[:, c] * np.exp(np.cumsum(g, axis=1))) @ S
+        S = np.exp(g.sum(axis=1))[:, :, None] * S + (k[:, c] * np.exp(seg[:, -1])).transpose(0, 2, 1) @ v[:, c]
+    return o
+
+
 def chunked_ssd(x, dt, A, B, C, D, chunk=CHUNK):
     """Mamba-2 SSD (one group of B, C): h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_tᵀ, y_t = h_t C_t + D x_t."""
     H, L, P = x.shape
@@ -900,7 +919,24 @@ def _ssm_cases(mode: str) -> list[Case]:
 # --- chunked linear recurrences -----------------------------------------------------------------
 def _linear_rnn_cases(mode: str) -> list[Case]:
     sizes = {"test": [(2, 150, 8)], "quick": [(4, 1024, 32)], "full": [(4, 8192, 64), (4, 4096, 128)]}[mode]
-    return [case for H, L, d in sizes for case in _linear_rnn_at(mode, H, L, d)]
+    H, L, d = {"test": (2, 150, 8), "quick": (4, 1024, 32), "full": (4, 2048, 64)}[mode]
+    return [case for H_, L_, d_ in sizes for case in _linear_rnn_at(mode, H_, L_, d_)] + [_fast_forgetting_gla(H, L, d)]
+
+
+def _fast_forgetting_gla(H: int, L: int, d: int) -> Case:
+    """GLA with gates per key channel of 0.3 … 0.9: every chunk of 64 steps decays below e^−30 in some
+    channel, the regime of refimpl's exact path (the halving), against the plain chunked form that takes
+    every decay from segment sums. No loop-twin target: the loop twin does not depend on the gates."""
+
+    def make():
+        rng = _rng(13)
+        q, k, v = rng.normal(size=(3, H, L, d))
+        log_g = np.log(rng.uniform(0.3, 0.9, (H, L, d)))
+        return Calls(lambda: linear_rnn.gated_linear_attention(q, k, v, log_g), lambda: segsum_chunked_gla(q, k, v, log_g))
+
+    return Case("linear_rnn", "gated_linear_attention", f"H={H},L={L},d={d},gate-per-channel,fast-forgetting", make,
+                Cost(flops=4 * H * L * d * d, exps=H * L * d, bytes=8 * 5 * H * L * d), f"NumPy chunks of {CHUNK}, segment sums",
+                bound_note="the recurrent form's flops at the GEMM rate")
 
 
 def _linear_rnn_at(mode: str, H: int, L: int, d: int) -> list[Case]:
