@@ -455,24 +455,11 @@ def stepwise_selective_scan_vjp(u, delta, A, B, C, D, dy):
             np.einsum("tdn,td->tn", lam, u * delta), np.einsum("td,tdn->tn", dy, H), np.sum(dy * u, axis=0))
 
 
-def chunked_gla(q, k, v, log_g, chunk=CHUNK):
-    """Gated linear attention, per-channel gates, by chunks: o_t = S_t q_t/√d, S_t = S_{t−1}Diag(g_t) + v_t k_tᵀ."""
-    H, L, dk = q.shape
-    q = q / math.sqrt(dk)
-    o = np.empty(v.shape)
-    S = np.zeros((H, dk, v.shape[2]))  # Sᵀ, per head
-    for i in range(0, L, chunk):
-        c = slice(i, i + chunk)
-        cum = np.cumsum(log_g[:, c], axis=1)  # Σ_{r=start}^{t} log g_r, (H, c, dk)
-        qg, kg = q[:, c] * np.exp(cum), k[:, c] * np.exp(-cum)  # decay split over q and k (|cum| small)
-        o[:, c] = np.tril(qg @ kg.transpose(0, 2, 1)) @ v[:, c] + qg @ S
-        end = np.exp(cum[:, -1:, :])  # decay over the whole chunk, (H, 1, dk)
-        S = end.transpose(0, 2, 1) * S + (kg * end).transpose(0, 2, 1) @ v[:, c]
-    return o
+def chunked_gla(q, k, v, log_g, chunk=CHUNK, segment_sums=False):
+    """Gated linear attention, per-channel gates, by chunks: o_t = S_t q_t/√d, S_t = S_{t−1}Diag(g_t) + v_t k_tᵀ.
 
-
-def segsum_chunked_gla(q, k, v, log_g, chunk=CHUNK):
-    """GLA with per-channel gates by chunks, every in-chunk decay from the segment sums (any gate, no overflow)."""
+    The in-chunk decays split over q and k (``e^{cum_t}``, ``e^{−cum_s}``: for gates whose sums stay small), or with
+    ``segment_sums`` every decay from the segment sums (any gate, no overflow)."""
     H, L, dk = q.shape
     q = q / math.sqrt(dk)
     o = np.empty(v.shape)
@@ -480,13 +467,20 @@ def segsum_chunked_gla(q, k, v, log_g, chunk=CHUNK):
     for i in range(0, L, chunk):
         c = slice(i, i + chunk)
         g = log_g[:, c]  # (H, n, dk)
-        n = g.shape[1]
-        below = np.tri(n, n, -1, dtype=bool)[None, :, :, None]  # s < t
-        seg = np.cumsum(np.where(below, g[:, :, None, :], 0.0), axis=1)  # seg[t, s] = Σ_{s<r≤t} log g_r
-        decay = np.where(np.tri(n, dtype=bool)[None, :, :, None], np.exp(seg), 0.0)  # (H, t, s, dk)
-        W = np.einsum("htj,hsj,htsj->hts", q[:, c], k[:, c], decay)
-        o[:, c] = W @ v[:, c] + (q[:, c] * np.exp(np.cumsum(g, axis=1))) @ S
-        S = np.exp(g.sum(axis=1))[:, :, None] * S + (k[:, c] * np.exp(seg[:, -1])).transpose(0, 2, 1) @ v[:, c]
+        cum = np.cumsum(g, axis=1)  # Σ_{r=start}^{t} log g_r
+        if segment_sums:
+            n = g.shape[1]
+            below = np.tri(n, n, -1, dtype=bool)[None, :, :, None]  # s < t
+            seg = np.cumsum(np.where(below, g[:, :, None, :], 0.0), axis=1)  # seg[t, s] = Σ_{s<r≤t} log g_r
+            decay = np.where(np.tri(n, dtype=bool)[None, :, :, None], np.exp(seg), 0.0)  # (H, t, s, dk)
+            W = np.einsum("htj,hsj,htsj->hts", q[:, c], k[:, c], decay)
+            o[:, c] = W @ v[:, c] + (q[:, c] * np.exp(cum)) @ S
+            S = np.exp(g.sum(axis=1))[:, :, None] * S + (k[:, c] * np.exp(seg[:, -1])).transpose(0, 2, 1) @ v[:, c]
+            continue
+        qg, kg = q[:, c] * np.exp(cum), k[:, c] * np.exp(-cum)  # decay split over q and k (|cum| small)
+        o[:, c] = np.tril(qg @ kg.transpose(0, 2, 1)) @ v[:, c] + qg @ S
+        end = np.exp(cum[:, -1:, :])  # decay over the whole chunk, (H, 1, dk)
+        S = end.transpose(0, 2, 1) * S + (kg * end).transpose(0, 2, 1) @ v[:, c]
     return o
 
 
@@ -932,7 +926,7 @@ def _fast_forgetting_gla(H: int, L: int, d: int) -> Case:
         rng = _rng(13)
         q, k, v = rng.normal(size=(3, H, L, d))
         log_g = np.log(rng.uniform(0.3, 0.9, (H, L, d)))
-        return Calls(lambda: linear_rnn.gated_linear_attention(q, k, v, log_g), lambda: segsum_chunked_gla(q, k, v, log_g))
+        return Calls(lambda: linear_rnn.gated_linear_attention(q, k, v, log_g), lambda: chunked_gla(q, k, v, log_g, segment_sums=True))
 
     return Case("linear_rnn", "gated_linear_attention", f"H={H},L={L},d={d},gate-per-channel,fast-forgetting", make,
                 Cost(flops=4 * H * L * d * d, exps=H * L * d, bytes=8 * 5 * H * L * d), f"NumPy chunks of {CHUNK}, segment sums",
