@@ -622,8 +622,9 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
     readout of the entering state at once, and its left factor is shared by the R heads of a
     group (Mamba-2's shared B, C). Each product has at most 64 × 64 outputs per call for the
     default chunk and Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see
-    refimpl._blocking.in_parts). Chunks that decay below ``e^{−_FACTOR_LOG}`` are recomputed from segment sums,
-    as in :func:`_channel_chunked`.
+    refimpl._blocking.in_parts). Chunks that decay below ``e^{−_FACTOR_LOG}`` take their in-chunk part from
+    segment sums (their product keeps the readout alone); a group whose chunks all do so skips the factored
+    form: ``(Γ ⊙ tril(Q Kᵀ)) (V ⊙ w) + e^{cum} ⊙ (Q S_inᵀ)`` per head, Γ from segment sums.
     """
     G, L, dk = q.shape
     R, dv = v.shape[1], v.shape[-1]
@@ -654,13 +655,25 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
         np.matmul(qc[:, None, sl], np.swapaxes(kc[:, None, sl], -1, -2), out=Xg[..., :c])  # q_t · k_s
         Xg[..., :c] *= tri
         Xg[..., c:] = qc[:, None, sl]
-        Vs = np.multiply(vc[:, :, sl], f[:, :, sl, :, None], out=Zg[..., :c, :])  # v_s w_s e^{−cum_s}
         sg, sr, sn = np.nonzero(strong[:, :, sl])
-        if sg.size:  # strongly decaying chunks: no value rows, so that their product below is the readout
-            Vs[sg, sr, sn] = 0.0  # Q S_inᵀ alone; their in-chunk part is added from segment sums
-        local = np.swapaxes(kc[:, None, sl], -1, -2) @ Vs  # (Σ_s v_s w_s e^{−cum_s} k_sᵀ)ᵀ, per head
-        local *= dec[:, :, sl]  # ... e^{cum_end}: the chunk's own contribution to its end state
-        if sg.size:  # the end-state contributions of strongly decaying chunks, from suffix sums
+        every = sg.size == G * R * mm  # every chunk of the group decays fast: segment sums, no factored form
+        if every:
+            if wc is None:
+                Zg[..., :c, :] = vc[:, :, sl]  # V
+            else:
+                np.multiply(vc[:, :, sl], wc[:, :, sl, :, None], out=Zg[..., :c, :])  # v_s w_s
+            to_end = np.exp(_suffix(ac[:, :, sl], -1))  # e^{Σ_{r=s+1}^{end} log g_r}
+            if wc is not None:
+                to_end *= wc[:, :, sl]
+            local = np.swapaxes(kc[:, None, sl], -1, -2) @ (vc[:, :, sl] * to_end[..., None])  # the chunk's own part
+            sg = ()  # nothing left for the exact path below
+        else:
+            Vs = np.multiply(vc[:, :, sl], f[:, :, sl, :, None], out=Zg[..., :c, :])  # v_s w_s e^{−cum_s}
+            if sg.size:  # strongly decaying chunks: no value rows, so that their product below is the readout
+                Vs[sg, sr, sn] = 0.0  # Q S_inᵀ alone; their in-chunk part is added from segment sums
+            local = np.swapaxes(kc[:, None, sl], -1, -2) @ Vs  # (Σ_s v_s w_s e^{−cum_s} k_sᵀ)ᵀ, per head
+            local *= dec[:, :, sl]  # ... e^{cum_end}: the chunk's own contribution to its end state
+        if len(sg):  # the end-state contributions of strongly decaying chunks, from suffix sums
             wk = np.exp(_suffix(ac[sg, sr, g0 + sn], -1))  # e^{Σ_{r=s+1}^{end} log g_r}
             if wc is not None:
                 wk *= wc[sg, sr, g0 + sn]
@@ -673,6 +686,14 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
             nxt += local[:, :, j]
             if states is not None:
                 states[:, :, g0 + j] = nxt
+        if every:  # (Γ ⊙ tril(Q Kᵀ)) (V ⊙ w) + e^{cum_t} q_t S_inᵀ, Γ from segment sums (every exponent <= 0)
+            og = np.matmul(_exp_segsum(ac[:, :, sl]) * Xg[..., :c], Zg[..., :c, :], out=o[:, :, sl])
+            og += E[:, :, sl, :, None] * (qc[:, None, sl] @ Zg[..., c:, :])
+            if scale != 1.0:
+                og *= scale
+            if skip is not None:
+                og += vc[:, :, sl] * skip[:, :, None, None, None]  # + D x_t
+            continue
         if fold is None:
             og = np.matmul(Xg, Zg, out=o[:, :, sl])  # in-chunk (16.3) + Q S_inᵀ, without the row scaling
         else:  # one product per head, the head's D / (w_t scale) on the diagonal (D x_t, see _skip_diagonal)
@@ -683,7 +704,7 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
                 np.matmul(Xg[:, 0], Zg[:, r], out=og[:, r])
             blocks[diag] = own  # tril(Q Kᵀ) again, for the exact path below
         og *= Es[:, :, sl, :, None]  # e^{cum_t}
-        if sg.size:  # in-chunk weights of strongly decaying chunks from segment sums (exponents <= 0)
+        if len(sg):  # in-chunk weights of strongly decaying chunks from segment sums (exponents <= 0)
             vw = vc[sg, sr, g0 + sn]
             if wc is not None:
                 vw = vw * wc[sg, sr, g0 + sn][..., None]
