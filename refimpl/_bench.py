@@ -914,23 +914,38 @@ def _ssm_cases(mode: str) -> list[Case]:
 def _linear_rnn_cases(mode: str) -> list[Case]:
     sizes = {"test": [(2, 150, 8)], "quick": [(4, 1024, 32)], "full": [(4, 8192, 64), (4, 4096, 128)]}[mode]
     H, L, d = {"test": (2, 150, 8), "quick": (4, 1024, 32), "full": (4, 2048, 64)}[mode]
-    return [case for H_, L_, d_ in sizes for case in _linear_rnn_at(mode, H_, L_, d_)] + [_fast_forgetting_gla(H, L, d)]
+    return [case for H_, L_, d_ in sizes for case in _linear_rnn_at(mode, H_, L_, d_)] + _fast_forgetting(H, L, d)
 
 
-def _fast_forgetting_gla(H: int, L: int, d: int) -> Case:
-    """GLA with gates per key channel of 0.3 … 0.9: every chunk of 64 steps decays below e^−30 in some
-    channel, the regime of refimpl's exact path (the halving), against the plain chunked form that takes
-    every decay from segment sums. No loop-twin target: the loop twin does not depend on the gates."""
+def _fast_forgetting(H: int, L: int, d: int) -> list[Case]:
+    """GLA with gates per key channel of 0.3 … 0.9, and SSD with Mamba-2's largest decays (A = −4 … −16, Δ up to 0.5):
+    every chunk of 64 steps decays below e^−30 (in some channel), the regime of the exact paths of refimpl's chunked
+    forms, against plain chunked forms whose decays come from segment sums. No loop-twin target: the loop twins do
+    not depend on the gates."""
 
-    def make():
+    def make_gla():
         rng = _rng(13)
         q, k, v = rng.normal(size=(3, H, L, d))
         log_g = np.log(rng.uniform(0.3, 0.9, (H, L, d)))
-        return Calls(lambda: linear_rnn.gated_linear_attention(q, k, v, log_g), lambda: chunked_gla(q, k, v, log_g, segment_sums=True))
+        return Calls(lambda: linear_rnn.gated_linear_attention(q, k, v, log_g),
+                     lambda: chunked_gla(q, k, v, log_g, segment_sums=True))
 
-    return Case("linear_rnn", "gated_linear_attention", f"H={H},L={L},d={d},gate-per-channel,fast-forgetting", make,
-                Cost(flops=4 * H * L * d * d, exps=H * L * d, bytes=8 * 5 * H * L * d), f"NumPy chunks of {CHUNK}, segment sums",
-                bound_note="the recurrent form's flops at the GEMM rate")
+    def make_ssd():
+        rng = _rng(14)
+        x = rng.normal(size=(H, L, d))
+        dt = np.exp(rng.uniform(np.log(0.05), np.log(0.5), (H, L)))
+        A, D = -np.linspace(4.0, 16.0, H), np.ones(H)
+        B, C = rng.normal(size=(2, 1, L, d))
+        return Calls(lambda: linear_rnn.ssd(x, dt, A, B, C, D), lambda: chunked_ssd(x, dt, A, B, C, D))
+
+    variant, note = f"H={H},L={L},d={d}", dict(bound_note="the recurrent form's flops at the GEMM rate")
+    return [
+        Case("linear_rnn", "gated_linear_attention", variant + ",gate-per-channel,fast-forgetting", make_gla,
+             Cost(flops=4 * H * L * d * d, exps=H * L * d, bytes=8 * 5 * H * L * d), f"NumPy chunks of {CHUNK}, segment sums",
+             **note),
+        Case("linear_rnn", "ssd", variant + ",fast-forgetting", make_ssd, Cost(flops=4 * H * L * d * d, exps=H * L,
+             bytes=8 * 3 * H * L * d), f"NumPy chunks of {CHUNK}", **note),
+    ]
 
 
 def _linear_rnn_at(mode: str, H: int, L: int, d: int) -> list[Case]:
