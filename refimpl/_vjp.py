@@ -1004,7 +1004,7 @@ def _gla_vjp_exact(g, k, v, q=None, dy=None, yv=None, S_in=None, R=None):
     dq = e_cum * (dy @ S_in)
     dk = e_end * (v @ R)
     dv = Ke @ sT(R)
-    s, c, dg = g.shape
+    s, dg = g.shape[0], g.shape[-1]
     if dg == 1:  # per head: one (c, c) decay matrix per chunk
         E = _exp_segsum(g[..., 0])
         M = yv * E  # e^{seg[t, s]} (dy_t·v_s)

@@ -662,10 +662,7 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
                 Zg[..., :c, :] = vc[:, :, sl]  # V
             else:
                 np.multiply(vc[:, :, sl], wc[:, :, sl, :, None], out=Zg[..., :c, :])  # v_s w_s
-            to_end = np.exp(_suffix(ac[:, :, sl], -1))  # e^{Σ_{r=s+1}^{end} log g_r}
-            if wc is not None:
-                to_end *= wc[:, :, sl]
-            local = np.swapaxes(kc[:, None, sl], -1, -2) @ (vc[:, :, sl] * to_end[..., None])  # the chunk's own part
+            local = _own_state(kc[:, None, sl], vc[:, :, sl], ac[:, :, sl], None if wc is None else wc[:, :, sl])
             sg = ()  # nothing left for the exact path below
         else:
             Vs = np.multiply(vc[:, :, sl], f[:, :, sl, :, None], out=Zg[..., :c, :])  # v_s w_s e^{−cum_s}
@@ -674,11 +671,8 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
             local = np.swapaxes(kc[:, None, sl], -1, -2) @ Vs  # (Σ_s v_s w_s e^{−cum_s} k_sᵀ)ᵀ, per head
             local *= dec[:, :, sl]  # ... e^{cum_end}: the chunk's own contribution to its end state
         if len(sg):  # the end-state contributions of strongly decaying chunks, from suffix sums
-            wk = np.exp(_suffix(ac[sg, sr, g0 + sn], -1))  # e^{Σ_{r=s+1}^{end} log g_r}
-            if wc is not None:
-                wk *= wc[sg, sr, g0 + sn]
-            ke = kc[sg, g0 + sn] * wk[..., None]
-            local[sg, sr, sn] = np.swapaxes(ke, -1, -2) @ vc[sg, sr, g0 + sn]
+            local[sg, sr, sn] = _own_state(kc[sg, g0 + sn], vc[sg, sr, g0 + sn], ac[sg, sr, g0 + sn],
+                                           None if wc is None else wc[sg, sr, g0 + sn])
         Zg[:, :, 0, c:] = S
         for j in range(mm):  # state passing (16.5): S_end = e^{cum_end} S_in + local
             nxt = Zg[:, :, j + 1, c:] if j + 1 < mm else S
@@ -717,6 +711,15 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
         if skip is not None and fold is None:
             # + D x_t, with Z's value rows (consumed by the product) as the workspace
             og += np.multiply(vc[:, :, sl], skip[:, :, None, None, None], out=Zg[..., :c, :])
+
+
+def _own_state(k, v, a, w=None):
+    """A chunk's own part of its end state, ``Σ_s (v_s w_s e^{Σ_{r=s+1}^{end} a_r}) k_sᵀ`` transposed, (…, Dk, Dv),
+    from the suffix sums of the log-gates ``a`` (…, c) (every exponent <= 0); ``k`` (…, c, Dk), ``v`` (…, c, Dv)."""
+    wk = np.exp(_suffix(a, -1))  # e^{Σ_{r=s+1}^{end} log g_r}
+    if w is not None:
+        wk *= w
+    return np.swapaxes(k * wk[..., None], -1, -2) @ v
 
 
 def _skip_diagonal(skip, wc, scale: float):
@@ -1431,15 +1434,9 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
             Qg[...] = qc[:, sl]  # Q
         Vb = vc[:, sl] * bg  # diag(β) V
         if every:  # Γ from segment sums for the whole group, no gathered copies
-            kT = np.swapaxes(kg, -1, -2)
-            Gam = _exp_segsum(gc[:, sl])  # Γ_ts, 0 above the diagonal
-            A = kg @ kT
-            A *= Gam
-            A *= bg  # β_t Γ_ts (k_t · k_s)
-            A *= strict
-            P = np.matmul(qc[:, sl], kT, out=Xg[..., :c])
-            P *= Gam  # Γ ⊙ Q Kᵀ (0 above the diagonal)
-            KgT = np.swapaxes(kg * np.exp(_suffix(gc[:, sl], -1))[..., None], -1, -2)  # (diag(γ_end/γ_s) K)ᵀ
+            A, Pe, KgT = _delta_exact(qc[:, sl], kg, bc[:, sl], gc[:, sl], strict)
+            P = Xg[..., :c]
+            P[...] = Pe  # tril(Γ ⊙ Q Kᵀ), the left block of the chunk product
             sb = ()  # done
         else:
             if gated:
@@ -1451,10 +1448,7 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
             P *= tri  # tril(Γ ⊙ Q Kᵀ)
         if len(sb):  # chunks that decay below e^{−_FACTOR_LOG}: Γ from segment sums
             n = g0 + sn
-            Gam = _exp_segsum(gc[sb, n])  # Γ_ts, 0 above the diagonal
-            A[sb, sn] = strict * bc[sb, n][..., None] * Gam * (kc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
-            P[sb, sn] = Gam * (qc[sb, n] @ np.swapaxes(kc[sb, n], -1, -2))
-            KgT[sb, sn] = np.swapaxes(kc[sb, n] * np.exp(_suffix(gc[sb, n], -1))[..., None], -1, -2)
+            A[sb, sn], P[sb, sn], KgT[sb, sn] = _delta_exact(qc[sb, n], kc[sb, n], bc[sb, n], gc[sb, n], strict)
         Tg = _unit_lower_inverse(A, out=T[:, :mm])  # T = (I + A)^{-1}, all chunks of the group at once
         Zg[:, 0, c:] = S
         for j in range(mm):  # the state passes from chunk to chunk: a short loop over chunks
@@ -1473,6 +1467,17 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
         if factors is not None:  # the WY factor W = T diag(β γ) K and T diag(β) V
             np.matmul(Tg, Kb, out=factors[0][:, sl])
             np.matmul(Tg, Vb, out=factors[1][:, sl])
+
+
+def _delta_exact(q, k, beta, g, strict):
+    """The decayed terms of the UT transform for chunks that decay fast, Γ from segment sums (every exponent
+    <= 0): ``A = strict ⊙ diag(β) (Γ ⊙ K Kᵀ)``, ``P = Γ ⊙ Q Kᵀ`` (0 above the diagonal) and
+    ``K_Γᵀ = (diag(γ_end/γ_s) K)ᵀ``; ``q, k`` (…, c, Dk), ``beta, g`` (…, c)."""
+    Gam = _exp_segsum(g)  # Γ_ts, 0 above the diagonal
+    kT = np.swapaxes(k, -1, -2)
+    A = strict * beta[..., None] * Gam * (k @ kT)
+    P = Gam * (q @ kT)
+    return A, P, np.swapaxes(k * np.exp(_suffix(g, -1))[..., None], -1, -2)
 
 
 def _delta_loop(q, k, v, beta, logg, c: int):
