@@ -945,6 +945,11 @@ def _pair_runs(rs, rv, step: int, m: int, T: int):
     return first, lengths, ti, uniq, rinv
 
 
+def _vanished(M: np.ndarray) -> bool:
+    """True when every matrix of the table ``M`` is exactly zero: the scans stop there (see :func:`_typed_scan`)."""
+    return not M.any()
+
+
 def _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts):
     """Inclusive Hillis–Steele scan of the filtering elements, each half computed once per kind.
 
@@ -969,6 +974,12 @@ def _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts):
     :func:`_settled`, with the Riccati residual), the later prefixes of the stretch are given the
     settled prefix's type, so the next sweeps combine one pair where they would combine one per
     step. Without that, a time-invariant model still has N distinct prefixes.
+
+    The sweeps stop early once every element that is not yet a prefix has A = 0 exactly (a stable
+    model's closed-loop products (I − K H) F over 2^s steps underflow once ρ^(2^s) < 10⁻³²³). In
+    (3.7), A_j = 0 gives M = 0, so b_ij = b_j and C_ij = C_j bit for bit (the data half adds exact
+    zeros), and A_ij = 0 again: the remaining sweeps would change no mean or covariance, and every
+    element already holds its prefix's values.
     """
     N, n = types.shape[0], A.shape[-1]
     rs = _runs(types)
@@ -1027,6 +1038,8 @@ def _typed_scan(types, A, C, J, Z, pattern, H, F, Q, R, starts):
         rv = np.concatenate([pinv, used.size + rinv])
         X = np.concatenate([X[used], X_new])
         step *= 2
+        if _vanished(X_new[:, 0]):  # every element that is not yet a prefix has A = 0: done (see above)
+            break
     # the prefixes of the last sweep (k >= step / 2) are merged too: left with kinds of their own, the
     # settled covariances would cut a stretch of identical smoother elements (see _typed_suffix_scan)
     rs, rv = _merge_prefixes(rs, rv, N, X[:, 1], N, pattern, H, F, Q, R, starts, settled)
@@ -1200,7 +1213,7 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
 
     Implements the filtering scan of Särkkä & García-Fernández (2021, §IV-A, Lemmas 7–8): each
     step becomes an element ``a_k = (A_k, b_k, C_k, η_k, J_k)`` of a conditional-Gaussian
-    semigroup, and all filtered moments come out of an inclusive prefix scan with
+    semigroup, and all filtered moments come out of an inclusive prefix scan with at most
     ``ceil(log2 N)`` vectorized sweeps (no Python loop over N; O(N log N) work). This is the
     reference for GPU Kalman kernels. Same parameters and returns as :func:`kalman_filter`
     (the intermediates are formed from the scanned moments, vectorized over N).
@@ -1211,7 +1224,10 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     The prefixes (elements that start at step 0) carry the filtered covariances; once they have
     settled — the test of :func:`kalman_filter` — the later prefixes of the stretch share one
     kind, so a time-invariant model costs O(log N) batches of small-matrix combinations plus
-    O(N log N n²) flat matrix products for the means.
+    O(N log N n²) flat matrix products for the means. The sweeps stop as soon as every element's
+    transition A is exactly zero — a stable model's products of closed-loop maps underflow after
+    about 745 / |ln ρ| steps — since from there on a sweep would change no result, not even by
+    rounding.
 
     Which form to use: on a CPU, :func:`kalman_filter` (the sequential recursion with its
     steady-state shortcut) is faster — O(N n²) work once converged against the scan's
@@ -1272,6 +1288,10 @@ def _typed_suffix_scan(types, E, L, g):
     has a few long runs of identical elements, so the pairs of a sweep and the tables of the next
     are formed from a few dozen numbers and a long run's means are one flat product. The tables
     keep only the kinds in use.
+
+    As in :func:`_typed_scan`, the sweeps stop early once every element that is not yet a suffix
+    has E = 0 exactly: E_k = 0 gives (E_k E_j, E_k g_j + g_k, E_k L_j E_kᵀ + L_k) = (0, g_k, L_k)
+    bit for bit, so the remaining sweeps would change nothing.
     """
     N = types.shape[0]
     g2 = np.empty_like(g)
@@ -1302,6 +1322,8 @@ def _typed_suffix_scan(types, E, L, g):
         rv = np.concatenate([rinv, uniq.size + pinv])
         E, L = np.concatenate([E_new, E[used]]), np.concatenate([L_new, L[used]])
         step *= 2
+        if _vanished(E_new):  # every element that is not yet a suffix has E = 0: done (see above)
+            break
     return g, L, np.repeat(rv, np.diff(rs, append=N))
 
 
@@ -1413,7 +1435,8 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     kind; the suffixes that reach the end carry the smoothed covariances, and once those have
     settled (the test of :func:`kalman_filter`, Eq. (3.16), with the contraction ρ(E)² of the
     backward recursion) the later suffixes share one kind too, so each sweep combines a few
-    kinds and the cost is dominated by the O(N log N n²) mean products.
+    kinds and the cost is dominated by the O(N log N n²) mean products. Like the filtering scan,
+    it stops as soon as every element's E (a product of smoother gains) is exactly zero.
 
     Which form to use: as for the filter (:func:`kalman_filter_scan`), on a CPU the sequential
     :func:`rts_smoother` is faster (§3.9 of the book prints the measured ratio for n = 2 … 32);

@@ -1406,6 +1406,59 @@ class TestSteadyStatePath:
         np.testing.assert_array_equal(Ps_b, Ps)
 
 
+class TestScanStopsEarly:
+    """The scans stop once every element's A (filter) or E (smoother) is exactly zero; the full
+    sweeps (the stop switched off) must give the same numbers: bit for bit for the filter, and for
+    the smoother's covariances; its means to a few units of rounding (the filter's prefixes may
+    then fall into kinds differently, which regroups the smoother's products)."""
+
+    real = staticmethod(kalman._vanished)
+
+    def _both(self, monkeypatch, fn, *args):
+        calls = []
+        real = self.real
+
+        def spy(M):
+            calls.append(real(M))
+            return calls[-1]
+
+        monkeypatch.setattr(kalman, "_vanished", spy)
+        early = fn(*args)
+        monkeypatch.setattr(kalman, "_vanished", lambda M: False)
+        full = fn(*args)
+        return early, full, calls
+
+    @pytest.mark.parametrize("missing", ["none", "gaps", "scattered"])
+    @pytest.mark.parametrize("n, p", [(1, 1), (2, 2), (3, 1)])
+    def test_same_as_full_sweeps(self, monkeypatch, n, p, missing):
+        rng = np.random.default_rng(930 + 10 * n + p)
+        F, H, Q, R, m0, P0 = random_model(rng, n, p)
+        F = 0.5 * F / max(1.0, np.max(np.abs(np.linalg.eigvals(F))))  # A underflows after ~10³ steps
+        N = 3000
+        z = simulate(rng, F, H, Q, R, m0, P0, N, batch=(2,))
+        if missing == "gaps":
+            z = drop(z, np.r_[700:760, 2000:2003])
+        elif missing == "scattered":
+            z[:, rng.random(N) < 0.05] = np.nan
+        early, full, calls = self._both(monkeypatch, kalman_filter_scan, z, F, H, Q, R, m0, P0)
+        assert True in calls and len(calls) < math.ceil(math.log2(N))  # it did stop early
+        for a, b in zip(early, full):
+            np.testing.assert_array_equal(a, b)
+        early, full, calls = self._both(monkeypatch, rts_smoother_scan, z, F, H, Q, R, m0, P0)
+        assert calls.count(True) == 2  # the filtering scan and the smoothing scan both stopped
+        close(early[0], full[0], rtol=8 * EPS, what="early stop: smoother means")
+        np.testing.assert_array_equal(early[1], full[1])
+
+    def test_not_before_zero(self, monkeypatch):
+        # closed loop (1 − K) F ≈ 0.82: over the 600 steps A decays to about 1e-52, never to 0, so every sweep runs
+        F, H, Q, R = np.array([[0.9]]), np.eye(1), 0.01 * np.eye(1), np.eye(1)
+        z = np.random.default_rng(939).normal(size=(600, 1))
+        early, full, calls = self._both(monkeypatch, kalman_filter_scan, z, F, H, Q, R, np.zeros(1), np.eye(1))
+        # (after the last sweep every element is a prefix, so the test then holds trivially)
+        assert not any(calls[:-1]) and len(calls) == math.ceil(math.log2(600))
+        np.testing.assert_array_equal(early[0], full[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # The run-length bookkeeping of the filtering scan (private helpers), against per-element arrays
 # ---------------------------------------------------------------------------------------------
