@@ -410,8 +410,8 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     and the row sums are a product with a vector of ones (BLAS, which uses both cores; NumPy's
     ``sum`` uses one). Other blocks — large logits, or a row whose ``z_i`` falls below
     e^{−_LOW} (it sees no key, or all its logits are very negative) — are computed with the
-    exact row max (:func:`_exact_block`). ``ℓ_i = log z_i`` there, ``m_i + log z_i`` here: the
-    same log-sum-exp.
+    exact row max (:func:`_weights_block`). ``ℓ_i = log z_i`` in an unshifted block and
+    ``m_i + log z_i`` in a shifted one: the same log-sum-exp.
 
     Without weights, ``y`` is normalized instead of ``A`` (``y_i = Σ_j e_ij v_j / z_i``) and the
     logits live in a reused workspace of about one block per thread; with weights, each block is
@@ -426,14 +426,7 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     q = np.broadcast_to(qs, (*batch, n, d))
     k = np.broadcast_to(p.k, (*batch, m, d))
     v = np.broadcast_to(p.v, (*batch, m, dv))
-    # b_i >= s_ij for every key (per batch element), and E, the largest exponent that is safe unshifted
-    kmax = np.sqrt(np.max(np.einsum("...md,...md->...m", p.k, p.k), axis=-1, initial=0.0))  # max_j ‖k_j‖
-    bound = np.sqrt(np.einsum("...nd,...nd->...n", qs, qs)) * kmax[..., None]
-    if p.softcap is not None:
-        bound = np.minimum(bound, p.softcap)  # c · tanh(s / c) < c
-    bound = np.broadcast_to(bound, (*batch, n))
-    vmax = max(float(np.max(p.v, initial=0.0)), -float(np.min(p.v, initial=0.0)))  # max |v_j|
-    e_max = _EXP_SAFE - math.log(max(m, 1)) - math.log1p(vmax)
+    bound, e_max = _unshifted(p, qs)
     ones = np.ones((m, 1))  # z = e 1: the row sums as a BLAS product
     mask = None if p.mask is None else np.broadcast_to(p.mask, (*batch, n, m))
     slopes = None if p.slopes is None else np.broadcast_to(p.slopes, batch)
@@ -478,24 +471,17 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
             else:
                 shape = (*out.shape[:-1], hi - lo)
                 s = work[: math.prod(shape)].reshape(shape)
-            blk = (g, i0, i1, lo, hi)
-            if not np.max(bound[g][..., i0:i1], initial=-np.inf) <= e_max:  # large logits: the exact max
-                _exact_block(q, k, v, p, mask_g, slopes_g, blk, s, out, lse_b, A is not None)
-                return
-            np.matmul(q[g][..., i0:i1, :], np.swapaxes(k[g][..., lo:hi, :], -1, -2), out=s)  # s_ij (BLAS)
-            _bias(s, p, slopes_g, i0, i1, lo)
-            np.exp(s, out=s)  # e_ij = e^{s_ij} <= e^{E} for every key, allowed or not: no shift needed
-            _mask(s, p, mask_g, i0, i1, lo, 0.0)  # then e_ij = 0 where key j is forbidden (see _mask)
-            z = np.matmul(s, ones[: hi - lo])  # z_i = Σ_j e_ij
-            if not np.all(z >= _TINY_Z):  # a row with no key or very negative logits: the exact max
-                _exact_block(q, k, v, p, mask_g, slopes_g, blk, s, out, lse_b, A is not None)
-                return
+            fast = np.max(bound[g][..., i0:i1], initial=-np.inf) <= e_max  # else large logits: the exact max
+            mx, z, _ = _weights_block(q[g][..., i0:i1, :], k[g][..., lo:hi, :], p, mask_g, slopes_g, i0, lo, s, ones, fast)
             np.matmul(s, v[g][..., lo:hi, :], out=out)  # Σ_j e_ij v_j
             out /= z  # y_i = Σ_j e_ij v_j / z_i  (= Σ_j A_ij v_j, Eq. (4.1))
             if A is not None:
                 s /= z  # A_ij = e_ij / z_i, Eq. (4.2)
             if lse_b is not None:
-                np.log(z[..., 0], out=lse_b)  # ℓ_i = log z_i
+                if mx is None:
+                    np.log(z[..., 0], out=lse_b)  # ℓ_i = log z_i
+                else:
+                    lse_b[...] = (mx + np.log(z))[..., 0]  # ℓ_i = m_i + log z_i
 
         return block
 
@@ -503,19 +489,42 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     return y, A, lse
 
 
-def _exact_block(q, k, v, p: _Problem, mask, slopes, blk, s, out, lse, weights: bool) -> None:
-    """One block of query rows with the exact row max m_i (Eq. (4.3)): the logits into ``s``
-    (A's block, normalized, with ``weights``), ``y`` into ``out``, ``ℓ`` into ``lse`` (None: not wanted)."""
-    g, i0, i1, lo, hi = blk
-    np.matmul(q[g][..., i0:i1, :], np.swapaxes(k[g][..., lo:hi, :], -1, -2), out=s)  # s_ij = scale q_i · k_j
-    _bias_and_mask(s, p, mask, slopes, i0, i1, lo)
-    mx, z = _exp_rows(s)  # e^{s_ij − m_i}, z_i, Eq. (4.3)
-    np.matmul(s, v[g][..., lo:hi, :], out=out)  # Σ_j e_ij v_j
-    out /= z  # y_i = Σ_j e_ij v_j / z_i
-    if weights:
-        s /= z  # A_ij = e_ij / z_i, Eq. (4.2)
-    if lse is not None:
-        lse[...] = (mx + np.log(z))[..., 0]  # ℓ_i = m_i + log z_i
+def _unshifted(p: _Problem, qs: np.ndarray) -> tuple[np.ndarray, float]:
+    """The bounds ``b_i >= s_ij`` of every row's logits (all keys, per batch element) and ``E``,
+    the largest bound for which a block may take its exponentials unshifted (see :func:`_attend`)."""
+    n, m = p.q.shape[-2], p.k.shape[-2]
+    kmax = np.sqrt(np.max(np.einsum("...md,...md->...m", p.k, p.k), axis=-1, initial=0.0))  # max_j ‖k_j‖
+    bound = np.sqrt(np.einsum("...nd,...nd->...n", qs, qs)) * kmax[..., None]
+    if p.softcap is not None:
+        bound = np.minimum(bound, p.softcap)  # c · tanh(s / c) < c
+    vmax = max(float(np.max(p.v, initial=0.0)), -float(np.min(p.v, initial=0.0)))  # max |v_j|
+    return np.broadcast_to(bound, (*p.batch, n)), _EXP_SAFE - math.log(max(m, 1)) - math.log1p(vmax)
+
+
+def _weights_block(q, k, p: _Problem, mask, slopes, i0: int, lo: int, s, ones, fast: bool, keep_tanh: bool = False):
+    """The unnormalized weights ``e_ij`` of one block of query rows ``q`` (rows i0 …) against the
+    keys ``k`` (keys lo …), in place in ``s``, and their row sums ``z_i`` (Eq. (4.3)).
+
+    ``fast`` (every row's logit bound at most E, :func:`_attend`): ``e_ij = e^{s_ij}`` unshifted,
+    the forbidden weights zeroed after the exponential (:func:`_mask`), ``z`` a product with
+    ``ones``. A block whose rows' bound is larger, or in which some ``z_i`` falls below
+    e^{−_LOW} (a row with no key, or very negative logits), takes the exact row max instead:
+    ``e_ij = e^{s_ij − m_i}`` with −∞ where forbidden. Returns ``(m, z, tanh)``: the row maxima
+    (None when unshifted), the sums, and ``tanh(s / c)`` of a soft cap with ``keep_tanh`` (else None).
+    """
+    i1 = i0 + s.shape[-2]
+    np.matmul(q, np.swapaxes(k, -1, -2), out=s)  # s_ij = scale q_i · k_j (BLAS)
+    if fast:
+        tanh = _bias(s, p, slopes, i0, i1, lo, keep_tanh)
+        np.exp(s, out=s)  # e_ij = e^{s_ij} <= e^{E} for every key, allowed or not: no shift needed
+        _mask(s, p, mask, i0, i1, lo, 0.0)  # then e_ij = 0 where key j is forbidden (see _mask)
+        z = np.matmul(s, ones[: s.shape[-1]])  # z_i = Σ_j e_ij
+        if np.all(z >= _TINY_Z):
+            return None, z, tanh
+        np.matmul(q, np.swapaxes(k, -1, -2), out=s)  # the exact path below, from the logits again
+    tanh = _bias_and_mask(s, p, mask, slopes, i0, i1, lo, keep_tanh)
+    mx, z = _exp_rows(s)  # e^{s_ij − m_i}, z_i
+    return mx, z, tanh
 
 
 def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> np.ndarray:

@@ -864,8 +864,8 @@ def test_shift_free_and_exact_max_blocks_against_the_dense_formula(monkeypatch, 
     monkeypatch.setattr(_att, "per_block", lambda floats, minimum=1: max(minimum, 64 * 280 // max(1, floats)))
     q, k, v = _extreme_logit_inputs(kind)
     kw = dict(causal=causal, scale=1.0)
-    exact, real = [], _att._exact_block
-    monkeypatch.setattr(_att, "_exact_block", lambda *a: exact.append(a[6][1]) or real(*a))  # the blocks' first rows
+    exact, real = [], _att._bias_and_mask  # called only on the exact path (the shifted exponentials)
+    monkeypatch.setattr(_att, "_bias_and_mask", lambda *a, **kw: exact.append(a[4]) or real(*a, **kw))  # first rows
     _att.softmax_attention(q, k, v, **kw)
     want = {"moderate": [], "huge": list(range(0, 300, 64)), "very negative": list(range(0, 300, 64)),
             "mixed": [64]}[kind]
@@ -878,6 +878,33 @@ def test_shift_free_and_exact_max_blocks_against_the_dense_formula(monkeypatch, 
     assert_close(y, y2, rtol=1e-13, what=f"{kind}: shift-free vs exact max, y")
     assert_close(A, A2, rtol=1e-13, what=f"{kind}: shift-free vs exact max, A")
     close_lse(lse, lse2, f"{kind}: shift-free vs exact max, lse")
+
+
+@pytest.mark.parametrize("kind", ["moderate", "huge", "very negative", "mixed"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_backward_pass_takes_the_forward_blocks_paths(monkeypatch, kind, causal):
+    # softmax_attention_vjp recomputes P as the forward pass does: unshifted where the logits are
+    # bounded, with the row max where not (or where a row's sum underflows); both give the same
+    # gradients to rounding, and the loop twin (the naive Jacobian) agrees
+    from refimpl import _vjp
+
+    q, k, v = _extreme_logit_inputs(kind)
+    dy = np.random.default_rng(72).normal(size=(q.shape[0], v.shape[-1]))
+    kw = dict(causal=causal, scale=1.0, return_intermediates=True)
+    exact, real = [], _att._bias_and_mask
+    monkeypatch.setattr(_att, "_bias_and_mask", lambda *a, **k_: exact.append(a[4]) or real(*a, **k_))
+    *grads, extra = _vjp.softmax_attention_vjp(q, k, v, dy, **kw)
+    B = _vjp._ATT_BLOCK
+    want = {"moderate": [], "huge": list(range(0, 300, B)), "very negative": list(range(0, 300, B)), "mixed": [0]}[kind]
+    assert sorted(exact) == want, (kind, exact)
+    monkeypatch.setattr(_att, "_EXP_SAFE", -np.inf)  # every block shifted by its row max
+    *grads2, extra2 = _vjp.softmax_attention_vjp(q, k, v, dy, **kw)
+    loop = _vjp.softmax_attention_vjp_loop(q, k, v, dy, **kw)
+    for name, a, b, c in zip(("dq", "dk", "dv"), grads, grads2, loop[:3]):
+        assert_close(a, b, rtol=1e-13, what=f"{kind}: unshifted vs shifted blocks, {name}")
+        assert_close(a, c, rtol=1e-11, what=f"{kind}: vectorized vs loop twin, {name}")
+    close_lse(extra["lse"], extra2["lse"], f"{kind}: unshifted vs shifted blocks, lse")
+    assert_close(extra["D"], extra2["D"], rtol=1e-13, what=f"{kind}: unshifted vs shifted blocks, D")
 
 
 # ---------------------------------------------------------------------------------------------
