@@ -519,6 +519,28 @@ def chunked_delta_rule(q, k, v, beta, chunk=CHUNK):
     return o
 
 
+def chunked_gated_delta_rule(q, k, v, beta, log_g, chunk=CHUNK):
+    """Gated DeltaNet by chunks (WY form, one gate per head, the decays from segment sums):
+    S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, o_t = S_t q_t/√d."""
+    H, L, dk = q.shape
+    q = q / math.sqrt(dk)
+    o = np.empty(v.shape)
+    S = np.zeros((H, dk, v.shape[2]))  # Sᵀ per head
+    for i in range(0, L, chunk):
+        c = slice(i, i + chunk)
+        K, b, g = k[:, c], beta[:, c, None], log_g[:, c]
+        n = g.shape[1]
+        seg = np.cumsum(np.where(np.tri(n, n, -1, dtype=bool), g[:, :, None], 0.0), axis=1)  # Σ_{s<r≤t} log g_r
+        G = np.where(np.tri(n, dtype=bool), np.exp(seg), 0.0)  # Γ_ts = γ_t / γ_s (s ≤ t), γ_t = Π_{r≤t} g_r
+        gam = np.exp(np.cumsum(g, axis=1))[:, :, None]  # γ_t
+        T = np.eye(n) + np.tril(b * G * (K @ K.transpose(0, 2, 1)), -1)  # unit lower triangular
+        WU = np.linalg.solve(T, np.concatenate([b * gam * K, b * v[:, c]], axis=2))  # [W, U'] = T⁻¹[βγK, βV]
+        U = WU[:, :, dk:] - WU[:, :, :dk] @ S  # u_t = β_t(v_t − g_t S_{t−1}k_t)
+        o[:, c] = gam * (q[:, c] @ S) + (G * (q[:, c] @ K.transpose(0, 2, 1))) @ U
+        S = gam[:, -1:] * S + (K * G[:, -1, :, None]).transpose(0, 2, 1) @ U  # γ_end S + Σ_s Γ_end,s u_s k_sᵀ
+    return o
+
+
 def fftconvolve_causal(u, h):
     """Causal per-channel convolution with SciPy's FFT convolution, first N outputs."""
     return scipy.signal.fftconvolve(u, h, axes=0)[: u.shape[0]]
@@ -918,10 +940,10 @@ def _linear_rnn_cases(mode: str) -> list[Case]:
 
 
 def _fast_forgetting(H: int, L: int, d: int) -> list[Case]:
-    """GLA with gates per key channel of 0.3 … 0.9, and SSD with Mamba-2's largest decays (A = −4 … −16, Δ up to 0.5):
-    every chunk of 64 steps decays below e^−30 (in some channel), the regime of the exact paths of refimpl's chunked
-    forms, against plain chunked forms whose decays come from segment sums. No loop-twin target: the loop twins do
-    not depend on the gates."""
+    """GLA with gates per key channel of 0.3 … 0.9, SSD with Mamba-2's largest decays (A = −4 … −16, Δ up to 0.5),
+    and Gated DeltaNet with gates per head of 0.3 … 0.9: every chunk of 64 steps decays below e^−30 (in some
+    channel), the regime of the exact paths of refimpl's chunked forms, against plain chunked forms whose decays
+    come from segment sums. No loop-twin target: the loop twins do not depend on the gates."""
 
     def make_gla():
         rng = _rng(13)
@@ -938,6 +960,14 @@ def _fast_forgetting(H: int, L: int, d: int) -> list[Case]:
         B, C = rng.normal(size=(2, 1, L, d))
         return Calls(lambda: linear_rnn.ssd(x, dt, A, B, C, D), lambda: chunked_ssd(x, dt, A, B, C, D))
 
+    def make_delta():
+        rng = _rng(15)
+        q, k, v = rng.normal(size=(3, H, L, d))
+        k /= np.linalg.norm(k, axis=-1, keepdims=True)
+        beta, log_g = rng.uniform(0.1, 0.9, (H, L)), np.log(rng.uniform(0.3, 0.9, (H, L)))
+        return Calls(lambda: linear_rnn.delta_rule(q, k, v, beta, log_g=log_g),
+                     lambda: chunked_gated_delta_rule(q, k, v, beta, log_g))
+
     variant, note = f"H={H},L={L},d={d}", dict(bound_note="the recurrent form's flops at the GEMM rate")
     return [
         Case("linear_rnn", "gated_linear_attention", variant + ",gate-per-channel,fast-forgetting", make_gla,
@@ -945,6 +975,9 @@ def _fast_forgetting(H: int, L: int, d: int) -> list[Case]:
              **note),
         Case("linear_rnn", "ssd", variant + ",fast-forgetting", make_ssd, Cost(flops=4 * H * L * d * d, exps=H * L,
              bytes=8 * 3 * H * L * d), f"NumPy chunks of {CHUNK}", **note),
+        Case("linear_rnn", "delta_rule", variant + ",gate-per-head,fast-forgetting", make_delta,
+             Cost(flops=6 * H * L * d * d, exps=H * L, bytes=8 * 4 * H * L * d), f"NumPy chunks of {CHUNK} (WY form), segment sums",
+             **note),
     ]
 
 
