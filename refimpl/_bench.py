@@ -502,42 +502,31 @@ def chunked_ssd(x, dt, A, B, C, D, chunk=CHUNK):
     return y + D[:, None, None] * x
 
 
-def chunked_delta_rule(q, k, v, beta, chunk=CHUNK):
-    """DeltaNet by chunks (WY form): S_t = S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, o_t = S_t q_t/√d."""
+def chunked_delta_rule(q, k, v, beta, log_g=None, chunk=CHUNK):
+    """DeltaNet by chunks (WY form): S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, o_t = S_t q_t/√d, with g = 1,
+    or Gated DeltaNet with one gate per head (``log_g``, (H, L)) and the decays from in-chunk segment sums:
+    Γ_ts = γ_t/γ_s = e^{Σ_{s<r≤t} log g_r}, γ_t = Π_{r≤t} g_r."""
     H, L, dk = q.shape
     q = q / math.sqrt(dk)
     o = np.empty(v.shape)
     S = np.zeros((H, dk, v.shape[2]))  # Sᵀ per head
+    times = lambda w, x: x if w is None else w * x  # noqa: E731 (no gates: no decay to apply)
     for i in range(0, L, chunk):
         c = slice(i, i + chunk)
         K, b = k[:, c], beta[:, c, None]
-        T = np.eye(K.shape[1]) + np.tril(b * (K @ K.transpose(0, 2, 1)), -1)  # unit lower triangular
-        WU = np.linalg.solve(T, np.concatenate([b * K, b * v[:, c]], axis=2))  # [W, U'] = T⁻¹[βK, βV]
-        U = WU[:, :, dk:] - WU[:, :, :dk] @ S  # u_t = β_t(v_t − S_{t−1}k_t)
-        o[:, c] = q[:, c] @ S + np.tril(q[:, c] @ K.transpose(0, 2, 1)) @ U
-        S = S + K.transpose(0, 2, 1) @ U
-    return o
-
-
-def chunked_gated_delta_rule(q, k, v, beta, log_g, chunk=CHUNK):
-    """Gated DeltaNet by chunks (WY form, one gate per head, the decays from segment sums):
-    S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, o_t = S_t q_t/√d."""
-    H, L, dk = q.shape
-    q = q / math.sqrt(dk)
-    o = np.empty(v.shape)
-    S = np.zeros((H, dk, v.shape[2]))  # Sᵀ per head
-    for i in range(0, L, chunk):
-        c = slice(i, i + chunk)
-        K, b, g = k[:, c], beta[:, c, None], log_g[:, c]
-        n = g.shape[1]
-        seg = np.cumsum(np.where(np.tri(n, n, -1, dtype=bool), g[:, :, None], 0.0), axis=1)  # Σ_{s<r≤t} log g_r
-        G = np.where(np.tri(n, dtype=bool), np.exp(seg), 0.0)  # Γ_ts = γ_t / γ_s (s ≤ t), γ_t = Π_{r≤t} g_r
-        gam = np.exp(np.cumsum(g, axis=1))[:, :, None]  # γ_t
-        T = np.eye(n) + np.tril(b * G * (K @ K.transpose(0, 2, 1)), -1)  # unit lower triangular
-        WU = np.linalg.solve(T, np.concatenate([b * gam * K, b * v[:, c]], axis=2))  # [W, U'] = T⁻¹[βγK, βV]
+        n = K.shape[1]
+        G = gam = None
+        if log_g is not None:
+            g = log_g[:, c]
+            seg = np.cumsum(np.where(np.tri(n, n, -1, dtype=bool), g[:, :, None], 0.0), axis=1)  # Σ_{s<r≤t} log g_r
+            G = np.where(np.tri(n, dtype=bool), np.exp(seg), 0.0)  # Γ_ts (s ≤ t), 0 above the diagonal
+            gam = np.exp(np.cumsum(g, axis=1))[:, :, None]  # γ_t
+        T = np.eye(n) + np.tril(b * times(G, K @ K.transpose(0, 2, 1)), -1)  # unit lower triangular
+        WU = np.linalg.solve(T, np.concatenate([b * times(gam, K), b * v[:, c]], axis=2))  # [W, U'] = T⁻¹[βγK, βV]
         U = WU[:, :, dk:] - WU[:, :, :dk] @ S  # u_t = β_t(v_t − g_t S_{t−1}k_t)
-        o[:, c] = gam * (q[:, c] @ S) + (G * (q[:, c] @ K.transpose(0, 2, 1))) @ U
-        S = gam[:, -1:] * S + (K * G[:, -1, :, None]).transpose(0, 2, 1) @ U  # γ_end S + Σ_s Γ_end,s u_s k_sᵀ
+        o[:, c] = times(gam, q[:, c] @ S) + np.tril(times(G, q[:, c] @ K.transpose(0, 2, 1))) @ U
+        end = (None, None) if G is None else (gam[:, -1:], G[:, -1, :, None])  # γ_end, Γ_end,s
+        S = times(end[0], S) + times(end[1], K).transpose(0, 2, 1) @ U  # γ_end S + Σ_s Γ_end,s u_s k_sᵀ
     return o
 
 
@@ -966,7 +955,7 @@ def _fast_forgetting(H: int, L: int, d: int) -> list[Case]:
         k /= np.linalg.norm(k, axis=-1, keepdims=True)
         beta, log_g = rng.uniform(0.1, 0.9, (H, L)), np.log(rng.uniform(0.3, 0.9, (H, L)))
         return Calls(lambda: linear_rnn.delta_rule(q, k, v, beta, log_g=log_g),
-                     lambda: chunked_gated_delta_rule(q, k, v, beta, log_g))
+                     lambda: chunked_delta_rule(q, k, v, beta, log_g))
 
     variant, note = f"H={H},L={L},d={d}", dict(bound_note="the recurrent form's flops at the GEMM rate")
     return [
