@@ -47,7 +47,8 @@ def fmt(x, digits: int = 4) -> str:
     return f"{float(x):.{digits}g}"
 
 
-def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3) -> dict:
+def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3, time_order: float | None = None,
+                  memory_order: float | None = None) -> dict:
     """Measure time and peak memory of ``fn`` at a few sizes and extrapolate to ``N = target``.
 
     For each ``n`` in ``sizes`` the call ``fn(*args, **kwargs)`` with ``(args, kwargs) =
@@ -62,10 +63,19 @@ def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3)
     constants": the exponents say how the cost grows, the constants belong to this machine,
     so a cell printing them carries ``# NBVAL_IGNORE_OUTPUT``.
 
+    At the sizes a chapter can afford, fixed per-call costs and a cache-sized workspace bend both
+    fits (a quadratic algorithm measured at N = 256 … 1024 may fit N^1.1), so a power law fitted
+    there extrapolates poorly. A chapter that knows the orders passes them: ``time_order`` (the
+    exponent of the operation count, e.g. 1 for a scan, 2 for attention) extrapolates the time of
+    the largest size, ``t(target) = t(N_max) (target / N_max)^time_order``; ``memory_order`` fits
+    ``m = a + b N^memory_order`` (a fixed workspace plus arrays of that order) and evaluates it at
+    ``target``. The fitted exponents are still returned and printed, as measurements.
+
     Returns a dict with ``sizes``, ``times`` (s), ``peaks`` (bytes), ``time_exponent``,
-    ``memory_exponent``, ``time_at_target`` (s), ``memory_at_target`` (bytes) and ``target``; also
-    the affine memory fit ``m = memory_fixed + memory_per_item · N`` and its value at ``target``,
-    ``memory_at_target_affine`` (a fixed workspace plus O(N) arrays bends the power law below 1).
+    ``memory_exponent``, ``time_at_target`` (s), ``memory_at_target`` (bytes), ``target``,
+    ``time_order`` and ``memory_order`` (None: the power-law fits give the values at ``target``);
+    also the affine memory fit ``m = memory_fixed + memory_per_item · N`` and its value at
+    ``target``, ``memory_at_target_affine``.
     """
     import time
     import tracemalloc
@@ -95,15 +105,28 @@ def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3)
     pt, lt = np.polyfit(logn, np.log(times), 1)
     pm, lm = np.polyfit(logn, np.log(peaks), 1)
     # memory is often a fixed workspace plus arrays that grow with N: fit that form too, m = a + b·N
-    b, a = np.polyfit(np.asarray(sizes, dtype=float), np.asarray(peaks, dtype=float), 1)
+    n = np.asarray(sizes, dtype=float)
+    b, a = np.polyfit(n, np.asarray(peaks, dtype=float), 1)
+    if time_order is None:
+        time_at = float(np.exp(lt + pt * np.log(target)))
+    else:  # the largest size, where fixed costs weigh least, scaled by the operation count's order
+        last = int(np.argmax(sizes))
+        time_at = float(times[last] * (target / sizes[last]) ** time_order)
+    if memory_order is None:
+        memory_at = float(np.exp(lm + pm * np.log(target)))
+    else:  # m = a + b N^order
+        bo, ao = np.polyfit(n**memory_order, np.asarray(peaks, dtype=float), 1)
+        memory_at = float(ao + bo * float(target) ** memory_order)
     return {
         "sizes": sizes,
         "times": times,
         "peaks": peaks,
         "time_exponent": float(pt),
         "memory_exponent": float(pm),
-        "time_at_target": float(np.exp(lt + pt * np.log(target))),
-        "memory_at_target": float(np.exp(lm + pm * np.log(target))),
+        "time_at_target": time_at,
+        "memory_at_target": memory_at,
+        "time_order": time_order,
+        "memory_order": memory_order,
         "memory_fixed": float(a),
         "memory_per_item": float(b),
         "memory_at_target_affine": float(a + b * target),
@@ -121,9 +144,14 @@ def print_cost(name: str, cost: dict) -> None:
             b /= 1024
         return f"{b:.3g} TiB"  # pragma: no cover
 
-    print(f"{name}: time ~ N^{cost['time_exponent']:.2f}, memory ~ N^{cost['memory_exponent']:.2f}")
+    t_order, m_order = cost.get("time_order"), cost.get("memory_order")
+    print(f"{name}: fitted over these sizes, time ~ N^{cost['time_exponent']:.2f}, memory ~ N^{cost['memory_exponent']:.2f}")
     for n, t, m in zip(cost["sizes"], cost["times"], cost["peaks"]):
         print(f"  N = {n:>9,d}: {t * 1e3:10.2f} ms  {_bytes(m):>10}")
-    print(f"  N = {cost['target']:>9,d}: {cost['time_at_target']:10.3g} s   {_bytes(cost['memory_at_target']):>10}  (extrapolated)")
-    print(f"  memory as fixed + per-item: {_bytes(max(cost['memory_fixed'], 0.0))} + {cost['memory_per_item']:.3g} B·N"
-          f" -> {_bytes(max(cost['memory_at_target_affine'], 0.0))} at N = {cost['target']:,d}")
+    how = [("time ∝ N^" + f"{t_order:g}" + " from the largest size") if t_order is not None else "time: fitted power law",
+           ("memory a + b·N^" + f"{m_order:g}") if m_order is not None else "memory: fitted power law"]
+    print(f"  N = {cost['target']:>9,d}: {cost['time_at_target']:10.3g} s   {_bytes(max(cost['memory_at_target'], 0.0)):>10}"
+          f"  (extrapolated: {'; '.join(how)})")
+    if m_order is None:
+        print(f"  memory as fixed + per-item: {_bytes(max(cost['memory_fixed'], 0.0))} + {cost['memory_per_item']:.3g} B·N"
+              f" -> {_bytes(max(cost['memory_at_target_affine'], 0.0))} at N = {cost['target']:,d}")

@@ -1522,7 +1522,10 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     v : array_like, shape (..., L, Dv)
     beta : array_like, shape (..., L)
         Writing strengths β_t ∈ (0, 2): DeltaNet's sigmoid gives (0, 1); (1, 2) lets
-        ``I − β k kᵀ`` have a negative eigenvalue (still a contraction). Outside, ``ValueError``.
+        ``I − β k kᵀ`` have a negative eigenvalue (still non-expansive). Outside, ``ValueError``.
+        The update is non-expansive while ``0 < β‖k‖² ≤ 2``: every accepted key meets it for
+        β < 2/(1 + 2^−8)² ≈ 1.984; for β closer to 2, normalize the keys more accurately than
+        ``KEY_NORM_TOL`` asks.
     log_g : array_like, shape (..., L), optional
         Gated DeltaNet's per-head log-gates ``log g_t ≤ 0`` (default: no gate, g = 1).
     scale : float >= 0, optional

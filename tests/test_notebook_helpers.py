@@ -19,6 +19,26 @@ def test_cost_at_scale_recovers_linear_memory_and_extrapolates(capsys):
     assert "N = 1,000,000" in out and "extrapolated" in out and "fixed + per-item" in out
 
 
+def test_cost_at_scale_extrapolates_by_the_given_orders(capsys):
+    # a fixed cost bends the fitted exponent below the true order; given the orders, the time of the largest
+    # size is scaled by (target / N_max)^order and memory is fitted as a + b N^order
+    calls = []
+
+    def fn(n):
+        calls.append(n)
+        return np.ones(n)
+
+    cost = cost_at_scale(fn, lambda n: ((n,), {}), [10_000, 40_000], repeat=1, time_order=2, memory_order=1)
+    assert cost["time_order"] == 2 and cost["memory_order"] == 1
+    assert cost["time_at_target"] == pytest.approx(cost["times"][1] * (10**6 / 40_000) ** 2)
+    assert cost["memory_at_target"] == pytest.approx(8e6, rel=0.05)  # 8 bytes per item, exactly linear
+    quad = cost_at_scale(lambda n: np.ones((n, n)), lambda n: ((n,), {}), [100, 200, 400], repeat=1, memory_order=2)
+    assert quad["memory_at_target"] == pytest.approx(8e12, rel=0.05)  # 8 N² bytes
+    print_cost("ones", cost)
+    out = capsys.readouterr().out
+    assert "time ∝ N^2 from the largest size" in out and "memory a + b·N^1" in out and "fixed + per-item" not in out
+
+
 def test_cost_at_scale_needs_two_sizes():
     with pytest.raises(ValueError, match="sizes"):
         cost_at_scale(np.ones, lambda n: ((n,), {}), [100, 100])
