@@ -258,8 +258,8 @@ def afa(
     Notes
     -----
     Memory is O(batch · N² · d) by nature (the precision, residual and weight tensors); inputs
-    with batch · N² · d > ``MAX_TENSOR`` are refused. :func:`isotropic_afa` is the O(N² + N d)
-    form for a shared decay and noise.
+    with batch · N² · d > ``MAX_TENSOR`` are refused. :func:`isotropic_afa` is the form for a shared
+    decay and noise, with no (N, N, d) array (memory O(b·N + N d) on a uniform time grid).
 
     Examples
     --------
@@ -285,7 +285,7 @@ def afa(
     if size > MAX_TENSOR:
         raise ValueError(
             f"q: the tensor form needs batch·N²·d = {size} entries per tensor, more than "
-            f"refimpl.afa.MAX_TENSOR = {MAX_TENSOR}; use isotropic_afa (O(N² + N d) memory) or a smaller input"
+            f"refimpl.afa.MAX_TENSOR = {MAX_TENSOR}; use isotropic_afa (no (N, N, d) array) or a smaller input"
         )
     mu, omega = -lam.real, lam.imag
     dt, tau, forward, allowed = _pairs(t, causal)
@@ -491,13 +491,20 @@ def isotropic_afa(
     .. math::
         \tilde q_i = e^{-iωt_i}⊙q_i,\ \tilde k_j = e^{-iωt_j}⊙k_j,\qquad
         \|R_{ij}\|^2 = \|q_i\|^2 + E_{ij}^2\|k_j\|^2 - 2E_{ij}\operatorname{Re}(\tilde q_i^\dagger\tilde k_j),
-        \ E_{ij} = e^{-μΔt_{ij}},
+        \ E_{ij} = e^{-μ|Δt_{ij}|},
 
-    the cross term is one real matmul of width 2d, and values are rotated, aggregated and
-    counter-rotated: ``v̄_i = e^{iωt_i} ⊙ Σ_j A_ij E_ij ṽ_j`` (the real weights times ṽ viewed as
-    real: a second real matmul of width 2d). No (N, N, d) array and no
-    factor e^{+μt} (which overflows for long sequences) is ever formed: memory O(N² + N d), and
-    O(block · N + N d) as computed, by blocks of query rows. The blocks run in
+    for keys at or before their query (Δt_ij ≥ 0); the cross term is one real matmul of width 2d,
+    and values are rotated, aggregated and counter-rotated: ``v̄_i = e^{iωt_i} ⊙ Σ_j Â_ij ṽ_j``
+    with ``Â_ij = A_ij e^{−μΔt_ij}`` (signed lag; ``A_ij E_ij`` for Δt_ij ≥ 0), a second real matmul
+    of width 2d (the real weights times ṽ viewed as real). A key after its query (``causal=False``)
+    is pulled back by ``e^{+μ|Δt|} = 1/E_ij``: its residual norm and variance are both evaluated
+    scaled by ``E_ij²`` (``E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃_i^† k̃_j)``) and ``Â_ij`` is formed in log
+    space. No (N, N, d) array and no factor e^{+μt} (which overflows for long sequences) is ever
+    formed. The pairs are computed in blocks of b query rows against the keys they attend to:
+    memory O(b·N + N d) on a uniform time grid (steps exactly equal, e.g. the default
+    ``t = 0, 1, …``: the lag kernels are Toeplitz views of 2N − 1 values). Irregular time stamps
+    make the lag kernels (N, N) arrays, and ``return_weights`` returns the (N, N) weights: O(N²)
+    memory in those cases. The blocks run in
     ``refimpl._blocking.THREADS`` threads (the cores NumPy's ufuncs leave idle); every block is
     computed by the same operations in any thread, so the result is bitwise the same for any
     number of threads.

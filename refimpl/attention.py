@@ -655,9 +655,13 @@ def softmax_attention(
     log-sum-exp buffer so that the backward pass recomputes zero weights.
 
     Cost: the two matrix products plus a few passes over the logits (max, subtract, exp, sum).
-    The query rows are processed in blocks of at least 256 rows (more when the rows are short)
-    so that each block is two large BLAS products; with ``causal`` or ``window`` a block
-    multiplies only the keys its rows may see, so causal attention costs about half.
+    The query rows are processed in blocks of at least 256 rows (all N rows when N < 256, more
+    when the rows are short) so that each block is two large BLAS products. A problem that runs
+    its blocks in T = :data:`refimpl._blocking.THREADS` > 1 threads (at least 2^18 logits, and
+    BLAS can be held to one thread) and would give them fewer than four blocks each cuts the
+    blocks smaller, to ``max(64, ceil(N / (4 T)))`` rows (N = 1024 on two threads: eight blocks
+    of 128 rows). With ``causal`` or ``window`` a block multiplies only the keys its rows may
+    see, so causal attention costs about half.
     Without ``return_weights`` the logits of one block live in one reused workspace and ``y``
     is normalized instead of ``A`` (``y_i = Σ_j e^{s_ij − m_i} v_j / z_i``): peak memory is
     O(block · M) beyond the inputs and output. With ``return_weights`` one (..., N, M) buffer

@@ -482,8 +482,13 @@ def _sos_cascade(sos, x, states):
 def sos_filter(sos, x, zi=None, *, form="tdf2", require_stable=False):
     r"""Filter ``x`` through a cascade of second-order sections.
 
-    Implements Eq. (13.23) of the book: ``H(z) = Π_s H_s(z)``, section by section, each with
-    :func:`biquad_filter`.
+    Implements Eq. (13.23) of the book: ``H(z) = Π_s H_s(z)``. The S sections run together as
+    one state space of order 2S — the sections' TDF-II states stacked, section s driven by the
+    output of section s − 1, which makes the state matrix lower block-triangular — through the
+    block algorithm of :func:`tf_filter` (one pass over the signal, no intermediate signal per
+    section): the same difference equations as running the sections one after another. Only
+    ``form="df1"`` with ``zi`` given (DF-I states hold each section's own input and output
+    history) runs section by section, each with :func:`biquad_filter`.
 
     Parameters
     ----------

@@ -295,8 +295,10 @@ def kalman_filter(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
 
     **Steady state** (§3.9 of the book). Where consecutive steps share (F, Q) and missingness,
     the covariance recursion is the Riccati map of Eq. (3.13), a contraction near its
-    stabilizing fixed point: differences shrink as ΔP⁻ ↦ A ΔP⁻ Aᵀ with the closed-loop matrix
-    A = (I − K H) F, ρ(A) < 1. The settled test is Eq. (3.16) of the book: once ``_PATIENCE`` =
+    stabilizing fixed point: to first order, differences of the filtered covariance shrink as
+    ΔP ↦ A ΔP Aᵀ with the closed-loop matrix A = (I − K H) F, ρ(A) < 1 (those of the prior
+    covariance as ΔP⁻ ↦ A⁻ ΔP⁻ A⁻ᵀ with A⁻ = F (I − K H), which has the same eigenvalues). The
+    settled test is Eq. (3.16) of the book: once ``_PATIENCE`` =
     8 consecutive steps change P by at most 4 units of rounding (relative to max|P|), the bound
     change / (1 − ρ(A)²) on the distance left to the fixed point is within 64 units of rounding,
     and P satisfies the Riccati equation in its plain form to 64 units, the rest of the stretch

@@ -506,7 +506,8 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
         FFN hidden width and number of ``Linear → Sin`` layers (code: ``order``, ``1 + num_inner_mlps``;
         defaults as safari's ``HyenaFilter``: 16 and 3).
     freq : float
-        Frequency of the sine activation ``sin(freq · a)`` (trainable in the code, initialized to 1).
+        Frequency of the sine activation ``sin(freq · a)``, one fixed scalar (in the code ``Sin.freq``
+        is trainable, one value per hidden unit, initialized to 1).
     fast_decay_pct, slow_decay_pct, target : float
         The window of channel c decays to ``target`` after a fraction between ``fast_decay_pct``
         and ``slow_decay_pct`` of the sequence (code defaults 0.3, 1.5, 1e-2).
@@ -540,9 +541,14 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
     with decay rates ``|α_c|`` spread linearly over the ``n_filters·d`` output channels from
     ``−log(target)/slow_decay_pct`` to ``−log(target)/fast_decay_pct``. Channel ``c = n·d + j``
     of the FFN output is channel j of filter n (the code's ``'l (o d) -> o l d'``). The filter
-    has L free values but only O(emb_dim·width + depth·width² + width·n·d) parameters, and its
-    decay is set per *sequence length* (t runs over [0, 1] whatever L is; L plays the role of the
-    code's ``seq_len`` = ``l_max``).
+    has L free values but only the FFN's O(emb_dim·width + depth·width² + width·n·d) weights;
+    the features and the decay rates are computed, not learned. Its decay is set per filter
+    length (t runs over [0, 1] whatever L is; L plays the role of the code's ``seq_len`` =
+    ``l_max``). safari's ``standalone_hyena.py`` differs: it trains the positional features
+    themselves (``z``, 1 × l_max × emb_dim), ``Sin.freq`` and a per-channel bias (the skip of its
+    ``fftconv``; here the ``skip`` of :func:`hyena_recurrence`), and a sequence shorter than
+    l_max uses the first L rows of the features and time stamps of the l_max grid, so there the
+    decay is set per l_max.
 
     Examples
     --------

@@ -1011,9 +1011,14 @@ def ssm_convolution(u, Ab, Bb, C, D=None, *, diagonal=False):
 
     Notes
     -----
-    The kernel comes from :func:`ssm_kernel` (⌈log₂ L⌉ batched matrix products), the
-    convolution from one zero-padded FFT of length ≥ 2L − 1 (:func:`refimpl.mixing.fft_conv`):
-    O(H (N³ log L + L log L)) instead of the recurrence's O(H L N²) sequential steps — the training mode of S4.
+    The kernel comes from :func:`ssm_kernel` by baby-step giant-step: with T = ⌈√L⌉, T − 1
+    products with Ā give the right factors Ā^i B̄, one matrix power G = Ā^T and ⌈L/T⌉ − 1
+    products with G give the left factors C G^j, and one (⌈L/T⌉, N) × (N, T) product combines
+    them — O(√L) sequential steps, batched over the H channels. The convolution is one
+    zero-padded FFT of length ≥ 2L − 1 (:func:`refimpl.mixing.fft_conv`). In all
+    O(H (N²√L + N³ log L + N L + L log L)) for a dense Ā (O(H (N L + L log L)) for a diagonal
+    one), against the L sequential steps of the recurrence, O(H L N²) in all — the training
+    mode of S4.
 
     Examples
     --------
