@@ -515,18 +515,18 @@ def chunked_delta_rule(q, k, v, beta, log_g=None, chunk=CHUNK):
         c = slice(i, i + chunk)
         K, b = k[:, c], beta[:, c, None]
         n = K.shape[1]
-        G = gam = None
+        G = gam = g_end = G_end = None  # DeltaNet: no decays
         if log_g is not None:
             g = log_g[:, c]
             seg = np.cumsum(np.where(np.tri(n, n, -1, dtype=bool), g[:, :, None], 0.0), axis=1)  # Σ_{s<r≤t} log g_r
             G = np.where(np.tri(n, dtype=bool), np.exp(seg), 0.0)  # Γ_ts (s ≤ t), 0 above the diagonal
             gam = np.exp(np.cumsum(g, axis=1))[:, :, None]  # γ_t
+            g_end, G_end = gam[:, -1:], G[:, -1, :, None]  # γ_end, Γ_end,s
         T = np.eye(n) + np.tril(b * times(G, K @ K.transpose(0, 2, 1)), -1)  # unit lower triangular
         WU = np.linalg.solve(T, np.concatenate([b * times(gam, K), b * v[:, c]], axis=2))  # [W, U'] = T⁻¹[βγK, βV]
         U = WU[:, :, dk:] - WU[:, :, :dk] @ S  # u_t = β_t(v_t − g_t S_{t−1}k_t)
         o[:, c] = times(gam, q[:, c] @ S) + np.tril(times(G, q[:, c] @ K.transpose(0, 2, 1))) @ U
-        end = (None, None) if G is None else (gam[:, -1:], G[:, -1, :, None])  # γ_end, Γ_end,s
-        S = times(end[0], S) + times(end[1], K).transpose(0, 2, 1) @ U  # γ_end S + Σ_s Γ_end,s u_s k_sᵀ
+        S = times(g_end, S) + times(G_end, K).transpose(0, 2, 1) @ U  # γ_end S + Σ_s Γ_end,s u_s k_sᵀ
     return o
 
 

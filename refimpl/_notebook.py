@@ -148,8 +148,8 @@ def print_cost(name: str, cost: dict) -> None:
     print(f"{name}: fitted over these sizes, time ~ N^{cost['time_exponent']:.2f}, memory ~ N^{cost['memory_exponent']:.2f}")
     for n, t, m in zip(cost["sizes"], cost["times"], cost["peaks"]):
         print(f"  N = {n:>9,d}: {t * 1e3:10.2f} ms  {_bytes(m):>10}")
-    how = [("time ∝ N^" + f"{t_order:g}" + " from the largest size") if t_order is not None else "time: fitted power law",
-           ("memory a + b·N^" + f"{m_order:g}") if m_order is not None else "memory: fitted power law"]
+    how = [f"time ∝ N^{t_order:g} from the largest size" if t_order is not None else "time: fitted power law",
+           f"memory a + b·N^{m_order:g}" if m_order is not None else "memory: fitted power law"]
     print(f"  N = {cost['target']:>9,d}: {cost['time_at_target']:10.3g} s   {_bytes(max(cost['memory_at_target'], 0.0)):>10}"
           f"  (extrapolated: {'; '.join(how)})")
     if m_order is None:

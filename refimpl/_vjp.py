@@ -263,8 +263,7 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
             fast = np.max(bound[g][..., i0:i1], initial=-np.inf) <= e_max
             mx, z, tanh = _weights_block(q_b, k_b, p, mask_g, slopes_g, i0, lo, P, ones, fast, keep_tanh=True)
             P /= z  # P = softmax(T + bias) over the allowed keys (recomputed)
-            # ℓ_i = log z_i, or m_i + log z_i when shifted (−∞ + 0 for an empty row)
-            lse[g][..., i0:i1] = (np.log(z) if mx is None else mx + np.log(z))[..., 0]
+            lse[g][..., i0:i1] = (mx + np.log(z))[..., 0]  # ℓ_i = m_i + log z_i (−∞ + 0 for an empty row)
             dO = dy[g][..., i0:i1, :]
             dv_g[..., keys, :] += np.swapaxes(P, -1, -2) @ dO  # dV = P^T dO
             dS = dO @ np.swapaxes(v_b, -1, -2)  # dP = dO V^T
@@ -991,12 +990,10 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out) -> None:
             _put_rows(out, dst, sl, c, L)
 
 
-def _gla_vjp_exact(g, k, v, q=None, dy=None, yv=None, S_in=None, R=None):
+def _gla_vjp_exact(g, k, v, q, dy, yv, S_in, R):
     """The terms of :func:`_gla_vjp_core` for chunks that decay below ``e^{−_REC_FACTOR_LOG}``, from the
-    exact segment sums (every exponent ≤ 0); ``g, k, v, …`` hold those chunks, (s, c, ·).
-
-    Without ``q``: the chunks' own parts of their end states, ``Vᵀ (K ⊙ e^{to_end})`` (s, Dv, Dk).
-    With the rest: ``(dQ, dK, dV)`` of the chunks, each (s, c, ·).
+    exact segment sums (every exponent ≤ 0); ``g, k, v, …`` hold those chunks, (s, c, ·). Returns
+    ``(dQ, dK, dV)`` of the chunks, each (s, c, ·).
     """
     from .linear_rnn import _exp_segsum, _Halving
 
@@ -1004,8 +1001,6 @@ def _gla_vjp_exact(g, k, v, q=None, dy=None, yv=None, S_in=None, R=None):
     c = g.shape[-2]
     e_end = np.exp(np.tri(c, c, -1).T @ g)  # e^{Σ_{r=t+1}^{end} log g_r} (sums of one sign as products)
     Ke = k * e_end
-    if q is None:
-        return sT(v) @ Ke
     e_cum = np.exp(np.tri(c) @ g)  # e^{Σ_{r=start}^{t} log g_r}
     dq = e_cum * (dy @ S_in)
     dk = e_end * (v @ R)

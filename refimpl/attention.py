@@ -478,10 +478,7 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
             if A is not None:
                 s /= z  # A_ij = e_ij / z_i, Eq. (4.2)
             if lse_b is not None:
-                if mx is None:
-                    np.log(z[..., 0], out=lse_b)  # ℓ_i = log z_i
-                else:
-                    lse_b[...] = (mx + np.log(z))[..., 0]  # ℓ_i = m_i + log z_i
+                lse_b[...] = (mx + np.log(z))[..., 0]  # ℓ_i = m_i + log z_i (m_i = 0 unshifted)
 
         return block
 
@@ -509,8 +506,9 @@ def _weights_block(q, k, p: _Problem, mask, slopes, i0: int, lo: int, s, ones, f
     the forbidden weights zeroed after the exponential (:func:`_mask`), ``z`` a product with
     ``ones``. A block whose rows' bound is larger, or in which some ``z_i`` falls below
     e^{−_LOW} (a row with no key, or very negative logits), takes the exact row max instead:
-    ``e_ij = e^{s_ij − m_i}`` with −∞ where forbidden. Returns ``(m, z, tanh)``: the row maxima
-    (None when unshifted), the sums, and ``tanh(s / c)`` of a soft cap with ``keep_tanh`` (else None).
+    ``e_ij = e^{s_ij − m_i}`` with −∞ where forbidden. Returns ``(m, z, tanh)``: the shift (the row
+    maxima, or 0.0 unshifted: ``ℓ_i = m_i + log z_i`` either way), the sums, and ``tanh(s / c)`` of a
+    soft cap with ``keep_tanh`` (else None).
     """
     i1 = i0 + s.shape[-2]
     np.matmul(q, np.swapaxes(k, -1, -2), out=s)  # s_ij = scale q_i · k_j (BLAS)
@@ -520,7 +518,7 @@ def _weights_block(q, k, p: _Problem, mask, slopes, i0: int, lo: int, s, ones, f
         _mask(s, p, mask, i0, i1, lo, 0.0)  # then e_ij = 0 where key j is forbidden (see _mask)
         z = np.matmul(s, ones[: s.shape[-1]])  # z_i = Σ_j e_ij
         if np.all(z >= _TINY_Z):
-            return None, z, tanh
+            return 0.0, z, tanh
         np.matmul(q, np.swapaxes(k, -1, -2), out=s)  # the exact path below, from the logits again
     tanh = _bias_and_mask(s, p, mask, slopes, i0, i1, lo, keep_tanh)
     mx, z = _exp_rows(s)  # e^{s_ij − m_i}, z_i
