@@ -331,6 +331,35 @@ def test_loop_ratio_is_the_median_of_back_to_back_pairs(monkeypatch):
     assert quick["loop_pairs"] == 1 and order.count(calls.loop) == 1
 
 
+def test_single_run_case_times_its_faster_function_twice(monkeypatch):
+    """A case whose slower function is over SINGLE_RUN is timed once (the warm-ups are the samples),
+    but its faster function runs once more and keeps the faster call: a first call can carry a
+    one-time cost (the kernel compacting memory for a first large array); the slow one is not rerun."""
+    durations = {"refimpl": [0.5, 0.1, 0.1, 0.1], "baseline": [2.0, 2.0, 2.0]}  # refimpl's first call: +0.4 s
+    calls = bench.Calls(lambda: "refimpl", lambda: "baseline")
+    order = []
+
+    def timed(fn, wait=True):
+        name = fn()
+        order.append(name)
+        return durations[name].pop(0), name
+
+    monkeypatch.setattr(bench, "_timed", timed)
+    monkeypatch.setattr(bench, "_agreement", lambda a, b: 0.0)
+    case = bench.Case("attention", "softmax_attention", "toy", lambda: calls, bench.Cost(flops=1.0), "x",
+                      limit_target=None, contention=False, memory=False)
+    rec = bench.measure(case, None, quick=False)
+    assert order == ["baseline", "refimpl", "refimpl"], "the slow baseline is not rerun"
+    assert (rec["time_s"], rec["baseline_s"], rec["runs"], rec["rerun"]) == (0.1, 2.0, 1, "refimpl")
+    assert "1 run, refimpl best of 2" in "\n".join(bench._case_lines(case, rec, quick=False))
+    durations.update(refimpl=[0.05, 0.3], baseline=[2.0])  # the warm-up was the faster call: it stays
+    order.clear()
+    assert bench.measure(case, None, quick=False)["time_s"] == 0.05
+    durations.update(refimpl=[0.5], baseline=[2.0])
+    order.clear()
+    assert bench.measure(case, None, quick=True)["rerun"] is None and order == ["baseline", "refimpl"]
+
+
 def test_time_by_function_adds_the_cases_largest_first():
     records = [
         dict(module="a", function="f", variant="x", case_wall_s=1.0),
