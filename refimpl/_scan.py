@@ -150,7 +150,42 @@ def _super_block(q: int) -> int:
     return max(4, -(-64 // q))
 
 
-def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def scan_levels(F: np.ndarray, M: int) -> list[np.ndarray]:
+    """The powers :func:`state_scan` forms for ``M`` steps of ``F``: one array ``F_ℓ^0 … F_ℓ^R``
+    (R+1, q, q) per level of its recursion, in extended precision, with ``F_0 = F`` and
+    ``F_{ℓ+1} = F_ℓ^R``; empty when M is short enough for the step-by-step base case.
+
+    Computed before the scan (and handed to it) so that a caller can first check how large the
+    powers are (:func:`power_growth`).
+    """
+    q, levels = F.shape[0], []
+    while M > _STATE_SCAN_BASE:
+        R = _super_block(q)
+        P = matrix_powers(F, R)
+        levels.append(P)
+        F, M = P[R], -(-M // R)
+    return levels
+
+
+def power_growth(*powers: np.ndarray, section: int | None = None) -> float:
+    """The largest ∞-norm (max row sum of |entries|) among the stacks of matrix powers ``powers``.
+
+    ``section``: only the diagonal blocks of that size count (a cascade of sections whose
+    state matrix is block lower-triangular: the diagonal blocks of its powers are the powers
+    of the sections' own matrices).
+    """
+    def norm(P):
+        if section is not None:
+            n = P.shape[-1] // section
+            idx = np.arange(n)
+            P = P.reshape(-1, n, section, n, section)[:, idx, :, idx, :]  # (n, R+1, section, section)
+        return float(np.abs(P).sum(axis=-1).max())
+
+    return max((norm(P) for P in powers if P.size), default=0.0)
+
+
+def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | None = None,
+               levels: list[np.ndarray] | None = None) -> np.ndarray:
     """States ``s_0 … s_{M−1}`` of ``s_{m+1} = F s_m + u_m`` (``s_0`` given), without a loop over M.
 
     ``F`` is (q, q), ``U`` is (M, q, L) (the last input ``u_{M−1}`` is not needed), ``s0`` is
@@ -176,6 +211,12 @@ def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | N
     its powers are formed in extended precision and rounded once, and the step-by-step base case
     uses the float64 pair ``F = hi + lo`` (two products), so that F's rounding error —
     systematic, applied at every step — does not accumulate along the recursion.
+
+    The products apply the powers ``F^k`` in float64, with a rounding error of about
+    ε‖F^k‖·|s| each. When F is far from normal (clustered poles: a high-order low-pass filter in
+    companion form) those norms grow to 10⁶ and beyond before they decay, and the error — then
+    propagated by the recursion — can exceed the states themselves; :func:`power_growth` of
+    ``levels`` (:func:`scan_levels`, computed by the caller or here) measures it.
     """
     M, q, L = U.shape
     F = np.asarray(F)
@@ -190,6 +231,9 @@ def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | N
             S[m + 1] = hi @ S[m] + U[m] if lo is None else hi @ S[m] + (lo @ S[m] + U[m])
         return S
     R = _super_block(q)
+    if levels is None:
+        levels = scan_levels(F, M)
+    P = levels[0]  # F^0 … F^R, extended precision
     M2, full = -(-M // R), M // R  # super-blocks, complete ones
     rest = M - full * R
     # inputs state-major, (R, q, M2, L): step k of every super-block is one (q, M2·L) slab
@@ -199,11 +243,10 @@ def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | N
         Ut[:, :, -1] = 0.0
         Ut[:rest, :, -1] = U[full * R :]
     Ut = Ut.reshape(R * q, M2 * L)
-    P = matrix_powers(F, R)  # extended precision
     Pn = P[:R].astype(hi.dtype)  # F^0 … F^{R−1}, each rounded once
     Fe = Pn[::-1].transpose(1, 0, 2).reshape(q, R * q)  # [F^{R−1} … F^0]
     E = _matmul(Fe, Ut).reshape(q, M2, L)  # e_r for every r, one product
-    C = state_scan(P[R], E.transpose(1, 0, 2), s0)  # c_r: the state entering super-block r
+    C = state_scan(P[R], E.transpose(1, 0, 2), s0, levels=levels[1:])  # c_r: the state entering super-block r
     # the fill: rows (k, state) of [F^k] for the start state and [F^{k−1−j}, j < k] for the inputs
     lag = np.subtract.outer(np.arange(R), np.arange(R)) - 1  # k − 1 − j
     Wu = np.where((lag >= 0)[:, :, None, None], Pn[np.maximum(lag, 0)], 0.0)  # (R, R, q, q)
@@ -257,7 +300,8 @@ def block_matrices(A: np.ndarray, B: np.ndarray, C: np.ndarray, D: float, K: int
     return P, Pw[K], O, T, g[::-1].T
 
 
-def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
+def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, max_growth: float = np.inf,
+                 section: int | None = None):
     """y and the final state for x (..., N, d), state s0 (..., q, d): the block algorithm.
 
     For the real state space ``s[n] = A s[n−1] + B x[n]``, ``y[n] = C s[n−1] + D x[n]``, a block
@@ -270,6 +314,14 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
     every block and channel is ONE product with the K × (q+K) matrix ``[O  T]``. The entering
     states themselves obey ``s' = A^K s + G x_blk`` — a recursion over N/K blocks of a
     q-dimensional state, solved without a Python loop over blocks by :func:`state_scan`.
+
+    Returns None instead when a power of A that the algorithm would apply in float64 (A^k for
+    k <= K, and the powers of A^K of :func:`state_scan`) has an ∞-norm above ``max_growth``
+    (:func:`power_growth`): each such product rounds with an error of about ε‖A^k‖·|s|, where the
+    sample recursion rounds with ε‖A‖·|s|, so the block algorithm is less accurate than the
+    recursion by about the powers' growth (clustered poles; see :data:`refimpl.iir.GROWTH_MAX`).
+    ``section``: measure the growth on the diagonal blocks of that size only (a cascade, see
+    :func:`power_growth`).
     """
     q = A.shape[0]
     lead, n, d = x.shape[:-2], x.shape[-2], x.shape[-1]
@@ -277,11 +329,16 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
         return x.copy(), s0.copy()
     K = max(min(max(block, 4 * q), n), 1)
     P, AK, O, T, G = block_matrices(A, B, C, D, K)
+    M, full = -(-n // K), n // K
+    if power_growth(P, section=section) > max_growth:  # before the levels' powers: no work for a refused filter
+        return None
+    levels = scan_levels(AK, M)
+    if power_growth(*levels, section=section) > max_growth:
+        return None
     L = int(np.prod(lead, dtype=np.int64)) * d
     X = np.moveaxis(x, -2, 0).reshape(n, L)  # (N, L): all batch entries × channels
-    M, full = -(-n // K), n // K
     if L == 1:  # one column: nothing to batch over but the blocks themselves
-        return _block_filter_column(P, AK, O, T, G, X[:, 0], s0, lead, d)
+        return _block_filter_column(P, AK, O, T, G, X[:, 0], s0, lead, d, levels)
     blocks = X[: full * K].reshape(full, K, L)  # the complete blocks, a view of x
     last = np.zeros((K, L))  # the last block, zero-padded
     last[: n - (M - 1) * K] = X[(M - 1) * K :]
@@ -289,7 +346,7 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
     U[:full] = G @ blocks
     if full < M:
         U[-1] = G @ last
-    S = state_scan(AK, U, np.moveaxis(s0, -2, 0).reshape(q, L))  # s_{(m+1)K} = A^K s_{mK} + U_m
+    S = state_scan(AK, U, np.moveaxis(s0, -2, 0).reshape(q, L), levels=levels)  # s_{(m+1)K} = A^K s_{mK} + U_m
     OT = np.concatenate([O, T], axis=1)  # [O T]
     Y = np.empty((M, K, L))
     for rows, s_x in _stacked_blocks(S, blocks, last):
@@ -302,7 +359,7 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
     return y, s_end
 
 
-def _block_filter_column(P, AK, O, T, G, x: np.ndarray, s0: np.ndarray, lead: tuple, d: int):
+def _block_filter_column(P, AK, O, T, G, x: np.ndarray, s0: np.ndarray, lead: tuple, d: int, levels=None):
     """:func:`block_filter` for a single column x (N,): the blocks are the rows of an (M, K) matrix.
 
     The same algorithm with the products transposed: row m of ``Xb`` (a view of x) is block m,
@@ -321,7 +378,7 @@ def _block_filter_column(P, AK, O, T, G, x: np.ndarray, s0: np.ndarray, lead: tu
     _matmul(Xb, np.ascontiguousarray(G.T), out=U[:full])
     if full < M:
         U[-1] = G @ last
-    S = state_scan(AK, U[:, :, None], s0.reshape(q, 1))[:, :, 0]  # entering states, (M, q)
+    S = state_scan(AK, U[:, :, None], s0.reshape(q, 1), levels=levels)[:, :, 0]  # entering states, (M, q)
     y = np.empty(n)
     Y = y[: full * K].reshape(full, K)
     Tt, Ot = np.ascontiguousarray(T.T), np.ascontiguousarray(O.T)

@@ -199,13 +199,17 @@ class TestTfFilter:
         close(iir.tf_filter_loop([3.0], [2.0], x), 1.5 * x, rtol=ORACLE, what="tf_filter_loop gain")
 
     def test_high_order_tf_is_ill_conditioned(self):
-        """Order 8, narrow band: two correct algorithms on the tf form disagree; on SOS they do not."""
+        """Order 8, narrow band: two float64 sample recursions of the tf form (lfilter, which tf_filter
+        runs for it, and the loop twin) disagree by far more than the same filter's SOS forms do."""
         x = np.random.default_rng(2).normal(size=3000)
         b, a = ss.butter(8, 0.05)
-        err_tf = np.max(np.abs(iir.tf_filter(b, a, x) - iir.tf_filter_loop(b, a, x)))
+        y_tf, y_loop = iir.tf_filter(b, a, x), iir.tf_filter_loop(b, a, x)
+        err_tf = np.max(np.abs(y_tf - y_loop)) / np.max(np.abs(y_loop))
         sos = ss.butter(8, 0.05, output="sos")
-        err_sos = np.max(np.abs(iir.sos_filter(sos, x) - iir.sos_filter_loop(sos, x)))
-        assert err_tf > 1e-6 and err_sos < 1e-12
+        y_sos = iir.sos_filter(sos, x)
+        err_sos = np.max(np.abs(y_sos - iir.sos_filter_loop(sos, x))) / np.max(np.abs(y_sos))
+        assert err_tf > 1e-10 and err_sos < 1e-13, (err_tf, err_sos)
+        assert np.max(np.abs(y_tf - y_sos)) / np.max(np.abs(y_sos)) < 1e-6  # the same filter, to the tf form's accuracy
 
     def test_causality(self):
         rng = np.random.default_rng(3)
@@ -298,6 +302,124 @@ class TestSingleChannel:
         e_block, e_lfilter = err(iir.biquad_filter(b, a, x)), err(ss.lfilter(b, a, x))
         assert e_block < 2e-13, e_block
         assert e_block <= 2 * e_lfilter, (e_block, e_lfilter)
+
+
+def extended_tf(b, a, x, zi=None):
+    """The TDF-II recursion (13.5) of any order in np.longdouble, one column: the accuracy reference."""
+    b, a = (np.asarray(c, dtype=np.longdouble) / np.longdouble(a[0]) for c in (b, a))
+    q = max(a.size, b.size) - 1
+    b, a = np.pad(b, (0, q + 1 - b.size)), np.pad(a, (0, q + 1 - a.size))
+    s = np.zeros(q, dtype=np.longdouble) if zi is None else np.asarray(zi, dtype=np.longdouble).copy()
+    y = np.empty(x.size, dtype=np.longdouble)
+    for n, xn in enumerate(np.asarray(x, dtype=np.longdouble)):
+        yn = b[0] * xn + (s[0] if q else 0)
+        for i in range(q):
+            s[i] = b[i + 1] * xn - a[i + 1] * yn + (s[i + 1] if i + 1 < q else 0)
+        y[n] = yn
+    return y.astype(np.float64)
+
+
+def max_rel(y, ref):
+    return float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
+
+
+class TestPowersThatGrow:
+    """Clustered poles make the powers of the companion matrix grow (to 10⁷ for a sixth-order
+    Butterworth low-pass at 0.02 Nyquist) before they decay; the block algorithm applies them in
+    float64 and its error grows with them, so tf_filter, biquad_filter and sos_filter measure the
+    growth and run the sample recursion (lfilter / sosfilt) beyond iir.GROWTH_MAX."""
+
+    CLUSTERED = {
+        "butter(6, 0.02)": ss.butter(6, 0.02),
+        "butter(8, 0.05)": ss.butter(8, 0.05),
+        "(1 - 0.95 z^-1)^-6": (np.array([1.0]), np.poly([0.95] * 6)),
+        "(1 - 0.97 z^-1)^-6": (np.array([1.0]), np.poly([0.97] * 6)),
+        "cheby1(4, 1, 0.02)": ss.cheby1(4, 1, 0.02),
+    }
+
+    @pytest.mark.parametrize("name", list(CLUSTERED))
+    def test_clustered_poles_are_as_accurate_as_the_recursion(self, name):
+        b, a = self.CLUSTERED[name]
+        x = np.random.default_rng(5).normal(size=4000)
+        ref = extended_tf(b, a, x)
+        e_tf, e_lfilter = max_rel(iir.tf_filter(b, a, x), ref), max_rel(ss.lfilter(b, a, x), ref)
+        assert e_tf <= 2 * e_lfilter + 1e-15, (name, e_tf, e_lfilter)  # before: 0.4 (butter 6) to 5e28
+
+    def test_the_block_algorithm_would_fail_there(self):
+        """Why the guard exists: the block algorithm forced on butter(6, 0.02) loses every digit."""
+        from refimpl import _scan
+
+        b, a = iir._coeffs(*ss.butter(6, 0.02))
+        x = np.random.default_rng(5).normal(size=4000)
+        y = _scan.block_filter(*iir._tdf2_matrices(b, a), x[:, None], np.zeros((6, 1)))[0][:, 0]
+        assert max_rel(y, extended_tf(b, a, x)) > 1e-2
+        assert _scan.block_filter(*iir._tdf2_matrices(b, a), x[:, None], np.zeros((6, 1)), max_growth=iir.GROWTH_MAX) is None
+
+    def test_fallback_keeps_states_batches_and_channels(self):
+        b, a = ss.butter(6, 0.02)
+        rng = np.random.default_rng(6)
+        x, zi = rng.normal(size=(2, 900, 3)), rng.normal(size=(2, 6, 3))
+        y, zf = iir.tf_filter(b, a, x, zi)
+        y_ref, zf_ref = ss.lfilter(b, a, x, axis=-2, zi=zi)
+        close(y, y_ref, rtol=SELF, what="fallback y vs lfilter")
+        close(zf, zf_ref, rtol=SELF, what="fallback zf vs lfilter")
+        y1, zf1 = iir.tf_filter(b, a, x[0, :, 0], zi[0, :, 0])
+        close(y1, y[0, :, 0], rtol=SELF, what="1-D signal")
+        close(zf1, zf[0, :, 0], rtol=SELF, what="1-D state")
+
+    @pytest.mark.parametrize("design", ["butter(4, 0.2)", "butter(2, 0.005)", "cheby1(4, 1, 0.2)"])
+    def test_block_algorithm_runs_where_the_powers_stay_small(self, design, monkeypatch):
+        b, a = {"butter(4, 0.2)": ss.butter(4, 0.2), "butter(2, 0.005)": ss.butter(2, 0.005),
+                "cheby1(4, 1, 0.2)": ss.cheby1(4, 1, 0.2)}[design]
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("lfilter called: the block algorithm was expected")
+
+        x = np.random.default_rng(7).normal(size=3000)
+        ref = extended_tf(b, a, x)
+        e_lfilter = max_rel(ss.lfilter(b, a, x), ref)
+        monkeypatch.setattr(iir.scipy.signal, "lfilter", refuse)
+        assert max_rel(iir.tf_filter(b, a, x), ref) <= 3 * e_lfilter + 1e-15
+
+    def test_biquad_with_a_double_pole_near_one(self):
+        """(1 − 0.99999 z⁻¹)⁻²: the powers of its companion matrix reach about 10⁴ (k r^k peaks at
+        k = 1/(1 − r)); an independent tester measured 1.2e-7 for the block algorithm, 9e-11 for lfilter."""
+        b, a = np.array([1.0, 0.0, 0.0]), np.poly([0.99999] * 2)
+        x = np.random.default_rng(8).normal(size=20_000)
+        ref = extended_tf(b, a, x)
+        assert max_rel(iir.biquad_filter(b, a, x), ref) <= 2 * max_rel(ss.lfilter(b, a, x), ref)
+
+    def test_sos_cascade_judged_by_its_sections(self, monkeypatch):
+        """The cascade's powers grow with the gains between sections (2.5e5 here) at no cost in
+        accuracy; only a section's own growth sends it to sosfilt."""
+        sos = ss.butter(8, [0.1, 0.2], "bandpass", output="sos")
+        x = np.random.default_rng(9).normal(size=(3000, 2))
+        y_ref = ss.sosfilt(sos, x, axis=0)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("sosfilt called: the block algorithm was expected")
+
+        with monkeypatch.context() as m:
+            m.setattr(iir.scipy.signal, "sosfilt", refuse)
+            close(iir.sos_filter(sos, x), y_ref, rtol=ORACLE, what="cascade by the block algorithm vs sosfilt")
+        # a section with a double pole at 0.99999: sosfilt, with the states in sosfilt's layout
+        bad = np.array([[1.0, 0.0, 0.0, *np.poly([0.99999] * 2)], [0.5, 0.2, 0.1, 1.0, -0.5, 0.2]])
+        zi = np.random.default_rng(10).normal(size=(2, 2, 2))
+        y, zf = iir.sos_filter(bad, x, zi)
+        y_s, zf_s = ss.sosfilt(bad, x, axis=0, zi=zi)
+        close(y, y_s, rtol=SELF, what="refused cascade = sosfilt")
+        close(zf, zf_s, rtol=SELF, what="its final states")
+        close(iir.sos_filter(bad * 2.0, x), ss.sosfilt(bad, x, axis=0), rtol=SELF, what="rows with a0 = 2")
+
+    def test_power_growth_of_sections_reads_the_diagonal_blocks(self):
+        from refimpl import _scan
+
+        rng = np.random.default_rng(11)
+        P = rng.normal(size=(5, 6, 6))
+        blocks = [P[:, 2 * i : 2 * i + 2, 2 * i : 2 * i + 2] for i in range(3)]
+        assert _scan.power_growth(P, section=2) == max(float(np.abs(Q).sum(-1).max()) for Q in blocks)
+        assert _scan.power_growth(P) == float(np.abs(P).sum(-1).max())
+        assert _scan.power_growth(np.zeros((0, 2, 2))) == 0.0
 
 
 class TestSosFilter:
@@ -608,6 +730,31 @@ class TestStability:
         tri = iir.in_stability_triangle(a)
         assert tri.shape == (500,)
         np.testing.assert_array_equal(tri, np.max(np.abs(p), axis=1) < 1)
+
+    def test_poles_on_the_unit_circle_are_unstable(self):
+        """a = [1, −2 cos θ, 1]: both poles on the unit circle. Root-finding rounds their radius to
+        either side of 1; the Schur–Cohn test on the coefficients does not (an independent tester
+        found 104 of 300 angles accepted as stable by the root radius)."""
+        for theta in np.linspace(0.01, np.pi - 0.01, 300):
+            a = [1.0, -2 * np.cos(theta), 1.0]
+            assert not iir.is_stable(a) and iir.pole_radius(a) == 1.0
+            with pytest.raises(ValueError, match="^a: expected a stable filter"):
+                iir.biquad_filter([1.0, 0.0, 0.0], a, np.ones(4), require_stable=True)
+            with pytest.raises(ValueError, match="^sos: expected stable sections"):
+                iir.sos_filter([[1.0, 0.0, 0.0, *a]], np.ones(4), require_stable=True)
+        assert not iir.is_stable(np.poly([1.0, 0.5, 0.3]))  # a real pole at 1, order 3
+        assert not iir.is_stable(np.real(np.poly([np.exp(0.4j), np.exp(-0.4j), 0.5, -0.2])))
+
+    @settings(max_examples=200)
+    @given(st.integers(1, 12), st.integers(0, 2**32 - 1))
+    def test_schur_cohn_agrees_with_the_roots_off_the_boundary(self, q, seed):
+        rng = np.random.default_rng(seed)
+        a = np.concatenate([[1.0], rng.uniform(-1.5, 1.5, q)])
+        r = np.max(np.abs(np.roots(a)))
+        if abs(r - 1.0) < 1e-6:
+            return
+        assert iir.is_stable(a) == (r < 1.0), (a, r)
+        assert iir.is_stable(np.concatenate([a, [0.0, 0.0]])) == (r < 1.0)  # trailing zeros: poles at 0
 
     def test_triangle_corners(self):
         # corners (a1, a2) = (±2, 1) and (0, −1) are on the boundary: not strictly stable
