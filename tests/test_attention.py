@@ -971,3 +971,28 @@ def test_without_a_settable_blas_the_blocks_stay_in_one_thread(monkeypatch):
     monkeypatch.setattr(blocking, "take_turns", lambda *a, **kw: pytest.fail("blocks sent to threads"))
     assert np.array_equal(_att.softmax_attention(q, k, v, causal=True), one)
     assert rows == rows_one  # the one-thread blocks, not the smaller ones cut for threads
+
+
+def test_an_overflowing_output_is_refused_not_returned():
+    """Finite inputs whose weighted sum Σ_j e_ij v_j overflows (M · |v| > 1.8e308): the vectorized
+    form must refuse, not return inf (an independent tester found [[inf]] where the loop twin,
+    which sums the normalized weights, gives the representable answer 1e306)."""
+    q, k, v = np.zeros((1, 1)), np.zeros((1000, 1)), np.full((1000, 1), 1e306)
+    with pytest.raises(ValueError, match="^v .*not representable"):
+        _att.softmax_attention(q, k, v)
+    assert _att.softmax_attention_loop(q, k, v)[0, 0] == pytest.approx(1e306, rel=1e-12)
+
+
+@pytest.mark.parametrize("fn", ["softmax_attention", "softmax_attention_loop", "flash_attention", "flash_attention_loop"])
+def test_a_logit_that_overflows_before_the_soft_cap_is_refused(fn):
+    """q·k = 1e300 − 1e300 + … overflows to inf or NaN depending on the order of the sum; the cap
+    c·tanh(s/c) would turn it into ±c, a finite and wrong weight (the dense answer is 1.9933)."""
+    q = np.array([[1e300, 1e300]])
+    k = np.array([[1e300, -1e300], [1.0, 1.0]])
+    v = np.array([[1.0], [2.0]])
+    with pytest.raises(ValueError, match="^q, k: a logit scale·q·k overflows float64 before the soft cap"):
+        getattr(_att, fn)(q, k, v, softcap=5.0, scale=1.0)
+    k_ok = np.array([[1e-300, 1e-300], [1.0, 1.0]])  # logits 2e-0 and 2e300: finite, capped to 5
+    y = getattr(_att, fn)(q, k_ok, v, softcap=5.0, scale=1.0)
+    w = np.exp([5 * np.tanh(2.0 / 5), 5.0])
+    assert y[0, 0] == pytest.approx((w[0] * 1.0 + w[1] * 2.0) / w.sum(), rel=1e-13)
