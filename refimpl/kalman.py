@@ -155,11 +155,15 @@ def _check_model(z, F, H, Q, R, m0, P0):
     return zf, missing, F, H, Q, R, m0, P0
 
 
-def _singular(what: str) -> ValueError:
+def _singular(what: str, hint: str = "") -> ValueError:
     return ValueError(
         f"{what} is singular: the model gives a zero-variance direction (e.g. R = 0 with a "
-        f"noiseless state); add noise or remove the degenerate measurement"
+        f"noiseless state); add noise or remove the degenerate measurement{hint}"
     )
+
+
+#: the scans condition each measurement on the previous state alone (see kalman_filter_scan)
+_SCAN_HINT = "; or use kalman_filter / rts_smoother, which need only H P⁻ Hᵀ + R invertible"
 
 
 def _inv(a: np.ndarray, what: str) -> np.ndarray:
@@ -169,11 +173,11 @@ def _inv(a: np.ndarray, what: str) -> np.ndarray:
         raise _singular(what) from None
 
 
-def _solve(a: np.ndarray, b: np.ndarray, what: str) -> np.ndarray:
+def _solve(a: np.ndarray, b: np.ndarray, what: str, hint: str = "") -> np.ndarray:
     try:
         return np.linalg.solve(a, b)
     except np.linalg.LinAlgError:
-        raise _singular(what) from None
+        raise _singular(what, hint) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1180,9 +1184,9 @@ def _scan_group(z, m0, pattern, F, H, Q, R, P0):
         cls = cls.reshape(-1)
         Fc, Qc, gone = F[first], Q[first], pattern[first + 1]  # one representative step per type
         S = _sym(H @ Qc @ H.T + R)  # S = H Q Hᵀ + R
-        K = _T(_solve(S, H @ Qc, "H Q Hᵀ + R in the filtering scan"))  # K = Q Hᵀ S⁻¹
+        K = _T(_solve(S, H @ Qc, "H Q Hᵀ + R in the filtering scan", _SCAN_HINT))  # K = Q Hᵀ S⁻¹
         IKH = I - K @ H
-        W = _solve(S, H @ Fc, "H Q Hᵀ + R in the filtering scan")  # S⁻¹ H F
+        W = _solve(S, H @ Fc, "H Q Hᵀ + R in the filtering scan", _SCAN_HINT)  # S⁻¹ H F
         # observed: A = (I − K H) F, C = (I − K H) Q, J = Fᵀ Hᵀ S⁻¹ H F; missing: A = F, C = Q, J = 0
         A_c = np.where(gone[:, None, None], Fc, IKH @ Fc)
         C_c = np.where(gone[:, None, None], Qc, _sym(IKH @ Qc))
@@ -1218,7 +1222,11 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     semigroup, and all filtered moments come out of an inclusive prefix scan with at most
     ``ceil(log2 N)`` vectorized sweeps (no Python loop over N; O(N log N) work). This is the
     reference for GPU Kalman kernels. Same parameters and returns as :func:`kalman_filter`
-    (the intermediates are formed from the scanned moments, vectorized over N).
+    (the intermediates are formed from the scanned moments, vectorized over N), with one
+    further condition: every element conditions a measurement on the previous state alone, so
+    ``H Q Hᵀ + R`` must be invertible (not only the innovation covariance ``H P⁻ Hᵀ + R``). A
+    model with ``R = 0`` and a noiseless measured direction of Q (e.g. ``Q = diag(0, 1)``,
+    ``H = [1, 0]``) runs in :func:`kalman_filter` but raises here; use the sequential form.
 
     An element's (A, C, J) depend on the step only through (F, Q, missing or not), its (b, η)
     on the data: the covariance half of every combination is computed once per distinct pair of
@@ -1429,7 +1437,8 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     ``E_k = P_k F_k^\top (P^-_{k+1})^{-1}``, ``g_k = m_k − E_k F_k m_k``, ``L_k = P_k − E_k F_k P_k``
     (and ``E = 0``, ``g = m_{N-1}``, ``L = P_{N-1}`` at the end) is an affine map; composing the maps
     from the end is a suffix scan (Särkkä & García-Fernández 2021, §IV-B, Lemmas 9–10).
-    Same parameters and returns as :func:`rts_smoother` (the gains ``"G"`` are the ``E_k``).
+    Same parameters and returns as :func:`rts_smoother` (the gains ``"G"`` are the ``E_k``); the
+    filtering scan needs ``H Q Hᵀ + R`` invertible (see :func:`kalman_filter_scan`).
 
     As in :func:`kalman_filter_scan`, (E_k, L_k) depend on the step only through (P_k, F_k, Q_k),
     so they are formed, and combined in each sweep, once per distinct kind; the means g follow by

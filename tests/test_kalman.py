@@ -1491,3 +1491,18 @@ def test_scan_type_runs(types, a, length, t):
         u, inv = kalman._distinct(x, bound)
         np.testing.assert_array_equal(u, u_ref)
         np.testing.assert_array_equal(inv, inv_ref.reshape(-1))
+
+
+def test_scans_need_h_q_ht_plus_r_invertible_where_the_sequential_form_does_not():
+    """R = 0 with a noiseless measured direction of Q: the sequential filter conditions on
+    H P⁻ Hᵀ + R (invertible after the first step), the scans on H Q Hᵀ + R (singular). The scans
+    refuse with a message that names the sequential form; the documented condition, tested."""
+    F, H = np.array([[1.0, 1.0], [0.0, 1.0]]), np.array([[1.0, 0.0]])
+    Q, R, m0, P0 = np.diag([0.0, 1.0]), np.zeros((1, 1)), np.zeros(2), np.eye(2)
+    z = np.cumsum(np.random.default_rng(0).normal(size=(50, 1)), axis=0)
+    m, P = kalman.kalman_filter(z, F, H, Q, R, m0, P0)
+    m_loop, _ = kalman.kalman_filter_loop(z, F, H, Q, R, m0, P0)
+    np.testing.assert_allclose(m, m_loop, rtol=1e-10, atol=1e-12)
+    for scan in (kalman.kalman_filter_scan, kalman.rts_smoother_scan):
+        with pytest.raises(ValueError, match=r"^H Q Hᵀ \+ R in the filtering scan is singular.*use kalman_filter"):
+            scan(z, F, H, Q, R, m0, P0)
