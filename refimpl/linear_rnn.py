@@ -128,6 +128,14 @@ _BLOCK_ELEMS = 1 << 18
 # the others take segment sums.
 _FACTOR_LOG = 30.0
 _TINY = math.exp(-_FACTOR_LOG)  # e^{−cum} is evaluated as 1 / max(e^{cum}, _TINY) <= e^{30}
+# SSD's skip D x_t rides on the diagonal of the chunk products as D / Δ_t times the value row x_t Δ_t e^{−cum_t}
+# (_skip_diagonal) only while every Δ_t >= _FOLD_MIN_W. A subnormal value row keeps fewer digits (its rounding
+# error is up to 2^−1075 absolute), and D / Δ_t multiplies that error back up: Δ = 1e−305 with x ~ 1e−15 gave
+# D x_t to 4 digits. With Δ_t >= 2^−511, the square root of the normal range, the row (>= |x_t| Δ_t, as
+# e^{−cum} >= 1) stays normal for every |x_t| >= 2^−511, and for smaller x_t the lost absolute error
+# |D| 2^−1075 / Δ_t <= |D| 2^−564 is far below the round-off of any output of normal size. Below it, D x_t is
+# added to the output after the product (exact; two more passes over the output).
+_FOLD_MIN_W = 2.0**-511
 # Rows (batch × chunks × chunk length) per group of chunks in the chunked algorithms: the group's
 # temporaries stay in the processor's cache (measured: 2048 rows of 32 to 64 floats).
 _GROUP_ROWS = 2048
@@ -215,6 +223,16 @@ def _check_log_g(log_g, L: int, dk: int, kdim: int, name: str = "log_g", allow_c
 
 def _check_chunk(chunk_size) -> int:
     return as_int(chunk_size, "chunk_size", minimum=1)
+
+
+def _effective_chunk(c: int, L: int) -> int:
+    """The chunk length the chunked algorithms run with: ``min(c, L)``, at least 1.
+
+    A chunk longer than the sequence only pads it with zeros, in (c, c) temporaries (at L = 10,
+    ``chunk_size=4096`` took 2.5 s and ``10**9`` ran out of memory); one chunk of L steps is the
+    same computation and gives the one chunk-end state that ceil(L / chunk_size) = 1 promises.
+    """
+    return max(1, min(c, L))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,9 +358,13 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
     q, k, v, log g, the same arrays as ``q, k, v, logg`` before broadcasting).
     """
     batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
-    q, k, v, logg = (a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v, logg))
+    c = _effective_chunk(c, L)
+    nb, nc = math.prod(batch), -(-L // c)
+    q, k, v, logg = (a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v, logg))
     checks = [(name, view, arg) for (name, arg), view in zip(finite, (q, k, v, logg))]
-    nb, nc = q.shape[0], -(-L // c)
+    if 0 in (nb, L, dk, dv):  # nothing to compute: S_t q_t is 0 (Dk = 0) or empty, as are the states
+        check_finite_part(checks, slice(None))
+        return np.zeros(batch + (L, dv)), np.zeros(batch + (nc, dv, dk)) if keep_states else None
     o = np.empty((nb, nc, c, dv))
     states = np.empty((nb, nc, dk, dv)) if keep_states else None  # transposed chunk-end states
     if logg.shape[-1] == 1:  # one gate per head: the scalar core, one group per head
@@ -352,10 +374,16 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
             _scalar_chunked(q[sl], k[sl], v[sl, None], logg[sl, None, :, 0], c, o[sl, None],
                             None if states is None else states[sl, None], scale=scale)
     else:
+        # The per-channel core carries scale · S (see _channel_chunked): its chunk-end states would have to be
+        # divided by the scale, which fails for scale = 0 and loses digits for a subnormal one. With the states
+        # asked for, each thread scales its queries instead and runs the core with scale 1 (one pass over q;
+        # calls without states keep the scale in the core).
+        q_scaled = states is not None and scale != 1.0
 
         def run(sl):
             check_finite_part(checks, sl)
-            _channel_chunked(q[sl], k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl], scale)
+            qs, s = (q[sl] * scale, 1.0) if q_scaled else (q[sl], scale)
+            _channel_chunked(qs, k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl], s)
 
     _blocking.in_parts(run, nb, q.size, one_blas=True)
     o = o.reshape(nb, nc * c, dv)[:, :L].reshape(batch + (L, dv))
@@ -370,9 +398,10 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
     Writes the output, padded to whole chunks, into ``o`` (nb, n_chunks, c, Dv) and, unless
     None, the transposed chunk-end states ``S_endᵀ`` into ``states`` (nb, n_chunks, Dk, Dv).
     ``scale`` multiplies the queries; the output is linear in them, so the scale rides in the
-    mask of the in-chunk block and in the carried state (``scale · S``, divided out only for
-    ``states``): no pass over the output or the queries (3–9 % of the time at H = 4,
-    L = 8192, Dk = Dv = 64, with the skipped clamp below).
+    mask of the in-chunk block and in the carried state (``scale · S``): no pass over the output
+    or the queries (3–9 % of the time at H = 4, L = 8192, Dk = Dv = 64, with the skipped clamp
+    below). ``states`` only with ``scale`` = 1 (then the carried state is S itself; the caller
+    scales the queries, :func:`_gla_chunked`).
 
     In a chunk with in-chunk cumulative log-gates ``cum_t = Σ_{r=start}^{t} log g_r`` (one
     vector per step), ``e^{seg_j[t, s]} = e^{cum_tj} e^{−cum_sj}``: with ``Qe = Q ⊙ e^{cum}`` and
@@ -387,6 +416,8 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
     """
     nb, L, dk = q.shape
     dv = v.shape[-1]
+    if states is not None and scale != 1.0:
+        raise ValueError("_channel_chunked: chunk-end states need scale = 1 (scale the queries instead)")
     qc, kc, vc, gc = (_chunks(a, c, -2) for a in (q, k, v, logg))  # (nb, nc, c, ·)
     nc = qc.shape[1]
     tri = np.tri(c)
@@ -426,7 +457,7 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
             np.multiply(Zg[:, j, c:], dec[:, j], out=nxt)
             nxt += local[:, j]
             if states is not None:
-                np.divide(nxt, scale, out=states[:, g0 + j])
+                states[:, g0 + j] = nxt  # S_endᵀ (scale = 1 here)
         # the masked form (16.3) in the chunk + S_in (q_t ⊙ e^{cum_t}), both times the scale (in the mask and in S)
         np.matmul(Xg, Zg, out=o[:, sl])
 
@@ -731,7 +762,7 @@ def _own_state(k, v, a, w=None):
 
 
 def _skip_diagonal(skip, wc, scale: float):
-    """``D / (w_t · scale)`` per head and step, (G, R, nc, c), or None where it would overflow.
+    """``D / (w_t · scale)`` per head and step, (G, R, nc, c), or None where it would not be exact.
 
     The skip ``D x_t`` of SSD rides in the chunk product of :func:`_scalar_chunked`: the value
     row ``s = t`` of that product is ``v_t w_t e^{−cum_t}`` and its output row is multiplied by
@@ -740,9 +771,12 @@ def _skip_diagonal(skip, wc, scale: float):
     product ``D v`` and its sum with the output measured about 11 % of SSD's single-thread time
     at H = 4, L = 8192, P = N = 64). Chunks that decay below ``e^{−_FACTOR_LOG}`` (where ``e^{−cum}`` is
     clamped) are recomputed exactly and add ``D v_t`` themselves. Padded steps (w = 0) get 0.
-    When a tiny Δ_t makes ``D / Δ_t`` overflow, None: the caller adds ``D v_t`` separately.
+    When a tiny Δ_t makes ``D / Δ_t`` overflow or the value rows subnormal (below), None: the
+    caller adds ``D v_t`` separately.
     """
     w = 1.0 if wc is None else wc
+    if np.any((w > 0) & (w < _FOLD_MIN_W)):
+        return None
     out = np.zeros(np.broadcast_shapes(np.shape(w), skip.shape + (1, 1)))
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         np.divide(skip[:, :, None, None] / scale, w, out=out, where=np.broadcast_to(w, out.shape) > 0)
@@ -811,7 +845,8 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     scale : float >= 0, optional
         Multiplies the queries; default ``1/sqrt(Dk)``.
     chunk_size : int >= 1
-        Chunk length c; any c gives the same result (L need not be a multiple of c).
+        Chunk length c; any c gives the same result (L need not be a multiple of c). A c longer
+        than L runs as one chunk of L steps (no (c, c) temporaries).
     return_chunk_states : bool
         Also return the states at the end of each chunk (an intermediate for debugging kernels).
 
@@ -917,20 +952,21 @@ def _retention_setup(q, k, v, gamma):
         if arr.ndim < 3:
             raise ValueError(f"{name}: expected shape {what} with a head axis, got shape {arr.shape}")
     gam = as_real_array(gamma, "gamma", ndim=1)
-    H = q.shape[-3]
-    if gam.shape != (H,):
-        raise ValueError(f"gamma: expected one decay per head, shape ({H},) (the head axis of q), got shape {gam.shape}")
-    if np.any(gam <= 0) or np.any(gam > 1):
-        raise ValueError(f"gamma: expected decays in (0, 1], got range [{gam.min():.6g}, {gam.max():.6g}]")
     # the head and batch axes (..., H) of q, k, v broadcast, or the first that does not is named
     for arr, name in ((k, "k"), (v, "v")):
         try:
-            np.broadcast_shapes(q.shape[:-2], k.shape[:-2], arr.shape[:-2])
+            heads = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], arr.shape[:-2])
         except ValueError:
             raise ValueError(
                 f"{name}: the head and batch axes (..., H) of q, k, v do not broadcast, "
                 f"got shapes {q.shape}, {k.shape}, {v.shape}"
             ) from None
+    H = heads[-1]  # the broadcast head axis: q may hold one head for all of them (or k, v may)
+    if gam.shape != (H,):
+        raise ValueError(f"gamma: expected one decay per head, shape ({H},) (the head axis of q, k, v, broadcast), "
+                         f"got shape {gam.shape}")
+    if np.any(gam <= 0) or np.any(gam > 1):
+        raise ValueError(f"gamma: expected decays in (0, 1], got range [{gam.min():.6g}, {gam.max():.6g}]")
     return q, k, v, np.log(gam)
 
 
@@ -946,11 +982,13 @@ def retention(q, k, v, gamma, *, scale=None, chunk_size=64):
     ----------
     q, k : array_like, shape (..., H, L, Dk)
     v : array_like, shape (..., H, L, Dv)
+        The batch and head axes of q, k, v broadcast (e.g. one query head shared by H key heads).
     gamma : array_like, shape (H,)
-        Decays in (0, 1]; RetNet uses ``1 − 2^{−5−h}``.
+        Decays in (0, 1], one per head of the broadcast head axis; RetNet uses ``1 − 2^{−5−h}``.
     scale : float >= 0, optional
         Default ``1/sqrt(Dk)`` (RetNet scales K by d^{−1/2}).
     chunk_size : int >= 1
+        As in :func:`gated_linear_attention`.
 
     Returns
     -------
@@ -973,7 +1011,7 @@ def retention(q, k, v, gamma, *, scale=None, chunk_size=64):
     ((2, 6, 3), True)
     """
     q, k, v, lg = _retention_setup(q, k, v, gamma)
-    log_g = np.broadcast_to(lg[:, None], k.shape[:-3] + (lg.shape[0], k.shape[-2]))  # H from gamma (q's head axis)
+    log_g = np.broadcast_to(lg[:, None], k.shape[:-3] + (lg.shape[0], k.shape[-2]))  # log γ_h at every step (H from gamma)
     return gated_linear_attention(q, k, v, log_g, scale=scale, chunk_size=chunk_size)
 
 
@@ -1103,7 +1141,7 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     D : array_like, shape (H,), optional
         Skip connection.
     chunk_size : int >= 1
-        Q of the paper; the result does not depend on it.
+        Q of the paper; the result does not depend on it (a Q longer than L runs as one chunk of L steps).
     return_chunk_states : bool
         Also return the states h_t (shape (P, N)) at the end of each chunk.
 
@@ -1149,6 +1187,11 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     args = dict(x=x, B=B, C=C)
     x, dt, A, B, C, D, c = _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states, grouped=True, finite=False)
     batch, (H, L, P), (G, N) = x.shape[:-3], x.shape[-3:], B.shape[-3::2]
+    c = _effective_chunk(c, L)
+    if 0 in (math.prod(batch), H, L, P, N):  # nothing to compute but the skip: y_t = D x_t (h_t C_t = 0 if N = 0)
+        check_finite_part([("x", x, args["x"]), ("B", B, args["B"]), ("C", C, args["C"])], slice(None))
+        states = np.zeros(batch + (H, -(-L // c), P, N))
+        return _ssd_finish(np.zeros(x.shape), x, D, states, return_chunk_states)
     R = H // G  # heads per group: they share the left factor of the chunked products
     # q = C, k = B, v = x weighted by Δ, log g_t = Δ_t A_h; groups (batch × G) first, R heads each
     q, k = C.reshape(-1, L, N), B.reshape(-1, L, N)
@@ -1354,11 +1397,22 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     :func:`_gla_chunked`).
     """
     batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
-    q, k, v = (a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v))
+    if not return_factors:  # the factors keep the c rows per chunk they document (padding included)
+        c = _effective_chunk(c, L)
+    nb, nc = math.prod(batch), -(-L // c)
+    q, k, v = (a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v))
     checks = [(name, view, arg) for (name, arg), view in zip(finite, (q, k, v))]
-    beta = beta.reshape(-1, L)
-    logg = None if logg is None else logg.reshape(-1, L)
-    nb, nc = q.shape[0], -(-L // c)
+    beta = beta.reshape(nb, L)
+    logg = None if logg is None else logg.reshape(nb, L)
+    if 0 in (nb, L, dk, dv):  # nothing to compute: S_t q_t is 0 (Dk = 0) or empty, as are the states and factors
+        if checks:
+            check_finite_part(checks, slice(None))
+            _check_key_norms(k)
+        o = np.zeros(batch + (L, dv))
+        states = np.zeros(batch + (nc, dv, dk)) if keep_states or return_factors else None
+        if return_factors:
+            return o, states, np.zeros(batch + (nc, c, dk)), np.zeros(batch + (nc, c, dv))
+        return o, states
     o = np.empty((nb, nc, c, dv))
     states = np.empty((nb, nc, dk, dv)) if keep_states or return_factors else None  # transposed
     factors = (np.empty((nb, nc, c, dk)), np.empty((nb, nc, c, dv))) if return_factors else None
@@ -1531,6 +1585,7 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     scale : float >= 0, optional
         Multiplies the queries; default ``1/sqrt(Dk)``.
     chunk_size : int >= 1
+        Chunk length c; the result does not depend on it (a c longer than L runs as one chunk of L steps).
     return_chunk_states : bool
         Also return the states at the chunk ends.
 

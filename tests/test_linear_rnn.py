@@ -309,6 +309,28 @@ def test_gla_is_causal():
     assert np.array_equal(y0[:17], y1[:17])
 
 
+@pytest.mark.parametrize("scale", [0.0, 1e-320, 1e-300, 0.37, 1e300])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_gla_chunk_states_do_not_depend_on_the_scale(per_channel, scale):
+    # the scale multiplies the queries only: the states S_t are those of scale = 1, to the last bit, for
+    # scale = 0 (o = 0) and subnormal or huge scales too (a core carrying scale · S and dividing the states
+    # by the scale refused scale = 0 and returned states 11 % off at scale = 1e-320)
+    rng, q, k, v = _qkv(7, batch=(2,), L=37, dk=4, dv=3)
+    log_g = -rng.uniform(0, 0.5, q.shape if per_channel else q.shape[:-1])
+    kw = dict(chunk_size=8, return_chunk_states=True)
+    o, st = lr.gated_linear_attention(q, k, v, log_g, scale=scale, **kw)
+    o_loop, st_loop = lr.gated_linear_attention_loop(q, k, v, log_g, scale=scale, **kw)
+    assert np.array_equal(st, lr.gated_linear_attention(q, k, v, log_g, scale=1.0, **kw)[1])
+    close(st, st_loop, rtol=1e-14, what="GLA chunk states at any scale vs recurrence")
+    if scale == 0.0:
+        assert np.array_equal(o, np.zeros_like(o))
+    elif scale >= 1e-300:  # normal scaled queries (the subnormal ones of 1e-320 keep few digits in every form)
+        close(o, o_loop, rtol=SELF, what="GLA outputs at any scale vs recurrence")
+        # with or without the states, the same outputs (to round-off: the scale is applied elsewhere)
+        close(lr.gated_linear_attention(q, k, v, log_g, scale=scale, chunk_size=8), o, rtol=1e-14,
+              what="GLA outputs with and without chunk states")
+
+
 # ---------------------------------------------------------------------------------------------
 # Retention
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +352,30 @@ def test_retention_extreme_decays():
     close(y, lr.retention_parallel(q, k, v, gamma, scale=1.0), rtol=SELF, what="retention extreme γ vs parallel")
     close(y[0], np.sum(q[0] * k[0], -1)[:, None] * v[0], rtol=ORACLE, what="retention γ → 0: o_t = (q_t·k_t) v_t")
     close(y[2], np.tril(q[2] @ k[2].T) @ v[2], rtol=ORACLE, what="retention γ = 1: causal linear attention")
+
+
+@pytest.mark.parametrize("shapes", [
+    ((1, 33, 5), (3, 33, 5), (3, 33, 4)),  # one query head shared by three key/value heads
+    ((3, 33, 5), (1, 33, 5), (1, 33, 4)),
+    ((2, 1, 33, 5), (3, 33, 5), (1, 33, 4)),  # batch from q, heads from k
+])
+def test_retention_gamma_follows_the_broadcast_head_axis(shapes):
+    # gamma holds one decay per head of the broadcast head axis of q, k, v (not of q alone)
+    rng = np.random.default_rng(9)
+    q, k, v = (rng.normal(size=shape) for shape in shapes)
+    gamma = np.array([0.9, 0.5, 0.99])
+    y = lr.retention(q, k, v, gamma, chunk_size=8)
+    batch = np.broadcast_shapes(*(shape[:-2] for shape in shapes))
+    assert y.shape == batch + (33, 4)
+    qb, kb, vb = (np.broadcast_to(a, batch + a.shape[-2:]).copy() for a in (q, k, v))
+    log_g = np.broadcast_to(np.log(gamma)[:, None], batch + (33,))
+    close(y, lr.gated_linear_attention_loop(qb, kb, vb, log_g), rtol=SELF,
+          what="retention, broadcast heads, vs GLA recurrence")
+    close(lr.retention_loop(q, k, v, gamma), y, rtol=SELF, what="retention recurrence, broadcast heads")
+    close(lr.retention_parallel(q, k, v, gamma), y, rtol=SELF, what="retention parallel, broadcast heads")
+    for fn in (lr.retention, lr.retention_loop, lr.retention_parallel):
+        with pytest.raises(ValueError, match=r"gamma: expected one decay per head, shape \(3,\)"):
+            fn(q, k, v, gamma[:1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,6 +455,22 @@ def test_ssd_skip_on_the_diagonal_equals_the_skip_added(monkeypatch, L):
     y_added = lr.ssd(x, dt, A, B, C, D, chunk_size=16)
     close(y, y_added, rtol=SELF, what="SSD skip on the diagonal vs added")
     close(y, lr.ssd_loop(x, dt, A, B, C, D), rtol=SELF, what="SSD vs recurrence")
+
+
+@pytest.mark.parametrize("dt_value", [1e-9, 1e-160, 1e-200, 1e-300, 1e-305])
+def test_ssd_skip_with_tiny_steps_is_exact(dt_value):
+    # y_t = h_t C_t + D x_t with Δ tiny and x ~ 1e-15: D x_t is the whole output. Folded into the diagonal as
+    # D / Δ times the value row x_t Δ_t e^{-cum} (subnormal for Δ = 1e-305: 4 digits lost), it must not be:
+    # below Δ = 2^-511 the skip is added outside the product; above it the fold stays (bitwise the fast path)
+    x, dt, A, B, C, D = _ssd_inputs(16, H=2, G=1, L=21)
+    x *= 1e-15
+    dt = np.full(dt.shape, dt_value)
+    D = np.array([1.0, -0.5])
+    folded = lr._skip_diagonal(np.ones((2, 2)), lr._chunks(dt.reshape(-1, 2, 21), 8, -1), 1.0) is not None
+    assert folded == (dt_value >= 2.0**-511)
+    y = lr.ssd(x, dt, A, B, C, D, chunk_size=8)
+    close(y, lr.ssd_loop(x, dt, A, B, C, D), rtol=1e-14, what="SSD with tiny Δ (D x_t dominates) vs recurrence")
+    close(lr.ssd_quadratic(x, dt, A, B, C, D), y, rtol=1e-14, what="SSD quadratic with tiny Δ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,6 +629,95 @@ def test_rls_memory_matches_classical_rls():
     U = np.stack([np.concatenate([np.zeros(i), u[: n - i]]) for i in range(m)], -1)
     o = lr.rls_memory_loop(U, U, d[:, None], lam=0.98, delta=0.01, scale=1.0)
     close(o[:, 0], np.sum(W * U, -1), rtol=1e-10, what="RLS memory vs classical.rls")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunks longer than the sequence, empty sequences and widths
+# ---------------------------------------------------------------------------------------------
+
+
+def _forms(L, dk=4, dv=3, batch=(2,), seed=50):
+    """Each chunked form and its loop twin on inputs of length L: name -> (call(fn, **kw), chunked, loop)."""
+    rng, q, k, v = _qkv(seed, batch=batch, L=L, dk=dk, dv=dv)
+    log_g, log_gh = -rng.uniform(0, 1.0, q.shape), -rng.uniform(0, 1.0, q.shape[:-1])
+    beta = rng.uniform(0.1, 1.9, q.shape[:-1])
+    ku = _unit(k) if dk and L else k
+    x, dt, A, B, C, D = _ssd_inputs(seed, batch=batch[:-1], H=batch[-1] if batch else 1, G=1, L=L, P=dv, N=dk)
+    qr, kr, vr = (a if batch else a[None] for a in (q, k, v))  # retention needs a head axis
+    gamma = rng.uniform(0.5, 1.0, qr.shape[-3])
+    gla = (lr.gated_linear_attention, lr.gated_linear_attention_loop)
+    return {
+        "gla per channel": (lambda f, **kw: f(q, k, v, log_g, **kw), *gla),
+        "gla per head": (lambda f, **kw: f(q, k, v, log_gh, **kw), *gla),
+        "gated delta rule": (lambda f, **kw: f(q, ku, v, beta, log_g=log_gh, **kw), lr.delta_rule, lr.delta_rule_loop),
+        "delta rule": (lambda f, **kw: f(q, ku, v, beta, **kw), lr.delta_rule, lr.delta_rule_loop),
+        "ssd": (lambda f, **kw: f(x, dt, A, B, C, D, **kw), lr.ssd, lr.ssd_loop),
+        "retention": (lambda f, **kw: f(qr, kr, vr, gamma, **kw), lr.retention, lr.retention_loop),
+    }
+
+
+@pytest.mark.parametrize("form", list(_forms(10)))
+def test_chunk_longer_than_the_sequence_is_one_chunk_of_L_steps(form):
+    # chunk_size = 4096 at L = 10 is the computation of chunk_size = L (it took seconds and hundreds of MB
+    # in (c, c) temporaries of zero padding; 10**9 ran out of memory): the same outputs to the last bit, one
+    # chunk-end state, and the memory of a call with chunks of 10 steps
+    import time
+    import tracemalloc
+
+    call, chunked, loop = _forms(10)[form]
+    kw = {} if form == "retention" else dict(return_chunk_states=True)
+    want = call(chunked, chunk_size=10, **kw)
+    tracemalloc.start()
+    try:
+        start = time.perf_counter()
+        got = call(chunked, chunk_size=4096, **kw)
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{form}: {peak / 2**20:.1f} MiB for a sequence of 10 steps"
+    assert elapsed < 2.0
+    for a, b in zip(*((got, want) if kw else ((got,), (want,)))):
+        assert np.array_equal(a, b)
+    if kw:
+        assert got[1].shape[-3] == 1  # ceil(L / chunk_size) = 1 chunk-end state
+        close(got[1], call(loop, chunk_size=4096, **kw)[1], rtol=SELF, what=f"{form}: the one chunk state vs recurrence")
+    close(got[0] if kw else got, call(loop, chunk_size=4096, **kw)[0] if kw else call(loop, chunk_size=4096),
+          rtol=SELF, what=f"{form}: chunk longer than L vs recurrence")
+
+
+@pytest.mark.parametrize("sizes", [dict(L=0), dict(L=0, batch=()), dict(L=7, dv=0), dict(L=7, dk=0), dict(L=7, batch=(0,))])
+@pytest.mark.parametrize("form", list(_forms(10)))
+def test_empty_sequences_and_widths(form, sizes):
+    # L = 0, Dv = 0 (P = 0), Dk = 0 (N = 0: no state, SSD's y = D x) or an empty batch: correctly shaped
+    # results, the same from the chunked form, its loop twin and the dense form, and chunk-end states of the
+    # documented shape (..., ceil(L / c), Dv, Dk): none for L = 0. The delta rule's keys of Dk = 0 are not unit.
+    call, chunked, loop = _forms(**sizes)[form]
+    if form.endswith("delta rule") and sizes.get("dk") == 0 and sizes["L"]:
+        for fn in (chunked, loop):
+            with pytest.raises(ValueError, match="k: the delta rule expects l2-normalized keys"):
+                call(fn)
+        return
+    kw = {} if form == "retention" else dict(chunk_size=4, return_chunk_states=True)
+    got, want = call(chunked, **kw), call(loop, **kw)
+    dense = {"gla per channel": lr.gated_linear_attention_parallel, "gla per head": lr.gated_linear_attention_parallel,
+             "ssd": lr.ssd_quadratic, "retention": lr.retention_parallel}.get(form)
+    y, y_loop = (got[0], want[0]) if kw else (got, want)
+    np.testing.assert_array_equal(y, y_loop)  # the same shape and numbers: zeros, or SSD's D x
+    assert 0 in y.shape or sizes.get("dk") == 0
+    assert form == "ssd" or not np.any(y)  # with Dk = 0 there is no state to read: o_t = 0
+    if dense is not None:
+        np.testing.assert_array_equal(call(dense), y)
+    if kw:
+        L = sizes["L"]
+        assert got[1].shape == want[1].shape and got[1].shape[-3] == -(-L // 4)
+        assert not np.any(got[1])
+    # an empty result still reads its inputs: non-finite values are refused as before
+    if form.startswith("gla") and y.size == 0 and sizes.get("dv") == 0:
+        _, q, k, v = _qkv(0, batch=(2,), L=7, dk=4, dv=0)
+        q[1, 3, 2] = np.nan
+        with pytest.raises(ValueError, match="q: expected finite values"):
+            lr.gated_linear_attention(q, k, v, np.zeros((2, 7)), return_chunk_states=True)
 
 
 # ---------------------------------------------------------------------------------------------
