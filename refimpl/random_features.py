@@ -929,7 +929,13 @@ def performer_attention(
     stored), and for the causal form the N/c chunk states, about as many numbers again
     (:func:`linear_attention` says more). Trig
     features can give a normalizer ≤ 0; it is not clamped (the result is then wrong in sign or
-    infinite — the paper's argument for positive features).
+    infinite — the paper's argument for positive features). The common key maximum has a limit
+    in the causal form: a key whose features lie more than about 745 (in log) below the largest
+    key feature of the whole sequence underflows to 0, and a query whose allowed keys all
+    underflow has a zero normalizer, so the call is refused (``ValueError``, not representable)
+    even though the exact estimator is finite (q, k of norm ~60 in d = 4 reach it). The
+    non-causal form always sees the maximal key. Rescale q and k there: at such logit ranges the
+    estimator's variance makes it useless anyway.
 
     Examples
     --------
