@@ -178,6 +178,8 @@ def _filter_args(x, theta, variant, n_fft):
         raise ValueError(f"theta: expected D = {x.shape[-1]} channels (x.shape[-1]), got shape {theta.shape}")
     if n_bins < 1:
         raise ValueError(f"theta: expected at least one bin, got shape {theta.shape}")
+    if theta.shape[-2] < 1:  # as focus_layer refuses 2F = 0: a bank of no filter is not a filter
+        raise ValueError(f"theta: expected at least one filter per bank (theta.shape[-2] = F >= 1), got shape {theta.shape}")
     _divides(n_bins, "theta", L, "a number of bins (theta.shape[-4])")
     R = L // n_bins
     try:
@@ -231,8 +233,24 @@ def focus_frequency_response(theta, n_fft):
     """
     theta = _theta(theta)
     n_fft = as_int(n_fft, "n_fft", 1)
-    z = np.exp(-2j * np.pi * np.arange(n_fft) / n_fft)  # z_k = e^{−j2πk/N}  (= z⁻¹ on the circle)
-    return 1.0 / (1.0 + theta[..., 0, None] * z + theta[..., 1, None] * z * z)
+    return 1.0 / _denominator_on_grid(theta[..., None, :], n_fft, n_fft)[..., 0, :]
+
+
+def _unit_roots(n: int, n_fft: int) -> np.ndarray:
+    """``z_k = e^{−j2πk/N}`` for k = 0 … n−1 (= z⁻¹ on the unit circle), exactly ±1 where k/N is 0 or 1/2
+    (``exp(−jπ)`` rounds to −1 − 1.2e-16j: with θ near the stability edge, H's Nyquist value
+    then carried an imaginary part 1e-8 of its size where it is real)."""
+    z = np.exp(-2j * np.pi * np.arange(n) / n_fft)
+    z[0] = 1.0
+    if n_fft % 2 == 0 and n > n_fft // 2:
+        z[n_fft // 2] = -1.0
+    return z
+
+
+def _denominator_on_grid(th: np.ndarray, n: int, n_fft: int) -> np.ndarray:
+    """``1 + θ₀ z_k + θ₁ z_k²`` for the pairs ``th`` (..., F, 2) on k = 0 … n−1: (..., F, n)."""
+    z = _unit_roots(n, n_fft)
+    return 1.0 + th[..., 0, None] * z + th[..., 1, None] * z * z
 
 
 def focus_frequency_response_loop(theta, n_fft):
@@ -286,8 +304,7 @@ def periodized_impulse_response(theta, n):
 def _bank_grid(th: np.ndarray, n_fft: int, conjugate: bool) -> np.ndarray:
     """Σ_ℓ H_ℓ (or Σ_ℓ conj H_ℓ) on k = 0 … N/2, shape (..., n_bins, K, D)."""
     K = n_fft // 2 + 1
-    z = np.exp(-2j * np.pi * np.arange(K) / n_fft)
-    H = 1.0 / (1.0 + th[..., 0, None] * z + th[..., 1, None] * z * z)  # (..., n_bins, D, F, K), P-5
+    H = 1.0 / _denominator_on_grid(th, K, n_fft)  # (..., n_bins, D, F, K), P-5
     if conjugate:
         H = H.conj()  # P-6: X · conj(H)
     return np.moveaxis(H.sum(axis=-2), -1, -2)  # P-7: sum the bank; → (..., n_bins, K, D)
@@ -304,6 +321,7 @@ def _impulse_bank(th: np.ndarray, R: int) -> np.ndarray:
     return np.moveaxis(h.sum(axis=-1), 0, -2)
 
 
+@guard_overflow()
 def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
     r"""Filter every (time bin, channel) of ``x`` with its bank of all-pole biquads (14.3).
 
@@ -352,7 +370,7 @@ def adaptive_filter(x, theta, *, variant="causal-recursive", n_fft=None):
         X = np.fft.rfft(xb, n=n_fft, axis=-2)  # P-4, zero-padded if n_fft > R
         Hs = _bank_grid(th, n_fft, conjugate=(variant == "literal"))  # P-5 … P-7
         y = np.fft.irfft(X * Hs, n=n_fft, axis=-2)[..., :R, :]  # P-8, first R samples
-    return y.reshape(y.shape[:-3] + (-1, y.shape[-1]))  # P2S
+    return y.reshape(y.shape[:-3] + (y.shape[-3] * y.shape[-2], y.shape[-1]))  # P2S (no -1: an empty batch has size 0)
 
 
 def adaptive_filter_loop(x, theta, *, variant="causal-recursive", n_fft=None):
@@ -393,7 +411,7 @@ def adaptive_filter_loop(x, theta, *, variant="causal-recursive", n_fft=None):
                 for n in range(R):
                     val = sum(Xc[k] * np.exp(2j * np.pi * k * n / N) for k in range(N)) / N  # P-8
                     y[b][r, n, c] = val.real  # imaginary part is round-off: the spectrum is Hermitian
-    return y.reshape(y.shape[:-3] + (-1, d))
+    return y.reshape(y.shape[:-3] + (y.shape[-3] * y.shape[-2], d))
 
 
 def continuous_exponents(theta):
@@ -491,6 +509,7 @@ def _conv_args(x, kernel, skip, squash):
     return x, k, skip
 
 
+@guard_overflow()
 def global_conv(x, kernel, skip, *, squash=0.0):
     r"""Depthwise causal long convolution ``g = squash_λ(k) ∗ x + skip ⊙ x`` (Fu et al. 2023).
 
@@ -710,10 +729,10 @@ def hypernetwork(x, params, *, n_bins, first_bin="zero", shift=True):
     shift = as_bool(shift, "shift")
     g = global_conv(x, p["conv_kernel"], p["conv_skip"], squash=p["conv_squash"])
     e = adaptive_max_pool(g, O * n_bins)  # (..., n_bins·O, D)
-    e = np.swapaxes(e.reshape(e.shape[:-2] + (n_bins, O, -1)), -1, -2)  # (..., n_bins, D, O)
+    e = np.swapaxes(e.reshape(e.shape[:-2] + (n_bins, O, e.shape[-1])), -1, -2)  # (..., n_bins, D, O)
     h1 = expit(e @ p["mlp_w1"] + p["mlp_b1"])  # first layer, sigmoid
     theta = expit(h1 @ p["mlp_w2"] + p["mlp_b2"])  # θ ∈ (0, 1)  (P-3)
-    theta = theta.reshape(theta.shape[:-1] + (-1, 2))
+    theta = theta.reshape(theta.shape[:-1] + (theta.shape[-1] // 2, 2))  # 2F -> (F, 2) (no -1: an empty batch has size 0)
     return _theta_shift(theta, p, first_bin) if shift else theta
 
 
@@ -814,7 +833,7 @@ def chunked_attention(x, x_f, w_q, w_k, w_v, *, chunk_size, scale=None):
     x, x_f, (wq, wk, wv), M = _attn_args(x, x_f, w_q, w_k, w_v, chunk_size)
     q, k, v = _chunks(x @ wq, M), _chunks(x_f @ wk, M), _chunks(x_f @ wv, M)
     y = softmax_attention(q, k, v, causal=True, scale=scale)  # all chunks in one batched call
-    return y.reshape(y.shape[:-3] + (-1, y.shape[-1]))  # P2S
+    return y.reshape(y.shape[:-3] + (y.shape[-3] * y.shape[-2], y.shape[-1]))  # P2S
 
 
 def chunked_attention_loop(x, x_f, w_q, w_k, w_v, *, chunk_size, scale=None):

@@ -311,6 +311,7 @@ def _check_conv(u, h):
     return u, h
 
 
+@guard_overflow()
 def fft_conv(u, h):
     r"""Causal linear convolution of every channel with its own filter, by a zero-padded FFT.
 

@@ -751,3 +751,32 @@ class TestBadInputRefusedByName:
         with pytest.raises(TypeError, match=r"^shift: expected a bool"):
             fo.hypernetwork(np.ones((16, 3)), fo.init_focus_params(3, kernel_len=8, hidden=4, rng=0), n_bins=2,
                             shift="no")
+
+
+def test_fft_paths_refuse_a_non_representable_result():
+    """A finite input whose FFT overflows gave NaN rows with only a warning (an independent tester's
+    finding); like every function of the package, the FFT forms now refuse."""
+    x = np.full((64, 1), 1e307)  # bins of 32 samples: the DC term 3.2e308 overflows
+    with pytest.raises(ValueError, match="not representable"):
+        fo.global_conv(x, np.ones((4, 1)), np.zeros(1))
+    with pytest.raises(ValueError, match="not representable"):
+        fo.adaptive_filter(x, np.full((2, 1, 1, 2), 0.1), variant="causal-circular")
+
+
+def test_a_bank_of_no_filter_and_empty_batches():
+    with pytest.raises(ValueError, match=r"^theta: expected at least one filter per bank"):
+        fo.adaptive_filter(np.zeros((8, 2)), np.zeros((2, 2, 0, 2)))  # returned zeros before
+    th = np.full((2, 2, 1, 2), 0.1)
+    for variant in fo.VARIANTS:
+        assert fo.adaptive_filter(np.zeros((0, 8, 2)), th, variant=variant).shape == (0, 8, 2)
+    P = fo.init_focus_params(4, rng=0)
+    assert fo.focus_layer(np.zeros((0, 24, 4)), P, chunk_size=12, n_bins=6).shape == (0, 24, 4)
+
+
+def test_nyquist_value_of_the_grid_is_real():
+    """exp(−jπ) rounds to −1 − 1.2e-16j; near the stability edge H(−1) = 1/(1 − θ₀ + θ₁) ≈ 1e8 then
+    carried an imaginary part of about 1 (relative 1e-8). The grid uses z = −1 exactly."""
+    theta = np.array([1 - 1e-8, 1e-9])
+    H = fo.focus_frequency_response(theta, 8)
+    assert H[4].imag == 0.0 and H[0].imag == 0.0
+    assert H[4].real == pytest.approx(1.0 / (1.0 - theta[0] + theta[1]), rel=1e-15)

@@ -613,3 +613,10 @@ class TestHyenaOperator:
             mixing.hyena_matrix(np.ones((1, 24, 3)), filters)
         with pytest.raises(ValueError, match="^u"):
             mixing.hyena_operator(np.full((24, 3), np.inf), w_in, filters)
+
+
+def test_fft_conv_refuses_a_non_representable_result():
+    """fft_conv of u = 1e307 gave NaN (its FFT overflows) while the direct sum is 1e307: refused now."""
+    with pytest.raises(ValueError, match=r"^u \(\|u\| from 1e\+307.*not representable"):
+        mixing.fft_conv(np.full((64, 1), 1e307), [[1.0]])
+    assert mixing.fft_conv_loop(np.full((64, 1), 1e307), [[1.0]])[0, 0] == 1e307
