@@ -35,6 +35,7 @@ the discretized Ā_t and B̄_t u_t of the selective scan (Eqs. (11.15)–(11.16)
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -52,10 +53,11 @@ def _f32(x):
     return np.asarray(x).astype(f32)
 
 
-def _geometry(n, m, row0, causal, window, alibi: bool):
+def _geometry(n, m, row0, causal, window, alibi: bool, offset: int = 0):
     """What the causal mask, the window and ALiBi make of rows ``row0 … row0 + n − 1`` and ``m`` keys:
-    the allowed (i, j) (n, m), and |i − j| in float32 for ALiBi (None without). The same for every head."""
-    lag = np.arange(row0, row0 + n)[:, None] - np.arange(m)[None, :]  # i − j (top-left aligned, as refimpl)
+    the allowed (i, j) (n, m), and |i + offset − j| in float32 for ALiBi (None without). The same for
+    every head. ``offset`` aligns query i with key i + offset (0 top-left, M − N bottom-right, as refimpl)."""
+    lag = np.arange(row0, row0 + n)[:, None] + offset - np.arange(m)[None, :]  # i + offset − j
     allowed = np.ones((n, m), dtype=bool)
     if causal:
         allowed &= lag >= 0
@@ -64,11 +66,14 @@ def _geometry(n, m, row0, causal, window, alibi: bool):
     return allowed, (np.abs(lag).astype(f32) if alibi else None)
 
 
-def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None):
+def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None, offset=0,
+                      softcap=None, keep_tanh=False):
     """The stored logits ``S = scale · Q Kᵀ`` (float32 accumulation, stored in the tier), masked with −∞.
 
     ``q`` holds the query rows ``row0, row0 + 1, …`` (a block of rows; ``mask`` already sliced).
     ``geometry``: :func:`_geometry` of these rows, when the caller computed it once for all heads.
+    ``softcap`` c: ``c · tanh(S / c)`` in float32 on the stored logits, before the bias and the masks
+    (the kernels' order, Eq. (4.14)); with ``keep_tanh`` also returns ``tanh(S / c)`` (for the backward pass).
     """
     q, k = _f32(q), _f32(k)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
@@ -76,15 +81,21 @@ def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row
     s *= f32(scale)
     s = store(s, tier).astype(f32, copy=False)
     n, m = s.shape[-2:]
+    tanh = None
+    if softcap is not None:
+        c = f32(softcap)
+        tanh = np.tanh(s / c).astype(f32, copy=False)
+        s = c * tanh
     if geometry is None:
-        geometry = _geometry(n, m, row0, causal, window, alibi_slopes is not None)
+        geometry = _geometry(n, m, row0, causal, window, alibi_slopes is not None, offset)
     allowed, abs_lag = geometry
     if mask is not None:
         allowed = allowed & np.asarray(mask, dtype=bool)
     if alibi_slopes is not None:  # the linear bias −m·|i − j|, added in float32 to the stored logits
         slopes = _f32(alibi_slopes)
         s = s - (slopes[..., None, None] * abs_lag)
-    return np.where(allowed, s, f32(-np.inf))
+    s = np.where(allowed, s, f32(-np.inf))
+    return (s, tanh) if keep_tanh else s
 
 
 #: logits (batch entries × N × M) above which the plain attention references with weights run one
@@ -132,11 +143,14 @@ def _by_entry(fn, seqs: dict, mask, alibi_slopes):
     return outs
 
 
-def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None):
-    """P, y and ℓ of :func:`softmax_attention` for these query rows. A row with no allowed key (a window
-    or a bottom-right causal mask can leave one) gets P = 0, y = 0 and ℓ = −∞, as in refimpl and in
-    FlashAttention's kernels (which skip the max of an empty row), not 0/0."""
-    s = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry)
+def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None, offset=0,
+                  softcap=None, keep_tanh=False):
+    """P, y and ℓ of :func:`softmax_attention` for these query rows (and ``tanh(S / c)`` with
+    ``keep_tanh``). A row with no allowed key (a window or a bottom-right causal mask can leave one)
+    gets P = 0, y = 0 and ℓ = −∞, as in refimpl and in FlashAttention's kernels (which skip the max
+    of an empty row), not 0/0."""
+    s = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry, offset, softcap, True)
+    s, tanh = s
     mx = s.max(axis=-1, keepdims=True)
     empty = mx == -np.inf
     has_empty = bool(empty.any())
@@ -149,25 +163,33 @@ def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0
     p = store(s, tier)
     y = store(matmul(p, _f32(v), tier), tier)
     with np.errstate(divide="ignore"):  # log 0 = −∞ for an empty row
-        return p, y, store((mx + np.log(z))[..., 0], tier)
+        lse = store((mx + np.log(z))[..., 0], tier)
+    return (p, y, lse, tanh) if keep_tanh else (p, y, lse)
 
 
-def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None, alibi_slopes=None, *, tier,
-                      weights=True):
+def _offset(q, k, causal_alignment) -> int:
+    """Key i + offset is aligned with query i: 0 top-left, M − N bottom-right (refimpl's convention)."""
+    return 0 if causal_alignment == "top_left" else np.shape(k)[-2] - np.shape(q)[-2]
+
+
+def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None, alibi_slopes=None,
+                      causal_alignment="top_left", softcap=None, *, tier, weights=True):
     """Eqs. (4.1)–(4.3) as FlashAttention's low-precision reference: S = scale·QKᵀ, P = softmax(S), y = P V.
 
     S is accumulated in float32 and stored in the tier; the softmax runs in float32 on the stored
     scores (max-subtracted) and P is stored; ``P @ V`` is accumulated in float32 and stored.
-    ``window`` and ``alibi_slopes`` (Eq. (16.16)) restrict and bias the stored logits in float32.
+    ``window`` and ``alibi_slopes`` (Eq. (16.16)) restrict and bias the stored logits in float32,
+    aligned as ``causal_alignment`` says; ``softcap`` caps them first (float32).
     Returns ``{"A": P, "y": y, "lse": ℓ}`` with the row log-sum-exp ``ℓ_i = m_i + log Σ_j e^{s_ij − m_i}``
     in float32, stored (what fused kernels return, Eq. (16.15)). With ``weights=False`` the rows
     are processed in blocks (the same arithmetic row by row) and ``A`` is not returned, so memory
     stays O(block · M) at any N.
     """
     tier = tier_name(tier)
+    offset = _offset(q, k, causal_alignment)
     if weights:
-        geometry = _geometry(np.shape(q)[-2], np.shape(k)[-2], 0, causal, window, alibi_slopes is not None)
-        fixed = dict(causal=causal, scale=scale, window=window, tier=tier, geometry=geometry)
+        geometry = _geometry(np.shape(q)[-2], np.shape(k)[-2], 0, causal, window, alibi_slopes is not None, offset)
+        fixed = dict(causal=causal, scale=scale, window=window, tier=tier, geometry=geometry, softcap=softcap)
         p, y, lse = _by_entry(lambda q, k, v, mask, alibi_slopes: _softmax_rows(q, k, v, mask, alibi_slopes=alibi_slopes, **fixed),
                               dict(q=q, k=k, v=v), mask, alibi_slopes)
         return {"A": p, "y": y, "lse": lse}
@@ -179,13 +201,15 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
     for r0 in range(0, n, step):
         rows = slice(r0, min(n, r0 + step))
         mk = mask[..., rows, :] if mask is not None and mask.ndim >= 2 and mask.shape[-2] == n else mask
-        _, y, lse = _softmax_rows(q[..., rows, :], k, v, mk, causal, scale, window, alibi_slopes, tier, r0)
+        _, y, lse = _softmax_rows(q[..., rows, :], k, v, mk, causal, scale, window, alibi_slopes, tier, r0,
+                                  offset=offset, softcap=softcap)
         ys.append(y)
         lses.append(lse)
     return {"y": np.concatenate(ys, axis=-2), "lse": np.concatenate(lses, axis=-1)}
 
 
-def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, window=None, alibi_slopes=None, *, tier):
+def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, window=None, alibi_slopes=None,
+                          causal_alignment="top_left", softcap=None, *, tier):
     r"""The backward pass of Eq. (4.1) as FlashAttention's backward kernel computes it in the tier.
 
     The weights P are recomputed as in :func:`softmax_attention` (stored logits, float32 softmax,
@@ -194,14 +218,16 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
     float32, stored; ``dQ = scale · dS K`` and ``dK = scale · dSᵀ Q`` are tier products. Gradients are
     summed over broadcast batch axes and stored. Returns ``{"dq", "dk", "dv"}``. A sliding window
     and ALiBi biases enter through the recomputed P only (forbidden entries have P = 0, hence
-    dS = 0; the bias is a constant).
+    dS = 0; the bias is a constant). A soft cap multiplies dS by ``1 − tanh²(S / c)`` in float32.
     """
     tier = tier_name(tier)
     c = f32(1.0 / math.sqrt(np.shape(q)[-1]) if scale is None else float(scale))
-    geometry = _geometry(np.shape(q)[-2], np.shape(k)[-2], 0, causal, window, alibi_slopes is not None)
+    geometry = _geometry(np.shape(q)[-2], np.shape(k)[-2], 0, causal, window, alibi_slopes is not None,
+                         _offset(q, k, causal_alignment))
 
     def grads(q, k, v, dy, mask, alibi_slopes):  # dq, dk, dv before the sums over broadcast axes
-        p, y, _ = _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, geometry=geometry)
+        p, y, _, tanh = _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, geometry=geometry,
+                                      softcap=softcap, keep_tanh=True)
         p = p.astype(f32, copy=False)
         q, k, v, dy = _f32(q), _f32(k), _f32(v), _f32(dy)
         dv = matmul(np.swapaxes(p, -1, -2), dy, tier)
@@ -209,6 +235,8 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
         D = np.sum(dy * y.astype(f32), axis=-1, keepdims=True, dtype=f32)
         dp -= D
         dp *= p  # P ∘ (dP − D), in place (the temporaries are N × M)
+        if tanh is not None:
+            dp *= 1 - tanh * tanh  # through the cap: ∂(c tanh(s/c))/∂s = 1 − tanh²
         ds = store(dp, tier)
         return matmul(ds, k, tier) * c, matmul(np.swapaxes(ds, -1, -2), q, tier) * c, dv
 
@@ -649,11 +677,45 @@ def _call(fn, args, names, tier, fixed=None):
 def _unblocked(fn):
     """``fn`` with the tile sizes ``block_q``, ``block_k`` accepted and ignored (the plain algorithm is untiled)."""
 
-    def run(q, k, v, causal=False, scale=None, block_q=None, block_k=None, *, tier):
-        return fn(q, k, v, causal=causal, scale=scale, tier=tier, weights=False)
+    def run(q, k, v, causal=False, scale=None, block_q=None, block_k=None, window=None, alibi_slopes=None,
+            causal_alignment="top_left", softcap=None, *, tier):
+        return fn(q, k, v, causal=causal, scale=scale, window=window, alibi_slopes=alibi_slopes,
+                  causal_alignment=causal_alignment, softcap=softcap, tier=tier, weights=False)
 
     run.__name__ = fn.__name__
     return run
+
+
+def _grouped(plain, grads: bool = False):
+    """``plain(args, tier[, needed])`` for grouped-query heads: each key/value head repeated for the G
+    query heads that read it (axis −3; query head h reads key head h // G, as refimpl and
+    ``torch.repeat_interleave``), and, for a backward pass, ``dK``, ``dV`` summed over the G heads in
+    float32 and stored once more (a kernel accumulates them in float32 and stores once: one rounding
+    fewer, so the plain error is, if anything, slightly larger)."""
+
+    takes_needed = "needed" in inspect.signature(plain).parameters
+
+    def run(args, tier, needed=None):
+        args = dict(args)
+        kw = {"needed": needed} if takes_needed and needed is not None else {}
+        if not args.pop("grouped_heads", False):
+            return plain(args, tier, **kw)
+        h, h_kv = np.shape(args["q"])[-3], np.shape(args["k"])[-3]
+        g = h // h_kv
+        for n in ("k", "v"):
+            args[n] = np.repeat(np.asarray(args[n]), g, axis=-3)
+        out = plain(args, tier, **kw)
+        if grads:
+            for n in ("k", "v"):
+                d = np.asarray(out["d" + n], dtype=f32)
+                shape = d.shape[:-3] + (h_kv, g) + d.shape[-2:]
+                out["d" + n] = store(d.reshape(shape).sum(axis=-3, dtype=f32), tier)
+        return out
+
+    return run
+
+
+_ATTENTION_OPTIONS = ("mask", "causal", "scale", "window", "alibi_slopes", "causal_alignment", "softcap")
 
 
 def _selective(args, tier):
@@ -663,13 +725,12 @@ def _selective(args, tier):
 #: ``{registered function name: plain(args, tier[, needed]) -> {quantity: ndarray}}`` (``needed``: the
 #: quantities the oracle compares, for plain algorithms that can skip a large intermediate)
 PLAIN = {
-    "attention.softmax_attention": lambda args, tier, needed=("A", "y"): _call(
-        softmax_attention, args, ("q", "k", "v", "mask", "causal", "scale", "window", "alibi_slopes"), tier,
-        {"weights": "A" in needed}),
-    "attention.softmax_attention_vjp": lambda args, tier: _call(
-        softmax_attention_vjp, args, ("q", "k", "v", "dy", "mask", "causal", "scale", "window", "alibi_slopes"), tier),
-    "attention.flash_attention": lambda args, tier: _call(
-        _unblocked(softmax_attention), args, ("q", "k", "v", "causal", "scale", "block_q", "block_k"), tier),
+    "attention.softmax_attention": _grouped(lambda args, tier, needed=("A", "y"): _call(
+        softmax_attention, args, ("q", "k", "v") + _ATTENTION_OPTIONS, tier, {"weights": "A" in needed})),
+    "attention.softmax_attention_vjp": _grouped(lambda args, tier: _call(
+        softmax_attention_vjp, args, ("q", "k", "v", "dy") + _ATTENTION_OPTIONS, tier), grads=True),
+    "attention.flash_attention": _grouped(lambda args, tier: _call(
+        _unblocked(softmax_attention), args, ("q", "k", "v", "block_q", "block_k") + _ATTENTION_OPTIONS[1:], tier)),
     "random_features.linear_attention": lambda args, tier: _call(
         linear_attention, args, ("q", "k", "v", "causal", "feature_map"), tier),
     "random_features.performer_attention": lambda args, tier: _call(

@@ -622,7 +622,9 @@ def softmax_attention(
     window : int >= 1, optional
         Sliding-window (local) attention: key j is allowed only if ``|i + o − j| < window``;
         with ``causal`` each query sees its ``window`` most recent keys, itself included
-        (Longformer, Mistral; Eq. (16.16)).
+        (Longformer, Mistral; Eq. (16.16)). In FlashAttention's ``flash_attn_func`` this is
+        ``window_size=(window − 1, 0)`` with ``causal=True`` and ``(window − 1, window − 1)``
+        without (its bounds are inclusive).
     alibi_slopes : array_like, broadcastable to the batch axes (e.g. shape (H,)), optional
         ALiBi (Press et al. 2022): the bias ``−m · |i + o − j|`` is added to the logits, with
         slope ``m ≥ 0`` per head (the last batch axis); for causal attention this is the
