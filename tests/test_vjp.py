@@ -940,6 +940,140 @@ def test_delta_vjp_broadcast_beta_and_shared_keys():
     check_all_twins(g, lr.delta_rule_vjp_loop(**args, dy=dy, chunk_size=5), "delta broadcast")
 
 
+# The log-gate gradients entry by entry. dlog g_r is a sum of terms (dy_t·v_s) q_t ⊙ k_s e^{seg[t, s]} over the pairs
+# s < r <= t; with |q|, |k|, |v|, |dy| every term is positive, so the loop twin on those gives the sum of the terms'
+# magnitudes, MAG_r: an error of a few ulps times MAG_r is a few ulps times the entry's condition. A difference of
+# larger sums (the reverse cumulative sum of q ⊙ dq − k ⊙ dk) has an error of ε times those sums instead: 1e-16
+# absolute on entries of 1e-23 with gates e^-50.
+
+DLOGG = 1e-13  # |dlog g − loop twin| <= DLOGG · MAG per entry (the loop twin's own error: ~1e-15 · MAG)
+DLOGG_REL = 1e-12  # relative error of the entries whose condition MAG / |dlog g| is at most 10
+
+
+def gates(pattern, shape, rng):
+    """Log-gates: 'e^-50' everywhere; 'e^-1000 among ~1' (a gate e^-1000 at 30 % of the entries, −1e-3 elsewhere);
+    'e^-50 among ~1' (every 7th step); 'e^-20 among ~1' (every 23rd step: chunks of 16 that decay by less than e^-30)."""
+    near_one = -1e-3 * rng.uniform(0.5, 1.0, shape)
+    steps = np.arange(shape[0])[(slice(None),) + (None,) * (len(shape) - 1)]
+    if pattern == "e^-50":
+        return np.full(shape, -50.0)
+    if pattern == "e^-1000 among ~1":
+        return np.where(rng.random(shape) < 0.3, -1000.0, near_one)
+    if pattern == "e^-50 among ~1":
+        return np.where(steps % 7 == 3, -50.0 - rng.uniform(0, 1, shape), near_one)
+    return np.where(steps % 23 == 5, -20.0 - rng.uniform(0, 1, shape), near_one)  # 'e^-20 among ~1'
+
+
+def check_dlogg_entries(g, ref, mag, what):
+    """|g − ref| <= DLOGG · MAG in every entry (exact equality where MAG = 0), relative DLOGG_REL where MAG <= 10 |ref|."""
+    err = np.abs(g - ref)
+    ratio = np.divide(err, mag, out=np.where(err > 0, np.inf, 0.0), where=mag > 0)  # inf: an error where MAG = 0
+    i = np.unravel_index(np.argmax(ratio), err.shape)
+    record(f"{what}: |error| / Σ|terms| per entry", float(ratio[i]), DLOGG)
+    assert np.all(err <= DLOGG * mag), f"{what}: entry {i}: {g[i]!r} vs loop twin {ref[i]!r} (Σ|terms| {mag[i]:.3e})"
+    sound = (mag > 0) & (mag <= 10 * np.abs(ref))
+    rel = float(np.max(err[sound] / np.abs(ref[sound])))
+    record(f"{what}: relative error of well-conditioned entries", rel, DLOGG_REL)
+    assert rel <= DLOGG_REL, f"{what}: relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize("pattern", ["e^-50", "e^-1000 among ~1", "e^-50 among ~1", "e^-20 among ~1"])
+@pytest.mark.parametrize("L, c", [(64, 16), (70, 16), (45, 64), (40, 7)])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_gla_vjp_dlog_g_entry_by_entry_with_small_gates(per_channel, L, c, pattern):
+    """dlog_g of small gates against the loop twin entry by entry, entries down to ~1e-23 included (the
+    difference form gave them an absolute error of ~1e-16); exact zeros (the first step, gates e^-1000) exact."""
+    rng = np.random.default_rng(L + c)
+    dk, dv = 4, 3
+    q, k = rng.normal(size=(2, 2, L, dk))
+    v, dy = rng.normal(size=(2, 2, L, dv))
+    log_g = gates(pattern, (L, dk) if per_channel else (L,), rng)
+    log_g = np.stack([log_g, gates(pattern, log_g.shape, rng)])  # two heads
+    g = lr.gated_linear_attention_vjp(q, k, v, log_g, dy, scale=1.0, chunk_size=c)["dlog_g"]
+    ref = lr.gated_linear_attention_vjp_loop(q, k, v, log_g, dy, scale=1.0)["dlog_g"]
+    mag = lr.gated_linear_attention_vjp_loop(abs(q), abs(k), abs(v), log_g, abs(dy), scale=1.0)["dlog_g"]
+    check_dlogg_entries(g, ref, mag, f"GLA dlog_g {pattern} ({per_channel=}, L={L}, c={c})")
+    if pattern == "e^-1000 among ~1":  # ~e^-1000 underflows: those entries are 0 (below 5e-324), compared exactly
+        assert np.count_nonzero(mag == 0) > 0.2 * mag.size
+    else:  # the checks above covered entries this small
+        assert np.abs(ref[mag > 0]).min() < (1e-7 if pattern == "e^-20 among ~1" else 1e-20)
+
+
+@pytest.mark.parametrize("dt", [10.0, 20.0, 40.0])
+@pytest.mark.parametrize("c", [64, 16, 7])
+def test_ssd_vjp_dA_of_fast_decays(dt, c):
+    """dA = Σ_t Δ_t ρ_t with ρ_t the log-gate gradient: at Δ A = −10, −20, −40 per step each ρ_t is ~e^{ΔA}, and a
+    difference of the chunk's terms gave dA with relative errors 1e-10, 5e-6, 3e3 (one head, L = 64, A = −1)."""
+    rng = np.random.default_rng(int(dt) + c)
+    L = 64
+    x, dy = rng.normal(size=(2, 2, L, 2))
+    B, C = rng.normal(size=(2, 1, L, 2))
+    A = np.array([-1.0, -0.5])
+    dts = np.full((2, L), dt)
+    g = lr.ssd_vjp(x, dts, A, B, C, None, dy, chunk_size=c)
+    gl = lr.ssd_vjp_loop(x, dts, A, B, C, None, dy, chunk_size=c)
+    rel = np.abs(g["dA"] - gl["dA"]) / np.abs(gl["dA"])
+    record("SSD dA of fast decays (relative)", float(rel.max()), DLOGG_REL)
+    assert np.all(rel <= DLOGG_REL), (g["dA"], gl["dA"])
+    close(g["ddt"], gl["ddt"], rtol=SELF, what=f"SSD ddt at Δ = {dt}")
+
+
+def test_ssd_vjp_dA_in_mamba2_like_settings():
+    """Δ = softplus(N(2, 1)), A down to −10 (Mamba-2-like): dA against the loop twin, to a few ulps of Σ Δ_t |ρ_t terms|."""
+    rng = np.random.default_rng(13)
+    H, L, P, N = 4, 256, 8, 8
+    x, dy = rng.normal(size=(2, H, L, P))
+    B, C = rng.normal(size=(2, 1, L, N))
+    dt = np.log1p(np.exp(rng.normal(2.0, 1.0, (H, L))))
+    A = -np.array([1.7, 10.0, 5.8, 1.2])
+    g = lr.ssd_vjp(x, dt, A, B, C, None, dy)["dA"]
+    gl = lr.ssd_vjp_loop(x, dt, A, B, C, None, dy)["dA"]
+    mag = lr.ssd_vjp_loop(abs(x), dt, A, abs(B), abs(C), None, abs(dy))["dA"]  # Σ Δ_t × Σ|terms of ρ_t| (A ≤ 0)
+    err = np.abs(g - gl)
+    record("SSD dA, Mamba-2-like (rel. to Σ|terms|)", float(np.max(err / mag)), DLOGG)
+    assert np.all(err <= DLOGG * mag), (g, gl, mag)
+    assert np.all(err <= DLOGG_REL * np.abs(gl)), (g, gl)
+
+
+def delta_dlogg_magnitude(q, k, v, beta, log_g, dy):
+    """``g_t Σ_ij |Λ_t[i, j] (S_{t−1}(I − β_t k_t k_tᵀ))[i, j]|`` per step (scale 1, one sequence): the size of the
+    terms of the delta rule's ``dlog g_t = g_t ⟨Λ_t, S_{t−1}(I − β_t k_t k_tᵀ)⟩`` (Eq. (16.20)), the states and
+    adjoints from the recurrences written out here again."""
+    L, dk = q.shape
+    eye = np.eye(dk)
+    P = [eye - beta[t] * np.outer(k[t], k[t]) for t in range(L)]
+    S = [np.zeros((v.shape[-1], dk))]
+    for t in range(L):
+        S.append(math.exp(log_g[t]) * S[-1] @ P[t] + beta[t] * np.outer(v[t], k[t]))
+    out, lam = np.zeros(L), np.zeros_like(S[0])
+    for t in range(L - 1, -1, -1):
+        lam = (math.exp(log_g[t + 1]) * lam @ P[t + 1].T if t + 1 < L else lam) + np.outer(dy[t], q[t])
+        out[t] = math.exp(log_g[t]) * np.sum(np.abs(lam * (S[t] @ P[t])))
+    return out
+
+
+@pytest.mark.parametrize("c", [64, 16, 5])
+def test_delta_vjp_dlog_g_of_gates_near_e_minus_50(c):
+    """The delta rule's dlog_g at steps with a gate ~e^-50 (~1e-21 and smaller) against the loop twin, entry by entry
+    to a few ulps of the size of its terms: the sum over s < r as an inclusive prefix sum minus its own term gave 0."""
+    rng = np.random.default_rng(60 + c)
+    L = 65
+    q, k, v, dy = rng.normal(size=(4, 2, L, 3))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    beta = rng.uniform(0.1, 1.9, (2, L))
+    small = rng.random((2, L)) < 0.3
+    log_g = np.where(small, -50.0 - rng.uniform(0, 1, (2, L)), -rng.uniform(0, 0.2, (2, L)))
+    g = lr.delta_rule_vjp(q, k, v, beta, dy, log_g=log_g, scale=1.0, chunk_size=c)
+    gl = lr.delta_rule_vjp_loop(q, k, v, beta, dy, log_g=log_g, scale=1.0, chunk_size=c)
+    mag = np.stack([delta_dlogg_magnitude(q[h], k[h], v[h], beta[h], log_g[h], dy[h]) for h in range(2)])
+    tiny = small & (mag > 0)
+    assert np.abs(gl["dlog_g"][tiny]).max() < 1e-18 and tiny.sum() > 10
+    err = np.abs(g["dlog_g"] - gl["dlog_g"])
+    record("delta dlog_g (rel. to the size of its terms)", float(np.max(err[mag > 0] / mag[mag > 0])), DLOGG)
+    assert np.all(err <= DLOGG * mag), np.max(err[mag > 0] / mag[mag > 0])
+    check_all_twins(g, gl, f"delta with gates e^-50 (c={c})")
+
+
 def _fd_dir(fn, args, name, e, dy, h=1e-5):
     plus, minus = dict(args), dict(args)
     plus[name], minus[name] = args[name] + h * e, args[name] - h * e
