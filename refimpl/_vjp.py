@@ -820,7 +820,7 @@ def _chunk_groups(nb: int, nc: int, c: int) -> list:
     them (:func:`refimpl.linear_rnn._group`, ``nb`` batch entries side by side)."""
     from .linear_rnn import _group
 
-    m = min(nc, _group(nb, c))
+    m = max(1, min(nc, _group(nb, c)))  # nc = 0 (an empty sequence): no group
     return [slice(g0, min(nc, g0 + m)) for g0 in range(0, nc, m)]
 
 

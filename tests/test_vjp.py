@@ -1247,3 +1247,28 @@ def test_linear_attention_vjp_groups_of_chunks_in_threads_bitwise(monkeypatch, b
     small = tuple(x[..., :150, :] for x in (q, k, v, dy))  # and the loop twin, on a shorter sequence
     for a, b in zip(linear_attention_vjp(*small, causal=True), linear_attention_vjp_loop(*small, causal=True)):
         close(a, b, rtol=1e-12, what="linear attention vjp in threads vs loop twin")
+
+
+@pytest.mark.parametrize("form", ["gla-channel", "gla-head", "delta", "ssd", "retention"])
+def test_empty_sequences_give_empty_gradients(form):
+    """L = 0: the forward passes return empty outputs, and so must their backward passes (they
+    raised 'range() arg 3 must not be zero'); the loop twins agree on every shape."""
+    from refimpl import linear_rnn as lr
+
+    z = np.zeros
+    fn, loop, args = {
+        "gla-channel": (lr.gated_linear_attention_vjp, lr.gated_linear_attention_vjp_loop,
+                        (z((0, 4)), z((0, 4)), z((0, 3)), z((0, 4)), z((0, 3)))),
+        "gla-head": (lr.gated_linear_attention_vjp, lr.gated_linear_attention_vjp_loop,
+                     (z((0, 4)), z((0, 4)), z((0, 3)), z((0,)), z((0, 3)))),
+        "delta": (lr.delta_rule_vjp, lr.delta_rule_vjp_loop, (z((0, 4)), z((0, 4)), z((0, 3)), z(0), z((0, 3)))),
+        "ssd": (lr.ssd_vjp, lr.ssd_vjp_loop,
+                (z((2, 0, 3)), np.ones((2, 0)), -np.ones(2), z((1, 0, 4)), z((1, 0, 4)), np.ones(2), z((2, 0, 3)))),
+        "retention": (lr.retention_vjp, lr.retention_vjp_loop,
+                      (z((2, 0, 4)), z((2, 0, 4)), z((2, 0, 3)), np.array([0.9, 0.8]), z((2, 0, 3)))),
+    }[form]
+    got, want = fn(*args), loop(*args)
+    assert got.keys() == want.keys()
+    for name in got:
+        assert np.shape(got[name]) == np.shape(want[name]), name
+        assert np.array_equal(got[name], want[name]), name  # zeros (dA, dD of SSD: sums over no step)
