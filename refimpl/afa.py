@@ -149,23 +149,88 @@ def _scaled_covariance(tau, forward, mu, sigma2, eta2, gamma2):
 
     Eq. (7.2) with Eq. (2.9): forward ``Σ = σ² φ(−2μ, τ) + η² e^{−2μτ} + γ²``; pushed back
     ``Σ = σ² φ(2μ, τ) + η² e^{2μτ} + γ² = e^{2μτ} [σ² φ(−2μ, τ) + η² + γ² e^{−2μτ}]``. Scaling the
-    pushed-back variance by e^{−2μτ} (and the residual by e^{−μτ}, :func:`_scaled_residual_norm`)
-    keeps every quantity finite for any sequence length.
+    pushed-back variance by e^{−2μτ} (and the residual by e^{−μτ}, as :func:`afa` does)
+    keeps every quantity finite for any sequence length. See :func:`_scaled_log_variance`.
     """
-    g2 = np.exp(-2.0 * mu * tau)  # e^{−2μτ} ≤ 1
-    process = sigma2 * lyapunov.phi1(-2.0 * mu * np.ones_like(tau), tau)  # σ² (1 − e^{−2μτ})/(2μ)
-    scaled = process + np.where(forward, eta2 * g2 + gamma2, eta2 + gamma2 * g2)
-    log_p = -np.log(scaled) - np.where(forward, 0.0, 2.0 * mu * tau)
-    return scaled, log_p
+    phi = lyapunov.phi1(-2.0 * mu * np.ones_like(tau), tau)  # (1 − e^{−2μτ})/(2μ)
+    scaled, _, log_p = _scaled_log_variance(tau, forward, mu, sigma2, eta2, gamma2, phi)
+    return scaled, log_p  # (log S is not kept: one (N, N, d) array less; _robust_penalty recovers it)
 
 
-def _robust_logits(log_p, d2, nu, kappa, weight, temperature, allowed, per_channel: bool):
-    """``temperature · (log P − κ log(1 + d²/ν))`` (or ``− d²/ν``), −inf where not allowed, Eq. (7.5).
+#: the smallest normal float64: a variance below it has lost digits (or underflowed to 0)
+_NORMAL = np.finfo(np.float64).tiny
+
+
+def _scaled_log_variance(tau, forward, mu, sigma2, eta2, gamma2, phi):
+    r"""The scaled variance ``S`` (Σ forward, Σ e^{−2μτ} pushed back), ``log S`` and ``log P``.
+
+    ``S`` itself can underflow: with σ² = γ² = 0 a forward pair has ``Σ = η² e^{−2μτ}``, and with
+    σ² = η² = 0 a pushed-back pair has ``S = γ² e^{−2μτ}``; both are 0 in float64 once 2μτ ≳ 745
+    although their logs, and the logits built from them, are ordinary numbers. Where ``S`` is
+    below the normal range, ``log S`` is formed from the logs of its three terms,
+    ``log S = logaddexp(log σ² + log φ, log η² [− 2μτ forward], log γ² [− 2μτ pushed back])``
+    (−inf for a zero term); elsewhere it is ``log(S)``. ``log P = −log S`` (``− 2μτ`` pushed back)
+    is then finite for every lag.
+    """
+    x = 2.0 * mu * tau  # 2μτ
+    g2 = np.exp(-x)  # e^{−2μτ} ≤ 1
+    scaled = sigma2 * phi + np.where(forward, eta2 * g2 + gamma2, eta2 + gamma2 * g2)
+    with np.errstate(divide="ignore"):
+        log_scaled = np.log(scaled)
+        low = scaled < _NORMAL
+        if np.any(low):  # log S = log(Σ_terms) from the terms' logs (np.log(0) = −inf for an absent term)
+            shape = scaled.shape
+            x_low, fwd_low = np.broadcast_to(x, shape)[low], np.broadcast_to(forward, shape)[low]
+
+            def log_of(a):
+                return np.log(np.broadcast_to(a, shape)[low])
+
+            process = log_of(sigma2) + log_of(phi)  # σ² φ
+            measurement = log_of(eta2) - np.where(fwd_low, x_low, 0.0)  # η² e^{−2μτ} (forward) or η²
+            anchor = log_of(gamma2) - np.where(fwd_low, 0.0, x_low)  # γ² or γ² e^{−2μτ} (pushed back)
+            log_scaled[low] = np.logaddexp(np.logaddexp(process, measurement), anchor)
+    log_p = -log_scaled - np.where(forward, 0.0, x)
+    return scaled, log_scaled, log_p
+
+
+def _robust_penalty(d2, r_scaled, scaled, log_p, tau, forward, mu, nu, kappa, weight):
+    """The robust penalty of each pair, ``κ log(1 + d²/ν)`` (Student) or ``d²/ν`` (Gaussian), Eq. (7.5),
+    and d², for the tensor form: ``d2 = Σ_k |R_k|²/S_k`` from the scaled residuals and variances
+    (:func:`_scaled_log_variance`; ``tau``, ``forward`` (N, N, 1) and ``mu`` (d,) give back log S).
+
+    Where a variance ``S_k`` is below the normal range (its precision is inf or has lost digits)
+    or d²/ν overflows, d² is formed in log space, ``log d² = logsumexp_k(log|R_k|² − log S_k)``,
+    and the penalty from it: ``κ logaddexp(0, log d² − log ν)``, finite for any d², or
+    ``e^{log d² − log ν}``, whose limit +inf (weight 0) is right when d² is beyond float64. A zero
+    residual gives penalty 0.
+    """
+    penalty = kappa * np.log1p(d2 / nu) if weight == "student" else d2 / nu
+    bad = ~np.isfinite(penalty)  # d²/ν overflowed (d2 >= 0)
+    if np.min(scaled, initial=np.inf) < _NORMAL:
+        bad |= np.any(scaled < _NORMAL, axis=-1)
+    if np.any(bad):
+        bad = np.broadcast_to(bad, d2.shape)
+        full = r_scaled.shape
+        s_bad, log_p_bad = np.broadcast_to(scaled, full)[bad], np.broadcast_to(log_p, full)[bad]  # (pairs, d)
+        tau_bad, fwd_bad = np.broadcast_to(tau, full)[bad], np.broadcast_to(forward, full)[bad]
+        with np.errstate(divide="ignore"):
+            # log S: of the number where it is normal, else −log P (− 2μτ for a pushed-back pair)
+            log_s = np.where(s_bad >= _NORMAL, np.log(s_bad), -log_p_bad - np.where(fwd_bad, 0.0, 2.0 * mu * tau_bad))
+            log_r2 = 2.0 * np.log(np.abs(r_scaled[bad]))  # log |R_k|² (−inf for R_k = 0)
+        log_d2 = np.logaddexp.reduce(log_r2 - log_s, axis=-1)
+        log_y = log_d2 - math.log(nu)
+        d2, penalty = d2.copy(), penalty.copy()
+        d2[bad] = np.exp(log_d2)
+        penalty[bad] = kappa * np.logaddexp(0.0, log_y) if weight == "student" else np.exp(log_y)
+    return penalty, d2
+
+
+def _robust_logits(log_p, penalty, temperature, allowed, per_channel: bool):
+    """``temperature · (log P − penalty)``, −inf where not allowed, Eq. (7.5).
 
     ``per_channel``: the tensor form, where log P has a trailing channel axis and the robust
     penalty (one scalar per pair) is shared by the d channels.
     """
-    penalty = kappa * np.log1p(d2 / nu) if weight == "student" else d2 / nu
     if per_channel:
         penalty, allowed = penalty[..., None], allowed[..., None]
     logits = temperature * (log_p - penalty)
@@ -218,7 +283,10 @@ def afa(
 
     Σ is Eq. (2.9): for causal pairs ``σ²_k (1 − e^{−2μ_kΔt})/(2μ_k) + η²_k e^{−2μ_kΔt} + γ²_k``
     (exact μ → 0 limit ``σ²_k Δt``); for ``causal=False`` the pairs with j > i use the pushed-back
-    covariance of Eq. (2.7), which grows with the lag.
+    covariance of Eq. (2.7), which grows with the lag. Where a variance leaves the float64 range
+    (η²_k e^{−2μ_kΔt} underflows once 2μ_kΔt ≳ 709 when σ²_k = γ²_k = 0), log P = −log Σ comes from
+    the logs of the three terms and the penalty from ``log d² = logsumexp_k(log|R_k|² + log P_k)``
+    (``κ logaddexp(0, log d² − log ν)``): the logits stay exact for every lag.
 
     Parameters
     ----------
@@ -247,8 +315,10 @@ def afa(
     return_intermediates : bool
         Also return a dict with ``A``, ``R`` (..., N, N, d), ``P`` (N, N, d) (the same for every
         batch element), ``d2`` (..., N, N) and ``logits`` (..., N, N, d) (−inf where not allowed).
-        ``R`` of pushed-back pairs can overflow to inf for very long non-causal lags; every other
-        output stays finite.
+        ``R`` of pushed-back pairs can overflow to inf for very long non-causal lags, and ``P`` and
+        ``d2`` where a variance underflows (e.g. η² e^{−2μΔt} with σ² = γ² = 0 once 2μΔt ≳ 709);
+        the logits, formed from log Σ and log d², stay finite (or −inf for a Gaussian weight whose
+        d²/ν exceeds the float64 range: weight 0, the limit).
 
     Returns
     -------
@@ -297,7 +367,9 @@ def afa(
     # forward: R = q_i − e^{λΔt} k_j;  pushed back (scaled by e^{−λτ}): e^{λτ} q_i − k_j
     r_scaled = np.where(fwd3, qi - decay * phase * kj, decay * np.conj(phase) * qi - kj)
     d2 = np.sum(np.abs(r_scaled) ** 2 / scaled_cov, axis=-1)  # d²_ij = Σ_k P_k |R_k|²
-    logits = _robust_logits(log_p, d2, nu, kappa, weight, temperature, allowed, per_channel=True)
+    penalty, d2 = _robust_penalty(d2, r_scaled, scaled_cov, log_p, tau3, fwd3, mu, nu, kappa, weight)
+    logits = _robust_logits(log_p, penalty, temperature, allowed, per_channel=True)
+    del penalty  # not alive at the peak of memory below
     log_a = _log_softmax(logits, axis=-2)  # normalize over keys j
     # Â = A · e^{λΔt} (or e^{−μΔt}); |e^{λΔt}| = e^{−μΔt} is applied in log space
     aggregate = np.exp(log_a - mu * dt3)
@@ -313,6 +385,37 @@ def afa(
     if return_weights:
         return out, np.exp(log_a)
     return out
+
+
+def _log0(x: float) -> float:
+    """log x, −inf at x = 0 (math.log raises there)."""
+    return math.log(x) if x > 0 else -math.inf
+
+
+def _logsumexp(terms) -> float:
+    """log Σ e^{x} of a few numbers, −inf if all are −inf."""
+    top = max(terms)
+    if top == -math.inf:
+        return top
+    return top + math.log(sum(math.exp(x - top) for x in terms))
+
+
+def _log_variance_loop(dt: float, mu: float, sigma2: float, eta2: float, gamma2: float) -> float:
+    """log Σ(Δt) of Eq. (2.9) for one lag and channel, the log of a sum of three terms.
+
+    ``Σ = σ² φ(∓2μ, τ) + η² e^{∓2μτ} + γ²`` (− for a key at or before the query, + after it):
+    ``log Σ = log(e^{log σ² + log φ} + e^{log η² ∓ 2μτ} + e^{log γ²})``, a term with zero noise
+    being e^{−inf}. Neither the variance (η² e^{−2μτ} underflows once 2μτ ≳ 745) nor the
+    pushed-back φ(2μ, τ) = e^{2μτ} φ(−2μ, τ) (which overflows) is formed.
+    """
+    tau = abs(dt)
+    x = 2.0 * mu * tau
+    growth = 0.0 if dt >= 0 else x  # pushed back: φ(2μ, τ) = e^{2μτ} φ(−2μ, τ)
+    log_phi = growth + _log0(float(lyapunov._phi1_scalar(-2.0 * mu, tau)))  # log φ(∓2μ, τ)
+    process = _log0(sigma2) + log_phi  # log(σ² φ)
+    measurement = _log0(eta2) + (-x if dt >= 0 else x)  # log(η² e^{∓2μτ})
+    anchor = _log0(gamma2)  # log γ²
+    return _logsumexp([process, measurement, anchor])
 
 
 @guard_overflow(first_only=True)
@@ -337,10 +440,12 @@ def afa_loop(
 ):
     """Loop twin of :func:`afa`: Eqs. (7.2)–(7.7) with explicit loops over i, j and k.
 
-    Reads like the equations: the covariance of each pair comes from Eq. (2.9)
-    (:func:`refimpl.lyapunov.isotropic_covariance_loop` per channel), the residual is formed
-    directly. No overflow guards: meant for moderate lags. With ``return_intermediates`` the
-    pair quantities are formed for every pair (i, j), as :func:`afa` returns them.
+    Reads like the equations: the covariance of each pair comes from Eq. (2.9), per channel, as
+    its logarithm (:func:`_log_variance_loop`: a variance that underflows, η² e^{−2μτ} at long
+    lags, still has an ordinary log), the residual is formed directly, and d² as
+    ``log d² = log Σ_k e^{log P_k + log|R_k|²}``. No guard against e^{+μτ} overflowing: meant for
+    pushed-back lags of moderate 2μτ. With ``return_intermediates`` the pair quantities are formed
+    for every pair (i, j), as :func:`afa` returns them.
 
     Examples
     --------
@@ -372,21 +477,24 @@ def afa_loop(
             logits = np.empty((len(keys), d))
             for j in range(N) if return_intermediates else keys:
                 dt = float(t[i] - t[j])
-                P = np.empty(d)
+                log_P = np.empty(d)
                 R = np.empty(d, dtype=np.complex128)
-                d2 = 0.0
+                log_d2_terms = []
                 for c in range(d):
                     mu = -lam[c].real
-                    sigma = lyapunov.isotropic_covariance_loop(dt, mu, sigma2[c], eta2[c], gamma2[c])  # Σ_c(Δt), Eq. (2.9)
-                    P[c] = 1.0 / float(sigma)  # P = 1/Σ
+                    log_P[c] = -_log_variance_loop(dt, mu, sigma2[c], eta2[c], gamma2[c])  # log P = −log Σ_c(Δt), Eq. (2.9)
                     R[c] = qb[b, i, c] - cmath.exp(lam[c] * dt) * kb[b, j, c]  # R = q_i − e^{λΔt} k_j
-                    d2 += P[c] * abs(R[c]) ** 2  # d² = Σ_k P_k |R_k|²
-                robust = kappa * math.log1p(d2 / nu) if weight == "student" else d2 / nu
-                L = temperature * (np.log(P) - robust)  # L = log P − κ log(1 + d²/ν)
+                    log_d2_terms.append(2.0 * _log0(abs(R[c])) + log_P[c])  # log(P_k |R_k|²)
+                log_d2 = _logsumexp(log_d2_terms)  # d² = Σ_k P_k |R_k|²
+                if weight == "student":  # κ log(1 + d²/ν)
+                    robust = kappa * float(np.logaddexp(0.0, log_d2 - math.log(nu)))
+                else:  # d²/ν
+                    robust = lyapunov._exp_real(log_d2 - math.log(nu))  # (inf: weight 0, the limit)
+                L = temperature * (log_P - robust)  # L = log P − κ log(1 + d²/ν)
                 if j in keys:
                     logits[keys.index(j)] = L
                 if return_intermediates:
-                    P_all[i, j], R_all[b, i, j], d2_all[b, i, j] = P, R, d2
+                    P_all[i, j], R_all[b, i, j], d2_all[b, i, j] = np.exp(log_P), R, lyapunov._exp_real(log_d2)
                     if j in keys:
                         L_all[b, i, j] = L
             for c in range(d):
@@ -416,9 +524,31 @@ class _LagKernels:
 
     On a uniform grid they are Toeplitz: computed once per lag (2N − 1 values) and exposed as
     strided (N, N) views without copying; otherwise evaluated for every pair.
+
+    The logits of :func:`_isotropic_rows` are ``L = log P − penalty − shift``, the constant shift
+    (which the softmax cancels) being the largest log P over the lags that carry weight (the lags
+    >= 0 when causal): as the penalty is >= 0, every logit is <= 0 and the rows need no max
+    subtraction. Per lag, from ``log P`` and ``log S`` of :func:`_scaled_log_variance` (finite for
+    every lag; ``S`` is Σ, scaled by e^{−2μτ} for keys after their query, and ‖R‖² is scaled alike):
+
+    * Student: ``log P − κ log(1 + ‖R‖²/(νS)) = log P + κ log(νS) − κ log(‖R‖² + νS)``, stored as
+      ``nu_sigma`` = νS and ``c`` = log P + κ log(νS) − shift, so that ``L = c − κ log(‖R‖² + νS)``.
+      Unlike ``log1p(‖R‖² P/ν)`` this stays exact when S underflows (P = inf): then
+      ``L = log P + κ log(νS) − κ log ‖R‖²`` with the exact logs. νS and ‖R‖² are both scaled by
+      the power of two ``r2_scale`` <= 1 (exact) that brings the largest νS to [1/2, 1).
+    * Gaussian: ``log P − ‖R‖² P/ν``, stored as ``log_p`` = log P − shift and ``p_nu`` = P/ν
+      (inf where S underflows: ‖R‖² · inf = inf is the right limit, weight 0).
+
+    Not resolved: a residual that underflows as well (‖R‖² = 0 next to an underflowed S, e.g. a
+    query exactly 0 against a key 2μΔt ≳ 745 earlier with σ² = γ² = 0) gives log 0 or 0 · inf,
+    a NaN that :func:`refimpl._validate.guard_overflow` refuses.
+
+    Lags that carry no weight (keys after their query, causal) get harmless values (logit
+    ``−κ log(‖R‖² + 1)`` or 0), whatever their variance.
     """
 
-    def __init__(self, t: np.ndarray, mu: float, sigma2: float, eta2: float, gamma2: float, nu: float = 1.0):
+    def __init__(self, t: np.ndarray, mu: float, sigma2: float, eta2: float, gamma2: float, nu: float = 1.0,
+                 kappa: float = 1.0, weight: str = "student", causal: bool = True):
         N = t.shape[0]
         steps = np.diff(t)
         if N > 1 and np.all(steps == steps[0]):
@@ -432,24 +562,37 @@ class _LagKernels:
             def toeplitz(a):
                 return a
         tau, forward = np.abs(lags), lags >= 0
-        scaled, log_p = _scaled_covariance_fast(tau, forward, mu, sigma2, eta2, gamma2)
+        phi = lyapunov._phi1_array(np.asarray(-2.0 * mu), tau)  # (1 − e^{−2μτ})/(2μ)
+        scaled, log_scaled, log_p = _scaled_log_variance(tau, forward, mu, sigma2, eta2, gamma2, phi)
         decay = np.exp(-mu * tau)
         self.dt, self.forward = toeplitz(lags), toeplitz(forward)
         self.later = toeplitz(~forward)  # keys after the query
         self.decay, self.decay_sq = toeplitz(decay), toeplitz(decay * decay)
-        # log P less its largest value: a constant, which the softmax cancels, that makes every logit
-        # log P − penalty <= 0, so the rows need no max subtraction (see _isotropic_rows)
-        self.log_p = toeplitz(log_p - np.max(log_p))
-        self.p_nu = toeplitz(1.0 / (scaled * nu))  # P/ν: d²/ν = (P/ν) ‖R‖² in one product
-
-
-def _scaled_covariance_fast(tau, forward, mu, sigma2, eta2, gamma2):
-    """:func:`_scaled_covariance` for scalar μ and noise, without re-validating the lags."""
-    g2 = np.exp(-2.0 * mu * tau)
-    process = sigma2 * lyapunov._phi1_array(np.asarray(-2.0 * mu), tau)  # σ² (1 − e^{−2μτ})/(2μ)
-    scaled = process + np.where(forward, eta2 * g2 + gamma2, eta2 + gamma2 * g2)
-    log_p = -np.log(scaled) - np.where(forward, 0.0, 2.0 * mu * tau)
-    return scaled, log_p
+        masked = ~forward if causal else np.zeros_like(forward)  # lags that carry no weight
+        shift = np.max(log_p[~masked])  # the largest log P that carries weight: every logit <= 0
+        self.r2_scale = 1.0
+        self.nu_sigma = self.c = self.log_p = self.p_nu = None
+        with np.errstate(divide="ignore", over="ignore"):
+            if weight == "student":
+                # ‖R‖² and νS scaled by 2^{−e} (exact), e >= 0 making the largest νS that carries weight
+                # at most 1: ‖R‖² + νS cannot overflow, and the logs of c and of ‖R‖² + νS stay small
+                # where they cancel (‖R‖² ≪ νS)
+                top = math.log(nu) + float(np.max(log_scaled[~masked]))  # the largest log(νS)
+                e = min(max(0, math.floor(top / math.log(2.0)) + 1), 1022)
+                self.r2_scale = math.ldexp(1.0, -e)
+                nu_sigma = scaled * (nu * self.r2_scale)  # νS 2^{−e}
+                # log(νS 2^{−e}): of the stored number, or from log S where it has lost digits (or is 0)
+                log_nu_sigma = np.where(nu_sigma >= _NORMAL, np.log(nu_sigma), math.log(nu) + log_scaled - e * math.log(2.0))
+                c = log_p + kappa * log_nu_sigma - shift  # log P + κ log(νS) − shift (with the scale)
+                self.nu_sigma = toeplitz(np.where(masked, 1.0, nu_sigma))
+                self.c = toeplitz(np.where(masked, 0.0, c))
+            else:
+                p_nu = 1.0 / (scaled * nu)  # P/ν: d²/ν = (P/ν) ‖R‖² in one product
+                low = scaled < _NORMAL
+                if np.any(low):  # P/ν from log P where S has lost digits or is 0
+                    p_nu = np.where(low, np.exp(-log_scaled - math.log(nu)), p_nu)
+                self.p_nu = toeplitz(np.where(masked, 0.0, p_nu))
+                self.log_p = toeplitz(np.where(masked, 0.0, log_p - shift))
 
 
 def _check_isotropic_dynamics(mu, omega, d: int):
@@ -500,7 +643,15 @@ def isotropic_afa(
     is pulled back by ``e^{+μ|Δt|} = 1/E_ij``: its residual norm and variance are both evaluated
     scaled by ``E_ij²`` (``E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃_i^† k̃_j)``) and ``Â_ij`` is formed in log
     space. No (N, N, d) array and no factor e^{+μt} (which overflows for long sequences) is ever
-    formed. The pairs are computed in blocks of b query rows against the keys they attend to:
+    formed. The Student logit is evaluated as ``log P + κ log(νΣ) − κ log(‖R‖² + νΣ)``
+    (= ``log P − κ log(1 + ‖R‖² P/ν)``) with ``log Σ`` from the logs of its three terms, so that
+    it stays exact when Σ underflows (e.g. η² e^{−2μΔt} with σ² = γ² = 0, or the scaled pushed-back
+    γ² e^{−2μ|Δt|} with σ² = η² = 0, once 2μ|Δt| ≳ 745); the Gaussian penalty ‖R‖² P/ν then tends
+    to +inf (weight 0), its limit. The rotations use the time since the first stamp,
+    ``t_i − t_1`` in place of ``t_i`` above (the factors e^{∓iωt_1} cancel): a common offset of
+    the time stamps changes nothing, and the phases ω(t_i − t_1) carry a rounding error of about
+    ε|ω|(t_N − t_1) radians, against ε|ωΔt_ij| for the tensor form's e^{iωΔt_ij}.
+    The pairs are computed in blocks of b query rows against the keys they attend to:
     memory O(b·N + N d) on a uniform time grid (steps exactly equal, e.g. the default
     ``t = 0, 1, …``: the lag kernels are Toeplitz views of 2N − 1 values). Irregular time stamps
     make the lag kernels (N, N) arrays, and ``return_weights`` returns the (N, N) weights: O(N²)
@@ -525,7 +676,8 @@ def isotropic_afa(
     Returns
     -------
     out : ndarray of complex128, shape (..., N, d)
-        Equal to ``afa(q, k, v, eigvals=-mu + 1j*omega, ...)``.
+        Equal to ``afa(q, k, v, eigvals=-mu + 1j*omega, ...)`` up to rounding (for long sequences
+        dominated by the phases' ε|ω|(t_N − t_1), above).
 
     Examples
     --------
@@ -550,12 +702,16 @@ def isotropic_afa(
     )
     N, d = q.shape[-2:]
     mu, omega = _check_isotropic_dynamics(mu, omega, d)
-    lag = _LagKernels(t, mu, sigma2[0], eta2[0], gamma2[0], nu)  # E, Σ, log P as functions of Δt_ij
+    lag = _LagKernels(t, mu, sigma2[0], eta2[0], gamma2[0], nu, kappa, weight, causal)  # E, Σ, log P as functions of Δt_ij
     plan = _Plan.make(N, d, causal)
     batch = q.shape[:-2]
     nb = math.prod(batch)
     qb, kb, vb = (x.reshape((nb, N, d)) for x in (q, k, v))
-    rot = np.empty((N, d), dtype=np.complex128)  # e^{−iωt}
+    rot = np.empty((N, d), dtype=np.complex128)  # e^{−iω(t − t_1)}
+    # The rotations use the time since the first stamp: the output depends on Δt_ij only (the
+    # factors e^{∓iωt_1} cancel between q̃ and k̃, and between ṽ and the counter-rotation), and
+    # the rounding of the phases ω t is then relative to t − t_1, not to an offset t_1.
+    t_rot = t - t[0] if t[0] != 0 else t
     # the operands of the two products, viewed as real and padded with zero rows to whole pieces
     # (_Plan): a zero query row gives a discarded output row, a zero key or value adds exact zeros
     keys = _Keys(
@@ -571,7 +727,7 @@ def isotropic_afa(
         # in two threads); the angle is formed where the sines go. No temporaries: a fresh array
         # of this size costs more in page faults than in arithmetic.
         r = rot[rows]
-        np.multiply(t[rows, None], -omega, out=r.imag)
+        np.multiply(t_rot[rows, None], -omega, out=r.imag)
         np.cos(r.imag, out=r.real)
         np.sin(r.imag, out=r.imag)
         # −2 Re(q̃_i^† k̃_j) as one real matmul of width 2d: a complex (N, d) array viewed as real
@@ -579,7 +735,7 @@ def isotropic_afa(
         # real dot product of the two views. The factor −2 of Eq. (8.2) rides on the queries (N·d
         # products, exact) instead of the N² pairs.
         np.multiply(qb[:, rows], r, out=keys.q2[:, rows].view(np.complex128))  # q̃
-        keys.q2[:, rows] *= -2.0
+        keys.q2[:, rows] *= -2.0 * lag.r2_scale  # (Student: ‖R‖² scaled by a power of two, _LagKernels)
         np.multiply(kb[:, rows], r, out=keys.k2[:, rows].view(np.complex128))  # k̃
         # ṽ = e^{−iωt} ⊙ v (or v): the real weights times the complex values are also one real
         # matmul of width 2d on the real view (a complex product would cast the weights to complex
@@ -591,6 +747,8 @@ def isotropic_afa(
         for x, norm in ((qb, keys.nq), (kb, keys.nk)):  # ‖q_i‖², ‖k_j‖²: Σ (Re² + Im²) over the 2d reals
             real = x[:, rows].view(np.float64)
             np.vecdot(real, real, out=norm[:, rows])
+            if lag.r2_scale != 1.0:
+                norm[:, rows] *= lag.r2_scale
 
     head = _Head(mu, nu, kappa, weight, temperature, causal)
     out = np.empty((nb, N, d), dtype=np.complex128)
@@ -725,8 +883,9 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
 
     The block's pairs live in one buffer of ``work`` (the logits ``L`` are built where ``‖R‖²``
     was): a block costs the two products and about a dozen elementwise passes over that
-    cache-sized buffer, and no new (rows, keys) array. The logits are <= 0 (``lag.log_p`` is
-    shifted by its maximum), so the exponentials need no row max (Eq. (4.3)); a block with a row
+    cache-sized buffer, and no new (rows, keys) array. The logits are <= 0 (log P is shifted by
+    its largest value over the lags that carry weight, :class:`_LagKernels`), so the exponentials
+    need no row max (Eq. (4.3)); a block with a row
     whose weights sum below e^{−256} (every logit far below 0) is redone with its row max
     (``exact``), where unshifted weights would lose digits to subnormal numbers (the threshold of
     :func:`refimpl.attention._attend`).
@@ -764,13 +923,15 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
         R2[:, mixed] += np.where(lag.forward[rows, mixed], nq + E2[:, mixed] * nk[:, mixed], E2[:, mixed] * nq + nk[:, mixed])
     np.maximum(R2, 0.0, out=R2)  # the identity can cancel to a tiny negative number
     L = R2
-    L *= lag.p_nu[window]  # d²/ν = P ‖R‖² / ν
-    if head.weight == "student":
-        np.log1p(L, out=L)
-        L *= -head.kappa  # −κ log(1 + d²/ν)
+    if head.weight == "student":  # L = log P − κ log(1 + ‖R‖²/(νΣ)) = c − κ log(‖R‖² + νΣ)  (Eq. (7.5))
+        L += lag.nu_sigma[window]
+        np.log(L, out=L)
+        L *= -head.kappa
+        L += lag.c[window]  # c = log P + κ log(νΣ) − shift
     else:
+        L *= lag.p_nu[window]  # d²/ν = P ‖R‖² / ν
         np.negative(L, out=L)  # −d²/ν
-    L += lag.log_p[window]  # L = log P − robust penalty  (Eq. (7.5))
+        L += lag.log_p[window]  # L = log P − d²/ν  (Eq. (7.5))
     if head.temperature != 1.0:
         L *= head.temperature
     c0 = rows.start + 1  # causal: only keys after the block's first query can lie after a query (t increases strictly)

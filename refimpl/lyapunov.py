@@ -140,7 +140,9 @@ def _expm1_complex(z: np.ndarray, tau: np.ndarray, z_lo=None) -> np.ndarray:
     if er is None:
         d_re, d_im = -2.0 * sd * sd, np.sin(ei)
     else:
-        er = _finite_or_zero(np.broadcast_to(er, wr.shape))
+        # where e^{Re w} underflows to 0 the correction e^w D is 0; there |Re w| may be so large
+        # (≳ 6e18) that its rounding error er exceeds 709 and D overflows: 0 · inf would be NaN
+        er = np.where(exp_r == 0.0, 0.0, _finite_or_zero(np.broadcast_to(er, wr.shape)))
         d_re = np.expm1(er) * (1.0 - 2.0 * sd * sd) - 2.0 * sd * sd
         d_im = np.exp(er) * np.sin(ei)
     out = np.empty(wr.shape, dtype=np.complex128)
@@ -258,7 +260,7 @@ def _phi1_scalar(z: complex, tau: float, z_lo: complex = 0j) -> complex:
         expm1_r = math.expm1(wr) if wr < 709.0 else math.inf
         re = (expm1_r * cos_i if cos_i != 0 else 0.0) - 2.0 * s * s
         im = exp_r * sin_i if sin_i != 0 else 0.0
-        if math.isfinite(exp_r):
+        if 0.0 < exp_r < math.inf:  # (e^w = 0: the correction is 0, and D may overflow: 0 · inf)
             # e^{w+δ} − 1 = (e^w − 1) + e^w D,  D = e^δ − 1 (half-angle form)
             sd = math.sin(0.5 * ei)
             d_re = (math.expm1(er) if er < 709.0 else math.inf) * (1.0 - 2.0 * sd * sd) - 2.0 * sd * sd
@@ -270,9 +272,12 @@ def _phi1_scalar(z: complex, tau: float, z_lo: complex = 0j) -> complex:
     zr, zr_lo = float(getattr(z, "real", z)), float(getattr(z_lo, "real", z_lo))
     w, e = _two_product(zr, float(tau))
     expm1 = math.expm1(w) if w < 709.0 else math.inf
-    if math.isfinite(expm1) and math.isfinite(e):
+    exp_w = _exp_real(w)
+    if math.isfinite(expm1) and math.isfinite(e) and exp_w != 0.0:
+        # (where e^w underflows the correction is 0; there |w| may be so large (≳ 6e18) that its
+        # rounding error δ exceeds 709 and expm1(δ) overflows: 0 · inf would be NaN)
         d = e + zr_lo * tau
-        expm1 += _exp_real(w) * (math.expm1(d) if d < 709.0 else math.inf)  # e^{w+δ} − 1 = expm1(w) + e^w expm1(δ)
+        expm1 += exp_w * (math.expm1(d) if d < 709.0 else math.inf)  # e^{w+δ} − 1 = expm1(w) + e^w expm1(δ)
     q = expm1 / zr
     return q - q * (zr_lo / zr) if zr_lo else q
 

@@ -14,7 +14,10 @@ an oracle that does not share code with the function under test:
 * the maximum-likelihood estimate (spec §3.1, §11 item 7) as a dense least-squares solve, in the
   original basis with ``scipy.linalg.expm`` transitions (γ² = 0: the exact GLS of the generative
   model) and in the eigenbasis with the anchor noise (γ² > 0);
-* a row-by-row evaluation of the equations for a long non-causal sequence (N = 3000).
+* a row-by-row evaluation of the equations for a long non-causal sequence (N = 3000);
+* the equations in 40-digit decimal arithmetic (``afa_decimal``) where a variance or d² leaves the
+  float64 range (σ² = γ² = 0 or σ² = η² = 0 at long lags, |q| ~ 1e300, huge ν), and the invariance
+  of the isotropic form to a common offset of the time stamps.
 
 Tolerances come from :mod:`refimpl._testing` (SELF, ORACLE); where an elementwise relative error is
 asserted instead of the norm-wise one, it is said.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import tracemalloc
+from decimal import Decimal, localcontext
 
 import numpy as np
 import pytest
@@ -1072,8 +1076,10 @@ class TestBadInputRefusedByName:
         q = rng.normal(size=(4, 2)) + 1j * rng.normal(size=(4, 2))
         kw = dict(eigvals=[-0.3 + 1j, -0.2], sigma2=0.4, eta2=0.1, gamma2=0.05, nu=2.0)
         for f in (afa, afa_loop):
+            # (the Student weight's logits of |q| ~ 1e300 are representable: TestVariancesOutOfRange;
+            # the Gaussian ones, −d²/ν ~ −1e600, are not)
             with pytest.raises(ValueError, match=r"^q \(\|q\| from"):
-                f(q * 1e300, q, q, **kw)
+                f(q * 1e300, q, q, **kw, weight="exponential")
         # the loop twin's pushed-back lags (causal=False) overflow math.exp: a named ValueError, not OverflowError
         iso = dict(omega=[1.0, -0.5], sigma2=0.4, eta2=0.1, gamma2=0.05, nu=2.0)
         with pytest.raises(ValueError, match=r"^mu \(\|mu\| from"):
@@ -1219,3 +1225,197 @@ def test_isotropic_rows_far_from_every_key_take_the_row_max(causal, weight, monk
     assert np.all(np.isfinite(y)) and np.all(np.isfinite(w))
     assert np.linalg.norm(y - y_loop) <= 1e-12 * np.linalg.norm(y_loop)
     assert np.max(np.abs(w - w_loop)) <= 1e-13
+
+
+# =============================================================================================
+# Variances out of the float64 range: logits from log Σ (review of the fuzzing report)
+# =============================================================================================
+
+
+def afa_decimal(q, k, v, *, eigvals, sigma2, eta2, gamma2, nu, t, weight="student", kappa=None, causal=True,
+                rows=None):
+    """Rows of AFA, Eqs. (7.2)–(7.7), in 40-digit decimal arithmetic: no float64 range limits.
+
+    Σ_k(Δt) (Eq. (2.9): forward, and pushed back for a key after its query), |e^{λΔt}| = e^{−μΔt},
+    the residuals, d², the logits log P − κ log(1 + d²/ν) (or − d²/ν) and the softmax are formed
+    with ``Decimal.exp``/``ln`` from the exact values of the float64 inputs. Only the phases
+    e^{iωΔt} are float64 (cos and sin of ωΔt; the tests choose dyadic ω and stamps, so that ωΔt
+    is exact). Returns the outputs (len(rows), d) and the weights (len(rows), N, d) of ``rows``.
+    """
+    q, k, v = (np.asarray(x, dtype=complex) for x in (q, k, v))
+    N, d = q.shape
+    t = np.asarray(t, dtype=float)
+    lam = np.broadcast_to(np.asarray(eigvals, dtype=complex), (d,))
+    noise = [np.broadcast_to(np.asarray(x, dtype=float), (d,)) for x in (sigma2, eta2, gamma2)]
+    kappa = (nu + d) / d if kappa is None else kappa
+    rows = list(range(N)) if rows is None else list(rows)
+    out, weights = np.zeros((len(rows), d), dtype=complex), np.zeros((len(rows), N, d))
+    D = Decimal
+    with localcontext() as ctx:
+        ctx.prec = 40
+        for n, i in enumerate(rows):
+            keys = [j for j in range(N) if not causal or t[j] <= t[i]]
+            logits, pull = {}, {}
+            for j in keys:
+                dt = D(float(t[i])) - D(float(t[j]))
+                sig, d2 = [], D(0)
+                for c in range(d):
+                    mu = -D(float(lam[c].real))
+                    s2, e2, g2 = (D(float(x[c])) for x in noise)
+                    if mu == 0:
+                        phi = abs(dt)
+                    elif dt >= 0:
+                        phi = (1 - (-2 * mu * dt).exp()) / (2 * mu)  # (1 − e^{−2μτ})/(2μ)
+                    else:
+                        phi = ((-2 * mu * dt).exp() - 1) / (2 * mu)  # pushed back: (e^{2μτ} − 1)/(2μ)
+                    sigma = s2 * phi + e2 * (-2 * mu * dt).exp() + g2  # Σ = σ² φ + η² e^{−2μΔt} + γ²
+                    sig.append(sigma)
+                    angle = float(lam[c].imag) * float(t[i] - t[j])
+                    er, ei = (-mu * dt).exp() * D(math.cos(angle)), (-mu * dt).exp() * D(math.sin(angle))  # e^{λΔt}
+                    kr, ki = D(float(k[j, c].real)), D(float(k[j, c].imag))
+                    rr = D(float(q[i, c].real)) - (er * kr - ei * ki)  # R = q_i − e^{λΔt} k_j
+                    ri = D(float(q[i, c].imag)) - (er * ki + ei * kr)
+                    d2 += (rr * rr + ri * ri) / sigma  # d² = Σ_k |R_k|²/Σ_k
+                    pull[j, c] = (er, ei)
+                penalty = D(kappa) * (1 + d2 / D(nu)).ln() if weight == "student" else d2 / D(nu)
+                logits[j] = [-s.ln() - penalty for s in sig]
+            for c in range(d):
+                top = max(logits[j][c] for j in keys)
+                z = sum((logits[j][c] - top).exp() for j in keys)
+                acc_r, acc_i = D(0), D(0)
+                for j in keys:
+                    a = (logits[j][c] - top).exp() / z
+                    weights[n, j, c] = float(a)
+                    er, ei = pull[j, c]
+                    vr, vi = D(float(v[j, c].real)), D(float(v[j, c].imag))
+                    acc_r += a * (er * vr - ei * vi)  # v̄_i = Σ_j A_ij e^{λΔt} v_j
+                    acc_i += a * (er * vi + ei * vr)
+                out[n, c] = complex(float(acc_r), float(acc_i))
+    return out, weights
+
+
+def all_four(q, k, v, *, mu, omega, t, rows=None, **kw):
+    """(name, out, weights (N, N, d)) of afa, afa_loop, isotropic_afa and isotropic_afa_loop."""
+    eig = -mu + 1j * np.asarray(omega)
+    results = []
+    for f in (afa, afa_loop):
+        o, w = f(q, k, v, eigvals=eig, t=t, return_weights=True, **kw)
+        results.append((f.__name__, o, w))
+    for f in (isotropic_afa, isotropic_afa_loop):
+        o, w = f(q, k, v, mu=mu, omega=omega, t=t, return_weights=True, **kw)
+        results.append((f.__name__, o, np.repeat(w[..., None], q.shape[-1], axis=-1)))
+    return results
+
+
+#: κ ∈ {0.5, 1, 2} (Student) and the Gaussian weight
+ROBUST = [("student", 0.5), ("student", 1.0), ("student", 2.0), ("exponential", None)]
+
+
+class TestVariancesOutOfRange:
+    """Σ = η² e^{−2μΔt} (σ² = γ² = 0) underflows once 2μΔt ≳ 745 (P = 1/Σ overflows from 709),
+    and the scaled pushed-back variance γ² e^{−2μ|Δt|} (σ² = η² = 0) likewise, although the logits
+    are ordinary numbers: e.g. for κ = 1 the logit is −log(Σ + ‖R‖²/ν). Every form must give the
+    decimal reference's answer, not a weight 0 (P·‖R‖² = inf), and not a refusal."""
+
+    def test_cauchy_example(self):
+        # q = [1, 1], k = [1, 0], v = 1, σ² = γ² = 0, η² = 1, ν = 2, κ = 1, μ = 1/2, t = [0, t1]:
+        # logits of row 1: L_10 = −log(e^{−t1} + (1 − e^{−t1/2})²/2), L_11 = −log(1 + 1/2)
+        q, k, v = np.array([[1.0], [1.0]]), np.array([[1.0], [0.0]]), np.ones((2, 1))
+        kw = dict(sigma2=0.0, eta2=1.0, gamma2=0.0, nu=2.0, kappa=1.0)
+        for t1 in (700.0, 710.0, 740.0, 800.0, 1500.0, 1e4):
+            l10 = -math.log(math.exp(-t1) + (1.0 - math.exp(-t1 / 2)) ** 2 / 2)
+            w10 = 1.0 / (1.0 + math.exp(-math.log(1.5) - l10))
+            out1 = w10 * math.exp(-t1 / 2) + (1.0 - w10)
+            # log P = t1 and log(1 + d²/ν) ≈ t1 − log 2 cancel in the logit: an absolute rounding of ~ε t1
+            tol = 4 * EPS * t1
+            for name, out, w in all_four(q, k, v, mu=0.5, omega=[0.0], t=np.array([0.0, t1]), **kw):
+                assert abs(w[1, 0, 0] - w10) <= tol and abs(out[1, 0] - out1) <= tol, (name, t1, w[1], out[1])
+
+    @pytest.mark.parametrize("weight, kappa", ROBUST)
+    @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+    @pytest.mark.parametrize("noise", ["eta_only", "gamma_only", "eta_only_huge_nu"])
+    def test_against_decimal(self, noise, causal, weight, kappa):
+        rng = np.random.default_rng(90)
+        N, d, mu, omega = 5, 2, 1.0, np.array([0.75, -1.25])
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        # 2μΔt up to 1403: Σ (or the scaled pushed-back Σ) is 0 or subnormal for the far pairs; e^{μΔt}
+        # stays finite, so the loop twins can push keys back too
+        t = np.array([0.0, 1.0, 380.0, 700.0, 701.5])
+        kw = {"eta_only": dict(sigma2=0.0, eta2=0.8, gamma2=0.0, nu=1.5),
+              "gamma_only": dict(sigma2=0.0, eta2=0.0, gamma2=0.3, nu=1.5),
+              # νΣ up to 1e302 next to underflowing Σ: ‖R‖² and νΣ are scaled by 2^-1000 or so
+              "eta_only_huge_nu": dict(sigma2=0.0, eta2=100.0, gamma2=0.0, nu=1e300)}[noise]
+        kw.update(weight=weight, kappa=kappa, causal=causal)
+        expected, w_expected = afa_decimal(q, k, v, eigvals=-mu + 1j * omega, t=t, **kw)
+        for name, out, w in all_four(q, k, v, mu=mu, omega=omega, t=t, **kw):
+            close(out, expected, rtol=ORACLE, what=f"{name}, variance out of range, vs decimal")
+            assert np.max(np.abs(w - w_expected)) <= 1e-13, name
+
+    @pytest.mark.parametrize("weight, kappa", ROBUST)
+    @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+    def test_long_sequence_no_measurement_noise(self, causal, weight, kappa):
+        # σ² = η² = 0 (the decayed-RoPE setting): forward Σ = γ²; every pushed-back lag with
+        # 2μ|Δt| > 745 has a scaled variance 0 — masked when causal, but it must not reach the
+        # shift of the logits (max log P) either way
+        rng = np.random.default_rng(91)
+        N, d, mu, omega = 400, 2, 1.0, np.array([0.5, -0.125])
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        t = np.arange(N, dtype=float)
+        kw = dict(sigma2=0.0, eta2=0.0, gamma2=0.05, nu=1.0, weight=weight, kappa=kappa, causal=causal)
+        out = isotropic_afa(q, k, v, mu=mu, omega=omega, t=t, **kw)
+        tensor = afa(q, k, v, eigvals=-mu + 1j * omega, t=t, **kw)
+        close(out, tensor, rtol=SELF, what="isotropic vs tensor, σ² = η² = 0, N = 400")
+        rows = [0, 1, 200, N - 1]
+        expected, _ = afa_decimal(q, k, v, eigvals=-mu + 1j * omega, t=t, rows=rows, **kw)
+        for f, o in (("isotropic_afa", out), ("afa", tensor)):
+            close(o[rows], expected, rtol=ORACLE, what=f"{f}, σ² = η² = 0, N = 400, vs decimal")
+
+    @pytest.mark.parametrize("kappa", [0.5, 1.0, 2.0])
+    @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+    def test_huge_residuals_student(self, causal, kappa):
+        # |q| ~ 1e300: d²/ν overflows, log d² does not. The logits (≈ −1400 κ) carry an absolute
+        # rounding of ~1400 κ ε, hence the wider tolerance.
+        rng = np.random.default_rng(92)
+        q, k, v = (cplx(rng, (4, 2)) for _ in range(3))
+        q = q * 1e300
+        lam, t = np.array([-0.3 + 0.5j, -0.25]), np.arange(4.0)
+        kw = dict(sigma2=0.4, eta2=0.125, gamma2=0.0625, nu=2.0, kappa=kappa, causal=causal)
+        expected, _ = afa_decimal(q, k, v, eigvals=lam, t=t, **kw)
+        for f in (afa, afa_loop):
+            close(f(q, k, v, eigvals=lam, t=t, **kw), expected, rtol=1e-11, what=f"{f.__name__}, |q| ~ 1e300")
+
+    def test_huge_decay_times_lag_loop_twin(self):
+        # μ τ = 2.7e21: the loop twin's scalar φ kernel (e^{−2μτ} = 0, its exponent's rounding error
+        # > 709) gave NaN and a refusal
+        rng = np.random.default_rng(93)
+        q, k, v = (cplx(rng, (4, 2)) for _ in range(3))
+        lam, t = np.array([-1.1e10 + 0.0j, -0.5 + 0.25j]), np.array([0.0, 1.0, 2.45e11, 2.45e11 + 1])
+        kw = dict(sigma2=np.array([1.0, 0.3]), eta2=0.5, gamma2=0.25, nu=2.0, t=t)
+        expected, _ = afa_decimal(q, k, v, eigvals=lam, **kw)
+        for f in (afa, afa_loop):
+            close(f(q, k, v, eigvals=lam, **kw), expected, rtol=ORACLE, what=f"{f.__name__}, μτ = 2.7e21")
+
+
+class TestTimeOffset:
+    """The output depends on the lags Δt_ij only: a common offset of the stamps changes nothing. The
+    isotropic form rotates by ω(t_i − t_1) (the factors e^{∓iωt_1} cancel); rotating by ω t_i
+    would carry a phase rounding of ε|ω| t_1 (2.9e-5 relative at t_1 = 1e12)."""
+
+    @pytest.mark.parametrize("weight", ["student", "exponential"])
+    @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+    @pytest.mark.parametrize("tkind", ["uniform", "irregular"])
+    def test_offset(self, tkind, causal, weight):
+        rng = np.random.default_rng(94)
+        N, d = 40, 4
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        omega = rng.normal(scale=1.5, size=d)  # not dyadic: ω t is rounded, and more so for large t
+        # stamps on a grid of 1/64: t0 + base and (t0 + base) − t0 are exact for these offsets
+        base = 0.75 * np.arange(N) if tkind == "uniform" else np.cumsum(rng.integers(8, 96, size=N)) / 64.0
+        kw = dict(mu=0.2, omega=omega, sigma2=0.3, eta2=0.4, gamma2=0.2, nu=3.0, weight=weight, causal=causal)
+        ref = isotropic_afa(q, k, v, t=base, **kw)
+        tensor = afa(q, k, v, eigvals=-0.2 + 1j * omega, sigma2=0.3, eta2=0.4, gamma2=0.2, nu=3.0, t=base,
+                     weight=weight, causal=causal)
+        close(ref, tensor, rtol=1e-14, what="isotropic vs tensor, t from 0")
+        for t0 in (1e3, 1e6, 1e12, -1e12):
+            out = isotropic_afa(q, k, v, t=t0 + base, **kw)
+            close(out, ref, rtol=1e-14, what=f"isotropic_afa with stamps offset by {t0:g}")

@@ -1105,3 +1105,66 @@ class TestPhi1BadInput:
 
         with pytest.raises(ValueError, match=r"^z, tau: expected shapes that broadcast together"):
             phi1(np.ones(4), np.ones(5))
+
+
+class TestHugeDecayTimesLag:
+    """|zτ| beyond ~6e18: the rounding error δ of the exponent w = zτ (half an ulp of w) exceeds 709,
+    so the correction e^w (e^δ − 1) of the exponent's rounding is 0 · inf where e^w underflows.
+    The kernel is then exactly −1/z (e^{zτ} = 0), which the loop twins (scalar kernel) and the
+    vectorized complex kernel must return, not NaN or inf. References: the decimal φ above."""
+
+    RATES = [-2.2e10, -2.42e10, -2.42e10 + 0.5j, -1e15 + 3.0j, -7.3e3 - 1e4j]
+    LAGS = [2.45e11, 3.7e13, 1e20]
+
+    @pytest.mark.parametrize("z", RATES)
+    def test_scalar_kernel(self, z):
+        from refimpl.lyapunov import _phi1_scalar
+
+        # (the decimal reference reduces phases up to ~1e100 rad: the longest lag for real rates only)
+        for tau in self.LAGS + ([1.7e300] if isinstance(z, float) else []):
+            expected = phi_ref(z, tau)
+            got = complex(_phi1_scalar(z, tau))
+            assert abs(got - expected) <= 4 * EPS * abs(expected), (z, tau, got, expected)
+            if isinstance(z, float):
+                got = _phi1_scalar(z, tau)
+                assert isinstance(got, float) and abs(got - expected.real) <= 4 * EPS * abs(expected), (z, tau, got)
+
+    def test_vectorized_kernel_with_a_growing_mode(self):
+        # a growing mode in the same call makes the complex kernel restore the real part's rounding too
+        z = np.array([-2.42e10 + 0.5j, 2e-15 + 1.0j, -1e15 + 3.0j])
+        for tau in (2.45e11, 3.7e13):
+            got = phi1(z, tau)
+            expected = phi_ref_array(z, tau)
+            assert np.all(np.abs(got - expected) <= 4 * EPS * np.abs(expected)), (tau, got, expected)
+
+    @pytest.mark.parametrize("func", [isotropic_covariance, isotropic_covariance_loop])
+    def test_isotropic_covariance(self, func):
+        # Σ = σ² (1 − e^{−2μΔt})/(2μ) + η² e^{−2μΔt} + γ² with e^{−2μΔt} = 0 (2μΔt = 5.39e21)
+        for dt, mu, s2, e2, g2 in [(2.45e11, 1.1e10, 1.0, 0.0, 0.0), (3.7e13, 1.21e10, 0.7, 0.3, 0.1)]:
+            expected = s2 * phi_ref(-2.0 * mu, dt).real + g2
+            got = float(func(dt, mu, s2, e2, g2))
+            assert abs(got - expected) <= 4 * EPS * expected, (func.__name__, dt, mu, got, expected)
+
+    @pytest.mark.parametrize("func", [dle_covariance, dle_covariance_loop])
+    def test_dle_covariance_diagonal(self, func):
+        lam, g = np.array([-1.1e10, -1.21e10 + 3.0j, -0.5 + 1.0j]), np.array([1.0, 0.4, 0.3])
+        for tau in (2.45e11, 3.7e13):
+            got = func(lam, g, tau)
+            expected = np.array([g[c] * phi_ref(2.0 * lam[c].real, tau).real for c in range(3)])
+            close_elementwise_lyap(got, expected, what=f"{func.__name__} huge decay × lag")
+
+    @pytest.mark.parametrize("func", [dle_covariance, dle_covariance_loop])
+    def test_dle_covariance_full_with_a_growing_mode(self, func):
+        lam = np.array([-1.21e10 + 0.5j, 1e-15 + 1.0j])
+        G = np.array([[1.0, 0.3 + 0.1j], [0.3 - 0.1j, 1.0]])
+        for tau in (2.45e11, 3.7e13):
+            got = func(lam, G, tau)
+            expected = dle_ref(lam, G, tau)
+            assert np.all(np.isfinite(got))
+            assert np.all(np.abs(got - expected) <= 8 * EPS * np.abs(expected)), (tau, got, expected)
+
+
+def close_elementwise_lyap(actual, expected, *, what: str) -> None:
+    err = float(np.max(np.abs(np.asarray(actual) - expected) / np.abs(expected)))
+    _record(what + " (elementwise)", err, 4 * EPS)
+    assert err <= 4 * EPS, f"{what}: elementwise relative error {err:.3e}"
