@@ -12,6 +12,17 @@ Row ``i`` of the weight matrix ``A`` is a matched filter (the correlation of the
 sum to one, so ``y_i`` is a convex combination of the values — an FIR filter over positions
 whose coefficients depend on the data.
 
+From FlashAttention's layout (for a kernel under test)
+------------------------------------------------------
+``flash_attn_func(q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes)`` takes
+(batch, seqlen, heads, d); refimpl takes the heads before the sequence, (batch, heads, seqlen, d):
+with ``t = lambda a: np.moveaxis(a, 1, 2)``, its output is
+``t(flash_attention(t(q), t(k), t(v), causal=causal, causal_alignment="bottom_right", ...))``
+(its causal mask is aligned bottom-right when the lengths differ); ``window_size=(w − 1, 0)``
+with ``causal=True``, or ``(w − 1, w − 1)`` without, is ``window=w``; fewer key/value heads
+than query heads is ``grouped_heads=True``; ``alibi_slopes`` and ``softcap`` mean the same;
+its ``softmax_lse`` (batch, heads, seqlen) is refimpl's ``lse``.
+
 Glossary (code name → symbol in the book / Vaswani et al. 2017)
 ---------------------------------------------------------------
 ``q``        Q, shape (..., N, d): N queries of dimension d (d_k in the paper).

@@ -37,6 +37,23 @@ row and a column scaling around one BLAS product) only where the chunk's total d
 ``e^{−30}``: there ``e^{−cum} ≤ e^{30}`` and both factors are accurate to a few ulps. Chunks
 that decay further (gates near 0) take the segment sums.
 
+From the reference codebases' layouts (for a kernel under test)
+---------------------------------------------------------------
+refimpl puts the heads before the sequence axis, (batch, H, L, ·); the reference codebases put
+the sequence first. With ``t = lambda a: np.moveaxis(a, 1, 2)`` (swap the L and H axes):
+
+* Mamba-2, ``mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D)`` with x (b, l, h, p),
+  dt (b, l, h), B, C (b, l, g, n): ``t(ssd(t(x), t(dt), A, t(B), t(C), D))``. Its ``dt_bias``
+  and ``dt_softplus`` are applied by the caller first (``dt = softplus(dt + dt_bias)``), and its
+  ``z`` gate (``y · silu(z)``) after; a per-channel D (h, p) is ``ssd(..., D=None)`` plus
+  ``D[:, None, :] * x``. Its final state (b, h, p, n) is refimpl's last chunk state.
+* fla's ``chunk_gla(q, k, v, g)`` (``g`` the log-gate, (B, T, H, K)) and
+  ``chunk_gated_delta_rule(q, k, v, g, beta)`` (``g`` (B, T, H)): ``t(...)`` on every array,
+  ``log_g = t(g)``; the default scale is K^{−1/2} in both. fla's states are (K, V), refimpl's
+  (Dv, Dk): transpose them. ``chunk_delta_rule`` expects ℓ2-normalized keys as refimpl does
+  (``use_qk_l2norm_in_kernel=True`` normalizes q and k inside the kernel: do the same before
+  calling refimpl). Initial states are not modelled: refimpl starts every sequence from S = 0.
+
 Glossary (code name → symbol in the book / the papers)
 ------------------------------------------------------
 ``L``               sequence length (T in GLA/DeltaNet, L in Mamba-2).
