@@ -67,13 +67,14 @@ def _geometry(n, m, row0, causal, window, alibi: bool, offset: int = 0):
 
 
 def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None, offset=0,
-                      softcap=None, keep_tanh=False):
+                      softcap=None):
     """The stored logits ``S = scale · Q Kᵀ`` (float32 accumulation, stored in the tier), masked with −∞.
 
     ``q`` holds the query rows ``row0, row0 + 1, …`` (a block of rows; ``mask`` already sliced).
     ``geometry``: :func:`_geometry` of these rows, when the caller computed it once for all heads.
     ``softcap`` c: ``c · tanh(S / c)`` in float32 on the stored logits, before the bias and the masks
-    (the kernels' order, Eq. (4.14)); with ``keep_tanh`` also returns ``tanh(S / c)`` (for the backward pass).
+    (the kernels' order, Eq. (4.14)). Returns the logits and ``tanh(S / c)`` (None without a cap; the
+    backward pass's ``1 − tanh²``).
     """
     q, k = _f32(q), _f32(k)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
@@ -94,8 +95,7 @@ def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row
     if alibi_slopes is not None:  # the linear bias −m·|i − j|, added in float32 to the stored logits
         slopes = _f32(alibi_slopes)
         s = s - (slopes[..., None, None] * abs_lag)
-    s = np.where(allowed, s, f32(-np.inf))
-    return (s, tanh) if keep_tanh else s
+    return np.where(allowed, s, f32(-np.inf)), tanh
 
 
 #: logits (batch entries × N × M) above which the plain attention references with weights run one
@@ -149,8 +149,7 @@ def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0
     ``keep_tanh``). A row with no allowed key (a window or a bottom-right causal mask can leave one)
     gets P = 0, y = 0 and ℓ = −∞, as in refimpl and in FlashAttention's kernels (which skip the max
     of an empty row), not 0/0."""
-    s = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry, offset, softcap, True)
-    s, tanh = s
+    s, tanh = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry, offset, softcap)
     mx = s.max(axis=-1, keepdims=True)
     empty = mx == -np.inf
     has_empty = bool(empty.any())
@@ -677,10 +676,8 @@ def _call(fn, args, names, tier, fixed=None):
 def _unblocked(fn):
     """``fn`` with the tile sizes ``block_q``, ``block_k`` accepted and ignored (the plain algorithm is untiled)."""
 
-    def run(q, k, v, causal=False, scale=None, block_q=None, block_k=None, window=None, alibi_slopes=None,
-            causal_alignment="top_left", softcap=None, *, tier):
-        return fn(q, k, v, causal=causal, scale=scale, window=window, alibi_slopes=alibi_slopes,
-                  causal_alignment=causal_alignment, softcap=softcap, tier=tier, weights=False)
+    def run(q, k, v, block_q=None, block_k=None, *, tier, **options):
+        return fn(q, k, v, **options, tier=tier, weights=False)
 
     run.__name__ = fn.__name__
     return run

@@ -330,8 +330,7 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, 
     K = max(min(max(block, 4 * q), n), 1)
     P, AK, O, T, G = block_matrices(A, B, C, D, K)
     M, full = -(-n // K), n // K
-    growth = power_growth(P, section=section)
-    if growth > max_growth:  # before the levels' powers: no work for a refused filter
+    if power_growth(P, section=section) > max_growth:  # before the levels' powers: no work for a refused filter
         return None
     levels = scan_levels(AK, M)
     # the levels apply powers A^(Kj + i) = (A^K)^j A^i; with ‖A^K‖ < 1 (∞-norm, submultiplicative) none

@@ -18,8 +18,8 @@ From FlashAttention's layout (for a kernel under test)
 (batch, seqlen, heads, d); refimpl takes the heads before the sequence, (batch, heads, seqlen, d):
 with ``t = lambda a: np.moveaxis(a, 1, 2)``, its output is
 ``t(flash_attention(t(q), t(k), t(v), causal=causal, causal_alignment="bottom_right", ...))``
-(its causal mask is aligned bottom-right when the lengths differ); ``window_size=(w − 1, 0)``
-with ``causal=True``, or ``(w − 1, w − 1)`` without, is ``window=w``; fewer key/value heads
+(its causal mask is aligned bottom-right when the lengths differ); its ``window_size`` is
+``window`` as that parameter of :func:`softmax_attention` says; fewer key/value heads
 than query heads is ``grouped_heads=True``; ``alibi_slopes`` and ``softcap`` mean the same;
 its ``softmax_lse`` (batch, heads, seqlen) is refimpl's ``lse``.
 
@@ -304,7 +304,7 @@ def _check_capped(s) -> None:
     """Refuse logits (an array, or a list of floats) that overflowed before the soft cap: an inf, or
     the NaN of inf − inf inside the dot product, would pass ``c · tanh(s / c)`` as ±c or NaN, a
     plausible-looking wrong weight (every form of the family calls this before its cap)."""
-    if not _all_finite(s if isinstance(s, np.ndarray) else list(s)):
+    if not _all_finite(s):
         raise ValueError(
             "q, k: a logit scale·q·k overflows float64 before the soft cap (|logit| > 1.8e308); "
             "rescale q or k to moderate magnitudes"

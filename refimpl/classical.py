@@ -680,13 +680,7 @@ def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) ->
     W = np.empty((*u.shape, m))
     e = np.empty(u.shape)
     P = np.broadcast_to(np.eye(m) / delta, (*batch, m, m)).copy()  # P_0 = I/δ
-    # Re-anchoring. The update P − k (P u)ᵀ removes from P the fraction s / (λ + s) of its u-direction,
-    # s = uᵀ P u: while P is still ~I/δ and s ≫ λ, that is a difference of two numbers of size 1/δ that
-    # leaves one of size 1/|u|², and the absolute error ε/δ it leaves in P stays as P shrinks (unit-variance
-    # input: final weights 1e-8 off at δ = 1e-10, 40 % at δ = 1e-20). So the information form of (6.8),
-    # Φ_n = λ Φ_{n−1} + u_n u_nᵀ (Φ_{−1} = δ I, Φ_n = P_n⁻¹), is carried along, and a step whose update would
-    # cancel more than _RLS_CANCEL (s > 10⁴ λ) takes P_n = Φ_n⁻¹ instead: the same matrix in exact arithmetic.
-    Phi = np.broadcast_to(np.eye(m) * delta, (*batch, m, m)).copy()
+    Phi = np.broadcast_to(np.eye(m) * delta, (*batch, m, m)).copy()  # Φ_{−1} = δ I: P⁻¹, for re-anchoring (docstring)
     for n in range(u.shape[-1]):
         un = U[..., n, :]
         Pu = np.einsum("...ij,...j->...i", P, un)  # P u_n
@@ -705,15 +699,14 @@ def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) ->
 _RLS_CANCEL = 1e4
 
 
-def _rls_next_P(P, k, Pu, Phi, lam: float, cancels: bool) -> np.ndarray:
+def _rls_next_P(P_prev, k, Pu, Phi, lam: float, cancels: bool) -> np.ndarray:
     """``P_n = (P_{n−1} − k_n (P_{n−1} u_n)ᵀ) / λ`` (Eq. (6.7)), or ``Φ_n⁻¹`` where the update would cancel."""
-    if cancels:
-        try:
-            P = np.linalg.inv(Phi)
-        except np.linalg.LinAlgError:  # δ I lost to rounding against the data: the update after all
-            P = (P - k[..., :, None] * Pu[..., None, :]) / lam
-    else:
-        P = (P - k[..., :, None] * Pu[..., None, :]) / lam  # P_n = (P − k (Pu)ᵀ)/λ  (P symmetric)
+    try:
+        P = np.linalg.inv(Phi) if cancels else None
+    except np.linalg.LinAlgError:  # δ I lost to rounding against the data: the update after all
+        P = None
+    if P is None:
+        P = (P_prev - k[..., :, None] * Pu[..., None, :]) / lam  # P_n = (P − k (Pu)ᵀ)/λ  (P symmetric)
     return 0.5 * (P + np.swapaxes(P, -1, -2))  # keep P symmetric against round-off
 
 
