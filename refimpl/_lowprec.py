@@ -25,8 +25,9 @@ whole case with an argument the plain algorithm does not model (:func:`_call` ra
 Covered: softmax attention (with mask, causal, window, ALiBi) and its backward pass,
 FlashAttention (output and log-sum-exp), linear attention, Performer and RFA (chapter 12), the
 selective scan and its backward pass (chapter 11), Mamba-2's SSD, gated linear attention, retention and the delta rule
-(chapter 16: their recurrences, step by step, with float32 states), one biquad, a transfer
-function and a biquad cascade (chapter 13).
+(chapter 16: their recurrences, step by step, with float32 states) and their backward passes (the
+recurrence forwards, its adjoint backwards, step by step), one biquad, a transfer function and a
+biquad cascade (chapter 13).
 
 Glossary: ``f32`` the accumulation dtype (float32); ``store`` rounding to the tier's storage
 format; ``phi_q``, ``phi_k`` the linear-attention features φ(q), φ(k) (Eq. (12.2)); ``Ab``, ``Bu``
@@ -44,13 +45,22 @@ import scipy.signal
 from ._precision import matmul, store, tier_name
 
 __all__ = ["PLAIN", "softmax_attention", "softmax_attention_vjp", "linear_attention", "performer_attention", "rfa_attention", "selective_scan",
-           "selective_scan_vjp", "ssd", "gated_linear_attention", "retention", "delta_rule", "sos_filter", "biquad_filter", "tf_filter"]
+           "selective_scan_vjp", "ssd", "gated_linear_attention", "retention", "delta_rule", "ssd_vjp",
+           "gated_linear_attention_vjp", "retention_vjp", "delta_rule_vjp", "sos_filter", "biquad_filter", "tf_filter"]
 
 f32 = np.float32
 
 
 def _f32(x):
     return np.asarray(x).astype(f32)
+
+
+def _reduce32(g, shape):
+    """The gradient ``g`` of an input of ``shape`` that was broadcast: summed over the broadcast axes in float32."""
+    while g.ndim > len(shape):
+        g = g.sum(axis=0, dtype=f32)
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True, dtype=f32) if axes else g
 
 
 def _geometry(n, m, row0, causal, window, alibi: bool, offset: int = 0):
@@ -67,20 +77,22 @@ def _geometry(n, m, row0, causal, window, alibi: bool, offset: int = 0):
 
 
 def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None, offset=0,
-                      softcap=None):
+                      softcap=None, stored=True):
     """The stored logits ``S = scale · Q Kᵀ`` (float32 accumulation, stored in the tier), masked with −∞.
 
     ``q`` holds the query rows ``row0, row0 + 1, …`` (a block of rows; ``mask`` already sliced).
     ``geometry``: :func:`_geometry` of these rows, when the caller computed it once for all heads.
     ``softcap`` c: ``c · tanh(S / c)`` in float32 on the stored logits, before the bias and the masks
     (the kernels' order, Eq. (4.14)). Returns the logits and ``tanh(S / c)`` (None without a cap; the
-    backward pass's ``1 − tanh²``).
+    backward pass's ``1 − tanh²``). ``stored=False``: the float32 logits as a fused kernel keeps them
+    in registers (not stored in the tier).
     """
     q, k = _f32(q), _f32(k)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     s = matmul(q, np.swapaxes(k, -1, -2), tier)
     s *= f32(scale)
-    s = store(s, tier).astype(f32, copy=False)
+    if stored:
+        s = store(s, tier).astype(f32, copy=False)
     n, m = s.shape[-2:]
     tanh = None
     if softcap is not None:
@@ -161,8 +173,15 @@ def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0
     s /= np.where(empty, f32(1), z) if has_empty else z
     p = store(s, tier)
     y = store(matmul(p, _f32(v), tier), tier)
+    if tier in ("bfloat16", "float16"):  # ℓ from the float32 logits, as fused kernels form and return it
+        s, _ = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry, offset, softcap,
+                                 stored=False)
+        mx = s.max(axis=-1, keepdims=True)
+        mx[mx == -np.inf] = 0.0
+        s -= mx
+        z = np.exp(s, out=s).sum(axis=-1, keepdims=True, dtype=f32)
     with np.errstate(divide="ignore"):  # log 0 = −∞ for an empty row
-        lse = store((mx + np.log(z))[..., 0], tier)
+        lse = (mx + np.log(z))[..., 0].astype(f32)
     return (p, y, lse, tanh) if keep_tanh else (p, y, lse)
 
 
@@ -180,7 +199,8 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
     ``window`` and ``alibi_slopes`` (Eq. (16.16)) restrict and bias the stored logits in float32,
     aligned as ``causal_alignment`` says; ``softcap`` caps them first (float32).
     Returns ``{"A": P, "y": y, "lse": ℓ}`` with the row log-sum-exp ``ℓ_i = m_i + log Σ_j e^{s_ij − m_i}``
-    in float32, stored (what fused kernels return, Eq. (16.15)). With ``weights=False`` the rows
+    in float32 (what fused kernels return, Eq. (16.15)): in the 16-bit tiers from the float32 logits, as
+    a fused kernel forms it (S stays in float32 registers there; only P is rounded for ``P V``). With ``weights=False`` the rows
     are processed in blocks (the same arithmetic row by row) and ``A`` is not returned, so memory
     stays O(block · M) at any N.
     """
@@ -240,16 +260,8 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
         return matmul(ds, k, tier) * c, matmul(np.swapaxes(ds, -1, -2), q, tier) * c, dv
 
     dq, dk, dv = _by_entry(grads, dict(q=q, k=k, v=v, dy=dy), mask, alibi_slopes)
-    q, k, v = (np.asarray(a) for a in (q, k, v))
-
-    def reduce(g, shape):  # the gradient of a broadcast input: summed over the broadcast axes (float32)
-        while g.ndim > len(shape):
-            g = g.sum(axis=0, dtype=f32)
-        axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
-        return g.sum(axis=axes, keepdims=True, dtype=f32) if axes else g
-
-    return {"dq": store(reduce(dq, q.shape), tier), "dk": store(reduce(dk, k.shape), tier),
-            "dv": store(reduce(dv, v.shape), tier)}
+    return {"dq": store(_reduce32(dq, np.shape(q)), tier), "dk": store(_reduce32(dk, np.shape(k)), tier),
+            "dv": store(_reduce32(dv, np.shape(v)), tier)}
 
 
 def _elu1(x):
@@ -424,6 +436,208 @@ def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, *, tier):
     return {"y": store(o, tier), "chunk_states": store(np.stack(states, axis=-3), tier)}
 
 
+# ---- backward passes of the linear recurrences (chapter 16) --------------------------------------------
+
+
+def _gated_adjoint(q, k, v, log_g, dy, tier, S0=None, dS_end=None):
+    r"""The backward pass of :func:`_gated_recurrence` in float32: the states forwards, the adjoint backwards.
+
+    Forward ``S_t = Diag(g_t) S_{t−1} + k_t v_tᵀ`` (the transposed state, Dk × Dv, from ``S0`` or 0)
+    storing every state in float32; then the adjoint ``Λ_t = ∂ℓ/∂S_t``,
+
+    ``Λ_t = q_t dy_tᵀ + Diag(g_{t+1}) Λ_{t+1}``,  ``Λ_{L−1} = q_{L−1} dy_{L−1}ᵀ + dS_end``,
+
+    one step after the other in float32 (Eq. (16.17) of the book), and at each step
+    ``dq_t = S_t dy_t``, ``dk_t = Λ_t v_t``, ``dv_t = Λ_tᵀ k_t`` (products with tier-rounded inputs)
+    and ``dlog g_t = g_t ⊙ Σ_i (Λ_t ⊙ S_{t−1})[:, i]`` (a float32 reduction, summed over the channels
+    too for a gate per head: ``log_g`` (..., L, 1)). The log-gate gradient is the state form a
+    step-by-step backward pass (automatic differentiation of the recurrence) computes. Returns
+    ``dq, dk, dv, dlog_g`` (float32, the broadcast batch shape) and ``Diag(g_0) Λ_0`` (the
+    gradient of ``S0``; None without ``S0``).
+    """
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], log_g.shape[:-2], dy.shape[:-2],
+                                *(() if x is None else x.shape[:-2] for x in (S0, dS_end)))
+    q, k, v, log_g, dy = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v, log_g, dy))
+    L, dk, dv = q.shape[-2], k.shape[-1], v.shape[-1]
+    g = np.exp(log_g)
+    S = np.empty(batch + (L + 1, dk, dv), dtype=f32)  # S[..., t + 1] = S_t, S[..., 0] = S_{−1}
+    S[..., 0, :, :] = 0 if S0 is None else S0
+    for t in range(L):
+        np.multiply(S[..., t, :, :], g[..., t, :, None], out=S[..., t + 1, :, :])
+        S[..., t + 1, :, :] += k[..., t, :, None] * v[..., t, None, :]
+    lam = np.zeros(batch + (dk, dv), dtype=f32)
+    if dS_end is not None:
+        lam += dS_end
+    dq, dkk, dvv = np.empty(q.shape, f32), np.empty(k.shape, f32), np.empty(v.shape, f32)
+    dg = np.empty(batch + (L, g.shape[-1]), dtype=f32)
+    for t in range(L - 1, -1, -1):
+        if t < L - 1:
+            lam *= g[..., t + 1, :, None]
+        lam += q[..., t, :, None] * dy[..., t, None, :]
+        dq[..., t, :] = matmul(S[..., t + 1, :, :], dy[..., t, :, None], tier)[..., 0]
+        dkk[..., t, :] = matmul(lam, v[..., t, :, None], tier)[..., 0]
+        dvv[..., t, :] = matmul(k[..., t, None, :], lam, tier)[..., 0, :]
+        rows = np.sum(lam * S[..., t, :, :], axis=-1, dtype=f32)  # Σ_i Λ_t[j, i] S_{t−1}[j, i]
+        if g.shape[-1] == 1:
+            rows = np.sum(rows, axis=-1, keepdims=True, dtype=f32)
+        dg[..., t, :] = g[..., t, :] * rows
+    dS0 = None if S0 is None else (g[..., 0, :, None] * lam if L else lam)
+    return dq, dkk, dvv, dg, dS0
+
+
+def _running_sum(terms, axis: int):
+    """For each index of ``axis`` (the head) the sum of all the other entries of ``terms``, added one after
+    the other in one float32 accumulator (batch entries in turn, steps in order).
+
+    A sum over the sequence (dA, dD) is a reduction whose order a kernel chooses (by chunks, atomics,
+    trees); the one-accumulator order is the least accurate of them, so any reasonable order meets
+    its bound."""
+    t = np.moveaxis(terms, axis, 0)
+    t = t.reshape(t.shape[0], -1)
+    return np.cumsum(t, axis=1, dtype=f32)[:, -1] if t.shape[1] else np.zeros(t.shape[0], f32)
+
+
+def _state_in(state):
+    """A state in refimpl's orientation (..., Dv, Dk) as the float32 transposed state (..., Dk, Dv), or None."""
+    return None if state is None else np.swapaxes(_f32(state), -1, -2)
+
+
+def _state_grads(out: dict, dS0, initial_state, tier) -> dict:
+    """``out`` with ``dinitial_state`` (refimpl's orientation, summed over broadcast axes) when a state was given."""
+    if initial_state is not None:
+        out["dinitial_state"] = _reduce32(np.swapaxes(dS0, -1, -2), np.shape(initial_state))
+    return {name: store(x, tier) for name, x in out.items()}
+
+
+def gated_linear_attention_vjp(q, k, v, log_g, dy, scale=None, chunk_size=64, initial_state=None, dfinal_state=None,
+                               *, tier):
+    r"""The backward pass of Eq. (16.2) step by step in float32 (:func:`_gated_adjoint`): ``dq, dk, dv, dlog_g``.
+
+    ``dq`` is ``scale`` times the gradient of the scaled queries (float32); gradients are summed
+    over broadcast axes in float32 and stored. With ``initial_state`` the recurrence starts from it
+    and ``dinitial_state`` is returned; ``dfinal_state`` is the cotangent of the last state.
+    """
+    tier = tier_name(tier)
+    c = f32(1.0 / math.sqrt(np.shape(q)[-1]) if scale is None else float(scale))
+    lg = _f32(log_g)
+    per_head = lg.ndim == np.ndim(k) - 1
+    dq, dk, dv, dg, dS0 = _gated_adjoint(_f32(q) * c, _f32(k), _f32(v), lg[..., None] if per_head else lg, _f32(dy),
+                                         tier, _state_in(initial_state), _state_in(dfinal_state))
+    out = {"dq": _reduce32(dq * c, np.shape(q)), "dk": _reduce32(dk, np.shape(k)), "dv": _reduce32(dv, np.shape(v)),
+           "dlog_g": _reduce32(dg[..., 0] if per_head else dg, np.shape(log_g))}
+    return _state_grads(out, dS0, initial_state, tier)
+
+
+def retention_vjp(q, k, v, gamma, dy, scale=None, chunk_size=64, initial_state=None, dfinal_state=None, *, tier):
+    r"""The backward pass of Eq. (16.6) step by step in float32 (log γ in float32): ``dq, dk, dv``."""
+    tier = tier_name(tier)
+    c = f32(1.0 / math.sqrt(np.shape(q)[-1]) if scale is None else float(scale))
+    lg = np.log(_f32(gamma))[:, None, None]  # (H, 1, 1) against (..., H, L, 1)
+    lg = np.broadcast_to(lg, (lg.shape[0], np.shape(q)[-2], 1))
+    dq, dk, dv, _, dS0 = _gated_adjoint(_f32(q) * c, _f32(k), _f32(v), lg, _f32(dy), tier,
+                                        _state_in(initial_state), _state_in(dfinal_state))
+    out = {"dq": _reduce32(dq * c, np.shape(q)), "dk": _reduce32(dk, np.shape(k)), "dv": _reduce32(dv, np.shape(v))}
+    return _state_grads(out, dS0, initial_state, tier)
+
+
+def ssd_vjp(x, dt, A, B, C, D, dy, chunk_size=64, initial_state=None, dfinal_state=None, *, tier):
+    r"""The backward pass of Eq. (16.7) step by step in float32: :func:`_gated_adjoint` with k = Δ B, v = x,
+    q = C, log g = Δ A per head, then the chain rule in float32:
+
+    ``dB = Δ dk``, ``dΔ = B·dk + A ρ`` (ρ = ∂ℓ/∂(Δ A), the log-gate gradient), ``dA = Σ Δ ρ`` and
+    ``dD = Σ dy·x`` over the batch and the sequence in one float32 accumulator each
+    (:func:`_running_sum`), ``dx = dv + D dy``, ``dB``, ``dC`` summed over the H/G heads of a group.
+    """
+    tier = tier_name(tier)
+    shapes = {"x": np.shape(x), "dt": np.shape(dt), "B": np.shape(B), "C": np.shape(C)}
+    x, dt, A, B, C, dy = (_f32(a) for a in (x, dt, A, B, C, dy))
+    H, G = x.shape[-3], B.shape[-3]
+    Bh, Ch = np.repeat(B, H // G, axis=-3), np.repeat(C, H // G, axis=-3)
+    dC, dk, dx, rho, dS0 = _gated_adjoint(Ch, Bh * dt[..., None], x, (dt * A[:, None])[..., None], dy, tier,
+                                          _state_in(initial_state), _state_in(dfinal_state))
+    rho = rho[..., 0]
+    dtb = np.broadcast_to(dt, rho.shape)
+    ddt = np.sum(dk * Bh, axis=-1, dtype=f32) + A[:, None] * rho
+    dB = dk * dtb[..., None]
+    dA = _running_sum((dtb * rho)[..., ::-1], -2)  # Σ_t Δ_t ρ_t, as the adjoint scan adds it: last step first
+    dD = _running_sum(np.broadcast_to(dy * x, dx.shape), -3)
+    if D is not None:
+        dx = dx + _f32(D)[:, None, None] * dy
+
+    def group_sum(g):  # head h reads group h // (H/G)
+        return g.reshape(g.shape[:-3] + (G, H // G) + g.shape[-2:]).sum(axis=-3, dtype=f32)
+
+    out = {"dx": _reduce32(dx, shapes["x"]), "ddt": _reduce32(ddt, shapes["dt"]), "dA": dA,
+           "dB": _reduce32(group_sum(dB), shapes["B"]), "dC": _reduce32(group_sum(dC), shapes["C"]), "dD": dD}
+    return _state_grads(out, dS0, initial_state, tier)
+
+
+def delta_rule_vjp(q, k, v, beta, dy, log_g=None, scale=None, chunk_size=64, initial_state=None, dfinal_state=None,
+                   *, tier):
+    r"""The backward pass of Eqs. (16.9)–(16.10) step by step in float32 (Eq. (16.20) of the book).
+
+    The forward recurrence of :func:`delta_rule` storing every (transposed) state ``Sᵀ_t``, then
+    ``Mᵀ = Λ_t`` backwards, ``M_t = q_t dy_tᵀ + g_{t+1} (I − β_{t+1} k_{t+1} k_{t+1}ᵀ) M_{t+1}``
+    (the update a float32 reduction), and per step, with the prediction error
+    ``e_t = v_t − g_t S_{t−1} k_t``: ``dq_t = S_tᵀ dy_t``, ``dv_t = β_t Λ_t k_t``,
+    ``dβ_t = (Λ_t k_t)·e_t``, ``dk_t = β_t Λ_tᵀ e_t − g_t β_t S_{t−1}ᵀ Λ_t k_t``,
+    ``dlog g_t = g_t (⟨Λ_t, S_{t−1}⟩ − β_t (Λ_t k_t)·(S_{t−1} k_t))`` — the read-outs products with
+    tier-rounded inputs, the rest float32.
+    """
+    tier = tier_name(tier)
+    c = f32(1.0 / math.sqrt(np.shape(q)[-1]) if scale is None else float(scale))
+    shapes = {"q": np.shape(q), "k": np.shape(k), "v": np.shape(v), "beta": np.shape(beta)}
+    q, k, v, beta, dy = _f32(q) * c, _f32(k), _f32(v), _f32(beta), _f32(dy)
+    lg = np.zeros(beta.shape, f32) if log_g is None else _f32(log_g)
+    S0, dS_end = _state_in(initial_state), _state_in(dfinal_state)
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], beta.shape[:-1], lg.shape[:-1], dy.shape[:-2],
+                                *(() if x is None else x.shape[:-2] for x in (S0, dS_end)))
+    q, k, v, dy = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v, dy))
+    beta, g = np.broadcast_to(beta, batch + beta.shape[-1:]), np.broadcast_to(np.exp(lg), batch + lg.shape[-1:])
+    L, dk, dv = q.shape[-2], k.shape[-1], v.shape[-1]
+    ST = np.empty(batch + (L + 1, dk, dv), dtype=f32)  # ST[..., t + 1] = S_tᵀ
+    ST[..., 0, :, :] = 0 if S0 is None else S0
+    for t in range(L):
+        S = ST[..., t + 1, :, :]
+        np.multiply(ST[..., t, :, :], g[..., t, None, None], out=S)
+        kt = k[..., t, :]
+        u = beta[..., t, None] * (v[..., t, :] - np.matmul(kt[..., None, :], S)[..., 0, :])
+        S += kt[..., :, None] * u[..., None, :]
+    M = np.zeros(batch + (dk, dv), dtype=f32)
+    if dS_end is not None:
+        M += dS_end
+    dq, dkk, dvv = np.empty(q.shape, f32), np.empty(k.shape, f32), np.empty(v.shape, f32)
+    db, dg = np.empty(beta.shape, f32), np.empty(beta.shape, f32)
+    for t in range(L - 1, -1, -1):
+        if t < L - 1:  # M_t = g_{t+1} (I − β_{t+1} k_{t+1} k_{t+1}ᵀ) M_{t+1} + q_t dy_tᵀ
+            kn = k[..., t + 1, :]
+            M -= (beta[..., t + 1, None, None] * kn[..., :, None]) * np.matmul(kn[..., None, :], M)
+            M *= g[..., t + 1, None, None]
+        M += q[..., t, :, None] * dy[..., t, None, :]
+        kt, bt, gt, Sp = k[..., t, :], beta[..., t, None], g[..., t, None], ST[..., t, :, :]
+        pred = matmul(kt[..., None, :], Sp, tier)[..., 0, :]  # S_{t−1} k_t
+        e = v[..., t, :] - gt * pred
+        lk = matmul(kt[..., None, :], M, tier)[..., 0, :]  # Λ_t k_t
+        dq[..., t, :] = matmul(ST[..., t + 1, :, :], dy[..., t, :, None], tier)[..., 0]
+        dvv[..., t, :] = bt * lk
+        db[..., t] = np.sum(lk * e, axis=-1, dtype=f32)
+        dkk[..., t, :] = bt * (matmul(M, e[..., :, None], tier)[..., 0] - gt * matmul(Sp, lk[..., :, None], tier)[..., 0])
+        inner = np.sum(M * Sp, axis=(-2, -1), dtype=f32)  # ⟨Λ_t, S_{t−1}⟩
+        dg[..., t] = g[..., t] * (inner - beta[..., t] * np.sum(lk * pred, axis=-1, dtype=f32))
+    out = {"dq": _reduce32(dq * c, shapes["q"]), "dk": _reduce32(dkk, shapes["k"]), "dv": _reduce32(dvv, shapes["v"]),
+           "dbeta": _reduce32(db, shapes["beta"])}
+    if log_g is not None:
+        out["dlog_g"] = _reduce32(dg, np.shape(log_g))
+    dS0 = None
+    if S0 is not None:  # ∂ℓ/∂S_{−1} = g_0 (I − β_0 k_0 k_0ᵀ) M_0
+        dS0 = M.copy()
+        if L:
+            k0 = k[..., 0, :]
+            dS0 -= (beta[..., 0, None, None] * k0[..., :, None]) * np.matmul(k0[..., None, :], dS0)
+            dS0 *= g[..., 0, None, None]
+    return _state_grads(out, dS0, initial_state, tier)
+
+
 def rfa_attention(q, k, v, n_features, sigma, seed, gates=None, causal=True, *, tier):
     r"""Eqs. (12.5), (12.11)–(12.12): RFA with random Fourier features in float32, gated or not.
 
@@ -563,14 +777,8 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, discretization="mamba", *, tier
         if Dv.ndim == 0:
             dD = np.sum(dD, dtype=f32)
 
-    def reduce(x, shape):  # summed over the axes along which the input was broadcast (float32)
-        while x.ndim > len(shape):
-            x = x.sum(axis=0, dtype=f32)
-        axes = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
-        return x.sum(axis=axes, keepdims=True, dtype=f32) if axes else x
-
-    out = {"du": reduce(du, shapes["u"]), "ddelta": reduce(ddelta, shapes["delta"]), "dA": dA,
-           "dB": reduce(dB, shapes["B"]), "dC": reduce(dC, shapes["C"]), "dD": dD}
+    out = {"du": _reduce32(du, shapes["u"]), "ddelta": _reduce32(ddelta, shapes["delta"]), "dA": dA,
+           "dB": _reduce32(dB, shapes["B"]), "dC": _reduce32(dC, shapes["C"]), "dD": dD}
     return {k: store(v, tier) for k, v in out.items()}
 
 
@@ -744,6 +952,17 @@ PLAIN = {
         retention, args, ("q", "k", "v", "gamma", "scale", "chunk_size"), tier),
     "linear_rnn.delta_rule": lambda args, tier: _call(
         delta_rule, args, ("q", "k", "v", "beta", "log_g", "scale", "chunk_size"), tier),
+    "linear_rnn.ssd_vjp": lambda args, tier: _call(
+        ssd_vjp, args, ("x", "dt", "A", "B", "C", "D", "dy", "chunk_size", "initial_state", "dfinal_state"), tier),
+    "linear_rnn.gated_linear_attention_vjp": lambda args, tier: _call(
+        gated_linear_attention_vjp, args, ("q", "k", "v", "log_g", "dy", "scale", "chunk_size", "initial_state",
+                                           "dfinal_state"), tier),
+    "linear_rnn.retention_vjp": lambda args, tier: _call(
+        retention_vjp, args, ("q", "k", "v", "gamma", "dy", "scale", "chunk_size", "initial_state", "dfinal_state"),
+        tier),
+    "linear_rnn.delta_rule_vjp": lambda args, tier: _call(
+        delta_rule_vjp, args, ("q", "k", "v", "beta", "dy", "log_g", "scale", "chunk_size", "initial_state",
+                               "dfinal_state"), tier),
     "iir.sos_filter": lambda args, tier: _call(sos_filter, args, ("sos", "x", "form"), tier),
     "iir.biquad_filter": lambda args, tier: _call(biquad_filter, args, ("b", "a", "x", "zi", "form"), tier),
     "iir.tf_filter": lambda args, tier: _call(tf_filter, args, ("b", "a", "x", "zi"), tier),

@@ -920,7 +920,9 @@ def test_public_names_of_the_tiers():
     assert [oracle.tier_eps(t) for t in ("float32", "bfloat16")] == [2.0 ** -23, 2.0 ** -7]
     assert oracle.plain_functions() == [
         "attention.flash_attention", "attention.softmax_attention", "attention.softmax_attention_vjp", "iir.biquad_filter", "iir.sos_filter", "iir.tf_filter",
-        "linear_rnn.delta_rule", "linear_rnn.gated_linear_attention", "linear_rnn.retention", "linear_rnn.ssd",
+        "linear_rnn.delta_rule", "linear_rnn.delta_rule_vjp", "linear_rnn.gated_linear_attention",
+        "linear_rnn.gated_linear_attention_vjp", "linear_rnn.retention", "linear_rnn.retention_vjp", "linear_rnn.ssd",
+        "linear_rnn.ssd_vjp",
         "random_features.linear_attention", "random_features.performer_attention", "random_features.rfa_attention",
         "ssm.selective_scan", "ssm.selective_scan_vjp"]
 
@@ -1097,3 +1099,155 @@ def test_selective_scan_vjp_float32_port_and_adjoint_off_by_one(disc, L):
     assert all(qs[n].rel_error < 5 * max(qs[n].plain_error, 2.0 ** -23) for n in ("dA", "dD")), good.table()
     bad = oracle.compare("ssm.selective_scan_vjp", lambda **kw: scan_vjp_port(**kw, bug="adjoint"), dtype="float32", inputs=inp)
     assert not bad.passed and bad.cases[0].first_failure == "du", bad.table()
+
+
+# ---- the backward passes of the linear recurrences (chapter 16) ---------------------------------
+
+_RNN_VJPS = {
+    "linear_rnn.ssd_vjp": dict(L=300, H=4, G=2, P=8, N=8, batch=2),
+    "linear_rnn.gated_linear_attention_vjp": dict(L=300, dk=16, dv=8, batch=2, gate_normalizer=4.0),
+    "linear_rnn.retention_vjp": dict(L=300, H=3, dk=16, dv=8),
+    "linear_rnn.delta_rule_vjp": dict(L=300, dk=16, dv=8, batch=2, gated=True),
+}
+
+
+def _rnn_vjp(name):
+    from refimpl import linear_rnn
+
+    return getattr(linear_rnn, name.split(".")[1])
+
+
+@pytest.mark.parametrize("name", list(_RNN_VJPS))
+@pytest.mark.parametrize("tier", ["float32", "bfloat16"])
+def test_linear_recurrence_backward_passes_have_a_plain_reference(name, tier):
+    """The plain references of the four backward passes (refimpl._lowprec) compute the gradients:
+    within a few ε of the tier of refimpl's float64 vector-Jacobian products; compare() judges every
+    gradient with them (before they existed, the float32 bound was the rounded-inputs floor 8 ε32,
+    which a plain step-by-step float32 backward pass reached at L = 2048)."""
+    from refimpl._lowprec import PLAIN
+
+    inp = oracle.random_inputs(name, seed=5, **_RNN_VJPS[name])
+    rounded = {k: (round_to(v, tier).astype(float) if isinstance(v, np.ndarray) else v) for k, v in inp.items()}
+    want = _rnn_vjp(name)(**rounded)
+    got = PLAIN[name](rounded, tier)
+    assert sorted(got) == sorted(want)
+    for key in want:  # dA, dD: sums over the sequence whose terms cancel (a few times more digits lost)
+        rel = np.max(np.abs(got[key] - want[key])) / np.max(np.abs(want[key]))
+        assert rel < (300 if key in ("dA", "dD") else 30) * eps(tier), (key, rel)
+    report = oracle.compare(name, lambda **kw: {k: store(v, tier) for k, v in _rnn_vjp(name)(**kw).items()},
+                            dtype=tier, inputs=inp)
+    assert report.passed, report.table()
+    assert {q.model for q in report.cases[0].quantities} == {f"plain {tier}"}
+
+
+def test_plain_linear_recurrence_backward_passes_broadcast_and_per_head_gates():
+    from refimpl import linear_rnn
+    from refimpl._lowprec import PLAIN
+
+    rng = np.random.default_rng(8)
+    L = 40
+    q, k = rng.standard_normal((2, 3, 1, L, 4))  # a batch axis broadcast against the heads of v
+    v = rng.standard_normal((2, L, 5))  # batch (3, 2) from q, k (3, 1, ·) and v (2, ·)
+    dy = rng.standard_normal((3, 2, L, 5))
+    cases = [
+        ("linear_rnn.gated_linear_attention_vjp", dict(q=q, k=k, v=v[:1], dy=dy[:, :1],
+                                                       log_g=np.log(rng.uniform(0.7, 1, (1, 1, L))))),
+        ("linear_rnn.gated_linear_attention_vjp", dict(q=q, k=k, v=v, dy=dy, scale=0.3,
+                                                       log_g=np.log(rng.uniform(0.7, 1, (1, 2, L, 4))))),
+        ("linear_rnn.delta_rule_vjp", dict(q=q, k=k / np.linalg.norm(k, axis=-1, keepdims=True), v=v, dy=dy,
+                                           beta=rng.uniform(0.2, 1.8, (1, 1, L)))),
+        ("linear_rnn.ssd_vjp", dict(x=v, dt=rng.uniform(0.01, 0.3, (2, L)), A=-np.array([0.5, 2.0]),
+                                    B=rng.standard_normal((3, 1, L, 4)), C=rng.standard_normal((1, L, 4)), D=None,
+                                    dy=dy)),
+    ]
+    for name, args in cases:
+        want = getattr(linear_rnn, name.split(".")[1])(**args)
+        got = PLAIN[name](args, "float32")
+        for key in want:
+            assert got[key].shape == np.shape(want[key]), (name, key)
+            rel = np.max(np.abs(got[key] - want[key])) / np.max(np.abs(want[key]))
+            assert rel < 1e-5, (name, key, rel)
+
+
+def ssd_vjp_port(x, dt, A, B, C, D, dy, chunk_size=64, *, bug=None):
+    """Mamba-2's SSD backward written here from the equations, float32, one head at a time: the forward
+    recurrence storing the states, then the adjoint backwards with each gradient read off per step."""
+    x, dt, A, B, C, D, dy = (np.asarray(a, dtype=f32) for a in (x, dt, A, B, C, D, dy))
+    H, L, P = x.shape
+    G, N = B.shape[0], B.shape[-1]
+    out = {n: np.zeros(s, f32) for n, s in (("dx", x.shape), ("ddt", dt.shape), ("dA", (H,)), ("dB", B.shape),
+                                            ("dC", C.shape))}
+    for h in range(H):
+        g = h // (H // G)
+        a = np.exp(dt[h] * A[h])
+        hs = np.zeros((L + 1, P, N), f32)
+        for t in range(L):
+            hs[t + 1] = a[t] * hs[t] + dt[h, t] * np.outer(x[h, t], B[g, t])
+        lam = np.zeros((P, N), f32)
+        for t in range(L - 1, -1, -1):
+            nxt = a[t] if bug == "adjoint" else (a[t + 1] if t + 1 < L else f32(0))
+            lam = nxt * lam + np.outer(dy[h, t], C[g, t])
+            out["dx"][h, t] = dt[h, t] * (lam @ B[g, t]) + D[h] * dy[h, t]
+            out["dB"][g, t] += dt[h, t] * (lam.T @ x[h, t])
+            out["dC"][g, t] += hs[t + 1].T @ dy[h, t]
+            rho = a[t] * np.sum(lam * hs[t])
+            out["ddt"][h, t] = x[h, t] @ lam @ B[g, t] + A[h] * rho
+            out["dA"][h] += dt[h, t] * rho
+    out["dD"] = np.einsum("hlp,hlp->h", dy, x)
+    return out
+
+
+def test_ssd_vjp_float32_port_at_length_2048_and_adjoint_off_by_one():
+    """A kernel author's report: a step-by-step float32 SSD backward pass reached 0.99 of the old
+    rounded-inputs floor on dA at L = 2048; with the plain float32 reference the bound follows the
+    sum's own rounding error, and the port passes. The adjoint decayed by the wrong step fails."""
+    inp = oracle.random_inputs("linear_rnn.ssd_vjp", seed=3, L=2048, H=4, P=16, N=16)
+    good = oracle.compare("linear_rnn.ssd_vjp", ssd_vjp_port, dtype="float32", inputs=inp)
+    qs = {q.name: q for q in good.cases[0].quantities}
+    assert good.passed and {q.model for q in qs.values()} == {"plain float32"}, good.table()
+    assert qs["dA"].plain_error > PLAIN_ULPS["float32"] * eps("float32"), good.table()  # above the floor: it grew with L
+    bad = oracle.compare("linear_rnn.ssd_vjp", lambda **kw: ssd_vjp_port(**kw, bug="adjoint"), dtype="float32",
+                         inputs=inp)
+    assert not bad.passed and bad.cases[0].first_failure == "dx", bad.table()
+
+
+def test_gla_vjp_gate_shift_fails_in_bfloat16():
+    from refimpl import linear_rnn
+
+    inp = oracle.random_inputs("linear_rnn.gated_linear_attention_vjp", seed=7, L=512, dk=16, dv=16)
+
+    def shifted(q, k, v, log_g, dy, chunk_size):  # the gate of step t applied at step t − 1
+        lg = np.concatenate([log_g[1:], log_g[-1:]])
+        return {k_: store(g, "bfloat16") for k_, g in linear_rnn.gated_linear_attention_vjp(
+            q, k, v, lg, dy, chunk_size=chunk_size).items()}
+
+    rep = oracle.compare("linear_rnn.gated_linear_attention_vjp", shifted, dtype="bfloat16", inputs=inp)
+    assert not rep.passed and rep.cases[0].quantities[0].model == "plain bfloat16", rep.table()
+
+
+@pytest.mark.parametrize("tier", ["bfloat16", "float16"])
+def test_flash_attention_lse_is_judged_in_float32_when_returned_in_float32(tier):
+    """Fused kernels form ℓ from float32 logits and keep it in float32 in every tier. Rounded to the
+    tier first, a float32 ℓ off by 0.05 nats passed in bfloat16 (below half the grid spacing at
+    ℓ ≈ 8; an independent kernel author's trial); now it fails, and an ℓ the kernel stores in the
+    tier is still judged in the tier."""
+    rnd = functools.partial(round_to, tier=tier)
+    inp = oracle.random_inputs("attention.flash_attention", seed=41, N=512, d=64, causal=True, block_k=128)
+
+    def port(change):
+        def run(**kw):
+            out = flash_port(**kw, rnd=lambda a: rnd(a).astype(f32))
+            return {**out, "lse": change(out["lse"])}
+        return run
+
+    def lse_of(report):
+        return report.cases[0].quantities[0]
+
+    good = lse_of(oracle.compare("attention.flash_attention", port(lambda l: l), dtype=tier, inputs=inp))
+    assert good.passed and good.model == f"plain {tier}, judged in float32", good
+    assert good.bound < 2 * eps(tier)  # the float32 logits' ℓ: far below the tier's floor
+    off = lse_of(oracle.compare("attention.flash_attention", port(lambda l: l + f32(0.05)), dtype=tier, inputs=inp))
+    assert not off.passed and off.model.endswith("judged in float32")
+    stored = lse_of(oracle.compare("attention.flash_attention", port(lambda l: np.asarray(rnd(l))), dtype=tier,
+                                   inputs=inp))
+    assert stored.passed and stored.model == f"plain {tier}"
