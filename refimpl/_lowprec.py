@@ -46,7 +46,8 @@ from ._precision import matmul, store, tier_name
 
 __all__ = ["PLAIN", "softmax_attention", "softmax_attention_vjp", "linear_attention", "performer_attention", "rfa_attention", "selective_scan",
            "selective_scan_vjp", "ssd", "gated_linear_attention", "retention", "delta_rule", "ssd_vjp",
-           "gated_linear_attention_vjp", "retention_vjp", "delta_rule_vjp", "sos_filter", "biquad_filter", "tf_filter"]
+           "gated_linear_attention_vjp", "retention_vjp", "delta_rule_vjp", "linear_attention_vjp", "selective_scan_fn",
+           "sos_filter", "biquad_filter", "tf_filter"]
 
 f32 = np.float32
 
@@ -279,24 +280,34 @@ def _kernel_attention(phi_q, phi_k, v, causal, tier, block=256):
     """
     phi_q, phi_k, v = _f32(phi_q), _f32(phi_k), _f32(v)
     va = np.concatenate([v, np.ones(v.shape[:-1] + (1,), dtype=f32)], axis=-1)
-    if not causal:
-        state = np.matmul(np.swapaxes(phi_k, -1, -2), va)  # float32 reduction over the keys
-        out = matmul(phi_q, state, tier)
-    else:
-        batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], va.shape[:-2])
-        phi_q, phi_k, va = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (phi_q, phi_k, va))
-        n, c, w = phi_q.shape[-2], phi_q.shape[-1], va.shape[-1]
-        state = np.zeros(batch + (c, w), dtype=f32)
-        out = np.empty(batch + (n, w), dtype=f32)
-        for start in range(0, n, block):
-            sl = slice(start, min(start + block, n))
-            outer = phi_k[..., sl, :, None] * va[..., sl, None, :]  # φ(k_j)[v_j, 1]ᵀ, exact products in float32 for 16-bit tiers
-            outer[..., 0, :, :] += state
-            np.cumsum(outer, axis=-3, dtype=f32, out=outer)  # S_i, sequential float32 sums
-            state = outer[..., -1, :, :].copy()
-            out[..., sl, :] = matmul(phi_q[..., sl, None, :], outer, tier)[..., 0, :]
+    out = _read_states(phi_q, phi_k, va, causal, tier, block)
     y = out[..., :-1] / out[..., -1:]
     return store(y, tier)
+
+
+def _read_states(a, b, w, causal, tier, block=256, reverse=False):
+    r"""``r_i = a_iᵀ S_i`` with the state ``S_i = Σ_j b_j w_jᵀ`` over all j, or j ≤ i if ``causal``
+    (j ≥ i if also ``reverse``): the running state accumulated in float32 one token after the other
+    (the RNN of Eq. (12.3), run backwards in time for the adjoint of a causal sum), read with
+    products whose inputs are rounded to the tier. Float32 inputs (..., n, ·); returns (..., n, w)."""
+    if not causal:
+        return matmul(a, np.matmul(np.swapaxes(b, -1, -2), w), tier)  # the state: a float32 reduction
+    if reverse:
+        flip = lambda x: x[..., ::-1, :]  # noqa: E731
+        return flip(_read_states(flip(a), flip(b), flip(w), True, tier, block))
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2], w.shape[:-2])
+    a, b, w = (np.broadcast_to(x, batch + x.shape[-2:]) for x in (a, b, w))
+    n, c, m = a.shape[-2], a.shape[-1], w.shape[-1]
+    state = np.zeros(batch + (c, m), dtype=f32)
+    out = np.empty(batch + (n, m), dtype=f32)
+    for start in range(0, n, block):
+        sl = slice(start, min(start + block, n))
+        outer = b[..., sl, :, None] * w[..., sl, None, :]  # b_j w_jᵀ (exact in float32 for 16-bit tiers)
+        outer[..., 0, :, :] += state
+        np.cumsum(outer, axis=-3, dtype=f32, out=outer)  # S_i, sequential float32 sums
+        state = outer[..., -1, :, :].copy()
+        out[..., sl, :] = matmul(a[..., sl, None, :], outer, tier)[..., 0, :]
+    return out
 
 
 def linear_attention(q, k, v, causal=False, feature_map="elu+1", *, tier):
@@ -306,6 +317,34 @@ def linear_attention(q, k, v, causal=False, feature_map="elu+1", *, tier):
     tier = tier_name(tier)
     phi_q, phi_k = (store(_elu1(x), tier) for x in (q, k))
     return {"y": _kernel_attention(phi_q, phi_k, v, causal, tier)}
+
+
+def linear_attention_vjp(q, k, v, dy, causal=False, *, tier):
+    r"""The backward pass of Eqs. (12.2)–(12.4) in float32: ``dq, dk, dv`` of linear attention (φ = elu + 1).
+
+    The forward pass as :func:`linear_attention` (stored features, float32 states) gives
+    ``o_i = [num_i, den_i]``; then ``G_i = [dy_i / den_i, −(dy_i·y_i) / den_i]`` in float32 and the
+    three sums of :func:`refimpl.random_features.linear_attention_vjp` as running states
+    (:func:`_read_states`): ``da_i = Σ_{j≤i} (G_i·ṽ_j) φ(k_j)`` forwards in time,
+    ``dφ(k_j) = Σ_{i≥j} (ṽ_j·G_i) φ(q_i)`` and ``dṽ_j = Σ_{i≥j} (φ(k_j)·φ(q_i)) G_i`` backwards (all
+    keys and queries when not causal); ``dq = φ'(q) ⊙ da`` with ``φ' = min(φ, 1)`` in float32.
+    Summed over broadcast axes in float32 and stored.
+    """
+    tier = tier_name(tier)
+    phi_q, phi_k = (store(_elu1(x), tier).astype(f32) for x in (q, k))
+    v, dy = _f32(v), _f32(dy)
+    vt = np.concatenate([v, np.ones(v.shape[:-1] + (1,), dtype=f32)], axis=-1)  # ṽ = [v, 1]
+    o = _read_states(phi_q, phi_k, vt, causal, tier)
+    num, den = o[..., :-1], o[..., -1:]
+    y = num / den
+    G = np.concatenate([dy / den, -np.sum(dy * y, axis=-1, keepdims=True, dtype=f32) / den], axis=-1)
+    da = _read_states(G, vt, phi_k, causal, tier)
+    db = _read_states(vt, G, phi_q, causal, tier, reverse=True)
+    dvt = _read_states(phi_k, phi_q, G, causal, tier, reverse=True)
+    dq = da * np.minimum(_elu1(q), f32(1))
+    dk = db * np.minimum(_elu1(k), f32(1))
+    return {"dq": store(_reduce32(dq, np.shape(q)), tier), "dk": store(_reduce32(dk, np.shape(k)), tier),
+            "dv": store(_reduce32(dvt[..., :-1], np.shape(v)), tier)}
 
 
 def performer_attention(q, k, v, projection, causal=False, kind="positive", scale=None, *, tier):
@@ -339,20 +378,24 @@ def performer_attention(q, k, v, projection, causal=False, kind="positive", scal
     return {"y": _kernel_attention(features(q, (-1,)), features(k, (-2, -1)), v, causal, tier)}
 
 
-def _gated_recurrence(q, k, v, log_g, tier, chunk=None):
+def _gated_recurrence(q, k, v, log_g, tier, chunk=None, S0=None):
     r"""``S_t = Diag(g_t) S_{t−1} + k_t v_tᵀ``, ``o_t = q_tᵀ S_t`` in float32, one step after the other.
 
     The transposed state (Dk × Dv) of Eq. (16.2): ``q``, ``k`` (..., L, Dk), ``v`` (..., L, Dv),
     ``log_g`` (..., L, Dk) or (..., L, 1), all float32; the gates ``e^{log g}`` in float32, the
     state in float32 (the accumulator a kernel keeps), the read-out a product whose inputs are
-    rounded to the tier (a kernel's ``tl.dot`` of the stored state and the queries). Returns the
-    outputs (..., L, Dv) in float32 and, if ``chunk``, the states at the chunk ends (..., n, Dv, Dk).
+    rounded to the tier (a kernel's ``tl.dot`` of the stored state and the queries). ``S0``: the
+    transposed initial state (..., Dk, Dv) (None: 0). Returns the outputs (..., L, Dv) in float32
+    and, if ``chunk``, the states at the chunk ends (..., n, Dv, Dk).
     """
-    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], log_g.shape[:-2])
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], log_g.shape[:-2],
+                                () if S0 is None else S0.shape[:-2])
     q, k, v, log_g = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v, log_g))
     L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
     g = np.exp(log_g)
     S = np.zeros(batch + (dk, dv), dtype=f32)
+    if S0 is not None:
+        S += S0
     o = np.empty(batch + (L, dv), dtype=f32)
     states = [] if chunk else None
     for t in range(L):
@@ -368,7 +411,7 @@ def _scaled(q, scale):
     return _f32(q) * f32(1.0 / math.sqrt(np.shape(q)[-1]) if scale is None else float(scale))
 
 
-def gated_linear_attention(q, k, v, log_g, scale=None, chunk_size=64, *, tier):
+def gated_linear_attention(q, k, v, log_g, scale=None, chunk_size=64, initial_state=None, *, tier):
     r"""Eq. (16.2), the recurrence of gated linear attention, in float32 (:func:`_gated_recurrence`).
 
     Per-channel gates ``log_g`` (..., L, Dk) or per-head gates (..., L). Returns the output and
@@ -378,20 +421,21 @@ def gated_linear_attention(q, k, v, log_g, scale=None, chunk_size=64, *, tier):
     lg = _f32(log_g)
     if lg.ndim == np.ndim(k) - 1:
         lg = lg[..., None]
-    o, states = _gated_recurrence(_scaled(q, scale), _f32(k), _f32(v), lg, tier, int(chunk_size))
+    o, states = _gated_recurrence(_scaled(q, scale), _f32(k), _f32(v), lg, tier, int(chunk_size),
+                                  _state_in(initial_state))
     return {"y": store(o, tier), "chunk_states": store(states, tier)}
 
 
-def retention(q, k, v, gamma, scale=None, chunk_size=64, *, tier):
+def retention(q, k, v, gamma, scale=None, chunk_size=64, initial_state=None, *, tier):
     r"""Eq. (16.6): retention's recurrence ``S_n = γ_h S_{n−1} + v_n k_nᵀ`` in float32 (log γ in float32)."""
     tier = tier_name(tier)
     lg = np.log(_f32(gamma))[:, None, None]  # (H, 1, 1) against (..., H, L, 1)
     lg = np.broadcast_to(lg, (lg.shape[0], np.shape(q)[-2], 1))
-    o, _ = _gated_recurrence(_scaled(q, scale), _f32(k), _f32(v), lg, tier)
+    o, _ = _gated_recurrence(_scaled(q, scale), _f32(k), _f32(v), lg, tier, S0=_state_in(initial_state))
     return {"y": store(o, tier)}
 
 
-def ssd(x, dt, A, B, C, D=None, chunk_size=64, *, tier):
+def ssd(x, dt, A, B, C, D=None, chunk_size=64, initial_state=None, *, tier):
     r"""Eq. (16.7), Mamba-2's SSD recurrence ``h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_tᵀ``, ``y_t = h_t C_t + D x_t``.
 
     In float32 per head (:func:`_gated_recurrence` with k = Δ B, v = x, q = C, log g = Δ A);
@@ -401,13 +445,14 @@ def ssd(x, dt, A, B, C, D=None, chunk_size=64, *, tier):
     x, dt, A, B, C = (_f32(a) for a in (x, dt, A, B, C))
     H, G = x.shape[-3], B.shape[-3]
     B, C = np.repeat(B, H // G, axis=-3), np.repeat(C, H // G, axis=-3)
-    o, states = _gated_recurrence(C, B * dt[..., None], x, (dt * A[:, None])[..., None], tier, int(chunk_size))
+    o, states = _gated_recurrence(C, B * dt[..., None], x, (dt * A[:, None])[..., None], tier, int(chunk_size),
+                                  _state_in(initial_state))
     if D is not None:
         o = o + _f32(D)[:, None, None] * x
     return {"y": store(o, tier), "chunk_states": store(states, tier)}
 
 
-def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, *, tier):
+def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, initial_state=None, *, tier):
     r"""Eq. (16.9)–(16.10), the delta rule step by step in float32: ``S_t = g_t S_{t−1} + β_t (v_t − g_t S_{t−1} k_t) k_tᵀ``.
 
     The prediction ``S k`` is a float32 reduction, the state float32, the read-out ``S_t q_t`` a
@@ -417,11 +462,15 @@ def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, *, tier):
     tier = tier_name(tier)
     q, k, v, beta = _scaled(q, scale), _f32(k), _f32(v), _f32(beta)
     lg = np.zeros(beta.shape, f32) if log_g is None else _f32(log_g)
-    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], beta.shape[:-1], lg.shape[:-1])
+    S0 = _state_in(initial_state)
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], beta.shape[:-1], lg.shape[:-1],
+                                () if S0 is None else S0.shape[:-2])
     q, k, v = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v))
     beta, g = np.broadcast_to(beta, batch + beta.shape[-1:]), np.broadcast_to(np.exp(lg), batch + lg.shape[-1:])
     L, dk, dv, c = q.shape[-2], k.shape[-1], v.shape[-1], int(chunk_size)
     S = np.zeros(batch + (dk, dv), dtype=f32)  # Sᵀ
+    if S0 is not None:
+        S += S0
     o = np.empty(batch + (L, dv), dtype=f32)
     states = []
     for t in range(L):
@@ -703,6 +752,46 @@ def selective_scan(u, delta, A, B, C, D=None, discretization="mamba", *, tier):
     return {"y": store(y, tier), "h_last": store(h, tier)}
 
 
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                      return_last_state=False, *, tier):
+    r"""Eqs. (11.21)–(11.23) as mamba_ssm's kernel computes them on low-precision inputs: all in float32.
+
+    ``Δ = softplus(delta + delta_bias)`` in float32 (x itself above 20, as the CUDA kernel and
+    ``F.softplus`` return it); per channel ``h_t = e^{Δ_t A} h_{t−1} + Δ_t B_t u_t`` with the state in
+    float32 (complex64 for a complex A), one step after the other; ``y_t = Σ_n C_{t,n} h_{t,n}``
+    (``2 Re`` of it for a complex A) in float32, ``(y + D u) · z σ(z)`` in float32; the output and the
+    last state stored in the tier. The layouts (grouped, time-invariant, interleaved complex B and
+    C) are normalized by refimpl's own check, exactly (the arguments are already on the tier's grid).
+    """
+    from .ssm import _check_official
+
+    tier = tier_name(tier)
+    u, delta, _, A, B, C, D, z, bias, softplus, _ = _check_official(u, delta, A, B, C, D, z, delta_bias,
+                                                                     delta_softplus, False)
+    d = u.shape[1]
+    cplx = np.iscomplexobj(A)
+    ct = np.complex64 if cplx else f32
+    u32 = _f32(u)
+    step = _f32(delta) + (f32(0) if bias is None else _f32(bias)[:, None])
+    if softplus:
+        step = np.where(step > f32(20), step, np.log1p(np.exp(np.minimum(step, f32(20)))))
+    A32 = A.astype(ct)
+    B32, C32 = (np.repeat(X, d // X.shape[1], axis=1).astype(ct) for X in (B, C))  # (b or 1, D, N, L)
+    h = np.zeros((u.shape[0],) + A.shape, dtype=ct)
+    y = np.empty(u.shape, dtype=f32)
+    for t in range(u.shape[2]):
+        dt = step[:, :, t, None]
+        h = np.exp(dt * A32) * h + (dt * B32[..., t]) * u32[:, :, t, None]
+        yt = np.sum(h * C32[..., t], axis=-1, dtype=ct)
+        y[:, :, t] = f32(2) * yt.real if cplx else yt
+    if D is not None:
+        y = y + _f32(D)[:, None] * u32
+    if z is not None:
+        z32 = _f32(z)
+        y = y * (z32 / (f32(1) + np.exp(-z32)))
+    return {"out": store(y, tier), "last_state": store(h, tier), "Delta": step}
+
+
 def _dphi1_dA(x):
     """``(x e^x − e^x + 1)/x²`` in float32 (``∂/∂A (e^{ΔA} − 1)/A = Δ² ·`` this): a series for |x| < 0.1."""
     x = _f32(x)
@@ -943,15 +1032,20 @@ PLAIN = {
     "random_features.rfa_attention": lambda args, tier: _call(
         rfa_attention, args, ("q", "k", "v", "n_features", "sigma", "seed", "gates"), tier, {"causal": True}),
     "ssm.selective_scan": _selective,
+    "ssm.selective_scan_fn": lambda args, tier: _call(
+        selective_scan_fn, args, ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus",
+                                  "return_last_state"), tier),
+    "random_features.linear_attention_vjp": lambda args, tier: _call(
+        linear_attention_vjp, args, ("q", "k", "v", "dy", "causal"), tier),
     "ssm.selective_scan_vjp": lambda args, tier: _call(
         selective_scan_vjp, args, ("u", "delta", "A", "B", "C", "D", "dy", "discretization"), tier),
-    "linear_rnn.ssd": lambda args, tier: _call(ssd, args, ("x", "dt", "A", "B", "C", "D", "chunk_size"), tier),
+    "linear_rnn.ssd": lambda args, tier: _call(ssd, args, ("x", "dt", "A", "B", "C", "D", "chunk_size", "initial_state"), tier),
     "linear_rnn.gated_linear_attention": lambda args, tier: _call(
-        gated_linear_attention, args, ("q", "k", "v", "log_g", "scale", "chunk_size"), tier),
+        gated_linear_attention, args, ("q", "k", "v", "log_g", "scale", "chunk_size", "initial_state"), tier),
     "linear_rnn.retention": lambda args, tier: _call(
-        retention, args, ("q", "k", "v", "gamma", "scale", "chunk_size"), tier),
+        retention, args, ("q", "k", "v", "gamma", "scale", "chunk_size", "initial_state"), tier),
     "linear_rnn.delta_rule": lambda args, tier: _call(
-        delta_rule, args, ("q", "k", "v", "beta", "log_g", "scale", "chunk_size"), tier),
+        delta_rule, args, ("q", "k", "v", "beta", "log_g", "scale", "chunk_size", "initial_state"), tier),
     "linear_rnn.ssd_vjp": lambda args, tier: _call(
         ssd_vjp, args, ("x", "dt", "A", "B", "C", "D", "dy", "chunk_size", "initial_state", "dfinal_state"), tier),
     "linear_rnn.gated_linear_attention_vjp": lambda args, tier: _call(

@@ -985,31 +985,48 @@ def _decay_matrix(a: np.ndarray, cum: np.ndarray, lower: np.ndarray) -> np.ndarr
     return E
 
 
-def _over_heads(core, *args, c: int) -> tuple:
+def _over_heads(core, *args, c: int, states=None) -> tuple:
     """``core(*args, c, out)``, its batch entries (heads) split over threads (:func:`refimpl._blocking.in_parts`).
 
     ``args`` share one batch shape, that of the last one (``dy``, (*b, L, D)); the core writes the
     gradients of all the others into ``out`` (one array of each argument's shape, flattened to
     (heads, …)) and computes every batch entry by the same operations whatever the others are, so
-    each part writes its entries' rows and the result is bitwise that of one call.
+    each part writes its entries' rows and the result is bitwise that of one call. ``states``,
+    optional: the initial state and the cotangent of the final state, (*b, Dv, Dk) each or None;
+    the core then also gets them (``init``, ``final``) and writes the initial state's gradient
+    into ``dinit``, returned last.
     """
     batch = args[-1].shape[:-2]
     nb = math.prod(batch)
     flat = [a.reshape((nb,) + a.shape[len(batch) :]) for a in args]
     outs = [np.empty(a.shape) for a in flat[:-1]]
+    if states is None:
 
-    def run(sl):
-        core(*(a[sl] for a in flat), c, [o[sl] for o in outs])
+        def run(sl):
+            core(*(a[sl] for a in flat), c, [o[sl] for o in outs])
 
-    _blocking.in_parts(run, nb, flat[-1].size, one_blas=True)
-    return tuple(o.reshape(a.shape) for o, a in zip(outs, args))
+        _blocking.in_parts(run, nb, flat[-1].size, one_blas=True)
+        return tuple(o.reshape(a.shape) for o, a in zip(outs, args))
+    shape = (args[2].shape[-1], args[0].shape[-1])  # (Dv, Dk): v is the third argument, q the first
+    init, final = (None if a is None else a.reshape((nb,) + shape) for a in states)
+    dinit = np.empty((nb,) + shape)
+
+    def run_states(sl):
+        core(*(a[sl] for a in flat), c, [o[sl] for o in outs], init=None if init is None else init[sl],
+             final=None if final is None else final[sl], dinit=dinit[sl])
+
+    _blocking.in_parts(run_states, nb, flat[-1].size, one_blas=True)
+    return (*(o.reshape(a.shape) for o, a in zip(outs, args)), dinit.reshape(batch + shape))
 
 
-def _gla_vjp_core(q, k, v, logg, dy, c: int, out) -> None:
+def _gla_vjp_core(q, k, v, logg, dy, c: int, out, init=None, final=None, dinit=None) -> None:
     """Chunked backward pass of ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q_t`` (q scaled).
 
     ``q, k`` (nb, L, Dk), ``v, dy`` (nb, L, Dv), ``logg`` (nb, L, Dk) or (nb, L, 1). Writes
     ``dq, dk, dv, dlogg`` (dq with respect to the scaled q) into ``out``, four arrays of those shapes.
+    ``init``, ``final`` (nb, Dv, Dk), optional: the initial state S_{−1} (the state entering the first
+    chunk; None: 0) and the cotangent of the final state (the adjoint arriving at the last chunk's end;
+    None: 0); ``dinit`` (nb, Dv, Dk), optional, receives the adjoint leaving the first chunk, ∂ℓ/∂S_{−1}.
 
     Per chunk, with ``cum`` the in-chunk inclusive cumulative log-gate, the decays factor as in the
     forward pass, ``e^{seg[t, s]} = e^{cum_t} e^{−cum_s}``: with ``Qe = Q ⊙ e^{cum}``,
@@ -1081,7 +1098,7 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out) -> None:
     # every exponent <= 0 (no clamp, no exact path)
     suffix = np.vstack([np.triu(np.ones((c, c)), 1), np.ones((1, c))])  # rows: Σ_{r>t} (t < c), then Σ_r
     S_in = np.empty((nb, nc + 1, dv, dk))
-    S_in[:, 0] = 0.0
+    S_in[:, 0] = 0.0 if init is None else init
     for sl in groups:
         e = np.exp(np.matmul(suffix, gc[:, sl]))  # (nb, mm, c + 1, Dg)
         kv = sT(vc[:, sl]) @ (kc[:, sl] * e[:, :, :c])  # Vᵀ (K ⊙ e^{to_end}): the chunk's own part of S_end
@@ -1093,7 +1110,7 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out) -> None:
     # backwards: the adjoint arriving at each chunk's end, and every gradient of the group, written into
     # ``out`` directly (a group that ends in the padding goes through a buffer)
     upper = np.triu(np.ones((c, c)))  # Σ_{r≥t}: the suffix sums of dlog g, as a product
-    lam = np.zeros((nb, dv, dk))
+    lam = np.zeros((nb, dv, dk)) if final is None else final.copy()  # the adjoint at the last chunk's end
     for sl in reversed(groups):
         g0, mm = sl.start, sl.stop - sl.start
         r0, r1 = g0 * c, min(L, (g0 + mm) * c)
@@ -1160,6 +1177,8 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out) -> None:
                 gc[ix], kc[ix], vc[ix], qc[ix], yc[ix], yv[strong], S_in[ix], R[strong])
         if not full:
             _put_rows(out, dst, sl, c, L)
+    if dinit is not None:
+        dinit[...] = lam  # the adjoint of the state entering the first chunk, ∂ℓ/∂S_{−1}
 
 
 def _gla_vjp_exact(g, k, v, q, dy, yv, S_in, R):
@@ -1227,53 +1246,87 @@ def _gla_vjp_exact(g, k, v, q, dy, yv, S_in, R):
     return dq, dk, dv, lg
 
 
-def _gla_vjp_setup(q, k, v, log_g, dy, scale, chunk_size):
-    from .attention import _scale
-    from .linear_rnn import _gla_setup
+def _check_final(dfinal_state, batch: tuple, shape: tuple, what: str):
+    """The cotangent of the final state, (..., *shape) broadcast to ``batch + shape`` (the final state's
+    shape: it may not add batch axes or entries), or None."""
+    if dfinal_state is None:
+        return None
+    from .linear_rnn import _check_state
 
-    shapes = {"q": np.shape(q), "k": np.shape(k), "v": np.shape(v), "log_g": np.shape(log_g)}
+    d, new = _check_state(dfinal_state, "dfinal_state", batch, shape, what)
+    if new != batch:
+        raise ValueError(f"dfinal_state: expected the shape of the final state {what} = {batch + shape} "
+                         f"(or one that broadcasts to it), got shape {np.shape(dfinal_state)}")
+    return d
+
+
+def _states(S0, dSL):
+    """The ``states`` argument of :func:`_over_heads`: None when neither state is given (the plain call)."""
+    return None if S0 is None and dSL is None else (S0, dSL)
+
+
+def _gla_vjp_setup(q, k, v, log_g, dy, scale, chunk_size, initial_state=None, dfinal_state=None):
+    from .attention import _scale
+    from .linear_rnn import _gla_setup, _gla_state
+
+    shapes = {"q": np.shape(q), "k": np.shape(k), "v": np.shape(v), "log_g": np.shape(log_g),
+              "initial_state": None if initial_state is None else np.shape(initial_state)}
     qs, kb, vb, g, c = _gla_setup(q, k, v, log_g, scale, chunk_size, False)
+    S0, qs, kb, vb, g = _gla_state(initial_state, qs, kb, vb, g)
     cs = _scale(scale, qs.shape[-1])
     dy = _check_dy(dy, qs.shape[:-1] + (vb.shape[-1],), "(..., L, Dv)",
-                   "batch shape from q, k, v and log_g, L from q, Dv from v")
-    return qs, kb, vb, g, dy, cs, c, shapes
+                   "batch shape from q, k, v, log_g and initial_state, L from q, Dv from v")
+    dSL = _check_final(dfinal_state, qs.shape[:-2], (vb.shape[-1], qs.shape[-1]), "(..., Dv, Dk)")
+    return qs, kb, vb, g, dy, cs, c, shapes, S0, dSL
 
 
-def _gla_vjp_result(dq, dk, dv, dg, cs, shapes) -> dict:
+def _gla_vjp_result(dq, dk, dv, dg, cs, shapes, dinit=None) -> dict:
     if len(shapes["log_g"]) == len(shapes["k"]) - 1:  # per-head gates: drop the channel axis
         dg = dg[..., 0]
-    return {
+    out = {
         "dq": _reduce_to(dq * cs, shapes["q"]),  # o_t = S_t (c q_t): ∂ℓ/∂q = c ∂ℓ/∂(c q)
         "dk": _reduce_to(dk, shapes["k"]),
         "dv": _reduce_to(dv, shapes["v"]),
         "dlog_g": _reduce_to(dg, shapes["log_g"]),
     }
+    if shapes["initial_state"] is not None:
+        out["dinitial_state"] = _reduce_to(dinit, shapes["initial_state"])
+    return out
 
 
-def _gla_vjp_loop_core(q, k, v, logg, dy):
-    """The forward recurrence storing every state, then the adjoint recurrence backwards in time."""
+def _gla_vjp_loop_core(q, k, v, logg, dy, init=None, final=None):
+    """The forward recurrence storing every state, then the adjoint recurrence backwards in time; from the
+    initial state ``init`` (*b, Dv, Dk) or 0, with the final state's cotangent ``final`` or 0."""
     batch = q.shape[:-2]
     L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
     dq, dkk, dvv, dg = np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape), np.zeros(logg.shape)
+    dinit = np.zeros(batch + (dv, dk))
     for b in np.ndindex(*batch):
         g = np.exp(logg[b])  # (L, Dk) or (L, 1)
-        S = [np.zeros((dv, dk))]  # S[t + 1] = S_t, S[0] = S_{−1} = 0
+        S = [np.zeros((dv, dk)) if init is None else init[b]]  # S[t + 1] = S_t, S[0] = S_{−1}
         for t in range(L):
             S.append(S[-1] * g[t][None, :] + np.outer(v[b][t], k[b][t]))  # S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ
         lam = np.zeros((dv, dk))  # Λ_L = 0
         for t in range(L - 1, -1, -1):
             g_next = g[t + 1] if t + 1 < L else np.zeros(g.shape[-1])
             lam = np.outer(dy[b][t], q[b][t]) + lam * g_next[None, :]  # Λ_t = dy_t q_tᵀ + Λ_{t+1} Diag(g_{t+1})
+            if t == L - 1 and final is not None:
+                lam = lam + final[b]  # the final state S_{L−1} is an output too: + its cotangent
             dq[b][t] = S[t + 1].T @ dy[b][t]  # ∂o_t/∂q_t = S_t
             dkk[b][t] = lam.T @ v[b][t]  # ∂S_t/∂k_t: Λ_tᵀ v_t
             dvv[b][t] = lam @ k[b][t]  # Λ_t k_t
             per_channel = np.sum(lam * S[t], axis=0) * g[t]  # g_tj Σ_i Λ_t[i, j] S_{t−1}[i, j]
             dg[b][t] = per_channel if g.shape[-1] > 1 else per_channel.sum()
-    return dq, dkk, dvv, dg
+        if L:
+            dinit[b] = lam * g[0][None, :]  # ∂ℓ/∂S_{−1} = Λ_0 Diag(g_0)
+        elif final is not None:
+            dinit[b] = final[b]  # no step: the final state is the initial one
+    return dq, dkk, dvv, dg, dinit
 
 
 @guard_overflow()
-def gated_linear_attention_vjp(q, k, v, log_g, dy, *, scale=None, chunk_size=64) -> dict:
+def gated_linear_attention_vjp(q, k, v, log_g, dy, *, scale=None, chunk_size=64, initial_state=None,
+                               dfinal_state=None) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.gated_linear_attention`: ``dq, dk, dv, dlog_g``.
 
     The vector–Jacobian product of Eqs. (16.2)–(16.5) of the book, by the adjoint filter of
@@ -1288,23 +1341,34 @@ def gated_linear_attention_vjp(q, k, v, log_g, dy, *, scale=None, chunk_size=64)
         not differentiated; the result does not depend on ``chunk_size``.
     dy : array_like, shape (..., L, Dv)
         The cotangent ∂ℓ/∂o, shape of the output (batch axes of q, k, v, log_g broadcast).
+    initial_state : array_like, shape (..., Dv, Dk), optional
+        The initial state S_{−1} of the forward call (default 0; fla's ``initial_state``, transposed).
+    dfinal_state : array_like, shape (..., Dv, Dk), optional
+        The cotangent ∂ℓ/∂S_{L−1} of the final state (the last chunk state; fla's ``dht``,
+        transposed), of the final state's shape or one that broadcasts to it; the adjoint starts
+        from it, Eq. (16.22) of the book. Default 0.
 
     Returns
     -------
     grads : dict
         ``{"dq", "dk", "dv", "dlog_g"}``, each of the shape of its input (summed over the axes
-        along which it was broadcast).
+        along which it was broadcast), and ``"dinitial_state"`` = ∂ℓ/∂S_{−1} (fla's ``dh0``,
+        transposed; the shape of ``initial_state``) exactly when ``initial_state`` is given.
 
     Notes
     -----
-    Forward ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q̃_t`` (q̃ = scale · q). The loss
-    depends on ``S_t`` through ``o_t`` and ``S_{t+1}``, so the adjoint ``Λ_t = ∂ℓ/∂S_t`` is
+    Forward ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q̃_t`` (q̃ = scale · q) from
+    ``S_{−1}``. The loss depends on ``S_t`` through ``o_t`` and ``S_{t+1}`` (and on ``S_{L−1}``
+    directly, with the cotangent ``dS_{L−1}`` = ``dfinal_state``), so the adjoint ``Λ_t = ∂ℓ/∂S_t`` is
 
-    .. math::  Λ_t = dy_t\, \tilde q_t^\top + Λ_{t+1}\, \mathrm{Diag}(g_{t+1}),\qquad Λ_{L} = 0,
+    .. math::  Λ_t = dy_t\, \tilde q_t^\top + Λ_{t+1}\, \mathrm{Diag}(g_{t+1}),\qquad
+               Λ_{L−1} = dy_{L−1}\, \tilde q_{L−1}^\top + dS_{L−1},
 
     the same gated recurrence with the roles of (v, k) taken by (dy, q̃), run backwards in time
     with the transposed transition (a diagonal one here). Then ``dq̃_t = S_tᵀ dy_t``,
-    ``dk_t = Λ_tᵀ v_t``, ``dv_t = Λ_t k_t`` and ``dlog g_{t,j} = g_{t,j} Σ_i Λ_t[i,j] S_{t−1}[i,j]``.
+    ``dk_t = Λ_tᵀ v_t``, ``dv_t = Λ_t k_t``, ``dlog g_{t,j} = g_{t,j} Σ_i Λ_t[i,j] S_{t−1}[i,j]`` and
+    ``dS_{−1} = Λ_0 Diag(g_0)``: the initial state makes ``dlog g_0`` nonzero, and the final state's
+    cotangent reaches every dk, dv, dlog g (not dq).
     Summed over the pairs (s < r ≤ t) whose decay contains ``g_r``, the last one equals
     ``Σ_{t≥r} (q̃_t ⊙ dq̃_t − k_t ⊙ dk_t)``: a reverse cumulative sum (Yang et al. 2024).
 
@@ -1318,8 +1382,11 @@ def gated_linear_attention_vjp(q, k, v, log_g, dy, *, scale=None, chunk_size=64)
     ``colsum(Λ ⊙ S)`` at the chunk's end where that costs no digits (chunks after the first, with
     every gate ≥ e^{−1} and a decay ≥ e^{−30}); elsewhere only the terms that
     straddle each step, every exponent a sum of log-gates ≤ 0 (the reverse cumulative sum subtracts
-    the pairs that do not straddle r, which can be e^{50} times larger). Twin:
-    :func:`gated_linear_attention_vjp_loop`.
+    the pairs that do not straddle r, which can be e^{50} times larger). The initial state is the
+    state entering the first chunk (whose log-gate gradient always takes the exact form, so a
+    gradient through an initial state decayed by e^{−40} keeps its digits), the final state's
+    cotangent the adjoint arriving at the last chunk's end, and ``dS_{−1}`` the adjoint leaving
+    the first chunk. Twin: :func:`gated_linear_attention_vjp_loop`.
 
     Examples
     --------
@@ -1339,18 +1406,26 @@ def gated_linear_attention_vjp(q, k, v, log_g, dy, *, scale=None, chunk_size=64)
     >>> dl = gated_linear_attention_vjp_loop(q, k, v, small, dy, chunk_size=4)["dlog_g"]
     >>> float(abs(dl[1:]).max()) < 1e-20, bool(np.all(abs(d - dl) <= 1e-13 * abs(dl)))
     (True, True)
+    >>> S0, dS = rng.normal(size=(2, 3, 3))  # an initial state and the final state's cotangent (Dv, Dk)
+    >>> g = gated_linear_attention_vjp(q, k, v, log_g, dy, initial_state=S0, dfinal_state=dS)
+    >>> g["dinitial_state"].shape, float(abs(g["dlog_g"][0]).min()) > 0  # S_{-1} decays through g_0
+    ((3, 3), True)
     """
-    qs, kb, vb, g, dy, cs, c, shapes = _gla_vjp_setup(q, k, v, log_g, dy, scale, chunk_size)
-    return _gla_vjp_result(*_over_heads(_gla_vjp_core, qs, kb, vb, g, dy, c=c), cs, shapes)
+    qs, kb, vb, g, dy, cs, c, shapes, S0, dSL = _gla_vjp_setup(q, k, v, log_g, dy, scale, chunk_size, initial_state,
+                                                                dfinal_state)
+    grads = _over_heads(_gla_vjp_core, qs, kb, vb, g, dy, c=c, states=_states(S0, dSL))
+    return _gla_vjp_result(*grads[:4], cs, shapes, *grads[4:])
 
 
 @guard_overflow()
-def gated_linear_attention_vjp_loop(q, k, v, log_g, dy, *, scale=None, chunk_size=64) -> dict:
+def gated_linear_attention_vjp_loop(q, k, v, log_g, dy, *, scale=None, chunk_size=64, initial_state=None,
+                                    dfinal_state=None) -> dict:
     """Loop twin of :func:`gated_linear_attention_vjp`: the recurrence (16.2) forwards, its adjoint (16.17) backwards.
 
-    Stores every state ``S_t``, then runs ``Λ_t = dy_t q̃_tᵀ + Λ_{t+1} Diag(g_{t+1})`` from t = L−1
-    down to 0 and reads every gradient off ``S_t``, ``S_{t−1}`` and ``Λ_t`` (the log-gate gradient
-    in its state form ``g_t ⊙ colsum(Λ_t ⊙ S_{t−1})``). ``chunk_size`` is validated only.
+    Stores every state ``S_t`` from ``S_{−1}``, then runs ``Λ_t = dy_t q̃_tᵀ + Λ_{t+1} Diag(g_{t+1})``
+    from t = L−1 (where the final state's cotangent is added) down to 0 and reads every gradient off
+    ``S_t``, ``S_{t−1}`` and ``Λ_t`` (the log-gate gradient in its state form
+    ``g_t ⊙ colsum(Λ_t ⊙ S_{t−1})``; ``dS_{−1} = Λ_0 Diag(g_0)``). ``chunk_size`` is validated only.
 
     Examples
     --------
@@ -1360,8 +1435,10 @@ def gated_linear_attention_vjp_loop(q, k, v, log_g, dy, *, scale=None, chunk_siz
     >>> g["dv"].ravel().tolist(), g["dlog_g"].ravel().tolist()  # ∂ℓ/∂v_0 = g_1; ∂ℓ/∂log g_1 = g_1 v_0
     ([0.5, 1.0], [0.0, 0.5])
     """
-    qs, kb, vb, g, dy, cs, c, shapes = _gla_vjp_setup(q, k, v, log_g, dy, scale, chunk_size)
-    return _gla_vjp_result(*_gla_vjp_loop_core(qs, kb, vb, g, dy), cs, shapes)
+    qs, kb, vb, g, dy, cs, c, shapes, S0, dSL = _gla_vjp_setup(q, k, v, log_g, dy, scale, chunk_size, initial_state,
+                                                                dfinal_state)
+    dq, dk, dv, dg, dinit = _gla_vjp_loop_core(qs, kb, vb, g, dy, S0, dSL)
+    return _gla_vjp_result(dq, dk, dv, dg, cs, shapes, dinit)
 
 
 # ---- retention ------------------------------------------------------------------------------
@@ -1376,7 +1453,7 @@ def _retention_vjp_setup(q, k, v, gamma):
 
 
 @guard_overflow()
-def retention_vjp(q, k, v, gamma, dy, *, scale=None, chunk_size=64) -> dict:
+def retention_vjp(q, k, v, gamma, dy, *, scale=None, chunk_size=64, initial_state=None, dfinal_state=None) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.retention`: ``dq, dk, dv`` (the decays γ are fixed).
 
     The vector–Jacobian product of Eq. (16.6) of the book (Sun et al. 2023, RetNet): retention is
@@ -1390,15 +1467,22 @@ def retention_vjp(q, k, v, gamma, dy, *, scale=None, chunk_size=64) -> dict:
         gamma (H,) in (0, 1] (a constant of the layer, not differentiated).
     dy : array_like, shape (..., H, L, Dv)
         The cotangent of the output.
+    initial_state : array_like, shape (..., H, Dv, Dk), optional
+        The initial state S_{−1} of the forward call (default 0).
+    dfinal_state : array_like, shape (..., H, Dv, Dk), optional
+        The cotangent of the final state S_{L−1}, where the adjoint starts (Eq. (16.22) of the
+        book; default 0).
 
     Returns
     -------
     grads : dict
-        ``{"dq", "dk", "dv"}``, shapes of q, k, v.
+        ``{"dq", "dk", "dv"}``, shapes of q, k, v, and ``"dinitial_state"`` (the shape of
+        ``initial_state``) exactly when ``initial_state`` is given.
 
     Notes
     -----
-    Computed by :func:`gated_linear_attention_vjp`'s chunked algorithm with per-head gates.
+    Computed by :func:`gated_linear_attention_vjp`'s chunked algorithm with per-head gates; with
+    the states, ``Λ_{L−1} = dy_{L−1} q̃_{L−1}ᵀ + dS_{L−1}`` and ``dS_{−1} = γ_h Λ_0``.
     Twin: :func:`retention_vjp_loop`.
 
     Examples
@@ -1412,16 +1496,18 @@ def retention_vjp(q, k, v, gamma, dy, *, scale=None, chunk_size=64) -> dict:
     (['dk', 'dq', 'dv'], True)
     """
     q, k, v, log_g, _ = _retention_vjp_setup(q, k, v, gamma)
-    g = gated_linear_attention_vjp(q, k, v, log_g, dy, scale=scale, chunk_size=chunk_size)
-    return {"dq": g["dq"], "dk": g["dk"], "dv": g["dv"]}
+    g = gated_linear_attention_vjp(q, k, v, log_g, dy, scale=scale, chunk_size=chunk_size, initial_state=initial_state,
+                                   dfinal_state=dfinal_state)
+    return {key: g[key] for key in ("dq", "dk", "dv", "dinitial_state") if key in g}
 
 
 @guard_overflow()
-def retention_vjp_loop(q, k, v, gamma, dy, *, scale=None, chunk_size=64) -> dict:
+def retention_vjp_loop(q, k, v, gamma, dy, *, scale=None, chunk_size=64, initial_state=None, dfinal_state=None) -> dict:
     """Loop twin of :func:`retention_vjp`: the recurrence forwards, its adjoint backwards.
 
-    ``S_n = γ S_{n−1} + v_n k_nᵀ`` storing every state, then ``Λ_n = dy_n q̃_nᵀ + γ Λ_{n+1}`` from
-    n = L−1 down to 0; ``chunk_size`` is validated only.
+    ``S_n = γ S_{n−1} + v_n k_nᵀ`` from ``S_{−1}`` storing every state, then
+    ``Λ_n = dy_n q̃_nᵀ + γ Λ_{n+1}`` from n = L−1 (plus the final state's cotangent there) down to 0,
+    ``dS_{−1} = γ Λ_0``; ``chunk_size`` is validated only.
 
     Examples
     --------
@@ -1431,45 +1517,59 @@ def retention_vjp_loop(q, k, v, gamma, dy, *, scale=None, chunk_size=64) -> dict
     [0.25, 0.5, 1.0]
     """
     from .attention import _scale
-    from .linear_rnn import _batch, _check_chunk
+    from .linear_rnn import _batch, _check_chunk, _check_state
 
     q, k, v, _, lg = _retention_vjp_setup(q, k, v, gamma)
     _check_chunk(chunk_size)
     shapes = {"q": q.shape, "k": k.shape, "v": v.shape}
     batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])])
+    L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
+    S0 = None
+    if initial_state is not None:
+        S0, batch = _check_state(initial_state, "initial_state", batch, (dv, dk), "(..., H, Dv, Dk)")
     cs = _scale(scale, q.shape[-1])
     dy = _check_dy(dy, batch + (q.shape[-2], v.shape[-1]), "(..., H, L, Dv)",
-                   "batch and head axes from q, k and v, L from q, Dv from v")
+                   "batch and head axes from q, k, v and initial_state, L from q, Dv from v")
+    dSL = _check_final(dfinal_state, batch, (dv, dk), "(..., H, Dv, Dk)")
     qs, kb, vb = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q * cs, k, v))
-    L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
     dq, dkk, dvv = np.zeros(qs.shape), np.zeros(kb.shape), np.zeros(vb.shape)
+    dinit = np.zeros(batch + (dv, dk))
     for b in np.ndindex(*batch):
-        gam = math.exp(lg[b[-1]])  # γ of this head (the head axis is the last batch axis)
-        S = [np.zeros((dv, dk))]
+        gam = math.exp(lg[b[-1]] if lg.shape[0] > 1 else lg[0])  # γ of this head (the head axis is the last batch axis)
+        S = [np.zeros((dv, dk)) if S0 is None else S0[b]]  # S[0] = S_{−1}
         for n in range(L):
             S.append(gam * S[-1] + np.outer(vb[b][n], kb[b][n]))  # S_n = γ S_{n−1} + v_n k_nᵀ
         lam = np.zeros((dv, dk))  # Λ_L = 0
         for n in range(L - 1, -1, -1):
             lam = np.outer(dy[b][n], qs[b][n]) + gam * lam  # Λ_n = dy_n q̃_nᵀ + γ Λ_{n+1}
+            if n == L - 1 and dSL is not None:
+                lam = lam + dSL[b]  # + the cotangent of the final state S_{L−1}
             dq[b][n] = cs * (S[n + 1].T @ dy[b][n])
             dkk[b][n] = lam.T @ vb[b][n]
             dvv[b][n] = lam @ kb[b][n]
-    return {"dq": _reduce_to(dq, shapes["q"]), "dk": _reduce_to(dkk, shapes["k"]), "dv": _reduce_to(dvv, shapes["v"])}
+        dinit[b] = gam * lam if L else (0.0 if dSL is None else dSL[b])  # dS_{−1} = γ Λ_0
+    out = {"dq": _reduce_to(dq, shapes["q"]), "dk": _reduce_to(dkk, shapes["k"]), "dv": _reduce_to(dvv, shapes["v"])}
+    if S0 is not None:
+        out["dinitial_state"] = _reduce_to(dinit, np.shape(initial_state))
+    return out
 
 
 # ---- SSD (Mamba-2) ----------------------------------------------------------------------------
 
 
-def _ssd_vjp_setup(x, dt, A, B, C, D, dy, chunk_size):
-    from .linear_rnn import _check_ssd
+def _ssd_vjp_setup(x, dt, A, B, C, D, dy, chunk_size, initial_state=None, dfinal_state=None):
+    from .linear_rnn import _check_ssd, _ssd_state
 
-    shapes = {"x": np.shape(x), "dt": np.shape(dt), "B": np.shape(B), "C": np.shape(C)}
+    shapes = {"x": np.shape(x), "dt": np.shape(dt), "B": np.shape(B), "C": np.shape(C),
+              "initial_state": None if initial_state is None else np.shape(initial_state)}
     x, dt, A, Bh, Ch, Dv, c = _check_ssd(x, dt, A, B, C, D, chunk_size, False)
-    dy = _check_dy(dy, x.shape, "(..., H, L, P)", "the shape of x, which dt, B and C broadcast to")
-    return x, dt, A, Bh, Ch, Dv, dy, c, shapes
+    h0, x, dt, Bh, Ch = _ssd_state(initial_state, x, dt, Bh, Ch)
+    dy = _check_dy(dy, x.shape, "(..., H, L, P)", "the shape of x, which dt, B, C and initial_state broadcast to")
+    dhL = _check_final(dfinal_state, x.shape[:-2], (x.shape[-1], Bh.shape[-1]), "(..., H, P, N)")
+    return x, dt, A, Bh, Ch, Dv, dy, c, shapes, h0, dhL
 
 
-def _ssd_vjp_result(x, dt, A, Dv, dy, dx, ddt, dBh, dCh, rho, shapes) -> dict:
+def _ssd_vjp_result(x, dt, A, Dv, dy, dx, ddt, dBh, dCh, rho, shapes, dinit=None) -> dict:
     """Finish SSD's gradients: the decay path (ρ = ∂ℓ/∂(Δ A)), the skip D, the sums over shared groups.
 
     ``dx``, ``ddt`` (the input path Δ_t x_t B_tᵀ only), ``dBh``, ``dCh`` are per head (..., H, L, ·)."""
@@ -1486,7 +1586,7 @@ def _ssd_vjp_result(x, dt, A, Dv, dy, dx, ddt, dBh, dCh, rho, shapes) -> dict:
     dD = np.einsum("...hlp,...hlp->...hl", dy, x).sum(axis=-1).reshape(-1, H).sum(axis=0)
     if Dv is not None:
         dx += Dv[:, None, None] * dy
-    return {
+    out = {
         "dx": _reduce_to(dx, shapes["x"]),
         "ddt": _reduce_to(ddt, shapes["dt"]),
         "dA": dA,
@@ -1494,10 +1594,13 @@ def _ssd_vjp_result(x, dt, A, Dv, dy, dx, ddt, dBh, dCh, rho, shapes) -> dict:
         "dC": _reduce_to(group_sum(dCh), shapes["C"]),
         "dD": dD,
     }
+    if shapes["initial_state"] is not None:
+        out["dinitial_state"] = _reduce_to(dinit, shapes["initial_state"])
+    return out
 
 
 @guard_overflow()
-def ssd_vjp(x, dt, A, B, C, D, dy, *, chunk_size=64) -> dict:
+def ssd_vjp(x, dt, A, B, C, D, dy, *, chunk_size=64, initial_state=None, dfinal_state=None) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.ssd` (Mamba-2): the gradients of all six inputs.
 
     The vector–Jacobian product of Eqs. (16.7)–(16.8) of the book (Dao & Gu 2024, Mamba-2, §6:
@@ -1512,28 +1615,38 @@ def ssd_vjp(x, dt, A, B, C, D, dy, *, chunk_size=64) -> dict:
         gradient at D = 0).
     dy : array_like, shape (..., H, L, P)
         The cotangent ∂ℓ/∂y, shape of x (batch axes of x, dt, B, C broadcast).
+    initial_state : array_like, shape (..., H, P, N), optional
+        The initial state h_{−1} of the forward call (default 0; Mamba-2's ``initial_states``).
+    dfinal_state : array_like, shape (..., H, P, N), optional
+        The cotangent ∂ℓ/∂h_{L−1} of the final state (the last chunk state; the gradient flowing
+        into Mamba-2's ``final_states``), of its shape or one that broadcasts to it; the adjoint
+        starts from it, Eq. (16.22) of the book. Default 0.
 
     Returns
     -------
     grads : dict
         ``{"dx", "ddt", "dA", "dB", "dC", "dD"}``, each of the shape of its input: ``dB`` and
         ``dC`` are summed over the H/G heads that share a group and over broadcast batch axes,
-        ``dA`` and ``dD`` over the batch and the sequence.
+        ``dA`` and ``dD`` over the batch and the sequence; and ``"dinitial_state"`` = ∂ℓ/∂h_{−1}
+        (the shape of ``initial_state``) exactly when ``initial_state`` is given.
 
     Notes
     -----
-    Per head, ``h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_tᵀ``, ``y_t = h_t C_t + D x_t`` (16.7). The
-    adjoint ``λ_t = ∂ℓ/∂h_t`` (P × N) obeys
+    Per head, ``h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_tᵀ``, ``y_t = h_t C_t + D x_t`` (16.7) from
+    ``h_{−1}``. The adjoint ``λ_t = ∂ℓ/∂h_t`` (P × N) obeys
 
-    .. math::  λ_t = dy_t\, C_t^\top + e^{Δ_{t+1} A} λ_{t+1},\qquad λ_L = 0,
+    .. math::  λ_t = dy_t\, C_t^\top + e^{Δ_{t+1} A} λ_{t+1},\qquad
+               λ_{L−1} = dy_{L−1}\, C_{L−1}^\top + dh_{L−1},
 
-    the scalar-decay recurrence run backwards in time — the transpose of the lower-triangular
-    semiseparable matrix (16.8) is upper triangular with the same decays. Then
+    (``dh_{L−1}`` = ``dfinal_state``) the scalar-decay recurrence run backwards in time — the
+    transpose of the lower-triangular semiseparable matrix (16.8) is upper triangular with the same
+    decays. Then
 
     * ``dC_t = h_tᵀ dy_t``, ``dx_t = Δ_t λ_t B_t + D dy_t``, ``dB_t = Δ_t λ_tᵀ x_t``,
       ``dD = Σ_t dy_t · x_t``;
-    * through the decay ``e^{Δ_t A}`` (cotangent ``ρ_t = e^{Δ_t A} ⟨λ_t, h_{t−1}⟩``):
-      ``dΔ_t = A ρ_t + x_tᵀ λ_t B_t``, ``dA = Σ_t Δ_t ρ_t``.
+    * through the decay ``e^{Δ_t A}`` (cotangent ``ρ_t = e^{Δ_t A} ⟨λ_t, h_{t−1}⟩``, nonzero at
+      t = 0 with an initial state): ``dΔ_t = A ρ_t + x_tᵀ λ_t B_t``, ``dA = Σ_t Δ_t ρ_t``;
+    * ``dh_{−1} = e^{Δ_0 A} λ_0``.
 
     SSD is gated linear attention with q = C, k = Δ B, v = x and the per-head log-gate Δ A
     (scale 1), so the chunked algorithm is :func:`gated_linear_attention_vjp`'s, followed by the
@@ -1555,22 +1668,25 @@ def ssd_vjp(x, dt, A, B, C, D, dy, *, chunk_size=64) -> dict:
     >>> all(np.allclose(g[key], gl[key], rtol=1e-12, atol=0) for key in g)
     True
     """
-    x, dt, A, Bh, Ch, Dv, dy, c, shapes = _ssd_vjp_setup(x, dt, A, B, C, D, dy, chunk_size)
+    x, dt, A, Bh, Ch, Dv, dy, c, shapes, h0, dhL = _ssd_vjp_setup(x, dt, A, B, C, D, dy, chunk_size, initial_state,
+                                                                   dfinal_state)
     logg = (dt * A[:, None])[..., None]  # log g_t = Δ_t A_h per head
-    dq, dk, dv, dg = _over_heads(_gla_vjp_core, Ch, Bh * dt[..., None], x, logg, dy, c=c)  # q = C, k = Δ B, v = x
+    # q = C, k = Δ B, v = x; the states (P, N) = (Dv, Dk)
+    dq, dk, dv, dg, *dinit = _over_heads(_gla_vjp_core, Ch, Bh * dt[..., None], x, logg, dy, c=c, states=_states(h0, dhL))
     # k = Δ B: dΔ = dk · B (one pass, no product array), dB = Δ dk (in place: dk is ours)
     ddt = np.einsum("...n,...n->...", dk, Bh)
     dk *= dt[..., None]
-    return _ssd_vjp_result(x, dt, A, Dv, dy, dv, ddt, dk, dq, dg[..., 0], shapes)
+    return _ssd_vjp_result(x, dt, A, Dv, dy, dv, ddt, dk, dq, dg[..., 0], shapes, *dinit)
 
 
 @guard_overflow()
-def ssd_vjp_loop(x, dt, A, B, C, D, dy, *, chunk_size=64) -> dict:
+def ssd_vjp_loop(x, dt, A, B, C, D, dy, *, chunk_size=64, initial_state=None, dfinal_state=None) -> dict:
     """Loop twin of :func:`ssd_vjp`: the recurrence (16.7) forwards, its adjoint backwards, one head at a time.
 
-    ``h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_tᵀ`` storing every state, then
-    ``λ_t = dy_t C_tᵀ + e^{Δ_{t+1} A} λ_{t+1}`` from t = L−1 down to 0, each gradient read off
-    ``λ_t``, ``h_t`` and ``h_{t−1}``. ``chunk_size`` is validated only.
+    ``h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_tᵀ`` from ``h_{−1}`` storing every state, then
+    ``λ_t = dy_t C_tᵀ + e^{Δ_{t+1} A} λ_{t+1}`` from t = L−1 (plus the final state's cotangent there)
+    down to 0, each gradient read off ``λ_t``, ``h_t`` and ``h_{t−1}``; ``dh_{−1} = e^{Δ_0 A} λ_0``.
+    ``chunk_size`` is validated only.
 
     Examples
     --------
@@ -1581,17 +1697,19 @@ def ssd_vjp_loop(x, dt, A, B, C, D, dy, *, chunk_size=64) -> dict:
     >>> g["dx"].ravel().tolist()
     [0.25, 0.5, 1.0]
     """
-    x, dt, A, Bh, Ch, Dv, dy, c, shapes = _ssd_vjp_setup(x, dt, A, B, C, D, dy, chunk_size)
+    x, dt, A, Bh, Ch, Dv, dy, c, shapes, h0, dhL = _ssd_vjp_setup(x, dt, A, B, C, D, dy, chunk_size, initial_state,
+                                                                   dfinal_state)
     batch = x.shape[:-3]
     H, L, P = x.shape[-3:]
     N = Bh.shape[-1]
     dx, ddt = np.zeros(x.shape), np.zeros(dt.shape)
     dBh, dCh = np.zeros(Bh.shape), np.zeros(Ch.shape)
     rho = np.zeros(dt.shape)  # ∂ℓ/∂(Δ_t A): the log-gate gradient
+    dinit = np.zeros(batch + (H, P, N))
     for b in np.ndindex(*batch):
         for hd in range(H):
             a = float(A[hd])
-            h = [np.zeros((P, N))]  # h[t + 1] = h_t, h[0] = h_{−1} = 0
+            h = [np.zeros((P, N)) if h0 is None else h0[b][hd]]  # h[t + 1] = h_t, h[0] = h_{−1}
             for t in range(L):
                 d = float(dt[b][hd, t])
                 h.append(math.exp(d * a) * h[-1] + d * np.outer(x[b][hd, t], Bh[b][hd, t]))  # (16.7)
@@ -1600,31 +1718,40 @@ def ssd_vjp_loop(x, dt, A, B, C, D, dy, *, chunk_size=64) -> dict:
                 d = float(dt[b][hd, t])
                 nxt = math.exp(float(dt[b][hd, t + 1]) * a) if t + 1 < L else 0.0
                 lam = np.outer(dy[b][hd, t], Ch[b][hd, t]) + nxt * lam  # λ_t = dy_t C_tᵀ + e^{Δ_{t+1}A} λ_{t+1}
+                if t == L - 1 and dhL is not None:
+                    lam = lam + dhL[b][hd]  # + the cotangent of the final state h_{L−1}
                 dCh[b][hd, t] = h[t + 1].T @ dy[b][hd, t]  # ∂y_t/∂C_t = h_t
                 dx[b][hd, t] = d * (lam @ Bh[b][hd, t])  # ∂h_t/∂x_t: Δ_t B_t
                 dBh[b][hd, t] = d * (lam.T @ x[b][hd, t])  # Δ_t λ_tᵀ x_t
                 rho[b][hd, t] = math.exp(d * a) * float(np.sum(lam * h[t]))  # e^{Δ_t A} ⟨λ_t, h_{t−1}⟩
                 ddt[b][hd, t] = float(x[b][hd, t] @ lam @ Bh[b][hd, t])  # ∂(Δ_t x_t B_tᵀ)/∂Δ_t
-    return _ssd_vjp_result(x, dt, A, Dv, dy, dx, ddt, dBh, dCh, rho, shapes)
+            if L:
+                dinit[b][hd] = math.exp(float(dt[b][hd, 0]) * a) * lam  # dh_{−1} = e^{Δ_0 A} λ_0
+            elif dhL is not None:
+                dinit[b][hd] = dhL[b][hd]  # no step: the final state is the initial one
+    return _ssd_vjp_result(x, dt, A, Dv, dy, dx, ddt, dBh, dCh, rho, shapes, dinit)
 
 
 # ---- the delta rule (DeltaNet, Gated DeltaNet) -----------------------------------------------
 
 
-def _delta_vjp_setup(q, k, v, beta, log_g, dy, scale, chunk_size):
+def _delta_vjp_setup(q, k, v, beta, log_g, dy, scale, chunk_size, initial_state=None, dfinal_state=None):
     from .attention import _scale
-    from .linear_rnn import _delta_setup
+    from .linear_rnn import _delta_setup, _delta_state
 
     shapes = {"q": np.shape(q), "k": np.shape(k), "v": np.shape(v), "beta": np.shape(beta),
-              "log_g": None if log_g is None else np.shape(log_g)}
+              "log_g": None if log_g is None else np.shape(log_g),
+              "initial_state": None if initial_state is None else np.shape(initial_state)}
     qs, kb, vb, b, g, c = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, False)
+    S0, qs, kb, vb, b, g = _delta_state(initial_state, qs, kb, vb, b, g)
     cs = _scale(scale, qs.shape[-1])
     dy = _check_dy(dy, qs.shape[:-1] + (vb.shape[-1],), "(..., L, Dv)",
-                   "batch shape from q, k, v, beta and log_g, L from q, Dv from v")
-    return qs, kb, vb, b, g, dy, cs, c, shapes
+                   "batch shape from q, k, v, beta, log_g and initial_state, L from q, Dv from v")
+    dSL = _check_final(dfinal_state, qs.shape[:-2], (vb.shape[-1], qs.shape[-1]), "(..., Dv, Dk)")
+    return qs, kb, vb, b, g, dy, cs, c, shapes, S0, dSL
 
 
-def _delta_vjp_result(dq, dk, dv, db, dg, cs, shapes) -> dict:
+def _delta_vjp_result(dq, dk, dv, db, dg, cs, shapes, dinit=None) -> dict:
     out = {
         "dq": _reduce_to(dq * cs, shapes["q"]),
         "dk": _reduce_to(dk, shapes["k"]),
@@ -1633,14 +1760,18 @@ def _delta_vjp_result(dq, dk, dv, db, dg, cs, shapes) -> dict:
     }
     if shapes["log_g"] is not None:
         out["dlog_g"] = _reduce_to(dg, shapes["log_g"])
+    if shapes["initial_state"] is not None:
+        out["dinitial_state"] = _reduce_to(dinit, shapes["initial_state"])
     return out
 
 
-def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out) -> None:
+def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out, init=None, final=None, dinit=None) -> None:
     """Chunked backward pass of the delta rule through the UT transform (16.11)-(16.12): Eqs. (16.20)-(16.21).
 
     ``q, k`` (nb, L, Dk), ``v, dy`` (nb, L, Dv), ``beta, logg`` (nb, L); writes ``dq, dk, dv, dbeta,
-    dlogg`` into ``out`` (arrays of those shapes).
+    dlogg`` into ``out`` (arrays of those shapes). ``init``, ``final``, ``dinit`` (nb, Dv, Dk), optional:
+    the initial state (the state entering the first chunk), the cotangent of the final state (the
+    adjoint leaving the last chunk) and the array that receives ∂ℓ/∂S_{−1}, as in :func:`_gla_vjp_core`.
 
     Per chunk the forward map is (with S_0 the entering state, γ, Γ the in-chunk decays)
     ``M = I + tril(diag(β)(Γ ⊙ K Kᵀ), −1)``, ``[W, Ũ] = M⁻¹ [diag(βγ) K, diag(β) V]``,
@@ -1677,7 +1808,7 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out) -> None:
     Tinv = np.empty((nb, nc, c, c))
     WU = np.empty((nb, nc, c, dk + dv))
     S0 = np.empty((nb, nc, dv, dk))
-    S = np.zeros((nb, dv, dk))
+    S = np.zeros((nb, dv, dk)) if init is None else init
     for sl in groups:
         mm = sl.stop - sl.start
         kg, bg = kc[:, sl], bc[:, sl]
@@ -1698,7 +1829,7 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out) -> None:
     # backwards: the adjoint of the state leaving each chunk, dS_end[n−1] = dS_end[n] T_nᵀ + F_n, and the
     # gradients of the group, reverse mode through (16.12), then the UT transform (16.11)
     eye = np.eye(dk)
-    lam = np.zeros((nb, dv, dk))
+    lam = np.zeros((nb, dv, dk)) if final is None else final  # the adjoint leaving the last chunk
     for sl in reversed(groups):
         mm = sl.stop - sl.start
         qg, kg, vg, yg, bg = qc[:, sl], kc[:, sl], vc[:, sl], yc[:, sl], bc[:, sl]
@@ -1747,16 +1878,19 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out) -> None:
         dlogg = _rec_suffix(gam * dgam, -1) + _straddle(Gam * dGam) + (gE * dgE)[..., None]
         dlogg[..., 1:] += np.cumsum((gam_end * dgam_end)[..., :-1], axis=-1)  # Σ_{s<r}
         _put_rows(out, (dQ, dK, dV, dbeta, dlogg), sl, c, L)
+    if dinit is not None:
+        dinit[...] = lam  # the adjoint of the state entering the first chunk, ∂ℓ/∂S_{−1}
 
 
-def _delta_vjp_loop_core(q, k, v, beta, logg, dy):
+def _delta_vjp_loop_core(q, k, v, beta, logg, dy, init=None, final=None):
     batch = q.shape[:-2]
     L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
     dq, dkk, dvv = np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape)
     db, dg = np.zeros(beta.shape), np.zeros(logg.shape)
+    dinit = np.zeros(batch + (dv, dk))
     eye = np.eye(dk)
     for b in np.ndindex(*batch):
-        S = [np.zeros((dv, dk))]  # S[t + 1] = S_t
+        S = [np.zeros((dv, dk)) if init is None else init[b]]  # S[t + 1] = S_t, S[0] = S_{−1}
         for t in range(L):
             kt, bt, gt = k[b][t], float(beta[b][t]), math.exp(float(logg[b][t]))
             S.append(gt * S[-1] @ (eye - bt * np.outer(kt, kt)) + bt * np.outer(v[b][t], kt))  # (16.9)
@@ -1767,6 +1901,8 @@ def _delta_vjp_loop_core(q, k, v, beta, logg, dy):
                 kn, bn, gn = k[b][t + 1], float(beta[b][t + 1]), math.exp(float(logg[b][t + 1]))
                 lam = gn * lam @ (eye - bn * np.outer(kn, kn)).T
             lam = lam + np.outer(dy[b][t], q[b][t])
+            if t == L - 1 and final is not None:
+                lam = lam + final[b]  # + the cotangent of the final state S_{L−1}
             Sp = S[t]  # S_{t−1}
             e = v[b][t] - gt * Sp @ kt  # the prediction error v_t − g_t S_{t−1} k_t (16.10)
             lk = lam @ kt
@@ -1775,11 +1911,17 @@ def _delta_vjp_loop_core(q, k, v, beta, logg, dy):
             db[b][t] = float(lk @ e)  # ∂S_t/∂β_t = (v_t − g_t S_{t−1} k_t) k_tᵀ
             dkk[b][t] = bt * (lam.T @ e) - gt * bt * (Sp.T @ lk)  # from β e k_tᵀ, e depending on k_t too
             dg[b][t] = gt * float(np.sum(lam * (Sp @ (eye - bt * np.outer(kt, kt)))))  # ∂S_t/∂log g_t
-    return dq, dkk, dvv, db, dg
+        if L:  # dS_{−1} = g_0 Λ_0 (I − β_0 k_0 k_0ᵀ)ᵀ
+            k0 = k[b][0]
+            dinit[b] = math.exp(float(logg[b][0])) * lam @ (eye - float(beta[b][0]) * np.outer(k0, k0)).T
+        elif final is not None:
+            dinit[b] = final[b]  # no step: the final state is the initial one
+    return dq, dkk, dvv, db, dg, dinit
 
 
 @guard_overflow()
-def delta_rule_vjp(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64) -> dict:
+def delta_rule_vjp(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64, initial_state=None,
+                   dfinal_state=None) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.delta_rule` (DeltaNet; Gated DeltaNet with ``log_g``).
 
     The vector–Jacobian product of Eqs. (16.9)–(16.12) of the book, by the adjoint recurrence of
@@ -1793,14 +1935,20 @@ def delta_rule_vjp(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64) 
         v (..., L, Dv), beta (..., L) in (0, 2), log_g (..., L) ≤ 0 or None.
     dy : array_like, shape (..., L, Dv)
         The cotangent ∂ℓ/∂o, shape of the output.
+    initial_state : array_like, shape (..., Dv, Dk), optional
+        The initial state S_{−1} of the forward call (default 0; fla's ``initial_state``, transposed).
+    dfinal_state : array_like, shape (..., Dv, Dk), optional
+        The cotangent ∂ℓ/∂S_{L−1} of the final state (fla's ``dht``, transposed), of its shape or
+        one that broadcasts to it; the adjoint starts from it, Eq. (16.22) of the book. Default 0.
 
     Returns
     -------
     grads : dict
         ``{"dq", "dk", "dv", "dbeta"}`` and ``"dlog_g"`` when ``log_g`` is given, each of the
-        shape of its input (summed over broadcast axes). ``dk`` is the gradient with respect to
-        unconstrained keys (a kernel's ∂ℓ/∂k); a layer that normalizes its keys chains it through
-        the normalization (project out the radial part: ``(I − k kᵀ) dk / ‖k_raw‖``).
+        shape of its input (summed over broadcast axes), and ``"dinitial_state"`` = ∂ℓ/∂S_{−1}
+        (fla's ``dh0``, transposed) when ``initial_state`` is given. ``dk`` is the gradient with
+        respect to unconstrained keys (a kernel's ∂ℓ/∂k); a layer that normalizes its keys chains it
+        through the normalization (project out the radial part: ``(I − k kᵀ) dk / ‖k_raw‖``).
 
     Notes
     -----
@@ -1808,18 +1956,22 @@ def delta_rule_vjp(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64) 
     ``Λ_t = ∂ℓ/∂S_t`` runs backwards with the transposed transition (16.20):
 
     .. math::  Λ_t = dy_t\, \tilde q_t^\top + g_{t+1}\, Λ_{t+1} (I − β_{t+1} k_{t+1} k_{t+1}^\top)^\top ,
-               \qquad Λ_L = 0 .
+               \qquad Λ_{L−1} = dy_{L−1}\, \tilde q_{L−1}^\top + dS_{L−1}
 
-    With the prediction error ``e_t = v_t − g_t S_{t−1} k_t`` (16.10): ``dq̃_t = S_tᵀ dy_t``,
+    (``dS_{L−1}`` = ``dfinal_state``). With the prediction error ``e_t = v_t − g_t S_{t−1} k_t``
+    (16.10), ``S_{−1}`` the initial state: ``dq̃_t = S_tᵀ dy_t``,
     ``dv_t = β_t Λ_t k_t``, ``dβ_t = (Λ_t k_t)·e_t``,
-    ``dk_t = β_t Λ_tᵀ e_t − g_t β_t S_{t−1}ᵀ Λ_t k_t`` and
-    ``dlog g_t = g_t ⟨Λ_t, S_{t−1}(I − β_t k_t k_tᵀ)⟩``.
+    ``dk_t = β_t Λ_tᵀ e_t − g_t β_t S_{t−1}ᵀ Λ_t k_t``,
+    ``dlog g_t = g_t ⟨Λ_t, S_{t−1}(I − β_t k_t k_tᵀ)⟩`` and
+    ``dS_{−1} = g_0 Λ_0 (I − β_0 k_0 k_0ᵀ)``.
 
     Vectorized: per chunk the forward map is the UT/WY form (16.11)–(16.12), whose chunk
     transition ``S_0 ↦ S_0 (γ_end I − Wᵀ diag(Γ_end) K)`` is passed forwards and its transpose
     backwards across the L/c chunks (16.21); everything else is reverse mode through (16.12) and the
     unit triangular solve (16.11) for all chunks at once — products of (c, c) and (c, d)
-    matrices and one more LU solve with Mᵀ per chunk. Twin: :func:`delta_rule_vjp_loop`.
+    matrices and one more LU solve with Mᵀ per chunk. The initial state enters the first chunk,
+    the final state's cotangent starts the backward chunk recurrence, and ``dS_{−1}`` is where it
+    ends. Twin: :func:`delta_rule_vjp_loop`.
 
     Examples
     --------
@@ -1834,17 +1986,21 @@ def delta_rule_vjp(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64) 
     >>> all(np.allclose(g[key], gl[key], rtol=1e-12, atol=0) for key in g)
     True
     """
-    qs, kb, vb, b, g, dy, cs, c, shapes = _delta_vjp_setup(q, k, v, beta, log_g, dy, scale, chunk_size)
-    return _delta_vjp_result(*_over_heads(_delta_vjp_core, qs, kb, vb, b, g, dy, c=c), cs, shapes)
+    qs, kb, vb, b, g, dy, cs, c, shapes, S0, dSL = _delta_vjp_setup(q, k, v, beta, log_g, dy, scale, chunk_size,
+                                                                     initial_state, dfinal_state)
+    grads = _over_heads(_delta_vjp_core, qs, kb, vb, b, g, dy, c=c, states=_states(S0, dSL))
+    return _delta_vjp_result(*grads[:5], cs, shapes, *grads[5:])
 
 
 @guard_overflow()
-def delta_rule_vjp_loop(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64) -> dict:
+def delta_rule_vjp_loop(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64, initial_state=None,
+                        dfinal_state=None) -> dict:
     """Loop twin of :func:`delta_rule_vjp`: the recurrence (16.9) forwards, the adjoint (16.20) backwards.
 
-    Stores every state, then runs ``Λ_t = dy_t q̃_tᵀ + g_{t+1} Λ_{t+1}(I − β_{t+1} k_{t+1}k_{t+1}ᵀ)ᵀ``
-    from t = L−1 down to 0, each gradient read off ``Λ_t``, ``S_t`` and ``S_{t−1}``.
-    ``chunk_size`` is validated only.
+    Stores every state from ``S_{−1}``, then runs
+    ``Λ_t = dy_t q̃_tᵀ + g_{t+1} Λ_{t+1}(I − β_{t+1} k_{t+1}k_{t+1}ᵀ)ᵀ`` from t = L−1 (plus the final
+    state's cotangent there) down to 0, each gradient read off ``Λ_t``, ``S_t`` and ``S_{t−1}``;
+    ``dS_{−1} = g_0 Λ_0 (I − β_0 k_0 k_0ᵀ)ᵀ``. ``chunk_size`` is validated only.
 
     Examples
     --------
@@ -1854,5 +2010,7 @@ def delta_rule_vjp_loop(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size
     >>> g["dv"].ravel().tolist()  # o_1 = (1 − β_1) β_0 v_0 + β_1 v_1
     [0.25, 0.5]
     """
-    qs, kb, vb, b, g, dy, cs, c, shapes = _delta_vjp_setup(q, k, v, beta, log_g, dy, scale, chunk_size)
-    return _delta_vjp_result(*_delta_vjp_loop_core(qs, kb, vb, b, g, dy), cs, shapes)
+    qs, kb, vb, b, g, dy, cs, c, shapes, S0, dSL = _delta_vjp_setup(q, k, v, beta, log_g, dy, scale, chunk_size,
+                                                                     initial_state, dfinal_state)
+    dq, dk, dv, db, dg, dinit = _delta_vjp_loop_core(qs, kb, vb, b, g, dy, S0, dSL)
+    return _delta_vjp_result(dq, dk, dv, db, dg, cs, shapes, dinit)

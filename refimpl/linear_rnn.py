@@ -46,13 +46,23 @@ the sequence first. With ``t = lambda a: np.moveaxis(a, 1, 2)`` (swap the L and 
   dt (b, l, h), B, C (b, l, g, n): ``t(ssd(t(x), t(dt), A, t(B), t(C), D))``. Its ``dt_bias``
   and ``dt_softplus`` are applied by the caller first (``dt = softplus(dt + dt_bias)``), and its
   ``z`` gate (``y · silu(z)``) after; a per-channel D (h, p) is ``ssd(..., D=None)`` plus
-  ``D[:, None, :] * x``. Its final state (b, h, p, n) is refimpl's last chunk state.
+  ``D[:, None, :] * x``. Its ``initial_states`` (b, h, p, n) are ``ssd(..., initial_state=...)``
+  in the same layout, and the final state of ``return_final_states=True`` (b, h, p, n) is refimpl's
+  last chunk state, ``ssd(..., return_chunk_states=True)[1][..., -1, :, :]``. In the backward pass
+  the gradient flowing into the final states is ``ssd_vjp(..., dfinal_state=...)`` and the
+  initial states' gradient its ``"dinitial_state"``.
 * fla's ``chunk_gla(q, k, v, g)`` (``g`` the log-gate, (B, T, H, K)) and
   ``chunk_gated_delta_rule(q, k, v, g, beta)`` (``g`` (B, T, H)): ``t(...)`` on every array,
   ``log_g = t(g)``; the default scale is K^{−1/2} in both. fla's states are (K, V), refimpl's
   (Dv, Dk): transpose them. ``chunk_delta_rule`` expects ℓ2-normalized keys as refimpl does
   (``use_qk_l2norm_in_kernel=True`` normalizes q and k inside the kernel: do the same before
-  calling refimpl). Initial states are not modelled: refimpl starts every sequence from S = 0.
+  calling refimpl). With ``T = lambda s: np.swapaxes(s, -1, -2)``: fla's ``initial_state=h0``
+  (B, H, K, V) is ``initial_state=T(h0)``; its ``output_final_state=True`` state ``ht`` is
+  ``T`` of refimpl's last chunk state (``return_chunk_states=True``, entry ``[..., -1, :, :]``); in
+  the backward pass its ``dht`` is ``dfinal_state=T(dht)`` and its ``dh0`` is
+  ``T(grads["dinitial_state"])`` of the ``*_vjp`` functions. Without an initial state refimpl
+  starts from S = 0, as fla and Mamba-2 do. (The state before the first step is S_{−1} here: the
+  first gate g_0 decays it, as in both codebases.)
 
 Glossary (code name → symbol in the book / the papers)
 ------------------------------------------------------
@@ -197,6 +207,24 @@ def _batch(pairs) -> tuple:
         except ValueError:
             raise ValueError(f"{name}: batch axes {b} do not broadcast with the others {shape}") from None
     return shape
+
+
+def _check_state(state, name: str, batch: tuple, shape: tuple, what: str):
+    """A state ``(..., *shape)`` (an initial state, or the cotangent of the final one) as a float64 array
+    broadcast to ``new + shape``, and ``new``: the broadcast of ``batch`` with its batch axes (which may add
+    axes or entries: one state per batch entry and head, or one shared)."""
+    s = _real(state, name)
+    if s.ndim < len(shape) or s.shape[s.ndim - len(shape):] != shape:
+        raise ValueError(f"{name}: expected shape {what} = (..., {', '.join(map(str, shape))}), got shape {s.shape}")
+    new = _batch([("the inputs", batch), (name, s.shape[: s.ndim - len(shape)])])
+    return np.broadcast_to(s, new + shape), new
+
+
+def _rebatch(batch: tuple, new: tuple, *arrays):
+    """``arrays`` (each with the batch shape ``batch`` first) broadcast to the batch shape ``new``."""
+    if new == batch:
+        return arrays
+    return tuple(np.broadcast_to(a, new + a.shape[len(batch):]) for a in arrays)
 
 
 def _check_qkv(q, k, v, finite: bool = True):
@@ -365,19 +393,21 @@ def _group(rows: int, c: int) -> int:
     return max(1, _GROUP_ROWS // max(1, rows * c))
 
 
-def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float = 1.0, finite=()):
+def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float = 1.0, finite=(), init=None):
     """Chunked ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t (scale · q_t)``.
 
     ``q, k`` (*b, L, Dk), ``v`` (*b, L, Dv), ``logg`` (*b, L, Dk) or (*b, L, 1), all broadcast to
     one batch shape. Returns ``o`` (*b, L, Dv) and the chunk-end states (*b, n_chunks, Dv, Dk)
     (None without ``keep_states``). The batch entries (heads) are split over threads. ``finite``:
     (name, argument) pairs whose finiteness each thread checks on the slices it reads (in the order
-    q, k, v, log g, the same arrays as ``q, k, v, logg`` before broadcasting).
+    q, k, v, log g, the same arrays as ``q, k, v, logg`` before broadcasting). ``init``, optional:
+    the initial state S_{−1} (*b, Dv, Dk), the state entering the first chunk (None: 0).
     """
     batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
     c = _effective_chunk(c, L)
     nb, nc = math.prod(batch), -(-L // c)
     q, k, v, logg = (a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v, logg))
+    init_t = None if init is None else np.swapaxes(init.reshape((nb,) + init.shape[-2:]), -1, -2)  # S_{−1}ᵀ (a view)
     checks = [(name, view, arg) for (name, arg), view in zip(finite, (q, k, v, logg))]
     if 0 in (nb, L, dk, dv):  # nothing to compute: S_t q_t is 0 (Dk = 0) or empty, as are the states
         check_finite_part(checks, slice(None))
@@ -389,7 +419,8 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
         def run(sl):
             check_finite_part(checks, sl)
             _scalar_chunked(q[sl], k[sl], v[sl, None], logg[sl, None, :, 0], c, o[sl, None],
-                            None if states is None else states[sl, None], scale=scale)
+                            None if states is None else states[sl, None], scale=scale,
+                            init=None if init_t is None else init_t[sl, None])
     else:
         # The per-channel core carries scale · S (see _channel_chunked): its chunk-end states would have to be
         # divided by the scale, which fails for scale = 0 and loses digits for a subnormal one. With the states
@@ -400,7 +431,8 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
         def run(sl):
             check_finite_part(checks, sl)
             qs, s = (q[sl] * scale, 1.0) if q_scaled else (q[sl], scale)
-            _channel_chunked(qs, k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl], s)
+            _channel_chunked(qs, k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl], s,
+                             init=None if init_t is None else init_t[sl])
 
     _blocking.in_parts(run, nb, q.size, one_blas=True)
     o = o.reshape(nb, nc * c, dv)[:, :L].reshape(batch + (L, dv))
@@ -409,7 +441,7 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
     return o, states
 
 
-def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
+def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, init=None):
     """The chunked form with a gate per key channel; ``q, k, logg`` (nb, L, Dk), ``v`` (nb, L, Dv).
 
     Writes the output, padded to whole chunks, into ``o`` (nb, n_chunks, c, Dv) and, unless
@@ -418,7 +450,8 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
     mask of the in-chunk block and in the carried state (``scale · S``): no pass over the output
     or the queries (3–9 % of the time at H = 4, L = 8192, Dk = Dv = 64, with the skipped clamp
     below). ``states`` only with ``scale`` = 1 (then the carried state is S itself; the caller
-    scales the queries, :func:`_gla_chunked`).
+    scales the queries, :func:`_gla_chunked`). ``init``, optional: the transposed initial state
+    ``S_{−1}ᵀ`` (nb, Dk, Dv) entering the first chunk (None: 0).
 
     In a chunk with in-chunk cumulative log-gates ``cum_t = Σ_{r=start}^{t} log g_r`` (one
     vector per step), ``e^{seg_j[t, s]} = e^{cum_tj} e^{−cum_sj}``: with ``Qe = Q ⊙ e^{cum}`` and
@@ -439,7 +472,7 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0):
     nc = qc.shape[1]
     tri = np.tri(c)
     tri_s = tri * scale  # the mask, times the scale: the output is linear in the queries (see below)
-    S = np.zeros((nb, dk, dv))  # scale · S_inᵀ entering the next group
+    S = np.zeros((nb, dk, dv)) if init is None else init * scale  # scale · S_inᵀ entering the next group
     m = min(nc, _group(nb, c))
     X = np.empty((nb, m, c, c + dk))  # [scale tril(Qe Kfᵀ) | Qe] per chunk
     Z = np.empty((nb, m, c + dk, dv))  # [V ; scale S_inᵀ] per chunk
@@ -662,7 +695,7 @@ class _Blocks(_Factors):
         return blocks
 
 
-def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, scale: float = 1.0):
+def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, scale: float = 1.0, init=None):
     """The chunked form with one gate per head; the R heads of a group share ``q`` and ``k``.
 
     ``q, k`` (G, L, Dk); ``v`` (G, R, L, Dv); ``loga`` (G, R, L) the heads' log-gates; ``w``
@@ -670,7 +703,8 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
     ``skip_gr v_t`` to the output (SSD's D), through the diagonal of the chunk products
     (:func:`_skip_diagonal`); ``scale`` multiplies the queries. Writes the output,
     padded to whole chunks, into ``o`` (G, R, n_chunks, c, Dv) and, unless None, the transposed
-    chunk-end states ``S_endᵀ`` into ``states`` (G, R, n_chunks, Dk, Dv).
+    chunk-end states ``S_endᵀ`` into ``states`` (G, R, n_chunks, Dk, Dv). ``init``, optional: the
+    transposed initial states ``S_{−1}ᵀ`` (G, R, Dk, Dv) entering the first chunk (None: 0).
 
     With a scalar gate the decay ``e^{cum_t − cum_s}`` factors into a row and a column scaling,
     so a chunk's output is ``e^{cum_t} ⊙ ([tril(Q Kᵀ) | Q] [V ⊙ e^{−cum} ; S_inᵀ])``: one
@@ -700,7 +734,7 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
     tri = np.tri(c)
     fold = None if skip is None else _skip_diagonal(skip, wc, scale)
     diag = (Ellipsis, np.arange(c), np.arange(c))  # the diagonal of the (c, c) blocks
-    S = np.zeros((G, R, dk, dv))  # S_inᵀ entering the next group
+    S = np.zeros((G, R, dk, dv)) if init is None else init.copy()  # S_inᵀ entering the next group
     m = min(nc, _group(G * R, c))
     X = np.empty((G, 1, m, c, c + dk))  # [tril(Q Kᵀ) | Q] per chunk, shared by the R heads
     Z = np.empty((G, R, m, c + dk, dv))  # [V ⊙ w e^{−cum} ; S_inᵀ] per head and chunk
@@ -800,15 +834,15 @@ def _skip_diagonal(skip, wc, scale: float):
     return out if np.isfinite(out).all() else None
 
 
-def _gla_loop(q, k, v, logg, c: int):
-    """The recurrence (16.2) one step at a time; also the states at the chunk ends."""
+def _gla_loop(q, k, v, logg, c: int, init=None):
+    """The recurrence (16.2) one step at a time, from ``init`` (*b, Dv, Dk) or 0; also the states at the chunk ends."""
     batch = q.shape[:-2]
     L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
     nc = -(-L // c)
     o = np.zeros(batch + (L, dv))
     states = np.zeros(batch + (nc, dv, dk))
     for b in np.ndindex(*batch):
-        S = np.zeros((dv, dk))
+        S = np.zeros((dv, dk)) if init is None else init[b].copy()  # S_{−1}
         for t in range(L):
             g = np.exp(logg[b][t])  # g_t: (Dk,) per channel or (1,) per head
             S = S * g[None, :] + np.outer(v[b][t], k[b][t])  # S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ
@@ -842,8 +876,18 @@ def _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states, scale_q=T
     return (q, k, v, g, c) if scale_q else (q, k, v, g, c, s, args)
 
 
+def _gla_state(initial_state, q, k, v, g):
+    """``initial_state`` (..., Dv, Dk) checked against the broadcast ``q, k, v, log g`` of :func:`_gla_setup`
+    (None stays None), and the five broadcast to one batch shape."""
+    if initial_state is None:
+        return None, q, k, v, g
+    batch = q.shape[:-2]
+    S0, new = _check_state(initial_state, "initial_state", batch, (v.shape[-1], q.shape[-1]), "(..., Dv, Dk)")
+    return (S0, *_rebatch(batch, new, q, k, v, g))
+
+
 @guard_overflow()
-def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_chunk_states=False):
+def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_chunk_states=False, initial_state=None):
     r"""Gated linear attention (GLA), chunked: ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q_t``.
 
     Implements Eqs. (16.1)–(16.5) of the book ((16.1), linear attention, is the case g = 1;
@@ -866,18 +910,25 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
         than L runs as one chunk of L steps (no (c, c) temporaries).
     return_chunk_states : bool
         Also return the states at the end of each chunk (an intermediate for debugging kernels).
+    initial_state : array_like, shape (..., Dv, Dk), optional
+        The state ``S_{−1}`` before the first step (fla's ``initial_state``, transposed); its
+        batch axes broadcast with those of q, k, v, log_g (one state per batch entry and head, or
+        one shared). Default: 0.
 
     Returns
     -------
     o : ndarray, shape (..., L, Dv)
     states : ndarray, shape (..., ceil(L / c), Dv, Dk)
-        Only if ``return_chunk_states``: ``S_t`` at ``t = min((n + 1) c, L) − 1``.
+        Only if ``return_chunk_states``: ``S_t`` at ``t = min((n + 1) c, L) − 1``. The last one is
+        the final state ``S_{L−1}`` (fla's ``output_final_state``).
 
     Notes
     -----
-    Unrolling the recurrence gives the masked "attention" form (16.3),
+    Unrolling the recurrence from ``S_{−1}`` gives the masked "attention" form (16.3),
 
-    ``o_t = Σ_{s≤t} v_s Σ_j q_{t,j} k_{s,j} exp(seg_j[t, s])``, ``seg_j[t, s] = Σ_{r=s+1}^{t} log g_{r,j}``.
+    ``o_t = Σ_{s≤t} v_s Σ_j q_{t,j} k_{s,j} exp(seg_j[t, s]) + S_{−1} (q_t ⊙ exp(Σ_{r=0}^{t} log g_r))``,
+    ``seg_j[t, s] = Σ_{r=s+1}^{t} log g_{r,j}``: the initial state is read through the decay of the whole
+    prefix, the first gate g_0 included.
 
     The chunked algorithm (16.5) splits it at chunk boundaries: inside a chunk the masked form,
     across chunks the state at the previous chunk's end, decayed by ``exp(Σ_{r=start}^{t} log g_r)``;
@@ -891,9 +942,9 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     boundary (every exponent ≤ 0), until the blocks decay by at most ``e^{−30}`` and take the
     factored form (the GLA paper's secondary chunking, applied recursively). Every other
     exponent is ≤ 0, so nothing overflows at any L. The in-chunk form and the readout of the entering state are one product per chunk,
-    ``[tril(Qe Kfᵀ) | Qe] [V ; S_inᵀ]``; the chunks are processed in groups small enough to stay
-    in the processor's cache, and independent heads run in parallel threads.
-    Twins: :func:`gated_linear_attention_loop` (the recurrence),
+    ``[tril(Qe Kfᵀ) | Qe] [V ; S_inᵀ]`` (the first chunk's ``S_in`` is ``S_{−1}``); the chunks are
+    processed in groups small enough to stay in the processor's cache, and independent heads run in
+    parallel threads. Twins: :func:`gated_linear_attention_loop` (the recurrence),
     :func:`gated_linear_attention_parallel` (the dense masked form).
 
     Examples
@@ -905,15 +956,23 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     >>> o = gated_linear_attention(q, k, v, log_g, chunk_size=4)  # L = 6 is no multiple of 4
     >>> o.shape, bool(np.allclose(o, gated_linear_attention_parallel(q, k, v, log_g)))
     ((6, 2), True)
+    >>> S0 = rng.normal(size=(2, 3))  # an initial state (Dv, Dk): two calls continue one sequence
+    >>> o1, S1 = gated_linear_attention(q[:4], k[:4], v[:4], log_g[:4], initial_state=S0, return_chunk_states=True)
+    >>> o2 = gated_linear_attention(q[4:], k[4:], v[4:], log_g[4:], initial_state=S1[-1])
+    >>> bool(np.allclose(np.concatenate([o1, o2]), gated_linear_attention(q, k, v, log_g, initial_state=S0)))
+    True
     """
     q, k, v, g, c, s, args = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states, scale_q=False)
-    o, states = _gla_chunked(q, k, v, g, c, keep_states=return_chunk_states, scale=s, finite=args)
+    S0, q, k, v, g = _gla_state(initial_state, q, k, v, g)
+    o, states = _gla_chunked(q, k, v, g, c, keep_states=return_chunk_states, scale=s, finite=args, init=S0)
     return (o, states) if return_chunk_states else o
 
 
 @guard_overflow()
-def gated_linear_attention_loop(q, k, v, log_g, *, scale=None, chunk_size=64, return_chunk_states=False):
-    """Loop twin of :func:`gated_linear_attention`: the recurrence (16.2), one step at a time.
+def gated_linear_attention_loop(q, k, v, log_g, *, scale=None, chunk_size=64, return_chunk_states=False,
+                                initial_state=None):
+    """Loop twin of :func:`gated_linear_attention`: the recurrence (16.2), one step at a time, from
+    ``S_{−1} = initial_state`` (or 0).
 
     ``chunk_size`` only selects which states ``return_chunk_states`` reports.
 
@@ -929,15 +988,18 @@ def gated_linear_attention_loop(q, k, v, log_g, *, scale=None, chunk_size=64, re
     ((2, 2, 3), True, True)
     """
     q, k, v, g, c = _gla_setup(q, k, v, log_g, scale, chunk_size, return_chunk_states)
-    o, states = _gla_loop(q, k, v, g, c)
+    S0, q, k, v, g = _gla_state(initial_state, q, k, v, g)
+    o, states = _gla_loop(q, k, v, g, c, S0)
     return (o, states) if return_chunk_states else o
 
 
 @guard_overflow()
-def gated_linear_attention_parallel(q, k, v, log_g, *, scale=None):
+def gated_linear_attention_parallel(q, k, v, log_g, *, scale=None, initial_state=None):
     r"""The dense masked form (16.3) of gated linear attention: an (L, L) weight matrix per channel.
 
-    ``o_t = Σ_{s≤t} (Σ_j q_{t,j} k_{s,j} e^{seg_j[t,s]}) v_s`` with the segment sums of Eq. (16.4).
+    ``o_t = Σ_{s≤t} (Σ_j q_{t,j} k_{s,j} e^{seg_j[t,s]}) v_s`` with the segment sums of Eq. (16.4),
+    plus ``S_{−1} (q_t ⊙ e^{Σ_{r≤t} log g_r})`` with an ``initial_state`` S_{−1} (..., Dv, Dk) (the
+    decay of the whole prefix as a cumulative sum from the sequence's start: every exponent ≤ 0).
     O(L² Dk) memory: a reference for short sequences (Yang et al. 2024, GLA, Eq. 4 "parallel form").
 
     Examples
@@ -950,12 +1012,16 @@ def gated_linear_attention_parallel(q, k, v, log_g, *, scale=None):
     True
     """
     q, k, v, g, _ = _gla_setup(q, k, v, log_g, scale, 1, False)
+    S0, q, k, v, g = _gla_state(initial_state, q, k, v, g)
     decay = np.moveaxis(_exp_segsum(np.swapaxes(g, -1, -2)), -3, -1)  # (..., L, L, Dk'), 0 for s > t
     if g.shape[-1] == 1:
         W = (q @ np.swapaxes(k, -1, -2)) * decay[..., 0]
     else:
         W = np.einsum("...tj,...sj,...tsj->...ts", q, k, decay)
-    return W @ v
+    o = W @ v
+    if S0 is not None:
+        o += (q * np.exp(np.cumsum(g, axis=-2))) @ np.swapaxes(S0, -1, -2)  # S_{−1} (q_t ⊙ e^{Σ_{r≤t} log g_r})
+    return o
 
 
 # ---------------------------------------------------------------------------------------------
@@ -988,7 +1054,7 @@ def _retention_setup(q, k, v, gamma):
 
 
 @guard_overflow()
-def retention(q, k, v, gamma, *, scale=None, chunk_size=64):
+def retention(q, k, v, gamma, *, scale=None, chunk_size=64, initial_state=None):
     r"""RetNet's retention: linear attention with a fixed decay γ_h per head, chunked.
 
     Implements Eq. (16.6) of the book (Sun et al. 2023, RetNet, Eqs. (1)–(7): recurrent
@@ -1006,6 +1072,11 @@ def retention(q, k, v, gamma, *, scale=None, chunk_size=64):
         Default ``1/sqrt(Dk)`` (RetNet scales K by d^{−1/2}).
     chunk_size : int >= 1
         As in :func:`gated_linear_attention`.
+    initial_state : array_like, shape (..., H, Dv, Dk), optional
+        The state ``S_{−1}`` before the first step (batch and head axes broadcast with those of
+        q, k, v); default 0. Then ``o_n`` gains ``γ^{n+1} S_{−1} q_n``. The final state is the
+        last chunk state of :func:`gated_linear_attention` with ``log_g = log γ_h`` and
+        ``return_chunk_states=True``.
 
     Returns
     -------
@@ -1029,12 +1100,13 @@ def retention(q, k, v, gamma, *, scale=None, chunk_size=64):
     """
     q, k, v, lg = _retention_setup(q, k, v, gamma)
     log_g = np.broadcast_to(lg[:, None], k.shape[:-3] + (lg.shape[0], k.shape[-2]))  # log γ_h at every step (H from gamma)
-    return gated_linear_attention(q, k, v, log_g, scale=scale, chunk_size=chunk_size)
+    return gated_linear_attention(q, k, v, log_g, scale=scale, chunk_size=chunk_size, initial_state=initial_state)
 
 
 @guard_overflow()
-def retention_loop(q, k, v, gamma, *, scale=None, chunk_size=64):
-    """Loop twin of :func:`retention`: ``S_n = γ_h S_{n−1} + v_n k_nᵀ``, ``o_n = S_n q_n`` (Eq. (16.6)).
+def retention_loop(q, k, v, gamma, *, scale=None, chunk_size=64, initial_state=None):
+    """Loop twin of :func:`retention`: ``S_n = γ_h S_{n−1} + v_n k_nᵀ``, ``o_n = S_n q_n`` (Eq. (16.6)),
+    from ``S_{−1} = initial_state`` (or 0).
 
     Examples
     --------
@@ -1047,12 +1119,15 @@ def retention_loop(q, k, v, gamma, *, scale=None, chunk_size=64):
     q, k, v, lg = _retention_setup(q, k, v, gamma)
     _check_chunk(chunk_size)  # validated for signature parity; the recurrence has no chunks
     batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])])
+    S0 = None
+    if initial_state is not None:
+        S0, batch = _check_state(initial_state, "initial_state", batch, (v.shape[-1], k.shape[-1]), "(..., H, Dv, Dk)")
     qs = np.broadcast_to(q * _scale(scale, q.shape[-1]), batch + q.shape[-2:])
     kb, vb = np.broadcast_to(k, batch + k.shape[-2:]), np.broadcast_to(v, batch + v.shape[-2:])
     o = np.zeros(batch + (q.shape[-2], v.shape[-1]))
     for b in np.ndindex(*batch):
-        g = math.exp(lg[b[-1]])  # γ of this head
-        S = np.zeros((v.shape[-1], k.shape[-1]))
+        g = math.exp(lg[b[-1]] if lg.shape[0] > 1 else lg[0])  # γ of this head
+        S = np.zeros((v.shape[-1], k.shape[-1])) if S0 is None else S0[b].copy()  # S_{−1}
         for n in range(q.shape[-2]):
             S = g * S + np.outer(vb[b][n], kb[b][n])  # S_n = γ S_{n−1} + v_n k_nᵀ
             o[b][n] = S @ qs[b][n]  # o_n = S_n q_n
@@ -1060,11 +1135,12 @@ def retention_loop(q, k, v, gamma, *, scale=None, chunk_size=64):
 
 
 @guard_overflow()
-def retention_parallel(q, k, v, gamma, *, scale=None):
+def retention_parallel(q, k, v, gamma, *, scale=None, initial_state=None):
     r"""Retention's parallel form ``(Q Kᵀ ⊙ D) V``, ``D_{nm} = γ^{n−m}`` (n ≥ m), Eq. (16.6).
 
     ``γ^{n−m}`` is evaluated directly as ``exp((n − m) log γ)`` — no segment sums, no products —
-    an independent check of the chunked algorithm (Sun et al. 2023, Eq. 5).
+    an independent check of the chunked algorithm (Sun et al. 2023, Eq. 5). An ``initial_state``
+    S_{−1} (..., H, Dv, Dk) adds ``γ^{n+1} S_{−1} q_n``, with ``γ^{n+1} = exp((n + 1) log γ)``.
 
     Examples
     --------
@@ -1078,9 +1154,17 @@ def retention_parallel(q, k, v, gamma, *, scale=None):
     q, k, v, lg = _retention_setup(q, k, v, gamma)
     L = q.shape[-2]
     lag = np.arange(L)[:, None] - np.arange(L)[None, :]  # n − m
+    if initial_state is not None:
+        batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])])
+        S0, _ = _check_state(initial_state, "initial_state", batch, (v.shape[-1], k.shape[-1]), "(..., H, Dv, Dk)")
     D = np.where(lag >= 0, np.exp(np.maximum(lag, 0) * lg[:, None, None]), 0.0)  # (H, L, L)
-    W = (q * _scale(scale, q.shape[-1])) @ np.swapaxes(k, -1, -2) * D
-    return W @ v
+    qs = q * _scale(scale, q.shape[-1])
+    W = qs @ np.swapaxes(k, -1, -2) * D
+    o = W @ v
+    if initial_state is not None:
+        decay = np.exp(np.arange(1, L + 1) * lg[:, None])  # γ^{n+1}, (H, L)
+        o = o + decay[..., None] * (qs @ np.swapaxes(S0, -1, -2))  # + γ^{n+1} S_{−1} q_n
+    return o
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1131,6 +1215,18 @@ def _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states, grouped=False
     return x, dt, A, B, C, D, c
 
 
+def _ssd_state(state, x, dt, B, C, name: str = "initial_state"):
+    """A state ``(..., H, P, N)`` checked against the broadcast SSD inputs of :func:`_check_ssd` (None stays
+    None), and the five broadcast to one batch shape (the state's head axis is H or 1)."""
+    if state is None:
+        return None, x, dt, B, C
+    batch, (H, _, P), N = x.shape[:-3], x.shape[-3:], B.shape[-1]
+    S0, new = _check_state(state, name, batch + (H,), (P, N), "(..., H, P, N)")
+    if new[-1] != H:
+        raise ValueError(f"{name}: expected shape (..., H, P, N) with H = {H} heads (or 1), got shape {np.shape(state)}")
+    return (S0, *_rebatch(batch, new[:-1], x, dt, B, C))
+
+
 def _ssd_finish(y, x, D, states, return_chunk_states):
     if D is not None:
         y += D[:, None, None] * x  # y_t += D x_t
@@ -1138,7 +1234,7 @@ def _ssd_finish(y, x, D, states, return_chunk_states):
 
 
 @guard_overflow()
-def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
+def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False, initial_state=None):
     r"""Mamba-2's structured state-space duality (SSD) layer, by the chunked algorithm.
 
     Implements Eqs. (16.7)–(16.8) and the chunked algorithm (16.5) of the book (Dao & Gu 2024,
@@ -1161,16 +1257,20 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
         Q of the paper; the result does not depend on it (a Q longer than L runs as one chunk of L steps).
     return_chunk_states : bool
         Also return the states h_t (shape (P, N)) at the end of each chunk.
+    initial_state : array_like, shape (..., H, P, N), optional
+        The state ``h_{−1}`` before the first step (Mamba-2's ``initial_states``, the same layout);
+        its batch axes broadcast with those of x, dt, B, C, its head axis is H or 1. Default: 0.
 
     Returns
     -------
     y : ndarray, shape (..., H, L, P)
     states : ndarray, shape (..., H, ceil(L / Q), P, N)
-        Only if ``return_chunk_states``.
+        Only if ``return_chunk_states``. The last one is the final state ``h_{L−1}`` (Mamba-2's
+        ``return_final_states``).
 
     Notes
     -----
-    Per head, with state ``h_t ∈ ℝ^{P×N}``:
+    Per head, with state ``h_t ∈ ℝ^{P×N}`` and ``h_{−1}`` the initial state (or 0):
 
     ``h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_tᵀ``,  ``y_t = h_t C_t + D x_t``  (16.7)
 
@@ -1200,9 +1300,14 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     >>> y = ssd(x, dt, A, B, C, D, chunk_size=3)
     >>> y.shape, bool(np.allclose(y, ssd_quadratic(x, dt, A, B, C, D)))
     ((2, 7, 3), True)
+    >>> h0 = rng.normal(size=(H, P, N))  # initial states, one per head
+    >>> y, h = ssd(x, dt, A, B, C, D, chunk_size=3, initial_state=h0, return_chunk_states=True)
+    >>> h[:, -1].shape, bool(np.allclose(y, ssd_quadratic(x, dt, A, B, C, D, initial_state=h0)))  # final states
+    ((2, 3, 4), True)
     """
     args = dict(x=x, B=B, C=C)
     x, dt, A, B, C, D, c = _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states, grouped=True, finite=False)
+    h0, x, dt, B, C = _ssd_state(initial_state, x, dt, B, C)
     batch, (H, L, P), (G, N) = x.shape[:-3], x.shape[-3:], B.shape[-3::2]
     c = _effective_chunk(c, L)
     if 0 in (math.prod(batch), H, L, P, N):  # nothing to compute but the skip: y_t = D x_t (h_t C_t = 0 if N = 0)
@@ -1217,6 +1322,7 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
     ng, nc = q.shape[0], -(-L // c)
     o = np.empty((ng, R, nc, c, P))
     states = np.empty((ng, R, nc, N, P)) if return_chunk_states else None  # transposed chunk-end states
+    init = None if h0 is None else np.swapaxes(h0.reshape(ng, R, P, N), -1, -2)  # h_{−1}ᵀ per group and head
 
     def part(a, sl, axis):  # the part ``sl`` of ``a`` along the groups (axis 0) or the heads (axis 1)
         return None if a is None else (a[sl] if axis == 0 else a[:, sl])
@@ -1232,7 +1338,8 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
         check_finite_part(bc_check, sl if axis == 0 else slice(None) if sl.start == 0 else slice(0, 0))
         qs, ks = (q[sl], k[sl]) if axis == 0 else (q, k)
         _scalar_chunked(qs, ks, part(v, sl, axis), part(loga, sl, axis), c, part(o, sl, axis),
-                        part(states, sl, axis), w=part(w, sl, axis), skip=part(skip, sl, axis))
+                        part(states, sl, axis), w=part(w, sl, axis), skip=part(skip, sl, axis),
+                        init=part(init, sl, axis))
 
     _blocking.in_parts(run, o.shape[axis], x.size, one_blas=True)
     y = o.reshape(ng, R, nc * c, P)[:, :, :L].reshape(batch + (H, L, P))
@@ -1242,8 +1349,9 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
 
 
 @guard_overflow()
-def ssd_loop(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False):
-    """Loop twin of :func:`ssd`: the recurrence (16.7), one head and one step at a time.
+def ssd_loop(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False, initial_state=None):
+    """Loop twin of :func:`ssd`: the recurrence (16.7), one head and one step at a time, from
+    ``h_{−1} = initial_state`` (or 0).
 
     ``chunk_size`` only selects which states ``return_chunk_states`` reports.
 
@@ -1259,6 +1367,7 @@ def ssd_loop(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False
     ((1, 3, 2, 3), True, True)
     """
     x, dt, A, B, C, D, c = _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states)
+    h0, x, dt, B, C = _ssd_state(initial_state, x, dt, B, C)
     batch = x.shape[:-3]
     H, L, P = x.shape[-3:]
     N = B.shape[-1]
@@ -1266,7 +1375,7 @@ def ssd_loop(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False
     states = np.zeros(batch + (H, -(-L // c), P, N))
     for b in np.ndindex(*batch):
         for hd in range(H):
-            h = np.zeros((P, N))
+            h = np.zeros((P, N)) if h0 is None else h0[b][hd].copy()  # h_{−1}
             for t in range(L):
                 d = dt[b][hd, t]
                 h = math.exp(d * A[hd]) * h + d * np.outer(x[b][hd, t], B[b][hd, t])  # h_t = e^{ΔA} h + Δ x Bᵀ
@@ -1277,18 +1386,20 @@ def ssd_loop(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False
 
 
 @guard_overflow()
-def ssd_quadratic(x, dt, A, B, C, D=None, *, return_matrix=False):
+def ssd_quadratic(x, dt, A, B, C, D=None, *, return_matrix=False, initial_state=None):
     r"""SSD in its quadratic "attention" form: ``y = M x`` with the semiseparable matrix (16.8).
 
     ``M_{ts} = (C_t · B_s) · exp(seg[t, s]) · Δ_s`` for s ≤ t, with the segment sums
     ``seg[t, s] = Σ_{r=s+1}^{t} A Δ_r`` of Eq. (16.4) (Dao & Gu 2024, Eq. (16)/§5, the masked
-    attention dual). O(L²) memory per head: a reference for short sequences.
+    attention dual). O(L²) memory per head: a reference for short sequences. An
+    ``initial_state`` h_{−1} (..., H, P, N) adds ``e^{A Σ_{r≤t} Δ_r} h_{−1} C_t`` (the decay of the
+    whole prefix, a cumulative sum from the sequence's start).
 
     Returns
     -------
     y : ndarray, shape (..., H, L, P)
     M : ndarray, shape (..., H, L, L)
-        Only if ``return_matrix`` (without the skip ``D``).
+        Only if ``return_matrix`` (without the skip ``D`` and the initial state's term).
 
     Examples
     --------
@@ -1304,9 +1415,12 @@ def ssd_quadratic(x, dt, A, B, C, D=None, *, return_matrix=False):
     """
     x, dt, A, B, C, D, _ = _check_ssd(x, dt, A, B, C, D, 1, False)
     as_bool(return_matrix, "return_matrix")
+    h0, x, dt, B, C = _ssd_state(initial_state, x, dt, B, C)
     decay = _exp_segsum(dt * A[:, None])  # e^{Σ_{s<r≤t} A Δ_r}; 0 above the diagonal
     M = (C @ np.swapaxes(B, -1, -2)) * decay * dt[..., None, :]  # M_ts = (C_t·B_s) e^{A seg} Δ_s
     y = M @ x
+    if h0 is not None:
+        y += np.exp(np.cumsum(dt * A[:, None], axis=-1))[..., None] * (C @ np.swapaxes(h0, -1, -2))  # e^{AΣΔ} h_{−1} C_t
     if D is not None:
         y = y + D[:, None, None] * x
     return (y, M) if return_matrix else y
@@ -1349,6 +1463,16 @@ def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, s
     b = np.broadcast_to(b, batch + (L,))
     g = np.broadcast_to(g, batch + (L,))
     return (q, k, v, b, g, c) if scale_q else (q, k, v, b, g, c, s, args)
+
+
+def _delta_state(initial_state, q, k, v, b, g):
+    """``initial_state`` (..., Dv, Dk) checked against the broadcast inputs of :func:`_delta_setup` (None
+    stays None), and the six broadcast to one batch shape."""
+    if initial_state is None:
+        return None, q, k, v, b, g
+    batch = q.shape[:-2]
+    S0, new = _check_state(initial_state, "initial_state", batch, (v.shape[-1], q.shape[-1]), "(..., Dv, Dk)")
+    return (S0, *_rebatch(batch, new, q, k, v, b, g))
 
 
 def _check_key_norms(k: np.ndarray) -> None:
@@ -1403,7 +1527,7 @@ def _unit_lower_inverse(A: np.ndarray, out: np.ndarray | None = None) -> np.ndar
 
 
 def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, keep_states: bool = True,
-                   scale: float = 1.0, finite=()):
+                   scale: float = 1.0, finite=(), init=None):
     """Chunked delta rule (16.11)-(16.12): ``o`` (*b, L, Dv) and the chunk-end states
     (*b, n_chunks, Dv, Dk) (None without ``keep_states``); with ``return_factors`` also the WY
     factor ``W`` and ``T diag(β) V`` per chunk, shapes (*b, n_chunks, c, Dk) and
@@ -1411,13 +1535,14 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     ``scale`` multiplies the queries. ``logg`` None: DeltaNet without gates (every decay 1).
     The batch entries (heads) are split over threads. ``finite``: the (name, argument) pairs of
     q, k, v, whose finiteness and key norms each thread checks on the slices it reads (see
-    :func:`_gla_chunked`).
+    :func:`_gla_chunked`). ``init``, optional: the initial state S_{−1} (*b, Dv, Dk) (None: 0).
     """
     batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
     if not return_factors:  # the factors keep the c rows per chunk they document (padding included)
         c = _effective_chunk(c, L)
     nb, nc = math.prod(batch), -(-L // c)
     q, k, v = (a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v))
+    init_t = None if init is None else np.swapaxes(init.reshape((nb,) + init.shape[-2:]), -1, -2)  # S_{−1}ᵀ (a view)
     checks = [(name, view, arg) for (name, arg), view in zip(finite, (q, k, v))]
     beta = beta.reshape(nb, L)
     logg = None if logg is None else logg.reshape(nb, L)
@@ -1440,7 +1565,8 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
             _check_key_norms(k[sl])
         _delta_core(q[sl], k[sl], v[sl], beta[sl], None if logg is None else logg[sl], c, o[sl],
                     None if states is None else states[sl],
-                    None if factors is None else (factors[0][sl], factors[1][sl]), scale)
+                    None if factors is None else (factors[0][sl], factors[1][sl]), scale,
+                    init=None if init_t is None else init_t[sl])
 
     _blocking.in_parts(run, nb, q.size, one_blas=True)
     o = o.reshape((nb, nc * c, dv))[:, :L].reshape(batch + (L, dv))
@@ -1452,13 +1578,14 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     return o, states
 
 
-def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale: float = 1.0):
+def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale: float = 1.0, init=None):
     """The chunked delta rule on ``q, k`` (nb, L, Dk), ``v`` (nb, L, Dv), ``beta, logg`` (nb, L).
 
     Writes the output, padded to whole chunks, into ``o`` (nb, n_chunks, c, Dv), unless None the
     transposed chunk-end states ``S_endᵀ`` into ``states`` (nb, n_chunks, Dk, Dv), and unless None
     ``W`` and ``T diag(β) V`` into the pair of arrays ``factors``; ``scale`` multiplies the
-    queries (applied to the output, which is linear in them).
+    queries (applied to the output, which is linear in them). ``init``, optional: the transposed
+    initial state ``S_{−1}ᵀ`` (nb, Dk, Dv) entering the first chunk (None: 0).
 
     The decays ``Γ_ts = γ_t/γ_s = e^{cum_t − cum_s}`` (``cum`` the in-chunk cumulative log-gate)
     enter as row and column scalings of ``K Kᵀ`` and ``Q Kᵀ`` in chunks whose decay stays above
@@ -1486,7 +1613,7 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
         gend = gam[..., -1, None, None]  # γ_end, (nb, nc, 1, 1)
         strong = cum[..., -1] < -_FACTOR_LOG
     strict, tri = np.tri(c, c, -1), np.tri(c)
-    S = np.zeros((nb, dk, dv))  # S_inᵀ entering the next group
+    S = np.zeros((nb, dk, dv)) if init is None else init.copy()  # S_inᵀ entering the next group
     m = min(nc, _group(nb, c))
     X = np.empty((nb, m, c, c + dk))  # [tril(Γ ⊙ Q Kᵀ) | diag(γ) Q] per chunk
     Z = np.empty((nb, m, c + dk, dv))  # [U ; S_inᵀ] per chunk
@@ -1559,14 +1686,14 @@ def _delta_exact(q, k, beta, g, strict):
     return A, P, np.swapaxes(k * np.exp(_suffix(g, -1))[..., None], -1, -2)
 
 
-def _delta_loop(q, k, v, beta, logg, c: int):
+def _delta_loop(q, k, v, beta, logg, c: int, init=None):
     batch = q.shape[:-2]
     L, dk, dv = q.shape[-2], k.shape[-1], v.shape[-1]
     o = np.zeros(batch + (L, dv))
     states = np.zeros(batch + (-(-L // c), dv, dk))
     eye = np.eye(dk)
     for b in np.ndindex(*batch):
-        S = np.zeros((dv, dk))
+        S = np.zeros((dv, dk)) if init is None else init[b].copy()  # S_{−1}
         for t in range(L):
             kt, bt, gt = k[b][t], beta[b][t], math.exp(logg[b][t])
             S = gt * S @ (eye - bt * np.outer(kt, kt)) + bt * np.outer(v[b][t], kt)  # Eq. (16.9)
@@ -1577,7 +1704,7 @@ def _delta_loop(q, k, v, beta, logg, c: int):
 
 
 @guard_overflow()
-def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_chunk_states=False):
+def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_chunk_states=False, initial_state=None):
     r"""The delta rule (DeltaNet; Gated DeltaNet with ``log_g``), by the chunked WY/UT algorithm.
 
     Implements Eqs. (16.9)–(16.12) of the book (Schlag et al. 2021, §4; Yang et al. 2024,
@@ -1605,12 +1732,17 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
         Chunk length c; the result does not depend on it (a c longer than L runs as one chunk of L steps).
     return_chunk_states : bool
         Also return the states at the chunk ends.
+    initial_state : array_like, shape (..., Dv, Dk), optional
+        The state ``S_{−1}`` before the first step (fla's ``initial_state``, transposed); its batch
+        axes broadcast with those of q, k, v, beta, log_g. Default: 0. The recurrence runs from it
+        unchanged (the first step is ``S_0 = g_0 S_{−1}(I − β_0 k_0 k_0ᵀ) + β_0 v_0 k_0ᵀ``).
 
     Returns
     -------
     o : ndarray, shape (..., L, Dv)
     states : ndarray, shape (..., ceil(L / c), Dv, Dk)
-        Only if ``return_chunk_states``.
+        Only if ``return_chunk_states``. The last one is the final state ``S_{L−1}`` (fla's
+        ``output_final_state``).
 
     Notes
     -----
@@ -1622,8 +1754,9 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
 
     Chunked form: inside a chunk the pseudo-values ``u_t = β_t (v_t − g_t S_{t−1} k_t)``
     satisfy a unit lower-triangular system (the UT transform, Eq. (16.11)), solved for all
-    chunks at once; then ``S_t = γ_t S_0 + Σ_{i≤t} (γ_t/γ_i) u_i k_iᵀ``, so outputs and the next
-    chunk's state are matrix products (16.12). With the WY factor ``W = T diag(β γ) K`` the
+    chunks at once; then ``S_t = γ_t S_0 + Σ_{i≤t} (γ_t/γ_i) u_i k_iᵀ`` (S_0 the state entering
+    the chunk: the initial state for the first), so outputs and the next chunk's state are matrix
+    products (16.12). With the WY factor ``W = T diag(β γ) K`` the
     pseudo-values are ``U = T diag(β) V − W S_0ᵀ`` and the state passes as
     ``S_end = γ_end S_0 + Uᵀ K_Γ``, ``K_Γ = diag(γ_end/γ_i) K``: ``T``, ``W``, ``T diag(β) V`` and
     ``K_Γ`` are formed for all chunks at once, and the loop over the L/c chunks is two
@@ -1647,14 +1780,17 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     ((6, 2), True)
     """
     q, k, v, b, g, c, s, args = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, scale_q=False)
+    S0, q, k, v, b, g = _delta_state(initial_state, q, k, v, b, g)
     g = None if log_g is None else g  # DeltaNet: no decay scalings at all
-    o, states = _delta_chunked(q, k, v, b, g, c, keep_states=return_chunk_states, scale=s, finite=args)
+    o, states = _delta_chunked(q, k, v, b, g, c, keep_states=return_chunk_states, scale=s, finite=args, init=S0)
     return (o, states) if return_chunk_states else o
 
 
 @guard_overflow()
-def delta_rule_loop(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_chunk_states=False):
-    """Loop twin of :func:`delta_rule`: ``S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ`` step by step (16.9).
+def delta_rule_loop(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_chunk_states=False,
+                    initial_state=None):
+    """Loop twin of :func:`delta_rule`: ``S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ`` step by step (16.9),
+    from ``S_{−1} = initial_state`` (or 0).
 
     ``chunk_size`` only selects which states ``return_chunk_states`` reports.
 
@@ -1669,7 +1805,8 @@ def delta_rule_loop(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, ret
     True
     """
     q, k, v, b, g, c = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states)
-    o, states = _delta_loop(q, k, v, b, g, c)
+    S0, q, k, v, b, g = _delta_state(initial_state, q, k, v, b, g)
+    o, states = _delta_loop(q, k, v, b, g, c, S0)
     return (o, states) if return_chunk_states else o
 
 

@@ -1518,6 +1518,9 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         ``linear_rnn.ssd_vjp``, ``linear_rnn.gated_linear_attention_vjp``, ``linear_rnn.retention_vjp`` and
         ``linear_rnn.delta_rule_vjp``: the forward function's inputs (same sizes, same seed), plus the
         cotangent ``dy`` of the output's shape (standard normal, from the seed's second stream).
+    ``states`` (False), for every ``linear_rnn`` function above: also an ``initial_state`` (standard
+        normal, refimpl's layout (..., P, N) or (..., Dv, Dk), from the seed's fourth stream) and, for
+        the backward passes, the cotangent ``dfinal_state`` of the last state (third stream).
 
     ``seed`` seeds ``numpy.random.default_rng``. ``ValueError`` for other functions or unknown
     size names, ``TypeError``/``ValueError`` for sizes that are not positive integers.
@@ -1543,7 +1546,19 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         except ValueError as exc:  # name the function asked for
             raise ValueError(str(exc).replace(f"for {name};", f"for {function} (those of {name});")) from None
         shape = forward[_VJP_OUTPUTS[function]].shape
-        return {**forward, "dy": np.random.default_rng((seed, 1)).standard_normal(shape)}
+        out = {**forward, "dy": np.random.default_rng((seed, 1)).standard_normal(shape)}
+        if "initial_state" in forward:  # and the cotangent of the last state (a chained segment's)
+            out["dfinal_state"] = np.random.default_rng((seed, 2)).standard_normal(forward["initial_state"].shape)
+        return out
+    if function.startswith("linear_rnn.") and "states" in sizes:
+        sizes = dict(sizes)
+        if as_bool(sizes.pop("states"), "states"):
+            out = random_inputs(function, seed=seed, **sizes)
+            lead_axes = out["x"].shape[:-2] if function == "linear_rnn.ssd" else out["v"].shape[:-2]
+            inner = (out["x"].shape[-1], out["B"].shape[-1]) if function == "linear_rnn.ssd" else \
+                (out["v"].shape[-1], out["k"].shape[-1])  # (P, N) or (Dv, Dk)
+            out["initial_state"] = np.random.default_rng((seed, 3)).standard_normal(lead_axes + inner)
+            return out
 
     def lead(b):
         return (b,) if b else ()

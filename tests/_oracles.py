@@ -12,7 +12,9 @@ from their textbook definitions with SciPy's ``expm`` as the only numerical tool
 ``random_hurwitz``       a random dense matrix with spectral abscissa −0.1 (continuous-time stable);
 ``elementwise_rel``      the largest element-wise relative error (for results whose every entry
                          carries information, where the package's norm-wise ``rel_error`` would
-                         hide the small entries).
+                         hide the small entries);
+``delta_recurrence``     the delta rule (DeltaNet, Gated DeltaNet) one step at a time, in complex
+                         arithmetic (for complex-step derivatives), from a given initial state.
 
 A test module that wants other defaults binds them once, e.g.
 ``random_psd = functools.partial(_oracles.random_psd, complex_=True)``.
@@ -26,7 +28,7 @@ import numpy as np
 import scipy.linalg
 
 __all__ = ["van_loan", "van_loan_block", "van_loan_upper", "random_psd", "random_contraction", "random_hurwitz",
-           "elementwise_rel"]
+           "elementwise_rel", "delta_recurrence"]
 
 
 def van_loan_block(A, Q, tau):
@@ -131,3 +133,22 @@ def elementwise_rel(actual, desired, *, nonzero=False) -> float:
     np.testing.assert_array_equal(a[inf], d[inf])
     nz = ~zero & ~inf
     return float(np.max(np.abs(a[nz] - d[nz]) / np.abs(d[nz]), initial=0.0))
+
+
+def delta_recurrence(q, k, v, beta, log_g=None, S0=None, *, scale=None):
+    """The delta rule, Eq. (16.9), one step at a time and complex-capable (for complex-step derivatives):
+    ``S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``, ``o_t = S_t (scale · q_t)`` from ``S_{−1} = S0``
+    (default 0). Returns ``(o, S_{L−1})``."""
+    c = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if log_g is None:
+        log_g = np.zeros(np.shape(beta))
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], np.shape(beta)[:-1], np.shape(log_g)[:-1])
+    S = np.zeros(batch + (v.shape[-1], k.shape[-1]), dtype=complex) if S0 is None else np.asarray(S0, dtype=complex)
+    out = []
+    for t in range(q.shape[-2]):
+        kt = k[..., t, :]
+        g, b = np.exp(log_g[..., t])[..., None, None], beta[..., t][..., None, None]
+        Sk = np.einsum("...ij,...j->...i", S, kt)
+        S = g * S - g * b * Sk[..., :, None] * kt[..., None, :] + b * v[..., t, :, None] * kt[..., None, :]
+        out.append(np.einsum("...ij,...j->...i", S, c * q[..., t, :]))
+    return np.stack(out, axis=-2), S

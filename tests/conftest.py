@@ -47,3 +47,17 @@ def runtime_warnings_are_errors():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         yield
+
+
+@pytest.fixture(params=[(1, 1), (100, 3), (1 << 20, 2)], ids=["1chunk-1thread", "2-3chunks-3threads", "all-2threads"])
+def chunk_groups(request, monkeypatch):
+    """The chunked linear recurrences run on groups of chunks and split the heads over threads: one chunk
+    per group in one thread; groups of 2 or 3 chunks (a shorter last one) over 3 threads (uneven parts
+    for 4 heads); all chunks in one group over 2 threads. Returns ``(group_rows, threads)``."""
+    from refimpl import _blocking, linear_rnn
+
+    group_rows, threads = request.param
+    monkeypatch.setattr(linear_rnn, "_GROUP_ROWS", group_rows)
+    monkeypatch.setattr(_blocking, "THREADS", threads)
+    monkeypatch.setattr(_blocking, "THREAD_MIN_ELEMS", 0)
+    return request.param

@@ -243,16 +243,12 @@ def test_chunked_long_sequence_strong_decay_vs_recurrence(form):
     close(got, want, rtol=SELF, what=f"{form}, L = 4096, strong and weak decay, chunked vs recurrence")
 
 
-@pytest.mark.parametrize("group_rows, threads", [(1, 1), (100, 3), (1 << 20, 2)])
 @pytest.mark.parametrize("form", ["gla per channel", "gla per head", "ssd one group", "ssd groups", "gated delta rule"])
-def test_chunk_groups_and_threads_do_not_change_the_result(monkeypatch, form, group_rows, threads):
+def test_chunk_groups_and_threads_do_not_change_the_result(chunk_groups, form):
     # the chunked forms run on groups of chunks (one chunk per group, groups of 2 or 3 chunks with
     # a shorter last one, or all chunks in one group) and split the heads over threads (3 threads
     # for 4 heads: uneven parts; SSD with one group splits its heads, with two groups the groups);
     # outputs and chunk-end states must be those of the recurrence, with strong and weak decays
-    monkeypatch.setattr(lr, "_GROUP_ROWS", group_rows)
-    monkeypatch.setattr(_blocking, "THREADS", threads)
-    monkeypatch.setattr(_blocking, "THREAD_MIN_ELEMS", 0)
     rng = np.random.default_rng(40)
     L, c = 203, 8  # 26 chunks, the last one short
     kw = dict(chunk_size=c, return_chunk_states=True)

@@ -923,8 +923,8 @@ def test_public_names_of_the_tiers():
         "linear_rnn.delta_rule", "linear_rnn.delta_rule_vjp", "linear_rnn.gated_linear_attention",
         "linear_rnn.gated_linear_attention_vjp", "linear_rnn.retention", "linear_rnn.retention_vjp", "linear_rnn.ssd",
         "linear_rnn.ssd_vjp",
-        "random_features.linear_attention", "random_features.performer_attention", "random_features.rfa_attention",
-        "ssm.selective_scan", "ssm.selective_scan_vjp"]
+        "random_features.linear_attention", "random_features.linear_attention_vjp", "random_features.performer_attention",
+        "random_features.rfa_attention", "ssm.selective_scan", "ssm.selective_scan_fn", "ssm.selective_scan_vjp"]
 
 
 def test_blocked_plain_softmax_equals_the_full_one():
@@ -1251,3 +1251,43 @@ def test_flash_attention_lse_is_judged_in_float32_when_returned_in_float32(tier)
     stored = lse_of(oracle.compare("attention.flash_attention", port(lambda l: np.asarray(rnd(l))), dtype=tier,
                                    inputs=inp))
     assert stored.passed and stored.model == f"plain {tier}"
+
+
+@pytest.mark.parametrize("name", list(_RNN_VJPS))
+def test_initial_states_and_final_state_cotangents_are_judged_by_the_plain_references(name):
+    """Mamba-2's initial_states / fla's h0 and the cotangent of the last state (dht): the plain
+    references start their recurrences from the given state and their adjoints from dfinal_state;
+    refimpl's own float64 gradients stored in float32 pass with every quantity judged by them, and a
+    kernel that drops either state fails."""
+    inp = oracle.random_inputs(name, seed=9, states=True, **{k: v for k, v in _RNN_VJPS[name].items() if k != "L"},
+                               L=130)
+    assert {"initial_state", "dfinal_state"} <= set(inp)
+    fn = _rnn_vjp(name)
+
+    def kernel(drop=None):
+        def run(**kw):
+            if drop:
+                kw[drop] = np.zeros_like(kw[drop])
+            return {k: store(v, "float32") for k, v in fn(**kw).items()}
+        return run
+
+    good = oracle.compare(name, kernel(), dtype="float32", inputs=inp)
+    qs = {q.name: q for q in good.cases[0].quantities}
+    assert good.passed and "dinitial_state" in qs and {q.model for q in qs.values()} == {"plain float32"}, good.table()
+    for drop in ("initial_state", "dfinal_state"):
+        assert not oracle.compare(name, kernel(drop), dtype="float32", inputs=inp).passed, drop
+
+
+def test_forward_initial_state_reaches_the_plain_reference():
+    from refimpl import linear_rnn
+
+    inp = oracle.random_inputs("linear_rnn.ssd", seed=2, L=300, H=4, G=2, P=8, N=8, states=True)
+    good = oracle.compare("linear_rnn.ssd", lambda **kw: linear_rnn.ssd(**kw).astype(f32), dtype="float32", inputs=inp)
+    assert good.passed and good.cases[0].quantities[0].model == "plain float32", good.table()
+    no_state = {k: v for k, v in inp.items() if k != "initial_state"}
+    bad = oracle.compare("linear_rnn.ssd", lambda **kw: linear_rnn.ssd(**{k: v for k, v in kw.items()
+                                                                          if k != "initial_state"}).astype(f32),
+                         dtype="float32", inputs=inp)
+    assert not bad.passed and no_state
+    with pytest.raises(TypeError, match="^states"):
+        oracle.random_inputs("linear_rnn.ssd", seed=2, states="yes")

@@ -31,6 +31,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _oracles import delta_recurrence  # noqa: E402
 from refimpl import _vjp
 from refimpl._testing import SELF, assert_close, max_abs_error
 from refimpl.attention import attention_weights, softmax_attention, softmax_attention_vjp, softmax_attention_vjp_loop
@@ -709,20 +710,8 @@ def fwd_ssd(x, dt, A, B, C, D):
 
 
 def fwd_delta(q, k, v, beta, log_g=None, *, scale=None):
-    """Eq. (16.9): S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, o_t = S_t (scale q_t)."""
-    c = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    if log_g is None:
-        log_g = np.zeros(np.shape(beta))
-    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], np.shape(beta)[:-1], np.shape(log_g)[:-1])
-    S = np.zeros(batch + (v.shape[-1], k.shape[-1]), dtype=complex)
-    out = []
-    for t in range(q.shape[-2]):
-        kt = k[..., t, :]
-        g, b = np.exp(log_g[..., t])[..., None, None], beta[..., t][..., None, None]
-        Sk = np.einsum("...ij,...j->...i", S, kt)
-        S = g * S - g * b * Sk[..., :, None] * kt[..., None, :] + b * v[..., t, :, None] * kt[..., None, :]
-        out.append(np.einsum("...ij,...j->...i", S, c * q[..., t, :]))
-    return np.stack(out, axis=-2)
+    """Eq. (16.9): S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, o_t = S_t (scale q_t), from S_{−1} = 0."""
+    return delta_recurrence(q, k, v, beta, log_g, scale=scale)[0]
 
 
 def check_full_rec(fwd, args, dy, grads, what, **kw):

@@ -15,9 +15,10 @@ from ._base import Case, Function, called, ordered, renormalize, unit
 
 def _run_ssd(args, with_mid):
     operands = (args["x"], args["dt"], args["A"], args["B"], args["C"], args.get("D"))
-    y, states = linear_rnn.ssd(*operands, chunk_size=args["chunk_size"], return_chunk_states=True)
+    y, states = linear_rnn.ssd(*operands, chunk_size=args["chunk_size"], return_chunk_states=True,
+                               initial_state=args.get("initial_state"))
     mid = {"chunk_states": states}
-    if with_mid:
+    if with_mid and args.get("initial_state") is None:  # M does not involve the state: left out of those cases
         mid["M"] = linear_rnn.ssd_quadratic(*operands[:5], return_matrix=True)[1]
     return ordered(mid, {"y": y}, with_mid)
 
@@ -25,7 +26,7 @@ def _run_ssd(args, with_mid):
 def _run_gla(args, with_mid):
     y, states = linear_rnn.gated_linear_attention(
         args["q"], args["k"], args["v"], args["log_g"], scale=args.get("scale"), chunk_size=args["chunk_size"],
-        return_chunk_states=True,
+        return_chunk_states=True, initial_state=args.get("initial_state"),
     )
     return ordered({"chunk_states": states}, {"y": y}, with_mid)
 
@@ -35,6 +36,10 @@ def _run_delta(args, with_mid):
         args["q"], args["k"], args["v"], args["beta"], args.get("log_g"), args.get("scale"), args["chunk_size"], False
     )
     y, states, W, TV = linear_rnn._delta_chunked(q, k, v, b, g, c, return_factors=True)
+    if args.get("initial_state") is not None:  # the WY factors do not depend on the state entering a chunk
+        y, states = linear_rnn.delta_rule(args["q"], args["k"], args["v"], args["beta"], log_g=args.get("log_g"),
+                                          scale=args.get("scale"), chunk_size=args["chunk_size"],
+                                          return_chunk_states=True, initial_state=args["initial_state"])
     return ordered({"W": W, "TbetaV": TV, "chunk_states": states}, {"y": y}, with_mid)
 
 
@@ -95,6 +100,15 @@ CASES = [
          lambda r: {**_qkv(r, 40, unit_keys=True), "beta": r.uniform(1.9, 1.99, (2, 40)),
                     "log_g": -r.uniform(0, 2.0, (2, 40)), "chunk_size": 16},
          "Gated DeltaNet with β near its bound 2 (eigenvalue 1 − β near −1)", constrain=renormalize("k")),
+    Case("linear_rnn.ssd/initial_state", 1612,
+         lambda r: {**_ssd_args(r, L=21, batch=(2,)), "initial_state": r.standard_normal((2, 4, 3, 4))},
+         "Mamba-2's initial_states: a state (batch, H, P, N) before the first step, 4 heads in 2 groups, L = 21 "
+         "with chunks of 8; intermediate: chunk-end states (the last one is the final state)"),
+    Case("linear_rnn.delta_rule/initial_state", 1613,
+         lambda r: {**_qkv(r, 23, unit_keys=True), "beta": r.uniform(0.1, 1.5, (2, 23)),
+                    "log_g": -r.uniform(0, 0.5, (2, 23)), "chunk_size": 8, "initial_state": r.standard_normal((2, 3, 4))},
+         "Gated DeltaNet from a given state S_{-1} (Dv, Dk) = fla's initial_state transposed, L = 23 with chunks of 8",
+         constrain=renormalize("k")),
     Case("linear_rnn.rls_memory/forgetting", 1610,
          lambda r: {**_qkv(r, 25), "lam": 0.95, "delta": 0.1},
          "exponentially weighted ridge least squares, λ = 0.95, δ = 0.1"),

@@ -64,6 +64,7 @@ def _dict_run(fn, names):
 _SSD_GRADS = ("dx", "ddt", "dA", "dB", "dC", "dD")
 _GLA_GRADS = ("dq", "dk", "dv", "dlog_g")
 _DELTA_GRADS = ("dq", "dk", "dv", "dbeta", "dlog_g")
+_STATE = ("dinitial_state",)
 
 
 def _ssd(r, *, L, H=4, G=2, P=3, N=4, dt_scale=1.0, chunk_size=64, batch=(2,)):
@@ -89,11 +90,13 @@ FUNCTIONS = [
     Function("attention.softmax_attention_vjp", _run_softmax_vjp, ("dq", "dk", "dv"), intermediates=("lse", "D")),
     called("random_features.linear_attention_vjp", "dq", "dk", "dv"),
     Function("ssm.selective_scan_vjp", _run_selective_scan_vjp, ("du", "ddelta", "dA", "dB", "dC", "dD")),
-    Function("linear_rnn.ssd_vjp", _dict_run(linear_rnn.ssd_vjp, _SSD_GRADS), _SSD_GRADS),
-    Function("linear_rnn.gated_linear_attention_vjp", _dict_run(linear_rnn.gated_linear_attention_vjp, _GLA_GRADS),
-             _GLA_GRADS),
-    Function("linear_rnn.retention_vjp", _dict_run(linear_rnn.retention_vjp, ("dq", "dk", "dv")), ("dq", "dk", "dv")),
-    Function("linear_rnn.delta_rule_vjp", _dict_run(linear_rnn.delta_rule_vjp, _DELTA_GRADS), _DELTA_GRADS),
+    # "dinitial_state" only with an initial state: the cases that give one list it among their outputs
+    Function("linear_rnn.ssd_vjp", _dict_run(linear_rnn.ssd_vjp, _SSD_GRADS + _STATE), _SSD_GRADS),
+    Function("linear_rnn.gated_linear_attention_vjp",
+             _dict_run(linear_rnn.gated_linear_attention_vjp, _GLA_GRADS + _STATE), _GLA_GRADS),
+    Function("linear_rnn.retention_vjp", _dict_run(linear_rnn.retention_vjp, ("dq", "dk", "dv") + _STATE),
+             ("dq", "dk", "dv")),
+    Function("linear_rnn.delta_rule_vjp", _dict_run(linear_rnn.delta_rule_vjp, _DELTA_GRADS + _STATE), _DELTA_GRADS),
 ]
 
 CASES = [
@@ -144,4 +147,20 @@ CASES = [
          lambda r: {**_qkv_dy(r, 65, unit_keys=True), "beta": r.uniform(1.9, 1.99, (2, 65)),
                     "log_g": -r.uniform(0, 2.0, (2, 65)), "chunk_size": 64},
          "Gated DeltaNet with β near its bound 2, L = 65 with chunks of 64", constrain=renormalize("k")),
+    Case("linear_rnn.ssd_vjp/states", 1517,
+         lambda r: {**_ssd(r, L=20, chunk_size=8), "initial_state": r.standard_normal((2, 4, 3, 4)),
+                    "dfinal_state": r.standard_normal((2, 4, 3, 4))},
+         "a state before the first step and a cotangent of the last (Mamba-2's initial_states, the dfinal_states "
+         "of a chained segment), L = 20 with chunks of 8", outputs=_SSD_GRADS + _STATE),
+    Case("linear_rnn.gated_linear_attention_vjp/states", 1518,
+         lambda r: {**_qkv_dy(r, 21), "log_g": -r.uniform(0, 1, (2, 21, 4)), "chunk_size": 8,
+                    "initial_state": r.standard_normal((2, 3, 4)), "dfinal_state": r.standard_normal((2, 3, 4))},
+         "per-channel gates from fla's h0 (transposed) with a cotangent dht of the last state, L = 21 with chunks of 8",
+         outputs=_GLA_GRADS + _STATE),
+    Case("linear_rnn.delta_rule_vjp/states", 1519,
+         lambda r: {**_qkv_dy(r, 19, unit_keys=True), "beta": r.uniform(0.1, 1.5, (2, 19)),
+                    "log_g": -r.uniform(0, 0.5, (2, 19)), "chunk_size": 8, "initial_state": r.standard_normal((2, 3, 4)),
+                    "dfinal_state": r.standard_normal((2, 3, 4))},
+         "Gated DeltaNet from a given state with a cotangent of the last, L = 19 with chunks of 8",
+         constrain=renormalize("k"), outputs=_DELTA_GRADS + _STATE),
 ]
