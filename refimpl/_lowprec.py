@@ -26,7 +26,10 @@ Covered: softmax attention (with mask, causal, window, ALiBi) and its backward p
 FlashAttention (output and log-sum-exp), linear attention, Performer and RFA (chapter 12), the
 selective scan and its backward pass (chapter 11), Mamba-2's SSD, gated linear attention, retention and the delta rule
 (chapter 16: their recurrences, step by step, with float32 states) and their backward passes (the
-recurrence forwards, its adjoint backwards, step by step), one biquad, a transfer function and a
+recurrence forwards, its adjoint backwards, step by step) and their official interfaces (Mamba-2's
+``mamba_chunk_scan_combined``, fla's ``chunk_gla``, ``chunk_simple_gla``, ``chunk_delta_rule``,
+``chunk_gated_delta_rule`` and their backward passes: the same recurrences in refimpl's layout with the
+official element-wise steps in float32), one biquad, a transfer function and a
 biquad cascade (chapter 13).
 
 Glossary: ``f32`` the accumulation dtype (float32); ``store`` rounding to the tier's storage
@@ -47,6 +50,8 @@ from ._precision import matmul, store, tier_name
 __all__ = ["PLAIN", "softmax_attention", "softmax_attention_vjp", "linear_attention", "performer_attention", "rfa_attention", "selective_scan",
            "selective_scan_vjp", "ssd", "gated_linear_attention", "retention", "delta_rule", "ssd_vjp",
            "gated_linear_attention_vjp", "retention_vjp", "delta_rule_vjp", "linear_attention_vjp", "selective_scan_fn",
+           "mamba_chunk_scan_combined", "mamba_chunk_scan_combined_vjp", "chunk_gla", "chunk_delta_rule", "chunk_gla_vjp",
+           "chunk_delta_rule_vjp",
            "sos_filter", "biquad_filter", "tf_filter"]
 
 f32 = np.float32
@@ -78,22 +83,20 @@ def _geometry(n, m, row0, causal, window, alibi: bool, offset: int = 0):
 
 
 def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None, offset=0,
-                      softcap=None, stored=True):
+                      softcap=None):
     """The stored logits ``S = scale · Q Kᵀ`` (float32 accumulation, stored in the tier), masked with −∞.
 
     ``q`` holds the query rows ``row0, row0 + 1, …`` (a block of rows; ``mask`` already sliced).
     ``geometry``: :func:`_geometry` of these rows, when the caller computed it once for all heads.
     ``softcap`` c: ``c · tanh(S / c)`` in float32 on the stored logits, before the bias and the masks
     (the kernels' order, Eq. (4.14)). Returns the logits and ``tanh(S / c)`` (None without a cap; the
-    backward pass's ``1 − tanh²``). ``stored=False``: the float32 logits as a fused kernel keeps them
-    in registers (not stored in the tier).
+    backward pass's ``1 − tanh²``).
     """
     q, k = _f32(q), _f32(k)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     s = matmul(q, np.swapaxes(k, -1, -2), tier)
     s *= f32(scale)
-    if stored:
-        s = store(s, tier).astype(f32, copy=False)
+    s = store(s, tier).astype(f32, copy=False)
     n, m = s.shape[-2:]
     tanh = None
     if softcap is not None:
@@ -174,15 +177,8 @@ def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0
     s /= np.where(empty, f32(1), z) if has_empty else z
     p = store(s, tier)
     y = store(matmul(p, _f32(v), tier), tier)
-    if tier in ("bfloat16", "float16"):  # ℓ from the float32 logits, as fused kernels form and return it
-        s, _ = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry, offset, softcap,
-                                 stored=False)
-        mx = s.max(axis=-1, keepdims=True)
-        mx[mx == -np.inf] = 0.0
-        s -= mx
-        z = np.exp(s, out=s).sum(axis=-1, keepdims=True, dtype=f32)
     with np.errstate(divide="ignore"):  # log 0 = −∞ for an empty row
-        lse = (mx + np.log(z))[..., 0].astype(f32)
+        lse = (mx + np.log(z))[..., 0].astype(f32)  # kept in float32, as fused kernels write ℓ
     return (p, y, lse, tanh) if keep_tanh else (p, y, lse)
 
 
@@ -200,8 +196,7 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
     ``window`` and ``alibi_slopes`` (Eq. (16.16)) restrict and bias the stored logits in float32,
     aligned as ``causal_alignment`` says; ``softcap`` caps them first (float32).
     Returns ``{"A": P, "y": y, "lse": ℓ}`` with the row log-sum-exp ``ℓ_i = m_i + log Σ_j e^{s_ij − m_i}``
-    in float32 (what fused kernels return, Eq. (16.15)): in the 16-bit tiers from the float32 logits, as
-    a fused kernel forms it (S stays in float32 registers there; only P is rounded for ``P V``). With ``weights=False`` the rows
+    of the stored logits, kept in float32 as fused kernels write it (Eq. (16.15)). With ``weights=False`` the rows
     are processed in blocks (the same arithmetic row by row) and ``A`` is not returned, so memory
     stays O(block · M) at any N.
     """
@@ -320,31 +315,50 @@ def linear_attention(q, k, v, causal=False, feature_map="elu+1", *, tier):
 
 
 def linear_attention_vjp(q, k, v, dy, causal=False, *, tier):
-    r"""The backward pass of Eqs. (12.2)–(12.4) in float32: ``dq, dk, dv`` of linear attention (φ = elu + 1).
+    r"""The backward pass of Eqs. (12.2)–(12.4) in the tier, through the quadratic (masked) form: ``dq, dk, dv``.
 
-    The forward pass as :func:`linear_attention` (stored features, float32 states) gives
-    ``o_i = [num_i, den_i]``; then ``G_i = [dy_i / den_i, −(dy_i·y_i) / den_i]`` in float32 and the
-    three sums of :func:`refimpl.random_features.linear_attention_vjp` as running states
-    (:func:`_read_states`): ``da_i = Σ_{j≤i} (G_i·ṽ_j) φ(k_j)`` forwards in time,
-    ``dφ(k_j) = Σ_{i≥j} (ṽ_j·G_i) φ(q_i)`` and ``dṽ_j = Σ_{i≥j} (φ(k_j)·φ(q_i)) G_i`` backwards (all
-    keys and queries when not causal); ``dq = φ'(q) ⊙ da`` with ``φ' = min(φ, 1)`` in float32.
-    Summed over broadcast axes in float32 and stored.
+    What automatic differentiation of the textbook form computes: stored features φ = elu + 1,
+    ``A = φ(q) φ(k)ᵀ`` (causally masked) a tier product, stored; ``den_i = Σ_j A_ij`` in float32,
+    ``y = (A v) / den``; then ``dnum = dy / den``, ``dden = −(dy·y) / den``, ``dA = dnum vᵀ + dden``
+    (masked), stored, and ``dφ(q) = dA φ(k)``, ``dφ(k) = dAᵀ φ(q)``, ``dv = Aᵀ dnum`` (tier
+    products, float32 sums over row blocks), ``dq = φ'(q) ⊙ dφ(q)`` with ``φ' = min(φ, 1)``. Rows in
+    blocks: memory O(block · M). Of the two textbook algorithms this one errs more in float32 (every
+    pair's weight rounded, sums over all keys): the factored form of :func:`linear_attention` (its
+    states, :func:`_read_states`) stays within its bound, and this one — a float32 PyTorch kernel
+    written from the masked form failed a bound set by the factored form by up to 1.9× — meets it.
     """
     tier = tier_name(tier)
     phi_q, phi_k = (store(_elu1(x), tier).astype(f32) for x in (q, k))
     v, dy = _f32(v), _f32(dy)
-    vt = np.concatenate([v, np.ones(v.shape[:-1] + (1,), dtype=f32)], axis=-1)  # ṽ = [v, 1]
-    o = _read_states(phi_q, phi_k, vt, causal, tier)
-    num, den = o[..., :-1], o[..., -1:]
-    y = num / den
-    G = np.concatenate([dy / den, -np.sum(dy * y, axis=-1, keepdims=True, dtype=f32) / den], axis=-1)
-    da = _read_states(G, vt, phi_k, causal, tier)
-    db = _read_states(vt, G, phi_q, causal, tier, reverse=True)
-    dvt = _read_states(phi_k, phi_q, G, causal, tier, reverse=True)
-    dq = da * np.minimum(_elu1(q), f32(1))
-    dk = db * np.minimum(_elu1(k), f32(1))
+    batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2], dy.shape[:-2])
+    phi_q, dy = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (phi_q, dy))
+    phi_k, v = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (phi_k, v))
+    n, m = phi_q.shape[-2], phi_k.shape[-2]
+    dphi_q = np.empty(phi_q.shape, f32)
+    dphi_k, dv = np.zeros(phi_k.shape, f32), np.zeros(v.shape, f32)
+    kT, vT = np.swapaxes(phi_k, -1, -2), np.swapaxes(v, -1, -2)
+    step = max(1, (1 << 22) // max(1, m * math.prod(batch)))  # one block up to N·M = 4M weights per head
+    for r0 in range(0, n, step):
+        rows = slice(r0, min(n, r0 + step))
+        keep = None if not causal else np.arange(m)[None, :] <= np.arange(r0, rows.stop)[:, None]
+        A = matmul(phi_q[..., rows, :], kT, tier)
+        if keep is not None:
+            A = np.where(keep, A, f32(0))
+        A = store(A, tier).astype(f32, copy=False)
+        den = np.sum(A, axis=-1, keepdims=True, dtype=f32)
+        y = matmul(A, v, tier) / den
+        dnum = dy[..., rows, :] / den
+        dA = matmul(dnum, vT, tier) - np.sum(dy[..., rows, :] * y, axis=-1, keepdims=True, dtype=f32) / den
+        if keep is not None:
+            dA = np.where(keep, dA, f32(0))
+        dA = store(dA, tier).astype(f32, copy=False)
+        dphi_q[..., rows, :] = matmul(dA, phi_k, tier)
+        dphi_k += matmul(np.swapaxes(dA, -1, -2), phi_q[..., rows, :], tier)
+        dv += matmul(np.swapaxes(A, -1, -2), dnum, tier)
+    dq = dphi_q * np.minimum(_elu1(q), f32(1))
+    dk = dphi_k * np.minimum(_elu1(k), f32(1))
     return {"dq": store(_reduce32(dq, np.shape(q)), tier), "dk": store(_reduce32(dk, np.shape(k)), tier),
-            "dv": store(_reduce32(dvt[..., :-1], np.shape(v)), tier)}
+            "dv": store(_reduce32(dv, np.shape(v)), tier)}
 
 
 def performer_attention(q, k, v, projection, causal=False, kind="positive", scale=None, *, tier):
@@ -378,6 +392,11 @@ def performer_attention(q, k, v, projection, causal=False, kind="positive", scal
     return {"y": _kernel_attention(features(q, (-1,)), features(k, (-2, -1)), v, causal, tier)}
 
 
+def _gated_step(S, k, v, g, t: int):
+    """``S_t = Diag(g_t) S_{t−1} + k_t v_tᵀ`` on the transposed state (Dk × Dv), in float32."""
+    return S * g[..., t, :, None] + k[..., t, :, None] * v[..., t, None, :]
+
+
 def _gated_recurrence(q, k, v, log_g, tier, chunk=None, S0=None):
     r"""``S_t = Diag(g_t) S_{t−1} + k_t v_tᵀ``, ``o_t = q_tᵀ S_t`` in float32, one step after the other.
 
@@ -399,8 +418,7 @@ def _gated_recurrence(q, k, v, log_g, tier, chunk=None, S0=None):
     o = np.empty(batch + (L, dv), dtype=f32)
     states = [] if chunk else None
     for t in range(L):
-        S *= g[..., t, :, None]
-        S += k[..., t, :, None] * v[..., t, None, :]
+        S = _gated_step(S, k, v, g, t)
         o[..., t, :] = matmul(q[..., t, None, :], S, tier)[..., 0, :]
         if chunk and (t % chunk == chunk - 1 or t == L - 1):
             states.append(np.swapaxes(S, -1, -2).copy())
@@ -442,14 +460,28 @@ def ssd(x, dt, A, B, C, D=None, chunk_size=64, initial_state=None, *, tier):
     head h reads group ``h // (H / G)`` of B and C. Returns y and the states at the chunk ends.
     """
     tier = tier_name(tier)
+    o, states = _ssd32(x, dt, A, B, C, chunk_size, initial_state, tier)
+    if D is not None:
+        o = o + _f32(D)[:, None, None] * _f32(x)
+    return {"y": store(o, tier), "chunk_states": store(states, tier)}
+
+
+def _ssd32(x, dt, A, B, C, chunk_size, initial_state, tier):
+    """:func:`ssd`'s recurrence without the skip: the float32 output ``h_t C_t`` and chunk-end states, not stored."""
     x, dt, A, B, C = (_f32(a) for a in (x, dt, A, B, C))
     H, G = x.shape[-3], B.shape[-3]
     B, C = np.repeat(B, H // G, axis=-3), np.repeat(C, H // G, axis=-3)
-    o, states = _gated_recurrence(C, B * dt[..., None], x, (dt * A[:, None])[..., None], tier, int(chunk_size),
-                                  _state_in(initial_state))
-    if D is not None:
-        o = o + _f32(D)[:, None, None] * x
-    return {"y": store(o, tier), "chunk_states": store(states, tier)}
+    return _gated_recurrence(C, B * dt[..., None], x, (dt * A[:, None])[..., None], tier, int(chunk_size),
+                             _state_in(initial_state))
+
+
+def _delta_step(S, k, v, beta, g, t: int):
+    """One step of the delta rule on the transposed state in float32: ``Sᵀ ← g_t Sᵀ``, then
+    ``Sᵀ + k_t β_t (v_t − (g_t S) k_t)ᵀ`` (the prediction a float32 reduction)."""
+    S = S * g[..., t, None, None]
+    kt = k[..., t, :]
+    u = beta[..., t, None] * (v[..., t, :] - np.matmul(kt[..., None, :], S)[..., 0, :])
+    return S + kt[..., :, None] * u[..., None, :]
 
 
 def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, initial_state=None, *, tier):
@@ -474,11 +506,7 @@ def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, initial_sta
     o = np.empty(batch + (L, dv), dtype=f32)
     states = []
     for t in range(L):
-        S *= g[..., t, None, None]
-        kt = k[..., t, :]
-        pred = np.matmul(kt[..., None, :], S)[..., 0, :]  # (g S_{t−1}) k_t, float32
-        u = beta[..., t, None] * (v[..., t, :] - pred)
-        S += kt[..., :, None] * u[..., None, :]
+        S = _delta_step(S, k, v, beta, g, t)
         o[..., t, :] = matmul(q[..., t, None, :], S, tier)[..., 0, :]
         if t % c == c - 1 or t == L - 1:
             states.append(np.swapaxes(S, -1, -2).copy())
@@ -492,7 +520,7 @@ def _gated_adjoint(q, k, v, log_g, dy, tier, S0=None, dS_end=None):
     r"""The backward pass of :func:`_gated_recurrence` in float32: the states forwards, the adjoint backwards.
 
     Forward ``S_t = Diag(g_t) S_{t−1} + k_t v_tᵀ`` (the transposed state, Dk × Dv, from ``S0`` or 0)
-    storing every state in float32; then the adjoint ``Λ_t = ∂ℓ/∂S_t``,
+    in float32 (:func:`_states_backwards`: O(√L) states in memory); then the adjoint ``Λ_t = ∂ℓ/∂S_t``,
 
     ``Λ_t = q_t dy_tᵀ + Diag(g_{t+1}) Λ_{t+1}``,  ``Λ_{L−1} = q_{L−1} dy_{L−1}ᵀ + dS_end``,
 
@@ -509,24 +537,23 @@ def _gated_adjoint(q, k, v, log_g, dy, tier, S0=None, dS_end=None):
     q, k, v, log_g, dy = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v, log_g, dy))
     L, dk, dv = q.shape[-2], k.shape[-1], v.shape[-1]
     g = np.exp(log_g)
-    S = np.empty(batch + (L + 1, dk, dv), dtype=f32)  # S[..., t + 1] = S_t, S[..., 0] = S_{−1}
-    S[..., 0, :, :] = 0 if S0 is None else S0
-    for t in range(L):
-        np.multiply(S[..., t, :, :], g[..., t, :, None], out=S[..., t + 1, :, :])
-        S[..., t + 1, :, :] += k[..., t, :, None] * v[..., t, None, :]
+    start = np.zeros(batch + (dk, dv), dtype=f32)
+    if S0 is not None:
+        start += S0
+
     lam = np.zeros(batch + (dk, dv), dtype=f32)
     if dS_end is not None:
         lam += dS_end
     dq, dkk, dvv = np.empty(q.shape, f32), np.empty(k.shape, f32), np.empty(v.shape, f32)
     dg = np.empty(batch + (L, g.shape[-1]), dtype=f32)
-    for t in range(L - 1, -1, -1):
+    for t, S_prev, S_t in _states_backwards(lambda S, t: _gated_step(S, k, v, g, t), start, L):
         if t < L - 1:
             lam *= g[..., t + 1, :, None]
         lam += q[..., t, :, None] * dy[..., t, None, :]
-        dq[..., t, :] = matmul(S[..., t + 1, :, :], dy[..., t, :, None], tier)[..., 0]
+        dq[..., t, :] = matmul(S_t, dy[..., t, :, None], tier)[..., 0]
         dkk[..., t, :] = matmul(lam, v[..., t, :, None], tier)[..., 0]
         dvv[..., t, :] = matmul(k[..., t, None, :], lam, tier)[..., 0, :]
-        rows = np.sum(lam * S[..., t, :, :], axis=-1, dtype=f32)  # Σ_i Λ_t[j, i] S_{t−1}[j, i]
+        rows = np.sum(lam * S_prev, axis=-1, dtype=f32)  # Σ_i Λ_t[j, i] S_{t−1}[j, i]
         if g.shape[-1] == 1:
             rows = np.sum(rows, axis=-1, keepdims=True, dtype=f32)
         dg[..., t, :] = g[..., t, :] * rows
@@ -534,16 +561,36 @@ def _gated_adjoint(q, k, v, log_g, dy, tier, S0=None, dS_end=None):
     return dq, dkk, dvv, dg, dS0
 
 
-def _running_sum(terms, axis: int):
-    """For each index of ``axis`` (the head) the sum of all the other entries of ``terms``, added one after
-    the other in one float32 accumulator (batch entries in turn, steps in order).
+def _states_backwards(step, start, L: int):
+    """``(t, S_{t−1}, S_t)`` for t = L−1 down to 0 of the recurrence ``S_t = step(S_{t−1}, t)``, ``S_{−1} = start``.
 
-    A sum over the sequence (dA, dD) is a reduction whose order a kernel chooses (by chunks, atomics,
-    trees); the one-accumulator order is the least accurate of them, so any reasonable order meets
-    its bound."""
-    t = np.moveaxis(terms, axis, 0)
-    t = t.reshape(t.shape[0], -1)
-    return np.cumsum(t, axis=1, dtype=f32)[:, -1] if t.shape[1] else np.zeros(t.shape[0], f32)
+    Checkpoints every ⌈√L⌉ steps, the states in between recomputed from them by the same float32
+    operations (bitwise the forward pass's): O(√L) states in memory instead of L — the plain
+    backward passes judge kernels at L in the thousands with states of 128 × 128 per head."""
+    span = math.isqrt(max(L - 1, 0)) + 1
+    marks, S = [], start
+    for t in range(L):
+        if t % span == 0:
+            marks.append(S)
+        S = step(S, t)
+    for b in reversed(range(0, L, span)):
+        local = [marks[b // span]]
+        for t in range(b, min(b + span, L)):
+            local.append(step(local[-1], t))
+        for t in range(min(b + span, L) - 1, b - 1, -1):
+            yield t, local[t - b], local[t - b + 1]
+
+
+def _seq_sum32(terms, lead: int = 2):
+    """Σ over the ``lead`` leading axes (batch and sequence) in one float32 accumulator per entry, in order.
+
+    A sum over the sequence (SSD's dA and dD, Mamba-2's dD and ddt_bias) is a reduction whose order a
+    kernel chooses (by chunks, atomics, trees); the one-accumulator order is the least accurate of
+    them, so any reasonable order meets its bound."""
+    t = np.asarray(terms, dtype=f32)
+    rest = t.shape[lead:]
+    flat = t.reshape((-1,) + rest)
+    return np.cumsum(flat, axis=0, dtype=f32)[-1] if flat.shape[0] else np.zeros(rest, f32)
 
 
 def _state_in(state):
@@ -551,15 +598,16 @@ def _state_in(state):
     return None if state is None else np.swapaxes(_f32(state), -1, -2)
 
 
-def _state_grads(out: dict, dS0, initial_state, tier) -> dict:
-    """``out`` with ``dinitial_state`` (refimpl's orientation, summed over broadcast axes) when a state was given."""
+def _state_grads(out: dict, dS0, initial_state, tier, raw: bool = False) -> dict:
+    """``out`` with ``dinitial_state`` (refimpl's orientation, summed over broadcast axes) when a state was given,
+    stored in the tier (``raw``: left in float32, for a caller that chains further steps before storing)."""
     if initial_state is not None:
         out["dinitial_state"] = _reduce32(np.swapaxes(dS0, -1, -2), np.shape(initial_state))
-    return {name: store(x, tier) for name, x in out.items()}
+    return out if raw else {name: store(x, tier) for name, x in out.items()}
 
 
 def gated_linear_attention_vjp(q, k, v, log_g, dy, scale=None, chunk_size=64, initial_state=None, dfinal_state=None,
-                               *, tier):
+                               *, tier, raw=False):
     r"""The backward pass of Eq. (16.2) step by step in float32 (:func:`_gated_adjoint`): ``dq, dk, dv, dlog_g``.
 
     ``dq`` is ``scale`` times the gradient of the scaled queries (float32); gradients are summed
@@ -574,7 +622,7 @@ def gated_linear_attention_vjp(q, k, v, log_g, dy, scale=None, chunk_size=64, in
                                          tier, _state_in(initial_state), _state_in(dfinal_state))
     out = {"dq": _reduce32(dq * c, np.shape(q)), "dk": _reduce32(dk, np.shape(k)), "dv": _reduce32(dv, np.shape(v)),
            "dlog_g": _reduce32(dg[..., 0] if per_head else dg, np.shape(log_g))}
-    return _state_grads(out, dS0, initial_state, tier)
+    return _state_grads(out, dS0, initial_state, tier, raw)
 
 
 def retention_vjp(q, k, v, gamma, dy, scale=None, chunk_size=64, initial_state=None, dfinal_state=None, *, tier):
@@ -589,13 +637,13 @@ def retention_vjp(q, k, v, gamma, dy, scale=None, chunk_size=64, initial_state=N
     return _state_grads(out, dS0, initial_state, tier)
 
 
-def ssd_vjp(x, dt, A, B, C, D, dy, chunk_size=64, initial_state=None, dfinal_state=None, *, tier):
+def ssd_vjp(x, dt, A, B, C, D, dy, chunk_size=64, initial_state=None, dfinal_state=None, *, tier, raw=False):
     r"""The backward pass of Eq. (16.7) step by step in float32: :func:`_gated_adjoint` with k = Δ B, v = x,
     q = C, log g = Δ A per head, then the chain rule in float32:
 
     ``dB = Δ dk``, ``dΔ = B·dk + A ρ`` (ρ = ∂ℓ/∂(Δ A), the log-gate gradient), ``dA = Σ Δ ρ`` and
     ``dD = Σ dy·x`` over the batch and the sequence in one float32 accumulator each
-    (:func:`_running_sum`), ``dx = dv + D dy``, ``dB``, ``dC`` summed over the H/G heads of a group.
+    (:func:`_seq_sum32`), ``dx = dv + D dy``, ``dB``, ``dC`` summed over the H/G heads of a group.
     """
     tier = tier_name(tier)
     shapes = {"x": np.shape(x), "dt": np.shape(dt), "B": np.shape(B), "C": np.shape(C)}
@@ -608,8 +656,8 @@ def ssd_vjp(x, dt, A, B, C, D, dy, chunk_size=64, initial_state=None, dfinal_sta
     dtb = np.broadcast_to(dt, rho.shape)
     ddt = np.sum(dk * Bh, axis=-1, dtype=f32) + A[:, None] * rho
     dB = dk * dtb[..., None]
-    dA = _running_sum((dtb * rho)[..., ::-1], -2)  # Σ_t Δ_t ρ_t, as the adjoint scan adds it: last step first
-    dD = _running_sum(np.broadcast_to(dy * x, dx.shape), -3)
+    dA = _seq_sum32(np.moveaxis((dtb * rho)[..., ::-1], -2, -1), dtb.ndim - 1)  # Σ_t Δ_t ρ_t, last step first
+    dD = _seq_sum32(np.moveaxis(np.broadcast_to(dy * x, dx.shape), -3, -1), dx.ndim - 1)
     if D is not None:
         dx = dx + _f32(D)[:, None, None] * dy
 
@@ -618,14 +666,15 @@ def ssd_vjp(x, dt, A, B, C, D, dy, chunk_size=64, initial_state=None, dfinal_sta
 
     out = {"dx": _reduce32(dx, shapes["x"]), "ddt": _reduce32(ddt, shapes["dt"]), "dA": dA,
            "dB": _reduce32(group_sum(dB), shapes["B"]), "dC": _reduce32(group_sum(dC), shapes["C"]), "dD": dD}
-    return _state_grads(out, dS0, initial_state, tier)
+    return _state_grads(out, dS0, initial_state, tier, raw)
 
 
 def delta_rule_vjp(q, k, v, beta, dy, log_g=None, scale=None, chunk_size=64, initial_state=None, dfinal_state=None,
-                   *, tier):
+                   *, tier, raw=False):
     r"""The backward pass of Eqs. (16.9)–(16.10) step by step in float32 (Eq. (16.20) of the book).
 
-    The forward recurrence of :func:`delta_rule` storing every (transposed) state ``Sᵀ_t``, then
+    The forward recurrence of :func:`delta_rule` (:func:`_delta_step`; O(√L) states in memory,
+    :func:`_states_backwards`), then
     ``Mᵀ = Λ_t`` backwards, ``M_t = q_t dy_tᵀ + g_{t+1} (I − β_{t+1} k_{t+1} k_{t+1}ᵀ) M_{t+1}``
     (the update a float32 reduction), and per step, with the prediction error
     ``e_t = v_t − g_t S_{t−1} k_t``: ``dq_t = S_tᵀ dy_t``, ``dv_t = β_t Λ_t k_t``,
@@ -644,30 +693,25 @@ def delta_rule_vjp(q, k, v, beta, dy, log_g=None, scale=None, chunk_size=64, ini
     q, k, v, dy = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v, dy))
     beta, g = np.broadcast_to(beta, batch + beta.shape[-1:]), np.broadcast_to(np.exp(lg), batch + lg.shape[-1:])
     L, dk, dv = q.shape[-2], k.shape[-1], v.shape[-1]
-    ST = np.empty(batch + (L + 1, dk, dv), dtype=f32)  # ST[..., t + 1] = S_tᵀ
-    ST[..., 0, :, :] = 0 if S0 is None else S0
-    for t in range(L):
-        S = ST[..., t + 1, :, :]
-        np.multiply(ST[..., t, :, :], g[..., t, None, None], out=S)
-        kt = k[..., t, :]
-        u = beta[..., t, None] * (v[..., t, :] - np.matmul(kt[..., None, :], S)[..., 0, :])
-        S += kt[..., :, None] * u[..., None, :]
+    start = np.zeros(batch + (dk, dv), dtype=f32)
+    if S0 is not None:
+        start += S0
     M = np.zeros(batch + (dk, dv), dtype=f32)
     if dS_end is not None:
         M += dS_end
     dq, dkk, dvv = np.empty(q.shape, f32), np.empty(k.shape, f32), np.empty(v.shape, f32)
     db, dg = np.empty(beta.shape, f32), np.empty(beta.shape, f32)
-    for t in range(L - 1, -1, -1):
+    for t, Sp, S_t in _states_backwards(lambda S, t: _delta_step(S, k, v, beta, g, t), start, L):
         if t < L - 1:  # M_t = g_{t+1} (I − β_{t+1} k_{t+1} k_{t+1}ᵀ) M_{t+1} + q_t dy_tᵀ
             kn = k[..., t + 1, :]
             M -= (beta[..., t + 1, None, None] * kn[..., :, None]) * np.matmul(kn[..., None, :], M)
             M *= g[..., t + 1, None, None]
         M += q[..., t, :, None] * dy[..., t, None, :]
-        kt, bt, gt, Sp = k[..., t, :], beta[..., t, None], g[..., t, None], ST[..., t, :, :]
+        kt, bt, gt = k[..., t, :], beta[..., t, None], g[..., t, None]
         pred = matmul(kt[..., None, :], Sp, tier)[..., 0, :]  # S_{t−1} k_t
         e = v[..., t, :] - gt * pred
         lk = matmul(kt[..., None, :], M, tier)[..., 0, :]  # Λ_t k_t
-        dq[..., t, :] = matmul(ST[..., t + 1, :, :], dy[..., t, :, None], tier)[..., 0]
+        dq[..., t, :] = matmul(S_t, dy[..., t, :, None], tier)[..., 0]
         dvv[..., t, :] = bt * lk
         db[..., t] = np.sum(lk * e, axis=-1, dtype=f32)
         dkk[..., t, :] = bt * (matmul(M, e[..., :, None], tier)[..., 0] - gt * matmul(Sp, lk[..., :, None], tier)[..., 0])
@@ -684,7 +728,153 @@ def delta_rule_vjp(q, k, v, beta, dy, log_g=None, scale=None, chunk_size=64, ini
             k0 = k[..., 0, :]
             dS0 -= (beta[..., 0, None, None] * k0[..., :, None]) * np.matmul(k0[..., None, :], dS0)
             dS0 *= g[..., 0, None, None]
-    return _state_grads(out, dS0, initial_state, tier)
+    return _state_grads(out, dS0, initial_state, tier, raw)
+
+
+# ---- the official interfaces of Mamba-2 (mamba_ssm) and fla (chapter 16) ------------------------------
+
+
+def _sw(a):
+    """(B, T, H, ·) <-> (B, H, T, ·): the official layouts onto refimpl's, as views."""
+    return np.swapaxes(np.asarray(a), 1, 2)
+
+
+def _mamba_steps(dt, dt_bias, dt_softplus, dt_limit):
+    """``dt + dt_bias``, its softplus (x itself above 20, as mamba_ssm's kernel) and Δ clamped to ``dt_limit``, float32."""
+    raw = _f32(dt) + (f32(0) if dt_bias is None else _f32(dt_bias))
+    pre = np.where(raw > f32(20), raw, np.log1p(np.exp(np.minimum(raw, f32(20))))).astype(f32) if dt_softplus else raw
+    lo, hi = (f32(v) for v in np.asarray(dt_limit, dtype=np.float64))
+    return raw, pre, np.clip(pre, lo, hi).astype(f32)
+
+
+def _mamba_out32(x, step, A, B, C, chunk_size, D, initial_states, tier):
+    """``y + D x`` (official layout, float32, not stored) and the float32 final states."""
+    o, states = _ssd32(_sw(x), _sw(step), A, _sw(B), _sw(C), chunk_size, initial_states, tier)
+    u = _sw(o)
+    if D is not None:
+        D32 = _f32(D)
+        u = u + (D32[:, None] if D32.ndim == 1 else D32) * _f32(x)
+    return u, states[:, :, -1]
+
+
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+                              dt_softplus=False, dt_limit=(0.0, np.inf), *, tier):
+    r"""mamba_ssm's ``mamba_chunk_scan_combined`` as its kernel computes it on low-precision inputs.
+
+    ``Δ = clamp(softplus(dt + dt_bias), dt_limit)`` in float32 (x itself above 20), :func:`ssd`'s
+    float32 recurrence in refimpl's layout, then ``(y + D x) · z σ(z)`` in float32 (D per head or per
+    channel); ``out`` and ``final_states`` stored in the tier once; ``Delta`` (float32) for the intermediate.
+    """
+    tier = tier_name(tier)
+    _, _, step = _mamba_steps(dt, dt_bias, dt_softplus, dt_limit)
+    u, final = _mamba_out32(x, step, A, B, C, chunk_size, D, initial_states, tier)
+    if z is not None:
+        z32 = _f32(z)
+        u = u * (z32 / (f32(1) + np.exp(-z32)))
+    return {"out": store(u, tier), "final_states": store(final, tier), "Delta": step}
+
+
+def mamba_chunk_scan_combined_vjp(x, dt, A, B, C, dout, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+                                  dt_softplus=False, dt_limit=(0.0, np.inf), dfinal_states=None, *, tier):
+    r"""Its backward pass in float32: the gate (``u = y + D x`` recomputed in float32), :func:`ssd_vjp`'s
+    float32 adjoint on ``du``, then ``dx += D du``, ``dD = Σ du ⊙ x`` and ``ddt_bias = Σ ddt`` (one float32
+    accumulator each), the clamp's mask and the softplus' σ in float32; every gradient stored once."""
+    tier = tier_name(tier)
+    raw, pre, step = _mamba_steps(dt, dt_bias, dt_softplus, dt_limit)
+    du, out = _f32(dout), {}
+    if z is not None:
+        u, _ = _mamba_out32(x, step, A, B, C, chunk_size, D, initial_states, tier)
+        z32 = _f32(z)
+        s = f32(1) / (f32(1) + np.exp(-z32))
+        dz = du * u * (s * (f32(1) + z32 * (f32(1) - s)))
+        du = du * (z32 * s)
+    g = ssd_vjp(_sw(x), _sw(step), A, _sw(B), _sw(C), None, _sw(du), chunk_size, initial_states, dfinal_states,
+                tier=tier, raw=True)
+    dx = _sw(g["dx"])
+    lo, hi = (f32(v) for v in np.asarray(dt_limit, dtype=np.float64))
+    dpre = np.where((pre < lo) | (pre > hi), f32(0), _sw(g["ddt"]))
+    draw = (dpre * (f32(1) / (f32(1) + np.exp(-raw)))).astype(f32) if dt_softplus else dpre
+    out.update(dx=dx, ddt=draw, dA=g["dA"], dB=_sw(g["dB"]), dC=_sw(g["dC"]))
+    if D is not None:
+        D32 = _f32(D)
+        dx += (D32[:, None] if D32.ndim == 1 else D32) * du
+        terms = du * _f32(x)  # (b, l, h, p)
+        out["dD"] = _seq_sum32(terms) if D32.ndim == 2 else _seq_sum32(np.swapaxes(terms, -1, -2), 3)
+    if z is not None:
+        out["dz"] = dz
+    if dt_bias is not None:
+        out["ddt_bias"] = _seq_sum32(draw)
+    if initial_states is not None:
+        out["dinitial_states"] = g["dinitial_state"]
+    return {name: store(v, tier) for name, v in out.items()}
+
+
+def _l2norm32(x):
+    """fla's ``l2norm_fwd`` in float32: ``x · r``, ``r = 1/sqrt(Σ x² + 1e-6)``; returns both."""
+    x32 = _f32(x)
+    r = (f32(1) / np.sqrt(np.sum(x32 * x32, axis=-1, dtype=f32) + f32(1e-6))).astype(f32)
+    return x32 * r[..., None], r
+
+
+def _fla_state(h):
+    """fla's state (B, H, K, V) as refimpl's (B, H, V, K), or None."""
+    return None if h is None else np.swapaxes(np.asarray(h), -1, -2)
+
+
+def _fla_out(res):
+    o, states = res["y"], res["chunk_states"]
+    return {"o": _sw(o), "final_state": np.swapaxes(states[..., -1, :, :], -1, -2)}
+
+
+def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, *, tier):
+    r"""fla's ``chunk_gla`` / ``chunk_simple_gla`` (g per channel or per head): :func:`gated_linear_attention`'s
+    float32 recurrence in refimpl's layout, the state in fla's orientation; ``o`` and ``final_state`` stored."""
+    return _fla_out(gated_linear_attention(_sw(q), _sw(k), _sw(v), _sw(g), scale, 64, _fla_state(initial_state),
+                                           tier=tier))
+
+
+def chunk_delta_rule(q, k, v, beta, g=None, scale=None, initial_state=None, output_final_state=False,
+                     use_qk_l2norm_in_kernel=False, *, tier):
+    r"""fla's ``chunk_delta_rule`` / ``chunk_gated_delta_rule``: q and k normalized in float32 if asked
+    (:func:`_l2norm32`), then :func:`delta_rule`'s float32 recurrence in refimpl's layout."""
+    if use_qk_l2norm_in_kernel:
+        (q, _), (k, _) = _l2norm32(q), _l2norm32(k)
+    return _fla_out(delta_rule(_sw(q), _sw(k), _sw(v), _sw(beta), None if g is None else _sw(g), scale, 64,
+                               _fla_state(initial_state), tier=tier))
+
+
+def chunk_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=None, *, tier):
+    r"""The backward pass of fla's ``chunk_gla`` / ``chunk_simple_gla``: :func:`gated_linear_attention_vjp`
+    in refimpl's layout, named and oriented as fla's (``dg``, ``dh0``)."""
+    gr = gated_linear_attention_vjp(_sw(q), _sw(k), _sw(v), _sw(g), _sw(do), scale, 64, _fla_state(initial_state),
+                                    _fla_state(dht), tier=tier)
+    out = {"dq": _sw(gr["dq"]), "dk": _sw(gr["dk"]), "dv": _sw(gr["dv"]), "dg": _sw(gr["dlog_g"])}
+    if initial_state is not None:
+        out["dh0"] = np.swapaxes(gr["dinitial_state"], -1, -2)
+    return out
+
+
+def chunk_delta_rule_vjp(q, k, v, beta, do, g=None, scale=None, initial_state=None, dht=None,
+                         use_qk_l2norm_in_kernel=False, *, tier):
+    r"""The backward pass of fla's delta rules: :func:`delta_rule_vjp` in float32 on the normalized q, k,
+    then (with ``use_qk_l2norm_in_kernel``) fla's ``l2norm_bwd`` ``dx = r (dy − y (y·dy))`` in float32."""
+    tier = tier_name(tier)
+    rq = rk = None
+    if use_qk_l2norm_in_kernel:
+        (q, rq), (k, rk) = _l2norm32(q), _l2norm32(k)
+    gr = delta_rule_vjp(_sw(q), _sw(k), _sw(v), _sw(beta), _sw(do), None if g is None else _sw(g), scale, 64,
+                        _fla_state(initial_state), _fla_state(dht), tier=tier, raw=True)
+    out = {"dq": _sw(gr["dq"]), "dk": _sw(gr["dk"]), "dv": _sw(gr["dv"])}
+    if rq is not None:
+        for name, y, r in (("dq", _f32(q), rq), ("dk", _f32(k), rk)):
+            dy = out[name]
+            out[name] = r[..., None] * (dy - y * np.sum(y * dy, axis=-1, dtype=f32)[..., None])
+    if g is not None:
+        out["dg"] = _sw(gr["dlog_g"])
+    out["dbeta"] = _sw(gr["dbeta"])
+    if initial_state is not None:
+        out["dh0"] = np.swapaxes(gr["dinitial_state"], -1, -2)
+    return {name: store(x, tier) for name, x in out.items()}
 
 
 def rfa_attention(q, k, v, n_features, sigma, seed, gates=None, causal=True, *, tier):
@@ -1016,6 +1206,10 @@ def _selective(args, tier):
     return _call(selective_scan, args, ("u", "delta", "A", "B", "C", "D", "discretization"), tier)
 
 
+_MAMBA = ("x", "dt", "A", "B", "C", "chunk_size", "D", "z", "dt_bias", "initial_states", "dt_softplus", "dt_limit")
+_FLA = ("q", "k", "v", "g", "scale", "initial_state", "output_final_state")
+_FLA_VJP = ("q", "k", "v", "g", "do", "scale", "initial_state", "dht")
+
 #: ``{registered function name: plain(args, tier[, needed]) -> {quantity: ndarray}}`` (``needed``: the
 #: quantities the oracle compares, for plain algorithms that can skip a large intermediate)
 PLAIN = {
@@ -1057,6 +1251,21 @@ PLAIN = {
     "linear_rnn.delta_rule_vjp": lambda args, tier: _call(
         delta_rule_vjp, args, ("q", "k", "v", "beta", "dy", "log_g", "scale", "chunk_size", "initial_state",
                                "dfinal_state"), tier),
+    "linear_rnn.mamba_chunk_scan_combined": lambda args, tier: _call(mamba_chunk_scan_combined, args, _MAMBA, tier),
+    "linear_rnn.mamba_chunk_scan_combined_vjp": lambda args, tier: _call(
+        mamba_chunk_scan_combined_vjp, args, _MAMBA + ("dout", "dfinal_states"), tier),
+    "linear_rnn.chunk_gla": lambda args, tier: _call(chunk_gla, args, _FLA, tier),
+    "linear_rnn.chunk_simple_gla": lambda args, tier: _call(chunk_gla, args, _FLA, tier),
+    "linear_rnn.chunk_delta_rule": lambda args, tier: _call(
+        chunk_delta_rule, args, _FLA + ("beta", "use_qk_l2norm_in_kernel"), tier),
+    "linear_rnn.chunk_gated_delta_rule": lambda args, tier: _call(
+        chunk_delta_rule, args, _FLA + ("beta", "use_qk_l2norm_in_kernel"), tier),
+    "linear_rnn.chunk_gla_vjp": lambda args, tier: _call(chunk_gla_vjp, args, _FLA_VJP, tier),
+    "linear_rnn.chunk_simple_gla_vjp": lambda args, tier: _call(chunk_gla_vjp, args, _FLA_VJP, tier),
+    "linear_rnn.chunk_delta_rule_vjp": lambda args, tier: _call(
+        chunk_delta_rule_vjp, args, _FLA_VJP + ("beta", "use_qk_l2norm_in_kernel"), tier),
+    "linear_rnn.chunk_gated_delta_rule_vjp": lambda args, tier: _call(
+        chunk_delta_rule_vjp, args, _FLA_VJP + ("beta", "use_qk_l2norm_in_kernel"), tier),
     "iir.sos_filter": lambda args, tier: _call(sos_filter, args, ("sos", "x", "form"), tier),
     "iir.biquad_filter": lambda args, tier: _call(biquad_filter, args, ("b", "a", "x", "zi", "form"), tier),
     "iir.tf_filter": lambda args, tier: _call(tf_filter, args, ("b", "a", "x", "zi"), tier),

@@ -4,7 +4,10 @@ The public names are re-exported by the modules of the forward functions:
 :func:`refimpl.attention.softmax_attention_vjp`, :func:`refimpl.random_features.linear_attention_vjp`,
 :func:`refimpl.ssm.selective_scan_vjp`, and :func:`refimpl.linear_rnn.ssd_vjp`,
 :func:`~refimpl.linear_rnn.gated_linear_attention_vjp`, :func:`~refimpl.linear_rnn.retention_vjp`,
-:func:`~refimpl.linear_rnn.delta_rule_vjp` (chapter 16), each with a ``_loop`` twin of the same signature.
+:func:`~refimpl.linear_rnn.delta_rule_vjp` (chapter 16) and the official interfaces of Mamba-2 and fla
+(:func:`~refimpl.linear_rnn.mamba_chunk_scan_combined_vjp`, :func:`~refimpl.linear_rnn.chunk_gla_vjp`,
+:func:`~refimpl.linear_rnn.chunk_simple_gla_vjp`, :func:`~refimpl.linear_rnn.chunk_delta_rule_vjp`,
+:func:`~refimpl.linear_rnn.chunk_gated_delta_rule_vjp`), each with a ``_loop`` twin of the same signature.
 
 A vector–Jacobian product of ``y = f(x)`` takes the cotangent ``dy = ∂ℓ/∂y`` of a scalar loss ℓ
 and returns ``dx = (∂y/∂x)^T dy = ∂ℓ/∂x``: exactly what a kernel's backward pass computes. Every
@@ -2014,3 +2017,355 @@ def delta_rule_vjp_loop(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size
                                                                      initial_state, dfinal_state)
     dq, dk, dv, db, dg, dinit = _delta_vjp_loop_core(qs, kb, vb, b, g, dy, S0, dSL)
     return _delta_vjp_result(dq, dk, dv, db, dg, cs, shapes, dinit)
+
+
+# ---- the official interfaces of Mamba-2 (mamba_ssm) and fla ----------------------------------
+
+
+def _mamba_vjp(loop, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
+               dfinal_states) -> dict:
+    """The gradients of ``mamba_chunk_scan_combined``: :func:`ssd_vjp` (or its loop twin) in refimpl's layout,
+    then the chain rule through D, silu(z), the clamp and the softplus, in the official layout."""
+    from .linear_rnn import _check_mamba, _expit, _mamba_scan, _official, _optional, _swap
+
+    m = _check_mamba(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
+    b, L, H, P = m.x.shape
+    dout = _official(dout, "dout", m.x.shape, "(batch, seqlen, nheads, headdim) like x")
+    dhL = _optional(dfinal_states, "dfinal_states", (b, H, P, m.B.shape[-1]), "(batch, nheads, headdim, dstate)")
+    du, dz = dout, None  # du = ∂ℓ/∂(y + D x)
+    if m.z is not None:
+        u, _ = _mamba_scan(m, loop)  # y + D x, the gate's input
+        s = _expit(m.z)
+        dz = dout * u * (s * (1.0 + m.z * (1.0 - s)))  # silu'(z) = σ(z) (1 + z (1 − σ(z)))
+        du = dout * (m.z * s)  # out = u · silu(z)
+    run = ssd_vjp_loop if loop else ssd_vjp
+    g = run(_swap(m.x), _swap(m.step), m.A, _swap(m.B), _swap(m.C), None, _swap(du), chunk_size=m.chunk_size,
+            initial_state=m.h0, dfinal_state=dhL)
+    back = lambda a: np.ascontiguousarray(_swap(a))  # noqa: E731  refimpl's (b, h, l, ·) -> (b, l, h, ·)
+    dx = back(g["dx"])
+    dstep = back(g["ddt"])  # ∂ℓ/∂Δ
+    dpre = np.where((m.pre < m.lo) | (m.pre > m.hi), 0.0, dstep)  # clamp: no gradient strictly outside dt_limit
+    draw = dpre * _expit(m.raw) if m.softplus else dpre  # softplus'(x) = σ(x)
+    out = {"dx": dx, "ddt": draw, "dA": g["dA"], "dB": back(g["dB"]), "dC": back(g["dC"])}
+    if m.D is not None:
+        Dx = m.D[:, None] if m.D.ndim == 1 else m.D
+        dx += Dx * du  # y + D x
+        dDx = np.einsum("blhp,blhp->hp", du, m.x)  # Σ over batch and sequence
+        out["dD"] = dDx.sum(axis=-1) if m.D.ndim == 1 else dDx
+    if m.z is not None:
+        out["dz"] = dz
+    if m.dt_bias is not None:
+        out["ddt_bias"] = draw.sum(axis=(0, 1))
+    if m.h0 is not None:
+        out["dinitial_states"] = g["dinitial_state"]
+    return out
+
+
+@guard_overflow()
+def mamba_chunk_scan_combined_vjp(x, dt, A, B, C, dout, chunk_size, *, D=None, z=None, dt_bias=None,
+                                  initial_states=None, dt_softplus=False, dt_limit=(0.0, math.inf),
+                                  dfinal_states=None) -> dict:
+    r"""Backward pass of :func:`refimpl.linear_rnn.mamba_chunk_scan_combined`, with mamba_ssm's names of the gradients.
+
+    The vector–Jacobian product of Eqs. (16.7)–(16.8) of the book by the adjoint filter of
+    Eqs. (16.17) and (16.22) (:func:`ssd_vjp`), chained through the official interface's element-wise
+    steps as ``_mamba_chunk_scan_combined_bwd`` of ``mamba_ssm/ops/triton/ssd_combined.py`` returns
+    them (its ``_chunk_cumsum_bwd`` for the step sizes).
+
+    Parameters
+    ----------
+    x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit
+        As in :func:`refimpl.linear_rnn.mamba_chunk_scan_combined` (official layout).
+    dout : array_like, shape (batch, seqlen, nheads, headdim)
+        The cotangent ∂ℓ/∂out.
+    dfinal_states : array_like, shape (batch, nheads, headdim, dstate), optional
+        The cotangent of ``final_states`` (Eq. (16.22)). Default 0.
+
+    Returns
+    -------
+    grads : dict
+        ``{"dx", "ddt", "dA", "dB", "dC"}`` of the shapes of their inputs (``ddt`` with respect to the
+        ``dt`` given, before bias, softplus and clamp; ``dB``, ``dC`` summed over the heads of a
+        group; ``dA`` over batch and sequence), and ``"dD"`` (shape of D), ``"dz"``, ``"ddt_bias"``,
+        ``"dinitial_states"`` exactly when D, z, dt_bias, initial_states are given.
+
+    Notes
+    -----
+    With ``u = y + D ⊙ x`` and ``out = u · silu(z)``: ``dz = dout · u · σ(z)(1 + z(1 − σ(z)))``,
+    ``du = dout · silu(z)``; ``dD = Σ du ⊙ x`` (over batch, sequence and, for D (nheads,), the head
+    dimension); ``dx = (∂y/∂x)ᵀ du + D du``. The step: ``dΔ`` from :func:`ssd_vjp`, zero where
+    ``softplus(dt + dt_bias)`` lies strictly outside ``dt_limit`` (the kernel's ``clamp_mask``),
+    times ``σ(dt + dt_bias)`` with the softplus; ``ddt_bias = Σ_{b,l} ddt``.
+
+    Differences from mamba_ssm, all deliberate: as for the forward function (exact softplus and
+    σ — the kernel passes the gradient unchanged above 20 —, no ``seq_idx``); every gradient is
+    float64 and returned in a dict. Loop twin: :func:`mamba_chunk_scan_combined_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, z, dout = rng.normal(size=(3, 1, 6, 2, 3))
+    >>> dt, (B, C) = rng.normal(size=(1, 6, 2)), rng.normal(size=(2, 1, 6, 1, 4))
+    >>> g = mamba_chunk_scan_combined_vjp(x, dt, -np.ones(2), B, C, dout, 4, D=np.ones((2, 3)), z=z,
+    ...                                   dt_bias=np.zeros(2), dt_softplus=True)
+    >>> sorted(g), g["dD"].shape
+    (['dA', 'dB', 'dC', 'dD', 'ddt', 'ddt_bias', 'dx', 'dz'], (2, 3))
+    """
+    return _mamba_vjp(False, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
+                      dfinal_states)
+
+
+@guard_overflow()
+def mamba_chunk_scan_combined_vjp_loop(x, dt, A, B, C, dout, chunk_size, *, D=None, z=None, dt_bias=None,
+                                       initial_states=None, dt_softplus=False, dt_limit=(0.0, math.inf),
+                                       dfinal_states=None) -> dict:
+    """Loop twin of :func:`mamba_chunk_scan_combined_vjp`: the same chain rule over :func:`ssd_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, dout = rng.normal(size=(2, 1, 5, 1, 2))
+    >>> dt, (B, C) = rng.uniform(0.1, 1, (1, 5, 1)), rng.normal(size=(2, 1, 5, 1, 3))
+    >>> g = mamba_chunk_scan_combined_vjp_loop(x, dt, -np.ones(1), B, C, dout, 2)
+    >>> g2 = mamba_chunk_scan_combined_vjp(x, dt, -np.ones(1), B, C, dout, 2)
+    >>> all(np.allclose(g[n], g2[n]) for n in g)
+    True
+    """
+    return _mamba_vjp(True, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
+                      dfinal_states)
+
+
+def _fla_vjp(loop, q, k, v, g, beta, do, scale, initial_state, dht, l2norm, gate: str, delta: bool) -> dict:
+    """The gradients of an fla function: refimpl's VJP in its layout, the states transposed, and with
+    ``use_qk_l2norm_in_kernel`` the chain rule of ``x / sqrt(Σ x² + eps)``: ``dx = r (dy − y (y·dy))``."""
+    from .linear_rnn import _check_fla, _official, _optional, _swap
+
+    f = _check_fla(q, k, v, g, beta, scale, initial_state, gate, delta, l2norm)
+    Bb, H, T, K = f.q.shape
+    V = f.v.shape[-1]
+    do = _official(do, "do", (Bb, T, H, V), "[B, T, H, V] like v")
+    dht = _optional(dht, "dht", (Bb, H, K, V), "[N, H, K, V] like the final state")
+    dSL = None if dht is None else np.swapaxes(dht, -1, -2)  # fla's (K, V) -> refimpl's (V, K)
+    kw = dict(scale=f.scale, initial_state=f.S0, dfinal_state=dSL)
+    if delta:
+        run = delta_rule_vjp_loop if loop else delta_rule_vjp
+        gr = run(f.q, f.k, f.v, f.beta, _swap(do), log_g=f.log_g, **kw)
+    else:
+        run = gated_linear_attention_vjp_loop if loop else gated_linear_attention_vjp
+        gr = run(f.q, f.k, f.v, f.log_g, _swap(do), **kw)
+    back = lambda a: np.ascontiguousarray(_swap(a))  # noqa: E731
+    out = {"dq": back(gr["dq"]), "dk": back(gr["dk"]), "dv": back(gr["dv"])}
+    if f.l2norm:  # y = x r, r = (Σ x² + eps)^{−1/2}: dx = r (dy − y (y · dy))
+        for name, y, r in (("dq", f.q, f.rstd[0]), ("dk", f.k, f.rstd[1])):
+            y = _swap(y)
+            dy = out[name]
+            out[name] = r[..., None] * (dy - y * np.einsum("...j,...j->...", y, dy)[..., None])
+    if gate != "none":
+        out["dg"] = back(gr["dlog_g"])
+    if delta:
+        out["dbeta"] = back(gr["dbeta"])
+    if initial_state is not None:
+        out["dh0"] = np.ascontiguousarray(np.swapaxes(gr["dinitial_state"], -1, -2))
+    return out
+
+
+_FLA_VJP_DOC = """
+    Parameters
+    ----------
+    q, k, v, {args}scale, initial_state{l2}
+        As in :func:`refimpl.linear_rnn.{fwd}` (fla's layout (B, T, H, ·); states (B, H, K, V)).
+    do : array_like, shape (B, T, H, V)
+        The cotangent ∂ℓ/∂o.
+    dht : array_like, shape (B, H, K, V), optional
+        The cotangent of the final state (fla's orientation; Eq. (16.22)). Default 0.
+
+    Returns
+    -------
+    grads : dict
+        ``{keys}`` of the shapes of their inputs, and ``"dh0"`` (B, H, K, V), the gradient of
+        ``initial_state``, exactly when it is given (fla returns None otherwise).
+"""
+
+
+@guard_overflow()
+def chunk_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=None) -> dict:
+    r"""Backward pass of :func:`refimpl.linear_rnn.chunk_gla`, with fla's names of the gradients.
+
+    The vector–Jacobian product of Eqs. (16.2)–(16.5) by the adjoint filter of Eqs. (16.17)–(16.19)
+    and (16.22) (:func:`gated_linear_attention_vjp`), in fla's layout (``fla/ops/gla/chunk.py``,
+    ``ChunkGLAFunction.backward``: ``dq, dk, dv, dg, dh0``).
+    {doc}
+    Notes
+    -----
+    ``dg`` is the gradient of the log-gates (fla's reverse cumulative sum); states and their
+    gradients are in fla's orientation (K, V), refimpl's transposed. Differences from fla, all
+    deliberate: float64, a dict, no ``cu_seqlens``. Loop twin: :func:`chunk_gla_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, do = rng.normal(size=(4, 1, 5, 2, 3))
+    >>> g, h0 = -rng.uniform(0, 1, (1, 5, 2, 3)), rng.normal(size=(1, 2, 3, 3))
+    >>> sorted(chunk_gla_vjp(q, k, v, g, do, initial_state=h0))
+    ['dg', 'dh0', 'dk', 'dq', 'dv']
+    """
+    return _fla_vjp(False, q, k, v, g, None, do, scale, initial_state, dht, False, "channel", False)
+
+
+@guard_overflow()
+def chunk_gla_vjp_loop(q, k, v, g, do, scale=None, initial_state=None, dht=None) -> dict:
+    """Loop twin of :func:`chunk_gla_vjp`: the same wrapper over :func:`gated_linear_attention_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, do = rng.normal(size=(4, 1, 5, 1, 2))
+    >>> g = -rng.uniform(0, 1, (1, 5, 1, 2))
+    >>> a, b = chunk_gla_vjp_loop(q, k, v, g, do), chunk_gla_vjp(q, k, v, g, do)
+    >>> all(np.allclose(a[n], b[n]) for n in a)
+    True
+    """
+    return _fla_vjp(True, q, k, v, g, None, do, scale, initial_state, dht, False, "channel", False)
+
+
+@guard_overflow()
+def chunk_simple_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=None) -> dict:
+    r"""Backward pass of :func:`refimpl.linear_rnn.chunk_simple_gla` (a gate per head), with fla's names.
+
+    The vector–Jacobian product of Eqs. (16.2)–(16.5) by the adjoint filter of Eqs. (16.17)–(16.19)
+    and (16.22) (:func:`gated_linear_attention_vjp` with per-head gates), in fla's layout
+    (``fla/ops/simple_gla/chunk.py``: ``dq, dk, dv, dg, dh0``).
+    {doc}
+    Notes
+    -----
+    Differences from fla, all deliberate: as :func:`chunk_gla_vjp`. Loop twin: :func:`chunk_simple_gla_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, do = rng.normal(size=(4, 1, 5, 2, 3))
+    >>> g = -rng.uniform(0, 1, (1, 5, 2))
+    >>> chunk_simple_gla_vjp(q, k, v, g, do)["dg"].shape
+    (1, 5, 2)
+    """
+    return _fla_vjp(False, q, k, v, g, None, do, scale, initial_state, dht, False, "head", False)
+
+
+@guard_overflow()
+def chunk_simple_gla_vjp_loop(q, k, v, g, do, scale=None, initial_state=None, dht=None) -> dict:
+    """Loop twin of :func:`chunk_simple_gla_vjp`: the same wrapper over :func:`gated_linear_attention_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, do = rng.normal(size=(4, 1, 5, 1, 2))
+    >>> g = -rng.uniform(0, 1, (1, 5, 1))
+    >>> a, b = chunk_simple_gla_vjp_loop(q, k, v, g, do), chunk_simple_gla_vjp(q, k, v, g, do)
+    >>> all(np.allclose(a[n], b[n]) for n in a)
+    True
+    """
+    return _fla_vjp(True, q, k, v, g, None, do, scale, initial_state, dht, False, "head", False)
+
+
+@guard_overflow()
+def chunk_delta_rule_vjp(q, k, v, beta, do, scale=None, initial_state=None, dht=None, *,
+                         use_qk_l2norm_in_kernel=False) -> dict:
+    r"""Backward pass of :func:`refimpl.linear_rnn.chunk_delta_rule`, with fla's names of the gradients.
+
+    The vector–Jacobian product of Eqs. (16.9)–(16.12) by the adjoint recurrence of Eqs. (16.20)–(16.22)
+    (:func:`delta_rule_vjp`), in fla's layout (``fla/ops/delta_rule/chunk.py``: ``dq, dk, dv, dbeta, dh0``),
+    chained through fla's ``l2norm_bwd`` with ``use_qk_l2norm_in_kernel``.
+    {doc}
+    Notes
+    -----
+    With the normalization ``y = x r``, ``r = (Σ x² + 1e-6)^{−1/2}``: ``dx = r (dy − y (y·dy))``
+    for q and k (``dy`` the gradient with respect to the normalized vector). Without it ``dk`` is the
+    gradient with respect to the keys as given (unconstrained, as fla's). Differences from fla, all
+    deliberate: as :func:`chunk_delta_rule`. Loop twin: :func:`chunk_delta_rule_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, do = rng.normal(size=(4, 1, 5, 2, 3))
+    >>> beta = rng.uniform(0.1, 0.9, (1, 5, 2))
+    >>> sorted(chunk_delta_rule_vjp(q, k, v, beta, do, use_qk_l2norm_in_kernel=True))
+    ['dbeta', 'dk', 'dq', 'dv']
+    """
+    return _fla_vjp(False, q, k, v, None, beta, do, scale, initial_state, dht, use_qk_l2norm_in_kernel, "none", True)
+
+
+@guard_overflow()
+def chunk_delta_rule_vjp_loop(q, k, v, beta, do, scale=None, initial_state=None, dht=None, *,
+                              use_qk_l2norm_in_kernel=False) -> dict:
+    """Loop twin of :func:`chunk_delta_rule_vjp`: the same wrapper over :func:`delta_rule_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, do = rng.normal(size=(4, 1, 5, 1, 2))
+    >>> beta, kw = rng.uniform(0.1, 0.9, (1, 5, 1)), dict(use_qk_l2norm_in_kernel=True)
+    >>> a, b = chunk_delta_rule_vjp_loop(q, k, v, beta, do, **kw), chunk_delta_rule_vjp(q, k, v, beta, do, **kw)
+    >>> all(np.allclose(a[n], b[n]) for n in a)
+    True
+    """
+    return _fla_vjp(True, q, k, v, None, beta, do, scale, initial_state, dht, use_qk_l2norm_in_kernel, "none", True)
+
+
+@guard_overflow()
+def chunk_gated_delta_rule_vjp(q, k, v, g, beta, do, scale=None, initial_state=None, dht=None, *,
+                               use_qk_l2norm_in_kernel=False) -> dict:
+    r"""Backward pass of :func:`refimpl.linear_rnn.chunk_gated_delta_rule`, with fla's names of the gradients.
+
+    The vector–Jacobian product of Eqs. (16.9)–(16.12) with gates by the adjoint recurrence of
+    Eqs. (16.20)–(16.22) (:func:`delta_rule_vjp` with ``log_g``), in fla's layout
+    (``fla/ops/gated_delta_rule/chunk.py``, ``ChunkGatedDeltaRuleFunction.backward``:
+    ``dq, dk, dv, dg, dbeta, dh0``), chained through ``l2norm_bwd`` with ``use_qk_l2norm_in_kernel``.
+    {doc}
+    Notes
+    -----
+    As :func:`chunk_delta_rule_vjp`; ``dg`` is the gradient of the log-gates. Loop twin:
+    :func:`chunk_gated_delta_rule_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, do = rng.normal(size=(4, 1, 5, 2, 3))
+    >>> g, beta = -rng.uniform(0, 0.5, (1, 5, 2)), rng.uniform(0.1, 0.9, (1, 5, 2))
+    >>> list(chunk_gated_delta_rule_vjp(q, k, v, g, beta, do, use_qk_l2norm_in_kernel=True))
+    ['dq', 'dk', 'dv', 'dg', 'dbeta']
+    """
+    return _fla_vjp(False, q, k, v, g, beta, do, scale, initial_state, dht, use_qk_l2norm_in_kernel, "head", True)
+
+
+@guard_overflow()
+def chunk_gated_delta_rule_vjp_loop(q, k, v, g, beta, do, scale=None, initial_state=None, dht=None, *,
+                                    use_qk_l2norm_in_kernel=False) -> dict:
+    """Loop twin of :func:`chunk_gated_delta_rule_vjp`: the same wrapper over :func:`delta_rule_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, do = rng.normal(size=(4, 1, 5, 1, 2))
+    >>> g, beta = -rng.uniform(0, 0.5, (1, 5, 1)), rng.uniform(0.1, 0.9, (1, 5, 1))
+    >>> kw = dict(use_qk_l2norm_in_kernel=True)
+    >>> a = chunk_gated_delta_rule_vjp_loop(q, k, v, g, beta, do, **kw)
+    >>> b = chunk_gated_delta_rule_vjp(q, k, v, g, beta, do, **kw)
+    >>> all(np.allclose(a[n], b[n]) for n in a)
+    True
+    """
+    return _fla_vjp(True, q, k, v, g, beta, do, scale, initial_state, dht, use_qk_l2norm_in_kernel, "head", True)
+
+
+def _fill_fla_docs():
+    specs = {
+        chunk_gla_vjp: ("g, ", "", "chunk_gla", '{"dq", "dk", "dv", "dg"}'),
+        chunk_simple_gla_vjp: ("g, ", "", "chunk_simple_gla", '{"dq", "dk", "dv", "dg"}'),
+        chunk_delta_rule_vjp: ("beta, ", ", use_qk_l2norm_in_kernel", "chunk_delta_rule", '{"dq", "dk", "dv", "dbeta"}'),
+        chunk_gated_delta_rule_vjp: ("g, beta, ", ", use_qk_l2norm_in_kernel", "chunk_gated_delta_rule",
+                                     '{"dq", "dk", "dv", "dg", "dbeta"}'),
+    }
+    for fn, (args, l2, fwd, keys) in specs.items():
+        fn.__doc__ = fn.__doc__.replace("{doc}", _FLA_VJP_DOC.format(args=args, l2=l2, fwd=fwd, keys=keys))
+
+
+_fill_fla_docs()

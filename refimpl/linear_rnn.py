@@ -40,7 +40,10 @@ that decay further (gates near 0) take the segment sums.
 From the reference codebases' layouts (for a kernel under test)
 ---------------------------------------------------------------
 refimpl puts the heads before the sequence axis, (batch, H, L, ·); the reference codebases put
-the sequence first. With ``t = lambda a: np.moveaxis(a, 1, 2)`` (swap the L and H axes):
+the sequence first. The functions :func:`mamba_chunk_scan_combined`, :func:`chunk_gla`,
+:func:`chunk_simple_gla`, :func:`chunk_delta_rule`, :func:`chunk_gated_delta_rule` and their
+``*_vjp`` backward passes take the official names, layouts and options and do the mapping below
+(a kernel is then compared with its own calling convention). With ``t = lambda a: np.moveaxis(a, 1, 2)`` (swap the L and H axes):
 
 * Mamba-2, ``mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D)`` with x (b, l, h, p),
   dt (b, l, h), B, C (b, l, g, n): ``t(ssd(t(x), t(dt), A, t(B), t(C), D))``. Its ``dt_bias``
@@ -139,6 +142,16 @@ __all__ = [
     "segsum",
     "KEY_NORM_TOL",
     "BETA_MAX",
+    "mamba_chunk_scan_combined",
+    "mamba_chunk_scan_combined_loop",
+    "chunk_gla",
+    "chunk_gla_loop",
+    "chunk_simple_gla",
+    "chunk_simple_gla_loop",
+    "chunk_delta_rule",
+    "chunk_delta_rule_loop",
+    "chunk_gated_delta_rule",
+    "chunk_gated_delta_rule_loop",
 ]
 
 #: Keys of the delta rule must be ℓ2-normalized: |‖k_t‖ − 1| ≤ KEY_NORM_TOL = 2^−8. Unit keys
@@ -1919,12 +1932,567 @@ def rls_memory_loop(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     return o
 
 
+# ---------------------------------------------------------------------------------------------
+# The official interfaces of Mamba-2 (mamba_ssm) and fla, Eqs. (16.7)-(16.12)
+# ---------------------------------------------------------------------------------------------
+
+#: fla's ``l2norm_fwd``: ``x / sqrt(Σ x² + eps)`` with eps = 1e-6 (``use_qk_l2norm_in_kernel=True``)
+L2NORM_EPS = 1e-6
+
+
+def _swap(a: np.ndarray) -> np.ndarray:
+    """(B, T, H, ·) <-> (B, H, T, ·) and (B, T, H) <-> (B, H, T): the sequence and head axes swapped (a view)."""
+    return np.swapaxes(a, 1, 2)
+
+
+def _official(x, name: str, shape: tuple, what: str) -> np.ndarray:
+    """A float64 array (no copy) of exactly ``shape`` (None entries: any size >= 1), ``what`` the official layout
+    (optionally followed by ``"; <where the sizes come from>"``)."""
+    arr = _real(x, name)
+    if arr.ndim != len(shape) or any(s is not None and a != s for a, s in zip(arr.shape, shape)) or 0 in arr.shape:
+        want = ", ".join("·" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "")
+        what, _, source = what.partition("; ")
+        source = f" ({source})" if source else ""
+        raise ValueError(f"{name}: expected shape {what} = ({want}){source} with every size >= 1, got shape {arr.shape}")
+    return arr
+
+
+def _optional(x, name: str, shape: tuple, what: str):
+    return None if x is None else _official(x, name, shape, what)
+
+
+class _Mamba(NamedTuple):
+    """A validated ``mamba_chunk_scan_combined`` call: refimpl's layout (b, h, l, ·) for the scan, the
+    official one for the element-wise steps; ``raw`` = dt + dt_bias, ``pre`` = softplus(raw) (or raw),
+    ``step`` = Δ = clamp(pre, dt_limit)."""
+
+    x: np.ndarray  # (b, l, h, p)
+    raw: np.ndarray  # (b, l, h)
+    pre: np.ndarray
+    step: np.ndarray
+    A: np.ndarray
+    B: np.ndarray  # (b, l, g, n)
+    C: np.ndarray
+    chunk_size: int
+    D: np.ndarray | None  # (h,) or (h, p)
+    z: np.ndarray | None  # (b, l, h, p)
+    dt_bias: np.ndarray | None
+    h0: np.ndarray | None  # (b, h, p, n)
+    lo: float
+    hi: float
+    softplus: bool
+
+
+def _check_mamba(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit) -> _Mamba:
+    """Validate ``mamba_chunk_scan_combined``'s arguments in the official layout, naming the official arguments."""
+    softplus = as_bool(dt_softplus, "dt_softplus")
+    x = _official(x, "x", (None,) * 4, "(batch, seqlen, nheads, headdim)")
+    b, L, H, P = x.shape
+    dt = _official(dt, "dt", (b, L, H), "(batch, seqlen, nheads); sizes from x")
+    A = _official(A, "A", (H,), "(nheads,); nheads from x")
+    if np.any(A > 0):
+        raise ValueError(f"A: expected A <= 0 (a decaying state, Mamba-2's A = -exp(A_log)), got maximum {A.max():.6g}")
+    B = _official(B, "B", (b, L, None, None), "(batch, seqlen, ngroups, dstate); batch and seqlen from x")
+    G, N = B.shape[2:]
+    if H % G:
+        raise ValueError(f"B: its ngroups = {G} must divide nheads = {H} (head h reads group h // (nheads/ngroups))")
+    C = _official(C, "C", B.shape, "(batch, seqlen, ngroups, dstate) like B")
+    c = as_int(chunk_size, "chunk_size", minimum=1)
+    if D is not None:
+        D = _real(D, "D")
+        if D.shape not in ((H,), (H, P)):
+            raise ValueError(f"D: expected shape (nheads,) = ({H},) or (nheads, headdim) = ({H}, {P}) (from x), got shape {D.shape}")
+    z = _optional(z, "z", x.shape, "(batch, seqlen, nheads, headdim) like x")
+    dt_bias = _optional(dt_bias, "dt_bias", (H,), "(nheads,); nheads from x")
+    h0 = _optional(initial_states, "initial_states", (b, H, P, N), "(batch, nheads, headdim, dstate); sizes from x and B")
+    lim = _real(dt_limit, "dt_limit", finite=False)
+    if lim.shape != (2,) or np.isnan(lim).any() or not (0 <= lim[0] <= lim[1]) or not np.isfinite(lim[0]):
+        raise ValueError(f"dt_limit: expected (min, max) with 0 <= min <= max, min finite (max may be inf), got {lim.tolist()}")
+    raw = dt if dt_bias is None else dt + dt_bias  # dt + dt_bias
+    pre = np.logaddexp(0.0, raw) if softplus else raw  # softplus(dt + dt_bias), exact
+    step = np.clip(pre, lim[0], lim[1])  # Δ = clamp(·, dt_limit)
+    if not np.all(step > 0):
+        formula = "dt" if dt_bias is None else "dt + dt_bias"
+        formula = f"softplus({formula})" if softplus else formula
+        names = "dt" + (", dt_bias" if dt_bias is not None else "") + ("" if softplus else ", dt_softplus") + ", dt_limit"
+        raise ValueError(f"{names}: expected step sizes Δ = clamp({formula}, dt_limit) > 0 (refimpl's ssd refuses "
+                         f"Δ <= 0), got minimum {float(step.min()):.6g}")
+    return _Mamba(x, raw, pre, step, A, B, C, c, D, z, dt_bias, h0, float(lim[0]), float(lim[1]), softplus)
+
+
+def _silu(z: np.ndarray) -> np.ndarray:
+    return z * _expit(z)
+
+
+def _expit(z: np.ndarray) -> np.ndarray:
+    import scipy.special
+
+    return scipy.special.expit(z)
+
+
+def _mamba_scan(m: _Mamba, loop: bool, D_inside: bool = True):
+    """SSD in refimpl's layout on a validated call: ``y + D x`` (official layout, before the gate) and the
+    final states (b, h, p, n)."""
+    run = ssd_loop if loop else ssd
+    y, states = run(_swap(m.x), _swap(m.step), m.A, _swap(m.B), _swap(m.C), None, chunk_size=m.chunk_size,
+                    return_chunk_states=True, initial_state=m.h0)
+    y = np.ascontiguousarray(_swap(y))  # (b, l, h, p)
+    if m.D is not None and D_inside:
+        y += (m.D[:, None] if m.D.ndim == 1 else m.D) * m.x  # y + D x, D per head or per channel
+    return y, states[:, :, -1]
+
+
+def _mamba_forward(loop, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
+                   return_final_states):
+    return_final_states = as_bool(return_final_states, "return_final_states")
+    m = _check_mamba(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
+    out, final = _mamba_scan(m, loop)
+    if m.z is not None:
+        out *= _silu(m.z)  # out = (y + D x) · silu(z)
+    return (out, final) if return_final_states else out
+
+
+@guard_overflow()
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, *,
+                              dt_softplus=False, dt_limit=(0.0, math.inf), return_final_states=False):
+    r"""Mamba-2's SSD with the official interface of ``mamba_ssm`` (``mamba_chunk_scan_combined``).
+
+    Implements Eqs. (16.7)–(16.8) of the book (Dao & Gu 2024, Mamba-2, §6 and Listing 1;
+    ``mamba_ssm/ops/triton/ssd_combined.py``: ``mamba_chunk_scan_combined`` and its references
+    ``ssd_chunk_scan_combined_ref``, ``ssd_selective_scan``): the official argument names, layouts
+    (sequence before heads) and options, so that a kernel is checked with its own calling
+    convention. The scan is :func:`ssd` after swapping the sequence and head axes.
+
+    Parameters
+    ----------
+    x : array_like, shape (batch, seqlen, nheads, headdim)
+        Inputs x_t (refimpl's ``ssd`` takes (..., H, L, P)).
+    dt : array_like, shape (batch, seqlen, nheads)
+        Step sizes before the bias, the softplus and the clamp.
+    A : array_like, shape (nheads,)
+        One scalar A_h ≤ 0 per head.
+    B, C : array_like, shape (batch, seqlen, ngroups, dstate)
+        Input and output projections; head h reads group ``h // (nheads / ngroups)``.
+    chunk_size : int >= 1
+        The kernel's chunk length Q; the result does not depend on it.
+    D : array_like, shape (nheads,) or (nheads, headdim), optional
+        Skip connection per head or per channel: ``y + D x``.
+    z : array_like, shape (batch, seqlen, nheads, headdim), optional
+        Gate: the output is ``(y + D x) · silu(z)``, ``silu(z) = z σ(z)``.
+    dt_bias : array_like, shape (nheads,), optional
+        Added to ``dt`` before the softplus.
+    initial_states : array_like, shape (batch, nheads, headdim, dstate), optional
+        The state h_{−1} before the first step (refimpl's orientation (P, N) too). Default 0.
+    dt_softplus : bool
+        Apply ``softplus(x) = log(1 + e^x)`` to ``dt + dt_bias``.
+    dt_limit : (float, float)
+        ``(min, max)``, 0 ≤ min ≤ max: Δ is clamped to it after the softplus (default (0, inf)).
+    return_final_states : bool
+        Also return the state after the last step.
+
+    Returns
+    -------
+    out : ndarray, shape (batch, seqlen, nheads, headdim), float64
+    final_states : ndarray, shape (batch, nheads, headdim, dstate), float64
+        Only if ``return_final_states``.
+
+    Notes
+    -----
+    ``Δ = clamp(softplus(dt + dt_bias), dt_limit)`` (each step optional), then per head, with
+    ``h_{−1}`` = ``initial_states`` (Eq. (16.7)):
+
+    .. math::  h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_t^\top,\qquad
+               \mathrm{out}_t = (h_t C_t + D \odot x_t)\,\mathrm{silu}(z_t).
+
+    Differences from ``mamba_ssm``, all deliberate: float64 throughout; the softplus is exact,
+    whereas the kernel returns x itself above 20 (a difference log1p(e^{−x}) < 2.1e-9, below
+    float32's resolution there); A > 0 and Δ ≤ 0 after the clamp (e.g. a negative ``dt`` without
+    the softplus, which the kernel clamps to 0) are refused, as :func:`ssd` refuses them; the options
+    are keyword-only (refimpl's convention); ``seq_idx``, ``cu_seqlens`` and
+    ``return_varlen_states`` (packed sequences) are not supported — call once per sequence.
+    Loop twin: :func:`mamba_chunk_scan_combined_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> b, L, H, P, G, N = 2, 7, 4, 3, 2, 5
+    >>> x, z = rng.normal(size=(2, b, L, H, P))
+    >>> dt, (B, C) = rng.normal(size=(b, L, H)), rng.normal(size=(2, b, L, G, N))
+    >>> A, D = -np.exp(rng.normal(size=H)), rng.normal(size=(H, P))
+    >>> out, h = mamba_chunk_scan_combined(x, dt, A, B, C, 4, D, z, np.zeros(H), dt_softplus=True,
+    ...                                    dt_limit=(0.01, 10.0), return_final_states=True)
+    >>> out.shape, h.shape
+    ((2, 7, 4, 3), (2, 4, 3, 5))
+    """
+    return _mamba_forward(False, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
+                          return_final_states)
+
+
+@guard_overflow()
+def mamba_chunk_scan_combined_loop(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, *,
+                                   dt_softplus=False, dt_limit=(0.0, math.inf), return_final_states=False):
+    """Loop twin of :func:`mamba_chunk_scan_combined`: the same wrapper over :func:`ssd_loop` (the recurrence (16.7)).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> x, dt, A, B, C = rng.normal(size=(1, 5, 2, 3)), rng.normal(size=(1, 5, 2)), -np.ones(2), *rng.normal(size=(2, 1, 5, 1, 4))
+    >>> kw = dict(dt_softplus=True)
+    >>> bool(np.allclose(mamba_chunk_scan_combined_loop(x, dt, A, B, C, 2, **kw), mamba_chunk_scan_combined(x, dt, A, B, C, 2, **kw)))
+    True
+    """
+    return _mamba_forward(True, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
+                          return_final_states)
+
+
+class _Fla(NamedTuple):
+    """A validated fla call in refimpl's layout (B, H, T, ·): q and k normalized if asked, the log-gates
+    (per channel (B, H, T, K), per head (B, H, T) or None), β (B, H, T) or None, the initial state
+    transposed to (B, H, V, K); ``q_raw``, ``k_raw`` (official layout) and their ``rstd`` for the chain
+    rule of the normalization (None without it)."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    log_g: np.ndarray | None
+    beta: np.ndarray | None
+    scale: object
+    S0: np.ndarray | None
+    l2norm: bool
+    rstd: tuple | None
+
+
+def _check_fla(q, k, v, g, beta, scale, initial_state, gate: str, delta: bool, l2norm=False) -> _Fla:
+    """Validate an fla call (``gate``: "channel", "head" or "none"), naming fla's arguments and shapes."""
+    l2norm = as_bool(l2norm, "use_qk_l2norm_in_kernel")
+    q = _official(q, "q", (None,) * 4, "[B, T, H, K]")
+    Bb, T, H, K = q.shape
+    k = _official(k, "k", q.shape, "[B, T, H, K] like q")
+    v = _official(v, "v", (Bb, T, H, None), "[B, T, H, V]")
+    V = v.shape[-1]
+    if gate != "none":
+        g = _official(g, "g", q.shape if gate == "channel" else (Bb, T, H), "[B, T, H, K]" if gate == "channel" else "[B, T, H]")
+        if g.max() > 0:
+            raise ValueError(f"g: expected log-space gates <= 0 (forget gates in (0, 1]), got maximum {g.max():.6g}")
+    if delta:
+        beta = _official(beta, "beta", (Bb, T, H), "[B, T, H]")
+    S0 = _optional(initial_state, "initial_state", (Bb, H, K, V), "[N, H, K, V] (N = B)")
+    rstd = None
+    if l2norm:  # fla's l2norm_fwd on q and k: x / sqrt(Σ x² + eps)
+        rq, rk = (1.0 / np.sqrt(np.einsum("...j,...j->...", a, a) + L2NORM_EPS) for a in (q, k))
+        q, k, rstd = q * rq[..., None], k * rk[..., None], (rq, rk)
+    if delta:
+        norms = np.sqrt(np.einsum("...j,...j->...", k, k))
+        if np.max(np.abs(norms - 1.0)) > KEY_NORM_TOL:
+            worst = norms.flat[int(np.argmax(np.abs(norms - 1.0)))]
+            how = ("keys of norm below ~0.011 stay short after fla's x / sqrt(|x|² + 1e-6)" if l2norm else
+                   "normalize them, or pass use_qk_l2norm_in_kernel=True to normalize q and k as fla does")
+            raise ValueError(f"k: the delta rule expects l2-normalized keys (|‖k_t‖ − 1| <= {KEY_NORM_TOL:g}), got a key "
+                             f"of norm {worst:.6g}; {how}")
+    sw = lambda a: None if a is None else _swap(a)  # noqa: E731
+    return _Fla(sw(q), sw(k), sw(v), sw(g) if gate != "none" else None, sw(beta) if delta else None, scale,
+                None if S0 is None else np.swapaxes(S0, -1, -2), l2norm, rstd)
+
+
+def _fla_finish(o, states, output_final_state: bool):
+    """fla's return value: ``o`` in (B, T, H, V) and the final state (B, H, K, V) (fla's orientation) or None."""
+    return np.ascontiguousarray(_swap(o)), (np.ascontiguousarray(np.swapaxes(states[..., -1, :, :], -1, -2))
+                                           if output_final_state else None)
+
+
+def _fla_gla(loop, q, k, v, g, scale, initial_state, output_final_state, gate):
+    output_final_state = as_bool(output_final_state, "output_final_state")
+    f = _check_fla(q, k, v, g, None, scale, initial_state, gate, False)
+    run = gated_linear_attention_loop if loop else gated_linear_attention
+    o, states = run(f.q, f.k, f.v, f.log_g, scale=f.scale, return_chunk_states=True, initial_state=f.S0)
+    return _fla_finish(o, states, output_final_state)
+
+
+def _fla_delta(loop, q, k, v, g, beta, scale, initial_state, output_final_state, l2norm, gated):
+    output_final_state = as_bool(output_final_state, "output_final_state")
+    f = _check_fla(q, k, v, g, beta, scale, initial_state, "head" if gated else "none", True, l2norm)
+    run = delta_rule_loop if loop else delta_rule
+    o, states = run(f.q, f.k, f.v, f.beta, log_g=f.log_g, scale=f.scale, return_chunk_states=True,
+                    initial_state=f.S0)
+    return _fla_finish(o, states, output_final_state)
+
+
+
+@guard_overflow()
+def chunk_gla(q, k, v, g, scale=None, initial_state=None, *, output_final_state=False):
+    r"""Gated linear attention with the official interface of fla (``fla.ops.gla.chunk_gla``).
+
+    Implements Eqs. (16.2)–(16.5) of the book (Yang et al. 2024, GLA; ``fla/ops/gla/chunk.py``) in
+    fla's layout: :func:`gated_linear_attention` after swapping the sequence and head axes.
+
+    Parameters
+    ----------
+    q, k : array_like, shape (B, T, H, K)
+        Queries and keys.
+    v : array_like, shape (B, T, H, V)
+    g : array_like, shape (B, T, H, K)
+        Forget gates in log space, ≤ 0, one per key channel (GLA's log α_t).
+    scale : float >= 0, optional
+        Multiplies the queries; default ``K^{−1/2}`` (fla's default).
+    initial_state : array_like, shape (B, H, K, V), optional
+        The state before the first step in fla's orientation (K, V): refimpl's S_{−1} transposed.
+    output_final_state : bool
+        Return the state after the last step (else None), as fla does.
+
+    Returns
+    -------
+    o : ndarray, shape (B, T, H, V), float64
+    final_state : ndarray, shape (B, H, K, V), float64, or None
+        The state after the last step, fla's orientation (refimpl's S_{T−1} transposed), if
+        ``output_final_state``; else None.
+
+    Notes
+    -----
+    In fla's orientation (state ``h_t`` of shape (K, V), the transpose of refimpl's ``S_t``):
+    ``h_t = Diag(e^{g_t}) h_{t−1} + k_t v_tᵀ``, ``o_t = h_tᵀ (scale · q_t)`` (Eq. (16.2)).
+
+    Differences from fla, all deliberate: float64 throughout; ``g > 0`` is refused; the chunk length
+    (fla's 64) does not change the result; ``cu_seqlens`` (packed sequences) and the deprecated
+    ``head_first`` are not supported — call once per sequence; ``output_final_state`` is keyword-only
+    (refimpl's convention for flags). Loop twin: :func:`chunk_gla_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 1, 6, 2, 3))
+    >>> v, g = rng.normal(size=(1, 6, 2, 4)), -rng.uniform(0, 1, (1, 6, 2, 3))
+    >>> o, ht = chunk_gla(q, k, v, g, output_final_state=True)
+    >>> o.shape, ht.shape
+    ((1, 6, 2, 4), (1, 2, 3, 4))
+    >>> o2 = gated_linear_attention(q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2), g.swapaxes(1, 2))
+    >>> bool(np.allclose(o, o2.swapaxes(1, 2)))
+    True
+    """
+    return _fla_gla(False, q, k, v, g, scale, initial_state, output_final_state, "channel")
+
+
+@guard_overflow()
+def chunk_gla_loop(q, k, v, g, scale=None, initial_state=None, *, output_final_state=False):
+    """Loop twin of :func:`chunk_gla`: the same wrapper over :func:`gated_linear_attention_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 1, 5, 1, 2))
+    >>> g = -rng.uniform(0, 1, (1, 5, 1, 2))
+    >>> bool(np.allclose(chunk_gla_loop(q, k, v, g)[0], chunk_gla(q, k, v, g)[0]))
+    True
+    """
+    return _fla_gla(True, q, k, v, g, scale, initial_state, output_final_state, "channel")
+
+
+@guard_overflow()
+def chunk_simple_gla(q, k, v, g, scale=None, initial_state=None, *, output_final_state=False):
+    r"""Gated linear attention with one gate per head, fla's interface (``fla.ops.simple_gla.chunk_simple_gla``).
+
+    Implements Eqs. (16.2)–(16.5) with a scalar gate per head and step (the decay of Mamba-2's SSD,
+    Eq. (16.7); ``fla/ops/simple_gla/chunk.py``): :func:`gated_linear_attention` with per-head
+    log-gates, after swapping the sequence and head axes.
+
+    Parameters
+    ----------
+    q, k : array_like, shape (B, T, H, K)
+    v : array_like, shape (B, T, H, V)
+    g : array_like, shape (B, T, H)
+        Forget gates in log space, ≤ 0, one per head and step.
+    scale, initial_state, output_final_state
+        As in :func:`chunk_gla`: default scale ``K^{−1/2}``, states (B, H, K, V) in fla's orientation.
+
+    Returns
+    -------
+    o : ndarray, shape (B, T, H, V), float64
+    final_state : ndarray, shape (B, H, K, V), float64, or None
+
+    Notes
+    -----
+    ``h_t = e^{g_t} h_{t−1} + k_t v_tᵀ``, ``o_t = h_tᵀ (scale · q_t)`` (fla's orientation, Eq. (16.2)).
+
+    Differences from fla, all deliberate: as :func:`chunk_gla`; besides, fla's alternative
+    ``g_gamma`` (a constant decay per head) is not a parameter — that is :func:`retention`.
+    Loop twin: :func:`chunk_simple_gla_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 1, 6, 2, 3))
+    >>> g = -rng.uniform(0, 1, (1, 6, 2))
+    >>> o, ht = chunk_simple_gla(q, k, v, g, initial_state=np.zeros((1, 2, 3, 3)), output_final_state=True)
+    >>> o.shape, ht.shape
+    ((1, 6, 2, 3), (1, 2, 3, 3))
+    """
+    return _fla_gla(False, q, k, v, g, scale, initial_state, output_final_state, "head")
+
+
+@guard_overflow()
+def chunk_simple_gla_loop(q, k, v, g, scale=None, initial_state=None, *, output_final_state=False):
+    """Loop twin of :func:`chunk_simple_gla`: the same wrapper over :func:`gated_linear_attention_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 1, 5, 1, 2))
+    >>> g = -rng.uniform(0, 1, (1, 5, 1))
+    >>> bool(np.allclose(chunk_simple_gla_loop(q, k, v, g)[0], chunk_simple_gla(q, k, v, g)[0]))
+    True
+    """
+    return _fla_gla(True, q, k, v, g, scale, initial_state, output_final_state, "head")
+
+
+@guard_overflow()
+def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, *, output_final_state=False,
+                     use_qk_l2norm_in_kernel=False):
+    r"""DeltaNet with the official interface of fla (``fla.ops.delta_rule.chunk_delta_rule``).
+
+    Implements Eqs. (16.9)–(16.12) of the book (Yang et al. 2024, DeltaNet; ``fla/ops/delta_rule/chunk.py``)
+    in fla's layout: :func:`delta_rule` after swapping the sequence and head axes.
+
+    Parameters
+    ----------
+    q, k : array_like, shape (B, T, H, K)
+        Queries and keys. Without ``use_qk_l2norm_in_kernel`` the keys must be ℓ2-normalized
+        (|‖k_t‖ − 1| ≤ ``KEY_NORM_TOL``, as :func:`delta_rule` requires), else ``ValueError``.
+    v : array_like, shape (B, T, H, V)
+    beta : array_like, shape (B, T, H)
+        Writing strengths β_t ∈ (0, 2).
+    scale : float >= 0, optional
+        Multiplies the (normalized) queries; default ``K^{−1/2}``.
+    initial_state : array_like, shape (B, H, K, V), optional
+        The state before the first step, fla's orientation (refimpl's S_{−1} transposed).
+    output_final_state : bool
+        Return the state after the last step (else None).
+    use_qk_l2norm_in_kernel : bool
+        Normalize q and k first, as fla's ``l2norm_fwd`` does: ``x / sqrt(Σ x² + 1e-6)``.
+
+    Returns
+    -------
+    o : ndarray, shape (B, T, H, V), float64
+    final_state : ndarray, shape (B, H, K, V), float64, or None
+
+    Notes
+    -----
+    In fla's orientation (``h_t`` (K, V) = refimpl's ``S_tᵀ``):
+    ``h_t = (I − β_t k_t k_tᵀ) h_{t−1} + β_t k_t v_tᵀ``, ``o_t = h_tᵀ (scale · q_t)`` (Eq. (16.9)).
+
+    Differences from fla, all deliberate: float64 throughout (fla refuses float32 inputs here and
+    runs bfloat16); keys that are not unit (without the normalization) and β outside (0, 2) are
+    refused; ``cu_seqlens`` and ``head_first`` are not supported; the flags are keyword-only. The
+    normalization keeps fla's eps = 1e-6 (``L2NORM_EPS``), so the oracle's keys are fla's.
+    Loop twin: :func:`chunk_delta_rule_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 1, 6, 2, 4))
+    >>> beta = rng.uniform(0.1, 0.9, (1, 6, 2))
+    >>> o, ht = chunk_delta_rule(q, k, v, beta, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    >>> o.shape, ht.shape
+    ((1, 6, 2, 4), (1, 2, 4, 4))
+    """
+    return _fla_delta(False, q, k, v, None, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+                      False)
+
+
+@guard_overflow()
+def chunk_delta_rule_loop(q, k, v, beta, scale=None, initial_state=None, *, output_final_state=False,
+                          use_qk_l2norm_in_kernel=False):
+    """Loop twin of :func:`chunk_delta_rule`: the same wrapper over :func:`delta_rule_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 1, 5, 1, 2))
+    >>> beta = rng.uniform(0.1, 0.9, (1, 5, 1))
+    >>> kw = dict(use_qk_l2norm_in_kernel=True)
+    >>> bool(np.allclose(chunk_delta_rule_loop(q, k, v, beta, **kw)[0], chunk_delta_rule(q, k, v, beta, **kw)[0]))
+    True
+    """
+    return _fla_delta(True, q, k, v, None, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+                      False)
+
+
+@guard_overflow()
+def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, *, output_final_state=False,
+                           use_qk_l2norm_in_kernel=False):
+    r"""Gated DeltaNet with the official interface of fla (``fla.ops.gated_delta_rule.chunk_gated_delta_rule``).
+
+    Implements Eqs. (16.9)–(16.12) with a gate per head (Yang et al. 2025, Gated DeltaNet, Eq. (10);
+    ``fla/ops/gated_delta_rule/chunk.py``): :func:`delta_rule` with ``log_g``, after swapping the
+    sequence and head axes.
+
+    Parameters
+    ----------
+    q, k, v, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel
+        As in :func:`chunk_delta_rule`.
+    g : array_like, shape (B, T, H)
+        Forget gates in log space, ≤ 0, one per head and step.
+
+    Returns
+    -------
+    o : ndarray, shape (B, T, H, V), float64
+    final_state : ndarray, shape (B, H, K, V), float64, or None
+
+    Notes
+    -----
+    ``h_t = e^{g_t} (I − β_t k_t k_tᵀ) h_{t−1} + β_t k_t v_tᵀ``, ``o_t = h_tᵀ (scale · q_t)``
+    (fla's orientation; Eq. (16.9) with ``g_t`` the log-gate).
+
+    Differences from fla, all deliberate: as :func:`chunk_delta_rule`; ``g > 0`` is refused too.
+    Loop twin: :func:`chunk_gated_delta_rule_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 1, 6, 2, 4))
+    >>> k /= np.linalg.norm(k, axis=-1, keepdims=True)  # unit keys (or use_qk_l2norm_in_kernel=True)
+    >>> g, beta = -rng.uniform(0, 0.5, (1, 6, 2)), rng.uniform(0.1, 0.9, (1, 6, 2))
+    >>> o, ht = chunk_gated_delta_rule(q, k, v, g, beta)
+    >>> o.shape, ht is None
+    ((1, 6, 2, 4), True)
+    """
+    return _fla_delta(False, q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+                      True)
+
+
+@guard_overflow()
+def chunk_gated_delta_rule_loop(q, k, v, g, beta, scale=None, initial_state=None, *, output_final_state=False,
+                                use_qk_l2norm_in_kernel=False):
+    """Loop twin of :func:`chunk_gated_delta_rule`: the same wrapper over :func:`delta_rule_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 1, 5, 1, 2))
+    >>> g, beta = -rng.uniform(0, 0.5, (1, 5, 1)), rng.uniform(0.1, 0.9, (1, 5, 1))
+    >>> kw = dict(use_qk_l2norm_in_kernel=True)
+    >>> bool(np.allclose(chunk_gated_delta_rule_loop(q, k, v, g, beta, **kw)[0],
+    ...                  chunk_gated_delta_rule(q, k, v, g, beta, **kw)[0]))
+    True
+    """
+    return _fla_delta(True, q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+                      True)
+
+
 # The backward passes (vector–Jacobian products) live in refimpl/_vjp.py, re-exported here.
 from ._vjp import (  # noqa: E402
+    chunk_delta_rule_vjp,
+    chunk_delta_rule_vjp_loop,
+    chunk_gated_delta_rule_vjp,
+    chunk_gated_delta_rule_vjp_loop,
+    chunk_gla_vjp,
+    chunk_gla_vjp_loop,
+    chunk_simple_gla_vjp,
+    chunk_simple_gla_vjp_loop,
     delta_rule_vjp,
     delta_rule_vjp_loop,
     gated_linear_attention_vjp,
     gated_linear_attention_vjp_loop,
+    mamba_chunk_scan_combined_vjp,
+    mamba_chunk_scan_combined_vjp_loop,
     retention_vjp,
     retention_vjp_loop,
     ssd_vjp,
@@ -1940,4 +2508,14 @@ __all__ += [
     "retention_vjp_loop",
     "delta_rule_vjp",
     "delta_rule_vjp_loop",
+    "mamba_chunk_scan_combined_vjp",
+    "mamba_chunk_scan_combined_vjp_loop",
+    "chunk_gla_vjp",
+    "chunk_gla_vjp_loop",
+    "chunk_simple_gla_vjp",
+    "chunk_simple_gla_vjp_loop",
+    "chunk_delta_rule_vjp",
+    "chunk_delta_rule_vjp_loop",
+    "chunk_gated_delta_rule_vjp",
+    "chunk_gated_delta_rule_vjp_loop",
 ]

@@ -85,10 +85,11 @@ tier's format, matrix products with tier-rounded inputs and float32 accumulation
 recurrence states and ``exp`` in float32; its error grows with the length of a recurrence
 exactly as a correct kernel's does. Every option of the attention family is modelled (mask,
 causal alignment, sliding window, ALiBi, soft cap, grouped-query heads), for softmax attention,
-FlashAttention and the backward pass alike. FlashAttention's log-sum-exp, which fused kernels form
-from float32 logits and keep in float32 in every tier, is judged in float32 when it is returned in
-float32 (:data:`FLOAT32_QUANTITIES`; rounded to bfloat16 first, an ℓ off by 0.05 nats passed), in
-the tier when every value lies on the tier's grid. The linear recurrences' plain algorithm is the
+FlashAttention and the backward pass alike. FlashAttention's log-sum-exp, which kernels keep in
+float32 in every tier, is judged in float32 when it is returned in float32 (:data:`FLOAT32_QUANTITIES`;
+rounded to bfloat16 first, an ℓ off by 0.05 nats passed), against the plain reference's ℓ, also
+kept in float32 (formed from its logits rounded to the tier, so fused and unfused kernels meet
+it), and in the tier when every returned value lies on the tier's grid. The linear recurrences' plain algorithm is the
 recurrence itself, step by step in float32, and that of their backward passes the recurrence
 forwards and its adjoint backwards, step by step, with the sums over the sequence (SSD's dA, dD)
 in one float32 accumulator (the least accurate order, so any order a kernel chooses meets it): a chunked float32 kernel that forms its in-chunk
@@ -1032,9 +1033,9 @@ def _judged_tier(function: str, name: str, value, tier: str) -> str:
     """The tier a returned quantity is judged in: float32 for one of :data:`FLOAT32_QUANTITIES`
     returned in float32 (not every value on the tier's grid), else ``tier``.
 
-    Rounded to bfloat16 before judging, a float32 log-sum-exp off by 0.05 nats (at ℓ ≈ 8, below
-    half the grid spacing 0.0625) passed the forward check; a kernel that does store ℓ in the
-    tier is judged in the tier, as before."""
+    Rounded to bfloat16 before judging, a float32 log-sum-exp off by 0.05 nats passed the forward
+    check (the tier's bound, 2ε relative, is 0.125 nats at ℓ = 8); a kernel that does store ℓ in
+    the tier is judged in the tier, as before."""
     if tier in ("float64", "float32", "tf32") or name not in FLOAT32_QUANTITIES.get(function, ()):
         return tier
     try:

@@ -33,9 +33,10 @@ RETURN_FLAGS = {
     "intermediates": "a dict of the named intermediate quantities, in the order of computation",
     "projections": "the input projections of a Hyena operator",
     "lse": "the row log-sum-exp of the attention logits (what fused kernels store for the backward pass)",
-    "chunk_states": "the recurrent state entering each chunk of a chunked algorithm",
+    "chunk_states": "the recurrent state at the end of each chunk of a chunked algorithm (the last: the final state)",
     "matrix": "the sequence-mixing matrix the algorithm applies (e.g. the semiseparable matrix of SSD)",
     "last_state": "the recurrent state after the last step",
+    "final_states": "the recurrent states after the last step (Mamba-2's official name)",
     "offset": "the constant term c of an affine map y = W z + c",
 }
 

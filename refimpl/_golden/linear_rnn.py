@@ -43,7 +43,22 @@ def _run_delta(args, with_mid):
     return ordered({"W": W, "TbetaV": TV, "chunk_states": states}, {"y": y}, with_mid)
 
 
+def _run_mamba(args, with_mid):
+    out, final = linear_rnn.mamba_chunk_scan_combined(**args, return_final_states=True)
+    opts = ("D", "z", "dt_bias", "initial_states", "dt_softplus", "dt_limit")
+    m = linear_rnn._check_mamba(*(args[n] for n in ("x", "dt", "A", "B", "C", "chunk_size")),
+                                *(args.get(n, d) for n, d in zip(opts, (None, None, None, None, False, (0.0, np.inf)))))
+    # intermediate: the step sizes Δ = clamp(softplus(dt + dt_bias), dt_limit) (batch, seqlen, nheads)
+    return ordered({"Delta": m.step}, {"out": out, "final_states": final}, with_mid)
+
+
 FUNCTIONS = [
+    Function("linear_rnn.mamba_chunk_scan_combined", _run_mamba, ("out", "final_states"), intermediates=("Delta",),
+             optional=("final_states",)),
+    called("linear_rnn.chunk_gla", "o", "final_state", optional=("final_state",)),
+    called("linear_rnn.chunk_simple_gla", "o", "final_state", optional=("final_state",)),
+    called("linear_rnn.chunk_delta_rule", "o", "final_state", optional=("final_state",)),
+    called("linear_rnn.chunk_gated_delta_rule", "o", "final_state", optional=("final_state",)),
     Function("linear_rnn.ssd", _run_ssd, ("y",), intermediates=("chunk_states", "M")),
     Function("linear_rnn.gated_linear_attention", _run_gla, ("y",), intermediates=("chunk_states",)),
     called("linear_rnn.retention", "y"),
@@ -70,7 +85,50 @@ def _qkv(r, L, dk=4, dv=3, batch=(2,), unit_keys=False):
     return {"q": r.standard_normal(batch + (L, dk)), "k": unit(k) if unit_keys else k, "v": r.standard_normal(batch + (L, dv))}
 
 
+def _mamba(r, *, b=1, L=12, H=2, G=1, P=2, N=3, gated=True):
+    """Arguments of ``mamba_chunk_scan_combined`` in mamba_ssm's layout (sequence before heads)."""
+    args = {"x": r.standard_normal((b, L, H, P)), "dt": r.normal(-0.5, 1.0, (b, L, H)), "A": -np.exp(r.standard_normal(H)),
+            "B": r.standard_normal((b, L, G, N)), "C": r.standard_normal((b, L, G, N)), "chunk_size": 4}
+    if gated:  # every option: D per channel, the gate z, dt_bias + softplus + a clamp hit at both ends, h0
+        args.update(D=r.standard_normal((H, P)), z=r.standard_normal((b, L, H, P)), dt_bias=r.normal(0.5, 0.5, H),
+                    initial_states=r.standard_normal((b, H, P, N)), dt_softplus=True, dt_limit=(0.25, 1.5))
+    else:  # D per head, Δ given directly
+        args.update(dt=r.uniform(0.05, 1.0, (b, L, H)), D=r.standard_normal(H))
+    return args
+
+
+def _fla(r, *, T=12, H=2, K=3, V=2, gate=None, delta=False, l2norm=False, state=True):
+    """Arguments of an fla function in fla's layout [B, T, H, ·] (B = 1), states [B, H, K, V]."""
+    k = r.standard_normal((1, T, H, K))
+    args = {"q": r.standard_normal((1, T, H, K)), "k": k if l2norm or not delta else unit(k),
+            "v": r.standard_normal((1, T, H, V))}
+    if gate == "channel":
+        args["g"] = -r.uniform(0, 1, (1, T, H, K))
+    elif gate == "head":
+        args["g"] = -r.uniform(0, 0.5, (1, T, H))
+    if delta:
+        args["beta"] = r.uniform(0.1, 0.9, (1, T, H))
+    if state:
+        args["initial_state"] = r.standard_normal((1, H, K, V))
+    args["output_final_state"] = True
+    if delta:
+        args["use_qk_l2norm_in_kernel"] = l2norm
+    return args
+
+
 CASES = [
+    Case("linear_rnn.mamba_chunk_scan_combined/gated_per_channel_D", 1620, lambda r: _mamba(r),
+         "mamba_ssm layout (batch, seqlen, nheads, headdim), L = 12 with chunks of 4: D (nheads, headdim), gate z, "
+         "dt_bias + softplus, dt_limit (0.25, 1.5) hit at both ends, initial_states; intermediate Δ"),
+    Case("linear_rnn.chunk_gla/states", 1622, lambda r: _fla(r, gate="channel"),
+         "fla layout [B, T, H, K], per-channel log-gates, initial_state [B, H, K, V] (fla's orientation), final state"),
+    Case("linear_rnn.chunk_simple_gla/states", 1623, lambda r: _fla(r, gate="head"),
+         "fla layout, one log-gate per head [B, T, H], initial_state and final state"),
+    Case("linear_rnn.chunk_delta_rule/l2norm_in_kernel", 1624, lambda r: _fla(r, K=4, delta=True, l2norm=True),
+         "DeltaNet in fla's layout, raw q and k normalized inside (use_qk_l2norm_in_kernel, eps 1e-6), initial_state"),
+    Case("linear_rnn.chunk_gated_delta_rule/l2norm_states", 1626,
+         lambda r: _fla(r, K=4, gate="head", delta=True, l2norm=True),
+         "Gated DeltaNet in fla's layout, q and k normalized inside, log-gates [B, T, H], initial_state"),
     Case("linear_rnn.ssd/groups_chunk_not_dividing", 1601, lambda r: _ssd_args(r, L=21, batch=(2,)),
          "4 heads in 2 groups, L = 21 with chunks of 8; intermediates: chunk-end states and M (Eq. (16.8))"),
     Case("linear_rnn.ssd/fast_decay", 1602, lambda r: _ssd_args(r, L=40, dt_scale=300.0, chunk_size=16),

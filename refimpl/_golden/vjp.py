@@ -9,6 +9,7 @@ import numpy as np
 from refimpl import attention, linear_rnn, ssm
 
 from ._base import Case, Function, called, ordered, renormalize, unit
+from .linear_rnn import _fla
 
 
 def _run_selective_scan_vjp(args, with_mid):
@@ -86,7 +87,44 @@ def _qkv_dy(r, L, dk=4, dv=3, batch=(2,), unit_keys=False):
             "v": r.standard_normal(batch + (L, dv)), "dy": r.standard_normal(batch + (L, dv))}
 
 
+_MAMBA_GRADS = ("dx", "ddt", "dA", "dB", "dC")
+_MAMBA_ALL = _MAMBA_GRADS + ("dD", "dz", "ddt_bias", "dinitial_states")
+_FLA_GRADS = ("dq", "dk", "dv", "dg")
+_DELTA_FLA = ("dq", "dk", "dv", "dbeta")
+_GDELTA_FLA = ("dq", "dk", "dv", "dg", "dbeta")
+
+
+def _mamba_vjp(r):
+    """Arguments of ``mamba_chunk_scan_combined_vjp`` (mamba_ssm's layout) and the cotangents."""
+    b, L, H, G, P, N = 1, 12, 2, 1, 2, 3
+    args = {"x": r.standard_normal((b, L, H, P)), "dt": r.normal(-0.5, 1.0, (b, L, H)), "A": -np.exp(r.standard_normal(H)),
+            "B": r.standard_normal((b, L, G, N)), "C": r.standard_normal((b, L, G, N)),
+            "dout": r.standard_normal((b, L, H, P)), "chunk_size": 4}
+    args.update(D=r.standard_normal((H, P)), z=r.standard_normal((b, L, H, P)), dt_bias=r.normal(0.5, 0.5, H),
+                initial_states=r.standard_normal((b, H, P, N)), dt_softplus=True, dt_limit=(0.25, 1.5),
+                dfinal_states=r.standard_normal((b, H, P, N)))
+    return args
+
+
+def _fla_vjp(r, **kw):
+    """The forward case's arguments (:func:`refimpl._golden.linear_rnn._fla`), then ``do`` and ``dht``."""
+    args = _fla(r, **kw)
+    del args["output_final_state"]
+    (b, T, H, V), K = args["v"].shape, args["k"].shape[-1]
+    args.update(do=r.standard_normal((b, T, H, V)), dht=r.standard_normal((b, H, K, V)))
+    return args
+
+
 FUNCTIONS = [
+    Function("linear_rnn.mamba_chunk_scan_combined_vjp", _dict_run(linear_rnn.mamba_chunk_scan_combined_vjp, _MAMBA_ALL),
+             _MAMBA_GRADS),
+    Function("linear_rnn.chunk_gla_vjp", _dict_run(linear_rnn.chunk_gla_vjp, _FLA_GRADS + ("dh0",)), _FLA_GRADS),
+    Function("linear_rnn.chunk_simple_gla_vjp", _dict_run(linear_rnn.chunk_simple_gla_vjp, _FLA_GRADS + ("dh0",)),
+             _FLA_GRADS),
+    Function("linear_rnn.chunk_delta_rule_vjp", _dict_run(linear_rnn.chunk_delta_rule_vjp, _DELTA_FLA + ("dh0",)),
+             _DELTA_FLA),
+    Function("linear_rnn.chunk_gated_delta_rule_vjp",
+             _dict_run(linear_rnn.chunk_gated_delta_rule_vjp, _GDELTA_FLA + ("dh0",)), _GDELTA_FLA),
     Function("attention.softmax_attention_vjp", _run_softmax_vjp, ("dq", "dk", "dv"), intermediates=("lse", "D")),
     called("random_features.linear_attention_vjp", "dq", "dk", "dv"),
     Function("ssm.selective_scan_vjp", _run_selective_scan_vjp, ("du", "ddelta", "dA", "dB", "dC", "dD")),
@@ -163,4 +201,19 @@ CASES = [
                     "dfinal_state": r.standard_normal((2, 3, 4))},
          "Gated DeltaNet from a given state with a cotangent of the last, L = 19 with chunks of 8",
          constrain=renormalize("k"), outputs=_DELTA_GRADS + _STATE),
+    Case("linear_rnn.mamba_chunk_scan_combined_vjp/gated_per_channel_D_states", 1520, _mamba_vjp,
+         "mamba_ssm layout, L = 12 with chunks of 4: D (nheads, headdim), gate z, dt_bias + softplus, dt_limit "
+         "(0.25, 1.5) hit at both ends (zero ddt there), initial_states and dfinal_states", outputs=_MAMBA_ALL),
+    Case("linear_rnn.chunk_gla_vjp/states", 1522, lambda r: _fla_vjp(r, gate="channel"),
+         "fla layout, per-channel log-gates, initial_state h0 and the final state's cotangent dht (fla's orientation)",
+         outputs=_FLA_GRADS + ("dh0",)),
+    Case("linear_rnn.chunk_simple_gla_vjp/states", 1523, lambda r: _fla_vjp(r, gate="head"),
+         "fla layout, one log-gate per head, h0 and dht", outputs=_FLA_GRADS + ("dh0",)),
+    Case("linear_rnn.chunk_delta_rule_vjp/l2norm_states", 1524, lambda r: _fla_vjp(r, delta=True, l2norm=True, K=4),
+         "DeltaNet in fla's layout, the gradient through the normalization of q and k (use_qk_l2norm_in_kernel), "
+         "h0 and dht", outputs=_DELTA_FLA + ("dh0",)),
+    Case("linear_rnn.chunk_gated_delta_rule_vjp/l2norm_states", 1525,
+         lambda r: _fla_vjp(r, gate="head", delta=True, l2norm=True, K=4),
+         "Gated DeltaNet in fla's layout through the normalization of q and k, h0 and dht",
+         outputs=_GDELTA_FLA + ("dh0",)),
 ]

@@ -1,0 +1,472 @@
+"""The official interfaces of Mamba-2 (``mamba_chunk_scan_combined``) and fla (``chunk_gla``,
+``chunk_simple_gla``, ``chunk_delta_rule``, ``chunk_gated_delta_rule``) and their backward passes.
+
+Checked against (1) refimpl's own functions after explicit transposes (the wrappers add nothing but
+the layout), (2) an independent step-by-step recurrence written here in the *official* layout from
+the equations (fla's state orientation (K, V), Mamba-2's (P, N)), complex-capable so that (3) every
+gradient is checked by the complex step (directional derivatives, error ~1e-15), including the
+chain rules of softplus, the clamp, silu(z), D per channel and the ℓ2 normalization, and the states'
+gradients; (4) loop twins; (5) bad input named in the official terms; (6) the low-precision oracle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from refimpl import linear_rnn as lr
+from refimpl import oracle
+
+RTOL = 1e-13
+rng0 = np.random.default_rng
+
+
+def sw(a):
+    return np.swapaxes(a, 1, 2)
+
+
+def tr(a):
+    return np.swapaxes(a, -1, -2)
+
+
+# ---- an independent reference in the official layouts, complex-capable -----------------------------
+
+
+def softplus(x):
+    return np.log(1.0 + np.exp(x))
+
+
+def clamp(x, lo, hi):
+    return np.where(x.real < lo, lo, np.where(x.real > hi, hi, x))
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def ref_mamba(x, dt, A, B, C, D=None, z=None, dt_bias=None, h0=None, dt_softplus=False, dt_limit=(0.0, np.inf)):
+    """mamba_ssm's semantics step by step: out (b, l, h, p), final states (b, h, p, n)."""
+    b, L, H, P = x.shape
+    G, N = B.shape[2:]
+    ct = np.result_type(x, dt, A, B, C, *(a for a in (D, z, dt_bias, h0) if a is not None), float)
+    raw = dt + (0 if dt_bias is None else dt_bias)
+    delta = clamp(softplus(raw) if dt_softplus else raw, *dt_limit)
+    out = np.zeros(x.shape, ct)
+    fin = np.zeros((b, H, P, N), ct)
+    for i in range(b):
+        for h in range(H):
+            g = h // (H // G)
+            S = np.zeros((P, N), ct) if h0 is None else h0[i, h].astype(ct)
+            for t in range(L):
+                d = delta[i, t, h]
+                S = np.exp(d * A[h]) * S + d * np.outer(x[i, t, h], B[i, t, g])
+                y = S @ C[i, t, g]
+                if D is not None:
+                    y = y + (D[h] if D.ndim == 1 else D[h]) * x[i, t, h]
+                if z is not None:
+                    y = y * z[i, t, h] * sigmoid(z[i, t, h])
+                out[i, t, h] = y
+            fin[i, h] = S
+    return out, fin
+
+
+def l2n(x):
+    return x / np.sqrt(np.sum(x * x, axis=-1, keepdims=True) + 1e-6)
+
+
+def ref_fla(q, k, v, g=None, beta=None, scale=None, h0=None, l2norm=False, gate="none"):
+    """fla's semantics step by step, state h (K, V): returns o (B, T, H, V) and the final state (B, H, K, V)."""
+    Bb, T, H, K = q.shape
+    V = v.shape[-1]
+    if l2norm:
+        q, k = l2n(q), l2n(k)
+    scale = K ** -0.5 if scale is None else scale
+    ct = np.result_type(q, k, v, *(a for a in (g, beta, h0) if a is not None), float)
+    o = np.zeros((Bb, T, H, V), ct)
+    fin = np.zeros((Bb, H, K, V), ct)
+    for i in range(Bb):
+        for h in range(H):
+            S = np.zeros((K, V), ct) if h0 is None else h0[i, h].astype(ct)
+            for t in range(T):
+                kt, vt = k[i, t, h], v[i, t, h]
+                if gate == "channel":
+                    S = np.exp(g[i, t, h])[:, None] * S
+                elif gate == "head":
+                    S = np.exp(g[i, t, h]) * S
+                if beta is None:
+                    S = S + np.outer(kt, vt)
+                else:  # h = (I − β k kᵀ) h + β k vᵀ
+                    S = S - beta[i, t, h] * np.outer(kt, kt @ S) + beta[i, t, h] * np.outer(kt, vt)
+                o[i, t, h] = S.T @ (scale * q[i, t, h])
+            fin[i, h] = S
+    return o, fin
+
+
+# ---- inputs ----------------------------------------------------------------------------------------
+
+
+def mamba_inputs(seed=0, b=2, L=9, H=4, G=2, P=3, N=2, full=True, d_per_channel=True):
+    r = rng0(seed)
+    kw = dict(x=r.standard_normal((b, L, H, P)), dt=r.normal(-0.3, 1.0, (b, L, H)), A=-np.exp(r.standard_normal(H)),
+              B=r.standard_normal((b, L, G, N)), C=r.standard_normal((b, L, G, N)))
+    opts = {}
+    if full:
+        opts = dict(D=r.standard_normal((H, P) if d_per_channel else H), z=r.standard_normal((b, L, H, P)),
+                    dt_bias=r.normal(0.3, 0.5, H), initial_states=r.standard_normal((b, H, P, N)), dt_softplus=True,
+                    dt_limit=(0.3, 1.4))
+    else:
+        kw["dt"] = r.uniform(0.05, 1.0, (b, L, H))
+    return kw, opts
+
+
+def fla_inputs(seed=0, B=2, T=9, H=2, K=3, V=2, gate="none", delta=False, l2norm=False, state=True):
+    r = rng0(seed)
+    k = r.standard_normal((B, T, H, K))
+    kw = dict(q=r.standard_normal((B, T, H, K)), k=k if (l2norm or not delta) else k / np.linalg.norm(k, axis=-1, keepdims=True),
+              v=r.standard_normal((B, T, H, V)))
+    if gate == "channel":
+        kw["g"] = -r.uniform(0, 1, (B, T, H, K))
+    elif gate == "head":
+        kw["g"] = -r.uniform(0, 0.7, (B, T, H))
+    if delta:
+        kw["beta"] = r.uniform(0.1, 1.5, (B, T, H))
+    opts = dict(initial_state=r.standard_normal((B, H, K, V))) if state else {}
+    if delta:
+        opts["use_qk_l2norm_in_kernel"] = l2norm
+    return kw, opts
+
+
+FLA = {  # name: (function, gate, delta)
+    "chunk_gla": (lr.chunk_gla, "channel", False),
+    "chunk_simple_gla": (lr.chunk_simple_gla, "head", False),
+    "chunk_delta_rule": (lr.chunk_delta_rule, "none", True),
+    "chunk_gated_delta_rule": (lr.chunk_gated_delta_rule, "head", True),
+}
+FLA_CALLS = [(n, l2) for n in FLA for l2 in ([False, True] if FLA[n][2] else [False])]
+
+
+def close(a, b, rtol=RTOL, what=""):
+    err = np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(np.asarray(b)), 1e-300)
+    assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:g}"
+    return err
+
+
+# ---- 1. equality with the underlying refimpl functions after explicit transposes ----------------------
+
+
+@pytest.mark.parametrize("full, per_channel", [(True, True), (True, False), (False, False)])
+def test_mamba_is_ssd_after_transposes(full, per_channel):
+    kw, opts = mamba_inputs(1, full=full, d_per_channel=per_channel)
+    out, fin = lr.mamba_chunk_scan_combined(*kw.values(), 4, **opts, return_final_states=True)
+    x = np.transpose(kw["x"], (0, 2, 1, 3))
+    raw = kw["dt"] + opts.get("dt_bias", 0.0)
+    delta = np.transpose(np.clip(np.logaddexp(0, raw), *opts["dt_limit"]) if full else raw, (0, 2, 1))
+    B, C = (np.transpose(kw[n], (0, 2, 1, 3)) for n in "BC")
+    D = opts.get("D")
+    y, states = lr.ssd(x, delta, kw["A"], B, C, D if D is not None and D.ndim == 1 else None, chunk_size=3,
+                       return_chunk_states=True, initial_state=opts.get("initial_states"))
+    y = np.transpose(y, (0, 2, 1, 3))
+    if D is not None and D.ndim == 2:
+        y = y + D * kw["x"]
+    if "z" in opts:
+        y = y * opts["z"] / (1 + np.exp(-opts["z"]))
+    close(out, y, what="out")
+    close(fin, states[:, :, -1], what="final_states")
+    assert lr.mamba_chunk_scan_combined(*kw.values(), 4, **opts).shape == kw["x"].shape  # out alone by default
+
+
+@pytest.mark.parametrize("name, l2", FLA_CALLS)
+def test_fla_is_refimpl_after_transposes(name, l2):
+    fn, gate, delta = FLA[name]
+    kw, opts = fla_inputs(2, gate=gate, delta=delta, l2norm=l2)
+    o, ht = fn(*kw.values(), **opts, output_final_state=True)
+    assert fn(*kw.values(), **opts)[1] is None  # fla returns (o, None) without output_final_state
+    q, k, v = (np.transpose(kw[n], (0, 2, 1, 3)) for n in "qkv")
+    if l2:
+        q, k = (a / np.sqrt((a * a).sum(-1, keepdims=True) + 1e-6) for a in (q, k))
+    S0 = np.transpose(opts["initial_state"], (0, 1, 3, 2))
+    g = None if gate == "none" else np.moveaxis(kw["g"], 1, 2)
+    if delta:
+        y, st = lr.delta_rule(q, k, v, np.moveaxis(kw["beta"], 1, 2), log_g=g, return_chunk_states=True, initial_state=S0)
+    else:
+        y, st = lr.gated_linear_attention(q, k, v, g, return_chunk_states=True, initial_state=S0)
+    close(o, np.transpose(y, (0, 2, 1, 3)), what="o")
+    close(ht, np.transpose(st[:, :, -1], (0, 1, 3, 2)), what="final_state")
+
+
+# ---- 2. the official semantics, from an independent recurrence in the official layout ----------------
+
+
+@pytest.mark.parametrize("full, per_channel", [(True, True), (True, False), (False, False)])
+def test_mamba_matches_the_official_recurrence(full, per_channel):
+    kw, opts = mamba_inputs(3, full=full, d_per_channel=per_channel)
+    out, fin = lr.mamba_chunk_scan_combined(*kw.values(), 4, **opts, return_final_states=True)
+    ref = ref_mamba(*kw.values(), opts.get("D"), opts.get("z"), opts.get("dt_bias"), opts.get("initial_states"),
+                    opts.get("dt_softplus", False), opts.get("dt_limit", (0.0, np.inf)))
+    close(out, ref[0], 1e-12, "out")
+    close(fin, ref[1], 1e-12, "final_states")
+    if full:  # the clamp is active at both ends in these inputs
+        pre = np.logaddexp(0, kw["dt"] + opts["dt_bias"])
+        assert (pre < 0.3).any() and (pre > 1.4).any()
+
+
+@pytest.mark.parametrize("name, l2", FLA_CALLS)
+def test_fla_matches_the_official_recurrence(name, l2):
+    fn, gate, delta = FLA[name]
+    kw, opts = fla_inputs(4, gate=gate, delta=delta, l2norm=l2)
+    o, ht = fn(*kw.values(), scale=0.7, **opts, output_final_state=True)
+    ro, rh = ref_fla(kw["q"], kw["k"], kw["v"], kw.get("g"), kw.get("beta"), 0.7, opts["initial_state"], l2, gate)
+    close(o, ro, 1e-12, "o")
+    close(ht, rh, 1e-12, "final_state")
+    o2, _ = fn(*kw.values(), **opts)  # default scale K^-1/2
+    close(o2, ref_fla(kw["q"], kw["k"], kw["v"], kw.get("g"), kw.get("beta"), None, opts["initial_state"], l2, gate)[0],
+          1e-12, "default scale")
+
+
+# ---- 3. gradients by the complex step of the reference --------------------------------------------------
+
+
+H_CS = 1e-30
+
+
+def _complex_step(loss, args: dict, grads: dict, names, seed=0, ndir=3, rtol=1e-10):
+    """Σ grad·e against Im ℓ(args + i h e)/h for random directions e of each named argument."""
+    r = rng0(seed)
+    for name in names:
+        for _ in range(ndir):
+            e = r.standard_normal(np.shape(args[name]))
+            pert = dict(args)
+            pert[name] = np.asarray(args[name]) + 1j * H_CS * e
+            want = loss(pert).imag / H_CS
+            got = float(np.sum(grads[name] * e))
+            assert abs(got - want) <= rtol * max(abs(want), 1e-12), (name, got, want)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_mamba_vjp_by_complex_step(per_channel):
+    kw, opts = mamba_inputs(5, b=1, L=7, H=2, G=1, P=2, N=2, d_per_channel=per_channel)
+    r = rng0(6)
+    dout, dfs = r.standard_normal(kw["x"].shape), r.standard_normal(opts["initial_states"].shape)
+    g = lr.mamba_chunk_scan_combined_vjp(*kw.values(), dout, 3, **opts, dfinal_states=dfs)
+    args = {**kw, **{k: v for k, v in opts.items() if k not in ("dt_softplus", "dt_limit")}}
+
+    def loss(a):
+        out, fin = ref_mamba(a["x"], a["dt"], a["A"], a["B"], a["C"], a["D"], a["z"], a["dt_bias"], a["initial_states"],
+                             True, opts["dt_limit"])
+        return np.sum(out * dout) + np.sum(fin * dfs)
+
+    names = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"]
+    grads = {n: g["d" + n] for n in names}
+    _complex_step(loss, args, grads, names)
+    pre = np.logaddexp(0, kw["dt"] + opts["dt_bias"])
+    outside = (pre < 0.3) | (pre > 1.4)
+    assert outside.any() and np.all(g["ddt"][outside] == 0) and np.all(g["ddt"][~outside] != 0)  # the clamp
+    assert sorted(g) == sorted("d" + n for n in names)
+
+
+def test_mamba_vjp_without_options_by_complex_step():
+    kw, _ = mamba_inputs(7, b=2, L=6, H=2, G=2, P=2, N=3, full=False)
+    dout = rng0(8).standard_normal(kw["x"].shape)
+    g = lr.mamba_chunk_scan_combined_vjp(*kw.values(), dout, 4)
+    assert sorted(g) == ["dA", "dB", "dC", "ddt", "dx"]
+    _complex_step(lambda a: np.sum(ref_mamba(*a.values())[0] * dout), kw, {n: g["d" + n] for n in kw}, list(kw))
+
+
+@pytest.mark.parametrize("name, l2", FLA_CALLS)
+def test_fla_vjp_by_complex_step(name, l2):
+    fn, gate, delta = FLA[name]
+    vjp = getattr(lr, name + "_vjp")
+    kw, opts = fla_inputs(9, B=1, T=7, gate=gate, delta=delta, l2norm=l2)
+    r = rng0(10)
+    do, dht = r.standard_normal(kw["v"].shape), r.standard_normal(opts["initial_state"].shape)
+    g = vjp(*kw.values(), do, 0.8, opts["initial_state"], dht, **({"use_qk_l2norm_in_kernel": l2} if delta else {}))
+    args = {**kw, "initial_state": opts["initial_state"]}
+
+    def loss(a):
+        o, fin = ref_fla(a["q"], a["k"], a["v"], a.get("g"), a.get("beta"), 0.8, a["initial_state"], l2, gate)
+        return np.sum(o * do) + np.sum(fin * dht)
+
+    names = list(kw) + ["initial_state"]
+    grads = {n: g["dh0" if n == "initial_state" else "d" + n] for n in names}
+    if delta and not l2:  # unit keys: refimpl's dk is the gradient with respect to the keys as given (as fla's);
+        names.remove("k")  # the reference runs off the unit sphere in direction e, which refimpl refuses
+        e = rng0(11).standard_normal(kw["k"].shape)
+        pert = dict(args, k=kw["k"] + 1j * H_CS * e)
+        o, fin = ref_fla(pert["q"], pert["k"], pert["v"], pert.get("g"), pert.get("beta"), 0.8, pert["initial_state"],
+                         False, gate)
+        want = (np.sum(o * do) + np.sum(fin * dht)).imag / H_CS
+        assert abs(np.sum(g["dk"] * e) - want) <= 1e-10 * abs(want)
+    _complex_step(loss, args, grads, names)
+    assert list(g) == (["dq", "dk", "dv"] + (["dg"] if gate != "none" else []) + (["dbeta"] if delta else []) + ["dh0"])
+
+
+# ---- 4. loop twins ------------------------------------------------------------------------------------
+
+
+def test_loop_twins_agree():
+    kw, opts = mamba_inputs(12)
+    a = lr.mamba_chunk_scan_combined(*kw.values(), 4, **opts, return_final_states=True)
+    b = lr.mamba_chunk_scan_combined_loop(*kw.values(), 4, **opts, return_final_states=True)
+    for x, y in zip(a, b):
+        close(x, y, 1e-12, "mamba loop")
+    dout = rng0(13).standard_normal(kw["x"].shape)
+    ga = lr.mamba_chunk_scan_combined_vjp(*kw.values(), dout, 4, **opts)
+    gb = lr.mamba_chunk_scan_combined_vjp_loop(*kw.values(), dout, 4, **opts)
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        close(ga[n], gb[n], 1e-12, n)
+    for name, l2 in FLA_CALLS:
+        fn, gate, delta = FLA[name]
+        kw, opts = fla_inputs(14, T=70, gate=gate, delta=delta, l2norm=l2)  # more than one chunk of 64
+        o1, h1 = fn(*kw.values(), **opts, output_final_state=True)
+        o2, h2 = getattr(lr, name + "_loop")(*kw.values(), **opts, output_final_state=True)
+        close(o1, o2, 1e-12, name)
+        close(h1, h2, 1e-12, name)
+        do = rng0(15).standard_normal(kw["v"].shape)
+        ga = getattr(lr, name + "_vjp")(*kw.values(), do, **opts)
+        gb = getattr(lr, name + "_vjp_loop")(*kw.values(), do, **opts)
+        for n in ga:
+            close(ga[n], gb[n], 1e-11, f"{name} {n}")
+
+
+# ---- 5. bad input, named in the official terms -------------------------------------------------------
+
+
+def test_bad_input_names_the_official_argument():
+    kw, opts = mamba_inputs(16)
+    call = lambda **over: lr.mamba_chunk_scan_combined(**{**kw, "chunk_size": 4, **opts, **over})  # noqa: E731
+    for over, match in [
+        (dict(x=np.swapaxes(kw["x"], 1, 2)), r"dt: expected shape \(batch, seqlen, nheads\)"),  # refimpl's layout
+        (dict(dt=np.swapaxes(kw["dt"], 1, 2)), r"^dt: expected shape \(batch, seqlen, nheads\)"),
+        (dict(B=kw["B"][:, :, :1].repeat(3, axis=2)), "^B: its ngroups = 3"),
+        (dict(D=np.ones(3)), r"^D: expected shape \(nheads,\)"),
+        (dict(initial_states=np.swapaxes(opts["initial_states"], -1, -2)), "^initial_states: expected shape"),
+        (dict(z=kw["x"][:, :-1]), "^z: expected shape"),
+        (dict(dt_bias=np.ones(3)), "^dt_bias: expected shape"),
+        (dict(dt_limit=(1.0, 0.5)), "^dt_limit: expected"),
+        (dict(dt_limit=(np.nan, 1.0)), "^dt_limit: expected"),
+        (dict(dt_softplus=False, dt_limit=(0.0, np.inf)), r"^dt, dt_bias, dt_softplus, dt_limit: expected step sizes"),
+        (dict(A=-kw["A"]), "^A: expected A <= 0"),
+        (dict(x=np.where(np.arange(3) == 1, np.nan, kw["x"])), "^x: expected finite"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            call(**over)
+    with pytest.raises(TypeError, match="dt_softplus"):
+        call(dt_softplus="yes")
+    with pytest.raises(TypeError):
+        call(seq_idx=np.zeros((2, 9), int))  # unsupported official options are not parameters
+    with pytest.raises(ValueError, match="^dout: expected shape"):
+        lr.mamba_chunk_scan_combined_vjp(*kw.values(), kw["x"][:, :-1], 4, **opts)
+    with pytest.raises(ValueError, match="^dfinal_states: expected shape"):
+        lr.mamba_chunk_scan_combined_vjp(*kw.values(), kw["x"], 4, **opts, dfinal_states=np.ones((2, 4, 2, 3)))
+
+    kw, opts = fla_inputs(17, gate="head", delta=True)
+    f = lambda **over: lr.chunk_gated_delta_rule(**{**kw, **opts, **over})  # noqa: E731
+    for over, match in [
+        (dict(q=np.swapaxes(kw["q"], 1, 2)), r"^k: expected shape \[B, T, H, K\] like q"),
+        (dict(g=np.swapaxes(kw["g"], 1, 2)), r"^g: expected shape \[B, T, H\]"),
+        (dict(g=-kw["g"]), "^g: expected log-space gates <= 0"),
+        (dict(beta=kw["beta"][..., None]), r"^beta: expected shape \[B, T, H\]"),
+        (dict(initial_state=np.swapaxes(opts["initial_state"], -1, -2)), r"^initial_state: expected shape \[N, H, K, V\]"),
+        (dict(k=2 * kw["k"]), "use_qk_l2norm_in_kernel"),
+        (dict(v=np.where(np.arange(2) == 0, np.inf, kw["v"])), "^v: expected finite"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            f(**over)
+    assert np.isfinite(f(k=2 * kw["k"], use_qk_l2norm_in_kernel=True)[0]).all()  # the fix the message names
+    with pytest.raises(TypeError, match="use_qk_l2norm_in_kernel"):
+        f(use_qk_l2norm_in_kernel=1)
+    with pytest.raises(TypeError):
+        f(cu_seqlens=np.array([0, 9]))
+    with pytest.raises(ValueError, match="^do: expected shape"):
+        lr.chunk_gated_delta_rule_vjp(*kw.values(), kw["v"][:, :-1], **opts)
+    with pytest.raises(ValueError, match="^dht: expected shape"):
+        lr.chunk_gated_delta_rule_vjp(*kw.values(), kw["v"], **opts, dht=np.ones((2, 2, 2, 3)))
+    kw, opts = fla_inputs(18, gate="channel")
+    with pytest.raises(ValueError, match=r"^g: expected shape \[B, T, H, K\]"):
+        lr.chunk_gla(kw["q"], kw["k"], kw["v"], kw["g"][..., 0])
+
+
+# ---- 6. the low-precision oracle: refimpl's own results rounded pass, planted bugs fail -------------
+
+
+NAMES = ["mamba_chunk_scan_combined", "chunk_gla", "chunk_simple_gla", "chunk_delta_rule", "chunk_gated_delta_rule",
+         "mamba_chunk_scan_combined_vjp", "chunk_gla_vjp", "chunk_simple_gla_vjp", "chunk_delta_rule_vjp",
+         "chunk_gated_delta_rule_vjp"]
+
+
+@pytest.mark.parametrize("tier", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", NAMES)
+def test_rounded_refimpl_passes_with_plain_models(name, tier):
+    fn = getattr(lr, name)
+    rounded = lambda **kw: _round(fn(**kw), tier)  # noqa: E731
+    report = oracle.compare("linear_rnn." + name, rounded, dtype=tier)
+    assert report.cases and report.passed, [(c.case, c.message, c.first_failure) for c in report.cases]
+    for c in report.cases:
+        judged = [q for q in c.quantities if "not returned" not in q.message]
+        assert judged and all(q.model == f"plain {tier}" for q in judged), [(q.name, q.model) for q in c.quantities]
+
+
+def _round(res, tier):
+    if isinstance(res, dict):
+        return {k: oracle.round_to(v, tier) for k, v in res.items()}
+    if isinstance(res, tuple):
+        return tuple(None if v is None else oracle.round_to(v, tier) for v in res)
+    return oracle.round_to(res, tier)
+
+
+def _mamba_z_before_D(**kw):  # the gate applied to y before D x is added
+    z, D = kw.pop("z"), kw.pop("D")
+    out = lr.mamba_chunk_scan_combined(**kw) * z / (1 + np.exp(-z))
+    return out + D * kw["x"]
+
+
+def _mamba_bias_after_softplus(**kw):
+    bias = kw.pop("dt_bias")
+    return lr.mamba_chunk_scan_combined(**{**kw, "dt": np.log1p(np.exp(kw["dt"])) + bias, "dt_softplus": False})
+
+
+def _mamba_state_transposed(**kw):
+    h0 = kw["initial_states"]  # (b, h, p, n) with p = 2, n = 3: read as (n, p) and reshaped
+    return lr.mamba_chunk_scan_combined(**{**kw, "initial_states": np.swapaxes(h0, -1, -2).reshape(h0.shape)})
+
+
+def _gla_state_transposed(**kw):
+    S = kw["initial_state"]
+    return lr.chunk_gla(**{**kw, "initial_state": np.swapaxes(S, -1, -2).reshape(S.shape)})
+
+
+def _delta_no_q_norm(**kw):  # only k normalized
+    q = kw["q"] / np.sqrt((kw["q"] ** 2).sum(-1, keepdims=True))
+    k = kw["k"] / np.sqrt((kw["k"] ** 2).sum(-1, keepdims=True) + 1e-6)
+    return lr.chunk_delta_rule(**{**kw, "q": 3.0 * q, "k": k, "use_qk_l2norm_in_kernel": False})
+
+
+def _gdelta_vjp_no_norm_chain(**kw):  # the gradient of the normalized k returned as dk
+    g = lr.chunk_gated_delta_rule_vjp(**kw)
+    raw = lr.chunk_gated_delta_rule_vjp(**{**kw, "k": lr._check_fla(kw["q"], kw["k"], kw["v"], kw["g"], kw["beta"], None,
+                                                                      None, "head", True, True).k.swapaxes(1, 2),
+                                           "use_qk_l2norm_in_kernel": False, "q": kw["q"]})
+    return {**g, "dk": raw["dk"]}
+
+
+def _mamba_vjp_no_clamp_mask(**kw):
+    g = lr.mamba_chunk_scan_combined_vjp(**kw)
+    return {**g, "ddt": g["ddt"] + 0.3 * np.abs(g["ddt"]).max() * (g["ddt"] == 0)}
+
+
+@pytest.mark.parametrize("tier", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name, bug, quantity", [
+    ("mamba_chunk_scan_combined", _mamba_z_before_D, "out"),
+    ("mamba_chunk_scan_combined", _mamba_bias_after_softplus, "out"),
+    ("mamba_chunk_scan_combined", _mamba_state_transposed, "out"),
+    ("chunk_gla", _gla_state_transposed, "o"),
+    ("chunk_delta_rule", _delta_no_q_norm, "o"),
+    ("chunk_gated_delta_rule_vjp", _gdelta_vjp_no_norm_chain, "dk"),
+    ("mamba_chunk_scan_combined_vjp", _mamba_vjp_no_clamp_mask, "ddt"),
+])
+def test_planted_bugs_fail(name, bug, quantity, tier):
+    cases = [c.split("/")[1] for c in oracle.case_names("linear_rnn." + name)][:1]
+    report = oracle.compare("linear_rnn." + name, lambda **kw: _round(bug(**kw), tier), dtype=tier, cases=cases)
+    c = report.cases[0]
+    assert c.status == "fail" and c.first_failure == quantity, (c.status, c.message, c.first_failure)
