@@ -1348,7 +1348,7 @@ def gated_linear_attention_vjp(q, k, v, log_g, dy, *, scale=None, chunk_size=64,
         The initial state S_{−1} of the forward call (default 0; fla's ``initial_state``, transposed).
     dfinal_state : array_like, shape (..., Dv, Dk), optional
         The cotangent ∂ℓ/∂S_{L−1} of the final state (the last chunk state; fla's ``dht``,
-        transposed), of the final state's shape or one that broadcasts to it; the adjoint starts
+        transposed), with batch axes that broadcast to the final state's; the adjoint starts
         from it, Eq. (16.22) of the book. Default 0.
 
     Returns
@@ -1498,7 +1498,10 @@ def retention_vjp(q, k, v, gamma, dy, *, scale=None, chunk_size=64, initial_stat
     >>> sorted(g), all(np.allclose(g[key], gl[key], rtol=1e-12, atol=0) for key in g)
     (['dk', 'dq', 'dv'], True)
     """
-    q, k, v, log_g, _ = _retention_vjp_setup(q, k, v, gamma)
+    from .linear_rnn import _retention_state
+
+    q, k, v, log_g, lg = _retention_vjp_setup(q, k, v, gamma)
+    _retention_state(initial_state, q, k, v, lg)
     g = gated_linear_attention_vjp(q, k, v, log_g, dy, scale=scale, chunk_size=chunk_size, initial_state=initial_state,
                                    dfinal_state=dfinal_state)
     return {key: g[key] for key in ("dq", "dk", "dv", "dinitial_state") if key in g}
@@ -1520,7 +1523,7 @@ def retention_vjp_loop(q, k, v, gamma, dy, *, scale=None, chunk_size=64, initial
     [0.25, 0.5, 1.0]
     """
     from .attention import _scale
-    from .linear_rnn import _batch, _check_chunk, _check_state
+    from .linear_rnn import _batch, _check_chunk, _retention_state
 
     q, k, v, _, lg = _retention_vjp_setup(q, k, v, gamma)
     _check_chunk(chunk_size)
@@ -1529,7 +1532,7 @@ def retention_vjp_loop(q, k, v, gamma, dy, *, scale=None, chunk_size=64, initial
     L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
     S0 = None
     if initial_state is not None:
-        S0, batch = _check_state(initial_state, "initial_state", batch, (dv, dk), "(..., H, Dv, Dk)")
+        S0, batch = _retention_state(initial_state, q, k, v, lg)
     cs = _scale(scale, q.shape[-1])
     dy = _check_dy(dy, batch + (q.shape[-2], v.shape[-1]), "(..., H, L, Dv)",
                    "batch and head axes from q, k, v and initial_state, L from q, Dv from v")
@@ -1622,7 +1625,7 @@ def ssd_vjp(x, dt, A, B, C, D, dy, *, chunk_size=64, initial_state=None, dfinal_
         The initial state h_{−1} of the forward call (default 0; Mamba-2's ``initial_states``).
     dfinal_state : array_like, shape (..., H, P, N), optional
         The cotangent ∂ℓ/∂h_{L−1} of the final state (the last chunk state; the gradient flowing
-        into Mamba-2's ``final_states``), of its shape or one that broadcasts to it; the adjoint
+        into Mamba-2's ``final_states``), with batch axes that broadcast to its; the adjoint
         starts from it, Eq. (16.22) of the book. Default 0.
 
     Returns
@@ -1941,8 +1944,9 @@ def delta_rule_vjp(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64, 
     initial_state : array_like, shape (..., Dv, Dk), optional
         The initial state S_{−1} of the forward call (default 0; fla's ``initial_state``, transposed).
     dfinal_state : array_like, shape (..., Dv, Dk), optional
-        The cotangent ∂ℓ/∂S_{L−1} of the final state (fla's ``dht``, transposed), of its shape or
-        one that broadcasts to it; the adjoint starts from it, Eq. (16.22) of the book. Default 0.
+        The cotangent ∂ℓ/∂S_{L−1} of the final state (fla's ``dht``, transposed), its batch axes
+        broadcasting to those of the final state; the adjoint starts from it, Eq. (16.22) of the book.
+        Default 0.
 
     Returns
     -------

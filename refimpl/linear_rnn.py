@@ -222,13 +222,18 @@ def _batch(pairs) -> tuple:
     return shape
 
 
-def _check_state(state, name: str, batch: tuple, shape: tuple, what: str):
+def _check_state(state, name: str, batch: tuple, shape: tuple, what: str, heads: int | None = None):
     """A state ``(..., *shape)`` (an initial state, or the cotangent of the final one) as a float64 array
     broadcast to ``new + shape``, and ``new``: the broadcast of ``batch`` with its batch axes (which may add
-    axes or entries: one state per batch entry and head, or one shared)."""
+    axes or entries: one state per batch entry and head, or one shared). ``heads``: the layer's number of
+    heads H, the last batch axis of ``batch`` (SSD, retention), named in the errors."""
     s = _real(state, name)
+    sizes = ((heads,) if heads else ()) + shape
+    expected = f"{name}: expected shape {what} = (..., {', '.join(map(str, sizes))})"
     if s.ndim < len(shape) or s.shape[s.ndim - len(shape):] != shape:
-        raise ValueError(f"{name}: expected shape {what} = (..., {', '.join(map(str, shape))}), got shape {s.shape}")
+        raise ValueError(f"{expected}, got shape {s.shape}")
+    if heads and s.ndim > len(shape) and s.shape[-len(shape) - 1] not in (1, heads):
+        raise ValueError(f"{expected} with H = {heads} heads (or 1, shared), got shape {s.shape}")
     new = _batch([("the inputs", batch), (name, s.shape[: s.ndim - len(shape)])])
     return np.broadcast_to(s, new + shape), new
 
@@ -1066,6 +1071,15 @@ def _retention_setup(q, k, v, gamma):
     return q, k, v, np.log(gam)
 
 
+def _retention_state(initial_state, q, k, v, lg):
+    """:func:`_check_state` of retention's initial state (..., H, Dv, Dk) against q, k, v (None: (None, batch))."""
+    batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])])
+    if initial_state is None:
+        return None, batch
+    return _check_state(initial_state, "initial_state", batch, (v.shape[-1], k.shape[-1]), "(..., H, Dv, Dk)",
+                        heads=lg.shape[0])
+
+
 @guard_overflow()
 def retention(q, k, v, gamma, *, scale=None, chunk_size=64, initial_state=None):
     r"""RetNet's retention: linear attention with a fixed decay γ_h per head, chunked.
@@ -1112,6 +1126,7 @@ def retention(q, k, v, gamma, *, scale=None, chunk_size=64, initial_state=None):
     ((2, 6, 3), True)
     """
     q, k, v, lg = _retention_setup(q, k, v, gamma)
+    _retention_state(initial_state, q, k, v, lg)
     log_g = np.broadcast_to(lg[:, None], k.shape[:-3] + (lg.shape[0], k.shape[-2]))  # log γ_h at every step (H from gamma)
     return gated_linear_attention(q, k, v, log_g, scale=scale, chunk_size=chunk_size, initial_state=initial_state)
 
@@ -1134,7 +1149,7 @@ def retention_loop(q, k, v, gamma, *, scale=None, chunk_size=64, initial_state=N
     batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])])
     S0 = None
     if initial_state is not None:
-        S0, batch = _check_state(initial_state, "initial_state", batch, (v.shape[-1], k.shape[-1]), "(..., H, Dv, Dk)")
+        S0, batch = _retention_state(initial_state, q, k, v, lg)
     qs = np.broadcast_to(q * _scale(scale, q.shape[-1]), batch + q.shape[-2:])
     kb, vb = np.broadcast_to(k, batch + k.shape[-2:]), np.broadcast_to(v, batch + v.shape[-2:])
     o = np.zeros(batch + (q.shape[-2], v.shape[-1]))
@@ -1168,8 +1183,7 @@ def retention_parallel(q, k, v, gamma, *, scale=None, initial_state=None):
     L = q.shape[-2]
     lag = np.arange(L)[:, None] - np.arange(L)[None, :]  # n − m
     if initial_state is not None:
-        batch = _batch([("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])])
-        S0, _ = _check_state(initial_state, "initial_state", batch, (v.shape[-1], k.shape[-1]), "(..., H, Dv, Dk)")
+        S0, _ = _retention_state(initial_state, q, k, v, lg)
     D = np.where(lag >= 0, np.exp(np.maximum(lag, 0) * lg[:, None, None]), 0.0)  # (H, L, L)
     qs = q * _scale(scale, q.shape[-1])
     W = qs @ np.swapaxes(k, -1, -2) * D
@@ -1234,9 +1248,7 @@ def _ssd_state(state, x, dt, B, C, name: str = "initial_state"):
     if state is None:
         return None, x, dt, B, C
     batch, (H, _, P), N = x.shape[:-3], x.shape[-3:], B.shape[-1]
-    S0, new = _check_state(state, name, batch + (H,), (P, N), "(..., H, P, N)")
-    if new[-1] != H:
-        raise ValueError(f"{name}: expected shape (..., H, P, N) with H = {H} heads (or 1), got shape {np.shape(state)}")
+    S0, new = _check_state(state, name, batch + (H,), (P, N), "(..., H, P, N)", heads=H)
     return (S0, *_rebatch(batch, new[:-1], x, dt, B, C))
 
 
@@ -1779,6 +1791,14 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     less than ``e^{−30}`` and exponentials of segment sums (≤ 0) elsewhere. Work
     O(L c (Dk + Dv) + L Dk Dv); independent heads run in parallel threads.
     Twin: :func:`delta_rule_loop`.
+
+    Accuracy: the state entering a chunk is carried by ``γ_end S_0 − (S_0 Wᵀ) K_Γ``, a difference. A
+    chunk that nearly annihilates the state — its keys span few directions (Dk small against c) and
+    repeat with β near 1 — leaves it with an absolute error of about ε·|S_0|, not a relative one:
+    a state that should decay to 1e-32·|S_0| comes out as rounding noise (an independent tester's
+    case: Dk = 4, c = 64, β = 0.9, v = 0). The loop twin keeps such states to a few ulps; with
+    v ≠ 0, or keys that span their space (Dk = 64, random unit keys), the chunked form is within
+    a few ulps of the recurrence.
 
     Examples
     --------

@@ -699,3 +699,20 @@ def test_empty_sequence_with_states(form):
     for vjp in vjps:
         g = vjp(**args, dy=dy, initial_state=S0, dfinal_state=dS)
         assert np.array_equal(g["dinitial_state"], dS)
+
+
+def test_a_state_with_the_wrong_number_of_heads_is_named_as_such():
+    """An independent tester's finding: a state with 3 heads for a layer of 2 was reported as a batch mismatch."""
+    rng = np.random.default_rng(7)
+    q = k = v = rng.normal(size=(2, 5, 3))
+    gamma = np.array([0.9, 0.5])
+    calls = [lambda S: lr.retention(q, k, v, gamma, initial_state=S),
+             lambda S: lr.retention_loop(q, k, v, gamma, initial_state=S),
+             lambda S: lr.retention_parallel(q, k, v, gamma, initial_state=S),
+             lambda S: lr.retention_vjp(q, k, v, gamma, v, initial_state=S),
+             lambda S: lr.retention_vjp_loop(q, k, v, gamma, v, initial_state=S),
+             lambda S: lr.ssd(v, np.ones((2, 5)), -np.ones(2), q[:1], k[:1], initial_state=S)]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"^initial_state: .* = \(\.\.\., 2, 3, 3\) with H = 2 heads"):
+            call(np.zeros((3, 3, 3)))
+        call(np.zeros((1, 3, 3)))  # one state shared by the heads
