@@ -1522,6 +1522,13 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     ``states`` (False), for every ``linear_rnn`` function above: also an ``initial_state`` (standard
         normal, refimpl's layout (..., P, N) or (..., Dv, Dk), from the seed's fourth stream) and, for
         the backward passes, the cotangent ``dfinal_state`` of the last state (third stream).
+    The official interfaces ``linear_rnn.mamba_chunk_scan_combined``, ``chunk_gla``, ``chunk_simple_gla``,
+        ``chunk_delta_rule``, ``chunk_gated_delta_rule`` and their ``_vjp``: in the official layouts
+        (sequence before heads) with ``batch`` (1) and the sizes above (``H`` heads, 4); Mamba-2's
+        ``dt`` raw with its ``dt_bias`` and ``dt_softplus=True`` (the same Δ distribution), ``D`` per
+        head, ``gated`` (False) adds ``z``; fla's delta rules with raw keys and
+        ``use_qk_l2norm_in_kernel=True``; ``states`` adds ``initial_states``/``initial_state``
+        (``dfinal_states``/``dht`` for the backward passes, whose output cotangent is ``dout``/``do``).
 
     ``seed`` seeds ``numpy.random.default_rng``. ``ValueError`` for other functions or unknown
     size names, ``TypeError``/``ValueError`` for sizes that are not positive integers.
@@ -1540,6 +1547,8 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     if seed < 0:
         raise ValueError(f"seed: expected an int >= 0, got {seed}")
     rng = np.random.default_rng(seed)
+    if function in _OFFICIAL:
+        return _official_inputs(function, seed, sizes)
     if function in _VJP_OUTPUTS:  # the forward inputs, then the cotangent of the forward output
         name = function.removesuffix("_vjp")
         try:
@@ -1649,11 +1658,84 @@ _VJP_OUTPUTS = {"random_features.linear_attention_vjp": "v", "ssm.selective_scan
                 "linear_rnn.gated_linear_attention_vjp": "v", "linear_rnn.retention_vjp": "v",
                 "linear_rnn.delta_rule_vjp": "v"}
 
+#: the official interfaces (mamba_ssm, fla) :func:`random_inputs` supports: ``{name: the refimpl function whose
+#: inputs are drawn}`` (then moved to the official layout, :func:`_official_inputs`)
+_OFFICIAL = {
+    "linear_rnn.mamba_chunk_scan_combined": "linear_rnn.ssd",
+    "linear_rnn.chunk_gla": "linear_rnn.gated_linear_attention",
+    "linear_rnn.chunk_simple_gla": "linear_rnn.gated_linear_attention",
+    "linear_rnn.chunk_delta_rule": "linear_rnn.delta_rule",
+    "linear_rnn.chunk_gated_delta_rule": "linear_rnn.delta_rule",
+}
+_OFFICIAL.update({f"{name}_vjp": base for name, base in _OFFICIAL.items()})
+
+
+def _official_inputs(function: str, seed: int, sizes: dict) -> dict:
+    """:func:`random_inputs` of an official interface: refimpl's inputs for the same layer with the batch of
+    ``B·H`` entries (``H`` heads, SSD's own head axis), moved to the official layout (sequence before heads),
+    the official argument names and options; the backward passes add ``do``/``dout`` (and ``dht``/
+    ``dfinal_states`` with ``states``) from the seed's second (third) stream."""
+    sizes = dict(sizes)
+    vjp = function.endswith("_vjp")
+    name = function.removesuffix("_vjp")
+    states = as_bool(sizes.pop("states", False), "states")
+    swap = lambda a: np.swapaxes(a, 1, 2)  # noqa: E731 — (B, H, T, ·) -> (B, T, H, ·)
+    if name == "linear_rnn.mamba_chunk_scan_combined":
+        gated = as_bool(sizes.pop("gated", False), "gated")
+        B = _sizes(function, {"batch": sizes.pop("batch", 1)}, {"batch": 1})["batch"]
+        base = random_inputs("linear_rnn.ssd", seed=seed, batch=B, states=states, **sizes)
+        H = base["A"].shape[0]
+        # Mamba-2's parameterization: dt = softplus(raw + dt_bias), dt_bias the inverse softplus of the
+        # initialization's dt0 per head (as random_inputs("linear_rnn.ssd") draws Δ), the raw part 0.5 ξ
+        rng = np.random.default_rng((seed, 4))
+        dt0 = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), H))
+        out = {"x": swap(base["x"]), "dt": 0.5 * rng.standard_normal((B, base["x"].shape[-2], H)), "A": base["A"],
+               "B": swap(base["B"]), "C": swap(base["C"]), "chunk_size": base["chunk_size"], "D": base["D"],
+               "z": swap(rng.standard_normal(base["x"].shape)) if gated else None,
+               "dt_bias": dt0 + np.log(-np.expm1(-dt0)), "dt_softplus": True}
+        if states:
+            out["initial_states"] = base["initial_state"]
+        if vjp:
+            out["dout"] = np.random.default_rng((seed, 1)).standard_normal(out["x"].shape)
+            if states:
+                out["dfinal_states"] = np.random.default_rng((seed, 2)).standard_normal(base["initial_state"].shape)
+        return {k: v for k, v in out.items() if v is not None}
+    known = {"L": 1024, "H": 4, "dk": 64, "dv": 64, "batch": 1, "chunk_size": 64, "gate_normalizer": 16.0}
+    s = _sizes(function, sizes, known)
+    B, H = s["batch"], s["H"]
+    forward = {"linear_rnn.chunk_gla": dict(per_channel=True), "linear_rnn.chunk_simple_gla": dict(per_channel=False),
+               "linear_rnn.chunk_delta_rule": dict(gated=False), "linear_rnn.chunk_gated_delta_rule": dict(gated=True)}[name]
+    if name.startswith("linear_rnn.chunk_gated") or "gla" in name:
+        forward["gate_normalizer"] = s["gate_normalizer"]
+    base = random_inputs(_OFFICIAL[name], seed=seed, L=s["L"], dk=s["dk"], dv=s["dv"], batch=B * H,
+                         chunk_size=s["chunk_size"], **forward)
+
+    def official(a):  # (B·H, T, ·) or (B·H, T) -> (B, T, H, ·) or (B, T, H)
+        return np.swapaxes(a.reshape((B, H) + a.shape[1:]), 1, 2)
+
+    out = {"q": official(base["q"]), "k": official(base["k"]), "v": official(base["v"])}
+    if "log_g" in base:
+        out["g"] = official(base["log_g"])
+    if "beta" in base:  # fla normalizes q and k in the kernel (use_qk_l2norm_in_kernel=True): raw keys
+        out["beta"] = official(base["beta"])
+        out["k"] = official(np.random.default_rng((seed, 4)).standard_normal(base["k"].shape))
+        out["use_qk_l2norm_in_kernel"] = True
+    if states:
+        out["initial_state"] = np.random.default_rng((seed, 3)).standard_normal((B, H, s["dk"], s["dv"]))
+    if vjp:
+        out["do"] = np.random.default_rng((seed, 1)).standard_normal(out["v"].shape)
+        if states:
+            out["dht"] = np.random.default_rng((seed, 2)).standard_normal((B, H, s["dk"], s["dv"]))
+    elif states:
+        out["output_final_state"] = True
+    return out
+
+
 #: the functions :func:`random_inputs` supports
 RANDOM_INPUTS = ("attention.softmax_attention", "attention.flash_attention", "attention.softmax_attention_vjp",
                  "random_features.linear_attention", "random_features.performer_attention", "ssm.selective_scan",
                  "linear_rnn.ssd", "linear_rnn.gated_linear_attention", "linear_rnn.retention", "linear_rnn.delta_rule",
-                 "iir.sos_filter", "iir.biquad_filter", *_VJP_OUTPUTS)
+                 "iir.sos_filter", "iir.biquad_filter", *_VJP_OUTPUTS, *_OFFICIAL)
 
 
 # --------------------------------------------------------------------------------------------

@@ -470,3 +470,32 @@ def test_planted_bugs_fail(name, bug, quantity, tier):
     report = oracle.compare("linear_rnn." + name, lambda **kw: _round(bug(**kw), tier), dtype=tier, cases=cases)
     c = report.cases[0]
     assert c.status == "fail" and c.first_failure == quantity, (c.status, c.message, c.first_failure)
+
+
+@pytest.mark.parametrize("name", ["linear_rnn.mamba_chunk_scan_combined", "linear_rnn.chunk_gla", "linear_rnn.chunk_simple_gla",
+                                  "linear_rnn.chunk_delta_rule", "linear_rnn.chunk_gated_delta_rule"])
+@pytest.mark.parametrize("vjp", [False, True])
+def test_random_inputs_of_the_official_interfaces(name, vjp):
+    """random_inputs draws realistic inputs in the official layouts (with states, the final state and its
+    cotangent); refimpl's own results rounded to float32 pass compare with every quantity judged by a plain model."""
+    from refimpl._precision import store
+
+    name = name + ("_vjp" if vjp else "")
+    sizes = dict(L=130, H=3, states=True, **({"gated": True} if "mamba" in name else {"dk": 8, "dv": 4}))
+    inp = oracle.random_inputs(name, seed=4, **sizes)
+    again = oracle.random_inputs(name, seed=4, **sizes)  # reproducible from the seed
+    assert sorted(again) == sorted(inp) and all(np.array_equal(again[k], v) for k, v in inp.items())
+    seq = inp["x"] if "mamba" in name else inp["q"]
+    assert seq.shape[:3] == (1, 130, 3)  # (batch, seqlen, heads, ·)
+    fn = getattr(lr, name.split(".")[1])
+
+    def run(**kw):
+        r = fn(**kw, **({"return_final_states": True} if name == "linear_rnn.mamba_chunk_scan_combined" else {}))
+        if isinstance(r, dict):
+            return {k: store(v, "float32") for k, v in r.items()}
+        return tuple(None if a is None else store(a, "float32") for a in (r if isinstance(r, tuple) else (r,)))
+
+    report = oracle.compare(name, run, dtype="float32", inputs=inp)
+    qs = report.cases[0].quantities
+    assert report.passed and {q.model for q in qs} == {"plain float32"}, report.table()
+    assert len(qs) >= (5 if vjp else 2)  # the state's gradient / the final state are judged too
