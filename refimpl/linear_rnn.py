@@ -2130,6 +2130,9 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     the softplus, which the kernel clamps to 0) are refused, as :func:`ssd` refuses them; the options
     are keyword-only (refimpl's convention); ``seq_idx``, ``cu_seqlens`` and
     ``return_varlen_states`` (packed sequences) are not supported — call once per sequence.
+    In :func:`refimpl.oracle.compare` the call has no ``return_final_states`` (a ``return_*`` flag is
+    not an argument of a case): a kernel that returns ``(out, final_states)`` has its final states
+    judged too, one that returns ``out`` alone (or ``(out, None)``) is judged on ``out``.
     Loop twin: :func:`mamba_chunk_scan_combined_loop`.
 
     Examples

@@ -986,6 +986,8 @@ def _round(x, dtype: str):
     bfloat16 is carried in float32, complex float16 in complex64)."""
     if isinstance(x, (bool, np.bool_, str, int, np.integer)) or x is None:
         return x
+    if isinstance(x, (tuple, list)) and all(isinstance(e, (float, int, np.floating, np.integer)) for e in x):
+        return type(x)(float(_round(e, dtype)) for e in x)  # a tuple option (e.g. dt_limit) stays a tuple
     arr = np.asarray(x)
     if arr.dtype.kind not in "fc":
         return x
@@ -1003,10 +1005,14 @@ def _as_results(value, case: Case, oracle: dict) -> tuple:
     required = tuple(o for o in outs if o not in FUNCTIONS[case.function].optional)
     if value is None:  # a callable that returns nothing (e.g. writes into an argument): an error, not a value
         return None, f"returned None, expected the output{'s' if len(outs) > 1 else ''} {', '.join(outs)}"
-    if isinstance(value, dict):
+    if isinstance(value, dict):  # None stands for an output not returned (fla's final state without output_final_state)
         unknown = [k for k in value if k not in oracle]
         note = f"ignored unknown names {unknown}" if unknown else ""
-        return {k: v for k, v in value.items() if k in oracle}, note
+        return {k: v for k, v in value.items() if k in oracle and v is not None}, note
+    if isinstance(value, (tuple, list)):  # trailing None: outputs not returned, as fla's (o, None), (…, dh0=None)
+        value = list(value)
+        while len(value) > len(required) and value[-1] is None:
+            value.pop()
     alone = required[0] + " alone" if len(required) == 1 else f"{len(required)} ({', '.join(required)})"
     fewer = f" or {alone}" if required != outs else ""  # the optional outputs left out
     full = FUNCTIONS[case.function].outputs  # the function's outputs (a case may have fewer: no dlog_g without log_g)

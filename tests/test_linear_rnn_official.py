@@ -499,3 +499,37 @@ def test_random_inputs_of_the_official_interfaces(name, vjp):
     qs = report.cases[0].quantities
     assert report.passed and {q.model for q in qs} == {"plain float32"}, report.table()
     assert len(qs) >= (5 if vjp else 2)  # the state's gradient / the final state are judged too
+
+
+def test_outputs_returned_as_none_are_not_returned_and_tuple_options_stay_tuples():
+    """An independent kernel author's trial: fla returns (o, None) without output_final_state and a vjp
+    tuple ending in dh0=None without h0 — both failed (\"dtype object is not numeric\", \"expected 4\"); and
+    dt_limit reached the kernel as a float32 array, so mamba_ssm's `dt_limit != (0.0, float("inf"))` raised."""
+    inp = oracle.random_inputs("linear_rnn.chunk_gla", seed=1, L=40, H=2, dk=4, dv=3)
+    assert "output_final_state" not in inp
+    for dtype in ("float64", "float32"):
+        rep = oracle.compare("linear_rnn.chunk_gla", lr.chunk_gla, dtype=dtype, inputs=inp)
+        assert rep.passed, rep.table()
+        rep = oracle.compare("linear_rnn.chunk_gla", lambda **kw: {"o": lr.chunk_gla(**kw)[0], "final_state": None},
+                             dtype=dtype, inputs=inp)
+        assert rep.passed, rep.table()
+    grad = oracle.random_inputs("linear_rnn.chunk_gla_vjp", seed=1, L=40, H=2, dk=4, dv=3)
+
+    def vjp_tuple(**kw):  # fla's backward returns (dq, dk, dv, dg, dh0) with dh0 = None without h0
+        g = lr.chunk_gla_vjp(**kw)
+        return g["dq"], g["dk"], g["dv"], g["dg"], None
+
+    assert oracle.compare("linear_rnn.chunk_gla_vjp", vjp_tuple, inputs=grad).passed
+    missing = oracle.compare("linear_rnn.chunk_gla", lambda **kw: {"o": None}, inputs=inp)
+    assert not missing.passed and "missing" in missing.table()
+    seen = []
+
+    def mamba(**kw):
+        seen.append(kw["dt_limit"])
+        assert kw["dt_limit"] != (0.0, float("inf"))  # the idiom of mamba_ssm's reference
+        return lr.mamba_chunk_scan_combined(**kw)
+
+    m = oracle.random_inputs("linear_rnn.mamba_chunk_scan_combined", seed=1, L=40, H=2, P=3, N=4)
+    rep = oracle.compare("linear_rnn.mamba_chunk_scan_combined", mamba, dtype="bfloat16",
+                         inputs={**m, "dt_limit": (0.01, 0.5)})
+    assert rep.passed and isinstance(seen[0], tuple), rep.table()
