@@ -1010,9 +1010,10 @@ def _as_results(value, case: Case, oracle: dict) -> tuple:
         note = f"ignored unknown names {unknown}" if unknown else ""
         return {k: v for k, v in value.items() if k in oracle and v is not None}, note
     if isinstance(value, (tuple, list)):  # trailing None: outputs not returned, as fla's (o, None), (…, dh0=None)
-        value = list(value)
-        while len(value) > len(required) and value[-1] is None:
-            value.pop()
+        n = len(value)
+        while n > len(required) and value[n - 1] is None:
+            n -= 1
+        value = value[:n]  # the same type: the messages name it
     alone = required[0] + " alone" if len(required) == 1 else f"{len(required)} ({', '.join(required)})"
     fewer = f" or {alone}" if required != outs else ""  # the optional outputs left out
     full = FUNCTIONS[case.function].outputs  # the function's outputs (a case may have fewer: no dlog_g without log_g)
