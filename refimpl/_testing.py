@@ -146,8 +146,12 @@ def ratio_rule(err_kernel: float, err_plain: float, *, level: float = float(np.f
     return bool(err_kernel <= ratio_bound(err_plain, level=level, factor=factor))
 
 
-def low_precision_bound(err_plain: float, tier, ulps: float = 4.0, factor: float = RATIO_RULE_FACTOR) -> float:
-    """The bound of the low-precision verdict: ``factor * max(err_plain, ulps * eps(tier))`` (Eq. (15.3)).
+def low_precision_bound(err_plain: float, tier, ulps: float = 4.0, factor: float = RATIO_RULE_FACTOR,
+                        floor: float = 0.0) -> float:
+    """The bound of the low-precision verdict: ``factor * max(err_plain, ulps * eps(tier), floor)`` (Eq. (15.3)).
+
+    ``floor``: a case's own floor of the relative error (the decay floor of a chunked linear recurrence,
+    :func:`refimpl.oracle.decay_floor`; 0 for every other function).
 
     Examples
     --------
@@ -158,12 +162,12 @@ def low_precision_bound(err_plain: float, tier, ulps: float = 4.0, factor: float
     """
     from ._precision import eps
 
-    return float(ratio_bound(err_plain, level=ulps * eps(tier), factor=factor))
+    return float(ratio_bound(err_plain, level=max(ulps * eps(tier), floor), factor=factor))
 
 
 def low_precision_verdict(err_user: float, err_plain: float, tier, ulps: float = 4.0,
-                          factor: float = RATIO_RULE_FACTOR) -> tuple:
-    """``(passed, bound)``: ``err_user <= factor * max(err_plain, ulps * eps(tier))`` (Eq. (15.3), module docstring).
+                          factor: float = RATIO_RULE_FACTOR, floor: float = 0.0) -> tuple:
+    """``(passed, bound)``: ``err_user <= factor * max(err_plain, ulps * eps(tier), floor)`` (Eq. (15.3), module docstring).
 
     ``err_user`` and ``err_plain`` are norm-wise relative errors against the float64 oracle;
     a NaN error never passes.
@@ -173,5 +177,5 @@ def low_precision_verdict(err_user: float, err_plain: float, tier, ulps: float =
     >>> low_precision_verdict(3e-3, 5e-4, "float16", ulps=1)  # a bfloat16 kernel in the float16 tier
     (False, 0.001953125)
     """
-    bound = low_precision_bound(err_plain, tier, ulps, factor)
+    bound = low_precision_bound(err_plain, tier, ulps, factor, floor)
     return bool(err_user <= bound), bound

@@ -1336,3 +1336,70 @@ def test_forward_initial_state_reaches_the_plain_reference():
     assert not bad.passed and no_state
     with pytest.raises(TypeError, match="^states"):
         oracle.random_inputs("linear_rnn.ssd", seed=2, states="yes")
+
+
+def simple_gla_cumsum_port(q, k, v, g, scale=None, initial_state=None, output_final_state=False, *, bug=None):
+    """fla's chunked simple GLA in float32, written from the GLA paper: per chunk of 64 the decays
+    exp(c_t − c_s) from the in-chunk cumulative log-gate c (the design of fla's and Mamba-2's kernels)."""
+    q, k, v, g = (np.asarray(a, f32) for a in (q, k, v, g))
+    B, T, H, K = q.shape
+    s = f32(K ** -0.5 if scale is None else scale)
+    if bug == "gate shift":
+        g = np.concatenate([g[:, 1:], g[:, -1:]], axis=1)
+    o = np.empty(v.shape, f32)
+    S = np.zeros((B, H, K, v.shape[-1]), f32) if initial_state is None else np.asarray(initial_state, f32).copy()
+    for c0 in range(0, T, 64):
+        sl = slice(c0, min(T, c0 + 64))
+        qc, kc, vc = (np.swapaxes(a[:, sl], 1, 2) for a in (q, k, v))  # (B, H, c, ·)
+        cum = np.cumsum(np.swapaxes(g[:, sl], 1, 2), axis=-1, dtype=f32)  # (B, H, c)
+        decay = np.exp(np.where(np.tri(cum.shape[-1], dtype=bool), cum[..., :, None] - cum[..., None, :], -np.inf))
+        intra = ((qc * s) @ np.swapaxes(kc, -1, -2) * decay) @ vc
+        inter = ((qc * s) * np.exp(cum)[..., None]) @ S
+        o[:, sl] = np.swapaxes(intra + inter, 1, 2)
+        S = np.exp(cum[..., -1])[..., None, None] * S + np.swapaxes(kc * np.exp(cum[..., -1:] - cum)[..., None], -1, -2) @ vc
+    return o, (S if output_final_state else None)
+
+
+def test_decay_floor_admits_chunked_cumsum_kernels_and_still_catches_a_gate_shift():
+    """Two independent kernel authors: float32 ports of fla's chunked simple GLA (decays exp(c_t − c_s),
+    fla's own test gates log σ(ξ)) failed every run by up to 2.35× the bound, and Mamba-2's by up to 3×;
+    decays from segment sums passed. The decay floor 4 ε32 C (C the largest in-chunk log-decay) covers
+    the rounding of c; a gate shifted by one step still fails by orders of magnitude."""
+    rng = np.random.default_rng(0)
+    B, T, H, K, V = 1, 512, 2, 32, 32
+    inp = {"q": rng.standard_normal((B, T, H, K)), "k": rng.standard_normal((B, T, H, K)),
+           "v": rng.standard_normal((B, T, H, V)), "g": -np.logaddexp(0.0, -rng.standard_normal((B, T, H)))}
+    C = np.abs(inp["g"].reshape(B, T // 64, 64, H).sum(axis=2)).max()
+    assert oracle.decay_floor("linear_rnn.chunk_simple_gla", inp) == 4 * eps("float32") * C and C > 30
+    good = oracle.compare("linear_rnn.chunk_simple_gla", simple_gla_cumsum_port, dtype="float32", inputs=inp)
+    q = good.cases[0].quantities[0]
+    assert good.passed and q.floor > 0 and q.bound == 2 * max(q.plain_error, q.floor), good.table()
+    assert q.rel_error > 2 * max(q.plain_error, 4 * eps("float32"))  # the bound without the floor: a false failure
+    bad = oracle.compare("linear_rnn.chunk_simple_gla", lambda **kw: simple_gla_cumsum_port(**kw, bug="gate shift"),
+                         dtype="float32", inputs=inp)
+    assert not bad.passed and bad.cases[0].quantities[0].rel_error > 100 * bad.cases[0].quantities[0].bound
+
+
+def test_decay_floor_of_each_chunked_recurrence():
+    rng = np.random.default_rng(1)
+    e = 4 * eps("float32")
+    dt, A = rng.uniform(0.01, 0.5, (2, 3, 100)), -np.array([1.0, 4.0, 8.0])
+    ssd = {"x": None, "dt": dt, "A": A, "chunk_size": 16}
+    want = max(np.abs((dt[..., i:i + 16] * A[:, None]).sum(-1)).max() for i in range(0, 100, 16))
+    assert np.isclose(oracle.decay_floor("linear_rnn.ssd", ssd), e * want)
+    assert oracle.decay_floor("linear_rnn.ssd_vjp", ssd) == oracle.decay_floor("linear_rnn.ssd", ssd)
+    ret = {"q": np.ones((2, 40, 3)), "gamma": np.array([0.5, 0.99]), "chunk_size": 64}
+    assert np.isclose(oracle.decay_floor("linear_rnn.retention", ret), e * 40 * np.log(2))  # one chunk of L = 40 steps
+    lg = -rng.uniform(0, 1, (2, 50, 4))
+    gla = {"k": np.ones((2, 50, 4)), "log_g": lg, "chunk_size": 64}
+    assert np.isclose(oracle.decay_floor("linear_rnn.gated_linear_attention", gla), e * np.abs(lg.sum(axis=1)).max())
+    m = {"dt": np.full((1, 64, 2), 30.0), "dt_bias": np.zeros(2), "dt_softplus": True, "dt_limit": (0.0, 0.1),
+         "A": -np.array([1.0, 2.0]), "chunk_size": 64}  # Δ clamped to 0.1: C = 64 · 0.1 · 2
+    assert np.isclose(oracle.decay_floor("linear_rnn.mamba_chunk_scan_combined", m), e * 12.8)
+    assert oracle.decay_floor("linear_rnn.delta_rule", {"beta": np.ones((1, 9)), "chunk_size": 4}) == 0.0  # no gates
+    assert oracle.decay_floor("linear_rnn.gated_linear_attention", {**gla, "log_g": lg / 1e3}) == 0.0  # C <= 1
+    assert oracle.decay_floor("attention.softmax_attention", {"q": np.ones((3, 2))}) == 0.0
+    with pytest.raises(ValueError, match="^args: the arguments of linear_rnn.ssd lack 'dt'"):
+        oracle.decay_floor("linear_rnn.ssd", {"A": A})
+    with pytest.raises(ValueError, match="^function: unknown"):
+        oracle.decay_floor("ssd", ssd)
