@@ -300,6 +300,16 @@ def block_matrices(A: np.ndarray, B: np.ndarray, C: np.ndarray, D: float, K: int
     return P, Pw[K], O, T, g[::-1].T
 
 
+def block_length(q: int, columns: int, n: int, block: int = BLOCK) -> int:
+    """The block length K of :func:`block_filter` for a state of size q, ``columns`` signals of n samples.
+
+    ``max(block, 4q)`` — ``8q`` for a single column, whose cost is the carry's fixed work per block
+    rather than the products (``tf_filter`` of order 4 on one channel of 10⁵ samples: 0.71 → 0.67 ms,
+    against 0.39 ms for ``lfilter``) — and at most n.
+    """
+    return max(min(max(block, (8 if columns == 1 else 4) * q), n), 1)
+
+
 def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, max_growth: float = np.inf,
                  section: int | None = None):
     """y and the final state for x (..., N, d), state s0 (..., q, d): the block algorithm.
@@ -327,7 +337,8 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, 
     lead, n, d = x.shape[:-2], x.shape[-2], x.shape[-1]
     if n == 0:
         return x.copy(), s0.copy()
-    K = max(min(max(block, 4 * q), n), 1)
+    L = int(np.prod(lead, dtype=np.int64)) * d
+    K = block_length(q, L, n, block)
     P, AK, O, T, G = block_matrices(A, B, C, D, K)
     M, full = -(-n // K), n // K
     if power_growth(P, section=section) > max_growth:  # before the levels' powers: no work for a refused filter
@@ -337,7 +348,6 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, 
     # exceeds the largest of A^0 … A^K, so only a slowly decaying filter needs their norms
     if max_growth < np.inf and power_growth(P[K:], section=section) >= 1.0 and power_growth(*levels, section=section) > max_growth:
         return None
-    L = int(np.prod(lead, dtype=np.int64)) * d
     X = np.moveaxis(x, -2, 0).reshape(n, L)  # (N, L): all batch entries × channels
     if L == 1:  # one column: nothing to batch over but the blocks themselves
         return _block_filter_column(P, AK, O, T, G, X[:, 0], s0, lead, d, levels)
