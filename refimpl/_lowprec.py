@@ -1208,6 +1208,22 @@ def _selective(args, tier):
 
 _MAMBA = ("x", "dt", "A", "B", "C", "chunk_size", "D", "z", "dt_bias", "initial_states", "dt_softplus", "dt_limit")
 _FLA = ("q", "k", "v", "g", "scale", "initial_state", "output_final_state")
+
+
+def _with_gamma(args: dict) -> dict:
+    """``chunk_simple_gla``'s ``g_gamma`` (H,) folded into ``g`` (B, T, H) in float32, as the kernel adds them."""
+    if args.get("g_gamma") is None:
+        return args
+    args = dict(args)
+    gamma = _f32(args.pop("g_gamma"))
+    g = args.get("g")
+    args["g"] = (np.zeros(np.shape(args["q"])[:3], f32) if g is None else _f32(g)) + gamma
+    return args
+
+
+def _without_dg(grads: dict, args: dict) -> dict:
+    """No ``dg`` when ``g`` was not given (``g_gamma`` alone is a constant)."""
+    return grads if args.get("g") is not None else {k: v for k, v in grads.items() if k != "dg"}
 _FLA_VJP = ("q", "k", "v", "g", "do", "scale", "initial_state", "dht")
 
 #: ``{registered function name: plain(args, tier[, needed]) -> {quantity: ndarray}}`` (``needed``: the
@@ -1255,13 +1271,14 @@ PLAIN = {
     "linear_rnn.mamba_chunk_scan_combined_vjp": lambda args, tier: _call(
         mamba_chunk_scan_combined_vjp, args, _MAMBA + ("dout", "dfinal_states"), tier),
     "linear_rnn.chunk_gla": lambda args, tier: _call(chunk_gla, args, _FLA, tier),
-    "linear_rnn.chunk_simple_gla": lambda args, tier: _call(chunk_gla, args, _FLA, tier),
+    "linear_rnn.chunk_simple_gla": lambda args, tier: _call(chunk_gla, _with_gamma(args), _FLA, tier),
     "linear_rnn.chunk_delta_rule": lambda args, tier: _call(
         chunk_delta_rule, args, _FLA + ("beta", "use_qk_l2norm_in_kernel"), tier),
     "linear_rnn.chunk_gated_delta_rule": lambda args, tier: _call(
         chunk_delta_rule, args, _FLA + ("beta", "use_qk_l2norm_in_kernel"), tier),
     "linear_rnn.chunk_gla_vjp": lambda args, tier: _call(chunk_gla_vjp, args, _FLA_VJP, tier),
-    "linear_rnn.chunk_simple_gla_vjp": lambda args, tier: _call(chunk_gla_vjp, args, _FLA_VJP, tier),
+    "linear_rnn.chunk_simple_gla_vjp": lambda args, tier: _without_dg(
+        _call(chunk_gla_vjp, _with_gamma(args), _FLA_VJP, tier), args),
     "linear_rnn.chunk_delta_rule_vjp": lambda args, tier: _call(
         chunk_delta_rule_vjp, args, _FLA_VJP + ("beta", "use_qk_l2norm_in_kernel"), tier),
     "linear_rnn.chunk_gated_delta_rule_vjp": lambda args, tier: _call(

@@ -2139,12 +2139,12 @@ def mamba_chunk_scan_combined_vjp_loop(x, dt, A, B, C, dout, chunk_size, *, D=No
                       dfinal_states)
 
 
-def _fla_vjp(loop, q, k, v, g, beta, do, scale, initial_state, dht, l2norm, gate: str, delta: bool) -> dict:
+def _fla_vjp(loop, q, k, v, g, beta, do, scale, initial_state, dht, l2norm, gate: str, delta: bool, g_gamma=None) -> dict:
     """The gradients of an fla function: refimpl's VJP in its layout, the states transposed, and with
     ``use_qk_l2norm_in_kernel`` the chain rule of ``x / sqrt(Σ x² + eps)``: ``dx = r (dy − y (y·dy))``."""
     from .linear_rnn import _check_fla, _official, _optional, _swap
 
-    f = _check_fla(q, k, v, g, beta, scale, initial_state, gate, delta, l2norm)
+    f = _check_fla(q, k, v, g, beta, scale, initial_state, gate, delta, l2norm, g_gamma=g_gamma)
     Bb, H, T, K = f.q.shape
     V = f.v.shape[-1]
     do = _official(do, "do", (Bb, T, H, V), "[B, T, H, V] like v")
@@ -2164,7 +2164,7 @@ def _fla_vjp(loop, q, k, v, g, beta, do, scale, initial_state, dht, l2norm, gate
             y = _swap(y)
             dy = out[name]
             out[name] = r[..., None] * (dy - y * np.einsum("...j,...j->...", y, dy)[..., None])
-    if gate != "none":
+    if gate != "none" and g is not None:  # g_gamma is a constant: no gradient, as in fla
         out["dg"] = back(gr["dlog_g"])
     if delta:
         out["dbeta"] = back(gr["dbeta"])
@@ -2233,7 +2233,7 @@ def chunk_gla_vjp_loop(q, k, v, g, do, scale=None, initial_state=None, dht=None)
 
 
 @guard_overflow()
-def chunk_simple_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=None) -> dict:
+def chunk_simple_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=None, g_gamma=None) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.chunk_simple_gla` (a gate per head), with fla's names.
 
     The vector–Jacobian product of Eqs. (16.2)–(16.5) by the adjoint filter of Eqs. (16.17)–(16.19)
@@ -2242,6 +2242,7 @@ def chunk_simple_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=Non
     {doc}
     Notes
     -----
+    ``"dg"`` only when ``g`` is given: ``g_gamma`` is a constant (fla returns no gradient for it).
     Differences from fla, all deliberate: as :func:`chunk_gla_vjp`. Loop twin: :func:`chunk_simple_gla_vjp_loop`.
 
     Examples
@@ -2252,11 +2253,11 @@ def chunk_simple_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=Non
     >>> chunk_simple_gla_vjp(q, k, v, g, do)["dg"].shape
     (1, 5, 2)
     """
-    return _fla_vjp(False, q, k, v, g, None, do, scale, initial_state, dht, False, "head", False)
+    return _fla_vjp(False, q, k, v, g, None, do, scale, initial_state, dht, False, "head", False, g_gamma)
 
 
 @guard_overflow()
-def chunk_simple_gla_vjp_loop(q, k, v, g, do, scale=None, initial_state=None, dht=None) -> dict:
+def chunk_simple_gla_vjp_loop(q, k, v, g, do, scale=None, initial_state=None, dht=None, g_gamma=None) -> dict:
     """Loop twin of :func:`chunk_simple_gla_vjp`: the same wrapper over :func:`gated_linear_attention_vjp_loop`.
 
     Examples
@@ -2268,7 +2269,7 @@ def chunk_simple_gla_vjp_loop(q, k, v, g, do, scale=None, initial_state=None, dh
     >>> all(np.allclose(a[n], b[n]) for n in a)
     True
     """
-    return _fla_vjp(True, q, k, v, g, None, do, scale, initial_state, dht, False, "head", False)
+    return _fla_vjp(True, q, k, v, g, None, do, scale, initial_state, dht, False, "head", False, g_gamma)
 
 
 @guard_overflow()
@@ -2363,7 +2364,8 @@ def chunk_gated_delta_rule_vjp_loop(q, k, v, g, beta, do, scale=None, initial_st
 def _fill_fla_docs():
     specs = {
         chunk_gla_vjp: ("g, ", "", "chunk_gla", '{"dq", "dk", "dv", "dg"}'),
-        chunk_simple_gla_vjp: ("g, ", "", "chunk_simple_gla", '{"dq", "dk", "dv", "dg"}'),
+        chunk_simple_gla_vjp: ("g (None with g_gamma alone), ", ", g_gamma", "chunk_simple_gla",
+                               '{"dq", "dk", "dv", "dg"}'),
         chunk_delta_rule_vjp: ("beta, ", ", use_qk_l2norm_in_kernel", "chunk_delta_rule", '{"dq", "dk", "dv", "dbeta"}'),
         chunk_gated_delta_rule_vjp: ("g, beta, ", ", use_qk_l2norm_in_kernel", "chunk_gated_delta_rule",
                                      '{"dq", "dk", "dv", "dg", "dbeta"}'),

@@ -2185,18 +2185,28 @@ class _Fla(NamedTuple):
     rstd: tuple | None
 
 
-def _check_fla(q, k, v, g, beta, scale, initial_state, gate: str, delta: bool, l2norm=False) -> _Fla:
-    """Validate an fla call (``gate``: "channel", "head" or "none"), naming fla's arguments and shapes."""
+def _check_fla(q, k, v, g, beta, scale, initial_state, gate: str, delta: bool, l2norm=False, g_gamma=None) -> _Fla:
+    """Validate an fla call (``gate``: "channel", "head" or "none"), naming fla's arguments and shapes.
+    ``g_gamma`` (H,) (``chunk_simple_gla``): a constant log-decay per head added to ``g`` (or alone)."""
     l2norm = as_bool(l2norm, "use_qk_l2norm_in_kernel")
     q = _official(q, "q", (None,) * 4, "[B, T, H, K]")
     Bb, T, H, K = q.shape
     k = _official(k, "k", q.shape, "[B, T, H, K] like q")
     v = _official(v, "v", (Bb, T, H, None), "[B, T, H, V]")
     V = v.shape[-1]
+    if g_gamma is not None:  # chunk_simple_gla: log g_t = g_t + g_gamma (per head)
+        g_gamma = _official(g_gamma, "g_gamma", (H,), "[H]; H from q")
+        if g_gamma.max() > 0:
+            raise ValueError(f"g_gamma: expected log-space decays <= 0, got maximum {g_gamma.max():.6g}")
+        g = np.zeros((Bb, T, H)) if g is None else g
+    elif gate == "head" and g is None:
+        raise ValueError("g: chunk_simple_gla needs the log-gates g, g_gamma or both (as fla)")
     if gate != "none":
         g = _official(g, "g", q.shape if gate == "channel" else (Bb, T, H), "[B, T, H, K]" if gate == "channel" else "[B, T, H]")
         if g.max() > 0:
             raise ValueError(f"g: expected log-space gates <= 0 (forget gates in (0, 1]), got maximum {g.max():.6g}")
+        if g_gamma is not None:
+            g = g + g_gamma
     if delta:
         beta = _official(beta, "beta", (Bb, T, H), "[B, T, H]")
     S0 = _optional(initial_state, "initial_state", (Bb, H, K, V), "[N, H, K, V] (N = B)")
@@ -2223,9 +2233,9 @@ def _fla_finish(o, states, output_final_state: bool):
                                            if output_final_state else None)
 
 
-def _fla_gla(loop, q, k, v, g, scale, initial_state, output_final_state, gate):
+def _fla_gla(loop, q, k, v, g, scale, initial_state, output_final_state, gate, g_gamma=None):
     output_final_state = as_bool(output_final_state, "output_final_state")
-    f = _check_fla(q, k, v, g, None, scale, initial_state, gate, False)
+    f = _check_fla(q, k, v, g, None, scale, initial_state, gate, False, g_gamma=g_gamma)
     run = gated_linear_attention_loop if loop else gated_linear_attention
     o, states = run(f.q, f.k, f.v, f.log_g, scale=f.scale, return_chunk_states=True, initial_state=f.S0)
     return _fla_finish(o, states, output_final_state)
@@ -2310,7 +2320,7 @@ def chunk_gla_loop(q, k, v, g, scale=None, initial_state=None, *, output_final_s
 
 
 @guard_overflow()
-def chunk_simple_gla(q, k, v, g, scale=None, initial_state=None, *, output_final_state=False):
+def chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, *, output_final_state=False):
     r"""Gated linear attention with one gate per head, fla's interface (``fla.ops.simple_gla.chunk_simple_gla``).
 
     Implements Eqs. (16.2)–(16.5) with a scalar gate per head and step (the decay of Mamba-2's SSD,
@@ -2321,8 +2331,11 @@ def chunk_simple_gla(q, k, v, g, scale=None, initial_state=None, *, output_final
     ----------
     q, k : array_like, shape (B, T, H, K)
     v : array_like, shape (B, T, H, V)
-    g : array_like, shape (B, T, H)
+    g : array_like, shape (B, T, H), optional
         Forget gates in log space, ≤ 0, one per head and step.
+    g_gamma : array_like, shape (H,), optional
+        A constant log-decay per head, ≤ 0, added to ``g`` at every step (fla's ``g_gamma``; alone it
+        is RetNet's retention with γ = e^{g_gamma}). At least one of ``g``, ``g_gamma``.
     scale, initial_state, output_final_state
         As in :func:`chunk_gla`: default scale ``K^{−1/2}``, states (B, H, K, V) in fla's orientation.
 
@@ -2335,8 +2348,7 @@ def chunk_simple_gla(q, k, v, g, scale=None, initial_state=None, *, output_final
     -----
     ``h_t = e^{g_t} h_{t−1} + k_t v_tᵀ``, ``o_t = h_tᵀ (scale · q_t)`` (fla's orientation, Eq. (16.2)).
 
-    Differences from fla, all deliberate: as :func:`chunk_gla`; besides, fla's alternative
-    ``g_gamma`` (a constant decay per head) is not a parameter — that is :func:`retention`.
+    Differences from fla, all deliberate: as :func:`chunk_gla`.
     Loop twin: :func:`chunk_simple_gla_loop`.
 
     Examples
@@ -2348,11 +2360,11 @@ def chunk_simple_gla(q, k, v, g, scale=None, initial_state=None, *, output_final
     >>> o.shape, ht.shape
     ((1, 6, 2, 3), (1, 2, 3, 3))
     """
-    return _fla_gla(False, q, k, v, g, scale, initial_state, output_final_state, "head")
+    return _fla_gla(False, q, k, v, g, scale, initial_state, output_final_state, "head", g_gamma)
 
 
 @guard_overflow()
-def chunk_simple_gla_loop(q, k, v, g, scale=None, initial_state=None, *, output_final_state=False):
+def chunk_simple_gla_loop(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, *, output_final_state=False):
     """Loop twin of :func:`chunk_simple_gla`: the same wrapper over :func:`gated_linear_attention_loop`.
 
     Examples
@@ -2363,7 +2375,7 @@ def chunk_simple_gla_loop(q, k, v, g, scale=None, initial_state=None, *, output_
     >>> bool(np.allclose(chunk_simple_gla_loop(q, k, v, g)[0], chunk_simple_gla(q, k, v, g)[0]))
     True
     """
-    return _fla_gla(True, q, k, v, g, scale, initial_state, output_final_state, "head")
+    return _fla_gla(True, q, k, v, g, scale, initial_state, output_final_state, "head", g_gamma)
 
 
 @guard_overflow()

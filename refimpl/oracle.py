@@ -538,7 +538,7 @@ def _low_precision_entry(case, args, results, arrays, sampled: bool = False) -> 
     from ._precision import eps as tier_eps_
 
     out = {}
-    floor = decay_floor(case.function, args)
+    floor = _case_floor(case.function, args)
     for tier in VECTOR_TIERS:
         rounded = {k: _round(v, tier) for k, v in args.items() if v is not None}
         try:
@@ -1066,6 +1066,9 @@ def _log_decays(function: str, args: dict):
         return np.moveaxis(step * np.asarray(a["A"], float), -2, -1), int(a["chunk_size"])  # (b, h, l)
     if fn == "linear_rnn.chunk_gla":
         return np.moveaxis(np.asarray(a["g"], float), 1, -1), FLA_CHUNK  # (B, H, K, T)
+    if fn == "linear_rnn.chunk_simple_gla" and "g_gamma" in a:  # a constant log-decay per head, added to g
+        g = np.asarray(a["g"], float) if "g" in a else np.zeros(np.shape(a["q"])[:3])
+        return np.moveaxis(g + np.asarray(a["g_gamma"], float), 1, -1), FLA_CHUNK
     if fn in ("linear_rnn.chunk_simple_gla", "linear_rnn.chunk_gated_delta_rule"):
         return np.moveaxis(np.asarray(a["g"], float), 1, -1), FLA_CHUNK  # (B, H, T)
     return None
@@ -1121,6 +1124,14 @@ def decay_floor(function: str, args: dict) -> float:
         lg = np.concatenate([lg, np.zeros(lg.shape[:-1] + (pad,))], axis=-1)
     C = float(np.max(np.abs(lg.reshape(lg.shape[:-1] + (-1, c)).sum(axis=-1))))
     return PLAIN_ULPS["float32"] * tier_eps("float32") * C if np.isfinite(C) and C > 1 else 0.0
+
+
+def _case_floor(function: str, args: dict) -> float:
+    """:func:`decay_floor` of a case whose arguments refimpl accepted; 0 where they lack what it reads."""
+    try:
+        return decay_floor(function, args)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 #: quantities that kernels keep in float32 in every tier: FlashAttention's log-sum-exp (its forward
@@ -1352,7 +1363,7 @@ def _meets(case, args, oracle, mapped, tier, defaults) -> str | None:
             continue
         outs = case.output_names()
         tiers = {q: _judged_tier(case.function, q, mapped[q], t) for q in oracle if q in mapped}
-        floor = decay_floor(case.function, args)
+        floor = _case_floor(case.function, args)
         judged = [_judge(q, "output" if q in outs else "intermediate", mapped[q], oracle[q], dtype=jt, rtol=case.rtol,
                          atol=case.atol, plain=plain[q], ulps=PLAIN_ULPS[jt] if models[q].startswith("plain") else case.ulps,
                          floor=floor)
@@ -1501,7 +1512,7 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
                     quantities.append(QuantityReport(qname, kind, False, message="missing from the returned values"))
                 continue
             jt = _judged_tier(function, qname, mapped[qname], dt)  # float32 for FlashAttention's lse
-            floor = decay_floor(function, args) if dt != "float64" else 0.0
+            floor = _case_floor(function, args) if dt != "float64" else 0.0
             model = models.get(qname, "") + (", judged in float32" if jt != dt else "")
             quantities.append(_judge(qname, kind, mapped[qname], oracle[qname], dtype=jt, rtol=case.rtol, atol=case.atol,
                                      plain=None if plain is None else plain.get(qname, oracle[qname]),

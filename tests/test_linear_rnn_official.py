@@ -533,3 +533,45 @@ def test_outputs_returned_as_none_are_not_returned_and_tuple_options_stay_tuples
     rep = oracle.compare("linear_rnn.mamba_chunk_scan_combined", mamba, dtype="bfloat16",
                          inputs={**m, "dt_limit": (0.01, 0.5)})
     assert rep.passed and isinstance(seen[0], tuple), rep.table()
+
+
+def test_chunk_simple_gla_g_gamma_is_a_constant_decay_per_head():
+    """fla's chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale, ...): g_gamma alone is retention with
+    γ = e^{g_gamma}; with g it adds to every step's log-gate; it has no gradient (a constant)."""
+    rng = np.random.default_rng(3)
+    B, T, H, K, V = 2, 70, 3, 4, 2
+    q, k = rng.normal(size=(2, B, T, H, K))
+    v, do = rng.normal(size=(2, B, T, H, V))
+    g, gam = -rng.uniform(0, 0.5, (B, T, H)), np.log([0.9, 0.5, 0.99])
+    sw = lambda a: np.swapaxes(a, 1, 2)  # noqa: E731
+    o, _ = lr.chunk_simple_gla(q, k, v, None, gam)  # fla's positional order: g, g_gamma, scale
+    np.testing.assert_allclose(o, sw(lr.retention_loop(sw(q), sw(k), sw(v), np.exp(gam))), rtol=1e-13, atol=1e-14)
+    for f in (lr.chunk_simple_gla, lr.chunk_simple_gla_loop):
+        np.testing.assert_allclose(f(q, k, v, g, gam, 0.7)[0], lr.chunk_simple_gla(q, k, v, g + gam, None, 0.7)[0],
+                                   rtol=1e-13, atol=1e-14)
+    for f in (lr.chunk_simple_gla_vjp, lr.chunk_simple_gla_vjp_loop):
+        alone = f(q, k, v, None, do, g_gamma=gam)
+        assert sorted(alone) == ["dk", "dq", "dv"]  # no dg: g was not given
+        ref = lr.chunk_simple_gla_vjp(q, k, v, np.broadcast_to(gam, (B, T, H)).copy(), do)
+        for n in alone:
+            np.testing.assert_allclose(alone[n], ref[n], rtol=1e-12, atol=1e-13)
+        both = f(q, k, v, g, do, g_gamma=gam)
+        ref = lr.chunk_simple_gla_vjp(q, k, v, g + gam, do)
+        for n in both:  # d/dg of g + g_gamma is the log-gate gradient
+            np.testing.assert_allclose(both[n], ref[n], rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError, match="^g: chunk_simple_gla needs"):
+        lr.chunk_simple_gla(q, k, v)
+    with pytest.raises(ValueError, match="^g_gamma: expected shape"):
+        lr.chunk_simple_gla(q, k, v, None, gam[:2])
+    with pytest.raises(ValueError, match="^g_gamma: expected log-space decays <= 0"):
+        lr.chunk_simple_gla(q, k, v, None, -gam)
+    inp = {"q": q, "k": k, "v": v, "g_gamma": gam, "output_final_state": True}
+    rep = oracle.compare("linear_rnn.chunk_simple_gla", lambda **kw: tuple(a.astype(np.float32) for a in
+                                                                          lr.chunk_simple_gla(**kw)),
+                         dtype="float32", inputs=inp)
+    assert rep.passed and {x.model for x in rep.cases[0].quantities} == {"plain float32"}, rep.table()
+    grad = {"q": q, "k": k, "v": v, "g": None, "do": do, "g_gamma": gam}  # g is positional: given as None
+    rep = oracle.compare("linear_rnn.chunk_simple_gla_vjp",
+                         lambda g=None, **kw: {n: a.astype(np.float32) for n, a in lr.chunk_simple_gla_vjp(g=g, **kw).items()},
+                         dtype="float32", inputs=grad)
+    assert rep.passed and [x.name for x in rep.cases[0].quantities] == ["dq", "dk", "dv"], rep.table()
