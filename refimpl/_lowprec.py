@@ -412,9 +412,7 @@ def _gated_recurrence(q, k, v, log_g, tier, chunk=None, S0=None):
     q, k, v, log_g = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v, log_g))
     L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
     g = np.exp(log_g)
-    S = np.zeros(batch + (dk, dv), dtype=f32)
-    if S0 is not None:
-        S += S0
+    S = _filled(batch + (dk, dv), S0)
     o = np.empty(batch + (L, dv), dtype=f32)
     states = [] if chunk else None
     for t in range(L):
@@ -500,9 +498,7 @@ def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, initial_sta
     q, k, v = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v))
     beta, g = np.broadcast_to(beta, batch + beta.shape[-1:]), np.broadcast_to(np.exp(lg), batch + lg.shape[-1:])
     L, dk, dv, c = q.shape[-2], k.shape[-1], v.shape[-1], int(chunk_size)
-    S = np.zeros(batch + (dk, dv), dtype=f32)  # Sᵀ
-    if S0 is not None:
-        S += S0
+    S = _filled(batch + (dk, dv), S0)  # Sᵀ
     o = np.empty(batch + (L, dv), dtype=f32)
     states = []
     for t in range(L):
@@ -537,13 +533,7 @@ def _gated_adjoint(q, k, v, log_g, dy, tier, S0=None, dS_end=None):
     q, k, v, log_g, dy = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v, log_g, dy))
     L, dk, dv = q.shape[-2], k.shape[-1], v.shape[-1]
     g = np.exp(log_g)
-    start = np.zeros(batch + (dk, dv), dtype=f32)
-    if S0 is not None:
-        start += S0
-
-    lam = np.zeros(batch + (dk, dv), dtype=f32)
-    if dS_end is not None:
-        lam += dS_end
+    start, lam = _filled(batch + (dk, dv), S0), _filled(batch + (dk, dv), dS_end)
     dq, dkk, dvv = np.empty(q.shape, f32), np.empty(k.shape, f32), np.empty(v.shape, f32)
     dg = np.empty(batch + (L, g.shape[-1]), dtype=f32)
     for t, S_prev, S_t in _states_backwards(lambda S, t: _gated_step(S, k, v, g, t), start, L):
@@ -559,6 +549,14 @@ def _gated_adjoint(q, k, v, log_g, dy, tier, S0=None, dS_end=None):
         dg[..., t, :] = g[..., t, :] * rows
     dS0 = None if S0 is None else (g[..., 0, :, None] * lam if L else lam)
     return dq, dkk, dvv, dg, dS0
+
+
+def _filled(shape: tuple, value) -> np.ndarray:
+    """A float32 array of ``shape`` holding ``value`` broadcast (a state, a cotangent), or zeros for None."""
+    out = np.zeros(shape, dtype=f32)
+    if value is not None:
+        out += value
+    return out
 
 
 def _states_backwards(step, start, L: int):
@@ -693,12 +691,7 @@ def delta_rule_vjp(q, k, v, beta, dy, log_g=None, scale=None, chunk_size=64, ini
     q, k, v, dy = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v, dy))
     beta, g = np.broadcast_to(beta, batch + beta.shape[-1:]), np.broadcast_to(np.exp(lg), batch + lg.shape[-1:])
     L, dk, dv = q.shape[-2], k.shape[-1], v.shape[-1]
-    start = np.zeros(batch + (dk, dv), dtype=f32)
-    if S0 is not None:
-        start += S0
-    M = np.zeros(batch + (dk, dv), dtype=f32)
-    if dS_end is not None:
-        M += dS_end
+    start, M = _filled(batch + (dk, dv), S0), _filled(batch + (dk, dv), dS_end)
     dq, dkk, dvv = np.empty(q.shape, f32), np.empty(k.shape, f32), np.empty(v.shape, f32)
     db, dg = np.empty(beta.shape, f32), np.empty(beta.shape, f32)
     for t, Sp, S_t in _states_backwards(lambda S, t: _delta_step(S, k, v, beta, g, t), start, L):
