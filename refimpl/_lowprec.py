@@ -61,6 +61,21 @@ def _f32(x):
     return np.asarray(x).astype(f32)
 
 
+def _sigmoid32(x):
+    """σ(x) = 1 / (1 + e^{−x}) in float32."""
+    return (f32(1) / (f32(1) + np.exp(-x))).astype(f32)
+
+
+def _silu32(z):
+    """silu(z) = z σ(z) = z / (1 + e^{−z}) in float32 (the gate of Mamba's output)."""
+    return z / (f32(1) + np.exp(-z))
+
+
+def _softplus32(x):
+    """log(1 + e^x) in float32, x itself above 20 (as mamba_ssm's kernels and ``F.softplus``)."""
+    return np.where(x > f32(20), x, np.log1p(np.exp(np.minimum(x, f32(20))))).astype(f32)
+
+
 def _reduce32(g, shape):
     """The gradient ``g`` of an input of ``shape`` that was broadcast: summed over the broadcast axes in float32."""
     while g.ndim > len(shape):
@@ -280,16 +295,12 @@ def _kernel_attention(phi_q, phi_k, v, causal, tier, block=256):
     return store(y, tier)
 
 
-def _read_states(a, b, w, causal, tier, block=256, reverse=False):
-    r"""``r_i = a_iᵀ S_i`` with the state ``S_i = Σ_j b_j w_jᵀ`` over all j, or j ≤ i if ``causal``
-    (j ≥ i if also ``reverse``): the running state accumulated in float32 one token after the other
-    (the RNN of Eq. (12.3), run backwards in time for the adjoint of a causal sum), read with
-    products whose inputs are rounded to the tier. Float32 inputs (..., n, ·); returns (..., n, w)."""
+def _read_states(a, b, w, causal, tier, block=256):
+    r"""``r_i = a_iᵀ S_i`` with the state ``S_i = Σ_j b_j w_jᵀ`` over all j, or j ≤ i if ``causal``:
+    the running state accumulated in float32 one token after the other (the RNN of Eq. (12.3)), read
+    with products whose inputs are rounded to the tier. Float32 inputs (..., n, ·); returns (..., n, w)."""
     if not causal:
         return matmul(a, np.matmul(np.swapaxes(b, -1, -2), w), tier)  # the state: a float32 reduction
-    if reverse:
-        flip = lambda x: x[..., ::-1, :]  # noqa: E731
-        return flip(_read_states(flip(a), flip(b), flip(w), True, tier, block))
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2], w.shape[:-2])
     a, b, w = (np.broadcast_to(x, batch + x.shape[-2:]) for x in (a, b, w))
     n, c, m = a.shape[-2], a.shape[-1], w.shape[-1]
@@ -735,7 +746,7 @@ def _sw(a):
 def _mamba_steps(dt, dt_bias, dt_softplus, dt_limit):
     """``dt + dt_bias``, its softplus (x itself above 20, as mamba_ssm's kernel) and Δ clamped to ``dt_limit``, float32."""
     raw = _f32(dt) + (f32(0) if dt_bias is None else _f32(dt_bias))
-    pre = np.where(raw > f32(20), raw, np.log1p(np.exp(np.minimum(raw, f32(20))))).astype(f32) if dt_softplus else raw
+    pre = _softplus32(raw) if dt_softplus else raw
     lo, hi = (f32(v) for v in np.asarray(dt_limit, dtype=np.float64))
     return raw, pre, np.clip(pre, lo, hi).astype(f32)
 
@@ -763,7 +774,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     u, final = _mamba_out32(x, step, A, B, C, chunk_size, D, initial_states, tier)
     if z is not None:
         z32 = _f32(z)
-        u = u * (z32 / (f32(1) + np.exp(-z32)))
+        u = u * _silu32(z32)
     return {"out": store(u, tier), "final_states": store(final, tier), "Delta": step}
 
 
@@ -778,7 +789,7 @@ def mamba_chunk_scan_combined_vjp(x, dt, A, B, C, dout, chunk_size, D=None, z=No
     if z is not None:
         u, _ = _mamba_out32(x, step, A, B, C, chunk_size, D, initial_states, tier)
         z32 = _f32(z)
-        s = f32(1) / (f32(1) + np.exp(-z32))
+        s = _sigmoid32(z32)
         dz = du * u * (s * (f32(1) + z32 * (f32(1) - s)))
         du = du * (z32 * s)
     g = ssd_vjp(_sw(x), _sw(step), A, _sw(B), _sw(C), None, _sw(du), chunk_size, initial_states, dfinal_states,
@@ -786,7 +797,7 @@ def mamba_chunk_scan_combined_vjp(x, dt, A, B, C, dout, chunk_size, D=None, z=No
     dx = _sw(g["dx"])
     lo, hi = (f32(v) for v in np.asarray(dt_limit, dtype=np.float64))
     dpre = np.where((pre < lo) | (pre > hi), f32(0), _sw(g["ddt"]))
-    draw = (dpre * (f32(1) / (f32(1) + np.exp(-raw)))).astype(f32) if dt_softplus else dpre
+    draw = (dpre * _sigmoid32(raw)).astype(f32) if dt_softplus else dpre
     out.update(dx=dx, ddt=draw, dA=g["dA"], dB=_sw(g["dB"]), dC=_sw(g["dC"]))
     if D is not None:
         D32 = _f32(D)
@@ -957,7 +968,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     u32 = _f32(u)
     step = _f32(delta) + (f32(0) if bias is None else _f32(bias)[:, None])
     if softplus:
-        step = np.where(step > f32(20), step, np.log1p(np.exp(np.minimum(step, f32(20)))))
+        step = _softplus32(step)
     A32 = A.astype(ct)
     B32, C32 = (np.repeat(X, d // X.shape[1], axis=1).astype(ct) for X in (B, C))  # (b or 1, D, N, L)
     h = np.zeros((u.shape[0],) + A.shape, dtype=ct)
@@ -971,7 +982,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         y = y + _f32(D)[:, None] * u32
     if z is not None:
         z32 = _f32(z)
-        y = y * (z32 / (f32(1) + np.exp(-z32)))
+        y = y * _silu32(z32)
     return {"out": store(y, tier), "last_state": store(h, tier), "Delta": step}
 
 

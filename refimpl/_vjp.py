@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.special import expit
 
 from . import _blocking
 from ._scan import cumsum_rows
@@ -2030,7 +2031,7 @@ def _mamba_vjp(loop, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_st
                dfinal_states) -> dict:
     """The gradients of ``mamba_chunk_scan_combined``: :func:`ssd_vjp` (or its loop twin) in refimpl's layout,
     then the chain rule through D, silu(z), the clamp and the softplus, in the official layout."""
-    from .linear_rnn import _check_mamba, _expit, _mamba_scan, _official, _optional, _swap
+    from .linear_rnn import _check_mamba, _mamba_scan, _official, _optional, _swap
 
     m = _check_mamba(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
     b, L, H, P = m.x.shape
@@ -2039,7 +2040,7 @@ def _mamba_vjp(loop, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_st
     du, dz = dout, None  # du = ∂ℓ/∂(y + D x)
     if m.z is not None:
         u, _ = _mamba_scan(m, loop)  # y + D x, the gate's input
-        s = _expit(m.z)
+        s = expit(m.z)
         dz = dout * u * (s * (1.0 + m.z * (1.0 - s)))  # silu'(z) = σ(z) (1 + z (1 − σ(z)))
         du = dout * (m.z * s)  # out = u · silu(z)
     run = ssd_vjp_loop if loop else ssd_vjp
@@ -2049,7 +2050,7 @@ def _mamba_vjp(loop, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_st
     dx = back(g["dx"])
     dstep = back(g["ddt"])  # ∂ℓ/∂Δ
     dpre = np.where((m.pre < m.lo) | (m.pre > m.hi), 0.0, dstep)  # clamp: no gradient strictly outside dt_limit
-    draw = dpre * _expit(m.raw) if m.softplus else dpre  # softplus'(x) = σ(x)
+    draw = dpre * expit(m.raw) if m.softplus else dpre  # softplus'(x) = σ(x)
     out = {"dx": dx, "ddt": draw, "dA": g["dA"], "dB": back(g["dB"]), "dC": back(g["dC"])}
     if m.D is not None:
         Dx = m.D[:, None] if m.D.ndim == 1 else m.D

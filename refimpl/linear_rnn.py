@@ -119,6 +119,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from scipy.special import expit
 
 from . import _blocking
 from ._scan import linear_scan
@@ -2041,13 +2042,7 @@ def _check_mamba(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_s
 
 
 def _silu(z: np.ndarray) -> np.ndarray:
-    return z * _expit(z)
-
-
-def _expit(z: np.ndarray) -> np.ndarray:
-    import scipy.special
-
-    return scipy.special.expit(z)
+    return z * expit(z)
 
 
 def _mamba_scan(m: _Mamba, loop: bool, D_inside: bool = True):
