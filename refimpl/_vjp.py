@@ -1617,7 +1617,7 @@ def ssd_vjp(x, dt, A, B, C, D, dy, *, chunk_size=64, initial_state=None, dfinal_
     Parameters
     ----------
     x, dt, A, B, C, D, chunk_size
-        As in :func:`refimpl.linear_rnn.ssd`: x (..., H, L, P), dt (..., H, L) > 0, A (H,) ≤ 0,
+        As in :func:`refimpl.linear_rnn.ssd`: x (..., H, L, P), dt (..., H, L) ≥ 0, A (H,) ≤ 0,
         B, C (..., G, L, N) with H divisible by G, D (H,) or None (no skip; ``dD`` is then the
         gradient at D = 0).
     dy : array_like, shape (..., H, L, P)

@@ -79,7 +79,7 @@ Glossary (code name → symbol in the book / the papers)
 ``gamma`` (H,)      RetNet's fixed decay γ per head.
 ``beta`` (..., L)   the delta rule's writing strength β_t (the NLMS step size).
 ``x`` (..., H, L, P)   SSD input x_t per head h (P = head dimension).
-``dt`` (..., H, L)  SSD step Δ_t > 0 (after the softplus).
+``dt`` (..., H, L)  SSD step Δ_t ≥ 0 (after the softplus; Δ_t = 0 leaves the state unchanged).
 ``A`` (H,)          SSD's scalar state matrix per head, A ≤ 0 (Mamba-2: −exp(A_log)).
 ``B``, ``C`` (..., G, L, N)  SSD input/output projections, G groups shared by H/G heads each
                     (head h uses group h // (H/G)); N the state size d_state.
@@ -714,13 +714,15 @@ class _Blocks(_Factors):
         return blocks
 
 
-def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, scale: float = 1.0, init=None):
+def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, scale: float = 1.0, init=None,
+                    fold: bool = True):
     """The chunked form with one gate per head; the R heads of a group share ``q`` and ``k``.
 
     ``q, k`` (G, L, Dk); ``v`` (G, R, L, Dv); ``loga`` (G, R, L) the heads' log-gates; ``w``
     (G, R, L), optional, weights the values (SSD's Δ_s); ``skip`` (G, R), optional, adds
     ``skip_gr v_t`` to the output (SSD's D), through the diagonal of the chunk products
-    (:func:`_skip_diagonal`); ``scale`` multiplies the queries. Writes the output,
+    (:func:`_skip_diagonal`; ``fold=False`` adds it after the products, as it must when a step's
+    ``w`` is 0); ``scale`` multiplies the queries. Writes the output,
     padded to whole chunks, into ``o`` (G, R, n_chunks, c, Dv) and, unless None, the transposed
     chunk-end states ``S_endᵀ`` into ``states`` (G, R, n_chunks, Dk, Dv). ``init``, optional: the
     transposed initial states ``S_{−1}ᵀ`` (G, R, Dk, Dv) entering the first chunk (None: 0).
@@ -751,7 +753,7 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
     dec = E[..., -1, None, None]  # (G, R, nc, 1, 1): e^{cum_end}, the chunk's decay per head
     vc = _chunks(v, c, -2)  # (G, R, nc, c, Dv)
     tri = np.tri(c)
-    fold = None if skip is None else _skip_diagonal(skip, wc, scale)
+    fold = None if skip is None or not fold else _skip_diagonal(skip, wc, scale)
     diag = (Ellipsis, np.arange(c), np.arange(c))  # the diagonal of the (c, c) blocks
     S = np.zeros((G, R, dk, dv)) if init is None else init.copy()  # S_inᵀ entering the next group
     m = min(nc, _group(G * R, c))
@@ -840,7 +842,8 @@ def _skip_diagonal(skip, wc, scale: float):
     in-chunk block adds ``D v_t`` (to a few ulps) — and saves two passes over the output (the
     product ``D v`` and its sum with the output measured about 11 % of SSD's single-thread time
     at H = 4, L = 8192, P = N = 64). Chunks that decay below ``e^{−_FACTOR_LOG}`` (where ``e^{−cum}`` is
-    clamped) are recomputed exactly and add ``D v_t`` themselves. Padded steps (w = 0) get 0.
+    clamped) are recomputed exactly and add ``D v_t`` themselves. Padded steps (w = 0) get 0, so
+    a real step with w = 0 (SSD's Δ_t = 0) cannot ride here: the caller then does not fold.
     When a tiny Δ_t makes ``D / Δ_t`` overflow or the value rows subnormal (below), None: the
     caller adds ``D v_t`` separately.
     """
@@ -1210,8 +1213,8 @@ def _check_ssd(x, dt, A, B, C, D, chunk_size, return_chunk_states, grouped=False
     dt = _real(dt, "dt")
     if dt.ndim < 2 or dt.shape[-2:] != (H, L):
         raise ValueError(f"dt: expected shape (..., H, L) = (..., {H}, {L}) (H, L from x), got shape {dt.shape}")
-    if dt.size and dt.min() <= 0:
-        raise ValueError(f"dt: expected step sizes > 0, got minimum {dt.min():.6g}")
+    if dt.size and dt.min() < 0:
+        raise ValueError(f"dt: expected step sizes >= 0, got minimum {dt.min():.6g}")
     A = as_real_array(A, "A", ndim=1)
     if A.shape != (H,):
         raise ValueError(f"A: expected one scalar per head, shape ({H},), got shape {A.shape}")
@@ -1271,7 +1274,8 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False, ini
     x : array_like, shape (..., H, L, P)
         Inputs, H heads of dimension P.
     dt : array_like, shape (..., H, L)
-        Step sizes Δ_t > 0 (after the softplus).
+        Step sizes Δ_t ≥ 0 (after the softplus). A step with Δ_t = 0 leaves the state unchanged
+        (``e^0 = 1``, no input): the lower end of ``mamba_ssm``'s default clamp.
     A : array_like, shape (H,)
         One scalar A_h ≤ 0 per head (the state matrix is A_h I).
     B, C : array_like, shape (..., G, L, N)
@@ -1353,6 +1357,7 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False, ini
     def part(a, sl, axis):  # the part ``sl`` of ``a`` along the groups (axis 0) or the heads (axis 1)
         return None if a is None else (a[sl] if axis == 0 else a[:, sl])
 
+    fold = not (dt == 0).any()  # D x_t rides on the chunk products' diagonal as D / Δ_t (see _skip_diagonal)
     axis = 0 if ng >= min(R, _blocking.THREADS) else 1  # split the groups or, if there are fewer, the heads
     # each part checks that what it reads is finite: its x; its B, C (all of them in the first part
     # when the heads of a group are split)
@@ -1365,7 +1370,7 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False, ini
         qs, ks = (q[sl], k[sl]) if axis == 0 else (q, k)
         _scalar_chunked(qs, ks, part(v, sl, axis), part(loga, sl, axis), c, part(o, sl, axis),
                         part(states, sl, axis), w=part(w, sl, axis), skip=part(skip, sl, axis),
-                        init=part(init, sl, axis))
+                        init=part(init, sl, axis), fold=fold)
 
     _blocking.in_parts(run, o.shape[axis], x.size, one_blas=True)
     y = o.reshape(ng, R, nc * c, P)[:, :, :L].reshape(batch + (H, L, P))
@@ -2031,13 +2036,7 @@ def _check_mamba(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_s
         raise ValueError(f"dt_limit: expected (min, max) with 0 <= min <= max, min finite (max may be inf), got {lim.tolist()}")
     raw = dt if dt_bias is None else dt + dt_bias  # dt + dt_bias
     pre = np.logaddexp(0.0, raw) if softplus else raw  # softplus(dt + dt_bias), exact
-    step = np.clip(pre, lim[0], lim[1])  # Δ = clamp(·, dt_limit)
-    if not np.all(step > 0):
-        formula = "dt" if dt_bias is None else "dt + dt_bias"
-        formula = f"softplus({formula})" if softplus else formula
-        names = "dt" + (", dt_bias" if dt_bias is not None else "") + ("" if softplus else ", dt_softplus") + ", dt_limit"
-        raise ValueError(f"{names}: expected step sizes Δ = clamp({formula}, dt_limit) > 0 (refimpl's ssd refuses "
-                         f"Δ <= 0), got minimum {float(step.min()):.6g}")
+    step = np.clip(pre, lim[0], lim[1])  # Δ = clamp(·, dt_limit) >= 0: a negative dt is a step of Δ = 0, as in the kernel
     return _Mamba(x, raw, pre, step, A, B, C, c, D, z, dt_bias, h0, float(lim[0]), float(lim[1]), softplus)
 
 
@@ -2113,7 +2112,9 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
 
     Notes
     -----
-    ``Δ = clamp(softplus(dt + dt_bias), dt_limit)`` (each step optional), then per head, with
+    ``Δ = clamp(softplus(dt + dt_bias), dt_limit)`` (each step optional; the clamp is always
+    applied, so with the default ``dt_limit`` a negative ``dt`` without the softplus is a step of
+    Δ = 0, which leaves the state unchanged, as in the kernel), then per head, with
     ``h_{−1}`` = ``initial_states`` (Eq. (16.7)):
 
     .. math::  h_t = e^{Δ_t A} h_{t−1} + Δ_t x_t B_t^\top,\qquad
@@ -2121,8 +2122,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
 
     Differences from ``mamba_ssm``, all deliberate: float64 throughout; the softplus is exact,
     whereas the kernel returns x itself above 20 (a difference log1p(e^{−x}) < 2.1e-9, below
-    float32's resolution there); A > 0 and Δ ≤ 0 after the clamp (e.g. a negative ``dt`` without
-    the softplus, which the kernel clamps to 0) are refused, as :func:`ssd` refuses them; the options
+    float32's resolution there); A > 0 is refused, as :func:`ssd` refuses it; the options
     are keyword-only (refimpl's convention); ``seq_idx``, ``cu_seqlens`` and
     ``return_varlen_states`` (packed sequences) are not supported — call once per sequence.
     In :func:`refimpl.oracle.compare` the call has no ``return_final_states`` (a ``return_*`` flag is

@@ -469,6 +469,36 @@ def test_ssd_skip_with_tiny_steps_is_exact(dt_value):
     close(lr.ssd_quadratic(x, dt, A, B, C, D), y, rtol=1e-14, what="SSD quadratic with tiny Δ")
 
 
+@pytest.mark.parametrize("chunk", [4, 8, 64])
+def test_ssd_steps_of_zero_leave_the_state_unchanged(chunk):
+    # Δ_t = 0 (the lower end of mamba_ssm's clamp): e^{0·A} = 1 and no input, the output still reads the state and
+    # adds D x_t, which therefore cannot ride on the diagonal as D / Δ_t (_skip_diagonal): three algorithms agree,
+    # with a whole head of zero steps, a whole chunk of them, and every third step; forward and backward
+    x, dt, A, B, C, D = _ssd_inputs(17, L=37)
+    dt[..., ::3] = 0.0
+    dt[:, 1] = 0.0
+    dt[..., 8:16] = 0.0
+    h0 = np.random.default_rng(18).normal(size=x.shape[:-2] + (x.shape[-1], B.shape[-1]))
+    y, S = lr.ssd(x, dt, A, B, C, D, chunk_size=chunk, initial_state=h0, return_chunk_states=True)
+    y_loop, S_loop = lr.ssd_loop(x, dt, A, B, C, D, chunk_size=chunk, initial_state=h0, return_chunk_states=True)
+    close(y, y_loop, rtol=SELF, what="SSD with zero steps vs recurrence")
+    close(S, S_loop, rtol=SELF, what="SSD chunk states with zero steps")
+    close(lr.ssd_quadratic(x, dt, A, B, C, D, initial_state=h0), y, rtol=SELF, what="SSD quadratic with zero steps")
+    np.testing.assert_array_equal(S[:, 1], np.broadcast_to(h0[:, 1, None], S[:, 1].shape))  # a head of Δ = 0 keeps h_{−1}
+    dy = np.random.default_rng(19).normal(size=y.shape)
+    g = lr.ssd_vjp(x, dt, A, B, C, D, dy, chunk_size=chunk, initial_state=h0)
+    g_loop = lr.ssd_vjp_loop(x, dt, A, B, C, D, dy, chunk_size=chunk, initial_state=h0)
+    for key in g:
+        close(g[key], g_loop[key], rtol=SELF, what=f"SSD vjp {key} with zero steps")
+    # dΔ at Δ = 0, against a one-sided second-order difference (Δ cannot go below 0): (−3 f(0) + 4 f(h) − f(2h)) / 2h
+    t, h = (0, 2, 3), 1e-5
+    f = [np.sum(lr.ssd(x, np.where(np.arange(37) == 3, dt + s * h, dt) * (np.arange(4)[:, None] == 2)
+                       + dt * (np.arange(4)[:, None] != 2), A, B, C, D, chunk_size=chunk, initial_state=h0)[0] * dy[0])
+         for s in (0, 1, 2)]
+    want = (-3 * f[0] + 4 * f[1] - f[2]) / (2 * h)
+    assert dt[t] == 0 and abs(g["ddt"][t] - want) <= 1e-8 * max(1.0, abs(want)), (g["ddt"][t], want)
+
+
 # ---------------------------------------------------------------------------------------------
 # Delta rule
 # ---------------------------------------------------------------------------------------------
@@ -798,7 +828,7 @@ def test_delta_rule_bad_input(fn, edit, match):
     [
         (lambda a: a.update(x=np.ones((5, 3))), "x: expected shape"),
         (lambda a: a.update(dt=np.ones((2, 4, 5))), "dt: expected shape"),
-        (lambda a: a.update(dt=-a["dt"]), "dt: expected step sizes > 0"),
+        (lambda a: a.update(dt=-a["dt"]), "dt: expected step sizes >= 0"),
         (lambda a: a.update(A=np.ones(4)), "A: expected A <= 0"),
         (lambda a: a.update(A=-np.ones(3)), "A: expected one scalar per head"),
         (lambda a: a.update(B=np.ones((2, 3, 23, 5)), C=np.ones((2, 3, 23, 5))), "divisible"),

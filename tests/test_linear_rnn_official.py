@@ -272,6 +272,27 @@ def test_mamba_vjp_without_options_by_complex_step():
     _complex_step(lambda a: np.sum(ref_mamba(*a.values())[0] * dout), kw, {n: g["d" + n] for n in kw}, list(kw))
 
 
+def test_mamba_negative_dt_is_a_step_of_zero_as_the_kernel_clamps_it():
+    """Without the softplus, mamba_ssm clamps dt to dt_limit = (0, inf) by default: a negative dt is Δ = 0 (the
+    state is left unchanged, the output is still read), and its gradient is 0 (strictly outside the limit)."""
+    kw, opts = mamba_inputs(12, b=1, L=9, H=2, G=1, P=2, N=3, full=False)
+    kw["dt"] = rng0(13).normal(0.0, 0.5, kw["dt"].shape)
+    kw["dt"][0, 4] = 0.0  # Δ = 0 exactly, at the clamp's boundary
+    D = rng0(14).standard_normal(2)
+    assert (kw["dt"] < 0).sum() >= 4
+    for fn in (lr.mamba_chunk_scan_combined, lr.mamba_chunk_scan_combined_loop):
+        out, fin = fn(*kw.values(), 4, D, return_final_states=True)
+        ref = ref_mamba(*kw.values(), D)
+        close(out, ref[0], 1e-12, "out")
+        close(fin, ref[1], 1e-12, "final_states")
+    dout = rng0(15).standard_normal(kw["x"].shape)
+    g = lr.mamba_chunk_scan_combined_vjp(*kw.values(), dout, 4, D=D)
+    args = {**kw, "D": D}
+    names = ["x", "A", "B", "C", "D"]
+    _complex_step(lambda a: np.sum(ref_mamba(*a.values())[0] * dout), args, {n: g["d" + n] for n in names}, names)
+    assert np.all(g["ddt"][kw["dt"] < 0] == 0) and np.all(g["ddt"][kw["dt"] > 0] != 0)
+
+
 @pytest.mark.parametrize("name, l2", FLA_CALLS)
 def test_fla_vjp_by_complex_step(name, l2):
     fn, gate, delta = FLA[name]
@@ -345,7 +366,6 @@ def test_bad_input_names_the_official_argument():
         (dict(dt_bias=np.ones(3)), "^dt_bias: expected shape"),
         (dict(dt_limit=(1.0, 0.5)), "^dt_limit: expected"),
         (dict(dt_limit=(np.nan, 1.0)), "^dt_limit: expected"),
-        (dict(dt_softplus=False, dt_limit=(0.0, np.inf)), r"^dt, dt_bias, dt_softplus, dt_limit: expected step sizes"),
         (dict(A=-kw["A"]), "^A: expected A <= 0"),
         (dict(x=np.where(np.arange(3) == 1, np.nan, kw["x"])), "^x: expected finite"),
     ]:
