@@ -1939,7 +1939,7 @@ def delta_rule_vjp(q, k, v, beta, dy, *, log_g=None, scale=None, chunk_size=64, 
     ----------
     q, k, v, beta, log_g, scale, chunk_size
         As in :func:`refimpl.linear_rnn.delta_rule`: q, k (..., L, Dk) with ℓ2-normalized keys,
-        v (..., L, Dv), beta (..., L) in (0, 2), log_g (..., L) ≤ 0 or None.
+        v (..., L, Dv), beta (..., L) in [0, 2], log_g (..., L) ≤ 0 or None.
     dy : array_like, shape (..., L, Dv)
         The cotangent ∂ℓ/∂o, shape of the output.
     initial_state : array_like, shape (..., Dv, Dk), optional

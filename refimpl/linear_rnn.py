@@ -160,7 +160,9 @@ __all__ = [
 #: most 2^−8, float16 by 2^−11): refimpl then runs on a model's own bfloat16 keys, and on the
 #: rounded keys :func:`refimpl.oracle.compare` hands to a kernel. Unnormalized keys do not.
 KEY_NORM_TOL = 2.0**-8
-#: The delta rule's β_t must lie in (0, BETA_MAX): the normalized-LMS stability interval (Eq. (16.14)).
+#: The delta rule's β_t must lie in [0, BETA_MAX]: with unit keys, the interval where the write ``I − β k kᵀ`` is
+#: non-expansive (Eq. (16.14); β = 0 writes nothing, β = 2 is a reflection). Outside it the call is refused as a
+#: likely bug (a sign or a scale gone wrong), not because the recurrence could not be computed.
 BETA_MAX = 2.0
 
 # Bound on the elements of the temporaries of the exact paths (chunks that decay fast), per block of chunks.
@@ -1473,9 +1475,9 @@ def _delta_setup(q, k, v, beta, log_g, scale, chunk_size, return_chunk_states, s
     b = _real(beta, "beta")
     if b.ndim != k.ndim - 1 or b.shape[-1:] != (L,):
         raise ValueError(f"beta: expected shape (..., L) with L = {L} and one axis fewer than k, got shape {b.shape}")
-    if b.size and (b.min() <= 0 or b.max() >= BETA_MAX):
+    if b.size and (b.min() < 0 or b.max() > BETA_MAX):
         raise ValueError(
-            f"beta: expected writing strengths in (0, {BETA_MAX:g}) (the NLMS stability interval), "
+            f"beta: expected writing strengths in [0, {BETA_MAX:g}] (where the write is non-expansive for unit keys), "
             f"got range [{b.min():.6g}, {b.max():.6g}]"
         )
     if log_g is None:
@@ -1750,11 +1752,13 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
         otherwise ``ValueError``.
     v : array_like, shape (..., L, Dv)
     beta : array_like, shape (..., L)
-        Writing strengths β_t ∈ (0, 2): DeltaNet's sigmoid gives (0, 1); (1, 2) lets
-        ``I − β k kᵀ`` have a negative eigenvalue (still non-expansive). Outside, ``ValueError``.
-        The update is non-expansive while ``0 < β‖k‖² ≤ 2``: every accepted key meets it for
-        β < 2/(1 + 2^−8)² ≈ 1.984; for β closer to 2, normalize the keys more accurately than
-        ``KEY_NORM_TOL`` asks.
+        Writing strengths β_t ∈ [0, 2]: DeltaNet's sigmoid gives (0, 1); (1, 2] lets
+        ``I − β k kᵀ`` have a negative eigenvalue (still non-expansive; β = 2 is a reflection,
+        which Grazzi et al.'s 2σ(x) reaches once σ rounds to 1, e.g. in bfloat16 for x > ln 512 ≈ 6.24; β = 0
+        writes nothing). Outside, ``ValueError`` (a likely bug).
+        The update is non-expansive while ``0 ≤ β‖k‖² ≤ 2``: every accepted key meets it for
+        β ≤ 2/(1 + 2^−8)² ≈ 1.984; for β closer to 2, a key off the unit sphere by up to
+        ``KEY_NORM_TOL`` can make the memory grow (by at most 1.6 % per write along that key).
     log_g : array_like, shape (..., L), optional
         Gated DeltaNet's per-head log-gates ``log g_t ≤ 0`` (default: no gate, g = 1).
     scale : float >= 0, optional
@@ -2388,7 +2392,7 @@ def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, *, output_fi
         (|‖k_t‖ − 1| ≤ ``KEY_NORM_TOL``, as :func:`delta_rule` requires), else ``ValueError``.
     v : array_like, shape (B, T, H, V)
     beta : array_like, shape (B, T, H)
-        Writing strengths β_t ∈ (0, 2).
+        Writing strengths β_t ∈ [0, 2].
     scale : float >= 0, optional
         Multiplies the (normalized) queries; default ``K^{−1/2}``.
     initial_state : array_like, shape (B, H, K, V), optional
@@ -2409,7 +2413,7 @@ def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, *, output_fi
     ``h_t = (I − β_t k_t k_tᵀ) h_{t−1} + β_t k_t v_tᵀ``, ``o_t = h_tᵀ (scale · q_t)`` (Eq. (16.9)).
 
     Differences from fla, all deliberate: float64 throughout (fla refuses float32 inputs here and
-    runs bfloat16); keys that are not unit (without the normalization) and β outside (0, 2) are
+    runs bfloat16); keys that are not unit (without the normalization) and β outside [0, 2] are
     refused; ``cu_seqlens`` and ``head_first`` are not supported; the flags are keyword-only. The
     normalization keeps fla's eps = 1e-6 (``L2NORM_EPS``), so the oracle's keys are fla's.
     Loop twin: :func:`chunk_delta_rule_loop`.

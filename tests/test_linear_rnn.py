@@ -545,7 +545,7 @@ def test_unit_lower_inverse_reuses_its_workspace():
     close(lr._unit_lower_inverse(A), inv, rtol=SELF, what="fresh workspace")
 
 
-@pytest.mark.parametrize("beta_value", [1e-9, 1.0, 1.999999])
+@pytest.mark.parametrize("beta_value", [0.0, 1e-9, 1.0, 1.999999, 2.0])
 def test_delta_rule_beta_near_bounds_and_aligned_keys(beta_value):
     # nearly aligned keys make the UT system's off-diagonal entries ~β: the worst case for the WY form
     rng, q, k, v = _qkv(21, batch=(2,), L=100, dk=4, dv=3)
@@ -553,6 +553,17 @@ def test_delta_rule_beta_near_bounds_and_aligned_keys(beta_value):
     beta = np.full(q.shape[:-1], beta_value)
     y = lr.delta_rule(q, k, v, beta, chunk_size=32)
     close(y, lr.delta_rule_loop(q, k, v, beta), rtol=SELF, what="delta rule β near bounds")
+    if beta_value in (0.0, 2.0):  # the interval's ends are accepted: nothing written; a reflection, norms kept
+        dy = rng.normal(size=y.shape)
+        g, g_loop = (f(q, k, v, beta, dy, chunk_size=32) for f in (lr.delta_rule_vjp, lr.delta_rule_vjp_loop))
+        for key in g:
+            close(g[key], g_loop[key], rtol=SELF, what=f"delta rule vjp {key} at β = {beta_value}")
+        S0 = rng.normal(size=(2, 3, 4))
+        _, S = lr.delta_rule(q, k, np.zeros(v.shape), beta, chunk_size=32, initial_state=S0, return_chunk_states=True)
+        if beta_value == 0.0:
+            close(S[:, -1], S0, rtol=SELF, what="β = 0 leaves the state")
+        else:  # each write reflects the rows of S: their norms are kept
+            close(np.linalg.norm(S[:, -1], axis=-1), np.linalg.norm(S0, axis=-1), rtol=1e-12, what="β = 2 keeps norms")
 
 
 def test_delta_rule_long_gated_sequence():
@@ -806,8 +817,8 @@ def test_delta_rule_takes_unit_keys_stored_in_low_precision(tier):
     "edit, match",
     [
         (lambda a: a.update(k=a["k"] * 1.01), "k: the delta rule expects l2-normalized keys"),
-        (lambda a: a.update(beta=np.full((2, 6), 2.0)), r"beta: expected writing strengths in \(0, 2\)"),
-        (lambda a: a.update(beta=np.zeros((2, 6))), "beta: expected writing strengths"),
+        (lambda a: a.update(beta=np.full((2, 6), 2.0 + 2.0**-51)), r"beta: expected writing strengths in \[0, 2\]"),
+        (lambda a: a.update(beta=np.full((2, 6), -1e-300)), "beta: expected writing strengths"),
         (lambda a: a.update(beta=np.full((2, 5), 0.5)), "beta: expected shape"),
         (lambda a: a.update(log_g=np.full((2, 6), 1e-3)), "log_g: expected log-gates <= 0"),
         (lambda a: a.update(log_g=np.zeros((2, 6, 3))), "log_g: expected shape"),
