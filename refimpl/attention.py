@@ -21,7 +21,10 @@ with ``t = lambda a: np.moveaxis(a, 1, 2)``, its output is
 (its causal mask is aligned bottom-right when the lengths differ); its ``window_size`` is
 ``window`` as that parameter of :func:`softmax_attention` says; fewer key/value heads
 than query heads is ``grouped_heads=True``; ``alibi_slopes`` and ``softcap`` mean the same;
-its ``softmax_lse`` (batch, heads, seqlen) is refimpl's ``lse``.
+its ``softmax_lse`` (batch, heads, seqlen) is refimpl's ``lse`` — except with causal ALiBi:
+there FlashAttention-2 adds ``slope · j`` to the logits and drops the row's term
+``−slope · (i + o)``, which the softmax does not see (the output is the same), so its
+``softmax_lse`` is refimpl's ``lse`` plus ``slope · (i + o)`` (``o = M − N``).
 
 Glossary (code name → symbol in the book / Vaswani et al. 2017)
 ---------------------------------------------------------------
@@ -659,7 +662,9 @@ def softmax_attention(
     return_lse : bool
         Also return the row log-sum-exp ``ℓ_i = m_i + log z_i`` (natural log) of the final
         logits (scaled, soft-capped, biased) over the allowed keys: what fused kernels store
-        for the backward pass (Eq. (4.15)).
+        for the backward pass (Eq. (4.15)). With causal ALiBi, FlashAttention-2's stored
+        ``softmax_lse`` is this plus ``slope · (i + o)`` (it adds ``slope · j`` alone; see the
+        module's notes on FlashAttention's layout).
 
     Returns
     -------
@@ -1237,7 +1242,8 @@ def flash_attention(
         Tile sizes B_r (query rows) and B_c (key columns); N and M need not be multiples.
     return_lse : bool
         Also return the row log-sum-exp ``ℓ_i = m_i + log z_i`` (what the backward pass
-        stores to recompute the weights); ``−∞`` for a row that sees no key.
+        stores to recompute the weights); ``−∞`` for a row that sees no key. With causal ALiBi,
+        FlashAttention-2's ``softmax_lse`` is this plus ``slope · (i + o)``, ``o = M − N``.
     window, alibi_slopes, causal_alignment, softcap, grouped_heads
         As in :func:`softmax_attention` (Eq. (4.14)).
     return_intermediates : bool

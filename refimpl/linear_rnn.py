@@ -1754,7 +1754,7 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     beta : array_like, shape (..., L)
         Writing strengths β_t ∈ [0, 2]: DeltaNet's sigmoid gives (0, 1); (1, 2] lets
         ``I − β k kᵀ`` have a negative eigenvalue (still non-expansive; β = 2 is a reflection,
-        which Grazzi et al.'s 2σ(x) reaches once σ rounds to 1, e.g. in bfloat16 for x > ln 512 ≈ 6.24; β = 0
+        which Grazzi et al.'s 2σ(x) reaches once σ rounds to 1, e.g. in bfloat16 for x ≥ ln 511 ≈ 6.24; β = 0
         writes nothing). Outside, ``ValueError`` (a likely bug).
         The update is non-expansive while ``0 ≤ β‖k‖² ≤ 2``: every accepted key meets it for
         β ≤ 2/(1 + 2^−8)² ≈ 1.984; for β closer to 2, a key off the unit sphere by up to

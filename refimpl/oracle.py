@@ -967,7 +967,9 @@ class CompareReport:
         lines = [f"compare {self.function} in {self.dtype} ({rule}): "
                  + ("PASS" if self.passed else "FAIL") + f", {sum(c.passed for c in self.cases)}/{len(self.cases)} cases"]
         if self.dtype in _LOW_DTYPES and not self.passed:
-            lines[0] += f"; errors within the bounds of tier: {self.meets or 'none'} (the finest tier met; not a claim about how the kernel computes)"
+            lines[0] += (f"; errors within the bounds of tier: {self.meets or 'none'} (the finest tier met: the errors of a "
+                         "kernel computing in that tier, or of a formula error too small for that tier's resolution; "
+                         "not a claim about how the kernel computes)")
         for c in self.cases:
             head = f"  {c.case.split('/', 1)[1]:<28} {c.status.upper():<5}"
             if c.status == "error":
@@ -993,7 +995,10 @@ class CompareReport:
 
 def _round(x, dtype: str):
     """Round a value to the storage of tier ``dtype`` (complex part-wise; tf32 stores float32;
-    bfloat16 is carried in float32, complex float16 in complex64)."""
+    bfloat16 is carried in float32, complex float16 in complex64). A scalar (a softmax scale, a
+    soft cap, an ε) comes back as a Python float or complex on the tier's grid: kernels take such
+    options as host numbers, and a NumPy float16 scalar would make ``scale / softcap`` a float16
+    division in the callable (a correct FlashAttention port failed its log-sum-exp by 1.3× so)."""
     if isinstance(x, (bool, np.bool_, str, int, np.integer)) or x is None:
         return x
     if isinstance(x, (tuple, list)) and all(isinstance(e, (float, int, np.floating, np.integer)) for e in x):
@@ -1003,7 +1008,9 @@ def _round(x, dtype: str):
         return x
     with np.errstate(over="ignore"):  # values beyond the dtype's range become inf, as in a kernel
         out = store(arr, dtype)
-    return out[()] if out.ndim == 0 else out
+    if out.ndim == 0:
+        return complex(out) if out.dtype.kind == "c" else float(out)
+    return out
 
 
 def _as_results(value, case: Case, oracle: dict) -> tuple:
@@ -1085,6 +1092,7 @@ DECAY_FLOOR_ULPS = 1.0
 def effective_log_decay(log_g, chunk: int) -> float:
     r"""``C_eff``: the largest decay-weighted mean of ``|c_t| + |c_s|`` over the pairs s < t of a chunk.
 
+    The C_eff of the decay floor in the bound of Eq. (15.3) of the book (:func:`decay_floor`).
     ``log_g`` (..., L): log-decays ``a_r ≤ 0`` with the sequence last; ``chunk``: the kernel's chunk
     length. Inside each chunk, with ``c_t = Σ_{r=start}^{t} a_r`` (and ``c_{−1} = 0`` for the state
     entering the chunk),
@@ -1109,7 +1117,7 @@ def effective_log_decay(log_g, chunk: int) -> float:
     >>> float(effective_log_decay(np.zeros((2, 10)), 4))  # no decay: every weight exact
     0.0
     >>> round(float(effective_log_decay(np.full(64, -0.01), 64)), 3)  # slow decay: about 1.5 |c|max = 0.96
-    0.958
+    0.968
     >>> float(effective_log_decay(np.full(64, -100.0), 64)) < 1e-30  # fast decay: C = 6400, C_eff ~ 0
     True
     """
@@ -1454,10 +1462,15 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
         function name when unique; see :func:`function_names`.
     fn : callable
         Called once per case with the case's arguments as keywords (the ``call`` column of the
-        manifest; e.g. ``fn(q=…, k=…, v=…, causal=…)``). Floating arguments are rounded to the
+        manifest; e.g. ``fn(q=…, k=…, v=…, causal=…)``). Floating arrays are rounded to the
         tier's storage format (float16 as ``numpy.float16``; bfloat16 values carried in float32;
-        tf32 stores float32; complex part-wise, complex float16 carried as complex64); integers,
-        booleans and strings are passed unchanged. It returns the output (one array), the
+        tf32 stores float32; complex part-wise, complex float16 carried as complex64); floating
+        scalars (a scale, a soft cap) are rounded to the tier's grid and passed as Python floats,
+        as kernels take such options; integers, booleans and strings are passed unchanged. The
+        callable is not told the tier (close over it), and gets every argument of the case:
+        ``attention.flash_attention``'s includes the tiles ``block_q``, ``block_k``; a backward
+        pass (``…_vjp``) gets the forward inputs and the output's cotangent, not the forward's
+        output or log-sum-exp, so a kernel's backward runs its own forward first. It returns the output (one array), the
         outputs as a tuple in refimpl's order, or a dict of named outputs and any of the case's
         intermediates (``P``, ``R2``, ``d2``, ``A`` … — see ``case_names`` and the manifest), which
         are then checked too, in the order of computation, so that the first failing one
@@ -1676,6 +1689,10 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         A = −(1, 2, …, n) per channel (S4D-real), B, C, u standard normal, D ones.
     ``iir.sos_filter``  ``N`` (4096), ``order`` (6, even), ``wn`` (0.05): a Chebyshev I
         low-pass with 1 dB ripple, poles near z = 1; x standard normal.
+    ``ssm.selective_scan_fn``  ``L`` (1024), ``d_in`` (8), ``n`` (16), ``batch`` (1), ``gated``
+        (False): the draw of ``ssm.selective_scan`` in mamba_ssm's layout (channels before time):
+        ``delta`` raw (0.5 ξ) with ``delta_bias`` = softplus⁻¹(dt0) per channel and
+        ``delta_softplus=True``, B and C time-varying (batch, n, L); ``gated`` adds ``z``.
     ``attention.flash_attention``  as softmax attention, plus the tiles ``block_q``, ``block_k`` (64).
     ``attention.softmax_attention_vjp``  as softmax attention, plus the cotangent ``dy`` (standard normal).
     ``random_features.performer_attention``  ``N`` (1024), ``d`` (64), ``dv`` (= d), ``m`` (256
@@ -1729,6 +1746,8 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     rng = np.random.default_rng(seed)
     if function in _OFFICIAL:
         return _official_inputs(function, seed, sizes)
+    if function == "ssm.selective_scan_fn":
+        return _selective_scan_fn_inputs(seed, sizes)
     if function in _VJP_OUTPUTS:  # the forward inputs, then the cotangent of the forward output
         name = function.removesuffix("_vjp")
         try:
@@ -1911,11 +1930,31 @@ def _official_inputs(function: str, seed: int, sizes: dict) -> dict:
     return out
 
 
+def _selective_scan_fn_inputs(seed: int, sizes: dict) -> dict:
+    """:func:`random_inputs` of ``ssm.selective_scan_fn``: ``random_inputs("ssm.selective_scan")``'s draw (Mamba's
+    initialization, ``batch`` sequences) in mamba_ssm's layout (channels before time), with Δ raw — ``delta`` =
+    0.5 ξ, ``delta_bias`` the inverse softplus of the per-channel dt0, ``delta_softplus=True`` (the same Δ) —
+    and, with ``gated``, the gate ``z`` (standard normal, the seed's fourth stream)."""
+    sizes = dict(sizes)
+    gated = as_bool(sizes.pop("gated", False), "gated")
+    s = _sizes("ssm.selective_scan_fn", sizes, {"L": 1024, "d_in": 8, "n": 16, "batch": 1})
+    base = random_inputs("ssm.selective_scan", seed=seed, L=s["L"], d_in=s["d_in"], n=s["n"], batch=s["batch"])
+    rng = np.random.default_rng((seed, 4))
+    dt0 = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), s["d_in"]))  # Mamba's dt initialization, per channel
+    t = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731 — (batch, L, ·) -> (batch, ·, L)
+    out = {"u": t(base["u"]), "delta": 0.5 * rng.standard_normal(t(base["u"]).shape), "A": base["A"],
+           "B": t(base["B"]), "C": t(base["C"]), "D": base["D"], "delta_bias": dt0 + np.log(-np.expm1(-dt0)),
+           "delta_softplus": True}
+    if gated:
+        out["z"] = np.random.default_rng((seed, 5)).standard_normal(out["u"].shape)
+    return out
+
+
 #: the functions :func:`random_inputs` supports
 RANDOM_INPUTS = ("attention.softmax_attention", "attention.flash_attention", "attention.softmax_attention_vjp",
                  "random_features.linear_attention", "random_features.performer_attention", "ssm.selective_scan",
                  "linear_rnn.ssd", "linear_rnn.gated_linear_attention", "linear_rnn.retention", "linear_rnn.delta_rule",
-                 "iir.sos_filter", "iir.biquad_filter", *_VJP_OUTPUTS, *_OFFICIAL)
+                 "iir.sos_filter", "iir.biquad_filter", "ssm.selective_scan_fn", *_VJP_OUTPUTS, *_OFFICIAL)
 
 
 # --------------------------------------------------------------------------------------------

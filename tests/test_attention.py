@@ -582,6 +582,23 @@ def test_alibi_adds_a_linear_distance_bias(causal):
                  _att.softmax_attention(q, k, v, causal=causal), rtol=ORACLE, what="ALiBi m = 0")
 
 
+def test_flash_attention_2_causal_alibi_lse_is_shifted_by_the_row_term():
+    # FlashAttention-2 (alibi.h) adds slope · j to the causal logits and drops −slope · (i + o): the weights and the
+    # output are refimpl's, its softmax_lse is refimpl's lse + slope · (i + o), o = M − N (bottom-right alignment)
+    rng = np.random.default_rng(12)
+    H, N, M, d = 3, 9, 14, 5
+    q, k, v = rng.normal(size=(H, N, d)), rng.normal(size=(H, M, d)), rng.normal(size=(H, M, d))
+    slopes = _att.alibi_geometric_slopes(H)
+    i, j, o = np.arange(N)[:, None], np.arange(M)[None, :], M - N
+    s = q @ np.swapaxes(k, -1, -2) / np.sqrt(d) + slopes[:, None, None] * j  # FA2's causal ALiBi bias
+    s = np.where(j <= i + o, s, -np.inf)
+    fa2_lse = scipy.special.logsumexp(s, axis=-1)
+    y, lse = _att.flash_attention(q, k, v, causal=True, causal_alignment="bottom_right", alibi_slopes=slopes,
+                                  return_lse=True, block_q=4, block_k=4)
+    assert_close(y, scipy.special.softmax(s, axis=-1) @ v, rtol=ORACLE, what="the same output")
+    assert_close(fa2_lse, lse + slopes[:, None] * (np.arange(N) + o), rtol=ORACLE, what="FA2's lse = lse + slope (i + o)")
+
+
 def test_alibi_geometric_slopes():
     assert np.array_equal(_att.alibi_geometric_slopes(8), 2.0 ** -np.arange(1, 9))
     assert np.allclose(_att.alibi_geometric_slopes(6), [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3])

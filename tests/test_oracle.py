@@ -579,9 +579,18 @@ class TestCompare:
         oracle.compare("attention.softmax_attention", spy, dtype=np.float32, cases="mask_cross")
         assert seen["q"][1] == np.float32 and seen["mask"][1] == np.bool_ and seen["causal"][0] is bool
         oracle.compare("afa.isotropic_afa", spy, dtype=np.float32, cases="causal_student")
-        assert seen["q"][1] == np.complex64 and seen["mu"][1] == np.float32 and seen["omega"][1] == np.float32
+        assert seen["q"][1] == np.complex64 and seen["omega"][1] == np.float32
+        # a scalar is a host number (a Python float) on the tier's grid, as kernels take options: a NumPy float16
+        # softcap made a correct FlashAttention port compute scale / softcap in float16
+        assert seen["mu"][0] is float
         oracle.compare("afa.isotropic_afa", spy, dtype=np.float16, cases="causal_student")
-        assert seen["q"][1] == np.complex64 and seen["omega"][1] == np.float16
+        assert seen["q"][1] == np.complex64 and seen["omega"][1] == np.float16 and seen["mu"][0] is float
+        got = {}
+        inp = oracle.random_inputs("attention.flash_attention", seed=0, N=70, d=8)
+        inp.update(softcap=0.1, scale=0.3)
+        oracle.compare("attention.flash_attention", lambda **kw: got.update(kw) or np.zeros((70, 8), np.float32),
+                       dtype="float16", inputs=inp)
+        assert type(got["softcap"]) is float and got["softcap"] == float(np.float16(0.1)) and got["scale"] == float(np.float16(0.3))
 
     def test_against_exported_vectors(self, exported):
         report = oracle.compare("afa.isotropic_afa", isotropic_afa_port, cases="causal_student", vectors=exported)

@@ -777,6 +777,32 @@ def test_random_inputs_of_the_backward_passes(name, sizes, grad):
         assert bad.status == "fail" and bad.first_failure == grad
 
 
+def test_random_inputs_of_selective_scan_fn():
+    # mamba_ssm's layout of the selective scan's draw: the same u, A, B, C, D, and the same Δ distribution reached
+    # through the raw delta, its bias and the softplus; refimpl passes in bfloat16, a softplus threshold of 0
+    # instead of 20 (a kernel bug) fails in float32
+    from refimpl import ssm
+
+    inp = oracle.random_inputs("ssm.selective_scan_fn", seed=5, L=300, d_in=4, n=8, batch=2, gated=True)
+    base = oracle.random_inputs("ssm.selective_scan", seed=5, L=300, d_in=4, n=8, batch=2)
+    assert np.array_equal(inp["u"], np.swapaxes(base["u"], 1, 2)) and np.array_equal(inp["B"], np.swapaxes(base["B"], 1, 2))
+    assert np.array_equal(inp["A"], base["A"]) and inp["delta_softplus"] is True and inp["z"].shape == (2, 4, 300)
+    step = np.logaddexp(0.0, inp["delta"] + inp["delta_bias"][:, None])
+    assert 5e-4 < np.median(step) < 0.2
+    assert "z" not in oracle.random_inputs("ssm.selective_scan_fn", seed=5, L=30)
+    assert oracle.compare("ssm.selective_scan_fn", ssm.selective_scan_fn, inputs=inp, dtype="bfloat16").passed
+
+    def threshold0(**kw):  # softplus applied only below 0 (the identity above): a wrong threshold
+        raw = kw["delta"] + kw["delta_bias"][:, None]
+        kw = dict(kw, delta=np.where(raw <= 0, np.logaddexp(0.0, raw), raw) - kw["delta_bias"][:, None], delta_softplus=False)
+        return ssm.selective_scan_fn(**kw).astype(f32)
+
+    inp["delta"] = inp["delta"] + 8.0  # some raw steps above 0
+    assert not oracle.compare("ssm.selective_scan_fn", threshold0, inputs=inp, dtype="float32").passed
+    with pytest.raises(ValueError, match=r"sizes: unknown \['width'\]"):
+        oracle.random_inputs("ssm.selective_scan_fn", seed=0, width=3)
+
+
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(name="lyapunov.phi1"), ValueError, "name: random_inputs supports"),
     (dict(name="ssm.selective_scan", L=10, width=3), ValueError, r"sizes: unknown \['width'\]"),
