@@ -246,7 +246,9 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
     P stored), ``O = P V`` stored; ``dV = Pᵀ dO`` and ``dP = dO Vᵀ`` are products with tier-rounded
     inputs and float32 accumulation; ``D_i = Σ_j dO_ij O_ij`` in float32; ``dS = P ∘ (dP − D)`` in
     float32, stored; ``dQ = scale · dS K`` and ``dK = scale · dSᵀ Q`` are tier products. Gradients are
-    summed over broadcast batch axes and stored. Returns ``{"dq", "dk", "dv"}``. A sliding window
+    summed over broadcast batch axes and stored. Returns ``{"dq", "dk", "dv", "lse", "D"}``, the row
+    log-sum-exp ℓ of the recomputed logits and ``D`` kept in float32 (FlashAttention-2 stores both in
+    float32: ``softmax_lse``, ``softmax_d``), so a ``D`` accumulated in the tier is seen. A sliding window
     and ALiBi biases enter through the recomputed P only (forbidden entries have P = 0, hence
     dS = 0; the bias is a constant). A soft cap multiplies dS by ``1 − tanh²(S / c)`` in float32.
     """
@@ -256,8 +258,8 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
                          _offset(q, k, causal_alignment))
 
     def grads(q, k, v, dy, mask, alibi_slopes):  # dq, dk, dv before the sums over broadcast axes
-        p, y, _, tanh = _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, geometry=geometry,
-                                      softcap=softcap, keep_tanh=True)
+        p, y, lse, tanh = _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, geometry=geometry,
+                                        softcap=softcap, keep_tanh=True)
         p = p.astype(f32, copy=False)
         q, k, v, dy = _f32(q), _f32(k), _f32(v), _f32(dy)
         dv = matmul(np.swapaxes(p, -1, -2), dy, tier)
@@ -268,11 +270,11 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
         if tanh is not None:
             dp *= 1 - tanh * tanh  # through the cap: ∂(c tanh(s/c))/∂s = 1 − tanh²
         ds = store(dp, tier)
-        return matmul(ds, k, tier) * c, matmul(np.swapaxes(ds, -1, -2), q, tier) * c, dv
+        return matmul(ds, k, tier) * c, matmul(np.swapaxes(ds, -1, -2), q, tier) * c, dv, lse, D[..., 0]
 
-    dq, dk, dv = _by_entry(grads, dict(q=q, k=k, v=v, dy=dy), mask, alibi_slopes)
+    dq, dk, dv, lse, D = _by_entry(grads, dict(q=q, k=k, v=v, dy=dy), mask, alibi_slopes)
     return {"dq": store(_reduce32(dq, np.shape(q)), tier), "dk": store(_reduce32(dk, np.shape(k)), tier),
-            "dv": store(_reduce32(dv, np.shape(v)), tier)}
+            "dv": store(_reduce32(dv, np.shape(v)), tier), "lse": lse, "D": D}
 
 
 def _elu1(x):

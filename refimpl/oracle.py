@@ -89,7 +89,8 @@ FlashAttention and the backward pass alike. FlashAttention's log-sum-exp, which 
 float32 in every tier, is judged in float32 when it is returned in float32 (:data:`FLOAT32_QUANTITIES`;
 rounded to bfloat16 first, an ℓ off by 0.05 nats passed), against the plain reference's ℓ, also
 kept in float32 (formed from its logits rounded to the tier, so fused and unfused kernels meet
-it), and in the tier when every returned value lies on the tier's grid. The linear recurrences' plain algorithm is the
+it), and in the tier when every returned value lies on the tier's grid; so is the backward pass's
+``D_i = Σ_j dO_ij O_ij`` (FlashAttention-2's ``softmax_d``, also kept in float32). The linear recurrences' plain algorithm is the
 recurrence itself, step by step in float32, and that of their backward passes the recurrence
 forwards and its adjoint backwards, step by step, with the sums over the sequence (SSD's dA, dD)
 in one float32 accumulator (the least accurate order, so any order a kernel chooses meets it).
@@ -1210,8 +1211,9 @@ def _case_floor(function: str, args: dict) -> float:
 
 
 #: quantities that kernels keep in float32 in every tier: FlashAttention's log-sum-exp (its forward
-#: pass writes ℓ in float32 whatever the inputs' dtype, and the backward pass reads it back)
-FLOAT32_QUANTITIES = {"attention.flash_attention": ("lse",), "attention.softmax_attention_vjp": ("lse",)}
+#: pass writes ℓ in float32 whatever the inputs' dtype, and the backward pass reads it back) and the
+#: backward pass's D (``softmax_d``)
+FLOAT32_QUANTITIES = {"attention.flash_attention": ("lse",), "attention.softmax_attention_vjp": ("lse", "D")}
 
 
 def _judged_tier(function: str, name: str, value, tier: str) -> str:

@@ -996,7 +996,7 @@ def test_plain_attention_head_by_head_equals_the_whole_batch(monkeypatch, tier, 
         monkeypatch.setattr(lp, "_ENTRY_LOGITS", threshold)
         runs.append({**lp.softmax_attention(q, k, v, **kw), **lp.softmax_attention_vjp(q, k, v, dy, **kw)})
     whole, by_entry = runs
-    assert whole.keys() == by_entry.keys() == {"A", "y", "lse", "dq", "dk", "dv"}
+    assert whole.keys() == by_entry.keys() == {"A", "y", "lse", "dq", "dk", "dv", "D"}
     for name in whole:
         a, b = whole[name], by_entry[name]
         assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=True), name
@@ -1019,7 +1019,8 @@ def test_plain_attention_rows_without_keys_are_zero():
     assert np.all(out["y"][:, empty] == 0) and np.all(out["A"][:, empty] == 0) and np.all(out["lse"][:, empty] == -np.inf)
     assert np.isfinite(out["y"]).all() and np.isfinite(out["lse"][:, ~empty]).all()
     grads = lp.softmax_attention_vjp(q, k, v, dy, window=1, **kw)
-    assert all(np.isfinite(g).all() for g in grads.values()) and np.all(grads["dq"][:, empty] == 0)
+    assert all(np.isfinite(grads[g]).all() for g in ("dq", "dk", "dv", "D")) and np.all(grads["dq"][:, empty] == 0)
+    assert np.all(grads["lse"][:, empty] == -np.inf) and np.all(grads["D"][:, empty] == 0)
     for name, fn in (("attention.softmax_attention", attention.softmax_attention),
                      ("attention.softmax_attention_vjp", attention.softmax_attention_vjp)):
         for sizes in (dict(N=17, M=1, window=1), dict(N=130, M=129, window=1), dict(N=40, M=30, causal=True,
@@ -1291,6 +1292,31 @@ def test_flash_attention_lse_is_judged_in_float32_when_returned_in_float32(tier)
         return {**out, "lse": (m + np.log(np.exp(S - m).sum(axis=1, keepdims=True)))[:, 0]}
 
     assert lse_of(oracle.compare("attention.flash_attention", unfused, dtype=tier, inputs=inp)).passed
+
+
+@pytest.mark.parametrize("tier", ["bfloat16", "float16"])
+def test_backward_D_has_a_plain_model_kept_in_float32(tier):
+    """FlashAttention-2's backward keeps D_i = Σ_j dO_ij O_ij (``softmax_d``) and ℓ in float32. With no plain
+    model, D was judged by the rounded-inputs model (a bound of 6e-2 in bfloat16), so an independent kernel
+    author's D 3–4× less accurate than a correct one passed and could not localize the bug; now D and ℓ come
+    from the plain backward pass, in float32 (D from the stored O: its own error is 5e-3 in bfloat16), and a D
+    off by 2^-5 (bfloat16; the old bound was 6e-2) or 2^-9 (float16; old bound 8e-3) relative fails there."""
+    from refimpl import attention
+
+    inp = oracle.random_inputs("attention.softmax_attention_vjp", seed=7, N=300, d=32, causal=True)
+
+    def port(scale_D):
+        def run(**kw):
+            dq, dk, dv, mid = attention.softmax_attention_vjp(**kw, return_intermediates=True)
+            return {"dq": dq, "dk": dk, "dv": dv, "lse": mid["lse"].astype(f32), "D": (mid["D"] * scale_D).astype(f32)}
+        return run
+
+    good = oracle.compare("attention.softmax_attention_vjp", port(1.0), dtype=tier, inputs=inp).cases[0]
+    q = {x.name: x for x in good.quantities}
+    assert good.passed and q["D"].model == f"plain {tier}, judged in float32" and q["D"].bound < 2 * eps(tier)
+    off = 2.0**-5 if tier == "bfloat16" else 2.0**-9
+    bad = oracle.compare("attention.softmax_attention_vjp", port(1 + off), dtype=tier, inputs=inp).cases[0]
+    assert not bad.passed and bad.first_failure == "D"
 
 
 def linear_attention_vjp_port(q, k, v, dy, causal=False, *, bug=None):
