@@ -24,13 +24,14 @@ whole case with an argument the plain algorithm does not model (:func:`_call` ra
 
 Covered: softmax attention (with mask, causal, window, ALiBi) and its backward pass,
 FlashAttention (output and log-sum-exp), linear attention, Performer and RFA (chapter 12), the
-selective scan and its backward pass (chapter 11), Mamba-2's SSD, gated linear attention, retention and the delta rule
-(chapter 16: their recurrences, step by step, with float32 states) and their backward passes (the
-recurrence forwards, its adjoint backwards, step by step) and their official interfaces (Mamba-2's
-``mamba_chunk_scan_combined``, fla's ``chunk_gla``, ``chunk_simple_gla``, ``chunk_delta_rule``,
-``chunk_gated_delta_rule`` and their backward passes: the same recurrences in refimpl's layout with the
-official element-wise steps in float32), one biquad, a transfer function and a
-biquad cascade (chapter 13).
+selective scan and its backward pass, in refimpl's layout and in mamba_ssm's (``selective_scan_fn``
+and its backward pass, with the kernel's softplus threshold; chapter 11), Mamba-2's SSD, gated
+linear attention, retention and the delta rule (chapter 16: their recurrences, step by step,
+with float32 states) and their backward passes (the recurrence forwards, its adjoint backwards,
+step by step) and their official interfaces (Mamba-2's ``mamba_chunk_scan_combined``, fla's
+``chunk_gla``, ``chunk_simple_gla``, ``chunk_delta_rule``, ``chunk_gated_delta_rule`` and their
+backward passes: the same recurrences in refimpl's layout with the official element-wise steps
+in float32), one biquad, a transfer function and a biquad cascade (chapter 13).
 
 Glossary: ``f32`` the accumulation dtype (float32); ``store`` rounding to the tier's storage
 format; ``phi_q``, ``phi_k`` the linear-attention features φ(q), φ(k) (Eq. (12.2)); ``Ab``, ``Bu``
@@ -50,6 +51,7 @@ from ._precision import matmul, store, tier_name
 __all__ = ["PLAIN", "softmax_attention", "softmax_attention_vjp", "linear_attention", "performer_attention", "rfa_attention", "selective_scan",
            "selective_scan_vjp", "ssd", "gated_linear_attention", "retention", "delta_rule", "ssd_vjp",
            "gated_linear_attention_vjp", "retention_vjp", "delta_rule_vjp", "linear_attention_vjp", "selective_scan_fn",
+           "selective_scan_fn_vjp",
            "mamba_chunk_scan_combined", "mamba_chunk_scan_combined_vjp", "chunk_gla", "chunk_delta_rule", "chunk_gla_vjp",
            "chunk_delta_rule_vjp",
            "sos_filter", "biquad_filter", "tf_filter"]
@@ -1067,6 +1069,100 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, discretization="mamba", *, tier
     return {k: store(v, tier) for k, v in out.items()}
 
 
+def _seq_sum_bt(x):
+    """Σ over batch (axis 0) and time (the last axis) in one accumulator per entry, time steps first to last
+    (float32, complex64 for complex terms): the least accurate order a kernel may choose (see :func:`_seq_sum32`)."""
+    x = np.moveaxis(np.asarray(x), -1, 1)  # (b, L, ...)
+    flat = x.reshape((-1,) + x.shape[2:])
+    return np.cumsum(flat, axis=0, dtype=np.complex64 if np.iscomplexobj(x) else f32)[-1]
+
+
+def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=None, delta_softplus=False, *, tier):
+    r"""The backward pass of Eqs. (11.21)–(11.23) as mamba_ssm's kernel computes it on low-precision inputs.
+
+    :func:`selective_scan_fn`'s float32 forward (complex64 for a complex A; Δ with the kernel's
+    softplus, x itself above 20) keeping every state; the gate's ``dz`` and ``dv = dout · silu(z)``
+    in float32; the adjoint ``λ_t = ā_{t+1} λ_{t+1} + κ dv_t C_t`` backwards in time, one step
+    after the other, with dA (and a time-invariant B's or C's gradient) accumulated during it,
+    last step first; the gradients of :func:`refimpl.ssm.selective_scan_fn_vjp` as float32 products
+    and sums, summed over the channels of a group in float32; ``ddelta = dΔ · σ(x)`` for x ≤ 20 and
+    ``dΔ`` above (the kernel's threshold), ``dD`` and ``ddelta_bias`` in one float32 accumulator each;
+    every gradient stored in the tier once. Layouts as in :func:`selective_scan_fn`.
+    """
+    from ._vjp import _bc_gradient
+    from .ssm import _check_official
+
+    tier = tier_name(tier)
+    forms = {name: (np.ndim(X), np.shape(X), np.iscomplexobj(X)) for name, X in (("B", B), ("C", C))}
+    u, delta, _, A, B, C, Dv, z, bias, softplus, _ = _check_official(u, delta, A, B, C, D, z, delta_bias,
+                                                                     delta_softplus, False)
+    batch, d, L = u.shape
+    n = A.shape[1]
+    cplx = np.iscomplexobj(A)
+    ct = np.complex64 if cplx else f32
+    kappa = f32(2) if cplx else f32(1)
+    u32, dout32 = _f32(u), _f32(dout)
+    raw = _f32(delta) + (f32(0) if bias is None else _f32(bias)[:, None])
+    step = _softplus32(raw) if softplus else raw
+    A32 = A.astype(ct)
+    B32, C32 = (np.broadcast_to(np.repeat(X, d // X.shape[1], axis=1).astype(ct), (batch, d, n, L)) for X in (B, C))
+    Ab = np.exp(step[:, :, None, :] * A32[:, :, None])  # ā_t, (b, D, N, L)
+    Bu = (step * u32)[:, :, None, :] * B32  # Δ_t B_t u_t
+    H = np.empty((batch, d, n, L), dtype=ct)
+    h = np.zeros((batch, d, n), dtype=ct)
+    for t in range(L):
+        h = Ab[..., t] * h + Bu[..., t]
+        H[..., t] = h
+    dv, out = dout32, {}
+    if z is not None:
+        y = np.sum(H * C32, axis=2, dtype=ct)
+        v = (kappa * y.real if cplx else y).astype(f32)
+        if Dv is not None:
+            v = v + _f32(Dv)[:, None] * u32
+        z32 = _f32(z)
+        s = _sigmoid32(z32)
+        out["dz"] = dout32 * v * (s * (f32(1) + z32 * (f32(1) - s)))
+        dv = dout32 * (z32 * s)
+    lam = np.empty_like(H)
+    g = np.zeros((batch, d, n), dtype=ct)
+    dA = np.zeros((batch, d, n), dtype=ct)
+    inv = {name: forms[name][0] == 2 for name in ("B", "C")}
+    acc = {name: np.zeros((batch, d, n), dtype=ct) for name in ("B", "C") if inv[name]}
+    for t in range(L - 1, -1, -1):  # λ_t = ā_{t+1} λ_{t+1} + κ dv_t C_t, sums over time added last step first
+        g = (Ab[..., t + 1] * g if t < L - 1 else g) + (kappa * dv[..., t])[..., None] * C32[..., t]
+        lam[..., t] = g
+        prev = H[..., t - 1] if t else np.zeros_like(g)
+        dA += g * Ab[..., t] * prev * step[..., t, None]
+        if inv["B"]:
+            acc["B"] += g * (step[..., t] * u32[..., t])[..., None]
+        if inv["C"]:
+            acc["C"] += (kappa * dv[..., t])[..., None] * H[..., t]
+    H_prev = np.zeros_like(H)
+    H_prev[..., 1:] = H[..., :-1]
+    re = (lambda x: x.real) if cplx else (lambda x: x)  # noqa: E731
+    lB = re(np.sum(lam * B32, axis=2, dtype=ct))  # Re Σ_n λ_t B_t
+    du = lB * step
+    dstep = re(np.sum(lam * Ab * H_prev * A32[:, :, None], axis=2, dtype=ct)) + lB * u32
+    ddelta = np.where(raw <= f32(20), dstep * _sigmoid32(raw), dstep).astype(f32) if softplus else dstep
+    conj = np.conj if cplx else (lambda x: x)  # noqa: E731
+
+    def groups(full, name):  # Σ over the channels of each group (batch, G, N, L), or the accumulated (D, N)
+        if inv[name]:
+            return conj(acc[name].sum(axis=0, dtype=ct))
+        G = (B if name == "B" else C).shape[1]
+        return conj(full.reshape(batch, G, d // G, n, L).sum(axis=2, dtype=ct))
+
+    out = {"du": du, "ddelta": ddelta, "dA": conj(dA.sum(axis=0, dtype=ct)),
+           "dB": _bc_gradient(groups(None if inv["B"] else lam * (step * u32)[:, :, None, :], "B"), forms["B"]),
+           "dC": _bc_gradient(groups(None if inv["C"] else (kappa * dv)[:, :, None, :] * H, "C"), forms["C"]), **out}
+    if Dv is not None:
+        out["du"] = du + _f32(Dv)[:, None] * dv
+        out["dD"] = _seq_sum_bt(dv * u32)
+    if bias is not None:
+        out["ddelta_bias"] = _seq_sum_bt(ddelta)
+    return {name: store(x, tier) for name, x in out.items()}
+
+
 def sos_filter(sos, x, form="tdf2", *, tier):
     r"""Eq. (13.8): the cascade of biquads in float32, each section's output stored in the tier.
 
@@ -1255,6 +1351,9 @@ PLAIN = {
         linear_attention_vjp, args, ("q", "k", "v", "dy", "causal"), tier),
     "ssm.selective_scan_vjp": lambda args, tier: _call(
         selective_scan_vjp, args, ("u", "delta", "A", "B", "C", "D", "dy", "discretization"), tier),
+    "ssm.selective_scan_fn_vjp": lambda args, tier: _call(
+        selective_scan_fn_vjp, args, ("u", "delta", "A", "B", "C", "dout", "D", "z", "delta_bias", "delta_softplus"),
+        tier),
     "linear_rnn.ssd": lambda args, tier: _call(ssd, args, ("x", "dt", "A", "B", "C", "D", "chunk_size", "initial_state"), tier),
     "linear_rnn.gated_linear_attention": lambda args, tier: _call(
         gated_linear_attention, args, ("q", "k", "v", "log_g", "scale", "chunk_size", "initial_state"), tier),

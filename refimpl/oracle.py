@@ -1695,6 +1695,8 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         (False): the draw of ``ssm.selective_scan`` in mamba_ssm's layout (channels before time):
         ``delta`` raw (0.5 ξ) with ``delta_bias`` = softplus⁻¹(dt0) per channel and
         ``delta_softplus=True``, B and C time-varying (batch, n, L); ``gated`` adds ``z``.
+    ``ssm.selective_scan_fn_vjp``  its backward pass: the inputs of ``ssm.selective_scan_fn`` (same sizes, same
+        seed), plus the cotangent ``dout`` of the output (standard normal, from the seed's second stream).
     ``attention.flash_attention``  as softmax attention, plus the tiles ``block_q``, ``block_k`` (64).
     ``attention.softmax_attention_vjp``  as softmax attention, plus the cotangent ``dy`` (standard normal).
     ``random_features.performer_attention``  ``N`` (1024), ``d`` (64), ``dv`` (= d), ``m`` (256
@@ -1750,6 +1752,13 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         return _official_inputs(function, seed, sizes)
     if function == "ssm.selective_scan_fn":
         return _selective_scan_fn_inputs(seed, sizes)
+    if function == "ssm.selective_scan_fn_vjp":  # the forward inputs, then the cotangent dout of the output
+        try:
+            out = _selective_scan_fn_inputs(seed, sizes)
+        except ValueError as exc:  # name the function asked for
+            raise ValueError(str(exc).replace("for ssm.selective_scan_fn;",
+                                              f"for {function} (those of ssm.selective_scan_fn);")) from None
+        return {**out, "dout": np.random.default_rng((seed, 1)).standard_normal(out["u"].shape)}
     if function in _VJP_OUTPUTS:  # the forward inputs, then the cotangent of the forward output
         name = function.removesuffix("_vjp")
         try:
@@ -1956,7 +1965,8 @@ def _selective_scan_fn_inputs(seed: int, sizes: dict) -> dict:
 RANDOM_INPUTS = ("attention.softmax_attention", "attention.flash_attention", "attention.softmax_attention_vjp",
                  "random_features.linear_attention", "random_features.performer_attention", "ssm.selective_scan",
                  "linear_rnn.ssd", "linear_rnn.gated_linear_attention", "linear_rnn.retention", "linear_rnn.delta_rule",
-                 "iir.sos_filter", "iir.biquad_filter", "ssm.selective_scan_fn", *_VJP_OUTPUTS, *_OFFICIAL)
+                 "iir.sos_filter", "iir.biquad_filter", "ssm.selective_scan_fn", "ssm.selective_scan_fn_vjp",
+                 *_VJP_OUTPUTS, *_OFFICIAL)
 
 
 # --------------------------------------------------------------------------------------------

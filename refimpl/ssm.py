@@ -39,6 +39,8 @@ The official interface (:func:`selective_scan_fn`, mamba_ssm's names and layout,
 ``B``, ``C``          (D, N) constant per channel, (batch, N, L) shared, or (batch, G, N, L) in G groups;
 ``D`` (D,)            skip connection;  ``delta_bias`` (D,)  added to delta before the softplus;
 ``last_state`` (batch, D, N)  h after the last step.
+Its backward pass :func:`selective_scan_fn_vjp` takes ``dout`` (batch, D, L) and returns mamba_ssm's gradients
+``du``, ``ddelta``, ``dA``, ``dB``, ``dC`` (``dD``, ``dz``, ``ddelta_bias``), each in its input's layout.
 
 Conventions: S4's sign (HiPPO-LegS A has eigenvalues −1, …, −N); the output is read *after*
 the update (y_k = C x_k with x_k containing u_k), so K̄_0 = C B̄ — one sample earlier than
@@ -109,6 +111,8 @@ __all__ = [
     "selective_scan_fn_loop",
     "selective_scan_vjp",
     "selective_scan_vjp_loop",
+    "selective_scan_fn_vjp",
+    "selective_scan_fn_vjp_loop",
 ]
 
 METHODS = ("bilinear", "zoh")
@@ -1811,4 +1815,9 @@ def selective_scan_fn_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
 
 
 # The backward pass (vector–Jacobian products) lives in refimpl/_vjp.py, re-exported here.
-from ._vjp import selective_scan_vjp, selective_scan_vjp_loop  # noqa: E402
+from ._vjp import (  # noqa: E402
+    selective_scan_fn_vjp,
+    selective_scan_fn_vjp_loop,
+    selective_scan_vjp,
+    selective_scan_vjp_loop,
+)

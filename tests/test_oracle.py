@@ -231,7 +231,7 @@ class TestCommittedVectors:
         # per-tier bounds and the summaries of the cases generated from seeds (readable JSON)
         arrays = sum(p.stat().st_size for p in GOLDEN.glob("*.npz"))
         manifest = (GOLDEN / "manifest.json").stat().st_size
-        assert arrays < 3_700_000 and manifest < 1_000_000, (arrays, manifest)
+        assert arrays < 3_800_000 and manifest < 1_000_000, (arrays, manifest)
 
     @pytest.mark.parametrize("name", sorted(ENTRIES))
     def test_case_regenerates(self, name):

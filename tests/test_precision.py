@@ -954,7 +954,8 @@ def test_public_names_of_the_tiers():
         "linear_rnn.mamba_chunk_scan_combined_vjp", "linear_rnn.retention", "linear_rnn.retention_vjp", "linear_rnn.ssd",
         "linear_rnn.ssd_vjp",
         "random_features.linear_attention", "random_features.linear_attention_vjp", "random_features.performer_attention",
-        "random_features.rfa_attention", "ssm.selective_scan", "ssm.selective_scan_fn", "ssm.selective_scan_vjp"]
+        "random_features.rfa_attention", "ssm.selective_scan", "ssm.selective_scan_fn", "ssm.selective_scan_fn_vjp",
+        "ssm.selective_scan_vjp"]
 
 
 def test_blocked_plain_softmax_equals_the_full_one():

@@ -1,15 +1,17 @@
 """Golden cases of the vector–Jacobian products (the backward passes) of softmax attention
-(chapter 4), linear attention (chapter 12), the selective scan (chapter 11) and the linear
-recurrences of chapter 16 (SSD, gated linear attention, retention, the delta rule): ``compare``
-checks a kernel's gradients like any output. Each case draws the cotangent ``dy`` with the inputs.
+(chapter 4), linear attention (chapter 12), the selective scan and mamba_ssm's
+``selective_scan_fn`` (chapter 11) and the linear recurrences of chapter 16 (SSD, gated linear
+attention, retention, the delta rule): ``compare`` checks a kernel's gradients like any output.
+Each case draws the cotangent (``dy``, or the official ``dout``, ``do``) with the inputs.
 """
 
 import numpy as np
 
 from refimpl import attention, linear_rnn, ssm
 
-from ._base import Case, Function, called, ordered, renormalize, unit
+from ._base import Case, Function, called, cplx, ordered, renormalize, unit
 from .linear_rnn import _fla
+from .ssm import _official
 
 
 def _run_selective_scan_vjp(args, with_mid):
@@ -106,6 +108,33 @@ def _mamba_vjp(r):
     return args
 
 
+_FN_GRADS = ("du", "ddelta", "dA", "dB", "dC")
+_FN_ALL = _FN_GRADS + ("dD", "dz", "ddelta_bias")
+
+
+def _fn_vjp(r, batch, dim, L, N, B, C, complex_A=False, gate=True):
+    """Arguments of ``selective_scan_fn_vjp`` (:func:`refimpl._golden.ssm._official`) and the cotangent ``dout``."""
+    args = _official(r, batch, dim, L, N, B=B, C=C, complex_A=complex_A, gate=gate)
+    return {**args, "dout": r.standard_normal((batch, dim, L))}
+
+
+def _fn_vjp_threshold(r):
+    """Time-invariant B, C (D, N) and some steps above mamba_ssm's softplus threshold: x = delta + delta_bias in
+    (25, 95) for about one step in six."""
+    args = _fn_vjp(r, 2, 3, 16, 3, B=(3, 3), C=(3, 3))
+    hot = r.random(args["u"].shape) < 1 / 6
+    x = r.uniform(25.0, 95.0, hot.shape)
+    args["delta"] = np.where(hot, x - args["delta_bias"][:, None], args["delta"])
+    return args
+
+
+def _fn_vjp_complex(r):
+    """Complex A (S4D-Lin), B stored as real pairs (batch, N, 2L), C complex and time-invariant (D, N)."""
+    args = _fn_vjp(r, 1, 2, 16, 3, B=(1, 3, "2L"), C=(2, 3), complex_A=True)
+    args["C"] = cplx(r, 2, 3)
+    return args
+
+
 def _fla_vjp(r, **kw):
     """The forward case's arguments (:func:`refimpl._golden.linear_rnn._fla`), then ``do`` and ``dht``."""
     args = _fla(r, **kw)
@@ -128,6 +157,7 @@ FUNCTIONS = [
     Function("attention.softmax_attention_vjp", _run_softmax_vjp, ("dq", "dk", "dv"), intermediates=("lse", "D")),
     called("random_features.linear_attention_vjp", "dq", "dk", "dv"),
     Function("ssm.selective_scan_vjp", _run_selective_scan_vjp, ("du", "ddelta", "dA", "dB", "dC", "dD")),
+    Function("ssm.selective_scan_fn_vjp", _dict_run(ssm.selective_scan_fn_vjp, _FN_ALL), _FN_GRADS),
     # "dinitial_state" only with an initial state: the cases that give one list it among their outputs
     Function("linear_rnn.ssd_vjp", _dict_run(linear_rnn.ssd_vjp, _SSD_GRADS + _STATE), _SSD_GRADS),
     Function("linear_rnn.gated_linear_attention_vjp",
@@ -160,6 +190,22 @@ CASES = [
          "Mamba's rule (B̄ = ΔB), batch 2, L = 30: the adjoint reverse-time scan"),
     Case("ssm.selective_scan_vjp/zoh", 1506, lambda r: _scan(r, 30, 3, 4, True, "zoh"),
          "exact zero-order hold with one A = 0 entry, batch 2, L = 30"),
+    Case("ssm.selective_scan_fn_vjp/shared_gated", 1526, lambda r: _fn_vjp(r, 2, 4, 20, 3, B=(2, 3, 20), C=(2, 3, 20)),
+         "mamba_ssm layout (batch, D, L), L = 20: B, C time-varying (batch, N, L) shared by the channels, D, gate z, "
+         "delta_bias and softplus", outputs=_FN_ALL),
+    Case("ssm.selective_scan_fn_vjp/grouped", 1527,
+         lambda r: {**_fn_vjp(r, 1, 6, 17, 3, B=(1, 2, 3, 17), C=(1, 3, 3, 17)), "delta_bias": None},
+         "B in G = 2 groups of three channels, C in G = 3 groups of two (batch, G, N, L): dB, dC summed over the "
+         "channels of a group; D, gate z, softplus of delta without a bias", outputs=_FN_GRADS + ("dD", "dz")),
+    Case("ssm.selective_scan_fn_vjp/time_invariant_threshold", 1528, _fn_vjp_threshold,
+         "B, C time-invariant (D, N) (dB, dC summed over batch and time); about one step in six has "
+         "x = delta + delta_bias in (25, 95), above mamba_ssm's softplus threshold 20 (the kernel's identity and "
+         "the exact softplus differ there by less than 1.4e-11, and a float32 softplus without the threshold "
+         "overflows above 88.7); D, delta_bias, no gate", outputs=_FN_GRADS + ("dD", "ddelta_bias")),
+    Case("ssm.selective_scan_fn_vjp/complex_interleaved", 1529, _fn_vjp_complex,
+         "complex A (S4D-Lin): B stored as real (real, imaginary) pairs along time (its gradient the same way), C "
+         "complex time-invariant; complex gradients ∂ℓ/∂Re + i ∂ℓ/∂Im; D, gate z, delta_bias and softplus",
+         outputs=_FN_ALL),
     Case("linear_rnn.ssd_vjp/groups_tile_boundary", 1507, lambda r: _ssd(r, L=65),
          "4 heads in 2 groups, batch 2, L = 65 with chunks of 64 (one full chunk plus one step)"),
     Case("linear_rnn.ssd_vjp/fast_decay_small_chunks", 1508, lambda r: _ssd(r, L=40, dt_scale=100.0, chunk_size=7),
