@@ -1677,6 +1677,25 @@ def ssd_vjp(x, dt, A, B, C, D, dy, *, chunk_size=64, initial_state=None, dfinal_
     >>> all(np.allclose(g[key], gl[key], rtol=1e-12, atol=0) for key in g)
     True
     """
+    return _ssd_vjp(x, dt, A, B, C, D, dy, chunk_size, initial_state, dfinal_state)
+
+
+def _chunk_rss(terms, chunk: int) -> np.ndarray:
+    """``sqrt(Σ_k S_k²)`` per head of |terms| (batch, H, L), ``S_k`` the sum of a chunk of ``chunk`` steps of one
+    batch entry: the terms of a chunk share the rounding of its cumulative log-decay and may add up, those of
+    different chunks (and batch entries) round independently (:func:`_decay_sums`)."""
+    b, h, L = terms.shape
+    c = max(1, min(int(chunk), L)) if L else 1
+    pad = -L % c
+    if pad:
+        terms = np.concatenate([terms, np.zeros((b, h, pad))], axis=-1)
+    S = terms.reshape(b, h, -1, c).sum(axis=-1)  # (b, h, chunks)
+    return np.sqrt(np.sum(S * S, axis=(0, 2)))
+
+
+def _ssd_vjp(x, dt, A, B, C, D, dy, chunk_size, initial_state, dfinal_state, sums=None) -> dict:
+    """:func:`ssd_vjp`; with a dict ``sums``, also ``sums["dA"]``, per head, the magnitude of the terms Δ_t ρ_t
+    that ``dA`` sums over the batch and the sequence (:func:`_chunk_rss`, :func:`_decay_sums`)."""
     x, dt, A, Bh, Ch, Dv, dy, c, shapes, h0, dhL = _ssd_vjp_setup(x, dt, A, B, C, D, dy, chunk_size, initial_state,
                                                                    dfinal_state)
     logg = (dt * A[:, None])[..., None]  # log g_t = Δ_t A_h per head
@@ -1685,6 +1704,8 @@ def ssd_vjp(x, dt, A, B, C, D, dy, *, chunk_size=64, initial_state=None, dfinal_
     # k = Δ B: dΔ = dk · B (one pass, no product array), dB = Δ dk (in place: dk is ours)
     ddt = np.einsum("...n,...n->...", dk, Bh)
     dk *= dt[..., None]
+    if sums is not None:
+        sums["dA"] = _chunk_rss(np.abs(dg[..., 0] * dt).reshape(-1, A.shape[0], dt.shape[-1]), c)
     return _ssd_vjp_result(x, dt, A, Dv, dy, dv, ddt, dk, dq, dg[..., 0], shapes, *dinit)
 
 
@@ -2317,9 +2338,10 @@ def selective_scan_fn_vjp_loop(u, delta, A, B, C, dout, D=None, z=None, delta_bi
 
 
 def _mamba_vjp(loop, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
-               dfinal_states) -> dict:
+               dfinal_states, sums=None) -> dict:
     """The gradients of ``mamba_chunk_scan_combined``: :func:`ssd_vjp` (or its loop twin) in refimpl's layout,
-    then the chain rule through D, silu(z), the clamp and the softplus, in the official layout."""
+    then the chain rule through D, silu(z), the clamp and the softplus, in the official layout. With a dict
+    ``sums`` (not with ``loop``), also the per-head Σ |terms| of ``dA`` and ``ddt_bias`` (:func:`_decay_sums`)."""
     from .linear_rnn import _check_mamba, _mamba_scan, _official, _optional, _swap
 
     m = _check_mamba(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
@@ -2332,9 +2354,11 @@ def _mamba_vjp(loop, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_st
         s = expit(m.z)
         dz = dout * u * (s * (1.0 + m.z * (1.0 - s)))  # silu'(z) = σ(z) (1 + z (1 − σ(z)))
         du = dout * (m.z * s)  # out = u · silu(z)
-    run = ssd_vjp_loop if loop else ssd_vjp
-    g = run(_swap(m.x), _swap(m.step), m.A, _swap(m.B), _swap(m.C), None, _swap(du), chunk_size=m.chunk_size,
-            initial_state=m.h0, dfinal_state=dhL)
+    ssd_args = (_swap(m.x), _swap(m.step), m.A, _swap(m.B), _swap(m.C), None, _swap(du))
+    if loop:
+        g = ssd_vjp_loop(*ssd_args, chunk_size=m.chunk_size, initial_state=m.h0, dfinal_state=dhL)
+    else:
+        g = _ssd_vjp(*ssd_args, m.chunk_size, m.h0, dhL, sums)
     back = lambda a: np.ascontiguousarray(_swap(a))  # noqa: E731  refimpl's (b, h, l, ·) -> (b, l, h, ·)
     dx = back(g["dx"])
     dstep = back(g["ddt"])  # ∂ℓ/∂Δ
@@ -2350,6 +2374,8 @@ def _mamba_vjp(loop, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_st
         out["dz"] = dz
     if m.dt_bias is not None:
         out["ddt_bias"] = draw.sum(axis=(0, 1))
+        if sums is not None:
+            sums["ddt_bias"] = _chunk_rss(np.moveaxis(np.abs(draw), 1, -1), m.chunk_size)  # (b, h, l)
     if m.h0 is not None:
         out["dinitial_states"] = g["dinitial_state"]
     return out
@@ -2665,3 +2691,28 @@ def _fill_fla_docs():
 
 
 _fill_fla_docs()
+
+
+def _decay_sums(function: str, args: dict) -> dict:
+    """``{gradient: the largest over heads of the terms' magnitude}`` for the gradients of a chunked recurrence's
+    backward pass that sum decay-dependent terms over the batch and the sequence — SSD's and Mamba-2's
+    ``dA = Σ Δ_t ρ_t`` and Mamba-2's ``ddt_bias = Σ ddt`` — computed in float64 from the call's arguments (an
+    empty dict for other functions). The magnitude is ``sqrt(Σ_k S_k²)``, ``S_k = Σ |terms|`` over one chunk of
+    one batch entry (:func:`_chunk_rss`): a kernel rounds each term's decays by about ε₃₂ C_eff, coherently within
+    a chunk (one cumulative sum) and independently across chunks. The sum can cancel (Σ|terms| / |Σ terms| of 12
+    to 840 measured on a correct Mamba-2 kernel's ``ddt_bias``), so :mod:`refimpl.oracle` scales these
+    gradients' decay floor by this magnitude over the gradient's."""
+    import inspect
+
+    fns = {"linear_rnn.ssd_vjp": ssd_vjp, "linear_rnn.mamba_chunk_scan_combined_vjp": mamba_chunk_scan_combined_vjp}
+    if function not in fns:
+        return {}
+    params = inspect.signature(fns[function]).parameters
+    kw = {name: args.get(name, p.default) for name, p in params.items()}
+    sums: dict = {}
+    if function == "linear_rnn.ssd_vjp":
+        _ssd_vjp(kw["x"], kw["dt"], kw["A"], kw["B"], kw["C"], kw["D"], kw["dy"], kw["chunk_size"], kw["initial_state"],
+                 kw["dfinal_state"], sums)
+    else:
+        _mamba_vjp(False, *(kw[name] for name in params), sums)  # its parameters, in _mamba_vjp's order
+    return {name: float(np.max(v)) if np.size(v) else 0.0 for name, v in sums.items()}

@@ -99,7 +99,9 @@ A chunked kernel that forms its in-chunk decays as ``exp(c_t − c_s)`` from cum
 ``ε₃₂ (|c_t| + |c_s|)``, where the recurrence rounds it to a few ε₃₂: for those functions the bound
 has the case's decay floor ``ε₃₂ C_eff`` as a third term (:func:`decay_floor`), ``C_eff`` the largest
 mean of ``|c_t| + |c_s|`` over a row of a chunk weighted by the decays ``e^{c_t − c_s}``
-(:func:`effective_log_decay`; about 0 when every step decays by many orders, whatever |c|). The
+(:func:`effective_log_decay`; about 0 when every step decays by many orders, whatever |c|); for a gradient
+that sums such terms over the sequence (SSD's and Mamba-2's ``dA``, Mamba-2's ``ddt_bias``) the floor is scaled
+by the terms' magnitude over the sum's, as the sum can cancel (:class:`_Floors`). The
 tier's own floor is ``u = 4`` ε for float32 and ``u = 1`` ε for the other tiers (``_testing.PLAIN_ULPS``). For every other function the plain value is refimpl on
 the inputs rounded to the tier (complex part-wise), evaluated in float64 and rounded to the tier:
 the conditioning of the problem times the rounding of its data, with the case's ``ulps`` (default
@@ -541,7 +543,7 @@ def _low_precision_entry(case, args, results, arrays, sampled: bool = False) -> 
     from ._precision import eps as tier_eps_
 
     out = {}
-    floor = _case_floor(case.function, args)
+    floors = _Floors(case.function, args)
     for tier in VECTOR_TIERS:
         rounded = {k: _round(v, tier) for k, v in args.items() if v is not None}
         try:
@@ -564,6 +566,7 @@ def _low_precision_entry(case, args, results, arrays, sampled: bool = False) -> 
             fin = np.isfinite(v)
             e_plain = rel_error(v[fin], w[fin]) if fin.any() else float("nan")
             ulps = PLAIN_ULPS[tier] if models[name].startswith("plain") else case.ulps
+            floor = floors(name, want)
             bound = low_precision_verdict(0.0, e_plain, tier, ulps, floor=floor)[1] if np.isfinite(e_plain) else float("nan")
             entry[name] = {"key": key, "model": models[name], "plain_error": e_plain, "ulps": ulps,
                            "eps": tier_eps_(tier), "bound": bound, "overflow": int((~fin).sum()),
@@ -1164,7 +1167,9 @@ def decay_floor(function: str, args: dict) -> float:
     largest mean, weighted by the in-chunk decays ``e^{c_t − c_s}``, of ``|c_t| + |c_s|``. 0 when
     ``C_eff <= 1`` (the floor is then below the tier's own term) and for every function without
     chunked decays. The floor enters the bound of Eq. (15.3) of the book as
-    ``2 max(e_plain, u_tier ε_tier, u ε₃₂ C_eff)``.
+    ``2 max(e_plain, u_tier ε_tier, u ε₃₂ C_eff)``; :func:`compare` scales it, for the gradients that sum
+    decay-dependent terms over the sequence (``dA``, ``ddt_bias``), by the magnitude of their terms over
+    that of the sum (the sum can cancel).
 
     Why: the chunked kernels of Mamba-2 and fla form the decay between steps s < t of a chunk as
     ``e^{c_t − c_s}`` from the float32 cumulative log-decay ``c`` since the chunk's start. ``c``
@@ -1208,6 +1213,35 @@ def _case_floor(function: str, args: dict) -> float:
         return decay_floor(function, args)
     except (TypeError, ValueError):
         return 0.0
+
+
+class _Floors:
+    """The decay floor of each quantity of a case: :func:`decay_floor`, and for a gradient that sums
+    decay-dependent terms over the batch and the sequence (SSD's and Mamba-2's ``dA``, Mamba-2's ``ddt_bias``)
+    that floor times ``max_h T_h / max|gradient|`` (≥ 1), ``T_h`` the magnitude of head h's terms, chunk by chunk
+    (``refimpl._vjp._decay_sums``): each term carries its decays' rounding, and the sum can cancel (a correct
+    float32 Mamba-2 kernel's ``ddt_bias`` reached 2.6 ε₃₂ C_eff relative to the cancelled sum, with
+    Σ|terms| / |Σ terms| of 12 to 840). Computed once per case, in float64."""
+
+    def __init__(self, function: str, args: dict, low: bool = True):
+        self.function, self.args = function, args
+        self.floor = _case_floor(function, args) if low else 0.0
+        self._sums = None
+
+    def __call__(self, name: str, want) -> float:
+        if not self.floor:
+            return 0.0
+        if self._sums is None:
+            from ._vjp import _decay_sums
+
+            try:
+                self._sums = _decay_sums(self.function, self.args)
+            except (TypeError, ValueError):
+                self._sums = {}
+        if name not in self._sums:
+            return self.floor
+        top = float(np.max(np.abs(want))) if np.size(want) else 0.0
+        return self.floor * max(1.0, self._sums[name] / top) if top > 0 else self.floor
 
 
 #: quantities that kernels keep in float32 in every tier: FlashAttention's log-sum-exp (its forward
@@ -1440,10 +1474,10 @@ def _meets(case, args, oracle, mapped, tier, defaults) -> str | None:
             continue
         outs = case.output_names()
         tiers = {q: _judged_tier(case.function, q, mapped[q], t) for q in oracle if q in mapped}
-        floor = _case_floor(case.function, args)
+        floors = _Floors(case.function, args)
         judged = [_judge(q, "output" if q in outs else "intermediate", mapped[q], oracle[q], dtype=jt, rtol=case.rtol,
                          atol=case.atol, plain=plain[q], ulps=PLAIN_ULPS[jt] if models[q].startswith("plain") else case.ulps,
-                         floor=floor)
+                         floor=floors(q, oracle[q]))
                   for q, jt in tiers.items()]
         if all(j.passed and j.plain_error is not None and j.plain_error <= MEETS_MAX_PLAIN_ERROR for j in judged):
             return t
@@ -1585,6 +1619,7 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
             continue
         quantities = []
         outs = case.output_names()
+        floors = _Floors(function, args, low=dt != "float64")
         for qname in oracle:  # intermediates first, in order of computation, then the outputs
             kind = "output" if qname in outs else "intermediate"
             if qname not in mapped:
@@ -1594,7 +1629,7 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
                     quantities.append(QuantityReport(qname, kind, False, message="missing from the returned values"))
                 continue
             jt = _judged_tier(function, qname, mapped[qname], dt)  # float32 for FlashAttention's lse
-            floor = _case_floor(function, args) if dt != "float64" else 0.0
+            floor = floors(qname, oracle[qname])
             model = models.get(qname, "") + (", judged in float32" if jt != dt else "")
             quantities.append(_judge(qname, kind, mapped[qname], oracle[qname], dtype=jt, rtol=case.rtol, atol=case.atol,
                                      plain=None if plain is None else plain.get(qname, oracle[qname]),

@@ -1478,6 +1478,42 @@ def test_decay_floor_counts_only_the_weights_that_exist():
     assert not bad.passed
 
 
+def test_decay_floor_of_gradients_summed_over_the_sequence(monkeypatch):
+    """An independent kernel author's correct float32 Mamba-2 kernel (cumsum decays, autograd backward) failed
+    mamba_chunk_scan_combined_vjp at ddt_bias alone, 1.56× the bound: ddt_bias and dA sum decay-dependent terms
+    over the batch and the sequence, each rounded by about ε32 C_eff, and the sums cancel (Σ|terms| / |Σ terms| of
+    12 to 840), so their error reached 2.6 ε32 C_eff relative to the cancelled sum. Their floor is scaled by the
+    terms' magnitude, sqrt(Σ_k S_k²) over chunks k (S_k = Σ |terms| in a chunk): such an error passes, a
+    ddt_bias 1% off still fails."""
+    from refimpl import linear_rnn
+    from refimpl._vjp import _decay_sums
+
+    name = "linear_rnn.mamba_chunk_scan_combined_vjp"
+    inp = oracle.random_inputs(name, seed=2, L=1024, H=4, P=16, N=16, chunk_size=256)
+    g = linear_rnn.mamba_chunk_scan_combined_vjp(**inp)
+    # the magnitude of ddt_bias's terms (the per-step ddt), chunk by chunk, by hand
+    S = np.abs(g["ddt"]).reshape(1, 4, 256, 4).sum(axis=2)  # (batch, chunks, heads)
+    assert np.isclose(_decay_sums(name, inp)["ddt_bias"], np.sqrt((S ** 2).sum(axis=(0, 1))).max(), rtol=1e-12)
+    assert set(_decay_sums(name, inp)) == {"dA", "ddt_bias"} and _decay_sums("linear_rnn.ssd", {}) == {}
+    floor = oracle.decay_floor(name, inp)
+    signs = np.array([1.0, -1.0, 1.0, -1.0])
+
+    def kernel(off):  # refimpl's gradients, ddt_bias moved by `off` relative, in float32
+        def run(**kw):
+            got = linear_rnn.mamba_chunk_scan_combined_vjp(**kw)
+            got["ddt_bias"] = got["ddt_bias"] + off * signs * np.abs(got["ddt_bias"]).max()
+            return {k: v.astype(f32) for k, v in got.items()}
+        return run
+
+    measured = kernel(2.6 * floor)  # the error the correct kernel reached
+    rep = oracle.compare(name, measured, dtype="float32", inputs=inp).cases[0]
+    q = {x.name: x for x in rep.quantities}
+    assert rep.passed and q["ddt_bias"].floor > 3 * floor and q["dx"].floor == floor, rep
+    assert not oracle.compare(name, kernel(0.01), dtype="float32", inputs=inp).passed
+    monkeypatch.setattr("refimpl._vjp._decay_sums", lambda function, args: {})  # the floor of the case alone
+    assert oracle.compare(name, measured, dtype="float32", inputs=inp).cases[0].first_failure == "ddt_bias"
+
+
 def _brute_effective_log_decay(lg, c):
     """C_eff by its definition: for every chunk and row t, the pairs s = −1 … t−1 (c_{−1} = 0) one by one."""
     worst = 0.0
