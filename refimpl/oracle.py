@@ -1727,9 +1727,10 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     ``iir.sos_filter``  ``N`` (4096), ``order`` (6, even), ``wn`` (0.05): a Chebyshev I
         low-pass with 1 dB ripple, poles near z = 1; x standard normal.
     ``ssm.selective_scan_fn``  ``L`` (1024), ``d_in`` (8), ``n`` (16), ``batch`` (1), ``gated``
-        (False): the draw of ``ssm.selective_scan`` in mamba_ssm's layout (channels before time):
-        ``delta`` raw (0.5 ξ) with ``delta_bias`` = softplus⁻¹(dt0) per channel and
-        ``delta_softplus=True``, B and C time-varying (batch, n, L); ``gated`` adds ``z``.
+        (False), ``groups`` (0): the draw of ``ssm.selective_scan`` in mamba_ssm's layout (channels
+        before time): ``delta`` raw (0.5 ξ) with ``delta_bias`` = softplus⁻¹(dt0) per channel and
+        ``delta_softplus=True``, B and C time-varying (batch, n, L), or per group (batch, G, n, L)
+        with ``groups`` G > 0; ``gated`` adds ``z``.
     ``ssm.selective_scan_fn_vjp``  its backward pass: the inputs of ``ssm.selective_scan_fn`` (same sizes, same
         seed), plus the cotangent ``dout`` of the output (standard normal, from the seed's second stream).
     ``attention.flash_attention``  as softmax attention, plus the tiles ``block_q``, ``block_k`` (64).
@@ -1760,7 +1761,8 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         the backward passes, the cotangent ``dfinal_state`` of the last state (third stream).
     The official interfaces ``linear_rnn.mamba_chunk_scan_combined``, ``chunk_gla``, ``chunk_simple_gla``,
         ``chunk_delta_rule``, ``chunk_gated_delta_rule`` and their ``_vjp``: in the official layouts
-        (sequence before heads) with ``batch`` (1) and the sizes above (``H`` heads, 4); Mamba-2's
+        (sequence before heads) with ``batch`` (1) and the sizes above (``H`` heads, 4; fla's functions take no
+        ``chunk_size``: their kernels use chunks of 64, as :func:`decay_floor` assumes); Mamba-2's
         ``dt`` raw with its ``dt_bias`` and ``dt_softplus=True`` (the same Δ distribution), ``D`` per
         head, ``gated`` (False) adds ``z``; fla's delta rules with raw keys and
         ``use_qk_l2norm_in_kernel=True``; ``states`` adds ``initial_states``/``initial_state``
@@ -1945,15 +1947,14 @@ def _official_inputs(function: str, seed: int, sizes: dict) -> dict:
             if states:
                 out["dfinal_states"] = np.random.default_rng((seed, 2)).standard_normal(base["initial_state"].shape)
         return {k: v for k, v in out.items() if v is not None}
-    known = {"L": 1024, "H": 4, "dk": 64, "dv": 64, "batch": 1, "chunk_size": 64, "gate_normalizer": 16.0}
+    known = {"L": 1024, "H": 4, "dk": 64, "dv": 64, "batch": 1, "gate_normalizer": 16.0}  # fla's chunks: 64, no size
     s = _sizes(function, sizes, known)
     B, H = s["batch"], s["H"]
     forward = {"linear_rnn.chunk_gla": dict(per_channel=True), "linear_rnn.chunk_simple_gla": dict(per_channel=False),
                "linear_rnn.chunk_delta_rule": dict(gated=False), "linear_rnn.chunk_gated_delta_rule": dict(gated=True)}[name]
     if name.startswith("linear_rnn.chunk_gated") or "gla" in name:
         forward["gate_normalizer"] = s["gate_normalizer"]
-    base = random_inputs(_OFFICIAL[name], seed=seed, L=s["L"], dk=s["dk"], dv=s["dv"], batch=B * H,
-                         chunk_size=s["chunk_size"], **forward)
+    base = random_inputs(_OFFICIAL[name], seed=seed, L=s["L"], dk=s["dk"], dv=s["dv"], batch=B * H, **forward)
 
     def official(a):  # (B·H, T, ·) or (B·H, T) -> (B, T, H, ·) or (B, T, H)
         return np.swapaxes(a.reshape((B, H) + a.shape[1:]), 1, 2)
@@ -1980,10 +1981,13 @@ def _selective_scan_fn_inputs(seed: int, sizes: dict) -> dict:
     """:func:`random_inputs` of ``ssm.selective_scan_fn``: ``random_inputs("ssm.selective_scan")``'s draw (Mamba's
     initialization, ``batch`` sequences) in mamba_ssm's layout (channels before time), with Δ raw — ``delta`` =
     0.5 ξ, ``delta_bias`` the inverse softplus of the per-channel dt0, ``delta_softplus=True`` (the same Δ) —
-    and, with ``gated``, the gate ``z`` (standard normal, the seed's fourth stream)."""
+    and, with ``gated``, the gate ``z`` (standard normal, the seed's fourth stream); ``groups`` G > 0 draws B and C
+    per group, (batch, G, n, L) (standard normal, the seed's sixth stream), G dividing ``d_in``."""
     sizes = dict(sizes)
     gated = as_bool(sizes.pop("gated", False), "gated")
-    s = _sizes("ssm.selective_scan_fn", sizes, {"L": 1024, "d_in": 8, "n": 16, "batch": 1})
+    s = _sizes("ssm.selective_scan_fn", sizes, {"L": 1024, "d_in": 8, "n": 16, "batch": 1, "groups": 0})
+    if s["groups"] and s["d_in"] % s["groups"]:
+        raise ValueError(f"groups: expected a divisor of d_in = {s['d_in']}, got {s['groups']}")
     base = random_inputs("ssm.selective_scan", seed=seed, L=s["L"], d_in=s["d_in"], n=s["n"], batch=s["batch"])
     rng = np.random.default_rng((seed, 4))
     dt0 = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), s["d_in"]))  # Mamba's dt initialization, per channel
@@ -1993,6 +1997,9 @@ def _selective_scan_fn_inputs(seed: int, sizes: dict) -> dict:
            "delta_softplus": True}
     if gated:
         out["z"] = np.random.default_rng((seed, 5)).standard_normal(out["u"].shape)
+    if s["groups"]:  # channel d reads group d // (d_in / G)
+        out["B"], out["C"] = np.random.default_rng((seed, 6)).standard_normal(
+            (2, s["batch"], s["groups"], s["n"], s["L"]))
     return out
 
 

@@ -801,6 +801,12 @@ def test_random_inputs_of_selective_scan_fn():
     assert not oracle.compare("ssm.selective_scan_fn", threshold0, inputs=inp, dtype="float32").passed
     with pytest.raises(ValueError, match=r"sizes: unknown \['width'\]"):
         oracle.random_inputs("ssm.selective_scan_fn", seed=0, width=3)
+    grouped = oracle.random_inputs("ssm.selective_scan_fn", seed=5, L=50, d_in=4, n=8, groups=2)
+    assert grouped["B"].shape == grouped["C"].shape == (1, 2, 8, 50) and ssm.selective_scan_fn(**grouped).shape == (1, 4, 50)
+    with pytest.raises(ValueError, match="^groups: expected a divisor of d_in = 4"):
+        oracle.random_inputs("ssm.selective_scan_fn", seed=0, d_in=4, groups=3)
+    with pytest.raises(ValueError, match=r"sizes: unknown \['chunk_size'\] for linear_rnn.chunk_gla"):
+        oracle.random_inputs("linear_rnn.chunk_gla", seed=0, chunk_size=128)  # fla's kernels: chunks of 64
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
