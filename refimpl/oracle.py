@@ -1109,7 +1109,7 @@ def effective_log_decay(log_g, chunk: int) -> float:
     rounds it by about ``ε₃₂ (|c_t| + |c_s|)`` relative; the diagonal weight (s = t, 1 in the
     denominator) is exact. The mean over a row, weighted by the decays, is the relative error of
     the row's weights taken together: 1.47 to 1.66 ``C`` for a constant decay per step of ``e^{−10^{−4}}``
-    to ``e^{−0.2}`` over 64 steps (C the largest ``|c|``), 1.1 to 1.3 ``C`` for GLA's gates ``log σ(ξ)``, 0.73 C
+    to ``e^{−0.2}`` over 64 steps (C the largest ``|c|``), 1.1 to 1.3 ``C`` for gates ``log σ(ξ)`` (ξ standard normal), 0.73 C
     for a decay of ``e^{−1}`` per step, and about 0 when
     every step decays by many orders — the diagonal then carries the row, and a C of thousands
     says nothing about the error. The sums run as two scalar recurrences over the chunk:
