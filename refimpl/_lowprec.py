@@ -1069,14 +1069,6 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, discretization="mamba", *, tier
     return {k: store(v, tier) for k, v in out.items()}
 
 
-def _seq_sum_bt(x):
-    """Σ over batch (axis 0) and time (the last axis) in one accumulator per entry, time steps first to last
-    (float32, complex64 for complex terms): the least accurate order a kernel may choose (see :func:`_seq_sum32`)."""
-    x = np.moveaxis(np.asarray(x), -1, 1)  # (b, L, ...)
-    flat = x.reshape((-1,) + x.shape[2:])
-    return np.cumsum(flat, axis=0, dtype=np.complex64 if np.iscomplexobj(x) else f32)[-1]
-
-
 def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=None, delta_softplus=False, *, tier):
     r"""The backward pass of Eqs. (11.21)–(11.23) as mamba_ssm's kernel computes it on low-precision inputs.
 
@@ -1157,9 +1149,9 @@ def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=No
            "dC": _bc_gradient(groups(None if inv["C"] else (kappa * dv)[:, :, None, :] * H, "C"), forms["C"]), **out}
     if Dv is not None:
         out["du"] = du + _f32(Dv)[:, None] * dv
-        out["dD"] = _seq_sum_bt(dv * u32)
+        out["dD"] = _seq_sum32(np.moveaxis(dv * u32, -1, 1))  # Σ over batch and time, in order
     if bias is not None:
-        out["ddelta_bias"] = _seq_sum_bt(ddelta)
+        out["ddelta_bias"] = _seq_sum32(np.moveaxis(ddelta, -1, 1))
     return {name: store(x, tier) for name, x in out.items()}
 
 

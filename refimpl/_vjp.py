@@ -47,6 +47,7 @@ References
 from __future__ import annotations
 
 import cmath
+import functools
 import math
 
 import numpy as np
@@ -2704,15 +2705,11 @@ def _decay_sums(function: str, args: dict) -> dict:
     gradients' decay floor by this magnitude over the gradient's."""
     import inspect
 
-    fns = {"linear_rnn.ssd_vjp": ssd_vjp, "linear_rnn.mamba_chunk_scan_combined_vjp": mamba_chunk_scan_combined_vjp}
+    fns = {"linear_rnn.ssd_vjp": (ssd_vjp, _ssd_vjp),
+           "linear_rnn.mamba_chunk_scan_combined_vjp": (mamba_chunk_scan_combined_vjp, functools.partial(_mamba_vjp, False))}
     if function not in fns:
         return {}
-    params = inspect.signature(fns[function]).parameters
-    kw = {name: args.get(name, p.default) for name, p in params.items()}
+    public, run = fns[function]
     sums: dict = {}
-    if function == "linear_rnn.ssd_vjp":
-        _ssd_vjp(kw["x"], kw["dt"], kw["A"], kw["B"], kw["C"], kw["D"], kw["dy"], kw["chunk_size"], kw["initial_state"],
-                 kw["dfinal_state"], sums)
-    else:
-        _mamba_vjp(False, *(kw[name] for name in params), sums)  # its parameters, in _mamba_vjp's order
+    run(**{name: args.get(name, p.default) for name, p in inspect.signature(public).parameters.items()}, sums=sums)
     return {name: float(np.max(v)) if np.size(v) else 0.0 for name, v in sums.items()}

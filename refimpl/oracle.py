@@ -1130,7 +1130,7 @@ def effective_log_decay(log_g, chunk: int) -> float:
     a = as_real_array(log_g, "log_g", finite=False)
     chunk = as_int(chunk, "chunk", minimum=1)
     if a.ndim == 0:
-        raise ValueError(f"log_g: expected shape (..., L), got a scalar")
+        raise ValueError("log_g: expected shape (..., L), got a scalar")
     if np.isnan(a).any() or (a.size and a.max() > 0):
         raise ValueError(f"log_g: expected log-decays <= 0 (−inf allowed), got {'NaN' if np.isnan(a).any() else f'maximum {a.max():.6g}'}")
     L = a.shape[-1]
