@@ -101,7 +101,12 @@ has the case's decay floor ``ε₃₂ C_eff`` as a third term (:func:`decay_floo
 mean of ``|c_t| + |c_s|`` over a row of a chunk weighted by the decays ``e^{c_t − c_s}``
 (:func:`effective_log_decay`; about 0 when every step decays by many orders, whatever |c|); for a gradient
 that sums such terms over the sequence (SSD's and Mamba-2's ``dA``, Mamba-2's ``ddt_bias``) the floor is scaled
-by the terms' magnitude over the sum's, as the sum can cancel (:class:`_Floors`). The
+by the terms' magnitude over the sum's, as the sum can cancel (:class:`_Floors`). Errors being
+norm-wise and the floor the case's largest, a bug confined to some heads (the long-memory ones, say,
+where the carried state matters) would be diluted by the others: these functions' per-sequence
+quantities (:data:`SEQUENCE_QUANTITIES`) are also judged sequence by sequence — each batch entry × head,
+relative to its own largest entry, with its own plain error and its own ``C_eff`` — and the report
+names the worst sequence that fails. The
 tier's own floor is ``u = 4`` ε for float32 and ``u = 1`` ε for the other tiers (``_testing.PLAIN_ULPS``). For every other function the plain value is refimpl on
 the inputs rounded to the tier (complex part-wise), evaluated in float64 and rounded to the tier:
 the conditioning of the problem times the rounding of its data, with the case's ``ulps`` (default
@@ -133,6 +138,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import platform
 import sys
 import dataclasses
@@ -1057,33 +1063,36 @@ FLA_CHUNK = 64
 
 
 def _log_decays(function: str, args: dict):
-    """``(log g with the sequence last, chunk length)`` of a chunked linear recurrence's arguments, or None."""
+    """``(log g with the sequence last, chunk length, channel axes)`` of a chunked linear recurrence's
+    arguments, or None. ``channel axes`` is 1 where the log-decays carry a key-channel axis before the
+    sequence (a gate per key channel: GLA's, fla's ``chunk_gla``), else 0; the axes before it index the
+    independent sequences (batch entries and heads)."""
     fn = function.removesuffix("_vjp")
     a = {k: v for k, v in args.items() if v is not None}
     if fn == "linear_rnn.ssd":
-        return np.asarray(a["dt"], float) * np.asarray(a["A"], float)[:, None], int(a.get("chunk_size", 64))
+        return np.asarray(a["dt"], float) * np.asarray(a["A"], float)[:, None], int(a.get("chunk_size", 64)), 0
     if fn == "linear_rnn.gated_linear_attention":
         lg = np.asarray(a["log_g"], float)
         per_channel = lg.ndim == np.ndim(a["k"])
-        return (np.moveaxis(lg, -1, -2) if per_channel else lg), int(a.get("chunk_size", 64))
+        return (np.moveaxis(lg, -1, -2) if per_channel else lg), int(a.get("chunk_size", 64)), int(per_channel)
     if fn == "linear_rnn.retention":
         lg = np.log(np.asarray(a["gamma"], float))[:, None]
-        return np.broadcast_to(lg, (lg.shape[0], np.shape(a["q"])[-2])), int(a.get("chunk_size", 64))
+        return np.broadcast_to(lg, (lg.shape[0], np.shape(a["q"])[-2])), int(a.get("chunk_size", 64)), 0
     if fn == "linear_rnn.delta_rule" and "log_g" in a:
-        return np.asarray(a["log_g"], float), int(a.get("chunk_size", 64))
+        return np.asarray(a["log_g"], float), int(a.get("chunk_size", 64)), 0
     if fn == "linear_rnn.mamba_chunk_scan_combined":
         raw = np.asarray(a["dt"], float) + (np.asarray(a["dt_bias"], float) if "dt_bias" in a else 0.0)
         step = np.logaddexp(0.0, raw) if a.get("dt_softplus", False) else raw
         lo, hi = a.get("dt_limit", (0.0, np.inf))
         step = np.clip(step, float(lo), float(hi))
-        return np.moveaxis(step * np.asarray(a["A"], float), -2, -1), int(a["chunk_size"])  # (b, h, l)
+        return np.moveaxis(step * np.asarray(a["A"], float), -2, -1), int(a["chunk_size"]), 0  # (b, h, l)
     if fn == "linear_rnn.chunk_gla":
-        return np.moveaxis(np.asarray(a["g"], float), 1, -1), FLA_CHUNK  # (B, H, K, T)
+        return np.moveaxis(np.asarray(a["g"], float), 1, -1), FLA_CHUNK, 1  # (B, H, K, T)
     if fn == "linear_rnn.chunk_simple_gla" and "g_gamma" in a:  # a constant log-decay per head, added to g
         g = np.asarray(a["g"], float) if "g" in a else np.zeros(np.shape(a["q"])[:3])
-        return np.moveaxis(g + np.asarray(a["g_gamma"], float), 1, -1), FLA_CHUNK
+        return np.moveaxis(g + np.asarray(a["g_gamma"], float), 1, -1), FLA_CHUNK, 0
     if fn in ("linear_rnn.chunk_simple_gla", "linear_rnn.chunk_gated_delta_rule"):
-        return np.moveaxis(np.asarray(a["g"], float), 1, -1), FLA_CHUNK  # (B, H, T)
+        return np.moveaxis(np.asarray(a["g"], float), 1, -1), FLA_CHUNK, 0  # (B, H, T)
     return None
 
 
@@ -1133,17 +1142,22 @@ def effective_log_decay(log_g, chunk: int) -> float:
         raise ValueError("log_g: expected shape (..., L), got a scalar")
     if np.isnan(a).any() or (a.size and a.max() > 0):
         raise ValueError(f"log_g: expected log-decays <= 0 (−inf allowed), got {'NaN' if np.isnan(a).any() else f'maximum {a.max():.6g}'}")
-    L = a.shape[-1]
+    rows = _effective_log_decays(a, chunk)
+    return float(rows.max()) if rows.size else 0.0
+
+
+def _effective_log_decays(a: np.ndarray, chunk: int) -> np.ndarray:
+    """:func:`effective_log_decay` of each sequence of the checked log-decays ``a`` (..., L): shape ``a.shape[:-1]``."""
+    lead, L = a.shape[:-1], a.shape[-1]
     if L == 0 or a.size == 0:
-        return 0.0
+        return np.zeros(lead)
     c = max(1, min(chunk, L))
     n_chunks, pad = -(-L // c), -L % c
     if pad:  # the last chunk's padded steps are computed (a = 0) but their rows are not counted
-        a = np.concatenate([a, np.zeros(a.shape[:-1] + (pad,))], axis=-1)
+        a = np.concatenate([a, np.zeros(lead + (pad,))], axis=-1)
     a = a.reshape(-1, c)  # one row per chunk of every sequence
     last = np.arange(a.shape[0]) % n_chunks == n_chunks - 1  # the chunks that end a sequence
-    A, B, prev, cum = np.zeros((4, a.shape[0]))  # the two sums, |c_{t−1}| (|c_{−1}| = 0), and c_t
-    worst = 0.0
+    A, B, prev, cum, worst = np.zeros((5, a.shape[0]))  # the two sums, |c_{t−1}| (|c_{−1}| = 0), c_t, the chunk's max
     for t in range(c):
         at = a[:, t]
         zero = np.isneginf(at)  # a zero gate wipes the state: no pair spans it, and c restarts after it
@@ -1153,12 +1167,11 @@ def effective_log_decay(log_g, chunk: int) -> float:
         A = g * (A + 1.0)  # Σ_{s<t} e^{c_t − c_s}, the entering state (s = −1) included
         B = g * (B + prev)  # Σ_{s<t} e^{c_t − c_s} |c_s|
         prev = np.abs(cum)
-        row = (prev * A + B) / (1.0 + A)  # the row's decay-weighted mean of |c_t| + |c_s|
+        row = (prev * A + B) / (1.0 + A)  # the row's decay-weighted mean of |c_t| + |c_s| (>= 0)
         if t >= c - pad:  # a padded step in the last chunks
-            row = row[~last]
-        if row.size:
-            worst = max(worst, float(row.max()))
-    return worst
+            row[last] = 0.0
+        np.maximum(worst, row, out=worst)
+    return worst.reshape(lead + (n_chunks,)).max(axis=-1)
 
 
 def decay_floor(function: str, args: dict) -> float:
@@ -1206,7 +1219,7 @@ def decay_floor(function: str, args: dict) -> float:
         raise ValueError(f"args: the arguments of {function} lack {exc.args[0]!r}") from None
     if got is None:
         return 0.0
-    C = effective_log_decay(*got)
+    C = effective_log_decay(*got[:2])
     return DECAY_FLOOR_ULPS * tier_eps("float32") * C if np.isfinite(C) and C > 1 else 0.0
 
 
@@ -1230,6 +1243,23 @@ class _Floors:
         self.function, self.args = function, args
         self.floor = _case_floor(function, args) if low else 0.0
         self._sums = None
+        self._seq = None if low else ()
+
+    def sequences(self, name: str):
+        """``(move, S, floors)`` for judging the quantity ``name`` sequence by sequence, or None.
+
+        ``S``: the shape of the case's independent sequences (batch entries × heads), ``floors`` (S): each
+        one's decay floor ``ε₃₂ C_eff`` (0 where ``C_eff <= 1``, as :func:`decay_floor`), ``move``: the
+        quantity is laid out time first, ``(b, l, h, …)``, and its time axis goes behind the heads. Only
+        in the low tiers, for the quantities of :data:`SEQUENCE_QUANTITIES`, in cases with log-decays
+        (whatever their floor: a sequence's errors are also relative to its own largest entry) and more
+        than one sequence."""
+        names = SEQUENCE_QUANTITIES.get(self.function.removesuffix("_vjp"), {})
+        if name not in names:
+            return None
+        if self._seq is None:
+            self._seq = _sequence_floors(self.function, self.args) or ()
+        return (names[name], *self._seq) if self._seq else None
 
     def __call__(self, name: str, want) -> float:
         if not self.floor:
@@ -1245,6 +1275,85 @@ class _Floors:
             return self.floor
         top = float(np.max(np.abs(want))) if np.size(want) else 0.0
         return self.floor * max(1.0, self._sums[name] / top) if top > 0 else self.floor
+
+
+#: the quantities judged sequence by sequence (batch entry × head) as well as whole, per function (and its
+#: backward pass): name → laid out time first (``(b, l, h, …)``, the official interfaces). Their leading axes
+#: index the sequences (after moving the time axis behind the heads); quantities shared between sequences (the
+#: parameters' gradients dA, dD, ddt_bias; B, C shared by a group of heads) are judged whole only.
+SEQUENCE_QUANTITIES = {
+    "linear_rnn.ssd": dict.fromkeys(("y", "chunk_states", "dx", "ddt"), False),
+    "linear_rnn.gated_linear_attention": dict.fromkeys(("y", "chunk_states", "dq", "dk", "dv", "dlog_g"), False),
+    "linear_rnn.retention": dict.fromkeys(("y", "dq", "dk", "dv"), False),
+    "linear_rnn.delta_rule": dict.fromkeys(("y", "W", "TbetaV", "chunk_states", "dq", "dk", "dv", "dbeta", "dlog_g"),
+                                           False),
+    "linear_rnn.mamba_chunk_scan_combined": {"out": True, "Delta": True, "dx": True, "ddt": True, "dz": True,
+                                             "final_states": False},
+    **{f"linear_rnn.{fla}": {**dict.fromkeys(("o", "dq", "dk", "dv", "dg", "dbeta"), True), "final_state": False}
+       for fla in ("chunk_gla", "chunk_simple_gla", "chunk_delta_rule", "chunk_gated_delta_rule")},
+}
+
+
+def _sequence_floors(function: str, args: dict):
+    """``(S, floors)`` of :meth:`_Floors.sequences`, or None (one sequence; arguments refimpl cannot read)."""
+    try:
+        got = _log_decays(function, args)
+        if got is None:
+            return None
+        a, chunk, channels = got
+        a = as_real_array(a, "log_g", finite=False)
+        if np.isnan(a).any() or (a.size and a.max() > 0) or a.ndim < 1 + channels:
+            return None
+        C = _effective_log_decays(a, int(chunk))
+        if channels:
+            C = C.max(axis=-1) if C.shape[-1] else np.zeros(C.shape[:-1])
+        fn, a = function.removesuffix("_vjp"), {k: v for k, v in args.items() if v is not None}
+        if fn in ("linear_rnn.mamba_chunk_scan_combined",) or fn.startswith("linear_rnn.chunk_"):
+            lead = [C.shape]  # (b, h) already
+        elif fn == "linear_rnn.ssd":
+            lead = [C.shape, np.shape(a["x"])[:-2]]
+        else:  # refimpl's forms: the batch shape is the broadcast of every sequence input's
+            lead = [C.shape] + [np.shape(a[k])[:-2] for k in ("q", "k", "v") if k in a]
+        S = np.broadcast_shapes(*lead)
+        floors = np.where(C > 1, DECAY_FLOOR_ULPS * tier_eps("float32") * C, 0.0)
+        return (S, np.broadcast_to(floors, S)) if len(S) and math.prod(S) > 1 else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+_ONE_BY_ONE = "when judged one by one"
+
+
+def _per_sequence(arr, rounded, want, tier: str, ulps: float, seq):
+    """The worst sequence of a quantity judged sequence by sequence (the ratio rule, Eq. (15.3), with each
+    sequence's plain error and decay floor, errors relative to its own largest entry), as
+    ``(passed, rel_error, bound, plain_error, floor, message)``, or None where the quantity is not laid
+    out by sequences (a broadcast input's gradient)."""
+    move, S, floors = seq
+    if move and want.ndim >= 3:
+        arr, rounded, want = (np.moveaxis(x, 1, 2) for x in (arr, rounded, want))
+    k = len(S)
+    if want.ndim <= k or want.shape[:k] != tuple(S):
+        return None
+    n = math.prod(S)
+    a, r, w = (x.reshape(n, -1) for x in (arr, rounded, want))
+    scale = np.max(np.abs(w), axis=1) if w.shape[1] else np.zeros(n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        err = np.max(np.abs(a - w), axis=1) if w.shape[1] else np.zeros(n)
+        plain = np.max(np.abs(r - w), axis=1) if w.shape[1] else np.zeros(n)
+        rel = np.where(scale > 0, err / np.where(scale > 0, scale, 1.0), err)
+        prel = np.where(scale > 0, plain / np.where(scale > 0, scale, 1.0), plain)
+    fl = np.asarray(floors, float).reshape(n)
+    bounds = np.array([low_precision_verdict(0.0, p, tier, ulps, floor=f)[1] for p, f in zip(prel, fl)])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = rel <= bounds  # NaN never passes
+        worst = int(np.argmax(np.where(ok, rel / bounds, np.inf)))
+    where = tuple(int(i) for i in np.unravel_index(worst, S))
+    message = "" if ok.all() else (
+        f"{int((~ok).sum())} of {n} sequences (batch entries × heads, shape {tuple(S)}) fail {_ONE_BY_ONE}; "
+        f"the worst, {where}: error {rel[worst]:.3g} > bound {bounds[worst]:.3g} (its plain error {prel[worst]:.3g}, "
+        f"decay floor {fl[worst]:.3g}); errors relative to each sequence's largest entry")
+    return bool(ok.all()), float(rel[worst]), float(bounds[worst]), float(prel[worst]), float(fl[worst]), message
 
 
 #: quantities that kernels keep in float32 in every tier: FlashAttention's log-sum-exp (its forward
@@ -1274,7 +1383,7 @@ def _judged_tier(function: str, name: str, value, tier: str) -> str:
     return tier if on_grid else "float32"
 
 
-def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", floor=0.0) -> QuantityReport:
+def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", floor=0.0, seq=None) -> QuantityReport:
     want = np.asarray(want)
     try:
         arr = np.asarray(got)
@@ -1326,6 +1435,10 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", f
         return QuantityReport(name, kind, same and ok, e_abs, e_rel, bound, e_plain, msg, model, floor)
     e_abs, e_rel = max_abs_error(arr64, want), rel_error(arr64, want)
     ok, bound = low_precision_verdict(e_rel, e_plain, dtype, ulps, floor=floor)
+    one_by_one = _per_sequence(arr64, rounded, want, dtype, ulps, seq) if ok and seq and arr64.shape == want.shape else None
+    if one_by_one and not one_by_one[0]:  # the whole passes, a sequence does not: report that sequence
+        _, e_rel, bound, e_plain, floor, message = one_by_one
+        return QuantityReport(name, kind, False, e_abs, e_rel, bound, e_plain, message, model, floor)
     return QuantityReport(name, kind, ok, e_abs, e_rel, bound, e_plain, "", model, floor)
 
 
@@ -1480,7 +1593,7 @@ def _meets(case, args, oracle, mapped, tier, defaults) -> str | None:
         floors = _Floors(case.function, args)
         judged = [_judge(q, "output" if q in outs else "intermediate", mapped[q], oracle[q], dtype=jt, rtol=case.rtol,
                          atol=case.atol, plain=plain[q], ulps=PLAIN_ULPS[jt] if models[q].startswith("plain") else case.ulps,
-                         floor=floors(q, oracle[q]))
+                         floor=floors(q, oracle[q]), seq=floors.sequences(q))
                   for q, jt in tiers.items()]
         if all(j.passed and j.plain_error is not None and j.plain_error <= MEETS_MAX_PLAIN_ERROR for j in judged):
             return t
@@ -1536,7 +1649,10 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
     -------
     CompareReport
         Per case ``status`` (``pass``/``fail``/``error``) and, per quantity, the max abs and
-        norm-wise relative errors, the bound, the plain error and which model produced it;
+        norm-wise relative errors, the bound, the plain error and which model produced it (for the
+        chunked linear recurrences in the low tiers, a quantity whose whole passes but one of whose
+        sequences — batch entry × head — fails its own bound reports that sequence's error, bound,
+        plain error and floor, and names it in ``message``);
         for low tiers ``meets``, the finest tier whose verdict the returned values meet (a TF32
         kernel asked for float32 fails, meeting ``"tf32"``). A callable that raises, returns the
         wrong number of outputs, a wrong shape or a wrong dtype kind gives a failed or errored
@@ -1637,10 +1753,11 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
             quantities.append(_judge(qname, kind, mapped[qname], oracle[qname], dtype=jt, rtol=case.rtol, atol=case.atol,
                                      plain=None if plain is None else plain.get(qname, oracle[qname]),
                                      ulps=PLAIN_ULPS[jt] if models.get(qname, "").startswith("plain ") else case.ulps,
-                                     model=model, floor=floor))
+                                     model=model, floor=floor, seq=floors.sequences(qname)))
         status = "pass" if all(q.passed for q in quantities) else "fail"
         meets = dt if status == "pass" else None
-        if status == "fail" and dt != "float64" and all(q.message == "" or "overflow" in q.message for q in quantities):
+        if status == "fail" and dt != "float64" and all(q.message == "" or "overflow" in q.message or _ONE_BY_ONE in q.message
+                                                                 for q in quantities):
             meets = _meets(case, args, oracle, {k: v for k, v in mapped.items() if k in oracle}, dt, defaults)
         reports.append(CaseReport(case.name, status, quantities, note, meets))
     return CompareReport(function, dt, reports)

@@ -22,7 +22,7 @@ import scipy.signal
 
 from refimpl import oracle
 from refimpl._precision import TIERS, carrier, eps, ladder, matmul, round_to, store, tier_name
-from refimpl._testing import PLAIN_ULPS, low_precision_verdict
+from refimpl._testing import PLAIN_ULPS, low_precision_verdict, rel_error
 
 f32 = np.float32
 
@@ -1518,6 +1518,48 @@ def test_decay_floor_of_gradients_summed_over_the_sequence(monkeypatch):
     assert not oracle.compare(name, kernel(0.01), dtype="float32", inputs=inp).passed
     monkeypatch.setattr("refimpl._vjp._decay_sums", lambda function, args: {})  # the floor of the case alone
     assert oracle.compare(name, measured, dtype="float32", inputs=inp).cases[0].first_failure == "ddt_bias"
+
+
+def test_chunked_recurrences_are_judged_sequence_by_sequence():
+    """Errors are norm-wise and the decay floor is the case's worst head's: a kernel that drops the carried state
+    is off only where the decays are weak, and passed the whole of a case whose fastest head set the floor. Each
+    sequence (batch entry × head) is now also judged on its own, relative to its own largest entry and with its
+    own C_eff; the correct port passes, the bug fails and the report names the worst sequence and the tier met."""
+    inp = oracle.random_inputs("linear_rnn.ssd", seed=7, L=1024, H=6, P=16, N=16, chunk_size=256)
+    lg = inp["dt"] * inp["A"][:, None]
+    S, floors = oracle._sequence_floors("linear_rnn.ssd", inp)
+    assert S == (6,) and np.allclose(floors, [eps("float32") * oracle.effective_log_decay(lg[h], 256) for h in range(6)],
+                                     rtol=1e-12, atol=0)
+    assert floors.max() == oracle.decay_floor("linear_rnn.ssd", inp) > 20 * floors.min()  # one head sets the case's floor
+    good = oracle.compare("linear_rnn.ssd", ssd_cumsum_port, dtype="float32", inputs=inp)
+    assert good.passed, good.table()
+    bad = oracle.compare("linear_rnn.ssd", lambda **kw: ssd_cumsum_port(**kw, bug="no carry"), dtype="float32",
+                         inputs=inp).cases[0]
+    q = bad.quantities[0]
+    from refimpl import linear_rnn
+
+    whole = rel_error(ssd_cumsum_port(**inp, bug="no carry"), linear_rnn.ssd(**inp))
+    assert whole < 2 * floors.max()  # the whole case alone: within the bound of its fastest head
+    assert bad.status == "fail" and "sequences" in q.message and q.rel_error > q.bound and bad.meets == "tf32", q
+    slow = np.argsort(lg.mean(axis=1))[-2:]  # the weakest decays: the carried state matters most there
+    assert q.message.startswith("2 of 6 sequences") and any(f"the worst, ({h},)" in q.message for h in slow)
+
+    # the official layout (b, l, h, p): a sequence is (batch entry, head), found behind the time axis
+    name = "linear_rnn.mamba_chunk_scan_combined"
+    inp = oracle.random_inputs(name, seed=0, L=256, H=3, P=8, N=8, batch=2, chunk_size=64)
+    want = linear_rnn.mamba_chunk_scan_combined(**inp)
+
+    def damaged(**kw):  # float32 values, one sequence (b, h) = (1, 2) off by 20 float32 ulps of its largest entry
+        out = want.astype(np.float32)
+        out[1, :, 2] += np.float32(20 * eps("float32") * np.abs(want[1, :, 2]).max())
+        return out
+
+    rep = oracle.compare(name, damaged, dtype="float32", inputs=inp).cases[0]
+    assert rep.status == "fail" and "the worst, (1, 2)" in rep.quantities[0].message, rep
+    assert oracle.compare(name, lambda **kw: want.astype(np.float32), dtype="float32", inputs=inp).passed
+    # float64 judges the whole only; so do quantities shared by heads (SSD's dA)
+    assert oracle._Floors(name, inp, low=False).sequences("out") is None
+    assert oracle._Floors("linear_rnn.ssd_vjp", inp, low=True).sequences("dA") is None
 
 
 def _brute_effective_log_decay(lg, c):
