@@ -111,10 +111,22 @@ KINDS = ("positive", "trig")
 #: finite, so a token attends to itself only when no other key is available.
 SELF_ATTENTION_VALUE = -5e4
 
-#: Chunk length of the chunked prefix sums (Eq. 12.4): the (c, c) blocks cost N·c·d and the chunk
-#: states N·d·dv, so c ≈ d balances them; for C = dv = 64 every chunk product is then under the one-thread
+#: Chunk length of the non-causal chunk summaries (Eq. 12.2), and the longest chunk of the causal
+#: prefix sums (:func:`_causal_chunk`): for C = dv = 64 every chunk product is under the one-thread
 #: size (_ONE_THREAD) as it stands; for larger C, _stacked cuts it into pieces.
 _CHUNK = 64
+
+
+def _causal_chunk(n_feat: int) -> int:
+    """Chunk length c of the causal prefix sums (Eq. 12.4) for C features: C/2, within [32, _CHUNK].
+
+    Per token, the chunk states cost 2·C·(dv+1) multiply-adds whatever c (the summary K_n^T A_n
+    and the product Q_n S_n), the causal (c, c) block c·(C + dv + 1): a shorter chunk halves that
+    part, but doubles the states to store and sum, C·(dv+1)/c numbers per token, and shrinks every
+    product, which BLAS then runs less efficiently. Measured at N = 8192, dv = 64: for C = 64,
+    c = 32 was 16% faster than 64 and c = 16 slower again; for C = 256, c = 64 was 13–16% faster
+    than 32 or 128."""
+    return max(32, min(_CHUNK, n_feat // 2))
 
 
 
@@ -167,20 +179,23 @@ def _broadcast(batch: tuple, *arrays):
 class _RowMap:
     """φ(x) computed on demand for some rows of x, never stored for all N rows: a row-wise feature
     map (the features of a row depend on that row alone) handed to :func:`_kernel_attention` in place
-    of the array φ(x). ``fn`` maps rows (..., r, d) to (..., r, C) in the calling thread.
+    of the array φ(x). ``fn`` maps rows (..., r, d) to (..., r, C) in the calling thread; ``into``
+    (optional, C = d only) writes φ of an array of any shape and layout into a given one, so that
+    the kernel can fill buffers it reuses, in the layout it wants.
 
     The queries' features are needed once, next to their products, so the kernel computes them
     group by group in its threads: no (N, C) array to allocate, fill and read back. So are the
     keys' features of the non-causal form. The causal form needs the keys' features twice (chunk
-    summaries, then the in-chunk blocks): it keeps each group's features from the first stage for
-    the third (computing elu + 1 twice measured 7% slower at N = 8192, d = 64); the random-feature maps,
-    whose sines and exponentials cost more, hand over an array."""
+    summaries, then the in-chunk blocks): it keeps them, transposed chunk by chunk, from the first
+    stage for the third (computing elu + 1 twice measured 7% slower at N = 8192, d = 64); the
+    random-feature maps, whose sines and exponentials cost more, hand over an array."""
 
-    def __init__(self, x: np.ndarray, n_feat: int, fn: Callable[[np.ndarray], np.ndarray]):
-        self.x, self.fn, self.shape = x, fn, x.shape[:-1] + (n_feat,)
+    def __init__(self, x: np.ndarray, n_feat: int, fn: Callable[[np.ndarray], np.ndarray],
+                 into: Callable[[np.ndarray, np.ndarray], None] | None = None):
+        self.x, self.fn, self.into, self.shape = x, fn, into, x.shape[:-1] + (n_feat,)
 
     def broadcast(self, batch: tuple) -> _RowMap:
-        return _RowMap(np.broadcast_to(self.x, batch + self.x.shape[-2:]), self.shape[-1], self.fn)
+        return _RowMap(np.broadcast_to(self.x, batch + self.x.shape[-2:]), self.shape[-1], self.fn, self.into)
 
     def rows(self, r: slice) -> np.ndarray:
         """φ of rows ``r``, a new array."""
@@ -192,13 +207,19 @@ def _rows(phi, r: slice) -> np.ndarray:
     return phi.rows(r) if isinstance(phi, _RowMap) else phi[..., r, :]
 
 
-def _chunks(phi, sl: slice, c: int) -> np.ndarray:
-    """The complete chunks ``sl`` of c rows of φ, shape (..., G, c, C)."""
+def _chunks(phi, sl: slice, c: int, buf: np.ndarray | None = None) -> np.ndarray:
+    """The complete chunks ``sl`` of c rows of φ, shape (..., G, c, C); written into the first G
+    chunks of ``buf`` (..., ≥ G, c, C) when φ is a :class:`_RowMap` that can fill one."""
+    if buf is not None and isinstance(phi, _RowMap) and phi.into is not None:
+        x = phi.x[..., sl.start * c : sl.stop * c, :]
+        out = buf[..., : sl.stop - sl.start, :, :]
+        phi.into(x.reshape(x.shape[:-2] + out.shape[-3:-1] + x.shape[-1:]), out)
+        return out
     x = _rows(phi, slice(sl.start * c, sl.stop * c))
     return x.reshape(x.shape[:-2] + (sl.stop - sl.start, c, x.shape[-1]))
 
 
-def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.ndarray:
+def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int | None = None) -> np.ndarray:
     """Eq. (12.2) (non-causal) or the chunked prefix sums of Eq. (12.4) (causal), never an (N, N) matrix.
 
     ``v`` is extended by a column of ones, ``A = [V, 1]``, so that one product gives both the
@@ -223,9 +244,10 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int = _CHUNK) -> np.
     phi_q, phi_k, v = _broadcast(batch, phi_q, phi_k, v)
     out = np.empty(batch + (phi_q.shape[-2], v.shape[-1]))
     if causal:
-        _causal_sums(phi_q, phi_k, v, min(chunk, phi_q.shape[-2]), out)
+        c = _causal_chunk(phi_q.shape[-1]) if chunk is None else chunk
+        _causal_sums(phi_q, phi_k, v, min(c, phi_q.shape[-2]), out)
         return out
-    c = min(chunk, phi_k.shape[-2])
+    c = min(_CHUNK if chunk is None else chunk, phi_k.shape[-2])
     s = _summed_states(phi_k, v, c)  # S = Σ_j φ(k_j) [v_j, 1]^T
     rows = c * _group(phi_q.shape[-1], c, v.shape[-1] + 1, batch)
 
@@ -329,54 +351,81 @@ def _causal_sums(phi_q, phi_k, v, c: int, out) -> None:
 
         out_n = Q_n S_n + tril(Q_n K_n^T) A_n,   S_n = U_0 + … + U_{n-1} :
 
-    the state left by the earlier chunks plus the causal (c, c) block of the chunk itself. Three
-    stages: (1) all summaries U_n; (2) their exclusive prefix sums S_n, in place, one vector add
-    per chunk over (C, dv+1) entries, in chunk order (np.cumsum along the chunk axis walks memory
-    with a stride of C·(dv+1) numbers and measured ten to twenty times slower); (3) the outputs.
-    Stages 1 and 3 go in groups of chunks (:func:`_group`), each product stacked over the group's
-    chunks, the groups shared out between threads (:func:`refimpl._blocking.in_parts`); stage 2
-    is one short sequential sweep. Memory: the N/c + 1 states, (N/c + 1)·C·(dv+1) numbers — about
-    the size of φ(K), since c = 64 ≈ dv + 1 — plus, when φ(K) is computed on demand (a :class:`_RowMap`),
-    the groups' φ(K) kept from stage 1 for stage 3, plus cache-sized temporaries per thread; never the
-    (N, C, dv) array of the plain cumulative sum of outer products. Every state and output is
-    computed by the same operations in the same order whatever the thread count.
+    the state left by the earlier chunks plus the causal (c, c) block of the chunk itself
+    (c from :func:`_causal_chunk`). Three stages: (1) all summaries U_n; (2) their exclusive
+    prefix sums S_n, in place, one vector add per chunk over (C, dv+1) entries, in chunk order
+    (np.cumsum along the chunk axis walks memory with a stride of C·(dv+1) numbers and measured
+    ten to twenty times slower); (3) the outputs. Stages 1 and 3 go in groups of chunks
+    (:func:`_group`), each product stacked over the group's chunks, the groups shared out between
+    threads (:func:`refimpl._blocking.take_turns`); stage 2 is one short sequential sweep.
+
+    ``K_n^T`` enters both products as a contiguous (C, c) matrix when φ(K) is computed on demand
+    (a :class:`_RowMap` that fills buffers, elu + 1): stage 1 computes it in that layout (an
+    elementwise map commutes with the transpose: φ(K_n)^T = φ(K_n^T)) and keeps it for stage 3;
+    ``Q_n K_n^T`` with a transposed view of K_n measured 1.7 times slower for C = 64. An array φ(K)
+    (the random features) is used through the view: a copy would cost more than it saves at
+    C = 256. Every thread reuses its buffers (``[V, 1]``, φ(Q), the blocks, the outputs) from
+    group to group instead of allocating per group (fresh pages cost page faults).
+
+    Memory: the N/c + 1 states, (N/c + 1)·C·(dv+1) numbers — about twice the size of φ(K) for
+    c = 32, C = dv = 64 — plus φ(K)^T (N·C numbers) when it is computed on demand, plus
+    cache-sized buffers per thread; never the (N, C, dv) array of the plain cumulative sum of
+    outer products. Every state and output is computed by the same operations in the same order
+    whatever the thread count.
     """
     batch, (n, n_feat), width = phi_q.shape[:-2], phi_q.shape[-2:], v.shape[-1] + 1
     full, rest = divmod(n, c)
     y_c = out[..., : full * c, :].reshape(batch + (full, c, width - 1))  # a view: the writes land in out
     group = max(1, min(full, _group(n_feat, c, width, batch)))
     n_groups = -(-full // group)
+    group = -(-full // n_groups)  # as many groups, of (nearly) equal length: the threads' shares stay even
     states = np.empty(batch + (full + 1, n_feat, width))  # states[n] = S_n: what chunks 0 … n-1 leave
     states[..., 0, :, :] = 0.0
     elems = _size(phi_q) + _size(phi_k) + out.size
     tri = np.tri(c)
-    kept = [None] * n_groups if isinstance(phi_k, _RowMap) else None  # φ(K) of each group, from stage 1 to 3
+    lazy_k = isinstance(phi_k, _RowMap) and phi_k.into is not None
+    k_t = np.empty(batch + (full, n_feat, c)) if lazy_k else None  # φ(K_n)^T, from stage 1 to 3
+
+    def chunk_slice(gi):
+        return slice(gi * group, min((gi + 1) * group, full))
+
+    def transposed_keys(sl, buf):  # φ(K_n)^T for the chunks sl, (..., G, C, c)
+        if not lazy_k:
+            return np.swapaxes(_chunks(phi_k, sl, c), -1, -2)
+        x = phi_k.x[..., sl.start * c : sl.stop * c, :]
+        x_t = buf[..., : sl.stop - sl.start, :, :]
+        np.copyto(x_t, np.swapaxes(x.reshape(x.shape[:-2] + (-1, c, x.shape[-1])), -1, -2))  # K_n^T, contiguous
+        k_g = k_t[..., sl, :, :]
+        phi_k.into(x_t, k_g)
+        return k_g
 
     def summaries():  # stage 1: U_n = K_n^T A_n into states[n + 1]
+        buf = np.empty(batch + (group, n_feat, c)) if lazy_k else None
         values = _Values(v, c, group)
 
         def work(gi):
-            sl = slice(gi * group, min((gi + 1) * group, full))
-            k_g = _chunks(phi_k, sl, c)
-            if kept is not None:
-                kept[gi] = k_g
-            _stacked(np.swapaxes(k_g, -1, -2), values.chunks(sl), out=states[..., sl.start + 1 : sl.stop + 1, :, :])
+            sl = chunk_slice(gi)
+            a_g = values.chunks(sl)
+            _stacked(transposed_keys(sl, buf), a_g, out=states[..., sl.start + 1 : sl.stop + 1, :, :])
 
         return work
 
     def outputs():  # stage 3: out_n = Q_n S_n + tril(Q_n K_n^T) A_n, divided
+        q_buf = np.empty(batch + (group, c, n_feat))
+        blocks, o_buf, t_buf = (np.empty(batch + (group, c, w)) for w in (c, width, width))
         values = _Values(v, c, group)
-        blocks, o_buf = np.empty(batch + (group, c, c)), np.empty(batch + (group, c, width))
 
         def work(gi):
-            sl = slice(gi * group, min((gi + 1) * group, full))
+            sl = chunk_slice(gi)
             g = sl.stop - sl.start
-            q_g, k_g = _chunks(phi_q, sl, c), _chunks(phi_k, sl, c) if kept is None else kept[gi]
-            b, o_g = blocks[..., :g, :, :], o_buf[..., :g, :, :]
+            q_g = _chunks(phi_q, sl, c, q_buf)
+            k_g = k_t[..., sl, :, :] if lazy_k else np.swapaxes(_chunks(phi_k, sl, c), -1, -2)  # K_n^T
+            a_g = values.chunks(sl)
+            b, o_g, t_g = blocks[..., :g, :, :], o_buf[..., :g, :, :], t_buf[..., :g, :, :]
             _stacked(q_g, states[..., sl, :, :], out=o_g)  # Q_n S_n: what the earlier chunks left
-            _stacked(q_g, np.swapaxes(k_g, -1, -2), out=b)  # Q_n K_n^T
+            _stacked(q_g, k_g, out=b)  # Q_n K_n^T
             b *= tri  # j <= i inside the chunk
-            o_g += _stacked(b, values.chunks(sl))
+            o_g += _stacked(b, a_g, out=t_g)
             _ratio(o_g, y_c[..., sl, :, :])
 
         return work
@@ -451,6 +500,14 @@ def _elu_rows(x: np.ndarray) -> np.ndarray:
     return _in_order_result(out, [blocks])
 
 
+def _elu_into(x: np.ndarray, out: np.ndarray) -> None:
+    """elu(x) + 1 of x (any layout) into ``out`` (its shape), in the calling thread, for a
+    :class:`_RowMap` whose caller holds a cache-sized group of rows: the operations of :func:`_elu_blocks`."""
+    np.minimum(x, 0.0, out=out)
+    np.exp(out, out=out)
+    out += np.maximum(x, 0.0)
+
+
 def _elu_blocks(x: np.ndarray):
     """A new array for elu(x) + 1 and the list of thunks that fill it, one per block of W/4 numbers
     (W the workspace budget of :mod:`refimpl._blocking`): the temporary max(x, 0) stays in cache
@@ -502,7 +559,7 @@ def _linear_features(q, k, v, feature_map, causal, lazy: bool = False):
     if isinstance(feature_map, str):
         check_option(feature_map, "feature_map", ("elu+1",))
         if lazy:  # φ(q), φ(k) group by group in the kernel's threads
-            return _RowMap(q, q.shape[-1], _elu_rows), _RowMap(k, k.shape[-1], _elu_rows), v
+            return _RowMap(q, q.shape[-1], _elu_rows, _elu_into), _RowMap(k, k.shape[-1], _elu_rows, _elu_into), v
         (phi_q, blocks_q), (phi_k, blocks_k) = _elu_blocks(q), _elu_blocks(k)
         _run_blocks([blocks_q + blocks_k], q.size + k.size)
         return phi_q, phi_k, v
@@ -542,14 +599,15 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     ``y_i = φ(q_i)^T S / φ(q_i)^T z`` with ``S = Σ_j φ(k_j) v_j^T`` and ``z = Σ_j φ(k_j)``; there is
     no 1/√d scale. The causal form replaces S, z by the prefix sums ``S_i, z_i`` (Eq. 12.3), here
     computed chunk by chunk (Eq. 12.4): per-chunk states and an exclusive cumulative sum over
-    chunks, plus a masked (c, c) block inside each chunk (c = 64), in groups of chunks whose
+    chunks, plus a masked (c, c) block inside each chunk (c = C/2 within [32, 64]: 32 for elu + 1
+    with d = 64, see ``_causal_chunk``), in groups of chunks whose
     temporaries hold about W/4 floats per thread (W = 2^18, the workspace budget of
     :mod:`refimpl._blocking`), each product stacked over the group's chunks, the groups shared
     out between threads (the result is bitwise the same for any thread count). Extra memory
-    besides the output: the N/c chunk states, (N/c)·C·(dv+1) numbers (about the size of φ(K)),
-    plus O(W) per thread; the features φ(q), φ(k) are computed group by group in the threads (the
-    causal form keeps the groups' φ(k), N·C numbers, for its second stage). No Python loop over tokens (over groups
-    of ~300 tokens, and one vector add per chunk for the cumulative sum). The non-causal form sums
+    besides the output: the N/c chunk states, (N/c)·C·(dv+1) numbers (about twice the size of
+    φ(K) for c = 32), plus O(W) per thread; the features φ(q), φ(k) are computed group by group
+    in the threads (the causal form keeps φ(k), N·C numbers, for its second stage). No Python
+    loop over tokens (over groups of ~1000 tokens, and one vector add per chunk for the cumulative sum). The non-causal form sums
     the same per-chunk states: extra memory O(N/(G·c)·C·dv + W).
     :func:`linear_attention_loop` is the RNN itself.
 
