@@ -421,7 +421,9 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
     one batch shape. Returns ``o`` (*b, L, Dv) and the chunk-end states (*b, n_chunks, Dv, Dk)
     (None without ``keep_states``). The batch entries (heads) are split over threads. ``finite``:
     (name, argument) pairs whose finiteness each thread checks on the slices it reads (in the order
-    q, k, v, log g, the same arrays as ``q, k, v, logg`` before broadcasting). ``init``, optional:
+    q, k, v, log g, the same arrays as ``q, k, v, logg`` before broadcasting); with a gate per key
+    channel only after computing, and only if its output is not finite or a chunk decayed fast
+    (either follows from a NaN or ±∞ among them, see ``run`` below). ``init``, optional:
     the initial state S_{−1} (*b, Dv, Dk), the state entering the first chunk (None: 0).
     """
     batch, (L, dk), dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
@@ -450,10 +452,16 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
         q_scaled = states is not None and scale != 1.0
 
         def run(sl):
-            check_finite_part(checks, sl)
             qs, s = (q[sl] * scale, 1.0) if q_scaled else (q[sl], scale)
-            _channel_chunked(qs, k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl], s,
-                             init=None if init_t is None else init_t[sl])
+            fast = _channel_chunked(qs, k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl],
+                                    s, init=None if init_t is None else init_t[sl])
+            # The finiteness of the inputs, checked after the fact: a NaN or ±inf in q, k or v reaches the output
+            # (q_t through o_t; k_s and v_s through the weights of o_s, times 0 where masked: NaN), and −∞ in
+            # log g (NaN and +∞ are refused up front, _check_log_g) makes its chunk decay fast. One sum over the
+            # part's output, in cache, instead of four over the inputs (5 to 8 % of the time at H = 4,
+            # L = 8192, Dk = 64); the check itself is the same, so is its error.
+            if checks and (fast or not np.isfinite(np.add.reduce(o[sl], axis=None))):
+                check_finite_part(checks, sl)
 
     _blocking.in_parts(run, nb, q.size, one_blas=True)
     o = o.reshape(nb, nc * c, dv)[:, :L].reshape(batch + (L, dv))
@@ -467,23 +475,36 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
 
     Writes the output, padded to whole chunks, into ``o`` (nb, n_chunks, c, Dv) and, unless
     None, the transposed chunk-end states ``S_endᵀ`` into ``states`` (nb, n_chunks, Dk, Dv).
-    ``scale`` multiplies the queries; the output is linear in them, so the scale rides in the
-    mask of the in-chunk block and in the carried state (``scale · S``): no pass over the output
-    or the queries (3–9 % of the time at H = 4, L = 8192, Dk = Dv = 64, with the skipped clamp
-    below). ``states`` only with ``scale`` = 1 (then the carried state is S itself; the caller
-    scales the queries, :func:`_gla_chunked`). ``init``, optional: the transposed initial state
-    ``S_{−1}ᵀ`` (nb, Dk, Dv) entering the first chunk (None: 0).
+    ``scale`` multiplies the queries; the output is linear in them, so the scale rides on the
+    values and the carried state (``scale · V``, ``scale · S``): the copy of V the product below
+    needs anyway scales it, no pass over the output or the queries. ``states`` only with
+    ``scale`` = 1 (then the carried state is S itself; the caller scales the queries,
+    :func:`_gla_chunked`). ``init``, optional: the transposed initial state ``S_{−1}ᵀ``
+    (nb, Dk, Dv) entering the first chunk (None: 0). Returns whether a chunk took the exact path
+    below (decayed fast, or met −∞ in ``logg``).
 
     In a chunk with in-chunk cumulative log-gates ``cum_t = Σ_{r=start}^{t} log g_r`` (one
     vector per step), ``e^{seg_j[t, s]} = e^{cum_tj} e^{−cum_sj}``: with ``Qe = Q ⊙ e^{cum}`` and
     ``Kf = K ⊙ e^{−cum}`` the in-chunk form (16.3) is ``tril(Qe Kfᵀ) V`` (BLAS), the readout of
     the entering state ``S_in`` is ``Qe S_inᵀ`` — both in one product
-    ``[tril(Qe Kfᵀ) | Qe] [V ; S_inᵀ]`` per chunk — and the chunk's own contribution to its end
-    state is ``Vᵀ Kf`` with its columns scaled by ``e^{cum_end}``. This holds (to a few ulps)
-    where the chunk's total decay stays above ``e^{−_FACTOR_LOG}`` (then ``e^{−cum} <= e^{30}``);
-    chunks that decay further (gates near 0) are recomputed from segment sums, whose exponents
-    are all <= 0. Each product has at most 64 × 64 outputs per call for the default chunk and
-    Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see :func:`refimpl._blocking.in_parts`).
+    ``[Qe | tril(Qe Kfᵀ)] [S_inᵀ ; V]`` per chunk — and the chunk's end state is
+    ``S_endᵀ = Diag(e^{cum_end}) (S_inᵀ + Kfᵀ V)`` (16.5). This holds (to a few ulps) where the
+    chunk's total decay stays above ``e^{−_FACTOR_LOG}`` (then ``e^{−cum} <= e^{30}``); chunks
+    that decay further (gates near 0) are recomputed from segment sums, whose exponents are all
+    <= 0, and pass their state on as ``Diag(e^{cum_end}) S_inᵀ + local`` with the decay inside
+    ``local`` (e^{cum_end} may underflow to 0 there).
+
+    The chunk's rows are processed in two halves (sub-chunks of c/2 rows; one block for c < 16):
+    the rows of the first half see only the first half of the keys, so the upper-right quarter
+    of ``tril(Qe Kfᵀ)`` (all zeros) is neither computed nor multiplied, the mask applies to the
+    two diagonal quarters only, and the cumulative sums of the first half are a product with a
+    (c/2, c/2) triangle: 3/4 of the flops of the weights and of the cumulative sums, 7/8 of
+    those of the final product (the same sums: only products with the zeros of the mask are
+    dropped). ``Kfᵀ`` is written transposed, so both of its products are plain (NN) ones
+    (OpenBLAS ran ``Qe Kfᵀ`` with a transposed operand 1.5 times slower at 64 × 64 × 64; the
+    transposed write costs less than that, a few % of the time overall).
+    Each product has at most 64 × 64 outputs per call for the default chunk and Dk, Dv <= 64,
+    so OpenBLAS keeps it on the calling thread (see :func:`refimpl._blocking.in_parts`).
     """
     nb, L, dk = q.shape
     dv = v.shape[-1]
@@ -491,52 +512,85 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
         raise ValueError("_channel_chunked: chunk-end states need scale = 1 (scale the queries instead)")
     qc, kc, vc, gc = (_chunks(a, c, -2) for a in (q, k, v, logg))  # (nb, nc, c, ·)
     nc = qc.shape[1]
+    h = c // 2 if c >= 16 else c
+    parts = ((0, h), (h, c)) if h < c else ((0, c),)  # row blocks [r0, r1): they see the keys s < r1
     tri = np.tri(c)
-    tri_s = tri * scale  # the mask, times the scale: the output is linear in the queries (see below)
     S = np.zeros((nb, dk, dv)) if init is None else init * scale  # scale · S_inᵀ entering the next group
-    m = min(nc, _group(nb, c))
-    X = np.empty((nb, m, c, c + dk))  # [scale tril(Qe Kfᵀ) | Qe] per chunk
-    Z = np.empty((nb, m, c + dk, dv))  # [V ; scale S_inᵀ] per chunk
-    Y = np.empty((nb, m, c, dk))  # e^{cum}, then k ⊙ e^{−cum}
-    for g0 in range(0, nc, m):  # groups of chunks (temporaries in cache); L / (m c) steps
+    # Groups of a quarter of the rows of the other cores' groups: this one holds about nine (c + Dk)-float
+    # temporaries per row, which with 2048 rows spilled out of a 2 MiB L2 cache (measured at H = 4, L = 8192,
+    # Dk = Dv = 64: 512 rows took 5 to 10 % less time than 2048; 256 about the same as 512). After a group with
+    # a chunk that decays fast, whole groups: the exact path's many small steps per call then dominate (with
+    # quarter groups throughout, gates of 0.3 ... 0.9 took 30 % longer).
+    m_full = min(nc, _group(nb, c))
+    m = -(-m_full // 4)
+    X = np.empty((nb, m_full, c, dk + c))  # [Qe | tril(Qe Kfᵀ)] per chunk
+    Z = np.empty((nb, m_full, dk + c, dv))  # [scale S_inᵀ ; scale V] per chunk
+    Y = np.empty((nb, m_full, c, dk))  # cum, then e^{cum}
+    KT = np.empty((nb, m_full, dk, c))  # Kfᵀ = (k ⊙ e^{−cum})ᵀ
+    D = np.empty((nb, m_full, dk, dv))  # e^{cum_end} of each chunk, along the rows of Sᵀ
+    fast = False  # whether a chunk decayed fast (the return value)
+    g0 = 0
+    while g0 < nc:  # groups of chunks (temporaries in cache)
         sl = slice(g0, min(nc, g0 + m))
         mm = sl.stop - g0
-        Xg, Zg, vg = X[:, :mm], Z[:, :mm], vc[:, sl]
-        cum = np.matmul(tri, gc[:, sl], out=Y[:, :mm])  # cum_t = Σ_{r=start}^{t} log g_r (a triangular product)
-        Eg = np.exp(cum, out=cum)  # e^{cum_t}
-        Qe = np.multiply(qc[:, sl], Eg, out=Xg[..., c:])  # q_t ⊙ e^{cum_t}
-        dec = Eg[:, :, -1, :, None].copy()  # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ
-        strong = dec.min(axis=(-2, -1)) < _TINY  # chunks for the exact path
-        scores = Xg[..., :c]
+        Xg, Zg, Eg, KTg, gg = X[:, :mm], Z[:, :mm], Y[:, :mm], KT[:, :mm], gc[:, sl]
+        for r0, r1 in parts:  # cum_t = Σ_{r=start}^{t} log g_r: products with the triangle of ones up to row r1
+            np.matmul(tri[r0:r1, :r1], gg[:, :, :r1], out=Eg[:, :, r0:r1])
+        np.exp(Eg, out=Eg)  # e^{cum_t}
+        Qe = np.multiply(qc[:, sl], Eg, out=Xg[..., :dk])  # q_t ⊙ e^{cum_t}
+        # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ; spread over the columns up front, so that each
+        # step of the state passing below is a plain contiguous product (a broadcast took twice as long)
+        strong = Eg[:, :, -1].min(axis=-1) < _TINY  # chunks for the exact path
+        np.copyto(D[:, :mm], Eg[:, :, -1, :, None])
+        dec = D[:, :mm]
+        Vs = Zg[:, :, dk:]
+        if scale == 1.0:
+            np.copyto(Vs, vc[:, sl])
+        else:
+            np.multiply(vc[:, sl], scale, out=Vs)
+        scores = Xg[..., dk:]
         if strong.all():  # every chunk of the group takes the exact path: no factored form to overwrite
             local = np.empty((nb, mm, dk, dv))
         else:
             # k_s ⊙ e^{−cum_s}; e^{cum} >= e^{cum_end} >= e^{−30} in a chunk that does not decay fast (the
             # log-gates are <= 0), else clamped there (the exact path below where it matters)
-            Kf = np.divide(kc[:, sl], np.maximum(Eg, _TINY, out=Eg) if strong.any() else Eg, out=Eg)
-            np.matmul(Qe, np.swapaxes(Kf, -1, -2), out=scores)  # Σ_j q_tj k_sj e^{seg_j[t, s]}
-            scores *= tri_s
-            local = np.swapaxes(Kf, -1, -2) @ vg  # (Σ_s v_s (k_s ⊙ e^{cum_end − cum_s})ᵀ)ᵀ / e^{cum_end}
-            local *= dec if scale == 1.0 else dec * scale
-        sb, sn = np.nonzero(strong)
-        if sb.size:
-            _channel_exact(scores, local, qc[:, sl], kc[:, sl], vg, gc[:, sl], sb, sn, scale)
-        Zg[:, :, :c] = vg
-        Zg[:, 0, c:] = S
-        for j in range(mm):  # state passing (16.5), times the scale: S_end = S_in Diag(e^{cum_end}) + local
-            nxt = Zg[:, j + 1, c:] if j + 1 < mm else S
-            np.multiply(Zg[:, j, c:], dec[:, j], out=nxt)
-            nxt += local[:, j]
+            np.divide(kc[:, sl], np.maximum(Eg, _TINY, out=Eg) if strong.any() else Eg,
+                      out=np.swapaxes(KTg, -1, -2))
+            for r0, r1 in parts:
+                blk = np.matmul(Qe[:, :, r0:r1], KTg[..., :r1], out=scores[:, :, r0:r1, :r1])  # Σ_j q_tj k_sj e^{seg_j[t, s]}
+                blk[..., r0:] *= tri[: r1 - r0, : r1 - r0]  # s <= t in the diagonal block
+            local = KTg @ Vs  # scale Σ_s (k_s ⊙ e^{−cum_s}) v_sᵀ
+        mixed = strong.any(axis=0)  # chunks whose local carries its decay (per head: the exact path's does)
+        if mixed.any():
+            if not strong.all():  # (else every local is the exact path's)
+                local[:, mixed] *= dec[:, mixed]
+            sb, sn = np.nonzero(strong)
+            _channel_exact(scores, local, qc[:, sl], kc[:, sl], Vs, gg, sb, sn)
+        Zg[:, 0, :dk] = S
+        for j in range(mm):  # state passing (16.5), times the scale: S_endᵀ = Diag(e^{cum_end}) (S_inᵀ + local)
+            nxt = Zg[:, j + 1, :dk] if j + 1 < mm else S
+            if mixed[j]:
+                np.multiply(Zg[:, j, :dk], dec[:, j], out=nxt)
+                nxt += local[:, j]
+            else:
+                np.add(Zg[:, j, :dk], local[:, j], out=nxt)
+                nxt *= dec[:, j]
             if states is not None:
                 states[:, g0 + j] = nxt  # S_endᵀ (scale = 1 here)
-        # the masked form (16.3) in the chunk + S_in (q_t ⊙ e^{cum_t}), both times the scale (in the mask and in S)
-        np.matmul(Xg, Zg, out=o[:, sl])
+        # S_in (q_t ⊙ e^{cum_t}) + the masked form (16.3) in the chunk, both times the scale (in S and V); the
+        # rows [r0, r1) read the keys s < r1 only
+        for r0, r1 in parts:
+            np.matmul(Xg[:, :, r0:r1, : dk + r1], Zg[:, :, : dk + r1], out=o[:, sl, r0:r1])
+        if mixed.any():
+            fast, m = True, m_full
+        g0 += mm
+    return fast
 
 
-def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn, scale: float = 1.0):
+def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
     """Chunks that decay below ``e^{−_FACTOR_LOG}``: in-chunk weights and end-state contributions
-    (times ``scale``) with every exponent a sum of log-gates <= 0, in blocks of at most about
-    ``_BLOCK_ELEMS`` elements.
+    (with the chunk's decay) with every exponent a sum of log-gates <= 0, in blocks of at most
+    about ``_BLOCK_ELEMS`` elements. ``vg``: the values (times the scale, :func:`_channel_chunked`).
 
     The in-chunk weights ``W[t, s] = Σ_j q_tj k_sj e^{seg_j[t, s]}`` (s <= t) by halving
     (:func:`_halving_weights`); the chunk's contribution to its end state from the suffix sums
@@ -547,11 +601,8 @@ def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn, scale: float = 1.0):
     for i0 in range(0, sb.size, step):
         b, n = sb[i0 : i0 + step], sn[i0 : i0 + step]
         k, g = kg[b, n], gg[b, n]  # (s, c, Dk)
-        w = _halving_weights(qg[b, n], k, g)
-        scores[b, n] = w if scale == 1.0 else np.multiply(w, scale, out=w)
+        scores[b, n] = _halving_weights(qg[b, n], k, g)
         ke = k * np.exp(np.tri(c, c, -1).T @ g)  # k_s ⊙ e^{Σ_{r=s+1}^{end} log g_r} (the sums as a product)
-        if scale != 1.0:
-            ke *= scale
         local[b, n] = np.swapaxes(ke, -1, -2) @ vg[b, n]
 
 

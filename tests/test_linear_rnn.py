@@ -935,6 +935,29 @@ def _calls(rng):
     }
 
 
+@pytest.mark.parametrize("chunk", [64, 8, 5])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_gla_per_channel_refuses_one_non_finite_entry_anywhere(chunk, bad):
+    # the per-channel core checks the finiteness of q, k, v after computing, from its output (and from a
+    # chunk that decays fast, for −∞ in log g): one bad entry at the start, middle or end of a chunk, of
+    # either half of it, or of the sequence, in the first or the last head, must still be refused,
+    # with or without chunk states and at any scale (0 included)
+    rng, q, k, v = _qkv(45, batch=(2,), L=140, dk=6, dv=5)
+    log_g = -rng.uniform(0, 0.05, q.shape)
+    args = dict(q=q, k=k, v=v, log_g=log_g)
+    for name in args:
+        if name == "log_g" and bad == np.inf:
+            continue  # a log-gate above 0: refused up front
+        for t in (0, 1, 31, 32, 63, 64, 100, 139):
+            for head, dim, scale, states in ((0, 0, None, False), (1, -1, 0.0, False), (1, 2, 0.5, True)):
+                broken = dict(args)
+                broken[name] = args[name].copy()
+                broken[name][head, t, dim] = bad
+                with pytest.raises(ValueError, match=f"^{name}: expected finite values, got 1 NaN/inf entries"):
+                    lr.gated_linear_attention(*broken.values(), scale=scale, chunk_size=chunk,
+                                              return_chunk_states=states)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("fn", ["gla", "delta", "ssd", "ssd-groups"])
 def test_non_finite_inputs_are_refused_by_the_threads_that_read_them(monkeypatch, fn, bad):
