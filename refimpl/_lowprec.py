@@ -1320,6 +1320,29 @@ def _without_dg(grads: dict, args: dict) -> dict:
     return grads if args.get("g") is not None else {k: v for k, v in grads.items() if k != "dg"}
 _FLA_VJP = ("q", "k", "v", "g", "do", "scale", "initial_state", "dht")
 
+#: the arguments of fla's functions that run along the packed sequence (B = 1, T, ·), and those with one entry per
+#: packed sequence (N, H, K, V)
+_FLA_TIMED, _FLA_PER_SEQUENCE = ("q", "k", "v", "g", "beta", "do"), ("initial_state", "dht")
+
+
+def _packed(plain):
+    """fla's plain model with packed sequences (``cu_seqlens``): ``plain`` once per sequence on its steps and its
+    states, the outputs joined along the sequence (axis 1) and the states stacked, as the function runs them."""
+
+    def run(args, tier):
+        if args.get("cu_seqlens") is None:
+            return plain(args, tier)
+        cu = np.asarray(args["cu_seqlens"]).tolist()
+        parts = []
+        for i, (b, e) in enumerate(zip(cu[:-1], cu[1:])):
+            part = {n: a[:, b:e] if n in _FLA_TIMED else a[i:i + 1] if n in _FLA_PER_SEQUENCE else a
+                    for n, a in args.items() if n != "cu_seqlens" and a is not None}
+            parts.append(plain(part, tier))
+        return {n: np.concatenate([p[n] for p in parts], axis=0 if n in ("final_state", "dh0") else 1) for n in parts[0]}
+
+    return run
+
+
 #: ``{registered function name: plain(args, tier[, needed]) -> {quantity: ndarray}}`` (``needed``: the
 #: quantities the oracle compares, for plain algorithms that can skip a large intermediate)
 PLAIN = {
@@ -1367,19 +1390,19 @@ PLAIN = {
     "linear_rnn.mamba_chunk_scan_combined": lambda args, tier: _call(mamba_chunk_scan_combined, args, _MAMBA, tier),
     "linear_rnn.mamba_chunk_scan_combined_vjp": lambda args, tier: _call(
         mamba_chunk_scan_combined_vjp, args, _MAMBA + ("dout", "dfinal_states"), tier),
-    "linear_rnn.chunk_gla": lambda args, tier: _call(chunk_gla, args, _FLA, tier),
-    "linear_rnn.chunk_simple_gla": lambda args, tier: _call(chunk_gla, _with_gamma(args), _FLA, tier),
-    "linear_rnn.chunk_delta_rule": lambda args, tier: _call(
-        chunk_delta_rule, args, _FLA + ("beta", "use_qk_l2norm_in_kernel"), tier),
-    "linear_rnn.chunk_gated_delta_rule": lambda args, tier: _call(
-        chunk_delta_rule, args, _FLA + ("beta", "use_qk_l2norm_in_kernel"), tier),
-    "linear_rnn.chunk_gla_vjp": lambda args, tier: _call(chunk_gla_vjp, args, _FLA_VJP, tier),
-    "linear_rnn.chunk_simple_gla_vjp": lambda args, tier: _without_dg(
-        _call(chunk_gla_vjp, _with_gamma(args), _FLA_VJP, tier), args),
-    "linear_rnn.chunk_delta_rule_vjp": lambda args, tier: _call(
-        chunk_delta_rule_vjp, args, _FLA_VJP + ("beta", "use_qk_l2norm_in_kernel"), tier),
-    "linear_rnn.chunk_gated_delta_rule_vjp": lambda args, tier: _call(
-        chunk_delta_rule_vjp, args, _FLA_VJP + ("beta", "use_qk_l2norm_in_kernel"), tier),
+    "linear_rnn.chunk_gla": _packed(lambda args, tier: _call(chunk_gla, args, _FLA, tier)),
+    "linear_rnn.chunk_simple_gla": _packed(lambda args, tier: _call(chunk_gla, _with_gamma(args), _FLA, tier)),
+    "linear_rnn.chunk_delta_rule": _packed(lambda args, tier: _call(
+        chunk_delta_rule, args, _FLA + ("beta", "use_qk_l2norm_in_kernel"), tier)),
+    "linear_rnn.chunk_gated_delta_rule": _packed(lambda args, tier: _call(
+        chunk_delta_rule, args, _FLA + ("beta", "use_qk_l2norm_in_kernel"), tier)),
+    "linear_rnn.chunk_gla_vjp": _packed(lambda args, tier: _call(chunk_gla_vjp, args, _FLA_VJP, tier)),
+    "linear_rnn.chunk_simple_gla_vjp": _packed(lambda args, tier: _without_dg(
+        _call(chunk_gla_vjp, _with_gamma(args), _FLA_VJP, tier), args)),
+    "linear_rnn.chunk_delta_rule_vjp": _packed(lambda args, tier: _call(
+        chunk_delta_rule_vjp, args, _FLA_VJP + ("beta", "use_qk_l2norm_in_kernel"), tier)),
+    "linear_rnn.chunk_gated_delta_rule_vjp": _packed(lambda args, tier: _call(
+        chunk_delta_rule_vjp, args, _FLA_VJP + ("beta", "use_qk_l2norm_in_kernel"), tier)),
     "iir.sos_filter": lambda args, tier: _call(sos_filter, args, ("sos", "x", "form"), tier),
     "iir.biquad_filter": lambda args, tier: _call(biquad_filter, args, ("b", "a", "x", "zi", "form"), tier),
     "iir.tf_filter": lambda args, tier: _call(tf_filter, args, ("b", "a", "x", "zi"), tier),

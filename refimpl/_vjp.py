@@ -2456,24 +2456,39 @@ def mamba_chunk_scan_combined_vjp_loop(x, dt, A, B, C, dout, chunk_size, *, D=No
                       dfinal_states)
 
 
-def _fla_vjp(loop, q, k, v, g, beta, do, scale, initial_state, dht, l2norm, gate: str, delta: bool, g_gamma=None) -> dict:
+def _fla_vjp(loop, q, k, v, g, beta, do, scale, initial_state, dht, l2norm, gate: str, delta: bool, g_gamma=None,
+             cu_seqlens=None) -> dict:
     """The gradients of an fla function: refimpl's VJP in its layout, the states transposed, and with
-    ``use_qk_l2norm_in_kernel`` the chain rule of ``x / sqrt(Σ x² + eps)``: ``dx = r (dy − y (y·dy))``."""
-    from .linear_rnn import _check_fla, _official, _optional, _swap
+    ``use_qk_l2norm_in_kernel`` the chain rule of ``x / sqrt(Σ x² + eps)``: ``dx = r (dy − y (y·dy))``.
+    With ``cu_seqlens`` each packed sequence's gradients on its own (its ``dht`` entry, its ``dh0``), joined
+    along the sequence (``dh0`` stacked)."""
+    from .linear_rnn import _check_fla, _fla_packed, _official, _optional, _swap
 
-    f = _check_fla(q, k, v, g, beta, scale, initial_state, gate, delta, l2norm, g_gamma=g_gamma)
+    packed = cu_seqlens is not None
+    f = _check_fla(q, k, v, g, beta, scale, None if packed else initial_state, gate, delta, l2norm, g_gamma=g_gamma)
     Bb, H, T, K = f.q.shape
     V = f.v.shape[-1]
     do = _official(do, "do", (Bb, T, H, V), "[B, T, H, V] like v")
-    dht = _optional(dht, "dht", (Bb, H, K, V), "[N, H, K, V] like the final state")
-    dSL = None if dht is None else np.swapaxes(dht, -1, -2)  # fla's (K, V) -> refimpl's (V, K)
-    kw = dict(scale=f.scale, initial_state=f.S0, dfinal_state=dSL)
-    if delta:
-        run = delta_rule_vjp_loop if loop else delta_rule_vjp
-        gr = run(f.q, f.k, f.v, f.beta, _swap(do), log_g=f.log_g, **kw)
+    run = (delta_rule_vjp_loop if loop else delta_rule_vjp) if delta else (
+        gated_linear_attention_vjp_loop if loop else gated_linear_attention_vjp)
+
+    def core(f, do, dht):
+        dSL = None if dht is None else np.swapaxes(dht, -1, -2)  # fla's (K, V) -> refimpl's (V, K)
+        kw = dict(scale=f.scale, initial_state=f.S0, dfinal_state=dSL)
+        if delta:
+            return run(f.q, f.k, f.v, f.beta, _swap(do), log_g=f.log_g, **kw)
+        return run(f.q, f.k, f.v, f.log_g, _swap(do), **kw)
+
+    if packed:
+        parts = list(_fla_packed(f, cu_seqlens, initial_state, extra=do))  # validates cu_seqlens, initial_state
+        dht = _optional(dht, "dht", (len(parts), H, K, V), f"[N, H, K, V] like the final states, N = {len(parts)}")
+        runs = [core(part, do_i, None if dht is None else dht[i:i + 1]) for i, (part, do_i) in enumerate(parts)]
+        # every gradient has the sequence third (refimpl's layout), but the initial state's: one per sequence
+        gr = {name: np.concatenate([r[name] for r in runs], axis=0 if name == "dinitial_state" else 2)
+              for name in runs[0]}
     else:
-        run = gated_linear_attention_vjp_loop if loop else gated_linear_attention_vjp
-        gr = run(f.q, f.k, f.v, f.log_g, _swap(do), **kw)
+        dht = _optional(dht, "dht", (Bb, H, K, V), "[N, H, K, V] like the final state")
+        gr = core(f, do, dht)
     back = lambda a: np.ascontiguousarray(_swap(a))  # noqa: E731
     out = {"dq": back(gr["dq"]), "dk": back(gr["dk"]), "dv": back(gr["dv"])}
     if f.l2norm:  # y = x r, r = (Σ x² + eps)^{−1/2}: dx = r (dy − y (y · dy))
@@ -2493,23 +2508,24 @@ def _fla_vjp(loop, q, k, v, g, beta, do, scale, initial_state, dht, l2norm, gate
 _FLA_VJP_DOC = """
     Parameters
     ----------
-    q, k, v, {args}scale, initial_state{l2}
-        As in :func:`refimpl.linear_rnn.{fwd}` (fla's layout (B, T, H, ·); states (B, H, K, V)).
+    q, k, v, {args}scale, initial_state{l2}, cu_seqlens
+        As in :func:`refimpl.linear_rnn.{fwd}` (fla's layout (B, T, H, ·); states (B, H, K, V), or
+        (N, H, K, V) for N packed sequences).
     do : array_like, shape (B, T, H, V)
         The cotangent ∂ℓ/∂o.
-    dht : array_like, shape (B, H, K, V), optional
+    dht : array_like, shape (B, H, K, V) (or (N, H, K, V)), optional
         The cotangent of the final state (fla's orientation; Eq. (16.22)). Default 0.
 
     Returns
     -------
     grads : dict
-        ``{keys}`` of the shapes of their inputs, and ``"dh0"`` (B, H, K, V), the gradient of
-        ``initial_state``, exactly when it is given (fla returns None otherwise).
+        ``{keys}`` of the shapes of their inputs, and ``"dh0"`` (the shape of ``initial_state``), the
+        gradient of ``initial_state``, exactly when it is given (fla returns None otherwise).
 """
 
 
 @guard_overflow()
-def chunk_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=None) -> dict:
+def chunk_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=None, *, cu_seqlens=None) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.chunk_gla`, with fla's names of the gradients.
 
     The vector–Jacobian product of Eqs. (16.2)–(16.5) by the adjoint filter of Eqs. (16.17)–(16.19)
@@ -2520,7 +2536,7 @@ def chunk_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=None) -> d
     -----
     ``dg`` is the gradient of the log-gates (fla's reverse cumulative sum); states and their
     gradients are in fla's orientation (K, V), refimpl's transposed. Differences from fla, all
-    deliberate: float64, a dict, no ``cu_seqlens``. Loop twin: :func:`chunk_gla_vjp_loop`.
+    deliberate: float64, a dict. Loop twin: :func:`chunk_gla_vjp_loop`.
 
     Examples
     --------
@@ -2530,11 +2546,11 @@ def chunk_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=None) -> d
     >>> sorted(chunk_gla_vjp(q, k, v, g, do, initial_state=h0))
     ['dg', 'dh0', 'dk', 'dq', 'dv']
     """
-    return _fla_vjp(False, q, k, v, g, None, do, scale, initial_state, dht, False, "channel", False)
+    return _fla_vjp(False, q, k, v, g, None, do, scale, initial_state, dht, False, "channel", False, cu_seqlens=cu_seqlens)
 
 
 @guard_overflow()
-def chunk_gla_vjp_loop(q, k, v, g, do, scale=None, initial_state=None, dht=None) -> dict:
+def chunk_gla_vjp_loop(q, k, v, g, do, scale=None, initial_state=None, dht=None, *, cu_seqlens=None) -> dict:
     """Loop twin of :func:`chunk_gla_vjp`: the same wrapper over :func:`gated_linear_attention_vjp_loop`.
 
     Examples
@@ -2546,11 +2562,12 @@ def chunk_gla_vjp_loop(q, k, v, g, do, scale=None, initial_state=None, dht=None)
     >>> all(np.allclose(a[n], b[n]) for n in a)
     True
     """
-    return _fla_vjp(True, q, k, v, g, None, do, scale, initial_state, dht, False, "channel", False)
+    return _fla_vjp(True, q, k, v, g, None, do, scale, initial_state, dht, False, "channel", False, cu_seqlens=cu_seqlens)
 
 
 @guard_overflow()
-def chunk_simple_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=None, g_gamma=None) -> dict:
+def chunk_simple_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=None, g_gamma=None, *,
+                         cu_seqlens=None) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.chunk_simple_gla` (a gate per head), with fla's names.
 
     The vector–Jacobian product of Eqs. (16.2)–(16.5) by the adjoint filter of Eqs. (16.17)–(16.19)
@@ -2570,11 +2587,12 @@ def chunk_simple_gla_vjp(q, k, v, g, do, scale=None, initial_state=None, dht=Non
     >>> chunk_simple_gla_vjp(q, k, v, g, do)["dg"].shape
     (1, 5, 2)
     """
-    return _fla_vjp(False, q, k, v, g, None, do, scale, initial_state, dht, False, "head", False, g_gamma)
+    return _fla_vjp(False, q, k, v, g, None, do, scale, initial_state, dht, False, "head", False, g_gamma, cu_seqlens)
 
 
 @guard_overflow()
-def chunk_simple_gla_vjp_loop(q, k, v, g, do, scale=None, initial_state=None, dht=None, g_gamma=None) -> dict:
+def chunk_simple_gla_vjp_loop(q, k, v, g, do, scale=None, initial_state=None, dht=None, g_gamma=None, *,
+                              cu_seqlens=None) -> dict:
     """Loop twin of :func:`chunk_simple_gla_vjp`: the same wrapper over :func:`gated_linear_attention_vjp_loop`.
 
     Examples
@@ -2586,12 +2604,12 @@ def chunk_simple_gla_vjp_loop(q, k, v, g, do, scale=None, initial_state=None, dh
     >>> all(np.allclose(a[n], b[n]) for n in a)
     True
     """
-    return _fla_vjp(True, q, k, v, g, None, do, scale, initial_state, dht, False, "head", False, g_gamma)
+    return _fla_vjp(True, q, k, v, g, None, do, scale, initial_state, dht, False, "head", False, g_gamma, cu_seqlens)
 
 
 @guard_overflow()
 def chunk_delta_rule_vjp(q, k, v, beta, do, scale=None, initial_state=None, dht=None, *,
-                         use_qk_l2norm_in_kernel=False) -> dict:
+                         use_qk_l2norm_in_kernel=False, cu_seqlens=None) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.chunk_delta_rule`, with fla's names of the gradients.
 
     The vector–Jacobian product of Eqs. (16.9)–(16.12) by the adjoint recurrence of Eqs. (16.20)–(16.22)
@@ -2613,12 +2631,13 @@ def chunk_delta_rule_vjp(q, k, v, beta, do, scale=None, initial_state=None, dht=
     >>> sorted(chunk_delta_rule_vjp(q, k, v, beta, do, use_qk_l2norm_in_kernel=True))
     ['dbeta', 'dk', 'dq', 'dv']
     """
-    return _fla_vjp(False, q, k, v, None, beta, do, scale, initial_state, dht, use_qk_l2norm_in_kernel, "none", True)
+    return _fla_vjp(False, q, k, v, None, beta, do, scale, initial_state, dht, use_qk_l2norm_in_kernel, "none", True,
+                    cu_seqlens=cu_seqlens)
 
 
 @guard_overflow()
 def chunk_delta_rule_vjp_loop(q, k, v, beta, do, scale=None, initial_state=None, dht=None, *,
-                              use_qk_l2norm_in_kernel=False) -> dict:
+                              use_qk_l2norm_in_kernel=False, cu_seqlens=None) -> dict:
     """Loop twin of :func:`chunk_delta_rule_vjp`: the same wrapper over :func:`delta_rule_vjp_loop`.
 
     Examples
@@ -2630,12 +2649,13 @@ def chunk_delta_rule_vjp_loop(q, k, v, beta, do, scale=None, initial_state=None,
     >>> all(np.allclose(a[n], b[n]) for n in a)
     True
     """
-    return _fla_vjp(True, q, k, v, None, beta, do, scale, initial_state, dht, use_qk_l2norm_in_kernel, "none", True)
+    return _fla_vjp(True, q, k, v, None, beta, do, scale, initial_state, dht, use_qk_l2norm_in_kernel, "none", True,
+                    cu_seqlens=cu_seqlens)
 
 
 @guard_overflow()
 def chunk_gated_delta_rule_vjp(q, k, v, g, beta, do, scale=None, initial_state=None, dht=None, *,
-                               use_qk_l2norm_in_kernel=False) -> dict:
+                               use_qk_l2norm_in_kernel=False, cu_seqlens=None) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.chunk_gated_delta_rule`, with fla's names of the gradients.
 
     The vector–Jacobian product of Eqs. (16.9)–(16.12) with gates by the adjoint recurrence of
@@ -2656,12 +2676,13 @@ def chunk_gated_delta_rule_vjp(q, k, v, g, beta, do, scale=None, initial_state=N
     >>> list(chunk_gated_delta_rule_vjp(q, k, v, g, beta, do, use_qk_l2norm_in_kernel=True))
     ['dq', 'dk', 'dv', 'dg', 'dbeta']
     """
-    return _fla_vjp(False, q, k, v, g, beta, do, scale, initial_state, dht, use_qk_l2norm_in_kernel, "head", True)
+    return _fla_vjp(False, q, k, v, g, beta, do, scale, initial_state, dht, use_qk_l2norm_in_kernel, "head", True,
+                    cu_seqlens=cu_seqlens)
 
 
 @guard_overflow()
 def chunk_gated_delta_rule_vjp_loop(q, k, v, g, beta, do, scale=None, initial_state=None, dht=None, *,
-                                    use_qk_l2norm_in_kernel=False) -> dict:
+                                    use_qk_l2norm_in_kernel=False, cu_seqlens=None) -> dict:
     """Loop twin of :func:`chunk_gated_delta_rule_vjp`: the same wrapper over :func:`delta_rule_vjp_loop`.
 
     Examples
@@ -2675,7 +2696,8 @@ def chunk_gated_delta_rule_vjp_loop(q, k, v, g, beta, do, scale=None, initial_st
     >>> all(np.allclose(a[n], b[n]) for n in a)
     True
     """
-    return _fla_vjp(True, q, k, v, g, beta, do, scale, initial_state, dht, use_qk_l2norm_in_kernel, "head", True)
+    return _fla_vjp(True, q, k, v, g, beta, do, scale, initial_state, dht, use_qk_l2norm_in_kernel, "head", True,
+                    cu_seqlens=cu_seqlens)
 
 
 def _fill_fla_docs():

@@ -2283,26 +2283,73 @@ def _fla_finish(o, states, output_final_state: bool):
                                            if output_final_state else None)
 
 
-def _fla_gla(loop, q, k, v, g, scale, initial_state, output_final_state, gate, g_gamma=None):
+def _check_cu_seqlens(cu_seqlens, T: int) -> np.ndarray:
+    """fla's ``cu_seqlens`` of a packed batch: integer offsets ``0 = cu_0 < cu_1 < … < cu_N = T`` (N + 1,),
+    sequence i the steps ``cu_i … cu_{i+1} − 1`` of the one batch row; returned as int64."""
+    cu = np.asarray(cu_seqlens)
+    if cu.dtype.kind not in "iu":
+        raise TypeError(f"cu_seqlens: expected integer offsets (fla's LongTensor), got dtype {cu.dtype}")
+    if cu.ndim != 1 or cu.size < 2:
+        raise ValueError(f"cu_seqlens: expected shape (N + 1,) with N >= 1 sequences, got shape {cu.shape}")
+    if cu[0] != 0 or cu[-1] != T:
+        raise ValueError(f"cu_seqlens: expected offsets from 0 to T = {T} (the packed length), got {int(cu[0])} … {int(cu[-1])}")
+    if np.any(np.diff(cu) <= 0):
+        raise ValueError("cu_seqlens: expected strictly increasing offsets (every sequence at least one step), got "
+                         f"{cu.tolist() if cu.size <= 20 else 'a decrease or a repeat'}")
+    return cu.astype(np.int64)
+
+
+def _fla_packed(f: _Fla, cu_seqlens, initial_state, extra=None):
+    """The sequences of a packed fla call (``cu_seqlens``): for each, the validated call ``f`` cut to its steps
+    (refimpl's layout, the sequence axis third) with its own initial state, and ``extra`` (an array in fla's layout
+    (1, T, ·), e.g. the cotangent ``do``) cut alike. fla runs them as independent sequences: every state starts
+    from the sequence's own initial state (``initial_state`` (N, H, K, V), or 0), chunks restart at each start."""
+    Bb, H, T, K = f.q.shape
+    V = f.v.shape[-1]
+    if Bb != 1:
+        raise ValueError(f"q: packed sequences (cu_seqlens) need one batch row, shape [1, T, H, K], got B = {Bb}")
+    cu = _check_cu_seqlens(cu_seqlens, T)
+    N = cu.size - 1
+    S0 = _optional(initial_state, "initial_state", (N, H, K, V), f"[N, H, K, V]; one per sequence, N = {N} from cu_seqlens")
+    cut = lambda a, b, e: None if a is None else a[:, :, b:e]  # noqa: E731
+    for i, (b, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        part = f._replace(q=cut(f.q, b, e), k=cut(f.k, b, e), v=cut(f.v, b, e), log_g=cut(f.log_g, b, e),
+                          beta=cut(f.beta, b, e), S0=None if S0 is None else np.swapaxes(S0[i:i + 1], -1, -2))
+        yield (part,) if extra is None else (part, extra[:, b:e])
+
+
+def _fla_run(f: _Fla, core, cu_seqlens, initial_state, output_final_state):
+    """fla's return value of ``core(f) -> (o, chunk states)`` (refimpl's layout), for one call or, with
+    ``cu_seqlens``, for each packed sequence, the outputs joined along the sequence and the final states stacked."""
+    if cu_seqlens is None:
+        return _fla_finish(*core(f), output_final_state)
+    runs = [core(part) for part, in _fla_packed(f, cu_seqlens, initial_state)]
+    o = np.concatenate([o for o, _ in runs], axis=-2)
+    final = np.concatenate([states[..., -1:, :, :] for _, states in runs], axis=0)  # (N, H, 1, V, K)
+    return _fla_finish(o, final, output_final_state)
+
+
+def _fla_gla(loop, q, k, v, g, scale, initial_state, output_final_state, gate, g_gamma=None, cu_seqlens=None):
     output_final_state = as_bool(output_final_state, "output_final_state")
-    f = _check_fla(q, k, v, g, None, scale, initial_state, gate, False, g_gamma=g_gamma)
+    f = _check_fla(q, k, v, g, None, scale, initial_state if cu_seqlens is None else None, gate, False, g_gamma=g_gamma)
     run = gated_linear_attention_loop if loop else gated_linear_attention
-    o, states = run(f.q, f.k, f.v, f.log_g, scale=f.scale, return_chunk_states=True, initial_state=f.S0)
-    return _fla_finish(o, states, output_final_state)
+    core = lambda f: run(f.q, f.k, f.v, f.log_g, scale=f.scale, return_chunk_states=True, initial_state=f.S0)  # noqa: E731
+    return _fla_run(f, core, cu_seqlens, initial_state, output_final_state)
 
 
-def _fla_delta(loop, q, k, v, g, beta, scale, initial_state, output_final_state, l2norm, gated):
+def _fla_delta(loop, q, k, v, g, beta, scale, initial_state, output_final_state, l2norm, gated, cu_seqlens=None):
     output_final_state = as_bool(output_final_state, "output_final_state")
-    f = _check_fla(q, k, v, g, beta, scale, initial_state, "head" if gated else "none", True, l2norm)
+    f = _check_fla(q, k, v, g, beta, scale, initial_state if cu_seqlens is None else None, "head" if gated else "none",
+                   True, l2norm)
     run = delta_rule_loop if loop else delta_rule
-    o, states = run(f.q, f.k, f.v, f.beta, log_g=f.log_g, scale=f.scale, return_chunk_states=True,
-                    initial_state=f.S0)
-    return _fla_finish(o, states, output_final_state)
+    core = lambda f: run(f.q, f.k, f.v, f.beta, log_g=f.log_g, scale=f.scale, return_chunk_states=True,  # noqa: E731
+                         initial_state=f.S0)
+    return _fla_run(f, core, cu_seqlens, initial_state, output_final_state)
 
 
 
 @guard_overflow()
-def chunk_gla(q, k, v, g, scale=None, initial_state=None, *, output_final_state=False):
+def chunk_gla(q, k, v, g, scale=None, initial_state=None, *, output_final_state=False, cu_seqlens=None):
     r"""Gated linear attention with the official interface of fla (``fla.ops.gla.chunk_gla``).
 
     Implements Eqs. (16.2)–(16.5) of the book (Yang et al. 2024, GLA; ``fla/ops/gla/chunk.py``) in
@@ -2321,11 +2368,16 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, *, output_final_state=
         The state before the first step in fla's orientation (K, V): refimpl's S_{−1} transposed.
     output_final_state : bool
         Return the state after the last step (else None), as fla does.
+    cu_seqlens : array_like of int, shape (N + 1,), optional
+        Packed sequences (fla's varlen mode): one batch row (B = 1) holds N sequences, sequence i the
+        steps ``cu_seqlens[i] … cu_seqlens[i+1] − 1`` (``0 = cu_0 < … < cu_N = T``). Each runs on its
+        own from its own initial state (``initial_state`` of shape (N, H, K, V), or 0), as N separate
+        calls would; the final states are then (N, H, K, V).
 
     Returns
     -------
     o : ndarray, shape (B, T, H, V), float64
-    final_state : ndarray, shape (B, H, K, V), float64, or None
+    final_state : ndarray, shape (B, H, K, V) (or (N, H, K, V) with ``cu_seqlens``), float64, or None
         The state after the last step, fla's orientation (refimpl's S_{T−1} transposed), if
         ``output_final_state``; else None.
 
@@ -2335,9 +2387,9 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, *, output_final_state=
     ``h_t = Diag(e^{g_t}) h_{t−1} + k_t v_tᵀ``, ``o_t = h_tᵀ (scale · q_t)`` (Eq. (16.2)).
 
     Differences from fla, all deliberate: float64 throughout; ``g > 0`` is refused; the chunk length
-    (fla's 64) does not change the result; ``cu_seqlens`` (packed sequences) and the deprecated
-    ``head_first`` are not supported — call once per sequence; ``output_final_state`` is keyword-only
-    (refimpl's convention for flags). Loop twin: :func:`chunk_gla_loop`.
+    (fla's 64) does not change the result; the deprecated ``head_first`` is not supported;
+    ``output_final_state`` and ``cu_seqlens`` are keyword-only (refimpl's convention for options).
+    Loop twin: :func:`chunk_gla_loop`.
 
     Examples
     --------
@@ -2351,11 +2403,11 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, *, output_final_state=
     >>> bool(np.allclose(o, o2.swapaxes(1, 2)))
     True
     """
-    return _fla_gla(False, q, k, v, g, scale, initial_state, output_final_state, "channel")
+    return _fla_gla(False, q, k, v, g, scale, initial_state, output_final_state, "channel", cu_seqlens=cu_seqlens)
 
 
 @guard_overflow()
-def chunk_gla_loop(q, k, v, g, scale=None, initial_state=None, *, output_final_state=False):
+def chunk_gla_loop(q, k, v, g, scale=None, initial_state=None, *, output_final_state=False, cu_seqlens=None):
     """Loop twin of :func:`chunk_gla`: the same wrapper over :func:`gated_linear_attention_loop`.
 
     Examples
@@ -2366,11 +2418,12 @@ def chunk_gla_loop(q, k, v, g, scale=None, initial_state=None, *, output_final_s
     >>> bool(np.allclose(chunk_gla_loop(q, k, v, g)[0], chunk_gla(q, k, v, g)[0]))
     True
     """
-    return _fla_gla(True, q, k, v, g, scale, initial_state, output_final_state, "channel")
+    return _fla_gla(True, q, k, v, g, scale, initial_state, output_final_state, "channel", cu_seqlens=cu_seqlens)
 
 
 @guard_overflow()
-def chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, *, output_final_state=False):
+def chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, *, output_final_state=False,
+                     cu_seqlens=None):
     r"""Gated linear attention with one gate per head, fla's interface (``fla.ops.simple_gla.chunk_simple_gla``).
 
     Implements Eqs. (16.2)–(16.5) with a scalar gate per head and step (the decay of Mamba-2's SSD,
@@ -2386,8 +2439,9 @@ def chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=No
     g_gamma : array_like, shape (H,), optional
         A constant log-decay per head, ≤ 0, added to ``g`` at every step (fla's ``g_gamma``; alone it
         is RetNet's retention with γ = e^{g_gamma}). At least one of ``g``, ``g_gamma``.
-    scale, initial_state, output_final_state
-        As in :func:`chunk_gla`: default scale ``K^{−1/2}``, states (B, H, K, V) in fla's orientation.
+    scale, initial_state, output_final_state, cu_seqlens
+        As in :func:`chunk_gla`: default scale ``K^{−1/2}``, states (B, H, K, V) in fla's orientation
+        ((N, H, K, V) for N packed sequences).
 
     Returns
     -------
@@ -2410,11 +2464,12 @@ def chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=No
     >>> o.shape, ht.shape
     ((1, 6, 2, 3), (1, 2, 3, 3))
     """
-    return _fla_gla(False, q, k, v, g, scale, initial_state, output_final_state, "head", g_gamma)
+    return _fla_gla(False, q, k, v, g, scale, initial_state, output_final_state, "head", g_gamma, cu_seqlens)
 
 
 @guard_overflow()
-def chunk_simple_gla_loop(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, *, output_final_state=False):
+def chunk_simple_gla_loop(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, *, output_final_state=False,
+                          cu_seqlens=None):
     """Loop twin of :func:`chunk_simple_gla`: the same wrapper over :func:`gated_linear_attention_loop`.
 
     Examples
@@ -2425,12 +2480,12 @@ def chunk_simple_gla_loop(q, k, v, g=None, g_gamma=None, scale=None, initial_sta
     >>> bool(np.allclose(chunk_simple_gla_loop(q, k, v, g)[0], chunk_simple_gla(q, k, v, g)[0]))
     True
     """
-    return _fla_gla(True, q, k, v, g, scale, initial_state, output_final_state, "head", g_gamma)
+    return _fla_gla(True, q, k, v, g, scale, initial_state, output_final_state, "head", g_gamma, cu_seqlens)
 
 
 @guard_overflow()
 def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, *, output_final_state=False,
-                     use_qk_l2norm_in_kernel=False):
+                     use_qk_l2norm_in_kernel=False, cu_seqlens=None):
     r"""DeltaNet with the official interface of fla (``fla.ops.delta_rule.chunk_delta_rule``).
 
     Implements Eqs. (16.9)–(16.12) of the book (Yang et al. 2024, DeltaNet; ``fla/ops/delta_rule/chunk.py``)
@@ -2452,6 +2507,8 @@ def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, *, output_fi
         Return the state after the last step (else None).
     use_qk_l2norm_in_kernel : bool
         Normalize q and k first, as fla's ``l2norm_fwd`` does: ``x / sqrt(Σ x² + 1e-6)``.
+    cu_seqlens : array_like of int, shape (N + 1,), optional
+        Packed sequences, as in :func:`chunk_gla` (B = 1; states (N, H, K, V)).
 
     Returns
     -------
@@ -2465,7 +2522,7 @@ def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, *, output_fi
 
     Differences from fla, all deliberate: float64 throughout (fla refuses float32 inputs here and
     runs bfloat16); keys that are not unit (without the normalization) and β outside [0, 2] are
-    refused; ``cu_seqlens`` and ``head_first`` are not supported; the flags are keyword-only. The
+    refused; ``head_first`` is not supported; the options are keyword-only. The
     normalization keeps fla's eps = 1e-6 (``L2NORM_EPS``), so the oracle's keys are fla's.
     Loop twin: :func:`chunk_delta_rule_loop`.
 
@@ -2479,12 +2536,12 @@ def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, *, output_fi
     ((1, 6, 2, 4), (1, 2, 4, 4))
     """
     return _fla_delta(False, q, k, v, None, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
-                      False)
+                      False, cu_seqlens)
 
 
 @guard_overflow()
 def chunk_delta_rule_loop(q, k, v, beta, scale=None, initial_state=None, *, output_final_state=False,
-                          use_qk_l2norm_in_kernel=False):
+                          use_qk_l2norm_in_kernel=False, cu_seqlens=None):
     """Loop twin of :func:`chunk_delta_rule`: the same wrapper over :func:`delta_rule_loop`.
 
     Examples
@@ -2497,12 +2554,12 @@ def chunk_delta_rule_loop(q, k, v, beta, scale=None, initial_state=None, *, outp
     True
     """
     return _fla_delta(True, q, k, v, None, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
-                      False)
+                      False, cu_seqlens)
 
 
 @guard_overflow()
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, *, output_final_state=False,
-                           use_qk_l2norm_in_kernel=False):
+                           use_qk_l2norm_in_kernel=False, cu_seqlens=None):
     r"""Gated DeltaNet with the official interface of fla (``fla.ops.gated_delta_rule.chunk_gated_delta_rule``).
 
     Implements Eqs. (16.9)–(16.12) with a gate per head (Yang et al. 2025, Gated DeltaNet, Eq. (10);
@@ -2511,7 +2568,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, *, 
 
     Parameters
     ----------
-    q, k, v, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel
+    q, k, v, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, cu_seqlens
         As in :func:`chunk_delta_rule`.
     g : array_like, shape (B, T, H)
         Forget gates in log space, ≤ 0, one per head and step.
@@ -2540,12 +2597,12 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, *, 
     ((1, 6, 2, 4), True)
     """
     return _fla_delta(False, q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
-                      True)
+                      True, cu_seqlens)
 
 
 @guard_overflow()
 def chunk_gated_delta_rule_loop(q, k, v, g, beta, scale=None, initial_state=None, *, output_final_state=False,
-                                use_qk_l2norm_in_kernel=False):
+                                use_qk_l2norm_in_kernel=False, cu_seqlens=None):
     """Loop twin of :func:`chunk_gated_delta_rule`: the same wrapper over :func:`delta_rule_loop`.
 
     Examples
@@ -2559,7 +2616,7 @@ def chunk_gated_delta_rule_loop(q, k, v, g, beta, scale=None, initial_state=None
     True
     """
     return _fla_delta(True, q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
-                      True)
+                      True, cu_seqlens)
 
 
 # The backward passes (vector–Jacobian products) live in refimpl/_vjp.py, re-exported here.

@@ -1136,14 +1136,17 @@ def effective_log_decay(log_g, chunk: int) -> float:
     >>> float(effective_log_decay(np.full(64, -100.0), 64)) < 1e-30  # fast decay: C = 6400, C_eff ~ 0
     True
     """
+    rows = _effective_log_decays(_log_decays_checked(log_g), as_int(chunk, "chunk", minimum=1))
+    return float(rows.max()) if rows.size else 0.0
+
+
+def _log_decays_checked(log_g) -> np.ndarray:
     a = as_real_array(log_g, "log_g", finite=False)
-    chunk = as_int(chunk, "chunk", minimum=1)
     if a.ndim == 0:
         raise ValueError("log_g: expected shape (..., L), got a scalar")
     if np.isnan(a).any() or (a.size and a.max() > 0):
         raise ValueError(f"log_g: expected log-decays <= 0 (−inf allowed), got {'NaN' if np.isnan(a).any() else f'maximum {a.max():.6g}'}")
-    rows = _effective_log_decays(a, chunk)
-    return float(rows.max()) if rows.size else 0.0
+    return a
 
 
 def _effective_log_decays(a: np.ndarray, chunk: int) -> np.ndarray:
@@ -1219,8 +1222,26 @@ def decay_floor(function: str, args: dict) -> float:
         raise ValueError(f"args: the arguments of {function} lack {exc.args[0]!r}") from None
     if got is None:
         return 0.0
-    C = effective_log_decay(*got[:2])
+    rows = _sequence_C(got, args.get("cu_seqlens"))
+    C = float(rows.max()) if rows.size else 0.0
     return DECAY_FLOOR_ULPS * tier_eps("float32") * C if np.isfinite(C) and C > 1 else 0.0
+
+
+def _sequence_C(got, cu_seqlens=None) -> np.ndarray:
+    """``C_eff`` of each sequence of ``_log_decays``'s ``got``: shape (batch, heads), the key channels' largest. With
+    fla's ``cu_seqlens`` the packed sequences of the one batch row are cut apart (each chunked from its own start):
+    shape (N, heads)."""
+    a, chunk, channels = got
+    a = _log_decays_checked(a)
+    chunk = as_int(chunk, "chunk", minimum=1)
+    if cu_seqlens is None:
+        C = _effective_log_decays(a, chunk)
+    else:  # (1, H, [K,] T): one row of N packed sequences
+        cu = np.asarray(cu_seqlens).tolist()
+        C = np.concatenate([_effective_log_decays(a[..., b:e], chunk) for b, e in zip(cu[:-1], cu[1:])], axis=0)
+    if channels:
+        C = C.max(axis=-1) if C.shape[-1] else np.zeros(C.shape[:-1])
+    return C
 
 
 def _case_floor(function: str, args: dict) -> float:
@@ -1295,28 +1316,26 @@ SEQUENCE_QUANTITIES = {
 
 
 def _sequence_floors(function: str, args: dict):
-    """``(S, floors)`` of :meth:`_Floors.sequences`, or None (one sequence; arguments refimpl cannot read)."""
+    """``(S, floors, cu)`` of :meth:`_Floors.sequences`, or None (one sequence; arguments refimpl cannot read);
+    ``cu``: fla's ``cu_seqlens`` of packed sequences, or None."""
     try:
         got = _log_decays(function, args)
         if got is None:
             return None
-        a, chunk, channels = got
-        a = as_real_array(a, "log_g", finite=False)
-        if np.isnan(a).any() or (a.size and a.max() > 0) or a.ndim < 1 + channels:
-            return None
-        C = _effective_log_decays(a, int(chunk))
-        if channels:
-            C = C.max(axis=-1) if C.shape[-1] else np.zeros(C.shape[:-1])
         fn, a = function.removesuffix("_vjp"), {k: v for k, v in args.items() if v is not None}
+        cu = a.get("cu_seqlens")
+        C = _sequence_C(got, cu)
         if fn in ("linear_rnn.mamba_chunk_scan_combined",) or fn.startswith("linear_rnn.chunk_"):
-            lead = [C.shape]  # (b, h) already
+            lead = [C.shape]  # (b, h), or (N, h) packed, already
         elif fn == "linear_rnn.ssd":
             lead = [C.shape, np.shape(a["x"])[:-2]]
         else:  # refimpl's forms: the batch shape is the broadcast of every sequence input's
             lead = [C.shape] + [np.shape(a[k])[:-2] for k in ("q", "k", "v") if k in a]
         S = np.broadcast_shapes(*lead)
         floors = np.where(C > 1, DECAY_FLOOR_ULPS * tier_eps("float32") * C, 0.0)
-        return (S, np.broadcast_to(floors, S)) if len(S) and math.prod(S) > 1 else None
+        if not (len(S) and math.prod(S) > 1):
+            return None
+        return S, np.broadcast_to(floors, S), None if cu is None else np.asarray(cu).tolist()
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -1324,23 +1343,37 @@ def _sequence_floors(function: str, args: dict):
 _ONE_BY_ONE = "when judged one by one"
 
 
+def _peaks(arrays) -> np.ndarray:
+    """The largest magnitude of each array (0 for an empty one)."""
+    return np.array([np.max(np.abs(x)) if x.size else 0.0 for x in arrays])
+
+
 def _per_sequence(arr, rounded, want, tier: str, ulps: float, seq):
     """The worst sequence of a quantity judged sequence by sequence (the ratio rule, Eq. (15.3), with each
     sequence's plain error and decay floor, errors relative to its own largest entry), as
     ``(passed, rel_error, bound, plain_error, floor, message)``, or None where the quantity is not laid
     out by sequences (a broadcast input's gradient)."""
-    move, S, floors = seq
-    if move and want.ndim >= 3:
-        arr, rounded, want = (np.moveaxis(x, 1, 2) for x in (arr, rounded, want))
-    k = len(S)
-    if want.ndim <= k or want.shape[:k] != tuple(S):
-        return None
+    move, S, floors, cu = seq
     n = math.prod(S)
-    a, r, w = (x.reshape(n, -1) for x in (arr, rounded, want))
-    scale = np.max(np.abs(w), axis=1) if w.shape[1] else np.zeros(n)
+    if move and cu is not None:  # packed sequences (1, T, H, ·): sequence i's steps, head by head
+        if want.ndim < 3 or want.shape[0] != 1 or want.shape[2] != S[1] or want.shape[1] != cu[-1]:
+            return None
+        parts = [[x[0, b:e, h] for b, e in zip(cu[:-1], cu[1:]) for h in range(S[1])] for x in (arr, rounded, want)]
+        scale = _peaks(parts[2])
+        with np.errstate(invalid="ignore"):
+            err, plain = (_peaks([x - w for x, w in zip(xs, parts[2])]) for xs in parts[:2])
+    else:
+        if move and want.ndim >= 3:
+            arr, rounded, want = (np.moveaxis(x, 1, 2) for x in (arr, rounded, want))
+        k = len(S)
+        if want.ndim <= k or want.shape[:k] != tuple(S):
+            return None
+        a, r, w = (x.reshape(n, -1) for x in (arr, rounded, want))
+        scale = np.max(np.abs(w), axis=1) if w.shape[1] else np.zeros(n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            err = np.max(np.abs(a - w), axis=1) if w.shape[1] else np.zeros(n)
+            plain = np.max(np.abs(r - w), axis=1) if w.shape[1] else np.zeros(n)
     with np.errstate(invalid="ignore", divide="ignore"):
-        err = np.max(np.abs(a - w), axis=1) if w.shape[1] else np.zeros(n)
-        plain = np.max(np.abs(r - w), axis=1) if w.shape[1] else np.zeros(n)
         rel = np.where(scale > 0, err / np.where(scale > 0, scale, 1.0), err)
         prel = np.where(scale > 0, plain / np.where(scale > 0, scale, 1.0), plain)
     fl = np.asarray(floors, float).reshape(n)
@@ -1350,7 +1383,8 @@ def _per_sequence(arr, rounded, want, tier: str, ulps: float, seq):
         worst = int(np.argmax(np.where(ok, rel / bounds, np.inf)))
     where = tuple(int(i) for i in np.unravel_index(worst, S))
     message = "" if ok.all() else (
-        f"{int((~ok).sum())} of {n} sequences (batch entries × heads, shape {tuple(S)}) fail {_ONE_BY_ONE}; "
+        f"{int((~ok).sum())} of {n} sequences ({'packed sequences' if cu else 'batch entries'} × heads, shape "
+        f"{tuple(S)}) fail {_ONE_BY_ONE}; "
         f"the worst, {where}: error {rel[worst]:.3g} > bound {bounds[worst]:.3g} (its plain error {prel[worst]:.3g}, "
         f"decay floor {fl[worst]:.3g}); errors relative to each sequence's largest entry")
     return bool(ok.all()), float(rel[worst]), float(bounds[worst]), float(prel[worst]), float(fl[worst]), message
@@ -1887,6 +1921,8 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         head, ``gated`` (False) adds ``z``; fla's delta rules with raw keys and
         ``use_qk_l2norm_in_kernel=True``; ``states`` adds ``initial_states``/``initial_state``
         (``dfinal_states``/``dht`` for the backward passes, whose output cotangent is ``dout``/``do``).
+        fla's functions also take ``seqlens`` (a list of lengths, instead of ``L`` and ``batch``): N packed
+        sequences in one batch row with their ``cu_seqlens`` (fla's varlen mode; states (N, H, K, V)).
 
     ``seed`` seeds ``numpy.random.default_rng``. ``ValueError`` for other functions or unknown
     size names, ``TypeError``/``ValueError`` for sizes that are not positive integers.
@@ -2068,8 +2104,18 @@ def _official_inputs(function: str, seed: int, sizes: dict) -> dict:
                 out["dfinal_states"] = np.random.default_rng((seed, 2)).standard_normal(base["initial_state"].shape)
         return {k: v for k, v in out.items() if v is not None}
     known = {"L": 1024, "H": 4, "dk": 64, "dv": 64, "batch": 1, "gate_normalizer": 16.0}  # fla's chunks: 64, no size
+    seqlens = sizes.pop("seqlens", None)
+    if seqlens is not None:  # packed sequences: one batch row of sum(seqlens) steps and cu_seqlens
+        if isinstance(seqlens, (str, bytes)) or not np.iterable(seqlens) or not len(seqlens) or any(
+                isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in seqlens):
+            raise ValueError(f"seqlens: expected a list of positive ints (the packed sequences' lengths), got {seqlens!r}")
+        if sizes.get("batch", 1) != 1 or sizes.get("L", sum(seqlens)) != sum(seqlens):
+            raise ValueError("seqlens: packed sequences make one batch row of L = sum(seqlens) steps; "
+                             "leave out batch and L")
+        sizes["L"] = int(sum(seqlens))
     s = _sizes(function, sizes, known)
     B, H = s["batch"], s["H"]
+    N = B if seqlens is None else len(seqlens)  # one state per batch row, or per packed sequence
     forward = {"linear_rnn.chunk_gla": dict(per_channel=True), "linear_rnn.chunk_simple_gla": dict(per_channel=False),
                "linear_rnn.chunk_delta_rule": dict(gated=False), "linear_rnn.chunk_gated_delta_rule": dict(gated=True)}[name]
     if name.startswith("linear_rnn.chunk_gated") or "gla" in name:
@@ -2087,13 +2133,15 @@ def _official_inputs(function: str, seed: int, sizes: dict) -> dict:
         out["k"] = official(np.random.default_rng((seed, 4)).standard_normal(base["k"].shape))
         out["use_qk_l2norm_in_kernel"] = True
     if states:
-        out["initial_state"] = np.random.default_rng((seed, 3)).standard_normal((B, H, s["dk"], s["dv"]))
+        out["initial_state"] = np.random.default_rng((seed, 3)).standard_normal((N, H, s["dk"], s["dv"]))
     if vjp:
         out["do"] = np.random.default_rng((seed, 1)).standard_normal(out["v"].shape)
         if states:
-            out["dht"] = np.random.default_rng((seed, 2)).standard_normal((B, H, s["dk"], s["dv"]))
+            out["dht"] = np.random.default_rng((seed, 2)).standard_normal((N, H, s["dk"], s["dv"]))
     elif states:
         out["output_final_state"] = True
+    if seqlens is not None:
+        out["cu_seqlens"] = np.concatenate([[0], np.cumsum(seqlens)]).astype(np.int64)
     return out
 
 

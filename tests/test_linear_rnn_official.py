@@ -321,6 +321,111 @@ def test_fla_vjp_by_complex_step(name, l2):
     assert list(g) == (["dq", "dk", "dv"] + (["dg"] if gate != "none" else []) + (["dbeta"] if delta else []) + ["dh0"])
 
 
+# ---- 3b. packed sequences (fla's cu_seqlens) -------------------------------------------------------------
+
+CU = np.array([0, 4, 5, 11, 17])  # four sequences of 4, 1, 6 and 6 steps, chunked from their own starts by fla
+
+
+def ref_fla_packed(a, cu, scale, l2, gate):
+    """The step-by-step reference run on each packed sequence from its own initial state (h0 (N, H, K, V))."""
+    outs, fins = [], []
+    for i, (b, e) in enumerate(zip(cu[:-1], cu[1:])):
+        cut = lambda x: None if x is None else x[:, b:e]  # noqa: E731
+        o, fin = ref_fla(cut(a["q"]), cut(a["k"]), cut(a["v"]), cut(a.get("g")), cut(a.get("beta")), scale,
+                         a["initial_state"][i:i + 1], l2, gate)
+        outs.append(o)
+        fins.append(fin)
+    return np.concatenate(outs, axis=1), np.concatenate(fins, axis=0)
+
+
+@pytest.mark.parametrize("name, l2", FLA_CALLS)
+def test_fla_packed_sequences_match_the_official_recurrence(name, l2):
+    fn, gate, delta = FLA[name]
+    kw, _ = fla_inputs(21, B=1, T=int(CU[-1]), gate=gate, delta=delta, l2norm=l2, state=False)
+    h0 = rng0(22).standard_normal((CU.size - 1,) + (kw["q"].shape[2], kw["q"].shape[3], kw["v"].shape[3]))
+    opts = {"use_qk_l2norm_in_kernel": l2} if delta else {}
+    ro, rh = ref_fla_packed({**kw, "initial_state": h0}, CU, 0.7, l2, gate)
+    for run in (fn, getattr(lr, name + "_loop")):
+        o, ht = run(*kw.values(), scale=0.7, initial_state=h0, output_final_state=True, cu_seqlens=CU, **opts)
+        close(o, ro, 1e-12, "o")
+        close(ht, rh, 1e-12, "final_state")
+    # no state crosses a boundary: changing the first sequence leaves the others' outputs as they were
+    v2 = kw["v"].copy()
+    v2[:, :CU[1]] *= 2.0
+    o, _ = fn(*kw.values(), scale=0.7, initial_state=h0, cu_seqlens=CU, **opts)
+    o2, _ = fn(*{**kw, "v": v2}.values(), scale=0.7, initial_state=h0, cu_seqlens=CU, **opts)
+    assert np.array_equal(o2[:, CU[1]:], o[:, CU[1]:]) and not np.allclose(o2[:, :CU[1]], o[:, :CU[1]])
+
+
+@pytest.mark.parametrize("name, l2", [("chunk_gla", False), ("chunk_gated_delta_rule", True)])
+def test_fla_packed_vjp_by_complex_step(name, l2):
+    fn, gate, delta = FLA[name]
+    kw, _ = fla_inputs(23, B=1, T=int(CU[-1]), gate=gate, delta=delta, l2norm=l2, state=False)
+    shape = (CU.size - 1, kw["q"].shape[2], kw["q"].shape[3], kw["v"].shape[3])
+    r = rng0(24)
+    h0, dht, do = r.standard_normal(shape), r.standard_normal(shape), r.standard_normal(kw["v"].shape)
+    opts = {"use_qk_l2norm_in_kernel": l2} if delta else {}
+    args = {**kw, "initial_state": h0}
+    for vjp in (getattr(lr, name + "_vjp"), getattr(lr, name + "_vjp_loop")):
+        g = vjp(*kw.values(), do, 0.8, h0, dht, cu_seqlens=CU, **opts)
+
+        def loss(a):
+            o, fin = ref_fla_packed(a, CU, 0.8, l2, gate)
+            return np.sum(o * do) + np.sum(fin * dht)
+
+        names = list(kw) + ["initial_state"]
+        _complex_step(loss, args, {n: g["dh0" if n == "initial_state" else "d" + n] for n in names}, names)
+
+
+def test_fla_packed_sequences_bad_input():
+    kw, _ = fla_inputs(25, B=1, T=int(CU[-1]), gate="channel", state=False)
+    h0 = np.zeros((4, 2, 3, 2))
+    for cu, err, match in [([0, 4, 16], ValueError, r"^cu_seqlens: expected offsets from 0 to T = 17"),
+                           ([2, 4, 17], ValueError, "^cu_seqlens: expected offsets from 0"),
+                           ([0, 4, 4, 17], ValueError, "^cu_seqlens: expected strictly increasing"),
+                           ([[0, 17]], ValueError, r"^cu_seqlens: expected shape \(N \+ 1,\)"),
+                           ([0], ValueError, r"^cu_seqlens: expected shape"),
+                           (np.array([0.0, 17.0]), TypeError, "^cu_seqlens: expected integer offsets")]:
+        with pytest.raises(err, match=match):
+            lr.chunk_gla(*kw.values(), cu_seqlens=cu)
+    with pytest.raises(ValueError, match=r"^initial_state: expected shape \[N, H, K, V\] = \(4, 2, 3, 2\)"):
+        lr.chunk_gla(*kw.values(), initial_state=h0[:2], cu_seqlens=CU)
+    two, _ = fla_inputs(25, B=2, T=int(CU[-1]), gate="channel", state=False)
+    with pytest.raises(ValueError, match="^q: packed sequences"):
+        lr.chunk_gla(*two.values(), cu_seqlens=CU)
+    with pytest.raises(ValueError, match=r"^dht: expected shape \[N, H, K, V\]"):
+        lr.chunk_gla_vjp(*kw.values(), kw["v"], initial_state=h0, dht=h0[:1], cu_seqlens=CU)
+
+
+def test_oracle_judges_packed_sequences_one_by_one():
+    """random_inputs(seqlens=...) packs sequences with their cu_seqlens; the plain models run per sequence; a kernel
+    that carries the state across the boundaries fails; damage confined to one (sequence, head) is named."""
+    name = "linear_rnn.chunk_gla"
+    inp = oracle.random_inputs(name, seed=1, seqlens=[100, 37, 260, 64], H=3, dk=16, dv=16, states=True)
+    assert inp["cu_seqlens"].tolist() == [0, 100, 137, 397, 461] and inp["initial_state"].shape == (4, 3, 16, 16)
+    inp["v"][:, 100:137] *= 1e-2  # the second sequence's outputs are small: its errors vanish in the whole
+    inp["initial_state"][1] *= 1e-2
+    want_o, want_h = lr.chunk_gla(**inp)
+    assert oracle.compare(name, lr.chunk_gla, inputs=inp).passed
+    f32 = oracle.compare(name, lambda **kw: (want_o.astype(np.float32), want_h.astype(np.float32)), dtype="float32",
+                         inputs=inp)
+    assert f32.passed and f32.cases[0].quantities[0].model == "plain float32"
+
+    def no_reset(**kw):  # one sequence of 461 steps, from the first initial state
+        kw.pop("cu_seqlens")
+        return lr.chunk_gla(**{**kw, "initial_state": kw["initial_state"][:1]})[0]
+
+    assert oracle.compare(name, no_reset, dtype="float32", inputs=inp).cases[0].quantities[0].rel_error > 0.1
+
+    def damaged(**kw):  # the second sequence's last head off by 20 float32 ulps of its largest entry
+        o = want_o.astype(np.float32)
+        o[0, 100:137, 2] += np.float32(20 * 2.0**-23 * np.abs(want_o[0, 100:137, 2]).max())
+        return o
+
+    q = oracle.compare(name, damaged, dtype="float32", inputs=inp).cases[0].quantities[0]
+    assert not q.passed and "packed sequences × heads, shape (4, 3)" in q.message and "the worst, (1, 2)" in q.message, q
+
+
 # ---- 4. loop twins ------------------------------------------------------------------------------------
 
 
@@ -396,7 +501,7 @@ def test_bad_input_names_the_official_argument():
     assert np.isfinite(f(k=2 * kw["k"], use_qk_l2norm_in_kernel=True)[0]).all()  # the fix the message names
     with pytest.raises(TypeError, match="use_qk_l2norm_in_kernel"):
         f(use_qk_l2norm_in_kernel=1)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="^q: packed sequences"):  # B = 2 batch rows: packing needs one
         f(cu_seqlens=np.array([0, 9]))
     with pytest.raises(ValueError, match="^do: expected shape"):
         lr.chunk_gated_delta_rule_vjp(*kw.values(), kw["v"][:, :-1], **opts)

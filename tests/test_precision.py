@@ -1527,8 +1527,8 @@ def test_chunked_recurrences_are_judged_sequence_by_sequence():
     own C_eff; the correct port passes, the bug fails and the report names the worst sequence and the tier met."""
     inp = oracle.random_inputs("linear_rnn.ssd", seed=7, L=1024, H=6, P=16, N=16, chunk_size=256)
     lg = inp["dt"] * inp["A"][:, None]
-    S, floors = oracle._sequence_floors("linear_rnn.ssd", inp)
-    assert S == (6,) and np.allclose(floors, [eps("float32") * oracle.effective_log_decay(lg[h], 256) for h in range(6)],
+    S, floors, cu = oracle._sequence_floors("linear_rnn.ssd", inp)
+    assert S == (6,) and cu is None and np.allclose(floors, [eps("float32") * oracle.effective_log_decay(lg[h], 256) for h in range(6)],
                                      rtol=1e-12, atol=0)
     assert floors.max() == oracle.decay_floor("linear_rnn.ssd", inp) > 20 * floors.min()  # one head sets the case's floor
     good = oracle.compare("linear_rnn.ssd", ssd_cumsum_port, dtype="float32", inputs=inp)
