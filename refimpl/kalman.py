@@ -31,6 +31,9 @@ References
 .. [3] S. Särkkä, *Bayesian Filtering and Smoothing*, CUP 2013, §4.3 and §8.2.
 .. [4] S. Särkkä and Á. F. García-Fernández, "Temporal parallelization of Bayesian smoothers",
        IEEE Trans. Automatic Control 66(1), 2021, §IV (Lemmas 7–10).
+.. [5] W. D. Hillis and G. L. Steele, "Data parallel algorithms", Commun. ACM 29(12), 1986.
+.. [6] G. E. Blelloch, "Prefix sums and their applications", Tech. Rep. CMU-CS-90-190, 1990.
+.. [7] G. J. Bierman, *Factorization Methods for Discrete Sequential Estimation*, Academic Press, 1977.
 """
 
 from __future__ import annotations
@@ -186,7 +189,12 @@ def _solve(a: np.ndarray, b: np.ndarray, what: str, hint: str = "") -> np.ndarra
 
 
 def _update(m_prior, P_prior, z, H, R):
-    """Kalman update, Eq. (3.3), batched over leading axes; Joseph form for the covariance."""
+    """Kalman update, Eq. (3.3), batched over leading axes; Joseph form for the covariance.
+
+    The Joseph form is PSD for any gain in exact arithmetic and insensitive to first-order errors
+    in K; in floating point it can still come out slightly indefinite for a very ill-conditioned
+    update (guaranteed PSD needs a square-root filter, Bierman 1977).
+    """
     y = z - m_prior @ H.T  # y = z − H m⁻
     HP = H @ P_prior  # H P⁻, (..., p, n)
     S = _sym(HP @ H.T + R)  # S = H P⁻ Hᵀ + R
@@ -278,7 +286,8 @@ def kalman_filter(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
         ``"K"`` (..., N, n, p): gains, zero at a missing step (not applied); ``"y"`` (..., N, p):
         innovations z_k − H m⁻_k, NaN at a missing step; ``"log_likelihood_terms"`` (..., N):
         log N(z_k; H m⁻_k, S_k), 0 at a missing step; ``"log_likelihood"`` (...): their sum, the
-        log-density log p(z) of the observed measurements (Eq. (3.4)).
+        log-density log p(z) of the observed measurements (the prediction-error decomposition, §3.2
+        of the book).
 
     Returns
     -------
@@ -307,9 +316,13 @@ def kalman_filter(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     change / (1 − ρ(A)²) on the distance left to the fixed point is within 64 units of rounding,
     and P satisfies the Riccati equation in its plain form to 64 units, the rest of the stretch
     copies P and K — the values the recursion would reproduce up to its own rounding noise, so
-    the results agree with :func:`kalman_filter_loop` to rounding (measured ≤ 3e-15 relative for
-    n ≤ 32, tested at 1e-10). Slow convergence (ρ(A) → 1) never passes the test and keeps the
-    step-by-step path, as do time-varying F, Q (irregular grids) and alternating missing rows.
+    the results agree with :func:`kalman_filter_loop` to rounding (tested at 1e-10): the covariances
+    to a few units of rounding, the means to rounding amplified by the conditioning of the mean
+    recursion, about 1/(1 − ρ(A)) (e.g. ≈ 5e-14 relative at ρ(A) = 0.999). Slow convergence
+    (ρ(A) → 1) fails the test as long as P still moves, and keeps the step-by-step path; if the
+    floating-point recursion reaches an exact fixed point (a change of exactly 0), the test passes
+    for any ρ(A) < 1, and the copies are then exactly what the loop computes. Time-varying F, Q
+    (irregular grids) and alternating missing rows never form a stretch of identical steps.
     On the converged stretch the mean recursion m_k = (I − K H) F m_{k−1} + K z_k has constant
     coefficients and runs as the blocked two-level scan of :func:`refimpl._scan.state_scan`
     (§13.1), without a loop over steps.
@@ -435,7 +448,8 @@ def _settled(recent_change: float, scale: float, A: np.ndarray) -> bool:
     each already at most ``_CALM`` = 4 units of rounding of max|X| = ``scale``. Differences
     contract by ρ(A)² per step, so the distance left to the fixed point is at most about
     change / (1 − ρ²): the test asks that this bound be within ``_REACH`` = 64 units of rounding
-    — the fixed point is reached, not merely approached slowly (ρ → 1 never passes).
+    — the fixed point is reached, not merely approached slowly (as ρ → 1 only a change of exactly
+    0, an exact floating-point fixed point, passes).
     """
     rho = _spectral_radius(A)
     if not rho < 1.0:
@@ -1220,7 +1234,9 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     Implements the filtering scan of Särkkä & García-Fernández (2021, §IV-A, Lemmas 7–8): each
     step becomes an element ``a_k = (A_k, b_k, C_k, η_k, J_k)`` of a conditional-Gaussian
     semigroup, and all filtered moments come out of an inclusive prefix scan with at most
-    ``ceil(log2 N)`` vectorized sweeps (no Python loop over N; O(N log N) work). This is the
+    ``ceil(log2 N)`` vectorized sweeps (no Python loop over N). The scan is Hillis–Steele's
+    (Hillis & Steele 1986): ``ceil(log2 N)`` sweeps and O(N log N) combinations; a work-efficient
+    (Blelloch 1990) scan would do O(N) combinations in about ``2 ceil(log2 N)`` sweeps. This is the
     reference for GPU Kalman kernels. Same parameters and returns as :func:`kalman_filter`
     (the intermediates are formed from the scanned moments, vectorized over N), with one
     further condition: every element conditions a measurement on the previous state alone, so
@@ -1239,14 +1255,17 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     about 745 / |ln ρ| steps — since from there on a sweep would change no result, not even by
     rounding.
 
-    Which form to use: on a CPU, :func:`kalman_filter` (the sequential recursion with its
-    steady-state shortcut) is faster — O(N n²) work once converged against the scan's
-    O(N log N n²), and fewer NumPy calls; §3.9 of the book prints the measured ratio for
-    n = 2 … 32. The scan is the right choice as the reference for a parallel (GPU, many-core)
-    kernel, whose O(log N) depth it mirrors, and as an independent second algorithm. With
-    scattered missing rows or a time-varying model (irregular grid) most elements are kinds of
-    their own, the covariance half costs O(N log N n³), and the scan is slower still: it is
-    written for depth, not work.
+    Which form to use: on a time-invariant model whose covariances settle, :func:`kalman_filter`
+    (the sequential recursion with its steady-state shortcut) does O(N n²) work once converged
+    against the scan's O(N log N n²) and makes fewer NumPy calls; the two are within a small
+    factor of each other for small n and the sequential form is clearly ahead at n = 32 (§3.9
+    of the book prints the measured ratios). With scattered missing rows or a time-varying
+    model (irregular grid) the covariances never settle: the sequential form is then a Python
+    loop over all N steps, while the scan still runs ``ceil(log2 N)`` batched sweeps, so for
+    small n the scan can be the faster CPU form; its covariance half costs O(N log N n³)
+    against the recursion's O(N n³), which dominates as n grows. The scan is also the
+    reference for a parallel (GPU, many-core) kernel, whose O(log N) depth it mirrors, and an
+    independent second algorithm.
 
     Examples
     --------
@@ -1449,10 +1468,13 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     kinds and the cost is dominated by the O(N log N n²) mean products. Like the filtering scan,
     it stops as soon as every element's E (a product of smoother gains) is exactly zero.
 
-    Which form to use: as for the filter (:func:`kalman_filter_scan`), on a CPU the sequential
-    :func:`rts_smoother` is faster (§3.9 of the book prints the measured ratio for n = 2 … 32);
-    this scan is the reference for a parallel smoother kernel, whose O(log N) depth it mirrors,
-    and an independent second algorithm.
+    Which form to use: as for the filter (:func:`kalman_filter_scan`): on a settling
+    time-invariant model the sequential :func:`rts_smoother` does less work (clearly faster at
+    n = 32, within a small factor for small n); where the covariances never settle (irregular
+    grid, scattered missing rows) the sequential form loops over every step in Python and for
+    small n the scan can be faster (§3.9 of the book prints the measured ratios). This scan is
+    the reference for a parallel smoother kernel, whose O(log N) depth it mirrors, and an
+    independent second algorithm.
 
     Examples
     --------
@@ -1541,12 +1563,14 @@ def batch_smoother(z, F, H, Q, R, m0, P0):
                \operatorname{Cov}(x \mid z) = Σ - Σ \bar H^\top (\bar H Σ \bar H^\top + \bar R)^{-1} \bar H Σ,
 
     the generalized-least-squares solution for all steps at once — the quantity the recursions
-    must reproduce. A missing row contributes nothing (its block of H̄ is zero). Dense:
-    O((N n)²) memory and O((N p)³) time; refuses ``N·max(n, p) > MAX_DENSE``.
+    must reproduce. A missing row contributes nothing (its block of H̄ is zero, its block of R̄
+    the identity, so that the stacked covariance stays invertible). Dense: O((N n)²) memory and
+    O((N p)³ + (N n)² N p) time; refuses ``N·max(n, p) > MAX_DENSE``.
 
     Accuracy: the subtraction ``Σ − Σ H̄ᵀ S⁻¹ H̄ Σ`` loses digits in proportion to cond(S), so
     with a nearly flat prior (P0 ≫ R, e.g. 1e8 against 1) it agrees with the recursions only to
-    ~eps·cond(S) (3e-8 there), while the recursions stay at round-off.
+    ~eps·cond(S) (about 1e-7 there), while the recursions stay at round-off: it is a definition
+    to test against with a moderate prior (§3.5 of the book), not the most accurate form.
 
     Parameters and returns as in :func:`rts_smoother` (leading batch axes are looped over).
 
@@ -1739,19 +1763,34 @@ def steady_state(F, H, Q, R):
     return K, P_prior, P_post
 
 
-#: the Riccati iteration of :func:`steady_state_loop` stops at this relative change of P⁻ …
-_RICCATI_TOL = 1e-14
-#: … and gives up (``ValueError``) after this many steps
-_RICCATI_MAX_ITER = 100_000
+#: :func:`steady_state_loop` gives up (``ValueError``) after this many steps: enough for ρ(A) = 0.9999
+#: (a random walk with q/r = 1e-8 takes about 1.4e5 steps to reach its floating-point fixed point)
+_RICCATI_MAX_ITER = 1_000_000
+#: … and recognizes a cycle of rounding of up to this period as arrival
+_CYCLE = 8
 
 
 def steady_state_loop(F, H, Q, R):
     """Loop twin of :func:`steady_state`: iterate the Riccati recursion (3.2)–(3.3) to its fixed point.
 
     Starts from the positive definite ``P⁻ = Q + I`` (so it converges to the same stabilizing
-    solution as the DARE even where ``Q`` alone is a spurious fixed point) and stops when the
-    relative change of ``P⁻`` is below ``_RICCATI_TOL = 1e-14``; ``ValueError`` if it has not
-    converged after ``_RICCATI_MAX_ITER = 100000`` steps.
+    solution as the DARE, Eq. (3.13), even where ``Q`` alone is a spurious fixed point) and
+    iterates P⁻ ← F P Fᵀ + Q with the Joseph-form update P of P⁻. It stops when the iteration
+    has arrived, not when it merely moves slowly (§3.9 of the book): when a step reproduces, bit
+    for bit, P⁻ or one of the ``_CYCLE`` = 8 iterates before it — an exact fixed point of the
+    floating-point map, or a cycle of rounding, from which it can get no closer. A small relative
+    change is not used as the criterion: with ρ the spectral radius of the closed loop
+    F (I − K H), a change of δ per step leaves about δ / (1 − ρ²) to go, and a change below
+    4 units of rounding of max|P⁻| can still be many units of rounding of a small entry of P⁻.
+
+    Differences contract by about ρ² per step, so the number of steps grows like
+    1 / (1 − ρ²); ``ValueError`` after ``_RICCATI_MAX_ITER`` = 1000000 steps (ρ too close to 1,
+    or rounding cycling with a longer period), and ``ValueError`` if P⁻ overflows ((F, H) not
+    detectable).
+    Accuracy: the fixed point of the floating-point map differs from the exact DARE solution by
+    rounding amplified by about 1 / (1 − ρ²) — the conditioning of the fixed point itself, of the
+    same order as the error of ``scipy.linalg.solve_discrete_are`` (the tests check both at
+    ρ = 0.999 and 0.9999 within 8 eps / (1 − ρ²)).
 
     Examples
     --------
@@ -1761,12 +1800,15 @@ def steady_state_loop(F, H, Q, R):
     """
     F, H, Q, R = _check_stationary(F, H, Q, R)
     max_iter = _RICCATI_MAX_ITER
-    P_prior = Q + np.eye(F.shape[0])
-    I = np.eye(F.shape[0])
+    n = F.shape[0]
+    I = np.eye(n)
+    P_prior = Q + I
+    recent = []  # the last _CYCLE iterates, newest last: a cycle of rounding returns to one of them
     for step in range(max_iter):
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported just below
             K = _gain(P_prior, H, R)  # K = P⁻ Hᵀ S⁻¹
-            P_post = (I - K @ H) @ P_prior @ (I - K @ H).T + K @ R @ K.T  # Joseph update
+            IKH = I - K @ H
+            P_post = IKH @ P_prior @ IKH.T + K @ R @ K.T  # Joseph update
             new = F @ P_post @ F.T + Q  # P⁻ ← F P Fᵀ + Q
             new = 0.5 * (new + new.T)
         if not np.all(np.isfinite(new)):
@@ -1774,9 +1816,15 @@ def steady_state_loop(F, H, Q, R):
                 f"F, H, Q, R: the Riccati recursion diverges (P⁻ overflows after {step + 1} steps); "
                 f"an unstable mode of F is not observed through H ((F, H) not detectable)"
             )
-        change = np.max(np.abs(new - P_prior)) / max(np.max(np.abs(new)), 1e-300)
+        if np.array_equal(new, P_prior) or any(np.array_equal(new, old) for old in recent):
+            P_prior = new  # arrived: the floating-point map no longer brings P⁻ anywhere new
+            break
+        recent = recent[1 - _CYCLE :] + [P_prior]
         P_prior = new
-        if change < _RICCATI_TOL:
-            K = _gain(P_prior, H, R)
-            return K, P_prior, _sym((I - K @ H) @ P_prior)
-    raise ValueError(f"F, H, Q, R: the Riccati recursion did not converge in max_iter = {max_iter} steps")
+    else:
+        raise ValueError(
+            f"F, H, Q, R: the Riccati recursion did not converge in max_iter = {max_iter} steps (a closed-loop "
+            f"spectral radius too close to 1, or rounding cycling without a fixed point); use steady_state"
+        )
+    K = _gain(P_prior, H, R)
+    return K, P_prior, _sym((I - K @ H) @ P_prior)

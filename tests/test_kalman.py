@@ -966,6 +966,35 @@ class TestSteadyState:
         with pytest.raises(ValueError, match=r"^F, H, Q, R: "):
             steady_state_loop(np.diag([2.0, 0.5]), [[0.0, 1.0]], np.eye(2), [[1.0]])
 
+    @pytest.mark.parametrize(
+        "F, H, q, rho",
+        [
+            ([[1.0]], [[1.0]], 1e-6, 0.999),  # random walk, r = 1: ρ(A) = 1 − K ≈ 1 − sqrt(q)
+            ([[1.0]], [[1.0]], 1e-8, 0.9999),
+            ([[1.0, 0.1], [0.0, 1.0]], [[1.0, 0.0]], 1e-8, 0.998),  # constant velocity, Q = q I
+        ],
+    )
+    def test_loop_slow_closed_loop(self, F, H, q, rho):
+        # The loop must reach the fixed point, not stop where P⁻ merely moves slowly (§3.9): a
+        # relative-change rule (< 1e-14 per step) stopped 5e-12 short at ρ = 0.999 and did not
+        # finish at 0.9999. Both the loop's floating-point fixed point and solve_discrete_are are
+        # accurate to rounding amplified by ~1/(1 − ρ²), the conditioning of the fixed point.
+        F, H = np.asarray(F), np.asarray(H)
+        n = F.shape[0]
+        Q, R = q * np.eye(n), np.eye(1)
+        K, P_prior, P_post = steady_state_loop(F, H, Q, R)
+        rate = np.abs(np.linalg.eigvals((np.eye(n) - K @ H) @ F)).max()
+        assert abs(rate - rho) < 5e-4, rate  # the regime this case is meant to test
+        ref = scipy.linalg.solve_discrete_are(F.T, H.T, Q, R)
+        tol = 8 * EPS / (1 - rate**2)
+        close(P_prior, ref, rtol=tol, what=f"steady_state_loop P⁻ vs solve_discrete_are at ρ(A) = {rho}")
+        Ks, _, Ps = steady_state(F, H, Q, R)
+        close(K, Ks, rtol=tol, what="steady_state_loop K vs steady_state")
+        close(P_post, Ps, rtol=tol, what="steady_state_loop P vs steady_state")
+        if n == 1:  # the closed form P⁻ = (q + sqrt(q² + 4 q r)) / 2 of a random walk, r = 1
+            exact = (q + math.sqrt(q * q + 4 * q)) / 2  # no cancellation: a few units of rounding
+            close(P_prior[0, 0], exact, rtol=tol, what="steady_state_loop P⁻ vs closed form")
+
     def test_loop_max_iter(self, monkeypatch):
         F, H, Q, R = spiral_discrete()
         monkeypatch.setattr(kalman, "_RICCATI_MAX_ITER", 3)
