@@ -1343,6 +1343,48 @@ def _packed(plain):
     return run
 
 
+#: mamba_ssm's arguments along (batch, seqlen), and its shared parameters' gradients (summed over packed sequences)
+_MAMBA_TIMED, _MAMBA_SHARED = ("x", "dt", "B", "C", "z", "dout"), ("dA", "dD", "ddt_bias")
+
+
+def _seq_idx_runs(plain):
+    """mamba_ssm's plain model with packed sequences (``seq_idx``): ``plain`` once per run of equal ids of each
+    batch row, the row's ``initial_states`` entering the run that starts it with id 0 and its ``dfinal_states`` the
+    run that ends it; outputs and per-step gradients put back at their steps, the shared parameters' gradients
+    summed in float32, the row's final state its last run's (as :func:`refimpl.linear_rnn.mamba_chunk_scan_combined`)."""
+
+    def run(args, tier):
+        if args.get("seq_idx") is None:
+            return plain(args, tier)
+        from .linear_rnn import _seq_runs
+
+        x = np.asarray(args["x"])
+        out: dict = {}
+        for i, row in enumerate(_seq_runs(args["seq_idx"], *x.shape[:2])):
+            for s, e, sid in row:
+                part = {n: a[i:i + 1, s:e] if n in _MAMBA_TIMED else a for n, a in args.items()
+                        if n not in ("seq_idx", "initial_states", "dfinal_states") and a is not None}
+                if s == 0 and sid == 0 and args.get("initial_states") is not None:
+                    part["initial_states"] = args["initial_states"][i:i + 1]
+                if e == row[-1][1] and args.get("dfinal_states") is not None:
+                    part["dfinal_states"] = args["dfinal_states"][i:i + 1]
+                for n, v in plain(part, tier).items():
+                    v = np.asarray(v)
+                    if n in _MAMBA_SHARED:
+                        out[n] = (out[n] + v.astype(f32)).astype(f32) if n in out else v.astype(f32)
+                    elif n in ("final_states", "dinitial_states"):
+                        full = out.setdefault(n, np.zeros((x.shape[0],) + v.shape[1:], v.dtype))
+                        if n == "final_states" or s == 0:
+                            full[i] = v[0]
+                    else:
+                        out.setdefault(n, np.zeros(x.shape[:2] + v.shape[2:], v.dtype))[i, s:e] = v[0]
+        if args.get("initial_states") is not None and args.get("dout") is not None:  # the backward pass: no row
+            out.setdefault("dinitial_states", np.zeros(np.shape(args["initial_states"]), f32))  # starts with id 0
+        return out
+
+    return run
+
+
 #: ``{registered function name: plain(args, tier[, needed]) -> {quantity: ndarray}}`` (``needed``: the
 #: quantities the oracle compares, for plain algorithms that can skip a large intermediate)
 PLAIN = {
@@ -1387,9 +1429,10 @@ PLAIN = {
     "linear_rnn.delta_rule_vjp": lambda args, tier: _call(
         delta_rule_vjp, args, ("q", "k", "v", "beta", "dy", "log_g", "scale", "chunk_size", "initial_state",
                                "dfinal_state"), tier),
-    "linear_rnn.mamba_chunk_scan_combined": lambda args, tier: _call(mamba_chunk_scan_combined, args, _MAMBA, tier),
-    "linear_rnn.mamba_chunk_scan_combined_vjp": lambda args, tier: _call(
-        mamba_chunk_scan_combined_vjp, args, _MAMBA + ("dout", "dfinal_states"), tier),
+    "linear_rnn.mamba_chunk_scan_combined": _seq_idx_runs(lambda args, tier: _call(
+        mamba_chunk_scan_combined, args, _MAMBA, tier)),
+    "linear_rnn.mamba_chunk_scan_combined_vjp": _seq_idx_runs(lambda args, tier: _call(
+        mamba_chunk_scan_combined_vjp, args, _MAMBA + ("dout", "dfinal_states"), tier)),
     "linear_rnn.chunk_gla": _packed(lambda args, tier: _call(chunk_gla, args, _FLA, tier)),
     "linear_rnn.chunk_simple_gla": _packed(lambda args, tier: _call(chunk_gla, _with_gamma(args), _FLA, tier)),
     "linear_rnn.chunk_delta_rule": _packed(lambda args, tier: _call(

@@ -2339,16 +2339,20 @@ def selective_scan_fn_vjp_loop(u, delta, A, B, C, dout, D=None, z=None, delta_bi
 
 
 def _mamba_vjp(loop, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
-               dfinal_states, sums=None) -> dict:
+               dfinal_states, sums=None, seq_idx=None) -> dict:
     """The gradients of ``mamba_chunk_scan_combined``: :func:`ssd_vjp` (or its loop twin) in refimpl's layout,
     then the chain rule through D, silu(z), the clamp and the softplus, in the official layout. With a dict
-    ``sums`` (not with ``loop``), also the per-head Σ |terms| of ``dA`` and ``ddt_bias`` (:func:`_decay_sums`)."""
-    from .linear_rnn import _check_mamba, _mamba_scan, _official, _optional, _swap
+    ``sums`` (not with ``loop``), also the per-head Σ |terms| of ``dA`` and ``ddt_bias`` (:func:`_decay_sums`).
+    With ``seq_idx``, each packed sequence's gradients on its own (:func:`_mamba_vjp_packed`)."""
+    from .linear_rnn import _check_mamba, _mamba_scan, _official, _optional, _seq_runs, _swap
 
     m = _check_mamba(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
     b, L, H, P = m.x.shape
     dout = _official(dout, "dout", m.x.shape, "(batch, seqlen, nheads, headdim) like x")
     dhL = _optional(dfinal_states, "dfinal_states", (b, H, P, m.B.shape[-1]), "(batch, nheads, headdim, dstate)")
+    if seq_idx is not None:
+        part = dict(A=A, chunk_size=chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+        return _mamba_vjp_packed(loop, m, np.asarray(dt, float), _seq_runs(seq_idx, b, L), dout, dhL, part, sums)
     du, dz = dout, None  # du = ∂ℓ/∂(y + D x)
     if m.z is not None:
         u, _ = _mamba_scan(m, loop)  # y + D x, the gate's input
@@ -2382,9 +2386,41 @@ def _mamba_vjp(loop, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_st
     return out
 
 
+def _mamba_vjp_packed(loop, m, dt, runs, dout, dhL, part: dict, sums) -> dict:
+    """:func:`_mamba_vjp` of packed sequences: each run of ``seq_idx`` (row i, steps s … e − 1) on its own, with the
+    row's initial state if it starts the row with id 0 and the row's ``dfinal_states`` if it ends the row; the
+    per-step gradients placed at their steps, those of the shared parameters (dA, dD, ddt_bias) summed, and the
+    decay sums of ``sums`` combined as the chunks' root sum of squares they are."""
+    out: dict = {}
+    parts = {} if sums is not None else None
+    for i, row in enumerate(runs):
+        for s, e, sid in row:
+            cut = lambda a: None if a is None else a[i:i + 1, s:e]  # noqa: E731
+            first = s == 0 and sid == 0 and m.h0 is not None
+            sub = {} if sums is not None else None
+            g = _mamba_vjp(loop, cut(m.x), cut(dt), B=cut(m.B), C=cut(m.C), dout=cut(dout), z=cut(m.z),
+                           initial_states=m.h0[i:i + 1] if first else None, dfinal_states=None if dhL is None or
+                           e != row[-1][1] else dhL[i:i + 1], sums=sub, **part)
+            for name, grad in g.items():
+                if name in ("dA", "dD", "ddt_bias"):
+                    out[name] = out.get(name, 0.0) + grad
+                elif name == "dinitial_states":
+                    out.setdefault(name, np.zeros(m.h0.shape))[i] = grad[0]
+                else:
+                    out.setdefault(name, np.zeros((m.x.shape[0], m.x.shape[1]) + grad.shape[2:]))[i, s:e] = grad[0]
+            for name, v in (sub or {}).items():
+                parts[name] = parts.get(name, 0.0) + v * v
+    if m.h0 is not None:
+        out.setdefault("dinitial_states", np.zeros(m.h0.shape))  # no row starts with id 0: no gradient
+    if sums is not None:
+        sums.update({name: np.sqrt(v) for name, v in parts.items()})
+    order = ("dx", "ddt", "dA", "dB", "dC", "dD", "dz", "ddt_bias", "dinitial_states")
+    return {name: out[name] for name in order if name in out}
+
+
 @guard_overflow()
 def mamba_chunk_scan_combined_vjp(x, dt, A, B, C, dout, chunk_size, *, D=None, z=None, dt_bias=None,
-                                  initial_states=None, dt_softplus=False, dt_limit=(0.0, math.inf),
+                                  initial_states=None, seq_idx=None, dt_softplus=False, dt_limit=(0.0, math.inf),
                                   dfinal_states=None) -> dict:
     r"""Backward pass of :func:`refimpl.linear_rnn.mamba_chunk_scan_combined`, with mamba_ssm's names of the gradients.
 
@@ -2395,8 +2431,9 @@ def mamba_chunk_scan_combined_vjp(x, dt, A, B, C, dout, chunk_size, *, D=None, z
 
     Parameters
     ----------
-    x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit
-        As in :func:`refimpl.linear_rnn.mamba_chunk_scan_combined` (official layout).
+    x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_limit
+        As in :func:`refimpl.linear_rnn.mamba_chunk_scan_combined` (official layout; with ``seq_idx``
+        each packed sequence is differentiated on its own, the gradients of A, D and dt_bias summed).
     dout : array_like, shape (batch, seqlen, nheads, headdim)
         The cotangent ∂ℓ/∂out.
     dfinal_states : array_like, shape (batch, nheads, headdim, dstate), optional
@@ -2419,7 +2456,8 @@ def mamba_chunk_scan_combined_vjp(x, dt, A, B, C, dout, chunk_size, *, D=None, z
     times ``σ(dt + dt_bias)`` with the softplus; ``ddt_bias = Σ_{b,l} ddt``.
 
     Differences from mamba_ssm, all deliberate: as for the forward function (exact softplus and
-    σ — the kernel passes the gradient unchanged above 20 —, no ``seq_idx``); every gradient is
+    σ — the kernel passes the gradient unchanged above 20 —; no ``return_varlen_states``, as in the
+    kernel's backward pass); every gradient is
     float64 and returned in a dict. Loop twin: :func:`mamba_chunk_scan_combined_vjp_loop`.
 
     Examples
@@ -2433,13 +2471,13 @@ def mamba_chunk_scan_combined_vjp(x, dt, A, B, C, dout, chunk_size, *, D=None, z
     (['dA', 'dB', 'dC', 'dD', 'ddt', 'ddt_bias', 'dx', 'dz'], (2, 3))
     """
     return _mamba_vjp(False, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
-                      dfinal_states)
+                      dfinal_states, seq_idx=seq_idx)
 
 
 @guard_overflow()
 def mamba_chunk_scan_combined_vjp_loop(x, dt, A, B, C, dout, chunk_size, *, D=None, z=None, dt_bias=None,
-                                       initial_states=None, dt_softplus=False, dt_limit=(0.0, math.inf),
-                                       dfinal_states=None) -> dict:
+                                       initial_states=None, seq_idx=None, dt_softplus=False,
+                                       dt_limit=(0.0, math.inf), dfinal_states=None) -> dict:
     """Loop twin of :func:`mamba_chunk_scan_combined_vjp`: the same chain rule over :func:`ssd_vjp_loop`.
 
     Examples
@@ -2453,7 +2491,7 @@ def mamba_chunk_scan_combined_vjp_loop(x, dt, A, B, C, dout, chunk_size, *, D=No
     True
     """
     return _mamba_vjp(True, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
-                      dfinal_states)
+                      dfinal_states, seq_idx=seq_idx)
 
 
 def _fla_vjp(loop, q, k, v, g, beta, do, scale, initial_state, dht, l2norm, gate: str, delta: bool, g_gamma=None,

@@ -2111,19 +2111,78 @@ def _mamba_scan(m: _Mamba, loop: bool, D_inside: bool = True):
     return y, states[:, :, -1]
 
 
+def _seq_runs(seq_idx, b: int, L: int) -> list:
+    """mamba_ssm's ``seq_idx`` (batch, seqlen): for each batch row its sequences as ``(start, stop, id)``, the runs
+    of equal ids. Ids are non-negative integers, non-decreasing along a row (each sequence one contiguous run)."""
+    ids = np.asarray(seq_idx)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"seq_idx: expected integer sequence ids (mamba_ssm's int32 tensor), got dtype {ids.dtype}")
+    if ids.shape != (b, L):
+        raise ValueError(f"seq_idx: expected shape (batch, seqlen) = ({b}, {L}) (from x), got shape {ids.shape}")
+    if ids.size and (ids.min() < 0 or np.any(np.diff(ids, axis=1) < 0)):
+        raise ValueError("seq_idx: expected non-negative ids, non-decreasing along each row (each packed sequence "
+                         "one contiguous run of its id)")
+    runs = []
+    for row in ids:
+        cuts = np.concatenate([[0], np.flatnonzero(np.diff(row)) + 1, [L]]).tolist()
+        runs.append([(s, e, int(row[s])) for s, e in zip(cuts[:-1], cuts[1:])])
+    return runs
+
+
+def _mamba_part(m: _Mamba, i: int, s: int, e: int, first: bool) -> _Mamba:
+    """Row ``i``, steps ``s … e − 1`` of a validated call, as a call of its own; the row's initial state only for
+    ``first``, the sequence that starts the row with id 0 (as mamba_ssm's state passing carries it)."""
+    cut = lambda a: None if a is None else a[i:i + 1, s:e]  # noqa: E731
+    return m._replace(x=cut(m.x), raw=cut(m.raw), pre=cut(m.pre), step=cut(m.step), B=cut(m.B), C=cut(m.C), z=cut(m.z),
+                      h0=m.h0[i:i + 1] if first and m.h0 is not None else None)
+
+
+def _check_varlen(runs, cu_seqlens, return_varlen_states):
+    """``cu_seqlens`` for ``return_varlen_states``: one batch row whose ``seq_idx`` sequences it marks."""
+    if not return_varlen_states:
+        return
+    if runs is None or cu_seqlens is None:
+        raise ValueError("return_varlen_states: needs cu_seqlens and the seq_idx of the same packed sequences (mamba_ssm "
+                         "resets the state only where seq_idx changes)")
+    if len(runs) != 1:
+        raise ValueError(f"cu_seqlens: packed sequences (return_varlen_states) need one batch row, got batch = {len(runs)}")
+    cu = _check_cu_seqlens(cu_seqlens, runs[0][-1][1])
+    if cu.tolist() != [s for s, _, _ in runs[0]] + [runs[0][-1][1]]:
+        raise ValueError(f"cu_seqlens: expected the offsets of seq_idx's sequences, "
+                         f"{[s for s, _, _ in runs[0]] + [runs[0][-1][1]]}, got {cu.tolist()}")
+
+
 def _mamba_forward(loop, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
-                   return_final_states):
+                   return_final_states, seq_idx=None, cu_seqlens=None, return_varlen_states=False):
     return_final_states = as_bool(return_final_states, "return_final_states")
+    return_varlen_states = as_bool(return_varlen_states, "return_varlen_states")
     m = _check_mamba(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
-    out, final = _mamba_scan(m, loop)
+    runs = None if seq_idx is None else _seq_runs(seq_idx, *m.x.shape[:2])
+    _check_varlen(runs, cu_seqlens, return_varlen_states)
+    if runs is None:
+        out, final = _mamba_scan(m, loop)
+        varlen = None
+    else:  # packed sequences: each run of seq_idx on its own, the state starting again from 0 (Eq. (16.7) per run)
+        out = np.empty(m.x.shape)
+        final = np.empty(m.x.shape[:1] + m.x.shape[2:] + m.B.shape[-1:])
+        ends = []
+        for i, row in enumerate(runs):
+            for s, e, sid in row:
+                out[i:i + 1, s:e], last = _mamba_scan(_mamba_part(m, i, s, e, s == 0 and sid == 0), loop)
+                ends.append(last)
+            final[i] = last[0]  # the state after the row's last step: its last sequence's
+        varlen = np.concatenate(ends) if return_varlen_states else None
     if m.z is not None:
         out *= _silu(m.z)  # out = (y + D x) · silu(z)
-    return (out, final) if return_final_states else out
+    extra = (final,) if return_final_states else ()
+    extra += (varlen,) if return_varlen_states else ()
+    return (out, *extra) if extra else out
 
 
 @guard_overflow()
 def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, *,
-                              dt_softplus=False, dt_limit=(0.0, math.inf), return_final_states=False):
+                              seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, math.inf),
+                              return_final_states=False, return_varlen_states=False):
     r"""Mamba-2's SSD with the official interface of ``mamba_ssm`` (``mamba_chunk_scan_combined``).
 
     Implements Eqs. (16.7)–(16.8) of the book (Dao & Gu 2024, Mamba-2, §6 and Listing 1;
@@ -2152,18 +2211,31 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         Added to ``dt`` before the softplus.
     initial_states : array_like, shape (batch, nheads, headdim, dstate), optional
         The state h_{−1} before the first step (refimpl's orientation (P, N) too). Default 0.
+    seq_idx : array_like of int, shape (batch, seqlen), optional
+        Packed sequences: the id of the sequence each step belongs to, non-negative and
+        non-decreasing along a row. Each run of equal ids is a sequence of its own: the state
+        starts again from 0 where the id changes, except that a row's ``initial_states`` enter
+        the sequence that starts it with id 0 (as mamba_ssm's state passing does).
+    cu_seqlens : array_like of int, shape (N + 1,), optional
+        The offsets of the N sequences of one batch row (batch = 1); needed only by
+        ``return_varlen_states``, and must mark the runs of ``seq_idx``.
     dt_softplus : bool
         Apply ``softplus(x) = log(1 + e^x)`` to ``dt + dt_bias``.
     dt_limit : (float, float)
         ``(min, max)``, 0 ≤ min ≤ max: Δ is clamped to it after the softplus (default (0, inf)).
     return_final_states : bool
         Also return the state after the last step.
+    return_varlen_states : bool
+        Also return the state after the last step of each packed sequence (needs ``seq_idx`` and
+        ``cu_seqlens``).
 
     Returns
     -------
     out : ndarray, shape (batch, seqlen, nheads, headdim), float64
     final_states : ndarray, shape (batch, nheads, headdim, dstate), float64
-        Only if ``return_final_states``.
+        Only if ``return_final_states``: the state after each row's last step.
+    varlen_states : ndarray, shape (N, nheads, headdim, dstate), float64
+        Only if ``return_varlen_states``, after ``final_states`` (mamba_ssm's order).
 
     Notes
     -----
@@ -2178,8 +2250,10 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     Differences from ``mamba_ssm``, all deliberate: float64 throughout; the softplus is exact,
     whereas the kernel returns x itself above 20 (a difference log1p(e^{−x}) < 2.1e-9, below
     float32's resolution there); A > 0 is refused, as :func:`ssd` refuses it; the options
-    are keyword-only (refimpl's convention); ``seq_idx``, ``cu_seqlens`` and
-    ``return_varlen_states`` (packed sequences) are not supported — call once per sequence.
+    are keyword-only (refimpl's convention); ``seq_idx`` must be non-decreasing along a row (the
+    kernel only compares neighbouring ids; ids that come back would join sequences) and
+    ``return_varlen_states`` needs ``seq_idx`` (without it the kernel would not reset the states
+    its varlen states are read from).
     In :func:`refimpl.oracle.compare` the call has no ``return_final_states`` (a ``return_*`` flag is
     not an argument of a case): a kernel that returns ``(out, final_states)`` has its final states
     judged too, one that returns ``out`` alone (or ``(out, None)``) is judged on ``out``.
@@ -2198,12 +2272,13 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     ((2, 7, 4, 3), (2, 4, 3, 5))
     """
     return _mamba_forward(False, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
-                          return_final_states)
+                          return_final_states, seq_idx, cu_seqlens, return_varlen_states)
 
 
 @guard_overflow()
 def mamba_chunk_scan_combined_loop(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, *,
-                                   dt_softplus=False, dt_limit=(0.0, math.inf), return_final_states=False):
+                                   seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, math.inf),
+                                   return_final_states=False, return_varlen_states=False):
     """Loop twin of :func:`mamba_chunk_scan_combined`: the same wrapper over :func:`ssd_loop` (the recurrence (16.7)).
 
     Examples
@@ -2215,7 +2290,7 @@ def mamba_chunk_scan_combined_loop(x, dt, A, B, C, chunk_size, D=None, z=None, d
     True
     """
     return _mamba_forward(True, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
-                          return_final_states)
+                          return_final_states, seq_idx, cu_seqlens, return_varlen_states)
 
 
 class _Fla(NamedTuple):

@@ -1921,8 +1921,9 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         head, ``gated`` (False) adds ``z``; fla's delta rules with raw keys and
         ``use_qk_l2norm_in_kernel=True``; ``states`` adds ``initial_states``/``initial_state``
         (``dfinal_states``/``dht`` for the backward passes, whose output cotangent is ``dout``/``do``).
-        fla's functions also take ``seqlens`` (a list of lengths, instead of ``L`` and ``batch``): N packed
-        sequences in one batch row with their ``cu_seqlens`` (fla's varlen mode; states (N, H, K, V)).
+        ``seqlens`` (a list of lengths, instead of ``L`` and ``batch``) packs N sequences in one batch row:
+        fla's with their ``cu_seqlens`` (varlen mode; states (N, H, K, V)), mamba_ssm's with their
+        ``seq_idx`` (ids 0 … N − 1; the first sequence gets ``initial_states``).
 
     ``seed`` seeds ``numpy.random.default_rng``. ``ValueError`` for other functions or unknown
     size names, ``TypeError``/``ValueError`` for sizes that are not positive integers.
@@ -2073,6 +2074,20 @@ _OFFICIAL = {
 _OFFICIAL.update({f"{name}_vjp": base for name, base in _OFFICIAL.items()})
 
 
+def _seqlens(sizes: dict):
+    """Pop ``seqlens`` (packed sequences' lengths) from ``sizes`` and set ``L`` to their sum, or None."""
+    seqlens = sizes.pop("seqlens", None)
+    if seqlens is None:
+        return None
+    if isinstance(seqlens, (str, bytes)) or not np.iterable(seqlens) or not len(seqlens) or any(
+            isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in seqlens):
+        raise ValueError(f"seqlens: expected a list of positive ints (the packed sequences' lengths), got {seqlens!r}")
+    if sizes.get("batch", 1) != 1 or sizes.get("L", sum(seqlens)) != sum(seqlens):
+        raise ValueError("seqlens: packed sequences make one batch row of L = sum(seqlens) steps; leave out batch and L")
+    sizes["L"] = int(sum(seqlens))
+    return [int(n) for n in seqlens]
+
+
 def _official_inputs(function: str, seed: int, sizes: dict) -> dict:
     """:func:`random_inputs` of an official interface: refimpl's inputs for the same layer with the batch of
     ``B·H`` entries (``H`` heads, SSD's own head axis), moved to the official layout (sequence before heads),
@@ -2085,6 +2100,7 @@ def _official_inputs(function: str, seed: int, sizes: dict) -> dict:
     swap = lambda a: np.swapaxes(a, 1, 2)  # noqa: E731 — (B, H, T, ·) -> (B, T, H, ·)
     if name == "linear_rnn.mamba_chunk_scan_combined":
         gated = as_bool(sizes.pop("gated", False), "gated")
+        seqlens = _seqlens(sizes)
         B = _sizes(function, {"batch": sizes.pop("batch", 1)}, {"batch": 1})["batch"]
         base = random_inputs("linear_rnn.ssd", seed=seed, batch=B, states=states, **sizes)
         H = base["A"].shape[0]
@@ -2102,17 +2118,11 @@ def _official_inputs(function: str, seed: int, sizes: dict) -> dict:
             out["dout"] = np.random.default_rng((seed, 1)).standard_normal(out["x"].shape)
             if states:
                 out["dfinal_states"] = np.random.default_rng((seed, 2)).standard_normal(base["initial_state"].shape)
+        if seqlens is not None:  # mamba_ssm marks packed sequences by their ids (the first, 0, gets initial_states)
+            out["seq_idx"] = np.repeat(np.arange(len(seqlens)), seqlens)[None, :]
         return {k: v for k, v in out.items() if v is not None}
     known = {"L": 1024, "H": 4, "dk": 64, "dv": 64, "batch": 1, "gate_normalizer": 16.0}  # fla's chunks: 64, no size
-    seqlens = sizes.pop("seqlens", None)
-    if seqlens is not None:  # packed sequences: one batch row of sum(seqlens) steps and cu_seqlens
-        if isinstance(seqlens, (str, bytes)) or not np.iterable(seqlens) or not len(seqlens) or any(
-                isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in seqlens):
-            raise ValueError(f"seqlens: expected a list of positive ints (the packed sequences' lengths), got {seqlens!r}")
-        if sizes.get("batch", 1) != 1 or sizes.get("L", sum(seqlens)) != sum(seqlens):
-            raise ValueError("seqlens: packed sequences make one batch row of L = sum(seqlens) steps; "
-                             "leave out batch and L")
-        sizes["L"] = int(sum(seqlens))
+    seqlens = _seqlens(sizes)
     s = _sizes(function, sizes, known)
     B, H = s["batch"], s["H"]
     N = B if seqlens is None else len(seqlens)  # one state per batch row, or per packed sequence

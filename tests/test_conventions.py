@@ -37,6 +37,7 @@ RETURN_FLAGS = {
     "matrix": "the sequence-mixing matrix the algorithm applies (e.g. the semiseparable matrix of SSD)",
     "last_state": "the recurrent state after the last step",
     "final_states": "the recurrent states after the last step (Mamba-2's official name)",
+    "varlen_states": "the recurrent state after the last step of each packed sequence (Mamba-2's official name)",
     "offset": "the constant term c of an affine map y = W z + c",
 }
 

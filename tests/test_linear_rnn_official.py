@@ -426,6 +426,92 @@ def test_oracle_judges_packed_sequences_one_by_one():
     assert not q.passed and "packed sequences × heads, shape (4, 3)" in q.message and "the worst, (1, 2)" in q.message, q
 
 
+SEQ_IDX = np.array([[0] * 4 + [1] * 1 + [2] * 6, [3] * 5 + [4] * 6])  # row 0 starts with id 0, row 1 does not
+
+
+def ref_mamba_packed(a, seq_idx, opts_fixed):
+    """The step-by-step reference on each run of equal ids, from 0 except the run that starts a row with id 0
+    (which gets the row's initial state); the row's final state is its last run's."""
+    out, fins = np.zeros(np.shape(a["x"]), complex), []
+    for i, row in enumerate(seq_idx):
+        cuts = [0] + (np.flatnonzero(np.diff(row)) + 1).tolist() + [row.size]
+        for s, e in zip(cuts[:-1], cuts[1:]):
+            cut = lambda v: None if v is None else v[i:i + 1, s:e]  # noqa: E731
+            h0 = a["initial_states"][i:i + 1] if s == 0 and row[0] == 0 else None
+            o, fin = ref_mamba(cut(a["x"]), cut(a["dt"]), a["A"], cut(a["B"]), cut(a["C"]), a["D"], cut(a["z"]),
+                               a["dt_bias"], h0, *opts_fixed)
+            out[i:i + 1, s:e] = o
+        fins.append(fin)
+    return out, np.concatenate(fins)
+
+
+def test_mamba_packed_sequences_match_the_official_recurrence():
+    kw, opts = mamba_inputs(26, b=2, L=SEQ_IDX.shape[1], H=4, G=2, P=3, N=2)
+    ro, rf = ref_mamba_packed({**kw, **opts}, SEQ_IDX, (True, opts["dt_limit"]))
+    for run in (lr.mamba_chunk_scan_combined, lr.mamba_chunk_scan_combined_loop):
+        out, fin = run(*kw.values(), 3, **opts, seq_idx=SEQ_IDX, return_final_states=True)
+        close(out, ro.real, 1e-12, "out")
+        close(fin, rf.real, 1e-12, "final_states")
+    one = {k: v[:1] for k, v in kw.items() if k != "A"}
+    h0 = {**opts, "initial_states": opts["initial_states"][:1], "z": opts["z"][:1]}
+    out, fin, varlen = lr.mamba_chunk_scan_combined(one["x"], one["dt"], kw["A"], one["B"], one["C"], 3, **h0,
+                                                    seq_idx=SEQ_IDX[:1], cu_seqlens=np.array([0, 4, 5, 11]),
+                                                    return_final_states=True, return_varlen_states=True)
+    assert varlen.shape == (3, 4, 3, 2) and np.array_equal(varlen[-1], fin[0])
+    first = lr.mamba_chunk_scan_combined(one["x"][:, :4], one["dt"][:, :4], kw["A"], one["B"][:, :4], one["C"][:, :4], 3,
+                                         **{**h0, "z": h0["z"][:, :4]}, return_final_states=True)[1]
+    close(varlen[0], first[0], 1e-13, "the first sequence's final state")
+    for over, err, match in [(dict(seq_idx=SEQ_IDX[:, ::-1].copy()), ValueError, "^seq_idx: expected non-negative ids"),
+                             (dict(seq_idx=SEQ_IDX[:1]), ValueError, r"^seq_idx: expected shape \(batch, seqlen\)"),
+                             (dict(seq_idx=SEQ_IDX.astype(float)), TypeError, "^seq_idx: expected integer"),
+                             (dict(return_varlen_states=True), ValueError, "^return_varlen_states: needs cu_seqlens"),
+                             (dict(seq_idx=SEQ_IDX, cu_seqlens=[0, 4, 11], return_varlen_states=True), ValueError,
+                              "^cu_seqlens: packed sequences")]:
+        with pytest.raises(err, match=match):
+            lr.mamba_chunk_scan_combined(*kw.values(), 3, **opts, **over)
+    with pytest.raises(ValueError, match="^cu_seqlens: expected the offsets of seq_idx's sequences"):
+        lr.mamba_chunk_scan_combined(one["x"], one["dt"], kw["A"], one["B"], one["C"], 3, seq_idx=SEQ_IDX[:1],
+                                     cu_seqlens=[0, 5, 11], return_varlen_states=True)
+
+
+def test_mamba_packed_vjp_by_complex_step():
+    kw, opts = mamba_inputs(27, b=2, L=SEQ_IDX.shape[1], H=2, G=1, P=2, N=2)
+    r = rng0(28)
+    dout, dfs = r.standard_normal(kw["x"].shape), r.standard_normal(opts["initial_states"].shape)
+    args = {**kw, **{k: v for k, v in opts.items() if k not in ("dt_softplus", "dt_limit")}}
+    names = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"]
+
+    def loss(a):
+        out, fin = ref_mamba_packed(a, SEQ_IDX, (True, opts["dt_limit"]))
+        return np.sum(out * dout) + np.sum(fin * dfs)
+
+    for vjp in (lr.mamba_chunk_scan_combined_vjp, lr.mamba_chunk_scan_combined_vjp_loop):
+        g = vjp(*kw.values(), dout, 3, **opts, dfinal_states=dfs, seq_idx=SEQ_IDX)
+        _complex_step(loss, args, {n: g["d" + n] for n in names}, names)
+        assert np.all(g["dinitial_states"][1] == 0)  # row 1 starts with id 3: its initial state is not read
+
+
+def test_oracle_packs_mamba_sequences_by_seq_idx():
+    name = "linear_rnn.mamba_chunk_scan_combined"
+    inp = oracle.random_inputs(name, seed=2, seqlens=[100, 37, 260, 64], H=4, P=16, N=16, chunk_size=64, states=True)
+    assert inp["seq_idx"].tolist() == [[0] * 100 + [1] * 37 + [2] * 260 + [3] * 64]
+    want = lr.mamba_chunk_scan_combined(**inp, return_final_states=True)
+    rep = oracle.compare(name, lambda **kw: tuple(a.astype(np.float32) for a in want), dtype="float32", inputs=inp)
+    assert rep.passed and {q.model for q in rep.cases[0].quantities} == {"plain float32"}, rep
+
+    def no_reset(**kw):
+        kw.pop("seq_idx")
+        return lr.mamba_chunk_scan_combined(**kw)
+
+    q = {x.name: x for x in oracle.compare(name, no_reset, dtype="float32", inputs=inp).cases[0].quantities}
+    assert not q["out"].passed and q["out"].rel_error > 1e-3
+    g = oracle.random_inputs(name + "_vjp", seed=3, seqlens=[30, 50], H=2, P=4, N=4, chunk_size=16, states=True)
+    rep = oracle.compare(name + "_vjp", lambda **kw: {k: v.astype(np.float32) for k, v in
+                                                      lr.mamba_chunk_scan_combined_vjp(**kw).items()},
+                         dtype="float32", inputs=g)
+    assert rep.passed and {q.model for q in rep.cases[0].quantities} == {"plain float32"}, rep
+
+
 # ---- 4. loop twins ------------------------------------------------------------------------------------
 
 
@@ -479,7 +565,7 @@ def test_bad_input_names_the_official_argument():
     with pytest.raises(TypeError, match="dt_softplus"):
         call(dt_softplus="yes")
     with pytest.raises(TypeError):
-        call(seq_idx=np.zeros((2, 9), int))  # unsupported official options are not parameters
+        call(seq_idx=np.zeros((2, 9), int), return_varlen_states=True, cu_seqlens=[0, 9], foo=1)  # unknown options
     with pytest.raises(ValueError, match="^dout: expected shape"):
         lr.mamba_chunk_scan_combined_vjp(*kw.values(), kw["x"][:, :-1], 4, **opts)
     with pytest.raises(ValueError, match="^dfinal_states: expected shape"):
