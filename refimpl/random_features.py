@@ -49,8 +49,10 @@ Numerical care
 Positive features ``exp(ω·x − ‖x‖²/2)`` overflow for large ‖x‖. A factor that is constant along
 the axis a ratio normalizes over cancels exactly: queries are shifted by their own row maximum,
 keys by one maximum over all keys and features (never a per-key maximum, which would change
-the weights). No ``eps`` is ever added: the Performer reference code adds 1e-4 after the
-exponential, which biases the estimator (chapter 12, §12.2).
+the weights). No ``eps`` is ever added: the authors' code (google-research
+``performer/fast_attention``) adds 1e-6 and the PyTorch port performer-pytorch 1e-4 to every
+feature after the exponential, which biases the estimator towards uniform attention (chapter 12,
+§12.2).
 
 References
 ----------
@@ -64,6 +66,8 @@ References
        §2–3 (LSH attention, shared-QK, reversible layers).
 .. [6] A. N. Gomez, M. Ren, R. Urtasun, R. B. Grosse, "The reversible residual network",
        NeurIPS 2017.
+.. [7] F. X. Yu, A. T. Suresh, K. Choromanski, D. Holtmann-Rice, S. Kumar, "Orthogonal random
+       features", NeurIPS 2016.
 """
 
 from __future__ import annotations
@@ -604,9 +608,11 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False) -> np.ndarra
     temporaries hold about W/4 floats per thread (W = 2^18, the workspace budget of
     :mod:`refimpl._blocking`), each product stacked over the group's chunks, the groups shared
     out between threads (the result is bitwise the same for any thread count). Extra memory
-    besides the output: the N/c chunk states, (N/c)·C·(dv+1) numbers (about twice the size of
-    φ(K) for c = 32), plus O(W) per thread; the features φ(q), φ(k) are computed group by group
-    in the threads (the causal form keeps φ(k), N·C numbers, for its second stage). No Python
+    besides the output: the N/c + 1 chunk states, (N/c + 1)·C·(dv+1) numbers (about twice the
+    size of φ(K) for c = 32), plus O(W) per thread; the features φ(q), φ(k) are computed group
+    by group in the threads (the causal form keeps φ(k)^T chunk by chunk, N·C numbers, from its
+    first stage for its third). For C = d = dv = 64: 2064 bytes per token with the output
+    (chapter 12, §12.5). No Python
     loop over tokens (over groups of ~1000 tokens, and one vector add per chunk for the cumulative sum). The non-causal form sums
     the same per-chunk states: extra memory O(N/(G·c)·C·dv + W).
     :func:`linear_attention_loop` is the RNN itself.
@@ -869,7 +875,8 @@ def favor_features_loop(x, projection, *, scale=1.0, kind="positive", stabilize=
 def orthogonal_gaussian(m, d, *, rng, scaling="chi") -> np.ndarray:
     r"""m × d Gaussian directions whose rows are orthogonal within each block of d (ORF).
 
-    Implements Eq. (12.9) of the book (Choromanski et al. 2021, §2.4 and Theorem 2).
+    Implements Eq. (12.9) of the book (Choromanski et al. 2021, §2.4 and Theorem 2; Yu et al.
+    2016 for random Fourier features).
 
     Parameters
     ----------
@@ -890,7 +897,9 @@ def orthogonal_gaussian(m, d, *, rng, scaling="chi") -> np.ndarray:
     Notes
     -----
     Each block is Q^T from the QR factorization of a d × d Gaussian matrix, with the signs of
-    Q's columns fixed by diag(R) so that Q is Haar distributed.
+    Q's columns fixed by diag(R) so that Q is Haar distributed. Theorem 2 of Choromanski et al.
+    bounds the MSE gain for the positive features with m ≤ d directions; the blocks are
+    independent, so for m a multiple of d the ratio MSE(iid)/MSE(orthogonal) is that of one block.
 
     Examples
     --------
@@ -984,14 +993,16 @@ def performer_attention(
     prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
     is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
     memory O(N m): the keys' features (the queries' are computed group by group and never
-    stored), and for the causal form the N/c chunk states, about as many numbers again
-    (:func:`linear_attention` says more). Trig
+    stored), and for the causal form the N/c + 1 chunk states, about twice as many numbers
+    again for c = 32, m = dv = 64 (:func:`linear_attention` says more). Trig
     features can give a normalizer ≤ 0; it is not clamped (the result is then wrong in sign or
     infinite — the paper's argument for positive features). The common key maximum has a limit
     in the causal form: a key whose features lie more than about 745 (in log) below the largest
     key feature of the whole sequence underflows to 0, and a query whose allowed keys all
     underflow has a zero normalizer, so the call is refused (``ValueError``, not representable)
-    even though the exact estimator is finite (q, k of norm ~60 in d = 4 reach it). The
+    even though the exact estimator is finite (q, k of norm ~60 in d = 4 reach it). Since the
+    maximum runs over all keys, a single large future key can make the causal call refuse
+    outputs that a shorter sequence gives (chapter 12, §12.4). The
     non-causal form always sees the maximal key. Rescale q and k there: at such logit ranges the
     estimator's variance makes it useless anyway.
 
@@ -1176,7 +1187,9 @@ def rfa_attention(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, c
     sigma : float > 0
         Kernel width: ω ~ N(0, σ^{-2} I), E φ(x)·φ(y) = exp(−‖x−y‖²/(2σ²)); for unit vectors
         this is e^{−1/σ²} exp(x·y/σ²), so RFA approximates softmax attention with scale 1/σ²
-        on the normalized q, k.
+        on the normalized q, k. Peng et al. 2021 draw ω ~ N(0, σ² I) next to
+        this kernel; the two agree only for σ = 1, and the kernel is what is implemented (a
+        learned standard deviation s of ω is σ = 1/s).
     rng : numpy.random.Generator, int or None
     gated : bool
         Use the forgetting gate: S_t = g_t S_{t−1} + (1 − g_t) φ(k_t) v_t^T (and the same for z_t).
@@ -1412,8 +1425,12 @@ def lsh_attention(
     default ``allow_duplicate_attention=True``). With one round and two chunks (c = N/2) every
     query sees every key and the result is full shared-QK attention.
 
-    Cost per round: the sort, O(N log N), and O(N · 2c · (d + dv)) for the windows; memory
-    O(n_rounds · N · (d + dv)) for the sorted copies and per-round outputs.
+    Cost per round: the hash, N·d·b/2 multiply-adds; the sort, O(N log N); and N·2c·(d + dv)
+    multiply-adds for the windows. A bucket holds about N/b tokens, so c and b cannot both stay
+    fixed as N grows: with a fixed chunk length (b ∝ N) the hash grows like N²d/(2c) and passes
+    the windows at N = 4c²(d + dv)/d (32768 for c = d = dv = 64); with a fixed b the windows
+    grow like N²/b. The paper's O(N log N) holds while these terms stay small (chapter 12,
+    §12.5–12.6). Memory O(n_rounds · N · (d + dv)) for the sorted copies and per-round outputs.
 
     Examples
     --------

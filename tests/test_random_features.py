@@ -169,6 +169,32 @@ class TestLinearAttention:
         # about ten (N, d) arrays (inputs, features, output: 2 MB each) and a few MB of chunk buffers
         assert peak < 0.25 * n * d * d * 8
 
+    @pytest.mark.parametrize("method", ["linear", "performer"])
+    def test_causal_memory_per_token_is_the_chapter_inventory(self, method, monkeypatch):
+        # chapter 12, §12.5: per token, the output (dv numbers), the chunk states (C·(dv+1)/c) and the
+        # keys' features (C), 8 bytes each: 512 + 1040 + 512 = 2064 bytes for C = d = dv = 64, c = 32.
+        # The slope between two sizes is measured in one thread (no second workspace) and must stay
+        # within 1%, so that a change of the memory layout is noticed here and in the chapter.
+        monkeypatch.setattr(_blocking, "THREADS", 1)
+        n_feat, dv = 64, 64
+        c = rf_module._causal_chunk(n_feat)
+        per_token = 8 * (dv + n_feat * (dv + 1) / c + n_feat)
+        assert c == 32 and per_token == 2064
+        peaks = []
+        for n in (2048, 4096):
+            q, k, v = qkv(7, n=n, d=64, dv=dv)
+            tracemalloc.start()
+            try:
+                if method == "linear":
+                    linear_attention(q, k, v, causal=True)
+                else:
+                    performer_attention(q, k, v, n_features=n_feat, rng=0, causal=True)
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+        slope = (peaks[1] - peaks[0]) / 2048
+        assert abs(slope / per_token - 1) < 0.01, (method, slope, per_token)
+
     @settings(max_examples=25)
     @given(st.integers(0, 10**6), st.integers(1, 12), st.integers(0, 11))
     def test_causality(self, seed, n, t):
