@@ -311,14 +311,21 @@ def kalman_filter(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     stabilizing fixed point: to first order, differences of the filtered covariance shrink as
     ΔP ↦ A ΔP Aᵀ with the closed-loop matrix A = (I − K H) F, ρ(A) < 1 (those of the prior
     covariance as ΔP⁻ ↦ A⁻ ΔP⁻ A⁻ᵀ with A⁻ = F (I − K H), which has the same eigenvalues). The
-    settled test is Eq. (3.16) of the book: once ``_PATIENCE`` =
-    8 consecutive steps change P by at most 4 units of rounding (relative to max|P|), the bound
-    change / (1 − ρ(A)²) on the distance left to the fixed point is within 64 units of rounding,
-    and P satisfies the Riccati equation in its plain form to 64 units, the rest of the stretch
-    copies P and K — the values the recursion would reproduce up to its own rounding noise, so
-    the results agree with :func:`kalman_filter_loop` to rounding (tested at 1e-10): the covariances
-    to a few units of rounding, the means to rounding amplified by the conditioning of the mean
-    recursion, about 1/(1 − ρ(A)) (e.g. ≈ 5e-14 relative at ρ(A) = 0.999). Slow convergence
+    settled test is Eq. (3.16) of the book. The change of P is measured entry by entry, each
+    entry against its own scale √(P_ii P_jj) (a variance against itself, a covariance against its
+    two variances), so that a small variance next to a large one — a velocity next to a position —
+    must have stopped moving in units of its own rounding, not of max|P|'s. Once ``_PATIENCE`` =
+    8 consecutive steps change every entry by at most 4 units of rounding of its scale, the bound
+    change / (1 − ρ(A)²) on the distance left to the fixed point is within 64 such units, and P
+    satisfies the Riccati equation in its plain form to 64 units (norm-wise), the rest of the
+    stretch copies P and K — the values the recursion would reproduce up to its own rounding
+    noise, so the results agree with :func:`kalman_filter_loop` to rounding (tested at 1e-10
+    norm-wise, and entry by entry in a model whose variances differ by 2·10⁴ at ρ(A) = 0.99): the
+    covariances and gains entry by entry to rounding amplified by the conditioning of the
+    recursion, the means to rounding amplified by the conditioning of the mean recursion, about
+    1/(1 − ρ(A)) (e.g. ≈ 5e-14 relative at ρ(A) = 0.999). (Measured against max|P| instead, the
+    test could pass while a small entry still moved by ~10³ of its own units of rounding a step,
+    and the copies ended ~10⁵ of them away from the loop's.) Slow convergence
     (ρ(A) → 1) fails the test as long as P still moves, and keeps the step-by-step path; if the
     floating-point recursion reaches an exact fixed point (a change of exactly 0), the test passes
     for any ρ(A) < 1, and the copies are then exactly what the loop computes. Time-varying F, Q
@@ -405,7 +412,8 @@ def _pattern_groups(mb):
 
 #: a stretch of identical steps is declared converged after this many consecutive steps …
 _PATIENCE = 8
-#: … each changing P by at most this many units of rounding (relative to max|P|) …
+#: … each changing every entry P_ij by at most this many units of rounding of its own scale
+#: √(P_ii P_jj) (:func:`_scaled_change`) …
 _CALM = 4.0
 #: … and the distance left to the fixed point, change / (1 − ρ²), is within this many units
 _REACH = 64.0
@@ -441,20 +449,38 @@ def _spectral_radius(A: np.ndarray) -> float:
     return float(np.max(np.abs(np.linalg.eigvals(A))))
 
 
-def _settled(recent_change: float, scale: float, A: np.ndarray) -> bool:
+def _scaled_change(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """max_ij |X_ij − Y_ij| / √(Y_ii Y_jj) over the last two axes: a change measured entry by entry.
+
+    Each entry of a covariance is measured against its own scale √(Y_ii Y_jj) (≥ |Y_ij| for a
+    PSD Y): a variance against itself, a covariance against the geometric mean of its two
+    variances. Unlike a change relative to max|Y|, this does not depend on the units of the state
+    components: a small variance (a velocity next to a position, say) must be still in units of
+    its own rounding, not of the largest entry's. A change of an entry whose scale is 0 counts
+    as infinite (0 if the entry did not change).
+    """
+    d = np.sqrt(np.abs(np.diagonal(Y, axis1=-2, axis2=-1)))
+    diff = np.abs(X - Y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = diff / (d[..., :, None] * d[..., None, :])
+    return np.max(np.where(diff == 0.0, 0.0, r), axis=(-2, -1))
+
+
+def _settled(recent_change: float, A: np.ndarray) -> bool:
     """True when a recursion X ← A X Aᵀ + const has reached its fixed point to rounding.
 
-    ``recent_change`` is the largest change max|X_k − X_{k−1}| of the last ``_PATIENCE`` steps,
-    each already at most ``_CALM`` = 4 units of rounding of max|X| = ``scale``. Differences
-    contract by ρ(A)² per step, so the distance left to the fixed point is at most about
-    change / (1 − ρ²): the test asks that this bound be within ``_REACH`` = 64 units of rounding
-    — the fixed point is reached, not merely approached slowly (as ρ → 1 only a change of exactly
-    0, an exact floating-point fixed point, passes).
+    ``recent_change`` is the largest change of the last ``_PATIENCE`` steps, each measured entry
+    by entry against √(X_ii X_jj) (:func:`_scaled_change`) and already at most ``_CALM`` = 4 units
+    of rounding. Differences contract by ρ(A)² per step (in the scaled entries too: D⁻¹ A D has the
+    eigenvalues of A), so the distance left to the fixed point is at most about change / (1 − ρ²):
+    the test asks that this bound be within ``_REACH`` = 64 units of rounding of every entry's
+    scale — the fixed point is reached, not merely approached slowly (as ρ → 1 only a change of
+    exactly 0, an exact floating-point fixed point, passes).
     """
     rho = _spectral_radius(A)
     if not rho < 1.0:
         return False
-    return recent_change <= _REACH * _EPS * scale * (1.0 - rho * rho)
+    return recent_change <= _REACH * _EPS * (1.0 - rho * rho)
 
 
 def _filter_covariances(pattern, F, H, Q, R, P0):
@@ -462,8 +488,9 @@ def _filter_covariances(pattern, F, H, Q, R, P0):
     and the converged stretches ``runs``: ``(a, b)`` with P_k = P_a and K_k = K_a for a ≤ k < b.
 
     The recursion runs step by step until, inside a stretch of identical steps (same F, Q and
-    missingness, :func:`_step_starts`), P stops changing: ``_PATIENCE`` consecutive steps change it
-    by no more than a few units of rounding, scaled by the contraction 1 − ρ² of the closed-loop
+    missingness, :func:`_step_starts`), P stops changing: ``_PATIENCE`` consecutive steps change
+    each entry by no more than a few units of rounding of its own scale √(P_ii P_jj)
+    (:func:`_scaled_change`), scaled by the contraction 1 − ρ² of the closed-loop
     map A = (I − K H) F (:func:`_settled`), and P satisfies the Riccati equation of the stretch.
     The rest of the stretch is then the fixed point: P_k and K_k are copies, and the mean
     recursion there is time-invariant (a blocked scan in :func:`_filter_means`).
@@ -494,15 +521,14 @@ def _filter_covariances(pattern, F, H, Q, R, P0):
         P[k] = C
         end = starts[seg + 1]
         if k > starts[seg]:  # the same map as the step before: measure how much P still moves
-            change = float(np.max(np.abs(C - P[k - 1])))
-            scale = float(np.max(np.abs(C)))
-            if change <= _CALM * _EPS * scale:
+            change = float(_scaled_change(P[k - 1], C))  # entry by entry, against √(P_ii P_jj)
+            if change <= _CALM * _EPS:
                 calm, recent = calm + 1, max(recent, change)
             else:
                 calm, recent = 0, 0.0
             if calm >= _PATIENCE and end - k > 1:
                 A = (I - K[k] @ H) @ F[k - 1]  # the closed-loop map of the mean (F where missing)
-                if _settled(recent, scale, A) and _riccati_residual(C, F[k - 1], H, Q[k - 1], R, pattern[k]) <= 64 * _EPS:
+                if _settled(recent, A) and _riccati_residual(C, F[k - 1], H, Q[k - 1], R, pattern[k]) <= 64 * _EPS:
                     P[k + 1 : end] = C
                     K[k + 1 : end] = K[k]
                     runs.append((k, end))
@@ -610,14 +636,13 @@ def _smoother_covariances(P, F, Q, runs):
             C = P[j] + G @ (Ps[j + 1] - P_pred) @ G.T  # P^s = P + G (P^s_{k+1} − P⁻) Gᵀ
             Ps[j] = 0.5 * (C + C.T)
             if j < k:
-                change = float(np.max(np.abs(Ps[j] - Ps[j + 1])))
-                scale = float(np.max(np.abs(Ps[j])))
-                if change <= _CALM * _EPS * scale:
+                change = float(_scaled_change(Ps[j + 1], Ps[j]))  # entry by entry, against √(P_ii P_jj)
+                if change <= _CALM * _EPS:
                     calm, recent = calm + 1, max(recent, change)
                 else:
                     calm, recent = 0, 0.0
                 if calm >= _PATIENCE:
-                    if _settled(recent, scale, G):
+                    if _settled(recent, G):
                         Ps[a:j] = Ps[j]
                         break
                     calm, recent = 0, 0.0
@@ -1072,10 +1097,10 @@ def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
     The types are runs (starts ``rs``, types ``rv``) of the N elements; returns the new runs.
     Prefix k (the scanned element that starts at step 0) has C = P_k. Within a stretch
     [starts[i], starts[i+1]) of identical steps (:func:`_step_starts`), find the first k ending
-    ``_PATIENCE`` consecutive prefixes that change P by at most 4 units of rounding, check that
-    the fixed point is reached (:func:`_settled` on the closed-loop map, and the Riccati
-    residual), and give its type to the prefixes after it whose P agrees with it to 64 units of
-    rounding (the scan forms each prefix by its own tree of products, so the settled prefixes
+    ``_PATIENCE`` consecutive prefixes that change P by at most 4 units of rounding entry by entry
+    (:func:`_scaled_change`), check that the fixed point is reached (:func:`_settled` on the
+    closed-loop map, and the Riccati residual), and give its type to the prefixes after it whose P
+    agrees with it to 64 units of rounding entry by entry (the scan forms each prefix by its own tree of products, so the settled prefixes
     scatter by more than the sequential recursion's few units). The same test as
     :func:`_filter_covariances`, so both forms stop at the same place.
     ``settled`` (stretch → (c, end of the merged prefixes)) carries the verdicts from sweep to
@@ -1085,7 +1110,6 @@ def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
         return rs, rv
     lo_all, hi_all = starts[:-1] + 1, np.minimum(starts[1:], stop)  # pairs (k−1, k) inside a stretch
     long = (hi_all - lo_all >= _PATIENCE + 1).nonzero()[0]
-    n2 = C.shape[-1] ** 2
     for i in long:
         lo, hi = int(lo_all[i]), int(hi_all[i])
         if i in settled:  # extend the merged run over the new prefixes that agree with P_c
@@ -1093,18 +1117,15 @@ def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
             if 0 <= last < hi:
                 tc = rv[rs.searchsorted(c, "right") - 1]
                 r0, r1 = rs.searchsorted(last, "right") - 1, rs.searchsorted(hi, "left")  # runs in [last, hi)
-                P_c = C[tc].reshape(n2)
-                Pk = C[rv[r0:r1]].reshape(-1, n2)
-                close = np.abs(Pk - P_c).max(axis=1) <= _REACH * _EPS * np.abs(P_c).max()
+                close = _scaled_change(C[rv[r0:r1]], C[tc]) <= _REACH * _EPS
                 end = hi if close.all() else max(last, int(rs[r0 + int(np.argmin(close))]))
                 rs, rv = _assign(rs, rv, last, end, tc, N)
                 settled[i] = (c, end if end == hi else -1)  # −1: a prefix disagreed; stop extending
             continue
         types = _expand(rs, rv, lo - 1, hi)
-        Pk = C[types].reshape(-1, n2)  # P_{lo−1} … P_{hi−1}
-        scale = np.abs(Pk[1:]).max(axis=1)
-        change = np.abs(Pk[1:] - Pk[:-1]).max(axis=1)  # change[j] = |P_{lo+j} − P_{lo+j−1}|
-        calm = change <= _CALM * _EPS * scale
+        Pk = C[types]  # P_{lo−1} … P_{hi−1}
+        change = _scaled_change(Pk[:-1], Pk[1:])  # change[j] = |P_{lo+j} − P_{lo+j−1}|, entry by entry
+        calm = change <= _CALM * _EPS
         window = np.convolve(calm.astype(np.int64), np.ones(_PATIENCE, dtype=np.int64), "valid")
         ready = (window == _PATIENCE).nonzero()[0]
         if ready.size == 0:
@@ -1116,11 +1137,11 @@ def _merge_prefixes(rs, rv, N, C, stop, pattern, H, F, Q, R, starts, settled):
         A = _closed_loop(P_c, F[c - 1], H, Q[c - 1], R, gone)
         recent = float(np.max(change[j - _PATIENCE + 1 : j + 1]))
         if not (
-            _settled(recent, float(scale[j]), A)
+            _settled(recent, A)
             and _riccati_residual(P_c, F[c - 1], H, Q[c - 1], R, gone) <= 64 * _EPS
         ):
             continue
-        close = np.abs(Pk[j + 1 :] - P_c.reshape(n2)).max(axis=1) <= _REACH * _EPS * scale[j]
+        close = _scaled_change(Pk[j + 1 :], P_c) <= _REACH * _EPS
         end = hi if close.all() else c + int(np.argmin(close))
         rs, rv = _assign(rs, rv, c, end, types[j + 1], N)
         settled[int(i)] = (c, end if end == hi else -1)
@@ -1363,13 +1384,13 @@ def _merge_suffixes(rs, rv, L, first, elem, E0, L0, runs, settled):
     reaches step N − 1) has L = P^s_k, and inside a run of identical elements (E, L) the
     smoothed covariance obeys P^s_k = E P^s_{k+1} Eᵀ + L, a contraction by ρ(E)² that settles as
     k decreases. The first suffix (from the end of the run) ending ``_PATIENCE`` consecutive
-    changes of at most 4 units of rounding that passes :func:`_settled` and the fixed-point
-    residual gives its kind to the suffixes below it that agree with it to 64 units of rounding.
+    changes of at most 4 units of rounding entry by entry (:func:`_scaled_change`) that passes
+    :func:`_settled` and the fixed-point residual gives its kind to the suffixes below it that
+    agree with it to 64 units of rounding entry by entry.
     The kinds are runs (starts ``rs``, kinds ``rv``); returns the new runs. ``settled`` (run →
     (c, lowest merged suffix, or None once one disagreed)) carries the verdicts from sweep to sweep.
     """
     N = elem.shape[0]
-    n2 = L.shape[-1] ** 2
     for r, (a, b) in enumerate(runs):
         lo = max(a, first)
         if r in settled:  # extend the merged run downwards over the new suffixes, run by run
@@ -1377,8 +1398,7 @@ def _merge_suffixes(rs, rv, L, first, elem, E0, L0, runs, settled):
             if low is not None and low > lo:
                 tc = rv[rs.searchsorted(c, "right") - 1]
                 r0, r1 = rs.searchsorted(lo, "right") - 1, rs.searchsorted(low, "left")  # the runs in [lo, low)
-                X_c = L[tc].reshape(n2)
-                close = np.max(np.abs(L[rv[r0:r1]].reshape(-1, n2) - X_c), axis=1) <= _REACH * _EPS * np.max(np.abs(X_c))
+                close = _scaled_change(L[rv[r0:r1]], L[tc]) <= _REACH * _EPS
                 # from the top down, the first run that disagrees stops the merge at its end
                 start = lo if close.all() else min(low, int(np.append(rs, N)[r1 - int(np.argmin(close[::-1]))]))
                 rs, rv = _assign(rs, rv, start, low, tc, N)
@@ -1387,13 +1407,12 @@ def _merge_suffixes(rs, rv, L, first, elem, E0, L0, runs, settled):
         if b - lo < _PATIENCE + 1:
             continue
         kinds = _expand(rs, rv, lo, min(b + 1, N))
-        X = L[kinds].reshape(-1, n2)  # P^s_lo … (P^s_b)
+        X = L[kinds]  # P^s_lo … (P^s_b)
         m = b - lo  # suffixes lo … b − 1 of the run, each against the one above it
         if X.shape[0] < m + 1:
             m -= 1  # the last run ends at N − 1: its top suffix has nothing above it
-        change = np.max(np.abs(X[:m] - X[1 : m + 1]), axis=1)  # change[j] = |P^s_{lo+j} − P^s_{lo+j+1}|
-        scale = np.max(np.abs(X[:m]), axis=1)
-        calm = (change <= _CALM * _EPS * scale)[::-1]  # from the top of the run down
+        change = _scaled_change(X[1 : m + 1], X[:m])  # change[j] = |P^s_{lo+j} − P^s_{lo+j+1}|, entry by entry
+        calm = (change <= _CALM * _EPS)[::-1]  # from the top of the run down
         window = np.convolve(calm.astype(np.int64), np.ones(_PATIENCE, dtype=np.int64), "valid")
         ready = np.flatnonzero(window == _PATIENCE)
         if ready.size == 0:
@@ -1401,12 +1420,12 @@ def _merge_suffixes(rs, rv, L, first, elem, E0, L0, runs, settled):
         j = m - 1 - (int(ready[0]) + _PATIENCE - 1)  # index (from lo) of the settled suffix
         c = lo + j
         E, Lk = E0[elem[c]], L0[elem[c]]
-        X_c = X[j].reshape(E.shape)
+        X_c = X[j]
         recent = float(np.max(change[j : j + _PATIENCE]))
-        residual = np.max(np.abs(E @ X_c @ E.T + Lk - X_c)) / max(float(scale[j]), 1e-300)
-        if not (_settled(recent, float(scale[j]), E) and residual <= 64 * _EPS):
+        residual = np.max(np.abs(E @ X_c @ E.T + Lk - X_c)) / max(float(np.max(np.abs(X_c))), 1e-300)
+        if not (_settled(recent, E) and residual <= 64 * _EPS):
             continue
-        close = np.max(np.abs(X[:j] - X[j]), axis=1) <= _REACH * _EPS * scale[j]
+        close = _scaled_change(X[:j], X_c) <= _REACH * _EPS
         start = lo if np.all(close) else c - int(np.argmin(close[::-1]))
         rs, rv = _assign(rs, rv, start, c, kinds[j], N)
         settled[r] = (c, start if start == lo else None)

@@ -1419,6 +1419,36 @@ class TestSteadyStatePath:
         assert not any(a >= 200 and b <= 300 for a, b in runs) and any(a >= 300 for a, _ in runs)
         _all_agree(z, F, H, Q, R, m0, P0, "unstable gap")
 
+    def test_small_entries_settle_entry_by_entry(self):
+        # Eq. (3.16) measures each entry against its own scale √(P_ii P_jj), not against max|P|.
+        # Here P_00 ≈ 5e-11 sits next to P_11 ≈ 1e-6 and ρ(A) = 0.99: when the change of P had
+        # sunk below rounding of max|P| (a norm-wise test, passed at step 2283), P_00 still moved
+        # by ~1500 of its own units of rounding a step, and the copies ended ~7e4 units of rounding
+        # of P_00 away from the loop's (its gains likewise, the smoothed P^s ~4e5) though norm-wise
+        # they agreed to rounding. Entry by entry they must agree to rounding (amplified by the
+        # conditioning, well under 2000 units), and the shortcut must still be taken.
+        F, H = np.array([[0.99, 1e-4], [0.0, 0.99]]), np.array([[1.0, 0.0]])
+        Q, R = np.diag([0.0, 1e-6 * (1 - 0.99**2)]), np.eye(1)
+        m0, P0, N = np.zeros(2), np.eye(2), 4000
+        z = np.random.default_rng(917).normal(size=(N, 1))
+        runs = _runs(z, F, H, Q, R, P0)
+        assert runs and runs[0][1] == N and runs[0][0] < 3000  # still copies the last quarter and more
+
+        def scaled(X, ref):  # max_ij |X_ij − ref_ij| / √(ref_ii ref_jj), in units of rounding
+            d = np.sqrt(np.einsum("...ii->...i", ref))
+            return np.max(np.abs(X - ref) / (d[..., :, None] * d[..., None, :])) / EPS
+
+        m, P, extra = kalman_filter(z, F, H, Q, R, m0, P0, return_intermediates=True)
+        ml, Pl, extra_l = kalman_filter_loop(z, F, H, Q, R, m0, P0, return_intermediates=True)
+        assert scaled(P, Pl) <= 2000, f"filter P, entry by entry: {scaled(P, Pl):.0f} units of rounding"
+        K, Kl = extra["K"], extra_l["K"]
+        assert np.all(np.abs(K - Kl) <= 2000 * EPS * np.abs(Kl)), "gains, entry by entry"
+        close(m, ml, rtol=1e-10, what="filter means")
+        ms, Ps = rts_smoother(z, F, H, Q, R, m0, P0)
+        msl, Psl = rts_smoother_loop(z, F, H, Q, R, m0, P0)
+        assert scaled(Ps, Psl) <= 2000, f"smoother P^s, entry by entry: {scaled(Ps, Psl):.0f} units of rounding"
+        close(ms, msl, rtol=1e-10, what="smoother means")
+
     def test_blocked_products(self, monkeypatch):
         # the tall products of the converged stretches run in blocks of rows; a tiny workspace
         # forces many blocks (and a ragged last one), which must not change the result
