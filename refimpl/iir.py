@@ -41,6 +41,12 @@ References
        Filters)", EMNLP 2023, arXiv:2305.14952 (Eq. 5, Eqs. 16–21, Eqs. 29–32).
 .. [4] E. I. Jury, *Theory and Application of the z-Transform Method*, Wiley 1964
        (the stability triangle).
+.. [5] C. S. Burrus, "Block realization of digital filters", *IEEE Trans. Audio
+       Electroacoustics* AU-20(4), 1972 (the block state-space form of §13.1).
+.. [6] L. B. Jackson, "A correction to impulse invariance", *IEEE Signal Processing Letters*
+       7(10):273–275, 2000 (the h_a(0⁺)/2 term of §13.8).
+.. [7] P. Virtanen et al., "SciPy 1.0: fundamental algorithms for scientific computing in
+       Python", *Nature Methods* 17:261–272, 2020 (the oracle of the tests and the chapter).
 """
 
 from __future__ import annotations
@@ -215,12 +221,25 @@ def _tdf2_matrices(b: np.ndarray, a: np.ndarray):
 #: The block algorithm runs only when no power of the state matrix it applies in float64 has an
 #: ∞-norm above this (:func:`refimpl._scan.block_filter`); otherwise the filter runs as the sample
 #: recursion (13.5), SciPy's compiled ``lfilter`` / ``sosfilt``. Its error is the recursion's times
-#: about the powers' growth: measured on 6000 samples of 150 filters (Butterworth, Chebyshev and
-#: elliptic low/high-pass designs of order 2-12, clustered real poles, random stable ones), against
-#: an extended-precision recursion, the block algorithm stayed within 13x of lfilter's error (and
-#: under 1e-13 of max |y|) up to a growth of 100, reached 300x at 1.4e3, and gave garbage beyond
-#: 1e7 (Butterworth of order 6 at 0.02 Nyquist: 2.2e7, error 0.4 of max |y|; lfilter 5.6e-9).
+#: up to about the powers' growth. The calibration is the sweep of §13.1 of the book (4000 samples;
+#: 480 Butterworth, Chebyshev I and elliptic low/high-pass designs of order 2-12 and random stable
+#: filters, against a double-double recursion): below this threshold the block algorithm's error
+#: was at most 23x lfilter's and at most 5.7e-13 of max |y|; between 128 and 1e3 up to 73x, between
+#: 1e3 and 1e4 up to 1.7e3x, and beyond 1e6 no digit was left (Butterworth of order 6 at 0.02
+#: Nyquist, the chapter's example: growth 1.3e7, error 0.33 of max |y|; lfilter 4.8e-9).
 GROWTH_MAX = 128.0
+
+#: Whether ``np.longdouble`` is wider than float64 (x86-64 Linux and macOS: a 64-bit mantissa).
+#: The block algorithm forms the powers of its state matrix in ``np.longdouble``
+#: (:func:`refimpl._scan.matrix_powers`) so that the rounding of the block map ``A^K`` — applied
+#: N/K times, a systematic error — does not pile up. Where ``np.longdouble`` is float64 (MSVC
+#: builds on Windows, macOS on arm64) it would: for the undamped resonator of §13.1 of the book
+#: (72 000 samples) the error would be 8.2e-11 instead of 6.3e-14, 500x the sample recursion's
+#: 1.6e-13, growing linearly in N. There :func:`tf_filter`, :func:`biquad_filter` and
+#: :func:`sos_filter` run the sample recursion (``lfilter`` / ``sosfilt``) for every filter, so
+#: their accuracy is the same on every platform (the chapter measures the float64-only block
+#: algorithm by forcing it on an extended-precision machine).
+EXTENDED_PRECISION = bool(np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant)
 
 
 def _block_filter(b: np.ndarray, a: np.ndarray, x: np.ndarray, s0: np.ndarray, block: int = BLOCK):
@@ -229,8 +248,8 @@ def _block_filter(b: np.ndarray, a: np.ndarray, x: np.ndarray, s0: np.ndarray, b
     companion matrix grow beyond :data:`GROWTH_MAX`."""
     if a.size == 1:  # a pure gain
         return b[0] * x, s0.copy()
-    out = block_filter(*_tdf2_matrices(b, a), x, s0, block, max_growth=GROWTH_MAX)
-    if out is None:  # clustered poles: the block algorithm would amplify its rounding (see GROWTH_MAX)
+    out = block_filter(*_tdf2_matrices(b, a), x, s0, block, max_growth=GROWTH_MAX) if EXTENDED_PRECISION else None
+    if out is None:  # clustered poles (see GROWTH_MAX), or no extended precision (see EXTENDED_PRECISION)
         return tuple(scipy.signal.lfilter(b, a, x, axis=-2, zi=s0))
     return out
 
@@ -271,8 +290,10 @@ def tf_filter(b, a, x, zi=None):
 
     Notes
     -----
-    Vectorized over channels *and* time without ``lfilter``: the sequence is cut into blocks of
-    ``K = max(BLOCK, 4q)`` samples (``BLOCK = 16``). With the TDF-II state space
+    Vectorized over channels *and* time without ``lfilter`` (the block realization of a
+    recursive filter, Burrus 1972): the sequence is cut into blocks of ``K`` samples,
+    ``K = max(BLOCK, 4q)`` (``BLOCK = 16``), or ``max(BLOCK, 8q)`` for a single column, at most N
+    (:func:`refimpl._scan.block_length`). With the TDF-II state space
     ``s[n] = A s[n−1] + B x[n]``, ``y[n] = C s[n−1] + D x[n]`` (companion ``A``), a block entered
     in state ``s`` outputs
 
@@ -284,19 +305,24 @@ def tf_filter(b, a, x, zi=None):
     The entering states obey ``s' = A^K s + Σ_j A^{K−1−j} B x_j``, a recursion over N/K blocks
     of a q-vector, solved without a loop over blocks by nested super-blocks
     (:func:`refimpl._scan.state_scan`). The powers of ``A`` are accumulated in extended
-    precision and ``A^K`` is applied as a float64 pair, so its rounding error does not pile up
-    over the N/K blocks: for an undamped resonator (|p| = 1) over 7.2·10⁴ samples the error
-    against an extended-precision recursion is 6e-14 (the float64 sample recursion: 1.6e-13; the
-    block algorithm with A^K in plain float64: 3e-10), as measured in §13.1 of the book.
-    Each output is otherwise a sum of at most K + q products, exact up to round-off.
+    precision (``np.longdouble``) and ``A^K`` is applied as a float64 pair, so its rounding error
+    does not pile up over the N/K blocks: for an undamped resonator (|p| = 1) over 7.2·10⁴ samples
+    the error against a double-double recursion is 6.3e-14 (the float64 sample recursion: 1.6e-13;
+    the block algorithm with A^K in plain float64: 3.3e-10), as measured in §13.1 of the book.
+    Each output is otherwise a sum of at most K + q products, exact up to round-off. Where
+    ``np.longdouble`` is no wider than float64 the filter runs ``lfilter`` instead (see
+    :data:`EXTENDED_PRECISION`).
 
     The powers ``A^k`` are applied in float64, each product with an error of about ε‖A^k‖·|s|
     where the sample recursion has ε‖A‖·|s|. Clustered poles (a high-order low-pass with a low
-    cutoff) make ``‖A^k‖`` grow far above 1 before it decays — to 2·10⁷ for
-    ``butter(6, 0.02)``, whose block-algorithm output was then 40 % wrong — so when a power the
-    algorithm would apply has an ∞-norm above :data:`GROWTH_MAX` (128), the filter runs as the
-    sample recursion (13.5) instead, SciPy's ``lfilter`` (same state layout), as accurate as the
-    coefficients allow. Second-order sections (:func:`sos_filter`) avoid the problem at its root.
+    cutoff) make ``‖A^k‖`` grow far above 1 before it decays — to 1.3·10⁷ for
+    ``butter(6, 0.02)`` on 4000 samples, whose block-algorithm output was then 33 % wrong — so
+    when a power the algorithm would apply has an ∞-norm above :data:`GROWTH_MAX` (128), the
+    filter runs as the sample recursion (13.5) instead, SciPy's ``lfilter`` (same state layout).
+    Below the threshold the block algorithm is not always as accurate as ``lfilter``: in the
+    sweep of §13.1 its error reached 23× ``lfilter``'s, at most 5.7e-13 of max |y| — compare
+    with a relative tolerance of 1e-12, not 1e-14. Second-order sections (:func:`sos_filter`)
+    avoid the growth at its root.
 
     Examples
     --------
@@ -507,8 +533,8 @@ def _sos_cascade(sos, x, states):
         s0 = np.concatenate([s.reshape(x2.shape[:-2] + (2, x2.shape[-1])) for s in states], axis=-2)
     with np.errstate(over="ignore", invalid="ignore"):  # an unstable filter may overflow to inf
         # only each section's own growth counts (the coupling's costs no accuracy: see sos_filter)
-        out = block_filter(*_cascade_matrices(sos), x2, s0, max_growth=GROWTH_MAX, section=2)
-        if out is None:  # a section's powers grow (see GROWTH_MAX): the sections' recursions, sosfilt
+        out = block_filter(*_cascade_matrices(sos), x2, s0, max_growth=GROWTH_MAX, section=2) if EXTENDED_PRECISION else None
+        if out is None:  # a section's powers grow (see GROWTH_MAX), or no long double: the sections' recursions, sosfilt
             zi = np.moveaxis(s0.reshape(s0.shape[:-2] + (n_sec, 2, s0.shape[-1])), -3, 0)  # sosfilt's (S, ..., 2, d)
             y, zf = scipy.signal.sosfilt(sos / sos[:, 3:4], x2, axis=-2, zi=zi)  # rows scaled to a0 = 1
             out = y, np.concatenate(list(zf), axis=-2)
@@ -532,11 +558,12 @@ def sos_filter(sos, x, zi=None, *, form="tdf2", require_stable=False):
     history) runs section by section, each with :func:`biquad_filter`.
 
     The cascade's state matrix has powers that grow with the gains coupling the sections (to 10⁵
-    and beyond for sharp designs), but that growth costs no accuracy: on 147 Butterworth,
-    Chebyshev and elliptic cascades of order 2–20 the block algorithm stayed within 3× of
-    ``sosfilt``'s error against an extended-precision recursion (18× for a 20th-order Chebyshev
-    at 0.005 Nyquist). What does cost accuracy is a *section* whose own powers grow (a double pole
-    near the unit circle): then the cascade runs as ``sosfilt`` (see :data:`GROWTH_MAX`).
+    and beyond for sharp designs), but that growth costs little accuracy: on the 210 Butterworth,
+    Chebyshev I and elliptic cascades of order 2–20 of §13.1 of the book, against a double-double
+    recursion, the block algorithm stayed within 5.2× of ``sosfilt``'s error. What does cost
+    accuracy is a *section* whose own powers grow (a double pole near the unit circle): then the
+    cascade runs as ``sosfilt`` (see :data:`GROWTH_MAX`), as it does for every cascade where
+    ``np.longdouble`` is float64 (:data:`EXTENDED_PRECISION`).
 
     Parameters
     ----------
@@ -1580,7 +1607,9 @@ def impulse_invariance(b, a, fs):
     ``h_d[n] = T C e^{AnT} B`` (``scipy.linalg.expm``, as ``scipy.signal.cont2discrete``, but on
     a cascade of first-order sections rather than the companion form),
     ``ad = Π(1 − e^{p_i T} z⁻¹)`` with the poles of ``a``, and ``bd = (ad ∗ h_d)[0:q]``.
-    With ``h_d[0] = T h_a(0⁺)`` this is SciPy's ``cont2discrete(..., method='impulse')``.
+    With ``h_d[0] = T h_a(0⁺)`` this is SciPy's ``cont2discrete(..., method='impulse')``: the
+    classical, uncorrected map. Jackson (2000) corrects it with ``h_d[0] = T h_a(0⁺)/2``, which
+    removes the ``T h_a(0⁺)/2`` term from the aliasing relation; refimpl keeps SciPy's convention.
 
     See Also
     --------
@@ -1936,7 +1965,9 @@ def diagonal_ssm_filter(lam, B, C, D, x, *, scan="chunked"):
     block algorithm of :func:`tf_filter` on it: a Toeplitz product inside chunks of samples, the
     carried state between them (the "chunked" form of Mamba-2/SSD). ``scan="associative"``
     uses the Hillis–Steele associative scan (:func:`refimpl._scan.linear_scan`) on the complex
-    modes instead, the shape of a GPU kernel (O(N log N) work).
+    modes instead, the shape of a GPU kernel (O(N log N) work). The chunked form forms the powers
+    of its state matrix in ``np.longdouble``; where that is float64 (see
+    :data:`EXTENDED_PRECISION`) the error for modes with ``|λ|`` near 1 grows linearly in N.
 
     Parameters
     ----------

@@ -1404,3 +1404,124 @@ def test_sos2zpk_zero_numerator_section_names_sos():
     sos = np.array([[1.0, 0.5, 0.0, 1.0, -0.5, 0.0], [0.0, 0.0, 0.0, 1.0, 0.2, 0.0]])
     with pytest.raises(ValueError, match=r"^sos: section 1 has a zero numerator"):
         iir.sos2zpk(sos)
+
+
+def _two_sum(a, b):
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _two_prod(a, b):
+    """a·b = p + e exactly (Dekker 1971, Veltkamp splitting)."""
+    p = a * b
+    ta, tb = 134217729.0 * a, 134217729.0 * b
+    ah, bh = ta - (ta - a), tb - (tb - b)
+    al, bl = a - ah, b - bh
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def double_double_biquad(b, a, x):
+    """(13.5) for a biquad in double-double arithmetic (pairs of Python floats): a reference that
+    needs no extended precision from the platform. a[0] must be 1."""
+
+    def add(x, y):
+        s, e = _two_sum(x[0], y[0])
+        return _two_sum(s, e + (x[1] + y[1]))
+
+    def scale(c, v):
+        p, e = _two_prod(c, v[0])
+        return _two_sum(p, e + c * v[1])
+
+    b0, b1, b2 = (float(v) for v in b)
+    m1, m2 = -float(a[1]), -float(a[2])
+    s1 = s2 = (0.0, 0.0)
+    y = np.empty(len(x))
+    for n, xn in enumerate(np.asarray(x, dtype=float).tolist()):
+        xd = (xn, 0.0)
+        yn = add(scale(b0, xd), s1)
+        s1, s2 = add(add(scale(b1, xd), scale(m1, yn)), s2), add(scale(b2, xd), scale(m2, yn))
+        y[n] = yn[0]
+    return y
+
+
+class TestPlatformWithoutExtendedPrecision:
+    """Where np.longdouble is float64 (MSVC on Windows, macOS arm64) the block algorithm would carry
+    the float64 rounding of A^K, a systematic error that grows linearly in N; there the filters run
+    the sample recursion (iir.EXTENDED_PRECISION). Simulated here by replacing np.longdouble with
+    float64 in refimpl._scan and clearing the switch."""
+
+    B, A = np.array([0.3, -0.2, 0.5]), np.array([1.0, -2 * np.cos(0.05), 1.0])  # poles e^{±0.05i}
+
+    @pytest.fixture
+    def float64_platform(self, monkeypatch):
+        from refimpl import _scan
+
+        monkeypatch.setattr(_scan, "_wide", lambda dtype: np.complex128 if np.dtype(dtype).kind == "c" else np.float64)
+        monkeypatch.setattr(iir, "EXTENDED_PRECISION", False)
+
+    def test_switch_reads_the_platform(self):
+        assert iir.EXTENDED_PRECISION == (np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant)
+
+    def test_double_double_reference(self):
+        """The reference itself: it agrees with an np.longdouble recursion where that is wider."""
+        if not iir.EXTENDED_PRECISION:
+            pytest.skip("np.longdouble is float64 here")
+        x = np.random.default_rng(13).normal(size=3000)
+        ref = double_double_biquad(self.B, self.A, x)
+        assert max_rel(extended_tf(self.B, self.A, x), ref) < 1e-15  # both rounded to float64: an ulp apart at most
+
+    def test_filters_run_the_recursion(self, float64_platform):
+        rng = np.random.default_rng(21)
+        x, zi = rng.normal(size=(2, 700, 3)), rng.normal(size=(2, 2, 3))
+        y, zf = iir.biquad_filter(self.B, self.A, x, zi)
+        y_ref, zf_ref = ss.lfilter(self.B, self.A, x, axis=-2, zi=zi)
+        assert np.array_equal(y, y_ref) and np.array_equal(zf, zf_ref)
+        b6, a6 = ss.butter(4, 0.2)
+        assert np.array_equal(iir.tf_filter(b6, a6, x[0, :, 0]), ss.lfilter(b6, a6, x[0, :, 0]))
+        sos = ss.butter(8, [0.1, 0.2], "bandpass", output="sos")
+        zs = rng.normal(size=(sos.shape[0], 2))
+        y_s, zf_s = iir.sos_filter(sos, x[0, :, 0], zs)
+        y_sr, zf_sr = ss.sosfilt(sos, x[0, :, 0], zi=zs)
+        assert np.array_equal(y_s, y_sr) and np.array_equal(zf_s, zf_sr)
+
+    def test_accuracy_is_the_recursion_s(self, float64_platform):
+        """Against the double-double reference: the undamped resonator keeps the sample
+        recursion's accuracy; the block algorithm forced on this platform would not."""
+        x = np.random.default_rng(13).normal(size=40_000)
+        ref = double_double_biquad(self.B, self.A, x)
+
+        def err(y):
+            return np.linalg.norm(y - ref) / np.linalg.norm(ref)
+
+        e_loop = err(iir.biquad_filter_loop(self.B, self.A, x))
+        e_filter = err(iir.biquad_filter(self.B, self.A, x))
+        assert e_filter <= 2 * e_loop and e_filter < 2e-13, (e_filter, e_loop)
+        iir.EXTENDED_PRECISION = True  # restored by the fixture: the block algorithm with float64 powers
+        e_forced = err(iir.biquad_filter(self.B, self.A, x))
+        assert e_forced > 20 * e_loop, (e_forced, e_loop)
+
+    def test_undamped_accuracy_on_this_platform(self):
+        """Whatever this platform is, biquad_filter is as accurate as the float64 recursion."""
+        x = np.random.default_rng(13).normal(size=40_000)
+        ref = double_double_biquad(self.B, self.A, x)
+
+        def err(y):
+            return np.linalg.norm(y - ref) / np.linalg.norm(ref)
+
+        assert err(iir.biquad_filter(self.B, self.A, x)) <= 2 * err(iir.biquad_filter_loop(self.B, self.A, x))
+
+
+class TestBlockAccuracyBound:
+    """Below GROWTH_MAX the block algorithm's error can exceed lfilter's by ~20× (chapter 13's
+    sweep: 23×), but it stays below 1e-12 of max |y|: the tolerance to validate a kernel with."""
+
+    @pytest.mark.parametrize("design", [("cheby1", (6, 1, 0.166, "highpass")), ("butter", (8, 0.279, "highpass")),
+                                        ("ellip", (6, 1, 60, 0.208, "highpass"))])
+    def test_worst_designs_within_1e_12(self, design):
+        name, args = design
+        b, a = getattr(ss, name)(*args)
+        x = np.random.default_rng(131).normal(size=4000)
+        ref = extended_tf(b, a, x)
+        e_tf, e_lf = max_rel(iir.tf_filter(b, a, x), ref), max_rel(ss.lfilter(b, a, x), ref)
+        assert e_tf <= 1e-12 and e_tf <= 30 * e_lf + 1e-15, (e_tf, e_lf)
