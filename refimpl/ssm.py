@@ -217,7 +217,9 @@ def hippo_legs_dplr(N):
     With ``p_n = (n+1/2)^{1/2}``, ``A + p p^T = −I/2 + S`` where S is real skew-symmetric
     (Eq. (11.11)). ``−iS`` is Hermitian, so ``numpy.linalg.eigh`` gives real μ and a *unitary* V
     with ``S = V diag(iμ) V^*``: Λ = −1/2 + iμ. Unitary V has condition number 1; diagonalizing A
-    itself instead gives cond(V) ~ 1e18 at N = 32 (see the chapter).
+    itself instead needs the eigenvectors of S4's Lemma 3.2, whose largest entries grow like
+    φ^{2N} ≈ 2^{1.39N} (φ the golden ratio) and whose unit-column matrix has cond ≈ 1.2e23 at N = 32
+    (exact, from the closed form; a float64 eigensolver returns a saturated, smaller value; see the chapter).
 
     Examples
     --------
@@ -675,8 +677,9 @@ def s4d_kernel(A, B, C, step, L, *, method="zoh", conj_pairs=False):
     multiply-adds of the complex product. The powers ``Ā^i`` (i < T) and ``Ā^{jT}`` (j < J) come
     from ``exp(2^k log Ā)`` (for ZOH ``log Ā = ΔA`` exactly) by doubling,
     ``Ā^{i + 2^k} = Ā^i Ā^{2^k}``: one exponential per bit, so the relative error of ``Ā^ℓ`` is
-    that of ``exp(ℓ log Ā)`` plus a few ulps per set bit of i and j (no growth with ℓ as in
-    ``x ← Ā x``). Channels are processed in blocks whose powers and factors fit the workspace
+    that of ``exp`` of the rounded argument ``ℓ log Ā`` plus a few ulps per set bit of i and j: at most
+    about ℓ |log Ā| ε (the conditioning of e^{ℓz}, which no method escapes once log Ā = ΔA is rounded),
+    against the O(ℓ ε) of ``x ← Ā x``; a gain for slow modes, |Δλ| ≪ 1, none for |Δλ| of order 10. Channels are processed in blocks whose powers and factors fit the workspace
     budget of :mod:`refimpl._blocking`, and K̄ is written in place. Memory O(H L) for K̄ and
     O(N √L) per channel of a block.
 
@@ -801,7 +804,10 @@ def s4_kernel_dplr(Lambda, P, Q, B, C, step, L, *, c_tilde=False):
 
     and Woodbury with ``R = (g − Λ)^{-1}`` diagonal gives
     ``K̂ = 2/(1+ω) [k_{C̃B} − k_{C̃P} (1 + k_{Q^*P})^{-1} k_{Q^*B}]`` with Cauchy sums
-    ``k_{ab}(ω) = Σ_n a_n b_n / (g(ω) − Λ_n)``. Then ``K̄ = ifft(K̂)``. Cost O(N L) per channel
+    ``k_{ab}(ω) = Σ_n a_n b_n / (g(ω) − Λ_n)``. At ω = −1 (k = L/2, L even) 2/(1+ω) and g are
+    infinite but their product ``2/[(2/Δ)(1−ω) − (1+ω)Λ]`` is not (the limit is ``K̂(−1) = (Δ/2) C̃ B``);
+    the computed ``exp(−iπ)`` is not exactly −1, so the formula is evaluated next to that point,
+    with a huge but finite g, and gives the limit to round-off. Then ``K̄ = ifft(K̂)``. Cost O(N L) per channel
     plus an FFT, and no power of Ā is ever formed (except in forming C̃ when ``c_tilde`` is
     False). The Cauchy matrices are formed in blocks of channels and frequencies, in place and
     in real arithmetic: ``g(ω)`` is imaginary on the unit circle, so with ``a = −Re Λ_n`` and
@@ -1448,8 +1454,9 @@ def selective_scan_assoc(u, delta, A, B, C, D=None, *, discretization="mamba", r
     -----
     The steps ``h ↦ Ā_t h + B̄_t u_t`` are affine maps, and composition
     ``(a_2, b_2) ∘ (a_1, b_1) = (a_2 a_1, a_2 b_1 + b_2)`` is associative, so all prefixes come
-    out of ⌈log₂ L⌉ vectorized sweeps (:func:`refimpl._scan.linear_scan`, Hillis–Steele): the
-    reference for GPU scan kernels. Only products of the given Ā_t ∈ (0, 1] are formed, so
+    out of ⌈log₂ L⌉ vectorized sweeps (:func:`refimpl._scan.linear_scan`, Hillis–Steele: sweep j
+    composes every position with the one 2^j before it, O(L log L) compositions in all; a work-efficient
+    Blelloch scan takes 2⌈log₂ L⌉ sweeps and O(L) compositions). Only products of the given Ā_t ∈ (0, 1] are formed, so
     nothing overflows; long products may underflow to 0, which is the exact limit they approach.
 
     Examples
@@ -1720,7 +1727,9 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, del
     Differences from ``mamba_ssm``, all deliberate: everything is float64 (the reference casts
     to float32); the softplus is exact, whereas the reference (``F.softplus``) and the CUDA kernel
     return x itself for x > 20, which differs by log1p(e^{−x}) < 2.1e-9, below float32's
-    resolution at 20 (1.9e-6); Re A > 0 and Δ ≤ 0 are refused; the options are keyword-only
+    resolution at 20 (1.9e-6); Re A > 0 and Δ ≤ 0 are refused — the softplus is never negative, but it
+    underflows to exactly 0 below x ≈ −104 in float32 (−87 with subnormals flushed), where the official code
+    takes the identity step, and below x ≈ −745 in float64, where refimpl refuses the Δ = 0; the options are keyword-only
     (refimpl's convention); the ``cu_seqlens`` argument of recent versions (packed sequences of
     several lengths) is not supported — call once per sequence. Loop twin:
     :func:`selective_scan_fn_loop`.

@@ -149,11 +149,46 @@ class TestDirectDiagonalizationFails:
     def test_condition_number_explodes(self):
         conds = {N: np.linalg.cond(np.linalg.eig(ssm.hippo_legs(N)[0])[1]) for N in (8, 16, 32)}
         assert conds[8] > 1e4 and conds[16] > 1e10
-        assert conds[32] > 1e17  # measured ~3e19; S4 Lemma 3.2: entries of V grow like 2^{4N/3}
+        assert conds[32] > 1e17  # saturated: the closed form gives 1.2e23 (test_closed_form_condition_number)
         assert conds[8] < conds[16] < conds[32]
         # the DPLR basis is unitary: condition number 1
         V = ssm.hippo_legs_dplr(32)[3]
         assert np.linalg.cond(V) < 1 + 1e-10
+
+    def test_eigenvector_entries_grow_like_phi_squared(self):
+        # S4 Lemma 3.2: V_nk = C(n+k, n-k). Row n sums to the Fibonacci number F_{2n+1}, so the largest entry lies
+        # in [F_{2n+1}/(n+1), F_{2n+1}]: growth φ^{2N} ≈ 2^{1.3885 N}; the lemma's 2^{4N/3} (entry V_{3i,i}) is a lower bound
+        fib = [0, 1]
+        while len(fib) < 300:
+            fib.append(fib[-1] + fib[-2])
+        for n in range(140):
+            row = [math.comb(n + k, n - k) for k in range(n + 1)]
+            assert sum(row) == fib[2 * n + 1]
+            assert fib[2 * n + 1] <= (n + 1) * max(row)
+        n = 4999
+        logs = [math.lgamma(n + k + 1) - math.lgamma(n - k + 1) - math.lgamma(2 * k + 1) for k in range(n + 1)]
+        rate = max(logs) / math.log(2) / (n + 1)
+        phi = (1 + math.sqrt(5)) / 2
+        assert 4 / 3 < rate < math.log2(phi**2)
+        assert abs(int(np.argmax(logs)) / n - 1 / math.sqrt(5)) < 1e-3
+
+    def test_closed_form_condition_number(self):
+        # cond of the unit-column eigenvector matrix from the closed form (V unit lower triangular: V^{-1} exact integers)
+        def cond(N):
+            V = [[math.comb(n + k, n - k) if n >= k else 0 for k in range(N)] for n in range(N)]
+            Vi = [[0] * N for _ in range(N)]
+            for j in range(N):
+                for i in range(j, N):
+                    Vi[i][j] = (i == j) - sum(V[i][m] * Vi[m][j] for m in range(j, i))
+            s = (-1.0) ** np.arange(N) * np.sqrt(2 * np.arange(N) + 1.0)
+            norms = np.sqrt(np.array([sum((2 * n + 1) * V[n][k] ** 2 for n in range(N)) for k in range(N)], dtype=float))
+            W, Wi = s[:, None] * np.array(V, dtype=float) / norms, norms[:, None] * np.array(Vi, dtype=float) / s
+            if N <= 16:  # (at N = 32 the float64 product Wi @ W itself loses all digits)
+                close(Wi @ W, np.eye(N), rtol=1e-6, what="closed-form inverse")
+            return np.linalg.norm(W, 2) * np.linalg.norm(Wi, 2)
+        A8 = ssm.hippo_legs(8)[0]
+        close(cond(8), np.linalg.cond(np.linalg.eig(A8)[1]), rtol=1e-6, what="cond at N = 8, closed form vs eig")
+        assert 1.1e23 < cond(32) < 1.3e23
 
     def test_eigendecomposition_reconstructs_garbage(self):
         A, _ = ssm.hippo_legs(32)
@@ -547,6 +582,18 @@ class TestS4KernelDplr:
         Kd = ssm.s4_kernel_dplr(Lam, P, P, Bt, C @ V, step, L)
         close(Kd, K, rtol=SELF, what="s4_kernel_dplr (HiPPO) vs powers")
         assert Kd.dtype == np.complex128
+
+    @pytest.mark.parametrize("L", [2, 100, 1024])
+    def test_omega_minus_one_is_the_limit(self, L):
+        # at ω = −1 (k = L/2) 2/(1+ω) and g(ω) are infinite; the product tends to Δ/2 and K̂(−1) = (Δ/2) C̃ B
+        N, step = 16, 0.1
+        A, B = ssm.hippo_legs(N)
+        C = np.random.default_rng(L).normal(size=N)
+        Lam, P, Bt, V = ssm.hippo_legs_dplr(N)
+        K_hat = np.fft.fft(ssm.s4_kernel_dplr(Lam, P, P, Bt, C @ V, step, L))
+        Ab, _ = ssm.discretize(A, B, step)
+        C_tilde = C - C @ np.linalg.matrix_power(Ab, L)
+        close(K_hat[L // 2], step / 2 * C_tilde @ B, rtol=SELF, what="K̂(−1) vs (Δ/2) C̃ B")
 
     def test_random_dplr_with_c_tilde(self):
         rng = np.random.default_rng(10)
@@ -1144,6 +1191,17 @@ class TestChunkedSelectiveScan:
 
 
 class TestSelectiveScanFn:
+    def test_softplus_underflow_to_zero_is_refused(self):
+        # documented policy: Δ ≤ 0 is refused, also the Δ = 0 of a float64 softplus that underflows (x < −745.13);
+        # just above, Δ is a tiny positive number and the step is the identity to round-off
+        u, A, B, C = np.ones((1, 1, 3)), -np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1))
+        with pytest.raises(ValueError, match="got minimum 0"):
+            ssm.selective_scan_fn(u, np.array([[[-0.5, -800.0, -0.5]]]), A, B, C, delta_softplus=True)
+        out = ssm.selective_scan_fn(u, np.array([[[-0.5, -700.0, -0.5]]]), A, B, C, delta_softplus=True)
+        assert out[0, 0, 1] == out[0, 0, 0]  # Ā = 1, B̄ u below an ulp: the state is carried unchanged
+        assert math.log1p(math.exp(-745.0)) > 0 and math.log1p(math.exp(-746.0)) == 0
+        assert np.float32(math.log1p(math.exp(-103.0))) > 0 and np.float32(math.log1p(math.exp(-104.0))) == 0
+
     @pytest.mark.parametrize("complex_A", [False, True], ids=["real_A", "complex_A"])
     @pytest.mark.parametrize("C_form", FORMS)
     @pytest.mark.parametrize("B_form", FORMS)
