@@ -1385,6 +1385,40 @@ def _seq_idx_runs(plain):
     return run
 
 
+def _flash_official(vjp: bool, varlen: bool):
+    """The plain model of FlashAttention-2's official interfaces: the call mapped to refimpl's layout and options
+    by :func:`refimpl.attention._fa_check` (the window as a mask), the plain softmax attention (or its backward pass)
+    of each sequence, the results mapped back (``softmax_lse`` as FlashAttention-2 stores it)."""
+    from .attention import _fa_check, _fa_lse, _varlen_parts
+
+    names = ("dropout_p", "softmax_scale", "causal", "window_size", "softcap", "alibi_slopes")
+
+    def one(q, k, v, dout, opts, tier):
+        f = _fa_check(q, k, v, *(opts.get(n, d) for n, d in zip(names, (0.0, None, False, (-1, -1), 0.0, None))))
+        a = {"q": f.q, "k": f.k, "v": f.v, **{n: x for n, x in f.opts.items() if x is not None and x is not False},
+             "scale": f.opts["scale"]}
+        a.pop("grouped_heads", None)
+        a = {n: x for n, x in a.items() if x is not None}
+        sw = lambda x: np.swapaxes(x, 1, 2)  # noqa: E731
+        if vjp:
+            g = PLAIN["attention.softmax_attention_vjp"]({**a, "dy": sw(dout), "grouped_heads": True}, tier)
+            return {n: sw(g[n]) for n in ("dq", "dk", "dv")}
+        r = PLAIN["attention.softmax_attention"]({**a, "grouped_heads": True}, tier, needed=("y",))
+        return {"out": sw(r["y"]), "softmax_lse": _fa_lse(f, np.asarray(r["lse"], np.float64))}
+
+    def run(args, tier):
+        opts = {n: args[n] for n in names if args.get(n) is not None}
+        if not varlen:
+            return one(args["q"], args["k"], args["v"], args.get("dout"), opts, tier)
+        parts = [one(qi, ki, vi, di, {**opts, "alibi_slopes": si} if si is not None else opts, tier)
+                 for qi, ki, vi, si, di in _varlen_parts(args["q"], args["k"], args["v"], args["cu_seqlens_q"],
+                                                         args["cu_seqlens_k"], args["max_seqlen_q"],
+                                                         args["max_seqlen_k"], args.get("alibi_slopes"), args.get("dout"))]
+        return {n: np.concatenate([p[n][0] for p in parts], axis=-1 if n == "softmax_lse" else 0) for n in parts[0]}
+
+    return run
+
+
 #: ``{registered function name: plain(args, tier[, needed]) -> {quantity: ndarray}}`` (``needed``: the
 #: quantities the oracle compares, for plain algorithms that can skip a large intermediate)
 PLAIN = {
@@ -1392,6 +1426,10 @@ PLAIN = {
         softmax_attention, args, ("q", "k", "v") + _ATTENTION_OPTIONS, tier, {"weights": "A" in needed})),
     "attention.softmax_attention_vjp": _grouped(lambda args, tier: _call(
         softmax_attention_vjp, args, ("q", "k", "v", "dy") + _ATTENTION_OPTIONS, tier), grads=True),
+    "attention.flash_attn_func": _flash_official(False, False),
+    "attention.flash_attn_varlen_func": _flash_official(False, True),
+    "attention.flash_attn_func_vjp": _flash_official(True, False),
+    "attention.flash_attn_varlen_func_vjp": _flash_official(True, True),
     "attention.flash_attention": _grouped(lambda args, tier: _call(
         _unblocked(softmax_attention), args, ("q", "k", "v", "block_q", "block_k") + _ATTENTION_OPTIONS[1:], tier)),
     "random_features.linear_attention": lambda args, tier: _call(

@@ -87,9 +87,14 @@ def max_abs_error(actual, desired) -> float:
 def rel_error(actual, desired) -> float:
     """Norm-wise relative error ``max|actual - desired| / max|desired|``.
 
-    If ``desired`` is identically zero the absolute error is returned.
+    The scale is the largest *finite* ``|desired|``: infinite entries (the log-sum-exp of an attention
+    row that sees no key) must be matched exactly (:func:`max_abs_error`) and would otherwise make
+    every error relative to ∞, i.e. 0. If ``desired`` has no nonzero finite entry the absolute error
+    is returned.
     """
-    scale = float(np.max(np.abs(desired))) if np.size(desired) else 0.0
+    d = np.abs(np.asarray(desired))
+    finite = d[np.isfinite(d)] if d.size else d
+    scale = float(np.max(finite)) if finite.size else 0.0
     err = max_abs_error(actual, desired)
     return err / scale if scale > 0 else err
 

@@ -609,7 +609,8 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, *, discretization="mamba") -> d
         u), A (d_in, n) with entries ≤ 0, B, C (..., L, n), D (d_in,) or () or None (no skip
         connection; ``dD`` is then the gradient at D = 0).
     dy : array_like, shape (..., L, d_in)
-        The cotangent ∂ℓ/∂y, shape of u.
+        The cotangent ∂ℓ/∂y, shape of u. The last state (``return_last_state``) has no cotangent:
+        ``λ_{L−1} = dy_{L−1} C_{L−1}``.
 
     Returns
     -------
@@ -2258,7 +2259,11 @@ def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=No
         real or complex; B and C each (D, N), (batch, N, L) or (batch, G, N, L), complex ones of a
         complex A as complex arrays or real ones of last axis 2L, (real, imaginary) interleaved).
     dout : array_like, shape (batch, D, L)
-        The cotangent ∂ℓ/∂out.
+        The cotangent ∂ℓ/∂out. There is no cotangent for the last state: as in mamba_ssm (whose
+        ``selective_scan_fn`` documents that the last state's gradient is not considered in the
+        backward pass), the adjoint starts at ``λ_{L−1} = κ dv_{L−1} C_{L−1}``, so a loss that also
+        depends on ``last_state`` (chunked or stateful training) gets incomplete gradients; including
+        it would add ∂ℓ/∂h_{L−1} to ``λ_{L−1}``.
 
     Returns
     -------
@@ -2287,7 +2292,9 @@ def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=No
       .. math::  λ_t = \bar a_{t+1} λ_{t+1} + κ\, dv_t\, C_{g',t},\qquad λ_{L−1} = κ\, dv_{L−1} C_{g',L−1},
 
       runs backwards in time (:func:`selective_scan_vjp`), and ``du_t += Re Σ_n λ_t Δ_t B_t``,
-      ``dΔ_t = Re Σ_n λ_t (A ā_t h_{t−1} + B_t u_t)``, ``dA = conj Σ_{b,t} Δ_t λ_t ā_t h_{t−1}``,
+      ``dΔ_t = Re Σ_n λ_t (A ā_t h_{t−1} + B_t u_t)`` (the Euler rule (11.16) of the official code; with
+      ZOH (11.15), see :func:`selective_scan_vjp`, the input term is ``B_t e^{Δ_t A} u_t`` and ``dA`` gains a
+      term of its own), ``dA = conj Σ_{b,t} Δ_t λ_t ā_t h_{t−1}``,
       ``dB_{g,t} = conj Σ_{d∈g} Δ_t u_t λ_t``, ``dC_{g',t} = κ conj Σ_{d∈g'} dv_t h_t`` (no conj for a
       real A; a time-invariant B or C also summed over batch and time);
     * the step: ``ddelta = dΔ · σ(x)`` with the softplus (``dΔ`` without), ``ddelta_bias = Σ_{b,t} ddelta``.
@@ -2296,7 +2303,8 @@ def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=No
     derivative σ are exact, as in :func:`refimpl.ssm.selective_scan_fn`, whereas the kernel uses
     the identity (and passes the gradient unchanged) for x > 20 — relative differences below
     log1p(e^{−20})/20 ≈ 1e-10 in Δ and 2.1e-9 in ``ddelta``; the flag is keyword-only; ``cu_seqlens``
-    is not supported. Loop twin: :func:`selective_scan_fn_vjp_loop`.
+    is not supported. Shared with mamba_ssm: the gradient of the last state is not taken (see ``dout``).
+    Loop twin: :func:`selective_scan_fn_vjp_loop`.
 
     Examples
     --------
@@ -2336,6 +2344,142 @@ def selective_scan_fn_vjp_loop(u, delta, A, B, C, dout, D=None, z=None, delta_bi
 
 
 # ---- the official interfaces of Mamba-2 (mamba_ssm) and fla ----------------------------------
+
+
+def _flash_attn_vjp(loop, q, k, v, dout, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                    deterministic=False) -> dict:
+    """FlashAttention-2's gradients ``{"dq", "dk", "dv"}`` in its layout: :func:`softmax_attention_vjp` (or its loop
+    twin) on the call :func:`refimpl.attention._fa_check` validated."""
+    from .attention import _fa_check
+
+    f = _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic)
+    b, h, sq = f.q.shape[:3]
+    dout = as_real_array(dout, "dout")
+    if dout.shape != (b, sq, h, f.v.shape[-1]):
+        raise ValueError(f"dout: expected shape (batch, seqlen_q, nheads, headdim_v) = {(b, sq, h, f.v.shape[-1])} like "
+                         f"the output, got {dout.shape}")
+    run = softmax_attention_vjp_loop if loop else softmax_attention_vjp
+    grads = run(f.q, f.k, f.v, np.swapaxes(dout, 1, 2), **f.opts)
+    return {name: np.ascontiguousarray(np.swapaxes(g, 1, 2)) for name, g in zip(("dq", "dk", "dv"), grads)}
+
+
+def _flash_attn_varlen_vjp(loop, q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                           softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic=False) -> dict:
+    """The gradients of packed sequences: :func:`_flash_attn_vjp` on each, joined along the packed axis."""
+    from .attention import _varlen_parts
+
+    seqs = list(_varlen_parts(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slopes))
+    total, h = sum(qi.shape[1] for qi, *_ in seqs), seqs[0][0].shape[2]
+    dout = as_real_array(dout, "dout")
+    if dout.shape != (total, h, seqs[0][2].shape[-1]):
+        raise ValueError(f"dout: expected shape (total_q, nheads, headdim_v) = {(total, h, seqs[0][2].shape[-1])} like "
+                         f"the output, got {dout.shape}")
+    starts = np.cumsum([0] + [qi.shape[1] for qi, *_ in seqs])
+    parts = [_flash_attn_vjp(loop, qi, ki, vi, dout[None, a:b], dropout_p, softmax_scale, causal, window_size, softcap,
+                             si, deterministic) for (qi, ki, vi, si, _), a, b in zip(seqs, starts[:-1], starts[1:])]
+    return {name: np.concatenate([g[name][0] for g in parts], axis=0) for name in ("dq", "dk", "dv")}
+
+
+_FA_VJP_DOC = """
+    Parameters
+    ----------
+    q, k, v, {args}dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic
+        As in :func:`refimpl.attention.{fwd}` (FlashAttention's layout).
+    dout : array_like, shape {shape}
+        The cotangent ∂ℓ/∂out.
+
+    Returns
+    -------
+    grads : dict
+        ``{{"dq", "dk", "dv"}}`` of the shapes of q, k, v (with grouped-query heads, dk and dv summed
+        over the query heads that share a key/value head), FlashAttention-2's ``dq, dk, dv``.
+"""
+
+
+@guard_overflow()
+def flash_attn_func_vjp(q, k, v, dout, *, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                        softcap=0.0, alibi_slopes=None, deterministic=False) -> dict:
+    r"""Backward pass of :func:`refimpl.attention.flash_attn_func`, with FlashAttention-2's names of the gradients.
+
+    The vector–Jacobian product of Eq. (4.1) with the options of Eq. (4.14) of the book
+    (:func:`softmax_attention_vjp`, the form of FlashAttention's backward pass, Dao 2024, Alg. 2), in
+    FlashAttention's layout.
+    {doc}
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, dout = rng.normal(size=(4, 1, 5, 2, 3))
+    >>> sorted(flash_attn_func_vjp(q, k, v, dout, causal=True))
+    ['dk', 'dq', 'dv']
+    """
+    return _flash_attn_vjp(False, q, k, v, dout, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                           deterministic)
+
+
+@guard_overflow()
+def flash_attn_func_vjp_loop(q, k, v, dout, *, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                             softcap=0.0, alibi_slopes=None, deterministic=False) -> dict:
+    """Loop twin of :func:`flash_attn_func_vjp`: the same wrapper over :func:`softmax_attention_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, dout = rng.normal(size=(4, 1, 4, 1, 2))
+    >>> a, b = flash_attn_func_vjp_loop(q, k, v, dout), flash_attn_func_vjp(q, k, v, dout)
+    >>> all(np.allclose(a[n], b[n]) for n in a)
+    True
+    """
+    return _flash_attn_vjp(True, q, k, v, dout, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                           deterministic)
+
+
+@guard_overflow()
+def flash_attn_varlen_func_vjp(q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, dropout_p=0.0,
+                               softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                               deterministic=False) -> dict:
+    r"""Backward pass of :func:`refimpl.attention.flash_attn_varlen_func` (packed sequences), FlashAttention-2's names.
+
+    The vector–Jacobian product of Eq. (4.1) with the options of Eq. (4.14) of the book on each packed
+    sequence (:func:`flash_attn_func_vjp`), the gradients joined along the packed axis.
+    {doc}
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, dout = rng.normal(size=(4, 7, 2, 3))
+    >>> cu = np.array([0, 3, 7])
+    >>> g = flash_attn_varlen_func_vjp(q, k, v, dout, cu, cu, 4, 4, causal=True)
+    >>> g["dq"].shape
+    (7, 2, 3)
+    """
+    return _flash_attn_varlen_vjp(False, q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                  dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic)
+
+
+@guard_overflow()
+def flash_attn_varlen_func_vjp_loop(q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                                    dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                                    alibi_slopes=None, deterministic=False) -> dict:
+    """Loop twin of :func:`flash_attn_varlen_func_vjp`: the same wrapper over :func:`softmax_attention_vjp_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v, dout = rng.normal(size=(4, 5, 1, 2))
+    >>> cu = np.array([0, 2, 5])
+    >>> a = flash_attn_varlen_func_vjp_loop(q, k, v, dout, cu, cu, 3, 3)
+    >>> b = flash_attn_varlen_func_vjp(q, k, v, dout, cu, cu, 3, 3)
+    >>> all(np.allclose(a[n], b[n]) for n in a)
+    True
+    """
+    return _flash_attn_varlen_vjp(True, q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                  dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic)
+
+
+for _fn, _args, _fwd, _shape in ((flash_attn_func_vjp, "", "flash_attn_func", "(batch, seqlen_q, nheads, headdim_v)"),
+                                 (flash_attn_varlen_func_vjp, "cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ",
+                                  "flash_attn_varlen_func", "(total_q, nheads, headdim_v)")):
+    _fn.__doc__ = _fn.__doc__.replace("{doc}", _FA_VJP_DOC.format(args=_args, fwd=_fwd, shape=_shape))
+del _fn, _args, _fwd, _shape
 
 
 def _mamba_vjp(loop, x, dt, A, B, C, dout, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,

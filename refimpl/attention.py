@@ -88,6 +88,14 @@ __all__ = [
     "alibi_geometric_slopes",
     "softmax_attention_vjp",
     "softmax_attention_vjp_loop",
+    "flash_attn_func",
+    "flash_attn_func_loop",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_func_loop",
+    "flash_attn_func_vjp",
+    "flash_attn_func_vjp_loop",
+    "flash_attn_varlen_func_vjp",
+    "flash_attn_varlen_func_vjp_loop",
 ]
 
 
@@ -1415,5 +1423,314 @@ def flash_attention_loop(
     return _flash_outputs(p, y, lse, run_max, run_sum, return_lse, return_intermediates)
 
 
+# ---------------------------------------------------------------------------------------------
+# FlashAttention-2's official interfaces: flash_attn_func, flash_attn_varlen_func
+# ---------------------------------------------------------------------------------------------
+
+
+class _Fa(NamedTuple):
+    """A validated FlashAttention-2 call, in refimpl's layout (b, h, s, d): the options of
+    :func:`softmax_attention` (``opts``) and the ALiBi slopes (b, h) or None (for the stored lse)."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    opts: dict
+    slopes: np.ndarray | None
+
+
+def _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic=False):
+    """Validate FlashAttention-2's arguments in its layout (b, s, h, d), naming them as flash_attn does; returns
+    an :class:`_Fa` with the window as an explicit mask (its bounds are inclusive and may differ left and right)."""
+
+    q, k, v = (as_real_array(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"q, k, v: expected shape (batch, seqlen, nheads, headdim), got {q.shape}, {k.shape}, {v.shape}")
+    b, sq, h, d = q.shape
+    if k.shape[:1] != (b,) or k.shape[3] != d or v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"k, v: expected shapes (batch, seqlen_k, nheads_k, headdim) = ({b}, ·, ·, {d}) and (batch, "
+                         f"seqlen_k, nheads_k, headdim_v) (batch and headdim from q), got {k.shape}, {v.shape}")
+    hk, sk = k.shape[2], k.shape[1]
+    if hk == 0 or h % hk:
+        raise ValueError(f"k: its nheads_k = {hk} must divide the nheads = {h} of q (grouped-query attention)")
+    if as_positive_scalar(dropout_p, "dropout_p", strict=False) != 0.0:
+        raise ValueError(f"dropout_p: the reference is deterministic, validate with dropout_p = 0, got {dropout_p!r}")
+    causal = as_bool(causal, "causal")
+    as_bool(deterministic, "deterministic")  # accepted and ignored: the reference is deterministic
+    if isinstance(window_size, (str, bytes)) or not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
+        raise TypeError(f"window_size: expected a pair of ints (left, right), -1 for no bound, got {window_size!r}")
+    left, right = (as_int(w, "window_size", minimum=-1) for w in window_size)
+    if softmax_scale is not None:
+        softmax_scale = as_positive_scalar(softmax_scale, "softmax_scale", strict=False)
+    if causal:
+        right = 0  # flash_attn: causal sets the right bound of the window to 0
+    softcap = as_positive_scalar(softcap, "softcap", strict=False)
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = as_real_array(alibi_slopes, "alibi_slopes")
+        if slopes.shape not in ((h,), (b, h)):
+            raise ValueError(f"alibi_slopes: expected shape (nheads,) = ({h},) or (batch, nheads) = ({b}, {h}), "
+                             f"got {slopes.shape}")
+        slopes = np.broadcast_to(slopes, (b, h))
+    o = sk - sq  # bottom-right alignment (FlashAttention >= 2.1): query i sits at key i + seqlen_k - seqlen_q
+    mask = None
+    if left >= 0 or right > 0:  # right = -1: no bound; right = 0 with causal is the causal flag itself
+        i, j = np.arange(sq)[:, None] + o, np.arange(sk)[None, :]
+        mask = np.ones((sq, sk), bool)
+        if left >= 0:
+            mask &= j >= i - left
+        if right >= 0:
+            mask &= j <= i + right
+    opts = dict(mask=mask, causal=causal, scale=softmax_scale, alibi_slopes=slopes, causal_alignment="bottom_right",
+                softcap=softcap or None, grouped_heads=hk != h)
+    sw = lambda a: np.swapaxes(a, 1, 2)  # noqa: E731  (b, s, h, d) <-> (b, h, s, d)
+    return _Fa(sw(q), sw(k), sw(v), opts, slopes)
+
+
+def _fa_lse(f: _Fa, lse: np.ndarray) -> np.ndarray:
+    """FlashAttention-2's stored ``softmax_lse`` (b, h, seqlen_q) from refimpl's ℓ: +∞ for a row that sees no key
+    (its kernels write INFINITY there; refimpl's ℓ is −∞), and with causal ALiBi ℓ + slope·(i + o) (the kernel
+    adds slope·j alone, Eq. (4.15))."""
+    lse = np.where(np.isneginf(lse), np.inf, lse)
+    if f.slopes is not None and f.opts["causal"]:
+        sq, sk = f.q.shape[2], f.k.shape[2]
+        lse = lse + f.slopes[..., None] * (np.arange(sq) + sk - sq)
+    return lse
+
+
+def _flash_attn(loop, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_attn_probs,
+                deterministic=False):
+    return_attn_probs = as_bool(return_attn_probs, "return_attn_probs")
+    f = _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic)
+    run = softmax_attention_loop if loop else softmax_attention
+    y, lse = run(f.q, f.k, f.v, **f.opts, return_lse=True)
+    out = np.ascontiguousarray(np.swapaxes(y, 1, 2))
+    return (out, _fa_lse(f, lse), None) if return_attn_probs else out
+
+
+def _check_cu(cu, name: str, total: int, arg: str) -> np.ndarray:
+    """``cu_seqlens_q`` or ``_k`` of the packed ``arg`` (q, or k and v) of ``total`` steps."""
+    from .linear_rnn import _check_cu_seqlens
+
+    try:
+        return _check_cu_seqlens(cu, total)
+    except (TypeError, ValueError) as exc:
+        text = str(exc).replace("cu_seqlens", name, 1)
+        if "expected offsets from 0 to T" in text:  # the offsets or the packed array may be the wrong one
+            text = f"{arg}, {text} (T: the packed length of {arg})"
+        raise type(exc)(text) from None
+
+
+def _varlen_parts(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slopes, extra=None):
+    """The sequences of a packed FlashAttention call: per sequence ``(q, k, v, slopes, extra)`` cut from the packed
+    (total, nheads, ·) arrays as (1, seqlen, nheads, ·), ``extra`` (the cotangent) cut like q."""
+    q, k, v = (as_real_array(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+    if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+        raise ValueError(f"q, k, v: expected shape (total, nheads, headdim) (packed sequences), got {q.shape}, {k.shape}, "
+                         f"{v.shape}")
+    cq, ck = _check_cu(cu_seqlens_q, "cu_seqlens_q", q.shape[0], "q"), _check_cu(cu_seqlens_k, "cu_seqlens_k", k.shape[0], "k")
+    if cq.size != ck.size:
+        raise ValueError(f"cu_seqlens_k: expected as many sequences as cu_seqlens_q ({cq.size - 1}), got {ck.size - 1}")
+    for cu, m, name in ((cq, max_seqlen_q, "max_seqlen_q"), (ck, max_seqlen_k, "max_seqlen_k")):
+        if as_int(m, name, minimum=1) < int(np.diff(cu).max()):
+            raise ValueError(f"{name}: expected at least the longest sequence, {int(np.diff(cu).max())}, got {m}")
+    slopes = None if alibi_slopes is None else as_real_array(alibi_slopes, "alibi_slopes")
+    if slopes is not None and (slopes.ndim not in (1, 2) or slopes.ndim == 2 and slopes.shape[0] != cq.size - 1):
+        raise ValueError(f"alibi_slopes: expected shape (nheads,) or (batch, nheads) with batch = {cq.size - 1} "
+                         f"sequences, got {slopes.shape}")
+    for i in range(cq.size - 1):
+        a, b, c, e = int(cq[i]), int(cq[i + 1]), int(ck[i]), int(ck[i + 1])
+        yield (q[None, a:b], k[None, c:e], v[None, c:e], None if slopes is None else (slopes if slopes.ndim == 1 else
+               slopes[i]), None if extra is None else extra[None, a:b])
+
+
+def _flash_attn_varlen(loop, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                       causal, window_size, softcap, alibi_slopes, return_attn_probs, deterministic=False):
+    return_attn_probs = as_bool(return_attn_probs, "return_attn_probs")
+    as_bool(deterministic, "deterministic")
+    outs, lses = [], []
+    for qi, ki, vi, si, _ in _varlen_parts(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                           alibi_slopes):
+        o, lse, _ = _flash_attn(loop, qi, ki, vi, dropout_p, softmax_scale, causal, window_size, softcap, si, True)
+        outs.append(o[0])
+        lses.append(lse[0])
+    out = np.concatenate(outs, axis=0)
+    return (out, np.concatenate(lses, axis=-1), None) if return_attn_probs else out
+
+
+_FA_NOTES = """
+    Differences from flash_attn, all deliberate: the options are keyword-only (refimpl's
+    convention); float64, computed by :func:`softmax_attention`
+    (its loop twin for ``*_loop``), so the tiling does not change the result; ``dropout_p`` must
+    be 0 (a reference is deterministic: validate a kernel with dropout off); ``deterministic`` is
+    accepted and ignored; the third returned value of ``return_attn_probs`` (FlashAttention's
+    ``S_dmask``, documented as for testing only) is None."""
+
+
+@guard_overflow(first_only=True)  # softmax_lse is +inf for a row that sees no key
+def flash_attn_func(q, k, v, *, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    r"""FlashAttention-2's official interface, ``flash_attn.flash_attn_func``: its layout, options and outputs.
+
+    Implements Eqs. (4.1)–(4.3) with the options of Eqs. (4.14)–(4.15) of the book (Dao 2024,
+    FlashAttention-2; ``flash_attn/flash_attn_interface.py``) through :func:`softmax_attention`
+    after swapping the sequence and head axes, so that a kernel is checked with its own calling
+    convention (``refimpl.oracle.compare("attention.flash_attn_func", kernel, ...)``).
+
+    Parameters
+    ----------
+    q : array_like, shape (batch, seqlen_q, nheads, headdim)
+    k : array_like, shape (batch, seqlen_k, nheads_k, headdim)
+        ``nheads_k`` divides ``nheads`` (grouped-query attention: query head h reads key/value
+        head ``h // (nheads / nheads_k)``).
+    v : array_like, shape (batch, seqlen_k, nheads_k, headdim_v)
+    dropout_p : float
+        Must be 0 (see Notes).
+    softmax_scale : float >= 0, optional
+        Default ``headdim^{-1/2}``.
+    causal : bool
+        Query i sees the keys ``j <= i + seqlen_k − seqlen_q`` (aligned to the bottom-right
+        corner, as FlashAttention >= 2.1 does; a query row that sees no key gets output 0).
+    window_size : (int, int)
+        ``(left, right)``: query i sees the keys ``i + o − left <= j <= i + o + right``,
+        ``o = seqlen_k − seqlen_q``, −1 for no bound; with ``causal`` the right bound is 0.
+    softcap : float >= 0
+        ``softcap · tanh(s / softcap)`` of the scaled logits; 0 for none.
+    alibi_slopes : array_like, shape (nheads,) or (batch, nheads), optional
+        The bias ``−slope · |i + o − j|``.
+    deterministic : bool
+        Ignored (the reference is deterministic).
+    return_attn_probs : bool
+        Also return ``softmax_lse`` and None (see below).
+
+    Returns
+    -------
+    out : ndarray, shape (batch, seqlen_q, nheads, headdim_v)
+    softmax_lse : ndarray, shape (batch, nheads, seqlen_q)
+        Only with ``return_attn_probs``: the row log-sum-exp as FlashAttention-2 stores it — ℓ of
+        :func:`softmax_attention`, plus ``slope · (i + o)`` with causal ALiBi (its kernel adds
+        ``slope · j`` alone), +∞ for a row that sees no key.
+    S_dmask : None
+        Only with ``return_attn_probs``.
+
+    Notes
+    -----
+    With ``window_size`` the window becomes an explicit (seqlen_q, seqlen_k) mask (its two bounds
+    may differ, which :func:`softmax_attention`'s symmetric ``window`` cannot express).
+    {notes}
+    Loop twin: :func:`flash_attn_func_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 2, 5, 4, 8))
+    >>> out, lse, _ = flash_attn_func(q, k[:, :, :2], v[:, :, :2], causal=True, window_size=(2, -1),
+    ...                               return_attn_probs=True)
+    >>> out.shape, lse.shape
+    ((2, 5, 4, 8), (2, 4, 5))
+    """
+    return _flash_attn(False, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                       return_attn_probs, deterministic)
+
+
+@guard_overflow(first_only=True)  # softmax_lse is +inf for a row that sees no key
+def flash_attn_func_loop(q, k, v, *, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                         alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """Loop twin of :func:`flash_attn_func`: the same wrapper over :func:`softmax_attention_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 1, 4, 2, 3))
+    >>> bool(np.allclose(flash_attn_func_loop(q, k, v, causal=True), flash_attn_func(q, k, v, causal=True)))
+    True
+    """
+    return _flash_attn(True, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                       return_attn_probs, deterministic)
+
+
+@guard_overflow(first_only=True)  # softmax_lse is +inf for a row that sees no key
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, dropout_p=0.0,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           deterministic=False, return_attn_probs=False):
+    r"""FlashAttention-2's interface for packed sequences, ``flash_attn.flash_attn_varlen_func``.
+
+    Implements Eqs. (4.1)–(4.3) and (4.14)–(4.15) of the book on each of the packed sequences: the
+    queries ``q[cu_seqlens_q[i] : cu_seqlens_q[i+1]]`` attend to the keys and values
+    ``k, v[cu_seqlens_k[i] : cu_seqlens_k[i+1]]`` only, with every option as in
+    :func:`flash_attn_func` applied within the sequence (the causal diagonal and the window aligned
+    to the bottom-right corner of each sequence's own (seqlen_q, seqlen_k) block).
+
+    Parameters
+    ----------
+    q : array_like, shape (total_q, nheads, headdim)
+    k : array_like, shape (total_k, nheads_k, headdim)
+    v : array_like, shape (total_k, nheads_k, headdim_v)
+    cu_seqlens_q, cu_seqlens_k : array_like of int, shape (batch + 1,)
+        The sequences' offsets in q and in k, v: ``0 = c_0 < c_1 < … < c_batch = total``.
+    max_seqlen_q, max_seqlen_k : int
+        At least the longest sequence (as the kernel requires; the result does not depend on them).
+    dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs
+        As in :func:`flash_attn_func`; ``alibi_slopes`` of shape (batch, nheads) give each sequence
+        its own row.
+
+    Returns
+    -------
+    out : ndarray, shape (total_q, nheads, headdim_v)
+    softmax_lse : ndarray, shape (nheads, total_q)
+        Only with ``return_attn_probs`` (FlashAttention-2's layout for packed sequences).
+    S_dmask : None
+        Only with ``return_attn_probs``.
+
+    Notes
+    -----
+    {notes}
+    Loop twin: :func:`flash_attn_varlen_func_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 9, 2, 4))
+    >>> cu = np.array([0, 4, 9])
+    >>> out = flash_attn_varlen_func(q, k, v, cu, cu, 5, 5, causal=True)
+    >>> bool(np.allclose(out[4:], flash_attn_func(q[None, 4:], k[None, 4:], v[None, 4:], causal=True)[0]))
+    True
+    """
+    return _flash_attn_varlen(False, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                              softmax_scale, causal, window_size, softcap, alibi_slopes, return_attn_probs,
+                              deterministic)
+
+
+@guard_overflow(first_only=True)  # softmax_lse is +inf for a row that sees no key
+def flash_attn_varlen_func_loop(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, dropout_p=0.0,
+                                softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                                deterministic=False, return_attn_probs=False):
+    """Loop twin of :func:`flash_attn_varlen_func`: the same wrapper over :func:`softmax_attention_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 5, 1, 2))
+    >>> cu = np.array([0, 2, 5])
+    >>> a = flash_attn_varlen_func_loop(q, k, v, cu, cu, 3, 3, causal=True)
+    >>> bool(np.allclose(a, flash_attn_varlen_func(q, k, v, cu, cu, 3, 3, causal=True)))
+    True
+    """
+    return _flash_attn_varlen(True, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                              softmax_scale, causal, window_size, softcap, alibi_slopes, return_attn_probs,
+                              deterministic)
+
+
+for _fn in (flash_attn_func, flash_attn_varlen_func):
+    _fn.__doc__ = _fn.__doc__.replace("{notes}", _FA_NOTES.strip("\n").lstrip())
+del _fn
+
 # The backward pass (vector–Jacobian products) lives in refimpl/_vjp.py, re-exported here.
-from ._vjp import softmax_attention_vjp, softmax_attention_vjp_loop  # noqa: E402
+from ._vjp import (  # noqa: E402
+    flash_attn_func_vjp,
+    flash_attn_func_vjp_loop,
+    flash_attn_varlen_func_vjp,
+    flash_attn_varlen_func_vjp_loop,
+    softmax_attention_vjp,
+    softmax_attention_vjp_loop,
+)

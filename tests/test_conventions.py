@@ -38,6 +38,7 @@ RETURN_FLAGS = {
     "last_state": "the recurrent state after the last step",
     "final_states": "the recurrent states after the last step (Mamba-2's official name)",
     "varlen_states": "the recurrent state after the last step of each packed sequence (Mamba-2's official name)",
+    "attn_probs": "FlashAttention-2's (softmax_lse, S_dmask) after the output (its official name)",
     "offset": "the constant term c of an affine map y = W z + c",
 }
 
@@ -50,6 +51,7 @@ CAUSAL_BY_DEFAULT = {
 #: attention and token mixers, defined bidirectionally by their papers: non-causal by default
 BIDIRECTIONAL_BY_DEFAULT = {
     "attention.softmax_attention", "attention.softmax_attention_loop", "attention.attention_weights",
+    *(f"attention.flash_attn_{f}{s}" for f in ("func", "varlen_func", "func_vjp", "varlen_func_vjp") for s in ("", "_loop")),
     "attention.multihead_attention", "attention.multihead_attention_loop",
     "mixing.spatial_gating_unit", "mixing.spatial_gating_unit_loop",
     "random_features.linear_attention", "random_features.linear_attention_loop",

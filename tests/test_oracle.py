@@ -231,7 +231,8 @@ class TestCommittedVectors:
         # per-tier bounds and the summaries of the cases generated from seeds (readable JSON)
         arrays = sum(p.stat().st_size for p in GOLDEN.glob("*.npz"))
         manifest = (GOLDEN / "manifest.json").stat().st_size
-        assert arrays < 3_800_000 and manifest < 1_000_000, (arrays, manifest)
+        # 3.9 MB: 3.77 MB before FlashAttention-2's four official interfaces added their generated cases (38 kB)
+        assert arrays < 3_900_000 and manifest < 1_000_000, (arrays, manifest)
 
     @pytest.mark.parametrize("name", sorted(ENTRIES))
     def test_case_regenerates(self, name):
@@ -820,7 +821,7 @@ class TestGeneratedCases:
             assert fn in names, fn
         dims = {c.sizes.get("d") for c in gen if c.function.startswith("attention.")}
         assert {64, 128, 256} <= dims
-        lengths = [c.sizes.get("N") or c.sizes.get("L") for c in gen]
+        lengths = [c.sizes.get("N") or c.sizes.get("L") for c in gen if c.sizes.get("N") or c.sizes.get("L")]
         assert any(n % 64 and n > 64 for n in lengths) and max(lengths) >= 8192
         for c in gen:  # the builder is random_inputs with the case's own seed
             np.testing.assert_array_equal(np.asarray(c.build(None)[next(iter(c.build(None)))]),

@@ -951,7 +951,9 @@ def test_public_names_of_the_tiers():
     assert oracle.TIERS == TIERS and oracle.round_to is round_to
     assert [oracle.tier_eps(t) for t in ("float32", "bfloat16")] == [2.0 ** -23, 2.0 ** -7]
     assert oracle.plain_functions() == [
-        "attention.flash_attention", "attention.softmax_attention", "attention.softmax_attention_vjp", "iir.biquad_filter", "iir.sos_filter", "iir.tf_filter",
+        "attention.flash_attention", "attention.flash_attn_func", "attention.flash_attn_func_vjp",
+        "attention.flash_attn_varlen_func", "attention.flash_attn_varlen_func_vjp", "attention.softmax_attention",
+        "attention.softmax_attention_vjp", "iir.biquad_filter", "iir.sos_filter", "iir.tf_filter",
         "linear_rnn.chunk_delta_rule", "linear_rnn.chunk_delta_rule_vjp", "linear_rnn.chunk_gated_delta_rule",
         "linear_rnn.chunk_gated_delta_rule_vjp", "linear_rnn.chunk_gla", "linear_rnn.chunk_gla_vjp",
         "linear_rnn.chunk_simple_gla", "linear_rnn.chunk_simple_gla_vjp",

@@ -50,4 +50,18 @@ CASES = [
     generated("linear_rnn.delta_rule/long_L2049_gated", 1715,
               "Gated DeltaNet over L = 2049 steps (chunks of 64: 32 full chunks and one step)", L=2049, dk=32, dv=32,
               gated=True),
+    # FlashAttention-2's official interfaces: grouped-query heads, bottom-right alignment, windows, ALiBi, packing
+    generated("attention.flash_attn_func/gqa_N65_M80_window_alibi", 1791,
+              "flash_attn_func: 4 query heads on 2 key/value heads, seqlen_q = 65 < seqlen_k = 80 (bottom-right causal), "
+              "window_size (16, -1), ALiBi, soft cap 20", batch=2, seqlen_q=65, seqlen_k=80, nheads=4, nheads_k=2,
+              headdim=32, causal=True, window_size=[16, -1], alibi=True, softcap=20.0),
+    generated("attention.flash_attn_varlen_func/packed_100_37_129", 1792,
+              "flash_attn_varlen_func: three packed sequences of 100, 37 and 129 steps, causal, grouped-query heads",
+              seqlens_q=[100, 37, 129], nheads=4, nheads_k=1, headdim=64, causal=True),
+    generated("attention.flash_attn_func_vjp/N129_window", 1793,
+              "flash_attn_func's backward pass at seqlen 129 with an asymmetric window (32, 8)", batch=1, seqlen_q=129,
+              nheads=2, headdim=64, window_size=[32, 8]),
+    generated("attention.flash_attn_varlen_func_vjp/packed_kv_cache", 1794,
+              "flash_attn_varlen_func's backward pass, packed sequences with longer keys (a KV cache per sequence), causal",
+              seqlens_q=[33, 64, 5], seqlens_k=[40, 64, 70], nheads=2, headdim=64, causal=True),
 ]

@@ -46,6 +46,14 @@ def _run_attention_stats(args, with_mid):
     return {"entropy": attention.attention_entropy(W), "support": attention.effective_support(W)}
 
 
+def _run_flash_official(fn):
+    def run(args, with_mid):
+        out, lse, _ = fn(**args, return_attn_probs=True)
+        return {"out": out, "softmax_lse": lse}
+
+    return run
+
+
 FUNCTIONS = [
     Function("attention.softmax_attention", _run_softmax, ("y",), intermediates=("A",)),
     Function("attention.multihead_attention", _run_mha, ("y",), skip=("mask", "scale"), intermediates=("A",)),
@@ -55,6 +63,10 @@ FUNCTIONS = [
     called("attention.frequency_response", "omega", "H"),
     Function("attention.flash_attention", _run_flash, ("y",), intermediates=("running_max", "running_sum", "lse")),
     called("attention.alibi_geometric_slopes", "m"),
+    Function("attention.flash_attn_func", _run_flash_official(attention.flash_attn_func), ("out", "softmax_lse"),
+             optional=("softmax_lse",), skip=("deterministic",)),
+    Function("attention.flash_attn_varlen_func", _run_flash_official(attention.flash_attn_varlen_func),
+             ("out", "softmax_lse"), optional=("softmax_lse",), skip=("deterministic",)),
 ]
 
 CASES = [
