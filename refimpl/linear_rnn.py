@@ -516,18 +516,15 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     parts = ((0, h), (h, c)) if h < c else ((0, c),)  # row blocks [r0, r1): they see the keys s < r1
     tri = np.tri(c)
     S = np.zeros((nb, dk, dv)) if init is None else init * scale  # scale · S_inᵀ entering the next group
-    # Groups of a quarter of the rows of the other cores' groups: this one holds about nine (c + Dk)-float
-    # temporaries per row, which with 2048 rows spilled out of a 2 MiB L2 cache (measured at H = 4, L = 8192,
-    # Dk = Dv = 64: 512 rows took 5 to 10 % less time than 2048; 256 about the same as 512). After a group with
-    # a chunk that decays fast, whole groups: the exact path's many small steps per call then dominate (with
-    # quarter groups throughout, gates of 0.3 ... 0.9 took 30 % longer).
-    m_full = min(nc, _group(nb, c))
-    m = -(-m_full // 4)
-    X = np.empty((nb, m_full, c, dk + c))  # [Qe | tril(Qe Kfᵀ)] per chunk
-    Z = np.empty((nb, m_full, dk + c, dv))  # [scale S_inᵀ ; scale V] per chunk
-    Y = np.empty((nb, m_full, c, dk))  # cum, then e^{cum}
-    KT = np.empty((nb, m_full, dk, c))  # Kfᵀ = (k ⊙ e^{−cum})ᵀ
-    D = np.empty((nb, m_full, dk, dv))  # e^{cum_end} of each chunk, along the rows of Sᵀ
+    # Groups of _group's rows (as the other cores). A quarter of them kept one thread's temporaries in a 2 MiB L2
+    # cache and ran 5 to 10 % faster on one thread, but with the heads split over two threads the whole call
+    # took 15 % longer (H = 4, L = 8192, Dk = Dv = 64: 26.5 against 23 ms, medians of 15, interleaved runs).
+    m = min(nc, _group(nb, c))
+    X = np.empty((nb, m, c, dk + c))  # [Qe | tril(Qe Kfᵀ)] per chunk
+    Z = np.empty((nb, m, dk + c, dv))  # [scale S_inᵀ ; scale V] per chunk
+    Y = np.empty((nb, m, c, dk))  # cum, then e^{cum}
+    KT = np.empty((nb, m, dk, c))  # Kfᵀ = (k ⊙ e^{−cum})ᵀ
+    D = np.empty((nb, m, dk, dv))  # e^{cum_end} of each chunk, along the rows of Sᵀ
     fast = False  # whether a chunk decayed fast (the return value)
     g0 = 0
     while g0 < nc:  # groups of chunks (temporaries in cache)
@@ -582,7 +579,7 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
         for r0, r1 in parts:
             np.matmul(Xg[:, :, r0:r1, : dk + r1], Zg[:, :, : dk + r1], out=o[:, sl, r0:r1])
         if mixed.any():
-            fast, m = True, m_full
+            fast = True
         g0 += mm
     return fast
 
