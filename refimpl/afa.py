@@ -5,9 +5,9 @@ derive every formula here, with the differences between the paper's versions. To
 written in its eigenbasis (``q, k, v`` play the role of ``S^{-1} z``). A key pulled forward to the
 query time, ``e^{λ Δt} k_j``, is an estimate of the query's state whose precision is the inverse of
 the propagated covariance of chapter 2 (Eq. (2.9)); AFA's attention weights are those precisions,
-robustly reweighted by how far the pulled-forward key lies from the query (Racioppo 2025, §3).
+robustly reweighted by how far the pulled-forward key lies from the query (Racioppo, arXiv:2509.04154, §3).
 
-Glossary (code name → symbol in the book / Racioppo 2025 v6)
+Glossary (code name → symbol in the book / Racioppo, arXiv:2509.04154 v6)
 ------------------------------------------------------------
 ``q, k, v``   (..., N, d) complex     Q, K, V: queries, keys, values in the eigenbasis (d channels).
 ``t``         (N,)                    time stamps t_i (default 0, 1, …, N−1); Δt_ij = t_i − t_j.
@@ -270,7 +270,7 @@ def afa(
 ):
     r"""Tensor-form Adaptive Filter Attention, Eqs. (7.1)–(7.7) of the book.
 
-    Implements Racioppo (2025) v6 App. B.1 (v4 B.1, thesis §3.6): per channel k and pair (i, j),
+    Implements Racioppo (arXiv:2509.04154) v6 App. B.1 (v4 B.1, thesis §3.6): per channel k and pair (i, j),
 
     .. math::
         P_{kij} = 1/Σ_k(Δt_{ij}),\quad R_{kij} = q_{ki} - e^{λ_kΔt_{ij}} k_{kj},\quad
@@ -519,11 +519,45 @@ def afa_loop(
 # ---------------------------------------------------------------------------------------------
 
 
+#: A grid counts as uniform when every stamp lies within this many ε·max|t| of t_1 + h·(i − 1)
+#: (the rounding of the stamps themselves): see :func:`_uniform_step`.
+_UNIFORM_ULPS = 4.0
+
+
+def _uniform_step(t: np.ndarray):
+    """The step h of a uniform grid ``t_i = t_1 + h·(i − 1)``, or None if ``t`` is not one.
+
+    Steps exactly equal in floating point (the default ``0, 1, …``, ``0.25·arange``) give
+    h = t_2 − t_1, as they always did. A grid such as ``0.1·arange(N)`` or ``linspace`` is uniform
+    only up to the rounding of its stamps (its steps differ by a few ulps of max|t|): it is
+    recognised when every stamp lies within ``_UNIFORM_ULPS``·ε·max|t| of t_1 + h·(i − 1), with
+    h = (t_N − t_1)/(N − 1). Its lags are then taken as h·(i − j), which differ from the rounded
+    differences t_i − t_j by at most about 2·_UNIFORM_ULPS·ε·max|t| (absolute) — the size of the
+    stamps' own rounding — and the lag kernels stay O(N) Toeplitz views instead of (N, N) arrays.
+    """
+    N = t.shape[0]
+    if N < 2:
+        return None
+    steps = np.diff(t)
+    if np.all(steps == steps[0]):
+        return float(steps[0])
+    h = float(t[-1] - t[0]) / (N - 1)
+    tol = _UNIFORM_ULPS * np.finfo(np.float64).eps * float(np.max(np.abs(t[[0, -1]])))
+    # a cheap test of the steps first (each within 2 tol of h), then of the stamps (no drift)
+    if not np.max(np.abs(steps - h)) <= 2.0 * tol:
+        return None
+    if not np.max(np.abs(t - (t[0] + h * np.arange(N)))) <= tol:
+        return None
+    return h
+
+
 class _LagKernels:
     """The pair quantities of isotropic AFA, which depend on Δt_ij only (Eq. (8.1)).
 
-    On a uniform grid they are Toeplitz: computed once per lag (2N − 1 values) and exposed as
-    strided (N, N) views without copying; otherwise evaluated for every pair.
+    On a uniform grid (:func:`_uniform_step`, which also recognises grids such as
+    ``0.1·arange(N)`` that are uniform only up to the rounding of their stamps) they are
+    Toeplitz: computed once per lag (2N − 1 values) and exposed as strided (N, N) views without
+    copying; otherwise evaluated for every pair.
 
     The logits of :func:`_isotropic_rows` are ``L = log P − penalty − shift``, the constant shift
     (which the softmax cancels) being the largest log P over the lags that carry weight (the lags
@@ -550,9 +584,10 @@ class _LagKernels:
     def __init__(self, t: np.ndarray, mu: float, sigma2: float, eta2: float, gamma2: float, nu: float = 1.0,
                  kappa: float = 1.0, weight: str = "student", causal: bool = True):
         N = t.shape[0]
-        steps = np.diff(t)
-        if N > 1 and np.all(steps == steps[0]):
-            lags = steps[0] * np.arange(-(N - 1), N)  # Δt for i − j = −(N−1) … N−1
+        h = _uniform_step(t)
+        self.uniform = h is not None
+        if self.uniform:
+            lags = h * np.arange(-(N - 1), N)  # Δt for i − j = −(N−1) … N−1
 
             def toeplitz(a):  # [i, j] = a[i − j + N − 1]; a row runs forward through memory (unit stride)
                 return np.lib.stride_tricks.sliding_window_view(np.ascontiguousarray(a[::-1]), N)[::-1]
@@ -625,9 +660,9 @@ def isotropic_afa(
     rotate_values: bool = True,
     return_weights: bool = False,
 ):
-    r"""Isotropic AFA at the cost of ordinary attention: Eqs. (8.1)–(8.4) of the book.
+    r"""Isotropic AFA at the order of cost of ordinary attention: Eqs. (8.1)–(8.4) of the book.
 
-    Implements Racioppo (2025) v6 §3.5, App. B.2–B.3 and Algorithm 1 (chapter 8 of the book): one decay
+    Implements Racioppo (arXiv:2509.04154) v6 §3.5, App. B.2–B.3 and Algorithm 1 (chapter 8 of the book): one decay
     μ and one noise level per head, λ_k = −μ + iω_k. Then the precision is shared by all channels
     and everything factorizes:
 
@@ -652,9 +687,11 @@ def isotropic_afa(
     the time stamps changes nothing, and the phases ω(t_i − t_1) carry a rounding error of about
     ε|ω|(t_N − t_1) radians, against ε|ωΔt_ij| for the tensor form's e^{iωΔt_ij}.
     The pairs are computed in blocks of b query rows against the keys they attend to:
-    memory O(b·N + N d) on a uniform time grid (steps exactly equal, e.g. the default
-    ``t = 0, 1, …``: the lag kernels are Toeplitz views of 2N − 1 values). Irregular time stamps
-    make the lag kernels (N, N) arrays, and ``return_weights`` returns the (N, N) weights: O(N²)
+    memory O(b·N + N d) on a uniform time grid (the lag kernels are Toeplitz views of 2N − 1
+    values): steps exactly equal, e.g. the default ``t = 0, 1, …``, or equal up to the rounding of
+    the stamps, e.g. ``t = 0.1·arange(N)``, whose lags are then taken as h·(i − j) with
+    h = (t_N − t_1)/(N − 1), a change of at most about 8ε·max|t| from t_i − t_j (every stamp within
+    4ε·max|t| of t_1 + h·(i − 1)). Irregular time stamps make the lag kernels (N, N) arrays, and ``return_weights`` returns the (N, N) weights: O(N²)
     memory in those cases. The blocks run in
     ``refimpl._blocking.THREADS`` threads (the cores NumPy's ufuncs leave idle); every block is
     computed by the same operations in any thread, so the result is bitwise the same for any

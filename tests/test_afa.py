@@ -396,6 +396,82 @@ class TestIsotropicAfa:
                 tracemalloc.stop()
             assert peak < 32 * N * N * 8, f"peak {peak / (N * N * 8):.1f} N² words (an (N, N, d) tensor is 128)"
 
+    @pytest.mark.parametrize(
+        "grid",
+        [
+            lambda n: 0.1 * np.arange(n),
+            lambda n: 0.01 * np.arange(n),
+            lambda n: np.arange(n) / 3.0,
+            lambda n: np.linspace(0.0, 7.0, n),
+            lambda n: -50.0 + 0.37 * np.arange(n),
+        ],
+        ids=["0.1k", "0.01k", "k/3", "linspace", "offset"],
+    )
+    def test_grid_uniform_up_to_rounding_takes_the_toeplitz_path(self, grid, monkeypatch):
+        """t = h·arange(N) with a non-dyadic h has steps that differ by a few ulps: it is recognised
+        as uniform (lags h·(i − j), Toeplitz views), agrees with the per-pair (irregular) path to
+        rounding, and its peak memory grows like the default grid's, not by N×N arrays."""
+        import refimpl._blocking
+
+        rng = np.random.default_rng(31)
+        N, d = 96, 3
+        t = grid(N)
+        steps = np.diff(t)
+        h = afa_module._uniform_step(t)
+        assert h is not None and abs(h - (t[-1] - t[0]) / (N - 1)) <= 4 * np.finfo(float).eps * abs(h)
+        lag = afa_module._LagKernels(t, 0.2, 0.3, 0.5, 0.1, 2.0)
+        assert lag.uniform and lag.dt.base is not None  # a strided view of 2N − 1 lags, not an (N, N) array
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        par = iso_params(rng, d)
+        for causal in (True, False):
+            for weight in ("student", "exponential"):
+                kw = dict(**par, t=t, causal=causal, weight=weight, return_weights=True)
+                y, w = isotropic_afa(q, k, v, **kw)
+                with monkeypatch.context() as m:  # no tolerance: the per-pair path with t_i − t_j
+                    m.setattr(afa_module, "_UNIFORM_ULPS", 0.0)
+                    if not np.all(steps == steps[0]):
+                        assert not afa_module._LagKernels(t, 0.2, 0.3, 0.5, 0.1, 2.0).uniform
+                    y_pairs, w_pairs = isotropic_afa(q, k, v, **kw)
+                assert np.max(np.abs(y - y_pairs)) <= 1e-14 * np.max(np.abs(y_pairs)), (causal, weight)
+                assert np.max(np.abs(w - w_pairs)) <= 1e-14, (causal, weight)
+
+        # memory: growth of the peak (one thread) from N = 512 to 1024, in N×N float64 arrays (above
+        # N ≈ 400 the block workspace no longer holds all N² pairs, and is fixed)
+        monkeypatch.setattr(refimpl._blocking, "THREADS", 1)
+
+        def peak(n, times):
+            r = np.random.default_rng(n)
+            x = [r.normal(size=(n, 4)) for _ in range(3)]
+            tracemalloc.start()
+            try:
+                isotropic_afa(*x, mu=0.1, omega=np.linspace(0.1, 1.0, 4), sigma2=0.3, eta2=0.5, gamma2=0.1, nu=3.0, t=times)
+                return tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+
+        def growth(times_of):
+            return (peak(1024, times_of(1024)) - peak(512, times_of(512))) / (8 * (1024**2 - 512**2))
+
+        assert growth(grid) < 0.25
+        irregular = growth(lambda n: np.cumsum(np.random.default_rng(n).uniform(0.5, 1.5, n)))
+        assert irregular > 4  # the per-pair path: several N×N arrays
+
+    def test_perturbed_grid_is_not_uniform(self):
+        """Stamps off a uniform grid by more than the rounding tolerance take the per-pair path."""
+        rng = np.random.default_rng(32)
+        t = 0.1 * np.arange(200)
+        for size in (1e-12, 1e-9):
+            t_p = t + size * rng.normal(size=t.shape)
+            assert afa_module._uniform_step(t_p) is None
+            assert not afa_module._LagKernels(t_p, 0.2, 0.3, 0.5, 0.1, 2.0).uniform
+        # a drift that no single step shows: steps each within 2 tol of h, stamps not within tol
+        n = 1001
+        tol = afa_module._UNIFORM_ULPS * np.finfo(float).eps * 100.0
+        bump = np.concatenate([np.arange(501), 1000 - np.arange(501, n)]) * (1.5 * tol)  # peaks at the middle
+        t_d = np.linspace(0.0, 100.0, n) + bump
+        assert afa_module._uniform_step(t_d) is None
+        assert afa_module._uniform_step(np.linspace(0.0, 100.0, n)) is not None
+
 
 class TestTensorEqualsIsotropic:
     @pytest.mark.parametrize("causal", [True, False])
