@@ -119,6 +119,11 @@ def fnet(x):
     once, at the end: ``Re(F_N Re(X F_d))`` is a different operator. No padding mask: padding
     tokens are mixed in.
 
+    The result is the ``.real`` view of the complex128 transform, not a compact copy: it is not
+    C-contiguous and keeps the complex buffer (twice the output's size) alive as long as it is.
+    Copying it out costs a measurable share of the transform at some sizes, so the copy is left
+    to the caller: ``np.ascontiguousarray(fnet(x))``.
+
     Examples
     --------
     >>> fnet([[1.0, 0.0], [0.0, 0.0]])  # a unit impulse: every output is cos(0) = 1
@@ -176,8 +181,19 @@ def fnet_matrix(N, d=1):
                \quad\Longleftrightarrow\quad
                \operatorname{vec}_r(\operatorname{Re}Y) = (C_N\otimes C_d - S_N\otimes S_d)\operatorname{vec}_r X .
 
-    Every entry of ``F_N ⊗ F_d`` has modulus 1 — the only sense in which FNet "mixes all
-    positions equally"; the real part is neither unitary nor shift-invariant.
+    The matrix is not shift-invariant (not Toeplitz), but it is *flat on what it keeps*. With
+    ``P_even`` the orthogonal projector onto the point-even inputs, ``x_{−n,−k} = x_{n,k}``
+    (indices mod N and d),
+
+    .. math::  M^2 = N d\,P_{\text{even}},
+
+    because ``G = F_N ⊗ F_d`` is symmetric with ``G Ḡ = N d I`` and ``G² = N d J`` (``J`` the index
+    reversal ``(n, k) ↦ (−n, −k)``), so ``M = (G + Ḡ)/2`` has ``M² = N d (I + J)/2``. Every
+    non-zero singular value of ``M`` is therefore ``√(N d)``: ``M/√(N d)`` is a symmetric
+    orthogonal involution on the point-even subspace, and ``M`` annihilates the point-odd one
+    (rank ``(N d + f)/2`` with ``f`` the fixed points of ``J``). The gain is flat, ``√(N d)``, on
+    about half of the inputs and zero on the rest. The entries ``cos(2π nm/N)`` with ``nm mod N ∈ {N/4, 3N/4}`` are 0 in exact
+    arithmetic and about 1e-16 here.
 
     Examples
     --------
@@ -348,6 +364,13 @@ def fft_conv(u, h):
     the shapes only, so the output is bitwise the same with any number of threads. The output at t depends on ``u_s``,
     s > t, only through round-off (≈ 1e-16 relative, not exactly 0).
 
+    Accuracy: the FFT route is accurate *norm-wise*, ``‖ŷ − y‖ ≲ c·ε·log₂ n·‖u‖‖h‖`` (ε the
+    float64 unit round-off), not entry-wise: every output carries an error of the order of
+    ε·max|y| whatever its own size, so where the exact output is small or zero (before the first
+    non-zero input, the tail of a strongly decaying filter) its relative error is large or
+    unbounded. Compare against it with norm-wise tolerances (chapter 10, §10.3 measures the
+    error against exact integer convolutions up to N = 65 536).
+
     Examples
     --------
     >>> u, h = np.array([[1.0], [0.0], [0.0], [0.0]]), np.array([[1.0], [0.5], [0.25], [0.0]])
@@ -451,6 +474,16 @@ def _given_ffn(weights, emb_dim: int, width: int, depth: int, out: int):
     return layers, w_out
 
 
+def _as_freq(freq, width: int):
+    """A positive scalar (returned as float) or a finite vector of shape (width,) (one value per hidden unit)."""
+    if np.ndim(freq) == 0:
+        return as_positive_scalar(freq, "freq")
+    freq = as_real_array(freq, "freq", ndim=1)
+    if freq.shape != (width,):
+        raise ValueError(f"freq: expected a positive scalar or shape ({width},) (one value per hidden unit), got shape {freq.shape}")
+    return freq
+
+
 def _hyena_filter_setup(L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng,
                         weights=None):
     """Validated arguments and the FFN weights (given, or drawn in a fixed order from ``rng``)."""
@@ -462,7 +495,7 @@ def _hyena_filter_setup(L, d, n_filters, emb_dim, width, depth, freq, fast_decay
         raise ValueError(f"emb_dim: expected an odd integer >= 3 (t plus (emb_dim−1)/2 complex bands), got {emb_dim}")
     width = as_int(width, "width", 1)
     depth = as_int(depth, "depth", 1)
-    freq = as_positive_scalar(freq, "freq")
+    freq = _as_freq(freq, width)
     fast = as_positive_scalar(fast_decay_pct, "fast_decay_pct")
     slow = as_positive_scalar(slow_decay_pct, "slow_decay_pct")
     target = as_positive_scalar(target, "target")
@@ -506,9 +539,11 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
     width, depth : int
         FFN hidden width and number of ``Linear → Sin`` layers (code: ``order``, ``1 + num_inner_mlps``;
         defaults as safari's ``HyenaFilter``: 16 and 3).
-    freq : float
-        Frequency of the sine activation ``sin(freq · a)``, one fixed scalar (in the code ``Sin.freq``
-        is trainable, one value per hidden unit, initialized to 1).
+    freq : float or array_like, shape (width,)
+        Frequencies of the sine activations ``sin(freq ⊙ a)``, the same for every ``Linear → Sin``
+        layer: a positive scalar (the code's initial value, 1), or one value per hidden unit. In
+        the code a single ``Sin`` module, whose ``freq`` (1 × width) is trainable, is shared by all
+        sine layers; a trained ``Sin.freq`` is given here as ``freq = sin.freq[0]``.
     fast_decay_pct, slow_decay_pct, target : float
         The window of channel c decays to ``target`` after a fraction between ``fast_decay_pct``
         and ``slow_decay_pct`` of the sequence (code defaults 0.3, 1.5, 1e-2).
@@ -523,7 +558,7 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
         ``W_i`` (width, width), ``b_i`` (width,) and ``W_out`` (width, n_filters·d); each layer
         computes ``sin(freq · (a @ W_i + b_i))``. From safari's ``HyenaFilter.implicit_filter``
         (a ``Sequential`` of ``Linear``/``Sin``): ``W_i = linear.weight.T``, ``b_i = linear.bias``,
-        ``W_out = last_linear.weight.T`` (``Sin.freq`` must then be the scalar ``freq``).
+        ``W_out = last_linear.weight.T`` and ``freq = sin.freq[0]``.
 
     Returns
     -------
@@ -546,10 +581,13 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
     the features and the decay rates are computed, not learned. Its decay is set per filter
     length (t runs over [0, 1] whatever L is; L plays the role of the code's ``seq_len`` =
     ``l_max``). safari's ``standalone_hyena.py`` differs: it trains the positional features
-    themselves (``z``, 1 × l_max × emb_dim), ``Sin.freq`` and a per-channel bias (the skip of its
-    ``fftconv``; here the ``skip`` of :func:`hyena_recurrence`), and a sequence shorter than
-    l_max uses the first L rows of the features and time stamps of the l_max grid, so there the
-    decay is set per l_max.
+    themselves (``z``, 1 × l_max × emb_dim; here they are computed), it trains ``Sin.freq`` (given
+    here as the vector ``freq``) and a per-channel bias (the skip of its ``fftconv``; here the
+    ``skip`` of :func:`hyena_recurrence`), and a sequence shorter than l_max uses the first L
+    rows of the features and time stamps of the l_max grid, so there the decay is set per l_max.
+    The reference filter of a model built with ``l_max`` for a sequence of length L < l_max is
+    therefore ``hyena_filter(l_max, …)[:, :L]``, not ``hyena_filter(L, …)`` (chapter 10, §10.4,
+    measures the difference).
 
     Examples
     --------
@@ -566,7 +604,7 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
     w = 2.0 * np.pi * np.arange(L)[:, None] / L  # ω_ℓ = 2πℓ/L
     a = np.concatenate([t, np.cos(f * w), -np.sin(f * w)], axis=1)  # PE_ℓ = [t, Re e^{−ifω}, Im e^{−ifω}]
     for W, bias in layers:
-        a = np.sin(freq * (a @ W + bias))  # Linear → Sin
+        a = np.sin(freq * (a @ W + bias))  # Linear → Sin (the same freq in every layer, as the code's one Sin module)
     h = a @ w_out  # (L, n·d)
     h = h * (np.exp(-t * deltas) + shift)  # exponential-decay window
     return h.reshape(L, n_filters, d).transpose(1, 0, 2)  # 'l (o d) -> o l d'
@@ -584,6 +622,7 @@ def hyena_filter_loop(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1
     L, d, n_filters, emb_dim, freq, shift, layers, w_out, deltas = _hyena_filter_setup(
         L, d, n_filters, emb_dim, width, depth, freq, fast_decay_pct, slow_decay_pct, target, shift, rng, weights
     )
+    fr = np.broadcast_to(freq, (layers[0][0].shape[1],))  # one frequency per hidden unit, shared by the layers
     bands = (emb_dim - 1) // 2
     fs = [1e-4 + k * (bands - 1 - 1e-4) / (bands - 1) for k in range(bands)] if bands > 1 else [1e-4]
     h = np.empty((n_filters, L, d))
@@ -592,7 +631,7 @@ def hyena_filter_loop(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1
         omega = 2.0 * math.pi * ell / L
         a = [t] + [math.cos(f * omega) for f in fs] + [-math.sin(f * omega) for f in fs]  # PE_ℓ
         for W, bias in layers:
-            a = [math.sin(freq * (sum(a[i] * W[i, j] for i in range(len(a))) + bias[j])) for j in range(W.shape[1])]
+            a = [math.sin(fr[j] * (sum(a[i] * W[i, j] for i in range(len(a))) + bias[j])) for j in range(W.shape[1])]
         for c in range(n_filters * d):
             value = sum(a[i] * w_out[i, c] for i in range(len(a)))  # (W_out a)_c
             h[c // d, ell, c % d] = value * (math.exp(-t * deltas[c]) + shift)  # × window

@@ -6,8 +6,8 @@ Oracles, each independent of the code under test:
 * a NumPy transcription of g-mlp-pytorch's ``SpatialGatingUnit.forward`` (chunk, LayerNorm,
   ``einsum('b n d, m n -> b m d')``, causal ``tril``) and ``scipy.signal.convolve`` for a
   Toeplitz W;
-* ``scipy.signal.fftconvolve`` and ``numpy.convolve`` for the causal convolution,
-  ``scipy.linalg.toeplitz`` for its matrix;
+* ``scipy.signal.fftconvolve`` and ``numpy.convolve`` for the causal convolution (in int64 on
+  integer data: an exact reference at long L), ``scipy.linalg.toeplitz`` for its matrix;
 * a NumPy transcription of safari ``HyenaOperator.forward`` (gate, then ``fftconv`` with skip,
   N − 1 times, then the last gate) with ``numpy.convolve`` as its ``fftconv``;
 * explicit products of ``diag`` and ``scipy.linalg.toeplitz`` matrices, and probing with unit
@@ -66,6 +66,20 @@ class TestFnet:
         basis = np.eye(N * d).reshape(N * d, N, d)  # every unit impulse
         close(M, mixing.fnet(basis).reshape(N * d, N * d).T, rtol=ORACLE, what="fnet_matrix vs fnet on basis")
         np.testing.assert_array_equal(M, M.T)
+
+    @pytest.mark.parametrize("N, d", [(1, 1), (12, 6), (32, 1), (7, 5), (16, 8)])
+    def test_matrix_squares_to_a_multiple_of_the_even_projector(self, N, d):
+        """M² = N d · P_even: every non-zero singular value is √(N d), the point-odd inputs are annihilated."""
+        M = mixing.fnet_matrix(N, d)
+        idx = np.arange(N * d).reshape(N, d)
+        J = np.zeros((N * d, N * d))
+        J[idx.ravel(), idx[(-np.arange(N)) % N][:, (-np.arange(d)) % d].ravel()] = 1.0  # (n, k) ↦ (−n, −k)
+        P_even = (np.eye(N * d) + J) / 2
+        close(M @ M, N * d * P_even, rtol=ORACLE, what="fnet_matrix² vs N d · P_even")
+        s = np.linalg.svd(M, compute_uv=False)
+        kept = s > 1e-8 * s[0]
+        assert kept.sum() == round(np.trace(P_even))  # rank = dim of the point-even subspace
+        close(s[kept], np.full(kept.sum(), math.sqrt(N * d)), rtol=ORACLE, what="non-zero singular values vs √(N d)")
 
     def test_sequence_only_matrix_is_the_cosine_matrix(self):
         N = 9
@@ -259,6 +273,25 @@ class TestFftConv:
             assert all(np.array_equal(a, b) for a, b in zip(out[threads], out[1]))
         close(out[2][0], mixing.fft_conv_loop(u, h), rtol=SELF, what="fft_conv in threads vs loop")
 
+    @pytest.mark.parametrize("L", [256, 4096, 65536])
+    def test_normwise_accuracy_against_an_exact_integer_convolution(self, L):
+        """Integer data: numpy.convolve in int64 is exact (|y| < L·2^20 < 2^63); the FFT route is accurate norm-wise."""
+        rng = np.random.default_rng(L)
+        u, h = rng.integers(-2**10, 2**10, size=(2, L))
+        exact = np.convolve(u, h)[:L].astype(float)
+        y = mixing.fft_conv(u[:, None].astype(float), h[:, None].astype(float))[:, 0]
+        assert np.linalg.norm(y - exact) <= 1e-14 * np.linalg.norm(exact)
+        assert np.max(np.abs(y - exact)) <= 1e-14 * np.max(np.abs(exact))
+
+    def test_error_is_not_entrywise_where_the_output_vanishes(self):
+        rng = np.random.default_rng(7)
+        L = 1024
+        u = np.zeros((L, 1)); u[L // 2:] = rng.normal(size=(L - L // 2, 1))  # exact output 0 before L/2
+        h = rng.normal(size=(L, 1)) * np.exp(-15.35 * np.linspace(0, 1, L))[:, None]
+        y = mixing.fft_conv(u, h)
+        assert np.max(np.abs(y[: L // 2])) <= 1e-14 * np.max(np.abs(y))  # round-off relative to max|y| ...
+        close(y, mixing.fft_conv_loop(u, h), rtol=SELF, what="fft_conv vs loop (norm-wise)")
+
     def test_padding_prevents_wrap_around(self):
         rng = np.random.default_rng(23)
         u, h = rng.normal(size=(32, 1)), rng.normal(size=(32, 1))
@@ -332,17 +365,21 @@ class TestHyenaFilter:
               what="hyena_filter shift")
 
     @staticmethod
-    def safari_filter(L, d_model, order, emb_dim, linears, freq, fast=0.3, slow=1.5, target=1e-2, shift=0.0):
+    def safari_filter(L, d_model, order, emb_dim, linears, freq, fast=0.3, slow=1.5, target=1e-2, shift=0.0, l_max=None):
         """A NumPy transcription of safari's ``HyenaFilter.filter(L)`` with torch-layout weights.
 
         ``linears`` is [(weight (out, in), bias or None), …] of ``implicit_filter``; the steps are
-        ``PositionalEmbedding`` (z = [t, Re e^{−i f w}, Im e^{−i f w}]), ``Linear → Sin`` layers,
-        the last ``Linear`` (no bias) and ``ExponentialModulation``; then ``'l (o d) -> o l d'``.
+        ``PositionalEmbedding`` (z = [t, Re e^{−i f w}, Im e^{−i f w}]), ``Linear → Sin`` layers
+        (one ``Sin`` module: the same ``freq``, scalar or (width,), in every layer), the last
+        ``Linear`` (no bias) and ``ExponentialModulation``; then ``'l (o d) -> o l d'``. The
+        features and time stamps are built for ``seq_len = l_max`` (default L) and their first L
+        rows are used.
         """
-        t = np.linspace(0, 1, L)[:, None]
+        n_grid = L if l_max is None else l_max
+        t = np.linspace(0, 1, n_grid)[:L, None]
         bands = (emb_dim - 1) // 2
-        t_rescaled = np.linspace(0, L - 1, L)[:, None]
-        w = 2 * math.pi * t_rescaled / L
+        t_rescaled = np.linspace(0, n_grid - 1, n_grid)[:L, None]
+        w = 2 * math.pi * t_rescaled / n_grid
         f = np.linspace(1e-4, bands - 1, bands)[None, :]
         zc = np.exp(-1j * f * w)
         z = np.concatenate([t, zc.real, zc.imag], axis=-1)
@@ -365,6 +402,35 @@ class TestHyenaFilter:
         h = func(L, d, n_filters=n, emb_dim=emb_dim, width=width, depth=depth, freq=1.3, shift=0.2, weights=weights)
         ref = self.safari_filter(L, d, n, emb_dim, linears, 1.3, shift=0.2)
         close(h, ref, rtol=ORACLE, what=f"{func.__name__}(weights=…) vs safari transcription")
+
+    @pytest.mark.parametrize("func", [mixing.hyena_filter, mixing.hyena_filter_loop])
+    def test_freq_vector_shared_by_the_layers_vs_safari_transcription(self, func):
+        """A trained ``Sin.freq`` (one value per hidden unit, one module for all layers) is the vector ``freq``."""
+        rng = np.random.default_rng(11)
+        L, d, n, emb_dim, width, depth = 40, 3, 2, 5, 8, 3
+        sizes = [emb_dim] + [width] * depth
+        linears = [(rng.normal(size=(o, i)), rng.normal(size=o)) for i, o in zip(sizes[:-1], sizes[1:])]
+        linears.append((rng.normal(size=(n * d, width)), None))
+        weights = [a for W, b in linears[:-1] for a in (W.T, b)] + [linears[-1][0].T]
+        freq = rng.uniform(0.5, 1.5, width)
+        ref = self.safari_filter(L, d, n, emb_dim, linears, freq)
+        h = func(L, d, n_filters=n, emb_dim=emb_dim, width=width, depth=depth, freq=freq, weights=weights)
+        close(h, ref, rtol=ORACLE, what=f"{func.__name__}(freq=vector) vs safari transcription")
+        scalar = func(L, d, n_filters=n, emb_dim=emb_dim, width=width, depth=depth, freq=float(freq.mean()), weights=weights)
+        assert np.max(np.abs(scalar - ref)) > 1e-2 * np.max(np.abs(ref))  # a scalar cannot represent it
+
+    def test_shorter_sequence_uses_the_l_max_grid(self):
+        """safari with l_max > L == hyena_filter(l_max)[:, :L], not hyena_filter(L)."""
+        rng = np.random.default_rng(12)
+        L, l_max, d, n, emb_dim, width, depth = 30, 64, 3, 2, 5, 16, 3
+        sizes = [emb_dim] + [width] * depth
+        linears = [(rng.uniform(-0.5, 0.5, size=(o, i)), rng.uniform(-0.5, 0.5, size=o)) for i, o in zip(sizes[:-1], sizes[1:])]
+        linears.append((rng.uniform(-0.25, 0.25, size=(n * d, width)), None))
+        weights = [a for W, b in linears[:-1] for a in (W.T, b)] + [linears[-1][0].T]
+        ref = self.safari_filter(L, d, n, emb_dim, linears, 1.0, l_max=l_max)
+        kw = dict(n_filters=n, emb_dim=emb_dim, width=width, depth=depth, weights=weights)
+        close(mixing.hyena_filter(l_max, d, **kw)[:, :L], ref, rtol=ORACLE, what="hyena_filter(l_max)[:, :L] vs safari, L < l_max")
+        assert np.linalg.norm(mixing.hyena_filter(L, d, **kw) - ref) > 0.05 * np.linalg.norm(ref)
 
     def test_given_weights_reproduce_the_drawn_ones(self):
         # the weights that rng=4 draws, given explicitly, give the same filter exactly
@@ -412,6 +478,10 @@ class TestHyenaFilter:
             mixing.hyena_filter(5, 2, width=0)
         with pytest.raises(ValueError, match="^freq"):
             mixing.hyena_filter(5, 2, freq=-1.0)
+        with pytest.raises(ValueError, match=r"^freq: expected a positive scalar or shape \(16,\)"):
+            mixing.hyena_filter(5, 2, freq=np.ones(4))
+        with pytest.raises(ValueError, match="^freq"):
+            mixing.hyena_filter_loop(5, 2, freq=np.full(16, np.nan))
         with pytest.raises(ValueError, match="^fast_decay_pct"):
             mixing.hyena_filter(5, 2, fast_decay_pct=0.0)
         with pytest.raises(ValueError, match="^target"):
