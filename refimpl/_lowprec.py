@@ -41,6 +41,7 @@ the discretized Ā_t and B̄_t u_t of the selective scan (Eqs. (11.15)–(11.16)
 from __future__ import annotations
 
 import inspect
+import contextvars
 import math
 
 import numpy as np
@@ -86,16 +87,26 @@ def _reduce32(g, shape):
     return g.sum(axis=axes, keepdims=True, dtype=f32) if axes else g
 
 
+#: True while a plain model stands for FlashAttention-2's causal path with ALiBi, whose kernels add ``slope · j`` to the
+#: logits (not ``−slope · (i + o − j)``: the same softmax, a log-sum-exp larger by ``slope · (i + o)``, and in
+#: float32 the rounding of the larger biased logits, which a correct float32 port makes and the row-relative form
+#: does not: it failed such a port by up to 3.6× at seqlen 1024)
+_ALIBI_COLUMN = contextvars.ContextVar("alibi_column", default=False)
+
+
 def _geometry(n, m, row0, causal, window, alibi: bool, offset: int = 0):
     """What the causal mask, the window and ALiBi make of rows ``row0 … row0 + n − 1`` and ``m`` keys:
-    the allowed (i, j) (n, m), and |i + offset − j| in float32 for ALiBi (None without). The same for
-    every head. ``offset`` aligns query i with key i + offset (0 top-left, M − N bottom-right, as refimpl)."""
+    the allowed (i, j) (n, m), and the ALiBi distance in float32 (None without): |i + offset − j|, or −j on
+    FlashAttention's causal path (:data:`_ALIBI_COLUMN`). The same for every head. ``offset`` aligns query i with
+    key i + offset (0 top-left, M − N bottom-right, as refimpl)."""
     lag = np.arange(row0, row0 + n)[:, None] + offset - np.arange(m)[None, :]  # i + offset − j
     allowed = np.ones((n, m), dtype=bool)
     if causal:
         allowed &= lag >= 0
     if window is not None:
         allowed &= np.abs(lag) < int(window)
+    if alibi and causal and _ALIBI_COLUMN.get():
+        return allowed, np.broadcast_to(-np.arange(m, dtype=f32), (n, m))
     return allowed, (np.abs(lag).astype(f32) if alibi else None)
 
 
@@ -262,6 +273,11 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
     def grads(q, k, v, dy, mask, alibi_slopes):  # dq, dk, dv before the sums over broadcast axes
         p, y, lse, tanh = _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, geometry=geometry,
                                         softcap=softcap, keep_tanh=True)
+        if _ALIBI_COLUMN.get() and alibi_slopes is not None:  # FlashAttention-2's causal path with ALiBi: P from the
+            s, _ = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, geometry=geometry,
+                                     softcap=softcap)  # stored float32 lse, exp(s + slope·j − ℓ), as its kernel
+            with np.errstate(invalid="ignore"):  # recomputes it (ℓ and s of order slope·j there: both round)
+                p = store(np.where(np.isneginf(s), f32(0), np.exp(s - lse[..., None])), tier)
         p = p.astype(f32, copy=False)
         q, k, v, dy = _f32(q), _f32(k), _f32(v), _f32(dy)
         dv = matmul(np.swapaxes(p, -1, -2), dy, tier)
@@ -1393,8 +1409,16 @@ def _flash_official(vjp: bool, varlen: bool):
 
     names = ("dropout_p", "softmax_scale", "causal", "window_size", "softcap", "alibi_slopes")
 
-    def one(q, k, v, dout, opts, tier):
-        f = _fa_check(q, k, v, *(opts.get(n, d) for n, d in zip(names, (0.0, None, False, (-1, -1), 0.0, None))))
+    def one(q, k, v, dout, opts, tier, clamp_k=None):
+        f = _fa_check(q, k, v, *(opts.get(n, d) for n, d in zip(names, (0.0, None, False, (-1, -1), 0.0, None))),
+                      clamp_k=clamp_k)
+        token = _ALIBI_COLUMN.set(f.lse_shift)  # the causal path with ALiBi: the kernel's slope·j
+        try:
+            return _one(f, dout, tier)
+        finally:
+            _ALIBI_COLUMN.reset(token)
+
+    def _one(f, dout, tier):
         a = {"q": f.q, "k": f.k, "v": f.v, **{n: x for n, x in f.opts.items() if x is not None and x is not False},
              "scale": f.opts["scale"]}
         a.pop("grouped_heads", None)
@@ -1404,13 +1428,14 @@ def _flash_official(vjp: bool, varlen: bool):
             g = PLAIN["attention.softmax_attention_vjp"]({**a, "dy": sw(dout), "grouped_heads": True}, tier)
             return {n: sw(g[n]) for n in ("dq", "dk", "dv")}
         r = PLAIN["attention.softmax_attention"]({**a, "grouped_heads": True}, tier, needed=("y",))
-        return {"out": sw(r["y"]), "softmax_lse": _fa_lse(f, np.asarray(r["lse"], np.float64))}
+        return {"out": sw(r["y"]), "softmax_lse": _fa_lse(f, np.asarray(r["lse"], np.float64), shifted=True)}
 
     def run(args, tier):
         opts = {n: args[n] for n in names if args.get(n) is not None}
         if not varlen:
             return one(args["q"], args["k"], args["v"], args.get("dout"), opts, tier)
-        parts = [one(qi, ki, vi, di, {**opts, "alibi_slopes": si} if si is not None else opts, tier)
+        parts = [one(qi, ki, vi, di, {**opts, "alibi_slopes": si} if si is not None else opts, tier,
+                     int(args["max_seqlen_k"]))
                  for qi, ki, vi, si, di in _varlen_parts(args["q"], args["k"], args["v"], args["cu_seqlens_q"],
                                                          args["cu_seqlens_k"], args["max_seqlen_q"],
                                                          args["max_seqlen_k"], args.get("alibi_slopes"), args.get("dout"))]

@@ -2347,12 +2347,12 @@ def selective_scan_fn_vjp_loop(u, delta, A, B, C, dout, D=None, z=None, delta_bi
 
 
 def _flash_attn_vjp(loop, q, k, v, dout, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                    deterministic=False) -> dict:
+                    deterministic=False, clamp_k=None) -> dict:
     """FlashAttention-2's gradients ``{"dq", "dk", "dv"}`` in its layout: :func:`softmax_attention_vjp` (or its loop
     twin) on the call :func:`refimpl.attention._fa_check` validated."""
     from .attention import _fa_check
 
-    f = _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic)
+    f = _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, clamp_k)
     b, h, sq = f.q.shape[:3]
     dout = as_real_array(dout, "dout")
     if dout.shape != (b, sq, h, f.v.shape[-1]):
@@ -2376,7 +2376,8 @@ def _flash_attn_varlen_vjp(loop, q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_
                          f"the output, got {dout.shape}")
     starts = np.cumsum([0] + [qi.shape[1] for qi, *_ in seqs])
     parts = [_flash_attn_vjp(loop, qi, ki, vi, dout[None, a:b], dropout_p, softmax_scale, causal, window_size, softcap,
-                             si, deterministic) for (qi, ki, vi, si, _), a, b in zip(seqs, starts[:-1], starts[1:])]
+                             si, deterministic, int(max_seqlen_k))
+             for (qi, ki, vi, si, _), a, b in zip(seqs, starts[:-1], starts[1:])]
     return {name: np.concatenate([g[name][0] for g in parts], axis=0) for name in ("dq", "dk", "dv")}
 
 

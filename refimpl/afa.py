@@ -8,7 +8,7 @@ the propagated covariance of chapter 2 (Eq. (2.9)); AFA's attention weights are 
 robustly reweighted by how far the pulled-forward key lies from the query (Racioppo, arXiv:2509.04154, §3).
 
 Glossary (code name → symbol in the book / Racioppo, arXiv:2509.04154 v6)
-------------------------------------------------------------
+-------------------------------------------------------------------------
 ``q, k, v``   (..., N, d) complex     Q, K, V: queries, keys, values in the eigenbasis (d channels).
 ``t``         (N,)                    time stamps t_i (default 0, 1, …, N−1); Δt_ij = t_i − t_j.
 ``eigvals``   (d,)                    λ_k = −μ_k + iω_k (tensor form); ``mu``, ``omega`` (isotropic form).

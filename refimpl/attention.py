@@ -1430,18 +1430,26 @@ def flash_attention_loop(
 
 class _Fa(NamedTuple):
     """A validated FlashAttention-2 call, in refimpl's layout (b, h, s, d): the options of
-    :func:`softmax_attention` (``opts``) and the ALiBi slopes (b, h) or None (for the stored lse)."""
+    :func:`softmax_attention` (``opts``), the ALiBi slopes (b, h) or None, and ``lse_shift``: the kernel runs its
+    causal path with ALiBi, adding ``slope · j`` to the logits, so that its stored lse is ℓ + slope·(i + o)."""
 
     q: np.ndarray
     k: np.ndarray
     v: np.ndarray
     opts: dict
     slopes: np.ndarray | None
+    lse_shift: bool
 
 
-def _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic=False):
+def _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic=False,
+              clamp_k=None):
     """Validate FlashAttention-2's arguments in its layout (b, s, h, d), naming them as flash_attn does; returns
-    an :class:`_Fa` with the window as an explicit mask (its bounds are inclusive and may differ left and right)."""
+    an :class:`_Fa` with the window as an explicit mask (its bounds are inclusive and may differ left and right).
+
+    The window as flash_attn's ``mha_fwd`` sets it up: a negative bound is no bound, ``causal`` sets the right
+    bound to 0, a bound of at least ``seqlen_k`` (``max_seqlen_k`` for packed sequences, ``clamp_k``) is none, and
+    a call with no left bound and a right bound of 0 is the causal one (``window_size=(-1, 0)`` without
+    ``causal`` included), whose ALiBi bias the kernel forms as ``slope · j``."""
 
     q, k, v = (as_real_array(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
@@ -1459,7 +1467,7 @@ def _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, a
     as_bool(deterministic, "deterministic")  # accepted and ignored: the reference is deterministic
     if isinstance(window_size, (str, bytes)) or not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
         raise TypeError(f"window_size: expected a pair of ints (left, right), -1 for no bound, got {window_size!r}")
-    left, right = (as_int(w, "window_size", minimum=-1) for w in window_size)
+    left, right = (max(-1, as_int(w, "window_size", minimum=-(2**62))) for w in window_size)  # negative: no bound
     if softmax_scale is not None:
         softmax_scale = as_positive_scalar(softmax_scale, "softmax_scale", strict=False)
     if causal:
@@ -1472,9 +1480,12 @@ def _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, a
             raise ValueError(f"alibi_slopes: expected shape (nheads,) = ({h},) or (batch, nheads) = ({b}, {h}), "
                              f"got {slopes.shape}")
         slopes = np.broadcast_to(slopes, (b, h))
+    kc = sk if clamp_k is None else clamp_k
+    left, right = (-1 if w >= kc else w for w in (left, right))  # a bound past every key is none (flash_attn)
+    causal = left < 0 and right == 0  # flash_attn's is_causal: also window_size=(-1, 0) without causal
     o = sk - sq  # bottom-right alignment (FlashAttention >= 2.1): query i sits at key i + seqlen_k - seqlen_q
     mask = None
-    if left >= 0 or right > 0:  # right = -1: no bound; right = 0 with causal is the causal flag itself
+    if not causal and (left >= 0 or right >= 0):  # a window; the causal one is the causal flag itself
         i, j = np.arange(sq)[:, None] + o, np.arange(sk)[None, :]
         mask = np.ones((sq, sk), bool)
         if left >= 0:
@@ -1484,24 +1495,25 @@ def _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, a
     opts = dict(mask=mask, causal=causal, scale=softmax_scale, alibi_slopes=slopes, causal_alignment="bottom_right",
                 softcap=softcap or None, grouped_heads=hk != h)
     sw = lambda a: np.swapaxes(a, 1, 2)  # noqa: E731  (b, s, h, d) <-> (b, h, s, d)
-    return _Fa(sw(q), sw(k), sw(v), opts, slopes)
+    return _Fa(sw(q), sw(k), sw(v), opts, slopes, slopes is not None and causal)
 
 
-def _fa_lse(f: _Fa, lse: np.ndarray) -> np.ndarray:
+def _fa_lse(f: _Fa, lse: np.ndarray, shifted: bool = False) -> np.ndarray:
     """FlashAttention-2's stored ``softmax_lse`` (b, h, seqlen_q) from refimpl's ℓ: +∞ for a row that sees no key
-    (its kernels write INFINITY there; refimpl's ℓ is −∞), and with causal ALiBi ℓ + slope·(i + o) (the kernel
-    adds slope·j alone, Eq. (4.15))."""
+    (its kernels write INFINITY there; refimpl's ℓ is −∞), and on the causal path with ALiBi ℓ + slope·(i + o) (the
+    kernel adds slope·j alone, Eq. (4.15); not with a left window bound, where it adds −slope·|i + o − j|).
+    ``shifted``: ``lse`` already is (a plain model that forms the bias as the kernel does)."""
     lse = np.where(np.isneginf(lse), np.inf, lse)
-    if f.slopes is not None and f.opts["causal"]:
+    if f.lse_shift and not shifted:
         sq, sk = f.q.shape[2], f.k.shape[2]
         lse = lse + f.slopes[..., None] * (np.arange(sq) + sk - sq)
     return lse
 
 
 def _flash_attn(loop, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_attn_probs,
-                deterministic=False):
+                deterministic=False, clamp_k=None):
     return_attn_probs = as_bool(return_attn_probs, "return_attn_probs")
-    f = _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic)
+    f = _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, clamp_k)
     run = softmax_attention_loop if loop else softmax_attention
     y, lse = run(f.q, f.k, f.v, **f.opts, return_lse=True)
     out = np.ascontiguousarray(np.swapaxes(y, 1, 2))
@@ -1551,7 +1563,8 @@ def _flash_attn_varlen(loop, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
     outs, lses = [], []
     for qi, ki, vi, si, _ in _varlen_parts(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                            alibi_slopes):
-        o, lse, _ = _flash_attn(loop, qi, ki, vi, dropout_p, softmax_scale, causal, window_size, softcap, si, True)
+        o, lse, _ = _flash_attn(loop, qi, ki, vi, dropout_p, softmax_scale, causal, window_size, softcap, si, True,
+                                clamp_k=int(max_seqlen_k))
         outs.append(o[0])
         lses.append(lse[0])
     out = np.concatenate(outs, axis=0)
@@ -1593,7 +1606,8 @@ def flash_attn_func(q, k, v, *, dropout_p=0.0, softmax_scale=None, causal=False,
         corner, as FlashAttention >= 2.1 does; a query row that sees no key gets output 0).
     window_size : (int, int)
         ``(left, right)``: query i sees the keys ``i + o − left <= j <= i + o + right``,
-        ``o = seqlen_k − seqlen_q``, −1 for no bound; with ``causal`` the right bound is 0.
+        ``o = seqlen_k − seqlen_q``; a negative bound, or one of at least ``seqlen_k``, is none; with
+        ``causal`` the right bound is 0, and ``(-1, 0)`` is causal attention (as in flash_attn).
     softcap : float >= 0
         ``softcap · tanh(s / softcap)`` of the scaled logits; 0 for none.
     alibi_slopes : array_like, shape (nheads,) or (batch, nheads), optional
@@ -1608,10 +1622,10 @@ def flash_attn_func(q, k, v, *, dropout_p=0.0, softmax_scale=None, causal=False,
     out : ndarray, shape (batch, seqlen_q, nheads, headdim_v)
     softmax_lse : ndarray, shape (batch, nheads, seqlen_q)
         Only with ``return_attn_probs``: the row log-sum-exp as FlashAttention-2 stores it — ℓ of
-        :func:`softmax_attention`, plus ``slope · (i + o)`` with causal ALiBi (its kernel adds
-        ``slope · j`` alone), +∞ for a row that sees no key.
+        :func:`softmax_attention`, plus ``slope · (i + o)`` with ALiBi on the causal path (no left window
+        bound; its kernel then adds ``slope · j`` alone), +∞ for a row that sees no key.
     S_dmask : None
-        Only with ``return_attn_probs``.
+        Only with ``return_attn_probs`` (flash_attn returns an empty tensor without dropout).
 
     Notes
     -----
@@ -1669,7 +1683,9 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     cu_seqlens_q, cu_seqlens_k : array_like of int, shape (batch + 1,)
         The sequences' offsets in q and in k, v: ``0 = c_0 < c_1 < … < c_batch = total``.
     max_seqlen_q, max_seqlen_k : int
-        At least the longest sequence (as the kernel requires; the result does not depend on them).
+        At least the longest sequence (as the kernel requires). The outputs do not depend on them;
+        ``softmax_lse`` does, as flash_attn's: a window bound of at least ``max_seqlen_k`` is none, so that
+        with ALiBi and such a bound the causal path's shifted lse is returned.
     dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs
         As in :func:`flash_attn_func`; ``alibi_slopes`` of shape (batch, nheads) give each sequence
         its own row.
@@ -1678,7 +1694,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     -------
     out : ndarray, shape (total_q, nheads, headdim_v)
     softmax_lse : ndarray, shape (nheads, total_q)
-        Only with ``return_attn_probs`` (FlashAttention-2's layout for packed sequences).
+        Only with ``return_attn_probs`` (the layout of recent flash-attn 2.x releases for packed sequences;
+        older ones used (batch, nheads, max_seqlen_q)).
     S_dmask : None
         Only with ``return_attn_probs``.
 

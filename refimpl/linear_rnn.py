@@ -2224,7 +2224,10 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         Also return the state after the last step.
     return_varlen_states : bool
         Also return the state after the last step of each packed sequence (needs ``seq_idx`` and
-        ``cu_seqlens``).
+        ``cu_seqlens``). Sequence 0's includes the row's ``initial_states``; mamba_ssm's
+        ``chunk_state_varlen`` leaves them out when sequence 0 ends within the first chunk (it adds the
+        carried state only to sequences that start before their last chunk) — a kernel faithful to it
+        differs from refimpl there.
 
     Returns
     -------

@@ -159,7 +159,6 @@ def test_flash_attn_bad_input_names_the_argument():
     q, k, v = _inputs(6, 1, 4, 4, 2, 2)
     for kw, err, match in [(dict(dropout_p=0.1), ValueError, "^dropout_p: the reference is deterministic"),
                            (dict(window_size=(1,)), TypeError, "^window_size"),
-                           (dict(window_size=(-2, 0)), ValueError, "^window_size"),
                            (dict(alibi_slopes=np.ones(3)), ValueError, r"^alibi_slopes: expected shape \(nheads,\)"),
                            (dict(softcap=-1.0), ValueError, "^softcap")]:
         with pytest.raises(err, match=match):
@@ -215,3 +214,32 @@ def test_oracle_judges_flashattention_kernels_in_their_own_convention():
         return at.flash_attn_func(kw["q"][None], kw["k"][None], kw["v"][None], causal=True)[0].astype(np.float32)
 
     assert not oracle.compare("attention.flash_attn_varlen_func", across, dtype="float32", inputs=packed).passed
+
+
+def test_flash_attn_window_conventions_are_flash_attns():
+    """A kernel author's trial against flash-attn's sources (mha_fwd, mask.h): window_size=(-1, 0) is causal
+    attention with or without causal=True (refimpl ignored it without); any negative bound is none; a bound of at
+    least seqlen_k (max_seqlen_k when packed) is none; and the lse carries the causal path's ALiBi shift only when
+    no left bound remains (with a left bound the kernel adds −slope·|i + o − j|)."""
+    q, k, v = _inputs(7, 1, 6, 9, 2, 2)
+    slopes = np.array([0.5, 0.25])
+    causal = at.flash_attn_func(q, k, v, causal=True, alibi_slopes=slopes, return_attn_probs=True)
+    for ws in [(-1, 0), (-5, 0), (9, 0), (100, 0)]:  # no left bound (negative, or past every key) and right = 0
+        got = at.flash_attn_func(q, k, v, window_size=ws, alibi_slopes=slopes, return_attn_probs=True)
+        assert np.array_equal(got[0], causal[0]) and np.array_equal(got[1], causal[1]), ws
+    windowed = at.flash_attn_func(q, k, v, causal=True, window_size=(3, -1), alibi_slopes=slopes, return_attn_probs=True)
+    ro, rl = ref_fa(q, k, v, causal=True, window=(3, -1), slopes=slopes)
+    i, j, o = np.arange(6)[:, None], np.arange(9)[None, :], 9 - 6  # query i sits at key i + o
+    unshifted = at.softmax_attention(np.swapaxes(q, 1, 2), np.swapaxes(k, 1, 2), np.swapaxes(v, 1, 2), causal=True,
+                                     causal_alignment="bottom_right", alibi_slopes=slopes, return_lse=True,
+                                     mask=j >= i + o - 3)[1]
+    assert np.allclose(windowed[0], ro, rtol=1e-12, atol=1e-13)
+    assert np.allclose(windowed[1], unshifted, rtol=1e-12, atol=0)  # with a left bound, flash_attn's lse is ℓ itself
+    assert not np.allclose(windowed[1], causal[1])
+    cu = np.array([0, 6, 12])
+    qp, kp, vp = np.concatenate([q[0], q[0]]), np.concatenate([k[0, :6], k[0, :6]]), np.concatenate([v[0, :6], v[0, :6]])
+    short = at.flash_attn_varlen_func(qp, kp, vp, cu, cu, 6, 6, window_size=(7, 0), alibi_slopes=slopes,
+                                      return_attn_probs=True)[1]
+    wide = at.flash_attn_varlen_func(qp, kp, vp, cu, cu, 6, 9, window_size=(7, 0), alibi_slopes=slopes,
+                                     return_attn_probs=True)[1]
+    assert not np.allclose(short, wide)  # left bound 7 >= max_seqlen_k 6: none (the causal path, shifted); not for 9
