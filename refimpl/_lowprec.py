@@ -1377,10 +1377,10 @@ def _seq_idx_runs(plain):
         x = np.asarray(args["x"])
         out: dict = {}
         for i, row in enumerate(_seq_runs(args["seq_idx"], *x.shape[:2])):
-            for s, e, sid in row:
+            for s, e, first in row:
                 part = {n: a[i:i + 1, s:e] if n in _MAMBA_TIMED else a for n, a in args.items()
                         if n not in ("seq_idx", "initial_states", "dfinal_states") and a is not None}
-                if s == 0 and sid == 0 and args.get("initial_states") is not None:
+                if first and args.get("initial_states") is not None:
                     part["initial_states"] = args["initial_states"][i:i + 1]
                 if e == row[-1][1] and args.get("dfinal_states") is not None:
                     part["dfinal_states"] = args["dfinal_states"][i:i + 1]

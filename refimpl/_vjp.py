@@ -2539,9 +2539,9 @@ def _mamba_vjp_packed(loop, m, dt, runs, dout, dhL, part: dict, sums) -> dict:
     out: dict = {}
     parts = {} if sums is not None else None
     for i, row in enumerate(runs):
-        for s, e, sid in row:
+        for s, e, first in row:
             cut = lambda a: None if a is None else a[i:i + 1, s:e]  # noqa: E731
-            first = s == 0 and sid == 0 and m.h0 is not None
+            first = first and m.h0 is not None
             sub = {} if sums is not None else None
             g = _mamba_vjp(loop, cut(m.x), cut(dt), B=cut(m.B), C=cut(m.C), dout=cut(dout), z=cut(m.z),
                            initial_states=m.h0[i:i + 1] if first else None, dfinal_states=None if dhL is None or

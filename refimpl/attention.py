@@ -1559,12 +1559,11 @@ def _varlen_parts(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
 def _flash_attn_varlen(loop, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
                        causal, window_size, softcap, alibi_slopes, return_attn_probs, deterministic=False):
     return_attn_probs = as_bool(return_attn_probs, "return_attn_probs")
-    as_bool(deterministic, "deterministic")
     outs, lses = [], []
     for qi, ki, vi, si, _ in _varlen_parts(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                            alibi_slopes):
         o, lse, _ = _flash_attn(loop, qi, ki, vi, dropout_p, softmax_scale, causal, window_size, softcap, si, True,
-                                clamp_k=int(max_seqlen_k))
+                                deterministic, clamp_k=int(max_seqlen_k))
         outs.append(o[0])
         lses.append(lse[0])
     out = np.concatenate(outs, axis=0)

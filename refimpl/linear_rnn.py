@@ -2109,8 +2109,10 @@ def _mamba_scan(m: _Mamba, loop: bool, D_inside: bool = True):
 
 
 def _seq_runs(seq_idx, b: int, L: int) -> list:
-    """mamba_ssm's ``seq_idx`` (batch, seqlen): for each batch row its sequences as ``(start, stop, id)``, the runs
-    of equal ids. Ids are non-negative integers, non-decreasing along a row (each sequence one contiguous run)."""
+    """mamba_ssm's ``seq_idx`` (batch, seqlen): for each batch row its sequences as ``(start, stop, first)``, the runs
+    of equal ids, ``first`` when the run starts the row with id 0 — the one sequence the row's ``initial_states``
+    enter (as mamba_ssm's state passing carries them). Ids are non-negative integers, non-decreasing along a row
+    (each sequence one contiguous run)."""
     ids = np.asarray(seq_idx)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"seq_idx: expected integer sequence ids (mamba_ssm's int32 tensor), got dtype {ids.dtype}")
@@ -2122,13 +2124,13 @@ def _seq_runs(seq_idx, b: int, L: int) -> list:
     runs = []
     for row in ids:
         cuts = np.concatenate([[0], np.flatnonzero(np.diff(row)) + 1, [L]]).tolist()
-        runs.append([(s, e, int(row[s])) for s, e in zip(cuts[:-1], cuts[1:])])
+        runs.append([(s, e, s == 0 and int(row[0]) == 0) for s, e in zip(cuts[:-1], cuts[1:])])
     return runs
 
 
 def _mamba_part(m: _Mamba, i: int, s: int, e: int, first: bool) -> _Mamba:
     """Row ``i``, steps ``s … e − 1`` of a validated call, as a call of its own; the row's initial state only for
-    ``first``, the sequence that starts the row with id 0 (as mamba_ssm's state passing carries it)."""
+    ``first`` (:func:`_seq_runs`)."""
     cut = lambda a: None if a is None else a[i:i + 1, s:e]  # noqa: E731
     return m._replace(x=cut(m.x), raw=cut(m.raw), pre=cut(m.pre), step=cut(m.step), B=cut(m.B), C=cut(m.C), z=cut(m.z),
                       h0=m.h0[i:i + 1] if first and m.h0 is not None else None)
@@ -2164,8 +2166,8 @@ def _mamba_forward(loop, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_stat
         final = np.empty(m.x.shape[:1] + m.x.shape[2:] + m.B.shape[-1:])
         ends = []
         for i, row in enumerate(runs):
-            for s, e, sid in row:
-                out[i:i + 1, s:e], last = _mamba_scan(_mamba_part(m, i, s, e, s == 0 and sid == 0), loop)
+            for s, e, first in row:
+                out[i:i + 1, s:e], last = _mamba_scan(_mamba_part(m, i, s, e, first), loop)
                 ends.append(last)
             final[i] = last[0]  # the state after the row's last step: its last sequence's
         varlen = np.concatenate(ends) if return_varlen_states else None

@@ -2147,18 +2147,24 @@ _OFFICIAL = {
 _OFFICIAL.update({f"{name}_vjp": base for name, base in _OFFICIAL.items()})
 
 
+def _lengths(value, name: str) -> list:
+    """A non-empty list of positive ints: packed sequences' lengths (``seqlens``, ``seqlens_q``, …)."""
+    if isinstance(value, (str, bytes)) or not np.iterable(value) or not len(value) or any(
+            isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in value):
+        raise ValueError(f"{name}: expected a list of positive ints (the packed sequences' lengths), got {value!r}")
+    return [int(n) for n in value]
+
+
 def _seqlens(sizes: dict):
     """Pop ``seqlens`` (packed sequences' lengths) from ``sizes`` and set ``L`` to their sum, or None."""
     seqlens = sizes.pop("seqlens", None)
     if seqlens is None:
         return None
-    if isinstance(seqlens, (str, bytes)) or not np.iterable(seqlens) or not len(seqlens) or any(
-            isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in seqlens):
-        raise ValueError(f"seqlens: expected a list of positive ints (the packed sequences' lengths), got {seqlens!r}")
+    seqlens = _lengths(seqlens, "seqlens")
     if sizes.get("batch", 1) != 1 or sizes.get("L", sum(seqlens)) != sum(seqlens):
         raise ValueError("seqlens: packed sequences make one batch row of L = sum(seqlens) steps; leave out batch and L")
-    sizes["L"] = int(sum(seqlens))
-    return [int(n) for n in seqlens]
+    sizes["L"] = sum(seqlens)
+    return seqlens
 
 
 def _official_inputs(function: str, seed: int, sizes: dict) -> dict:
@@ -2246,13 +2252,9 @@ def _flash_official_inputs(function: str, seed: int, sizes: dict) -> dict:
     alibi = as_bool(sizes.pop("alibi", False), "alibi")
     rng = np.random.default_rng(seed)
     if varlen:
-        seqlens_q = sizes.pop("seqlens_q", [100, 37, 129])
-        seqlens_k = sizes.pop("seqlens_k", seqlens_q)
+        seqlens_q = _lengths(sizes.pop("seqlens_q", [100, 37, 129]), "seqlens_q")
+        seqlens_k = _lengths(sizes.pop("seqlens_k", seqlens_q), "seqlens_k")
         s = _sizes(function, sizes, {"nheads": 4, "nheads_k": 0, "headdim": 64, "headdim_v": 0})
-        for name, lens in (("seqlens_q", seqlens_q), ("seqlens_k", seqlens_k)):
-            if isinstance(lens, (str, bytes)) or not np.iterable(lens) or not len(lens) or any(
-                    isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in lens):
-                raise ValueError(f"{name}: expected a list of positive ints (the packed sequences' lengths), got {lens!r}")
         if len(seqlens_q) != len(seqlens_k):
             raise ValueError(f"seqlens_k: expected as many sequences as seqlens_q ({len(seqlens_q)}), got {len(seqlens_k)}")
         lead_q, lead_k = (int(sum(seqlens_q)),), (int(sum(seqlens_k)),)
