@@ -317,13 +317,14 @@ def rope_complex(x, positions=None, base: float = 10000.0, freqs=None, *, as_com
 
 
 def rope_decay_bound(distances, d: int, base: float = 10000.0) -> np.ndarray:
-    r"""RoFormer's long-term decay curve ``(1/(d/2)) Σ_{j=1}^{d/2} |S_j|``, ``S_j = Σ_{k<j} e^{i r θ_k}``.
+    r"""RoFormer's long-term decay curve ``(1/(d/2)) Σ_{j=1}^{d/2} |S_j|``, ``S_j = Σ_{u<j} e^{i r θ_u}``.
 
     Implements Eq. (5.8) of the book (RoFormer, Su et al. 2021, §3.4.3 and Fig. 2): by Abel
     summation ``|Σ_i h_i e^{i r θ_i}| ≤ (max_{0≤i<d/2} |h_{i+1} − h_i|) Σ_j |S_j|`` with RoFormer's
     convention ``h_{d/2} := 0`` (without it the bound is false: a constant ``h`` would make the
     right side 0), so the mean ``|S_j|`` bounds how large the score of two vectors at relative
-    distance ``r`` can be.
+    distance ``r`` can be. The curve decays on average but is not monotone: it oscillates, and
+    for d = 64 it rises on about half of the integer steps r → r + 1 up to r = 1000.
 
     Parameters
     ----------
@@ -340,10 +341,10 @@ def rope_decay_bound(distances, d: int, base: float = 10000.0) -> np.ndarray:
     Examples
     --------
     >>> b = rope_decay_bound(np.array([0.0, 10.0, 100.0]), 64)
-    >>> b.round(3).tolist()  # decreasing with the distance
+    >>> b.round(3).tolist()  # decays on average; not monotone
     [16.5, 8.814, 7.465]
     """
     r = as_real_array(distances, "distances", ndim=1)
     theta = frequencies(_even_width(d, "d"), base)
-    S = np.cumsum(np.exp(1j * r[:, None] * theta[None, :]), axis=1)  # S_j for j = 1..d/2
+    S = np.cumsum(np.exp(1j * r[:, None] * theta[None, :]), axis=1)  # S_j = Σ_{u<j} e^{i r θ_u} for j = 1..d/2
     return np.abs(S).mean(axis=1)

@@ -213,6 +213,7 @@ class TestRope:
         rot_half = np.concatenate([-xh[:, d // 2 :], xh[:, : d // 2]], axis=1)
         yh = xh * np.cos(ang) + rot_half * np.sin(ang)
         close(rope(x)[:, perm], yh, rtol=ORACLE, what="rotate_half layout up to permutation")
+        close(rope(x), yh[:, np.argsort(perm)], rtol=ORACLE, what="rotate_half layout mapped back by argsort(perm)")
         assert np.max(np.abs(rope(xh) - yh)) > 0.1  # applying the wrong layout is not the same
 
     @pytest.mark.parametrize("func", [rope, rope_loop, rope_complex])
@@ -250,6 +251,13 @@ class TestDecayBound:
         means = [b[i : i + 50].mean() for i in range(0, 250, 50)]
         assert all(x > y for x, y in zip(means, means[1:]))
         assert b[0] > 4 * b[200]  # paper Fig. 2: from 32.5 at r = 0 to about 7 near r = 200
+
+    def test_not_monotone(self):
+        # the docstring: the curve decays on average but oscillates (d = 64: rises on about half of the steps)
+        b = rope_decay_bound(np.arange(0.0, 1001.0), 64)
+        rises = int(np.sum(np.diff(b) > 0))
+        assert 300 < rises < 700, rises
+        assert b[10:101].min() < b[100] < b[10]  # a dip between r = 10 and r = 100 below the value at r = 100
 
     def test_errors(self):
         with pytest.raises(ValueError, match="^distances: expected 1 dimensions"):
