@@ -449,7 +449,9 @@ def continuous_impulse_response(theta, t):
 
     Implements Eq. (14.6) of the book (Eqs. 17, 20, Eq. 21 with the corrected frequency):
 
-    * over-damped (``Δ = b² − 4a > 0``): ``(e^{λ₁t} − e^{λ₂t}) / (a(λ₁ − λ₂))``;
+    * over-damped (``Δ = b² − 4a > 0``): ``(e^{λ₁t} − e^{λ₂t}) / (a(λ₁ − λ₂))``, evaluated as
+      ``e^{λ₂t}(1 − e^{−(λ₂−λ₁)t}) / sqrt(Δ)`` (``expm1``), which neither overflows for large
+      ``t`` nor cancels near ``t = 0`` or ``Δ = 0``;
     * under-damped: ``e^{−bt/(2a)} sin(ωt) / (aω)`` with ``ω = sqrt(−Δ)/(2a)`` (the paper's
       ``sqrt(Δ)/(2a)`` is imaginary there, §14.3 of the book);
     * critically damped: ``t e^{−bt/(2a)} / a``.
@@ -479,9 +481,13 @@ def continuous_impulse_response(theta, t):
     disc = b * b - 4.0 * a  # Δ
     sigma = -b / (2.0 * a)  # Re λ
     if disc > 0:
-        s = math.sqrt(disc) / (2.0 * a)
-        # (e^{λ1 t} − e^{λ2 t}) / (a(λ1 − λ2)) with λ1,2 = σ ∓ s, written without cancellation
-        return -np.exp(sigma * t) * np.sinh(-s * t) / (a * s)
+        sq = math.sqrt(disc)  # a(λ2 − λ1) = sqrt(Δ) > 0
+        # λ2 = σ + s, the slower exponent, from the root formula without cancellation (λ1λ2 = 1/a)
+        lam2 = -2.0 / (b + sq) if b > 0 else (sq - b) / (2.0 * a)
+        # (e^{λ1 t} − e^{λ2 t}) / (a(λ1 − λ2)) = e^{λ2 t} (1 − e^{−(λ2 − λ1)t}) / sqrt(Δ): no overflow
+        # (a sinh(st) e^{σt} form overflows for st > 710 while the response is ~e^{λ2 t}), no
+        # cancellation near t = 0 or Δ = 0 (expm1)
+        return -np.exp(lam2 * t) * np.expm1(-(sq / a) * t) / sq
     if disc < 0:
         w = math.sqrt(-disc) / (2.0 * a)  # ω = sqrt(−Δ)/(2a)  (corrected P-20)
         return np.exp(sigma * t) * np.sin(w * t) / (a * w)
@@ -1078,9 +1084,13 @@ def focus_layer(x, params, *, variant="causal-recursive", chunk_size, n_bins, n_
     Cost ``O(D L log L)`` (global convolution) ``+ O(D L log R)`` (per-bin filtering)
     ``+ O(L M d)`` (attention): linear in L up to logs for fixed R and M (Eqs. 27, 28).
 
-    Every θ from the sigmoid lies in (0, 1)², inside the stability triangle. In float64 a
-    pre-activation above about 37 rounds σ to exactly 1.0, a pole on the unit circle; the filter
-    step then raises ``ValueError`` naming ``theta`` instead of returning a marginal result.
+    Every θ from the sigmoid lies in (0, 1)², inside the stability triangle (Eq. 13.13). In
+    float64 a pre-activation above about 37 rounds σ to exactly 1.0. For θ₁ that is a pole pair
+    on the unit circle (``|p|² = θ₁``): the filter step raises ``ValueError`` naming ``theta``
+    instead of returning a marginal result. ``θ₀ = 1.0`` is still a stable filter while
+    ``θ₁ > 0`` (poles ``(−1 ± sqrt(1 − 4θ₁))/2``, Eq. (14.4)) and the layer returns it; only if
+    θ₁ also falls below about 1.1e-16 (pre-activation below about −37), so that ``1 + θ₁``
+    rounds to 1 (a pole at −1), is it refused in the same way.
 
     Examples
     --------

@@ -341,6 +341,19 @@ class TestContinuousReading:
         _, ref = ss.impulse(([1.0], [a, b, 1.0]), T=t)
         close(fo.continuous_impulse_response(theta, t), ref, rtol=1e-10, what="continuous impulse vs scipy.signal.impulse")
 
+    @pytest.mark.parametrize("theta", [(0.95, 0.01), (0.99, 0.002), (0.9, 1e-8)])
+    def test_over_damped_long_window(self, theta):
+        """Strongly over-damped (small a): st passes 710 within the window, the response is ~e^{λ₂t}, tiny but
+        representable; the two-exponential form (14.6) with numpy.roots exponents, for t where it does not cancel."""
+        b, a = theta
+        t = np.linspace(0.0, 40.0, 161)
+        h = fo.continuous_impulse_response(theta, t)
+        l1, l2 = np.sort(np.roots([a, b, 1.0]).real)  # λ1 < λ2 < 0
+        far = t >= 0.5  # e^{λ1 t} < 1e-16 · e^{λ2 t} there: no cancellation in the oracle
+        ref = (np.exp(l1 * t[far]) - np.exp(l2 * t[far])) / (a * (l1 - l2))
+        close(h[far], ref, rtol=1e-12, what="over-damped continuous response, long window")
+        assert np.all(np.isfinite(h)) and np.all(h[1:] > 0) and h[0] == 0.0
+
     def test_paper_omega_is_imaginary(self):
         """Erratum 2: ω = sqrt(Δ)/(2a) is NaN for the under-damped case; sqrt(−Δ)/(2a) matches impulse."""
         b, a = 0.3, 0.6
@@ -643,6 +656,17 @@ class TestFocusLayer:
             fo.focus_layer(self.X, saturated, chunk_size=12, n_bins=6)
         with pytest.raises(TypeError, match="^return_intermediates"):
             fo.focus_layer(self.X, self.P, chunk_size=12, n_bins=6, return_intermediates=1)
+
+    def test_saturated_theta0_is_still_stable(self):
+        """σ rounds to 1.0 above a pre-activation of about 37: for θ₀ that is no marginal pole while θ₁ > 0."""
+        sat0 = dict(self.P, mlp_b2=np.array([900.0, 0.0, 0.0, 0.0]))  # θ0 of branch 0 == 1.0 exactly
+        o, mid = fo.focus_layer(self.X, sat0, chunk_size=12, n_bins=6, return_intermediates=True)
+        th = mid["theta"][1:, :, 0]
+        assert np.all(th[..., 0] == 1.0) and np.all(th[..., 1] > 1e-15) and np.all(np.isfinite(o))
+        assert np.abs(iir.biquad_poles(np.concatenate([np.ones(th.shape[:-1] + (1,)), th], -1))).max() < 1.0
+        both = dict(self.P, mlp_b2=np.array([900.0, -900.0, 0.0, 0.0]))  # θ0 == 1, θ1 underflows: pole at −1
+        with pytest.raises(ValueError, match="^theta: expected stable"):
+            fo.focus_layer(self.X, both, chunk_size=12, n_bins=6)
 
 
 class TestInitFocusParams:
