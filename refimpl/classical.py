@@ -307,8 +307,31 @@ def _check_wiener_hopf(r, p):
     return r, p
 
 
+#: both Wiener–Hopf twins refuse R when some order of the Levinson–Durbin recursion (6.5) has 1 − ε² at or below
+#: this: R is then not positive definite (|ε| ≥ 1) or numerically singular (the prediction-error power
+#: r(0) Π(1 − ε²) collapses by more than fifteen digits in one order)
+_DURBIN_TOL = 1e-15
+
+
 def _not_pd(r) -> ValueError:
-    return ValueError("r: the Toeplitz autocorrelation matrix is not positive definite (a reflection coefficient has |κ| >= 1)")
+    return ValueError(
+        "r: the Toeplitz autocorrelation matrix is not positive definite or is numerically singular "
+        f"(a Levinson–Durbin coefficient ε of Eq. (6.5) has 1 − ε² <= {_DURBIN_TOL:g})"
+    )
+
+
+def _check_durbin(r: np.ndarray) -> None:
+    """Run the forward half of the Levinson–Durbin recursion (6.5), O(M²), and raise where 1 − ε² <= _DURBIN_TOL.
+
+    The same test, on the same ε, as :func:`wiener_hopf_loop`, so that the twins refuse the same inputs.
+    """
+    f = np.array([1.0 / r[0]])  # R_1 f = e_1
+    for n in range(1, r.size):
+        eps = float(r[n:0:-1] @ f)  # ε = Σ_{i<n} r(n−i) f_i
+        den = 1.0 - eps * eps
+        if not den > _DURBIN_TOL:  # also catches a NaN
+            raise _not_pd(r)
+        f = (np.append(f, 0.0) - eps * np.append(0.0, f[::-1])) / den
 
 
 def wiener_hopf(r, p) -> np.ndarray:
@@ -332,7 +355,9 @@ def wiener_hopf(r, p) -> np.ndarray:
     Raises
     ------
     ValueError
-        If ``R`` is not positive definite (checked by the eigenvalues of the M×M matrix).
+        If ``R`` is not positive definite or is numerically singular: some order of the
+        Levinson–Durbin recursion (6.5) has ``1 − ε² <= 1e-15`` (|ε| < 1 at every order exactly
+        when R is positive definite). :func:`wiener_hopf_loop` applies the same test.
 
     Examples
     --------
@@ -341,9 +366,7 @@ def wiener_hopf(r, p) -> np.ndarray:
     [0.5, 0.0, -0.0]
     """
     r, p = _check_wiener_hopf(r, p)
-    R = scipy.linalg.toeplitz(r)
-    if np.linalg.eigvalsh(R)[0] <= 1e-14 * r[0] * r.size:
-        raise _not_pd(r)
+    _check_durbin(r)  # |ε| < 1 at every order of (6.5) ⇔ R positive definite
     return scipy.linalg.solve_toeplitz(r, p)  # R w = p, Eq. (6.3)
 
 
@@ -351,9 +374,11 @@ def wiener_hopf_loop(r, p) -> np.ndarray:
     r"""Loop twin of :func:`wiener_hopf`: the Levinson–Durbin recursion written out (Eq. (6.5)).
 
     Order by order, the forward vector ``f`` (``R_n f = e_1``) and the solution ``x``
-    (``R_n x = p_{0:n}``) are extended: with ``ε = Σ_i r(n−i) f_i`` (Durbin's reflection
-    coefficient ``κ = −ε``), ``f ← ([f; 0] − ε [0; f̃]) / (1 − ε²)`` (``f̃`` reversed) and
-    ``x ← [x; 0] + (p_n − Σ_i r(n−i) x_i) f̃_new``.
+    (``R_n x = p_{0:n}``) are extended: with ``ε = Σ_i r(n−i) f_i`` (the partial autocorrelation
+    φ_nn, i.e. the last coefficient of the order-n Yule–Walker predictor, which Durbin's recursion
+    computes; Haykin's reflection coefficient is ``κ = −ε``), ``f ← ([f; 0] − ε [0; f̃]) / (1 − ε²)``
+    (``f̃`` reversed) and ``x ← [x; 0] + (p_n − Σ_i r(n−i) x_i) f̃_new``. Raises, like
+    :func:`wiener_hopf`, where ``1 − ε² <= 1e-15``.
 
     Examples
     --------
@@ -363,21 +388,23 @@ def wiener_hopf_loop(r, p) -> np.ndarray:
     """
     r, p = _check_wiener_hopf(r, p)
     cols = p[:, None] if p.ndim == 1 else p
-    m = r.size
-    out = np.zeros(cols.shape)
-    for c in range(cols.shape[1]):
-        f = [1.0 / r[0]]  # R_1 f = e_1
-        x = [cols[0, c] / r[0]]  # R_1 x = p_0
-        for n in range(1, m):
-            eps = sum(r[n - i] * f[i] for i in range(n))  # last entry of R_{n+1} [f; 0]
-            den = 1.0 - eps * eps  # (R_{n+1}[f; 0] − ε R_{n+1}[0; f̃]) = (1 − ε²) e_1
-            if den <= 1e-15:
-                raise _not_pd(r)
-            fe, be = f + [0.0], [0.0] + f[::-1]  # [f; 0] and [0; f̃]
-            f = [(a - eps * b) / den for a, b in zip(fe, be)]  # R_{n+1} f = e_1
+    m, k = r.size, cols.shape[1]
+    f = [1.0 / r[0]]  # R_1 f = e_1
+    xs = [[cols[0, c] / r[0]] for c in range(k)]  # R_1 x = p_0, one solution per right-hand side
+    for n in range(1, m):
+        eps = sum(r[n - i] * f[i] for i in range(n))  # last entry of R_{n+1} [f; 0]
+        den = 1.0 - eps * eps  # (R_{n+1}[f; 0] − ε R_{n+1}[0; f̃]) = (1 − ε²) e_1
+        if not den > _DURBIN_TOL:  # the test of wiener_hopf (_check_durbin), also with no right-hand side
+            raise _not_pd(r)
+        fe, be = f + [0.0], [0.0] + f[::-1]  # [f; 0] and [0; f̃]
+        f = [(a - eps * b) / den for a, b in zip(fe, be)]  # R_{n+1} f = e_1
+        for c in range(k):
+            x = xs[c]
             err = cols[n, c] - sum(r[n - i] * x[i] for i in range(n))  # p_n − (R_{n+1}[x; 0])_n
-            x = [a + err * b for a, b in zip(x + [0.0], f[::-1])]  # f̃ solves R_{n+1} f̃ = e_{n+1}
-        out[:, c] = x
+            xs[c] = [a + err * b for a, b in zip(x + [0.0], f[::-1])]  # f̃ solves R_{n+1} f̃ = e_{n+1}
+    out = np.zeros(cols.shape)
+    for c in range(k):
+        out[:, c] = xs[c]
     return out[:, 0] if p.ndim == 1 else out
 
 

@@ -208,6 +208,36 @@ class TestWienerHopf:
         with pytest.raises(ValueError, match=match):
             func(r, p)
 
+    @pytest.mark.parametrize("gap", [1e-12, 1e-14, 1e-15, 1e-16, 0.0, -1e-3])
+    def test_twins_refuse_the_same_inputs(self, gap):
+        # r = [1, 1 − gap]: positive definite for gap > 0, but 1 − ε² = 1 − (1 − gap)² falls to the 1e-15
+        # threshold of (6.5) at gap ≈ 1e-16. Both twins apply that one test: they raise together or return
+        # together, and where they return they solve the float system (exact rational oracle).
+        from fractions import Fraction
+
+        r, p = np.array([1.0, 1.0 - gap]), np.array([1.0, 0.0])
+        outcomes = []
+        for func in (wiener_hopf, wiener_hopf_loop):
+            try:
+                outcomes.append(func(r, p))
+            except ValueError as err:
+                assert str(err).startswith("r: the Toeplitz autocorrelation matrix is not positive definite or is numerically singular")
+                assert "1 − ε² <= 1e-15" in str(err)
+                outcomes.append(None)
+        c = Fraction(r[1])
+        raises = not (1 - c * c > Fraction(1e-15))
+        assert [o is None for o in outcomes] == [raises, raises], (gap, outcomes)
+        if not raises:
+            exact = np.array([float(1 / (1 - c * c)), float(-c / (1 - c * c))])  # R⁻¹ e_1 for the float r
+            close(outcomes[0], exact, rtol=1e-3, what="near-singular R: solve_toeplitz vs exact")
+            close(outcomes[1], exact, rtol=1e-3, what="near-singular R: Levinson loop vs exact")
+
+    def test_refuses_without_right_hand_sides(self):
+        for func in (wiener_hopf, wiener_hopf_loop):
+            with pytest.raises(ValueError, match="^r: the Toeplitz autocorrelation matrix is not positive definite"):
+                func([1.0, 2.0], np.zeros((2, 0)))
+            assert func([1.0, 0.5], np.zeros((2, 0))).shape == (2, 0)
+
 
 # ---------------------------------------------------------------------------------------------
 def ar1_smoother_closed_form(a, q, rn, lags):
