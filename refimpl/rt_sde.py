@@ -48,9 +48,9 @@ References
        (4.1 Itô SDE with radial–tangential dynamics and noise, 4.2 propagation of uncertainty,
        4.3 radial–tangential Kalman IRLS, 4.5 the Transformer as an MLE on a hypersphere) and
        App. B.3 "Normal plus rank-1 noise covariance"; §5 in v2–v3; removed in v4.
-.. [2] "RT-Transformer: The Transformer Block as a Spherical State Estimator",
-       arXiv:2605.11007 (2026) — abstract: the state is a direction on the hypersphere, noise
-       lives in the tangent plane, attention aggregates evidence with precision weights, the
+.. [2] P. Racioppo, "RT-Transformer: The Transformer Block as a Spherical State Estimator",
+       arXiv:2605.11007v1 (10 May 2026) — abstract of v1 (a later version may differ): the
+       state is a direction on the hypersphere, noise lives in the tangent plane, attention aggregates evidence with precision weights, the
        residual is the state update and normalization the retraction.
 .. [3] J. Sherman and W. J. Morrison, "Adjustment of an inverse matrix corresponding to a
        change in one element of a given matrix", Ann. Math. Statist. 21(1), 1950.
@@ -58,7 +58,8 @@ References
        Princeton 2008, §4.1 (retractions; the sphere, Example 4.1.1).
 .. [5] I. Loshchilov, C.-P. Hsieh, S. Sun, B. Ginsburg, "nGPT: Normalized Transformer with
        representation learning on the hypersphere", arXiv:2410.01131 (2024): the update
-       h ← Norm(h + α(h_A − h)), the same step as Eq. (9.15).
+       h ← Norm(h + α_A(h_A − h)) with h_A = Norm(ATTN(h)) and a per-dimension α_A has the
+       same form as Eq. (9.15); it coincides with Eq. (9.15) only for a scalar α = 1.
 .. [6] K. V. Mardia and P. E. Jupp, *Directional Statistics*, Wiley 2000, §10.3 (the maximum-
        likelihood mean direction of a von Mises–Fisher sample is the normalized resultant).
 """
@@ -922,8 +923,9 @@ def rt_attention(
         The noise direction u: ``"key"`` (default) the transported key's direction
         ``u_ij = e^{ΩΔt_ij} k_j/‖k_j‖``; ``"query"`` the query's direction ``q_i/‖q_i‖`` for every
         key. Which one the paper uses is unconfirmed; the RT-Transformer abstract's "noise in the
-        tangent plane at the current estimate" points to ``"query"``. For unit-norm inputs in the
-        sphere limit both give sin²θ (Eq. (9.12) of the book).
+        tangent plane at the current estimate" points to ``"query"``. For unit-norm inputs, μ = 0,
+        in the sphere limit both give sin²θ (Eq. (9.12) of the book); with μ > 0 the transported
+        key has norm e^{−μΔt}, and ``"query"`` gives e^{−2μΔt} sin²θ where ``"key"`` gives sin²θ.
     return_weights : bool
         Also return the attention matrix.
 
@@ -944,7 +946,9 @@ def rt_attention(
 
     with ``log det P = −(d−1) log a_⊥ − log a_∥`` (Eq. (9.10)); for a_⊥ = a_∥ this is isotropic
     AFA's logit. Computed in the frame rotated by ``e^{−Ωt_i}`` (rotate–aggregate–counter-rotate):
-    ``e^{−Ωt_i} r_ij = e^{−Ωt_i} q_i − e^{−μΔt_ij} e^{−Ωt_j} k_j``. Memory O(N² d).
+    ``e^{−Ωt_i} r_ij = e^{−Ωt_i} q_i − e^{−μΔt_ij} e^{−Ωt_j} k_j``, with t first shifted to start
+    at 0 (only lags matter; rotating by large absolute times such as Unix seconds would cost up
+    to about ε‖Ω‖ max|t| of relative accuracy). Memory O(N² d).
 
     Examples
     --------
@@ -961,9 +965,9 @@ def rt_attention(
         q, k, v, t, mu, omega, locals(), nu, weight, kappa, temperature, direction
     )
     n, d = q.shape[-2:]
-    rot_back = _rotations(om, -t)  # e^{−Ωt_i}, (N, d, d)
-    qs = np.einsum("nab,...nb->...na", rot_back, q)  # q°_i = e^{−Ωt_i} q_i
-    ks = np.einsum("nab,...nb->...na", rot_back, k)  # k°_j = e^{−Ωt_j} k_j
+    rot_back = _rotations(om, -(t - t[0]))  # e^{−Ω(t_i − t_0)}, (N, d, d): only lags matter, no phase loss at large t
+    qs = np.einsum("nab,...nb->...na", rot_back, q)  # q°_i = e^{−Ω(t_i − t_0)} q_i
+    ks = np.einsum("nab,...nb->...na", rot_back, k)  # k°_j = e^{−Ω(t_j − t_0)} k_j
     vs = np.einsum("nab,...nb->...na", rot_back, v)
     dt = t[:, None] - t[None, :]  # Δt_ij
     causal = dt >= 0
@@ -1064,7 +1068,7 @@ def rt_attention_loop(
 
 def _check_step(z, alpha) -> tuple[np.ndarray, float]:
     z, _, _, _ = check_qkv(z, z, z, names=("z", "z", "z"))
-    _check_unit(z, "z")
+    z = _check_unit(z, "z")  # renormalized to unit length exactly (within UNIT_TOL)
     return z, as_positive_scalar(alpha, "alpha")
 
 
@@ -1100,12 +1104,16 @@ def rt_step(z, *, alpha=1.0, **params):
 
     Notes
     -----
-    Write ``Δ = c z + Δ_⊥`` (radial and tangential parts at z). Then
-    ``(z + αΔ)/‖·‖ = (z + α/(1 + αc) Δ_⊥)/‖·‖``: the normalization is a retraction of a
-    tangent step, and the radial part of the update only rescales the step size. At α = 1,
-    ``z⁺ = z̄/‖z̄‖`` is the normalized weighted resultant of the transported values: the
-    maximum-likelihood mean direction of a von Mises–Fisher sample with the attention weights as
-    (IRLS) weights (Mardia & Jupp 2000, §10.3) — one reweighted MLE step on the sphere.
+    Write ``Δ = c z + Δ_⊥`` (radial and tangential parts at z) and ``R_z(ξ) = (z + ξ)/‖z + ξ‖``
+    (the retraction of a tangent vector ξ). Then ``z⁺ = sign(1 + αc) R_z(α/(1 + αc) Δ_⊥)``: for
+    1 + αc > 0 the normalization is a retraction of a tangent step and the radial part of the
+    update only rescales the step size; for 1 + αc < 0 z⁺ is the antipode of that retraction.
+    At α = 1, ``z⁺ = z̄/‖z̄‖`` is the normalized weighted resultant of the transported values
+    ``e^{AΔt_ij} z_j = e^{−μΔt_ij} e^{ΩΔt_ij} z_j``: the maximum-likelihood mean direction of a
+    von Mises–Fisher sample of the unit directions ``e^{ΩΔt_ij} z_j`` with weights
+    ``A_ij e^{−μΔt_ij}`` (Mardia & Jupp 2000, §10.3) — the attention weights (IRLS weights) times
+    the decay of the transported value; for μ = 0 the weights are ``A_ij``. One reweighted MLE
+    step on the sphere.
 
     Examples
     --------

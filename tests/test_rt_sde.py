@@ -754,6 +754,50 @@ class TestRtAttention:
         assert_close(rot, out @ R.T, rtol=1e-12)
         assert_close(rt_attention(q, k, v, t=t + shift, omega=om, **ATT), out, rtol=1e-11)
 
+    @pytest.mark.parametrize("t0", [1e6, 1.7e9])
+    def test_large_absolute_times_keep_full_accuracy(self, t0):
+        """Only lags matter: time stamps such as Unix seconds must not cost accuracy in the rotated frame
+        (rotating by e^{−Ωt} at t = 1.7e9 before the shift lost ~6e−8, against 1e−15 for the loop twin)."""
+        rng = np.random.default_rng(64)
+        om = random_skew(rng, 4)
+        q, k, v = (rng.normal(size=(10, 4)) for _ in range(3))
+        t = np.arange(10.0)
+        ref = rt_attention_loop(q, k, v, t=t, omega=om, **ATT)
+        close(rt_attention_loop(q, k, v, t=t0 + t, omega=om, **ATT), ref, rtol=1e-14, what="loop twin, shifted t")
+        close(rt_attention(q, k, v, t=t0 + t, omega=om, **ATT), ref, rtol=1e-14,
+              what=f"rt_attention with t starting at {t0:g} vs the loop twin at t starting at 0")
+
+    def test_key_and_query_directions_on_the_sphere(self):
+        """Unit-norm inputs, sphere limit: both directions give sin²θ only for μ = 0; with μ > 0 the query's
+        tangential residual is e^{−2μΔt} sin²θ (the transported key is shorter than the query)."""
+        rng = np.random.default_rng(65)
+        n, d = 7, 3
+        om = random_skew(rng, d)
+        z = random_unit(rng, (n, d))
+        t = np.cumsum(rng.uniform(0.2, 1.5, n))
+        sph = dict(sigma2_perp=0.05, sigma2_par=0.0, eta2_perp=0.02, eta2_par=0.0, gamma2_perp=0.02,
+                   gamma2_par=np.inf, nu=2.0, omega=om, t=t)
+        _, Wk0 = rt_attention(z, z, z, mu=0.0, return_weights=True, **sph)
+        _, Wq0 = rt_attention(z, z, z, mu=0.0, direction="query", return_weights=True, **sph)
+        close(Wq0, Wk0, rtol=1e-13, what="μ = 0: key and query directions coincide on the sphere")
+        mu = 0.3
+        _, Wk = rt_attention(z, z, z, mu=mu, return_weights=True, **sph)
+        _, Wq = rt_attention(z, z, z, mu=mu, direction="query", return_weights=True, **sph)
+        assert np.max(np.abs(Wk - Wq)) > 0.05  # they differ for μ > 0
+        # the logits written out with ‖r_⊥‖² = sin²θ (key) and e^{−2μΔt} sin²θ (query)
+        for W, shrink in ((Wk, False), (Wq, True)):
+            L = np.full((n, n), -np.inf)
+            for i in range(n):
+                for j in range(i + 1):
+                    tau = t[i] - t[j]
+                    kh = scipy.linalg.expm((-mu * np.eye(d) + om) * tau) @ z[j]
+                    sin2 = 1.0 - (z[i] @ kh) ** 2 / (kh @ kh)
+                    a_perp = 0.05 * (1 - np.exp(-2 * mu * tau)) / (2 * mu) + 0.02 * np.exp(-2 * mu * tau) + 0.02
+                    d2 = (np.exp(-2 * mu * tau) if shrink else 1.0) * sin2 / a_perp
+                    L[i, j] = -(d - 1) / d * np.log(a_perp) - (2.0 + d) / d * np.log1p(d2 / 2.0)
+            close(W, scipy.special.softmax(L, axis=-1), rtol=ORACLE,
+                  what=f"sphere-limit weights with the {'query' if shrink else 'key'} direction written out")
+
     @pytest.mark.parametrize("func", [rt_attention, rt_attention_loop])
     def test_underflowing_variance_is_an_error_not_nan(self, func):
         # σ² = γ² = 0: a(τ) = η² e^{−2μτ} underflows to 0 at μτ > 373 (an infinite precision)
@@ -814,6 +858,54 @@ class TestRtStep:
         c = np.sum(delta * z, axis=-1, keepdims=True)
         tangent = z + 0.3 / (1 + 0.3 * c) * (delta - c * z)
         close(step, tangent / np.linalg.norm(tangent, axis=-1, keepdims=True), rtol=1e-13, what="retraction identity")
+
+    def test_antipodal_case_sign_identity(self):
+        """z⁺ = sign(1 + αc) R_z(α/(1 + αc) Δ_⊥), R_z(ξ) = (z + ξ)/‖z + ξ‖, including tokens with 1 + αc < 0."""
+        rng = np.random.default_rng(72)
+        z = random_unit(rng, (30, 3))
+        kw = dict(omega=random_skew(rng, 3, 0.5), nu=2.0, sigma2_perp=0.05, sigma2_par=0.0, eta2_perp=0.02,
+                  eta2_par=0.0, gamma2_perp=0.02, gamma2_par=np.inf)
+        n_anti = 0
+        for alpha in (0.7, 1.0, 1.6):
+            for mu in (0.0, 0.3):
+                zbar = rt_attention(z, z, z, mu=mu, **kw)
+                delta = zbar - z
+                c = np.sum(delta * z, axis=-1, keepdims=True)
+                y = z + alpha / (1 + alpha * c) * (delta - c * z)
+                expect = np.sign(1 + alpha * c) * y / np.linalg.norm(y, axis=-1, keepdims=True)
+                close(rt_step(z, alpha=alpha, mu=mu, **kw), expect, rtol=1e-12, what="sign(1 + αc)·retraction")
+                n_anti += int(np.sum(1 + alpha * c < 0))
+        assert n_anti > 0  # the antipodal branch was exercised
+
+    def test_alpha_one_is_the_decay_weighted_vmf_mean(self):
+        """At α = 1 and μ > 0 the step is the vMF mean direction of e^{ΩΔt}z_j with weights A_ij e^{−μΔt_ij},
+        not with weights A_ij."""
+        rng = np.random.default_rng(73)
+        n, d, mu = 30, 3, 0.3
+        om = random_skew(rng, d, 0.5)
+        z = random_unit(rng, (n, d))
+        t = np.arange(float(n))
+        kw = dict(mu=mu, omega=om, t=t, nu=2.0, sigma2_perp=0.05, sigma2_par=0.0, eta2_perp=0.02, eta2_par=0.0,
+                  gamma2_perp=0.02, gamma2_par=np.inf)
+        _, W = rt_attention(z, z, z, return_weights=True, **kw)
+        step = rt_step(z, alpha=1.0, **kw)
+        worst = 0.0
+        for i in range(n):
+            lag = t[i] - t[: i + 1]
+            dirs = np.array([scipy.linalg.expm(om * x) @ z[j] for j, x in enumerate(lag)])  # unit directions
+            m = (W[i, : i + 1] * np.exp(-mu * lag)) @ dirs
+            close(step[i], m / np.linalg.norm(m), rtol=1e-12, what="weights A_ij e^{−μΔt}")
+            m_a = W[i, : i + 1] @ dirs
+            worst = max(worst, np.arccos(np.clip(step[i] @ m_a / np.linalg.norm(m_a), -1.0, 1.0)))
+        assert np.degrees(worst) > 1.0  # the A_ij-weighted mean direction is a different point
+
+    @pytest.mark.parametrize("func", [rt_step, rt_step_loop])
+    def test_nearly_unit_z_is_renormalized(self, func):
+        """A z within UNIT_TOL of the sphere is used renormalized, as the tolerance's contract says."""
+        rng = np.random.default_rng(74)
+        z = random_unit(rng, (6, 3))
+        kw = dict(ATT, omega=random_skew(rng, 3), alpha=0.5)
+        close(func(1.003 * z, **kw), func(z, **kw), rtol=1e-14, what="rt_step(1.003 z) == rt_step(z)")
 
     def test_causal(self):
         rng = np.random.default_rng(71)
