@@ -391,7 +391,7 @@ def _magnitude(value) -> tuple[float, float]:
     return float(arr.max()), float(arr.min())
 
 
-def guard_overflow(*names: str, first_only: bool | int = False):
+def guard_overflow(*names: str, first_only: bool | int = False, hint: str | None = None):
     """Decorator: the result is finite with no floating-point warning, or a ``ValueError`` names the culprit.
 
     Inputs are validated to be finite, but finite inputs of extreme magnitude (|x| ~ 1e300, or
@@ -404,7 +404,9 @@ def guard_overflow(*names: str, first_only: bool | int = False):
     Functions whose documented result may be infinite are not wrapped; ``first_only`` checks
     only the first output, or the first n outputs for an int n (the others are diagnostics that
     may hold documented infinities, e.g. the masked entries of an intermediate precision, or the
-    log-sum-exp −∞ of an attention row that sees no key).
+    log-sum-exp −∞ of an attention row that sees no key). ``hint``: the message when no argument
+    is extreme, for a recursion that can diverge from moderate inputs (LMS with too large a step
+    size); it names the argument to change.
     """
 
     def wrap(fn):
@@ -422,6 +424,8 @@ def guard_overflow(*names: str, first_only: bool | int = False):
                     hi, lo = _magnitude(bound[name])
                     if hi > 1e100 or lo < 1e-100:
                         found.append(f"{name} (|{name}| from {lo:.3g} to {hi:.3g})")
+            if not found and hint:
+                return ValueError(hint)
             culprits = ", ".join(found) if found else ", ".join(checked)
             return ValueError(
                 f"{culprits}: the result is not representable in float64 (NaN/inf from overflow or "

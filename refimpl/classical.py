@@ -564,7 +564,11 @@ def _regressors(u: np.ndarray, m: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, m, axis=-1)[..., ::-1]
 
 
-@guard_overflow()
+_LMS_DIVERGED = ("mu: the LMS recursion diverged (weights overflowed float64); the mean converges only for "
+                 "0 < mu < 2/lambda_max(R), R the input's autocorrelation matrix: take a smaller mu")
+
+
+@guard_overflow(hint=_LMS_DIVERGED)
 def lms(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
     r"""The least-mean-squares adaptive FIR filter, vectorized over independent runs.
 
@@ -615,7 +619,7 @@ def lms(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarra
     return W, e
 
 
-@guard_overflow()
+@guard_overflow(hint=_LMS_DIVERGED)
 def lms_loop(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
     """Loop twin of :func:`lms`: one run, one time step and one tap at a time (Eq. (6.6)).
 

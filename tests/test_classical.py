@@ -347,6 +347,16 @@ class TestLMS:
         with pytest.raises(ValueError, match="^u: expected finite"):
             lms_loop([1.0, np.nan], [1.0, 1.0], 1, 0.1)
 
+    @pytest.mark.parametrize("func", [lms, lms_loop])
+    def test_divergence_names_mu(self, func):
+        # moderate inputs, a step size above 2/λ_max(R): the weights overflow, and the error names mu
+        u = np.random.default_rng(3).normal(size=3000)
+        with pytest.raises(ValueError, match="^mu: the LMS recursion diverged"):
+            func(u, u, 4, 3.0)
+        # an extreme input is still named as such
+        with pytest.raises(ValueError, match="^u \\(\\|u\\| from"):
+            func(u * 1e200, u, 4, 0.1)
+
 
 class TestRLS:
     @pytest.mark.parametrize(("lam", "delta"), [(1.0, 1e-2), (0.95, 1.0)])
