@@ -31,7 +31,9 @@ References
        arXiv:2509.04154 (v1 2025, v6 2026), §3.1 and App. A.
 .. [2] C. Van Loan, "Computing integrals involving the matrix exponential",
        IEEE Trans. Automatic Control 23(3), 1978.
-.. [3] A. H. Jazwinski, *Stochastic Processes and Filtering Theory*, 1970, §4.9.
+.. [3] A. H. Jazwinski, *Stochastic Processes and Filtering Theory*, Academic Press, 1970, ch. 4.
+.. [4] P. Racioppo, "Expanded Thesis (updated after submission)", PDF of July 28, 2025, in the
+       repository PCR-git/Adaptive-Filter-Attention on GitHub (the AFA thesis; it predates [1]).
 """
 
 from __future__ import annotations
@@ -388,8 +390,13 @@ def _noise_times_phi1_scalar(g: complex, z: complex, tau: float, z_lo: complex =
     value = complex(g) * complex(_phi1_scalar(z, tau, z_lo))
     if cmath.isfinite(value) and math.isfinite(math.hypot(value.real / 2, value.imag / 2) * 2):  # |value| representable
         return value if isinstance(z, complex) else value.real
-    if not isinstance(z, complex):  # real rate: a real, positive overflow
-        return math.copysign(math.inf, float(g))
+    if not isinstance(z, complex):  # real rate: g e^{w}(1 − e^{−w})/z, magnitudes combined in log space
+        zr = float(z)
+        w = zr * tau
+        u = float(g) * (1.0 - _exp_real(-w)) / zr
+        if u == 0:
+            return 0.0
+        return math.copysign(_exp_real(w + math.log(abs(u))), u)
     z = complex(z)
     w = z * tau
     u = complex(g) * (1.0 - cmath.exp(-w)) / z * cmath.exp(1j * w.imag)
@@ -429,10 +436,18 @@ def phi1(z, tau):
                τ\,\bigl(1 + \tfrac{w}{2} + \tfrac{w^2}{6} + \dots + \tfrac{w^7}{8!}\bigr), & |w| < 10^{-2}\\
                \operatorname{expm1}(w)/z, & \text{otherwise}\end{cases}\qquad w = zτ,
 
-    with a complex ``expm1`` that has no cancellation near 0. Where ``e^{Re w}`` overflows
-    (only possible for Re z > 0, e.g. the pushed-back covariance) the entry is formed as
-    ``e^{Re w} · [e^{i Im w}(1 − e^{−w})/z]`` and comes out as ±inf components, never NaN.
-    The limits are φ → τ as z → 0 and φ → −1/z as τ → ∞ for Re z < 0.
+    with a complex ``expm1`` that has no cancellation near 0. The exponent w is not rounded: the
+    rounding errors of the products Re(z)·τ and Im(z)·τ (Dekker's TwoProduct) are carried into
+    e^w (that of Re(z)·τ only where it can matter, Re w > 0). A rounded w would carry an absolute
+    phase error of up to about ε|Im w|/2, which is the relative error of every entry that has not
+    decayed: (2.6) evaluated with w = fl(zτ) is off by about 1e-9 for a slowly decaying mode with
+    |Im w| ~ 1e7 (chapter 2, §2.3). The covariance functions also carry the rounding error of the
+    rate z = λ_k + λ_l^* (Knuth's TwoSum) into the exponent. For Re w > 0 the real part of e^w − 1
+    may cancel (where e^{Re w} cos Im w ≈ 1); its modulus, and φ, stay accurate.
+    Where ``e^{Re w}`` overflows (only possible for Re(z)τ > 0, e.g. the pushed-back covariance)
+    the entry is formed as ``e^{Re w} · [e^{i Im w}(1 − e^{−w})/z]`` with the magnitudes combined
+    in log space: finite wherever the value is representable, ±inf components (never NaN) where
+    it is not. The limits are φ → τ as z → 0 and φ → −1/z as τ → ∞ for Re z < 0.
 
     Examples
     --------
@@ -521,7 +536,8 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
     the lower one is its conjugate, so Σ is exactly Hermitian (with a real diagonal).
 
     Blocks of lags are independent and each is computed the same way whichever thread runs it:
-    the threads take them in turn (:func:`refimpl._blocking.take_turns`).
+    the threads take them in turn (:func:`refimpl._blocking.take_turns`). Memory: the output,
+    the factors E (1/d of the output) and a fixed workspace (E is formed in chunks of lags).
     """
     d = lam.shape[0]
     t = tau.reshape(-1)
@@ -544,8 +560,15 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
     iu, ju = iu[by_rate], ju[by_rate]
     rate_sorted = z.real[iu, ju]
     rows = min(n, max(1, _FULL_BLOCK // (d * d)))
-    e = 1.0 + _expm1_complex(lam, t[:, None])  # E_k = e^{λ_k τ}, (n, d): one call for all lags
-    e_conj = e.conj()
+    # E_k = e^{λ_k τ}, (n, d), in chunks of lags: the temporaries of _expm1_complex (about a dozen
+    # real arrays of the chunk's shape, _FULL_BLOCK entries each) are then a fixed workspace instead
+    # of growing with N, and the only arrays that grow with N are the output and E, 1/d of its size.
+    # Every entry depends on its own τ only, so the chunks give the same bits as one call.
+    e = np.empty((n, d), dtype=np.complex128)
+    chunk = max(rows, _FULL_BLOCK // d)
+    for c0 in range(0, n, chunk):
+        c1 = min(c0 + chunk, n)
+        np.add(_expm1_complex(lam, t[c0:c1, None]), 1.0, out=e[c0:c1])
 
     # Blocks of short lags hold most of the per-entry work: the threads take the blocks in turn
     # (refimpl._blocking.take_turns), not a contiguous run of lags each, so they get equal shares
@@ -557,7 +580,7 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
             r0 = bi * rows
             r1 = min(r0 + rows, n)
             b = r1 - r0
-            p = np.multiply(e[r0:r1, :, None], e_conj[r0:r1, None, :], out=p_buf[:b])  # P_kl = E_k conj(E_l)
+            p = np.multiply(e[r0:r1, :, None], e[r0:r1, None, :].conj(), out=p_buf[:b])  # P_kl = E_k conj(E_l)
             m = int(np.count_nonzero(rate_sorted * float(t[r0:r1].min()) > -0.7))
             if m:
                 i, j = np.nonzero(p[:, iu[:m], ju[:m]].real > _PRODUCT_BELOW)
@@ -593,13 +616,15 @@ def dle_covariance(eigvals, noise, tau):
     r"""Covariance accumulated by propagating the SDE forward over a lag τ, in the eigenbasis.
 
     Implements Eq. (2.4) (full noise) and Eq. (2.5) (diagonal noise) of the book
-    (Racioppo, arXiv:2509.04154v6, App. A.1; the full form is the AFA thesis, App. 7.3).
+    (Racioppo, arXiv:2509.04154v6, App. A.1; the full form is in the AFA thesis [4], App. 7.3).
 
     Parameters
     ----------
     eigvals : array_like of complex, shape (d,)
         Eigenvalues λ_k = −μ_k + iω_k of ``A``. Any sign of Re λ is allowed (the forward
-        covariance of an unstable mode grows, and overflows float64 only when it exceeds it).
+        covariance of an unstable mode grows). A result beyond the float64 range is refused
+        with a ``ValueError`` that names the arguments; it is not returned as ``inf`` (unlike
+        :func:`dle_covariance_backward`, whose growth is its documented point).
     noise : array_like, shape (d,) or (d, d)
         The process-noise rate in the eigenbasis, ``G̃ = S^{-1} Q S^{-†}``: a nonnegative
         spectrum (d,) (diagonal G̃), or a Hermitian positive semidefinite matrix (d, d).
@@ -698,7 +723,7 @@ def dle_covariance_loop(eigvals, noise, tau):
 def dle_covariance_backward(eigvals, noise, tau):
     r"""Covariance of the pushed-back estimate ``e^{-Aτ} x(t+τ)`` of ``x(t)``, in the eigenbasis.
 
-    Implements Eq. (2.7) of the book (Racioppo 2025, §3.1 non-causal case; thesis App. 7.3):
+    Implements Eq. (2.7) of the book (Racioppo 2025, §3.1 non-causal case; AFA thesis [4], App. 7.3):
     the covariance that a *later* key carries when it is propagated back by τ to a query.
 
     Parameters
@@ -722,8 +747,10 @@ def dle_covariance_backward(eigvals, noise, tau):
     ``e^{2μτ}``. It is the error of the *unbiased* pushed-back estimate; it is not the error of
     the best backward predictor ``E[x(t) | x(t+τ)]`` under the stationary law, which stays
     bounded (the process is not time-reversible; chapter 2, Eq. (2.11)).
-    Entries whose value exceeds the float64 range (``2μτ ≳ 709``) are returned as ``inf``
-    (never NaN); their precision is 0.
+    An entry is returned as ``inf`` (±inf components for full noise, never NaN) where its value
+    exceeds the float64 range: for diagonal noise, ``g_k (e^{2μ_k τ} − 1)/(2μ_k) > 1.8e308``,
+    i.e. ``2μτ > 709.78 + ln(2μ/g)``; its precision is 0. A representable value stays finite
+    even where ``e^{2μτ}`` alone overflows (e.g. μ = 1e5, g = 1, 2μτ = 715 gives 1.66e305).
 
     Examples
     --------
@@ -879,6 +906,19 @@ def isotropic_covariance(dt, mu, sigma2, eta2, gamma2):
     ``Σ = (η² + σ̃²) e^{2μτ} + γ² − σ̃²``. The α/β form holds for Δt ≥ 0 only.
     Σ(0) = η² + γ², Σ(∞) = β, and for μ = 0, Σ = σ²|Δt| + η² + γ².
 
+    Which sign to pass depends on how a key after the query (Δt < 0) is transported to t_i.
+    The signed lag pairs with the pushed-back key e^{−Aτ} z_j, per mode e^{−λτ} (unbiased for
+    x(t_i), Eq. (2.7)). Passing |Δt| gives the mirror image Σ(|Δt|), which is exactly the residual
+    variance of the stationary backward predictor of chapter 2 (Eq. (2.11)), per mode
+    e^{λ^* τ} = e^{−μ|Δt|} e^{iωΔt}: decay with |Δt|, rotation with the signed lag, as the
+    official code's e^{−μ|t_i − t_j|} with its absolute-time rotations. Mixing the two (one
+    transport, the other kernel) is inconsistent.
+
+    For Δt < 0 the sum is evaluated as ``(σ² + 2μη²)(e^{2μτ} − 1)/(2μ) + η² + γ²`` (since
+    ``e^{2μτ} = 1 + 2μ (e^{2μτ} − 1)/(2μ)``), one φ of Eq. (2.6) with the exponent's rounding
+    restored: a few ulp, and finite wherever the value is representable (``inf``, never NaN,
+    beyond the float64 range).
+
     Examples
     --------
     >>> isotropic_covariance(np.array([0.0, 1.0, -1.0]), 0.0, 0.5, 0.1, 0.05).round(12).tolist()  # μ = 0: σ²|Δt| + η² + γ²
@@ -886,12 +926,14 @@ def isotropic_covariance(dt, mu, sigma2, eta2, gamma2):
     """
     dt, mu, sigma2, eta2, gamma2 = _check_isotropic(dt, mu, sigma2, eta2, gamma2)
     tau = np.abs(dt)
-    rate = np.where(dt >= 0, -2.0 * mu, 2.0 * mu)  # forward decays, pushed-back grows
+    back = dt < 0
+    rate = np.where(back, 2.0 * mu, -2.0 * mu)  # forward decays, pushed-back grows
     shape = np.broadcast_shapes(dt.shape, mu.shape, sigma2.shape, eta2.shape, gamma2.shape)
-    process = _noise_times_phi1(np.broadcast_to(sigma2, shape), rate, tau)  # σ² (e^{rate τ} − 1)/rate
-    with np.errstate(over="ignore"):
-        decay = np.exp(rate * tau)
-    measurement = np.where(eta2 == 0, 0.0, eta2 * np.where(eta2 == 0, 1.0, decay))  # η² e^{∓2μτ}
+    # Δt < 0: η² e^{2μτ} = η² + 2μη² φ(2μ, τ), so Σ = (σ² + 2μη²) φ(2μ, τ) + η² + γ²: one φ, whose
+    # exponent keeps its rounding and whose overflow is handled (finite wherever Σ is representable)
+    g = np.where(back, sigma2 + 2.0 * mu * eta2, sigma2)
+    process = _noise_times_phi1(np.broadcast_to(g, shape), rate, tau)  # g (e^{rate τ} − 1)/rate
+    measurement = eta2 * np.where(back, 1.0, np.exp(-2.0 * mu * tau))  # η² e^{−2μτ} (forward), η² (back)
     return process + measurement + gamma2
 
 
@@ -910,9 +952,11 @@ def isotropic_covariance_loop(dt, mu, sigma2, eta2, gamma2):
     out = np.empty(dt.size)
     for n in range(dt.size):
         tau = abs(dt[n])
-        rate = -2.0 * mu[n] if dt[n] >= 0 else 2.0 * mu[n]
-        # Σ = σ² (e^{rate τ} − 1)/rate + η² e^{rate τ} + γ²
-        process = _noise_times_phi1_scalar(sigma2[n], rate, tau)  # σ² (e^{rate τ} − 1)/rate
-        measurement = eta2[n] * _exp_real(rate * tau) if eta2[n] != 0 else 0.0  # η² e^{rate τ}
+        if dt[n] >= 0:  # Σ = σ² (1 − e^{−2μτ})/(2μ) + η² e^{−2μτ} + γ²
+            process = _noise_times_phi1_scalar(sigma2[n], -2.0 * mu[n], tau)
+            measurement = eta2[n] * math.exp(-2.0 * mu[n] * tau)
+        else:  # Σ = σ² (e^{2μτ} − 1)/(2μ) + η² e^{2μτ} + γ² = (σ² + 2μη²)(e^{2μτ} − 1)/(2μ) + η² + γ²
+            process = _noise_times_phi1_scalar(sigma2[n] + 2.0 * mu[n] * eta2[n], 2.0 * mu[n], tau)
+            measurement = eta2[n]
         out[n] = process + measurement + gamma2[n]
     return out.reshape(shape)

@@ -480,6 +480,22 @@ class TestDleCovariance:
         pick = rng.choice(tau.size, 40, replace=False)
         close(dle_covariance_loop(lam, G, tau[pick]), results[0][pick], rtol=SELF, what="threaded full dle vs loop twin")
 
+    def test_full_decaying_chunks_do_not_change_bits(self, monkeypatch):
+        # The product form forms E_k = e^{λ_k τ} in chunks of lags (a fixed workspace instead of
+        # temporaries that grow with N): chunks of any size give the same bits as a single chunk.
+        import refimpl.lyapunov as lyap
+
+        rng = np.random.default_rng(31)
+        d = 3
+        lam = random_eigvals(rng, d, re=(-1.0, -0.01))
+        G = random_psd(rng, d)
+        tau = rng.permutation(np.linspace(0.0, 40.0, 5000))
+        monkeypatch.setattr(lyap, "_FULL_BLOCK", 2**30)  # one block, one chunk
+        whole = dle_covariance(lam, G, tau)
+        for block in (2**6, 2**9, 2**15):
+            monkeypatch.setattr(lyap, "_FULL_BLOCK", block)
+            np.testing.assert_array_equal(dle_covariance(lam, G, tau), whole)
+
     def test_tiny_rate_huge_lag(self):
         # |Re λ| ~ 1e-299 and G̃ ~ 1e10: G̃/z alone overflows float64 while Σ = G̃ (e^{zτ} − 1)/z does not
         # (τ ~ 1e297, |zτ| ~ 1e-2). The diagonal path then divides after the expm1; in the full-noise
@@ -891,6 +907,31 @@ class TestDleCovarianceBackward:
         assert np.isfinite(out[0])
         assert_close(out, 2e-3 * phi_ref_array(2.0, 355.0).real[None], rtol=1e-12, what="backward near overflow")
 
+    @pytest.mark.parametrize("func", [dle_covariance_backward, dle_covariance_backward_loop])
+    def test_overflow_threshold_is_the_value_not_the_exponent(self, func):
+        # inf exactly where g (e^{2μτ} − 1)/(2μ) exceeds the largest float64, i.e. 2μτ > 709.78 +
+        # ln(2μ/g): finite and right at 2μτ = 715 (μ = 1e5) and 720 (g = 1e-10), inf at 2μτ = 709
+        # (μ = 1e-3, value 4.1e310); the loop twin alike (it returned inf for all three before).
+        for mu, g, x, finite in [(1e5, 1.0, 715.0, True), (1.0, 1e-10, 720.0, True), (1e-3, 1.0, 709.0, False),
+                                 (40.0, 1e-200, 1170.0, True)]:
+            tau = x / (2 * mu)
+            for lam in (-mu + 0j, -mu + 3j):
+                out = func(np.array([lam]), np.array([g]), tau)[0]
+                if not finite:
+                    assert out == np.inf
+                    continue
+                with localcontext() as ctx:
+                    ctx.prec = _PREC
+                    exact = Decimal(g) * ((Decimal(2 * mu) * Decimal(tau)).exp() - 1) / Decimal(2 * mu)
+                assert abs(out - float(exact)) <= 1e-12 * float(exact), (func.__name__, mu, g, x, out, exact)
+        # around the crossing: 1e-9 relative below it finite, above it inf
+        mu, g = 0.25, 3e3
+        with localcontext() as ctx:
+            ctx.prec = _PREC
+            x0 = float((Decimal(np.finfo(float).max) * Decimal(2 * mu) / Decimal(g) + 1).ln())
+        below, above = func(np.array([-mu]), np.array([g]), np.array([x0 * (1 - 1e-9), x0 * (1 + 1e-9)]) / (2 * mu))[:, 0]
+        assert np.isfinite(below) and below > 1.79e308 and above == np.inf
+
     def test_overflow_full(self):
         lam = np.array([-1.0 + 2j, -0.5 - 1j, -2.0 + 0j])
         G = np.array([[2.0, 1j, 0.5], [-1j, 1.0, 0.0], [0.5, 0.0, 1.0]])
@@ -1062,6 +1103,61 @@ class TestIsotropicCovariance:
             assert np.isfinite(out[2])
         out = func(dt, 1.0, 0.0, 0.0, 0.1)
         np.testing.assert_array_equal(out, 0.1)  # nothing propagates, only the anchor noise
+
+    @pytest.mark.parametrize("func", [isotropic_covariance, isotropic_covariance_loop])
+    def test_pushed_back_elementwise_exact(self, func):
+        # Δt < 0 with 2μτ up to 700: σ² (e^{2μτ} − 1)/(2μ) + η² e^{2μτ} + γ² against an 80-digit
+        # decimal evaluation, elementwise within a few ulp (η² e^{2μτ} formed as exp(2μτ) alone
+        # carries the rounding of 2μτ, up to 350 ulp at 2μτ = 700).
+        rng = np.random.default_rng(61)
+        n = 60
+        mu = 10.0 ** rng.uniform(-3, 1, n)
+        tau = rng.uniform(0.0, 700.0, n) / (2 * mu)
+        s2, e2, g2 = (10.0 ** rng.uniform(-3, 1, n) for _ in range(3))
+        s2[::4], e2[1::4] = 0.0, 0.0
+        got = func(-tau, mu, s2, e2, g2)
+        with localcontext() as ctx:
+            ctx.prec = _PREC
+            ref = []
+            for m, t, s, e, g in zip(mu, tau, s2, e2, g2):
+                m, t, s, e, g = map(Decimal, (m, t, s, e, g))
+                growth = (2 * m * t).exp()
+                ref.append(float(s * (growth - 1) / (2 * m) + e * growth + g))
+        ref = np.array(ref)
+        err = float(np.max(np.abs(got - ref) / ref))
+        _record("isotropic pushed back, 2μτ up to 700 (elementwise)", err, 4 * EPS)
+        assert err <= 4 * EPS, f"{func.__name__}: {err:.3e}"
+
+    @pytest.mark.parametrize("func", [isotropic_covariance, isotropic_covariance_loop])
+    def test_pushed_back_representable_beyond_exp_overflow(self, func):
+        # e^{2μτ} = e^{720} overflows float64, but η² e^{720} = 4.92e302 (η² = 1e-10) does not:
+        # finite and right, for the measurement term as for the process term.
+        for s2, e2 in [(0.0, 1e-10), (1e-10, 0.0), (1e-10, 1e-10)]:
+            got = float(func(-360.0, 1.0, s2, e2, 0.25))
+            with localcontext() as ctx:
+                ctx.prec = _PREC
+                growth = Decimal(720).exp()
+                exact = Decimal(s2) * (growth - 1) / 2 + Decimal(e2) * growth + Decimal(0.25)
+            assert abs(got - float(exact)) <= 1e-12 * float(exact), (func.__name__, s2, e2, got)
+
+    @pytest.mark.parametrize("func", [isotropic_covariance, isotropic_covariance_loop])
+    def test_signed_and_mirrored_lag_are_two_transports(self, func):
+        # A complex mode y, stationary (variance σ̃²), a key measured τ after the query
+        # (z_j = y_j + v_j, Var v = η²; z_i = y_i + u_i, Var u = γ²); E[y_i conj(y_j)] = σ̃² e^{λ^*τ}.
+        # The residual z_i − c z_j has the exact second moment
+        #     σ̃² + γ² + |c|² (σ̃² + η²) − 2 σ̃² Re(conj(c) e^{λ^*τ}).
+        # c = e^{−λτ} (pushed back, Eq. (2.7)): the signed-lag kernel Σ(−τ);
+        # c = e^{λ^*τ} (stationary backward predictor, Eq. (2.11)): the mirror image Σ(τ).
+        rng = np.random.default_rng(62)
+        for _ in range(50):
+            mu, om = rng.uniform(0.01, 2.0), rng.normal(0.0, 3.0)
+            s2, e2, g2 = rng.uniform(0.01, 2.0, 3)
+            tau = rng.uniform(0.0, 8.0)
+            lam, st2 = -mu + 1j * om, s2 / (2 * mu)
+            cov = st2 * np.exp(np.conj(lam) * tau)
+            for c, dt in ((np.exp(-lam * tau), -tau), (np.exp(np.conj(lam) * tau), tau)):
+                var = st2 + g2 + abs(c) ** 2 * (st2 + e2) - 2 * (np.conj(c) * cov).real
+                close(func(dt, mu, s2, e2, g2), var, rtol=1e-12, what="isotropic kernel = residual of its transport")
 
     @pytest.mark.parametrize("func", [isotropic_covariance, isotropic_covariance_loop])
     @pytest.mark.parametrize(
