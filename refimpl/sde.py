@@ -6,7 +6,7 @@ Chapter 1 of the book (``notebooks/01-linear-sde.ipynb``) derives every formula 
 .. math::  z_i = C x(t_i) + v_i,\qquad v_i \sim \mathcal N(0, R).    \tag{1.2}
 
 ``A = S Λ S^{-1}`` is diagonalizable, ``λ_k = −μ_k + iω_k``. This is the generative model of
-Adaptive Filter Attention (Racioppo 2025, §3.1): tokens are noisy measurements ``z_i`` of one
+Adaptive Filter Attention (Racioppo 2025 [1]): tokens are noisy measurements ``z_i`` of one
 trajectory, and every closed form of AFA comes from the eigenbasis in which the SDE decouples.
 
 Glossary (code name → symbol in the book / Racioppo 2025)
@@ -23,12 +23,15 @@ Glossary (code name → symbol in the book / Racioppo 2025)
 
 References
 ----------
-.. [1] P. Racioppo, "Attention as an Adaptive Filter", arXiv:2509.04154, 2025, §3.1.
-.. [2] B. Øksendal, *Stochastic Differential Equations*, 6th ed., Springer 2003, §5.1.
+.. [1] P. Racioppo, "Attention as an Adaptive Filter", arXiv:2509.04154v1, 2025 (v1–v3; retitled
+       "Robust Filter Attention" from v4, 2026, which no longer has the 2-D experiments).
+.. [2] B. Øksendal, *Stochastic Differential Equations*, 6th ed., Springer 2003, ch. 5.
 .. [3] S. Särkkä and A. Solin, *Applied Stochastic Differential Equations*, CUP 2019,
-       §6.1–6.3 (exact discretization) and §8.1 (Euler–Maruyama).
+       ch. 6 (linear SDEs, exact discretization) and ch. 8 (numerical simulation, Euler–Maruyama).
 .. [4] D. J. Higham, "An algorithmic introduction to numerical simulation of stochastic
        differential equations", SIAM Review 43(3), 2001.
+.. [5] C. F. Van Loan, "Computing integrals involving the matrix exponential", IEEE Trans.
+       Automatic Control 23(3), 1978.
 """
 
 from __future__ import annotations
@@ -70,10 +73,14 @@ __all__ = [
     "euler_maruyama",
 ]
 
-#: Default bound on cond(S). Every closed form is computed in the eigenbasis and mapped back
-#: with S and S^{-1}, which amplifies round-off by up to cond(S); 1e6 keeps float64 results
-#: within ~1e-10 of the truth.
-MAX_COND = 1e6
+#: Default bound on cond(S), the condition number of the eigenvector matrix with its columns
+#: scaled to unit length (the lengths of eigenvectors are arbitrary and do not change the model).
+#: Every closed form is computed in the eigenbasis and mapped back with S and S^{-1}: the
+#: transition F = S e^{ΛΔt} S^{-1} (one factor S^{-1}) loses up to about cond(S)·ε of relative
+#: accuracy, and Q_d = S Σ S^† with G̃ = S^{-1} Q S^{-†} (two factors) up to about cond(S)²·ε.
+#: 1e3 keeps Q_d within ~1e-10 (chapter 1, §1.3 measures it); a larger ``max_cond`` accepts
+#: more nearly defective models at that cost (Q_d wrong in the 5th digit at 1e6).
+MAX_COND = 1e3
 
 
 def _psd_sqrt(m: np.ndarray) -> np.ndarray:
@@ -108,7 +115,8 @@ class LinearSDE:
     noise : ndarray of complex128, shape (d, d)
         G̃ = S^{-1} Q S^{-†}, Hermitian PSD.
     cond : float
-        Condition number of ``S``.
+        Condition number of ``S`` with its columns scaled to unit length: the closed forms lose
+        up to about ``cond·ε`` (F) and ``cond²·ε`` (Q_d) of relative accuracy (see ``MAX_COND``).
 
     Examples
     --------
@@ -134,7 +142,8 @@ class LinearSDE:
 
         ``C`` defaults to the identity and ``R`` to zero (noiseless measurements). ``A`` is
         diagonalized with ``numpy.linalg.eig``; a ``ValueError`` names ``A`` if it is defective
-        or nearly so (``cond(S) > max_cond``).
+        or nearly so (``cond(S) > max_cond``, default :data:`MAX_COND`; the bound is about
+        accuracy: Q_d loses up to about ``cond(S)²·ε``).
         """
         A = as_array(A, "A", ndim=2)
         check_square(A, "A")
@@ -239,24 +248,44 @@ class LinearSDE:
 
         ``dt`` : float or array (...), any sign: a negative lag −τ gives ``e^{-Aτ}``, the
         pushed-back map of Eq. (2.7) (public :func:`transition_matrix` accepts lags ≥ 0 only).
-        Returns (..., d, d).
+        Returns (..., d, d). ``ValueError`` naming ``dt`` if ``e^{AΔt}`` overflows float64.
         """
-        dt = as_real_array(dt, "dt")
-        e = np.exp(self.eigvals * dt[..., None])  # e^{λ_k Δt}, (..., d)
-        return self._realify((self.S * e[..., None, :]) @ self.S_inv)
+        return self._transition(as_real_array(dt, "dt"), "dt")
+
+    def _transition(self, dt: np.ndarray, name: str) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = np.exp(self.eigvals * dt[..., None])  # e^{λ_k Δt}, (..., d)
+            F = self._realify((self.S * e[..., None, :]) @ self.S_inv)
+        if not np.all(np.isfinite(F)):
+            raise _lag_overflow(self, dt, name)
+        return F
 
     def process_noise_covariance(self, dt) -> np.ndarray:
-        r"""Discrete process noise ``Q_d(Δt) = ∫_0^{Δt} e^{As} Q e^{A^T s} ds = S Σ(Δt) S^†``, Eq. (1.6).
+        r"""Discrete process noise ``Q_d(Δt) = ∫_0^{Δt} e^{As} Q e^{A^† s} ds = S Σ(Δt) S^†``, Eq. (1.6).
 
+        (``A^† = A^T`` for a real model; a complex model gives the covariance ``E[ε ε^†]``.)
         ``Σ(Δt)`` is the closed form of :func:`refimpl.lyapunov.dle_covariance` (Eq. (2.4)).
-        ``dt`` : float or array (...), ≥ 0. Returns (..., d, d), symmetric PSD.
+        ``dt`` : float or array (...), ≥ 0. Returns (..., d, d), Hermitian PSD. ``ValueError``
+        naming ``dt`` if a lag is negative or ``Q_d`` overflows float64.
         """
-        sigma = lyapunov.dle_covariance(self.eigvals, self.noise, dt)  # (..., d, d)
-        qd = self.S @ sigma @ self.S.conj().T
-        return self._realify(0.5 * (qd + np.conj(np.swapaxes(qd, -1, -2))))
+        return self._process_noise(as_lags(dt, "dt"), "dt")
+
+    def _process_noise(self, dt: np.ndarray, name: str) -> np.ndarray:
+        try:
+            sigma = lyapunov.dle_covariance(self.eigvals, self.noise, dt)  # (..., d, d)
+        except ValueError as exc:
+            if "not representable in float64" not in str(exc):
+                raise
+            raise _lag_overflow(self, dt, name) from None
+        with np.errstate(over="ignore", invalid="ignore"):
+            qd = self.S @ sigma @ self.S.conj().T
+            qd = self._realify(0.5 * (qd + np.conj(np.swapaxes(qd, -1, -2))))
+        if not np.all(np.isfinite(qd)):
+            raise _lag_overflow(self, dt, name)
+        return qd
 
     def stationary_covariance(self) -> np.ndarray:
-        r"""``P_∞ = S Σ_∞ S^†``, the solution of ``A P + P A^T + Q = 0`` (Eq. (2.8)); needs Re λ < 0."""
+        r"""``P_∞ = S Σ_∞ S^†``, the solution of ``A P + P A^† + Q = 0`` (Eq. (2.8)); needs Re λ < 0."""
         sigma = lyapunov.steady_state_covariance(self.eigvals, self.noise)
         p = self.S @ sigma @ self.S.conj().T
         return self._realify(hermitian_part(p))
@@ -311,16 +340,42 @@ def _check_measurement(C, R, d: int) -> tuple[np.ndarray, np.ndarray]:
     return C, R
 
 
+def _unit_columns_cond(S: np.ndarray) -> float:
+    """cond(S) with the columns of S scaled to unit length (inf if a column is zero).
+
+    The columns are first divided by their largest entry, so no norm overflows or underflows.
+    """
+    big = np.max(np.abs(S), axis=0)
+    if np.any(big == 0):
+        return np.inf
+    Sn = S / big
+    return float(np.linalg.cond(Sn / np.linalg.norm(Sn, axis=0)))
+
+
 def _invert_eigvecs(S: np.ndarray, name: str, max_cond: float) -> tuple[np.ndarray, float]:
     max_cond = as_positive_scalar(max_cond, "max_cond")
-    cond = float(np.linalg.cond(S))
+    cond = _unit_columns_cond(S)
     if not np.isfinite(cond) or cond > max_cond:
+        eps = np.finfo(np.float64).eps
         raise ValueError(
-            f"{name}: not diagonalizable to working accuracy: the eigenvector matrix S has condition "
-            f"number {cond:.3g} > max_cond = {max_cond:.3g} (a defective or nearly defective matrix, "
-            f"e.g. a Jordan block). The closed forms need A = S Λ S^-1 with a well-conditioned S."
+            f"{name}: not diagonalizable to working accuracy: the eigenvector matrix S (unit columns) has "
+            f"condition number {cond:.3g} > max_cond = {max_cond:.3g} (a defective or nearly defective matrix, "
+            f"e.g. a Jordan block). The closed forms map through S and S^-1: e^(AΔt) loses up to about "
+            f"cond·eps and Q_d up to about cond²·eps (here {min(cond**2 * eps, 1.0):.1g}) of relative accuracy; "
+            f"pass a larger max_cond to accept that."
         )
     return np.linalg.solve(S, np.eye(S.shape[0], dtype=S.dtype)), cond
+
+
+def _lag_overflow(model: LinearSDE, dt: np.ndarray, name: str) -> ValueError:
+    """The error for lags at which e^{AΔt} or Q_d(Δt) is not representable in float64."""
+    re = model.eigvals.real
+    lags = np.asarray(dt, dtype=np.float64).reshape(-1)
+    growth = max(float(re.max() * lags.max()), float(re.min() * lags.min())) if lags.size else 0.0
+    return ValueError(
+        f"{name}, model: e^(AΔt) or Q_d(Δt) overflows float64 at these lags (largest Re λ_k·Δt = {growth:.4g}; "
+        f"e^x overflows above x ≈ 709.8, Q_d grows like e^(2 Re λ Δt)); use shorter lags or a stable model"
+    )
 
 
 def _check_model(model) -> LinearSDE:
@@ -394,6 +449,12 @@ def transition_matrix(model: LinearSDE, dt) -> np.ndarray:
     -------
     ndarray, shape (..., d, d)
 
+    Raises
+    ------
+    ValueError
+        Naming ``dt`` if a lag is negative or not finite, or if ``e^{AΔt}`` overflows float64
+        (an unstable mode over a long lag).
+
     Examples
     --------
     >>> m = LinearSDE.from_matrices(np.array([[-1.0, 0.0], [0.0, -2.0]]), np.eye(2))
@@ -401,7 +462,7 @@ def transition_matrix(model: LinearSDE, dt) -> np.ndarray:
     True
     """
     model = _check_model(model)
-    return model.transition(_check_lags(dt))
+    return model._transition(_check_lags(dt), "dt")
 
 
 def transition_matrix_loop(model: LinearSDE, dt) -> np.ndarray:
@@ -416,14 +477,20 @@ def transition_matrix_loop(model: LinearSDE, dt) -> np.ndarray:
     True
     """
     model = _check_model(model)
-    dt = _check_lags(dt)
+    return _transition_loop(model, _check_lags(dt), "dt")
+
+
+def _transition_loop(model: LinearSDE, dt: np.ndarray, name: str) -> np.ndarray:
     d = model.dim
     flat = dt.reshape(-1)
     out = np.zeros((flat.size, d, d), dtype=np.complex128)
-    for n, tau in enumerate(flat):
-        for k in range(d):
-            # e^{AΔt} = Σ_k e^{λ_k Δt} s_k r_k^T
-            out[n] += np.exp(model.eigvals[k] * tau) * np.outer(model.S[:, k], model.S_inv[k, :])
+    with np.errstate(over="ignore", invalid="ignore"):
+        for n, tau in enumerate(flat):
+            for k in range(d):
+                # e^{AΔt} = Σ_k e^{λ_k Δt} s_k r_k^T
+                out[n] += np.exp(model.eigvals[k] * tau) * np.outer(model.S[:, k], model.S_inv[k, :])
+    if not np.all(np.isfinite(out)):
+        raise _lag_overflow(model, dt, name)
     return model._realify(out.reshape(dt.shape + (d, d)))
 
 
@@ -442,7 +509,13 @@ def discretize(model: LinearSDE, t):
     F : ndarray, shape (N-1, d, d)
         ``e^{A(t_{i+1} - t_i)}``.
     Qd : ndarray, shape (N-1, d, d)
-        ``Cov ε_i = ∫_0^{Δt_i} e^{As} Q e^{A^T s} ds`` (Eq. (1.6)), symmetric PSD.
+        ``Cov ε_i = ∫_0^{Δt_i} e^{As} Q e^{A^† s} ds`` (Eq. (1.6); ``A^† = A^T`` for a real
+        model), Hermitian PSD.
+
+    Raises
+    ------
+    ValueError
+        Naming ``t`` (and ``model``) if ``F`` or ``Q_d`` overflows float64 on these intervals.
 
     Examples
     --------
@@ -453,7 +526,7 @@ def discretize(model: LinearSDE, t):
     """
     model = _check_model(model)
     dt = np.diff(_check_t(t))
-    return model.transition(dt), model.process_noise_covariance(dt)
+    return model._transition(dt, "t"), model._process_noise(dt, "t")
 
 
 @guard_overflow()
@@ -472,9 +545,16 @@ def discretize_loop(model: LinearSDE, t):
     F, Qd = [], []
     for i in range(t.size - 1):
         tau = t[i + 1] - t[i]
-        F.append(transition_matrix_loop(model, tau))
-        sigma = lyapunov.dle_covariance_loop(model.eigvals, model.noise, tau)  # Σ(Δt_i), Eq. (2.4)
+        F.append(_transition_loop(model, np.asarray(tau), "t"))
+        try:
+            sigma = lyapunov.dle_covariance_loop(model.eigvals, model.noise, tau)  # Σ(Δt_i), Eq. (2.4)
+        except ValueError as exc:
+            if "not representable in float64" not in str(exc):
+                raise
+            raise _lag_overflow(model, np.asarray(tau), "t") from None
         qd = model.S @ sigma @ model.S.conj().T  # Q_d = S Σ S^†
+        if not np.all(np.isfinite(qd)):
+            raise _lag_overflow(model, np.asarray(tau), "t")
         Qd.append(model._realify(hermitian_part(qd)))
     dtype = model.A.dtype
     if not F:
@@ -498,11 +578,14 @@ def _check_moments_args(model, t, m0, P0):
     return model, t, m0, P0
 
 
+@guard_overflow()
 def moments(model: LinearSDE, t, m0, P0=None):
     r"""Exact mean and covariance of ``x(t_i)`` given ``x(t_0) ~ N(m0, P0)``, Eq. (1.8).
 
     .. math::  m_i = e^{A(t_i - t_0)} m_0,\qquad
-               P_i = e^{A(t_i - t_0)} P_0 e^{A^\top (t_i - t_0)} + Q_d(t_i - t_0).
+               P_i = e^{A(t_i - t_0)} P_0 e^{A^\dagger (t_i - t_0)} + Q_d(t_i - t_0)
+
+    (``A^† = A^T`` for a real model).
 
     Parameters
     ----------
@@ -526,15 +609,16 @@ def moments(model: LinearSDE, t, m0, P0=None):
     """
     model, t, m0, P0 = _check_moments_args(model, t, m0, P0)
     lag = t - t[0]
-    F = model.transition(lag)  # (N, d, d)
+    F = model._transition(lag, "t")  # (N, d, d)
     m = F @ m0  # m_i = F(t_i − t_0) m_0
-    P = F @ P0 @ np.conj(np.swapaxes(F, -1, -2)) + model.process_noise_covariance(lag)
+    P = F @ P0 @ np.conj(np.swapaxes(F, -1, -2)) + model._process_noise(lag, "t")
     return m, 0.5 * (P + np.conj(np.swapaxes(P, -1, -2)))
 
 
+@guard_overflow()
 def moments_loop(model: LinearSDE, t, m0, P0=None):
     r"""Loop twin of :func:`moments`: the one-step recursion ``m_{i+1} = F_i m_i``,
-    ``P_{i+1} = F_i P_i F_i^T + Q_{d,i}`` (a second algorithm: it composes the steps).
+    ``P_{i+1} = F_i P_i F_i^† + Q_{d,i}`` (a second algorithm: it composes the steps).
 
     Examples
     --------
@@ -548,7 +632,7 @@ def moments_loop(model: LinearSDE, t, m0, P0=None):
     P = [P0.astype(np.result_type(P0, model.A))]
     for i in range(t.size - 1):
         m.append(F[i] @ m[i])  # m_{i+1} = F_i m_i
-        p = F[i] @ P[i] @ F[i].conj().T + Qd[i]  # P_{i+1} = F_i P_i F_i^T + Q_d,i
+        p = F[i] @ P[i] @ F[i].conj().T + Qd[i]  # P_{i+1} = F_i P_i F_i^† + Q_d,i
         P.append(hermitian_part(p))
     return np.array(m), np.array(P)
 
@@ -584,6 +668,7 @@ def _sample_setup(model, t, x0, size, rng):
     return model, t, size, x0, xi, nu, F, Qd
 
 
+@guard_overflow()
 def sample(model: LinearSDE, t, *, x0=None, size=None, rng=None):
     r"""Exact samples of the states and measurements on any time grid, Eqs. (1.7) and (1.2).
 
@@ -608,7 +693,7 @@ def sample(model: LinearSDE, t, *, x0=None, size=None, rng=None):
 
     Notes
     -----
-    ``ε_i = L_i ξ_i`` with ``L_i L_i^T = Q_d(Δt_i)`` and ``ξ_i ~ N(0, I)``. The recursion
+    ``ε_i = L_i ξ_i`` with ``L_i L_i^† = Q_d(Δt_i)`` and ``ξ_i ~ N(0, I)``. The recursion
     ``x_{i+1} = F_i x_i + ε_i`` runs in eigen-coordinates ``y = S^{-1} x``, where it is
     diagonal, ``y_{i+1} = e^{ΛΔt_i} ⊙ y_i + S^{-1} ε_i``, and all N steps are formed at once by
     an associative scan (``ceil(log2 N)`` vectorized sweeps, no loop over N).
@@ -634,6 +719,7 @@ def sample(model: LinearSDE, t, *, x0=None, size=None, rng=None):
     return x, z
 
 
+@guard_overflow()
 def sample_loop(model: LinearSDE, t, *, x0=None, size=None, rng=None):
     """Loop twin of :func:`sample`: ``x_{i+1} = F_i x_i + ε_i`` step by step in the original basis.
 
@@ -651,7 +737,7 @@ def sample_loop(model: LinearSDE, t, *, x0=None, size=None, rng=None):
     x = np.empty(size + (t.size, model.dim), dtype=np.result_type(x0, model.A))
     x[..., 0, :] = x0
     for i in range(t.size - 1):
-        L = _psd_sqrt(Qd[i])  # L L^T = Q_d(Δt_i)
+        L = _psd_sqrt(Qd[i])  # L L^† = Q_d(Δt_i)
         x[..., i + 1, :] = x[..., i, :] @ F[i].T + xi[..., i, :] @ L.T  # x_{i+1} = F_i x_i + L_i ξ_i
     z = np.empty(size + (t.size, model.obs_dim), dtype=np.result_type(x, model.C, L_R))
     for i in range(t.size):

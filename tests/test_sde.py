@@ -8,6 +8,7 @@ with fixed seeds and bands stated in standard errors. Tolerances: :mod:`refimpl.
 
 from __future__ import annotations
 
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
 from _oracles import random_psd, van_loan  # noqa: E402
 from refimpl._testing import ORACLE, SELF
 from refimpl.sde import (
+    MAX_COND,
     LinearSDE,
     discretize,
     discretize_loop,
@@ -275,8 +277,10 @@ class TestValidation:
             LinearSDE.from_matrices([[-1.0, 1.0], [1e-14, -1.0]], np.eye(2))
 
     def test_max_cond_keyword(self):
-        A = [[-1.0, 1.0], [1e-10, -1.0]]  # cond(S) ~ 1e5
-        m = LinearSDE.from_matrices(A, np.eye(2))
+        A = [[-1.0, 1.0], [1e-10, -1.0]]  # cond(S) ~ 1e5 > MAX_COND = 1e3: refused unless asked for
+        with pytest.raises(ValueError, match=r"^A:.*max_cond = 1e\+03"):
+            LinearSDE.from_matrices(A, np.eye(2))
+        m = LinearSDE.from_matrices(A, np.eye(2), max_cond=1e6)
         assert 1e4 < m.cond < 1e6
         with pytest.raises(ValueError, match=r"^A:.*max_cond"):
             LinearSDE.from_matrices(A, np.eye(2), max_cond=1e4)
@@ -287,6 +291,39 @@ class TestValidation:
                 LinearSDE.from_matrices(SPIRAL_A, np.eye(2), max_cond=bad)
         with pytest.raises(TypeError, match="max_cond"):
             LinearSDE.from_matrices(SPIRAL_A, np.eye(2), max_cond="big")
+
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_accuracy_at_the_default_bound(self, seed):
+        # The bound is about accuracy: the closed forms lose up to ~cond(S)·ε (F) and ~cond(S)²·ε
+        # (Q_d, two factors of S^-1 in G̃). A nearly defective A = [[-1, 1], [δ, -1]] (cond(S) ≈ δ^-1/2),
+        # rotated at random, just inside the default bound must still give Q_d to ~1e-10 (MAX_COND
+        # = 1e6 would accept Q_d wrong in the 5th digit, and fail this test).
+        rng = np.random.default_rng(seed)
+        rot = np.linalg.qr(rng.normal(size=(2, 2)))[0]
+        A = rot @ np.array([[-1.0, 1.0], [1.02 / MAX_COND**2, -1.0]]) @ rot.T
+        Q = random_psd(rng, 2)
+        m = LinearSDE.from_matrices(A, Q)  # accepted by default
+        assert 0.9 * MAX_COND < m.cond <= MAX_COND
+        for dt in (0.1, 1.0, 5.0):
+            close(m.transition(dt), scipy.linalg.expm(A * dt), rtol=1e-12, what="F at the cond(S) bound")
+            close(m.process_noise_covariance(dt), van_loan(A, Q, dt), rtol=1e-9, what="Q_d at the cond(S) bound")
+        _, P = moments(m, [0.0, 1.0, 3.0], [1.0, 0.0])
+        close(P[1:], np.array([van_loan(A, Q, h) for h in (1.0, 3.0)]), rtol=1e-9, what="moments at the cond(S) bound")
+
+    def test_cond_ignores_the_lengths_of_the_eigenvectors(self):
+        # Rescaling the columns of S changes neither the model nor the round-off of the closed forms,
+        # so cond is measured with unit columns: a badly scaled but well-conditioned basis is accepted.
+        S = SPIRAL_S * np.array([1.0, 1e6])
+        m = LinearSDE.from_eigen([-0.1 - 1j, -0.5 + 1j], S, [0.3, 0.7])
+        ref = LinearSDE.from_eigen([-0.1 - 1j, -0.5 + 1j], SPIRAL_S, [0.3, 0.7 * 1e12])
+        assert m.cond == pytest.approx(spiral_system().cond, rel=1e-12) and m.cond < 3.0
+        for dt in (0.1, 2.0):
+            close(m.transition(dt), scipy.linalg.expm(m.A * dt), rtol=1e-12, what="F, rescaled eigenvectors")
+            close(m.process_noise_covariance(dt), ref.process_noise_covariance(dt), rtol=1e-12,
+                  what="Q_d, rescaled eigenvectors")
+            close(m.process_noise_covariance(dt), van_loan(m.A, m.Q, dt), rtol=ORACLE, what="Q_d vs Van Loan, rescaled")
+        with pytest.raises(ValueError, match=r"^S:.*condition number inf"):
+            LinearSDE.from_eigen([-1.0, -2.0], [[1.0, 0.0], [0.0, 0.0]], [1.0, 1.0])
 
     def test_singular_S(self):
         with pytest.raises(ValueError, match=r"^S:"):
@@ -405,6 +442,17 @@ class TestTransitionMatrix:
         with pytest.raises(TypeError, match="^dt:"):
             func(m, "1")
 
+    @pytest.mark.parametrize("func", [transition_matrix, transition_matrix_loop, "method"])
+    def test_overflow_is_refused(self, func):
+        # e^{0.5·2000} is not representable: a named error, never NaN/inf with only a warning
+        m = LinearSDE.from_matrices(np.array([[0.5, 0.0], [0.0, -1.0]]), np.eye(2))
+        f = m.transition if func == "method" else (lambda dt: func(m, dt))
+        close(f(100.0), np.diag(np.exp([50.0, -100.0])), rtol=1e-12, what="unstable mode, representable lag")
+        with warnings.catch_warnings():  # no floating-point warning either
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match=r"^dt, model: .*overflows float64.*Re λ_k·Δt = 1000"):
+                f([1.0, 2000.0])
+
     @settings(max_examples=30)
     @given(seed=st.integers(0, 2**32 - 1), d=st.integers(1, 4), dt1=st.floats(0.0, 5.0), dt2=st.floats(0.0, 5.0))
     def test_semigroup(self, seed, d, dt1, dt2):
@@ -445,6 +493,17 @@ class TestDiscretize:
             close(F[i], scipy.linalg.expm(m.A * dt), rtol=1e-12, what="discretize F vs expm")
             close(Qd[i], van_loan(m.A, m.Q, dt), rtol=ORACLE, what="discretize Q_d vs Van Loan")
             np.testing.assert_array_equal(Qd[i], Qd[i].conj().T)
+
+    @pytest.mark.parametrize("func", [discretize, discretize_loop])
+    def test_overflow_names_t(self, func):
+        m = LinearSDE.from_matrices(np.array([[0.5, 0.0], [0.0, -1.0]]), np.eye(2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match=r"^t, model: .*overflows float64"):
+                func(m, [0.0, 1.0, 2001.0])
+        for bad in (-1.0, [0.5, -1e-9]):
+            with pytest.raises(ValueError, match=r"^dt: expected lags >= 0"):
+                m.process_noise_covariance(bad)
 
     def test_single_time_stamp(self):
         m = spiral_system()
@@ -497,6 +556,11 @@ class TestMoments:
             func(m, [0.0, 1.0], [0.0, 0.0], [[1.0, 2.0], [2.0, 1.0]])
         with pytest.raises(ValueError, match="^t:"):
             func(m, [1.0, 0.0], [0.0, 0.0])
+        unstable = LinearSDE.from_matrices(np.array([[0.5, 0.0], [0.0, -1.0]]), np.eye(2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match=r"^t, model: .*overflows float64"):
+                func(unstable, [0.0, 1000.0, 2000.0], [1.0, 1.0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -619,6 +683,11 @@ class TestSample:
         for bad in (1.5, "seed", True, np.random.RandomState(0)):
             with pytest.raises(TypeError, match="^rng:"):
                 func(m, t, rng=bad)
+        unstable = LinearSDE.from_matrices(np.array([[0.5, 0.0], [0.0, -1.0]]), np.eye(2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match=r"^t, model: .*overflows float64"):
+                func(unstable, [0.0, 2000.0], x0=[1.0, 1.0], rng=0)
 
 
 # ---------------------------------------------------------------------------------------------
