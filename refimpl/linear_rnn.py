@@ -1356,10 +1356,10 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False, ini
 
     i.e. gated linear attention with a per-head gate ``log g_t = Δ_t A``, keys ``Δ_t B_t``,
     values ``x_t`` and queries ``C_t`` (scale 1). Its matrix (the "attention" of the duality) is
-    the 1-semiseparable ``M_{ts} = (C_t·B_s) exp(A Σ_{r=s+1}^{t} Δ_r) Δ_s`` (16.8). This is
-    Mamba-1's selective scan (chapter 11, Eq. (11.14), ``discretization="mamba"``) with A tied
-    across the N states and P channels of a head. Twins: :func:`ssd_loop` (recurrence),
-    :func:`ssd_quadratic` (the matrix M).
+    the N-semiseparable ``M_{ts} = (C_t·B_s) exp(A Σ_{r=s+1}^{t} Δ_r) Δ_s`` (16.8) (its decay
+    mask alone is 1-semiseparable). This is Mamba-1's selective scan (chapter 11, Eq. (11.14),
+    ``discretization="mamba"``) with A tied across the N states and P channels of a head.
+    Twins: :func:`ssd_loop` (recurrence), :func:`ssd_quadratic` (the matrix M).
 
     The chunked algorithm is that of :func:`gated_linear_attention` with a gate per head: in a
     chunk ``y = e^{cum_t} ⊙ (tril(C Bᵀ) (Δ x ⊙ e^{−cum}) + C h_inᵀ)`` (``cum`` the chunk's
