@@ -20,8 +20,14 @@ Glossary (code name → symbol in the book / Racioppo, arXiv:2509.04154 v6)
 Conventions that differ between the paper's versions, and what refimpl implements:
 Δt_ij = t_i − t_j (v4–v6, code; the thesis and v1 use t_j − t_i); the robust term sums over all
 channels (v6 App. B.1, not the per-channel typo of App. A.5); κ = (ν + d)/d by default (v4–v6;
-``kappa=1`` is the Cauchy weight of v1–v3); the temperature multiplies the logits (β_s of v6); the
-output is the aggregated estimate V̄ (no output projection or residual, which belong to a layer).
+``kappa=1`` is the rational (Cauchy) weight of the thesis and of the paper's 2025 code); the
+temperature multiplies the logits (β_s of v6); the output is the aggregated estimate V̄ (no output
+projection or residual, which belong to a layer).
+
+The default power-law weight is the normalized Student-t likelihood, not the IRLS weight of the
+Student-t maximum-likelihood estimate (that is κ = 1): iterated with fixed keys and values
+(Eq. (7.10) of the book), the default κ has its fixed points at stationary points of the bounded
+loss Σ_j ρ(d²_ij), ρ(s) = ν[(1 + s/ν)^{1−κ} − 1]/(1 − κ); only ``kappa=1`` gives the Student-t MLE.
 
 References
 ----------
@@ -281,9 +287,12 @@ def afa(
         A_{kij} = \operatorname{softmax}_{j\ \text{allowed}}(β L_{kij}),\quad
         \bar v_{ki} = \sum_j A_{kij}\, e^{λ_kΔt_{ij}} v_{kj}.
 
-    Σ is Eq. (2.9): for causal pairs ``σ²_k (1 − e^{−2μ_kΔt})/(2μ_k) + η²_k e^{−2μ_kΔt} + γ²_k``
-    (exact μ → 0 limit ``σ²_k Δt``); for ``causal=False`` the pairs with j > i use the pushed-back
-    covariance of Eq. (2.7), which grows with the lag. Where a variance leaves the float64 range
+    Σ is Eq. (7.2) (chapter 2's Eq. (2.9)): for Δt ≥ 0
+    ``σ²_k (1 − e^{−2μ_kΔt})/(2μ_k) + η²_k e^{−2μ_kΔt} + γ²_k`` (exact μ → 0 limit ``σ²_k Δt``); for
+    the pairs with Δt < 0 (j > i, used with ``causal=False``) its second case, the pushed-back
+    covariance of Eq. (2.7), ``σ²_k (e^{2μ_k|Δt|} − 1)/(2μ_k) + η²_k e^{2μ_k|Δt|} + γ²_k``, which grows
+    with the lag (the first case read at Δt < 0 is a different number and can be negative). Where
+    a variance leaves the float64 range
     (η²_k e^{−2μ_kΔt} underflows once 2μ_kΔt ≳ 709 when σ²_k = γ²_k = 0), log P = −log Σ comes from
     the logs of the three terms and the penalty from ``log d² = logsumexp_k(log|R_k|² + log P_k)``
     (``κ logaddexp(0, log d² − log ν)``): the logits stay exact for every lag.
@@ -303,7 +312,12 @@ def afa(
     weight : {"student", "exponential"}
         The robust weight: power law (1 + d²/ν)^{−κ} or Gaussian e^{−d²/ν}.
     kappa : float, optional
-        κ > 0; default (ν + d)/d (v4–v6). κ = 1 is the Cauchy weight of v1–v3.
+        κ > 0; default (ν + d)/d (v4–v6): log w is then the d-dimensional Student-t
+        log-likelihood divided by d/2. κ = 1 is the rational (Cauchy) weight of the thesis and of the
+        paper's 2025 code, and the IRLS weight of the Student-t maximum-likelihood estimate: with
+        fixed keys and values, a fixed point of ``q ← afa(q, k, v)`` (Eq. (7.10)) is that estimate
+        only for κ = 1; for another κ it is a stationary point of Σ_j ρ(d²_ij) with
+        ρ' = (1 + s/ν)^{−κ}.
     temperature : float
         β > 0 multiplying the logits.
     causal : bool

@@ -874,6 +874,63 @@ class TestMaximumLikelihood:
         close(out, expected, rtol=ORACLE, what="AFA (σ² = 0, γ² > 0) vs dense GLS, eigenbasis")
 
 
+class TestFixedDataIrlsFixedPoint:
+    """The fixed point of (7.10), q ← afa(q, z, z), is a stationary point of J_i(q_i) = Σ_j ρ_κ(d²_ij)
+    with ρ_κ' = (1 + s/ν)^{−κ}: ρ_κ(s) = ν[(1 + s/ν)^{1−κ} − 1]/(1 − κ), and ρ_1(s) = ν log(1 + s/ν), the
+    Student-t negative log-likelihood (up to a factor). Oracle: J written out from
+    :func:`isotropic_covariance` and direct residuals, its gradient by central differences in the real
+    and imaginary part of every channel (no weight formula of the module is used). The fixed point of
+    the default κ = (ν + d)/d is *not* stationary for the Student-t likelihood (κ = 1), and vice versa."""
+
+    @staticmethod
+    def loss(q, z, par, t, kappa, causal):
+        """J_i(q_i) for every query i, shape (N,)."""
+        P, R, d2 = pair_oracle(q, z, **{k: par[k] for k in ("eigvals", "sigma2", "eta2", "gamma2")}, t=t)
+        nu = par["nu"]
+        rho = nu * np.log1p(d2 / nu) if kappa == 1.0 else nu * ((1 + d2 / nu) ** (1 - kappa) - 1) / (1 - kappa)
+        _, dt = lags(t, q.shape[-2])
+        return np.sum(np.where(dt >= 0, rho, 0.0) if causal else rho, axis=-1)
+
+    def relative_gradient(self, q, z, par, t, kappa, causal, h=1e-6):
+        """max over queries of |∇J_i| at ``q`` (central differences), relative to its max at the start of
+        the iteration, q = z."""
+        grads = []
+        for point in (q, z):
+            g = np.zeros(q.shape[:-1] + (2 * q.shape[-1],))
+            for c in range(q.shape[-1]):
+                for part, unit in enumerate((1.0, 1j)):
+                    step = np.zeros_like(q)
+                    step[..., c] = h * unit  # the same channel of every query: J_i depends on q_i only
+                    g[..., 2 * c + part] = (self.loss(point + step, z, par, t, kappa, causal)
+                                            - self.loss(point - step, z, par, t, kappa, causal)) / (2 * h)
+            grads.append(np.linalg.norm(g, axis=-1))
+        return float(np.max(grads[0]) / np.max(grads[1]))
+
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_each_kappa_is_stationary_for_its_own_loss_only(self, causal):
+        rng = np.random.default_rng(62)
+        N, d = 7, 3
+        par = tensor_params(rng, d)  # per-channel μ, σ², η², γ²: P differs between channels
+        t = make_times("irregular", N, rng)
+        z = cplx(rng, (N, d))
+        z[3] += 6.0 - 4.0j  # an outlier, so that the weights matter
+        kappa_t = (par["nu"] + d) / d
+        fixed = {}
+        for kappa in (kappa_t, 1.0):
+            q = z
+            for _ in range(400):
+                new = afa(q, z, z, **par, t=t, kappa=kappa, causal=causal)
+                if np.max(np.abs(new - q)) <= 1e-15 * np.max(np.abs(z)):
+                    break
+                q = new
+            assert np.max(np.abs(new - q)) <= 1e-13 * np.max(np.abs(z)), "(7.10) did not converge"
+            fixed[kappa] = new
+        for own, other in ((kappa_t, 1.0), (1.0, kappa_t)):
+            assert self.relative_gradient(fixed[own], z, par, t, own, causal) < 1e-7, own
+            assert self.relative_gradient(fixed[own], z, par, t, other, causal) > 1e-3, (own, other)
+        assert np.max(np.abs(fixed[kappa_t] - fixed[1.0])) > 1e-3
+
+
 # =============================================================================================
 # afa_irls
 # =============================================================================================
