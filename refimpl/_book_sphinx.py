@@ -14,8 +14,10 @@ never written):
 * links for the references in the prose: ``Eq. (k.n)`` / ``Eqs. (k.n)–(k.m)`` to the equation,
   ``chapter k`` to the chapter, ``§k.m`` to the section, ``Figure k.n`` to the figure,
   `` `refimpl.x` `` to the module's API page and author–year citations (``Gu & Dao 2024``,
-  ``Vaswani et al. (2017, §3.5)``) to the bibliography; a reference to an equation, section
-  or figure of this book that does not exist stops the build (:class:`ReferenceError_`);
+  ``Vaswani et al. (2017, §3.5)``, ``Yang et al. 2024a``, ``Jackson's (2000)``) to their entry of
+  the bibliography (matched by :func:`match_citation`); a reference to an equation, section or
+  figure of this book that does not exist, and a citation that fits more than one entry of the
+  bibliography, stop the build (:class:`ReferenceError_`);
 * the ``hide-input`` tag on the first code cell when it only imports and sets up.
 
 This module is also the Sphinx extension (:func:`setup`) loaded by the generated ``conf.py``:
@@ -42,8 +44,9 @@ _SECTION = re.compile(r"^(#{2,6})\s+(\d+)\.(\d+)\s", re.M)
 
 
 class ReferenceError_(ValueError):
-    """A chapter cites an equation, section or figure of the book that does not exist, or
-    defines an equation tag twice. The message names the notebook, the cell and the reference."""
+    """A chapter cites an equation, section or figure of the book that does not exist, defines an
+    equation tag twice, or writes an author–year citation that fits more than one entry of the
+    bibliography. The message names the notebook, the cell and the reference."""
 
 
 def equation_anchor(tag: str) -> str:
@@ -52,6 +55,60 @@ def equation_anchor(tag: str) -> str:
 
 
 # --------------------------------------------------------------------------- the book's targets
+
+
+@dataclass(frozen=True)
+class BibWork:
+    """One entry of the bibliography as the prose cites it.
+
+    ``surnames`` are all its authors' surnames in order, folded by :func:`_fold` (``"van loan"``,
+    ``"garcia-fernandez"``); ``year`` is the four digits of its ``year`` field and ``suffix`` the
+    letter that may follow them (``year = {2024a}``): the author–year convention for two works that
+    would otherwise be cited alike, "Yang et al. 2024a" and "Yang et al. 2024b".
+    """
+
+    key: str
+    surnames: tuple[str, ...]
+    year: str
+    suffix: str = ""
+
+    def citation_form(self) -> tuple[str, ...]:
+        """What an author–year citation of this entry says: first surname, year and suffix, and the
+        second surname for two authors or ``"et al."`` for three or more. Two entries with the same
+        form cannot be told apart by a citation (the bibliography then needs year suffixes)."""
+        rest = () if len(self.surnames) == 1 else self.surnames[1:2] if len(self.surnames) == 2 else ("et al.",)
+        return (self.surnames[0], self.year + self.suffix, *rest)
+
+
+def match_citation(
+    works: list[BibWork], surnames: list[str], et_al: bool, year: str, suffix: str = ""
+) -> list[BibWork]:
+    """The entries an author–year citation fits.
+
+    A citation fits an entry when its first surname and year are the entry's, its year suffix is the
+    entry's (a citation without a suffix fits the entry whatever its suffix, so that "2024" against
+    a bibliography of "2024a" and "2024b" is seen to be ambiguous), and its authors are written as
+    the entry's: one surname for one author ("Dao 2024"), both for two ("Dao & Gu 2024"), "et al."
+    for three or more, or every surname in order ("Ali, Zimerman & Wolf 2024"). Surnames compare by
+    :func:`_fold` (case and accents do not matter).
+
+    Examples
+    --------
+    >>> works = [BibWork("dao2024", ("dao", "gu"), "2024"), BibWork("dao2024fa2", ("dao",), "2024")]
+    >>> [w.key for w in match_citation(works, ["dao"], False, "2024")]
+    ['dao2024fa2']
+    >>> [w.key for w in match_citation(works, ["dao", "gu"], False, "2024")]
+    ['dao2024']
+    >>> match_citation(works, ["dao"], True, "2024")
+    []
+    """
+    found = []
+    for work in works:
+        if work.surnames[0] != surnames[0] or work.year != year or (suffix and work.suffix != suffix):
+            continue
+        if (len(work.surnames) >= 3) if et_al else (work.surnames == tuple(surnames)):
+            found.append(work)
+    return found
 
 
 @dataclass
@@ -64,7 +121,7 @@ class Targets:
     figures: dict[str, tuple[str, str]] = field(default_factory=dict)  # "2.1" -> (docname, name)
     modules: dict[str, str] = field(default_factory=dict)  # "refimpl.x" -> docname of its page
     objects: set[str] = field(default_factory=set)  # "refimpl.x.f" documented on the API pages
-    citations: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    citations: list[BibWork] = field(default_factory=list)  # the entries of the bibliography
     warnings: list[str] = field(default_factory=list)
 
 
@@ -152,11 +209,33 @@ _BARE_EQ = re.compile(r"(?<![\w.])\((\d+)\.(\d+)\)")
 _CHAPTER = re.compile(r"\b([Cc]hapters?)(\s+)(\d+)\b((?:\s*(?:,|and|–|—|-|or)\s*\d+\b(?!\.\d))*)")
 _SECTION_REF = re.compile(r"§\s?(\d+)\.(\d+)(?!\.\d|\d)")
 _FIGURE_REF = re.compile(r"\b(Figures?|Figs?\.)(\s+)(\d+)\.(\d+)\b(?!\.\d)")
-_NAME = r"[A-ZÀ-Þ][\w'’\-]*[^\W\d_]"
+#: a surname as the prose writes it: capitalized, perhaps hyphenated or with an apostrophe (Lee-Thorp,
+#: García-Fernández, O'Brien), after particles (Van Loan, van der Vaart); a possessive 's is not part of it
+_NAME = r"(?:(?:[Vv]an|[Vv]on|[Dd]e[nr]?|[Dd]i|[Dd]u|[Ll][ae])\s+)*[A-ZÀ-Þ](?:[\w\-]|['’](?!s\b))*[^\W\d_]"
+#: "Kalman 1960", "Gu & Dao 2024", "Ali, Zimerman & Wolf 2024", "Yang et al. 2024a",
+#: "Vaswani et al. (2017, §3.5)", "Jackson's (2000)": names, then the year (and a suffix a-z)
 _CITATION = re.compile(
-    rf"(?P<names>(?P<first>{_NAME})(?P<more>\s+et\s+al\.|\s+(?:&|and)\s+{_NAME})?)"
-    r"(?:\s+\((?P<tyear>\d{4})[a-z]?(?:,\s*(?P<post>[^()]*?))?\)|\s+(?P<year>\d{4})[a-z]?\b)"
+    rf"(?<![\w'’\-])(?P<names>(?P<first>{_NAME})(?P<more>\s+et\s+al\.|(?:,\s+{_NAME})*,?\s+(?:&|and)\s+{_NAME})?)"
+    r"(?:(?P<poss>['’]s)?\s+\((?P<tyear>\d{4})(?P<tsuffix>[a-z]?)(?:,\s*(?P<post>[^()]*?))?\)"
+    r"|\s+(?P<year>\d{4})(?P<suffix>[a-z]?)\b)"
 )
+_JOINER = re.compile(r",?\s+(?:&|and)\s+|,\s+")
+
+
+def citation_surnames(names: str) -> tuple[list[str], bool]:
+    """The folded surnames of a citation's names and whether it ends in "et al.".
+
+    >>> citation_surnames("Dong, Cordonnier and Loukas")
+    (['dong', 'cordonnier', 'loukas'], False)
+    >>> citation_surnames("Särkkä & García-Fernández"), citation_surnames("Van  Loan")
+    ((['sarkka', 'garcia-fernandez'], False), (['van loan'], False))
+    >>> citation_surnames("Yang et al.")
+    (['yang'], True)
+    """
+    et_al = re.search(r"\s+et\s+al\.$", names)
+    if et_al:
+        names = names[: et_al.start()]
+    return [_fold(" ".join(part.split())) for part in _JOINER.split(names)], bool(et_al)
 
 
 def _role(role: str, text: str, target: str) -> str:
@@ -279,26 +358,44 @@ class ProseLinker:
 
     def _citations(self, text: str) -> str:
         def repl(m: re.Match[str]) -> str:
+            whole = m.group(0)
             year = m.group("tyear") or m.group("year")
-            found = self.t.citations.get((_fold(m.group("first")), year))
-            more = m.group("more") or ""
-            if not found and more.strip()[:1] in {"&", "a"} and "et" not in more:
-                # "Kalman and Wiener 1949": not a two-author work; the citation may be the last name
-                whole, split = m.group(0), m.start("more") - m.start()
-                head, tail = whole[:split], whole[split:]
-                joint = re.match(r"\s+(?:&|and)\s+", tail)
-                return head + joint.group(0) + _CITATION.sub(repl, tail[joint.end() :]) if joint else whole
+            suffix = m.group("tsuffix") if m.group("tyear") else m.group("suffix")
+            surnames, et_al = citation_surnames(m.group("names"))
+            found = match_citation(self.t.citations, surnames, et_al, year, suffix)
+            if not found and len(surnames) > 1 and not et_al:
+                # "Kalman and Wiener 1949": not a joint work; the citation may be the later names
+                split = m.end("first") - m.start()
+                joint = _JOINER.match(whole, split)
+                if joint:
+                    return whole[: joint.end()] + _CITATION.sub(repl, whole[joint.end() :])
             if not found:
-                return m.group(0)
-            key, authors = found
-            form = 3 if "et" in more else 2 if more else 1
-            if min(authors, 3) != form:
-                return m.group(0)  # the prose names the authors differently: leave it as written
+                return whole  # no entry (or the prose names the authors differently): left as written
+            if len(found) > 1:
+                keys = ", ".join(f"{w.key} ({w.year}{w.suffix})" for w in found)
+                hint = (
+                    "cite the one meant with its year suffix"
+                    if len({w.suffix for w in found} - {""}) == len(found)
+                    else "give them year suffixes in the bibliography (year = {2024a}, {2024b}) and cite them with it"
+                )
+                raise ReferenceError_(
+                    f"{self.where}: the citation {' '.join(whole.split())!r} fits {len(found)} entries of the "
+                    f"bibliography: {keys}; {hint}"
+                )
+            work = found[0]
+            if work.suffix and not suffix:
+                raise ReferenceError_(
+                    f"{self.where}: the citation {' '.join(whole.split())!r} cites {work.key}, whose year is "
+                    f"{work.year}{work.suffix}: write the suffix, as the bibliography does"
+                )
             self.links += 1
+            post = m.group("post")
+            target = f"{work.key}{{{post}}}" if post else work.key
+            if m.group("poss"):  # "Jackson's (2000)": the names stay, the year becomes the link
+                return f"{m.group('names')}{m.group('poss')} {{cite:yearpar}}`{target}`"
             if m.group("tyear"):
-                post = m.group("post")
-                return f"{{cite:t}}`{key}{{{post}}}`" if post else f"{{cite:t}}`{key}`"
-            return f"{{cite:alp}}`{key}`"
+                return f"{{cite:t}}`{target}`"
+            return f"{{cite:alp}}`{work.key}`"
 
         return _CITATION.sub(repl, text)
 
@@ -518,28 +615,32 @@ def write_if_changed(path: Path, text: str) -> None:
         path.write_text(text, encoding="utf-8")
 
 
-def bib_index(bibfile: Path) -> dict[tuple[str, str], tuple[str, int]]:
-    """``{(first author's surname, year): (key, number of authors)}`` from a BibTeX file."""
+def bib_index(bibfile: Path) -> list[BibWork]:
+    """The entries of a BibTeX file that an author–year citation can name (they have authors, or
+    editors, and a year ``YYYY`` or ``YYYY`` + one letter), in the file's order."""
+    import codecs
+
     from pybtex.database import parse_file
 
-    index: dict[tuple[str, str], tuple[str, int]] = {}
+    works: list[BibWork] = []
     data = parse_file(str(bibfile), bib_format="bibtex")
     for key, entry in data.entries.items():
         people = entry.persons.get("author") or entry.persons.get("editor") or []
-        year = entry.fields.get("year", "")
-        if people and year:
-            surname = " ".join(people[0].last_names)
+        year = re.fullmatch(r"\s*(\d{4})([a-z]?)\s*", entry.fields.get("year", ""))
+        if not people or not year:
+            continue
+        surnames = []
+        for person in people:
+            surname = " ".join(person.prelast_names + person.last_names)
             try:  # LaTeX accents such as S{\"a}rkk{\"a} (pybtex depends on latexcodec)
-                import codecs
-
                 import latexcodec  # noqa: F401
 
                 surname = codecs.decode(surname, "ulatex")
             except Exception:  # no latexcodec, or text it cannot read: match the text as is
                 pass
-            surname = surname.replace("{", "").replace("}", "")
-            index.setdefault((_fold(surname), year), (key, len(people)))
-    return index
+            surnames.append(_fold(" ".join(surname.replace("{", "").replace("}", "").split())))
+        works.append(BibWork(key, tuple(surnames), year.group(1), year.group(2)))
+    return works
 
 
 def write_sources(

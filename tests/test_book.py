@@ -34,7 +34,18 @@ from refimpl._book import (
     main,
     offline_problems,
 )
-from refimpl._book_sphinx import ProseLinker, ReferenceError_, Targets, escape_bars, glossaries_as_definitions, is_setup_cell
+from refimpl._book_sphinx import (
+    BibWork,
+    ProseLinker,
+    ReferenceError_,
+    Targets,
+    bib_index,
+    citation_surnames,
+    escape_bars,
+    glossaries_as_definitions,
+    is_setup_cell,
+    match_citation,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BOOK_TOML = REPO / "book.toml"
@@ -206,6 +217,12 @@ TINY_BIB = """@article{kalman1960,
   author = {Rauch, H. E. and Tung, F. and Striebel, C. T.},
   title = {Maximum likelihood estimates of linear dynamic systems},
   journal = {AIAA Journal}, volume = {3}, pages = {1445--1450}, year = {1965}}
+@misc{yang2024a,
+  author = {Yang, Songlin and Wang, Bailin and Shen, Yikang and Panda, Rameswar and Kim, Yoon},
+  title = {Gated linear attention transformers with hardware-efficient training}, year = {2024a}}
+@misc{yang2024b,
+  author = {Yang, Songlin and Wang, Bailin and Zhang, Yu and Shen, Yikang and Kim, Yoon},
+  title = {Parallelizing linear transformers with the delta rule over sequence length}, year = {2024b}}
 """
 
 
@@ -296,7 +313,7 @@ TINY_PROSE = {
         "By Eq. (1.1) and (1.1), see §1.1, Figure 1.1 and chapter 2; Kalman 1960 and "
         "Rauch et al. (1965, §2) did it first. A paper's Eq. (7) stays text, `code Eq. (1.1)` too."
     ),
-    "02-second.ipynb": "Back to Eq. (1.1) of chapter 1 and Figure 1.1.",
+    "02-second.ipynb": "Back to Eq. (1.1) of chapter 1 and Figure 1.1; Kalman's (1960) filter and Yang et al. 2024b.",
 }
 TINY_CHAPTERS: list[tuple[str, str, list[Any]]] = [
     (
@@ -421,8 +438,16 @@ def test_build_links_the_references_in_the_prose(tiny_build: dict[str, Any]) -> 
     assert "Kalman 1960" in texts and texts["Kalman 1960"].startswith("bibliography.html#")
     assert "Eq. (7)" in first and "<code" in first  # a paper's equation and code stay as written
     assert re.search(r"Rauch <em>et al\.</em> \(<a [^>]*bibliography\.html#[^>]*>1965</a>, §2\)", first)
+    possessive = r"Kalman[’']s (<span[^>]*>)?\(<a [^>]*bibliography\.html#[^>]*>1960</a>\)(</span>)? filter"
+    assert re.search(possessive, second)
+    # a year suffix: the link says 2024b and leads to the 2024b entry, not to Yang et al. 2024a
+    assert texts["Yang et al. 2024b"].startswith("bibliography.html#")
+    yang = re.search(r'<a [^>]*href="bibliography\.html#[^"]*" title="([^"]*)"[^>]*>Yang <em>et al\.</em> 2024b</a>',
+                     second)
+    assert yang and "delta rule" in yang.group(1), second
     bibliography = _page(tiny_build, "bibliography.html")
     assert "A new approach to linear filtering" in bibliography and "Rauch" in bibliography
+    assert "2024a" in bibliography and "2024b" in bibliography
 
 
 def test_build_numbers_figures_with_captions_and_alt_text(tiny_build: dict[str, Any]) -> None:
@@ -546,6 +571,18 @@ def test_broken_references_fail_the_build(tmp_path: Path, prose: str, message: s
     assert "Book written" not in stdout
 
 
+def test_ambiguous_citation_fails_the_build(tmp_path: Path) -> None:
+    """Two entries fit "Yang et al. 2024" (2024a and 2024b): the build names the chapter, the cell and
+    the citation instead of linking one of them."""
+    manifest = _make_book(tmp_path, [("01-a.ipynb", "A", ["1"])], {"01-a.ipynb": "GLA (Yang et al.\n2024) and more."},
+                          bib=True)
+    code, stdout, stderr = _run(["--book", str(manifest), "--out", str(tmp_path / "site"), "--no-execute"])
+    assert code == 1, stdout
+    assert ("01-a.ipynb cell 1 (markdown): the citation 'Yang et al. 2024' fits 2 entries of the bibliography: "
+            "yang2024a (2024a), yang2024b (2024b)") in stderr, stderr
+    assert "Book written" not in stdout
+
+
 def test_no_execute_renders_stored_outputs(tmp_path: Path) -> None:
     manifest = _make_book(tmp_path, TINY_CHAPTERS[1:])
     nb_path = tmp_path / "nb" / "02-second.ipynb"
@@ -583,9 +620,28 @@ def _linker(number: int = 2) -> ProseLinker:
         figures={"2.1": ("02-b", "fig-02-1")},
         modules={"refimpl.lyapunov": "api/refimpl.lyapunov"},
         objects={"refimpl.lyapunov.phi1"},
-        citations={("gu", "2024"): ("gu2024", 2), ("vaswani", "2017"): ("vaswani2017", 8)},
+        citations=list(CITED),
     )
     return ProseLinker(targets, {"number": number}, "02-b.ipynb")
+
+
+#: a bibliography with the traps of the real one: one surname and year for two works told apart by
+#: their number of authors (Dao & Gu 2024, Mamba-2; Dao 2024, FlashAttention-2), two works of the
+#: same first author, year and number of authors told apart by a year suffix (Yang et al. 2024a/b)
+CITED = (
+    BibWork("gu2024", ("gu", "dao"), "2024"),
+    BibWork("vaswani2017", ("vaswani", "shazeer", "parmar", "uszkoreit", "jones", "gomez", "kaiser", "polosukhin"),
+            "2017"),
+    BibWork("dao2024", ("dao", "gu"), "2024"),
+    BibWork("dao2024fa2", ("dao",), "2024"),
+    BibWork("yang2024gla", ("yang", "wang", "shen", "panda", "kim"), "2024", "a"),
+    BibWork("yang2024delta", ("yang", "wang", "zhang", "shen", "kim"), "2024", "b"),
+    BibWork("dong2021", ("dong", "cordonnier", "loukas"), "2021"),
+    BibWork("jackson2000", ("jackson",), "2000"),
+    BibWork("vanloan1978", ("van loan",), "1978"),
+    BibWork("sarkka2021", ("sarkka", "garcia-fernandez"), "2021"),
+    BibWork("wiener1949", ("wiener",), "1949"),
+)
 
 
 @pytest.mark.parametrize(
@@ -608,6 +664,26 @@ def _linker(number: int = 2) -> ProseLinker:
         ("Vaswani (2017)", "Vaswani (2017)"),
         ("Kalman and Gu & Dao 2024", "Kalman and {cite:alp}`gu2024`"),
         ("NeurIPS 2017 and Gu 2024", "NeurIPS 2017 and Gu 2024"),
+        # one surname and year, two works: the number of authors decides
+        ("Mamba-2 (Dao & Gu 2024) and FlashAttention-2 (Dao 2024)",
+         "Mamba-2 ({cite:alp}`dao2024`) and FlashAttention-2 ({cite:alp}`dao2024fa2`)"),
+        ("Dao and Gu 2024, Dao et al. 2024", "{cite:alp}`dao2024`, Dao et al. 2024"),
+        ("Gu & Vaswani 2024", "Gu & Vaswani 2024"),  # the second name must be the entry's
+        # one first author, year and number of authors: the year suffix decides
+        ("GLA (Yang et al. 2024a, §4) and DeltaNet (Yang et al. 2024b)",
+         "GLA ({cite:alp}`yang2024gla`, §4) and DeltaNet ({cite:alp}`yang2024delta`)"),
+        ("Yang et al. (2024b, §3)", "{cite:t}`yang2024delta{§3}`"),
+        ("Yang et al. 2024c", "Yang et al. 2024c"),
+        ("Gu & Dao 2024a", "Gu & Dao 2024a"),  # a suffix the entry does not have
+        # every author named, an "and" list, particles, accents, a possessive, a line break
+        ("Dong, Cordonnier and Loukas (2021) prove", "{cite:t}`dong2021` prove"),
+        ("Dong, Loukas and Cordonnier (2021)", "Dong, Loukas and Cordonnier (2021)"),
+        ("Jackson's (2000) correction", "Jackson's {cite:yearpar}`jackson2000` correction"),
+        ("Jackson’s (2000, Eq. 3)", "Jackson’s {cite:yearpar}`jackson2000{Eq. 3}`"),
+        ("as Van Loan 1978 does", "as {cite:alp}`vanloan1978` does"),
+        ("(Sarkka &\nGarcía-Fernández 2021)", "({cite:alp}`sarkka2021`)"),
+        ("Kalman and Wiener 1949", "Kalman and {cite:alp}`wiener1949`"),
+        ("FlashWiener 1949", "FlashWiener 1949"),
         ("`refimpl.lyapunov` and `refimpl.lyapunov.phi1`", "{py:mod}`refimpl.lyapunov` and {py:obj}`refimpl.lyapunov.phi1`"),
         ("`Eq. (2.4)` and $x(2.4)$ and $$y \\tag{2.4}$$", "`Eq. (2.4)` and $x(2.4)$ and $$y \\tag{2.4}$$"),
         ("[Eq. (2.4)](https://x.org)", "[Eq. (2.4)](https://x.org)"),
@@ -617,6 +693,68 @@ def _linker(number: int = 2) -> ProseLinker:
 )
 def test_prose_linker(source: str, expected: str) -> None:
     assert _linker().markdown(source) == expected
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("GLA and DeltaNet (Yang et al. 2024) write", "the citation 'Yang et al. 2024' fits 2 entries of the "
+         "bibliography: yang2024gla (2024a), yang2024delta (2024b)"),
+        ("Yang, Wang, Shen, Panda & Kim 2024", "the citation 'Yang, Wang, Shen, Panda & Kim 2024' cites yang2024gla, "
+         "whose year is 2024a: write the suffix"),
+    ],
+    ids=["two-entries", "suffix-missing"],
+)
+def test_prose_linker_rejects_an_ambiguous_citation(source: str, message: str) -> None:
+    with pytest.raises(ReferenceError_, match=re.escape("02-b.ipynb: " + message)):
+        _linker().markdown(source)
+
+
+def test_prose_linker_rejects_two_entries_of_one_citation_form() -> None:
+    """Keyed by surname and year only, "Dao 2024" would link to Dao & Gu's entry: with both keys
+    for one citation, the build stops instead of picking one."""
+    linker = _linker()
+    linker.t.citations.append(BibWork("dao2024other", ("dao",), "2024"))
+    with pytest.raises(ReferenceError_, match=r"'Dao 2024' fits 2 entries of the bibliography: dao2024fa2 \(2024\), "
+                       r"dao2024other \(2024\)"):
+        linker.markdown("FlashAttention-2 (Dao 2024)")
+    assert linker.markdown("Dao & Gu 2024") == "{cite:alp}`dao2024`"
+
+
+def test_match_citation_and_surnames() -> None:
+    assert citation_surnames("Dong, Cordonnier and Loukas") == (["dong", "cordonnier", "loukas"], False)
+    assert citation_surnames("Milakov &\nGimelshein") == (["milakov", "gimelshein"], False)
+    assert citation_surnames("Lee-Thorp et al.") == (["lee-thorp"], True)
+    keys = lambda *a: [w.key for w in match_citation(list(CITED), *a)]  # noqa: E731
+    assert keys(["dao"], False, "2024") == ["dao2024fa2"]
+    assert keys(["dao", "gu"], False, "2024") == ["dao2024"]
+    assert keys(["dao"], True, "2024") == []
+    assert keys(["yang"], True, "2024") == ["yang2024gla", "yang2024delta"]  # no suffix: both (ambiguous)
+    assert keys(["yang"], True, "2024", "b") == ["yang2024delta"]
+    assert keys(["dong"], True, "2021") == ["dong2021"]  # three authors: "et al." ...
+    assert keys(["dong", "cordonnier", "loukas"], False, "2021") == ["dong2021"]  # ... or all of them
+    assert keys(["dong", "cordonnier"], False, "2021") == []
+
+
+def test_bib_index_reads_suffixes_particles_and_accents(tmp_path: Path) -> None:
+    bib = tmp_path / "refs.bib"
+    bib.write_text(
+        "@misc{a, author = {Yang, S. and Wang, B. and Shen, Y.}, title = {One}, year = {2024a}}\n"
+        "@misc{b, author = {Van Loan, Charles F.}, title = {Two}, year = {1978}}\n"
+        "@misc{c, author = {S{\\\"a}rkk{\\\"a}, Simo and van der Vaart, A.}, title = {Three}, year = {2021}}\n"
+        "@misc{d, author = {Virtanen, Pauli and others}, title = {Four}, year = {2020}}\n"
+        "@misc{e, title = {No author}, year = {2007}}\n"
+        "@misc{f, author = {Nobody, N.}, title = {No year}}\n",
+        encoding="utf-8",
+    )
+    assert bib_index(bib) == [
+        BibWork("a", ("yang", "wang", "shen"), "2024", "a"),
+        BibWork("b", ("van loan",), "1978"),
+        BibWork("c", ("sarkka", "van der vaart"), "2021"),
+        BibWork("d", ("virtanen", "others"), "2020"),
+    ]
+    assert BibWork("a", ("yang", "wang", "shen"), "2024", "a").citation_form() == ("yang", "2024a", "et al.")
+    assert BibWork("b", ("van loan",), "1978").citation_form() == ("van loan", "1978")
 
 
 def test_prose_linker_rejects_a_missing_equation_of_this_book() -> None:

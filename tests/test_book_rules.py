@@ -18,6 +18,17 @@ Each rule is a test parametrized by chapter, so a failure names the chapter:
    chapter's code-cell sources or outputs, at the precision the prose shows.
    ``NUMBER_ALLOWLIST`` lists, per chapter, the few genuinely non-quantitative numbers, each with
    the reason.
+7. **Every author–year citation is a link to its one entry of the bibliography.** What counts as
+   a citation is defined by ``author_year_citations`` (the rule is stated there); each one in the
+   prose of a chapter (markdown cells and figure captions) must come out of the book's linker as a
+   link, i.e. fit exactly one entry of ``references.bib`` (``_book_sphinx.match_citation``: first
+   surname, year, year suffix and the way the authors are named). A citation that fits two entries
+   stops the build and fails here; one that fits none (a work missing from the bibliography, a year
+   or co-author that differs, a year suffix left out) fails here with the entries that come closest;
+   and each link must lead to the entry its citation names (matched again here, independently of the
+   linker, so that "Dao 2024" cannot silently link to Dao & Gu 2024).
+   Besides, no two entries of the bibliography may be cited alike, and a year suffix (2024a) is used
+   only where two entries need it.
 
 The test only reads files (no notebook is executed) and takes well under a second per chapter.
 """
@@ -399,3 +410,208 @@ def test_prose_numbers_are_computed(chapter):
         f"{chapter}: numbers in the prose that no code cell prints or uses (print or check them, "
         f"or allow-list a non-quantitative one with its reason): {missing}"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# rule 7: every author–year citation is a link to exactly one entry of the bibliography
+# ----------------------------------------------------------------------------------------------
+
+#: One surname: capitalized, perhaps hyphenated, accented or with an apostrophe (Lee-Thorp,
+#: García-Fernández, O'Brien), after particles (Van Loan, van der Vaart); a possessive 's is not part of it.
+_SURNAME = r"(?:(?:[Vv]an|[Vv]on|[Dd]e[nr]?|[Dd]i|[Dd]u|[Ll][ae])\s+)*[A-ZÀ-Þ](?:[\w\-]|['’](?!s\b))*[^\W\d_]"
+_AUTHOR_YEAR = re.compile(
+    rf"(?<![\w'’\-])(?P<names>{_SURNAME}(?:\s+et\s+al\.|(?:,\s+{_SURNAME})*,?\s+(?:&|and)\s+{_SURNAME})?)"
+    r"(?P<poss>['’]s)?(?P<sep>\s+\(?|,\s+(?:[A-Z][\w\-]*\s+)?)(?P<year>(?:1[5-9]|20)\d\d)(?P<suffix>[a-z]?)(?!\w)"
+)
+#: Markdown that is not prose: fenced code, MyST roles (the linker's own output among them), code
+#: spans, display and inline math, links (their text is already a link), raw HTML.
+_NOT_PROSE = re.compile(
+    r"^[ \t]*(```+|~~~+).*?^[ \t]*\1[ \t]*$|\{[\w:.-]+\}`[^`]*`|(`+).+?\2|\$\$.+?\$\$"
+    r"|(?<![\\$])\$(?!\s)(?:\\.|[^$\\])+?(?<![\s\\])\$|!?\[(?:[^\]\\]|\\.)*\]\([^)]*\)|<[A-Za-z/!][^>\n]*>",
+    re.M | re.S,
+)
+#: A chapter's closing list of full references ("**References.** [1] R. E. Kalman, A new approach ...,
+#: *J. Basic Eng.* 82 (1960)."), to the end of its cell: a bibliography, not author–year citations.
+_REFERENCE_LIST = re.compile(r"\*\*References\.?\*\*.*|^#{1,6}\s+References\b.*", re.S | re.M)
+#: Capitalized words that precede a year without naming an author, with the reason.
+NOT_A_NAME = {
+    **{month: "a date (\"the August 2025 version\" of the paper's code), not a citation" for month in (
+        "January", "February", "March", "April", "June", "July", "August", "September", "October",
+        "November", "December")},  # not "May": a surname too
+}
+
+
+def author_year_citations(text: str) -> list[re.Match[str]]:
+    """The author–year citations of a markdown text.
+
+    The rule: one or more surnames — ``Kalman``, ``Gu & Dao``, ``Dong, Cordonnier and Loukas``,
+    ``Vaswani et al.``, possessive ``Jackson's`` — followed by a year 1500–2099 with an optional
+    suffix letter, either right after the names (``Kalman 1960``, ``Yang et al. 2024a``), in
+    parentheses (``Vaswani et al. (2017, §3.5)``) or after a comma and perhaps a venue
+    (``Lutati, Zimerman & Wolf, EMNLP 2023``: a citation, in a form the linker does not link). Not
+    citations: text that is not prose (code, math, links, HTML, MyST roles), a chapter's closing
+    **References.** list (full references with titles and venues), and a capitalized word of
+    ``NOT_A_NAME`` before a year (a month). Years elsewhere (``N = 2000``, ``v4 (2026)``,
+    ``arXiv:2509.04154 (2025)``, ``in 2025``) have no capitalized name before them.
+    """
+    text = _NOT_PROSE.sub(lambda m: " " * len(m.group(0)), _REFERENCE_LIST.sub("", text))
+    return [m for m in _AUTHOR_YEAR.finditer(text) if m.group("names").split()[0] not in NOT_A_NAME]
+
+
+def test_author_year_citation_rule():
+    found = lambda text: [" ".join(m.group(0).split()) for m in author_year_citations(text)]  # noqa: E731
+    assert found(
+        "Kalman 1960 and Vaswani et al. (2017, §3.5); Gu & Dao 2024, Dong, Cordonnier and Loukas (2021) and "
+        "Jackson's (2000) correction; Yang et al. 2024a; Milakov &\nGimelshein 2018; as Van Loan 1978 does; "
+        "Focus (Lutati, Zimerman & Wolf, EMNLP 2023)."
+    ) == ["Kalman 1960", "Vaswani et al. (2017", "Gu & Dao 2024", "Dong, Cordonnier and Loukas (2021",
+          "Jackson's (2000", "Yang et al. 2024a", "Milakov & Gimelshein 2018", "Van Loan 1978",
+          "Lutati, Zimerman & Wolf, EMNLP 2023"]
+    assert found(
+        "In the August 2025 version, N = 2000 draws, v4 (2026), arXiv:2509.04154 (2025), in 2025, `Kalman 1960`, "
+        "$\\mathrm{Kalman}\\ 1960$, [Kalman 1960](https://x.org), {cite:alp}`kalman1960`, Figure 2000, "
+        "FlashAttention-2 (2023).\n\n**References.** [1] S. Haykin, *Adaptive Filter Theory*, Pearson 2014."
+    ) == ["Figure 2000"]  # a year after a capitalized word is a citation unless NOT_A_NAME says why not
+
+
+@lru_cache(maxsize=None)
+def _linked_book():
+    """The bibliography and the book's link targets, as ``python -m refimpl book`` collects them."""
+    import nbformat
+
+    from refimpl._book_sphinx import bib_index, collect_targets
+
+    chapters = [dict(c, number=chapter_number(c["file"]), docname=Path(c["file"]).stem) for c in BOOK["chapters"]]
+    notebooks = {c["file"]: nbformat.read(NOTEBOOK_DIR / c["file"], as_version=4) for c in chapters}
+    targets = collect_targets(chapters, notebooks)
+    targets.citations = bib_index(ROOT / BOOK["book"]["bibliography"])
+    return {c["file"]: c for c in chapters}, notebooks, targets
+
+
+def _closest(works, m: re.Match[str]) -> str:
+    """Why an author–year citation is not a link: the entries that share its first surname."""
+    from refimpl._book_sphinx import citation_surnames, match_citation
+
+    surnames, et_al = citation_surnames(m.group("names"))
+    year, suffix = m.group("year"), m.group("suffix")
+    if m.group("sep").strip().startswith(","):
+        return "write the year right after the names: 'Lutati, Zimerman & Wolf 2023, EMNLP'"
+    fits = match_citation(works, surnames, et_al, year, suffix)
+    if len(fits) > 1:
+        return "fits " + ", ".join(w.key for w in fits)
+    near = [f"{w.key} ({', '.join(w.surnames[:3])}{' …' if len(w.surnames) > 3 else ''}; {w.year}{w.suffix})"
+            for w in works if w.surnames[0] == surnames[0]]
+    if not near:
+        return "no entry fits (add the work to references.bib)"
+    return f"no entry fits; entries of {surnames[0]!r}: {', '.join(near)}"
+
+
+def cited_keys(text: str, works) -> list[str]:
+    """The entries that the author–year citations of ``text`` name, each citation fitting exactly one,
+    matched here independently of the linker: same first surname and year, the suffix if the
+    citation has one, and "et al." for three or more authors or else every author named; when a list
+    of names fits nothing, its later names are tried ("Kalman and Wiener 1949" names Wiener 1949)."""
+    from refimpl._book_sphinx import citation_surnames
+
+    keys = []
+    for m in author_year_citations(text):
+        if m.group("sep").strip().startswith(","):
+            continue  # "Lutati, Zimerman & Wolf, EMNLP 2023": not a form the linker links
+        names, et_al = citation_surnames(m.group("names"))
+        year, suffix = m.group("year"), m.group("suffix")
+        while True:
+            fits = [w.key for w in works if w.surnames[0] == names[0] and w.year == year
+                    and (not suffix or w.suffix == suffix)
+                    and (len(w.surnames) >= 3 if et_al else list(w.surnames) == names)]
+            if fits or et_al or len(names) == 1:
+                break
+            names = names[1:]
+        if len(fits) == 1:
+            keys.append(fits[0])
+    return keys
+
+
+def citation_problems(source: str, linked: str, works) -> list[str]:
+    """What is wrong with the citations of ``source`` (markdown) once ``linked`` (the same markdown after
+    the book's linker): a citation still shown as plain text, with the reason, or links that lead to
+    other entries than the ones the citations name."""
+    problems = [f"{' '.join(m.group(0).split())!r}: {_closest(works, m)}" for m in author_year_citations(linked)]
+    named = sorted(cited_keys(source, works))
+    linked_to = sorted(re.findall(r"\{cite:\w+\}`([^`{]+)", linked))
+    if not problems and named != linked_to:
+        problems.append(f"the citations name {named} but link to {linked_to}")
+    return problems
+
+
+def test_citation_rule_can_fail():
+    """The check itself, on a bibliography with the traps of the real one."""
+    from refimpl._book_sphinx import BibWork, ProseLinker, ReferenceError_, Targets
+
+    works = [BibWork("dao2024", ("dao", "gu"), "2024"), BibWork("dao2024fa2", ("dao",), "2024"),
+             BibWork("yang2024gla", ("yang", "wang", "shen"), "2024", "a"),
+             BibWork("yang2024delta", ("yang", "wang", "zhang"), "2024", "b")]
+    linker = ProseLinker(Targets(citations=works), {"number": 99}, "99-x.ipynb")
+    text = ("Mamba-2 (Dao & Gu 2024), FlashAttention-2 (Dao 2024), GLA (Yang et al. 2024a), Dao et al. 2024, "
+            "Hillis & Steele 1986, Focus (Lutati, Zimerman & Wolf, EMNLP 2023).")
+    assert citation_problems(text, linker.markdown(text), works) == [
+        "'Dao et al. 2024': no entry fits; entries of 'dao': dao2024 (dao, gu; 2024), dao2024fa2 (dao; 2024)",
+        "'Hillis & Steele 1986': no entry fits (add the work to references.bib)",
+        "'Lutati, Zimerman & Wolf, EMNLP 2023': write the year right after the names: "
+        "'Lutati, Zimerman & Wolf 2023, EMNLP'",
+    ]
+    with pytest.raises(ReferenceError_, match="'Yang et al. 2024' fits 2 entries"):
+        linker.markdown("DeltaNet (Yang et al. 2024)")
+    # a link to the wrong work of one surname and year (a linker keyed by surname and year only)
+    assert citation_problems("FlashAttention-2 (Dao 2024)", "FlashAttention-2 ({cite:alp}`dao2024`)", works) == [
+        "the citations name ['dao2024fa2'] but link to ['dao2024']"]
+    text = "Mamba-2 (Dao and Gu 2024), Kalman and Yang et al. 2024b"
+    assert linker.markdown(text) == "Mamba-2 ({cite:alp}`dao2024`), Kalman and {cite:alp}`yang2024delta`"
+    assert citation_problems(text, linker.markdown(text), works) == []
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_author_year_citations_are_links(chapter):
+    from refimpl._book_sphinx import ReferenceError_, rewrite_chapter
+
+    chapters, notebooks, targets = _linked_book()
+    nb = notebooks[chapter]
+    try:
+        linked = rewrite_chapter(nb, chapters[chapter], targets)
+    except ReferenceError_ as exc:
+        pytest.fail(f"the book's linker stops: {exc}")
+    problems = []
+    for i, (cell, out) in enumerate(zip(nb.cells, linked.cells)):
+        pairs = [(cell.source, out.source)] if cell.cell_type == "markdown" else []
+        caption = cell.metadata.get("mystnb", {}).get("figure", {}).get("caption") if cell.cell_type == "code" else None
+        if caption:  # a figure caption, linked like the prose
+            pairs.append((caption, out.metadata["mystnb"]["figure"]["caption"]))
+        for before, after in pairs:
+            problems += [f"cell {i + 1}: {p}" for p in citation_problems(before, after, targets.citations)]
+    assert not problems, (
+        f"{chapter}: author–year citations that are not links to the bibliography (add the work to "
+        f"references.bib, or write the citation as its entry is: surname(s), year, suffix): {problems}"
+    )
+
+
+def test_bibliography_entries_are_cited_apart():
+    """No two entries of references.bib are cited alike (first surname, year with suffix, authors'
+    form), each has a year (YYYY, or YYYY and a suffix letter), and a suffix is used only where it is
+    needed: another entry with the same first surname, year and form."""
+    from collections import Counter
+
+    from pybtex.database import parse_file
+
+    from refimpl._book_sphinx import bib_index
+
+    bibfile = ROOT / BOOK["book"]["bibliography"]
+    bad_years = [f"{key}: {e.fields.get('year')!r}" for key, e in parse_file(str(bibfile)).entries.items()
+                 if not re.fullmatch(r"\d{4}[a-z]?", e.fields.get("year", ""))]
+    assert not bad_years, f"entries without a year YYYY or YYYYa: {bad_years}"
+    works = bib_index(bibfile)
+    forms = Counter(w.citation_form() for w in works)
+    alike = [[w.key for w in works if w.citation_form() == form] for form, n in forms.items() if n > 1]
+    assert not alike, f"entries a citation cannot tell apart (give them year suffixes 2024a, 2024b): {alike}"
+    unsuffixed = Counter((w.surnames[0], w.year, *w.citation_form()[2:]) for w in works)
+    needless = [w.key for w in works if w.suffix and unsuffixed[(w.surnames[0], w.year, *w.citation_form()[2:])] < 2]
+    assert not needless, f"year suffixes no other entry makes necessary: {needless}"
+
