@@ -534,6 +534,12 @@ def _api_page(module: str) -> str:
     )
 
 
+def _version() -> str:
+    from refimpl import __version__
+
+    return __version__
+
+
 def _index_page(book: dict[str, Any], chapters: list[dict[str, Any]], extra: list[str]) -> str:
     meta = book["book"]
     lines = [
@@ -551,8 +557,8 @@ def _index_page(book: dict[str, Any], chapters: list[dict[str, Any]], extra: lis
         lines.append(f"| {{doc}}`{chapter['number']}. {chapter['title']} <{chapter['docname']}>` | {modules} |")
     lines += [
         "",
-        "Equations carry stable tags: cite them as *Eq. (k.n)*; the HTML anchor of Eq. (k.n) is "
-        "`#eq-k-n` on the chapter's page.",
+        "Equations carry tags (k.n), chapter k and the equation's position in it: cite them with the version, "
+        f"*refimpl {_version()}, Eq. (k.n)*; the HTML anchor of Eq. (k.n) is `#eq-k-n` on the chapter's page.",
         "",
         "```{toctree}",
         ":caption: Chapters",
@@ -713,8 +719,7 @@ def write_sources(
         write_if_changed(src / f"{_module_page(module)}.rst", _api_page(module))
         expected.add(f"{_module_page(module)}.rst")
     if modules:
-        extra.append(f"API reference <{_module_page(modules[0])}>")
-        extra += [f"{m} <{_module_page(m)}>" for m in modules[1:]]
+        extra += [f"{m} <{_module_page(m)}>" for m in modules]  # under the "Reference" caption, each by its name
         rows = index_rows if index_rows is not None else equation_rows(book)
         if rows is not None:
             write_if_changed(src / "equations.md", _equation_index_page(rows, targets))
