@@ -113,9 +113,11 @@ the conditioning of the problem times the rounding of its data, with the case's 
 4) standing for the kernel's own arithmetic. Each quantity's report names the model that judged
 it (``"plain <tier>"`` or ``"rounded inputs"``). A failed low-precision case also reports the
 finest tier whose verdict it meets (``CaseReport.meets``): a TF32 kernel asked for float32
-fails and meets ``"tf32"``, a kernel that computes in bfloat16 fails the float16 tier. A correct
-port passes; an error of a formula, typically far above ``√ε``, fails, and the first failing
-intermediate says where.
+fails and meets ``"tf32"``, a kernel that computes in bfloat16 fails the float16 tier (computed when
+first read). A correct port passes; an error of a formula, typically far above ``√ε``, fails, and the
+first failing intermediate says where; within a quantity, the report gives the entry of the largest
+error and the first entry over the bound in the order of computation (key tile, chunk, step), by named
+axes (``QuantityReport.worst``, ``first_over``).
 
 Regeneration (``verify`` and the CI test): recomputing a committed case must reproduce every
 stored array to ``regen_rtol`` (default ``ORACLE = 1e-12``) relative, not bitwise — BLAS and
@@ -136,6 +138,7 @@ reference of Eq. (15.3); ``tier`` a precision of :data:`TIERS`; ``e_rel``/``e_ab
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import math
@@ -884,12 +887,50 @@ def verify(directory) -> VerifyReport:
 class QuantityReport:
     """One output or intermediate of one case, judged by the tolerance policy.
 
+    ``rel_error`` and ``abs_error`` are the norm-wise errors of Eq. (15.1) of the book, ``bound`` the
+    relative bound of Eq. (15.2) (float64: ``rtol``, with ``atol`` on the absolute error) or (15.3)
+    (the ratio rule). Where the error is (the documented location of a failure):
+
+    ``worst``, ``worst_index``
+        the entry with the largest error ``|x − x*|`` — the one that sets ``rel_error``, relative to the
+        quantity's scale ``max|x*|`` (for a quantity failed by one sequence, :data:`SEQUENCE_QUANTITIES`,
+        the largest of that sequence's errors, which set the reported ``rel_error``). ``worst_index`` is the
+        index into the returned array (a tuple, C order); ``worst`` names it, ``{axis name: index}``, with
+        the axes of the quantity's layout where it is known (:data:`_LAYOUTS`; e.g. ``head``, ``row``,
+        ``column`` for an attention output, ``head``, ``key_tile``, ``row`` for FlashAttention's running
+        max and sum, ``batch``, ``head``, ``step`` for a recurrence) and ``axis0``, ``axis1``, … elsewhere,
+        plus positions derived from an index, put before it: the ``chunk`` of a step
+        (``step // chunk_size``), the ``query_tile`` of a row (``row // block_q``), the packed
+        ``sequence`` of a token (``cu_seqlens``) and its ``step`` or ``row`` in it. None for a scalar or an
+        unjudged quantity.
+    ``first_over``, ``first_over_index``
+        for a quantity computed in order — FlashAttention's running max and sum (key tile by key tile),
+        chunk states (chunk by chunk), the outputs and per-step states of recurrences and filters (step
+        by step; an RTS smoother backwards), attention rows — the first entry in that order whose error
+        exceeds the bound (``|x − x*| > bound · max|x*|``; in float64 also ``> atol``): where a bug
+        starts, as opposed to where it grew largest. The dict lists the axes in computation order. None if
+        no entry exceeds the bound (a passing quantity) or the quantity has no order.
+    ``worst_sequence``
+        for the chunked linear recurrences judged sequence by sequence in float32 (:data:`SEQUENCE_QUANTITIES`),
+        whenever the quantity fails: the sequence (batch entry × head) whose error, relative to its own
+        largest entry, is the largest multiple of its own bound, ``{axis name: index}``. In the other tiers
+        ``worst`` names the sequence of the largest error.
+
     Examples
     --------
     >>> from refimpl.lyapunov import phi1
     >>> q = compare('lyapunov.phi1', phi1)['near_zero'].quantities[0]
     >>> isinstance(q, QuantityReport), q.name, q.kind, q.passed
     (True, 'phi', 'output', True)
+    >>> from refimpl.attention import softmax_attention
+    >>> x = np.arange(8.0).reshape(4, 2) / 8
+    >>> def wrong(**kw):  # entry (2, 1) off by 1 %
+    ...     y = softmax_attention(**kw)
+    ...     y[2, 1] *= 1.01
+    ...     return y
+    >>> bad = compare('attention.softmax_attention', wrong, inputs={'q': x, 'k': x, 'v': x}).cases[0].quantities[0]
+    >>> bad.passed, bad.worst, bad.worst_index, bad.first_over
+    (False, {'row': 2, 'column': 1}, (2, 1), {'row': 2, 'column': 1})
     """
 
     name: str
@@ -902,11 +943,75 @@ class QuantityReport:
     message: str = ""
     model: str = ""  # low tiers: "plain <tier>" (run in the tier) or "rounded inputs" (see the module docstring)
     floor: float = 0.0  # low tiers: the case's decay floor (chunked linear recurrences, :func:`decay_floor`), or 0
+    atol: float = 0.0  # float64: the case's absolute tolerance (the quantity passes if rel <= bound or abs <= atol)
+    worst: dict | None = None  # {axis: index} of the largest error (see the class docstring)
+    worst_index: tuple | None = None  # the same, as an index into the returned array
+    first_over: dict | None = None  # {axis: index} of the first entry over the bound, in computation order
+    first_over_index: tuple | None = None
+    worst_sequence: dict | None = None  # chunked recurrences in float32, when the quantity fails
+
+    def line(self, digits: int = 1) -> str:
+        """The report's line for this quantity: ``rel <= bound`` (or ``>``), where, and the details.
+
+        Examples
+        --------
+        >>> QuantityReport('y', 'output', False, 1e-2, 1e-2, 9.5e-7, worst={'head': 2, 'row': 64},
+        ...                first_over={'key_tile': 1, 'row': 64, 'head': 0}).line()
+        'y          FAIL rel 1.0e-02 > bound 9.5e-07 at head 2, row 64 (first over the bound: key tile 1, row 64, head 0)  abs 1.0e-02'
+        """
+        status = "ok" if self.passed else "FAIL"
+        if self.message and not np.isfinite(self.rel_error):
+            return f"{self.name:<10} {status:<4} {self.message}"
+        d = digits
+        text = f"{self.name:<10} {status:<4} rel {self.rel_error:.{d}e} {_cmp(self.rel_error, self.bound)} bound {self.bound:.{d}e}"
+        if not self.passed:
+            if self.worst is not None:
+                text += f" at {_where(self.worst)}"
+            if self.first_over is not None:
+                text += f" (first over the bound: {_where(self.first_over)})"
+            if self.worst_sequence is not None and _ONE_BY_ONE not in self.message:
+                text += f"; worst sequence: {_where(self.worst_sequence)}"
+        text += f"  abs {self.abs_error:.{d}e}"
+        if self.atol:
+            text += f" {_cmp(self.abs_error, self.atol)} atol {self.atol:.{d}e}"
+        if self.plain_error is not None:
+            text += f"  plain {self.plain_error:.{d}e} ({self.model})"
+        if self.floor:
+            text += f"  decay floor {self.floor:.{d}e}"
+        return text + (f"  {self.message}" if self.message else "")
+
+
+def _cmp(value: float, bound: float) -> str:
+    """``"<="`` if ``value <= bound`` else ``">"`` (NaN: ``">"``)."""
+    return "<=" if value <= bound else ">"
+
+
+def _where(location: dict) -> str:
+    """``{"key_tile": 1, "row": 64}`` → ``"key tile 1, row 64"``; unnamed axes → ``"index (1, 64)"``."""
+    if all(k.startswith("axis") and k[4:].isdigit() for k in location):
+        return f"index ({', '.join(str(v) for v in location.values())}{',' if len(location) == 1 else ''})"
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in location.items())
+
+
+class _Deferred:
+    """A value computed when first asked for (``CaseReport.meets``)."""
+
+    def __init__(self, compute):
+        self.compute = compute
 
 
 @dataclass
 class CaseReport:
-    """The verdict on one case: ``status`` is ``"pass"``, ``"fail"`` or ``"error"``.
+    """The verdict on one case: ``status`` is ``"pass"``, ``"fail"``, ``"error"`` or ``"skipped"``.
+
+    ``"skipped"``: the callable raised ``NotImplementedError`` on a registered (golden) case — an option
+    or a size the kernel does not support; ``message`` gives its text. A skipped case neither passes nor
+    fails a report (:attr:`CompareReport.passed`).
+
+    ``meets`` (low tiers): the finest tier whose verdict the returned values meet. For a failed case it
+    is computed when first read — it judges the values against the plain references of the coarser
+    tiers, the cost of a few more compares — from copies of the returned values taken at the comparison;
+    ``str(report)`` reads it.
 
     Examples
     --------
@@ -928,6 +1033,9 @@ class CaseReport:
     def passed(self) -> bool:
         return self.status == "pass"
 
+    def __getstate__(self):  # pickled or deep-copied with ``meets`` computed: a pending computation does not travel
+        return {**self.__dict__, "_meets": self.meets}
+
     @property
     def first_failure(self) -> str | None:
         """The first failing quantity in the order of computation: where the bug is."""
@@ -937,9 +1045,29 @@ class CaseReport:
         return None
 
 
+def _get_meets(self):
+    value = self.__dict__.get("_meets")
+    if isinstance(value, _Deferred):  # computed once, on first access
+        value = self.__dict__["_meets"] = value.compute()
+    return value
+
+
+def _set_meets(self, value):
+    self.__dict__["_meets"] = value
+
+
+CaseReport.meets = property(_get_meets, _set_meets, doc=(
+    "low tiers: the finest tier whose verdict the returned values meet (None if none); computed on first "
+    "access for a failed case"))
+
+
 @dataclass
 class CompareReport:
     """Result of :func:`compare`; ``str(report)`` is a table, ``report.passed`` the verdict.
+
+    ``passed``: every compared case passes, and at least one was compared — cases the callable
+    skipped (``NotImplementedError``) are left out, and a report whose cases were all skipped
+    does not pass (``str(report)`` says "NOTHING COMPARED").
 
     Examples
     --------
@@ -954,13 +1082,24 @@ class CompareReport:
     cases: list
 
     @property
+    def compared(self) -> list:
+        """The cases that were compared (not skipped)."""
+        return [c for c in self.cases if c.status != "skipped"]
+
+    @property
+    def skipped(self) -> list:
+        """The names of the cases the callable skipped (it raised ``NotImplementedError``)."""
+        return [c.case for c in self.cases if c.status == "skipped"]
+
+    @property
     def passed(self) -> bool:
-        return bool(self.cases) and all(c.passed for c in self.cases)
+        compared = self.compared
+        return bool(compared) and all(c.passed for c in compared)
 
     @property
     def meets(self) -> str | None:
-        """The finest tier whose verdict every case meets (None if a case meets none or errored)."""
-        tiers = [c.meets for c in self.cases]
+        """The finest tier whose verdict every compared case meets (None if a case meets none or errored)."""
+        tiers = [c.meets for c in self.compared]
         if not tiers or any(t is None for t in tiers):
             return None
         return max(tiers, key=TIERS.index)
@@ -972,32 +1111,35 @@ class CompareReport:
         raise KeyError(name)
 
     def table(self, digits: int = 1) -> str:
-        """A fixed-width table; errors printed with ``digits`` significant decimals."""
+        """A fixed-width table; errors printed with ``digits`` significant decimals.
+
+        One line per case, then one per quantity: ``rel`` next to its ``bound`` (``<=`` or ``>``), and for
+        a failing quantity where its largest error is and the first entry over the bound in the order of
+        computation (:class:`QuantityReport`), then ``abs``, the plain error and its model."""
         rule = "ratio rule" if self.dtype in _LOW_DTYPES else "float64 rtol"
-        lines = [f"compare {self.function} in {self.dtype} ({rule}): "
-                 + ("PASS" if self.passed else "FAIL") + f", {sum(c.passed for c in self.cases)}/{len(self.cases)} cases"]
-        if self.dtype in _LOW_DTYPES and not self.passed:
+        compared, skipped = self.compared, self.skipped
+        head = f"compare {self.function} in {self.dtype} ({rule}): "
+        if not compared and skipped:
+            head += f"NOTHING COMPARED, all {len(skipped)} cases skipped (not supported by the callable)"
+        else:
+            head += ("PASS" if self.passed else "FAIL") + f", {sum(c.passed for c in compared)}/{len(compared)} cases"
+            if skipped:
+                head += f" ({len(skipped)} skipped: not supported by the callable)"
+        lines = [head]
+        if self.dtype in _LOW_DTYPES and compared and not self.passed:
             lines[0] += (f"; errors within the bounds of tier: {self.meets or 'none'} (the finest tier met: the errors of a "
                          "kernel computing in that tier, or of a formula error too small for that tier's resolution; "
                          "not a claim about how the kernel computes)")
         for c in self.cases:
             head = f"  {c.case.split('/', 1)[1]:<28} {c.status.upper():<5}"
-            if c.status == "error":
+            if c.status in ("error", "skipped"):
                 lines.append(f"{head} {c.message}")
                 continue
             where = f" first failure: {c.first_failure}" if c.first_failure else ""
             if self.dtype in _LOW_DTYPES and not c.passed:
                 where += f" (within the bounds of tier: {c.meets or 'none'})"
             lines.append(head + where)
-            for q in c.quantities:
-                if q.message and not np.isfinite(q.rel_error):
-                    lines.append(f"      {q.name:<10} {'ok' if q.passed else 'FAIL':<4} {q.message}")
-                    continue
-                lines.append(f"      {q.name:<10} {'ok' if q.passed else 'FAIL':<4} rel {q.rel_error:.{digits}e}"
-                             f"  abs {q.abs_error:.{digits}e}  bound {q.bound:.{digits}e}"
-                             + (f"  plain {q.plain_error:.{digits}e} ({q.model})" if q.plain_error is not None else "")
-                             + (f"  decay floor {q.floor:.{digits}e}" if q.floor else "")
-                             + (f"  {q.message}" if q.message else ""))
+            lines += [f"      {q.line(digits)}" for q in c.quantities]
         return "\n".join(lines)
 
     __str__ = table
@@ -1405,8 +1547,9 @@ def _sequence_errors(seq, want, *values):
 def _per_sequence(arr, rounded, want, tier: str, ulps: float, seq, exact=None):
     """The worst sequence of a quantity judged sequence by sequence (the ratio rule, Eq. (15.3), with each
     sequence's plain error and decay floor, errors relative to its own largest entry), as
-    ``(passed, rel_error, bound, plain_error, floor, message)``, or None where the quantity is not laid
-    out by sequences (a broadcast input's gradient).
+    ``(passed, rel_error, bound, plain_error, floor, message, where)``, or None where the quantity is not laid
+    out by sequences (a broadcast input's gradient); ``where`` (an index into the sequences' shape S) is the
+    sequence whose error is the largest multiple of its bound, the one reported.
 
     One sequence's plain error is one draw of rounding and can be small by luck, below what the rounding of
     its inputs alone causes (a correct 16-bit gated delta rule kernel's ``dbeta`` failed one sequence by 1.9×,
@@ -1433,15 +1576,320 @@ def _per_sequence(arr, rounded, want, tier: str, ulps: float, seq, exact=None):
             e_in = _sequence_errors(seq, want, ex)[0]
             prel = np.where(np.isfinite(e_in), np.maximum(prel, e_in), prel)
             bounds, ok = verdict()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        worst = int(np.argmax(np.where(ok, rel / bounds, np.inf)))
+    with np.errstate(invalid="ignore", divide="ignore"):  # the largest multiple of its bound (NaN: the worst)
+        ratio = rel / bounds
+        worst = int(np.argmax(np.where(np.isnan(ratio), np.inf, ratio)))
     where = tuple(int(i) for i in np.unravel_index(worst, S))
     message = "" if ok.all() else (
         f"{int((~ok).sum())} of {n} sequences ({'packed sequences' if cu else 'batch entries'} × heads, shape "
         f"{tuple(S)}) fail {_ONE_BY_ONE}; "
         f"the worst, {where}: error {rel[worst]:.3g} > bound {bounds[worst]:.3g} (its plain or rounded-input error {prel[worst]:.3g}, "
         f"decay floor {fl[worst]:.3g}); errors relative to each sequence's largest entry")
-    return bool(ok.all()), float(rel[worst]), float(bounds[worst]), float(prel[worst]), float(fl[worst]), message
+    return (bool(ok.all()), float(rel[worst]), float(bounds[worst]), float(prel[worst]), float(fl[worst]), message,
+            where)
+
+
+# ---- where an error is: the layouts of the quantities, and the location of the largest error ------------------
+
+def _fla_trailing(names):
+    """fla's layouts (B, T, H, ·): with ``cu_seqlens`` the time axis holds the tokens of packed sequences, and a
+    state's first axis is the packed sequence."""
+
+    def trailing(args, ndim):
+        if args.get("cu_seqlens") is None:
+            return names
+        if "step" in names:
+            return tuple("token" if n == "step" else n for n in names)
+        return tuple("sequence" if n == "batch" else n for n in names)
+
+    return trailing
+
+
+def _gate_grad(args, ndim):
+    """The gradient of GLA's log-decays: (…, L, Dk) for a gate per key channel, (…, L) for one per step."""
+    return ("step", "channel") if np.ndim(args.get("log_g")) == np.ndim(args.get("q")) else ("step",)
+
+
+def _by_ndim(*layouts):
+    """A layout chosen by the quantity's number of axes (a filter's (N,) or (…, N, channels); a 1- or 2-D D)."""
+    table = {len(names): names for names in layouts}
+    return lambda args, ndim: table.get(ndim, max(layouts, key=len))
+
+
+_ATT_ROW = ("row",)
+_STEP, _CHUNK = ("step",), ("chunk",)
+_FLA_OUT = ("batch", "step", "head", "channel")
+#: ``{function: {quantity: (axis names, leading axes, computation order)}}``: the names of the trailing axes
+#: (or a function of the arguments and the number of axes that gives them), the kind of the leading batch axes
+#: before them (``"head"``: the last one is the head axis, as in attention's (…, H, N, d); ``"batch_head"``: one
+#: is a batch axis, two are (batch, head); ``"batch"``: all batch axes; None: no leading axes), and the axes in
+#: the order the quantity is computed (``"-step"``: backwards; the other axes follow in their own order), or None
+#: where it has none. Used by :func:`_layout` to name the location of a quantity's largest error.
+_LAYOUTS = {
+    "attention.softmax_attention": {"A": (("row", "key"), "head", _ATT_ROW), "y": (("row", "column"), "head", _ATT_ROW)},
+    "attention.flash_attention": {
+        "running_max": (("key_tile", "row"), "head", ("key_tile", "row")),
+        "running_sum": (("key_tile", "row"), "head", ("key_tile", "row")),
+        "lse": (("row",), "head", _ATT_ROW), "y": (("row", "column"), "head", _ATT_ROW)},
+    "attention.softmax_attention_vjp": {
+        "lse": (("row",), "head", _ATT_ROW), "D": (("row",), "head", _ATT_ROW), "dq": (("row", "column"), "head", None),
+        "dk": (("key", "column"), "head", None), "dv": (("key", "column"), "head", None)},
+    "attention.multihead_attention": {"A": (("head", "row", "key"), "batch", _ATT_ROW),
+                                      "y": (("row", "column"), "batch", _ATT_ROW)},
+    "attention.flash_attn_func": {"out": (("batch", "row", "head", "column"), None, _ATT_ROW),
+                                  "softmax_lse": (("batch", "head", "row"), None, _ATT_ROW)},
+    "attention.flash_attn_func_vjp": {"dq": (("batch", "row", "head", "column"), None, None),
+                                      "dk": (("batch", "key", "head", "column"), None, None),
+                                      "dv": (("batch", "key", "head", "column"), None, None)},
+    "attention.flash_attn_varlen_func": {"out": (("token", "head", "column"), None, ("token",)),
+                                         "softmax_lse": (("head", "token"), None, ("token",))},
+    "attention.flash_attn_varlen_func_vjp": {"dq": (("token", "head", "column"), None, None),
+                                             "dk": (("key_token", "head", "column"), None, None),
+                                             "dv": (("key_token", "head", "column"), None, None)},
+    "random_features.linear_attention": {"y": (("row", "column"), "head", _ATT_ROW)},
+    "random_features.linear_attention_vjp": {n: (("row", "column"), "head", None) for n in ("dq", "dk", "dv")},
+    "random_features.performer_attention": {"y": (("row", "column"), "head", _ATT_ROW)},
+    "random_features.rfa_attention": {"y": (("row", "column"), "head", _ATT_ROW)},
+    "ssm.selective_scan": {"M": (("channel", "step", "source"), "batch", _STEP), "y": (("step", "channel"), "batch", _STEP),
+                           "h_last": (("channel", "state"), "batch", None)},
+    "ssm.selective_scan_vjp": {"du": (("step", "channel"), "batch", None), "ddelta": (("step", "channel"), "batch", None),
+                               "dA": (("channel", "state"), None, None), "dB": (("step", "state"), "batch", None),
+                               "dC": (("step", "state"), "batch", None), "dD": (("channel",), None, None)},
+    "ssm.selective_scan_fn": {"Delta": (("batch", "channel", "step"), None, _STEP),
+                              "out": (("batch", "channel", "step"), None, _STEP),
+                              "last_state": (("batch", "channel", "state"), None, None)},
+    "ssm.selective_scan_fn_vjp": {
+        **{n: (("batch", "channel", "step"), None, None) for n in ("du", "ddelta", "dz")},
+        "dA": (("channel", "state"), None, None), "dD": (("channel",), None, None), "ddelta_bias": (("channel",), None, None),
+        **{n: (_by_ndim(("batch", "state", "step"), ("batch", "group", "state", "step")), None, None) for n in ("dB", "dC")}},
+    "ssm.ssm_recurrent": {"y": (("step", "channel"), "batch", _STEP)},
+    "linear_rnn.ssd": {"chunk_states": (("head", "chunk", "channel", "state"), "batch", _CHUNK),
+                       "M": (("head", "step", "source"), "batch", _STEP), "y": (("head", "step", "channel"), "batch", _STEP)},
+    "linear_rnn.ssd_vjp": {"dx": (("head", "step", "channel"), "batch", None), "ddt": (("head", "step"), "batch", None),
+                           "dA": (("head",), None, None), "dB": (("group", "step", "state"), "batch", None),
+                           "dC": (("group", "step", "state"), "batch", None), "dD": (("head",), None, None),
+                           "dinitial_state": (("head", "channel", "state"), "batch", None)},
+    "linear_rnn.gated_linear_attention": {"chunk_states": (("chunk", "dv", "dk"), "batch_head", _CHUNK),
+                                          "y": (("step", "channel"), "batch_head", _STEP)},
+    "linear_rnn.gated_linear_attention_vjp": {
+        **{n: (("step", "channel"), "batch_head", None) for n in ("dq", "dk", "dv")},
+        "dlog_g": (_gate_grad, "batch_head", None), "dinitial_state": (("dv", "dk"), "batch_head", None)},
+    "linear_rnn.retention": {"y": (("head", "step", "channel"), "batch", _STEP)},
+    "linear_rnn.retention_vjp": {**{n: (("head", "step", "channel"), "batch", None) for n in ("dq", "dk", "dv")},
+                                 "dinitial_state": (("head", "dv", "dk"), "batch", None)},
+    "linear_rnn.delta_rule": {"W": (("chunk", "chunk_step", "dk"), "batch_head", _CHUNK),
+                              "TbetaV": (("chunk", "chunk_step", "dv"), "batch_head", _CHUNK),
+                              "chunk_states": (("chunk", "dv", "dk"), "batch_head", _CHUNK),
+                              "y": (("step", "channel"), "batch_head", _STEP)},
+    "linear_rnn.delta_rule_vjp": {**{n: (("step", "channel"), "batch_head", None) for n in ("dq", "dk", "dv")},
+                                  "dbeta": (("step",), "batch_head", None), "dlog_g": (("step",), "batch_head", None),
+                                  "dinitial_state": (("dv", "dk"), "batch_head", None)},
+    "linear_rnn.rls_memory": {"y": (("step", "channel"), "batch_head", _STEP)},
+    "linear_rnn.mamba_chunk_scan_combined": {
+        "Delta": (("batch", "step", "head"), None, _STEP), "out": (("batch", "step", "head", "channel"), None, _STEP),
+        "final_states": (("batch", "head", "channel", "state"), None, None)},
+    "linear_rnn.mamba_chunk_scan_combined_vjp": {
+        **{n: (("batch", "step", "head", "channel"), None, None) for n in ("dx", "dz")},
+        "ddt": (("batch", "step", "head"), None, None), "dA": (("head",), None, None), "ddt_bias": (("head",), None, None),
+        "dB": (("batch", "step", "group", "state"), None, None), "dC": (("batch", "step", "group", "state"), None, None),
+        "dD": (_by_ndim(("head",), ("head", "channel")), None, None),
+        "dinitial_states": (("batch", "head", "channel", "state"), None, None)},
+    **{f"linear_rnn.{fla}": {"o": (_fla_trailing(_FLA_OUT), None, _STEP),
+                             "final_state": (_fla_trailing(("batch", "head", "dk", "dv")), None, None)}
+       for fla in ("chunk_gla", "chunk_simple_gla", "chunk_delta_rule", "chunk_gated_delta_rule")},
+    **{f"linear_rnn.{fla}_vjp": {
+        **{n: (_fla_trailing(_FLA_OUT), None, None) for n in ("dq", "dk", "dv")},
+        "dg": (_fla_trailing(_FLA_OUT if fla == "chunk_gla" else _FLA_OUT[:3]), None, None),
+        "dbeta": (_fla_trailing(_FLA_OUT[:3]), None, None),
+        "dh0": (_fla_trailing(("batch", "head", "dk", "dv")), None, None)}
+       for fla in ("chunk_gla", "chunk_simple_gla", "chunk_delta_rule", "chunk_gated_delta_rule")},
+    **{f"kalman.{f}": {"m": (("step", "state"), None, _STEP), "P": (("step", "row", "column"), None, _STEP)}
+       for f in ("kalman_filter", "kalman_filter_scan")},
+    **{f"kalman.{f}": {"m": (("step", "state"), None, ("-step",)), "P": (("step", "row", "column"), None, ("-step",))}
+       for f in ("rts_smoother", "rts_smoother_scan")},
+    "kalman.batch_smoother": {"m": (("step", "state"), None, None), "P": (("step", "row", "column"), None, None)},
+    **{f"iir.{f}": {"y": (_by_ndim(("step",), ("step", "channel")), "batch", _STEP)}
+       for f in ("biquad_filter", "tf_filter", "sos_filter", "diagonal_ssm_filter")},
+}
+
+
+def _lead_names(k: int, kind) -> tuple:
+    """Names of ``k`` leading batch axes of the kind ``kind`` (see :data:`_LAYOUTS`)."""
+    if k <= 0:
+        return ()
+    if kind == "head" or (kind == "batch_head" and k >= 2):
+        return (("batch",) if k == 2 else tuple(f"batch{i}" for i in range(k - 1)))[: k - 1] + ("head",)
+    return ("batch",) if k == 1 else tuple(f"batch{i}" for i in range(k))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The named axes of one quantity (:func:`_layout`): ``names`` one per axis, ``order`` the axes in the order of
+    computation (or None), ``backwards`` those computed last to first, ``derive`` per axis a function of its index
+    giving the positions derived from it (``[(name, index), …]``, put before the axis)."""
+
+    names: tuple
+    order: tuple | None = None
+    backwards: frozenset = frozenset()
+    derive: dict = field(default_factory=dict)
+
+    def named(self, index, axes=None) -> dict:
+        """``{axis name: index}`` of ``index``, the axes in the order ``axes`` (default: their own)."""
+        out = {}
+        for ax in range(len(index)) if axes is None else axes:
+            i = int(index[ax])
+            for name, value in self.derive.get(ax, lambda i: [])(i):
+                out.setdefault(name, int(value))
+            out[self.names[ax]] = i
+        return out
+
+
+def _packed(cu, inner: str, chunk: int = 0):
+    """Derived positions of a packed token: its ``sequence`` (``cu_seqlens``), its index ``inner`` in it and, with
+    ``chunk``, the chunk of that index."""
+    cu = np.asarray(cu).astype(np.int64).reshape(-1)
+
+    def derive(i):
+        s = int(np.searchsorted(cu, i, side="right") - 1)
+        if not 0 <= s < cu.size - 1:
+            return []
+        j = i - int(cu[s])
+        return [("sequence", s)] + ([("chunk", j // chunk)] if chunk else []) + [(inner, j)]
+
+    return derive
+
+
+def _layout(function: str, name: str, ndim: int, args: dict) -> _Layout:
+    """The :class:`_Layout` of quantity ``name`` of ``function`` with ``ndim`` axes (``axis0``, ``axis1``, … where
+    the layout is not known or does not fit)."""
+    generic = _Layout(tuple(f"axis{i}" for i in range(ndim)))
+    table = _LAYOUTS.get(function, {})
+    spec = table.get("y" if function == "iir.sos_filter" and name.startswith("section") else name)  # a section's output
+    if spec is None or ndim == 0:
+        return generic
+    trailing, lead, order = spec
+    a = {k: v for k, v in args.items() if v is not None}
+    try:
+        trailing = tuple(trailing(a, ndim) if callable(trailing) else trailing)
+    except Exception:  # noqa: BLE001 — arguments refimpl would reject: no names
+        return generic
+    k = ndim - len(trailing)
+    if k < 0 or (k > 0 and lead is None):
+        return generic
+    names = _lead_names(k, lead) + trailing
+    if len(set(names)) != len(names):
+        return generic
+    axes = None
+    backwards = set()
+    if order is not None:
+        first = []
+        for n in order:
+            ax = names.index(n.lstrip("-")) if n.lstrip("-") in names else None
+            if ax is not None:
+                first.append(ax)
+                if n.startswith("-"):
+                    backwards.add(ax)
+        if first:
+            axes = tuple(first) + tuple(ax for ax in range(ndim) if ax not in first)
+    derive = {}
+    fn = function.removesuffix("_vjp")
+    chunk = None
+    if fn in ("linear_rnn.ssd", "linear_rnn.gated_linear_attention", "linear_rnn.retention", "linear_rnn.delta_rule"):
+        chunk = a.get("chunk_size", 64)
+    elif fn == "linear_rnn.mamba_chunk_scan_combined":
+        chunk = a.get("chunk_size")
+    elif fn.startswith("linear_rnn.chunk_"):
+        chunk = FLA_CHUNK
+    for ax, n in enumerate(names):
+        if n == "step" and chunk:
+            c = int(chunk)
+            derive[ax] = lambda i, c=c: [("chunk", i // c)]
+        elif n == "token" and fn.startswith("linear_rnn.chunk_") and a.get("cu_seqlens") is not None:
+            derive[ax] = _packed(a["cu_seqlens"], "step", FLA_CHUNK)
+        elif n == "token" and a.get("cu_seqlens_q") is not None:
+            derive[ax] = _packed(a["cu_seqlens_q"], "row")
+        elif n == "key_token" and a.get("cu_seqlens_k") is not None:
+            derive[ax] = _packed(a["cu_seqlens_k"], "key")
+        elif n == "row" and function == "attention.flash_attention" and a.get("block_q"):
+            b = int(a["block_q"])
+            derive[ax] = lambda i, b=b: [("query_tile", i // b)]
+    return _Layout(names, axes, frozenset(backwards), derive)
+
+
+def _entry_errors(actual, desired) -> np.ndarray:
+    """``|actual − desired|`` entry by entry as :func:`refimpl._testing.max_abs_error` counts it: 0 where both agree
+    (equal infinities, both NaN), ∞ where one is NaN or infinite and the other is not."""
+    a, d = np.asarray(actual), np.asarray(desired)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a - d).astype(np.float64, copy=False)
+        bad = ~np.isfinite(diff)
+        if bad.any():
+            same = (a == d) | (np.isnan(a) & np.isnan(d))
+            diff[bad] = np.where(same[bad], 0.0, np.inf)
+    return diff
+
+
+def _locate(diff, threshold, layout: _Layout | None):
+    """``(worst, worst_index, first_over, first_over_index)`` of the entry errors ``diff`` (−∞ where not compared):
+    the largest, and the first in the order of computation above ``threshold``."""
+    if layout is None or diff.ndim == 0 or diff.size == 0:
+        return None, None, None, None
+    flat = int(np.argmax(diff))
+    if not diff.flat[flat] > -np.inf:  # nothing compared
+        return None, None, None, None
+    worst = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
+    first = None
+    if layout.order is not None and threshold is not None and np.isfinite(threshold):
+        over = np.transpose(diff > threshold, layout.order)
+        for j, ax in enumerate(layout.order):
+            if ax in layout.backwards:
+                over = np.flip(over, axis=j)
+        i = int(np.argmax(over.reshape(-1)))
+        if over.reshape(-1)[i]:
+            at = np.unravel_index(i, over.shape)
+            index = [0] * diff.ndim
+            for j, ax in enumerate(layout.order):
+                index[ax] = int(diff.shape[ax] - 1 - at[j]) if ax in layout.backwards else int(at[j])
+            first = tuple(index)
+    return (layout.named(worst), worst, None if first is None else layout.named(first, layout.order),
+            first)
+
+
+def _scale(desired) -> float:
+    """The scale of :func:`refimpl._testing.rel_error`: the largest finite ``|desired|``, or 1 (then errors are absolute)."""
+    d = np.abs(np.asarray(desired))
+    d = d[np.isfinite(d)]
+    top = float(d.max()) if d.size else 0.0
+    return top if top > 0 else 1.0
+
+
+def _sequence_mask(seq, shape, where) -> np.ndarray:
+    """The entries of sequence ``where`` (an index into S) of a quantity of ``shape`` laid out by sequences
+    (:meth:`_Floors.sequences`)."""
+    move, S, _, cu = seq
+    mask = np.zeros(shape, bool)
+    if move and cu is not None:  # packed (1, T, H, ·): sequence i's tokens of head h
+        i, h = where
+        mask[0, cu[i]:cu[i + 1], h] = True
+    elif move:  # (b, l, h, ·): batch entry b, head h
+        mask[(where[0], slice(None), *where[1:])] = True
+    else:
+        mask[tuple(where)] = True
+    return mask
+
+
+def _sequence_names(seq, layout: _Layout | None, where) -> dict:
+    """``{axis name: index}`` of sequence ``where`` (batch entry × head)."""
+    move, S, _, cu = seq
+    if cu is not None:
+        names = ("sequence", "head")
+    elif layout is None:
+        names = tuple(f"axis{i}" for i in range(len(S)))
+    else:
+        names = (layout.names[0],) + layout.names[2:len(S) + 1] if move else layout.names[:len(S)]
+    if len(names) != len(where) or any(n.startswith("axis") for n in names):
+        names = tuple(f"sequence_axis{i}" for i in range(len(where)))
+    return {n: int(i) for n, i in zip(names, where)}
 
 
 #: quantities that kernels keep in float32 in every tier: FlashAttention's log-sum-exp (its forward
@@ -1472,13 +1920,50 @@ def _judged_tier(function: str, name: str, value, tier: str) -> str:
     return tier if on_grid else "float32"
 
 
-def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", floor=0.0, seq=None,
-           exact=None) -> QuantityReport:
-    want = np.asarray(want)
+class _NotAnArray:
+    """A returned value that could not be converted to an array, with the reason (:func:`_to_array`)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _to_array(value):
+    """A returned value as a NumPy array, or :class:`_NotAnArray` with the original exception's text.
+
+    Accepted: arrays and anything ``numpy.asarray`` converts (``__array__``: JAX arrays, CuPy … where they allow it),
+    and tensors: an object with ``.detach()`` (PyTorch; a tensor that requires grad) is detached, moved with ``.cpu()``
+    and converted with ``.numpy()``; one whose dtype NumPy lacks (bfloat16) is upcast with ``.float()`` first, an
+    exact conversion. An object with ``.numpy()`` alone (TensorFlow) is converted with it."""
+    if isinstance(value, (np.ndarray, np.generic, list, tuple, int, float, complex, bool)) or value is None:
+        try:
+            return np.asarray(value)
+        except Exception as exc:  # noqa: BLE001 — e.g. a ragged list
+            return _NotAnArray(f"{type(exc).__name__}: {exc}")
     try:
-        arr = np.asarray(got)
-    except Exception as exc:  # e.g. a ragged list
-        return QuantityReport(name, kind, False, message=f"not an array ({type(exc).__name__})")
+        if callable(getattr(value, "detach", None)):
+            value = value.detach()
+        if callable(getattr(value, "cpu", None)):
+            value = value.cpu()
+        if callable(getattr(value, "numpy", None)):
+            try:
+                value = value.numpy()
+            except TypeError:  # e.g. PyTorch's bfloat16, which NumPy lacks: upcast (exactly) to float32
+                if not callable(getattr(value, "float", None)):
+                    raise
+                value = value.float().numpy()
+        return np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 — the callable's value: reported, with the original text
+        return _NotAnArray(f"{type(exc).__name__}: {exc}")
+
+
+def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", floor=0.0, seq=None,
+           exact=None, layout=None) -> QuantityReport:
+    """Judge one returned quantity (Eqs. (15.1)–(15.3) of the book); with ``layout`` (:func:`_layout`) also locate
+    its largest error and the first entry over the bound (``QuantityReport.worst``, ``first_over``)."""
+    want = np.asarray(want)
+    arr = got if isinstance(got, (np.ndarray, _NotAnArray)) else _to_array(got)
+    if isinstance(arr, _NotAnArray):
+        return QuantityReport(name, kind, False, message=f"not an array ({arr.reason})")
     if arr.dtype.hasobject or arr.dtype.kind not in "biufc":
         return QuantityReport(name, kind, False, message=f"dtype {arr.dtype} is not numeric")
     if arr.shape != want.shape:
@@ -1488,18 +1973,42 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", f
     if want.dtype.kind != "c" and arr.dtype.kind == "c":
         return QuantityReport(name, kind, False, message=f"dtype {arr.dtype} is complex, expected real")
     arr64 = arr.astype(np.complex128 if arr.dtype.kind == "c" else np.float64)
+    full_shape = want.shape
+    care = None
     if kind == "intermediate":  # NaN in an oracle intermediate: a pair outside the computation, not compared
         care = ~np.isnan(want)
-        if not care.all():
-            arr64, want = arr64[care], want[care]
-            plain = None if plain is None else np.asarray(plain)[care]
+        if care.all():
+            care = None
+
+    def located(report, diff, threshold, within=None):
+        """``report`` with the location of its largest error and the first entry over ``threshold`` (``diff``:
+        the errors of the compared entries, in their order; ``within``: only these entries of the full shape)."""
+        if layout is None:
+            return report
+        if care is None:
+            full = diff  # a fresh array: changed in place below
+        else:
+            full = np.full(full_shape, -np.inf)
+            full[care] = diff
+        if within is not None:
+            full[~within] = -np.inf
+        w, wi, f, fi = _locate(full, threshold, layout)
+        return dataclasses.replace(report, worst=w, worst_index=wi, first_over=f, first_over_index=fi)
+
     if dtype == "float64":
+        if care is not None:
+            arr64, want = arr64[care], want[care]
         e_abs, e_rel = max_abs_error(arr64, want), rel_error(arr64, want)
-        return QuantityReport(name, kind, bool(e_rel <= rtol or e_abs <= atol), e_abs, e_rel, rtol)
+        report = QuantityReport(name, kind, bool(e_rel <= rtol or e_abs <= atol), e_abs, e_rel, rtol, atol=atol)
+        return located(report, _entry_errors(arr64, want), max(rtol * _scale(want), atol))
     with np.errstate(over="ignore", invalid="ignore"):
         # the user's values on the tier's storage grid (a no-op for a kernel that returns the dtype)
         arr64 = np.asarray(_round(arr64, dtype)).astype(want.dtype)
         rounded = np.asarray(_round(plain, dtype)).astype(want.dtype)
+    if care is not None:
+        if rounded.shape != full_shape:
+            return QuantityReport(name, kind, False, message=f"plain reference has shape {rounded.shape}, expected {want.shape}")
+        arr64, want, rounded = arr64[care], want[care], rounded[care]
     if rounded.shape != want.shape:
         return QuantityReport(name, kind, False, message=f"plain reference has shape {rounded.shape}, expected {want.shape}")
     e_plain = rel_error(rounded, want)
@@ -1522,9 +2031,15 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", f
             "" if same else ", but not alike in the returned values")
         if same and (judged & ~fin).any():
             msg += f" ({int((judged & ~fin).sum())} returned finite: judged)"
-        return QuantityReport(name, kind, same and ok, e_abs, e_rel, bound, e_plain, msg, model, floor)
+        report = QuantityReport(name, kind, same and ok, e_abs, e_rel, bound, e_plain, msg, model, floor)
+        if layout is None:
+            return report
+        diff = np.where(judged, _entry_errors(arr64, want), -np.inf)
+        diff[~fin & ~(alike | finite_instead)] = np.inf  # not alike where the plain reference overflows: wrong
+        return located(report, diff, bound * _scale(want[judged]))
     e_abs, e_rel = max_abs_error(arr64, want), rel_error(arr64, want)
     ok, bound = low_precision_verdict(e_rel, e_plain, dtype, ulps, floor=floor)
+
     def exact_rounded():  # refimpl in float64 on the rounded inputs, its value of this quantity rounded to the tier
         value = exact(name) if exact is not None else None
         if value is None:
@@ -1532,12 +2047,20 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", f
         with np.errstate(over="ignore", invalid="ignore"):
             return np.asarray(_round(value, dtype)).astype(want.dtype)
 
-    one_by_one = (_per_sequence(arr64, rounded, want, dtype, ulps, seq, exact_rounded)
-                  if ok and seq and arr64.shape == want.shape else None)
+    by_sequence = seq and care is None and arr64.shape == want.shape
+    one_by_one = _per_sequence(arr64, rounded, want, dtype, ulps, seq, exact_rounded) if ok and by_sequence else None
     if one_by_one and not one_by_one[0]:  # the whole passes, a sequence does not: report that sequence
-        _, e_rel, bound, e_plain, floor, message = one_by_one
-        return QuantityReport(name, kind, False, e_abs, e_rel, bound, e_plain, message, model, floor)
-    return QuantityReport(name, kind, ok, e_abs, e_rel, bound, e_plain, "", model, floor)
+        _, e_rel, bound, e_plain, floor, message, where = one_by_one
+        report = QuantityReport(name, kind, False, e_abs, e_rel, bound, e_plain, message, model, floor,
+                                worst_sequence=_sequence_names(seq, layout, where))
+        mask = _sequence_mask(seq, want.shape, where)
+        return located(report, _entry_errors(arr64, want), bound * _scale(want[mask]), within=mask)
+    report = QuantityReport(name, kind, ok, e_abs, e_rel, bound, e_plain, "", model, floor)
+    if not ok and by_sequence and layout is not None:  # name the worst sequence of a failing quantity too
+        named = _per_sequence(arr64, rounded, want, dtype, ulps, seq)
+        if named is not None:
+            report = dataclasses.replace(report, worst_sequence=_sequence_names(seq, layout, named[-1]))
+    return located(report, _entry_errors(arr64, want), bound * _scale(want))
 
 
 def _load_from(vectors, case: Case) -> tuple:
@@ -1628,13 +2151,10 @@ def _input_cases(function: str, inputs) -> list:
     return out
 
 
-def _plain(case: Case, args: dict, tier: str, needed) -> tuple:
-    """The plain references of ``needed`` quantities in ``tier``: ``({name: value}, {name: model})``.
-
-    ``args`` are the arguments rounded to the tier. Quantities a plain algorithm of
-    :mod:`refimpl._lowprec` returns are run in the tier; the others are refimpl on the rounded
-    inputs, evaluated in float64 (the rounded-input model).
-    """
+def _plain_stages(case: Case, args: dict, tier: str, needed):
+    """:func:`_plain` in two stages, each ``({name: value}, {name: model})``: first the quantities the plain algorithm
+    of :mod:`refimpl._lowprec` returns (run in the tier), then the others (the rounded-input model, one float64 run of
+    refimpl). A generator: the second stage is computed only when asked for (:func:`_meets` stops at a failure)."""
     values, models = {}, {}
     fn = PLAIN.get(case.function)
     if fn is not None:
@@ -1651,14 +2171,27 @@ def _plain(case: Case, args: dict, tier: str, needed) -> tuple:
         for k in needed:
             if k in got:
                 values[k], models[k] = got[k], f"plain {tier}"
+        yield values, models
     rest = [k for k in needed if k not in values]
     if rest:
         mid = any(k not in case.output_names() for k in rest)  # an intermediate such as FlashAttention's lse
         with np.errstate(all="ignore"):
             _, fallback = compute(dataclasses.replace(case, intermediates=case.intermediates or mid),
                                   args=case.constrain(args) if case.constrain else args)
-        for k in rest:
-            values[k], models[k] = fallback[k], "rounded inputs"
+        yield {k: fallback[k] for k in rest}, dict.fromkeys(rest, "rounded inputs")
+
+
+def _plain(case: Case, args: dict, tier: str, needed) -> tuple:
+    """The plain references of ``needed`` quantities in ``tier``: ``({name: value}, {name: model})``.
+
+    ``args`` are the arguments rounded to the tier. Quantities a plain algorithm of
+    :mod:`refimpl._lowprec` returns are run in the tier; the others are refimpl on the rounded
+    inputs, evaluated in float64 (the rounded-input model).
+    """
+    values, models = {}, {}
+    for v, m in _plain_stages(case, args, tier, needed):
+        values.update(v)
+        models.update(m)
     return values, models
 
 
@@ -1674,27 +2207,82 @@ def _same_default(value, default) -> bool:
 MEETS_MAX_PLAIN_ERROR = 0.1
 
 
-def _meets(case, args, oracle, mapped, tier, defaults) -> str | None:
+def _beyond_every_bound(got, want, kind: str, tier: str, ulps: float, floor: float) -> bool:
+    """Whether the returned values' error in ``tier`` exceeds every bound a met tier can have: a tier is met only if
+    its plain error is at most :data:`MEETS_MAX_PLAIN_ERROR`, so its bound (Eq. (15.3)) is at most
+    ``2 max(MEETS_MAX_PLAIN_ERROR, ulps ε_tier, floor)``. Measured on entries :func:`_judge` always judges
+    (returned finite, answer representable in the tier), against a scale at least the judged one: never above the
+    judged error, so True only where the tier cannot be met, without running its plain reference."""
+    try:
+        arr, want = np.asarray(got), np.asarray(want)
+        if (arr.shape != want.shape or arr.dtype.kind not in "biufc" or want.dtype.kind not in "fc"
+                or (arr.dtype.kind == "c") != (want.dtype.kind == "c")):
+            return False
+        with np.errstate(over="ignore", invalid="ignore"):
+            a = np.asarray(_round(arr.astype(want.dtype), tier)).astype(want.dtype)
+            representable = np.isfinite(np.asarray(_round(want, tier)))
+        care = ~np.isnan(want) if kind == "intermediate" else np.ones(want.shape, bool)
+        use = care & np.isfinite(a) & representable
+        if not use.any() or not np.max(np.abs(want[use])) > 0:
+            return False
+        top = np.abs(want[care])
+        top = float(np.max(top[np.isfinite(top)]))
+        error = float(np.max(np.abs(a[use] - want[use]))) / top
+        return error > RATIO_RULE_FACTOR * max(MEETS_MAX_PLAIN_ERROR, ulps * tier_eps(tier), floor)
+    except Exception:  # noqa: BLE001 — when in doubt, the tier is judged in full
+        return False
+
+
+def _meets(case, args, oracle, mapped, tier, defaults, *, floor_of=None, skip=False, first=()) -> str | None:
     """The finest tier at or below ``tier`` whose verdict the returned values ``mapped`` meet.
 
     Tiers whose plain reference is off by more than :data:`MEETS_MAX_PLAIN_ERROR` (a filter near
     the unit circle in float16) are not counted: their verdict would accept anything.
+
+    The same verdicts as judging every quantity in every tier, at less cost: ``skip`` leaves out ``tier`` itself
+    (the caller's comparison judged it, with the same plain reference, and failed); a tier whose error is beyond
+    every bound it could have is left out unrun (:func:`_beyond_every_bound`); in a tier the quantities are judged
+    ``first`` ones first (those that failed), each stage of the plain reference (:func:`_plain_stages`) only if
+    the quantities of the previous one passed, and the first failure ends the tier. ``floor_of``: the decay floor
+    of each quantity (the same in every tier), if known.
     """
-    for t in (tier,) + ladder(tier):
+    names = [q for q in oracle if q in mapped]
+    order = [q for q in first if q in names] + [q for q in names if q not in first]
+    outs = case.output_names()
+    for t in ladder(tier) if skip else (tier,) + ladder(tier):
         try:
             rounded = {k: _round(v, t) for k, v in args.items() if v is not None}
-            plain, models = _plain(case, {**defaults, **rounded}, t, [q for q in oracle if q in mapped])
-        except Exception:
+        except Exception:  # noqa: BLE001
             continue
-        outs = case.output_names()
-        tiers = {q: _judged_tier(case.function, q, mapped[q], t) for q in oracle if q in mapped}
-        floors = _Floors(case.function, args, tier=t)
+        tiers = {q: _judged_tier(case.function, q, mapped[q], t) for q in names}
+        if floor_of is None or any(q not in floor_of for q in names):
+            low = _Floors(case.function, args, tier=t)
+            floor_of = {q: low(q, oracle[q]) for q in names}
+        if any(_beyond_every_bound(mapped[q], oracle[q], "output" if q in outs else "intermediate", tiers[q],
+                                   max(PLAIN_ULPS[tiers[q]], case.ulps), floor_of[q]) for q in order):
+            continue
+        sequences = _Floors(case.function, args, low=False, tier=t)  # only the float32 tier judges sequences
         on_rounded = _OnRounded(case, {**defaults, **rounded})
-        judged = [_judge(q, "output" if q in outs else "intermediate", mapped[q], oracle[q], dtype=jt, rtol=case.rtol,
-                         atol=case.atol, plain=plain[q], ulps=PLAIN_ULPS[jt] if models[q].startswith("plain") else case.ulps,
-                         floor=floors(q, oracle[q]), seq=floors.sequences(q), exact=on_rounded)
-                  for q, jt in tiers.items()]
-        if all(j.passed and j.plain_error is not None and j.plain_error <= MEETS_MAX_PLAIN_ERROR for j in judged):
+        stages = _plain_stages(case, {**defaults, **rounded}, t, names)
+        met = True
+        while met:
+            try:
+                plain, models = next(stages)
+            except StopIteration:
+                break
+            except Exception:  # noqa: BLE001 — refimpl cannot evaluate the inputs rounded to this tier
+                met = False
+                break
+            for q in [q for q in order if q in plain]:
+                jt = tiers[q]
+                j = _judge(q, "output" if q in outs else "intermediate", mapped[q], oracle[q], dtype=jt,
+                           rtol=case.rtol, atol=case.atol, plain=plain[q],
+                           ulps=PLAIN_ULPS[jt] if models[q].startswith("plain") else case.ulps,
+                           floor=floor_of[q], seq=sequences.sequences(q), exact=on_rounded)
+                if not (j.passed and j.plain_error is not None and j.plain_error <= MEETS_MAX_PLAIN_ERROR):
+                    met = False
+                    break
+        if met:
             return t
     return None
 
@@ -1728,6 +2316,19 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
         localizes a bug. Outputs that refimpl returns only on request — the last state of
         ``ssm.selective_scan`` and ``ssm.selective_scan_fn`` (``return_last_state``) — may be
         left out: they are then reported as not returned and not judged.
+
+        The returned values may be NumPy arrays or any array-like: an object with ``__array__``
+        (JAX arrays, …) or ``.numpy()``, and tensors — an object with ``.detach()`` (a PyTorch tensor,
+        one that requires grad or lives on a GPU included) is converted with
+        ``.detach().cpu().numpy()``, a bfloat16 tensor, which NumPy cannot hold, upcast exactly with
+        ``.float()`` first. A value that cannot be converted fails its quantity with the original
+        exception's text.
+
+        A callable that does not support a registered case — an option (a mask, a window, ALiBi …)
+        or a size its kernel lacks — raises ``NotImplementedError``: the case is reported as
+        ``"skipped"`` with the exception's text, and neither passes nor fails the report; a report
+        whose cases were all skipped does not pass ("NOTHING COMPARED"). With ``inputs=`` (inputs
+        the caller chose) ``NotImplementedError`` is an ``"error"`` like any other exception.
     dtype : {"float64", "float32", "tf32", "float16", "bfloat16"} or a NumPy float dtype
         The precision tier of the user's implementation: it selects the rounding of the inputs
         and the rule (float64: ``rtol``; the others: the ratio rule against a plain reference
@@ -1747,15 +2348,20 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
     Returns
     -------
     CompareReport
-        Per case ``status`` (``pass``/``fail``/``error``) and, per quantity, the max abs and
-        norm-wise relative errors, the bound, the plain error and which model produced it (for the
-        chunked linear recurrences in float32, a quantity whose whole passes but one of whose
-        sequences — batch entry × head — fails its own bound reports that sequence's error, bound,
-        plain error and floor, and names it in ``message``);
-        for low tiers ``meets``, the finest tier whose verdict the returned values meet (a TF32
-        kernel asked for float32 fails, meeting ``"tf32"``). A callable that raises, returns the
-        wrong number of outputs, a wrong shape or a wrong dtype kind gives a failed or errored
-        case, never an exception.
+        Per case ``status`` (``pass``/``fail``/``error``/``skipped``) and, per quantity, the max abs and
+        norm-wise relative errors (Eq. (15.1)), the bound (Eqs. (15.2), (15.3)), the plain error and which
+        model produced it (for the chunked linear recurrences in float32, a quantity whose whole passes but
+        one of whose sequences — batch entry × head — fails its own bound reports the worst such sequence's
+        error, bound, plain error and floor, and names it in ``message``), and where the error is:
+        ``worst`` (the entry of the largest error, by named axes — head, row, key tile, chunk, step …),
+        ``first_over`` (the first entry over the bound in the order of computation — key tile by key
+        tile, chunk by chunk, step by step), ``worst_sequence`` (chunked recurrences in float32, whenever
+        the quantity fails), see :class:`QuantityReport`; ``str(report)`` prints them on the line of each
+        failing quantity. For low tiers ``meets``, the finest tier whose verdict the returned values meet (a
+        TF32 kernel asked for float32 fails, meeting ``"tf32"``), computed for a failed case when first read
+        (:class:`CaseReport`), so that a failing comparison whose ``meets`` is not read costs what a passing
+        one does. A callable that raises, returns the wrong number of outputs, a wrong shape or a wrong dtype
+        kind gives a failed or errored case, never an exception.
 
     Raises
     ------
@@ -1802,6 +2408,13 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
         try:
             with np.errstate(all="ignore"):
                 value = fn(**user_args)
+        except NotImplementedError as exc:  # an option or size the kernel does not support
+            message = f"raised NotImplementedError: {exc}" if str(exc) else "raised NotImplementedError"
+            if inputs is None:  # a registered case: skipped, not failed (the user's own inputs: an error)
+                reports.append(CaseReport(case.name, "skipped", [], f"not supported by the callable ({message})"))
+                continue
+            reports.append(CaseReport(case.name, "error", [], message))
+            continue
         except Exception as exc:
             message = f"raised {type(exc).__name__}: {exc}"
             if inputs is not None:  # say so when the inputs themselves are invalid
@@ -1821,9 +2434,9 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
             case = dataclasses.replace(case, outputs=tuple(k for k in oracle if k not in FUNCTIONS[function].intermediates))
             if wanted:  # only the intermediates the callable returned
                 oracle = {k: v for k, v in oracle.items() if k in value or k in case.output_names()}
-        plain, models = None, {}
+        plain, models, plain_stored = None, {}, None
         if dt != "float64" and stored is not None and _stored_plain(stored, dt, oracle) is not None:
-            plain, models = _stored_plain(stored, dt, oracle)
+            plain, models = plain_stored = _stored_plain(stored, dt, oracle)
         elif dt != "float64":
             try:
                 plain, models = _plain(case, {**defaults, **user_args}, dt, list(oracle))
@@ -1835,10 +2448,12 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
         if mapped is None:
             reports.append(CaseReport(case.name, "error", [], note))
             continue
+        mapped = {k: _to_array(v) for k, v in mapped.items()}  # tensors too (.detach().cpu().numpy())
         quantities = []
         outs = case.output_names()
         floors = _Floors(function, args, low=dt != "float64", tier=dt)
         on_rounded = _OnRounded(case, {**defaults, **user_args})
+        floor_of = {}
         for qname in oracle:  # intermediates first, in order of computation, then the outputs
             kind = "output" if qname in outs else "intermediate"
             if qname not in mapped:
@@ -1848,19 +2463,39 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
                     quantities.append(QuantityReport(qname, kind, False, message="missing from the returned values"))
                 continue
             jt = _judged_tier(function, qname, mapped[qname], dt)  # float32 for FlashAttention's lse
-            floor = floors(qname, oracle[qname])
+            floor = floor_of[qname] = floors(qname, oracle[qname])
             model = models.get(qname, "") + (", judged in float32" if jt != dt else "")
             quantities.append(_judge(qname, kind, mapped[qname], oracle[qname], dtype=jt, rtol=case.rtol, atol=case.atol,
                                      plain=None if plain is None else plain.get(qname, oracle[qname]),
                                      ulps=PLAIN_ULPS[jt] if models.get(qname, "").startswith("plain ") else case.ulps,
-                                     model=model, floor=floor, seq=floors.sequences(qname), exact=on_rounded))
+                                     model=model, floor=floor, seq=floors.sequences(qname), exact=on_rounded,
+                                     layout=_layout(function, qname, np.ndim(oracle[qname]), {**defaults, **args})))
         status = "pass" if all(q.passed for q in quantities) else "fail"
         meets = dt if status == "pass" else None
         if status == "fail" and dt != "float64" and all(q.message == "" or "overflow" in q.message or _ONE_BY_ONE in q.message
                                                                  for q in quantities):
-            meets = _meets(case, args, oracle, {k: v for k, v in mapped.items() if k in oracle}, dt, defaults)
+            # computed when first read (str(report) reads it), from copies of the values judged here; the tier dt
+            # itself is not judged again where this comparison used the same plain reference (computed, not stored)
+            judged = {k: np.array(v, copy=True) for k, v in mapped.items() if k in oracle}
+            same_plain = (stored is None or plain_stored is None) and all(q in judged for q in oracle)
+            failed = sorted((q for q in quantities if not q.passed), key=lambda q: -_ratio(q.rel_error, q.bound))
+            meets = _Deferred(functools.partial(
+                _meets, case, args if inputs is None else {k: _copy(v) for k, v in args.items()}, oracle, judged, dt,
+                defaults, floor_of=floor_of, skip=same_plain, first=tuple(q.name for q in failed)))
         reports.append(CaseReport(case.name, status, quantities, note, meets))
     return CompareReport(function, dt, reports)
+
+
+def _ratio(error: float, bound: float) -> float:
+    """``error / bound`` (∞ for NaN or a zero bound): how far a quantity failed."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = float(np.float64(error) / np.float64(bound))
+    return np.inf if np.isnan(r) else r
+
+
+def _copy(value):
+    """A copy of an array argument (scalars, strings and tuples as they are)."""
+    return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
 
 
 def _softplus(x):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -961,3 +962,354 @@ def test_every_attention_option_has_a_plain_low_precision_reference(name, option
     models = {qr.name: qr.model for c in report.cases for qr in c.quantities}
     assert report.passed, report.table()
     assert all(m == "plain float32" for m in models.values()), models
+
+
+# --------------------------------------------------------------------------------------------
+# Where a failing report points: the largest error and the first entry over the bound, the table's format,
+# tensors as returned values, cases the callable does not support, and the cost of `meets`
+# --------------------------------------------------------------------------------------------
+
+
+def _quantities(report, case=0) -> dict:
+    return {q.name: q for q in report.cases[case].quantities}
+
+
+class TestWhere:
+    def test_attention_output_names_head_row_column(self):
+        """The largest error (head 2, row 40) and, in the order rows are computed, the first entry over the bound
+        (row 10 of head 0): both are reported, named, and printed on the quantity's line."""
+        from refimpl import attention
+
+        rng = np.random.default_rng(0)
+        inp = {"q": rng.normal(size=(3, 70, 8)), "k": rng.normal(size=(3, 70, 8)), "v": rng.normal(size=(3, 70, 8)),
+               "causal": True}
+
+        def kernel(**kw):
+            y = attention.softmax_attention(**kw)
+            y[2, 40, 1] += 1e-3  # the largest error
+            y[0, 10, 3] += 1e-6  # smaller, still over the bound 1e-10, in an earlier row
+            return y
+
+        report = oracle.compare("attention.softmax_attention", kernel, inputs=inp)
+        y = _quantities(report)["y"]
+        assert not y.passed and y.worst == {"head": 2, "row": 40, "column": 1} and y.worst_index == (2, 40, 1)
+        assert y.first_over == {"row": 10, "head": 0, "column": 3} and y.first_over_index == (0, 10, 3)
+        assert list(y.first_over) == ["row", "head", "column"]  # in the order of computation
+        assert "> bound 1.0e-10 at head 2, row 40, column 1 (first over the bound: row 10, head 0, column 3)" in str(report)
+        good = _quantities(oracle.compare("attention.softmax_attention", attention.softmax_attention, inputs=inp))["y"]
+        assert good.passed and good.worst is not None and good.first_over is None
+
+    def test_flash_attention_running_sum_first_wrong_key_tile(self):
+        """FlashAttention's running statistics are computed key tile by key tile: the first entry over the bound is
+        the earliest key tile (then row, then head), the largest error may come later; rows name their query tile."""
+        from refimpl import attention
+
+        inp = oracle.random_inputs("attention.flash_attention", seed=2, N=200, d=16, batch=2, causal=True)
+
+        def kernel(**kw):
+            y, lse, mid = attention.flash_attention(**kw, return_lse=True, return_intermediates=True)
+            running_sum = mid["running_sum"].copy()
+            running_sum[1, 2, 150] *= 1.1  # key tile 2, head 1: the largest error
+            running_sum[0, 1, 100] *= 1.001  # key tile 1, head 0: the first over the bound
+            return {"running_max": mid["running_max"], "running_sum": running_sum, "lse": lse, "y": y}
+
+        report = oracle.compare("attention.flash_attention", kernel, dtype="float32", inputs=inp)
+        q = _quantities(report)
+        assert report.cases[0].first_failure == "running_sum" and q["y"].passed and q["running_max"].passed
+        assert q["running_sum"].worst == {"head": 1, "key_tile": 2, "query_tile": 2, "row": 150}
+        assert q["running_sum"].first_over == {"key_tile": 1, "query_tile": 1, "row": 100, "head": 0}
+        assert "(first over the bound: key tile 1, query tile 1, row 100, head 0)" in str(report)
+
+    @staticmethod
+    def _ssd(perturb):
+        from refimpl import linear_rnn
+
+        def kernel(**kw):
+            y, states = linear_rnn.ssd(**kw, return_chunk_states=True)
+            y, states = y.copy(), states.copy()
+            perturb(y, states)
+            return {"chunk_states": states, "y": y}
+
+        return kernel
+
+    def test_chunked_recurrence_names_the_worst_sequence_when_the_whole_fails(self):
+        """A 1 % error confined to head 2 from step 130 on: the whole output fails, and the report names the head
+        (it named a sequence only when the whole passed), the chunk and step where it starts, and the first chunk
+        state that went wrong."""
+        inp = oracle.random_inputs("linear_rnn.ssd", seed=6, L=200, H=4, P=8, N=8, chunk_size=64)
+
+        def perturb(y, states):
+            y[2, 130:] += 1e-2 * np.abs(y).max()
+            states[3, 1, 2, 5] += 1e-3 * np.abs(states).max()  # chunk 1 of head 3: the first state over the bound
+            states[0, 2] += 1e-2 * np.abs(states).max()  # chunk 2 of head 0: larger
+
+        report = oracle.compare("linear_rnn.ssd", self._ssd(perturb), dtype="float32", inputs=inp)
+        q = _quantities(report)
+        y, states = q["y"], q["chunk_states"]
+        assert not y.passed and y.message == "" and y.worst_sequence == {"head": 2} and y.worst["head"] == 2
+        assert y.first_over == {"chunk": 2, "step": 130, "head": 2, "channel": 0}
+        assert states.first_over == {"chunk": 1, "head": 3, "channel": 2, "state": 5} and states.worst["chunk"] == 2
+        assert "; worst sequence: head 2" in str(report)
+
+    def test_one_by_one_failure_reports_the_worst_sequence(self):
+        """Heads 1 and 3 fail their own bounds while the whole passes; head 3 by more: it is the one reported (the
+        first failing sequence, head 1, was), and its location lies in head 3."""
+        inp = oracle.random_inputs("linear_rnn.ssd", seed=6, L=200, H=4, P=8, N=8, chunk_size=64)
+
+        def perturb(y, states):
+            y[1, 130:] += 1.2e-6 * np.abs(y[1]).max()
+            y[3, 150:] += 1.5e-6 * np.abs(y[3]).max()
+
+        y = _quantities(oracle.compare("linear_rnn.ssd", self._ssd(perturb), dtype="float32", inputs=inp))["y"]
+        assert not y.passed and y.message.startswith("2 of 4 sequences") and "the worst, (3,)" in y.message
+        assert y.worst_sequence == {"head": 3} and y.worst["head"] == 3
+        assert y.first_over == {"chunk": 2, "step": 150, "head": 3, "channel": 0}
+
+    def test_smoother_is_computed_backwards(self):
+        """The Kalman filter runs forwards, the RTS smoother backwards: the first wrong step differs."""
+        from refimpl import kalman
+
+        for name, first in [("kalman_filter", 3), ("rts_smoother", 8)]:
+            def wrong(name=name, **kw):
+                m, P = getattr(kalman, name)(**kw)
+                m = m.copy()
+                m[3, 0] += 1e-6
+                m[8, 1] += 1e-3
+                return m, P
+
+            q = _quantities(oracle.compare(f"kalman.{name}", wrong, cases="regular"))["m"]
+            assert q.worst == {"step": 8, "state": 1}
+            assert q.first_over["step"] == first, (name, q.first_over)
+
+    def test_packed_sequences_name_sequence_chunk_and_step(self):
+        from refimpl import linear_rnn
+
+        inp = oracle.random_inputs("linear_rnn.chunk_simple_gla", seed=0, seqlens=[70, 90], H=2, dk=8, dv=8)
+
+        def wrong(**kw):
+            o, state = linear_rnn.chunk_simple_gla(**kw)
+            o = o.copy()
+            o[0, 150, 1, 3] += 1e-3  # token 150: sequence 1 (tokens 70 … 159), its step 80, in its chunk 1
+            return o, state
+
+        q = _quantities(oracle.compare("linear_rnn.chunk_simple_gla", wrong, inputs=inp))["o"]
+        assert q.worst == {"batch": 0, "sequence": 1, "chunk": 1, "step": 80, "token": 150, "head": 1, "channel": 3}
+
+    def test_unknown_layout_gives_the_index(self):
+        report = oracle.compare("lyapunov.phi1", lambda z, tau: (np.exp(z * tau) - 1) / z)  # 0/0 at z = 0
+        q = _quantities(report)["phi"]
+        assert not q.passed and list(q.worst) == ["axis0"] and q.first_over is None
+        assert f"at index ({q.worst_index[0]},)" in str(report)
+
+
+class TestReportFormat:
+    def test_rel_is_printed_next_to_its_bound(self):
+        passing = oracle.QuantityReport("running_max", "intermediate", True, 1.1e-6, 2.4e-7, 9.5e-7, 6.2e-8,
+                                        model="plain float32")
+        assert passing.line() == "running_max ok   rel 2.4e-07 <= bound 9.5e-07  abs 1.1e-06  plain 6.2e-08 (plain float32)"
+        by_atol = oracle.QuantityReport("x", "output", True, 1e-15, 3e-9, 1e-10, atol=1e-14)
+        assert "rel 3.0e-09 > bound 1.0e-10  abs 1.0e-15 <= atol 1.0e-14" in by_atol.line()
+        report = oracle.compare("afa.isotropic_afa", isotropic_afa_port, dtype=np.float32, cases="causal_student")
+        lines = str(report).splitlines()[2:]
+        assert len(lines) == 5 and all(re.search(r" ok   rel \S+ <= bound \S+  abs \S+  plain ", line) for line in lines)
+
+
+class FakeTensor:
+    """Converts as a PyTorch tensor does: ``numpy()`` refuses while it requires grad or lives on a device, and a
+    bfloat16 one has no NumPy dtype (``float()`` upcasts it); ``__array__`` calls ``numpy()``."""
+
+    def __init__(self, a, requires_grad=False, device="cpu", bf16=False):
+        self.a, self.requires_grad, self.device, self.bf16 = np.asarray(a), requires_grad, device, bf16
+
+    def detach(self):
+        return FakeTensor(self.a, False, self.device, self.bf16)
+
+    def cpu(self):
+        return FakeTensor(self.a, self.requires_grad, "cpu", self.bf16)
+
+    def float(self):
+        return FakeTensor(self.a.astype(np.float32), self.requires_grad, self.device, False)
+
+    def numpy(self):
+        if self.requires_grad:
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
+        if self.device != "cpu":
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor first.")
+        if self.bf16:
+            raise TypeError("Got unsupported ScalarType BFloat16")
+        return self.a
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.numpy(), dtype=dtype)
+
+
+class TestTensors:
+    def test_tensors_that_require_grad_or_live_on_a_device_are_accepted(self):
+        from refimpl import attention
+
+        inp = oracle.random_inputs("attention.softmax_attention", seed=0, N=50, d=8, causal=True)
+        y = attention.softmax_attention(**inp).astype(np.float32)
+        for value in (FakeTensor(y, requires_grad=True), FakeTensor(y, requires_grad=True, device="cuda"), FakeTensor(y)):
+            report = oracle.compare("attention.softmax_attention", lambda **kw: value, dtype="float32", inputs=inp)
+            assert report.passed, report.table()
+        bf = FakeTensor(oracle.round_to(y, "bfloat16").astype(np.float32), requires_grad=True, bf16=True)
+        assert oracle.compare("attention.softmax_attention", lambda **kw: bf, dtype="bfloat16", inputs=inp).passed
+
+    def test_lse_tensor_in_a_16_bit_tier(self):
+        """FlashAttention's lse is judged in float32 when returned in float32: that check read the value itself,
+        and a tensor that requires grad made compare raise."""
+        from refimpl import attention
+
+        inp = oracle.random_inputs("attention.flash_attention", seed=0, N=70, d=8, causal=True)
+        y, lse = attention.flash_attention(**inp, return_lse=True)
+        kernel = lambda **kw: {"lse": FakeTensor(lse.astype(np.float32), requires_grad=True),  # noqa: E731
+                               "y": FakeTensor(oracle.round_to(y, "bfloat16"), requires_grad=True)}
+        report = oracle.compare("attention.flash_attention", kernel, dtype="bfloat16", inputs=inp)
+        assert report.passed and _quantities(report)["lse"].model.endswith("judged in float32"), report.table()
+
+    def test_unconvertible_value_reports_the_original_error(self):
+        class Broken:
+            def __array__(self, dtype=None, copy=None):
+                raise RuntimeError("device-side assert triggered")
+
+        c = oracle.compare("lyapunov.phi1", lambda **kw: Broken()).cases[0]
+        assert c.status == "fail" and c.quantities[0].message == "not an array (RuntimeError: device-side assert triggered)"
+        c = oracle.compare("lyapunov.phi1", lambda **kw: {"phi": [[1.0], [1.0, 2.0]]}).cases[0]  # ragged
+        assert c.quantities[0].message.startswith("not an array (ValueError: ")
+
+
+class TestSkipped:
+    @staticmethod
+    def kernel(q, k, v, causal=False, **options):
+        if options:
+            raise NotImplementedError(f"options {sorted(options)}")
+        return softmax_attention_numpy(q, k, v, causal=causal)
+
+    def test_unsupported_options_are_skipped(self):
+        report = oracle.compare("attention.softmax_attention", self.kernel, dtype="float32")
+        skipped = [c for c in report.cases if c.status == "skipped"]
+        assert skipped and {c.status for c in report.cases} == {"pass", "skipped"}
+        assert all(c.message.startswith("not supported by the callable (raised NotImplementedError: options ") for c in skipped)
+        assert report.passed and report.meets == "float32" and report.skipped == [c.case for c in skipped]
+        text = str(report)
+        n = len(report.cases) - len(skipped)
+        assert f"PASS, {n}/{n} cases ({len(skipped)} skipped: not supported by the callable)" in text
+        assert "SKIPPED not supported by the callable" in text
+
+    def test_nothing_compared_is_not_a_pass(self):
+        def unsupported(**kw):
+            raise NotImplementedError
+
+        report = oracle.compare("attention.softmax_attention", unsupported)
+        assert {c.status for c in report.cases} == {"skipped"} and not report.passed and report.meets is None
+        assert "NOTHING COMPARED, all" in str(report).splitlines()[0]
+
+    def test_user_inputs_are_not_skipped(self):
+        inp = oracle.random_inputs("attention.softmax_attention", seed=0, N=20, d=4, window=5)
+        c = oracle.compare("attention.softmax_attention", self.kernel, inputs=inp).cases[0]
+        assert c.status == "error" and c.message == "raised NotImplementedError: options ['window']"
+
+
+def _ONE_BY_ONE_IN(report) -> bool:
+    return any(oracle._ONE_BY_ONE in q.message for c in report.cases for q in c.quantities)
+
+
+def _meets_in_full(case, args, oracle_values, mapped, tier, defaults, **_):
+    """The finest tier met, judged in full: every tier from ``tier`` down, every quantity against its plain
+    reference (as ``compare`` computed it before it became lazy and cheaper)."""
+    from refimpl._precision import ladder
+    from refimpl._testing import PLAIN_ULPS
+
+    for t in (tier,) + ladder(tier):
+        try:
+            rounded = {k: oracle._round(v, t) for k, v in args.items() if v is not None}
+            plain, models = oracle._plain(case, {**defaults, **rounded}, t, [q for q in oracle_values if q in mapped])
+        except Exception:
+            continue
+        outs = case.output_names()
+        floors = oracle._Floors(case.function, args, tier=t)
+        on_rounded = oracle._OnRounded(case, {**defaults, **rounded})
+        tiers = {q: oracle._judged_tier(case.function, q, mapped[q], t) for q in oracle_values if q in mapped}
+        judged = [oracle._judge(q, "output" if q in outs else "intermediate", mapped[q], oracle_values[q], dtype=jt,
+                                rtol=case.rtol, atol=case.atol, plain=plain[q],
+                                ulps=PLAIN_ULPS[jt] if models[q].startswith("plain") else case.ulps,
+                                floor=floors(q, oracle_values[q]), seq=floors.sequences(q), exact=on_rounded)
+                  for q, jt in tiers.items()]
+        if all(j.passed and j.plain_error is not None and j.plain_error <= oracle.MEETS_MAX_PLAIN_ERROR for j in judged):
+            return t
+    return None
+
+
+class TestMeets:
+    def test_meets_is_computed_when_first_read_from_a_copy(self, monkeypatch):
+        from refimpl import _lowprec
+
+        calls = []
+        real = oracle._meets
+        monkeypatch.setattr(oracle, "_meets", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+        inp = oracle.random_inputs("attention.softmax_attention", seed=0, N=300, d=32, causal=True)
+        out = _lowprec.softmax_attention(**inp, tier="tf32", weights=False)["y"]  # a TF32 kernel, asked for float32
+        report = oracle.compare("attention.softmax_attention", lambda **kw: out, dtype="float32", inputs=inp)
+        assert not report.passed and calls == []  # a failing compare costs no more than a passing one …
+        out[...] = 0.0  # … and the kernel may reuse its output buffer
+        assert report.cases[0].meets == "tf32" and calls == [1]
+        assert report.meets == "tf32" and "within the bounds of tier: tf32" in str(report) and calls == [1]
+
+    def test_a_pickled_report_carries_meets(self):
+        """Reports sent between processes (a pool of workers comparing kernels) take ``meets`` computed along."""
+        import pickle
+
+        from refimpl import _lowprec
+
+        inp = oracle.random_inputs("attention.softmax_attention", seed=0, N=100, d=16, causal=True)
+        out = _lowprec.softmax_attention(**inp, tier="tf32", weights=False)["y"]
+        report = oracle.compare("attention.softmax_attention", lambda **kw: out, dtype="float32", inputs=inp)
+        back = pickle.loads(pickle.dumps(report))
+        assert back.meets == "tf32" and back.cases[0].quantities[0].worst == report.cases[0].quantities[0].worst
+
+    def test_meets_as_judged_in_full(self, monkeypatch, exported):
+        """The lazy, staged `meets` (the compared tier not judged twice, hopeless tiers not run, a tier abandoned at
+        its first failure) gives the tier that judging every quantity in every tier gives."""
+        from refimpl import _lowprec, attention
+
+        seen = []
+        real = oracle._meets
+
+        def both(*a, **kw):
+            got = real(*a, **kw)
+            seen.append((got, _meets_in_full(*a, **kw)))
+            return got
+
+        monkeypatch.setattr(oracle, "_meets", both)
+        inp = oracle.random_inputs("attention.flash_attention", seed=1, N=150, d=16, batch=2, causal=True)
+        y, lse, mid = attention.flash_attention(**inp, return_lse=True, return_intermediates=True)
+
+        def plain(tier, scale=1.0, **more):
+            got = _lowprec.softmax_attention(**{k: inp[k] for k in ("q", "k", "v", "causal")}, tier=tier, weights=False)
+            return {**mid, "lse": got["lse"], "y": got["y"] * np.float32(scale), **more}
+
+        runs = [("float32", plain("tf32")), ("float16", plain("bfloat16")), ("float32", plain("float32", 1.5)),
+                ("float32", plain("float32", 1 + 3e-3)), ("float32", plain("float32", 1 + 3e-5)),
+                ("float32", plain("float32", running_sum=mid["running_sum"] * 1.01)), ("tf32", plain("float16", 1.3))]
+        for tier, values in runs:
+            report = oracle.compare("attention.flash_attention", lambda **kw: values, dtype=tier, inputs=inp)
+            assert not report.passed
+            assert report.meets is not None or report.meets is None  # read it
+        report = oracle.compare("afa.isotropic_afa", lambda **kw: isotropic_afa_port(bug="decay", **kw), dtype=np.float32)
+        _ = report.meets
+        report = oracle.compare("ssm.selective_scan", lambda **kw: 1.0001 * oracle.compute("ssm.selective_scan/mamba", args=kw)[1]["y"],
+                                dtype="float32", cases="mamba")
+        _ = report.meets
+        report = oracle.compare("afa.isotropic_afa", lambda **kw: isotropic_afa_port(bug="decay", **kw), dtype=np.float32,
+                                cases="causal_student", vectors=exported)  # the stored plain reference: tier judged again
+        _ = report.meets
+        ssd = oracle.random_inputs("linear_rnn.ssd", seed=6, L=200, H=4, P=8, N=8, chunk_size=64)
+
+        def one_head(y, states):  # fails one sequence's bound, not the whole's (judged one by one)
+            y[3, 150:] += 1.5e-6 * np.abs(y[3]).max()
+
+        report = oracle.compare("linear_rnn.ssd", TestWhere._ssd(one_head), dtype="float32", inputs=ssd)
+        assert _ONE_BY_ONE_IN(report) and report.meets == "tf32"
+        lazy, full = zip(*seen)
+        assert lazy == full, seen
+        assert {"tf32", "bfloat16", None} <= set(lazy), seen
