@@ -2503,29 +2503,41 @@ def _softplus(x):
 
 
 def _sizes(name: str, sizes: dict, known: dict) -> dict:
+    """``known`` (defaults) updated with ``sizes``, checked by the default's type: a flag is a bool, a size an int
+    (>= 1, or >= 0 where the default 0 means "none" or "the same as another size"); other values pass as given."""
     unknown = sorted(set(sizes) - set(known))
     if unknown:
         raise ValueError(f"sizes: unknown {unknown} for {name}; known: {', '.join(f'{k}={v!r}' for k, v in known.items())}")
     out = {**known, **sizes}
     for k, v in out.items():
         if isinstance(known[k], bool):
-            as_bool(v, k)
+            out[k] = as_bool(v, k)
         elif isinstance(known[k], int):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if known[k] == 0 else 1):
-                raise ValueError(f"{k}: expected a positive int, got {v!r}")
+            least = 0 if known[k] == 0 else 1
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+                want = "a positive int" if least else "an int >= 0"
+                raise ValueError(f"{k}: expected {want}, got {v!r}")
             out[k] = int(v)
     return out
 
 
 def _attention_inputs(function: str, rng, sizes: dict) -> dict:
-    """:func:`random_inputs` of softmax attention, FlashAttention and the attention backward pass."""
+    """:func:`random_inputs` of softmax attention, FlashAttention and the attention backward pass.
+
+    ``heads`` is the number of query heads H (the leading axis, 0: none); ``batch`` is its older name, kept
+    for compatibility (the same draw): giving both is refused."""
     sizes = dict(sizes)
+    if "heads" in sizes and "batch" in sizes:
+        raise ValueError(f"heads, batch: give the number of query heads once, as heads (batch is its older name for "
+                         f"{function}, not a separate batch axis), got heads={sizes['heads']!r} and "
+                         f"batch={sizes['batch']!r}")
+    key = "batch" if "batch" in sizes else "heads"  # the name the caller used, for the messages
     alignment = sizes.pop("causal_alignment", None)
     softcap = sizes.pop("softcap", None)
     extra = {"block_q": 64, "block_k": 64} if function == "attention.flash_attention" else {}
-    s = _sizes(function, sizes, {"N": 256, "M": 0, "d": 64, "dv": 0, "batch": 0, "causal": False, "kv_heads": 0,
+    s = _sizes(function, sizes, {"N": 256, "M": 0, "d": 64, "dv": 0, key: 0, "causal": False, "kv_heads": 0,
                                  "window": 0, "alibi": False, **extra})
-    N, d, H, H_kv = s["N"], s["d"], s["batch"], s["kv_heads"]
+    N, d, H, H_kv = s["N"], s["d"], s[key], s["kv_heads"]
     M, dv = s["M"] or N, s["dv"] or d
     from .attention import _ALIGNMENTS, alibi_geometric_slopes
 
@@ -2536,9 +2548,11 @@ def _attention_inputs(function: str, rng, sizes: dict) -> dict:
     if softcap is not None:
         softcap = as_positive_scalar(softcap, "softcap")
     if (H_kv or s["alibi"]) and not H:
-        raise ValueError("batch: kv_heads and alibi need a head axis (batch = the number of query heads)")
+        subject = key if key in sizes else "heads, batch"
+        raise ValueError(f"{subject}: kv_heads and alibi need a head axis: give heads = the number of query heads H >= 1 "
+                         f"(batch is its older name), got {H}")
     if H_kv and H % H_kv:
-        raise ValueError(f"kv_heads: the {H} query heads (batch) must be a multiple of kv_heads, got {H_kv}")
+        raise ValueError(f"kv_heads: the {H} query heads ({key}) must be a multiple of kv_heads, got {H_kv}")
     b, b_kv = ((H,) if H else ()), ((H_kv or H,) if H else ())
     out = {"q": rng.standard_normal(b + (N, d)), "k": rng.standard_normal(b_kv + (M, d)),
            "v": rng.standard_normal(b_kv + (M, dv))}
@@ -2564,75 +2578,152 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     Inputs for the comparison of Eqs. (15.1)–(15.3) of the book at the sizes kernels run at.
 
     ``compare(name, fn, inputs=random_inputs(name, seed=0, N=4097, d=128))`` validates a
-    kernel at a realistic size. Supported functions and sizes (defaults in parentheses):
+    kernel at a realistic size.
 
-    ``attention.softmax_attention``  ``N`` (256), ``M`` (= N), ``d`` (64), ``dv`` (= d), ``batch``
-        (0: no head axis; else the number of query heads H), ``causal`` (False): q, k, v standard
-        normal (logits of order √d before the 1/√d scale, as after a LayerNorm). The variants kernels
-        ship: ``kv_heads`` (0; else grouped-query attention, H_kv key/value heads), ``window`` (0;
-        else a sliding window), ``alibi`` (False; else ALiBi's geometric slopes for the H heads),
-        ``softcap`` (None; e.g. 50.0 as in Gemma 2), ``causal_alignment`` (None; "bottom_right" is
-        the KV-cache case, causal with M ≠ N).
-    ``random_features.linear_attention``  ``N`` (1024), ``d`` (16), ``dv`` (= d), ``batch`` (0),
-        ``causal`` (True).
-    ``ssm.selective_scan``  ``L`` (1024), ``d_in`` (8), ``n`` (16), ``batch`` (0),
-        ``discretization`` ("zoh" or "mamba", default "mamba"): Mamba's initialization — Δ =
-        softplus(b + 0.5 ξ) with the bias b set so that softplus(b) is log-uniform in [10⁻³, 10⁻¹],
-        A = −(1, 2, …, n) per channel (S4D-real), B, C, u standard normal, D ones.
-    ``iir.sos_filter``  ``N`` (4096), ``order`` (6, even), ``wn`` (0.05): a Chebyshev I
-        low-pass with 1 dB ripple, poles near z = 1; x standard normal.
-    ``ssm.selective_scan_fn``  ``L`` (1024), ``d_in`` (8), ``n`` (16), ``batch`` (1), ``gated``
-        (False), ``groups`` (0): the draw of ``ssm.selective_scan`` in mamba_ssm's layout (channels
-        before time): ``delta`` raw (0.5 ξ) with ``delta_bias`` = softplus⁻¹(dt0) per channel and
-        ``delta_softplus=True``, B and C time-varying (batch, n, L), or per group (batch, G, n, L)
-        with ``groups`` G > 0; ``gated`` adds ``z``.
-    ``ssm.selective_scan_fn_vjp``  its backward pass: the inputs of ``ssm.selective_scan_fn`` (same sizes, same
-        seed), plus the cotangent ``dout`` of the output (standard normal, from the seed's second stream).
-    ``attention.flash_attention``  as softmax attention, plus the tiles ``block_q``, ``block_k`` (64).
-    ``attention.flash_attn_func``, ``flash_attn_varlen_func`` and their ``_vjp``  FlashAttention-2's layout:
-        ``batch`` (1), ``seqlen_q`` (256), ``seqlen_k`` (= seqlen_q), ``nheads`` (4), ``nheads_k`` (= nheads),
-        ``headdim`` (64), ``headdim_v`` (= headdim); packed: ``seqlens_q`` (a list, [100, 37, 129]) and
-        ``seqlens_k`` (= seqlens_q) with their ``cu_seqlens``; options ``causal``, ``window_size``,
-        ``softcap``, ``alibi`` (geometric slopes); the backward passes add ``dout``.
-    ``attention.softmax_attention_vjp``  as softmax attention, plus the cotangent ``dy`` (standard normal).
-    ``random_features.performer_attention``  ``N`` (1024), ``d`` (64), ``dv`` (= d), ``m`` (256
-        features), ``batch`` (0), ``causal`` (True): q, k, v standard normal, an orthogonal projection.
-    ``linear_rnn.ssd``  ``L`` (1024), ``H`` (4 heads), ``G`` (1 group), ``P`` (16), ``N`` (16),
-        ``batch`` (0), ``chunk_size`` (64): Mamba-2's initialization — Δ = softplus(b + 0.5 ξ) with
-        softplus(b) log-uniform in [10⁻³, 10⁻¹], A = −U(1, 16) per head; x, B, C standard normal, D ones.
-    ``linear_rnn.gated_linear_attention``  ``L`` (1024), ``dk`` (64), ``dv`` (64), ``batch`` (0),
-        ``per_channel`` (True), ``chunk_size`` (64), ``gate_normalizer`` (16.0): GLA's gates
-        log g = log σ(ξ)/τ with τ the normalizer (16 in the GLA paper). A smaller τ forgets faster:
-        with τ = 1 (mean log g ≈ −0.8 a step) every chunk of 64 steps decays below e^{−30}, the regime
-        of the exact path of the chunked forms (gates near 0), which τ = 16 never reaches.
-    ``linear_rnn.retention``  ``L`` (1024), ``H`` (4), ``dk`` (64), ``dv`` (64), ``chunk_size`` (64):
-        RetNet's decays γ_h = 1 − 2^(−5−h).
-    ``linear_rnn.delta_rule``  ``L`` (1024), ``dk`` (64), ``dv`` (64), ``batch`` (0), ``gated``
-        (False), ``chunk_size`` (64), ``gate_normalizer`` (16.0, with ``gated``): unit keys, β = σ(ξ),
-        Gated DeltaNet's log g = log σ(ξ)/τ (τ as for GLA).
-    ``iir.biquad_filter``  ``N`` (4096), ``r`` (0.999, the pole radius), ``theta`` (0.3 rad): a
-        band-pass resonator with poles r e^{±iθ}; x standard normal.
-    ``…_vjp``  the backward passes ``random_features.linear_attention_vjp``, ``ssm.selective_scan_vjp``,
-        ``linear_rnn.ssd_vjp``, ``linear_rnn.gated_linear_attention_vjp``, ``linear_rnn.retention_vjp`` and
-        ``linear_rnn.delta_rule_vjp``: the forward function's inputs (same sizes, same seed), plus the
-        cotangent ``dy`` of the output's shape (standard normal, from the seed's second stream).
-    ``states`` (False), for every ``linear_rnn`` function above: also an ``initial_state`` (standard
-        normal, refimpl's layout (..., P, N) or (..., Dv, Dk), from the seed's fourth stream) and, for
-        the backward passes, the cotangent ``dfinal_state`` of the last state (third stream).
-    The official interfaces ``linear_rnn.mamba_chunk_scan_combined``, ``chunk_gla``, ``chunk_simple_gla``,
-        ``chunk_delta_rule``, ``chunk_gated_delta_rule`` and their ``_vjp``: in the official layouts
-        (sequence before heads) with ``batch`` (1) and the sizes above (``H`` heads, 4; fla's functions take no
-        ``chunk_size``: their kernels use chunks of 64, as :func:`decay_floor` assumes); Mamba-2's
-        ``dt`` raw with its ``dt_bias`` and ``dt_softplus=True`` (the same Δ distribution), ``D`` per
-        head, ``gated`` (False) adds ``z``; fla's delta rules with raw keys and
-        ``use_qk_l2norm_in_kernel=True``; ``states`` adds ``initial_states``/``initial_state``
-        (``dfinal_states``/``dht`` for the backward passes, whose output cotangent is ``dout``/``do``).
-        ``seqlens`` (a list of lengths, instead of ``L`` and ``batch``) packs N sequences in one batch row:
-        fla's with their ``cu_seqlens`` (varlen mode; states (N, H, K, V)), mamba_ssm's with their
-        ``seq_idx`` (ids 0 … N − 1; the first sequence gets ``initial_states``).
+    Parameters
+    ----------
+    name : str
+        A function of :data:`RANDOM_INPUTS` (``"module.function"``, or the bare name when it is unique).
+    seed : int >= 0
+        Seeds ``numpy.random.default_rng`` (its sub-streams ``(seed, i)`` draw the cotangents and states):
+        the same name, seed and sizes always give the same arrays.
+    **sizes
+        The function's sizes and options, listed per family below with their defaults in parentheses.
+        Every keyword is checked: a size is an int (>= 1; >= 0 where 0 means "none" or "the same as"),
+        a flag a bool, an option one of its values. A keyword the function does not use is refused,
+        never ignored.
 
-    ``seed`` seeds ``numpy.random.default_rng``. ``ValueError`` for other functions or unknown
-    size names, ``TypeError``/``ValueError`` for sizes that are not positive integers.
+    Returns
+    -------
+    dict
+        Keyword arguments of ``name`` in its own argument names: float64 arrays and the options.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Naming the argument: a function that is not supported, a keyword that is not one of the
+        function's options (``"sizes: unknown [...]"``, with the known ones), a size that is not an int
+        in range, a flag that is not a bool, an option out of range or inconsistent with another.
+
+    Notes
+    -----
+    **What the size keywords mean.** The leading axis is not the same thing in every family:
+
+    * in the softmax-attention draws it holds the **heads**: ``heads`` = H query heads (``batch`` is
+      its older name there: the same draw, not a separate batch axis);
+    * the linear recurrences with heads (``linear_rnn.ssd``, ``linear_rnn.retention``, the fla and
+      mamba_ssm interfaces) call them ``H``, FlashAttention-2's interfaces ``nheads``;
+    * everywhere else ``batch`` is a batch axis of independent sequences (0: no such axis).
+
+    Shapes below use those sizes; ``B`` is ``batch``, and ``(B,)`` is left out when ``batch`` is 0.
+
+    *Softmax attention* — ``attention.softmax_attention``, ``attention.flash_attention`` and
+    ``attention.softmax_attention_vjp`` (refimpl's layout, heads before the sequence):
+
+    * ``N`` (256) queries, ``M`` (0: = N) keys, ``d`` (64) the width of q and k, ``dv`` (0: = d) of v;
+    * ``heads`` (0) the number H of query heads: 0 draws no head axis, q (N, d), k (M, d),
+      v (M, dv); H >= 1 draws q (H, N, d), k (H, M, d), v (H, M, dv). ``batch`` (0) is the older
+      name of ``heads`` for these three functions, kept for compatibility (the same draw); giving
+      both is refused. For a kernel in (B, H, N, d), draw ``heads`` = B·H (and ``kv_heads`` =
+      B·H_kv) and reshape q to (B, H, N, d), k and v to (B, H_kv, M, ·): query head h of each batch
+      row then reads key/value head h // (H/H_kv) of the same row (not with ``alibi``, whose
+      slopes are drawn for B·H heads);
+    * ``kv_heads`` (0: none) grouped-query attention with H_kv key/value heads, a divisor of H:
+      k (H_kv, M, d), v (H_kv, M, dv) and ``grouped_heads=True``; needs ``heads``;
+    * ``causal`` (False); ``window`` (0: none) a sliding window; ``alibi`` (False) ALiBi's geometric
+      slopes ``alibi_slopes`` (H,), needs ``heads``; ``softcap`` (None: none; e.g. 50.0 as in Gemma 2);
+      ``causal_alignment`` (None: refimpl's ``"top_left"``; ``"bottom_right"`` is the KV-cache case,
+      needed for causal attention with M ≠ N);
+    * q, k, v standard normal (logits of order √d before the 1/√d scale, as after a LayerNorm);
+      ``flash_attention`` adds its tiles ``block_q`` and ``block_k`` (64); the backward pass adds
+      the cotangent ``dy`` of y's shape, (H, N, dv).
+
+    *Linear and Performer attention* — ``random_features.linear_attention`` (and its ``_vjp``),
+    ``random_features.performer_attention``: ``N`` (1024), ``d`` (16; Performer 64), ``dv`` (0: = d),
+    ``batch`` (0) B sequences, ``causal`` (True), Performer's ``m`` (256) features: q, k (B, N, d),
+    v (B, N, dv) standard normal; ``projection`` (m, d) orthogonal.
+
+    *Selective scan* — ``ssm.selective_scan`` (and its ``_vjp``): ``L`` (1024), ``d_in`` (8), ``n``
+    (16), ``batch`` (0), ``discretization`` (``"mamba"`` or ``"zoh"``): Mamba's initialization — Δ =
+    softplus(b + 0.5 ξ) with the bias b set so that softplus(b) is log-uniform in [10⁻³, 10⁻¹],
+    A = −(1, 2, …, n) per channel (S4D-real), B, C, u standard normal, D ones. u, delta (B, L, d_in),
+    A (d_in, n), B, C (B, L, n), D (d_in,).
+
+    ``ssm.selective_scan_fn`` (and its ``_vjp``) — the same draw in mamba_ssm's layout (channels
+    before time): ``L``, ``d_in``, ``n`` as above, ``batch`` (1, always an axis), ``gated`` (False),
+    ``groups`` (0): u, delta (batch, d_in, L) with ``delta`` raw (0.5 ξ), ``delta_bias`` (d_in,) =
+    softplus⁻¹(dt0) and ``delta_softplus=True``; B, C (batch, n, L), or per group (batch, G, n, L)
+    with ``groups`` G > 0 dividing d_in; ``gated`` adds ``z`` (batch, d_in, L); the backward pass
+    adds the cotangent ``dout`` of the output (the seed's second stream).
+
+    *IIR filters* — ``iir.sos_filter``: ``N`` (4096), ``order`` (6, even), ``wn`` (0.05, in (0, 1)): a
+    Chebyshev I low-pass with 1 dB ripple, poles near z = 1, sos (order/2, 6); x (N,) standard
+    normal. ``iir.biquad_filter``: ``N`` (4096), ``r`` (0.999, the pole radius, in (0, 1)),
+    ``theta`` (0.3, the poles' angle in [0, π] rad): a band-pass resonator with poles r e^{±iθ},
+    b, a (3,); x (N,).
+
+    *Linear recurrences, refimpl's layout* (heads, then the sequence):
+
+    * ``linear_rnn.ssd``: ``L`` (1024), ``H`` (4 heads), ``G`` (1 group, a divisor of H), ``P`` (16),
+      ``N`` (16), ``batch`` (0), ``chunk_size`` (64): Mamba-2's initialization — Δ = softplus(b + 0.5
+      ξ) with softplus(b) log-uniform in [10⁻³, 10⁻¹], A = −U(1, 16) per head; x, B, C standard
+      normal, D ones. x (B, H, L, P), dt (B, H, L), A (H,), B, C (B, G, L, N), D (H,).
+    * ``linear_rnn.gated_linear_attention``: ``L`` (1024), ``dk`` (64), ``dv`` (64), ``batch`` (0),
+      ``per_channel`` (True), ``chunk_size`` (64), ``gate_normalizer`` (16.0): q, k (B, L, dk),
+      v (B, L, dv) (one head; several heads are a batch axis), GLA's gates log g = log σ(ξ)/τ,
+      log_g (B, L, dk) or, without ``per_channel``, (B, L), with τ the normalizer (16 in the GLA
+      paper). A smaller τ forgets faster: with τ = 1 (mean log g ≈ −0.8 a step) every chunk of 64
+      steps decays below e^{−30}, the regime of the exact path of the chunked forms (gates near 0),
+      which τ = 16 never reaches.
+    * ``linear_rnn.retention``: ``L`` (1024), ``H`` (4), ``dk`` (64), ``dv`` (64), ``chunk_size`` (64):
+      q, k (H, L, dk), v (H, L, dv), RetNet's decays γ_h = 1 − 2^(−5−h), gamma (H,). No batch axis.
+    * ``linear_rnn.delta_rule``: ``L`` (1024), ``dk`` (64), ``dv`` (64), ``batch`` (0), ``gated``
+      (False), ``chunk_size`` (64), ``gate_normalizer`` (16.0, only with ``gated``): q (B, L, dk),
+      unit keys k (B, L, dk), v (B, L, dv), β = σ(ξ) beta (B, L), Gated DeltaNet's log g = log σ(ξ)/τ
+      log_g (B, L) (τ as for GLA).
+    * ``states`` (False), for each of them: also an ``initial_state`` (standard normal, the seed's
+      fourth stream), (B, H, P, N) for SSD, (H, dv, dk) for retention, (B, dv, dk) otherwise.
+    * The backward passes ``linear_rnn.ssd_vjp``, ``gated_linear_attention_vjp``, ``retention_vjp``,
+      ``delta_rule_vjp`` (and ``random_features.linear_attention_vjp``, ``ssm.selective_scan_vjp``):
+      the forward function's inputs (same sizes, same seed), plus the cotangent ``dy`` of the
+      output's shape (standard normal, the seed's second stream) and, with ``states``, the
+      cotangent ``dfinal_state`` of the last state (third stream).
+
+    *Linear recurrences, official interfaces* (sequence before heads; ``batch`` (1) is always an
+    axis, ``H`` (4) heads):
+
+    * ``linear_rnn.mamba_chunk_scan_combined``: ``L``, ``H``, ``G``, ``P``, ``N``, ``chunk_size`` as
+      for SSD, ``batch`` (1), ``gated`` (False), ``states`` (False), ``seqlens`` (None): x (B, L, H, P),
+      ``dt`` (B, L, H) raw with its ``dt_bias`` (H,) and ``dt_softplus=True`` (the same Δ
+      distribution), A (H,), B, C (B, L, G, N), D (H,); ``gated`` adds z (B, L, H, P); ``states`` adds
+      ``initial_states`` (B, H, P, N).
+    * fla's ``linear_rnn.chunk_gla``, ``chunk_simple_gla``, ``chunk_delta_rule``,
+      ``chunk_gated_delta_rule``: ``L`` (1024), ``H`` (4), ``dk`` (64), ``dv`` (64), ``batch`` (1),
+      ``states`` (False), ``seqlens`` (None), ``gate_normalizer`` (16.0; not for ``chunk_delta_rule``,
+      which has no gate): q, k (B, T, H, K), v (B, T, H, V) with T = L, K = dk, V = dv; g (B, T, H, K)
+      for chunk_gla, (B, T, H) for the others with a gate; the delta rules' beta (B, T, H), raw keys
+      and ``use_qk_l2norm_in_kernel=True``; ``states`` adds ``initial_state`` (B, H, K, V) and
+      ``output_final_state=True``. fla's functions take no ``chunk_size``: their kernels use chunks of
+      64, as :func:`decay_floor` assumes.
+    * ``seqlens`` (a list of lengths, instead of ``L`` and ``batch``) packs n sequences in one batch
+      row of L = sum(seqlens) steps: fla's with their ``cu_seqlens`` (n + 1,) (varlen mode; states
+      (n, H, K, V)), mamba_ssm's with their ``seq_idx`` (1, L) (ids 0 … n − 1; the first sequence gets
+      ``initial_states``).
+    * The backward passes (``_vjp``) add the output cotangent ``dout`` (mamba_ssm) or ``do`` (fla),
+      shaped like x or v, and with ``states`` ``dfinal_states``/``dht``, shaped like the states.
+
+    *FlashAttention-2's interfaces* — ``attention.flash_attn_func``, ``flash_attn_varlen_func`` and
+    their ``_vjp`` (sequence before heads): ``batch`` (1, a real batch axis), ``seqlen_q`` (256),
+    ``seqlen_k`` (0: = seqlen_q), ``nheads`` (4), ``nheads_k`` (0: = nheads; a divisor of it),
+    ``headdim`` (64), ``headdim_v`` (0: = headdim): q (batch, seqlen_q, nheads, headdim),
+    k (batch, seqlen_k, nheads_k, headdim), v (batch, seqlen_k, nheads_k, headdim_v). Packed
+    (``flash_attn_varlen_func``, which takes ``seqlens_q`` and ``seqlens_k`` instead of ``batch``,
+    ``seqlen_q`` and ``seqlen_k``): ``seqlens_q`` (a list, [100, 37, 129]) and ``seqlens_k``
+    (None: = seqlens_q; as many sequences), q (total_q, nheads, headdim), k, v (total_k, nheads_k, ·)
+    with their ``cu_seqlens_q``, ``cu_seqlens_k`` (n + 1,) and ``max_seqlen_q``, ``max_seqlen_k``.
+    Options: ``causal`` (False), ``window_size`` ((-1, -1): a pair of ints, a negative bound is none),
+    ``softcap`` (0.0: none; None is none too), ``alibi`` (False: else the geometric slopes
+    ``alibi_slopes`` (nheads,)); the backward passes add ``dout``, shaped like the output.
 
     Examples
     --------
@@ -2641,12 +2732,20 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     ((300, 2), (2, 4), 'mamba')
     >>> compare("ssm.selective_scan", lambda **kw: None, inputs=inputs).cases[0].status  # a callable returning nothing
     'error'
+    >>> att = random_inputs("attention.softmax_attention", seed=0, N=5, d=3, heads=4, kv_heads=2)
+    >>> att["q"].shape, att["k"].shape, att["grouped_heads"]  # heads: the query heads; kv_heads share them
+    ((4, 5, 3), (2, 5, 3), True)
+    >>> random_inputs("linear_rnn.ssd", seed=0, L=8, H=2, batch=3)["x"].shape  # here batch is a batch axis
+    (3, 2, 8, 16)
     """
     function = _resolve_function(name)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
     if seed < 0:
         raise ValueError(f"seed: expected an int >= 0, got {seed}")
+    if function not in RANDOM_INPUTS:
+        raise ValueError(f"name: random_inputs supports {', '.join(RANDOM_INPUTS)}, not {function}")
+    _check_options(function, sizes)
     rng = np.random.default_rng(seed)
     if function in _OFFICIAL:
         return _official_inputs(function, seed, sizes)
@@ -2694,8 +2793,7 @@ def random_inputs(name, *, seed, **sizes) -> dict:
                 "v": rng.standard_normal(b + (s["N"], dv)), "causal": s["causal"]}
     if function == "ssm.selective_scan":
         disc = sizes.pop("discretization", "mamba")
-        if disc not in ("mamba", "zoh"):
-            raise ValueError(f"discretization: expected 'mamba' or 'zoh', got {disc!r}")
+        check_option(disc, "discretization", ("mamba", "zoh"))
         s = _sizes(function, sizes, {"L": 1024, "d_in": 8, "n": 16, "batch": 0})
         b, L, d, n = lead(s["batch"]), s["L"], s["d_in"], s["n"]
         dt0 = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), d))  # Mamba's dt initialization
@@ -2705,7 +2803,7 @@ def random_inputs(name, *, seed, **sizes) -> dict:
                 "C": rng.standard_normal(b + (L, n)), "D": np.ones(d), "discretization": disc}
     if function == "iir.sos_filter":
         s = _sizes(function, {k: v for k, v in sizes.items() if k != "wn"}, {"N": 4096, "order": 6})
-        wn = float(sizes.get("wn", 0.05))
+        wn = as_positive_scalar(sizes.get("wn", 0.05), "wn")
         if not 0 < wn < 1:
             raise ValueError(f"wn: expected a normalized frequency in (0, 1), got {wn!r}")
         if s["order"] % 2:
@@ -2733,10 +2831,10 @@ def random_inputs(name, *, seed, **sizes) -> dict:
                 "A": -rng.uniform(1.0, 16.0, H), "B": rng.standard_normal(b + (s["G"], L, s["N"])),
                 "C": rng.standard_normal(b + (s["G"], L, s["N"])), "D": np.ones(H), "chunk_size": s["chunk_size"]}
     if function in ("linear_rnn.gated_linear_attention", "linear_rnn.delta_rule", "linear_rnn.retention"):
-        known = {"L": 1024, "dk": 64, "dv": 64, "batch": 0, "chunk_size": 64}
-        known.update({"linear_rnn.gated_linear_attention": {"per_channel": True, "gate_normalizer": 16.0},
-                      "linear_rnn.delta_rule": {"gated": False, "gate_normalizer": 16.0},
-                      "linear_rnn.retention": {"H": 4}}[function])
+        known = {"L": 1024, "dk": 64, "dv": 64, "chunk_size": 64}
+        known.update({"linear_rnn.gated_linear_attention": {"batch": 0, "per_channel": True, "gate_normalizer": 16.0},
+                      "linear_rnn.delta_rule": {"batch": 0, "gated": False, "gate_normalizer": 16.0},
+                      "linear_rnn.retention": {"H": 4}}[function])  # retention: heads (one decay each), no batch
         s = _sizes(function, sizes, known)
         tau = as_positive_scalar(s.get("gate_normalizer", 16.0), "gate_normalizer")  # log g = log σ(ξ) / τ
         if function == "linear_rnn.delta_rule" and "gate_normalizer" in sizes and not s["gated"]:
@@ -2757,9 +2855,12 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         return out
     if function == "iir.biquad_filter":
         s = _sizes(function, {k: v for k, v in sizes.items() if k not in ("r", "theta")}, {"N": 4096})
-        r, theta = float(sizes.get("r", 0.999)), float(sizes.get("theta", 0.3))
+        r, theta = as_positive_scalar(sizes.get("r", 0.999), "r"), sizes.get("theta", 0.3)
         if not 0 < r < 1:
             raise ValueError(f"r: expected a pole radius in (0, 1), got {r!r}")
+        if as_positive_scalar(theta, "theta", strict=False) > np.pi:
+            raise ValueError(f"theta: expected the poles' angle in [0, π] rad, got {theta!r}")
+        theta = float(theta)
         return {"b": np.array([1.0, 0.0, -1.0]) * (1 - r), "a": np.array([1.0, -2 * r * np.cos(theta), r * r]),
                 "x": rng.standard_normal(s["N"]), "form": "tdf2"}
     raise ValueError(f"name: random_inputs supports {', '.join(RANDOM_INPUTS)}, not {function}")
@@ -2835,14 +2936,16 @@ def _official_inputs(function: str, seed: int, sizes: dict) -> dict:
         if seqlens is not None:  # mamba_ssm marks packed sequences by their ids (the first, 0, gets initial_states)
             out["seq_idx"] = np.repeat(np.arange(len(seqlens)), seqlens)[None, :]
         return {k: v for k, v in out.items() if v is not None}
-    known = {"L": 1024, "H": 4, "dk": 64, "dv": 64, "batch": 1, "gate_normalizer": 16.0}  # fla's chunks: 64, no size
+    known = {"L": 1024, "H": 4, "dk": 64, "dv": 64, "batch": 1}  # fla's chunks: 64, no size
+    if name != "linear_rnn.chunk_delta_rule":  # DeltaNet has no gate
+        known["gate_normalizer"] = 16.0
     seqlens = _seqlens(sizes)
     s = _sizes(function, sizes, known)
     B, H = s["batch"], s["H"]
     N = B if seqlens is None else len(seqlens)  # one state per batch row, or per packed sequence
     forward = {"linear_rnn.chunk_gla": dict(per_channel=True), "linear_rnn.chunk_simple_gla": dict(per_channel=False),
                "linear_rnn.chunk_delta_rule": dict(gated=False), "linear_rnn.chunk_gated_delta_rule": dict(gated=True)}[name]
-    if name.startswith("linear_rnn.chunk_gated") or "gla" in name:
+    if "gate_normalizer" in s:
         forward["gate_normalizer"] = s["gate_normalizer"]
     base = random_inputs(_OFFICIAL[name], seed=seed, L=s["L"], dk=s["dk"], dv=s["dv"], batch=B * H, **forward)
 
@@ -2874,6 +2977,15 @@ _FLASH_OFFICIAL = ("attention.flash_attn_func", "attention.flash_attn_varlen_fun
                    "attention.flash_attn_varlen_func_vjp")
 
 
+def _window_size(value):
+    """FlashAttention's ``window_size``: a pair (tuple or list, kept as given) of ints, a negative bound is none."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"window_size: expected a pair of ints (left, right), -1 for no bound, got {value!r}")
+    for w in value:
+        as_int(w, "window_size", minimum=-(2**62))
+    return list(value) if isinstance(value, list) else value
+
+
 def _flash_official_inputs(function: str, seed: int, sizes: dict) -> dict:
     """:func:`random_inputs` of FlashAttention-2's interfaces: standard normal q, k, v in its layout (batch, seqlen,
     nheads, headdim), or packed (total, nheads, headdim) with ``cu_seqlens_q``/``cu_seqlens_k`` from the lists
@@ -2882,13 +2994,16 @@ def _flash_official_inputs(function: str, seed: int, sizes: dict) -> dict:
     sizes = dict(sizes)
     vjp = function.endswith("_vjp")
     varlen = "varlen" in function
-    opts = {"causal": as_bool(sizes.pop("causal", False), "causal"), "window_size": sizes.pop("window_size", (-1, -1)),
-            "softcap": float(sizes.pop("softcap", 0.0))}
+    softcap = sizes.pop("softcap", 0.0)  # None, as softmax_attention's default, is no cap too
+    opts = {"causal": as_bool(sizes.pop("causal", False), "causal"),
+            "window_size": _window_size(sizes.pop("window_size", (-1, -1))),
+            "softcap": 0.0 if softcap is None else as_positive_scalar(softcap, "softcap", strict=False)}
     alibi = as_bool(sizes.pop("alibi", False), "alibi")
     rng = np.random.default_rng(seed)
     if varlen:
         seqlens_q = _lengths(sizes.pop("seqlens_q", [100, 37, 129]), "seqlens_q")
-        seqlens_k = _lengths(sizes.pop("seqlens_k", seqlens_q), "seqlens_k")
+        seqlens_k = sizes.pop("seqlens_k", None)
+        seqlens_k = seqlens_q if seqlens_k is None else _lengths(seqlens_k, "seqlens_k")
         s = _sizes(function, sizes, {"nheads": 4, "nheads_k": 0, "headdim": 64, "headdim_v": 0})
         if len(seqlens_q) != len(seqlens_k):
             raise ValueError(f"seqlens_k: expected as many sequences as seqlens_q ({len(seqlens_q)}), got {len(seqlens_k)}")
@@ -2949,6 +3064,77 @@ RANDOM_INPUTS = ("attention.softmax_attention", "attention.flash_attention", "at
                  "linear_rnn.ssd", "linear_rnn.gated_linear_attention", "linear_rnn.retention", "linear_rnn.delta_rule",
                  "iir.sos_filter", "iir.biquad_filter", "ssm.selective_scan_fn", "ssm.selective_scan_fn_vjp",
                  *_VJP_OUTPUTS, *_OFFICIAL, *_FLASH_OFFICIAL)
+
+_ATTENTION_OPTIONS = {"N": 256, "M": 0, "d": 64, "dv": 0, "heads": 0, "batch": 0, "kv_heads": 0, "causal": False,
+                      "window": 0, "alibi": False, "softcap": None, "causal_alignment": None}
+_RECURRENCE = {"L": 1024, "dk": 64, "dv": 64}
+_FLA_OPTIONS = {"L": 1024, "H": 4, "dk": 64, "dv": 64, "batch": 1, "gate_normalizer": 16.0, "states": False,
+                "seqlens": None}
+_FLASH_OPTIONS = {"nheads": 4, "nheads_k": 0, "headdim": 64, "headdim_v": 0, "causal": False, "window_size": (-1, -1),
+                  "softcap": 0.0, "alibi": False}
+
+#: every option :func:`random_inputs` takes, per forward function, with its default (a backward pass takes its
+#: forward function's); any other keyword is refused, naming it, rather than ignored
+_RANDOM_OPTIONS = {
+    "attention.softmax_attention": _ATTENTION_OPTIONS,
+    "attention.flash_attention": {**_ATTENTION_OPTIONS, "block_q": 64, "block_k": 64},
+    "random_features.linear_attention": {"N": 1024, "d": 16, "dv": 0, "batch": 0, "causal": True},
+    "random_features.performer_attention": {"N": 1024, "d": 64, "dv": 0, "m": 256, "batch": 0, "causal": True},
+    "ssm.selective_scan": {"L": 1024, "d_in": 8, "n": 16, "batch": 0, "discretization": "mamba"},
+    "ssm.selective_scan_fn": {"L": 1024, "d_in": 8, "n": 16, "batch": 1, "gated": False, "groups": 0},
+    "iir.sos_filter": {"N": 4096, "order": 6, "wn": 0.05},
+    "iir.biquad_filter": {"N": 4096, "r": 0.999, "theta": 0.3},
+    "linear_rnn.ssd": {"L": 1024, "H": 4, "G": 1, "P": 16, "N": 16, "batch": 0, "chunk_size": 64, "states": False},
+    "linear_rnn.gated_linear_attention": {**_RECURRENCE, "batch": 0, "per_channel": True, "chunk_size": 64,
+                                          "gate_normalizer": 16.0, "states": False},
+    "linear_rnn.retention": {**_RECURRENCE, "H": 4, "chunk_size": 64, "states": False},
+    "linear_rnn.delta_rule": {**_RECURRENCE, "batch": 0, "gated": False, "chunk_size": 64, "gate_normalizer": 16.0,
+                              "states": False},
+    "linear_rnn.mamba_chunk_scan_combined": {"L": 1024, "H": 4, "G": 1, "P": 16, "N": 16, "batch": 1, "chunk_size": 64,
+                                             "gated": False, "states": False, "seqlens": None},
+    "linear_rnn.chunk_gla": _FLA_OPTIONS,
+    "linear_rnn.chunk_simple_gla": _FLA_OPTIONS,
+    "linear_rnn.chunk_delta_rule": {k: v for k, v in _FLA_OPTIONS.items() if k != "gate_normalizer"},
+    "linear_rnn.chunk_gated_delta_rule": _FLA_OPTIONS,
+    "attention.flash_attn_func": {"batch": 1, "seqlen_q": 256, "seqlen_k": 0, **_FLASH_OPTIONS},
+    "attention.flash_attn_varlen_func": {"seqlens_q": [100, 37, 129], "seqlens_k": None, **_FLASH_OPTIONS},
+}
+
+
+def _forward_of(function: str) -> str:
+    """The function whose options a backward pass of :data:`RANDOM_INPUTS` takes (a forward function: itself)."""
+    return function if function in _RANDOM_OPTIONS else function.removesuffix("_vjp")
+
+
+def _unknown_hint(function: str, name: str, options: dict) -> str:
+    """Why ``name`` is not an option of ``function``, where a neighbouring family has it ("" otherwise)."""
+    if name == "heads":
+        heads = next((h for h in ("H", "nheads") if h in options), None)
+        if heads:
+            return f"the number of heads is {heads} here"
+        return f"{function} draws no head axis" + (" (its leading axis is batch)" if "batch" in options else "")
+    if name == "batch" and "H" in options:
+        return f"{function} draws no batch axis: its leading axis holds the H heads"
+    if name == "gate_normalizer":
+        return f"{function} draws no gate" + (" (DeltaNet's; chunk_gated_delta_rule has one)"
+                                               if "chunk_delta_rule" in function else "")
+    if name in ("dtype", "tier"):
+        return "random_inputs draws float64 inputs; the precision tier is compare's dtype="
+    if name == "chunk_size" and function.startswith("linear_rnn.chunk_"):
+        return "fla's kernels use chunks of 64"
+    return ""
+
+
+def _check_options(function: str, sizes: dict) -> None:
+    """Refuse the keywords that are not options of ``function`` (:data:`_RANDOM_OPTIONS`), naming them."""
+    forward = _forward_of(function)
+    options = _RANDOM_OPTIONS[forward]
+    unknown = sorted(set(sizes) - set(options))
+    if unknown:
+        those = f" (those of {forward})" if forward != function else ""
+        hints = "; ".join(f"{n}: {h}" for n in unknown if (h := _unknown_hint(function, n, options)))
+        raise ValueError(f"sizes: unknown {unknown} for {function}{those}; known: "
+                         f"{', '.join(f'{k}={v!r}' for k, v in options.items())}" + (f" ({hints})" if hints else ""))
 
 
 # --------------------------------------------------------------------------------------------

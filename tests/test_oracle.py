@@ -1313,3 +1313,182 @@ class TestMeets:
         lazy, full = zip(*seen)
         assert lazy == full, seen
         assert {"tf32", "bfloat16", None} <= set(lazy), seen
+
+
+# ---- random_inputs: every option checked, none ignored; heads= for the attention draws ----------------------------
+
+#: small sizes for each forward function of random_inputs (a backward pass takes its forward function's)
+_SMALL = {
+    "attention.softmax_attention": dict(N=6, d=3),
+    "attention.flash_attention": dict(N=6, d=3),
+    "random_features.linear_attention": dict(N=6, d=3),
+    "random_features.performer_attention": dict(N=6, d=4, m=5),
+    "ssm.selective_scan": dict(L=6, d_in=2, n=3),
+    "ssm.selective_scan_fn": dict(L=6, d_in=2, n=3),
+    "iir.sos_filter": dict(N=20),
+    "iir.biquad_filter": dict(N=20),
+    "linear_rnn.ssd": dict(L=6, H=2, P=2, N=2),
+    "linear_rnn.gated_linear_attention": dict(L=6, dk=3, dv=2),
+    "linear_rnn.retention": dict(L=6, H=2, dk=3, dv=2),
+    "linear_rnn.delta_rule": dict(L=6, dk=3, dv=2),
+    "linear_rnn.mamba_chunk_scan_combined": dict(L=6, H=2, P=2, N=2),
+    "linear_rnn.chunk_gla": dict(L=6, H=2, dk=3, dv=2),
+    "linear_rnn.chunk_simple_gla": dict(L=6, H=2, dk=3, dv=2),
+    "linear_rnn.chunk_delta_rule": dict(L=6, H=2, dk=3, dv=2),
+    "linear_rnn.chunk_gated_delta_rule": dict(L=6, H=2, dk=3, dv=2),
+    "attention.flash_attn_func": dict(seqlen_q=5, nheads=2, headdim=3),
+    "attention.flash_attn_varlen_func": dict(seqlens_q=[3, 2], nheads=2, headdim=3),
+}
+
+#: a valid value other than the default, for the options that are not plain sizes or flags
+_OTHER = {"causal_alignment": "bottom_right", "discretization": "zoh", "window_size": (2, -1), "softcap": 5.0,
+          "gate_normalizer": 2.0, "wn": 0.2, "r": 0.9, "theta": 1.0, "order": 4, "kv_heads": 2, "seqlens": [2, 4],
+          "seqlens_q": [2, 2], "seqlens_k": [3, 1]}
+
+
+def _forward(name: str) -> str:
+    return name if name in _SMALL else name.removesuffix("_vjp")
+
+
+def _same_draw(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        np.array_equal(a[k], b[k]) and np.shape(a[k]) == np.shape(b[k]) if isinstance(a[k], np.ndarray)
+        else type(a[k]) is type(b[k]) and a[k] == b[k] for k in a)
+
+
+def _bad_values(option: str, default) -> list:
+    """Values of ``option`` that random_inputs must refuse, naming it."""
+    nan, inf = float("nan"), float("inf")
+    if option == "softcap":  # None is refimpl's "no cap"; FlashAttention's is 0.0
+        return [-1.0, nan, inf, "abc", True] + ([0.0] if default is None else [])
+    if option in ("gate_normalizer", "wn", "r"):
+        return [0.0, -1.0, nan, inf, "abc", None, True] + ([1.0, 1.5] if option != "gate_normalizer" else [])
+    if option == "theta":
+        return [-0.1, 4.0, nan, inf, "abc", None, True]
+    if option in ("discretization", "causal_alignment"):
+        return ["euler", 3] + ([None] if default is not None else [])
+    if option == "window_size":
+        return ["ab", (1,), (1, 2, 3), (1.5, 2), (True, 1), None, 5, np.array([1, 2])]
+    if option.startswith("seqlens"):
+        return [[], [0, 3], [2.5], "ab", 5, [True, 2]]
+    if isinstance(default, bool):
+        return ["yes", 1, None, 0.0, np.array([True])]
+    assert isinstance(default, int), (option, default)
+    return [-1, 2.5, "3", None, True, np.array([2])] + ([0] if default else [])
+
+
+@pytest.mark.parametrize("name", oracle.RANDOM_INPUTS)
+def test_random_inputs_checks_every_option_and_ignores_none(name):
+    # for every option the function takes: its documented default given explicitly is the same draw as leaving it
+    # out; a bad value is refused by a ValueError/TypeError whose subject is the option; another valid value changes
+    # the draw (an option that changed nothing would be silently ignored). Keywords it does not take are refused.
+    options = oracle._RANDOM_OPTIONS[_forward(name)]
+    base = _SMALL[_forward(name)]
+    assert _forward(name) in _SMALL and oracle._forward_of(name) == _forward(name)
+    for option, default in options.items():
+        assert f"``{option}``" in oracle.random_inputs.__doc__, f"{name}: {option} is not documented"
+        # the other options an option needs: a head axis for grouped heads and ALiBi, the delta rule's gates
+        needs = {"kv_heads": dict(heads=4), "alibi": dict(heads=2) if "heads" in options else {},
+                 "gate_normalizer": dict(gated=True) if "gated" in options else {}}.get(option, {})
+        without = {k: v for k, v in base.items() if k != option} | needs
+        assert _same_draw(oracle.random_inputs(name, seed=1, **without, **{option: default}),
+                          oracle.random_inputs(name, seed=1, **without)), (name, option)
+        for bad in _bad_values(option, default):
+            with pytest.raises((ValueError, TypeError)) as info:
+                oracle.random_inputs(name, seed=1, **{**without, option: bad})
+            subject = re.match(r"^([\w, ]+):", str(info.value))
+            assert subject and option in [s.strip() for s in subject.group(1).split(",")], (name, option, bad, info.value)
+        if option in _OTHER:
+            other = _OTHER[option]
+        elif isinstance(default, bool):
+            other = not default
+        else:
+            other = base.get(option, default) + 1
+        assert not _same_draw(oracle.random_inputs(name, seed=1, **{**base, **needs, option: other}),
+                              oracle.random_inputs(name, seed=1, **{**base, **needs})), (name, option, other)
+    with pytest.raises(ValueError, match=rf"^sizes: unknown \['width'\] for {re.escape(name)}\b"):
+        oracle.random_inputs(name, seed=1, width=3, **base)
+
+
+def test_random_inputs_options_cover_the_supported_functions():
+    forwards = {_forward(n) for n in oracle.RANDOM_INPUTS}
+    assert forwards == set(oracle._RANDOM_OPTIONS) == set(_SMALL)
+    with pytest.raises(ValueError, match="^name: random_inputs supports"):
+        oracle.random_inputs("linear_rnn.rls_memory", seed=0, states=True)  # not a supported function, whatever else
+
+
+@pytest.mark.parametrize("name, sizes, match", [
+    # DeltaNet has no gate: fuzz17's report found gate_normalizer accepted and ignored
+    ("linear_rnn.chunk_delta_rule", dict(gate_normalizer=2.0), r"unknown \['gate_normalizer'\].*chunk_gated_delta_rule has one"),
+    ("linear_rnn.chunk_delta_rule_vjp", dict(gate_normalizer=2.0), r"unknown \['gate_normalizer'\]"),
+    # retention's leading axis holds its heads: batch was accepted and ignored
+    ("linear_rnn.retention", dict(batch=2), r"unknown \['batch'\].*no batch axis: its leading axis holds the H heads"),
+    ("linear_rnn.retention_vjp", dict(batch=2), r"unknown \['batch'\]"),
+    # heads= is the attention draws' keyword; elsewhere the message says what the heads are called
+    ("linear_rnn.ssd", dict(heads=2), r"unknown \['heads'\].*the number of heads is H here"),
+    ("linear_rnn.chunk_gla", dict(heads=2), r"unknown \['heads'\].*the number of heads is H here"),
+    ("attention.flash_attn_func", dict(heads=2), r"unknown \['heads'\].*the number of heads is nheads here"),
+    ("random_features.linear_attention", dict(heads=2), r"unknown \['heads'\].*draws no head axis \(its leading axis is batch\)"),
+    ("attention.softmax_attention", dict(dtype="float32"), r"unknown \['dtype'\].*compare's dtype="),
+    ("linear_rnn.mamba_chunk_scan_combined", dict(width=2), r"unknown \['width'\] for linear_rnn.mamba_chunk_scan_combined; known: .*batch=1"),
+])
+def test_random_inputs_refuses_options_a_function_does_not_use(name, sizes, match):
+    # each keyword is valid for another family, so a draw that ignored it would look plausible
+    with pytest.raises(ValueError, match="^sizes: " + match):
+        oracle.random_inputs(name, seed=0, **_SMALL[_forward(name)], **sizes)
+
+
+def test_random_inputs_flash_attention_options():
+    # fuzz17 finding: softcap=None failed in a bare float(), softcap=-1, True and window_size='ab' were accepted
+    kw = dict(seqlen_q=4, headdim=2)
+    for name in ("attention.flash_attn_func", "attention.flash_attn_func_vjp"):
+        none = oracle.random_inputs(name, seed=0, softcap=None, **kw)
+        assert none["softcap"] == 0.0 and _same_draw(none, oracle.random_inputs(name, seed=0, **kw))
+        for bad, exc in (("abc", TypeError), (-1.0, ValueError), (True, TypeError), (float("nan"), ValueError)):
+            with pytest.raises(exc, match="^softcap: "):
+                oracle.random_inputs(name, seed=0, softcap=bad, **kw)
+        for bad in ("ab", (1,), (0.5, 1), None):
+            with pytest.raises(TypeError, match="^window_size: "):
+                oracle.random_inputs(name, seed=0, window_size=bad, **kw)
+    listed = oracle.random_inputs("attention.flash_attn_func", seed=0, window_size=[16, -1], **kw)
+    assert listed["window_size"] == [16, -1]  # kept as given: the golden case's arguments are unchanged
+    packed = oracle.random_inputs("attention.flash_attn_varlen_func", seed=0, seqlens_q=[3, 5], seqlens_k=None, headdim=2)
+    assert np.array_equal(packed["cu_seqlens_k"], [0, 3, 8]) and packed["max_seqlen_k"] == 5
+
+
+@pytest.mark.parametrize("name", ["attention.softmax_attention", "attention.flash_attention",
+                                  "attention.softmax_attention_vjp"])
+def test_random_inputs_heads_is_the_attention_head_axis(name):
+    # heads= is the explicit name of the query heads; batch= (its older name) gives the same draw
+    kw = dict(N=7, M=9, d=3, dv=2, kv_heads=2, window=3, alibi=True, causal=True, causal_alignment="bottom_right")
+    by_heads = oracle.random_inputs(name, seed=5, heads=4, **kw)
+    assert _same_draw(by_heads, oracle.random_inputs(name, seed=5, batch=4, **kw))
+    assert by_heads["q"].shape == (4, 7, 3) and by_heads["k"].shape == (2, 9, 3) and by_heads["v"].shape == (2, 9, 2)
+    assert by_heads["grouped_heads"] and by_heads["alibi_slopes"].shape == (4,)
+    if name.endswith("_vjp"):
+        assert by_heads["dy"].shape == (4, 7, 2)
+    assert oracle.random_inputs(name, seed=5, N=7, d=3, heads=0)["q"].shape == (7, 3)  # 0: no head axis
+    with pytest.raises(ValueError, match=r"^heads, batch: give the number of query heads once"):
+        oracle.random_inputs(name, seed=5, N=7, d=3, heads=4, batch=4)
+    with pytest.raises(ValueError, match=r"^heads, batch: kv_heads and alibi need a head axis"):
+        oracle.random_inputs(name, seed=5, N=7, d=3, kv_heads=2)
+    with pytest.raises(ValueError, match=r"^heads: kv_heads and alibi need a head axis"):
+        oracle.random_inputs(name, seed=5, N=7, d=3, heads=0, alibi=True)
+    with pytest.raises(ValueError, match=r"^kv_heads: the 6 query heads \(heads\) must be a multiple"):
+        oracle.random_inputs(name, seed=5, N=7, d=3, heads=6, kv_heads=4)
+    with pytest.raises(ValueError, match=r"^heads: expected an int >= 0"):
+        oracle.random_inputs(name, seed=5, N=7, d=3, heads=2.0)
+
+
+def test_random_inputs_heads_reshape_to_batch_and_heads():
+    # the docstring's recipe for a (B, H, N, d) kernel: heads = B·H, kv_heads = B·H_kv, reshaped; each batch row's
+    # query heads read their own row's key/value heads, so the reshaped call gives the flat call's output
+    from refimpl import attention
+
+    B, H, H_kv = 3, 4, 2
+    flat = oracle.random_inputs("attention.softmax_attention", seed=2, N=5, d=3, heads=B * H, kv_heads=B * H_kv,
+                                causal=True)
+    y = attention.softmax_attention(**flat)
+    four = {**flat, "q": flat["q"].reshape(B, H, 5, 3), "k": flat["k"].reshape(B, H_kv, 5, 3),
+            "v": flat["v"].reshape(B, H_kv, 5, 3)}
+    np.testing.assert_allclose(attention.softmax_attention(**four), y.reshape(B, H, 5, 3), rtol=1e-14, atol=0)
