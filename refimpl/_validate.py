@@ -39,6 +39,7 @@ __all__ = [
     "as_rng",
     "as_noise",
     "as_int",
+    "as_int_array",
     "as_bool",
     "as_lags",
     "check_qk",
@@ -391,6 +392,10 @@ def _magnitude(value) -> tuple[float, float]:
     return float(arr.max()), float(arr.min())
 
 
+#: The start of NumPy's error for a ragged nested sequence ("... The requested array has an inhomogeneous shape ...").
+_RAGGED = "setting an array element with a sequence"
+
+
 def guard_overflow(*names: str, first_only: bool | int = False, hint: str | None = None):
     """Decorator: the result is finite with no floating-point warning, or a ``ValueError`` names the culprit.
 
@@ -407,6 +412,11 @@ def guard_overflow(*names: str, first_only: bool | int = False, hint: str | None
     log-sum-exp −∞ of an attention row that sees no key). ``hint``: the message when no argument
     is extreme, for a recursion that can diverge from moderate inputs (LMS with too large a step
     size); it names the argument to change.
+
+    Also a safety net for ragged input: NumPy's own "setting an array element with a sequence"
+    ``ValueError`` (a ragged nested list that reached ``np.shape`` or ``np.asarray`` before the function
+    validated it) becomes the ``TypeError`` of :func:`as_real_array`, ``"<name>: could not convert to an
+    array (...)"``, naming the first argument NumPy cannot convert.
     """
 
     def wrap(fn):
@@ -439,6 +449,21 @@ def guard_overflow(*names: str, first_only: bool | int = False, hint: str | None
                 return False
             return any(max(hi, 1 / lo) > 1e100 for hi, lo in (_magnitude(bound[n]) for n in checked if n in bound))
 
+        def ragged(args, kwargs) -> str | None:
+            # the first argument (in signature order) that NumPy cannot convert to an array: a ragged nested
+            # list reached np.shape / np.asarray inside the function before the argument was validated
+            try:
+                bound = sig.bind_partial(*args, **kwargs).arguments
+            except TypeError:
+                return None
+            for name, value in bound.items():
+                if isinstance(value, (list, tuple)):
+                    try:
+                        np.asarray(value)
+                    except ValueError:
+                        return name
+            return None
+
         def internal(exc: ValueError) -> bool:
             # An error raised by a check on an intermediate (it names no argument of this function, or
             # finds non-finite values that the inputs did not have): overflow reached an inner step.
@@ -461,6 +486,10 @@ def guard_overflow(*names: str, first_only: bool | int = False, hint: str | None
                     raise refuse(args, kwargs) from None
                 raise
             except ValueError as exc:
+                if _RAGGED in str(exc):  # NumPy's own message from a ragged argument, which names no argument
+                    culprit = ragged(args, kwargs)
+                    if culprit is not None:
+                        raise TypeError(f"{culprit}: could not convert to an array ({exc})") from None
                 if internal(exc) and extreme(args, kwargs):
                     raise refuse(args, kwargs) from exc
                 raise
@@ -498,6 +527,24 @@ def as_noise(x, name: str, d: int, ref: str = "eigvals") -> tuple[np.ndarray, bo
         )
     check_hermitian_psd(g, name)
     return hermitian_part(g), False
+
+
+def as_int_array(x, name: str, what: str = "integers") -> np.ndarray:
+    """Integer data (offsets, sequence ids) as an int64 array, before any arithmetic on it.
+
+    Any signed or unsigned integer dtype is accepted and cast to int64, so that differences of the
+    values are signed: ``np.diff`` of an unsigned array wraps around (3 − 6 is 4294967293 in uint32),
+    which would hide a decrease from a monotonicity check. Refused, naming the argument: data that is
+    not an array of integers (``TypeError``; floats included, as there is no silent truncation) and
+    unsigned values above the int64 range (``ValueError``). ``what`` says what was expected, e.g.
+    ``"integer offsets"``.
+    """
+    arr = _to_array(x, name)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected {what}, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: expected {what} in the int64 range, got maximum {int(arr.max())}")
+    return arr.astype(np.int64)
 
 
 def as_int(value, name: str, minimum: int = 0) -> int:

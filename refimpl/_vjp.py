@@ -2645,7 +2645,7 @@ def _fla_vjp(loop, q, k, v, g, beta, do, scale, initial_state, dht, l2norm, gate
     ``use_qk_l2norm_in_kernel`` the chain rule of ``x / sqrt(Σ x² + eps)``: ``dx = r (dy − y (y·dy))``.
     With ``cu_seqlens`` each packed sequence's gradients on its own (its ``dht`` entry, its ``dh0``), joined
     along the sequence (``dh0`` stacked)."""
-    from .linear_rnn import _check_fla, _fla_packed, _official, _optional, _swap
+    from .linear_rnn import _check_fla, _fla_packed, _official, _optional, _swap, _with_l2norm_keys
 
     packed = cu_seqlens is not None
     f = _check_fla(q, k, v, g, beta, scale, None if packed else initial_state, gate, delta, l2norm, g_gamma=g_gamma)
@@ -2658,8 +2658,8 @@ def _fla_vjp(loop, q, k, v, g, beta, do, scale, initial_state, dht, l2norm, gate
     def core(f, do, dht):
         dSL = None if dht is None else np.swapaxes(dht, -1, -2)  # fla's (K, V) -> refimpl's (V, K)
         kw = dict(scale=f.scale, initial_state=f.S0, dfinal_state=dSL)
-        if delta:
-            return run(f.q, f.k, f.v, f.beta, _swap(do), log_g=f.log_g, **kw)
+        if delta:  # keys fla normalized itself may be short (_FLA_L2NORM_KEYS)
+            return _with_l2norm_keys(f.l2norm, run, f.q, f.k, f.v, f.beta, _swap(do), log_g=f.log_g, **kw)
         return run(f.q, f.k, f.v, f.log_g, _swap(do), **kw)
 
     if packed:

@@ -69,7 +69,18 @@ import numpy as np
 
 from . import _blocking
 from ._blocking import MIN_BLOCK_ROWS, per_block
-from ._validate import _all_finite, as_array, as_bool, as_int, as_positive_scalar, as_real_array, check_qk, check_qkv, guard_overflow
+from ._validate import (
+    _all_finite,
+    _to_array,
+    as_array,
+    as_bool,
+    as_int,
+    as_positive_scalar,
+    as_real_array,
+    check_qk,
+    check_qkv,
+    guard_overflow,
+)
 
 __all__ = [
     "softmax_attention",
@@ -130,7 +141,7 @@ def _check_mask(mask, causal, batch: tuple, n: int, m: int) -> np.ndarray | None
     as_bool(causal, "causal")
     if mask is None:
         return None  # with causal only, row i always keeps key 0 (M >= 1)
-    arr = np.asarray(mask)
+    arr = _to_array(mask, "mask")
     if arr.dtype != np.bool_:
         raise TypeError(f"mask: expected a boolean array (True = may attend), got dtype {arr.dtype}")
     target = (*batch, n, m)
@@ -246,7 +257,7 @@ def _prepare(q, k, v, mask, causal, scale, window, alibi_slopes, causal_alignmen
         except ValueError:
             raise ValueError(f"alibi_slopes: shape {slopes.shape} does not broadcast to the batch axes {batch}") from None
     if mask is not None:
-        mask = np.asarray(mask)
+        mask = _to_array(mask, "mask")
         if mask.dtype != np.bool_:
             raise TypeError(f"mask: expected a boolean array (True = may attend), got dtype {mask.dtype}")
         if heads is not None:
@@ -888,7 +899,8 @@ def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=No
     def heads(w, width):  # (..., N, h·width) -> (..., h, N, width)
         return np.swapaxes((x @ w).reshape(*x.shape[:-1], h, width), -2, -3)
 
-    mask_h = None if mask is None else np.expand_dims(np.asarray(mask), -3) if np.ndim(mask) >= 2 else mask
+    mask = None if mask is None else _to_array(mask, "mask")
+    mask_h = None if mask is None else np.expand_dims(mask, -3) if mask.ndim >= 2 else mask
     y, A = softmax_attention(
         heads(w_q, dk), heads(w_k, dk), heads(w_v, dv), mask=mask_h, causal=causal, scale=scale, return_weights=True
     )
@@ -1193,6 +1205,13 @@ def alibi_geometric_slopes(n_heads: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+#: :func:`flash_attention` pads its last query tile to ``block_q`` rows; a ``block_q`` larger than both N and this is
+#: cut to N (one tile of all the queries either way). Up to it the padded tile is kept as given, so that the rounding
+#: of every call with a kernel-sized tile stays as it was (BLAS may round a product of 64 rows differently from one
+#: of N rows, by an ulp); above it, the padding would only cost memory and time in proportion to ``block_q``.
+_MAX_PADDED_TILE = 1024
+
+
 def _check_flash(q, k, v, causal, scale, block_q, block_k, return_lse, window, alibi_slopes, causal_alignment, softcap,
                  grouped_heads, return_intermediates):
     p = _prepare(q, k, v, None, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads)
@@ -1247,7 +1266,10 @@ def flash_attention(
     scale : float >= 0, optional
         Default ``1/sqrt(d)``.
     block_q, block_k : int >= 1
-        Tile sizes B_r (query rows) and B_c (key columns); N and M need not be multiples.
+        Tile sizes B_r (query rows) and B_c (key columns); N and M need not be multiples. The
+        last query tile is padded with zero rows up to ``block_q`` rows; a ``block_q`` above both N
+        and 1024 is taken as N (the same single tile, without padding whose memory would grow
+        with ``block_q``). To round-off, the result does not depend on the tile sizes.
     return_lse : bool
         Also return the row log-sum-exp ``ℓ_i = m_i + log z_i`` (what the backward pass
         stores to recompute the weights); ``−∞`` for a row that sees no key. With causal ALiBi,
@@ -1300,6 +1322,8 @@ def flash_attention(
         return_intermediates,
     )
     batch, n, m = p.batch, p.q.shape[-2], p.k.shape[-2]
+    if bq > max(n, _MAX_PADDED_TILE):
+        bq = n  # one query tile either way: without the padding rows, whose memory grows with block_q
     k, v = np.broadcast_to(p.k, (*batch, m, p.k.shape[-1])), np.broadcast_to(p.v, (*batch, m, p.v.shape[-1]))
     slopes = None if p.slopes is None else np.broadcast_to(p.slopes, batch)[..., None, None, None]
     nq = -(-n // bq)
@@ -1446,10 +1470,14 @@ def _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, a
     """Validate FlashAttention-2's arguments in its layout (b, s, h, d), naming them as flash_attn does; returns
     an :class:`_Fa` with the window as an explicit mask (its bounds are inclusive and may differ left and right).
 
-    The window as flash_attn's ``mha_fwd`` sets it up: a negative bound is no bound, ``causal`` sets the right
-    bound to 0, a bound of at least ``seqlen_k`` (``max_seqlen_k`` for packed sequences, ``clamp_k``) is none, and
-    a call with no left bound and a right bound of 0 is the causal one (``window_size=(-1, 0)`` without
-    ``causal`` included), whose ALiBi bias the kernel forms as ``slope · j``."""
+    The window as flash_attn's ``mha_fwd`` (``mha_varlen_fwd``, ``mha_bwd``) and ``set_params_fprop`` set it up: a
+    negative bound is no bound, ``causal`` sets the right bound to 0, a bound of at least ``seqlen_k``
+    (``max_seqlen_k`` for packed sequences, ``clamp_k``) is none, a call with no left bound and a right bound of 0 is
+    the causal one (``window_size=(-1, 0)`` without ``causal`` included), whose ALiBi bias the kernel forms as
+    ``slope · j``, and a left bound without a right one gets the right bound ``seqlen_k`` (``clamp_k``), which
+    ``mask.h`` applies as ``j <= i + o + seqlen_k``: it cuts keys from the first ``seqlen_q − seqlen_k − 1`` rows
+    when ``seqlen_q >= seqlen_k + 2``. (No left bound with a right one gets the left bound ``seqlen_k``, which never
+    cuts: ``j >= i + o − seqlen_k`` holds for every key.)"""
 
     q, k, v = (as_real_array(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
@@ -1459,6 +1487,11 @@ def _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, a
         raise ValueError(f"k, v: expected shapes (batch, seqlen_k, nheads_k, headdim) = ({b}, ·, ·, {d}) and (batch, "
                          f"seqlen_k, nheads_k, headdim_v) (batch and headdim from q), got {k.shape}, {v.shape}")
     hk, sk = k.shape[2], k.shape[1]
+    for name, arr in (("q", q), ("k", k), ("v", v)):
+        if arr.shape[1] == 0 or arr.shape[3] == 0:
+            raise ValueError(f"{name}: expected seqlen >= 1 and headdim >= 1 in (batch, seqlen, nheads, headdim), got shape "
+                             f"{arr.shape}" + ("; flash_attn returns out = 0 and softmax_lse = +inf for seqlen_k = 0, "
+                                               "refimpl refuses empty sequences (see Notes)" if arr.shape[1] == 0 else ""))
     if hk == 0 or h % hk:
         raise ValueError(f"k: its nheads_k = {hk} must divide the nheads = {h} of q (grouped-query attention)")
     if as_positive_scalar(dropout_p, "dropout_p", strict=False) != 0.0:
@@ -1483,6 +1516,8 @@ def _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, a
     kc = sk if clamp_k is None else clamp_k
     left, right = (-1 if w >= kc else w for w in (left, right))  # a bound past every key is none (flash_attn)
     causal = left < 0 and right == 0  # flash_attn's is_causal: also window_size=(-1, 0) without causal
+    if left >= 0 and right < 0:
+        right = kc  # set_params_fprop: window_size_right = seqlen_k (max_seqlen_k when packed)
     o = sk - sq  # bottom-right alignment (FlashAttention >= 2.1): query i sits at key i + seqlen_k - seqlen_q
     mask = None
     if not causal and (left >= 0 or right >= 0):  # a window; the causal one is the causal flag itself
@@ -1527,9 +1562,12 @@ def _check_cu(cu, name: str, total: int, arg: str) -> np.ndarray:
     try:
         return _check_cu_seqlens(cu, total)
     except (TypeError, ValueError) as exc:
-        text = str(exc).replace("cu_seqlens", name, 1)
+        text = str(exc).replace("cu_seqlens", name, 1).replace("fla's LongTensor", "flash_attn's int32 tensor")
         if "expected offsets from 0 to T" in text:  # the offsets or the packed array may be the wrong one
             text = f"{arg}, {text} (T: the packed length of {arg})"
+        if "strictly increasing" in text:
+            text += ("; flash_attn accepts empty sequences (repeated offsets: out = 0 and softmax_lse = +inf for queries "
+                     "without keys), refimpl refuses them (see Notes): leave them out of the packed batch")
         raise type(exc)(text) from None
 
 
@@ -1576,7 +1614,10 @@ _FA_NOTES = """
     (its loop twin for ``*_loop``), so the tiling does not change the result; ``dropout_p`` must
     be 0 (a reference is deterministic: validate a kernel with dropout off); ``deterministic`` is
     accepted and ignored; the third returned value of ``return_attn_probs`` (FlashAttention's
-    ``S_dmask``, documented as for testing only) is None."""
+    ``S_dmask``, documented as for testing only) is None; empty sequences are refused, where
+    flash_attn accepts them — ``seqlen_k = 0`` in :func:`flash_attn_func` (``mha_fwd`` returns out = 0
+    and softmax_lse = +inf) and repeated ``cu_seqlens`` offsets in :func:`flash_attn_varlen_func`
+    (zero-length sequences of a padded batch): compare a kernel on the batch without them."""
 
 
 @guard_overflow(first_only=True)  # softmax_lse is +inf for a row that sees no key
@@ -1606,7 +1647,11 @@ def flash_attn_func(q, k, v, *, dropout_p=0.0, softmax_scale=None, causal=False,
     window_size : (int, int)
         ``(left, right)``: query i sees the keys ``i + o − left <= j <= i + o + right``,
         ``o = seqlen_k − seqlen_q``; a negative bound, or one of at least ``seqlen_k``, is none; with
-        ``causal`` the right bound is 0, and ``(-1, 0)`` is causal attention (as in flash_attn).
+        ``causal`` the right bound is 0, and ``(-1, 0)`` is causal attention. A left bound without a
+        right one gets the right bound ``seqlen_k``: ``j <= i + o + seqlen_k``, which cuts keys from
+        the first ``seqlen_q − seqlen_k − 1`` query rows when ``seqlen_q >= seqlen_k + 2`` (the first
+        ``seqlen_q − 2·seqlen_k`` rows see none). All as flash_attn sets the window up
+        (``flash_api.cpp``: ``mha_fwd``'s clamp, then ``set_params_fprop``; ``mask.h``).
     softcap : float >= 0
         ``softcap · tanh(s / softcap)`` of the scaled logits; 0 for none.
     alibi_slopes : array_like, shape (nheads,) or (batch, nheads), optional
@@ -1682,9 +1727,11 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     cu_seqlens_q, cu_seqlens_k : array_like of int, shape (batch + 1,)
         The sequences' offsets in q and in k, v: ``0 = c_0 < c_1 < … < c_batch = total``.
     max_seqlen_q, max_seqlen_k : int
-        At least the longest sequence (as the kernel requires). The outputs do not depend on them;
-        ``softmax_lse`` does, as flash_attn's: a window bound of at least ``max_seqlen_k`` is none, so that
-        with ALiBi and such a bound the causal path's shifted lse is returned.
+        At least the longest sequence (as the kernel requires). ``max_seqlen_k`` enters through the
+        window only, as in flash_attn's ``mha_varlen_fwd``: a window bound of at least ``max_seqlen_k``
+        is none (with ALiBi and such a left bound, the causal path's shifted lse is returned), and a
+        left bound without a right one gets the right bound ``max_seqlen_k``, so that each sequence's
+        query i sees no key ``j > i + seqlen_k − seqlen_q + max_seqlen_k`` (its own lengths).
     dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs
         As in :func:`flash_attn_func`; ``alibi_slopes`` of shape (batch, nheads) give each sequence
         its own row.

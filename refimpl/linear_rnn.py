@@ -59,7 +59,9 @@ the sequence first. The functions :func:`mamba_chunk_scan_combined`, :func:`chun
   ``log_g = t(g)``; the default scale is K^{−1/2} in both. fla's states are (K, V), refimpl's
   (Dv, Dk): transpose them. ``chunk_delta_rule`` expects ℓ2-normalized keys as refimpl does
   (``use_qk_l2norm_in_kernel=True`` normalizes q and k inside the kernel: do the same before
-  calling refimpl). With ``T = lambda s: np.swapaxes(s, -1, -2)``: fla's ``initial_state=h0``
+  calling refimpl; raw keys of norm below ~0.011, e.g. the zero keys of padding, stay short after
+  fla's ``x / sqrt(Σ x² + 1e-6)``, which :func:`delta_rule` refuses and ``chunk_delta_rule``
+  accepts). With ``T = lambda s: np.swapaxes(s, -1, -2)``: fla's ``initial_state=h0``
   (B, H, K, V) is ``initial_state=T(h0)``; its ``output_final_state=True`` state ``ht`` is
   ``T`` of refimpl's last chunk state (``return_chunk_states=True``, entry ``[..., -1, :, :]``); in
   the backward pass its ``dht`` is ``dfinal_state=T(dht)`` and its ``dh0`` is
@@ -115,6 +117,7 @@ References
 
 from __future__ import annotations
 
+import contextvars
 import math
 from typing import NamedTuple
 
@@ -123,7 +126,16 @@ from scipy.special import expit
 
 from . import _blocking
 from ._scan import linear_scan
-from ._validate import as_bool, as_int, as_positive_scalar, as_real_array, check_finite_part, guard_overflow
+from ._validate import (
+    as_bool,
+    as_int,
+    as_int_array,
+    as_positive_scalar,
+    as_real_array,
+    check_finite_part,
+    guard_overflow,
+    pow2_scale,
+)
 from .attention import _scale  # scale = 1/√Dk unless given, as in softmax attention
 
 __all__ = [
@@ -1556,9 +1568,35 @@ def _delta_state(initial_state, q, k, v, b, g):
     return (S0, *_rebatch(batch, new, q, k, v, b, g))
 
 
-def _check_key_norms(k: np.ndarray) -> None:
+#: True while an fla call with ``use_qk_l2norm_in_kernel=True`` runs the delta rule on the keys it normalized
+#: itself (:func:`_fla_delta`, and the backward passes of ``refimpl._vjp``, which call :func:`delta_rule_vjp`).
+#: fla's ``x / sqrt(Σ x² + 1e-6)`` leaves a raw key of norm below ~0.011 short (a zero key of padding stays 0), and
+#: fla runs such keys: a short key writes less, and β ≤ 2 keeps the write ``I − β k kᵀ`` non-expansive for any
+#: ‖k‖ ≤ 1. The unit-key check (:func:`_check_key_norms`) lets them through while it is set; keys a caller passes
+#: to :func:`delta_rule` are still checked. Read in the calling thread, before the work is shared out.
+_FLA_L2NORM_KEYS: contextvars.ContextVar[bool] = contextvars.ContextVar("_FLA_L2NORM_KEYS", default=False)
+
+
+def _l2norm_keys() -> bool:
+    """Whether the keys at hand are the ones an fla call normalized as ``l2norm_fwd`` (``_FLA_L2NORM_KEYS``)."""
+    return _FLA_L2NORM_KEYS.get()
+
+
+def _with_l2norm_keys(l2norm: bool, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with ``_FLA_L2NORM_KEYS`` set to ``l2norm`` (fla's in-kernel normalized keys)."""
+    token = _FLA_L2NORM_KEYS.set(bool(l2norm))
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _FLA_L2NORM_KEYS.reset(token)
+
+
+def _check_key_norms(k: np.ndarray, l2norm: bool | None = None) -> None:
     """The delta rule's keys are ℓ2-normalized: |‖k_t‖ − 1| <= KEY_NORM_TOL (NaN norms are left to
-    the finiteness check)."""
+    the finiteness check). Not for keys fla's in-kernel normalization made (``l2norm``, by default
+    :func:`_l2norm_keys`): their norm is below 1 by construction."""
+    if _l2norm_keys() if l2norm is None else l2norm:
+        return
     norms = np.sqrt(np.einsum("...j,...j->...", k, k))  # ‖k_t‖
     if norms.size and np.max(np.abs(norms - 1.0)) > KEY_NORM_TOL:
         worst = norms.flat[int(np.argmax(np.abs(norms - 1.0)))]
@@ -1625,12 +1663,13 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     q, k, v = (a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v))
     init_t = None if init is None else np.swapaxes(init.reshape((nb,) + init.shape[-2:]), -1, -2)  # S_{−1}ᵀ (a view)
     checks = [(name, view, arg) for (name, arg), view in zip(finite, (q, k, v))]
+    l2norm = bool(checks) and _l2norm_keys()  # fla's normalized keys (read here, before threads share the work)
     beta = beta.reshape(nb, L)
     logg = None if logg is None else logg.reshape(nb, L)
     if 0 in (nb, L, dk, dv):  # nothing to compute: S_t q_t is 0 (Dk = 0) or empty, as are the states and factors
         if checks:
             check_finite_part(checks, slice(None))
-            _check_key_norms(k)
+            _check_key_norms(k, l2norm)
         o = np.zeros(batch + (L, dv))
         states = np.zeros(batch + (nc, dv, dk)) if keep_states or return_factors else None
         if return_factors:
@@ -1643,7 +1682,7 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     def run(sl):
         if checks:
             check_finite_part(checks, sl)
-            _check_key_norms(k[sl])
+            _check_key_norms(k[sl], l2norm)
         _delta_core(q[sl], k[sl], v[sl], beta[sl], None if logg is None else logg[sl], c, o[sl],
                     None if states is None else states[sl],
                     None if factors is None else (factors[0][sl], factors[1][sl]), scale,
@@ -2113,9 +2152,8 @@ def _seq_runs(seq_idx, b: int, L: int) -> list:
     of equal ids, ``first`` when the run starts the row with id 0 — the one sequence the row's ``initial_states``
     enter (as mamba_ssm's state passing carries them). Ids are non-negative integers, non-decreasing along a row
     (each sequence one contiguous run)."""
-    ids = np.asarray(seq_idx)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"seq_idx: expected integer sequence ids (mamba_ssm's int32 tensor), got dtype {ids.dtype}")
+    # int64 first: np.diff of unsigned ids wraps around, and would hide ids that go back
+    ids = as_int_array(seq_idx, "seq_idx", "integer sequence ids (mamba_ssm's int32 tensor)")
     if ids.shape != (b, L):
         raise ValueError(f"seq_idx: expected shape (batch, seqlen) = ({b}, {L}) (from x), got shape {ids.shape}")
     if ids.size and (ids.min() < 0 or np.any(np.diff(ids, axis=1) < 0)):
@@ -2137,14 +2175,19 @@ def _mamba_part(m: _Mamba, i: int, s: int, e: int, first: bool) -> _Mamba:
 
 
 def _check_varlen(runs, cu_seqlens, return_varlen_states):
-    """``cu_seqlens`` for ``return_varlen_states``: one batch row whose ``seq_idx`` sequences it marks."""
-    if not return_varlen_states:
+    """``cu_seqlens``, whenever given (mamba_ssm reads it only for ``return_varlen_states`` and ignores it otherwise;
+    refimpl refuses rather than ignores): one batch row whose ``seq_idx`` sequences it marks."""
+    if cu_seqlens is None and not return_varlen_states:
         return
-    if runs is None or cu_seqlens is None:
+    if return_varlen_states and (runs is None or cu_seqlens is None):
         raise ValueError("return_varlen_states: needs cu_seqlens and the seq_idx of the same packed sequences (mamba_ssm "
                          "resets the state only where seq_idx changes)")
+    if runs is None:
+        raise ValueError("cu_seqlens: packs nothing without seq_idx (mamba_ssm resets the state only where seq_idx "
+                         "changes, and reads cu_seqlens only for return_varlen_states): pass the seq_idx of the same "
+                         "sequences, or no cu_seqlens")
     if len(runs) != 1:
-        raise ValueError(f"cu_seqlens: packed sequences (return_varlen_states) need one batch row, got batch = {len(runs)}")
+        raise ValueError(f"cu_seqlens: packed sequences need one batch row, got batch = {len(runs)}")
     cu = _check_cu_seqlens(cu_seqlens, runs[0][-1][1])
     if cu.tolist() != [s for s, _, _ in runs[0]] + [runs[0][-1][1]]:
         raise ValueError(f"cu_seqlens: expected the offsets of seq_idx's sequences, "
@@ -2217,7 +2260,9 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         the sequence that starts it with id 0 (as mamba_ssm's state passing does).
     cu_seqlens : array_like of int, shape (N + 1,), optional
         The offsets of the N sequences of one batch row (batch = 1); needed only by
-        ``return_varlen_states``, and must mark the runs of ``seq_idx``.
+        ``return_varlen_states``. Checked whenever given: it needs ``seq_idx`` and must mark its
+        runs (mamba_ssm ignores it without ``return_varlen_states``; refimpl refuses what it would
+        ignore — it does not pack sequences by itself).
     dt_softplus : bool
         Apply ``softplus(x) = log(1 + e^x)`` to ``dt + dt_bias``.
     dt_limit : (float, float)
@@ -2255,7 +2300,8 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     are keyword-only (refimpl's convention); ``seq_idx`` must be non-decreasing along a row (the
     kernel only compares neighbouring ids; ids that come back would join sequences) and
     ``return_varlen_states`` needs ``seq_idx`` (without it the kernel would not reset the states
-    its varlen states are read from).
+    its varlen states are read from); a ``cu_seqlens`` is checked even without
+    ``return_varlen_states``, where the kernel ignores it.
     In :func:`refimpl.oracle.compare` the call has no ``return_final_states`` (a ``return_*`` flag is
     not an argument of a case): a kernel that returns ``(out, final_states)`` has its final states
     judged too, one that returns ``out`` alone (or ``(out, None)``) is judged on ``out``.
@@ -2339,19 +2385,34 @@ def _check_fla(q, k, v, g, beta, scale, initial_state, gate: str, delta: bool, l
     S0 = _optional(initial_state, "initial_state", (Bb, H, K, V), "[N, H, K, V] (N = B)")
     rstd = None
     if l2norm:  # fla's l2norm_fwd on q and k: x / sqrt(Σ x² + eps)
-        rq, rk = (1.0 / np.sqrt(np.einsum("...j,...j->...", a, a) + L2NORM_EPS) for a in (q, k))
-        q, k, rstd = q * rq[..., None], k * rk[..., None], (rq, rk)
-    if delta:
+        (q, rq), (k, rk) = _l2norm(q), _l2norm(k)
+        rstd = (rq, rk)
+        # any finite raw key: a short one (norm < 1, e.g. a zero key of padding) writes less, as in fla
+        # (the delta rule's unit-key check is lifted for these keys: _FLA_L2NORM_KEYS)
+    elif delta:
         norms = np.sqrt(np.einsum("...j,...j->...", k, k))
         if np.max(np.abs(norms - 1.0)) > KEY_NORM_TOL:
             worst = norms.flat[int(np.argmax(np.abs(norms - 1.0)))]
-            how = ("keys of norm below ~0.011 stay short after fla's x / sqrt(|x|² + 1e-6)" if l2norm else
-                   "normalize them, or pass use_qk_l2norm_in_kernel=True to normalize q and k as fla does")
             raise ValueError(f"k: the delta rule expects l2-normalized keys (|‖k_t‖ − 1| <= {KEY_NORM_TOL:g}), got a key "
-                             f"of norm {worst:.6g}; {how}")
+                             f"of norm {worst:.6g}; normalize them, or pass use_qk_l2norm_in_kernel=True to normalize q "
+                             "and k as fla does")
     sw = lambda a: None if a is None else _swap(a)  # noqa: E731
     return _Fla(sw(q), sw(k), sw(v), sw(g) if gate != "none" else None, sw(beta) if delta else None, scale,
                 None if S0 is None else np.swapaxes(S0, -1, -2), l2norm, rstd)
+
+
+def _l2norm(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """fla's ``l2norm_fwd`` over the last axis: ``(x r, r)`` with ``r = 1 / sqrt(Σ x² + eps)``, eps = ``L2NORM_EPS``.
+    A row whose Σ x² overflows float64 (entries above ~1e154) is scaled by a power of two first (exact), where eps is
+    far below the rounding of Σ (x/s)² >= 1/4: ``r = 1 / (s sqrt(Σ (x/s)²))``, so that it is normalized instead of
+    becoming a zero vector (r = 0). Every other row is the formula as written, bit for bit."""
+    ss = np.einsum("...j,...j->...", x, x)
+    r = 1.0 / np.sqrt(ss + L2NORM_EPS)
+    big = np.isinf(ss)  # x is finite: only an overflow of Σ x²
+    if np.any(big):
+        xs, s = pow2_scale(x[big], axis=-1)
+        r[big] = 1.0 / (s[..., 0] * np.sqrt(np.einsum("...j,...j->...", xs, xs)))
+    return x * r[..., None], r
 
 
 def _fla_finish(o, states, output_final_state: bool):
@@ -2363,9 +2424,8 @@ def _fla_finish(o, states, output_final_state: bool):
 def _check_cu_seqlens(cu_seqlens, T: int) -> np.ndarray:
     """fla's ``cu_seqlens`` of a packed batch: integer offsets ``0 = cu_0 < cu_1 < … < cu_N = T`` (N + 1,),
     sequence i the steps ``cu_i … cu_{i+1} − 1`` of the one batch row; returned as int64."""
-    cu = np.asarray(cu_seqlens)
-    if cu.dtype.kind not in "iu":
-        raise TypeError(f"cu_seqlens: expected integer offsets (fla's LongTensor), got dtype {cu.dtype}")
+    # int64 first: np.diff of unsigned offsets wraps around, and would hide a decrease
+    cu = as_int_array(cu_seqlens, "cu_seqlens", "integer offsets (fla's LongTensor)")
     if cu.ndim != 1 or cu.size < 2:
         raise ValueError(f"cu_seqlens: expected shape (N + 1,) with N >= 1 sequences, got shape {cu.shape}")
     if cu[0] != 0 or cu[-1] != T:
@@ -2373,7 +2433,7 @@ def _check_cu_seqlens(cu_seqlens, T: int) -> np.ndarray:
     if np.any(np.diff(cu) <= 0):
         raise ValueError("cu_seqlens: expected strictly increasing offsets (every sequence at least one step), got "
                          f"{cu.tolist() if cu.size <= 20 else 'a decrease or a repeat'}")
-    return cu.astype(np.int64)
+    return cu
 
 
 def _fla_packed(f: _Fla, cu_seqlens, initial_state, extra=None):
@@ -2419,8 +2479,8 @@ def _fla_delta(loop, q, k, v, g, beta, scale, initial_state, output_final_state,
     f = _check_fla(q, k, v, g, beta, scale, initial_state if cu_seqlens is None else None, "head" if gated else "none",
                    True, l2norm)
     run = delta_rule_loop if loop else delta_rule
-    core = lambda f: run(f.q, f.k, f.v, f.beta, log_g=f.log_g, scale=f.scale, return_chunk_states=True,  # noqa: E731
-                         initial_state=f.S0)
+    core = lambda f: _with_l2norm_keys(f.l2norm, run, f.q, f.k, f.v, f.beta, log_g=f.log_g,  # noqa: E731
+                                       scale=f.scale, return_chunk_states=True, initial_state=f.S0)
     return _fla_run(f, core, cu_seqlens, initial_state, output_final_state)
 
 
@@ -2572,7 +2632,8 @@ def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, *, output_fi
     ----------
     q, k : array_like, shape (B, T, H, K)
         Queries and keys. Without ``use_qk_l2norm_in_kernel`` the keys must be ℓ2-normalized
-        (|‖k_t‖ − 1| ≤ ``KEY_NORM_TOL``, as :func:`delta_rule` requires), else ``ValueError``.
+        (|‖k_t‖ − 1| ≤ ``KEY_NORM_TOL``, as :func:`delta_rule` requires), else ``ValueError``;
+        with it any finite raw q and k.
     v : array_like, shape (B, T, H, V)
     beta : array_like, shape (B, T, H)
         Writing strengths β_t ∈ [0, 2].
@@ -2583,7 +2644,10 @@ def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, *, output_fi
     output_final_state : bool
         Return the state after the last step (else None).
     use_qk_l2norm_in_kernel : bool
-        Normalize q and k first, as fla's ``l2norm_fwd`` does: ``x / sqrt(Σ x² + 1e-6)``.
+        Normalize q and k first, as fla's ``l2norm_fwd`` does: ``x / sqrt(Σ x² + 1e-6)``. A raw key of
+        norm below ~0.011 stays short (norm < 1 − ``KEY_NORM_TOL``; a zero key, e.g. of padding, stays 0):
+        accepted, as fla runs it — it writes less, and with β ≤ 2 the write stays non-expansive. (Where
+        Σ x² would overflow, above ~1e154, the row is scaled first, so that it is still normalized.)
     cu_seqlens : array_like of int, shape (N + 1,), optional
         Packed sequences, as in :func:`chunk_gla` (B = 1; states (N, H, K, V)).
 

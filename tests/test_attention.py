@@ -1013,3 +1013,52 @@ def test_a_logit_that_overflows_before_the_soft_cap_is_refused(fn):
     y = getattr(_att, fn)(q, k_ok, v, softcap=5.0, scale=1.0)
     w = np.exp([5 * np.tanh(2.0 / 5), 5.0])
     assert y[0, 0] == pytest.approx((w[0] * 1.0 + w[1] * 2.0) / w.sum(), rel=1e-13)
+
+
+def test_flash_attention_block_q_beyond_the_queries_is_not_padded():
+    """The query tiles were padded to ceil(N / block_q) · block_q rows: memory and time grew with block_q, not N
+    (block_q = 1e6 for 5 queries: 48 MB and seconds; 1e8: MemoryError; 1e20: NumPy's 'Maximum allowed dimension
+    exceeded', naming no argument). A block_q above both N and 1024 is one tile of the N queries."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    q, k, v = rng.normal(size=(3, 2, 5, 3))
+    one_tile = _att.flash_attention(q, k, v, block_q=5, block_k=2, causal=True, return_lse=True,
+                                    return_intermediates=True)
+    tracemalloc.start()
+    try:
+        for bq in (10**6, 10**20):
+            got = _att.flash_attention(q, k, v, block_q=bq, block_k=2, causal=True, return_lse=True,
+                                       return_intermediates=True)
+            assert np.array_equal(got[0], one_tile[0]) and np.array_equal(got[1], one_tile[1])
+            assert all(np.array_equal(got[2][n], one_tile[2][n]) for n in got[2])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak  # well under a MiB (block_q = 1e6 padded to 2 · 1e6 · 3 floats: 48 MB)
+    assert_close(one_tile[0], softmax_attention(q, k, v, causal=True), rtol=SELF)
+    y = _att.flash_attention(q, k, v, block_q=1024)  # up to 1024 the padded tile is kept as given
+    assert_close(y, softmax_attention(q, k, v), rtol=SELF)
+
+
+@pytest.mark.parametrize("fn", ["softmax_attention", "softmax_attention_loop", "attention_weights", "flash_attention",
+                                "multihead_attention", "softmax_attention_vjp"])
+def test_a_ragged_argument_is_named(fn):
+    """A ragged mask reached np.asarray outside the validation helpers, and the _vjp forms took np.shape of their
+    raw inputs: NumPy's 'setting an array element with a sequence' named no argument."""
+    rng = np.random.default_rng(1)
+    q, k, v = rng.normal(size=(3, 2, 2))
+    f = getattr(_att, fn)
+    if fn == "multihead_attention":
+        x, w = rng.normal(size=(2, 4)), np.eye(4)
+        with pytest.raises(TypeError, match="^mask: could not convert to an array"):
+            f(x, w, w, w, w, 2, mask=[[True, False], [True]])
+        with pytest.raises(TypeError, match="^x: could not convert to an array"):
+            f([[1.0, 2.0], [3.0]], w, w, w, w, 2)
+        return
+    extra = (v,) if fn.endswith("_vjp") else ()
+    if fn != "flash_attention":
+        with pytest.raises(TypeError, match="^mask: could not convert to an array"):
+            f(q, k, *(() if fn == "attention_weights" else (v,)), *extra, mask=[[True, False], [True]])
+    with pytest.raises(TypeError, match="^q: could not convert to an array"):
+        f([[1.0, 2.0], [3.0]], k, *(() if fn == "attention_weights" else (v,)), *extra)

@@ -1049,6 +1049,51 @@ def test_bad_input(fname):
     assert not failures, "\n".join(sorted(set(failures)))
 
 
+def test_as_int_array_casts_to_signed_before_any_arithmetic():
+    """Offsets and ids are compared by differences: an unsigned array's np.diff wraps around (3 − 6 = 4294967293 in
+    uint32). as_int_array returns int64, refusing non-integers and unsigned values past the int64 range by name."""
+    from refimpl._validate import as_int_array
+
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int32, np.int64):
+        got = as_int_array(np.array([0, 6, 3], dtype), "cu")
+        assert got.dtype == np.int64 and np.diff(got).tolist() == [6, -3]
+    assert as_int_array([[0, 1], [2, 3]], "ids").dtype == np.int64
+    assert as_int_array(np.array([2**63 - 1], np.uint64), "cu").tolist() == [2**63 - 1]
+    for bad, err, match in [(np.array([2**63], np.uint64), ValueError, r"^cu: expected integers in the int64 range, "
+                                                                          r"got maximum 9223372036854775808"),
+                            (np.array([0.0, 1.0]), TypeError, "^cu: expected integers, got dtype float64"),
+                            (np.array([True, False]), TypeError, "^cu: expected integers, got dtype bool"),
+                            ([[0, 1], [2]], TypeError, r"^cu: could not convert to an array \(setting an array element"),
+                            ("0, 1", TypeError, "^cu: expected a number or array, got str"),
+                            ([2**70], TypeError, "^cu: expected numeric values")]:
+        with pytest.raises(err, match=match):
+            as_int_array(bad, "cu")
+
+
+def test_guard_overflow_names_a_ragged_argument():
+    """A function that reads np.shape of a raw argument before validating it raises NumPy's own message for a
+    ragged nested list, naming no argument; the guard every public function wears names it as _to_array does."""
+    from refimpl._validate import guard_overflow
+
+    @guard_overflow()
+    def f(a, b, *, opts=(1, 2)):
+        shapes = np.shape(a), np.shape(b)  # before validation, as the _vjp forms do
+        return np.zeros(shapes[0])
+
+    assert f([1.0, 2.0], [[1.0], [2.0]]).shape == (2,)
+    with pytest.raises(TypeError, match=r"^b: could not convert to an array \(setting an array element with a sequence"):
+        f([1.0, 2.0], [[1.0], [2.0, 3.0]])
+    with pytest.raises(TypeError, match="^a: could not convert"):
+        f(a=[[1.0], [2.0, 3.0]], b=1.0)
+
+    @guard_overflow()
+    def g(a):
+        raise ValueError("setting an array element with a sequence, from an intermediate")
+
+    with pytest.raises(ValueError, match="^setting an array element"):  # no ragged argument: left as it is
+        g([1.0, 2.0])
+
+
 def test_zz_case_count():
     """At least 10,000 mutated calls when the whole suite runs (reported with ``-s``)."""
     if len(DONE) < len([n for n in CALLS if builder(n) is not None]):

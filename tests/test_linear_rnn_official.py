@@ -786,3 +786,197 @@ def test_chunk_simple_gla_g_gamma_is_a_constant_decay_per_head():
                          lambda g=None, **kw: {n: a.astype(np.float32) for n, a in lr.chunk_simple_gla_vjp(g=g, **kw).items()},
                          dtype="float32", inputs=grad)
     assert rep.passed and [x.name for x in rep.cases[0].quantities] == ["dq", "dk", "dv"], rep.table()
+
+
+# ---- 6. offsets and ids: signed int64 before any check; ragged input; cu_seqlens never ignored -------------------
+
+FLA_FNS = [(name, suffix) for name in FLA for suffix in ("", "_loop", "_vjp", "_vjp_loop")]
+
+
+def _fla_call(name, suffix, T=9, **over):
+    """A call of an fla function (forward or _vjp, with twin), one batch row of T steps, with ``over``."""
+    fn, gate, delta = FLA[name]
+    kw, _ = fla_inputs(40, B=1, T=T, gate=gate, delta=delta, l2norm=delta, state=False)
+    args = list(kw.values()) + ([kw["v"]] if "vjp" in suffix else [])  # the cotangent do after the inputs
+    opts = {"use_qk_l2norm_in_kernel": True} if delta else {}
+    return getattr(lr, name + suffix)(*args, **opts, **over)
+
+
+@pytest.mark.parametrize("name, suffix", FLA_FNS)
+def test_fla_unsigned_offsets_are_checked_as_signed(name, suffix):
+    """np.diff of unsigned offsets wraps around (3 − 6 = 4294967293 in uint32): decreasing uint32 cu_seqlens passed
+    the check, and the _vjp forms returned gradients of 12 steps for 9 (steps 3–5 counted twice). Offsets are cast
+    to int64 first; valid unsigned offsets give the int64 result bit for bit."""
+    with pytest.raises(ValueError, match=r"^cu_seqlens: expected strictly increasing offsets .* got \[0, 6, 3, 9\]"):
+        _fla_call(name, suffix, cu_seqlens=np.array([0, 6, 3, 9], np.uint32))
+    with pytest.raises(ValueError, match="^cu_seqlens: expected integer offsets .* in the int64 range"):
+        _fla_call(name, suffix, cu_seqlens=np.array([0, 2**63, 9], np.uint64))
+    with pytest.raises(TypeError, match="^cu_seqlens: expected integer offsets"):
+        _fla_call(name, suffix, cu_seqlens=np.array([0.0, 4.0, 9.0]))
+    want = _fla_call(name, suffix, cu_seqlens=np.array([0, 4, 9]))
+    for dtype in (np.uint8, np.uint32, np.uint64, np.int32):
+        got = _fla_call(name, suffix, cu_seqlens=np.array([0, 4, 9], dtype))
+        pairs = zip(got.values(), want.values()) if isinstance(got, dict) else zip(got, want)
+        assert all(np.array_equal(a, b) for a, b in pairs), dtype
+
+
+def test_mamba_unsigned_ids_are_checked_as_signed():
+    """uint32 seq_idx [[1, 1, 1, 0, …]] (ids that go back, refused as int64 by policy) was accepted."""
+    kw, _ = mamba_inputs(41, b=1, L=9, H=2, G=1, P=2, N=3, full=False)
+    ids = np.array([[1, 1, 1, 0, 0, 0, 0, 0, 0]])
+    for fn in (lr.mamba_chunk_scan_combined, lr.mamba_chunk_scan_combined_loop):
+        for dtype in (np.int64, np.uint32, np.uint64):
+            with pytest.raises(ValueError, match="^seq_idx: expected non-negative ids, non-decreasing"):
+                fn(*kw.values(), 4, seq_idx=ids.astype(dtype))
+        with pytest.raises(ValueError, match="^seq_idx: expected integer sequence ids .* in the int64 range"):
+            fn(*kw.values(), 4, seq_idx=np.full((1, 9), 2**63, np.uint64))
+        good = np.array([[0, 0, 0, 1, 1, 2, 2, 2, 2]])
+        assert np.array_equal(fn(*kw.values(), 4, seq_idx=good.astype(np.uint16)), fn(*kw.values(), 4, seq_idx=good))
+    dout = rng0(42).standard_normal(kw["x"].shape)
+    for vjp in (lr.mamba_chunk_scan_combined_vjp, lr.mamba_chunk_scan_combined_vjp_loop):
+        with pytest.raises(ValueError, match="^seq_idx: expected non-negative ids"):
+            vjp(*kw.values(), dout, 4, seq_idx=ids.astype(np.uint32))
+
+
+def test_ragged_offsets_and_ids_are_named():
+    """A ragged cu_seqlens or seq_idx gave NumPy's 'setting an array element with a sequence', naming nothing."""
+    for suffix in ("", "_loop", "_vjp", "_vjp_loop"):
+        with pytest.raises(TypeError, match="^cu_seqlens: could not convert to an array"):
+            _fla_call("chunk_gla", suffix, cu_seqlens=[[0, 1], [2]])
+    kw, _ = mamba_inputs(43, b=1, L=2, H=1, G=1, P=1, N=1, full=False)
+    for fn in (lr.mamba_chunk_scan_combined, lr.mamba_chunk_scan_combined_loop):
+        with pytest.raises(TypeError, match="^seq_idx: could not convert to an array"):
+            fn(*kw.values(), 2, seq_idx=[[0], [0, 1]])
+
+
+def test_ragged_arrays_in_the_vjp_forms_are_named():
+    """The _vjp forms read np.shape of their inputs before validating them: a ragged q (x, …) gave NumPy's bare
+    message; the overflow guard every public function wears now names the argument as the forward forms do."""
+    rag = [[1.0, 2.0], [3.0]]
+    r = rng0(44)
+    q, k, v = r.standard_normal((3, 2, 5, 3))
+    calls = {
+        "q": lambda: lr.gated_linear_attention_vjp(rag, k, v, -np.ones((2, 5)), v),
+        "x": lambda: lr.ssd_vjp(rag, np.ones((2, 5)), -np.ones(2), np.ones((1, 5, 2)), np.ones((1, 5, 2)), None,
+                                np.ones((2, 5, 2))),
+        "k": lambda: lr.retention_vjp(q, rag, v, np.array([0.5, 0.9]), v),
+        "beta": lambda: lr.delta_rule_vjp(q, k / np.linalg.norm(k, axis=-1, keepdims=True), v, [[0.5] * 5, [0.5]], v),
+        "dy": lambda: lr.gated_linear_attention_vjp_loop(q, k, v, -np.ones((2, 5)), [[[1.0]], [[1.0, 2.0]]]),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=f"^{name}: could not convert to an array"):
+            call()
+
+
+def test_mamba_cu_seqlens_is_checked_whenever_given():
+    """mamba_ssm reads cu_seqlens only for return_varlen_states and ignores it otherwise; refimpl ignored it too —
+    a string, float or decreasing offsets, offsets that contradict seq_idx, or cu_seqlens without seq_idx (a caller
+    expecting it to pack sequences got one unpacked sequence). It is checked whenever given."""
+    r = rng0(45)
+    x, dt, B = r.standard_normal((1, 9, 2, 3)), r.standard_normal((1, 9, 2)), r.standard_normal((1, 9, 1, 4))
+    sid = np.array([[0, 0, 0, 1, 1, 1, 1, 2, 2]])
+    for fn in (lr.mamba_chunk_scan_combined, lr.mamba_chunk_scan_combined_loop):
+        call = lambda **kw: fn(x, dt, -np.ones(2), B, B, 4, **kw)  # noqa: E731
+        for kw, err, match in [
+            (dict(cu_seqlens="abc", seq_idx=sid), TypeError, "^cu_seqlens: expected a number or array, got str"),
+            (dict(cu_seqlens=np.array([0.5, 3.2]), seq_idx=sid), TypeError, "^cu_seqlens: expected integer offsets"),
+            (dict(cu_seqlens=np.array([0, 7, 3, 9]), seq_idx=sid), ValueError, "^cu_seqlens: expected strictly increasing"),
+            (dict(cu_seqlens=np.array([0, 3, 7, 9])), ValueError, "^cu_seqlens: packs nothing without seq_idx"),
+            (dict(cu_seqlens=np.array([0, 4, 7, 9]), seq_idx=sid), ValueError,
+             r"^cu_seqlens: expected the offsets of seq_idx's sequences, \[0, 3, 7, 9\]"),
+            (dict(cu_seqlens=[[0, 1], [9]], seq_idx=sid), TypeError, "^cu_seqlens: could not convert"),
+        ]:
+            with pytest.raises(err, match=match):
+                call(**kw)
+        assert np.array_equal(call(cu_seqlens=np.array([0, 3, 7, 9], np.uint32), seq_idx=sid), call(seq_idx=sid))
+
+
+# ---- 7. use_qk_l2norm_in_kernel: any finite raw q and k --------------------------------------------------------
+
+
+def _short_raw_keys(seed, T=8, H=2, K=3):
+    """Raw keys that stay short after fla's normalization: zero keys (padding), keys of norm ~1e-3 and ~1e-5."""
+    kw, opts = fla_inputs(seed, B=1, T=T, H=H, K=K, gate="head", delta=True, l2norm=True)
+    k = kw["k"].copy()
+    k[:, 1] = 0.0  # a padded position
+    k[:, 3] *= 1e-3 / np.linalg.norm(k[:, 3], axis=-1, keepdims=True)
+    k[:, 6] *= 1e-5 / np.linalg.norm(k[:, 6], axis=-1, keepdims=True)
+    kw["q"][:, 5] = 0.0  # a zero query too
+    return {**kw, "k": k}, opts
+
+
+@pytest.mark.parametrize("name", ["chunk_delta_rule", "chunk_gated_delta_rule"])
+def test_fla_l2norm_accepts_zero_and_short_raw_keys(name):
+    """fla runs raw keys of norm below ~0.011 (zero keys of padding included), which its x / sqrt(Σx² + 1e-6)
+    leaves short: refimpl refused them. Forward, loop twin and packed against the step-by-step reference."""
+    fn, gate, _ = FLA[name]
+    kw, opts = _short_raw_keys(46)
+    if gate == "none":
+        kw.pop("g")
+    ro, rh = ref_fla(kw["q"], kw["k"], kw["v"], kw.get("g"), kw["beta"], 0.7, opts["initial_state"], True, gate)
+    assert np.linalg.norm(l2n(kw["k"])[:, [1, 3, 6]], axis=-1).max() < 0.75  # short after it: 0, 0.707, 0.01
+    for run in (fn, getattr(lr, name + "_loop")):
+        o, ht = run(*kw.values(), 0.7, opts["initial_state"], output_final_state=True, use_qk_l2norm_in_kernel=True)
+        close(o, ro, 1e-12, "o")
+        close(ht, rh, 1e-12, "final_state")
+        cu = np.array([0, 2, 8])
+        o, _ = run(*kw.values(), 0.7, np.stack([opts["initial_state"][0]] * 2), cu_seqlens=cu, use_qk_l2norm_in_kernel=True)
+        assert np.isfinite(o).all()
+
+
+@pytest.mark.parametrize("name", ["chunk_delta_rule", "chunk_gated_delta_rule"])
+def test_fla_l2norm_vjp_with_zero_and_short_raw_keys_by_complex_step(name):
+    fn, gate, _ = FLA[name]
+    kw, opts = _short_raw_keys(47, T=7)
+    if gate == "none":
+        kw.pop("g")
+    r = rng0(48)
+    do, dht = r.standard_normal(kw["v"].shape), r.standard_normal(opts["initial_state"].shape)
+    args = {**kw, "initial_state": opts["initial_state"]}
+
+    def loss(a):
+        o, fin = ref_fla(a["q"], a["k"], a["v"], a.get("g"), a["beta"], 0.8, a["initial_state"], True, gate)
+        return np.sum(o * do) + np.sum(fin * dht)
+
+    names = list(kw) + ["initial_state"]
+    for vjp in (getattr(lr, name + "_vjp"), getattr(lr, name + "_vjp_loop")):
+        g = vjp(*kw.values(), do, 0.8, opts["initial_state"], dht, use_qk_l2norm_in_kernel=True)
+        _complex_step(loss, args, {n: g["dh0" if n == "initial_state" else "d" + n] for n in names}, names)
+
+
+def test_fla_l2norm_of_huge_raw_keys_is_the_unit_key():
+    """Σ x² overflowed for raw entries above ~1e154: such keys became zero vectors (refused as 'a key of norm 0';
+    a huge query silently gave o = 0). Scaled by a power of two first, they normalize to their unit vectors."""
+    kw, opts = fla_inputs(49, B=1, T=6, gate="head", delta=True, l2norm=True)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    kw["q"], kw["k"] = unit(kw["q"]), unit(kw["k"])
+    big = {**kw, "q": kw["q"] * 1e160, "k": kw["k"] * 1e200}  # fla's eps is far below the rounding of Σ x² there
+    ro, rh = ref_fla(kw["q"], kw["k"], kw["v"], kw["g"], kw["beta"], 0.7, opts["initial_state"], False, "head")
+    for run in (lr.chunk_gated_delta_rule, lr.chunk_gated_delta_rule_loop):
+        o, ht = run(*big.values(), 0.7, opts["initial_state"], output_final_state=True, use_qk_l2norm_in_kernel=True)
+        close(o, ro, 1e-12, "o")
+        close(ht, rh, 1e-12, "final_state")
+    # the gradients of x / |x| scale as 1/|x|: against raw vectors of norm 10 (where eps moves them by ~5e-9)
+    ten = {**kw, "q": kw["q"] * 10.0, "k": kw["k"] * 10.0}
+    for vjp in (lr.chunk_gated_delta_rule_vjp, lr.chunk_gated_delta_rule_vjp_loop):
+        g = vjp(*big.values(), kw["v"], 0.7, opts["initial_state"], use_qk_l2norm_in_kernel=True)
+        g10 = vjp(*ten.values(), kw["v"], 0.7, opts["initial_state"], use_qk_l2norm_in_kernel=True)
+        close(g["dq"] * 1e160, g10["dq"] * 10.0, 1e-7, "dq")
+        close(g["dk"] * 1e200, g10["dk"] * 10.0, 1e-7, "dk")
+        for n in ("dv", "dg", "dbeta", "dh0"):
+            close(g[n], g10[n], 1e-7, n)
+
+
+def test_delta_rule_still_refuses_short_keys_it_is_given():
+    """Only the keys an fla call normalized itself skip the unit-key check: delta_rule and delta_rule_vjp (refimpl's
+    layout) refuse short keys as before, also right after an fla call with use_qk_l2norm_in_kernel."""
+    kw, opts = _short_raw_keys(50)
+    lr.chunk_gated_delta_rule(*kw.values(), use_qk_l2norm_in_kernel=True)
+    q, k, v, beta = (np.swapaxes(kw[n], 1, 2) for n in ("q", "k", "v", "beta"))
+    k = l2n(k)  # fla's normalization done by the caller: keys 1, 3 and 6 are short
+    for call in (lambda: lr.delta_rule(q, k, v, beta), lambda: lr.delta_rule_loop(q, k, v, beta),
+                 lambda: lr.delta_rule_vjp(q, k, v, beta, v), lambda: lr.delta_rule_vjp_loop(q, k, v, beta, v)):
+        with pytest.raises(ValueError, match="^k: the delta rule expects l2-normalized keys"):
+            call()
+    with pytest.raises(ValueError, match="^k: the delta rule expects l2-normalized keys .* use_qk_l2norm_in_kernel=True"):
+        lr.chunk_gated_delta_rule(*kw.values())  # raw short keys without the flag
