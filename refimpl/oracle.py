@@ -2888,7 +2888,15 @@ def _lengths(value, name: str) -> list:
     if isinstance(value, (str, bytes)) or not np.iterable(value) or not len(value) or any(
             isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in value):
         raise ValueError(f"{name}: expected a list of positive ints (the packed sequences' lengths), got {value!r}")
-    return [int(n) for n in value]
+    lengths = [int(n) for n in value]
+    if sum(lengths) > _MAX_PACKED:  # the kernels' cu_seqlens are int32 (flash-attn, fla)
+        raise ValueError(f"{name}: the packed length sum({name}) = {sum(lengths)} exceeds the int32 offsets kernels "
+                         f"take (at most {_MAX_PACKED})")
+    return lengths
+
+
+#: The longest packed batch :func:`random_inputs` draws: FlashAttention-2's and fla's ``cu_seqlens`` are int32.
+_MAX_PACKED = 2**31 - 1
 
 
 def _seqlens(sizes: dict):

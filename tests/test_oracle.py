@@ -1492,3 +1492,12 @@ def test_random_inputs_heads_reshape_to_batch_and_heads():
     four = {**flat, "q": flat["q"].reshape(B, H, 5, 3), "k": flat["k"].reshape(B, H_kv, 5, 3),
             "v": flat["v"].reshape(B, H_kv, 5, 3)}
     np.testing.assert_allclose(attention.softmax_attention(**four), y.reshape(B, H, 5, 3), rtol=1e-14, atol=0)
+
+
+def test_random_inputs_packed_length_bound():
+    # a packed batch longer than the int32 offsets of the kernels is refused, naming the argument (not NumPy's
+    # "Maximum allowed dimension exceeded" from the allocation)
+    with pytest.raises(ValueError, match="^seqlens: the packed length"):
+        oracle.random_inputs("linear_rnn.chunk_gla", seed=0, seqlens=[3, 2**70])
+    with pytest.raises(ValueError, match="^seqlens_q: the packed length"):
+        oracle.random_inputs("attention.flash_attn_varlen_func", seed=0, seqlens_q=[2**31, 1])
