@@ -85,12 +85,18 @@ def max_abs_error(actual, desired) -> float:
 
 
 def rel_error(actual, desired) -> float:
-    """Norm-wise relative error ``max|actual - desired| / max|desired|``.
+    """Norm-wise relative error ``max|actual - desired| / max|desired|``: Eq. (15.1) of the book.
 
+    The measure of every verdict of :func:`refimpl.oracle.compare` (public there as ``oracle.rel_error``).
     The scale is the largest *finite* ``|desired|``: infinite entries (the log-sum-exp of an attention
     row that sees no key) must be matched exactly (:func:`max_abs_error`) and would otherwise make
     every error relative to ∞, i.e. 0. If ``desired`` has no nonzero finite entry the absolute error
     is returned.
+
+    >>> rel_error([1.0, 2.5], [1.0, 2.0])  # 0.5 / 2
+    0.25
+    >>> rel_error([0.5, -np.inf], [0.5, -np.inf])  # an infinite entry matched exactly
+    0.0
     """
     d = np.abs(np.asarray(desired))
     finite = d[np.isfinite(d)] if d.size else d

@@ -173,6 +173,7 @@ __all__ = [
     "verify",
     "load_case",
     "compare",
+    "rel_error",
     "random_inputs",
     "RANDOM_INPUTS",
     "TIERS",

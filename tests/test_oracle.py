@@ -1501,3 +1501,11 @@ def test_random_inputs_packed_length_bound():
         oracle.random_inputs("linear_rnn.chunk_gla", seed=0, seqlens=[3, 2**70])
     with pytest.raises(ValueError, match="^seqlens_q: the packed length"):
         oracle.random_inputs("attention.flash_attn_varlen_func", seed=0, seqlens_q=[2**31, 1])
+
+
+def test_rel_error_is_public_and_is_compares_measure():
+    # Eq. (15.1), the measure compare's verdicts use, is public as oracle.rel_error (a kernel author's own checks)
+    assert "rel_error" in oracle.__all__ and oracle.rel_error is refimpl._testing.rel_error
+    assert oracle.rel_error([1.0, 2.0 + 1e-6], [1.0, 2.0]) == pytest.approx(5e-7, rel=1e-9)
+    assert oracle.rel_error([0.5, -np.inf], [0.5, -np.inf]) == 0.0  # an infinite entry must match exactly
+    assert oracle.rel_error([0.5, 0.0], [0.5, -np.inf]) == np.inf
