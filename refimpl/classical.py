@@ -307,43 +307,40 @@ def _check_wiener_hopf(r, p):
     return r, p
 
 
-#: both Wiener–Hopf twins refuse R when some order of the Levinson–Durbin recursion (6.5) has 1 − ε² at or below
-#: this: R is then not positive definite (|ε| ≥ 1) or numerically singular (the prediction-error power
-#: r(0) Π(1 − ε²) collapses by more than fifteen digits in one order)
-_DURBIN_TOL = 1e-15
+#: both Wiener–Hopf twins refuse R when its eigenvalues (``scipy.linalg.eigvalsh`` of the dense Toeplitz matrix)
+#: have λ_min <= λ_max / this: R is then not positive definite (λ_min <= 0) or cond₂(R) = λ_max/λ_min >= 1e14, where
+#: the relative error bound of a solve, about cond₂(R)·ε, reaches a few percent. A Levinson–Durbin test alone
+#: (1 − ε² small at some order) misses an R whose prediction-error power falls gradually over many orders:
+#: r(k) = exp(−k²/128), M = 12, has cond₂(R) ≈ 2e17 and 1 − ε² > 0.015 at every order.
+_MAX_COND_R = 1e14
 
 
-def _not_pd(r) -> ValueError:
-    return ValueError(
-        "r: the Toeplitz autocorrelation matrix is not positive definite or is numerically singular "
-        f"(a Levinson–Durbin coefficient ε of Eq. (6.5) has 1 − ε² <= {_DURBIN_TOL:g})"
-    )
+def _check_toeplitz(r: np.ndarray) -> None:
+    """Refuse a Toeplitz R (first column ``r``) that is not positive definite or has cond₂(R) >= 1e14.
 
-
-def _check_durbin(r: np.ndarray) -> None:
-    """Run the forward half of the Levinson–Durbin recursion (6.5), O(M²), and raise where 1 − ε² <= _DURBIN_TOL.
-
-    The same test, on the same ε, as :func:`wiener_hopf_loop`, so that the twins refuse the same inputs.
+    The one conditioning test of both :func:`wiener_hopf` and :func:`wiener_hopf_loop`, so that the twins refuse
+    the same inputs. A dense eigenvalue computation, O(M³).
     """
-    f = np.array([1.0 / r[0]])  # R_1 f = e_1
-    for n in range(1, r.size):
-        eps = float(r[n:0:-1] @ f)  # ε = Σ_{i<n} r(n−i) f_i
-        den = 1.0 - eps * eps
-        if not den > _DURBIN_TOL:  # also catches a NaN
-            raise _not_pd(r)
-        f = (np.append(f, 0.0) - eps * np.append(0.0, f[::-1])) / den
+    lam = scipy.linalg.eigvalsh(scipy.linalg.toeplitz(r))
+    if not lam[0] > lam[-1] / _MAX_COND_R:
+        raise ValueError(
+            "r: the Toeplitz autocorrelation matrix is not positive definite or is numerically singular "
+            f"(its eigenvalues have λ_min = {lam[0]:.3g} <= λ_max / {_MAX_COND_R:g} = {lam[-1] / _MAX_COND_R:.3g}: "
+            f"R is not positive definite or cond(R) >= {_MAX_COND_R:g})"
+        )
 
 
 def wiener_hopf(r, p) -> np.ndarray:
     r"""FIR Wiener filter: solve the Wiener–Hopf equations ``R w = p`` with Toeplitz ``R_ij = r(|i−j|)``.
 
     Implements Eq. (6.3) of the book (Haykin 2014, ch. 2), by ``scipy.linalg.solve_toeplitz``
-    (Levinson recursion in compiled code, O(M²)).
+    (Levinson recursion in compiled code, O(M²)). The conditioning check before it computes the eigenvalues
+    of the dense ``R`` (O(M³)).
 
     Parameters
     ----------
     r : array_like, shape (M,)
-        Autocorrelation of the input, r(0) > 0; ``R`` must be positive definite.
+        Autocorrelation of the input, r(0) > 0; ``R`` must be positive definite with cond₂(R) < 1e14.
     p : array_like, shape (M,) or (M, K)
         Cross-correlation of the desired signal with the delayed input (K right-hand sides).
 
@@ -355,9 +352,12 @@ def wiener_hopf(r, p) -> np.ndarray:
     Raises
     ------
     ValueError
-        If ``R`` is not positive definite or is numerically singular: some order of the
-        Levinson–Durbin recursion (6.5) has ``1 − ε² <= 1e-15`` (|ε| < 1 at every order exactly
-        when R is positive definite). :func:`wiener_hopf_loop` applies the same test.
+        If the eigenvalues of ``R`` (``scipy.linalg.eigvalsh`` of the dense matrix) have
+        ``λ_min <= λ_max / 1e14``: ``R`` is not positive definite, or cond₂(R) >= 1e14, where the
+        relative error of a solve, up to about cond₂(R)·ε, reaches a few percent. The test bounds
+        cond₂(R); a test on the Levinson–Durbin coefficients of (6.5) alone would pass an ``R`` whose
+        prediction-error power falls gradually over many orders. :func:`wiener_hopf_loop` applies the
+        same test (the same function), so the twins refuse the same inputs.
 
     Examples
     --------
@@ -366,7 +366,7 @@ def wiener_hopf(r, p) -> np.ndarray:
     [0.5, 0.0, -0.0]
     """
     r, p = _check_wiener_hopf(r, p)
-    _check_durbin(r)  # |ε| < 1 at every order of (6.5) ⇔ R positive definite
+    _check_toeplitz(r)  # R positive definite with cond₂(R) < 1e14
     return scipy.linalg.solve_toeplitz(r, p)  # R w = p, Eq. (6.3)
 
 
@@ -377,8 +377,9 @@ def wiener_hopf_loop(r, p) -> np.ndarray:
     (``R_n x = p_{0:n}``) are extended: with ``ε = Σ_i r(n−i) f_i`` (the partial autocorrelation
     φ_nn, i.e. the last coefficient of the order-n Yule–Walker predictor, which Durbin's recursion
     computes; Haykin's reflection coefficient is ``κ = −ε``), ``f ← ([f; 0] − ε [0; f̃]) / (1 − ε²)``
-    (``f̃`` reversed) and ``x ← [x; 0] + (p_n − Σ_i r(n−i) x_i) f̃_new``. Raises, like
-    :func:`wiener_hopf`, where ``1 − ε² <= 1e-15``.
+    (``f̃`` reversed) and ``x ← [x; 0] + (p_n − Σ_i r(n−i) x_i) f̃_new``. Raises ValueError exactly
+    where :func:`wiener_hopf` does (the same check, also with no right-hand side): where the eigenvalues of
+    ``R`` have ``λ_min <= λ_max / 1e14`` (not positive definite, or cond₂(R) >= 1e14).
 
     Examples
     --------
@@ -387,15 +388,14 @@ def wiener_hopf_loop(r, p) -> np.ndarray:
     True
     """
     r, p = _check_wiener_hopf(r, p)
+    _check_toeplitz(r)  # the test of wiener_hopf: R positive definite with cond₂(R) < 1e14
     cols = p[:, None] if p.ndim == 1 else p
     m, k = r.size, cols.shape[1]
     f = [1.0 / r[0]]  # R_1 f = e_1
     xs = [[cols[0, c] / r[0]] for c in range(k)]  # R_1 x = p_0, one solution per right-hand side
     for n in range(1, m):
         eps = sum(r[n - i] * f[i] for i in range(n))  # last entry of R_{n+1} [f; 0]
-        den = 1.0 - eps * eps  # (R_{n+1}[f; 0] − ε R_{n+1}[0; f̃]) = (1 − ε²) e_1
-        if not den > _DURBIN_TOL:  # the test of wiener_hopf (_check_durbin), also with no right-hand side
-            raise _not_pd(r)
+        den = 1.0 - eps * eps  # (R_{n+1}[f; 0] − ε R_{n+1}[0; f̃]) = (1 − ε²) e_1; 1 − ε² >= 1/cond₂(R) in exact arithmetic
         fe, be = f + [0.0], [0.0] + f[::-1]  # [f; 0] and [0; f̃]
         f = [(a - eps * b) / den for a, b in zip(fe, be)]  # R_{n+1} f = e_1
         for c in range(k):

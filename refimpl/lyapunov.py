@@ -439,10 +439,11 @@ def phi1(z, tau):
     with a complex ``expm1`` that has no cancellation near 0. The exponent w is not rounded: the
     rounding errors of the products Re(z)·τ and Im(z)·τ (Dekker's TwoProduct) are carried into
     e^w (that of Re(z)·τ only where it can matter, Re w > 0). A rounded w would carry an absolute
-    phase error of up to about ε|Im w|/2, which is the relative error of every entry that has not
-    decayed: (2.6) evaluated with w = fl(zτ) is off by about 1e-9 for a slowly decaying mode with
-    |Im w| ~ 1e7 (chapter 2, §2.3). The covariance functions also carry the rounding error of the
-    rate z = λ_k + λ_l^* (Knuth's TwoSum) into the exponent. For Re w > 0 the real part of e^w − 1
+    phase error of up to about ε|Im w| (the rate λ_k + λ_l^* and the product zτ each round), which
+    is the relative error of every entry that has not decayed: (2.6) evaluated with w = fl(zτ) is
+    off by about 1e-9 for a slowly decaying mode with |Im w| ~ 1e7 (chapter 2, §2.3). The
+    covariance functions also carry the rounding error of the rate z = λ_k + λ_l^* (Knuth's
+    TwoSum) into the exponent. For Re w > 0 the real part of e^w − 1
     may cancel (where e^{Re w} cos Im w ≈ 1); its modulus, and φ, stay accurate.
     Where ``e^{Re w}`` overflows (only possible for Re(z)τ > 0, e.g. the pushed-back covariance)
     the entry is formed as ``e^{Re w} · [e^{i Im w}(1 − e^{−w})/z]`` with the magnitudes combined
@@ -537,7 +538,8 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
 
     Blocks of lags are independent and each is computed the same way whichever thread runs it:
     the threads take them in turn (:func:`refimpl._blocking.take_turns`). Memory: the output,
-    the factors E (1/d of the output) and a fixed workspace (E is formed in chunks of lags).
+    the factors E (1/d of the output), a few length-N arrays of lags and masks, and a fixed
+    workspace (E is formed in chunks of lags).
     """
     d = lam.shape[0]
     t = tau.reshape(-1)
@@ -562,7 +564,8 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
     rows = min(n, max(1, _FULL_BLOCK // (d * d)))
     # E_k = e^{λ_k τ}, (n, d), in chunks of lags: the temporaries of _expm1_complex (about a dozen
     # real arrays of the chunk's shape, _FULL_BLOCK entries each) are then a fixed workspace instead
-    # of growing with N, and the only arrays that grow with N are the output and E, 1/d of its size.
+    # of growing with N; what grows with N is the output, E (1/d of its size) and a few length-N arrays
+    # (the lags and their sort order).
     # Every entry depends on its own τ only, so the chunks give the same bits as one call.
     e = np.empty((n, d), dtype=np.complex128)
     chunk = max(rows, _FULL_BLOCK // d)

@@ -208,11 +208,12 @@ class TestWienerHopf:
         with pytest.raises(ValueError, match=match):
             func(r, p)
 
-    @pytest.mark.parametrize("gap", [1e-12, 1e-14, 1e-15, 1e-16, 0.0, -1e-3])
+    @pytest.mark.parametrize("gap", [1e-12, 1e-13, 1e-14, 1e-15, 1e-16, 0.0, -1e-3])
     def test_twins_refuse_the_same_inputs(self, gap):
-        # r = [1, 1 − gap]: positive definite for gap > 0, but 1 − ε² = 1 − (1 − gap)² falls to the 1e-15
-        # threshold of (6.5) at gap ≈ 1e-16. Both twins apply that one test: they raise together or return
-        # together, and where they return they solve the float system (exact rational oracle).
+        # r = [1, 1 − gap]: eigenvalues 1 ± (1 − gap), cond₂(R) = (2 − gap)/gap for gap > 0, which crosses the
+        # documented bound 1e14 between gap = 1e-13 (2e13, solved) and 1e-14 (2e14, refused). Both twins apply
+        # the one test: they raise together or return together, and where they return they solve the float
+        # system (exact rational oracle).
         from fractions import Fraction
 
         r, p = np.array([1.0, 1.0 - gap]), np.array([1.0, 0.0])
@@ -222,15 +223,50 @@ class TestWienerHopf:
                 outcomes.append(func(r, p))
             except ValueError as err:
                 assert str(err).startswith("r: the Toeplitz autocorrelation matrix is not positive definite or is numerically singular")
-                assert "1 − ε² <= 1e-15" in str(err)
+                assert "cond(R) >= 1e+14" in str(err)
                 outcomes.append(None)
         c = Fraction(r[1])
-        raises = not (1 - c * c > Fraction(1e-15))
+        raises = not (1 - c > 0 and (1 + c) / (1 - c) < Fraction(10**14))
         assert [o is None for o in outcomes] == [raises, raises], (gap, outcomes)
         if not raises:
             exact = np.array([float(1 / (1 - c * c)), float(-c / (1 - c * c))])  # R⁻¹ e_1 for the float r
             close(outcomes[0], exact, rtol=1e-3, what="near-singular R: solve_toeplitz vs exact")
             close(outcomes[1], exact, rtol=1e-3, what="near-singular R: Levinson loop vs exact")
+
+    @pytest.mark.parametrize("func", [wiener_hopf, wiener_hopf_loop])
+    def test_refuses_gradually_ill_conditioned(self, func):
+        # Gaussian autocorrelation r(k) = exp(−k²/128), M = 12: positive definite, cond₂(R) ≈ 2e17, but
+        # 1 − ε² > 0.015 at every order of (6.5), so a Levinson–Durbin test alone passes it (and the solves
+        # were off by 6.3 and 0.38 relative). The eigenvalue test refuses it in both twins, naming r.
+        r = np.exp(-np.arange(12) ** 2 / 128.0)
+        f, dens = np.array([1.0 / r[0]]), []
+        for n in range(1, r.size):
+            eps = r[n:0:-1] @ f
+            dens.append(1.0 - eps * eps)
+            f = (np.append(f, 0.0) - eps * np.append(0.0, f[::-1])) / dens[-1]
+        assert min(dens) > 0.015  # what a Levinson–Durbin test would see
+        assert np.linalg.cond(scipy.linalg.toeplitz(r)) > 1e16
+        with pytest.raises(ValueError, match="^r: the Toeplitz autocorrelation matrix is not positive definite or is numerically singular") as err:
+            func(r, np.eye(12)[0])
+        assert "cond(R) >= 1e+14" in str(err.value)
+
+    def test_accepts_well_conditioned_gaussian(self):
+        # The same family with a narrower kernel, r(k) = exp(−k²/4), M = 12: cond₂(R) ≈ 2.8e3, far below the bound;
+        # both twins solve it and agree with an exact rational solve of the float system.
+        from fractions import Fraction
+
+        r = np.exp(-np.arange(12) ** 2 / 4.0)
+        assert np.linalg.cond(scipy.linalg.toeplitz(r)) < 1e4
+        p = np.eye(12)[0]
+        a = [[Fraction(float(r[abs(i - j)])) for j in range(12)] + [Fraction(float(p[i]))] for i in range(12)]
+        for k in range(12):  # Gauss–Jordan elimination in rationals (R is positive definite: no pivoting needed)
+            a[k] = [v / a[k][k] for v in a[k]]
+            for i in range(12):
+                if i != k:
+                    a[i] = [v - a[i][k] * w for v, w in zip(a[i], a[k])]
+        exact = np.array([float(row[-1]) for row in a])
+        close(wiener_hopf(r, p), exact, rtol=1e-12, what="well-conditioned Gaussian: solve_toeplitz vs exact")
+        close(wiener_hopf_loop(r, p), exact, rtol=1e-12, what="well-conditioned Gaussian: loop vs exact")
 
     def test_refuses_without_right_hand_sides(self):
         for func in (wiener_hopf, wiener_hopf_loop):
