@@ -25,9 +25,10 @@ temperature multiplies the logits (β_s of v6); the output is the aggregated est
 projection or residual, which belong to a layer).
 
 The default power-law weight is the normalized Student-t likelihood, not the IRLS weight of the
-Student-t maximum-likelihood estimate (that is κ = 1): iterated with fixed keys and values
-(Eq. (7.10) of the book), the default κ has its fixed points at stationary points of the bounded
-loss Σ_j ρ(d²_ij), ρ(s) = ν[(1 + s/ν)^{1−κ} − 1]/(1 − κ); only ``kappa=1`` gives the Student-t MLE.
+Student-t maximum-likelihood estimate (that is κ = 1): iterated with fixed keys = values = the data
+(Eq. (7.10) of the book, temperature 1), the default κ has its fixed points at stationary points of
+the bounded loss Σ_j ρ(d²_ij), ρ(s) = ν[(1 + s/ν)^{1−κ} − 1]/(1 − κ); only ``kappa=1`` makes them
+stationary points of the Student-t likelihood (its MLE when such a point is the global maximum).
 
 References
 ----------
@@ -315,9 +316,10 @@ def afa(
         κ > 0; default (ν + d)/d (v4–v6): log w is then the d-dimensional Student-t
         log-likelihood divided by d/2. κ = 1 is the rational (Cauchy) weight of the thesis and of the
         paper's 2025 code, and the IRLS weight of the Student-t maximum-likelihood estimate: with
-        fixed keys and values, a fixed point of ``q ← afa(q, k, v)`` (Eq. (7.10)) is that estimate
-        only for κ = 1; for another κ it is a stationary point of Σ_j ρ(d²_ij) with
-        ρ' = (1 + s/ν)^{−κ}.
+        fixed keys = values = the data z and temperature 1, a fixed point of ``q ← afa(q, z, z)``
+        (Eq. (7.10)) is a stationary point of the Student-t likelihood (its MLE when that point is
+        the global maximum) only for κ = 1; for another κ it is a stationary point of
+        Σ_j ρ(d²_ij) with ρ' = (1 + s/ν)^{−κ}.
     temperature : float
         β > 0 multiplying the logits.
     causal : bool

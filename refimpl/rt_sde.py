@@ -59,7 +59,8 @@ References
 .. [5] I. Loshchilov, C.-P. Hsieh, S. Sun, B. Ginsburg, "nGPT: Normalized Transformer with
        representation learning on the hypersphere", arXiv:2410.01131 (2024): the update
        h ← Norm(h + α_A(h_A − h)) with h_A = Norm(ATTN(h)) and a per-dimension α_A has the
-       same form as Eq. (9.15); it coincides with Eq. (9.15) only for a scalar α = 1.
+       form of Eq. (9.15) with the scalar α replaced by a per-dimension one; it coincides with
+       Eq. (9.15) only for a scalar α = 1.
 .. [6] K. V. Mardia and P. E. Jupp, *Directional Statistics*, Wiley 2000, §10.3 (the maximum-
        likelihood mean direction of a von Mises–Fisher sample is the normalized resultant).
 """
@@ -946,8 +947,8 @@ def rt_attention(
 
     with ``log det P = −(d−1) log a_⊥ − log a_∥`` (Eq. (9.10)); for a_⊥ = a_∥ this is isotropic
     AFA's logit. Computed in the frame rotated by ``e^{−Ωt_i}`` (rotate–aggregate–counter-rotate):
-    ``e^{−Ωt_i} r_ij = e^{−Ωt_i} q_i − e^{−μΔt_ij} e^{−Ωt_j} k_j``, with t first shifted to start
-    at 0 (only lags matter; rotating by large absolute times such as Unix seconds would cost up
+    ``e^{−Ωt_i} r_ij = e^{−Ωt_i} q_i − e^{−μΔt_ij} e^{−Ωt_j} k_j``, with t shifted by t_0
+    (only lags matter; rotating by large absolute times such as Unix seconds would cost up
     to about ε‖Ω‖ max|t| of relative accuracy). Memory O(N² d).
 
     Examples
