@@ -155,8 +155,8 @@ from ._golden import CASES, FUNCTIONS, Case, Function
 from ._lowprec import PLAIN
 from ._precision import TIERS, ladder, round_to, store, tier_name
 from ._precision import eps as tier_eps
-from ._testing import PLAIN_ULPS, RATIO_RULE_FACTOR, low_precision_verdict, max_abs_error, rel_error
-from ._validate import as_bool, as_int, as_positive_scalar, as_real_array, check_option
+from ._testing import PLAIN_ULPS, RATIO_RULE_FACTOR, low_precision_verdict, max_abs_error, rel_error as _rel_error
+from ._validate import as_array, as_bool, as_int, as_positive_scalar, as_real_array, check_option
 from ._vectors import read_npz, sha256, write_npz
 
 __all__ = [
@@ -574,7 +574,7 @@ def _low_precision_entry(case, args, results, arrays, sampled: bool = False) -> 
             w = want[care]
             v = value.astype(want.dtype)[care]
             fin = np.isfinite(v)
-            e_plain = rel_error(v[fin], w[fin]) if fin.any() else float("nan")
+            e_plain = _rel_error(v[fin], w[fin]) if fin.any() else float("nan")
             ulps = PLAIN_ULPS[tier] if models[name].startswith("plain") else case.ulps
             floor = floors(name, want)
             bound = low_precision_verdict(0.0, e_plain, tier, ulps, floor=floor)[1] if np.isfinite(e_plain) else float("nan")
@@ -761,7 +761,7 @@ def _diff(stored: dict, fresh: dict, rtol: float, what: str) -> list:
             if not np.array_equal(a, b):
                 msgs.append(f"{what} {key} differs: {a!r} != stored {b!r}")
         else:
-            err = rel_error(a, b)
+            err = _rel_error(a, b)
             if not err <= rtol:
                 msgs.append(f"{what} {key} differs: rel error {err:.3e} > {rtol:.0e} (max abs {max_abs_error(a, b):.3e})")
     return msgs
@@ -798,7 +798,7 @@ def _check_low_precision(entry: dict, arrays: dict, stored: dict) -> list:
             care = ~np.isnan(want) if want.dtype.kind == "f" else np.ones(want.shape, bool)
             v, w = value.astype(want.dtype)[care], want[care]
             fin = np.isfinite(v)
-            e = rel_error(v[fin], w[fin]) if fin.any() else float("nan")
+            e = _rel_error(v[fin], w[fin]) if fin.any() else float("nan")
             bound = low_precision_verdict(0.0, e, tier, q["ulps"], floor=q.get("decay_floor", 0.0))[1] if np.isfinite(e) else float("nan")
             same = lambda a, b: (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1e-300)
             if not (same(e, q["plain_error"]) and same(bound, q["bound"])):
@@ -1999,7 +1999,7 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", f
     if dtype == "float64":
         if care is not None:
             arr64, want = arr64[care], want[care]
-        e_abs, e_rel = max_abs_error(arr64, want), rel_error(arr64, want)
+        e_abs, e_rel = max_abs_error(arr64, want), _rel_error(arr64, want)
         report = QuantityReport(name, kind, bool(e_rel <= rtol or e_abs <= atol), e_abs, e_rel, rtol, atol=atol)
         return located(report, _entry_errors(arr64, want), max(rtol * _scale(want), atol))
     with np.errstate(over="ignore", invalid="ignore"):
@@ -2012,7 +2012,7 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", f
         arr64, want, rounded = arr64[care], want[care], rounded[care]
     if rounded.shape != want.shape:
         return QuantityReport(name, kind, False, message=f"plain reference has shape {rounded.shape}, expected {want.shape}")
-    e_plain = rel_error(rounded, want)
+    e_plain = _rel_error(rounded, want)
     if not np.isfinite(e_plain):
         # The plain reference overflows the dtype in some entries (the answer itself may, or only the plain
         # algorithm's intermediates, e.g. float16 logits of order 1e5). There the kernel may overflow alike
@@ -2025,8 +2025,8 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", f
         finite_instead = np.isfinite(arr64) & representable
         same = bool(np.all((alike | finite_instead)[~fin]))
         judged = fin | (finite_instead & ~alike)
-        e_plain = rel_error(rounded[fin], want[fin])
-        e_abs, e_rel = max_abs_error(arr64[judged], want[judged]), rel_error(arr64[judged], want[judged])
+        e_plain = _rel_error(rounded[fin], want[fin])
+        e_abs, e_rel = max_abs_error(arr64[judged], want[judged]), _rel_error(arr64[judged], want[judged])
         ok, bound = low_precision_verdict(e_rel, e_plain, dtype, ulps, floor=floor)
         msg = f"{int((~fin).sum())} entries overflow {dtype} in the plain reference" + (
             "" if same else ", but not alike in the returned values")
@@ -2038,7 +2038,7 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", f
         diff = np.where(judged, _entry_errors(arr64, want), -np.inf)
         diff[~fin & ~(alike | finite_instead)] = np.inf  # not alike where the plain reference overflows: wrong
         return located(report, diff, bound * _scale(want[judged]))
-    e_abs, e_rel = max_abs_error(arr64, want), rel_error(arr64, want)
+    e_abs, e_rel = max_abs_error(arr64, want), _rel_error(arr64, want)
     ok, bound = low_precision_verdict(e_rel, e_plain, dtype, ulps, floor=floor)
 
     def exact_rounded():  # refimpl in float64 on the rounded inputs, its value of this quantity rounded to the tier
@@ -2286,6 +2286,43 @@ def _meets(case, args, oracle, mapped, tier, defaults, *, floor_of=None, skip=Fa
         if met:
             return t
     return None
+
+
+def rel_error(actual, desired) -> float:
+    r"""The norm-wise relative error of Eq. (15.1) of the book: ``max|actual − desired| / max|desired|``.
+
+    The measure of every verdict of :func:`compare`, for a kernel author's own checks. The scale is
+    the largest *finite* ``|desired|``; an infinite entry of ``desired`` (the log-sum-exp of an
+    attention row that sees no key) must be matched exactly, else the error is ∞. If ``desired`` has
+    no nonzero finite entry, the absolute error is returned.
+
+    Parameters
+    ----------
+    actual : array_like
+        The values under test: real or complex, finite or ±∞ (not NaN).
+    desired : array_like, the shape of ``actual``
+        The reference: real or complex, not NaN.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> rel_error([1.0, 2.5], [1.0, 2.0])  # 0.5 / 2
+    0.25
+    >>> rel_error([0.5, -np.inf], [0.5, -np.inf])  # an infinite entry matched exactly
+    0.0
+    """
+    a = as_array(actual, "actual", finite=False)
+    d = as_array(desired, "desired", finite=False)
+    for arr, label in ((a, "actual"), (d, "desired")):
+        if np.isnan(arr).any():
+            raise ValueError(f"{label}: expected no NaN (NaN has no error), got {int(np.isnan(arr).sum())} NaN entries")
+    if a.shape != d.shape:
+        raise ValueError(f"actual: expected the shape of desired {d.shape}, got shape {a.shape}")
+    with np.errstate(invalid="ignore"):  # inf − inf of matched infinite entries: max_abs_error treats them as equal
+        return float(_rel_error(a, d))
 
 
 def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None) -> CompareReport:

@@ -598,6 +598,7 @@ VALID = {
     "oracle.compare": lambda r: dict(name="classical.lfm_pulse", fn=_lfm, dtype=np.float64, cases=[_case_name()],
                                      vectors=None),
     "oracle.citation_index": lambda r: dict(root=_small_repository()),
+    "oracle.rel_error": lambda r: dict(actual=r.normal(size=(3, 4)), desired=r.normal(size=(3, 4))),
     "oracle.plain_functions": lambda r: dict(),
     "oracle.decay_floor": lambda r: dict(function="linear_rnn.gated_linear_attention",
                                          args={"k": r.standard_normal((2, 9, 3)), "log_g": -r.uniform(0, 1, (2, 9)),
@@ -744,6 +745,7 @@ ALIASES = {
 }
 #: Functions whose documented output may hold inf (``"inf"``) or NaN and inf (``"nan"``).
 NONFINITE_OK = {
+    "oracle.rel_error": "inf",  # an infinite entry not matched exactly: the error is inf (documented)
     "lyapunov.dle_covariance_backward": "inf",  # the pushed-back covariance grows without bound (documented)
     "lyapunov.dle_covariance_backward_loop": "inf",
     "iir.group_delay": "nan",  # undefined where B or A vanishes on the unit circle (documented)

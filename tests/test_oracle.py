@@ -1505,7 +1505,16 @@ def test_random_inputs_packed_length_bound():
 
 def test_rel_error_is_public_and_is_compares_measure():
     # Eq. (15.1), the measure compare's verdicts use, is public as oracle.rel_error (a kernel author's own checks)
-    assert "rel_error" in oracle.__all__ and oracle.rel_error is refimpl._testing.rel_error
+    assert "rel_error" in oracle.__all__
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    assert oracle.rel_error(a, b) == refimpl._testing.rel_error(a, b)  # the measure compare uses
+    with pytest.raises(ValueError, match="^actual: expected the shape of desired"):
+        oracle.rel_error(a[:2], b)
+    with pytest.raises(ValueError, match="^desired: expected no NaN"):
+        oracle.rel_error(a, np.full((3, 4), np.nan))
+    with pytest.raises(TypeError, match="^actual: "):
+        oracle.rel_error("x", b)
     assert oracle.rel_error([1.0, 2.0 + 1e-6], [1.0, 2.0]) == pytest.approx(5e-7, rel=1e-9)
     assert oracle.rel_error([0.5, -np.inf], [0.5, -np.inf]) == 0.0  # an infinite entry must match exactly
     assert oracle.rel_error([0.5, 0.0], [0.5, -np.inf]) == np.inf
