@@ -1560,9 +1560,9 @@ def _check_cu(cu, name: str, total: int, arg: str) -> np.ndarray:
     from .linear_rnn import _check_cu_seqlens
 
     try:
-        return _check_cu_seqlens(cu, total)
+        return _check_cu_seqlens(cu, total, name, "flash_attn's int32 tensor")
     except (TypeError, ValueError) as exc:
-        text = str(exc).replace("cu_seqlens", name, 1).replace("fla's LongTensor", "flash_attn's int32 tensor")
+        text = str(exc)
         if "expected offsets from 0 to T" in text:  # the offsets or the packed array may be the wrong one
             text = f"{arg}, {text} (T: the packed length of {arg})"
         if "strictly increasing" in text:

@@ -1577,11 +1577,6 @@ def _delta_state(initial_state, q, k, v, b, g):
 _FLA_L2NORM_KEYS: contextvars.ContextVar[bool] = contextvars.ContextVar("_FLA_L2NORM_KEYS", default=False)
 
 
-def _l2norm_keys() -> bool:
-    """Whether the keys at hand are the ones an fla call normalized as ``l2norm_fwd`` (``_FLA_L2NORM_KEYS``)."""
-    return _FLA_L2NORM_KEYS.get()
-
-
 def _with_l2norm_keys(l2norm: bool, fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` with ``_FLA_L2NORM_KEYS`` set to ``l2norm`` (fla's in-kernel normalized keys)."""
     token = _FLA_L2NORM_KEYS.set(bool(l2norm))
@@ -1594,8 +1589,8 @@ def _with_l2norm_keys(l2norm: bool, fn, *args, **kwargs):
 def _check_key_norms(k: np.ndarray, l2norm: bool | None = None) -> None:
     """The delta rule's keys are ℓ2-normalized: |‖k_t‖ − 1| <= KEY_NORM_TOL (NaN norms are left to
     the finiteness check). Not for keys fla's in-kernel normalization made (``l2norm``, by default
-    :func:`_l2norm_keys`): their norm is below 1 by construction."""
-    if _l2norm_keys() if l2norm is None else l2norm:
+    ``_FLA_L2NORM_KEYS``): their norm is below 1 by construction."""
+    if _FLA_L2NORM_KEYS.get() if l2norm is None else l2norm:
         return
     norms = np.sqrt(np.einsum("...j,...j->...", k, k))  # ‖k_t‖
     if norms.size and np.max(np.abs(norms - 1.0)) > KEY_NORM_TOL:
@@ -1663,7 +1658,7 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     q, k, v = (a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v))
     init_t = None if init is None else np.swapaxes(init.reshape((nb,) + init.shape[-2:]), -1, -2)  # S_{−1}ᵀ (a view)
     checks = [(name, view, arg) for (name, arg), view in zip(finite, (q, k, v))]
-    l2norm = bool(checks) and _l2norm_keys()  # fla's normalized keys (read here, before threads share the work)
+    l2norm = bool(checks) and _FLA_L2NORM_KEYS.get()  # fla's normalized keys (read here, before threads share the work)
     beta = beta.reshape(nb, L)
     logg = None if logg is None else logg.reshape(nb, L)
     if 0 in (nb, L, dk, dv):  # nothing to compute: S_t q_t is 0 (Dk = 0) or empty, as are the states and factors
@@ -2421,17 +2416,18 @@ def _fla_finish(o, states, output_final_state: bool):
                                            if output_final_state else None)
 
 
-def _check_cu_seqlens(cu_seqlens, T: int) -> np.ndarray:
+def _check_cu_seqlens(cu_seqlens, T: int, name: str = "cu_seqlens", dtype: str = "fla's LongTensor") -> np.ndarray:
     """fla's ``cu_seqlens`` of a packed batch: integer offsets ``0 = cu_0 < cu_1 < … < cu_N = T`` (N + 1,),
-    sequence i the steps ``cu_i … cu_{i+1} − 1`` of the one batch row; returned as int64."""
+    sequence i the steps ``cu_i … cu_{i+1} − 1`` of the one batch row; returned as int64. ``name`` and
+    ``dtype`` (the tensor the library takes) for the messages (FlashAttention's ``cu_seqlens_q``/``_k``)."""
     # int64 first: np.diff of unsigned offsets wraps around, and would hide a decrease
-    cu = as_int_array(cu_seqlens, "cu_seqlens", "integer offsets (fla's LongTensor)")
+    cu = as_int_array(cu_seqlens, name, f"integer offsets ({dtype})")
     if cu.ndim != 1 or cu.size < 2:
-        raise ValueError(f"cu_seqlens: expected shape (N + 1,) with N >= 1 sequences, got shape {cu.shape}")
+        raise ValueError(f"{name}: expected shape (N + 1,) with N >= 1 sequences, got shape {cu.shape}")
     if cu[0] != 0 or cu[-1] != T:
-        raise ValueError(f"cu_seqlens: expected offsets from 0 to T = {T} (the packed length), got {int(cu[0])} … {int(cu[-1])}")
+        raise ValueError(f"{name}: expected offsets from 0 to T = {T} (the packed length), got {int(cu[0])} … {int(cu[-1])}")
     if np.any(np.diff(cu) <= 0):
-        raise ValueError("cu_seqlens: expected strictly increasing offsets (every sequence at least one step), got "
+        raise ValueError(f"{name}: expected strictly increasing offsets (every sequence at least one step), got "
                          f"{cu.tolist() if cu.size <= 20 else 'a decrease or a repeat'}")
     return cu
 
