@@ -539,6 +539,34 @@ def test_fixed_protocol_cases_take_every_run_and_stop_over_budget():
     assert rec["runs"] == 1 and rec["over_budget"] and rec["verdicts"]["baseline"] == "MISS"
 
 
+def test_best_of_runs_go_by_blocks_each_after_a_settle(monkeypatch):
+    """Best-of runs of the full bench: refimpl, baseline, baseline, refimpl in blocks of half the
+    runs, one settle before each block and none inside it (a short call timed right after the other
+    function's two-thread products runs next to their spinning BLAS threads); the median-of-3 runs
+    alternate call by call, each after a settle. Best-of plans are even."""
+    events = []
+    monkeypatch.setattr(bench, "settle", lambda max_wait=bench.SETTLE_MAX: events.append("settle") or 0.0)
+
+    def timed(fn, wait=True):
+        events.append(fn() + (" waits" if wait else ""))
+        return {"R": 1.0, "B": 2.0}[fn()] - 0.01 * len(events), None
+
+    monkeypatch.setattr(bench, "_timed", timed)
+    calls = bench.Calls(lambda: "R", lambda: "B")
+    t_ref, t_base = bench._sample(calls, bench._Plan(6, "best"), blocks=True)
+    blocks = [["R"] * 3, ["B"] * 3, ["B"] * 3, ["R"] * 3]
+    assert events == [e for block in blocks for e in ["settle"] + block]
+    assert (t_ref, t_base) == (pytest.approx(1.0 - 0.16), pytest.approx(2.0 - 0.12)), "the best of each"
+    events.clear()
+    bench._sample(calls, bench._Plan(4, "best"))  # quick mode: call by call, no waits
+    assert events == ["R", "B", "B", "R", "R", "B", "B", "R"]
+    events.clear()
+    bench._sample(calls, bench._Plan(3, "median"), blocks=True)
+    assert events == ["R waits", "B waits", "B waits", "R waits", "R waits", "B waits"]
+    case = bench.Case("attention", "softmax_attention", "v", lambda: None, bench.Cost(flops=1.0), "b")
+    assert all(bench._plan(case, t, t, quick=False).runs % 2 == 0 for t in (1e-5, 1e-3, 4e-3, 0.01, 0.019))
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread states from /proc")
 def test_settle_waits_for_running_threads_and_not_otherwise():
     import threading
