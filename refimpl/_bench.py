@@ -19,7 +19,9 @@ What is measured, per case (one computation at one size, named ``module.function
 * **peak memory** of one call (tracemalloc; the inputs exist before tracing starts, so the peak is
   what the call allocates, output included).
 * for the causal chunked forms, the **loop-twin ratio** (loop time / refimpl time), secondary: the
-  median over 3 pairs of calls timed back to back (one pair in ``--quick`` mode).
+  median over 3 pairs of calls timed back to back (one pair in ``--quick`` mode); in each pair
+  refimpl's sample follows 0.1 s of its own untimed calls, its warm-up after the single-threaded
+  loop (see :func:`measure`).
 
 Verdicts (full mode only; each prints PASS or MISS):
 
@@ -1394,6 +1396,7 @@ class _Plan:
 SINGLE_RUN = 0.75  # a call over this is timed once (its warm-up is the sample); at 1 s, softmax attention at
 # N = 16384 (baseline 0.9-1.1 s) fell on either side and its case took 4.7 s in one full run, 15.5 s in another
 LOOP_PAIRS = 3  # (loop twin, refimpl) pairs timed back to back for the loop-twin ratio (full mode)
+LOOP_WARMUP = 0.1  # seconds of untimed refimpl calls between the loop twin and refimpl's sample (full mode)
 BEST_OF = 0.02  # a call under this is timed best-of-many, within a budget; in between, median of 3
 BEST_OF_BUDGET = 0.25  # seconds of refimpl + baseline calls that the best-of runs may take (per phase)
 BEST_OF_RUNS = (6, 30)  # ... but at least 6 and at most 30 runs (an even number: two blocks each)
@@ -1548,7 +1551,13 @@ def measure(case: Case, limits: Limits | None, quick: bool, *, over_budget: floa
     if calls.loop is not None and not slow:
         # the loop twin and refimpl back to back, LOOP_PAIRS times: each ratio is taken under one
         # machine state (its speed drifts by tens of percent within a run on a shared host), and
-        # the verdict reads their median, not one loop sample against a median taken earlier
+        # the verdict reads their median, not one loop sample against a median taken earlier.
+        # refimpl's sample follows its own warm-up (as in the quiet phase): run it for LOOP_WARMUP
+        # seconds first, untimed. The loop twin keeps one core busy and leaves the other idle; the
+        # first threaded calls after it run slower until the idle core is back to speed (measured:
+        # causal linear attention, N = 8192, 12.6-17 ms for the first call after its loop twin,
+        # 7-8 ms from about the tenth, 0.1 s later; the same after a 0.4 s pause or a 0.4 s
+        # single-threaded spin).
         pairs = 1 if quick else LOOP_PAIRS
         loop_t, ratios = [], []
         with clock("loop"):
@@ -1557,6 +1566,10 @@ def measure(case: Case, limits: Limits | None, quick: bool, *, over_budget: floa
                 if i == 0:
                     out_loop = out
                 loop_t.append(t_loop)
+                if not quick:
+                    warm_from = time.perf_counter()
+                    while time.perf_counter() - warm_from < LOOP_WARMUP:
+                        calls.refimpl()
                 ratios.append(t_loop / _timed(calls.refimpl)[0])
         rec["loop_s"], rec["loop_ratio"], rec["loop_pairs"] = float(np.median(loop_t)), float(np.median(ratios)), pairs
         rec["loop_agree"] = _agreement(out_ref, out_loop)

@@ -331,6 +331,35 @@ def test_loop_ratio_is_the_median_of_back_to_back_pairs(monkeypatch):
     assert quick["loop_pairs"] == 1 and order.count(calls.loop) == 1
 
 
+def test_loop_pairs_time_refimpl_after_its_warm_up(monkeypatch):
+    """In each loop pair refimpl runs untimed for LOOP_WARMUP seconds after the loop twin, then its
+    sample is timed (the first threaded calls after the single-threaded loop are slow); not in quick mode."""
+    log = []
+    calls = bench.Calls(lambda: log.append("ref") or 1.0, lambda: 1.0, lambda: log.append("loop") or 30.0)
+
+    def timed(fn, wait=True):
+        log.append("timed")
+        return fn(), None
+
+    monkeypatch.setattr(bench, "_timed", timed)
+    monkeypatch.setattr(bench, "_agreement", lambda a, b: 0.0)
+    monkeypatch.setattr(bench, "LOOP_WARMUP", 0.01)
+    case = bench.Case("linear_rnn", "ssd", "toy", lambda: calls, bench.Cost(flops=1.0), "x", limit_target=None,
+                      loop_target=20.0, contention=False, memory=False)
+    rec = bench.measure(case, None, quick=False)
+    assert rec["loop_ratio"] == pytest.approx(30.0)
+    text = " ".join(log)
+    pairs = text[text.index("timed loop"):].split("timed loop")[1:]
+    assert len(pairs) == bench.LOOP_PAIRS
+    for pair in pairs:
+        warm, _, sample = pair.strip().rpartition("timed")
+        assert warm.split() and set(warm.split()) == {"ref"}, "untimed refimpl calls first"
+        assert sample.split() == ["ref"]
+    log.clear()
+    bench.measure(case, None, quick=True)
+    assert " ".join(log).endswith("timed loop timed ref"), "quick mode: no warm-up"
+
+
 def test_single_run_case_times_its_faster_function_twice(monkeypatch):
     """A case whose slower function is over SINGLE_RUN is timed once (the warm-ups are the samples),
     but its faster function runs once more and keeps the faster call: a first call can carry a
