@@ -55,7 +55,7 @@ from scipy.special import expit
 
 from . import _blocking
 from ._scan import cumsum_rows
-from ._validate import as_bool, as_real_array, guard_overflow
+from ._validate import _to_array, as_bool, as_real_array, guard_overflow
 
 # Query rows per block of softmax_attention_vjp (FlashAttention's B_r): temporaries are
 # (..., 128, M) whatever N. Blocks of 64 rows ran 10-30% slower (N = 1024 ... 4096, d = 64), of 256
@@ -73,6 +73,18 @@ _SEL_BLOCK_FLOATS = 1 << 19
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------------------------
+
+
+def _given_shape(x, name: str) -> tuple:
+    """The shape of argument ``name`` as given, before any broadcasting: the gradient is reduced to it.
+    Input NumPy cannot convert (a ragged nested list) gets the validators' named ``TypeError``
+    (``"<name>: could not convert to an array (...)"``), not NumPy's own message, which names nothing."""
+    return x.shape if isinstance(x, np.ndarray) else _to_array(x, name).shape
+
+
+def _given_shapes(**args) -> dict:
+    """:func:`_given_shape` of each argument by name; None (an optional argument not given) stays None."""
+    return {name: None if x is None else _given_shape(x, name) for name, x in args.items()}
 
 
 def _reduce_to(g: np.ndarray, shape: tuple) -> np.ndarray:
@@ -109,7 +121,7 @@ def _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causa
     heads split into (H_kv, G) batch axes) and ``dy`` against the shape of that call's output."""
     from .attention import _prepare
 
-    shapes = tuple(np.shape(x) for x in (q, k, v))
+    shapes = tuple(_given_shape(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
     as_bool(return_intermediates, "return_intermediates")
     p = _prepare(q, k, v, mask, causal, scale, window, alibi_slopes, causal_alignment, softcap, grouped_heads)
     n, dv = p.q.shape[-2], p.v.shape[-1]
@@ -576,7 +588,7 @@ def _dphi1_dA(x: np.ndarray) -> np.ndarray:
 def _selective_setup(u, delta, A, B, C, D, dy, discretization):
     from .ssm import _check_selective
 
-    shapes = {"u": np.shape(u), "delta": np.shape(delta), "B": np.shape(B), "C": np.shape(C)}
+    shapes = {name: _given_shape(x, name) for name, x in (("u", u), ("delta", delta), ("B", B), ("C", C))}
     u, delta, A, B, C, Dv = _check_selective(u, delta, A, B, C, D, discretization)
     dy = _check_dy(dy, u.shape, "(..., L, d_in)", "the shape of u, which delta, B and C broadcast to")
     return u, delta, A, B, C, Dv, dy, shapes
@@ -1277,8 +1289,7 @@ def _gla_vjp_setup(q, k, v, log_g, dy, scale, chunk_size, initial_state=None, df
     from .attention import _scale
     from .linear_rnn import _gla_setup, _gla_state
 
-    shapes = {"q": np.shape(q), "k": np.shape(k), "v": np.shape(v), "log_g": np.shape(log_g),
-              "initial_state": None if initial_state is None else np.shape(initial_state)}
+    shapes = _given_shapes(q=q, k=k, v=v, log_g=log_g, initial_state=initial_state)
     qs, kb, vb, g, c = _gla_setup(q, k, v, log_g, scale, chunk_size, False)
     S0, qs, kb, vb, g = _gla_state(initial_state, qs, kb, vb, g)
     cs = _scale(scale, qs.shape[-1])
@@ -1571,8 +1582,7 @@ def retention_vjp_loop(q, k, v, gamma, dy, *, scale=None, chunk_size=64, initial
 def _ssd_vjp_setup(x, dt, A, B, C, D, dy, chunk_size, initial_state=None, dfinal_state=None):
     from .linear_rnn import _check_ssd, _ssd_state
 
-    shapes = {"x": np.shape(x), "dt": np.shape(dt), "B": np.shape(B), "C": np.shape(C),
-              "initial_state": None if initial_state is None else np.shape(initial_state)}
+    shapes = _given_shapes(x=x, dt=dt, B=B, C=C, initial_state=initial_state)
     x, dt, A, Bh, Ch, Dv, c = _check_ssd(x, dt, A, B, C, D, chunk_size, False)
     h0, x, dt, Bh, Ch = _ssd_state(initial_state, x, dt, Bh, Ch)
     dy = _check_dy(dy, x.shape, "(..., H, L, P)", "the shape of x, which dt, B, C and initial_state broadcast to")
@@ -1771,9 +1781,7 @@ def _delta_vjp_setup(q, k, v, beta, log_g, dy, scale, chunk_size, initial_state=
     from .attention import _scale
     from .linear_rnn import _delta_setup, _delta_state
 
-    shapes = {"q": np.shape(q), "k": np.shape(k), "v": np.shape(v), "beta": np.shape(beta),
-              "log_g": None if log_g is None else np.shape(log_g),
-              "initial_state": None if initial_state is None else np.shape(initial_state)}
+    shapes = _given_shapes(q=q, k=k, v=v, beta=beta, log_g=log_g, initial_state=initial_state)
     qs, kb, vb, b, g, c = _delta_setup(q, k, v, beta, log_g, scale, chunk_size, False)
     S0, qs, kb, vb, b, g = _delta_state(initial_state, qs, kb, vb, b, g)
     cs = _scale(scale, qs.shape[-1])

@@ -1079,7 +1079,7 @@ def test_guard_overflow_names_a_ragged_argument():
 
     @guard_overflow()
     def f(a, b, *, opts=(1, 2)):
-        shapes = np.shape(a), np.shape(b)  # before validation, as the _vjp forms do
+        shapes = np.shape(a), np.shape(b)  # before validation (the _vjp forms did so until they used _given_shape)
         return np.zeros(shapes[0])
 
     assert f([1.0, 2.0], [[1.0], [2.0]]).shape == (2,)

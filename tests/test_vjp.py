@@ -1261,3 +1261,27 @@ def test_empty_sequences_give_empty_gradients(form):
     for name in got:
         assert np.shape(got[name]) == np.shape(want[name]), name
         assert np.array_equal(got[name], want[name]), name  # zeros (dA, dD of SSD: sums over no step)
+
+
+def test_the_vjp_forms_name_a_ragged_argument_themselves():
+    """Each vector–Jacobian product takes the shapes of its arguments as given (the gradients are reduced to
+    them) through the package's converter, so a ragged nested list is named by the function itself — run
+    here without the overflow guard it wears (``__wrapped__``), whose net for NumPy's bare message it no
+    longer needs."""
+    rng = np.random.default_rng(0)
+    rag = [[1.0, 2.0], [3.0]]
+    q, k, v = rng.normal(size=(3, 2, 5, 3))
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    u, delta = rng.normal(size=(4, 5)), np.full((4, 5), 0.1)
+    calls = {
+        "q": lambda: _vjp.softmax_attention_vjp.__wrapped__(rag, k, v, v),
+        "delta": lambda: _vjp.selective_scan_vjp.__wrapped__(u, rag, -np.ones((4, 2)), np.ones((5, 2)),
+                                                             np.ones((5, 2)), None, u),
+        "v": lambda: _vjp.gated_linear_attention_vjp.__wrapped__(q, k, rag, -np.ones((2, 5)), v),
+        "dt": lambda: _vjp.ssd_vjp.__wrapped__(v, rag, -np.ones(2), np.ones((1, 5, 2)), np.ones((1, 5, 2)), None, v),
+        "beta": lambda: _vjp.delta_rule_vjp.__wrapped__(q, k, v, rag, v),
+        "initial_state": lambda: _vjp.delta_rule_vjp.__wrapped__(q, k, v, np.full((2, 5), 0.5), v, initial_state=rag),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=f"^{name}: could not convert to an array"):
+            call()
