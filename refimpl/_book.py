@@ -711,8 +711,11 @@ def sphinx_settings(book: dict[str, Any], built: datetime.datetime) -> dict[str,
             },
             "TeX": {"equationNumbers": {"autoNumber": "none"}},
             # the STIX-Web woff fonts are the ones jupyter_server_mathjax ships: no font probing
-            "HTML-CSS": {"availableFonts": [], "preferredFont": None, "webFont": "STIX-Web", "imageFont": None},
-            "SVG": {"font": "STIX-Web"},
+            # linebreaks: a display wider than the text column breaks at an operator where MathJax can break it
+            # (the rest scrolls, refimpl._book_sphinx.BOOK_CSS) instead of losing its end and its tag
+            "HTML-CSS": {"availableFonts": [], "preferredFont": None, "webFont": "STIX-Web", "imageFont": None,
+                         "linebreaks": {"automatic": True}},
+            "SVG": {"font": "STIX-Web", "linebreaks": {"automatic": True}},
             "showMathMenu": False,
             "messageStyle": "none",
         },

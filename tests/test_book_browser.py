@@ -234,6 +234,28 @@ PAGE_REPORT = r"""
   };
 })()
 """
+# Tagged display equations wider than their box: how far the typeset content (the tag included) runs past
+# the right edge of the first ancestor that does not let it overflow visibly, and whether that box scrolls.
+WIDE_EQUATIONS = r"""
+(() => {
+  const out = [];
+  document.querySelectorAll('[id^="eq-"]').forEach((el) => {
+    const shown = el.querySelector(".MathJax_Display");
+    if (!shown) return;
+    let right = shown.getBoundingClientRect().right;
+    shown.querySelectorAll("span").forEach((s) => {
+      const r = s.getBoundingClientRect();
+      if (r.width > 0) right = Math.max(right, r.right);
+    });
+    let box = shown;
+    while (box && box !== document.body && getComputedStyle(box).overflowX === "visible") box = box.parentElement;
+    const edge = box && box !== document.body ? box.getBoundingClientRect().right : window.innerWidth;
+    const scrolls = box && box !== document.body && ["auto", "scroll"].includes(getComputedStyle(box).overflowX);
+    if (right > edge + 1) out.push({id: el.id, over: Math.round(right - edge), scrolls: !!scrolls});
+  });
+  return out;
+})()
+"""
 SEARCH_RESULTS = """
 new Promise((resolve) => {
   const started = Date.now();
@@ -386,3 +408,24 @@ def test_search_from_file_url_finds_chapter_2(book: Path, browser: DevTools) -> 
     assert f"{Path(lyapunov).stem}.html" in pages, f"search for Lyapunov returned {pages[:10]} ({results['status']!r})"
     remote = [url for url in requests + tab.requests() if not url.startswith(("file:", "data:", "about:"))]
     assert not remote, remote
+
+
+def test_wide_equations_scroll_instead_of_being_cut_off(book: Path, browser: DevTools) -> None:
+    """At a 1200-pixel desktop window the text column is about 640 pixels wide: the theme clipped every
+    display equation wider than that, cutting off its end and its tag (130 tagged equations, among them
+    the Joseph form of Eq. (3.3) and the tag of Eq. (4.2)). MathJax now breaks long lines, and what is
+    still too wide scrolls sideways: no tagged equation is cut off."""
+    tab = Tab(browser)
+    browser.call("Emulation.setDeviceMetricsOverride",
+                 {"width": 1200, "height": 900, "deviceScaleFactor": 1, "mobile": False}, tab.session)
+    clipped, wide = {}, 0
+    for file in CHAPTERS:
+        tab.open((book / f"{Path(file).stem}.html").as_uri())
+        assert tab.js(WAIT_FOR_MATHJAX) is True, f"{file}: MathJax did not finish"
+        over = tab.js(WIDE_EQUATIONS)
+        wide += len(over)
+        cut = [f"{e['id']} (+{e['over']} px)" for e in over if not e["scrolls"]]
+        if cut:
+            clipped[file] = cut
+    assert not clipped, f"tagged equations cut off at 1200 px (not scrollable): {clipped}"
+    print(f"{wide} tagged equations wider than the text column at 1200 px, each in a box that scrolls")
