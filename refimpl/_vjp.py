@@ -326,6 +326,8 @@ def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=No
     >>> dv.ravel().tolist(), float(abs(dq).max())  # dv_j = Σ_i P_ij dy_i; scale 0: no gradient to q
     ([1.0, 1.0], 0.0)
     """
+    from .attention import _check_logits
+
     p, dy, shapes = _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causal_alignment,
                                    softcap, grouped_heads, return_intermediates)
     batch, (n, d), m, dv_ = p.batch, p.q.shape[-2:], p.k.shape[-2], p.v.shape[-1]
@@ -348,6 +350,7 @@ def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=No
             if not keys:
                 continue  # the row sees no key: y_i = 0, no gradient
             s = {j: c * float(np.dot(qb[b][i], kb[b][j])) for j in keys}  # S_ij = c q_i·k_j
+            _check_logits(s.values())  # an overflowed logit at an allowed key is refused, as the forward does
             t = {j: cap * math.tanh(s[j] / cap) if cap is not None else s[j] for j in keys}  # T_ij
             if sb is not None:
                 t = {j: t[j] - float(sb[b]) * abs(o - j) for j in keys}  # ALiBi: − m |i + o − j|

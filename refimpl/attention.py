@@ -21,10 +21,12 @@ with ``t = lambda a: np.moveaxis(a, 1, 2)``, its output is
 (its causal mask is aligned bottom-right when the lengths differ); its ``window_size`` is
 ``window`` as that parameter of :func:`softmax_attention` says; fewer key/value heads
 than query heads is ``grouped_heads=True``; ``alibi_slopes`` and ``softcap`` mean the same;
-its ``softmax_lse`` (batch, heads, seqlen) is refimpl's ``lse`` — except with causal ALiBi:
-there FlashAttention-2 adds ``slope · j`` to the logits and drops the row's term
-``−slope · (i + o)``, which the softmax does not see (the output is the same), so its
-``softmax_lse`` is refimpl's ``lse`` plus ``slope · (i + o)`` (``o = M − N``).
+its ``softmax_lse`` (batch, heads, seqlen) is refimpl's ``lse`` (+∞ where refimpl's is −∞, a
+row that sees no key) — except with causal ALiBi and no left window bound: there
+FlashAttention-2 adds ``slope · j`` to the logits and drops the row's term ``−slope · (i + o)``,
+which the softmax does not see (the output is the same), so its ``softmax_lse`` is refimpl's
+``lse`` plus ``slope · (i + o)`` (``o = M − N``). With a left window bound its kernel adds
+``−slope · |i + o − j|`` as refimpl does, and no shift applies.
 
 Glossary (code name → symbol in the book / Vaswani et al. 2017)
 ---------------------------------------------------------------
@@ -70,7 +72,6 @@ import numpy as np
 from . import _blocking
 from ._blocking import MIN_BLOCK_ROWS, per_block
 from ._validate import (
-    _all_finite,
     _to_array,
     as_array,
     as_bool,
@@ -322,22 +323,50 @@ def _bias_and_mask(s, p: _Problem, mask, slopes, i0: int, i1: int, lo: int, keep
     return tanh
 
 
-def _check_capped(s) -> None:
-    """Refuse logits (an array, or a list of floats) that overflowed before the soft cap: an inf, or
-    the NaN of inf − inf inside the dot product, would pass ``c · tanh(s / c)`` as ±c or NaN, a
-    plausible-looking wrong weight (every form of the family calls this before its cap)."""
-    if not _all_finite(s):
-        raise ValueError(
-            "q, k: a logit scale·q·k overflows float64 before the soft cap (|logit| > 1.8e308); "
-            "rescale q or k to moderate magnitudes"
-        )
+#: The refusal of a logit that overflowed (every form of the family, vectorized and loop alike).
+_LOGIT_OVERFLOW = (
+    "q, k, scale: a logit scale·q_i·k_j of a key the row may attend overflows float64 (|logit| > 1.8e308, or "
+    "inf − inf inside the dot product); rescale q, k or scale to moderate magnitudes"
+)
+#: A block whose logit bound b_i = ‖scale q_i‖ max_j ‖k_j‖ is at most this has only finite logits
+#: (|s_ij| <= b_i, every partial sum of the dot product included), and is not checked.
+_FINITE_BOUND = 1e300
+
+
+def _check_logits(s) -> None:
+    """Refuse logits (a list of floats: the allowed keys of one row) of which one overflowed float64.
+
+    An overflowed logit is not a number the softmax can use: −∞ from finite inputs looks like a
+    forbidden key (a row of them would silently give ``y_i = 0``), +∞ or the NaN of inf − inf
+    gives NaN, and a soft cap would turn either into ±c, a plausible-looking wrong weight. Each
+    loop twin calls this on the logits it computes; the vectorized forms call
+    :func:`_refuse_overflowed` on a block whose bound does not rule overflow out.
+    """
+    if not all(math.isfinite(x) for x in s):
+        raise ValueError(_LOGIT_OVERFLOW)
+
+
+def _refuse_overflowed(s, allowed: Callable[[np.ndarray], None]) -> None:
+    """In place on a block of raw logits ``s``: refuse one that overflowed at an allowed key
+    (:func:`_check_logits`); set those at forbidden keys to 0 (the mask removes them later).
+
+    ``allowed(t)`` zeroes, in place, the entries of a float array shaped like ``s`` where the key
+    is forbidden. Only blocks whose logit bound exceeds :data:`_FINITE_BOUND` are checked (one pass
+    over the block, with extreme inputs only); ordinary inputs never reach this.
+    """
+    bad = ~np.isfinite(s)
+    if bad.any():
+        t = bad.astype(float)
+        allowed(t)
+        if t.any():
+            raise ValueError(_LOGIT_OVERFLOW)
+        s[bad] = 0.0
 
 
 def _bias(s, p: _Problem, slopes, i0: int, i1: int, lo: int, keep_tanh: bool = False):
     """The soft cap and ALiBi of :func:`_bias_and_mask`, in place on ``s``; returns ``tanh(s / c)`` or None."""
     tanh = None
-    if p.softcap is not None:
-        _check_capped(s)
+    if p.softcap is not None:  # the logits are finite here (see _weights_block)
         with np.errstate(over="ignore"):  # s / c may overflow for a tiny cap: tanh(±inf) = ±1 exactly
             np.divide(s, p.softcap, out=s)
         np.tanh(s, out=s)
@@ -474,6 +503,8 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     k = np.broadcast_to(p.k, (*batch, m, d))
     v = np.broadcast_to(p.v, (*batch, m, dv))
     bound, e_max = _unshifted(p, qs)
+    # the bound before the soft cap decides whether a block's logits can have overflowed (_weights_block)
+    raw = bound if p.softcap is None else np.broadcast_to(_logit_bound(p, qs), bound.shape)
     ones = np.ones((m, 1))  # z = e 1: the row sums as a BLAS product
     mask = None if p.mask is None else np.broadcast_to(p.mask, (*batch, n, m))
     slopes = None if p.slopes is None else np.broadcast_to(p.slopes, batch)
@@ -519,7 +550,9 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
                 shape = (*out.shape[:-1], hi - lo)
                 s = work[: math.prod(shape)].reshape(shape)
             fast = np.max(bound[g][..., i0:i1], initial=-np.inf) <= e_max  # else large logits: the exact max
-            mx, z, _ = _weights_block(q[g][..., i0:i1, :], k[g][..., lo:hi, :], p, mask_g, slopes_g, i0, lo, s, ones, fast)
+            finite = np.max(raw[g][..., i0:i1], initial=-np.inf) <= _FINITE_BOUND  # no logit can have overflowed
+            mx, z, _ = _weights_block(q[g][..., i0:i1, :], k[g][..., lo:hi, :], p, mask_g, slopes_g, i0, lo, s, ones, fast,
+                                      finite=finite)
             np.matmul(s, v[g][..., lo:hi, :], out=out)  # Σ_j e_ij v_j
             out /= z  # y_i = Σ_j e_ij v_j / z_i  (= Σ_j A_ij v_j, Eq. (4.1))
             if A is not None:
@@ -533,19 +566,26 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     return y, A, lse
 
 
+def _logit_bound(p: _Problem, qs: np.ndarray) -> np.ndarray:
+    """``b_i = ‖scale q_i‖ · max_j ‖k_j‖ >= |scale q_i · k_j|`` (Cauchy–Schwarz), before any soft cap;
+    inf or NaN when the squares overflow (extreme inputs)."""
+    kmax = np.sqrt(np.max(np.einsum("...md,...md->...m", p.k, p.k), axis=-1, initial=0.0))  # max_j ‖k_j‖
+    return np.sqrt(np.einsum("...nd,...nd->...n", qs, qs)) * kmax[..., None]
+
+
 def _unshifted(p: _Problem, qs: np.ndarray) -> tuple[np.ndarray, float]:
     """The bounds ``b_i >= s_ij`` of every row's logits (all keys, per batch element) and ``E``,
     the largest bound for which a block may take its exponentials unshifted (see :func:`_attend`)."""
     n, m = p.q.shape[-2], p.k.shape[-2]
-    kmax = np.sqrt(np.max(np.einsum("...md,...md->...m", p.k, p.k), axis=-1, initial=0.0))  # max_j ‖k_j‖
-    bound = np.sqrt(np.einsum("...nd,...nd->...n", qs, qs)) * kmax[..., None]
+    bound = _logit_bound(p, qs)
     if p.softcap is not None:
         bound = np.minimum(bound, p.softcap)  # c · tanh(s / c) < c
     vmax = max(float(np.max(p.v, initial=0.0)), -float(np.min(p.v, initial=0.0)))  # max |v_j|
     return np.broadcast_to(bound, (*p.batch, n)), _EXP_SAFE - math.log(max(m, 1)) - math.log1p(vmax)
 
 
-def _weights_block(q, k, p: _Problem, mask, slopes, i0: int, lo: int, s, ones, fast: bool, keep_tanh: bool = False):
+def _weights_block(q, k, p: _Problem, mask, slopes, i0: int, lo: int, s, ones, fast: bool, keep_tanh: bool = False,
+                   finite: bool = False):
     """The unnormalized weights ``e_ij`` of one block of query rows ``q`` (rows i0 …) against the
     keys ``k`` (keys lo …), in place in ``s``, and their row sums ``z_i`` (Eq. (4.3)).
 
@@ -556,9 +596,17 @@ def _weights_block(q, k, p: _Problem, mask, slopes, i0: int, lo: int, s, ones, f
     ``e_ij = e^{s_ij − m_i}`` with −∞ where forbidden. Returns ``(m, z, tanh)``: the shift (the row
     maxima, or 0.0 unshifted: ``ℓ_i = m_i + log z_i`` either way), the sums, and ``tanh(s / c)`` of a
     soft cap with ``keep_tanh`` (else None).
+
+    A logit that overflowed float64 at an allowed key is refused (:func:`_refuse_overflowed`): on
+    the exact path it would be indistinguishable from a forbidden key, and a soft cap would turn it
+    into ±c. ``finite`` (the caller's bound before the cap, :func:`_logit_bound`, is at most
+    :data:`_FINITE_BOUND`) and ``fast`` blocks without a soft cap cannot hold an overflowed logit and
+    are not checked: the check costs nothing on ordinary inputs.
     """
     i1 = i0 + s.shape[-2]
     np.matmul(q, np.swapaxes(k, -1, -2), out=s)  # s_ij = scale q_i · k_j (BLAS)
+    if not (finite or (fast and p.softcap is None)):  # a bound above 1e300 (or inf/NaN): look for overflowed logits
+        _refuse_overflowed(s, lambda t: _mask(t, p, mask, i0, i1, lo, 0.0))
     if fast:
         tanh = _bias(s, p, slopes, i0, i1, lo, keep_tanh)
         np.exp(s, out=s)  # e_ij = e^{s_ij} <= e^{E} for every key, allowed or not: no shift needed
@@ -590,7 +638,8 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> np.ndarra
     Returns
     -------
     A : ndarray, shape (..., N, M)
-        Non-negative, each row sums to 1, exactly 0 where the mask forbids.
+        Non-negative, each row sums to 1, exactly 0 where the mask forbids. Finite inputs whose
+        logits overflow float64 are refused (``ValueError``), as in :func:`softmax_attention`.
 
     Examples
     --------
@@ -601,11 +650,19 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> np.ndarra
     >>> bool(np.allclose(A.sum(axis=-1), 1.0))
     True
     """
+    return _weights(q, k, mask, causal, scale)[1]
+
+
+@guard_overflow("q", "k", "scale", first_only=True)
+def _weights(q, k, mask, causal, scale):
+    """:func:`attention_weights` under the overflow guard (floating-point warnings silenced, extreme
+    arguments named). It returns ``(y, A)`` with ``y = A · 0`` for one zero value channel: ``y`` is
+    NaN where a row of ``A`` is not finite, so the guard checks N numbers instead of the N·M weights."""
     q, k = _check_qk(q, k)
     mask = _check_mask(mask, causal, _batch(q, k), q.shape[-2], k.shape[-2])  # refuses rows with no key
     # the engine of softmax_attention (with one zero value channel): the same weights, bit for bit
     p = _prepare(q, k, np.zeros((*k.shape[:-1], 1)), mask, causal, scale, None, None, "top_left", None, False)
-    return _attend(p, True, False)[1]
+    return _attend(p, True, False)[:2]
 
 
 @guard_overflow(first_only=True)
@@ -681,9 +738,9 @@ def softmax_attention(
     return_lse : bool
         Also return the row log-sum-exp ``ℓ_i = m_i + log z_i`` (natural log) of the final
         logits (scaled, soft-capped, biased) over the allowed keys: what fused kernels store
-        for the backward pass (Eq. (4.15)). With causal ALiBi, FlashAttention-2's stored
-        ``softmax_lse`` is this plus ``slope · (i + o)`` (it adds ``slope · j`` alone; see the
-        module's notes on FlashAttention's layout).
+        for the backward pass (Eq. (4.15)). With causal ALiBi and no left window bound,
+        FlashAttention-2's stored ``softmax_lse`` is this plus ``slope · (i + o)`` (it adds
+        ``slope · j`` alone; see the module's notes on FlashAttention's layout).
 
     Returns
     -------
@@ -705,7 +762,11 @@ def softmax_attention(
     so nothing overflows. A query row with **no allowed key** (e.g. the first N − M rows of a
     bottom-right causal mask with N > M) gets ``y_i = 0``, ``A_i = 0`` and ``ℓ_i = −∞`` (the
     log of an empty sum), as FlashAttention outputs; some kernels store +∞ instead in their
-    log-sum-exp buffer so that the backward pass recomputes zero weights.
+    log-sum-exp buffer so that the backward pass recomputes zero weights. Finite inputs whose
+    logit ``scale · q_i · k_j`` overflows float64 at a key the row may attend are refused with a
+    ``ValueError`` naming q, k and scale: a logit that overflowed to −∞ would otherwise look like
+    a forbidden key (checked only where the bound ``‖scale q_i‖ max_j ‖k_j‖`` exceeds 1e300, so
+    ordinary inputs pay nothing).
 
     Cost: the two matrix products plus a few passes over the logits (max, subtract, exp, sum).
     The query rows are processed in blocks of at least 256 rows (all N rows when N < 256, more
@@ -798,8 +859,8 @@ def softmax_attention_loop(
                 if p.window is not None and abs(o - j) >= p.window:
                     continue  # outside the window
                 s = p.scale * float(np.dot(qb[b][i], kb[b][j]))  # s_ij = scale q_i·k_j
+                _check_logits([s])  # an overflowed logit is refused, not taken for a forbidden key
                 if p.softcap is not None:
-                    _check_capped([s])
                     s = p.softcap * math.tanh(s / p.softcap)  # soft cap: c tanh(s / c)
                 if sb is not None:
                     s -= float(sb[b]) * abs(o - j)  # ALiBi: − m |i + o − j|
@@ -1052,7 +1113,9 @@ def materialize(mixer: Callable, n: int, *, check_linear: bool = True) -> np.nda
     n : int
         The sequence length N.
     check_linear : bool
-        Verify ``mixer(v) == W v`` on a fixed test column; a nonlinear mixer raises ValueError.
+        Verify ``mixer(v) == W v`` on one fixed test column (entries of size about 1) and raise
+        ValueError if it fails. This is a necessary condition, not a proof of linearity: a mixer
+        that is nonlinear only elsewhere (e.g. clipped at large amplitudes) passes.
 
     Returns
     -------
@@ -1272,8 +1335,9 @@ def flash_attention(
         with ``block_q``). To round-off, the result does not depend on the tile sizes.
     return_lse : bool
         Also return the row log-sum-exp ``ℓ_i = m_i + log z_i`` (what the backward pass
-        stores to recompute the weights); ``−∞`` for a row that sees no key. With causal ALiBi,
-        FlashAttention-2's ``softmax_lse`` is this plus ``slope · (i + o)``, ``o = M − N``.
+        stores to recompute the weights); ``−∞`` for a row that sees no key. With causal ALiBi
+        and no left window bound, FlashAttention-2's ``softmax_lse`` is this plus
+        ``slope · (i + o)``, ``o = M − N``.
     window, alibi_slopes, causal_alignment, softcap, grouped_heads
         As in :func:`softmax_attention` (Eq. (4.14)).
     return_intermediates : bool
@@ -1336,12 +1400,23 @@ def flash_attention(
     o = np.zeros((*batch, nq, bq, v.shape[-1]))  # unnormalized output o_i
     nk = -(-m // bk)
     track = (np.empty((*batch, nk, nq * bq)), np.empty((*batch, nk, nq * bq))) if return_intermediates else None
+    with np.errstate(over="ignore", invalid="ignore"):  # max ‖scale q_i‖ · max ‖k_j‖ >= |s_ij| (inf or NaN if extreme)
+        finite = math.sqrt(np.max(np.einsum("...d,...d->...", qt, qt), initial=0.0)) * math.sqrt(
+            np.max(np.einsum("...d,...d->...", k, k), initial=0.0)) <= _FINITE_BOUND
+
+    def allowed(t, j):  # zero the forbidden entries of a tile-shaped array (causal, window), in place
+        if p.causal:
+            t[..., j > diag] = 0.0
+        if p.window is not None:
+            t[..., np.abs(diag - j) >= p.window] = 0.0
+
     for j0 in range(0, m, bk):  # key tiles
         kj, vj = k[..., None, j0 : j0 + bk, :], v[..., None, j0 : j0 + bk, :]
         s = np.matmul(qt, np.swapaxes(kj, -1, -2))  # (..., nq, bq, bk) logits of this tile
         j = np.arange(j0, min(m, j0 + bk))
+        if not finite:  # an overflowed logit at an allowed key is refused (_refuse_overflowed)
+            _refuse_overflowed(s, lambda t: allowed(t, j))
         if p.softcap is not None:
-            _check_capped(s)
             with np.errstate(over="ignore"):
                 s = p.softcap * np.tanh(s / p.softcap)  # c · tanh(s / c)
         if slopes is not None:
@@ -1429,8 +1504,8 @@ def flash_attention_loop(
                     if not js:
                         continue
                     s = [p.scale * float(np.dot(qb[b][i], kb[b][j])) for j in js]  # logits of the tile
+                    _check_logits(s)  # an overflowed logit is refused, not taken for a forbidden key
                     if p.softcap is not None:
-                        _check_capped(s)
                         s = [p.softcap * math.tanh(sj / p.softcap) for sj in s]
                     if sb is not None:
                         s = [sj - float(sb[b]) * abs(d_i - j) for sj, j in zip(s, js)]

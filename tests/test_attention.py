@@ -1007,12 +1007,110 @@ def test_a_logit_that_overflows_before_the_soft_cap_is_refused(fn):
     q = np.array([[1e300, 1e300]])
     k = np.array([[1e300, -1e300], [1.0, 1.0]])
     v = np.array([[1.0], [2.0]])
-    with pytest.raises(ValueError, match="^q, k: a logit scale·q·k overflows float64 before the soft cap"):
+    with pytest.raises(ValueError, match="^q, k, scale: a logit scale·q_i·k_j of a key the row may attend overflows"):
         getattr(_att, fn)(q, k, v, softcap=5.0, scale=1.0)
     k_ok = np.array([[1e-300, 1e-300], [1.0, 1.0]])  # logits 2e-0 and 2e300: finite, capped to 5
     y = getattr(_att, fn)(q, k_ok, v, softcap=5.0, scale=1.0)
     w = np.exp([5 * np.tanh(2.0 / 5), 5.0])
     assert y[0, 0] == pytest.approx((w[0] * 1.0 + w[1] * 2.0) / w.sum(), rel=1e-13)
+
+
+def _overflow_forms(q, k, v, **kw):
+    """Every forward form (and the vectorized backward pass) on one problem of shape (N, d), as callables."""
+    fa = lambda a: a[None, :, None, :]  # noqa: E731  FlashAttention's (batch, seqlen, heads, d)
+    fa_kw = dict(causal=kw.get("causal", False), softmax_scale=kw.get("scale"), softcap=kw.get("softcap", 0.0))
+    return {
+        "softmax_attention": lambda: _att.softmax_attention(q, k, v, **kw),
+        "softmax_attention_loop": lambda: _att.softmax_attention_loop(q, k, v, **kw),
+        "attention_weights": lambda: _att.attention_weights(q, k, causal=kw.get("causal", False),
+                                                            scale=kw.get("scale")) @ v,
+        "flash_attention": lambda: _att.flash_attention(q, k, v, block_q=2, block_k=2, **kw),
+        "flash_attention_loop": lambda: _att.flash_attention_loop(q, k, v, block_q=2, block_k=2, **kw),
+        "flash_attn_func": lambda: _att.flash_attn_func(fa(q), fa(k), fa(v), **fa_kw)[0, :, 0],
+        "flash_attn_func_loop": lambda: _att.flash_attn_func_loop(fa(q), fa(k), fa(v), **fa_kw)[0, :, 0],
+        "softmax_attention_vjp": lambda: _att.softmax_attention_vjp(q, k, v, np.ones((len(q), v.shape[1])), **kw)[2],
+    }
+
+
+def _overflowing(case):
+    """Finite q, k whose logits q·k overflow float64 at keys every row may attend."""
+    rng = np.random.default_rng(1)
+    q, k = np.abs(rng.normal(size=(4, 3))), np.abs(rng.normal(size=(5, 3)))
+    if case == "all -inf":  # every logit ≈ −1e320: the limit is v at the least negative key, not y = 0
+        return -1e160 * q, 1e160 * k
+    if case == "all +inf":
+        return 1e160 * q, 1e160 * k
+    if case == "inf - inf":  # 1e400 − 1e400 inside the dot product: NaN
+        return np.tile([1e200, 1e200, 0.0], (4, 1)), np.tile([1e200, -1e200, 0.0], (5, 1))
+    q[3], k[3] = [1e200, 0.0, 0.0], [-1e200, 0.0, 0.0]  # "one key": row 3's logit of key 3 alone is −inf
+    k[np.arange(5) != 3, 0] = 0.0
+    return q, k
+
+
+@pytest.mark.parametrize("case", ["all -inf", "all +inf", "inf - inf", "one key"])
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_a_logit_that_overflows_is_refused_not_taken_for_a_forbidden_key(case, softcap):
+    """Finite q, k whose logits overflow float64. The vectorized exact path could not tell a logit that overflowed to
+    −∞ from a forbidden key: softmax_attention, flash_attention and the backward pass returned the empty-row output
+    y = 0 (and attention_weights rows summing to 0, or NaN for +∞) without an error, where the loop twin refused. Every
+    form now refuses, naming q, k and scale (flash_attn_func through the guard, which names the extreme ones)."""
+    q, k = _overflowing(case)
+    v = np.random.default_rng(2).normal(size=(5, 2))
+    kw = dict(causal=case == "one key", scale=1.0) if softcap is None else dict(causal=case == "one key", scale=1.0,
+                                                                                 softcap=softcap)
+    for name, call in _overflow_forms(q, k, v, **kw).items():
+        if softcap is not None and name == "attention_weights":
+            continue  # no soft cap there
+        with pytest.raises(ValueError, match=r"^q, k, scale: a logit .* overflows float64|^q \(.*k \(.*not representable"):
+            call()
+        assert name  # (for the traceback)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_a_logit_that_overflows_at_a_forbidden_key_is_harmless(sign, softcap):
+    """The check looks at the allowed keys only, as the loop twins (which never compute a forbidden logit) do: a
+    logit that overflows after the causal diagonal leaves every form equal to the answer without that key."""
+    rng = np.random.default_rng(3)
+    q, k, v = rng.normal(size=(3, 4, 3))
+    q[0], k[3] = [1e200, 0.0, 0.0], [sign * 1e200, 0.0, 0.0]  # logit (0, 3) overflows; key 3 is after query 0
+    kw = dict(causal=True, scale=1.0) if softcap is None else dict(causal=True, scale=1.0, softcap=softcap)
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = q @ k.T  # the dense oracle: the overflowed entry is forbidden and replaced by −∞ below
+    if softcap is not None:
+        s = softcap * np.tanh(np.where(np.isfinite(s), s, 0.0) / softcap)
+    want = scipy.special.softmax(np.where(np.tri(4, 4, dtype=bool), s, -np.inf), axis=-1) @ v
+    assert_close(want[0], v[0], rtol=SELF)  # query 0 sees key 0 only
+    for name, call in _overflow_forms(q, k, v, **kw).items():
+        if softcap is not None and name == "attention_weights":
+            continue
+        got = call()
+        if name == "softmax_attention_vjp":
+            assert np.all(np.isfinite(got)), name
+        else:
+            assert_close(got, want, rtol=ORACLE, what=name)
+
+
+def test_the_overflow_check_costs_nothing_on_ordinary_inputs(monkeypatch):
+    """The check is one pass over a block's logits; it runs only where the logit bound ‖scale q_i‖ max_j ‖k_j‖ exceeds
+    1e300 or is not finite (extreme inputs: also where a squared norm overflows, |scale·q| or |k| above ~1e154).
+    Moderate logits (the unshifted path), large ones (the exact row max), a soft cap, a row
+    with no key and the fallback of a tiny row sum never reach it."""
+    rng = np.random.default_rng(4)
+    q, k, v = rng.normal(size=(3, 300, 8))
+    mask = np.ones((300, 300), dtype=bool)
+    mask[7] = False  # a row with no key: the unshifted block falls back to the exact path
+    calls = []
+    monkeypatch.setattr(_att, "_refuse_overflowed", lambda s, allowed: calls.append(s.shape))
+    for kw in (dict(), dict(scale=1e3), dict(softcap=2.0, scale=1e100), dict(mask=mask), dict(causal=True, scale=1e6)):
+        _att.softmax_attention(q, k, v, **kw)
+        if "mask" not in kw:
+            _att.flash_attention(q, k, v, **kw)
+    _att.attention_weights(q, k, scale=1e3)
+    assert calls == []
+    with pytest.raises(ValueError, match="not representable"):  # bound 1e400: checked (the stub lets the NaN through)
+        _att.softmax_attention(1e200 * q, 1e200 * k, v)
+    assert calls
 
 
 def test_flash_attention_block_q_beyond_the_queries_is_not_padded():

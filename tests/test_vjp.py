@@ -1285,3 +1285,16 @@ def test_the_vjp_forms_name_a_ragged_argument_themselves():
     for name, call in calls.items():
         with pytest.raises(TypeError, match=f"^{name}: could not convert to an array"):
             call()
+
+
+def test_the_attention_backward_twins_refuse_an_overflowed_logit_alike():
+    """A row where one allowed logit overflows float64 (to −∞) and the others are finite: the vectorized backward
+    pass refused it and its loop twin silently dropped that key; both refuse it now, naming q, k and scale."""
+    rng = np.random.default_rng(1)
+    q = np.full((4, 3), 1e160)
+    k = np.abs(rng.normal(size=(5, 3)))
+    k[0] = -1e160  # q·k_0 ≈ −3e320: −∞ in float64; the other logits ≈ 1e160, finite
+    v, dy = rng.normal(size=(5, 2)), np.ones((4, 2))
+    for fn in (softmax_attention_vjp, softmax_attention_vjp_loop):
+        with pytest.raises(ValueError, match="^q, k, scale: a logit"):
+            fn(q, k, v, dy)
