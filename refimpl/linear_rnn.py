@@ -8,12 +8,12 @@ reads it out with the query, ``o_t = S_t (scale · q_t)``. They differ only in h
 
 * linear attention (Katharopoulos et al. 2020): ``S_t = S_{t−1} + v_t k_tᵀ``, accumulate and
   never forget (Eq. (16.1));
-* gated linear attention (Yang et al. 2024, GLA) and RetNet's retention (Sun et al. 2023):
+* gated linear attention (Yang et al. 2024a, GLA) and RetNet's retention (Sun et al. 2023):
   ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ`` with a gate ``g_t ∈ (0, 1]`` per key channel or per
   head — a forgetting factor (Eqs. (16.2), (16.6));
 * Mamba-2's state-space duality (Dao & Gu 2024, SSD): the same with a scalar gate
   ``g_t = exp(Δ_t A)`` per head and the pair (k, v, q) = (Δ_t B_t, x_t, C_t) (Eq. (16.7));
-* the delta rule (Schlag et al. 2021; Yang et al. 2024, DeltaNet; Yang et al. 2025, Gated
+* the delta rule (Schlag et al. 2021; Yang et al. 2024b, DeltaNet; Yang et al. 2025, Gated
   DeltaNet): ``S_t = g_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ`` — one normalized LMS
   (Widrow–Hoff) step on the regression v ≈ S k (Eqs. (16.9)–(16.10), the update (6.6) of
   chapter 6);
@@ -125,7 +125,6 @@ import numpy as np
 from scipy.special import expit
 
 from . import _blocking
-from ._scan import linear_scan
 from ._validate import (
     as_bool,
     as_int,
@@ -975,7 +974,7 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     r"""Gated linear attention (GLA), chunked: ``S_t = S_{t−1} Diag(g_t) + v_t k_tᵀ``, ``o_t = S_t q_t``.
 
     Implements Eqs. (16.1)–(16.5) of the book ((16.1), linear attention, is the case g = 1;
-    Yang et al. 2024, GLA, Eqs. 3–4 and §4.2; with a per-head gate it is Mamba-2's scalar-decay
+    Yang et al. 2024a, GLA, Eqs. 3–4 and §4.2; with a per-head gate it is Mamba-2's scalar-decay
     SSD, Dao & Gu 2024, §3–§6).
 
     Parameters
@@ -1084,7 +1083,7 @@ def gated_linear_attention_parallel(q, k, v, log_g, *, scale=None, initial_state
     ``o_t = Σ_{s≤t} (Σ_j q_{t,j} k_{s,j} e^{seg_j[t,s]}) v_s`` with the segment sums of Eq. (16.4),
     plus ``S_{−1} (q_t ⊙ e^{Σ_{r≤t} log g_r})`` with an ``initial_state`` S_{−1} (..., Dv, Dk) (the
     decay of the whole prefix as a cumulative sum from the sequence's start: every exponent ≤ 0).
-    O(L² Dk) memory: a reference for short sequences (Yang et al. 2024, GLA, Eq. 4 "parallel form").
+    O(L² Dk) memory: a reference for short sequences (Yang et al. 2024a, GLA, Eq. 4 "parallel form").
 
     Examples
     --------
@@ -1822,7 +1821,7 @@ def _delta_loop(q, k, v, beta, logg, c: int, init=None):
 def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_chunk_states=False, initial_state=None):
     r"""The delta rule (DeltaNet; Gated DeltaNet with ``log_g``), by the chunked WY/UT algorithm.
 
-    Implements Eqs. (16.9)–(16.12) of the book (Schlag et al. 2021, §4; Yang et al. 2024,
+    Implements Eqs. (16.9)–(16.12) of the book (Schlag et al. 2021, §4; Yang et al. 2024b,
     DeltaNet, Eqs. (1)–(2) and §3.1–§3.2; Yang et al. 2025, Gated DeltaNet, Eq. (10)):
 
     ``S_t = g_t S_{t−1} (I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``,  ``o_t = S_t q_t``.
@@ -1884,13 +1883,17 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     O(L c (Dk + Dv) + L Dk Dv); independent heads run in parallel threads.
     Twin: :func:`delta_rule_loop`.
 
-    Accuracy: the state entering a chunk is carried by ``γ_end S_0 − (S_0 Wᵀ) K_Γ``, a difference. A
-    chunk that nearly annihilates the state — its keys span few directions (Dk small against c) and
-    repeat with β near 1 — leaves it with an absolute error of about ε·|S_0|, not a relative one:
-    a state that should decay to 1e-32·|S_0| comes out as rounding noise (an independent tester's
-    case: Dk = 4, c = 64, β = 0.9, v = 0). The loop twin keeps such states to a few ulps; with
-    v ≠ 0, or keys that span their space (Dk = 64, random unit keys), the chunked form is within
-    a few ulps of the recurrence.
+    Accuracy: the state entering a chunk is carried by ``γ_end S_0 − (S_0 Wᵀ) K_Γ``, a difference, so
+    each chunk adds an error proportional to the size of the state it was handed plus its values,
+    not of the state it returns. The factor follows the conditioning of the UT system: a few ε for
+    β < 1, but up to a few hundred ε (chunks of 64) for β near 2 with nearly parallel keys, where
+    cond₂(I + A) reaches 1e3 (chapter 16, §16.5, measures both). A chunk that nearly annihilates
+    the state — its keys span few directions (Dk small against c) and repeat with β near 1 —
+    leaves it with an absolute error of a few ε·|S_0|, not a relative one: four orthonormal keys
+    in Dk = 4 written over and over with β = 0.9 and v = 0 shrink the state by 1e-16 per chunk
+    of 64, and the chunked states come out as rounding noise, while the loop twin keeps them to a
+    few ulps. Norm-wise over a whole output the chunked form stays within a small multiple of ε
+    of the recurrence.
 
     Examples
     --------
@@ -1953,6 +1956,25 @@ def _rls_setup(q, k, v, lam, delta, scale):
     return q, k, v, lam, delta
 
 
+#: the message of :func:`rls_memory_loop` when its square-root factor ``P_t^{1/2}`` overflows
+_RLS_WOUND_UP = ("lam, delta: the RLS recursion's square-root factor of P_t = R_t^(-1) overflowed float64: with "
+                 "lam < 1, P_t grows like "
+                 "lam^-(t+1)/delta in every direction the keys leave unexcited; use rls_memory (the normal "
+                 "equations), a larger lam or a larger delta")
+
+
+def _rls_sums(lam: float, x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``Σ_{i≤t} λ^{t−i} x_i k_iᵀ`` for every t, shape (..., L, Dx, Dk): the running sums of (16.13).
+
+    By their recurrence ``R_t = λ R_{t−1} + x_t k_tᵀ``, one step at a time over all batch entries
+    (each step rounds as the recurrence does; a prefix scan would do O(L log L) work instead).
+    """
+    out = x[..., :, :, None] * k[..., :, None, :]  # the outer products x_t k_tᵀ
+    for t in range(1, out.shape[-3]):
+        out[..., t, :, :] += lam * out[..., t - 1, :, :]
+    return out
+
+
 @guard_overflow()
 def rls_memory(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     r"""The least-squares key→value map after each step, read out by the queries: ``o_t = S_t q_t``.
@@ -1973,7 +1995,7 @@ def rls_memory(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     lam : float in (0, 1]
         Forgetting factor λ.
     delta : float > 0
-        Ridge regularization δ of the initial state (P_0 = I/δ in the recursion).
+        Ridge regularization δ of the initial state (P_{−1} = I/δ in the recursion).
     scale : float >= 0, optional
         Multiplies the queries; default ``1/sqrt(Dk)``.
 
@@ -1984,10 +2006,19 @@ def rls_memory(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     Notes
     -----
     This version solves the normal equations at every step: the weighted sums
-    ``R_t = λ R_{t−1} + k_t k_tᵀ`` (``R_{−1} = δ I``) and ``Z_t = λ Z_{t−1} + v_t k_tᵀ`` by an
-    associative scan over t, then ``o_t = Z_t R_t^{−1} q_t`` by one batched solve — O(L Dk³)
-    work, no recursion. Its twin :func:`rls_memory_loop` runs the RLS recursion (gain,
-    Riccati update of P = R^{−1}); their agreement is the statement "RLS is exact least squares".
+    ``R_t = λ R_{t−1} + k_t k_tᵀ`` (``R_{−1} = δ I``) and ``Z_t = λ Z_{t−1} + v_t k_tᵀ`` by their
+    recurrences (vectorized over the batch), then ``o_t = Z_t R_t^{−1} q_t`` by batched solves —
+    O(L Dk³) work. Its twin :func:`rls_memory_loop` runs the RLS recursion in square-root form;
+    their agreement is the statement "RLS is exact least squares" (§16.6).
+
+    Where the prior ``λ^{t+1} δ`` has fallen to the rounding of the sum,
+    ``λ^{t+1} δ ≤ Dk ε tr Σ_{i≤t} λ^{t−i} k_i k_iᵀ`` (λ < 1 over a long sequence), adding it to
+    ``R_t`` no longer regularizes anything in float64, and with keys that leave directions
+    unexcited (fewer keys than Dk, or keys of lower rank) ``R_t`` is singular to working
+    precision. Those steps use the eigendecomposition of ``R_t`` and drop the eigen-directions at
+    that rounding level: the minimum-norm least-squares map, which is what (16.13) tends to as
+    its prior vanishes, to the accuracy the data allow (§16.6). The other steps, every step for
+    λ = 1 and moderate δ, solve (16.13) as it stands. Before any key is written ``S_t = 0``.
 
     Examples
     --------
@@ -2000,22 +2031,55 @@ def rls_memory(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     """
     q, k, v, lam, delta = _rls_setup(q, k, v, lam, delta, scale)
     dk = k.shape[-1]
-    a = np.full(k.shape[:-1] + (1, 1), lam)
-    R = linear_scan(a, k[..., :, None] * k[..., None, :], axis=-3)  # Σ λ^{t−i} k_i k_iᵀ, (..., L, Dk, Dk)
-    Z = linear_scan(a, v[..., :, None] * k[..., None, :], axis=-3)  # Σ λ^{t−i} v_i k_iᵀ, (..., L, Dv, Dk)
+    R = _rls_sums(lam, k, k)  # Σ λ^{t−i} k_i k_iᵀ, (..., L, Dk, Dk)
+    Z = _rls_sums(lam, v, k)  # Σ λ^{t−i} v_i k_iᵀ, (..., L, Dv, Dk)
     t = np.arange(k.shape[-2])
-    R += (delta * lam ** (t + 1.0))[:, None, None] * np.eye(dk)  # + λ^{t+1} δ I (the decayed prior)
-    x = np.linalg.solve(R, q[..., None])  # R_t^{−1} q_t (R_t symmetric positive definite)
-    return (Z @ x)[..., 0]  # o_t = Z_t R_t^{−1} q_t = S_t q_t
+    floor = dk * np.finfo(float).eps * np.trace(R, axis1=-2, axis2=-1)  # the rounding of the sum R_t, (..., L)
+    ridge = np.broadcast_to(delta * lam ** (t + 1.0), floor.shape)  # λ^{t+1} δ, the decayed prior
+    lost = ridge <= floor  # steps whose prior is lost in the rounding of R_t
+    o = np.empty(v.shape)
+    keep = ~lost
+    if np.any(keep):  # R_t + λ^{t+1} δ I is positive definite to working precision: one batched solve
+        Rk = R[keep] + ridge[keep][:, None, None] * np.eye(dk)
+        _, e = np.frexp(np.trace(Rk, axis1=-2, axis2=-1) / dk)  # R_t's scale 2^e (a decayed prior may be subnormal)
+        e = -e[:, None, None]  # exact scalings by 2^−e: Z_t R_t^{−1} q_t is unchanged, bit for bit
+        o[keep] = (np.ldexp(Z[keep], e) @ np.linalg.solve(np.ldexp(Rk, e), q[keep][..., None]))[..., 0]
+    if np.any(lost):  # the minimum-norm map: eigen-directions of R_t at its rounding level are dropped
+        w, E = np.linalg.eigh(R[lost])
+        cut = floor[lost][:, None]
+        inv = np.where(w > cut, 1.0 / np.where(w > cut, w + ridge[lost][:, None], 1.0), 0.0)
+        x = E @ (inv[..., None] * (np.swapaxes(E, -1, -2) @ q[lost][..., None]))
+        o[lost] = (Z[lost] @ x)[..., 0]
+    return o  # o_t = Z_t R_t^{−1} q_t = S_t q_t
 
 
-@guard_overflow()
+@guard_overflow(hint=_RLS_WOUND_UP)
 def rls_memory_loop(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
-    """Loop twin of :func:`rls_memory`: the RLS recursion (Eq. (6.7)) with a matrix of weights.
+    """Loop twin of :func:`rls_memory`: the RLS recursion of Eq. (16.13) (Eq. (6.7)) with a matrix of weights.
 
-    ``P_{−1} = I/δ``; ``g = P k / (λ + kᵀ P k)``, ``S ← S + (v − S k) gᵀ``, ``P ← (P − g kᵀ P)/λ``;
-    ``o_t = S_t q_t``. The a-priori error ``v − S k`` is the Kalman innovation of a static
-    state observed through ``k`` (chapter 3, Eq. (3.3), with F = I and Q = 0 for λ = 1).
+    The recursion of §16.6, ``P_{−1} = I/δ``,
+    ``κ_t = P_{t−1} k_t / (λ + k_tᵀ P_{t−1} k_t)``, ``S_t = S_{t−1} + (v_t − S_{t−1} k_t) κ_tᵀ``,
+    ``P_t = (P_{t−1} − κ_t k_tᵀ P_{t−1}) / λ``, ``o_t = S_t q_t``, run in square-root (inverse
+    QR) form: the loop keeps a factor ``A_t`` with ``P_t = A_t A_tᵀ`` instead of ``P_t``, and one
+    orthogonal rotation Θ (a QR factorization) per step turns the pre-array into a lower
+    triangular post-array,
+
+    ``[[1, k_tᵀ A_{t−1}/√λ], [0, A_{t−1}/√λ]] Θ = [[r_t, 0], [κ_t r_t, A_t]]``,
+    ``r_t² = (λ + k_tᵀ P_{t−1} k_t)/λ``
+
+    (multiply each side by its transpose: the blocks are the three equations above). The same
+    gain and state update, with ``P_t`` never formed: with λ < 1 and keys that leave a
+    direction unexcited, ``P_t`` grows there like ``λ^{−(t+1)}/δ`` while it stays O(1) along
+    the keys, and once that ratio exceeds 1/ε the rounding of ``P − κ kᵀP`` corrupts the gain
+    of the plain recursion (chapter 16 shows it). ``A_t`` spans the square root of that range, so
+    the recursion stays accurate while ``λ^{−(t+1)}/δ`` is below about 1/ε² relative to ``P_t``
+    along the keys; far beyond it (long stretches with λ < 1 and unexcited directions) the square
+    root loses the new values too, and :func:`rls_memory` (the normal equations, which have no
+    such limit) is the reference. The a-priori error ``v − S k`` is the Kalman innovation of a
+    static state observed through ``k`` (chapter 3, Eq. (3.3), with F = I and Q = 0 for λ = 1).
+    If ``A_t`` itself overflows (``λ^{−(t+1)}/δ`` beyond about 1e616 in an unexcited direction)
+    the call is refused with a ``ValueError`` naming ``lam`` and ``delta``; :func:`rls_memory`
+    still answers there.
 
     Examples
     --------
@@ -2030,16 +2094,18 @@ def rls_memory_loop(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     batch = q.shape[:-2]
     L, dk, dv = q.shape[-2], k.shape[-1], v.shape[-1]
     o = np.zeros(batch + (L, dv))
+    pre = np.zeros((dk + 1, dk + 1))
     for b in np.ndindex(*batch):
         S = np.zeros((dv, dk))
-        P = np.eye(dk) / delta  # P_{−1} = I/δ
+        A = np.eye(dk) / math.sqrt(delta)  # P_{−1} = A Aᵀ = I/δ
         for t in range(L):
             kt = k[b][t]
-            Pk = P @ kt
-            gain = Pk / (lam + kt @ Pk)  # Kalman gain g_t
-            S = S + np.outer(v[b][t] - S @ kt, gain)  # S_t = S_{t−1} + (v_t − S_{t−1} k_t) g_tᵀ
-            P = (P - np.outer(gain, Pk)) / lam  # P_t = (P − g kᵀP)/λ
-            P = 0.5 * (P + P.T)
+            B = A / math.sqrt(lam)  # (P_{t−1}/λ)^{1/2}
+            pre[0, 0], pre[0, 1:], pre[1:, 0], pre[1:, 1:] = 1.0, kt @ B, 0.0, B
+            post = np.linalg.qr(pre.T, mode="r").T  # pre Θ: lower triangular, Θ orthogonal
+            gain = post[1:, 0] / post[0, 0]  # κ_t r_t / r_t = P_{t−1} k_t / (λ + k_tᵀ P_{t−1} k_t)
+            S = S + np.outer(v[b][t] - S @ kt, gain)  # S_t = S_{t−1} + (v_t − S_{t−1} k_t) κ_tᵀ
+            A = post[1:, 1:]  # P_t = A_t A_tᵀ = (P_{t−1} − κ_t k_tᵀ P_{t−1}) / λ
             o[b][t] = S @ q[b][t]
     return o
 
@@ -2485,7 +2551,7 @@ def _fla_delta(loop, q, k, v, g, beta, scale, initial_state, output_final_state,
 def chunk_gla(q, k, v, g, scale=None, initial_state=None, *, output_final_state=False, cu_seqlens=None):
     r"""Gated linear attention with the official interface of fla (``fla.ops.gla.chunk_gla``).
 
-    Implements Eqs. (16.2)–(16.5) of the book (Yang et al. 2024, GLA; ``fla/ops/gla/chunk.py``) in
+    Implements Eqs. (16.2)–(16.5) of the book (Yang et al. 2024a, GLA; ``fla/ops/gla/chunk.py``) in
     fla's layout: :func:`gated_linear_attention` after swapping the sequence and head axes.
 
     Parameters
@@ -2621,7 +2687,7 @@ def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, *, output_fi
                      use_qk_l2norm_in_kernel=False, cu_seqlens=None):
     r"""DeltaNet with the official interface of fla (``fla.ops.delta_rule.chunk_delta_rule``).
 
-    Implements Eqs. (16.9)–(16.12) of the book (Yang et al. 2024, DeltaNet; ``fla/ops/delta_rule/chunk.py``)
+    Implements Eqs. (16.9)–(16.12) of the book (Yang et al. 2024b, DeltaNet; ``fla/ops/delta_rule/chunk.py``)
     in fla's layout: :func:`delta_rule` after swapping the sequence and head axes.
 
     Parameters

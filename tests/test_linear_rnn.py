@@ -668,6 +668,80 @@ def test_rls_memory_matches_classical_rls():
     close(o[:, 0], np.sum(W * U, -1), rtol=1e-10, what="RLS memory vs classical.rls")
 
 
+def _rls_plain(q, k, v, lam, delta):
+    """The RLS recursion of §16.6 with P stored (gain, S update, P update): the form that winds up."""
+    S, P, o = np.zeros((v.shape[1], k.shape[1])), np.eye(k.shape[1]) / delta, []
+    for q_t, k_t, v_t in zip(q, k, v):
+        kappa = P @ k_t / (lam + k_t @ P @ k_t)
+        S = S + np.outer(v_t - S @ k_t, kappa)
+        P = (P - np.outer(kappa, k_t @ P)) / lam
+        o.append(S @ q_t)
+    return np.array(o)
+
+
+def _windup_case(seed, passes=40):
+    """Six unit keys in Dk = 8 (two directions never excited), `passes` passes with values V, then as many with
+    new values V'; the six keys read at the end by zero-key steps (§16.6). Returns q, k, v and V'."""
+    rng = np.random.default_rng(seed)
+    keys, V, V2 = _unit(rng.normal(size=(6, 8))), rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    order = np.concatenate([rng.permutation(6) for _ in range(2 * passes)])
+    vals = np.where((np.arange(12 * passes) < 6 * passes)[:, None], V[order], V2[order])
+    return np.r_[keys[order], keys], np.r_[keys[order], 0 * keys], np.r_[vals, 0 * V2], V2
+
+
+def test_rls_memory_loop_survives_windup():
+    # λ < 1 without persistent excitation: P_t grows like λ^{−(t+1)}/δ = 1e20 in the unexcited directions when the
+    # values change. The plain recursion (P stored) loses the gain; the square-root loop twin and the normal equations
+    # recall the new values to round-off and agree at every step.
+    q, k, v, V2 = _windup_case(1)
+    recall = lambda o: np.sum((o[-6:] - V2) ** 2) / np.sum(V2**2)  # noqa: E731
+    assert recall(_rls_plain(q, k, v, 0.9, 1e-9)) > 1e-3  # the case does wind the plain recursion up
+    loop = lr.rls_memory_loop(q, k, v, lam=0.9, delta=1e-9, scale=1.0)
+    normal = lr.rls_memory(q, k, v, lam=0.9, delta=1e-9, scale=1.0)
+    assert recall(loop) < 1e-15 and recall(normal) < 1e-15
+    close(loop, normal, rtol=1e-9, what="RLS square-root recursion vs normal equations under windup")
+
+
+def test_rls_memory_rank_deficient_keys():
+    # keys of rank 3 in Dk = 8, λ = 0.9, δ = 1e-6, L = 400: λ^{t+1}δ falls far below the rounding of R_t, which is
+    # singular to working precision (a plain np.linalg.solve of (16.13) raises LinAlgError on these inputs)
+    rng = np.random.default_rng(3)
+    k = rng.normal(size=(400, 3)) @ rng.normal(size=(3, 8))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    W1, W2 = rng.normal(size=(2, 2, 8))
+    v = np.where((np.arange(400) < 200)[:, None], k @ W1.T, k @ W2.T) + 0.01 * rng.normal(size=(400, 2))
+    normal = lr.rls_memory(k, k, v, lam=0.9, delta=1e-6, scale=1.0)
+    loop = lr.rls_memory_loop(k, k, v, lam=0.9, delta=1e-6, scale=1.0)
+    # both are within ~5e-9 of a 60-digit solution of (16.13); the problem itself is that sensitive to rounding
+    close(normal, loop, rtol=1e-7, what="RLS with rank-deficient keys: normal equations vs square-root recursion")
+    assert np.abs(normal[-1] - v[-1]).max() < 0.1  # reads the current map W2 (the noise is 0.01)
+
+
+def test_rls_memory_before_any_key_after_the_prior_underflows():
+    # zero keys for 1200 steps with λ = 0.5: λ^{t+1}δ underflows to 0 and R_t = 0; S_t = 0 until a key is written
+    rng = np.random.default_rng(4)
+    q, v = rng.normal(size=(1300, 2)), rng.normal(size=(1300, 1))
+    k = np.where((np.arange(1300) < 1200)[:, None], 0.0, _unit(rng.normal(size=(1300, 2))))
+    o = lr.rls_memory(q, k, v, lam=0.5, delta=1.0, scale=1.0)
+    assert np.all(o[:1200] == 0) and np.all(np.isfinite(o))
+    # from there on the prior is 0 in float64: weighted least squares (the minimum-norm map at t = 1200, one key)
+    for t in (1200, 1201, 1250, 1299):
+        w = np.sqrt(0.5 ** (t - np.arange(1200, t + 1.0)))[:, None]
+        S = np.linalg.lstsq(w * k[1200:t + 1], w * v[1200:t + 1], rcond=None)[0].T
+        close(o[t], S @ q[t], rtol=1e-9, what=f"RLS after 1200 empty steps, step {t}, vs weighted lstsq")
+
+
+def test_rls_memory_loop_refuses_when_its_factor_overflows():
+    # λ = 0.5 and a direction never excited: P_t^{1/2} grows like 2^{t/2} and overflows near t = 2048;
+    # the loop names lam and delta, the normal equations still answer
+    k = np.tile([1.0, 0.0], (2100, 1))
+    v = np.ones((2100, 1))
+    with pytest.raises(ValueError, match="lam, delta: the RLS recursion's square-root factor"):
+        lr.rls_memory_loop(k, k, v, lam=0.5, delta=1.0, scale=1.0)
+    close(lr.rls_memory(k, k, v, lam=0.5, delta=1.0, scale=1.0)[-1], np.ones(1), rtol=1e-12,
+          what="RLS normal equations, one direction excited for 2100 steps")
+
+
 # ---------------------------------------------------------------------------------------------
 # Chunks longer than the sequence, empty sequences and widths
 # ---------------------------------------------------------------------------------------------

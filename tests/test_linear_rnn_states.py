@@ -716,3 +716,27 @@ def test_a_state_with_the_wrong_number_of_heads_is_named_as_such():
         with pytest.raises(ValueError, match=r"^initial_state: .* = \(\.\.\., 2, 3, 3\) with H = 2 heads"):
             call(np.zeros((3, 3, 3)))
         call(np.zeros((1, 3, 3)))  # one state shared by the heads
+
+
+@pytest.mark.parametrize("beta_range, bound", [((0.01, 0.99), 16), ((1.9, 1.999999), 2000)])
+def test_delta_rule_error_each_chunk_adds_scales_with_the_state_it_was_handed(beta_range, bound):
+    # §16.5: the chunked delta rule hands the state on as a difference, so each chunk adds an error proportional to
+    # the state it was handed plus its values — a few ε for β < 1, a few hundred ε for β near 2 with nearly
+    # parallel keys (cond(I + A) ~ 1e3). The reference: the loop twin run over the same chunk from the same state.
+    rng = np.random.default_rng(18)
+    L, c, eps = 640, 64, np.finfo(float).eps
+    k = rng.normal(size=(2, L, 8)) * 0.05 + np.r_[1.0, np.zeros(7)]
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    q, v, S0 = rng.normal(size=(2, L, 8)), rng.normal(size=(2, L, 4)), rng.normal(size=(2, 4, 8))
+    beta = rng.uniform(*beta_range, size=(2, L))
+    _, st = lr.delta_rule(q, k, v, beta, initial_state=S0, chunk_size=c, return_chunk_states=True)
+    handed = np.concatenate([S0[:, None], st[:, :-1]], axis=1)
+    size = lambda a: np.abs(a).max(axis=(-2, -1))  # noqa: E731
+    worst = 0.0
+    for n in range(L // c):
+        part = slice(n * c, (n + 1) * c)
+        _, s_n = lr.delta_rule_loop(q[:, part], k[:, part], v[:, part], beta[:, part], initial_state=handed[:, n],
+                                    chunk_size=c, return_chunk_states=True)
+        worst = max(worst, np.max(size(st[:, n] - s_n[:, -1]) / (size(handed[:, n]) + size(v[:, part])) / eps))
+    record(f"delta rule, β in {beta_range}: error one chunk adds / (‖handed‖ + ‖v‖), in ε", worst, bound)
+    assert worst < bound, worst
