@@ -8,7 +8,9 @@ registered in :data:`PLAIN` that plain implementation is written here, in the ar
 
 * inputs on the tier's grid (the oracle passes them rounded);
 * matrix products with inputs rounded to the tier and float32 accumulation
-  (:func:`refimpl._precision.matmul`), results stored in the tier;
+  (:func:`refimpl._precision.matmul`), results stored in the tier; in tf32 the inputs are converted
+  as :func:`refimpl._precision.tf32_rounding` says, and the oracle runs each plain function with both
+  conversions, to nearest even and by truncation (:func:`refimpl.oracle.compare`);
 * element-wise ``exp``, ``expm1``, divisions and reductions (softmax denominators, prefix sums,
   recurrence states) in float32 — float32 is the accumulation type of every tier below float64;
 * the outputs (and the intermediates the oracle compares) stored in the tier.
@@ -52,7 +54,7 @@ from ._precision import matmul, store, tier_name
 __all__ = ["PLAIN", "softmax_attention", "softmax_attention_vjp", "linear_attention", "performer_attention", "rfa_attention", "selective_scan",
            "selective_scan_vjp", "ssd", "gated_linear_attention", "retention", "delta_rule", "ssd_vjp",
            "gated_linear_attention_vjp", "retention_vjp", "delta_rule_vjp", "linear_attention_vjp", "selective_scan_fn",
-           "selective_scan_fn_vjp",
+           "selective_scan_fn_vjp", "selective_state_update",
            "mamba_chunk_scan_combined", "mamba_chunk_scan_combined_vjp", "chunk_gla", "chunk_delta_rule", "chunk_gla_vjp",
            "chunk_delta_rule_vjp",
            "sos_filter", "biquad_filter", "tf_filter"]
@@ -1006,6 +1008,45 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     return {"out": store(y, tier), "last_state": store(h, tier), "Delta": step}
 
 
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                           state_batch_indices=None, *, tier):
+    r"""One step of Eqs. (11.21), (11.14), (11.23) as mamba_ssm's ``selective_state_update`` kernel computes it on
+    low-precision inputs: all in float32.
+
+    ``Δ = softplus(dt + dt_bias)`` in float32 (x itself above 20, as the kernel); ``h' = e^{Δ A} h + (Δ B) x`` with
+    the state in float32; ``out = (Σ_n C_n h'_n + D x) · z σ(z)`` summed in float32; the output and the new state
+    stored in the tier (the kernel writes the state back in its own dtype). Layouts, groups and the pool of states
+    (``state_batch_indices``, a negative index a padding entry with output 0) are normalized by refimpl's own check,
+    exactly (the arguments are already on the tier's grid).
+    """
+    from .ssm import _check_state_update
+
+    tier = tier_name(tier)
+    st, xs, dts, A, B, C, D, z, bias, softplus, rows, _ = _check_state_update(
+        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
+    H = xs.shape[1]
+    step = _f32(dts) + (f32(0) if bias is None else _f32(bias))
+    if softplus:
+        step = _softplus32(step)
+    Bh, Ch = (np.repeat(_f32(V), H // V.shape[1], axis=1) for V in (B, C))  # (batch, H, N)
+    live = rows >= 0
+    h = _f32(st)[np.where(live, rows, 0)]
+    s = step[..., None]
+    x32 = _f32(xs)
+    h = np.exp(s * _f32(A)) * h + (s * Bh[:, :, None, :]) * x32[..., None]
+    y = np.sum(h * Ch[:, :, None, :], axis=-1, dtype=f32)
+    if D is not None:
+        y = y + _f32(D) * x32
+    if z is not None:
+        y = y * _silu32(_f32(z))
+    y[~live] = 0
+    new = _f32(st).copy()
+    new[rows[live]] = h[live]
+    if np.ndim(state) == 3:
+        y, new = y[:, 0], new[:, 0]
+    return {"out": store(y, tier), "new_state": store(new, tier)}
+
+
 def _dphi1_dA(x):
     """``(x e^x − e^x + 1)/x²`` in float32 (``∂/∂A (e^{ΔA} − 1)/A = Δ² ·`` this): a series for |x| < 0.1."""
     x = _f32(x)
@@ -1467,6 +1508,9 @@ PLAIN = {
     "ssm.selective_scan_fn": lambda args, tier: _call(
         selective_scan_fn, args, ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus",
                                   "return_last_state"), tier),
+    "ssm.selective_state_update": lambda args, tier: _call(
+        selective_state_update, args, ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias", "dt_softplus",
+                                       "state_batch_indices"), tier),
     "random_features.linear_attention_vjp": lambda args, tier: _call(
         linear_attention_vjp, args, ("q", "k", "v", "dy", "causal"), tier),
     "ssm.selective_scan_vjp": lambda args, tier: _call(

@@ -10,7 +10,7 @@ tier        mantissa     ε (= 2^−p)    how it is carried here
 float64     52 bits      2^−52         ``numpy.float64``
 float32     23 bits      2^−23         ``numpy.float32``
 tf32        10 bits      2^−10         ``numpy.float32`` storage; only the *inputs of matrix products*
-                                       are rounded to 10 bits (NVIDIA's TensorFloat-32, Triton's default
+                                       are converted to 10 bits (NVIDIA's TensorFloat-32, Triton's default
                                        for float32 ``tl.dot``), the products accumulate in float32
 bfloat16    7 bits       2^−7          ``numpy.float32`` holding values of the bfloat16 grid (8 exponent
                                        bits: the range of float32)
@@ -20,7 +20,19 @@ float16     10 bits      2^−10         ``numpy.float16`` (5 exponent bits: max
 
 Rounding is to nearest, ties to even, done once from float64 (no double rounding through
 float32); values beyond the largest finite number of the tier become ±inf, values below the
-smallest normal number land on the tier's subnormal grid.
+smallest normal number land on the tier's subnormal grid. For the two tiers kept in float32's
+exponent range (tf32, bfloat16), :func:`round_to` also converts a float32 value the other ways
+hardware does (``rounding=``, :data:`ROUNDINGS`): to nearest with ties away from zero (PTX's
+``cvt.rna``) and by truncation, i.e. dropping the low mantissa bits (rounding toward zero), which is
+what matrix instructions that read float32 operands as TF32 without a conversion do.
+
+TF32's conversion is not fixed by the format: one kernel's matrix products see its inputs rounded
+to nearest, another's truncated, and truncation is biased (every magnitude shrinks, by ε/2 on average)
+where rounding to nearest is not, so its error does not average out in a sum and is about twice as
+large or more (measured in ``tests/test_oracle.py``). The plain references of the tf32 tier are
+therefore computed with both conversions of the matrix products' inputs (:func:`tf32_rounding`,
+read by :func:`matmul`), and the oracle takes, quantity by quantity, the one whose error is larger
+(:func:`refimpl.oracle.compare`).
 
 The arithmetic model of a kernel in a tier (the one :mod:`refimpl._lowprec` follows):
 intermediates that a kernel writes are stored in the tier's format (:func:`store`);
@@ -35,11 +47,15 @@ Glossary: ``tier`` one of :data:`TIERS`; ``grid`` the set of numbers the tier re
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import numpy as np
 
 from ._blocking import in_blocks
 
-__all__ = ["TIERS", "tier_name", "eps", "carrier", "round_to", "store", "acc", "matmul", "ladder"]
+__all__ = ["TIERS", "ROUNDINGS", "tier_name", "eps", "carrier", "round_to", "store", "acc", "matmul", "ladder",
+           "tf32_rounding"]
 
 #: the tiers, finest first
 TIERS = ("float64", "float32", "tf32", "float16", "bfloat16")
@@ -52,6 +68,15 @@ _FORMAT = {
     "bfloat16": (7, -126, 127),
     "float16": (10, -14, 15),
 }
+
+#: the conversions :func:`round_to` models: ``"rne"`` to nearest, ties to even (every tier; the default);
+#: ``"rna"`` to nearest, ties away from zero (PTX's ``cvt.rna.tf32.f32``); ``"truncate"`` the low mantissa bits
+#: dropped, i.e. toward zero (matrix instructions that read float32 operands as TF32 as they are). The last two
+#: for the tiers kept in float32's exponent range (tf32, bfloat16), from float32 values.
+ROUNDINGS = ("rne", "rna", "truncate")
+
+#: the conversion of a matrix product's inputs in the tf32 tier that :func:`matmul` applies (:func:`tf32_rounding`)
+_TF32_ROUNDING = contextvars.ContextVar("tf32_rounding", default="rne")
 
 _ALIASES = {"fp64": "float64", "double": "float64", "fp32": "float32", "single": "float32", "bf16": "bfloat16",
             "fp16": "float16", "half": "float16", "tensorfloat32": "tf32"}
@@ -117,14 +142,20 @@ def _round_bits(x: np.ndarray, bits: int, emin: int, emax: int) -> np.ndarray:
     return r
 
 
-def round_to(x, tier) -> np.ndarray:
+def round_to(x, tier, *, rounding: str = "rne") -> np.ndarray:
     """``x`` rounded to the grid of ``tier``, in the tier's carrier dtype (see the module table).
 
-    The rounding fl of the inputs in Eq. (15.3) of the book (round to nearest, ties to even).
+    The rounding fl of the inputs in Eq. (15.3) of the book (``rounding="rne"``: to nearest, ties to even).
 
-    For ``"tf32"`` this is the rounding of a matrix product's inputs (10 mantissa bits), carried in
+    For ``"tf32"`` this is the conversion of a matrix product's inputs (10 mantissa bits), carried in
     float32. Complex input is rounded part-wise (complex64 carrier for the low tiers, NumPy having
     no complex32).
+
+    ``rounding`` (:data:`ROUNDINGS`): ``"rne"`` (every tier), or, for ``"tf32"`` and ``"bfloat16"``,
+    ``"rna"`` (to nearest, ties away from zero: PTX's ``cvt.rna``) and ``"truncate"`` (the low mantissa
+    bits dropped: toward zero, as matrix instructions that read float32 operands as TF32 do). These two
+    convert the float32 value, as hardware does: a float64 ``x`` is first rounded to float32 (to nearest
+    even). Overflow gives ±inf with ``"rna"`` as with ``"rne"``; ``"truncate"`` never overflows.
 
     Examples
     --------
@@ -132,8 +163,15 @@ def round_to(x, tier) -> np.ndarray:
     (1.0, 1.015625)
     >>> float(round_to(70000.0, "float16"))  # beyond float16's largest finite number 65504
     inf
+    >>> x = 1 + 2.0**-11 + 2.0**-12  # between 1 and 1 + 2^-10, nearer the upper one
+    >>> float(round_to(x, "tf32")) == 1 + 2.0**-10, float(round_to(x, "tf32", rounding="truncate"))
+    (True, 1.0)
     """
     tier = tier_name(tier, "tier")
+    if not isinstance(rounding, str) or rounding not in ROUNDINGS:
+        raise ValueError(f"rounding: expected one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    if rounding != "rne" and tier not in ("tf32", "bfloat16"):
+        raise ValueError(f"rounding: {rounding!r} is modelled for the tiers tf32 and bfloat16 only, got tier {tier!r}")
     if x is None:
         raise TypeError("x: expected a real or complex array, got None")
     arr = np.asarray(x)
@@ -142,7 +180,7 @@ def round_to(x, tier) -> np.ndarray:
     if arr.dtype.kind in "biu":
         arr = arr.astype(np.float64)
     if arr.dtype.kind == "c":
-        re, im = round_to(arr.real, tier), round_to(arr.imag, tier)
+        re, im = round_to(arr.real, tier, rounding=rounding), round_to(arr.imag, tier, rounding=rounding)
         ctype = np.complex128 if tier == "float64" else np.complex64
         return (re.astype(ctype) + 1j * im.astype(ctype)).astype(ctype)
     if tier == "float64":
@@ -151,14 +189,33 @@ def round_to(x, tier) -> np.ndarray:
         if tier in ("float32", "float16"):
             return arr.astype(carrier(tier))  # NumPy's casts round to nearest even once (tested bit-exactly)
         bits, emin, emax = _FORMAT[tier]
-        if arr.dtype in (np.float32, np.float16):
-            return _round_bits32(arr, bits)
+        if arr.dtype in (np.float32, np.float16) or rounding != "rne":
+            return _round_bits32(arr.astype(np.float32, copy=False), bits, rounding)
         return _round_bits(arr.astype(np.float64), bits, emin, emax).astype(np.float32)
 
 
-def _round_bits32(x: np.ndarray, bits: int) -> np.ndarray:
+@contextlib.contextmanager
+def tf32_rounding(rounding: str):
+    """Within the block, :func:`matmul` converts the inputs of tf32 products with ``rounding`` (:data:`ROUNDINGS`).
+
+    The oracle runs the plain references of the tf32 tier (Eq. (15.3)) once with ``"rne"`` and once with
+    ``"truncate"`` (module docstring). A context variable: it follows the block into the worker threads of
+    :mod:`refimpl._blocking`, and other threads are not affected.
+    """
+    if not isinstance(rounding, str) or rounding not in ROUNDINGS:
+        raise ValueError(f"rounding: expected one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    token = _TF32_ROUNDING.set(rounding)
+    try:
+        yield rounding
+    finally:
+        _TF32_ROUNDING.reset(token)
+
+
+def _round_bits32(x: np.ndarray, bits: int, rounding: str = "rne") -> np.ndarray:
     """float32 ``x`` rounded to ``bits`` mantissa bits with float32's exponent range (bfloat16, tf32), a new array.
 
+    ``rounding``: ``"rne"`` to nearest, ties to even; ``"rna"`` to nearest, ties away from zero (add half
+    an ulp to the magnitude); ``"truncate"`` toward zero (clear the dropped bits).
     On the bits, the carry of the rounding runs into the exponent, so subnormals land on the
     grid of spacing 2^(−126 − bits) and values above the largest finite number become ±inf.
     NaNs are kept as they are (their payload could otherwise carry into the sign or round to inf).
@@ -179,6 +236,13 @@ def _round_bits32(x: np.ndarray, bits: int) -> np.ndarray:
 
     def block(sl):  # r = (u + half + lsb) & keep: round to nearest, ties to even, on the magnitude's bits
         ub, rb = u[sl], r[sl]
+        if rounding == "truncate":  # r = u & keep: toward zero
+            np.bitwise_and(ub, keep, out=rb)
+            return
+        if rounding == "rna":  # r = (u + half + 1) & keep: to nearest, ties away from zero
+            np.add(ub, half + np.uint32(1), out=rb)
+            rb &= keep
+            return
         np.right_shift(ub, drop, out=rb)
         rb &= np.uint32(1)  # the lowest kept bit
         rb += half
@@ -209,12 +273,17 @@ def acc(tier):
 def matmul(a, b, tier) -> np.ndarray:
     """``a @ b`` as a tensor core computes it in ``tier``, returned in the accumulation dtype.
 
-    The inputs are rounded to the tier (to 10 mantissa bits for tf32), the products are exact in
-    float32 for every 16-bit tier and tf32 (at most 11 + 11 significant bits), and they are summed
-    in float32 (float64 for float64). The caller stores the result (:func:`store`).
+    The inputs are rounded to the tier (to 10 mantissa bits for tf32, converted as :func:`tf32_rounding`
+    says: to nearest even unless set), the products are exact in float32 for every 16-bit tier and tf32
+    (at most 11 + 11 significant bits), and they are summed in float32 (float64 for float64). The caller
+    stores the result (:func:`store`).
     """
     tier = tier_name(tier)
-    a, b = round_to(a, tier), round_to(b, tier)
+    if tier == "tf32":
+        mode = _TF32_ROUNDING.get()
+        a, b = round_to(a, tier, rounding=mode), round_to(b, tier, rounding=mode)
+    else:
+        a, b = round_to(a, tier), round_to(b, tier)
     dt = acc(tier)
     return np.matmul(a.astype(dt, copy=False), b.astype(dt, copy=False))  # new arrays already: no copies
 

@@ -83,7 +83,11 @@ transfer functions and biquad cascades) it is refimpl's straightforward algorith
 compute* (:mod:`refimpl._lowprec`): inputs rounded to the tier, intermediates stored in the
 tier's format, matrix products with tier-rounded inputs and float32 accumulation, reductions,
 recurrence states and ``exp`` in float32; its error grows with the length of a recurrence
-exactly as a correct kernel's does. Every option of the attention family is modelled (mask,
+exactly as a correct kernel's does. In tf32 (float32 storage, matrix products with TF32 inputs) it
+runs twice, the products' inputs converted by rounding to nearest even and by truncation (hardware
+does either; truncation is biased, and a truncating kernel errs about twice as much or more), and
+each quantity is judged against the run whose error is larger (``"plain tf32 (truncate)"`` or
+``"plain tf32 (rne)"``, :func:`refimpl._precision.round_to`). Every option of the attention family is modelled (mask,
 causal alignment, sliding window, ALiBi, soft cap, grouped-query heads), for softmax attention,
 FlashAttention and the backward pass alike. FlashAttention's log-sum-exp, which kernels keep in
 float32 in every tier, is judged in float32 when it is returned in float32 (:data:`FLOAT32_QUANTITIES`;
@@ -107,14 +111,18 @@ where the carried state matters) would be diluted by the others: these functions
 quantities (:data:`SEQUENCE_QUANTITIES`) are also judged sequence by sequence in float32 — each batch
 entry × head, relative to its own largest entry, with its own plain error and its own ``C_eff`` — and the
 report names the worst sequence that fails. The
-tier's own floor is ``u = 4`` ε for float32 and ``u = 1`` ε for the other tiers (``_testing.PLAIN_ULPS``). For every other function the plain value is refimpl on
+tier's own floor is ``u = 4`` ε for float32, ``u = 2`` ε for tf32 (truncation errs by up to ε, and a chunked
+kernel truncates more operands than the plain recurrence) and ``u = 1`` ε for float16 and bfloat16
+(``_testing.PLAIN_ULPS``). For every other function the plain value is refimpl on
 the inputs rounded to the tier (complex part-wise), evaluated in float64 and rounded to the tier:
 the conditioning of the problem times the rounding of its data, with the case's ``ulps`` (default
 4) standing for the kernel's own arithmetic. Each quantity's report names the model that judged
 it (``"plain <tier>"`` or ``"rounded inputs"``). A failed low-precision case also reports the
 finest tier whose verdict it meets (``CaseReport.meets``): a TF32 kernel asked for float32
-fails and meets ``"tf32"``, a kernel that computes in bfloat16 fails the float16 tier (computed when
-first read). A correct port passes; an error of a formula, typically far above ``√ε``, fails, and the
+fails and meets ``"tf32"``, a FlashAttention kernel that computes in bfloat16 fails the float16 tier by
+its log-sum-exp (its output alone can come within the bound where the float16 plain reference, whose
+logits are stored in float16, errs by more than ε₁₆: non-causal attention at long N); ``meets`` is computed
+when first read. A correct port passes; an error of a formula, typically far above ``√ε``, fails, and the
 first failing intermediate says where; within a quantity, the report gives the entry of the largest
 error and the first entry over the bound in the order of computation (key tile, chunk, step), by named
 axes (``QuantityReport.worst``, ``first_over``).
@@ -153,7 +161,7 @@ import scipy
 from ._citations import citation_index, cited_tags
 from ._golden import CASES, FUNCTIONS, Case, Function
 from ._lowprec import PLAIN
-from ._precision import TIERS, ladder, round_to, store, tier_name
+from ._precision import TIERS, ladder, round_to, store, tf32_rounding, tier_name
 from ._precision import eps as tier_eps
 from ._testing import PLAIN_ULPS, RATIO_RULE_FACTOR, low_precision_verdict, max_abs_error, rel_error as _rel_error
 from ._validate import as_array, as_bool, as_int, as_positive_scalar, as_real_array, check_option
@@ -530,9 +538,11 @@ _POLICY_V2 = {
     "float32/float16": "see low_precision",
     "low_precision": "per case and tier (float32, tf32, float16, bfloat16): the member plain.<tier>.<name> is the "
     "plain reference of quantity <name> in that tier (model 'plain <tier>': refimpl's straightforward algorithm run "
-    "in the tier, storage rounded to the tier, float32 accumulation; model 'rounded inputs': refimpl in float64 on "
-    "the inputs rounded to the tier, rounded back). A callable in that tier, run on the arguments rounded to the "
-    "tier (round to nearest even), passes quantity <name> if rel(user) <= bound, bound = 2 * max(plain_error, "
+    "in the tier, storage rounded to the tier, float32 accumulation; in tf32, whose storage is float32, the worse, "
+    "quantity by quantity, of two runs whose matrix products' inputs are converted to TF32 by rounding to nearest "
+    "even ('plain tf32 (rne)') and by truncation ('plain tf32 (truncate)'); model 'rounded inputs': refimpl in "
+    "float64 on the inputs rounded to the tier, rounded back). A callable in that tier, run on the arguments rounded "
+    "to the tier (round to nearest even), passes quantity <name> if rel(user) <= bound, bound = 2 * max(plain_error, "
     "ulps * eps(tier), decay_floor), with rel and plain_error the norm-wise relative errors against out./mid.<name> "
     "(NaN entries of an intermediate not compared); the manifest stores plain_error, ulps, eps and bound per quantity, "
     "and decay_floor (eps(float32) * C_eff, C_eff the largest decay-weighted mean of |c_t| + |c_s| over the pairs "
@@ -557,7 +567,7 @@ def _low_precision_entry(case, args, results, arrays, sampled: bool = False) -> 
     for tier in VECTOR_TIERS:
         rounded = {k: _round(v, tier) for k, v in args.items() if v is not None}
         try:
-            plain, models = _plain(case, rounded, tier, list(results))
+            plain, models = _plain(case, rounded, tier, list(results), results)
         except Exception as exc:
             out[tier] = {"undefined": f"refimpl cannot evaluate the inputs rounded to {tier} ({type(exc).__name__})"}
             continue
@@ -1437,7 +1447,7 @@ class _Floors:
         their floor: a sequence's errors are also relative to its own largest entry) and more than one
         sequence. Float32 is the tier where the decay floor ε₃₂ C_eff can exceed the tier's own floor, so
         where one head's C_eff can loosen every head's bound; in TF32 and the 16-bit tiers the tier's floor
-        is larger for C_eff < 2^13 (2^16 for bfloat16), and there the plain models, whose states stay in float32,
+        u ε_tier is larger for C_eff < 2^13 (float16; 2^14 for tf32, 2^16 for bfloat16), and there the plain models, whose states stay in float32,
         are more accurate than chunked kernels that store their intermediates in the tier: a correct 16-bit
         chunked gated delta rule kernel's gate gradients failed small, cancelling sequences by up to about 2×, though
         its whole-case errors were well within the bounds."""
@@ -2152,10 +2162,37 @@ def _input_cases(function: str, inputs) -> list:
     return out
 
 
-def _plain_stages(case: Case, args: dict, tier: str, needed):
+#: the conversions of a matrix product's float32 inputs to TF32 whose plain references the tf32 tier takes the worse
+#: of, quantity by quantity (:func:`_plain_stages`): to nearest even, and truncation (the low 13 bits dropped)
+TF32_ROUNDINGS = ("rne", "truncate")
+
+
+def _plain_error(value, want, tier: str) -> float:
+    """The norm-wise relative error (Eq. (15.1)) of a plain reference ``value``, stored in ``tier``, against the
+    float64 ``want``, as :func:`_judge` measures it: NaN entries of ``want`` (pairs outside the computation) and
+    entries where the plain reference is not finite left out; NaN if nothing is left."""
+    want = np.asarray(want)
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = np.asarray(_round(value, tier))
+    if want.dtype.kind not in "fc" or v.shape != want.shape:
+        return float("nan")
+    v = v.astype(want.dtype)
+    keep = np.isfinite(v) & (~np.isnan(want) if want.dtype.kind == "f" else True)
+    return float(_rel_error(v[keep], want[keep])) if keep.any() else float("nan")
+
+
+def _plain_stages(case: Case, args: dict, tier: str, needed, want=None):
     """:func:`_plain` in two stages, each ``({name: value}, {name: model})``: first the quantities the plain algorithm
     of :mod:`refimpl._lowprec` returns (run in the tier), then the others (the rounded-input model, one float64 run of
-    refimpl). A generator: the second stage is computed only when asked for (:func:`_meets` stops at a failure)."""
+    refimpl). A generator: the second stage is computed only when asked for (:func:`_meets` stops at a failure).
+
+    In the tf32 tier the plain algorithm runs twice, its matrix products' inputs converted to TF32 by rounding to
+    nearest even and by truncation (:data:`TF32_ROUNDINGS`, :func:`refimpl._precision.tf32_rounding`), and each
+    quantity takes the run whose error against ``want`` (its float64 value, required there) is larger, named in
+    its model (``"plain tf32 (truncate)"``): hardware converts either way, and a truncating kernel's error is
+    about twice a rounding one's (the bias of truncation does not average out), so the bound of Eq. (15.3) covers
+    both. The rounded-input model has no matrix products of its own: its tf32 value is refimpl on the float32
+    inputs."""
     values, models = {}, {}
     fn = PLAIN.get(case.function)
     if fn is not None:
@@ -2163,15 +2200,34 @@ def _plain_stages(case: Case, args: dict, tier: str, needed):
         # need not model it (e.g. causal_alignment="top_left" or grouped_heads=False)
         defaults = _call_params(case.function)[2]
         modelled = {k: v for k, v in args.items() if not (k in defaults and _same_default(v, defaults[k]))}
-        try:
-            with np.errstate(all="ignore"):
-                got = (fn(modelled, tier, needed=tuple(needed)) if "needed" in inspect.signature(fn).parameters
-                       else fn(modelled, tier))
-        except NotImplementedError:
-            got = {}
-        for k in needed:
-            if k in got:
-                values[k], models[k] = got[k], f"plain {tier}"
+
+        def run():
+            try:
+                with np.errstate(all="ignore"):
+                    return (fn(modelled, tier, needed=tuple(needed)) if "needed" in inspect.signature(fn).parameters
+                            else fn(modelled, tier))
+            except NotImplementedError:
+                return {}
+
+        if tier != "tf32":
+            got = run()
+            for k in needed:
+                if k in got:
+                    values[k], models[k] = got[k], f"plain {tier}"
+        else:
+            if want is None:
+                raise ValueError("want: the float64 values of the quantities are needed to choose the tf32 plain reference")
+            runs = {}
+            for mode in TF32_ROUNDINGS:
+                with tf32_rounding(mode):
+                    runs[mode] = run()
+            for k in needed:
+                have = [m for m in TF32_ROUNDINGS if k in runs[m]]
+                if not have:
+                    continue
+                errors = {m: _plain_error(runs[m][k], want[k], tier) if k in want else float("nan") for m in have}
+                worst = max(have, key=lambda m: errors[m] if np.isfinite(errors[m]) else -np.inf)  # ties: the first
+                values[k], models[k] = runs[worst][k], f"plain {tier} ({worst})"
         yield values, models
     rest = [k for k in needed if k not in values]
     if rest:
@@ -2182,15 +2238,16 @@ def _plain_stages(case: Case, args: dict, tier: str, needed):
         yield {k: fallback[k] for k in rest}, dict.fromkeys(rest, "rounded inputs")
 
 
-def _plain(case: Case, args: dict, tier: str, needed) -> tuple:
+def _plain(case: Case, args: dict, tier: str, needed, want=None) -> tuple:
     """The plain references of ``needed`` quantities in ``tier``: ``({name: value}, {name: model})``.
 
     ``args`` are the arguments rounded to the tier. Quantities a plain algorithm of
     :mod:`refimpl._lowprec` returns are run in the tier; the others are refimpl on the rounded
-    inputs, evaluated in float64 (the rounded-input model).
+    inputs, evaluated in float64 (the rounded-input model). ``want``: the float64 values of the
+    quantities, needed in the tf32 tier (:func:`_plain_stages`).
     """
     values, models = {}, {}
-    for v, m in _plain_stages(case, args, tier, needed):
+    for v, m in _plain_stages(case, args, tier, needed, want):
         values.update(v)
         models.update(m)
     return values, models
@@ -2264,7 +2321,7 @@ def _meets(case, args, oracle, mapped, tier, defaults, *, floor_of=None, skip=Fa
             continue
         sequences = _Floors(case.function, args, low=False, tier=t)  # only the float32 tier judges sequences
         on_rounded = _OnRounded(case, {**defaults, **rounded})
-        stages = _plain_stages(case, {**defaults, **rounded}, t, names)
+        stages = _plain_stages(case, {**defaults, **rounded}, t, names, oracle)
         met = True
         while met:
             try:
@@ -2477,7 +2534,7 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
             plain, models = plain_stored = _stored_plain(stored, dt, oracle)
         elif dt != "float64":
             try:
-                plain, models = _plain(case, {**defaults, **user_args}, dt, list(oracle))
+                plain, models = _plain(case, {**defaults, **user_args}, dt, list(oracle), oracle)
             except Exception as exc:  # e.g. time stamps that are no longer increasing once rounded
                 reports.append(CaseReport(case.name, "error", [], f"refimpl cannot evaluate the inputs rounded to {dt} "
                                           f"({type(exc).__name__}: {exc}); the ratio rule is undefined for this case"))
@@ -2694,6 +2751,14 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     with ``groups`` G > 0 dividing d_in; ``gated`` adds ``z`` (batch, d_in, L); the backward pass
     adds the cotangent ``dout`` of the output (the seed's second stream).
 
+    ``ssm.selective_state_update`` (one decoding step) — ``batch`` (1), ``nheads`` (0: Mamba's layout, a
+    per-channel A; H > 0: Mamba-2's, a scalar A per head), ``dim`` (64, the channels, per head with heads),
+    ``dstate`` (16), ``groups`` (1, dividing nheads), ``pool`` (0: one state per batch entry; P >= batch: a pool of
+    P states addressed by ``state_batch_indices``, a random choice of distinct rows): state standard normal
+    (batch or P, [H,] dim, dstate); x, z standard normal (batch, [H,] dim); dt raw (0.5 ξ) with ``dt_bias``
+    softplus⁻¹(dt0) (dt0 log-uniform in [10⁻³, 10⁻¹] per channel), ``dt_softplus=True``; A = −(1, 2, …, dstate)
+    per channel, or −exp(ξ) per head; B, C (batch, dstate) or (batch, groups, dstate); D ones.
+
     *IIR filters* — ``iir.sos_filter``: ``N`` (4096), ``order`` (6, even), ``wn`` (0.05, in (0, 1)): a
     Chebyshev I low-pass with 1 dB ripple, poles near z = 1, sos (order/2, 6); x (N,) standard
     normal. ``iir.biquad_filter``: ``N`` (4096), ``r`` (0.999, the pole radius, in (0, 1)),
@@ -2791,6 +2856,8 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         return _flash_official_inputs(function, seed, sizes)
     if function == "ssm.selective_scan_fn":
         return _selective_scan_fn_inputs(seed, sizes)
+    if function == "ssm.selective_state_update":
+        return _state_update_inputs(seed, sizes)
     if function == "ssm.selective_scan_fn_vjp":  # the forward inputs, then the cotangent dout of the output
         try:
             out = _selective_scan_fn_inputs(seed, sizes)
@@ -3104,11 +3171,42 @@ def _selective_scan_fn_inputs(seed: int, sizes: dict) -> dict:
     return out
 
 
+_STATE_UPDATE_OPTIONS = {"batch": 1, "nheads": 0, "dim": 64, "dstate": 16, "groups": 1, "pool": 0}
+
+
+def _state_update_inputs(seed: int, sizes: dict) -> dict:
+    """:func:`random_inputs` of ``ssm.selective_state_update``: one decoding step (see :func:`random_inputs`)."""
+    s = _sizes("ssm.selective_state_update", dict(sizes), _STATE_UPDATE_OPTIONS)
+    H, G, b = s["nheads"], s["groups"], s["batch"]
+    if H and H % G:
+        raise ValueError(f"groups: expected a divisor of nheads = {H}, got {G}")
+    if not H and G != 1:
+        raise ValueError(f"groups: Mamba's layout (nheads = 0) has one group, got {G}")
+    if s["pool"] and s["pool"] < b:
+        raise ValueError(f"pool: expected at least batch = {b} states, got {s['pool']}")
+    rng = np.random.default_rng(seed)
+    lead = (b, H, s["dim"]) if H else (b, s["dim"])
+    dt0 = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), lead[1:]))  # Mamba's dt initialization, per channel
+    if H:
+        A = np.broadcast_to(-np.exp(rng.standard_normal(H))[:, None, None], (H, s["dim"], s["dstate"])).copy()
+    else:
+        A = -np.broadcast_to(np.arange(1.0, s["dstate"] + 1), (s["dim"], s["dstate"])).copy()  # S4D-real
+    bc = (b, G, s["dstate"]) if H else (b, s["dstate"])
+    out = {"state": rng.standard_normal(((s["pool"] or b),) + lead[1:] + (s["dstate"],)),
+           "x": rng.standard_normal(lead), "dt": 0.5 * rng.standard_normal(lead), "A": A,
+           "B": rng.standard_normal(bc), "C": rng.standard_normal(bc), "D": np.ones(lead[1:]),
+           "z": rng.standard_normal(lead), "dt_bias": dt0 + np.log(-np.expm1(-dt0)), "dt_softplus": True}
+    if s["pool"]:
+        out["state_batch_indices"] = rng.permutation(s["pool"])[:b]
+    return out
+
+
 #: the functions :func:`random_inputs` supports
 RANDOM_INPUTS = ("attention.softmax_attention", "attention.flash_attention", "attention.softmax_attention_vjp",
                  "random_features.linear_attention", "random_features.performer_attention", "ssm.selective_scan",
                  "linear_rnn.ssd", "linear_rnn.gated_linear_attention", "linear_rnn.retention", "linear_rnn.delta_rule",
                  "iir.sos_filter", "iir.biquad_filter", "ssm.selective_scan_fn", "ssm.selective_scan_fn_vjp",
+                 "ssm.selective_state_update",
                  *_VJP_OUTPUTS, *_OFFICIAL, *_FLASH_OFFICIAL)
 
 _ATTENTION_OPTIONS = {"N": 256, "M": 0, "d": 64, "dv": 0, "heads": 0, "batch": 0, "kv_heads": 0, "causal": False,
@@ -3128,6 +3226,7 @@ _RANDOM_OPTIONS = {
     "random_features.performer_attention": {"N": 1024, "d": 64, "dv": 0, "m": 256, "batch": 0, "causal": True},
     "ssm.selective_scan": {"L": 1024, "d_in": 8, "n": 16, "batch": 0, "discretization": "mamba"},
     "ssm.selective_scan_fn": {"L": 1024, "d_in": 8, "n": 16, "batch": 1, "gated": False, "groups": 0},
+    "ssm.selective_state_update": _STATE_UPDATE_OPTIONS,
     "iir.sos_filter": {"N": 4096, "order": 6, "wn": 0.05},
     "iir.biquad_filter": {"N": 4096, "r": 0.999, "theta": 0.3},
     "linear_rnn.ssd": {"L": 1024, "H": 4, "G": 1, "P": 16, "N": 16, "batch": 0, "chunk_size": 64, "states": False},

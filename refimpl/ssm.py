@@ -39,6 +39,9 @@ The official interface (:func:`selective_scan_fn`, mamba_ssm's names and layout,
 ``B``, ``C``          (D, N) constant per channel, (batch, N, L) shared, or (batch, G, N, L) in G groups;
 ``D`` (D,)            skip connection;  ``delta_bias`` (D,)  added to delta before the softplus;
 ``last_state`` (batch, D, N)  h after the last step.
+One step of it, mamba_ssm's decoding interface (:func:`selective_state_update`): ``state`` (batch, D, N), or
+(batch, nheads, dim, N) with heads (Mamba-2); ``x``, ``dt``, ``z`` (batch, D) or (batch, nheads, dim); ``A`` (D, N)
+or (nheads, dim, N); ``B``, ``C`` (batch, N) or (batch, ngroups, N); returns ``out`` and the new state.
 Its backward pass :func:`selective_scan_fn_vjp` takes ``dout`` (batch, D, L) and returns mamba_ssm's gradients
 ``du``, ``ddelta``, ``dA``, ``dB``, ``dC`` (``dD``, ``dz``, ``ddelta_bias``), each in its input's layout.
 
@@ -60,7 +63,8 @@ References
 .. [6] T. Dao, A. Gu, "Transformers are SSMs" (Mamba-2), ICML 2024, §3 (semiseparable matrices).
 .. [7] A. Ali, I. Zimerman, L. Wolf, "The hidden attention of Mamba models", arXiv:2403.01590, 2024.
 .. [8] T. Dao, A. Gu, ``mamba_ssm`` (github.com/state-spaces/mamba),
-       ``mamba_ssm/ops/selective_scan_interface.py``: ``selective_scan_fn`` and ``selective_scan_ref``.
+       ``mamba_ssm/ops/selective_scan_interface.py``: ``selective_scan_fn`` and ``selective_scan_ref``;
+       ``mamba_ssm/ops/triton/selective_state_update.py``: ``selective_state_update`` (one decoding step).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ from ._validate import (
     guard_overflow,
     as_bool,
     as_int,
+    as_int_array,
     as_array,
     as_complex_array,
     as_positive_scalar,
@@ -109,6 +114,8 @@ __all__ = [
     "semiseparable_matrix",
     "selective_scan_fn",
     "selective_scan_fn_loop",
+    "selective_state_update",
+    "selective_state_update_loop",
     "selective_scan_vjp",
     "selective_scan_vjp_loop",
     "selective_scan_fn_vjp",
@@ -1821,6 +1828,248 @@ def selective_scan_fn_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
                 out[b, d, t] = y
             last[b, d] = h
     return (out, last) if return_last_state else out
+
+
+
+# ---------------------------------------------------------------------------------------------
+# One step of the scan: mamba_ssm's decoding interface (selective_state_update)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices):
+    """Validate the arguments of :func:`selective_state_update`.
+
+    Returns ``(state, x, dt, A, B, C, D, z, dt_bias, softplus, rows, step)`` with a heads axis in every
+    layout (state (pool, H, P, N), x, dt, z (batch, H, P), A (H, P, N), B, C (batch, G, N), D, dt_bias
+    (H, P)), ``rows`` the state row each batch entry reads (-1: a padding entry) and ``step`` the
+    Δ of Eq. (11.21), (batch, H, P).
+    """
+    softplus = as_bool(dt_softplus, "dt_softplus")
+    state = as_real_array(state, "state", copy=False)
+    if state.ndim not in (3, 4) or min(state.shape) < 1:
+        raise ValueError("state: expected shape (batch, dim, dstate) (Mamba) or (batch, nheads, dim, dstate) "
+                         f"(Mamba-2) with every size >= 1, got shape {state.shape}")
+    heads = state.ndim == 4
+    lay = "(batch, nheads, dim)" if heads else "(batch, dim)"
+    st = state if heads else state[:, None]
+    pool, H, P, N = st.shape
+    x = as_real_array(x, "x", copy=False)
+    if x.ndim != state.ndim - 1 or x.shape[1:] != st.shape[1:-1][int(not heads):] or x.shape[0] < 1:
+        raise ValueError(f"x: expected shape {lay} with {'nheads, dim' if heads else 'dim'} = "
+                         f"{st.shape[1:3] if heads else P} from state, got shape {x.shape}")
+    batch = x.shape[0]
+    xs = x if heads else x[:, None]
+    arrays = {}
+    for name, v in (("dt", dt), ("z", z)):  # dt is required: None is refused by the converter, naming it
+        if v is not None or name == "dt":
+            v = as_real_array(v, name, copy=False)
+            if v.shape != x.shape:
+                raise ValueError(f"{name}: expected the shape of x {x.shape} {lay}, got shape {v.shape}")
+            v = v if heads else v[:, None]
+        arrays[name] = v
+    A = as_real_array(A, "A", copy=False)
+    want_A = (H, P, N) if heads else (P, N)
+    if A.shape != want_A:
+        raise ValueError(f"A: expected shape {'(nheads, dim, dstate)' if heads else '(dim, dstate)'} = {want_A} "
+                         f"from state, got shape {A.shape}")
+    if np.any(A > 0):
+        raise ValueError(f"A: expected a stable diagonal (every A <= 0, as Mamba's A = -exp(A_log)), "
+                         f"got maximum A = {A.max():.6g}")
+    A = A if heads else A[None]
+    for name, v in (("B", B), ("C", C)):
+        v = as_real_array(v, name, copy=False)
+        if v.ndim == 2:
+            v = v[:, None]  # (batch, dstate): one group
+        if v.ndim != 3 or v.shape[0] != batch or v.shape[2] != N or v.shape[1] < 1:
+            raise ValueError(f"{name}: expected shape (batch, dstate) or (batch, ngroups, dstate) with batch = {batch} "
+                             f"from x and dstate = {N} from state, got shape {np.shape(v)}")
+        if H % v.shape[1]:
+            raise ValueError(f"{name}: its {v.shape[1]} groups do not divide the {H} heads of state "
+                             "(head h reads group h // (nheads / ngroups))")
+        arrays[name] = v
+    if arrays["B"].shape[1] != arrays["C"].shape[1]:
+        raise ValueError(f"C: expected the groups of B ({arrays['B'].shape[1]}), got shape {arrays['C'].shape}")
+    for name, v in (("D", D), ("dt_bias", dt_bias)):
+        if v is not None:
+            v = as_real_array(v, name)
+            if v.shape != x.shape[1:]:
+                raise ValueError(f"{name}: expected shape {'(nheads, dim)' if heads else '(dim,)'} = {x.shape[1:]} "
+                                 f"from x, got shape {v.shape}")
+            v = v if heads else v[None]
+        arrays[name] = v
+    if state_batch_indices is None:
+        if pool != batch:
+            raise ValueError(f"state: expected batch = {batch} rows (from x), got shape {state.shape} "
+                             "(a larger pool of states needs state_batch_indices)")
+        rows = np.arange(batch)
+    else:
+        rows = as_int_array(state_batch_indices, "state_batch_indices", "integer state indices")
+        if rows.shape != (batch,):
+            raise ValueError(f"state_batch_indices: expected shape ({batch},) (batch from x), got shape {rows.shape}")
+        if np.any(rows >= pool):
+            raise ValueError(f"state_batch_indices: expected indices < {pool} (the rows of state), "
+                             f"got maximum {int(rows.max())}")
+        used = rows[rows >= 0]
+        if np.unique(used).size != used.size:
+            raise ValueError("state_batch_indices: expected distinct indices (a negative one marks a padding entry); "
+                             "two batch entries updating one state is a race in the kernel")
+    # Eq. (11.21): Δ = softplus(dt + dt_bias) (each step optional)
+    raw = arrays["dt"] if arrays["dt_bias"] is None else arrays["dt"] + arrays["dt_bias"]
+    step = _softplus(raw) if softplus else raw
+    live = rows >= 0
+    if np.any(step[live] < 0):
+        culprits = "dt" + (", dt_bias" if dt_bias is not None else "") + ("" if softplus else ", dt_softplus")
+        raise ValueError(f"{culprits}: expected step sizes Δ >= 0 (Eq. (11.21)), got minimum {float(step[live].min()):.6g}")
+    return (st, xs, arrays["dt"], A, arrays["B"], arrays["C"], arrays["D"], arrays["z"], arrays["dt_bias"], softplus,
+            rows, step)
+
+
+@guard_overflow()
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, *, dt_softplus=False,
+                           state_batch_indices=None):
+    r"""One step of Mamba's selective scan with mamba_ssm's decoding interface (``selective_state_update``).
+
+    Implements one time step of Eqs. (11.21), (11.14) (``discretization="mamba"``) and (11.23) of
+    the book (Gu & Dao 2024, Alg. 2; Dao & Gu 2024 for the heads layout;
+    ``mamba_ssm.ops.triton.selective_state_update``, the kernel that generates one token at a time):
+    the official argument names, layouts and options, so that a port of the kernel is checked
+    with its own calling convention.
+
+    Parameters
+    ----------
+    state : array_like, shape (batch, dim, dstate) or (batch, nheads, dim, dstate)
+        The state h before the step (Mamba; Mamba-2 with heads of ``dim`` channels). With
+        ``state_batch_indices``, a pool of states of any number of rows.
+    x : array_like, shape (batch, dim) or (batch, nheads, dim)
+        The input of this step.
+    dt : array_like, the shape of x
+        Step sizes before the bias and the softplus.
+    A : array_like, shape (dim, dstate) or (nheads, dim, dstate)
+        Diagonal state matrix, A ≤ 0 (real; refused otherwise). Mamba-2's scalar A per head is
+        ``A[h]`` broadcast over (dim, dstate).
+    B, C : array_like, shape (batch, dstate) or (batch, ngroups, dstate)
+        Input and output vectors of this step; head h reads group ``h // (nheads / ngroups)``.
+    D : array_like, shape (dim,) or (nheads, dim), optional
+        Skip connection, ``y += D x``.
+    z : array_like, the shape of x, optional
+        Gate: the output is multiplied by ``silu(z) = z σ(z)``.
+    dt_bias : array_like, shape (dim,) or (nheads, dim), optional
+        Added to ``dt`` before the softplus.
+    dt_softplus : bool
+        Apply ``softplus(x) = log(1 + e^x)`` to ``dt + dt_bias``.
+    state_batch_indices : array_like of int, shape (batch,), optional
+        Batch entry b reads and writes row ``state_batch_indices[b]`` of ``state`` (a pool of
+        states, continuous batching); a negative index marks a padding entry: its output is 0 and
+        no state changes. The non-negative indices must be distinct (two entries updating one
+        state would race in the kernel).
+
+    Returns
+    -------
+    out : ndarray, the shape of x
+    new_state : ndarray, the shape of state
+        The state after the step (rows not addressed by the batch unchanged).
+
+    Notes
+    -----
+    With Δ = softplus(dt + dt_bias) (Eq. (11.21); each part optional), for every batch entry,
+    head h, channel p and state entry n, g = h // (nheads / ngroups):
+
+    .. math::  h'_{pn} = e^{Δ_p A_{pn}} h_{pn} + (Δ_p B_{g n})\, x_p,\qquad
+               \mathrm{out}_p = \Big(\sum_n C_{g n} h'_{pn} + D_p x_p\Big)\,\mathrm{silu}(z_p),
+
+    the step t of :func:`selective_scan_fn` (Mamba layout) or of
+    :func:`refimpl.linear_rnn.mamba_chunk_scan_combined` (heads layout): decoding a sequence
+    token by token from the zero state gives the outputs and the final state of the whole scan.
+
+    Differences from ``mamba_ssm``, all deliberate: the function is pure — it returns the new
+    state instead of writing it into ``state`` — and float64 throughout (the kernel computes in
+    float32 and stores the state in its dtype); the softplus is exact, whereas the kernel returns x
+    itself for x > 20 (a difference below 2.1e-9); A > 0 and Δ < 0 are refused (Δ = 0 leaves the
+    state unchanged); repeated non-negative ``state_batch_indices`` are refused (the kernel's
+    result would depend on the order of its programs); the options are keyword-only. Loop twin:
+    :func:`selective_state_update_loop`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> b, H, P, N = 2, 4, 3, 5  # Mamba-2: heads of P channels, one group of B, C
+    >>> h0, x = rng.normal(size=(b, H, P, N)), rng.normal(size=(b, H, P))
+    >>> dt, A = rng.normal(size=(b, H, P)), np.repeat(-np.exp(rng.normal(size=(H, 1, 1))), P, axis=1).repeat(N, axis=2)
+    >>> B, C = rng.normal(size=(2, b, 1, N))
+    >>> out, h1 = selective_state_update(h0, x, dt, A, B, C, dt_softplus=True)
+    >>> out.shape, h1.shape, bool(np.allclose(out, selective_state_update_loop(h0, x, dt, A, B, C, dt_softplus=True)[0]))
+    ((2, 4, 3), (2, 4, 3, 5), True)
+    """
+    st, x, _, A, B, C, D, z, _, _, rows, step = _check_state_update(
+        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
+    batch, H = x.shape[:2]
+    Bh, Ch = (np.repeat(V, H // V.shape[1], axis=1) for V in (B, C))  # (batch, H, N): head h reads group h // (H/G)
+    live = rows >= 0
+    h = st[np.where(live, rows, 0)]  # (batch, H, P, N): the state each entry reads
+    s = step[..., None]  # Δ, (batch, H, P, 1)
+    h = np.exp(s * A) * h + (s * Bh[:, :, None, :]) * x[..., None]  # h' = e^{ΔA} h + (Δ B) x, Eq. (11.14)
+    y = np.matmul(h, Ch[..., None])[..., 0]  # Σ_n C_n h'_n
+    if D is not None:
+        y += D * x  # y += D x
+    if z is not None:
+        y *= z * scipy.special.expit(z)  # out = (y + D x) silu(z), Eq. (11.23)
+    y[~live] = 0.0  # padding entries
+    new = st.copy()
+    new[rows[live]] = h[live]
+    if np.ndim(state) == 3:
+        return y[:, 0], new[:, 0]
+    return y, new
+
+
+@guard_overflow()
+def selective_state_update_loop(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, *, dt_softplus=False,
+                                state_batch_indices=None):
+    """Loop twin of :func:`selective_state_update`: scalar loops over batch, head, channel and state entry.
+
+    For each batch entry b reading state row r (``state_batch_indices[b]``, or b), head h,
+    channel p: ``Δ = softplus(dt[b, h, p] + dt_bias[h, p])`` (Eq. (11.21)),
+    ``h_n ← e^{Δ A[h, p, n]} h_n + (Δ B[b, g, n]) x[b, h, p]`` with g = h // (nheads/ngroups),
+    ``out[b, h, p] = (Σ_n C[b, g, n] h_n + D[h, p] x[b, h, p]) · z σ(z)`` (Eq. (11.23)), in Python floats.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> b, dim, N = 2, 3, 4  # Mamba: per-channel A, no heads
+    >>> h0, x, dt = rng.normal(size=(b, dim, N)), rng.normal(size=(b, dim)), rng.uniform(0.1, 1.0, (b, dim))
+    >>> A, B, C = -np.exp(rng.normal(size=(dim, N))), rng.normal(size=(b, N)), rng.normal(size=(b, N))
+    >>> out, h1 = selective_state_update_loop(h0, x, dt, A, B, C)
+    >>> bool(np.allclose(h1, selective_state_update(h0, x, dt, A, B, C)[1]))
+    True
+    """
+    st, x, dt, A, B, C, D, z, dt_bias, softplus, rows, _ = _check_state_update(
+        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
+    batch, H, P = x.shape
+    G, N = B.shape[1:]
+    new = st.copy()
+    out = np.zeros(x.shape)
+    for b in range(batch):
+        r = int(rows[b])
+        if r < 0:
+            continue  # a padding entry: output 0, no state touched
+        for hd in range(H):
+            g = hd // (H // G)  # the group of head hd
+            for p in range(P):
+                v = dt[b, hd, p] + (dt_bias[hd, p] if dt_bias is not None else 0.0)
+                step = _softplus_scalar(v) if softplus else v  # Δ, Eq. (11.21)
+                xv = x[b, hd, p]
+                y = 0.0
+                for n in range(N):
+                    hn = math.exp(step * A[hd, p, n]) * st[r, hd, p, n] + (step * B[b, g, n]) * xv  # e^{ΔA} h + (ΔB) x
+                    new[r, hd, p, n] = hn
+                    y += C[b, g, n] * hn  # Σ_n C_n h'_n
+                if D is not None:
+                    y += D[hd, p] * xv
+                if z is not None:
+                    y *= z[b, hd, p] * _sigmoid_scalar(z[b, hd, p])  # silu(z), Eq. (11.23)
+                out[b, hd, p] = y
+    if np.ndim(state) == 3:
+        return out[:, 0], new[:, 0]
+    return out, new
 
 
 # The backward pass (vector–Jacobian products) lives in refimpl/_vjp.py, re-exported here.

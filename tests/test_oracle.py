@@ -1223,7 +1223,8 @@ def _meets_in_full(case, args, oracle_values, mapped, tier, defaults, **_):
     for t in (tier,) + ladder(tier):
         try:
             rounded = {k: oracle._round(v, t) for k, v in args.items() if v is not None}
-            plain, models = oracle._plain(case, {**defaults, **rounded}, t, [q for q in oracle_values if q in mapped])
+            plain, models = oracle._plain(case, {**defaults, **rounded}, t, [q for q in oracle_values if q in mapped],
+                                          oracle_values)
         except Exception:
             continue
         outs = case.output_names()
@@ -1325,6 +1326,7 @@ _SMALL = {
     "random_features.performer_attention": dict(N=6, d=4, m=5),
     "ssm.selective_scan": dict(L=6, d_in=2, n=3),
     "ssm.selective_scan_fn": dict(L=6, d_in=2, n=3),
+    "ssm.selective_state_update": dict(batch=1, nheads=2, dim=3, dstate=2, pool=2),
     "iir.sos_filter": dict(N=20),
     "iir.biquad_filter": dict(N=20),
     "linear_rnn.ssd": dict(L=6, H=2, P=2, N=2),

@@ -342,7 +342,102 @@ def test_tf32_kernel_fails_float32_and_meets_tf32():
     assert not r32.passed and r32.meets == "tf32"
     assert "within the bounds of tier: tf32" in r32.table()
     rtf = oracle.compare("attention.softmax_attention", tf32, dtype="tf32", inputs=attn1024)
-    assert rtf.passed and rtf.cases[0].quantities[0].model == "plain tf32"
+    assert rtf.passed and rtf.cases[0].quantities[0].model in ("plain tf32 (rne)", "plain tf32 (truncate)")
+
+
+def test_rounding_modes_truncate_and_ties_away():
+    # round_to(..., rounding=) against the definition: "truncate" is the float32 value with the dropped bits cleared
+    # (toward zero), "rna" the nearer grid neighbour with ties away from zero; grid neighbours computed in float64
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(6000) * 10.0 ** rng.integers(-44, 39, 6000)).astype(f32)
+    ties = np.array([1 + 2.0 ** -11, -(1 + 2.0 ** -11), 1 + 2.0 ** -8, 3 * 2.0 ** -137], f32)  # halfway in tf32 / bf16
+    x = np.concatenate([x, ties, np.array([3.4028235e38, -3.4028235e38, np.inf, -np.inf, np.nan, 0.0, -0.0], f32)])
+    for tier in ("tf32", "bfloat16"):
+        bits = FORMATS[tier][0]
+        drop = 23 - bits
+        trunc = round_to(x, tier, rounding="truncate")
+        fin = np.isfinite(x)
+        cleared = (x.view(np.uint32) & np.uint32(0xFFFFFFFF ^ ((1 << drop) - 1))).view(f32)
+        assert np.array_equal(trunc[fin], cleared[fin])
+        assert np.all(np.abs(trunc[fin].astype(float)) <= np.abs(x[fin].astype(float)))  # toward zero, never overflows
+        assert np.array_equal(trunc[~fin], x[~fin], equal_nan=True)  # ±inf, NaN kept
+        a, lo = np.abs(x[fin].astype(float)), np.abs(trunc[fin].astype(float))
+        top = np.floor(np.log2(np.where(lo > 0, lo, 1.0)))
+        q = 2.0 ** (np.where(lo >= 2.0 ** -126, top, -126) - bits)  # the grid's spacing at lo
+        hi = lo + q  # the next grid point away from zero (2^128 beyond float32's range: overflow)
+        want = np.where(a - lo >= hi - a, hi, lo)  # ties away from zero
+        want = np.where(want > (2 - 2.0 ** -bits) * 2.0 ** 127, np.inf, want) * np.sign(x[fin])
+        got = round_to(x, tier, rounding="rna")
+        assert np.array_equal(got[fin].astype(float), want) and np.array_equal(got[~fin], x[~fin], equal_nan=True), tier
+        assert np.array_equal(round_to(x.astype(float), tier, rounding="truncate"), trunc, equal_nan=True)  # via float32
+    assert float(round_to(f32(1 + 2.0 ** -11), "tf32")) == 1.0  # the tie: to even ...
+    assert float(round_to(f32(1 + 2.0 ** -11), "tf32", rounding="rna")) == 1 + 2.0 ** -10  # ... or away from zero
+    for bad, match in [(dict(rounding="down"), "rounding: expected one of rne, rna, truncate"),
+                       (dict(rounding=None), "rounding: expected one of"),
+                       (dict(tier="float16", rounding="truncate"), "rounding: 'truncate' is modelled for the tiers tf32")]:
+        with pytest.raises(ValueError, match=match):
+            round_to(x, **{"tier": "tf32", **bad})
+
+
+def test_tf32_rounding_sets_the_conversion_of_matmul():
+    from refimpl._precision import tf32_rounding
+
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((30, 200)).astype(f32), rng.standard_normal((200, 20)).astype(f32)
+    product = lambda mode: round_to(a, "tf32", rounding=mode).astype(float) @ round_to(b, "tf32", rounding=mode).astype(float)  # noqa: E731
+    near = matmul(a, b, "tf32")
+    with tf32_rounding("truncate"):
+        cut = matmul(a, b, "tf32")
+        with tf32_rounding("rne"):
+            assert np.array_equal(matmul(a, b, "tf32"), near)
+        assert np.array_equal(matmul(a, b, "tf32"), cut)
+    assert np.array_equal(matmul(a, b, "tf32"), near)  # reset on leaving the block
+    for got, mode in ((near, "rne"), (cut, "truncate")):
+        assert np.max(np.abs(got - product(mode))) < 1e-5 * np.max(np.abs(product(mode)))
+    assert np.max(np.abs(cut - near)) > 100 * np.max(np.abs(near - product("rne")))  # the conversion matters
+    with tf32_rounding("truncate"):
+        assert np.array_equal(matmul(a, b, "bfloat16"),  # other tiers: always to nearest even
+                              round_to(a, "bfloat16").astype(f32) @ round_to(b, "bfloat16").astype(f32))
+    with pytest.raises(ValueError, match="rounding: expected one of"):
+        with tf32_rounding("floor"):
+            pass
+
+
+def test_truncating_tf32_kernels_pass_the_tf32_tier():
+    """Hardware converts a float32 operand of a matrix product to TF32 by rounding to nearest or by truncation (its
+    13 low bits dropped), and truncation is biased (every magnitude shrinks), so its error does not average out: the
+    tf32 tier's plain reference is the worse of the two conversions, quantity by quantity, and its floor is u = 2.
+    A correct fused attention kernel that truncates passes non-causal attention, where it exceeds the bound that the
+    rounding plain reference with u = 1 would give, and a correct truncating chunked SSD kernel passes where it
+    exceeds 2 ε (the floor u = 1); kernels that round to nearest (ties to even or away) pass too; planted bugs fail."""
+    from refimpl._lowprec import PLAIN
+    from refimpl._precision import tf32_rounding
+
+    e = eps("tf32")
+    trunc = lambda x: round_to(np.asarray(x, f32), "tf32", rounding="truncate")  # noqa: E731
+    rna = lambda x: round_to(np.asarray(x, f32), "tf32", rounding="rna")  # noqa: E731
+    inp = oracle.random_inputs("attention.flash_attention", seed=0, N=600, d=64, causal=False)
+    good = oracle.compare("attention.flash_attention", lambda **kw: flash_port(**kw, rnd=trunc), dtype="tf32", inputs=inp)
+    lse, y = good.cases[0].quantities
+    assert good.passed and y.model == "plain tf32 (truncate)" and y.rel_error < 0.8 * y.bound, good.table()
+    with tf32_rounding("rne"):  # the plain reference with rounding alone, judged as a kernel: its error
+        rne = PLAIN["attention.flash_attention"]({k: (f32(v) if isinstance(v, np.ndarray) else v) for k, v in inp.items()},
+                                                 "tf32")
+    e_rne = oracle.compare("attention.flash_attention", lambda **kw: rne, dtype="tf32", inputs=inp).cases[0].quantities
+    assert y.rel_error > 2 * max(e_rne[1].rel_error, e) and y.plain_error > 2 * e_rne[1].rel_error, (y, e_rne[1])
+    for rnd in (lambda x: round_to(x, "tf32"), rna):
+        assert oracle.compare("attention.flash_attention", lambda **kw: flash_port(**kw, rnd=rnd), dtype="tf32",
+                              inputs=inp).passed
+    bad = oracle.compare("attention.flash_attention", lambda **kw: flash_port(**kw, rnd=trunc, bug="last tile"),
+                         dtype="tf32", inputs=inp)
+    assert not bad.passed and bad.cases[0].first_failure == "lse"
+    inp = oracle.random_inputs("linear_rnn.ssd", seed=1, L=1024, H=4, P=16, N=16, chunk_size=64)
+    good = oracle.compare("linear_rnn.ssd", lambda **kw: ssd_port(**kw, rnd=trunc), dtype="tf32", inputs=inp)
+    q = good.cases[0].quantities[0]
+    assert good.passed and q.rel_error > 2 * e and q.bound == 2 * PLAIN_ULPS["tf32"] * e, good.table()
+    bad = oracle.compare("linear_rnn.ssd", lambda **kw: ssd_port(**kw, rnd=trunc, bug="segsum"), dtype="tf32",
+                         inputs=inp)
+    assert not bad.passed and bad.cases[0].quantities[0].rel_error > 10 * bad.cases[0].quantities[0].bound
 
 
 def test_bfloat16_kernel_fails_the_float16_tier():
@@ -963,7 +1058,7 @@ def test_public_names_of_the_tiers():
         "linear_rnn.ssd_vjp",
         "random_features.linear_attention", "random_features.linear_attention_vjp", "random_features.performer_attention",
         "random_features.rfa_attention", "ssm.selective_scan", "ssm.selective_scan_fn", "ssm.selective_scan_fn_vjp",
-        "ssm.selective_scan_vjp"]
+        "ssm.selective_scan_vjp", "ssm.selective_state_update"]
 
 
 def test_blocked_plain_softmax_equals_the_full_one():

@@ -1368,3 +1368,151 @@ class TestBadInputRefusedByName:
                                return_last_state="no")
         with pytest.raises(ValueError, match=r"^delta: expected shape \(\.\.\., L, d_in\) with L, d_in >= 1"):
             ssm.semiseparable_matrix(np.ones((0, 2)), -np.ones((2, 3)), np.ones((0, 3)), np.ones((0, 3)))
+
+
+# ---------------------------------------------------------------------------------------------
+# One decoding step: mamba_ssm's selective_state_update
+# ---------------------------------------------------------------------------------------------
+UPDATES = [ssm.selective_state_update, ssm.selective_state_update_loop]
+
+
+def _decode(update, state, steps):
+    """Run ``update`` over the steps (dicts of per-step arguments), returning the outputs stacked along a new axis 1."""
+    outs = []
+    for kw in steps:
+        out, state = update(state, **kw)
+        outs.append(out)
+    return np.stack(outs, axis=1), state
+
+
+@pytest.mark.parametrize("update", UPDATES)
+def test_state_update_decodes_the_mamba_scan_token_by_token(update):
+    """Mamba layout: decoding a sequence one token at a time from the zero state gives selective_scan_fn's outputs
+    and its last state (the whole-sequence algorithm, an independent code path), with every option."""
+    r = np.random.default_rng(70)
+    b, D_, L, N = 2, 3, 6, 4
+    u, delta, z = r.standard_normal((3, b, D_, L))
+    A = -np.exp(r.standard_normal((D_, N)))
+    B, C = r.standard_normal((2, b, N, L))
+    Dv, bias = r.standard_normal(D_), r.normal(0.5, 0.5, D_)
+    ref, last = ssm.selective_scan_fn(u, delta, A, B, C, Dv, z, bias, delta_softplus=True, return_last_state=True)
+    steps = [dict(x=u[..., t], dt=delta[..., t], A=A, B=B[..., t], C=C[..., t], D=Dv, z=z[..., t], dt_bias=bias,
+                  dt_softplus=True) for t in range(L)]
+    out, state = _decode(update, np.zeros((b, D_, N)), steps)
+    np.testing.assert_allclose(np.moveaxis(out, 1, -1), ref, rtol=0, atol=SELF * np.abs(ref).max())
+    np.testing.assert_allclose(state, last, rtol=0, atol=SELF * np.abs(last).max())
+
+
+@pytest.mark.parametrize("update", UPDATES)
+def test_state_update_decodes_mamba2_token_by_token(update):
+    """Heads layout (Mamba-2): decoding step by step from initial states gives mamba_chunk_scan_combined's outputs
+    and final states; grouped B, C (head h reads group h // (H/G)), per-channel D, gate, bias and softplus."""
+    from refimpl import linear_rnn
+
+    r = np.random.default_rng(71)
+    b, L, H, P, G, N = 2, 7, 4, 3, 2, 5
+    x, z = r.standard_normal((2, b, L, H, P))
+    dt = r.normal(-1.0, 1.0, (b, L, H))
+    A = -np.exp(r.standard_normal(H))
+    B, C = r.standard_normal((2, b, L, G, N))
+    Dv, bias = r.standard_normal((H, P)), r.normal(0.5, 0.3, H)
+    h0 = r.standard_normal((b, H, P, N))
+    ref, final = linear_rnn.mamba_chunk_scan_combined(x, dt, A, B, C, 3, D=Dv, z=z, dt_bias=bias, initial_states=h0,
+                                                      dt_softplus=True, return_final_states=True)
+    tie = lambda a: np.broadcast_to(a[:, None, None], (H, P, N))  # noqa: E731 (Mamba-2's A per head, over (P, N))
+    steps = [dict(x=x[:, t], dt=np.repeat(dt[:, t, :, None], P, axis=-1), A=tie(A), B=B[:, t], C=C[:, t], D=Dv,
+                  z=z[:, t], dt_bias=np.repeat(bias[:, None], P, axis=-1), dt_softplus=True) for t in range(L)]
+    out, state = _decode(update, h0, steps)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=SELF * np.abs(ref).max())
+    np.testing.assert_allclose(state, final, rtol=0, atol=SELF * np.abs(final).max())
+
+
+def test_state_update_twins_agree_and_leave_the_state_untouched():
+    """The vectorized step and its scalar loop agree to rounding on random shapes and options; neither writes
+    into the state it is given (refimpl is pure: mamba_ssm updates ``state`` in place)."""
+    r = np.random.default_rng(72)
+    for trial in range(20):
+        heads = bool(trial % 2)
+        b, H, P, N = r.integers(1, 4), int(r.choice([1, 2, 4])), r.integers(1, 5), r.integers(1, 6)
+        G = int(r.choice([g for g in (1, 2, 4) if H % g == 0]))
+        lead = (b, H, P) if heads else (b, P)
+        state = r.standard_normal(lead + (N,))
+        kw = dict(x=r.standard_normal(lead), dt=r.normal(0, 1, lead), A=-np.exp(r.standard_normal(lead[1:] + (N,))),
+                  B=r.standard_normal((b, G, N) if heads else (b, N)), C=r.standard_normal((b, G, N) if heads else (b, N)))
+        opts = dict(D=r.standard_normal(lead[1:]), z=r.standard_normal(lead), dt_bias=r.standard_normal(lead[1:]))
+        chosen = {k: v for k, v in opts.items() if r.random() < 0.5}
+        before = state.copy()
+        a = ssm.selective_state_update(state, **kw, **chosen, dt_softplus=True)
+        c = ssm.selective_state_update_loop(state, **kw, **chosen, dt_softplus=True)
+        for u, w in zip(a, c):
+            np.testing.assert_allclose(u, w, rtol=1e-13, atol=1e-14)
+        np.testing.assert_array_equal(state, before)
+
+
+@pytest.mark.parametrize("update", UPDATES)
+def test_state_update_reads_and_writes_a_pool_of_states(update):
+    """state_batch_indices: entry b updates row indices[b] of a larger pool; a negative index is padding (output 0,
+    no row touched); rows no entry addresses are unchanged. Equal to the plain call on the gathered rows."""
+    r = np.random.default_rng(73)
+    pool, b, H, P, N = 6, 4, 2, 3, 4
+    states = r.standard_normal((pool, H, P, N))
+    idx = np.array([4, -1, 0, 2])
+    kw = dict(x=r.standard_normal((b, H, P)), dt=r.uniform(0.1, 1.0, (b, H, P)),
+              A=-np.exp(r.standard_normal((H, P, N))), B=r.standard_normal((b, 1, N)), C=r.standard_normal((b, 1, N)))
+    out, new = update(states, **kw, state_batch_indices=idx)
+    live = idx >= 0
+    sub = {k: (v[live] if k in ("x", "dt", "B", "C") else v) for k, v in kw.items()}
+    ref_out, ref_rows = update(states[idx[live]], **sub)
+    np.testing.assert_allclose(out[live], ref_out, rtol=1e-14, atol=1e-15)
+    np.testing.assert_array_equal(out[~live], 0.0)
+    np.testing.assert_allclose(new[idx[live]], ref_rows, rtol=1e-14, atol=1e-15)
+    untouched = np.setdiff1d(np.arange(pool), idx[live])
+    np.testing.assert_array_equal(new[untouched], states[untouched])
+
+
+def test_state_update_edge_values():
+    """Δ = 0 leaves the state unchanged and reads C·h + D x; a huge softplus argument is Δ = x itself (no overflow)."""
+    r = np.random.default_rng(74)
+    h0, x = r.standard_normal((1, 2, 3)), r.standard_normal((1, 2))
+    A, B, C, Dv = -np.ones((2, 3)), r.standard_normal((1, 3)), r.standard_normal((1, 3)), r.standard_normal(2)
+    for update in UPDATES:
+        out, h1 = update(h0, x, np.zeros((1, 2)), A, B, C, Dv)
+        np.testing.assert_array_equal(h1, h0)
+        np.testing.assert_allclose(out, h0 @ C[0] + Dv * x, rtol=1e-15)
+        out, h1 = update(h0, x, np.full((1, 2), 800.0), -1e-3 * np.ones((2, 3)), B, C, dt_softplus=True)
+        np.testing.assert_allclose(h1, np.exp(-0.8) * h0 + 800.0 * B[0] * x[0, :, None], rtol=1e-14)
+
+
+@pytest.mark.parametrize("update", UPDATES)
+def test_state_update_refuses_bad_input_by_name(update):
+    r = np.random.default_rng(75)
+    b, H, P, N = 2, 4, 3, 5
+    good = dict(state=r.standard_normal((b, H, P, N)), x=r.standard_normal((b, H, P)), dt=r.uniform(0.1, 1, (b, H, P)),
+                A=-np.ones((H, P, N)), B=r.standard_normal((b, 2, N)), C=r.standard_normal((b, 2, N)))
+    cases = [
+        (dict(state=np.ones((b, N))), ValueError, "^state: expected shape"),
+        (dict(x=np.ones((b, H, P + 1))), ValueError, "^x: expected shape"),
+        (dict(dt=np.ones((b, H))), ValueError, "^dt: expected the shape of x"),
+        (dict(dt=None), TypeError, "^dt: expected a number or array"),
+        (dict(A=np.ones((H, P, N))), ValueError, "^A: expected a stable diagonal"),
+        (dict(A=-np.ones((P, N))), ValueError, "^A: expected shape"),
+        (dict(B=np.ones((b, 3, N)), C=np.ones((b, 3, N))), ValueError, "^B: its 3 groups do not divide the 4 heads"),
+        (dict(C=np.ones((b, 1, N))), ValueError, "^C: expected the groups of B"),
+        (dict(B=np.ones((b + 1, 2, N))), ValueError, "^B: expected shape"),
+        (dict(D=np.ones(P)), ValueError, r"^D: expected shape \(nheads, dim\)"),
+        (dict(dt_bias=np.ones((H, P, 1))), ValueError, "^dt_bias: expected shape"),
+        (dict(z=np.ones((b, P))), ValueError, "^z: expected the shape of x"),
+        (dict(dt=-np.ones((b, H, P))), ValueError, r"^dt, dt_softplus: expected step sizes Δ >= 0"),
+        (dict(x=np.full((b, H, P), np.nan)), ValueError, "^x: "),
+        (dict(dt_softplus="yes"), TypeError, "^dt_softplus"),
+        (dict(state_batch_indices=[0, 0]), ValueError, "^state_batch_indices: expected distinct indices"),
+        (dict(state_batch_indices=[0, 2]), ValueError, "^state_batch_indices: expected indices < 2"),
+        (dict(state_batch_indices=[0.0, 1.0]), TypeError, "^state_batch_indices"),
+        (dict(state_batch_indices=[0]), ValueError, r"^state_batch_indices: expected shape \(2,\)"),
+        (dict(state=r.standard_normal((b + 1, H, P, N))), ValueError, "^state: expected batch = 2 rows"),
+    ]
+    for change, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            update(**{**good, **change})
+    out, _ = update(**good)  # the good call itself passes
+    assert out.shape == (b, H, P)

@@ -41,6 +41,37 @@ def _run_selective_fn(args, with_mid):
     return res
 
 
+def _run_state_update(args, with_mid):
+    out, new = ssm.selective_state_update(**args)
+    res = {}
+    if with_mid:  # the step sizes after the bias and the softplus, Eq. (11.21)
+        step = args["dt"] if args.get("dt_bias") is None else args["dt"] + np.asarray(args["dt_bias"])
+        res["Delta"] = np.logaddexp(0.0, step) if args.get("dt_softplus") else np.array(step, dtype=float)
+    res.update({"out": out, "new_state": new})
+    return res
+
+
+def _decode_step(r, batch, heads, dim, N, groups=1, pool=None, pads=0):
+    """Arguments of ``selective_state_update``: Mamba's layout (``heads`` = 0, per-channel A) or Mamba-2's (a scalar
+    A per head over (dim, N), ``groups`` of B and C); with ``pool`` rows of states addressed by ``state_batch_indices``,
+    the last ``pads`` entries padding (index -1)."""
+    lead = (batch, heads, dim) if heads else (batch, dim)
+    rows = pool or batch
+    A = (np.broadcast_to(-np.exp(r.standard_normal(heads))[:, None, None], (heads, dim, N)).copy() if heads
+         else -np.exp(r.standard_normal((dim, N))))
+    args = {"state": r.standard_normal((rows,) + lead[1:] + (N,)), "x": r.standard_normal(lead),
+            "dt": r.normal(-2.0, 1.0, lead), "A": A,
+            "B": r.standard_normal((batch, groups, N) if heads else (batch, N)),
+            "C": r.standard_normal((batch, groups, N) if heads else (batch, N)),
+            "D": r.standard_normal(lead[1:]), "z": r.standard_normal(lead), "dt_bias": r.normal(0.5, 0.5, lead[1:]),
+            "dt_softplus": True}
+    if pool:
+        idx = r.permutation(pool)[:batch]
+        idx[batch - pads:] = -1
+        args["state_batch_indices"] = idx
+    return args
+
+
 def _official(r, batch, dim, L, N, B, C, complex_A=False, gate=True):
     """Arguments of ``selective_scan_fn`` in mamba_ssm's layout; ``B``, ``C`` are shapes (``"2L"``: interleaved)."""
     A = -np.exp(r.standard_normal((dim, N)))
@@ -63,6 +94,7 @@ FUNCTIONS = [
     Function("ssm.selective_scan", _run_selective, ("y", "h_last"), intermediates=("M",), optional=("h_last",)),
     Function("ssm.selective_scan_fn", _run_selective_fn, ("out", "last_state"), intermediates=("Delta",),
              optional=("last_state",)),
+    Function("ssm.selective_state_update", _run_state_update, ("out", "new_state"), intermediates=("Delta",)),
     called("ssm.hippo_legs_online", "c"),
     called("ssm.legs_reconstruct", "f"),
 ]
@@ -119,6 +151,13 @@ CASES = [
     Case("ssm.selective_scan_fn/odd_length", 816,
          lambda r: _official(r, 1, 1, 257, 2, B=(1, 2, 257), C=(1, 2, 257)),
          "L = 257 (one past a power of two: a partial last tile), gate and softplus", intermediates=False),
+    Case("ssm.selective_state_update/mamba_decode", 817,
+         lambda r: _decode_step(r, 3, 0, 16, 8),
+         "one decoding step, Mamba's layout: state (batch, D, N), per-channel A, D, SiLU gate, dt_bias, softplus"),
+    Case("ssm.selective_state_update/mamba2_heads_pool", 818,
+         lambda r: _decode_step(r, 3, 4, 8, 4, groups=2, pool=5, pads=1),
+         "Mamba-2's layout: 4 heads of 8 channels, a scalar A per head, 2 groups of B, C; 3 entries of a pool of 5 "
+         "states (state_batch_indices), the last one padding"),
     Case("ssm.hippo_legs_online/ramp", 811,
          lambda r: {"u": np.cumsum(r.standard_normal((200, 1)), axis=0) / 10, "N": 6},
          "online LegS projection of a random walk, 200 steps"),
