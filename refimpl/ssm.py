@@ -1883,6 +1883,9 @@ def _check_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state
         if v.ndim != 3 or v.shape[0] != batch or v.shape[2] != N or v.shape[1] < 1:
             raise ValueError(f"{name}: expected shape (batch, dstate) or (batch, ngroups, dstate) with batch = {batch} "
                              f"from x and dstate = {N} from state, got shape {np.shape(v)}")
+        if not heads and v.shape[1] != 1:
+            raise ValueError(f"{name}: Mamba's layout (a 3-D state) has one group: expected shape (batch, dstate) or "
+                             f"(batch, 1, dstate), got shape {v.shape}")
         if H % v.shape[1]:
             raise ValueError(f"{name}: its {v.shape[1]} groups do not divide the {H} heads of state "
                              "(head h reads group h // (nheads / ngroups))")
@@ -1986,7 +1989,12 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     float32 and stores the state in its dtype); the softplus is exact, whereas the kernel returns x
     itself for x > 20 (a difference below 2.1e-9); A > 0 and Δ < 0 are refused (Δ = 0 leaves the
     state unchanged); repeated non-negative ``state_batch_indices`` are refused (the kernel's
-    result would depend on the order of its programs); the options are keyword-only. Loop twin:
+    result would depend on the order of its programs); a state with more rows than the batch needs
+    ``state_batch_indices`` (the kernel would update its first rows); layouts are not mixed (with a
+    3-D state, ``x``, ``dt``, ``z`` are 2-D, ``A`` is (dim, dstate), ``D`` and ``dt_bias`` are (dim,),
+    where mamba_ssm also accepts each with a unit heads axis); the options are keyword-only.
+    ``state_batch_indices`` and its padding entries follow the Triton kernel (the PyTorch
+    reference ``selective_state_update_ref`` has neither). Loop twin:
     :func:`selective_state_update_loop`.
 
     Examples

@@ -1516,3 +1516,8 @@ def test_state_update_refuses_bad_input_by_name(update):
             update(**{**good, **change})
     out, _ = update(**good)  # the good call itself passes
     assert out.shape == (b, H, P)
+    one = dict(state=r.standard_normal((b, P, N)), x=r.standard_normal((b, P)), dt=r.uniform(0.1, 1, (b, P)),
+               A=-np.ones((P, N)), B=r.standard_normal((b, N)), C=r.standard_normal((b, N)))
+    with pytest.raises(ValueError, match=r"^B: Mamba's layout \(a 3-D state\) has one group"):
+        update(**{**one, "B": np.ones((b, 2, N))})
+    assert update(**{**one, "B": one["B"][:, None]})[0].shape == (b, P)  # (batch, 1, dstate): the one group
