@@ -84,8 +84,8 @@ compute* (:mod:`refimpl._lowprec`): inputs rounded to the tier, intermediates st
 tier's format, matrix products with tier-rounded inputs and float32 accumulation, reductions,
 recurrence states and ``exp`` in float32; its error grows with the length of a recurrence
 exactly as a correct kernel's does. In tf32 (float32 storage, matrix products with TF32 inputs) it
-runs twice, the products' inputs converted by rounding to nearest even and by truncation (hardware
-does either; truncation is biased, and a truncating kernel errs about twice as much or more), and
+runs twice, the products' inputs converted by rounding to nearest even and by truncation (kernels do
+either; truncation is biased, and a truncating kernel errs about twice as much or more), and
 each quantity is judged against the run whose error is larger (``"plain tf32 (truncate)"`` or
 ``"plain tf32 (rne)"``, :func:`refimpl._precision.round_to`). Every option of the attention family is modelled (mask,
 causal alignment, sliding window, ALiBi, soft cap, grouped-query heads), for softmax attention,
@@ -111,8 +111,9 @@ where the carried state matters) would be diluted by the others: these functions
 quantities (:data:`SEQUENCE_QUANTITIES`) are also judged sequence by sequence in float32 — each batch
 entry × head, relative to its own largest entry, with its own plain error and its own ``C_eff`` — and the
 report names the worst sequence that fails. The
-tier's own floor is ``u = 4`` ε for float32, ``u = 2`` ε for tf32 (truncation errs by up to ε, and a chunked
-kernel truncates more operands than the plain recurrence) and ``u = 1`` ε for float16 and bfloat16
+tier's own floor is ``u = 4`` ε for float32, ``u = 2`` ε for tf32 (truncation errs by less than ε per
+conversion, and a chunked kernel truncates more operands than the plain recurrence: correct truncating chunked
+SSD kernels measured up to 1.7 ε, chapter 15) and ``u = 1`` ε for float16 and bfloat16
 (``_testing.PLAIN_ULPS``). For every other function the plain value is refimpl on
 the inputs rounded to the tier (complex part-wise), evaluated in float64 and rounded to the tier:
 the conditioning of the problem times the rounding of its data, with the case's ``ulps`` (default
@@ -2189,7 +2190,7 @@ def _plain_stages(case: Case, args: dict, tier: str, needed, want=None):
     In the tf32 tier the plain algorithm runs twice, its matrix products' inputs converted to TF32 by rounding to
     nearest even and by truncation (:data:`TF32_ROUNDINGS`, :func:`refimpl._precision.tf32_rounding`), and each
     quantity takes the run whose error against ``want`` (its float64 value, required there) is larger, named in
-    its model (``"plain tf32 (truncate)"``): hardware converts either way, and a truncating kernel's error is
+    its model (``"plain tf32 (truncate)"``): kernels convert either way, and a truncating kernel's error is
     about twice a rounding one's (the bias of truncation does not average out), so the bound of Eq. (15.3) covers
     both. The rounded-input model has no matrix products of its own: its tf32 value is refimpl on the float32
     inputs."""
