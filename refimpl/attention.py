@@ -325,12 +325,27 @@ def _bias_and_mask(s, p: _Problem, mask, slopes, i0: int, i1: int, lo: int, keep
 
 #: The refusal of a logit that overflowed (every form of the family, vectorized and loop alike).
 _LOGIT_OVERFLOW = (
-    "q, k, scale: a logit scale·q_i·k_j of a key the row may attend overflows float64 (|logit| > 1.8e308, or "
-    "inf − inf inside the dot product); rescale q, k or scale to moderate magnitudes"
+    "q, k, scale: a logit scale·q_i·k_j of a key the row may attend overflows float64, itself (|logit| > 1.8e308) "
+    "or in the products that form it (scale·q_i, q_i·k_j, or terms of the dot product that cancel: inf − inf); "
+    "rescale q, k or scale to moderate magnitudes"
 )
 #: A block whose logit bound b_i = ‖scale q_i‖ max_j ‖k_j‖ is at most this has only finite logits
 #: (|s_ij| <= b_i, every partial sum of the dot product included), and is not checked.
 _FINITE_BOUND = 1e300
+
+
+def _logit(scale: float, qi, kj) -> float:
+    """The logit ``scale · q_i · k_j`` of the loop twins: ``scale · (q_i · k_j)``, or, where that is
+    not finite (``q_i · k_j`` overflowed), ``(scale q_i) · k_j``, the order the vectorized forms use
+    first. So the twins agree on which logits they can form: a logit is not finite only when both
+    orders overflow (the logit itself, or products that form it in both orders, e.g. inf − inf).
+    """
+    s = scale * float(np.dot(qi, kj))
+    if math.isfinite(s):
+        return s
+    with np.errstate(over="ignore", invalid="ignore"):
+        other = float(np.dot(scale * qi, kj))
+    return other if math.isfinite(other) else s
 
 
 def _check_logits(s) -> None:
@@ -346,15 +361,21 @@ def _check_logits(s) -> None:
         raise ValueError(_LOGIT_OVERFLOW)
 
 
-def _refuse_overflowed(s, allowed: Callable[[np.ndarray], None]) -> None:
-    """In place on a block of raw logits ``s``: refuse one that overflowed at an allowed key
-    (:func:`_check_logits`); set those at forbidden keys to 0 (the mask removes them later).
+def _refuse_overflowed(s, allowed: Callable[[np.ndarray], None], other: Callable[[], np.ndarray] | None = None) -> None:
+    """In place on a block of raw logits ``s = (scale q) kᵀ``: form those that are not finite in the
+    other order, ``other()`` = ``scale · (q kᵀ)`` (as :func:`_logit` does for the loop twins); refuse
+    one that is not finite either way at an allowed key (:func:`_check_logits`); set those at
+    forbidden keys to 0 (the mask removes them later).
 
     ``allowed(t)`` zeroes, in place, the entries of a float array shaped like ``s`` where the key
     is forbidden. Only blocks whose logit bound exceeds :data:`_FINITE_BOUND` are checked (one pass
     over the block, with extreme inputs only); ordinary inputs never reach this.
     """
     bad = ~np.isfinite(s)
+    if bad.any() and other is not None:  # scale·q_i (or a term of (scale q_i)·k_j) overflowed: try scale·(q_i·k_j)
+        with np.errstate(over="ignore", invalid="ignore"):
+            s[bad] = other()[bad]
+        bad = ~np.isfinite(s)
     if bad.any():
         t = bad.astype(float)
         allowed(t)
@@ -500,6 +521,7 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     batch = p.batch
     qs = p.q * p.scale  # scale q (N·d products), not the N·M logits
     q = np.broadcast_to(qs, (*batch, n, d))
+    q_raw = np.broadcast_to(p.q, (*batch, n, d))  # for the logits scale·(q_i·k_j) where scale·q_i overflowed
     k = np.broadcast_to(p.k, (*batch, m, d))
     v = np.broadcast_to(p.v, (*batch, m, dv))
     bound, e_max = _unshifted(p, qs)
@@ -552,7 +574,7 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
             fast = np.max(bound[g][..., i0:i1], initial=-np.inf) <= e_max  # else large logits: the exact max
             finite = np.max(raw[g][..., i0:i1], initial=-np.inf) <= _FINITE_BOUND  # no logit can have overflowed
             mx, z, _ = _weights_block(q[g][..., i0:i1, :], k[g][..., lo:hi, :], p, mask_g, slopes_g, i0, lo, s, ones, fast,
-                                      finite=finite)
+                                      finite=finite, q_raw=q_raw[g][..., i0:i1, :])
             np.matmul(s, v[g][..., lo:hi, :], out=out)  # Σ_j e_ij v_j
             out /= z  # y_i = Σ_j e_ij v_j / z_i  (= Σ_j A_ij v_j, Eq. (4.1))
             if A is not None:
@@ -585,7 +607,7 @@ def _unshifted(p: _Problem, qs: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _weights_block(q, k, p: _Problem, mask, slopes, i0: int, lo: int, s, ones, fast: bool, keep_tanh: bool = False,
-                   finite: bool = False):
+                   finite: bool = False, q_raw=None):
     """The unnormalized weights ``e_ij`` of one block of query rows ``q`` (rows i0 …) against the
     keys ``k`` (keys lo …), in place in ``s``, and their row sums ``z_i`` (Eq. (4.3)).
 
@@ -601,12 +623,22 @@ def _weights_block(q, k, p: _Problem, mask, slopes, i0: int, lo: int, s, ones, f
     the exact path it would be indistinguishable from a forbidden key, and a soft cap would turn it
     into ±c. ``finite`` (the caller's bound before the cap, :func:`_logit_bound`, is at most
     :data:`_FINITE_BOUND`) and ``fast`` blocks without a soft cap cannot hold an overflowed logit and
-    are not checked: the check costs nothing on ordinary inputs.
+    are not checked: the check costs nothing on ordinary inputs. With ``q_raw`` (the block's
+    unscaled queries), a checked block forms a logit that is not finite as ``(scale q_i) · k_j``
+    again as ``scale · (q_i · k_j)``, as the loop twins do (:func:`_logit`), and refuses only what
+    overflows both ways.
     """
     i1 = i0 + s.shape[-2]
-    np.matmul(q, np.swapaxes(k, -1, -2), out=s)  # s_ij = scale q_i · k_j (BLAS)
-    if not (finite or (fast and p.softcap is None)):  # a bound above 1e300 (or inf/NaN): look for overflowed logits
-        _refuse_overflowed(s, lambda t: _mask(t, p, mask, i0, i1, lo, 0.0))
+    kT = np.swapaxes(k, -1, -2)
+    check = not (finite or (fast and p.softcap is None))  # a bound above 1e300 (or inf/NaN): look for overflowed logits
+    other = None if q_raw is None else (lambda: np.matmul(q_raw, kT) * p.scale)  # scale·(q_i·k_j)
+
+    def logits():
+        np.matmul(q, kT, out=s)  # s_ij = scale q_i · k_j (BLAS)
+        if check:
+            _refuse_overflowed(s, lambda t: _mask(t, p, mask, i0, i1, lo, 0.0), other)
+
+    logits()
     if fast:
         tanh = _bias(s, p, slopes, i0, i1, lo, keep_tanh)
         np.exp(s, out=s)  # e_ij = e^{s_ij} <= e^{E} for every key, allowed or not: no shift needed
@@ -614,7 +646,7 @@ def _weights_block(q, k, p: _Problem, mask, slopes, i0: int, lo: int, s, ones, f
         z = np.matmul(s, ones[: s.shape[-1]])  # z_i = Σ_j e_ij
         if np.all(z >= _TINY_Z):
             return 0.0, z, tanh
-        np.matmul(q, np.swapaxes(k, -1, -2), out=s)  # the exact path below, from the logits again
+        logits()  # the exact path below, from the logits again
     tanh = _bias_and_mask(s, p, mask, slopes, i0, i1, lo, keep_tanh)
     mx, z = _exp_rows(s)  # e^{s_ij − m_i}, z_i
     return mx, z, tanh
@@ -766,7 +798,11 @@ def softmax_attention(
     logit ``scale · q_i · k_j`` overflows float64 at a key the row may attend are refused with a
     ``ValueError`` naming q, k and scale: a logit that overflowed to −∞ would otherwise look like
     a forbidden key (checked only where the bound ``‖scale q_i‖ max_j ‖k_j‖`` exceeds 1e300, so
-    ordinary inputs pay nothing).
+    ordinary inputs pay nothing). The logit is formed as ``(scale q_i) · k_j`` and, where that is
+    not finite, as ``scale · (q_i · k_j)`` (the loop twin tries the same two orders, the other
+    way round), so a representable logit whose only overflow is ``scale · q_i`` or ``q_i · k_j``
+    is answered; refused are logits that overflow themselves, or in both orders (terms of the dot
+    product that cancel: inf − inf). An overflow at a masked key is harmless and ignored.
 
     Cost: the two matrix products plus a few passes over the logits (max, subtract, exp, sum).
     The query rows are processed in blocks of at least 256 rows (all N rows when N < 256, more
@@ -858,7 +894,7 @@ def softmax_attention_loop(
                     continue  # key after the query
                 if p.window is not None and abs(o - j) >= p.window:
                     continue  # outside the window
-                s = p.scale * float(np.dot(qb[b][i], kb[b][j]))  # s_ij = scale q_i·k_j
+                s = _logit(p.scale, qb[b][i], kb[b][j])  # s_ij = scale q_i·k_j
                 _check_logits([s])  # an overflowed logit is refused, not taken for a forbidden key
                 if p.softcap is not None:
                     s = p.softcap * math.tanh(s / p.softcap)  # soft cap: c tanh(s / c)
@@ -1404,6 +1440,12 @@ def flash_attention(
         finite = math.sqrt(np.max(np.einsum("...d,...d->...", qt, qt), initial=0.0)) * math.sqrt(
             np.max(np.einsum("...d,...d->...", k, k), initial=0.0)) <= _FINITE_BOUND
 
+    q_raw = None
+    if not finite:  # the unscaled query tiles, for the logits scale·(q_i·k_j) where scale·q_i overflowed
+        q_raw = np.zeros((*batch, nq * bq, p.q.shape[-1]))
+        q_raw[..., :n, :] = p.q
+        q_raw = q_raw.reshape(qt.shape)
+
     def allowed(t, j):  # zero the forbidden entries of a tile-shaped array (causal, window), in place
         if p.causal:
             t[..., j > diag] = 0.0
@@ -1414,8 +1456,8 @@ def flash_attention(
         kj, vj = k[..., None, j0 : j0 + bk, :], v[..., None, j0 : j0 + bk, :]
         s = np.matmul(qt, np.swapaxes(kj, -1, -2))  # (..., nq, bq, bk) logits of this tile
         j = np.arange(j0, min(m, j0 + bk))
-        if not finite:  # an overflowed logit at an allowed key is refused (_refuse_overflowed)
-            _refuse_overflowed(s, lambda t: allowed(t, j))
+        if not finite:  # formed as scale·(q_i·k_j) where not finite, then refused at an allowed key (_refuse_overflowed)
+            _refuse_overflowed(s, lambda t: allowed(t, j), lambda: np.matmul(q_raw, np.swapaxes(kj, -1, -2)) * p.scale)
         if p.softcap is not None:
             with np.errstate(over="ignore"):
                 s = p.softcap * np.tanh(s / p.softcap)  # c · tanh(s / c)
@@ -1503,7 +1545,7 @@ def flash_attention_loop(
                     ]
                     if not js:
                         continue
-                    s = [p.scale * float(np.dot(qb[b][i], kb[b][j])) for j in js]  # logits of the tile
+                    s = [_logit(p.scale, qb[b][i], kb[b][j]) for j in js]  # logits of the tile
                     _check_logits(s)  # an overflowed logit is refused, not taken for a forbidden key
                     if p.softcap is not None:
                         s = [p.softcap * math.tanh(sj / p.softcap) for sj in s]

@@ -1091,6 +1091,42 @@ def test_a_logit_that_overflows_at_a_forbidden_key_is_harmless(sign, softcap):
             assert_close(got, want, rtol=ORACLE, what=name)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("case", ["scale·q overflows", "q·k overflows"])
+def test_a_representable_logit_is_formed_in_the_order_that_does_not_overflow(case, softcap, causal):
+    """The vectorized forms formed (scale q_i)·k_j and the loop twins scale·(q_i·k_j): with q ~ 2^1020, k ~ 2^-1015,
+    scale = 2^6 (scale·q overflows, the logits 2^11 q·k do not) the vectorized forms refused and the loops answered;
+    with q, k ~ 2^520, scale = 2^-1041 (q·k overflows, the logits q·k / 2 do not) the reverse. Every forward form
+    now tries the other order where the first is not finite, and all answer: powers of two keep the logits exactly
+    those of the moderate problem (an independent reviewer's finding: q = 1e300, k = 1e-300, scale = 1e10)."""
+    rng = np.random.default_rng(7)
+    q0, k0, v = rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), rng.normal(size=(4, 2))  # N = M: one causal alignment
+    q0[np.abs(q0) < 0.1], k0[np.abs(k0) < 0.1] = 0.5, -0.5  # |entries| >= 0.1: k ~ 2^-1015 stays normal
+    if case == "scale·q overflows":
+        q, k, scale, moderate = 2.0**1020 * q0, 2.0**-1015 * k0, 2.0**6, 2.0**11
+        with np.errstate(over="ignore"):
+            assert not np.any(np.isfinite(scale * q))
+    else:
+        q, k, scale, moderate = 2.0**520 * q0, 2.0**520 * k0, 2.0**-1041, 0.5
+        with np.errstate(over="ignore", invalid="ignore"):
+            assert not np.any(np.isfinite(q @ k.T))
+    kw = dict(causal=causal, scale=scale) if softcap is None else dict(causal=causal, scale=scale, softcap=softcap)
+    expected = _att.softmax_attention(q0, k0, v, **{**kw, "scale": moderate})
+    forms = _overflow_forms(q, k, v, **kw)
+    del forms["softmax_attention_vjp"]  # refimpl/_vjp.py forms scale·q first (not part of this fix)
+    for name, call in forms.items():
+        if softcap is not None and name == "attention_weights":
+            continue  # no soft cap there
+        np.testing.assert_allclose(call(), expected, rtol=1e-13, atol=1e-15, err_msg=name)
+    # a logit that overflows in both orders is still refused, by the vectorized form and its loop twin alike
+    q_both = np.array([[2.0**1020, 2.0**1020]])
+    k_both = np.array([[2.0**10, -2.0**10], [1.0, 1.0]])  # (scale·q)·k and scale·(q·k): inf − inf; the exact logit is 0
+    for fn in (_att.softmax_attention, _att.softmax_attention_loop, _att.flash_attention, _att.flash_attention_loop):
+        with pytest.raises(ValueError, match="^q, k, scale: a logit .* in the products that form it"):
+            fn(q_both, k_both, v[:2], scale=2.0**6)
+
+
 def test_the_overflow_check_costs_nothing_on_ordinary_inputs(monkeypatch):
     """The check is one pass over a block's logits; it runs only where the logit bound ‖scale q_i‖ max_j ‖k_j‖ exceeds
     1e300 or is not finite (extreme inputs: also where a squared norm overflows, |scale·q| or |k| above ~1e154).
@@ -1101,7 +1137,7 @@ def test_the_overflow_check_costs_nothing_on_ordinary_inputs(monkeypatch):
     mask = np.ones((300, 300), dtype=bool)
     mask[7] = False  # a row with no key: the unshifted block falls back to the exact path
     calls = []
-    monkeypatch.setattr(_att, "_refuse_overflowed", lambda s, allowed: calls.append(s.shape))
+    monkeypatch.setattr(_att, "_refuse_overflowed", lambda s, allowed, other=None: calls.append(s.shape))
     for kw in (dict(), dict(scale=1e3), dict(softcap=2.0, scale=1e100), dict(mask=mask), dict(causal=True, scale=1e6)):
         _att.softmax_attention(q, k, v, **kw)
         if "mask" not in kw:
