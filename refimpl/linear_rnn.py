@@ -1886,14 +1886,14 @@ def delta_rule(q, k, v, beta, *, log_g=None, scale=None, chunk_size=64, return_c
     Accuracy: the state entering a chunk is carried by ``γ_end S_0 − (S_0 Wᵀ) K_Γ``, a difference, so
     each chunk adds an error proportional to the size of the state it was handed plus its values,
     not of the state it returns. The factor follows the conditioning of the UT system: a few ε for
-    β < 1, but up to a few hundred ε (chunks of 64) for β near 2 with nearly parallel keys, where
-    cond₂(I + A) reaches 1e3 (chapter 16, §16.5, measures both). A chunk that nearly annihilates
+    β < 1, but up to 2000 ε (chunks of 64) for β near 2 with nearly parallel keys, where
+    cond₂(I + A) reaches 1e3 (chapter 16, §16.5, asserts both bounds). A chunk that nearly annihilates
     the state — its keys span few directions (Dk small against c) and repeat with β near 1 —
     leaves it with an absolute error of a few ε·|S_0|, not a relative one: four orthonormal keys
     in Dk = 4 written over and over with β = 0.9 and v = 0 shrink the state by 1e-16 per chunk
     of 64, and the chunked states come out as rounding noise, while the loop twin keeps them to a
-    few ulps. Norm-wise over a whole output the chunked form stays within a small multiple of ε
-    of the recurrence.
+    few ulps. Norm-wise over a whole output the chunked form agrees with the recurrence within the
+    tolerance chapter 16 checks (1e-10 relative).
 
     Examples
     --------
@@ -1957,22 +1957,69 @@ def _rls_setup(q, k, v, lam, delta, scale):
 
 
 #: the message of :func:`rls_memory_loop` when its square-root factor ``P_t^{1/2}`` overflows
-_RLS_WOUND_UP = ("lam, delta: the RLS recursion's square-root factor of P_t = R_t^(-1) overflowed float64: with "
+_RLS_WOUND_UP = ("lam, delta, k: the RLS recursion's square-root factor of P_t = R_t^(-1) overflowed float64: with "
                  "lam < 1, P_t grows like "
-                 "lam^-(t+1)/delta in every direction the keys leave unexcited; use rls_memory (the normal "
-                 "equations), a larger lam or a larger delta")
+                 "lam^-(t+1)/delta in every direction the keys leave unexcited; use rls_memory, a larger lam or a "
+                 "larger delta")
+
+#: the largest condition number of a square-root factor (``A_t`` of :func:`rls_memory_loop`, ``U_t`` of
+#: :func:`rls_memory`) at which the RLS functions answer: 2^−10/ε ≈ 4.4e12 (``cond R_t`` or ``cond P_t`` up to 2e25)
+RLS_COND_MAX = 2.0**-10 / np.finfo(float).eps
 
 
-def _rls_sums(lam: float, x: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """``Σ_{i≤t} λ^{t−i} x_i k_iᵀ`` for every t, shape (..., L, Dx, Dk): the running sums of (16.13).
+def _rls_lstsq(q: np.ndarray, k: np.ndarray, v: np.ndarray, lam: float, delta: float) -> np.ndarray:
+    """Eq. (16.13) for one sequence (q scaled), by an orthogonal factorization restricted to the span of the keys.
 
-    By their recurrence ``R_t = λ R_{t−1} + x_t k_tᵀ``, one step at a time over all batch entries
-    (each step rounds as the recurrence does; a prefix scan would do O(L log L) work instead).
+    ``Q`` (Dk × r) is an orthonormal basis of the keys written so far (Gram–Schmidt, twice); in the directions
+    orthogonal to it (16.13) gives ``S_t u = 0`` exactly, so they are not carried. In the span the weighted data
+    rows ``λ^{(t−i)/2} [Qᵀk_i, v_iᵀ]`` and the prior rows ``λ^{(t+1)/2} δ^{1/2} I`` are reduced by QR, one new row per
+    step, to ``[U_t | Y_t]`` with ``U_tᵀU_t = Qᵀ R_t Q`` and ``U_tᵀ Y_t = Qᵀ Z_tᵀ``; then
+    ``o_t = Y_tᵀ U_t^{−T} Qᵀ q_t``. ``[U | Y]`` is stored times ``2^E`` (exact rescalings; they cancel in U^{−1}Y).
     """
-    out = x[..., :, :, None] * k[..., :, None, :]  # the outer products x_t k_tᵀ
-    for t in range(1, out.shape[-3]):
-        out[..., t, :, :] += lam * out[..., t - 1, :, :]
-    return out
+    L, dk = k.shape
+    dv = v.shape[-1]
+    eps = np.finfo(float).eps
+    Q = np.zeros((dk, 0))
+    M = np.zeros((0, dv))  # [U_t | Y_t] · 2^E
+    E = 0
+    o = np.zeros((L, dv))
+    for t in range(L):
+        r = Q.shape[1]
+        nk = np.linalg.norm(k[t])
+        if nk > 0:
+            c = Q.T @ k[t]
+            res = k[t] - Q @ c
+            c2 = Q.T @ res  # reorthogonalize once ("twice is enough")
+            res, c = res - Q @ c2, c + c2
+            nr = np.linalg.norm(res)
+            if r < dk and nr > 4 * dk * eps * nk:  # a direction no earlier key excited: its prior λ^t δ enters
+                Q = np.c_[Q, res / nr]
+                prior = math.exp(E * math.log(2.0) + 0.5 * (math.log(delta) + t * math.log(lam)))
+                U = np.zeros((r + 1, r + 1 + dv))
+                U[:r, :r], U[:r, r + 1:], U[r, r] = M[:, :r], M[:, r:], prior
+                M, c, r = U, np.r_[c, nr], r + 1
+            if E > 900:  # everything earlier is below 2^−900 of this key: bring it to scale (what underflows is refused)
+                M, E = np.ldexp(M, 900 - E), 900
+            M = np.linalg.qr(np.r_[math.sqrt(lam) * M, np.ldexp(np.r_[c, v[t]], E)[None]], mode="r")[:r]
+        else:  # a zero key writes nothing: every row decays by √λ
+            M = math.sqrt(lam) * M
+        if r == 0:
+            continue  # S_t = 0 before any key is written
+        m = np.abs(M[:, :r]).max()
+        if m > 0:
+            _, e = np.frexp(m)
+            M, E = np.ldexp(M, -int(e)), E - int(e)
+        U = M[:, :r]
+        sv = np.linalg.svd(U, compute_uv=False)
+        cond = sv[0] / sv[-1] if sv[-1] > 0 else math.inf
+        if cond > RLS_COND_MAX:
+            raise ValueError(
+                f"lam, delta, k: at step t = {t} the least-squares problem (16.13) restricted to the span of the keys "
+                f"has cond(U_t) = {cond:.1e} > 2^-10/eps = {RLS_COND_MAX:.1e} (U_t^T U_t = R_t on that span): a "
+                f"direction the keys excited has faded (weight lam^(t-i)) to about {1 / cond ** 2:.0e} of the "
+                f"others, and float64 cannot recall its value to 1e-6; use a larger lam, or shorter sequences")
+        o[t] = M[:, r:].T @ np.linalg.solve(U.T, Q.T @ q[t])  # Y_tᵀ U_t^{−T} Qᵀ q_t
+    return o
 
 
 @guard_overflow()
@@ -2003,22 +2050,31 @@ def rls_memory(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     -------
     o : ndarray, shape (..., L, Dv)
 
+    Raises
+    ------
+    ValueError
+        Naming ``lam, delta, k``, where the answer cannot be computed to 1e-6 (below).
+
     Notes
     -----
-    This version solves the normal equations at every step: the weighted sums
-    ``R_t = λ R_{t−1} + k_t k_tᵀ`` (``R_{−1} = δ I``) and ``Z_t = λ Z_{t−1} + v_t k_tᵀ`` by their
-    recurrences (vectorized over the batch), then ``o_t = Z_t R_t^{−1} q_t`` by batched solves —
-    O(L Dk³) work. Its twin :func:`rls_memory_loop` runs the RLS recursion in square-root form;
-    their agreement is the statement "RLS is exact least squares" (§16.6).
+    This version solves the weighted least-squares problem (16.13) directly, never forming
+    ``R_t`` as a sum: an orthonormal basis ``Q`` of the keys written so far splits the key space.
+    Orthogonal to the keys (16.13) gives ``S_t u = 0`` exactly, whatever the prior. On their span
+    the weighted data rows ``λ^{(t−i)/2}[Qᵀk_i, v_iᵀ]`` and the prior rows ``(λ^{t+1}δ)^{1/2} I``
+    are reduced by one QR update per step to a triangular ``U_t`` (``U_tᵀU_t = QᵀR_tQ``) and
+    ``Y_t``, and ``o_t = Y_tᵀ U_t^{−T} Qᵀ q_t`` — O(L Dk²(Dk + Dv)) work per sequence, looped over
+    the batch. Its twin :func:`rls_memory_loop` runs the RLS recursion; their agreement is the
+    statement "RLS is exact least squares" (§16.6).
 
-    Where the prior ``λ^{t+1} δ`` has fallen to the rounding of the sum,
-    ``λ^{t+1} δ ≤ Dk ε tr Σ_{i≤t} λ^{t−i} k_i k_iᵀ`` (λ < 1 over a long sequence), adding it to
-    ``R_t`` no longer regularizes anything in float64, and with keys that leave directions
-    unexcited (fewer keys than Dk, or keys of lower rank) ``R_t`` is singular to working
-    precision. Those steps use the eigendecomposition of ``R_t`` and drop the eigen-directions at
-    that rounding level: the minimum-norm least-squares map, which is what (16.13) tends to as
-    its prior vanishes, to the accuracy the data allow (§16.6). The other steps, every step for
-    λ = 1 and moderate δ, solve (16.13) as it stands. Before any key is written ``S_t = 0``.
+    A direction that the keys excited once and then left alone keeps its value in (16.13) (its
+    data and the prior fade at the same rate), but its weight ``λ^{t−i}`` falls against the
+    keys written since, and ``cond U_t`` grows like ``λ^{−(t−i)/2}``. The error of the value
+    recalled there was measured at about ``(ε cond U_t)²`` (chapter 16, §16.6, against 130-digit
+    solutions). Where ``cond U_t > 2^{−10}/ε ≈ 4.4e12`` (``RLS_COND_MAX``), so that this error
+    could exceed about 1e-6, the call is refused with a ``ValueError`` naming ``lam``, ``delta``
+    and ``k``. Directions never excited (fewer keys than Dk, keys of lower rank) do not count: a
+    key counts as new only if its part outside the span is above ``4 Dk ε ‖k‖``, the rounding of
+    the key itself. Before any key is written ``S_t = 0``.
 
     Examples
     --------
@@ -2030,27 +2086,10 @@ def rls_memory(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     ((6, 2), True)
     """
     q, k, v, lam, delta = _rls_setup(q, k, v, lam, delta, scale)
-    dk = k.shape[-1]
-    R = _rls_sums(lam, k, k)  # Σ λ^{t−i} k_i k_iᵀ, (..., L, Dk, Dk)
-    Z = _rls_sums(lam, v, k)  # Σ λ^{t−i} v_i k_iᵀ, (..., L, Dv, Dk)
-    t = np.arange(k.shape[-2])
-    floor = dk * np.finfo(float).eps * np.trace(R, axis1=-2, axis2=-1)  # the rounding of the sum R_t, (..., L)
-    ridge = np.broadcast_to(delta * lam ** (t + 1.0), floor.shape)  # λ^{t+1} δ, the decayed prior
-    lost = ridge <= floor  # steps whose prior is lost in the rounding of R_t
-    o = np.empty(v.shape)
-    keep = ~lost
-    if np.any(keep):  # R_t + λ^{t+1} δ I is positive definite to working precision: one batched solve
-        Rk = R[keep] + ridge[keep][:, None, None] * np.eye(dk)
-        _, e = np.frexp(np.trace(Rk, axis1=-2, axis2=-1) / dk)  # R_t's scale 2^e (a decayed prior may be subnormal)
-        e = -e[:, None, None]  # exact scalings by 2^−e: Z_t R_t^{−1} q_t is unchanged, bit for bit
-        o[keep] = (np.ldexp(Z[keep], e) @ np.linalg.solve(np.ldexp(Rk, e), q[keep][..., None]))[..., 0]
-    if np.any(lost):  # the minimum-norm map: eigen-directions of R_t at its rounding level are dropped
-        w, E = np.linalg.eigh(R[lost])
-        cut = floor[lost][:, None]
-        inv = np.where(w > cut, 1.0 / np.where(w > cut, w + ridge[lost][:, None], 1.0), 0.0)
-        x = E @ (inv[..., None] * (np.swapaxes(E, -1, -2) @ q[lost][..., None]))
-        o[lost] = (Z[lost] @ x)[..., 0]
-    return o  # o_t = Z_t R_t^{−1} q_t = S_t q_t
+    o = np.zeros(v.shape)
+    for b in np.ndindex(*v.shape[:-2]):
+        o[b] = _rls_lstsq(q[b], k[b], v[b], lam, delta)
+    return o
 
 
 @guard_overflow(hint=_RLS_WOUND_UP)
@@ -2071,15 +2110,16 @@ def rls_memory_loop(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
     gain and state update, with ``P_t`` never formed: with λ < 1 and keys that leave a
     direction unexcited, ``P_t`` grows there like ``λ^{−(t+1)}/δ`` while it stays O(1) along
     the keys, and once that ratio exceeds 1/ε the rounding of ``P − κ kᵀP`` corrupts the gain
-    of the plain recursion (chapter 16 shows it). ``A_t`` spans the square root of that range, so
-    the recursion stays accurate while ``λ^{−(t+1)}/δ`` is below about 1/ε² relative to ``P_t``
-    along the keys; far beyond it (long stretches with λ < 1 and unexcited directions) the square
-    root loses the new values too, and :func:`rls_memory` (the normal equations, which have no
-    such limit) is the reference. The a-priori error ``v − S k`` is the Kalman innovation of a
+    of the plain recursion (chapter 16 shows it). The condition number of ``A_t`` is the square
+    root of that of ``P_t``, so the factor carries a larger spread of scales, but not an
+    unlimited one: on chapter 16's windup case the recall error is 6e-11 at 40 + 40 passes,
+    2e-8 at 50 + 50 and 0.1 at 80 + 80. The loop therefore refuses, with a ``ValueError`` naming
+    ``lam``, ``delta`` and ``k``, at the first step where ``cond A_t > 2^{−10}/ε ≈ 4.4e12``
+    (``RLS_COND_MAX``, ``cond P_t`` up to 2e25); below it, it agrees with :func:`rls_memory`
+    (chapter 16, §16.6). :func:`rls_memory`, which does not carry the unexcited directions,
+    answers the windup cases. The a-priori error ``v − S k`` is the Kalman innovation of a
     static state observed through ``k`` (chapter 3, Eq. (3.3), with F = I and Q = 0 for λ = 1).
-    If ``A_t`` itself overflows (``λ^{−(t+1)}/δ`` beyond about 1e616 in an unexcited direction)
-    the call is refused with a ``ValueError`` naming ``lam`` and ``delta``; :func:`rls_memory`
-    still answers there.
+    If ``A_t`` itself overflows the call is refused in the same way.
 
     Examples
     --------
@@ -2106,6 +2146,16 @@ def rls_memory_loop(q, k, v, *, lam=1.0, delta=1e-6, scale=None):
             gain = post[1:, 0] / post[0, 0]  # κ_t r_t / r_t = P_{t−1} k_t / (λ + k_tᵀ P_{t−1} k_t)
             S = S + np.outer(v[b][t] - S @ kt, gain)  # S_t = S_{t−1} + (v_t − S_{t−1} k_t) κ_tᵀ
             A = post[1:, 1:]  # P_t = A_t A_tᵀ = (P_{t−1} − κ_t k_tᵀ P_{t−1}) / λ
+            sv = np.linalg.svd(A, compute_uv=False)
+            if not sv[0] <= RLS_COND_MAX * sv[-1]:  # (also catches an overflowed factor: inf or NaN)
+                if not np.all(np.isfinite(sv)):
+                    raise ValueError(_RLS_WOUND_UP)
+                raise ValueError(
+                    f"lam, delta, k: the RLS recursion's square-root factor of P_t = R_t^(-1) has cond(A_t) = "
+                    f"{sv[0] / sv[-1]:.1e} > 2^-10/eps = {RLS_COND_MAX:.1e} at step t = {t}: with lam < 1, P_t grows "
+                    f"like lam^-(t+1)/delta in the directions the keys leave unexcited (and keys far larger than "
+                    f"delta^(1/2) shrink it along themselves), and the recursion's gain is no longer accurate; use "
+                    f"rls_memory, a larger lam or a larger delta")
             o[b][t] = S @ q[b][t]
     return o
 

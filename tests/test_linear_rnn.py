@@ -689,17 +689,72 @@ def _windup_case(seed, passes=40):
     return np.r_[keys[order], keys], np.r_[keys[order], 0 * keys], np.r_[vals, 0 * V2], V2
 
 
-def test_rls_memory_loop_survives_windup():
-    # λ < 1 without persistent excitation: P_t grows like λ^{−(t+1)}/δ = 1e20 in the unexcited directions when the
-    # values change. The plain recursion (P stored) loses the gain; the square-root loop twin and the normal equations
-    # recall the new values to round-off and agree at every step.
+def test_rls_memory_survives_windup_and_the_loop_refuses():
+    # λ < 1 without persistent excitation: P_t grows like λ^{−(t+1)}/δ in the two unexcited directions. The plain
+    # recursion (P stored) loses the gain; rls_memory (QR on the span of the keys) recalls the new values to
+    # round-off; the square-root loop refuses by name once cond A_t > RLS_COND_MAX instead of answering
     q, k, v, V2 = _windup_case(1)
     recall = lambda o: np.sum((o[-6:] - V2) ** 2) / np.sum(V2**2)  # noqa: E731
     assert recall(_rls_plain(q, k, v, 0.9, 1e-9)) > 1e-3  # the case does wind the plain recursion up
-    loop = lr.rls_memory_loop(q, k, v, lam=0.9, delta=1e-9, scale=1.0)
-    normal = lr.rls_memory(q, k, v, lam=0.9, delta=1e-9, scale=1.0)
-    assert recall(loop) < 1e-15 and recall(normal) < 1e-15
-    close(loop, normal, rtol=1e-9, what="RLS square-root recursion vs normal equations under windup")
+    assert recall(lr.rls_memory(q, k, v, lam=0.9, delta=1e-9, scale=1.0)) < 1e-15
+    with pytest.raises(ValueError, match=r"lam, delta, k: the RLS recursion's square-root factor .* cond\(A_t\)"):
+        lr.rls_memory_loop(q, k, v, lam=0.9, delta=1e-9, scale=1.0)
+    q, k, v, V2 = _windup_case(1, passes=15)  # λ^-(t+1)/δ = 1e20: both forms answer and agree at every step
+    close(lr.rls_memory_loop(q, k, v, lam=0.9, delta=1e-9, scale=1.0), lr.rls_memory(q, k, v, lam=0.9, delta=1e-9, scale=1.0),
+          rtol=1e-9, what="RLS square-root recursion vs least squares under moderate windup")
+
+
+def _faded_case(seed, passes=80):
+    """Two keys written once at the start, then six others `passes` times (Dk = 8, no direction never excited); the
+    eight keys are read at the end by zero-key steps. Returns q, k, v and the values V of the eight keys."""
+    rng = np.random.default_rng(seed)
+    keys, V = _unit(rng.normal(size=(8, 8))), rng.normal(size=(8, 3))
+    order = np.concatenate([rng.permutation(6) for _ in range(passes)])
+    k, v = np.r_[keys[6:], keys[order]], np.r_[V[6:], V[order]]
+    return np.r_[k, keys], np.r_[k, 0 * keys], np.r_[v, 0 * V], V
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rls_memory_recalls_a_direction_written_once_long_ago(seed):
+    # review newtext18a, rls_faded.py: exact (16.13) keeps the two once-written values (data and prior fade at the
+    # same rate; 60-digit solutions are within 5e-7 of V); the eigen-drop returned them with relative errors 2 to 5.7
+    q, k, v, V = _faded_case(seed)
+    for fn in (lr.rls_memory, lr.rls_memory_loop):
+        o = fn(q, k, v, lam=0.9, delta=1e-9, scale=1.0)[-8:]
+        assert np.linalg.norm(o[6:] - V[6:]) / np.linalg.norm(V[6:]) < 1e-6, fn.__name__
+        assert np.linalg.norm(o[:6] - V[:6]) / np.linalg.norm(V[:6]) < 1e-12, fn.__name__
+
+
+def test_rls_memory_refuses_a_direction_faded_beyond_float64():
+    # 120 passes: cond U_t reaches 1e16 and the once-written values cannot be recalled (measured errors 1 to 2.6)
+    q, k, v, V = _faded_case(0, passes=120)
+    with pytest.raises(ValueError, match=r"lam, delta, k: at step t = \d+ the least-squares problem"):
+        lr.rls_memory(q, k, v, lam=0.9, delta=1e-9, scale=1.0)
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.7])
+def test_rls_memory_aligned_keys_written_once(theta):
+    # review newtext18a, rls_aligned.py: e_1 once (value 1), then e_2 399 times; (16.13) reads 1 − 9e-7 along e_1 for
+    # ever; the eigen-drop returned 0 from t = 320 (0.983 at t = 300 with the plane rotated by 0.7 rad)
+    L = 400
+    k = np.zeros((L, 2))
+    k[0], k[1:] = [1, 0], [0, 1]
+    v = np.where(np.arange(L)[:, None] == 0, 1.0, 0.5)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    q = np.tile([1.0, 0.0], (L, 1)) @ rot.T
+    exact = 1 / (1 + 1e-6 * 0.9)  # Σ over e_1: λ^t / (λ^t + λ^{t+1} δ), for every t
+    for fn in (lr.rls_memory, lr.rls_memory_loop):
+        o = fn(q, k @ rot.T, v, lam=0.9, delta=1e-6, scale=1.0)[:, 0]
+        close(o, np.full(L, exact), rtol=1e-10, what=f"{fn.__name__}, aligned keys, rotation {theta}")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rls_forms_agree_on_random_well_conditioned_cases(seed):
+    rng = np.random.default_rng(100 + seed)
+    q, k, v = rng.normal(size=(3, 2, 60, 5))
+    for lam in (1.0, 0.97, 0.9):
+        close(lr.rls_memory_loop(q, k, v, lam=lam, delta=0.1), lr.rls_memory(q, k, v, lam=lam, delta=0.1),
+              rtol=1e-10, what=f"RLS loop vs least squares, λ = {lam}")
 
 
 def test_rls_memory_rank_deficient_keys():
@@ -731,15 +786,15 @@ def test_rls_memory_before_any_key_after_the_prior_underflows():
         close(o[t], S @ q[t], rtol=1e-9, what=f"RLS after 1200 empty steps, step {t}, vs weighted lstsq")
 
 
-def test_rls_memory_loop_refuses_when_its_factor_overflows():
-    # λ = 0.5 and a direction never excited: P_t^{1/2} grows like 2^{t/2} and overflows near t = 2048;
-    # the loop names lam and delta, the normal equations still answer
+def test_rls_memory_loop_refuses_when_its_factor_spreads():
+    # λ = 0.5 and a direction never excited: P_t^{1/2} grows like 2^{t/2} there; the loop names lam and delta at the
+    # first step with cond A_t > RLS_COND_MAX (before the factor overflows near t = 2048); rls_memory still answers
     k = np.tile([1.0, 0.0], (2100, 1))
     v = np.ones((2100, 1))
-    with pytest.raises(ValueError, match="lam, delta: the RLS recursion's square-root factor"):
+    with pytest.raises(ValueError, match="lam, delta, k: the RLS recursion's square-root factor"):
         lr.rls_memory_loop(k, k, v, lam=0.5, delta=1.0, scale=1.0)
     close(lr.rls_memory(k, k, v, lam=0.5, delta=1.0, scale=1.0)[-1], np.ones(1), rtol=1e-12,
-          what="RLS normal equations, one direction excited for 2100 steps")
+          what="RLS least squares, one direction excited for 2100 steps")
 
 
 # ---------------------------------------------------------------------------------------------
