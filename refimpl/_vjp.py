@@ -326,7 +326,7 @@ def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=No
     >>> dv.ravel().tolist(), float(abs(dq).max())  # dv_j = Σ_i P_ij dy_i; scale 0: no gradient to q
     ([1.0, 1.0], 0.0)
     """
-    from .attention import _check_logits
+    from .attention import _check_logits, _logit
 
     p, dy, shapes = _softmax_setup(q, k, v, dy, mask, causal, scale, window, alibi_slopes, causal_alignment,
                                    softcap, grouped_heads, return_intermediates)
@@ -349,7 +349,7 @@ def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=No
                     and not (p.window is not None and abs(o - j) >= p.window)]
             if not keys:
                 continue  # the row sees no key: y_i = 0, no gradient
-            s = {j: c * float(np.dot(qb[b][i], kb[b][j])) for j in keys}  # S_ij = c q_i·k_j
+            s = {j: _logit(c, qb[b][i], kb[b][j]) for j in keys}  # S_ij = c q_i·k_j (in the order that does not overflow)
             _check_logits(s.values())  # an overflowed logit at an allowed key is refused, as the forward does
             t = {j: cap * math.tanh(s[j] / cap) if cap is not None else s[j] for j in keys}  # T_ij
             if sb is not None:

@@ -1298,3 +1298,17 @@ def test_the_attention_backward_twins_refuse_an_overflowed_logit_alike():
     for fn in (softmax_attention_vjp, softmax_attention_vjp_loop):
         with pytest.raises(ValueError, match="^q, k, scale: a logit"):
             fn(q, k, v, dy)
+
+
+def test_the_attention_backward_twins_agree_on_which_extreme_logits_they_form():
+    """q = 1e300, k = 1e10, scale = 1e-10: the logit (1e300) is representable and both twins answer, alike (the loop
+    formed c·(q·k), whose q·k overflows, and refused it). The reverse case (scale·q overflows, q·k does not) is still
+    refused by the vectorized form, which forms scale·q first, and answered by the loop."""
+    rng = np.random.default_rng(3)
+    base_q, base_k = rng.uniform(0.5, 1.0, size=(2, 3, 2))
+    v, dy = rng.normal(size=(3, 2)), rng.normal(size=(3, 2))
+    q, k = 2.0 ** 996 * base_q, 2.0 ** 33 * base_k  # about 1e300 and 1e10, powers of two: exact rescalings
+    a = softmax_attention_vjp(q, k, v, dy, scale=2.0 ** -33)
+    b = softmax_attention_vjp_loop(q, k, v, dy, scale=2.0 ** -33)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=0)
