@@ -1446,27 +1446,28 @@ def flash_attention(
         q_raw[..., :n, :] = p.q
         q_raw = q_raw.reshape(qt.shape)
 
-    def allowed(t, j):  # zero the forbidden entries of a tile-shaped array (causal, window), in place
-        if p.causal:
-            t[..., j > diag] = 0.0
+    def forbidden(j):  # the entries of a key tile a row may not attend (causal, window), or None
+        off = j > diag if p.causal else None  # key j after query i
         if p.window is not None:
-            t[..., np.abs(diag - j) >= p.window] = 0.0
+            out = np.abs(diag - j) >= p.window  # outside the window
+            off = out if off is None else off | out
+        return off
 
     for j0 in range(0, m, bk):  # key tiles
         kj, vj = k[..., None, j0 : j0 + bk, :], v[..., None, j0 : j0 + bk, :]
         s = np.matmul(qt, np.swapaxes(kj, -1, -2))  # (..., nq, bq, bk) logits of this tile
         j = np.arange(j0, min(m, j0 + bk))
+        off = forbidden(j)
         if not finite:  # formed as scale·(q_i·k_j) where not finite, then refused at an allowed key (_refuse_overflowed)
-            _refuse_overflowed(s, lambda t: allowed(t, j), lambda: np.matmul(q_raw, np.swapaxes(kj, -1, -2)) * p.scale)
+            _refuse_overflowed(s, lambda t: None if off is None else np.copyto(t, 0.0, where=off),
+                               lambda: np.matmul(q_raw, np.swapaxes(kj, -1, -2)) * p.scale)
         if p.softcap is not None:
             with np.errstate(over="ignore"):
                 s = p.softcap * np.tanh(s / p.softcap)  # c · tanh(s / c)
         if slopes is not None:
             s = s - slopes * np.abs(j - diag)  # ALiBi: − m |i + o − j|
-        if p.causal:
-            s = np.where(j > diag, -np.inf, s)  # key j after query i
-        if p.window is not None:
-            s = np.where(np.abs(diag - j) >= p.window, -np.inf, s)  # outside the window
+        if off is not None:
+            s = np.where(off, -np.inf, s)  # forbidden keys
         m_new = np.maximum(mx, s.max(axis=-1, keepdims=True))
         # rows that have seen no allowed key yet keep m = −inf; shift them by 0 instead
         shift = np.where(np.isfinite(m_new), m_new, 0.0)

@@ -2598,6 +2598,13 @@ def _softplus(x):
     return np.logaddexp(0.0, x)
 
 
+def _dt_bias(rng: np.random.Generator, shape) -> np.ndarray:
+    """Mamba's (and Mamba-2's) initialization of the step bias: dt0 log-uniform in [10⁻³, 10⁻¹] (one draw of
+    ``shape``), returned as its inverse softplus, so that ``softplus(bias) = dt0``."""
+    dt0 = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), shape))
+    return dt0 + np.log(-np.expm1(-dt0))
+
+
 def _sizes(name: str, sizes: dict, known: dict) -> dict:
     """``known`` (defaults) updated with ``sizes``, checked by the default's type: a flag is a bool, a size an int
     (>= 1, or >= 0 where the default 0 means "none" or "the same as another size"); other values pass as given."""
@@ -2902,8 +2909,7 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         check_option(disc, "discretization", ("mamba", "zoh"))
         s = _sizes(function, sizes, {"L": 1024, "d_in": 8, "n": 16, "batch": 0})
         b, L, d, n = lead(s["batch"]), s["L"], s["d_in"], s["n"]
-        dt0 = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), d))  # Mamba's dt initialization
-        bias = dt0 + np.log(-np.expm1(-dt0))  # softplus(bias) = dt0
+        bias = _dt_bias(rng, d)
         return {"u": rng.standard_normal(b + (L, d)), "delta": _softplus(bias + 0.5 * rng.standard_normal(b + (L, d))),
                 "A": -np.tile(np.arange(1.0, n + 1), (d, 1)), "B": rng.standard_normal(b + (L, n)),
                 "C": rng.standard_normal(b + (L, n)), "D": np.ones(d), "discretization": disc}
@@ -2930,8 +2936,7 @@ def random_inputs(name, *, seed, **sizes) -> dict:
         b, H, L = lead(s["batch"]), s["H"], s["L"]
         if H % s["G"]:
             raise ValueError(f"G: the number of heads H = {H} must be divisible by the number of groups, got G = {s['G']}")
-        dt0 = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), H))  # Mamba-2's dt initialization
-        bias = dt0 + np.log(-np.expm1(-dt0))
+        bias = _dt_bias(rng, H)
         return {"x": rng.standard_normal(b + (H, L, s["P"])),
                 "dt": _softplus(bias[:, None] + 0.5 * rng.standard_normal(b + (H, L))),
                 "A": -rng.uniform(1.0, 16.0, H), "B": rng.standard_normal(b + (s["G"], L, s["N"])),
@@ -3036,11 +3041,11 @@ def _official_inputs(function: str, seed: int, sizes: dict) -> dict:
         # Mamba-2's parameterization: dt = softplus(raw + dt_bias), dt_bias the inverse softplus of the
         # initialization's dt0 per head (as random_inputs("linear_rnn.ssd") draws Δ), the raw part 0.5 ξ
         rng = np.random.default_rng((seed, 4))
-        dt0 = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), H))
+        bias = _dt_bias(rng, H)
         out = {"x": swap(base["x"]), "dt": 0.5 * rng.standard_normal((B, base["x"].shape[-2], H)), "A": base["A"],
                "B": swap(base["B"]), "C": swap(base["C"]), "chunk_size": base["chunk_size"], "D": base["D"],
                "z": swap(rng.standard_normal(base["x"].shape)) if gated else None,
-               "dt_bias": dt0 + np.log(-np.expm1(-dt0)), "dt_softplus": True}
+               "dt_bias": bias, "dt_softplus": True}
         if states:
             out["initial_states"] = base["initial_state"]
         if vjp:
@@ -3159,10 +3164,10 @@ def _selective_scan_fn_inputs(seed: int, sizes: dict) -> dict:
         raise ValueError(f"groups: expected a divisor of d_in = {s['d_in']}, got {s['groups']}")
     base = random_inputs("ssm.selective_scan", seed=seed, L=s["L"], d_in=s["d_in"], n=s["n"], batch=s["batch"])
     rng = np.random.default_rng((seed, 4))
-    dt0 = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), s["d_in"]))  # Mamba's dt initialization, per channel
+    bias = _dt_bias(rng, s["d_in"])
     t = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731 — (batch, L, ·) -> (batch, ·, L)
     out = {"u": t(base["u"]), "delta": 0.5 * rng.standard_normal(t(base["u"]).shape), "A": base["A"],
-           "B": t(base["B"]), "C": t(base["C"]), "D": base["D"], "delta_bias": dt0 + np.log(-np.expm1(-dt0)),
+           "B": t(base["B"]), "C": t(base["C"]), "D": base["D"], "delta_bias": bias,
            "delta_softplus": True}
     if gated:
         out["z"] = np.random.default_rng((seed, 5)).standard_normal(out["u"].shape)
@@ -3187,7 +3192,7 @@ def _state_update_inputs(seed: int, sizes: dict) -> dict:
         raise ValueError(f"pool: expected at least batch = {b} states, got {s['pool']}")
     rng = np.random.default_rng(seed)
     lead = (b, H, s["dim"]) if H else (b, s["dim"])
-    dt0 = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), lead[1:]))  # Mamba's dt initialization, per channel
+    bias = _dt_bias(rng, lead[1:])
     if H:
         A = np.broadcast_to(-np.exp(rng.standard_normal(H))[:, None, None], (H, s["dim"], s["dstate"])).copy()
     else:
@@ -3196,7 +3201,7 @@ def _state_update_inputs(seed: int, sizes: dict) -> dict:
     out = {"state": rng.standard_normal(((s["pool"] or b),) + lead[1:] + (s["dstate"],)),
            "x": rng.standard_normal(lead), "dt": 0.5 * rng.standard_normal(lead), "A": A,
            "B": rng.standard_normal(bc), "C": rng.standard_normal(bc), "D": np.ones(lead[1:]),
-           "z": rng.standard_normal(lead), "dt_bias": dt0 + np.log(-np.expm1(-dt0)), "dt_softplus": True}
+           "z": rng.standard_normal(lead), "dt_bias": bias, "dt_softplus": True}
     if s["pool"]:
         out["state_batch_indices"] = rng.permutation(s["pool"])[:b]
     return out
