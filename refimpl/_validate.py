@@ -17,6 +17,7 @@ strictly increasing; randomness comes only from an explicit ``rng``.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import numbers
@@ -26,6 +27,7 @@ import numpy as np
 
 __all__ = [
     "check_finite_part",
+    "vouch_finite",
     "as_real_array",
     "as_complex_array",
     "as_array",
@@ -361,7 +363,31 @@ def pow2_scale(x: np.ndarray, axis=None) -> tuple[np.ndarray, np.ndarray]:
     return x / s, s
 
 
-def _all_finite(out) -> bool:
+#: The arrays a function wrapped by :func:`guard_overflow` has itself found finite (:func:`vouch_finite`),
+#: during the current call: a list per call, None outside one.
+_VOUCHED: contextvars.ContextVar[list | None] = contextvars.ContextVar("refimpl_vouched", default=None)
+
+
+def vouch_finite(arr: np.ndarray) -> None:
+    """Tell the enclosing :func:`guard_overflow` that every entry of ``arr`` (an output about to be
+    returned) is finite, so that it does not read the whole output once more on one core.
+
+    For functions whose threads have already summed their own parts of the output while in cache
+    (a sum is finite only if every entry is, :func:`_sum_is_finite`): the serial check of the
+    guard cost 1.3 ms of 23 ms for gated linear attention at H = 4, L = 8192, Dk = 64. Vouch only
+    for what was checked: an array vouched for is not checked again. Outside a guarded call this
+    does nothing.
+    """
+    vouched = _VOUCHED.get()
+    if vouched is not None:
+        vouched.append(arr)
+
+
+def _all_finite(out, vouched=()) -> bool:
+    if any(out is v for v in vouched):
+        return True
+    if isinstance(out, (tuple, list)):
+        return all(_all_finite(o, vouched) for o in out)
     if isinstance(out, np.ndarray):
         if out.dtype.kind not in "fc" or not out.size:
             return True
@@ -369,12 +395,10 @@ def _all_finite(out) -> bool:
             if np.isfinite(out.sum()):  # fast path: one reduction; a non-finite sum falls through
                 return True
         return bool(np.all(np.isfinite(out)))
-    if isinstance(out, (tuple, list)):
-        return all(_all_finite(o) for o in out)
     if isinstance(out, dict):
-        return all(_all_finite(o) for o in out.values())
+        return all(_all_finite(o, vouched) for o in out.values())
     if hasattr(out, "__dataclass_fields__"):
-        return all(_all_finite(getattr(out, f)) for f in out.__dataclass_fields__)
+        return all(_all_finite(getattr(out, f), vouched) for f in out.__dataclass_fields__)
     if isinstance(out, (float, complex, np.floating, np.complexfloating)):
         return bool(np.isfinite(out))
     return True
@@ -474,6 +498,7 @@ def guard_overflow(*names: str, first_only: bool | int = False, hint: str | None
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            vouched = _VOUCHED.set([])  # the outputs fn itself found finite (vouch_finite)
             try:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
                     out = fn(*args, **kwargs)
@@ -493,8 +518,11 @@ def guard_overflow(*names: str, first_only: bool | int = False, hint: str | None
                 if internal(exc) and extreme(args, kwargs):
                     raise refuse(args, kwargs) from exc
                 raise
+            finally:
+                found = _VOUCHED.get()
+                _VOUCHED.reset(vouched)
             n = int(first_only)  # True: the first output; an int n: the first n outputs
-            if not _all_finite(out[:n] if n and isinstance(out, tuple) else out):
+            if not _all_finite(out[:n] if n and isinstance(out, tuple) else out, found):
                 raise refuse(args, kwargs)
             return out
 

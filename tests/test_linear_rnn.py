@@ -1075,8 +1075,6 @@ def test_gla_per_channel_refuses_one_non_finite_entry_anywhere(chunk, bad):
     log_g = -rng.uniform(0, 0.05, q.shape)
     args = dict(q=q, k=k, v=v, log_g=log_g)
     for name in args:
-        if name == "log_g" and bad == np.inf:
-            continue  # a log-gate above 0: refused up front
         for t in (0, 1, 31, 32, 63, 64, 100, 139):
             for head, dim, scale, states in ((0, 0, None, False), (1, -1, 0.0, False), (1, 2, 0.5, True)):
                 broken = dict(args)
@@ -1097,11 +1095,56 @@ def test_non_finite_inputs_are_refused_by_the_threads_that_read_them(monkeypatch
     call, args = _calls(rng)[fn]
     call(args)  # the clean inputs pass
     for name, arr in args.items():
-        if name == "log_g" and bad == np.inf:
-            continue  # +inf is a log-gate above 0: refused before the threads (test_bad_input)
         broken = dict(args)
         broken[name] = arr.copy()
         broken[name][-1, 7, 3] = bad  # the last head or group: read by the second thread
         broken[name][0, -1, 0] = bad
         with pytest.raises(ValueError, match=f"^{name}: expected finite values, got 2 NaN/inf entries"):
             call(broken)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_positive_log_gates_are_refused_by_the_threads_that_read_them(monkeypatch, threads):
+    # the sign of the log-gates is checked by each thread on its heads: a positive one in the last head
+    # only (read by the second thread) is refused with the maximum over all of log_g, per channel or
+    # per head; NaN or +inf there gets the finiteness error, counted over all of log_g, whichever part
+    # finds it
+    import refimpl._blocking as blocking
+
+    monkeypatch.setattr(blocking, "THREADS", threads)
+    monkeypatch.setattr(blocking, "THREAD_MIN_ELEMS", 0)
+    rng, q, k, v = _qkv(46, batch=(4,), L=70, dk=6, dv=5)
+    for log_g in (-rng.uniform(0, 0.05, q.shape), -rng.uniform(0, 0.05, q.shape[:-1])):
+        lr.gated_linear_attention(q, k, v, log_g)
+        broken = log_g.copy()
+        broken[-1, 33] = 0.25
+        broken[-1, 34] = 0.125
+        with pytest.raises(ValueError, match=r"^log_g: expected log-gates <= 0 \(gates in \(0, 1\]\), got maximum 0.25$"):
+            lr.gated_linear_attention(q, k, v, broken, chunk_size=16)
+        broken.flat[5] = np.nan  # the first head (first thread) has a NaN, the last one positive gates
+        with pytest.raises(ValueError, match=r"^log_g: expected finite values, got 1 NaN/inf entries"):
+            lr.gated_linear_attention(q, k, v, broken)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_outputs_that_overflow_are_refused_although_the_threads_sum_them(monkeypatch, threads):
+    # GLA and SSD sum each part of their output in its thread and vouch for it only if every sum is
+    # finite: finite inputs whose output overflows (values near the float64 maximum, added over steps)
+    # are still refused, in either head
+    import refimpl._blocking as blocking
+
+    monkeypatch.setattr(blocking, "THREADS", threads)
+    monkeypatch.setattr(blocking, "THREAD_MIN_ELEMS", 0)
+    rng, q, k, v = _qkv(47, batch=(2,), L=40, dk=4, dv=3)
+    q, k = np.abs(q) + 1.0, np.abs(k) + 1.0
+    for head in (0, 1):
+        big = v.copy()
+        big[head] = 1e308
+        for log_g in (np.zeros(q.shape), np.zeros(q.shape[:-1])):
+            with pytest.raises(ValueError, match="not representable in float64"):
+                lr.gated_linear_attention(q, k, big, log_g, scale=1.0)
+        x, dt, A = np.ones((2, 40, 3)), np.full((2, 40), 0.5), np.zeros(2)
+        x[head] = 1e308
+        B = C = np.ones((1, 40, 4))
+        with pytest.raises(ValueError, match="not representable in float64"):
+            lr.ssd(x, dt, A, B, C)

@@ -602,3 +602,31 @@ class TestVocabulary:
             with pytest.raises(ValueError, match=r"^x, y: the result is not representable"):
                 nan_out(1.0, 2.0)  # no extreme argument to blame: every argument is listed
         assert square_sum.__name__ == "square_sum" and "scale" in str(inspect.signature(square_sum))
+
+    def test_guard_overflow_skips_only_what_the_function_vouched_for(self):
+        from refimpl._validate import guard_overflow, vouch_finite
+
+        seen = []
+
+        @guard_overflow()
+        def vouched(x, which):
+            a, b = np.array([x]), np.array([x])
+            vouch_finite(a)
+            seen.append(True)
+            return {"a": a, "b": b, "both": (a, b)}[which]
+
+        @guard_overflow()
+        def outer(x):  # the inner call's vouching ends with it: the outer guard checks for itself
+            a = vouched(1.0, "a")
+            a[0] = x
+            return a
+
+        assert vouched(np.inf, "a")[0] == np.inf  # vouched for (wrongly, here): not read again
+        with pytest.raises(ValueError, match="not representable"):
+            vouched(np.inf, "b")  # another array: checked
+        with pytest.raises(ValueError, match="not representable"):
+            vouched(np.inf, "both")  # a tuple: its other member is checked
+        with pytest.raises(ValueError, match="not representable"):
+            outer(np.nan)
+        vouch_finite(np.array([np.nan]))  # outside a guarded call: nothing to tell, nothing happens
+        assert len(seen) == 4
