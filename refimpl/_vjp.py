@@ -244,6 +244,10 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
                                    softcap, grouped_heads, return_intermediates)
     batch, (n, d), m, dv_ = p.batch, p.q.shape[-2:], p.k.shape[-2], p.v.shape[-1]
     qs = np.broadcast_to(p.q * p.scale, (*batch, n, d))  # scale q (N·d products): S = (c Q) K^T
+    # where c·q overflowed (q near the float64 maximum, c > 1) the logits are formed as c·(q·k) and dK as
+    # (c dSᵀ) Q, as the loop twin and the forward forms do (only then: the usual order otherwise)
+    q_raw = np.broadcast_to(p.q, (*batch, n, d))
+    scaled_ok = bool(np.isfinite(qs).all())
     kb, vb = np.broadcast_to(p.k, (*batch, m, d)), np.broadcast_to(p.v, (*batch, m, dv_))
     mask = None if p.mask is None else np.broadcast_to(p.mask, (*batch, n, m))
     slopes = None if p.slopes is None else np.broadcast_to(p.slopes, batch)
@@ -280,7 +284,8 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
             # (a row that sees no key: P = 0, no gradient); tanh(S / cap) kept for ∂T/∂S
             P = np.empty((*q_b.shape[:-1], hi - lo))
             fast = np.max(bound[g][..., i0:i1], initial=-np.inf) <= e_max
-            mx, z, tanh = _weights_block(q_b, k_b, p, mask_g, slopes_g, i0, lo, P, ones, fast, keep_tanh=True)
+            mx, z, tanh = _weights_block(q_b, k_b, p, mask_g, slopes_g, i0, lo, P, ones, fast, keep_tanh=True,
+                                         q_raw=q_raw[g][..., i0:i1, :])
             P /= z  # P = softmax(T + bias) over the allowed keys (recomputed)
             lse[g][..., i0:i1] = (mx + np.log(z))[..., 0]  # ℓ_i = m_i + log z_i (−∞ + 0 for an empty row)
             dO = dy[g][..., i0:i1, :]
@@ -296,7 +301,10 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
                 np.subtract(1.0, tanh, out=tanh)
                 dS *= tanh  # the soft cap: ∂T/∂S = 1 − tanh²(S / cap)
             dq[g][..., i0:i1, :] = (dS @ k_b) * p.scale  # dQ = c dS K
-            dk_g[..., keys, :] += np.swapaxes(dS, -1, -2) @ q_b  # dK = c dS^T Q
+            if scaled_ok:
+                dk_g[..., keys, :] += np.swapaxes(dS, -1, -2) @ q_b  # dK = c dS^T Q, as dS^T (c Q)
+            else:  # c·q overflowed: (c dS)^T Q, the loop twin's order
+                dk_g[..., keys, :] += np.swapaxes(dS * p.scale, -1, -2) @ q_raw[g][..., i0:i1, :]
 
     # large problems: the items in threads, BLAS on one thread each (as in softmax_attention)
     threaded = large and _blocking.THREADS > 1 and len(items) > 1
@@ -360,13 +368,19 @@ def softmax_attention_vjp_loop(q, k, v, dy, *, mask=None, causal=False, scale=No
             dp = {j: float(np.dot(dy[b][i], vb[b][j])) for j in keys}  # dP_ij = dO_i · v_j
             row = sum(pr[j] * dp[j] for j in keys)  # Σ_l P_il dP_il
             lse[b][i], D[b][i] = top + math.log(z), row  # ℓ_i = m_i + log z_i; D_i = Σ_l P_il dP_il = dO_i · O_i
+            with np.errstate(over="ignore"):
+                cq = c * qb[b][i]  # c q_i, unless it overflows (then (c dS_ij) q_i below)
+            cq_ok = bool(np.isfinite(cq).all())
             for j in keys:
                 dv[b][j] += pr[j] * dy[b][i]  # dV_j += P_ij dO_i
                 ds = pr[j] * (dp[j] - row)  # dT_ij (= dS_ij without a cap)
                 if cap is not None:
                     ds *= 1.0 - math.tanh(s[j] / cap) ** 2  # dS_ij = dT_ij (1 − tanh²(S_ij / cap))
-                dq[b][i] += c * ds * kb[b][j]  # dQ_i += c dS_ij k_j
-                dk[b][j] += c * ds * qb[b][i]  # dK_j += c dS_ij q_i
+                dq[b][i] += ds * kb[b][j]  # dQ_i = c Σ_j dS_ij k_j (c applied after the sum, below)
+                dk[b][j] += ds * cq if cq_ok else (c * ds) * qb[b][i]  # dK_j += dS_ij (c q_i)
+            dq[b][i] *= c
+    # The orders are the vectorized form's: c after the sum for dQ, (c q_i) for dK where it does not overflow.
+    # With c tiny and q, k huge (q·k overflows, c q does not), c dS_ij would be subnormal and lose digits.
     return _softmax_grads(p, dq, dk, dv, shapes, lse, D, return_intermediates)
 
 

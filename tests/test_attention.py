@@ -1114,7 +1114,7 @@ def test_a_representable_logit_is_formed_in_the_order_that_does_not_overflow(cas
     kw = dict(causal=causal, scale=scale) if softcap is None else dict(causal=causal, scale=scale, softcap=softcap)
     expected = _att.softmax_attention(q0, k0, v, **{**kw, "scale": moderate})
     forms = _overflow_forms(q, k, v, **kw)
-    del forms["softmax_attention_vjp"]  # refimpl/_vjp.py forms scale·q first (not part of this fix)
+    del forms["softmax_attention_vjp"]  # a backward pass: its own test (test_vjp)
     for name, call in forms.items():
         if softcap is not None and name == "attention_weights":
             continue  # no soft cap there

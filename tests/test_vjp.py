@@ -1300,15 +1300,30 @@ def test_the_attention_backward_twins_refuse_an_overflowed_logit_alike():
             fn(q, k, v, dy)
 
 
-def test_the_attention_backward_twins_agree_on_which_extreme_logits_they_form():
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("case", ["logit 1e300", "q·k overflows", "scale·q overflows"])
+def test_the_attention_backward_twins_agree_on_which_extreme_logits_they_form(case, causal):
     """q = 1e300, k = 1e10, scale = 1e-10: the logit (1e300) is representable and both twins answer, alike (the loop
-    formed c·(q·k), whose q·k overflows, and refused it). The reverse case (scale·q overflows, q·k does not) is still
-    refused by the vectorized form, which forms scale·q first, and answered by the loop."""
+    formed c·(q·k), whose q·k overflows, and refused it). q = 2^1020, k = 2^-1021, scale = 2^5 (scale·q overflows,
+    q·k does not; an independent reviewer's q = 1e300, k = 1e-300, scale = 1e10): the vectorized form formed
+    scale·q first and refused while the loop answered; both answer now. In the last two cases (and in q = k = 2^520,
+    scale = 2^-1040, where q·k overflows) powers of two make every logit and weight those of a moderate problem (scale
+    2^(eq + ek + es)), so each gradient is that problem's rescaled exactly: dq by 2^-eq, dk by 2^-ek, dv not."""
     rng = np.random.default_rng(3)
     base_q, base_k = rng.uniform(0.5, 1.0, size=(2, 3, 2))
     v, dy = rng.normal(size=(3, 2)), rng.normal(size=(3, 2))
-    q, k = 2.0 ** 996 * base_q, 2.0 ** 33 * base_k  # about 1e300 and 1e10, powers of two: exact rescalings
-    a = softmax_attention_vjp(q, k, v, dy, scale=2.0 ** -33)
-    b = softmax_attention_vjp_loop(q, k, v, dy, scale=2.0 ** -33)
+    eq, ek, es = {"logit 1e300": (996, 33, -33), "q·k overflows": (520, 520, -1040),
+                  "scale·q overflows": (1020, -1021, 5)}[case]  # q, k, scale: 2^eq base_q, 2^ek base_k, 2^es
+    q, k, scale = 2.0**eq * base_q, 2.0**ek * base_k, 2.0**es
+    with np.errstate(over="ignore"):
+        assert not np.all(np.isfinite(scale * q if case == "scale·q overflows" else q @ k.T))
+    a = softmax_attention_vjp(q, k, v, dy, scale=scale, causal=causal)
+    b = softmax_attention_vjp_loop(q, k, v, dy, scale=scale, causal=causal)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-12, atol=0)
+    if case == "logit 1e300":
+        return  # one-hot weights: no moderate problem to compare with
+    moderate = softmax_attention_vjp(base_q, base_k, v, dy, scale=2.0 ** (eq + ek + es), causal=causal)
+    for x, y, e in zip(a, moderate, (-eq, -ek, 0)):
+        assert np.abs(y).max() > 1e-3  # gradients that are not all 0
+        np.testing.assert_allclose(x, 2.0**e * y, rtol=1e-12, atol=0)
