@@ -498,7 +498,7 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
                                     s, init=None if init_t is None else init_t[sl])
             # The finiteness of the inputs, checked after the fact: a NaN or ±inf in q, k or v reaches the output
             # (q_t through o_t; k_s and v_s through the weights of o_s, times 0 where masked: NaN), and −∞ in
-            # log g (NaN and +∞ are refused up front, _check_log_g) makes its chunk decay fast. One sum over the
+            # log g (NaN and +∞ are refused before, by check_gates) makes its chunk decay fast. One sum over the
             # part's output, in cache, instead of four over the inputs (5 to 8 % of the time at H = 4,
             # L = 8192, Dk = 64); the check itself is the same, so is its error. A finite sum also vouches
             # for the part's output (vouch_finite below: the guard need not read it again).
