@@ -858,7 +858,9 @@ def _combine_types(Xi, Xj, I):
     R = np.concatenate([Aj.mT, Ai])  # the right-hand sides Aⱼᵀ and A_i, (2k, n, n)
     # one batched inverse and two products: the whole scan took 18% less time at n = 8, N = 10⁴ than
     # with one batched solve of the 2k systems. I + C_i J_j is similar to I + C^½ J C^½ (C, J symmetric
-    # positive semidefinite), so its eigenvalues are >= 1: no small pivot for the inverse to amplify
+    # positive semidefinite), so its eigenvalues are >= 1 — but it is not normal: on a state whose
+    # components' scales differ by a factor d its condition number grows like d² (about 3e9 at d = 2¹⁶),
+    # which costs the scan accuracy there (§3.9 of the book; test_scan_accuracy_on_a_badly_scaled_state)
     Xinv = _inv(X, "I + C_i J_j in the filtering scan")
     Mt, Nt = Xinv.mT @ R[:k], Xinv @ Ai  # (I + J_j C_i)⁻¹ = ((I + C_i J_j)⁻¹)ᵀ
     M = Mt.mT
@@ -1270,23 +1272,34 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     element kinds, and the means of all elements with that pair follow by two matrix products.
     The prefixes (elements that start at step 0) carry the filtered covariances; once they have
     settled — the test of :func:`kalman_filter` — the later prefixes of the stretch share one
-    kind, so a time-invariant model costs O(log N) batches of small-matrix combinations plus
-    O(N log N n²) flat matrix products for the means. The sweeps stop as soon as every element's
-    transition A is exactly zero — a stable model's products of closed-loop maps underflow after
-    about 745 / |ln ρ| steps — since from there on a sweep would change no result, not even by
-    rounding.
+    kind, so a time-invariant model costs O(s) batches of small-matrix combinations plus
+    O(N s n²) flat matrix products for the means, for the s ≤ ``ceil(log2 N)`` sweeps that run.
+    The sweeps stop as soon as every element's transition A is exactly zero — a stable model's
+    products of closed-loop maps underflow after about 745 / |ln ρ| steps, so s is about
+    log2(745 / |ln ρ|) + 1 when that is below ``ceil(log2 N)`` — since from there on a sweep
+    would change no result, not even by rounding.
 
     Which form to use: on a time-invariant model whose covariances settle, :func:`kalman_filter`
     (the sequential recursion with its steady-state shortcut) does O(N n²) work once converged
-    against the scan's O(N log N n²) and makes fewer NumPy calls; the two are within a small
+    against the scan's O(N s n²) and makes fewer NumPy calls; the two are within a small
     factor of each other for small n and the sequential form is clearly ahead at n = 32 (§3.9
     of the book prints the measured ratios). With scattered missing rows or a time-varying
     model (irregular grid) the covariances never settle: the sequential form is then a Python
     loop over all N steps, while the scan still runs ``ceil(log2 N)`` batched sweeps, so for
-    small n the scan can be the faster CPU form; its covariance half costs O(N log N n³)
+    small n the scan can be the faster CPU form; its covariance half costs O(N s n³)
     against the recursion's O(N n³), which dominates as n grows. The scan is also the
     reference for a parallel (GPU, many-core) kernel, whose O(log N) depth it mirrors, and an
     independent second algorithm.
+
+    Accuracy: when the state's components have very different scales, the scan's covariances
+    are less accurate than the recursion's — the matrix I + C_i J_j that each combination (3.7)
+    inverts is then ill-conditioned, although its eigenvalues are at least 1. In §3.9 of the
+    book, rescaling the state of a well-scaled model by diag(1, 2⁸, 2¹⁶) moves the recursion's
+    filtered covariances by at most a few units of each entry's rounding (each entry against
+    √(P_ii P_jj), as in Eq. (3.16)) and this scan's by more than 10⁴ units, and by more than
+    1e-12 of max |P| norm-wise. Validate a kernel entry by entry against
+    :func:`kalman_filter_loop` or :func:`kalman_filter`, and against this scan only on a
+    well-scaled state (rescaling by powers of two is exact) or with a looser tolerance.
 
     Examples
     --------
@@ -1484,8 +1497,9 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     kind; the suffixes that reach the end carry the smoothed covariances, and once those have
     settled (the test of :func:`kalman_filter`, Eq. (3.16), with the contraction ρ(E)² of the
     backward recursion) the later suffixes share one kind too, so each sweep combines a few
-    kinds and the cost is dominated by the O(N log N n²) mean products. Like the filtering scan,
-    it stops as soon as every element's E (a product of smoother gains) is exactly zero.
+    kinds and the cost is dominated by the O(N s n²) mean products (s sweeps, at most
+    ``ceil(log2 N)``). Like the filtering scan, it stops as soon as every element's E (a product
+    of smoother gains) is exactly zero.
 
     Which form to use: as for the filter (:func:`kalman_filter_scan`): on a settling
     time-invariant model the sequential :func:`rts_smoother` does less work (clearly faster at
@@ -1493,7 +1507,11 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     grid, scattered missing rows) the sequential form loops over every step in Python and for
     small n the scan can be faster (§3.9 of the book prints the measured ratios). This scan is
     the reference for a parallel smoother kernel, whose O(log N) depth it mirrors, and an
-    independent second algorithm.
+    independent second algorithm. Its accuracy on a badly scaled state is that of the filtering
+    scan (see :func:`kalman_filter_scan`): in §3.9 of the book, more than 10⁴ units of each
+    entry's rounding after a rescaling by diag(1, 2⁸, 2¹⁶), where :func:`rts_smoother` and
+    :func:`rts_smoother_loop` stay below 10³; validate smoother kernels entry by entry against
+    those.
 
     Examples
     --------
