@@ -364,12 +364,22 @@ def fft_conv(u, h):
     the shapes only, so the output is bitwise the same with any number of threads. The output at t depends on ``u_s``,
     s > t, only through round-off (≈ 1e-16 relative, not exactly 0).
 
-    Accuracy: the FFT route is accurate *norm-wise*, ``‖ŷ − y‖ ≲ c·ε·log₂ n·‖u‖‖h‖`` (ε the
-    float64 unit round-off), not entry-wise: every output carries an error of the order of
-    ε·max|y| whatever its own size, so where the exact output is small or zero (before the first
-    non-zero input, the tail of a strongly decaying filter) its relative error is large or
-    unbounded. Compare against it with norm-wise tolerances (chapter 10, §10.3 measures the
-    error against exact integer convolutions up to N = 65 536).
+    Accuracy: the FFT route is accurate *norm-wise*, per channel
+
+    .. math::  \lVert\hat y - y\rVert_2 \lesssim c\,\varepsilon\log_2 n\,
+               \big(\lVert u\rVert_2\max_k|\hat h_k| + \max_k|\hat u_k|\,\lVert h\rVert_2\big)
+               \le c\,\varepsilon\log_2 n\,\big(\lVert u\rVert_2\lVert h\rVert_1 + \lVert u\rVert_1\lVert h\rVert_2\big)
+
+    (ε the float64 unit round-off, ``û``, ``ĥ`` the DFTs zero-padded to n; the error of each
+    length-n transform is ≲ c·ε·log₂ n times the norm of its result, Higham 2002, ch. 24), not
+    entry-wise. For zero-mean data this is of the order ε·log₂ n·‖u‖‖h‖; for data with a large
+    mean (ĥ₀ = ‖h‖₁, of the order √N·‖h‖₂) it is about √N times that, and where the convolution cancels (a
+    difference filter on a smooth signal) the error exceeds ε·max|y| by orders of magnitude. Where
+    the exact output is small or zero (before the first non-zero input, the tail of a strongly
+    decaying filter) the relative error of that output is large or unbounded. Compare against it
+    with this norm-wise tolerance, never entry by entry and not relative to max|y| alone (chapter
+    10, §10.3 measures the error against exact integer convolutions up to N = 65 536 for
+    zero-mean, non-negative and cancelling data: below 0.2 times the first bound with c = 1).
 
     Examples
     --------
@@ -571,10 +581,10 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
     ``f_k = linspace(1e-4, B − 1, B)``, B = (emb_dim − 1)/2:
 
     .. math::  h_\ell = \big(e^{-|\alpha_c| t_\ell} + \text{shift}\big)\cdot
-               \big(W_{out}\,\sin(\cdots\sin(W_1\,\mathrm{PE}_\ell + b_1)\cdots)\big)_c,\qquad
+               \big(W_{out}\,\sin(\varphi\odot(\cdots\sin(\varphi\odot(W_1\,\mathrm{PE}_\ell + b_1))\cdots))\big)_c,\qquad
                \mathrm{PE}_\ell = [t_\ell, \cos f_k\omega_\ell, -\sin f_k\omega_\ell],
 
-    with decay rates ``|α_c|`` spread linearly over the ``n_filters·d`` output channels from
+    with ``φ = freq`` (the same in every sine layer) and decay rates ``|α_c|`` spread linearly over the ``n_filters·d`` output channels from
     ``−log(target)/slow_decay_pct`` to ``−log(target)/fast_decay_pct``. Channel ``c = n·d + j``
     of the FFN output is channel j of filter n (the code's ``'l (o d) -> o l d'``). The filter
     has L free values but only the FFN's O(emb_dim·width + depth·width² + width·n·d) weights;

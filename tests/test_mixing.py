@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.fft
 import scipy.linalg
 import scipy.signal
 from hypothesis import given, settings
@@ -282,6 +283,36 @@ class TestFftConv:
         y = mixing.fft_conv(u[:, None].astype(float), h[:, None].astype(float))[:, 0]
         assert np.linalg.norm(y - exact) <= 1e-14 * np.linalg.norm(exact)
         assert np.max(np.abs(y - exact)) <= 1e-14 * np.max(np.abs(exact))
+
+    @staticmethod
+    def _integer_case(kind, L, rng):
+        """Integer data with an exact int64 reference: zero-mean, non-negative, or cancelling (a second
+        difference of a smooth signal, the reference from its three non-zero taps)."""
+        if kind == "zero-mean":
+            u, h = rng.integers(-2**10, 2**10, size=(2, L))
+        elif kind == "non-negative":
+            u, h = rng.integers(0, 2**10, size=(2, L))
+        else:
+            u = np.round(2.0**30 * np.sin(2 * np.pi * np.arange(L) / 4096)).astype(np.int64)
+            h = np.zeros(L, dtype=np.int64); h[:3] = (1, -2, 1)
+        exact = np.convolve(u, h[: np.flatnonzero(h)[-1] + 1])[:L].astype(float)
+        return u.astype(float), h.astype(float), exact
+
+    @pytest.mark.parametrize("kind", ["zero-mean", "non-negative", "cancelling"])
+    @pytest.mark.parametrize("L", [256, 8192])
+    def test_error_within_the_spectral_bound(self, kind, L):
+        """‖ŷ − y‖ ≤ 0.2·ε log₂n (‖u‖ max|ĥ| + max|û| ‖h‖) (the bound of §10.3 with c = 1, and a margin)."""
+        u, h, exact = self._integer_case(kind, L, np.random.default_rng(L + len(kind)))
+        n = scipy.fft.next_fast_len(2 * L - 1, real=True)
+        eps = np.finfo(float).eps / 2
+        bound = eps * np.log2(n) * (np.linalg.norm(u) * np.abs(np.fft.rfft(h, n)).max()
+                                    + np.abs(np.fft.rfft(u, n)).max() * np.linalg.norm(h))
+        err = mixing.fft_conv(u[:, None], h[:, None])[:, 0] - exact
+        assert np.linalg.norm(err) <= 0.2 * bound
+        assert bound <= eps * np.log2(n) * (np.linalg.norm(u) * np.abs(h).sum() + np.abs(u).sum() * np.linalg.norm(h))
+        if kind == "cancelling":  # not within a few ε·max|y|: a max|y|-relative tolerance would reject fft_conv
+            assert np.max(np.abs(err)) > 1000 * eps * np.max(np.abs(exact))
+            assert np.array_equal(mixing.fft_conv_loop(u[:, None], h[:, None])[:, 0], exact)  # the direct sum is exact
 
     def test_error_is_not_entrywise_where_the_output_vanishes(self):
         rng = np.random.default_rng(7)
