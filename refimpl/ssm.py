@@ -1736,7 +1736,8 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, del
     return x itself for x > 20, which differs by log1p(e^{−x}) < 2.1e-9, below float32's
     resolution at 20 (1.9e-6); Re A > 0 and Δ ≤ 0 are refused — the softplus is never negative, but it
     underflows to exactly 0 below x ≈ −104 in float32 (−87 with subnormals flushed), where the official code
-    takes the identity step, and below x ≈ −745 in float64, where refimpl refuses the Δ = 0; the options are keyword-only
+    takes the identity step, and below x ≈ −745 in float64, where refimpl refuses the Δ = 0, as does the
+    decoding step :func:`selective_state_update` (neither kernel clamps the step); the options are keyword-only
     (refimpl's convention); the ``cu_seqlens`` argument of recent versions (packed sequences of
     several lengths) is not supported — call once per sequence. Loop twin:
     :func:`selective_scan_fn_loop`.
@@ -1919,10 +1920,13 @@ def _check_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state
     # Eq. (11.21): Δ = softplus(dt + dt_bias) (each step optional)
     raw = arrays["dt"] if arrays["dt_bias"] is None else arrays["dt"] + arrays["dt_bias"]
     step = _softplus(raw) if softplus else raw
-    live = rows >= 0
-    if np.any(step[live] < 0):
+    live = rows >= 0  # padding entries are not computed: their steps are not checked
+    if not np.all(step[live] > 0):  # Δ <= 0 refused, as by selective_scan_fn (the kernel checks neither)
         culprits = "dt" + (", dt_bias" if dt_bias is not None else "") + ("" if softplus else ", dt_softplus")
-        raise ValueError(f"{culprits}: expected step sizes Δ >= 0 (Eq. (11.21)), got minimum {float(step[live].min()):.6g}")
+        formula = "dt" if dt_bias is None else "dt + dt_bias"
+        formula = f"softplus({formula})" if softplus else formula
+        raise ValueError(f"{culprits}: expected step sizes Δ = {formula} > 0 (Eq. (11.21)), "
+                         f"got minimum {float(step[live].min()):.6g}")
     return (st, xs, arrays["dt"], A, arrays["B"], arrays["C"], arrays["D"], arrays["z"], arrays["dt_bias"], softplus,
             rows, step)
 
@@ -1982,13 +1986,19 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
 
     the step t of :func:`selective_scan_fn` (Mamba layout) or of
     :func:`refimpl.linear_rnn.mamba_chunk_scan_combined` (heads layout): decoding a sequence
-    token by token from the zero state gives the outputs and the final state of the whole scan.
+    token by token from the zero state gives the outputs and the final state of the whole scan
+    (for every input this function accepts: Δ > 0).
 
     Differences from ``mamba_ssm``, all deliberate: the function is pure — it returns the new
     state instead of writing it into ``state`` — and float64 throughout (the kernel computes in
     float32 and stores the state in its dtype); the softplus is exact, whereas the kernel returns x
-    itself for x > 20 (a difference below 2.1e-9); A > 0 and Δ < 0 are refused (Δ = 0 leaves the
-    state unchanged); repeated non-negative ``state_batch_indices`` are refused (the kernel's
+    itself for x > 20 (a difference below 2.1e-9); A > 0 and Δ ≤ 0 are refused, as by
+    :func:`selective_scan_fn` — the kernel checks neither, and where its float32 softplus underflows
+    to 0 (x below about −104) it takes the identity step; a float64 softplus underflows only below
+    x ≈ −745, and refimpl refuses that Δ = 0 (the kernel has no clamp of the step, unlike the chunked
+    scan of :func:`refimpl.linear_rnn.mamba_chunk_scan_combined`, which accepts Δ = 0), so that
+    decoding and :func:`selective_scan_fn` accept the same steps; repeated non-negative
+    ``state_batch_indices`` are refused (the kernel's
     result would depend on the order of its programs); a state with more rows than the batch needs
     ``state_batch_indices`` (the kernel would update its first rows); layouts are not mixed (with a
     3-D state, ``x``, ``dt``, ``z`` are 2-D, ``A`` is (dim, dstate), ``D`` and ``dt_bias`` are (dim,),

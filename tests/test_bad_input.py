@@ -737,6 +737,10 @@ VARIANTS = {
                                                         C=r.standard_normal((2, 3)) + 1j * r.standard_normal((2, 3)),
                                                         dout=r.standard_normal((1, 2, 4)), D=None, z=None,
                                                         delta_bias=None, delta_softplus=False),
+    "ssm.selective_state_update#mamba_no_softplus": lambda r: dict(  # Mamba's layout, Δ = dt + dt_bias given directly
+        state=r.standard_normal((2, 3, 4)), x=r.standard_normal((2, 3)), dt=r.uniform(0.05, 0.5, (2, 3)),
+        A=-r.uniform(0.2, 1, (3, 4)), B=r.standard_normal((2, 4)), C=r.standard_normal((2, 4)), D=r.standard_normal(3),
+        z=r.standard_normal((2, 3)), dt_bias=r.uniform(0.05, 0.5, 3), dt_softplus=False, state_batch_indices=None),
     "ssm.discretize#zoh_diagonal": lambda r: dict(A=-r.uniform(0.1, 1, (2, 3)), B=r.standard_normal(3),
                                                   step=np.array([[0.1], [0.2]]), method="zoh", diagonal=True),
     "focus.adaptive_filter#circular": lambda r: dict(x=r.standard_normal((12, 2)),

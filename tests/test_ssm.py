@@ -1471,16 +1471,50 @@ def test_state_update_reads_and_writes_a_pool_of_states(update):
 
 
 def test_state_update_edge_values():
-    """Δ = 0 leaves the state unchanged and reads C·h + D x; a huge softplus argument is Δ = x itself (no overflow)."""
+    """A tiny Δ (softplus(−700) ≈ 1e-304) leaves the state unchanged to rounding and reads C·h + D x; a huge softplus
+    argument is Δ = x itself (no overflow)."""
     r = np.random.default_rng(74)
     h0, x = r.standard_normal((1, 2, 3)), r.standard_normal((1, 2))
     A, B, C, Dv = -np.ones((2, 3)), r.standard_normal((1, 3)), r.standard_normal((1, 3)), r.standard_normal(2)
     for update in UPDATES:
-        out, h1 = update(h0, x, np.zeros((1, 2)), A, B, C, Dv)
+        out, h1 = update(h0, x, np.full((1, 2), -700.0), A, B, C, Dv, dt_softplus=True)
         np.testing.assert_array_equal(h1, h0)
         np.testing.assert_allclose(out, h0 @ C[0] + Dv * x, rtol=1e-15)
         out, h1 = update(h0, x, np.full((1, 2), 800.0), -1e-3 * np.ones((2, 3)), B, C, dt_softplus=True)
         np.testing.assert_allclose(h1, np.exp(-0.8) * h0 + 800.0 * B[0] * x[0, :, None], rtol=1e-14)
+
+
+@pytest.mark.parametrize("update", UPDATES)
+def test_state_update_refuses_a_zero_step_like_the_scan(update):
+    """Δ = 0 — given directly, or a float64 softplus that underflows (x < −745.13) — is refused by the decoding step
+    exactly when selective_scan_fn refuses it (one policy for both Mamba kernels, neither of which clamps the step),
+    naming the arguments that make Δ; padding entries (index < 0) are not computed, so their steps are not checked."""
+    r = np.random.default_rng(76)
+    h0, x = r.standard_normal((2, 2, 3)), r.standard_normal((2, 2))
+    A, B, C = -np.ones((2, 3)), r.standard_normal((2, 3)), r.standard_normal((2, 3))
+    cases = [(dict(dt=np.array([[0.3, 0.0], [0.2, 0.1]])), "^dt, dt_softplus: expected step sizes Δ = dt > 0"),
+             (dict(dt=np.array([[0.3, -800.0], [0.2, 0.1]]), dt_softplus=True),
+              r"^dt: expected step sizes Δ = softplus\(dt\) > 0 \(Eq. \(11.21\)\), got minimum 0"),
+             (dict(dt=np.array([[0.3, -0.5], [0.2, 0.1]]), dt_bias=np.array([0.0, 0.5])),
+              r"^dt, dt_bias, dt_softplus: expected step sizes Δ = dt \+ dt_bias > 0")]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            update(h0, x, kw["dt"], A, B, C, dt_bias=kw.get("dt_bias"), dt_softplus=kw.get("dt_softplus", False))
+        # the same step as a sequence of length 1 for selective_scan_fn: refused too
+        with pytest.raises(ValueError, match="expected step sizes"):
+            ssm.selective_scan_fn(x[..., None], kw["dt"][..., None], A, B[..., None], C[..., None],
+                                  delta_bias=kw.get("dt_bias"), delta_softplus=kw.get("dt_softplus", False))
+    # just above the underflow both accept, and decoding still equals the scan
+    dt = np.array([[0.3, -700.0], [0.2, 0.1]])
+    out, h1 = update(h0, x, dt, A, B, C, dt_softplus=True)
+    np.testing.assert_array_equal(h1[0, 1], h0[0, 1])  # Δ ≈ 1e-304: the identity step to rounding
+    ref, last = ssm.selective_scan_fn(x[..., None], dt[..., None], A, B[..., None], C[..., None], delta_softplus=True,
+                                      return_last_state=True)
+    np.testing.assert_allclose(h1, h0 * np.exp(np.logaddexp(0.0, dt)[..., None] * A) + last, rtol=1e-14)
+    # a padding entry's step is not checked (its output is 0 and no state changes)
+    out, h1 = update(h0, x, np.array([[0.3, 0.2], [0.0, -1.0]]), A, B, C, state_batch_indices=[1, -1])
+    np.testing.assert_array_equal(out[1], 0.0)
+    np.testing.assert_array_equal(h1[0], h0[0])
 
 
 @pytest.mark.parametrize("update", UPDATES)
@@ -1502,7 +1536,8 @@ def test_state_update_refuses_bad_input_by_name(update):
         (dict(D=np.ones(P)), ValueError, r"^D: expected shape \(nheads, dim\)"),
         (dict(dt_bias=np.ones((H, P, 1))), ValueError, "^dt_bias: expected shape"),
         (dict(z=np.ones((b, P))), ValueError, "^z: expected the shape of x"),
-        (dict(dt=-np.ones((b, H, P))), ValueError, r"^dt, dt_softplus: expected step sizes Δ >= 0"),
+        (dict(dt=-np.ones((b, H, P))), ValueError, r"^dt, dt_softplus: expected step sizes Δ = dt > 0"),
+        (dict(dt=np.zeros((b, H, P))), ValueError, r"^dt, dt_softplus: expected step sizes Δ = dt > 0 .*got minimum 0"),
         (dict(x=np.full((b, H, P), np.nan)), ValueError, "^x: "),
         (dict(dt_softplus="yes"), TypeError, "^dt_softplus"),
         (dict(state_batch_indices=[0, 0]), ValueError, "^state_batch_indices: expected distinct indices"),
