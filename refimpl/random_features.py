@@ -1000,9 +1000,15 @@ def performer_attention(
     in the causal form: a key whose features lie more than about 745 (in log) below the largest
     key feature of the whole sequence underflows to 0, and a query whose allowed keys all
     underflow has a zero normalizer, so the call is refused (``ValueError``, not representable)
-    even though the exact estimator is finite (q, k of norm ~60 in d = 4 reach it). Since the
-    maximum runs over all keys, a single large future key can make the causal call refuse
-    outputs that a shorter sequence gives (chapter 12, §12.4). The
+    even though the exact estimator is finite. It takes a spread of the keys' exponents, not
+    large norms alone: q, k all of norm 60 in d = 4 give finite outputs (their exponents are
+    shifted together), while in d = 4 past keys of norm ~60 followed by one key of norm near 0
+    are refused (the largest positive-feature exponents ω·k̂ − ‖k̂‖²/2 of the two differ by
+    about 800).
+    Since the maximum runs over all keys, a single future key whose features dwarf those of the
+    earlier keys can make the causal call refuse outputs that a shorter sequence gives (chapter
+    12, §12.4): for positive features (Eq. 12.7) a key of small norm after keys of large norm,
+    for trig features (Eq. 12.6, exponent +‖k̂‖²/2) a key of large norm. The
     non-causal form always sees the maximal key. Rescale q and k there: at such logit ranges the
     estimator's variance makes it useless anyway.
 

@@ -425,6 +425,28 @@ class TestPerformerAttention:
         close(y, performer_attention_quadratic(q, k, v, n_features=8, rng=0, causal=True, kind=kind), rtol=SELF,
               what="performer, large inputs")
 
+    def test_causal_refusal_needs_a_spread_of_key_exponents(self):
+        # performer_attention's docstring (chapter 12, §12.4): the one global key shift of Eq. (12.10)
+        # underflows the past keys only when the keys' exponents spread by more than ~745. Positive
+        # features: all keys of norm 60 (d = 4) are fine; past keys of norm 60 followed by one key of norm
+        # 0.01 are refused, the same past keys alone are not. Trig features: one future key of norm 70
+        # after unit keys is refused, while positive features take it.
+        q, k, v = qkv(3, n=64, d=4)
+        unit = k / np.linalg.norm(k, axis=-1, keepdims=True)
+        kw = dict(n_features=16, rng=0, causal=True)
+        assert np.all(np.isfinite(performer_attention(q, 60 * unit, v, **kw)))
+        k_small = 60 * unit
+        k_small[40] = 0.01 * unit[40]
+        assert np.all(np.isfinite(performer_attention(q[:40], k_small[:40], v[:40], **kw)))
+        with pytest.raises(ValueError, match="not representable in float64"):
+            performer_attention(q, k_small, v, **kw)
+        k_large = unit.copy()
+        k_large[40] *= 70
+        assert np.all(np.isfinite(performer_attention(q, k_large, v, **kw)))
+        assert np.all(np.isfinite(performer_attention(q[:40], k_large[:40], v[:40], **kw, kind="trig")))
+        with pytest.raises(ValueError, match="not representable in float64"):
+            performer_attention(q, k_large, v, **kw, kind="trig")
+
     def test_scale_zero_is_the_mean(self):
         q, k, v = qkv(3)
         y = performer_attention(q, k, v, n_features=4, rng=0, scale=0.0, causal=True)
