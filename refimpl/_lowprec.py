@@ -77,7 +77,10 @@ def _silu32(z):
 
 
 def _softplus32(x):
-    """log(1 + e^x) in float32, x itself above 20 (as mamba_ssm's kernels and ``F.softplus``)."""
+    """log(1 + e^x) in float32 as ``log1p(e^x)``, x itself above 20: as mamba_ssm's CUDA scan kernel
+    (``log1pf(expf(x))``), ``F.softplus`` and its Triton softplus before Triton 3. Its Triton >= 3 softplus, used
+    by the decoding step, computes ``log(e^x + 1)``, which differs below x ≈ −15.5 (0 below ln 2^-24 ≈ −16.6,
+    where ``log1p`` keeps e^x): a plain model of that kernel is this one up to such tiny steps (chapter 11)."""
     return np.where(x > f32(20), x, np.log1p(np.exp(np.minimum(x, f32(20))))).astype(f32)
 
 

@@ -1734,10 +1734,12 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, del
     Differences from ``mamba_ssm``, all deliberate: everything is float64 (the reference casts
     to float32); the softplus is exact, whereas the reference (``F.softplus``) and the CUDA kernel
     return x itself for x > 20, which differs by log1p(e^{−x}) < 2.1e-9, below float32's
-    resolution at 20 (1.9e-6); Re A > 0 and Δ ≤ 0 are refused — the softplus is never negative, but it
-    underflows to exactly 0 below x ≈ −104 in float32 (−87 with subnormals flushed), where the official code
-    takes the identity step, and below x ≈ −745 in float64, where refimpl refuses the Δ = 0, as does the
-    decoding step :func:`selective_state_update` (neither kernel clamps the step); the options are keyword-only
+    resolution at 20 (1.9e-6); Re A > 0 and Δ ≤ 0 are refused — the softplus is never negative, but the
+    CUDA kernel's float32 ``log1p(e^x)`` underflows to exactly 0 below x ≈ −104 (−87 with subnormals
+    flushed), where the official code takes the identity step, and a float64 softplus below x ≈ −745,
+    where refimpl refuses the Δ = 0, as does the decoding step :func:`selective_state_update` (whose
+    official Triton kernel computes the softplus differently and gives 0 from x ≈ −16.6 on; neither
+    kernel clamps the step); the options are keyword-only
     (refimpl's convention); the ``cu_seqlens`` argument of recent versions (packed sequences of
     several lengths) is not supported — call once per sequence. Loop twin:
     :func:`selective_scan_fn_loop`.
@@ -1993,8 +1995,10 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     state instead of writing it into ``state`` — and float64 throughout (the kernel computes in
     float32 and stores the state in its dtype); the softplus is exact, whereas the kernel returns x
     itself for x > 20 (a difference below 2.1e-9); A > 0 and Δ ≤ 0 are refused, as by
-    :func:`selective_scan_fn` — the kernel checks neither, and where its float32 softplus underflows
-    to 0 (x below about −104) it takes the identity step; a float64 softplus underflows only below
+    :func:`selective_scan_fn` — the kernel checks neither, and where its float32 softplus is 0 it
+    takes the identity step: ``log(e^x + 1)`` (``mamba_ssm/ops/triton/softplus.py`` under Triton ≥ 3)
+    is 0 below x ≈ ln 2⁻²⁴ ≈ −16.6, where 1 + e^x rounds to 1 (and 1.19e-7 from there up to
+    x ≈ −15.5), ``log1p(e^x)`` (older Triton) below x ≈ −104; a float64 softplus underflows only below
     x ≈ −745, and refimpl refuses that Δ = 0 (the kernel has no clamp of the step, unlike the chunked
     scan of :func:`refimpl.linear_rnn.mamba_chunk_scan_combined`, which accepts Δ = 0), so that
     decoding and :func:`selective_scan_fn` accept the same steps; repeated non-negative
