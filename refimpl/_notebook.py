@@ -63,9 +63,9 @@ def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3,
     constants": the exponents say how the cost grows, the constants belong to this machine,
     so a cell printing them carries ``# NBVAL_IGNORE_OUTPUT``.
 
-    At the sizes a chapter can afford, fixed per-call costs and a cache-sized workspace bend both
-    fits (a quadratic algorithm measured at N = 256 … 1024 may fit N^1.1), so a power law fitted
-    there extrapolates poorly. A chapter that knows the orders passes them: ``time_order`` (the
+    At the sizes a chapter can afford the fits can bend (a quadratic algorithm measured at
+    N = 256 … 1024 may fit N^1.1; plausibly fixed per-call costs and cache effects, not measured
+    here), so a power law fitted there extrapolates poorly. A chapter that knows the orders passes them: ``time_order`` (the
     exponent of the operation count, e.g. 1 for a scan, 2 for attention) extrapolates the time of
     the largest size, ``t(target) = t(N_max) (target / N_max)^time_order``; ``memory_order`` fits
     ``m = a + b N^memory_order`` (a fixed workspace plus arrays of that order) and evaluates it at

@@ -1002,9 +1002,11 @@ def performer_attention(
     underflow has a zero normalizer, so the call is refused (``ValueError``, not representable)
     even though the exact estimator is finite. It takes a spread of the keys' exponents, not
     large norms alone: q, k all of norm 60 in d = 4 give finite outputs (their exponents are
-    shifted together), while in d = 4 past keys of norm ~60 followed by one key of norm near 0
-    are refused (the largest positive-feature exponents ω·k̂ − ‖k̂‖²/2 of the two differ by
-    about 800).
+    shifted together), while in d = 4 past keys of norm 60 or more followed by one key of norm
+    near 0 are refused (the largest positive-feature exponents ω·k̂ − ‖k̂‖²/2 of the two differ by
+    about 800 at norm 60). Where the refusal starts depends on the draw of ω, through ω·k̂: over
+    seeds 0–5 and m = 4, 16, 64, 256 (q, k standard normal, N = 64, the keys then rescaled), it
+    starts between norm 55.3 and 59.3, so keys of norm 55 are never refused and of norm 60 always.
     Since the maximum runs over all keys, a single future key whose features dwarf those of the
     earlier keys can make the causal call refuse outputs that a shorter sequence gives (chapter
     12, §12.4): for positive features (Eq. 12.7) a key of small norm after keys of large norm,

@@ -447,6 +447,22 @@ class TestPerformerAttention:
         with pytest.raises(ValueError, match="not representable in float64"):
             performer_attention(q, k_large, v, **kw, kind="trig")
 
+    def test_causal_refusal_threshold_in_the_docstring(self):
+        # performer_attention's docstring: past keys of norm 55 followed by one key of norm 0.01 (d = 4)
+        # are never refused over seeds 0-5 and m = 4 ... 256, of norm 60 always; the onset lies between
+        # norm 55.3 and 59.3 (a margin of > 0.25 in norm, i.e. > 5 in the exponent, against round-off).
+        for seed in range(6):
+            g = np.random.default_rng(seed)
+            q, k, v = g.normal(size=(3, 64, 4))
+            unit = k / np.linalg.norm(k, axis=-1, keepdims=True)
+            for m in (4, 16, 64, 256):
+                kw = dict(n_features=m, rng=seed, causal=True)
+                k55, k60 = 55 * unit, 60 * unit
+                k55[40] = k60[40] = 0.01 * unit[40]
+                assert np.all(np.isfinite(performer_attention(q, k55, v, **kw))), (seed, m)
+                with pytest.raises(ValueError, match="not representable in float64"):
+                    performer_attention(q, k60, v, **kw)
+
     def test_scale_zero_is_the_mean(self):
         q, k, v = qkv(3)
         y = performer_attention(q, k, v, n_features=4, rng=0, scale=0.0, causal=True)
