@@ -858,9 +858,11 @@ def _combine_types(Xi, Xj, I):
     R = np.concatenate([Aj.mT, Ai])  # the right-hand sides Aⱼᵀ and A_i, (2k, n, n)
     # one batched inverse and two products: the whole scan took 18% less time at n = 8, N = 10⁴ than
     # with one batched solve of the 2k systems. I + C_i J_j is similar to I + C^½ J C^½ (C, J symmetric
-    # positive semidefinite), so its eigenvalues are >= 1 — but it is not normal: on a state whose
-    # components' scales differ by a factor d its condition number grows like d² (about 3e9 at d = 2¹⁶),
-    # which costs the scan accuracy there (§3.9 of the book; test_scan_accuracy_on_a_badly_scaled_state)
+    # positive semidefinite), so its eigenvalues are >= 1 — but it is not normal: rescaling the state by
+    # D turns it into D (I + C_i J_j) D⁻¹, so on a state whose components' scales differ by a factor d its
+    # condition number can grow like d² (to 1e8 … 3e9 at d = 2¹⁶ in the eight models of §3.9 of the book,
+    # against below 20 unscaled), which can cost the scan accuracy there (§3.9;
+    # test_badly_scaled_state_over_eight_models)
     Xinv = _inv(X, "I + C_i J_j in the filtering scan")
     Mt, Nt = Xinv.mT @ R[:k], Xinv @ Ai  # (I + J_j C_i)⁻¹ = ((I + C_i J_j)⁻¹)ᵀ
     M = Mt.mT
@@ -1275,9 +1277,9 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     kind, so a time-invariant model costs O(s) batches of small-matrix combinations plus
     O(N s n²) flat matrix products for the means, for the s ≤ ``ceil(log2 N)`` sweeps that run.
     The sweeps stop as soon as every element's transition A is exactly zero — a stable model's
-    products of closed-loop maps underflow after about 745 / |ln ρ| steps, so s is about
-    log2(745 / |ln ρ|) + 1 when that is below ``ceil(log2 N)`` — since from there on a sweep
-    would change no result, not even by rounding.
+    products of closed-loop maps underflow after about 745 / |ln ρ| steps, and after k sweeps an
+    element spans 2^k steps, so s is about ``ceil(log2(745 / |ln ρ|))`` when that is below
+    ``ceil(log2 N)`` — since from there on a sweep would change no result, not even by rounding.
 
     Which form to use: on a time-invariant model whose covariances settle, :func:`kalman_filter`
     (the sequential recursion with its steady-state shortcut) does O(N n²) work once converged
@@ -1292,14 +1294,18 @@ def kalman_filter_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     independent second algorithm.
 
     Accuracy: when the state's components have very different scales, the scan's covariances
-    are less accurate than the recursion's — the matrix I + C_i J_j that each combination (3.7)
-    inverts is then ill-conditioned, although its eigenvalues are at least 1. In §3.9 of the
-    book, rescaling the state of a well-scaled model by diag(1, 2⁸, 2¹⁶) moves the recursion's
+    can be far less accurate than the recursion's — the matrix I + C_i J_j that each
+    combination (3.7) inverts is then ill-conditioned, although its eigenvalues are at least 1 —
+    by an amount that varies widely from model to model. In §3.9 of the book, rescaling the
+    states of eight random well-scaled models (n = 3) by diag(1, 2⁸, 2¹⁶) moves the recursion's
     filtered covariances by at most a few units of each entry's rounding (each entry against
-    √(P_ii P_jj), as in Eq. (3.16)) and this scan's by more than 10⁴ units, and by more than
-    1e-12 of max |P| norm-wise. Validate a kernel entry by entry against
-    :func:`kalman_filter_loop` or :func:`kalman_filter`, and against this scan only on a
-    well-scaled state (rescaling by powers of two is exact) or with a looser tolerance.
+    √(P_ii P_jj), as in Eq. (3.16)) on every model, and this scan's by about 2·10² to 2·10⁵
+    units (median about 10³, within 10² on the well-scaled models; figures from the machine
+    that ran the book — other BLAS kernels give the same spread). Only on the worst two of the
+    eight does it exceed 10⁴ units and 1e-12 of max |P| norm-wise (up to about 1e-11).
+    Validate a kernel entry by entry against :func:`kalman_filter_loop` or
+    :func:`kalman_filter`, and against this scan only on a well-scaled state (rescaling by
+    powers of two is exact) or with a looser tolerance.
 
     Examples
     --------
@@ -1507,11 +1513,15 @@ def rts_smoother_scan(z, F, H, Q, R, m0, P0, *, return_intermediates=False):
     grid, scattered missing rows) the sequential form loops over every step in Python and for
     small n the scan can be faster (§3.9 of the book prints the measured ratios). This scan is
     the reference for a parallel smoother kernel, whose O(log N) depth it mirrors, and an
-    independent second algorithm. Its accuracy on a badly scaled state is that of the filtering
-    scan (see :func:`kalman_filter_scan`): in §3.9 of the book, more than 10⁴ units of each
-    entry's rounding after a rescaling by diag(1, 2⁸, 2¹⁶), where :func:`rts_smoother` and
-    :func:`rts_smoother_loop` stay below 10³; validate smoother kernels entry by entry against
-    those.
+    independent second algorithm. Its accuracy on a badly scaled state varies from model to
+    model like the filtering scan's (see :func:`kalman_filter_scan`): in §3.9 of the book, after
+    a rescaling by diag(1, 2⁸, 2¹⁶) of eight random models it is off by about 2·10² to 6·10⁵
+    units of each entry's rounding (median about 10³, beyond 10⁴ on the worst two), while
+    :func:`rts_smoother` and :func:`rts_smoother_loop` are off by up to several hundred — on a
+    few of 32 models by more than 10³, on some of those by more than this scan. Validate
+    smoother kernels entry by entry against the loop twins; on a badly scaled state, against
+    the loop twins run on the state rescaled to similar scales (by powers of two: exact) and
+    transformed back.
 
     Examples
     --------
