@@ -1849,8 +1849,41 @@ def _refine_riccati(P, F, H, Q, R, steps: int = 2):
 #: :func:`steady_state_loop` gives up (``ValueError``) after this many steps: enough for ρ(A) = 0.9999
 #: (a random walk with q/r = 1e-8 takes about 1.4e5 steps to reach its floating-point fixed point)
 _RICCATI_MAX_ITER = 1_000_000
-#: … and recognizes a cycle of rounding of up to this period as arrival
+#: … and compares each iterate with this many before it (a short cycle of rounding ends the loop at once)
 _CYCLE = 8
+
+
+class _Arrival:
+    """Whether a deterministic iteration has arrived: its new iterate equals, bit for bit, one it
+    produced before — a fixed point of the floating-point map or a cycle of rounding of any period.
+
+    The new iterate is compared with the ``recent`` iterates before it (a cycle of period up to
+    that many is recognized as soon as it closes) and with an *anchor*, an earlier iterate that
+    moves to the current one after ``recent`` steps, then after twice as many, and so on (Brent's
+    cycle detection: R. P. Brent, "An improved Monte Carlo factorization algorithm", BIT 20,
+    1980): a cycle of any period λ entered at step μ is recognized within about
+    2 max(μ, λ) + λ steps, with memory for ``recent`` + 1 iterates. Comparing with a few recent
+    iterates alone misses longer cycles: with OpenBLAS's Sandybridge kernels (no fused
+    multiply-add) the Lyapunov iteration P ← F P Fᵀ + Q of a two-state spiral settles into a
+    cycle of period 11 and would run 1000000 steps before giving up.
+    """
+
+    def __init__(self, recent: int):
+        self.recent: list = []
+        self.keep = recent
+        self.anchor, self.since, self.span = None, 0, recent
+
+    def __call__(self, new: np.ndarray, old: np.ndarray) -> bool:
+        """Whether ``new`` (the iterate computed from ``old``) repeats an earlier iterate."""
+        if np.array_equal(new, old) or any(np.array_equal(new, x) for x in self.recent):
+            return True
+        if self.anchor is not None and np.array_equal(new, self.anchor):
+            return True
+        self.recent = self.recent[1 - self.keep :] + [old] if self.keep > 1 else []
+        self.since += 1
+        if self.since >= self.span:  # move the anchor here and double the distance to the next move
+            self.anchor, self.since, self.span = new, 0, 2 * self.span
+        return False
 
 
 def steady_state_loop(F, H, Q, R):
@@ -1860,15 +1893,15 @@ def steady_state_loop(F, H, Q, R):
     solution as the DARE, Eq. (3.13), even where ``Q`` alone is a spurious fixed point) and
     iterates P⁻ ← F P Fᵀ + Q with the Joseph-form update P of P⁻. It stops when the iteration
     has arrived, not when it merely moves slowly (§3.9 of the book): when a step reproduces, bit
-    for bit, P⁻ or one of the ``_CYCLE`` = 8 iterates before it — an exact fixed point of the
-    floating-point map, or a cycle of rounding, from which it can get no closer. A small relative
+    for bit, an earlier iterate — an exact fixed point of the floating-point map, or a cycle of
+    rounding of any period (:class:`_Arrival`), from which it can get no closer. A small relative
     change is not used as the criterion: with ρ the spectral radius of the closed loop
     F (I − K H), a change of δ per step leaves about δ / (1 − ρ²) to go, and a change below
     4 units of rounding of max|P⁻| can still be many units of rounding of a small entry of P⁻.
 
     Differences contract by about ρ² per step, so the number of steps grows like
-    1 / (1 − ρ²); ``ValueError`` after ``_RICCATI_MAX_ITER`` = 1000000 steps (ρ too close to 1,
-    or rounding cycling with a longer period), and ``ValueError`` if P⁻ overflows ((F, H) not
+    1 / (1 − ρ²); ``ValueError`` after ``_RICCATI_MAX_ITER`` = 1000000 steps (ρ too close to 1),
+    and ``ValueError`` if P⁻ overflows ((F, H) not
     detectable).
     Accuracy: the fixed point of the floating-point map differs from the exact DARE solution by
     rounding amplified by up to about 1 / (1 − ρ²) — the conditioning of the fixed point itself
@@ -1887,7 +1920,7 @@ def steady_state_loop(F, H, Q, R):
     n = F.shape[0]
     I = np.eye(n)
     P_prior = Q + I
-    recent = []  # the last _CYCLE iterates, newest last: a cycle of rounding returns to one of them
+    arrived = _Arrival(_CYCLE)  # whether an iterate repeats an earlier one (a fixed point or a cycle of rounding)
     for step in range(max_iter):
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported just below
             K = _gain(P_prior, H, R)  # K = P⁻ Hᵀ S⁻¹
@@ -1900,15 +1933,14 @@ def steady_state_loop(F, H, Q, R):
                 f"F, H, Q, R: the Riccati recursion diverges (P⁻ overflows after {step + 1} steps); "
                 f"an unstable mode of F is not observed through H ((F, H) not detectable)"
             )
-        if np.array_equal(new, P_prior) or any(np.array_equal(new, old) for old in recent):
-            P_prior = new  # arrived: the floating-point map no longer brings P⁻ anywhere new
+        if arrived(new, P_prior):
+            P_prior = new  # the floating-point map no longer brings P⁻ anywhere new
             break
-        recent = recent[1 - _CYCLE :] + [P_prior]
         P_prior = new
     else:
         raise ValueError(
             f"F, H, Q, R: the Riccati recursion did not converge in max_iter = {max_iter} steps (a closed-loop "
-            f"spectral radius too close to 1, or rounding cycling without a fixed point); use steady_state"
+            f"spectral radius too close to 1); use steady_state"
         )
     K = _gain(P_prior, H, R)
     return K, P_prior, _sym((I - K @ H) @ P_prior)

@@ -1036,6 +1036,40 @@ class TestSteadyState:
         with pytest.raises(ValueError, match=r"did not converge in max_iter = 3 steps"):
             steady_state_loop(F, H, Q, R)
 
+    @pytest.mark.parametrize("mu", [0, 5, 1000])
+    @pytest.mark.parametrize("period", [1, 2, 8, 9, 11, 100, 1000])
+    def test_arrival_recognizes_a_cycle_of_any_period(self, mu, period):
+        # The loop's arrival rule on a synthetic iteration: μ distinct iterates, then a cycle of the given
+        # period. It must say "arrived" only once an iterate repeats, and soon after (Brent's anchor: within
+        # about 2 max(μ, λ) + λ steps, plus the first anchor's 8); the rule it replaced (the last 8 iterates
+        # only) never recognized periods 9, 11, 100, 1000 — with OpenBLAS's Sandybridge kernels the Lyapunov
+        # iteration of the spiral settles into a cycle of period 11 (next test).
+        def x(t):  # the iterate at step t, an array as in the loop
+            return np.array([float(t if t < mu else mu + (t - mu) % period), 0.5])
+
+        arrived = kalman._Arrival(kalman._CYCLE)
+        limit = mu + period + 2 * max(mu, period) + period + 16
+        for t in range(1, limit + 1):
+            if arrived(x(t), x(t - 1)):
+                break
+        else:
+            raise AssertionError(f"no arrival within {limit} steps (mu = {mu}, period = {period})")
+        assert t >= mu + period, (t, mu, period)  # x(t) repeats an earlier iterate only from step μ + λ on
+
+    def test_loop_arrives_on_a_long_cycle_of_rounding(self, monkeypatch):
+        # H = 0: no measurement, so the recursion is the Lyapunov iteration P⁻ ← F P⁻ Fᵀ + Q, ρ(F)² = 0.94.
+        # With OpenBLAS's Sandybridge kernels it settles after ~565 steps into a cycle of rounding of period 11
+        # (period 1 with the AVX2 and AVX-512 kernels); the loop compared each iterate with the last 8 only and
+        # ran its 1000000 steps before refusing the model. It must arrive well within 5000 steps on any kernels.
+        F, H, Q, R = spiral_discrete(0.3)
+        monkeypatch.setattr(kalman, "_RICCATI_MAX_ITER", 5000)
+        K, P_prior, P_post = steady_state_loop(F, np.zeros_like(H), Q, R)
+        ref = scipy.linalg.solve_discrete_lyapunov(F, Q)
+        rho2 = np.abs(np.linalg.eigvals(F)).max() ** 2
+        close(P_prior, ref, rtol=8 * EPS / (1 - rho2), what="steady_state_loop P⁻ vs solve_discrete_lyapunov, H = 0")
+        assert np.all(K == 0.0)
+        close(P_post, P_prior, rtol=0.0, what="no measurement: P = P⁻")
+
     @pytest.mark.parametrize("func", [steady_state, steady_state_loop])
     @pytest.mark.parametrize(
         "F, H, Q, R, exc, match",
