@@ -694,7 +694,11 @@ def isotropic_afa(
     is pulled back by ``e^{+μ|Δt|} = 1/E_ij``: its residual norm and variance are both evaluated
     scaled by ``E_ij²`` (``E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃_i^† k̃_j)``) and ``Â_ij`` is formed in log
     space. No (N, N, d) array and no factor e^{+μt} (which overflows for long sequences) is ever
-    formed. The Student logit is evaluated as ``log P + κ log(νΣ) − κ log(‖R‖² + νΣ)``
+    formed. The exact output itself can still grow: a pushed-back value carries e^{+μ|Δt|}, and when
+    σ² or η² is positive its weight falls like e^{−2βμ|Δt|} for a temperature β, so with β < 1/2 the
+    non-causal output grows like e^{(1−2β)μ|Δt|} with the longest lag (a property of the model; chapter 8,
+    §8.4); it is returned while representable and refused with a ValueError beyond. The Student
+    logit is evaluated as ``log P + κ log(νΣ) − κ log(‖R‖² + νΣ)``
     (= ``log P − κ log(1 + ‖R‖² P/ν)``) with ``log Σ`` from the logs of its three terms, so that
     it stays exact when Σ underflows (e.g. η² e^{−2μΔt} with σ² = γ² = 0, or the scaled pushed-back
     γ² e^{−2μ|Δt|} with σ² = η² = 0, once 2μ|Δt| ≳ 745); the Gaussian penalty ‖R‖² P/ν then tends
@@ -721,7 +725,7 @@ def isotropic_afa(
     omega : array_like, shape (d,)
         Rotation frequencies ω_k.
     sigma2, eta2, gamma2 : float
-        Noise levels (scalars, or (d,) arrays with equal entries are not accepted: use :func:`afa`).
+        Scalar noise levels (a (d,) array is refused, even with equal entries: use :func:`afa`).
     nu, t, weight, kappa, temperature, causal, rotate_values : as in :func:`afa`.
     return_weights : bool
         Also return A, shape (..., N, N) (the same for every channel).

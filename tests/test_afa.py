@@ -660,6 +660,39 @@ class TestFilteringRegimes:
         assert np.all(rem > 0)
         assert np.all(np.abs(rem - x**2 / 2) <= x**3 / 3 + 4 * EPS * np.abs(B))
 
+    @pytest.mark.parametrize("weight", ["exponential", "student"])
+    def test_logit_slope_at_zero_lag_includes_the_rotation(self, weight):
+        # μ = 0, keys of the same content k at lags Δt = 0, h, 2h of the last query q:
+        #   L(Δt) = log P − penalty(P‖R(Δt)‖²/ν),  P = 1/(σ²Δt + η² + γ²),  R(Δt) = q − e^{iωΔt} ⊙ k,
+        #   dL/dΔt|₀ = −σ²p(1 − x) − (p/ν)D (exponential), −σ²p(1 − κx/(1 + x)) − κ(p/ν)D/(1 + x) (Student),
+        # x = p‖R(0)‖²/ν, D = d‖R‖²/dΔt|₀ = 2 Σ_m ω_m Im(q̄_m k_m) (chapter 8, §8.6). Measured from the weights by
+        # Richardson's one-sided difference (error O(h²), below 1e-4 here; the D term is O(1)).
+        rng = np.random.default_rng(86)
+        d, N, h = 3, 12, 0.005
+        sigma2, eta2, gamma2 = 0.3, 0.6, 0.2
+        p = 1.0 / (eta2 + gamma2)
+        t = h * np.arange(N)
+        rotation_mattered = False
+        for _ in range(3):
+            q, k = (x / np.linalg.norm(x) for x in (cplx(rng, (d,)), cplx(rng, (d,))))
+            omega = rng.normal(size=d)
+            for nu in (0.7, 5.0):
+                _, A = isotropic_afa(np.tile(q, (N, 1)), np.tile(k, (N, 1)), np.ones((N, d)), mu=0.0, omega=omega,
+                                     sigma2=sigma2, eta2=eta2, gamma2=gamma2, nu=nu, t=t, weight=weight,
+                                     return_weights=True)
+                L0, L1, L2 = np.log(A[-1, -1]), np.log(A[-1, -2]), np.log(A[-1, -3])
+                measured = (4 * L1 - L2 - 3 * L0) / (2 * h)
+                x = p * np.sum(np.abs(q - k) ** 2) / nu
+                D = 2 * np.sum(omega * np.imag(q.conj() * k))
+                if weight == "exponential":
+                    fixed, rot = -sigma2 * p * (1 - x), -p / nu * D
+                else:
+                    kappa = (nu + d) / d
+                    fixed, rot = -sigma2 * p * (1 - kappa * x / (1 + x)), -kappa * p / nu * D / (1 + x)
+                assert abs(measured - (fixed + rot)) < 1e-3, (measured, fixed, rot)
+                rotation_mattered |= abs(rot) > 0.05
+        assert rotation_mattered  # the residual-held-fixed formula alone would fail
+
 
 # =============================================================================================
 # RoPE limit (spec §6)
@@ -1022,6 +1055,36 @@ class TestLongSequences:
         for i in (0, 1, 1500, N - 2, N - 1):
             expected = isotropic_row(q, k, v, i, **par, t=t)
             close(out[i], expected, rtol=SELF, what="isotropic_afa N = 3000 row vs equations")
+
+    def test_noncausal_low_temperature_grows_like_the_model(self):
+        # A pushed-back value carries e^{+μτ}; with η² > 0 its precision falls like e^{−2μτ}, so under a factor T
+        # on the logits its weight falls like e^{−2Tμτ}: for T < 1/2 the exact output of the first query grows like
+        # e^{(1−2T)μτ_max} (chapter 8, §8.4). Oracle: the row from (7.2)–(7.7), with 2μτ ≤ 299 (all representable).
+        rng = np.random.default_rng(85)
+        N, d, mu = 300, 2, 0.5
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        t = np.arange(N, dtype=float)
+        par = dict(omega=np.array([0.3, -0.7]), sigma2=0.1, eta2=0.5, gamma2=0.1, nu=4.0)
+        kappa = (4.0 + d) / d
+        dt = t[0] - t
+        P = 1.0 / isotropic_covariance(dt, mu, 0.1, 0.5, 0.1)
+        pull = np.exp((-mu + 1j * par["omega"]) * dt[:, None])
+        d2 = P * np.sum(np.abs(q[0] - pull * k) ** 2, axis=-1)
+        for T in (0.4, 1.0):
+            L = T * (np.log(P) - kappa * np.log1p(d2 / 4.0))
+            a = np.exp(L - L.max())
+            expected = (a / a.sum()) @ (pull * v)
+            out = isotropic_afa(q, k, v, mu=mu, **par, causal=False, temperature=T)
+            close(out[0], expected, rtol=SELF, what=f"non-causal row 0 at temperature {T}")
+            growth = np.log(np.max(np.abs(out[0])))
+            if T < 0.5:
+                assert abs(growth - (1 - 2 * T) * mu * (N - 1)) < 5, growth  # (1 − 2T)μτ_max = 29.9
+            else:
+                assert growth < 5, growth
+        # beyond float64: (1 − 2T)μτ_max = 0.8 · 0.5 · 1999 ≈ 800 > 709.8
+        q2 = cplx(rng, (2000, d))
+        with pytest.raises(ValueError, match="not representable"):
+            isotropic_afa(q2, q2, q2, mu=mu, **par, causal=False, temperature=0.1)
 
     def test_long_lags_tensor_form(self):
         # the tensor form scales the pushed-back pairs too: huge lags, finite output and weights
