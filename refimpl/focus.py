@@ -969,8 +969,11 @@ def gated_residual_loop(x, x_f, y, w_gamma, b_gamma, w_phi, b_phi, w_h, u_h, b_h
 def init_focus_params(d, *, n_bank=1, oversample=2, hidden=16, kernel_len=64, d_head=None, rng=None):
     """Deterministic random parameters of one Focus layer, Eqs. (14.1)–(14.16) (no training: the reference is the forward map).
 
-    Shapes follow :func:`focus_layer`: ``conv_kernel (kernel_len, d)`` ~ N(0, 0.02²) (Fu et al.'s
-    small init), ``conv_skip (d,)`` ~ N(1, 0.1²), ``conv_squash = 0``; the MLP ``oversample → hidden
+    Shapes follow :func:`focus_layer`: ``conv_kernel (kernel_len, d)`` ~ N(0, 0.02²) (ten times the
+    N(0, 0.002²) ``"random"`` initialization of Fu et al.'s released code, so that the convolution is
+    not negligible in the chapter's small examples), ``conv_skip (d,)`` ~ N(1, 0.1²),
+    ``conv_squash = 0`` (at this scale their default threshold λ = 0.1 would zero almost every tap,
+    since |k| > 0.1 is a 5σ event); the MLP ``oversample → hidden
     → 2·n_bank`` with Glorot-normal weights and zero biases; projections ``w_q, w_k (d, d_head)``,
     ``w_v (d, d)`` and the gates Glorot-normal, with ``b_phi = −1`` (the update gate starts
     mostly closed) and the other biases zero.

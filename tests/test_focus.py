@@ -313,6 +313,23 @@ class TestStability:
         assert math.isclose(abs(H[0]), 1.0 / (1.0 + t0 + t1), rel_tol=1e-13)  # DC
         assert math.isclose(abs(H[32]), 1.0 / (1.0 - t0 + t1), rel_tol=1e-12)  # Nyquist
 
+    @settings(max_examples=200)
+    @given(st.floats(1e-3, 1 - 1e-3), st.floats(1e-3, 1 - 1e-3))
+    def test_peak_of_H_is_not_the_pole_angle(self, t0, t1):
+        """|H| peaks at cos ω = −θ0(1+θ1)/(4θ1) if that is > −1, else at Nyquist; at or above the pole angle."""
+        c = -t0 * (1 + t1) / (4 * t1)
+        w_pk = math.acos(max(c, -1.0))
+        h_pk = 1 / abs(1 + t0 * np.exp(-1j * w_pk) + t1 * np.exp(-2j * w_pk))
+        H = np.abs(fo.focus_frequency_response([t0, t1], 2048))
+        assert h_pk >= H.max() * (1 - 1e-12)  # no grid frequency beats the closed-form peak
+        k = round(w_pk / (2 * np.pi) * 2048)  # and the grid's peak sits next to it
+        assert H.max() <= max(H[(k + j) % 2048] for j in (-1, 0, 1)) * (1 + 1e-12)  # |A|² is unimodal in ω ∈ [0, π]
+        p = np.roots([1.0, t0, t1])
+        if t0 * t0 >= 4 * t1:  # real poles: always Nyquist
+            assert c <= -1.0
+        else:
+            assert w_pk >= abs(np.angle(p[0])) - 1e-12
+
     def test_sharp_peaks_need_marginal_poles(self):
         H = fo.focus_frequency_response([1 - 1e-5, 1e-6], 1024)
         assert 9.0e4 < np.abs(H).max() < 9.2e4  # ≈ 9.1e4 at f = 1/2 (spec §2.2)
@@ -455,6 +472,9 @@ class TestHypernetwork:
         assert np.abs(th2[:, : r + 1] - th[:, : r + 1]).max() <= 1e-14
         if r + 1 < 6:
             assert np.any(th2[:, r + 1 :] != th[:, r + 1 :])
+        # nor do bins after (t + K − 1)//R + 1 (K = 9 taps): the taps end in bin (t + K − 1)//R
+        b1 = (t + 9 - 1) // 8 + 1
+        assert np.abs(th2[:, b1 + 1 :] - th[:, b1 + 1 :]).max(initial=0.0) <= 1e-14
 
     def test_bad_input(self):
         with pytest.raises(ValueError, match="^n_bins"):
@@ -607,16 +627,34 @@ class TestFocusLayer:
         # first_bin = "zero": Θ'[0] = 0, every branch of bin 0 is the identity, so x_f = F · x there
         close(mid["x_f"][:8], 2 * self.X[:8], rtol=ORACLE, what="first_bin='zero': bin 0 is F times the identity")
 
-    def _first_change(self, variant, t, chunk_size=12):
-        kw = dict(variant=variant, chunk_size=chunk_size, n_bins=6, first_bin="mlp-zero")  # bin 0 filtered too
+    def _changed(self, variant, t, chunk_size=12, first_bin="mlp-zero"):
+        kw = dict(variant=variant, chunk_size=chunk_size, n_bins=6, first_bin=first_bin)  # "mlp-zero": bin 0 filtered too
         o = fo.focus_layer(self.X, self.P, **kw)
         x2 = self.X.copy()
         x2[t] += 1.0
         o2 = fo.focus_layer(x2, self.P, **kw)
         diff = np.abs(o2 - o).max(axis=-1)
         # FFT convolutions spread round-off (~1e-16) to every index; a real dependence is O(1e-3+)
-        changed = np.flatnonzero(diff > 1e-12 * diff.max())
-        return int(changed.min())
+        return np.flatnonzero(diff > 1e-12 * diff.max())
+
+    def _first_change(self, variant, t, chunk_size=12):
+        return int(self._changed(variant, t, chunk_size).min())
+
+    @pytest.mark.parametrize("variant", fo.VARIANTS)
+    def test_last_change_is_bounded_by_the_reach(self, variant):
+        """No output after the end of the chunk holding bin ⌊(t+K−1)/R⌋ + 1 changes (K = 16, R = 8, M = 12)."""
+        reach = [min(48, -(-((t + 15) // 8 + 2) * 8 // 12) * 12) - 1 for t in range(48)]
+        last = [int(self._changed(variant, t).max()) for t in range(48)]
+        over = [(t, l_, r_) for t, (l_, r_) in enumerate(zip(last, reach)) if l_ > r_]
+        assert not over, over
+        assert sum(l_ == r_ for l_, r_ in zip(last, reach)) >= 24  # and the bound is attained for most t here
+
+    @pytest.mark.parametrize("variant", ["causal-circular", "literal"])
+    def test_default_first_bin_does_not_leak_in_bin_0(self, variant):
+        """first_bin="zero": bin 0's branches are the identity, so only bins ≥ 1 leak back to their start."""
+        for t in (0, 3, 7, 8, 13, 45):
+            first = int(self._changed(variant, t, first_bin="zero").min())
+            assert first == (t if t < 8 else t // 8 * 8), (t, first)
 
     @settings(max_examples=30)
     @given(st.integers(0, 47), st.sampled_from([1, 4, 12, 48]))
