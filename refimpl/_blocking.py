@@ -47,7 +47,8 @@ __all__ = [
 #: typical L2/L3 cache while it is shifted, exponentiated, summed and multiplied)
 WORKSPACE_FLOATS = 2**18
 
-#: the fewest query rows a block of attention (softmax or AFA) holds, whatever the budget says:
+#: the fewest query rows a block of softmax attention holds, whatever the budget says (isotropic AFA,
+#: whose blocks carry a dozen elementwise passes, sizes its blocks to the budget instead, see refimpl.afa._Plan):
 #: each block costs a few matrix products, and BLAS spends its time well only on large ones. With
 #: 16- or 32-row blocks at N = 4096 … 8192 the many small multithreaded calls ran 2x to 20x slower
 #: than 256-row blocks, worst when another process kept a core busy. A 256 x 8192 float64 block
