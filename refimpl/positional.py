@@ -221,7 +221,9 @@ def rope(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
     Parameters
     ----------
     x : array_like, shape (..., N, d)
-        Queries or keys (d even). Never apply RoPE to values.
+        Queries or keys (d even). Standard RoPE rotates queries and keys only; rotating the
+        values as well, with the opposite rotation of the outputs, is a different mechanism
+        (AFA with ``rotate_values=True``, chapter 8).
     positions : array_like, shape (N,), optional
         The position p of each row; default 0, …, N − 1. Real (non-integer) positions allowed.
     base : float > 0
@@ -236,9 +238,13 @@ def rope(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
     Notes
     -----
     ``⟨rope(q, m), rope(k, n)⟩ = q^T R_{n−m} k`` depends on the positions only through n − m
-    (Eq. (5.6)). The layout is RoFormer's interleaved pairs (2i, 2i+1); the GPT-NeoX /
-    Hugging Face ``rotate_half`` layout pairs i with i + d/2 and equals this one up to a
-    fixed permutation of the channels.
+    (Eq. (5.6)). The layout is RoFormer's interleaved pairs (2i, 2i+1), as in Meta's LLaMA
+    reference (complex view) and GPT-J's ``rotate_every_two``: compare with those directly. The
+    GPT-NeoX / Hugging Face ``rotate_half`` layout pairs i with i + d/2 and equals this one up
+    to the fixed permutation ``perm = np.r_[0:d:2, 1:d:2]`` of the channels:
+    ``rope(x)[..., perm]`` equals the ``rotate_half`` RoPE of ``x[..., perm]``. Partial rotary (GPT-NeoX's
+    ``rotary_pct < 1``) rotates only the first ``rotary_ndims`` channels, with the ladder of
+    d = ``rotary_ndims``: apply ``rope`` to those channels only (chapter 5, §5.8).
 
     Examples
     --------

@@ -8,7 +8,10 @@ Oracles, each independent of the code under test:
   ``scipy.linalg.block_diag``, RoFormer §3.2.2;
 * the half-split ``rotate_half`` RoPE of GPT-NeoX / Hugging Face, written here, which equals the
   interleaved RoPE up to a channel permutation;
-* closed forms: PE_p · PE_q = Σ_i cos(ω_i (p − q)); RoFormer's decay curve at r = 0 is (d/2 + 1)/2.
+* the interleaved RoPE of Meta's LLaMA reference (complex view) and GPT-J's ``rotate_every_two``,
+  GPT-NeoX's partial rotary (``rotary_pct < 1``) and Hugging Face's conversion of LLaMA's
+  query/key projections, each written here;
+* closed forms: PE_p · PE_p′ = Σ_i cos(ω_i (p − p′)); RoFormer's decay curve at r = 0 is (d/2 + 1)/2.
 
 Tolerances: :mod:`refimpl._testing`.
 """
@@ -215,6 +218,61 @@ class TestRope:
         close(rope(x)[:, perm], yh, rtol=ORACLE, what="rotate_half layout up to permutation")
         close(rope(x), yh[:, np.argsort(perm)], rtol=ORACLE, what="rotate_half layout mapped back by argsort(perm)")
         assert np.max(np.abs(rope(xh) - yh)) > 0.1  # applying the wrong layout is not the same
+
+    def test_interleaved_implementations_need_no_permutation(self):
+        # Meta's LLaMA reference: view_as_complex(x.reshape(..., d/2, 2)) * polar(1, p θ)
+        # GPT-J rotate_every_two (= lucidrains' rotate_half): x·cos + (−x1, x0, −x3, x2, …)·sin
+        d = 12
+        x = np.random.default_rng(11).normal(size=(2, 7, d))
+        pos = np.array([0.0, 1.0, 2.0, 5.0, 30.0, 400.0, 1234.5])
+        theta = frequencies(d)
+        z = x.reshape(2, 7, d // 2, 2)
+        z = (z[..., 0] + 1j * z[..., 1]) * np.exp(1j * np.outer(pos, theta))
+        meta = np.stack([z.real, z.imag], axis=-1).reshape(x.shape)
+        ang = np.repeat(np.outer(pos, theta), 2, axis=-1)
+
+        def every_two(t):
+            return t * np.cos(ang) + np.stack([-t[..., 1::2], t[..., 0::2]], axis=-1).reshape(t.shape) * np.sin(ang)
+
+        close(rope(x, pos), meta, rtol=ORACLE, what="Meta LLaMA complex view, no permutation")
+        close(rope(x, pos), every_two(x), rtol=ORACLE, what="GPT-J rotate_every_two, no permutation")
+        perm = np.r_[0:d:2, 1:d:2]
+        # the half-split recipe is wrong for an interleaved helper
+        assert np.max(np.abs(rope(x, pos)[..., perm] - every_two(x[..., perm]))) > 0.1
+
+    @pytest.mark.parametrize(("d", "pct"), [(32, 0.25), (16, 0.5), (24, 0.25)])
+    def test_partial_rotary_is_rope_on_the_first_channels(self, d, pct):
+        # GPT-NeoX / HF: rotary_ndims = int(d · rotary_pct) channels, half-split, base^(−2i/rotary_ndims)
+        r = int(d * pct)
+        x = np.random.default_rng(d).normal(size=(9, d))
+        pos = np.arange(9.0) * 3
+        th = 1.0 / 10000.0 ** (np.arange(0, r, 2) / r)
+        emb = np.concatenate([np.outer(pos, th)] * 2, axis=-1)
+        xr = x[:, :r]
+        neox = np.concatenate([xr * np.cos(emb) + np.concatenate([-xr[:, r // 2 :], xr[:, : r // 2]], 1) * np.sin(emb), x[:, r:]], 1)
+        pr = np.r_[0:r:2, 1:r:2]
+        ours = np.concatenate([rope(xr[:, np.argsort(pr)], pos)[:, pr], x[:, r:]], axis=1)
+        close(ours, neox, rtol=ORACLE, what=f"partial rotary d = {d}, rotary_pct = {pct}")
+        perm = np.r_[0:d:2, 1:d:2]
+        assert np.max(np.abs(rope(x[:, np.argsort(perm)], pos)[:, perm] - neox)) > 0.1  # full width is wrong
+
+    def test_hf_llama_conversion_is_the_permutation(self):
+        # convert_llama_weights_to_hf: w.view(n_heads, d/2, 2, dim).transpose(1, 2).reshape(n_heads·d, dim)
+        n_heads, d, dim = 3, 8, 20
+        rng = np.random.default_rng(12)
+        wq, wk = rng.normal(size=(2, n_heads * d, dim))
+        to_hf = lambda w: w.reshape(n_heads, d // 2, 2, dim).transpose(0, 2, 1, 3).reshape(n_heads * d, dim)
+        perm = np.r_[0:d:2, 1:d:2]
+        np.testing.assert_array_equal(to_hf(wq), wq.reshape(n_heads, d, dim)[:, perm].reshape(n_heads * d, dim))
+        x = rng.normal(size=(6, dim))
+        pos = np.arange(6.0)
+        ang = np.outer(pos, np.concatenate([frequencies(d)] * 2))
+        for h in range(n_heads):
+            sl = slice(h * d, (h + 1) * d)
+            qh, kh = x @ to_hf(wq)[sl].T, x @ to_hf(wk)[sl].T
+            half = lambda t: t * np.cos(ang) + np.concatenate([-t[:, d // 2 :], t[:, : d // 2]], 1) * np.sin(ang)
+            close(half(qh) @ half(kh).T, rope(x @ wq[sl].T, pos) @ rope(x @ wk[sl].T, pos).T, rtol=ORACLE,
+                  what="HF LLaMA scores == Meta LLaMA scores")
 
     @pytest.mark.parametrize("func", [rope, rope_loop, rope_complex])
     @pytest.mark.parametrize(
