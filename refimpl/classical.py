@@ -31,6 +31,8 @@ References
        ch. 6 (MVDR).
 .. [4] J. Capon, "High-resolution frequency-wavenumber spectrum analysis", Proc. IEEE 57, 1969.
 .. [5] G. L. Turin, "An introduction to matched filters", IRE Trans. Inf. Theory 6(3), 1960.
+.. [6] A. Feuer and E. Weinstein, "Convergence analysis of LMS filters with uncorrelated Gaussian
+       data", IEEE Trans. Acoust., Speech, Signal Process. 33(1), 1985.
 """
 
 from __future__ import annotations
@@ -309,9 +311,11 @@ def _check_wiener_hopf(r, p):
 
 #: both Wiener–Hopf twins refuse R when its eigenvalues (``scipy.linalg.eigvalsh`` of the dense Toeplitz matrix)
 #: have λ_min <= λ_max / this: R is then not positive definite (λ_min <= 0) or cond₂(R) = λ_max/λ_min >= 1e14, where
-#: the relative error bound of a solve, about cond₂(R)·ε, reaches a few percent. A Levinson–Durbin test alone
-#: (1 − ε² small at some order) misses an R whose prediction-error power falls gradually over many orders:
-#: r(k) = exp(−k²/128), M = 12, has cond₂(R) ≈ 2e17 and 1 − ε² > 0.015 at every order.
+#: the relative error bound of a solve, about cond₂(R) times the unit roundoff 2⁻⁵³, reaches 1 %. A Levinson–Durbin
+#: test alone (1 − ε² small at some order, ε the coefficient of Eq. (6.5)) misses an R whose prediction-error power
+#: falls gradually over many orders: r(k) = exp(−k²/128), M = 12, has cond₂(R) = 1.4e19 (in 60-digit arithmetic;
+#: rounding its entries to float64 already moves λ_min by more than its size, chapter 6, §6.2) and 1 − ε² > 0.015 at
+#: every order.
 _MAX_COND_R = 1e14
 
 
@@ -354,7 +358,7 @@ def wiener_hopf(r, p) -> np.ndarray:
     ValueError
         If the eigenvalues of ``R`` (``scipy.linalg.eigvalsh`` of the dense matrix) have
         ``λ_min <= λ_max / 1e14``: ``R`` is not positive definite, or cond₂(R) >= 1e14, where the
-        relative error of a solve, up to about cond₂(R)·ε, reaches a few percent. The test bounds
+        relative error of a solve, up to about cond₂(R) times the unit roundoff 2⁻⁵³, reaches 1 %. The test bounds
         cond₂(R); a test on the Levinson–Durbin coefficients of (6.5) alone would pass an ``R`` whose
         prediction-error power falls gradually over many orders. :func:`wiener_hopf_loop` applies the
         same test (the same function), so the twins refuse the same inputs.
@@ -564,8 +568,14 @@ def _regressors(u: np.ndarray, m: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, m, axis=-1)[..., ::-1]
 
 
-_LMS_DIVERGED = ("mu: the LMS recursion diverged (weights overflowed float64); the mean converges only for "
-                 "0 < mu < 2/lambda_max(R), R the input's autocorrelation matrix: take a smaller mu")
+_LMS_DIVERGED = (
+    "mu: the LMS recursion diverged (its weights overflowed float64): mu is too large for the power of u. "
+    "0 < mu < 2/lambda_max(R) (R the autocorrelation matrix of the regressors) makes only the mean of the weights "
+    "converge; the mean-square error stays bounded, for independent Gaussian regressors, only while "
+    "sum_i mu lambda_i / (2 (1 - mu lambda_i)) < 1 (Feuer & Weinstein 1985), which mu < 2/(3 tr R) guarantees "
+    "(tr R = M E[u_n^2]; white input of power s2: mu < 2/((M + 2) s2)), and the regressors of a tapped delay line "
+    "need a margin below that (chapter 6, §6.3): take a smaller mu"
+)
 
 
 @guard_overflow(hint=_LMS_DIVERGED)
@@ -583,14 +593,21 @@ def lms(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarra
     n_taps : int
         M.
     mu : float > 0
-        Step size; the mean converges for ``0 < μ < 2/λ_max(R)``.
+        Step size. ``0 < μ < 2/λ_max(R)`` (R the autocorrelation matrix of the regressors) makes
+        only the mean of ``w_n`` converge. For independent Gaussian regressors the mean-square error
+        stays bounded exactly while ``ζ(μ) = Σ_i μλ_i / (2(1 − μλ_i)) < 1`` (with ``μλ_max < 1``;
+        Feuer & Weinstein 1985), which ``μ < 2/(3 tr R)`` guarantees, and the misadjustment is then
+        ``ζ/(1 − ζ) ≈ μ tr R / 2``; for white input of power σ² the bound is ``μ < 2/((M + 2)σ²)``,
+        against the mean's ``2/σ²``. The regressors of a tapped delay line share M − 1 entries, and
+        there the theory holds only well below that bound (chapter 6, §6.3).
     w0 : array_like, shape (M,), optional
         Initial weights (default 0).
 
     Returns
     -------
     w : ndarray, shape (..., N, M)
-        Weights after each update, ``w[..., n, :] = w_n``.
+        Weights after each update, ``w[..., n, :] = w_n``. A diverging recursion is returned as
+        computed (weights of any size) until its weights overflow float64; then ``ValueError``.
     e : ndarray, shape (..., N)
         A-priori errors ``e_n``.
 
@@ -645,6 +662,14 @@ def lms_loop(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.n
     return W, e
 
 
+_RLS_OVERFLOW = (
+    "lam: the RLS recursion overflowed float64 although no argument is extreme: with lam < 1, P_n grows like "
+    "lam^-n over samples without excitation (covariance wind-up), and a long silent stretch of u makes it overflow; "
+    "use lam closer to 1 (with lam = 1, P stays constant while u is silent) or process the excited stretches "
+    "separately"
+)
+
+
 def _check_rls(lam, delta):
     lam = as_positive_scalar(lam, "lam")
     if lam > 1.0:
@@ -652,7 +677,7 @@ def _check_rls(lam, delta):
     return lam, as_positive_scalar(delta, "delta")
 
 
-@guard_overflow()
+@guard_overflow(hint=_RLS_OVERFLOW)
 def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
     r"""The recursive-least-squares adaptive FIR filter, vectorized over independent runs.
 
@@ -666,16 +691,22 @@ def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) ->
     ``(Σ_{j≤n} λ^{n−j} u_j u_jᵀ + λ^n δ I)^{-1} (Σ_{j≤n} λ^{n−j} u_j d_j + λ^n δ w_0)`` (Eq. (6.8));
     in the returned 0-based array, ``w[..., n, :]`` has seen n + 1 samples.
 
-    In floating point the recursion started from ``P_0 = I/δ`` leaves an absolute error of about
-    ε/δ in ``P`` after its first updates (differences of numbers of size 1/δ that leave numbers
-    of size 1/|u|²) and keeps it while ``P`` shrinks to 1/(n|u|²): with unit-variance input its
-    final weights were 1e-8 off at δ = 1e-10 and 40 % off at δ = 1e-20. This function therefore
-    carries the information form of (6.8) along (``Φ_n = λ Φ_{n−1} + u_n u_nᵀ``,
-    ``Φ_{−1} = δ I``, ``Φ_n = P_n⁻¹``) and, at a step whose update would cancel more than four
-    digits (``u_nᵀ P_{n−1} u_n > 10⁴ λ``, at the start when δ is small against the input
-    power), takes ``P_n = Φ_n⁻¹`` instead — the same matrix in exact arithmetic. The loop twin
-    :func:`rls_loop` runs the recursion from ``P_0 = I/δ`` as written (the two agree where δ is
-    not tiny against the input power).
+    In floating point the recursion started from ``P_0 = I/δ`` degrades when δ is tiny against the
+    input power: its first updates subtract numbers of size 1/δ to leave numbers of size 1/|u|²,
+    with rounding errors proportional to 2⁻⁵³/δ. Where these are not small against 1/|u|², ``P``
+    can be lost entirely (chapter 6, §6.3: at δ = 1e-20 the computed ``P_n`` is exactly zero from
+    the fourth sample on, and the weights stay frozen at their value after four samples). For a
+    moderate δ the error acts as a spurious term in ``P_n⁻¹`` that λ = 1 never forgets: it is only
+    diluted as data accumulate, and the relative error of ``w_n`` falls like 1/n. With λ < 1 a
+    stretch of samples without excitation does the same (covariance wind-up): ``P_n`` grows like
+    λ⁻ⁿ, the effective regularization λⁿδ becomes tiny, and after long enough a stretch ``P``
+    overflows float64 (``ValueError``). This function therefore carries the information form of
+    (6.8) along (``Φ_n = λ Φ_{n−1} + u_n u_nᵀ``, ``Φ_{−1} = δ I``, ``Φ_n = P_n⁻¹``) and, at a
+    step whose update would cancel more than four digits (``u_nᵀ P_{n−1} u_n > 10⁴ λ``: at the
+    start when δ is small against the input power, and when excitation returns after a wound-up
+    stretch), takes ``P_n = Φ_n⁻¹`` instead — the same matrix in exact arithmetic. The loop twin
+    :func:`rls_loop` runs the recursion from ``P_0 = I/δ`` as written; the two agree where
+    neither δ nor λⁿδ after a stretch of n unexcited samples is tiny against the input power.
 
     Parameters
     ----------
@@ -741,7 +772,7 @@ def _rls_next_P(P_prev, k, Pu, Phi, lam: float, cancels: bool) -> np.ndarray:
     return 0.5 * (P + np.swapaxes(P, -1, -2))  # keep P symmetric against round-off
 
 
-@guard_overflow()
+@guard_overflow(hint=_RLS_OVERFLOW)
 def rls_loop(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) -> tuple[np.ndarray, np.ndarray]:
     """Loop twin of :func:`rls`: one run and one time step at a time, entry by entry (Eq. (6.7)).
 

@@ -235,7 +235,7 @@ class TestWienerHopf:
 
     @pytest.mark.parametrize("func", [wiener_hopf, wiener_hopf_loop])
     def test_refuses_gradually_ill_conditioned(self, func):
-        # Gaussian autocorrelation r(k) = exp(−k²/128), M = 12: positive definite, cond₂(R) ≈ 2e17, but
+        # Gaussian autocorrelation r(k) = exp(−k²/128), M = 12: positive definite, cond₂(R) = 1.4e19 (60 digits), but
         # 1 − ε² > 0.015 at every order of (6.5), so a Levinson–Durbin test alone passes it (and the solves
         # were off by 6.3 and 0.38 relative). The eigenvalue test refuses it in both twins, naming r.
         r = np.exp(-np.arange(12) ** 2 / 128.0)
@@ -393,6 +393,35 @@ class TestLMS:
         with pytest.raises(ValueError, match="^u \\(\\|u\\| from"):
             func(u * 1e200, u, 4, 0.1)
 
+    @pytest.mark.parametrize("func", [lms, lms_loop])
+    def test_divergence_below_the_mean_bound(self, func):
+        # white unit-power input, M = 16: R ≈ I, so the mean converges for μ < 2/λ_max ≈ 2, but the mean square
+        # (independent Gaussian regressors) only for μ < 2/(M + 2) = 0.11. At μ = 0.5 the weights overflow; the
+        # message must not cite the mean bound as sufficient (the user satisfies it) but the mean-square condition.
+        u = np.random.default_rng(11).normal(size=3000)
+        with pytest.raises(ValueError, match="^mu: the LMS recursion diverged") as err:
+            func(u, u, 16, 0.5)
+        msg = str(err.value)
+        assert "only the mean" in msg and "mean-square" in msg and "mu < 2/(3 tr R)" in msg
+        assert "mu < 2/((M + 2) s2)" in msg
+
+    def test_misadjustment_independence_theory(self):
+        # white Gaussian input, M = 8, μ = 0.3 μ_max (μ_max = 2/(M + 2)): the misadjustment J_ex/J_min of a tapped
+        # delay line matches the independence theory ζ/(1 − ζ), ζ = Mμ/(2(1 − μ)) (Feuer & Weinstein 1985), here
+        # 0.343; the first-order μ tr R / 2 = 0.24 and a step of 2μ (0.86) lie far outside the band.
+        m, mu, runs, n = 8, 0.3 * 2 / 10, 300, 3000
+        rng = np.random.default_rng(12)
+        u = rng.normal(size=(runs, n))
+        h = rng.normal(size=m) / np.sqrt(m)
+        d = np.stack([np.convolve(x, h)[:n] for x in u]) + 0.1 * rng.normal(size=(runs, n))  # J_min = 0.01
+        _, e = lms(u, d, m, mu)
+        per_run = (e[:, -2000:] ** 2).mean(axis=1) / 0.01 - 1
+        zeta = m * mu / (2 * (1 - mu))
+        # a fixed band of 10 % (0.034): the run average scatters by 0.004 (one standard error; measured over seeds
+        # 12-15: within 0.006 of the theory), and at 0.6 μ_max, where the tapped delay line departs from the theory,
+        # the heavy-tailed runs would inflate a band taken from their own spread
+        assert abs(per_run.mean() - zeta / (1 - zeta)) < 0.1 * zeta / (1 - zeta), (per_run.mean(), zeta / (1 - zeta))
+
 
 class TestRLS:
     @pytest.mark.parametrize(("lam", "delta"), [(1.0, 1e-2), (0.95, 1.0)])
@@ -420,9 +449,10 @@ class TestRLS:
     @pytest.mark.parametrize("lam", [1.0, 0.99])
     @pytest.mark.parametrize("silent_start", [0, 50])
     def test_tiny_delta_stays_least_squares(self, delta, lam, silent_start):
-        """δ tiny against the input power: the recursion from P_0 = I/δ leaves an error ε/δ in P that
-        never leaves (an independent tester measured final weights 40 % off at δ = 1e-20); rls takes P
-        from the information form where the update would cancel, also when the input starts silent."""
+        """δ tiny against the input power: the recursion from P_0 = I/δ subtracts numbers of size 1/δ, with
+        rounding errors proportional to 2⁻⁵³/δ (at δ = 1e-20 it can lose P entirely and freeze the weights,
+        chapter 6, §6.3); rls takes P from the information form where the update would cancel, also when the
+        input starts silent."""
         u, d, _ = identification_problem(3, 1, 400, [0.5, -0.3, 0.2])
         u[:, :silent_start] = 0.0
         W, _ = rls(u, d, 3, lam, delta)
@@ -432,6 +462,30 @@ class TestRLS:
             A = (U[: n + 1].T * g) @ U[: n + 1] + lam ** (n + 1) * delta * np.eye(3)
             close(W[0, n], np.linalg.solve(A, (U[: n + 1].T * g) @ d[0, : n + 1]), rtol=1e-12,
                   what=f"RLS at n = {n} vs weighted least squares")
+
+    def test_covariance_windup(self):
+        # λ = 0.9 and 1000 samples without excitation: P grows like λ⁻ⁿ (1e46) and λⁿδ becomes tiny; when the input
+        # returns, rls still gives the weighted least squares (6.8) (the recursion as written, rls_loop, is off by
+        # about 1e-4 here). 8000 silent samples overflow P (λ⁻ⁿ = 1e366): both twins name lam and the wind-up.
+        rng = np.random.default_rng(8)
+        lam, m = 0.9, 4
+        uu = np.r_[rng.normal(size=100), np.zeros(1000), rng.normal(size=60)]
+        dd = np.convolve(uu, [0.8, -0.4, 0.25, 0.1])[: uu.size] + 0.1 * rng.normal(size=uu.size)
+        U = np.stack([np.concatenate([uu[n::-1], np.zeros(m)])[:m] for n in range(uu.size)])
+        W, _ = rls(uu, dd, m, lam, 1e-2)
+        for n in (1100 + m, uu.size - 1):
+            g = lam ** (n - np.arange(n + 1))
+            A = (U[: n + 1].T * g) @ U[: n + 1] + lam ** (n + 1) * 1e-2 * np.eye(m)
+            close(W[n], np.linalg.solve(A, (U[: n + 1].T * g) @ dd[: n + 1]), rtol=1e-12,
+                  what=f"RLS after a wound-up stretch, n = {n}, vs weighted least squares")
+        silent = np.r_[rng.normal(size=50), np.zeros(8000), rng.normal(size=10)]
+        for func in (rls, rls_loop):
+            with pytest.raises(ValueError, match="^lam: the RLS recursion overflowed float64") as err:
+                func(silent, silent, 2, lam, 1e-2)
+            assert "covariance wind-up" in str(err.value)
+        # an extreme argument is still named as such
+        with pytest.raises(ValueError, match=r"^lam \(\|lam\| from 1e-300"):
+            rls(uu, dd, 3, lam=1e-300)
 
     def test_converges_to_wiener_solution(self):
         h = np.array([0.8, -0.4, 0.2, 0.1])
