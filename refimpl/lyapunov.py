@@ -439,9 +439,11 @@ def phi1(z, tau):
     with a complex ``expm1`` that has no cancellation near 0. The exponent w is not rounded: the
     rounding errors of the products Re(z)·τ and Im(z)·τ (Dekker's TwoProduct) are carried into
     e^w (that of Re(z)·τ only where it can matter, Re w > 0). A rounded w would carry an absolute
-    phase error of up to about ε|Im w| (the rate λ_k + λ_l^* and the product zτ each round), which
-    is the relative error of every entry that has not decayed: (2.6) evaluated with w = fl(zτ) is
-    off by about 1e-9 for a slowly decaying mode with |Im w| ~ 1e7 (chapter 2, §2.3). The
+    error of up to about ε|w| (the rate λ_k + λ_l^* and the product zτ each round), almost all of it
+    in the phase when the rotation is fast, and (2.6) evaluated with w = fl(zτ) is then off by up to
+    about ε(|w| e^{Re w}/|e^w − 1| + 4) relative: about ε|Im w| (2e-9 at |Im w| = 1e7) where e^w
+    has not decayed, and more where e^w nearly returns to 1 (chapter 2, §2.3, checks this bound
+    over random draws; the error of one draw is not a tolerance). The
     covariance functions also carry the rounding error of the rate z = λ_k + λ_l^* (Knuth's
     TwoSum) into the exponent. For Re w > 0 the real part of e^w − 1
     may cancel (where e^{Re w} cos Im w ≈ 1); its modulus, and φ, stay accurate.
@@ -538,8 +540,9 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
 
     Blocks of lags are independent and each is computed the same way whichever thread runs it:
     the threads take them in turn (:func:`refimpl._blocking.take_turns`). Memory: the output,
-    the factors E (1/d of the output), a few length-N arrays of lags and masks, and a fixed
-    workspace (E is formed in chunks of lags).
+    the factors E (1/d of the output), the caller's float64 copy of the lags (made by input
+    validation: 8 bytes per lag) and a fixed workspace (E is formed in chunks of
+    ``_FULL_BLOCK // d`` lags, so the workspace stops growing at that many lags).
     """
     d = lam.shape[0]
     t = tau.reshape(-1)
@@ -564,8 +567,8 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
     rows = min(n, max(1, _FULL_BLOCK // (d * d)))
     # E_k = e^{λ_k τ}, (n, d), in chunks of lags: the temporaries of _expm1_complex (about a dozen
     # real arrays of the chunk's shape, _FULL_BLOCK entries each) are then a fixed workspace instead
-    # of growing with N; what grows with N is the output, E (1/d of its size) and a few length-N arrays
-    # (the lags and their sort order).
+    # of growing with N; what grows with N is the output, E (1/d of its size) and the caller's float64
+    # copy of the lags (tau here is a view of it).
     # Every entry depends on its own τ only, so the chunks give the same bits as one call.
     e = np.empty((n, d), dtype=np.complex128)
     chunk = max(rows, _FULL_BLOCK // d)
@@ -749,7 +752,9 @@ def dle_covariance_backward(eigvals, noise, tau):
     As an integral this is the forward formula with Λ → −Λ, so for a stable mode it grows like
     ``e^{2μτ}``. It is the error of the *unbiased* pushed-back estimate; it is not the error of
     the best backward predictor ``E[x(t) | x(t+τ)]`` under the stationary law, which stays
-    bounded (the process is not time-reversible; chapter 2, Eq. (2.11)).
+    bounded (chapter 2, Eq. (2.11)): the two are different estimators, and the difference is not
+    a matter of time-reversibility — a reversible process (real eigenvalues, diagonal G̃) has the
+    same growing V_B (chapter 2, §2.7).
     An entry is returned as ``inf`` (±inf components for full noise, never NaN) where its value
     exceeds the float64 range: for diagonal noise, ``g_k (e^{2μ_k τ} − 1)/(2μ_k) > 1.8e308``,
     i.e. ``2μτ > 709.78 + ln(2μ/g)``; its precision is 0. A representable value stays finite

@@ -496,6 +496,37 @@ class TestDleCovariance:
             monkeypatch.setattr(lyap, "_FULL_BLOCK", block)
             np.testing.assert_array_equal(dle_covariance(lam, G, tau), whole)
 
+    def test_full_decaying_memory_per_lag(self, monkeypatch):
+        # The memory accounting of _full_decaying's docstring and of chapter 2, §2.8: beyond a fixed
+        # workspace (E in chunks of _FULL_BLOCK // d lags), the peak grows per lag by the output
+        # (16 d² bytes), E (16 d) and one float64 copy of the lags (8), nothing else. Measured with
+        # tracemalloc in one thread between two sizes at or above one chunk; a workspace that grew
+        # with N (E formed in one piece: a dozen temporaries of 8 d bytes per lag) or one more
+        # length-N array would move the slope by far more than the 4 bytes allowed.
+        import tracemalloc
+
+        import refimpl._blocking as blocking
+        import refimpl.lyapunov as lyap
+
+        monkeypatch.setattr(blocking, "THREADS", 1)
+        rng = np.random.default_rng(41)
+        d = 4
+        lam = random_eigvals(rng, d, re=(-1.0, -0.01))
+        G = random_psd(rng, d)
+        n1 = lyap._FULL_BLOCK // d
+        peaks = []
+        for n in (n1, 2 * n1):
+            tau = np.linspace(0.0, 30.0, n)
+            tracemalloc.start()
+            try:
+                dle_covariance(lam, G, tau)
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+        slope = (peaks[1] - peaks[0]) / n1
+        expected = 16 * d * d + 16 * d + 8
+        assert abs(slope - expected) <= 4, f"peak memory grows by {slope:.1f} bytes per lag, expected {expected}"
+
     def test_tiny_rate_huge_lag(self):
         # |Re λ| ~ 1e-299 and G̃ ~ 1e10: G̃/z alone overflows float64 while Σ = G̃ (e^{zτ} − 1)/z does not
         # (τ ~ 1e297, |zτ| ~ 1e-2). The diagonal path then divides after the expm1; in the full-noise
