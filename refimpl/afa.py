@@ -471,8 +471,9 @@ def afa_loop(
     >>> bool(np.allclose(afa_loop(q, k, v, **kw), afa(q, k, v, **kw)))
     True
     """
-    causal, rotate_values, return_weights = _check_flags(
-        causal=causal, rotate_values=rotate_values, return_weights=return_weights
+    causal, rotate_values, return_weights, return_intermediates = _check_flags(
+        causal=causal, rotate_values=rotate_values, return_weights=return_weights,
+        return_intermediates=return_intermediates,
     )
     q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
         q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature

@@ -1615,3 +1615,13 @@ class TestTimeOffset:
         for t0 in (1e3, 1e6, 1e12, -1e12):
             out = isotropic_afa(q, k, v, t=t0 + base, **kw)
             close(out, ref, rtol=1e-14, what=f"isotropic_afa with stamps offset by {t0:g}")
+
+
+@pytest.mark.parametrize("fn", [afa, afa_loop])
+def test_return_intermediates_must_be_bool(fn):
+    # the loop twin validated causal, rotate_values and return_weights but not return_intermediates
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(4, 2)) + 1j * rng.normal(size=(4, 2))
+    kw = dict(eigvals=np.array([-0.5 + 1.0j, -0.1 - 2.0j]), sigma2=0.5, eta2=0.1, gamma2=0.05, nu=2.0)
+    with pytest.raises(TypeError, match="return_intermediates"):
+        fn(q, q, q, return_intermediates="no", **kw)
