@@ -20,6 +20,12 @@ The model (real state x ∈ R^d, d ≥ 2):
 .. math::  u(t) = e^{Ω (t - t_j)} u_j,\qquad u_j = k_j/\lVert k_j\rVert, \tag{9.2}
 .. math::  Q(t) = σ_\perp^2 (I - u u^\top) + σ_\parallel^2 u u^\top,\qquad u = u(t). \tag{9.3}
 
+As an SDE: ``dx = A x dt + G(t) dw`` with ``G(t) = σ_⊥(I − u uᵀ) + σ_∥ u uᵀ`` (so ``G Gᵀ = Q(t)``) and w a
+standard Wiener process. G depends on t, not on x: the SDE is linear (Itô = Stratonovich, Gaussian
+transitions ``N(e^{Aτ} x(t_j), V(τ))``), and u(t) is the direction of the noiselessly transported key,
+not of the state x(t). Putting the state's own direction x/‖x‖ into G instead would make the SDE
+nonlinear, and Eq. (9.6) only its small-noise linearization.
+
 Because ``e^{Ωs} u(t_i − s) = u(t_i)`` (Eq. (9.5)), the differential Lyapunov equation with this
 time-varying noise keeps the closed form of chapter 2 (Eq. (9.6)),
 ``V(τ) = φ(τ)[σ_⊥²(I − u_i u_iᵀ) + σ_∥² u_i u_iᵀ]``, ``φ(τ) = (1 − e^{−2μτ})/(2μ)``; measurement
@@ -946,7 +952,11 @@ def rt_attention(
                \qquad A_{ij} = \operatorname{softmax}_{j \le i} L_{ij},
 
     with ``log det P = −(d−1) log a_⊥ − log a_∥`` (Eq. (9.10)); for a_⊥ = a_∥ this is isotropic
-    AFA's logit. Computed in the frame rotated by ``e^{−Ωt_i}`` (rotate–aggregate–counter-rotate):
+    AFA's logit. The split covariance (Eq. (9.8)) is the exact covariance of a pair's residual only
+    when u is fixed in advance, independently of the noises; here u is taken from the noisy key
+    (or query) itself, and if that key is a noisy measurement of a state, d²_ij is not χ²-distributed
+    even for one pair (chapter 9, §9.4, measures the difference). Computed in the frame rotated by
+    ``e^{−Ωt_i}`` (rotate–aggregate–counter-rotate):
     ``e^{−Ωt_i} r_ij = e^{−Ωt_i} q_i − e^{−μΔt_ij} e^{−Ωt_j} k_j``, with t shifted by t_0
     (only lags matter; rotating by large absolute times such as Unix seconds would cost up
     to about ε‖Ω‖ max|t| of relative accuracy). Memory O(N² d).

@@ -288,11 +288,12 @@ class TestRtCovariance:
         om, u0 = random_skew(rng, d, scale=0.7), random_unit(rng, d)
         h = tau / steps
         E = scipy.linalg.expm((-mu * np.eye(d) + om) * h)
+        E2 = scipy.linalg.expm((-mu * np.eye(d) + om) * h / 2)
         x = np.zeros((n, d))  # x(t_j) = 0 w.l.o.g. (the residual does not depend on it)
-        for m in range(steps):  # exponential Euler: x ← e^{Ah} x + √h L(t_{m+½}) ξ
+        for m in range(steps):  # exponential Euler: x ← e^{Ah} x + √h e^{Ah/2} L(t_{m+½}) ξ (noise carried h/2)
             u = scipy.linalg.expm(om * (m + 0.5) * h) @ u0
             L = np.sqrt(NOISES["sigma2_perp"]) * (np.eye(d) - np.outer(u, u)) + np.sqrt(NOISES["sigma2_par"]) * np.outer(u, u)
-            x = x @ E.T + math.sqrt(h) * rng.normal(size=(n, d)) @ L.T
+            x = x @ E.T + math.sqrt(h) * rng.normal(size=(n, d)) @ L.T @ E2.T
         u_i = scipy.linalg.expm(om * tau) @ u0
 
         def measure(u, e_perp, e_par, size):
@@ -307,8 +308,62 @@ class TestRtCovariance:
         S = rt_covariance(mu, om, u0, tau, **NOISES)
         # entry (a, b) of a sample covariance has standard deviation sqrt((S_aa S_bb + S_ab²)/n)
         sd = np.sqrt(np.outer(np.diag(S), np.diag(S)) + S**2)
-        band = mc_band(n) * sd + 2e-3 * np.max(S)  # 5 sigma + the O(h²) bias of the scheme
+        band = mc_band(n) * sd  # 5 sigma; the scheme's own bias is far below (test_simulation_scheme_is_unbiased)
         assert np.all(np.abs(emp - S) <= band), np.max(np.abs(emp - S) / band)
+
+    @pytest.mark.parametrize("mu, tau, steps", [(0.4, 1.2, 120), (0.08, 6.0, 200), (0.0, 2.5, 50)])
+    def test_simulation_scheme_is_unbiased(self, mu, tau, steps):
+        """The Monte Carlo scheme's own covariance (no sampling) is V(τ) with φ replaced by its midpoint rule.
+
+        Noise injected at t_m + h/2 along u(t_m + h/2) and carried by e^{Ah/2} lands on u_i (Eq. (9.5)), so
+        C = Σ_m h e^{A(τ − t_m − h/2)} Q(t_m + h/2) e^{Aᵀ(τ − t_m − h/2)} = [h Σ_m e^{−2μ(τ − t_m − h/2)}] Q(t_i) exactly.
+        """
+        rng = np.random.default_rng(23)
+        d = 3
+        om, u0 = random_skew(rng, d, scale=0.7), random_unit(rng, d)
+        h = tau / steps
+        A = -mu * np.eye(d) + om
+        E, E2 = scipy.linalg.expm(A * h), scipy.linalg.expm(A * h / 2)
+        Q = noise_rate(om, u0, NOISES["sigma2_perp"], NOISES["sigma2_par"])
+        C = np.zeros((d, d))
+        for m in range(steps):
+            C = E @ C @ E.T + h * E2 @ Q((m + 0.5) * h) @ E2.T
+        midpoint = h * np.sum(np.exp(-2 * mu * (tau - (np.arange(steps) + 0.5) * h)))
+        phi = tau if mu == 0 else -math.expm1(-2 * mu * tau) / (2 * mu)
+        V = rt_covariance(mu, om, u0, tau, sigma2_perp=NOISES["sigma2_perp"], sigma2_par=NOISES["sigma2_par"])
+        close(C, V * (midpoint / phi), rtol=1e-12, what="scheme covariance = midpoint-rule V(τ)")
+
+    def test_distance_is_chi2_only_for_a_direction_fixed_in_advance(self):
+        """One pair, d = 2: with u fixed in advance d² ~ χ²₂ (mean 2); with u from the noisy key it is not.
+
+        Keys k_j = x_j + v_j with v_j shaped along the true direction x_j/‖x_j‖ (large tangential key noise);
+        the path noise of Eq. (9.6) and the anchor noise along the true transported direction.
+        """
+        rng = np.random.default_rng(24)
+        n, mu, tau = 100_000, 0.1, 1.0
+        om = 0.7 * block_skew([1.0])
+        nz = dict(sigma2_perp=0.01, sigma2_par=0.01, eta2_perp=0.2, eta2_par=0.005, gamma2_perp=0.01, gamma2_par=0.01)
+        x_j = np.array([1.0, 0.0])
+        E = scipy.linalg.expm((-mu * np.eye(2) + om) * tau)
+        u_i = scipy.linalg.expm(om * tau) @ x_j
+
+        def draw(u, var_perp, var_par):
+            xi = rng.normal(size=(n, 2))
+            c = xi @ u
+            return math.sqrt(var_perp) * (xi - c[:, None] * u) + math.sqrt(var_par) * c[:, None] * u
+
+        phi = -math.expm1(-2 * mu * tau) / (2 * mu)
+        k = x_j + draw(x_j, nz["eta2_perp"], nz["eta2_par"])
+        z = E @ x_j + draw(u_i, nz["sigma2_perp"] * phi, nz["sigma2_par"] * phi) + draw(u_i, nz["gamma2_perp"], nz["gamma2_par"])
+        r = z - k @ E.T
+        a_perp, a_par = rt_variances(mu, tau, **nz)
+        d2_fixed = rt_distance(r, u_i, a_perp, a_par)
+        u_key = rt_direction(om, k / np.linalg.norm(k, axis=1, keepdims=True), tau)
+        d2_key = rt_distance(r, u_key, a_perp, a_par)
+        # χ²₂ has mean 2 and standard deviation 2: a 5-sigma band for the sample mean is 10/√n ≈ 0.03
+        assert abs(d2_fixed.mean() - 2) < mc_band(n) * 2, d2_fixed.mean()
+        assert abs(np.mean(d2_fixed > -2 * math.log(0.01)) - 0.01) < 0.003  # 99 % point of χ²₂ is −2 log 0.01
+        assert d2_key.mean() > 3.0, d2_key.mean()  # measured: about 4
 
     def test_loop_twin_and_broadcasting(self):
         rng = np.random.default_rng(22)
