@@ -23,15 +23,20 @@ Glossary (code name → symbol in the book / Racioppo 2025)
 
 References
 ----------
-.. [1] P. Racioppo, "Attention as an Adaptive Filter", arXiv:2509.04154v1, 2025 (v1–v3; retitled
-       "Robust Filter Attention" from v4, 2026, which no longer has the 2-D experiments).
+.. [1] P. Racioppo, "Attention as an Adaptive Filter", arXiv:2509.04154v1, 2025 (the title of v1–v3;
+       v1 has the 2-D experiment; retitled "Robust Filter Attention" from v4, 2026, which reports
+       language modelling instead).
 .. [2] B. Øksendal, *Stochastic Differential Equations*, 6th ed., Springer 2003, ch. 5.
 .. [3] S. Särkkä and A. Solin, *Applied Stochastic Differential Equations*, CUP 2019,
        ch. 6 (linear SDEs, exact discretization) and ch. 8 (numerical simulation, Euler–Maruyama).
-.. [4] D. J. Higham, "An algorithmic introduction to numerical simulation of stochastic
-       differential equations", SIAM Review 43(3), 2001.
-.. [5] C. F. Van Loan, "Computing integrals involving the matrix exponential", IEEE Trans.
+.. [4] C. F. Van Loan, "Computing integrals involving the matrix exponential", IEEE Trans.
        Automatic Control 23(3), 1978.
+.. [5] D. J. Higham, "An algorithmic introduction to numerical simulation of stochastic
+       differential equations", SIAM Review 43(3), 2001.
+.. [6] P. Racioppo, the code of [1]: repository PCR-git/Adaptive-Filter-Attention on GitHub,
+       commit 7f6ed105ca8190d3503c40617e8682d5c6f6488f, folder "AFA, Dec 21 (last version
+       before simplification)": ``dynamics/dynamic_sim.py`` (function ``stochastic_LTI``, the
+       simulator) and ``Main.ipynb`` (the 2-D experiment's system, step and grid).
 """
 
 from __future__ import annotations
@@ -86,7 +91,8 @@ MAX_COND = 1e3
 def _psd_sqrt(m: np.ndarray) -> np.ndarray:
     """Symmetric square root L = V diag(√w) V^H of Hermitian PSD matrices (..., n, n), L L^H = m.
 
-    Unlike Cholesky it exists for singular covariances (σ² = 0, a noiseless mode).
+    Unlike ``numpy.linalg.cholesky`` (unpivoted, positive definite input only) it works for
+    singular covariances (σ² = 0, a noiseless mode).
     """
     w, v = np.linalg.eigh(m)
     return (v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]) @ np.conj(np.swapaxes(v, -1, -2))
@@ -292,17 +298,19 @@ class LinearSDE:
 
 
 def spiral_system(sigma2: float = 0.3, eta2: float = 0.5) -> LinearSDE:
-    r"""The 2-D spiral system of the AFA paper's experiments, ``A = [[0.9, −2], [1, −1.1]]``: Eq. (1.1) of the book.
+    r"""The 2-D spiral system of the AFA paper's 2-D experiment, ``A = [[0.9, −2], [1, −1.1]]``: Eq. (1.1) of the book.
 
-    ``Λ = diag(−0.1 − i, −0.1 + i)``, ``S = [[1 − i, 1 + i], [1, 1]]`` (Racioppo 2025 v1 §3.9;
-    thesis §4.2), with isotropic noise spectra in the eigenbasis: ``Λ_Q = σ² I`` and
-    ``Λ_R = η² I``, so ``Q = σ² S S^†`` and ``R = η² S S^†``. The paper's three settings are
-    (σ², η²) = (0, 1), (0.3, 0.5), (0.5, 2).
+    ``Λ = diag(−0.1 − i, −0.1 + i)``, ``S = [[1 − i, 1 + i], [1, 1]]``, as set up in the authors'
+    code for that experiment [6] (``Main.ipynb``), with isotropic noise spectra in the eigenbasis:
+    ``Λ_Q = σ² I`` and ``Λ_R = η² I``, so ``Q = σ² S S^†`` and ``R = η² S S^†``. The three
+    noise settings of the paper's figure (Racioppo 2025 [1], v1) are (σ², η²) = (0, 1),
+    (0.3, 0.5), (0.5, 2).
 
     This is AFA's *model*, which satisfies its simultaneous-diagonalizability assumption. The
     paper's simulation code draws isotropic noise in the original basis instead (``Q = σ² I``,
-    ``R = η² I``, σ and η standard deviations); build that system with
-    ``LinearSDE.from_matrices(spiral_system().A, σ² I, R=η² I)``. Chapter 1 (§1.3.1) and
+    ``R = η² I``; the code's arguments σ and η are standard deviations), which breaks the
+    assumption through ``R`` in every setting and through ``Q`` wherever σ² > 0; build that system
+    with ``LinearSDE.from_matrices(spiral_system().A, σ² I, R=η² I)``. Chapter 1 (§1.3.1) and
     chapter 3 (§3.7) measure the difference.
 
     Examples

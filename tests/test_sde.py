@@ -73,6 +73,20 @@ def random_complex_model(rng, d=3):
     return LinearSDE.from_eigen(eigvals, S, rng.uniform(0.2, 1.0, d), measurement_noise=rng.uniform(0.1, 0.5, d))
 
 
+def expm_2x2(A, t):
+    """e^{At} of a real 2x2 matrix in closed form (Cayley–Hamilton; chapter 1, §1.3): B = A − (tr A/2) I has
+    B² = r² I with r² = −det B, so e^{At} = e^{t tr A/2} (cosh(rt) I + sinh(rt)/r B), cos and sin of |r|t for r² < 0."""
+    s = 0.5 * (A[0, 0] + A[1, 1])
+    B = A - s * np.eye(2)
+    r2 = B[0, 0] ** 2 + B[0, 1] * B[1, 0]
+    r = np.sqrt(abs(r2))
+    if r2 >= 0:
+        c, f = np.cosh(r * t), (np.sinh(r * t) / r if r > 0 else t)
+    else:
+        c, f = np.cos(r * t), np.sin(r * t) / r
+    return np.exp(s * t) * (c * np.eye(2) + f * B)
+
+
 def mc_check(samples, mean, cov, *, n_sigma=5.0, extra_mean=0.0, extra_cov=0.0, what="", record_it=True):
     """Sample mean and covariance (centred at the true mean) within n_sigma standard errors.
 
@@ -255,7 +269,7 @@ class TestFromEigen:
         assert m.obs_dim == 3
 
     def test_conjugate_pair_with_unequal_noise_is_complex(self):
-        # A real A needs equal noise on the two members of a conjugate pair (spec afa.md §1.2).
+        # A real A needs equal noise on the two members of a conjugate pair (chapter 1, §1.3.1).
         m = LinearSDE.from_eigen([-0.1 - 1j, -0.1 + 1j], SPIRAL_S, [0.3, 0.7])
         np.testing.assert_allclose(m.A.real, SPIRAL_A, atol=1e-15)
         assert not m.is_real and np.iscomplexobj(m.Q)
@@ -291,6 +305,31 @@ class TestValidation:
                 LinearSDE.from_matrices(SPIRAL_A, np.eye(2), max_cond=bad)
         with pytest.raises(TypeError, match="max_cond"):
             LinearSDE.from_matrices(SPIRAL_A, np.eye(2), max_cond="big")
+
+    @pytest.mark.parametrize("seed", [0, 1, 2, 3])
+    def test_transition_loses_at_most_cond_eps(self, seed):
+        # Chapter 1, §1.3: F = S e^{ΛΔt} S^-1 carries one factor S^-1 and loses up to about cond(S)·ε. Measured
+        # against the exact 2x2 closed form (never through S, a few roundings), on A = [[-1, 1], [δ, -1]] rotated at
+        # random: refimpl's largest error is 0.7 cond(S)·ε over OpenBLAS kernels; the test allows 2 cond(S)·ε. A
+        # transition formed through two factors of S^-1 (error ~cond(S)²·ε) would fail it from δ = 1e-8 on.
+        rng = np.random.default_rng(100 + seed)
+        rot = np.linalg.qr(rng.normal(size=(2, 2)))[0]
+        for delta in (1e-4, 1e-6, 1e-8, 1e-10, 1e-12):
+            A = rot @ np.array([[-1.0, 1.0], [delta, -1.0]]) @ rot.T
+            m = LinearSDE.from_matrices(A, np.eye(2), max_cond=1e7)
+            for dt in (0.1, 1.0, 5.0):
+                F_ref = expm_2x2(A, dt)
+                err = np.abs(m.transition(dt) - F_ref).max() / np.abs(F_ref).max()
+                record("F of a nearly defective A / (cond(S) ε)", err / (m.cond * EPS), 2.0)
+                assert err < 2.0 * m.cond * EPS, (delta, dt, err / (m.cond * EPS))
+
+    def test_expm_2x2_oracle(self):
+        # the closed form used above, against scipy on random matrices with real and complex eigenvalues,
+        # on the Jordan block (r = 0) and on a zero matrix
+        rng = np.random.default_rng(7)
+        for A in [rng.normal(size=(2, 2)) for _ in range(20)] + [np.array([[-1.0, 1.0], [0.0, -1.0]]), np.zeros((2, 2))]:
+            for dt in (0.0, 0.3, 2.0):
+                np.testing.assert_allclose(expm_2x2(A, dt), scipy.linalg.expm(A * dt), rtol=1e-13, atol=1e-14)
 
     @pytest.mark.parametrize("seed", [0, 1, 2])
     def test_accuracy_at_the_default_bound(self, seed):
@@ -476,6 +515,25 @@ class TestTransitionMatrix:
             np.testing.assert_array_equal(Qd, Qd.T)
             assert np.linalg.eigvalsh(Qd).min() >= -1e-12 * max(np.abs(Qd).max(), 1e-300)
         assert np.linalg.eigvalsh(Q2 - Q1).min() >= -1e-12 * max(np.abs(Q2).max(), 1e-300)
+
+    @pytest.mark.parametrize("mu", [0.0, 1e-9, 1e-5])
+    def test_undamped_modes_take_the_limit_of_eq_1_6(self, mu):
+        # (1.6) is 0/0 where λ_k + λ_l^* = 0 (the diagonal of an undamped mode, μ_k = 0) and cancels near it;
+        # the limit is Σ_kk = G̃_kk Δt. Eigenvalues −μ and −μ ± i with a full G̃, against Van Loan (never through S).
+        # The literal quotient gives NaN at μ = 0 and about 1e-8 relative error at μ = 1e-9.
+        T = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.2, 0.0, 1.0]])
+        core = np.array([[-mu, -1.0, 0.0], [1.0, -mu, 0.0], [0.0, 0.0, -mu]])
+        A = T @ core @ np.linalg.inv(T)
+        Q = np.array([[1.0, 0.3, -0.2], [0.3, 0.8, 0.1], [-0.2, 0.1, 0.6]])
+        m = LinearSDE.from_matrices(A, Q)
+        assert np.abs(m.noise - np.diag(np.diag(m.noise))).max() > 0.05  # a full G̃
+        lags = np.array([1e-3, 0.5, 2.0, 7.0])
+        for dt, Qd in zip(lags, m.process_noise_covariance(lags)):
+            close(Qd, van_loan(A, Q, dt), rtol=ORACLE, what="Q_d of an undamped model vs Van Loan")
+        if mu == 0.0:
+            Sigma = (m.S_inv @ m.process_noise_covariance(lags) @ m.S_inv.conj().T)
+            close(np.diagonal(Sigma, axis1=1, axis2=2), np.diag(m.noise)[None, :] * lags[:, None], rtol=1e-12,
+                  what="Σ_kk = G̃_kk Δt at μ = 0")
 
 
 class TestDiscretize:
