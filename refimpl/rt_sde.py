@@ -952,10 +952,13 @@ def rt_attention(
                \qquad A_{ij} = \operatorname{softmax}_{j \le i} L_{ij},
 
     with ``log det P = −(d−1) log a_⊥ − log a_∥`` (Eq. (9.10)); for a_⊥ = a_∥ this is isotropic
-    AFA's logit. The split covariance (Eq. (9.8)) is the exact covariance of a pair's residual only
+    AFA's logit. The split covariance (Eq. (9.8)) is the exact covariance of a pair's residual
     when u is fixed in advance, independently of the noises; here u is taken from the noisy key
-    (or query) itself, and if that key is a noisy measurement of a state, d²_ij is not χ²-distributed
-    even for one pair (chapter 9, §9.4, measures the difference). Computed in the frame rotated by
+    (or query) itself. If the key is a noisy measurement of a state, with key noise that has a
+    tangential part (η⊥² > 0), d²_ij is in general not χ²-distributed even for one pair (chapter 9,
+    §9.4, measures the difference). Purely radial key noise (η⊥² = 0) leaves the key's direction
+    exact: its axis is then the true one, and d²_ij depends on u only through uu^T. For a_⊥ = a_∥
+    u drops out. Computed in the frame rotated by
     ``e^{−Ωt_i}`` (rotate–aggregate–counter-rotate):
     ``e^{−Ωt_i} r_ij = e^{−Ωt_i} q_i − e^{−μΔt_ij} e^{−Ωt_j} k_j``, with t shifted by t_0
     (only lags matter; rotating by large absolute times such as Unix seconds would cost up

@@ -333,16 +333,18 @@ class TestRtCovariance:
         V = rt_covariance(mu, om, u0, tau, sigma2_perp=NOISES["sigma2_perp"], sigma2_par=NOISES["sigma2_par"])
         close(C, V * (midpoint / phi), rtol=1e-12, what="scheme covariance = midpoint-rule V(τ)")
 
-    def test_distance_is_chi2_only_for_a_direction_fixed_in_advance(self):
-        """One pair, d = 2: with u fixed in advance d² ~ χ²₂ (mean 2); with u from the noisy key it is not.
+    @staticmethod
+    def _one_pair_d2(eta2_perp, eta2_par, n=100_000, seed=24):
+        """One pair, d = 2: d² with u fixed (the true direction) and with u from the noisy key.
 
-        Keys k_j = x_j + v_j with v_j shaped along the true direction x_j/‖x_j‖ (large tangential key noise);
-        the path noise of Eq. (9.6) and the anchor noise along the true transported direction.
+        Keys k_j = x_j + v_j with v_j shaped along the true direction x_j/‖x_j‖; the path noise of
+        Eq. (9.6) and the anchor noise along the true transported direction. Also returns the keys.
         """
-        rng = np.random.default_rng(24)
-        n, mu, tau = 100_000, 0.1, 1.0
+        rng = np.random.default_rng(seed)
+        mu, tau = 0.1, 1.0
         om = 0.7 * block_skew([1.0])
-        nz = dict(sigma2_perp=0.01, sigma2_par=0.01, eta2_perp=0.2, eta2_par=0.005, gamma2_perp=0.01, gamma2_par=0.01)
+        nz = dict(sigma2_perp=0.01, sigma2_par=0.01, eta2_perp=eta2_perp, eta2_par=eta2_par, gamma2_perp=0.01,
+                  gamma2_par=0.01)
         x_j = np.array([1.0, 0.0])
         E = scipy.linalg.expm((-mu * np.eye(2) + om) * tau)
         u_i = scipy.linalg.expm(om * tau) @ x_j
@@ -359,11 +361,24 @@ class TestRtCovariance:
         a_perp, a_par = rt_variances(mu, tau, **nz)
         d2_fixed = rt_distance(r, u_i, a_perp, a_par)
         u_key = rt_direction(om, k / np.linalg.norm(k, axis=1, keepdims=True), tau)
-        d2_key = rt_distance(r, u_key, a_perp, a_par)
+        return d2_fixed, rt_distance(r, u_key, a_perp, a_par), k @ x_j
+
+    def test_distance_is_chi2_for_a_fixed_direction_not_for_a_key_with_tangential_noise(self):
+        """With u fixed in advance d² ~ χ²₂ (mean 2); with u from a key with large tangential noise it is not."""
+        n = 100_000
+        d2_fixed, d2_key, _ = self._one_pair_d2(eta2_perp=0.2, eta2_par=0.005, n=n)
         # χ²₂ has mean 2 and standard deviation 2: a 5-sigma band for the sample mean is 10/√n ≈ 0.03
         assert abs(d2_fixed.mean() - 2) < mc_band(n) * 2, d2_fixed.mean()
         assert abs(np.mean(d2_fixed > -2 * math.log(0.01)) - 0.01) < 0.003  # 99 % point of χ²₂ is −2 log 0.01
         assert d2_key.mean() > 3.0, d2_key.mean()  # measured: about 4
+
+    def test_distance_stays_chi2_for_a_key_with_purely_radial_noise(self):
+        """η⊥² = 0: the key's axis is the true one (even when the key points backwards), so d² is unchanged."""
+        n = 100_000
+        d2_fixed, d2_key, along = self._one_pair_d2(eta2_perp=0.0, eta2_par=0.5, n=n)
+        assert np.mean(along < 0) > 0.05  # P(1 + N(0, 0.5) < 0) ≈ 0.079: the sign flip is exercised
+        close(d2_key, d2_fixed, rtol=1e-12, what="d² with u from a radially noisy key == d² with the true u")
+        assert abs(d2_key.mean() - 2) < mc_band(n) * 2, d2_key.mean()
 
     def test_loop_twin_and_broadcasting(self):
         rng = np.random.default_rng(22)
