@@ -657,7 +657,20 @@ def _check_isotropic_dynamics(mu, omega, d: int):
     return float(mu), omega
 
 
-@guard_overflow()
+#: The refusal of :func:`isotropic_afa` when no argument is extreme: with moderate inputs, the output of
+#: non-causal attention at a low temperature grows with the longest lag (chapter 8, §8.4).
+_ISOTROPIC_OVERFLOW = (
+    "temperature, causal: the result is not representable in float64 (an intermediate overflowed although no "
+    "argument is extreme). With causal=False a key after its query carries e^{+mu|dt|} into the output: when "
+    "sigma2 or eta2 is positive its weight falls like e^{-2 T mu|dt|} at temperature T, so for T < 1/2 the exact "
+    "output grows like e^{(1 - 2T) mu |dt|} with the longest lag; with sigma2 = eta2 = 0 the Student weight falls "
+    "like e^{-2 kappa T mu|dt|} (growth for T < 1/(2 kappa)) and a key of zero norm keeps its weight at every lag "
+    "(chapter 8, §8.4). Raise the temperature, shorten mu (t_N - t_1) or use causal=True; otherwise rescale the "
+    "inputs to moderate magnitudes"
+)
+
+
+@guard_overflow(hint=_ISOTROPIC_OVERFLOW)
 def isotropic_afa(
     q,
     k,
@@ -698,7 +711,14 @@ def isotropic_afa(
     formed. The exact output itself can still grow: a pushed-back value carries e^{+μ|Δt|}, and when
     σ² or η² is positive its weight falls like e^{−2βμ|Δt|} for a temperature β, so with β < 1/2 the
     non-causal output grows like e^{(1−2β)μ|Δt|} with the longest lag (a property of the model; chapter 8,
-    §8.4); it is returned while representable and refused with a ValueError beyond. The Student
+    §8.4). With σ² = η² = 0 the precision is the constant 1/γ² and the penalty grows instead: the Student
+    weight falls like e^{−2κβμ|Δt|}, so the output grows for β < 1/(2κ); the exponential weight's output stays
+    bounded; both for keys of nonzero norm (a zero key keeps its weight at every lag, and its value's
+    e^{+μ|Δt|} is not compensated at any temperature). The output is returned while every intermediate
+    stays within float64, and refused with a ValueError beyond (never inf or NaN; with no extreme argument the
+    message names the temperature and causal=False as the likely cause). The weighted sum Σ_j Â_ij ṽ_j is
+    formed before its division by the row's sum of weights (at most N), so an output somewhat below the
+    largest float64 can already be refused. The Student
     logit is evaluated as ``log P + κ log(νΣ) − κ log(‖R‖² + νΣ)``
     (= ``log P − κ log(1 + ‖R‖² P/ν)``) with ``log Σ`` from the logs of its three terms, so that
     it stays exact when Σ underflows (e.g. η² e^{−2μΔt} with σ² = γ² = 0, or the scaled pushed-back

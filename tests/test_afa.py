@@ -1081,10 +1081,47 @@ class TestLongSequences:
                 assert abs(growth - (1 - 2 * T) * mu * (N - 1)) < 5, growth  # (1 − 2T)μτ_max = 29.9
             else:
                 assert growth < 5, growth
-        # beyond float64: (1 − 2T)μτ_max = 0.8 · 0.5 · 1999 ≈ 800 > 709.8
+        # beyond float64: (1 − 2T)μτ_max = 0.8 · 0.5 · 1999 ≈ 800 > 709.8; no argument is extreme, so the message
+        # points to the temperature and causal=False
         q2 = cplx(rng, (2000, d))
-        with pytest.raises(ValueError, match="not representable"):
+        with pytest.raises(ValueError, match="not representable") as exc:
             isotropic_afa(q2, q2, q2, mu=mu, **par, causal=False, temperature=0.1)
+        assert str(exc.value).startswith("temperature, causal:") and "causal=False" in str(exc.value)
+        # an extreme argument is still named first (the Gaussian penalty of |q| ~ 1e300 overflows)
+        with pytest.raises(ValueError, match=r"^q \(\|q\| from"):
+            isotropic_afa(q * 1e300, k, v, mu=mu, **par, weight="exponential")
+
+    def test_noncausal_growth_without_sigma_eta(self):
+        # σ² = η² = 0: P ≡ 1/γ² at every lag and the penalty grows with the lag, ‖R‖² ≈ e^{2μτ}‖k‖². The Student
+        # weight falls like e^{−2κTμτ}, so the non-causal output grows like e^{(1−2κT)μτ_max} for T < 1/(2κ) only
+        # (κ = 3: 1/6, not 1/2); the exponential weight falls faster than any exponential (chapter 8, §8.4).
+        rng = np.random.default_rng(86)
+        N, d, mu = 300, 2, 0.5
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        t = np.arange(N, dtype=float)
+        par = dict(omega=np.array([0.3, -0.7]), sigma2=0.0, eta2=0.0, gamma2=0.3, nu=4.0)
+        kappa = (4.0 + d) / d
+        dt = t[0] - t
+        P = 1.0 / isotropic_covariance(dt, mu, 0.0, 0.0, 0.3)
+        assert np.all(P == 1.0 / 0.3)
+        pull = np.exp((-mu + 1j * par["omega"]) * dt[:, None])
+        d2 = P * np.sum(np.abs(q[0] - pull * k) ** 2, axis=-1)
+        for weight, T in (("student", 0.1), ("student", 0.3), ("exponential", 0.1)):
+            L = T * (np.log(P) - (kappa * np.log1p(d2 / 4.0) if weight == "student" else d2 / 4.0))
+            a = np.exp(L - L.max())
+            expected = (a / a.sum()) @ (pull * v)
+            out = isotropic_afa(q, k, v, mu=mu, **par, causal=False, weight=weight, temperature=T)
+            close(out[0], expected, rtol=SELF, what=f"σ² = η² = 0, {weight}, row 0 at temperature {T}")
+            growth = np.log(np.max(np.abs(out[0])))
+            if weight == "student" and T < 1 / (2 * kappa):
+                assert abs(growth - (1 - 2 * kappa * T) * mu * (N - 1)) < 5, growth  # 0.4 · 0.5 · 299 = 59.8
+            else:
+                assert growth < 5, growth  # the rule for σ² > 0 would give (1 − 2T)μτ_max = 59.8 or 119.6
+        # a key of zero norm keeps ‖R‖² = ‖q_0‖² and its weight at every lag: its e^{μτ} grows at any temperature
+        k0 = k.copy()
+        k0[-1] = 0.0
+        out = isotropic_afa(q, k0, v, mu=mu, **par, causal=False, weight="exponential", temperature=1.0)
+        assert np.log(np.max(np.abs(out[0]))) > mu * (N - 1) - 30  # μτ_max = 149.5
 
     def test_long_lags_tensor_form(self):
         # the tensor form scales the pushed-back pairs too: huge lags, finite output and weights
