@@ -239,12 +239,25 @@ def rope(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
     -----
     ``⟨rope(q, m), rope(k, n)⟩ = q^T R_{n−m} k`` depends on the positions only through n − m
     (Eq. (5.6)). The layout is RoFormer's interleaved pairs (2i, 2i+1), as in Meta's LLaMA
-    reference (complex view) and GPT-J's ``rotate_every_two``: compare with those directly. The
-    GPT-NeoX / Hugging Face ``rotate_half`` layout pairs i with i + d/2 and equals this one up
-    to the fixed permutation ``perm = np.r_[0:d:2, 1:d:2]`` of the channels:
-    ``rope(x)[..., perm]`` equals the ``rotate_half`` RoPE of ``x[..., perm]``. Partial rotary (GPT-NeoX's
-    ``rotary_pct < 1``) rotates only the first ``rotary_ndims`` channels, with the ladder of
-    d = ``rotary_ndims``: apply ``rope`` to those channels only (chapter 5, §5.8).
+    reference (complex view) and GPT-J's ``rotate_every_two``: compare with those without a
+    permutation (at the model's ladder, see below). The GPT-NeoX / Hugging Face ``rotate_half``
+    layout pairs i with i + d/2 and equals this one up to the fixed permutation
+    ``perm = np.r_[0:d:2, 1:d:2]`` of the channels: ``rope(x)[..., perm]`` equals the
+    ``rotate_half`` RoPE of ``x[..., perm]``.
+
+    Partial rotary rotates only the first r channels of a head, with the ladder of d := r
+    (``θ_i = base^{−2i/r}``), and passes the other channels through unchanged. GPT-J
+    (``rotary_dim`` = r) is interleaved: its rotation of ``x[..., :r]`` is ``rope(x[..., :r])``.
+    GPT-NeoX (``rotary_ndims`` = r = int(d · ``rotary_pct``)) is half-split *within* those r
+    channels: with ``pr = np.r_[0:r:2, 1:r:2]``, its rotation of ``x[..., :r]`` is
+    ``rope(x[..., :r][..., np.argsort(pr)])[..., pr]``. Neither ``rope(x[..., :r])`` (without
+    ``pr``) nor the full-width recipe with ``perm`` gives it.
+
+    The ladder differs between models too: pass the model's base (``rope_theta``: 10000, the
+    default, in RoFormer, LLaMA, GPT-J and GPT-NeoX; 500000 in Llama 3) as ``base``, and a
+    rescaled ladder as ``freqs`` (Llama 3.1's; θ_i / s for position interpolation, which
+    divides the positions by s). The layout rules above do not depend on the ladder. Chapter 5,
+    §5.8, checks all of this.
 
     Examples
     --------

@@ -9,8 +9,10 @@ Oracles, each independent of the code under test:
 * the half-split ``rotate_half`` RoPE of GPT-NeoX / Hugging Face, written here, which equals the
   interleaved RoPE up to a channel permutation;
 * the interleaved RoPE of Meta's LLaMA reference (complex view) and GPT-J's ``rotate_every_two``,
-  GPT-NeoX's partial rotary (``rotary_pct < 1``) and Hugging Face's conversion of LLaMA's
-  query/key projections, each written here;
+  GPT-NeoX's and GPT-J's partial rotary (``rotary_pct < 1``, ``rotary_dim``) and Hugging Face's
+  conversion of LLaMA's query/key projections, each written here;
+* Llama 3's base 500000 and Llama 3.1's rescaled ladder (Meta's ``apply_scaling``), written here
+  with their own ladders, and position interpolation (positions / s = frequencies / s);
 * closed forms: PE_p · PE_p′ = Σ_i cos(ω_i (p − p′)); RoFormer's decay curve at r = 0 is (d/2 + 1)/2.
 
 Tolerances: :mod:`refimpl._testing`.
@@ -221,7 +223,8 @@ class TestRope:
 
     def test_interleaved_implementations_need_no_permutation(self):
         # Meta's LLaMA reference: view_as_complex(x.reshape(..., d/2, 2)) * polar(1, p θ)
-        # GPT-J rotate_every_two (= lucidrains' rotate_half): x·cos + (−x1, x0, −x3, x2, …)·sin
+        # GPT-J rotate_every_two (= the rotate_half of lucidrains' rotary-embedding-torch):
+        # x·cos + (−x1, x0, −x3, x2, …)·sin
         d = 12
         x = np.random.default_rng(11).normal(size=(2, 7, d))
         pos = np.array([0.0, 1.0, 2.0, 5.0, 30.0, 400.0, 1234.5])
@@ -255,6 +258,49 @@ class TestRope:
         close(ours, neox, rtol=ORACLE, what=f"partial rotary d = {d}, rotary_pct = {pct}")
         perm = np.r_[0:d:2, 1:d:2]
         assert np.max(np.abs(rope(x[:, np.argsort(perm)], pos)[:, perm] - neox)) > 0.1  # full width is wrong
+        assert np.max(np.abs(np.concatenate([rope(xr, pos), x[:, r:]], 1) - neox)) > 0.1  # so is leaving out pr
+        # GPT-J rotary_dim = r: interleaved within the first r channels, so no permutation
+        ang = np.repeat(np.outer(pos, th), 2, axis=-1)
+        gptj = xr * np.cos(ang) + np.stack([-xr[:, 1::2], xr[:, 0::2]], axis=-1).reshape(xr.shape) * np.sin(ang)
+        close(np.concatenate([rope(xr, pos), x[:, r:]], 1), np.concatenate([gptj, x[:, r:]], 1), rtol=ORACLE,
+              what=f"GPT-J rotary_dim = {r} of d = {d}")
+
+    def test_base_and_frequency_scaling(self):
+        # Llama 3: Meta's complex view with rope_theta = 500000; Llama 3.1: its apply_scaling of that ladder
+        # (factor 8, low/high frequency factors 1 and 4, original context 8192), written here as a loop
+        d = 128
+        pos = np.array([0.0, 1.0, 5.0, 100.0, 3000.0, 8191.0])
+        x = np.random.default_rng(13).normal(size=(pos.size, d))
+        th3 = 1.0 / 500000.0 ** (np.arange(0, d, 2) / d)
+
+        def apply_scaling(freqs, factor=8.0, low=1.0, high=4.0, old_len=8192.0):
+            out = []
+            for f in freqs:
+                wavelen = 2 * np.pi / f
+                if wavelen < old_len / high:
+                    out.append(f)
+                elif wavelen > old_len / low:
+                    out.append(f / factor)
+                else:
+                    smooth = (old_len / wavelen - low) / (high - low)
+                    out.append((1 - smooth) * f / factor + smooth * f)
+            return np.array(out)
+
+        def complex_view(t, theta):
+            z = t.reshape(*t.shape[:-1], -1, 2)
+            z = (z[..., 0] + 1j * z[..., 1]) * np.exp(1j * np.outer(pos, theta))
+            return np.stack([z.real, z.imag], axis=-1).reshape(t.shape)
+
+        th31 = apply_scaling(th3)
+        assert np.sum(th31 == th3) > 0 and np.sum(th31 < th3) > 0  # both kinds of pairs occur at d = 128
+        llama3, llama31 = complex_view(x, th3), complex_view(x, th31)
+        close(rope(x, pos, base=500000.0), llama3, rtol=ORACLE, what="Llama 3: rope(base=500000)")
+        close(rope(x, pos, freqs=th31), llama31, rtol=ORACLE, what="Llama 3.1: rope(freqs=scaled ladder)")
+        assert np.max(np.abs(rope(x, pos) - llama3)) > 0.1  # the default base is wrong for Llama 3
+        assert np.max(np.abs(rope(x, pos, base=500000.0) - llama31)) > 0.1  # the unscaled ladder is wrong for 3.1
+        # position interpolation: positions p / s == every θ_i / s
+        s = 3.0
+        close(rope(x, pos / s), rope(x, pos, freqs=frequencies(d) / s), rtol=1e-12, what="positions / s == θ / s")
 
     def test_hf_llama_conversion_is_the_permutation(self):
         # convert_llama_weights_to_hf: w.view(n_heads, d/2, 2, dim).transpose(1, 2).reshape(n_heads·d, dim)
