@@ -753,8 +753,8 @@ def dle_covariance_backward(eigvals, noise, tau):
     ``e^{2μτ}``. It is the error of the *unbiased* pushed-back estimate; it is not the error of
     the best backward predictor ``E[x(t) | x(t+τ)]`` under the stationary law, which stays
     bounded (chapter 2, Eq. (2.11)): the two are different estimators, and the difference is not
-    a matter of time-reversibility — a reversible process (real eigenvalues, diagonal G̃) has the
-    same growing V_B (chapter 2, §2.7).
+    a matter of time-reversibility — a reversible process (real eigenvalues, diagonal G̃, real or
+    circular complex noise) has the same growing V_B (chapter 2, §2.7).
     An entry is returned as ``inf`` (±inf components for full noise, never NaN) where its value
     exceeds the float64 range: for diagonal noise, ``g_k (e^{2μ_k τ} − 1)/(2μ_k) > 1.8e308``,
     i.e. ``2μτ > 709.78 + ln(2μ/g)``; its precision is 0. A representable value stays finite
