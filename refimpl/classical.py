@@ -570,11 +570,11 @@ def _regressors(u: np.ndarray, m: int) -> np.ndarray:
 
 _LMS_DIVERGED = (
     "mu: the LMS recursion diverged (its weights overflowed float64): mu is too large for the power of u. "
-    "0 < mu < 2/lambda_max(R) (R the autocorrelation matrix of the regressors) makes only the mean of the weights "
-    "converge; the mean-square error stays bounded, for independent Gaussian regressors, only while "
-    "sum_i mu lambda_i / (2 (1 - mu lambda_i)) < 1 (Feuer & Weinstein 1985), which mu < 2/(3 tr R) guarantees "
-    "(tr R = M E[u_n^2]; white input of power s2: mu < 2/((M + 2) s2)), and the regressors of a tapped delay line "
-    "need a margin below that (chapter 6, §6.3): take a smaller mu"
+    "For independent regressors, 0 < mu < 2/lambda_max(R) (R the autocorrelation matrix of the regressors) makes "
+    "only the mean of the weights converge; the mean-square error stays bounded, for independent Gaussian "
+    "regressors, only while sum_i mu lambda_i / (2 (1 - mu lambda_i)) < 1 (Feuer & Weinstein 1985), which "
+    "mu < 2/(3 tr R) guarantees (tr R = M E[u_n^2]; white input of power s2: mu < 2/((M + 2) s2)), and the "
+    "regressors of a tapped delay line need a margin below that (chapter 6, §6.3): take a smaller mu"
 )
 
 
@@ -593,12 +593,12 @@ def lms(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.ndarra
     n_taps : int
         M.
     mu : float > 0
-        Step size. ``0 < μ < 2/λ_max(R)`` (R the autocorrelation matrix of the regressors) makes
-        only the mean of ``w_n`` converge. For independent Gaussian regressors the mean-square error
-        stays bounded exactly while ``ζ(μ) = Σ_i μλ_i / (2(1 − μλ_i)) < 1`` (with ``μλ_max < 1``;
-        Feuer & Weinstein 1985), which ``μ < 2/(3 tr R)`` guarantees, and the misadjustment is then
-        ``ζ/(1 − ζ) ≈ μ tr R / 2``; for white input of power σ² the bound is ``μ < 2/((M + 2)σ²)``,
-        against the mean's ``2/σ²``. The regressors of a tapped delay line share M − 1 entries, and
+        Step size. For independent regressors, ``0 < μ < 2/λ_max(R)`` (R the autocorrelation matrix
+        of the regressors) makes only the mean of ``w_n`` converge. For independent Gaussian regressors
+        the mean-square error stays bounded exactly while ``ζ(μ) = Σ_i μλ_i / (2(1 − μλ_i)) < 1``
+        (with ``μλ_max < 1``; Feuer & Weinstein 1985), which ``μ < 2/(3 tr R)`` guarantees, and the
+        misadjustment is then ``ζ/(1 − ζ) ≈ μ tr R / 2``; for white input of power σ² the bound is
+        ``μ < 2/((M + 2)σ²)``, against the mean's ``2/σ²``. The regressors of a tapped delay line share M − 1 entries, and
         there the theory holds only well below that bound (chapter 6, §6.3).
     w0 : array_like, shape (M,), optional
         Initial weights (default 0).
@@ -663,10 +663,12 @@ def lms_loop(u, d, n_taps: int, mu: float, *, w0=None) -> tuple[np.ndarray, np.n
 
 
 _RLS_OVERFLOW = (
-    "lam: the RLS recursion overflowed float64 although no argument is extreme: with lam < 1, P_n grows like "
-    "lam^-n over samples without excitation (covariance wind-up), and a long silent stretch of u makes it overflow; "
-    "use lam closer to 1 (with lam = 1, P stays constant while u is silent) or process the excited stretches "
-    "separately"
+    "lam: the RLS recursion overflowed float64 although no argument is extreme: with lam < 1, every sample "
+    "multiplies P_n^-1 by lam before adding u_n u_n^T, so P_n grows like lam^-n in every direction the regressors "
+    "leave unexcited (covariance wind-up): all directions over a silent stretch of u, and some directions throughout "
+    "for an input that does not excite all n_taps of them (a constant for n_taps >= 2, a single sinusoid for "
+    "n_taps >= 3); use lam closer to 1 (P_n then grows more slowly; with lam = 1 it does not grow), fewer taps, "
+    "or leave out the silent stretches"
 )
 
 
@@ -694,19 +696,28 @@ def rls(u, d, n_taps: int, lam: float = 1.0, delta: float = 1e-2, *, w0=None) ->
     In floating point the recursion started from ``P_0 = I/δ`` degrades when δ is tiny against the
     input power: its first updates subtract numbers of size 1/δ to leave numbers of size 1/|u|²,
     with rounding errors proportional to 2⁻⁵³/δ. Where these are not small against 1/|u|², ``P``
-    can be lost entirely (chapter 6, §6.3: at δ = 1e-20 the computed ``P_n`` is exactly zero from
-    the fourth sample on, and the weights stay frozen at their value after four samples). For a
-    moderate δ the error acts as a spurious term in ``P_n⁻¹`` that λ = 1 never forgets: it is only
-    diluted as data accumulate, and the relative error of ``w_n`` falls like 1/n. With λ < 1 a
-    stretch of samples without excitation does the same (covariance wind-up): ``P_n`` grows like
-    λ⁻ⁿ, the effective regularization λⁿδ becomes tiny, and after long enough a stretch ``P``
-    overflows float64 (``ValueError``). This function therefore carries the information form of
+    can be lost entirely: at δ = 1e-20 the computed ``P_n`` of the recursion is, for some inputs,
+    exactly zero after a few samples, and the weights then stay frozen (chapter 6, §6.3, counts how
+    many of its inputs this happens to). For a moderate δ the error acts as a spurious term in
+    ``P_n⁻¹`` that λ = 1 never forgets: it is only diluted as data accumulate, and the relative
+    error of ``w_n`` falls like 1/n. With λ < 1 a stretch of samples without excitation does the
+    same (covariance wind-up): each such sample multiplies all of ``P_n⁻¹`` by λ — the data terms
+    of (6.8) as well as its regularization — so ``P_n`` grows like λ⁻ⁿ; when excitation returns,
+    ``P_n⁻¹`` is tiny against ``u_n u_nᵀ`` and the update cancels as at a tiny δ. After long enough
+    a stretch ``P`` overflows float64 (``ValueError``). An input that never excites some directions
+    of the regressors (a constant with M ≥ 2) winds ``P`` up in those directions throughout, and
+    it overflows as well. This function therefore carries the information form of
     (6.8) along (``Φ_n = λ Φ_{n−1} + u_n u_nᵀ``, ``Φ_{−1} = δ I``, ``Φ_n = P_n⁻¹``) and, at a
     step whose update would cancel more than four digits (``u_nᵀ P_{n−1} u_n > 10⁴ λ``: at the
     start when δ is small against the input power, and when excitation returns after a wound-up
-    stretch), takes ``P_n = Φ_n⁻¹`` instead — the same matrix in exact arithmetic. The loop twin
-    :func:`rls_loop` runs the recursion from ``P_0 = I/δ`` as written; the two agree where
-    neither δ nor λⁿδ after a stretch of n unexcited samples is tiny against the input power.
+    stretch), takes ``P_n = Φ_n⁻¹`` instead — the same matrix in exact arithmetic. (In floating
+    point, where such a step falls inside a long wind-up, the rounding errors of Φ_n can keep ``P``
+    finite where the recursion overflows: for a sinusoid with M ≥ 3 the two twins can differ in
+    whether they raise.) The loop twin :func:`rls_loop` runs the recursion from ``P_0 = I/δ`` as
+    written; the two agree where
+    ``u_nᵀ P_{n−1} u_n`` stays moderate against λ, that is, where neither δ nor ``P_n⁻¹`` at the end
+    of a stretch without excitation (λⁿ times its value at the start, after n such samples) is tiny
+    against the input power.
 
     Parameters
     ----------

@@ -408,7 +408,7 @@ class TestLMS:
     def test_misadjustment_independence_theory(self):
         # white Gaussian input, M = 8, μ = 0.3 μ_max (μ_max = 2/(M + 2)): the misadjustment J_ex/J_min of a tapped
         # delay line matches the independence theory ζ/(1 − ζ), ζ = Mμ/(2(1 − μ)) (Feuer & Weinstein 1985), here
-        # 0.343; the first-order μ tr R / 2 = 0.24 and a step of 2μ (0.86) lie far outside the band.
+        # 0.343; the first-order μ tr R / 2 = 0.24 and a step of 2μ (1.20) lie far outside the band.
         m, mu, runs, n = 8, 0.3 * 2 / 10, 300, 3000
         rng = np.random.default_rng(12)
         u = rng.normal(size=(runs, n))
@@ -486,6 +486,18 @@ class TestRLS:
         # an extreme argument is still named as such
         with pytest.raises(ValueError, match=r"^lam \(\|lam\| from 1e-300"):
             rls(uu, dd, 3, lam=1e-300)
+
+    @pytest.mark.parametrize("func", [rls, rls_loop])
+    def test_windup_without_silence(self, func):
+        # u is never silent, but a constant excites only the direction (1, 1) of the regressors: P⁻¹ only shrinks by λ
+        # in the direction (1, −1), so 8000 samples at λ = 0.9 overflow P (λ⁻⁸⁰⁰⁰ = 1e366), and the message must not
+        # blame a silent stretch alone. With λ = 1, P does not grow: no error, and w_1 + w_2 fits d = 0.5 u.
+        u = np.ones(8000)
+        with pytest.raises(ValueError, match="^lam: the RLS recursion overflowed float64") as err:
+            func(u, 0.5 * u, 2, 0.9, 1e-2)
+        assert "covariance wind-up" in str(err.value) and "a constant" in str(err.value)
+        W, _ = func(u, 0.5 * u, 2, 1.0, 1e-2)
+        assert abs(W[-1].sum() - 0.5) < 1e-6
 
     def test_converges_to_wiener_solution(self):
         h = np.array([0.8, -0.4, 0.2, 0.1])
