@@ -970,10 +970,16 @@ def init_focus_params(d, *, n_bank=1, oversample=2, hidden=16, kernel_len=64, d_
     """Deterministic random parameters of one Focus layer, Eqs. (14.1)–(14.16) (no training: the reference is the forward map).
 
     Shapes follow :func:`focus_layer`: ``conv_kernel (kernel_len, d)`` ~ N(0, 0.02²) (ten times the
-    N(0, 0.002²) ``"random"`` initialization of Fu et al.'s released code, so that the convolution is
-    not negligible in the chapter's small examples), ``conv_skip (d,)`` ~ N(1, 0.1²),
-    ``conv_squash = 0`` (at this scale their default threshold λ = 0.1 would zero almost every tap,
-    since |k| > 0.1 is a 5σ event); the MLP ``oversample → hidden
+    N(0, 0.002²) ``weight_init="random"`` initialization of Fu et al.'s released code, so that the
+    convolution is not negligible in the chapter's small examples), ``conv_skip (d,)`` ~ N(1, 0.1²),
+    ``conv_squash = 0`` (no soft threshold). In that code the threshold λ is a constructor argument
+    with default 0.1, which is 50 of their standard deviations and zeros every tap (at this
+    scale, 5 standard deviations: it would zero all but a fraction below 6e-7 of the taps); their
+    training configurations set λ = 0.001–0.004, 0.5 to 2 of their standard deviations. Fu et al.'s
+    code: repository HazyResearch/safari on GitHub, commit 26f6223 (``standalone_long_convs.py``,
+    ``kernel_lam=0.1``; ``configs/model/layer/long-conv.yaml`` and
+    ``configs/experiment/{cifar,lra}/long-conv-*.yaml``, ``lam``) and commit 1b65a99
+    (``safari/models/sequence/long_conv_kernel.py``, ``lam=0.1``). The MLP ``oversample → hidden
     → 2·n_bank`` with Glorot-normal weights and zero biases; projections ``w_q, w_k (d, d_head)``,
     ``w_v (d, d)`` and the gates Glorot-normal, with ``b_phi = −1`` (the update gate starts
     mostly closed) and the other biases zero.

@@ -649,6 +649,29 @@ class TestFocusLayer:
         assert not over, over
         assert sum(l_ == r_ for l_, r_ in zip(last, reach)) >= 24  # and the bound is attained for most t here
 
+    @pytest.mark.parametrize("variant", fo.VARIANTS)
+    def test_squashed_taps_shorten_the_reach(self, variant):
+        """With a squash λ > 0, x[t] reaches g[t + j] only through a nonzero tap: the reach is that of
+        K' = 1 + the last nonzero tap (here λ = max |k[13:]| zeros 85 % of the taps, K' = 11 < K = 16)."""
+        k = self.P["conv_kernel"]
+        lam = float(np.abs(k[13:]).max())
+        K_eff = 1 + int(np.flatnonzero((np.abs(k) > lam).any(axis=1)).max())
+        assert K_eff == 11
+        reach = [min(48, -(-((t + K_eff - 1) // 8 + 2) * 8 // 12) * 12) - 1 for t in range(48)]
+        P_sq = dict(self.P, conv_squash=np.array(lam))
+        kw = dict(variant=variant, chunk_size=12, n_bins=6, first_bin="mlp-zero")
+        o = fo.focus_layer(self.X, P_sq, **kw)
+        last = []
+        for t in range(48):
+            x2 = self.X.copy()
+            x2[t] += 1.0
+            d = np.abs(fo.focus_layer(x2, P_sq, **kw) - o).max(axis=-1)
+            assert d[reach[t] + 1:].max(initial=0.0) < 1e-13 * d.max(), t  # nothing beyond the reach of K'
+            last.append(int(np.flatnonzero(d > 1e-12 * d.max()).max()))
+        assert sum(l_ == r_ for l_, r_ in zip(last, reach)) >= 24  # and the bound is attained for most t
+        # without the squash the same layer reaches further for some t: the test sees a squash that is not applied
+        assert any(int(self._changed(variant, t).max()) > reach[t] for t in range(48))
+
     @pytest.mark.parametrize("variant", ["causal-circular", "literal"])
     def test_default_first_bin_does_not_leak_in_bin_0(self, variant):
         """first_bin="zero": bin 0's branches are the identity, so only bins ≥ 1 leak back to their start."""
@@ -716,6 +739,16 @@ class TestInitFocusParams:
         assert a["conv_kernel"].shape == (11, 4) and a["mlp_w1"].shape == (5, 7) and a["mlp_w2"].shape == (7, 6)
         assert a["w_q"].shape == (4, 2) and a["w_v"].shape == (4, 4)
         assert np.any(a["w_q"] != fo.init_focus_params(4, d_head=2, rng=2)["w_q"])
+
+    def test_conv_init_is_the_documented_one(self):
+        """conv_kernel ~ N(0, 0.02²), conv_skip ~ N(1, 0.1²), conv_squash = 0, as the docstring says."""
+        p = fo.init_focus_params(64, kernel_len=256, rng=3)
+        k, s = p["conv_kernel"].ravel(), p["conv_skip"]
+        assert abs(k.std() / 0.02 - 1) < 0.03 and abs(k.mean()) < 0.02 * 0.03  # 16384 draws: 5+ standard errors
+        assert abs(s.mean() - 1) < 0.05 and 0.06 < s.std() < 0.14 and float(p["conv_squash"]) == 0.0
+        # λ = 0.1 is 5 σ here: it would zero every one of these taps
+        g = fo.global_conv(np.eye(256)[:, :1] * np.ones(64), p["conv_kernel"], np.zeros(64), squash=0.1)
+        assert not np.any(g)
 
     def test_bad_input(self):
         with pytest.raises(ValueError, match="^d"):
