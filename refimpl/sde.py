@@ -36,7 +36,8 @@ References
 .. [6] P. Racioppo, the code of [1]: repository PCR-git/Adaptive-Filter-Attention on GitHub,
        commit 7f6ed105ca8190d3503c40617e8682d5c6f6488f, folder "AFA, Dec 21 (last version
        before simplification)": ``dynamics/dynamic_sim.py`` (function ``stochastic_LTI``, the
-       simulator) and ``Main.ipynb`` (the 2-D experiment's system, step and grid).
+       simulator) and ``Main.ipynb`` (a 2-D example: the spiral system, Euler step and observation grid
+       that chapter 1 uses, and one noise setting; it does not say whether it drew the figure of [1]).
 """
 
 from __future__ import annotations
@@ -298,19 +299,20 @@ class LinearSDE:
 
 
 def spiral_system(sigma2: float = 0.3, eta2: float = 0.5) -> LinearSDE:
-    r"""The 2-D spiral system of the AFA paper's 2-D experiment, ``A = [[0.9, −2], [1, −1.1]]``: Eq. (1.1) of the book.
+    r"""The 2-D spiral system of the authors' code [6], ``A = [[0.9, −2], [1, −1.1]]``: Eq. (1.1) of the book.
 
-    ``Λ = diag(−0.1 − i, −0.1 + i)``, ``S = [[1 − i, 1 + i], [1, 1]]``, as set up in the authors'
-    code for that experiment [6] (``Main.ipynb``), with isotropic noise spectra in the eigenbasis:
-    ``Λ_Q = σ² I`` and ``Λ_R = η² I``, so ``Q = σ² S S^†`` and ``R = η² S S^†``. The three
-    noise settings of the paper's figure (Racioppo 2025 [1], v1) are (σ², η²) = (0, 1),
-    (0.3, 0.5), (0.5, 2).
+    ``Λ = diag(−0.1 − i, −0.1 + i)``, ``S = [[1 − i, 1 + i], [1, 1]]``, as set up in the 2-D
+    example of the authors' public code [6] (``Main.ipynb``; it does not say whether it drew the
+    figure of [1]), with isotropic noise spectra in the eigenbasis: ``Λ_Q = σ² I`` and
+    ``Λ_R = η² I``, so ``Q = σ² S S^†`` and ``R = η² S S^†``. The three noise settings of the
+    paper's 2-D figure (Racioppo 2025 [1], v1) are (σ², η²) = (0, 1), (0.3, 0.5), (0.5, 2).
 
     This is AFA's *model*, which satisfies its simultaneous-diagonalizability assumption. The
-    paper's simulation code draws isotropic noise in the original basis instead (``Q = σ² I``,
-    ``R = η² I``; the code's arguments σ and η are standard deviations), which breaks the
-    assumption through ``R`` in every setting and through ``Q`` wherever σ² > 0; build that system
-    with ``LinearSDE.from_matrices(spiral_system().A, σ² I, R=η² I)``. Chapter 1 (§1.3.1) and
+    simulator of the same code (``stochastic_LTI`` [6]) draws isotropic noise in the original basis
+    instead (``Q = σ² I``, ``R = η² I``; its arguments σ and η are standard deviations), which
+    breaks the assumption through ``R`` wherever η > 0 (every setting of the figure) and through
+    ``Q`` wherever σ > 0; build that system with
+    ``LinearSDE.from_matrices(spiral_system().A, σ² I, R=η² I)``. Chapter 1 (§1.3.1) and
     chapter 3 (§3.7) measure the difference.
 
     Examples
@@ -703,7 +705,8 @@ def sample(model: LinearSDE, t, *, x0=None, size=None, rng=None):
     -----
     ``ε_i = L_i ξ_i`` with ``L_i L_i^† = Q_d(Δt_i)`` and ``ξ_i ~ N(0, I)``. The recursion
     ``x_{i+1} = F_i x_i + ε_i`` runs in eigen-coordinates ``y = S^{-1} x``, where it is
-    diagonal, ``y_{i+1} = e^{ΛΔt_i} ⊙ y_i + S^{-1} ε_i``, and all N steps are formed at once by
+    diagonal, ``y_{i+1} = e^{λΔt_i} ⊙ y_i + S^{-1} ε_i`` (``e^{λΔt_i}`` the vector of the
+    ``e^{λ_k Δt_i}``, the diagonal of ``e^{ΛΔt_i}``), and all N steps are formed at once by
     an associative scan (``ceil(log2 N)`` vectorized sweeps, no loop over N).
 
     Examples

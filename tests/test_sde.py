@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from _recording import recorder  # noqa: E402 (tests/ is on sys.path)
 from _oracles import random_psd, van_loan  # noqa: E402
+from refimpl import lyapunov
 from refimpl._testing import ORACLE, SELF
 from refimpl.sde import (
     MAX_COND,
@@ -520,7 +521,11 @@ class TestTransitionMatrix:
     def test_undamped_modes_take_the_limit_of_eq_1_6(self, mu):
         # (1.6) is 0/0 where λ_k + λ_l^* = 0 (the diagonal of an undamped mode, μ_k = 0) and cancels near it;
         # the limit is Σ_kk = G̃_kk Δt. Eigenvalues −μ and −μ ± i with a full G̃, against Van Loan (never through S).
-        # The literal quotient gives NaN at μ = 0 and about 1e-8 relative error at μ = 1e-9.
+        # Built with from_matrices, the model has LAPACK's eigenvalues, whose real parts at μ = 0 are rounding errors
+        # (of order 1e-16 on the machines measured; in general not exactly 0): the literal quotient is then not 0/0
+        # but a cancellation. Against the exact φ of the same z it was measured off by up to 100 % at μ = 0 (Δt = 1e-3,
+        # where e^{zΔt} − 1 rounds to 0) and by up to 2e-5 at μ = 1e-9, so it fails this test at rtol = ORACLE.
+        # The exact 0/0 point is test_exact_zero_eigenvalues_take_the_limit_of_eq_1_6.
         T = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.2, 0.0, 1.0]])
         core = np.array([[-mu, -1.0, 0.0], [1.0, -mu, 0.0], [0.0, 0.0, -mu]])
         A = T @ core @ np.linalg.inv(T)
@@ -534,6 +539,30 @@ class TestTransitionMatrix:
             Sigma = (m.S_inv @ m.process_noise_covariance(lags) @ m.S_inv.conj().T)
             close(np.diagonal(Sigma, axis1=1, axis2=2), np.diag(m.noise)[None, :] * lags[:, None], rtol=1e-12,
                   what="Σ_kk = G̃_kk Δt at μ = 0")
+
+    def test_exact_zero_eigenvalues_take_the_limit_of_eq_1_6(self):
+        # The 0/0 point itself: eigenvalues exactly i, −i and 0 (from_eigen keeps them), so λ_k + λ_k^* = 0 exactly on
+        # the whole diagonal of Σ, where the literal quotient of (1.6) is NaN. A full G̃ (the same A and Q as the
+        # μ = 0 model above), against Σ_kk = G̃_kk Δt and against Van Loan (never through S).
+        T = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.2, 0.0, 1.0]])
+        A = T @ np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]) @ np.linalg.inv(T)
+        Q = np.array([[1.0, 0.3, -0.2], [0.3, 0.8, 0.1], [-0.2, 0.1, 0.6]])
+        S = T @ np.array([[1, 1, 0], [-1j, 1j, 0], [0, 0, 1]]) / np.sqrt(2)  # eigenvectors for i, −i, 0
+        S_inv = np.linalg.inv(S)
+        m = LinearSDE.from_eigen([1j, -1j, 0.0], S, S_inv @ Q @ S_inv.conj().T)
+        assert m.is_real and np.all(m.eigvals.real == 0)
+        assert np.abs(m.noise - np.diag(np.diag(m.noise))).max() > 0.1  # a full G̃
+        close(m.A, A, rtol=1e-13, what="from_eigen rebuilds A")
+        close(m.Q, Q, rtol=1e-13, what="from_eigen rebuilds Q")
+        lags = np.array([0.0, 1e-3, 0.5, 2.0, 7.0])
+        Sigma = lyapunov.dle_covariance(m.eigvals, m.noise, lags)
+        assert np.all(np.isfinite(Sigma))
+        close(np.diagonal(Sigma, axis1=1, axis2=2), np.diag(m.noise)[None, :] * lags[:, None], rtol=1e-13,
+              what="Σ_kk = G̃_kk Δt at λ_k + λ_k^* = 0 exactly")
+        Qd = m.process_noise_covariance(lags)
+        for dt, q in zip(lags[1:], Qd[1:]):
+            close(q, van_loan(A, Q, dt), rtol=ORACLE, what="Q_d with exact zero real parts vs Van Loan")
+        np.testing.assert_array_equal(Qd[0], np.zeros((3, 3)))
 
 
 class TestDiscretize:
