@@ -1023,23 +1023,34 @@ class TestAfaIrls:
 # =============================================================================================
 
 
-def isotropic_row(q, k, v, i, *, mu, omega, sigma2, eta2, gamma2, nu, t, weight="student", kappa=None):
+def isotropic_row(q, k, v, i, *, mu, omega, sigma2, eta2, gamma2, nu, t, weight="student", kappa=None,
+                  temperature=1.0, cutoff=160.0):
     """Output i of isotropic AFA from the equations (7.2)–(7.7), one row, non-causal.
 
-    Pushed-back keys with 2μτ > 160 are left out: their precision is < e^{−160}/η² and their
-    contribution, after the value is pushed back by e^{μτ}, is of relative size < e^{−80}.
+    Pushed-back keys with 2μτ > ``cutoff`` (default 160) are left out: their precision is < e^{−160}/η²
+    and their contribution, after the value is pushed back by e^{μτ}, is of relative size < e^{−80}
+    (``cutoff=None`` keeps every key, for tests whose pushed-back values must all count).
     """
     d = q.shape[-1]
     kappa = (nu + d) / d if kappa is None else kappa
     dt = t[i] - t
-    keep = (dt >= 0) | (2 * mu * -dt <= 160.0)
+    keep = (dt >= 0) | (2 * mu * -dt <= (np.inf if cutoff is None else cutoff))
     dt, kk, vv = dt[keep], k[keep], v[keep]
     P = 1.0 / isotropic_covariance(dt, mu, sigma2, eta2, gamma2)
     pull = np.exp((-mu + 1j * omega) * dt[:, None])  # e^{λΔt}
     d2 = P * np.sum(np.abs(q[i] - pull * kk) ** 2, axis=-1)
-    L = np.log(P) - (kappa * np.log1p(d2 / nu) if weight == "student" else d2 / nu)
+    L = temperature * (np.log(P) - (kappa * np.log1p(d2 / nu) if weight == "student" else d2 / nu))
     a = np.exp(L - np.max(L))
     return (a / a.sum()) @ (pull * vv)
+
+
+def _growth_problem(seed, **noise):
+    """The non-causal growth tests' problem: N = 300 tokens in d = 2, μ = 0.5, ν = 4, fixed ω."""
+    rng = np.random.default_rng(seed)
+    N, d, mu = 300, 2, 0.5
+    qkv = tuple(cplx(rng, (N, d)) for _ in range(3))
+    par = dict(omega=np.array([0.3, -0.7]), nu=4.0, **noise)
+    return rng, (N, d, mu), qkv, np.arange(N, dtype=float), par
 
 
 class TestLongSequences:
@@ -1060,20 +1071,9 @@ class TestLongSequences:
         # A pushed-back value carries e^{+μτ}; with η² > 0 its precision falls like e^{−2μτ}, so under a factor T
         # on the logits its weight falls like e^{−2Tμτ}: for T < 1/2 the exact output of the first query grows like
         # e^{(1−2T)μτ_max} (chapter 8, §8.4). Oracle: the row from (7.2)–(7.7), with 2μτ ≤ 299 (all representable).
-        rng = np.random.default_rng(85)
-        N, d, mu = 300, 2, 0.5
-        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
-        t = np.arange(N, dtype=float)
-        par = dict(omega=np.array([0.3, -0.7]), sigma2=0.1, eta2=0.5, gamma2=0.1, nu=4.0)
-        kappa = (4.0 + d) / d
-        dt = t[0] - t
-        P = 1.0 / isotropic_covariance(dt, mu, 0.1, 0.5, 0.1)
-        pull = np.exp((-mu + 1j * par["omega"]) * dt[:, None])
-        d2 = P * np.sum(np.abs(q[0] - pull * k) ** 2, axis=-1)
+        rng, (N, d, mu), (q, k, v), t, par = _growth_problem(85, sigma2=0.1, eta2=0.5, gamma2=0.1)
         for T in (0.4, 1.0):
-            L = T * (np.log(P) - kappa * np.log1p(d2 / 4.0))
-            a = np.exp(L - L.max())
-            expected = (a / a.sum()) @ (pull * v)
+            expected = isotropic_row(q, k, v, 0, mu=mu, **par, t=t, temperature=T, cutoff=None)
             out = isotropic_afa(q, k, v, mu=mu, **par, causal=False, temperature=T)
             close(out[0], expected, rtol=SELF, what=f"non-causal row 0 at temperature {T}")
             growth = np.log(np.max(np.abs(out[0])))
@@ -1095,21 +1095,11 @@ class TestLongSequences:
         # σ² = η² = 0: P ≡ 1/γ² at every lag and the penalty grows with the lag, ‖R‖² ≈ e^{2μτ}‖k‖². The Student
         # weight falls like e^{−2κTμτ}, so the non-causal output grows like e^{(1−2κT)μτ_max} for T < 1/(2κ) only
         # (κ = 3: 1/6, not 1/2); the exponential weight falls faster than any exponential (chapter 8, §8.4).
-        rng = np.random.default_rng(86)
-        N, d, mu = 300, 2, 0.5
-        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
-        t = np.arange(N, dtype=float)
-        par = dict(omega=np.array([0.3, -0.7]), sigma2=0.0, eta2=0.0, gamma2=0.3, nu=4.0)
+        _, (N, d, mu), (q, k, v), t, par = _growth_problem(86, sigma2=0.0, eta2=0.0, gamma2=0.3)
         kappa = (4.0 + d) / d
-        dt = t[0] - t
-        P = 1.0 / isotropic_covariance(dt, mu, 0.0, 0.0, 0.3)
-        assert np.all(P == 1.0 / 0.3)
-        pull = np.exp((-mu + 1j * par["omega"]) * dt[:, None])
-        d2 = P * np.sum(np.abs(q[0] - pull * k) ** 2, axis=-1)
+        assert np.all(isotropic_covariance(t[0] - t, mu, 0.0, 0.0, 0.3) == 0.3)  # P ≡ 1/γ² at every lag
         for weight, T in (("student", 0.1), ("student", 0.3), ("exponential", 0.1)):
-            L = T * (np.log(P) - (kappa * np.log1p(d2 / 4.0) if weight == "student" else d2 / 4.0))
-            a = np.exp(L - L.max())
-            expected = (a / a.sum()) @ (pull * v)
+            expected = isotropic_row(q, k, v, 0, mu=mu, **par, t=t, weight=weight, temperature=T, cutoff=None)
             out = isotropic_afa(q, k, v, mu=mu, **par, causal=False, weight=weight, temperature=T)
             close(out[0], expected, rtol=SELF, what=f"σ² = η² = 0, {weight}, row 0 at temperature {T}")
             growth = np.log(np.max(np.abs(out[0])))
