@@ -347,6 +347,17 @@ def identification_problem(seed, runs, n, h, noise=0.1, color=0.6):
     return u, d, wiener_hopf(r_true, p_true)
 
 
+def rls_least_squares(u, d, m, lam, delta, n, w0=None):
+    """Eq. (6.8) solved directly: the RLS weights after samples 0 … n (0-based) of one run u, d with m taps,
+    ``(Σ_j λ^{n−j} u_j u_jᵀ + λ^{n+1} δ I)^{-1} (Σ_j λ^{n−j} u_j d_j + λ^{n+1} δ w0)`` (u_j the regressors
+    [u_j, …, u_{j−m+1}], zeros before the start; the prior δ I, w0 discounted n + 1 times)."""
+    U = np.stack([np.concatenate([u[j::-1], np.zeros(m)])[:m] for j in range(n + 1)])
+    g = lam ** (n - np.arange(n + 1))  # λ^{n−j}
+    A = (U.T * g) @ U + lam ** (n + 1) * delta * np.eye(m)
+    b = (U.T * g) @ d[: n + 1] + (0.0 if w0 is None else lam ** (n + 1) * delta * np.asarray(w0))
+    return np.linalg.solve(A, b)
+
+
 class TestLMS:
     def test_loop_twin(self):
         u, d, _ = identification_problem(1, 3, 60, [0.5, -0.3, 0.2])
@@ -437,13 +448,9 @@ class TestRLS:
         u, d, _ = identification_problem(4, 1, 80, [0.5, -0.3, 0.2])
         w0 = np.array([0.1, -0.2, 0.3])
         W, _ = rls(u, d, 3, lam, delta, w0=w0)
-        U = np.stack([np.concatenate([u[0, n::-1], np.zeros(3)])[:3] for n in range(80)])  # regressors u_n
         for n in (0, 5, 79):
-            g = lam ** (n - np.arange(n + 1))  # λ^{n−j}
-            # after n + 1 samples (0-based index n) the prior δ I, w0 has been discounted n + 1 times
-            A = (U[: n + 1].T * g) @ U[: n + 1] + lam ** (n + 1) * delta * np.eye(3)
-            b = (U[: n + 1].T * g) @ d[0, : n + 1] + lam ** (n + 1) * delta * w0
-            close(W[0, n], np.linalg.solve(A, b), rtol=1e-9, what="RLS vs weighted least squares")
+            close(W[0, n], rls_least_squares(u[0], d[0], 3, lam, delta, n, w0), rtol=1e-9,
+                  what="RLS vs weighted least squares")
 
     @pytest.mark.parametrize("delta", [1e-10, 1e-20, 1e-300])
     @pytest.mark.parametrize("lam", [1.0, 0.99])
@@ -456,11 +463,8 @@ class TestRLS:
         u, d, _ = identification_problem(3, 1, 400, [0.5, -0.3, 0.2])
         u[:, :silent_start] = 0.0
         W, _ = rls(u, d, 3, lam, delta)
-        U = np.stack([np.concatenate([u[0, n::-1], np.zeros(3)])[:3] for n in range(400)])
         for n in (silent_start + 10, 200, 399):  # steps where the samples span the taps: well posed
-            g = lam ** (n - np.arange(n + 1))
-            A = (U[: n + 1].T * g) @ U[: n + 1] + lam ** (n + 1) * delta * np.eye(3)
-            close(W[0, n], np.linalg.solve(A, (U[: n + 1].T * g) @ d[0, : n + 1]), rtol=1e-12,
+            close(W[0, n], rls_least_squares(u[0], d[0], 3, lam, delta, n), rtol=1e-12,
                   what=f"RLS at n = {n} vs weighted least squares")
 
     def test_covariance_windup(self):
@@ -471,12 +475,9 @@ class TestRLS:
         lam, m = 0.9, 4
         uu = np.r_[rng.normal(size=100), np.zeros(1000), rng.normal(size=60)]
         dd = np.convolve(uu, [0.8, -0.4, 0.25, 0.1])[: uu.size] + 0.1 * rng.normal(size=uu.size)
-        U = np.stack([np.concatenate([uu[n::-1], np.zeros(m)])[:m] for n in range(uu.size)])
         W, _ = rls(uu, dd, m, lam, 1e-2)
         for n in (1100 + m, uu.size - 1):
-            g = lam ** (n - np.arange(n + 1))
-            A = (U[: n + 1].T * g) @ U[: n + 1] + lam ** (n + 1) * 1e-2 * np.eye(m)
-            close(W[n], np.linalg.solve(A, (U[: n + 1].T * g) @ dd[: n + 1]), rtol=1e-12,
+            close(W[n], rls_least_squares(uu, dd, m, lam, 1e-2, n), rtol=1e-12,
                   what=f"RLS after a wound-up stretch, n = {n}, vs weighted least squares")
         silent = np.r_[rng.normal(size=50), np.zeros(8000), rng.normal(size=10)]
         for func in (rls, rls_loop):
