@@ -113,13 +113,15 @@ def citation_index(root=None) -> dict:
             functions[f"{path.stem}.{name}"] = cited_tags(inspect.getdoc(obj) or "")
             if name.endswith("_loop") and name[: -len("_loop")] in mod.__all__:
                 twins.append(f"{path.stem}.{name}")
-    texts = {p.name: p.read_text(encoding="utf-8") for p in sorted(test_dir.glob("test_*.py"))} if test_dir.is_dir() else {}
+    # Each test file's words (maximal runs of word characters): a name occurs as a whole word (\b…\b) exactly
+    # when it is one of them. One pass per file instead of a regular-expression search per function and file.
+    files = sorted(test_dir.glob("test_*.py")) if test_dir.is_dir() else []
+    words = {p.name: set(re.findall(r"\w+", p.read_text(encoding="utf-8"))) for p in files}
     tests = {}
     for qual in functions:
         module, name = qual.split(".", 1)
-        word = re.compile(rf"\b{re.escape(name)}\b")
         own = f"test_{module}.py"
-        users = [f for f, text in texts.items() if word.search(text) and (f == own or re.search(rf"\b{module}\b", text))]
+        users = [f for f, ws in words.items() if name in ws and (f == own or module in ws)]
         tests[qual] = sorted(users, key=lambda f: (f != own, f))
     rows = []
     for tag in sorted(tags, key=_tag_key):

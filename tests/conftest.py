@@ -9,10 +9,12 @@ comparison observed (test modules that collect them keep a ``WORST_ERRORS`` dict
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
-
 import warnings
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -61,3 +63,18 @@ def chunk_groups(request, monkeypatch):
     monkeypatch.setattr(_blocking, "THREADS", threads)
     monkeypatch.setattr(_blocking, "THREAD_MIN_ELEMS", 0)
     return request.param
+
+
+@pytest.fixture(scope="session")
+def stored_book(tmp_path_factory):
+    """The repository's book rendered once from the stored outputs (``--no-execute``), for every test
+    module that reads it (the page checks of test_book.py and the browser's of test_book_browser.py):
+    one render is about 40 s. Returns ``(out, exit code, stdout, stderr)``; the tests only read ``out``."""
+    from refimpl._book import main as book_main
+
+    out = tmp_path_factory.mktemp("stored") / "book"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = book_main(["--book", str(Path(__file__).resolve().parent.parent / "book.toml"), "--out", str(out),
+                          "--no-execute"])
+    return out, code, stdout.getvalue(), stderr.getvalue()

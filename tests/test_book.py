@@ -842,13 +842,13 @@ def test_chapter_numbers_come_from_file_prefixes(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository's book rendered from the stored outputs (``--no-execute``)."""
+def real_book(stored_book: tuple[Path, int, str, str]) -> Path:
+    """The repository's book rendered from the stored outputs (``--no-execute``; one render shared with
+    test_book_browser.py, see conftest.py)."""
     missing = [file for file in CHAPTER_IDS if not (SRC / file).is_file()]
     if missing:
         pytest.skip(f"chapter notebooks not written yet: {missing}")
-    out = tmp_path_factory.mktemp("real") / "book"
-    code, stdout, stderr = _run(["--book", str(BOOK_TOML), "--out", str(out), "--no-execute"])
+    out, code, stdout, stderr = stored_book
     assert code == 0, stderr
     assert f"({len(CHAPTER_IDS)} chapters" in stdout
     return out

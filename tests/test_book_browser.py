@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import html.parser
-import io
 import json
 import os
 import re
@@ -35,7 +34,6 @@ from typing import Any
 
 import pytest
 
-from refimpl._book import main as book_main
 
 REPO = Path(__file__).resolve().parents[1]
 BOOK_TOML = REPO / "book.toml"
@@ -53,8 +51,13 @@ CHROMIUM_FLAGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND",  # no DNS: any http(s) request fails ...
     "--proxy-server=127.0.0.1:9",  # ... and has nowhere to go
     "--remote-debugging-pipe",
+    # the chapters load in tabs side by side (the fixture ``reports``): none is throttled as a background tab
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
 ]
 PAGE_TIMEOUT = 120.0  # seconds for one chapter to load and typeset on a loaded 2-core machine
+TABS = 2  # chapters typeset side by side (the fixture ``reports``)
 
 
 def _chromium() -> str | None:
@@ -168,8 +171,8 @@ class Tab:
 
     def __init__(self, browser: DevTools) -> None:
         self.browser = browser
-        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = browser.call("Target.attachToTarget", {"targetId": self.target, "flatten": True})["sessionId"]
         for method in ("Page.enable", "Network.enable", "Runtime.enable"):
             browser.call(method, session=self.session)
         browser.call(
@@ -180,10 +183,20 @@ class Tab:
 
     def open(self, url: str) -> list[str]:
         """Load `url`; return the URLs the page requested."""
+        self.navigate(url)
+        self.wait_loaded()
+        return self.requests()
+
+    def navigate(self, url: str) -> None:
+        """Start loading `url` (the requests recorded so far are forgotten); :meth:`wait_loaded` waits for it."""
         self.browser.events = [e for e in self.browser.events if e.get("sessionId") != self.session]
         self.browser.call("Page.navigate", {"url": url}, self.session)
+
+    def wait_loaded(self) -> None:
         self.browser.wait_event("Page.loadEventFired", self.session, PAGE_TIMEOUT)
-        return self.requests()
+
+    def close(self) -> None:
+        self.browser.call("Target.closeTarget", {"targetId": self.target})
 
     def requests(self) -> list[str]:
         return [
@@ -299,12 +312,10 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def book(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("browser") / "book"
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = book_main(["--book", str(BOOK_TOML), "--out", str(out), "--no-execute"])
-    assert code == 0, stderr.getvalue()
+def book(stored_book: tuple[Path, int, str, str]) -> Path:
+    """The book rendered from the stored outputs, shared with test_book.py (conftest.py)."""
+    out, code, _, stderr = stored_book
+    assert code == 0, stderr
     return out
 
 
@@ -329,20 +340,31 @@ CHAPTERS = _chapters()
 
 @pytest.fixture(scope="module")
 def reports(book: Path, browser: DevTools) -> dict[str, dict[str, Any]]:
-    """Open every chapter once, in a 1200 × 900 desktop window; the tests below read the reports."""
-    tab = Tab(browser)
-    browser.call("Emulation.setDeviceMetricsOverride",
-                 {"width": 1200, "height": 900, "deviceScaleFactor": 1, "mobile": False}, tab.session)
+    """Open every chapter once, in a 1200 × 900 desktop tab of its own; the tests below read the reports.
+
+    Typesetting is a few CPU-seconds of one renderer's main thread per chapter (MathJax 2 with
+    automatic line breaks): ``TABS`` chapters load and typeset side by side, one per core."""
     out: dict[str, dict[str, Any]] = {}
-    for file in CHAPTERS:
-        page = book / f"{Path(file).stem}.html"
-        requests = tab.open(page.as_uri())
+    waiting: list[tuple[str, Tab]] = []
+    queue = list(CHAPTERS)
+    while queue or waiting:
+        while queue and len(waiting) < TABS:
+            file = queue.pop(0)
+            tab = Tab(browser)
+            browser.call("Emulation.setDeviceMetricsOverride",
+                         {"width": 1200, "height": 900, "deviceScaleFactor": 1, "mobile": False}, tab.session)
+            tab.navigate((book / f"{Path(file).stem}.html").as_uri())
+            waiting.append((file, tab))
+        file, tab = waiting.pop(0)
+        tab.wait_loaded()
+        browser.call("Page.bringToFront", session=tab.session)  # a hidden tab never settles img.decode()
         typeset = tab.js(WAIT_FOR_MATHJAX)
         report = tab.js(PAGE_REPORT)
         report["wide"] = tab.js(WIDE_EQUATIONS) if typeset is True else None
         report["mathjax"] = typeset
-        report["requests"] = requests + tab.requests()
+        report["requests"] = tab.requests()
         out[file] = report
+        tab.close()
     return out
 
 
