@@ -38,6 +38,7 @@ __all__ = [
     "one_thread_matmul",
     "take_turns",
     "take_turns_one_blas",
+    "share_cores_env",
     "in_blocks",
     "one_thread_blas",
     "blas_threads_settable",
@@ -393,3 +394,37 @@ def one_thread_blas():
             _blas_users -= 1
             if _blas_users == 0:
                 set_fn(_blas_saved)
+
+
+#: environment variables that cap a new process's BLAS threads (OpenBLAS's own; OpenMP builds read the second)
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def share_cores_env(processes: int, environ=None) -> dict:
+    """The environment for one of ``processes`` Python processes run side by side: a copy of
+    ``environ`` (default ``os.environ``) whose BLAS thread caps give each process its share of the
+    usable cores, ``max(1, cores // processes)``. Caps already set are kept, and one process gets
+    the environment unchanged.
+
+    OpenBLAS starts one thread per core in every process and its threads wait for work by
+    spinning: with two processes on two cores, each running many small multithreaded products,
+    every product waits for a thread the other process holds. A chapter made of thousands of
+    16 × 16 products (chapter 11's online HiPPO recursion) ran 12 times slower beside another
+    one than alone; with one BLAS thread each, as fast as alone. The test suite (pytest-xdist
+    workers) and the book builder (chapters two at a time) start their processes with it.
+
+    Examples
+    --------
+    >>> env = share_cores_env(2, {"PATH": "/bin"})
+    >>> env["OPENBLAS_NUM_THREADS"] == str(max(1, _usable_cores() // 2)), env["PATH"]
+    (True, '/bin')
+    >>> share_cores_env(2, {"OPENBLAS_NUM_THREADS": "4"})["OPENBLAS_NUM_THREADS"]
+    '4'
+    >>> share_cores_env(1, {}) == {}
+    True
+    """
+    env = dict(os.environ if environ is None else environ)
+    if processes > 1:
+        for name in BLAS_THREAD_VARS:
+            env.setdefault(name, str(max(1, _usable_cores() // processes)))
+    return env

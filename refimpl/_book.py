@@ -540,6 +540,14 @@ def _execute_file(path: str, timeout: int | None) -> tuple[str | None, str | Non
     return nbformat.writes(nb), None, time.perf_counter() - start
 
 
+def _share_cores(jobs: int) -> None:
+    """Initializer of the process pool's workers: the environment their kernels inherit caps the BLAS
+    threads at the worker's share of the cores (chapters run ``jobs`` at a time)."""
+    from refimpl._blocking import share_cores_env
+
+    os.environ.update(share_cores_env(jobs))
+
+
 def _stored_seconds(path: Path) -> float:
     """How long the chapter took when it was last run, from nbclient's timing metadata
     (used to start the longest chapters first); 0 when the notebook has none."""
@@ -603,7 +611,9 @@ def execute_chapters(
     executed: dict[str, NotebookNode] = {}
     failures: list[str] = []
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    # each worker's kernels get their share of the cores' BLAS threads (refimpl._blocking.share_cores_env)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_share_cores,
+                                                initargs=(jobs,)) as pool:
         futures = {pool.submit(_execute_file, str(c["path"]), timeout): c for c in order}
         if meanwhile is not None:
             meanwhile()

@@ -30,6 +30,18 @@ settings.register_profile(
 settings.load_profile("refimpl")
 
 
+def pytest_configure(config):
+    """With pytest-xdist workers side by side (pyproject's ``-n auto``), the workers and the notebook kernels
+    they start inherit BLAS thread caps that share the cores between them (refimpl._blocking.share_cores_env):
+    OpenBLAS's spinning threads in two processes on two cores made small multithreaded products up to 12 times
+    slower. Set here, in the controller, before the workers start."""
+    workers = getattr(config.option, "numprocesses", None)
+    if isinstance(workers, int) and workers > 1 and not hasattr(config, "workerinput"):
+        from refimpl._blocking import share_cores_env
+
+        os.environ.update(share_cores_env(workers))
+
+
 def pytest_terminal_summary(terminalreporter):
     if not os.environ.get("REFIMPL_WORST_ERRORS"):
         return
