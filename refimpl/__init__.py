@@ -22,7 +22,23 @@ they agree, and check both against independent oracles (SciPy, closed forms). Th
 policy is in :mod:`refimpl._testing`.
 """
 
-from . import afa, attention, classical, focus, iir, kalman, linear_rnn, lyapunov, mixing, positional, random_features, rt_sde, sde, ssm
+import importlib
+
+_MODULES = ("afa", "attention", "classical", "focus", "iir", "kalman", "linear_rnn", "lyapunov", "mixing", "positional",
+            "random_features", "rt_sde", "sde", "ssm")
+
+
+def __getattr__(name: str):
+    # The modules load on first use (PEP 562): ``from refimpl import kalman`` imports the Kalman chapter's
+    # module and what it needs, not SciPy's signal package and the other thirteen (1.2 s for all of them).
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_MODULES))
+
 
 __version__ = "0.1.0"
 
