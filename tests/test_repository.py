@@ -178,3 +178,35 @@ class TestCommandLine:
     def test_module_entry_point(self):
         proc = subprocess.run([sys.executable, "-m", "refimpl", "--help"], capture_output=True, text=True, check=False)
         assert proc.returncode == 0 and "usage: python -m refimpl" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- processes side by side
+def test_parallel_workers_share_the_blas_threads():
+    """pyproject's addopts run the suite in pytest-xdist workers; conftest.py caps each one's BLAS threads at its
+    share of the cores before they start (OpenBLAS's spinning threads in two processes made small products up to
+    12x slower), unless the caller set a cap. A run in one process (-n 0) sets nothing."""
+    import os
+
+    from refimpl._blocking import BLAS_THREAD_VARS
+
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) > 1:
+        for name in BLAS_THREAD_VARS:
+            assert int(os.environ.get(name, "0")) >= 1, f"{name} not set in a pytest-xdist worker"
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "-n auto" in cfg["addopts"] and "--dist loadfile" in cfg["addopts"]  # a notebook's cells in one worker
+
+
+def test_book_workers_share_the_blas_threads(monkeypatch):
+    """The book builder's chapter workers (two at a time) start their kernels with the same caps."""
+    import os
+
+    from refimpl import _book
+    from refimpl._blocking import BLAS_THREAD_VARS, _usable_cores, share_cores_env
+
+    for name in BLAS_THREAD_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # _share_cores updates this copy
+    _book._share_cores(2)
+    assert all(os.environ[name] == str(max(1, _usable_cores() // 2)) for name in BLAS_THREAD_VARS)
+    assert share_cores_env(3, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"  # a caller's cap stays
+    assert share_cores_env(1, {"PATH": "/bin"}) == {"PATH": "/bin"}
