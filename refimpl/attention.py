@@ -664,8 +664,8 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> np.ndarra
     mask, causal, scale
         As in :func:`softmax_attention`, except that a mask row with no allowed key raises
         ``ValueError`` here (a softmax over no key is not a distribution whose rows sum to 1;
-        :func:`softmax_attention` returns ``y_i = 0`` and ``ℓ_i = −∞`` for such a row, as
-        FlashAttention does).
+        :func:`softmax_attention` returns ``y_i = 0`` for such a row, as FlashAttention-2 does, and
+        ``ℓ_i = −∞``, where FlashAttention-2 stores +∞).
 
     Returns
     -------
@@ -744,7 +744,8 @@ def softmax_attention(
     window : int >= 1, optional
         Sliding-window (local) attention: key j is allowed only if ``|i + o − j| < window``;
         with ``causal`` each query sees its ``window`` most recent keys, itself included
-        (Longformer, Mistral; Eq. (16.16)). In FlashAttention's ``flash_attn_func`` this is
+        (Mistral's count; Longformer's window ``w_L`` is the total width, ``window = w_L/2 + 1``;
+        Eq. (16.16)). In FlashAttention's ``flash_attn_func`` this is
         ``window_size=(window − 1, 0)`` with ``causal=True`` and ``(window − 1, window − 1)``
         without (its bounds are inclusive).
     alibi_slopes : array_like, broadcastable to the batch axes (e.g. shape (H,)), optional
@@ -790,19 +791,20 @@ def softmax_attention(
 
     ``A_ij = exp(s_ij − m_i) / Σ_{j' allowed} exp(s_ij' − m_i)``,  ``y_i = Σ_j A_ij v_j``.
 
-    Subtracting ``m_i`` changes nothing mathematically (Eq. (4.3)) and keeps every exponent ≤ 0,
-    so nothing overflows. A query row with **no allowed key** (e.g. the first N − M rows of a
-    bottom-right causal mask with N > M) gets ``y_i = 0``, ``A_i = 0`` and ``ℓ_i = −∞`` (the
-    log of an empty sum), as FlashAttention outputs; some kernels store +∞ instead in their
-    log-sum-exp buffer so that the backward pass recomputes zero weights. Finite inputs whose
-    logit ``scale · q_i · k_j`` overflows float64 at a key the row may attend are refused with a
-    ``ValueError`` naming q, k and scale: a logit that overflowed to −∞ would otherwise look like
-    a forbidden key (checked only where the bound ``‖scale q_i‖ max_j ‖k_j‖`` exceeds 1e300, so
-    ordinary inputs pay nothing). The logit is formed as ``(scale q_i) · k_j`` and, where that is
-    not finite, as ``scale · (q_i · k_j)`` (the loop twin tries the same two orders, the other
-    way round), so a representable logit whose only overflow is ``scale · q_i`` or ``q_i · k_j``
-    is answered; refused are logits that overflow themselves, or in both orders (terms of the dot
-    product that cancel: inf − inf). An overflow at a masked key is harmless and ignored.
+    Subtracting ``m_i`` changes nothing mathematically (Eq. (4.3)) and keeps every exponent ≤ 0, so
+    nothing overflows. A query row with **no allowed key** (e.g. the first N − M rows of a
+    bottom-right causal mask with N > M) gets ``y_i = 0``, ``A_i = 0`` and ``ℓ_i = −∞`` (the log of
+    an empty sum); FlashAttention-2 outputs the same ``y_i = 0`` but stores +∞ in its
+    ``softmax_lse`` there, so that its backward pass recomputes zero weights
+    (``flash_attn_func``). Finite inputs whose logit ``scale · q_i · k_j`` overflows float64 at
+    a key the row may attend are refused with a ``ValueError`` naming q, k and scale: a logit that
+    overflowed to −∞ would otherwise look like a forbidden key (checked only where the bound
+    ``‖scale q_i‖ max_j ‖k_j‖`` exceeds 1e300, so ordinary inputs pay nothing). The logit is formed
+    as ``(scale q_i) · k_j`` and, where that is not finite, as ``scale · (q_i · k_j)`` (the loop
+    twin tries the same two orders, the other way round), so a representable logit whose only
+    overflow is ``scale · q_i`` or ``q_i · k_j`` is answered; refused are logits that overflow
+    themselves, or in both orders (terms of the dot product that cancel: inf − inf). An overflow at
+    a masked key is harmless and ignored.
 
     Cost: the two matrix products plus a few passes over the logits (max, subtract, exp, sum).
     The query rows are processed in blocks of at least 256 rows (all N rows when N < 256, more
@@ -820,7 +822,7 @@ def softmax_attention(
     References
     ----------
     .. [1] A. Vaswani et al., "Attention is all you need", NeurIPS 2017, Eq. (1).
-    .. [2] T. Dao, "FlashAttention-2", 2023, §3 (causal masks, log-sum-exp); J. Ainslie et al.,
+    .. [2] T. Dao, "FlashAttention-2", ICLR 2024, §3 (causal masks, log-sum-exp); J. Ainslie et al.,
            "GQA", EMNLP 2023; Gemma Team, "Gemma 2", 2024, §2 (logit soft-capping).
 
     Examples

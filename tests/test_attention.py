@@ -1196,3 +1196,29 @@ def test_a_ragged_argument_is_named(fn):
             f(q, k, *(() if fn == "attention_weights" else (v,)), *extra, mask=[[True, False], [True]])
     with pytest.raises(TypeError, match="^q: could not convert to an array"):
         f([[1.0, 2.0], [3.0]], k, *(() if fn == "attention_weights" else (v,)), *extra)
+
+
+@pytest.mark.parametrize("fn", [softmax_attention, softmax_attention_loop])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("scale", [None, 0.7])
+def test_attention_is_nadaraya_watson_with_key_weights(fn, causal, scale):
+    """Chapter 4, §4.3: softmax attention is Nadaraya–Watson regression with the Gaussian kernel
+    e^{−‖q−k‖²/2τ} times the key weights e^{‖k‖²/2τ} (τ = 1/scale); without the key weights only for keys
+    of equal norm. Oracle: the kernel smoother written out here, no softmax and no q·k product."""
+    rng = np.random.default_rng(21)
+    d = 5
+    q = rng.normal(size=(7, d))
+    k = rng.normal(size=(9, d)) * rng.uniform(0.3, 1.5, size=(9, 1))  # keys of unequal norms
+    v = rng.normal(size=(9, 3))
+    tau = np.sqrt(d) if scale is None else 1.0 / scale
+    allowed = np.tri(7, 9, dtype=bool) if causal else np.ones((7, 9), bool)
+
+    def nadaraya_watson(keys, key_weights):
+        K = np.exp(-((q[:, None, :] - keys[None]) ** 2).sum(-1) / (2 * tau)) * key_weights * allowed
+        return K @ v / K.sum(1, keepdims=True)
+
+    y = fn(q, k, v, causal=causal, scale=scale)
+    assert_close(y, nadaraya_watson(k, np.exp((k**2).sum(1) / (2 * tau))), rtol=ORACLE)
+    assert np.abs(y - nadaraya_watson(k, 1.0)).max() > 1e-2  # the key weights matter for unequal norms
+    k_eq = k / np.linalg.norm(k, axis=1, keepdims=True) * 1.3  # equal norms: the plain Gaussian kernel
+    assert_close(fn(q, k_eq, v, causal=causal, scale=scale), nadaraya_watson(k_eq, 1.0), rtol=ORACLE)
