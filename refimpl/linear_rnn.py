@@ -34,7 +34,8 @@ under- and overflows). Every exponent is ≤ 0: nothing overflows at any length,
 underflow to 0 are correct to the last bit. Inside one chunk, the chunked algorithms write
 ``e^{seg[t, s]} = e^{cum_t} · e^{−cum_s}`` with the chunk's own cumulative log-gate ``cum`` (a
 row and a column scaling around one BLAS product) only where the chunk's total decay stays above
-``e^{−30}``: there ``e^{−cum} ≤ e^{30}`` and both factors are accurate to a few ulps. Chunks
+``e^{−30}``: there ``e^{−cum} ≤ e^{30}`` cannot overflow, and each weight has a relative error of
+order ``|cum|·ε`` (``|cum| ≤ 30``; chapter 16, §16.2, bounds it by 200 ε at that limit). Chunks
 that decay further (gates near 0) take the segment sums.
 
 From the reference codebases' layouts (for a kernel under test)
@@ -535,7 +536,8 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     ``Kf = K ⊙ e^{−cum}`` the in-chunk form (16.3) is ``tril(Qe Kfᵀ) V`` (BLAS), the readout of
     the entering state ``S_in`` is ``Qe S_inᵀ`` — both in one product
     ``[Qe | tril(Qe Kfᵀ)] [S_inᵀ ; V]`` per chunk — and the chunk's end state is
-    ``S_endᵀ = Diag(e^{cum_end}) (S_inᵀ + Kfᵀ V)`` (16.5). This holds (to a few ulps) where the
+    ``S_endᵀ = Diag(e^{cum_end}) (S_inᵀ + Kfᵀ V)`` (16.5). This holds (each weight to a relative error of
+    order ``|cum|·ε``, §16.2) where the
     chunk's total decay stays above ``e^{−_FACTOR_LOG}`` (then ``e^{−cum} <= e^{30}``); chunks
     that decay further (gates near 0) are recomputed from segment sums, whose exponents are all
     <= 0, and pass their state on as ``Diag(e^{cum_end}) S_inᵀ + local`` with the decay inside
@@ -684,10 +686,10 @@ class _Halving:
     halves). The halving stops at the first level whose blocks (of B = 2h rows) all decay by at
     most ``e^{−_FACTOR_LOG}`` in every channel, or at B = 1; :meth:`rest` then gives the pairs
     inside those diagonal blocks in the factored form of the chunked algorithm,
-    ``(q_t ⊙ e^{A_t})·(k_s ⊙ e^{−A_s})`` with A the in-block cumulative log-gate (|A| <= 30: a few
-    ulps, as for the chunks that never take this path). Every pair s <= t is in exactly one
+    ``(q_t ⊙ e^{A_t})·(k_s ⊙ e^{−A_s})`` with A the in-block cumulative log-gate (|A| <= 30: relative
+    errors of order |A|·ε, as for the chunks that never take this path). Every pair s <= t is in exactly one
     quarter or diagonal block. At most 2·P·Dk·log2(P) exponentials per chunk, where the (c, c, Dk)
-    tensor of segment sums takes c²·Dk; cf. the secondary chunking of Yang et al. (2024, §4.3),
+    tensor of segment sums takes c²·Dk; cf. the secondary chunking of Yang et al. (2024a, GLA, §4.3),
     which makes one such split.
     """
 
@@ -1055,7 +1057,8 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     are factored as ``(q_t ⊙ e^{cum_t})·(k_s ⊙ e^{−cum_s})`` (one BLAS product, ``cum`` the
     in-chunk cumulative log-gate; with a gate per head the scalings move onto the rows of the
     output and of the values) only in chunks whose decay stays above ``e^{−30}``, where
-    ``e^{−cum} ≤ e^{30}`` cannot overflow and costs a few ulps; chunks that decay further (gates
+    ``e^{−cum} ≤ e^{30}`` cannot overflow and costs each weight a relative error of order ``|cum|·ε``
+    (below 200 ε, chapter 16, §16.2); chunks that decay further (gates
     near 0) use the (c, c) segment sums with a gate per head (every exponent ≤ 0); with a gate
     per key channel the chunk is halved again and again, each quarter one product through its
     boundary (every exponent ≤ 0), until the blocks decay by at most ``e^{−30}`` and take the
@@ -1658,9 +1661,9 @@ def _unit_lower_inverse(A: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     blocked algorithm of LAPACK's ``trtri``). Starting from blocks of one row (T = I), each level
     fills the lower-left quarter of every 2h × 2h diagonal block with two matrix products, for all
     blocks of all chunks at once: log₂ c levels of batched products, no per-chunk LAPACK call.
-    (A batched ``scipy.linalg.solve_triangular``, OpenBLAS ``trsm``, is 10 to 50 times slower
-    when its two threads share a busy machine; a batched ``numpy.linalg.inv`` pivots and costs
-    more.) ``A`` is padded with zero rows to a power of two (the padding's block of the inverse is I).
+    (It replaces a batched ``scipy.linalg.solve_triangular``, one OpenBLAS ``trsm`` per chunk, whose
+    speed depends on the threads and the load of the machine; a batched ``numpy.linalg.inv``
+    pivots and does more work.) ``A`` is padded with zero rows to a power of two (the padding's block of the inverse is I).
     ``out``, optional, is a workspace from :func:`_unit_lower_identity` (reused from call to call:
     the levels write every strictly lower entry and nothing else); the result is a view of it.
     """
