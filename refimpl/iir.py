@@ -14,7 +14,8 @@ of ``z⁻¹``, ``a[0]`` is divided out, and the transposed-direct-form-II state 
 as in ``lfilter(b, a, x, zi=zi)``. SciPy is used by the *tests* as the independent oracle. The
 filters run the block algorithm of §13.1 (exact linear algebra on powers of the state matrix);
 only where those powers grow so much that it would lose accuracy (clustered poles,
-:data:`GROWTH_MAX`) do they run the sample recursion itself, which is SciPy's compiled
+:data:`GROWTH_MAX`), and for every filter where ``np.longdouble`` is no wider than float64
+(:data:`EXTENDED_PRECISION`), do they run the sample recursion itself, which is SciPy's compiled
 ``lfilter`` / ``sosfilt`` — checked there against the loop twins and an extended-precision recursion.
 
 Glossary (code name → symbol in the book / the papers)
@@ -225,8 +226,11 @@ def _tdf2_matrices(b: np.ndarray, a: np.ndarray):
 #: 480 Butterworth, Chebyshev I and elliptic low/high-pass designs of order 2-12 and random stable
 #: filters, against a double-double recursion): below this threshold the block algorithm's error
 #: was at most 23x lfilter's and at most 5.7e-13 of max |y|; between 128 and 1e3 up to 73x, between
-#: 1e3 and 1e4 up to 1.7e3x, and beyond 1e6 no digit was left (Butterworth of order 6 at 0.02
-#: Nyquist, the chapter's example: growth 1.3e7, error 0.33 of max |y|; lfilter 4.8e-9).
+#: 1e3 and 1e4 up to 1.7e3x, between 1e4 and 1e6 up to 3.3e5x, and beyond 1e6 89 of 125 filters had
+#: no digit left (Butterworth of order 6 at 0.02 Nyquist, the chapter's example: growth 1.3e7, error
+#: 0.33 of max |y|; lfilter 4.8e-9), the other 36 kept errors between 1.2e-8 and 1 of max |y|.
+#: Above the threshold the filters are lfilter, and exactly as accurate: for clustered poles its
+#: own error is large (the tf form loses digits; use second-order sections).
 GROWTH_MAX = 128.0
 
 #: Whether ``np.longdouble`` is wider than float64 (x86-64 Linux and macOS: a 64-bit mantissa).
@@ -320,9 +324,11 @@ def tf_filter(b, a, x, zi=None):
     when a power the algorithm would apply has an ∞-norm above :data:`GROWTH_MAX` (128), the
     filter runs as the sample recursion (13.5) instead, SciPy's ``lfilter`` (same state layout).
     Below the threshold the block algorithm is not always as accurate as ``lfilter``: in the
-    sweep of §13.1 its error reached 23× ``lfilter``'s, at most 5.7e-13 of max |y| — compare
-    with a relative tolerance of 1e-12, not 1e-14. Second-order sections (:func:`sos_filter`)
-    avoid the growth at its root.
+    sweep of §13.1 its error reached 23× ``lfilter``'s, at most 5.7e-13 of max |y| — on this
+    path compare with a relative tolerance of 1e-12 of max |y|, not 1e-14. Above the threshold the
+    output is ``lfilter``'s and only as accurate: for clustered poles the tf form itself loses
+    digits (4.8e-9 of max |y| for ``butter(6, 0.02)``). Second-order sections
+    (:func:`sos_filter`) avoid the growth and that loss at their root.
 
     Examples
     --------
