@@ -148,10 +148,13 @@ def print_cost(name: str, cost: dict) -> None:
     print(f"{name}: fitted over these sizes, time ~ N^{cost['time_exponent']:.2f}, memory ~ N^{cost['memory_exponent']:.2f}")
     for n, t, m in zip(cost["sizes"], cost["times"], cost["peaks"]):
         print(f"  N = {n:>9,d}: {t * 1e3:10.2f} ms  {_bytes(m):>10}")
-    how = [f"time ∝ N^{t_order:g} from the largest size" if t_order is not None else "time: fitted power law",
+    # with a time order, the time at the largest size is that size's measurement itself (cost_at_scale)
+    measured = t_order is not None and cost["target"] == max(cost["sizes"])
+    how = ["time as measured above" if measured else
+           f"time ∝ N^{t_order:g} from the largest size" if t_order is not None else "time: fitted power law",
            f"memory a + b·N^{m_order:g}" if m_order is not None else "memory: fitted power law"]
     print(f"  N = {cost['target']:>9,d}: {cost['time_at_target']:10.3g} s   {_bytes(max(cost['memory_at_target'], 0.0)):>10}"
-          f"  (extrapolated: {'; '.join(how)})")
+          f"  ({'' if measured else 'extrapolated: '}{'; '.join(how)})")
     if m_order is None:
         print(f"  memory as fixed + per-item: {_bytes(max(cost['memory_fixed'], 0.0))} + {cost['memory_per_item']:.3g} B·N"
               f" -> {_bytes(max(cost['memory_at_target_affine'], 0.0))} at N = {cost['target']:,d}")

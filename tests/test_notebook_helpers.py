@@ -66,3 +66,14 @@ def test_cost_at_scale_traces_memory_in_one_thread():
     # per size: two timed calls with the caller's threads, then the traced one in one thread
     assert seen == [before, before, 1, before, before, 1]
     assert cost["peaks"][1] > cost["peaks"][0] >= 8000
+
+
+def test_print_cost_says_measured_when_the_target_is_the_largest_size(capsys):
+    # chapter 13 times N = 10^6 itself: with a time order the value at the target is that measurement, not an
+    # extrapolation (the label said "extrapolated")
+    cost = cost_at_scale(np.ones, lambda n: ((n,), {}), [10_000, 40_000], target=40_000, repeat=1, time_order=1,
+                         memory_order=1)
+    assert cost["time_at_target"] == cost["times"][1]
+    print_cost("ones", cost)
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "time as measured above" in last and "extrapolated" not in last
