@@ -1274,8 +1274,8 @@ def effective_log_decay(log_g, chunk: int) -> float:
     rounds it by about ``ε₃₂ (|c_t| + |c_s|)`` relative; the diagonal weight (s = t, 1 in the
     denominator) is exact. The mean over a row, weighted by the decays, is the relative error of
     the row's weights taken together: 1.47 to 1.66 ``C`` for a constant decay per step of ``e^{−10^{−4}}``
-    to ``e^{−0.2}`` over 64 steps (C the largest ``|c|``), 1.1 to 1.3 ``C`` for gates ``log σ(ξ)`` (ξ standard normal), 0.73 C
-    for a decay of ``e^{−1}`` per step, and about 0 when
+    to ``e^{−0.2}`` over 64 steps (C the largest ``|c|``), 1.0 to 1.45 ``C`` for gates ``log σ(ξ)`` (ξ standard normal;
+    200 draws of 4 × 256 steps in chunks of 64), 0.73 C for a decay of ``e^{−1}`` per step, and about 0 when
     every step decays by many orders — the diagonal then carries the row, and a C of thousands
     says nothing about the error. The sums run as two scalar recurrences over the chunk:
     ``A_t = e^{a_t}(A_{t−1} + 1)``, ``B_t = e^{a_t}(B_{t−1} + |c_{t−1}|)`` from ``A = B = 0``, and
@@ -1353,8 +1353,8 @@ def decay_floor(function: str, args: dict) -> float:
     to a few ε₃₂. Such a kernel is correct and its float32 error reaches a fraction of ``ε₃₂ C_eff``. Only
     the weights that exist count: when every step decays by many orders, the off-diagonal weights
     vanish, the diagonal ones are exact, and the floor is about 0 however large ``|c|`` grows.
-    In TF32 and the 16-bit tiers the floor stays below the tier's own term ``ε_tier`` while
-    ``C_eff < ε_tier / ε₃₂``: 2^13 for float16 and TF32, 2^16 for bfloat16.
+    In TF32 and the 16-bit tiers the floor stays below the tier's own term ``u ε_tier`` while
+    ``C_eff < u ε_tier / ε₃₂``: 2^13 for float16 (u = 1), 2^14 for TF32 (u = 2), 2^16 for bfloat16 (u = 1).
 
     Examples
     --------

@@ -1520,3 +1520,42 @@ def test_rel_error_is_public_and_is_compares_measure():
     assert oracle.rel_error([1.0, 2.0 + 1e-6], [1.0, 2.0]) == pytest.approx(5e-7, rel=1e-9)
     assert oracle.rel_error([0.5, -np.inf], [0.5, -np.inf]) == 0.0  # an infinite entry must match exactly
     assert oracle.rel_error([0.5, 0.0], [0.5, -np.inf]) == np.inf
+
+
+def test_large_logits_bfloat16_output_bound_is_loose_and_lse_stays_tight():
+    # Chapter 15, §15.5 (logits of order 100 in bfloat16): rounding the inputs alone moves the output by several
+    # percent and the plain bfloat16 reference, which stores its logits in bfloat16, by more, so the output's bound
+    # exceeds 10 %; the log-sum-exp returned in float32 is judged in float32 and keeps a bound below 1 %, so an ℓ
+    # off by 2 % of its largest value fails where an output off by as much passes.
+    from refimpl import attention
+
+    inp = oracle.random_inputs("attention.flash_attention", seed=2, N=256, d=64, causal=True, block_k=128)
+    inp["q"] = 30 * inp["q"]
+
+    def kernel(shift_lse=0.0, scale_y=1.0):
+        def fn(q, k, v, causal, block_q, block_k, **_):  # exact on its (bfloat16) inputs: the inputs' rounding only
+            y, lse = attention.flash_attention(*(np.asarray(x, np.float64) for x in (q, k, v)), causal=causal,
+                                               block_q=block_q, block_k=block_k, return_lse=True)
+            return {"lse": (lse + shift_lse * np.abs(lse).max()).astype(np.float32),
+                    "y": oracle.round_to(scale_y * y, "bfloat16")}
+        return fn
+
+    lse, y = oracle.compare("attention.flash_attention", kernel(), dtype="bfloat16", inputs=inp).cases[0].quantities
+    assert lse.passed and y.passed and "judged in float32" in lse.model
+    assert y.rel_error > 0.02 and y.plain_error > 1.5 * y.rel_error and y.bound > 0.1
+    assert lse.bound < 0.01 < 2 * oracle.tier_eps("bfloat16")  # tighter than any bound of the bfloat16 grid
+    assert oracle.compare("attention.flash_attention", kernel(scale_y=1.02), dtype="bfloat16", inputs=inp).passed
+    assert not oracle.compare("attention.flash_attention", kernel(shift_lse=0.02), dtype="bfloat16", inputs=inp).passed
+
+
+def test_effective_log_decay_of_gates_relative_to_the_largest_cumulative_decay():
+    # the ratios effective_log_decay's docstring and chapter 15 (§15.3) state for gates log σ(ξ) (τ = 1) and
+    # log σ(ξ)/16 over draws of 4 × 256 steps in chunks of 64: C_eff / max|c| in (1.0, 1.45) and (1.55, 1.75)
+    def ratio(log_g):
+        return oracle.effective_log_decay(log_g, 64) / np.abs(np.cumsum(log_g.reshape(4, -1, 64), axis=-1)).max()
+
+    gates = [-np.logaddexp(0, -np.random.default_rng(seed).standard_normal((4, 256))) for seed in range(20)]
+    tau1, tau16 = [ratio(g) for g in gates], [ratio(g / 16) for g in gates]
+    assert 1.0 < min(tau1) and max(tau1) < 1.45
+    assert 1.55 < min(tau16) and max(tau16) < 1.75
+    assert 0.70 < ratio(np.full((4, 256), -1.0)) < 0.75  # a decay of e^-1 per step: 0.73
