@@ -744,8 +744,10 @@ def softmax_attention(
     window : int >= 1, optional
         Sliding-window (local) attention: key j is allowed only if ``|i + o − j| < window``;
         with ``causal`` each query sees its ``window`` most recent keys, itself included
-        (Mistral's count; Longformer's window ``w_L`` is the total width, ``window = w_L/2 + 1``;
-        Eq. (16.16)). In FlashAttention's ``flash_attn_func`` this is
+        (Longformer's window ``w_L`` is the total width, ``window = w_L/2 + 1``; Mistral 7B's paper
+        counts its ``W`` both as at most ``W`` keys, ``window = W``, and as the positions
+        ``i − W … i``, ``window = W + 1``, the mask of its reference code; §16.11, Eq. (16.16)). In
+        FlashAttention's ``flash_attn_func`` this is
         ``window_size=(window − 1, 0)`` with ``causal=True`` and ``(window − 1, window − 1)``
         without (its bounds are inclusive).
     alibi_slopes : array_like, broadcastable to the batch axes (e.g. shape (H,)), optional
