@@ -34,8 +34,10 @@ under- and overflows). Every exponent is ≤ 0: nothing overflows at any length,
 underflow to 0 are correct to the last bit. Inside one chunk, the chunked algorithms write
 ``e^{seg[t, s]} = e^{cum_t} · e^{−cum_s}`` with the chunk's own cumulative log-gate ``cum`` (a
 row and a column scaling around one BLAS product) only where the chunk's total decay stays above
-``e^{−30}``: there ``e^{−cum} ≤ e^{30}`` cannot overflow, and each weight has a relative error of
-order ``|cum|·ε`` (``|cum| ≤ 30``; chapter 16, §16.2, bounds it by 200 ε at that limit). Chunks
+``e^{−30}``: there ``e^{−cum} ≤ e^{30}`` cannot overflow, and each weight carries the rounding of the
+two cumulative sums, a relative error of order ``|cum|·ε`` (``|cum| ≤ 30``) and at most about
+``(c − 1)·|cum|·ε`` where the roundings of the ``c − 1`` additions add up (chapter 16, §16.2, measures
+both: 30 to 200 ε for random gates, above 200 ε for gates chosen to make the roundings add up). Chunks
 that decay further (gates near 0) take the segment sums.
 
 From the reference codebases' layouts (for a kernel under test)
@@ -537,7 +539,7 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     the entering state ``S_in`` is ``Qe S_inᵀ`` — both in one product
     ``[Qe | tril(Qe Kfᵀ)] [S_inᵀ ; V]`` per chunk — and the chunk's end state is
     ``S_endᵀ = Diag(e^{cum_end}) (S_inᵀ + Kfᵀ V)`` (16.5). This holds (each weight to a relative error of
-    order ``|cum|·ε``, §16.2) where the
+    order ``|cum|·ε``, at most about ``(c − 1)·|cum|·ε``: the roundings of the cumulative sums; §16.2) where the
     chunk's total decay stays above ``e^{−_FACTOR_LOG}`` (then ``e^{−cum} <= e^{30}``); chunks
     that decay further (gates near 0) are recomputed from segment sums, whose exponents are all
     <= 0, and pass their state on as ``Diag(e^{cum_end}) S_inᵀ + local`` with the decay inside
@@ -687,7 +689,7 @@ class _Halving:
     most ``e^{−_FACTOR_LOG}`` in every channel, or at B = 1; :meth:`rest` then gives the pairs
     inside those diagonal blocks in the factored form of the chunked algorithm,
     ``(q_t ⊙ e^{A_t})·(k_s ⊙ e^{−A_s})`` with A the in-block cumulative log-gate (|A| <= 30: relative
-    errors of order |A|·ε, as for the chunks that never take this path). Every pair s <= t is in exactly one
+    errors of order |A|·ε, at most about (B − 1)·|A|·ε, as for the chunks that never take this path). Every pair s <= t is in exactly one
     quarter or diagonal block. At most 2·P·Dk·log2(P) exponentials per chunk, where the (c, c, Dk)
     tensor of segment sums takes c²·Dk; cf. the secondary chunking of Yang et al. (2024a, GLA, §4.3),
     which makes one such split.
@@ -1057,8 +1059,9 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     are factored as ``(q_t ⊙ e^{cum_t})·(k_s ⊙ e^{−cum_s})`` (one BLAS product, ``cum`` the
     in-chunk cumulative log-gate; with a gate per head the scalings move onto the rows of the
     output and of the values) only in chunks whose decay stays above ``e^{−30}``, where
-    ``e^{−cum} ≤ e^{30}`` cannot overflow and costs each weight a relative error of order ``|cum|·ε``
-    (below 200 ε, chapter 16, §16.2); chunks that decay further (gates
+    ``e^{−cum} ≤ e^{30}`` cannot overflow and costs each weight a relative error of order ``|cum|·ε``,
+    at most about ``(c − 1)·|cum|·ε`` where the roundings of the cumulative sum add up (chapter 16, §16.2);
+    chunks that decay further (gates
     near 0) use the (c, c) segment sums with a gate per head (every exponent ≤ 0); with a gate
     per key channel the chunk is halved again and again, each quarter one product through its
     boundary (every exponent ≤ 0), until the blocks decay by at most ``e^{−30}`` and take the

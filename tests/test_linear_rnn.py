@@ -170,6 +170,39 @@ def test_gla_delicate_gates(scale_g):
         close(y, lr.gated_linear_attention_loop(q, k, v, log_g, chunk_size=8), rtol=SELF, what="GLA delicate gates")
 
 
+
+def _exact_decays(log_g):
+    """e^{Σ_{0<r≤t} log g_r} for t = 0, 1, …: the sums of the doubles exact (fractions), the exponential to 40 digits."""
+    import decimal
+    from fractions import Fraction
+
+    out, pre = [1.0], Fraction(0)
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        for x in log_g[1:]:
+            pre += Fraction(float(x))
+            out.append(float((decimal.Decimal(pre.numerator) / decimal.Decimal(pre.denominator)).exp()))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("c", [64, 256])
+def test_gla_factored_decays_error_bound(per_channel, c):
+    # one chunk that decays by e^-29.9 (the factored path), k = e_1 and v = 1 at s = 0 only: o_t = e^{seg[t, 0]}, one
+    # factored weight per step. Gates that make the roundings of the cumulative sum add up (one gate of e^-29, then
+    # c − 1 equal ones) stay below the first-order bound (c − 1)·|cum|·ε of chapter 16, §16.2, and reach above the
+    # 200 ε of random gates; gates whose sums are exact (multiples of 2^-10) leave only the exponentials' roundings.
+    eps = np.finfo(float).eps
+    q, k, v = np.ones((c, 1)), np.eye(c, 1), np.eye(c, 1)
+    adding_up = np.r_[-29.0, np.full(c - 1, -0.9 / (c - 1))]
+    exact_sums = np.full(c, -29.0 / c)  # −29/64 and −29/256: all partial sums exact in binary
+    for log_g, lo, hi in ((adding_up, 200, (c - 1) * 29.9), (exact_sums, 0, 8)):
+        g = log_g[:, None] if per_channel else log_g
+        o = lr.gated_linear_attention(q, k, v, g, scale=1.0, chunk_size=c)[:, 0]
+        ref = _exact_decays(log_g)
+        err = np.max(np.abs(o - ref) / ref) / eps
+        assert lo <= err < hi, (err, lo, hi)
+
 def test_gla_mixed_chunks_take_both_paths():
     # half the chunks decay below e^{-30} (exact path: halving), half do not (factored path)
     rng, q, k, v = _qkv(3, batch=(3,), L=64, dk=4, dv=2)
