@@ -327,8 +327,8 @@ def tf_filter(b, a, x, zi=None):
     sweep of §13.1 its error reached 23× ``lfilter``'s, at most 5.7e-13 of max |y| — on this
     path compare with a relative tolerance of 1e-12 of max |y|, not 1e-14. Above the threshold the
     output is ``lfilter``'s and only as accurate: for clustered poles the tf form itself loses
-    digits (4.8e-9 of max |y| for ``butter(6, 0.02)``). Second-order sections
-    (:func:`sos_filter`) avoid the growth and that loss at their root.
+    digits (4.8e-9 of max |y| for ``butter(6, 0.02)`` on the 4000 white-noise samples of §13.1).
+    Second-order sections (:func:`sos_filter`) avoid the growth and that loss at their root.
 
     Examples
     --------
