@@ -116,6 +116,19 @@ class TestHippoLegs:
         with pytest.raises(TypeError, match="^N: expected an integer"):
             ssm.hippo_legs(N)
 
+    def test_solves_the_projection_ode(self):
+        # Eq. (11.2): the coefficients c_n(t) = (1/t) ∫_0^t f(s) √(2n+1) P_n(2s/t - 1) ds of a smooth f, computed by
+        # Gauss–Legendre quadrature, satisfy c'(t) = (A c(t) + B f(t)) / t; c' by a central difference
+        N = 8
+        A, B = ssm.hippo_legs(N)
+        f = lambda s: np.sin(2 * s) + 0.3 * s**2  # noqa: E731
+        xg, wg = np.polynomial.legendre.leggauss(80)
+        P = np.array([math.sqrt(2 * n + 1) * np.polynomial.legendre.legval(xg, np.eye(N)[n]) for n in range(N)])
+        c = lambda t: 0.5 * P @ (wg * f(t * (xg + 1) / 2))  # noqa: E731  (1/t) ∫ ds = (1/2) ∫ dx
+        t0, h = 2.0, 1e-4
+        dc = (c(t0 + h) - c(t0 - h)) / (2 * h)  # truncation O(h²) ~ 1e-8, round-off ~ 1e-12
+        close(dc, (A @ c(t0) + B * f(t0)) / t0, rtol=1e-6, what="HiPPO-LegS ODE (11.2)")
+
 
 class TestHippoLegsDplr:
     @pytest.mark.parametrize("N", [1, 2, 8, 33, 64])
@@ -233,6 +246,15 @@ class TestHippoOnline:
             errs.append(np.max(np.abs(ssm.hippo_legs_online(u, N)[-1, 0] - exact)))
         assert errs[2] < 5e-3
         assert 1.7 < errs[0] / errs[1] < 2.3 and 1.7 < errs[1] / errs[2] < 2.3  # first order in 1/L
+
+    def test_running_mean_of_an_impulse_decays_like_one_over_t_plus_half(self):
+        # c_0 alone obeys (1 + 1/(2t)) c_t = (1 - 1/(2t)) c_{t-1} + f_t / t (A_00 = -1, B_0 = 1, Eq. (11.4)), so after
+        # an impulse c_0(t) (t + 1/2) is constant: the discretized 1/t forgetting of the chapter's §11.1
+        f = np.zeros((300, 1))
+        f[49] = 1.0
+        c0 = ssm.hippo_legs_online(f, 6)[:, 0, 0]
+        t = np.arange(51, 301)
+        close(c0[t - 1] * (t + 0.5), np.full(t.size, c0[49] * 50.5), rtol=ORACLE, what="c_0 (t + 1/2)")
 
     def test_batch_axes(self):
         rng = np.random.default_rng(1)
