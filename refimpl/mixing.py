@@ -592,7 +592,7 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
 
     with ``φ = freq`` (the same in every sine layer) and decay rates ``|α_c|`` spread linearly over the ``n_filters·d`` output channels from
     ``−log(target)/slow_decay_pct`` to ``−log(target)/fast_decay_pct``. Channel ``c = n·d + j``
-    of the FFN output is channel j of filter n (the code's ``'l (o d) -> o l d'``). The filter
+    of the FFN output is channel j of filter n (the code's ``rearrange(k, 'l (o d) -> o d l')``). The filter
     has L free values but only the FFN's O(emb_dim·width + depth·width² + width·n·d) weights;
     the features and the decay rates are computed, not learned. Its decay is set per filter
     length (t runs over [0, 1] whatever L is; L plays the role of the code's ``seq_len`` =
@@ -623,7 +623,7 @@ def hyena_filter(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, f
         a = np.sin(freq * (a @ W + bias))  # Linear → Sin (the same freq in every layer, as the code's one Sin module)
     h = a @ w_out  # (L, n·d)
     h = h * (np.exp(-t * deltas) + shift)  # exponential-decay window
-    return h.reshape(L, n_filters, d).transpose(1, 0, 2)  # 'l (o d) -> o l d'
+    return h.reshape(L, n_filters, d).transpose(1, 0, 2)  # channels (o d), c = o·d + j, as the code's 'l (o d) -> o d l'
 
 
 def hyena_filter_loop(L, d, *, n_filters=1, emb_dim=3, width=16, depth=3, freq=1.0, fast_decay_pct=0.3,
