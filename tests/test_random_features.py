@@ -797,6 +797,40 @@ class TestLSH:
 
 
 # ---------------------------------------------------------------------------------------------
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("n_buckets, n_rounds, chunk", [(8, 4, 8), (4, 2, 16), (16, 3, 4)])
+    def test_lsh_attention_vs_independent_implementation(self, causal, n_buckets, n_rounds, chunk):
+        # Eqs. (12.13)-(12.15) written out token by token from lsh_hash's bucket ids: per round, sort by
+        # (bucket, position), chunks of c, window = own chunk + the previous one (cyclic, within the round),
+        # s_ii = SELF_ATTENTION_VALUE, s_ij = -inf for j > i if causal; rounds combined by their log-normalizers
+        from scipy.special import logsumexp
+
+        rng = np.random.default_rng(1212)
+        qk, v = rng.normal(size=(2, 64, 8))
+        n, d = qk.shape
+        keys = qk / np.linalg.norm(qk, axis=-1, keepdims=True)
+        outs, lz = [], []
+        for b_r in lsh_hash(qk, n_buckets, rng=5, n_rounds=n_rounds):
+            chunks = np.argsort(b_r * n + np.arange(n), kind="stable").reshape(-1, chunk)
+            o, z = np.zeros((n, v.shape[1])), np.zeros(n)
+            for ci in range(len(chunks)):
+                win = np.concatenate([chunks[ci], chunks[ci - 1]])
+                for i in chunks[ci]:
+                    s = np.where(win == i, rf_module.SELF_ATTENTION_VALUE, qk[i] @ keys[win].T / np.sqrt(d))
+                    if causal:
+                        s = np.where(win > i, -np.inf, s)
+                    z[i] = logsumexp(s)
+                    o[i] = np.exp(s - z[i]) @ v[win]
+            outs.append(o)
+            lz.append(z)
+        lz = np.array(lz)
+        ref = np.einsum("rn,rnv->nv", np.exp(lz - logsumexp(lz, axis=0)), np.array(outs))
+        y = lsh_attention(qk, v, n_buckets=n_buckets, n_rounds=n_rounds, chunk_size=chunk, rng=5, causal=causal)
+        # 1e-9: a token alone in its window has log-normalizer -5e4 in every round; the reference's
+        # logsumexp over rounds then rounds at ulp(5e4) ~ 7e-12
+        np.testing.assert_allclose(y, ref, rtol=0, atol=1e-9)
+
+
 class TestReversible:
     def test_inverse_reconstructs(self):
         rng = np.random.default_rng(0)
