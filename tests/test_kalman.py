@@ -1740,9 +1740,9 @@ def _scaling_errors(seed):
 def test_badly_scaled_state_over_eight_models():
     """What §3.9 states over its eight models (seeds 0-7, the chapter's cell): the sequential filter
     within a few units of each entry's rounding on every model, the sequential smoother within
-    several hundred; the scans within 10² on the well-scaled models and spread over three orders of
-    magnitude on the rescaled ones — the filtering scan worse than the sequential filter on every
-    model, the best model within 10³ units, exactly two models beyond 10⁴ (the next ones are below
+    several hundred; the scans within a few hundred units on the well-scaled models and spread
+    over orders of magnitude on the rescaled ones — the filtering scan worse than the sequential
+    filter on every model, the best model within 10³ units, exactly two models beyond 10⁴ (the next ones are below
     4e3, the two above 5e4, under every OpenBLAS kernel tried), and those two alone beyond 1e-12
     norm-wise; and on some model the smoothing scan more accurate than the sequential smoother."""
     errs = [_scaling_errors(seed) for seed in range(8)]
