@@ -7,6 +7,7 @@ users.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -185,8 +186,6 @@ def test_parallel_workers_share_the_blas_threads():
     """pyproject's addopts run the suite in pytest-xdist workers; conftest.py caps each one's BLAS threads at its
     share of the cores before they start (OpenBLAS's spinning threads in two processes made small products up to
     12x slower), unless the caller set a cap. A run in one process (-n 0) sets nothing."""
-    import os
-
     from refimpl._blocking import BLAS_THREAD_VARS
 
     if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) > 1:
@@ -198,8 +197,6 @@ def test_parallel_workers_share_the_blas_threads():
 
 def test_book_workers_share_the_blas_threads(monkeypatch):
     """The book builder's chapter workers (two at a time) start their kernels with the same caps."""
-    import os
-
     from refimpl import _book
     from refimpl._blocking import BLAS_THREAD_VARS, _usable_cores, share_cores_env
 
