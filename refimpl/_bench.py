@@ -87,7 +87,7 @@ import scipy.fft
 import scipy.linalg
 import scipy.signal
 
-from . import afa, attention, iir, kalman, linear_rnn, lyapunov, mixing, random_features, ssm
+from . import _scan, afa, attention, iir, kalman, linear_rnn, lyapunov, mixing, random_features, ssm
 from ._testing import rel_error
 
 __all__ = [
@@ -1258,6 +1258,15 @@ def _iir_cases(mode: str) -> list[Case]:
         x = _rng(20).normal(size=N)
         return Calls(lambda: iir.tf_filter(b4, a4, x), lambda: scipy.signal.lfilter(b4, a4, x))
 
+    def make_tf_new():  # every call a filter never seen: its plan (the lifted matrices, _scan._block_plan) computed
+        x = _rng(20).normal(size=N)
+
+        def new_filter():
+            _scan._PLANS.clear()
+            return iir.tf_filter(b4, a4, x)
+
+        return Calls(new_filter, lambda: scipy.signal.lfilter(b4, a4, x))
+
     def make_multi():
         x = _rng(21).normal(size=(N, 16))
         return Calls(lambda: iir.biquad_filter(b, a, x), lambda: scipy.signal.sosfilt(np.r_[b, a][None], x, axis=0))
@@ -1272,8 +1281,13 @@ def _iir_cases(mode: str) -> list[Case]:
 
     common = dict(limit_target=None, bound_note="a recursion at the GEMM rate")
     return [
-        Case("iir", "biquad_filter", f"N={N},channels=1", make_one, cost(2, 1), "scipy.signal.lfilter", base_target=2.0, **common),
-        Case("iir", "tf_filter", f"N={N},channels=1,order=4", make_tf, cost(4, 1), "scipy.signal.lfilter", base_target=2.0, **common),
+        Case("iir", "biquad_filter", f"N={N},channels=1", make_one, cost(2, 1),
+             "scipy.signal.lfilter (the same filter at every call: refimpl keeps its plan)", base_target=2.0, **common),
+        Case("iir", "tf_filter", f"N={N},channels=1,order=4", make_tf, cost(4, 1),
+             "scipy.signal.lfilter (the same filter at every call: refimpl keeps its plan)", base_target=2.0, **common),
+        # the first call with a filter, for reference (no target): the plan costs ~0.15-0.3 ms at this size
+        Case("iir", "tf_filter", f"N={N},channels=1,order=4,new-filter", make_tf_new, cost(4, 1),
+             "scipy.signal.lfilter (refimpl: a new plan at every call)", base_target=None, **common),
         Case("iir", "biquad_filter", f"N={N},channels=16", make_multi, cost(2, 16), "scipy.signal.sosfilt", base_target=1.0, **common),
         Case("iir", "sos_filter", f"N={N},channels=16,sections={len(sos)}", make_sos, cost(16, 16), "scipy.signal.sosfilt",
              base_target=1.0, **common),

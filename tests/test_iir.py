@@ -422,6 +422,69 @@ class TestPowersThatGrow:
         assert _scan.power_growth(np.zeros((0, 2, 2))) == 0.0
 
 
+@pytest.mark.skipif(not iir.EXTENDED_PRECISION, reason="the block algorithm runs only with extended precision")
+class TestBlockPlans:
+    """The block filter keeps the plans of recently used filters (refimpl._scan._block_plan):
+    a kept plan must give exactly what a fresh one gives, for each filter, whatever ran before."""
+
+    @pytest.fixture(autouse=True)
+    def no_plans(self):
+        from refimpl import _scan
+
+        _scan._PLANS.clear()
+        yield _scan
+        _scan._PLANS.clear()
+
+    def test_kept_plan_gives_the_fresh_result(self, no_plans):
+        x = np.random.default_rng(31).normal(size=(5000, 3))
+        filters = [ss.butter(4, w) for w in (0.1, 0.2, 0.3)] + [ss.cheby1(2, 1.0, 0.25)]
+        fresh = []
+        for b, a in filters:  # one fresh plan each
+            no_plans._PLANS.clear()
+            fresh.append((iir.tf_filter(b, a, x), iir.tf_filter(b, a, x[:, 0])))
+        assert 1 <= len(no_plans._PLANS) <= 2  # the last filter's (K and M may coincide for 3 columns and 1)
+        for _ in range(2):  # interleaved: every filter from its kept plans
+            for (b, a), (y, y1) in zip(filters, fresh):
+                assert np.array_equal(iir.tf_filter(b, a, x), y)
+                assert np.array_equal(iir.tf_filter(b, a, x[:, 0]), y1)
+        assert len(no_plans._PLANS) >= len(filters)
+        close(fresh[0][0], ss.lfilter(*filters[0], x, axis=0), rtol=1e-12, what="kept plans: against lfilter")
+        assert not np.array_equal(fresh[0][0], fresh[1][0])  # different filters, different plans
+
+    def test_plans_are_bounded_and_read_only(self, no_plans):
+        x = np.random.default_rng(32).normal(size=2000)
+        for i in range(no_plans._PLANS_MAX + 5):
+            iir.biquad_filter(*ss.butter(2, 0.05 + 0.01 * i), x)
+        assert len(no_plans._PLANS) == no_plans._PLANS_MAX
+        plan = next(reversed(no_plans._PLANS.values()))
+        assert plan.levels, "a 2000-sample signal needs a level of the carry"
+        for arr in (plan.P, plan.O, plan.T, plan.G, plan.levels[0].Wu, plan.levels[0].Fe):
+            with pytest.raises(ValueError, match="read-only"):
+                arr[(0,) * arr.ndim] = 1.0
+
+    def test_refused_filter_is_remembered_as_refused(self, no_plans):
+        b, a = ss.butter(6, 0.02)  # clustered poles: the powers grow to 1e7 (GROWTH_MAX), lfilter runs
+        x = np.random.default_rng(33).normal(size=4000)
+        for _ in range(2):
+            close(iir.tf_filter(b, a, x), ss.lfilter(b, a, x), rtol=SELF, what="refused: lfilter itself")
+        assert list(no_plans._PLANS.values()) == [None]
+
+    def test_key_holds_what_the_plan_is_computed_from(self, no_plans, monkeypatch):
+        """A plan made with other settings is not reused: the block length, the base of the scan and
+        the extended type are part of the key."""
+        x = np.random.default_rng(34).normal(size=3000)
+        b, a = np.array([0.3, -0.2, 0.5]), np.array([1.0, -2 * np.cos(0.05), 1.0])  # poles e^{±0.05i}
+        y = iir.tf_filter(b, a, x)
+        monkeypatch.setattr(no_plans, "_wide", lambda dtype: np.float64)  # A^K in plain float64
+        y64 = iir.tf_filter(b, a, x)
+        assert not np.array_equal(y64, y)  # the float64 powers' rounding shows
+        monkeypatch.undo()
+        assert np.array_equal(iir.tf_filter(b, a, x), y)
+        monkeypatch.setattr(no_plans, "_STATE_SCAN_BASE", 4)
+        close(iir.tf_filter(b, a, x), y, rtol=1e-12, what="another base length")
+        assert len(no_plans._PLANS) == 3
+
+
 class TestSosFilter:
     @pytest.mark.parametrize("seed", SEEDS)
     @pytest.mark.parametrize("design", [(4, 0.2, "lowpass"), (10, [0.1, 0.15], "bandpass"), (7, 0.6, "highpass")])
