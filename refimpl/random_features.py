@@ -1217,7 +1217,8 @@ def rfa_attention(q, k, v, *, n_features, sigma, rng, gated=False, gates=None, c
     ``y_t = Σ_{s≤t} w_ts v_s / Σ_{s≤t} w_ts``, ``w_ts = φ(q_t)·φ(k_s) (1 − g_s) Π_{r=s+1}^t g_r``,
     computed with segment sums of log g (exact for g = 0, no underflowing products); this
     vectorized form is O(N²). The normalizer φ(q)·z can be ≤ 0 (trig features); the authors'
-    code clamps it at 1, this reference does not.
+    code clamps it from below at a constant (``qz.clamp_min(EPS)``, whose value differs between
+    versions of that code: 0.1, 1 and 0.01 are found), this reference does not clamp.
 
     Examples
     --------
