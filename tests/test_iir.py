@@ -462,6 +462,21 @@ class TestBlockPlans:
             with pytest.raises(ValueError, match="read-only"):
                 arr[(0,) * arr.ndim] = 1.0
 
+    def test_plans_are_bounded_in_bytes(self, no_plans, monkeypatch):
+        x = np.random.default_rng(35).normal(size=3000)
+        iir.biquad_filter(*ss.butter(2, 0.1), x)
+        one = no_plans._plan_bytes(next(iter(no_plans._PLANS.values())))
+        assert one > 0
+        monkeypatch.setattr(no_plans, "_PLANS_BYTES", int(2.5 * one))  # room for two plans of this size
+        for w in (0.2, 0.3, 0.4):
+            y = iir.biquad_filter(*ss.butter(2, w), x)
+            assert len(no_plans._PLANS) <= 2
+        assert np.array_equal(y, iir.biquad_filter(*ss.butter(2, 0.4), x))  # the newest is kept
+        monkeypatch.setattr(no_plans, "_PLANS_BYTES", one // 2)  # a plan larger than the budget is not kept
+        close(iir.biquad_filter(*ss.butter(2, 0.45), x), ss.lfilter(*ss.butter(2, 0.45), x), rtol=1e-12,
+              what="a plan too large to keep")
+        assert len(no_plans._PLANS) == 0
+
     def test_refused_filter_is_remembered_as_refused(self, no_plans):
         b, a = ss.butter(6, 0.02)  # clustered poles: the powers grow to 1e7 (GROWTH_MAX), lfilter runs
         x = np.random.default_rng(33).normal(size=4000)
