@@ -315,7 +315,9 @@ def tf_filter(b, a, x, zi=None):
     the block algorithm with A^K in plain float64: 3.3e-10), as measured in §13.1 of the book.
     Each output is otherwise a sum of at most K + q products, exact up to round-off. Where
     ``np.longdouble`` is no wider than float64 the filter runs ``lfilter`` instead (see
-    :data:`EXTENDED_PRECISION`).
+    :data:`EXTENDED_PRECISION`). The powers, ``[O T]`` and the carry's matrices depend on the
+    filter and the lengths only: they are kept for the filters used last (as FFT libraries keep
+    their plans), so filtering many signals of one length with one filter computes them once.
 
     The powers ``A^k`` are applied in float64, each product with an error of about ε‖A^k‖·|s|
     where the sample recursion has ε‖A‖·|s|. Clustered poles (a high-order low-pass with a low
