@@ -32,6 +32,7 @@ workspace the blocked loops may use is :data:`refimpl._blocking.WORKSPACE_FLOATS
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from typing import NamedTuple
 
@@ -371,6 +372,15 @@ def _plan_bytes(plan: _BlockPlan | None) -> int:
 
 
 _plans_lock = threading.Lock()
+
+
+def _new_plans_lock() -> None:
+    global _plans_lock
+    _plans_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # a child forked while another thread held the lock must not wait for it
+    os.register_at_fork(after_in_child=_new_plans_lock)
 
 
 def _block_plan(A, B, C, D, K: int, M: int, max_growth: float, section: int | None) -> _BlockPlan | None:

@@ -477,6 +477,35 @@ class TestBlockPlans:
               what="a plan too large to keep")
         assert len(no_plans._PLANS) == 0
 
+    @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+    def test_a_forked_child_does_not_wait_for_the_parents_lock(self, no_plans):
+        """A process forked while another thread holds the plans' lock gets a lock of its own."""
+        import os
+
+        x = np.random.default_rng(36).normal(size=3000)
+        no_plans._plans_lock.acquire()  # as if another thread were inside _block_plan at the fork
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: filter (needs the lock) and leave at once, whatever happens
+                ok = False
+                try:
+                    ok = np.allclose(iir.biquad_filter([0.2, 0.3, 0.1], [1.0, -1.6, 0.8], x),
+                                     ss.lfilter([0.2, 0.3, 0.1], [1.0, -1.6, 0.8], x), rtol=1e-12, atol=0.0)
+                finally:
+                    os._exit(0 if ok else 1)
+        finally:
+            no_plans._plans_lock.release()
+        deadline = __import__("time").monotonic() + 60
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if __import__("time").monotonic() > deadline:
+                os.kill(pid, 9)
+                pytest.fail("the forked child waited for the parent's lock")
+            __import__("time").sleep(0.01)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
     def test_refused_filter_is_remembered_as_refused(self, no_plans):
         b, a = ss.butter(6, 0.02)  # clustered poles: the powers grow to 1e7 (GROWTH_MAX), lfilter runs
         x = np.random.default_rng(33).normal(size=4000)
