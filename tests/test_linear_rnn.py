@@ -14,6 +14,9 @@ Tolerances come from :mod:`refimpl._testing`; errors are norm-wise relative.
 
 from __future__ import annotations
 
+import math
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -754,6 +757,28 @@ def test_rls_memory_refuses_a_direction_faded_beyond_float64():
     q, k, v, V = _faded_case(0, passes=120)
     with pytest.raises(ValueError, match=r"lam, delta, k: at step t = \d+ the least-squares problem"):
         lr.rls_memory(q, k, v, lam=0.9, delta=1e-9, scale=1.0)
+
+
+def test_rls_memory_refuses_at_the_first_step_past_the_threshold():
+    """The step named in the refusal against cond₂ U_t from an independent computation: the QR of the whole weighted
+    problem (16.13) at each step (prior rows and λ^{(t−i)/2} k_i), all eight directions excited from t = 7 on. The
+    condition check computes singular values only where a cheaper upper bound passes half the threshold: this pins
+    that the bound never lets a step past the threshold through."""
+    q, k, v, _ = _faded_case(0, passes=120)
+    lam, delta = 0.9, 1e-9
+    with pytest.raises(ValueError, match=r"at step t = (\d+)") as refused:
+        lr.rls_memory(q, k, v, lam=lam, delta=delta, scale=1.0)
+    t_ref = int(re.search(r"at step t = (\d+)", str(refused.value)).group(1))
+
+    def cond(t):
+        w = np.sqrt(lam ** (t - np.arange(t + 1.0)))[:, None]
+        a = np.r_[math.sqrt(lam ** (t + 1) * delta) * np.eye(8), w * k[: t + 1]]
+        s = np.linalg.svd(np.linalg.qr(a, mode="r"), compute_uv=False)
+        return s[0] / s[-1]
+
+    conds = np.array([cond(t) for t in range(7, t_ref + 1)])
+    assert conds[-1] > lr.RLS_COND_MAX and np.all(conds[:-1] <= lr.RLS_COND_MAX), (t_ref, conds[-3:])
+    assert conds[-2] > lr.RLS_COND_MAX / 64  # the last steps before it were near the threshold: the exact check ran
 
 
 @pytest.mark.parametrize("theta", [0.0, 0.7])
