@@ -2016,8 +2016,7 @@ _RLS_WOUND_UP = ("lam, delta, k: the RLS recursion's square-root factor of P_t =
 RLS_COND_MAX = 2.0**-10 / np.finfo(float).eps
 
 
-#: block size of LAPACK's ``dtpqrt`` in :func:`_rls_lstsq` (one new row per call: 8 measured fastest of 1 … 128
-#: for a factor of order 128, 57 µs against 333 µs with the whole order as the block)
+#: block size of LAPACK's ``dtpqrt`` in :func:`_rls_lstsq` (one new row per call: 8 measured fastest of 1 … 128)
 _TPQRT_BLOCK = 8
 
 
@@ -2028,21 +2027,21 @@ def _rls_lstsq(q: np.ndarray, k: np.ndarray, v: np.ndarray, lam: float, delta: f
     orthogonal to it (16.13) gives ``S_t u = 0`` exactly, so they are not carried. In the span the weighted data
     rows ``λ^{(t−i)/2} [Qᵀk_i, v_iᵀ]`` and the prior rows ``λ^{(t+1)/2} δ^{1/2} I`` are reduced by QR, one new row per
     step, to ``[U_t | Y_t]`` with ``U_tᵀU_t = Qᵀ R_t Q`` and ``U_tᵀ Y_t = Qᵀ Z_tᵀ``; then
-    ``o_t = Y_tᵀ U_t^{−T} Qᵀ q_t``. ``[U | Y]`` is stored times ``2^E`` (exact rescalings; they cancel in U^{−1}Y).
+    ``o_t = Y_tᵀ U_t^{−T} Qᵀ q_t``. ``U`` and ``Y`` are stored times ``2^E`` (exact rescalings; they cancel in U^{−1}Y).
 
-    The factor is kept square, ``[[U, Y], [0, W]]`` of order r + Dv (W: the residual part, never read), so that
-    each new row is one call of LAPACK's ``dtpqrt`` (the QR of a triangular matrix with rows appended: the same
-    reflections, on the rows that change, as a QR of the stacked matrix, in O((r + Dv)²) work). The condition
+    Each new row is two LAPACK calls: ``dtpqrt`` reduces ``[√λ U; Qᵀk_t]`` to a triangle (the QR of a triangle with a
+    row appended, O(r²)) and ``dtpmqrt`` applies the same reflections to ``[√λ Y; v_tᵀ]`` — the rows of R that a QR
+    of the whole stack ``[√λ U, √λ Y; Qᵀk_t, v_tᵀ]`` gives, up to their signs (which cancel in o_t). The condition
     check needs ``cond₂ U_t``; ``‖U‖_F ‖U⁻¹‖_F`` (``dtrtri``) bounds it from above, so the singular values are
     computed only where that bound exceeds half the threshold (the half covers the rounding of the computed
-    inverse, whose residual ``|U X − I|`` is of order ``r ε |U||X|``: below 0.1 there): the same steps are refused.
+    inverse, whose residual ``|U X − I|`` is of order ``r ε |U||X|``, below 0.1 there): the same steps are refused.
     """
     L, dk = k.shape
     dv = v.shape[-1]
     eps = np.finfo(float).eps
     root_lam = math.sqrt(lam)
     Q = np.zeros((dk, 0))
-    M = np.zeros((dv, dv), order="F")  # [[U_t, Y_t], [0, W_t]] · 2^E, upper triangular, Fortran order for LAPACK
+    U, Y = np.zeros((0, 0), order="F"), np.zeros((0, dv), order="F")  # U_t · 2^E and Y_t · 2^E (Fortran: LAPACK's)
     E = 0
     o = np.zeros((L, dv))
     for t in range(L):
@@ -2057,27 +2056,30 @@ def _rls_lstsq(q: np.ndarray, k: np.ndarray, v: np.ndarray, lam: float, delta: f
             if r < dk and nr > 4 * dk * eps * nk:  # a direction no earlier key excited: its prior λ^t δ enters
                 Q = np.c_[Q, res / nr]
                 prior = math.exp(E * math.log(2.0) + 0.5 * (math.log(delta) + t * math.log(lam)))
-                grown = np.zeros((r + 1 + dv, r + 1 + dv), order="F")  # a row and a column inserted at position r
-                grown[:r, :r], grown[:r, r + 1 :], grown[r, r] = M[:r, :r], M[:r, r:], prior
-                grown[r + 1 :, r + 1 :] = M[r:, r:]
-                M, c, r = grown, np.r_[c, nr], r + 1
+                U_new, Y_new = np.zeros((r + 1, r + 1), order="F"), np.zeros((r + 1, dv), order="F")
+                U_new[:r, :r], U_new[r, r], Y_new[:r] = U, prior, Y
+                U, Y, c, r = U_new, Y_new, np.r_[c, nr], r + 1
             if E > 900:  # everything earlier is below 2^−900 of this key: bring it to scale (what underflows is refused)
-                M, E = np.asfortranarray(np.ldexp(M, 900 - E)), 900
-            M *= root_lam
-            row = np.ldexp(np.r_[c, v[t]], E)[None]
-            M, _, _, _ = lapack.dtpqrt(0, min(_TPQRT_BLOCK, M.shape[0]), M, row, overwrite_a=1, overwrite_b=1)
+                U, Y, E = np.asfortranarray(np.ldexp(U, 900 - E)), np.asfortranarray(np.ldexp(Y, 900 - E)), 900
+            U *= root_lam
+            Y *= root_lam
+            if r:  # (r = 0: a key of infinite norm, refused by the overflow guard; nothing to reduce)
+                U, V, T, _ = lapack.dtpqrt(0, min(_TPQRT_BLOCK, r), U, np.ldexp(c, E)[None], overwrite_a=1, overwrite_b=1)
+                if dv:
+                    Y, _, _ = lapack.dtpmqrt(0, V, T, Y, np.ldexp(v[t], E)[None], trans="T", overwrite_a=1,
+                                             overwrite_b=1)
         else:  # a zero key writes nothing: every row decays by √λ
-            M *= root_lam
+            U *= root_lam
+            Y *= root_lam
         if r == 0:
             continue  # S_t = 0 before any key is written
-        m = np.abs(M[:r, :r]).max()
+        m = np.abs(U).max()
         if m > 0:
             _, e = np.frexp(m)
-            M, E = np.asfortranarray(np.ldexp(M, -int(e))), E - int(e)
-        U = M[:r, :r]
+            U, Y, E = np.asfortranarray(np.ldexp(U, -int(e))), np.asfortranarray(np.ldexp(Y, -int(e))), E - int(e)
         inv, info = lapack.dtrtri(U)
         if not (info == 0 and np.linalg.norm(U) * np.linalg.norm(inv) <= RLS_COND_MAX / 2):  # cond₂ U near the threshold
-            sv = np.linalg.svd(np.triu(U), compute_uv=False)
+            sv = np.linalg.svd(U, compute_uv=False)
             cond = sv[0] / sv[-1] if sv[-1] > 0 else math.inf
             if cond > RLS_COND_MAX:
                 raise ValueError(
@@ -2086,7 +2088,7 @@ def _rls_lstsq(q: np.ndarray, k: np.ndarray, v: np.ndarray, lam: float, delta: f
                     f"a direction the keys excited has faded (weight lam^(t-i)) to about {1 / cond ** 2:.0e} of the "
                     f"others, and float64 cannot recall its value to 1e-6; use a larger lam, or shorter sequences")
         x, _ = lapack.dtrtrs(U, (Q.T @ q[t])[:, None], trans=1)  # U_t^{−T} Qᵀ q_t
-        o[t] = M[:r, r:].T @ x[:, 0]  # Y_tᵀ U_t^{−T} Qᵀ q_t
+        o[t] = Y.T @ x[:, 0]  # Y_tᵀ U_t^{−T} Qᵀ q_t
     return o
 
 
