@@ -389,11 +389,11 @@ def _block_plan(A, B, C, D, K: int, M: int, max_growth: float, section: int | No
     would apply has an ∞-norm above ``max_growth`` (see :func:`block_filter`).
 
     They depend on the filter, K and M only, and cost about a third of a call on one channel of
-    10⁵ samples (a 4th-order filter: 0.35 of 1.0 ms measured), so the last :data:`_PLANS_MAX` are kept (together at most :data:`_PLANS_BYTES`) — as
-    ``scipy.fft`` keeps its plans — keyed by
-    the exact bytes of A, B, C, D and the lengths; a plan's arrays are read-only. The key also
-    holds everything else they are computed from (the base length of the scan and the extended
-    type, which tests may change), so a kept plan is always the one that would be computed.
+    10⁵ samples (a 4th-order filter: 0.35 of 1.0 ms measured), so the last :data:`_PLANS_MAX` are
+    kept (together at most :data:`_PLANS_BYTES`), as ``scipy.fft`` keeps its plans, keyed by the
+    exact bytes of A, B, C, D and the lengths; a plan's arrays are read-only. The key also holds
+    everything else they are computed from (the base length of the scan and the extended type,
+    which tests may change), so a kept plan is always the one that would be computed.
     """
     A, B, C = (np.asarray(z, dtype=np.float64) for z in (A, B, C))
     key = (A.shape, A.tobytes(), B.tobytes(), C.tobytes(), float(D), K, M, float(max_growth), section,

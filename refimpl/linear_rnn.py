@@ -125,7 +125,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from scipy.linalg import lapack
+from scipy.linalg import blas, lapack
 from scipy.special import expit
 
 from . import _blocking
@@ -2016,6 +2016,10 @@ _RLS_WOUND_UP = ("lam, delta, k: the RLS recursion's square-root factor of P_t =
 RLS_COND_MAX = 2.0**-10 / np.finfo(float).eps
 
 
+#: the 2-norm of a vector without overflow or underflow of its squares (BLAS ``dnrm2``): ``np.linalg.norm`` of a key
+#: with entries above ~1e154 is inf, which made :func:`_rls_lstsq` skip such keys and answer 0
+_norm2 = blas.dnrm2
+
 #: block size of LAPACK's ``dtpqrt`` in :func:`_rls_lstsq` (one new row per call: 8 measured fastest of 1 … 128)
 _TPQRT_BLOCK = 8
 
@@ -2046,13 +2050,16 @@ def _rls_lstsq(q: np.ndarray, k: np.ndarray, v: np.ndarray, lam: float, delta: f
     o = np.zeros((L, dv))
     for t in range(L):
         r = Q.shape[1]
-        nk = np.linalg.norm(k[t])
+        nk = _norm2(k[t])
+        if not math.isfinite(nk):
+            raise ValueError(f"k: the norm of the key at step t = {t} overflows float64; rescale the keys (the "
+                             f"least-squares map scales like 1/|k|)")
         if nk > 0:
             c = Q.T @ k[t]
             res = k[t] - Q @ c
             c2 = Q.T @ res  # reorthogonalize once ("twice is enough")
             res, c = res - Q @ c2, c + c2
-            nr = np.linalg.norm(res)
+            nr = _norm2(res)
             if r < dk and nr > 4 * dk * eps * nk:  # a direction no earlier key excited: its prior λ^t δ enters
                 Q = np.c_[Q, res / nr]
                 prior = math.exp(E * math.log(2.0) + 0.5 * (math.log(delta) + t * math.log(lam)))
@@ -2063,11 +2070,9 @@ def _rls_lstsq(q: np.ndarray, k: np.ndarray, v: np.ndarray, lam: float, delta: f
                 U, Y, E = np.asfortranarray(np.ldexp(U, 900 - E)), np.asfortranarray(np.ldexp(Y, 900 - E)), 900
             U *= root_lam
             Y *= root_lam
-            if r:  # (r = 0: a key of infinite norm, refused by the overflow guard; nothing to reduce)
-                U, V, T, _ = lapack.dtpqrt(0, min(_TPQRT_BLOCK, r), U, np.ldexp(c, E)[None], overwrite_a=1, overwrite_b=1)
-                if dv:
-                    Y, _, _ = lapack.dtpmqrt(0, V, T, Y, np.ldexp(v[t], E)[None], trans="T", overwrite_a=1,
-                                             overwrite_b=1)
+            U, V, T, _ = lapack.dtpqrt(0, min(_TPQRT_BLOCK, r), U, np.ldexp(c, E)[None], overwrite_a=1, overwrite_b=1)
+            if dv:
+                Y, _, _ = lapack.dtpmqrt(0, V, T, Y, np.ldexp(v[t], E)[None], trans="T", overwrite_a=1, overwrite_b=1)
         else:  # a zero key writes nothing: every row decays by √λ
             U *= root_lam
             Y *= root_lam

@@ -781,6 +781,23 @@ def test_rls_memory_refuses_at_the_first_step_past_the_threshold():
     assert conds[-2] > lr.RLS_COND_MAX / 64  # the last steps before it were near the threshold: the exact check ran
 
 
+@pytest.mark.parametrize("size", [1e100, 1e160, 1e200, 1e300])
+def test_rls_memory_keys_of_large_norm(size):
+    """Keys whose squares overflow float64: the map scales like 1/|k| (one direction, δ → 0: o_t = v (k·q)/|k|²);
+    np.linalg.norm of such a key is inf, and rls_memory used to skip the key and answer 0."""
+    k = np.full((6, 4), size)
+    q, v = np.ones((6, 4)), np.arange(18.0).reshape(6, 3) + 1
+    o = lr.rls_memory(q, k, v, lam=1.0, delta=1e-12, scale=1.0)
+    want = np.cumsum(v, axis=0) / np.arange(1, 7)[:, None] / size  # the mean of the values so far, times k·q/|k|²
+    close(o, want, rtol=1e-12, what=f"rls_memory, keys of size {size:.0e}")
+
+
+def test_rls_memory_refuses_a_key_whose_norm_overflows():
+    k = np.full((6, 64), 1e308)  # finite entries, norm 8e308
+    with pytest.raises(ValueError, match=r"^k: the norm of the key at step t = 0 overflows"):
+        lr.rls_memory(np.ones((6, 64)), k, np.ones((6, 3)))
+
+
 @pytest.mark.parametrize("theta", [0.0, 0.7])
 def test_rls_memory_aligned_keys_written_once(theta):
     # review newtext18a, rls_aligned.py: e_1 once (value 1), then e_2 399 times; (16.13) reads 1 − 9e-7 along e_1 for
