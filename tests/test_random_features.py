@@ -944,6 +944,25 @@ class TestErrors:
         with pytest.raises(TypeError, match="^gated: expected a bool"):
             func(Q, K, V, **kw, gated=None)
 
+    @pytest.mark.parametrize("size", [1e-200, 1e200, 1e300])
+    def test_unit_rows_of_extreme_size(self, size):
+        """RFA and LSH divide rows by their norms; rows whose squares underflow or overflow float64 have norms all
+        the same (np.linalg.norm gave 0 or inf: a false 'zero row' refusal, or features of a zero row). RFA is
+        invariant to the rows' scale; both agree with their loop twins."""
+        rng = np.random.default_rng(9)
+        q, k, v = rng.normal(size=(3, 8, 4))
+        kw = dict(n_features=16, sigma=1.0, rng=1)
+        want = rfa_attention(q, k, v, **kw)
+        close(rfa_attention(q * size, k * size, v, **kw), want, rtol=1e-14, what=f"RFA, rows scaled by {size:.0e}")
+        close(rfa_attention_loop(q * size, k * size, v, **kw), want, rtol=1e-14, what="its loop twin")
+        qk, w = rng.normal(size=(2, 16, 4))
+        lw = dict(n_buckets=4, n_rounds=2, chunk_size=4, rng=0)
+        if size < 1:  # (LSH's logits scale with qk: huge rows overflow them, refused elsewhere)
+            close(lsh_attention(qk * size, w, **lw), lsh_attention_loop(qk * size, w, **lw), rtol=SELF,
+                  what=f"LSH attention, rows of size {size:.0e}, vs its loop twin")
+        x = rng.normal(size=(50, 7)) * np.exp(rng.uniform(-40, 40, (50, 1)))
+        assert np.array_equal(rf_module._row_norms(x), np.linalg.norm(x, axis=-1, keepdims=True))  # ordinary rows: same bits
+
     @pytest.mark.parametrize("func", [lsh_attention, lsh_attention_loop])
     def test_lsh_attention_errors(self, func):
         qk, v = np.random.default_rng(0).normal(size=(2, 8, 3))
