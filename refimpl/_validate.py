@@ -50,6 +50,7 @@ __all__ = [
     "refuse_rng",
     "guard_overflow",
     "pow2_scale",
+    "row_norms",
 ]
 
 
@@ -361,6 +362,15 @@ def pow2_scale(x: np.ndarray, axis=None) -> tuple[np.ndarray, np.ndarray]:
     _, e = np.frexp(np.where(m > 0, m, 0.5))  # frexp(0.5) = (0.5, 0): s = 1 where x is 0
     s = np.ldexp(1.0, e)
     return x / s, s
+
+
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """``‖x_i‖₂`` along the last axis (kept as length 1), through :func:`pow2_scale`: the bits of
+    ``np.linalg.norm`` for moderate rows, and the norm of rows near the float64 limits, where the
+    squares overflow (``np.linalg.norm`` gives inf) or underflow (it gives 0 for a nonzero row).
+    """
+    xs, s = pow2_scale(x, axis=-1)
+    return s * np.linalg.norm(xs, axis=-1, keepdims=True)
 
 
 #: The arrays a function wrapped by :func:`guard_overflow` has itself found finite (:func:`vouch_finite`),

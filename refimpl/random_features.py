@@ -82,7 +82,8 @@ from scipy.special import logsumexp
 
 from ._blocking import ONE_THREAD_MACS, one_thread_matmul, per_block, take_turns
 from ._scan import cumsum_rows
-from ._validate import as_bool, as_positive_scalar, as_real_array, as_rng, check_option, check_qkv, guard_overflow, refuse_rng
+from ._validate import (as_bool, as_positive_scalar, as_real_array, as_rng, check_option, check_qkv, guard_overflow, refuse_rng,
+                        row_norms)
 
 __all__ = [
     "elu_plus_one",
@@ -647,15 +648,6 @@ def linear_attention_loop(q, k, v, *, feature_map="elu+1", causal=False) -> np.n
 # ---------------------------------------------------------------------------------------------
 
 
-def _row_norms(x: np.ndarray) -> np.ndarray:
-    """``‖x_i‖₂`` of the rows (last axis, kept), without overflow or underflow of the squares: each row is first
-    scaled by the power of two of its largest entry (exactly), so an ordinary row gives the bits of
-    ``np.linalg.norm``, and rows of 1e200 or 1e-200 their norms instead of inf or 0."""
-    _, e = np.frexp(np.max(np.abs(x), axis=-1, keepdims=True))
-    s = np.ldexp(x, -e)
-    return np.ldexp(np.sqrt(np.add.reduce(s * s, axis=-1, keepdims=True)), e)
-
-
 def _sin_cos(x: np.ndarray, w: np.ndarray, factor) -> np.ndarray:
     """``[sin Wx, cos Wx] · factor``, shape (..., N, 2D) (:func:`_sin_cos_blocks`, in threads)."""
     out, blocks, _ = _sin_cos_blocks(x, w, factor)
@@ -691,7 +683,7 @@ def _sin_cos_blocks(x: np.ndarray, w: np.ndarray, factor, unit: bool = False):
         xb, ob, fb = x2[i : i + rows], out2[i : i + rows], fac[i : i + rows]
         if unit:
             nb = norms[i : i + rows]
-            nb[...] = _row_norms(xb)
+            nb[...] = row_norms(xb)
             xb = xb / nb  # a zero row gives NaN here: the caller checks the norms and raises
         tb = _stacked(xb, half_w)  # ω·x/2
         np.tan(tb, out=tb)
@@ -1354,7 +1346,7 @@ def _lsh_check(qk, v, n_buckets, n_rounds, chunk_size, causal, rng, rotations, l
     if n % c:
         raise ValueError(f"chunk_size: expected a divisor of N = {n} (no implicit padding), got {c}")
     check_option(look_back, "look_back", _LOOK_BACKS)
-    norm = _row_norms(qk)
+    norm = row_norms(qk)
     if np.any(norm == 0):
         raise ValueError("qk: expected nonzero rows (keys are qk/‖qk‖), got a zero row")
     d = qk.shape[-1]

@@ -79,7 +79,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .lyapunov import phi1
-from ._validate import as_bool, as_positive_scalar, as_real_array, check_option, check_qkv, check_shape, check_times, guard_overflow, as_lags
+from ._validate import (as_bool, as_positive_scalar, as_real_array, check_option, check_qkv, check_shape, check_times, guard_overflow,
+                        as_lags, row_norms)
 
 __all__ = [
     "rt_transition",
@@ -852,7 +853,7 @@ def _check_attention(q, k, v, t, mu, omega, noises, nu, weight, kappa, temperatu
     check_times(t, "t")
     check_shape(t, "t", (n,))
     src = k if direction == "key" else q
-    if np.any(np.linalg.norm(src, axis=-1) == 0):
+    if np.any(row_norms(src) == 0):
         name = "k" if direction == "key" else "q"
         raise ValueError(f"{name}: a zero vector has no direction u (direction={direction!r})")
     return q, k, v, t, m, om, nz, nu, kappa, temperature
@@ -989,7 +990,7 @@ def rt_attention(
     decay = np.exp(-m * lag)  # e^{−μΔt}
     resid = qs[..., :, None, :] - decay[..., None] * ks[..., None, :, :]  # e^{−Ωt_i} r_ij, (..., N, N, d)
     src = ks[..., None, :, :] if direction == "key" else qs[..., :, None, :]
-    u = src / np.linalg.norm(src, axis=-1, keepdims=True)  # e^{−Ωt_i} u_ij
+    u = src / row_norms(src)  # e^{−Ωt_i} u_ij
     a_perp, a_par = _totals(m, lag, nz)  # (N, N)
     _check_totals(a_perp, a_par)
     s = np.sum(resid * u, axis=-1)  # u^T r (rotation-invariant)
@@ -1059,7 +1060,7 @@ def rt_attention_loop(
                 trans = math.exp(-m * lag) * rot  # e^{AΔt_ij} = e^{−μΔt} e^{ΩΔt}
                 k_hat = trans @ kf[b, j]  # transported key
                 src = rot @ kf[b, j] if direction == "key" else qf[b, i]  # (direction of k_hat, even if e^{−μΔt} underflows)
-                u = src / np.linalg.norm(src)
+                u = src / row_norms(src)
                 r = qf[b, i] - k_hat  # r_ij = q_i − e^{AΔt} k_j
                 a_perp, a_par = _totals_scalar(m, lag, nz)
                 _check_totals(a_perp, a_par)
@@ -1087,7 +1088,7 @@ def _check_step(z, alpha) -> tuple[np.ndarray, float]:
 
 
 def _retract(y: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(y, axis=-1, keepdims=True)
+    norm = row_norms(y)
     if np.any(norm == 0):
         raise ValueError("alpha: the update z + αΔ vanished for some token; the retraction is undefined")
     return y / norm

@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 import refimpl._blocking as _blocking
 import refimpl.random_features as rf_module
 from refimpl._testing import ORACLE, SELF, mc_band
+from refimpl._validate import row_norms
 from refimpl.attention import softmax_attention
 from refimpl.random_features import (
     KINDS,
@@ -961,7 +962,7 @@ class TestErrors:
             close(lsh_attention(qk * size, w, **lw), lsh_attention_loop(qk * size, w, **lw), rtol=SELF,
                   what=f"LSH attention, rows of size {size:.0e}, vs its loop twin")
         x = rng.normal(size=(50, 7)) * np.exp(rng.uniform(-40, 40, (50, 1)))
-        assert np.array_equal(rf_module._row_norms(x), np.linalg.norm(x, axis=-1, keepdims=True))  # ordinary rows: same bits
+        assert np.array_equal(row_norms(x), np.linalg.norm(x, axis=-1, keepdims=True))  # ordinary rows: same bits
 
     @pytest.mark.parametrize("func", [lsh_attention, lsh_attention_loop])
     def test_lsh_attention_errors(self, func):

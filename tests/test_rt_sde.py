@@ -750,6 +750,20 @@ class TestRtAttention:
         np.testing.assert_array_equal(W[np.triu_indices(n, 1)], 0.0)
         close(W.sum(axis=-1), np.ones(n), rtol=1e-15, what="rows sum to 1")
 
+    @pytest.mark.parametrize("direction", ["key", "query"])
+    def test_tiny_vectors_have_a_direction(self, direction):
+        """q, k of size 1e-170: their squares underflow (np.linalg.norm gave 0, and the call was refused as 'a zero
+        vector has no direction'). The distances vanish there, so the output is the small-input limit, the same as
+        at 1e-20; the loop twin agrees."""
+        rng = np.random.default_rng(67)
+        q, k, v = (rng.normal(size=(6, 4)) for _ in range(3))
+        kw = dict(ATT, omega=block_skew([0.3, 0.6]), direction=direction)
+        out = rt_attention(q * 1e-170, k * 1e-170, v, **kw)
+        close(out, rt_attention(q * 1e-20, k * 1e-20, v, **kw), rtol=1e-14, what="RT attention, 1e-170 against 1e-20")
+        close(rt_attention_loop(q * 1e-170, k * 1e-170, v, **kw), out, rtol=SELF, what="its loop twin")
+        with pytest.raises(ValueError, match="a zero vector has no direction"):
+            rt_attention(q, np.zeros_like(k), v, **{**kw, "direction": "key"})
+
     def test_batch_sphere_limit_and_loop(self):
         rng = np.random.default_rng(61)
         q, k, v = (rng.normal(size=(2, 3, 5, 4)) for _ in range(3))
