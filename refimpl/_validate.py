@@ -364,13 +364,24 @@ def pow2_scale(x: np.ndarray, axis=None) -> tuple[np.ndarray, np.ndarray]:
     return x / s, s
 
 
+#: Below this norm some squares of a row may have lost digits to underflow (entries under ~1e-154)
+_SMALL_NORM = 2.0**-460
+
+
 def row_norms(x: np.ndarray) -> np.ndarray:
-    """``‖x_i‖₂`` along the last axis (kept as length 1), through :func:`pow2_scale`: the bits of
-    ``np.linalg.norm`` for moderate rows, and the norm of rows near the float64 limits, where the
-    squares overflow (``np.linalg.norm`` gives inf) or underflow (it gives 0 for a nonzero row).
+    """``‖x_i‖₂`` along the last axis (kept as length 1): ``np.linalg.norm``, and for rows near the
+    float64 limits — whose squares overflow (the norm came out inf) or may underflow (it came out
+    below 2^−460, or 0 for a nonzero row) — the norm of the row scaled by a power of two first
+    (:func:`pow2_scale`; exact). A square lost to underflow in a row of norm >= 2^−460 is below
+    2^−1022, under 2^−100 of the row's squared norm: far below its rounding.
     """
-    xs, s = pow2_scale(x, axis=-1)
-    return s * np.linalg.norm(xs, axis=-1, keepdims=True)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    redo = ~(n >= _SMALL_NORM) | np.isinf(n)
+    if np.any(redo):
+        rows = redo[..., 0]
+        xs, s = pow2_scale(x[rows], axis=-1)
+        n[rows] = s * np.linalg.norm(xs, axis=-1, keepdims=True)
+    return n
 
 
 #: The arrays a function wrapped by :func:`guard_overflow` has itself found finite (:func:`vouch_finite`),
