@@ -375,7 +375,8 @@ def row_norms(x: np.ndarray) -> np.ndarray:
     (:func:`pow2_scale`; exact). A square lost to underflow in a row of norm >= 2^−460 is below
     2^−1022, under 2^−100 of the row's squared norm: far below its rounding.
     """
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    with np.errstate(over="ignore", under="ignore"):  # such rows are redone below
+        n = np.linalg.norm(x, axis=-1, keepdims=True)
     redo = ~(n >= _SMALL_NORM) | np.isinf(n)
     if np.any(redo):
         rows = redo[..., 0]

@@ -16,6 +16,8 @@ ORACLE for SciPy and closed forms), norm-wise relative.
 
 from __future__ import annotations
 
+import os
+import time
 from decimal import Decimal, localcontext
 
 import numpy as np
@@ -477,11 +479,9 @@ class TestBlockPlans:
               what="a plan too large to keep")
         assert len(no_plans._PLANS) == 0
 
-    @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
     def test_a_forked_child_does_not_wait_for_the_parents_lock(self, no_plans):
         """A process forked while another thread holds the plans' lock gets a lock of its own."""
-        import os
-
         x = np.random.default_rng(36).normal(size=3000)
         no_plans._plans_lock.acquire()  # as if another thread were inside _block_plan at the fork
         try:
@@ -495,15 +495,15 @@ class TestBlockPlans:
                     os._exit(0 if ok else 1)
         finally:
             no_plans._plans_lock.release()
-        deadline = __import__("time").monotonic() + 60
+        deadline = time.monotonic() + 60
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 break
-            if __import__("time").monotonic() > deadline:
+            if time.monotonic() > deadline:
                 os.kill(pid, 9)
                 pytest.fail("the forked child waited for the parent's lock")
-            __import__("time").sleep(0.01)
+            time.sleep(0.01)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
     def test_refused_filter_is_remembered_as_refused(self, no_plans):
