@@ -1106,7 +1106,7 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out, init=None, final=None, dinit=N
     Dk = Dv = 64, measured). Fast-forgetting gates (g ~ U(0.01, 0.5)) take the exact form everywhere:
     +25–30 % per channel (the halvings' and the blocks' straddling sums), +5–10 % per head and SSD.
     """
-    from .linear_rnn import _chunks  # the forward pass's own chunking (lazy: import cycle)
+    from .linear_rnn import _chunk_cumsum, _chunks  # the forward pass's own chunking and sums (lazy: import cycle)
 
     nb, L, dk = q.shape
     dv, dg = v.shape[-1], logg.shape[-1]
@@ -1121,7 +1121,8 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out, init=None, final=None, dinit=N
         # other chunks whose log-gate gradient takes the exact form (the first, and those with a gate below
         # e^{−_REC_SAFE_LOG}: at a step r with a small gate every straddling pair is small)
         g = gc[:, sl]
-        cum = np.matmul(tri, g) if dg > 1 else np.cumsum(g, axis=-2)  # Σ_{r=start}^{t} log g_r (the forward's)
+        # Σ_{r=start}^{t} log g_r, the forward's sums
+        cum = _chunk_cumsum(g, np.empty(g.shape), tri) if dg > 1 else np.cumsum(g, axis=-2)
         eq = np.exp(cum)
         ek = np.divide(1.0, np.maximum(eq, _REC_TINY))
         strong = cum[:, :, -1, :].min(axis=-1) < -_REC_FACTOR_LOG

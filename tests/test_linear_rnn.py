@@ -81,6 +81,24 @@ def test_exp_segsum_is_exp_of_segsum_bitwise():
         assert np.array_equal(lr._exp_segsum(a), np.exp(lr.segsum(a)))
 
 
+@pytest.mark.parametrize("c", [1, 7, 8, 16, 24, 40, 64, 65, 128])
+def test_chunk_cumsum_two_levels_equals_exact_sums(c):
+    # the in-chunk cumulative log-gates of the per-channel core: blocks of 8 rows plus the earlier blocks'
+    # totals (c a multiple of 8, at least 16), else one product with the triangle; against exact sums
+    rng = np.random.default_rng(c)
+    g = -rng.uniform(0.0, 3.0, size=(2, 3, c, 5))
+    g[0, 1] = -rng.uniform(0.0, 1e-6, size=(c, 5))  # gates near 1: small sums, where an absolute error shows
+    out = np.full(g.shape, np.nan)
+    assert lr._chunk_cumsum(g, out, np.tri(c)) is out
+    exact = np.array([[[[math.fsum(g[a, b, : t + 1, j]) for j in range(5)] for t in range(c)]
+                       for b in range(3)] for a in range(2)])
+    assert np.all(np.abs(out - exact) <= 4 * c * np.finfo(float).eps * np.abs(exact))
+    # the output may be a non-contiguous slice (the core's group of chunks): written in place
+    view = np.full((2, 5, c, 5), np.nan)[:, 1:4]
+    lr._chunk_cumsum(g, view, np.tri(c))
+    assert np.array_equal(view, out)
+
+
 @pytest.mark.parametrize("c", [1, 2, 5, 16, 29, 64])
 @pytest.mark.parametrize("decay", ["strong", "mild blocks", "all mild"])
 def test_halving_factors_every_pair_once(c, decay):
