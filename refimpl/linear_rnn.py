@@ -140,6 +140,7 @@ from ._validate import (
     check_finite_part,
     guard_overflow,
     pow2_scale,
+    row_norms,
     vouch_finite,
 )
 from .attention import _scale  # scale = 1/√Dk unless given, as in softmax attention
@@ -1677,9 +1678,12 @@ def _check_key_norms(k: np.ndarray, l2norm: bool | None = None) -> None:
     ``_FLA_L2NORM_KEYS``): their norm is below 1 by construction."""
     if _FLA_L2NORM_KEYS.get() if l2norm is None else l2norm:
         return
-    norms = np.sqrt(np.einsum("...j,...j->...", k, k))  # ‖k_t‖
+    with np.errstate(over="ignore", under="ignore"):  # a key far from unit norm is refused below
+        norms = np.sqrt(np.einsum("...j,...j->...", k, k))  # ‖k_t‖
     if norms.size and np.max(np.abs(norms - 1.0)) > KEY_NORM_TOL:
-        worst = norms.flat[int(np.argmax(np.abs(norms - 1.0)))]
+        i = int(np.argmax(np.abs(norms - 1.0)))
+        # the message's norm without overflow or underflow of the squares (1e200 or 1e-200, not inf or 0)
+        worst = float(row_norms(k.reshape(-1, k.shape[-1])[i : i + 1])[0, 0])
         raise ValueError(
             f"k: the delta rule expects l2-normalized keys (|‖k_t‖ − 1| <= {KEY_NORM_TOL:g}), got a key of norm {worst:.6g}"
         )

@@ -1030,6 +1030,9 @@ def test_delta_rule_takes_unit_keys_stored_in_low_precision(tier):
     "edit, match",
     [
         (lambda a: a.update(k=a["k"] * 1.01), "k: the delta rule expects l2-normalized keys"),
+        # the norm in the message is the key's, even where its squares overflow or underflow (was inf, 0)
+        (lambda a: a.update(k=a["k"] * 1e200), r"got a key of norm 1e\+200"),
+        (lambda a: a.update(k=a["k"] * 1e-200), r"got a key of norm 1e-200"),
         (lambda a: a.update(beta=np.full((2, 6), 2.0 + 2.0**-51)), r"beta: expected writing strengths in \[0, 2\]"),
         (lambda a: a.update(beta=np.full((2, 6), -1e-300)), "beta: expected writing strengths"),
         (lambda a: a.update(beta=np.full((2, 5), 0.5)), "beta: expected shape"),
