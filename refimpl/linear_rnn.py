@@ -1683,7 +1683,7 @@ def _check_key_norms(k: np.ndarray, l2norm: bool | None = None) -> None:
     if norms.size and np.max(np.abs(norms - 1.0)) > KEY_NORM_TOL:
         i = int(np.argmax(np.abs(norms - 1.0)))
         # the message's norm without overflow or underflow of the squares (1e200 or 1e-200, not inf or 0)
-        worst = float(row_norms(k.reshape(-1, k.shape[-1])[i : i + 1])[0, 0])
+        worst = float(row_norms(k.reshape(norms.size, k.shape[-1])[i : i + 1])[0, 0])
         raise ValueError(
             f"k: the delta rule expects l2-normalized keys (|‖k_t‖ − 1| <= {KEY_NORM_TOL:g}), got a key of norm {worst:.6g}"
         )
