@@ -79,6 +79,35 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def l2_cache_bytes(cache_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """The level-2 cache of one core (data or unified), in bytes, as Linux's sysfs reports it
+    (``index*/level``, ``type``, ``size`` such as ``1024K``); None where it is not reported.
+
+    Examples
+    --------
+    >>> size = l2_cache_bytes()
+    >>> size is None or size > 0
+    True
+    """
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    for index in sorted(glob.glob(os.path.join(cache_dir, "index*"))):
+        try:
+            with open(os.path.join(index, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(index, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(index, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if level != "2" or kind not in ("Data", "Unified"):
+            continue
+        number, unit = (size[:-1], units[size[-1]]) if size[-1:] in units else (size, 1)
+        if number.isdigit() and int(number) > 0:
+            return int(number) * unit
+    return None
+
+
 #: threads over which :func:`in_parts` splits independent parts (heads, batch entries). NumPy's
 #: ufuncs run on the calling thread only; its BLAS products and ufuncs release the GIL, so the
 #: elementwise work of one part overlaps another part's on a second core. This pays off when the

@@ -110,3 +110,36 @@ def test_cumsum_rows_equals_cumsum(axis):
     b = a.copy()
     assert cumsum_rows(b, axis, b) is b  # in place
     np.testing.assert_array_equal(b, want)
+
+
+def test_l2_cache_bytes_reads_sysfs(tmp_path):
+    # the L2 size sets the chunked recurrences' group size (linear_rnn._GROUP_ROWS): read from Linux's sysfs,
+    # the first level-2 data or unified cache; None where nothing usable is reported
+    def index(i, level, kind, size):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (d / name).write_text(text + "\n")
+
+    assert blocking.l2_cache_bytes(str(tmp_path)) is None  # nothing reported
+    index(0, "1", "Data", "48K")
+    index(1, "2", "Instruction", "64K")  # not a data cache
+    assert blocking.l2_cache_bytes(str(tmp_path)) is None
+    index(2, "2", "Unified", "2048K")
+    index(3, "3", "Unified", "32768K")
+    assert blocking.l2_cache_bytes(str(tmp_path)) == 2 << 20
+    (tmp_path / "index2" / "size").write_text("1M\n")
+    assert blocking.l2_cache_bytes(str(tmp_path)) == 1 << 20
+    (tmp_path / "index2" / "size").write_text("n/a\n")
+    assert blocking.l2_cache_bytes(str(tmp_path)) is None
+    (tmp_path / "index2" / "size").unlink()
+    assert blocking.l2_cache_bytes(str(tmp_path)) is None
+    assert blocking.l2_cache_bytes(str(tmp_path / "missing")) is None
+
+
+def test_group_rows_follow_the_l2_cache():
+    # one row per KiB of L2, within [512, 4096]; 2048 where the size is unknown
+    from refimpl import linear_rnn
+
+    size = blocking.l2_cache_bytes()
+    assert linear_rnn._GROUP_ROWS == (2048 if size is None else min(4096, max(512, size >> 10)))

@@ -1100,8 +1100,10 @@ def test_rls_memory_bad_input(fn):
 
 
 @pytest.mark.parametrize("form", ["gla", "ssd", "delta rule"])
-def test_threads_give_bitwise_the_same_result(monkeypatch, form):
-    # each head is computed by the same operations whichever thread runs it (README: "bitwise the same")
+def test_threads_and_groups_give_bitwise_the_same_result(monkeypatch, form):
+    # each head is computed by the same operations whichever thread runs it (README: "bitwise the same"), and
+    # each chunk whatever group of chunks it falls in: the group size follows the machine's L2 cache
+    # (linear_rnn._GROUP_ROWS), so a result must not depend on it
     monkeypatch.setattr(_blocking, "THREAD_MIN_ELEMS", 0)
     if form == "ssd":
         x, dt, A, B, C, D = _ssd_inputs(45, batch=(), H=4, G=2, L=150, P=3, N=5)
@@ -1115,8 +1117,9 @@ def test_threads_give_bitwise_the_same_result(monkeypatch, form):
         beta = rng.uniform(0.1, 1.0, (4, 150))
         run = lambda: lr.delta_rule(q, _unit(k), v, beta, chunk_size=16, return_chunk_states=True)  # noqa: E731
     results = []
-    for threads in (1, 2, 3):
+    for threads, group_rows in ((1, 2048), (2, 2048), (3, 2048), (1, 16), (2, 48), (3, 1 << 20)):
         monkeypatch.setattr(_blocking, "THREADS", threads)
+        monkeypatch.setattr(lr, "_GROUP_ROWS", group_rows)
         results.append(run())
     for other in results[1:]:
         for a, b in zip(results[0], other):
