@@ -585,12 +585,12 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     The chunk's rows are processed in two halves (sub-chunks of c/2 rows; one block for c < 16):
     the rows of the first half see only the first half of the keys, so the upper-right quarter
     of ``tril(Qe Kfᵀ)`` (all zeros) is neither computed nor multiplied, the mask applies to the
-    two diagonal quarters only, and the cumulative sums of the first half are a product with a
-    (c/2, c/2) triangle: 3/4 of the flops of the weights and of the cumulative sums, 7/8 of
-    those of the final product (the same sums: only products with the zeros of the mask are
-    dropped). ``Kfᵀ`` is written transposed, so both of its products are plain (NN) ones
-    (OpenBLAS ran ``Qe Kfᵀ`` with a transposed operand 1.5 times slower at 64 × 64 × 64; the
-    transposed write costs less than that, a few % of the time overall).
+    two diagonal quarters only: 3/4 of the flops of the weights, 7/8 of those of the final
+    product (the same sums: only products with the zeros of the mask are dropped). The
+    cumulative log-gates take two levels, blocks of 8 rows and their offsets
+    (:func:`_chunk_cumsum`). ``Kfᵀ`` is written transposed, so both of its products are plain
+    (NN) ones (OpenBLAS ran ``Qe Kfᵀ`` with a transposed operand 1.4 to 1.5 times slower at
+    64 × 64 × 64; the transposing copy costs less than that, a few % of the time overall).
     Each product has at most 64 × 64 outputs per call for the default chunk and Dk, Dv <= 64,
     so OpenBLAS keeps it on the calling thread (see :func:`refimpl._blocking.in_parts`).
     """
