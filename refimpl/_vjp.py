@@ -852,12 +852,12 @@ _REC_TINY = math.exp(-_REC_FACTOR_LOG)  # e^{−cum} is evaluated as 1 / max(e^{
 _REC_SAFE_LOG = 1.0
 
 
-def _chunk_groups(nb: int, nc: int, c: int) -> list:
+def _chunk_groups(nb: int, nc: int, c: int, width: int) -> list:
     """Slices of the ``nc`` chunks in groups whose temporaries stay in cache, as the forward pass cuts
-    them (:func:`refimpl.linear_rnn._group`, ``nb`` batch entries side by side)."""
+    them (:func:`refimpl.linear_rnn._group`, ``nb`` batch entries side by side, heads of ``width`` = max(Dk, Dv))."""
     from .linear_rnn import _group
 
-    m = max(1, min(nc, _group(nb, c)))  # nc = 0 (an empty sequence): no group
+    m = max(1, min(nc, _group(nb, c, width)))  # nc = 0 (an empty sequence): no group
     return [slice(g0, min(nc, g0 + m)) for g0 in range(0, nc, m)]
 
 
@@ -1113,7 +1113,7 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out, init=None, final=None, dinit=N
     c = max(1, min(c, L))  # the result does not depend on c: no chunk longer than the sequence
     qc, kc, vc, gc, yc = (_chunks(a, c, -2) for a in (q, k, v, logg, dy))  # (nb, nc, c, ·), padding 0
     nc = qc.shape[1]
-    groups = _chunk_groups(nb, nc, c)
+    groups = _chunk_groups(nb, nc, c, max(dk, dv))
     tri = np.tri(c)
     sT = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
 
@@ -1852,7 +1852,7 @@ def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out, init=None, final=None,
     qc, kc, vc, yc = (_chunks(a, c, -2) for a in (q, k, v, dy))  # (nb, nc, c, ·), padding 0
     bc, gc = (_chunks(a[..., None], c, -2)[..., 0] for a in (beta, logg))  # (nb, nc, c), β = 0 on padding
     nc = qc.shape[1]
-    groups = _chunk_groups(nb, nc, c)
+    groups = _chunk_groups(nb, nc, c, max(dk, dv))
     sT = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
     strict, lower = np.tri(c, c, -1, dtype=bool), np.tri(c, c, 0, dtype=bool)
     work = {}  # the workspace of _unit_lower_inverse per group length
