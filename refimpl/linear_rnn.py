@@ -121,7 +121,6 @@ References
 from __future__ import annotations
 
 import contextvars
-import functools
 import math
 from typing import NamedTuple
 
@@ -468,17 +467,9 @@ def _chunk_cumsum(g: np.ndarray, out: np.ndarray, tri: np.ndarray) -> np.ndarray
     if c % b or c < 2 * b:
         return np.matmul(tri, g, out=out)
     shape = g.shape[:-2] + (c // b, b, g.shape[-1])
-    blocks = np.matmul(_tri_cached(b), g.reshape(shape), out=out.reshape(shape))  # sums within each block
-    blocks += np.matmul(_tri_cached(c // b, -1), blocks[..., -1, :])[..., None, :]  # + the earlier blocks' totals
+    blocks = np.matmul(np.tri(b), g.reshape(shape), out=out.reshape(shape))  # sums within each block
+    blocks += np.matmul(np.tri(c // b, k=-1), blocks[..., -1, :])[..., None, :]  # + the earlier blocks' totals
     return out
-
-
-@functools.lru_cache(maxsize=8)
-def _tri_cached(n: int, k: int = 0) -> np.ndarray:
-    """``np.tri(n, k=k)``, read-only, kept (a few small triangles serve every call)."""
-    t = np.tri(n, k=k)
-    t.setflags(write=False)
-    return t
 
 
 def _group(rows: int, c: int, width: int = 64) -> int:
