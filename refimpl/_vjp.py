@@ -1383,7 +1383,8 @@ def gated_linear_attention_vjp(q, k, v, log_g, dy, *, scale=None, chunk_size=64,
     dfinal_state : array_like, shape (..., Dv, Dk), optional
         The cotangent ∂ℓ/∂S_{L−1} of the final state (the last chunk state; fla's ``dht``,
         transposed), with batch axes that broadcast to the final state's; the adjoint starts
-        from it, Eq. (16.22) of the book. Default 0.
+        from it, Eq. (16.22) of the book, and the log-gates' gradient gains the end term
+        ``Σ_i dS_{L−1}[i, j] S_{L−1}[i, j]`` of Eq. (16.23). Default 0.
 
     Returns
     -------
