@@ -52,13 +52,18 @@ def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3,
     """Measure time and peak memory of ``fn`` at a few sizes and extrapolate to ``N = target``.
 
     For each ``n`` in ``sizes`` the call ``fn(*args, **kwargs)`` with ``(args, kwargs) =
-    make_args(n)`` is timed (best of ``repeat``) and its peak of newly allocated memory is
-    measured with ``tracemalloc`` (NumPy reports its buffers to it; the inputs, made before the
-    measurement, are not counted) on one more call run in one thread (``_blocking.THREADS = 1``):
-    functions that share work between threads give each thread its own fixed workspace, and
-    whether those allocations overlap in time depends on the scheduling, so the multithreaded
-    peak varies from call to call by up to one workspace per extra thread; the one-thread peak
-    does not. Both are fitted by least squares on logs, ``t = c_t n^p_t``
+    make_args(n)`` (the inputs of every size are made first, in the order of ``sizes``) has its
+    peak of newly allocated memory measured with ``tracemalloc`` (NumPy reports its buffers to
+    it; the inputs, made before the measurement, are not counted) on a call run in one thread
+    (``_blocking.THREADS = 1``): functions that share work between threads give each thread its
+    own fixed workspace, and whether those allocations overlap in time depends on the
+    scheduling, so the multithreaded peak varies from call to call by up to one workspace per
+    extra thread; the one-thread peak does not. That traced call is also each size's untimed
+    first call (page faults of new arrays, first-call costs). The time is then the best of
+    ``repeat`` calls taken in rounds, each round timing every size once (in alternating order):
+    on a shared machine a burst of load then hits all sizes alike instead of one size's calls
+    (timed back to back, a 30 % burst on one size bent a fitted exponent from 1 to 1.4, or below
+    0). Both are fitted by least squares on logs, ``t = c_t n^p_t``
     and ``m = c_m n^p_m``, and evaluated at ``target``. The fit is the chapters' "measured
     constants": the exponents say how the cost grows, the constants belong to this machine,
     so a cell printing them carries ``# NBVAL_IGNORE_OUTPUT``.
@@ -83,24 +88,24 @@ def cost_at_scale(fn, make_args, sizes, *, target: int = 10**6, repeat: int = 3,
     sizes = [int(n) for n in sizes]
     if len(sizes) < 2 or len(set(sizes)) < 2:
         raise ValueError("sizes: need at least two distinct sizes to fit a power law")
-    times, peaks = [], []
-    for n in sizes:
-        args, kwargs = make_args(n)
-        best = np.inf
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn(*args, **kwargs)
-            best = min(best, time.perf_counter() - t0)
+    inputs = [make_args(n) for n in sizes]
+    peaks = []
+    for args, kwargs in inputs:  # the peak, on each size's first call (one thread, traced)
         threads, _blocking.THREADS = _blocking.THREADS, 1
         tracemalloc.start()
         try:
             fn(*args, **kwargs)
-            peak = tracemalloc.get_traced_memory()[1]
+            peaks.append(max(tracemalloc.get_traced_memory()[1], 1))
         finally:
             tracemalloc.stop()
             _blocking.THREADS = threads
-        times.append(best)
-        peaks.append(max(peak, 1))
+    times = [np.inf] * len(sizes)
+    for r in range(repeat):  # rounds over all sizes, in alternating order
+        for i in range(len(sizes)) if r % 2 == 0 else reversed(range(len(sizes))):
+            args, kwargs = inputs[i]
+            t0 = time.perf_counter()
+            fn(*args, **kwargs)
+            times[i] = min(times[i], time.perf_counter() - t0)
     logn = np.log(sizes)
     pt, lt = np.polyfit(logn, np.log(times), 1)
     pm, lm = np.polyfit(logn, np.log(peaks), 1)

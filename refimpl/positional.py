@@ -189,7 +189,7 @@ def relative_shift_matrix(k: float, d_model: int, base: float = 10000.0) -> np.n
 
 
 def _check_rope(x, positions, base, freqs):
-    x = as_real_array(x, "x")
+    x = as_real_array(x, "x", copy=False)  # read only: no copy of a float64 input
     if x.ndim < 2:
         raise ValueError(f"x: expected shape (..., N, d), got shape {x.shape}")
     d, n = x.shape[-1], x.shape[-2]
@@ -270,11 +270,16 @@ def rope(x, positions=None, base: float = 10000.0, freqs=None) -> np.ndarray:
     """
     x, pos, theta = _check_rope(x, positions, base, freqs)
     angle = pos[:, None] * theta[None, :]  # p θ_i, shape (N, d/2)
-    cos, sin = np.cos(angle), np.sin(angle)
+    cos = np.cos(angle)
+    sin = np.sin(angle, out=angle)  # the angles' buffer: memory N·d/2 less
     out = np.empty_like(x)
     x0, x1 = x[..., 0::2], x[..., 1::2]
-    out[..., 0::2] = x0 * cos - x1 * sin  # [cos −sin; sin cos] (x_2i, x_2i+1)
-    out[..., 1::2] = x1 * cos + x0 * sin
+    even, odd = out[..., 0::2], out[..., 1::2]
+    # [cos −sin; sin cos] (x_2i, x_2i+1), written into the output: one (…, N, d/2) temporary at a time
+    np.multiply(x0, cos, out=even)
+    even -= x1 * sin
+    np.multiply(x1, cos, out=odd)
+    odd += x0 * sin
     return out
 
 

@@ -63,9 +63,33 @@ def test_cost_at_scale_traces_memory_in_one_thread():
         assert _blocking.THREADS == before
     finally:
         _blocking.THREADS = original
-    # per size: two timed calls with the caller's threads, then the traced one in one thread
-    assert seen == [before, before, 1, before, before, 1]
+    # the traced first call of each size in one thread, then two rounds of timed calls with the caller's threads
+    assert seen == [1, 1, before, before, before, before]
     assert cost["peaks"][1] > cost["peaks"][0] >= 8000
+
+
+def test_cost_at_scale_times_in_rounds_over_the_sizes():
+    """Inputs made once per size, in order; each size's first call is the traced one; the timed calls go in
+    rounds over all sizes, in alternating order (a burst of load hits every size alike), and each size keeps
+    its best time. A function slowed only while the third round runs keeps the times of the first two."""
+    import time
+
+    made, calls = [], []
+
+    def make(n):
+        made.append(n)
+        return (n,), {}
+
+    def fn(n):
+        calls.append(n)
+        if 9 <= len(calls) <= 11:  # the third round (the first three calls are the traced ones)
+            time.sleep(0.05)
+        return np.ones(n)
+
+    cost = cost_at_scale(fn, make, [1000, 2000, 4000], repeat=3)
+    assert made == [1000, 2000, 4000]
+    assert calls == [1000, 2000, 4000] + [1000, 2000, 4000] + [4000, 2000, 1000] + [1000, 2000, 4000]
+    assert max(cost["times"]) < 0.05  # the slowed round lost to the best of the others
 
 
 def test_print_cost_says_measured_when_the_target_is_the_largest_size(capsys):
