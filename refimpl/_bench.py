@@ -19,9 +19,13 @@ What is measured, per case (one computation at one size, named ``module.function
 * **peak memory** of one call (tracemalloc; the inputs exist before tracing starts, so the peak is
   what the call allocates, output included).
 * for the causal chunked forms, the **loop-twin ratio** (loop time / refimpl time), secondary: the
-  median over 3 pairs of calls timed back to back (one pair in ``--quick`` mode); in each pair
-  refimpl's sample follows 0.1 s of its own untimed calls, its warm-up after the single-threaded
-  loop (see :func:`measure`).
+  median over 3 pairs of calls timed back to back; in each pair refimpl's sample follows 0.1 s of
+  its own untimed calls, its warm-up after the single-threaded loop (see :func:`measure`). In
+  ``--quick`` mode one loop run divided by the quiet time.
+
+The report prints a legend of these columns (:data:`LEGEND`, also in ``--help``), the refimpl
+version and commit, the CPU and the load average before the run, with a warning when the machine
+is already busy (above :data:`BUSY_LOAD` per core); ``--json`` keeps them with the ``--only`` patterns.
 
 Verdicts (full mode only; each prints PASS or MISS):
 
@@ -67,6 +71,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import difflib
 import fnmatch
 import importlib.util
 import json
@@ -146,7 +151,8 @@ def _best_time(fn: Callable[[], Any], repeats: int) -> float:
 def measure_limits(quick: bool = False) -> Limits:
     """Measure GEMM FLOP/s (float64 ``a @ b``), ``np.exp`` throughput and ``np.copyto`` bandwidth.
 
-    Best of a few runs each: the limit is what the machine can do, not what it did once.
+    Best of a few runs each (of 10 GEMMs in quick mode, whose small products a burst of load slows most):
+    the limit is what the machine can do, not what it did once.
     """
     rng = np.random.default_rng(0)
     sizes = (256, 512) if quick else (1024, 2048)
@@ -154,7 +160,7 @@ def measure_limits(quick: bool = False) -> Limits:
     for n in sizes:
         a, b = rng.random((n, n)), rng.random((n, n))
         out = np.empty((n, n))
-        gemm = max(gemm, 2.0 * n**3 / _best_time(lambda: np.matmul(a, b, out=out), 2 if quick else 3))
+        gemm = max(gemm, 2.0 * n**3 / _best_time(lambda: np.matmul(a, b, out=out), 10 if quick else 3))
     rates = []
     for n in (2**15, 2**21 if quick else 2**23):  # 256 KiB (cache), then 16 MiB / 64 MiB (far beyond the caches)
         x = np.linspace(-1.0, 1.0, n)
@@ -1317,14 +1323,17 @@ def cases(mode: str = "full") -> list[Case]:
 
 
 def _matches(case: Case, pattern: str) -> bool:
-    """The full name, a substring of ``module.function`` (case-insensitive), or a glob on module, function or name."""
+    """The full name, a substring of ``module.function`` (of the full name if the pattern has a ``[``),
+    or a glob (``*``, ``?``) on module, function or name; case-insensitive. Brackets are literal: they
+    delimit a variant (``linear_rnn.ssd[*fast*]``), never a character class."""
     p = pattern.lower()
     if p == case.name.lower():
         return True
-    if any(ch in p for ch in "*?["):
+    if "*" in p or "?" in p:
+        glob = p.replace("[", "\0").replace("]", "[]]").replace("\0", "[[]")  # fnmatch's escapes for [ and ]
         names = (case.module, case.function, f"{case.module}.{case.function}", case.name)
-        return any(fnmatch.fnmatchcase(s.lower(), p) for s in names)
-    return p in f"{case.module}.{case.function}".lower()
+        return any(fnmatch.fnmatchcase(s.lower(), glob) for s in names)
+    return p in (case.name if "[" in p else f"{case.module}.{case.function}").lower()
 
 
 def select(all_cases: list[Case], only: list[str] | None) -> list[Case]:
@@ -1572,6 +1581,8 @@ def measure(case: Case, limits: Limits | None, quick: bool, *, over_budget: floa
         # causal linear attention, N = 8192, 12.6-17 ms for the first call after its loop twin,
         # 7-8 ms from about the tenth, 0.1 s later; the same after a 0.4 s pause or a 0.4 s
         # single-threaded spin).
+        # Quick mode times the loop once and divides by the quiet time above: one cold refimpl call right after
+        # the loop twin gave ratios from 0.6x to 18x for the same case.
         pairs = 1 if quick else LOOP_PAIRS
         loop_t, ratios = [], []
         with clock("loop"):
@@ -1580,10 +1591,12 @@ def measure(case: Case, limits: Limits | None, quick: bool, *, over_budget: floa
                 if i == 0:
                     out_loop = out
                 loop_t.append(t_loop)
-                if not quick:
-                    warm_from = time.perf_counter()
-                    while time.perf_counter() - warm_from < LOOP_WARMUP:
-                        calls.refimpl()
+                if quick:
+                    ratios.append(t_loop / rec["time_s"])
+                    continue
+                warm_from = time.perf_counter()
+                while time.perf_counter() - warm_from < LOOP_WARMUP:
+                    calls.refimpl()
                 ratios.append(t_loop / _timed(calls.refimpl)[0])
         rec["loop_s"], rec["loop_ratio"], rec["loop_pairs"] = float(np.median(loop_t)), float(np.median(ratios)), pairs
         rec["loop_agree"] = _agreement(out_ref, out_loop)
@@ -1622,7 +1635,13 @@ def _verdicts(case: Case, rec: dict) -> dict:
 def _t(s: float | None) -> str:
     if s is None:
         return "—"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs" if s >= 1e-5 else f"{s * 1e6:.2g} µs"
     return f"{s * 1e3:.1f} ms" if s < 1.0 else f"{s:.2f} s"
+
+
+def _fraction(x: float) -> str:
+    return f"{x:.2f}" if x >= 0.01 else f"{x:.1e}"
 
 
 def _mib(b: float | None) -> str:
@@ -1642,11 +1661,12 @@ def _case_lines(case: Case, rec: dict, quick: bool) -> list[str]:
     else:
         busy = "busy: not run (quick mode)" if quick else "busy: not run (same-process comparison)"
     note = f"; {rec['bound_note']}" if rec.get("bound_note") else ""
-    limit = "" if rec["limit_s"] is None else f"limit {_t(rec['limit_s'])} (fraction {rec['fraction']:.2f}{note})"
+    limit = "" if rec["limit_s"] is None else f"limit {_t(rec['limit_s'])} (fraction {_fraction(rec['fraction'])}{note})"
     lines.append(f"    {quiet}   {busy}   [{runs}; case took {rec['case_wall_s']:.1f} s]")
     extra = f"    {limit}   peak {_mib(rec['peak_bytes'])}   agree {rec['agree']:.1e}"
     if rec["loop_ratio"] is not None:
-        pairs = "" if rec.get("loop_pairs", 1) == 1 else f", median of {rec['loop_pairs']} back-to-back pairs"
+        pairs = (" (against the quiet time)" if quick else "") if rec.get("loop_pairs", 1) == 1 else \
+            f", median of {rec['loop_pairs']} back-to-back pairs"
         extra += f"   loop twin {_t(rec['loop_s'])}, loop/refimpl = {rec['loop_ratio']:.1f}x{pairs} (agree {rec['loop_agree']:.1e})"
     lines.append(extra)
     if quick:
@@ -1677,7 +1697,12 @@ def environment() -> dict:
     except TypeError:  # numpy < 1.26 has no mode
         config = None
     threads = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+    from . import __version__
+
     return {
+        "refimpl": __version__,
+        "git_commit": _git_commit(),
+        "cpu_model": _cpu_model(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "numpy": np.__version__,
@@ -1733,6 +1758,55 @@ def _blas(env: dict) -> str:
 
 
 # ============================================================================ running
+LEGEND = (
+    "quiet / busy: refimpl time / baseline time = ratio, on the quiet machine and while a competing process "
+    "keeps one core busy; limit: the time of the case's unavoidable work (flops, exponentials, bytes) at this "
+    "machine's GEMM, exp and copy rates measured in the run, fraction = limit / refimpl time (1 = at the limit); "
+    "peak: the traced peak memory of one refimpl call; agree: norm-wise relative difference of refimpl's and the "
+    "baseline's outputs; loop/refimpl: loop twin time / refimpl time; [median of 3 | best of N | 1 run]: how the "
+    "times were taken"
+)
+
+#: load average per usable core above which the report warns that another process uses the machine
+BUSY_LOAD = 0.5
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        return None
+
+
+def _load_text(load: float | None, cores: int) -> str | None:
+    """A warning when the machine is busy before the run (the 1-minute load average, per core)."""
+    if load is None or load <= BUSY_LOAD * cores:
+        return None
+    return (f"warning: load average {load:.1f} on {cores} cores before the run: another process is using the "
+            "machine; times, ratios and the measured limits will be noisy")
+
+
+def _git_commit() -> str | None:
+    """The commit of a git checkout of refimpl (None for an installed copy or without git)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 WALL_TARGET = {"full": 180.0, "quick": 20.0}  # seconds a run of every case should take on a quiet machine
 
 
@@ -1763,10 +1837,17 @@ def run(quick: bool = False, only: list[str] | None = None, stream=None, *, over
     mode = "quick" if quick else "full"
     selected = select(cases(mode), only)
     env = environment()
-    out(f"refimpl bench ({mode}): {len(selected)} cases; ratio = refimpl time / baseline time")
+    load_start = _load_average()
+    out(f"refimpl bench ({mode}): {len(selected)} case{'' if len(selected) == 1 else 's'}; "
+        "ratio = refimpl time / baseline time")
     out(f"numpy {env['numpy']}, scipy {env['scipy']}, BLAS {_blas(env)}, {env['usable_cores']} usable cores "
         f"(cpu_count {env['cpu_count']}), thread env {json.dumps({k: v for k, v in env['thread_env'].items() if v})}, "
         f"huge pages {_huge_text(env['huge_pages'])}")
+    out(f"refimpl {env['refimpl']}{'' if env['git_commit'] is None else ' (commit ' + env['git_commit'][:12] + ')'}, "
+        f"CPU {env['cpu_model']}, load average {'?' if load_start is None else f'{load_start:.2f}'}")
+    busy_warning = _load_text(load_start, env["usable_cores"])
+    if busy_warning:
+        out(busy_warning)
     if quick:
         out("quick mode: small sizes, no competing load; times and agreement only, no verdicts")
     limits = measure_limits(quick)
@@ -1788,10 +1869,12 @@ def run(quick: bool = False, only: list[str] | None = None, stream=None, *, over
         out("attention.softmax_attention vs PyTorch: torch not installed: skipped")
     elapsed = time.perf_counter() - start
     out("")
+    out(LEGEND)
     if any(rec["bound_note"] for rec in records):
         out("limit = max(flops / GEMM FLOP/s, exps / exp rate, bytes / copy bandwidth) in every case; a case whose limit "
             "carries a note (FFT, scan, recursion, structured sum, small products) cannot run at GEMM speed, and its "
-            "fraction is judged against that bound all the same")
+            + ("fraction would be judged against that bound all the same (quick mode judges nothing)" if quick else
+               "fraction is judged against that bound all the same"))
     summary = {"PASS": 0, "MISS": 0}
     missed = []
     for rec in records:
@@ -1814,9 +1897,13 @@ def run(quick: bool = False, only: list[str] | None = None, stream=None, *, over
     else:
         out(f"total wall time {elapsed:.1f} s ({'within' if within else 'over'} the {target:g} s budget of a {mode} run "
             "on a quiet machine)")
+    load_end = _load_average()
+    if load_end is not None and load_end > BUSY_LOAD * env["usable_cores"] and not needs_load:
+        out(f"warning: load average {load_end:.1f} at the end of the run: the machine was busy")
     limit_dict = {"gemm_flops": limits.gemm_flops, "exp_rate": limits.exp_rate, "exp_rate_large": limits.exp_rate_large,
                   "copy_bandwidth": limits.copy_bandwidth, "gemm_sizes": list(limits.gemm_sizes)}
-    return {"mode": mode, "environment": env, "limits": limit_dict, "cases": records, "verdicts": summary,
+    return {"mode": mode, "only": only, "load_average": {"start": load_start, "end": load_end},
+            "environment": env, "limits": limit_dict, "cases": records, "verdicts": summary,
             "missed": missed, "wall_time_s": elapsed, "wall_target_s": target, "within_wall_target": within,
             "time_by_function_s": families,
             "lines": out.lines}
@@ -1829,7 +1916,8 @@ def main(argv: list[str] | None = None) -> int:
         "quiet and under a competing load; print PASS/MISS per target (full mode). A full run should take at "
         "most 3 minutes on a quiet machine, a --quick run 20 seconds; the report ends with the time per function.",
         epilog="Case names are module.function[variant]. Examples: --only softmax, --only 'linear_rnn.*', "
-        "--only 'attention.softmax_attention[*vs-torch]' (the PyTorch comparison, if torch is installed).",
+        "--only 'linear_rnn.ssd[*fast*]' (brackets are literal), --only 'attention.softmax_attention[*vs-torch]' "
+        "(the PyTorch comparison, if torch is installed). Columns: " + LEGEND + ".",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds); prints no verdicts")
     parser.add_argument("--only", action="append", metavar="PATTERN",
@@ -1842,6 +1930,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refimpl bench: no case matches --only {' '.join(args.only)}; valid names:", file=sys.stderr)
         for name in names:
             print(f"  {name}", file=sys.stderr)
+        by_function = {name.split(".")[-1]: name for name in names}  # a pattern is usually a function's name
+        close = {by_function.get(m, m) for p in args.only
+                 for m in difflib.get_close_matches(p.split("[")[0].lower(), [*names, *by_function], n=3, cutoff=0.6)}
+        if close:
+            print(f"did you mean: {', '.join(sorted(close))}?", file=sys.stderr)
         return 2
     report = run(quick=args.quick, only=args.only)
     if args.json:

@@ -356,8 +356,9 @@ def test_loop_pairs_time_refimpl_after_its_warm_up(monkeypatch):
         assert warm.split() and set(warm.split()) == {"ref"}, "untimed refimpl calls first"
         assert sample.split() == ["ref"]
     log.clear()
-    bench.measure(case, None, quick=True)
-    assert " ".join(log).endswith("timed loop timed ref"), "quick mode: no warm-up"
+    rec = bench.measure(case, None, quick=True)
+    assert " ".join(log).endswith("timed loop"), "quick mode: no warm-up and no refimpl call after the loop"
+    assert rec["loop_ratio"] == pytest.approx(30.0 / rec["time_s"])
 
 
 def test_single_run_case_times_its_faster_function_twice(monkeypatch):
@@ -635,3 +636,60 @@ def test_environment_reports_numpy_huge_page_advice():
     assert "not advised by NumPy" in bench._huge_text(off) and bench._huge_text(on).startswith("advised by NumPy")
     for key in ("enabled", "defrag"):  # the kernel's choice, bracketed in /sys, or None where there is none
         assert on[key] is None or on[key] in ("always", "madvise", "never", "defer", "defer+madvise")
+
+
+# ------------------------------------------------------------------------------------ a new user's findings
+def test_the_help_examples_match_cases(capsys):
+    """Brackets in a pattern are literal (a variant), never a character class: the help's bracketed examples match."""
+    fast = bench.select(TEST_CASES, ["linear_rnn.ssd[*fast*]"])
+    assert fast and all(c.function == "ssd" and "fast" in c.variant for c in fast)
+    torch_like = bench.Case("attention", "softmax_attention", "H=8,N=8192,d=64,vs-torch", lambda: None, bench.Cost(), "")
+    assert bench._matches(torch_like, "attention.softmax_attention[*vs-torch]")
+    assert not bench._matches(torch_like, "attention.softmax_attention[*causal*]")
+    # a bracketed prefix without wildcards is a substring of the full name
+    assert bench.select(TEST_CASES, ["ssd[H="]) and all(c.function == "ssd" for c in bench.select(TEST_CASES, ["ssd[H="]))
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    assert "linear_rnn.ssd[*fast*]" in help_text and "fraction = limit / refimpl time" in help_text
+
+
+def test_a_misspelled_name_gets_a_suggestion(capsys):
+    assert cli_main(["bench", "--quick", "--only", "gated_linar_attention"]) == 2
+    hint = capsys.readouterr().err.splitlines()[-1]
+    assert hint.startswith("did you mean: ") and "linear_rnn.gated_linear_attention" in hint
+
+
+def test_quick_loop_ratio_divides_by_the_quiet_time(monkeypatch):
+    """Quick mode: one loop-twin run against the quiet time measured before (a cold call right after the loop
+    twin gave 0.6x to 18x for the same case)."""
+    x = np.random.default_rng(0).normal(size=(60, 60))
+
+    def loop():
+        time.sleep(0.02)
+        return x @ x
+
+    case = bench.Case("linear_rnn", "ssd", "toy", lambda: bench.Calls(lambda: x @ x, lambda: x @ x, loop),
+                      bench.Cost(flops=1.0), "x @ x", loop_target=20.0)
+    rec = bench.measure(case, bench.Limits(1e10, 1e8, 1e8, 1e9), quick=True)
+    assert rec["loop_pairs"] == 1 and rec["loop_ratio"] == pytest.approx(rec["loop_s"] / rec["time_s"])
+    line = bench._case_lines(case, rec, quick=True)[2]
+    assert "(against the quiet time)" in line
+
+
+def test_small_times_and_fractions_keep_two_digits():
+    assert bench._t(3.1e-6) == "3.1 µs" and bench._t(3.3e-4) == "330 µs" and bench._t(0.0123) == "12.3 ms"
+    assert bench._fraction(0.25) == "0.25" and bench._fraction(0.0021) == "2.1e-03"
+
+
+def test_the_report_names_the_code_the_machine_and_its_load(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "_load_average", lambda: 99.0)
+    out = tmp_path / "bench.json"
+    assert cli_main(["bench", "--quick", "--only", "dle_covariance", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    env = report["environment"]
+    assert env["refimpl"] and env["cpu_model"] and "git_commit" in env
+    assert report["only"] == ["dle_covariance"] and report["load_average"] == {"start": 99.0, "end": 99.0}
+    assert "warning: load average 99.0" in printed and "2 cases;" in printed
+    assert "fraction = limit / refimpl time" in printed and "quick mode judges nothing" not in printed
