@@ -1615,7 +1615,17 @@ def _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, a
                              f"{arr.shape}" + ("; flash_attn returns out = 0 and softmax_lse = +inf for seqlen_k = 0, "
                                                "refimpl refuses empty sequences (see Notes)" if arr.shape[1] == 0 else ""))
     if hk == 0 or h % hk:
-        raise ValueError(f"k: its nheads_k = {hk} must divide the nheads = {h} of q (grouped-query attention)")
+        # seqlen and nheads may differ between q and k: shapes cannot tell which argument has the wrong layout,
+        # but a reading with one's axes 1 and 2 exchanged that fits is named
+        head_first = "(batch, nheads, seqlen, headdim)"
+        q_fits, kv_fit = hk > 0 and q.shape[1] % hk == 0, h % k.shape[1] == 0
+        if q_fits and not kv_fit:
+            raise ValueError(f"q: expected shape (batch, seqlen, nheads, headdim); its nheads = {h} is not a multiple "
+                             f"of the nheads_k = {hk} of k {k.shape} and v {v.shape}, but its axis 1 (size "
+                             f"{q.shape[1]}) is: was q passed as {head_first}?")
+        hint = {(True, True): f": was q, or were k and v, passed as {head_first}?",
+                (False, True): f": were k and v passed as {head_first}?"}.get((q_fits, kv_fit), "")
+        raise ValueError(f"k: its nheads_k = {hk} must divide the nheads = {h} of q (grouped-query attention){hint}")
     if as_positive_scalar(dropout_p, "dropout_p", strict=False) != 0.0:
         raise ValueError(f"dropout_p: the reference is deterministic, validate with dropout_p = 0, got {dropout_p!r}")
     causal = as_bool(causal, "causal")

@@ -2311,6 +2311,35 @@ def _optional(x, name: str, shape: tuple, what: str):
     return None if x is None else _official(x, name, shape, what)
 
 
+def _outvoted(name: str, shape: tuple, layout: str, swapped: str, later) -> None:
+    """Refuse the first argument ``name`` (of ``shape``, official ``layout``) when the later arguments that take
+    their sizes from it agree with each other and each disagrees with it: a ``ValueError`` naming it, where the
+    check of the first later argument would blame that one. ``later``: ``(name, value, n)``, the leading ``n``
+    sizes of ``value`` being those of ``shape`` (batch, sequence, heads); None values are left out, and at least
+    two must be given. The message asks whether ``name`` was passed in the ``swapped`` layout (its axes 1 and 2
+    exchanged) when that reading fits them."""
+    given = []
+    for other, value, n in later:
+        if value is None:
+            continue
+        try:
+            size = tuple(int(d) for d in np.shape(value))
+        except Exception:  # noqa: BLE001 — not array-like: its own check names it
+            return
+        if len(size) < n:
+            return
+        given.append((other, size, n))
+    if len(given) < 2 or any(size[:n] == shape[:n] for _, size, n in given):
+        return
+    if any(a[:min(m, n)] != b[:min(m, n)] for i, (_, a, m) in enumerate(given) for _, b, n in given[i + 1:]):
+        return
+    exchanged = (shape[0], shape[2], shape[1])
+    hint = f": was {name} passed as {swapped}?" if all(size[:n] == exchanged[:n] for _, size, n in given) else ""
+    listed = ", ".join(f"{other} {size}" for other, size, _ in given[:-1]) + f" and {given[-1][0]} {given[-1][1]}"
+    raise ValueError(f"{name}: expected shape {layout}; its sizes {shape} disagree with {listed}, which agree with "
+                     f"each other{hint}")
+
+
 class _Mamba(NamedTuple):
     """A validated ``mamba_chunk_scan_combined`` call: refimpl's layout (b, h, l, ·) for the scan, the
     official one for the element-wise steps; ``raw`` = dt + dt_bias, ``pre`` = softplus(raw) (or raw),
@@ -2338,6 +2367,9 @@ def _check_mamba(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_s
     softplus = as_bool(dt_softplus, "dt_softplus")
     x = _official(x, "x", (None,) * 4, "(batch, seqlen, nheads, headdim)")
     b, L, H, P = x.shape
+    # dt, B and C agreeing on (batch, seqlen) with each other and not with x: x is named, not dt
+    _outvoted("x", x.shape, "(batch, seqlen, nheads, headdim)", "(batch, nheads, seqlen, headdim)",
+              (("dt", dt, 3), ("B", B, 2), ("C", C, 2)))
     dt = _official(dt, "dt", (b, L, H), "(batch, seqlen, nheads); sizes from x")
     A = _official(A, "A", (H,), "(nheads,); nheads from x")
     if np.any(A > 0):
@@ -2597,6 +2629,11 @@ def _check_fla(q, k, v, g, beta, scale, initial_state, gate: str, delta: bool, l
     l2norm = as_bool(l2norm, "use_qk_l2norm_in_kernel")
     q = _official(q, "q", (None,) * 4, "[B, T, H, K]")
     Bb, T, H, K = q.shape
+    # k, v and the gates agreeing on [B, T, H] with each other and not with q: q is named, not k (k and v alone are
+    # no evidence against q, as they usually share a layout: a gate, g or beta, must side with them)
+    gates = (("g", g if gate != "none" else None, 3), ("beta", beta if delta else None, 3))
+    if any(value is not None for _, value, _ in gates):
+        _outvoted("q", q.shape, "[B, T, H, K]", "[B, H, T, K] (head first)", (("k", k, 3), ("v", v, 3)) + gates)
     k = _official(k, "k", q.shape, "[B, T, H, K] like q")
     v = _official(v, "v", (Bb, T, H, None), "[B, T, H, V]")
     V = v.shape[-1]

@@ -1179,39 +1179,63 @@ def _round(x, dtype: str):
     return out
 
 
+#: the message of an optional output a callable left out or returned as None
+_NOT_RETURNED = "not returned (optional): not judged"
+
+
 def _as_results(value, case: Case, oracle: dict) -> tuple:
     """Map the user's return value to ``{name: value}``; (mapping, error message or '').
 
-    A tuple (or one value) may leave out the function's optional outputs (those refimpl returns
-    only on request, :class:`refimpl._golden.Function`): then it holds the others, in order."""
+    The function's optional outputs (:class:`refimpl._golden.Function`: those refimpl returns only on
+    request, and the gradients of optional inputs) may be returned as None, or left out: from a dict, or from
+    the end of a tuple (they come after the required ones); they are then not in the mapping. One value is the
+    single required output. A tuple may also hold all the function's outputs, None for those the case's inputs
+    do not produce (``dlog_g`` without ``log_g``). A required output returned as None stays in the mapping, as
+    None (reported as "returned None")."""
     outs = case.output_names()
-    required = tuple(o for o in outs if o not in FUNCTIONS[case.function].optional)
+    optional = FUNCTIONS[case.function].optional
+    required = tuple(o for o in outs if o not in optional)
+
+    def returned(given: dict) -> dict:  # an optional output returned as None: not returned
+        return {k: v for k, v in given.items() if v is not None or k in required}
+
     if value is None:  # a callable that returns nothing (e.g. writes into an argument): an error, not a value
         return None, f"returned None, expected the output{'s' if len(outs) > 1 else ''} {', '.join(outs)}"
     if isinstance(value, dict):  # None stands for an output not returned (fla's final state without output_final_state)
         unknown = [k for k in value if k not in oracle]
         note = f"ignored unknown names {unknown}" if unknown else ""
-        return {k: v for k, v in value.items() if k in oracle and v is not None}, note
+        return returned({k: v for k, v in value.items() if k in oracle}), note
     if isinstance(value, (tuple, list)):  # trailing None: outputs not returned, as fla's (o, None), (…, dh0=None)
         n = len(value)
         while n > len(required) and value[n - 1] is None:
             n -= 1
         value = value[:n]  # the same type: the messages name it
-    alone = required[0] + " alone" if len(required) == 1 else f"{len(required)} ({', '.join(required)})"
-    fewer = f" or {alone}" if required != outs else ""  # the optional outputs left out
+    if len(required) == len(outs):
+        fewer = ""
+    elif len(outs) - len(required) == 1:
+        fewer = " or " + (f"{required[0]} alone" if len(required) == 1 else f"{len(required)} ({', '.join(required)})")
+    else:
+        fewer = f" or fewer, down to {len(required)} ({', '.join(required)}): optional ones left out from the end"
     full = FUNCTIONS[case.function].outputs  # the function's outputs (a case may have fewer: no dlog_g without log_g)
     if isinstance(value, (tuple, list)) and len(value) == len(full) != len(outs):
         given = dict(zip(full, value))
         if all(given[k] is None for k in full if k not in outs):  # the documented call, absent outputs as None
-            return {k: v for k, v in given.items() if k in outs}, ""
+            return returned({k: v for k, v in given.items() if k in outs}), ""
     if isinstance(value, (tuple, list)):
-        if len(value) not in (len(outs), len(required)):
+        if not len(required) <= len(value) <= len(outs):
             return None, (f"returned a {type(value).__name__} of {len(value)} items, expected {len(outs)} "
                           f"({', '.join(outs)}){fewer}")
-        return dict(zip(outs if len(value) == len(outs) else required, value)), ""
+        return returned(dict(zip(outs, value))), ""
     if len(required) != 1:
         return None, f"returned one {type(value).__name__}, expected a tuple ({', '.join(outs)}){fewer}"
     return {required[0]: value}, ""
+
+
+def _returned_none(function: str, name: str, outs) -> str:
+    """The message of a required output returned as None."""
+    optional = [o for o in outs if o in FUNCTIONS[function].optional]
+    return f"returned None for {name}, a required output" + (
+        f" (only {', '.join(optional)} may be None or left out)" if optional else "")
 
 
 #: the chunk length of fla's chunked kernels (its functions take no chunk size)
@@ -2409,9 +2433,14 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
         outputs as a tuple in refimpl's order, or a dict of named outputs and any of the case's
         intermediates (``P``, ``R2``, ``d2``, ``A`` … — see ``case_names`` and the manifest), which
         are then checked too, in the order of computation, so that the first failing one
-        localizes a bug. Outputs that refimpl returns only on request — the last state of
-        ``ssm.selective_scan`` and ``ssm.selective_scan_fn`` (``return_last_state``) — may be
-        left out: they are then reported as not returned and not judged.
+        localizes a bug. Optional outputs, marked ``[, name]`` in the ``call`` — those refimpl returns only
+        on request (the last state of ``ssm.selective_scan``, ``return_last_state``; the final state of the
+        official chunked interfaces) and the gradients of optional inputs (``dh0`` of ``initial_state``,
+        ``dD``, ``dz``, ``ddt_bias``, ``dinitial_states`` of mamba_ssm's ``D``, ``z``, ``dt_bias``,
+        ``initial_states`` …) — may be left out (from the end of a tuple, or from a dict) or returned as
+        None: they are then reported as not returned and not judged; returned, they are judged. A required
+        output returned as None fails ("returned None for dg, a required output"). Only the judged
+        quantities count for ``meets``.
 
         The returned values may be NumPy arrays or any array-like: an object with ``__array__``
         (JAX arrays, …) or ``.numpy()``, and tensors — an object with ``.detach()`` (a PyTorch tensor,
@@ -2544,7 +2573,8 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
         if mapped is None:
             reports.append(CaseReport(case.name, "error", [], note))
             continue
-        mapped = {k: _to_array(v) for k, v in mapped.items()}  # tensors too (.detach().cpu().numpy())
+        # tensors too (.detach().cpu().numpy()); None: a required output returned as None
+        mapped = {k: None if v is None else _to_array(v) for k, v in mapped.items()}
         quantities = []
         outs = case.output_names()
         floors = _Floors(function, args, low=dt != "float64", tier=dt)
@@ -2554,9 +2584,12 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
             kind = "output" if qname in outs else "intermediate"
             if qname not in mapped:
                 if kind == "output" and qname in FUNCTIONS[function].optional:
-                    quantities.append(QuantityReport(qname, kind, True, message="not returned (optional): not judged"))
+                    quantities.append(QuantityReport(qname, kind, True, message=_NOT_RETURNED))
                 elif kind == "output":
                     quantities.append(QuantityReport(qname, kind, False, message="missing from the returned values"))
+                continue
+            if mapped[qname] is None:  # a required output (an optional one returned as None is not in mapped)
+                quantities.append(QuantityReport(qname, kind, False, message=_returned_none(function, qname, outs)))
                 continue
             jt = _judged_tier(function, qname, mapped[qname], dt)  # float32 for FlashAttention's lse
             floor = floor_of[qname] = floors(qname, oracle[qname])
@@ -2568,8 +2601,8 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
                                      layout=_layout(function, qname, np.ndim(oracle[qname]), {**defaults, **args})))
         status = "pass" if all(q.passed for q in quantities) else "fail"
         meets = dt if status == "pass" else None
-        if status == "fail" and dt != "float64" and all(q.message == "" or "overflow" in q.message or _ONE_BY_ONE in q.message
-                                                                 for q in quantities):
+        if status == "fail" and dt != "float64" and all(q.message in ("", _NOT_RETURNED) or "overflow" in q.message
+                                                         or _ONE_BY_ONE in q.message for q in quantities):
             # computed when first read (str(report) reads it), from copies of the values judged here; the tier dt
             # itself is not judged again where this comparison used the same plain reference (computed, not stored)
             judged = {k: np.array(v, copy=True) for k, v in mapped.items() if k in oracle}

@@ -548,7 +548,8 @@ def test_bad_input_names_the_official_argument():
     kw, opts = mamba_inputs(16)
     call = lambda **over: lr.mamba_chunk_scan_combined(**{**kw, "chunk_size": 4, **opts, **over})  # noqa: E731
     for over, match in [
-        (dict(x=np.swapaxes(kw["x"], 1, 2)), r"dt: expected shape \(batch, seqlen, nheads\)"),  # refimpl's layout
+        # refimpl's layout: x is named (dt, B and C agree with each other), not dt (tests/test_official_layouts.py)
+        (dict(x=np.swapaxes(kw["x"], 1, 2)), r"^x: expected shape \(batch, seqlen, nheads, headdim\); its sizes"),
         (dict(dt=np.swapaxes(kw["dt"], 1, 2)), r"^dt: expected shape \(batch, seqlen, nheads\)"),
         (dict(B=kw["B"][:, :, :1].repeat(3, axis=2)), "^B: its ngroups = 3"),
         (dict(D=np.ones(3)), r"^D: expected shape \(nheads,\)"),
@@ -574,7 +575,8 @@ def test_bad_input_names_the_official_argument():
     kw, opts = fla_inputs(17, gate="head", delta=True)
     f = lambda **over: lr.chunk_gated_delta_rule(**{**kw, **opts, **over})  # noqa: E731
     for over, match in [
-        (dict(q=np.swapaxes(kw["q"], 1, 2)), r"^k: expected shape \[B, T, H, K\] like q"),
+        (dict(q=np.swapaxes(kw["q"], 1, 2)), r"^q: expected shape \[B, T, H, K\]; its sizes"),  # k, v, g, beta agree
+        (dict(k=np.swapaxes(kw["k"], 1, 2), v=np.swapaxes(kw["v"], 1, 2)), r"^k: expected shape \[B, T, H, K\] like q"),
         (dict(g=np.swapaxes(kw["g"], 1, 2)), r"^g: expected shape \[B, T, H\]"),
         (dict(g=-kw["g"]), "^g: expected log-space gates <= 0"),
         (dict(beta=kw["beta"][..., None]), r"^beta: expected shape \[B, T, H\]"),
@@ -731,8 +733,8 @@ def test_outputs_returned_as_none_are_not_returned_and_tuple_options_stay_tuples
         return g["dq"], g["dk"], g["dv"], g["dg"], None
 
     assert oracle.compare("linear_rnn.chunk_gla_vjp", vjp_tuple, inputs=grad).passed
-    missing = oracle.compare("linear_rnn.chunk_gla", lambda **kw: {"o": None}, inputs=inp)
-    assert not missing.passed and "missing" in missing.table()
+    missing = oracle.compare("linear_rnn.chunk_gla", lambda **kw: {"o": None}, inputs=inp)  # a required output
+    assert not missing.passed and "o          FAIL returned None for o, a required output" in missing.table()
     seen = []
 
     def mamba(**kw):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
 import re
 import subprocess
@@ -226,6 +227,12 @@ class TestCommittedVectors:
         assert sorted(ENTRIES) == sorted(oracle.case_names()), (
             "tests/golden/v2 is out of date with the registry: run `python -m refimpl vectors export tests/golden/v2`"
         )
+
+    def test_manifest_calls_match_the_registry(self):
+        """The manifest tells users from any language how to call and what to return: its ``call`` is the registry's
+        (a change of a call, e.g. the optional outputs marked ``[, dh0]``, needs the manifest rewritten)."""
+        stale = {e["function"] for e in MANIFEST["cases"] if e["call"] != oracle.FUNCTIONS[e["function"]].call}
+        assert not stale, f"tests/golden/v2/manifest.json has an old call for {sorted(stale)}"
 
     def test_total_size_small(self):
         # format 2 adds a plain reference per low-precision tier to every case, and the manifest its
@@ -676,7 +683,7 @@ class TestCompare:
         checked = 0
         for name, f in oracle.FUNCTIONS.items():
             try:
-                own = f.call == call_string(name, f.outputs, f.intermediates, f.skip)
+                own = f.call == call_string(name, f.outputs, f.intermediates, f.skip, f.optional)
             except AttributeError:  # not a public function (e.g. attention.attention_statistics)
                 own = False
             if not own:
@@ -810,6 +817,135 @@ GENERATED = ["attention.softmax_attention/tile_N65_d64_causal", "attention.flash
 def generated_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("generated")
     return d, oracle.export(d, cases=GENERATED)
+
+
+#: official backward passes, their required gradients and the gradients of the optional inputs that
+#: ``random_inputs(..., states=True)`` gives (mamba_ssm: D, dt_bias, initial_states; no z without gated=True)
+OFFICIAL_VJPS = {
+    "linear_rnn.chunk_gla_vjp": (dict(L=70, H=2, dk=8, dv=4), ("dq", "dk", "dv", "dg"), ("dh0",)),
+    "linear_rnn.chunk_delta_rule_vjp": (dict(L=70, H=2, dk=8, dv=4), ("dq", "dk", "dv", "dbeta"), ("dh0",)),
+    "linear_rnn.mamba_chunk_scan_combined_vjp": (dict(L=70, H=4, P=4, N=8), ("dx", "ddt", "dA", "dB", "dC"),
+                                                 ("dD", "ddt_bias", "dinitial_states")),
+}
+
+
+def _optional_input(grad: str) -> str:
+    """The input a gradient is taken with respect to: ``dh0`` of fla's ``initial_state``, else the name without d."""
+    return "initial_state" if grad == "dh0" else grad[1:]
+
+
+class TestOptionalGradients:
+    """The gradient of an optional input (an initial state, D, z, dt_bias …) is an optional output: a kernel may
+    leave it out or return None, and it is then reported as not returned and not judged, as the forward passes'
+    optional outputs are (chapter 15, section 15.6); returned, it is judged. Before, a kernel returning exactly the
+    documented ``(dq, dk, dv, dg)`` failed "dh0: missing from the returned values", and ``(…, None)`` failed
+    "dtype object is not numeric"."""
+
+    def test_the_registry_marks_the_gradients_of_optional_inputs(self):
+        from refimpl._golden._base import resolve
+
+        checked = 0
+        for name, f in oracle.FUNCTIONS.items():
+            if not name.endswith("_vjp"):
+                continue
+            params = inspect.signature(resolve(name)).parameters
+            optional = {g for g in f.outputs if _optional_input(g) in params
+                        and params[_optional_input(g)].default is None}
+            assert set(f.optional) == optional, name  # inputs with a default of None, and only those
+            assert all(g in params or _optional_input(g) in params for g in f.outputs), name
+            n = len(f.outputs) - len(f.optional)
+            assert set(f.outputs[n:]) == set(f.optional), name  # after the required ones: they may be left out
+            outs = f.call.split(" -> ")[1].split(";")[0]
+            assert all(f"[, {g}]" in outs for g in f.optional) and outs.count("[") == len(f.optional), f.call
+            checked += bool(f.optional)
+        assert checked == 10
+        assert oracle.FUNCTIONS["linear_rnn.chunk_gla_vjp"].call.endswith("-> (dq, dk, dv, dg[, dh0])")
+        assert oracle.FUNCTIONS["linear_rnn.mamba_chunk_scan_combined_vjp"].call.endswith(
+            "-> (dx, ddt, dA, dB, dC[, dD][, dz][, ddt_bias][, dinitial_states])")
+        assert oracle.FUNCTIONS["linear_rnn.chunk_gla"].call.endswith("-> (o[, final_state])")
+
+    @pytest.mark.parametrize("name", sorted(OFFICIAL_VJPS))
+    def test_the_required_gradients_alone_pass(self, name):
+        from refimpl._golden._base import resolve
+
+        sizes, required, optional = OFFICIAL_VJPS[name]
+        inp = oracle.random_inputs(name, seed=0, states=True, **sizes)
+        vjp = resolve(name)
+        assert set(vjp(**inp)) == set(required + optional)  # refimpl computes them all for these inputs
+        kernels = {"the documented tuple": lambda **kw: tuple(vjp(**kw)[g] for g in required),
+                   "None in their place": lambda **kw: tuple(vjp(**kw)[g] for g in required) + (None,) * len(optional),
+                   "a dict without them": lambda **kw: {g: vjp(**kw)[g] for g in required},
+                   "a dict with None": lambda **kw: {**{g: vjp(**kw)[g] for g in required}, optional[0]: None}}
+        for label, kernel in kernels.items():
+            for report in (oracle.compare(name, kernel, inputs=inp), oracle.compare(name, kernel)):  # and golden case
+                c = report.cases[0]
+                assert c.status == "pass", (label, str(report))
+                not_judged = [q.name for q in c.quantities if q.message == "not returned (optional): not judged"]
+                assert not_judged and set(not_judged) <= set(oracle.FUNCTIONS[name].optional), (label, str(report))
+                assert not_judged == list(optional) or c.case != f"{name}/inputs[0]", (label, str(report))
+        everything = oracle.compare(name, vjp, inputs=inp).cases[0]  # returned, the optional gradients are judged
+        assert everything.status == "pass" and all(q.message == "" for q in everything.quantities)
+        assert [q.name for q in everything.quantities] == list(required + optional)
+
+    @pytest.mark.parametrize("name", sorted(OFFICIAL_VJPS))
+    def test_a_returned_optional_gradient_is_judged(self, name):
+        from refimpl._golden._base import resolve
+
+        sizes, required, optional = OFFICIAL_VJPS[name]
+        inp = oracle.random_inputs(name, seed=1, states=True, **sizes)
+        vjp = resolve(name)
+        off = optional[-1]
+
+        def kernel(**kw):  # the required gradients and the optional ones, the last 1% off, in a tuple
+            g = vjp(**kw)
+            return tuple(g[n] * (1.01 if n == off else 1.0) for n in required + optional)
+
+        c = oracle.compare(name, kernel, inputs=inp).cases[0]
+        assert c.status == "fail" and c.first_failure == off and c.quantities[-1].message == ""
+
+    def test_a_required_gradient_returned_as_none_is_named(self):
+        from refimpl import linear_rnn
+
+        inp = oracle.random_inputs("linear_rnn.chunk_gla_vjp", seed=0, states=True, L=70, H=2, dk=8, dv=4)
+        for kernel in (lambda **kw: (*(linear_rnn.chunk_gla_vjp(**kw)[g] for g in ("dq", "dk", "dv")), None),
+                       lambda **kw: {**linear_rnn.chunk_gla_vjp(**kw), "dg": None}):
+            c = oracle.compare("linear_rnn.chunk_gla_vjp", kernel, inputs=inp).cases[0]
+            assert c.status == "fail" and c.first_failure == "dg"
+            dg = next(q for q in c.quantities if q.name == "dg")
+            assert dg.message == "returned None for dg, a required output (only dh0 may be None or left out)"
+            assert "not numeric" not in str(oracle.compare("linear_rnn.chunk_gla_vjp", kernel, inputs=inp))
+
+    def test_mamba_gradients_by_position(self):
+        """mamba_ssm's order (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states): any optional one may be None,
+        the trailing ones left out; with no z given, all nine with dz None (the library's backward returns None for
+        an input it was not given) or the eight refimpl computes."""
+        from refimpl import linear_rnn
+
+        name = "linear_rnn.mamba_chunk_scan_combined_vjp"
+        inp = oracle.random_inputs(name, seed=2, states=True, L=70, H=4, P=4, N=8)
+        full = ("dx", "ddt", "dA", "dB", "dC", "dD", "dz", "ddt_bias", "dinitial_states")
+
+        def kernel(*names):  # the gradients in mamba_ssm's order, None for those not named, ddt_bias 1% off
+            def run(**kw):
+                g = linear_rnn.mamba_chunk_scan_combined_vjp(**kw)
+                return tuple(g[n] * (1.01 if n == "ddt_bias" else 1.0) if n in names else None for n in full)
+            return run
+
+        c = oracle.compare(name, kernel(*full[:6], *full[7:]), inputs=inp).cases[0]  # dz None: no z given
+        assert c.status == "fail" and c.first_failure == "ddt_bias" and len(c.quantities) == 8
+        given = (*full[:6], *full[7:])
+        c = oracle.compare(name, lambda **kw: kernel(*given)(**kw)[:6] + kernel(*given)(**kw)[7:], inputs=inp).cases[0]
+        assert c.status == "fail" and c.first_failure == "ddt_bias"  # the eight refimpl computes, in its order
+        # eight items are refimpl's eight: mamba_ssm's order cut after ddt_bias puts ddt_bias where dinitial_states is
+        c = oracle.compare(name, lambda **kw: kernel(*full[:5], "ddt_bias")(**kw)[:8], inputs=inp).cases[0]
+        assert c.status == "fail" and c.quantities[-1].message == "shape (4,) != expected (1, 4, 4, 8)"
+        c = oracle.compare(name, lambda **kw: kernel(*full[:5], "dinitial_states")(**kw)[:6] + (None,
+                           linear_rnn.mamba_chunk_scan_combined_vjp(**kw)["dinitial_states"]), inputs=inp).cases[0]
+        assert c.status == "pass" and [q.name for q in c.quantities if q.message] == ["dD", "ddt_bias"]  # None
+        c = oracle.compare(name, lambda **kw: kernel(*given)(**kw)[:4], inputs=inp).cases[0]
+        assert c.status == "error" and c.message == (
+            "returned a tuple of 4 items, expected 8 (dx, ddt, dA, dB, dC, dD, ddt_bias, dinitial_states) or fewer, "
+            "down to 5 (dx, ddt, dA, dB, dC): optional ones left out from the end")
 
 
 class TestGeneratedCases:
@@ -1255,6 +1391,33 @@ class TestMeets:
         out[...] = 0.0  # … and the kernel may reuse its output buffer
         assert report.cases[0].meets == "tf32" and calls == [1]
         assert report.meets == "tf32" and "within the bounds of tier: tf32" in str(report) and calls == [1]
+
+    def test_meets_counts_the_judged_quantities_only(self):
+        """An optional output left out (None) is not judged, and does not count for the finest tier met: a chunk_gla
+        kernel whose o is rounded to float16, asked for float32, meets the same tier whether it returns its state
+        (rounded alike) or None (it met none: "errors within the bounds of tier: none"). Likewise a backward pass
+        that leaves out dh0."""
+        from refimpl import linear_rnn
+
+        r16 = lambda a: oracle.round_to(a, "float16").astype(np.float32)  # noqa: E731
+        inp = oracle.random_inputs("linear_rnn.chunk_gla", seed=0, L=128, H=2, dk=16, dv=16, states=True)
+        reports = {}
+        for state in (True, False):
+            def kernel(state=state, **kw):
+                o, h = linear_rnn.chunk_gla(**kw)
+                return r16(o), r16(h) if state else None
+
+            reports[state] = oracle.compare("linear_rnn.chunk_gla", kernel, dtype="float32", inputs=inp)
+        assert not reports[True].passed and not reports[False].passed
+        assert reports[False].cases[0].quantities[-1].message == "not returned (optional): not judged"
+        assert reports[False].meets == reports[True].meets == "tf32"
+        assert "errors within the bounds of tier: tf32" in str(reports[False])
+        inp = oracle.random_inputs("linear_rnn.chunk_gla_vjp", seed=0, L=128, H=2, dk=16, dv=16, states=True)
+        grads = linear_rnn.chunk_gla_vjp(**inp)
+        meets = {n: oracle.compare("linear_rnn.chunk_gla_vjp", lambda **kw: tuple(r16(grads[g]) for g in names),
+                                   dtype="float32", inputs=inp).meets
+                 for n, names in (("with dh0", ("dq", "dk", "dv", "dg", "dh0")), ("without", ("dq", "dk", "dv", "dg")))}
+        assert meets["without"] == meets["with dh0"] is not None, meets
 
     def test_a_pickled_report_carries_meets(self):
         """Reports sent between processes (a pool of workers comparing kernels) take ``meets`` computed along."""

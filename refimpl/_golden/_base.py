@@ -32,10 +32,12 @@ class Function:
     user's callable is called (always with the case's arguments as keywords); when it is not
     given it is generated from the signature of the refimpl function ``name`` names (options
     ``return_*`` and the parameters listed in ``skip`` left out) and from ``outputs`` and
-    ``intermediates``. ``optional`` names outputs that the refimpl function returns only on
-    request (``return_last_state``): a callable may leave them out (return the other outputs, one
-    array for a single one, or a dict without them); they are then reported as not returned and
-    not judged.
+    ``intermediates``. ``optional`` names the outputs a callable may leave out: those the refimpl
+    function returns only on request (``return_last_state``) and, for a backward pass, the
+    gradients of optional inputs (``dh0`` of ``initial_state``, ``dD`` of ``D``, …). They come after
+    the others; a callable may leave them out (a tuple without the trailing ones, one array for a
+    single output, or a dict without them) or return None in their place; they are then reported
+    as not returned and not judged. ``call`` marks them: ``-> (dq, dk, dv, dg[, dh0])``.
 
     Examples
     --------
@@ -43,6 +45,8 @@ class Function:
     >>> f = FUNCTIONS['lyapunov.phi1']
     >>> f.outputs, f.call
     (('phi',), 'fn(z, tau) -> phi')
+    >>> FUNCTIONS['linear_rnn.chunk_gla_vjp'].call.split(' -> ')[1]
+    '(dq, dk, dv, dg[, dh0])'
     """
 
     name: str
@@ -55,14 +59,18 @@ class Function:
 
     def __post_init__(self):
         if self.call is None:
-            object.__setattr__(self, "call", call_string(self.name, self.outputs, self.intermediates, self.skip))
+            object.__setattr__(self, "call", call_string(self.name, self.outputs, self.intermediates, self.skip,
+                                                         self.optional))
 
 
-def call_string(name: str, outputs: tuple, intermediates: tuple = (), skip: tuple = ()) -> str:
-    """``"fn(p1, p2, …) -> out; intermediates a, b"`` from the signature of ``refimpl.<name>``."""
+def call_string(name: str, outputs: tuple, intermediates: tuple = (), skip: tuple = (), optional: tuple = ()) -> str:
+    """``"fn(p1, p2, …) -> (out[, opt]); intermediates a, b"`` from the signature of ``refimpl.<name>``,
+    the ``optional`` outputs in brackets."""
     params = [p for p in inspect.signature(resolve(name)).parameters
               if not p.startswith("return_") and p not in skip]
-    outs = outputs[0] if len(outputs) == 1 else f"({', '.join(outputs)})"
+    sep = lambda i: ", " if i else ""  # noqa: E731
+    outs = "".join(f"[{sep(i)}{o}]" if o in optional else f"{sep(i)}{o}" for i, o in enumerate(outputs))
+    outs = outs if len(outputs) == 1 else f"({outs})"
     text = f"fn({', '.join(params)}) -> {outs}"
     if intermediates:
         text += f"; intermediate{'s' if len(intermediates) > 1 else ''} {', '.join(intermediates)}"

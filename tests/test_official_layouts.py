@@ -1,0 +1,135 @@
+"""A first argument in the wrong layout is named, not the later argument whose check reads its sizes from it.
+
+The official interfaces read the sizes (batch, sequence, heads) from their first argument — mamba_ssm's ``x``,
+fla's ``q``, FlashAttention's ``q`` — and check the later arguments against them. An ``x`` passed head-first,
+(batch, nheads, seqlen, headdim), made the check of ``dt`` fail ("dt: expected shape (batch, seqlen, nheads) =
+(1, 4, 2048) (sizes from x) ..."), although ``dt`` was right. When the later arguments agree with each other and
+each disagrees with the first, the first is named, with the question whether it was passed in the other layout
+when that reading fits them. A later argument that is wrong alone is still the one named.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from refimpl import attention as at
+from refimpl import linear_rnn as lr
+
+
+def swap(a):
+    return np.swapaxes(a, 1, 2)
+
+
+def mamba_inputs(b=1, L=33, H=4, P=8, G=1, N=16):
+    r = np.random.default_rng(1)
+    return dict(x=r.standard_normal((b, L, H, P)), dt=r.normal(-0.5, 1.0, (b, L, H)), A=-np.exp(r.standard_normal(H)),
+                B=r.standard_normal((b, L, G, N)), C=r.standard_normal((b, L, G, N)), chunk_size=16)
+
+
+MAMBA = {"forward": lr.mamba_chunk_scan_combined, "loop": lr.mamba_chunk_scan_combined_loop,
+         "vjp": lambda **kw: lr.mamba_chunk_scan_combined_vjp(**kw, dout=np.ones((1, 33, 4, 8)))}
+
+
+@pytest.mark.parametrize("call", sorted(MAMBA))
+def test_mamba_x_passed_head_first_is_named(call):
+    kw = mamba_inputs()
+    message = ("x: expected shape (batch, seqlen, nheads, headdim); its sizes (1, 4, 33, 8) disagree with dt (1, 33, 4), "
+               "B (1, 33, 1, 16) and C (1, 33, 1, 16), which agree with each other: was x passed as (batch, nheads, "
+               "seqlen, headdim)?")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        MAMBA[call](**{**kw, "x": swap(kw["x"])})
+
+
+def test_mamba_x_of_another_length_is_named_without_the_layout_question():
+    kw = mamba_inputs()
+    with pytest.raises(ValueError, match=r"^x: expected shape .*; its sizes \(1, 32, 4, 8\) disagree with dt \(1, 33, 4\), "
+                                         r"B \(1, 33, 1, 16\) and C \(1, 33, 1, 16\), which agree with each other$"):
+        lr.mamba_chunk_scan_combined(**{**kw, "x": kw["x"][:, :-1]})
+
+
+def test_mamba_a_later_argument_wrong_alone_is_named():
+    kw = mamba_inputs()
+    for over, match in [
+        (dict(dt=swap(kw["dt"])), r"^dt: expected shape \(batch, seqlen, nheads\) = \(1, 33, 4\) \(sizes from x\)"),
+        (dict(B=kw["B"][:, :-1]), r"^B: expected shape \(batch, seqlen, ngroups, dstate\)"),  # dt and C side with x
+        (dict(C=kw["C"][:, :-1]), r"^C: expected shape .* like B"),
+        (dict(B=kw["B"][:, :-1], C=kw["C"][:, :-1]), r"^B: expected shape"),  # B and C against x and dt: not outvoted
+        # x with 8 heads: dt disagrees on nheads only, where B and C cannot tell which of x and dt is wrong
+        (dict(x=np.concatenate([kw["x"], kw["x"]], axis=2)), r"^dt: expected shape \(batch, seqlen, nheads\) = \(1, 33, 8\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            lr.mamba_chunk_scan_combined(**{**kw, **over})
+
+
+def fla_inputs(gate, delta, B=1, T=70, H=2, K=8, V=4):
+    r = np.random.default_rng(2)
+    kw = dict(q=r.standard_normal((B, T, H, K)), k=r.standard_normal((B, T, H, K)), v=r.standard_normal((B, T, H, V)))
+    if gate == "channel":
+        kw["g"] = -r.uniform(0, 1, (B, T, H, K))
+    elif gate == "head":
+        kw["g"] = -r.uniform(0, 0.5, (B, T, H))
+    if delta:
+        kw["beta"] = r.uniform(0.1, 0.9, (B, T, H))
+        kw["use_qk_l2norm_in_kernel"] = True
+    return kw
+
+
+FLA = {"chunk_gla": ("channel", False), "chunk_simple_gla": ("head", False), "chunk_delta_rule": ("none", True),
+       "chunk_gated_delta_rule": ("head", True)}
+
+
+@pytest.mark.parametrize("vjp", [False, True])
+@pytest.mark.parametrize("name", sorted(FLA))
+def test_fla_q_passed_head_first_is_named(name, vjp):
+    kw = fla_inputs(*FLA[name])
+    fn = getattr(lr, name + ("_vjp" if vjp else ""))
+    extra = dict(do=np.ones(kw["v"].shape)) if vjp else {}
+    later = [f"{n} {kw[n].shape}" for n in ("k", "v", "g", "beta") if n in kw]
+    later = ", ".join(later[:-1]) + " and " + later[-1]  # "k (…), v (…) and g (…)"
+    message = (f"q: expected shape [B, T, H, K]; its sizes (1, 2, 70, 8) disagree with {later}, which agree with "
+               "each other: was q passed as [B, H, T, K] (head first)?")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        fn(**{**kw, "q": swap(kw["q"])}, **extra)
+    with pytest.raises(ValueError, match=r"^k: expected shape \[B, T, H, K\] like q"):  # k and v against q and a gate
+        fn(**{**kw, "k": swap(kw["k"]), "v": swap(kw["v"])}, **extra)
+
+
+def test_fla_k_and_v_alone_do_not_outvote_q():
+    """Keys and values usually share a layout: their agreement is no evidence against q. With no gate of its own
+    (chunk_simple_gla with g_gamma alone) the check of k is named, as before, whichever of q or (k, v) is wrong."""
+    kw = fla_inputs("none", False)
+    for over in (dict(q=swap(kw["q"])), dict(k=swap(kw["k"]), v=swap(kw["v"]))):
+        with pytest.raises(ValueError, match=r"^k: expected shape \[B, T, H, K\] like q"):
+            lr.chunk_simple_gla(**{**kw, **over}, g=None, g_gamma=-np.ones(2))
+
+
+@pytest.mark.parametrize("vjp", [False, True])
+def test_flash_attn_q_passed_head_first_is_named_where_only_its_reading_fits(vjp):
+    """q and k may differ in seqlen and nheads (cross-attention, grouped-query attention): shapes cannot tell which
+    of them has the wrong layout, except through nheads_k | nheads. Where only q read head-first fits k and v, q is
+    named; where k and v read head-first would fit too, the message asks about both."""
+    r = np.random.default_rng(3)
+    q, k, v = r.standard_normal((1, 50, 8, 16)), r.standard_normal((1, 100, 8, 16)), r.standard_normal((1, 100, 8, 16))
+
+    def call(q, k, v):
+        return at.flash_attn_func_vjp(q, k, v, np.ones(q.shape[:3] + v.shape[3:])) if vjp else at.flash_attn_func(q, k, v)
+
+    message = ("q: expected shape (batch, seqlen, nheads, headdim); its nheads = 50 is not a multiple of the nheads_k "
+               "= 8 of k (1, 100, 8, 16) and v (1, 100, 8, 16), but its axis 1 (size 8) is: was q passed as (batch, "
+               "nheads, seqlen, headdim)?")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        call(swap(q), k, v)  # cross-attention: 50 queries, 100 keys
+    hint = r"\(grouped-query attention\): was q, or were k and v, passed as \(batch, nheads, seqlen, headdim\)\?$"
+    with pytest.raises(ValueError, match=r"^k: its nheads_k = 8 must divide the nheads = 100 of q " + hint):
+        call(swap(k), k, v)  # self-attention, q head-first: its reading and that of k and v both fit
+    with pytest.raises(ValueError, match=r"^k: its nheads_k = 100 must divide the nheads = 8 of q " + hint):
+        call(k, swap(k), swap(v))
+    with pytest.raises(ValueError, match=r"^k: its nheads_k = 100 must divide the nheads = 8 of q \(grouped-query "
+                                         r"attention\): were k and v passed as \(batch, nheads, seqlen, headdim\)\?$"):
+        call(q, swap(k), swap(v))  # only the reading of k and v fits
+    with pytest.raises(ValueError, match=r"^k: its nheads_k = 3 must divide the nheads = 8 of q \(grouped-query "
+                                         r"attention\)$"):
+        call(q, k[:, :, :3], v[:, :, :3])  # no reading fits: no question
