@@ -17,6 +17,8 @@ import pytest
 from refimpl import linear_rnn as lr
 from refimpl import oracle
 
+from _fla import fla_inputs  # noqa: E402 (tests/ is on sys.path)
+
 RTOL = 1e-13
 rng0 = np.random.default_rng
 
@@ -116,23 +118,6 @@ def mamba_inputs(seed=0, b=2, L=9, H=4, G=2, P=3, N=2, full=True, d_per_channel=
                     dt_limit=(0.3, 1.4))
     else:
         kw["dt"] = r.uniform(0.05, 1.0, (b, L, H))
-    return kw, opts
-
-
-def fla_inputs(seed=0, B=2, T=9, H=2, K=3, V=2, gate="none", delta=False, l2norm=False, state=True):
-    r = rng0(seed)
-    k = r.standard_normal((B, T, H, K))
-    kw = dict(q=r.standard_normal((B, T, H, K)), k=k if (l2norm or not delta) else k / np.linalg.norm(k, axis=-1, keepdims=True),
-              v=r.standard_normal((B, T, H, V)))
-    if gate == "channel":
-        kw["g"] = -r.uniform(0, 1, (B, T, H, K))
-    elif gate == "head":
-        kw["g"] = -r.uniform(0, 0.7, (B, T, H))
-    if delta:
-        kw["beta"] = r.uniform(0.1, 1.5, (B, T, H))
-    opts = dict(initial_state=r.standard_normal((B, H, K, V))) if state else {}
-    if delta:
-        opts["use_qk_l2norm_in_kernel"] = l2norm
     return kw, opts
 
 

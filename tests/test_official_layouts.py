@@ -18,6 +18,8 @@ import pytest
 from refimpl import attention as at
 from refimpl import linear_rnn as lr
 
+from _fla import fla_inputs as _fla_inputs  # noqa: E402 (tests/ is on sys.path)
+
 
 def swap(a):
     return np.swapaxes(a, 1, 2)
@@ -64,17 +66,10 @@ def test_mamba_a_later_argument_wrong_alone_is_named():
             lr.mamba_chunk_scan_combined(**{**kw, **over})
 
 
-def fla_inputs(gate, delta, B=1, T=70, H=2, K=8, V=4):
-    r = np.random.default_rng(2)
-    kw = dict(q=r.standard_normal((B, T, H, K)), k=r.standard_normal((B, T, H, K)), v=r.standard_normal((B, T, H, V)))
-    if gate == "channel":
-        kw["g"] = -r.uniform(0, 1, (B, T, H, K))
-    elif gate == "head":
-        kw["g"] = -r.uniform(0, 0.5, (B, T, H))
-    if delta:
-        kw["beta"] = r.uniform(0.1, 0.9, (B, T, H))
-        kw["use_qk_l2norm_in_kernel"] = True
-    return kw
+def fla_inputs(gate, delta):
+    """q, k, v (and g, beta) in fla's layout, B = 1, T = 70, H = 2, K = 8, V = 4; fla's l2norm of the keys."""
+    kw, opts = _fla_inputs(seed=2, B=1, T=70, H=2, K=8, V=4, gate=gate, delta=delta, l2norm=True, state=False)
+    return {**kw, **opts}
 
 
 FLA = {"chunk_gla": ("channel", False), "chunk_simple_gla": ("head", False), "chunk_delta_rule": ("none", True),
