@@ -2738,8 +2738,10 @@ def random_inputs(name, *, seed, **sizes) -> dict:
     ------
     ValueError, TypeError
         Naming the argument: a function that is not supported, a keyword that is not one of the
-        function's options (``"sizes: unknown [...]"``, with the known ones), a size that is not an int
-        in range, a flag that is not a bool, an option out of range or inconsistent with another.
+        function's options (``"sizes: unknown [...]"``, with the known ones, and for a library's own name
+        of a size — fla's ``T``, ``K``, ``V``, mamba_ssm's ``seqlen``, ``nheads``, ``headdim``, ``dstate``
+        — the name it has here), a size that is not an int in range, a flag that is not a bool, an option
+        out of range or inconsistent with another.
 
     Notes
     -----
@@ -3306,6 +3308,15 @@ def _unknown_hint(function: str, name: str, options: dict) -> str:
         return "random_inputs draws float64 inputs; the precision tier is compare's dtype="
     if name == "chunk_size" and function.startswith("linear_rnn.chunk_"):
         return "fla's kernels use chunks of 64"
+    # the libraries' own names of a size (fla's T, K, V; mamba_ssm's seqlen, nheads, headdim, ngroups, dstate):
+    # random_inputs keeps one vocabulary across the families, and names its own
+    ssm_state = ("N",) if "P" in options else ()  # N is the state size of SSD and mamba, the length of attention
+    ours = {"T": ("L",), "K": ("dk",), "V": ("dv",), "seqlen": ("L", "seqlen_q", "N"), "nheads": ("H",),
+            "headdim": ("P", "d"), "head_dim": ("P", "d", "headdim"), "ngroups": ("G",), "dstate": ssm_state,
+            "d_state": ssm_state}.get(name, ())
+    for own in ours:
+        if own in options:
+            return f"{name} is {own} here" + (" (and seqlen_k)" if own == "seqlen_q" else "")
     return ""
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from refimpl import attention as at
 from refimpl import linear_rnn as lr
+from refimpl import oracle
 
 from _fla import fla_inputs as _fla_inputs  # noqa: E402 (tests/ is on sys.path)
 
@@ -128,3 +129,23 @@ def test_flash_attn_q_passed_head_first_is_named_where_only_its_reading_fits(vjp
     with pytest.raises(ValueError, match=r"^k: its nheads_k = 3 must divide the nheads = 8 of q \(grouped-query "
                                          r"attention\)$"):
         call(q, k[:, :, :3], v[:, :, :3])  # no reading fits: no question
+
+
+@pytest.mark.parametrize("function, sizes, hints", [
+    ("linear_rnn.chunk_gla", dict(T=64, K=8, V=4), ["K is dk here", "T is L here", "V is dv here"]),
+    ("linear_rnn.chunk_delta_rule_vjp", dict(T=64), ["T is L here"]),
+    ("linear_rnn.mamba_chunk_scan_combined", dict(seqlen=64, nheads=2, headdim=8, dstate=4, ngroups=1),
+     ["dstate is N here", "headdim is P here", "ngroups is G here", "nheads is H here", "seqlen is L here"]),
+    ("attention.flash_attn_func", dict(seqlen=64), ["seqlen is seqlen_q here (and seqlen_k)"]),
+    ("attention.softmax_attention", dict(seqlen=64, head_dim=8, dstate=4), ["head_dim is d here", "seqlen is N here"]),
+])
+def test_random_inputs_names_its_own_size_for_a_library_name(function, sizes, hints):
+    """A kernel author types the library's size names (fla's T, K, V; mamba_ssm's seqlen, nheads, headdim…):
+    the refusal says which of random_inputs' names it is, and gives none where the family has no such size
+    (dstate is not softmax attention's N)."""
+    with pytest.raises(ValueError, match=r"^sizes: unknown") as err:
+        oracle.random_inputs(function, seed=0, **sizes)
+    message = str(err.value)
+    for hint in hints:
+        assert hint in message
+    assert "dstate is" not in message or "mamba" in function
