@@ -1789,13 +1789,22 @@ def _load_text(load: float | None, cores: int) -> str | None:
 
 
 def _git_commit() -> str | None:
-    """The commit of a git checkout of refimpl (None for an installed copy or without git)."""
+    """The commit of a git checkout of refimpl; None for an installed copy, without git, or where the package
+    lies inside some other repository (a virtual environment in a project's folder: that commit is not ours)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args):
+        return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True, timeout=5)
+
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                              capture_output=True, text=True, timeout=5)
+        if git("ls-files", "--error-unmatch", os.path.basename(__file__)).returncode != 0:
+            return None  # this file is not tracked there: not refimpl's own checkout
+        done = git("rev-parse", "HEAD")
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
 
 
 def _cpu_model() -> str:

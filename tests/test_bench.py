@@ -693,3 +693,19 @@ def test_the_report_names_the_code_the_machine_and_its_load(tmp_path, capsys, mo
     assert report["only"] == ["dle_covariance"] and report["load_average"] == {"start": 99.0, "end": 99.0}
     assert "warning: load average 99.0" in printed and "2 cases;" in printed
     assert "fraction = limit / refimpl time" in printed and "quick mode judges nothing" not in printed
+
+
+def test_git_commit_is_only_refimpl_s_own(tmp_path, monkeypatch):
+    """A copy of the package inside some other repository (a virtual environment in a project's folder) reports no
+    commit: the repository's HEAD is not refimpl's."""
+    if subprocess.run(["git", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("git not available")
+    repo = tmp_path / "project"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=x", "commit", "-q", "--allow-empty",
+                    "-m", "x"], check=True)
+    copy = repo / "venv" / "refimpl" / "_bench.py"
+    copy.parent.mkdir(parents=True)
+    copy.write_text(Path(bench.__file__).read_text())
+    monkeypatch.setattr(bench, "__file__", str(copy))
+    assert bench._git_commit() is None
