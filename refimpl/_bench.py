@@ -1780,10 +1780,12 @@ def _load_average() -> float | None:
         return None
 
 
-def _load_text(load: float | None, cores: int) -> str | None:
-    """A warning when the machine is busy before the run (the 1-minute load average, per core)."""
+def _load_text(load: float | None, cores: int, end: bool = False) -> str | None:
+    """A warning when the machine is busy (the 1-minute load average, per core) before the run, or at its ``end``."""
     if load is None or load <= BUSY_LOAD * cores:
         return None
+    if end:
+        return f"warning: load average {load:.1f} at the end of the run: the machine was busy"
     return (f"warning: load average {load:.1f} on {cores} cores before the run: another process is using the "
             "machine; times, ratios and the measured limits will be noisy")
 
@@ -1909,8 +1911,9 @@ def run(quick: bool = False, only: list[str] | None = None, stream=None, *, over
         out(f"total wall time {elapsed:.1f} s ({'within' if within else 'over'} the {target:g} s budget of a {mode} run "
             "on a quiet machine)")
     load_end = _load_average()
-    if load_end is not None and load_end > BUSY_LOAD * env["usable_cores"] and not needs_load:
-        out(f"warning: load average {load_end:.1f} at the end of the run: the machine was busy")
+    end_warning = None if needs_load else _load_text(load_end, env["usable_cores"], end=True)  # (the load's own spin)
+    if end_warning:
+        out(end_warning)
     limit_dict = {"gemm_flops": limits.gemm_flops, "exp_rate": limits.exp_rate, "exp_rate_large": limits.exp_rate_large,
                   "copy_bandwidth": limits.copy_bandwidth, "gemm_sizes": list(limits.gemm_sizes)}
     return {"mode": mode, "only": only, "load_average": {"start": load_start, "end": load_end},
