@@ -184,6 +184,7 @@ __all__ = [
     "compare",
     "rel_error",
     "random_inputs",
+    "random_case",
     "RANDOM_INPUTS",
     "TIERS",
     "round_to",
@@ -273,6 +274,91 @@ def _resolve_cases(function: str, cases) -> list:
     return out
 
 
+def _size_tag(value) -> str:
+    """A size or option as it appears in a :func:`random_case` name: ``[100, 37, 129]`` → ``100-37-129``."""
+    if isinstance(value, (list, tuple)):
+        return "-".join(_size_tag(v) for v in value)
+    text = str(value)
+    return "".join(ch if ch.isalnum() or ch in ".-" else "-" for ch in text)
+
+
+def random_case(name, *, seed, intermediates: bool = False, **sizes) -> Case:
+    """A golden case at sizes of your choosing, for :func:`export`: the arguments are
+    ``random_inputs(name, seed=seed, **sizes)``, written in full with refimpl's results.
+
+    The registered cases at tile boundaries and long lengths are stored as summaries (their
+    arrays would be too large to commit); a case made here is for a kernel that reads the vectors
+    without refimpl — a C++ or CUDA test at its own tile sizes — so every array is written, and
+    format 2 adds the plain references and bounds of Eq. (15.3) per tier. The manifest records the
+    function, seed and sizes (``"random_inputs"``), from which :func:`verify` rebuilds the case.
+    The case is not registered: ``compare`` takes the same inputs as ``inputs=random_inputs(...)``.
+
+    Parameters
+    ----------
+    name : str
+        A function of :data:`RANDOM_INPUTS` (or its bare name when it is unique).
+    seed : int
+        The seed of :func:`random_inputs`.
+    intermediates : bool
+        Also store the function's intermediates (default False: some, such as attention's
+        ``(N, M)`` weights, are far larger than the outputs).
+    **sizes
+        The sizes and options of :func:`random_inputs` for ``name``.
+
+    Returns
+    -------
+    Case
+        Named ``"<function>/random_seed<seed>_<size><value>_…"`` (its file: the same with ``/`` → ``__``).
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> case = random_case("linear_rnn.chunk_gla", seed=0, L=130, H=2, dk=64, dv=64)
+    >>> case.name
+    'linear_rnn.chunk_gla/random_seed0_L130_H2_dk64_dv64'
+    >>> directory = tempfile.mkdtemp()
+    >>> entry = export(directory, cases=[case])["cases"][0]
+    >>> entry["arguments"]["q"]["shape"], entry["random_inputs"]["sizes"]
+    ([1, 130, 2, 64], {'L': 130, 'H': 2, 'dk': 64, 'dv': 64})
+    >>> sorted(entry["low_precision"])  # per tier: the plain reference of Eq. (15.3) and the bound
+    ['bfloat16', 'float16', 'float32', 'tf32']
+    >>> verify(directory).ok
+    True
+    >>> shutil.rmtree(directory)
+    """
+    function = _resolve_function(name)
+    if function not in RANDOM_INPUTS:
+        raise ValueError(f"name: random_inputs does not support {function}; it supports: {', '.join(RANDOM_INPUTS)}")
+    as_bool(intermediates, "intermediates")
+    args = random_inputs(function, seed=seed, **sizes)  # validates the seed and every size, naming it
+    tag = "".join(f"_{k}{_size_tag(v)}" for k, v in sizes.items())
+    record = {"sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
+              "arguments_by": f"refimpl.oracle.random_inputs({function!r}, seed={seed}, **sizes)",
+              "intermediates": intermediates}
+    try:
+        json.dumps(record)
+    except TypeError as exc:
+        raise TypeError(f"sizes: every size and option must be a JSON value (number, str, bool, None, list): {exc}") \
+            from None
+    # the outputs these arguments produce (an optional one, such as fla's final state without initial and final
+    # states asked for, is None and not stored), in the order the function returns them
+    with np.errstate(over="ignore"):
+        produced = FUNCTIONS[function].run(dict(args), False)
+    outputs = tuple(k for k in FUNCTIONS[function].outputs if produced.get(k) is not None)
+    return Case(f"{function}/random_seed{seed}{tag}", int(seed), lambda rng: dict(args),
+                f"random_inputs({function!r}, seed={seed}, " + ", ".join(f"{k}={v!r}" for k, v in sizes.items()) + ")",
+                intermediates=intermediates, outputs=outputs, random=record)
+
+
+def _random_case_of(entry: dict) -> Case:
+    """The :func:`random_case` a manifest entry records (``ValueError`` if it records none or a bad one)."""
+    record = entry.get("random_inputs")
+    if not isinstance(record, dict) or not isinstance(record.get("sizes"), dict):
+        raise ValueError("not a registered case, and the manifest records no random_inputs to rebuild it from")
+    return random_case(entry.get("function"), seed=entry.get("seed"), intermediates=record.get("intermediates", False),
+                       **record["sizes"])
+
+
 def compute(case, *, args: dict | None = None) -> tuple:
     """Arguments and results of one case: ``(args, results)``.
 
@@ -296,6 +382,8 @@ def compute(case, *, args: dict | None = None) -> tuple:
         args = case.build(np.random.default_rng(case.seed))
     with np.errstate(over="ignore"):  # documented overflow of pushed-back residuals (afa)
         results = FUNCTIONS[case.function].run(args, case.intermediates)
+    if case.random is not None:  # a random_case: the optional outputs its arguments do not produce are left out
+        results = {k: v for k, v in results.items() if v is not None}
     results = {k: np.asarray(v) for k, v in results.items()}
     missing = [o for o in case.output_names() if o not in results]
     if missing:
@@ -497,7 +585,8 @@ def export(directory, *, cases=None, quiet: bool = True, format_version: int = F
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"directory: {directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
-    selected = CASES if cases is None else [_CASES_BY_NAME[n] if n in _CASES_BY_NAME else _unknown_case(n) for n in cases]
+    selected = CASES if cases is None else [n if isinstance(n, Case) else _CASES_BY_NAME[n] if n in _CASES_BY_NAME
+                                            else _unknown_case(n) for n in cases]
     entries = []
     for case in selected:
         args, results = compute(case)
@@ -522,6 +611,7 @@ def export(directory, *, cases=None, quiet: bool = True, format_version: int = F
                 "call": FUNCTIONS[case.function].call,
                 **desc,
                 "tolerance": {"rtol": case.rtol, "atol": case.atol, "regen_rtol": case.regen_rtol, "ulps": case.ulps},
+                **({"random_inputs": case.random} if case.random is not None else {}),
                 **({"low_precision": low} if format_version >= 2 else {}),
             }
         )
@@ -849,6 +939,15 @@ def verify(directory) -> VerifyReport:
         checked.append(name)
         case = _CASES_BY_NAME.get(name)
         path = directory / entry.get("file", "")
+        if case is None and "random_inputs" in entry:  # a random_case: rebuilt from its function, seed and sizes
+            try:
+                case = _random_case_of(entry)
+            except (TypeError, ValueError) as exc:
+                problems[name] = [f"its random_inputs cannot be rebuilt: {exc}"]
+                continue
+            if case.name != name:
+                problems[name] = [f"its random_inputs rebuild the case {case.name!r}, not {name!r}"]
+                continue
         if case is None:
             problems[name] = [f"not a registered case of refimpl {_versions()['refimpl_version']}"]
             continue
@@ -3337,6 +3436,23 @@ def _check_options(function: str, sizes: dict) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _size_options(pairs) -> dict:
+    """``["L=2048", "causal=True", "seqlens=[100, 37]", "discretization=zoh"]`` → the keyword arguments (a
+    VALUE that is not a Python literal is a string); ``ValueError`` naming a pair without ``=``."""
+    import ast
+
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--size: expected NAME=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = text.strip()
+    return out
+
+
 def main(argv=None) -> int:
     """``python -m refimpl vectors export DIR`` / ``verify DIR``. Exit 0 ok, 1 problems, 2 usage."""
     parser = argparse.ArgumentParser(
@@ -3347,6 +3463,16 @@ def main(argv=None) -> int:
     p_exp = sub.add_parser("export", help="write the golden vectors to DIR")
     p_exp.add_argument("directory", metavar="DIR")
     p_exp.add_argument("--only", action="append", metavar="TEXT", help="export the cases whose name contains TEXT")
+    p_exp.add_argument("--random", metavar="FUNCTION",
+                       help="instead, export one case of FUNCTION at sizes of your choosing, every array in full: "
+                            "the arguments of random_inputs(FUNCTION, seed=SEED, **sizes) and refimpl's results "
+                            "(oracle.random_case), e.g. --random linear_rnn.chunk_gla --seed 0 --size L=2048 "
+                            "--size H=4 --size states=True")
+    p_exp.add_argument("--seed", type=int, default=0, help="with --random: the seed (default 0)")
+    p_exp.add_argument("--size", action="append", default=[], metavar="NAME=VALUE",
+                       help="with --random: a size or option of random_inputs, VALUE a Python literal "
+                            "(2048, True, [100, 37, 129]) or else a string; repeat for each")
+    p_exp.add_argument("--intermediates", action="store_true", help="with --random: store the intermediates too")
     p_ver = sub.add_parser("verify", help="recompute the vectors in DIR and report differences and tampered files")
     p_ver.add_argument("directory", metavar="DIR")
     try:
@@ -3355,6 +3481,21 @@ def main(argv=None) -> int:
         return int(exc.code or 0)
     if args.action == "export":
         names = None
+        given = [flag for flag, used in (("--seed", args.seed != 0), ("--size", args.size),
+                                         ("--intermediates", args.intermediates)) if used]
+        if args.random is None and given:
+            print(f"refimpl vectors: {', '.join(given)} only with --random FUNCTION", file=sys.stderr)
+            return 2
+        if args.random is not None:
+            if args.only:
+                print("refimpl vectors: --only and --random exclude each other", file=sys.stderr)
+                return 2
+            try:
+                names = [random_case(args.random, seed=args.seed, intermediates=args.intermediates,
+                                     **_size_options(args.size))]
+            except (TypeError, ValueError) as exc:
+                print(f"refimpl vectors: {exc}", file=sys.stderr)
+                return 2
         if args.only:
             names = [c.name for c in CASES if any(t in c.name for t in args.only)]
             if not names:
@@ -3366,7 +3507,8 @@ def main(argv=None) -> int:
             print(f"refimpl vectors: {exc}", file=sys.stderr)
             return 2
         total = sum(e["bytes"] for e in manifest["cases"])
-        print(f"wrote {len(manifest['cases'])} cases ({total / 1024:.0f} KiB) and manifest.json to {args.directory}")
+        n = len(manifest["cases"])
+        print(f"wrote {n} case{'s' if n != 1 else ''} ({total / 1024:.0f} KiB) and manifest.json to {args.directory}")
         return 0
     try:
         report = verify(args.directory)

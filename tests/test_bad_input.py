@@ -611,6 +611,7 @@ VALID = {
                                                "chunk_size": 4}),
     "oracle.effective_log_decay": lambda r: dict(log_g=-r.uniform(0, 1, (2, 9)), chunk=4),
     "oracle.random_inputs": lambda r: dict(name="attention.softmax_attention", seed=0, N=5, M=7, d=3),
+    "oracle.random_case": lambda r: dict(name="attention.softmax_attention", seed=0, N=5, M=7, d=3),
     "oracle.round_to": lambda r: dict(x=r.normal(size=(3, 4)), tier="bfloat16"),
     "oracle.tier_eps": lambda r: dict(tier="tf32"),
 }

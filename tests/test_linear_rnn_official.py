@@ -664,7 +664,8 @@ def _mamba_vjp_no_clamp_mask(**kw):
     ("mamba_chunk_scan_combined_vjp", _mamba_vjp_no_clamp_mask, "ddt"),
 ])
 def test_planted_bugs_fail(name, bug, quantity, tier):
-    cases = [c.split("/")[1] for c in oracle.case_names("linear_rnn." + name)][:1]
+    # the committed case each bug was planted for (the generated ones at the kernels' tiles come first)
+    cases = [c.split("/")[1] for c in oracle.case_names("linear_rnn." + name) if oracle._CASES_BY_NAME[c].sizes is None][:1]
     report = oracle.compare("linear_rnn." + name, lambda **kw: _round(bug(**kw), tier), dtype=tier, cases=cases)
     c = report.cases[0]
     assert c.status == "fail" and c.first_failure == quantity, (c.status, c.message, c.first_failure)

@@ -108,6 +108,10 @@ class Case:
     #: a case generated at verify time: its arguments are ``random_inputs(function, seed=seed, **sizes)``
     #: and only a summary of them and of the results is written (see :func:`generated`)
     sizes: dict | None = None
+    #: a case at sizes of the user's choosing (:func:`refimpl.oracle.random_case`), not registered: its arguments
+    #: are ``random_inputs(function, seed=seed, **random)``, written in full, and the manifest records them so
+    #: that :func:`refimpl.oracle.verify` can rebuild the case
+    random: dict | None = None
 
     @property
     def function(self) -> str:

@@ -50,6 +50,63 @@ CASES = [
     generated("linear_rnn.delta_rule/long_L2049_gated", 1715,
               "Gated DeltaNet over L = 2049 steps (chunks of 64: 32 full chunks and one step)", L=2049, dk=32, dv=32,
               gated=True),
+    # the backward passes of the linear recurrences at tile boundaries: one step past two chunks of 64, heads of 64
+    generated("linear_rnn.gated_linear_attention_vjp/tile_L129_d64", 1716,
+              "GLA's backward pass, per-channel gates, L = 129 = 2·64 + 1, d_k = d_v = 64, initial and final states",
+              L=129, dk=64, dv=64, states=True),
+    generated("linear_rnn.retention_vjp/tile_L129_d64", 1717,
+              "retention's backward pass, L = 129, two heads of 64, initial and final states", L=129, H=2, dk=64, dv=64,
+              states=True),
+    generated("linear_rnn.ssd_vjp/tile_L130_P64_N64", 1718,
+              "SSD's backward pass, L = 130 = 2·64 + 2, 4 heads of 64 in 2 groups, state size 64, initial and final "
+              "states", L=130, H=4, G=2, P=64, N=64, states=True),
+    generated("linear_rnn.delta_rule_vjp/tile_L129_d64_gated", 1719,
+              "Gated DeltaNet's backward pass, L = 129, d_k = d_v = 64, initial and final states", L=129, dk=64, dv=64,
+              gated=True, states=True),
+    # the interfaces of fla and mamba_ssm at their kernels' tiles: fla's chunks of 64 (T = 130: two full chunks and
+    # a partial one; V = 128: two value tiles of 64), mamba_ssm's chunk_size 64 with head dim and state size 64;
+    # packed sequences whose boundaries fall inside chunks; the selective scan past its CUDA kernel's 2048-step chunk
+    generated("linear_rnn.chunk_gla/tile_T130_K64_V128", 1720,
+              "chunk_gla: T = 130, K = 64, V = 128, 2 sequences × 2 heads, initial and final states",
+              batch=2, L=130, H=2, dk=64, dv=128, states=True),
+    generated("linear_rnn.chunk_gla/varlen_100_37_129", 1721,
+              "chunk_gla on three packed sequences of 100, 37 and 129 steps (cu_seqlens: boundaries inside chunks), "
+              "K = V = 64, initial and final states per sequence", seqlens=[100, 37, 129], H=2, dk=64, dv=64, states=True),
+    generated("linear_rnn.chunk_gla_vjp/tile_T129_K64", 1722,
+              "chunk_gla's backward pass: T = 129, K = V = 64, 2 heads, initial state and the final state's cotangent",
+              L=129, H=2, dk=64, dv=64, states=True),
+    generated("linear_rnn.chunk_simple_gla/tile_T130", 1723, "chunk_simple_gla: T = 130, K = V = 64, 2 heads, states",
+              L=130, H=2, dk=64, dv=64, states=True),
+    generated("linear_rnn.chunk_simple_gla_vjp/tile_T130", 1724,
+              "chunk_simple_gla's backward pass: T = 130, K = V = 64, 2 heads, states", L=130, H=2, dk=64, dv=64,
+              states=True),
+    generated("linear_rnn.chunk_delta_rule/tile_T130", 1725,
+              "chunk_delta_rule (q, k normalized in the kernel): T = 130, K = V = 64, 2 heads, states", L=130, H=2, dk=64,
+              dv=64, states=True),
+    generated("linear_rnn.chunk_delta_rule_vjp/tile_T129", 1726,
+              "chunk_delta_rule's backward pass: T = 129, K = V = 64, 2 heads, states", L=129, H=2, dk=64, dv=64,
+              states=True),
+    generated("linear_rnn.chunk_gated_delta_rule/tile_T130", 1727,
+              "chunk_gated_delta_rule: T = 130, K = V = 64, 2 heads, states", L=130, H=2, dk=64, dv=64, states=True),
+    generated("linear_rnn.chunk_gated_delta_rule_vjp/varlen_100_37_129", 1728,
+              "chunk_gated_delta_rule's backward pass on three packed sequences of 100, 37 and 129 steps, K = V = 64, "
+              "states per sequence", seqlens=[100, 37, 129], H=2, dk=64, dv=64, states=True),
+    generated("linear_rnn.mamba_chunk_scan_combined/tile_T130_P64_N64", 1729,
+              "mamba_chunk_scan_combined: seqlen 130 with chunk_size 64, 4 heads of 64 in 2 groups, dstate 64, D, z, "
+              "dt_bias with dt_softplus, initial and final states", L=130, H=4, G=2, P=64, N=64, chunk_size=64,
+              gated=True, states=True),
+    generated("linear_rnn.mamba_chunk_scan_combined_vjp/tile_T129_P64_N64", 1730,
+              "mamba_chunk_scan_combined's backward pass: seqlen 129, chunk_size 64, 4 heads of 64 in 2 groups, dstate "
+              "64, D, z, dt_bias, states", L=129, H=4, G=2, P=64, N=64, chunk_size=64, gated=True, states=True),
+    generated("linear_rnn.mamba_chunk_scan_combined/seq_idx_100_37_129", 1731,
+              "mamba_chunk_scan_combined on three packed sequences of 100, 37 and 129 steps (seq_idx; boundaries inside "
+              "chunks of 64), 2 heads of 32, dstate 16", seqlens=[100, 37, 129], H=2, P=32, N=16, chunk_size=64),
+    generated("ssm.selective_scan_fn/long_L2049_gated", 1732,
+              "selective_scan_fn over seqlen 2049, one step past the 2048-step chunk of Mamba's CUDA scan, with z, "
+              "2 sequences", L=2049, d_in=8, n=16, batch=2, gated=True),
+    generated("ssm.selective_scan_fn_vjp/long_L2049_gated", 1733,
+              "selective_scan_fn's backward pass over seqlen 2049 (past the 2048-step chunk), with z", L=2049, d_in=8,
+              n=16, gated=True),
     # FlashAttention-2's official interfaces: grouped-query heads, bottom-right alignment, windows, ALiBi, packing
     generated("attention.flash_attn_func/gqa_N65_M80_window_alibi", 1791,
               "flash_attn_func: 4 query heads on 2 key/value heads, seqlen_q = 65 < seqlen_k = 80 (bottom-right causal), "
@@ -64,4 +121,10 @@ CASES = [
     generated("attention.flash_attn_varlen_func_vjp/packed_kv_cache", 1794,
               "flash_attn_varlen_func's backward pass, packed sequences with longer keys (a KV cache per sequence), causal",
               seqlens_q=[33, 64, 5], seqlens_k=[40, 64, 70], nheads=2, headdim=64, causal=True),
+    generated("attention.flash_attn_func/tile_N257_d128_causal", 1795,
+              "flash_attn_func at seqlen 257 (two tiles of 128 and one row), head dim 128, causal", batch=1,
+              seqlen_q=257, nheads=2, headdim=128, causal=True),
+    generated("attention.flash_attn_func_vjp/tile_N257_d128_causal", 1796,
+              "flash_attn_func's backward pass at seqlen 257, head dim 128, causal", batch=1, seqlen_q=257, nheads=2,
+              headdim=128, causal=True),
 ]
