@@ -2371,6 +2371,10 @@ def _check_mamba(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_s
     _outvoted("x", x.shape, "(batch, seqlen, nheads, headdim)", "(batch, nheads, seqlen, headdim)",
               (("dt", dt, 3), ("B", B, 2), ("C", C, 2)))
     dt = _official(dt, "dt", (b, L, H), "(batch, seqlen, nheads); sizes from x")
+    if np.ndim(A) == 1 and np.shape(A)[0] == L != H:  # x and dt both head first, A (nheads,) as it should be
+        raise ValueError(f"A: expected shape (nheads,) = ({H},) (nheads from x), got shape {np.shape(A)}: its length is "
+                         f"x's seqlen as x reads, x {x.shape} (batch, seqlen, nheads, headdim) — were x and dt passed "
+                         "head first, (batch, nheads, seqlen, ·)?")
     A = _official(A, "A", (H,), "(nheads,); nheads from x")
     if np.any(A > 0):
         raise ValueError(f"A: expected A <= 0 (a decaying state, Mamba-2's A = -exp(A_log)), got maximum {A.max():.6g}")

@@ -1251,6 +1251,8 @@ class CompareReport:
                 where += f" (within the bounds of tier: {c.meets or 'none'})"
             lines.append(head + where)
             lines += [f"      {q.line(digits)}" for q in c.quantities]
+            if c.message:  # a note on the case (unknown names ignored; inputs that look passed head first)
+                lines.append(f"      note: {c.message}")
         return "\n".join(lines)
 
     __str__ = table
@@ -2506,6 +2508,32 @@ def rel_error(actual, desired) -> float:
         return float(_rel_error(a, d))
 
 
+def _head_first_hint(function: str, args: dict) -> str:
+    """For a failed case of an interface whose layout puts the sequence before the heads (mamba_ssm's, fla's,
+    flash_attn_func's (batch, seqlen, heads, dim)): a note when the inputs read as fewer steps than heads (but more
+    than one, as in decoding), the shape of tensors passed head first (batch, heads, seqlen, dim) by mistake; ""
+    otherwise. Such inputs are consistent with each other, so nothing is refused: refimpl runs the recurrence or the
+    attention over the heads' axis."""
+    base = function.removesuffix("_vjp")
+    if base in _OFFICIAL:
+        name = "x" if base == "linear_rnn.mamba_chunk_scan_combined" else "q"
+    elif base == "attention.flash_attn_func":
+        name = "q"
+    else:
+        return ""
+    shape = np.shape(args.get(name))
+    if len(shape) != 4 or not 1 < shape[1] < shape[2]:
+        return ""
+    return (f"{name} {tuple(shape)} reads as {shape[1]} steps of {shape[2]} heads ({_layout_names(base)}, the sequence "
+            f"before the heads); tensors passed head first (batch, heads, seqlen, dim) would read so: swap axes 1 and 2")
+
+
+def _layout_names(base: str) -> str:
+    return {"linear_rnn.mamba_chunk_scan_combined": "mamba_ssm's layout (batch, seqlen, nheads, headdim)",
+            "attention.flash_attn_func": "FlashAttention's layout (batch, seqlen, nheads, headdim)"}.get(
+        base, "fla's layout (B, T, H, K)")
+
+
 def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None) -> CompareReport:
     r"""Run a user's implementation on golden cases, or on given inputs, of ``name`` and judge it.
 
@@ -2699,6 +2727,9 @@ def compare(name, fn, *, dtype="float64", cases=None, inputs=None, vectors=None)
                                      model=model, floor=floor, seq=floors.sequences(qname), exact=on_rounded,
                                      layout=_layout(function, qname, np.ndim(oracle[qname]), {**defaults, **args})))
         status = "pass" if all(q.passed for q in quantities) else "fail"
+        if status == "fail":
+            hint = _head_first_hint(function, {**defaults, **args})
+            note = "; ".join(m for m in (note, hint) if m)
         meets = dt if status == "pass" else None
         if status == "fail" and dt != "float64" and all(q.message in ("", _NOT_RETURNED) or "overflow" in q.message
                                                          or _ONE_BY_ONE in q.message for q in quantities):

@@ -149,3 +149,71 @@ def test_random_inputs_names_its_own_size_for_a_library_name(function, sizes, hi
     for hint in hints:
         assert hint in message
     assert "dstate is" not in message or "mamba" in function
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs passed head first *consistently*: nothing to refuse, so a failing report says how they read
+# --------------------------------------------------------------------------------------------
+
+
+def _swapped(inputs):
+    return {k: swap(v) if isinstance(v, np.ndarray) and v.ndim == 4 and k not in ("initial_state", "initial_states")
+            else v for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("function, sizes, first", [
+    ("linear_rnn.chunk_gla", dict(L=256, H=2, dk=16, dv=16), "q"),
+    ("linear_rnn.chunk_delta_rule_vjp", dict(L=256, H=2, dk=16, dv=16), "q"),
+    ("attention.flash_attn_func", dict(seqlen_q=256, nheads=2, headdim=16), "q"),
+])
+def test_consistently_head_first_inputs_get_a_note_on_failure(function, sizes, first):
+    """A kernel written for (batch, heads, seqlen, dim), given its own head-first tensors: every input agrees with
+    every other, refimpl reads the heads as time and the case fails; the report says how the first input reads."""
+    inputs = oracle.random_inputs(function, seed=0, **sizes)
+    head_first = _swapped(inputs)
+    if function == "linear_rnn.chunk_delta_rule_vjp":  # beta (B, T, H) too
+        head_first["beta"] = np.swapaxes(inputs["beta"], 1, 2)
+    ref = getattr(lr if function.startswith("linear_rnn") else at, function.split(".")[1])
+    report = oracle.compare(function, ref_on_swapped(ref), inputs=head_first)
+    case = report.cases[0]
+    assert case.status == "fail"
+    shape = head_first[first].shape
+    assert case.message.startswith(f"{first} {shape} reads as {shape[1]} steps of {shape[2]} heads")
+    assert "swap axes 1 and 2" in str(report)
+
+
+def ref_on_swapped(ref):
+    """The kernel: refimpl on its head-first inputs swapped back, its outputs swapped to head first."""
+    def kernel(**kw):
+        kw = {k: swap(v) if isinstance(v, np.ndarray) and v.ndim == 4 and k not in ("initial_state", "initial_states")
+              else v for k, v in kw.items()}
+        for k in ("dt", "beta"):
+            if isinstance(kw.get(k), np.ndarray) and kw[k].ndim == 3:
+                kw[k] = np.swapaxes(kw[k], 1, 2)
+        res = ref(**kw)
+        if isinstance(res, dict):
+            return {k: swap(v) if np.ndim(v) == 4 and k not in ("dh0",) else v for k, v in res.items()}
+        res = res if isinstance(res, tuple) else (res,)
+        return tuple(swap(v) if np.ndim(v) == 4 and i == 0 else v for i, v in enumerate(res))
+    return kernel
+
+
+def test_no_note_in_the_library_layout_or_when_decoding():
+    inputs = oracle.random_inputs("linear_rnn.chunk_gla", seed=0, L=256, H=2, dk=16, dv=16)
+    wrong = lambda **kw: (1.01 * lr.chunk_gla(**kw)[0],)  # noqa: E731 — fails, in fla's layout
+    assert oracle.compare("linear_rnn.chunk_gla", wrong, inputs=inputs).cases[0].message == ""
+    one = oracle.random_inputs("linear_rnn.chunk_gla", seed=0, L=1, H=8, dk=16, dv=16)  # one step, 8 heads: decoding
+    assert oracle.compare("linear_rnn.chunk_gla", wrong, inputs=one).cases[0].message == ""
+    assert oracle.compare("linear_rnn.chunk_gla", lr.chunk_gla, inputs=_swapped(inputs)).passed  # passing: no note
+
+
+@pytest.mark.parametrize("call", sorted(MAMBA))
+def test_mamba_x_and_dt_passed_head_first_are_named_at_A(call):
+    """mamba_ssm's A (nheads,) cannot follow a head-first x and dt: the check of A says they look passed head
+    first (A's length is x's seqlen as x reads), instead of only expecting (seqlen,)."""
+    kw = mamba_inputs()
+    kw.update(x=swap(kw["x"]), dt=swap(kw["dt"]), B=swap(kw["B"]), C=swap(kw["C"]))  # every (b, L, ·) tensor
+    with pytest.raises(ValueError, match=re.escape("A: expected shape (nheads,) = (33,) (nheads from x), got shape "
+                                                   "(4,): its length is x's seqlen as x reads")) as info:
+        MAMBA[call](**kw)
+    assert "were x and dt passed head first" in str(info.value)

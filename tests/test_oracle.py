@@ -1135,6 +1135,82 @@ class TestGeneratedCases:
         assert tile.cases[0].first_failure.startswith("o")
         assert oracle.compare("linear_rnn.chunk_gla", linear_rnn.chunk_gla, cases="tile_T130_K64_V128").passed
 
+    @pytest.mark.parametrize("function, case, quantity", [
+        ("linear_rnn.mamba_chunk_scan_combined", "tile_T130_P64_N64", "out"),
+        ("linear_rnn.chunk_delta_rule_vjp", "tile_T129", "dq"),
+        ("linear_rnn.chunk_gla", "varlen_100_37_129", "o"),
+        ("ssm.selective_scan_fn", "long_L2049_gated", "out"),
+        ("ssm.selective_scan_fn_vjp", "long_L2049_gated", "du"),
+        ("attention.flash_attn_func", "tile_N257_d128_causal", "out"),
+        ("attention.flash_attn_func_vjp", "tile_N257_d128_causal", "dq"),
+    ])
+    def test_planted_tile_bugs_fail_past_the_tile_only(self, function, case, quantity):
+        """A bug a tiled kernel makes at its tile edge — the rows after the last full tile never written (fla's,
+        mamba_ssm's chunks of 64; FlashAttention's blocks of 128), the scan restarted at the CUDA kernel's 2048-step
+        chunk, a packed sequence that inherits the previous one's state — fails the generated case at the kernel's
+        tile and passes every committed case of the function (where the bug does not act; FlashAttention-2's interfaces
+        have generated cases only)."""
+        from refimpl import attention, linear_rnn, ssm
+
+        module = {"linear_rnn": linear_rnn, "ssm": ssm, "attention": attention}[function.split(".")[0]]
+        ref = getattr(module, function.split(".")[1])
+
+        def tail_unwritten(tile, axis, name):  # the rows from the last full tile on are left at 0 (T >= tile only)
+            def kernel(**kw):
+                res = ref(**kw)
+                out = dict(res) if isinstance(res, dict) else list(res) if isinstance(res, tuple) else [res]
+                key = name if isinstance(res, dict) else 0
+                arr = np.array(out[key])
+                full = arr.shape[axis] // tile * tile
+                if full:
+                    index = [slice(None)] * arr.ndim
+                    index[axis] = slice(full, None)
+                    arr[tuple(index)] = 0.0
+                out[key] = arr
+                return out if isinstance(res, dict) else tuple(out) if isinstance(res, tuple) else out[0]
+            return kernel
+
+        def scan_restarted(**kw):  # selective_scan_fn(_vjp) on [0, 2048) and [2048, L) separately
+            L = kw["u"].shape[-1]
+            if L <= 2048:
+                return ref(**kw)
+            parts = [ref(**{k: v[..., s] if isinstance(v, np.ndarray) and v.ndim == 3 and v.shape[-1] == L else v
+                            for k, v in kw.items()}) for s in (slice(0, 2048), slice(2048, L))]
+            if isinstance(parts[0], dict):
+                return {k: np.concatenate([p[k] for p in parts], axis=-1) if parts[0][k].shape[-1:] == (2048,)
+                        else parts[0][k] + parts[1][k] for k in parts[0]}
+            first = parts[0] if isinstance(parts[0], tuple) else (parts[0],)
+            second = parts[1] if isinstance(parts[1], tuple) else (parts[1],)
+            out = (np.concatenate([first[0], second[0]], axis=-1),) + tuple(second[1:])
+            return out if isinstance(parts[0], tuple) else out[0]
+
+        def state_not_reset(**kw):  # chunk_gla on packed sequences, each started from the previous one's final state
+            cu = kw.get("cu_seqlens")
+            if cu is None:
+                return ref(**kw)
+            h0 = np.array(kw["initial_state"])
+            outs, finals = [], []
+            for i in range(len(cu) - 1):
+                sl = slice(cu[i], cu[i + 1])
+                o, final = ref(**{**kw, "q": kw["q"][:, sl], "k": kw["k"][:, sl], "v": kw["v"][:, sl],
+                                  "g": kw["g"][:, sl], "initial_state": h0[i:i + 1] if i == 0 else finals[-1],
+                                  "cu_seqlens": None, "output_final_state": True})
+                outs.append(o)
+                finals.append(final)
+            return np.concatenate(outs, axis=1), np.concatenate(finals, axis=0)
+
+        kernel = {"linear_rnn.mamba_chunk_scan_combined": tail_unwritten(64, 1, "out"),
+                  "linear_rnn.chunk_delta_rule_vjp": tail_unwritten(64, 1, "dq"),
+                  "linear_rnn.chunk_gla": state_not_reset,
+                  "ssm.selective_scan_fn": scan_restarted, "ssm.selective_scan_fn_vjp": scan_restarted,
+                  "attention.flash_attn_func": tail_unwritten(128, 1, "out"),
+                  "attention.flash_attn_func_vjp": tail_unwritten(128, 1, "dq")}[function]
+        tile = oracle.compare(function, kernel, cases=case).cases[0]
+        assert tile.status == "fail" and tile.first_failure == quantity, (tile.status, tile.message, tile.first_failure)
+        committed = [c.split("/")[1] for c in oracle.case_names(function) if oracle._CASES_BY_NAME[c].sizes is None]
+        assert not committed or oracle.compare(function, kernel, cases=committed).passed  # (flash_attn: none)
+        assert oracle.compare(function, ref, cases=case).passed
+
     def test_version_1_export_of_a_generated_case(self, tmp_path):
         m = oracle.export(tmp_path, cases=GENERATED[:1], format_version=1)
         assert "low_precision" not in m["cases"][0] and oracle.verify(tmp_path).ok
