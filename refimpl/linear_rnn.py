@@ -2311,6 +2311,18 @@ def _optional(x, name: str, shape: tuple, what: str):
     return None if x is None else _official(x, name, shape, what)
 
 
+def _exchanged(name: str, value, shape: tuple, layout: str, first: str = "q") -> None:
+    """Refuse ``name`` (official ``layout``, e.g. ``"[B, T, H, V]"``) whose leading sizes are those of the first
+    argument's ``shape`` (B, T, H, ·) with T and H exchanged, saying so: one of the two was passed head first, and
+    the check alone would only report the expected shape. Nothing when T = H or the sizes are otherwise."""
+    size = np.shape(value) if isinstance(value, np.ndarray) or hasattr(value, "shape") else None
+    if size is None or len(size) < 3 or shape[1] == shape[2] or tuple(size[:3]) != (shape[0], shape[2], shape[1]):
+        return
+    raise ValueError(f"{name}: expected shape {layout} with B, T, H = {shape[:3]} from {first}, got shape {tuple(size)}: "
+                     f"its T and H are {first}'s exchanged — was {name}, or {first} (with the arguments that agree "
+                     f"with it), passed head first, [B, H, T, ·]?")
+
+
 def _outvoted(name: str, shape: tuple, layout: str, swapped: str, later) -> None:
     """Refuse the first argument ``name`` (of ``shape``, official ``layout``) when the later arguments that take
     their sizes from it agree with each other and each disagrees with it: a ``ValueError`` naming it, where the
@@ -2638,7 +2650,9 @@ def _check_fla(q, k, v, g, beta, scale, initial_state, gate: str, delta: bool, l
     gates = (("g", g if gate != "none" else None, 3), ("beta", beta if delta else None, 3))
     if any(value is not None for _, value, _ in gates):
         _outvoted("q", q.shape, "[B, T, H, K]", "[B, H, T, K] (head first)", (("k", k, 3), ("v", v, 3)) + gates)
+    _exchanged("k", k, q.shape, "[B, T, H, K]")
     k = _official(k, "k", q.shape, "[B, T, H, K] like q")
+    _exchanged("v", v, q.shape, "[B, T, H, V]")
     v = _official(v, "v", (Bb, T, H, None), "[B, T, H, V]")
     V = v.shape[-1]
     if g_gamma is not None:  # chunk_simple_gla: log g_t = g_t + g_gamma (per head)
@@ -2649,14 +2663,21 @@ def _check_fla(q, k, v, g, beta, scale, initial_state, gate: str, delta: bool, l
     elif gate == "head" and g is None:
         raise ValueError("g: chunk_simple_gla needs the log-gates g, g_gamma or both (as fla)")
     if gate != "none":
+        _exchanged("g", g, q.shape, "[B, T, H, K]" if gate == "channel" else "[B, T, H]")
         g = _official(g, "g", q.shape if gate == "channel" else (Bb, T, H), "[B, T, H, K]" if gate == "channel" else "[B, T, H]")
         if g.max() > 0:
             raise ValueError(f"g: expected log-space gates <= 0 (forget gates in (0, 1]), got maximum {g.max():.6g}")
         if g_gamma is not None:
             g = g + g_gamma
     if delta:
+        _exchanged("beta", beta, q.shape, "[B, T, H]")
         beta = _official(beta, "beta", (Bb, T, H), "[B, T, H]")
-    S0 = _optional(initial_state, "initial_state", (Bb, H, K, V), "[N, H, K, V] (N = B)")
+    if np.ndim(initial_state) == 4 and np.shape(initial_state)[1] == T != H and np.shape(initial_state)[1:] != (H, K, V):
+        raise ValueError(f"initial_state: expected shape [N, H, K, V] = ({Bb}, {H}, {K}, {V}) (N = B: one state per "
+                         f"sequence; H, K from q, V from v), got shape {np.shape(initial_state)}: its H is q's T as q "
+                         f"reads, q {q.shape} [B, T, H, K] — were q, k, v passed head first, [B, H, T, ·]?")
+    S0 = _optional(initial_state, "initial_state", (Bb, H, K, V),
+                   "[N, H, K, V]; N = B, one state per sequence; H, K from q, V from v")
     rstd = None
     if l2norm:  # fla's l2norm_fwd on q and k: x / sqrt(Σ x² + eps)
         (q, rq), (k, rk) = _l2norm(q), _l2norm(k)

@@ -256,7 +256,11 @@ def _resolve_function(name) -> str:
     matches = [f for f in FUNCTIONS if f.split(".", 1)[1] == name]
     if len(matches) == 1:
         return matches[0]
-    raise ValueError(f"name: unknown function {name!r}; known functions: {', '.join(function_names())}")
+    import difflib
+
+    close = difflib.get_close_matches(name, list(FUNCTIONS) + sorted({f.split(".", 1)[1] for f in FUNCTIONS}), n=3)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    raise ValueError(f"name: unknown function {name!r}{hint}; known functions: {', '.join(function_names())}")
 
 
 def _resolve_cases(function: str, cases) -> list:
@@ -421,6 +425,8 @@ def _case_arrays(case: Case, args: dict, results: dict) -> tuple:
             raise TypeError(f"case {case.name}: argument {k} is not a numeric/string array")
         arrays[f"arg.{k}"] = arr
         manifest["arguments"][k] = _describe(f"arg.{k}", arr)
+        if isinstance(v, (tuple, list)):  # an option given as a pair of numbers: read back as one (_restore_args)
+            manifest["arguments"][k]["sequence"] = type(v).__name__
     outs = case.output_names()
     for k, v in results.items():
         group, prefix = ("outputs", "out") if k in outs else ("intermediates", "mid")
@@ -641,7 +647,14 @@ _POLICY_V2 = {
     "Where the plain reference is not finite ('overflow' counts those entries; plain_error is taken over the others), "
     "the callable's value must be the same inf or NaN, or, where out./mid.<name> rounded to the tier is finite, a "
     "finite value, which then counts in rel(user). "
-    "'undefined' gives the reason a tier has no plain reference for the case.",
+    "'undefined' gives the reason a tier has no plain reference for the case. "
+    "Quantities that kernels keep in float32 in every tier (FlashAttention's log-sum-exp, lse or softmax_lse, and "
+    "the backward pass's D) carry, in float16 and bfloat16, 'returned_in_float32': a value returned in float32 (not "
+    "on the tier's grid) is judged in float32, against returned_in_float32.bound (plain_error: the plain reference "
+    "before its rounding to the tier; eps: float32's) instead of bound. "
+    "In float32, compare also judges each sequence (batch entry x head) of a chunked linear recurrence's "
+    "per-sequence quantities on its own (a bug in a few heads is not diluted by the others); the manifest does not "
+    "store those per-sequence bounds.",
 }
 
 
@@ -682,6 +695,18 @@ def _low_precision_entry(case, args, results, arrays, sampled: bool = False) -> 
             entry[name] = {"key": key, "model": models[name], "plain_error": e_plain, "ulps": ulps,
                            "eps": tier_eps_(tier), "bound": bound, "overflow": int((~fin).sum()),
                            **({"decay_floor": floor} if floor else {}), **({"sampled": True} if sampled else {})}
+            if tier in ("float16", "bfloat16") and name in FLOAT32_QUANTITIES.get(case.function, ()):
+                # kept in float32 by kernels in every tier: a value returned in float32 is judged in float32
+                # (_judged_tier), against the plain reference before its rounding to the tier
+                with np.errstate(over="ignore", invalid="ignore"):
+                    v32 = np.asarray(_round(plain[name], "float32")).astype(want.dtype)[care]
+                fin32 = np.isfinite(v32)
+                e32 = _rel_error(v32[fin32], w[fin32]) if fin32.any() else float("nan")
+                ulps32 = PLAIN_ULPS["float32"] if models[name].startswith("plain") else case.ulps
+                entry[name]["returned_in_float32"] = {
+                    "plain_error": e32, "ulps": ulps32, "eps": tier_eps_("float32"),
+                    "bound": low_precision_verdict(0.0, e32, "float32", ulps32, floor=floor)[1]
+                    if np.isfinite(e32) else float("nan")}
         out[tier] = entry
     return out
 
@@ -708,11 +733,17 @@ def _read_manifest(directory: Path) -> dict:
     return manifest
 
 
-def _restore_args(arrays: dict) -> dict:
+def _restore_args(arrays: dict, entry: dict | None = None) -> dict:
+    """The stored arguments (``arg.*`` members): scalars as Python scalars, and an argument the manifest
+    ``entry`` marks as a Python tuple or list (``"sequence"``: FlashAttention's ``window_size``, mamba_ssm's
+    ``dt_limit``) as one again, since the functions take such options as pairs of numbers, not arrays."""
+    described = (entry or {}).get("arguments", {})
     args = {}
     for key, arr in arrays.items():
         if key.startswith("arg."):
-            args[key[4:]] = arr.item() if arr.ndim == 0 else arr
+            kind = described.get(key[4:], {}).get("sequence")
+            args[key[4:]] = (arr.item() if arr.ndim == 0 else tuple(arr.tolist()) if kind == "tuple"
+                             else arr.tolist() if kind == "list" else arr)
     return args
 
 
@@ -792,7 +823,7 @@ def load_case(directory, name: str, *, check_sha: bool = True) -> GoldenCase:
         name=name,
         function=entry["function"],
         seed=entry["seed"],
-        arguments=_restore_args(arrays),
+        arguments=_restore_args(arrays, entry),
         # in the manifest's order: outputs as returned, intermediates in the order of computation
         outputs={k: arrays[f"out.{k}"] for k in entry["outputs"]},
         intermediates={k: arrays[f"mid.{k}"] for k in entry["intermediates"]},
@@ -822,6 +853,8 @@ class VerifyReport:
     problems: dict  # case name -> list of messages
     checked: list
     not_exported: list
+    #: ``.npz`` files of the directory that the manifest does not list (left by an earlier export, say): not checked
+    unlisted: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -836,13 +869,19 @@ class VerifyReport:
         return [n for n, msgs in self.problems.items() if any("differs" in m or "shape" in m for m in msgs)]
 
     def __str__(self) -> str:
-        lines = [f"verified {len(self.checked)} cases in {self.directory}: "
+        n = len(self.checked)
+        lines = [f"verified {n} case{'s' if n != 1 else ''} in {self.directory}: "
                  + ("all agree" if self.ok else f"{len(self.problems)} with problems")]
         for name, msgs in self.problems.items():
             lines += [f"  {name}: {m}" for m in msgs]
-        if self.not_exported:
+        registered = any(name in _CASES_BY_NAME for name in self.checked)
+        if self.not_exported and registered:  # (a directory of random_case exports only: no note)
             shown = ", ".join(self.not_exported[:5]) + (", …" if len(self.not_exported) > 5 else "")
             lines.append(f"  note: {len(self.not_exported)} registered cases are not in the directory: {shown}")
+        if self.unlisted:
+            shown = ", ".join(self.unlisted[:5]) + (", …" if len(self.unlisted) > 5 else "")
+            lines.append(f"  note: {len(self.unlisted)} .npz file{'s' if len(self.unlisted) != 1 else ''} of the "
+                         f"directory not in its manifest, not checked: {shown}")
         return "\n".join(lines)
 
 
@@ -879,6 +918,14 @@ def _check_low_precision(entry: dict, arrays: dict, stored: dict) -> list:
         if "undefined" in qs:
             continue
         for name, q in qs.items():
+            f32 = q.get("returned_in_float32")
+            if f32 is not None:  # its plain reference is not stored: the bound follows from the stored error
+                expect = (low_precision_verdict(0.0, f32["plain_error"], "float32", f32["ulps"],
+                                                floor=q.get("decay_floor", 0.0))[1]
+                          if np.isfinite(f32["plain_error"]) else float("nan"))
+                if not ((np.isnan(expect) and np.isnan(f32["bound"])) or abs(expect - f32["bound"]) <= 1e-12 * abs(expect)):
+                    msgs.append(f"low_precision {tier} {name}: returned_in_float32 bound {f32['bound']:.3e} is not "
+                                f"2 max(plain_error, ulps eps) = {expect:.3e}")
             key = q.get("key", "")
             if q.get("sampled"):  # a generated case: the bound follows from the stored error (the array is not stored)
                 expect = (low_precision_verdict(0.0, q["plain_error"], tier, q["ulps"], floor=q.get("decay_floor", 0.0))[1]
@@ -903,8 +950,8 @@ def _check_low_precision(entry: dict, arrays: dict, stored: dict) -> list:
             bound = low_precision_verdict(0.0, e, tier, q["ulps"], floor=q.get("decay_floor", 0.0))[1] if np.isfinite(e) else float("nan")
             same = lambda a, b: (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1e-300)
             if not (same(e, q["plain_error"]) and same(bound, q["bound"])):
-                msgs.append(f"low_precision {tier} {name}: plain error {e:.3e} / bound {bound:.3e} differ from the "
-                            f"manifest's {q['plain_error']:.3e} / {q['bound']:.3e}")
+                msgs.append(f"low_precision {tier} {name}: plain error {e:.9e} / bound {bound:.9e} differ from the "
+                            f"manifest's {q['plain_error']:.9e} / {q['bound']:.9e}")
     return msgs
 
 
@@ -961,6 +1008,7 @@ def verify(directory) -> VerifyReport:
         except Exception as exc:  # unreadable zip, pickled member, truncated file …
             problems[name] = msgs + [f"{path.name} cannot be read safely: {exc}"]
             continue
+        msgs += _described_problems(entry, arrays)
         if entry.get("generated") is not None:  # regenerated from seed and sizes, checked against the summary
             try:
                 msgs += _generated_problems(case, entry, arrays)
@@ -970,7 +1018,7 @@ def verify(directory) -> VerifyReport:
             if msgs:
                 problems[name] = msgs
             continue
-        stored_args = _restore_args(arrays)
+        stored_args = _restore_args(arrays, entry)
         rebuilt = {k: v for k, v in case.build(np.random.default_rng(case.seed)).items() if v is not None}
         msgs += _diff({k: np.asarray(v) for k, v in stored_args.items()},
                       {k: np.asarray(v) for k, v in rebuilt.items()}, case.regen_rtol, "argument")
@@ -986,7 +1034,29 @@ def verify(directory) -> VerifyReport:
             problems[name] = msgs
     exported = {e.get("name") for e in manifest["cases"]}
     not_exported = [c.name for c in CASES if c.name not in exported]
-    return VerifyReport(str(directory), problems, checked, not_exported)
+    listed = {e.get("file") for e in manifest["cases"]}
+    unlisted = sorted(p.name for p in directory.glob("*.npz") if p.name not in listed)
+    return VerifyReport(str(directory), problems, checked, not_exported, unlisted)
+
+
+def _described_problems(entry: dict, arrays: dict) -> list:
+    """The manifest's description of every stored array (its member, shape and dtype) against the file: a reader
+    that sizes its buffers from the manifest must find what it describes (a sampled array: only the member)."""
+    msgs = []
+    for group in ("arguments", "outputs", "intermediates"):
+        for name, desc in (entry.get(group) or {}).items():
+            key = desc.get("key") if isinstance(desc, dict) else None
+            if key is None or key not in arrays:
+                msgs.append(f"manifest {group} {name}: member {key} is not in the file")
+                continue
+            if desc.get("sampled"):
+                continue
+            arr = arrays[key]
+            dtype = arr.dtype.str if arr.dtype.kind == "U" else arr.dtype.name
+            if list(arr.shape) != desc.get("shape") or dtype != desc.get("dtype"):
+                msgs.append(f"manifest {group} {name}: shape {desc.get('shape')} dtype {desc.get('dtype')} but the file "
+                            f"holds shape {list(arr.shape)} dtype {dtype}")
+    return msgs
 
 
 # --------------------------------------------------------------------------------------------
@@ -1237,7 +1307,7 @@ class CompareReport:
             if skipped:
                 head += f" ({len(skipped)} skipped: not supported by the callable)"
         lines = [head]
-        if self.dtype in _LOW_DTYPES and compared and not self.passed:
+        if self.dtype in _LOW_DTYPES and any(c.status == "fail" for c in compared):  # (errors compare nothing)
             lines[0] += (f"; errors within the bounds of tier: {self.meets or 'none'} (the finest tier met: the errors of a "
                          "kernel computing in that tier, or of a formula error too small for that tier's resolution; "
                          "not a claim about how the kernel computes)")
@@ -1921,7 +1991,10 @@ def _layout(function: str, name: str, ndim: int, args: dict) -> _Layout:
     if order is not None:
         first = []
         for n in order:
-            ax = names.index(n.lstrip("-")) if n.lstrip("-") in names else None
+            base = n.lstrip("-")
+            if base == "step" and "step" not in names and "token" in names:  # packed sequences: tokens in order
+                base = "token"
+            ax = names.index(base) if base in names else None
             if ax is not None:
                 first.append(ax)
                 if n.startswith("-"):
@@ -3477,10 +3550,14 @@ def _size_options(pairs) -> dict:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip().isidentifier():
             raise ValueError(f"--size: expected NAME=VALUE, got {pair!r}")
+        if key.strip() in out:
+            raise ValueError(f"--size: {key.strip()} is given twice ({key.strip()}={out[key.strip()]!r} and {pair!r})")
+        text = text.strip()
+        text = {"true": "True", "false": "False", "none": "None"}.get(text, text)  # JSON's spelling too
         try:
-            out[key.strip()] = ast.literal_eval(text.strip())
+            out[key.strip()] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            out[key.strip()] = text.strip()
+            out[key.strip()] = text
     return out
 
 

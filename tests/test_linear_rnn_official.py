@@ -561,7 +561,8 @@ def test_bad_input_names_the_official_argument():
     f = lambda **over: lr.chunk_gated_delta_rule(**{**kw, **opts, **over})  # noqa: E731
     for over, match in [
         (dict(q=np.swapaxes(kw["q"], 1, 2)), r"^q: expected shape \[B, T, H, K\]; its sizes"),  # k, v, g, beta agree
-        (dict(k=np.swapaxes(kw["k"], 1, 2), v=np.swapaxes(kw["v"], 1, 2)), r"^k: expected shape \[B, T, H, K\] like q"),
+        (dict(k=np.swapaxes(kw["k"], 1, 2), v=np.swapaxes(kw["v"], 1, 2)),
+         r"^k: expected shape \[B, T, H, K\] with B, T, H = .* its T and H are q's exchanged"),
         (dict(g=np.swapaxes(kw["g"], 1, 2)), r"^g: expected shape \[B, T, H\]"),
         (dict(g=-kw["g"]), "^g: expected log-space gates <= 0"),
         (dict(beta=kw["beta"][..., None]), r"^beta: expected shape \[B, T, H\]"),

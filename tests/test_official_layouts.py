@@ -89,8 +89,9 @@ def test_fla_q_passed_head_first_is_named(name, vjp):
                "each other: was q passed as [B, H, T, K] (head first)?")
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         fn(**{**kw, "q": swap(kw["q"])}, **extra)
-    with pytest.raises(ValueError, match=r"^k: expected shape \[B, T, H, K\] like q"):  # k and v against q and a gate
-        fn(**{**kw, "k": swap(kw["k"]), "v": swap(kw["v"])}, **extra)
+    with pytest.raises(ValueError, match=r"^k: expected shape \[B, T, H, K\] with B, T, H = \(1, 70, 2\) from q, got "
+                                         r"shape \(1, 2, 70, 8\): its T and H are q's exchanged — was k, or q"):
+        fn(**{**kw, "k": swap(kw["k"]), "v": swap(kw["v"])}, **extra)  # k and v against q and a gate: k named
 
 
 def test_fla_k_and_v_alone_do_not_outvote_q():
@@ -98,7 +99,8 @@ def test_fla_k_and_v_alone_do_not_outvote_q():
     (chunk_simple_gla with g_gamma alone) the check of k is named, as before, whichever of q or (k, v) is wrong."""
     kw = fla_inputs("none", False)
     for over in (dict(q=swap(kw["q"])), dict(k=swap(kw["k"]), v=swap(kw["v"]))):
-        with pytest.raises(ValueError, match=r"^k: expected shape \[B, T, H, K\] like q"):
+        with pytest.raises(ValueError, match=r"^k: expected shape \[B, T, H, K\] with B, T, H = .* its T and H are "
+                                             r"q's exchanged"):
             lr.chunk_simple_gla(**{**kw, **over}, g=None, g_gamma=-np.ones(2))
 
 
@@ -217,3 +219,26 @@ def test_mamba_x_and_dt_passed_head_first_are_named_at_A(call):
                                                    "(4,): its length is x's seqlen as x reads")) as info:
         MAMBA[call](**kw)
     assert "were x and dt passed head first" in str(info.value)
+
+
+def test_fla_t_and_h_exchanged_are_said_so():
+    """Tensors of fla's interfaces with T and H exchanged against q's are named with the exchange; with every
+    tensor head first, the states' check says H is q's T as read (before: only the expected shape, "(N = B)")."""
+    inp = oracle.random_inputs("linear_rnn.chunk_gla", seed=0, L=130, H=2, dk=8, dv=8, states=True)
+    everything = {**inp, **{n: swap(inp[n]) for n in ("q", "k", "v", "g")}}
+    with pytest.raises(ValueError, match=re.escape("initial_state: expected shape [N, H, K, V] = (1, 130, 8, 8) (N = B: "
+                                                   "one state per sequence; H, K from q, V from v), got shape (1, 2, 8, "
+                                                   "8): its H is q's T as q reads, q (1, 2, 130, 8) [B, T, H, K] — were "
+                                                   "q, k, v passed head first, [B, H, T, ·]?")):
+        lr.chunk_gla(**everything)
+    for wrong in ({"q": swap(inp["q"]), "k": swap(inp["k"])}, {"v": swap(inp["v"])}):
+        with pytest.raises(ValueError, match=r"^v: expected shape \[B, T, H, V\] with B, T, H = .* its T and H are q's "
+                                             r"exchanged — was v, or q \(with the arguments that agree with it\), passed "
+                                             r"head first"):
+            lr.chunk_gla(**{**inp, **wrong})
+    beta = oracle.random_inputs("linear_rnn.chunk_delta_rule", seed=0, L=70, H=2, dk=8, dv=8)
+    with pytest.raises(ValueError, match=r"^beta: .* its T and H are q's exchanged"):
+        lr.chunk_delta_rule(**{**beta, "beta": np.swapaxes(beta["beta"], 1, 2)})
+    report = oracle.compare("linear_rnn.chunk_gla", lr.chunk_gla, dtype="float32", inputs=everything)
+    assert report.cases[0].status == "error" and "were q, k, v passed head first" in str(report)
+    assert "within the bounds of tier" not in str(report)  # nothing was compared: no tier to name

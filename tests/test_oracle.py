@@ -569,6 +569,72 @@ class TestRandomCase:
         (tmp_path / "manifest.json").write_text(json.dumps(m))
         assert "not a registered case" in str(oracle.verify(tmp_path))
 
+    SMALL = {"L": 40, "N": 24, "d": 8, "dk": 8, "dv": 8, "P": 4, "H": 2, "d_in": 4, "n": 4, "m": 16, "seqlen_q": 40,
+             "headdim": 8, "nheads": 2, "dstate": 4, "seqlens_q": [20, 13]}
+
+    @pytest.mark.parametrize("function", oracle.RANDOM_INPUTS)
+    def test_every_function_of_random_inputs_round_trips(self, function, tmp_path):
+        """Exported in full and verified (options given as pairs, FlashAttention's window_size and mamba_ssm's
+        dt_limit, come back as pairs: the recomputation refused an array window_size)."""
+        options = oracle._RANDOM_OPTIONS[oracle._forward_of(function)]
+        sizes = {k: v for k, v in self.SMALL.items() if k in options}
+        case = oracle.random_case(function, seed=0, **sizes)
+        entry = oracle.export(tmp_path, cases=[case])["cases"][0]
+        report = oracle.verify(tmp_path)
+        assert report.ok, str(report)
+        g = oracle.load_case(tmp_path, case.name)
+        for k, v in case.build(None).items():
+            if isinstance(v, (tuple, list)):
+                assert type(g.arguments[k]) is type(v) and list(g.arguments[k]) == list(v), k
+                assert entry["arguments"][k]["sequence"] == type(v).__name__
+
+    def test_lse_kept_in_float32_has_its_bound_in_the_manifest(self, tmp_path):
+        """FlashAttention's softmax_lse returned in float32 is judged in float32 by compare; the manifest gives that
+        bound too (returned_in_float32), so that the rule applied from the files alone is the same (the tier's
+        bound was 7 to 13 times looser)."""
+        from refimpl import attention
+
+        sizes = dict(seqlen_q=150, headdim=32, causal=True)
+        entry = oracle.export(tmp_path, cases=[oracle.random_case("flash_attn_func", seed=1, **sizes)])["cases"][0]
+        inputs = oracle.random_inputs("attention.flash_attn_func", seed=1, **sizes)
+
+        def kernel(**kw):
+            out, lse = attention.flash_attn_func(**kw, return_attn_probs=True)[:2]
+            return out, np.asarray(lse, dtype=np.float32)
+
+        for tier in ("float16", "bfloat16"):
+            stored = entry["low_precision"][tier]["softmax_lse"]
+            q = next(q for q in oracle.compare("attention.flash_attn_func", kernel, dtype=tier, inputs=inputs)
+                     .cases[0].quantities if q.name == "softmax_lse")
+            assert "judged in float32" in q.model
+            assert stored["returned_in_float32"]["bound"] == pytest.approx(q.bound, rel=1e-12)
+            assert stored["returned_in_float32"]["plain_error"] == pytest.approx(q.plain_error, rel=1e-12)
+            assert stored["bound"] > 3 * q.bound
+        assert "out" in entry["low_precision"]["float16"] and "returned_in_float32" not in entry["low_precision"][
+            "float16"]["out"]
+        m = json.loads((tmp_path / "manifest.json").read_text())
+        m["cases"][0]["low_precision"]["bfloat16"]["softmax_lse"]["returned_in_float32"]["bound"] *= 8
+        (tmp_path / "manifest.json").write_text(json.dumps(m))
+        assert "returned_in_float32 bound" in str(oracle.verify(tmp_path))
+
+    def test_verify_reads_the_manifest_against_the_files(self, tmp_path):
+        case = oracle.random_case("linear_rnn.chunk_gla", seed=0, L=70, H=1, dk=8, dv=8)
+        oracle.export(tmp_path, cases=[case])
+        report = str(oracle.verify(tmp_path))
+        assert report.startswith("verified 1 case in") and "registered cases are not in the directory" not in report
+        (tmp_path / "stale.npz").write_bytes((tmp_path / case.file).read_bytes())  # left by an earlier export
+        assert "1 .npz file of the directory not in its manifest, not checked: stale.npz" in str(oracle.verify(tmp_path))
+        m = json.loads((tmp_path / "manifest.json").read_text())
+        m["cases"][0]["arguments"]["q"]["shape"] = [1, 999, 1, 8]  # a reader sizing its buffers from it is misled
+        (tmp_path / "manifest.json").write_text(json.dumps(m))
+        assert "manifest arguments q: shape [1, 999, 1, 8] dtype float64 but the file holds shape [1, 70, 1, 8]" in str(
+            oracle.verify(tmp_path))
+
+    def test_unknown_function_suggests_close_names(self):
+        with pytest.raises(ValueError, match=r"unknown function 'attention.flash_attn_fnuc' \(did you mean "
+                                             r"'attention.flash_attn_func'"):
+            oracle.random_case("attention.flash_attn_fnuc", seed=0)
+
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match="name: unknown function"):
             oracle.random_case("no_such_function", seed=0)
@@ -594,7 +660,11 @@ class TestRandomCase:
         name = json.loads((tmp_path / "b" / "manifest.json").read_text())["cases"][0]["name"]
         assert name == "linear_rnn.chunk_gla/random_seed0_seqlens30-41_H1_dk8_dv8"
         capsys.readouterr()
+        assert oracle.main(["export", str(tmp_path / "d"), "--random", "chunk_gla", "--size", "L=40", "--size", "H=1",
+                            "--size", "states=true"]) == 0  # JSON's spelling of True
+        capsys.readouterr()
         for bad, message in ((["--size", "L=3"], "--size only with --random"),
+                             (["--random", "chunk_gla", "--size", "L=64", "--size", "L=32"], "L is given twice"),
                              (["--random", "chunk_gla", "--only", "phi1"], "exclude each other"),
                              (["--random", "chunk_gla", "--size", "L2048"], "expected NAME=VALUE"),
                              (["--random", "chunk_gla", "--size", "T=64"], "T is L here")):
@@ -1143,6 +1213,8 @@ class TestGeneratedCases:
         ("ssm.selective_scan_fn_vjp", "long_L2049_gated", "du"),
         ("attention.flash_attn_func", "tile_N257_d128_causal", "out"),
         ("attention.flash_attn_func_vjp", "tile_N257_d128_causal", "dq"),
+        ("attention.flash_attn_func", "tile_N257_M200_d128", "out"),
+        ("attention.flash_attn_func", "causal_N65_M80", "out"),
     ])
     def test_planted_tile_bugs_fail_past_the_tile_only(self, function, case, quantity):
         """A bug a tiled kernel makes at its tile edge — the rows after the last full tile never written (fla's,
@@ -1199,7 +1271,29 @@ class TestGeneratedCases:
                 finals.append(final)
             return np.concatenate(outs, axis=1), np.concatenate(finals, axis=0)
 
-        kernel = {"linear_rnn.mamba_chunk_scan_combined": tail_unwritten(64, 1, "out"),
+        def pad_unmasked(**kw):  # the keys padded with zeros to a whole block of 128, the padding not masked
+            Sk = kw["k"].shape[1]
+            if kw.get("causal") or Sk % 128 == 0:
+                return ref(**kw)
+            pad = ((0, 0), (0, -Sk % 128), (0, 0), (0, 0))
+            return ref(**{**kw, "k": np.pad(kw["k"], pad), "v": np.pad(kw["v"], pad)})
+
+        def top_left(**kw):  # causal mask aligned to the top left (query i sees keys j <= i) when seqlen_q != seqlen_k
+            q, k, v = kw["q"], kw["k"], kw["v"]
+            if not kw.get("causal") or q.shape[1] == k.shape[1] or any(
+                    kw.get(o) not in (None, 0.0, (-1, -1), [-1, -1]) for o in ("window_size", "softcap", "alibi_slopes")):
+                return ref(**kw)
+            y = attention.softmax_attention(np.swapaxes(q, 1, 2), np.swapaxes(k, 1, 2), np.swapaxes(v, 1, 2),
+                                            causal=True, causal_alignment="top_left")
+            return np.swapaxes(y, 1, 2)
+
+        if case == "tile_N257_M200_d128":
+            kernel = pad_unmasked
+        elif case == "causal_N65_M80":
+            kernel = top_left
+        else:
+            kernel = None
+        kernel = kernel or {"linear_rnn.mamba_chunk_scan_combined": tail_unwritten(64, 1, "out"),
                   "linear_rnn.chunk_delta_rule_vjp": tail_unwritten(64, 1, "dq"),
                   "linear_rnn.chunk_gla": state_not_reset,
                   "ssm.selective_scan_fn": scan_restarted, "ssm.selective_scan_fn_vjp": scan_restarted,
@@ -1210,6 +1304,21 @@ class TestGeneratedCases:
         committed = [c.split("/")[1] for c in oracle.case_names(function) if oracle._CASES_BY_NAME[c].sizes is None]
         assert not committed or oracle.compare(function, kernel, cases=committed).passed  # (flash_attn: none)
         assert oracle.compare(function, ref, cases=case).passed
+
+    def test_packed_sequences_report_the_first_token_over_the_bound(self):
+        """With cu_seqlens the time axis holds packed tokens: the first entry over the bound is found in token order
+        (it was not reported: the order named the axis "step")."""
+        from refimpl import linear_rnn
+
+        def kernel(**kw):
+            o, final = linear_rnn.chunk_gla(**kw)
+            o = o.copy()
+            o[:, 64:] *= 1.01  # wrong from token 64 on: sequence 0, chunk 1, step 64
+            return o, final
+
+        q = oracle.compare("linear_rnn.chunk_gla", kernel, cases="varlen_100_37_129").cases[0].quantities[0]
+        assert q.name == "o" and not q.passed
+        assert q.first_over == {"sequence": 0, "chunk": 1, "step": 64, "token": 64, "batch": 0, "head": 0, "channel": 0}
 
     def test_version_1_export_of_a_generated_case(self, tmp_path):
         m = oracle.export(tmp_path, cases=GENERATED[:1], format_version=1)

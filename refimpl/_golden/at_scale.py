@@ -124,6 +124,17 @@ CASES = [
     generated("attention.flash_attn_func/tile_N257_d128_causal", 1795,
               "flash_attn_func at seqlen 257 (two tiles of 128 and one row), head dim 128, causal", batch=1,
               seqlen_q=257, nheads=2, headdim=128, causal=True),
+    generated("attention.flash_attn_func/tile_N257_M200_d128", 1797,
+              "flash_attn_func without a causal mask, seqlen_q 257 and seqlen_k 200: the last key block of 128 is "
+              "partial (its padding must be masked), head dim 128", batch=1, seqlen_q=257, seqlen_k=200, nheads=2,
+              headdim=128),
+    generated("attention.flash_attn_func/causal_N65_M80", 1798,
+              "flash_attn_func, causal with seqlen_q 65 < seqlen_k 80 and no other option: the mask aligned to the "
+              "bottom right (query i sees keys j <= i + 15)", batch=1, seqlen_q=65, seqlen_k=80, nheads=2, headdim=64,
+              causal=True),
+    generated("attention.flash_attn_func_vjp/tile_N200_M257_d64", 1799,
+              "flash_attn_func's backward pass without a causal mask, seqlen_q 200, seqlen_k 257: partial query and key "
+              "blocks", batch=1, seqlen_q=200, seqlen_k=257, nheads=2, headdim=64),
     generated("attention.flash_attn_func_vjp/tile_N257_d128_causal", 1796,
               "flash_attn_func's backward pass at seqlen 257, head dim 128, causal", batch=1, seqlen_q=257, nheads=2,
               headdim=128, causal=True),
