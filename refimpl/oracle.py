@@ -1087,7 +1087,9 @@ class QuantityReport:
     ``first_over``, ``first_over_index``
         for a quantity computed in order — FlashAttention's running max and sum (key tile by key tile),
         chunk states (chunk by chunk), the outputs and per-step states of recurrences and filters (step
-        by step; an RTS smoother backwards), attention rows — the first entry in that order whose error
+        by step; an RTS smoother backwards), the gradients of the recurrences' backward passes (those from
+        the adjoint — dk, dv, dg, du, dx, dB, … — from the last step back; dq, dC, dz step by step), attention
+        rows — the first entry in that order whose error
         exceeds the bound (``|x − x*| > bound · max|x*|``; in float64 also ``> atol``): where a bug
         starts, as opposed to where it grew largest. The dict lists the axes in computation order. None if
         no entry exceeds the bound (a passing quantity) or the quantity has no order.
@@ -1825,6 +1827,10 @@ def _by_ndim(*layouts):
 
 _ATT_ROW = ("row",)
 _STEP, _CHUNK = ("step",), ("chunk",)
+#: a backward pass's gradient computed from the adjoint, which runs from the last step back to the first (a kernel's
+#: state cotangent dh from the last chunk back): its first entry over the bound is sought from the end. The
+#: gradients that read the forward states (dq, dC, dz) are computed in the forward order (_STEP)
+_BACK = ("-step",)
 _FLA_OUT = ("batch", "step", "head", "channel")
 #: ``{function: {quantity: (axis names, leading axes, computation order)}}``: the names of the trailing axes
 #: (or a function of the arguments and the number of axes that gives them), the kind of the leading batch axes
@@ -1859,55 +1865,61 @@ _LAYOUTS = {
     "random_features.rfa_attention": {"y": (("row", "column"), "head", _ATT_ROW)},
     "ssm.selective_scan": {"M": (("channel", "step", "source"), "batch", _STEP), "y": (("step", "channel"), "batch", _STEP),
                            "h_last": (("channel", "state"), "batch", None)},
-    "ssm.selective_scan_vjp": {"du": (("step", "channel"), "batch", None), "ddelta": (("step", "channel"), "batch", None),
-                               "dA": (("channel", "state"), None, None), "dB": (("step", "state"), "batch", None),
-                               "dC": (("step", "state"), "batch", None), "dD": (("channel",), None, None)},
+    "ssm.selective_scan_vjp": {"du": (("step", "channel"), "batch", _BACK), "ddelta": (("step", "channel"), "batch", _BACK),
+                               "dA": (("channel", "state"), None, None), "dB": (("step", "state"), "batch", _BACK),
+                               "dC": (("step", "state"), "batch", _STEP), "dD": (("channel",), None, None)},
     "ssm.selective_scan_fn": {"Delta": (("batch", "channel", "step"), None, _STEP),
                               "out": (("batch", "channel", "step"), None, _STEP),
                               "last_state": (("batch", "channel", "state"), None, None)},
     "ssm.selective_scan_fn_vjp": {
-        **{n: (("batch", "channel", "step"), None, None) for n in ("du", "ddelta", "dz")},
+        **{n: (("batch", "channel", "step"), None, _BACK) for n in ("du", "ddelta")},
+        "dz": (("batch", "channel", "step"), None, _STEP),
         "dA": (("channel", "state"), None, None), "dD": (("channel",), None, None), "ddelta_bias": (("channel",), None, None),
-        **{n: (_by_ndim(("batch", "state", "step"), ("batch", "group", "state", "step")), None, None) for n in ("dB", "dC")}},
+        **{n: (_by_ndim(("batch", "state", "step"), ("batch", "group", "state", "step")), None, order)
+           for n, order in (("dB", _BACK), ("dC", _STEP))}},
     "ssm.ssm_recurrent": {"y": (("step", "channel"), "batch", _STEP)},
     "linear_rnn.ssd": {"chunk_states": (("head", "chunk", "channel", "state"), "batch", _CHUNK),
                        "M": (("head", "step", "source"), "batch", _STEP), "y": (("head", "step", "channel"), "batch", _STEP)},
-    "linear_rnn.ssd_vjp": {"dx": (("head", "step", "channel"), "batch", None), "ddt": (("head", "step"), "batch", None),
-                           "dA": (("head",), None, None), "dB": (("group", "step", "state"), "batch", None),
-                           "dC": (("group", "step", "state"), "batch", None), "dD": (("head",), None, None),
+    "linear_rnn.ssd_vjp": {"dx": (("head", "step", "channel"), "batch", _BACK), "ddt": (("head", "step"), "batch", _BACK),
+                           "dA": (("head",), None, None), "dB": (("group", "step", "state"), "batch", _BACK),
+                           "dC": (("group", "step", "state"), "batch", _STEP), "dD": (("head",), None, None),
                            "dinitial_state": (("head", "channel", "state"), "batch", None)},
     "linear_rnn.gated_linear_attention": {"chunk_states": (("chunk", "dv", "dk"), "batch_head", _CHUNK),
                                           "y": (("step", "channel"), "batch_head", _STEP)},
     "linear_rnn.gated_linear_attention_vjp": {
-        **{n: (("step", "channel"), "batch_head", None) for n in ("dq", "dk", "dv")},
-        "dlog_g": (_gate_grad, "batch_head", None), "dinitial_state": (("dv", "dk"), "batch_head", None)},
+        "dq": (("step", "channel"), "batch_head", _STEP),
+        **{n: (("step", "channel"), "batch_head", _BACK) for n in ("dk", "dv")},
+        "dlog_g": (_gate_grad, "batch_head", _BACK), "dinitial_state": (("dv", "dk"), "batch_head", None)},
     "linear_rnn.retention": {"y": (("head", "step", "channel"), "batch", _STEP)},
-    "linear_rnn.retention_vjp": {**{n: (("head", "step", "channel"), "batch", None) for n in ("dq", "dk", "dv")},
+    "linear_rnn.retention_vjp": {"dq": (("head", "step", "channel"), "batch", _STEP),
+                                 **{n: (("head", "step", "channel"), "batch", _BACK) for n in ("dk", "dv")},
                                  "dinitial_state": (("head", "dv", "dk"), "batch", None)},
     "linear_rnn.delta_rule": {"W": (("chunk", "chunk_step", "dk"), "batch_head", _CHUNK),
                               "TbetaV": (("chunk", "chunk_step", "dv"), "batch_head", _CHUNK),
                               "chunk_states": (("chunk", "dv", "dk"), "batch_head", _CHUNK),
                               "y": (("step", "channel"), "batch_head", _STEP)},
-    "linear_rnn.delta_rule_vjp": {**{n: (("step", "channel"), "batch_head", None) for n in ("dq", "dk", "dv")},
-                                  "dbeta": (("step",), "batch_head", None), "dlog_g": (("step",), "batch_head", None),
+    "linear_rnn.delta_rule_vjp": {"dq": (("step", "channel"), "batch_head", _STEP),
+                                  **{n: (("step", "channel"), "batch_head", _BACK) for n in ("dk", "dv")},
+                                  "dbeta": (("step",), "batch_head", _BACK), "dlog_g": (("step",), "batch_head", _BACK),
                                   "dinitial_state": (("dv", "dk"), "batch_head", None)},
     "linear_rnn.rls_memory": {"y": (("step", "channel"), "batch_head", _STEP)},
     "linear_rnn.mamba_chunk_scan_combined": {
         "Delta": (("batch", "step", "head"), None, _STEP), "out": (("batch", "step", "head", "channel"), None, _STEP),
         "final_states": (("batch", "head", "channel", "state"), None, None)},
     "linear_rnn.mamba_chunk_scan_combined_vjp": {
-        **{n: (("batch", "step", "head", "channel"), None, None) for n in ("dx", "dz")},
-        "ddt": (("batch", "step", "head"), None, None), "dA": (("head",), None, None), "ddt_bias": (("head",), None, None),
-        "dB": (("batch", "step", "group", "state"), None, None), "dC": (("batch", "step", "group", "state"), None, None),
+        "dx": (("batch", "step", "head", "channel"), None, _BACK), "dz": (("batch", "step", "head", "channel"), None, _STEP),
+        "ddt": (("batch", "step", "head"), None, _BACK), "dA": (("head",), None, None), "ddt_bias": (("head",), None, None),
+        "dB": (("batch", "step", "group", "state"), None, _BACK), "dC": (("batch", "step", "group", "state"), None, _STEP),
         "dD": (_by_ndim(("head",), ("head", "channel")), None, None),
         "dinitial_states": (("batch", "head", "channel", "state"), None, None)},
     **{f"linear_rnn.{fla}": {"o": (_fla_trailing(_FLA_OUT), None, _STEP),
                              "final_state": (_fla_trailing(("batch", "head", "dk", "dv")), None, None)}
        for fla in ("chunk_gla", "chunk_simple_gla", "chunk_delta_rule", "chunk_gated_delta_rule")},
     **{f"linear_rnn.{fla}_vjp": {
-        **{n: (_fla_trailing(_FLA_OUT), None, None) for n in ("dq", "dk", "dv")},
-        "dg": (_fla_trailing(_FLA_OUT if fla == "chunk_gla" else _FLA_OUT[:3]), None, None),
-        "dbeta": (_fla_trailing(_FLA_OUT[:3]), None, None),
+        "dq": (_fla_trailing(_FLA_OUT), None, _STEP),
+        **{n: (_fla_trailing(_FLA_OUT), None, _BACK) for n in ("dk", "dv")},
+        "dg": (_fla_trailing(_FLA_OUT if fla == "chunk_gla" else _FLA_OUT[:3]), None, _BACK),
+        "dbeta": (_fla_trailing(_FLA_OUT[:3]), None, _BACK),
         "dh0": (_fla_trailing(("batch", "head", "dk", "dv")), None, None)}
        for fla in ("chunk_gla", "chunk_simple_gla", "chunk_delta_rule", "chunk_gated_delta_rule")},
     **{f"kalman.{f}": {"m": (("step", "state"), None, _STEP), "P": (("step", "row", "column"), None, _STEP)}

@@ -1320,6 +1320,24 @@ class TestGeneratedCases:
         assert q.name == "o" and not q.passed
         assert q.first_over == {"sequence": 0, "chunk": 1, "step": 64, "token": 64, "batch": 0, "head": 0, "channel": 0}
 
+    def test_backward_passes_report_the_first_entry_in_the_adjoints_order(self):
+        """Gradients from the adjoint (dk, dv, dg, ...: it runs from the last step back) are searched from the end for
+        their first entry over the bound; those that read the forward states (dq) from the start. Before, a backward
+        pass reported only its worst entry."""
+        from refimpl import linear_rnn
+
+        def kernel(**kw):
+            g = dict(linear_rnn.chunk_gla_vjp(**kw))
+            g["dk"] = g["dk"] * 1.01  # wrong everywhere: the first in the adjoint's order is the last step
+            g["dq"] = g["dq"].copy()
+            g["dq"][:, 64:] *= 1.01  # wrong from step 64 on
+            return g
+
+        report = oracle.compare("linear_rnn.chunk_gla_vjp", kernel, cases="tile_T129_K64").cases[0]
+        first = {q.name: q.first_over for q in report.quantities if not q.passed}
+        assert first["dq"] == {"chunk": 1, "step": 64, "batch": 0, "head": 0, "channel": 0}
+        assert first["dk"] == {"chunk": 2, "step": 128, "batch": 0, "head": 0, "channel": 0}
+
     def test_version_1_export_of_a_generated_case(self, tmp_path):
         m = oracle.export(tmp_path, cases=GENERATED[:1], format_version=1)
         assert "low_precision" not in m["cases"][0] and oracle.verify(tmp_path).ok
