@@ -3629,6 +3629,12 @@ def main(argv=None) -> int:
         total = sum(e["bytes"] for e in manifest["cases"])
         n = len(manifest["cases"])
         print(f"wrote {n} case{'s' if n != 1 else ''} ({total / 1024:.0f} KiB) and manifest.json to {args.directory}")
+        listed = {e["file"] for e in manifest["cases"]}
+        others = sorted(p.name for p in Path(args.directory).glob("*.npz") if p.name not in listed)
+        if others:  # an earlier export's files: the new manifest.json does not list (or verify) them
+            shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+            print(f"note: {len(others)} other .npz file{'s' if len(others) != 1 else ''} in {args.directory} "
+                  f"(an earlier export?) are not in the new manifest.json and will not be verified: {shown}")
         return 0
     try:
         report = verify(args.directory)

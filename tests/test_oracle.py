@@ -662,7 +662,9 @@ class TestRandomCase:
         capsys.readouterr()
         assert oracle.main(["export", str(tmp_path / "d"), "--random", "chunk_gla", "--size", "L=40", "--size", "H=1",
                             "--size", "states=true"]) == 0  # JSON's spelling of True
-        capsys.readouterr()
+        assert "other .npz" not in capsys.readouterr().out
+        assert oracle.main(["export", str(tmp_path / "d"), "--random", "chunk_gla", "--size", "L=41", "--size", "H=1"]) == 0
+        assert ("note: 1 other .npz file in" in capsys.readouterr().out)  # the first export's file, no longer listed
         for bad, message in ((["--size", "L=3"], "--size only with --random"),
                              (["--random", "chunk_gla", "--size", "L=64", "--size", "L=32"], "L is given twice"),
                              (["--random", "chunk_gla", "--only", "phi1"], "exclude each other"),
