@@ -2286,7 +2286,14 @@ def _judge(name, kind, got, want, *, dtype, rtol, atol, plain, ulps, model="", f
 
 
 def _load_from(vectors, case: Case) -> tuple:
-    g = load_case(vectors, case.name)
+    try:
+        g = load_case(vectors, case.name)
+    except ValueError as exc:
+        if "no case" not in str(exc):
+            raise
+        raise ValueError(f"vectors: {exc}; compare(vectors=...) runs the registered cases of the function (choose them "
+                         "with cases=...). A case of random_case (vectors export --random) is compared with "
+                         "inputs=random_inputs(name, seed=..., **sizes), the seed and sizes its manifest records") from None
     return g.arguments, {**g.intermediates, **g.outputs}, g
 
 

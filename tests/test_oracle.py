@@ -630,6 +630,13 @@ class TestRandomCase:
         assert "manifest arguments q: shape [1, 999, 1, 8] dtype float64 but the file holds shape [1, 70, 1, 8]" in str(
             oracle.verify(tmp_path))
 
+    def test_compare_on_a_directory_of_random_cases_says_how(self, tmp_path):
+        oracle.export(tmp_path, cases=[oracle.random_case("linear_rnn.chunk_gla", seed=0, L=40, H=1, dk=8, dv=8)])
+        from refimpl import linear_rnn
+
+        with pytest.raises(ValueError, match=r"^vectors: name: no case 'linear_rnn.chunk_gla/.*inputs=random_inputs"):
+            oracle.compare("linear_rnn.chunk_gla", linear_rnn.chunk_gla, vectors=tmp_path)
+
     def test_unknown_function_suggests_close_names(self):
         with pytest.raises(ValueError, match=r"unknown function 'attention.flash_attn_fnuc' \(did you mean "
                                              r"'attention.flash_attn_func'"):
