@@ -1089,7 +1089,8 @@ class QuantityReport:
         chunk states (chunk by chunk), the outputs and per-step states of recurrences and filters (step
         by step; an RTS smoother backwards), the gradients of the recurrences' backward passes (those from
         the adjoint — dk, dv, dg, du, dx, dB, … — from the last step back; dq, dC, dz step by step), attention
-        rows — the first entry in that order whose error
+        rows, and attention's dk, dv key by key (FlashAttention-2's backward pass runs over key blocks; its dq, a
+        sum over them, has no order) — the first entry in that order whose error
         exceeds the bound (``|x − x*| > bound · max|x*|``; in float64 also ``> atol``): where a bug
         starts, as opposed to where it grew largest. The dict lists the axes in computation order. None if
         no entry exceeds the bound (a passing quantity) or the quantity has no order.
@@ -1826,6 +1827,9 @@ def _by_ndim(*layouts):
 
 
 _ATT_ROW = ("row",)
+#: attention's backward pass: dk and dv are computed key block by key block (FlashAttention-2's outer loop); dq, summed
+#: over the key blocks, has no order
+_KEY = ("key",)
 _STEP, _CHUNK = ("step",), ("chunk",)
 #: a backward pass's gradient computed from the adjoint, which runs from the last step back to the first (a kernel's
 #: state cotangent dh from the last chunk back): its first entry over the bound is sought from the end. The
@@ -1846,19 +1850,19 @@ _LAYOUTS = {
         "lse": (("row",), "head", _ATT_ROW), "y": (("row", "column"), "head", _ATT_ROW)},
     "attention.softmax_attention_vjp": {
         "lse": (("row",), "head", _ATT_ROW), "D": (("row",), "head", _ATT_ROW), "dq": (("row", "column"), "head", None),
-        "dk": (("key", "column"), "head", None), "dv": (("key", "column"), "head", None)},
+        "dk": (("key", "column"), "head", _KEY), "dv": (("key", "column"), "head", _KEY)},
     "attention.multihead_attention": {"A": (("head", "row", "key"), "batch", _ATT_ROW),
                                       "y": (("row", "column"), "batch", _ATT_ROW)},
     "attention.flash_attn_func": {"out": (("batch", "row", "head", "column"), None, _ATT_ROW),
                                   "softmax_lse": (("batch", "head", "row"), None, _ATT_ROW)},
     "attention.flash_attn_func_vjp": {"dq": (("batch", "row", "head", "column"), None, None),
-                                      "dk": (("batch", "key", "head", "column"), None, None),
-                                      "dv": (("batch", "key", "head", "column"), None, None)},
+                                      "dk": (("batch", "key", "head", "column"), None, _KEY),
+                                      "dv": (("batch", "key", "head", "column"), None, _KEY)},
     "attention.flash_attn_varlen_func": {"out": (("token", "head", "column"), None, ("token",)),
                                          "softmax_lse": (("head", "token"), None, ("token",))},
     "attention.flash_attn_varlen_func_vjp": {"dq": (("token", "head", "column"), None, None),
-                                             "dk": (("key_token", "head", "column"), None, None),
-                                             "dv": (("key_token", "head", "column"), None, None)},
+                                             "dk": (("key_token", "head", "column"), None, ("key_token",)),
+                                             "dv": (("key_token", "head", "column"), None, ("key_token",))},
     "random_features.linear_attention": {"y": (("row", "column"), "head", _ATT_ROW)},
     "random_features.linear_attention_vjp": {n: (("row", "column"), "head", None) for n in ("dq", "dk", "dv")},
     "random_features.performer_attention": {"y": (("row", "column"), "head", _ATT_ROW)},

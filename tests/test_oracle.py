@@ -1347,6 +1347,19 @@ class TestGeneratedCases:
         assert first["dq"] == {"chunk": 1, "step": 64, "batch": 0, "head": 0, "channel": 0}
         assert first["dk"] == {"chunk": 2, "step": 128, "batch": 0, "head": 0, "channel": 0}
 
+    def test_attention_backward_reports_dk_key_by_key(self):
+        from refimpl import attention
+
+        def kernel(**kw):
+            g = dict(attention.flash_attn_func_vjp(**kw))
+            g["dk"] = g["dk"].copy()
+            g["dk"][:, 256:] = 0.0  # the last key block's dk never written
+            return g
+
+        q = next(q for q in oracle.compare("attention.flash_attn_func_vjp", kernel, cases="tile_N257_d128_causal")
+                 .cases[0].quantities if q.name == "dk")
+        assert not q.passed and q.first_over == {"key": 256, "batch": 0, "head": 0, "column": 0}
+
     def test_version_1_export_of_a_generated_case(self, tmp_path):
         m = oracle.export(tmp_path, cases=GENERATED[:1], format_version=1)
         assert "low_precision" not in m["cases"][0] and oracle.verify(tmp_path).ok
