@@ -2315,7 +2315,7 @@ def _exchanged(name: str, value, shape: tuple, layout: str, first: str = "q") ->
     """Refuse ``name`` (official ``layout``, e.g. ``"[B, T, H, V]"``) whose leading sizes are those of the first
     argument's ``shape`` (B, T, H, ·) with T and H exchanged, saying so: one of the two was passed head first, and
     the check alone would only report the expected shape. Nothing when T = H or the sizes are otherwise."""
-    size = np.shape(value) if isinstance(value, np.ndarray) or hasattr(value, "shape") else None
+    size = getattr(value, "shape", None)
     if size is None or len(size) < 3 or shape[1] == shape[2] or tuple(size[:3]) != (shape[0], shape[2], shape[1]):
         return
     raise ValueError(f"{name}: expected shape {layout} with B, T, H = {shape[:3]} from {first}, got shape {tuple(size)}: "
@@ -2672,7 +2672,7 @@ def _check_fla(q, k, v, g, beta, scale, initial_state, gate: str, delta: bool, l
     if delta:
         _exchanged("beta", beta, q.shape, "[B, T, H]")
         beta = _official(beta, "beta", (Bb, T, H), "[B, T, H]")
-    if np.ndim(initial_state) == 4 and np.shape(initial_state)[1] == T != H and np.shape(initial_state)[1:] != (H, K, V):
+    if np.ndim(initial_state) == 4 and np.shape(initial_state)[1] == T != H:
         raise ValueError(f"initial_state: expected shape [N, H, K, V] = ({Bb}, {H}, {K}, {V}) (N = B: one state per "
                          f"sequence; H, K from q, V from v), got shape {np.shape(initial_state)}: its H is q's T as q "
                          f"reads, q {q.shape} [B, T, H, K] — were q, k, v passed head first, [B, H, T, ·]?")

@@ -658,6 +658,17 @@ _POLICY_V2 = {
 }
 
 
+def _rule_bound(plain_error: float, tier: str, ulps: float, floor: float = 0.0) -> float:
+    """The bound of Eq. (15.3) that a stored plain error gives, ``2 max(plain_error, ulps·eps, floor)``
+    (NaN for a plain error that is not finite)."""
+    return low_precision_verdict(0.0, plain_error, tier, ulps, floor=floor)[1] if np.isfinite(plain_error) else float("nan")
+
+
+def _bound_mismatch(bound: float, expect: float) -> bool:
+    """Whether a stored ``bound`` differs from the one its stored plain error gives (both NaN: the same)."""
+    return not ((np.isnan(expect) and np.isnan(bound)) or abs(expect - bound) <= 1e-12 * abs(expect))
+
+
 def _low_precision_entry(case, args, results, arrays, sampled: bool = False) -> dict:
     """Version 2: per tier the plain references (added to ``arrays``) and their errors and bounds.
 
@@ -691,7 +702,7 @@ def _low_precision_entry(case, args, results, arrays, sampled: bool = False) -> 
             e_plain = _rel_error(v[fin], w[fin]) if fin.any() else float("nan")
             ulps = PLAIN_ULPS[tier] if models[name].startswith("plain") else case.ulps
             floor = floors(name, want)
-            bound = low_precision_verdict(0.0, e_plain, tier, ulps, floor=floor)[1] if np.isfinite(e_plain) else float("nan")
+            bound = _rule_bound(e_plain, tier, ulps, floor)
             entry[name] = {"key": key, "model": models[name], "plain_error": e_plain, "ulps": ulps,
                            "eps": tier_eps_(tier), "bound": bound, "overflow": int((~fin).sum()),
                            **({"decay_floor": floor} if floor else {}), **({"sampled": True} if sampled else {})}
@@ -703,10 +714,8 @@ def _low_precision_entry(case, args, results, arrays, sampled: bool = False) -> 
                 fin32 = np.isfinite(v32)
                 e32 = _rel_error(v32[fin32], w[fin32]) if fin32.any() else float("nan")
                 ulps32 = PLAIN_ULPS["float32"] if models[name].startswith("plain") else case.ulps
-                entry[name]["returned_in_float32"] = {
-                    "plain_error": e32, "ulps": ulps32, "eps": tier_eps_("float32"),
-                    "bound": low_precision_verdict(0.0, e32, "float32", ulps32, floor=floor)[1]
-                    if np.isfinite(e32) else float("nan")}
+                entry[name]["returned_in_float32"] = {"plain_error": e32, "ulps": ulps32, "eps": tier_eps_("float32"),
+                                                      "bound": _rule_bound(e32, "float32", ulps32, floor)}
         out[tier] = entry
     return out
 
@@ -920,18 +929,14 @@ def _check_low_precision(entry: dict, arrays: dict, stored: dict) -> list:
         for name, q in qs.items():
             f32 = q.get("returned_in_float32")
             if f32 is not None:  # its plain reference is not stored: the bound follows from the stored error
-                expect = (low_precision_verdict(0.0, f32["plain_error"], "float32", f32["ulps"],
-                                                floor=q.get("decay_floor", 0.0))[1]
-                          if np.isfinite(f32["plain_error"]) else float("nan"))
-                if not ((np.isnan(expect) and np.isnan(f32["bound"])) or abs(expect - f32["bound"]) <= 1e-12 * abs(expect)):
+                expect = _rule_bound(f32["plain_error"], "float32", f32["ulps"], q.get("decay_floor", 0.0))
+                if _bound_mismatch(f32["bound"], expect):
                     msgs.append(f"low_precision {tier} {name}: returned_in_float32 bound {f32['bound']:.3e} is not "
                                 f"2 max(plain_error, ulps eps) = {expect:.3e}")
             key = q.get("key", "")
             if q.get("sampled"):  # a generated case: the bound follows from the stored error (the array is not stored)
-                expect = (low_precision_verdict(0.0, q["plain_error"], tier, q["ulps"], floor=q.get("decay_floor", 0.0))[1]
-                          if np.isfinite(q["plain_error"]) else float("nan"))
-                ok = (np.isnan(expect) and np.isnan(q["bound"])) or abs(expect - q["bound"]) <= 1e-12 * abs(expect)
-                if key not in arrays or not ok:
+                expect = _rule_bound(q["plain_error"], tier, q["ulps"], q.get("decay_floor", 0.0))
+                if key not in arrays or _bound_mismatch(q["bound"], expect):
                     msgs.append(f"low_precision {tier} {name}: member {key} missing or bound {q['bound']:.3e} is not "
                                 f"2 max(plain_error, ulps eps) = {expect:.3e}")
                 continue
@@ -947,7 +952,7 @@ def _check_low_precision(entry: dict, arrays: dict, stored: dict) -> list:
             v, w = value.astype(want.dtype)[care], want[care]
             fin = np.isfinite(v)
             e = _rel_error(v[fin], w[fin]) if fin.any() else float("nan")
-            bound = low_precision_verdict(0.0, e, tier, q["ulps"], floor=q.get("decay_floor", 0.0))[1] if np.isfinite(e) else float("nan")
+            bound = _rule_bound(e, tier, q["ulps"], q.get("decay_floor", 0.0))
             same = lambda a, b: (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1e-300)
             if not (same(e, q["plain_error"]) and same(bound, q["bound"])):
                 msgs.append(f"low_precision {tier} {name}: plain error {e:.9e} / bound {bound:.9e} differ from the "
@@ -1034,9 +1039,13 @@ def verify(directory) -> VerifyReport:
             problems[name] = msgs
     exported = {e.get("name") for e in manifest["cases"]}
     not_exported = [c.name for c in CASES if c.name not in exported]
+    return VerifyReport(str(directory), problems, checked, not_exported, _unlisted(directory, manifest))
+
+
+def _unlisted(directory: Path, manifest: dict) -> list:
+    """The ``.npz`` files of ``directory`` that ``manifest`` does not list (an earlier export's, say), sorted."""
     listed = {e.get("file") for e in manifest["cases"]}
-    unlisted = sorted(p.name for p in directory.glob("*.npz") if p.name not in listed)
-    return VerifyReport(str(directory), problems, checked, not_exported, unlisted)
+    return sorted(p.name for p in directory.glob("*.npz") if p.name not in listed)
 
 
 def _described_problems(entry: dict, arrays: dict) -> list:
@@ -3640,8 +3649,7 @@ def main(argv=None) -> int:
         total = sum(e["bytes"] for e in manifest["cases"])
         n = len(manifest["cases"])
         print(f"wrote {n} case{'s' if n != 1 else ''} ({total / 1024:.0f} KiB) and manifest.json to {args.directory}")
-        listed = {e["file"] for e in manifest["cases"]}
-        others = sorted(p.name for p in Path(args.directory).glob("*.npz") if p.name not in listed)
+        others = _unlisted(Path(args.directory), manifest)
         if others:  # an earlier export's files: the new manifest.json does not list (or verify) them
             shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
             print(f"note: {len(others)} other .npz file{'s' if len(others) != 1 else ''} in {args.directory} "
