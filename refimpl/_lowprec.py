@@ -49,7 +49,7 @@ import math
 import numpy as np
 import scipy.signal
 
-from ._precision import matmul, store, tier_name
+from ._precision import matmul, operand, store, stored_is_operand, tier_name
 
 __all__ = ["PLAIN", "softmax_attention", "softmax_attention_vjp", "linear_attention", "performer_attention", "rfa_attention", "selective_scan",
            "selective_scan_vjp", "ssd", "gated_linear_attention", "retention", "delta_rule", "ssd_vjp",
@@ -116,18 +116,20 @@ def _geometry(n, m, row0, causal, window, alibi: bool, offset: int = 0):
 
 
 def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None, offset=0,
-                      softcap=None):
+                      softcap=None, k_operand=False):
     """The stored logits ``S = scale · Q Kᵀ`` (float32 accumulation, stored in the tier), masked with −∞.
 
     ``q`` holds the query rows ``row0, row0 + 1, …`` (a block of rows; ``mask`` already sliced).
     ``geometry``: :func:`_geometry` of these rows, when the caller computed it once for all heads.
     ``softcap`` c: ``c · tanh(S / c)`` in float32 on the stored logits, before the bias and the masks
     (the kernels' order, Eq. (4.14)). Returns the logits and ``tanh(S / c)`` (None without a cap; the
-    backward pass's ``1 − tanh²``).
+    backward pass's ``1 − tanh²``). ``k_operand``: ``k`` is already rounded for the product (:func:`operand`).
     """
-    q, k = _f32(q), _f32(k)
+    q = _f32(q)
+    if not k_operand:
+        k = _f32(k)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    s = matmul(q, np.swapaxes(k, -1, -2), tier)
+    s = matmul(q, np.swapaxes(k, -1, -2), tier, on_grid=(False, k_operand))
     s *= f32(scale)
     s = store(s, tier).astype(f32, copy=False)
     n, m = s.shape[-2:]
@@ -154,6 +156,9 @@ def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row
 #: several GB at once and spent 10–18 s of its 10–15 s in the kernel (page faults), against 3.6 s
 #: head by head (measured).
 _ENTRY_LOGITS = 1 << 22
+
+#: logits (rows × keys × batch entries) per block of query rows of the plain attention without weights
+_BLOCK_LOGITS = 1 << 21
 
 
 def _by_entry(fn, seqs: dict, mask, alibi_slopes):
@@ -193,12 +198,14 @@ def _by_entry(fn, seqs: dict, mask, alibi_slopes):
 
 
 def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None, offset=0,
-                  softcap=None, keep_tanh=False):
+                  softcap=None, keep_tanh=False, operands=False):
     """P, y and ℓ of :func:`softmax_attention` for these query rows (and ``tanh(S / c)`` with
     ``keep_tanh``). A row with no allowed key (a window or a bottom-right causal mask can leave one)
     gets P = 0, y = 0 and ℓ = −∞, as in refimpl and in FlashAttention's kernels (which skip the max
-    of an empty row), not 0/0."""
-    s, tanh = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry, offset, softcap)
+    of an empty row), not 0/0. ``operands``: ``k`` and ``v`` are already rounded for the products
+    (:func:`refimpl._precision.operand`; the same numbers)."""
+    s, tanh = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry, offset, softcap,
+                                k_operand=operands)
     mx = s.max(axis=-1, keepdims=True)
     empty = mx == -np.inf
     has_empty = bool(empty.any())
@@ -209,7 +216,7 @@ def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0
     z = s.sum(axis=-1, keepdims=True, dtype=f32)
     s /= np.where(empty, f32(1), z) if has_empty else z
     p = store(s, tier)
-    y = store(matmul(p, _f32(v), tier), tier)
+    y = store(matmul(p, v if operands else _f32(v), tier, on_grid=(stored_is_operand(tier), operands)), tier)
     with np.errstate(divide="ignore"):  # log 0 = −∞ for an empty row
         lse = (mx + np.log(z))[..., 0].astype(f32)  # kept in float32, as fused kernels write ℓ
     return (p, y, lse, tanh) if keep_tanh else (p, y, lse)
@@ -230,8 +237,8 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
     aligned as ``causal_alignment`` says; ``softcap`` caps them first (float32).
     Returns ``{"A": P, "y": y, "lse": ℓ}`` with the row log-sum-exp ``ℓ_i = m_i + log Σ_j e^{s_ij − m_i}``
     of the stored logits, kept in float32 as fused kernels write it (Eq. (16.15)). With ``weights=False`` the rows
-    are processed in blocks (the same arithmetic row by row) and ``A`` is not returned, so memory
-    stays O(block · M) at any N.
+    are processed in blocks (the same arithmetic row by row, up to the order in which BLAS sums a float32 product
+    of another shape) and ``A`` is not returned, so memory stays O(block · M) at any N.
     """
     tier = tier_name(tier)
     offset = _offset(q, k, causal_alignment)
@@ -241,19 +248,27 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
         p, y, lse = _by_entry(lambda q, k, v, mask, alibi_slopes: _softmax_rows(q, k, v, mask, alibi_slopes=alibi_slopes, **fixed),
                               dict(q=q, k=k, v=v), mask, alibi_slopes)
         return {"A": p, "y": y, "lse": lse}
-    q = _f32(q)
-    n, m = q.shape[-2], np.shape(k)[-2]
-    mask = None if mask is None else np.asarray(mask, dtype=bool)
-    step = max(1, (1 << 21) // max(m * int(np.prod(q.shape[:-2], dtype=np.int64)), 1))
-    ys, lses = [], []
-    for r0 in range(0, n, step):
-        rows = slice(r0, min(n, r0 + step))
-        mk = mask[..., rows, :] if mask is not None and mask.ndim >= 2 and mask.shape[-2] == n else mask
-        _, y, lse = _softmax_rows(q[..., rows, :], k, v, mk, causal, scale, window, alibi_slopes, tier, r0,
-                                  offset=offset, softcap=softcap)
-        ys.append(y)
-        lses.append(lse)
-    return {"y": np.concatenate(ys, axis=-2), "lse": np.concatenate(lses, axis=-1)}
+
+    def blocks(q, k, v, mask, alibi_slopes):  # the rows in blocks of about _BLOCK_LOGITS logits (all entries)
+        q = _f32(q)
+        n, m = q.shape[-2], np.shape(k)[-2]
+        k, v = operand(_f32(k), tier), operand(_f32(v), tier)  # rounded once for every block of rows
+        batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        step = max(1, _BLOCK_LOGITS // max(m * math.prod(batch), 1))
+        ys, lses = [], []
+        for r0 in range(0, n, step):
+            rows = slice(r0, min(n, r0 + step))
+            mk = mask[..., rows, :] if mask is not None and mask.ndim >= 2 and mask.shape[-2] == n else mask
+            _, y, lse = _softmax_rows(q[..., rows, :], k, v, mk, causal, scale, window, alibi_slopes, tier, r0,
+                                      offset=offset, softcap=softcap, operands=True)
+            ys.append(y)
+            lses.append(lse)
+        return np.concatenate(ys, axis=-2), np.concatenate(lses, axis=-1)
+
+    # one batch entry (head) at a time when large (_by_entry): blocks of hundreds of rows, whose products run near
+    # the GEMM rate, not a few rows of every head (16 rows × 32 heads at 4096 keys took 1.7 times as long; measured)
+    y, lse = _by_entry(blocks, dict(q=q, k=k, v=v), mask, alibi_slopes)
+    return {"y": y, "lse": lse}
 
 
 def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, window=None, alibi_slopes=None,
@@ -283,9 +298,10 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
                                      softcap=softcap)  # stored float32 lse, exp(s + slope·j − ℓ), as its kernel
             with np.errstate(invalid="ignore"):  # recomputes it (ℓ and s of order slope·j there: both round)
                 p = store(np.where(np.isneginf(s), f32(0), np.exp(s - lse[..., None])), tier)
+        stored = stored_is_operand(tier)  # P and dS as stored: no second rounding for their products
         p = p.astype(f32, copy=False)
         q, k, v, dy = _f32(q), _f32(k), _f32(v), _f32(dy)
-        dv = matmul(np.swapaxes(p, -1, -2), dy, tier)
+        dv = matmul(np.swapaxes(p, -1, -2), dy, tier, on_grid=(stored, False))
         dp = matmul(dy, np.swapaxes(v, -1, -2), tier)
         D = np.sum(dy * y.astype(f32), axis=-1, keepdims=True, dtype=f32)
         dp -= D
@@ -293,7 +309,8 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
         if tanh is not None:
             dp *= 1 - tanh * tanh  # through the cap: ∂(c tanh(s/c))/∂s = 1 − tanh²
         ds = store(dp, tier)
-        return matmul(ds, k, tier) * c, matmul(np.swapaxes(ds, -1, -2), q, tier) * c, dv, lse, D[..., 0]
+        return (matmul(ds, k, tier, on_grid=(stored, False)) * c,
+                matmul(np.swapaxes(ds, -1, -2), q, tier, on_grid=(stored, False)) * c, dv, lse, D[..., 0])
 
     dq, dk, dv, lse, D = _by_entry(grads, dict(q=q, k=k, v=v, dy=dy), mask, alibi_slopes)
     return {"dq": store(_reduce32(dq, np.shape(q)), tier), "dk": store(_reduce32(dk, np.shape(k)), tier),
@@ -373,24 +390,28 @@ def linear_attention_vjp(q, k, v, dy, causal=False, *, tier):
     dphi_q = np.empty(phi_q.shape, f32)
     dphi_k, dv = np.zeros(phi_k.shape, f32), np.zeros(v.shape, f32)
     kT, vT = np.swapaxes(phi_k, -1, -2), np.swapaxes(v, -1, -2)
+    # the operands every block of rows reads, rounded once (the stored features are on the grid but in tf32)
+    kT_r, v_r, vT_r, k_r = (operand(a, tier) for a in (kT, v, vT, phi_k))
+    stored = stored_is_operand(tier)
     step = max(1, (1 << 22) // max(1, m * math.prod(batch)))  # one block up to N·M = 4M weights per head
     for r0 in range(0, n, step):
         rows = slice(r0, min(n, r0 + step))
         keep = None if not causal else np.arange(m)[None, :] <= np.arange(r0, rows.stop)[:, None]
-        A = matmul(phi_q[..., rows, :], kT, tier)
+        A = matmul(phi_q[..., rows, :], kT_r, tier, on_grid=(stored, True))
         if keep is not None:
             A = np.where(keep, A, f32(0))
         A = store(A, tier).astype(f32, copy=False)
         den = np.sum(A, axis=-1, keepdims=True, dtype=f32)
-        y = matmul(A, v, tier) / den
+        y = matmul(A, v_r, tier, on_grid=(stored, True)) / den
         dnum = dy[..., rows, :] / den
-        dA = matmul(dnum, vT, tier) - np.sum(dy[..., rows, :] * y, axis=-1, keepdims=True, dtype=f32) / den
+        dA = matmul(dnum, vT_r, tier, on_grid=(False, True)) - np.sum(dy[..., rows, :] * y, axis=-1, keepdims=True,
+                                                                     dtype=f32) / den
         if keep is not None:
             dA = np.where(keep, dA, f32(0))
         dA = store(dA, tier).astype(f32, copy=False)
-        dphi_q[..., rows, :] = matmul(dA, phi_k, tier)
-        dphi_k += matmul(np.swapaxes(dA, -1, -2), phi_q[..., rows, :], tier)
-        dv += matmul(np.swapaxes(A, -1, -2), dnum, tier)
+        dphi_q[..., rows, :] = matmul(dA, k_r, tier, on_grid=(stored, True))
+        dphi_k += matmul(np.swapaxes(dA, -1, -2), phi_q[..., rows, :], tier, on_grid=(stored, stored))
+        dv += matmul(np.swapaxes(A, -1, -2), dnum, tier, on_grid=(stored, False))
     dq = dphi_q * np.minimum(_elu1(q), f32(1))
     dk = dphi_k * np.minimum(_elu1(k), f32(1))
     return {"dq": store(_reduce32(dq, np.shape(q)), tier), "dk": store(_reduce32(dk, np.shape(k)), tier),
@@ -430,7 +451,9 @@ def performer_attention(q, k, v, projection, causal=False, kind="positive", scal
 
 def _gated_step(S, k, v, g, t: int):
     """``S_t = Diag(g_t) S_{t−1} + k_t v_tᵀ`` on the transposed state (Dk × Dv), in float32."""
-    return S * g[..., t, :, None] + k[..., t, :, None] * v[..., t, None, :]
+    S = S * g[..., t, :, None]  # a new array (the states are kept: _states_backwards), then updated in place
+    S += k[..., t, :, None] * v[..., t, None, :]
+    return S
 
 
 def _gated_recurrence(q, k, v, log_g, tier, chunk=None, S0=None):
@@ -515,7 +538,8 @@ def _delta_step(S, k, v, beta, g, t: int):
     S = S * g[..., t, None, None]
     kt = k[..., t, :]
     u = beta[..., t, None] * (v[..., t, :] - np.matmul(kt[..., None, :], S)[..., 0, :])
-    return S + kt[..., :, None] * u[..., None, :]
+    S += kt[..., :, None] * u[..., None, :]  # in place: S is the new array of the decay above
+    return S
 
 
 def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, initial_state=None, *, tier):
@@ -577,8 +601,9 @@ def _gated_adjoint(q, k, v, log_g, dy, tier, S0=None, dS_end=None):
             lam *= g[..., t + 1, :, None]
         lam += q[..., t, :, None] * dy[..., t, None, :]
         dq[..., t, :] = matmul(S_t, dy[..., t, :, None], tier)[..., 0]
-        dkk[..., t, :] = matmul(lam, v[..., t, :, None], tier)[..., 0]
-        dvv[..., t, :] = matmul(k[..., t, None, :], lam, tier)[..., 0, :]
+        lam_r = operand(lam, tier)  # Λ_t as both of its products read it: rounded once
+        dkk[..., t, :] = matmul(lam_r, v[..., t, :, None], tier, on_grid=(True, False))[..., 0]
+        dvv[..., t, :] = matmul(k[..., t, None, :], lam_r, tier, on_grid=(False, True))[..., 0, :]
         rows = np.sum(lam * S_prev, axis=-1, dtype=f32)  # Σ_i Λ_t[j, i] S_{t−1}[j, i]
         if g.shape[-1] == 1:
             rows = np.sum(rows, axis=-1, keepdims=True, dtype=f32)
@@ -730,20 +755,28 @@ def delta_rule_vjp(q, k, v, beta, dy, log_g=None, scale=None, chunk_size=64, ini
     start, M = _filled(batch + (dk, dv), S0), _filled(batch + (dk, dv), dS_end)
     dq, dkk, dvv = np.empty(q.shape, f32), np.empty(k.shape, f32), np.empty(v.shape, f32)
     db, dg = np.empty(beta.shape, f32), np.empty(beta.shape, f32)
+    prev = None  # (S_{t−1}, its product operand) of the step before (the next t down reads it as S_t)
     for t, Sp, S_t in _states_backwards(lambda S, t: _delta_step(S, k, v, beta, g, t), start, L):
+        # each state as the products read it, rounded once (S_t: the previous step's S_{t−1}, the same array,
+        # unless a checkpoint segment starts here)
+        S_t_r = prev[1] if prev is not None and prev[0] is S_t else operand(S_t, tier)
+        Sp_r = operand(Sp, tier)
+        prev = (Sp, Sp_r)
         if t < L - 1:  # M_t = g_{t+1} (I − β_{t+1} k_{t+1} k_{t+1}ᵀ) M_{t+1} + q_t dy_tᵀ
             kn = k[..., t + 1, :]
             M -= (beta[..., t + 1, None, None] * kn[..., :, None]) * np.matmul(kn[..., None, :], M)
             M *= g[..., t + 1, None, None]
         M += q[..., t, :, None] * dy[..., t, None, :]
         kt, bt, gt = k[..., t, :], beta[..., t, None], g[..., t, None]
-        pred = matmul(kt[..., None, :], Sp, tier)[..., 0, :]  # S_{t−1} k_t
+        M_r = operand(M, tier)
+        pred = matmul(kt[..., None, :], Sp_r, tier, on_grid=(False, True))[..., 0, :]  # S_{t−1} k_t
         e = v[..., t, :] - gt * pred
-        lk = matmul(kt[..., None, :], M, tier)[..., 0, :]  # Λ_t k_t
-        dq[..., t, :] = matmul(S_t, dy[..., t, :, None], tier)[..., 0]
+        lk = matmul(kt[..., None, :], M_r, tier, on_grid=(False, True))[..., 0, :]  # Λ_t k_t
+        dq[..., t, :] = matmul(S_t_r, dy[..., t, :, None], tier, on_grid=(True, False))[..., 0]
         dvv[..., t, :] = bt * lk
         db[..., t] = np.sum(lk * e, axis=-1, dtype=f32)
-        dkk[..., t, :] = bt * (matmul(M, e[..., :, None], tier)[..., 0] - gt * matmul(Sp, lk[..., :, None], tier)[..., 0])
+        dkk[..., t, :] = bt * (matmul(M_r, e[..., :, None], tier, on_grid=(True, False))[..., 0]
+                               - gt * matmul(Sp_r, lk[..., :, None], tier, on_grid=(True, False))[..., 0])
         inner = np.sum(M * Sp, axis=(-2, -1), dtype=f32)  # ⟨Λ_t, S_{t−1}⟩
         dg[..., t] = g[..., t] * (inner - beta[..., t] * np.sum(lk * pred, axis=-1, dtype=f32))
     out = {"dq": _reduce32(dq * c, shapes["q"]), "dk": _reduce32(dkk, shapes["k"]), "dv": _reduce32(dvv, shapes["v"]),

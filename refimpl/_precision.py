@@ -120,8 +120,26 @@ def carrier(tier):
 
 
 def _round_bits(x: np.ndarray, bits: int, emin: int, emax: int) -> np.ndarray:
-    """float64 ``x`` rounded to ``bits`` mantissa bits and the exponent range [emin, emax], as float64."""
+    """float64 ``x`` rounded to ``bits`` mantissa bits and the exponent range [emin, emax], as float64 (a new array).
+
+    On blocks of :data:`_ROUND_BLOCK` numbers shared out between threads (as :func:`_round_bits32`): the same
+    operations on each number as on the whole array, whose temporaries (a dozen passes over 8-byte arrays)
+    made rounding a comparison's arguments and results take several seconds at realistic sizes (measured:
+    2 × 4096 × 16 × 128 numbers, 0.33 s an array).
+    """
     x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)  # the layout of x; both in memory order (see _round_bits32)
+    xs, rs = x.ravel(order="K"), out.ravel(order="K")
+
+    def block(sl):
+        rs[sl] = _round_bits_flat(xs[sl], bits, emin, emax)
+
+    in_blocks(block, xs.size, _ROUND_BLOCK, xs.size)
+    return out
+
+
+def _round_bits_flat(x: np.ndarray, bits: int, emin: int, emax: int) -> np.ndarray:
+    """:func:`_round_bits` of a 1-D float64 block."""
     drop = 52 - bits
     u = x.view(np.uint64)
     # round to nearest even on the magnitude's bits: add half an ulp minus one, plus the kept lsb
@@ -270,20 +288,33 @@ def acc(tier):
     return np.float64 if tier_name(tier) == "float64" else np.float32
 
 
-def matmul(a, b, tier) -> np.ndarray:
+def operand(x, tier) -> np.ndarray:
+    """``x`` as :func:`matmul` rounds an input for a product in ``tier`` (tf32: as :func:`tf32_rounding` says),
+    a new array in the tier's carrier dtype: round once what several products read (``on_grid``)."""
+    tier = tier_name(tier)
+    return round_to(x, tier, rounding=_TF32_ROUNDING.get()) if tier == "tf32" else round_to(x, tier)
+
+
+def stored_is_operand(tier) -> bool:
+    """Whether a value stored in ``tier`` (:func:`store`) is already on the grid of its products' inputs: in every
+    tier but tf32, which stores float32 and rounds the inputs of products to 10 mantissa bits."""
+    return tier_name(tier) != "tf32"
+
+
+def matmul(a, b, tier, *, on_grid=(False, False)) -> np.ndarray:
     """``a @ b`` as a tensor core computes it in ``tier``, returned in the accumulation dtype.
 
     The inputs are rounded to the tier (to 10 mantissa bits for tf32, converted as :func:`tf32_rounding`
     says: to nearest even unless set), the products are exact in float32 for every 16-bit tier and tf32
     (at most 11 + 11 significant bits), and they are summed in float32 (float64 for float64). The caller
-    stores the result (:func:`store`).
+    stores the result (:func:`store`). ``on_grid``: for ``a`` and ``b``, whether it is already rounded as this
+    call would round it (:func:`operand`, or a value stored in the tier where :func:`stored_is_operand`): not
+    rounded again — the rounding is idempotent, so the result is the same, without a pass over an input that
+    several products read (attention's keys and values, row block after row block; its weights, three times in
+    the backward pass).
     """
     tier = tier_name(tier)
-    if tier == "tf32":
-        mode = _TF32_ROUNDING.get()
-        a, b = round_to(a, tier, rounding=mode), round_to(b, tier, rounding=mode)
-    else:
-        a, b = round_to(a, tier), round_to(b, tier)
+    a, b = (np.asarray(x) if done else operand(x, tier) for x, done in zip((a, b), on_grid))
     dt = acc(tier)
     return np.matmul(a.astype(dt, copy=False), b.astype(dt, copy=False))  # new arrays already: no copies
 

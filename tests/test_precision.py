@@ -1061,17 +1061,75 @@ def test_public_names_of_the_tiers():
         "ssm.selective_scan_vjp", "ssm.selective_state_update"]
 
 
-def test_blocked_plain_softmax_equals_the_full_one():
-    # without the weights the plain reference runs in blocks of query rows: the same arithmetic, bit for bit
-    from refimpl._lowprec import softmax_attention
+@pytest.mark.parametrize("tier, rounding", [("bfloat16", "rne"), ("float16", "rne"), ("tf32", "rne"), ("tf32", "truncate")])
+@pytest.mark.parametrize("by_entry", [False, True])
+@pytest.mark.parametrize("block_logits", [1 << 21, 50_000])
+def test_blocked_plain_softmax_equals_the_full_one(monkeypatch, tier, rounding, by_entry, block_logits):
+    # without the weights the plain reference runs in blocks of query rows (all heads at once, or head by head
+    # when large), its keys and values rounded once for all blocks: the same arithmetic, bit for bit in one block;
+    # in several, up to the order in which BLAS sums the float32 products of another shape (seen in tf32)
+    import refimpl._lowprec as lp
+    from refimpl._precision import tf32_rounding
 
     rng = np.random.default_rng(0)
     q, k, v = rng.standard_normal((3, 2, 700, 16))
     mask = rng.random((700, 700)) < 0.8
     mask[:, 0] = True
-    kw = dict(mask=mask, causal=True, window=300, alibi_slopes=np.array([0.1, 0.2]), tier="bfloat16")
-    full, blocked = softmax_attention(q, k, v, **kw), softmax_attention(q, k, v, **kw, weights=False)
-    assert "A" not in blocked and all(np.array_equal(full[n], blocked[n]) for n in ("y", "lse"))
+    kw = dict(mask=mask, causal=True, window=300, alibi_slopes=np.array([0.1, 0.2]), tier=tier)
+    with tf32_rounding(rounding):
+        full = lp.softmax_attention(q, k, v, **kw)
+        monkeypatch.setattr(lp, "_ENTRY_LOGITS", 0 if by_entry else 1 << 60)
+        monkeypatch.setattr(lp, "_BLOCK_LOGITS", block_logits)  # 50 000: blocks of 71 (35) rows
+        blocked = lp.softmax_attention(q, k, v, **kw, weights=False)
+    assert "A" not in blocked
+    for n in ("y", "lse"):
+        if block_logits == 1 << 21:  # one block of all 700 rows
+            assert np.array_equal(full[n], blocked[n]), n
+        else:
+            assert rel_error(blocked[n], full[n]) <= 2.0**-21, n
+
+
+@pytest.mark.parametrize("tier, rounding", [("bfloat16", "rne"), ("float16", "rne"), ("float32", "rne"), ("tf32", "rne"),
+                                            ("tf32", "truncate")])
+def test_matmul_of_operands_rounded_once_is_the_same(tier, rounding):
+    # an input already rounded as matmul rounds it (operand), or a value stored in a tier whose storage grid is
+    # that of the products' inputs, is not rounded again: the result is bit for bit that of rounding it inside
+    from refimpl._precision import operand, stored_is_operand, tf32_rounding
+
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((30, 70)), rng.standard_normal((70, 20)).T.copy().T  # b: a transposed layout
+    with tf32_rounding(rounding):
+        want = matmul(a, b, tier)
+        for on_grid in ((True, False), (False, True), (True, True)):
+            x, y = (operand(m, tier) if done else m for m, done in zip((a, b), on_grid))
+            got = matmul(x, y, tier, on_grid=on_grid)
+            assert got.dtype == want.dtype and np.array_equal(got, want), on_grid
+        sa = store(a, tier)
+        assert stored_is_operand(tier) == (tier != "tf32")
+        if stored_is_operand(tier):
+            assert np.array_equal(matmul(sa, b, tier, on_grid=(True, False)), matmul(sa, b, tier))
+        else:  # tf32 stores float32: its products still round the stored value to 10 mantissa bits
+            assert not np.array_equal(operand(sa, tier), sa)
+
+
+def test_float64_rounding_in_blocks_equals_the_whole_array():
+    # round_to of float64 values (bfloat16, tf32 and float16's grid) runs on blocks of _ROUND_BLOCK numbers in threads:
+    # the same operations number by number as on the whole array, whatever the layout
+    from refimpl import _precision as pr
+
+    rng = np.random.default_rng(5)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, 1e-40, -1e-45, 2.0**-126, 2.0**-133,
+                         3.4e38, 3.5e38, -3.39e38, 65504.0, 65520.0, 6e-8, 3e-8, 1 + 2.0**-8, 1 + 3 * 2.0**-8])
+    n = 17 * (3 * pr._ROUND_BLOCK // 17 + 2)  # three blocks and a part of one, 17 columns
+    x = rng.standard_normal(n) * 10.0 ** rng.integers(-45, 39, n)
+    x[np.arange(specials.size) * (pr._ROUND_BLOCK // 7)] = specials  # specials in every block, at its edges too
+    x[pr._ROUND_BLOCK - 2 : pr._ROUND_BLOCK + 2] = specials[:4]
+    for fmt in ((7, -126, 127), (10, -126, 127), (10, -14, 15)):  # bfloat16, tf32, float16
+        whole = pr._round_bits_flat(x, *fmt)
+        for view, ref in ((x, whole), (x.reshape(-1, 17)[:, ::2], whole.reshape(-1, 17)[:, ::2]),
+                          (x.reshape(17, -1).T, whole.reshape(17, -1).T), (x[5:6].reshape(()), whole[5:6].reshape(()))):
+            got = pr._round_bits(view, *fmt)
+            assert got.shape == view.shape and np.array_equal(got.view(np.uint64), ref.view(np.uint64)), fmt
 
 
 @pytest.mark.parametrize("tier", ["bfloat16", "float16", "tf32"])
