@@ -1004,6 +1004,19 @@ def selective_scan(u, delta, A, B, C, D=None, discretization="mamba", *, tier):
     return {"y": store(y, tier), "h_last": store(h, tier)}
 
 
+#: steps per block of the official selective scan's plain references, whose arrays hold time last (mamba_ssm's layout)
+_TIME_BLOCK = 64
+
+
+def _time_major(x: np.ndarray, t0: int, t1: int) -> np.ndarray:
+    """Steps ``t0 … t1 − 1`` of ``x`` (…, L) as a contiguous (t1 − t0, …) array: a step of an array with time last is
+    a gather of one number per cache line (per page, for long sequences), which made the step-by-step plain scans
+    spend most of their time on memory (measured, the backward pass at batch 2, 1536 channels, 16 states, L = 2048: 15 s
+    of 20); a block of steps copied once is read step by step from contiguous memory (the same numbers, the same
+    operations; that pass took 20 -> 13 s, most of it now these transposing copies)."""
+    return np.ascontiguousarray(np.moveaxis(x[..., t0:t1], -1, 0))
+
+
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                       return_last_state=False, *, tier):
     r"""Eqs. (11.21)–(11.23) as mamba_ssm's kernel computes them on low-precision inputs: all in float32.
@@ -1031,11 +1044,17 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     B32, C32 = (np.repeat(X, d // X.shape[1], axis=1).astype(ct) for X in (B, C))  # (b or 1, D, N, L)
     h = np.zeros((u.shape[0],) + A.shape, dtype=ct)
     y = np.empty(u.shape, dtype=f32)
-    for t in range(u.shape[2]):
-        dt = step[:, :, t, None]
-        h = np.exp(dt * A32) * h + (dt * B32[..., t]) * u32[:, :, t, None]
-        yt = np.sum(h * C32[..., t], axis=-1, dtype=ct)
-        y[:, :, t] = f32(2) * yt.real if cplx else yt
+    L = u.shape[2]
+    for t0 in range(0, L, _TIME_BLOCK):  # blocks of steps, time-major (see _time_major)
+        t1 = min(L, t0 + _TIME_BLOCK)
+        steps, bs, cs, us = (_time_major(x, t0, t1) for x in (step, B32, C32, u32))
+        ys = np.empty((t1 - t0,) + y.shape[:2], dtype=f32)
+        for i in range(t1 - t0):
+            dt = steps[i][..., None]
+            h = np.exp(dt * A32) * h + (dt * bs[i]) * us[i][..., None]
+            yt = np.sum(h * cs[i], axis=-1, dtype=ct)
+            ys[i] = f32(2) * yt.real if cplx else yt
+        y[:, :, t0:t1] = np.moveaxis(ys, 0, -1)
     if D is not None:
         y = y + _f32(D)[:, None] * u32
     if z is not None:
@@ -1195,9 +1214,14 @@ def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=No
     Bu = (step * u32)[:, :, None, :] * B32  # Δ_t B_t u_t
     H = np.empty((batch, d, n, L), dtype=ct)
     h = np.zeros((batch, d, n), dtype=ct)
-    for t in range(L):
-        h = Ab[..., t] * h + Bu[..., t]
-        H[..., t] = h
+    for t0 in range(0, L, _TIME_BLOCK):  # blocks of steps, time-major (_time_major)
+        t1 = min(L, t0 + _TIME_BLOCK)
+        ab, bu = _time_major(Ab, t0, t1), _time_major(Bu, t0, t1)
+        hs = np.empty((t1 - t0, batch, d, n), dtype=ct)
+        for i in range(t1 - t0):
+            h = ab[i] * h + bu[i]
+            hs[i] = h
+        H[..., t0:t1] = np.moveaxis(hs, 0, -1)
     dv, out = dout32, {}
     if z is not None:
         y = np.sum(H * C32, axis=2, dtype=ct)
@@ -1213,15 +1237,23 @@ def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=No
     dA = np.zeros((batch, d, n), dtype=ct)
     inv = {name: forms[name][0] == 2 for name in ("B", "C")}
     acc = {name: np.zeros((batch, d, n), dtype=ct) for name in ("B", "C") if inv[name]}
-    for t in range(L - 1, -1, -1):  # λ_t = ā_{t+1} λ_{t+1} + κ dv_t C_t, sums over time added last step first
-        g = (Ab[..., t + 1] * g if t < L - 1 else g) + (kappa * dv[..., t])[..., None] * C32[..., t]
-        lam[..., t] = g
-        prev = H[..., t - 1] if t else np.zeros_like(g)
-        dA += g * Ab[..., t] * prev * step[..., t, None]
-        if inv["B"]:
-            acc["B"] += g * (step[..., t] * u32[..., t])[..., None]
-        if inv["C"]:
-            acc["C"] += (kappa * dv[..., t])[..., None] * H[..., t]
+    for t1 in range(L, 0, -_TIME_BLOCK):  # λ_t = ā_{t+1} λ_{t+1} + κ dv_t C_t, sums over time added last step first
+        t0 = max(0, t1 - _TIME_BLOCK)
+        lo = max(0, t0 - 1)  # H from step t0 − 1 (the state before the block), ā to step t1 (after it)
+        ab, hs = _time_major(Ab, t0, min(L, t1 + 1)), _time_major(H, lo, t1)
+        cs, dvs, steps, us = (_time_major(x, t0, t1) for x in (C32, dv, step, u32))
+        lams = np.empty((t1 - t0, batch, d, n), dtype=ct)
+        for t in range(t1 - 1, t0 - 1, -1):
+            i = t - t0
+            g = (ab[i + 1] * g if t < L - 1 else g) + (kappa * dvs[i])[..., None] * cs[i]
+            lams[i] = g
+            prev = hs[t - 1 - lo] if t else np.zeros_like(g)
+            dA += g * ab[i] * prev * steps[i][..., None]
+            if inv["B"]:
+                acc["B"] += g * (steps[i] * us[i])[..., None]
+            if inv["C"]:
+                acc["C"] += (kappa * dvs[i])[..., None] * hs[t - lo]
+        lam[..., t0:t1] = np.moveaxis(lams, 0, -1)
     H_prev = np.zeros_like(H)
     H_prev[..., 1:] = H[..., :-1]
     re = (lambda x: x.real) if cplx else (lambda x: x)  # noqa: E731
