@@ -1013,8 +1013,29 @@ def _time_major(x: np.ndarray, t0: int, t1: int) -> np.ndarray:
     a gather of one number per cache line (per page, for long sequences), which made the step-by-step plain scans
     spend most of their time on memory (measured, the backward pass at batch 2, 1536 channels, 16 states, L = 2048: 15 s
     of 20); a block of steps copied once is read step by step from contiguous memory (the same numbers, the same
-    operations; that pass took 20 -> 13 s, most of it now these transposing copies)."""
-    return np.ascontiguousarray(np.moveaxis(x[..., t0:t1], -1, 0))
+    operations). The copy transposes :data:`_TILE_ROWS` rows at a time, which stay in cache (2.6 times faster than
+    one transposing copy of the block, measured there; that backward pass now takes 7 s)."""
+    T = t1 - t0
+    out = np.empty((T,) + x.shape[:-1], dtype=x.dtype)
+    src, dst = x[..., t0:t1].reshape(-1, T), out.reshape(T, -1)  # (rows, T): a view of a contiguous x
+    for r in range(0, src.shape[0], _TILE_ROWS):
+        dst[:, r : r + _TILE_ROWS] = src[r : r + _TILE_ROWS].T
+    return out
+
+
+def _put_time_major(x: np.ndarray, t0: int, blk: np.ndarray) -> None:
+    """Write the time-major block ``blk`` (T, …) into steps ``t0 … t0 + T − 1`` of the contiguous ``x`` (…, L), in
+    tiles of :data:`_TILE_ROWS` rows (the inverse of :func:`_time_major`)."""
+    T = blk.shape[0]
+    dst = x[..., t0 : t0 + T].view()
+    dst.shape = (-1, T)  # a view (an error, not a silent copy, if x were not contiguous)
+    src = blk.reshape(T, -1)
+    for r in range(0, dst.shape[0], _TILE_ROWS):
+        dst[r : r + _TILE_ROWS] = src[:, r : r + _TILE_ROWS].T
+
+
+#: rows (all axes but time) per tile of the transposing copies of :func:`_time_major` (256 of 64 steps: 64 KiB of float32)
+_TILE_ROWS = 256
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -1054,7 +1075,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
             h = np.exp(dt * A32) * h + (dt * bs[i]) * us[i][..., None]
             yt = np.sum(h * cs[i], axis=-1, dtype=ct)
             ys[i] = f32(2) * yt.real if cplx else yt
-        y[:, :, t0:t1] = np.moveaxis(ys, 0, -1)
+        _put_time_major(y, t0, ys)
     if D is not None:
         y = y + _f32(D)[:, None] * u32
     if z is not None:
@@ -1221,7 +1242,7 @@ def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=No
         for i in range(t1 - t0):
             h = ab[i] * h + bu[i]
             hs[i] = h
-        H[..., t0:t1] = np.moveaxis(hs, 0, -1)
+        _put_time_major(H, t0, hs)
     dv, out = dout32, {}
     if z is not None:
         y = np.sum(H * C32, axis=2, dtype=ct)
@@ -1253,7 +1274,7 @@ def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=No
                 acc["B"] += g * (steps[i] * us[i])[..., None]
             if inv["C"]:
                 acc["C"] += (kappa * dvs[i])[..., None] * hs[t - lo]
-        lam[..., t0:t1] = np.moveaxis(lams, 0, -1)
+        _put_time_major(lam, t0, lams)
     H_prev = np.zeros_like(H)
     H_prev[..., 1:] = H[..., :-1]
     re = (lambda x: x.real) if cplx else (lambda x: x)  # noqa: E731
