@@ -1772,3 +1772,30 @@ def test_decay_floor_of_each_chunked_recurrence():
         oracle.decay_floor("linear_rnn.ssd", {"A": A})
     with pytest.raises(ValueError, match="^function: unknown"):
         oracle.decay_floor("ssd", ssd)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5, 70), (2, 300, 4, 129), (1, 257, 65)])
+def test_time_major_blocks_round_trip(shape):
+    # the plain selective scans read blocks of steps time-major (tiled transposing copies) and write them back:
+    # every step of every row lands where moveaxis puts it, for partial tiles, broadcast and complex inputs too
+    from refimpl._lowprec import _put_time_major, _time_major
+
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+    L = shape[-1]
+    for t0, t1 in ((0, L), (L // 3, L), (1, max(2, L // 2))):
+        want = np.moveaxis(x[..., t0:t1], -1, 0)
+        got = _time_major(x, t0, t1)
+        assert got.flags.c_contiguous and np.array_equal(got, want)
+        back = np.zeros_like(x)
+        _put_time_major(back, t0, got)
+        assert np.array_equal(back[..., t0:t1], x[..., t0:t1]) and not back[..., :t0].any() and not back[..., t1:].any()
+    wide = np.broadcast_to(x[:1], (3,) + shape[1:]) if len(shape) > 1 else x  # a stride-0 axis: read through a copy
+    assert np.array_equal(_time_major(wide, 0, L), np.moveaxis(wide, -1, 0))
+    target = np.zeros(shape, dtype=x.dtype, order="F")  # Fortran order: written in place where its axes merge into
+    try:  # rows, else refused — never written into a silent copy
+        _put_time_major(target, 0, _time_major(x, 0, L))
+    except AttributeError:
+        assert len([n for n in shape[:-1] if n > 1]) > 1
+    else:
+        assert np.array_equal(target, x)
