@@ -26,7 +26,7 @@ FUNCTIONS = [
     called("mixing.fft_conv", "y"),
     called("mixing.causal_toeplitz", "T"),
     Function("mixing.hyena_filter", _run_hyena_filter, ("h",),
-             "fn(L, d, n_filters, seed) -> h"),
+             "fn(L, d, n_filters, seed) -> h (refimpl: rng=seed)"),
     called("mixing.hyena_recurrence", "y"),
     Function("mixing.hyena_operator", _run_hyena_operator, ("y",), skip=("short_filter", "short_bias"), intermediates=("v", "x")),
     called("mixing.hyena_matrix", "H"),
