@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import inspect
@@ -2075,3 +2076,36 @@ def test_effective_log_decay_of_gates_relative_to_the_largest_cumulative_decay()
     assert 1.0 < min(tau1) and max(tau1) < 1.45
     assert 1.55 < min(tau16) and max(tau16) < 1.75
     assert 0.70 < ratio(np.full((4, 256), -1.0)) < 0.75  # a decay of e^-1 per step: 0.73
+
+
+def _refimpl_keywords(call: str, args: dict) -> dict:
+    """The keywords a registered call's note ``(refimpl: name=expression, …)`` adds for refimpl's own public function,
+    each expression evaluated with the case's arguments as names (``rng=seed``, ``n_features=len(projection)``)."""
+    note = re.search(r"\(refimpl: (.*)\)\s*$", call)
+    if note is None:
+        return {}
+    keywords = ast.parse(f"f({note.group(1)})", mode="eval").body.keywords
+    return {kw.arg: eval(compile(ast.Expression(kw.value), call, "eval"), {"len": len}, dict(args))
+            for kw in keywords}
+
+
+@pytest.mark.parametrize("name", sorted(oracle.RANDOM_INPUTS))
+def test_refimpl_passes_its_own_oracle_by_the_documented_call(name):
+    # every function random_inputs draws for: refimpl's own public function, called as the registry's call says
+    # (the case's arguments by name, plus the keywords of its "(refimpl: …)" note), meets float64 and bfloat16 —
+    # a call a user cannot follow with refimpl's own function is a documentation bug (performer_attention's was)
+    module, function = name.split(".")
+    fn = getattr(importlib.import_module(f"refimpl.{module}"), function)
+    call = oracle.FUNCTIONS[name].call
+    inputs = oracle.random_inputs(name, seed=3)
+    for dtype in ("float64", "bfloat16"):
+        report = oracle.compare(name, lambda **a: fn(**a, **_refimpl_keywords(call, a)), dtype=dtype, inputs=inputs)
+        assert report.passed, f"{name} in {dtype}:\n{report}"
+
+
+def test_refimpl_keywords_of_a_call_note():
+    assert _refimpl_keywords("fn(x) -> y", {"x": 1}) == {}
+    assert _refimpl_keywords("fn(m, d, seed) -> W (refimpl: rng=seed)", {"seed": 5}) == {"rng": 5}
+    got = _refimpl_keywords("fn(q, projection) -> y (refimpl: n_features=len(projection), rng=None)",
+                            {"projection": np.zeros((7, 2))})
+    assert got == {"n_features": 7, "rng": None}
