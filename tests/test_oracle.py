@@ -2078,15 +2078,32 @@ def test_effective_log_decay_of_gates_relative_to_the_largest_cumulative_decay()
     assert 0.70 < ratio(np.full((4, 256), -1.0)) < 0.75  # a decay of e^-1 per step: 0.73
 
 
-def _refimpl_keywords(call: str, args: dict) -> dict:
-    """The keywords a registered call's note ``(refimpl: name=expression, …)`` adds for refimpl's own public function,
-    each expression evaluated with the case's arguments as names (``rng=seed``, ``n_features=len(projection)``)."""
+def _refimpl_call(fn, call: str):
+    """``fn`` called as a registered call's note ``(refimpl: name=expression, …)`` says: each keyword added, its
+    expression evaluated with the case's arguments as names (``n_features=len(projection)``); an expression that is
+    a bare argument name passes that argument under the keyword's name instead (``rng=seed``: the seed as rng)."""
     note = re.search(r"\(refimpl: (.*)\)\s*$", call)
-    if note is None:
-        return {}
-    keywords = ast.parse(f"f({note.group(1)})", mode="eval").body.keywords
-    return {kw.arg: eval(compile(ast.Expression(kw.value), call, "eval"), {"len": len}, dict(args))
-            for kw in keywords}
+    keywords = ast.parse(f"f({note.group(1)})", mode="eval").body.keywords if note else []
+    renamed = {kw.value.id for kw in keywords if isinstance(kw.value, ast.Name)}
+
+    def kernel(**args):
+        extra = {kw.arg: eval(compile(ast.Expression(kw.value), call, "eval"), {"len": len}, dict(args))
+                 for kw in keywords}
+        return fn(**{k: v for k, v in args.items() if k not in renamed}, **extra)
+
+    return kernel
+
+
+def _public(name: str):
+    module, function = name.split(".")
+    return getattr(importlib.import_module(f"refimpl.{module}"), function)
+
+
+#: registered functions whose calls describe a conversion, not keywords (prose in the call): refimpl's own function
+#: takes a model, parameters or weights built from the case's arrays (or, attention_statistics, is no public function)
+_CONVERTED_CALLS = {"attention.attention_statistics", "focus.focus_layer", "focus.hypernetwork",
+                    "random_features.reversible_forward", "random_features.reversible_inverse", "sde.discretize",
+                    "sde.euler_maruyama", "sde.moments", "sde.sample", "sde.transition_matrix"}
 
 
 @pytest.mark.parametrize("name", sorted(oracle.RANDOM_INPUTS))
@@ -2094,18 +2111,28 @@ def test_refimpl_passes_its_own_oracle_by_the_documented_call(name):
     # every function random_inputs draws for: refimpl's own public function, called as the registry's call says
     # (the case's arguments by name, plus the keywords of its "(refimpl: …)" note), meets float64 and bfloat16 —
     # a call a user cannot follow with refimpl's own function is a documentation bug (performer_attention's was)
-    module, function = name.split(".")
-    fn = getattr(importlib.import_module(f"refimpl.{module}"), function)
-    call = oracle.FUNCTIONS[name].call
+    kernel = _refimpl_call(_public(name), oracle.FUNCTIONS[name].call)
     inputs = oracle.random_inputs(name, seed=3)
     for dtype in ("float64", "bfloat16"):
-        report = oracle.compare(name, lambda **a: fn(**a, **_refimpl_keywords(call, a)), dtype=dtype, inputs=inputs)
+        report = oracle.compare(name, kernel, dtype=dtype, inputs=inputs)
         assert report.passed, f"{name} in {dtype}:\n{report}"
 
 
-def test_refimpl_keywords_of_a_call_note():
-    assert _refimpl_keywords("fn(x) -> y", {"x": 1}) == {}
-    assert _refimpl_keywords("fn(m, d, seed) -> W (refimpl: rng=seed)", {"seed": 5}) == {"rng": 5}
-    got = _refimpl_keywords("fn(q, projection) -> y (refimpl: n_features=len(projection), rng=None)",
-                            {"projection": np.zeros((7, 2))})
-    assert got == {"n_features": 7, "rng": None}
+def test_refimpl_passes_its_golden_cases_by_the_documented_call():
+    # the same for every registered function and golden case (float64), but those whose calls describe a conversion
+    failed = {}
+    for name in sorted(set(oracle.function_names()) - _CONVERTED_CALLS):
+        report = oracle.compare(name, _refimpl_call(_public(name), oracle.FUNCTIONS[name].call))
+        if not report.passed:
+            failed[name] = str(report)
+    assert not failed, "\n".join(failed.values())
+    assert _CONVERTED_CALLS <= set(oracle.function_names())
+
+
+def test_refimpl_call_of_a_note():
+    seen = lambda **kw: kw  # noqa: E731
+    assert _refimpl_call(seen, "fn(x) -> y")(x=1) == {"x": 1}
+    assert _refimpl_call(seen, "fn(m, d, seed) -> W (refimpl: rng=seed)")(m=2, seed=5) == {"m": 2, "rng": 5}
+    got = _refimpl_call(seen, "fn(q, projection) -> y (refimpl: n_features=len(projection), rng=None)")(
+        q=1, projection=np.zeros((7, 2)))
+    assert got["n_features"] == 7 and got["rng"] is None and got["q"] == 1 and got["projection"].shape == (7, 2)

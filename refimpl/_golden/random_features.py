@@ -65,7 +65,7 @@ FUNCTIONS = [
              "fn(q, k, v, projection, causal) -> y (refimpl: n_features=len(projection), rng=None)"),
     called("random_features.rff_features", "phi"),
     Function("random_features.rfa_attention", _run_rfa, ("y",),
-             "fn(q, k, v, n_features, sigma, seed, gates) -> y (refimpl: rng=seed)"),
+             "fn(q, k, v, n_features, sigma, seed, gates) -> y, the causal gated form (refimpl: rng=seed, gated=True, causal=True)"),
     Function("random_features.lsh_hash", _run_lsh_hash, ("buckets",),
              "fn(x, n_buckets, n_rounds, rotations) -> buckets (refimpl: rng=None)"),
     Function("random_features.lsh_attention", _run_lsh_attention, ("y",),
