@@ -1034,6 +1034,14 @@ def _put_time_major(x: np.ndarray, t0: int, blk: np.ndarray) -> None:
         dst[r : r + _TILE_ROWS] = src[:, r : r + _TILE_ROWS].T
 
 
+def _reduction_blocks(L: int, size: int = 256):
+    """Blocks [t0, t1) of nearly equal length covering range(L), each at least ``size`` steps long (one block when
+    L < 2 size): a sum over the states of a block of steps is the sum over the whole sequence's, element for element
+    (NumPy sums along the states in the same order whenever a block has two steps or more)."""
+    nb = max(1, L // size)
+    return [(L * i // nb, L * (i + 1) // nb) for i in range(nb)]
+
+
 #: rows (all axes but time) per tile of the transposing copies of :func:`_time_major` (256 of 64 steps: 64 KiB of float32)
 _TILE_ROWS = 256
 
@@ -1062,13 +1070,14 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     if softplus:
         step = _softplus32(step)
     A32 = A.astype(ct)
-    B32, C32 = (np.repeat(X, d // X.shape[1], axis=1).astype(ct) for X in (B, C))  # (b or 1, D, N, L)
     h = np.zeros((u.shape[0],) + A.shape, dtype=ct)
     y = np.empty(u.shape, dtype=f32)
     L = u.shape[2]
     for t0 in range(0, L, _TIME_BLOCK):  # blocks of steps, time-major (see _time_major)
         t1 = min(L, t0 + _TIME_BLOCK)
-        steps, bs, cs, us = (_time_major(x, t0, t1) for x in (step, B32, C32, u32))
+        # B_t, C_t of each channel (b or 1, D, N, steps), formed for the block only
+        bs, cs = (_time_major(np.repeat(X[..., t0:t1], d // X.shape[1], axis=1).astype(ct), 0, t1 - t0) for X in (B, C))
+        steps, us = (_time_major(x, t0, t1) for x in (step, u32))
         ys = np.empty((t1 - t0,) + y.shape[:2], dtype=f32)
         for i in range(t1 - t0):
             dt = steps[i][..., None]
@@ -1230,22 +1239,34 @@ def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=No
     raw = _f32(delta) + (f32(0) if bias is None else _f32(bias)[:, None])
     step = _softplus32(raw) if softplus else raw
     A32 = A.astype(ct)
-    B32, C32 = (np.broadcast_to(np.repeat(X, d // X.shape[1], axis=1).astype(ct), (batch, d, n, L)) for X in (B, C))
-    Ab = np.exp(step[:, :, None, :] * A32[:, :, None])  # ā_t, (b, D, N, L)
-    Bu = (step * u32)[:, :, None, :] * B32  # Δ_t B_t u_t
+    given = {"B": B, "C": C}  # (batch or 1, G, N, L): per group (or per channel, or time-invariant as a broadcast)
+
+    # The (batch, D, N, L) quantities are formed block by block of steps, never whole (the same numbers: each is an
+    # element-wise function of its step): memory O(D N L) for the states and adjoints only.
+    def bc(name, t0, t1):  # B_t or C_t of each channel, steps t0 … t1 − 1
+        X = given[name][..., t0:t1]
+        return np.broadcast_to(np.repeat(X, d // X.shape[1], axis=1).astype(ct), (batch, d, n, t1 - t0))
+
+    def decay(t0, t1):  # ā_t = e^{Δ_t A}
+        return np.exp(step[:, :, None, t0:t1] * A32[:, :, None])
+
     H = np.empty((batch, d, n, L), dtype=ct)
     h = np.zeros((batch, d, n), dtype=ct)
     for t0 in range(0, L, _TIME_BLOCK):  # blocks of steps, time-major (_time_major)
         t1 = min(L, t0 + _TIME_BLOCK)
-        ab, bu = _time_major(Ab, t0, t1), _time_major(Bu, t0, t1)
-        hs = np.empty((t1 - t0, batch, d, n), dtype=ct)
-        for i in range(t1 - t0):
+        T = t1 - t0
+        ab = _time_major(decay(t0, t1), 0, T)
+        bu = _time_major((step * u32)[:, :, None, t0:t1] * bc("B", t0, t1), 0, T)  # Δ_t B_t u_t
+        hs = np.empty((T, batch, d, n), dtype=ct)
+        for i in range(T):
             h = ab[i] * h + bu[i]
             hs[i] = h
         _put_time_major(H, t0, hs)
     dv, out = dout32, {}
     if z is not None:
-        y = np.sum(H * C32, axis=2, dtype=ct)
+        y = np.empty((batch, d, L), dtype=ct)
+        for t0, t1 in _reduction_blocks(L):
+            y[..., t0:t1] = np.sum(H[..., t0:t1] * bc("C", t0, t1), axis=2, dtype=ct)
         v = (kappa * y.real if cplx else y).astype(f32)
         if Dv is not None:
             v = v + _f32(Dv)[:, None] * u32
@@ -1261,8 +1282,9 @@ def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=No
     for t1 in range(L, 0, -_TIME_BLOCK):  # λ_t = ā_{t+1} λ_{t+1} + κ dv_t C_t, sums over time added last step first
         t0 = max(0, t1 - _TIME_BLOCK)
         lo = max(0, t0 - 1)  # H from step t0 − 1 (the state before the block), ā to step t1 (after it)
-        ab, hs = _time_major(Ab, t0, min(L, t1 + 1)), _time_major(H, lo, t1)
-        cs, dvs, steps, us = (_time_major(x, t0, t1) for x in (C32, dv, step, u32))
+        ab, hs = _time_major(decay(t0, min(L, t1 + 1)), 0, min(L, t1 + 1) - t0), _time_major(H, lo, t1)
+        cs = _time_major(bc("C", t0, t1), 0, t1 - t0)
+        dvs, steps, us = (_time_major(x, t0, t1) for x in (dv, step, u32))
         lams = np.empty((t1 - t0, batch, d, n), dtype=ct)
         for t in range(t1 - 1, t0 - 1, -1):
             i = t - t0
@@ -1275,24 +1297,34 @@ def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=No
             if inv["C"]:
                 acc["C"] += (kappa * dvs[i])[..., None] * hs[t - lo]
         _put_time_major(lam, t0, lams)
-    H_prev = np.zeros_like(H)
-    H_prev[..., 1:] = H[..., :-1]
     re = (lambda x: x.real) if cplx else (lambda x: x)  # noqa: E731
-    lB = re(np.sum(lam * B32, axis=2, dtype=ct))  # Re Σ_n λ_t B_t
-    du = lB * step
-    dstep = re(np.sum(lam * Ab * H_prev * A32[:, :, None], axis=2, dtype=ct)) + lB * u32
-    ddelta = np.where(raw <= f32(20), dstep * _sigmoid32(raw), dstep).astype(f32) if softplus else dstep
     conj = np.conj if cplx else (lambda x: x)  # noqa: E731
+    lB = np.empty((batch, d, L), dtype=f32)  # Re Σ_n λ_t B_t
+    dstep = np.empty((batch, d, L), dtype=f32)
+    full = {name: np.empty((batch, given[name].shape[1], n, L), dtype=ct) for name in ("B", "C") if not inv[name]}
+    for t0, t1 in _reduction_blocks(L):  # the sums over the states (and a group's channels), a block of steps at a time
+        lam_b, H_prev = lam[..., t0:t1], np.empty((batch, d, n, t1 - t0), dtype=ct)
+        H_prev[..., 1:] = H[..., t0 : t1 - 1]
+        H_prev[..., 0] = H[..., t0 - 1] if t0 else 0
+        lB[..., t0:t1] = re(np.sum(lam_b * bc("B", t0, t1), axis=2, dtype=ct))
+        # ā named, not a temporary: NumPy would multiply into a temporary right operand, λ and ā swapped, and its
+        # complex product is not bitwise commutative
+        ab_b = decay(t0, t1)
+        dstep[..., t0:t1] = (re(np.sum(lam_b * ab_b * H_prev * A32[:, :, None], axis=2, dtype=ct))
+                             + lB[..., t0:t1] * u32[..., t0:t1])
+        for name, terms in (("B", lambda: lam_b * (step * u32)[:, :, None, t0:t1]),
+                            ("C", lambda: (kappa * dv)[:, :, None, t0:t1] * H[..., t0:t1])):
+            if name in full:  # Σ over the channels of each group (batch, G, N, steps)
+                G = full[name].shape[1]
+                full[name][..., t0:t1] = terms().reshape(batch, G, d // G, n, t1 - t0).sum(axis=2, dtype=ct)
+    du = lB * step
+    ddelta = np.where(raw <= f32(20), dstep * _sigmoid32(raw), dstep).astype(f32) if softplus else dstep
 
-    def groups(full, name):  # Σ over the channels of each group (batch, G, N, L), or the accumulated (D, N)
-        if inv[name]:
-            return conj(acc[name].sum(axis=0, dtype=ct))
-        G = (B if name == "B" else C).shape[1]
-        return conj(full.reshape(batch, G, d // G, n, L).sum(axis=2, dtype=ct))
+    def groups(name):  # the gradient of B or C: per group (batch, G, N, L), or the accumulated (D, N)
+        return conj(acc[name].sum(axis=0, dtype=ct) if inv[name] else full[name])
 
     out = {"du": du, "ddelta": ddelta, "dA": conj(dA.sum(axis=0, dtype=ct)),
-           "dB": _bc_gradient(groups(None if inv["B"] else lam * (step * u32)[:, :, None, :], "B"), forms["B"]),
-           "dC": _bc_gradient(groups(None if inv["C"] else (kappa * dv)[:, :, None, :] * H, "C"), forms["C"]), **out}
+           "dB": _bc_gradient(groups("B"), forms["B"]), "dC": _bc_gradient(groups("C"), forms["C"]), **out}
     if Dv is not None:
         out["du"] = du + _f32(Dv)[:, None] * dv
         out["dD"] = _seq_sum32(np.moveaxis(dv * u32, -1, 1))  # Σ over batch and time, in order
