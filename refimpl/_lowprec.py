@@ -449,10 +449,17 @@ def performer_attention(q, k, v, projection, causal=False, kind="positive", scal
     return {"y": _kernel_attention(features(q, (-1,)), features(k, (-2, -1)), v, causal, tier)}
 
 
-def _gated_step(S, k, v, g, t: int):
-    """``S_t = Diag(g_t) S_{t−1} + k_t v_tᵀ`` on the transposed state (Dk × Dv), in float32."""
+def _outer(a, b, out=None):
+    """``a bᵀ`` (…, m, n) of ``a`` (…, m) and ``b`` (…, n), into ``out`` when given: the step loops keep one buffer
+    for it, not a fresh (batch × state)-sized array each step (at 32 heads of 128 × 128, a new 2 MB temporary a step
+    cost about as much as the product itself, in page faults)."""
+    return np.multiply(a[..., :, None], b[..., None, :], out=out)
+
+
+def _gated_step(S, k, v, g, t: int, buf=None):
+    """``S_t = Diag(g_t) S_{t−1} + k_t v_tᵀ`` on the transposed state (Dk × Dv), in float32 (``buf``: for the outer product)."""
     S = S * g[..., t, :, None]  # a new array (the states are kept: _states_backwards), then updated in place
-    S += k[..., t, :, None] * v[..., t, None, :]
+    S += _outer(k[..., t, :], v[..., t, :], buf)
     return S
 
 
@@ -474,8 +481,9 @@ def _gated_recurrence(q, k, v, log_g, tier, chunk=None, S0=None):
     S = _filled(batch + (dk, dv), S0)
     o = np.empty(batch + (L, dv), dtype=f32)
     states = [] if chunk else None
+    buf = np.empty(S.shape, dtype=f32)  # for the outer products of the steps
     for t in range(L):
-        S = _gated_step(S, k, v, g, t)
+        S = _gated_step(S, k, v, g, t, buf)
         o[..., t, :] = matmul(q[..., t, None, :], S, tier)[..., 0, :]
         if chunk and (t % chunk == chunk - 1 or t == L - 1):
             states.append(np.swapaxes(S, -1, -2).copy())
@@ -532,13 +540,13 @@ def _ssd32(x, dt, A, B, C, chunk_size, initial_state, tier):
                              _state_in(initial_state))
 
 
-def _delta_step(S, k, v, beta, g, t: int):
+def _delta_step(S, k, v, beta, g, t: int, buf=None):
     """One step of the delta rule on the transposed state in float32: ``Sᵀ ← g_t Sᵀ``, then
     ``Sᵀ + k_t β_t (v_t − (g_t S) k_t)ᵀ`` (the prediction a float32 reduction)."""
     S = S * g[..., t, None, None]
     kt = k[..., t, :]
     u = beta[..., t, None] * (v[..., t, :] - np.matmul(kt[..., None, :], S)[..., 0, :])
-    S += kt[..., :, None] * u[..., None, :]  # in place: S is the new array of the decay above
+    S += _outer(kt, u, buf)  # in place: S is the new array of the decay above
     return S
 
 
@@ -561,8 +569,9 @@ def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, initial_sta
     S = _filled(batch + (dk, dv), S0)  # Sᵀ
     o = np.empty(batch + (L, dv), dtype=f32)
     states = []
+    buf = np.empty(S.shape, dtype=f32)  # for the outer products of the steps
     for t in range(L):
-        S = _delta_step(S, k, v, beta, g, t)
+        S = _delta_step(S, k, v, beta, g, t, buf)
         o[..., t, :] = matmul(q[..., t, None, :], S, tier)[..., 0, :]
         if t % c == c - 1 or t == L - 1:
             states.append(np.swapaxes(S, -1, -2).copy())
@@ -596,10 +605,11 @@ def _gated_adjoint(q, k, v, log_g, dy, tier, S0=None, dS_end=None):
     start, lam = _filled(batch + (dk, dv), S0), _filled(batch + (dk, dv), dS_end)
     dq, dkk, dvv = np.empty(q.shape, f32), np.empty(k.shape, f32), np.empty(v.shape, f32)
     dg = np.empty(batch + (L, g.shape[-1]), dtype=f32)
-    for t, S_prev, S_t in _states_backwards(lambda S, t: _gated_step(S, k, v, g, t), start, L):
+    buf = np.empty(batch + (dk, dv), dtype=f32)  # for the outer products of the steps
+    for t, S_prev, S_t in _states_backwards(lambda S, t: _gated_step(S, k, v, g, t, buf), start, L):
         if t < L - 1:
             lam *= g[..., t + 1, :, None]
-        lam += q[..., t, :, None] * dy[..., t, None, :]
+        lam += _outer(q[..., t, :], dy[..., t, :], buf)
         dq[..., t, :] = matmul(S_t, dy[..., t, :, None], tier)[..., 0]
         lam_r = operand(lam, tier)  # Λ_t as both of its products read it: rounded once
         dkk[..., t, :] = matmul(lam_r, v[..., t, :, None], tier, on_grid=(True, False))[..., 0]
@@ -756,7 +766,8 @@ def delta_rule_vjp(q, k, v, beta, dy, log_g=None, scale=None, chunk_size=64, ini
     dq, dkk, dvv = np.empty(q.shape, f32), np.empty(k.shape, f32), np.empty(v.shape, f32)
     db, dg = np.empty(beta.shape, f32), np.empty(beta.shape, f32)
     prev = None  # (S_{t−1}, its product operand) of the step before (the next t down reads it as S_t)
-    for t, Sp, S_t in _states_backwards(lambda S, t: _delta_step(S, k, v, beta, g, t), start, L):
+    buf = np.empty(batch + (dk, dv), dtype=f32)  # for the outer products of the steps
+    for t, Sp, S_t in _states_backwards(lambda S, t: _delta_step(S, k, v, beta, g, t, buf), start, L):
         # each state as the products read it, rounded once (S_t: the previous step's S_{t−1}, the same array,
         # unless a checkpoint segment starts here)
         S_t_r = prev[1] if prev is not None and prev[0] is S_t else operand(S_t, tier)
@@ -764,9 +775,9 @@ def delta_rule_vjp(q, k, v, beta, dy, log_g=None, scale=None, chunk_size=64, ini
         prev = (Sp, Sp_r)
         if t < L - 1:  # M_t = g_{t+1} (I − β_{t+1} k_{t+1} k_{t+1}ᵀ) M_{t+1} + q_t dy_tᵀ
             kn = k[..., t + 1, :]
-            M -= (beta[..., t + 1, None, None] * kn[..., :, None]) * np.matmul(kn[..., None, :], M)
+            M -= _outer(beta[..., t + 1, None] * kn, np.matmul(kn[..., None, :], M)[..., 0, :], buf)
             M *= g[..., t + 1, None, None]
-        M += q[..., t, :, None] * dy[..., t, None, :]
+        M += _outer(q[..., t, :], dy[..., t, :], buf)
         kt, bt, gt = k[..., t, :], beta[..., t, None], g[..., t, None]
         M_r = operand(M, tier)
         pred = matmul(kt[..., None, :], Sp_r, tier, on_grid=(False, True))[..., 0, :]  # S_{t−1} k_t
