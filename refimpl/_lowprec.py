@@ -456,9 +456,10 @@ def _outer(a, b, out=None):
     return np.multiply(a[..., :, None], b[..., None, :], out=out)
 
 
-def _gated_step(S, k, v, g, t: int, buf=None):
-    """``S_t = Diag(g_t) S_{t−1} + k_t v_tᵀ`` on the transposed state (Dk × Dv), in float32 (``buf``: for the outer product)."""
-    S = S * g[..., t, :, None]  # a new array (the states are kept: _states_backwards), then updated in place
+def _gated_step(S, k, v, g, t: int, buf=None, in_place=False):
+    """``S_t = Diag(g_t) S_{t−1} + k_t v_tᵀ`` on the transposed state (Dk × Dv), in float32 (``buf``: for the outer
+    product; ``in_place``: overwrite ``S``, where the states are not kept)."""
+    S = np.multiply(S, g[..., t, :, None], out=S if in_place else None)  # else a new array (_states_backwards keeps them)
     S += _outer(k[..., t, :], v[..., t, :], buf)
     return S
 
@@ -483,7 +484,7 @@ def _gated_recurrence(q, k, v, log_g, tier, chunk=None, S0=None):
     states = [] if chunk else None
     buf = np.empty(S.shape, dtype=f32)  # for the outer products of the steps
     for t in range(L):
-        S = _gated_step(S, k, v, g, t, buf)
+        S = _gated_step(S, k, v, g, t, buf, in_place=True)
         o[..., t, :] = matmul(q[..., t, None, :], S, tier)[..., 0, :]
         if chunk and (t % chunk == chunk - 1 or t == L - 1):
             states.append(np.swapaxes(S, -1, -2).copy())
@@ -540,13 +541,14 @@ def _ssd32(x, dt, A, B, C, chunk_size, initial_state, tier):
                              _state_in(initial_state))
 
 
-def _delta_step(S, k, v, beta, g, t: int, buf=None):
+def _delta_step(S, k, v, beta, g, t: int, buf=None, in_place=False):
     """One step of the delta rule on the transposed state in float32: ``Sᵀ ← g_t Sᵀ``, then
-    ``Sᵀ + k_t β_t (v_t − (g_t S) k_t)ᵀ`` (the prediction a float32 reduction)."""
-    S = S * g[..., t, None, None]
+    ``Sᵀ + k_t β_t (v_t − (g_t S) k_t)ᵀ`` (the prediction a float32 reduction; ``buf``, ``in_place`` as
+    :func:`_gated_step`)."""
+    S = np.multiply(S, g[..., t, None, None], out=S if in_place else None)
     kt = k[..., t, :]
     u = beta[..., t, None] * (v[..., t, :] - np.matmul(kt[..., None, :], S)[..., 0, :])
-    S += _outer(kt, u, buf)  # in place: S is the new array of the decay above
+    S += _outer(kt, u, buf)  # in place: S is the array of the decay above
     return S
 
 
@@ -571,7 +573,7 @@ def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, initial_sta
     states = []
     buf = np.empty(S.shape, dtype=f32)  # for the outer products of the steps
     for t in range(L):
-        S = _delta_step(S, k, v, beta, g, t, buf)
+        S = _delta_step(S, k, v, beta, g, t, buf, in_place=True)
         o[..., t, :] = matmul(q[..., t, None, :], S, tier)[..., 0, :]
         if t % c == c - 1 or t == L - 1:
             states.append(np.swapaxes(S, -1, -2).copy())
