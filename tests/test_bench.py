@@ -6,6 +6,7 @@ Everything here runs at tiny sizes; no timing is asserted except that it is posi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import re
@@ -605,10 +606,11 @@ def test_settle_waits_for_running_threads_and_not_otherwise():
     assert bench.settle() < 0.05  # nothing runs: no wait
 
     stop = time.perf_counter() + 0.15
+    block = bytes(1 << 22)
 
-    def spin():
-        while time.perf_counter() < stop:
-            pass
+    def spin():  # runnable throughout: hashing releases the GIL (a pure-Python loop would sleep on it whenever
+        while time.perf_counter() < stop:  # the main thread holds it, and settle could see no running thread)
+            hashlib.sha256(block).digest()
 
     t = threading.Thread(target=spin)
     t.start()
