@@ -1020,6 +1020,9 @@ def selective_scan(u, delta, A, B, C, D=None, discretization="mamba", *, tier):
 #: steps per block of the official selective scan's plain references, whose arrays hold time last (mamba_ssm's layout)
 _TIME_BLOCK = 64
 
+#: rows (all axes but time) per tile of the transposing copies of :func:`_time_major` (256 of 64 steps: 64 KiB of float32)
+_TILE_ROWS = 256
+
 
 def _time_major(x: np.ndarray, t0: int, t1: int) -> np.ndarray:
     """Steps ``t0 … t1 − 1`` of ``x`` (…, L) as a contiguous (t1 − t0, …) array: a step of an array with time last is
@@ -1030,7 +1033,7 @@ def _time_major(x: np.ndarray, t0: int, t1: int) -> np.ndarray:
     one transposing copy of the block, measured there; that backward pass now takes 7 s)."""
     T = t1 - t0
     out = np.empty((T,) + x.shape[:-1], dtype=x.dtype)
-    src, dst = x[..., t0:t1].reshape(-1, T), out.reshape(T, -1)  # (rows, T): a view of a contiguous x
+    src, dst = x[..., t0:t1].reshape(-1, T), out.reshape(T, -1)  # (rows, T): a view where x's rows merge, else a copy
     for r in range(0, src.shape[0], _TILE_ROWS):
         dst[:, r : r + _TILE_ROWS] = src[r : r + _TILE_ROWS].T
     return out
@@ -1055,8 +1058,11 @@ def _reduction_blocks(L: int, size: int = 256):
     return [(L * i // nb, L * (i + 1) // nb) for i in range(nb)]
 
 
-#: rows (all axes but time) per tile of the transposing copies of :func:`_time_major` (256 of 64 steps: 64 KiB of float32)
-_TILE_ROWS = 256
+def _per_channel(X: np.ndarray, d: int, t0: int, t1: int, dtype) -> np.ndarray:
+    """Steps ``t0 … t1 − 1`` of mamba_ssm's B or C (batch or 1, G, N, L), G groups of the ``d`` channels (G = d: per
+    channel), as one row per channel, (batch or 1, d, N, t1 − t0) in ``dtype``: formed for a block of steps only."""
+    X = X[..., t0:t1]
+    return np.repeat(X, d // X.shape[1], axis=1).astype(dtype)
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -1089,7 +1095,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     for t0 in range(0, L, _TIME_BLOCK):  # blocks of steps, time-major (see _time_major)
         t1 = min(L, t0 + _TIME_BLOCK)
         # B_t, C_t of each channel (b or 1, D, N, steps), formed for the block only
-        bs, cs = (_time_major(np.repeat(X[..., t0:t1], d // X.shape[1], axis=1).astype(ct), 0, t1 - t0) for X in (B, C))
+        bs, cs = (_time_major(_per_channel(X, d, t0, t1, ct), 0, t1 - t0) for X in (B, C))
         steps, us = (_time_major(x, t0, t1) for x in (step, u32))
         ys = np.empty((t1 - t0,) + y.shape[:2], dtype=f32)
         for i in range(t1 - t0):
@@ -1256,9 +1262,8 @@ def selective_scan_fn_vjp(u, delta, A, B, C, dout, D=None, z=None, delta_bias=No
 
     # The (batch, D, N, L) quantities are formed block by block of steps, never whole (the same numbers: each is an
     # element-wise function of its step): memory O(D N L) for the states and adjoints only.
-    def bc(name, t0, t1):  # B_t or C_t of each channel, steps t0 … t1 − 1
-        X = given[name][..., t0:t1]
-        return np.broadcast_to(np.repeat(X, d // X.shape[1], axis=1).astype(ct), (batch, d, n, t1 - t0))
+    def bc(name, t0, t1):  # B_t or C_t of each channel, steps t0 … t1 − 1, for every batch entry
+        return np.broadcast_to(_per_channel(given[name], d, t0, t1, ct), (batch, d, n, t1 - t0))
 
     def decay(t0, t1):  # ā_t = e^{Δ_t A}
         return np.exp(step[:, :, None, t0:t1] * A32[:, :, None])

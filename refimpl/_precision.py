@@ -127,14 +127,20 @@ def _round_bits(x: np.ndarray, bits: int, emin: int, emax: int) -> np.ndarray:
     made rounding a comparison's arguments and results take several seconds at realistic sizes (measured:
     2 × 4096 × 16 × 128 numbers, 0.33 s an array).
     """
-    x = np.asarray(x, dtype=np.float64)
-    out = np.empty_like(x)  # the layout of x; both in memory order (see _round_bits32)
+    return _blockwise(np.asarray(x, dtype=np.float64), lambda xb, rb: np.copyto(rb, _round_bits_flat(xb, bits, emin, emax)))
+
+
+def _blockwise(x: np.ndarray, block) -> np.ndarray:
+    """A new array of ``x``'s layout filled by ``block(x_part, out_part)`` on flat parts of :data:`_ROUND_BLOCK`
+    numbers, shared out between threads (:func:`refimpl._blocking.in_blocks`).
+
+    Both arrays are read in memory order, so the parts hold the same positions whenever ``x`` is contiguous in
+    some order of its axes (a transposed view stays transposed: no transposing copy); otherwise ravel copies ``x``
+    in the order of its strides, which is the output's order too.
+    """
+    out = np.empty_like(x)
     xs, rs = x.ravel(order="K"), out.ravel(order="K")
-
-    def block(sl):
-        rs[sl] = _round_bits_flat(xs[sl], bits, emin, emax)
-
-    in_blocks(block, xs.size, _ROUND_BLOCK, xs.size)
+    in_blocks(lambda sl: block(xs[sl], rs[sl]), xs.size, _ROUND_BLOCK, xs.size)
     return out
 
 
@@ -244,16 +250,12 @@ def _round_bits32(x: np.ndarray, bits: int, rounding: str = "rne") -> np.ndarray
     27 ms in one thread).
     """
     x = np.asarray(x).astype(np.float32, copy=False)
-    out = np.empty_like(x)  # the layout of x (a transposed view stays transposed: no transposing copy)
-    # both in memory order: the same positions whenever x is contiguous in some order of its axes
-    # (otherwise ravel copies x in the order of its strides, which is out's order too)
-    u, r = x.ravel(order="K").view(np.uint32), out.ravel(order="K").view(np.uint32)
     drop = np.uint32(23 - bits)
     half = np.uint32((1 << (23 - bits - 1)) - 1)
     keep = np.uint32(0xFFFFFFFF ^ ((1 << (23 - bits)) - 1))
 
-    def block(sl):  # r = (u + half + lsb) & keep: round to nearest, ties to even, on the magnitude's bits
-        ub, rb = u[sl], r[sl]
+    def block(xb, outb):  # r = (u + half + lsb) & keep: round to nearest, ties to even, on the magnitude's bits
+        ub, rb = xb.view(np.uint32), outb.view(np.uint32)
         if rounding == "truncate":  # r = u & keep: toward zero
             np.bitwise_and(ub, keep, out=rb)
             return
@@ -267,8 +269,8 @@ def _round_bits32(x: np.ndarray, bits: int, rounding: str = "rne") -> np.ndarray
         rb += ub
         rb &= keep
 
-    in_blocks(block, u.size, _ROUND_BLOCK, u.size)
-    if u.size and np.isnan(np.min(x)):  # np.min propagates NaN: one read-only pass when there is none
+    out = _blockwise(x, block)
+    if x.size and np.isnan(np.min(x)):  # np.min propagates NaN: one read-only pass when there is none
         np.copyto(out, x, where=np.isnan(x))
     return out
 
