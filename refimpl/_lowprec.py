@@ -99,27 +99,29 @@ def _reduce32(g, shape):
 _ALIBI_COLUMN = contextvars.ContextVar("alibi_column", default=False)
 
 
-def _geometry(n, m, row0, causal, window, alibi: bool, offset: int = 0):
-    """What the causal mask, the window and ALiBi make of rows ``row0 … row0 + n − 1`` and ``m`` keys:
-    the allowed (i, j) (n, m), and the ALiBi distance in float32 (None without): |i + offset − j|, or −j on
-    FlashAttention's causal path (:data:`_ALIBI_COLUMN`). The same for every head. ``offset`` aligns query i with
-    key i + offset (0 top-left, M − N bottom-right, as refimpl)."""
-    lag = np.arange(row0, row0 + n)[:, None] + offset - np.arange(m)[None, :]  # i + offset − j
+def _geometry(n, m, row0, causal, window, alibi: bool, offset: int = 0, col0: int = 0):
+    """What the causal mask, the window and ALiBi make of rows ``row0 … row0 + n − 1`` and the ``m`` keys
+    ``col0 … col0 + m − 1``: the allowed (i, j) (n, m), and the ALiBi distance in float32 (None without):
+    |i + offset − j|, or −j on FlashAttention's causal path (:data:`_ALIBI_COLUMN`). The same for every head.
+    ``offset`` aligns query i with key i + offset (0 top-left, M − N bottom-right, as refimpl)."""
+    cols = np.arange(col0, col0 + m)
+    lag = np.arange(row0, row0 + n)[:, None] + offset - cols[None, :]  # i + offset − j
     allowed = np.ones((n, m), dtype=bool)
     if causal:
         allowed &= lag >= 0
     if window is not None:
         allowed &= np.abs(lag) < int(window)
     if alibi and causal and _ALIBI_COLUMN.get():
-        return allowed, np.broadcast_to(-np.arange(m, dtype=f32), (n, m))
+        return allowed, np.broadcast_to(-cols.astype(f32), (n, m))
     return allowed, (np.abs(lag).astype(f32) if alibi else None)
 
 
 def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None, offset=0,
-                      softcap=None, k_operand=False):
+                      softcap=None, k_operand=False, col0=0):
     """The stored logits ``S = scale · Q Kᵀ`` (float32 accumulation, stored in the tier), masked with −∞.
 
-    ``q`` holds the query rows ``row0, row0 + 1, …`` (a block of rows; ``mask`` already sliced).
+    ``q`` holds the query rows ``row0, row0 + 1, …`` and ``k`` the keys ``col0, col0 + 1, …`` (a block of rows and
+    a range of keys; ``mask`` already sliced).
     ``geometry``: :func:`_geometry` of these rows, when the caller computed it once for all heads.
     ``softcap`` c: ``c · tanh(S / c)`` in float32 on the stored logits, before the bias and the masks
     (the kernels' order, Eq. (4.14)). Returns the logits and ``tanh(S / c)`` (None without a cap; the
@@ -139,7 +141,7 @@ def _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row
         tanh = np.tanh(s / c).astype(f32, copy=False)
         s = c * tanh
     if geometry is None:
-        geometry = _geometry(n, m, row0, causal, window, alibi_slopes is not None, offset)
+        geometry = _geometry(n, m, row0, causal, window, alibi_slopes is not None, offset, col0)
     allowed, abs_lag = geometry
     if mask is not None:
         allowed = allowed & np.asarray(mask, dtype=bool)
@@ -198,14 +200,15 @@ def _by_entry(fn, seqs: dict, mask, alibi_slopes):
 
 
 def _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0=0, geometry=None, offset=0,
-                  softcap=None, keep_tanh=False, operands=False):
+                  softcap=None, keep_tanh=False, operands=False, col0=0):
     """P, y and ℓ of :func:`softmax_attention` for these query rows (and ``tanh(S / c)`` with
     ``keep_tanh``). A row with no allowed key (a window or a bottom-right causal mask can leave one)
     gets P = 0, y = 0 and ℓ = −∞, as in refimpl and in FlashAttention's kernels (which skip the max
     of an empty row), not 0/0. ``operands``: ``k`` and ``v`` are already rounded for the products
-    (:func:`refimpl._precision.operand`; the same numbers)."""
+    (:func:`refimpl._precision.operand`; the same numbers). ``col0``: the first key of ``k`` (a range of keys,
+    :func:`_key_range`)."""
     s, tanh = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry, offset, softcap,
-                                k_operand=operands)
+                                k_operand=operands, col0=col0)
     mx = s.max(axis=-1, keepdims=True)
     empty = mx == -np.inf
     has_empty = bool(empty.any())
@@ -227,6 +230,29 @@ def _offset(q, k, causal_alignment) -> int:
     return 0 if causal_alignment == "top_left" else np.shape(k)[-2] - np.shape(q)[-2]
 
 
+def _key_range(r0, r1, m, causal, window, offset, mask) -> tuple[int, int]:
+    """The keys ``[k0, k1)`` outside which every query row ``r0 … r1 − 1`` is masked: the causal mask (keys
+    ``j <= i + offset``), the window (``|i + offset − j| < window``) and ``mask`` (these rows, any batch axes) cut
+    the key range of a block of rows. The blocked plain attention reads only these keys, as a FlashAttention kernel
+    skips the tiles it masks whole: a causal problem costs half the products and exponentials of a full one. The
+    keys it drops have P = 0 in every row; the sums over the keys (the softmax's normalizer, P V, dS K, and the
+    sums over the rows of dK, dV) then run over fewer terms, and float32 may round them otherwise (by a unit in
+    the last place). A block whose rows see no key at all keeps every key (its rows are empty either way)."""
+    k0, k1 = 0, m
+    if causal:
+        k1 = min(k1, r1 + offset)
+    if window is not None:
+        k0 = max(k0, r0 + offset - int(window) + 1)
+        k1 = min(k1, r1 - 1 + offset + int(window))
+    if mask is not None and k0 < k1:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.ndim:
+            seen = np.flatnonzero(mask[..., k0:k1].reshape(-1, k1 - k0).any(axis=0)) if mask.shape[-1] == m else None
+            if seen is not None:
+                k0, k1 = (k0 + int(seen[0]), k0 + int(seen[-1]) + 1) if seen.size else (k0, k0)
+    return (k0, k1) if k0 < k1 else (0, m)
+
+
 def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None, alibi_slopes=None,
                       causal_alignment="top_left", softcap=None, *, tier, weights=True):
     """Eqs. (4.1)–(4.3) as FlashAttention's low-precision reference: S = scale·QKᵀ, P = softmax(S), y = P V.
@@ -237,8 +263,9 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
     aligned as ``causal_alignment`` says; ``softcap`` caps them first (float32).
     Returns ``{"A": P, "y": y, "lse": ℓ}`` with the row log-sum-exp ``ℓ_i = m_i + log Σ_j e^{s_ij − m_i}``
     of the stored logits, kept in float32 as fused kernels write it (Eq. (16.15)). With ``weights=False`` the rows
-    are processed in blocks (the same arithmetic row by row, up to the order in which BLAS sums a float32 product
-    of another shape) and ``A`` is not returned, so memory stays O(block · M) at any N.
+    are processed in blocks, each against the keys it may see (:func:`_key_range`: the same arithmetic row by row,
+    up to the order in which float32 sums of fewer terms, or BLAS products of another shape, round) and ``A`` is
+    not returned, so memory stays O(block · M) at any N.
     """
     tier = tier_name(tier)
     offset = _offset(q, k, causal_alignment)
@@ -259,8 +286,11 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
         for r0 in range(0, n, step):
             rows = slice(r0, min(n, r0 + step))
             mk = mask[..., rows, :] if mask is not None and mask.ndim >= 2 and mask.shape[-2] == n else mask
-            _, y, lse = _softmax_rows(q[..., rows, :], k, v, mk, causal, scale, window, alibi_slopes, tier, r0,
-                                      offset=offset, softcap=softcap, operands=True)
+            k0, k1 = _key_range(r0, rows.stop, m, causal, window, offset, mk) if step < n else (0, m)
+            cols = slice(k0, k1)
+            mk = mk[..., cols] if mk is not None and mk.ndim and mk.shape[-1] == m else mk
+            _, y, lse = _softmax_rows(q[..., rows, :], k[..., cols, :], v[..., cols, :], mk, causal, scale, window,
+                                      alibi_slopes, tier, r0, offset=offset, softcap=softcap, operands=True, col0=k0)
             ys.append(y)
             lses.append(lse)
         return np.concatenate(ys, axis=-2), np.concatenate(lses, axis=-1)
@@ -284,33 +314,67 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
     float32: ``softmax_lse``, ``softmax_d``), so a ``D`` accumulated in the tier is seen. A sliding window
     and ALiBi biases enter through the recomputed P only (forbidden entries have P = 0, hence
     dS = 0; the bias is a constant). A soft cap multiplies dS by ``1 − tanh²(S / c)`` in float32.
+    Beyond :data:`_BLOCK_LOGITS` logits per head the query rows run in blocks, each against the keys it may see
+    (:func:`_key_range`), with dK and dV accumulated over the blocks in float32 and scaled once, as in the kernel;
+    memory O(block · M) beyond the inputs and gradients.
     """
     tier = tier_name(tier)
     c = f32(1.0 / math.sqrt(np.shape(q)[-1]) if scale is None else float(scale))
-    geometry = _geometry(np.shape(q)[-2], np.shape(k)[-2], 0, causal, window, alibi_slopes is not None,
-                         _offset(q, k, causal_alignment))
+    offset = _offset(q, k, causal_alignment)
+    geometry = _geometry(np.shape(q)[-2], np.shape(k)[-2], 0, causal, window, alibi_slopes is not None, offset)
+    stored = stored_is_operand(tier)  # P and dS as stored: no second rounding for their products
 
-    def grads(q, k, v, dy, mask, alibi_slopes):  # dq, dk, dv before the sums over broadcast axes
-        p, y, lse, tanh = _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, geometry=geometry,
-                                        softcap=softcap, keep_tanh=True)
+    def rows_grads(q, k, v, dy, mask, alibi_slopes, row0=0, col0=0, geometry=None, operands=False):
+        """dq, dSᵀ Q (dK before the scale), dv, ℓ and D of the rows ``row0 …`` against the keys ``col0 …``"""
+        p, y, lse, tanh = _softmax_rows(q, k, v, mask, causal, scale, window, alibi_slopes, tier, row0, geometry,
+                                        offset, softcap, keep_tanh=True, operands=operands, col0=col0)
         if _ALIBI_COLUMN.get() and alibi_slopes is not None:  # FlashAttention-2's causal path with ALiBi: P from the
-            s, _ = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, geometry=geometry,
-                                     softcap=softcap)  # stored float32 lse, exp(s + slope·j − ℓ), as its kernel
-            with np.errstate(invalid="ignore"):  # recomputes it (ℓ and s of order slope·j there: both round)
+            s, _ = _attention_scores(q, k, mask, causal, scale, window, alibi_slopes, tier, row0, geometry, offset,
+                                     softcap, k_operand=operands, col0=col0)  # stored float32 lse, exp(s + slope·j − ℓ),
+            with np.errstate(invalid="ignore"):  # as its kernel recomputes it (ℓ and s of order slope·j: both round)
                 p = store(np.where(np.isneginf(s), f32(0), np.exp(s - lse[..., None])), tier)
-        stored = stored_is_operand(tier)  # P and dS as stored: no second rounding for their products
         p = p.astype(f32, copy=False)
         q, k, v, dy = _f32(q), _f32(k), _f32(v), _f32(dy)
         dv = matmul(np.swapaxes(p, -1, -2), dy, tier, on_grid=(stored, False))
-        dp = matmul(dy, np.swapaxes(v, -1, -2), tier)
+        dp = matmul(dy, np.swapaxes(v, -1, -2), tier, on_grid=(False, operands))
         D = np.sum(dy * y.astype(f32), axis=-1, keepdims=True, dtype=f32)
         dp -= D
-        dp *= p  # P ∘ (dP − D), in place (the temporaries are N × M)
+        dp *= p  # P ∘ (dP − D), in place (the temporaries are rows × keys)
         if tanh is not None:
             dp *= 1 - tanh * tanh  # through the cap: ∂(c tanh(s/c))/∂s = 1 − tanh²
         ds = store(dp, tier)
-        return (matmul(ds, k, tier, on_grid=(stored, False)) * c,
-                matmul(np.swapaxes(ds, -1, -2), q, tier, on_grid=(stored, False)) * c, dv, lse, D[..., 0])
+        return (matmul(ds, k, tier, on_grid=(stored, operands)) * c,
+                matmul(np.swapaxes(ds, -1, -2), q, tier, on_grid=(stored, False)), dv, lse, D[..., 0])
+
+    def grads(q, k, v, dy, mask, alibi_slopes):  # dq, dk, dv before the sums over broadcast axes
+        n, m = np.shape(q)[-2], np.shape(k)[-2]
+        lead = [np.shape(a)[:-2] for a in (q, k, v, dy)] + ([np.shape(mask)[:-2]] if np.ndim(mask) > 2 else [])
+        batch = np.broadcast_shapes(*lead)
+        step = max(1, _BLOCK_LOGITS // max(m * math.prod(batch), 1))
+        if step >= n:  # one block: the whole problem at once
+            dq, dk, dv, lse, D = rows_grads(q, k, v, dy, mask, alibi_slopes, geometry=geometry)
+            return dq, dk * c, dv, lse, D
+        # Blocks of query rows, each against the keys it may see (_key_range), as FlashAttention's backward kernel
+        # visits the tiles; dK and dV accumulate over the blocks in float32 (the kernel's accumulators), scaled once.
+        k, v = operand(_f32(k), tier), operand(_f32(v), tier)  # rounded once for every block
+        q, dy = _f32(q), _f32(dy)
+        dq = np.empty(batch + (n, q.shape[-1]), dtype=f32)
+        dk = np.zeros(batch + k.shape[-2:], dtype=f32)
+        dv = np.zeros(batch + v.shape[-2:], dtype=f32)
+        lse, D = np.empty(batch + (n,), dtype=f32), np.empty(batch + (n,), dtype=f32)
+        for r0 in range(0, n, step):
+            rows = slice(r0, min(n, r0 + step))
+            mk = mask[..., rows, :] if mask is not None and mask.ndim >= 2 and mask.shape[-2] == n else mask
+            k0, k1 = _key_range(r0, rows.stop, m, causal, window, offset, mk)
+            cols = slice(k0, k1)
+            mk = mk[..., cols] if mk is not None and mk.ndim and mk.shape[-1] == m else mk
+            g = rows_grads(q[..., rows, :], k[..., cols, :], v[..., cols, :], dy[..., rows, :], mk, alibi_slopes, r0, k0,
+                           operands=True)
+            dq[..., rows, :], lse[..., rows], D[..., rows] = g[0], g[3], g[4]
+            dk[..., cols, :] += g[1]
+            dv[..., cols, :] += g[2]
+        dk *= c
+        return dq, dk, dv, lse, D
 
     dq, dk, dv, lse, D = _by_entry(grads, dict(q=q, k=k, v=v, dy=dy), mask, alibi_slopes)
     return {"dq": store(_reduce32(dq, np.shape(q)), tier), "dk": store(_reduce32(dk, np.shape(k)), tier),

@@ -1061,32 +1061,83 @@ def test_public_names_of_the_tiers():
         "ssm.selective_scan_vjp", "ssm.selective_state_update"]
 
 
-@pytest.mark.parametrize("tier, rounding", [("bfloat16", "rne"), ("float16", "rne"), ("tf32", "rne"), ("tf32", "truncate")])
+#: how far the plain attention in blocks of rows (each against its range of keys) may differ from the plain attention
+#: in one block: its float32 sums over the keys (and, backwards, over the rows) have fewer terms, or other shapes, and
+#: may round otherwise, which moves some stored values by a unit of the tier (norm-wise: a fraction of one);
+#: in float32 the differences stay at float32's rounding (the backward pass's dS = P (dP − D) cancels: a few bits)
+_BLOCKED_PLAIN_TOL = {"bfloat16": 2.0**-8, "float16": 2.0**-11, "tf32": 2.0**-11, "float32": 2.0**-20}
+
+
+def _plain_attention_problem(seed=0, n=700, m=700):
+    rng = np.random.default_rng(seed)
+    q, dy = rng.standard_normal((2, 2, n, 16))
+    k, v = rng.standard_normal((2, 2, m, 16))
+    mask = rng.random((n, m)) < 0.8
+    mask[:, 0] = True
+    return q, k, v, dy, mask
+
+
+@pytest.mark.parametrize("tier, rounding", [("bfloat16", "rne"), ("float16", "rne"), ("tf32", "rne"), ("tf32", "truncate"),
+                                            ("float32", "rne")])
 @pytest.mark.parametrize("by_entry", [False, True])
 @pytest.mark.parametrize("block_logits", [1 << 21, 50_000])
-def test_blocked_plain_softmax_equals_the_full_one(monkeypatch, tier, rounding, by_entry, block_logits):
+@pytest.mark.parametrize("causal_alignment, m", [("top_left", 700), ("bottom_right", 900), ("bottom_right", 500)])
+def test_blocked_plain_softmax_equals_the_full_one(monkeypatch, tier, rounding, by_entry, block_logits, causal_alignment, m):
     # without the weights the plain reference runs in blocks of query rows (all heads at once, or head by head
-    # when large), its keys and values rounded once for all blocks: the same arithmetic, bit for bit in one block;
-    # in several, up to the order in which BLAS sums the float32 products of another shape (seen in tf32)
+    # when large), each block against the keys its rows may see, the keys and values rounded once for all blocks:
+    # in one block the same arithmetic, bit for bit; in several, the same up to the rounding of sums of fewer
+    # terms (_BLOCKED_PLAIN_TOL). The backward pass likewise, dK and dV accumulated over the blocks.
     import refimpl._lowprec as lp
     from refimpl._precision import tf32_rounding
 
-    rng = np.random.default_rng(0)
-    q, k, v = rng.standard_normal((3, 2, 700, 16))
-    mask = rng.random((700, 700)) < 0.8
-    mask[:, 0] = True
-    kw = dict(mask=mask, causal=True, window=300, alibi_slopes=np.array([0.1, 0.2]), tier=tier)
+    # bottom right with 900 keys: every row sees the first ones; with 500, the first 200 rows see no key (P = 0, y = 0,
+    # ℓ = −∞: blocks of empty rows)
+    q, k, v, dy, mask = _plain_attention_problem(n=700, m=m)
+    kw = dict(mask=mask, causal=True, window=300, alibi_slopes=np.array([0.1, 0.2]), causal_alignment=causal_alignment,
+              tier=tier)
     with tf32_rounding(rounding):
         full = lp.softmax_attention(q, k, v, **kw)
+        full_grads = lp.softmax_attention_vjp(q, k, v, dy, **kw)
         monkeypatch.setattr(lp, "_ENTRY_LOGITS", 0 if by_entry else 1 << 60)
         monkeypatch.setattr(lp, "_BLOCK_LOGITS", block_logits)  # 50 000: blocks of 71 (35) rows
         blocked = lp.softmax_attention(q, k, v, **kw, weights=False)
+        blocked_grads = lp.softmax_attention_vjp(q, k, v, dy, **kw)
     assert "A" not in blocked
-    for n in ("y", "lse"):
-        if block_logits == 1 << 21:  # one block of all 700 rows
-            assert np.array_equal(full[n], blocked[n]), n
+    pairs = [(blocked[n], full[n], n) for n in ("y", "lse")]
+    pairs += [(blocked_grads[n], full_grads[n], n) for n in ("dq", "dk", "dv", "lse", "D")]
+    for got, want, n in pairs:
+        assert got.dtype == want.dtype and got.shape == want.shape, n
+        if block_logits == 1 << 21 and not by_entry:  # one block of all 700 rows, all heads at once
+            assert np.array_equal(got, want), n
         else:
-            assert rel_error(blocked[n], full[n]) <= 2.0**-21, n
+            assert rel_error(got, want) <= _BLOCKED_PLAIN_TOL[tier], (n, rel_error(got, want))
+
+
+def test_key_range_keeps_every_key_a_row_of_the_block_may_see():
+    # _key_range cuts the keys of a block of rows to [k0, k1), never empty: every (row, key) pair the causal mask, the
+    # window and the mask allow lies inside, at any alignment
+    from refimpl._lowprec import _geometry, _key_range
+
+    rng = np.random.default_rng(3)
+    cut = 0
+    for _ in range(400):
+        n, m = (int(x) for x in rng.integers(1, 60, 2))
+        causal, window = bool(rng.random() < 0.7), (int(rng.integers(1, 40)) if rng.random() < 0.6 else None)
+        offset = int(rng.choice([0, m - n, int(rng.integers(-20, 20))]))
+        mask = rng.random((n, m)) < rng.choice([0.05, 0.5, 1.0]) if rng.random() < 0.5 else None
+        r0 = int(rng.integers(0, n))
+        r1 = int(rng.integers(r0 + 1, n + 1))
+        allowed, _ = _geometry(r1 - r0, m, r0, causal, window, False, offset)
+        mk = None if mask is None else mask[r0:r1]
+        if mk is not None:
+            allowed = allowed & mk
+        k0, k1 = _key_range(r0, r1, m, causal, window, offset, mk)
+        assert 0 <= k0 < k1 <= m
+        cols = np.flatnonzero(allowed.any(axis=0))
+        if cols.size:
+            assert k0 <= cols[0] and cols[-1] < k1, (n, m, causal, window, offset, r0, r1, k0, k1)
+            cut += (k0, k1) != (0, m)
+    assert cut > 100  # the ranges do cut
 
 
 @pytest.mark.parametrize("tier, rounding", [("bfloat16", "rne"), ("float16", "rne"), ("float32", "rne"), ("tf32", "rne"),
