@@ -431,6 +431,10 @@ def linear_attention(q, k, v, causal=False, feature_map="elu+1", *, tier):
     return {"y": _kernel_attention(phi_q, phi_k, v, causal, tier)}
 
 
+#: weights (rows × keys × batch entries) per block of query rows of the plain linear attention's backward pass
+_LINEAR_BLOCK_WEIGHTS = 1 << 22
+
+
 def linear_attention_vjp(q, k, v, dy, causal=False, *, tier):
     r"""The backward pass of Eqs. (12.2)–(12.4) in the tier, through the quadratic (masked) form: ``dq, dk, dv``.
 
@@ -439,7 +443,7 @@ def linear_attention_vjp(q, k, v, dy, causal=False, *, tier):
     ``y = (A v) / den``; then ``dnum = dy / den``, ``dden = −(dy·y) / den``, ``dA = dnum vᵀ + dden``
     (masked), stored, and ``dφ(q) = dA φ(k)``, ``dφ(k) = dAᵀ φ(q)``, ``dv = Aᵀ dnum`` (tier
     products, float32 sums over row blocks), ``dq = φ'(q) ⊙ dφ(q)`` with ``φ' = min(φ, 1)``. Rows in
-    blocks: memory O(block · M). Of the two textbook algorithms this one errs more in float32 (every
+    blocks: memory O(block · M); causal, each block reads the keys up to its last row only. Of the two textbook algorithms this one errs more in float32 (every
     pair's weight rounded, sums over all keys): the factored form of :func:`linear_attention` (its
     states, :func:`_read_states`) stays within its bound, and this one — a float32 PyTorch kernel
     written from the masked form failed a bound set by the factored form by up to 1.9× — meets it.
@@ -457,25 +461,27 @@ def linear_attention_vjp(q, k, v, dy, causal=False, *, tier):
     # the operands every block of rows reads, rounded once (the stored features are on the grid but in tf32)
     kT_r, v_r, vT_r, k_r = (operand(a, tier) for a in (kT, v, vT, phi_k))
     stored = stored_is_operand(tier)
-    step = max(1, (1 << 22) // max(1, m * math.prod(batch)))  # one block up to N·M = 4M weights per head
+    step = max(1, _LINEAR_BLOCK_WEIGHTS // max(1, m * math.prod(batch)))
     for r0 in range(0, n, step):
         rows = slice(r0, min(n, r0 + step))
-        keep = None if not causal else np.arange(m)[None, :] <= np.arange(r0, rows.stop)[:, None]
-        A = matmul(phi_q[..., rows, :], kT_r, tier, on_grid=(stored, True))
+        # causal: the block's rows see the keys before rows.stop only (as _key_range; one block sees them all)
+        cols = slice(0, min(m, rows.stop) if causal else m)
+        keep = None if not causal else np.arange(cols.stop)[None, :] <= np.arange(r0, rows.stop)[:, None]
+        A = matmul(phi_q[..., rows, :], kT_r[..., cols], tier, on_grid=(stored, True))
         if keep is not None:
             A = np.where(keep, A, f32(0))
         A = store(A, tier).astype(f32, copy=False)
         den = np.sum(A, axis=-1, keepdims=True, dtype=f32)
-        y = matmul(A, v_r, tier, on_grid=(stored, True)) / den
+        y = matmul(A, v_r[..., cols, :], tier, on_grid=(stored, True)) / den
         dnum = dy[..., rows, :] / den
-        dA = matmul(dnum, vT_r, tier, on_grid=(False, True)) - np.sum(dy[..., rows, :] * y, axis=-1, keepdims=True,
-                                                                     dtype=f32) / den
+        dA = matmul(dnum, vT_r[..., cols], tier, on_grid=(False, True)) - np.sum(dy[..., rows, :] * y, axis=-1,
+                                                                                keepdims=True, dtype=f32) / den
         if keep is not None:
             dA = np.where(keep, dA, f32(0))
         dA = store(dA, tier).astype(f32, copy=False)
-        dphi_q[..., rows, :] = matmul(dA, k_r, tier, on_grid=(stored, True))
-        dphi_k += matmul(np.swapaxes(dA, -1, -2), phi_q[..., rows, :], tier, on_grid=(stored, stored))
-        dv += matmul(np.swapaxes(A, -1, -2), dnum, tier, on_grid=(stored, False))
+        dphi_q[..., rows, :] = matmul(dA, k_r[..., cols, :], tier, on_grid=(stored, True))
+        dphi_k[..., cols, :] += matmul(np.swapaxes(dA, -1, -2), phi_q[..., rows, :], tier, on_grid=(stored, stored))
+        dv[..., cols, :] += matmul(np.swapaxes(A, -1, -2), dnum, tier, on_grid=(stored, False))
     dq = dphi_q * np.minimum(_elu1(q), f32(1))
     dk = dphi_k * np.minimum(_elu1(k), f32(1))
     return {"dq": store(_reduce32(dq, np.shape(q)), tier), "dk": store(_reduce32(dk, np.shape(k)), tier),

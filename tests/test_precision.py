@@ -1113,6 +1113,24 @@ def test_blocked_plain_softmax_equals_the_full_one(monkeypatch, tier, rounding, 
             assert rel_error(got, want) <= _BLOCKED_PLAIN_TOL[tier], (n, rel_error(got, want))
 
 
+@pytest.mark.parametrize("tier", ["bfloat16", "float16", "tf32", "float32"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_blocked_plain_linear_attention_vjp_equals_one_block(monkeypatch, tier, causal):
+    # the plain backward pass of linear attention runs in blocks of query rows (causal: each against the keys up to
+    # its last row), dφ(k) and dv accumulated over the blocks: the gradients of one block up to the rounding of
+    # float32 sums of fewer terms (_BLOCKED_PLAIN_TOL); one block (the default at this size) is the unblocked form
+    import refimpl._lowprec as lp
+
+    rng = np.random.default_rng(6)
+    q, k, v, dy = rng.standard_normal((4, 2, 300, 8))
+    one = lp.linear_attention_vjp(q, k, v, dy, causal=causal, tier=tier)
+    monkeypatch.setattr(lp, "_LINEAR_BLOCK_WEIGHTS", 2 * 300 * 37)  # blocks of 37 rows
+    blocked = lp.linear_attention_vjp(q, k, v, dy, causal=causal, tier=tier)
+    for n in ("dq", "dk", "dv"):
+        assert blocked[n].dtype == one[n].dtype and blocked[n].shape == one[n].shape, n
+        assert rel_error(blocked[n], one[n]) <= _BLOCKED_PLAIN_TOL[tier], (n, rel_error(blocked[n], one[n]))
+
+
 def test_key_range_keeps_every_key_a_row_of_the_block_may_see():
     # _key_range cuts the keys of a block of rows to [k0, k1), never empty: every (row, key) pair the causal mask, the
     # window and the mask allow lies inside, at any alignment
