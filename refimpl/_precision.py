@@ -130,9 +130,10 @@ def _round_bits(x: np.ndarray, bits: int, emin: int, emax: int) -> np.ndarray:
     return _blockwise(np.asarray(x, dtype=np.float64), lambda xb, rb: np.copyto(rb, _round_bits_flat(xb, bits, emin, emax)))
 
 
-def _blockwise(x: np.ndarray, block) -> np.ndarray:
+def _blockwise(x: np.ndarray, block, threads_from: int = 0) -> np.ndarray:
     """A new array of ``x``'s layout filled by ``block(x_part, out_part)`` on flat parts of :data:`_ROUND_BLOCK`
-    numbers, shared out between threads (:func:`refimpl._blocking.in_blocks`).
+    numbers, shared out between threads (:func:`refimpl._blocking.in_blocks`) when ``x`` holds at least
+    ``threads_from`` numbers, else one after the other in the calling thread.
 
     Both arrays are read in memory order, so the parts hold the same positions whenever ``x`` is contiguous in
     some order of its axes (a transposed view stays transposed: no transposing copy); otherwise ravel copies ``x``
@@ -140,7 +141,7 @@ def _blockwise(x: np.ndarray, block) -> np.ndarray:
     """
     out = np.empty_like(x)
     xs, rs = x.ravel(order="K"), out.ravel(order="K")
-    in_blocks(lambda sl: block(xs[sl], rs[sl]), xs.size, _ROUND_BLOCK, xs.size)
+    in_blocks(lambda sl: block(xs[sl], rs[sl]), xs.size, _ROUND_BLOCK, xs.size if xs.size >= threads_from else 0)
     return out
 
 
@@ -244,7 +245,8 @@ def _round_bits32(x: np.ndarray, bits: int, rounding: str = "rne") -> np.ndarray
     grid of spacing 2^(−126 − bits) and values above the largest finite number become ±inf.
     NaNs are kept as they are (their payload could otherwise carry into the sign or round to inf).
     The integer passes run on blocks of :data:`_ROUND_BLOCK` numbers, in place in the output, and
-    the blocks are shared out between threads: the oracle rounds every stored intermediate of
+    the blocks of a large array are shared out between threads (:data:`_ROUND32_THREADS`): the same
+    operations on each number either way. The oracle rounds every stored intermediate of
     its plain references (attention weights of N² numbers), and whole-array temporaries made
     that rounding the larger part of a comparison's time (measured: 4 × 2048² numbers, 76 →
     27 ms in one thread).
@@ -269,7 +271,7 @@ def _round_bits32(x: np.ndarray, bits: int, rounding: str = "rne") -> np.ndarray
         rb += ub
         rb &= keep
 
-    out = _blockwise(x, block)
+    out = _blockwise(x, block, _ROUND32_THREADS)
     if x.size and np.isnan(np.min(x)):  # np.min propagates NaN: one read-only pass when there is none
         np.copyto(out, x, where=np.isnan(x))
     return out
@@ -277,6 +279,14 @@ def _round_bits32(x: np.ndarray, bits: int, rounding: str = "rne") -> np.ndarray
 
 #: numbers per block of :func:`_round_bits32` (256 KiB of float32: input and output blocks stay in cache)
 _ROUND_BLOCK = 1 << 16
+
+#: float32 numbers from which :func:`_round_bits32` shares its blocks out between threads. Its five integer passes
+#: on a block in cache take about 0.3 ns a number, so for fewer numbers two threads handing the GIL to each other
+#: cost more than they share: rounding to bfloat16 measured 0.12 against 0.28 ms (2^18 numbers, one thread against
+#: two), 2.6 against 4.0 ms (2^22), and 8.6 against 7.8 ms at 2^23 (the plain recurrences round a state of
+#: 32 heads × 128 × 128, 2^19 numbers, twice a step: their backward passes took 10-30 % less time in one thread).
+#: The float64 rounding (a dozen passes) gains from two threads from 2^19 numbers on and keeps them.
+_ROUND32_THREADS = 1 << 23
 
 
 def store(x, tier) -> np.ndarray:

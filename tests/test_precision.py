@@ -1181,6 +1181,25 @@ def test_matmul_of_operands_rounded_once_is_the_same(tier, rounding):
             assert not np.array_equal(operand(sa, tier), sa)
 
 
+@pytest.mark.parametrize("rounding", ["rne", "rna", "truncate"])
+def test_float32_rounding_in_threads_or_not_is_the_same(monkeypatch, rounding):
+    # _round_bits32 shares its blocks out between threads from _ROUND32_THREADS numbers on, else runs them in the
+    # calling thread: the same integer operations on every number, whatever the layout
+    from refimpl import _precision as pr
+
+    rng = np.random.default_rng(8)
+    n = 3 * pr._ROUND_BLOCK + 1234
+    x = (rng.standard_normal(n) * 10.0 ** rng.integers(-40, 38, n)).clip(-3e38, 3e38).astype(np.float32)
+    x[:: pr._ROUND_BLOCK // 3] = np.nan
+    for view in (x, x.reshape(-1, 2)[:, ::-1] if n % 2 == 0 else x[::3], x[:-1234].reshape(-1, 64).T):
+        serial = pr._round_bits32(view, 7, rounding)
+        monkeypatch.setattr(pr, "_ROUND32_THREADS", 0)
+        threaded = pr._round_bits32(view, 7, rounding)
+        monkeypatch.setattr(pr, "_ROUND32_THREADS", 1 << 23)
+        assert serial.shape == view.shape and np.array_equal(serial, threaded, equal_nan=True)
+        assert np.array_equal(serial.view(np.uint32), threaded.view(np.uint32))
+
+
 def test_float64_rounding_in_blocks_equals_the_whole_array():
     # round_to of float64 values (bfloat16, tf32 and float16's grid) runs on blocks of _ROUND_BLOCK numbers in threads:
     # the same operations number by number as on the whole array, whatever the layout
