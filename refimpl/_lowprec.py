@@ -49,6 +49,7 @@ import math
 import numpy as np
 import scipy.signal
 
+from . import _blocking
 from ._precision import matmul, operand, store, stored_is_operand, tier_name
 
 __all__ = ["PLAIN", "softmax_attention", "softmax_attention_vjp", "linear_attention", "performer_attention", "rfa_attention", "selective_scan",
@@ -546,19 +547,28 @@ def _gated_recurrence(q, k, v, log_g, tier, chunk=None, S0=None):
     """
     batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], log_g.shape[:-2],
                                 () if S0 is None else S0.shape[:-2])
-    q, k, v, log_g = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v, log_g))
-    L, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
+    q, k, v, log_g = (_heads(a, batch) for a in (q, k, v, log_g))  # (batch entries, L, ·)
+    nb, L, dk, dv = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
     g = np.exp(log_g)
-    S = _filled(batch + (dk, dv), S0)
-    o = np.empty(batch + (L, dv), dtype=f32)
-    states = [] if chunk else None
-    buf = np.empty(S.shape, dtype=f32)  # for the outer products of the steps
-    for t in range(L):
-        S = _gated_step(S, k, v, g, t, buf, in_place=True)
-        o[..., t, :] = matmul(q[..., t, None, :], S, tier)[..., 0, :]
-        if chunk and (t % chunk == chunk - 1 or t == L - 1):
-            states.append(np.swapaxes(S, -1, -2).copy())
-    return o, (np.stack(states, axis=-3) if chunk else None)
+    S_all = _filled(batch + (dk, dv), S0).reshape(nb, dk, dv)
+    o = np.empty((nb, L, dv), dtype=f32)
+    ends = [t for t in range(L) if t % chunk == chunk - 1 or t == L - 1] if chunk else []
+    states = np.empty((nb, len(ends), dv, dk), dtype=f32)
+
+    def steps(part):
+        S, qs, ks, vs, gs = S_all[part], q[part], k[part], v[part], g[part]
+        buf = np.empty(S.shape, dtype=f32)  # for the outer products of the steps
+        j = 0
+        for t in range(L):
+            S = _gated_step(S, ks, vs, gs, t, buf, in_place=True)
+            o[part, t, :] = matmul(qs[:, t, None, :], S, tier)[:, 0, :]
+            if j < len(ends) and t == ends[j]:
+                states[part, j] = np.swapaxes(S, -1, -2)
+                j += 1
+
+    _in_head_parts(steps, nb, dk * dv)
+    o, states = o.reshape(batch + o.shape[1:]), states.reshape(batch + states.shape[1:])
+    return o, (states if chunk else None)
 
 
 def _scaled(q, scale):
@@ -635,19 +645,28 @@ def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, initial_sta
     S0 = _state_in(initial_state)
     batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], beta.shape[:-1], lg.shape[:-1],
                                 () if S0 is None else S0.shape[:-2])
-    q, k, v = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v))
-    beta, g = np.broadcast_to(beta, batch + beta.shape[-1:]), np.broadcast_to(np.exp(lg), batch + lg.shape[-1:])
-    L, dk, dv, c = q.shape[-2], k.shape[-1], v.shape[-1], int(chunk_size)
-    S = _filled(batch + (dk, dv), S0)  # Sᵀ
-    o = np.empty(batch + (L, dv), dtype=f32)
-    states = []
-    buf = np.empty(S.shape, dtype=f32)  # for the outer products of the steps
-    for t in range(L):
-        S = _delta_step(S, k, v, beta, g, t, buf, in_place=True)
-        o[..., t, :] = matmul(q[..., t, None, :], S, tier)[..., 0, :]
-        if t % c == c - 1 or t == L - 1:
-            states.append(np.swapaxes(S, -1, -2).copy())
-    return {"y": store(o, tier), "chunk_states": store(np.stack(states, axis=-3), tier)}
+    q, k, v = (_heads(a, batch) for a in (q, k, v))  # (batch entries, L, ·)
+    beta, g = _heads(beta, batch, 1), _heads(np.exp(lg), batch, 1)
+    nb, L, dk, dv, c = q.shape[0], q.shape[-2], k.shape[-1], v.shape[-1], int(chunk_size)
+    S_all = _filled(batch + (dk, dv), S0).reshape(nb, dk, dv)  # Sᵀ
+    o = np.empty((nb, L, dv), dtype=f32)
+    ends = [t for t in range(L) if t % c == c - 1 or t == L - 1]
+    states = np.empty((nb, len(ends), dv, dk), dtype=f32)
+
+    def steps(part):
+        S, qs, ks, vs, bs, gs = S_all[part], q[part], k[part], v[part], beta[part], g[part]
+        buf = np.empty(S.shape, dtype=f32)  # for the outer products of the steps
+        j = 0
+        for t in range(L):
+            S = _delta_step(S, ks, vs, bs, gs, t, buf, in_place=True)
+            o[part, t, :] = matmul(qs[:, t, None, :], S, tier)[:, 0, :]
+            if j < len(ends) and t == ends[j]:
+                states[part, j] = np.swapaxes(S, -1, -2)
+                j += 1
+
+    _in_head_parts(steps, nb, dk * dv)
+    o, states = o.reshape(batch + o.shape[1:]), states.reshape(batch + states.shape[1:])
+    return {"y": store(o, tier), "chunk_states": store(states, tier)}
 
 
 # ---- backward passes of the linear recurrences (chapter 16) --------------------------------------------
@@ -671,27 +690,56 @@ def _gated_adjoint(q, k, v, log_g, dy, tier, S0=None, dS_end=None):
     """
     batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], log_g.shape[:-2], dy.shape[:-2],
                                 *(() if x is None else x.shape[:-2] for x in (S0, dS_end)))
-    q, k, v, log_g, dy = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v, log_g, dy))
-    L, dk, dv = q.shape[-2], k.shape[-1], v.shape[-1]
+    q, k, v, log_g, dy = (_heads(a, batch) for a in (q, k, v, log_g, dy))  # (batch entries, L, ·)
+    nb, L, dk, dv = q.shape[0], q.shape[-2], k.shape[-1], v.shape[-1]
     g = np.exp(log_g)
-    start, lam = _filled(batch + (dk, dv), S0), _filled(batch + (dk, dv), dS_end)
+    start = _filled(batch + (dk, dv), S0).reshape(nb, dk, dv)
+    lam_all = _filled(batch + (dk, dv), dS_end).reshape(nb, dk, dv)
     dq, dkk, dvv = np.empty(q.shape, f32), np.empty(k.shape, f32), np.empty(v.shape, f32)
-    dg = np.empty(batch + (L, g.shape[-1]), dtype=f32)
-    buf = np.empty(batch + (dk, dv), dtype=f32)  # for the outer products of the steps
-    for t, S_prev, S_t in _states_backwards(lambda S, t: _gated_step(S, k, v, g, t, buf), start, L):
-        if t < L - 1:
-            lam *= g[..., t + 1, :, None]
-        lam += _outer(q[..., t, :], dy[..., t, :], buf)
-        dq[..., t, :] = matmul(S_t, dy[..., t, :, None], tier)[..., 0]
-        lam_r = operand(lam, tier)  # Λ_t as both of its products read it: rounded once
-        dkk[..., t, :] = matmul(lam_r, v[..., t, :, None], tier, on_grid=(True, False))[..., 0]
-        dvv[..., t, :] = matmul(k[..., t, None, :], lam_r, tier, on_grid=(False, True))[..., 0, :]
-        rows = np.sum(lam * S_prev, axis=-1, dtype=f32)  # Σ_i Λ_t[j, i] S_{t−1}[j, i]
-        if g.shape[-1] == 1:
-            rows = np.sum(rows, axis=-1, keepdims=True, dtype=f32)
-        dg[..., t, :] = g[..., t, :] * rows
-    dS0 = None if S0 is None else (g[..., 0, :, None] * lam if L else lam)
+    dg = np.empty((nb, L, g.shape[-1]), dtype=f32)
+
+    def steps(part):
+        qs, ks, vs, gs, ys, lam = q[part], k[part], v[part], g[part], dy[part], lam_all[part]
+        buf = np.empty(lam.shape, dtype=f32)  # for the outer products of the steps
+        for t, S_prev, S_t in _states_backwards(lambda S, t: _gated_step(S, ks, vs, gs, t, buf), start[part], L):
+            if t < L - 1:
+                lam *= gs[:, t + 1, :, None]
+            lam += _outer(qs[:, t, :], ys[:, t, :], buf)
+            dq[part, t, :] = matmul(S_t, ys[:, t, :, None], tier)[..., 0]
+            lam_r = operand(lam, tier)  # Λ_t as both of its products read it: rounded once
+            dkk[part, t, :] = matmul(lam_r, vs[:, t, :, None], tier, on_grid=(True, False))[..., 0]
+            dvv[part, t, :] = matmul(ks[:, t, None, :], lam_r, tier, on_grid=(False, True))[..., 0, :]
+            rows = np.sum(lam * S_prev, axis=-1, dtype=f32)  # Σ_i Λ_t[j, i] S_{t−1}[j, i]
+            if gs.shape[-1] == 1:
+                rows = np.sum(rows, axis=-1, keepdims=True, dtype=f32)
+            dg[part, t, :] = gs[:, t, :] * rows
+
+    _in_head_parts(steps, nb, dk * dv)  # lam_all holds Λ_0 after
+    dS0 = None if S0 is None else (g[:, 0, :, None] * lam_all if L else lam_all).reshape(batch + (dk, dv))
+    dq, dkk, dvv, dg = (a.reshape(batch + a.shape[1:]) for a in (dq, dkk, dvv, dg))
     return dq, dkk, dvv, dg, dS0
+
+
+#: state floats per step (batch entries × Dk × Dv) from which the plain step loops share their batch entries (heads)
+#: out between threads: each step is a dozen NumPy calls on the whole batch's state, which release the GIL; on
+#: states of a few hundred KiB two threads' calls hand the GIL back and forth more than they overlap
+_HEAD_THREADS_FLOATS = 1 << 18
+
+
+def _heads(a, batch: tuple, trailing: int = 2) -> np.ndarray:
+    """``a`` broadcast to ``batch`` and its last ``trailing`` axes, the batch axes flattened into one (a view when the
+    strides allow, else a copy): the batch entries of a step loop, which :func:`_in_head_parts` splits."""
+    a = np.broadcast_to(a, batch + np.shape(a)[np.ndim(a) - trailing:])
+    return a.reshape((math.prod(batch),) + a.shape[len(batch):])
+
+
+def _in_head_parts(run, nb: int, state_floats: int) -> None:
+    """``run(part)`` on parts of the ``nb`` batch entries (heads) of a step loop, in threads with one BLAS thread each
+    (:func:`refimpl._blocking.in_parts`) when the state of all entries holds :data:`_HEAD_THREADS_FLOATS` numbers or
+    more, else at once. The entries are independent and each is computed by the same operations either way (the
+    products, roundings and row sums of one entry do not depend on the others), so the results are the same."""
+    big = nb * state_floats >= _HEAD_THREADS_FLOATS
+    _blocking.in_parts(run, nb, max(nb * state_floats, _blocking.THREAD_MIN_ELEMS) if big else 0, one_blas=True)
 
 
 def _filled(shape: tuple, value) -> np.ndarray:
@@ -831,37 +879,45 @@ def delta_rule_vjp(q, k, v, beta, dy, log_g=None, scale=None, chunk_size=64, ini
     S0, dS_end = _state_in(initial_state), _state_in(dfinal_state)
     batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], beta.shape[:-1], lg.shape[:-1], dy.shape[:-2],
                                 *(() if x is None else x.shape[:-2] for x in (S0, dS_end)))
-    q, k, v, dy = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v, dy))
-    beta, g = np.broadcast_to(beta, batch + beta.shape[-1:]), np.broadcast_to(np.exp(lg), batch + lg.shape[-1:])
-    L, dk, dv = q.shape[-2], k.shape[-1], v.shape[-1]
-    start, M = _filled(batch + (dk, dv), S0), _filled(batch + (dk, dv), dS_end)
+    q, k, v, dy = (_heads(a, batch) for a in (q, k, v, dy))  # (batch entries, L, ·)
+    beta, g = _heads(beta, batch, 1), _heads(np.exp(lg), batch, 1)
+    nb, L, dk, dv = q.shape[0], q.shape[-2], k.shape[-1], v.shape[-1]
+    start, M_all = (_filled(batch + (dk, dv), x).reshape(nb, dk, dv) for x in (S0, dS_end))
     dq, dkk, dvv = np.empty(q.shape, f32), np.empty(k.shape, f32), np.empty(v.shape, f32)
     db, dg = np.empty(beta.shape, f32), np.empty(beta.shape, f32)
-    prev = None  # (S_{t−1}, its product operand) of the step before (the next t down reads it as S_t)
-    buf = np.empty(batch + (dk, dv), dtype=f32)  # for the outer products of the steps
-    for t, Sp, S_t in _states_backwards(lambda S, t: _delta_step(S, k, v, beta, g, t, buf), start, L):
-        # each state as the products read it, rounded once (S_t: the previous step's S_{t−1}, the same array,
-        # unless a checkpoint segment starts here)
-        S_t_r = prev[1] if prev is not None and prev[0] is S_t else operand(S_t, tier)
-        Sp_r = operand(Sp, tier)
-        prev = (Sp, Sp_r)
-        if t < L - 1:  # M_t = g_{t+1} (I − β_{t+1} k_{t+1} k_{t+1}ᵀ) M_{t+1} + q_t dy_tᵀ
-            kn = k[..., t + 1, :]
-            M -= _outer(beta[..., t + 1, None] * kn, np.matmul(kn[..., None, :], M)[..., 0, :], buf)
-            M *= g[..., t + 1, None, None]
-        M += _outer(q[..., t, :], dy[..., t, :], buf)
-        kt, bt, gt = k[..., t, :], beta[..., t, None], g[..., t, None]
-        M_r = operand(M, tier)
-        pred = matmul(kt[..., None, :], Sp_r, tier, on_grid=(False, True))[..., 0, :]  # S_{t−1} k_t
-        e = v[..., t, :] - gt * pred
-        lk = matmul(kt[..., None, :], M_r, tier, on_grid=(False, True))[..., 0, :]  # Λ_t k_t
-        dq[..., t, :] = matmul(S_t_r, dy[..., t, :, None], tier, on_grid=(True, False))[..., 0]
-        dvv[..., t, :] = bt * lk
-        db[..., t] = np.sum(lk * e, axis=-1, dtype=f32)
-        dkk[..., t, :] = bt * (matmul(M_r, e[..., :, None], tier, on_grid=(True, False))[..., 0]
-                               - gt * matmul(Sp_r, lk[..., :, None], tier, on_grid=(True, False))[..., 0])
-        inner = np.sum(M * Sp, axis=(-2, -1), dtype=f32)  # ⟨Λ_t, S_{t−1}⟩
-        dg[..., t] = g[..., t] * (inner - beta[..., t] * np.sum(lk * pred, axis=-1, dtype=f32))
+
+    def steps(part):
+        qs, ks, vs, ys, bs, gs, M = q[part], k[part], v[part], dy[part], beta[part], g[part], M_all[part]
+        prev = None  # (S_{t−1}, its product operand) of the step before (the next t down reads it as S_t)
+        buf = np.empty(M.shape, dtype=f32)  # for the outer products of the steps
+        for t, Sp, S_t in _states_backwards(lambda S, t: _delta_step(S, ks, vs, bs, gs, t, buf), start[part], L):
+            # each state as the products read it, rounded once (S_t: the previous step's S_{t−1}, the same array,
+            # unless a checkpoint segment starts here)
+            S_t_r = prev[1] if prev is not None and prev[0] is S_t else operand(S_t, tier)
+            Sp_r = operand(Sp, tier)
+            prev = (Sp, Sp_r)
+            if t < L - 1:  # M_t = g_{t+1} (I − β_{t+1} k_{t+1} k_{t+1}ᵀ) M_{t+1} + q_t dy_tᵀ
+                kn = ks[:, t + 1, :]
+                M -= _outer(bs[:, t + 1, None] * kn, np.matmul(kn[..., None, :], M)[..., 0, :], buf)
+                M *= gs[:, t + 1, None, None]
+            M += _outer(qs[:, t, :], ys[:, t, :], buf)
+            kt, bt, gt = ks[:, t, :], bs[:, t, None], gs[:, t, None]
+            M_r = operand(M, tier)
+            pred = matmul(kt[..., None, :], Sp_r, tier, on_grid=(False, True))[..., 0, :]  # S_{t−1} k_t
+            e = vs[:, t, :] - gt * pred
+            lk = matmul(kt[..., None, :], M_r, tier, on_grid=(False, True))[..., 0, :]  # Λ_t k_t
+            dq[part, t, :] = matmul(S_t_r, ys[:, t, :, None], tier, on_grid=(True, False))[..., 0]
+            dvv[part, t, :] = bt * lk
+            db[part, t] = np.sum(lk * e, axis=-1, dtype=f32)
+            dkk[part, t, :] = bt * (matmul(M_r, e[..., :, None], tier, on_grid=(True, False))[..., 0]
+                                    - gt * matmul(Sp_r, lk[..., :, None], tier, on_grid=(True, False))[..., 0])
+            inner = np.sum(M * Sp, axis=(-2, -1), dtype=f32)  # ⟨Λ_t, S_{t−1}⟩
+            dg[part, t] = gs[:, t] * (inner - bs[:, t] * np.sum(lk * pred, axis=-1, dtype=f32))
+
+    _in_head_parts(steps, nb, dk * dv)  # M_all holds M_0 after
+    dq, dkk, dvv, db, dg = (a.reshape(batch + a.shape[1:]) for a in (dq, dkk, dvv, db, dg))
+    M = M_all.reshape(batch + (dk, dv))
+    k, beta, g = (a.reshape(batch + a.shape[1:]) for a in (k, beta, g))
     out = {"dq": _reduce32(dq * c, shapes["q"]), "dk": _reduce32(dkk, shapes["k"]), "dv": _reduce32(dvv, shapes["v"]),
            "dbeta": _reduce32(db, shapes["beta"])}
     if log_g is not None:

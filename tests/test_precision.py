@@ -1131,6 +1131,38 @@ def test_blocked_plain_linear_attention_vjp_equals_one_block(monkeypatch, tier, 
         assert rel_error(blocked[n], one[n]) <= _BLOCKED_PLAIN_TOL[tier], (n, rel_error(blocked[n], one[n]))
 
 
+def test_plain_step_loops_give_the_same_bits_with_their_heads_in_threads(monkeypatch):
+    # the plain recurrences (GLA, SSD, the delta rule; forwards and backwards) share their batch entries out between
+    # threads when the states are large (_HEAD_THREADS_FLOATS): every entry is the same operations either way
+    import refimpl._lowprec as lp
+
+    rng = np.random.default_rng(9)
+    B, H, L, dk, dv = 2, 3, 37, 8, 6
+    q, k = rng.standard_normal((2, B, H, L, dk))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    v, dy = rng.standard_normal((2, B, H, L, dv))
+    log_g = np.log(rng.uniform(0.5, 1.0, (B, H, L, dk)))
+    beta, gate = rng.uniform(0.1, 1.0, (B, H, L)), np.log(rng.uniform(0.5, 1.0, (1, H, L)))  # a gate per head, broadcast
+    S0, dS = rng.standard_normal((2, B, H, dv, dk))
+    calls = [
+        lambda: lp.gated_linear_attention(q, k, v, log_g, chunk_size=16, initial_state=S0, tier="bfloat16"),
+        lambda: lp.gated_linear_attention_vjp(q, k, v, log_g, dy, initial_state=S0, dfinal_state=dS, tier="bfloat16"),
+        lambda: lp.gated_linear_attention_vjp(q, k, v, gate, dy, tier="tf32"),
+        lambda: lp.delta_rule(q, k, v, beta, log_g=gate, chunk_size=10, initial_state=S0, tier="float16"),
+        lambda: lp.delta_rule_vjp(q, k, v, beta, dy, log_g=gate, initial_state=S0, dfinal_state=dS, tier="bfloat16"),
+        lambda: lp.delta_rule_vjp(q[:1], k, v[0], beta, dy, tier="float32"),  # broadcast batch entries
+    ]
+    monkeypatch.setattr(lp, "_HEAD_THREADS_FLOATS", 1 << 60)
+    one = [c() for c in calls]
+    monkeypatch.setattr(lp, "_HEAD_THREADS_FLOATS", 0)
+    monkeypatch.setattr(lp._blocking, "THREADS", 2)
+    for i, (c, want) in enumerate(zip(calls, one)):
+        got = c()
+        assert sorted(got) == sorted(want), i
+        for n in want:
+            assert got[n].shape == want[n].shape and np.array_equal(got[n], want[n]), (i, n)
+
+
 def test_key_range_keeps_every_key_a_row_of_the_block_may_see():
     # _key_range cuts the keys of a block of rows to [k0, k1), never empty: every (row, key) pair the causal mask, the
     # window and the mask allow lies inside, at any alignment
