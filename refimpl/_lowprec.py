@@ -254,6 +254,14 @@ def _key_range(r0, r1, m, causal, window, offset, mask) -> tuple[int, int]:
     return (k0, k1) if k0 < k1 else (0, m)
 
 
+def _block_keys(mask, rows: slice, n: int, m: int, causal, window, offset) -> tuple[slice, object]:
+    """The keys (a slice) that the query rows ``rows`` may see (:func:`_key_range`) and ``mask`` cut to these rows
+    and keys (None stays None; a mask that broadcasts along the rows or keys keeps that axis)."""
+    mk = mask[..., rows, :] if mask is not None and mask.ndim >= 2 and mask.shape[-2] == n else mask
+    cols = slice(*_key_range(rows.start, rows.stop, m, causal, window, offset, mk))
+    return cols, (mk[..., cols] if mk is not None and mk.ndim and mk.shape[-1] == m else mk)
+
+
 def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None, alibi_slopes=None,
                       causal_alignment="top_left", softcap=None, *, tier, weights=True):
     """Eqs. (4.1)–(4.3) as FlashAttention's low-precision reference: S = scale·QKᵀ, P = softmax(S), y = P V.
@@ -286,12 +294,11 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
         ys, lses = [], []
         for r0 in range(0, n, step):
             rows = slice(r0, min(n, r0 + step))
-            mk = mask[..., rows, :] if mask is not None and mask.ndim >= 2 and mask.shape[-2] == n else mask
-            k0, k1 = _key_range(r0, rows.stop, m, causal, window, offset, mk) if step < n else (0, m)
-            cols = slice(k0, k1)
-            mk = mk[..., cols] if mk is not None and mk.ndim and mk.shape[-1] == m else mk
+            # one block: all keys, the arithmetic of the unblocked reference
+            cols, mk = _block_keys(mask, rows, n, m, causal, window, offset) if step < n else (slice(0, m), mask)
             _, y, lse = _softmax_rows(q[..., rows, :], k[..., cols, :], v[..., cols, :], mk, causal, scale, window,
-                                      alibi_slopes, tier, r0, offset=offset, softcap=softcap, operands=True, col0=k0)
+                                      alibi_slopes, tier, r0, offset=offset, softcap=softcap, operands=True,
+                                      col0=cols.start)
             ys.append(y)
             lses.append(lse)
         return np.concatenate(ys, axis=-2), np.concatenate(lses, axis=-1)
@@ -365,12 +372,9 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
         lse, D = np.empty(batch + (n,), dtype=f32), np.empty(batch + (n,), dtype=f32)
         for r0 in range(0, n, step):
             rows = slice(r0, min(n, r0 + step))
-            mk = mask[..., rows, :] if mask is not None and mask.ndim >= 2 and mask.shape[-2] == n else mask
-            k0, k1 = _key_range(r0, rows.stop, m, causal, window, offset, mk)
-            cols = slice(k0, k1)
-            mk = mk[..., cols] if mk is not None and mk.ndim and mk.shape[-1] == m else mk
-            g = rows_grads(q[..., rows, :], k[..., cols, :], v[..., cols, :], dy[..., rows, :], mk, alibi_slopes, r0, k0,
-                           operands=True)
+            cols, mk = _block_keys(mask, rows, n, m, causal, window, offset)
+            g = rows_grads(q[..., rows, :], k[..., cols, :], v[..., cols, :], dy[..., rows, :], mk, alibi_slopes, r0,
+                           cols.start, operands=True)
             dq[..., rows, :], lse[..., rows], D[..., rows] = g[0], g[3], g[4]
             dk[..., cols, :] += g[1]
             dv[..., cols, :] += g[2]
@@ -444,10 +448,11 @@ def linear_attention_vjp(q, k, v, dy, causal=False, *, tier):
     ``y = (A v) / den``; then ``dnum = dy / den``, ``dden = −(dy·y) / den``, ``dA = dnum vᵀ + dden``
     (masked), stored, and ``dφ(q) = dA φ(k)``, ``dφ(k) = dAᵀ φ(q)``, ``dv = Aᵀ dnum`` (tier
     products, float32 sums over row blocks), ``dq = φ'(q) ⊙ dφ(q)`` with ``φ' = min(φ, 1)``. Rows in
-    blocks: memory O(block · M); causal, each block reads the keys up to its last row only. Of the two textbook algorithms this one errs more in float32 (every
-    pair's weight rounded, sums over all keys): the factored form of :func:`linear_attention` (its
-    states, :func:`_read_states`) stays within its bound, and this one — a float32 PyTorch kernel
-    written from the masked form failed a bound set by the factored form by up to 1.9× — meets it.
+    blocks: memory O(block · M); causal, each block reads the keys up to its last row only. Of the two
+    textbook algorithms this one errs more in float32 (every pair's weight rounded, sums over all keys):
+    the factored form of :func:`linear_attention` (its states, :func:`_read_states`) stays within its
+    bound, and this one — a float32 PyTorch kernel written from the masked form failed a bound set by
+    the factored form by up to 1.9× — meets it.
     """
     tier = tier_name(tier)
     phi_q, phi_k = (store(_elu1(x), tier).astype(f32) for x in (q, k))
