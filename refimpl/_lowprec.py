@@ -555,25 +555,34 @@ def _gated_recurrence(q, k, v, log_g, tier, chunk=None, S0=None):
     q, k, v, log_g = (_heads(a, batch) for a in (q, k, v, log_g))  # (batch entries, L, ·)
     nb, L, dk, dv = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
     g = np.exp(log_g)
-    S_all = _filled(batch + (dk, dv), S0).reshape(nb, dk, dv)
-    o = np.empty((nb, L, dv), dtype=f32)
     ends = [t for t in range(L) if t % chunk == chunk - 1 or t == L - 1] if chunk else []
+    o, states = _read_out_steps(_gated_step, _filled(batch + (dk, dv), S0).reshape(nb, dk, dv), q, (k, v, g), ends, tier)
+    o, states = o.reshape(batch + o.shape[1:]), states.reshape(batch + states.shape[1:])
+    return o, (states if chunk else None)
+
+
+def _read_out_steps(step, S_all, q, per_step, ends, tier):
+    """The forward step loops of the plain recurrences: ``S ← step(S, *per_step, t)`` in place from ``S_all``
+    (batch entries, Dk, Dv), the read-out ``o_t = q_tᵀ S_t`` a product with tier-rounded inputs, and the transposed
+    states after the steps ``ends``; the batch entries in parts (:func:`_in_head_parts`). Returns ``o`` (batch
+    entries, L, Dv) and the states (batch entries, len(ends), Dv, Dk), float32."""
+    nb, L, (dk, dv) = q.shape[0], q.shape[1], S_all.shape[-2:]
+    o = np.empty((nb, L, dv), dtype=f32)
     states = np.empty((nb, len(ends), dv, dk), dtype=f32)
 
     def steps(part):
-        S, qs, ks, vs, gs = S_all[part], q[part], k[part], v[part], g[part]
+        S, qs, args = S_all[part], q[part], [a[part] for a in per_step]
         buf = np.empty(S.shape, dtype=f32)  # for the outer products of the steps
         j = 0
         for t in range(L):
-            S = _gated_step(S, ks, vs, gs, t, buf, in_place=True)
+            S = step(S, *args, t, buf, in_place=True)
             o[part, t, :] = matmul(qs[:, t, None, :], S, tier)[:, 0, :]
             if j < len(ends) and t == ends[j]:
                 states[part, j] = np.swapaxes(S, -1, -2)
                 j += 1
 
     _in_head_parts(steps, nb, dk * dv)
-    o, states = o.reshape(batch + o.shape[1:]), states.reshape(batch + states.shape[1:])
-    return o, (states if chunk else None)
+    return o, states
 
 
 def _scaled(q, scale):
@@ -653,23 +662,9 @@ def delta_rule(q, k, v, beta, log_g=None, scale=None, chunk_size=64, initial_sta
     q, k, v = (_heads(a, batch) for a in (q, k, v))  # (batch entries, L, ·)
     beta, g = _heads(beta, batch, 1), _heads(np.exp(lg), batch, 1)
     nb, L, dk, dv, c = q.shape[0], q.shape[-2], k.shape[-1], v.shape[-1], int(chunk_size)
-    S_all = _filled(batch + (dk, dv), S0).reshape(nb, dk, dv)  # Sᵀ
-    o = np.empty((nb, L, dv), dtype=f32)
     ends = [t for t in range(L) if t % c == c - 1 or t == L - 1]
-    states = np.empty((nb, len(ends), dv, dk), dtype=f32)
-
-    def steps(part):
-        S, qs, ks, vs, bs, gs = S_all[part], q[part], k[part], v[part], beta[part], g[part]
-        buf = np.empty(S.shape, dtype=f32)  # for the outer products of the steps
-        j = 0
-        for t in range(L):
-            S = _delta_step(S, ks, vs, bs, gs, t, buf, in_place=True)
-            o[part, t, :] = matmul(qs[:, t, None, :], S, tier)[:, 0, :]
-            if j < len(ends) and t == ends[j]:
-                states[part, j] = np.swapaxes(S, -1, -2)
-                j += 1
-
-    _in_head_parts(steps, nb, dk * dv)
+    S_all = _filled(batch + (dk, dv), S0).reshape(nb, dk, dv)  # Sᵀ
+    o, states = _read_out_steps(_delta_step, S_all, q, (k, v, beta, g), ends, tier)
     o, states = o.reshape(batch + o.shape[1:]), states.reshape(batch + states.shape[1:])
     return {"y": store(o, tier), "chunk_states": store(states, tier)}
 
