@@ -17,7 +17,10 @@ registered in :data:`PLAIN` that plain implementation is written here, in the ar
 
 The algorithms are the straightforward ones (the loop twins' order of operations), so their
 round-off is what a correct, unsophisticated kernel shows — it grows with the sequence length
-exactly as the kernel's does, which a fixed floor cannot model. Each plain function takes the
+exactly as the kernel's does, which a fixed floor cannot model. At large sizes the attention references run
+in blocks of query rows, each against the keys it may see (:func:`_key_range`: kernels skip the tiles they mask
+whole), and the recurrences run their heads in two threads (:func:`_in_head_parts`): the same operations on each
+number, up to float32 sums over fewer (zero) terms in the blocks. Each plain function takes the
 case's keyword arguments (already rounded to the tier) and ``tier``, and returns
 ``{quantity: ndarray}`` for the quantities it models (outputs, and some intermediates);
 quantities it does not return fall back to the rounded-input model of the oracle, and so does a
