@@ -741,7 +741,7 @@ def _in_head_parts(run, nb: int, state_floats: int) -> None:
     (:func:`refimpl._blocking.in_parts`) when the state of all entries holds :data:`_HEAD_THREADS_FLOATS` numbers or
     more, else at once. The entries are independent and each is computed by the same operations either way (the
     products, roundings and row sums of one entry do not depend on the others), so the results are the same."""
-    big = nb * state_floats >= _HEAD_THREADS_FLOATS
+    big = nb * state_floats >= _HEAD_THREADS_FLOATS  # (in_parts's own floor would keep small test states in one thread)
     _blocking.in_parts(run, nb, max(nb * state_floats, _blocking.THREAD_MIN_ELEMS) if big else 0, one_blas=True)
 
 
