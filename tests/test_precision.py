@@ -1163,6 +1163,29 @@ def test_plain_step_loops_give_the_same_bits_with_their_heads_in_threads(monkeyp
             assert got[n].shape == want[n].shape and np.array_equal(got[n], want[n]), (i, n)
 
 
+@pytest.mark.parametrize("tier", ["bfloat16", "float32"])
+def test_blocked_plain_softmax_with_flashattention_column_bias(monkeypatch, tier):
+    # FlashAttention-2's causal path with ALiBi adds slope·j (the key's column, _ALIBI_COLUMN): a block that reads the
+    # keys from k0 on must bias them by their own columns, not by their places in the block
+    import refimpl._lowprec as lp
+
+    q, k, v, dy, _ = _plain_attention_problem(seed=2, n=600, m=600)
+    kw = dict(causal=True, window=250, alibi_slopes=np.array([0.3, 0.7]), causal_alignment="bottom_right", tier=tier)
+    token = lp._ALIBI_COLUMN.set(True)
+    try:
+        full, full_grads = lp.softmax_attention(q, k, v, **kw), lp.softmax_attention_vjp(q, k, v, dy, **kw)
+        monkeypatch.setattr(lp, "_BLOCK_LOGITS", 30_000)  # blocks of 25 rows, keys from k0 = r0 − 249 on
+        blocked, blocked_grads = lp.softmax_attention(q, k, v, **kw, weights=False), lp.softmax_attention_vjp(q, k, v, dy, **kw)
+    finally:
+        lp._ALIBI_COLUMN.reset(token)
+    # the biased logits reach slope·j ≈ 400 here, whose float32 ulp (3e-5) the recomputed P = e^{s − ℓ} carries: in
+    # float32 a few units of that, not of float32's own epsilon
+    tol = 2.0**-16 if tier == "float32" else _BLOCKED_PLAIN_TOL[tier]
+    for got, want, n in [(blocked[n], full[n], n) for n in ("y", "lse")] + [
+            (blocked_grads[n], full_grads[n], n) for n in ("dq", "dk", "dv", "lse", "D")]:
+        assert rel_error(got, want) <= tol, (n, rel_error(got, want))
+
+
 def test_key_range_keeps_every_key_a_row_of_the_block_may_see():
     # _key_range cuts the keys of a block of rows to [k0, k1), never empty: every (row, key) pair the causal mask, the
     # window and the mask allow lies inside, at any alignment
