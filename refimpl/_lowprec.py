@@ -167,6 +167,11 @@ _ENTRY_LOGITS = 1 << 22
 _BLOCK_LOGITS = 1 << 21
 
 
+def _block_rows(m: int, batch: tuple) -> int:
+    """Query rows per block of the plain attention: about :data:`_BLOCK_LOGITS` logits against ``m`` keys."""
+    return max(1, _BLOCK_LOGITS // max(m * math.prod(batch), 1))
+
+
 def _by_entry(fn, seqs: dict, mask, alibi_slopes):
     """``fn(**seqs, mask=mask, alibi_slopes=alibi_slopes)``, one batch entry at a time when large.
 
@@ -293,7 +298,7 @@ def softmax_attention(q, k, v, mask=None, causal=False, scale=None, window=None,
         n, m = q.shape[-2], np.shape(k)[-2]
         k, v = operand(_f32(k), tier), operand(_f32(v), tier)  # rounded once for every block of rows
         batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-        step = max(1, _BLOCK_LOGITS // max(m * math.prod(batch), 1))
+        step = _block_rows(m, batch)
         ys, lses = [], []
         for r0 in range(0, n, step):
             rows = slice(r0, min(n, r0 + step))
@@ -361,7 +366,7 @@ def softmax_attention_vjp(q, k, v, dy, mask=None, causal=False, scale=None, wind
         n, m = np.shape(q)[-2], np.shape(k)[-2]
         lead = [np.shape(a)[:-2] for a in (q, k, v, dy)] + ([np.shape(mask)[:-2]] if np.ndim(mask) > 2 else [])
         batch = np.broadcast_shapes(*lead)
-        step = max(1, _BLOCK_LOGITS // max(m * math.prod(batch), 1))
+        step = _block_rows(m, batch)
         if step >= n:  # one block: the whole problem at once
             dq, dk, dv, lse, D = rows_grads(q, k, v, dy, mask, alibi_slopes, geometry=geometry)
             return dq, dk * c, dv, lse, D
