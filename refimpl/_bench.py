@@ -1645,8 +1645,18 @@ def _t(s: float | None) -> str:
     return f"{s * 1e3:.1f} ms" if s < 1.0 else f"{s:.2f} s"
 
 
-def _fraction(x: float) -> str:
-    return f"{x:.2f}" if x >= 0.01 else f"{x:.1e}"
+def _fraction(x: float, target: float | None = None) -> str:
+    return _beside(x, target, 2) if x >= 0.01 else f"{x:.1e}"
+
+
+def _beside(x: float, target: float | None, decimals: int) -> str:
+    """``x`` with ``decimals`` decimals, or more where that many would print it as its target:
+    a loop ratio of 19.97 against 20 reads 19.97, not a missed 20.0 (likewise 0.331 against 1/3)."""
+    text = f"{x:.{decimals}f}"
+    while target is not None and x != target and text == f"{target:.{decimals}f}" and decimals < 6:
+        decimals += 1
+        text = f"{x:.{decimals}f}"
+    return text
 
 
 def _mib(b: float | None) -> str:
@@ -1658,21 +1668,22 @@ def _case_lines(case: Case, rec: dict, quick: bool) -> list[str]:
     if rec["runs"] == 1:
         runs = "1 run" if rec.get("rerun") is None else f"1 run, {rec['rerun']} best of 2"
     lines = [f"{rec['name']}   vs {rec['baseline']}"]
-    quiet = f"quiet {_t(rec['time_s'])} / {_t(rec['baseline_s'])} = {rec['ratio']:.2f}x"
+    quiet = f"quiet {_t(rec['time_s'])} / {_t(rec['baseline_s'])} = {_beside(rec['ratio'], case.base_target, 2)}x"
     if rec["ratio_busy"] is not None:
-        busy = f"busy {_t(rec['time_busy_s'])} / {_t(rec['baseline_busy_s'])} = {rec['ratio_busy']:.2f}x"
+        busy = f"busy {_t(rec['time_busy_s'])} / {_t(rec['baseline_busy_s'])} = " \
+               f"{_beside(rec['ratio_busy'], case.base_target, 2)}x"
     elif rec["over_budget"]:
         busy = "busy: not measured (a call took over the budget)"
     else:
         busy = "busy: not run (quick mode)" if quick else "busy: not run (same-process comparison)"
     note = f"; {rec['bound_note']}" if rec.get("bound_note") else ""
-    limit = "" if rec["limit_s"] is None else f"limit {_t(rec['limit_s'])} (fraction {_fraction(rec['fraction'])}{note})"
+    limit = "" if rec["limit_s"] is None else f"limit {_t(rec['limit_s'])} (fraction {_fraction(rec['fraction'], case.limit_target)}{note})"
     lines.append(f"    {quiet}   {busy}   [{runs}; case took {rec['case_wall_s']:.1f} s]")
     extra = f"    {limit}   peak {_mib(rec['peak_bytes'])}   agree {rec['agree']:.1e}"
     if rec["loop_ratio"] is not None:
         pairs = (" (against the quiet time)" if quick else "") if rec.get("loop_pairs", 1) == 1 else \
             f", median of {rec['loop_pairs']} back-to-back pairs"
-        extra += f"   loop twin {_t(rec['loop_s'])}, loop/refimpl = {rec['loop_ratio']:.1f}x{pairs} (agree {rec['loop_agree']:.1e})"
+        extra += f"   loop twin {_t(rec['loop_s'])}, loop/refimpl = {_beside(rec['loop_ratio'], case.loop_target, 1)}x{pairs} (agree {rec['loop_agree']:.1e})"
     lines.append(extra)
     if quick:
         lines.append("    ratios not judged (quick mode)")
@@ -1687,7 +1698,7 @@ def _verdict_text(case: Case, key: str, verdict: str) -> str:
     elif key == "baseline":
         what = f"ratio <= {case.base_target:g}x" + (" quiet and busy" if case.contention else "")
     elif key == "limit":
-        what = f"fraction >= {case.limit_target:.2f}"
+        what = "fraction >= 1/3" if case.limit_target == 1.0 / 3.0 else f"fraction >= {case.limit_target:.3g}"
     elif key == "loop":
         what = f"loop/refimpl >= {case.loop_target:g}x"
     else:

@@ -684,6 +684,23 @@ def test_small_times_and_fractions_keep_two_digits():
     assert bench._fraction(0.25) == "0.25" and bench._fraction(0.0021) == "2.1e-03"
 
 
+def test_a_value_near_its_target_prints_the_side_it_falls_on():
+    """19.97 against a target of 20 must not print as 20.0 beside a MISS (nor 0.331 as 0.33 against 1/3)."""
+    assert bench._beside(19.97, 20.0, 1) == "19.97" and bench._beside(20.03, 20.0, 1) == "20.03"
+    assert bench._beside(23.2, 20.0, 1) == "23.2" and bench._beside(20.0, 20.0, 1) == "20.0"
+    assert bench._beside(1.4999, 1.5, 2) == "1.4999" and bench._beside(7.3, None, 1) == "7.3"
+    assert bench._fraction(0.331, 1 / 3) == "0.331" and bench._fraction(0.3334, 1 / 3) == "0.3334"
+    case = bench.Case("linear_rnn", "ssd", "v", lambda: None, bench.Cost(flops=1.0), "b", loop_target=20.0)
+    rec = dict(name="linear_rnn.ssd[v]", baseline="b", runs=3, stat="median", time_s=0.025, baseline_s=0.05,
+               ratio=0.5, ratio_busy=1.49999, time_busy_s=0.03, baseline_busy_s=0.02, over_budget=False,
+               limit_s=0.0082, fraction=0.3328, case_wall_s=1.0, peak_bytes=None, agree=1e-16, loop_ratio=19.97,
+               loop_s=0.5, loop_pairs=3, loop_agree=1e-16)
+    rec["verdicts"] = bench._verdicts(case, rec)
+    text = "\n".join(bench._case_lines(case, rec, quick=False))
+    assert "loop/refimpl = 19.97x" in text and "fraction 0.3328" in text and "= 1.49999x" in text
+    assert "fraction >= 1/3: MISS" in text and "loop/refimpl >= 20x: MISS" in text
+
+
 def test_the_report_names_the_code_the_machine_and_its_load(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "_load_average", lambda: 99.0)
     out = tmp_path / "bench.json"
