@@ -640,28 +640,33 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
                 blk = np.matmul(Qe[:, :, r0:r1], KTg[..., :r1], out=scores[:, :, r0:r1, :r1])  # Σ_j q_tj k_sj e^{seg_j[t, s]}
                 blk[..., r0:] *= tri[: r1 - r0, : r1 - r0]  # s <= t in the diagonal block
             local = KTg @ Vs  # scale Σ_s (k_s ⊙ e^{−cum_s}) v_sᵀ
-        mixed = strong.any(axis=0)  # chunks whose local carries its decay (per head: the exact path's does)
-        if mixed.any():
-            if not strong.all():  # (else every local is the exact path's)
-                local[:, mixed] *= dec[:, mixed]
+        mixed = strong.any()
+        if mixed:
             sb, sn = np.nonzero(strong)
             _channel_exact(scores, local, qc[:, sl], kc[:, sl], Vs, gg, sb, sn)
+        # A head and chunk that decays fast passes Diag(e^{cum_end}) S_inᵀ + local on (the exact path's local carries
+        # the decay), every other Diag(e^{cum_end}) (S_inᵀ + local); each by its own arithmetic whatever the other
+        # heads do, so that a head's result does not depend on how the heads are shared out between threads
+        n_fast = strong.sum(axis=0).tolist()
         Zg[:, 0, :dk] = S
-        for j in range(mm):  # state passing (16.5), times the scale: S_endᵀ = Diag(e^{cum_end}) (S_inᵀ + local)
+        for j in range(mm):  # state passing (16.5), times the scale
             nxt = Zg[:, j + 1, :dk] if j + 1 < mm else S
-            if mixed[j]:
+            if n_fast[j] == nb:
                 np.multiply(Zg[:, j, :dk], dec[:, j], out=nxt)
                 nxt += local[:, j]
             else:
                 np.add(Zg[:, j, :dk], local[:, j], out=nxt)
                 nxt *= dec[:, j]
+                if n_fast[j]:
+                    b = strong[:, j]
+                    nxt[b] = Zg[b, j, :dk] * dec[b, j] + local[b, j]
             if states is not None:
                 states[:, g0 + j] = nxt  # S_endᵀ (scale = 1 here)
         # S_in (q_t ⊙ e^{cum_t}) + the masked form (16.3) in the chunk, both times the scale (in S and V); the
         # rows [r0, r1) read the keys s < r1 only
         for r0, r1 in parts:
             np.matmul(Xg[:, :, r0:r1, : dk + r1], Zg[:, :, : dk + r1], out=o[:, sl, r0:r1])
-        if mixed.any():
+        if mixed:
             fast = True
         g0 += mm
     return fast
@@ -868,12 +873,13 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
     :func:`_channel_chunked`): the first c/2 rows see the first c/2 keys only, so they skip the
     upper-right quarter of ``tril(Q Kᵀ)`` (zeros), 7/8 of the flops (measured 11 % faster for
     16 chunks of 64 × 128 × 64, one thread). The chunk's end state ``S_end = e^{cum_end} (S_in +
-    local)`` takes its decay in the step of the state passing (no pass over the locals); chunks
-    whose local carries its own decay (below) take ``e^{cum_end} S_in + local``. Each product has at most 64 × 64 outputs per call for the
+    local)`` takes its decay in the step of the state passing (no pass over the locals); a head's chunk
+    whose local carries its own decay (below) takes ``e^{cum_end} S_in + local``, whatever the other heads do. Each product has at most 64 × 64 outputs per call for the
     default chunk and Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see
     refimpl._blocking.in_parts). Chunks that decay below ``e^{−_FACTOR_LOG}`` take their in-chunk part from
     segment sums (their product keeps the readout alone); a group whose chunks all do so skips the factored
-    form: ``(Γ ⊙ tril(Q Kᵀ)) (V ⊙ w) + e^{cum} ⊙ (Q S_inᵀ)`` per head, Γ from segment sums.
+    products (``V ⊙ w e^{−cum}`` and the chunk summaries) and computes the rest by the same operations,
+    batched: each head's result is the same bits whichever heads share its thread.
     """
     G, L, dk = q.shape
     R, dv = v.shape[1], v.shape[-1]
@@ -912,45 +918,37 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
         Xg[..., :dk] = qc[:, None, sl]
         sg, sr, sn = np.nonzero(strong[:, :, sl])
         every = sg.size == G * R * mm  # every chunk of the group decays fast: segment sums, no factored form
-        if every:
-            if wc is None:
-                Zg[..., dk:, :] = vc[:, :, sl]  # V
-            else:
-                np.multiply(vc[:, :, sl], wc[:, :, sl, :, None], out=Zg[..., dk:, :])  # v_s w_s
+        if every:  # no value rows (the product below is then the readout Q S_inᵀ alone), their own states batched
+            Zg[..., dk:, :] = 0.0
             local = _own_state(kc[:, None, sl], vc[:, :, sl], ac[:, :, sl], None if wc is None else wc[:, :, sl])
-            sg = ()  # nothing left for the exact path below
         else:
             Vs = np.multiply(vc[:, :, sl], f[:, :, sl, :, None], out=Zg[..., dk:, :])  # v_s w_s e^{−cum_s}
             if sg.size:  # strongly decaying chunks: no value rows, so that their product below is the readout
                 Vs[sg, sr, sn] = 0.0  # Q S_inᵀ alone; their in-chunk part is added from segment sums
             local = KTg @ Vs  # (Σ_s v_s w_s e^{−cum_s} k_sᵀ)ᵀ, per head; times e^{cum_end} in the state passing
-        # chunks whose locals carry their decay: every chunk of an all-exact group (_own_state), and the chunks
-        # where some head decays fast (its local comes from suffix sums below; the others' take e^{cum_end} here)
-        mixed = np.ones(mm, dtype=bool) if every else strong[:, :, sl].any(axis=(0, 1))
-        if not every and sg.size:
-            local[:, :, mixed] *= dec[:, :, sl][:, :, mixed]  # the chunk's own contribution to its end state
-        if len(sg):  # the end-state contributions of strongly decaying chunks, from suffix sums
-            local[sg, sr, sn] = _own_state(kc[sg, g0 + sn], vc[sg, sr, g0 + sn], ac[sg, sr, g0 + sn],
-                                           None if wc is None else wc[sg, sr, g0 + sn])
+            if sg.size:  # the end-state contributions of strongly decaying chunks, from suffix sums (their decay inside)
+                local[sg, sr, sn] = _own_state(kc[sg, g0 + sn], vc[sg, sr, g0 + sn], ac[sg, sr, g0 + sn],
+                                               None if wc is None else wc[sg, sr, g0 + sn])
+        # A head and chunk that decays fast passes e^{cum_end} S_in + local on (its local carries the decay), every
+        # other e^{cum_end} (S_in + local); each by its own arithmetic whatever its neighbours do, so that a head's
+        # result does not depend on how the heads are shared out between threads (the batched and the gathered
+        # forms below are the same operations entry by entry; so are the all-exact group's and a mixed one's)
+        fast_g = strong[:, :, sl]
+        n_fast = fast_g.sum(axis=(0, 1)).tolist()
         Zg[:, :, 0, :dk] = S
-        for j in range(mm):  # state passing (16.5): S_end = e^{cum_end} (S_in + local)
+        for j in range(mm):  # state passing (16.5)
             nxt = Zg[:, :, j + 1, :dk] if j + 1 < mm else S
-            if mixed[j]:  # (the local carries the decay)
+            if n_fast[j] == G * R:
                 np.multiply(Zg[:, :, j, :dk], dec[:, :, g0 + j], out=nxt)
                 nxt += local[:, :, j]
             else:
                 np.add(Zg[:, :, j, :dk], local[:, :, j], out=nxt)
                 nxt *= dec[:, :, g0 + j]
+                if n_fast[j]:
+                    b = fast_g[:, :, j]
+                    nxt[b] = Zg[:, :, j, :dk][b] * dec[:, :, g0 + j][b] + local[:, :, j][b]
             if states is not None:
                 states[:, :, g0 + j] = nxt
-        if every:  # (Γ ⊙ tril(Q Kᵀ)) (V ⊙ w) + e^{cum_t} q_t S_inᵀ, Γ from segment sums (every exponent <= 0)
-            og = np.matmul(_exp_segsum(ac[:, :, sl]) * Xg[..., dk:], Zg[..., dk:, :], out=o[:, :, sl])
-            og += E[:, :, sl, :, None] * (qc[:, None, sl] @ Zg[..., :dk, :])
-            if scale != 1.0:
-                og *= scale
-            if skip is not None:
-                og += vc[:, :, sl] * skip[:, :, None, None, None]  # + D x_t
-            continue
         og = o[:, :, sl]
         if fold is None:  # in-chunk (16.3) + Q S_inᵀ, without the row scaling; rows [r0, r1) read the keys s < r1
             for r0, r1 in parts:
@@ -964,16 +962,24 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
                     np.matmul(Xg[:, 0, :, r0:r1, : dk + r1], Zg[:, r, :, : dk + r1], out=og[:, r, :, r0:r1])
             blocks[diag] = own  # tril(Q Kᵀ) again, for the exact path below
         og *= Es[:, :, sl, :, None]  # e^{cum_t}
-        if len(sg):  # in-chunk weights of strongly decaying chunks from segment sums (exponents <= 0)
-            vw = vc[sg, sr, g0 + sn]
-            if wc is not None:
-                vw = vw * wc[sg, sr, g0 + sn][..., None]
-            intra = (Xg[sg, 0, sn, :, dk:] * _exp_segsum(ac[sg, sr, g0 + sn])) @ vw
+        if sg.size:  # in-chunk weights of strongly decaying chunks from segment sums (exponents <= 0)
+            if every:  # all of them, batched
+                vw = vc[:, :, sl] if wc is None else vc[:, :, sl] * wc[:, :, sl, :, None]
+                intra = (Xg[..., dk:] * _exp_segsum(ac[:, :, sl])) @ vw
+            else:
+                vw = vc[sg, sr, g0 + sn]
+                if wc is not None:
+                    vw = vw * wc[sg, sr, g0 + sn][..., None]
+                intra = (Xg[sg, 0, sn, :, dk:] * _exp_segsum(ac[sg, sr, g0 + sn])) @ vw
             if scale != 1.0:
                 intra *= scale
             if fold is not None:  # + D x_t, which the diagonal carried in the product (of zero value rows here)
-                intra += skip[sg, sr, None, None] * vc[sg, sr, g0 + sn]
-            og[sg, sr, sn] += intra  # the product gave e^{cum_t} q_t S_inᵀ (scaled)
+                intra += (skip[:, :, None, None, None] * vc[:, :, sl] if every else
+                          skip[sg, sr, None, None] * vc[sg, sr, g0 + sn])
+            if every:
+                og += intra  # the product gave e^{cum_t} q_t S_inᵀ (scaled)
+            else:
+                og[sg, sr, sn] += intra
         if skip is not None and fold is None:
             # + D x_t, with Z's value rows (consumed by the product) as the workspace
             og += np.multiply(vc[:, :, sl], skip[:, :, None, None, None], out=Zg[..., dk:, :])

@@ -1126,6 +1126,39 @@ def test_threads_and_groups_give_bitwise_the_same_result(monkeypatch, form):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("form", ["gla per channel", "gla per head", "ssd"])
+def test_a_head_that_decays_fast_leaves_its_neighbours_bits_alone(monkeypatch, form):
+    # chunks that decay below e^{-30} take the exact path (segment sums), others the factored one; the heads are
+    # shared out between threads, so each head's arithmetic must depend on its own gates only, or the result would
+    # depend on the thread count: here head 3 decays fast in some chunks (and in every chunk for SSD), the others never
+    monkeypatch.setattr(_blocking, "THREAD_MIN_ELEMS", 0)
+    rng = np.random.default_rng(48)
+    H, L = 4, 150
+    if form == "ssd":
+        x, dt, A, B, C, D = _ssd_inputs(48, batch=(), H=H, G=1, L=L, P=3, N=5)
+        A = A.copy()
+        A[3] = -1e4  # head 3: every chunk decays below e^{-30} (a group of them all: the all-exact path)
+        A[2] = -3.0  # head 2: some chunks do (their Σ Δ is about 10 ± 3), some do not
+        run = lambda: lr.ssd(x, dt, A, B, C, D, chunk_size=16, return_chunk_states=True)  # noqa: E731
+    else:
+        q, k, v = rng.normal(size=(3, H, L, 5))
+        shape = (H, L, 5) if form == "gla per channel" else (H, L)
+        log_g = np.log(rng.uniform(0.5, 1.0, shape))
+        log_g[3, 40:50] = -10.0  # head 3: chunk 2 (steps 32 ... 47) and chunk 3 decay by e^{-80} and more
+        run = lambda: lr.gated_linear_attention(q, k, v, log_g, chunk_size=16, return_chunk_states=True)  # noqa: E731
+    results = []
+    for threads in (1, 2, 4):
+        monkeypatch.setattr(_blocking, "THREADS", threads)
+        results.append(run())
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    ref = (lr.ssd_loop(x, dt, A, B, C, D, chunk_size=16, return_chunk_states=True) if form == "ssd" else
+           lr.gated_linear_attention_loop(q, k, v, log_g, chunk_size=16, return_chunk_states=True))
+    for a, b in zip(results[0], ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
+
+
 # ---------------------------------------------------------------------------------------------
 # Finiteness checked in the threads that read the inputs (refimpl._validate.check_finite_part)
 # ---------------------------------------------------------------------------------------------
