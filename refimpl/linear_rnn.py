@@ -1522,7 +1522,9 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False, ini
     def part(a, sl, axis):  # the part ``sl`` of ``a`` along the groups (axis 0) or the heads (axis 1)
         return None if a is None else (a[sl] if axis == 0 else a[:, sl])
 
-    fold = not (dt == 0).any()  # D x_t rides on the chunk products' diagonal as D / Δ_t (see _skip_diagonal)
+    # D x_t rides on the chunk products' diagonal as D / Δ_t (see _skip_diagonal), decided here for all heads at once:
+    # a thread's part of the heads deciding alone would let one head's Δ change the arithmetic of the others
+    fold = not (dt == 0).any() and (skip is None or _skip_diagonal(skip, w[..., None], 1.0) is not None)
     axis = 0 if ng >= min(R, _blocking.THREADS) else 1  # split the groups or, if there are fewer, the heads
     # each part checks that what it reads is finite: its x; its B, C (all of them in the first part
     # when the heads of a group are split)
