@@ -306,8 +306,10 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
             else:  # c·q overflowed: (c dS)^T Q, the loop twin's order
                 dk_g[..., keys, :] += np.swapaxes(dS * p.scale, -1, -2) @ q_raw[g][..., i0:i1, :]
 
-    # large problems: the items in threads, BLAS on one thread each (as in softmax_attention)
-    threaded = large and _blocking.THREADS > 1 and len(items) > 1
+    # large problems: the items in threads, BLAS on one thread each (as in softmax_attention); decided by the sizes
+    # alone (with one thread the items run in turn, BLAS still on one thread), so that OpenBLAS's own threads, whose
+    # products can round otherwise, do not make the result depend on the thread count
+    threaded = large and len(items) > 1
     _blocking.take_turns_one_blas(len(items), lambda: item, 1 << 30, threaded)  # elems: `large` decided already
     for j in range(1, len(parts)):  # the parts' dK, dV in order
         dk[0] += dk[j]

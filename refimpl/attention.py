@@ -483,8 +483,9 @@ _TINY_Z = math.exp(-_LOW)
 #: d = 64: N = 512 non-causal 1.3 ms in one thread, 1.45 ms in two; N = 768 2.6 -> 2.4 ms, causal
 #: 2.7 -> 2.0; N = 1024 4.4 -> 3.7, causal 3.7 -> 2.9)
 _THREADED_LOGITS = 1 << 18
-#: blocks per thread at least, and the fewest rows of a block, when the blocks run in threads
-_TURNS, _THREAD_ROWS = 4, 64
+#: blocks at least, and the fewest rows of a block, when the blocks run in threads: four blocks for
+#: each of two threads (the cut must not depend on the thread count, see _attend)
+_MIN_BLOCKS, _THREAD_ROWS = 8, 64
 
 #: The largest unshifted exponent before the sums of a block could overflow (see :func:`_attend`).
 _EXP_SAFE = 700.0
@@ -512,9 +513,8 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     logits live in a reused workspace of about one block per thread; with weights, each block is
     written into ``A`` directly. Problems of at least ``_THREADED_LOGITS`` (2^18) logits run their
     blocks in :data:`refimpl._blocking.THREADS` threads, largest first, with BLAS held to one
-    thread. Each block is the same operations in any thread, but a threaded problem with few
-    blocks is cut into smaller ones, which BLAS may sum in another order: the result can differ
-    from one thread's by round-off (6e-16 at N = 1000, d = 64). A row with no allowed key gets
+    thread, in at least ``_MIN_BLOCKS`` blocks; the blocks and that choice follow from the sizes
+    alone, so the result is bitwise the same with one thread or many. A row with no allowed key gets
     ``y_i = 0``, ``A_i = 0``, ``lse_i = −∞``.
     """
     n, m, d, dv = p.q.shape[-2], p.k.shape[-2], p.q.shape[-1], p.v.shape[-1]
@@ -545,11 +545,13 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     blocks, logits = cut(rows)
     # Large problems: the blocks in threads that take them in turn, each thread's products on one
     # BLAS thread (_blocking.one_thread_blas), so that the exponentials, which NumPy computes on
-    # the calling thread, run on every core too; at least _TURNS blocks per thread, so that no
-    # thread waits long for the last one. Each block is the same operations either way.
-    threaded = _blocking.THREADS > 1 and logits >= _THREADED_LOGITS and _blocking.blas_threads_settable()
-    if threaded and len(blocks) < _TURNS * _blocking.THREADS:
-        rows = max(_THREAD_ROWS, -(-n // (_TURNS * _blocking.THREADS)))
+    # the calling thread, run on every core too; at least _MIN_BLOCKS blocks, so that no thread
+    # waits long for the last one. Whether a problem is large, and its blocks, follow from the
+    # sizes alone, not from the number of threads (with one, the same blocks run one after the
+    # other, BLAS still on one thread): the result is bitwise the same for any thread count.
+    threaded = logits >= _THREADED_LOGITS and _blocking.blas_threads_settable()
+    if threaded and len(blocks) < _MIN_BLOCKS:
+        rows = max(_THREAD_ROWS, -(-n // _MIN_BLOCKS))
         blocks, logits = cut(rows)
 
     def worker():
@@ -811,10 +813,10 @@ def softmax_attention(
     Cost: the two matrix products plus a few passes over the logits (max, subtract, exp, sum).
     The query rows are processed in blocks of at least 256 rows (all N rows when N < 256, more
     when the rows are short) so that each block is two large BLAS products. A problem that runs
-    its blocks in T = :data:`refimpl._blocking.THREADS` > 1 threads (at least 2^18 logits, and
-    BLAS can be held to one thread) and would give them fewer than four blocks each cuts the
-    blocks smaller, to ``max(64, ceil(N / (4 T)))`` rows (N = 1024 on two threads: eight blocks
-    of 128 rows). With ``causal`` or ``window`` a block multiplies only the keys its rows may
+    its blocks in :data:`refimpl._blocking.THREADS` threads (at least 2^18 logits, and BLAS can be
+    held to one thread) and would have fewer than eight blocks cuts them smaller, to
+    ``max(64, ceil(N / 8))`` rows (N = 1024: eight blocks of 128 rows), whatever the number of
+    threads, so that the result is bitwise the same with one thread or many. With ``causal`` or ``window`` a block multiplies only the keys its rows may
     see, so causal attention costs about half.
     Without ``return_weights`` the logits of one block live in one reused workspace and ``y``
     is normalized instead of ``A`` (``y_i = Σ_j e^{s_ij − m_i} v_j / z_i``): peak memory is

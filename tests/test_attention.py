@@ -960,7 +960,7 @@ def test_blocks_in_threads_are_bitwise_the_unthreaded_ones(monkeypatch, kw):
         entered = []
         monkeypatch.setattr(blocking, "one_thread_blas", lambda: entered.append(1) or real())
         outs[threads] = _att.softmax_attention(q, k, v, return_weights=True, return_lse=True, **kw)
-        assert len(entered) == (threads > 1 and blocking.blas_threads_settable())  # the threaded path
+        assert len(entered) == blocking.blas_threads_settable()  # the threaded path, whatever the thread count
         y = _att.softmax_attention(q, k, v, **kw)  # without weights: each thread's own workspace
         assert np.array_equal(y, outs[threads][0])
     for threads in (2, 3):
@@ -969,25 +969,54 @@ def test_blocks_in_threads_are_bitwise_the_unthreaded_ones(monkeypatch, kw):
     check_against_dense(_att.softmax_attention, q, k, v, kw, 1, f"threaded blocks {kw}")
 
 
+def test_the_thread_count_changes_no_bit_at_the_default_block_sizes(monkeypatch):
+    """Mid-size problems (few blocks of the default size) are cut smaller to run in threads: the cut, and
+    whether BLAS is held to one thread, must not depend on the number of threads (a 1000-row problem
+    once differed by 2e-16 between one thread and two); the backward pass likewise (its parts)."""
+    import refimpl._blocking as blocking
+    from refimpl._vjp import softmax_attention_vjp
+
+    rng = np.random.default_rng(93)
+    q, k, v = rng.normal(size=(3, 1000, 64))
+    q2, k2, v2, dy = rng.normal(size=(4, 2, 1500, 32))
+    runs = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(blocking, "THREADS", threads)
+        runs.append([_att.softmax_attention(q, k, v), _att.softmax_attention(q, k, v, causal=True),
+                     *_att.softmax_attention(q, k, v, return_weights=True),
+                     *softmax_attention_vjp(q2, k2, v2, dy, causal=True)])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert np.array_equal(a, b)
+
+
 def test_without_a_settable_blas_the_blocks_stay_in_one_thread(monkeypatch):
     """Another BLAS than OpenBLAS (its thread count unknown to refimpl): the blocks run one after the
-    other in the caller, as many and as large as with one thread, and give the same result."""
+    other in the caller, as large as the workspace allows (not cut smaller for threads), the same
+    with any thread count; with OpenBLAS the same problem is cut into blocks of max(64, N / 8) rows
+    (largest first), with one thread as with two."""
     import refimpl._blocking as blocking
 
     rng = np.random.default_rng(92)
     q, k, v = rng.normal(size=(3, 2, 300, 8))
     monkeypatch.setattr(_att, "_THREADED_LOGITS", 1)
-    rows, real = [], _att._bias_and_mask
-    monkeypatch.setattr(_att, "_bias_and_mask", lambda s, *a, **kw: rows.append(s.shape[-2]) or real(s, *a, **kw))
+    rows, real = [], _att._weights_block  # the query rows of every block
+    monkeypatch.setattr(_att, "_weights_block", lambda q, *a, **kw: rows.append(q.shape[-2]) or real(q, *a, **kw))
     monkeypatch.setattr(blocking, "THREADS", 1)
-    one, rows_one = _att.softmax_attention(q, k, v, causal=True), list(rows)
-    rows.clear()
-    monkeypatch.setattr(blocking, "THREADS", 2)
+    settable = blocking.blas_threads_settable()
+    _att.softmax_attention(q, k, v, causal=True)
+    rows_settable = list(rows)
     monkeypatch.setattr(blocking, "_BLAS", None)
     assert not blocking.blas_threads_settable()
     monkeypatch.setattr(blocking, "take_turns", lambda *a, **kw: pytest.fail("blocks sent to threads"))
-    assert np.array_equal(_att.softmax_attention(q, k, v, causal=True), one)
-    assert rows == rows_one  # the one-thread blocks, not the smaller ones cut for threads
+    outs, cuts = [], []
+    for threads in (1, 2):
+        monkeypatch.setattr(blocking, "THREADS", threads)
+        rows.clear()
+        outs.append(_att.softmax_attention(q, k, v, causal=True))
+        cuts.append(list(rows))
+    assert np.array_equal(outs[0], outs[1]) and cuts[0] == cuts[1]
+    assert cuts[0] == [300] and (not settable or rows_settable == [44, 64, 64, 64, 64])  # max(64, 300 / 8) rows
 
 
 def test_an_overflowing_output_is_refused_not_returned():
