@@ -873,8 +873,9 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
     :func:`_channel_chunked`): the first c/2 rows see the first c/2 keys only, so they skip the
     upper-right quarter of ``tril(Q Kᵀ)`` (zeros), 7/8 of the flops (measured 11 % faster for
     16 chunks of 64 × 128 × 64, one thread). The chunk's end state ``S_end = e^{cum_end} (S_in +
-    local)`` takes its decay in the step of the state passing (no pass over the locals); a head's chunk
-    whose local carries its own decay (below) takes ``e^{cum_end} S_in + local``, whatever the other heads do. Each product has at most 64 × 64 outputs per call for the
+    local)`` takes its decay in the step of the state passing (no pass over the locals); a head's
+    chunk whose local carries its own decay (below) takes ``e^{cum_end} S_in + local``, whatever the
+    other heads do. Each product has at most 64 × 64 outputs per call for the
     default chunk and Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see
     refimpl._blocking.in_parts). Chunks that decay below ``e^{−_FACTOR_LOG}`` take their in-chunk part from
     segment sums (their product keeps the readout alone); a group whose chunks all do so skips the factored
