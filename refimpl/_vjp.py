@@ -1229,7 +1229,7 @@ def _gla_vjp_exact(g, k, v, q, dy, yv, S_in, R):
     (per head :func:`_straddle` of the (c, c) terms, per channel those of the halvings and
     :func:`_straddle_factored` inside the blocks they leave).
     """
-    from .linear_rnn import _exp_segsum, _Halving
+    from .linear_rnn import _by_halving_stop, _exp_segsum, _Halving
 
     sT = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
     c = g.shape[-2]
@@ -1259,8 +1259,7 @@ def _gla_vjp_exact(g, k, v, q, dy, yv, S_in, R):
     # dq_t += a_t ⊙ Σ_s M_ts (b_s ⊙ k_s), dk_s += b_s ⊙ Σ_t M_ts (a_t ⊙ q_t), dv_s += Σ_t W_ts dy_t with
     # M = tril(dY Vᵀ) and W_ts = (a_t ⊙ q_t)·(b_s ⊙ k_s); the diagonal (seg = 0) directly
     step = max(1, _REC_BLOCK // (c * max(c, dg)))  # chunks per block
-    for i in range(0, s, step):
-        b = slice(i, i + step)
+    for b in _by_halving_stop(g, step):  # chunks that halve alike, batched (each halved as on its own)
         halves = _Halving(q[b], k[b], g[b])
         M, Y = halves.pad(halves.pad(yv[b]).swapaxes(-1, -2)).swapaxes(-1, -2), halves.pad(dy[b])
         DQ, DK, DV = (np.zeros(x.shape[:-2] + (halves.P, x.shape[-1])) for x in (q[b], k[b], dy[b]))

@@ -683,12 +683,38 @@ def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
     """
     c, dk = gg.shape[-2:]
     step = max(1, _BLOCK_ELEMS // (c * max(c, dk)))  # chunks per block (at least one)
-    for i0 in range(0, sb.size, step):
-        b, n = sb[i0 : i0 + step], sn[i0 : i0 + step]
+    for sel in _by_halving_stop(gg[sb, sn], step):  # chunks that halve alike, batched
+        b, n = sb[sel], sn[sel]
         k, g = kg[b, n], gg[b, n]  # (s, c, Dk)
         scores[b, n] = _halving_weights(qg[b, n], k, g)
         ke = k * np.exp(np.tri(c, c, -1).T @ g)  # k_s ⊙ e^{Σ_{r=s+1}^{end} log g_r} (the sums as a product)
         local[b, n] = np.swapaxes(ke, -1, -2) @ vg[b, n]
+
+
+def _by_halving_stop(g: np.ndarray, step: int):
+    """Batches (index arrays, at most ``step`` long) of the chunks ``g`` (s, c, Dk) whose halvings
+    (:class:`_Halving`) stop at the same block size, each chunk judged on its own gates.
+
+    A batched halving stops where all of its chunks are mild; a chunk batched with others that
+    decay faster would be halved further than on its own, by other operations: its result would
+    depend on which chunks (of which heads, so of which thread) it shares a batch with. Batches
+    of chunks that stop alike halve each chunk exactly as it would be halved alone.
+    """
+    s, c, dk = g.shape
+    P = 1 << max(0, (c - 1).bit_length())
+    gp = g if c == P else np.pad(g, [(0, 0), (0, P - c), (0, 0)])
+    stop = np.ones(s, dtype=np.int64)  # B = 1 where no level is mild
+    open_ = np.ones(s, dtype=bool)
+    B = P
+    while B >= 2 and open_.any():  # the levels of _Halving.__iter__, largest blocks first, by _Halving._mild's sums
+        mild = gp.reshape(s, P // B, B, dk).sum(axis=-2).min(axis=(1, 2), initial=0.0) >= -_FACTOR_LOG
+        stop[open_ & mild] = B
+        open_ &= ~mild
+        B //= 2
+    for size in np.unique(stop):
+        sel = np.flatnonzero(stop == size)
+        for i0 in range(0, sel.size, step):
+            yield sel[i0 : i0 + step]
 
 
 def _halving_weights(q, k, g):

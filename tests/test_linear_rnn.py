@@ -1161,6 +1161,31 @@ def test_a_head_that_decays_fast_leaves_its_neighbours_bits_alone(monkeypatch, f
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
 
 
+def test_chunks_halved_for_fast_decay_are_halved_as_on_their_own(monkeypatch):
+    # gates per key channel that decay fast: each such chunk is halved until its blocks are mild, the chunks of a
+    # thread batched; a chunk batched with faster-decaying ones (of other heads) was halved further, by other
+    # operations, so its head's result depended on the thread count (1e-14, forward and backward)
+    from refimpl._vjp import gated_linear_attention_vjp
+
+    monkeypatch.setattr(_blocking, "THREAD_MIN_ELEMS", 0)
+    rng = np.random.default_rng(49)
+    q, k, v, dy = rng.normal(size=(4, 3, 164, 5))
+    # every chunk of 32 steps decays below e^{-30}, each head by its own depth: a head's chunks are halved down to
+    # blocks of 16 (about -1.2 per step), 4 (-5) or 1 (-20) steps before the blocks are mild
+    log_g = -rng.uniform(0.5, 1.5, (3, 164, 5)) * np.array([1.2, 5.0, 20.0])[:, None, None]
+    runs = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(_blocking, "THREADS", threads)
+        y, states = lr.gated_linear_attention(q, k, v, log_g, chunk_size=32, return_chunk_states=True)
+        grads = gated_linear_attention_vjp(q, k, v, log_g, dy, chunk_size=32)
+        runs.append([y, states, *grads.values()])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+    ref = lr.gated_linear_attention_loop(q, k, v, log_g, chunk_size=32)
+    np.testing.assert_allclose(runs[0][0], ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
 # ---------------------------------------------------------------------------------------------
 # Finiteness checked in the threads that read the inputs (refimpl._validate.check_finite_part)
 # ---------------------------------------------------------------------------------------------
