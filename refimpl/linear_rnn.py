@@ -1898,7 +1898,11 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
             Qg[...] = qc[:, sl]  # Q
         Vb = vc[:, sl] * bg  # diag(β) V
         if every:  # Γ from segment sums for the whole group, no gathered copies
-            A, Pe, KgT = _delta_exact(qc[:, sl], kg, bc[:, sl], gc[:, sl], strict)
+            A, Pe, KgTe = _delta_exact(qc[:, sl], kg, bc[:, sl], gc[:, sl], strict)
+            # K_Γᵀ contiguous, as in a mixed group: OpenBLAS rounds a product with a transposed view otherwise, and a
+            # head's result would depend on whether its neighbours (in its thread) decay fast too
+            KgT = KT[:, :mm]
+            np.copyto(KgT, KgTe)
             P = Xg[..., :c]
             P[...] = Pe  # tril(Γ ⊙ Q Kᵀ), the left block of the chunk product
             sb = ()  # done

@@ -1126,7 +1126,7 @@ def test_threads_and_groups_give_bitwise_the_same_result(monkeypatch, form):
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("form", ["gla per channel", "gla per head", "ssd"])
+@pytest.mark.parametrize("form", ["gla per channel", "gla per head", "ssd", "delta rule"])
 def test_a_head_that_decays_fast_leaves_its_neighbours_bits_alone(monkeypatch, form):
     # chunks that decay below e^{-30} take the exact path (segment sums), others the factored one; the heads are
     # shared out between threads, so each head's arithmetic must depend on its own gates only, or the result would
@@ -1142,6 +1142,14 @@ def test_a_head_that_decays_fast_leaves_its_neighbours_bits_alone(monkeypatch, f
         dt = dt.copy()
         dt[1, 7] = 1e-200  # head 1: D x_t cannot ride on the diagonal as D / Δ_t (it would overflow), for no head then
         run = lambda: lr.ssd(x, dt, A, B, C, D, chunk_size=16, return_chunk_states=True)  # noqa: E731
+    elif form == "delta rule":
+        q, k = rng.normal(size=(2, H, L, 3))
+        k, v = _unit(k), rng.normal(size=(H, L, 2))
+        beta = rng.uniform(0.1, 1.0, (H, L))
+        # head 0 never decays fast, heads 1 and 2 in every chunk (alone in a thread: the all-exact groups), head 3 in
+        # some; chunks of 32 (the all-exact groups' K_Γᵀ was a transposed view, which OpenBLAS multiplies otherwise)
+        log_g = -rng.uniform(0.5, 1.5, (H, L)) * np.array([0.05, 20.0, 1.5, 0.95])[:, None]
+        run = lambda: lr.delta_rule(q, k, v, beta, log_g=log_g, chunk_size=32, return_chunk_states=True)  # noqa: E731
     else:
         q, k, v = rng.normal(size=(3, H, L, 5))
         shape = (H, L, 5) if form == "gla per channel" else (H, L)
@@ -1156,6 +1164,8 @@ def test_a_head_that_decays_fast_leaves_its_neighbours_bits_alone(monkeypatch, f
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
     ref = (lr.ssd_loop(x, dt, A, B, C, D, chunk_size=16, return_chunk_states=True) if form == "ssd" else
+           lr.delta_rule_loop(q, k, v, beta, log_g=log_g, chunk_size=32, return_chunk_states=True)
+           if form == "delta rule" else
            lr.gated_linear_attention_loop(q, k, v, log_g, chunk_size=16, return_chunk_states=True))
     for a, b in zip(results[0], ref):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
