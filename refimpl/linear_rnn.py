@@ -898,15 +898,14 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
     group (Mamba-2's shared B, C). The product runs in two halves of rows (as in
     :func:`_channel_chunked`): the first c/2 rows see the first c/2 keys only, so they skip the
     upper-right quarter of ``tril(Q Kᵀ)`` (zeros), 7/8 of the flops (measured 11 % faster for
-    16 chunks of 64 × 128 × 64, one thread). The chunk's end state ``S_end = e^{cum_end} (S_in +
-    local)`` takes its decay in the step of the state passing (no pass over the locals); a head's
-    chunk whose local carries its own decay (below) takes ``e^{cum_end} S_in + local``, whatever the
-    other heads do. Each product has at most 64 × 64 outputs per call for the
+    16 chunks of 64 × 128 × 64, one thread). The chunk's end state is ``S_end = e^{cum_end} S_in +
+    local`` for every head, ``local`` carrying the chunk's own decay. Each product has at most 64 × 64 outputs per call for the
     default chunk and Dk, Dv <= 64, so OpenBLAS keeps it on the calling thread (see
-    refimpl._blocking.in_parts). Chunks that decay below ``e^{−_FACTOR_LOG}`` take their in-chunk part from
-    segment sums (their product keeps the readout alone); a group whose chunks all do so skips the factored
-    products (``V ⊙ w e^{−cum}`` and the chunk summaries) and computes the rest by the same operations,
-    batched: each head's result is the same bits whichever heads share its thread.
+    refimpl._blocking.in_parts). Chunks that decay below ``e^{−_FACTOR_LOG}`` take
+    ``(Γ ⊙ tril(Q Kᵀ)) (V ⊙ w) + e^{cum} ⊙ (Q S_inᵀ)`` per head, Γ from segment sums, in place of their
+    product: batched where a group's chunks all decay so (the factored products are then skipped), gathered
+    otherwise, by the same operations, so that each head's result is the same bits whichever heads share
+    its thread.
     """
     G, L, dk = q.shape
     R, dv = v.shape[1], v.shape[-1]
@@ -945,39 +944,39 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
         Xg[..., :dk] = qc[:, None, sl]
         sg, sr, sn = np.nonzero(strong[:, :, sl])
         every = sg.size == G * R * mm  # every chunk of the group decays fast: segment sums, no factored form
-        if every:  # no value rows (the product below is then the readout Q S_inᵀ alone), their own states batched
-            Zg[..., dk:, :] = 0.0
+        if every:
+            if wc is None:
+                Zg[..., dk:, :] = vc[:, :, sl]  # V
+            else:
+                np.multiply(vc[:, :, sl], wc[:, :, sl, :, None], out=Zg[..., dk:, :])  # v_s w_s
             local = _own_state(kc[:, None, sl], vc[:, :, sl], ac[:, :, sl], None if wc is None else wc[:, :, sl])
         else:
             Vs = np.multiply(vc[:, :, sl], f[:, :, sl, :, None], out=Zg[..., dk:, :])  # v_s w_s e^{−cum_s}
-            if sg.size:  # strongly decaying chunks: no value rows, so that their product below is the readout
-                Vs[sg, sr, sn] = 0.0  # Q S_inᵀ alone; their in-chunk part is added from segment sums
-            local = KTg @ Vs  # (Σ_s v_s w_s e^{−cum_s} k_sᵀ)ᵀ, per head; times e^{cum_end} in the state passing
-            if sg.size:  # the end-state contributions of strongly decaying chunks, from suffix sums (their decay inside)
+            local = KTg @ Vs  # (Σ_s v_s w_s e^{−cum_s} k_sᵀ)ᵀ, per head
+            local *= dec[:, :, sl]  # ... e^{cum_end}: the chunk's own contribution to its end state
+            if sg.size:  # the end-state contributions of strongly decaying chunks, from suffix sums
                 local[sg, sr, sn] = _own_state(kc[sg, g0 + sn], vc[sg, sr, g0 + sn], ac[sg, sr, g0 + sn],
                                                None if wc is None else wc[sg, sr, g0 + sn])
-        # A head and chunk that decays fast passes e^{cum_end} S_in + local on (its local carries the decay), every
-        # other e^{cum_end} (S_in + local); each by its own arithmetic whatever its neighbours do, so that a head's
-        # result does not depend on how the heads are shared out between threads (the batched and the gathered
-        # forms below are the same operations entry by entry; so are the all-exact group's and a mixed one's)
-        fast_g = strong[:, :, sl]
-        n_fast = fast_g.sum(axis=(0, 1)).tolist()
         Zg[:, :, 0, :dk] = S
-        for j in range(mm):  # state passing (16.5)
+        for j in range(mm):  # state passing (16.5): S_end = e^{cum_end} S_in + local, one formula for every head
             nxt = Zg[:, :, j + 1, :dk] if j + 1 < mm else S
-            if n_fast[j] == G * R:
-                np.multiply(Zg[:, :, j, :dk], dec[:, :, g0 + j], out=nxt)
-                nxt += local[:, :, j]
-            else:
-                np.add(Zg[:, :, j, :dk], local[:, :, j], out=nxt)
-                nxt *= dec[:, :, g0 + j]
-                if n_fast[j]:
-                    b = fast_g[:, :, j]
-                    nxt[b] = Zg[:, :, j, :dk][b] * dec[:, :, g0 + j][b] + local[:, :, j][b]
+            np.multiply(Zg[:, :, j, :dk], dec[:, :, g0 + j], out=nxt)
+            nxt += local[:, :, j]
             if states is not None:
                 states[:, :, g0 + j] = nxt
+        # A chunk that decays fast takes (Γ ⊙ tril(Q Kᵀ)) (V ⊙ w) + e^{cum_t} ⊙ (Q S_inᵀ), times the scale, + D x_t with
+        # a folded skip, Γ from segment sums (every exponent <= 0): batched in a group whose chunks all do, gathered in
+        # a mixed one, by the same operations entry by entry, so that a head's result does not depend on whether its
+        # neighbours (in its thread) decay fast too
         og = o[:, :, sl]
-        if fold is None:  # in-chunk (16.3) + Q S_inᵀ, without the row scaling; rows [r0, r1) read the keys s < r1
+        if every:
+            np.matmul(_exp_segsum(ac[:, :, sl]) * Xg[..., dk:], Zg[..., dk:, :], out=og)
+            og += E[:, :, sl, :, None] * (qc[:, None, sl] @ Zg[..., :dk, :])
+            if scale != 1.0:
+                og *= scale
+            if fold is not None:
+                og += skip[:, :, None, None, None] * vc[:, :, sl]  # + D x_t
+        elif fold is None:  # in-chunk (16.3) + Q S_inᵀ, without the row scaling; rows [r0, r1) read the keys s < r1
             for r0, r1 in parts:
                 np.matmul(Xg[..., r0:r1, : dk + r1], Zg[..., : dk + r1, :], out=og[..., r0:r1, :])
         else:  # one product per head, the head's D / (w_t scale) on the diagonal (D x_t, see _skip_diagonal)
@@ -987,26 +986,21 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
                 blocks[diag] = own + fold[:, r, sl]
                 for r0, r1 in parts:
                     np.matmul(Xg[:, 0, :, r0:r1, : dk + r1], Zg[:, r, :, : dk + r1], out=og[:, r, :, r0:r1])
-            blocks[diag] = own  # tril(Q Kᵀ) again, for the exact path below
-        og *= Es[:, :, sl, :, None]  # e^{cum_t}
-        if sg.size:  # in-chunk weights of strongly decaying chunks from segment sums (exponents <= 0)
-            if every:  # all of them, batched
-                vw = vc[:, :, sl] if wc is None else vc[:, :, sl] * wc[:, :, sl, :, None]
-                intra = (Xg[..., dk:] * _exp_segsum(ac[:, :, sl])) @ vw
-            else:
-                vw = vc[sg, sr, g0 + sn]
+            blocks[diag] = own  # tril(Q Kᵀ) again, for the exact chunks below
+        if not every:
+            og *= Es[:, :, sl, :, None]  # e^{cum_t}
+            if sg.size:  # the chunks that decay fast, gathered: the product above is replaced
+                n = g0 + sn
+                vw = vc[sg, sr, n]
                 if wc is not None:
-                    vw = vw * wc[sg, sr, g0 + sn][..., None]
-                intra = (Xg[sg, 0, sn, :, dk:] * _exp_segsum(ac[sg, sr, g0 + sn])) @ vw
-            if scale != 1.0:
-                intra *= scale
-            if fold is not None:  # + D x_t, which the diagonal carried in the product (of zero value rows here)
-                intra += (skip[:, :, None, None, None] * vc[:, :, sl] if every else
-                          skip[sg, sr, None, None] * vc[sg, sr, g0 + sn])
-            if every:
-                og += intra  # the product gave e^{cum_t} q_t S_inᵀ (scaled)
-            else:
-                og[sg, sr, sn] += intra
+                    vw = vw * wc[sg, sr, n][..., None]
+                exact = np.matmul(_exp_segsum(ac[sg, sr, n]) * Xg[sg, 0, sn, :, dk:], vw)
+                exact += E[sg, sr, n, :, None] * (qc[sg, n] @ Zg[sg, sr, sn, :dk, :])
+                if scale != 1.0:
+                    exact *= scale
+                if fold is not None:
+                    exact += skip[sg, sr, None, None] * vc[sg, sr, n]  # + D x_t
+                og[sg, sr, sn] = exact
         if skip is not None and fold is None:
             # + D x_t, with Z's value rows (consumed by the product) as the workspace
             og += np.multiply(vc[:, :, sl], skip[:, :, None, None, None], out=Zg[..., dk:, :])
