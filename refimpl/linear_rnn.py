@@ -700,14 +700,14 @@ def _by_halving_stop(g: np.ndarray, step: int):
     depend on which chunks (of which heads, so of which thread) it shares a batch with. Batches
     of chunks that stop alike halve each chunk exactly as it would be halved alone.
     """
-    s, c, dk = g.shape
+    s, c = g.shape[:2]
     P = 1 << max(0, (c - 1).bit_length())
     gp = g if c == P else np.pad(g, [(0, 0), (0, P - c), (0, 0)])
     stop = np.ones(s, dtype=np.int64)  # B = 1 where no level is mild
     open_ = np.ones(s, dtype=bool)
     B = P
-    while B >= 2 and open_.any():  # the levels of _Halving.__iter__, largest blocks first, by _Halving._mild's sums
-        mild = gp.reshape(s, P // B, B, dk).sum(axis=-2).min(axis=(1, 2), initial=0.0) >= -_FACTOR_LOG
+    while B >= 2 and open_.any():  # the levels of _Halving.__iter__, largest blocks first
+        mild = _mild_blocks(gp, B)
         stop[open_ & mild] = B
         open_ &= ~mild
         B //= 2
@@ -715,6 +715,13 @@ def _by_halving_stop(g: np.ndarray, step: int):
         sel = np.flatnonzero(stop == size)
         for i0 in range(0, sel.size, step):
             yield sel[i0 : i0 + step]
+
+
+def _mild_blocks(g: np.ndarray, B: int) -> np.ndarray:
+    """Per chunk of the padded log-gates ``g`` (…, P, Dk): whether every block of B rows decays by at most
+    e^{−_FACTOR_LOG} in every channel (where :class:`_Halving` stops)."""
+    sums = g.reshape(g.shape[:-2] + (g.shape[-2] // B, B, g.shape[-1])).sum(axis=-2)
+    return sums.min(axis=(-2, -1), initial=0.0) >= -_FACTOR_LOG
 
 
 def _halving_weights(q, k, g):
@@ -771,8 +778,7 @@ class _Halving:
 
     def _mild(self, B: int) -> bool:
         """Whether every block of B rows decays by at most e^{−_FACTOR_LOG} in every channel."""
-        sums = self.g.reshape(self.lead + (self.P // B, B, self.dk)).sum(axis=-2)
-        return bool(np.min(sums, initial=0.0) >= -_FACTOR_LOG)
+        return bool(_mild_blocks(self.g, B).all())
 
     def __iter__(self):
         h = self.P // 2
@@ -1892,11 +1898,7 @@ def _delta_core(q, k, v, beta, logg, c: int, o, states=None, factors=None, scale
             Qg[...] = qc[:, sl]  # Q
         Vb = vc[:, sl] * bg  # diag(β) V
         if every:  # Γ from segment sums for the whole group, no gathered copies
-            A, Pe, KgTe = _delta_exact(qc[:, sl], kg, bc[:, sl], gc[:, sl], strict)
-            # K_Γᵀ contiguous, as in a mixed group: OpenBLAS rounds a product with a transposed view otherwise, and a
-            # head's result would depend on whether its neighbours (in its thread) decay fast too
-            KgT = KT[:, :mm]
-            np.copyto(KgT, KgTe)
+            A, Pe, KgT = _delta_exact(qc[:, sl], kg, bc[:, sl], gc[:, sl], strict)
             P = Xg[..., :c]
             P[...] = Pe  # tril(Γ ⊙ Q Kᵀ), the left block of the chunk product
             sb = ()  # done
@@ -1943,7 +1945,9 @@ def _delta_exact(q, k, beta, g, strict):
     kT = np.swapaxes(k, -1, -2)
     A = strict * beta[..., None] * Gam * (k @ kT)
     P = Gam * (q @ kT)
-    return A, P, np.swapaxes(k * np.exp(_suffix(g, -1))[..., None], -1, -2)
+    # K_Γᵀ contiguous, as a mixed group's is: OpenBLAS rounds a product with a transposed view otherwise, and a head's
+    # result would depend on whether its neighbours (in its thread) decay fast too
+    return A, P, np.ascontiguousarray(np.swapaxes(k * np.exp(_suffix(g, -1))[..., None], -1, -2))
 
 
 def _delta_loop(q, k, v, beta, logg, c: int, init=None):
