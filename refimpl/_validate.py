@@ -21,12 +21,13 @@ import contextvars
 import functools
 import inspect
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 __all__ = [
     "check_finite_part",
+    "check_part",
     "vouch_finite",
     "as_real_array",
     "as_complex_array",
@@ -112,6 +113,22 @@ def check_finite_part(checks, part) -> None:
         piece = view[part]
         if piece.size and not _sum_is_finite(piece):
             _check_finite(np.asarray(arg), name)  # raises, unless finite entries overflowed the sum
+
+
+def check_part(validate: Callable[[slice], None], part: slice) -> None:
+    """``validate(part)``, the checks a threaded part makes of what it reads; if they fail, the same
+    checks of everything (``validate(slice(None))``) raise instead.
+
+    With two bad arguments read by different parts (NaN in the queries of one head, ∞ in the values
+    of another), the part that fails first would otherwise name its own argument, so that the error
+    depended on the number of threads. Checked again in full and in order, the error is the one the
+    unthreaded call raises (where one part reads everything), whichever part found a problem.
+    """
+    try:
+        validate(part)
+    except (ValueError, TypeError):
+        validate(slice(None))  # raises the first error of the checks in order
+        raise
 
 
 def as_real_array(x, name: str, *, ndim=None, finite: bool = True, copy: bool = True) -> np.ndarray:

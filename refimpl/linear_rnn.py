@@ -137,6 +137,7 @@ from ._validate import (
     as_real_array,
     _sum_is_finite,
     check_finite_part,
+    check_part,
     guard_overflow,
     pow2_scale,
     row_norms,
@@ -504,17 +505,19 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
         for name, view, arg in gates:
             _check_gates_part(view, sl, arg, name)
 
+    def validate(sl):  # the gates' sign, then the finiteness of q, k, v, log g (check_part: in this order over all)
+        check_gates(sl)
+        check_finite_part(checks, sl)
+
     if 0 in (nb, L, dk, dv):  # nothing to compute: S_t q_t is 0 (Dk = 0) or empty, as are the states
-        check_gates(slice(None))
-        check_finite_part(checks, slice(None))
+        validate(slice(None))
         return np.zeros(batch + (L, dv)), np.zeros(batch + (nc, dv, dk)) if keep_states else None
     o = np.empty((nb, nc, c, dv))
     states = np.empty((nb, nc, dk, dv)) if keep_states else None  # transposed chunk-end states
     if logg.shape[-1] == 1:  # one gate per head: the scalar core, one group per head
 
         def run(sl):
-            check_gates(sl)
-            check_finite_part(checks, sl)
+            check_part(validate, sl)
             _scalar_chunked(q[sl], k[sl], v[sl, None], logg[sl, None, :, 0], c, o[sl, None],
                             None if states is None else states[sl, None], scale=scale,
                             init=None if init_t is None else init_t[sl, None])
@@ -526,7 +529,7 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
         q_scaled = states is not None and scale != 1.0
 
         def run(sl):
-            check_gates(sl)
+            check_part(check_gates, sl)
             qs, s = (q[sl] * scale, 1.0) if q_scaled else (q[sl], scale)
             fast = _channel_chunked(qs, k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl],
                                     s, init=None if init_t is None else init_t[sl])
@@ -539,7 +542,7 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
             if checks:
                 finite_out[sl.start] = not fast and _sum_is_finite(o[sl])
                 if not finite_out[sl.start]:
-                    check_finite_part(checks, sl)
+                    check_part(validate, sl)
 
     finite_out = {}  # part → whether its output was summed to a finite number
     _blocking.in_parts(run, nb, q.size, one_blas=True)
@@ -1558,9 +1561,12 @@ def ssd(x, dt, A, B, C, D=None, *, chunk_size=64, return_chunk_states=False, ini
     x_check = [("x", v if axis == 0 else np.swapaxes(v, 0, 1), args["x"])]
     bc_check = [("B", k, args["B"]), ("C", q, args["C"])]
 
-    def run(sl):
+    def validate(sl):  # x, then B and C (check_part: over all parts in this order if a part fails)
         check_finite_part(x_check, sl)
-        check_finite_part(bc_check, sl if axis == 0 else slice(None) if sl.start == 0 else slice(0, 0))
+        check_finite_part(bc_check, sl if axis == 0 else slice(None) if not sl.start else slice(0, 0))
+
+    def run(sl):
+        check_part(validate, sl)
         qs, ks = (q[sl], k[sl]) if axis == 0 else (q, k)
         _scalar_chunked(qs, ks, part(v, sl, axis), part(loga, sl, axis), c, part(o, sl, axis),
                         part(states, sl, axis), w=part(w, sl, axis), skip=part(skip, sl, axis),
@@ -1815,10 +1821,13 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     states = np.empty((nb, nc, dk, dv)) if keep_states or return_factors else None  # transposed
     factors = (np.empty((nb, nc, c, dk)), np.empty((nb, nc, c, dv))) if return_factors else None
 
+    def validate(sl):  # q, k, v finite, then the keys' norms (check_part: over all in this order if a part fails)
+        check_finite_part(checks, sl)
+        _check_key_norms(k[sl], l2norm)
+
     def run(sl):
         if checks:
-            check_finite_part(checks, sl)
-            _check_key_norms(k[sl], l2norm)
+            check_part(validate, sl)
         _delta_core(q[sl], k[sl], v[sl], beta[sl], None if logg is None else logg[sl], c, o[sl],
                     None if states is None else states[sl],
                     None if factors is None else (factors[0][sl], factors[1][sl]), scale,

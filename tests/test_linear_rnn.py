@@ -1286,6 +1286,43 @@ def test_positive_log_gates_are_refused_by_the_threads_that_read_them(monkeypatc
             lr.gated_linear_attention(q, k, v, broken)
 
 
+@pytest.mark.parametrize("fn", ["gla", "gla-head", "delta", "gated-delta", "ssd", "ssd-groups"])
+def test_two_bad_arguments_in_different_parts_give_the_one_thread_error(monkeypatch, fn):
+    # each thread checks the inputs it reads; with a bad entry in the last head of the first argument and
+    # in the first head of a later one, the first thread finds the later one first. The error must not
+    # depend on that: it is the one-thread error (the first argument, in order), for any thread count.
+    # Before refimpl._validate.check_part, two or more threads named the later argument.
+    import refimpl._blocking as blocking
+
+    monkeypatch.setattr(blocking, "THREAD_MIN_ELEMS", 0)
+    rng = np.random.default_rng(9)
+    calls = _calls(rng)
+    call, args = calls[{"gla-head": "gla", "gated-delta": "delta"}.get(fn, fn)]
+    H, L = next(iter(args.values())).shape[:2]
+    if fn == "gla-head":
+        args = dict(args, log_g=np.log(rng.uniform(0.8, 1.0, (H, L))))
+    if fn == "gated-delta":
+        beta, log_g = rng.uniform(0.1, 0.9, (H, L)), np.log(rng.uniform(0.8, 1.0, (H, L)))
+        call = lambda a: lr.delta_rule(a["q"], a["k"], a["v"], beta, log_g=log_g)  # noqa: E731
+    names = list(args)
+    cases = [(names[0], later) for later in names[1:]]
+    if fn.startswith("gla"):  # a positive log-gate is refused before the finiteness of any input
+        cases.append(("log_g", "q"))
+    for first, later in cases:
+        broken = {name: arr.copy() for name, arr in args.items()}
+        if first == "log_g":
+            broken["log_g"][-1, 5] = 0.5
+            want = r"^log_g: expected log-gates <= 0"
+        else:
+            broken[first][(-1, 5, 0)[: broken[first].ndim]] = np.nan
+            want = f"^{first}: expected finite values, got 1 NaN/inf entries"
+        broken[later][(0, 7, 1)[: broken[later].ndim]] = -np.inf  # (+inf or NaN in log g is refused with the gates' sign, before all)
+        for threads in (1, 2, 4):
+            monkeypatch.setattr(blocking, "THREADS", threads)
+            with pytest.raises(ValueError, match=want):
+                call(broken)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_outputs_that_overflow_are_refused_although_the_threads_sum_them(monkeypatch, threads):
     # GLA and SSD sum each part of their output in its thread and vouch for it only if every sum is
