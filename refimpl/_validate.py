@@ -314,7 +314,7 @@ _NO_VALUES = object()
 
 
 def check_qkv(q, k, v, *, names=("q", "k", "v"), complex_values: bool = False, same_shape: bool = False,
-              causal: bool = False, copy: bool = True):
+              causal: bool = False, copy: bool = True, finite: bool = True):
     """Queries (..., N, d), keys (..., M, d) and values (..., M, dv) of any attention-like module.
 
     One rule for every module, one set of messages:
@@ -329,9 +329,12 @@ def check_qkv(q, k, v, *, names=("q", "k", "v"), complex_values: bool = False, s
     three roles). Returns ``(q, k, v, batch)`` as float64
     (complex128 with ``complex_values``). ``copy=False`` (real values only) returns float64
     inputs as they are, for callers that never write to them (see :func:`as_real_array`).
+    ``finite=False`` leaves the finiteness of the values to the caller (the threads that read
+    them, :func:`check_finite_part`).
     """
     nq, nk, nv = names
-    conv = as_complex_array if complex_values else functools.partial(as_real_array, copy=copy)
+    conv = functools.partial(as_complex_array, finite=finite) if complex_values else \
+        functools.partial(as_real_array, copy=copy, finite=finite)
     q, k = conv(q, nq), conv(k, nk)
     v = None if v is _NO_VALUES else conv(v, nv)
     checks = [(q, nq, "(..., N, d)"), (k, nk, "(..., M, d)")] + ([] if v is None else [(v, nv, "(..., M, dv)")])

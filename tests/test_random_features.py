@@ -895,6 +895,38 @@ class TestErrors:
         with pytest.raises(exc, match=match):
             func(*args, **{**base, **kwargs})
 
+    @pytest.mark.parametrize("threads", [1, 2, 3])
+    @pytest.mark.parametrize("causal", [False, True])
+    def test_linear_attention_checks_the_rows_each_thread_reads(self, monkeypatch, causal, threads):
+        # linear attention leaves the finiteness of q, k, v to the kernel's threads, each checking the rows
+        # it reads (chunk groups, output groups, the short last chunk): one bad entry in any row, of any
+        # argument, is refused with the up-front check's error; with two, the first argument in order is
+        # named whichever thread meets its bad entry first; finite inputs whose output overflows are
+        # still refused (the threads vouch for the output only where its sums are finite)
+        monkeypatch.setattr(_blocking, "THREADS", threads)
+        monkeypatch.setattr(_blocking, "THREAD_MIN_ELEMS", 0)
+        monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", 2**12)  # many chunk groups
+        rng = np.random.default_rng(31)
+        n, m = 301, 301 if causal else 203  # no multiple of the chunk: a short last chunk
+        args = dict(q=rng.normal(size=(2, n, 8)), k=rng.normal(size=(2, m, 8)), v=rng.normal(size=(2, m, 5)))
+        y = linear_attention(**args, causal=causal)
+        np.testing.assert_allclose(y, linear_attention_loop(**args, causal=causal), rtol=1e-12, atol=1e-14)
+        for name in args:
+            for row in (0, 150, args[name].shape[1] - 1):
+                broken = dict(args, **{name: args[name].copy()})
+                broken[name][1, row, 2] = np.nan
+                with pytest.raises(ValueError, match=f"^{name}: expected finite values, got 1 NaN/inf entries"):
+                    linear_attention(**broken, causal=causal)
+        for first, later in (("q", "k"), ("q", "v"), ("k", "v")):
+            broken = {name: arr.copy() for name, arr in args.items()}
+            broken[first][1, -1, 0] = np.inf  # read last
+            broken[later][0, 0, 0] = -np.inf  # read first
+            with pytest.raises(ValueError, match=f"^{first}: expected finite values, got 1 NaN/inf entries"):
+                linear_attention(**broken, causal=causal)
+        huge = dict(args, v=np.full((2, m, 5), 1.7e308))  # finite values whose weighted sums overflow
+        with pytest.raises(ValueError, match="not representable in float64"):
+            linear_attention(**huge, causal=causal)
+
     @pytest.mark.parametrize("func", [performer_attention, performer_attention_loop, performer_attention_quadratic])
     def test_performer_errors(self, func):
         with pytest.raises(ValueError, match="^n_features: expected an integer >= 1"):
