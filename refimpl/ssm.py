@@ -1288,8 +1288,68 @@ def _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, start, stop
     return h
 
 
+#: channels per block of the selective scan (:func:`_selective_core`): a block's state, batch × n × 128
+#: numbers, leaves room in the workspace budget for chunks of 16 steps (at batch × n <= 128)
+_SCAN_CHANNELS = 128
+
+
+def _scan_channel_blocks(d: int, groups_b: int, groups_c: int) -> list[slice]:
+    """Blocks of ``size`` consecutive channels (the last one may be shorter), ``size`` the largest
+    number up to :data:`_SCAN_CHANNELS` that, for ``B`` and for ``C`` alike, divides the channels per
+    group or is a multiple of them, unless there is one group (channel c uses group c // (d/G),
+    :func:`_selective_core`): each block then lies within one group or is made of whole groups,
+    and reads the groups of its own channels only. Fixed by the sizes alone; one block if no such
+    size reaches 16."""
+    per = (d // groups_b, d // groups_c)  # channels per group
+
+    def fits(s):
+        return all(p == d or p % s == 0 or s % p == 0 for p in per)
+
+    size = next((s for s in range(min(d, _SCAN_CHANNELS), 15, -1) if fits(s)), d)
+    return [slice(c, min(c + size, d)) for c in range(0, d, size)]
+
+
 def _selective_core(u, delta, A, B, C, discretization):
     """The recurrence (11.14) with grouped ``B_t``, ``C_t``; shared by selective_scan and selective_scan_fn.
+
+    ``u``, ``delta`` (..., L, d) float64 (validated); ``A`` (d, n) real, or complex (then the state
+    and ``y`` are complex); ``B`` (..., L, G_B, n) and ``C`` (..., L, G_C, n) with batch dims
+    broadcastable to u's and G dividing d: channel c uses group c // (d/G) (G = 1: shared by all
+    channels, as in :func:`selective_scan`; G = d: one per channel). Returns ``y`` (..., L, d) and
+    the last state (..., d, n).
+
+    The channels are independent: blocks of at most :data:`_SCAN_CHANNELS` of them
+    (:func:`_scan_channel_blocks`) are solved by :func:`_selective_block`, taken in turn by the
+    threads (:func:`refimpl._blocking.take_turns`). A block's state is then small enough for chunks
+    of 16 steps even at realistic widths (d = 1536 with a batch of 2 left the whole state room for
+    chunks of 2 steps), and both cores work. Measured (n = 16, two threads, against one block of all
+    channels in one thread): (2, 2048, 1536) 0.76 -> 0.38 s, (1, 2048, 2048) 0.35 -> 0.25 s,
+    (8, 1024, 768) 0.70 -> 0.42 s; with d <= 128 nothing changes. The blocks follow from the sizes
+    alone and each is computed the same way in any thread: the result does not depend on the
+    number of threads.
+    """
+    d = u.shape[-1]
+    blocks = _scan_channel_blocks(d, B.shape[-2], C.shape[-2])
+    if len(blocks) == 1:
+        return _selective_block(u, delta, A, B, C, discretization)
+    dtype = np.result_type(A, B, C, np.float64)
+    y = np.empty_like(u, dtype=dtype)  # laid out like u, as _selective_block's
+    h = np.empty(np.broadcast_shapes(u.shape[:-2], B.shape[:-3], C.shape[:-3]) + (d, A.shape[1]), dtype=dtype)
+
+    def group(X, s):  # the groups of B or C that the channels s read
+        per = d // X.shape[-2]
+        return X[..., s.start // per : -(-s.stop // per), :]
+
+    def work(i):
+        s = blocks[i]
+        y[..., s], h[..., s, :] = _selective_block(u[..., s], delta[..., s], A[s], group(B, s), group(C, s), discretization)
+
+    _blocking.take_turns(len(blocks), lambda: work, u.size * A.shape[1])
+    return y, h
+
+
+def _selective_block(u, delta, A, B, C, discretization):
+    """The recurrence (11.14) with grouped ``B_t``, ``C_t`` on one block of channels (:func:`_selective_core`).
 
     ``u``, ``delta`` (..., L, d) float64 (validated); ``A`` (d, n) real, or complex (then the state
     and ``y`` are complex); ``B`` (..., L, G_B, n) and ``C`` (..., L, G_C, n) with batch dims
@@ -1303,11 +1363,10 @@ def _selective_core(u, delta, A, B, C, discretization):
     whose decay exceeds :data:`_MAX_CHUNK_DECAY` (or that overflows) is redone with shorter
     chunks, down to the step loop (:func:`_selective_steps`).
 
-    One thread: the channels split into two halves run side by side in two threads were no
-    faster at L = 8192, d = 64, n = 16 (each half still makes a few NumPy calls per chunk boundary
-    and per step of a chunk, on (n, d/2) slabs, and the two threads hand the GIL back and forth at
-    every call); with a workspace each they doubled the fixed memory, and sharing the budget made
-    their blocks smaller and the calls more.
+    One thread (the caller shares blocks of channels out between threads): the channels split
+    into two halves run side by side in two threads were no faster at L = 8192, d = 64, n = 16
+    (each half still makes a few NumPy calls per chunk boundary and per step of a chunk, on
+    (n, d/2) slabs, and the two threads hand the GIL back and forth at every call).
     """
     L, d = u.shape[-2:]
     n = A.shape[1]
@@ -1386,7 +1445,8 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
     i.e. one exponential per (step, channel, state), a cumulative sum along time and a few
     products, vectorized over the chunks of a block of time steps (whose temporaries fit the
     workspace budget of :mod:`refimpl._blocking`); only the chunk boundaries are sequential, and
-    the readout ``y_t = C_t h_t`` is one batched product per block. The closed form is accurate
+    the readout ``y_t = C_t h_t`` is one batched product per block. The channels are solved in
+    blocks of up to 128, shared out between threads (the result does not depend on their number). The closed form is accurate
     while ``e^{∓S}`` stay moderate: each term is ``e^{S_t − S_s} B̄_s u_s`` up to
     ``(|S_t| + |S_s|) ε`` relative, and the sum's rounding has the step loop's bound, so chunks
     are kept to ``|S| ≤ 300``; a chunk that decays faster (or whose terms overflow) is halved,

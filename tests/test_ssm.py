@@ -822,8 +822,9 @@ SCANS = [ssm.selective_scan, ssm.selective_scan_loop, ssm.selective_scan_assoc, 
 
 class TestSelectiveScan:
     @pytest.mark.parametrize("discretization", ["mamba", "zoh"])
-    @pytest.mark.parametrize("shape", [(1, 1), (17, 3), (2, 31, 4), (2, 2, 8, 2)])
+    @pytest.mark.parametrize("shape", [(1, 1), (17, 3), (2, 31, 4), (2, 2, 8, 2), (2, 19, 260)])
     def test_four_forms_agree(self, discretization, shape):
+        # (2, 19, 260): more channels than ssm._SCAN_CHANNELS, solved in blocks of 128, 128 and 4 channels
         u, delta, A, B, C, D = mamba_inputs(np.random.default_rng(14), shape=shape, n=3)
         y0, h0 = ssm.selective_scan(u, delta, A, B, C, D, discretization=discretization, return_last_state=True)
         assert y0.shape == u.shape and h0.shape == shape[:-2] + (shape[-1], 3)
@@ -1223,6 +1224,37 @@ class TestSelectiveScanFn:
         assert out[0, 0, 1] == out[0, 0, 0]  # Ā = 1, B̄ u below an ulp: the state is carried unchanged
         assert math.log1p(math.exp(-745.0)) > 0 and math.log1p(math.exp(-746.0)) == 0
         assert np.float32(math.log1p(math.exp(-103.0))) > 0 and np.float32(math.log1p(math.exp(-104.0))) == 0
+
+    @pytest.mark.parametrize("complex_A", [False, True], ids=["real_A", "complex_A"])
+    @pytest.mark.parametrize("B_form,C_form,G,blocks", [
+        ("grouped", "shared", 6, [100, 100, 100]),  # blocks of two whole groups of B (50 channels each)
+        ("shared", "grouped", 2, [75, 75, 75, 75]),  # blocks inside the groups of C (150 channels each)
+        ("invariant", "shared", 2, [128, 128, 44]),  # one group per channel (B constant in time), a short last block
+        ("grouped", "invariant", 3, [100, 100, 100]),
+    ])
+    def test_wide_channels_run_in_blocks_that_read_their_own_groups(self, monkeypatch, B_form, C_form, G, blocks,
+                                                                     complex_A):
+        # more channels than ssm._SCAN_CHANNELS: blocks of channels (ssm._scan_channel_blocks) solved in turn by the
+        # threads, each with the groups of B and C that its channels use; against the reference, and the same bits
+        # with 1, 2 or 3 threads
+        import refimpl._blocking as blocking
+
+        monkeypatch.setattr(blocking, "THREAD_MIN_ELEMS", 0)
+        rng = np.random.default_rng(7 + G + 2 * complex_A)
+        kw = official_inputs(rng, dim=300, L=11, N=3, B_form=B_form, C_form=C_form, complex_A=complex_A, G=G)
+        B_shape, C_shape = (np.shape(kw[X]) for X in ("B", "C"))
+        groups = [1 if len(shp) == 3 else shp[1] for shp in (B_shape, C_shape)]
+        groups = [300 if form == "invariant" else g for form, g in zip((B_form, C_form), groups)]
+        assert [s.stop - s.start for s in ssm._scan_channel_blocks(300, *groups)] == blocks
+        ref, last_ref = official_reference(**kw, delta_softplus=True)
+        results = []
+        for threads in (1, 2, 3):
+            monkeypatch.setattr(blocking, "THREADS", threads)
+            results.append(ssm.selective_scan_fn(**kw, delta_softplus=True, return_last_state=True))
+        close(results[0][0], ref, rtol=ORACLE, what=f"{B_form}/{C_form} vs reference")
+        close(results[0][1], last_ref, rtol=ORACLE, what="last state")
+        for out, last in results[1:]:
+            assert np.array_equal(out, results[0][0]) and np.array_equal(last, results[0][1])
 
     @pytest.mark.parametrize("complex_A", [False, True], ids=["real_A", "complex_A"])
     @pytest.mark.parametrize("C_form", FORMS)
