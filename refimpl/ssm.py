@@ -1293,9 +1293,9 @@ def _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, start, stop
 _SCAN_CHANNELS = 128
 
 
-def _scan_channel_blocks(d: int, groups_b: int, groups_c: int) -> list[slice]:
+def _scan_channel_blocks(d: int, groups_b: int, groups_c: int, limit: int | None = None) -> list[slice]:
     """Blocks of ``size`` consecutive channels (the last one may be shorter), ``size`` the largest
-    number up to :data:`_SCAN_CHANNELS` that, for ``B`` and for ``C`` alike, divides the channels per
+    number up to ``limit`` (default :data:`_SCAN_CHANNELS`) that, for ``B`` and for ``C`` alike, divides the channels per
     group or is a multiple of them, unless there is one group (channel c uses group c // (d/G),
     :func:`_selective_core`): each block then lies within one group or is made of whole groups,
     and reads the groups of its own channels only. Fixed by the sizes alone; one block if no such
@@ -1305,7 +1305,7 @@ def _scan_channel_blocks(d: int, groups_b: int, groups_c: int) -> list[slice]:
     def fits(s):
         return all(p == d or p % s == 0 or s % p == 0 for p in per)
 
-    size = next((s for s in range(min(d, _SCAN_CHANNELS), 15, -1) if fits(s)), d)
+    size = next((s for s in range(min(d, limit or _SCAN_CHANNELS), 15, -1) if fits(s)), d)
     return [slice(c, min(c + size, d)) for c in range(0, d, size)]
 
 

@@ -281,6 +281,30 @@ def test_loop_twin_agrees(B_form, C_form, complex_A, monkeypatch):
             close(g[name], gl[name], 1e-12, f"{name}, block {block}")
 
 
+@pytest.mark.parametrize("complex_A", [False, True])
+@pytest.mark.parametrize("B_form, C_form, G", [("grouped", "shared", 6), ("shared", "grouped", 2),
+                                               ("invariant", "grouped", 3), ("grouped", "invariant", 2)])
+def test_wide_channels_in_blocks_agree_with_the_loop_twin_for_any_thread_count(B_form, C_form, G, complex_A,
+                                                                               monkeypatch):
+    # 300 channels: blocks of channels taken in turn by the threads (_vjp._fn_scan_vjp), each made of whole groups
+    # of B or C (G = 6, 3: the block's own gradient rows) or inside one (G = 2: the blocks' parts of a group's
+    # gradient added in block order); the same bits with 1, 2 or 3 threads
+    import refimpl._blocking as blocking
+
+    monkeypatch.setattr(blocking, "THREAD_MIN_ELEMS", 0)
+    kw, opts = inputs(9, batch=2, dim=300, L=9, N=3, B_form=B_form, C_form=C_form, complex_A=complex_A, G=G)
+    assert len(ssm._scan_channel_blocks(300, *(300 if f == "invariant" else G if f == "grouped" else 1
+                                               for f in (B_form, C_form)), limit=128)) > 1
+    gl = call(ssm.selective_scan_fn_vjp_loop, kw, opts)
+    runs = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(blocking, "THREADS", threads)
+        runs.append(call(ssm.selective_scan_fn_vjp, kw, opts))
+    for name in gl:
+        close(runs[0][name], gl[name], 1e-12, name)
+        assert all(np.array_equal(run[name], runs[0][name]) for run in runs[1:]), name
+
+
 def test_equals_selective_scan_vjp_after_the_mapping():
     # shared real B, C (batch, N, L), Δ given directly: refimpl's layout with the last two axes swapped (§11.10)
     kw, _ = inputs(7, B_form="shared", C_form="shared", options=False)
