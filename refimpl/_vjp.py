@@ -692,6 +692,42 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, *, discretization="mamba") -> d
     True
     """
     u, delta, A, B, C, Dv, dy, shapes = _selective_setup(u, delta, A, B, C, D, dy, discretization)
+    du, ddelta, dA, dB, dC = _selective_vjp_channels(u, delta, A, B, C, dy, discretization)
+    if Dv is not None:
+        du += Dv * dy
+    return _selective_result(u, delta, A, B, C, Dv, dy, du, ddelta, dA, dB, dC, shapes)
+
+
+def _selective_vjp_channels(u, delta, A, B, C, dy, discretization):
+    """``(du, dΔ, dA, dB, dC)`` of :func:`selective_scan_vjp` (without D's terms) in blocks of channels taken in turn
+    by the threads, as :func:`_fn_scan_vjp` does: about a quarter of the channels, at least 128 (one block up to
+    128). B and C are shared by all channels, so dB and dC are sums over them: each block returns its part, and
+    the parts are added in the order of the blocks, whatever the number of threads."""
+    from .ssm import _SCAN_CHANNELS, _scan_channel_blocks
+
+    d = u.shape[-1]
+    blocks = _scan_channel_blocks(d, 1, 1, limit=max(_SCAN_CHANNELS, -(-d // 4)))
+    if len(blocks) == 1:
+        return _selective_vjp_block(u, delta, A, B, C, dy, discretization)
+    delta = np.broadcast_to(delta, u.shape)
+    parts = [None] * len(blocks)
+
+    def work(i):
+        s = blocks[i]
+        parts[i] = _selective_vjp_block(u[..., s], delta[..., s], A[s], B, C, dy[..., s], discretization)
+
+    _blocking.take_turns(len(blocks), lambda: work, u.size * A.shape[1])
+    du, ddelta, dA = (np.concatenate([part[j] for part in parts], axis=-1 if j < 2 else 0) for j in range(3))
+    dB, dC = parts[0][3].copy(), parts[0][4].copy()
+    for part in parts[1:]:  # in block order
+        dB += part[3]
+        dC += part[4]
+    return du, ddelta, dA, dB, dC
+
+
+def _selective_vjp_block(u, delta, A, B, C, dy, discretization):
+    """The gradients of :func:`selective_scan_vjp` but D's, for the channels of ``u`` (a block of them): the
+    forward sweep keeping the state entering each block of steps, then the backward sweep."""
     batch, (L, d), n = u.shape[:-2], u.shape[-2:], A.shape[1]
     T = max(1, min(L, _SEL_BLOCK_FLOATS // max(1, math.prod(batch) * d * n)))  # steps per block
     blocks = [slice(t0, min(L, t0 + T)) for t0 in range(0, L, T)]
@@ -765,9 +801,7 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, *, discretization="mamba") -> d
             wB *= _dphi1_dA(db[..., None] * A)  # ∂f/∂A = Δ² g(ΔA)
             wB *= np.square(db)[..., None]
             dA += wB.reshape(-1, d, n).sum(axis=0)
-    if Dv is not None:
-        du += Dv * dy
-    return _selective_result(u, delta, A, B, C, Dv, dy, du, ddelta, dA, dB, dC, shapes)
+    return du, ddelta, dA, dB, dC
 
 
 @guard_overflow()

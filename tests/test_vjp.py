@@ -433,6 +433,27 @@ def test_scan_vjp_blocks_of_steps(monkeypatch, disc, floats):
 
 
 @pytest.mark.parametrize("disc", ["mamba", "zoh"])
+def test_scan_vjp_wide_channels_in_blocks_for_any_thread_count(monkeypatch, disc):
+    """More than 128 channels: blocks of channels taken in turn by the threads (_vjp._selective_vjp_channels;
+    here 128, 128 and 44), dB and dC the blocks' parts added in block order, Δ broadcast over the batch; equal
+    to the loop twin, and bitwise the same with 1, 2 or 3 threads."""
+    import refimpl._blocking as blocking
+
+    monkeypatch.setattr(blocking, "THREAD_MIN_ELEMS", 0)
+    full = _scan_args(51, 5, 300, 2, batch=(2,))
+    args = dict(full, delta=full["delta"][0])
+    dy = np.random.default_rng(52).normal(size=full["u"].shape)
+    runs = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(blocking, "THREADS", threads)
+        runs.append(selective_scan_vjp(**args, dy=dy, discretization=disc))
+    gl = selective_scan_vjp_loop(**args, dy=dy, discretization=disc)
+    for key in gl:
+        close(runs[0][key], gl[key], rtol=SELF, what=f"scan {disc} in channel blocks: {key} loop twin")
+        assert all(np.array_equal(run[key], runs[0][key]) for run in runs[1:]), key
+
+
+@pytest.mark.parametrize("disc", ["mamba", "zoh"])
 def test_scan_vjp_broadcast_inputs(disc):
     """Δ broadcast over the batch, B and C shared by the batch, scalar D: gradients summed back."""
     full = _scan_args(31, 6, 2, 3, batch=(3,))
