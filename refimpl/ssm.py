@@ -1349,13 +1349,7 @@ def _selective_core(u, delta, A, B, C, discretization):
 
 
 def _selective_block(u, delta, A, B, C, discretization):
-    """The recurrence (11.14) with grouped ``B_t``, ``C_t`` on one block of channels (:func:`_selective_core`).
-
-    ``u``, ``delta`` (..., L, d) float64 (validated); ``A`` (d, n) real, or complex (then the state
-    and ``y`` are complex); ``B`` (..., L, G_B, n) and ``C`` (..., L, G_C, n) with batch dims
-    broadcastable to u's and G dividing d: channel c uses group c // (d/G) (G = 1: shared by all
-    channels, as in :func:`selective_scan`; G = d: one per channel). Returns ``y`` (..., L, d) and
-    the last state (..., d, n).
+    """The recurrence (11.14) on one block of channels: the arguments and results of :func:`_selective_core`.
 
     The steps are cut into chunks of :data:`_SCAN_CHUNK` steps, solved in closed form
     (:func:`_selective_chunks`) several at a time, in blocks sized by :mod:`refimpl._blocking`.
