@@ -1195,8 +1195,8 @@ def _reduction_blocks(L: int, size: int = 256):
 def _per_channel(X: np.ndarray, d: int, t0: int, t1: int, dtype) -> np.ndarray:
     """Steps ``t0 … t1 − 1`` of mamba_ssm's B or C (batch or 1, G, N, L), G groups of the ``d`` channels (G = d: per
     channel), as one row per channel, (batch or 1, d, N, t1 − t0) in ``dtype``: formed for a block of steps only."""
-    X = X[..., t0:t1]
-    return np.repeat(X, d // X.shape[1], axis=1).astype(dtype)
+    X = X[..., t0:t1].astype(dtype)  # cast the G groups, then repeat them: the same numbers, d/G times fewer casts
+    return np.repeat(X, d // X.shape[1], axis=1)
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
