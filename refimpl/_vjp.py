@@ -698,6 +698,18 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, *, discretization="mamba") -> d
     return _selective_result(u, delta, A, B, C, Dv, dy, du, ddelta, dA, dB, dC, shapes)
 
 
+def _channel_parts(blocks: list, run, elems: int) -> list:
+    """``[run(s) for s in blocks]``, the blocks of channels taken in turn by the threads
+    (:func:`refimpl._blocking.take_turns`); the results in block order, whichever thread ran each."""
+    parts = [None] * len(blocks)
+
+    def work(i):
+        parts[i] = run(blocks[i])
+
+    _blocking.take_turns(len(blocks), lambda: work, elems)
+    return parts
+
+
 def _selective_vjp_channels(u, delta, A, B, C, dy, discretization):
     """``(du, dΔ, dA, dB, dC)`` of :func:`selective_scan_vjp` (without D's terms) in blocks of channels taken in turn
     by the threads, as :func:`_fn_scan_vjp` does: about a quarter of the channels, at least 128 (one block up to
@@ -710,13 +722,8 @@ def _selective_vjp_channels(u, delta, A, B, C, dy, discretization):
     if len(blocks) == 1:
         return _selective_vjp_block(u, delta, A, B, C, dy, discretization)
     delta = np.broadcast_to(delta, u.shape)
-    parts = [None] * len(blocks)
-
-    def work(i):
-        s = blocks[i]
-        parts[i] = _selective_vjp_block(u[..., s], delta[..., s], A[s], B, C, dy[..., s], discretization)
-
-    _blocking.take_turns(len(blocks), lambda: work, u.size * A.shape[1])
+    parts = _channel_parts(blocks, lambda s: _selective_vjp_block(u[..., s], delta[..., s], A[s], B, C, dy[..., s],
+                                                                  discretization), u.size * A.shape[1])
     du, ddelta, dA = (np.concatenate([part[j] for part in parts], axis=-1 if j < 2 else 0) for j in range(3))
     dB, dC = parts[0][3].copy(), parts[0][4].copy()
     for part in parts[1:]:  # in block order
@@ -2151,13 +2158,8 @@ def _fn_scan_vjp(u, step, A, B, C, dv, inv_B: bool, inv_C: bool) -> tuple:
         per = d // X.shape[1]
         return X[:, s.start // per : -(-s.stop // per)]
 
-    parts = [None] * len(blocks)
-
-    def work(i):
-        s = blocks[i]
-        parts[i] = _fn_scan_vjp_block(u[:, s], step[:, s], A[s], groups(B, s), groups(C, s), dv[:, s], inv_B, inv_C)
-
-    _blocking.take_turns(len(blocks), lambda: work, u.size * n)
+    parts = _channel_parts(blocks, lambda s: _fn_scan_vjp_block(u[:, s], step[:, s], A[s], groups(B, s), groups(C, s),
+                                                                dv[:, s], inv_B, inv_C), u.size * n)
     du, dstep, dA = (np.concatenate([part[j] for part in parts], axis=1 if j < 2 else 0) for j in range(3))
 
     def gathered(j, X, inv):  # the gradient of B (j = 3) or C (j = 4)

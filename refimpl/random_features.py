@@ -259,8 +259,9 @@ def _kernel_attention(phi_q, phi_k, v, causal: bool, chunk: int | None = None, c
 
     ``checks`` ((name, view, argument) triples of q, k, v, in order; see :func:`_check_rows`): the
     finiteness of the inputs, checked by the threads on the rows they read, not on one core first
-    (0.5 to 0.7 ms of 7 to 9 for causal linear attention at N = 8192, d = 64). Each group of output
-    rows is also summed while in cache; if every sum is finite, the output is vouched for
+    (the up-front check read all of q, k, v: 0.5 to 0.7 ms; moved here, linear attention at
+    N = 8192, d = 64 measured 3 to 4 % faster on one thread, within noise on two). Each group of
+    output rows is also summed while in cache; if every sum is finite, the output is vouched for
     (:func:`refimpl._validate.vouch_finite`), and the caller's guard does not read it again.
     """
     batch = np.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v.shape[:-2])

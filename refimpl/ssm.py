@@ -1322,9 +1322,10 @@ def _selective_core(u, delta, A, B, C, discretization):
     (:func:`_scan_channel_blocks`) are solved by :func:`_selective_block`, taken in turn by the
     threads (:func:`refimpl._blocking.take_turns`). A block's state is then small enough for chunks
     of 16 steps even at realistic widths (d = 1536 with a batch of 2 left the whole state room for
-    chunks of 2 steps), and both cores work. Measured (n = 16, two threads, against one block of all
-    channels in one thread): (2, 2048, 1536) 0.76 -> 0.38 s, (1, 2048, 2048) 0.35 -> 0.25 s,
-    (8, 1024, 768) 0.70 -> 0.42 s; with d <= 128 nothing changes. The blocks follow from the sizes
+    chunks of 2 steps), and both cores work. Measured (n = 16, two threads, best of 3, against one
+    block of all channels in one thread; (batch, L, d)): (2, 2048, 1536) 0.59 -> 0.40 s,
+    (1, 2048, 2048) 0.35 -> 0.24 s, (8, 1024, 768) 0.60-0.66 -> 0.42-0.44 s; with d <= 128 nothing
+    changes. The blocks follow from the sizes
     alone and each is computed the same way in any thread: the result does not depend on the
     number of threads.
     """
