@@ -1610,6 +1610,8 @@ def _grouped(plain, grads: bool = False):
             return plain(args, tier, **kw)
         h, h_kv = np.shape(args["q"])[-3], np.shape(args["k"])[-3]
         g = h // h_kv
+        if g == 1:  # one query head per key head: nothing to repeat or to sum (copies of k and v took 0.4 s of a
+            return plain(args, tier, **kw)  # 5.6 s comparison at 2 × 2048 × 16 × 128)
         for n in ("k", "v"):
             args[n] = np.repeat(np.asarray(args[n]), g, axis=-3)
         out = plain(args, tier, **kw)
