@@ -1603,7 +1603,7 @@ def _fa_check(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, a
     when ``seqlen_q >= seqlen_k + 2``. (No left bound with a right one gets the left bound ``seqlen_k``, which never
     cuts: ``j >= i + o − seqlen_k`` holds for every key.)"""
 
-    q, k, v = (as_real_array(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+    q, k, v = (as_real_array(a, n, copy=False) for a, n in ((q, "q"), (k, "k"), (v, "v")))  # never written to
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"q, k, v: expected shape (batch, seqlen, nheads, headdim), got {q.shape}, {k.shape}, {v.shape}")
     b, sq, h, d = q.shape
