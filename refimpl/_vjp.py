@@ -698,6 +698,17 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, *, discretization="mamba") -> d
     return _selective_result(u, delta, A, B, C, Dv, dy, du, ddelta, dA, dB, dC, shapes)
 
 
+def _vjp_channel_blocks(d: int, groups_b: int, groups_c: int) -> list[slice]:
+    """The blocks of channels of the selective scans' backward passes (:func:`refimpl.ssm._scan_channel_blocks`,
+    limited to about a quarter of the channels, at least 128). Their step loops make a few NumPy calls per step on
+    a block's (batch, channels, N) slab, so the blocks are larger than the forward pass's (measured at batch 2, 1536
+    channels, 16 states, 2048 steps, two threads: one block 2.5 s, blocks of 128 channels 1.8 s, of 384 1.55 s, of
+    768 1.4 s)."""
+    from .ssm import _SCAN_CHANNELS, _scan_channel_blocks
+
+    return _scan_channel_blocks(d, groups_b, groups_c, limit=max(_SCAN_CHANNELS, -(-d // 4)))
+
+
 def _channel_parts(blocks: list, run, elems: int) -> list:
     """``[run(s) for s in blocks]``, the blocks of channels taken in turn by the threads
     (:func:`refimpl._blocking.take_turns`); the results in block order, whichever thread ran each."""
@@ -712,13 +723,11 @@ def _channel_parts(blocks: list, run, elems: int) -> list:
 
 def _selective_vjp_channels(u, delta, A, B, C, dy, discretization):
     """``(du, dΔ, dA, dB, dC)`` of :func:`selective_scan_vjp` (without D's terms) in blocks of channels taken in turn
-    by the threads, as :func:`_fn_scan_vjp` does: about a quarter of the channels, at least 128 (one block up to
-    128). B and C are shared by all channels, so dB and dC are sums over them: each block returns its part, and
-    the parts are added in the order of the blocks, whatever the number of threads."""
-    from .ssm import _SCAN_CHANNELS, _scan_channel_blocks
-
+    by the threads (:func:`_vjp_channel_blocks`), as :func:`_fn_scan_vjp` does. B and C are shared by all channels,
+    so dB and dC are sums over them: each block returns its part, and the parts are added in the order of the
+    blocks, whatever the number of threads."""
     d = u.shape[-1]
-    blocks = _scan_channel_blocks(d, 1, 1, limit=max(_SCAN_CHANNELS, -(-d // 4)))
+    blocks = _vjp_channel_blocks(d, 1, 1)
     if len(blocks) == 1:
         return _selective_vjp_block(u, delta, A, B, C, dy, discretization)
     delta = np.broadcast_to(delta, u.shape)
@@ -2138,25 +2147,20 @@ def _fn_vjp_setup(u, delta, A, B, C, dout, D, z, delta_bias, delta_softplus):
 
 def _fn_scan_vjp(u, step, A, B, C, dv, inv_B: bool, inv_C: bool) -> tuple:
     """The adjoint of the scan of :func:`refimpl.ssm.selective_scan_fn` (Eqs. (11.14), (11.16), (11.22)), vectorized,
-    in blocks of channels (those of the forward pass, :func:`refimpl.ssm._scan_channel_blocks`) taken in turn by
-    the threads: :func:`_fn_scan_vjp_block` on each. Its step loops make a few NumPy calls per step on a block's
-    (batch, channels, N) slab, so the blocks are larger than the forward pass's: about a quarter of the channels,
-    at least 128 (measured at batch 2, 1536 channels, 16 states, 2048 steps, two threads: one block 2.5 s, blocks
-    of 128 channels 1.8 s, of 384 1.55 s, of 768 1.4 s). The channels are independent but for the gradients of B
-    and C, sums over the channels of a group: a block inside a group returns its part of the sum, and the parts
-    are added in the order of the blocks once all are done, so that the result does not depend on the number
-    of threads.
+    in blocks of channels (:func:`_vjp_channel_blocks`) taken in turn by the threads: :func:`_fn_scan_vjp_block` on
+    each. The channels are independent but for the gradients of B and C, sums over the channels of a group: a
+    block inside a group returns its part of the sum, and the parts are added in the order of the blocks once all
+    are done, so that the result does not depend on the number of threads.
     """
-    from .ssm import _SCAN_CHANNELS, _scan_channel_blocks
+    from .ssm import _block_groups
 
     d, n = u.shape[1], A.shape[1]
-    blocks = _scan_channel_blocks(d, B.shape[1], C.shape[1], limit=max(_SCAN_CHANNELS, -(-d // 4)))
+    blocks = _vjp_channel_blocks(d, B.shape[1], C.shape[1])
     if len(blocks) == 1:
         return _fn_scan_vjp_block(u, step, A, B, C, dv, inv_B, inv_C)
 
-    def groups(X, s):  # the groups of B or C that the channels s use: one (s inside it) or whole ones
-        per = d // X.shape[1]
-        return X[:, s.start // per : -(-s.stop // per)]
+    def groups(X, s):  # the groups of B or C that the channels s use
+        return X[:, _block_groups(s, d, X.shape[1])]
 
     parts = _channel_parts(blocks, lambda s: _fn_scan_vjp_block(u[:, s], step[:, s], A[s], groups(B, s), groups(C, s),
                                                                 dv[:, s], inv_B, inv_C), u.size * n)
@@ -2165,10 +2169,9 @@ def _fn_scan_vjp(u, step, A, B, C, dv, inv_B: bool, inv_C: bool) -> tuple:
     def gathered(j, X, inv):  # the gradient of B (j = 3) or C (j = 4)
         if inv:  # (D, N): one group per channel, blocks of whole groups
             return np.concatenate([part[j] for part in parts], axis=0)
-        per = d // X.shape[1]
         out = np.zeros(parts[0][j].shape[:1] + X.shape[1:], dtype=parts[0][j].dtype)
         for s, part in zip(blocks, parts):  # in block order: the parts of one group summed in a fixed order
-            out[:, s.start // per : -(-s.stop // per)] += part[j]
+            out[:, _block_groups(s, d, X.shape[1])] += part[j]
         return out
 
     return du, dstep, dA, gathered(3, B, inv_B), gathered(4, C, inv_C)

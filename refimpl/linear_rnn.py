@@ -978,13 +978,10 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
         # a mixed one, by the same operations entry by entry, so that a head's result does not depend on whether its
         # neighbours (in its thread) decay fast too
         og = o[:, :, sl]
+        d_x = None if fold is None else skip  # D x_t here, when the diagonal would have carried it
         if every:
-            np.matmul(_exp_segsum(ac[:, :, sl]) * Xg[..., dk:], Zg[..., dk:, :], out=og)
-            og += E[:, :, sl, :, None] * (qc[:, None, sl] @ Zg[..., :dk, :])
-            if scale != 1.0:
-                og *= scale
-            if fold is not None:
-                og += skip[:, :, None, None, None] * vc[:, :, sl]  # + D x_t
+            _decaying_chunks(ac[:, :, sl], Xg[..., dk:], Zg[..., dk:, :], E[:, :, sl], qc[:, None, sl],
+                             Zg[..., :dk, :], scale, None if d_x is None else d_x[:, :, None], vc[:, :, sl], out=og)
         elif fold is None:  # in-chunk (16.3) + Q S_inᵀ, without the row scaling; rows [r0, r1) read the keys s < r1
             for r0, r1 in parts:
                 np.matmul(Xg[..., r0:r1, : dk + r1], Zg[..., : dk + r1, :], out=og[..., r0:r1, :])
@@ -1003,16 +1000,26 @@ def _scalar_chunked(q, k, v, loga, c: int, o, states=None, w=None, skip=None, sc
                 vw = vc[sg, sr, n]
                 if wc is not None:
                     vw = vw * wc[sg, sr, n][..., None]
-                exact = np.matmul(_exp_segsum(ac[sg, sr, n]) * Xg[sg, 0, sn, :, dk:], vw)
-                exact += E[sg, sr, n, :, None] * (qc[sg, n] @ Zg[sg, sr, sn, :dk, :])
-                if scale != 1.0:
-                    exact *= scale
-                if fold is not None:
-                    exact += skip[sg, sr, None, None] * vc[sg, sr, n]  # + D x_t
-                og[sg, sr, sn] = exact
+                og[sg, sr, sn] = _decaying_chunks(ac[sg, sr, n], Xg[sg, 0, sn, :, dk:], vw, E[sg, sr, n], qc[sg, n],
+                                                  Zg[sg, sr, sn, :dk, :], scale, None if d_x is None else d_x[sg, sr],
+                                                  vc[sg, sr, n])
         if skip is not None and fold is None:
             # + D x_t, with Z's value rows (consumed by the product) as the workspace
             og += np.multiply(vc[:, :, sl], skip[:, :, None, None, None], out=Zg[..., dk:, :])
+
+
+def _decaying_chunks(a, qk, vw, e, q, s_in, scale: float, d, x, out=None):
+    """The output of chunks that decay fast (:func:`_scalar_chunked`), with every exponent <= 0:
+    ``(Γ ⊙ tril(Q Kᵀ)) (V ⊙ w) + e^{cum} ⊙ (Q S_inᵀ)``, times the scale, ``+ D x`` (``d`` None: without),
+    Γ from the segment sums of the log-decays ``a`` (…, c); ``qk`` the masked ``tril(Q Kᵀ)``, ``e`` = e^{cum}.
+    Batched over the chunks of a group or gathered from a mixed one, each chunk by the same operations."""
+    y = np.matmul(_exp_segsum(a) * qk, vw, out=out)
+    y += e[..., None] * (q @ s_in)
+    if scale != 1.0:
+        y *= scale
+    if d is not None:
+        y += d[..., None, None] * x  # + D x_t
+    return y
 
 
 def _own_state(k, v, a, w=None):
@@ -1808,10 +1815,14 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     l2norm = bool(checks) and _FLA_L2NORM_KEYS.get()  # fla's normalized keys (read here, before threads share the work)
     beta = beta.reshape(nb, L)
     logg = None if logg is None else logg.reshape(nb, L)
+
+    def validate(sl):  # q, k, v finite, then the keys' norms (check_part: over all in this order if a part fails)
+        check_finite_part(checks, sl)
+        _check_key_norms(k[sl], l2norm)
+
     if 0 in (nb, L, dk, dv):  # nothing to compute: S_t q_t is 0 (Dk = 0) or empty, as are the states and factors
         if checks:
-            check_finite_part(checks, slice(None))
-            _check_key_norms(k, l2norm)
+            validate(slice(None))
         o = np.zeros(batch + (L, dv))
         states = np.zeros(batch + (nc, dv, dk)) if keep_states or return_factors else None
         if return_factors:
@@ -1820,10 +1831,6 @@ def _delta_chunked(q, k, v, beta, logg, c: int, return_factors: bool = False, ke
     o = np.empty((nb, nc, c, dv))
     states = np.empty((nb, nc, dk, dv)) if keep_states or return_factors else None  # transposed
     factors = (np.empty((nb, nc, c, dk)), np.empty((nb, nc, c, dv))) if return_factors else None
-
-    def validate(sl):  # q, k, v finite, then the keys' norms (check_part: over all in this order if a part fails)
-        check_finite_part(checks, sl)
-        _check_key_norms(k[sl], l2norm)
 
     def run(sl):
         if checks:

@@ -1309,6 +1309,13 @@ def _scan_channel_blocks(d: int, groups_b: int, groups_c: int, limit: int | None
     return [slice(c, min(c + size, d)) for c in range(0, d, size)]
 
 
+def _block_groups(s: slice, d: int, groups: int) -> slice:
+    """The groups of B or C (``groups`` of the ``d`` channels) that the channels of a block ``s`` of
+    :func:`_scan_channel_blocks` read: the one it lies in, or the whole ones it is made of."""
+    per = d // groups
+    return slice(s.start // per, -(-s.stop // per))
+
+
 def _selective_core(u, delta, A, B, C, discretization):
     """The recurrence (11.14) with grouped ``B_t``, ``C_t``; shared by selective_scan and selective_scan_fn.
 
@@ -1337,13 +1344,10 @@ def _selective_core(u, delta, A, B, C, discretization):
     y = np.empty_like(u, dtype=dtype)  # laid out like u, as _selective_block's
     h = np.empty(np.broadcast_shapes(u.shape[:-2], B.shape[:-3], C.shape[:-3]) + (d, A.shape[1]), dtype=dtype)
 
-    def group(X, s):  # the groups of B or C that the channels s read
-        per = d // X.shape[-2]
-        return X[..., s.start // per : -(-s.stop // per), :]
-
     def work(i):
         s = blocks[i]
-        y[..., s], h[..., s, :] = _selective_block(u[..., s], delta[..., s], A[s], group(B, s), group(C, s), discretization)
+        Bs, Cs = (X[..., _block_groups(s, d, X.shape[-2]), :] for X in (B, C))
+        y[..., s], h[..., s, :] = _selective_block(u[..., s], delta[..., s], A[s], Bs, Cs, discretization)
 
     _blocking.take_turns(len(blocks), lambda: work, u.size * A.shape[1])
     return y, h
