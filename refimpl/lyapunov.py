@@ -44,7 +44,8 @@ import math
 import numpy as np
 
 from . import _blocking
-from ._validate import as_complex_array, as_noise, as_real_array, check_nonnegative, guard_overflow, as_lags, hermitian_part
+from ._validate import (as_complex_array, as_noise, as_real_array, check_nonnegative, guard_overflow, as_lags, hermitian_part,
+                        vouch_finite)
 
 __all__ = [
     "phi1",
@@ -380,7 +381,15 @@ def _spectrum_times_phi1(g: np.ndarray, z: np.ndarray, tau: np.ndarray) -> np.nd
     blocks = -(-n // rows)
     with np.errstate(invalid="ignore"):  # expm1(0) · (g/0) is NaN before the series replaces it
         _blocking.in_parts(lambda part: run(slice(part.start * rows, min(part.stop * rows, n))), blocks, n * d)
-    return out.reshape(tau.shape + (d,))
+    out = out.reshape(tau.shape + (d,))
+    # Every entry is finite when this bound is: |expm1(zτ)| <= e − 1 for zτ <= 1 (checked above), so an
+    # entry off the series is at most (e − 1) |g/z|; on it (|zτ| < 10^−2) at most 1.01 g |τ|. Then the
+    # caller's guard need not read the whole output once more on one core (3.3 ms at 10^5 lags, d = 64).
+    with np.errstate(over="ignore", invalid="ignore"):
+        bound = max(1.72 * float(np.max(np.abs(c[z != 0]), initial=0.0)), 1.01 * float(np.max(g)) * float(np.max(abs_t)))
+    if bound <= 1e300:
+        vouch_finite(out)
+    return out
 
 
 def _noise_times_phi1_scalar(g: complex, z: complex, tau: float, z_lo: complex = 0j) -> complex:

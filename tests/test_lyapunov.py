@@ -424,6 +424,46 @@ class TestDleCovariance:
         close(dle_covariance_loop(lam, g, tau), got, rtol=SELF, what="blocked diagonal dle vs loop twin")
         np.testing.assert_array_equal(got[..., 1], 0.3 * tau)  # z = 0: g τ exactly
 
+    def test_diagonal_vouches_only_for_finite_output(self, monkeypatch):
+        # The blocked diagonal path tells the guard that its output is finite (so that the guard does not
+        # read it again) when a bound computed from g, z and τ is at most 1e300. Every vouched output must
+        # be finite, with the bound's extremes: g up to 1e300, modes with Re λ = 0 (the series, g τ),
+        # growing modes (zτ up to 1, expm1 up to e − 1), tiny rates (g/z large), huge lags.
+        import refimpl.lyapunov as lyap
+
+        vouched = []
+
+        def check(arr):
+            assert np.all(np.isfinite(arr)), "vouched for an output that is not finite"
+            vouched.append(arr)
+
+        monkeypatch.setattr(lyap, "vouch_finite", check)
+        rng = np.random.default_rng(23)
+        for _ in range(200):
+            d = int(rng.integers(1, 6))
+            rate = rng.choice([0.0, 1e-300, 1e-200, 1e-8, 0.3, 1.0, 1e3], size=d) * rng.choice([-1.0, 1.0], size=d)
+            g = 10.0 ** rng.uniform(-300, 300, size=d) * (rng.random(d) < 0.9)
+            t_max = 10.0 ** rng.uniform(-3, 300)
+            tau = np.concatenate([[0.0], rng.uniform(0.0, t_max, 7)])
+            lag_rate = np.max(np.abs(rate)) * t_max
+            if lag_rate > 0.5:  # keep zτ <= 1 (the blocked path): scale the rates down
+                rate = rate * (0.5 / lag_rate)
+            lam = rate / 2.0 + 1j * rng.normal(size=d)
+            try:
+                out = dle_covariance(lam, g, tau)
+            except ValueError:
+                continue  # an overflowing result is refused by the guard
+            assert np.all(np.isfinite(out))
+        assert len(vouched) > 100  # most draws were vouched for, and each was finite
+
+    def test_diagonal_overflow_is_refused_not_vouched(self):
+        # A growing mode (Re λ = 0.5, z = 1) at τ = 1: g (e − 1) overflows for g = 1.5e308 and is refused;
+        # g = 1e308 gives 1.72e308, finite: returned (the bound, above 1e300, leaves the check to the guard).
+        with pytest.raises(ValueError, match="eigvals|noise|tau"):
+            dle_covariance(np.array([0.5 + 1j]), np.array([1.5e308]), np.array([0.0, 0.5, 1.0]))
+        out = dle_covariance(np.array([0.5 + 1j]), np.array([1e308]), np.array([0.0, 0.5, 1.0]))
+        assert np.all(np.isfinite(out)) and out[-1, 0] == pytest.approx(1e308 * math.expm1(1.0), rel=1e-14)
+
     def test_diagonal_threads_bitwise(self, monkeypatch):
         # At a size that takes the threaded path by default (lags · d above THREAD_MIN_ELEMS, several
         # blocks per thread): the same bits with 1, 2 and 3 threads, and the loop twin's values.
