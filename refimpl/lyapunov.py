@@ -614,7 +614,18 @@ def _full_decaying(lam: np.ndarray, g: np.ndarray, tau: np.ndarray) -> np.ndarra
 
     with np.errstate(invalid="ignore", over="ignore"):  # (P − 1) · C where C is not finite: replaced above
         _blocking.take_turns(-(-n // rows), worker, n * d * d)
-    return out.reshape(tau.shape + (d, d))
+    out = out.reshape(tau.shape + (d, d))
+    # Every entry is finite when this bound is: |E_k| <= 1 (no growing mode, τ >= 0), so |P − 1| <= 2 and an
+    # entry (P − 1) C_kl is at most 2 |C_kl| (C finite there: the entries with C not finite have P = 1 and
+    # are replaced); a per-entry one is G̃_kl φ with |φ(z, τ)| <= τ for Re z <= 0. Then the caller's guard
+    # need not read the whole output once more on one core (1.3 ms of 11 ms at 256 lags, d = 64).
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite_c = np.isfinite(c)
+        bound = max(2.01 * float(np.max(np.abs(c[finite_c]), initial=0.0)),
+                    1.01 * float(np.max(np.abs(g))) * float(np.max(t)))
+    if bound <= 1e300:
+        vouch_finite(out)
+    return out
 
 
 # Σ is Hermitian by construction; averaging with its conjugate transpose removes round-off asymmetry.

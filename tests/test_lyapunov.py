@@ -456,6 +456,32 @@ class TestDleCovariance:
             assert np.all(np.isfinite(out))
         assert len(vouched) > 100  # most draws were vouched for, and each was finite
 
+    def test_full_noise_vouches_only_for_finite_output(self, monkeypatch):
+        # The same for full noise without growing modes (the factored path): every vouched output is finite,
+        # with G̃ up to 1e300, nearly equal rates (λ_k + λ_l^* near 0: C large, the per-entry kernel), huge lags.
+        import refimpl.lyapunov as lyap
+
+        vouched = []
+
+        def check(arr):
+            assert np.all(np.isfinite(arr)), "vouched for an output that is not finite"
+            vouched.append(arr)
+
+        monkeypatch.setattr(lyap, "vouch_finite", check)
+        rng = np.random.default_rng(24)
+        for _ in range(150):
+            d = int(rng.integers(1, 5))
+            lam = -rng.choice([0.0, 1e-300, 1e-8, 0.3, 1e3], size=d) + 1j * rng.choice([0.0, 1e-8, 1.0], size=d) * rng.normal(size=d)
+            b = rng.normal(size=(d, d)) + 1j * rng.normal(size=(d, d))
+            G = b @ b.conj().T * 10.0 ** rng.uniform(-300, 300)
+            tau = np.concatenate([[0.0], rng.uniform(0.0, 10.0 ** rng.uniform(-3, 300), 5)])
+            try:
+                out = dle_covariance(lam, G, tau)
+            except ValueError:
+                continue  # an overflowing result is refused by the guard
+            assert np.all(np.isfinite(out))
+        assert len(vouched) > 50  # many draws were vouched for, and each was finite
+
     def test_diagonal_overflow_is_refused_not_vouched(self):
         # A growing mode (Re λ = 0.5, z = 1) at τ = 1: g (e − 1) overflows for g = 1.5e308 and is refused;
         # g = 1e308 gives 1.72e308, finite: returned (the bound, above 1e300, leaves the check to the guard).
