@@ -424,11 +424,11 @@ class TestDleCovariance:
         close(dle_covariance_loop(lam, g, tau), got, rtol=SELF, what="blocked diagonal dle vs loop twin")
         np.testing.assert_array_equal(got[..., 1], 0.3 * tau)  # z = 0: g τ exactly
 
-    def test_diagonal_vouches_only_for_finite_output(self, monkeypatch):
-        # The blocked diagonal path tells the guard that its output is finite (so that the guard does not
-        # read it again) when a bound computed from g, z and τ is at most 1e300. Every vouched output must
-        # be finite, with the bound's extremes: g up to 1e300, modes with Re λ = 0 (the series, g τ),
-        # growing modes (zτ up to 1, expm1 up to e − 1), tiny rates (g/z large), huge lags.
+    @staticmethod
+    def _vouched_outputs(monkeypatch, draws):
+        """Call dle_covariance on each (λ, noise, τ) of ``draws`` with vouch_finite replaced by a check that
+        the array vouched for is finite; returns how many outputs were vouched for. A refused (overflowing)
+        result is skipped; a returned one must be finite."""
         import refimpl.lyapunov as lyap
 
         vouched = []
@@ -438,8 +438,22 @@ class TestDleCovariance:
             vouched.append(arr)
 
         monkeypatch.setattr(lyap, "vouch_finite", check)
+        for lam, noise, tau in draws:
+            try:
+                out = dle_covariance(lam, noise, tau)
+            except ValueError:
+                continue  # an overflowing result is refused by the guard
+            assert np.all(np.isfinite(out))
+        return len(vouched)
+
+    def test_diagonal_vouches_only_for_finite_output(self, monkeypatch):
+        # The blocked diagonal path tells the guard that its output is finite (so that the guard does not
+        # read it again) when a bound computed from g, z and τ is at most 1e300. Every vouched output must
+        # be finite, with the bound's extremes: g up to 1e300, modes with Re λ = 0 (the series, g τ),
+        # growing modes (zτ up to 1, expm1 up to e − 1), tiny rates (g/z large), huge lags.
         rng = np.random.default_rng(23)
-        for _ in range(200):
+
+        def draw():
             d = int(rng.integers(1, 6))
             rate = rng.choice([0.0, 1e-300, 1e-200, 1e-8, 0.3, 1.0, 1e3], size=d) * rng.choice([-1.0, 1.0], size=d)
             g = 10.0 ** rng.uniform(-300, 300, size=d) * (rng.random(d) < 0.9)
@@ -448,39 +462,23 @@ class TestDleCovariance:
             lag_rate = np.max(np.abs(rate)) * t_max
             if lag_rate > 0.5:  # keep zτ <= 1 (the blocked path): scale the rates down
                 rate = rate * (0.5 / lag_rate)
-            lam = rate / 2.0 + 1j * rng.normal(size=d)
-            try:
-                out = dle_covariance(lam, g, tau)
-            except ValueError:
-                continue  # an overflowing result is refused by the guard
-            assert np.all(np.isfinite(out))
-        assert len(vouched) > 100  # most draws were vouched for, and each was finite
+            return rate / 2.0 + 1j * rng.normal(size=d), g, tau
+
+        assert self._vouched_outputs(monkeypatch, (draw() for _ in range(200))) > 100  # most were vouched for
 
     def test_full_noise_vouches_only_for_finite_output(self, monkeypatch):
         # The same for full noise without growing modes (the factored path): every vouched output is finite,
         # with G̃ up to 1e300, nearly equal rates (λ_k + λ_l^* near 0: C large, the per-entry kernel), huge lags.
-        import refimpl.lyapunov as lyap
-
-        vouched = []
-
-        def check(arr):
-            assert np.all(np.isfinite(arr)), "vouched for an output that is not finite"
-            vouched.append(arr)
-
-        monkeypatch.setattr(lyap, "vouch_finite", check)
         rng = np.random.default_rng(24)
-        for _ in range(150):
+
+        def draw():
             d = int(rng.integers(1, 5))
             lam = -rng.choice([0.0, 1e-300, 1e-8, 0.3, 1e3], size=d) + 1j * rng.choice([0.0, 1e-8, 1.0], size=d) * rng.normal(size=d)
             b = rng.normal(size=(d, d)) + 1j * rng.normal(size=(d, d))
-            G = b @ b.conj().T * 10.0 ** rng.uniform(-300, 300)
             tau = np.concatenate([[0.0], rng.uniform(0.0, 10.0 ** rng.uniform(-3, 300), 5)])
-            try:
-                out = dle_covariance(lam, G, tau)
-            except ValueError:
-                continue  # an overflowing result is refused by the guard
-            assert np.all(np.isfinite(out))
-        assert len(vouched) > 50  # many draws were vouched for, and each was finite
+            return lam, b @ b.conj().T * 10.0 ** rng.uniform(-300, 300), tau
+
+        assert self._vouched_outputs(monkeypatch, (draw() for _ in range(150))) > 50  # many were vouched for
 
     def test_diagonal_overflow_is_refused_not_vouched(self):
         # A growing mode (Re λ = 0.5, z = 1) at τ = 1: g (e − 1) overflows for g = 1.5e308 and is refused;
