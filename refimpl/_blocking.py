@@ -40,6 +40,7 @@ __all__ = [
     "take_turns_one_blas",
     "share_cores_env",
     "in_blocks",
+    "fill_blocks",
     "one_thread_blas",
     "blas_threads_settable",
 ]
@@ -285,6 +286,26 @@ def in_blocks(block: Callable[[slice], None], n: int, size: int, elems: int) -> 
     """
     take_turns(-(-n // size), lambda: lambda i: block(slice(i * size, min(n, (i + 1) * size))), elems)
 
+
+
+def fill_blocks(x: np.ndarray, block: Callable[[np.ndarray, np.ndarray], None], size: int, threads_from: int = 0) -> np.ndarray:
+    """A new array of ``x``'s layout filled by ``block(x_part, out_part)`` on flat parts of ``size`` numbers (an
+    elementwise map whose temporaries stay in cache), shared out between threads (:func:`in_blocks`) when ``x``
+    holds at least ``threads_from`` numbers, else one after the other in the calling thread.
+
+    Both arrays are read in memory order, so the parts hold the same positions whenever ``x`` is contiguous in
+    some order of its axes (a transposed view stays transposed: no transposing copy); otherwise ravel copies ``x``
+    in the order of its strides, which is the output's order too.
+
+    Examples
+    --------
+    >>> fill_blocks(np.arange(5.0), lambda xb, ob: np.multiply(xb, 2.0, out=ob), size=2).tolist()
+    [0.0, 2.0, 4.0, 6.0, 8.0]
+    """
+    out = np.empty_like(x)
+    xs, rs = x.ravel(order="K"), out.ravel(order="K")
+    in_blocks(lambda sl: block(xs[sl], rs[sl]), xs.size, size, xs.size if xs.size >= threads_from else 0)
+    return out
 
 #: Products of fewer multiply-adds than this run on the calling thread in OpenBLAS (NumPy's BLAS);
 #: larger ones are split over threads that synchronize inside the product. When another process

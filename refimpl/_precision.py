@@ -52,7 +52,7 @@ import contextvars
 
 import numpy as np
 
-from ._blocking import in_blocks
+from ._blocking import fill_blocks
 
 __all__ = ["TIERS", "ROUNDINGS", "tier_name", "eps", "carrier", "round_to", "store", "acc", "matmul", "ladder",
            "tf32_rounding"]
@@ -132,18 +132,8 @@ def _round_bits(x: np.ndarray, bits: int, emin: int, emax: int) -> np.ndarray:
 
 
 def _blockwise(x: np.ndarray, block, threads_from: int = 0) -> np.ndarray:
-    """A new array of ``x``'s layout filled by ``block(x_part, out_part)`` on flat parts of :data:`_ROUND_BLOCK`
-    numbers, shared out between threads (:func:`refimpl._blocking.in_blocks`) when ``x`` holds at least
-    ``threads_from`` numbers, else one after the other in the calling thread.
-
-    Both arrays are read in memory order, so the parts hold the same positions whenever ``x`` is contiguous in
-    some order of its axes (a transposed view stays transposed: no transposing copy); otherwise ravel copies ``x``
-    in the order of its strides, which is the output's order too.
-    """
-    out = np.empty_like(x)
-    xs, rs = x.ravel(order="K"), out.ravel(order="K")
-    in_blocks(lambda sl: block(xs[sl], rs[sl]), xs.size, _ROUND_BLOCK, xs.size if xs.size >= threads_from else 0)
-    return out
+    """:func:`refimpl._blocking.fill_blocks` on parts of :data:`_ROUND_BLOCK` numbers."""
+    return fill_blocks(x, block, _ROUND_BLOCK, threads_from)
 
 
 def _round_bits_flat(x: np.ndarray, bits: int, emin: int, emax: int) -> np.ndarray:

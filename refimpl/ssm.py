@@ -1691,19 +1691,15 @@ def _softplus(x: np.ndarray) -> np.ndarray:
     the loop twins' :func:`_softplus_scalar`, as NumPy's vectorized exp and log1p in cache-sized blocks (NumPy's
     ``logaddexp`` takes them one number at a time: 118 ms against 32 ms for 2 × 1536 × 2048 numbers; the two
     differ by at most an ulp or two, 4e-16 relative there)."""
-    x = np.asarray(x, dtype=np.float64)
-    out = np.empty(x.shape)
-    flat_x, flat = x.reshape(-1), out.reshape(-1)
-    step = per_block(4)
-    tmp = np.empty(min(step, flat.size))
-    for i in range(0, flat.size, step):
-        xs, o = flat_x[i : i + step], flat[i : i + step]
+
+    def block(xs, o):
         np.abs(xs, out=o)
         np.negative(o, out=o)
         np.exp(o, out=o)  # e^{−|x|} <= 1
         np.log1p(o, out=o)
-        o += np.maximum(xs, 0.0, out=tmp[: xs.size])
-    return out
+        o += np.maximum(xs, 0.0)
+
+    return _blocking.fill_blocks(np.asarray(x, dtype=np.float64), block, per_block(4))
 
 
 def _check_official(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
