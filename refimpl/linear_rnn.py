@@ -529,10 +529,13 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
         q_scaled = states is not None and scale != 1.0
 
         def run(sl):
-            check_part(check_gates, sl)
+            def gates_ok(block):  # the gates' sign (check_gates), checked on each group of chunks as the core
+                if not block.max() <= 0:  # reads it: the block is then in cache for its cumulative sums (NaN fails)
+                    check_part(check_gates, sl)
+
             qs, s = (q[sl] * scale, 1.0) if q_scaled else (q[sl], scale)
             fast = _channel_chunked(qs, k[sl], v[sl], logg[sl], c, o[sl], None if states is None else states[sl],
-                                    s, init=None if init_t is None else init_t[sl])
+                                    s, init=None if init_t is None else init_t[sl], check=gates_ok if gates else None)
             # The finiteness of the inputs, checked after the fact: a NaN or ±inf in q, k or v reaches the output
             # (q_t through o_t; k_s and v_s through the weights of o_s, times 0 where masked: NaN), and −∞ in
             # log g (NaN and +∞ are refused before, by check_gates) makes its chunk decay fast. One sum over the
@@ -554,24 +557,23 @@ def _gla_chunked(q, k, v, logg, c: int, keep_states: bool = True, scale: float =
     return o, states
 
 
-def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, init=None):
+def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, init=None, check=None):
     """The chunked form with a gate per key channel; ``q, k, logg`` (nb, L, Dk), ``v`` (nb, L, Dv).
 
     Writes the output, padded to whole chunks, into ``o`` (nb, n_chunks, c, Dv) and, unless
     None, the transposed chunk-end states ``S_endᵀ`` into ``states`` (nb, n_chunks, Dk, Dv).
     ``scale`` multiplies the queries; the output is linear in them, so the scale rides on the
-    values and the carried state (``scale · V``, ``scale · S``): the copy of V the product below
-    needs anyway scales it, no pass over the output or the queries. ``states`` only with
-    ``scale`` = 1 (then the carried state is S itself; the caller scales the queries,
-    :func:`_gla_chunked`). ``init``, optional: the transposed initial state ``S_{−1}ᵀ``
-    (nb, Dk, Dv) entering the first chunk (None: 0). Returns whether a chunk took the exact path
-    below (decayed fast, or met −∞ in ``logg``).
+    keys and the carried state (``scale · Kfᵀ``, ``scale · S``): the transposing copy of the
+    keys that the products below need anyway scales them, no pass over the output or the
+    queries. ``states`` only with ``scale`` = 1 (then the carried state is S itself; the caller
+    scales the queries, :func:`_gla_chunked`). ``init``, optional: the transposed initial state
+    ``S_{−1}ᵀ`` (nb, Dk, Dv) entering the first chunk (None: 0). Returns whether a chunk took
+    the exact path below (decayed fast, or met −∞ in ``logg``).
 
     In a chunk with in-chunk cumulative log-gates ``cum_t = Σ_{r=start}^{t} log g_r`` (one
     vector per step), ``e^{seg_j[t, s]} = e^{cum_tj} e^{−cum_sj}``: with ``Qe = Q ⊙ e^{cum}`` and
     ``Kf = K ⊙ e^{−cum}`` the in-chunk form (16.3) is ``tril(Qe Kfᵀ) V`` (BLAS), the readout of
-    the entering state ``S_in`` is ``Qe S_inᵀ`` — both in one product
-    ``[Qe | tril(Qe Kfᵀ)] [S_inᵀ ; V]`` per chunk — and the chunk's end state is
+    the entering state ``S_in`` is ``Qe S_inᵀ``, and the chunk's end state is
     ``S_endᵀ = Diag(e^{cum_end}) (S_inᵀ + Kfᵀ V)`` (16.5). This holds (each weight to a relative error of
     order ``|cum|·ε``, at most about ``(c − 1)·|cum|·ε``: the roundings of the cumulative sums; §16.2) where the
     chunk's total decay stays above ``e^{−_FACTOR_LOG}`` (then ``e^{−cum} <= e^{30}``); chunks
@@ -582,9 +584,13 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     The chunk's rows are processed in two halves (sub-chunks of c/2 rows; one block for c < 16):
     the rows of the first half see only the first half of the keys, so the upper-right quarter
     of ``tril(Qe Kfᵀ)`` (all zeros) is neither computed nor multiplied, the mask applies to the
-    two diagonal quarters only: 3/4 of the flops of the weights, 7/8 of those of the final
-    product (the same sums: only products with the zeros of the mask are dropped). The
-    cumulative log-gates take two levels, blocks of 8 rows and their offsets
+    two diagonal quarters only: 3/4 of the flops of the weights and of their product with V (the
+    same sums: only products with the zeros of the mask are dropped). The readout ``Qe S_inᵀ``
+    and the in-chunk part are two products added in cache; the values are read where they are,
+    in the input (one product of ``[Qe | tril(Qe Kfᵀ)]`` with ``[S_inᵀ ; V]`` would need a copy
+    of V below each state, and its 32 × 128 × 64 products ran at 49 GFLOP/s against 64 for
+    64 × 64 × 64 on one core; measured per group of 32 chunks: 672 against 585 us, the copy and
+    the sum included). The cumulative log-gates take two levels, blocks of 8 rows and their offsets
     (:func:`_chunk_cumsum`). ``Kfᵀ`` is written transposed, so both of its products are plain
     (NN) ones (OpenBLAS ran ``Qe Kfᵀ`` with a transposed operand 1.4 to 1.5 times slower at
     64 × 64 × 64; the transposing copy costs less than that, a few % of the time overall).
@@ -605,37 +611,36 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     # cache and ran 5 to 10 % faster on one thread, but with the heads split over two threads the whole call
     # took 15 % longer (H = 4, L = 8192, Dk = Dv = 64: 26.5 against 23 ms, medians of 15, interleaved runs).
     m = min(nc, _group(nb, c, max(dk, dv)))
-    X = np.empty((nb, m, c, dk + c))  # [Qe | tril(Qe Kfᵀ)] per chunk
-    Z = np.empty((nb, m, dk + c, dv))  # [scale S_inᵀ ; scale V] per chunk
+    QE = np.empty((nb, m, c, dk))  # Qe = q ⊙ e^{cum}
+    W = np.empty((nb, m, c, c))  # tril(Qe Kfᵀ), times the scale
+    SIN = np.empty((nb, m, dk, dv))  # scale · S_inᵀ per chunk
+    T = np.empty((nb, m, c, dv))  # the in-chunk part of the output
     Y = np.empty((nb, m, c, dk))  # cum, then e^{cum}
-    KT = np.empty((nb, m, dk, c))  # Kfᵀ = (k ⊙ e^{−cum})ᵀ
+    KT = np.empty((nb, m, dk, c))  # scale · Kfᵀ = scale · (k ⊙ e^{−cum})ᵀ
     D = np.empty((nb, m, dk, dv))  # e^{cum_end} of each chunk, along the rows of Sᵀ
     LOC = np.empty((nb, m, dk, dv))  # each chunk's own contribution to its end state
     # the views the state passing reads and writes, made once for all groups (the buffers are reused): its loop
     # makes two small NumPy calls a chunk, and with the heads split over threads the Python work between them
     # waits for the interpreter lock (the loop took 1.3 ms of 18 per two heads in one thread, 3.1 of 23 in each
     # of two; 2.3 with these views)
-    z_in, loc, dec_j = [Z[:, j, :dk] for j in range(m)], [LOC[:, j] for j in range(m)], [D[:, j] for j in range(m)]
+    z_in, loc, dec_j = [SIN[:, j] for j in range(m)], [LOC[:, j] for j in range(m)], [D[:, j] for j in range(m)]
     fast = False  # whether a chunk decayed fast (the return value)
     g0 = 0
     while g0 < nc:  # groups of chunks (temporaries in cache)
         sl = slice(g0, min(nc, g0 + m))
         mm = sl.stop - g0
-        Xg, Zg, Eg, KTg, gg = X[:, :mm], Z[:, :mm], Y[:, :mm], KT[:, :mm], gc[:, sl]
+        Qe, Wg, Sg, Tg, Eg, KTg, gg, vg = QE[:, :mm], W[:, :mm], SIN[:, :mm], T[:, :mm], Y[:, :mm], KT[:, :mm], \
+            gc[:, sl], vc[:, sl]
+        if check is not None:
+            check(gg)
         _chunk_cumsum(gg, Eg, tri)  # cum_t = Σ_{r=start}^{t} log g_r
         np.exp(Eg, out=Eg)  # e^{cum_t}
-        Qe = np.multiply(qc[:, sl], Eg, out=Xg[..., :dk])  # q_t ⊙ e^{cum_t}
+        np.multiply(qc[:, sl], Eg, out=Qe)  # q_t ⊙ e^{cum_t}
         # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ; spread over the columns up front, so that each
         # step of the state passing below is a plain contiguous product (a broadcast took twice as long)
         strong = Eg[:, :, -1].min(axis=-1) < _TINY  # chunks for the exact path
         np.copyto(D[:, :mm], Eg[:, :, -1, :, None])
         dec = D[:, :mm]
-        Vs = Zg[:, :, dk:]
-        if scale == 1.0:
-            np.copyto(Vs, vc[:, sl])
-        else:
-            np.multiply(vc[:, sl], scale, out=Vs)
-        scores = Xg[..., dk:]
         if strong.all():  # every chunk of the group takes the exact path: no factored form to overwrite
             local = LOC[:, :mm]
         else:
@@ -644,20 +649,23 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
             # (divided in place, then written transposed: a contiguous division and a transposing copy took
             # 2/3 of the time of one division with a transposed output, 98 against 149 us per group)
             np.divide(kc[:, sl], np.maximum(Eg, _TINY, out=Eg) if strong.any() else Eg, out=Eg)
-            np.copyto(KTg, np.swapaxes(Eg, -1, -2))
+            if scale == 1.0:
+                np.copyto(KTg, np.swapaxes(Eg, -1, -2))
+            else:
+                np.multiply(np.swapaxes(Eg, -1, -2), scale, out=KTg)
             for r0, r1 in parts:
-                blk = np.matmul(Qe[:, :, r0:r1], KTg[..., :r1], out=scores[:, :, r0:r1, :r1])  # Σ_j q_tj k_sj e^{seg_j[t, s]}
+                blk = np.matmul(Qe[:, :, r0:r1], KTg[..., :r1], out=Wg[:, :, r0:r1, :r1])  # Σ_j q_tj k_sj e^{seg_j[t, s]}
                 blk[..., r0:] *= tri[: r1 - r0, : r1 - r0]  # s <= t in the diagonal block
-            local = np.matmul(KTg, Vs, out=LOC[:, :mm])  # scale Σ_s (k_s ⊙ e^{−cum_s}) v_sᵀ
+            local = np.matmul(KTg, vg, out=LOC[:, :mm])  # scale Σ_s (k_s ⊙ e^{−cum_s}) v_sᵀ
         mixed = strong.any()
         if mixed:
             sb, sn = np.nonzero(strong)
-            _channel_exact(scores, local, qc[:, sl], kc[:, sl], Vs, gg, sb, sn)
+            _channel_exact(Wg, local, qc[:, sl], kc[:, sl], vg, gg, sb, sn, scale)
         # A head and chunk that decays fast passes Diag(e^{cum_end}) S_inᵀ + local on (the exact path's local carries
         # the decay), every other Diag(e^{cum_end}) (S_inᵀ + local); each by its own arithmetic whatever the other
         # heads do, so that a head's result does not depend on how the heads are shared out between threads
         n_fast = strong.sum(axis=0).tolist()
-        Zg[:, 0, :dk] = S
+        Sg[:, 0] = S
         for j in range(mm):  # state passing (16.5), times the scale
             nxt = z_in[j + 1] if j + 1 < mm else S
             if n_fast[j] == nb:
@@ -668,23 +676,26 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
                 nxt *= dec_j[j]
                 if n_fast[j]:
                     b = strong[:, j]
-                    nxt[b] = Zg[b, j, :dk] * dec[b, j] + local[b, j]
+                    nxt[b] = Sg[b, j] * dec[b, j] + local[b, j]
             if states is not None:
                 states[:, g0 + j] = nxt  # S_endᵀ (scale = 1 here)
-        # S_in (q_t ⊙ e^{cum_t}) + the masked form (16.3) in the chunk, both times the scale (in S and V); the
+        # S_in (q_t ⊙ e^{cum_t}) + the masked form (16.3) in the chunk, both times the scale (in S and Kf); the
         # rows [r0, r1) read the keys s < r1 only
+        og = o[:, sl]
+        np.matmul(Qe, Sg, out=og)
         for r0, r1 in parts:
-            np.matmul(Xg[:, :, r0:r1, : dk + r1], Zg[:, :, : dk + r1], out=o[:, sl, r0:r1])
+            np.matmul(Wg[:, :, r0:r1, :r1], vg[:, :, :r1], out=Tg[:, :, r0:r1])
+        og += Tg
         if mixed:
             fast = True
         g0 += mm
     return fast
 
 
-def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
+def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn, scale: float = 1.0):
     """Chunks that decay below ``e^{−_FACTOR_LOG}``: in-chunk weights and end-state contributions
     (with the chunk's decay) with every exponent a sum of log-gates <= 0, in blocks of at most
-    about ``_BLOCK_ELEMS`` elements. ``vg``: the values (times the scale, :func:`_channel_chunked`).
+    about ``_BLOCK_ELEMS`` elements, both times ``scale`` (:func:`_channel_chunked`).
 
     The in-chunk weights ``W[t, s] = Σ_j q_tj k_sj e^{seg_j[t, s]}`` (s <= t) by halving
     (:func:`_halving_weights`); the chunk's contribution to its end state from the suffix sums
@@ -695,8 +706,12 @@ def _channel_exact(scores, local, qg, kg, vg, gg, sb, sn):
     for sel in _by_halving_stop(gg[sb, sn], step):  # chunks that halve alike, batched
         b, n = sb[sel], sn[sel]
         k, g = kg[b, n], gg[b, n]  # (s, c, Dk)
-        scores[b, n] = _halving_weights(qg[b, n], k, g)
+        w = _halving_weights(qg[b, n], k, g)
         ke = k * np.exp(np.tri(c, c, -1).T @ g)  # k_s ⊙ e^{Σ_{r=s+1}^{end} log g_r} (the sums as a product)
+        if scale != 1.0:
+            w *= scale
+            ke *= scale
+        scores[b, n] = w
         local[b, n] = np.swapaxes(ke, -1, -2) @ vg[b, n]
 
 
@@ -1174,9 +1189,10 @@ def gated_linear_attention(q, k, v, log_g, *, scale=None, chunk_size=64, return_
     per key channel the chunk is halved again and again, each quarter one product through its
     boundary (every exponent ≤ 0), until the blocks decay by at most ``e^{−30}`` and take the
     factored form (the GLA paper's secondary chunking, applied recursively). Every other
-    exponent is ≤ 0, so nothing overflows at any L. The in-chunk form and the readout of the entering state are one product per chunk,
-    ``[Qe | tril(Qe Kfᵀ)] [S_inᵀ ; V]`` (the first chunk's ``S_in`` is ``S_{−1}``; the first half of a
-    chunk's rows skips the zero upper-right quarter of the mask); the chunks are
+    exponent is ≤ 0, so nothing overflows at any L. The in-chunk form and the readout of the entering state are
+    one product per chunk with a gate per head, ``[Q | tril(Q Kᵀ)] [S_inᵀ ; V ⊙ e^{−cum}]`` (the first chunk's
+    ``S_in`` is ``S_{−1}``), and two with a gate per key channel, ``Qe S_inᵀ`` and ``tril(Qe Kfᵀ) V``, added
+    (the first half of a chunk's rows skips the zero upper-right quarter of the mask); the chunks are
     processed in groups small enough to stay in the processor's cache, and independent heads run in
     parallel threads. Twins: :func:`gated_linear_attention_loop` (the recurrence),
     :func:`gated_linear_attention_parallel` (the dense masked form).
