@@ -606,6 +606,9 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     h = c // 2 if c >= 16 else c
     parts = ((0, h), (h, c)) if h < c else ((0, c),)  # row blocks [r0, r1): they see the keys s < r1
     tri = np.tri(c)
+    above = np.zeros((c, c), dtype=bool)  # the mask's zeros that the row blocks compute: above the diagonal of
+    for r0, r1 in parts:  # their diagonal blocks (set by one masked copy per group: half the time of a product
+        above[r0:r1, r0:r1] = _above(r1 - r0)  # with each block's triangle, 33 against 62 us per group of 32 chunks)
     S = np.zeros((nb, dk, dv)) if init is None else init * scale  # scale · S_inᵀ entering the next group
     # Groups of _group's rows (as the other cores). A quarter of them kept one thread's temporaries in a 2 MiB L2
     # cache and ran 5 to 10 % faster on one thread, but with the heads split over two threads the whole call
@@ -653,9 +656,9 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
                 np.copyto(KTg, np.swapaxes(Eg, -1, -2))
             else:
                 np.multiply(np.swapaxes(Eg, -1, -2), scale, out=KTg)
-            for r0, r1 in parts:
-                blk = np.matmul(Qe[:, :, r0:r1], KTg[..., :r1], out=Wg[:, :, r0:r1, :r1])  # Σ_j q_tj k_sj e^{seg_j[t, s]}
-                blk[..., r0:] *= tri[: r1 - r0, : r1 - r0]  # s <= t in the diagonal block
+            for r0, r1 in parts:  # Σ_j q_tj k_sj e^{seg_j[t, s]}, the rows [r0, r1) for the keys s < r1
+                np.matmul(Qe[:, :, r0:r1], KTg[..., :r1], out=Wg[:, :, r0:r1, :r1])
+            np.copyto(Wg, 0.0, where=above)  # s <= t (the upper-right quarter is neither written nor read)
             local = np.matmul(KTg, vg, out=LOC[:, :mm])  # scale Σ_s (k_s ⊙ e^{−cum_s}) v_sᵀ
         mixed = strong.any()
         if mixed:
