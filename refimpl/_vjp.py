@@ -1158,7 +1158,8 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out, init=None, final=None, dinit=N
     Dk = Dv = 64, measured). Fast-forgetting gates (g ~ U(0.01, 0.5)) take the exact form everywhere:
     +25–30 % per channel (the halvings' and the blocks' straddling sums), +5–10 % per head and SSD.
     """
-    from .linear_rnn import _chunk_cumsum, _chunks  # the forward pass's own chunking and sums (lazy: import cycle)
+    # the forward pass's own chunking and sums (imported here: import cycle)
+    from .linear_rnn import _chunk_cumsum, _chunks, _cumsum_triangles
 
     nb, L, dk = q.shape
     dv, dg = v.shape[-1], logg.shape[-1]
@@ -1166,7 +1167,7 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out, init=None, final=None, dinit=N
     qc, kc, vc, gc, yc = (_chunks(a, c, -2) for a in (q, k, v, logg, dy))  # (nb, nc, c, ·), padding 0
     nc = qc.shape[1]
     groups = _chunk_groups(nb, nc, c, max(dk, dv))
-    tri = np.tri(c)
+    tri, tris = np.tri(c), _cumsum_triangles(c)
     sT = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
 
     def decays(sl):  # e^{cum}, e^{−cum} (clamped), e^{cum_end}, the chunks that decay below e^{−30}, and the
@@ -1174,7 +1175,7 @@ def _gla_vjp_core(q, k, v, logg, dy, c: int, out, init=None, final=None, dinit=N
         # e^{−_REC_SAFE_LOG}: at a step r with a small gate every straddling pair is small)
         g = gc[:, sl]
         # Σ_{r=start}^{t} log g_r, the forward's sums
-        cum = _chunk_cumsum(g, np.empty(g.shape), tri) if dg > 1 else np.cumsum(g, axis=-2)
+        cum = _chunk_cumsum(g, np.empty(g.shape), tris) if dg > 1 else np.cumsum(g, axis=-2)
         eq = np.exp(cum)
         ek = np.divide(1.0, np.maximum(eq, _REC_TINY))
         strong = cum[:, :, -1, :].min(axis=-1) < -_REC_FACTOR_LOG

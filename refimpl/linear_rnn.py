@@ -453,7 +453,16 @@ def _suffix(a: np.ndarray, axis: int) -> np.ndarray:
 _CUM_BLOCK = 8  # rows per block of the two-level in-chunk cumulative sums (_chunk_cumsum)
 
 
-def _chunk_cumsum(g: np.ndarray, out: np.ndarray, tri: np.ndarray) -> np.ndarray:
+def _cumsum_triangles(c: int) -> tuple:
+    """The triangles of ones :func:`_chunk_cumsum` multiplies by for chunks of ``c`` rows (made once per call of
+    a core, not once per group of chunks)."""
+    b = _CUM_BLOCK
+    if c % b or c < 2 * b:
+        return (np.tri(c),)
+    return np.tri(b), np.tri(c // b, k=-1)
+
+
+def _chunk_cumsum(g: np.ndarray, out: np.ndarray, tris: tuple) -> np.ndarray:
     """``out[..., t, :] = Σ_{r<=t} g[..., r, :]``: inclusive cumulative sums down the chunk axis (-2).
 
     Two levels for chunks of a multiple of :data:`_CUM_BLOCK` rows: the sums within blocks of 8
@@ -462,14 +471,14 @@ def _chunk_cumsum(g: np.ndarray, out: np.ndarray, tri: np.ndarray) -> np.ndarray
     (chunks of 64 × 64, 32 chunks, one thread): 110 us, against 235 us for the products with the
     (64, 64) triangle (in halves) and 870 us for ``np.cumsum`` down this axis. Each sum keeps a
     relative error of order (rows) × ε, as with the single triangle. Other chunk lengths: one
-    product with ``tri``, the (c, c) triangle of ones.
+    product with the (c, c) triangle of ones. ``tris``: :func:`_cumsum_triangles` of the chunk length.
     """
     c, b = g.shape[-2], _CUM_BLOCK
-    if c % b or c < 2 * b:
-        return np.matmul(tri, g, out=out)
+    if len(tris) == 1:
+        return np.matmul(tris[0], g, out=out)
     shape = g.shape[:-2] + (c // b, b, g.shape[-1])
-    blocks = np.matmul(np.tri(b), g.reshape(shape), out=out.reshape(shape))  # sums within each block
-    blocks += np.matmul(np.tri(c // b, k=-1), blocks[..., -1, :])[..., None, :]  # + the earlier blocks' totals
+    blocks = np.matmul(tris[0], g.reshape(shape), out=out.reshape(shape))  # sums within each block
+    blocks += np.matmul(tris[1], blocks[..., -1, :])[..., None, :]  # + the earlier blocks' totals
     return out
 
 
@@ -596,6 +605,12 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     64 × 64 × 64; the transposing copy costs less than that, a few % of the time overall).
     Each product has at most 64 × 64 outputs per call for the default chunk and Dk, Dv <= 64,
     so OpenBLAS keeps it on the calling thread (see :func:`refimpl._blocking.in_parts`).
+
+    With the heads split over two threads, every NumPy call waits for the interpreter lock held by
+    the other thread's Python work between its calls: two heads (L = 8192, d = 64) took 18.8 ms
+    alone, 19.0 ms in each of two processes side by side and 21.3 ms in each of two threads. So the
+    calls per group are few: the triangles of the cumulative sums are made once, one scalar test
+    finds a group without fast-decaying chunks, the chunk-end states are stored by one copy per group.
     """
     nb, L, dk = q.shape
     dv = v.shape[-1]
@@ -605,18 +620,20 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     nc = qc.shape[1]
     h = c // 2 if c >= 16 else c
     parts = ((0, h), (h, c)) if h < c else ((0, c),)  # row blocks [r0, r1): they see the keys s < r1
-    tri = np.tri(c)
+    tris = _cumsum_triangles(c)
     above = np.zeros((c, c), dtype=bool)  # the mask's zeros that the row blocks compute: above the diagonal of
     for r0, r1 in parts:  # their diagonal blocks (set by one masked copy per group: half the time of a product
         above[r0:r1, r0:r1] = _above(r1 - r0)  # with each block's triangle, 33 against 62 us per group of 32 chunks)
-    S = np.zeros((nb, dk, dv)) if init is None else init * scale  # scale · S_inᵀ entering the next group
     # Groups of _group's rows (as the other cores). A quarter of them kept one thread's temporaries in a 2 MiB L2
     # cache and ran 5 to 10 % faster on one thread, but with the heads split over two threads the whole call
     # took 15 % longer (H = 4, L = 8192, Dk = Dv = 64: 26.5 against 23 ms, medians of 15, interleaved runs).
     m = min(nc, _group(nb, c, max(dk, dv)))
     QE = np.empty((nb, m, c, dk))  # Qe = q ⊙ e^{cum}
     W = np.empty((nb, m, c, c))  # tril(Qe Kfᵀ), times the scale
-    SIN = np.empty((nb, m, dk, dv))  # scale · S_inᵀ per chunk
+    SIN = np.empty((nb, m + 1, dk, dv))  # scale · S_inᵀ per chunk, and after the last one
+    SIN[:, 0] = 0.0 if init is None else init * scale  # entering the first group
+    S = SIN[:, m]  # leaving a whole group (the next one copies it to its first slot)
+    DE = np.empty((nb, m, dk))  # e^{cum_end} of each chunk
     T = np.empty((nb, m, c, dv))  # the in-chunk part of the output
     Y = np.empty((nb, m, c, dk))  # cum, then e^{cum}
     KT = np.empty((nb, m, dk, c))  # scale · Kfᵀ = scale · (k ⊙ e^{−cum})ᵀ
@@ -626,7 +643,7 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     # makes two small NumPy calls a chunk, and with the heads split over threads the Python work between them
     # waits for the interpreter lock (the loop took 1.3 ms of 18 per two heads in one thread, 3.1 of 23 in each
     # of two; 2.3 with these views)
-    z_in, loc, dec_j = [SIN[:, j] for j in range(m)], [LOC[:, j] for j in range(m)], [D[:, j] for j in range(m)]
+    z_in, loc, dec_j = [SIN[:, j] for j in range(m + 1)], [LOC[:, j] for j in range(m)], [D[:, j] for j in range(m)]
     fast = False  # whether a chunk decayed fast (the return value)
     g0 = 0
     while g0 < nc:  # groups of chunks (temporaries in cache)
@@ -636,22 +653,21 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
             gc[:, sl], vc[:, sl]
         if check is not None:
             check(gg)
-        _chunk_cumsum(gg, Eg, tri)  # cum_t = Σ_{r=start}^{t} log g_r
+        _chunk_cumsum(gg, Eg, tris)  # cum_t = Σ_{r=start}^{t} log g_r
         np.exp(Eg, out=Eg)  # e^{cum_t}
         np.multiply(qc[:, sl], Eg, out=Qe)  # q_t ⊙ e^{cum_t}
-        # e^{cum_end}: the chunk's decay, scaling the rows of Sᵀ; spread over the columns up front, so that each
-        # step of the state passing below is a plain contiguous product (a broadcast took twice as long)
-        strong = Eg[:, :, -1].min(axis=-1) < _TINY  # chunks for the exact path
-        np.copyto(D[:, :mm], Eg[:, :, -1, :, None])
-        dec = D[:, :mm]
-        if strong.all():  # every chunk of the group takes the exact path: no factored form to overwrite
+        de = DE[:, :mm]  # e^{cum_end}: each chunk's decay per key channel (the rows of Sᵀ)
+        np.copyto(de, Eg[:, :, -1])
+        mixed = de.min() < _TINY  # whether a chunk decays fast (then the exact path for it, below)
+        strong = de.min(axis=-1) < _TINY if mixed else None  # which ones
+        if mixed and strong.all():  # every chunk of the group takes the exact path: no factored form to overwrite
             local = LOC[:, :mm]
         else:
             # k_s ⊙ e^{−cum_s}; e^{cum} >= e^{cum_end} >= e^{−30} in a chunk that does not decay fast (the
             # log-gates are <= 0), else clamped there (the exact path below where it matters)
             # (divided in place, then written transposed: a contiguous division and a transposing copy took
             # 2/3 of the time of one division with a transposed output, 98 against 149 us per group)
-            np.divide(kc[:, sl], np.maximum(Eg, _TINY, out=Eg) if strong.any() else Eg, out=Eg)
+            np.divide(kc[:, sl], np.maximum(Eg, _TINY, out=Eg) if mixed else Eg, out=Eg)
             if scale == 1.0:
                 np.copyto(KTg, np.swapaxes(Eg, -1, -2))
             else:
@@ -660,28 +676,37 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
                 np.matmul(Qe[:, :, r0:r1], KTg[..., :r1], out=Wg[:, :, r0:r1, :r1])
             np.copyto(Wg, 0.0, where=above)  # s <= t (the upper-right quarter is neither written nor read)
             local = np.matmul(KTg, vg, out=LOC[:, :mm])  # scale Σ_s (k_s ⊙ e^{−cum_s}) v_sᵀ
-        mixed = strong.any()
         if mixed:
             sb, sn = np.nonzero(strong)
             _channel_exact(Wg, local, qc[:, sl], kc[:, sl], vg, gg, sb, sn, scale)
-        # A head and chunk that decays fast passes Diag(e^{cum_end}) S_inᵀ + local on (the exact path's local carries
-        # the decay), every other Diag(e^{cum_end}) (S_inᵀ + local); each by its own arithmetic whatever the other
-        # heads do, so that a head's result does not depend on how the heads are shared out between threads
-        n_fast = strong.sum(axis=0).tolist()
-        Sg[:, 0] = S
-        for j in range(mm):  # state passing (16.5), times the scale
-            nxt = z_in[j + 1] if j + 1 < mm else S
-            if n_fast[j] == nb:
-                np.multiply(z_in[j], dec_j[j], out=nxt)
-                nxt += loc[j]
-            else:
-                np.add(z_in[j], loc[j], out=nxt)
-                nxt *= dec_j[j]
-                if n_fast[j]:
-                    b = strong[:, j]
-                    nxt[b] = Sg[b, j] * dec[b, j] + local[b, j]
-            if states is not None:
-                states[:, g0 + j] = nxt  # S_endᵀ (scale = 1 here)
+        if g0:
+            Sg[:, 0] = S  # the state leaving the previous group
+        # the decays spread over the columns, so that each step of the state passing is a plain contiguous product
+        # (a broadcast took twice as long)
+        np.copyto(D[:, :mm], de[..., None])
+        if not mixed:
+            for j in range(mm):  # state passing (16.5), times the scale
+                np.add(z_in[j], loc[j], out=z_in[j + 1])
+                z_in[j + 1] *= dec_j[j]
+        else:
+            # A head and chunk that decays fast passes Diag(e^{cum_end}) S_inᵀ + local on (the exact path's local
+            # carries the decay), every other Diag(e^{cum_end}) (S_inᵀ + local); each by its own arithmetic whatever
+            # the other heads do, so that a head's result does not depend on how the heads are shared out between
+            # threads
+            n_fast = strong.sum(axis=0).tolist()
+            for j in range(mm):
+                nxt = z_in[j + 1]
+                if n_fast[j] == nb:
+                    np.multiply(z_in[j], dec_j[j], out=nxt)
+                    nxt += loc[j]
+                else:
+                    np.add(z_in[j], loc[j], out=nxt)
+                    nxt *= dec_j[j]
+                    if n_fast[j]:
+                        b = strong[:, j]
+                        nxt[b] = Sg[b, j] * D[b, j] + local[b, j]
+        if states is not None:
+            states[:, sl] = SIN[:, 1 : mm + 1]  # S_endᵀ (scale = 1 here)
         # S_in (q_t ⊙ e^{cum_t}) + the masked form (16.3) in the chunk, both times the scale (in S and Kf); the
         # rows [r0, r1) read the keys s < r1 only
         og = o[:, sl]

@@ -89,13 +89,13 @@ def test_chunk_cumsum_two_levels_equals_exact_sums(c):
     g = -rng.uniform(0.0, 3.0, size=(2, 3, c, 5))
     g[0, 1] = -rng.uniform(0.0, 1e-6, size=(c, 5))  # gates near 1: small sums, where an absolute error shows
     out = np.full(g.shape, np.nan)
-    assert lr._chunk_cumsum(g, out, np.tri(c)) is out
+    assert lr._chunk_cumsum(g, out, lr._cumsum_triangles(c)) is out
     exact = np.array([[[[math.fsum(g[a, b, : t + 1, j]) for j in range(5)] for t in range(c)]
                        for b in range(3)] for a in range(2)])
     assert np.all(np.abs(out - exact) <= 4 * c * np.finfo(float).eps * np.abs(exact))
     # the output may be a non-contiguous slice (the core's group of chunks): written in place
     view = np.full((2, 5, c, 5), np.nan)[:, 1:4]
-    lr._chunk_cumsum(g, view, np.tri(c))
+    lr._chunk_cumsum(g, view, lr._cumsum_triangles(c))
     assert np.array_equal(view, out)
 
 
