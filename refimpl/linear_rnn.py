@@ -633,7 +633,6 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     SIN = np.empty((nb, m + 1, dk, dv))  # scale · S_inᵀ per chunk, and after the last one
     SIN[:, 0] = 0.0 if init is None else init * scale  # entering the first group
     S = SIN[:, m]  # leaving a whole group (the next one copies it to its first slot)
-    DE = np.empty((nb, m, dk))  # e^{cum_end} of each chunk
     T = np.empty((nb, m, c, dv))  # the in-chunk part of the output
     Y = np.empty((nb, m, c, dk))  # cum, then e^{cum}
     KT = np.empty((nb, m, dk, c))  # scale · Kfᵀ = scale · (k ⊙ e^{−cum})ᵀ
@@ -656,10 +655,12 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
         _chunk_cumsum(gg, Eg, tris)  # cum_t = Σ_{r=start}^{t} log g_r
         np.exp(Eg, out=Eg)  # e^{cum_t}
         np.multiply(qc[:, sl], Eg, out=Qe)  # q_t ⊙ e^{cum_t}
-        de = DE[:, :mm]  # e^{cum_end}: each chunk's decay per key channel (the rows of Sᵀ)
-        np.copyto(de, Eg[:, :, -1])
-        mixed = de.min() < _TINY  # whether a chunk decays fast (then the exact path for it, below)
-        strong = de.min(axis=-1) < _TINY if mixed else None  # which ones
+        # e^{cum_end}: each chunk's decay per key channel (the rows of Sᵀ), spread over the columns (so that each
+        # step of the state passing below is a plain contiguous product: a broadcast took twice as long)
+        dec = D[:, :mm]
+        np.copyto(dec, Eg[:, :, -1, :, None])
+        mixed = Eg[:, :, -1].min() < _TINY  # whether a chunk decays fast (then the exact path for it, below)
+        strong = dec[..., 0].min(axis=-1) < _TINY if mixed else None  # which ones
         if mixed and strong.all():  # every chunk of the group takes the exact path: no factored form to overwrite
             local = LOC[:, :mm]
         else:
@@ -681,13 +682,10 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
             _channel_exact(Wg, local, qc[:, sl], kc[:, sl], vg, gg, sb, sn, scale)
         if g0:
             Sg[:, 0] = S  # the state leaving the previous group
-        # the decays spread over the columns, so that each step of the state passing is a plain contiguous product
-        # (a broadcast took twice as long)
-        np.copyto(D[:, :mm], de[..., None])
         if not mixed:
-            for j in range(mm):  # state passing (16.5), times the scale
-                np.add(z_in[j], loc[j], out=z_in[j + 1])
-                z_in[j + 1] *= dec_j[j]
+            for z, l_, d_, nxt in zip(z_in, loc, dec_j, z_in[1 : mm + 1]):  # state passing (16.5), times the scale
+                np.add(z, l_, nxt)
+                np.multiply(nxt, d_, nxt)
         else:
             # A head and chunk that decays fast passes Diag(e^{cum_end}) S_inᵀ + local on (the exact path's local
             # carries the decay), every other Diag(e^{cum_end}) (S_inᵀ + local); each by its own arithmetic whatever
@@ -704,7 +702,7 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
                     nxt *= dec_j[j]
                     if n_fast[j]:
                         b = strong[:, j]
-                        nxt[b] = Sg[b, j] * D[b, j] + local[b, j]
+                        nxt[b] = Sg[b, j] * dec[b, j] + local[b, j]
         if states is not None:
             states[:, sl] = SIN[:, 1 : mm + 1]  # S_endᵀ (scale = 1 here)
         # S_in (q_t ⊙ e^{cum_t}) + the masked form (16.3) in the chunk, both times the scale (in S and Kf); the
