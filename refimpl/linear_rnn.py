@@ -576,8 +576,10 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     keys that the products below need anyway scales them, no pass over the output or the
     queries. ``states`` only with ``scale`` = 1 (then the carried state is S itself; the caller
     scales the queries, :func:`_gla_chunked`). ``init``, optional: the transposed initial state
-    ``S_{−1}ᵀ`` (nb, Dk, Dv) entering the first chunk (None: 0). Returns whether a chunk took
-    the exact path below (decayed fast, or met −∞ in ``logg``).
+    ``S_{−1}ᵀ`` (nb, Dk, Dv) entering the first chunk (None: 0). ``check``, optional: called with
+    each group's log-gates before they are read (the caller's sign check, :func:`_gla_chunked`: then
+    they are in cache for the cumulative sums). Returns whether a chunk took the exact path below
+    (decayed fast, or met −∞ in ``logg``).
 
     In a chunk with in-chunk cumulative log-gates ``cum_t = Σ_{r=start}^{t} log g_r`` (one
     vector per step), ``e^{seg_j[t, s]} = e^{cum_tj} e^{−cum_sj}``: with ``Qe = Q ⊙ e^{cum}`` and
@@ -606,7 +608,7 @@ def _channel_chunked(q, k, v, logg, c: int, o, states=None, scale: float = 1.0, 
     Each product has at most 64 × 64 outputs per call for the default chunk and Dk, Dv <= 64,
     so OpenBLAS keeps it on the calling thread (see :func:`refimpl._blocking.in_parts`).
 
-    With the heads split over two threads, every NumPy call waits for the interpreter lock held by
+    With the heads split over two threads, a NumPy call can wait for the interpreter lock held by
     the other thread's Python work between its calls: two heads (L = 8192, d = 64) took 18.8 ms
     alone, 19.0 ms in each of two processes side by side and 21.3 ms in each of two threads. So the
     calls per group are few: the triangles of the cumulative sums are made once, one scalar test
