@@ -124,6 +124,20 @@ THREADS = min(8, _usable_cores())
 THREAD_MIN_ELEMS = 1 << 16
 
 
+def parts_for(n: int, elems: int) -> int:
+    """How many threads :func:`in_parts` (and :func:`take_turns`) would use for ``n`` items and ``elems``
+    of work: 1 when ``n`` <= 1, ``THREADS`` is 1, ``elems`` is below ``THREAD_MIN_ELEMS`` or the caller
+    is itself one of the pool's threads.
+
+    Examples
+    --------
+    >>> parts_for(1, 10**9), parts_for(5, 0)
+    (1, 1)
+    """
+    parts = min(n, THREADS) if elems >= THREAD_MIN_ELEMS else 1
+    return 1 if parts <= 1 or getattr(_worker, "busy", False) else parts
+
+
 def in_parts(run: Callable[[slice], None], n: int, elems: int, *, one_blas: bool = False) -> None:
     """Call ``run(part)`` on contiguous slices ``part`` of ``range(n)``, one slice per thread.
 
@@ -157,8 +171,8 @@ def in_parts(run: Callable[[slice], None], n: int, elems: int, *, one_blas: bool
     >>> in_parts(run, 5, elems=10**9); out
     [0, 1, 4, 9, 16]
     """
-    parts = min(n, THREADS) if elems >= THREAD_MIN_ELEMS else 1
-    if parts <= 1 or getattr(_worker, "busy", False):
+    parts = parts_for(n, elems)
+    if parts == 1:
         run(slice(0, n))
         return
     bounds = [n * i // parts for i in range(parts + 1)]
