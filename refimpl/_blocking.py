@@ -301,7 +301,6 @@ def in_blocks(block: Callable[[slice], None], n: int, size: int, elems: int) -> 
     take_turns(-(-n // size), lambda: lambda i: block(slice(i * size, min(n, (i + 1) * size))), elems)
 
 
-
 def fill_blocks(x: np.ndarray, block: Callable[[np.ndarray, np.ndarray], None], size: int, threads_from: int = 0) -> np.ndarray:
     """A new array of ``x``'s layout filled by ``block(x_part, out_part)`` on flat parts of ``size`` numbers (an
     elementwise map whose temporaries stay in cache), shared out between threads (:func:`in_blocks`) when ``x``
@@ -320,6 +319,7 @@ def fill_blocks(x: np.ndarray, block: Callable[[np.ndarray, np.ndarray], None], 
     xs, rs = x.ravel(order="K"), out.ravel(order="K")
     in_blocks(lambda sl: block(xs[sl], rs[sl]), xs.size, size, xs.size if xs.size >= threads_from else 0)
     return out
+
 
 #: Products of fewer multiply-adds than this run on the calling thread in OpenBLAS (NumPy's BLAS);
 #: larger ones are split over threads that synchronize inside the product. When another process

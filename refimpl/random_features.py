@@ -425,7 +425,7 @@ def _causal_sums(phi_q, phi_k, v, c: int, out, checks, finite: list) -> None:
     fused = parts_for(n_groups, elems) == 1
     states = np.empty(batch + ((group if fused else full) + 1, n_feat, width))  # states[n] = S_n (fused: S_{base+n})
     states[..., 0, :, :] = 0.0
-    base = [0]  # the chunk whose state is states[0]: 0, or the group's first in the fused path
+    base = 0  # the chunk whose state is states[0]: 0, or the group's first in the fused path (set below)
     tri = np.tri(c)
     lazy_k = isinstance(phi_k, _RowMap) and phi_k.into is not None
     k_t = np.empty(batch + (group if fused else full, n_feat, c)) if lazy_k else None  # φ(K_n)^T, from stage 1 to 3
@@ -434,7 +434,7 @@ def _causal_sums(phi_q, phi_k, v, c: int, out, checks, finite: list) -> None:
         return slice(gi * group, min((gi + 1) * group, full))
 
     def held(sl):  # the chunks sl in the indices of states and k_t
-        return slice(sl.start - base[0], sl.stop - base[0])
+        return slice(sl.start - base, sl.stop - base)
 
     def transposed_keys(sl, buf):  # φ(K_n)^T for the chunks sl, (..., G, C, c)
         if not lazy_k:
@@ -486,8 +486,8 @@ def _causal_sums(phi_q, phi_k, v, c: int, out, checks, finite: list) -> None:
         for gi in range(n_groups):
             if gi:  # the state the earlier groups leave enters this one
                 states[..., 0, :, :] = states[..., g, :, :]
-                base[0] = chunk_slice(gi).start
-            g = chunk_slice(gi).stop - base[0]
+                base = chunk_slice(gi).start
+            g = chunk_slice(gi).stop - base
             stage1(gi)
             cumsum_rows(states[..., : g + 1, :, :], -3, states[..., : g + 1, :, :])  # the same adds, in the same order
             stage3(gi)
