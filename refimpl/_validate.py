@@ -161,21 +161,22 @@ def as_real_array(x, name: str, *, ndim=None, finite: bool = True, copy: bool = 
     return arr
 
 
-def as_complex_array(x, name: str, *, ndim=None, finite: bool = True) -> np.ndarray:
-    """Convert to a complex128 array (real input is accepted and cast)."""
-    arr = np.array(_to_array(x, name), dtype=np.complex128)
+def as_complex_array(x, name: str, *, ndim=None, finite: bool = True, copy: bool = True) -> np.ndarray:
+    """Convert to a complex128 array (real input is accepted and cast); ``copy`` as in :func:`as_real_array`."""
+    arr = (np.array if copy else np.asarray)(_to_array(x, name), dtype=np.complex128)
     _check_ndim(arr, name, ndim)
     if finite:
         _check_finite(arr, name)
     return arr
 
 
-def as_array(x, name: str, *, ndim=None, finite: bool = True) -> np.ndarray:
-    """Convert to float64 if real, complex128 if complex (refimpl never drops an imaginary part)."""
+def as_array(x, name: str, *, ndim=None, finite: bool = True, copy: bool = True) -> np.ndarray:
+    """Convert to float64 if real, complex128 if complex (refimpl never drops an imaginary part);
+    ``copy`` as in :func:`as_real_array`."""
     arr = _to_array(x, name)
     if arr.dtype.kind == "c":
-        return as_complex_array(arr, name, ndim=ndim, finite=finite)
-    return as_real_array(arr, name, ndim=ndim, finite=finite)
+        return as_complex_array(arr, name, ndim=ndim, finite=finite, copy=copy)
+    return as_real_array(arr, name, ndim=ndim, finite=finite, copy=copy)
 
 
 def check_shape(arr: np.ndarray, name: str, shape: tuple) -> None:

@@ -112,6 +112,26 @@ def test_cumsum_rows_equals_cumsum(axis):
     np.testing.assert_array_equal(b, want)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (3, 2), (511, 16), (512, 3), (513, 600), (2, 1100, 5), (2, 3, 7, 1030)])
+def test_copy_transposed_equals_swapaxes(shape):
+    # tiles of 512 rows and columns, the last ones partial; leading axes; a strided source and destination
+    from refimpl._blocking import copy_transposed
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(size=shape)
+    want = np.swapaxes(x, -1, -2)
+    out = copy_transposed(x, np.empty(want.shape))
+    np.testing.assert_array_equal(out, want)
+    assert out.flags.c_contiguous
+    big = rng.normal(size=shape[:-1] + (2 * shape[-1] + 1,))
+    dst = np.full(shape[:-2] + (shape[-1], 3 * shape[-2]), np.nan)
+    assert copy_transposed(big[..., 1::2], dst[..., ::3]) is not None
+    np.testing.assert_array_equal(dst[..., ::3], np.swapaxes(big[..., 1::2], -1, -2))
+    assert np.isnan(dst[..., 1::3]).all()  # nothing written between the destination's columns
+    zc = copy_transposed(x + 1j * x, np.empty(want.shape, dtype=complex))
+    np.testing.assert_array_equal(zc, want + 1j * want)
+
+
 def test_l2_cache_bytes_reads_sysfs(tmp_path):
     # the L2 size sets the chunked recurrences' group size (linear_rnn._GROUP_ROWS): read from Linux's sysfs,
     # the first level-2 data or unified cache; None where nothing usable is reported

@@ -238,6 +238,23 @@ class TestFftConv:
         close(y[:, 3], np.convolve(u[:, 3], h[:, 0])[:30], rtol=ORACLE, what="complex fft_conv vs numpy.convolve")
 
     @pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+    def test_long_read_only_and_strided_inputs(self, shared):
+        # 1300 steps: the transposing copies' tiles of 512 steps, the last one partial; inputs read-only, u a
+        # transposed view and h a strided one, neither copied nor written (as_array(copy=False))
+        rng = np.random.default_rng(27)
+        u = np.swapaxes(rng.normal(size=(2, 21, 1300)), -1, -2)
+        h = rng.normal(size=(900, 2 if shared else 42))[:, ::2]  # every other column: (900, 1) or (900, 21)
+        u0, h0 = u.copy(), h.copy()
+        u.flags.writeable = h.flags.writeable = False
+        y = mixing.fft_conv(u, h)
+        np.testing.assert_array_equal(u, u0)
+        np.testing.assert_array_equal(h, h0)
+        close(y, mixing.fft_conv(u0, h0), rtol=SELF, what="fft_conv of views vs of contiguous copies")
+        for b, c in ((0, 0), (1, 7), (1, 20)):
+            close(y[b, :, c], np.convolve(u0[b, :, c], h0[:, 0 if shared else c])[:1300], rtol=ORACLE,
+                  what="long fft_conv vs numpy.convolve")
+
+    @pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
     def test_channel_groups(self, shared):
         # 37 channels: transformed in groups (16, 16, 5), each group against the loop twin and numpy.convolve
         rng = np.random.default_rng(24)

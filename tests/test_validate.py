@@ -95,6 +95,12 @@ class TestAsRealArray:
         assert not np.shares_memory(as_real_array(x, "x"), x)  # the default copies
         y = as_real_array(np.arange(3), "x", copy=False)  # integers must still be converted
         assert y.dtype == np.float64
+        z = np.arange(4.0) + 1j
+        assert as_array(z, "z", copy=False) is z and as_complex_array(z, "z", copy=False) is z
+        assert as_array(x, "x", copy=False) is x
+        assert not np.shares_memory(as_array(z, "z"), z) and not np.shares_memory(as_array(x, "x"), x)
+        assert as_array(np.arange(3), "x", copy=False).dtype == np.float64
+        assert as_complex_array(x, "x", copy=False).dtype == np.complex128  # a real input is cast
 
     @pytest.mark.parametrize("x", NOT_NUMERIC)
     def test_not_numeric(self, x):
