@@ -362,7 +362,7 @@ def fft_conv(u, h):
     groups of at least 16 (fewer if the workspace budget of :mod:`refimpl._blocking` allows more),
     so the spectra held at once stay a few MiB instead of three copies of the whole padded input;
     each channel's transforms are the same either way. The groups are taken by threads one at a
-    time (:data:`refimpl._blocking.THREADS`; SciPy's FFTs release the GIL): the groups depend on
+    time (:data:`refimpl._blocking.THREADS`; NumPy's FFTs release the GIL): the groups depend on
     the shapes only, so the output is bitwise the same with any number of threads. The output at t depends on ``u_s``,
     s > t, only through round-off (≈ 1e-16 relative, not exactly 0).
 
