@@ -358,10 +358,11 @@ def fft_conv(u, h):
 
     O((N + M) log(N + M)) per channel instead of O(N M). ``n`` is ``scipy.fft.next_fast_len``;
     real inputs use ``rfft``/``irfft`` with explicit ``n`` (NumPy's, which pad each channel as they
-    transform it), each channel's samples copied to a contiguous row first in cache-sized tiles. The channels are transformed in
-    groups of at least 16 (fewer if the workspace budget of :mod:`refimpl._blocking` allows more),
-    so the spectra held at once stay a few MiB instead of three copies of the whole padded input;
-    each channel's transforms are the same either way. The groups are taken by threads one at a
+    transform it), each channel's samples copied to a contiguous row first in cache-sized tiles. The
+    channels are transformed in groups of 16 (more per group when the workspace budget of
+    :mod:`refimpl._blocking` holds their spectra: short sequences), so that each thread holds the
+    two spectra and the inverse transform of one group, about 3 · 16 · n numbers, instead of
+    those of every channel; each channel's transforms are the same either way. The groups are taken by threads one at a
     time (:data:`refimpl._blocking.THREADS`; NumPy's FFTs release the GIL): the groups depend on
     the shapes only, so the output is bitwise the same with any number of threads. The output at t depends on ``u_s``,
     s > t, only through round-off (≈ 1e-16 relative, not exactly 0).
