@@ -1652,3 +1652,85 @@ def test_return_intermediates_must_be_bool(fn):
     kw = dict(eigvals=np.array([-0.5 + 1.0j, -0.1 - 2.0j]), sigma2=0.5, eta2=0.1, gamma2=0.05, nu=2.0)
     with pytest.raises(TypeError, match="return_intermediates"):
         fn(q, q, q, return_intermediates="no", **kw)
+
+
+class TestFoldedDecay:
+    """Causal isotropic AFA factors each pair's decay, E_ij = e^{−μ(t_i − t_j)} = a_i b_j (a_i = e^{−μ(t_i − s)},
+    b_j = e^{μ(t_j − s)}), so that ‖R‖² is one product of width 2d + 2 and the values carry b_j. Only while
+    μ(t_N − t_1) <= _FOLD_SPAN and the inputs are moderate (_FOLD_NORM); otherwise the operands are the plain
+    ones. Both forms against each other, the loop twin and the tensor form; which form ran; the fallbacks."""
+
+    @staticmethod
+    def forms(monkeypatch):
+        """Record whether each call's operands were folded (keys.a is not None)."""
+        seen, make = [], afa_module._operands
+
+        def spy(*args, **kwargs):
+            keys = make(*args, **kwargs)
+            seen.append(keys.a is not None)
+            return keys
+
+        monkeypatch.setattr(afa_module, "_operands", spy)
+        return seen
+
+    @pytest.mark.parametrize("weight", ["student", "exponential"])
+    @pytest.mark.parametrize("tkind", ["default", "half", "irregular"])
+    @pytest.mark.parametrize("mu", [0.0, 0.05, 0.4])
+    def test_folded_equals_plain(self, mu, tkind, weight, monkeypatch):
+        rng = np.random.default_rng(95)
+        batch, N, d = (2,), 611, 8  # not whole pieces or chunks; μ = 0.4 spans 244 (default t) or 0.4·(t_N − t_1)
+        q, k, v = (cplx(rng, batch + (N, d), scale=0.5) for _ in range(3))
+        t = make_times(tkind, N, rng)
+        kw = dict(mu=mu, omega=rng.normal(size=d), sigma2=0.1, eta2=0.5, gamma2=0.1, nu=3.0, weight=weight, t=t,
+                  return_weights=True)
+        span = mu * (N - 1 if t is None else t[-1] - t[0])
+        seen = self.forms(monkeypatch)
+        out, A = isotropic_afa(q, k, v, **kw)
+        assert seen == [span <= afa_module._FOLD_SPAN]
+        monkeypatch.setattr(afa_module, "_FOLD_SPAN", -1.0)  # the plain operands
+        plain, A_plain = isotropic_afa(q, k, v, **kw)
+        assert seen[-1] is False
+        close(out, plain, rtol=1e-14, what="folded vs plain isotropic AFA")
+        close(A, A_plain, rtol=1e-14, what="folded vs plain weights")
+        loop = isotropic_afa_loop(q[1, :100], k[1, :100], v[1, :100], **{**kw, "return_weights": False,
+                                                                            "t": None if t is None else t[:100]})
+        close(out[1, :100], loop, rtol=1e-13, what="folded isotropic AFA vs loop twin")
+
+    def test_largest_span(self, monkeypatch):
+        """At the largest folded span the factors reach e^{±128}: the decay of the long lags is still
+        the tensor form's, every weight within 1e-13 of it."""
+        rng = np.random.default_rng(96)
+        N, d = 257, 4
+        q, k, v = (cplx(rng, (N, d)) for _ in range(3))
+        omega = rng.normal(size=d)
+        mu = afa_module._FOLD_SPAN / (N - 1)  # span exactly _FOLD_SPAN: folded
+        noise = dict(sigma2=0.2, eta2=0.3, gamma2=0.05, nu=2.0)
+        seen = self.forms(monkeypatch)
+        out, A = isotropic_afa(q, k, v, mu=mu, omega=omega, **noise, return_weights=True)
+        assert seen == [True]
+        ref, A_ref = afa(q, k, v, eigvals=-mu + 1j * omega, **noise, return_weights=True)
+        close(out, ref, rtol=1e-13, what="folded isotropic AFA at the largest span vs tensor form")
+        close(A, A_ref[..., 0], rtol=1e-13, what="its weights")
+
+    @pytest.mark.parametrize("which", ["q", "k", "v", "span", "bidir"])
+    def test_plain_when_folding_could_overflow(self, which, monkeypatch):
+        """A long span, inputs whose squared norms (or values) exceed _FOLD_NORM, or causal=False: the plain
+        operands (the folded ones are formed first and dropped when an input is too large), bitwise the
+        result of the plain form, finite, and the loop twin's."""
+        rng = np.random.default_rng(97)
+        N, d = 50, 3
+        x = {n: cplx(rng, (N, d)) for n in "qkv"}
+        mu = 0.2
+        if which in "qkv":
+            x[which][7] *= 1e31  # ‖·‖² ≈ 1e62 > _FOLD_NORM
+        if which == "span":
+            mu = 1.01 * afa_module._FOLD_SPAN / (N - 1)
+        kw = dict(mu=mu, omega=np.array([0.3, -0.7, 1.1]), sigma2=0.1, eta2=0.5, gamma2=0.1, nu=2.0,
+                  causal=which != "bidir")
+        seen = self.forms(monkeypatch)
+        out = isotropic_afa(x["q"], x["k"], x["v"], **kw)
+        assert seen == ([True, False] if which in "qkv" else [False])
+        assert np.all(np.isfinite(out))
+        monkeypatch.setattr(afa_module, "_FOLD_SPAN", -1.0)
+        np.testing.assert_array_equal(isotropic_afa(x["q"], x["k"], x["v"], **kw), out)
+        close(out, isotropic_afa_loop(x["q"], x["k"], x["v"], **kw), rtol=SELF, what=f"plain ({which}) vs loop twin")
