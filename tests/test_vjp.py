@@ -374,13 +374,24 @@ def test_linear_vjp_tile_boundaries(n):
     check_directions(fwd_linear, args, dy, dict(zip("qkv", g)), f"linear N={n}", causal=True)
 
 
-def test_causal_products_against_matrix():
-    """The chunked prefix-sum helper equals the masked (N, N) product, forwards and backwards in time."""
+@pytest.mark.parametrize("n, chunk", [(70, 16), (64, 16), (5, 16), (130, 64), (3, 64)])
+def test_causal_linear_vjp_against_matrix(n, chunk):
+    """The chunked backward pass (shared states and blocks, the forward formed on the way) equals the masked
+    (N, N) matrices: o = tril(A Bᵀ) Ṽ, G from o and dy, da = tril(G Ṽᵀ) B, db = tril(G Ṽᵀ)ᵀ A,
+    dṽ = tril(A Bᵀ)ᵀ G; partial last chunks, one chunk, and broadcast batch axes."""
     rng = np.random.default_rng(4)
-    a, b, w = rng.normal(size=(70, 3)), rng.normal(size=(70, 3)), rng.normal(size=(70, 2))
-    T = np.tril(a @ b.T)
-    close(_vjp._causal_products(a, b, w, chunk=16), T @ w, rtol=1e-13, what="causal products")
-    close(_vjp._anticausal_products(a, b, w), np.triu(a @ b.T) @ w, rtol=1e-13, what="anti-causal products")
+    a, b = rng.uniform(0.1, 2.0, size=(2, 2, 1, n, 3))  # positive features (φ = elu + 1 > 0)
+    b = np.swapaxes(b, 0, 1)  # batch axes (2, 1) and (1, 2)
+    vt = np.concatenate([rng.normal(size=(n, 2)), np.ones((n, 1))], axis=-1)
+    dy = rng.normal(size=(2, 2, n, 2))
+    da, db, dvt = _vjp._causal_linear_vjp(a, b, vt, dy, chunk=chunk)
+    P = np.tril(a @ np.swapaxes(b, -1, -2))
+    o = P @ vt
+    G = np.concatenate([dy / o[..., -1:], -np.sum(dy * o[..., :-1], axis=-1, keepdims=True) / o[..., -1:] ** 2], axis=-1)
+    M = np.tril(G @ vt.T)
+    close(da, M @ b, rtol=1e-13, what="da")
+    close(db, np.swapaxes(M, -1, -2) @ a, rtol=1e-13, what="db")
+    close(dvt, np.swapaxes(P, -1, -2) @ G, rtol=1e-13, what="dṽ")
 
 
 # --------------------------------------------------------------------------------------------
