@@ -719,7 +719,7 @@ def isotropic_afa(
     space. No (N, N, d) array is ever formed. Causal attention factors the decay, E_ij = a_i b_j
     with a_i = e^{−μ(t_i − s)}, b_j = e^{μ(t_j − s)} and s the middle of the stamps, so that all of
     ‖R_ij‖² is one product of width 2d + 2, ``[−2a_i q̃_i, a_i², ‖q_i‖²]·[b_j k̃_j, b_j²‖k_j‖², 1]``,
-    and ``Â_ij ṽ_j = a_i A_ij (b_j ṽ_j)``: four elementwise passes over the pairs fewer (measured at
+    and ``Â_ij ṽ_j = a_i A_ij (b_j ṽ_j)``: five elementwise passes over the pairs fewer (measured at
     N = 4096, d = 64 against the unfactored form, interleaved: 9–11 % faster in one thread and two). It does so only while μ(t_N − t_1) ≤ 256 and the
     squared norms of q and k and the squared entries of v are at most 1e60, so that the factors stay
     within e^{±128} and no term of the product (masked pairs included) can overflow; otherwise, and
@@ -805,7 +805,7 @@ def isotropic_afa(
     rot = np.empty((N, d), dtype=np.complex128)  # e^{−iω(t − t_1)} (_operands)
     # Causal pairs: E_ij = e^{−μ(t_i − t_j)} = a_i b_j with a_i = e^{−μ(t_i − s)}, b_j = e^{μ(t_j − s)}, s the
     # middle of the stamps, so that ‖R‖² = [−2a_i q̃_i, a_i², ‖q_i‖²]·[b_j k̃_j, b_j²‖k_j‖², 1] is one product of
-    # width 2d + 2 and Â_ij ṽ_j = a_i A_ij (b_j ṽ_j): four passes over the pairs fewer (_isotropic_rows). Only
+    # width 2d + 2 and Â_ij ṽ_j = a_i A_ij (b_j ṽ_j): five passes over the pairs fewer (_isotropic_rows). Only
     # while the factors and every term of the product stay far inside float64 (_FOLD_SPAN, _FOLD_NORM): the
     # operands are formed folded when the span allows it, and formed again unfolded if an input is too large.
     keys = _operands(qb, kb, vb, t, rot, omega, mu, lag, plan, rotate_values,
@@ -1020,7 +1020,7 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
     With folded operands (``keys.a`` set, causal; see :func:`isotropic_afa`) the first product is all of
     ‖R‖², the values carry b_j and the output row a_i. The block's pairs live in one buffer of ``work``
     (the logits ``L`` are built where ``‖R‖²`` was): a block costs the two products and about a dozen
-    (folded: eight) elementwise passes over that
+    (folded: seven) elementwise passes over that
     cache-sized buffer, and no new (rows, keys) array. The logits are <= 0 (log P is shifted by
     its largest value over the lags that carry weight, :class:`_LagKernels`), so the exponentials
     need no row max (Eq. (4.3)); a block with a row
