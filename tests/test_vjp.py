@@ -937,6 +937,21 @@ def test_delta_vjp_complex_step(gated):
     check_all_twins(g, lr.delta_rule_vjp_loop(**args, dy=dy, scale=0.5, chunk_size=4), f"delta gated={gated}")
 
 
+def test_delta_vjp_ungated_is_gated_with_zero_log_gates():
+    """Without log_g (DeltaNet) the core skips every decay (all are e^0 = 1) and the log-gate gradient: the
+    same numbers, bitwise, as the gated core given log g = 0, with initial and final states and a partial chunk."""
+    rng = np.random.default_rng(62)
+    args, dy = delta_args(63, 70, gated=False)
+    H, L, d = np.shape(args["q"])[0], np.shape(args["q"])[-2], np.shape(args["q"])[-1]
+    dv = np.shape(args["v"])[-1]
+    states = dict(initial_state=rng.normal(size=(H, dv, d)), dfinal_state=rng.normal(size=(H, dv, d)))
+    plain = lr.delta_rule_vjp(**args, dy=dy, chunk_size=16, **states)
+    zero = lr.delta_rule_vjp(**args, dy=dy, chunk_size=16, log_g=np.zeros((H, L)), **states)
+    assert set(zero) - set(plain) == {"dlog_g"}
+    for key, val in plain.items():
+        np.testing.assert_array_equal(val, zero[key])
+
+
 @pytest.mark.parametrize("L, c", [(63, 64), (65, 64), (130, 64), (65, 5)])
 @pytest.mark.parametrize("beta", [(0.01, 0.99), (1.9, 1.999)])
 def test_delta_vjp_tile_boundaries(L, c, beta):
