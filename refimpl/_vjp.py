@@ -417,8 +417,8 @@ def _causal_linear_vjp(a, b, vt, dy, chunk: int = _LIN_CHUNK) -> tuple:
         db_n = Ṽ_n T_n + M_nᵀ A_n,    dṽ_n = B_n T_nᵀ + P_nᵀ G_n.
 
     The three sums of the backward pass share two states and two blocks: ``da``'s state is the
-    transpose of the forward's (``Σ_{j<} ṽ_j b_jᵀ = S_nᵀ``), ``db`` and ``dṽ`` read the same reverse
-    state, ``P_n`` serves ``o`` and ``dṽ``, ``M_n`` serves ``da`` and ``db``: 12 products of
+    transpose of the forward's (over the earlier chunks, ``Σ ṽ_j b_jᵀ = S_nᵀ``), ``db`` and ``dṽ`` read
+    the same reverse state, ``P_n`` serves ``o`` and ``dṽ``, ``M_n`` serves ``da`` and ``db``: 12 products of
     (rows × 64 × 64) per token against 16 for four separate chunked prefix sums, and two prefix sums of
     chunk states instead of four. ``G_n`` depends on the chunk's own ``o_n`` and ``dy_n`` only, so it is
     formed in the same pass. Four stages: the chunk summaries ``B_nᵀ Ṽ_n`` and their exclusive sums in
@@ -449,7 +449,8 @@ def _causal_linear_vjp(a, b, vt, dy, chunk: int = _LIN_CHUNK) -> tuple:
     da, db, dvt = np.empty(batch + (nc, c, F)), np.empty(batch + (nc, c, F)), np.empty(batch + (nc, c, W))
 
     def summaries(sl):  # B_nᵀ Ṽ_n into row n + 1
-        np.matmul(np.swapaxes(bc[..., sl, :, :], -1, -2), vc[..., sl, :, :], out=S[..., sl.start + 1 : sl.stop + 1, :, :])
+        np.matmul(np.swapaxes(bc[..., sl, :, :], -1, -2), vc[..., sl, :, :],
+                  out=S[..., sl.start + 1 : sl.stop + 1, :, :])
 
     def chunks(sl):  # o, G, da, G_nᵀ A_n and the in-chunk parts of db, dṽ for the chunks sl
         A, B, V = ac[..., sl, :, :], bc[..., sl, :, :], vc[..., sl, :, :]
@@ -1902,7 +1903,8 @@ def _delta_vjp_result(dq, dk, dv, db, dg, cs, shapes, dinit=None) -> dict:
     return out
 
 
-def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out, init=None, final=None, dinit=None, gated: bool = True) -> None:
+def _delta_vjp_core(q, k, v, beta, logg, dy, c: int, out, init=None, final=None, dinit=None,
+                    gated: bool = True) -> None:
     """Chunked backward pass of the delta rule through the UT transform (16.11)-(16.12): Eqs. (16.20)-(16.21).
 
     ``q, k`` (nb, L, Dk), ``v, dy`` (nb, L, Dv), ``beta, logg`` (nb, L); writes ``dq, dk, dv, dbeta,

@@ -657,11 +657,11 @@ def _check_isotropic_dynamics(mu, omega, d: int):
     return float(mu), omega
 
 
-#: Causal isotropic AFA factors the decay of every pair, E_ij = a_i b_j (see isotropic_afa), when the stamps
-#: span μ(t_N − t_1) <= _FOLD_SPAN and every ‖q_i‖², ‖k_j‖² and |v_jk|² is at most _FOLD_NORM: the factors then lie in
-#: [e^{−128}, e^{128}] and every term of the product of width 2d + 2 (at most 4·e^{512}·_FOLD_NORM, the pairs
-#: masked after their query included) stays far below the float64 limit. The factors carry the rounding of
-#: their exponents, about ε·μ(t_N − t_1)/2 relative each (≤ 3e-14 at the limit).
+#: Causal isotropic AFA factors the decay of every pair, E_ij = a_i b_j (see isotropic_afa), when the
+#: stamps span μ(t_N − t_1) <= _FOLD_SPAN and every ‖q_i‖², ‖k_j‖² and |v_jk|² is at most _FOLD_NORM: the
+#: factors then lie in [e^{−128}, e^{128}] and every term of the product of width 2d + 2 (at most
+#: 4·e^{512}·_FOLD_NORM, the pairs masked after their query included) stays far below the float64 limit.
+#: The factors carry the rounding of their exponents, about ε·μ(t_N − t_1)/2 relative each (≤ 3e-14).
 _FOLD_SPAN = 256.0
 _FOLD_NORM = 1e60
 
@@ -719,13 +719,14 @@ def isotropic_afa(
     space. No (N, N, d) array is ever formed. Causal attention factors the decay, E_ij = a_i b_j
     with a_i = e^{−μ(t_i − s)}, b_j = e^{μ(t_j − s)} and s the middle of the stamps, so that all of
     ‖R_ij‖² is one product of width 2d + 2, ``[−2a_i q̃_i, a_i², ‖q_i‖²]·[b_j k̃_j, b_j²‖k_j‖², 1]``,
-    and ``Â_ij ṽ_j = a_i A_ij (b_j ṽ_j)``: five elementwise passes over the pairs fewer (measured at
-    N = 4096, d = 64 against the unfactored form, interleaved: 9–11 % faster in one thread and two). It does so only while μ(t_N − t_1) ≤ 256 and the
-    squared norms of q and k and the squared entries of v are at most 1e60, so that the factors stay
-    within e^{±128} and no term of the product (masked pairs included) can overflow; otherwise, and
-    for non-causal attention, the decay enters as the relative kernel E_ij ≤ 1 (chapter 8, §8.4).
-    Each factor carries the rounding of its exponent, about ε μ|t − s| relative (at most 128ε ≈
-    3e-14), where e^{−μΔt} itself has about ε. The exact output itself can still grow: a pushed-back value carries e^{+μ|Δt|}, and when
+    and ``Â_ij ṽ_j = a_i A_ij (b_j ṽ_j)``: five elementwise passes over the pairs fewer (measured
+    at N = 4096, d = 64 against the unfactored form, interleaved: 9–11 % faster in one thread and
+    in two). It does so only while μ(t_N − t_1) ≤ 256 and the squared norms of q and k and the
+    squared entries of v are at most 1e60, so that the factors stay within e^{±128} and no term of
+    the product (masked pairs included) can overflow; otherwise, and for non-causal attention, the
+    decay enters as the relative kernel E_ij ≤ 1 (chapter 8, §8.4). Each factor carries the
+    rounding of its exponent, about ε μ|t − s| relative (at most 128ε ≈ 3e-14), where e^{−μΔt}
+    itself has about ε. The exact output itself can still grow: a pushed-back value carries e^{+μ|Δt|}, and when
     σ² or η² is positive its weight falls like e^{−2βμ|Δt|} for a temperature β, so with β < 1/2 the
     non-causal output grows like e^{(1−2β)μ|Δt|} with the longest lag (a property of the model; chapter 8,
     §8.4). With σ² = η² = 0 the precision is the constant 1/γ² and the penalty grows instead: the Student
@@ -1045,17 +1046,15 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
     k2t = keys.k2[b, :seen_p].reshape(n_chunks, 1, chunk, -1).swapaxes(-1, -2)
     np.matmul(q2, k2t, out=pieces)
     window = (rows, slice(0, seen))  # the block's own (rows, keys) window of the pair quantities
+    before, after = (seen, seen) if head.causal else (rows.start, rows.stop)  # keys before / after every query
     folded = keys.a is not None  # causal, E_ij = a_i b_j: ‖R‖² is the product itself (isotropic_afa)
-    E = None if folded else lag.decay[window]  # e^{−μ|Δt|} ≤ 1
     if not folded:
-        E2 = lag.decay_sq[window]  # E²
+        E, E2 = lag.decay[window], lag.decay_sq[window]  # e^{−μ|Δt|} ≤ 1 and its square
         nq, nk = keys.nq[b, rows, None], keys.nk[b, None, :seen]
         R2 *= E  # −2E Re(q̃^†k̃)
-    # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃) (Eq. (8.2)) for keys at or before the query; pushed-back
-    # keys (after it; t increases strictly), scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃). Causal
-    # blocks mask the keys after their queries anyway.
-    before, after = (seen, seen) if head.causal else (rows.start, rows.stop)  # keys before / after every query
-    if not folded:
+        # ‖R‖² = ‖q_i‖² + E²‖k_j‖² − 2E Re(q̃^†k̃) (Eq. (8.2)) for keys at or before the query; pushed-back
+        # keys (after it; t increases strictly), scaled by E²: E²‖q_i‖² + ‖k_j‖² − 2E Re(q̃^†k̃). Causal
+        # blocks mask the keys after their queries anyway.
         R2[:, :before] += nq
         R2[:, :before] += np.multiply(E2[:, :before], nk[:, :before], out=tmp[:, :before])
     if not head.causal:

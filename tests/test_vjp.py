@@ -387,7 +387,8 @@ def test_causal_linear_vjp_against_matrix(n, chunk):
     da, db, dvt = _vjp._causal_linear_vjp(a, b, vt, dy, chunk=chunk)
     P = np.tril(a @ np.swapaxes(b, -1, -2))
     o = P @ vt
-    G = np.concatenate([dy / o[..., -1:], -np.sum(dy * o[..., :-1], axis=-1, keepdims=True) / o[..., -1:] ** 2], axis=-1)
+    den = o[..., -1:]
+    G = np.concatenate([dy / den, -np.sum(dy * o[..., :-1], axis=-1, keepdims=True) / den**2], axis=-1)
     M = np.tril(G @ vt.T)
     close(da, M @ b, rtol=1e-13, what="da")
     close(db, np.swapaxes(M, -1, -2) @ a, rtol=1e-13, what="db")
