@@ -1682,7 +1682,7 @@ class TestFoldedDecay:
         q, k, v = (cplx(rng, batch + (N, d), scale=0.5) for _ in range(3))
         t = make_times(tkind, N, rng)
         kw = dict(mu=mu, omega=rng.normal(size=d), sigma2=0.1, eta2=0.5, gamma2=0.1, nu=3.0, weight=weight, t=t,
-                  return_weights=True)
+                  return_weights=True, rotate_values=tkind != "half", temperature=0.7 if tkind == "irregular" else 1.0)
         span = mu * (N - 1 if t is None else t[-1] - t[0])
         seen = self.forms(monkeypatch)
         out, A = isotropic_afa(q, k, v, **kw)
