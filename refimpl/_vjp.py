@@ -405,6 +405,17 @@ def _elu_plus_one_grad(x: np.ndarray) -> np.ndarray:
     return np.where(x > 0, 1.0, np.exp(np.minimum(x, 0.0)))
 
 
+def _quotient_cotangent(o: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``G = [dnum, dden] = [dy / den, −(dy·y) / den]``, the cotangent of ``o = [num, den]`` (…, W) through the
+    quotient ``y = num / den`` of linear attention, given ``dy`` (…, W − 1)."""
+    num, den = o[..., :-1], o[..., -1:]
+    G = np.empty(o.shape)
+    np.divide(dy, den, out=G[..., :-1])
+    np.einsum("...i,...i->...", G[..., :-1], num, out=G[..., -1])
+    G[..., -1:] /= -den
+    return G
+
+
 def _causal_linear_vjp(a, b, vt, dy, chunk: int = _LIN_CHUNK) -> tuple:
     """``(da, db, dṽ)`` of causal linear attention (:func:`linear_attention_vjp`) by chunks, with the forward's
     ``o`` and ``G`` formed chunk by chunk on the way; no (N, N) matrix.
@@ -460,11 +471,7 @@ def _causal_linear_vjp(a, b, vt, dy, chunk: int = _LIN_CHUNK) -> tuple:
         o += P @ V
         if pad and sl.stop == nc:  # padded rows: a normalizer of 1 makes their G exactly 0 (their dy is 0)
             o[..., -1, c - pad :, -1] = 1.0
-        num, den = o[..., :-1], o[..., -1:]
-        G = np.empty(o.shape)  # [dnum, dden] = [dy / den, −(dy·y) / den], y = num / den
-        np.divide(dyc[..., sl, :, :], den, out=G[..., :-1])
-        np.vecdot(G[..., :-1], num, out=G[..., -1])
-        G[..., -1:] /= -den
+        G = _quotient_cotangent(o, dyc[..., sl, :, :])
         M = np.matmul(G, np.swapaxes(V, -1, -2))
         M *= mask  # M_n = tril(G_n Ṽ_nᵀ)
         d_a = np.matmul(G, np.swapaxes(S[..., sl, :, :], -1, -2), out=da[..., sl, :, :])
@@ -546,12 +553,7 @@ def linear_attention_vjp(q, k, v, dy, *, causal=False):
     if causal:
         da, db, dvt = _causal_linear_vjp(a, b, vt, dy)
     else:
-        o = a @ (np.swapaxes(b, -1, -2) @ vt)  # Σ_j (a_i·b_j) ṽ_j
-        num, den = o[..., :-1], o[..., -1:]
-        G = np.empty(o.shape)  # [dnum, dden] = [dy / den, −(dy·y) / den], y = num / den
-        np.divide(dy, den, out=G[..., :-1])
-        np.einsum("...i,...i->...", G[..., :-1], num, out=G[..., -1])
-        G[..., -1:] /= -den
+        G = _quotient_cotangent(a @ (np.swapaxes(b, -1, -2) @ vt), dy)  # o = Σ_j (a_i·b_j) ṽ_j
         da = G @ (np.swapaxes(vt, -1, -2) @ b)  # Σ_j (G_i·ṽ_j) b_j
         db = vt @ (np.swapaxes(G, -1, -2) @ a)  # Σ_i (ṽ_j·G_i) a_i
         dvt = b @ (np.swapaxes(a, -1, -2) @ G)  # Σ_i (b_j·a_i) G_i

@@ -1021,8 +1021,7 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
     With folded operands (``keys.a`` set, causal; see :func:`isotropic_afa`) the first product is all of
     ‖R‖², the values carry b_j and the output row a_i. The block's pairs live in one buffer of ``work``
     (the logits ``L`` are built where ``‖R‖²`` was): a block costs the two products and about a dozen
-    (folded: seven) elementwise passes over that
-    cache-sized buffer, and no new (rows, keys) array. The logits are <= 0 (log P is shifted by
+    (folded: seven) elementwise passes over that cache-sized buffer, and no new (rows, keys) array. The logits are <= 0 (log P is shifted by
     its largest value over the lags that carry weight, :class:`_LagKernels`), so the exponentials
     need no row max (Eq. (4.3)); a block with a row
     whose weights sum below e^{−256} (every logit far below 0) is redone with its row max
