@@ -47,7 +47,7 @@ import numpy as np
 
 from . import lyapunov
 from . import _blocking
-from ._blocking import ONE_THREAD_MACS, in_parts, per_block, take_turns
+from ._blocking import in_parts, per_block, take_turns_one_blas
 from .attention import _TINY_Z  # the smallest unshifted row sum, as in softmax attention
 from ._validate import (
     guard_overflow,
@@ -835,8 +835,9 @@ def isotropic_afa(
     # independent: they run in threads, and every row or block is computed by the same operations
     # whichever thread runs it, so the result does not depend on the number of threads. The rows
     # of the operands are split evenly; the blocks are handed out one at a time (a thread that
-    # shares its core with another process computes fewer of them).
-    take_turns(len(items), worker, elems=nb * plan.pairs)
+    # shares its core with another process computes fewer of them), with BLAS held to one thread
+    # (each thread's products are its own, as in softmax attention; _blocking.one_thread_blas).
+    take_turns_one_blas(len(items), worker, nb * plan.pairs, True)
     out = out.reshape(batch + (N, d))
     return (out, weights.reshape(batch + (N, N))) if return_weights else out
 
@@ -847,14 +848,13 @@ def _operands(qb, kb, vb, t, rot, omega, mu: float, lag: _LagKernels, plan: "_Pl
     rotations ``rot`` = e^{−iω(t − t_1)}. ``fold``: with the decay's factors a_i, b_j (see isotropic_afa)."""
     nb, N, d = qb.shape
     width = 2 * d + 2 if fold else 2 * d
-    # viewed as real and padded with zero rows to whole pieces (_Plan): a zero query row gives a discarded
-    # output row, a zero key or value adds exact zeros
+    k2 = np.empty((nb, N, width))  # k̃ by rows (written through its complex view), then stored transposed
     keys = _Keys(
-        q2=np.zeros((nb, plan.rows_padded, width)),
-        k2=np.zeros((nb, plan.keys_padded, width)),
+        q2=np.empty((nb, N, width)),
+        k2t=np.empty((nb, width, N)),
         nq=np.empty((nb, N)),
         nk=np.empty((nb, N)),
-        values=np.zeros((nb, plan.keys_padded, 2 * d)),
+        values=np.empty((nb, N, 2 * d)),
         a=np.exp(-mu * (t - 0.5 * (t[0] + t[-1]))) if fold else None,
         largest=[],
     )
@@ -881,11 +881,11 @@ def _operands(qb, kb, vb, t, rot, omega, mu: float, lag: _LagKernels, plan: "_Pl
         # is (N, 2d) with Re and Im interleaved, and Re(a^† b) = Σ (Re a Re b + Im a Im b) is the
         # real dot product of the two views. The factor −2 of Eq. (8.2) rides on the queries (N·d
         # products, exact) instead of the N² pairs.
-        q2, k2 = keys.q2[:, rows, : 2 * d], keys.k2[:, rows, : 2 * d]
+        q2, k2_rows = keys.q2[:, rows, : 2 * d], k2[:, rows, : 2 * d]
         np.multiply(qb[:, rows], r, out=q2.view(np.complex128))  # q̃
         # (Student: ‖R‖² scaled by a power of two, _LagKernels)
         q2 *= (-2.0 * lag.r2_scale) * keys.a[rows, None] if fold else -2.0 * lag.r2_scale
-        np.multiply(kb[:, rows], r, out=k2.view(np.complex128))  # k̃
+        np.multiply(kb[:, rows], r, out=k2_rows.view(np.complex128))  # k̃
         # ṽ = e^{−iωt} ⊙ v (or v): the real weights times the complex values are also one real
         # matmul of width 2d on the real view (a complex product would cast the weights to complex
         # and do four times the work); its (rows, 2d) result viewed as complex is Σ_j Â_ij ṽ_j
@@ -898,25 +898,28 @@ def _operands(qb, kb, vb, t, rot, omega, mu: float, lag: _LagKernels, plan: "_Pl
             a, b_j = keys.a[rows], b_fold[rows]
             keys.largest.append(max(np.max(keys.nq[:, rows], initial=0.0), np.max(keys.nk[:, rows], initial=0.0),
                                     np.max(np.abs(values), initial=0.0) ** 2))  # |ṽ_jk| = |v_jk|
-            k2 *= b_j[:, None]
+            k2_rows *= b_j[:, None]
             values *= b_j[:, None]
             keys.q2[:, rows, -2] = a * a  # (‖k_j‖² carries the scale of ‖R‖² already)
             keys.q2[:, rows, -1] = keys.nq[:, rows]
-            np.multiply(b_j * b_j, keys.nk[:, rows], out=keys.k2[:, rows, -2])
-            keys.k2[:, rows, -1] = 1.0
+            np.multiply(b_j * b_j, keys.nk[:, rows], out=k2[:, rows, -2])
+            k2[:, rows, -1] = 1.0
+        # k̃ᵀ: the first product of every block is then a plain (NN) one, (rows × width)(width × keys); with a
+        # transposed operand OpenBLAS ran it about 1.6 times slower (64 × 130 × 64, one thread, measured)
+        np.copyto(keys.k2t[:, :, rows], k2[:, rows].swapaxes(-1, -2))
 
     in_parts(prepare, N, elems=nb * N * d)
     return keys
 
 
 class _Keys(NamedTuple):
-    """What every block of query rows of :func:`isotropic_afa` reads, formed once (zero-padded rows)."""
+    """What every block of query rows of :func:`isotropic_afa` reads, formed once."""
 
-    q2: np.ndarray  # −2 q̃ viewed as real: Re, Im interleaved, (batch, rows_padded, 2d)
-    k2: np.ndarray  # k̃ viewed as real, (batch, keys_padded, 2d)
+    q2: np.ndarray  # −2 q̃ viewed as real: Re, Im interleaved, (batch, N, 2d); folded: width 2d + 2
+    k2t: np.ndarray  # k̃ viewed as real, transposed: (batch, 2d, N); folded: width 2d + 2
     nq: np.ndarray  # ‖q_i‖², (batch, N)
     nk: np.ndarray  # ‖k_j‖², (batch, N)
-    values: np.ndarray  # ṽ = e^{−iωt} ⊙ v (or v) viewed as real, (batch, keys_padded, 2d); folded: b_j ṽ_j
+    values: np.ndarray  # ṽ = e^{−iωt} ⊙ v (or v) viewed as real, (batch, N, 2d); folded: b_j ṽ_j
     a: np.ndarray | None  # folded (causal, see isotropic_afa): a_i = e^{−μ(t_i − s)}, (N,); else None
     largest: list  # folded: each part's largest ‖q_i‖², ‖k_j‖², |v_jk|²
 
@@ -936,20 +939,22 @@ class _Head(NamedTuple):
     causal: bool
 
 
-#: Multiply-adds of one piece of the two products of isotropic AFA, a quarter of ONE_THREAD_MACS:
-#: OpenBLAS runs such pieces on the calling thread with its small-matrix kernels. On the 2-core
-#: machine the package is benchmarked on, 8 × 128 pieces of inner width 128 ran at 45–50 GFLOP/s
-#: in one thread and 80–95 GFLOP/s in two (as fast as one product split by BLAS over both cores);
-#: pieces of 2^18 multiply-adds ran at 30–35 GFLOP/s in one thread.
-_PIECE_MACS = ONE_THREAD_MACS // 4
+#: The fewest query rows of a block (but the last, and unless N is very large, see _BLOCK_PAIRS_MAX): the rows
+#: of the block's two products. OpenBLAS's kernels work on panels of 4 (Haswell, Zen) to 16 (Skylake-X and later)
+#: rows; on the latter, products of 8 rows (64 × 130 × 64 inner width and keys) ran at 28-30 GFLOP/s in one thread
+#: against 47-52 for 32 to 64 rows (measured). Blocks of at least 64 rows, each product one call, ran isotropic AFA
+#: (N = 4096, d = 64) in 0.73-0.78 of the time of pieces of 8 rows × 128 keys summed over the keys' chunks, causal
+#: and not, in one thread and in two (paired, one process; N = 8192: 0.67-0.76 at d = 8 … 64).
+_MIN_ROWS = 64
 
-#: query rows of a piece; the blocks of query rows hold whole pieces (except the last block)
-_PIECE_ROWS = 8
+#: ... unless 64 rows of the keys would exceed this many pairs (16 MiB per buffer; N > 32768): then as many
+#: rows as fit, at least 8, so that the workspace at N = 10⁶ stays that of 8 rows.
+_BLOCK_PAIRS_MAX = 2**21
 
-#: float64 numbers a (query, key) pair of a block costs besides its share of the partial value
-#: products: its logit, a temporary, and the lag kernels, keys and values streamed through the
-#: cache with it. With d = 64 a block of N = 4096 then holds 2^16 pairs (three 512 KiB buffers
-#: per thread); blocks of twice as many pairs ran about 5 % slower, of half as many about 10 %.
+#: float64 numbers a (query, key) pair of a block costs: its logit, a temporary, and the lag kernels,
+#: keys and values streamed through the cache with it. A block holds WORKSPACE_FLOATS / 3 pairs
+#: (87 381: two 683 KiB buffers per thread) while that is at least _MIN_ROWS rows; with pieces of 8
+#: rows, blocks of twice as many pairs had run about 5 % slower, of half as many about 10 %.
 _PAIR_FLOATS = 3
 
 #: a block's rows lie this many float64 numbers further apart than its keys: a row length of a
@@ -959,57 +964,44 @@ _ROW_PAD = 8
 
 
 class _Plan(NamedTuple):
-    """How :func:`isotropic_afa` cuts the (query, key) pairs: blocks of query rows, each cut into
-    pieces of ``_PIECE_ROWS`` rows × ``chunk`` keys for the two products.
+    """How :func:`isotropic_afa` cuts the (query, key) pairs: blocks of query rows, each against the
+    keys its rows attend to, the unit of the two products.
 
-    A block holds about ``WORKSPACE_FLOATS / (_PAIR_FLOATS + 2d / chunk)`` pairs (the second term:
-    a pair's share of the partial value products, one (rows, 2d) product per chunk of keys), so
-    that its buffers stay in a core's cache, and at least ``_PIECE_ROWS`` rows. Causal blocks end
-    at their last query (the keys after it carry no weight), so early blocks hold more rows than
-    late ones: the blocks cost about the same. The plan depends on N, d and ``causal`` only, not
-    on the number of threads.
+    A block holds about ``WORKSPACE_FLOATS / _PAIR_FLOATS`` pairs, so that its buffers stay in a
+    core's cache, and at least ``_MIN_ROWS`` rows (fewer only when those would exceed
+    ``_BLOCK_PAIRS_MAX`` pairs), a multiple of 8. Causal blocks end at their last query (the keys
+    after it carry no weight), so early blocks hold more rows than late ones. The plan depends on N
+    and ``causal`` only, not on the number of threads.
     """
 
     blocks: tuple  # slices of query rows
-    chunk: int  # keys of a piece
-    pairs: int  # pairs computed in all, for in_parts
-    rows_padded: int  # query rows rounded up to whole pieces
-    keys_padded: int  # keys rounded up to whole chunks
-    buffer: int  # float64 numbers of the largest block's (rows, keys) buffer
-    scratch: int  # ... and of a temporary or its partial value products
+    pairs: int  # pairs computed in all, for the threads
+    buffer: int  # float64 numbers of the largest block's (rows, keys) buffer (rows padded, _ROW_PAD)
+    scratch: int  # ... and of its temporary
 
     @classmethod
     def make(cls, N: int, d: int, causal: bool) -> "_Plan":
-        step = _PIECE_ROWS
-        chunk = min(256, max(8, _PIECE_MACS // (step * 2 * d)))
-        budget = per_block(_PAIR_FLOATS + 2 * d // chunk)  # pairs of a block
+        budget = per_block(_PAIR_FLOATS)  # pairs of a block
+        least = max(8, min(_MIN_ROWS, _BLOCK_PAIRS_MAX // max(N, 1)) // 8 * 8)  # rows of a block, at least
         blocks, start = [], 0
         while start < N:
             if causal:  # r rows against start + r keys: r (start + r) <= budget
                 rows = (math.isqrt(start * start + 4 * budget) - start) // 2
             else:
                 rows = budget // N
-            stop = min(N, start + max(step, rows // step * step))
+            stop = min(N, start + max(least, rows // 8 * 8))
             blocks.append(slice(start, stop))
             start = stop
         seen = [(b.stop if causal else N) for b in blocks]
-        shapes = [(_whole(b.stop - b.start, step), _whole(s, chunk)) for b, s in zip(blocks, seen)]
+        shapes = [(b.stop - b.start, s) for b, s in zip(blocks, seen)]
         return cls(
-            blocks=tuple(blocks), chunk=chunk, pairs=sum((b.stop - b.start) * s for b, s in zip(blocks, seen)),
-            rows_padded=_whole(N, step), keys_padded=_whole(N, chunk),
-            buffer=max(r * (c + _ROW_PAD) for r, c in shapes),
-            scratch=max(r * max(c, c // chunk * 2 * d) for r, c in shapes),
+            blocks=tuple(blocks), pairs=sum(r * s for r, s in shapes),
+            buffer=max(r * (s + _ROW_PAD) for r, s in shapes), scratch=max(r * s for r, s in shapes),
         )
 
     def workspace(self) -> tuple:
-        """One thread's buffers: the block's pairs, and a scratch buffer for a temporary and the
-        partial value products (never needed at the same time)."""
+        """One thread's buffers: the block's pairs and a temporary."""
         return np.empty(self.buffer), np.empty(self.scratch)
-
-
-def _whole(n: int, piece: int) -> int:
-    """``n`` rounded up to a multiple of ``piece``."""
-    return -(-n // piece) * piece
 
 
 def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _Plan, work, weights, out,
@@ -1021,29 +1013,21 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
     With folded operands (``keys.a`` set, causal; see :func:`isotropic_afa`) the first product is all of
     ‖R‖², the values carry b_j and the output row a_i. The block's pairs live in one buffer of ``work``
     (the logits ``L`` are built where ``‖R‖²`` was): a block costs the two products and about a dozen
-    (folded: seven) elementwise passes over that cache-sized buffer, and no new (rows, keys) array. The logits are <= 0 (log P is shifted by
+    (folded: seven) elementwise passes over that buffer (cache-sized while the block holds about the workspace's
+    pairs), and no new (rows, keys) array. The logits are <= 0 (log P is shifted by
     its largest value over the lags that carry weight, :class:`_LagKernels`), so the exponentials
     need no row max (Eq. (4.3)); a block with a row
     whose weights sum below e^{−256} (every logit far below 0) is redone with its row max
     (``exact``), where unshifted weights would lose digits to subnormal numbers (the threshold of
     :func:`refimpl.attention._attend`).
     """
-    step, chunk = _PIECE_ROWS, plan.chunk
     n_rows = rows.stop - rows.start
     seen = rows.stop if head.causal else lag.decay.shape[-1]  # keys 0 … seen − 1
-    rows_p, seen_p = _whole(n_rows, step), _whole(seen, chunk)  # whole pieces
-    n_chunks, width = seen_p // chunk, keys.values.shape[-1]
     buf, scratch = work
-    full = buf[: rows_p * (seen_p + _ROW_PAD)].reshape(rows_p, seen_p + _ROW_PAD)
-    # the pieces: (chunk of keys, piece of rows, row in piece, key in chunk), views into the buffer
-    pieces = full.reshape(rows_p // step, step, -1)[..., :seen_p].reshape(
-        rows_p // step, step, n_chunks, chunk, copy=False).transpose(2, 0, 1, 3)
-    R2 = full[:n_rows, :seen]
+    R2 = buf[: n_rows * (seen + _ROW_PAD)].reshape(n_rows, seen + _ROW_PAD)[:, :seen]
     tmp = scratch[: n_rows * seen].reshape(n_rows, seen)
-    # −2 Re(q̃_i^† k̃_j) (folded: all of ‖R‖²): one NumPy call issues the pieces straight into the buffer
-    q2 = keys.q2[b, rows.start : rows.start + rows_p].reshape(1, rows_p // step, step, -1)
-    k2t = keys.k2[b, :seen_p].reshape(n_chunks, 1, chunk, -1).swapaxes(-1, -2)
-    np.matmul(q2, k2t, out=pieces)
+    # −2 Re(q̃_i^† k̃_j) (folded: all of ‖R‖²): one product, (rows × 2d)(2d × keys), into the buffer
+    np.matmul(keys.q2[b, rows], keys.k2t[b, :, :seen], out=R2)
     window = (rows, slice(0, seen))  # the block's own (rows, keys) window of the pair quantities
     before, after = (seen, seen) if head.causal else (rows.start, rows.stop)  # keys before / after every query
     folded = keys.a is not None  # causal, E_ij = a_i b_j: ‖R‖² is the product itself (isotropic_afa)
@@ -1099,11 +1083,7 @@ def _isotropic_rows(b, rows, keys: _Keys, lag: _LagKernels, head: _Head, plan: _
         np.exp(L, out=L)  # Â
     if weights is not None:
         weights[b, rows, seen:] = 0.0
-    full[:n_rows, seen:seen_p] = 0.0  # keys of the last chunk past the block's keys carry no weight
-    # Σ_j Â_ij ṽ_j: the pieces times their chunk's values (one NumPy call), the chunks summed
-    part = scratch[: n_chunks * rows_p * width].reshape(n_chunks, rows_p // step, step, width)
-    np.matmul(pieces, keys.values[b, :seen_p].reshape(n_chunks, 1, chunk, width), out=part)
-    np.sum(part.reshape(n_chunks, rows_p, width)[:, :n_rows], axis=0, out=out)
+    np.matmul(L, keys.values[b, :seen], out=out)  # Σ_j Â_ij ṽ_j (Â is in L): one product, (rows × keys)(keys × 2d)
     out /= total
 
 

@@ -1319,12 +1319,13 @@ class TestBadInputRefusedByName:
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("irregular", [False, True])
 def test_isotropic_row_blocks_and_causal_key_limit(causal, irregular, monkeypatch):
-    """Blocks of query rows (one piece of _PIECE_ROWS = 8 rows each when the workspace is shrunk,
-    so N = 37 spans five blocks, the last one partial): causal blocks read only the keys up to their
+    """Blocks of query rows (8 rows each when the workspace and the least rows are shrunk, so
+    N = 37 spans five blocks, the last one partial): causal blocks read only the keys up to their
     last query (the weights after it are zero), and nothing changes against the loop twin."""
     import refimpl._blocking
 
     monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 1)
+    monkeypatch.setattr(afa_module, "_MIN_ROWS", 8)
     rng = np.random.default_rng(7)
     N = 37
     plan = afa_module._Plan.make(N, 3, causal)
@@ -1341,27 +1342,29 @@ def test_isotropic_row_blocks_and_causal_key_limit(causal, irregular, monkeypatc
 
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("d", [1, 64, 300])
-def test_isotropic_plan_blocks_and_pieces(causal, d):
-    """The plan covers the query rows once, in blocks of whole pieces (but the last), each of about
-    the workspace's pairs; causal blocks hold more rows early than late; the pieces of the two
-    products stay under the one-thread size of OpenBLAS."""
+@pytest.mark.parametrize("N", [5, 3001, 40_000, 10**6])
+def test_isotropic_plan_blocks(causal, N):
+    """The plan covers the query rows once, in blocks of a multiple of 8 rows (but the last), each of
+    about the workspace's pairs and at least _MIN_ROWS rows, fewer only when those would exceed
+    _BLOCK_PAIRS_MAX pairs (never fewer than 8); causal blocks hold more rows early than late; the
+    buffers hold the largest block."""
     import refimpl._blocking
 
-    N = 3001
-    plan = afa_module._Plan.make(N, d, causal)
+    plan = afa_module._Plan.make(N, 64, causal)
     starts, stops = [b.start for b in plan.blocks], [b.stop for b in plan.blocks]
     assert starts[0] == 0 and stops[-1] == N and starts[1:] == stops[:-1]
     sizes = np.diff([0] + stops)
-    assert np.all(sizes[:-1] % afa_module._PIECE_ROWS == 0) and np.all(sizes > 0)
+    assert np.all(sizes[:-1] % 8 == 0) and np.all(sizes > 0)
+    least = max(8, min(afa_module._MIN_ROWS, afa_module._BLOCK_PAIRS_MAX // N) // 8 * 8)
+    assert least == (afa_module._MIN_ROWS if N <= 32768 else 8 if N == 10**6 else 48)
+    assert np.all(sizes[:-1] >= least)
     seen = np.array(stops) if causal else np.full(len(stops), N)
-    budget = refimpl._blocking.per_block(afa_module._PAIR_FLOATS + 2 * d // plan.chunk)
-    assert np.all(sizes * seen <= np.maximum(budget, afa_module._PIECE_ROWS * seen))
+    budget = refimpl._blocking.per_block(afa_module._PAIR_FLOATS)
+    assert np.all(sizes * seen <= np.maximum(budget + 8 * seen, least * seen))
     assert plan.pairs == int(np.sum(sizes * seen))
-    if causal:
+    assert plan.buffer == int(np.max(sizes * (seen + afa_module._ROW_PAD))) and plan.scratch == int(np.max(sizes * seen))
+    if causal and len(sizes) > 2:
         assert sizes[0] > sizes[-2]
-    assert afa_module._PIECE_ROWS * plan.chunk * 2 * d < refimpl._blocking.ONE_THREAD_MACS or plan.chunk == 8
-    assert plan.keys_padded % plan.chunk == 0 and plan.keys_padded - plan.chunk < N <= plan.keys_padded
 
 
 @pytest.mark.parametrize("causal, tkind, weight", [(True, "default", "student"), (True, "irregular", "exponential"),
@@ -1432,6 +1435,7 @@ def test_isotropic_rows_far_from_every_key_take_the_row_max(causal, weight, monk
     import refimpl._blocking
 
     monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 1)  # blocks of 8 query rows
+    monkeypatch.setattr(afa_module, "_MIN_ROWS", 8)
     rng = np.random.default_rng(11)
     N, d = 37, 3
     q, k, v = (rng.normal(size=(N, d)) + 1j * rng.normal(size=(N, d)) for _ in range(3))
