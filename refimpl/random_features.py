@@ -81,6 +81,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from ._blocking import ONE_THREAD_MACS, one_thread_matmul, parts_for, per_block, take_turns
+from ._trig import sin_cos_half
 from ._scan import cumsum_rows
 from ._validate import (_sum_is_finite, as_bool, as_positive_scalar, as_real_array, as_rng, check_finite_part, check_option,
                         check_qkv, guard_overflow, refuse_rng, row_norms, vouch_finite)
@@ -724,16 +725,14 @@ def _sin_cos_blocks(x: np.ndarray, w: np.ndarray, factor, unit: bool = False):
     """A new array for ``[sin Wx, cos Wx] · factor``, shape (..., N, 2D), the thunks that fill it by
     blocks of rows, and (``unit``: x is first divided by its row norms) the array of the norms.
 
-    From one tangent of the half angle per entry: with ``t = tan(ω·x/2)`` and ``r = 2/(1 + t²)``,
-    ``sin ω·x = t r`` and ``cos ω·x = r − 1``. Why: NumPy's float64 ``sin`` and ``cos`` call the C
-    library once per number (tens of ns each), its ``tan`` is vectorized, about ten times faster,
-    and the rest is three array operations and one write into each half of the result, in
-    cache-sized blocks of rows, each block projected on its own (``x @ (w/2)^T`` in one-thread
-    pieces, :func:`_stacked`). The error is a few units in the last place of 1 (absolute), like
-    that of ``np.sin`` itself on the rounded argument ω·x (tested against ``math.sin``/``math.cos``):
-    ``t r`` has the relative error of t, and ``r − 1`` is exact where it cancels (r ≈ 1). |t| stays
-    below ~1e19 for any float64 argument (no double lies closer to a pole), so t² never overflows.
-    ``x @ (w/2)^T`` is ω·x/2 exactly (halving is exact).
+    From one tangent of the half angle per entry (:func:`refimpl._trig.sin_cos_half`: ``t = tan(ω·x/2)``,
+    ``sin ω·x = t r``, ``cos ω·x = r − 1`` with ``r = 2/(1 + t²)``; NumPy's float64 ``sin`` and ``cos``
+    call the C library once per number, its ``tan`` is vectorized, several times faster): the rest is
+    three array operations and one write into each half of the result, in cache-sized blocks of rows,
+    each block projected on its own (``x @ (w/2)^T`` in one-thread pieces, :func:`_stacked`). The error
+    is a few units in the last place of 1 (absolute), like that of ``np.sin`` itself on the rounded
+    argument ω·x (tested against ``math.sin``/``math.cos``). ``x @ (w/2)^T`` is ω·x/2 exactly (halving
+    is exact).
     """
     big_d, d = w.shape
     x2 = x.reshape(-1, d)
@@ -750,13 +749,7 @@ def _sin_cos_blocks(x: np.ndarray, w: np.ndarray, factor, unit: bool = False):
             nb = norms[i : i + rows]
             nb[...] = row_norms(xb)
             xb = xb / nb  # a zero row gives NaN here: the caller checks the norms and raises
-        tb = _stacked(xb, half_w)  # ω·x/2
-        np.tan(tb, out=tb)
-        r = np.multiply(tb, tb)
-        r += 1.0
-        np.divide(2.0 * fb, r, out=r)  # 2·factor/(1 + t²)
-        np.multiply(tb, r, out=ob[:, :big_d])  # sin ω·x · factor
-        np.subtract(r, fb, out=ob[:, big_d:])  # cos ω·x · factor
+        sin_cos_half(_stacked(xb, half_w), ob[:, :big_d], ob[:, big_d:], fb)  # [sin ω·x, cos ω·x] · factor from ω·x/2
 
     return out, [functools.partial(block, i) for i in range(0, x2.shape[0], rows)], norms
 
