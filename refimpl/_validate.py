@@ -92,8 +92,8 @@ def _sum_is_finite(arr: np.ndarray) -> bool:
 def _check_finite(arr: np.ndarray, name: str) -> None:
     if not arr.size:
         return
-    if arr.dtype.kind == "f" and arr.flags.c_contiguous and _sum_is_finite(arr.reshape(-1)):
-        return  # fast path for large real signals; a non-finite sum falls through to the count
+    if arr.dtype.kind in "fc" and arr.flags.c_contiguous and _sum_is_finite(arr.reshape(-1).view(arr.real.dtype)):
+        return  # fast path (complex: the real and imaginary parts as one real array); a non-finite sum falls through
     if not np.all(np.isfinite(arr)):
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
@@ -334,8 +334,7 @@ def check_qkv(q, k, v, *, names=("q", "k", "v"), complex_values: bool = False, s
     them, :func:`check_finite_part`).
     """
     nq, nk, nv = names
-    conv = functools.partial(as_complex_array, finite=finite) if complex_values else \
-        functools.partial(as_real_array, copy=copy, finite=finite)
+    conv = functools.partial(as_complex_array if complex_values else as_real_array, copy=copy, finite=finite)
     q, k = conv(q, nq), conv(k, nk)
     v = None if v is _NO_VALUES else conv(v, nv)
     checks = [(q, nq, "(..., N, d)"), (k, nk, "(..., M, d)")] + ([] if v is None else [(v, nv, "(..., M, dv)")])

@@ -83,8 +83,8 @@ _WEIGHTS = ("student", "exponential")
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_qkv(q, k, v):
-    q, k, v, _ = check_qkv(q, k, v, complex_values=True, same_shape=True)
+def _check_qkv(q, k, v, copy: bool = True):
+    q, k, v, _ = check_qkv(q, k, v, complex_values=True, same_shape=True, copy=copy)
     return q, k, v
 
 
@@ -110,8 +110,8 @@ def _check_noise(x, name: str, d: int) -> np.ndarray:
     return np.broadcast_to(arr, (d,)).astype(np.float64)
 
 
-def _check_common(q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature):
-    q, k, v = _check_qkv(q, k, v)
+def _check_common(q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature, copy: bool = True):
+    q, k, v = _check_qkv(q, k, v, copy)
     N, d = q.shape[-2:]
     t = _check_t(t, N)
     sigma2 = _check_noise(sigma2, "sigma2", d)
@@ -795,8 +795,9 @@ def isotropic_afa(
     for name, value in (("sigma2", sigma2), ("eta2", eta2), ("gamma2", gamma2)):
         if np.ndim(value) != 0:
             raise ValueError(f"{name}: isotropic AFA takes a scalar noise level, got shape {np.shape(value)}")
+    # no defensive copies: isotropic AFA only reads q, k, v (into new operands, _operands) and returns no view of them
     q, k, v, t, sigma2, eta2, gamma2, nu, kappa, temperature = _check_common(
-        q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature
+        q, k, v, t, sigma2, eta2, gamma2, nu, weight, kappa, temperature, copy=False
     )
     N, d = q.shape[-2:]
     mu, omega = _check_isotropic_dynamics(mu, omega, d)
@@ -898,7 +899,7 @@ def _operands(qb, kb, vb, t, rot, omega, mu: float, lag: _LagKernels, plan: "_Pl
         if fold:  # the factors of E_ij: [−2a_i q̃_i, a_i², ‖q_i‖²] and [b_j k̃_j, b_j²‖k_j‖², 1], b_j ṽ_j
             a, b_j = keys.a[rows], b_fold[rows]
             keys.largest.append(max(np.max(keys.nq[:, rows], initial=0.0), np.max(keys.nk[:, rows], initial=0.0),
-                                    np.max(np.abs(values), initial=0.0) ** 2))  # |ṽ_jk| = |v_jk|
+                                    max(np.max(values, initial=0.0), -np.min(values, initial=0.0)) ** 2))  # |ṽ_jk| = |v_jk|
             k2_rows *= b_j[:, None]
             values *= b_j[:, None]
             keys.q2[:, rows, -2] = a * a  # (‖k_j‖² carries the scale of ‖R‖² already)

@@ -1738,3 +1738,17 @@ class TestFoldedDecay:
         monkeypatch.setattr(afa_module, "_FOLD_SPAN", -1.0)
         np.testing.assert_array_equal(isotropic_afa(x["q"], x["k"], x["v"], **kw), out)
         close(out, isotropic_afa_loop(x["q"], x["k"], x["v"], **kw), rtol=SELF, what=f"plain ({which}) vs loop twin")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_isotropic_afa_reads_its_inputs_only(causal):
+    """isotropic_afa takes q, k, v without defensive copies (check_qkv(copy=False)): it must leave
+    them as they were, and return nothing that shares their memory."""
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.normal(size=(2, 40, 3)) + 1j * rng.normal(size=(2, 40, 3)) for _ in range(3))
+    before = [x.copy() for x in (q, k, v)]
+    kw = dict(mu=0.2, omega=np.array([0.3, -0.5, 1.0]), sigma2=0.3, eta2=0.2, gamma2=0.1, nu=2.0, causal=causal)
+    y, w = isotropic_afa(q, k, v, return_weights=True, **kw)
+    for x, b in zip((q, k, v), before):
+        assert np.array_equal(x, b)
+        assert not np.shares_memory(y, x) and not np.shares_memory(w, x)
