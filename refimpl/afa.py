@@ -802,7 +802,7 @@ def isotropic_afa(
     N, d = q.shape[-2:]
     mu, omega = _check_isotropic_dynamics(mu, omega, d)
     lag = _LagKernels(t, mu, sigma2[0], eta2[0], gamma2[0], nu, kappa, weight, causal)  # E, Σ, log P as functions of Δt_ij
-    plan = _Plan.make(N, d, causal)
+    plan = _Plan.make(N, causal)
     batch = q.shape[:-2]
     nb = math.prod(batch)
     qb, kb, vb = (x.reshape((nb, N, d)) for x in (q, k, v))
@@ -982,7 +982,7 @@ class _Plan(NamedTuple):
     scratch: int  # ... and of its temporary
 
     @classmethod
-    def make(cls, N: int, d: int, causal: bool) -> "_Plan":
+    def make(cls, N: int, causal: bool) -> "_Plan":
         budget = per_block(_PAIR_FLOATS)  # pairs of a block
         least = max(8, min(_MIN_ROWS, _BLOCK_PAIRS_MAX // max(N, 1)) // 8 * 8)  # rows of a block, at least
         blocks, start = [], 0

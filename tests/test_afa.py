@@ -1328,7 +1328,7 @@ def test_isotropic_row_blocks_and_causal_key_limit(causal, irregular, monkeypatc
     monkeypatch.setattr(afa_module, "_MIN_ROWS", 8)
     rng = np.random.default_rng(7)
     N = 37
-    plan = afa_module._Plan.make(N, 3, causal)
+    plan = afa_module._Plan.make(N, causal)
     assert [(b.start, b.stop) for b in plan.blocks] == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 37)]
     q, k, v = (rng.normal(size=(N, 3)) + 1j * rng.normal(size=(N, 3)) for _ in range(3))
     t = np.cumsum(rng.uniform(0.1, 1.0, N)) if irregular else None
@@ -1350,7 +1350,7 @@ def test_isotropic_plan_blocks(causal, N):
     buffers hold the largest block."""
     import refimpl._blocking
 
-    plan = afa_module._Plan.make(N, 64, causal)
+    plan = afa_module._Plan.make(N, causal)
     starts, stops = [b.start for b in plan.blocks], [b.stop for b in plan.blocks]
     assert starts[0] == 0 and stops[-1] == N and starts[1:] == stops[:-1]
     sizes = np.diff([0] + stops)
@@ -1384,7 +1384,7 @@ def test_isotropic_bitwise_the_same_in_any_number_of_threads(causal, tkind, weig
     par = dict(mu=0.05, omega=rng.normal(size=d), sigma2=0.1, eta2=0.5, gamma2=0.1, nu=3.0)
     opts = dict(t=make_times(tkind, N, rng), causal=causal, weight=weight, return_weights=True)
     monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 2**14)  # many blocks at this size
-    plan = afa_module._Plan.make(N, d, causal)
+    plan = afa_module._Plan.make(N, causal)
     assert len(plan.blocks) > 6 and N % (plan.blocks[0].stop - plan.blocks[0].start) != 0
     parts, threads_seen = [], set()
     in_parts, rows_fn = refimpl._blocking.in_parts, afa_module._isotropic_rows
