@@ -220,7 +220,10 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     a block whose logits are bounded by Cauchy–Schwarz (no row max, no subtraction: 5 % of the
     backward pass at N = 4096, d = 64), shifted by the row max elsewhere — and accumulates
     ``dK`` and ``dV`` over the blocks: temporaries O(128·M) per batch element and thread, never
-    an (N, M) or (N, M, d) array. Large problems (at least 2^21
+    an (N, M) or (N, M, d) array. The normalized ``P = r ∘ E`` (``E`` the block's exponentials,
+    ``r_i = 1/z_i``) is never formed: ``r`` scales the thin operands instead (``dV += Eᵀ (r ∘ dO)``,
+    ``dQ = c r ∘ ((E ∘ (dP − D)) K)``, ``dK += (E ∘ (dP − D))ᵀ (r ∘ c Q)``), and ``dK``, ``dV`` are
+    accumulated transposed, so that every product but ``dQ``'s has contiguous operands. Large problems (at least 2^21
     logits) cut the query rows of a small batch into four parts with ``dK``, ``dV`` of their
     own, summed in order at the end, and run the parts (or the batch entries) in threads with
     BLAS held to one thread; the parts depend on the sizes alone, so the result does not depend
@@ -267,44 +270,67 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     n_parts = min(len(blocks), _VJP_PARTS) if large and len(groups) < _VJP_PARTS else 1
     cuts = np.searchsorted(cost, cost[-1] * np.arange(1, n_parts) / n_parts, side="right") if blocks else []
     parts = [blocks[a:b] for a, b in zip([0, *cuts], [*cuts, len(blocks)]) if b > a]
-    dk = np.zeros((max(1, len(parts)), *batch, m, d))  # dK, dV of each part (zero if no block sees a key)
-    dv = np.zeros((max(1, len(parts)), *batch, m, dv_))
+    # dKᵀ, dVᵀ of each part (zero if no block sees a key), transposed: see the products below
+    dkT = np.zeros((max(1, len(parts)), *batch, d, m))
+    dvT = np.zeros((max(1, len(parts)), *batch, dv_, m))
+    # Kᵀ and Vᵀ stored contiguously, so that S = (c Q) Kᵀ and dP = dO Vᵀ are plain (NN) products (with a
+    # transposed view OpenBLAS ran these 128 × 4096 × 64 products 6-14 % slower on one core, measured)
+    kTb, vTb = (np.broadcast_to(np.ascontiguousarray(np.swapaxes(x, -1, -2)), (*batch, x.shape[-1], m)) for x in (p.k, p.v))
     items = [(g, j) for g in groups for j in range(len(parts))]
     ones = np.ones((m, 1))
     bound, e_max = _unshifted(p, qs)  # which blocks the forward pass exponentiates unshifted: the same here
 
     def item(i):
         g, j = items[i]
-        dk_g, dv_g, mask_g, slopes_g = dk[j][g], dv[j][g], None if mask is None else mask[g], None if slopes is None else slopes[g]
+        dk_g, dv_g, mask_g, slopes_g = dkT[j][g], dvT[j][g], None if mask is None else mask[g], None if slopes is None else slopes[g]
+        # this item's blocks, reused (a causal triangle's blocks differ in size: fresh arrays each time cost page
+        # faults, 15-20 % of the products' time at N = 4096, measured): E and dP (block rows × keys), and the
+        # (d, keys) products added into dKᵀ, dVᵀ; each block takes the leading part, contiguous
+        lead = qs[g].shape[:-2]
+        rows_m = math.prod(lead) * _ATT_BLOCK * m
+        e_buf, ds_buf, add_buf = np.empty(rows_m), np.empty(rows_m), np.empty(math.prod(lead) * max(d, dv_) * m)
+
+        def part(buf, *shape):
+            return buf[: math.prod(shape)].reshape(shape)
+
         for i0, i1, lo, hi in parts[j]:
             keys = slice(lo, hi)
-            q_b, k_b, v_b = qs[g][..., i0:i1, :], kb[g][..., keys, :], vb[g][..., keys, :]
+            q_b, k_b, kT_b, vT_b = qs[g][..., i0:i1, :], kb[g][..., keys, :], kTb[g][..., keys], vTb[g][..., keys]
             # the weights as the forward pass computes them: S = scale Q Kᵀ, T = cap · tanh(S / cap), + ALiBi
             # bias, 0 where forbidden; e^T unshifted where the logits are bounded, else shifted by the row max
-            # (a row that sees no key: P = 0, no gradient); tanh(S / cap) kept for ∂T/∂S
-            P = np.empty((*q_b.shape[:-1], hi - lo))
+            # (a row that sees no key: E = 0, no gradient); tanh(S / cap) kept for ∂T/∂S
+            E = part(e_buf, *lead, i1 - i0, hi - lo)
             fast = np.max(bound[g][..., i0:i1], initial=-np.inf) <= e_max
-            mx, z, tanh = _weights_block(q_b, k_b, p, mask_g, slopes_g, i0, lo, P, ones, fast, keep_tanh=True,
-                                         q_raw=q_raw[g][..., i0:i1, :])
-            P /= z  # P = softmax(T + bias) over the allowed keys (recomputed)
+            mx, z, tanh = _weights_block(q_b, np.swapaxes(kT_b, -1, -2), p, mask_g, slopes_g, i0, lo, E, ones, fast,
+                                         keep_tanh=True, q_raw=q_raw[g][..., i0:i1, :])
             lse[g][..., i0:i1] = (mx + np.log(z))[..., 0]  # ℓ_i = m_i + log z_i (−∞ + 0 for an empty row)
+            # P = r ∘ E, r_i = 1/z_i, never formed: r scales the (·, d) operands and results instead of the
+            # (128, M) block (a pass over the block saved, 4 % of the backward pass)
+            r = 1.0 / z
             dO = dy[g][..., i0:i1, :]
-            dv_g[..., keys, :] += np.swapaxes(P, -1, -2) @ dO  # dV = P^T dO
-            dS = dO @ np.swapaxes(v_b, -1, -2)  # dP = dO V^T
-            dS *= P  # P ∘ dP
-            # D_i = rowsum(dO ∘ O) = Σ_j P_ij (dO_i · v_j) = rowsum(P ∘ dP): a product with ones, not O = P V
+            # dV = Pᵀ dO = Eᵀ (r ∘ dO), accumulated transposed: dVᵀ += (r ∘ dO)ᵀ E, a plain product (Pᵀ dO with
+            # a transposed operand ran 1.3 times as long)
+            dv_g[..., keys] += np.matmul(np.swapaxes(dO * r, -1, -2).copy(), E, out=part(add_buf, *lead, dv_, hi - lo))
+            dS = np.matmul(dO, vT_b, out=part(ds_buf, *lead, i1 - i0, hi - lo))  # dP = dO Vᵀ
+            dS *= E  # E ∘ dP
+            # D_i = rowsum(dO ∘ O) = Σ_j P_ij (dO_i · v_j) = r_i rowsum(E ∘ dP): a product with ones, not O = P V
             Drow = dS @ ones[: hi - lo]
+            Drow *= r
             D[g][..., i0:i1] = Drow[..., 0]
-            dS -= np.multiply(P, Drow, out=P)  # dS = P ∘ (dP − D)
+            dS -= np.multiply(E, Drow, out=E)  # E ∘ (dP − D) = dS / r (dS = P ∘ (dP − D))
             if tanh is not None:
                 tanh *= tanh
                 np.subtract(1.0, tanh, out=tanh)
                 dS *= tanh  # the soft cap: ∂T/∂S = 1 − tanh²(S / cap)
-            dq[g][..., i0:i1, :] = (dS @ k_b) * p.scale  # dQ = c dS K
-            if scaled_ok:
-                dk_g[..., keys, :] += np.swapaxes(dS, -1, -2) @ q_b  # dK = c dS^T Q, as dS^T (c Q)
-            else:  # c·q overflowed: (c dS)^T Q, the loop twin's order
-                dk_g[..., keys, :] += np.swapaxes(dS * p.scale, -1, -2) @ q_raw[g][..., i0:i1, :]
+            dq_b = dS @ k_b  # dQ = c dS K = c (r ∘ ((dS / r) K)); r and c one at a time (r c can be subnormal)
+            dq_b *= r
+            np.multiply(dq_b, p.scale, out=dq[g][..., i0:i1, :])
+            if scaled_ok:  # dK = c dSᵀ Q = (dS / r)ᵀ (r ∘ c Q), accumulated transposed: dKᵀ += (r ∘ c Q)ᵀ (dS / r)
+                dk_g[..., keys] += np.matmul(np.swapaxes(q_b * r, -1, -2).copy(), dS, out=part(add_buf, *lead, d, hi - lo))
+            else:  # c·q overflowed: (c dS)ᵀ Q, the loop twin's order
+                dS *= r
+                dS *= p.scale
+                dk_g[..., keys] += np.swapaxes(q_raw[g][..., i0:i1, :], -1, -2) @ dS
 
     # large problems: the items in threads, BLAS on one thread each (as in softmax_attention); decided by the sizes
     # alone (with one thread the items run in turn, BLAS still on one thread), so that OpenBLAS's own threads, whose
@@ -312,9 +338,9 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     threaded = large and len(items) > 1
     _blocking.take_turns_one_blas(len(items), lambda: item, 1 << 30, threaded)  # elems: `large` decided already
     for j in range(1, len(parts)):  # the parts' dK, dV in order
-        dk[0] += dk[j]
-        dv[0] += dv[j]
-    dk, dv = dk[0], dv[0]
+        dkT[0] += dkT[j]
+        dvT[0] += dvT[j]
+    dk, dv = (np.ascontiguousarray(np.swapaxes(x[0], -1, -2)) for x in (dkT, dvT))
     return _softmax_grads(p, dq, dk, dv, shapes, lse, D, return_intermediates)
 
 
