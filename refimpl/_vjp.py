@@ -280,19 +280,23 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     ones = np.ones((m, 1))
     bound, e_max = _unshifted(p, qs)  # which blocks the forward pass exponentiates unshifted: the same here
 
-    def item(i):
+    # Each thread's blocks live in buffers of its own, reused from block to block and item to item (a causal
+    # triangle's blocks differ in size, and fresh arrays cost page faults: 15-20 % of the logits product's time
+    # at N = 4096, measured): E and dP (block rows × keys), and the (d, keys) products added into dKᵀ, dVᵀ; each
+    # block takes the leading part of a buffer, contiguous
+    most = max((math.prod(qs[g].shape[:-2]) for g in groups), default=0)  # batch entries per group
+
+    def part(buf, *shape):
+        return buf[: math.prod(shape)].reshape(shape)
+
+    def worker():
+        e_buf, ds_buf, add_buf = np.empty(most * _ATT_BLOCK * m), np.empty(most * _ATT_BLOCK * m), np.empty(most * max(d, dv_) * m)
+        return functools.partial(item, e_buf, ds_buf, add_buf)
+
+    def item(e_buf, ds_buf, add_buf, i):
         g, j = items[i]
         dk_g, dv_g, mask_g, slopes_g = dkT[j][g], dvT[j][g], None if mask is None else mask[g], None if slopes is None else slopes[g]
-        # this item's blocks, reused (a causal triangle's blocks differ in size: fresh arrays each time cost page
-        # faults, 15-20 % of the products' time at N = 4096, measured): E and dP (block rows × keys), and the
-        # (d, keys) products added into dKᵀ, dVᵀ; each block takes the leading part, contiguous
         lead = qs[g].shape[:-2]
-        rows_m = math.prod(lead) * _ATT_BLOCK * m
-        e_buf, ds_buf, add_buf = np.empty(rows_m), np.empty(rows_m), np.empty(math.prod(lead) * max(d, dv_) * m)
-
-        def part(buf, *shape):
-            return buf[: math.prod(shape)].reshape(shape)
-
         for i0, i1, lo, hi in parts[j]:
             keys = slice(lo, hi)
             q_b, k_b, kT_b, vT_b = qs[g][..., i0:i1, :], kb[g][..., keys, :], kTb[g][..., keys], vTb[g][..., keys]
@@ -336,7 +340,7 @@ def softmax_attention_vjp(q, k, v, dy, *, mask=None, causal=False, scale=None, w
     # alone (with one thread the items run in turn, BLAS still on one thread), so that OpenBLAS's own threads, whose
     # products can round otherwise, do not make the result depend on the thread count
     threaded = large and len(items) > 1
-    _blocking.take_turns_one_blas(len(items), lambda: item, 1 << 30, threaded)  # elems: `large` decided already
+    _blocking.take_turns_one_blas(len(items), worker, 1 << 30, threaded)  # elems: `large` decided already
     for j in range(1, len(parts)):  # the parts' dK, dV in order
         dkT[0] += dkT[j]
         dvT[0] += dvT[j]
