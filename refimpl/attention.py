@@ -531,7 +531,6 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     mask = None if p.mask is None else np.broadcast_to(p.mask, (*batch, n, m))
     slopes = None if p.slopes is None else np.broadcast_to(p.slopes, batch)
     y = np.empty((*batch, n, dv))
-    A = np.zeros((*batch, n, m)) if return_weights else None
     lse = np.empty((*batch, n)) if return_lse else None
     rows_min = min(n, MIN_BLOCK_ROWS)  # as many rows as fill the budget, never fewer than this
     groups, size = _batch_groups(batch, rows_min * m)
@@ -553,6 +552,11 @@ def _attend(p: _Problem, return_weights: bool, return_lse: bool):
     if threaded and len(blocks) < _MIN_BLOCKS:
         rows = max(_THREAD_ROWS, -(-n // _MIN_BLOCKS))
         blocks, logits = cut(rows)
+    # A: zeros where no block writes (keys outside a block's range: the causal triangle, the window); where every
+    # block spans all keys, the blocks write every entry (forbidden ones as 0) and A needs no zeroing pass first
+    # (np.zeros of recycled memory is a memset on one core: 0.4 ms of 5.9 at N = 1024, measured)
+    every_key = all(lo == 0 and hi == m for _, _, lo, hi in blocks)
+    A = (np.empty if every_key else np.zeros)((*batch, n, m)) if return_weights else None
 
     def worker():
         work = None if return_weights else np.empty(size * rows * m)  # this thread's logits block, reused

@@ -1251,3 +1251,29 @@ def test_attention_is_nadaraya_watson_with_key_weights(fn, causal, scale):
     assert np.abs(y - nadaraya_watson(k, 1.0)).max() > 1e-2  # the key weights matter for unequal norms
     k_eq = k / np.linalg.norm(k, axis=1, keepdims=True) * 1.3  # equal norms: the plain Gaussian kernel
     assert_close(fn(q, k_eq, v, causal=causal, scale=scale), nadaraya_watson(k_eq, 1.0), rtol=ORACLE)
+
+
+@pytest.mark.parametrize("kw", [{}, {"causal": True}, {"window": 40, "causal": True}, {"mask": "rows"}],
+                         ids=["all keys", "causal", "window", "mask with empty rows"])
+@pytest.mark.parametrize("n", [40, 600])
+def test_weights_of_every_entry_written_or_zero(kw, n):
+    """return_weights: the weights array starts uninitialized when every block spans all keys (the blocks then write
+    every entry, forbidden ones as 0), zeroed otherwise. Memory of the same size full of NaN is freed just before
+    the call, so that an entry left unwritten would likely show; n = 600 is cut into threaded blocks (the causal and
+    window forms into blocks with key ranges of their own). Oracle: the loop twin."""
+    rng = np.random.default_rng(n)
+    q, k, v = rng.normal(size=(3, n, 6))
+    kw = dict(kw)
+    if kw.get("mask") == "rows":
+        mask = rng.random((n, n)) < 0.5
+        mask[::7] = False  # rows that see no key: weights 0, output 0
+        kw["mask"] = mask
+    for _ in range(3):
+        junk = np.full((n, n), np.nan)
+        del junk
+        y, A = softmax_attention(q, k, v, return_weights=True, **kw)
+        assert np.all(np.isfinite(A))
+        if n <= 40 or _ == 0:
+            y_loop, A_loop = softmax_attention_loop(q, k, v, return_weights=True, **kw)
+            assert_close(A, A_loop, rtol=SELF)
+            assert_close(y, y_loop, rtol=SELF)
