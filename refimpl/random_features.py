@@ -220,6 +220,17 @@ class _RowMap:
         return self.fn(self.x[..., r, :])
 
 
+class _ShiftedRowMap(_RowMap):
+    """The positive features of Eq. (12.7) of keys computed on demand, each group of rows divided by
+    exp of its own max (:func:`_favor_group`): ``fn`` maps rows (..., r, d) to the features and the
+    shift c_g (..., 1, 1). Sums of such rows are rescaled by e^{c_g − c} to the common max c
+    (:func:`_summed_states`), which is the stabilizer of Eq. (12.10) for all keys: the keys' features
+    are never stored, and need no second pass once the common max is known."""
+
+    def broadcast(self, batch: tuple) -> _ShiftedRowMap:
+        return _ShiftedRowMap(np.broadcast_to(self.x, batch + self.x.shape[-2:]), self.shape[-1], self.fn)
+
+
 def _rows(phi, r: slice) -> np.ndarray:
     """Rows ``r`` of φ: a view of an array, or computed by a :class:`_RowMap`."""
     return phi.rows(r) if isinstance(phi, _RowMap) else phi[..., r, :]
@@ -355,6 +366,16 @@ def _summed_states(phi_k, v, c: int, checks) -> np.ndarray:
     group = max(1, min(full, _group(n_feat, c, width, batch)))
     n_groups = -(-full // group)
     sums = np.empty(batch + (n_groups, n_feat, width))
+    # features with a shift of their own per group (_ShiftedRowMap): each group's shift, then the last rows'
+    shifted = isinstance(phi_k, _ShiftedRowMap)
+    shifts = np.empty(batch + (n_groups + 1, 1, 1)) if shifted else None
+
+    def keys(sl):  # φ(K_n) for the chunks sl, (..., G, c, C), and its shift into `shifts`
+        if not shifted:
+            return _chunks(phi_k, sl, c)
+        x = phi_k.x[..., sl.start * c : sl.stop * c, :]
+        f, shifts[..., sl.start // group, :, :] = phi_k.fn(x)
+        return f.reshape(f.shape[:-2] + (sl.stop - sl.start, c, n_feat))
 
     def worker():
         values = _Values(v, c, group)
@@ -362,18 +383,28 @@ def _summed_states(phi_k, v, c: int, checks) -> np.ndarray:
         def work(gi):  # stacked summaries of a group of chunks, summed
             sl = slice(gi * group, min((gi + 1) * group, full))
             _check_rows(checks, ("k", "v"), slice(sl.start * c, sl.stop * c))
-            u = _stacked(np.swapaxes(_chunks(phi_k, sl, c), -1, -2), values.chunks(sl))
+            u = _stacked(np.swapaxes(keys(sl), -1, -2), values.chunks(sl))
             np.sum(u, axis=-3, out=sums[..., gi, :, :])
 
         return work
 
     take_turns(n_groups, worker, _size(phi_k) + v.size)
-    s = np.zeros(batch + (n_feat, width))
-    for gi in range(n_groups):
-        s += sums[..., gi, :, :]
+    tail = None
     if m > full * c:
         _check_rows(checks, ("k", "v"), slice(full * c, m))
-        s += np.swapaxes(_rows(phi_k, slice(full * c, m)), -1, -2) @ _tail_values(v, full * c)
+        if shifted:
+            f, shifts[..., n_groups, :, :] = phi_k.fn(phi_k.x[..., full * c :, :])
+        else:
+            f = _rows(phi_k, slice(full * c, m))
+        tail = np.swapaxes(f, -1, -2) @ _tail_values(v, full * c)
+    if shifted:  # e^{c_g − c}: each group's sum brought to the common shift c, the max over all keys (Eq. 12.10)
+        used = shifts[..., : n_groups + (tail is not None), :, :]
+        np.exp(used - np.max(used, axis=-3, keepdims=True), out=used)
+    s = np.zeros(batch + (n_feat, width))
+    for gi in range(n_groups):
+        s += sums[..., gi, :, :] * shifts[..., gi, :, :] if shifted else sums[..., gi, :, :]
+    if tail is not None:
+        s += tail * shifts[..., n_groups, :, :] if shifted else tail
     return s
 
 
@@ -837,6 +868,22 @@ def _favor_blocks(x: np.ndarray, w: np.ndarray, kind: str, shift: str | None, ro
     return e, [[functools.partial(project, i) for i in starts], common_max, [functools.partial(shift_block, i) for i in starts]]
 
 
+def _favor_group(x: np.ndarray, wt: np.ndarray, half_sq: float, log_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Positive features (Eq. 12.7) of a group of rows ``x`` (..., r, d), divided by exp of the group's
+    own max: ``exp(ω·x̂ − ‖x̂‖²/2 − c_g − log √m)`` and ``c_g = max`` over the group's rows and features
+    of ``ω·x̂ − ‖x̂‖²/2``, shape (..., 1, 1) (for :class:`_ShiftedRowMap`). ``wt`` is (√scale W)^T,
+    (d, m), contiguous; ``half_sq`` = scale/2, so that ``half_sq ‖x‖²`` = ‖x̂‖²/2."""
+    f = _stacked(x, wt)  # ω·x̂
+    h = np.einsum("...i,...i->...", x, x)[..., None]
+    h *= half_sq  # ‖x̂‖²/2, (..., r, 1)
+    # max_r fl(ω_r·x̂ − h) = fl(max_r(ω_r·x̂) − h): rounding is monotonic
+    c = np.max(np.max(f, axis=-1, keepdims=True) - h, axis=-2, keepdims=True)
+    h += c + log_m
+    f -= h
+    np.exp(f, out=f)
+    return f, c
+
+
 def _together(*plans) -> list:
     """The phases of several feature maps side by side: the blocks of their i-th phases together,
     then their steps between phases (see :func:`_run_blocks`)."""
@@ -1006,11 +1053,16 @@ def _performer_features(q, k, v, n_features, rng, causal, kind, scale, projectio
     root = math.sqrt(_scale(scale, d))  # q̂ = q·√scale, k̂ = k·√scale (q/d^{1/4} by default)
     # The features of favor_features(q, w, scale=scale) and favor_features(k, w, scale=scale), with
     # stabilizers that cancel (Eq. 12.10): the row max for each query, one max over all keys.
-    phi_k, plan_k = _favor_blocks(k, w, kind, "all", root)
     if lazy:  # the queries' features in the kernel's threads (row shift: row by row)
+        n_feat = m if kind == "positive" else 2 * m
+        phi_q = _RowMap(q, n_feat, lambda x: _in_order_result(*_favor_blocks(x, w, kind, "row", root)))
+        if kind == "positive" and not causal:  # the keys' too, each group shifted by its own max (see _ShiftedRowMap)
+            wt, half_sq, log_m = np.ascontiguousarray((root * w).T), 0.5 * root * root, 0.5 * math.log(m)
+            return phi_q, _ShiftedRowMap(k, n_feat, lambda x: _favor_group(x, wt, half_sq, log_m)), v
+        phi_k, plan_k = _favor_blocks(k, w, kind, "all", root)
         _run_blocks(plan_k, phi_k.size)
-        n_feat = phi_k.shape[-1]
-        return _RowMap(q, n_feat, lambda x: _in_order_result(*_favor_blocks(x, w, kind, "row", root))), phi_k, v
+        return phi_q, phi_k, v
+    phi_k, plan_k = _favor_blocks(k, w, kind, "all", root)
     phi_q, plan_q = _favor_blocks(q, w, kind, "row", root)
     _run_blocks(_together(plan_q, plan_k), phi_q.size + phi_k.size)
     return phi_q, phi_k, v
@@ -1057,10 +1109,13 @@ def performer_attention(
     and ``favor_features(k, projection, scale=scale)`` — both functions take unscaled inputs and
     the same ``scale`` — then the kernel-attention sums of Eq. (12.2); causal by chunked
     prefix sums (Eq. 12.4). Overflow is avoided by the stabilizers of Eq. (12.10): each query row
-    is divided by its own maximum, all keys by one common maximum. Time O(N m (d + dv)),
-    memory O(N m): the keys' features (the queries' are computed group by group and never
-    stored), and for the causal form the N/c + 1 chunk states, about twice as many numbers
-    again for c = 32, m = dv = 64 (:func:`linear_attention` says more). Trig
+    is divided by its own maximum, all keys by one common maximum. Non-causal with positive
+    features, each group of keys is shifted by its own maximum as its features are made, and the
+    groups' sums ``Σ φ(k_j) [v_j, 1]^T`` are brought to the common maximum after (a factor
+    e^{c_g − c} each): the same stabilizer, and neither feature array is stored. Time
+    O(N m (d + dv)), memory O(N m) otherwise: the keys' features (the queries' are computed group
+    by group and never stored), and for the causal form the N/c + 1 chunk states, about twice as
+    many numbers again for c = 32, m = dv = 64 (:func:`linear_attention` says more). Trig
     features can give a normalizer ≤ 0; it is not clamped (the result is then wrong in sign or
     infinite — the paper's argument for positive features). The common key maximum has a limit
     in the causal form: a key whose features lie more than about 745 (in log) below the largest

@@ -412,6 +412,37 @@ class TestPerformerAttention:
         ref = quadratic_oracle(favor_oracle(q * root, w, kind), favor_oracle(k * root, w, kind), v, causal)
         close(y, ref, rtol=ORACLE, what="performer vs unshifted features (formula)")
 
+    @pytest.mark.parametrize("group", [1, 10**9])
+    @pytest.mark.parametrize("m_keys", [64, 200, 333])
+    def test_keys_shifted_by_group_then_rescaled(self, monkeypatch, group, m_keys):
+        """Non-causal positive features: the keys' features are made group by group of chunks, each group
+        shifted by its own max, and the groups' sums brought to the common max after (_ShiftedRowMap). Groups
+        of one chunk (group = 1) or all; M a multiple of the chunk or not (a short last part with a shift of
+        its own); keys whose norms differ group to group, so that the groups' shifts differ by up to about
+        700 (e^{-700}: a group's factor near the bottom of the float64 range). Oracles: the quadratic form
+        with the same projection (its own stabilizers) and the unshifted features of the formula, wherever
+        those are finite; batch entries sharing the keys and values."""
+        monkeypatch.setattr(_blocking, "WORKSPACE_FLOATS", group)
+        rng = np.random.default_rng(m_keys)
+        d, m = 4, 12
+        q = rng.normal(size=(2, 9, d))
+        k = rng.normal(size=(m_keys, d))
+        k *= np.repeat(rng.uniform(0.2, 3.0, size=-(-m_keys // 64)), 64)[:m_keys, None]  # norms by chunk of 64
+        v = rng.normal(size=(m_keys, 3))
+        w = orthogonal_gaussian(m, d, rng=1)
+        kw = dict(n_features=m, rng=None, projection=w)
+        y = performer_attention(q, k, v, **kw)
+        close(y, performer_attention_quadratic(q, k, v, **kw), rtol=SELF, what="group-shifted keys vs quadratic")
+        root = d ** -0.25
+        ref = quadratic_oracle(favor_oracle(q * root, w, "positive"), favor_oracle(k * root, w, "positive"), v, False)
+        close(y, ref, rtol=ORACLE, what="group-shifted keys vs unshifted features (formula)")
+        # groups far apart: keys of norm ~40 in some chunks, ~0.5 in others (positive features' exponents
+        # ω·k̂ − ‖k̂‖²/2 then differ by hundreds); the quadratic form shifts all keys by one max as well
+        k2 = k / np.linalg.norm(k, axis=-1, keepdims=True) * np.where(np.arange(m_keys) // 64 % 2, 0.5, 52.0)[:, None]
+        y2 = performer_attention(q, k2, v, **kw)
+        assert np.all(np.isfinite(y2))
+        close(y2, performer_attention_quadratic(q, k2, v, **kw), rtol=SELF, what="group shifts far apart vs quadratic")
+
     @pytest.mark.parametrize("kind", ["positive", "trig"])
     def test_large_inputs_do_not_underflow_or_overflow(self, kind):
         # ‖q̂‖ = ‖k̂‖ = 60: unshifted positive features are exp(ω·x − 1800) = 0 (0/0 attention), trig
