@@ -490,7 +490,7 @@ class TestS4dKernel:
     @pytest.mark.parametrize("kind", ["real system", "real A, complex C", "complex A", "bilinear, negative real Ā"])
     def test_real_part_product_and_dtypes(self, kind, conj_pairs):
         # only Re K̄ is formed when that is returned (conj_pairs or a real system): the real product of
-        # [Re P, −Im P] and [Re W; Im W], or of the real factor with the real part of the other; L = 97
+        # conj(P) and W read as interleaved real pairs, or of the real factor with the real part of the other; L = 97
         # is not a multiple of the block length (10), so the last row of the product is shorter
         rng = np.random.default_rng(9)
         A = -rng.uniform(0.1, 2.0, (2, 3, 5))
@@ -504,6 +504,23 @@ class TestS4dKernel:
         loop = ssm.s4d_kernel_loop(A, 1.0, C, 0.1, 97, method=method, conj_pairs=conj_pairs)
         assert K.shape == loop.shape == (2, 3, 97) and K.dtype == loop.dtype and K.flags.c_contiguous
         close(K, loop, rtol=SELF, what=f"s4d_kernel ({kind}, conj_pairs={conj_pairs}) vs loop twin")
+
+    @pytest.mark.parametrize("conj_pairs", [False, True])
+    def test_blocks_of_channels_change_nothing(self, monkeypatch, conj_pairs):
+        # one channel per block or all in one: each channel's factors are strided float64 views of the
+        # (power, channel, mode) arrays, whose row stride grows with the block; the kernels are bitwise the same
+        import refimpl._blocking
+        rng = np.random.default_rng(31)
+        A = -rng.uniform(0.1, 2.0, (5, 6)) + 1j * rng.normal(size=(5, 6))
+        C = rng.normal(size=(5, 6)) + 1j * rng.normal(size=(5, 6))
+        step = np.linspace(0.01, 0.3, 5)
+        monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 10**9)
+        whole = ssm.s4d_kernel(A, 1.0, C, step, 53, conj_pairs=conj_pairs)
+        monkeypatch.setattr(refimpl._blocking, "WORKSPACE_FLOATS", 1)
+        one = ssm.s4d_kernel(A, 1.0, C, step, 53, conj_pairs=conj_pairs)
+        np.testing.assert_array_equal(one, whole)
+        loop = ssm.s4d_kernel_loop(A, 1.0, C, step, 53, conj_pairs=conj_pairs)
+        close(one, loop, rtol=SELF, what=f"s4d_kernel, one channel per block (conj_pairs={conj_pairs}) vs loop twin")
 
     def test_conj_pairs_equals_the_full_conjugate_set(self):
         rng = np.random.default_rng(8)
