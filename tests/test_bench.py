@@ -391,6 +391,35 @@ def test_single_run_case_times_its_faster_function_twice(monkeypatch):
     assert bench.measure(case, None, quick=True)["rerun"] is None and order == ["baseline", "refimpl"]
 
 
+def test_plan_is_chosen_from_a_second_call_when_the_first_is_just_over_best_of(monkeypatch):
+    """A warm-up between BEST_OF and PLAN_RECHECK · BEST_OF is followed by a second call of each function: a
+    first call slowed by one-time costs must not turn a short call's best-of runs into the median of 3."""
+    durations = {"refimpl": [0.03] + [0.004] * 40, "baseline": [0.006] * 41}  # refimpl's first call: one-time costs
+    calls = bench.Calls(lambda: "refimpl", lambda: "baseline")
+    order = []
+
+    def timed(fn, wait=True):
+        name = fn()
+        order.append(name)
+        return durations[name].pop(0), name
+
+    monkeypatch.setattr(bench, "_timed", timed)
+    monkeypatch.setattr(bench, "_agreement", lambda a, b: 0.0)
+    case = bench.Case("attention", "softmax_attention", "toy", lambda: calls, bench.Cost(flops=1.0), "x",
+                      limit_target=None, contention=False, memory=False)
+    rec = bench.measure(case, None, quick=False)
+    assert order[:4] == ["baseline", "refimpl", "baseline", "refimpl"], "a second call of each before the plan"
+    assert rec["stat"] == "best" and rec["time_s"] == 0.004 and rec["baseline_s"] == 0.006
+    durations.update(refimpl=[0.05] * 5, baseline=[0.006] * 5)  # still over BEST_OF on the second call: median of 3
+    order.clear()
+    rec = bench.measure(case, None, quick=False)
+    assert (rec["stat"], rec["runs"], rec["time_s"]) == ("median", 3, 0.05) and len(order) == 2 + 2 + 6
+    durations.update(refimpl=[0.5, 0.01, 0.01, 0.01], baseline=[0.006] * 4)  # over PLAN_RECHECK · BEST_OF: no second call
+    order.clear()
+    rec = bench.measure(case, None, quick=False)
+    assert order[:3] == ["baseline", "refimpl", "refimpl"] and rec["stat"] == "median"
+
+
 def test_time_by_function_adds_the_cases_largest_first():
     records = [
         dict(module="a", function="f", variant="x", case_wall_s=1.0),
