@@ -362,11 +362,9 @@ def test_loop_pairs_time_refimpl_after_its_warm_up(monkeypatch):
     assert rec["loop_ratio"] == pytest.approx(30.0 / rec["time_s"])
 
 
-def test_single_run_case_times_its_faster_function_twice(monkeypatch):
-    """A case whose slower function is over SINGLE_RUN is timed once (the warm-ups are the samples),
-    but its faster function runs once more and keeps the faster call: a first call can carry a
-    one-time cost (the kernel compacting memory for a first large array); the slow one is not rerun."""
-    durations = {"refimpl": [0.5, 0.1, 0.1, 0.1], "baseline": [2.0, 2.0, 2.0]}  # refimpl's first call: +0.4 s
+def _scripted_case(monkeypatch, durations: dict):
+    """A toy case whose calls take the scripted ``durations`` (each function's list, popped in order) instead of
+    being timed; returns the case and the list of the calls made, by name."""
     calls = bench.Calls(lambda: "refimpl", lambda: "baseline")
     order = []
 
@@ -379,6 +377,15 @@ def test_single_run_case_times_its_faster_function_twice(monkeypatch):
     monkeypatch.setattr(bench, "_agreement", lambda a, b: 0.0)
     case = bench.Case("attention", "softmax_attention", "toy", lambda: calls, bench.Cost(flops=1.0), "x",
                       limit_target=None, contention=False, memory=False)
+    return case, order
+
+
+def test_single_run_case_times_its_faster_function_twice(monkeypatch):
+    """A case whose slower function is over SINGLE_RUN is timed once (the warm-ups are the samples),
+    but its faster function runs once more and keeps the faster call: a first call can carry a
+    one-time cost (the kernel compacting memory for a first large array); the slow one is not rerun."""
+    durations = {"refimpl": [0.5, 0.1, 0.1, 0.1], "baseline": [2.0, 2.0, 2.0]}  # refimpl's first call: +0.4 s
+    case, order = _scripted_case(monkeypatch, durations)
     rec = bench.measure(case, None, quick=False)
     assert order == ["baseline", "refimpl", "refimpl"], "the slow baseline is not rerun"
     assert (rec["time_s"], rec["baseline_s"], rec["runs"], rec["rerun"]) == (0.1, 2.0, 1, "refimpl")
@@ -395,18 +402,7 @@ def test_plan_is_chosen_from_a_second_call_when_the_first_is_just_over_best_of(m
     """A warm-up between BEST_OF and PLAN_RECHECK · BEST_OF is followed by a second call of each function: a
     first call slowed by one-time costs must not turn a short call's best-of runs into the median of 3."""
     durations = {"refimpl": [0.03] + [0.004] * 40, "baseline": [0.006] * 41}  # refimpl's first call: one-time costs
-    calls = bench.Calls(lambda: "refimpl", lambda: "baseline")
-    order = []
-
-    def timed(fn, wait=True):
-        name = fn()
-        order.append(name)
-        return durations[name].pop(0), name
-
-    monkeypatch.setattr(bench, "_timed", timed)
-    monkeypatch.setattr(bench, "_agreement", lambda a, b: 0.0)
-    case = bench.Case("attention", "softmax_attention", "toy", lambda: calls, bench.Cost(flops=1.0), "x",
-                      limit_target=None, contention=False, memory=False)
+    case, order = _scripted_case(monkeypatch, durations)
     rec = bench.measure(case, None, quick=False)
     assert order[:4] == ["baseline", "refimpl", "baseline", "refimpl"], "a second call of each before the plan"
     assert rec["stat"] == "best" and rec["time_s"] == 0.004 and rec["baseline_s"] == 0.006
