@@ -638,7 +638,8 @@ def _powers(log_z: np.ndarray, m: int, scale: float = 1.0) -> np.ndarray:
     out = np.empty((m,) + log_z.shape, dtype=np.result_type(log_z, np.float64))
     out[0] = 1.0
     bits = max(1, (m - 1).bit_length())
-    factors = (scale * 2.0 ** np.arange(bits)).reshape((bits,) + (1,) * log_z.ndim)  # s·2^j: exact for an integer s
+    # s·2^j: exact for an integer s (and (s·2^j) log z = (s log z)·2^j exactly)
+    factors = (scale * 2.0 ** np.arange(bits)).reshape((bits,) + (1,) * log_z.ndim)
     zk = np.exp(_times(log_z, factors) if log_z.dtype.kind == "c" else log_z * factors)  # z^{s 2^j}, (bits, ...)
     k = 1
     for j in range(bits):
