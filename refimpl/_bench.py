@@ -41,12 +41,12 @@ small sizes say nothing about the targets, so no verdict is printed ("not judged
 
 Runs: the first call of each function is a warm-up (its output is the one compared); then the
 median of 3 runs for calls over 20 ms, the best of 6 to 30 runs within a quarter of a second for
-shorter ones (a first call of 20 to 80 ms is followed by a second one, and the faster decides: a first
-call can carry one-time costs), and for calls over 0.75 s a single run, the warm-up itself (the other function of
-such a case, if faster than 0.75 s, is run once more and keeps the faster of its two calls: a
-first call can carry a one-time cost, see :func:`measure`); refimpl and baseline
-alternate, in alternating order (ABBA), so that a change in load hits both and neither always
-follows the other: call by call for the median of 3, by blocks of half the runs for the best-of
+shorter ones, and for calls over 0.75 s a single run, the warm-up itself. A first call can carry
+one-time costs (see :func:`measure`), so a warm-up of 20 to 80 ms is followed by a second call of
+each function, the faster deciding the plan (:data:`PLAN_RECHECK`), and the other function of a
+single-run case, if faster than 0.75 s, is run once more and keeps the faster of its two calls.
+refimpl and baseline alternate, in alternating order (ABBA), so that a change in load hits both
+and neither always follows the other: call by call for the median of 3, by blocks of half the runs for the best-of
 runs (:func:`_sample`). Every call timed once or as one of 3, and every block, starts once no
 other thread of the process runs (:func:`settle`: BLAS threads spin for about 0.1 s after a
 product). The busy samples follow the same plan. Peak memory is taken on one more call of
