@@ -20,6 +20,7 @@ engine                            recurrence                                    
 ================================  =====================================================  ====================
 :func:`linear_scan`               h_i = a_i ⊙ h_{i−1} + b_i (diagonal, Hillis–Steele)    sde, ssm, iir
 :func:`state_scan`                s_{m+1} = F s_m + u_m (dense F, nested super-blocks)   block_filter, kalman
+:func:`column_scan`               the same for a single column (row layout)              block_filter
 :func:`block_filter`              s[n] = A s[n−1] + B x[n], y[n] = C s[n−1] + D x[n]     iir
 :func:`matrix_powers`             F^0 … F^K in extended precision                        the above
 ================================  =====================================================  ====================
@@ -32,6 +33,8 @@ workspace the blocked loops may use is :data:`refimpl._blocking.WORKSPACE_FLOATS
 from __future__ import annotations
 
 import collections
+import functools
+import math
 import os
 import threading
 from typing import NamedTuple
@@ -89,11 +92,33 @@ def matrix_powers(F: np.ndarray, K: int) -> np.ndarray:
     """
     F = np.asarray(F)
     Fw = F.astype(_wide(F.dtype))
-    P = np.empty((K + 1,) + F.shape, dtype=Fw.dtype)
+    P = np.zeros((K + 1,) + F.shape, dtype=Fw.dtype)
     P[0] = np.eye(F.shape[0])
-    for k in range(K):  # one factor F at a time: each product rounds once (doubling, F^k F^k, is less accurate)
-        P[k + 1] = Fw @ P[k]
+    views, matmul = list(P), np.matmul
+    for k in range(min(K, _nonzero_powers(Fw) - 1)):  # one factor F at a time: each product rounds once
+        matmul(Fw, views[k], out=views[k + 1])  # (doubling, F^k F^k, is less accurate)
     return P
+
+
+def _nonzero_powers(F: np.ndarray) -> int:
+    """A k such that F^j, j >= k, rounds to 0 in float64 entry by entry (a huge number when none is known).
+
+    Every entry of F^j is at most ‖F‖^j (∞-norm, submultiplicative). Powers below a quarter of the
+    smallest float64 number are left exactly 0 by :func:`matrix_powers`: computed, they would be
+    numbers no float64 can hold (the extended type's subnormals, slow to multiply) that every
+    caller rounds to 0 — e.g. the powers of A^K for a filter that decays within the first blocks.
+    """
+    norm = np.abs(F).sum(axis=-1).max(initial=0.0)  # in F's precision: it may be far below float64's range
+    if not norm < 1.0:  # also NaN
+        return 2**62
+    if norm == 0.0:
+        return 1
+    return max(1, math.ceil(_LOG_ZERO_IN_FLOAT64 / float(np.log(norm))))
+
+
+#: log of a quarter of the smallest subnormal float64 (half of it rounds to 0): a margin for the
+#: extended-precision rounding of the powers that :func:`_nonzero_powers` bounds
+_LOG_ZERO_IN_FLOAT64 = math.log(float(np.finfo(np.float64).smallest_subnormal)) - math.log(4.0)
 
 
 def _split(F: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -298,6 +323,92 @@ def _state_scan(F: np.ndarray, split: tuple, U: np.ndarray, s0: np.ndarray, out:
     return S
 
 
+class _ColumnLevel(NamedTuple):
+    """One level of :func:`column_scan` (a single column) for ``F_ℓ``, in the row layout where a
+    super-block's R inputs are one row ``[u_0ᵀ … u_{R−1}ᵀ]`` of an (M/R, Rq) matrix (a view of the
+    (M, q) inputs: no transposed copy).
+
+    ``FeT`` (Rq, q): the blocks (F^{R−1−j})ᵀ stacked, so that the end states of all super-blocks
+    from rest are ``e = U_rows FeT``. ``Fill`` ((R+1)q, Rq): the row ``[c_rᵀ | u_0ᵀ … u_{R−1}ᵀ]``
+    times it is ``[s_0ᵀ … s_{R−1}ᵀ]``, with block (c, k) = (F^k)ᵀ and block (u_j, k) = (F^{k−1−j})ᵀ
+    for j < k (0 otherwise): the powers rounded once from extended precision.
+    """
+
+    R: int
+    FeT: np.ndarray
+    Fill: np.ndarray
+
+
+@functools.lru_cache(maxsize=64)
+def _fill_index(R: int) -> np.ndarray:
+    """Index (R+1, R) into ``ext`` of :func:`_column_level`: row block 0 (the start state) reads
+    (F^k)ᵀ = ext[R + k], row block 1 + j (input u_j) reads (F^{k−1−j})ᵀ = ext[R + k − 1 − j], 0 for k <= j."""
+    idx = np.empty((R + 1, R), dtype=np.intp)
+    idx[0] = R + np.arange(R)
+    idx[1:] = R - 1 + np.subtract.outer(np.arange(R), np.arange(R)).T  # [j, k] -> R + k − 1 − j
+    idx.flags.writeable = False
+    return idx
+
+
+def _column_level(P: np.ndarray, R: int) -> _ColumnLevel:
+    """The :class:`_ColumnLevel` of the powers ``P`` (at least R, q, q) = F^0 … F^{R−1} (or more)."""
+    narrow = np.complex128 if P.dtype.kind == "c" else np.float64
+    q = P.shape[1]
+    ext = np.zeros((2 * R, q, q), dtype=narrow)  # ext[R + l] = (F^l)ᵀ (each power rounded once), 0 for l < 0
+    ext[R:] = P[:R].transpose(0, 2, 1)
+    fill = ext[_fill_index(R)].transpose(0, 2, 1, 3).reshape((R + 1) * q, R * q)  # block (row block, k) -> rows, columns
+    FeT = np.ascontiguousarray(ext[: R - 1 : -1].reshape(R * q, q))  # (F^{R−1})ᵀ … (F^0)ᵀ
+    return _ColumnLevel(R, FeT, fill)
+
+
+def column_levels(F: np.ndarray, M: int, levels: list | None = None) -> list[_ColumnLevel]:
+    """The levels :func:`column_scan` uses for ``M`` steps of ``F`` (extended precision, from
+    :func:`matrix_powers`): those of :func:`scan_levels` (given as ``levels``, or computed), then
+    one for the last ≤ :data:`_STATE_SCAN_BASE` steps, which it fills in one product instead of
+    stepping through them (from the powers of its ``F`` rounded once: no rounding of ``F``
+    accumulates over the steps)."""
+    levels = scan_levels(F, M) if levels is None else levels
+    out = []
+    for P in levels:
+        R = P.shape[0] - 1
+        out.append(_column_level(P, R))
+        F, M = P[R], -(-M // R)
+    return out + [_column_level(matrix_powers(F, max(M - 1, 0)), M)]
+
+
+def column_scan(U: np.ndarray, s0: np.ndarray, levels: list[_ColumnLevel]) -> np.ndarray:
+    """:func:`state_scan` for a single column: the states ``s_0 … s_{M−1}`` (M, q) of
+    ``s_{m+1} = F s_m + u_m``, ``U`` (M, q), ``s0`` (q,), with the levels of :func:`column_levels`.
+
+    The same two-level recursion with the products transposed: with each super-block's inputs a
+    row of ``U_rows`` (M/R, Rq), the end states from rest are ``e = U_rows FeT``, the start states
+    ``c_r`` obey the recursion on M/R steps (solved by this function, down to the last level, one
+    super-block holding every step), and the states inside every super-block are ONE product,
+    ``[C | U_rows] Fill``, already in the (M, q) order of the states. For a single column the
+    cost of :func:`state_scan` is its NumPy calls (transposed copies, a step loop at the base,
+    separate products for start states and inputs), not its arithmetic: here a level is two
+    products and two copies.
+    """
+    M, q = U.shape
+    lv = levels[0]
+    R = lv.R
+    if M == 0:
+        return np.empty((0, q), dtype=np.result_type(U, s0, lv.Fill))
+    M2, full = -(-M // R), M // R
+    W = np.empty((M2, (R + 1) * q), dtype=np.result_type(U, s0, lv.Fill))  # rows [c_rᵀ | u_{rR}ᵀ … u_{rR+R−1}ᵀ]
+    ins = W[:, q:].reshape(M2, R, q)
+    ins[:full] = U[: full * R].reshape(full, R, q)
+    if full < M2:
+        ins[full, : M - full * R] = U[full * R :]
+        ins[full, M - full * R :] = 0.0
+    if len(levels) == 1:  # the last level: one super-block, entered in s0
+        W[0, :q] = s0
+    else:
+        E = _matmul(W[:, q:], lv.FeT)  # e_r = Σ_j F^{R−1−j} u_{rR+j}, every r
+        W[:, :q] = column_scan(E, s0, levels[1:])  # c_r: the start state of super-block r
+    return _matmul(W, lv.Fill).reshape(M2 * R, q)[:M]  # s_{rR+k} = F^k c_r + Σ_{j<k} F^{k−1−j} u_{rR+j}
+
+
 def state_scan_loop(F: np.ndarray, U: np.ndarray, s0: np.ndarray) -> np.ndarray:
     """Loop twin of :func:`state_scan`: ``s_{m+1} = F s_m + u_m``, one step at a time."""
     M = U.shape[0]
@@ -355,7 +466,7 @@ class _BlockPlan(NamedTuple):
     O: np.ndarray  # rows C A^k
     T: np.ndarray  # Toeplitz matrix of h[0 … K−1]
     G: np.ndarray  # columns A^{K−1−j} B
-    levels: list  # the _Level of each level of the carry's state_scan
+    levels: list  # the _Level of each level of the carry's state_scan (a single column: the _ColumnLevel of column_scan)
 
 
 #: plans of recently used filters (:func:`_block_plan`), most recent last
@@ -368,7 +479,12 @@ _PLANS_BYTES = 32 * 2**20
 def _plan_bytes(plan: _BlockPlan | None) -> int:
     if plan is None:
         return 0
-    return sum(z.nbytes for z in plan[:5]) + sum(z.nbytes for lv in plan.levels for z in lv[:5])
+    return sum(z.nbytes for z in plan[:5]) + sum(z.nbytes for lv in plan.levels for z in _arrays(lv))
+
+
+def _arrays(level) -> list:
+    """The arrays a level of a plan holds (a :class:`_Level` or a :class:`_ColumnLevel`)."""
+    return [z for z in level[:5] if isinstance(z, np.ndarray)]
 
 
 _plans_lock = threading.Lock()
@@ -383,10 +499,12 @@ if hasattr(os, "register_at_fork"):  # a child forked while another thread held 
     os.register_at_fork(after_in_child=_new_plans_lock)
 
 
-def _block_plan(A, B, C, D, K: int, M: int, max_growth: float, section: int | None) -> _BlockPlan | None:
+def _block_plan(A, B, C, D, K: int, M: int, max_growth: float, section: int | None,
+                column: bool = False) -> _BlockPlan | None:
     """The lifted matrices of :func:`block_matrices` and the levels of the carry (:func:`scan_levels`,
-    as :class:`_Level`) for blocks of K samples and M blocks, or None where a power the algorithm
-    would apply has an ∞-norm above ``max_growth`` (see :func:`block_filter`).
+    as :class:`_Level`, or as :class:`_ColumnLevel` for a single ``column``) for blocks of K
+    samples and M blocks, or None where a power the algorithm would apply has an ∞-norm above
+    ``max_growth`` (see :func:`block_filter`).
 
     They depend on the filter, K and M only, and cost about a third of a call on one channel of
     10⁵ samples (a 4th-order filter: 0.35 of 1.0 ms measured), so the last :data:`_PLANS_MAX` are
@@ -396,18 +514,18 @@ def _block_plan(A, B, C, D, K: int, M: int, max_growth: float, section: int | No
     which tests may change), so a kept plan is always the one that would be computed.
     """
     A, B, C = (np.asarray(z, dtype=np.float64) for z in (A, B, C))
-    key = (A.shape, A.tobytes(), B.tobytes(), C.tobytes(), float(D), K, M, float(max_growth), section,
+    key = (A.shape, A.tobytes(), B.tobytes(), C.tobytes(), float(D), K, M, float(max_growth), section, column,
            _STATE_SCAN_BASE, np.dtype(_wide(np.float64)).str)
     with _plans_lock:
         if key in _PLANS:
             _PLANS.move_to_end(key)
             return _PLANS[key]
-    plan = _new_block_plan(A, B, C, D, K, M, max_growth, section)
+    plan = _new_block_plan(A, B, C, D, K, M, max_growth, section, column)
     if plan is not None:
         for z in plan[:5]:
             z.flags.writeable = False
         for lv in plan.levels:
-            for z in lv[:5]:
+            for z in _arrays(lv):
                 z.flags.writeable = False
     with _plans_lock:
         _PLANS[key] = plan
@@ -417,7 +535,8 @@ def _block_plan(A, B, C, D, K: int, M: int, max_growth: float, section: int | No
     return plan
 
 
-def _new_block_plan(A, B, C, D, K: int, M: int, max_growth: float, section: int | None) -> _BlockPlan | None:
+def _new_block_plan(A, B, C, D, K: int, M: int, max_growth: float, section: int | None,
+                    column: bool = False) -> _BlockPlan | None:
     P, AK, O, T, G = block_matrices(A, B, C, D, K)
     if power_growth(P, section=section) > max_growth:  # before the levels' powers: no work for a refused filter
         return None
@@ -426,7 +545,7 @@ def _new_block_plan(A, B, C, D, K: int, M: int, max_growth: float, section: int 
     # exceeds the largest of A^0 … A^K, so only a slowly decaying filter needs their norms
     if max_growth < np.inf and power_growth(P[K:], section=section) >= 1.0 and power_growth(*levels, section=section) > max_growth:
         return None
-    return _BlockPlan(P, AK, O, T, G, [_level(P_l) for P_l in levels])
+    return _BlockPlan(P, AK, O, T, G, column_levels(AK, M, levels) if column else [_level(P_l) for P_l in levels])
 
 
 def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, max_growth: float = np.inf,
@@ -463,13 +582,13 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, 
     L = int(np.prod(lead, dtype=np.int64)) * d
     K = block_length(q, L, n, block)
     M, full = -(-n // K), n // K
-    plan = _block_plan(A, B, C, D, K, M, max_growth, section)
+    plan = _block_plan(A, B, C, D, K, M, max_growth, section, column=L == 1)
     if plan is None:
         return None
     P, AK, O, T, G, levels = plan
     X = np.moveaxis(x, -2, 0).reshape(n, L)  # (N, L): all batch entries × channels
     if L == 1:  # one column: nothing to batch over but the blocks themselves
-        return _block_filter_column(P, AK, O, T, G, X[:, 0], s0, lead, d, levels)
+        return _block_filter_column(P, O, T, G, X[:, 0], s0, lead, d, levels)
     blocks = X[: full * K].reshape(full, K, L)  # the complete blocks, a view of x
     last = np.zeros((K, L))  # the last block, zero-padded
     last[: n - (M - 1) * K] = X[(M - 1) * K :]
@@ -490,14 +609,15 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, 
     return y, s_end
 
 
-def _block_filter_column(P, AK, O, T, G, x: np.ndarray, s0: np.ndarray, lead: tuple, d: int, levels=None):
+def _block_filter_column(P, O, T, G, x: np.ndarray, s0: np.ndarray, lead: tuple, d: int, levels: list):
     """:func:`block_filter` for a single column x (N,): the blocks are the rows of an (M, K) matrix.
 
-    The same algorithm with the products transposed: row m of ``Xb`` (a view of x) is block m,
-    so the states the blocks leave behind are ``Xb G^T`` and the outputs ``Xb T^T + S O^T`` —
-    2-D products with many rows instead of M matrix-vector products. The outputs are written
-    slab by slab straight into y: no temporary as large as the signal (each would cost a page
-    fault per 4 KiB, as much as the arithmetic).
+    The same algorithm with the products transposed: row m of ``Xb`` (a view of x) is block m, so
+    the states the blocks leave behind from rest are ``Xb Gᵀ``, the entering states ``S`` (M, q)
+    follow from them by :func:`column_scan` (levels of :func:`column_levels`), and the outputs are
+    ``Xb Tᵀ + S Oᵀ`` = Σ_j h[k−j] x_j + C A^k s — 2-D products with many rows instead of M
+    matrix–vector products, written slab by slab straight into y: no temporary as large as the
+    signal (each would cost a page fault per 4 KiB, as much as the arithmetic).
     """
     (K, q), n = O.shape, x.shape[0]
     M, full = -(-n // K), n // K
@@ -509,7 +629,7 @@ def _block_filter_column(P, AK, O, T, G, x: np.ndarray, s0: np.ndarray, lead: tu
     _matmul(Xb, np.ascontiguousarray(G.T), out=U[:full])
     if full < M:
         U[-1] = G @ last
-    S = state_scan(AK, U[:, :, None], s0.reshape(q, 1), levels=levels)[:, :, 0]  # entering states, (M, q)
+    S = column_scan(U, s0.reshape(q), levels)  # entering states, (M, q)
     y = np.empty(n)
     Y = y[: full * K].reshape(full, K)
     Tt, Ot = np.ascontiguousarray(T.T), np.ascontiguousarray(O.T)
@@ -520,7 +640,7 @@ def _block_filter_column(P, AK, O, T, G, x: np.ndarray, s0: np.ndarray, lead: tu
         Y[rows] += S[rows] @ Ot
     if full < M:
         y[full * K :] = (T @ last + O @ S[-1])[:r]
-    s_end = P[r] @ S[-1] + G[:, K - r :] @ last[:r]
+    s_end = P[r] @ S[-1] + G[:, K - r :] @ last[:r]  # the state after the last sample
     y = y.reshape((n,) + lead + (d,))
     return np.moveaxis(y, 0, -2), np.moveaxis(s_end.reshape((q,) + lead + (d,)), 0, -2)
 

@@ -228,7 +228,7 @@ def _tdf2_matrices(b: np.ndarray, a: np.ndarray):
 #: was at most 23x lfilter's and at most 5.7e-13 of max |y|; between 128 and 1e3 up to 73x, between
 #: 1e3 and 1e4 up to 1.7e3x, between 1e4 and 1e6 up to 3.3e5x, and beyond 1e6 89 of 125 filters had
 #: no digit left (Butterworth of order 6 at 0.02 Nyquist, the chapter's example: growth 1.3e7, error
-#: 0.33 of max |y|; lfilter 4.8e-9), the other 36 kept errors between 1.2e-8 and 1 of max |y|.
+#: 0.33 of max |y|; lfilter 4.8e-9), the other 36 kept errors between 1.6e-8 and 1 of max |y|.
 #: Above the threshold the filters are lfilter, and exactly as accurate: for clustered poles its
 #: own error is large (the tf form loses digits; use second-order sections).
 GROWTH_MAX = 128.0
@@ -308,9 +308,11 @@ def tf_filter(b, a, x, zi=None):
     ``C A^k``, ``T`` the lower-triangular Toeplitz matrix of the impulse response h[0..K−1]).
     The entering states obey ``s' = A^K s + Σ_j A^{K−1−j} B x_j``, a recursion over N/K blocks
     of a q-vector, solved without a loop over blocks by nested super-blocks
-    (:func:`refimpl._scan.state_scan`). The powers of ``A`` are accumulated in extended
-    precision (``np.longdouble``) and ``A^K`` is applied as a float64 pair, so its rounding error
-    does not pile up over the N/K blocks: for an undamped resonator (|p| = 1) over 7.2·10⁴ samples
+    (:func:`refimpl._scan.state_scan`; for a single column :func:`refimpl._scan.column_scan`,
+    which fills the innermost level of the recursion in one product too). The powers of ``A``
+    are accumulated in extended precision (``np.longdouble``) and rounded once; ``A^K`` is
+    applied as a float64 pair where the carry steps through blocks, so its rounding error does
+    not pile up over the N/K blocks: for an undamped resonator (|p| = 1) over 7.2·10⁴ samples
     the error against a double-double recursion is 6.3e-14 (the float64 sample recursion: 1.6e-13;
     the block algorithm with A^K in plain float64: 3.3e-10), as measured in §13.1 of the book.
     Each output is otherwise a sum of at most K + q products, exact up to round-off. Where

@@ -460,7 +460,7 @@ class TestBlockPlans:
         assert len(no_plans._PLANS) == no_plans._PLANS_MAX
         plan = next(reversed(no_plans._PLANS.values()))
         assert plan.levels, "a 2000-sample signal needs a level of the carry"
-        for arr in (plan.P, plan.O, plan.T, plan.G, plan.levels[0].Wu, plan.levels[0].Fe):
+        for arr in (plan.P, plan.O, plan.T, plan.G, plan.levels[0].Fill, plan.levels[0].FeT):  # one column
             with pytest.raises(ValueError, match="read-only"):
                 arr[(0,) * arr.ndim] = 1.0
 

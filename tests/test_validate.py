@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from refimpl._scan import _STATE_SCAN_BASE, linear_scan, linear_scan_loop, state_scan, state_scan_loop
+from refimpl._scan import (_STATE_SCAN_BASE, column_levels, column_scan, linear_scan, linear_scan_loop, matrix_powers,
+                           scan_levels, state_scan, state_scan_loop)
 from refimpl._testing import (
     DTYPE_RTOL,
     ODE,
@@ -456,6 +457,44 @@ class TestStateScan:
         np.testing.assert_array_equal(U, U0)  # input not modified
         if M:
             np.testing.assert_array_equal(S[0], s0)
+
+    @pytest.mark.parametrize("scale", [1e-200, 1e-120, 1e-3, 0.5, 3.0])
+    def test_matrix_powers_skip_only_what_rounds_to_zero(self, scale):
+        """Powers whose bound ‖F‖^k lies below float64's range are left 0, not computed (in extended
+        precision they are subnormal, slow): in float64 every power is what the full chain gives."""
+        rng = np.random.default_rng(int(abs(np.log10(scale)) * 10) + 3)
+        F = rng.normal(size=(3, 3)) * scale
+        Fw = F.astype(np.longdouble)
+        ref = [np.eye(3, dtype=np.longdouble)]
+        for _ in range(40):  # the chain of matrix_powers' docstring, one factor at a time
+            ref.append(Fw @ ref[-1])
+        ref = np.array(ref)
+        P = matrix_powers(F, 40)
+        np.testing.assert_array_equal(P.astype(np.float64), ref.astype(np.float64))
+        if scale < 1e-100:  # ‖F‖^2 < 1e-200 … : from some power on exactly 0, where the full chain is not
+            assert not P[-1].any() and np.any(ref[2] != 0)
+        else:
+            np.testing.assert_array_equal(P, ref)
+
+    @pytest.mark.parametrize("M", [0, 1, 2, _STATE_SCAN_BASE, _STATE_SCAN_BASE + 1, 17, 100, 257, 1000, 5003])
+    @pytest.mark.parametrize("q", [1, 2, 5])
+    def test_column_scan_loop_twin(self, M, q):
+        """The single-column form (row layout, the last steps filled in one product) against the loop."""
+        rng = np.random.default_rng(1000 * q + M + 7)
+        F = rng.normal(size=(q, q))
+        F *= 0.98 / max(np.abs(np.linalg.eigvals(F)).max(), 1e-300)  # spectral radius 0.98
+        U, s0 = rng.normal(size=(M, q)), rng.normal(size=q)
+        U0 = U.copy()
+        levels = column_levels(matrix_powers(F, 1)[1], M)
+        assert len(levels) == len(scan_levels(F, M)) + 1  # one more: the last steps in one product
+        S = column_scan(U, s0, levels)
+        assert S.shape == (M, q)
+        ref = state_scan_loop(F, U[:, :, None], s0[:, None])[:, :, 0]
+        assert_close(S, ref, rtol=SELF, what="column_scan vs loop")
+        np.testing.assert_array_equal(U, U0)  # input not modified
+        if M:
+            np.testing.assert_array_equal(S[0], s0)
+            assert_close(S, state_scan(F, U[:, :, None], s0[:, None])[:, :, 0], rtol=SELF, what="column_scan vs state_scan")
 
     def test_complex_and_marginal(self):
         # a rotation (|eigenvalues| = 1): nothing decays, errors cannot hide behind damping
