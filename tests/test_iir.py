@@ -530,6 +530,28 @@ class TestBlockPlans:
 
 
 class TestSosFilter:
+    @pytest.mark.parametrize("shape", [(3000,), (3000, 1), (2, 3000, 3)])
+    def test_long_cascade_in_passes(self, shape):
+        """24 sections: a single column runs passes of at most _SECTIONS_PER_PASS sections (each its
+        own block filter), several columns one state space; both are sosfilt's filter, states included."""
+        from refimpl import _scan
+
+        sos = ss.butter(48, 0.3, output="sos")
+        rng = np.random.default_rng(41)
+        x = rng.normal(size=shape)
+        zi = rng.normal(size=(sos.shape[0],) + shape[:-2] + (2,) + ((shape[-1],) if len(shape) > 1 else ()))
+        ax = -2 if len(shape) > 1 else -1
+        y, zf = iir.sos_filter(sos, x, zi=zi)
+        y_ref, zf_ref = ss.sosfilt(sos, x, axis=ax, zi=zi)  # the same state layout
+        close(y, y_ref, rtol=1e-12, what="24 sections vs sosfilt")
+        close(zf, zf_ref, rtol=1e-12, what="final states")
+        _scan._PLANS.clear()
+        iir.sos_filter(sos, x)
+        one_column = len(shape) == 1 or int(np.prod(shape[:-2])) * shape[-1] == 1  # (N,) or (N, 1)
+        passes = -(-sos.shape[0] // iir._SECTIONS_PER_PASS) if one_column else 1
+        if iir.EXTENDED_PRECISION:
+            assert len(_scan._PLANS) == passes  # one plan per pass (three passes of 8 sections)
+
     @pytest.mark.parametrize("seed", SEEDS)
     @pytest.mark.parametrize("design", [(4, 0.2, "lowpass"), (10, [0.1, 0.15], "bandpass"), (7, 0.6, "highpass")])
     def test_sosfilt_oracle(self, seed, design):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from refimpl._scan import (_STATE_SCAN_BASE, column_levels, column_scan, linear_scan, linear_scan_loop, matrix_powers,
-                           scan_levels, state_scan, state_scan_loop)
+from refimpl._scan import (_STATE_SCAN_BASE, _flush, _level, _super_block, column_levels, column_scan, linear_scan,
+                           linear_scan_loop, matrix_powers, scan_levels, state_scan, state_scan_loop)
 from refimpl._testing import (
     DTYPE_RTOL,
     ODE,
@@ -476,6 +476,24 @@ class TestStateScan:
         else:
             np.testing.assert_array_equal(P, ref)
 
+    @pytest.mark.parametrize("radius", [0.3, 0.6, 0.9])
+    def test_no_subnormal_powers(self, radius):
+        """The rounded powers a scan applies hold no subnormal number (a slow path of every product
+        they enter): a decaying F's powers pass through that range and are flushed to 0."""
+        tiny = np.finfo(np.float64).tiny
+        x = np.array([1.0, tiny, tiny / 3, -tiny / 1e3, 5e-324, 0.0, -2.0])
+        np.testing.assert_array_equal(_flush(x.copy()), [1.0, tiny, 0.0, 0.0, 0.0, 0.0, -2.0])
+        z = _flush(np.array([tiny / 2 + 1j, 1 - 1j * tiny / 4]))
+        np.testing.assert_array_equal(z, [1j, 1.0])
+        rng = np.random.default_rng(int(radius * 10))
+        F = rng.normal(size=(3, 3))
+        F *= radius / np.abs(np.linalg.eigvals(F)).max()
+        Fw = matrix_powers(F, 8)[8]  # a block map A^8
+        arrays = [a for lv in column_levels(Fw, 200_000) for a in (lv.FeT, lv.Fill)]
+        for lv in [_level(P) for P in scan_levels(Fw, 200_000)]:
+            arrays += [lv.Pn, lv.Fe, lv.Wu, lv.Wc, *(z for z in lv.split_next if z is not None)]
+        assert sum(np.count_nonzero((a != 0) & (np.abs(a) < tiny)) for a in arrays) == 0
+
     @pytest.mark.parametrize("M", [0, 1, 2, _STATE_SCAN_BASE, _STATE_SCAN_BASE + 1, 17, 100, 257, 1000, 5003])
     @pytest.mark.parametrize("q", [1, 2, 5])
     def test_column_scan_loop_twin(self, M, q):
@@ -486,7 +504,8 @@ class TestStateScan:
         U, s0 = rng.normal(size=(M, q)), rng.normal(size=q)
         U0 = U.copy()
         levels = column_levels(matrix_powers(F, 1)[1], M)
-        assert len(levels) == len(scan_levels(F, M)) + 1  # one more: the last steps in one product
+        assert len(levels) >= len(scan_levels(F, M)) + 1  # more: the last steps in one product
+        assert levels[-1].R <= _super_block(q)  # … at most R·q ≈ 64 of them: a small fill matrix
         S = column_scan(U, s0, levels)
         assert S.shape == (M, q)
         ref = state_scan_loop(F, U[:, :, None], s0[:, None])[:, :, 0]
