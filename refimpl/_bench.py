@@ -72,6 +72,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import functools
 import difflib
 import fnmatch
 import importlib.util
@@ -1279,8 +1280,8 @@ def _iir_cases(mode: str) -> list[Case]:
 
         return Calls(new_filter, lambda: scipy.signal.lfilter(b4, a4, x))
 
-    def make_multi():
-        x = _rng(21).normal(size=(N, 16))
+    def make_multi(channels=16):
+        x = _rng(21).normal(size=(N, channels))
         return Calls(lambda: iir.biquad_filter(b, a, x), lambda: scipy.signal.sosfilt(np.r_[b, a][None], x, axis=0))
 
     def make_sos():
@@ -1300,6 +1301,8 @@ def _iir_cases(mode: str) -> list[Case]:
         # the first call with a filter (filtering one signal once, the common use): the plan is part of the time
         Case("iir", "tf_filter", f"N={N},channels=1,order=4,new-filter", make_tf_new, cost(4, 1),
              "scipy.signal.lfilter (refimpl: a new plan at every call)", base_target=2.0, **common),
+        Case("iir", "biquad_filter", f"N={N},channels=2", functools.partial(make_multi, 2), cost(2, 2), "scipy.signal.sosfilt",
+             base_target=1.0, **common),  # stereo: too few columns to batch (the interleaved rows of _scan._block_filter_rows)
         Case("iir", "biquad_filter", f"N={N},channels=16", make_multi, cost(2, 16), "scipy.signal.sosfilt", base_target=1.0, **common),
         Case("iir", "sos_filter", f"N={N},channels=16,sections={len(sos)}", make_sos, cost(16, 16), "scipy.signal.sosfilt",
              base_target=1.0, **common),

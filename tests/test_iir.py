@@ -425,6 +425,37 @@ class TestPowersThatGrow:
 
 
 @pytest.mark.skipif(not iir.EXTENDED_PRECISION, reason="the block algorithm runs only with extended precision")
+@pytest.mark.parametrize("shape", [(5000, 2), (5000, 3), (5000, 4), (2, 5000, 2), (777, 4)])
+@pytest.mark.parametrize("ba", ["biquad", "order 3", "order 4"])
+def test_few_columns_interleaved(shape, ba):
+    """A few columns with a small joint state run as interleaved rows (refimpl._scan._block_filter_rows):
+    lfilter's filter and final states, and each column what it gives alone (other blocks, the same filter)."""
+    from refimpl import _scan
+
+    b, a = {"biquad": ([0.2, 0.3, 0.1], [1.0, -1.6, 0.8]), "order 3": ss.butter(3, 0.25), "order 4": ss.butter(4, 0.2)}[ba]
+    rng = np.random.default_rng(len(shape) * 100 + shape[-1])
+    x = rng.normal(size=shape)
+    q = len(a) - 1
+    zi = rng.normal(size=shape[:-2] + (q, shape[-1]))
+    y, zf = iir.tf_filter(b, a, x, zi=zi)
+    y_ref, zf_ref = ss.lfilter(b, a, x, axis=-2, zi=zi)
+    close(y, y_ref, rtol=1e-12, what="few columns vs lfilter")
+    close(zf, zf_ref, rtol=1e-12, what="final states")
+    columns = int(np.prod(shape[:-2])) * shape[-1]
+    flat = np.moveaxis(x, -2, 0).reshape(shape[-2], columns)
+    alone = np.stack([iir.tf_filter(b, a, flat[:, l]) for l in range(columns)], axis=1)
+    close(np.moveaxis(iir.tf_filter(b, a, x), -2, 0).reshape(shape[-2], columns), alone, rtol=1e-13, what="each column alone")
+    _scan._PLANS.clear()
+    iir.tf_filter(b, a, x)
+    (plan,) = _scan._PLANS.values()
+    K = _scan.block_length(q, columns, shape[-2])
+    if _scan._interleaved(q, columns):  # Tᵀ ⊗ I for the interleaved rows
+        assert plan.lifted[0].shape == (K * columns, K * columns)
+    else:
+        assert plan.lifted == () and q * columns > _scan._INTERLEAVED_STATE
+
+
+@pytest.mark.skipif(not iir.EXTENDED_PRECISION, reason="the block algorithm runs only with extended precision")
 class TestBlockPlans:
     """The block filter keeps the plans of recently used filters (refimpl._scan._block_plan):
     a kept plan must give exactly what a fresh one gives, for each filter, whatever ran before."""
