@@ -402,7 +402,8 @@ def column_levels(F: np.ndarray, M: int, levels: list | None = None) -> list[_Co
 
 def column_scan(U: np.ndarray, s0: np.ndarray, levels: list[_ColumnLevel]) -> np.ndarray:
     """:func:`state_scan` for a single column: the states ``s_0 … s_{M−1}`` (M, q) of
-    ``s_{m+1} = F s_m + u_m``, ``U`` (M, q), ``s0`` (q,), with the levels of :func:`column_levels`.
+    ``s_{m+1} = F s_m + u_m``, ``U`` (M, q), ``s0`` (q,), with the levels of :func:`column_levels`
+    (a few interleaved columns are one column of their joint state, F = A^K ⊗ I: :func:`_block_filter_rows`).
 
     The same two-level recursion with the products transposed: with each super-block's inputs a
     row of ``U_rows`` (M/R, Rq), the end states from rest are ``e = U_rows FeT``, the start states
