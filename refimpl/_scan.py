@@ -125,10 +125,11 @@ def _flush(x: np.ndarray) -> np.ndarray:
     """``x`` (float64 or complex128, in place) with its subnormal entries set to 0; returns ``x``.
 
     The powers of a decaying filter pass below 2.2e-308 on their way to 0. A subnormal operand
-    makes every multiply-add it enters a slow microcode path of the CPU: a 40-section cascade on
-    one column of 10⁵ samples ran 183 ms with 8726 subnormal entries in one level's fill matrix,
-    6.9 ms without. Set to 0, such an entry changes a product by less than 2.2e-308 times the
-    other factor: nothing a float64 result of normal size can show.
+    makes every multiply-add it enters a slow microcode path of the CPU: an (800 × 400)(400 × 320)
+    product took 1.5 ms, 10.6 ms with 1 % of the right factor's entries subnormal, 84 ms with 10 %
+    (measured; one fill matrix of a 40-section band-pass, 400 × 320, held 8726 subnormal entries,
+    6.8 %). Set to 0, such an entry changes a product by less than 2.2e-308 times the other
+    factor: nothing a float64 result of normal size can show.
     """
     r = x.view(np.float64) if x.dtype == np.complex128 else x
     r[np.abs(r) < np.finfo(np.float64).tiny] = 0.0
