@@ -252,14 +252,14 @@ class _Level(NamedTuple):
 
 
 def _level(P: np.ndarray) -> _Level:
-    """The :class:`_Level` of the powers ``P`` (R+1, q, q) of one level (:func:`scan_levels`)."""
+    """The :class:`_Level` of the powers ``P`` (R+1, q, q) of one level (:func:`scan_levels`): the
+    fill matrices of :func:`_column_level`, transposed (the same numbers, laid out for columns)."""
     R, q = P.shape[0] - 1, P.shape[1]
-    Pn = _narrow(P[:R])  # F^0 … F^{R−1}, each rounded once
-    Fe = np.ascontiguousarray(Pn[::-1].transpose(1, 0, 2).reshape(q, R * q))  # [F^{R−1} … F^0]
-    lag = np.subtract.outer(np.arange(R), np.arange(R)) - 1  # k − 1 − j
-    Wu = np.where((lag >= 0)[:, :, None, None], Pn[np.maximum(lag, 0)], 0.0)  # (R, R, q, q)
-    Wu = np.ascontiguousarray(Wu.transpose(0, 2, 1, 3).reshape(R * q, R * q))
-    return _Level(P, Pn, Fe, Wu, Pn.reshape(R * q, q), _split(P[R]))
+    col = _column_level(P, R)
+    Wc = np.ascontiguousarray(col.Fill[:q].T)  # [F^k] (Rq, q), F^0 … F^{R−1} each rounded once
+    Wu = np.ascontiguousarray(col.Fill[q:].T)  # [F^{k−1−j}, j < k] (Rq, Rq)
+    Fe = np.ascontiguousarray(col.FeT.T)  # [F^{R−1} … F^0] (q, Rq)
+    return _Level(P, Wc.reshape(R, q, q), Fe, Wu, Wc, _split(P[R]))
 
 
 def state_scan(F: np.ndarray, U: np.ndarray, s0: np.ndarray, out: np.ndarray | None = None,
@@ -371,10 +371,10 @@ def _fill_index(R: int) -> np.ndarray:
 
 def _column_level(P: np.ndarray, R: int) -> _ColumnLevel:
     """The :class:`_ColumnLevel` of the powers ``P`` (at least R, q, q) = F^0 … F^{R−1} (or more)."""
-    narrow = np.complex128 if P.dtype.kind == "c" else np.float64
     q = P.shape[1]
-    ext = np.zeros((2 * R, q, q), dtype=narrow)  # ext[R + l] = (F^l)ᵀ (each power rounded once), 0 for l < 0
-    ext[R:] = _narrow(P[:R]).transpose(0, 2, 1)
+    Pn = _narrow(P[:R])  # F^0 … F^{R−1}, each rounded once
+    ext = np.zeros((2 * R, q, q), dtype=Pn.dtype)  # ext[R + l] = (F^l)ᵀ, 0 for l < 0
+    ext[R:] = Pn.transpose(0, 2, 1)
     fill = ext[_fill_index(R)].transpose(0, 2, 1, 3).reshape((R + 1) * q, R * q)  # blocks -> rows, columns
     FeT = np.ascontiguousarray(ext[: R - 1 : -1].reshape(R * q, q))  # (F^{R−1})ᵀ … (F^0)ᵀ
     return _ColumnLevel(R, FeT, fill)
@@ -609,9 +609,9 @@ def _new_block_plan(A, B, C, D, K: int, M: int, max_growth: float, section: int 
         levels = column_levels(AK, M, levels)
     else:  # the block map of the interleaved state, A^K ⊗ I (its powers are those of A^K, with exact zeros)
         levels = column_levels(np.kron(AK, np.eye(width)), M)
-    eye = np.eye(width)  # (np.kron costs ~30 µs a call, a tenth of a first call on one column: not for L = 1)
-    # Tᵀ ⊗ I (KL, KL), Oᵀ ⊗ I (qL, KL), Gᵀ ⊗ I (KL, qL)
-    lifted = tuple(np.ascontiguousarray(z.T if width == 1 else np.kron(z.T, eye)) for z in (T, O, G))
+    # Tᵀ ⊗ I (KL, KL), Oᵀ ⊗ I (qL, KL), Gᵀ ⊗ I (KL, qL); for L = 1 the transposes alone (np.kron costs
+    # ~30 µs a call, a tenth of a first call on one column)
+    lifted = tuple(np.ascontiguousarray(z.T if width == 1 else np.kron(z.T, np.eye(width))) for z in (T, O, G))
     return _BlockPlan(P, AK, O, T, G, levels, lifted)
 
 
