@@ -296,7 +296,8 @@ def tf_filter(b, a, x, zi=None):
     -----
     Vectorized over channels *and* time without ``lfilter`` (the block realization of a
     recursive filter, Burrus 1972): the sequence is cut into blocks of ``K`` samples,
-    ``K = max(BLOCK, 4q)`` (``BLOCK = 16``), or ``max(BLOCK, 8q)`` for a single column, at most N
+    ``K = max(BLOCK, 4q)`` (``BLOCK = 16``), or ``max(BLOCK, 8q)`` for a single column or a few
+    columns filtered each as a single column, at most N
     (:func:`refimpl._scan.block_length`). With the TDF-II state space
     ``s[n] = A s[n−1] + B x[n]``, ``y[n] = C s[n−1] + D x[n]`` (companion ``A``), a block entered
     in state ``s`` outputs

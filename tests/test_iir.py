@@ -451,8 +451,72 @@ def test_few_columns_interleaved(shape, ba):
     K = _scan.block_length(q, columns, shape[-2])
     if _scan._interleaved(q, columns):  # Tᵀ ⊗ I for the interleaved rows
         assert plan.lifted[0].shape == (K * columns, K * columns)
+    else:  # side by side: the single-column plan
+        assert _scan._side_by_side(q, columns) and q * columns > _scan._INTERLEAVED_STATE
+        assert plan.lifted[0].shape == (K, K)
+
+
+@pytest.mark.skipif(not iir.EXTENDED_PRECISION, reason="the block algorithm runs only with extended precision")
+@pytest.mark.parametrize("n", ["one block", "segment", "segment + 1", "segments - 1", "long"])
+@pytest.mark.parametrize("columns, kind", [((2,), "sections=3"), ((3,), "sections=2"), ((3,), "order 4"),
+                                           ((2, 2), "order 3"), ((5,), "biquad"), ((7,), "sections=4"),
+                                           ((3, 2), "sections=2")])
+def test_few_columns_side_by_side(columns, kind, n):
+    """Few columns that do not run interleaved run each as a single column, side by side, a segment of
+    the signal at a time (refimpl._scan._block_filter_columns): sosfilt's (lfilter's) filter and final
+    states from given states, whatever the length against the segments; each column what it gives alone;
+    the single-column plan of one segment."""
+    from refimpl import _scan
+
+    rng = np.random.default_rng(sum(columns) * 10 + len(kind))
+    if kind.startswith("sections"):
+        sos = ss.butter(2 * int(kind[-1]), 0.15, output="sos")
+        b = a = None
+        q = 2 * len(sos)
     else:
-        assert plan.lifted == () and q * columns > _scan._INTERLEAVED_STATE
+        b, a = {"biquad": ([0.2, 0.3, 0.1], [1.0, -1.6, 0.8]), "order 3": ss.butter(3, 0.25),
+                "order 4": ss.butter(4, 0.2)}[kind]
+        q = len(a) - 1
+    L = int(np.prod(columns))
+    assert _scan._side_by_side(q, L)
+    K = _scan.block_length(q, L, 10**6)
+    Ms = _scan._segment_blocks(K, L, 10**6)
+    N = {"one block": K - 3, "segment": Ms * K, "segment + 1": Ms * K + 1, "segments - 1": 2 * Ms * K - 1,
+         "long": 3 * Ms * K + K // 2 + 5}[n]
+    shape = columns[:-1] + (N, columns[-1])
+    x = rng.normal(size=shape)
+    if b is None:
+        zi = rng.normal(size=(len(sos),) + shape[:-2] + (2, shape[-1]))
+        y, zf = iir.sos_filter(sos, x, zi)
+        y_ref, zf_ref = ss.sosfilt(sos, x, axis=-2, zi=zi)
+        alone = lambda col: iir.sos_filter(sos, col)  # noqa: E731
+        whole = lambda: iir.sos_filter(sos, x)  # noqa: E731
+    else:
+        zi = rng.normal(size=shape[:-2] + (q, shape[-1]))
+        y, zf = iir.tf_filter(b, a, x, zi=zi)
+        y_ref, zf_ref = ss.lfilter(b, a, x, axis=-2, zi=zi)
+        alone = lambda col: iir.tf_filter(b, a, col)  # noqa: E731
+        whole = lambda: iir.tf_filter(b, a, x)  # noqa: E731
+    close(y, y_ref, rtol=1e-12, what="side by side vs sosfilt / lfilter")
+    close(zf, zf_ref, rtol=1e-12, what="final states")
+    flat = np.moveaxis(x, -2, 0).reshape(N, L)
+    each = np.stack([alone(flat[:, col]) for col in range(L)], axis=1)
+    _scan._PLANS.clear()
+    close(np.moveaxis(whole(), -2, 0).reshape(N, L), each, rtol=1e-13, what="each column alone")
+    (plan,) = _scan._PLANS.values()  # the single-column plan: Tᵀ (K, K), for one segment and the state after it
+    Kn = min(K, N)
+    assert plan.lifted[0].shape == (Kn, Kn)
+    assert plan.levels[0].Fill.shape[0] == (plan.levels[0].R + 1) * q
+
+
+def test_side_by_side_only_for_few_columns():
+    """Interleaved rows first, then side by side for fewer than 8 columns (6 for biquads), then a batch of blocks."""
+    from refimpl import _scan
+
+    assert not _scan._side_by_side(4, 1) and not _scan._side_by_side(2, 2)  # one column; interleaved
+    assert _scan._side_by_side(4, 3) and _scan._side_by_side(4, 7) and not _scan._side_by_side(4, 8)
+    assert _scan._side_by_side(2, 5) and not _scan._side_by_side(2, 6)
+    assert _scan.block_length(4, 3, 10**5) == _scan.block_length(4, 1, 10**5) == 32
 
 
 @pytest.mark.skipif(not iir.EXTENDED_PRECISION, reason="the block algorithm runs only with extended precision")

@@ -515,6 +515,25 @@ class TestStateScan:
             np.testing.assert_array_equal(S[0], s0)
             assert_close(S, state_scan(F, U[:, :, None], s0[:, None])[:, :, 0], rtol=SELF, what="column_scan vs state_scan")
 
+    @pytest.mark.parametrize("M", [1, 7, 100, 1365])
+    @pytest.mark.parametrize("batch", [(3,), (2, 3)])
+    def test_column_scan_columns_side_by_side(self, M, batch):
+        """Leading axes are independent columns of the same F (refimpl._scan._block_filter_columns):
+        each column's states as column_scan gives them for that column alone, and the loop's."""
+        q = 4
+        rng = np.random.default_rng(M + len(batch))
+        F = rng.normal(size=(q, q))
+        F *= 0.97 / np.abs(np.linalg.eigvals(F)).max()
+        U, s0 = rng.normal(size=batch + (M, q)), rng.normal(size=batch + (q,))
+        levels = column_levels(matrix_powers(F, 1)[1], M)
+        S = column_scan(U, s0, levels)
+        assert S.shape == U.shape
+        for idx in np.ndindex(*batch):
+            alone = column_scan(U[idx], s0[idx], levels)
+            assert_close(S[idx], alone, rtol=1e-15, what="side by side vs alone")
+            ref = state_scan_loop(F, U[idx][:, :, None], s0[idx][:, None])[:, :, 0]
+            assert_close(S[idx], ref, rtol=SELF, what="side by side vs loop")
+
     def test_complex_and_marginal(self):
         # a rotation (|eigenvalues| = 1): nothing decays, errors cannot hide behind damping
         rng = np.random.default_rng(7)
