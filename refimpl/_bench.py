@@ -1288,6 +1288,12 @@ def _iir_cases(mode: str) -> list[Case]:
         x = _rng(22).normal(size=(N, 16))
         return Calls(lambda: iir.sos_filter(sos, x), lambda: scipy.signal.sosfilt(sos, x, axis=0))
 
+    sos4 = np.asarray(iir.butter(4, 0.1, output="sos"))
+
+    def make_sos_few():  # a fourth-order low-pass on a three-axis signal (an accelerometer's x, y, z)
+        x = _rng(23).normal(size=(N, 3))
+        return Calls(lambda: iir.sos_filter(sos4, x), lambda: scipy.signal.sosfilt(sos4, x, axis=0))
+
     # cost: 4 flops per coefficient and sample; x read and y written once. A recursion is latency-bound: no limit target
     def cost(order, ch):
         return Cost(flops=4 * order * N * ch, bytes=16 * N * ch)
@@ -1305,6 +1311,10 @@ def _iir_cases(mode: str) -> list[Case]:
              base_target=1.0, **common),  # stereo: too few columns to batch (the interleaved rows of _scan._block_filter_rows)
         Case("iir", "biquad_filter", f"N={N},channels=16", make_multi, cost(2, 16), "scipy.signal.sosfilt", base_target=1.0, **common),
         Case("iir", "sos_filter", f"N={N},channels=16,sections={len(sos)}", make_sos, cost(16, 16), "scipy.signal.sosfilt",
+             base_target=1.0, **common),
+        # few columns with a joint state too large to interleave: each column a single column, side by side
+        # (_scan._block_filter_columns)
+        Case("iir", "sos_filter", f"N={N},channels=3,sections={len(sos4)}", make_sos_few, cost(4, 3), "scipy.signal.sosfilt",
              base_target=1.0, **common),
     ]
 

@@ -417,29 +417,27 @@ def column_scan(U: np.ndarray, s0: np.ndarray, levels: list[_ColumnLevel]) -> np
     separate products for start states and inputs), not its arithmetic: here a level is two
     products and two copies.
     """
-    *batch, M, q = U.shape
-    B = math.prod(batch)
     lv = levels[0]
     R = lv.R
+    batch, (M, q) = U.shape[:-2], U.shape[-2:]
     dtype = np.result_type(U, s0, lv.Fill)
     if M == 0:
         return np.empty(U.shape, dtype=dtype)
     M2, full = -(-M // R), M // R
-    W = np.empty((B, M2, (R + 1) * q), dtype=dtype)  # rows [c_rᵀ | u_{rR}ᵀ … u_{rR+R−1}ᵀ], column after column
-    ins = W[:, :, q:].reshape(B, M2, R, q)
-    U3 = U.reshape(B, M, q)
-    ins[:, :full] = U3[:, : full * R].reshape(B, full, R, q)
+    W = np.empty(batch + (M2, (R + 1) * q), dtype=dtype)  # rows [c_rᵀ | u_{rR}ᵀ … u_{rR+R−1}ᵀ] (of each column)
+    ins = W[..., q:].reshape(batch + (M2, R, q))
+    ins[..., :full, :, :] = U[..., : full * R, :].reshape(batch + (full, R, q))
     if full < M2:
-        ins[:, full, : M - full * R] = U3[:, full * R :]
-        ins[:, full, M - full * R :] = 0.0
-    rows = W.reshape(B * M2, (R + 1) * q)
+        ins[..., full, : M - full * R, :] = U[..., full * R :, :]
+        ins[..., full, M - full * R :, :] = 0.0
+    rows = W.reshape(-1, (R + 1) * q) if batch else W  # the rows of all columns: one product each
     if len(levels) == 1:  # the last level: one super-block, entered in s0
-        W[:, 0, :q] = s0.reshape(B, q)
+        W[..., 0, :q] = s0
     else:
         E = _matmul(rows[:, q:], lv.FeT)  # e_r = Σ_j F^{R−1−j} u_{rR+j}, every r
-        W[:, :, :q] = column_scan(E.reshape(B, M2, q), s0.reshape(B, q), levels[1:])  # c_r: the start state of super-block r
-    S = _matmul(rows, lv.Fill).reshape(B, M2 * R, q)[:, :M]  # s_{rR+k} = F^k c_r + Σ_{j<k} F^{k−1−j} u_{rR+j}
-    return S.reshape(U.shape)
+        W[..., :q] = column_scan(E.reshape(batch + (M2, q)) if batch else E, s0, levels[1:])  # c_r: the start state of super-block r
+    S = _matmul(rows, lv.Fill)  # s_{rR+k} = F^k c_r + Σ_{j<k} F^{k−1−j} u_{rR+j}
+    return S.reshape(batch + (M2 * R, q))[..., :M, :]
 
 
 def state_scan_loop(F: np.ndarray, U: np.ndarray, s0: np.ndarray) -> np.ndarray:
@@ -689,7 +687,7 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, 
     lead, n, d = x.shape[:-2], x.shape[-2], x.shape[-1]
     if n == 0:
         return x.copy(), s0.copy()
-    L = int(np.prod(lead, dtype=np.int64)) * d
+    L = math.prod(lead) * d
     K = block_length(q, L, n, block)
     M, full = -(-n // K), n // K
     rows, columns = _interleaved(q, L), _side_by_side(q, L)
@@ -701,13 +699,11 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, 
     if plan is None:
         return None
     P, AK, O, T, G, levels, lifted = plan
-    X = np.moveaxis(x, -2, 0).reshape(n, L)  # (N, L): all batch entries × channels
+    X, S0 = _columns(x, lead), _columns(s0, lead)  # (N, L), (q, L): all batch entries × channels
     if rows or columns:  # one or a few columns: interleaved rows, or each column on its own
-        S0 = np.moveaxis(s0, -2, 0).reshape(q, L)
         y, s_end = _block_filter_columns(P, G, lifted, X, S0, levels, Ms) if columns else \
             _block_filter_rows(P, G, lifted, X, S0, levels)
-        y = np.moveaxis(y.reshape((n,) + lead + (d,)), 0, -2)
-        return y, np.moveaxis(s_end.reshape((q,) + lead + (d,)), 0, -2)
+        return _uncolumns(y, lead), _uncolumns(s_end, lead)
     blocks = X[: full * K].reshape(full, K, L)  # the complete blocks, a view of x
     last = np.zeros((K, L))  # the last block, zero-padded
     last[: n - (M - 1) * K] = X[(M - 1) * K :]
@@ -715,7 +711,7 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, 
     U[:full] = G @ blocks
     if full < M:
         U[-1] = G @ last
-    S = state_scan(AK, U, np.moveaxis(s0, -2, 0).reshape(q, L), levels=levels)  # s_{(m+1)K} = A^K s_{mK} + U_m
+    S = state_scan(AK, U, S0, levels=levels)  # s_{(m+1)K} = A^K s_{mK} + U_m
     OT = np.concatenate([O, T], axis=1)  # [O T]
     Y = np.empty((M, K, L))
     for rows, s_x in _stacked_blocks(S, blocks, last):
@@ -723,9 +719,17 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, 
     y = Y.reshape(M * K, L)[:n]
     r = n - (M - 1) * K  # samples in the last block
     s_end = P[r] @ S[-1] + G[:, K - r :] @ last[:r]
-    y = np.moveaxis(y.reshape((n,) + lead + (d,)), 0, -2)
-    s_end = np.moveaxis(s_end.reshape((q,) + lead + (d,)), 0, -2)
-    return y, s_end
+    return _uncolumns(y, lead), _uncolumns(s_end, lead)
+
+
+def _columns(a: np.ndarray, lead: tuple) -> np.ndarray:
+    """(…, n, d) -> (n, L): the batch entries and channels as the L columns (``a`` itself when 2-D)."""
+    return np.moveaxis(a, -2, 0).reshape(a.shape[-2], -1) if lead else a
+
+
+def _uncolumns(a: np.ndarray, lead: tuple) -> np.ndarray:
+    """The inverse of :func:`_columns`: (n, L) -> (…, n, d)."""
+    return np.moveaxis(a.reshape((a.shape[0],) + lead + (-1,)), 0, -2) if lead else a
 
 
 def _block_filter_rows(P, G, lifted: tuple, x: np.ndarray, s0: np.ndarray, levels: list):
