@@ -93,7 +93,7 @@ def matrix_powers(F: np.ndarray, K: int) -> np.ndarray:
     F = np.asarray(F)
     Fw = F.astype(_wide(F.dtype))
     P = np.zeros((K + 1,) + F.shape, dtype=Fw.dtype)
-    P[0] = np.eye(F.shape[0])
+    np.fill_diagonal(P[0], 1.0)
     views, matmul = list(P), np.matmul
     for k in range(min(K, _nonzero_powers(Fw) - 1)):  # one factor F at a time: each product rounds once
         matmul(Fw, views[k], out=views[k + 1])  # (doubling, F^k F^k, is less accurate)
@@ -473,10 +473,18 @@ def block_matrices(A: np.ndarray, B: np.ndarray, C: np.ndarray, D: float, K: int
     P = _narrow(Pw)
     O = _flush(C @ P[:K])  # C A^k
     g = _flush(P[:K] @ B)  # A^m B
-    h = np.concatenate([[D], _flush(g[:-1] @ C)])  # h[0] = D, h[m] = C A^{m−1} B
-    lag = np.subtract.outer(np.arange(K), np.arange(K))
-    T = np.where(lag >= 0, h[np.clip(lag, 0, None)], 0.0)  # T[k, j] = h[k − j]
+    h = np.concatenate([[D], _flush(g[:-1] @ C), [0.0]])  # h[0] = D, h[m] = C A^{m−1} B; then 0 (above the diagonal)
+    T = h[_toeplitz_index(K)]  # T[k, j] = h[k − j], 0 for j > k
     return P, Pw[K], O, T, g[::-1].T
+
+
+@functools.lru_cache(maxsize=64)
+def _toeplitz_index(K: int) -> np.ndarray:
+    """Index (K, K) into ``h`` (K + 1,) of :func:`block_matrices`: k − j on and below the diagonal, K (the 0) above."""
+    lag = np.subtract.outer(np.arange(K), np.arange(K))
+    idx = np.where(lag >= 0, lag, K)
+    idx.flags.writeable = False
+    return idx
 
 
 #: at most this many columns, with a joint state q·columns of at most _INTERLEAVED_STATE, run as one
