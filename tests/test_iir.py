@@ -509,6 +509,15 @@ def test_few_columns_side_by_side(columns, kind, n):
     assert plan.levels[0].Fill.shape[0] == (plan.levels[0].R + 1) * q
 
 
+@pytest.mark.skipif(not iir.EXTENDED_PRECISION, reason="the block algorithm runs only with extended precision")
+def test_side_by_side_reads_any_layout():
+    """Strided, reversed and Fortran-ordered signals on the side-by-side path: sosfilt's result."""
+    sos = ss.butter(4, 0.2, output="sos")
+    big = np.random.default_rng(5).normal(size=(20001, 8))
+    for x in (big[::2, ::2], big[:, 1:4], np.asfortranarray(big[:, :3]), big[::-1, :5]):
+        close(iir.sos_filter(sos, x), ss.sosfilt(sos, x, axis=0), rtol=1e-12, what=f"layout {x.strides}")
+
+
 def test_side_by_side_only_for_few_columns():
     """Interleaved rows first, then side by side for fewer than 8 columns (6 for biquads), then a batch of blocks."""
     from refimpl import _scan
