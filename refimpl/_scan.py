@@ -435,7 +435,8 @@ def column_scan(U: np.ndarray, s0: np.ndarray, levels: list[_ColumnLevel]) -> np
         W[..., 0, :q] = s0
     else:
         E = _matmul(rows[:, q:], lv.FeT)  # e_r = Σ_j F^{R−1−j} u_{rR+j}, every r
-        W[..., :q] = column_scan(E.reshape(batch + (M2, q)) if batch else E, s0, levels[1:])  # c_r: the start state of super-block r
+        E = E.reshape(batch + (M2, q)) if batch else E
+        W[..., :q] = column_scan(E, s0, levels[1:])  # c_r: the start state of super-block r
     S = _matmul(rows, lv.Fill)  # s_{rR+k} = F^k c_r + Σ_{j<k} F^{k−1−j} u_{rR+j}
     return S.reshape(batch + (M2 * R, q))[..., :M, :]
 
@@ -539,11 +540,11 @@ def block_length(q: int, columns: int, n: int, block: int = BLOCK) -> int:
 
     ``max(block, 4q)`` — ``8q`` for a single column, whose cost is the carry's fixed work per block
     rather than the products (``tf_filter`` of order 4 on one channel of 10⁵ samples: 0.71 → 0.67 ms,
-    against 0.39 ms for ``lfilter``) and for a few columns side by side (:func:`_side_by_side`) — and at most n. (K = 32 for every single column was faster for
-    q > 4, but less accurate: 9.8e-9 against 9.0e-10 for a Chebyshev cascade of 15 sections whose
-    sosfilt error is 3.0e-10.) A few interleaved columns (:func:`_interleaved`) take
-    ``max(2q, 32 // columns)``, so that a block of all columns holds about 32 numbers (measured for
-    biquads and order 4 on 2-4 channels: K = 8, 16, 32 tried).
+    against 0.39 ms for ``lfilter``), and for a few columns side by side (:func:`_side_by_side`) — and
+    at most n. (K = 32 for every single column was faster for q > 4, but less accurate: 9.8e-9 against
+    9.0e-10 for a Chebyshev cascade of 15 sections whose sosfilt error is 3.0e-10.) A few interleaved
+    columns (:func:`_interleaved`) take ``max(2q, 32 // columns)``, so that a block of all columns holds
+    about 32 numbers (measured for biquads and order 4 on 2-4 channels: K = 8, 16, 32 tried).
     """
     if columns == 1 or _side_by_side(q, columns):  # side by side, each column is a single column
         k = max(block, 8 * q)
