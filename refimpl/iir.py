@@ -59,7 +59,7 @@ import numpy as np
 import scipy.linalg
 import scipy.signal
 
-from ._scan import BLOCK, block_filter, linear_scan
+from ._scan import _SIDE_BY_SIDE_COLUMNS, BLOCK, block_filter, linear_scan
 from ._scan import block_matrices as _block_matrices  # noqa: F401 (chapter 13 shows the lifted form)
 from ._validate import (
     guard_overflow,
@@ -540,8 +540,10 @@ def _cascade_matrices(sos: np.ndarray):
 #: precision, products that NumPy does not vectorize (11 µs at 2S = 16, 1.4 ms at 2S = 80,
 #: measured): the 40 sections of an order-80 band-pass in one state space took 0.9 s a call on one
 #: channel of 10⁵ samples (sosfilt: 6.5 ms; the plan, too large to keep, was made at every call).
-#: In passes of 10: 28 ms on the first call, 6.1 ms with its plans kept. Several columns keep one
-#: pass: their cost is per block of K samples, and passes of a smaller state (K ∝ q) have more
+#: In passes of 10: 28 ms on the first call, 6.1 ms with its plans kept. A few columns (fewer than
+#: 8) run each as a single column (refimpl._scan._block_filter_columns), in passes as well: in one
+#: state space the same band-pass took 0.97 s a call on two channels (sosfilt 13.8 ms). Many columns
+#: keep one pass: their cost is per block of K samples, and passes of a smaller state (K ∝ q) have more
 #: blocks (12 sections, 16 channels: 16.7 ms in one pass, 32 ms in two). Up to 10 sections (order
 #: 20, the sweep of §13.1 of the book) the cascade stays in one pass. Accuracy against a
 #: long-double recursion of the sections (3000 samples): the passes' rounding is sosfilt's kind
@@ -551,7 +553,7 @@ _SECTIONS_PER_PASS = 10
 
 
 def _sos_cascade(sos, x, states):
-    """The sections through the block filter: one pass, or for a single column passes of at most
+    """The sections through the block filter: one pass, or for one column or a few passes of at most
     :data:`_SECTIONS_PER_PASS` (``states`` None or one TDF-II state per section)."""
     x2 = x[:, None] if x.ndim == 1 else x
     n_sec = sos.shape[0]
@@ -560,8 +562,8 @@ def _sos_cascade(sos, x, states):
     else:
         s0 = np.concatenate([s.reshape(x2.shape[:-2] + (2, x2.shape[-1])) for s in states], axis=-2)
     y, finals = x2, []
-    one_column = math.prod(x2.shape[:-2]) * x2.shape[-1] == 1
-    passes = -(-n_sec // _SECTIONS_PER_PASS) if one_column else 1
+    few_columns = math.prod(x2.shape[:-2]) * x2.shape[-1] < _SIDE_BY_SIDE_COLUMNS  # each a single column
+    passes = -(-n_sec // _SECTIONS_PER_PASS) if few_columns else 1
     for part in np.array_split(np.arange(n_sec), passes):  # passes of equal size
         rows = slice(2 * part[0], 2 * part[-1] + 2)
         y, sf = _cascade_pass(sos[part], y, s0[..., rows, :])
@@ -596,8 +598,8 @@ def sos_filter(sos, x, zi=None, *, form="tdf2", require_stable=False):
     one state space of order 2S — the sections' TDF-II states stacked, section s driven by the
     output of section s − 1, which makes the state matrix lower block-triangular — through the
     block algorithm of :func:`tf_filter` (one pass over the signal, no intermediate signal per
-    section): the same difference equations as running the sections one after another. A single
-    column of more than 10 sections runs in passes of at most 10 (:data:`_SECTIONS_PER_PASS`:
+    section): the same difference equations as running the sections one after another. One column
+    (or fewer than 8) of more than 10 sections runs in passes of at most 10 (:data:`_SECTIONS_PER_PASS`:
     the plan of one state space of order 2S costs O(S⁴) in extended precision), each pass's output
     rounded to float64 as ``sosfilt`` rounds each section's. Only ``form="df1"`` with ``zi`` given
     (DF-I states hold each section's own input and output history) runs section by section, each
