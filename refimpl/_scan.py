@@ -521,8 +521,8 @@ def _side_by_side(q: int, columns: int) -> bool:
     batch of blocks → side by side): 2 sections on 3 channels 1.88x → 1.06x, on 4 channels 1.43x →
     0.91x; 3 sections on 2 channels 2.13x → 1.13x, on 3 channels 1.85x → 1.03x; 4 sections on 4
     channels 1.38x → 1.07x, on 7 channels 0.99x → 0.84x; ``tf_filter`` of order 4 on 3 channels 1.70x →
-    0.87x (lfilter 0.70x). Blocks of K = 8q measured faster than K = 4q in this form (geometric mean
-    over 11 cases: 0.99x against 1.06x sosfilt), segments of 2^16 numbers than 2^15 or 2^17. From 8
+    0.87x (lfilter 0.70x). Blocks of K = 8q measured faster than K = 4q in this form for q <= 8 (geometric
+    mean over 11 cases: 0.99x against 1.06x sosfilt; for q > 8, 4q: see :func:`block_length`), segments of 2^16 numbers than 2^15 or 2^17. From 8
     columns on the batch of blocks is as fast or faster (2 sections on 8 channels 0.78x against
     0.69-0.74x; 16 channels 0.64x against 0.63-0.77x), and for biquads from 6 (0.79x against 0.84x).
     """
@@ -540,13 +540,18 @@ def block_length(q: int, columns: int, n: int, block: int = BLOCK) -> int:
 
     ``max(block, 4q)`` — ``8q`` for a single column, whose cost is the carry's fixed work per block
     rather than the products (``tf_filter`` of order 4 on one channel of 10⁵ samples: 0.71 → 0.67 ms,
-    against 0.39 ms for ``lfilter``), and for a few columns side by side (:func:`_side_by_side`) — and
-    at most n. (K = 32 for every single column was faster for q > 4, but less accurate: 9.8e-9 against
-    9.0e-10 for a Chebyshev cascade of 15 sections whose sosfilt error is 3.0e-10.) A few interleaved
-    columns (:func:`_interleaved`) take ``max(2q, 32 // columns)``, so that a block of all columns holds
-    about 32 numbers (measured for biquads and order 4 on 2-4 channels: K = 8, 16, 32 tried).
+    against 0.39 ms for ``lfilter``), and for a few columns side by side (:func:`_side_by_side`) with
+    q <= 8 — and at most n. Side by side with q > 8 the plan's extended-precision powers (O(K q³)) cost
+    more than the blocks save: ``diagonal_ssm_filter`` with 32 modes on two channels of 2·10⁴ samples,
+    first call 481 → 202 ms, later calls 1.64 → 1.17 ms with 4q; 10 sections on three channels 0.97x →
+    0.86x sosfilt, error against a long-double recursion 7.0e-10 → 1.1e-9 for a Chebyshev I cascade of
+    15 sections (sosfilt 2.9e-10). (K = 32 for every single column was faster for q > 4, but less
+    accurate: 9.8e-9 against 9.0e-10 for a Chebyshev cascade of 15 sections whose sosfilt error is
+    3.0e-10.) A few interleaved columns (:func:`_interleaved`) take ``max(2q, 32 // columns)``, so that a
+    block of all columns holds about 32 numbers (measured for biquads and order 4 on 2-4 channels: K =
+    8, 16, 32 tried).
     """
-    if columns == 1 or _side_by_side(q, columns):  # side by side, each column is a single column
+    if columns == 1 or (q <= 8 and _side_by_side(q, columns)):  # side by side, each column is a single column
         k = max(block, 8 * q)
     elif _interleaved(q, columns):
         k = max(2 * q, 32 // columns)

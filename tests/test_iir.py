@@ -526,6 +526,7 @@ def test_side_by_side_only_for_few_columns():
     assert _scan._side_by_side(4, 3) and _scan._side_by_side(4, 7) and not _scan._side_by_side(4, 8)
     assert _scan._side_by_side(2, 5) and not _scan._side_by_side(2, 6)
     assert _scan.block_length(4, 3, 10**5) == _scan.block_length(4, 1, 10**5) == 32
+    assert _scan.block_length(12, 3, 10**5) == 48 and _scan.block_length(12, 1, 10**5) == 96  # q > 8 side by side: 4q
 
 
 @pytest.mark.skipif(not iir.EXTENDED_PRECISION, reason="the block algorithm runs only with extended precision")
