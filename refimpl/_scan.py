@@ -521,10 +521,11 @@ def _side_by_side(q: int, columns: int) -> bool:
     batch of blocks → side by side): 2 sections on 3 channels 1.88x → 1.06x, on 4 channels 1.43x →
     0.91x; 3 sections on 2 channels 2.13x → 1.13x, on 3 channels 1.85x → 1.03x; 4 sections on 4
     channels 1.38x → 1.07x, on 7 channels 0.99x → 0.84x; ``tf_filter`` of order 4 on 3 channels 1.70x →
-    0.87x (lfilter 0.70x). Blocks of K = 8q measured faster than K = 4q in this form for q <= 8 (geometric
-    mean over 11 cases: 0.99x against 1.06x sosfilt; for q > 8, 4q: see :func:`block_length`), segments of 2^16 numbers than 2^15 or 2^17. From 8
-    columns on the batch of blocks is as fast or faster (2 sections on 8 channels 0.78x against
-    0.69-0.74x; 16 channels 0.64x against 0.63-0.77x), and for biquads from 6 (0.79x against 0.84x).
+    0.87x (lfilter 0.70x). Blocks of K = 8q measured faster than K = 4q in this form for q <= 8
+    (geometric mean over 11 cases: 0.99x against 1.06x sosfilt; for q > 8, 4q: see :func:`block_length`),
+    segments of 2^16 numbers faster than 2^15 or 2^17. From 8 columns on the batch of blocks is as fast
+    or faster (2 sections on 8 channels 0.78x against 0.69-0.74x; 16 channels 0.64x against 0.63-0.77x),
+    and for biquads from 6 (0.79x against 0.84x).
     """
     limit = _SIDE_BY_SIDE_COLUMNS if q > 2 else _SIDE_BY_SIDE_BIQUADS
     return 1 < columns < limit and not _interleaved(q, columns)
