@@ -541,20 +541,24 @@ def _cascade_matrices(sos: np.ndarray):
 #: measured): the 40 sections of an order-80 band-pass in one state space took 0.9 s a call on one
 #: channel of 10⁵ samples (sosfilt: 6.5 ms; the plan, too large to keep, was made at every call).
 #: In passes of 10: 28 ms on the first call, 6.1 ms with its plans kept. A few columns (fewer than
-#: 8) run each as a single column (refimpl._scan._block_filter_columns), in passes as well: in one
-#: state space the same band-pass took 0.97 s a call on two channels (sosfilt 13.8 ms). Many columns
-#: keep one pass: their cost is per block of K samples, and passes of a smaller state (K ∝ q) have more
+#: 8) run each as a single column (refimpl._scan._block_filter_columns) with blocks of 4q (for q > 8),
+#: in passes of at most :data:`_SECTIONS_PER_PASS_FEW` sections, whose plans cost about as much as a
+#: single column's pass of 10 (K q³ = 4·24⁴ against 8·20⁴): the 40-section band-pass on two channels,
+#: first call 614 ms in one pass, 24 ms in passes (later calls 7.4 / 8.6 ms; sosfilt 14.3 ms); 12
+#: sections on three channels in one pass 3.7 ms, in two 8.0 ms (sosfilt 4.9 ms). Many columns keep one
+#: pass: their cost is per block of K samples, and passes of a smaller state (K ∝ q) have more
 #: blocks (12 sections, 16 channels: 16.7 ms in one pass, 32 ms in two). Up to 10 sections (order
 #: 20, the sweep of §13.1 of the book) the cascade stays in one pass. Accuracy against a
 #: long-double recursion of the sections (3000 samples): the passes' rounding is sosfilt's kind
 #: (Chebyshev I of order 30, 15 sections: 9.0e-10, sosfilt 3.0e-10, one state space 6.3e-11;
 #: Butterworth of order 48: 2.6e-14, sosfilt 5.6e-14; the 40-section band-pass: 3.8e-12, sosfilt 4.4e-12).
-_SECTIONS_PER_PASS = 10
+_SECTIONS_PER_PASS, _SECTIONS_PER_PASS_FEW = 10, 12
 
 
 def _sos_cascade(sos, x, states):
     """The sections through the block filter: one pass, or for one column or a few passes of at most
-    :data:`_SECTIONS_PER_PASS` (``states`` None or one TDF-II state per section)."""
+    :data:`_SECTIONS_PER_PASS` (:data:`_SECTIONS_PER_PASS_FEW`) sections (``states`` None or one TDF-II
+    state per section)."""
     x2 = x[:, None] if x.ndim == 1 else x
     n_sec = sos.shape[0]
     if states is None:
@@ -562,8 +566,13 @@ def _sos_cascade(sos, x, states):
     else:
         s0 = np.concatenate([s.reshape(x2.shape[:-2] + (2, x2.shape[-1])) for s in states], axis=-2)
     y, finals = x2, []
-    few_columns = math.prod(x2.shape[:-2]) * x2.shape[-1] < _SIDE_BY_SIDE_COLUMNS  # each a single column
-    passes = -(-n_sec // _SECTIONS_PER_PASS) if few_columns else 1
+    columns = math.prod(x2.shape[:-2]) * x2.shape[-1]
+    if columns == 1:
+        passes = -(-n_sec // _SECTIONS_PER_PASS)
+    elif columns < _SIDE_BY_SIDE_COLUMNS:  # each column a single column, side by side
+        passes = -(-n_sec // _SECTIONS_PER_PASS_FEW)
+    else:
+        passes = 1
     for part in np.array_split(np.arange(n_sec), passes):  # passes of equal size
         rows = slice(2 * part[0], 2 * part[-1] + 2)
         y, sf = _cascade_pass(sos[part], y, s0[..., rows, :])
@@ -599,9 +608,10 @@ def sos_filter(sos, x, zi=None, *, form="tdf2", require_stable=False):
     output of section s − 1, which makes the state matrix lower block-triangular — through the
     block algorithm of :func:`tf_filter` (one pass over the signal, no intermediate signal per
     section): the same difference equations as running the sections one after another. One column
-    (or fewer than 8) of more than 10 sections runs in passes of at most 10 (:data:`_SECTIONS_PER_PASS`:
-    the plan of one state space of order 2S costs O(S⁴) in extended precision), each pass's output
-    rounded to float64 as ``sosfilt`` rounds each section's. Only ``form="df1"`` with ``zi`` given
+    of more than 10 sections runs in passes of at most 10, fewer than 8 columns of more than 12 in
+    passes of at most 12 (:data:`_SECTIONS_PER_PASS`: the plan of one state space of order 2S costs
+    O(S⁴) in extended precision), each pass's output rounded to float64 as ``sosfilt`` rounds each
+    section's. Only ``form="df1"`` with ``zi`` given
     (DF-I states hold each section's own input and output history) runs section by section, each
     with :func:`biquad_filter`.
 

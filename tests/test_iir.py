@@ -637,8 +637,9 @@ class TestBlockPlans:
 class TestSosFilter:
     @pytest.mark.parametrize("shape", [(3000,), (3000, 1), (2, 3000, 3), (3000, 8)])
     def test_long_cascade_in_passes(self, shape):
-        """24 sections: one column or a few (fewer than 8) run passes of at most _SECTIONS_PER_PASS sections
-        (each its own block filter), more columns one state space; both are sosfilt's filter, states included."""
+        """24 sections: one column runs passes of at most _SECTIONS_PER_PASS sections (each its own block
+        filter), a few columns (fewer than 8) of _SECTIONS_PER_PASS_FEW, more columns one state space; all are
+        sosfilt's filter, states included."""
         from refimpl import _scan
 
         sos = ss.butter(48, 0.3, output="sos")
@@ -653,7 +654,8 @@ class TestSosFilter:
         _scan._PLANS.clear()
         iir.sos_filter(sos, x)
         columns = 1 if len(shape) == 1 else int(np.prod(shape[:-2])) * shape[-1]
-        passes = -(-sos.shape[0] // iir._SECTIONS_PER_PASS) if columns < 8 else 1
+        per_pass = iir._SECTIONS_PER_PASS if columns == 1 else iir._SECTIONS_PER_PASS_FEW if columns < 8 else 24
+        passes = -(-sos.shape[0] // per_pass)
         if iir.EXTENDED_PRECISION:
             assert len(_scan._PLANS) == passes  # one plan per pass (three passes of 8 sections)
 
