@@ -72,9 +72,9 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import functools
 import difflib
 import fnmatch
+import functools
 import importlib.util
 import json
 import math

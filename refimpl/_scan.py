@@ -430,12 +430,11 @@ def column_scan(U: np.ndarray, s0: np.ndarray, levels: list[_ColumnLevel]) -> np
     if full < M2:
         ins[..., full, : M - full * R, :] = U[..., full * R :, :]
         ins[..., full, M - full * R :, :] = 0.0
-    rows = W.reshape(-1, (R + 1) * q) if batch else W  # the rows of all columns: one product each
+    rows = W.reshape(-1, (R + 1) * q)  # the rows of all columns: one product each
     if len(levels) == 1:  # the last level: one super-block, entered in s0
         W[..., 0, :q] = s0
     else:
-        E = _matmul(rows[:, q:], lv.FeT)  # e_r = Σ_j F^{R−1−j} u_{rR+j}, every r
-        E = E.reshape(batch + (M2, q)) if batch else E
+        E = _matmul(rows[:, q:], lv.FeT).reshape(batch + (M2, q))  # e_r = Σ_j F^{R−1−j} u_{rR+j}, every r
         W[..., :q] = column_scan(E, s0, levels[1:])  # c_r: the start state of super-block r
     S = _matmul(rows, lv.Fill)  # s_{rR+k} = F^k c_r + Σ_{j<k} F^{k−1−j} u_{rR+j}
     return S.reshape(batch + (M2 * R, q))[..., :M, :]
@@ -500,7 +499,7 @@ def _interleaved(q: int, columns: int) -> bool:
     10⁵ samples (median of 40, against lfilter): biquad on two channels 1.97 → 0.80 ms (0.84), on four
     2.50 → 1.87 ms (1.64-1.73); ``tf_filter`` of order 4 on two channels 2.44 → 0.96 ms (0.83-0.86).
     Larger joint states (order 4 on three or four channels) made temporaries of ~2 MB that faulted
-    1300-2000 pages a call (3.3-5.4 ms): they stay batched.
+    1300-2000 pages a call (3.3-5.4 ms): they run side by side (:func:`_side_by_side`).
     """
     return columns == 1 or (columns <= _INTERLEAVED_COLUMNS and q * columns <= _INTERLEAVED_STATE)
 
@@ -732,9 +731,15 @@ def block_filter(A, B, C, D, x: np.ndarray, s0: np.ndarray, block: int = BLOCK, 
     for rows, s_x in _stacked_blocks(S, blocks, last):
         np.matmul(OT, s_x, out=Y[rows])  # y_blk = [O T] [s; x_blk] = C A^k s + Σ_j h[k−j] x_j
     y = Y.reshape(M * K, L)[:n]
-    r = n - (M - 1) * K  # samples in the last block
-    s_end = P[r] @ S[-1] + G[:, K - r :] @ last[:r]
+    s_end = _state_after(P, G, S[-1], last[: n - (M - 1) * K])
     return _uncolumns(y, lead), _uncolumns(s_end, lead)
+
+
+def _state_after(P, G, s: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """The state (q, L) after the last block, entered in state ``s`` (q, L), from its r samples ``inputs``
+    (r, L): ``A^r s + Σ_j A^{r−1−j} B x_j``, with P = A^0 … A^K and the columns A^{K−1−j} B of G."""
+    r = inputs.shape[0]
+    return P[r] @ s + G[:, G.shape[1] - r :] @ inputs
 
 
 def _columns(a: np.ndarray, lead: tuple) -> np.ndarray:
@@ -780,8 +785,7 @@ def _block_filter_rows(P, G, lifted: tuple, x: np.ndarray, s0: np.ndarray, level
         Y[rows] += S[rows] @ Ot
     if full < M:
         y[full * K :] = (last.reshape(-1) @ Tt + S[-1] @ Ot).reshape(K, L)[:r]
-    s_end = P[r] @ S[-1].reshape(q, L) + G[:, K - r :] @ last[:r]  # the state after the last sample
-    return y, s_end
+    return y, _state_after(P, G, S[-1].reshape(q, L), last[:r])  # the state after the last sample
 
 
 def _block_filter_columns(P, G, lifted: tuple, x: np.ndarray, s0: np.ndarray, levels: list, Ms: int):
@@ -831,10 +835,8 @@ def _block_filter_columns(P, G, lifted: tuple, x: np.ndarray, s0: np.ndarray, le
         else:
             y[a:b] = Yc[:, : b - a].T
         s = S[:, mb]
-    r = n - (M - 1) * K  # samples in the last block
-    last = Z[:, mb - 1, q : q + r]  # its inputs, per column (L, r)
-    s_end = P[r] @ S[:, mb - 1].T + G[:, K - r :] @ last.T  # the state after the last sample (q, L)
-    return y, s_end
+    last = Z[:, mb - 1, q : q + n - (M - 1) * K]  # the inputs of the last block, per column (L, r)
+    return y, _state_after(P, G, S[:, mb - 1].T, last.T)  # the state after the last sample (q, L)
 
 
 def _stacked_blocks(S: np.ndarray, blocks: np.ndarray, last: np.ndarray):

@@ -296,8 +296,8 @@ def tf_filter(b, a, x, zi=None):
     -----
     Vectorized over channels *and* time without ``lfilter`` (the block realization of a
     recursive filter, Burrus 1972): the sequence is cut into blocks of ``K`` samples,
-    ``K = max(BLOCK, 4q)`` (``BLOCK = 16``), or ``max(BLOCK, 8q)`` for a single column or a few
-    columns filtered each as a single column, at most N
+    ``K = max(BLOCK, 4q)`` (``BLOCK = 16``), or ``max(BLOCK, 8q)`` for a single column or (q <= 8)
+    a few columns filtered each as a single column, at most N
     (:func:`refimpl._scan.block_length`). With the TDF-II state space
     ``s[n] = A s[n−1] + B x[n]``, ``y[n] = C s[n−1] + D x[n]`` (companion ``A``), a block entered
     in state ``s`` outputs
@@ -611,9 +611,8 @@ def sos_filter(sos, x, zi=None, *, form="tdf2", require_stable=False):
     of more than 10 sections runs in passes of at most 10, fewer than 8 columns of more than 12 in
     passes of at most 12 (:data:`_SECTIONS_PER_PASS`: the plan of one state space of order 2S costs
     O(S⁴) in extended precision), each pass's output rounded to float64 as ``sosfilt`` rounds each
-    section's. Only ``form="df1"`` with ``zi`` given
-    (DF-I states hold each section's own input and output history) runs section by section, each
-    with :func:`biquad_filter`.
+    section's. Only ``form="df1"`` with ``zi`` given (DF-I states hold each section's own input and
+    output history) runs section by section, each with :func:`biquad_filter`.
 
     The cascade's state matrix has powers that grow with the gains coupling the sections (to 10⁵
     and beyond for sharp designs), but that growth costs little accuracy: on the 210 Butterworth,
