@@ -1295,9 +1295,19 @@ def _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, start, stop
     return h
 
 
-#: channels per block of the selective scan (:func:`_selective_core`): a block's state, batch × n × 128
-#: numbers, leaves room in the workspace budget for chunks of 16 steps (at batch × n <= 128)
-_SCAN_CHANNELS = 128
+#: the most channels per block of the selective scan (:func:`_selective_core`): at most half the
+#: channels go in a block (at least 16), so that two threads share even 32 or 64 channels
+#: (:func:`_forward_channel_blocks`); the backward passes take larger blocks (:mod:`refimpl._vjp`)
+_SCAN_CHANNELS = 64
+
+#: workspace budgets a block of the chunked selective scan holds (:func:`_selective_block`): its
+#: two temporaries, e^{S} and the sums, each hold about twice the budget of :mod:`refimpl._blocking`.
+#: Fewer, larger blocks make fewer NumPy calls for the same numbers, and measured faster though they
+#: outgrow the L2 cache: L = 8192, d = 64, n = 16 in two blocks of 32 channels, two threads (best of
+#: 15, against one budget) 0.79 -> 0.62 of the time of one block of all channels with one budget;
+#: d = 128 0.80 -> 0.63, d = 256 1.05 -> 0.91, batch 2 × 768 channels × 2048 steps 1.00 -> 0.74
+#: (eight budgets: 0.68, 0.66, 0.94, 0.72)
+_SCAN_BUDGETS = 4
 
 
 def _scan_channel_blocks(d: int, groups_b: int, groups_c: int, limit: int | None = None) -> list[slice]:
@@ -1316,6 +1326,19 @@ def _scan_channel_blocks(d: int, groups_b: int, groups_c: int, limit: int | None
     return [slice(c, min(c + size, d)) for c in range(0, d, size)]
 
 
+def _forward_channel_blocks(d: int, groups_b: int, groups_c: int) -> list[slice]:
+    """The blocks of channels of the forward selective scan: :func:`_scan_channel_blocks` with at most
+    half the channels in a block (at least 16, at most :data:`_SCAN_CHANNELS`), so that both cores work
+    even on one sequence of a few dozen channels. The chunked form makes about forty NumPy calls per
+    block of steps, each over a (steps, n, chunks, channels) slab, on its own thread: measured at
+    L = 8192, n = 16, against one block of all channels (one thread), best of 15 with
+    :data:`_SCAN_BUDGETS`: d = 32 (two blocks of 16) 0.73 of the time, d = 64 (two of 32) 0.62, d = 128
+    (two of 64) 0.63, and blocks of 64 for d = 256 (4096 steps) 0.91; blocks of 16 for d = 64: 0.74.
+    Fixed by the sizes alone, as the result must not depend on the number of threads (it does not
+    depend on the blocks either: each channel is computed by the same operations in any block)."""
+    return _scan_channel_blocks(d, groups_b, groups_c, limit=min(_SCAN_CHANNELS, max(16, d // 2)))
+
+
 def _block_groups(s: slice, d: int, groups: int) -> slice:
     """The groups of B or C (``groups`` of the ``d`` channels) that the channels of a block ``s`` of
     :func:`_scan_channel_blocks` read: the one it lies in, or the whole ones it is made of."""
@@ -1332,19 +1355,21 @@ def _selective_core(u, delta, A, B, C, discretization):
     channels, as in :func:`selective_scan`; G = d: one per channel). Returns ``y`` (..., L, d) and
     the last state (..., d, n).
 
-    The channels are independent: blocks of at most :data:`_SCAN_CHANNELS` of them
-    (:func:`_scan_channel_blocks`) are solved by :func:`_selective_block`, taken in turn by the
+    The channels are independent: blocks of at most half of them, 16 to :data:`_SCAN_CHANNELS`
+    (:func:`_forward_channel_blocks`), are solved by :func:`_selective_block`, taken in turn by the
     threads (:func:`refimpl._blocking.take_turns`). A block's state is then small enough for chunks
     of 16 steps even at realistic widths (d = 1536 with a batch of 2 left the whole state room for
-    chunks of 2 steps), and both cores work. Measured (n = 16, two threads, best of 3, against one
-    block of all channels in one thread; (batch, L, d)): (2, 2048, 1536) 0.59 -> 0.40 s,
-    (1, 2048, 2048) 0.35 -> 0.24 s, (8, 1024, 768) 0.60-0.66 -> 0.42-0.44 s; with d <= 128 nothing
-    changes. The blocks follow from the sizes
-    alone and each is computed the same way in any thread: the result does not depend on the
+    chunks of 2 steps), and both cores work, also on one sequence of 32 or 64 channels. Measured
+    with blocks of 128 (n = 16, two threads, best of 3, against one block of all channels in one
+    thread; (batch, L, d)): (2, 2048, 1536) 0.59 -> 0.40 s, (1, 2048, 2048) 0.35 -> 0.24 s,
+    (8, 1024, 768) 0.60-0.66 -> 0.42-0.44 s; blocks of 64 and larger blocks of steps
+    (:data:`_SCAN_BUDGETS`) took (2, 2048, 768) from 0.24 to 0.18 s, and halves of 32 or 64 channels
+    (1, 8192, 64) and (1, 8192, 128) from 51 to 32 ms and 93 to 58 ms. The blocks follow from the
+    sizes alone and each is computed the same way in any thread: the result does not depend on the
     number of threads.
     """
     d = u.shape[-1]
-    blocks = _scan_channel_blocks(d, B.shape[-2], C.shape[-2])
+    blocks = _forward_channel_blocks(d, B.shape[-2], C.shape[-2])
     if len(blocks) == 1:
         return _selective_block(u, delta, A, B, C, discretization)
     dtype = np.result_type(A, B, C, np.float64)
@@ -1369,10 +1394,8 @@ def _selective_block(u, delta, A, B, C, discretization):
     whose decay exceeds :data:`_MAX_CHUNK_DECAY` (or that overflows) is redone with shorter
     chunks, down to the step loop (:func:`_selective_steps`).
 
-    One thread (the caller shares blocks of channels out between threads): the channels split
-    into two halves run side by side in two threads were no faster at L = 8192, d = 64, n = 16
-    (each half still makes a few NumPy calls per chunk boundary and per step of a chunk, on
-    (n, d/2) slabs, and the two threads hand the GIL back and forth at every call).
+    One thread: the caller shares blocks of channels out between threads (:func:`_selective_core`).
+    A block of steps holds :data:`_SCAN_BUDGETS` workspace budgets.
     """
     L, d = u.shape[-2:]
     n = A.shape[1]
@@ -1381,7 +1404,7 @@ def _selective_block(u, delta, A, B, C, discretization):
     y = np.empty_like(u, dtype=dtype)
     h = np.zeros(u.shape[:-2] + (n, d), dtype=dtype)  # h_{−1} = 0, state axis first: (..., n, d)
     A_abs = np.max(np.abs(A), axis=1)  # the fastest decay (or rotation) of each channel
-    steps = per_block(2 * h.size * dtype.itemsize // 8)  # steps per block: e^{S} and the sums, (..., n, d) each
+    steps = _SCAN_BUDGETS * per_block(2 * h.size * dtype.itemsize // 8)  # steps per block: e^{S} and the sums, (..., n, d) each
     T = min(_SCAN_CHUNK, L, max(2, steps))  # shorter chunks if even one would not fit the budget
     K = L // T  # whole chunks; the last L − K T steps form a shorter one
     G = min(K, max(1, steps // T))  # chunks per block
