@@ -1472,10 +1472,11 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
     .. math::  h_t = e^{S_t}\Big(h_0 + \sum_{s\le t} e^{-S_s}\,\bar B_s u_s\Big),
 
     i.e. one exponential per (step, channel, state), a cumulative sum along time and a few
-    products, vectorized over the chunks of a block of time steps (whose temporaries fit the
-    workspace budget of :mod:`refimpl._blocking`); only the chunk boundaries are sequential, and
+    products, vectorized over the chunks of a block of time steps (whose temporaries hold a few
+    workspace budgets of :mod:`refimpl._blocking`); only the chunk boundaries are sequential, and
     the readout ``y_t = C_t h_t`` is one batched product per block. The channels are solved in
-    blocks of up to 128, shared out between threads (the result does not depend on their number). The closed form is accurate
+    blocks of at most half of them (16 to 64), shared out between threads (the result does not
+    depend on their number). The closed form is accurate
     while ``e^{∓S}`` stay moderate: each term is ``e^{S_t − S_s} B̄_s u_s`` up to
     ``(|S_t| + |S_s|) ε`` relative, and the sum's rounding has the step loop's bound, so chunks
     are kept to ``|S| ≤ 300``; a chunk that decays faster (or whose terms overflow) is halved,
