@@ -757,19 +757,15 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, *, discretization="mamba") -> d
     return _selective_result(u, delta, A, B, C, Dv, dy, du, ddelta, dA, dB, dC, shapes)
 
 
-#: the fewest channels a block of the selective scans' backward passes may be limited to (:func:`_vjp_channel_blocks`)
-_VJP_CHANNELS = 128
-
-
 def _vjp_channel_blocks(d: int, groups_b: int, groups_c: int) -> list[slice]:
     """The blocks of channels of the selective scans' backward passes (:func:`refimpl.ssm._scan_channel_blocks`,
     limited to about a quarter of the channels, at least 128). Their step loops make a few NumPy calls per step on
     a block's (batch, channels, N) slab, so the blocks are larger than the forward pass's (measured at batch 2, 1536
     channels, 16 states, 2048 steps, two threads: one block 2.5 s, blocks of 128 channels 1.8 s, of 384 1.55 s, of
     768 1.4 s)."""
-    from .ssm import _scan_channel_blocks
+    from .ssm import _SCAN_CHANNELS, _scan_channel_blocks
 
-    return _scan_channel_blocks(d, groups_b, groups_c, limit=max(_VJP_CHANNELS, -(-d // 4)))
+    return _scan_channel_blocks(d, groups_b, groups_c, limit=max(_SCAN_CHANNELS, -(-d // 4)))
 
 
 def _channel_parts(blocks: list, run, elems: int) -> list:

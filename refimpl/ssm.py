@@ -1295,19 +1295,21 @@ def _selective_span(u, delta, A, At, A_abs, B, C, discretization, h, start, stop
     return h
 
 
-#: the most channels per block of the selective scan (:func:`_selective_core`): at most half the
-#: channels go in a block (at least 16), so that two threads share even 32 or 64 channels
-#: (:func:`_forward_channel_blocks`); the backward passes take larger blocks (:mod:`refimpl._vjp`)
-_SCAN_CHANNELS = 64
+#: the most channels per block of the selective scan (:func:`_selective_core`): a block's state, batch × n × 128
+#: numbers, leaves room in the workspace budget for chunks of 16 steps (at batch × n <= 128)
+_SCAN_CHANNELS = 128
 
-#: workspace budgets a block of the chunked selective scan holds (:func:`_selective_block`): its
-#: two temporaries, e^{S} and the sums, each hold about twice the budget of :mod:`refimpl._blocking`.
-#: Fewer, larger blocks make fewer NumPy calls for the same numbers, and measured faster though they
-#: outgrow the L2 cache: L = 8192, d = 64, n = 16 in two blocks of 32 channels, two threads (best of
-#: 15, against one budget) 0.79 -> 0.62 of the time of one block of all channels with one budget;
-#: d = 128 0.80 -> 0.63, d = 256 1.05 -> 0.91, batch 2 × 768 channels × 2048 steps 1.00 -> 0.74
-#: (eight budgets: 0.68, 0.66, 0.94, 0.72)
-_SCAN_BUDGETS = 4
+#: channels that fit one block are cut in halves (:func:`_forward_channel_blocks`) from this much work, in
+#: (step, channel, state) entries, when each half's state holds at least _HALF_STATE numbers
+_HALVES_WORK, _HALF_STATE = 2**20, 256
+
+#: when the channels run in several blocks (threads), a block of steps of a long sequence (at least
+#: _LONG_BLOCKS of them) holds _SCAN_BUDGETS workspace budgets (:func:`_selective_block`): fewer NumPy calls
+#: over larger slabs, measured faster although they outgrow the L2 cache (L = 8192, n = 16, two threads, best
+#: of 15: d = 64 in halves 0.79 -> 0.62 of one block's time, d = 128 0.80 -> 0.63; eight budgets 0.68, 0.66).
+#: On one thread, and on short sequences, whose temporaries are allocated anew at every call, one budget:
+#: four measured 5 % slower for one block of 16 channels (L = 8192) and up to 1.4 times slower at L = 512.
+_SCAN_BUDGETS, _LONG_BLOCKS = 4, 4
 
 
 def _scan_channel_blocks(d: int, groups_b: int, groups_c: int, limit: int | None = None) -> list[slice]:
@@ -1326,17 +1328,24 @@ def _scan_channel_blocks(d: int, groups_b: int, groups_c: int, limit: int | None
     return [slice(c, min(c + size, d)) for c in range(0, d, size)]
 
 
-def _forward_channel_blocks(d: int, groups_b: int, groups_c: int) -> list[slice]:
-    """The blocks of channels of the forward selective scan: :func:`_scan_channel_blocks` with at most
-    half the channels in a block (at least 16, at most :data:`_SCAN_CHANNELS`), so that both cores work
-    even on one sequence of a few dozen channels. The chunked form makes about forty NumPy calls per
-    block of steps, each over a (steps, n, chunks, channels) slab, on its own thread: measured at
-    L = 8192, n = 16, against one block of all channels (one thread), best of 15 with
-    :data:`_SCAN_BUDGETS`: d = 32 (two blocks of 16) 0.73 of the time, d = 64 (two of 32) 0.62, d = 128
-    (two of 64) 0.63, and blocks of 64 for d = 256 (4096 steps) 0.91; blocks of 16 for d = 64: 0.74.
-    Fixed by the sizes alone, as the result must not depend on the number of threads (it does not
-    depend on the blocks either: each channel is computed by the same operations in any block)."""
-    return _scan_channel_blocks(d, groups_b, groups_c, limit=min(_SCAN_CHANNELS, max(16, d // 2)))
+def _forward_channel_blocks(d: int, groups_b: int, groups_c: int, steps: int, rows: int) -> list[slice]:
+    """The blocks of channels of the forward selective scan, for ``steps`` time steps and ``rows`` =
+    batch × n numbers of state per channel: those of :func:`_scan_channel_blocks`, and where they are
+    one block of a large problem (at least :data:`_HALVES_WORK` (step, channel, state) entries, each
+    half's state at least :data:`_HALF_STATE` numbers), halves of at least 16 channels, so that both
+    cores work on one sequence of 32 to 128 channels.
+
+    The chunked form makes about forty NumPy calls per block of steps and three per chunk, each over
+    a slab of the block's channels, on its own thread; on small slabs the two threads wait for
+    the interpreter lock. Measured against one block (one thread), best of 20 in 4 rounds
+    ((L, d, n)): (8192, 64, 16) 0.63 (with :data:`_SCAN_BUDGETS`), (256, 64, 16) 0.98; halves of
+    small problems or slabs ran slower: (64, 64, 16) 1.80, (1024, 32, 4) 1.64. Fixed by the sizes
+    alone, as the result must not depend on the number of threads (it does not depend on the blocks
+    either: each channel is computed by the same operations in any block)."""
+    blocks = _scan_channel_blocks(d, groups_b, groups_c)
+    if len(blocks) == 1 and d >= 32 and steps * rows * d >= _HALVES_WORK and rows * (d // 2) >= _HALF_STATE:
+        blocks = _scan_channel_blocks(d, groups_b, groups_c, limit=d // 2)
+    return blocks
 
 
 def _block_groups(s: slice, d: int, groups: int) -> slice:
@@ -1355,22 +1364,22 @@ def _selective_core(u, delta, A, B, C, discretization):
     channels, as in :func:`selective_scan`; G = d: one per channel). Returns ``y`` (..., L, d) and
     the last state (..., d, n).
 
-    The channels are independent: blocks of at most half of them, 16 to :data:`_SCAN_CHANNELS`
-    (:func:`_forward_channel_blocks`), are solved by :func:`_selective_block`, taken in turn by the
-    threads (:func:`refimpl._blocking.take_turns`). A block's state is then small enough for chunks
-    of 16 steps even at realistic widths (d = 1536 with a batch of 2 left the whole state room for
-    chunks of 2 steps), and both cores work, also on one sequence of 32 or 64 channels. Measured
-    with blocks of 128 (n = 16, two threads, best of 3, against one block of all channels in one
-    thread; (batch, L, d)): (2, 2048, 1536) 0.59 -> 0.40 s, (1, 2048, 2048) 0.35 -> 0.24 s,
-    (8, 1024, 768) 0.60-0.66 -> 0.42-0.44 s; blocks of 64 and larger blocks of steps
-    (:data:`_SCAN_BUDGETS`) took (2, 2048, 768) from 0.24 to 0.18 s, and halves of 32 or 64 channels
-    (1, 8192, 64) and (1, 8192, 128) from 51 to 32 ms and 93 to 58 ms. The blocks follow from the
-    sizes alone and each is computed the same way in any thread: the result does not depend on the
-    number of threads.
+    The channels are independent: blocks of at most :data:`_SCAN_CHANNELS` of them, and halves of one
+    such block in large problems (:func:`_forward_channel_blocks`), are solved by :func:`_selective_block`,
+    taken in turn by the threads (:func:`refimpl._blocking.take_turns`). A block's state is then small
+    enough for chunks of 16 steps even at realistic widths (d = 1536 with a batch of 2 left the whole
+    state room for chunks of 2 steps), and both cores work. Measured (n = 16, two threads, best of 3,
+    against one block of all channels in one thread; (batch, L, d)): (2, 2048, 1536) 0.59 -> 0.40 s,
+    (1, 2048, 2048) 0.35 -> 0.24 s, (8, 1024, 768) 0.60-0.66 -> 0.42-0.44 s; and with the halves and
+    the larger blocks of steps of long sequences (:data:`_SCAN_BUDGETS`), against blocks of 128 with
+    one budget (best of 12-24 in 4 rounds): (1, 8192, 64) 0.69, (1, 8192, 32) 0.71, (1, 8192, 128)
+    0.66, (1, 2048, 64) 0.86, (1, 4096, 256) 0.93, (2, 2048, 768) 0.74, n = 64 at (1, 2048, 64) 0.58.
+    The blocks follow from the sizes alone and each is computed the same way in any thread (and in
+    any block): the result does not depend on the number of threads.
     """
     d = u.shape[-1]
-    blocks = _forward_channel_blocks(d, B.shape[-2], C.shape[-2])
-    if len(blocks) == 1:
+    blocks = _forward_channel_blocks(d, B.shape[-2], C.shape[-2], u.shape[-2], math.prod(u.shape[:-2]) * A.shape[1])
+    if len(blocks) == 1:  # one thread: blocks of steps of one budget (see _SCAN_BUDGETS)
         return _selective_block(u, delta, A, B, C, discretization)
     dtype = np.result_type(A, B, C, np.float64)
     y = np.empty_like(u, dtype=dtype)  # laid out like u, as _selective_block's
@@ -1379,13 +1388,14 @@ def _selective_core(u, delta, A, B, C, discretization):
     def work(i):
         s = blocks[i]
         Bs, Cs = (X[..., _block_groups(s, d, X.shape[-2]), :] for X in (B, C))
-        y[..., s], h[..., s, :] = _selective_block(u[..., s], delta[..., s], A[s], Bs, Cs, discretization)
+        y[..., s], h[..., s, :] = _selective_block(u[..., s], delta[..., s], A[s], Bs, Cs, discretization,
+                                                   budgets=_SCAN_BUDGETS)
 
     _blocking.take_turns(len(blocks), lambda: work, u.size * A.shape[1])
     return y, h
 
 
-def _selective_block(u, delta, A, B, C, discretization):
+def _selective_block(u, delta, A, B, C, discretization, budgets: int = 1):
     """The recurrence (11.14) on one block of channels: the arguments and results of :func:`_selective_core`.
 
     The steps are cut into chunks of :data:`_SCAN_CHUNK` steps, solved in closed form
@@ -1395,7 +1405,8 @@ def _selective_block(u, delta, A, B, C, discretization):
     chunks, down to the step loop (:func:`_selective_steps`).
 
     One thread: the caller shares blocks of channels out between threads (:func:`_selective_core`).
-    A block of steps holds :data:`_SCAN_BUDGETS` workspace budgets.
+    A block of steps holds ``budgets`` workspace budgets where the sequence has at least
+    :data:`_LONG_BLOCKS` such blocks, else one (see :data:`_SCAN_BUDGETS`).
     """
     L, d = u.shape[-2:]
     n = A.shape[1]
@@ -1404,10 +1415,12 @@ def _selective_block(u, delta, A, B, C, discretization):
     y = np.empty_like(u, dtype=dtype)
     h = np.zeros(u.shape[:-2] + (n, d), dtype=dtype)  # h_{−1} = 0, state axis first: (..., n, d)
     A_abs = np.max(np.abs(A), axis=1)  # the fastest decay (or rotation) of each channel
-    steps = _SCAN_BUDGETS * per_block(2 * h.size * dtype.itemsize // 8)  # steps per block: e^{S} and the sums, (..., n, d) each
+    steps = per_block(2 * h.size * dtype.itemsize // 8)  # steps per block: e^{S} and the sums, (..., n, d) each
     T = min(_SCAN_CHUNK, L, max(2, steps))  # shorter chunks if even one would not fit the budget
     K = L // T  # whole chunks; the last L − K T steps form a shorter one
     G = min(K, max(1, steps // T))  # chunks per block
+    if K >= _LONG_BLOCKS * budgets * G:  # a long sequence: blocks of steps of ``budgets`` budgets
+        G *= budgets
     At = np.ascontiguousarray(np.broadcast_to(A.T[:, None, :], (n, G, d)))  # A per state, chunk and channel
     work = [np.empty(u.shape[:-2] + (T, n, G, d), dtype=dtype) for _ in range(2)]  # e^{S} and the sums
     cs = _chunk_sums(delta, 0, K, T)  # (..., T, K, d), for the whole sequence at once
@@ -1472,11 +1485,11 @@ def selective_scan(u, delta, A, B, C, D=None, *, discretization="mamba", return_
     .. math::  h_t = e^{S_t}\Big(h_0 + \sum_{s\le t} e^{-S_s}\,\bar B_s u_s\Big),
 
     i.e. one exponential per (step, channel, state), a cumulative sum along time and a few
-    products, vectorized over the chunks of a block of time steps (whose temporaries hold a few
+    products, vectorized over the chunks of a block of time steps (whose temporaries hold one to four
     workspace budgets of :mod:`refimpl._blocking`); only the chunk boundaries are sequential, and
     the readout ``y_t = C_t h_t`` is one batched product per block. The channels are solved in
-    blocks of at most half of them (16 to 64), shared out between threads (the result does not
-    depend on their number). The closed form is accurate
+    blocks of up to 128 (in halves where one block would hold a large problem), shared out between
+    threads (the result does not depend on their number). The closed form is accurate
     while ``e^{∓S}`` stay moderate: each term is ``e^{S_t − S_s} B̄_s u_s`` up to
     ``(|S_t| + |S_s|) ε`` relative, and the sum's rounding has the step loop's bound, so chunks
     are kept to ``|S| ≤ 300``; a chunk that decays faster (or whose terms overflow) is halved,

@@ -841,8 +841,7 @@ class TestSelectiveScan:
     @pytest.mark.parametrize("discretization", ["mamba", "zoh"])
     @pytest.mark.parametrize("shape", [(1, 1), (17, 3), (2, 31, 4), (2, 2, 8, 2), (2, 19, 260)])
     def test_four_forms_agree(self, discretization, shape):
-        # (2, 19, 260): more channels than ssm._SCAN_CHANNELS, solved in blocks of 64 channels and one of 4
-        # ((2, 31, 4): one block; (2, 19, 260) and (17, 3) as well run the blocks of _forward_channel_blocks)
+        # (2, 19, 260): more channels than ssm._SCAN_CHANNELS, solved in blocks of 128, 128 and 4 channels
         u, delta, A, B, C, D = mamba_inputs(np.random.default_rng(14), shape=shape, n=3)
         y0, h0 = ssm.selective_scan(u, delta, A, B, C, D, discretization=discretization, return_last_state=True)
         assert y0.shape == u.shape and h0.shape == shape[:-2] + (shape[-1], 3)
@@ -851,32 +850,44 @@ class TestSelectiveScan:
             close(y, y0, rtol=SELF, what=f"{f.__name__} vs selective_scan")
             close(h, h0, rtol=SELF, what=f"{f.__name__} last state")
 
-    @pytest.mark.parametrize("d, sizes", [(8, [8]), (16, [16]), (24, [16, 8]), (32, [16, 16]), (64, [32, 32]),
-                                          (128, [64, 64]), (200, [50] * 4)])
-    def test_forward_channel_blocks_halve_the_channels(self, d, sizes):
-        # at most half the channels per block (at least 16, at most 64; 200 channels: 50 divides the 100 of a group)
-        groups = 2 if d == 200 else 1
-        assert [s.stop - s.start for s in ssm._forward_channel_blocks(d, groups, 1)] == sizes
+    @pytest.mark.parametrize("d, steps, rows, sizes", [
+        (64, 8192, 16, [32, 32]),  # one block of a large problem: halves
+        (128, 8192, 16, [64, 64]),
+        (32, 8192, 16, [16, 16]),
+        (64, 512, 16, [64]),  # too little work (2^19 entries): one block, one thread
+        (32, 8192, 4, [32]),  # halves whose state (16 channels × 4) is too small to pay for the threads
+        (16, 8192, 16, [16]),  # no half of 16 channels or more
+        (256, 8192, 16, [128, 128]),  # already blocks of 128: not cut further
+    ])
+    def test_forward_channel_blocks(self, d, steps, rows, sizes):
+        assert [s.stop - s.start for s in ssm._forward_channel_blocks(d, 1, 1, steps, rows)] == sizes
 
     @pytest.mark.parametrize("discretization", ["mamba", "zoh"])
-    def test_two_blocks_of_channels_give_the_same_bits_with_any_thread_count(self, monkeypatch, discretization):
-        # 64 channels, 40 chunks: two blocks of 32 channels (each with several blocks of steps), taken in turn by
-        # 1, 2 or 3 threads: the same bits, and the loop twin's result
+    def test_halves_and_long_blocks_give_the_same_bits_with_any_thread_count(self, monkeypatch, discretization):
+        # 64 channels, 40 chunks: two halves of 32 channels, each with blocks of steps of two budgets (two chunks a
+        # budget), taken in turn by 1, 2 or 3 threads: the same bits, the same bits as one block of one budget
+        # (each channel is computed by the same operations in any block), and the loop twin's result
         import refimpl._blocking as blocking
 
         monkeypatch.setattr(blocking, "THREAD_MIN_ELEMS", 0)
-        monkeypatch.setattr(ssm, "_SCAN_BUDGETS", 1)
-        monkeypatch.setattr(ssm, "per_block", lambda floats, **kw: max(1, 4096 // floats))  # two chunks a block
+        monkeypatch.setattr(ssm, "per_block", lambda floats, **kw: max(1, 4096 // floats))  # two chunks a budget
         u, delta, A, B, C, D = mamba_inputs(np.random.default_rng(31), shape=(40 * ssm._SCAN_CHUNK + 3, 64), n=2,
                                             delta_range=(1e-3, 0.1))
+        run = lambda: ssm.selective_scan(u, delta, A, B, C, D, discretization=discretization,  # noqa: E731
+                                         return_last_state=True)
+        one = run()  # a small problem: one block
+        monkeypatch.setattr(ssm, "_HALVES_WORK", 0)
+        monkeypatch.setattr(ssm, "_HALF_STATE", 0)
+        monkeypatch.setattr(ssm, "_SCAN_BUDGETS", 2)
+        assert len(ssm._forward_channel_blocks(64, 1, 1, u.shape[0], 2)) == 2
         runs = []
         for threads in (1, 2, 3):
             monkeypatch.setattr(blocking, "THREADS", threads)
-            runs.append(ssm.selective_scan(u, delta, A, B, C, D, discretization=discretization, return_last_state=True))
+            runs.append(run())
         y, h = ssm.selective_scan_loop(u, delta, A, B, C, D, discretization=discretization, return_last_state=True)
-        close(runs[0][0], y, rtol=SELF, what="two blocks vs loop")
+        close(runs[0][0], y, rtol=SELF, what="halves vs loop")
         close(runs[0][1], h, rtol=SELF, what="last state")
-        for y2, h2 in runs[1:]:
+        for y2, h2 in runs[1:] + [one]:
             assert np.array_equal(y2, runs[0][0]) and np.array_equal(h2, runs[0][1])
 
     def test_transcribed_selective_scan_ref_layout(self):
@@ -1273,10 +1284,10 @@ class TestSelectiveScanFn:
 
     @pytest.mark.parametrize("complex_A", [False, True], ids=["real_A", "complex_A"])
     @pytest.mark.parametrize("B_form,C_form,G,blocks", [
-        ("grouped", "shared", 6, [50] * 6),  # blocks of one whole group of B (50 channels each)
-        ("shared", "grouped", 2, [50] * 6),  # blocks inside the groups of C (150 channels each)
-        ("invariant", "shared", 2, [64] * 4 + [44]),  # one group per channel (B constant in time), a short last block
-        ("grouped", "invariant", 3, [50] * 6),  # blocks inside the groups of B (100 channels each)
+        ("grouped", "shared", 6, [100, 100, 100]),  # blocks of two whole groups of B (50 channels each)
+        ("shared", "grouped", 2, [75, 75, 75, 75]),  # blocks inside the groups of C (150 channels each)
+        ("invariant", "shared", 2, [128, 128, 44]),  # one group per channel (B constant in time), a short last block
+        ("grouped", "invariant", 3, [100, 100, 100]),
     ])
     def test_wide_channels_run_in_blocks_that_read_their_own_groups(self, monkeypatch, B_form, C_form, G, blocks,
                                                                      complex_A):
@@ -1291,7 +1302,7 @@ class TestSelectiveScanFn:
         B_shape, C_shape = (np.shape(kw[X]) for X in ("B", "C"))
         groups = [1 if len(shp) == 3 else shp[1] for shp in (B_shape, C_shape)]
         groups = [300 if form == "invariant" else g for form, g in zip((B_form, C_form), groups)]
-        assert [s.stop - s.start for s in ssm._forward_channel_blocks(300, *groups)] == blocks
+        assert [s.stop - s.start for s in ssm._forward_channel_blocks(300, *groups, 11, 2 * 3)] == blocks
         ref, last_ref = official_reference(**kw, delta_softplus=True)
         results = []
         for threads in (1, 2, 3):
