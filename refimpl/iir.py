@@ -59,7 +59,7 @@ import numpy as np
 import scipy.linalg
 import scipy.signal
 
-from ._scan import _SIDE_BY_SIDE_COLUMNS, BLOCK, block_filter, linear_scan
+from ._scan import BLOCK, _side_by_side, block_filter, linear_scan
 from ._scan import block_matrices as _block_matrices  # noqa: F401 (chapter 13 shows the lifted form)
 from ._validate import (
     guard_overflow,
@@ -569,7 +569,7 @@ def _sos_cascade(sos, x, states):
     columns = math.prod(x2.shape[:-2]) * x2.shape[-1]
     if columns == 1:
         passes = -(-n_sec // _SECTIONS_PER_PASS)
-    elif columns < _SIDE_BY_SIDE_COLUMNS:  # each column a single column, side by side
+    elif _side_by_side(2 * n_sec, columns):  # each column a single column, side by side
         passes = -(-n_sec // _SECTIONS_PER_PASS_FEW)
     else:
         passes = 1
