@@ -299,6 +299,9 @@ def in_blocks(block: Callable[[slice], None], n: int, size: int, elems: int) -> 
     >>> in_blocks(seen.append, 5, 2, elems=0); seen
     [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
     """
+    if n <= size:  # one block: called directly (the oracle's plain recurrences round small states thousands of
+        block(slice(0, n))  # times a comparison; the thread machinery cost 25 us a call, more than the rounding)
+        return
     take_turns(-(-n // size), lambda: lambda i: block(slice(i * size, min(n, (i + 1) * size))), elems)
 
 

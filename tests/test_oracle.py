@@ -887,6 +887,52 @@ class TestCompare:
             c = oracle.compare("linear_rnn.delta_rule_vjp", linear_rnn.delta_rule_vjp, inputs=inp, dtype=dtype).cases[0]
             assert c.status == "pass" and [q.name for q in c.quantities] == ["dq", "dk", "dv", "dbeta"]
 
+    @pytest.mark.parametrize("name, option", [
+        ("attention.softmax_attention", "return_weights"),
+        ("attention.multihead_attention", "return_weights"),
+        ("rt_sde.rt_attention", "return_weights"),
+        ("attention.flash_attention", "return_intermediates"),
+    ])
+    def test_intermediates_are_computed_only_when_wanted(self, name, option, monkeypatch):
+        """The run wrapper asks for the N × M weights (flash attention: its running statistics, N per key tile)
+        only when the intermediates are wanted: the same outputs either way, and no intermediate without."""
+        case = next(c for c in oracle.CASES if c.function == name)
+        args = case.build(np.random.default_rng(case.seed))
+        run = oracle.FUNCTIONS[name].run
+        with_mid = run(args, True)
+        module, function = name.split(".")
+        real = getattr(importlib.import_module(f"refimpl.{module}"), function)
+        asked = []
+
+        def spy(*a, **kw):
+            asked.append(kw.get(option, False))
+            return real(*a, **kw)
+
+        monkeypatch.setattr(importlib.import_module(f"refimpl.{module}"), function, spy)
+        without = run(args, False)
+        assert asked == [False]
+        outputs = list(oracle.FUNCTIONS[name].outputs)
+        assert list(without) == outputs and set(with_mid) > set(outputs)
+        for k in outputs:
+            np.testing.assert_allclose(without[k], with_mid[k], rtol=1e-14, atol=0)
+
+    def test_user_inputs_without_intermediates_stay_o_of_n(self):
+        """compare(..., inputs=...) for a callable that returns y alone: the float64 reference never forms the
+        weights (2 heads × 2048² here, 64 MiB; the traced peak stays a fraction of that)."""
+        import tracemalloc
+
+        from refimpl import attention
+
+        inp = oracle.random_inputs("attention.softmax_attention", seed=0, heads=2, N=2048, d=16)
+        tracemalloc.start()
+        try:
+            report = oracle.compare("attention.softmax_attention", attention.softmax_attention, inputs=inp)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert report.passed
+        assert peak < 16 * 2**20, peak / 2**20  # the weights alone: 64 MiB
+
     def test_missing_output_in_dict(self):
         report = oracle.compare("afa.isotropic_afa", lambda **kw: {"P": isotropic_afa_port(**kw)["P"], "junk": 1},
                                 cases="causal_student")

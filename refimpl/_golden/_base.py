@@ -142,6 +142,14 @@ def direct(fn, *names, **fixed):
     return run
 
 
+def mid_pair(out, with_mid: bool) -> tuple:
+    """``(value, intermediate)`` of a call made with ``return_<intermediate>=with_mid``: the pair it returns, or
+    its one value and None. Wrappers ask for an intermediate only when it is wanted: attention weights are N × M
+    per head, and ``compare(..., inputs=random_inputs(..., N=4096, heads=8))`` for a callable that returns the
+    output alone formed 1 GiB of them (2.9 s against 1.2 s without)."""
+    return out if with_mid else (out, None)
+
+
 def ordered(mid: dict, out: dict, with_mid: bool) -> dict:
     """The intermediates (if asked for) followed by the outputs."""
     res = dict(mid) if with_mid else {}

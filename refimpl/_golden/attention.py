@@ -6,7 +6,7 @@ import numpy as np
 
 from refimpl import attention
 
-from ._base import Case, Function, called, ordered, renormalize
+from ._base import Case, Function, called, mid_pair, ordered, renormalize
 
 
 #: the fused-kernel conventions (chapter 4, §4.7), forwarded when a case or ``inputs=`` gives them
@@ -18,26 +18,30 @@ def _kernel_options(args):
 
 
 def _run_softmax(args, with_mid):
-    y, A = attention.softmax_attention(
+    y, A = mid_pair(attention.softmax_attention(
         args["q"], args["k"], args["v"], mask=args.get("mask"), causal=args.get("causal", False), scale=args.get("scale"),
-        return_weights=True, **_kernel_options(args),
-    )
+        return_weights=with_mid, **_kernel_options(args),
+    ), with_mid)
     return ordered({"A": A}, {"y": y}, with_mid)
 
 
 def _run_flash(args, with_mid):
-    y, lse, running = attention.flash_attention(
+    out = attention.flash_attention(
         args["q"], args["k"], args["v"], causal=args["causal"], scale=args.get("scale"),
-        block_q=args["block_q"], block_k=args["block_k"], return_lse=True, return_intermediates=True,
+        block_q=args["block_q"], block_k=args["block_k"], return_lse=with_mid, return_intermediates=with_mid,
         **_kernel_options(args),
     )
+    if not with_mid:  # y alone (the running statistics are N per key tile and head)
+        return {"y": out}
+    y, lse, running = out
     return ordered({**running, "lse": lse}, {"y": y}, with_mid)  # m, z after each key tile, then ℓ
 
 
 def _run_mha(args, with_mid):
-    y, A = attention.multihead_attention(
-        args["x"], args["w_q"], args["w_k"], args["w_v"], args["w_o"], args["n_heads"], causal=args["causal"], return_weights=True
-    )
+    y, A = mid_pair(attention.multihead_attention(
+        args["x"], args["w_q"], args["w_k"], args["w_v"], args["w_o"], args["n_heads"], causal=args["causal"],
+        return_weights=with_mid,
+    ), with_mid)
     return ordered({"A": A}, {"y": y}, with_mid)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from refimpl import rt_sde
 
-from ._base import Case, Function, called, ordered, renormalize, skew, unit
+from ._base import Case, Function, called, mid_pair, ordered, renormalize, skew, unit
 
 
 _SPHERE = ("tangential", "sin2", "theta2", "chord2")
@@ -16,7 +16,7 @@ _RT_NOISE = {"sigma2_perp": 0.3, "sigma2_par": 0.05, "eta2_perp": 0.1, "eta2_par
 
 
 def _run_rt_attention(args, with_mid):
-    out, A = rt_sde.rt_attention(**args, return_weights=True)
+    out, A = mid_pair(rt_sde.rt_attention(**args, return_weights=with_mid), with_mid)  # N × N weights only if wanted
     return ordered({"A": A}, {"out": out}, with_mid)
 
 
