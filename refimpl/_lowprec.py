@@ -1307,6 +1307,12 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, discretization="mamba", *, tier
     float32 (dA during the adjoint scan, last step first; dD first step first). A kernel that
     adds them in another order (by chunks, by atomics) errs differently, by up to a few times the
     plain error; its verdict on ``dA``/``dD`` is then a warning to look at, not proof of a bug.
+
+    The (…, L, d, n) quantities are formed block by block of :data:`_TIME_BLOCK` steps, the gradients of a block
+    right after its adjoints: only the states ``h_t`` are held for the whole sequence. The same numbers as forming
+    each quantity whole: every one is elementwise in its step, reduced within its step, or summed over time in
+    the same sequential order (measured at L = 4096, 256 channels, 16 states: this model 0.9–1.2 → 0.43 s, traced
+    peak 721 → 104 MiB; a whole comparison in bfloat16 3.4 → 1.2 s).
     """
     tier = tier_name(tier)
     shapes = {"u": np.shape(u), "delta": np.shape(delta), "B": np.shape(B), "C": np.shape(C)}
@@ -1315,43 +1321,65 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, discretization="mamba", *, tier
     u, delta, dy = (np.broadcast_to(x, batch + u.shape[-2:]) for x in (u, delta, dy))
     B, C = (np.broadcast_to(x, batch + x.shape[-2:]) for x in (B, C))
     L = u.shape[-2]
-    w = delta[..., None] * A  # Δ_t A, (..., L, d, n)
-    Ab = np.exp(w)
-    if discretization == "mamba":
-        f = np.broadcast_to(delta[..., None], w.shape)
-    else:
-        series = delta[..., None] * (f32(1) + w * (f32(0.5) + w * (f32(1 / 6) + w * f32(1 / 24))))
-        f = np.where(np.abs(w) < f32(1e-2), series, np.expm1(w) / np.where(A == 0, f32(1), A))
-    Bu = f * B[..., :, None, :] * u[..., None]
-    H = np.empty(w.shape, dtype=f32)
-    h = np.zeros(batch + A.shape, dtype=f32)
-    for t in range(L):
-        h = Ab[..., t, :, :] * h + Bu[..., t, :, :]
-        H[..., t, :, :] = h
-    lam = np.empty(w.shape, dtype=f32)
-    g = np.zeros(batch + A.shape, dtype=f32)
-    for t in range(L - 1, -1, -1):
-        g = (Ab[..., t + 1, :, :] * g if t < L - 1 else g) + dy[..., t, :, None] * C[..., t, None, :]
-        lam[..., t, :, :] = g
-    H_prev = np.zeros_like(H)
-    H_prev[..., 1:, :, :] = H[..., :-1, :, :]
-    def over_time(x):  # Σ over time and batch: added during the adjoint scan, from the last step to the first
-        x = np.cumsum(x[..., ::-1, :, :], axis=-3, dtype=f32)[..., -1, :, :] if x.ndim >= 3 and x.shape[-3] else x
-        return x.reshape((-1,) + x.shape[-2:]).sum(axis=0, dtype=f32) if x.ndim > 2 else x
+    mamba = discretization == "mamba"
 
-    dC = np.sum(dy[..., None] * H, axis=-2, dtype=f32)
-    ga = lam * H_prev * Ab
-    ddelta = np.sum(ga * A, axis=-1, dtype=f32)
-    dA = over_time(ga * delta[..., None])
-    wv = lam * u[..., None]
-    du = np.sum(lam * f * B[..., :, None, :], axis=-1, dtype=f32)
-    dB = np.sum(wv * f, axis=-2, dtype=f32)
-    wB = wv * B[..., :, None, :]
-    if discretization == "mamba":
-        ddelta += np.sum(wB, axis=-1, dtype=f32)
-    else:
-        ddelta += np.sum(wB * Ab, axis=-1, dtype=f32)
-        dA += over_time(wB * delta[..., None] ** 2 * _dphi1_dA(w))
+    def coefficients(t0, t1):  # w = Δ_t A, ā_t = e^{w} and the input coefficient f (Δ_t, or φ₁ for ZOH): steps t0 … t1 − 1
+        w = delta[..., t0:t1, :, None] * A
+        if mamba:
+            return w, np.exp(w), np.broadcast_to(delta[..., t0:t1, :, None], w.shape)
+        series = delta[..., t0:t1, :, None] * (f32(1) + w * (f32(0.5) + w * (f32(1 / 6) + w * f32(1 / 24))))
+        return w, np.exp(w), np.where(np.abs(w) < f32(1e-2), series, np.expm1(w) / np.where(A == 0, f32(1), A))
+
+    blocks = [(t0, min(L, t0 + _TIME_BLOCK)) for t0 in range(0, L, _TIME_BLOCK)]
+    H = np.empty(batch + (L,) + A.shape, dtype=f32)  # h_t, every step (the gradients read h_{t−1})
+    h = np.zeros(batch + A.shape, dtype=f32)
+    for t0, t1 in blocks:
+        _, Ab, f = coefficients(t0, t1)
+        Bu = f * B[..., t0:t1, None, :] * u[..., t0:t1, :, None]
+        for i in range(t1 - t0):
+            h = Ab[..., i, :, :] * h + Bu[..., i, :, :]
+            H[..., t0 + i, :, :] = h
+
+    def over_time(acc, x):  # acc + Σ over the block's steps, added from the last step to the first (as a cumsum)
+        x = x[..., ::-1, :, :]
+        if acc is not None:
+            x = np.concatenate([acc[..., None, :, :], x], axis=-3)
+        return np.cumsum(x, axis=-3, dtype=f32)[..., -1, :, :]
+
+    du, ddelta = np.empty(u.shape, dtype=f32), np.empty(u.shape, dtype=f32)
+    dB, dC = np.empty(B.shape, dtype=f32), np.empty(C.shape, dtype=f32)
+    dA = dA_zoh = None  # Σ_t over time (and, below, over the batch)
+    g = np.zeros(batch + A.shape, dtype=f32)
+    for t0, t1 in reversed(blocks):
+        w, Ab, f = coefficients(t0, min(L, t1 + 1))  # ā_{t+1} for the block's last step too
+        lam = np.empty(batch + (t1 - t0,) + A.shape, dtype=f32)
+        for t in range(t1 - 1, t0 - 1, -1):
+            g = (Ab[..., t - t0 + 1, :, :] * g if t < L - 1 else g) + dy[..., t, :, None] * C[..., t, None, :]
+            lam[..., t - t0, :, :] = g
+        w, Ab, f = w[..., : t1 - t0, :, :], Ab[..., : t1 - t0, :, :], f[..., : t1 - t0, :, :]
+        if t0:
+            H_prev = H[..., t0 - 1 : t1 - 1, :, :]
+        else:
+            H_prev = np.zeros(lam.shape, dtype=f32)
+            H_prev[..., 1:, :, :] = H[..., : t1 - 1, :, :]
+        dC[..., t0:t1, :] = np.sum(dy[..., t0:t1, :, None] * H[..., t0:t1, :, :], axis=-2, dtype=f32)
+        ga = lam * H_prev * Ab
+        dd = np.sum(ga * A, axis=-1, dtype=f32)
+        dA = over_time(dA, ga * delta[..., t0:t1, :, None])
+        wv = lam * u[..., t0:t1, :, None]
+        du[..., t0:t1, :] = np.sum(lam * f * B[..., t0:t1, None, :], axis=-1, dtype=f32)
+        dB[..., t0:t1, :] = np.sum(wv * f, axis=-2, dtype=f32)
+        wB = wv * B[..., t0:t1, None, :]
+        if mamba:
+            dd += np.sum(wB, axis=-1, dtype=f32)
+        else:
+            dd += np.sum(wB * Ab, axis=-1, dtype=f32)
+            dA_zoh = over_time(dA_zoh, wB * delta[..., t0:t1, :, None] ** 2 * _dphi1_dA(w))
+        ddelta[..., t0:t1, :] = dd
+    dA = np.zeros(batch + A.shape, dtype=f32) if dA is None else dA
+    dA = dA.reshape((-1,) + A.shape).sum(axis=0, dtype=f32) if dA.ndim > 2 else dA
+    if dA_zoh is not None:
+        dA += dA_zoh.reshape((-1,) + A.shape).sum(axis=0, dtype=f32) if dA_zoh.ndim > 2 else dA_zoh
     dD = np.sum(dy * u, axis=tuple(range(u.ndim - 1)), dtype=f32)  # time steps added first to last
     if D is not None:
         Dv = _f32(D)

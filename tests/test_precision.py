@@ -1131,6 +1131,32 @@ def test_blocked_plain_linear_attention_vjp_equals_one_block(monkeypatch, tier, 
         assert rel_error(blocked[n], one[n]) <= _BLOCKED_PLAIN_TOL[tier], (n, rel_error(blocked[n], one[n]))
 
 
+@pytest.mark.parametrize("discretization", ["mamba", "zoh"])
+def test_plain_selective_scan_vjp_in_blocks_of_steps_gives_the_same_bits(monkeypatch, discretization):
+    # the plain backward pass of the selective scan forms its (…, L, d, n) quantities block by block of steps: every
+    # one is elementwise in its step, reduced within its step, or summed over time in one sequential order, so the
+    # gradients are bitwise those of one block holding the whole sequence (blocks of 7 steps: 43 of them, the last
+    # one short; a pure integrator A = 0 and a slow mode for ZOH's series branch)
+    import refimpl._lowprec as lp
+
+    rng = np.random.default_rng(11)
+    L, d, n = 300, 3, 4
+    u, dy = rng.standard_normal((2, 2, L, d))
+    delta = rng.uniform(0.01, 0.5, (2, L, d))
+    A = -np.exp(rng.standard_normal((d, n)))
+    A[0, 0], A[1, 1] = 0.0, -1e-5
+    B, C = rng.standard_normal((2, L, n))  # shared by the batch: their gradients are summed over it
+    for D in (None, 0.5, rng.standard_normal(d)):
+        monkeypatch.setattr(lp, "_TIME_BLOCK", L)
+        one = lp.selective_scan_vjp(u, delta, A, B, C, D, dy, discretization, tier="float32")
+        monkeypatch.setattr(lp, "_TIME_BLOCK", 7)
+        blocked = lp.selective_scan_vjp(u, delta, A, B, C, D, dy, discretization, tier="float32")
+        assert list(blocked) == ["du", "ddelta", "dA", "dB", "dC", "dD"]
+        for name, value in one.items():
+            assert blocked[name].dtype == value.dtype and blocked[name].shape == value.shape, name
+            assert np.array_equal(blocked[name].view(np.uint32), value.view(np.uint32)), name
+
+
 def test_plain_step_loops_give_the_same_bits_with_their_heads_in_threads(monkeypatch):
     # the plain recurrences (GLA, SSD, the delta rule; forwards and backwards) share their batch entries out between
     # threads when the states are large (_HEAD_THREADS_FLOATS): every entry is the same operations either way
