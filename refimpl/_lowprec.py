@@ -1323,7 +1323,7 @@ def selective_scan_vjp(u, delta, A, B, C, D, dy, discretization="mamba", *, tier
     L = u.shape[-2]
     mamba = discretization == "mamba"
 
-    def coefficients(t0, t1):  # w = Δ_t A, ā_t = e^{w} and the input coefficient f (Δ_t, or φ₁ for ZOH): steps t0 … t1 − 1
+    def coefficients(t0, t1):  # steps t0 … t1 − 1: w = Δ_t A, ā_t = e^{w}, the input's coefficient f (Δ_t; ZOH: φ₁)
         w = delta[..., t0:t1, :, None] * A
         if mamba:
             return w, np.exp(w), np.broadcast_to(delta[..., t0:t1, :, None], w.shape)
