@@ -1008,12 +1008,15 @@ def multihead_attention(x, w_q, w_k, w_v, w_o, n_heads, *, causal=False, mask=No
 
     mask = None if mask is None else _to_array(mask, "mask")
     mask_h = None if mask is None else np.expand_dims(mask, -3) if mask.ndim >= 2 else mask
-    y, A = softmax_attention(
-        heads(w_q, dk), heads(w_k, dk), heads(w_v, dv), mask=mask_h, causal=causal, scale=scale, return_weights=True
+    # the h (N, N) weights only when asked for: without them the heads run in blocks of rows, O(N) memory
+    res = softmax_attention(
+        heads(w_q, dk), heads(w_k, dk), heads(w_v, dv), mask=mask_h, causal=causal, scale=scale,
+        return_weights=return_weights,
     )
+    y = res[0] if return_weights else res
     concat = np.swapaxes(y, -2, -3).reshape(*x.shape[:-2], n, h * dv)  # Concat(head_1..head_h)
     out = concat @ w_o  # Eq. (4.11)
-    return (out, A) if return_weights else out
+    return (out, res[1]) if return_weights else out
 
 
 @guard_overflow()
