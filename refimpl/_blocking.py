@@ -260,6 +260,9 @@ def take_turns(n_items: int, worker: Callable[[], Callable[[int], None]], elems:
     >>> take_turns(4, lambda: done.append, elems=0); sorted(done)
     [0, 1, 2, 3]
     """
+    if n_items == 1:  # one item: in the caller, without the thread machinery (25 us a call: the oracle's plain
+        worker()(0)  # recurrences round small states in one block thousands of times a comparison)
+        return
     lock, todo = threading.Lock(), iter(range(n_items))
 
     def run(part):
@@ -299,9 +302,6 @@ def in_blocks(block: Callable[[slice], None], n: int, size: int, elems: int) -> 
     >>> in_blocks(seen.append, 5, 2, elems=0); seen
     [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
     """
-    if n <= size:  # one block: called directly (the oracle's plain recurrences round small states thousands of
-        block(slice(0, n))  # times a comparison; the thread machinery cost 25 us a call, more than the rounding)
-        return
     take_turns(-(-n // size), lambda: lambda i: block(slice(i * size, min(n, (i + 1) * size))), elems)
 
 

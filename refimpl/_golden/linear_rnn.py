@@ -32,18 +32,19 @@ def _run_gla(args, with_mid):
 
 
 def _run_delta(args, with_mid):
+    def public(**kw):  # linear_rnn.delta_rule on the case's arguments
+        return linear_rnn.delta_rule(args["q"], args["k"], args["v"], args["beta"], log_g=args.get("log_g"),
+                                     scale=args.get("scale"), chunk_size=args["chunk_size"],
+                                     initial_state=args.get("initial_state"), **kw)
+
     if not with_mid:  # y alone: no WY factors, no chunk states (1.5 times the time at L = 4096, batch 8)
-        return {"y": linear_rnn.delta_rule(args["q"], args["k"], args["v"], args["beta"], log_g=args.get("log_g"),
-                                           scale=args.get("scale"), chunk_size=args["chunk_size"],
-                                           initial_state=args.get("initial_state"))}
+        return {"y": public()}
     q, k, v, b, g, c = linear_rnn._delta_setup(
         args["q"], args["k"], args["v"], args["beta"], args.get("log_g"), args.get("scale"), args["chunk_size"], False
     )
     y, states, W, TV = linear_rnn._delta_chunked(q, k, v, b, g, c, return_factors=True)
     if args.get("initial_state") is not None:  # the WY factors do not depend on the state entering a chunk
-        y, states = linear_rnn.delta_rule(args["q"], args["k"], args["v"], args["beta"], log_g=args.get("log_g"),
-                                          scale=args.get("scale"), chunk_size=args["chunk_size"],
-                                          return_chunk_states=True, initial_state=args["initial_state"])
+        y, states = public(return_chunk_states=True)
     return ordered({"W": W, "TbetaV": TV, "chunk_states": states}, {"y": y}, with_mid)
 
 
